@@ -1,0 +1,384 @@
+package identity
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/labels"
+)
+
+// Key layout of identities in the kvstore.
+const (
+	IDPrefix    = kvstore.Prefix + "state/identities/v1/id/"
+	ValuePrefix = kvstore.Prefix + "state/identities/v1/value/"
+)
+
+var (
+	// ErrExhausted: the cluster has no free identity number left.
+	ErrExhausted = errors.New("identity space of the cluster is exhausted")
+	// ErrNotFound: no identity with that number.
+	ErrNotFound = errors.New("identity not found")
+	// ErrContention: allocation kept losing races; try again.
+	ErrContention = errors.New("identity allocation did not settle")
+)
+
+// valueKeyPrefix is where the references of a label set live. The label
+// string is base64url-encoded so that no label set's prefix can be a prefix
+// of another's.
+func valueKeyPrefix(canonical string) string {
+	return ValuePrefix + base64.RawURLEncoding.EncodeToString([]byte(canonical)) + "/"
+}
+
+func idKey(n NumericIdentity) string { return IDPrefix + strconv.FormatUint(uint64(n), 10) }
+
+type ref struct {
+	id    NumericIdentity
+	count int
+}
+
+// Allocator gives label sets cluster-wide numeric identities. Each node runs
+// one: it holds a reference key per label set in use under the node's lease,
+// and keeps a cache of all identities of the cluster from a kvstore watch.
+type Allocator struct {
+	kv          *kvstore.Client
+	clusterID   uint32
+	clusterName string
+	node        string
+	lease       *kvstore.Lease
+
+	mu   sync.Mutex // serialises allocation and release on this node
+	refs map[string]*ref
+
+	cmu     sync.RWMutex
+	byID    map[NumericIdentity]labels.Labels
+	byLabel map[string]NumericIdentity
+	synced  chan struct{}
+}
+
+// AllocatorConfig configures NewAllocator.
+type AllocatorConfig struct {
+	ClusterID   uint32
+	ClusterName string
+	Node        string
+	Lease       *kvstore.Lease // the node's lease; references live under it
+}
+
+// NewAllocator starts the identity cache watch and returns once it is synced.
+func NewAllocator(ctx context.Context, kv *kvstore.Client, c AllocatorConfig) (*Allocator, error) {
+	if err := ValidateClusterID(c.ClusterID); err != nil {
+		return nil, err
+	}
+	if c.Node == "" || strings.Contains(c.Node, "/") {
+		return nil, fmt.Errorf("identity allocator: node name %q must be non-empty without '/'", c.Node)
+	}
+	a := &Allocator{
+		kv: kv, clusterID: c.ClusterID, clusterName: c.ClusterName, node: c.Node, lease: c.Lease,
+		refs: map[string]*ref{}, byID: map[NumericIdentity]labels.Labels{}, byLabel: map[string]NumericIdentity{},
+		synced: make(chan struct{}),
+	}
+	go a.watch(ctx)
+	select {
+	case <-a.synced:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	c.Lease.OnRenew(a.reacquire)
+	return a, nil
+}
+
+func (a *Allocator) watch(ctx context.Context) {
+	once := sync.Once{}
+	for ev := range a.kv.Watch(ctx, IDPrefix, kvstore.WatchOptions{}) {
+		switch ev.Type {
+		case kvstore.EventSynced:
+			once.Do(func() { close(a.synced) })
+		case kvstore.EventUpsert, kvstore.EventDelete:
+			n, err := strconv.ParseUint(strings.TrimPrefix(ev.Key, IDPrefix), 10, 32)
+			if err != nil {
+				continue
+			}
+			a.cacheSet(NumericIdentity(n), ev.Type == kvstore.EventUpsert, string(ev.Value))
+		}
+	}
+}
+
+func (a *Allocator) cacheSet(id NumericIdentity, present bool, canonical string) {
+	a.cmu.Lock()
+	defer a.cmu.Unlock()
+	if old, ok := a.byID[id]; ok {
+		delete(a.byLabel, old.String())
+		delete(a.byID, id)
+	}
+	if !present {
+		return
+	}
+	ls, err := labels.ParseCanonical(canonical)
+	if err != nil {
+		slog.Warn("ignoring identity with invalid labels in the kvstore", "id", uint32(id), "labels", canonical, "err", err)
+		return
+	}
+	a.byID[id] = ls
+	a.byLabel[ls.String()] = id
+}
+
+// WithCluster returns ls with the cluster label this allocator adds to every identity.
+func (a *Allocator) WithCluster(ls labels.Labels) (labels.Labels, error) {
+	return ls.With(labels.Label{Source: labels.SourceK8s, Key: labels.KeyCluster, Value: a.clusterName})
+}
+
+// Allocate returns the identity of ls (with the cluster label added) and
+// takes a reference on it for this node; isNew reports that this call
+// created it in the kvstore. Concurrent allocators of the same label set get
+// the same number.
+func (a *Allocator) Allocate(ctx context.Context, ls labels.Labels) (id Identity, isNew bool, err error) {
+	if rid, ok := LookupReserved(ls); ok {
+		return Identity{ID: rid, Labels: ls}, false, nil
+	}
+	ls, err = a.WithCluster(ls)
+	if err != nil {
+		return Identity{}, false, err
+	}
+	key := ls.String()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.refs[key]; ok {
+		r.count++
+		return Identity{ID: r.id, Labels: ls}, false, nil
+	}
+	n, isNew, err := a.acquire(ctx, key)
+	if err != nil {
+		return Identity{}, false, err
+	}
+	a.refs[key] = &ref{id: n, count: 1}
+	a.cacheSet(n, true, key)
+	return Identity{ID: n, Labels: ls}, isNew, nil
+}
+
+// acquire writes this node's reference for canonical and returns the number.
+// Invariant kept by every transaction: at any revision, all references of a
+// label set carry the same number, and that number's id key holds the label
+// set. A reference is only written (a) copying a reference that still
+// exists unchanged, or (b) when no reference exists at all.
+func (a *Allocator) acquire(ctx context.Context, canonical string) (NumericIdentity, bool, error) {
+	vprefix := valueKeyPrefix(canonical)
+	myRef := vprefix + a.node
+	noRefs := clientv3.Compare(clientv3.CreateRevision(vprefix), "=", 0).WithPrefix()
+	tried := map[NumericIdentity]bool{}
+	for attempt := 0; attempt < 64; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return 0, false, err
+		}
+		lease := clientv3.WithLease(clientv3.LeaseID(a.lease.ID()))
+		refs, _, err := a.kv.List(ctx, vprefix)
+		if err != nil {
+			return 0, false, err
+		}
+		if len(refs) > 0 {
+			// (a) Copy an existing reference while it still exists unchanged.
+			r := refs[0]
+			n, perr := strconv.ParseUint(string(r.Value), 10, 32)
+			if perr != nil {
+				return 0, false, fmt.Errorf("identity reference %s holds %q, not a number", r.Key, r.Value)
+			}
+			id := NumericIdentity(n)
+			ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+				clientv3.Compare(clientv3.Value(idKey(id)), "=", canonical),
+				clientv3.Compare(clientv3.ModRevision(r.Key), "=", r.ModRevision),
+			}, []clientv3.Op{clientv3.OpPut(myRef, string(r.Value), lease)})
+			if err != nil {
+				return 0, false, err
+			}
+			if ok {
+				return id, false, nil
+			}
+			continue
+		}
+		// (b) No reference anywhere: reuse the number still recorded for the
+		// label set, or claim a free one.
+		a.cmu.RLock()
+		id, known := a.byLabel[canonical]
+		a.cmu.RUnlock()
+		if known && !tried[id] {
+			tried[id] = true
+			ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+				clientv3.Compare(clientv3.Value(idKey(id)), "=", canonical), noRefs,
+			}, []clientv3.Op{clientv3.OpPut(myRef, strconv.FormatUint(uint64(id), 10), lease)})
+			if err != nil {
+				return 0, false, err
+			}
+			if ok {
+				return id, false, nil
+			}
+			continue
+		}
+		id, err = a.freeNumber(tried)
+		if err != nil {
+			return 0, false, err
+		}
+		tried[id] = true
+		ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(idKey(id)), "=", 0), noRefs,
+		}, []clientv3.Op{
+			clientv3.OpPut(idKey(id), canonical),
+			clientv3.OpPut(myRef, strconv.FormatUint(uint64(id), 10), lease),
+		})
+		if err != nil {
+			return 0, false, err
+		}
+		if ok {
+			return id, true, nil
+		}
+		// Lost a race: learn who holds the number before the next try.
+		if kv, err := a.kv.Get(ctx, idKey(id)); err == nil {
+			a.cacheSet(id, true, string(kv.Value))
+		}
+	}
+	return 0, false, fmt.Errorf("%w: %s", ErrContention, canonical)
+}
+
+// freeNumber returns the lowest number of the cluster's range not in use and not tried.
+func (a *Allocator) freeNumber(tried map[NumericIdentity]bool) (NumericIdentity, error) {
+	a.cmu.RLock()
+	defer a.cmu.RUnlock()
+	for local := uint32(LocalMin); local <= LocalMax; local++ {
+		id := Compose(a.clusterID, local)
+		if _, used := a.byID[id]; !used && !tried[id] {
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: cluster %d has all %d numbers in use", ErrExhausted, a.clusterID, LocalMax-LocalMin+1)
+}
+
+// Release drops one reference of ls taken by Allocate. When the node's last
+// reference goes, its reference key is deleted and the identity is removed
+// from the kvstore if no other node references it.
+func (a *Allocator) Release(ctx context.Context, ls labels.Labels) error {
+	if _, ok := LookupReserved(ls); ok {
+		return nil
+	}
+	ls, err := a.WithCluster(ls)
+	if err != nil {
+		return err
+	}
+	key := ls.String()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.refs[key]
+	if !ok {
+		return fmt.Errorf("%w: this node holds no reference to %s", ErrNotFound, key)
+	}
+	if r.count > 1 {
+		r.count--
+		return nil
+	}
+	if err := a.kv.Delete(ctx, valueKeyPrefix(key)+a.node); err != nil {
+		return err
+	}
+	delete(a.refs, key)
+	_, err = a.collect(ctx, r.id, key)
+	return err
+}
+
+// collect deletes identity id if it still holds canonical and nobody references it.
+func (a *Allocator) collect(ctx context.Context, id NumericIdentity, canonical string) (bool, error) {
+	return a.kv.Txn(ctx, []clientv3.Cmp{
+		clientv3.Compare(clientv3.Value(idKey(id)), "=", canonical),
+		clientv3.Compare(clientv3.CreateRevision(valueKeyPrefix(canonical)), "=", 0).WithPrefix(),
+	}, []clientv3.Op{clientv3.OpDelete(idKey(id))})
+}
+
+// GC deletes every identity of the cluster that no node references any more
+// (for example those of dead nodes whose leases expired). It is safe to run
+// on several nodes at once.
+func (a *Allocator) GC(ctx context.Context) (int, error) {
+	kvs, _, err := a.kv.List(ctx, IDPrefix)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, kv := range kvs {
+		num, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, IDPrefix), 10, 32)
+		if err != nil || !NumericIdentity(num).InClusterRange(a.clusterID) {
+			continue
+		}
+		deleted, err := a.collect(ctx, NumericIdentity(num), string(kv.Value))
+		if err != nil {
+			return n, err
+		}
+		if deleted {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// reacquire runs after the node's lease was lost and granted again: the
+// references vanished with the old lease and are written again.
+func (a *Allocator) reacquire(ctx context.Context, _ int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for key, r := range a.refs {
+		id, _, err := a.acquire(ctx, key)
+		if err != nil {
+			slog.Error("could not take back identity reference after lease loss", "labels", key, "err", err)
+			continue
+		}
+		if id != r.id {
+			slog.Warn("identity number changed after lease loss", "labels", key, "old", uint32(r.id), "new", uint32(id))
+			r.id = id
+		}
+	}
+}
+
+// Get returns identity n from the cache (reserved ones included).
+func (a *Allocator) Get(n NumericIdentity) (Identity, error) {
+	for _, r := range Reserved() {
+		if r.ID == n {
+			return r, nil
+		}
+	}
+	a.cmu.RLock()
+	defer a.cmu.RUnlock()
+	ls, ok := a.byID[n]
+	if !ok {
+		return Identity{}, fmt.Errorf("%w: %d", ErrNotFound, uint32(n))
+	}
+	return Identity{ID: n, Labels: ls}, nil
+}
+
+// List returns the reserved identities and every identity in the cluster, by number.
+func (a *Allocator) List() []Identity {
+	out := Reserved()
+	a.cmu.RLock()
+	for id, ls := range a.byID {
+		out = append(out, Identity{ID: id, Labels: ls})
+	}
+	a.cmu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Holds reports how many local references this node holds on the identity
+// of ls (0 when none).
+func (a *Allocator) Holds(ls labels.Labels) int {
+	ls, err := a.WithCluster(ls)
+	if err != nil {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.refs[ls.String()]; ok {
+		return r.count
+	}
+	return 0
+}

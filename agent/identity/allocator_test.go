@@ -1,0 +1,224 @@
+package identity_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/internal/testutil"
+)
+
+func newAllocator(t testing.TB, endpoints []string, node string) (*identity.Allocator, *kvstore.Lease) {
+	t.Helper()
+	kv := testutil.Connect(t, endpoints)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	lease, err := kv.GrantLease(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := identity.NewAllocator(ctx, kv, identity.AllocatorConfig{ClusterID: 3, ClusterName: "c3", Node: node, Lease: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, lease
+}
+
+func mustLabels(t testing.TB, s ...string) labels.Labels {
+	t.Helper()
+	ls, err := labels.ParseList(s...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}
+
+func TestAllocateReuseRelease(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a, _ := newAllocator(t, ep, "n1")
+	ctx := context.Background()
+	web := mustLabels(t, "app=web")
+	id1, isNew, err := a.Allocate(ctx, web)
+	if err != nil || !isNew {
+		t.Fatalf("first allocate: %v new=%v", err, isNew)
+	}
+	if !id1.ID.InClusterRange(3) {
+		t.Fatalf("identity %d is outside cluster 3's range", id1.ID)
+	}
+	if v, _ := id1.Labels.Get(labels.KeyCluster); v != "c3" {
+		t.Fatalf("identity lacks the cluster label: %v", id1.Labels)
+	}
+	id2, isNew, err := a.Allocate(ctx, web)
+	if err != nil || isNew || id2.ID != id1.ID {
+		t.Fatalf("second allocate: %v %v new=%v", err, id2.ID, isNew)
+	}
+	db, _, _ := a.Allocate(ctx, mustLabels(t, "app=db"))
+	if db.ID == id1.ID {
+		t.Fatal("two label sets share a number")
+	}
+	if got, err := a.Get(id1.ID); err != nil || !got.Labels.Equal(id1.Labels) {
+		t.Fatalf("get: %v %v", got, err)
+	}
+	// Release once: still referenced.
+	if err := a.Release(ctx, web); err != nil {
+		t.Fatal(err)
+	}
+	kv := testutil.Connect(t, ep)
+	if _, err := kv.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id1.ID)); err != nil {
+		t.Fatalf("identity removed while still referenced: %v", err)
+	}
+	// Last release: gone from the kvstore.
+	if err := a.Release(ctx, web); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id1.ID)); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("identity still in the kvstore after its last release: %v", err)
+	}
+	if err := a.Release(ctx, web); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatalf("release of an unheld label set: %v", err)
+	}
+	// Reserved labels map to reserved numbers without the kvstore.
+	w, _, err := a.Allocate(ctx, mustLabels(t, "reserved:world"))
+	if err != nil || w.ID != identity.World {
+		t.Fatalf("reserved:world -> %v %v", w.ID, err)
+	}
+}
+
+// Two agents allocating the same label sets at the same moment against one
+// etcd get the same numbers, and different sets get different numbers.
+func TestConcurrentAllocatorsAgree(t *testing.T) {
+	ep := testutil.Etcd(t)
+	const nodes, sets = 4, 20
+	allocs := make([]*identity.Allocator, nodes)
+	for i := range allocs {
+		allocs[i], _ = newAllocator(t, ep, fmt.Sprintf("n%d", i))
+	}
+	got := make([][]identity.NumericIdentity, nodes)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, nodes)
+	for i := range allocs {
+		got[i] = make([]identity.NumericIdentity, sets)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			for s := 0; s < sets; s++ {
+				id, _, err := allocs[i].Allocate(context.Background(), mustLabels(t, fmt.Sprintf("app=s%d", s)))
+				if err != nil {
+					errs <- err
+					return
+				}
+				got[i][s] = id.ID
+			}
+		}(i)
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seen := map[identity.NumericIdentity]int{}
+	for s := 0; s < sets; s++ {
+		for i := 1; i < nodes; i++ {
+			if got[i][s] != got[0][s] {
+				t.Fatalf("label set s%d: node 0 got %d, node %d got %d", s, got[0][s], i, got[i][s])
+			}
+		}
+		if prev, dup := seen[got[0][s]]; dup {
+			t.Fatalf("sets s%d and s%d share number %d", prev, s, got[0][s])
+		}
+		seen[got[0][s]] = s
+	}
+}
+
+// A dead node's references expire with its lease; GC then removes the
+// identities nobody references.
+func TestGCAfterNodeDeath(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a, lease := newAllocator(t, ep, "dead")
+	b, _ := newAllocator(t, ep, "alive")
+	ctx := context.Background()
+	only, _, _ := a.Allocate(ctx, mustLabels(t, "app=only-dead"))
+	shared, _, _ := a.Allocate(ctx, mustLabels(t, "app=shared"))
+	if s2, _, _ := b.Allocate(ctx, mustLabels(t, "app=shared")); s2.ID != shared.ID {
+		t.Fatalf("shared set got %d and %d", shared.ID, s2.ID)
+	}
+	lease.Abandon()
+	kv := testutil.Connect(t, ep)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		refs, _, _ := kv.List(ctx, identity.ValuePrefix)
+		if len(refs) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dead node's references still there: %d", len(refs))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	n, err := b.GC(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("gc collected %d (%v), want 1", n, err)
+	}
+	if _, err := kv.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, only.ID)); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatal("unreferenced identity survived GC")
+	}
+	if _, err := kv.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, shared.ID)); err != nil {
+		t.Fatal("referenced identity was collected")
+	}
+}
+
+func BenchmarkAllocate(b *testing.B) {
+	ep := testutil.Etcd(b)
+	a, _ := newAllocator(b, ep, "bench")
+	ctx := context.Background()
+	b.Run("baseline-etcd-put", func(b *testing.B) {
+		kv := testutil.Connect(b, ep)
+		for i := 0; i < b.N; i++ {
+			if err := kv.Put(ctx, fmt.Sprintf("filament/bench/%d", i), []byte("x"), 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+	})
+	b.Run("new-label-set", func(b *testing.B) {
+		sets := make([]labels.Labels, b.N)
+		for i := range sets {
+			sets[i] = mustLabels(b, fmt.Sprintf("app=new%d-%d", b.N, i))
+		}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, _, err := a.Allocate(ctx, sets[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+	})
+	b.Run("existing-label-set", func(b *testing.B) {
+		// Another node created it; this node takes a reference the first time
+		// and then counts locally, as every further endpoint does.
+		other, _ := newAllocator(b, ep, "other")
+		sets := make([]labels.Labels, b.N)
+		for i := range sets {
+			sets[i] = mustLabels(b, fmt.Sprintf("app=old%d-%d", b.N, i))
+			if _, _, err := other.Allocate(ctx, sets[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, isNew, err := a.Allocate(ctx, sets[i]); err != nil || isNew {
+				b.Fatal(err, isNew)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+	})
+}

@@ -1,0 +1,112 @@
+// Package embedded owns the etcd server that runs inside a Filament process
+// (go.etcd.io/etcd/server/v3/embed) when no external etcd is configured:
+// its data directory, listen addresses and start/stop.
+package embedded
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// ErrStart is wrapped by every start failure.
+var ErrStart = errors.New("embedded etcd did not start")
+
+// Config of an embedded etcd.
+type Config struct {
+	// Dir holds the etcd data (created 0700 if missing).
+	Dir string
+	// Name of the member; "filament" if empty.
+	Name string
+	// ClientURL to listen on, e.g. http://127.0.0.1:2379. Port 0 picks a free port.
+	ClientURL string
+	// PeerURL to listen on for raft; http://127.0.0.1:2380 if empty. Port 0 picks a free port.
+	PeerURL string
+	// UnsafeNoFsync trades durability for speed (tests and labs only).
+	UnsafeNoFsync bool
+	// StartTimeout bounds the wait for readiness (default 30 s).
+	StartTimeout time.Duration
+}
+
+// Server is a running embedded etcd.
+type Server struct {
+	e         *embed.Etcd
+	endpoints []string
+}
+
+// Start runs etcd and waits until it serves clients.
+func Start(c Config) (*Server, error) {
+	if c.Dir == "" {
+		return nil, fmt.Errorf("%w: data dir is empty", ErrStart)
+	}
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: data dir: %v", ErrStart, err)
+	}
+	if c.Name == "" {
+		c.Name = "filament"
+	}
+	if c.ClientURL == "" {
+		c.ClientURL = "http://127.0.0.1:2379"
+	}
+	if c.PeerURL == "" {
+		c.PeerURL = "http://127.0.0.1:2380"
+	}
+	cu, err := url.Parse(c.ClientURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: client URL %q: %v", ErrStart, c.ClientURL, err)
+	}
+	pu, err := url.Parse(c.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: peer URL %q: %v", ErrStart, c.PeerURL, err)
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = c.Name
+	cfg.Dir = c.Dir
+	cfg.ListenClientUrls = []url.URL{*cu}
+	cfg.AdvertiseClientUrls = []url.URL{*cu}
+	cfg.ListenPeerUrls = []url.URL{*pu}
+	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	cfg.InitialCluster = c.Name + "=" + pu.String()
+	cfg.UnsafeNoFsync = c.UnsafeNoFsync
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.LogLevel = "error"
+	// Keep history long enough for watchers to resume, compact periodically.
+	cfg.AutoCompactionMode = "revision"
+	cfg.AutoCompactionRetention = "10000"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	timeout := c.StartTimeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	case <-time.After(timeout):
+		e.Server.Stop()
+		e.Close()
+		return nil, fmt.Errorf("%w: not ready after %s", ErrStart, timeout)
+	}
+	s := &Server{e: e}
+	for _, l := range e.Clients {
+		s.endpoints = append(s.endpoints, cu.Scheme+"://"+l.Addr().String())
+	}
+	return s, nil
+}
+
+// Endpoints are the client URLs clients should dial (with the real port).
+func (s *Server) Endpoints() []string { return s.endpoints }
+
+// Close stops etcd.
+func (s *Server) Close() {
+	s.e.Close()
+}

@@ -1,0 +1,234 @@
+// Package kvstore owns Filament's access to etcd: plain reads and writes,
+// create-if-absent and compare transactions, prefix list+watch that resumes
+// from a revision and resynchronises after compaction, leases kept alive for
+// the life of a node, and the TLS client configuration for remote etcds.
+package kvstore
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Prefix is the root of every key Filament writes.
+const Prefix = "filament/"
+
+var (
+	// ErrNotFound is returned by Get for a key that does not exist.
+	ErrNotFound = errors.New("kvstore: key not found")
+	// ErrExists is returned by CreateIfAbsent when the key is already there.
+	ErrExists = errors.New("kvstore: key already exists")
+	// ErrConfig is wrapped by configuration errors.
+	ErrConfig = errors.New("kvstore: invalid configuration")
+)
+
+// Config says how to reach etcd.
+type Config struct {
+	Endpoints   []string      `json:"endpoints" yaml:"endpoints"`
+	DialTimeout time.Duration `json:"dialTimeout,omitempty" yaml:"dialTimeout,omitempty"`
+	// TLS files; all empty means plain text. CAFile alone verifies the server;
+	// CertFile and KeyFile together authenticate the client.
+	CAFile   string `json:"caFile,omitempty" yaml:"caFile,omitempty"`
+	CertFile string `json:"certFile,omitempty" yaml:"certFile,omitempty"`
+	KeyFile  string `json:"keyFile,omitempty" yaml:"keyFile,omitempty"`
+	// Username and Password for etcd authentication, if enabled.
+	Username string `json:"username,omitempty" yaml:"username,omitempty"`
+	Password string `json:"password,omitempty" yaml:"password,omitempty"`
+}
+
+// TLSConfig builds the client TLS configuration from the files in c, or nil
+// when no TLS file is set.
+func (c Config) TLSConfig() (*tls.Config, error) {
+	if c.CAFile == "" && c.CertFile == "" && c.KeyFile == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: caFile: %v", ErrConfig, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: caFile %s: no PEM certificate in it", ErrConfig, c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return nil, fmt.Errorf("%w: certFile and keyFile must be given together", ErrConfig)
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: certFile/keyFile: %v", ErrConfig, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Client is a connection to one etcd cluster.
+type Client struct {
+	c *clientv3.Client
+}
+
+// Connect dials etcd and checks that it answers.
+func Connect(ctx context.Context, cfg Config) (*Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, fmt.Errorf("%w: endpoints: at least one etcd endpoint is needed", ErrConfig)
+	}
+	tc, err := cfg.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	dt := cfg.DialTimeout
+	if dt == 0 {
+		dt = 5 * time.Second
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: dt,
+		TLS:         tc,
+		Username:    cfg.Username,
+		Password:    cfg.Password,
+		Logger:      zap.NewNop(),
+		Context:     context.Background(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kvstore: connect %v: %w", cfg.Endpoints, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, dt)
+	defer cancel()
+	if _, err := c.Status(sctx, cfg.Endpoints[0]); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("kvstore: etcd at %v does not answer: %w", cfg.Endpoints, err)
+	}
+	return &Client{c: c}, nil
+}
+
+// Close releases the connection.
+func (c *Client) Close() error { return c.c.Close() }
+
+// Raw exposes the etcd client for callers that need more than this package offers.
+func (c *Client) Raw() *clientv3.Client { return c.c }
+
+// KeyValue is one stored key with its revisions.
+type KeyValue struct {
+	Key            string
+	Value          []byte
+	CreateRevision int64
+	ModRevision    int64
+	Lease          int64
+}
+
+func fromKV(kv interface {
+	GetKey() []byte
+	GetValue() []byte
+	GetCreateRevision() int64
+	GetModRevision() int64
+	GetLease() int64
+}) KeyValue {
+	return KeyValue{
+		Key: string(kv.GetKey()), Value: kv.GetValue(),
+		CreateRevision: kv.GetCreateRevision(), ModRevision: kv.GetModRevision(), Lease: kv.GetLease(),
+	}
+}
+
+// Get reads one key; ErrNotFound when it is absent.
+func (c *Client) Get(ctx context.Context, key string) (KeyValue, error) {
+	r, err := c.c.Get(ctx, key)
+	if err != nil {
+		return KeyValue{}, fmt.Errorf("kvstore: get %s: %w", key, err)
+	}
+	if len(r.Kvs) == 0 {
+		return KeyValue{}, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	return fromKV(r.Kvs[0]), nil
+}
+
+// Put writes key=value, attached to lease when lease is non-zero.
+func (c *Client) Put(ctx context.Context, key string, value []byte, lease int64) error {
+	var opts []clientv3.OpOption
+	if lease != 0 {
+		opts = append(opts, clientv3.WithLease(clientv3.LeaseID(lease)))
+	}
+	if _, err := c.c.Put(ctx, key, string(value), opts...); err != nil {
+		return fmt.Errorf("kvstore: put %s: %w", key, err)
+	}
+	return nil
+}
+
+// Delete removes key; deleting an absent key is not an error.
+func (c *Client) Delete(ctx context.Context, key string) error {
+	if _, err := c.c.Delete(ctx, key); err != nil {
+		return fmt.Errorf("kvstore: delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// DeletePrefix removes every key under prefix.
+func (c *Client) DeletePrefix(ctx context.Context, prefix string) error {
+	if _, err := c.c.Delete(ctx, prefix, clientv3.WithPrefix()); err != nil {
+		return fmt.Errorf("kvstore: delete prefix %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// CreateIfAbsent writes key=value only if key does not exist, atomically;
+// ErrExists otherwise.
+func (c *Client) CreateIfAbsent(ctx context.Context, key string, value []byte, lease int64) error {
+	var opts []clientv3.OpOption
+	if lease != 0 {
+		opts = append(opts, clientv3.WithLease(clientv3.LeaseID(lease)))
+	}
+	r, err := c.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(value), opts...)).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("kvstore: create %s: %w", key, err)
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("%w: %s", ErrExists, key)
+	}
+	return nil
+}
+
+// Txn runs an etcd transaction and reports whether its conditions held.
+func (c *Client) Txn(ctx context.Context, cmps []clientv3.Cmp, then []clientv3.Op) (bool, error) {
+	r, err := c.c.Txn(ctx).If(cmps...).Then(then...).Commit()
+	if err != nil {
+		return false, fmt.Errorf("kvstore: txn: %w", err)
+	}
+	return r.Succeeded, nil
+}
+
+// List reads every key under prefix and the store revision of the read.
+func (c *Client) List(ctx context.Context, prefix string) ([]KeyValue, int64, error) {
+	r, err := c.c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("kvstore: list %s: %w", prefix, err)
+	}
+	out := make([]KeyValue, len(r.Kvs))
+	for i, kv := range r.Kvs {
+		out[i] = fromKV(kv)
+	}
+	return out, r.Header.Revision, nil
+}
+
+// Compact compacts the store's history up to rev (used by tests and
+// maintenance; watchers behind rev resynchronise).
+func (c *Client) Compact(ctx context.Context, rev int64) error {
+	_, err := c.c.Compact(ctx, rev, clientv3.WithCompactPhysical())
+	if err != nil {
+		return fmt.Errorf("kvstore: compact %d: %w", rev, err)
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+package kvstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/internal/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func TestGetPutDeleteCreate(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	if _, err := c.Get(x, "filament/a"); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("get absent: want ErrNotFound, got %v", err)
+	}
+	if err := c.Put(x, "filament/a", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := c.Get(x, "filament/a")
+	if err != nil || string(kv.Value) != "1" {
+		t.Fatalf("get: %v %q", err, kv.Value)
+	}
+	if err := c.CreateIfAbsent(x, "filament/a", []byte("2"), 0); !errors.Is(err, kvstore.ErrExists) {
+		t.Fatalf("create existing: want ErrExists, got %v", err)
+	}
+	if kv, _ := c.Get(x, "filament/a"); string(kv.Value) != "1" {
+		t.Fatalf("failed create changed the value to %q", kv.Value)
+	}
+	if err := c.CreateIfAbsent(x, "filament/b", []byte("2"), 0); err != nil {
+		t.Fatalf("create absent: %v", err)
+	}
+	if err := c.Delete(x, "filament/a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(x, "filament/a"); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+	kvs, rev, err := c.List(x, "filament/")
+	if err != nil || len(kvs) != 1 || kvs[0].Key != "filament/b" || rev == 0 {
+		t.Fatalf("list: %v %v %d", err, kvs, rev)
+	}
+}
+
+func next(t *testing.T, ch <-chan kvstore.Event) kvstore.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("watch channel closed")
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no watch event within 10s")
+	}
+	return kvstore.Event{}
+}
+
+func expect(t *testing.T, ch <-chan kvstore.Event, typ kvstore.EventType, key, val string) kvstore.Event {
+	t.Helper()
+	ev := next(t, ch)
+	if ev.Type != typ || ev.Key != key || (typ == kvstore.EventUpsert && string(ev.Value) != val) {
+		t.Fatalf("want %s %s=%q, got %s %s=%q", typ, key, val, ev.Type, ev.Key, ev.Value)
+	}
+	return ev
+}
+
+func TestListWatch(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	c.Put(x, "filament/w/a", []byte("1"), 0)
+	c.Put(x, "filament/other", []byte("x"), 0)
+	ch := c.Watch(x, "filament/w/", kvstore.WatchOptions{})
+	expect(t, ch, kvstore.EventUpsert, "filament/w/a", "1")
+	synced := expect(t, ch, kvstore.EventSynced, "", "")
+	c.Put(x, "filament/w/b", []byte("2"), 0)
+	c.Delete(x, "filament/w/a")
+	expect(t, ch, kvstore.EventUpsert, "filament/w/b", "2")
+	del := expect(t, ch, kvstore.EventDelete, "filament/w/a", "")
+
+	// Resume from a revision: only later changes arrive, no list.
+	ch2 := c.Watch(x, "filament/w/", kvstore.WatchOptions{Revision: synced.Revision})
+	expect(t, ch2, kvstore.EventUpsert, "filament/w/b", "2")
+	expect(t, ch2, kvstore.EventDelete, "filament/w/a", "")
+	ch3 := c.Watch(x, "filament/w/", kvstore.WatchOptions{Revision: del.Revision})
+	c.Put(x, "filament/w/c", []byte("3"), 0)
+	expect(t, ch3, kvstore.EventUpsert, "filament/w/c", "3")
+}
+
+func TestWatchResyncsAfterCompaction(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	c.Put(x, "filament/w/a", []byte("1"), 0)
+	c.Put(x, "filament/w/b", []byte("1"), 0)
+	_, rev, _ := c.List(x, "filament/w/")
+	// Changes the watcher will never see as events.
+	c.Delete(x, "filament/w/a")
+	c.Put(x, "filament/w/b", []byte("2"), 0)
+	c.Put(x, "filament/w/c", []byte("3"), 0)
+	_, now, _ := c.List(x, "filament/w/")
+	if err := c.Compact(x, now); err != nil {
+		t.Fatal(err)
+	}
+	ch := c.Watch(x, "filament/w/", kvstore.WatchOptions{Revision: rev, Known: []string{"filament/w/a", "filament/w/b"}})
+	got := map[string]string{}
+	for {
+		ev := next(t, ch)
+		if ev.Type == kvstore.EventSynced {
+			break
+		}
+		got[ev.Type.String()+" "+ev.Key] = string(ev.Value)
+	}
+	want := map[string]string{"upsert filament/w/b": "2", "upsert filament/w/c": "3", "delete filament/w/a": ""}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("resync: got %v want %v", got, want)
+	}
+	c.Put(x, "filament/w/d", []byte("4"), 0)
+	expect(t, ch, kvstore.EventUpsert, "filament/w/d", "4")
+}
+
+func TestLeaseKeysVanish(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	l, err := c.GrantLease(x, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put(x, "filament/leased", []byte("v"), l.ID()); err != nil {
+		t.Fatal(err)
+	}
+	// Kept alive past several TTLs.
+	time.Sleep(2500 * time.Millisecond)
+	if _, err := c.Get(x, "filament/leased"); err != nil {
+		t.Fatalf("key under a kept-alive lease vanished: %v", err)
+	}
+	// Abandoned like a dead node: gone after the TTL.
+	l.Abandon()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := c.Get(x, "filament/leased"); errors.Is(err, kvstore.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("key of an abandoned lease still there after 5s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	l2, _ := c.GrantLease(x, 10*time.Second)
+	c.Put(x, "filament/leased2", []byte("v"), l2.ID())
+	if err := l2.Close(x); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(x, "filament/leased2"); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("revoked lease kept its key: %v", err)
+	}
+}
+
+func TestLeaseRenewedAfterLoss(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	l, err := c.GrantLease(x, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := make(chan int64, 1)
+	l.OnRenew(func(_ context.Context, id int64) { renewed <- id })
+	old := l.ID()
+	// Revoke behind the holder's back, as etcd does when a lease expires.
+	if _, err := c.Raw().Revoke(x, clientLeaseID(old)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-renewed:
+		if id == old || l.ID() != id {
+			t.Fatalf("renewed lease id %x, old %x, current %x", id, old, l.ID())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("lost lease was not granted again")
+	}
+	l.Close(x)
+}
+
+func TestConfigErrors(t *testing.T) {
+	x := ctx(t)
+	if _, err := kvstore.Connect(x, kvstore.Config{}); !errors.Is(err, kvstore.ErrConfig) {
+		t.Fatalf("no endpoints: %v", err)
+	}
+	if _, err := (kvstore.Config{CAFile: "/nonexistent/ca.pem"}).TLSConfig(); !errors.Is(err, kvstore.ErrConfig) {
+		t.Fatalf("bad ca file: %v", err)
+	}
+	if _, err := (kvstore.Config{CertFile: "/x"}).TLSConfig(); !errors.Is(err, kvstore.ErrConfig) {
+		t.Fatalf("cert without key: %v", err)
+	}
+}
+
+func clientLeaseID(id int64) clientv3.LeaseID { return clientv3.LeaseID(id) }

@@ -1,0 +1,164 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// EventType says what happened to a key.
+type EventType int
+
+const (
+	// EventUpsert: the key was created or changed.
+	EventUpsert EventType = iota
+	// EventDelete: the key was deleted (or expired with its lease).
+	EventDelete
+	// EventSynced: every key that existed at the listed revision has been
+	// reported; sent after the initial list and after every resync.
+	EventSynced
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventUpsert:
+		return "upsert"
+	case EventDelete:
+		return "delete"
+	case EventSynced:
+		return "synced"
+	}
+	return "unknown"
+}
+
+// Event is one change under a watched prefix.
+type Event struct {
+	Type     EventType
+	Key      string
+	Value    []byte
+	Revision int64 // store revision of the change (of the list, for EventSynced)
+}
+
+// WatchOptions tune Watch.
+type WatchOptions struct {
+	// Revision, when non-zero, resumes after this revision instead of listing
+	// first: the caller already holds the state as of Revision.
+	Revision int64
+	// Known are the keys the caller holds when resuming; after a compaction
+	// forces a resync, the ones that no longer exist are reported deleted.
+	Known []string
+}
+
+// Watch lists prefix (unless resuming), then streams its changes until ctx
+// ends, when the channel is closed. If etcd has compacted the revision the
+// watch needs, it lists again and reports the difference against what it has
+// reported so far (upserts for present keys, deletes for vanished ones),
+// followed by EventSynced. A broken watch stream is re-established from the
+// last revision seen.
+func (c *Client) Watch(ctx context.Context, prefix string, o WatchOptions) <-chan Event {
+	ch := make(chan Event, 128)
+	go c.watchLoop(ctx, prefix, o, ch)
+	return ch
+}
+
+func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, ch chan<- Event) {
+	defer close(ch)
+	known := make(map[string]bool, len(o.Known))
+	for _, k := range o.Known {
+		known[k] = true
+	}
+	send := func(ev Event) bool {
+		select {
+		case ch <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	// resync lists the prefix and reports the difference with known.
+	resync := func() (int64, bool) {
+		for {
+			kvs, rev, err := c.List(ctx, prefix)
+			if err != nil {
+				if ctx.Err() != nil {
+					return 0, false
+				}
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			present := make(map[string]bool, len(kvs))
+			for _, kv := range kvs {
+				present[kv.Key] = true
+				known[kv.Key] = true
+				if !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision}) {
+					return 0, false
+				}
+			}
+			for k := range known {
+				if !present[k] {
+					delete(known, k)
+					if !send(Event{Type: EventDelete, Key: k, Revision: rev}) {
+						return 0, false
+					}
+				}
+			}
+			return rev, send(Event{Type: EventSynced, Revision: rev})
+		}
+	}
+
+	rev := o.Revision
+	if rev == 0 {
+		var ok bool
+		if rev, ok = resync(); !ok {
+			return
+		}
+	}
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := c.c.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+		compacted := false
+		for resp := range wch {
+			if err := resp.Err(); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) || resp.CompactRevision != 0 {
+					compacted = true
+				}
+				break
+			}
+			for _, e := range resp.Events {
+				ev := Event{Key: string(e.Kv.Key), Value: e.Kv.Value, Revision: e.Kv.ModRevision}
+				if e.Type == clientv3.EventTypeDelete {
+					ev.Type = EventDelete
+					delete(known, ev.Key)
+				} else {
+					ev.Type = EventUpsert
+					known[ev.Key] = true
+				}
+				if !send(ev) {
+					cancel()
+					return
+				}
+				rev = e.Kv.ModRevision
+			}
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if compacted {
+			var ok bool
+			if rev, ok = resync(); !ok {
+				return
+			}
+			continue
+		}
+		// The stream broke for another reason: back off a little and resume.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,71 @@
+// Package testutil owns what tests share: the one helper that skips a test
+// needing root or a kernel feature (naming what is missing), and a real
+// embedded etcd per test.
+package testutil
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/kvstore/embedded"
+)
+
+// RequireRoot skips t unless the test runs as root, saying why. When
+// FILAMENT_REQUIRE_PRIVILEGED=1 (as `make test` sets it) a missing privilege
+// fails the test instead, so CI never passes by skipping the datapath.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("FILAMENT_REQUIRE_PRIVILEGED") == "1" {
+		t.Fatalf("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and FILAMENT_REQUIRE_PRIVILEGED=1 forbids skipping")
+	}
+	t.Skip("skipped: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+}
+
+// SkipMissingFeature skips t because the kernel lacks feature (err says how
+// that was found out).
+func SkipMissingFeature(t testing.TB, feature string, err error) {
+	t.Helper()
+	t.Skipf("skipped: kernel feature %s is missing: %v", feature, err)
+}
+
+// Etcd starts a real embedded etcd for t (stopped at cleanup) and returns its
+// client endpoints.
+func Etcd(t testing.TB) []string {
+	t.Helper()
+	s, err := embedded.Start(embedded.Config{
+		Dir:           t.TempDir(),
+		ClientURL:     "http://127.0.0.1:0",
+		PeerURL:       "http://127.0.0.1:0",
+		UnsafeNoFsync: true,
+	})
+	if err != nil {
+		t.Fatalf("embedded etcd: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s.Endpoints()
+}
+
+// EtcdClient starts an embedded etcd for t and returns a connected client.
+func EtcdClient(t testing.TB) *kvstore.Client {
+	t.Helper()
+	return Connect(t, Etcd(t))
+}
+
+// Connect opens one more client to endpoints, closed at cleanup.
+func Connect(t testing.TB, endpoints []string) *kvstore.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: endpoints})
+	if err != nil {
+		t.Fatalf("connect etcd: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
