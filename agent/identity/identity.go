@@ -27,13 +27,13 @@ const (
 
 // Reserved identities, the same in every cluster.
 const (
-	Unknown   NumericIdentity = 0
-	Host      NumericIdentity = 1
-	World     NumericIdentity = 2
-	Unmanaged NumericIdentity = 3
-	Health    NumericIdentity = 4
-	Init      NumericIdentity = 5
-	RemoteNode NumericIdentity = 6
+	Unknown     NumericIdentity = 0
+	Host        NumericIdentity = 1
+	World       NumericIdentity = 2
+	Unmanaged   NumericIdentity = 3
+	Health      NumericIdentity = 4
+	Init        NumericIdentity = 5
+	RemoteNode  NumericIdentity = 6
 	MaxReserved NumericIdentity = 255
 )
 

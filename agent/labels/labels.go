@@ -14,12 +14,12 @@ import (
 
 // Sources a label can come from.
 const (
-	SourceK8s      = "k8s"       // pod labels, Kubernetes or CNI args
-	SourceReserved = "reserved"  // identities reserved by Filament (host, world, ...)
-	SourceCIDR     = "cidr"      // CIDR-derived identities (key is the prefix)
+	SourceK8s       = "k8s"       // pod labels, Kubernetes or CNI args
+	SourceReserved  = "reserved"  // identities reserved by Filament (host, world, ...)
+	SourceCIDR      = "cidr"      // CIDR-derived identities (key is the prefix)
 	SourceContainer = "container" // labels given by a container runtime
-	SourceUnspec   = "unspec"    // no source given
-	SourceAny      = "any"       // selector wildcard: matches any source
+	SourceUnspec    = "unspec"    // no source given
+	SourceAny       = "any"       // selector wildcard: matches any source
 )
 
 // Well-known label keys.

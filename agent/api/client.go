@@ -1,0 +1,187 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/policy"
+)
+
+// ErrAgentDown: nothing answers on the socket.
+var ErrAgentDown = errors.New("filament-agent is not reachable")
+
+// APIError is a non-2xx answer of the agent.
+type APIError struct {
+	Status int
+	Error_ Error
+}
+
+func (e *APIError) Error() string { return e.Error_.Message }
+
+// IsCode reports whether err is an APIError with that code ("not_found", "invalid", ...).
+func IsCode(err error, code string) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Error_.Code == code
+}
+
+// Client talks to one agent.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// SocketPath is the socket a client uses: the argument, else
+// $FILAMENT_API_SOCKET, else the default.
+func SocketPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv(SocketEnv); env != "" {
+		return env
+	}
+	return DefaultSocket
+}
+
+// NewClient returns a client of the agent listening at socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w at %s: %v (is it running?)", ErrAgentDown, c.socket, op.Err)
+		}
+		return fmt.Errorf("agent at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("agent at %s: %w", c.socket, err)
+	}
+	if resp.StatusCode >= 300 {
+		ae := &APIError{Status: resp.StatusCode}
+		if json.Unmarshal(b, &ae.Error_) != nil || ae.Error_.Message == "" {
+			ae.Error_.Message = fmt.Sprintf("agent answered %s", resp.Status)
+		}
+		return ae
+	}
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("agent answer: %w", err)
+		}
+	}
+	return nil
+}
+
+func (c *Client) jsonBody(v any) io.Reader {
+	b, _ := json.Marshal(v)
+	return bytes.NewReader(b)
+}
+
+// Status of the agent.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, "", &s)
+}
+
+// CreateEndpoint asks for a new endpoint.
+func (c *Client) CreateEndpoint(ctx context.Context, r endpoint.CreateRequest) (endpoint.Endpoint, error) {
+	var ep endpoint.Endpoint
+	return ep, c.do(ctx, http.MethodPost, "/v1/endpoints", c.jsonBody(r), "application/json", &ep)
+}
+
+// Endpoints lists the node's endpoints.
+func (c *Client) Endpoints(ctx context.Context) ([]endpoint.Endpoint, error) {
+	var eps []endpoint.Endpoint
+	return eps, c.do(ctx, http.MethodGet, "/v1/endpoints", nil, "", &eps)
+}
+
+// Endpoint gets one endpoint by ID.
+func (c *Client) Endpoint(ctx context.Context, id uint16) (endpoint.Endpoint, error) {
+	var ep endpoint.Endpoint
+	return ep, c.do(ctx, http.MethodGet, "/v1/endpoints/"+strconv.Itoa(int(id)), nil, "", &ep)
+}
+
+// LookupEndpoint finds the endpoint of a container's interface.
+func (c *Client) LookupEndpoint(ctx context.Context, containerID, ifName string) (endpoint.Endpoint, error) {
+	var eps []endpoint.Endpoint
+	q := url.Values{"containerID": {containerID}, "ifName": {ifName}}
+	if err := c.do(ctx, http.MethodGet, "/v1/endpoints?"+q.Encode(), nil, "", &eps); err != nil {
+		return endpoint.Endpoint{}, err
+	}
+	return eps[0], nil
+}
+
+// DeleteEndpoint deletes endpoint id.
+func (c *Client) DeleteEndpoint(ctx context.Context, id uint16) error {
+	return c.do(ctx, http.MethodDelete, "/v1/endpoints/"+strconv.Itoa(int(id)), nil, "", nil)
+}
+
+// DeleteContainer deletes a container interface's endpoint, if any.
+func (c *Client) DeleteContainer(ctx context.Context, containerID, ifName string) error {
+	q := url.Values{"containerID": {containerID}, "ifName": {ifName}}
+	return c.do(ctx, http.MethodDelete, "/v1/endpoints?"+q.Encode(), nil, "", nil)
+}
+
+// Identities lists identities.
+func (c *Client) Identities(ctx context.Context) ([]IdentityView, error) {
+	var ids []IdentityView
+	return ids, c.do(ctx, http.MethodGet, "/v1/identities", nil, "", &ids)
+}
+
+// Identity gets one identity.
+func (c *Client) Identity(ctx context.Context, id uint32) (IdentityView, error) {
+	var v IdentityView
+	return v, c.do(ctx, http.MethodGet, "/v1/identities/"+strconv.FormatUint(uint64(id), 10), nil, "", &v)
+}
+
+// ImportPolicies sends YAML or JSON policy documents.
+func (c *Client) ImportPolicies(ctx context.Context, doc []byte) (PolicyImportResult, error) {
+	var r PolicyImportResult
+	return r, c.do(ctx, http.MethodPut, "/v1/policies", bytes.NewReader(doc), "application/yaml", &r)
+}
+
+// Policies lists stored policies.
+func (c *Client) Policies(ctx context.Context) ([]policy.Policy, error) {
+	var ps []policy.Policy
+	return ps, c.do(ctx, http.MethodGet, "/v1/policies", nil, "", &ps)
+}
+
+// Policy gets one policy by key (namespace/name).
+func (c *Client) Policy(ctx context.Context, key string) (policy.Policy, error) {
+	var p policy.Policy
+	return p, c.do(ctx, http.MethodGet, "/v1/policies/"+key, nil, "", &p)
+}
+
+// DeletePolicy deletes one policy by key.
+func (c *Client) DeletePolicy(ctx context.Context, key string) (PolicyImportResult, error) {
+	var r PolicyImportResult
+	return r, c.do(ctx, http.MethodDelete, "/v1/policies/"+key, nil, "", &r)
+}

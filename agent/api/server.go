@@ -1,0 +1,288 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/policy"
+)
+
+// Endpoints is what the API needs of the endpoint manager.
+type Endpoints interface {
+	Create(ctx context.Context, r endpoint.CreateRequest) (endpoint.Endpoint, error)
+	Delete(ctx context.Context, id uint16) error
+	DeleteByContainer(ctx context.Context, containerID, ifName string) (bool, error)
+	Get(id uint16) (endpoint.Endpoint, error)
+	Lookup(containerID, ifName string) (endpoint.Endpoint, error)
+	List() []endpoint.Endpoint
+}
+
+// Identities is what the API needs of the identity allocator.
+type Identities interface {
+	Get(n identity.NumericIdentity) (identity.Identity, error)
+	List() []identity.Identity
+}
+
+// Policies is what the API needs of the policy repository.
+type Policies interface {
+	Import(ps []policy.Policy) (uint64, error)
+	Delete(key string) (uint64, error)
+	Get(key string) (policy.Policy, error)
+	List() []policy.Policy
+}
+
+// Server serves the API.
+type Server struct {
+	Endpoints  Endpoints
+	Identities Identities
+	Policies   Policies
+	Status     func(ctx context.Context) Status
+
+	srv *http.Server
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, s.Status(r.Context())) })
+	mux.HandleFunc("GET /v1/endpoints", s.listEndpoints)
+	mux.HandleFunc("POST /v1/endpoints", s.createEndpoint)
+	mux.HandleFunc("DELETE /v1/endpoints", s.deleteEndpointByContainer)
+	mux.HandleFunc("GET /v1/endpoints/{id}", s.getEndpoint)
+	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.deleteEndpoint)
+	mux.HandleFunc("GET /v1/identities", s.listIdentities)
+	mux.HandleFunc("GET /v1/identities/{id}", s.getIdentity)
+	mux.HandleFunc("GET /v1/policies", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, s.Policies.List()) })
+	mux.HandleFunc("PUT /v1/policies", s.importPolicies)
+	mux.HandleFunc("GET /v1/policies/{key...}", s.getPolicy)
+	mux.HandleFunc("DELETE /v1/policies/{key...}", s.deletePolicy)
+	return mux
+}
+
+// Serve listens on the unix socket at path (replacing a stale one, mode
+// 0660) and serves until Shutdown.
+func (s *Server) Serve(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("api socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("api socket: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("api socket: %w", err)
+	}
+	os.Chmod(path, 0o660)
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("api server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Shutdown stops accepting requests and waits for running ones.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Shutdown(ctx)
+}
+
+func reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// fail maps an error onto its HTTP status by the sentinel it wraps.
+func fail(w http.ResponseWriter, err error) {
+	status, code := http.StatusInternalServerError, "internal"
+	switch {
+	case errors.Is(err, endpoint.ErrNotFound), errors.Is(err, identity.ErrNotFound), errors.Is(err, policy.ErrNotFound):
+		status, code = http.StatusNotFound, "not_found"
+	case errors.Is(err, endpoint.ErrExists):
+		status, code = http.StatusConflict, "exists"
+	case errors.Is(err, ipam.ErrExhausted), errors.Is(err, identity.ErrExhausted):
+		status, code = http.StatusInsufficientStorage, "exhausted"
+	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policy.ErrInvalidPolicy), errors.Is(err, errBadRequest):
+		status, code = http.StatusBadRequest, "invalid"
+	}
+	reply(w, status, Error{Code: code, Message: err.Error()})
+}
+
+var errBadRequest = errors.New("bad request")
+
+func decodeStrict(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: body: %v", errBadRequest, err)
+	}
+	return nil
+}
+
+func endpointID(r *http.Request) (uint16, error) {
+	n, err := strconv.ParseUint(r.PathValue("id"), 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%w: endpoint ID %q: want a number 1-65535", errBadRequest, r.PathValue("id"))
+	}
+	return uint16(n), nil
+}
+
+func (s *Server) listEndpoints(w http.ResponseWriter, r *http.Request) {
+	if cid := r.URL.Query().Get("containerID"); cid != "" {
+		ep, err := s.Endpoints.Lookup(cid, r.URL.Query().Get("ifName"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, []endpoint.Endpoint{ep})
+		return
+	}
+	reply(w, http.StatusOK, s.Endpoints.List())
+}
+
+func (s *Server) createEndpoint(w http.ResponseWriter, r *http.Request) {
+	var req endpoint.CreateRequest
+	if err := decodeStrict(r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	ep, err := s.Endpoints.Create(r.Context(), req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusCreated, ep)
+}
+
+func (s *Server) getEndpoint(w http.ResponseWriter, r *http.Request) {
+	id, err := endpointID(r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	ep, err := s.Endpoints.Get(id)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, ep)
+}
+
+func (s *Server) deleteEndpoint(w http.ResponseWriter, r *http.Request) {
+	id, err := endpointID(r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if err := s.Endpoints.Delete(r.Context(), id); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// deleteEndpointByContainer is CNI DEL: idempotent, 204 whether or not it existed.
+func (s *Server) deleteEndpointByContainer(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("containerID") == "" {
+		fail(w, fmt.Errorf("%w: containerID query parameter is required", errBadRequest))
+		return
+	}
+	if _, err := s.Endpoints.DeleteByContainer(r.Context(), q.Get("containerID"), q.Get("ifName")); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func identityView(id identity.Identity) IdentityView {
+	return IdentityView{ID: id.ID, Labels: id.Labels.Strings(), Reserved: id.ID.IsReserved()}
+}
+
+func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) {
+	ids := s.Identities.List()
+	out := make([]IdentityView, len(ids))
+	for i, id := range ids {
+		out[i] = identityView(id)
+	}
+	reply(w, http.StatusOK, out)
+}
+
+func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.ParseUint(r.PathValue("id"), 10, 32)
+	if err != nil {
+		fail(w, fmt.Errorf("%w: identity %q: want a number", errBadRequest, r.PathValue("id")))
+		return
+	}
+	id, err := s.Identities.Get(identity.NumericIdentity(n))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, identityView(id))
+}
+
+func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+	if err != nil {
+		fail(w, fmt.Errorf("%w: body: %v", errBadRequest, err))
+		return
+	}
+	ps, err := policy.Parse(body)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if len(ps) == 0 {
+		fail(w, fmt.Errorf("%w: no policy document in the input", policy.ErrInvalidPolicy))
+		return
+	}
+	rev, err := s.Policies.Import(ps)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	res := PolicyImportResult{Revision: rev}
+	for _, p := range ps {
+		res.Policies = append(res.Policies, p.Key())
+	}
+	reply(w, http.StatusOK, res)
+}
+
+func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
+	p, err := s.Policies.Get(r.PathValue("key"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, p)
+}
+
+func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {
+	rev, err := s.Policies.Delete(r.PathValue("key"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, PolicyImportResult{Revision: rev, Policies: []string{r.PathValue("key")}})
+}

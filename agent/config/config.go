@@ -1,0 +1,176 @@
+// Package config owns the agent's configuration: defaults, the YAML file,
+// validation with errors that name the field, and the precedence
+// defaults < file < flags.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/kvstore"
+)
+
+// ErrInvalid is wrapped by every configuration error.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Defaults.
+const (
+	DefaultStateDir    = "/var/lib/filament"
+	DefaultAPISocket   = "/var/run/filament/agent.sock"
+	DefaultClusterName = "default"
+	DefaultClusterID   = 1
+	DefaultPodCIDR     = "10.244.0.0/24"
+	DefaultEtcdClient  = "http://127.0.0.1:2379"
+	DefaultEtcdPeer    = "http://127.0.0.1:2380"
+	DefaultLeaseTTL    = 15 * time.Second
+	DefaultGCInterval  = 5 * time.Minute
+)
+
+// Duration is a time.Duration written as "15s" in YAML and JSON.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads "15s" (or a number of seconds).
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var secs float64
+		if err2 := json.Unmarshal(b, &secs); err2 != nil {
+			return fmt.Errorf("duration %s: want a string like \"15s\"", b)
+		}
+		*d = Duration(secs * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %v", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Config of one agent.
+type Config struct {
+	NodeName    string `json:"nodeName"`
+	ClusterName string `json:"clusterName"`
+	ClusterID   uint32 `json:"clusterID"`
+	PodCIDR     string `json:"podCIDR"`
+	StateDir    string `json:"stateDir"`
+	APISocket   string `json:"apiSocket"`
+	// Etcd: external endpoints; none means the agent runs an embedded etcd.
+	Etcd kvstore.Config `json:"etcd"`
+	// EmbeddedEtcd listen addresses, used when Etcd.Endpoints is empty.
+	EmbeddedEtcd EmbeddedEtcd `json:"embeddedEtcd"`
+	// LeaseTTL of the node's kvstore lease.
+	LeaseTTL Duration `json:"leaseTTL"`
+	// IdentityGCInterval between garbage collections of unreferenced identities.
+	IdentityGCInterval Duration `json:"identityGCInterval"`
+	// MTU of pod interfaces.
+	MTU int `json:"mtu"`
+	// LogLevel: debug, info, warn or error.
+	LogLevel string `json:"logLevel"`
+}
+
+// EmbeddedEtcd configures the etcd the agent starts itself.
+type EmbeddedEtcd struct {
+	ClientURL     string `json:"clientURL"`
+	PeerURL       string `json:"peerURL"`
+	UnsafeNoFsync bool   `json:"unsafeNoFsync"`
+}
+
+// Default returns the configuration of an agent started without flags.
+func Default() Config {
+	host, _ := os.Hostname()
+	host = strings.ToLower(strings.SplitN(host, ".", 2)[0])
+	if !dnsLabel.MatchString(host) {
+		host = "node"
+	}
+	return Config{
+		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID, PodCIDR: DefaultPodCIDR,
+		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
+		EmbeddedEtcd:       EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
+		LeaseTTL:           Duration(DefaultLeaseTTL),
+		IdentityGCInterval: Duration(DefaultGCInterval),
+		MTU:                1500,
+		LogLevel:           "info",
+	}
+}
+
+// LoadFile reads a YAML (or JSON) file over c; unknown fields are errors.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: config file: %v", ErrInvalid, err)
+	}
+	next := *c
+	if err := yaml.UnmarshalStrict(b, &next); err != nil {
+		return fmt.Errorf("%w: config file %s: %v", ErrInvalid, path, err)
+	}
+	*c = next
+	return nil
+}
+
+var (
+	dnsLabel    = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	clusterName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`)
+)
+
+// ValidateClusterName checks a cluster name: at most 32 lowercase letters,
+// digits and '-', starting and ending with a letter or digit.
+func ValidateClusterName(name string) error {
+	if !clusterName.MatchString(name) {
+		return fmt.Errorf("%w: clusterName %q: must be 1-32 lowercase letters, digits and '-', starting and ending alphanumeric", ErrInvalid, name)
+	}
+	return nil
+}
+
+// Validate checks every field and names the first bad one.
+func (c Config) Validate() error {
+	if !dnsLabel.MatchString(c.NodeName) {
+		return fmt.Errorf("%w: nodeName %q: must be a DNS label (lowercase letters, digits, '-', at most 63)", ErrInvalid, c.NodeName)
+	}
+	if err := ValidateClusterName(c.ClusterName); err != nil {
+		return err
+	}
+	if err := identity.ValidateClusterID(c.ClusterID); err != nil {
+		return fmt.Errorf("%w: clusterID: %v", ErrInvalid, err)
+	}
+	if _, err := ipam.New(c.PodCIDR); err != nil {
+		return fmt.Errorf("%w: podCIDR: %v", ErrInvalid, err)
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("%w: stateDir %q: must be an absolute path", ErrInvalid, c.StateDir)
+	}
+	if !filepath.IsAbs(c.APISocket) {
+		return fmt.Errorf("%w: apiSocket %q: must be an absolute path", ErrInvalid, c.APISocket)
+	}
+	for i, ep := range c.Etcd.Endpoints {
+		if !strings.HasPrefix(ep, "http://") && !strings.HasPrefix(ep, "https://") {
+			return fmt.Errorf("%w: etcd.endpoints[%d] %q: must start with http:// or https://", ErrInvalid, i, ep)
+		}
+	}
+	if c.LeaseTTL < Duration(time.Second) {
+		return fmt.Errorf("%w: leaseTTL %s: must be at least 1s", ErrInvalid, time.Duration(c.LeaseTTL))
+	}
+	if c.MTU < 1280 || c.MTU > 65535 {
+		return fmt.Errorf("%w: mtu %d: must be 1280-65535", ErrInvalid, c.MTU)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("%w: logLevel %q: want debug, info, warn or error", ErrInvalid, c.LogLevel)
+	}
+	return nil
+}

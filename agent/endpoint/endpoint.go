@@ -1,0 +1,136 @@
+// Package endpoint owns the node's endpoints: a network namespace joined to
+// the node by a veth pair, with an address from the node's pod CIDR and a
+// security identity from its labels. The manager creates and deletes them
+// all-or-nothing, persists them in the state dir and restores them after a
+// restart without touching the running pods. Kernel I/O sits behind the
+// Plumber interface (package veth implements it).
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/labels"
+)
+
+var (
+	// ErrNotFound: no such endpoint.
+	ErrNotFound = errors.New("endpoint not found")
+	// ErrExists: an endpoint for that container and interface already exists.
+	ErrExists = errors.New("endpoint already exists")
+	// ErrInvalid: the request is malformed.
+	ErrInvalid = errors.New("invalid endpoint request")
+)
+
+// State of an endpoint.
+type State string
+
+const (
+	StateReady State = "ready"
+	// StateDisconnected: restored from the state dir but its interface is gone.
+	StateDisconnected State = "disconnected"
+)
+
+// Endpoint is one pod interface on this node.
+type Endpoint struct {
+	ID          uint16                   `json:"id"`
+	ContainerID string                   `json:"containerID"`
+	IfName      string                   `json:"ifName"`
+	NetNS       string                   `json:"netns"`
+	Namespace   string                   `json:"namespace,omitempty"`
+	PodName     string                   `json:"podName,omitempty"`
+	Labels      labels.Labels            `json:"labels"`
+	Identity    identity.NumericIdentity `json:"identity"`
+	IPv4        netip.Addr               `json:"ipv4"`
+	Gateway     netip.Addr               `json:"gateway"`
+	PrefixLen   int                      `json:"prefixLen"`
+	MAC         string                   `json:"mac"`
+	HostIfName  string                   `json:"hostIfName"`
+	HostIfIndex int                      `json:"hostIfIndex"`
+	HostMAC     string                   `json:"hostMAC"`
+	MTU         int                      `json:"mtu"`
+	State       State                    `json:"state"`
+	Created     time.Time                `json:"created"`
+}
+
+// CreateRequest asks for a new endpoint.
+type CreateRequest struct {
+	ContainerID string   `json:"containerID"`
+	IfName      string   `json:"ifName"`
+	NetNS       string   `json:"netns"`
+	Namespace   string   `json:"namespace,omitempty"`
+	PodName     string   `json:"podName,omitempty"`
+	Labels      []string `json:"labels,omitempty"`
+}
+
+var (
+	ifNameRe      = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+	containerIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
+)
+
+// Validate checks the request and returns its label set (the pod's labels
+// plus the namespace label when a namespace is given).
+func (r CreateRequest) Validate() (labels.Labels, error) {
+	if !containerIDRe.MatchString(r.ContainerID) {
+		return nil, fmt.Errorf("%w: containerID %q: must be 1-255 alphanumerics, '_', '.', '-'", ErrInvalid, r.ContainerID)
+	}
+	if !ifNameRe.MatchString(r.IfName) {
+		return nil, fmt.Errorf("%w: ifName %q: must be 1-15 characters of letters, digits, '_', '.', '-'", ErrInvalid, r.IfName)
+	}
+	if r.NetNS == "" {
+		return nil, fmt.Errorf("%w: netns: a network namespace path is required", ErrInvalid)
+	}
+	ls, err := labels.ParseList(r.Labels...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: labels: %v", ErrInvalid, err)
+	}
+	if r.Namespace != "" {
+		if err := labels.ValidateValue(r.Namespace); err != nil {
+			return nil, fmt.Errorf("%w: namespace: %v", ErrInvalid, err)
+		}
+		if ls, err = ls.With(labels.Label{Source: labels.SourceK8s, Key: labels.KeyNamespace, Value: r.Namespace}); err != nil {
+			return nil, fmt.Errorf("%w: labels: %v", ErrInvalid, err)
+		}
+	}
+	return ls, nil
+}
+
+// PlumbRequest is what the plumber needs to connect a namespace.
+type PlumbRequest struct {
+	ContainerID string
+	IfName      string
+	NetNS       string
+	HostIfName  string
+	IPv4        netip.Addr
+	Gateway     netip.Addr
+	MTU         int
+}
+
+// PlumbResult is what the plumber made.
+type PlumbResult struct {
+	MAC         string
+	HostIfIndex int
+	HostMAC     string
+}
+
+// Plumber does the kernel work of endpoints.
+type Plumber interface {
+	// Setup creates the veth pair, moves one end into the namespace, and
+	// configures addresses, routes and sysctls. On error nothing is left behind.
+	Setup(ctx context.Context, r PlumbRequest) (PlumbResult, error)
+	// Teardown removes the endpoint's devices; a missing device is not an error.
+	Teardown(hostIfName string) error
+	// Present reports whether the endpoint's host-side device exists.
+	Present(hostIfName string) bool
+}
+
+// Identities is what the manager needs of the identity allocator.
+type Identities interface {
+	Allocate(ctx context.Context, ls labels.Labels) (identity.Identity, bool, error)
+	Release(ctx context.Context, ls labels.Labels) error
+}

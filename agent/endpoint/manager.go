@@ -1,0 +1,293 @@
+package endpoint
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/labels"
+)
+
+// Manager owns the endpoints of one node.
+type Manager struct {
+	dir     string
+	pool    *ipam.Pool
+	ids     Identities
+	plumber Plumber
+	mtu     int
+
+	mu        sync.Mutex
+	endpoints map[uint16]*Endpoint
+}
+
+// Config of a Manager.
+type Config struct {
+	StateDir   string // endpoints are kept in StateDir/endpoints
+	Pool       *ipam.Pool
+	Identities Identities
+	Plumber    Plumber
+	MTU        int
+}
+
+// NewManager returns a manager with no endpoints; call Restore to load the state dir.
+func NewManager(c Config) (*Manager, error) {
+	dir := filepath.Join(c.StateDir, "endpoints")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("endpoint state dir: %w", err)
+	}
+	if c.MTU == 0 {
+		c.MTU = 1500
+	}
+	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, mtu: c.MTU, endpoints: map[uint16]*Endpoint{}}, nil
+}
+
+// HostIfName is the node-side interface name of a container's interface:
+// "fil" and 12 hex digits of a hash, within the kernel's 15 characters.
+func HostIfName(containerID, ifName string) string {
+	h := sha256.Sum256([]byte(containerID + "/" + ifName))
+	return "fil" + hex.EncodeToString(h[:])[:12]
+}
+
+func (m *Manager) path(id uint16) string { return filepath.Join(m.dir, fmt.Sprintf("%d.json", id)) }
+
+func (m *Manager) persist(ep *Endpoint) error {
+	b, err := json.MarshalIndent(ep, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := m.path(ep.ID) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("persist endpoint %d: %w", ep.ID, err)
+	}
+	if err := os.Rename(tmp, m.path(ep.ID)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("persist endpoint %d: %w", ep.ID, err)
+	}
+	return nil
+}
+
+func (m *Manager) freeID() (uint16, error) {
+	for id := uint16(1); id != 0; id++ {
+		if _, used := m.endpoints[id]; !used {
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: no free endpoint ID", ErrInvalid)
+}
+
+func (m *Manager) findLocked(containerID, ifName string) *Endpoint {
+	for _, ep := range m.endpoints {
+		if ep.ContainerID == containerID && ep.IfName == ifName {
+			return ep
+		}
+	}
+	return nil
+}
+
+// Create makes a new endpoint. It either completes or leaves nothing behind:
+// address, identity reference and devices are undone on any failure.
+func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error) {
+	ls, err := r.Validate()
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if _, err := os.Stat(r.NetNS); err != nil {
+		return Endpoint{}, fmt.Errorf("%w: netns %q: %v", ErrInvalid, r.NetNS, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old := m.findLocked(r.ContainerID, r.IfName); old != nil {
+		return Endpoint{}, fmt.Errorf("%w: containerID %q interface %q is endpoint %d", ErrExists, r.ContainerID, r.IfName, old.ID)
+	}
+	id, err := m.freeID()
+	if err != nil {
+		return Endpoint{}, err
+	}
+	owner := r.ContainerID + "/" + r.IfName
+	ip, err := m.pool.Allocate(owner)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	undo := []func(){func() { m.pool.Release(ip) }}
+	fail := func(err error) (Endpoint, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return Endpoint{}, err
+	}
+	ident, _, err := m.ids.Allocate(ctx, ls)
+	if err != nil {
+		return fail(fmt.Errorf("identity for %s: %w", ls, err))
+	}
+	undo = append(undo, func() {
+		if err := m.ids.Release(context.WithoutCancel(ctx), ls); err != nil {
+			slog.Warn("could not release identity while undoing endpoint", "labels", ls.String(), "err", err)
+		}
+	})
+	host := HostIfName(r.ContainerID, r.IfName)
+	pr, err := m.plumber.Setup(ctx, PlumbRequest{
+		ContainerID: r.ContainerID, IfName: r.IfName, NetNS: r.NetNS, HostIfName: host,
+		IPv4: ip, Gateway: m.pool.Gateway(), MTU: m.mtu,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, func() { m.plumber.Teardown(host) })
+	ep := &Endpoint{
+		ID: id, ContainerID: r.ContainerID, IfName: r.IfName, NetNS: r.NetNS,
+		Namespace: r.Namespace, PodName: r.PodName, Labels: ls, Identity: ident.ID,
+		IPv4: ip, Gateway: m.pool.Gateway(), PrefixLen: 32, MAC: pr.MAC,
+		HostIfName: host, HostIfIndex: pr.HostIfIndex, HostMAC: pr.HostMAC, MTU: m.mtu,
+		State: StateReady, Created: time.Now().UTC().Truncate(time.Second),
+	}
+	if err := m.persist(ep); err != nil {
+		return fail(err)
+	}
+	m.endpoints[id] = ep
+	slog.Info("endpoint created", "id", id, "container", r.ContainerID, "ip", ip, "identity", uint32(ident.ID), "labels", ls.String())
+	return *ep, nil
+}
+
+// Delete removes endpoint id: devices, address, identity reference, record.
+func (m *Manager) Delete(ctx context.Context, id uint16) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ep, ok := m.endpoints[id]
+	if !ok {
+		return fmt.Errorf("%w: %d", ErrNotFound, id)
+	}
+	return m.deleteLocked(ctx, ep)
+}
+
+// DeleteByContainer removes the endpoint of a container's interface; a
+// missing one is not an error (CNI DEL is idempotent). It reports whether
+// something was deleted.
+func (m *Manager) DeleteByContainer(ctx context.Context, containerID, ifName string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ep := m.findLocked(containerID, ifName)
+	if ep == nil {
+		return false, nil
+	}
+	return true, m.deleteLocked(ctx, ep)
+}
+
+func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
+	if err := m.plumber.Teardown(ep.HostIfName); err != nil {
+		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
+	}
+	if err := os.Remove(m.path(ep.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("endpoint %d: remove record: %w", ep.ID, err)
+	}
+	delete(m.endpoints, ep.ID)
+	m.pool.Release(ep.IPv4)
+	if err := m.ids.Release(ctx, ep.Labels); err != nil {
+		slog.Warn("identity release failed; GC will collect it", "endpoint", ep.ID, "err", err)
+	}
+	slog.Info("endpoint deleted", "id", ep.ID, "container", ep.ContainerID, "ip", ep.IPv4)
+	return nil
+}
+
+// Get returns endpoint id.
+func (m *Manager) Get(id uint16) (Endpoint, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ep, ok := m.endpoints[id]
+	if !ok {
+		return Endpoint{}, fmt.Errorf("%w: %d", ErrNotFound, id)
+	}
+	return *ep, nil
+}
+
+// Lookup returns the endpoint of a container's interface.
+func (m *Manager) Lookup(containerID, ifName string) (Endpoint, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ep := m.findLocked(containerID, ifName)
+	if ep == nil {
+		return Endpoint{}, fmt.Errorf("%w: containerID %q interface %q", ErrNotFound, containerID, ifName)
+	}
+	return *ep, nil
+}
+
+// List returns every endpoint by ID.
+func (m *Manager) List() []Endpoint {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Endpoint, 0, len(m.endpoints))
+	for _, ep := range m.endpoints {
+		out = append(out, *ep)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Restore loads the endpoints of the state dir after a restart: their
+// addresses are claimed again and their identities referenced again. Pods
+// are not touched; an endpoint whose device has gone is kept as
+// disconnected so that CNI DEL can still clean it up.
+func (m *Manager) Restore(ctx context.Context) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	files, err := filepath.Glob(filepath.Join(m.dir, "*.json"))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return n, fmt.Errorf("restore %s: %w", f, err)
+		}
+		var ep Endpoint
+		if err := json.Unmarshal(b, &ep); err != nil {
+			slog.Error("skipping unreadable endpoint record", "file", f, "err", err)
+			continue
+		}
+		if err := m.pool.Claim(ep.IPv4, ep.ContainerID+"/"+ep.IfName); err != nil {
+			slog.Error("skipping endpoint whose address cannot be claimed", "file", f, "err", err)
+			continue
+		}
+		ident, _, err := m.ids.Allocate(ctx, ep.Labels)
+		if err != nil {
+			m.pool.Release(ep.IPv4)
+			return n, fmt.Errorf("restore endpoint %d identity: %w", ep.ID, err)
+		}
+		if ident.ID != ep.Identity {
+			slog.Warn("endpoint identity changed across restart", "endpoint", ep.ID, "old", uint32(ep.Identity), "new", uint32(ident.ID))
+			ep.Identity = ident.ID
+		}
+		ep.State = StateReady
+		if !m.plumber.Present(ep.HostIfName) {
+			ep.State = StateDisconnected
+		}
+		if err := m.persist(&ep); err != nil {
+			return n, err
+		}
+		m.endpoints[ep.ID] = &ep
+		n++
+	}
+	// Leftover temp files from a crash mid-write carry nothing committed.
+	tmps, _ := filepath.Glob(filepath.Join(m.dir, "*.tmp"))
+	for _, t := range tmps {
+		if !strings.HasSuffix(t, ".json.tmp") {
+			continue
+		}
+		os.Remove(t)
+	}
+	return n, nil
+}
+
+// Labels of an endpoint as strings (for display).
+func (ep Endpoint) LabelStrings() []string { return labels.Labels(ep.Labels).Strings() }

@@ -1,0 +1,215 @@
+// Package veth owns the kernel side of endpoints: the veth pair between the
+// node's namespace and a pod's, the pod's address, gateway route and
+// sysctls, and the node's gateway device and forwarding. It implements
+// endpoint.Plumber with vishvananda/netlink.
+package veth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/endpoint"
+)
+
+// HostDevice is the node-side device that holds the pods' gateway address.
+// It is one end of a veth pair (the other is HostPeer), as kernels without
+// the dummy driver are common.
+const (
+	HostDevice = "filament_host"
+	HostPeer   = "filament_net"
+)
+
+// Plumber configures endpoints in the current (node) network namespace.
+type Plumber struct{}
+
+// New returns a Plumber.
+func New() *Plumber { return &Plumber{} }
+
+func writeSysctl(name, value string) error {
+	p := filepath.Join("/proc/sys", filepath.FromSlash(name))
+	if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("sysctl %s=%s: %w", name, value, err)
+	}
+	return nil
+}
+
+// EnsureNode prepares the node namespace: forwarding on, and the gateway
+// address of the pod CIDR on HostDevice so that pods' ARP for
+// their gateway is answered and their traffic is routed.
+func EnsureNode(gateway netip.Addr) error {
+	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return err
+	}
+	link, err := netlink.LinkByName(HostDevice)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("%s: %w", HostDevice, err)
+		}
+		pair := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostDevice}, PeerName: HostPeer}
+		if err := netlink.LinkAdd(pair); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("create %s: %w", HostDevice, err)
+		}
+		if link, err = netlink.LinkByName(HostDevice); err != nil {
+			return fmt.Errorf("%s: %w", HostDevice, err)
+		}
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: gateway.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("gateway address %s on %s: %w", gateway, HostDevice, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("%s up: %w", HostDevice, err)
+	}
+	if peer, err := netlink.LinkByName(HostPeer); err == nil {
+		netlink.LinkSetUp(peer)
+	}
+	return nil
+}
+
+// Setup implements endpoint.Plumber.
+func (p *Plumber) Setup(ctx context.Context, r endpoint.PlumbRequest) (res endpoint.PlumbResult, err error) {
+	podNS, err := ns.GetNS(r.NetNS)
+	if err != nil {
+		return res, fmt.Errorf("%w: netns %q: %v", endpoint.ErrInvalid, r.NetNS, err)
+	}
+	defer podNS.Close()
+	peerTmp := "tmp" + r.HostIfName[3:]
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: r.HostIfName, MTU: r.MTU},
+		PeerName:      peerTmp,
+		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return res, fmt.Errorf("create veth %s: %w", r.HostIfName, err)
+	}
+	defer func() {
+		if err != nil {
+			p.Teardown(r.HostIfName)
+		}
+	}()
+	host, err := netlink.LinkByName(r.HostIfName)
+	if err != nil {
+		return res, fmt.Errorf("veth %s: %w", r.HostIfName, err)
+	}
+	res.HostIfIndex = host.Attrs().Index
+	res.HostMAC = host.Attrs().HardwareAddr.String()
+	for _, s := range [][2]string{
+		{"net/ipv4/conf/" + r.HostIfName + "/rp_filter", "0"},
+		{"net/ipv4/conf/" + r.HostIfName + "/forwarding", "1"},
+	} {
+		if err := writeSysctl(s[0], s[1]); err != nil {
+			return res, err
+		}
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return res, fmt.Errorf("veth %s up: %w", r.HostIfName, err)
+	}
+	err = podNS.Do(func(ns.NetNS) error {
+		mac, err := configurePod(peerTmp, r)
+		res.MAC = mac
+		return err
+	})
+	if err != nil {
+		return res, err
+	}
+	route := &netlink.Route{
+		LinkIndex: res.HostIfIndex, Scope: netlink.SCOPE_LINK,
+		Dst: &net.IPNet{IP: r.IPv4.AsSlice(), Mask: net.CIDRMask(32, 32)},
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return res, fmt.Errorf("route to %s via %s: %w", r.IPv4, r.HostIfName, err)
+	}
+	return res, nil
+}
+
+// configurePod runs inside the pod namespace.
+func configurePod(tmpName string, r endpoint.PlumbRequest) (string, error) {
+	link, err := netlink.LinkByName(tmpName)
+	if err != nil {
+		return "", fmt.Errorf("pod side %s: %w", tmpName, err)
+	}
+	if _, err := netlink.LinkByName(r.IfName); err == nil {
+		return "", fmt.Errorf("%w: ifName %q already exists in netns %s", endpoint.ErrInvalid, r.IfName, r.NetNS)
+	}
+	if err := netlink.LinkSetName(link, r.IfName); err != nil {
+		return "", fmt.Errorf("rename %s to %s: %w", tmpName, r.IfName, err)
+	}
+	if lo, err := netlink.LinkByName("lo"); err == nil {
+		netlink.LinkSetUp(lo)
+	}
+	// IPv4 only for now: keep IPv6 from autoconfiguring on the pod side.
+	writeSysctl("net/ipv6/conf/"+r.IfName+"/disable_ipv6", "1")
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: r.IPv4.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrAdd(link, addr); err != nil {
+		return "", fmt.Errorf("address %s on %s: %w", r.IPv4, r.IfName, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return "", fmt.Errorf("%s up: %w", r.IfName, err)
+	}
+	gw := r.Gateway.AsSlice()
+	if err := netlink.RouteAdd(&netlink.Route{
+		LinkIndex: link.Attrs().Index, Scope: netlink.SCOPE_LINK,
+		Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)},
+	}); err != nil {
+		return "", fmt.Errorf("route to gateway %s: %w", r.Gateway, err)
+	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}); err != nil {
+		return "", fmt.Errorf("default route via %s: %w", r.Gateway, err)
+	}
+	return link.Attrs().HardwareAddr.String(), nil
+}
+
+// Teardown implements endpoint.Plumber: deleting the host side removes the pair.
+func (p *Plumber) Teardown(hostIfName string) error {
+	link, err := netlink.LinkByName(hostIfName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find %s: %w", hostIfName, err)
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("delete %s: %w", hostIfName, err)
+	}
+	return nil
+}
+
+// Present implements endpoint.Plumber.
+func (p *Plumber) Present(hostIfName string) bool {
+	_, err := netlink.LinkByName(hostIfName)
+	return err == nil
+}
+
+// Check verifies that the pod side of an endpoint is as configured (CNI CHECK).
+func Check(netnsPath, ifName string, ip netip.Addr) error {
+	return ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		link, err := netlink.LinkByName(ifName)
+		if err != nil {
+			return fmt.Errorf("interface %s in %s: %w", ifName, netnsPath, err)
+		}
+		if link.Attrs().OperState != netlink.OperUp && link.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("interface %s in %s is down", ifName, netnsPath)
+		}
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+				return nil
+			}
+		}
+		return fmt.Errorf("interface %s in %s lacks address %s", ifName, netnsPath, ip)
+	})
+}

@@ -1,0 +1,228 @@
+// Command filament-agent runs on every node: it owns the node's endpoints,
+// their addresses and identities, stores policy, and serves the API on a
+// unix socket. With no flags it runs a single-node cluster on an embedded etcd.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/config"
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/endpoint/veth"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/kvstore/embedded"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/internal/version"
+)
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "filament-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	cfg := config.Default()
+	var cfgFile string
+	var leaseTTL, gcInterval time.Duration
+	cmd := &cobra.Command{
+		Use:           "filament-agent",
+		Short:         "Filament node agent: endpoints, identities, policy and the node API",
+		Version:       version.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			final := config.Default()
+			if cfgFile != "" {
+				if err := final.LoadFile(cfgFile); err != nil {
+					return err
+				}
+			}
+			// Flags given explicitly win over the file.
+			fl := cmd.Flags()
+			set := func(name string, apply func()) {
+				if fl.Changed(name) {
+					apply()
+				}
+			}
+			set("node-name", func() { final.NodeName = cfg.NodeName })
+			set("cluster-name", func() { final.ClusterName = cfg.ClusterName })
+			set("cluster-id", func() { final.ClusterID = cfg.ClusterID })
+			set("pod-cidr", func() { final.PodCIDR = cfg.PodCIDR })
+			set("state-dir", func() { final.StateDir = cfg.StateDir })
+			set("api-socket", func() { final.APISocket = cfg.APISocket })
+			set("etcd-endpoints", func() { final.Etcd.Endpoints = cfg.Etcd.Endpoints })
+			set("etcd-ca", func() { final.Etcd.CAFile = cfg.Etcd.CAFile })
+			set("etcd-cert", func() { final.Etcd.CertFile = cfg.Etcd.CertFile })
+			set("etcd-key", func() { final.Etcd.KeyFile = cfg.Etcd.KeyFile })
+			set("embedded-etcd-client-url", func() { final.EmbeddedEtcd.ClientURL = cfg.EmbeddedEtcd.ClientURL })
+			set("embedded-etcd-peer-url", func() { final.EmbeddedEtcd.PeerURL = cfg.EmbeddedEtcd.PeerURL })
+			set("embedded-etcd-unsafe-no-fsync", func() { final.EmbeddedEtcd.UnsafeNoFsync = cfg.EmbeddedEtcd.UnsafeNoFsync })
+			set("lease-ttl", func() { final.LeaseTTL = config.Duration(leaseTTL) })
+			set("identity-gc-interval", func() { final.IdentityGCInterval = config.Duration(gcInterval) })
+			set("mtu", func() { final.MTU = cfg.MTU })
+			set("log-level", func() { final.LogLevel = cfg.LogLevel })
+			if err := final.Validate(); err != nil {
+				return err
+			}
+			return run(cmd.Context(), final)
+		},
+	}
+	d := config.Default()
+	f := cmd.Flags()
+	f.StringVar(&cfgFile, "config", "", "YAML configuration file (flags given explicitly override it)")
+	f.StringVar(&cfg.NodeName, "node-name", d.NodeName, "name of this node (default: the host name)")
+	f.StringVar(&cfg.ClusterName, "cluster-name", d.ClusterName, "name of the cluster (1-32 of a-z, 0-9, '-')")
+	f.Uint32Var(&cfg.ClusterID, "cluster-id", d.ClusterID, "cluster ID, 1-255")
+	f.StringVar(&cfg.PodCIDR, "pod-cidr", d.PodCIDR, "IPv4 CIDR this node allocates pod addresses from")
+	f.StringVar(&cfg.StateDir, "state-dir", d.StateDir, "directory for endpoint, policy and embedded etcd state")
+	f.StringVar(&cfg.APISocket, "api-socket", d.APISocket, "unix socket of the agent API")
+	f.StringSliceVar(&cfg.Etcd.Endpoints, "etcd-endpoints", nil, "external etcd endpoints; none runs an embedded etcd under the state dir")
+	f.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "CA file to verify the external etcd")
+	f.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "client certificate for the external etcd")
+	f.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "client key for the external etcd")
+	f.StringVar(&cfg.EmbeddedEtcd.ClientURL, "embedded-etcd-client-url", d.EmbeddedEtcd.ClientURL, "client URL of the embedded etcd")
+	f.StringVar(&cfg.EmbeddedEtcd.PeerURL, "embedded-etcd-peer-url", d.EmbeddedEtcd.PeerURL, "peer URL of the embedded etcd")
+	f.BoolVar(&cfg.EmbeddedEtcd.UnsafeNoFsync, "embedded-etcd-unsafe-no-fsync", false, "skip fsync in the embedded etcd (labs and tests only)")
+	f.DurationVar(&leaseTTL, "lease-ttl", time.Duration(d.LeaseTTL), "TTL of the node's kvstore lease")
+	f.DurationVar(&gcInterval, "identity-gc-interval", time.Duration(d.IdentityGCInterval), "interval between garbage collections of unreferenced identities")
+	f.IntVar(&cfg.MTU, "mtu", d.MTU, "MTU of pod interfaces")
+	f.StringVar(&cfg.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
+	return cmd
+}
+
+func run(parent context.Context, cfg config.Config) error {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	started := time.Now()
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("stateDir: %w", err)
+	}
+	kvcfg := cfg.Etcd
+	embeddedEtcd := len(kvcfg.Endpoints) == 0
+	if embeddedEtcd {
+		etcd, err := embedded.Start(embedded.Config{
+			Dir: filepath.Join(cfg.StateDir, "etcd"), Name: cfg.NodeName,
+			ClientURL: cfg.EmbeddedEtcd.ClientURL, PeerURL: cfg.EmbeddedEtcd.PeerURL,
+			UnsafeNoFsync: cfg.EmbeddedEtcd.UnsafeNoFsync,
+		})
+		if err != nil {
+			return err
+		}
+		defer etcd.Close()
+		kvcfg.Endpoints = etcd.Endpoints()
+		slog.Info("embedded etcd running", "endpoints", kvcfg.Endpoints, "dir", filepath.Join(cfg.StateDir, "etcd"))
+	}
+	kv, err := kvstore.Connect(ctx, kvcfg)
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	lease, err := kv.GrantLease(ctx, time.Duration(cfg.LeaseTTL))
+	if err != nil {
+		return err
+	}
+	// On shutdown the lease is left to expire rather than revoked, so a
+	// restarting agent takes its references back before anyone collects them.
+	defer lease.Abandon()
+	ids, err := identity.NewAllocator(ctx, kv, identity.AllocatorConfig{
+		ClusterID: cfg.ClusterID, ClusterName: cfg.ClusterName, Node: cfg.NodeName, Lease: lease,
+	})
+	if err != nil {
+		return err
+	}
+	pool, err := ipam.New(cfg.PodCIDR)
+	if err != nil {
+		return err
+	}
+	if err := veth.EnsureNode(pool.Gateway()); err != nil {
+		return err
+	}
+	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), MTU: cfg.MTU})
+	if err != nil {
+		return err
+	}
+	n, err := eps.Restore(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		slog.Info("restored endpoints from the state dir", "count", n)
+	}
+	policies, err := policy.NewRepository(filepath.Join(cfg.StateDir, "policies.json"))
+	if err != nil {
+		return err
+	}
+
+	srv := &api.Server{
+		Endpoints: eps, Identities: ids, Policies: policies,
+		Status: func(ctx context.Context) api.Status {
+			st := api.Status{
+				Version: version.Version, NodeName: cfg.NodeName, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
+				PodCIDR: cfg.PodCIDR, Gateway: pool.Gateway().String(), StateDir: cfg.StateDir,
+				Uptime:    api.Duration(time.Since(started)),
+				Endpoints: len(eps.List()), Identities: len(ids.List()),
+				Policies: len(policies.List()), PolicyRev: policies.Revision(),
+				IPAM: api.IPAMStatus{Used: pool.Used(), Capacity: pool.Capacity()},
+				Kvstore: api.KvstoreStatus{Embedded: embeddedEtcd, Endpoints: kvcfg.Endpoints, Healthy: true,
+					LeaseID: fmt.Sprintf("%x", lease.ID())},
+			}
+			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if _, err := kv.Get(hctx, kvstore.Prefix+"health"); err != nil && !errors.Is(err, kvstore.ErrNotFound) {
+				st.Kvstore.Healthy, st.Kvstore.Error = false, err.Error()
+			}
+			return st
+		},
+	}
+	if err := srv.Serve(cfg.APISocket); err != nil {
+		return err
+	}
+	slog.Info("filament-agent ready", "node", cfg.NodeName, "cluster", cfg.ClusterName, "clusterID", cfg.ClusterID,
+		"podCIDR", cfg.PodCIDR, "socket", cfg.APISocket, "version", version.Version)
+
+	go gcLoop(ctx, ids, time.Duration(cfg.IdentityGCInterval))
+	<-ctx.Done()
+	slog.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	os.Remove(cfg.APISocket)
+	return nil
+}
+
+func gcLoop(ctx context.Context, ids *identity.Allocator, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := ids.GC(ctx); err != nil {
+				slog.Warn("identity GC failed", "err", err)
+			} else if n > 0 {
+				slog.Info("identity GC removed unreferenced identities", "count", n)
+			}
+		}
+	}
+}

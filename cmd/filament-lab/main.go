@@ -1,0 +1,208 @@
+// Command filament-lab runs a local Filament lab: nodes and pods as network
+// namespaces on this machine, each node with its own agent.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/filament-net/filament/lab"
+)
+
+func main() {
+	err := newRoot().Execute()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		os.Exit(ee.ExitCode())
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "filament-lab:", err)
+		os.Exit(1)
+	}
+}
+
+func defaultBinDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "bin"
+	}
+	return filepath.Dir(exe)
+}
+
+func newRoot() *cobra.Command {
+	var name string
+	root := &cobra.Command{
+		Use:           "filament-lab",
+		Short:         "A local Filament lab: nodes and pods as network namespaces on this machine",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&name, "name", "lab", "name of the lab (several labs can coexist)")
+
+	var nodes int
+	var binDir string
+	up := &cobra.Command{
+		Use: "up", Short: "Create the lab's nodes, each with its own agent", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: binDir})
+			if err != nil {
+				return err
+			}
+			for _, n := range l.Nodes {
+				fmt.Fprintf(cmd.OutOrStdout(), "node %s up: netns %s, pod CIDR %s, agent pid %d\n", n.Name, n.NetNS, n.PodCIDR, n.PID)
+			}
+			return nil
+		},
+	}
+	up.Flags().IntVar(&nodes, "nodes", 1, "number of nodes")
+	up.Flags().StringVar(&binDir, "bin-dir", defaultBinDir(), "directory holding filament-agent, filament-cni and filament")
+
+	down := &cobra.Command{
+		Use: "down", Short: "Remove every pod, agent, namespace and file of the lab", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := lab.Down(name); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s removed\n", name)
+			return nil
+		},
+	}
+
+	pod := &cobra.Command{Use: "pod", Short: "Add, delete and run commands in pods"}
+	var podLabels string
+	podAdd := &cobra.Command{
+		Use: "add NODE POD", Short: "Create a pod on a node through filament-cni", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			var ls []string
+			for _, s := range strings.Split(podLabels, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					ls = append(ls, s)
+				}
+			}
+			p, err := l.AddPod(args[0], args[1], ls)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pod %s on %s: %s (netns %s)\n", p.Name, p.Node, p.IP, p.NetNS)
+			return nil
+		},
+	}
+	podAdd.Flags().StringVar(&podLabels, "labels", "", "pod labels, k=v,k2=v2")
+	podDel := &cobra.Command{
+		Use: "del POD", Aliases: []string{"delete"}, Short: "Delete a pod through filament-cni", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			return l.DeletePod(args[0])
+		},
+	}
+	podExec := &cobra.Command{
+		Use: "exec POD -- COMMAND...", Short: "Run a command inside a pod's namespace", Args: cobra.MinimumNArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			c, err := l.PodCommand(args[0], args[1:]...)
+			if err != nil {
+				return err
+			}
+			return interactive(c)
+		},
+	}
+	pod.AddCommand(podAdd, podDel, podExec)
+
+	execCmd := &cobra.Command{
+		Use: "exec NODE -- COMMAND...", Short: "Run a command in a node's namespace against its agent (e.g. filament status)", Args: cobra.MinimumNArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			c, err := l.NodeCommand(args[0], args[1:]...)
+			if err != nil {
+				return err
+			}
+			return interactive(c)
+		},
+	}
+
+	node := &cobra.Command{Use: "node", Short: "Stop and start a node's agent (its pods stay)"}
+	for _, verb := range []string{"stop", "start"} {
+		node.AddCommand(&cobra.Command{
+			Use: verb + " NODE", Short: strings.ToUpper(verb[:1]) + verb[1:] + " the node's agent", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				l, err := lab.Load(name)
+				if err != nil {
+					return err
+				}
+				if verb == "stop" {
+					return l.StopAgent(args[0])
+				}
+				return l.StartAgent(cmd.Context(), args[0])
+			},
+		})
+	}
+
+	var output string
+	status := &cobra.Command{
+		Use: "status", Short: "Show the lab's nodes and pods", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			l.Refresh(cmd.Context())
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(l)
+			}
+			if output != "table" && output != "" {
+				return fmt.Errorf("output %q: want table or json", output)
+			}
+			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "LAB %s\n\nNODE\tNETNS\tPOD CIDR\tAGENT\tSOCKET\n", l.Name)
+			for _, n := range l.Nodes {
+				state := fmt.Sprintf("running (pid %d)", n.PID)
+				if !n.Running {
+					state = "down"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.PodCIDR, state, n.Socket)
+			}
+			fmt.Fprintf(w, "\nPOD\tNODE\tIP\tNETNS\tLABELS\n")
+			for _, p := range l.Pods {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Name, p.Node, p.IP, p.NetNS, strings.Join(p.Labels, ","))
+			}
+			return w.Flush()
+		},
+	}
+	status.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+
+	root.AddCommand(up, down, pod, node, execCmd, status)
+	return root
+}
+
+func interactive(c *exec.Cmd) error {
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return c.Run()
+}

@@ -1,0 +1,279 @@
+// Command filament is the operator's CLI: it talks to the local agent over
+// its unix socket (--socket, $FILAMENT_API_SOCKET or the default).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/internal/version"
+)
+
+func main() {
+	root := newRoot(os.Stdout)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "filament:", err)
+		os.Exit(1)
+	}
+}
+
+type cli struct {
+	socket string
+	output string
+	out    io.Writer
+}
+
+func (c *cli) client() *api.Client { return api.NewClient(api.SocketPath(c.socket)) }
+
+func (c *cli) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// print writes v as JSON or YAML when -o says so, else calls table.
+func (c *cli) print(v any, table func(w *tabwriter.Writer)) error {
+	switch c.output {
+	case "json":
+		enc := json.NewEncoder(c.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = c.out.Write(b)
+		return err
+	case "", "table":
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		table(w)
+		return w.Flush()
+	}
+	return fmt.Errorf("output %q: want json, yaml or table", c.output)
+}
+
+func newRoot(out io.Writer) *cobra.Command {
+	c := &cli{out: out}
+	root := &cobra.Command{
+		Use:           "filament",
+		Short:         "Operate a Filament node: status, endpoints, identities, policy",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(out)
+	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
+	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
+	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), &cobra.Command{
+		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return c.print(map[string]string{"version": version.Version}, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "filament", version.Version)
+			})
+		},
+	})
+	return root
+}
+
+func (c *cli) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "status", Short: "Show the agent's status", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			s, err := c.client().Status(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(s, func(w *tabwriter.Writer) {
+				kv := "ok"
+				if !s.Kvstore.Healthy {
+					kv = "unreachable: " + s.Kvstore.Error
+				}
+				mode := "external"
+				if s.Kvstore.Embedded {
+					mode = "embedded"
+				}
+				fmt.Fprintf(w, "Node:\t%s\n", s.NodeName)
+				fmt.Fprintf(w, "Cluster:\t%s (ID %d)\n", s.ClusterName, s.ClusterID)
+				fmt.Fprintf(w, "Kvstore:\t%s, %s etcd at %s\n", kv, mode, strings.Join(s.Kvstore.Endpoints, ","))
+				fmt.Fprintf(w, "Pod CIDR:\t%s (gateway %s, %d/%d addresses used)\n", s.PodCIDR, s.Gateway, s.IPAM.Used, s.IPAM.Capacity)
+				fmt.Fprintf(w, "Endpoints:\t%d\n", s.Endpoints)
+				fmt.Fprintf(w, "Identities:\t%d\n", s.Identities)
+				fmt.Fprintf(w, "Policies:\t%d (revision %d)\n", s.Policies, s.PolicyRev)
+				fmt.Fprintf(w, "Version:\t%s, up %s\n", s.Version, time.Duration(s.Uptime))
+			})
+		},
+	}
+}
+
+func (c *cli) endpointCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "endpoint", Aliases: []string{"endpoints", "ep"}, Short: "List and inspect endpoints"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List the node's endpoints", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			eps, err := c.client().Endpoints(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(eps, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tIPV4\tIDENTITY\tSTATE\tPOD\tINTERFACE\tLABELS")
+				for _, ep := range eps {
+					pod := ep.PodName
+					if ep.Namespace != "" {
+						pod = ep.Namespace + "/" + ep.PodName
+					}
+					if pod == "" || pod == "/" {
+						pod = ep.ContainerID
+					}
+					fmt.Fprintf(w, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", ep.ID, ep.IPv4, uint32(ep.Identity), ep.State, pod,
+						ep.HostIfName, strings.Join(ep.LabelStrings(), ","))
+				}
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "get ID", Short: "Show one endpoint", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			id, err := strconv.ParseUint(args[0], 10, 16)
+			if err != nil {
+				return fmt.Errorf("endpoint ID %q: want a number 1-65535", args[0])
+			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			ep, err := c.client().Endpoint(ctx, uint16(id))
+			if err != nil {
+				return err
+			}
+			return c.print(ep, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "ID:\t%d\nContainer:\t%s (%s in %s)\nPod:\t%s/%s\nIPv4:\t%s/%d via %s\nMAC:\t%s\nIdentity:\t%d\nLabels:\t%s\nHost interface:\t%s (index %d)\nState:\t%s\nCreated:\t%s\n",
+					ep.ID, ep.ContainerID, ep.IfName, ep.NetNS, ep.Namespace, ep.PodName, ep.IPv4, ep.PrefixLen, ep.Gateway,
+					ep.MAC, uint32(ep.Identity), strings.Join(ep.LabelStrings(), ","), ep.HostIfName, ep.HostIfIndex, ep.State, ep.Created.Format(time.RFC3339))
+			})
+		},
+	})
+	return cmd
+}
+
+func (c *cli) identityCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "identity", Aliases: []string{"identities", "id"}, Short: "List and inspect security identities"}
+	table := func(ids ...api.IdentityView) func(w *tabwriter.Writer) {
+		return func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "ID\tLABELS")
+			for _, id := range ids {
+				fmt.Fprintf(w, "%d\t%s\n", uint32(id.ID), strings.Join(id.Labels, ","))
+			}
+		}
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List identities (reserved and the cluster's)", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			ids, err := c.client().Identities(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(ids, table(ids...))
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "get ID", Short: "Show one identity", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			n, err := strconv.ParseUint(args[0], 10, 32)
+			if err != nil {
+				return fmt.Errorf("identity %q: want a number", args[0])
+			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			id, err := c.client().Identity(ctx, uint32(n))
+			if err != nil {
+				return err
+			}
+			return c.print(id, table(id))
+		},
+	})
+	return cmd
+}
+
+func (c *cli) policyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Aliases: []string{"policies"}, Short: "Import, show and delete network policies"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "import FILE", Short: "Import CiliumNetworkPolicy or NetworkPolicy YAML/JSON ('-' for stdin); all documents or none", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var b []byte
+			var err error
+			if args[0] == "-" {
+				b, err = io.ReadAll(os.Stdin)
+			} else {
+				b, err = os.ReadFile(args[0])
+			}
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			r, err := c.client().ImportPolicies(ctx, b)
+			if err != nil {
+				return err
+			}
+			return c.print(r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Imported %s (revision %d)\n", strings.Join(r.Policies, ", "), r.Revision)
+			})
+		},
+	})
+	get := &cobra.Command{
+		Use: "get [NAMESPACE/NAME]", Aliases: []string{"list"}, Short: "Show stored policies, or one", Args: cobra.MaximumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			if len(args) == 1 {
+				p, err := c.client().Policy(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return c.print(p, func(w *tabwriter.Writer) {
+					b, _ := yaml.Marshal(p)
+					w.Write(b)
+				})
+			}
+			ps, err := c.client().Policies(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(ps, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "POLICY\tKIND\tRULES")
+				for _, p := range ps {
+					fmt.Fprintf(w, "%s\t%s\t%d\n", p.Key(), p.Kind, len(p.Rules))
+				}
+			})
+		},
+	}
+	cmd.AddCommand(get)
+	cmd.AddCommand(&cobra.Command{
+		Use: "delete NAMESPACE/NAME", Short: "Delete a stored policy", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			r, err := c.client().DeletePolicy(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return c.print(r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Deleted %s (revision %d)\n", args[0], r.Revision)
+			})
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,512 @@
+// Package lab owns filament-lab: a local lab in the spirit of kind where
+// nodes and pods are network namespaces on one machine. Each node runs its
+// own filament-agent (own state dir, API socket and embedded etcd) inside
+// its namespace; pods are namespaces wired by filament-cni exactly as a
+// container runtime would invoke it. Everything a lab makes is recorded in
+// its state file so that `down` removes all of it.
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/filament-net/filament/agent/api"
+)
+
+// Root is where labs keep their state (one directory per lab).
+const Root = "/var/run/filament-lab"
+
+var (
+	// ErrInvalid: a bad name or argument.
+	ErrInvalid = errors.New("invalid lab request")
+	// ErrNotFound: no such lab, node or pod.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: the lab or pod already exists.
+	ErrExists = errors.New("already exists")
+)
+
+var nameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$`)
+
+func validName(kind, s string) error {
+	if !nameRe.MatchString(s) {
+		return fmt.Errorf("%w: %s name %q: 1-16 lowercase letters, digits and '-'", ErrInvalid, kind, s)
+	}
+	return nil
+}
+
+// Node is one lab node.
+type Node struct {
+	Name     string `json:"name"`
+	NetNS    string `json:"netns"`
+	PodCIDR  string `json:"podCIDR"`
+	StateDir string `json:"stateDir"`
+	Socket   string `json:"socket"`
+	LogFile  string `json:"logFile"`
+	PID      int    `json:"pid"`
+	Running  bool   `json:"running"`
+}
+
+// Pod is one lab pod.
+type Pod struct {
+	Name        string   `json:"name"`
+	Node        string   `json:"node"`
+	NetNS       string   `json:"netns"`
+	ContainerID string   `json:"containerID"`
+	IP          string   `json:"ip"`
+	Labels      []string `json:"labels"`
+}
+
+// Lab is the recorded state of one lab.
+type Lab struct {
+	Name    string `json:"name"`
+	BinDir  string `json:"binDir"`
+	Created string `json:"created"`
+	Nodes   []Node `json:"nodes"`
+	Pods    []Pod  `json:"pods"`
+
+	dir string
+}
+
+// Options of Up.
+type Options struct {
+	Name   string
+	Nodes  int
+	BinDir string // where filament-agent, filament-cni and filament live
+}
+
+func labDir(name string) string { return filepath.Join(Root, name) }
+
+// NetNSPath is the bind-mount path of a named network namespace.
+func NetNSPath(ns string) string { return filepath.Join("/var/run/netns", ns) }
+
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(l.dir, "lab.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(l.dir, "lab.json"))
+}
+
+// Load reads a lab's state.
+func Load(name string) (*Lab, error) {
+	if err := validName("lab", name); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(labDir(name), "lab.json"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: lab %q (start it with: filament-lab up --name %s)", ErrNotFound, name, name)
+		}
+		return nil, err
+	}
+	l := &Lab{dir: labDir(name)}
+	if err := json.Unmarshal(b, l); err != nil {
+		return nil, fmt.Errorf("lab %q state: %w", name, err)
+	}
+	return l, nil
+}
+
+// lock serialises changes to one lab across processes.
+func lock(name string) (func(), error) {
+	if err := os.MkdirAll(labDir(name), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(labDir(name), ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// Up creates a lab with opts.Nodes nodes, each running its agent.
+func Up(ctx context.Context, o Options) (*Lab, error) {
+	if err := validName("lab", o.Name); err != nil {
+		return nil, err
+	}
+	if o.Nodes < 1 || o.Nodes > 250 {
+		return nil, fmt.Errorf("%w: --nodes %d: want 1-250", ErrInvalid, o.Nodes)
+	}
+	for _, b := range []string{"filament-agent", "filament-cni", "filament"} {
+		if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
+			return nil, fmt.Errorf("%w: binary %s not found in %s (run make build)", ErrInvalid, b, o.BinDir)
+		}
+	}
+	unlock, err := lock(o.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if _, err := os.Stat(filepath.Join(labDir(o.Name), "lab.json")); err == nil {
+		return nil, fmt.Errorf("%w: lab %q is up (filament-lab down --name %s first)", ErrExists, o.Name, o.Name)
+	}
+	l := &Lab{Name: o.Name, BinDir: o.BinDir, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= o.Nodes; i++ {
+		if err := l.startNode(ctx, i); err != nil {
+			l.teardown()
+			return nil, err
+		}
+		if err := l.save(); err != nil {
+			l.teardown()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Lab) startNode(ctx context.Context, i int) error {
+	n := Node{
+		Name:    fmt.Sprintf("n%d", i),
+		PodCIDR: fmt.Sprintf("10.244.%d.0/24", i),
+	}
+	n.NetNS = fmt.Sprintf("flab-%s-%s", l.Name, n.Name)
+	dir := filepath.Join(l.dir, n.Name)
+	n.StateDir, n.Socket, n.LogFile = filepath.Join(dir, "state"), filepath.Join(dir, "agent.sock"), filepath.Join(dir, "agent.log")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := run("ip", "netns", "add", n.NetNS); err != nil {
+		return err
+	}
+	l.Nodes = append(l.Nodes, n)
+	if err := run("ip", "netns", "exec", n.NetNS, "ip", "link", "set", "lo", "up"); err != nil {
+		return err
+	}
+	return l.startAgent(ctx, &l.Nodes[len(l.Nodes)-1])
+}
+
+func (l *Lab) startAgent(ctx context.Context, n *Node) error {
+	logf, err := os.OpenFile(n.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", "netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-agent"),
+		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--state-dir", n.StateDir, "--api-socket", n.Socket,
+		"--embedded-etcd-unsafe-no-fsync")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start agent of %s: %w", n.Name, err)
+	}
+	n.PID = cmd.Process.Pid
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	c := api.NewClient(n.Socket)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := c.Status(sctx)
+		cancel()
+		if err == nil {
+			n.Running = true
+			return nil
+		}
+		select {
+		case werr := <-exited:
+			return fmt.Errorf("agent of node %s exited (%v); its log %s ends with:\n%s", n.Name, werr, n.LogFile, tail(n.LogFile, 15))
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent of node %s not ready after 60s; log %s:\n%s", n.Name, n.LogFile, tail(n.LogFile, 15))
+		}
+	}
+}
+
+func tail(path string, lines int) string {
+	b, _ := os.ReadFile(path)
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// Node returns the named node.
+func (l *Lab) Node(name string) (*Node, error) {
+	for i := range l.Nodes {
+		if l.Nodes[i].Name == name {
+			return &l.Nodes[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: node %q in lab %q", ErrNotFound, name, l.Name)
+}
+
+// Pod returns the named pod.
+func (l *Lab) Pod(name string) (*Pod, error) {
+	for i := range l.Pods {
+		if l.Pods[i].Name == name {
+			return &l.Pods[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: pod %q in lab %q", ErrNotFound, name, l.Name)
+}
+
+// NetConf is the CNI network configuration the lab hands filament-cni for a node.
+func (n *Node) NetConf(labels []string) []byte {
+	type kv struct {
+		Key   string `json:"key"`
+		Value string `json:"value"`
+	}
+	ls := []kv{}
+	for _, s := range labels {
+		k, v, _ := strings.Cut(s, "=")
+		ls = append(ls, kv{k, v})
+	}
+	conf := map[string]any{
+		"cniVersion": "1.1.0", "name": "filament", "type": "filament", "agentSocket": n.Socket,
+		"args": map[string]any{"cni": map[string]any{"labels": ls}},
+	}
+	b, _ := json.Marshal(conf)
+	return b
+}
+
+// CNI runs filament-cni in the node's namespace exactly as a container
+// runtime does: CNI_* in the environment, the config on stdin. It returns
+// stdout (the result or the error JSON) and the error of the run.
+func (l *Lab) CNI(n *Node, command, containerID, netns, ifName, cniArgs string, conf []byte) ([]byte, error) {
+	cmd := exec.Command("ip", "netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-cni"))
+	cmd.Env = append(os.Environ(),
+		"CNI_COMMAND="+command, "CNI_CONTAINERID="+containerID, "CNI_NETNS="+netns,
+		"CNI_IFNAME="+ifName, "CNI_PATH="+l.BinDir, "CNI_ARGS="+cniArgs)
+	cmd.Stdin = bytes.NewReader(conf)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		var cerr struct {
+			Code uint   `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if json.Unmarshal(stdout.Bytes(), &cerr) == nil && cerr.Msg != "" {
+			return stdout.Bytes(), fmt.Errorf("filament-cni %s: %s (CNI error %d)", command, cerr.Msg, cerr.Code)
+		}
+		return stdout.Bytes(), fmt.Errorf("filament-cni %s: %v: %s", command, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// AddPod creates a pod namespace on node and wires it through filament-cni.
+func (l *Lab) AddPod(node, name string, labels []string) (*Pod, error) {
+	if err := validName("pod", name); err != nil {
+		return nil, err
+	}
+	unlock, err := lock(l.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cur, err := Load(l.Name) // another process may have changed the lab
+	if err != nil {
+		return nil, err
+	}
+	*l = *cur
+	n, err := l.Node(node)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := l.Pod(name); err == nil {
+		return nil, fmt.Errorf("%w: pod %q in lab %q", ErrExists, name, l.Name)
+	}
+	p := Pod{Name: name, Node: node, NetNS: fmt.Sprintf("flab-%s-p-%s", l.Name, name), ContainerID: "flab-" + l.Name + "-" + name, Labels: labels}
+	if err := run("ip", "netns", "add", p.NetNS); err != nil {
+		return nil, err
+	}
+	out, err := l.CNI(n, "ADD", p.ContainerID, NetNSPath(p.NetNS), "eth0",
+		"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME="+name, n.NetConf(labels))
+	if err != nil {
+		run("ip", "netns", "del", p.NetNS)
+		return nil, err
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
+		return nil, fmt.Errorf("filament-cni ADD: unexpected result %s", out)
+	}
+	p.IP = strings.SplitN(res.IPs[0].Address, "/", 2)[0]
+	l.Pods = append(l.Pods, p)
+	return &l.Pods[len(l.Pods)-1], l.save()
+}
+
+// DeletePod removes a pod through CNI DEL and deletes its namespace.
+func (l *Lab) DeletePod(name string) error {
+	unlock, err := lock(l.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := Load(l.Name)
+	if err != nil {
+		return err
+	}
+	*l = *cur
+	p, err := l.Pod(name)
+	if err != nil {
+		return err
+	}
+	if err := l.deletePod(*p); err != nil {
+		return err
+	}
+	for i := range l.Pods {
+		if l.Pods[i].Name == name {
+			l.Pods = append(l.Pods[:i], l.Pods[i+1:]...)
+			break
+		}
+	}
+	return l.save()
+}
+
+func (l *Lab) deletePod(p Pod) error {
+	n, err := l.Node(p.Node)
+	if err == nil {
+		if _, err := l.CNI(n, "DEL", p.ContainerID, NetNSPath(p.NetNS), "eth0", "", n.NetConf(nil)); err != nil {
+			return err
+		}
+	}
+	return run("ip", "netns", "del", p.NetNS)
+}
+
+// PodCommand returns a command that runs argv inside the pod's namespace.
+func (l *Lab) PodCommand(pod string, argv ...string) (*exec.Cmd, error) {
+	p, err := l.Pod(pod)
+	if err != nil {
+		return nil, err
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", p.NetNS}, argv...)...), nil
+}
+
+// NodeCommand returns a command that runs argv in the node's namespace with
+// the node's agent socket in $FILAMENT_API_SOCKET and the lab's binaries first in PATH.
+func (l *Lab) NodeCommand(node string, argv ...string) (*exec.Cmd, error) {
+	n, err := l.Node(node)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NetNS}, argv...)...)
+	cmd.Env = append(os.Environ(), api.SocketEnv+"="+n.Socket, "PATH="+l.BinDir+":"+os.Getenv("PATH"))
+	return cmd, nil
+}
+
+// Refresh updates each node's Running flag from its agent.
+func (l *Lab) Refresh(ctx context.Context) {
+	for i := range l.Nodes {
+		n := &l.Nodes[i]
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := api.NewClient(n.Socket).Status(sctx)
+		cancel()
+		n.Running = err == nil
+	}
+	sort.Slice(l.Pods, func(i, j int) bool { return l.Pods[i].Name < l.Pods[j].Name })
+}
+
+// StopAgent stops a node's agent (SIGTERM, then SIGKILL after 10 s) and
+// leaves its pods and namespace in place.
+func (l *Lab) StopAgent(node string) error {
+	n, err := l.Node(node)
+	if err != nil {
+		return err
+	}
+	stopPID(n.PID)
+	n.Running = false
+	return l.save()
+}
+
+// StartAgent starts a stopped node's agent again with the same state dir.
+func (l *Lab) StartAgent(ctx context.Context, node string) error {
+	n, err := l.Node(node)
+	if err != nil {
+		return err
+	}
+	if err := l.startAgent(ctx, n); err != nil {
+		return err
+	}
+	return l.save()
+}
+
+func stopPID(pid int) {
+	if pid <= 0 {
+		return
+	}
+	// The agent runs as a child of `ip netns exec` in its own session.
+	syscall.Kill(-pid, syscall.SIGTERM)
+	syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 100; i++ {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	syscall.Kill(-pid, syscall.SIGKILL)
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// Down removes every pod, agent, namespace and file of the lab.
+func Down(name string) error {
+	unlock, err := lock(name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	l, err := Load(name)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			os.RemoveAll(labDir(name))
+		}
+		return err
+	}
+	return l.teardown()
+}
+
+func (l *Lab) teardown() error {
+	var errs []error
+	for _, p := range l.Pods {
+		if err := l.deletePod(p); err != nil {
+			// The agent may be gone: remove the namespace anyway.
+			if err2 := run("ip", "netns", "del", p.NetNS); err2 != nil && !strings.Contains(err2.Error(), "No such file") {
+				errs = append(errs, err2)
+			}
+		}
+	}
+	for _, n := range l.Nodes {
+		stopPID(n.PID)
+		if err := run("ip", "netns", "del", n.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(l.dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
