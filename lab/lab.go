@@ -83,6 +83,8 @@ type Options struct {
 	Name   string
 	Nodes  int
 	BinDir string // where filament-agent, filament-cni and filament live
+	// PodPrefixLen of each node's pod CIDR 10.244.<node>.0/<len> (default 24).
+	PodPrefixLen int
 }
 
 func labDir(name string) string { return filepath.Join(Root, name) }
@@ -153,6 +155,12 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if o.Nodes < 1 || o.Nodes > 250 {
 		return nil, fmt.Errorf("%w: --nodes %d: want 1-250", ErrInvalid, o.Nodes)
 	}
+	if o.PodPrefixLen == 0 {
+		o.PodPrefixLen = 24
+	}
+	if o.PodPrefixLen < 24 || o.PodPrefixLen > 29 {
+		return nil, fmt.Errorf("%w: pod prefix length %d: want 24-29", ErrInvalid, o.PodPrefixLen)
+	}
 	for _, b := range []string{"filament-agent", "filament-cni", "filament"} {
 		if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
 			return nil, fmt.Errorf("%w: binary %s not found in %s (run make build)", ErrInvalid, b, o.BinDir)
@@ -171,7 +179,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		return nil, err
 	}
 	for i := 1; i <= o.Nodes; i++ {
-		if err := l.startNode(ctx, i); err != nil {
+		if err := l.startNode(ctx, i, o.PodPrefixLen); err != nil {
 			l.teardown()
 			return nil, err
 		}
@@ -183,10 +191,10 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	return l, nil
 }
 
-func (l *Lab) startNode(ctx context.Context, i int) error {
+func (l *Lab) startNode(ctx context.Context, i, prefixLen int) error {
 	n := Node{
 		Name:    fmt.Sprintf("n%d", i),
-		PodCIDR: fmt.Sprintf("10.244.%d.0/24", i),
+		PodCIDR: fmt.Sprintf("10.244.%d.0/%d", i, prefixLen),
 	}
 	n.NetNS = fmt.Sprintf("flab-%s-%s", l.Name, n.Name)
 	dir := filepath.Join(l.dir, n.Name)

@@ -1,0 +1,343 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+
+	"sigs.k8s.io/yaml"
+)
+
+// API versions of the documents Parse reads.
+const (
+	ciliumAPIVersion     = "cilium.io/v2"
+	networkingAPIVersion = "networking.k8s.io/v1"
+	coreAPIVersion       = "v1"
+)
+
+type typeMeta struct{ apiVersion, kind string }
+
+// listKinds maps the list kinds Parse accepts to the kind of their items
+// (zero for a generic List, whose items name their own kind).
+var listKinds = map[typeMeta]typeMeta{
+	{coreAPIVersion, "List"}:                                 {},
+	{ciliumAPIVersion, "CiliumNetworkPolicyList"}:            {ciliumAPIVersion, KindCiliumNetworkPolicy},
+	{ciliumAPIVersion, "CiliumClusterwideNetworkPolicyList"}: {ciliumAPIVersion, KindCiliumClusterwideNetworkPolicy},
+	{networkingAPIVersion, "NetworkPolicyList"}:              {networkingAPIVersion, KindNetworkPolicy},
+}
+
+// objectMeta is the metadata of a policy document.
+type objectMeta struct {
+	Name        string            `json:"name"`
+	Namespace   string            `json:"namespace,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// ciliumDocument is a CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy.
+type ciliumDocument struct {
+	APIVersion string     `json:"apiVersion"`
+	Kind       string     `json:"kind"`
+	Metadata   objectMeta `json:"metadata"`
+	Spec       *Rule      `json:"spec,omitempty"`
+	Specs      []Rule     `json:"specs,omitempty"`
+}
+
+// listDocument is a List of policy documents; its metadata is ignored.
+type listDocument struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   map[string]any `json:"metadata,omitempty"`
+	Items      []any          `json:"items"`
+}
+
+// Parse reads policy documents: YAML or JSON, one or many separated by
+// `---` lines (empty documents are skipped), each a CiliumNetworkPolicy,
+// CiliumClusterwideNetworkPolicy, NetworkPolicy or a list of them (a List,
+// a typed list like CiliumNetworkPolicyList, or a JSON array). Decoding is
+// strict: an unknown field is an error. It returns every policy, normalised
+// (see the package comment), or every problem found, each a
+// *ValidationError wrapping ErrInvalidPolicy, and no policy.
+func Parse(data []byte) ([]Policy, error) {
+	var (
+		out  []Policy
+		errs []error
+		seen = map[string]bool{}
+	)
+	for _, d := range splitDocuments(data) {
+		ps, err := d.parse()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, p := range ps {
+			if seen[p.Key()] {
+				errs = append(errs, &ValidationError{Document: fmt.Sprintf("policy %q", p.Key()),
+					Field: "metadata.name", Reason: "defined more than once in the input"})
+				continue
+			}
+			seen[p.Key()] = true
+			out = append(out, p)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, joinErrors(errs)
+	}
+	return out, nil
+}
+
+func joinErrors(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(errs...)
+}
+
+// document is one `---`-separated part of the input.
+type document struct {
+	text  []byte
+	start int // line number of text's first line in the input
+	line  int // of its first line that is neither blank nor a comment
+}
+
+func (d document) label() string { return fmt.Sprintf("document at line %d", d.line) }
+
+// splitDocuments cuts data at lines that start with `---`. Text after `---`
+// other than a comment starts the next document.
+func splitDocuments(data []byte) []document {
+	var docs []document
+	start, startLine := 0, 1
+	cut := func(end int) {
+		docs = append(docs, document{text: data[start:end], start: startLine, line: contentLine(data[start:end], startLine)})
+	}
+	for off, line := 0, 1; off < len(data); line++ {
+		next := len(data)
+		if i := bytes.IndexByte(data[off:], '\n'); i >= 0 {
+			next = off + i + 1
+		}
+		l := bytes.TrimRight(data[off:next], "\r\n")
+		if bytes.HasPrefix(l, []byte("---")) && (len(l) == 3 || l[3] == ' ' || l[3] == '\t') {
+			cut(off)
+			if rest := bytes.TrimSpace(l[3:]); len(rest) == 0 || rest[0] == '#' {
+				start, startLine = next, line+1
+			} else {
+				start, startLine = off+3, line
+			}
+		}
+		off = next
+	}
+	cut(len(data))
+	return docs
+}
+
+// contentLine returns the number of text's first line that is neither blank
+// nor a comment, counting from first.
+func contentLine(text []byte, first int) int {
+	for i, l := range bytes.Split(text, []byte("\n")) {
+		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' {
+			return first + i
+		}
+	}
+	return first
+}
+
+func (d document) parse() ([]Policy, error) {
+	// Leading newlines make YAML's line numbers count from the input's start.
+	j, err := yaml.YAMLToJSONStrict(append(bytes.Repeat([]byte("\n"), d.start-1), d.text...))
+	if err != nil {
+		return nil, &ValidationError{Document: d.label(), Reason: err.Error(), Err: err}
+	}
+	var val any
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.UseNumber()
+	if err := dec.Decode(&val); err != nil {
+		return nil, &ValidationError{Document: d.label(), Reason: err.Error(), Err: err}
+	}
+	switch x := val.(type) {
+	case nil:
+		return nil, nil
+	case map[string]any:
+		return parseObject(d.label(), x, d.text, true)
+	case []any:
+		return parseItems(d.label(), "", typeMeta{}, x)
+	}
+	return nil, &ValidationError{Document: d.label(), Reason: "want a policy document (an object), got " + describe(val)}
+}
+
+// parseObject parses one decoded document whose text is src.
+func parseObject(label string, obj map[string]any, src []byte, allowList bool) ([]Policy, error) {
+	tm := typeMeta{}
+	tm.apiVersion, _ = obj["apiVersion"].(string)
+	tm.kind, _ = obj["kind"].(string)
+	switch tm {
+	case typeMeta{ciliumAPIVersion, KindCiliumNetworkPolicy}, typeMeta{ciliumAPIVersion, KindCiliumClusterwideNetworkPolicy}:
+		return parseCilium(label, tm.kind, obj, src)
+	case typeMeta{networkingAPIVersion, KindNetworkPolicy}:
+		return parseNetworkPolicy(label, obj, src)
+	}
+	v := &validator{doc: label}
+	if elem, ok := listKinds[tm]; ok {
+		if !allowList {
+			v.addf("kind", "%q cannot be nested in a list", tm.kind)
+			return nil, v.err()
+		}
+		var doc listDocument
+		if !v.decode(obj, src, &doc) {
+			return nil, v.err()
+		}
+		// The items as decoded generically: numbers still json.Number.
+		items, _ := obj["items"].([]any)
+		return parseItems(label, "items", elem, items)
+	}
+	switch {
+	case tm.apiVersion == "":
+		v.addf("apiVersion", "required")
+	case tm.kind == "":
+		v.addf("kind", "required")
+	case tm.apiVersion == ciliumAPIVersion:
+		v.addf("kind", "%q is not one of %s, %s", tm.kind, KindCiliumNetworkPolicy, KindCiliumClusterwideNetworkPolicy)
+	case tm.apiVersion == networkingAPIVersion:
+		v.addf("kind", "%q is not %s", tm.kind, KindNetworkPolicy)
+	case tm.apiVersion == coreAPIVersion:
+		v.addf("kind", "%q is not List", tm.kind)
+	default:
+		v.addf("apiVersion", "%q is not one of %s, %s", tm.apiVersion, ciliumAPIVersion, networkingAPIVersion)
+	}
+	return nil, v.err()
+}
+
+// parseItems parses the items of a list; a typed list (elem set) lets
+// items omit apiVersion and kind.
+func parseItems(label, field string, elem typeMeta, items []any) ([]Policy, error) {
+	var (
+		out  []Policy
+		errs []error
+	)
+	for i, item := range items {
+		il := fmt.Sprintf("%s, %s[%d]", label, field, i)
+		obj, ok := item.(map[string]any)
+		if !ok {
+			errs = append(errs, &ValidationError{Document: il, Reason: "want a policy document (an object), got " + describe(item)})
+			continue
+		}
+		if elem.kind != "" {
+			if _, ok := obj["apiVersion"]; !ok {
+				obj["apiVersion"] = elem.apiVersion
+			}
+			if _, ok := obj["kind"]; !ok {
+				obj["kind"] = elem.kind
+			}
+			if obj["apiVersion"] != elem.apiVersion || obj["kind"] != elem.kind {
+				errs = append(errs, &ValidationError{Document: il, Field: "kind",
+					Reason: fmt.Sprintf("%v %v does not belong in a list of %s %s", obj["apiVersion"], obj["kind"], elem.apiVersion, elem.kind)})
+				continue
+			}
+		}
+		src, err := itemSource(obj)
+		if err != nil {
+			errs = append(errs, &ValidationError{Document: il, Reason: err.Error(), Err: err})
+			continue
+		}
+		ps, err := parseObject(il, obj, src, false)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, ps...)
+	}
+	if len(errs) > 0 {
+		return nil, joinErrors(errs)
+	}
+	return out, nil
+}
+
+// itemSource re-marshals a list item as YAML.
+func itemSource(obj map[string]any) ([]byte, error) {
+	j, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(j)
+}
+
+// docLabel names a document by its key once its name is known.
+func docLabel(label string, obj map[string]any, namespace string) string {
+	meta, _ := obj["metadata"].(map[string]any)
+	name, _ := meta["name"].(string)
+	if name == "" {
+		return label
+	}
+	return fmt.Sprintf("policy %q", Policy{Namespace: namespace, Name: name}.Key())
+}
+
+// namespaceOf returns the namespace a namespaced document names, or the
+// default.
+func namespaceOf(obj map[string]any) string {
+	meta, _ := obj["metadata"].(map[string]any)
+	if ns, _ := meta["namespace"].(string); ns != "" {
+		return ns
+	}
+	return DefaultNamespace
+}
+
+// decode checks obj's shape against out's type and then decodes src, the
+// text obj was read from, into out with yaml.UnmarshalStrict.
+func (v *validator) decode(obj map[string]any, src []byte, out any) bool {
+	checkShape(v, "", obj, reflect.TypeOf(out))
+	if !v.ok() {
+		return false
+	}
+	if err := yaml.UnmarshalStrict(src, out); err != nil {
+		v.wrap("", err)
+		return false
+	}
+	return true
+}
+
+func parseCilium(label, kind string, obj map[string]any, src []byte) ([]Policy, error) {
+	sc := scope{kind: kind}
+	if kind != KindCiliumClusterwideNetworkPolicy {
+		sc.namespace = namespaceOf(obj)
+	}
+	v := &validator{doc: docLabel(label, obj, sc.namespace)}
+	var doc ciliumDocument
+	if !v.decode(obj, src, &doc) {
+		return nil, v.err()
+	}
+	m := doc.Metadata
+	if kind != KindCiliumClusterwideNetworkPolicy && m.Namespace == "" {
+		m.Namespace = DefaultNamespace
+	}
+	v.meta("metadata", kind, m)
+	var rules []Rule
+	switch {
+	case doc.Spec != nil && doc.Specs != nil:
+		v.addf("specs", "cannot be combined with spec")
+	case doc.Spec != nil:
+		rules = []Rule{*doc.Spec}
+		v.rule("spec", doc.Spec, sc)
+	case len(doc.Specs) > 0:
+		rules = doc.Specs
+		for i := range rules {
+			v.rule(fieldPath("specs").index(i), &rules[i], sc)
+		}
+	default:
+		v.addf("spec", "required: give one rule as spec or a list of rules as specs")
+	}
+	if !v.ok() {
+		return nil, v.err()
+	}
+	return finish(Policy{Kind: kind, Namespace: m.Namespace, Name: m.Name, Labels: m.Labels,
+		Annotations: m.Annotations, Rules: rules, Source: string(src)})
+}
+
+// finish normalises a parsed policy and checks its internal form.
+func finish(p Policy) ([]Policy, error) {
+	p.normalize()
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return []Policy{p}, nil
+}

@@ -1,0 +1,211 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+)
+
+// ErrNotFound is wrapped by the error for a key the repository lacks.
+var ErrNotFound = errors.New("policy not found")
+
+// Repository holds the imported policies by key, with a revision that
+// increments on every change. Changes are all-or-nothing and, when the
+// repository has a path, persisted before they become visible. It is safe
+// for concurrent use.
+type Repository struct {
+	path string
+
+	mu       sync.RWMutex
+	revision uint64
+	policies map[string]Policy
+}
+
+// storeFile is the JSON form of a persisted repository.
+type storeFile struct {
+	Revision uint64   `json:"revision"`
+	Policies []Policy `json:"policies"`
+}
+
+// NewRepository returns a repository persisted as JSON at path, loading
+// the file if it exists; path "" keeps the repository in memory only.
+func NewRepository(path string) (*Repository, error) {
+	r := &Repository{path: path, policies: map[string]Policy{}}
+	if path == "" {
+		return r, nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return r, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load policy repository: %w", err)
+	}
+	var f storeFile
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("load policy repository %s: %w", path, err)
+	}
+	for _, p := range f.Policies {
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("load policy repository %s: %w", path, err)
+		}
+		if _, dup := r.policies[p.Key()]; dup {
+			return nil, fmt.Errorf("load policy repository %s: policy %q stored twice", path, p.Key())
+		}
+		r.policies[p.Key()] = p
+	}
+	r.revision = f.Revision
+	return r, nil
+}
+
+// Import validates every policy and then, in one change, replaces the
+// policies of the same keys and adds the others. If any policy is invalid
+// (or two share a key) or persisting fails, nothing changes. It returns the
+// new revision; importing nothing changes nothing and returns the current
+// one.
+func (r *Repository) Import(ps []Policy) (revision uint64, err error) {
+	staged := make(map[string]Policy, len(ps))
+	var errs []error
+	for _, p := range ps {
+		p = p.DeepCopy()
+		p.normalize()
+		if err := p.Validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, dup := staged[p.Key()]; dup {
+			errs = append(errs, &ValidationError{Document: fmt.Sprintf("policy %q", p.Key()),
+				Reason: "given more than once in one import"})
+			continue
+		}
+		staged[p.Key()] = p
+	}
+	if len(errs) > 0 {
+		return 0, joinErrors(errs)
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(staged) == 0 {
+		return r.revision, nil
+	}
+	next := maps.Clone(r.policies)
+	maps.Copy(next, staged)
+	return r.commit(next)
+}
+
+// Delete removes the policy with key, or returns an error wrapping
+// ErrNotFound.
+func (r *Repository) Delete(key string) (revision uint64, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.policies[key]; !ok {
+		return 0, fmt.Errorf("%w: %q", ErrNotFound, key)
+	}
+	next := maps.Clone(r.policies)
+	delete(next, key)
+	return r.commit(next)
+}
+
+// commit persists next as the following revision and then makes it
+// current. The caller holds r.mu.
+func (r *Repository) commit(next map[string]Policy) (uint64, error) {
+	rev := r.revision + 1
+	if err := r.persist(rev, next); err != nil {
+		return 0, err
+	}
+	r.policies, r.revision = next, rev
+	return rev, nil
+}
+
+// persist writes the policies to a temporary file beside r.path and renames
+// it over r.path.
+func (r *Repository) persist(rev uint64, policies map[string]Policy) (err error) {
+	if r.path == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(storeFile{Revision: rev, Policies: sorted(policies)}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("persist policy repository: %w", err)
+	}
+	dir := filepath.Dir(r.path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("persist policy repository: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(r.path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("persist policy repository: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
+	}()
+	_, err = tmp.Write(append(data, '\n'))
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), r.path)
+	}
+	if err != nil {
+		return fmt.Errorf("persist policy repository: %w", err)
+	}
+	// Make the rename durable; the data already is.
+	if d, derr := os.Open(dir); derr == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Get returns a copy of the policy with key, or an error wrapping
+// ErrNotFound.
+func (r *Repository) Get(key string) (Policy, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	p, ok := r.policies[key]
+	if !ok {
+		return Policy{}, fmt.Errorf("%w: %q", ErrNotFound, key)
+	}
+	return p.DeepCopy(), nil
+}
+
+// List returns copies of all policies, sorted by key.
+func (r *Repository) List() []Policy {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ps := sorted(r.policies)
+	for i := range ps {
+		ps[i] = ps[i].DeepCopy()
+	}
+	return ps
+}
+
+// Revision returns the current revision: 0 for a new repository, one more
+// after every change.
+func (r *Repository) Revision() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.revision
+}
+
+func sorted(m map[string]Policy) []Policy {
+	ps := make([]Policy, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		ps = append(ps, m[k])
+	}
+	return ps
+}
