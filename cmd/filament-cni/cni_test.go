@@ -1,0 +1,311 @@
+package main_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+type cniErr struct {
+	Code    uint   `json:"code"`
+	Msg     string `json:"msg"`
+	Details string `json:"details"`
+}
+
+// call runs filament-cni as a runtime does and decodes its answer.
+func call(t *testing.T, l *lab.Lab, command, cid, netns string, conf []byte) (*types100.Result, *cniErr) {
+	t.Helper()
+	n, _ := l.Node("n1")
+	out, err := l.CNI(n, command, cid, netns, "eth0", "K8S_POD_NAMESPACE=team-a;K8S_POD_NAME="+cid, conf)
+	if err != nil {
+		var ce cniErr
+		if json.Unmarshal(out, &ce) != nil || ce.Msg == "" {
+			t.Fatalf("%s: %v, stdout %q is not CNI error JSON", command, err, out)
+		}
+		return nil, &ce
+	}
+	if command != "ADD" {
+		return nil, nil
+	}
+	var r types100.Result
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("ADD result: %v: %s", err, out)
+	}
+	return &r, nil
+}
+
+func conf(l *lab.Lab, version string, labels ...string) []byte {
+	n, _ := l.Node("n1")
+	var m map[string]any
+	json.Unmarshal(n.NetConf(labels), &m)
+	m["cniVersion"] = version
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func withPrevResult(c []byte, r *types100.Result) []byte {
+	var m map[string]any
+	json.Unmarshal(c, &m)
+	b, _ := json.Marshal(r)
+	var prev map[string]any
+	json.Unmarshal(b, &prev)
+	m["prevResult"] = prev
+	out, _ := json.Marshal(m)
+	return out
+}
+
+// The binary invoked exactly as a container runtime does (CNI_* environment,
+// config on stdin) for every command of spec 1.0.0 and 1.1.0.
+func TestBinaryAsRuntimeInvokesIt(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	for _, ver := range []string{"1.0.0", "1.1.0"} {
+		t.Run(ver, func(t *testing.T) {
+			cid := "ctr-" + strings.ReplaceAll(ver, ".", "")
+			ns := labtest.NetNS(t, "fcni-"+l.Name+"-"+cid)
+			c := conf(l, ver, "app=api", "k8s:tier=back")
+			r, e := call(t, l, "ADD", cid, ns, c)
+			if e != nil {
+				t.Fatalf("ADD: %+v", e)
+			}
+			if r.CNIVersion != ver || len(r.Interfaces) != 2 || r.Interfaces[1].Sandbox != ns || r.Interfaces[1].Name != "eth0" ||
+				len(r.IPs) != 1 || *r.IPs[0].Interface != 1 || r.IPs[0].Gateway.String() != "10.244.1.1" ||
+				len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
+				b, _ := json.Marshal(r)
+				t.Fatalf("ADD result: %s", b)
+			}
+			eps := labtest.Endpoints(t, l, "n1")
+			var found bool
+			for _, ep := range eps {
+				if ep.ContainerID == cid {
+					found = true
+					if ep.IPv4.String() != r.IPs[0].Address.IP.String() || ep.Namespace != "team-a" || ep.PodName != cid ||
+						!strings.Contains(strings.Join(ep.LabelStrings(), ","), "k8s:tier=back") {
+						t.Fatalf("endpoint %+v does not match the ADD", ep)
+					}
+				}
+			}
+			if !found {
+				t.Fatal("ADD made no endpoint")
+			}
+			if _, e := call(t, l, "CHECK", cid, ns, withPrevResult(c, r)); e != nil {
+				t.Fatalf("CHECK: %+v", e)
+			}
+			if _, e := call(t, l, "CHECK", cid, ns, c); e == nil || e.Code != uint(types.ErrInvalidNetworkConfig) {
+				t.Fatalf("CHECK without prevResult: %+v", e)
+			}
+			if ver == "1.1.0" {
+				if _, e := call(t, l, "STATUS", "", "", c); e != nil {
+					t.Fatalf("STATUS: %+v", e)
+				}
+			}
+			for i := 0; i < 2; i++ { // DEL is idempotent
+				if _, e := call(t, l, "DEL", cid, ns, c); e != nil {
+					t.Fatalf("DEL #%d: %+v", i+1, e)
+				}
+			}
+			for _, ep := range labtest.Endpoints(t, l, "n1") {
+				if ep.ContainerID == cid {
+					t.Fatal("endpoint left after DEL")
+				}
+			}
+		})
+	}
+	n, _ := l.Node("n1")
+	out, err := l.CNI(n, "VERSION", "", "", "", "", []byte(`{"cniVersion":"1.1.0"}`))
+	if err != nil || !strings.Contains(string(out), `"1.0.0"`) || !strings.Contains(string(out), `"1.1.0"`) {
+		t.Fatalf("VERSION: %v %s", err, out)
+	}
+	// With the agent down: STATUS says the plugin is unavailable, DEL asks to retry.
+	if err := l.StopAgent("n1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, e := call(t, l, "STATUS", "", "", conf(l, "1.1.0")); e == nil || e.Code != uint(types.ErrPluginNotAvailable) {
+		t.Fatalf("STATUS with the agent down: %+v", e)
+	}
+	if _, e := call(t, l, "DEL", "x", "/nonexistent", conf(l, "1.1.0")); e == nil || e.Code != uint(types.ErrTryAgainLater) {
+		t.Fatalf("DEL with the agent down: %+v", e)
+	}
+}
+
+// The plugin through libcni, as containerd and CRI-O drive it: add, check,
+// status, GC of attachments the runtime no longer knows, delete.
+func TestThroughLibcni(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	n, _ := l.Node("n1")
+	// A runtime finds plugins by their type: install filament-cni as "filament".
+	pluginDir := t.TempDir()
+	if err := os.Symlink(filepath.Join(labtest.BinDir(t), "filament-cni"), filepath.Join(pluginDir, "filament")); err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"filament","plugins":[{"type":"filament","agentSocket":%q}]}`, n.Socket)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rts := map[string]*libcni.RuntimeConf{}
+	for _, id := range []string{"keep", "stale"} {
+		rt := &libcni.RuntimeConf{ContainerID: "libcni-" + id, NetNS: labtest.NetNS(t, "fcni-"+l.Name+"-"+id), IfName: "eth0",
+			Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", id}}}
+		rts[id] = rt
+		res, err := cni.AddNetworkList(ctx, list, rt)
+		if err != nil {
+			t.Fatalf("add %s: %v", id, err)
+		}
+		r, err := types100.NewResultFromResult(res)
+		if err != nil || len(r.IPs) != 1 {
+			t.Fatalf("add %s result: %v %+v", id, err, res)
+		}
+		if err := cni.CheckNetworkList(ctx, list, rt); err != nil {
+			t.Fatalf("check %s: %v", id, err)
+		}
+	}
+	if err := cni.GetStatusNetworkList(ctx, list); err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	if err := cni.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: "libcni-keep", IfName: "eth0"}}}); err != nil {
+		t.Fatalf("gc: %v", err)
+	}
+	var left []string
+	for _, ep := range labtest.Endpoints(t, l, "n1") {
+		left = append(left, ep.ContainerID)
+	}
+	sort.Strings(left)
+	if strings.Join(left, ",") != "libcni-keep" {
+		t.Fatalf("after GC: %v", left)
+	}
+	if err := cni.DelNetworkList(ctx, list, rts["keep"]); err != nil {
+		t.Fatalf("del: %v", err)
+	}
+	if err := cni.DelNetworkList(ctx, list, rts["stale"]); err != nil {
+		t.Fatalf("del of a collected attachment: %v", err)
+	}
+	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 0 {
+		t.Fatalf("endpoints left: %+v", eps)
+	}
+}
+
+// A second ADD for the same container interface fails with the plugin's
+// code and leaves the first endpoint as it was.
+func TestDuplicateContainerIDRejected(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	ns := labtest.NetNS(t, "fcni-"+l.Name+"-dup")
+	c := conf(l, "1.1.0", "app=a")
+	r, e := call(t, l, "ADD", "dup", ns, c)
+	if e != nil {
+		t.Fatal(e)
+	}
+	before := labtest.Endpoints(t, l, "n1")
+	_, e = call(t, l, "ADD", "dup", ns, c)
+	if e == nil || e.Code != 100 || !strings.Contains(e.Msg, `"dup"`) {
+		t.Fatalf("duplicate ADD: %+v", e)
+	}
+	after := labtest.Endpoints(t, l, "n1")
+	if len(after) != 1 || after[0].IPv4 != before[0].IPv4 || after[0].IPv4.String() != r.IPs[0].Address.IP.String() {
+		t.Fatalf("duplicate ADD changed state: %+v", after)
+	}
+	if _, e := call(t, l, "CHECK", "dup", ns, withPrevResult(c, r)); e != nil {
+		t.Fatalf("first endpoint broken after the duplicate: %+v", e)
+	}
+}
+
+// A /29 pod CIDR holds five pods; the sixth ADD fails naming the CIDR and
+// leaves nothing behind.
+func TestExhaustedPodCIDR(t *testing.T) {
+	l := labtest.Up(t, 1, 29)
+	c := conf(l, "1.1.0", "app=a")
+	for i := 0; i < 5; i++ {
+		if _, e := call(t, l, "ADD", fmt.Sprintf("c%d", i), labtest.NetNS(t, fmt.Sprintf("fcni-%s-%d", l.Name, i)), c); e != nil {
+			t.Fatalf("ADD %d: %+v", i, e)
+		}
+	}
+	ns := labtest.NetNS(t, "fcni-"+l.Name+"-full")
+	_, e := call(t, l, "ADD", "c-full", ns, c)
+	if e == nil || e.Code != 101 || !strings.Contains(e.Msg, "10.244.1.0/29") {
+		t.Fatalf("ADD into a full CIDR: %+v", e)
+	}
+	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 5 {
+		t.Fatalf("%d endpoints after the failed ADD", len(eps))
+	}
+	assertNoEth0(t, ns)
+	// Freeing one address makes room again.
+	if _, e := call(t, l, "DEL", "c0", "", c); e != nil {
+		t.Fatal(e)
+	}
+	if _, e := call(t, l, "ADD", "c-full", ns, c); e != nil {
+		t.Fatalf("ADD after a DEL: %+v", e)
+	}
+}
+
+func assertNoEth0(t *testing.T, nsPath string) {
+	t.Helper()
+	name := filepath.Base(nsPath)
+	out, _ := exec.Command("ip", "netns", "exec", name, "ip", "-o", "link").CombinedOutput()
+	if strings.Contains(string(out), "eth0") {
+		t.Fatalf("a failed ADD left eth0 in %s:\n%s", name, out)
+	}
+}
+
+// Invalid label keys are refused with the key named; no endpoint, address
+// or interface is left.
+func TestInvalidLabelKeyRejected(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	ns := labtest.NetNS(t, "fcni-"+l.Name+"-lbl")
+	_, e := call(t, l, "ADD", "lbl", ns, conf(l, "1.1.0", "bad key!=x"))
+	if e == nil || e.Code != uint(types.ErrInvalidNetworkConfig) || !strings.Contains(e.Msg, "args.cni.labels[0]") || !strings.Contains(e.Msg, "bad key!") {
+		t.Fatalf("bad label key: %+v", e)
+	}
+	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 0 {
+		t.Fatalf("endpoints after a rejected ADD: %+v", eps)
+	}
+	assertNoEth0(t, ns)
+	r, e := call(t, l, "ADD", "lbl", ns, conf(l, "1.1.0", "app=ok"))
+	if e != nil || r.IPs[0].Address.IP.String() != "10.244.1.2" {
+		t.Fatalf("the rejected ADD consumed state: %+v %+v", e, r)
+	}
+}
+
+// Bad network configs and environments fail with the spec's codes and name the field.
+func TestBadCNIConfigRejected(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	ns := labtest.NetNS(t, "fcni-"+l.Name+"-cfg")
+	n, _ := l.Node("n1")
+	cases := []struct {
+		name string
+		conf string
+		ns   string
+		code uint
+		want string
+	}{
+		{"not JSON", `{"cniVersion":"1.1.0",`, ns, uint(types.ErrDecodingFailure), ""},
+		{"wrong type", `{"cniVersion":"1.1.0","name":"x","type":"bridge"}`, ns, uint(types.ErrInvalidNetworkConfig), "type"},
+		{"no name", `{"cniVersion":"1.1.0","type":"filament"}`, ns, uint(types.ErrInvalidNetworkConfig), "name"},
+		{"relative socket", `{"cniVersion":"1.1.0","name":"x","type":"filament","agentSocket":"agent.sock"}`, ns, uint(types.ErrInvalidNetworkConfig), "agentSocket"},
+		{"unsupported version", `{"cniVersion":"0.1.0","name":"x","type":"filament"}`, ns, uint(types.ErrIncompatibleCNIVersion), "0.1.0"},
+		{"missing netns", fmt.Sprintf(`{"cniVersion":"1.1.0","name":"x","type":"filament","agentSocket":%q}`, n.Socket), "/var/run/netns/does-not-exist", uint(types.ErrUnknownContainer), "does-not-exist"},
+	}
+	for _, c := range cases {
+		_, e := call(t, l, "ADD", "cfg", c.ns, []byte(c.conf))
+		if e == nil || e.Code != c.code || !strings.Contains(e.Msg+" "+e.Details, c.want) {
+			t.Errorf("%s: want code %d naming %q, got %+v", c.name, c.code, c.want, e)
+		}
+	}
+	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 0 {
+		t.Fatalf("endpoints after rejected ADDs: %+v", eps)
+	}
+}

@@ -1,0 +1,149 @@
+// Package labtest owns what end-to-end tests share on top of filament-lab:
+// the project's binaries, a lab per test that is removed (and checked to be
+// gone) at cleanup, and running commands on its nodes and pods.
+package labtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/internal/testutil"
+	"github.com/filament-net/filament/lab"
+)
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+// BinDir returns the directory with the project's binaries: $FILAMENT_BIN_DIR
+// (make test builds them there) or a fresh build of ./cmd/...
+func BinDir(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("FILAMENT_BIN_DIR"); d != "" {
+		return d
+	}
+	buildOnce.Do(func() {
+		gomod, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil {
+			buildErr = fmt.Errorf("go env GOMOD: %v", err)
+			return
+		}
+		root := filepath.Dir(strings.TrimSpace(string(gomod)))
+		if builtDir, buildErr = os.MkdirTemp("", "filament-bin-"); buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", builtDir+"/", "./cmd/filament-agent", "./cmd/filament", "./cmd/filament-cni", "./cmd/filament-lab")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtDir
+}
+
+// Up starts a lab of nodes for t (pod CIDRs /prefixLen; 0 means /24) and
+// removes it at cleanup, failing t if namespaces or files are left behind.
+func Up(t testing.TB, nodes, prefixLen int) *lab.Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	name := fmt.Sprintf("t%x", rand.Uint32())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: BinDir(t), PodPrefixLen: prefixLen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Down(name); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		out, _ := exec.Command("ip", "netns", "list").Output()
+		if strings.Contains(string(out), "flab-"+name+"-") {
+			t.Errorf("lab down left namespaces behind:\n%s", out)
+		}
+		if _, err := os.Stat(filepath.Join(lab.Root, name)); err == nil {
+			t.Errorf("lab down left %s behind", filepath.Join(lab.Root, name))
+		}
+	})
+	return l
+}
+
+// NodeRun runs argv in a node's namespace against its agent; the output is
+// stdout, or stdout and stderr when the command fails.
+func NodeRun(t testing.TB, l *lab.Lab, node string, argv ...string) (string, error) {
+	t.Helper()
+	cmd, err := l.NodeCommand(node, argv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return stdout.String(), nil
+}
+
+// Endpoints lists a node's endpoints through `filament endpoint list -o json`.
+func Endpoints(t testing.TB, l *lab.Lab, node string) []endpoint.Endpoint {
+	t.Helper()
+	out, err := NodeRun(t, l, node, "filament", "endpoint", "list", "-o", "json")
+	if err != nil {
+		t.Fatalf("endpoint list: %v: %s", err, out)
+	}
+	var eps []endpoint.Endpoint
+	if err := json.Unmarshal([]byte(out), &eps); err != nil {
+		t.Fatalf("endpoint list json: %v: %s", err, out)
+	}
+	return eps
+}
+
+// Ping sends one ICMP echo from a pod to ip.
+func Ping(t testing.TB, l *lab.Lab, pod, ip string) error {
+	t.Helper()
+	cmd, err := l.PodCommand(pod, "ping", "-c", "1", "-W", "2", ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ping %s from %s: %v: %s", ip, pod, err, out)
+	}
+	return nil
+}
+
+// Pod adds a pod or fails t.
+func Pod(t testing.TB, l *lab.Lab, node, name string, labels ...string) *lab.Pod {
+	t.Helper()
+	p, err := l.AddPod(node, name, labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// NetNS creates a bare network namespace for t (as a runtime would before
+// CNI ADD) and deletes it at cleanup; it returns the namespace's path.
+func NetNS(t testing.TB, name string) string {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v %s", name, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	return lab.NetNSPath(name)
+}
