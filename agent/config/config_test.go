@@ -67,3 +67,14 @@ func TestBadInputNamesField(t *testing.T) {
 		}
 	}
 }
+
+// The example file shipped in deploy/ loads and validates.
+func TestShippedExampleLoads(t *testing.T) {
+	c := Default()
+	if err := c.LoadFile("../../deploy/systemd/agent.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,177 @@
+package endpoint_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/internal/testutil"
+)
+
+// fakePlumber records devices instead of touching the kernel.
+type fakePlumber struct {
+	devices map[string]bool
+	failOn  string
+}
+
+func (f *fakePlumber) Setup(_ context.Context, r endpoint.PlumbRequest) (endpoint.PlumbResult, error) {
+	if r.ContainerID == f.failOn {
+		return endpoint.PlumbResult{}, errors.New("plumbing failed")
+	}
+	f.devices[r.HostIfName] = true
+	return endpoint.PlumbResult{MAC: "02:00:00:00:00:01", HostIfIndex: len(f.devices)}, nil
+}
+func (f *fakePlumber) Teardown(name string) error { delete(f.devices, name); return nil }
+func (f *fakePlumber) Present(name string) bool   { return f.devices[name] }
+
+type env struct {
+	m       *endpoint.Manager
+	pool    *ipam.Pool
+	ids     *identity.Allocator
+	plumber *fakePlumber
+	dir     string
+	netns   string
+}
+
+func newEnv(t *testing.T, dir string, ep []string, plumber *fakePlumber) *env {
+	t.Helper()
+	kv := testutil.Connect(t, ep)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	lease, err := kv.GrantLease(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := identity.NewAllocator(ctx, kv, identity.AllocatorConfig{ClusterID: 1, ClusterName: "default", Node: "n1", Lease: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, _ := ipam.New("10.9.0.0/24")
+	m, err := endpoint.NewManager(endpoint.Config{StateDir: dir, Pool: pool, Identities: ids, Plumber: plumber})
+	if err != nil {
+		t.Fatal(err)
+	}
+	netns := filepath.Join(dir, "netns")
+	os.WriteFile(netns, nil, 0o600)
+	return &env{m: m, pool: pool, ids: ids, plumber: plumber, dir: dir, netns: netns}
+}
+
+func req(e *env, cid string, labels ...string) endpoint.CreateRequest {
+	return endpoint.CreateRequest{ContainerID: cid, IfName: "eth0", NetNS: e.netns, Namespace: "default", PodName: cid, Labels: labels}
+}
+
+func TestCreateDeleteRestore(t *testing.T) {
+	ep := testutil.Etcd(t)
+	dir := t.TempDir()
+	e := newEnv(t, dir, ep, &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	a, err := e.m.Create(ctx, req(e, "a", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.m.Create(ctx, req(e, "b", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.IPv4 == b.IPv4 || a.Identity != b.Identity || a.ID == b.ID || a.Gateway.String() != "10.9.0.1" {
+		t.Fatalf("a %+v b %+v", a, b)
+	}
+	if v, _ := a.Labels.Get("io.kubernetes.pod.namespace"); v != "default" {
+		t.Fatalf("namespace label missing: %v", a.Labels)
+	}
+	// A restarted manager (new process: new pool, new allocator) gets the same state back.
+	e2 := newEnv(t, dir, ep, e.plumber)
+	n, err := e2.m.Restore(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("restore: %d %v", n, err)
+	}
+	got, err := e2.m.Lookup("a", "eth0")
+	if err != nil || got.IPv4 != a.IPv4 || got.Identity != a.Identity || got.State != endpoint.StateReady {
+		t.Fatalf("restored a: %+v %v", got, err)
+	}
+	if e2.pool.Used() != 2 {
+		t.Fatalf("restored pool uses %d", e2.pool.Used())
+	}
+	if c, _ := e2.m.Create(ctx, req(e2, "c", "app=db")); c.IPv4 == a.IPv4 || c.IPv4 == b.IPv4 {
+		t.Fatalf("restored pool handed out %s again", c.IPv4)
+	}
+	// A device that vanished while the agent was down shows as disconnected.
+	delete(e.plumber.devices, b.HostIfName)
+	e3 := newEnv(t, dir, ep, e.plumber)
+	e3.m.Restore(ctx)
+	if got, _ := e3.m.Lookup("b", "eth0"); got.State != endpoint.StateDisconnected {
+		t.Fatalf("b after its device vanished: %s", got.State)
+	}
+	if deleted, err := e3.m.DeleteByContainer(ctx, "b", "eth0"); err != nil || !deleted {
+		t.Fatalf("delete b: %v %v", deleted, err)
+	}
+	if deleted, err := e3.m.DeleteByContainer(ctx, "b", "eth0"); err != nil || deleted {
+		t.Fatalf("second delete of b: %v %v", deleted, err)
+	}
+	if err := e3.m.Delete(ctx, 999); !errors.Is(err, endpoint.ErrNotFound) {
+		t.Fatalf("delete unknown: %v", err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "endpoints", "*")); len(files) != 2 {
+		t.Fatalf("records after delete: %v", files)
+	}
+}
+
+// A failure half-way leaves nothing: no address, no identity reference, no device, no record.
+func TestCreateRollsBack(t *testing.T) {
+	ep := testutil.Etcd(t)
+	dir := t.TempDir()
+	e := newEnv(t, dir, ep, &fakePlumber{devices: map[string]bool{}, failOn: "bad"})
+	ctx := context.Background()
+	if _, err := e.m.Create(ctx, req(e, "bad", "app=rollback")); err == nil {
+		t.Fatal("create with failing plumbing succeeded")
+	}
+	if e.pool.Used() != 0 || len(e.plumber.devices) != 0 || len(e.m.List()) != 0 {
+		t.Fatalf("left behind: used=%d devices=%v endpoints=%d", e.pool.Used(), e.plumber.devices, len(e.m.List()))
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "endpoints", "*")); len(files) != 0 {
+		t.Fatalf("records left: %v", files)
+	}
+	ls, _ := req(e, "x", "app=rollback").Validate()
+	if e.ids.Holds(ls) != 0 {
+		t.Fatal("identity reference left behind")
+	}
+}
+
+func TestCreateValidates(t *testing.T) {
+	e := newEnv(t, t.TempDir(), testutil.Etcd(t), &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	cases := map[string]endpoint.CreateRequest{
+		"containerID": {ContainerID: "", IfName: "eth0", NetNS: e.netns},
+		"ifName":      {ContainerID: "c", IfName: "this-name-is-too-long", NetNS: e.netns},
+		"netns":       {ContainerID: "c", IfName: "eth0", NetNS: "/nonexistent/ns"},
+		"bad key!":    {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Labels: []string{"bad key!=x"}},
+		"namespace":   {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Namespace: "Not/Valid"},
+	}
+	for field, r := range cases {
+		_, err := e.m.Create(ctx, r)
+		if !errors.Is(err, endpoint.ErrInvalid) || !contains(err.Error(), field) {
+			t.Errorf("%s: want ErrInvalid naming it, got %v", field, err)
+		}
+	}
+	if e.pool.Used() != 0 {
+		t.Fatal("rejected requests consumed addresses")
+	}
+	if _, err := e.m.Create(ctx, req(e, "dup")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Create(ctx, req(e, "dup")); !errors.Is(err, endpoint.ErrExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if e.pool.Used() != 1 {
+		t.Fatalf("duplicate consumed an address: used=%d", e.pool.Used())
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
