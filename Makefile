@@ -59,6 +59,9 @@ demo: deps build
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament identity list
 	@echo; echo "== web-1 pings db-1"
 	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- ping -c 2 -W 2 $$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="db-1") | .ip')
+	@echo; echo "== a policy is imported, validated and stored (enforcement comes with the datapath)"
+	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy import docs/examples/allow-web-to-db.yaml
+	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy get
 	@echo; echo "== filament status"
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament status
 	@echo; echo "The lab stays up: try 'bin/filament-lab status --name $(DEMO_LAB)'; remove it with 'make demo-down'."
