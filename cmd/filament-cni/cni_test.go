@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -307,5 +308,45 @@ func TestBadCNIConfigRejected(t *testing.T) {
 	}
 	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 0 {
 		t.Fatalf("endpoints after rejected ADDs: %+v", eps)
+	}
+}
+
+// Concurrent ADDs, as a runtime starting many pods at once, never hand out
+// one address twice.
+func TestConcurrentAddsGetDistinctAddresses(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	const pods = 12
+	c := conf(l, "1.1.0", "app=burst")
+	nss := make([]string, pods)
+	for i := range nss {
+		nss[i] = labtest.NetNS(t, fmt.Sprintf("fcni-%s-b%d", l.Name, i))
+	}
+	ips := make([]string, pods)
+	errs := make([]*cniErr, pods)
+	var wg sync.WaitGroup
+	for i := range nss {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r, e := call(t, l, "ADD", fmt.Sprintf("burst-%d", i), nss[i], c)
+			errs[i] = e
+			if r != nil {
+				ips[i] = r.IPs[0].Address.IP.String()
+			}
+		}(i)
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	for i := range ips {
+		if errs[i] != nil {
+			t.Fatalf("ADD %d: %+v", i, errs[i])
+		}
+		if j, dup := seen[ips[i]]; dup {
+			t.Fatalf("pods %d and %d both got %s", j, i, ips[i])
+		}
+		seen[ips[i]] = i
+	}
+	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != pods {
+		t.Fatalf("%d endpoints for %d ADDs", len(eps), pods)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -31,6 +32,10 @@ type Config struct {
 	UnsafeNoFsync bool
 	// StartTimeout bounds the wait for readiness (default 30 s).
 	StartTimeout time.Duration
+	// TLS for clients (ClientURL must then be https://): the server's
+	// certificate and key, and the CA that client certificates must chain to
+	// (mutual TLS when set).
+	CertFile, KeyFile, ClientCAFile string
 }
 
 // Server is a running embedded etcd.
@@ -73,6 +78,13 @@ func Start(c Config) (*Server, error) {
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = c.Name + "=" + pu.String()
 	cfg.UnsafeNoFsync = c.UnsafeNoFsync
+	if c.CertFile != "" || c.KeyFile != "" {
+		if cu.Scheme != "https" {
+			return nil, fmt.Errorf("%w: client URL %q must be https:// when a certificate is given", ErrStart, c.ClientURL)
+		}
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile,
+			TrustedCAFile: c.ClientCAFile, ClientCertAuth: c.ClientCAFile != ""}
+	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.LogLevel = "error"
 	// Keep history long enough for watchers to resume, compact periodically.
