@@ -11,12 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/filament-net/filament/agent/ipam"
-	"github.com/filament-net/filament/agent/labels"
 )
 
 // Manager owns the endpoints of one node.
@@ -279,15 +277,12 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		n++
 	}
 	// Leftover temp files from a crash mid-write carry nothing committed.
-	tmps, _ := filepath.Glob(filepath.Join(m.dir, "*.tmp"))
+	tmps, _ := filepath.Glob(filepath.Join(m.dir, "*.json.tmp"))
 	for _, t := range tmps {
-		if !strings.HasSuffix(t, ".json.tmp") {
-			continue
-		}
 		os.Remove(t)
 	}
 	return n, nil
 }
 
-// Labels of an endpoint as strings (for display).
-func (ep Endpoint) LabelStrings() []string { return labels.Labels(ep.Labels).Strings() }
+// LabelStrings are the endpoint's labels as strings (for display).
+func (ep Endpoint) LabelStrings() []string { return ep.Labels.Strings() }
