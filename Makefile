@@ -32,7 +32,7 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINS))
 
 # BPF objects are generated with clang-16 through bpf2go and committed, so
-# `go build` needs no clang. (No BPF programs yet: the datapath issue adds them.)
+# `go build` needs no clang; a test fails when they are stale.
 generate: deps
 	$(GO) generate ./bpf/...
 

@@ -1,6 +1,10 @@
 // Package bpf owns Filament's eBPF programs (C sources built with clang-16
 // through `go tool bpf2go`) and their generated Go bindings and objects,
-// which are committed so that `go build` needs no clang. `make generate`
-// regenerates them. The datapath programs arrive with the datapath issue;
-// until then this package holds no program.
+// which are committed so that `go build` needs no clang; `make generate`
+// regenerates them. Today it holds the datapath skeleton: tc programs for the
+// host side of an endpoint's veth that pass and count packets per direction
+// and verdict. Identity-based policy, conntrack and events come with the
+// datapath issue.
 package bpf
+
+//go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type counter Datapath datapath.c
