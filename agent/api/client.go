@@ -100,7 +100,7 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, co
 	return nil
 }
 
-func (c *Client) jsonBody(v any) io.Reader {
+func jsonBody(v any) io.Reader {
 	b, _ := json.Marshal(v)
 	return bytes.NewReader(b)
 }
@@ -114,7 +114,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 // CreateEndpoint asks for a new endpoint.
 func (c *Client) CreateEndpoint(ctx context.Context, r endpoint.CreateRequest) (endpoint.Endpoint, error) {
 	var ep endpoint.Endpoint
-	return ep, c.do(ctx, http.MethodPost, "/v1/endpoints", c.jsonBody(r), "application/json", &ep)
+	return ep, c.do(ctx, http.MethodPost, "/v1/endpoints", jsonBody(r), "application/json", &ep)
 }
 
 // Endpoints lists the node's endpoints.

@@ -262,6 +262,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 			m.pool.Release(ep.IPv4)
 			return n, fmt.Errorf("restore endpoint %d identity: %w", ep.ID, err)
 		}
+		before := ep
 		if ident.ID != ep.Identity {
 			slog.Warn("endpoint identity changed across restart", "endpoint", ep.ID, "old", uint32(ep.Identity), "new", uint32(ident.ID))
 			ep.Identity = ident.ID
@@ -270,8 +271,10 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		if !m.plumber.Present(ep.HostIfName) {
 			ep.State = StateDisconnected
 		}
-		if err := m.persist(&ep); err != nil {
-			return n, err
+		if ep.Identity != before.Identity || ep.State != before.State {
+			if err := m.persist(&ep); err != nil {
+				return n, err
+			}
 		}
 		m.endpoints[ep.ID] = &ep
 		n++

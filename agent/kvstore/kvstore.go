@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -128,16 +129,10 @@ type KeyValue struct {
 	Lease          int64
 }
 
-func fromKV(kv interface {
-	GetKey() []byte
-	GetValue() []byte
-	GetCreateRevision() int64
-	GetModRevision() int64
-	GetLease() int64
-}) KeyValue {
+func fromKV(kv *mvccpb.KeyValue) KeyValue {
 	return KeyValue{
-		Key: string(kv.GetKey()), Value: kv.GetValue(),
-		CreateRevision: kv.GetCreateRevision(), ModRevision: kv.GetModRevision(), Lease: kv.GetLease(),
+		Key: string(kv.Key), Value: kv.Value,
+		CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: kv.Lease,
 	}
 }
 
