@@ -1,54 +1,519 @@
 //go:build ignore
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-// Filament datapath skeleton: tc programs for the host side of an endpoint's
-// veth. They pass every packet today and count it per direction and verdict;
-// identity-based policy fills in the verdicts with the datapath issue.
+// Filament datapath: tc programs on the host side of each endpoint's veth.
+//
+//   from_container  tc ingress of the host veth: packets the pod sends.
+//                   Egress policy of the pod; for a destination pod on this
+//                   node also its ingress policy, then delivery straight into
+//                   its namespace with bpf_redirect_peer.
+//   to_container    tc egress of the host veth: packets for the pod that the
+//                   kernel routed (from the host, other nodes, the world).
+//                   Ingress policy of the pod.
+//
+// Policy is looked up only for new connections; packets of known connections
+// and their replies pass through conntrack. Every drop is counted and sent
+// to user space on the events ring buffer with its reason.
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
-enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1, DIR_MAX };
-enum verdict { VERDICT_FORWARDED = 0, VERDICT_DROPPED = 1, VERDICT_MAX };
+#define DIR_EGRESS 0
+#define DIR_INGRESS 1
+
+// Reasons; 0 is "forwarded". Keep in sync with agent/datapath/reasons.go.
+enum reason {
+	REASON_FORWARDED = 0,
+	REASON_POLICY_DENIED = 1,   // no rule allows it (default deny)
+	REASON_POLICY_DENY_RULE = 2, // a deny rule matched
+	REASON_CT_MISSING = 3,      // TCP packet of no known connection and not a SYN
+	REASON_INVALID = 4,         // truncated or malformed headers
+	REASON_FRAGMENT = 5,        // non-first IPv4 fragment (not supported)
+	REASON_UNSUPPORTED_L3 = 6,  // IPv6 and other non-IPv4 traffic from a pod
+	REASON_BAD_SOURCE = 7,      // source address is not the endpoint's
+	REASON_MAX = 8,
+};
+
+enum event_type {
+	EVENT_DROP = 1,
+	EVENT_POLICY_VERDICT = 2,
+};
+
+#define EP_INGRESS_ENFORCED 1
+#define EP_EGRESS_ENFORCED 2
+
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+
+#define NSEC 1000000000ULL
+#define CT_TIMEOUT_SYN (60 * NSEC)
+#define CT_TIMEOUT_TCP (21600 * NSEC)
+#define CT_TIMEOUT_CLOSE (10 * NSEC)
+#define CT_TIMEOUT_UDP (60 * NSEC)
+#define CT_TIMEOUT_ICMP (30 * NSEC)
+#define CT_TIMEOUT_OTHER (60 * NSEC)
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+#define CT_STATE_NEW 0
+#define CT_STATE_ESTABLISHED 1
+#define CT_STATE_CLOSING 2
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 ip; // network order
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 tunnel_ip; // network order; 0 = local or not tunnelled
+	__u8 flags;
+	__u8 pad[3];
+};
+
+struct endpoint_info {
+	__u32 ifindex; // host-side veth
+	__u32 identity;
+	__u16 ep_id;
+	__u8 flags; // EP_*_ENFORCED
+	__u8 pad;
+	__u8 mac[6];      // pod side
+	__u8 host_mac[6]; // host side (the pod's gateway MAC)
+};
+
+// Policy: an LPM trie. Data bits in order: ep_id(16) dir(8) pad(8)
+// identity(32) proto(8) port(16, network order). Identity 0 = any peer.
+struct policy_key {
+	__u32 prefixlen;
+	__u16 ep_id;
+	__u8 dir;
+	__u8 pad;
+	__u32 identity;
+	__u8 proto;
+	__u8 port[2];
+	__u8 pad2;
+};
+
+struct policy_value {
+	__u8 deny;
+	__u8 pad[3];
+	__u32 cookie;
+};
+
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 ep_id;
+};
+
+struct ct_entry {
+	__u64 expires; // CLOCK_MONOTONIC ns
+	__u64 packets;
+	__u64 bytes;
+	__u8 state;
+	__u8 seen_reply;
+	__u8 pad[2];
+	__u32 peer_identity;
+};
 
 struct counter {
 	__u64 packets;
 	__u64 bytes;
 };
 
-// counters: index = direction * VERDICT_MAX + verdict.
+struct event {
+	__u64 ts;
+	__u8 type;
+	__u8 reason;
+	__u8 dir;
+	__u8 proto;
+	__u16 ep_id;   // the endpoint whose policy decided
+	__u16 peer_ep; // the other side when it is a local endpoint, else 0
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport; // host order
+	__u16 dport; // host order
+	__u32 ifindex;
+	__u32 len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 512 * 1024);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024 * 1024);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256 * 1024);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+} conntrack SEC(".maps");
+
+// counters: key = reason * 2 + direction.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DIR_MAX * VERDICT_MAX);
+	__uint(max_entries, REASON_MAX * 2);
 	__type(key, __u32);
 	__type(value, struct counter);
 } counters SEC(".maps");
 
-const struct counter *unused_counter __attribute__((unused));
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
 
-static __always_inline int account(struct __sk_buff *skb, enum direction dir, enum verdict v)
+// Referenced so bpf2go emits Go types for them.
+const struct ipcache_key *unused_ipk __attribute__((unused));
+const struct ipcache_value *unused_ipv __attribute__((unused));
+const struct endpoint_info *unused_ep __attribute__((unused));
+const struct policy_key *unused_pk __attribute__((unused));
+const struct policy_value *unused_pv __attribute__((unused));
+const struct ct_key *unused_ck __attribute__((unused));
+const struct ct_entry *unused_ce __attribute__((unused));
+const struct counter *unused_counter __attribute__((unused));
+const struct event *unused_event __attribute__((unused));
+
+// A parsed IPv4 packet.
+struct pkt {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport; // network order (ICMP echo: the identifier)
+	__u16 dport; // network order
+	__u16 pport; // port for policy, network order (ICMP: the type)
+	__u8 proto;
+	__u8 tcp_flags;
+	__u32 len;
+};
+
+static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
 {
-	__u32 key = dir * VERDICT_MAX + v;
+	__u32 key = reason * 2 + dir;
 	struct counter *c = bpf_map_lookup_elem(&counters, &key);
 	if (c) {
 		c->packets++;
-		c->bytes += skb->len;
+		c->bytes += len;
 	}
-	return v == VERDICT_FORWARDED ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 }
 
-// from_container: packets the pod sends (tc ingress of the host-side veth).
+static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
+				 __u32 src_id, __u32 dst_id, struct pkt *p, __u32 ifindex)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->ts = bpf_ktime_get_ns();
+	e->type = type;
+	e->reason = reason;
+	e->dir = dir;
+	e->proto = p->proto;
+	e->ep_id = ep_id;
+	e->peer_ep = peer_ep;
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = bpf_ntohs(p->sport);
+	e->dport = bpf_ntohs(p->dport);
+	e->ifindex = ifindex;
+	e->len = p->len;
+	bpf_ringbuf_submit(e, 0);
+}
+
+// parse reads Ethernet, IPv4 and the L4 ports; it returns a reason other
+// than REASON_FORWARDED for packets it cannot accept, and -1 for non-IP
+// traffic that passes untouched (ARP).
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return REASON_INVALID;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return REASON_UNSUPPORTED_L3;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return REASON_INVALID;
+	if (ip->version != 4 || ip->ihl < 5)
+		return REASON_INVALID;
+	__u32 hlen = ip->ihl * 4;
+	if ((void *)ip + hlen > data_end)
+		return REASON_INVALID;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->len = skb->len;
+	p->sport = p->dport = p->pport = 0;
+	p->tcp_flags = 0;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return REASON_FRAGMENT;
+	__u8 *l4 = (void *)ip + hlen;
+	switch (ip->protocol) {
+	case IPPROTO_TCP:
+		if (l4 + 14 > (__u8 *)data_end)
+			return REASON_INVALID;
+		p->sport = *(__u16 *)l4;
+		p->dport = *(__u16 *)(l4 + 2);
+		p->tcp_flags = l4[13];
+		p->pport = p->dport;
+		break;
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		if (l4 + 4 > (__u8 *)data_end)
+			return REASON_INVALID;
+		p->sport = *(__u16 *)l4;
+		p->dport = *(__u16 *)(l4 + 2);
+		p->pport = p->dport;
+		break;
+	case IPPROTO_ICMP:
+		if (l4 + 8 > (__u8 *)data_end)
+			return REASON_INVALID;
+		p->pport = bpf_htons(l4[0]);
+		// Echo request (8) and reply (0) are tracked by identifier: the
+		// request as (id, 0), the reply as (0, id), so that a reply matches
+		// its request reversed and a request never passes as a reply.
+		if (l4[0] == 8)
+			p->sport = *(__u16 *)(l4 + 4);
+		else if (l4[0] == 0)
+			p->dport = *(__u16 *)(l4 + 4);
+		break;
+	default:
+		break;
+	}
+	return REASON_FORWARDED;
+}
+
+static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
+{
+	switch (p->proto) {
+	case IPPROTO_TCP:
+		if (state == CT_STATE_CLOSING)
+			return CT_TIMEOUT_CLOSE;
+		return state == CT_STATE_ESTABLISHED ? CT_TIMEOUT_TCP : CT_TIMEOUT_SYN;
+	case IPPROTO_UDP:
+		return CT_TIMEOUT_UDP;
+	case IPPROTO_ICMP:
+		return CT_TIMEOUT_ICMP;
+	}
+	return CT_TIMEOUT_OTHER;
+}
+
+#define CT_NEW 0
+#define CT_ESTABLISHED 1
+#define CT_REPLY 2
+
+static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
+{
+	__sync_fetch_and_add(&e->packets, 1);
+	__sync_fetch_and_add(&e->bytes, p->len);
+	if (reply)
+		e->seen_reply = 1;
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & (TCP_FIN | TCP_RST))
+			e->state = CT_STATE_CLOSING;
+		else if (e->state == CT_STATE_NEW && reply)
+			e->state = CT_STATE_ESTABLISHED;
+	} else if (reply) {
+		e->state = CT_STATE_ESTABLISHED;
+	}
+	e->expires = now + ct_timeout(p, e->state);
+}
+
+// ct_lookup finds the connection of p in the scope of endpoint ep_id and
+// direction dir: the same direction (established) or the reverse (reply).
+static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now)
+{
+	struct ct_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = dir, .ep_id = ep_id,
+	};
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && e->expires > now) {
+		ct_update(e, p, now, 0);
+		return CT_ESTABLISHED;
+	}
+	struct ct_key r = {
+		.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
+		.proto = p->proto, .dir = dir ^ 1, .ep_id = ep_id,
+	};
+	e = bpf_map_lookup_elem(&conntrack, &r);
+	if (e && e->expires > now) {
+		ct_update(e, p, now, 1);
+		return CT_REPLY;
+	}
+	return CT_NEW;
+}
+
+static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now)
+{
+	struct ct_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = dir, .ep_id = ep_id,
+	};
+	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer};
+	e.state = CT_STATE_NEW;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
+		e.state = CT_STATE_CLOSING;
+	e.expires = now + ct_timeout(p, e.state);
+	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+}
+
+static __always_inline struct policy_value *policy_lookup(__u16 ep_id, __u8 dir, __u32 identity, struct pkt *p)
+{
+	struct policy_key k = {
+		.prefixlen = 88, .ep_id = ep_id, .dir = dir, .identity = identity, .proto = p->proto,
+	};
+	__builtin_memcpy(k.port, &p->pport, 2);
+	return bpf_map_lookup_elem(&policy, &k);
+}
+
+// enforce applies the policy of endpoint ep in direction dir to p, whose
+// other side has identity peer. It returns REASON_FORWARDED or the drop reason.
+static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 peer, __u32 src_id, __u32 dst_id,
+				   __u16 peer_ep, struct pkt *p, __u32 ifindex)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (ct_lookup(p, ep->ep_id, dir, now) != CT_NEW)
+		return REASON_FORWARDED;
+	__u8 enforced = ep->flags & (dir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
+	if (!enforced) {
+		ct_create(p, ep->ep_id, dir, peer, now);
+		return REASON_FORWARDED;
+	}
+	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN))
+		return REASON_CT_MISSING;
+	struct policy_value *v = policy_lookup(ep->ep_id, dir, peer, p);
+	struct policy_value *any = policy_lookup(ep->ep_id, dir, 0, p);
+	int reason;
+	if ((v && v->deny) || (any && any->deny))
+		reason = REASON_POLICY_DENY_RULE;
+	else if (v || any)
+		reason = REASON_FORWARDED;
+	else
+		reason = REASON_POLICY_DENIED;
+	if (reason == REASON_FORWARDED) {
+		ct_create(p, ep->ep_id, dir, peer, now);
+		emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
+	}
+	return reason;
+}
+
+static __always_inline __u32 lookup_identity(__u32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32, .ip = addr};
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	return v ? v->identity : IDENTITY_WORLD;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, int reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
+				__u32 src_id, __u32 dst_id, struct pkt *p)
+{
+	count(reason, dir, skb->len);
+	emit(EVENT_DROP, reason, dir, ep_id, peer_ep, src_id, dst_id, p, skb->ifindex);
+	return TC_ACT_SHOT;
+}
+
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
-	return account(skb, DIR_EGRESS, VERDICT_FORWARDED);
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r < 0) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_EGRESS, 0, 0, 0, 0, &p);
+
+	__u32 saddr = p.saddr;
+	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop(skb, REASON_BAD_SOURCE, DIR_EGRESS, 0, 0, 0, 0, &p);
+
+	__u32 daddr = p.daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	__u32 dst_id = dst ? dst->identity : lookup_identity(daddr);
+	__u16 dst_ep = dst ? dst->ep_id : 0;
+
+	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_EGRESS, src->ep_id, dst_ep, src->identity, dst_id, &p);
+
+	if (!dst) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		return TC_ACT_OK; // the node routes it
+	}
+	// A pod of this node: its ingress policy here, then straight into its namespace.
+	r = enforce(dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
+	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
+		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
+	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
-// to_container: packets for the pod (tc egress of the host-side veth).
 SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
-	return account(skb, DIR_INGRESS, VERDICT_FORWARDED);
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r < 0) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, 0, 0, 0, 0, &p);
+	__u32 daddr = p.daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (!dst) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK; // not for a known endpoint: leave it to the kernel
+	}
+	__u32 saddr = p.saddr;
+	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
+	__u32 src_id = src ? src->identity : lookup_identity(saddr);
+	__u16 src_ep = src ? src->ep_id : 0;
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, dst->ep_id, src_ep, src_id, dst->identity, &p);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

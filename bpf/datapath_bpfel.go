@@ -19,14 +19,113 @@ type DatapathCounter struct {
 	Bytes   uint64
 }
 
+type DatapathCtEntry struct {
+	_            structs.HostLayout
+	Expires      uint64
+	Packets      uint64
+	Bytes        uint64
+	State        uint8
+	SeenReply    uint8
+	Pad          [2]uint8
+	PeerIdentity uint32
+}
+
+type DatapathCtKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	EpId  uint16
+}
+
+type DatapathEndpointInfo struct {
+	_        structs.HostLayout
+	Ifindex  uint32
+	Identity uint32
+	EpId     uint16
+	Flags    uint8
+	Pad      uint8
+	Mac      [6]uint8
+	HostMac  [6]uint8
+}
+
+type DatapathEvent struct {
+	_           structs.HostLayout
+	Ts          uint64
+	Type        uint8
+	Reason      uint8
+	Dir         uint8
+	Proto       uint8
+	EpId        uint16
+	PeerEp      uint16
+	SrcIdentity uint32
+	DstIdentity uint32
+	Saddr       uint32
+	Daddr       uint32
+	Sport       uint16
+	Dport       uint16
+	Ifindex     uint32
+	Len         uint32
+	_           [4]byte
+}
+
+type DatapathIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Ip        uint32
+}
+
+type DatapathIpcacheValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	TunnelIp uint32
+	Flags    uint8
+	Pad      [3]uint8
+}
+
+type DatapathPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	EpId      uint16
+	Dir       uint8
+	Pad       uint8
+	Identity  uint32
+	Proto     uint8
+	Port      [2]uint8
+	Pad2      uint8
+}
+
+type DatapathPolicyValue struct {
+	_      structs.HostLayout
+	Deny   uint8
+	Pad    [3]uint8
+	Cookie uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	DatapathMapConntrack      = "conntrack"
 	DatapathMapCounters       = "counters"
+	DatapathMapEndpoints      = "endpoints"
+	DatapathMapEvents         = "events"
+	DatapathMapIpcache        = "ipcache"
+	DatapathMapPolicy         = "policy"
 	DatapathProgFromContainer = "from_container"
 	DatapathProgToContainer   = "to_container"
+	DatapathVarUnusedCe       = "unused_ce"
+	DatapathVarUnusedCk       = "unused_ck"
 	DatapathVarUnusedCounter  = "unused_counter"
+	DatapathVarUnusedEp       = "unused_ep"
+	DatapathVarUnusedEvent    = "unused_event"
+	DatapathVarUnusedIpk      = "unused_ipk"
+	DatapathVarUnusedIpv      = "unused_ipv"
+	DatapathVarUnusedPk       = "unused_pk"
+	DatapathVarUnusedPv       = "unused_pv"
 )
 
 // LoadDatapath returns the embedded CollectionSpec for Datapath.
@@ -79,14 +178,27 @@ type DatapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
-	Counters *ebpf.MapSpec `ebpf:"counters"`
+	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters  *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
+	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
+	Policy    *ebpf.MapSpec `ebpf:"policy"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
+	UnusedCe      *ebpf.VariableSpec `ebpf:"unused_ce"`
+	UnusedCk      *ebpf.VariableSpec `ebpf:"unused_ck"`
 	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEp      *ebpf.VariableSpec `ebpf:"unused_ep"`
+	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedIpk     *ebpf.VariableSpec `ebpf:"unused_ipk"`
+	UnusedIpv     *ebpf.VariableSpec `ebpf:"unused_ipv"`
+	UnusedPk      *ebpf.VariableSpec `ebpf:"unused_pk"`
+	UnusedPv      *ebpf.VariableSpec `ebpf:"unused_pv"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -109,12 +221,22 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
-	Counters *ebpf.Map `ebpf:"counters"`
+	Conntrack *ebpf.Map `ebpf:"conntrack"`
+	Counters  *ebpf.Map `ebpf:"counters"`
+	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Events    *ebpf.Map `ebpf:"events"`
+	Ipcache   *ebpf.Map `ebpf:"ipcache"`
+	Policy    *ebpf.Map `ebpf:"policy"`
 }
 
 func (m *DatapathMaps) Close() error {
 	return _DatapathClose(
+		m.Conntrack,
 		m.Counters,
+		m.Endpoints,
+		m.Events,
+		m.Ipcache,
+		m.Policy,
 	)
 }
 
@@ -122,7 +244,15 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
+	UnusedCe      *ebpf.Variable `ebpf:"unused_ce"`
+	UnusedCk      *ebpf.Variable `ebpf:"unused_ck"`
 	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEp      *ebpf.Variable `ebpf:"unused_ep"`
+	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	UnusedIpk     *ebpf.Variable `ebpf:"unused_ipk"`
+	UnusedIpv     *ebpf.Variable `ebpf:"unused_ipv"`
+	UnusedPk      *ebpf.Variable `ebpf:"unused_pk"`
+	UnusedPv      *ebpf.Variable `ebpf:"unused_pv"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.
