@@ -10,7 +10,7 @@ BINS := filament-agent filament filament-cni filament-lab
 DEMO_LAB ?= demo
 
 # command:package pairs installed by `deps` when the command is missing.
-DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq
+DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
 .PHONY: all build generate test test-unit demo demo-down bench lint clean deps

@@ -108,7 +108,7 @@ func (f *fixture) count(reason, dir uint32) uint64 {
 	return n
 }
 
-func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
+func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 	t.Helper()
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
@@ -126,6 +126,10 @@ func ipv4(src, dst net.IP, proto layers.IPProtocol) *layers.IPv4 {
 }
 
 func tcp(t *testing.T, src, dst net.IP, sport, dport uint16, syn, ack bool) []byte {
+	return tcpPacket(t, src, dst, sport, dport, syn, ack)
+}
+
+func tcpPacket(t testing.TB, src, dst net.IP, sport, dport uint16, syn, ack bool) []byte {
 	ip := ipv4(src, dst, layers.IPProtocolTCP)
 	l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: syn, ACK: ack, Window: 1000}
 	l4.SetNetworkLayerForChecksum(ip)

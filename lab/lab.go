@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/ipam"
 )
 
 // Root is where labs keep their state (one directory per lab).
@@ -67,13 +68,23 @@ type Pod struct {
 	Labels      []string `json:"labels"`
 }
 
+// External is a host outside the cluster (a namespace joined to a node by a
+// veth, routed through the node), to test world and CIDR policy.
+type External struct {
+	Name  string `json:"name"`
+	Node  string `json:"node"`
+	NetNS string `json:"netns"`
+	IP    string `json:"ip"`
+}
+
 // Lab is the recorded state of one lab.
 type Lab struct {
-	Name    string `json:"name"`
-	BinDir  string `json:"binDir"`
-	Created string `json:"created"`
-	Nodes   []Node `json:"nodes"`
-	Pods    []Pod  `json:"pods"`
+	Name      string     `json:"name"`
+	BinDir    string     `json:"binDir"`
+	Created   string     `json:"created"`
+	Nodes     []Node     `json:"nodes"`
+	Pods      []Pod      `json:"pods"`
+	Externals []External `json:"externals,omitempty"`
 
 	dir string
 }
@@ -88,6 +99,9 @@ type Options struct {
 }
 
 func labDir(name string) string { return filepath.Join(Root, name) }
+
+// bpffs is the lab's bpf filesystem; node nI pins under <bpffs>/filament/nI.
+func (l *Lab) bpffs() string { return filepath.Join(l.dir, "bpffs") }
 
 // NetNSPath is the bind-mount path of a named network namespace.
 func NetNSPath(ns string) string { return filepath.Join("/var/run/netns", ns) }
@@ -178,6 +192,17 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if err := l.save(); err != nil {
 		return nil, err
 	}
+	// One bpffs per lab, mounted in this (the host's) mount namespace so the
+	// agents' pins outlive their processes and their `ip netns exec` mount
+	// namespaces.
+	if err := os.MkdirAll(l.bpffs(), 0o700); err != nil {
+		l.teardown()
+		return nil, err
+	}
+	if err := syscall.Mount("bpf", l.bpffs(), "bpf", 0, "mode=0700"); err != nil {
+		l.teardown()
+		return nil, fmt.Errorf("mount bpffs on %s: %w", l.bpffs(), err)
+	}
 	for i := 1; i <= o.Nodes; i++ {
 		if err := l.startNode(ctx, i, o.PodPrefixLen); err != nil {
 			l.teardown()
@@ -220,7 +245,7 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 	defer logf.Close()
 	cmd := exec.Command("ip", "netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-agent"),
 		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--state-dir", n.StateDir, "--api-socket", n.Socket,
-		"--embedded-etcd-unsafe-no-fsync")
+		"--embedded-etcd-unsafe-no-fsync", "--bpf-root", l.bpffs())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -368,6 +393,69 @@ func (l *Lab) AddPod(node, name string, labels []string) (*Pod, error) {
 	return &l.Pods[len(l.Pods)-1], l.save()
 }
 
+// AddExternal creates a host outside the cluster with address ip, reachable
+// from node's pods through the node (which routes it like a pod, with no
+// endpoint and no policy program on its link).
+func (l *Lab) AddExternal(node, name, ip string) (*External, error) {
+	if err := validName("external", name); err != nil {
+		return nil, err
+	}
+	unlock, err := lock(l.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cur, err := Load(l.Name)
+	if err != nil {
+		return nil, err
+	}
+	*l = *cur
+	n, err := l.Node(node)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := ipam.New(n.PodCIDR)
+	if err != nil {
+		return nil, err
+	}
+	gw := pool.Gateway().String()
+	x := External{Name: name, Node: node, NetNS: fmt.Sprintf("flab-%s-x-%s", l.Name, name), IP: ip}
+	host := "fx-" + name
+	if len(host) > 15 {
+		host = host[:15]
+	}
+	steps := [][]string{
+		{"netns", "add", x.NetNS},
+		{"-n", n.NetNS, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", x.NetNS},
+		{"-n", x.NetNS, "addr", "add", ip + "/32", "dev", "eth0"},
+		{"-n", x.NetNS, "link", "set", "lo", "up"},
+		{"-n", x.NetNS, "link", "set", "eth0", "up"},
+		{"-n", x.NetNS, "route", "add", gw, "dev", "eth0", "scope", "link"},
+		{"-n", x.NetNS, "route", "add", "default", "via", gw, "dev", "eth0"},
+		{"-n", n.NetNS, "link", "set", host, "up"},
+		{"-n", n.NetNS, "route", "add", ip + "/32", "dev", host, "scope", "link"},
+	}
+	for _, st := range steps {
+		if err := run("ip", st...); err != nil {
+			run("ip", "netns", "del", x.NetNS)
+			run("ip", "-n", n.NetNS, "link", "del", host)
+			return nil, err
+		}
+	}
+	l.Externals = append(l.Externals, x)
+	return &l.Externals[len(l.Externals)-1], l.save()
+}
+
+// ExternalCommand returns a command that runs argv in an external host.
+func (l *Lab) ExternalCommand(name string, argv ...string) (*exec.Cmd, error) {
+	for _, x := range l.Externals {
+		if x.Name == name {
+			return exec.Command("ip", append([]string{"netns", "exec", x.NetNS}, argv...)...), nil
+		}
+	}
+	return nil, fmt.Errorf("%w: external %q in lab %q", ErrNotFound, name, l.Name)
+}
+
 // DeletePod removes a pod through CNI DEL and deletes its namespace.
 func (l *Lab) DeletePod(name string) error {
 	unlock, err := lock(l.Name)
@@ -507,11 +595,19 @@ func (l *Lab) teardown() error {
 			}
 		}
 	}
+	for _, x := range l.Externals {
+		if err := run("ip", "netns", "del", x.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+		}
+	}
 	for _, n := range l.Nodes {
 		stopPID(n.PID)
 		if err := run("ip", "netns", "del", n.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)
 		}
+	}
+	if err := syscall.Unmount(l.bpffs(), syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+		errs = append(errs, fmt.Errorf("unmount %s: %w", l.bpffs(), err))
 	}
 	if err := os.RemoveAll(l.dir); err != nil {
 		errs = append(errs, err)

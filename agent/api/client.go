@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/policy"
 )
 
@@ -184,4 +185,56 @@ func (c *Client) Policy(ctx context.Context, key string) (policy.Policy, error) 
 func (c *Client) DeletePolicy(ctx context.Context, key string) (PolicyImportResult, error) {
 	var r PolicyImportResult
 	return r, c.do(ctx, http.MethodDelete, "/v1/policies/"+key, nil, "", &r)
+}
+
+// Trace asks how policy treats a flow.
+func (c *Client) Trace(ctx context.Context, r TraceRequest) (policy.TraceResult, error) {
+	var out policy.TraceResult
+	return out, c.do(ctx, http.MethodPost, "/v1/policy-trace", jsonBody(r), "application/json", &out)
+}
+
+// Monitor streams datapath events matching the filter to f until ctx ends.
+func (c *Client) Monitor(ctx context.Context, endpoint uint16, typ string, f func(monitor.Event)) error {
+	q := url.Values{}
+	if endpoint != 0 {
+		q.Set("endpoint", strconv.Itoa(int(endpoint)))
+	}
+	if typ != "" {
+		q.Set("type", typ)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/v1/monitor?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	hc := *c.hc
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w at %s: %v (is it running?)", ErrAgentDown, c.socket, op.Err)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		ae := &APIError{Status: resp.StatusCode}
+		json.Unmarshal(b, &ae.Error_)
+		return ae
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev monitor.Event
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		f(ev)
+	}
 }

@@ -12,12 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/policy"
 )
 
@@ -51,6 +53,12 @@ type Server struct {
 	Identities Identities
 	Policies   Policies
 	Status     func(ctx context.Context) Status
+	// Monitor streams datapath events (nil: no datapath).
+	Monitor *monitor.Hub
+	// Metrics serves Prometheus metrics at /metrics (nil: none).
+	Metrics http.Handler
+	// Trace evaluates policy between two label sets (nil: no resolver).
+	Trace func(src, dst labels.Labels, proto uint8, port uint16) policy.TraceResult
 
 	srv *http.Server
 }
@@ -70,6 +78,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/policies", s.importPolicies)
 	mux.HandleFunc("GET /v1/policies/{key...}", s.getPolicy)
 	mux.HandleFunc("DELETE /v1/policies/{key...}", s.deletePolicy)
+	mux.HandleFunc("POST /v1/policy-trace", s.trace)
+	mux.HandleFunc("GET /v1/monitor", s.monitor)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+	}
 	return mux
 }
 
@@ -285,4 +298,119 @@ func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reply(w, http.StatusOK, PolicyImportResult{Revision: rev, Policies: []string{r.PathValue("key")}})
+}
+
+// monitor streams events as JSON lines until the client goes away.
+func (s *Server) monitor(w http.ResponseWriter, r *http.Request) {
+	if s.Monitor == nil {
+		fail(w, fmt.Errorf("%w: this agent runs no datapath", errBadRequest))
+		return
+	}
+	var f monitor.Filter
+	if v := r.URL.Query().Get("endpoint"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 16)
+		if err != nil {
+			fail(w, fmt.Errorf("%w: endpoint %q: want a number", errBadRequest, v))
+			return
+		}
+		f.Endpoint = uint16(n)
+	}
+	switch t := r.URL.Query().Get("type"); t {
+	case "", "drop", "policy-verdict":
+		f.Type = t
+	default:
+		fail(w, fmt.Errorf("%w: type %q: want drop or policy-verdict", errBadRequest, t))
+		return
+	}
+	ch, stop := s.Monitor.Subscribe(f)
+	defer stop()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	if fl != nil {
+		fl.Flush()
+	}
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev, ok := <-ch:
+			if !ok {
+				return
+			}
+			if err := enc.Encode(ev); err != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+	}
+}
+
+// TraceRequest asks how policy treats traffic from Src to Dst. Each side is
+// an endpoint ID or a label list.
+type TraceRequest struct {
+	SrcEndpoint uint16   `json:"srcEndpoint,omitempty"`
+	SrcLabels   []string `json:"srcLabels,omitempty"`
+	DstEndpoint uint16   `json:"dstEndpoint,omitempty"`
+	DstLabels   []string `json:"dstLabels,omitempty"`
+	Port        uint16   `json:"port,omitempty"`
+	Protocol    string   `json:"protocol,omitempty"` // TCP, UDP, SCTP, ICMP (ICMP: port is the type)
+}
+
+var protoNumbers = map[string]uint8{"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
+
+func (s *Server) traceSide(ep uint16, ls []string, side string) (labels.Labels, error) {
+	if ep != 0 {
+		e, err := s.Endpoints.Get(ep)
+		if err != nil {
+			return nil, err
+		}
+		id, err := s.Identities.Get(e.Identity)
+		if err != nil {
+			return nil, err
+		}
+		return id.Labels, nil
+	}
+	if len(ls) == 0 {
+		return nil, fmt.Errorf("%w: %s: give an endpoint ID or labels", errBadRequest, side)
+	}
+	out, err := labels.ParseList(ls...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %sLabels: %v", errBadRequest, side, err)
+	}
+	return out, nil
+}
+
+func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
+	if s.Trace == nil {
+		fail(w, fmt.Errorf("%w: this agent has no policy resolver", errBadRequest))
+		return
+	}
+	var req TraceRequest
+	if err := decodeStrict(r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	src, err := s.traceSide(req.SrcEndpoint, req.SrcLabels, "src")
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	dst, err := s.traceSide(req.DstEndpoint, req.DstLabels, "dst")
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if req.Protocol == "" {
+		req.Protocol = "TCP"
+	}
+	proto, ok := protoNumbers[strings.ToUpper(req.Protocol)]
+	if !ok {
+		fail(w, fmt.Errorf("%w: protocol %q: want TCP, UDP, SCTP or ICMP", errBadRequest, req.Protocol))
+		return
+	}
+	reply(w, http.StatusOK, s.Trace(src, dst, proto, req.Port))
 }

@@ -81,6 +81,18 @@ type Config struct {
 	MTU int `json:"mtu"`
 	// LogLevel: debug, info, warn or error.
 	LogLevel string `json:"logLevel"`
+	// BPFRoot is the bpffs mount under which maps and links are pinned
+	// (<BPFRoot>/filament/<nodeName>).
+	BPFRoot string `json:"bpfRoot"`
+	// EnforcementMode: default (a direction is enforced once a rule selects
+	// the endpoint in it), always, or never.
+	EnforcementMode string `json:"enforcementMode"`
+	// DatapathAttach: auto (tcx, else tc), tcx or tc.
+	DatapathAttach string `json:"datapathAttach"`
+	// ConntrackGCInterval between collections of expired conntrack entries.
+	ConntrackGCInterval Duration `json:"conntrackGCInterval"`
+	// PrometheusListen is a TCP address for /metrics ("" = only on the API socket).
+	PrometheusListen string `json:"prometheusListen"`
 }
 
 // EmbeddedEtcd configures the etcd the agent starts itself.
@@ -100,11 +112,15 @@ func Default() Config {
 	return Config{
 		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID, PodCIDR: DefaultPodCIDR,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
-		EmbeddedEtcd:       EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
-		LeaseTTL:           Duration(DefaultLeaseTTL),
-		IdentityGCInterval: Duration(DefaultGCInterval),
-		MTU:                1500,
-		LogLevel:           "info",
+		EmbeddedEtcd:        EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
+		LeaseTTL:            Duration(DefaultLeaseTTL),
+		IdentityGCInterval:  Duration(DefaultGCInterval),
+		MTU:                 1500,
+		LogLevel:            "info",
+		BPFRoot:             "/sys/fs/bpf",
+		EnforcementMode:     "default",
+		DatapathAttach:      "auto",
+		ConntrackGCInterval: Duration(30 * time.Second),
 	}
 }
 
@@ -171,6 +187,22 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("%w: logLevel %q: want debug, info, warn or error", ErrInvalid, c.LogLevel)
+	}
+	if !filepath.IsAbs(c.BPFRoot) {
+		return fmt.Errorf("%w: bpfRoot %q: must be an absolute path", ErrInvalid, c.BPFRoot)
+	}
+	switch c.EnforcementMode {
+	case "default", "always", "never":
+	default:
+		return fmt.Errorf("%w: enforcementMode %q: want default, always or never", ErrInvalid, c.EnforcementMode)
+	}
+	switch c.DatapathAttach {
+	case "auto", "tcx", "tc":
+	default:
+		return fmt.Errorf("%w: datapathAttach %q: want auto, tcx or tc", ErrInvalid, c.DatapathAttach)
+	}
+	if c.ConntrackGCInterval < Duration(time.Second) {
+		return fmt.Errorf("%w: conntrackGCInterval %s: must be at least 1s", ErrInvalid, time.Duration(c.ConntrackGCInterval))
 	}
 	return nil
 }

@@ -134,3 +134,11 @@ type Identities interface {
 	Allocate(ctx context.Context, ls labels.Labels) (identity.Identity, bool, error)
 	Release(ctx context.Context, ls labels.Labels) error
 }
+
+// Hooks let the datapath follow endpoints: EndpointUp runs once the devices
+// exist (on create and on restore) and a failure undoes the create;
+// EndpointDown runs when an endpoint is deleted.
+type Hooks interface {
+	EndpointUp(ctx context.Context, ep Endpoint) error
+	EndpointDown(ep Endpoint)
+}

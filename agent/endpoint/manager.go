@@ -23,6 +23,7 @@ type Manager struct {
 	pool    *ipam.Pool
 	ids     Identities
 	plumber Plumber
+	hooks   Hooks
 	mtu     int
 
 	mu        sync.Mutex
@@ -35,6 +36,7 @@ type Config struct {
 	Pool       *ipam.Pool
 	Identities Identities
 	Plumber    Plumber
+	Hooks      Hooks // optional
 	MTU        int
 }
 
@@ -47,7 +49,7 @@ func NewManager(c Config) (*Manager, error) {
 	if c.MTU == 0 {
 		c.MTU = 1500
 	}
-	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, mtu: c.MTU, endpoints: map[uint16]*Endpoint{}}, nil
+	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, endpoints: map[uint16]*Endpoint{}}, nil
 }
 
 // HostIfName is the node-side interface name of a container's interface:
@@ -149,6 +151,12 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 		HostIfName: host, HostIfIndex: pr.HostIfIndex, HostMAC: pr.HostMAC, MTU: m.mtu,
 		State: StateReady, Created: time.Now().UTC().Truncate(time.Second),
 	}
+	if m.hooks != nil {
+		if err := m.hooks.EndpointUp(ctx, *ep); err != nil {
+			return fail(fmt.Errorf("datapath for endpoint %d: %w", id, err))
+		}
+		undo = append(undo, func() { m.hooks.EndpointDown(*ep) })
+	}
 	if err := m.persist(ep); err != nil {
 		return fail(err)
 	}
@@ -182,6 +190,9 @@ func (m *Manager) DeleteByContainer(ctx context.Context, containerID, ifName str
 }
 
 func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
+	if m.hooks != nil {
+		m.hooks.EndpointDown(*ep)
+	}
 	if err := m.plumber.Teardown(ep.HostIfName); err != nil {
 		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
 	}
@@ -270,6 +281,11 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		ep.State = StateReady
 		if !m.plumber.Present(ep.HostIfName) {
 			ep.State = StateDisconnected
+		}
+		if ep.State == StateReady && m.hooks != nil {
+			if err := m.hooks.EndpointUp(ctx, ep); err != nil {
+				return n, fmt.Errorf("restore endpoint %d datapath: %w", ep.ID, err)
+			}
 		}
 		if ep.Identity != before.Identity || ep.State != before.State {
 			if err := m.persist(&ep); err != nil {

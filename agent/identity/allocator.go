@@ -63,6 +63,26 @@ type Allocator struct {
 	byID    map[NumericIdentity]labels.Labels
 	byLabel map[string]NumericIdentity
 	synced  chan struct{}
+
+	smu  sync.Mutex
+	subs []func(id Identity, deleted bool)
+}
+
+// Subscribe calls f (from the watch goroutine) for every identity of the
+// cluster that appears, changes or goes after the initial sync.
+func (a *Allocator) Subscribe(f func(id Identity, deleted bool)) {
+	a.smu.Lock()
+	defer a.smu.Unlock()
+	a.subs = append(a.subs, f)
+}
+
+func (a *Allocator) notify(id Identity, deleted bool) {
+	a.smu.Lock()
+	subs := append([]func(Identity, bool){}, a.subs...)
+	a.smu.Unlock()
+	for _, f := range subs {
+		f(id, deleted)
+	}
 }
 
 // AllocatorConfig configures NewAllocator.
@@ -107,7 +127,13 @@ func (a *Allocator) watch(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			a.cacheSet(NumericIdentity(n), ev.Type == kvstore.EventUpsert, string(ev.Value))
+			id := NumericIdentity(n)
+			a.cacheSet(id, ev.Type == kvstore.EventUpsert, string(ev.Value))
+			if ev.Type == kvstore.EventDelete {
+				a.notify(Identity{ID: id}, true)
+			} else if got, err := a.Get(id); err == nil {
+				a.notify(got, false)
+			}
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,12 +20,16 @@ import (
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/config"
+	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/endpoint/veth"
+	"github.com/filament-net/filament/agent/enforcement"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
+	"github.com/filament-net/filament/agent/metrics"
+	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/internal/version"
 )
@@ -38,7 +44,7 @@ func main() {
 func newCommand() *cobra.Command {
 	cfg := config.Default()
 	var cfgFile string
-	var leaseTTL, gcInterval time.Duration
+	var leaseTTL, gcInterval, ctGC time.Duration
 	cmd := &cobra.Command{
 		Use:           "filament-agent",
 		Short:         "Filament node agent: endpoints, identities, policy and the node API",
@@ -77,6 +83,11 @@ func newCommand() *cobra.Command {
 			set("identity-gc-interval", func() { final.IdentityGCInterval = config.Duration(gcInterval) })
 			set("mtu", func() { final.MTU = cfg.MTU })
 			set("log-level", func() { final.LogLevel = cfg.LogLevel })
+			set("bpf-root", func() { final.BPFRoot = cfg.BPFRoot })
+			set("enforcement-mode", func() { final.EnforcementMode = cfg.EnforcementMode })
+			set("datapath-attach", func() { final.DatapathAttach = cfg.DatapathAttach })
+			set("conntrack-gc-interval", func() { final.ConntrackGCInterval = config.Duration(ctGC) })
+			set("prometheus-listen", func() { final.PrometheusListen = cfg.PrometheusListen })
 			if err := final.Validate(); err != nil {
 				return err
 			}
@@ -103,6 +114,11 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&gcInterval, "identity-gc-interval", time.Duration(d.IdentityGCInterval), "interval between garbage collections of unreferenced identities")
 	f.IntVar(&cfg.MTU, "mtu", d.MTU, "MTU of pod interfaces")
 	f.StringVar(&cfg.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
+	f.StringVar(&cfg.BPFRoot, "bpf-root", d.BPFRoot, "bpffs mount for pinned maps and links (<bpf-root>/filament/<node>)")
+	f.StringVar(&cfg.EnforcementMode, "enforcement-mode", d.EnforcementMode, "policy enforcement: default, always or never")
+	f.StringVar(&cfg.DatapathAttach, "datapath-attach", d.DatapathAttach, "how programs attach to veths: auto (tcx, else tc), tcx or tc")
+	f.DurationVar(&ctGC, "conntrack-gc-interval", time.Duration(d.ConntrackGCInterval), "interval between collections of expired conntrack entries")
+	f.StringVar(&cfg.PrometheusListen, "prometheus-listen", "", "TCP address serving /metrics (it is always on the API socket too)")
 	return cmd
 }
 
@@ -157,7 +173,26 @@ func run(parent context.Context, cfg config.Config) error {
 	if err := veth.EnsureNode(pool.Gateway()); err != nil {
 		return err
 	}
-	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), MTU: cfg.MTU})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Node: cfg.NodeName, Attach: cfg.DatapathAttach})
+	if err != nil {
+		return err
+	}
+	// Programs and maps stay pinned and attached when the agent stops.
+	defer dp.Close()
+	policies, err := policy.NewRepository(filepath.Join(cfg.StateDir, "policies.json"))
+	if err != nil {
+		return err
+	}
+	res := policy.NewResolver(policy.Mode(cfg.EnforcementMode))
+	for _, id := range ids.List() {
+		res.UpsertIdentity(id)
+	}
+	engine := enforcement.New(dp, res, policies, []netip.Addr{pool.Gateway()}, ids.Get)
+	if err := engine.LoadPolicies(); err != nil {
+		return err
+	}
+	ids.Subscribe(engine.IdentityChanged)
+	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), Hooks: engine, MTU: cfg.MTU})
 	if err != nil {
 		return err
 	}
@@ -168,13 +203,43 @@ func run(parent context.Context, cfg config.Config) error {
 	if n > 0 {
 		slog.Info("restored endpoints from the state dir", "count", n)
 	}
-	policies, err := policy.NewRepository(filepath.Join(cfg.StateDir, "policies.json"))
-	if err != nil {
-		return err
+	if removed, err := engine.Reconcile(); err != nil {
+		return fmt.Errorf("reconcile datapath maps: %w", err)
+	} else if removed > 0 {
+		slog.Info("removed leftover datapath entries", "count", removed)
+	}
+	hub := monitor.NewHub(func(n identity.NumericIdentity) []string {
+		if id, ok := res.Identity(n); ok {
+			return id.Labels.Strings()
+		}
+		if id, err := ids.Get(n); err == nil {
+			return id.Labels.Strings()
+		}
+		return nil
+	})
+	go func() {
+		if err := dp.ReadEvents(ctx, hub.Publish); err != nil {
+			slog.Error("datapath events reader stopped", "err", err)
+		}
+	}()
+	go ctGCLoop(ctx, dp, time.Duration(cfg.ConntrackGCInterval))
+	metricsHandler := metrics.Handler(metrics.Sources{
+		Counters: dp.Counters, MapPressure: dp.MapPressure,
+		Endpoints: func() int { return len(eps.List()) }, Identities: func() int { return len(ids.List()) },
+		PolicyEntries: engine.PolicyEntries, PolicyWrites: dp.PolicyWrites, EventsLost: hub.Lost,
+	})
+	if cfg.PrometheusListen != "" {
+		msrv := &http.Server{Addr: cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				slog.Error("prometheus listener stopped", "err", err)
+			}
+		}()
+		defer msrv.Close()
 	}
 
 	srv := &api.Server{
-		Endpoints: eps, Identities: ids, Policies: policies,
+		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
 		Status: func(ctx context.Context) api.Status {
 			st := api.Status{
 				Version: version.Version, NodeName: cfg.NodeName, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
@@ -222,6 +287,23 @@ func gcLoop(ctx context.Context, ids *identity.Allocator, every time.Duration) {
 				slog.Warn("identity GC failed", "err", err)
 			} else if n > 0 {
 				slog.Info("identity GC removed unreferenced identities", "count", n)
+			}
+		}
+	}
+}
+
+func ctGCLoop(ctx context.Context, dp *datapath.Datapath, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := dp.GCConntrack(); err != nil {
+				slog.Warn("conntrack GC failed", "err", err)
+			} else if n > 0 {
+				slog.Debug("conntrack GC removed expired entries", "count", n)
 			}
 		}
 	}

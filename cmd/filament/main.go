@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -73,7 +76,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
 	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), &cobra.Command{
+	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return c.print(map[string]string{"version": version.Version}, func(w *tabwriter.Writer) {
@@ -261,6 +264,41 @@ func (c *cli) policyCmd() *cobra.Command {
 		},
 	}
 	cmd.AddCommand(get)
+	var tr api.TraceRequest
+	var src, dst string
+	trace := &cobra.Command{
+		Use:   "trace --src LABELS|--src-endpoint ID --dst LABELS|--dst-endpoint ID [--dport N] [--protocol TCP]",
+		Short: "Show the verdict of policy for a flow and the rule that decided it",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if src != "" {
+				tr.SrcLabels = strings.Split(src, ",")
+			}
+			if dst != "" {
+				tr.DstLabels = strings.Split(dst, ",")
+			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			r, err := c.client().Trace(ctx, tr)
+			if err != nil {
+				return err
+			}
+			return c.print(r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Verdict:\t%s\n", r.Verdict)
+				fmt.Fprintf(w, "Reason:\t%s\n", r.Reason)
+				if r.Rule != nil {
+					fmt.Fprintf(w, "Rule:\t%s rule %d %s\n", r.Rule.Policy, r.Rule.Rule, r.Rule.Section)
+				}
+			})
+		},
+	}
+	trace.Flags().StringVar(&src, "src", "", "source labels, k=v,k2=v2")
+	trace.Flags().StringVar(&dst, "dst", "", "destination labels, k=v,k2=v2")
+	trace.Flags().Uint16Var(&tr.SrcEndpoint, "src-endpoint", 0, "source endpoint ID")
+	trace.Flags().Uint16Var(&tr.DstEndpoint, "dst-endpoint", 0, "destination endpoint ID")
+	trace.Flags().Uint16Var(&tr.Port, "dport", 0, "destination port (ICMP: the type)")
+	trace.Flags().StringVar(&tr.Protocol, "protocol", "TCP", "TCP, UDP, SCTP or ICMP")
+	cmd.AddCommand(trace)
 	cmd.AddCommand(&cobra.Command{
 		Use: "delete NAMESPACE/NAME", Short: "Delete a stored policy", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -275,5 +313,38 @@ func (c *cli) policyCmd() *cobra.Command {
 			})
 		},
 	})
+	return cmd
+}
+
+func (c *cli) monitorCmd() *cobra.Command {
+	var ep uint16
+	var typ string
+	cmd := &cobra.Command{
+		Use: "monitor", Short: "Stream drops and policy verdicts from the datapath", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if c.output != "json" && c.output != "table" && c.output != "" {
+				return fmt.Errorf("output %q: monitor prints table or json", c.output)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			enc := json.NewEncoder(c.out)
+			return c.client().Monitor(ctx, ep, typ, func(ev monitor.Event) {
+				if c.output == "json" {
+					enc.Encode(ev)
+					return
+				}
+				what := "DROP (" + ev.Reason + ")"
+				if ev.Type == "policy-verdict" {
+					what = "ALLOWED (new connection)"
+				}
+				fmt.Fprintf(c.out, "%s %s %s endpoint %d: %s %s identity %d [%s] -> %s identity %d [%s]\n",
+					ev.Time.Format("15:04:05.000"), what, ev.Direction, ev.Endpoint, ev.Protocol,
+					ev.Src, uint32(ev.SrcIdentity), strings.Join(ev.SrcLabels, ","),
+					ev.Dst, uint32(ev.DstIdentity), strings.Join(ev.DstLabels, ","))
+			})
+		},
+	}
+	cmd.Flags().Uint16Var(&ep, "endpoint", 0, "only events of this endpoint (either side)")
+	cmd.Flags().StringVar(&typ, "type", "", "only this event type: drop or policy-verdict")
 	return cmd
 }

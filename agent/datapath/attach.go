@@ -1,0 +1,138 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Attachment says how an endpoint's programs are attached.
+type Attachment string
+
+const (
+	AttachTCX Attachment = "tcx"
+	AttachTC  Attachment = "tc"
+)
+
+func (d *Datapath) linkPin(ifName, dir string) string {
+	return filepath.Join(d.pinDir, "links", ifName+"-"+dir)
+}
+
+// Attach puts from_container on the tc ingress and to_container on the tc
+// egress of the endpoint's host-side veth. With tcx the links are pinned, so
+// a restarted agent replaces the programs atomically instead of detaching
+// them; with classic tc the filters are replaced in place.
+func (d *Datapath) Attach(ifName string, ifIndex int) (Attachment, error) {
+	if d.attach != "tc" {
+		err := d.attachTCX(ifName, ifIndex)
+		if err == nil {
+			return AttachTCX, nil
+		}
+		if d.attach == "tcx" || !errors.Is(err, ebpf.ErrNotSupported) {
+			return "", err
+		}
+		slog.Warn("tcx is not supported by this kernel; attaching with classic tc clsact", "err", err)
+	}
+	if err := d.attachTC(ifName, ifIndex); err != nil {
+		return "", err
+	}
+	return AttachTC, nil
+}
+
+func (d *Datapath) attachTCX(ifName string, ifIndex int) error {
+	for _, a := range []struct {
+		dir  string
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+	}{{"ingress", d.objs.FromContainer, ebpf.AttachTCXIngress}, {"egress", d.objs.ToContainer, ebpf.AttachTCXEgress}} {
+		pin := d.linkPin(ifName, a.dir)
+		if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+			info, ierr := old.Info()
+			if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifIndex {
+				err := old.Update(a.prog)
+				old.Close()
+				if err != nil {
+					return fmt.Errorf("tcx %s of %s: replace program: %w", a.dir, ifName, err)
+				}
+				continue
+			}
+			// A pin of a device that was recreated: drop it.
+			old.Unpin()
+			old.Close()
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifIndex, Program: a.prog, Attach: a.typ})
+		if err != nil {
+			return fmt.Errorf("tcx %s of %s: %w", a.dir, ifName, err)
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("tcx %s of %s: pin: %w", a.dir, ifName, err)
+		}
+		l.Close() // the pin keeps it attached
+	}
+	return nil
+}
+
+func (d *Datapath) attachTC(ifName string, ifIndex int) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifIndex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("tc clsact on %s: %w", ifName, err)
+	}
+	for _, a := range []struct {
+		parent uint32
+		prog   *ebpf.Program
+		name   string
+	}{{netlink.HANDLE_MIN_INGRESS, d.objs.FromContainer, "from_container"}, {netlink.HANDLE_MIN_EGRESS, d.objs.ToContainer, "to_container"}} {
+		f := &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: ifIndex, Parent: a.parent, Handle: 1, Priority: 1, Protocol: unix.ETH_P_ALL},
+			Fd:          a.prog.FD(), Name: a.name, DirectAction: true,
+		}
+		if err := netlink.FilterReplace(f); err != nil {
+			return fmt.Errorf("tc filter %s on %s: %w", a.name, ifName, err)
+		}
+	}
+	return nil
+}
+
+// Detach removes the endpoint's link pins (the links go with the device).
+func (d *Datapath) Detach(ifName string) {
+	for _, dir := range []string{"ingress", "egress"} {
+		pin := d.linkPin(ifName, dir)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			l.Unpin()
+			l.Close()
+		} else {
+			os.Remove(pin)
+		}
+	}
+}
+
+// PinnedLinks lists the host interfaces that have pinned links.
+func (d *Datapath) PinnedLinks() []string {
+	ents, _ := os.ReadDir(filepath.Join(d.pinDir, "links"))
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range ents {
+		name := e.Name()
+		for _, suf := range []string{"-ingress", "-egress"} {
+			if len(name) > len(suf) && name[len(name)-len(suf):] == suf {
+				name = name[:len(name)-len(suf)]
+			}
+		}
+		if !seen[name] {
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	return out
+}

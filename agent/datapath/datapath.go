@@ -1,0 +1,390 @@
+// Package datapath owns the node's eBPF datapath in the kernel: it loads the
+// programs of package bpf, keeps their maps pinned on bpffs so they outlive
+// an agent restart, attaches the programs to each endpoint's host-side veth
+// (tcx, or classic tc clsact where tcx is missing), writes the ipcache,
+// endpoints and policy maps, collects expired conntrack entries, and reads
+// counters and events.
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/bpf"
+)
+
+// Reasons of drops, as the programs count and report them (bpf/datapath.c).
+const (
+	ReasonForwarded      = 0
+	ReasonPolicyDenied   = 1
+	ReasonPolicyDenyRule = 2
+	ReasonCTMissing      = 3
+	ReasonInvalid        = 4
+	ReasonFragment       = 5
+	ReasonUnsupportedL3  = 6
+	ReasonBadSource      = 7
+	reasonMax            = 8
+)
+
+var reasonNames = [reasonMax]string{
+	"forwarded", "policy denied", "policy deny rule", "no conntrack entry",
+	"invalid packet", "fragment not supported", "unsupported L3 protocol", "source address not of the endpoint",
+}
+
+// ReasonName is the text of a reason code.
+func ReasonName(r uint8) string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason %d", r)
+}
+
+// Endpoint flags in the endpoints map.
+const (
+	flagIngressEnforced = 1
+	flagEgressEnforced  = 2
+)
+
+// ErrBPFFS: the pin directory is not on a bpf filesystem and cannot be made so.
+var ErrBPFFS = errors.New("bpffs unavailable")
+
+// Config of the datapath.
+type Config struct {
+	// BPFRoot is a bpffs mount point (mounted if it is not one yet).
+	BPFRoot string
+	// Node names the pin directory: <BPFRoot>/filament/<Node>.
+	Node string
+	// Attach: "auto" (tcx, else tc), "tcx" or "tc".
+	Attach string
+}
+
+// Datapath is the loaded programs and pinned maps of one node.
+type Datapath struct {
+	objs   bpf.DatapathObjects
+	pinDir string
+	attach string
+
+	mu     sync.Mutex
+	writes uint64 // policy map writes (upserts and deletes), for tests and metrics
+}
+
+const bpffsMagic = 0xcafe4a11
+
+func ensureBPFFS(root string) error {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrBPFFS, root, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return fmt.Errorf("%w: statfs %s: %v", ErrBPFFS, root, err)
+	}
+	if st.Type == bpffsMagic {
+		return nil
+	}
+	if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("%w: mount bpffs on %s: %v", ErrBPFFS, root, err)
+	}
+	return nil
+}
+
+// PinDir is where a node's maps and links are pinned.
+func PinDir(root, node string) string { return filepath.Join(root, "filament", node) }
+
+// Load loads the programs and opens (or creates) the pinned maps. Maps whose
+// pinned layout no longer matches the program are replaced.
+func Load(c Config) (*Datapath, error) {
+	if c.Attach == "" {
+		c.Attach = "auto"
+	}
+	switch c.Attach {
+	case "auto", "tcx", "tc":
+	default:
+		return nil, fmt.Errorf("datapath attach mode %q: want auto, tcx or tc", c.Attach)
+	}
+	if err := ensureBPFFS(c.BPFRoot); err != nil {
+		return nil, err
+	}
+	pinDir := PinDir(c.BPFRoot, c.Node)
+	if err := os.MkdirAll(filepath.Join(pinDir, "links"), 0o700); err != nil {
+		return nil, fmt.Errorf("pin dir: %w", err)
+	}
+	spec, err := bpf.LoadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load datapath spec: %w", err)
+	}
+	// Pin the program maps; sections of global variables (.bss, .rodata) are
+	// per load and not pinned.
+	for name, m := range spec.Maps {
+		if !strings.HasPrefix(name, ".") {
+			m.Pinning = ebpf.PinByName
+		}
+	}
+	d := &Datapath{pinDir: pinDir, attach: c.Attach}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	err = spec.LoadAndAssign(&d.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		slog.Warn("pinned maps do not match the new programs; replacing them", "dir", pinDir, "err", err)
+		for name := range spec.Maps {
+			os.Remove(filepath.Join(pinDir, name))
+		}
+		err = spec.LoadAndAssign(&d.objs, opts)
+	}
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load datapath programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("load datapath programs: %w", err)
+	}
+	return d, nil
+}
+
+// Close releases the programs and maps held by this process; pins and
+// attached links stay, so traffic keeps flowing until the next agent takes over.
+func (d *Datapath) Close() error { return d.objs.Close() }
+
+// Remove unpins everything of the node (used when a node is torn down).
+func (d *Datapath) Remove() error { return os.RemoveAll(d.pinDir) }
+
+// Objects exposes the loaded programs and maps (tests and benchmarks).
+func (d *Datapath) Objects() *bpf.DatapathObjects { return &d.objs }
+
+func ipv4(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:]) // the bytes as they are in the packet
+}
+
+func addrFrom(u uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], u)
+	return netip.AddrFrom4(b)
+}
+
+// EndpointEntry is what the datapath knows of a local endpoint.
+type EndpointEntry struct {
+	ID              uint16
+	IP              netip.Addr
+	Identity        identity.NumericIdentity
+	HostIfIndex     int
+	MAC, HostMAC    net.HardwareAddr
+	IngressEnforced bool
+	EgressEnforced  bool
+}
+
+func (e EndpointEntry) value() bpf.DatapathEndpointInfo {
+	v := bpf.DatapathEndpointInfo{Ifindex: uint32(e.HostIfIndex), Identity: uint32(e.Identity), EpId: e.ID}
+	if e.IngressEnforced {
+		v.Flags |= flagIngressEnforced
+	}
+	if e.EgressEnforced {
+		v.Flags |= flagEgressEnforced
+	}
+	copy(v.Mac[:], e.MAC)
+	copy(v.HostMac[:], e.HostMAC)
+	return v
+}
+
+// UpsertEndpoint writes a local endpoint.
+func (d *Datapath) UpsertEndpoint(e EndpointEntry) error {
+	k := ipv4(e.IP)
+	v := e.value()
+	if err := d.objs.Endpoints.Put(&k, &v); err != nil {
+		return fmt.Errorf("endpoints map: put %s: %w", e.IP, err)
+	}
+	return nil
+}
+
+// SetEnforcement updates the enforcement flags of the endpoint at ip.
+func (d *Datapath) SetEnforcement(ip netip.Addr, ingress, egress bool) error {
+	k := ipv4(ip)
+	var v bpf.DatapathEndpointInfo
+	if err := d.objs.Endpoints.Lookup(&k, &v); err != nil {
+		return fmt.Errorf("endpoints map: lookup %s: %w", ip, err)
+	}
+	v.Flags = 0
+	if ingress {
+		v.Flags |= flagIngressEnforced
+	}
+	if egress {
+		v.Flags |= flagEgressEnforced
+	}
+	return d.objs.Endpoints.Put(&k, &v)
+}
+
+// DeleteEndpoint removes the endpoint at ip; absent is not an error.
+func (d *Datapath) DeleteEndpoint(ip netip.Addr) error {
+	k := ipv4(ip)
+	if err := d.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("endpoints map: delete %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Endpoints lists the endpoints map (IP → entry).
+func (d *Datapath) Endpoints() (map[netip.Addr]bpf.DatapathEndpointInfo, error) {
+	out := map[netip.Addr]bpf.DatapathEndpointInfo{}
+	var k uint32
+	var v bpf.DatapathEndpointInfo
+	it := d.objs.Endpoints.Iterate()
+	for it.Next(&k, &v) {
+		out[addrFrom(k)] = v
+	}
+	return out, it.Err()
+}
+
+func ipcacheKey(p netip.Prefix) bpf.DatapathIpcacheKey {
+	return bpf.DatapathIpcacheKey{Prefixlen: uint32(p.Bits()), Ip: ipv4(p.Masked().Addr())}
+}
+
+// UpsertIPCache maps prefix to identity.
+func (d *Datapath) UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) error {
+	k := ipcacheKey(p)
+	v := bpf.DatapathIpcacheValue{Identity: uint32(id)}
+	if err := d.objs.Ipcache.Put(&k, &v); err != nil {
+		return fmt.Errorf("ipcache: put %s: %w", p, err)
+	}
+	return nil
+}
+
+// DeleteIPCache removes prefix; absent is not an error.
+func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
+	k := ipcacheKey(p)
+	if err := d.objs.Ipcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("ipcache: delete %s: %w", p, err)
+	}
+	return nil
+}
+
+// IPCache lists the ipcache.
+func (d *Datapath) IPCache() (map[netip.Prefix]identity.NumericIdentity, error) {
+	out := map[netip.Prefix]identity.NumericIdentity{}
+	var k bpf.DatapathIpcacheKey
+	var v bpf.DatapathIpcacheValue
+	it := d.objs.Ipcache.Iterate()
+	for it.Next(&k, &v) {
+		out[netip.PrefixFrom(addrFrom(k.Ip), int(k.Prefixlen))] = identity.NumericIdentity(v.Identity)
+	}
+	return out, it.Err()
+}
+
+// PolicyKey converts a resolver key to the map's layout.
+func PolicyKey(k policy.MapKey) bpf.DatapathPolicyKey {
+	return bpf.DatapathPolicyKey{
+		Prefixlen: 64 + uint32(k.L4.PrefixLen),
+		EpId:      k.Endpoint,
+		Dir:       uint8(k.Dir),
+		Identity:  uint32(k.Identity),
+		Proto:     k.L4.Proto,
+		Port:      [2]uint8{uint8(k.L4.Port >> 8), uint8(k.L4.Port)},
+	}
+}
+
+func fromPolicyKey(k bpf.DatapathPolicyKey) policy.MapKey {
+	return policy.MapKey{
+		Endpoint: k.EpId, Dir: policy.Direction(k.Dir), Identity: identity.NumericIdentity(k.Identity),
+		L4: policy.L4{Proto: k.Proto, Port: uint16(k.Port[0])<<8 | uint16(k.Port[1]), PrefixLen: uint8(k.Prefixlen - 64)},
+	}
+}
+
+// ApplyPolicy writes a resolver change to the policy map and returns the
+// number of map writes it made.
+func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, deletes []policy.MapKey) (int, error) {
+	n := 0
+	for _, k := range deletes {
+		bk := PolicyKey(k)
+		if err := d.objs.Policy.Delete(&bk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("policy map: delete: %w", err)
+		}
+		n++
+	}
+	for k, v := range upserts {
+		bk := PolicyKey(k)
+		bv := bpf.DatapathPolicyValue{}
+		if v.Deny {
+			bv.Deny = 1
+		}
+		if err := d.objs.Policy.Put(&bk, &bv); err != nil {
+			return n, fmt.Errorf("policy map: put: %w", err)
+		}
+		n++
+	}
+	d.mu.Lock()
+	d.writes += uint64(n)
+	d.mu.Unlock()
+	return n, nil
+}
+
+// PolicyWrites is the number of policy map writes since load.
+func (d *Datapath) PolicyWrites() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.writes
+}
+
+// PolicyEntries lists the policy map.
+func (d *Datapath) PolicyEntries() (map[policy.MapKey]bool, error) {
+	out := map[policy.MapKey]bool{}
+	var k bpf.DatapathPolicyKey
+	var v bpf.DatapathPolicyValue
+	it := d.objs.Policy.Iterate()
+	for it.Next(&k, &v) {
+		out[fromPolicyKey(k)] = v.Deny != 0
+	}
+	return out, it.Err()
+}
+
+// Counter is a packet and byte count for one reason and direction.
+type Counter struct {
+	Reason    uint8
+	Direction policy.Direction
+	Packets   uint64
+	Bytes     uint64
+}
+
+// Counters sums the per-CPU counters.
+func (d *Datapath) Counters() ([]Counter, error) {
+	var out []Counter
+	for key := uint32(0); key < reasonMax*2; key++ {
+		var per []bpf.DatapathCounter
+		if err := d.objs.Counters.Lookup(&key, &per); err != nil {
+			return nil, fmt.Errorf("counters: %w", err)
+		}
+		c := Counter{Reason: uint8(key / 2), Direction: policy.Direction(key % 2)}
+		for _, p := range per {
+			c.Packets += p.Packets
+			c.Bytes += p.Bytes
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// MapPressure returns, per map name, entries in use divided by capacity for
+// the maps that grow (counted by iteration).
+func (d *Datapath) MapPressure() map[string]float64 {
+	out := map[string]float64{}
+	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "conntrack": d.objs.Conntrack} {
+		n := 0
+		k := make([]byte, m.KeySize())
+		v := make([]byte, m.ValueSize())
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			n++
+		}
+		out[name] = float64(n) / float64(m.MaxEntries())
+	}
+	return out
+}

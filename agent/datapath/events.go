@@ -1,0 +1,148 @@
+package datapath
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/bpf"
+)
+
+// Event types.
+const (
+	EventDrop          = 1
+	EventPolicyVerdict = 2
+)
+
+// ProtoName names an IP protocol number.
+func ProtoName(p uint8) string {
+	switch p {
+	case unix.IPPROTO_TCP:
+		return "TCP"
+	case unix.IPPROTO_UDP:
+		return "UDP"
+	case unix.IPPROTO_ICMP:
+		return "ICMP"
+	case unix.IPPROTO_SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("proto-%d", p)
+}
+
+// monotonicOffset converts CLOCK_MONOTONIC ns (bpf_ktime_get_ns) to wall time.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+func decodeEvent(raw []byte) (monitor.Event, error) {
+	var e bpf.DatapathEvent
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+		return monitor.Event{}, err
+	}
+	now := monotonicNow()
+	ev := monitor.Event{
+		Time:        time.Now().Add(-time.Duration(now - e.Ts)),
+		ReasonCode:  e.Reason,
+		Reason:      ReasonName(e.Reason),
+		Endpoint:    e.EpId,
+		PeerEP:      e.PeerEp,
+		SrcIdentity: identity.NumericIdentity(e.SrcIdentity),
+		DstIdentity: identity.NumericIdentity(e.DstIdentity),
+		Src:         netip.AddrPortFrom(addrFrom(e.Saddr), e.Sport),
+		Dst:         netip.AddrPortFrom(addrFrom(e.Daddr), e.Dport),
+		Protocol:    ProtoName(e.Proto),
+		IfIndex:     e.Ifindex,
+		Length:      e.Len,
+	}
+	ev.Type = "drop"
+	if e.Type == EventPolicyVerdict {
+		ev.Type = "policy-verdict"
+	}
+	ev.Direction = "egress"
+	if policy.Direction(e.Dir) == policy.Ingress {
+		ev.Direction = "ingress"
+	}
+	return ev, nil
+}
+
+// ReadEvents reads the events ring buffer until ctx ends, calling f for each.
+func (d *Datapath) ReadEvents(ctx context.Context, f func(monitor.Event)) error {
+	r, err := ringbuf.NewReader(d.objs.Events)
+	if err != nil {
+		return fmt.Errorf("events ring buffer: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		r.Close()
+	}()
+	for {
+		rec, err := r.Read()
+		if err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("events ring buffer: %w", err)
+		}
+		ev, err := decodeEvent(rec.RawSample)
+		if err != nil {
+			slog.Warn("undecodable datapath event", "err", err)
+			continue
+		}
+		f(ev)
+	}
+}
+
+// GCConntrack deletes expired conntrack entries and returns how many it removed.
+func (d *Datapath) GCConntrack() (int, error) {
+	now := monotonicNow()
+	var k bpf.DatapathCtKey
+	var v bpf.DatapathCtEntry
+	var expired []bpf.DatapathCtKey
+	it := d.objs.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		if v.Expires <= now {
+			expired = append(expired, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("conntrack: %w", err)
+	}
+	n := 0
+	for i := range expired {
+		if err := d.objs.Conntrack.Delete(&expired[i]); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("conntrack: delete: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// ConntrackEntries counts live conntrack entries.
+func (d *Datapath) ConntrackEntries() int {
+	now := monotonicNow()
+	var k bpf.DatapathCtKey
+	var v bpf.DatapathCtEntry
+	n := 0
+	it := d.objs.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		if v.Expires > now {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,296 @@
+// Package enforcement owns keeping the kernel's policy in step with the
+// agent's state: it feeds rules, identities and endpoints to the policy
+// resolver and writes only the changes the resolver reports into the
+// datapath maps (policy, endpoints' enforcement flags, ipcache). At start it
+// reconciles the pinned maps with the desired state and removes leftovers.
+package enforcement
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/policy"
+)
+
+// Repository is the stored policy set.
+type Repository interface {
+	Import(ps []policy.Policy) (uint64, error)
+	Delete(key string) (uint64, error)
+	Get(key string) (policy.Policy, error)
+	List() []policy.Policy
+}
+
+// Engine joins the resolver and the datapath.
+type Engine struct {
+	dp   *datapath.Datapath
+	res  *policy.Resolver
+	repo Repository
+
+	lookup func(identity.NumericIdentity) (identity.Identity, error)
+
+	mu        sync.Mutex
+	endpoints map[uint16]endpoint.Endpoint
+	hostIPs   []netip.Addr
+}
+
+// New returns an engine; hostIPs are this node's addresses (identity host)
+// and lookup finds an identity's labels.
+func New(dp *datapath.Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Addr,
+	lookup func(identity.NumericIdentity) (identity.Identity, error)) *Engine {
+	return &Engine{dp: dp, res: res, repo: repo, lookup: lookup, endpoints: map[uint16]endpoint.Endpoint{}, hostIPs: hostIPs}
+}
+
+// Resolver exposes the resolver (trace, status).
+func (e *Engine) Resolver() *policy.Resolver { return e.res }
+
+// apply writes a resolver change into the maps.
+func (e *Engine) apply(c policy.Change) error {
+	if _, err := e.dp.ApplyPolicy(c.Upserts, c.Deletes); err != nil {
+		return err
+	}
+	for id, ep := range c.Enforcement {
+		if local, ok := e.endpoints[id]; ok {
+			if err := e.dp.SetEnforcement(local.IPv4, ep.IngressEnforced, ep.EgressEnforced); err != nil {
+				return err
+			}
+		}
+	}
+	for p, id := range c.CIDRUpserts {
+		if err := e.dp.UpsertIPCache(p, id); err != nil {
+			return err
+		}
+	}
+	for _, p := range c.CIDRDeletes {
+		if err := e.dp.DeleteIPCache(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Import stores policies and enforces them (api.Policies).
+func (e *Engine) Import(ps []policy.Policy) (uint64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rev, err := e.repo.Import(ps)
+	if err != nil {
+		return 0, err
+	}
+	return rev, e.apply(e.res.SetPolicies(e.repo.List()))
+}
+
+// Delete removes a policy and its enforcement (api.Policies).
+func (e *Engine) Delete(key string) (uint64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rev, err := e.repo.Delete(key)
+	if err != nil {
+		return 0, err
+	}
+	return rev, e.apply(e.res.SetPolicies(e.repo.List()))
+}
+
+// Get returns a stored policy (api.Policies).
+func (e *Engine) Get(key string) (policy.Policy, error) { return e.repo.Get(key) }
+
+// List returns the stored policies (api.Policies).
+func (e *Engine) List() []policy.Policy { return e.repo.List() }
+
+// LoadPolicies hands the stored policies to the resolver at start.
+func (e *Engine) LoadPolicies() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.apply(e.res.SetPolicies(e.repo.List()))
+}
+
+// IdentityChanged follows the cluster's identities.
+func (e *Engine) IdentityChanged(id identity.Identity, deleted bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var c policy.Change
+	if deleted {
+		c = e.res.DeleteIdentity(id.ID)
+	} else {
+		c = e.res.UpsertIdentity(id)
+	}
+	if err := e.apply(c); err != nil {
+		slog.Error("applying identity change to the datapath", "identity", uint32(id.ID), "err", err)
+	}
+}
+
+func entryOf(ep endpoint.Endpoint, pol policy.EndpointPolicy) (datapath.EndpointEntry, error) {
+	mac, err := parseMAC(ep.MAC)
+	if err != nil {
+		return datapath.EndpointEntry{}, fmt.Errorf("endpoint %d MAC: %w", ep.ID, err)
+	}
+	hmac, err := parseMAC(ep.HostMAC)
+	if err != nil {
+		return datapath.EndpointEntry{}, fmt.Errorf("endpoint %d host MAC: %w", ep.ID, err)
+	}
+	return datapath.EndpointEntry{
+		ID: ep.ID, IP: ep.IPv4, Identity: ep.Identity, HostIfIndex: ep.HostIfIndex, MAC: mac, HostMAC: hmac,
+		IngressEnforced: pol.IngressEnforced, EgressEnforced: pol.EgressEnforced,
+	}, nil
+}
+
+// EndpointUp implements endpoint.Hooks: policy entries first, then the
+// endpoint and its ipcache entry, then the programs on its veth.
+func (e *Engine) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.endpoints[ep.ID] = ep
+	if err := e.apply(e.res.UpsertEndpoint(policy.EndpointInfo{ID: ep.ID, Identity: ep.Identity, Labels: e.identityLabels(ep)})); err != nil {
+		return err
+	}
+	pol, _ := e.res.Endpoint(ep.ID)
+	entry, err := entryOf(ep, pol)
+	if err != nil {
+		return err
+	}
+	if err := e.dp.UpsertEndpoint(entry); err != nil {
+		return err
+	}
+	if err := e.dp.UpsertIPCache(netip.PrefixFrom(ep.IPv4, 32), ep.Identity); err != nil {
+		return err
+	}
+	if _, err := e.dp.Attach(ep.HostIfName, ep.HostIfIndex); err != nil {
+		return err
+	}
+	return nil
+}
+
+// identityLabels are the labels the endpoint's identity carries (with the
+// cluster label the allocator adds).
+func (e *Engine) identityLabels(ep endpoint.Endpoint) labels.Labels {
+	if e.lookup != nil {
+		if id, err := e.lookup(ep.Identity); err == nil {
+			return id.Labels
+		}
+	}
+	return ep.Labels
+}
+
+func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }
+
+// EndpointDown implements endpoint.Hooks.
+func (e *Engine) EndpointDown(ep endpoint.Endpoint) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.endpoints, ep.ID)
+	if err := e.apply(e.res.DeleteEndpoint(ep.ID)); err != nil {
+		slog.Error("removing endpoint policy", "endpoint", ep.ID, "err", err)
+	}
+	e.dp.DeleteEndpoint(ep.IPv4)
+	e.dp.DeleteIPCache(netip.PrefixFrom(ep.IPv4, 32))
+	e.dp.Detach(ep.HostIfName)
+}
+
+// Reconcile makes the pinned maps match the desired state after a restart:
+// entries nobody wants any more are removed, missing ones written.
+func (e *Engine) Reconcile() (removed int, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	// Endpoints.
+	want := map[netip.Addr]bool{}
+	hostIfs := map[string]bool{}
+	for _, ep := range e.endpoints {
+		want[ep.IPv4] = true
+		hostIfs[ep.HostIfName] = true
+	}
+	have, err := e.dp.Endpoints()
+	if err != nil {
+		return 0, err
+	}
+	for ip := range have {
+		if !want[ip] {
+			e.dp.DeleteEndpoint(ip)
+			removed++
+		}
+	}
+	for _, name := range e.dp.PinnedLinks() {
+		if !hostIfs[name] {
+			e.dp.Detach(name)
+			removed++
+		}
+	}
+	// ipcache: endpoints, host addresses and CIDR identities.
+	wantIP := map[netip.Prefix]identity.NumericIdentity{}
+	for _, ep := range e.endpoints {
+		wantIP[netip.PrefixFrom(ep.IPv4, 32)] = ep.Identity
+	}
+	for _, a := range e.hostIPs {
+		wantIP[netip.PrefixFrom(a, 32)] = identity.Host
+	}
+	for p, id := range e.res.CIDRIdentities() {
+		wantIP[p] = id
+	}
+	haveIP, err := e.dp.IPCache()
+	if err != nil {
+		return removed, err
+	}
+	for p, id := range haveIP {
+		if w, ok := wantIP[p]; !ok {
+			e.dp.DeleteIPCache(p)
+			removed++
+		} else if w != id {
+			e.dp.UpsertIPCache(p, w)
+		}
+	}
+	for p, id := range wantIP {
+		if _, ok := haveIP[p]; !ok {
+			if err := e.dp.UpsertIPCache(p, id); err != nil {
+				return removed, err
+			}
+		}
+	}
+	// Policy.
+	wantPol := map[policy.MapKey]policy.MapValue{}
+	for id := range e.endpoints {
+		if pol, ok := e.res.Endpoint(id); ok {
+			for k, v := range pol.Entries {
+				wantPol[k] = v
+			}
+		}
+	}
+	havePol, err := e.dp.PolicyEntries()
+	if err != nil {
+		return removed, err
+	}
+	var del []policy.MapKey
+	up := map[policy.MapKey]policy.MapValue{}
+	for k := range havePol {
+		if _, ok := wantPol[k]; !ok {
+			del = append(del, k)
+		}
+	}
+	for k, v := range wantPol {
+		if deny, ok := havePol[k]; !ok || deny != v.Deny {
+			up[k] = v
+		}
+	}
+	if _, err := e.dp.ApplyPolicy(up, del); err != nil {
+		return removed, err
+	}
+	return removed + len(del), nil
+}
+
+// PolicyEntries counts the desired policy entries (metrics).
+func (e *Engine) PolicyEntries() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for id := range e.endpoints {
+		if pol, ok := e.res.Endpoint(id); ok {
+			n += len(pol.Entries)
+		}
+	}
+	return n
+}

@@ -1,0 +1,103 @@
+// Package metrics owns the agent's Prometheus metrics: a collector that
+// reads the datapath counters and the agent's tables at scrape time, so the
+// datapath pays nothing for metrics nobody reads.
+package metrics
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/policy"
+)
+
+// Sources are what the collector reads; nil funcs are skipped.
+type Sources struct {
+	Counters      func() ([]datapath.Counter, error)
+	MapPressure   func() map[string]float64
+	Endpoints     func() int
+	Identities    func() int
+	PolicyEntries func() int
+	PolicyWrites  func() uint64
+	EventsLost    func() uint64
+}
+
+var (
+	fwdPackets  = prometheus.NewDesc("filament_forwarded_packets_total", "Packets the datapath forwarded.", []string{"direction"}, nil)
+	fwdBytes    = prometheus.NewDesc("filament_forwarded_bytes_total", "Bytes the datapath forwarded.", []string{"direction"}, nil)
+	dropPackets = prometheus.NewDesc("filament_drop_packets_total", "Packets the datapath dropped, by reason.", []string{"reason", "direction"}, nil)
+	dropBytes   = prometheus.NewDesc("filament_drop_bytes_total", "Bytes the datapath dropped, by reason.", []string{"reason", "direction"}, nil)
+	endpoints   = prometheus.NewDesc("filament_endpoints", "Endpoints on this node.", nil, nil)
+	identities  = prometheus.NewDesc("filament_identities", "Identities known to this node.", nil, nil)
+	polEntries  = prometheus.NewDesc("filament_policy_map_entries", "Entries in the BPF policy map.", nil, nil)
+	polWrites   = prometheus.NewDesc("filament_policy_map_writes_total", "Writes (upserts and deletes) to the BPF policy map.", nil, nil)
+	pressure    = prometheus.NewDesc("filament_map_pressure_ratio", "Entries of a BPF map divided by its capacity.", []string{"map"}, nil)
+	eventsLost  = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
+)
+
+// Collector implements prometheus.Collector over Sources.
+type Collector struct{ s Sources }
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost} {
+		ch <- d
+	}
+}
+
+func dirName(d policy.Direction) string {
+	if d == policy.Ingress {
+		return "ingress"
+	}
+	return "egress"
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	if c.s.Counters != nil {
+		cs, err := c.s.Counters()
+		if err != nil {
+			slog.Warn("metrics: datapath counters", "err", err)
+		}
+		for _, x := range cs {
+			if x.Reason == datapath.ReasonForwarded {
+				ch <- prometheus.MustNewConstMetric(fwdPackets, prometheus.CounterValue, float64(x.Packets), dirName(x.Direction))
+				ch <- prometheus.MustNewConstMetric(fwdBytes, prometheus.CounterValue, float64(x.Bytes), dirName(x.Direction))
+				continue
+			}
+			r := datapath.ReasonName(x.Reason)
+			ch <- prometheus.MustNewConstMetric(dropPackets, prometheus.CounterValue, float64(x.Packets), r, dirName(x.Direction))
+			ch <- prometheus.MustNewConstMetric(dropBytes, prometheus.CounterValue, float64(x.Bytes), r, dirName(x.Direction))
+		}
+	}
+	gauge := func(d *prometheus.Desc, f func() int) {
+		if f != nil {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(f()))
+		}
+	}
+	gauge(endpoints, c.s.Endpoints)
+	gauge(identities, c.s.Identities)
+	gauge(polEntries, c.s.PolicyEntries)
+	if c.s.PolicyWrites != nil {
+		ch <- prometheus.MustNewConstMetric(polWrites, prometheus.CounterValue, float64(c.s.PolicyWrites()))
+	}
+	if c.s.EventsLost != nil {
+		ch <- prometheus.MustNewConstMetric(eventsLost, prometheus.CounterValue, float64(c.s.EventsLost()))
+	}
+	if c.s.MapPressure != nil {
+		for m, v := range c.s.MapPressure() {
+			ch <- prometheus.MustNewConstMetric(pressure, prometheus.GaugeValue, v, m)
+		}
+	}
+}
+
+// Handler serves the collector and the Go runtime metrics.
+func Handler(s Sources) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&Collector{s: s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

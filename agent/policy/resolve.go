@@ -1,0 +1,1344 @@
+package policy
+
+// The resolver turns policy into the desired contents of the datapath's
+// policy map.
+//
+// Its inputs are the current policies (SetPolicies, the repository's whole
+// set), the identities the node knows (the reserved ones, cluster identities
+// given with UpsertIdentity, and node-local CIDR identities it allocates
+// itself for every prefix the rules name) and the local endpoints with their
+// labels. Its output, per local endpoint, is whether ingress and egress are
+// enforced and a set of entries
+//
+//	(endpoint, direction, peer identity or 0 for any, L4 prefix) -> allow or deny, rule
+//
+// that the datapath stores in an LPM trie. The datapath looks a new
+// connection up twice, with the peer's identity and with identity 0, each
+// time taking the longest L4 match; a deny from either lookup wins, then an
+// allow from either, then the default (drop when the direction is
+// enforced). Because a longest-prefix lookup cannot see a deny behind a
+// longer allow, the resolver turns every allow that lies inside a deny of
+// the same endpoint, direction and identity into a deny.
+//
+// Every change is incremental and returns the map writes it causes (Change):
+// a new identity is evaluated against the rules only by itself, a new
+// endpoint recomputes only that endpoint, a new policy set only the
+// endpoints selected by a policy that changed (and the entries of CIDR
+// identities that appeared or went away). Per endpoint the resolver keeps
+// the desired entries grouped by (direction, identity) and diffs what it
+// recomputes against them; per rule section it caches the set of selected
+// peer identities.
+//
+// L7 rules (toPorts[].rules) and serverNames are not enforced yet: their
+// ports are allowed at L4. Named ports, groups, services, DNS names and the
+// kube-apiserver entity select nothing yet; each use is reported by Warnings.
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/labels"
+)
+
+// Direction is the direction of traffic relative to a local endpoint.
+type Direction uint8
+
+// Directions, as the datapath encodes them.
+const (
+	Egress  Direction = 0 // traffic leaving the endpoint
+	Ingress Direction = 1 // traffic entering the endpoint
+)
+
+func (d Direction) String() string {
+	switch d {
+	case Egress:
+		return "egress"
+	case Ingress:
+		return "ingress"
+	}
+	return fmt.Sprintf("direction(%d)", uint8(d))
+}
+
+// IP protocol numbers.
+const (
+	protoICMP uint8 = 1
+	protoTCP  uint8 = 6
+	protoUDP  uint8 = 17
+	protoSCTP uint8 = 132
+)
+
+// L4 is a protocol and a destination port prefix. PrefixLen counts bits over
+// the 24-bit string proto(8 bits) then port(16 bits, most significant first):
+// 0 = any protocol and port; 8 = this protocol, any port; 24 = exact port;
+// 9..23 = a block of ports (port ranges are split into such aligned blocks).
+// For ICMP the port is the ICMP type. The resolver only emits L4s whose bits
+// beyond PrefixLen are zero.
+type L4 struct {
+	Proto     uint8
+	Port      uint16
+	PrefixLen uint8
+}
+
+// bits is the 24-bit string proto|port.
+func (l L4) bits() uint32 { return uint32(l.Proto)<<16 | uint32(l.Port) }
+
+// l4Prefix returns the L4 of the first plen bits of the 24-bit string b.
+func l4Prefix(b uint32, plen uint8) L4 {
+	if plen == 0 {
+		return L4{}
+	}
+	b &= (0xffffff << (24 - uint32(plen))) & 0xffffff
+	return L4{Proto: uint8(b >> 16), Port: uint16(b), PrefixLen: plen}
+}
+
+// Contains reports whether every protocol and port of o is one of l.
+func (l L4) Contains(o L4) bool {
+	return l.PrefixLen <= o.PrefixLen && l4Prefix(o.bits(), l.PrefixLen) == l4Prefix(l.bits(), l.PrefixLen)
+}
+
+// Matches reports whether l covers protocol proto and port (ICMP type) port.
+func (l L4) Matches(proto uint8, port uint16) bool {
+	return l.Contains(L4{Proto: proto, Port: port, PrefixLen: 24})
+}
+
+func (l L4) String() string {
+	switch {
+	case l.PrefixLen == 0:
+		return "any"
+	case l.PrefixLen <= 8:
+		return fmt.Sprintf("%d/any", l.Proto)
+	case l.PrefixLen == 24:
+		return fmt.Sprintf("%d/%d", l.Proto, l.Port)
+	}
+	last := uint32(l.Port) | (1<<(24-uint32(l.PrefixLen)) - 1)
+	return fmt.Sprintf("%d/%d-%d", l.Proto, l.Port, last)
+}
+
+// MapKey is the key of one policy map entry.
+type MapKey struct {
+	Endpoint uint16
+	Dir      Direction
+	Identity identity.NumericIdentity // 0 = any identity
+	L4       L4
+}
+
+func (k MapKey) String() string {
+	return fmt.Sprintf("ep %d %s id %d %s", k.Endpoint, k.Dir, uint32(k.Identity), k.L4)
+}
+
+// MapValue is the verdict of one policy map entry and the rule it comes
+// from.
+type MapValue struct {
+	Deny bool
+	Rule RuleRef
+}
+
+// RuleRef names one section of one rule of a policy.
+type RuleRef struct {
+	Policy  string // Policy.Key()
+	Rule    int    // index in Policy.Rules
+	Section string // e.g. "ingress[0]" or "egressDeny[1]"
+}
+
+// String is `policy section` for the first rule of a policy and
+// `policy rules[i].section` for the others.
+func (r RuleRef) String() string {
+	if r.Rule == 0 {
+		return r.Policy + " " + r.Section
+	}
+	return fmt.Sprintf("%s rules[%d].%s", r.Policy, r.Rule, r.Section)
+}
+
+// EndpointPolicy is the desired policy of one endpoint.
+type EndpointPolicy struct {
+	IngressEnforced, EgressEnforced bool
+	Entries                         map[MapKey]MapValue
+}
+
+// Change is what one resolver call changed: policy map entries to write and
+// to delete, endpoints whose enforcement changed (an unknown endpoint counts
+// as enforcing nothing; Entries is nil), and CIDR identities allocated and
+// released. Deletes and CIDRDeletes are sorted; empty parts may be nil.
+type Change struct {
+	Upserts     map[MapKey]MapValue
+	Deletes     []MapKey
+	Enforcement map[uint16]EndpointPolicy
+	CIDRUpserts map[netip.Prefix]identity.NumericIdentity
+	CIDRDeletes []netip.Prefix
+}
+
+// Empty reports whether the change changes nothing.
+func (c Change) Empty() bool {
+	return len(c.Upserts) == 0 && len(c.Deletes) == 0 && len(c.Enforcement) == 0 &&
+		len(c.CIDRUpserts) == 0 && len(c.CIDRDeletes) == 0
+}
+
+func (c *Change) upsert(k MapKey, v MapValue) {
+	if c.Upserts == nil {
+		c.Upserts = map[MapKey]MapValue{}
+	}
+	c.Upserts[k] = v
+}
+
+func (c *Change) enforcement(id uint16, in, eg bool) {
+	if c.Enforcement == nil {
+		c.Enforcement = map[uint16]EndpointPolicy{}
+	}
+	c.Enforcement[id] = EndpointPolicy{IngressEnforced: in, EgressEnforced: eg}
+}
+
+func (c *Change) finish() {
+	slices.SortFunc(c.Deletes, compareKeys)
+	slices.SortFunc(c.CIDRDeletes, comparePrefixes)
+}
+
+func compareKeys(a, b MapKey) int {
+	return cmp.Or(cmp.Compare(a.Endpoint, b.Endpoint), cmp.Compare(a.Dir, b.Dir),
+		cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.L4.Proto, b.L4.Proto),
+		cmp.Compare(a.L4.Port, b.L4.Port), cmp.Compare(a.L4.PrefixLen, b.L4.PrefixLen))
+}
+
+func comparePrefixes(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}
+
+// Mode is the policy enforcement mode of the node.
+type Mode string
+
+// Enforcement modes.
+const (
+	// ModeDefault enforces a direction of an endpoint when a rule selecting
+	// the endpoint puts it into default deny for that direction.
+	ModeDefault Mode = "default"
+	// ModeAlways enforces both directions of every endpoint.
+	ModeAlways Mode = "always"
+	// ModeNever enforces nothing and produces no entries.
+	ModeNever Mode = "never"
+)
+
+// EndpointInfo is a local endpoint as the resolver needs it.
+type EndpointInfo struct {
+	ID       uint16
+	Identity identity.NumericIdentity
+	Labels   labels.Labels // the identity's labels
+}
+
+// Resolver computes the desired policy map contents from policies,
+// identities and local endpoints, and the changes to them. It is safe for
+// concurrent use.
+type Resolver struct {
+	mu          sync.Mutex
+	mode        Mode
+	modeWarning string
+
+	policies map[string]Policy // by key, copies of the current policies
+	compiled map[string]*compiledPolicy
+	rules    []*compiledRule // every rule, by policy key then index
+	warnings []string
+
+	identities map[identity.NumericIdentity]*knownIdentity
+	byLabel    map[string]map[identity.NumericIdentity]struct{} // "key\x00value" -> identities
+
+	cidrs    map[netip.Prefix]identity.NumericIdentity
+	cidrFree []uint32 // released CIDR identity numbers, ascending
+	cidrNext uint32   // the lowest number never allocated
+
+	endpoints map[uint16]*endpointState
+
+	// Work counters, for tests: endpoints recomputed in full and (endpoint,
+	// direction, identity) groups recomputed.
+	endpointRecomputes, groupRecomputes int
+}
+
+// knownIdentity is an identity the resolver can select as a peer.
+type knownIdentity struct {
+	id     identity.NumericIdentity
+	labels labels.Labels
+	prefix netip.Prefix // of a CIDR identity
+}
+
+// groupKey groups an endpoint's entries: the deny precedence of the
+// datapath is resolved within one group.
+type groupKey struct {
+	dir Direction
+	id  identity.NumericIdentity
+}
+
+type endpointState struct {
+	info                            EndpointInfo
+	rules                           []*compiledRule // selecting rules, in order
+	ingressEnforced, egressEnforced bool
+	groups                          map[groupKey]map[L4]MapValue
+}
+
+// NewResolver returns a resolver knowing only the reserved identities. An
+// empty mode is ModeDefault; an unknown one is ModeDefault with a warning.
+func NewResolver(mode Mode) *Resolver {
+	r := &Resolver{
+		mode:       mode,
+		policies:   map[string]Policy{},
+		compiled:   map[string]*compiledPolicy{},
+		identities: map[identity.NumericIdentity]*knownIdentity{},
+		byLabel:    map[string]map[identity.NumericIdentity]struct{}{},
+		cidrs:      map[netip.Prefix]identity.NumericIdentity{},
+		cidrNext:   1,
+		endpoints:  map[uint16]*endpointState{},
+	}
+	switch mode {
+	case ModeDefault, ModeAlways, ModeNever:
+	case "":
+		r.mode = ModeDefault
+	default:
+		r.mode = ModeDefault
+		r.modeWarning = fmt.Sprintf("unknown enforcement mode %q: using %q", mode, ModeDefault)
+	}
+	for _, id := range identity.Reserved() {
+		r.addIdentity(&knownIdentity{id: id.ID, labels: id.Labels})
+	}
+	return r
+}
+
+// SetPolicies replaces the policy set with ps (the repository's policies;
+// of two with the same key the last counts). Only endpoints selected by a
+// policy that was added, removed or whose rules changed are recomputed;
+// CIDR identities are allocated for prefixes that newly appear in rules and
+// released for those that no longer do.
+func (r *Resolver) SetPolicies(ps []Policy) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+
+	next := make(map[string]Policy, len(ps))
+	for _, p := range ps {
+		next[p.Key()] = p
+	}
+	changed := map[string]bool{}
+	for k, p := range next {
+		if old, ok := r.policies[k]; !ok || !reflect.DeepEqual(old.Rules, p.Rules) {
+			changed[k] = true
+		}
+	}
+	for k := range r.policies {
+		if _, ok := next[k]; !ok {
+			changed[k] = true
+		}
+	}
+	if len(changed) == 0 {
+		return ch
+	}
+
+	// Endpoints selected by the old versions of changed policies.
+	affected := map[uint16]bool{}
+	for id, ep := range r.endpoints {
+		if slices.ContainsFunc(ep.rules, func(cr *compiledRule) bool { return changed[cr.policy] }) {
+			affected[id] = true
+		}
+	}
+	for k := range changed {
+		p, ok := next[k]
+		if !ok {
+			delete(r.policies, k)
+			delete(r.compiled, k)
+			continue
+		}
+		p = p.DeepCopy()
+		r.policies[k] = p
+		r.compiled[k] = compilePolicy(&p)
+	}
+	r.rules = r.rules[:0]
+	r.warnings = r.warnings[:0]
+	for _, k := range slices.Sorted(maps.Keys(r.compiled)) {
+		r.rules = append(r.rules, r.compiled[k].rules...)
+		r.warnings = append(r.warnings, r.compiled[k].warnings...)
+	}
+	// ... and by the new versions.
+	for id, ep := range r.endpoints {
+		if affected[id] {
+			continue
+		}
+		for k := range changed {
+			if cp := r.compiled[k]; cp != nil && slices.ContainsFunc(cp.rules, func(cr *compiledRule) bool {
+				return cr.selects(ep.info.Labels)
+			}) {
+				affected[id] = true
+				break
+			}
+		}
+	}
+
+	added, removed := r.syncCIDRs(&ch)
+	for _, id := range slices.Sorted(maps.Keys(r.endpoints)) {
+		ep := r.endpoints[id]
+		if affected[id] {
+			r.recomputeEndpoint(&ch, ep)
+			continue
+		}
+		for _, cid := range removed {
+			r.dropIdentityGroups(&ch, ep, cid)
+		}
+		for _, cid := range added {
+			r.recomputeIdentityGroups(&ch, ep, cid)
+		}
+	}
+	ch.finish()
+	return ch
+}
+
+// syncCIDRs allocates an identity for every prefix the rules name that has
+// none and releases those of prefixes no rule names any more. Numbers are
+// released after allocating, so that no number changes its prefix within
+// one Change.
+func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdentity) {
+	want := map[netip.Prefix]bool{}
+	for _, cp := range r.compiled {
+		for _, p := range cp.prefixes {
+			want[p] = true
+		}
+	}
+	var newPrefixes, gone []netip.Prefix
+	for p := range want {
+		if _, ok := r.cidrs[p]; !ok {
+			newPrefixes = append(newPrefixes, p)
+		}
+	}
+	for p := range r.cidrs {
+		if !want[p] {
+			gone = append(gone, p)
+		}
+	}
+	slices.SortFunc(newPrefixes, comparePrefixes)
+	slices.SortFunc(gone, comparePrefixes)
+	for _, p := range newPrefixes {
+		var n uint32
+		if len(r.cidrFree) > 0 {
+			n, r.cidrFree = r.cidrFree[0], r.cidrFree[1:]
+		} else {
+			n = r.cidrNext
+			r.cidrNext++
+		}
+		id := identity.LocalScopeFlag | identity.NumericIdentity(n)
+		r.cidrs[p] = id
+		r.addIdentity(&knownIdentity{id: id, labels: cidrLabels(p), prefix: p})
+		added = append(added, id)
+		if ch.CIDRUpserts == nil {
+			ch.CIDRUpserts = map[netip.Prefix]identity.NumericIdentity{}
+		}
+		ch.CIDRUpserts[p] = id
+	}
+	for _, p := range gone {
+		id := r.cidrs[p]
+		delete(r.cidrs, p)
+		r.removeIdentity(r.identities[id])
+		removed = append(removed, id)
+		ch.CIDRDeletes = append(ch.CIDRDeletes, p)
+		n := uint32(id &^ identity.LocalScopeFlag)
+		i, _ := slices.BinarySearch(r.cidrFree, n)
+		r.cidrFree = slices.Insert(r.cidrFree, i, n)
+	}
+	return added, removed
+}
+
+// cidrLabels labels the CIDR identity of p.
+func cidrLabels(p netip.Prefix) labels.Labels {
+	return labels.Labels{
+		{Source: labels.SourceCIDR, Key: p.String()},
+		{Source: labels.SourceReserved, Key: string(EntityWorld)},
+	}
+}
+
+// UpsertIdentity adds or relabels a cluster identity and updates only the
+// entries of that identity. Reserved and node-local identities are the
+// resolver's own: upserting one (or 0) changes nothing.
+func (r *Resolver) UpsertIdentity(id identity.Identity) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	if id.ID == identity.Unknown || id.ID.IsReserved() || id.ID.IsLocal() {
+		return ch
+	}
+	old := r.identities[id.ID]
+	if old != nil {
+		if old.labels.Equal(id.Labels) {
+			return ch
+		}
+		r.removeIdentity(old)
+	}
+	r.addIdentity(&knownIdentity{id: id.ID, labels: slices.Clone(id.Labels)})
+	for _, epID := range slices.Sorted(maps.Keys(r.endpoints)) {
+		r.recomputeIdentityGroups(&ch, r.endpoints[epID], id.ID)
+	}
+	ch.finish()
+	return ch
+}
+
+// DeleteIdentity removes a cluster identity and deletes its entries.
+func (r *Resolver) DeleteIdentity(id identity.NumericIdentity) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	k := r.identities[id]
+	if k == nil || id.IsReserved() || id.IsLocal() {
+		return ch
+	}
+	r.removeIdentity(k)
+	for _, ep := range r.endpoints {
+		r.dropIdentityGroups(&ch, ep, id)
+	}
+	ch.finish()
+	return ch
+}
+
+// UpsertEndpoint adds a local endpoint, or updates one, and computes only
+// its entries. An update that keeps the labels changes nothing.
+func (r *Resolver) UpsertEndpoint(info EndpointInfo) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	info.Labels = slices.Clone(info.Labels)
+	ep := r.endpoints[info.ID]
+	if ep != nil && ep.info.Labels.Equal(info.Labels) {
+		ep.info = info
+		return ch
+	}
+	if ep == nil {
+		ep = &endpointState{groups: map[groupKey]map[L4]MapValue{}}
+		r.endpoints[info.ID] = ep
+	}
+	ep.info = info
+	r.recomputeEndpoint(&ch, ep)
+	ch.finish()
+	return ch
+}
+
+// DeleteEndpoint forgets a local endpoint and deletes its entries.
+func (r *Resolver) DeleteEndpoint(id uint16) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	ep := r.endpoints[id]
+	if ep == nil {
+		return ch
+	}
+	delete(r.endpoints, id)
+	for gk, g := range ep.groups {
+		for l4 := range g {
+			ch.Deletes = append(ch.Deletes, MapKey{id, gk.dir, gk.id, l4})
+		}
+	}
+	if ep.ingressEnforced || ep.egressEnforced {
+		ch.enforcement(id, false, false)
+	}
+	ch.finish()
+	return ch
+}
+
+// Endpoint returns a copy of the desired policy of a local endpoint.
+func (r *Resolver) Endpoint(id uint16) (EndpointPolicy, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ep := r.endpoints[id]
+	if ep == nil {
+		return EndpointPolicy{}, false
+	}
+	out := EndpointPolicy{
+		IngressEnforced: ep.ingressEnforced,
+		EgressEnforced:  ep.egressEnforced,
+		Entries:         map[MapKey]MapValue{},
+	}
+	for gk, g := range ep.groups {
+		for l4, v := range g {
+			out.Entries[MapKey{id, gk.dir, gk.id, l4}] = v
+		}
+	}
+	return out, true
+}
+
+// CIDRIdentities returns the node-local identity of every prefix the rules
+// name.
+func (r *Resolver) CIDRIdentities() map[netip.Prefix]identity.NumericIdentity {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.cidrs)
+}
+
+// Identities lists every identity the resolver knows, by number: the
+// reserved ones, the cluster identities and the CIDR identities (labelled
+// `cidr:<prefix>` and `reserved:world`).
+func (r *Resolver) Identities() []identity.Identity {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]identity.Identity, 0, len(r.identities))
+	for _, k := range r.identities {
+		out = append(out, identity.Identity{ID: k.id, Labels: slices.Clone(k.labels)})
+	}
+	slices.SortFunc(out, func(a, b identity.Identity) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Identity returns the labels of an identity the resolver knows (cluster,
+// reserved and its own CIDR identities).
+func (r *Resolver) Identity(id identity.NumericIdentity) (identity.Identity, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k, ok := r.identities[id]
+	if !ok {
+		return identity.Identity{}, false
+	}
+	return identity.Identity{ID: k.id, Labels: slices.Clone(k.labels)}, true
+}
+
+// Warnings lists what the current policies use that the resolver does not
+// enforce (named ports, IPv6 prefixes, groups, services, DNS names,
+// kube-apiserver), sorted.
+func (r *Resolver) Warnings() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := slices.Clone(r.warnings)
+	if r.modeWarning != "" {
+		out = append(out, r.modeWarning)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// addIdentity makes k known and adds it to the computed peer sets that
+// select it.
+func (r *Resolver) addIdentity(k *knownIdentity) {
+	r.identities[k.id] = k
+	for _, l := range k.labels {
+		lk := l.Key + "\x00" + l.Value
+		if r.byLabel[lk] == nil {
+			r.byLabel[lk] = map[identity.NumericIdentity]struct{}{}
+		}
+		r.byLabel[lk][k.id] = struct{}{}
+	}
+	for _, cr := range r.rules {
+		for _, s := range cr.sections {
+			if s.computed && s.peers.matches(k) {
+				s.cache[k.id] = struct{}{}
+			}
+		}
+	}
+}
+
+// removeIdentity forgets k and removes it from every computed peer set.
+func (r *Resolver) removeIdentity(k *knownIdentity) {
+	delete(r.identities, k.id)
+	for _, l := range k.labels {
+		lk := l.Key + "\x00" + l.Value
+		delete(r.byLabel[lk], k.id)
+		if len(r.byLabel[lk]) == 0 {
+			delete(r.byLabel, lk)
+		}
+	}
+	for _, cr := range r.rules {
+		for _, s := range cr.sections {
+			if s.computed {
+				delete(s.cache, k.id)
+			}
+		}
+	}
+}
+
+// peersOf returns the concrete peer identities a section selects, computing
+// them on first use.
+func (r *Resolver) peersOf(s *section) map[identity.NumericIdentity]struct{} {
+	if !s.computed {
+		s.cache = r.computePeers(&s.peers)
+		s.computed = true
+	}
+	return s.cache
+}
+
+// computePeers evaluates a peer specification against the known
+// identities, looking only at candidates that can match.
+func (r *Resolver) computePeers(ps *peerSpec) map[identity.NumericIdentity]struct{} {
+	out := map[identity.NumericIdentity]struct{}{}
+	try := func(k *knownIdentity) {
+		if k != nil && ps.matches(k) {
+			out[k.id] = struct{}{}
+		}
+	}
+	if ps.scan {
+		for _, k := range r.identities {
+			try(k)
+		}
+		return out
+	}
+	for _, sel := range ps.selectors {
+		for id := range r.candidates(sel.sel) {
+			try(r.identities[id])
+		}
+	}
+	for _, id := range ps.reserved {
+		try(r.identities[id])
+	}
+	if ps.world || len(ps.cidrs) > 0 {
+		try(r.identities[identity.World])
+		for _, id := range r.cidrs {
+			try(r.identities[id])
+		}
+	}
+	return out
+}
+
+// candidates returns a superset of the identities sel matches: those with
+// the label of its rarest matchLabels entry. sel has matchLabels.
+func (r *Resolver) candidates(sel *EndpointSelector) map[identity.NumericIdentity]struct{} {
+	var best map[identity.NumericIdentity]struct{}
+	first := true
+	for k, v := range sel.MatchLabels {
+		_, key := splitKey(k)
+		ids := r.byLabel[key+"\x00"+v]
+		if first || len(ids) < len(best) {
+			best, first = ids, false
+		}
+	}
+	return best
+}
+
+// selectingRules returns the rules that select an endpoint with labels ls.
+func (r *Resolver) selectingRules(ls labels.Labels) []*compiledRule {
+	var out []*compiledRule
+	for _, cr := range r.rules {
+		if cr.selects(ls) {
+			out = append(out, cr)
+		}
+	}
+	return out
+}
+
+// enforcement returns whether ingress and egress are enforced for an
+// endpoint selected by rules.
+func (r *Resolver) enforcement(rules []*compiledRule) (in, eg bool) {
+	switch r.mode {
+	case ModeAlways:
+		return true, true
+	case ModeNever:
+		return false, false
+	}
+	for _, cr := range rules {
+		in = in || cr.ingressDefaultDeny
+		eg = eg || cr.egressDefaultDeny
+	}
+	return in, eg
+}
+
+// recomputeEndpoint recomputes everything of ep and records the difference.
+func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
+	r.endpointRecomputes++
+	ep.rules = r.selectingRules(ep.info.Labels)
+	in, eg := r.enforcement(ep.rules)
+	if in != ep.ingressEnforced || eg != ep.egressEnforced {
+		ch.enforcement(ep.info.ID, in, eg)
+	}
+	ep.ingressEnforced, ep.egressEnforced = in, eg
+
+	groups := map[groupKey]map[L4]MapValue{}
+	if r.mode != ModeNever {
+		for _, cr := range ep.rules {
+			for _, s := range cr.sections {
+				if s.peers.any {
+					addSection(groups, groupKey{s.dir, 0}, s)
+				}
+				for id := range r.peersOf(s) {
+					addSection(groups, groupKey{s.dir, id}, s)
+				}
+			}
+		}
+		for _, g := range groups {
+			applyDenyPrecedence(g)
+		}
+	}
+	for gk, g := range groups {
+		diffGroup(ch, ep.info.ID, gk, ep.groups[gk], g)
+	}
+	for gk, g := range ep.groups {
+		if _, ok := groups[gk]; !ok {
+			diffGroup(ch, ep.info.ID, gk, g, nil)
+		}
+	}
+	ep.groups = groups
+}
+
+// recomputeIdentityGroups recomputes the entries of identity id for ep, in
+// both directions, and records the difference.
+func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id identity.NumericIdentity) {
+	for _, dir := range []Direction{Egress, Ingress} {
+		gk := groupKey{dir, id}
+		var g map[L4]MapValue
+		if r.mode != ModeNever {
+			for _, cr := range ep.rules {
+				for _, s := range cr.sections {
+					if s.dir != dir {
+						continue
+					}
+					if _, ok := r.peersOf(s)[id]; ok {
+						if g == nil {
+							g = map[L4]MapValue{}
+						}
+						addSection1(g, s)
+					}
+				}
+			}
+		}
+		old := ep.groups[gk]
+		if g == nil && old == nil {
+			continue
+		}
+		r.groupRecomputes++
+		applyDenyPrecedence(g)
+		diffGroup(ch, ep.info.ID, gk, old, g)
+		if len(g) == 0 {
+			delete(ep.groups, gk)
+		} else {
+			ep.groups[gk] = g
+		}
+	}
+}
+
+// dropIdentityGroups deletes the entries of identity id for ep.
+func (r *Resolver) dropIdentityGroups(ch *Change, ep *endpointState, id identity.NumericIdentity) {
+	for _, dir := range []Direction{Egress, Ingress} {
+		gk := groupKey{dir, id}
+		if g, ok := ep.groups[gk]; ok {
+			diffGroup(ch, ep.info.ID, gk, g, nil)
+			delete(ep.groups, gk)
+		}
+	}
+}
+
+// diffGroup records the writes that turn group old into group new.
+func diffGroup(ch *Change, ep uint16, gk groupKey, old, new map[L4]MapValue) {
+	for l4, v := range new {
+		if ov, ok := old[l4]; !ok || ov != v {
+			ch.upsert(MapKey{ep, gk.dir, gk.id, l4}, v)
+		}
+	}
+	for l4 := range old {
+		if _, ok := new[l4]; !ok {
+			ch.Deletes = append(ch.Deletes, MapKey{ep, gk.dir, gk.id, l4})
+		}
+	}
+}
+
+func addSection(groups map[groupKey]map[L4]MapValue, gk groupKey, s *section) {
+	g := groups[gk]
+	if g == nil {
+		g = make(map[L4]MapValue, len(s.l4s))
+		groups[gk] = g
+	}
+	addSection1(g, s)
+}
+
+// addSection1 merges the entries of section s into a group. Sections are
+// added in rule order; a deny replaces an allow, otherwise the first entry
+// stays.
+func addSection1(g map[L4]MapValue, s *section) {
+	v := MapValue{Deny: s.deny, Rule: s.ref}
+	for _, l4 := range s.l4s {
+		if old, ok := g[l4]; !ok || (v.Deny && !old.Deny) {
+			g[l4] = v
+		}
+	}
+}
+
+// applyDenyPrecedence turns every allow of a group that lies inside a deny
+// of the group into a deny with the rule of the longest such deny, so that
+// the datapath's longest-prefix lookup cannot find the allow instead.
+func applyDenyPrecedence(g map[L4]MapValue) {
+	var denies map[L4]MapValue
+	for l4, v := range g {
+		if v.Deny {
+			if denies == nil {
+				denies = map[L4]MapValue{}
+			}
+			denies[l4] = v
+		}
+	}
+	if denies == nil {
+		return
+	}
+	for l4, v := range g {
+		if v.Deny {
+			continue
+		}
+		for plen := int(l4.PrefixLen) - 1; plen >= 0; plen-- {
+			if d, ok := denies[l4Prefix(l4.bits(), uint8(plen))]; ok {
+				g[l4] = d
+				break
+			}
+		}
+	}
+}
+
+// lookupL4 is the datapath's longest-prefix lookup in one group.
+func lookupL4(g map[L4]MapValue, proto uint8, port uint16) (MapValue, bool) {
+	b := L4{Proto: proto, Port: port}.bits()
+	for plen := 24; plen >= 0; plen-- {
+		if v, ok := g[l4Prefix(b, uint8(plen))]; ok {
+			return v, true
+		}
+	}
+	return MapValue{}, false
+}
+
+// compiledPolicy is a policy prepared for resolution.
+type compiledPolicy struct {
+	rules    []*compiledRule
+	prefixes []netip.Prefix // every IPv4 prefix its rules name
+	warnings []string
+}
+
+// compiledRule is one rule: the endpoints it selects, its default deny and
+// its sections in the order ingress, ingressDeny, egress, egressDeny.
+type compiledRule struct {
+	policy                                string
+	index                                 int
+	selector                              *EndpointSelector // nil: selects no endpoint
+	ingressDefaultDeny, egressDefaultDeny bool
+	sections                              []*section
+}
+
+func (cr *compiledRule) selects(ls labels.Labels) bool {
+	return cr.selector != nil && cr.selector.Matches(ls)
+}
+
+// section is one ingress, ingressDeny, egress or egressDeny entry of a rule.
+type section struct {
+	dir   Direction
+	deny  bool
+	ref   RuleRef
+	l4s   []L4
+	peers peerSpec
+
+	computed bool
+	cache    map[identity.NumericIdentity]struct{} // the concrete peers, once computed
+}
+
+// peerSpec is the set of peers of a section.
+type peerSpec struct {
+	// any selects identity 0: every peer, through one wildcard entry.
+	any bool
+	// every selects every known identity that satisfies requires (every
+	// peer, constrained by fromRequires/toRequires).
+	every     bool
+	selectors []peerSelector
+	reserved  []identity.NumericIdentity // entities host, remote-node, ...
+	world     bool                       // identity world and every CIDR identity
+	cluster   bool                       // every identity but world and the CIDR ones
+	cidrs     []cidrPeer
+	requires  []*EndpointSelector
+	// scan is set when candidates cannot be found through the label index.
+	scan bool
+}
+
+type peerSelector struct {
+	sel *EndpointSelector
+	// reserved is set when the selector names a reserved label, and so may
+	// match reserved identities.
+	reserved bool
+}
+
+// cidrPeer selects the CIDR identities inside prefix and outside except.
+type cidrPeer struct {
+	prefix netip.Prefix
+	except []netip.Prefix
+}
+
+func (c cidrPeer) selects(p netip.Prefix) bool {
+	if !containsPrefix(c.prefix, p) {
+		return false
+	}
+	for _, e := range c.except {
+		if containsPrefix(e, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// matches reports whether the spec selects identity k as a concrete peer
+// (identity 0 is the any flag's business).
+func (ps *peerSpec) matches(k *knownIdentity) bool {
+	for _, req := range ps.requires {
+		if !req.Matches(k.labels) {
+			return false
+		}
+	}
+	if ps.every {
+		return true
+	}
+	switch {
+	case k.id.IsLocal():
+		if ps.world {
+			return true
+		}
+		for _, c := range ps.cidrs {
+			if c.selects(k.prefix) {
+				return true
+			}
+		}
+		return false
+	case k.id == identity.World:
+		if ps.world {
+			return true
+		}
+		for _, c := range ps.cidrs {
+			if c.prefix.Bits() == 0 {
+				return true
+			}
+		}
+	case k.id.IsReserved():
+		if ps.cluster || slices.Contains(ps.reserved, k.id) {
+			return true
+		}
+	default:
+		if ps.cluster {
+			return true
+		}
+	}
+	for _, s := range ps.selectors {
+		if (s.reserved || !k.id.IsReserved()) && s.sel.Matches(k.labels) {
+			return true
+		}
+	}
+	return false
+}
+
+// compiler compiles one policy.
+type compiler struct {
+	cp       *compiledPolicy
+	key      string
+	rule     int
+	prefixes map[netip.Prefix]bool
+}
+
+func compilePolicy(p *Policy) *compiledPolicy {
+	c := &compiler{cp: &compiledPolicy{}, key: p.Key(), prefixes: map[netip.Prefix]bool{}}
+	for i := range p.Rules {
+		rule := &p.Rules[i]
+		c.rule = i
+		cr := &compiledRule{
+			policy:             c.key,
+			index:              i,
+			ingressDefaultDeny: rule.IngressDefaultDeny(),
+			egressDefaultDeny:  rule.EgressDefaultDeny(),
+		}
+		if rule.NodeSelector == nil {
+			cr.selector = rule.EndpointSelector
+		}
+		for _, sec := range []struct {
+			name string
+			deny bool
+			rs   []IngressRule
+		}{{"ingress", false, rule.Ingress}, {"ingressDeny", true, rule.IngressDeny}} {
+			for j := range sec.rs {
+				in := &sec.rs[j]
+				s := c.section(Ingress, sec.name, j, sec.deny, peerFields{
+					endpoints: in.FromEndpoints, requires: in.FromRequires, cidr: in.FromCIDR,
+					cidrSet: in.FromCIDRSet, entities: in.FromEntities, groups: len(in.FromGroups),
+				}, in.ToPorts, in.ICMPs)
+				if s != nil {
+					cr.sections = append(cr.sections, s)
+				}
+			}
+		}
+		for _, sec := range []struct {
+			name string
+			deny bool
+			rs   []EgressRule
+		}{{"egress", false, rule.Egress}, {"egressDeny", true, rule.EgressDeny}} {
+			for j := range sec.rs {
+				out := &sec.rs[j]
+				s := c.section(Egress, sec.name, j, sec.deny, peerFields{
+					endpoints: out.ToEndpoints, requires: out.ToRequires, cidr: out.ToCIDR,
+					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: len(out.ToGroups),
+					services: len(out.ToServices), fqdns: len(out.ToFQDNs),
+				}, out.ToPorts, out.ICMPs)
+				if s != nil {
+					cr.sections = append(cr.sections, s)
+				}
+			}
+		}
+		c.cp.rules = append(c.cp.rules, cr)
+	}
+	c.cp.prefixes = slices.SortedFunc(maps.Keys(c.prefixes), comparePrefixes)
+	slices.Sort(c.cp.warnings)
+	return c.cp
+}
+
+// peerFields are the peer fields of an ingress or egress rule.
+type peerFields struct {
+	endpoints, requires     []EndpointSelector
+	cidr                    []string
+	cidrSet                 []CIDRRule
+	entities                []Entity
+	groups, services, fqdns int
+}
+
+func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
+	c.cp.warnings = append(c.cp.warnings,
+		fmt.Sprintf("%s: rules[%d].%s: ", c.key, ref.Rule, ref.Section)+fmt.Sprintf(format, args...))
+}
+
+// section compiles one ingress or egress rule; nil when it can match
+// nothing.
+func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peerFields, prs []PortRule, icmps []ICMPRule) *section {
+	s := &section{dir: dir, deny: deny, ref: RuleRef{Policy: c.key, Rule: c.rule, Section: fmt.Sprintf("%s[%d]", name, j)}}
+	ps := &s.peers
+	hasPeers := len(pf.endpoints)+len(pf.cidr)+len(pf.cidrSet)+len(pf.entities)+pf.groups+pf.services+pf.fqdns > 0
+	hasPorts := len(prs)+len(icmps) > 0
+
+	for i := range pf.endpoints {
+		sel := &pf.endpoints[i]
+		ps.selectors = append(ps.selectors, peerSelector{sel: sel, reserved: namesReserved(sel)})
+		if len(sel.MatchLabels) == 0 {
+			ps.scan = true
+		}
+	}
+	for i := range pf.requires {
+		ps.requires = append(ps.requires, &pf.requires[i])
+	}
+	all := false
+	for _, e := range pf.entities {
+		switch e {
+		case EntityWorld:
+			ps.world = true
+		case EntityCluster:
+			ps.cluster = true
+		case EntityHost:
+			ps.reserved = append(ps.reserved, identity.Host)
+		case EntityRemoteNode:
+			ps.reserved = append(ps.reserved, identity.RemoteNode)
+		case EntityHealth:
+			ps.reserved = append(ps.reserved, identity.Health)
+		case EntityInit:
+			ps.reserved = append(ps.reserved, identity.Init)
+		case EntityUnmanaged:
+			ps.reserved = append(ps.reserved, identity.Unmanaged)
+		case EntityAll:
+			all = true
+		case EntityKubeAPIServer:
+			c.warnf(s.ref, "entity kube-apiserver selects nothing yet")
+		default:
+			c.warnf(s.ref, "unknown entity %q selects nothing", e)
+		}
+	}
+	for _, cidr := range pf.cidr {
+		if p, ok := c.prefix(s.ref, cidr); ok {
+			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
+		}
+	}
+	for _, cr := range pf.cidrSet {
+		p, ok := c.prefix(s.ref, cr.CIDR)
+		var except []netip.Prefix
+		for _, e := range cr.Except {
+			if ep, eok := c.prefix(s.ref, e); eok {
+				except = append(except, ep)
+			}
+		}
+		if ok {
+			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p, except: except})
+		}
+	}
+	if pf.groups > 0 {
+		c.warnf(s.ref, "groups select nothing yet")
+	}
+	if pf.services > 0 {
+		c.warnf(s.ref, "toServices select nothing yet")
+	}
+	if pf.fqdns > 0 {
+		c.warnf(s.ref, "toFQDNs select nothing yet")
+	}
+	// Ports are compiled after the peers, so that warnings come in field
+	// order within a section.
+	s.l4s = c.ports(s.ref, prs, icmps)
+
+	if all || (!hasPeers && hasPorts) {
+		// Every peer: one wildcard entry, unless requires constrain it.
+		*ps = peerSpec{requires: ps.requires}
+		if len(ps.requires) > 0 {
+			ps.every, ps.scan = true, true
+		} else {
+			ps.any = true
+		}
+	}
+	if ps.cluster {
+		ps.scan = true
+	}
+	if !hasPeers && !hasPorts || len(s.l4s) == 0 || ps.empty() {
+		return nil
+	}
+	return s
+}
+
+// empty reports whether the spec can select no peer at all.
+func (ps *peerSpec) empty() bool {
+	return !ps.any && !ps.every && !ps.world && !ps.cluster &&
+		len(ps.selectors)+len(ps.reserved)+len(ps.cidrs) == 0
+}
+
+// namesReserved reports whether a selector names a reserved label.
+func namesReserved(sel *EndpointSelector) bool {
+	for _, k := range sel.keys() {
+		if source, _ := splitKey(k); source == labels.SourceReserved {
+			return true
+		}
+	}
+	return false
+}
+
+// prefix parses a CIDR of a rule and records it; IPv6 is not supported.
+func (c *compiler) prefix(ref RuleRef, s string) (netip.Prefix, bool) {
+	p, err := parseCIDR(s)
+	if err != nil {
+		c.warnf(ref, "%q is not a CIDR: ignored", s)
+		return netip.Prefix{}, false
+	}
+	if !p.Addr().Is4() {
+		c.warnf(ref, "IPv6 prefix %q ignored (IPv4 only)", s)
+		return netip.Prefix{}, false
+	}
+	p = p.Masked()
+	c.prefixes[p] = true
+	return p, true
+}
+
+// ports compiles toPorts and icmps into L4 prefixes: a rule with neither
+// allows any L4; one whose ports were all skipped allows none.
+func (c *compiler) ports(ref RuleRef, prs []PortRule, icmps []ICMPRule) []L4 {
+	if len(prs) == 0 && len(icmps) == 0 {
+		return []L4{{}}
+	}
+	var out []L4
+	seen := map[L4]bool{}
+	add := func(l4 L4) {
+		if !seen[l4] {
+			seen[l4] = true
+			out = append(out, l4)
+		}
+	}
+	for _, pr := range prs {
+		// pr.Rules (L7) and pr.ServerNames are not enforced yet: the
+		// ports are allowed at L4.
+		for _, pp := range pr.Ports {
+			var protos []uint8
+			switch pp.Protocol {
+			case ProtoTCP:
+				protos = []uint8{protoTCP}
+			case ProtoUDP:
+				protos = []uint8{protoUDP}
+			case ProtoSCTP:
+				protos = []uint8{protoSCTP}
+			case ProtoAny, "":
+				protos = []uint8{protoTCP, protoUDP, protoSCTP}
+			case ProtoICMP:
+				protos = []uint8{protoICMP}
+			case ProtoICMPv6:
+				continue // IPv4 only
+			default:
+				c.warnf(ref, "protocol %q ignored", pp.Protocol)
+				continue
+			}
+			p := pp.Port
+			if p == "" {
+				p = "0"
+			}
+			n, numeric := portNumber(p)
+			switch {
+			case !numeric:
+				c.warnf(ref, "named port %q skipped (named ports are not resolved yet)", p)
+				continue
+			case n < 0:
+				c.warnf(ref, "port %q ignored", p)
+				continue
+			case n != 0 && protos[0] == protoICMP:
+				c.warnf(ref, "port %q of ICMP ignored (ICMP has no ports; use icmps)", p)
+				continue
+			}
+			for _, proto := range protos {
+				if n == 0 {
+					add(L4{Proto: proto, PrefixLen: 8})
+					continue
+				}
+				end := n
+				if int(pp.EndPort) > n && pp.EndPort <= 65535 {
+					end = int(pp.EndPort)
+				}
+				for _, b := range portBlocks(proto, n, end) {
+					add(b)
+				}
+			}
+		}
+	}
+	for _, r := range icmps {
+		for _, f := range r.Fields {
+			if f.Family == ICMPFamilyIPv6 {
+				continue // IPv4 only
+			}
+			t, err := f.TypeNumber()
+			if err != nil {
+				c.warnf(ref, "ICMP type ignored: %v", err)
+				continue
+			}
+			add(L4{Proto: protoICMP, Port: uint16(t), PrefixLen: 24})
+		}
+	}
+	return out
+}
+
+// portBlocks splits ports lo..hi of proto into the fewest aligned
+// power-of-two blocks.
+func portBlocks(proto uint8, lo, hi int) []L4 {
+	var out []L4
+	for lo <= hi {
+		bits := 0
+		for bits < 16 {
+			next := 1 << (bits + 1)
+			if lo%next != 0 || lo+next-1 > hi {
+				break
+			}
+			bits++
+		}
+		out = append(out, L4{Proto: proto, Port: uint16(lo), PrefixLen: uint8(24 - bits)})
+		lo += 1 << bits
+	}
+	return out
+}
+
+// String lists the change one write per line, for debugging and test
+// failures.
+func (c Change) String() string {
+	var b strings.Builder
+	ups := slices.SortedFunc(maps.Keys(c.Upserts), compareKeys)
+	for _, k := range ups {
+		v := c.Upserts[k]
+		verdict := "allow"
+		if v.Deny {
+			verdict = "deny"
+		}
+		fmt.Fprintf(&b, "+%s %s (%s)\n", k, verdict, v.Rule)
+	}
+	for _, k := range c.Deletes {
+		fmt.Fprintf(&b, "-%s\n", k)
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.Enforcement)) {
+		e := c.Enforcement[id]
+		fmt.Fprintf(&b, "ep %d enforce ingress=%t egress=%t\n", id, e.IngressEnforced, e.EgressEnforced)
+	}
+	for _, p := range slices.SortedFunc(maps.Keys(c.CIDRUpserts), comparePrefixes) {
+		fmt.Fprintf(&b, "+cidr %s = %d\n", p, uint32(c.CIDRUpserts[p]))
+	}
+	for _, p := range c.CIDRDeletes {
+		fmt.Fprintf(&b, "-cidr %s\n", p)
+	}
+	return b.String()
+}

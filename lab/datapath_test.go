@@ -1,0 +1,431 @@
+package lab_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+// inNS runs f with the calling thread in the namespace at path; sockets
+// made inside stay in that namespace.
+func inNS(t testing.TB, path string, f func() error) error {
+	t.Helper()
+	return ns.WithNetNSPath(path, func(ns.NetNS) error { return f() })
+}
+
+// serve starts TCP and UDP echo listeners on port in a namespace, closed at cleanup.
+func serve(t testing.TB, path string, port int) {
+	t.Helper()
+	err := inNS(t, path, func() error {
+		ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
+		if err != nil {
+			return err
+		}
+		pc, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		t.Cleanup(func() { ln.Close(); pc.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); buf := make([]byte, 64); n, _ := c.Read(buf); c.Write(buf[:n]) }()
+			}
+		}()
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				n, a, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(buf[:n], a)
+			}
+		}()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("serve %d in %s: %v", port, path, err)
+	}
+}
+
+// reach reports whether a TCP or UDP exchange from the namespace at path to
+// ip:port completes within the timeout.
+func reach(t testing.TB, path, proto, ip string, port int) bool {
+	t.Helper()
+	var ok bool
+	inNS(t, path, func() error {
+		c, err := net.DialTimeout(proto+"4", fmt.Sprintf("%s:%d", ip, port), 1500*time.Millisecond)
+		if err != nil {
+			return nil
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return nil
+		}
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		ok = err == nil && string(buf[:n]) == "ping"
+		return nil
+	})
+	return ok
+}
+
+func pingOK(l *lab.Lab, from, ip string) bool {
+	cmd, err := l.PodCommand(from, "ping", "-c", "1", "-W", "1", ip)
+	if err != nil {
+		return false
+	}
+	return cmd.Run() == nil
+}
+
+const truthPolicies = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints:
+    - matchExpressions: [{key: app, operator: In, values: [api, client]}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "8080", endPort: 8090, protocol: TCP}]}]
+  - fromEntities: [cluster]
+    icmps: [{fields: [{type: 8}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: api}}]
+  - toCIDRSet: [{cidr: 192.168.100.0/24, except: [192.168.100.3/32]}]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+  - toEntities: [host]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  ingress:
+  - fromEndpoints:
+    - matchExpressions: [{key: app, operator: In, values: [web, api]}]
+    toPorts: [{ports: [{port: "9000", protocol: ANY}]}]
+`
+
+// The policy truth table: real TCP, UDP and ICMP between four pods and two
+// external hosts, each flow allowed or dropped by the programs in the kernel.
+// Drop events reach `filament monitor` for denied flows only.
+func TestPolicyTruthTable(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	pods := map[string]*lab.Pod{}
+	for _, p := range []struct{ name, labels string }{{"web", "app=web"}, {"api", "app=api"}, {"db", "app=db"}, {"client", "app=client"}} {
+		pods[p.name] = labtest.Pod(t, l, "n1", p.name, p.labels)
+	}
+	ext2, err := l.AddExternal("n1", "ext2", "192.168.100.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext3, err := l.AddExternal("n1", "ext3", "192.168.100.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsOf := func(name string) string {
+		if p, ok := pods[name]; ok {
+			return lab.NetNSPath(p.NetNS)
+		}
+		for _, x := range l.Externals {
+			if x.Name == name {
+				return lab.NetNSPath(x.NetNS)
+			}
+		}
+		t.Fatalf("no %s", name)
+		return ""
+	}
+	ipOf := map[string]string{"ext2": ext2.IP, "ext3": ext3.IP}
+	for n, p := range pods {
+		ipOf[n] = p.IP
+	}
+	for _, p := range []string{"db", "api", "client", "web"} {
+		for _, port := range []int{5432, 5433, 8085, 8091, 9000, 9001, 80} {
+			serve(t, nsOf(p), port)
+		}
+	}
+	for _, x := range []string{"ext2", "ext3"} {
+		serve(t, nsOf(x), 53)
+		serve(t, nsOf(x), 54)
+	}
+	// Before any policy everything flows.
+	if !reach(t, nsOf("web"), "tcp", ipOf["db"], 5432) {
+		t.Fatal("web cannot reach db before any policy")
+	}
+
+	dir := t.TempDir()
+	pf := filepath.Join(dir, "p.yaml")
+	os.WriteFile(pf, []byte(truthPolicies), 0o600)
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "import", pf); err != nil {
+		t.Fatalf("import: %v %s", err, out)
+	}
+
+	n, _ := l.Node("n1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var events []monitor.Event
+	mctx, mcancel := context.WithCancel(ctx)
+	monDone := make(chan struct{})
+	go func() {
+		defer close(monDone)
+		api.NewClient(n.Socket).Monitor(mctx, 0, "", func(ev monitor.Event) {
+			mu.Lock()
+			events = append(events, ev)
+			mu.Unlock()
+		})
+	}()
+	time.Sleep(300 * time.Millisecond) // let the monitor subscribe
+
+	flows := []struct {
+		src, dst, proto string
+		port            int
+		allow           bool
+		why             string
+	}{
+		{"api", "db", "tcp", 5432, true, "db allows api on 5432"},
+		{"client", "db", "tcp", 5432, false, "ingressDeny of client wins over the allow"},
+		{"web", "db", "tcp", 5432, false, "web egress does not allow db"},
+		{"api", "db", "tcp", 5433, false, "port not allowed"},
+		{"api", "db", "udp", 5432, false, "protocol not allowed"},
+		{"web", "api", "tcp", 8085, true, "in the 8080-8090 range"},
+		{"web", "api", "tcp", 8091, false, "outside the range"},
+		{"client", "api", "tcp", 8085, false, "only web may use the range"},
+		{"api", "client", "tcp", 9000, true, "matchExpressions In [web, api], ANY"},
+		{"api", "client", "udp", 9000, true, "ANY includes UDP"},
+		{"db", "client", "tcp", 9000, false, "db is not In [web, api]"},
+		{"api", "client", "tcp", 9001, false, "port not allowed"},
+		{"web", "client", "tcp", 9000, false, "web egress does not allow client"},
+		{"client", "web", "tcp", 80, true, "web ingress is not enforced"},
+		{"web", "ext2", "udp", 53, true, "CIDR 192.168.100.0/24 UDP 53"},
+		{"web", "ext3", "udp", 53, false, "the except /32"},
+		{"web", "ext2", "udp", 54, false, "port not allowed"},
+		{"web", "ext2", "tcp", 53, false, "protocol not allowed"},
+		{"ext2", "db", "tcp", 5432, false, "world is not allowed into db"},
+		{"ext2", "web", "tcp", 80, true, "web ingress is not enforced"},
+	}
+	results := make([]bool, len(flows))
+	var wg sync.WaitGroup
+	for i, f := range flows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = reach(t, nsOf(f.src), f.proto, ipOf[f.dst], f.port)
+		}()
+	}
+	wg.Wait()
+	for i, f := range flows {
+		if results[i] != f.allow {
+			t.Errorf("%s -> %s %s/%d: reached=%v, want %v (%s)", f.src, f.dst, f.proto, f.port, results[i], f.allow, f.why)
+		}
+	}
+	// ICMP: api allows echo from the cluster only.
+	icmp := []struct {
+		src, dst string
+		allow    bool
+	}{{"client", "api", true}, {"web", "api", true}, {"ext2", "api", false}, {"client", "db", false}}
+	for _, c := range icmp {
+		var got bool
+		if strings.HasPrefix(c.src, "ext") {
+			cmd, _ := l.ExternalCommand(c.src, "ping", "-c", "1", "-W", "1", ipOf[c.dst])
+			got = cmd.Run() == nil
+		} else {
+			got = pingOK(l, c.src, ipOf[c.dst])
+		}
+		if got != c.allow {
+			t.Errorf("ping %s -> %s: %v, want %v", c.src, c.dst, got, c.allow)
+		}
+	}
+
+	time.Sleep(500 * time.Millisecond)
+	mcancel()
+	<-monDone
+	mu.Lock()
+	defer mu.Unlock()
+	dropped := map[string]bool{}
+	for _, ev := range events {
+		if ev.Type == "drop" {
+			dropped[fmt.Sprintf("%s>%s:%d/%s", ev.Src.Addr(), ev.Dst.Addr(), ev.Dst.Port(), ev.Protocol)] = true
+			if len(ev.SrcLabels) == 0 && ev.SrcIdentity > 255 {
+				t.Errorf("drop event without source labels: %+v", ev)
+			}
+		}
+	}
+	for i, f := range flows {
+		key := fmt.Sprintf("%s>%s:%d/%s", ipOf[f.src], ipOf[f.dst], f.port, strings.ToUpper(f.proto))
+		if !f.allow && !dropped[key] {
+			t.Errorf("no drop event in monitor for denied flow %s -> %s %s/%d", f.src, f.dst, f.proto, f.port)
+		}
+		if f.allow && results[i] && dropped[key] {
+			t.Errorf("drop event for allowed flow %s -> %s %s/%d", f.src, f.dst, f.proto, f.port)
+		}
+	}
+
+	// Deleting a policy lifts its enforcement.
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "delete", "default/web"); err != nil {
+		t.Fatalf("delete: %v %s", err, out)
+	}
+	if !reach(t, nsOf("web"), "tcp", ipOf["client"], 9000) {
+		t.Error("web egress still enforced after its policy was deleted")
+	}
+}
+
+// An established TCP stream between two pods keeps flowing while the agent
+// restarts (pinned maps and links stay; the new agent replaces the programs
+// atomically), and the restarted agent removes leftover map entries.
+func TestAgentRestartKeepsTCPStreamAndReconciles(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	a := labtest.Pod(t, l, "n1", "a", "app=a")
+	b := labtest.Pod(t, l, "n1", "b", "app=b")
+	pf := filepath.Join(t.TempDir(), "p.yaml")
+	os.WriteFile(pf, []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "7000", protocol: TCP}]}]
+`), 0o600)
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "import", pf); err != nil {
+		t.Fatalf("import: %v %s", err, out)
+	}
+	var total int64
+	var tmu sync.Mutex
+	var ln net.Listener
+	if err := inNS(t, lab.NetNSPath(b.NetNS), func() (err error) { ln, err = net.Listen("tcp4", ":7000"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	serverErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			serverErr <- err
+			return
+		}
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			tmu.Lock()
+			total += int64(n)
+			tmu.Unlock()
+			if err != nil {
+				serverErr <- err
+				return
+			}
+		}
+	}()
+	var conn net.Conn
+	if err := inNS(t, lab.NetNSPath(a.NetNS), func() (err error) {
+		conn, err = net.DialTimeout("tcp4", b.IP+":7000", 2*time.Second)
+		return
+	}); err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	stop := make(chan struct{})
+	writeErr := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 1024)
+		for {
+			select {
+			case <-stop:
+				writeErr <- nil
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			conn.SetWriteDeadline(time.Now().Add(3 * time.Second))
+			if _, err := conn.Write(chunk); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+	}()
+	got := func() int64 { tmu.Lock(); defer tmu.Unlock(); return total }
+	waitGrowth := func(phase string) {
+		t.Helper()
+		start := got()
+		deadline := time.Now().Add(3 * time.Second)
+		for got() < start+20*1024 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: stream stalled at %d bytes", phase, got())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitGrowth("before restart")
+
+	// A leftover the restarted agent must remove: an ipcache entry nobody wants.
+	ipc, err := ebpfLoadPinned(filepath.Join(lab.Root, l.Name, "bpffs", "filament", "n1", "ipcache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ipcPut(ipc, "203.0.113.7", 32, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StopAgent("n1"); err != nil {
+		t.Fatal(err)
+	}
+	waitGrowth("agent stopped")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.StartAgent(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	waitGrowth("after restart")
+	close(stop)
+	if err := <-writeErr; err != nil {
+		t.Fatalf("the stream broke across the restart: %v", err)
+	}
+	select {
+	case err := <-serverErr:
+		t.Fatalf("server side ended: %v", err)
+	default:
+	}
+	if ipcHas(ipc, "203.0.113.7", 32) {
+		t.Fatal("restarted agent left a stale ipcache entry")
+	}
+	ipc.Close()
+	// Policy is still enforced after the restart: a second pod c is refused.
+	c := labtest.Pod(t, l, "n1", "c", "app=c")
+	if reach(t, lab.NetNSPath(c.NetNS), "tcp", b.IP, 7000) {
+		t.Fatal("policy not enforced after restart")
+	}
+}
