@@ -46,22 +46,33 @@ test: deps build
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-# A lab node with three pods; leaves the lab up for exploring.
+# A lab node with pods, a policy enforced in the kernel, and a denied flow
+# in filament monitor; leaves the lab up for exploring.
 demo: deps build
 	@bin/filament-lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
 	bin/filament-lab up --name $(DEMO_LAB) --nodes 1
 	bin/filament-lab pod add --name $(DEMO_LAB) n1 web-1 --labels app=web,tier=frontend
 	bin/filament-lab pod add --name $(DEMO_LAB) n1 web-2 --labels app=web,tier=frontend
 	bin/filament-lab pod add --name $(DEMO_LAB) n1 db-1 --labels app=db,tier=backend
+	bin/filament-lab pod add --name $(DEMO_LAB) n1 other-1 --labels app=other
 	@echo; echo "== filament endpoint list (on node n1)"
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament endpoint list
 	@echo; echo "== filament identity list"
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament identity list
-	@echo; echo "== web-1 pings db-1"
-	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- ping -c 2 -W 2 $$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="db-1") | .ip')
-	@echo; echo "== a policy is imported, validated and stored (enforcement comes with the datapath)"
+	@echo; echo "== policy: db accepts PostgreSQL and ping from web only (enforced by the eBPF programs)"
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy import docs/examples/allow-web-to-db.yaml
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy get
+	@db=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="db-1") | .ip'); \
+	mon=$$(mktemp); \
+	timeout 6 bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament monitor > $$mon 2>&1 & \
+	sleep 1; \
+	echo; echo "== web-1 pings db-1 (allowed)"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- ping -c 2 -W 1 $$db; \
+	echo; echo "== other-1 pings db-1 (denied)"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) other-1 -- ping -c 2 -W 1 $$db || true; \
+	wait; echo; echo "== filament monitor saw:"; cat $$mon; rm -f $$mon
+	@echo; echo "== filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8"
+	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8
 	@echo; echo "== filament status"
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament status
 	@echo; echo "The lab stays up: try 'bin/filament-lab status --name $(DEMO_LAB)'; remove it with 'make demo-down'."
@@ -72,7 +83,9 @@ demo-down:
 # Benchmarks print each figure beside its baseline from the same run.
 bench: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root" >&2; exit 1; fi
-	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 2s ./agent/identity/ 
+	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 2s ./agent/identity/
+	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 3x ./bpf/
+	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench Resolve -benchtime 3x ./agent/policy/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 1x ./lab/
 
 lint:

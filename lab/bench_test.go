@@ -80,8 +80,7 @@ func BenchmarkPodThroughput(b *testing.B) {
 	l := labtest.Up(b, 1, 24)
 	labtest.Pod(b, l, "n1", "client", "app=client")
 	srv := labtest.Pod(b, l, "n1", "server", "app=server")
-	pf := filepath.Join(b.TempDir(), "p.yaml")
-	os.WriteFile(pf, []byte(`apiVersion: cilium.io/v2
+	labtest.ImportPolicy(b, l, "n1", `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: server}
 spec:
@@ -89,10 +88,7 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "5201", protocol: TCP}]}]
-`), 0o600)
-	if out, err := labtest.NodeRun(b, l, "n1", "filament", "policy", "import", pf); err != nil {
-		b.Fatalf("import: %v %s", err, out)
-	}
+`)
 	sc, _ := l.PodCommand("server", "iperf3", "-s", "-p", "5201")
 	if err := sc.Start(); err != nil {
 		b.Fatal(err)

@@ -81,6 +81,7 @@ type External struct {
 type Lab struct {
 	Name      string     `json:"name"`
 	BinDir    string     `json:"binDir"`
+	AgentArgs []string   `json:"agentArgs,omitempty"`
 	Created   string     `json:"created"`
 	Nodes     []Node     `json:"nodes"`
 	Pods      []Pod      `json:"pods"`
@@ -96,6 +97,8 @@ type Options struct {
 	BinDir string // where filament-agent, filament-cni and filament live
 	// PodPrefixLen of each node's pod CIDR 10.244.<node>.0/<len> (default 24).
 	PodPrefixLen int
+	// AgentArgs are extra flags for every node's agent.
+	AgentArgs []string
 }
 
 func labDir(name string) string { return filepath.Join(Root, name) }
@@ -188,7 +191,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if _, err := os.Stat(filepath.Join(labDir(o.Name), "lab.json")); err == nil {
 		return nil, fmt.Errorf("%w: lab %q is up (filament-lab down --name %s first)", ErrExists, o.Name, o.Name)
 	}
-	l := &Lab{Name: o.Name, BinDir: o.BinDir, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
+	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
 	if err := l.save(); err != nil {
 		return nil, err
 	}
@@ -243,9 +246,10 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", "netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-agent"),
+	args := append([]string{"netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-agent"),
 		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--state-dir", n.StateDir, "--api-socket", n.Socket,
-		"--embedded-etcd-unsafe-no-fsync", "--bpf-root", l.bpffs())
+		"--embedded-etcd-unsafe-no-fsync", "--bpf-root", l.bpffs()}, l.AgentArgs...)
+	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

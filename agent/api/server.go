@@ -381,7 +381,11 @@ func (s *Server) traceSide(ep uint16, ls []string, side string) (labels.Labels, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %sLabels: %v", errBadRequest, side, err)
 	}
-	return out, nil
+	// Pods live in a namespace: without one given, the default namespace.
+	if _, ok := out.Get(labels.KeyNamespace); !ok {
+		out, err = out.With(labels.Label{Source: labels.SourceK8s, Key: labels.KeyNamespace, Value: "default"})
+	}
+	return out, err
 }
 
 func (s *Server) trace(w http.ResponseWriter, r *http.Request) {

@@ -17,20 +17,30 @@ const SocketEnv = "FILAMENT_API_SOCKET"
 
 // Status is the agent's state in brief.
 type Status struct {
-	Version     string        `json:"version"`
-	NodeName    string        `json:"nodeName"`
-	ClusterName string        `json:"clusterName"`
-	ClusterID   uint32        `json:"clusterID"`
-	PodCIDR     string        `json:"podCIDR"`
-	Gateway     string        `json:"gateway"`
-	StateDir    string        `json:"stateDir"`
-	Uptime      Duration      `json:"uptime"`
-	Kvstore     KvstoreStatus `json:"kvstore"`
-	Endpoints   int           `json:"endpoints"`
-	Identities  int           `json:"identities"`
-	Policies    int           `json:"policies"`
-	PolicyRev   uint64        `json:"policyRevision"`
-	IPAM        IPAMStatus    `json:"ipam"`
+	Version     string         `json:"version"`
+	NodeName    string         `json:"nodeName"`
+	ClusterName string         `json:"clusterName"`
+	ClusterID   uint32         `json:"clusterID"`
+	PodCIDR     string         `json:"podCIDR"`
+	Gateway     string         `json:"gateway"`
+	StateDir    string         `json:"stateDir"`
+	Uptime      Duration       `json:"uptime"`
+	Kvstore     KvstoreStatus  `json:"kvstore"`
+	Endpoints   int            `json:"endpoints"`
+	Identities  int            `json:"identities"`
+	Policies    int            `json:"policies"`
+	PolicyRev   uint64         `json:"policyRevision"`
+	IPAM        IPAMStatus     `json:"ipam"`
+	Datapath    DatapathStatus `json:"datapath"`
+}
+
+// DatapathStatus describes the node's eBPF datapath.
+type DatapathStatus struct {
+	EnforcementMode  string `json:"enforcementMode"`
+	Attach           string `json:"attach"`
+	PinDir           string `json:"pinDir"`
+	PolicyEntries    int    `json:"policyEntries"`
+	ConntrackEntries int    `json:"conntrackEntries"`
 }
 
 // KvstoreStatus says which etcd the agent uses and whether it answers.

@@ -250,6 +250,9 @@ func run(parent context.Context, cfg config.Config) error {
 				IPAM: api.IPAMStatus{Used: pool.Used(), Capacity: pool.Capacity()},
 				Kvstore: api.KvstoreStatus{Embedded: embeddedEtcd, Endpoints: kvcfg.Endpoints, Healthy: true,
 					LeaseID: fmt.Sprintf("%x", lease.ID())},
+				Datapath: api.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
+					PinDir: datapath.PinDir(cfg.BPFRoot, cfg.NodeName), PolicyEntries: engine.PolicyEntries(),
+					ConntrackEntries: dp.ConntrackEntries()},
 			}
 			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()

@@ -59,13 +59,13 @@ func BinDir(t testing.TB) string {
 
 // Up starts a lab of nodes for t (pod CIDRs /prefixLen; 0 means /24) and
 // removes it at cleanup, failing t if namespaces or files are left behind.
-func Up(t testing.TB, nodes, prefixLen int) *lab.Lab {
+func Up(t testing.TB, nodes, prefixLen int, agentArgs ...string) *lab.Lab {
 	t.Helper()
 	testutil.RequireRoot(t)
 	name := fmt.Sprintf("t%x", rand.Uint32())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: BinDir(t), PodPrefixLen: prefixLen})
+	l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: BinDir(t), PodPrefixLen: prefixLen, AgentArgs: agentArgs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,4 +146,17 @@ func NetNS(t testing.TB, name string) string {
 	}
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
 	return lab.NetNSPath(name)
+}
+
+// ImportPolicy writes doc to a file and imports it on node with
+// `filament policy import`, failing t on error.
+func ImportPolicy(t testing.TB, l *lab.Lab, node, doc string) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := NodeRun(t, l, node, "filament", "policy", "import", p); err != nil {
+		t.Fatalf("policy import: %v %s", err, out)
+	}
 }

@@ -106,8 +106,10 @@ func (p *Plumber) Setup(ctx context.Context, r endpoint.PlumbRequest) (res endpo
 	for _, s := range [][2]string{
 		{"net/ipv4/conf/" + r.HostIfName + "/rp_filter", "0"},
 		{"net/ipv4/conf/" + r.HostIfName + "/forwarding", "1"},
+		// IPv4 only: no link-local IPv6 chatter from the node into pods.
+		{"net/ipv6/conf/" + r.HostIfName + "/disable_ipv6", "1"},
 	} {
-		if err := writeSysctl(s[0], s[1]); err != nil {
+		if err := writeSysctl(s[0], s[1]); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return res, err
 		}
 	}

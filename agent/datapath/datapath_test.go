@@ -1,0 +1,160 @@
+package datapath_test
+
+import (
+	"net/netip"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/bpf"
+	"github.com/filament-net/filament/internal/testutil"
+)
+
+func load(t *testing.T) *datapath.Datapath {
+	t.Helper()
+	testutil.RequireRoot(t)
+	root := t.TempDir()
+	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dp.Close()
+		unix.Unmount(root, unix.MNT_DETACH)
+	})
+	return dp
+}
+
+func ident(t *testing.T, id uint32, ls ...string) identity.Identity {
+	l, err := labels.ParseList(ls...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return identity.Identity{ID: identity.NumericIdentity(id), Labels: l}
+}
+
+const pol = `apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}, {port: "8000", endPort: 8003, protocol: UDP}]}]
+`
+
+// A new identity, endpoint or rule writes only the entries it affects: the
+// writes that reach the kernel map are counted.
+func TestIncrementalMapWrites(t *testing.T) {
+	dp := load(t)
+	res := policy.NewResolver(policy.ModeDefault)
+	ps, err := policy.Parse([]byte(pol))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(c policy.Change) int {
+		t.Helper()
+		n, err := dp.ApplyPolicy(c.Upserts, c.Deletes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for i := uint32(0); i < 20; i++ {
+		apply(res.UpsertIdentity(ident(t, 0x10100+i, "app=other", "n="+string(rune('a'+i)))))
+	}
+	db := ident(t, 0x10200, "app=db")
+	apply(res.UpsertIdentity(db))
+	apply(res.UpsertIdentity(ident(t, 0x10300, "app=api", "v=1")))
+	apply(res.SetPolicies(ps))
+	if n := apply(res.UpsertEndpoint(policy.EndpointInfo{ID: 1, Identity: db.ID, Labels: db.Labels})); n != 2 {
+		t.Fatalf("new endpoint: %d writes, want 2 (TCP 5432, one UDP 8000-8003 block for the one api identity)", n)
+	}
+	before := dp.PolicyWrites()
+	// A second api identity: two entries for it, nothing else.
+	if n := apply(res.UpsertIdentity(ident(t, 0x10301, "app=api", "v=2"))); n != 2 {
+		t.Fatalf("new matching identity: %d writes, want 2", n)
+	}
+	// An identity no rule selects: no write at all.
+	if n := apply(res.UpsertIdentity(ident(t, 0x10400, "app=unrelated"))); n != 0 {
+		t.Fatalf("unrelated identity: %d writes, want 0", n)
+	}
+	if got := dp.PolicyWrites() - before; got != 2 {
+		t.Fatalf("map writes counted %d, want 2", got)
+	}
+	entries, err := dp.PolicyEntries()
+	if err != nil || len(entries) != 4 {
+		t.Fatalf("policy map holds %d entries (%v), want 4", len(entries), err)
+	}
+	// Deleting the identity deletes exactly its entries.
+	if n := apply(res.DeleteIdentity(0x10301)); n != 2 {
+		t.Fatalf("deleted identity: %d writes, want 2", n)
+	}
+	// Re-applying the same policies writes nothing.
+	if n := apply(res.SetPolicies(ps)); n != 0 {
+		t.Fatalf("unchanged policies: %d writes", n)
+	}
+}
+
+// Expired conntrack entries are collected; live ones stay.
+func TestConntrackGC(t *testing.T) {
+	dp := load(t)
+	ct := dp.Objects().Conntrack
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	now := uint64(ts.Nano())
+	old := bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}
+	live := bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}
+	if err := ct.Put(&old, &bpf.DatapathCtEntry{Expires: now - 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ct.Put(&live, &bpf.DatapathCtEntry{Expires: now + 60e9}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := dp.GCConntrack()
+	if err != nil || n != 1 {
+		t.Fatalf("gc removed %d (%v), want 1", n, err)
+	}
+	var e bpf.DatapathCtEntry
+	if ct.Lookup(&old, &e) == nil || ct.Lookup(&live, &e) != nil {
+		t.Fatal("gc removed the wrong entry")
+	}
+	if dp.ConntrackEntries() != 1 {
+		t.Fatalf("live entries: %d", dp.ConntrackEntries())
+	}
+}
+
+// Maps are pinned: a second load (a restarted agent) sees the first one's entries.
+func TestMapsSurviveReload(t *testing.T) {
+	testutil.RequireRoot(t)
+	root := t.TempDir()
+	defer unix.Unmount(root, unix.MNT_DETACH)
+	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := netipPrefix("10.1.2.0/24")
+	if err := dp.UpsertIPCache(p, 77); err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	dp2, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	got, err := dp2.IPCache()
+	if err != nil || got[p] != 77 {
+		t.Fatalf("after reload: %v %v", got, err)
+	}
+	if _, err := os.Stat(datapath.PinDir(root, "t")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func netipPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
