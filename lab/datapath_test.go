@@ -141,6 +141,8 @@ spec:
   - fromEndpoints:
     - matchExpressions: [{key: app, operator: In, values: [web, api]}]
     toPorts: [{ports: [{port: "9000", protocol: ANY}]}]
+  - fromEntities: [world]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `
 
 // The policy truth table: real TCP, UDP and ICMP between four pods and two
@@ -172,7 +174,8 @@ func TestPolicyTruthTable(t *testing.T) {
 		t.Fatalf("no %s", name)
 		return ""
 	}
-	ipOf := map[string]string{"ext2": ext2.IP, "ext3": ext3.IP}
+	n, _ := l.Node("n1")
+	ipOf := map[string]string{"ext2": ext2.IP, "ext3": ext3.IP, "host": "10.244.1.1"}
 	for n, p := range pods {
 		ipOf[n] = p.IP
 	}
@@ -181,6 +184,7 @@ func TestPolicyTruthTable(t *testing.T) {
 			serve(t, nsOf(p), port)
 		}
 	}
+	serve(t, lab.NetNSPath(n.NetNS), 80) // the node itself (entity host)
 	for _, x := range []string{"ext2", "ext3"} {
 		serve(t, nsOf(x), 53)
 		serve(t, nsOf(x), 54)
@@ -192,7 +196,6 @@ func TestPolicyTruthTable(t *testing.T) {
 
 	labtest.ImportPolicy(t, l, "n1", truthPolicies)
 
-	n, _ := l.Node("n1")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var mu sync.Mutex
@@ -235,6 +238,11 @@ func TestPolicyTruthTable(t *testing.T) {
 		{"web", "ext2", "tcp", 53, false, "protocol not allowed"},
 		{"ext2", "db", "tcp", 5432, false, "world is not allowed into db"},
 		{"ext2", "web", "tcp", 80, true, "web ingress is not enforced"},
+		{"ext2", "client", "tcp", 80, true, "client allows world on 80"},
+		{"ext3", "client", "tcp", 80, true, "world includes every CIDR identity"},
+		{"ext2", "client", "tcp", 9000, false, "world only on 80"},
+		{"db", "client", "tcp", 80, false, "db is not world"},
+		{"web", "host", "tcp", 80, true, "web egress allows the host entity"},
 	}
 	results := make([]bool, len(flows))
 	var wg sync.WaitGroup
