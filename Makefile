@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/filament-net/filament/internal/version.Version=$(VERSION)
-BINS := filament-agent filament filament-cni filament-lab
+BINS := filament-agent filament filament-cni filament-lab filament-clustermesh-apiserver
 DEMO_LAB ?= demo
 
 # command:package pairs installed by `deps` when the command is missing.

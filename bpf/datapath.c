@@ -35,7 +35,8 @@ enum reason {
 	REASON_FRAGMENT = 5,        // non-first IPv4 fragment (not supported)
 	REASON_UNSUPPORTED_L3 = 6,  // IPv6 and other non-IPv4 traffic from a pod
 	REASON_BAD_SOURCE = 7,      // source address is not the endpoint's
-	REASON_MAX = 8,
+	REASON_TUNNEL_SOURCE = 8,   // encapsulated packet from an address that is not a known node
+	REASON_MAX = 9,
 };
 
 enum event_type {
@@ -132,6 +133,12 @@ struct counter {
 	__u64 bytes;
 };
 
+// Node-wide settings written by the agent (one entry).
+struct node_config {
+	__u32 vxlan_ifindex; // 0 = no tunnel (native routing)
+	__u32 pad;
+};
+
 struct event {
 	__u64 ts;
 	__u8 type;
@@ -189,6 +196,22 @@ struct {
 } counters SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+} config SEC(".maps");
+
+// nodes: underlay addresses of the cluster's known nodes; encapsulated
+// traffic is accepted only from these.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} nodes SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
@@ -203,6 +226,7 @@ const struct ct_key *unused_ck __attribute__((unused));
 const struct ct_entry *unused_ce __attribute__((unused));
 const struct counter *unused_counter __attribute__((unused));
 const struct event *unused_event __attribute__((unused));
+const struct node_config *unused_config __attribute__((unused));
 
 // A parsed IPv4 packet.
 struct pkt {
@@ -431,10 +455,15 @@ static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 pee
 	return reason;
 }
 
-static __always_inline __u32 lookup_identity(__u32 addr)
+static __always_inline struct ipcache_value *lookup_ipcache(__u32 addr)
 {
 	struct ipcache_key k = {.prefixlen = 32, .ip = addr};
-	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	return bpf_map_lookup_elem(&ipcache, &k);
+}
+
+static __always_inline __u32 lookup_identity(__u32 addr)
+{
+	struct ipcache_value *v = lookup_ipcache(addr);
 	return v ? v->identity : IDENTITY_WORLD;
 }
 
@@ -444,6 +473,23 @@ static __always_inline int drop(struct __sk_buff *skb, int reason, __u8 dir, __u
 	count(reason, dir, skb->len);
 	emit(EVENT_DROP, reason, dir, ep_id, peer_ep, src_id, dst_id, p, skb->ifindex);
 	return TC_ACT_SHOT;
+}
+
+// encap sends the packet to a pod on another node through the VXLAN device,
+// with the source's security identity as the VNI.
+static __always_inline int encap(struct __sk_buff *skb, __u32 tunnel_ip, __u32 identity)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->vxlan_ifindex)
+		return TC_ACT_OK;
+	struct bpf_tunnel_key key = {};
+	key.remote_ipv4 = bpf_ntohl(tunnel_ip);
+	key.tunnel_id = identity & 0xffffff;
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
 SEC("tc")
@@ -465,7 +511,8 @@ int from_container(struct __sk_buff *skb)
 
 	__u32 daddr = p.daddr;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
-	__u32 dst_id = dst ? dst->identity : lookup_identity(daddr);
+	struct ipcache_value *remote = dst ? 0 : lookup_ipcache(daddr);
+	__u32 dst_id = dst ? dst->identity : (remote ? remote->identity : IDENTITY_WORLD);
 	__u16 dst_ep = dst ? dst->ep_id : 0;
 
 	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex);
@@ -474,6 +521,8 @@ int from_container(struct __sk_buff *skb)
 
 	if (!dst) {
 		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		if (remote && remote->tunnel_ip)
+			return encap(skb, remote->tunnel_ip, src->identity);
 		return TC_ACT_OK; // the node routes it
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
@@ -514,6 +563,48 @@ int to_container(struct __sk_buff *skb)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, src_ep, src_id, dst->identity, &p);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
+}
+
+// from_overlay: tc ingress of the VXLAN device. Only known nodes may send
+// encapsulated traffic; the VNI carries the source identity, and the
+// destination pod's ingress policy is enforced with it before delivery.
+SEC("tc")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct pkt p = {};
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop(skb, REASON_INVALID, DIR_INGRESS, 0, 0, 0, 0, &p);
+	__u32 outer = bpf_htonl(key.remote_ipv4);
+	__u32 src_id = key.tunnel_id;
+	int r = parse(skb, &p);
+	if (!bpf_map_lookup_elem(&nodes, &outer)) {
+		p.len = skb->len;
+		return drop(skb, REASON_TUNNEL_SOURCE, DIR_INGRESS, 0, 0, src_id, 0, &p);
+	}
+	if (r < 0) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, 0, 0, src_id, 0, &p);
+	__u32 daddr = p.daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (!dst) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, &p);
+	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
+		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, &p);
+	// The inner frame was addressed to the sending node's gateway MAC, so
+	// the VXLAN device marked it for another host; it is for our pod now.
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -86,6 +86,12 @@ type DatapathIpcacheValue struct {
 	Pad      [3]uint8
 }
 
+type DatapathNodeConfig struct {
+	_            structs.HostLayout
+	VxlanIfindex uint32
+	Pad          uint32
+}
+
 type DatapathPolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -109,16 +115,20 @@ type DatapathPolicyValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	DatapathMapConfig         = "config"
 	DatapathMapConntrack      = "conntrack"
 	DatapathMapCounters       = "counters"
 	DatapathMapEndpoints      = "endpoints"
 	DatapathMapEvents         = "events"
 	DatapathMapIpcache        = "ipcache"
+	DatapathMapNodes          = "nodes"
 	DatapathMapPolicy         = "policy"
 	DatapathProgFromContainer = "from_container"
+	DatapathProgFromOverlay   = "from_overlay"
 	DatapathProgToContainer   = "to_container"
 	DatapathVarUnusedCe       = "unused_ce"
 	DatapathVarUnusedCk       = "unused_ck"
+	DatapathVarUnusedConfig   = "unused_config"
 	DatapathVarUnusedCounter  = "unused_counter"
 	DatapathVarUnusedEp       = "unused_ep"
 	DatapathVarUnusedEvent    = "unused_event"
@@ -171,6 +181,7 @@ type DatapathSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
 }
 
@@ -178,11 +189,13 @@ type DatapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
+	Config    *ebpf.MapSpec `ebpf:"config"`
 	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
+	Nodes     *ebpf.MapSpec `ebpf:"nodes"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
 }
 
@@ -192,6 +205,7 @@ type DatapathMapSpecs struct {
 type DatapathVariableSpecs struct {
 	UnusedCe      *ebpf.VariableSpec `ebpf:"unused_ce"`
 	UnusedCk      *ebpf.VariableSpec `ebpf:"unused_ck"`
+	UnusedConfig  *ebpf.VariableSpec `ebpf:"unused_config"`
 	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEp      *ebpf.VariableSpec `ebpf:"unused_ep"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -221,21 +235,25 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
+	Config    *ebpf.Map `ebpf:"config"`
 	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
+	Nodes     *ebpf.Map `ebpf:"nodes"`
 	Policy    *ebpf.Map `ebpf:"policy"`
 }
 
 func (m *DatapathMaps) Close() error {
 	return _DatapathClose(
+		m.Config,
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
 		m.Events,
 		m.Ipcache,
+		m.Nodes,
 		m.Policy,
 	)
 }
@@ -246,6 +264,7 @@ func (m *DatapathMaps) Close() error {
 type DatapathVariables struct {
 	UnusedCe      *ebpf.Variable `ebpf:"unused_ce"`
 	UnusedCk      *ebpf.Variable `ebpf:"unused_ck"`
+	UnusedConfig  *ebpf.Variable `ebpf:"unused_config"`
 	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEp      *ebpf.Variable `ebpf:"unused_ep"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
@@ -260,12 +279,14 @@ type DatapathVariables struct {
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
+	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
 }
 
 func (p *DatapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromContainer,
+		p.FromOverlay,
 		p.ToContainer,
 	)
 }

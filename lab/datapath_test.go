@@ -175,7 +175,7 @@ func TestPolicyTruthTable(t *testing.T) {
 		return ""
 	}
 	n, _ := l.Node("n1")
-	ipOf := map[string]string{"ext2": ext2.IP, "ext3": ext3.IP, "host": "10.244.1.1"}
+	ipOf := map[string]string{"ext2": ext2.IP, "ext3": ext3.IP, "host": labtest.PodAddr(t, l, "n1", 1)}
 	for n, p := range pods {
 		ipOf[n] = p.IP
 	}

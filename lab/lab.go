@@ -12,14 +12,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/ipam"
@@ -50,6 +54,7 @@ func validName(kind, s string) error {
 type Node struct {
 	Name     string `json:"name"`
 	NetNS    string `json:"netns"`
+	IP       string `json:"ip"` // underlay address
 	PodCIDR  string `json:"podCIDR"`
 	StateDir string `json:"stateDir"`
 	Socket   string `json:"socket"`
@@ -79,13 +84,19 @@ type External struct {
 
 // Lab is the recorded state of one lab.
 type Lab struct {
-	Name      string     `json:"name"`
-	BinDir    string     `json:"binDir"`
-	AgentArgs []string   `json:"agentArgs,omitempty"`
-	Created   string     `json:"created"`
-	Nodes     []Node     `json:"nodes"`
-	Pods      []Pod      `json:"pods"`
-	Externals []External `json:"externals,omitempty"`
+	Name      string   `json:"name"`
+	BinDir    string   `json:"binDir"`
+	AgentArgs []string `json:"agentArgs,omitempty"`
+	Routing   string   `json:"routing"`
+	PodPrefix int      `json:"podPrefixLen"`
+	// Underlay: a bridge in namespace flab-<lab>-ul joining the nodes and the
+	// cluster's kvstore (filament-clustermesh-apiserver in flab-<lab>-kv).
+	KvstorePID int        `json:"kvstorePID"`
+	Kvstore    string     `json:"kvstore"`
+	Created    string     `json:"created"`
+	Nodes      []Node     `json:"nodes"`
+	Pods       []Pod      `json:"pods"`
+	Externals  []External `json:"externals,omitempty"`
 
 	dir string
 }
@@ -99,6 +110,8 @@ type Options struct {
 	PodPrefixLen int
 	// AgentArgs are extra flags for every node's agent.
 	AgentArgs []string
+	// Routing between nodes: tunnel (default) or native.
+	Routing string
 }
 
 func labDir(name string) string { return filepath.Join(Root, name) }
@@ -191,7 +204,13 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if _, err := os.Stat(filepath.Join(labDir(o.Name), "lab.json")); err == nil {
 		return nil, fmt.Errorf("%w: lab %q is up (filament-lab down --name %s first)", ErrExists, o.Name, o.Name)
 	}
-	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
+	if o.Routing == "" {
+		o.Routing = "tunnel"
+	}
+	if o.Routing != "tunnel" && o.Routing != "native" {
+		return nil, fmt.Errorf("%w: --routing %q: want tunnel or native", ErrInvalid, o.Routing)
+	}
+	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, Routing: o.Routing, PodPrefix: o.PodPrefixLen, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
 	if err := l.save(); err != nil {
 		return nil, err
 	}
@@ -206,8 +225,12 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		l.teardown()
 		return nil, fmt.Errorf("mount bpffs on %s: %w", l.bpffs(), err)
 	}
+	if err := l.startUnderlay(ctx); err != nil {
+		l.teardown()
+		return nil, err
+	}
 	for i := 1; i <= o.Nodes; i++ {
-		if err := l.startNode(ctx, i, o.PodPrefixLen); err != nil {
+		if err := l.startNode(ctx, i); err != nil {
 			l.teardown()
 			return nil, err
 		}
@@ -219,11 +242,85 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	return l, nil
 }
 
-func (l *Lab) startNode(ctx context.Context, i, prefixLen int) error {
-	n := Node{
-		Name:    fmt.Sprintf("n%d", i),
-		PodCIDR: fmt.Sprintf("10.244.%d.0/%d", i, prefixLen),
+const (
+	underlayNet = "172.30.0."
+	kvstoreIP   = underlayNet + "254"
+)
+
+func (l *Lab) underlayNS() string { return fmt.Sprintf("flab-%s-ul", l.Name) }
+func (l *Lab) kvstoreNS() string  { return fmt.Sprintf("flab-%s-kv", l.Name) }
+
+// JoinUnderlay puts a veth between namespace ns (as eth0 with ip/24) and
+// the underlay bridge (as port).
+func (l *Lab) JoinUnderlay(ns, port, ip string) error {
+	for _, st := range [][]string{
+		{"-n", l.underlayNS(), "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", l.underlayNS(), "link", "set", port, "master", "br0", "up"},
+		{"-n", ns, "addr", "add", ip + "/24", "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+		{"-n", ns, "link", "set", "lo", "up"},
+	} {
+		if err := run("ip", st...); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// startUnderlay creates the bridge and runs the cluster's kvstore on it.
+func (l *Lab) startUnderlay(ctx context.Context) error {
+	for _, st := range [][]string{
+		{"netns", "add", l.underlayNS()},
+		{"-n", l.underlayNS(), "link", "add", "br0", "type", "bridge"},
+		{"-n", l.underlayNS(), "link", "set", "br0", "up"},
+		{"netns", "add", l.kvstoreNS()},
+	} {
+		if err := run("ip", st...); err != nil {
+			return err
+		}
+	}
+	if err := l.JoinUnderlay(l.kvstoreNS(), "kv", kvstoreIP); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(l.dir, "kvstore.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	l.Kvstore = "http://" + kvstoreIP + ":2379"
+	cmd := exec.Command("ip", "netns", "exec", l.kvstoreNS(), filepath.Join(l.BinDir, "filament-clustermesh-apiserver"),
+		"--data-dir", filepath.Join(l.dir, "kvstore"), "--listen-client-url", l.Kvstore,
+		"--listen-peer-url", "http://127.0.0.1:2380", "--unsafe-no-fsync")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the cluster kvstore: %w", err)
+	}
+	l.KvstorePID = cmd.Process.Pid
+	go cmd.Wait()
+	// Wait until it accepts connections, dialling from inside its namespace
+	// (the underlay is not reachable from the host).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := ns.WithNetNSPath(NetNSPath(l.kvstoreNS()), func(ns.NetNS) error {
+			c, err := net.DialTimeout("tcp4", kvstoreIP+":2379", time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster kvstore not ready after 30s: %v; log:\n%s", err, tail(filepath.Join(l.dir, "kvstore.log"), 10))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (l *Lab) startNode(ctx context.Context, i int) error {
+	n := Node{Name: fmt.Sprintf("n%d", i), IP: fmt.Sprintf("%s%d", underlayNet, i)}
 	n.NetNS = fmt.Sprintf("flab-%s-%s", l.Name, n.Name)
 	dir := filepath.Join(l.dir, n.Name)
 	n.StateDir, n.Socket, n.LogFile = filepath.Join(dir, "state"), filepath.Join(dir, "agent.sock"), filepath.Join(dir, "agent.log")
@@ -234,7 +331,7 @@ func (l *Lab) startNode(ctx context.Context, i, prefixLen int) error {
 		return err
 	}
 	l.Nodes = append(l.Nodes, n)
-	if err := run("ip", "netns", "exec", n.NetNS, "ip", "link", "set", "lo", "up"); err != nil {
+	if err := l.JoinUnderlay(n.NetNS, n.Name, n.IP); err != nil {
 		return err
 	}
 	return l.startAgent(ctx, &l.Nodes[len(l.Nodes)-1])
@@ -246,9 +343,15 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		return err
 	}
 	defer logf.Close()
+	prefix := l.PodPrefix
+	if prefix == 0 {
+		prefix = 24
+	}
 	args := append([]string{"netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-agent"),
-		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--state-dir", n.StateDir, "--api-socket", n.Socket,
-		"--embedded-etcd-unsafe-no-fsync", "--bpf-root", l.bpffs()}, l.AgentArgs...)
+		"--node-name", n.Name, "--state-dir", n.StateDir, "--api-socket", n.Socket,
+		"--etcd-endpoints", l.Kvstore, "--node-ip", n.IP, "--routing", l.Routing,
+		"--cluster-pool", "10.244.0.0/16", "--pod-cidr-size", strconv.Itoa(prefix),
+		"--bpf-root", l.bpffs()}, l.AgentArgs...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -262,10 +365,11 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := c.Status(sctx)
+		st, err := c.Status(sctx)
 		cancel()
 		if err == nil {
 			n.Running = true
+			n.PodCIDR = st.PodCIDR
 			return nil
 		}
 		select {
@@ -543,6 +647,20 @@ func (l *Lab) StopAgent(node string) error {
 	return l.save()
 }
 
+// KillAgent kills a node's agent with SIGKILL, as a crash would.
+func (l *Lab) KillAgent(node string) error {
+	n, err := l.Node(node)
+	if err != nil {
+		return err
+	}
+	syscall.Kill(n.PID, syscall.SIGKILL)
+	for i := 0; i < 50 && syscall.Kill(n.PID, 0) == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	n.Running = false
+	return l.save()
+}
+
 // StartAgent starts a stopped node's agent again with the same state dir.
 func (l *Lab) StartAgent(ctx context.Context, node string) error {
 	n, err := l.Node(node)
@@ -607,6 +725,12 @@ func (l *Lab) teardown() error {
 	for _, n := range l.Nodes {
 		stopPID(n.PID)
 		if err := run("ip", "netns", "del", n.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+		}
+	}
+	stopPID(l.KvstorePID)
+	for _, ns := range []string{l.kvstoreNS(), l.underlayNS()} {
+		if err := run("ip", "netns", "del", ns); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)
 		}
 	}

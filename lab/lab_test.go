@@ -130,9 +130,14 @@ func TestCLI(t *testing.T) {
 	}
 	var st struct {
 		NodeName string
-		Kvstore  struct{ Embedded, Healthy bool }
+		Kvstore  struct {
+			Embedded, Healthy bool
+			Endpoints         []string
+		}
 	}
-	if json.Unmarshal([]byte(out), &st) != nil || st.NodeName != "n1" || !st.Kvstore.Embedded || !st.Kvstore.Healthy {
+	// Lab nodes share the cluster's kvstore (not an embedded per-node etcd).
+	if json.Unmarshal([]byte(out), &st) != nil || st.NodeName != "n1" || st.Kvstore.Embedded || !st.Kvstore.Healthy ||
+		len(st.Kvstore.Endpoints) != 1 || st.Kvstore.Endpoints[0] != l.Kvstore {
 		t.Fatalf("status json: %s", out)
 	}
 	for _, format := range []string{"yaml", "table"} {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
 )
 
@@ -237,4 +238,10 @@ func (c *Client) Monitor(ctx context.Context, endpoint uint16, typ string, f fun
 		}
 		f(ev)
 	}
+}
+
+// Nodes lists the cluster's nodes as this agent sees them.
+func (c *Client) Nodes(ctx context.Context) ([]node.Node, error) {
+	var ns []node.Node
+	return ns, c.do(ctx, http.MethodGet, "/v1/nodes", nil, "", &ns)
 }

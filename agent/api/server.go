@@ -20,6 +20,7 @@ import (
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
 )
 
@@ -57,6 +58,8 @@ type Server struct {
 	Monitor *monitor.Hub
 	// Metrics serves Prometheus metrics at /metrics (nil: none).
 	Metrics http.Handler
+	// Nodes lists the cluster's nodes (nil: none known).
+	Nodes func() []node.Node
 	// Trace evaluates policy between two label sets (nil: no resolver).
 	Trace func(src, dst labels.Labels, proto uint8, port uint16) policy.TraceResult
 
@@ -80,6 +83,13 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/policies/{key...}", s.deletePolicy)
 	mux.HandleFunc("POST /v1/policy-trace", s.trace)
 	mux.HandleFunc("GET /v1/monitor", s.monitor)
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		nodes := []node.Node{}
+		if s.Nodes != nil {
+			nodes = s.Nodes()
+		}
+		reply(w, http.StatusOK, nodes)
+	})
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 	}

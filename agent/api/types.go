@@ -22,6 +22,8 @@ type Status struct {
 	ClusterName string         `json:"clusterName"`
 	ClusterID   uint32         `json:"clusterID"`
 	PodCIDR     string         `json:"podCIDR"`
+	NodeIP      string         `json:"nodeIP"`
+	Routing     string         `json:"routing"`
 	Gateway     string         `json:"gateway"`
 	StateDir    string         `json:"stateDir"`
 	Uptime      Duration       `json:"uptime"`

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,7 +30,8 @@ const (
 	DefaultAPISocket   = "/var/run/filament/agent.sock"
 	DefaultClusterName = "default"
 	DefaultClusterID   = 1
-	DefaultPodCIDR     = "10.244.0.0/24"
+	DefaultClusterPool = "10.244.0.0/16"
+	DefaultPodCIDRSize = 24
 	DefaultEtcdClient  = "http://127.0.0.1:2379"
 	DefaultEtcdPeer    = "http://127.0.0.1:2380"
 	DefaultLeaseTTL    = 15 * time.Second
@@ -66,9 +68,21 @@ type Config struct {
 	NodeName    string `json:"nodeName"`
 	ClusterName string `json:"clusterName"`
 	ClusterID   uint32 `json:"clusterID"`
-	PodCIDR     string `json:"podCIDR"`
-	StateDir    string `json:"stateDir"`
-	APISocket   string `json:"apiSocket"`
+	// PodCIDR fixes this node's pod CIDR; empty allocates one from ClusterPool.
+	PodCIDR string `json:"podCIDR,omitempty"`
+	// ClusterPool is the cluster-wide range pod CIDRs are allocated from,
+	// in blocks of /PodCIDRSize.
+	ClusterPool string `json:"clusterPool"`
+	PodCIDRSize int    `json:"podCIDRSize"`
+	// NodeIP is this node's underlay address (default: the first global
+	// IPv4 address of the node).
+	NodeIP string `json:"nodeIP,omitempty"`
+	// Routing between nodes: tunnel (VXLAN) or native (routes).
+	Routing string `json:"routing"`
+	// MemberlistPort for failure detection among the cluster's agents (0 disables it).
+	MemberlistPort int    `json:"memberlistPort"`
+	StateDir       string `json:"stateDir"`
+	APISocket      string `json:"apiSocket"`
 	// Etcd: external endpoints; none means the agent runs an embedded etcd.
 	Etcd kvstore.Config `json:"etcd"`
 	// EmbeddedEtcd listen addresses, used when Etcd.Endpoints is empty.
@@ -77,7 +91,7 @@ type Config struct {
 	LeaseTTL Duration `json:"leaseTTL"`
 	// IdentityGCInterval between garbage collections of unreferenced identities.
 	IdentityGCInterval Duration `json:"identityGCInterval"`
-	// MTU of pod interfaces.
+	// MTU of pod interfaces (0: the underlay's, less the tunnel overhead in tunnel mode).
 	MTU int `json:"mtu"`
 	// LogLevel: debug, info, warn or error.
 	LogLevel string `json:"logLevel"`
@@ -110,12 +124,13 @@ func Default() Config {
 		host = "node"
 	}
 	return Config{
-		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID, PodCIDR: DefaultPodCIDR,
+		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID,
+		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", MemberlistPort: 7946,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
 		EmbeddedEtcd:        EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
 		LeaseTTL:            Duration(DefaultLeaseTTL),
 		IdentityGCInterval:  Duration(DefaultGCInterval),
-		MTU:                 1500,
+		MTU:                 0,
 		LogLevel:            "info",
 		BPFRoot:             "/sys/fs/bpf",
 		EnforcementMode:     "default",
@@ -163,8 +178,28 @@ func (c Config) Validate() error {
 	if err := identity.ValidateClusterID(c.ClusterID); err != nil {
 		return fmt.Errorf("%w: clusterID: %v", ErrInvalid, err)
 	}
-	if _, err := ipam.New(c.PodCIDR); err != nil {
-		return fmt.Errorf("%w: podCIDR: %v", ErrInvalid, err)
+	if c.PodCIDR != "" {
+		if _, err := ipam.New(c.PodCIDR); err != nil {
+			return fmt.Errorf("%w: podCIDR: %v", ErrInvalid, err)
+		}
+	}
+	pool, err := netip.ParsePrefix(c.ClusterPool)
+	if err != nil || !pool.Addr().Is4() || pool.Masked() != pool {
+		return fmt.Errorf("%w: clusterPool %q: want an IPv4 CIDR written with its network address", ErrInvalid, c.ClusterPool)
+	}
+	if c.PodCIDRSize < pool.Bits() || c.PodCIDRSize < 8 || c.PodCIDRSize > 29 {
+		return fmt.Errorf("%w: podCIDRSize %d: must be /8-/29 and inside clusterPool %s", ErrInvalid, c.PodCIDRSize, c.ClusterPool)
+	}
+	if c.NodeIP != "" {
+		if a, err := netip.ParseAddr(c.NodeIP); err != nil || !a.Is4() {
+			return fmt.Errorf("%w: nodeIP %q: want an IPv4 address", ErrInvalid, c.NodeIP)
+		}
+	}
+	if c.Routing != "tunnel" && c.Routing != "native" {
+		return fmt.Errorf("%w: routing %q: want tunnel or native", ErrInvalid, c.Routing)
+	}
+	if c.MemberlistPort < 0 || c.MemberlistPort > 65535 {
+		return fmt.Errorf("%w: memberlistPort %d: want 0-65535", ErrInvalid, c.MemberlistPort)
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("%w: stateDir %q: must be an absolute path", ErrInvalid, c.StateDir)
@@ -180,8 +215,8 @@ func (c Config) Validate() error {
 	if c.LeaseTTL < Duration(time.Second) {
 		return fmt.Errorf("%w: leaseTTL %s: must be at least 1s", ErrInvalid, time.Duration(c.LeaseTTL))
 	}
-	if c.MTU < 1280 || c.MTU > 65535 {
-		return fmt.Errorf("%w: mtu %d: must be 1280-65535", ErrInvalid, c.MTU)
+	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
+		return fmt.Errorf("%w: mtu %d: must be 0 (automatic) or 1280-65535", ErrInvalid, c.MTU)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

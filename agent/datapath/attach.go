@@ -46,12 +46,33 @@ func (d *Datapath) Attach(ifName string, ifIndex int) (Attachment, error) {
 	return AttachTC, nil
 }
 
+type attachPoint struct {
+	dir  string
+	prog *ebpf.Program
+	typ  ebpf.AttachType
+}
+
+// AttachOverlay puts from_overlay on the tc ingress of the VXLAN device.
+func (d *Datapath) AttachOverlay(ifName string, ifIndex int) (Attachment, error) {
+	if d.attach != "tc" {
+		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", d.objs.FromOverlay, ebpf.AttachTCXIngress}})
+		if err == nil {
+			return AttachTCX, nil
+		}
+		if d.attach == "tcx" || !errors.Is(err, ebpf.ErrNotSupported) {
+			return "", err
+		}
+	}
+	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, d.objs.FromOverlay, "from_overlay"}})
+}
+
 func (d *Datapath) attachTCX(ifName string, ifIndex int) error {
-	for _, a := range []struct {
-		dir  string
-		prog *ebpf.Program
-		typ  ebpf.AttachType
-	}{{"ingress", d.objs.FromContainer, ebpf.AttachTCXIngress}, {"egress", d.objs.ToContainer, ebpf.AttachTCXEgress}} {
+	return d.attachTCXPoints(ifName, ifIndex, []attachPoint{
+		{"ingress", d.objs.FromContainer, ebpf.AttachTCXIngress}, {"egress", d.objs.ToContainer, ebpf.AttachTCXEgress}})
+}
+
+func (d *Datapath) attachTCXPoints(ifName string, ifIndex int, points []attachPoint) error {
+	for _, a := range points {
 		pin := d.linkPin(ifName, a.dir)
 		if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 			info, ierr := old.Info()
@@ -80,7 +101,18 @@ func (d *Datapath) attachTCX(ifName string, ifIndex int) error {
 	return nil
 }
 
+type tcFilter struct {
+	parent uint32
+	prog   *ebpf.Program
+	name   string
+}
+
 func (d *Datapath) attachTC(ifName string, ifIndex int) error {
+	return d.attachTCFilters(ifName, ifIndex, []tcFilter{
+		{netlink.HANDLE_MIN_INGRESS, d.objs.FromContainer, "from_container"}, {netlink.HANDLE_MIN_EGRESS, d.objs.ToContainer, "to_container"}})
+}
+
+func (d *Datapath) attachTCFilters(ifName string, ifIndex int, filters []tcFilter) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifIndex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
@@ -88,11 +120,7 @@ func (d *Datapath) attachTC(ifName string, ifIndex int) error {
 	if err := netlink.QdiscReplace(qdisc); err != nil {
 		return fmt.Errorf("tc clsact on %s: %w", ifName, err)
 	}
-	for _, a := range []struct {
-		parent uint32
-		prog   *ebpf.Program
-		name   string
-	}{{netlink.HANDLE_MIN_INGRESS, d.objs.FromContainer, "from_container"}, {netlink.HANDLE_MIN_EGRESS, d.objs.ToContainer, "to_container"}} {
+	for _, a := range filters {
 		f := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{LinkIndex: ifIndex, Parent: a.parent, Handle: 1, Priority: 1, Protocol: unix.ETH_P_ALL},
 			Fd:          a.prog.FD(), Name: a.name, DirectAction: true,

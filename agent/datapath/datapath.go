@@ -36,12 +36,14 @@ const (
 	ReasonFragment       = 5
 	ReasonUnsupportedL3  = 6
 	ReasonBadSource      = 7
-	reasonMax            = 8
+	ReasonTunnelSource   = 8
+	reasonMax            = 9
 )
 
 var reasonNames = [reasonMax]string{
 	"forwarded", "policy denied", "policy deny rule", "no conntrack entry",
 	"invalid packet", "fragment not supported", "unsupported L3 protocol", "source address not of the endpoint",
+	"tunnel source not a known node",
 }
 
 // ReasonName is the text of a reason code.
@@ -251,8 +253,17 @@ func ipcacheKey(p netip.Prefix) bpf.DatapathIpcacheKey {
 
 // UpsertIPCache maps prefix to identity.
 func (d *Datapath) UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) error {
+	return d.UpsertIPCacheTunnel(p, id, netip.Addr{})
+}
+
+// UpsertIPCacheTunnel maps prefix to identity, reached through the tunnel
+// to node tunnel (when valid).
+func (d *Datapath) UpsertIPCacheTunnel(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr) error {
 	k := ipcacheKey(p)
 	v := bpf.DatapathIpcacheValue{Identity: uint32(id)}
+	if tunnel.Is4() {
+		v.TunnelIp = ipv4(tunnel)
+	}
 	if err := d.objs.Ipcache.Put(&k, &v); err != nil {
 		return fmt.Errorf("ipcache: put %s: %w", p, err)
 	}
@@ -387,4 +398,43 @@ func (d *Datapath) MapPressure() map[string]float64 {
 		out[name] = float64(n) / float64(m.MaxEntries())
 	}
 	return out
+}
+
+// SetTunnel tells the programs which device encapsulates (0: none).
+func (d *Datapath) SetTunnel(vxlanIfIndex int) error {
+	k := uint32(0)
+	v := bpf.DatapathNodeConfig{VxlanIfindex: uint32(vxlanIfIndex)}
+	if err := d.objs.Config.Put(&k, &v); err != nil {
+		return fmt.Errorf("config map: %w", err)
+	}
+	return nil
+}
+
+// UpsertNode marks ip as a node of the cluster (accepted tunnel source).
+func (d *Datapath) UpsertNode(ip netip.Addr) error {
+	k, v := ipv4(ip), uint32(1)
+	if err := d.objs.Nodes.Put(&k, &v); err != nil {
+		return fmt.Errorf("nodes map: put %s: %w", ip, err)
+	}
+	return nil
+}
+
+// DeleteNode forgets a node address.
+func (d *Datapath) DeleteNode(ip netip.Addr) error {
+	k := ipv4(ip)
+	if err := d.objs.Nodes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("nodes map: delete %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Nodes lists the known node addresses.
+func (d *Datapath) Nodes() (map[netip.Addr]bool, error) {
+	out := map[netip.Addr]bool{}
+	var k, v uint32
+	it := d.objs.Nodes.Iterate()
+	for it.Next(&k, &v) {
+		out[addrFrom(k)] = true
+	}
+	return out, it.Err()
 }

@@ -16,8 +16,10 @@ import (
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/routing"
 )
 
 // Repository is the stored policy set.
@@ -39,6 +41,19 @@ type Engine struct {
 	mu        sync.Mutex
 	endpoints map[uint16]endpoint.Endpoint
 	hostIPs   []netip.Addr
+
+	// Cluster-wide state (nil on a node without it).
+	ipsync *ipcache.Sync
+	router *routing.Router
+	nodeIP netip.Addr
+}
+
+// SetCluster makes the engine publish local endpoints in the cluster
+// ipcache and keep the router's remote entries at reconcile.
+func (e *Engine) SetCluster(s *ipcache.Sync, r *routing.Router, nodeIP netip.Addr) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.ipsync, e.router, e.nodeIP = s, r, nodeIP
 }
 
 // New returns an engine; hostIPs are this node's addresses (identity host)
@@ -164,6 +179,12 @@ func (e *Engine) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
 	if _, err := e.dp.Attach(ep.HostIfName, ep.HostIfIndex); err != nil {
 		return err
 	}
+	if e.ipsync != nil {
+		if err := e.ipsync.Publish(context.Background(), ipcache.Entry{IP: ep.IPv4, Identity: ep.Identity, HostIP: e.nodeIP,
+			Namespace: ep.Namespace, Pod: ep.PodName}); err != nil {
+			return fmt.Errorf("publish endpoint %d in the cluster ipcache: %w", ep.ID, err)
+		}
+	}
 	return nil
 }
 
@@ -191,6 +212,11 @@ func (e *Engine) EndpointDown(ep endpoint.Endpoint) {
 	e.dp.DeleteEndpoint(ep.IPv4)
 	e.dp.DeleteIPCache(netip.PrefixFrom(ep.IPv4, 32))
 	e.dp.Detach(ep.HostIfName)
+	if e.ipsync != nil {
+		if err := e.ipsync.Withdraw(context.Background(), ep.IPv4); err != nil {
+			slog.Warn("withdrawing endpoint from the cluster ipcache; it expires with the lease", "endpoint", ep.ID, "err", err)
+		}
+	}
 }
 
 // Reconcile makes the pinned maps match the desired state after a restart:
@@ -215,6 +241,7 @@ func (e *Engine) Reconcile() (removed int, err error) {
 			removed++
 		}
 	}
+	hostIfs[routing.VXLANDevice] = e.router != nil && e.router.Mode() == routing.Tunnel
 	for _, name := range e.dp.PinnedLinks() {
 		if !hostIfs[name] {
 			e.dp.Detach(name)
@@ -232,6 +259,13 @@ func (e *Engine) Reconcile() (removed int, err error) {
 	for p, id := range e.res.CIDRIdentities() {
 		wantIP[p] = id
 	}
+	var remote map[netip.Prefix]ipcache.Entry
+	if e.router != nil {
+		remote = e.router.Wanted()
+		for p, ent := range remote {
+			wantIP[p] = ent.Identity
+		}
+	}
 	haveIP, err := e.dp.IPCache()
 	if err != nil {
 		return removed, err
@@ -241,14 +275,21 @@ func (e *Engine) Reconcile() (removed int, err error) {
 			e.dp.DeleteIPCache(p)
 			removed++
 		} else if w != id {
-			e.dp.UpsertIPCache(p, w)
+			if ent, isRemote := remote[p]; isRemote {
+				e.router.EntryChanged(ent, false)
+			} else {
+				e.dp.UpsertIPCache(p, w)
+			}
 		}
 	}
 	for p, id := range wantIP {
-		if _, ok := haveIP[p]; !ok {
-			if err := e.dp.UpsertIPCache(p, id); err != nil {
-				return removed, err
-			}
+		if _, ok := haveIP[p]; ok {
+			continue
+		}
+		if ent, isRemote := remote[p]; isRemote {
+			e.router.EntryChanged(ent, false)
+		} else if err := e.dp.UpsertIPCache(p, id); err != nil {
+			return removed, err
 		}
 	}
 	// Policy.

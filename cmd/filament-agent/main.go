@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/config"
@@ -26,11 +28,14 @@ import (
 	"github.com/filament-net/filament/agent/enforcement"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/agent/metrics"
 	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -70,6 +75,11 @@ func newCommand() *cobra.Command {
 			set("cluster-name", func() { final.ClusterName = cfg.ClusterName })
 			set("cluster-id", func() { final.ClusterID = cfg.ClusterID })
 			set("pod-cidr", func() { final.PodCIDR = cfg.PodCIDR })
+			set("cluster-pool", func() { final.ClusterPool = cfg.ClusterPool })
+			set("pod-cidr-size", func() { final.PodCIDRSize = cfg.PodCIDRSize })
+			set("node-ip", func() { final.NodeIP = cfg.NodeIP })
+			set("routing", func() { final.Routing = cfg.Routing })
+			set("memberlist-port", func() { final.MemberlistPort = cfg.MemberlistPort })
 			set("state-dir", func() { final.StateDir = cfg.StateDir })
 			set("api-socket", func() { final.APISocket = cfg.APISocket })
 			set("etcd-endpoints", func() { final.Etcd.Endpoints = cfg.Etcd.Endpoints })
@@ -100,7 +110,12 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.NodeName, "node-name", d.NodeName, "name of this node (default: the host name)")
 	f.StringVar(&cfg.ClusterName, "cluster-name", d.ClusterName, "name of the cluster (1-32 of a-z, 0-9, '-')")
 	f.Uint32Var(&cfg.ClusterID, "cluster-id", d.ClusterID, "cluster ID, 1-255")
-	f.StringVar(&cfg.PodCIDR, "pod-cidr", d.PodCIDR, "IPv4 CIDR this node allocates pod addresses from")
+	f.StringVar(&cfg.PodCIDR, "pod-cidr", "", "fixed IPv4 CIDR for this node's pods (default: one allocated from --cluster-pool)")
+	f.StringVar(&cfg.ClusterPool, "cluster-pool", d.ClusterPool, "cluster-wide range that nodes' pod CIDRs are allocated from")
+	f.IntVar(&cfg.PodCIDRSize, "pod-cidr-size", d.PodCIDRSize, "prefix length of each node's pod CIDR")
+	f.StringVar(&cfg.NodeIP, "node-ip", "", "this node's underlay IPv4 address (default: the first global IPv4 address)")
+	f.StringVar(&cfg.Routing, "routing", d.Routing, "routing between nodes: tunnel (VXLAN) or native")
+	f.IntVar(&cfg.MemberlistPort, "memberlist-port", d.MemberlistPort, "UDP/TCP port for failure detection among agents (0 disables it)")
 	f.StringVar(&cfg.StateDir, "state-dir", d.StateDir, "directory for endpoint, policy and embedded etcd state")
 	f.StringVar(&cfg.APISocket, "api-socket", d.APISocket, "unix socket of the agent API")
 	f.StringSliceVar(&cfg.Etcd.Endpoints, "etcd-endpoints", nil, "external etcd endpoints; none runs an embedded etcd under the state dir")
@@ -112,7 +127,7 @@ func newCommand() *cobra.Command {
 	f.BoolVar(&cfg.EmbeddedEtcd.UnsafeNoFsync, "embedded-etcd-unsafe-no-fsync", false, "skip fsync in the embedded etcd (labs and tests only)")
 	f.DurationVar(&leaseTTL, "lease-ttl", time.Duration(d.LeaseTTL), "TTL of the node's kvstore lease")
 	f.DurationVar(&gcInterval, "identity-gc-interval", time.Duration(d.IdentityGCInterval), "interval between garbage collections of unreferenced identities")
-	f.IntVar(&cfg.MTU, "mtu", d.MTU, "MTU of pod interfaces")
+	f.IntVar(&cfg.MTU, "mtu", d.MTU, "MTU of pod interfaces (0: the underlay's, less 50 in tunnel mode)")
 	f.StringVar(&cfg.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
 	f.StringVar(&cfg.BPFRoot, "bpf-root", d.BPFRoot, "bpffs mount for pinned maps and links (<bpf-root>/filament/<node>)")
 	f.StringVar(&cfg.EnforcementMode, "enforcement-mode", d.EnforcementMode, "policy enforcement: default, always or never")
@@ -166,9 +181,24 @@ func run(parent context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	pool, err := ipam.New(cfg.PodCIDR)
+	nodeIP, underlayMTU, err := underlay(cfg.NodeIP)
 	if err != nil {
 		return err
+	}
+	podCIDR := cfg.PodCIDR
+	if podCIDR == "" {
+		p, err := node.AllocatePodCIDR(ctx, kv, cfg.ClusterName, cfg.NodeName, netip.MustParsePrefix(cfg.ClusterPool), cfg.PodCIDRSize)
+		if err != nil {
+			return err
+		}
+		podCIDR = p.String()
+	}
+	pool, err := ipam.New(podCIDR)
+	if err != nil {
+		return err
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = routing.PodMTU(cfg.Routing, underlayMTU)
 	}
 	if err := veth.EnsureNode(pool.Gateway()); err != nil {
 		return err
@@ -179,6 +209,18 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 	// Programs and maps stay pinned and attached when the agent stops.
 	defer dp.Close()
+	router, err := routing.New(dp, cfg.Routing, cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	reg, err := node.NewRegistry(ctx, kv, lease, node.Node{
+		Name: cfg.NodeName, Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, IPs: []string{nodeIP.String()},
+		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing,
+	})
+	if err != nil {
+		return err
+	}
+	ipsync := ipcache.New(ctx, kv, lease, cfg.ClusterName, cfg.NodeName)
 	policies, err := policy.NewRepository(filepath.Join(cfg.StateDir, "policies.json"))
 	if err != nil {
 		return err
@@ -187,7 +229,33 @@ func run(parent context.Context, cfg config.Config) error {
 	for _, id := range ids.List() {
 		res.UpsertIdentity(id)
 	}
-	engine := enforcement.New(dp, res, policies, []netip.Addr{pool.Gateway()}, ids.Get)
+	engine := enforcement.New(dp, res, policies, []netip.Addr{pool.Gateway(), nodeIP}, ids.Get)
+	engine.SetCluster(ipsync, router, nodeIP)
+	var detector *node.Detector
+	if cfg.MemberlistPort != 0 {
+		detector, err = node.NewDetector(cfg.NodeName, nodeIP, cfg.MemberlistPort, func(name string, alive bool) {
+			reg.SetReachable(name, alive)
+			router.SetNodeDown(name, !alive)
+			if !alive {
+				slog.Warn("node unreachable (failure detection)", "node", name)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		defer detector.Close()
+	}
+	reg.Subscribe(func(n node.Node, deleted bool) {
+		router.NodeChanged(n, deleted)
+		if detector != nil && n.Name != cfg.NodeName {
+			if deleted {
+				detector.Forget(n.IP())
+			} else {
+				detector.Join(n.IP())
+			}
+		}
+	})
+	ipsync.Subscribe(router.EntryChanged)
 	if err := engine.LoadPolicies(); err != nil {
 		return err
 	}
@@ -202,6 +270,11 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 	if n > 0 {
 		slog.Info("restored endpoints from the state dir", "count", n)
+	}
+	if n, err := ipsync.Prune(ctx); err != nil {
+		return fmt.Errorf("prune cluster ipcache: %w", err)
+	} else if n > 0 {
+		slog.Info("withdrew cluster ipcache entries of endpoints gone while the agent was down", "count", n)
 	}
 	if removed, err := engine.Reconcile(); err != nil {
 		return fmt.Errorf("reconcile datapath maps: %w", err)
@@ -240,10 +313,11 @@ func run(parent context.Context, cfg config.Config) error {
 
 	srv := &api.Server{
 		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
+		Nodes: reg.List,
 		Status: func(ctx context.Context) api.Status {
 			st := api.Status{
 				Version: version.Version, NodeName: cfg.NodeName, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
-				PodCIDR: cfg.PodCIDR, Gateway: pool.Gateway().String(), StateDir: cfg.StateDir,
+				PodCIDR: podCIDR, Gateway: pool.Gateway().String(), StateDir: cfg.StateDir, NodeIP: nodeIP.String(), Routing: cfg.Routing,
 				Uptime:    api.Duration(time.Since(started)),
 				Endpoints: len(eps.List()), Identities: len(ids.List()),
 				Policies: len(policies.List()), PolicyRev: policies.Revision(),
@@ -266,7 +340,7 @@ func run(parent context.Context, cfg config.Config) error {
 		return err
 	}
 	slog.Info("filament-agent ready", "node", cfg.NodeName, "cluster", cfg.ClusterName, "clusterID", cfg.ClusterID,
-		"podCIDR", cfg.PodCIDR, "socket", cfg.APISocket, "version", version.Version)
+		"podCIDR", podCIDR, "nodeIP", nodeIP, "routing", cfg.Routing, "socket", cfg.APISocket, "version", version.Version)
 
 	go gcLoop(ctx, ids, time.Duration(cfg.IdentityGCInterval))
 	<-ctx.Done()
@@ -310,4 +384,35 @@ func ctGCLoop(ctx context.Context, dp *datapath.Datapath, every time.Duration) {
 			}
 		}
 	}
+}
+
+// underlay finds the node's underlay address (the configured one, else the
+// first global IPv4 address) and the MTU of its link.
+func underlay(configured string) (netip.Addr, int, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return netip.Addr{}, 0, err
+	}
+	want, _ := netip.ParseAddr(configured)
+	for _, l := range links {
+		name := l.Attrs().Name
+		if strings.HasPrefix(name, "fil") || name == "lo" || strings.HasPrefix(name, "filament_") {
+			continue
+		}
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			if !ok || !ip.IsGlobalUnicast() {
+				continue
+			}
+			if !want.IsValid() || ip == want {
+				return ip, l.Attrs().MTU, nil
+			}
+		}
+	}
+	if want.IsValid() {
+		return netip.Addr{}, 0, fmt.Errorf("nodeIP %s is not an address of this node", want)
+	}
+	// No underlay: a single node on its own.
+	return netip.MustParseAddr("127.0.0.1"), 1500, nil
 }

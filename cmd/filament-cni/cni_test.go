@@ -83,7 +83,7 @@ func TestBinaryAsRuntimeInvokesIt(t *testing.T) {
 				t.Fatalf("ADD: %+v", e)
 			}
 			if r.CNIVersion != ver || len(r.Interfaces) != 2 || r.Interfaces[1].Sandbox != ns || r.Interfaces[1].Name != "eth0" ||
-				len(r.IPs) != 1 || *r.IPs[0].Interface != 1 || r.IPs[0].Gateway.String() != "10.244.1.1" ||
+				len(r.IPs) != 1 || *r.IPs[0].Interface != 1 || r.IPs[0].Gateway.String() != labtest.PodAddr(t, l, "n1", 1) ||
 				len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
 				b, _ := json.Marshal(r)
 				t.Fatalf("ADD result: %s", b)
@@ -237,7 +237,8 @@ func TestExhaustedPodCIDR(t *testing.T) {
 	}
 	ns := labtest.NetNS(t, "fcni-"+l.Name+"-full")
 	_, e := call(t, l, "ADD", "c-full", ns, c)
-	if e == nil || e.Code != 101 || !strings.Contains(e.Msg, "10.244.1.0/29") {
+	n, _ := l.Node("n1")
+	if e == nil || e.Code != 101 || !strings.Contains(e.Msg, n.PodCIDR) || !strings.HasSuffix(n.PodCIDR, "/29") {
 		t.Fatalf("ADD into a full CIDR: %+v", e)
 	}
 	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 5 {
@@ -276,7 +277,7 @@ func TestInvalidLabelKeyRejected(t *testing.T) {
 	}
 	assertNoEth0(t, ns)
 	r, e := call(t, l, "ADD", "lbl", ns, conf(l, "1.1.0", "app=ok"))
-	if e != nil || r.IPs[0].Address.IP.String() != "10.244.1.2" {
+	if e != nil || r.IPs[0].Address.IP.String() != labtest.PodAddr(t, l, "n1", 2) {
 		t.Fatalf("the rejected ADD consumed state: %+v %+v", e, r)
 	}
 }

@@ -50,23 +50,24 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&name, "name", "lab", "name of the lab (several labs can coexist)")
 
 	var nodes int
-	var binDir string
+	var binDir, routingMode string
 	up := &cobra.Command{
 		Use: "up", Short: "Create the lab's nodes, each with its own agent", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: binDir})
+			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: binDir, Routing: routingMode})
 			if err != nil {
 				return err
 			}
 			for _, n := range l.Nodes {
-				fmt.Fprintf(cmd.OutOrStdout(), "node %s up: netns %s, pod CIDR %s, agent pid %d\n", n.Name, n.NetNS, n.PodCIDR, n.PID)
+				fmt.Fprintf(cmd.OutOrStdout(), "node %s up: netns %s, node IP %s, pod CIDR %s, agent pid %d\n", n.Name, n.NetNS, n.IP, n.PodCIDR, n.PID)
 			}
 			return nil
 		},
 	}
 	up.Flags().IntVar(&nodes, "nodes", 1, "number of nodes")
+	up.Flags().StringVar(&routingMode, "routing", "tunnel", "routing between nodes: tunnel (VXLAN) or native")
 	up.Flags().StringVar(&binDir, "bin-dir", defaultBinDir(), "directory holding filament-agent, filament-cni and filament")
 
 	down := &cobra.Command{
@@ -181,13 +182,13 @@ func newRoot() *cobra.Command {
 				return fmt.Errorf("output %q: want table or json", output)
 			}
 			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "LAB %s\n\nNODE\tNETNS\tPOD CIDR\tAGENT\tSOCKET\n", l.Name)
+			fmt.Fprintf(w, "LAB %s (routing %s, kvstore %s)\n\nNODE\tNETNS\tNODE IP\tPOD CIDR\tAGENT\tSOCKET\n", l.Name, l.Routing, l.Kvstore)
 			for _, n := range l.Nodes {
 				state := fmt.Sprintf("running (pid %d)", n.PID)
 				if !n.Running {
 					state = "down"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.PodCIDR, state, n.Socket)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.IP, n.PodCIDR, state, n.Socket)
 			}
 			fmt.Fprintf(w, "\nPOD\tNODE\tIP\tNETNS\tLABELS\n")
 			for _, p := range l.Pods {

@@ -76,7 +76,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
 	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), &cobra.Command{
+	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), c.nodeCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return c.print(map[string]string{"version": version.Version}, func(w *tabwriter.Writer) {
@@ -107,7 +107,7 @@ func (c *cli) statusCmd() *cobra.Command {
 					mode = "embedded"
 				}
 				fmt.Fprintf(w, "Node:\t%s\n", s.NodeName)
-				fmt.Fprintf(w, "Cluster:\t%s (ID %d)\n", s.ClusterName, s.ClusterID)
+				fmt.Fprintf(w, "Cluster:\t%s (ID %d), routing %s, node IP %s\n", s.ClusterName, s.ClusterID, s.Routing, s.NodeIP)
 				fmt.Fprintf(w, "Kvstore:\t%s, %s etcd at %s\n", kv, mode, strings.Join(s.Kvstore.Endpoints, ","))
 				fmt.Fprintf(w, "Pod CIDR:\t%s (gateway %s, %d/%d addresses used)\n", s.PodCIDR, s.Gateway, s.IPAM.Used, s.IPAM.Capacity)
 				fmt.Fprintf(w, "Endpoints:\t%d\n", s.Endpoints)
@@ -348,5 +348,31 @@ func (c *cli) monitorCmd() *cobra.Command {
 	}
 	cmd.Flags().Uint16Var(&ep, "endpoint", 0, "only events of this endpoint (either side)")
 	cmd.Flags().StringVar(&typ, "type", "", "only this event type: drop or policy-verdict")
+	return cmd
+}
+
+func (c *cli) nodeCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Aliases: []string{"nodes"}, Short: "List the cluster's nodes"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List the cluster's nodes with their addresses, pod CIDRs and reachability", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			nodes, err := c.client().Nodes(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(nodes, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tCLUSTER\tNODE IP\tPOD CIDRS\tROUTING\tREACHABLE")
+				for _, n := range nodes {
+					reach := "yes"
+					if !n.Reachable {
+						reach = "no"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Cluster, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), n.Routing, reach)
+				}
+			})
+		},
+	})
 	return cmd
 }

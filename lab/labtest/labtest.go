@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,11 +62,23 @@ func BinDir(t testing.TB) string {
 // removes it at cleanup, failing t if namespaces or files are left behind.
 func Up(t testing.TB, nodes, prefixLen int, agentArgs ...string) *lab.Lab {
 	t.Helper()
+	return up(t, lab.Options{Nodes: nodes, PodPrefixLen: prefixLen, AgentArgs: agentArgs})
+}
+
+// UpRouting starts a lab of nodes with routing mode ("tunnel" or "native").
+func UpRouting(t testing.TB, nodes int, routing string, agentArgs ...string) *lab.Lab {
+	t.Helper()
+	return up(t, lab.Options{Nodes: nodes, Routing: routing, AgentArgs: agentArgs})
+}
+
+func up(t testing.TB, o lab.Options) *lab.Lab {
+	t.Helper()
 	testutil.RequireRoot(t)
 	name := fmt.Sprintf("t%x", rand.Uint32())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: BinDir(t), PodPrefixLen: prefixLen, AgentArgs: agentArgs})
+	o.Name, o.BinDir = name, BinDir(t)
+	l, err := lab.Up(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,4 +172,35 @@ func ImportPolicy(t testing.TB, l *lab.Lab, node, doc string) {
 	if out, err := NodeRun(t, l, node, "filament", "policy", "import", p); err != nil {
 		t.Fatalf("policy import: %v %s", err, out)
 	}
+}
+
+// PodAddr returns the i-th address of a node's pod CIDR (1 = the gateway,
+// 2 = the first pod address).
+func PodAddr(t testing.TB, l *lab.Lab, node string, i int) string {
+	t.Helper()
+	n, err := l.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := netip.ParsePrefix(n.PodCIDR)
+	if err != nil {
+		t.Fatalf("node %s pod CIDR %q: %v", node, n.PodCIDR, err)
+	}
+	a := p.Addr()
+	for ; i > 0; i-- {
+		a = a.Next()
+	}
+	return a.String()
+}
+
+// UnderlayHost joins a bare namespace with address ip to the lab's underlay
+// (as a host that is not a node) and returns its path; removed at cleanup.
+func UnderlayHost(t testing.TB, l *lab.Lab, name, ip string) string {
+	t.Helper()
+	netns := "flab-" + l.Name + "-h-" + name
+	path := NetNS(t, netns)
+	if err := l.JoinUnderlay(netns, "h-"+name, ip); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -1,0 +1,191 @@
+// Package ipcache owns the cluster-wide IP → identity table in the kvstore:
+// each node publishes its endpoints under filament/state/ip/v1/<cluster>/
+// (under its lease, so a dead node's entries expire) and watches everyone
+// else's, handing remote entries to the datapath.
+package ipcache
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/kvstore"
+)
+
+// Prefix of the IP entries.
+const Prefix = kvstore.Prefix + "state/ip/v1/"
+
+// Entry is one endpoint address.
+type Entry struct {
+	IP        netip.Addr               `json:"ip"`
+	Identity  identity.NumericIdentity `json:"identity"`
+	HostIP    netip.Addr               `json:"hostIP"` // the node's underlay address
+	Node      string                   `json:"node"`
+	Namespace string                   `json:"namespace,omitempty"`
+	Pod       string                   `json:"pod,omitempty"`
+}
+
+// Sync publishes local entries and follows remote ones.
+type Sync struct {
+	kv      *kvstore.Client
+	lease   *kvstore.Lease
+	cluster string
+	node    string
+
+	mu     sync.Mutex
+	local  map[netip.Addr]Entry
+	remote map[netip.Addr]Entry
+	subs   []func(e Entry, deleted bool)
+	synced chan struct{}
+}
+
+func (s *Sync) key(ip netip.Addr) string { return Prefix + s.cluster + "/" + ip.String() }
+
+// New starts following the cluster's entries; it returns once the initial
+// list is in. Entries of this node found there (from before a restart) are
+// left for Publish to overwrite or Prune to remove.
+func New(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, cluster, node string) *Sync {
+	s := &Sync{kv: kv, lease: lease, cluster: cluster, node: node,
+		local: map[netip.Addr]Entry{}, remote: map[netip.Addr]Entry{}, synced: make(chan struct{})}
+	lease.OnRenew(func(ctx context.Context, id int64) {
+		s.mu.Lock()
+		entries := make([]Entry, 0, len(s.local))
+		for _, e := range s.local {
+			entries = append(entries, e)
+		}
+		s.mu.Unlock()
+		for _, e := range entries {
+			s.put(ctx, e, id)
+		}
+	})
+	go s.watch(ctx)
+	select {
+	case <-s.synced:
+	case <-ctx.Done():
+	}
+	return s
+}
+
+// Subscribe calls f for each remote entry now known and every later change.
+func (s *Sync) Subscribe(f func(e Entry, deleted bool)) {
+	s.mu.Lock()
+	s.subs = append(s.subs, f)
+	entries := make([]Entry, 0, len(s.remote))
+	for _, e := range s.remote {
+		entries = append(entries, e)
+	}
+	s.mu.Unlock()
+	for _, e := range entries {
+		f(e, false)
+	}
+}
+
+func (s *Sync) put(ctx context.Context, e Entry, lease int64) error {
+	b, _ := json.Marshal(e)
+	return s.kv.Put(ctx, s.key(e.IP), b, lease)
+}
+
+// Publish writes a local endpoint's entry.
+func (s *Sync) Publish(ctx context.Context, e Entry) error {
+	e.Node = s.node
+	s.mu.Lock()
+	s.local[e.IP] = e
+	s.mu.Unlock()
+	return s.put(ctx, e, s.lease.ID())
+}
+
+// Withdraw deletes a local endpoint's entry.
+func (s *Sync) Withdraw(ctx context.Context, ip netip.Addr) error {
+	s.mu.Lock()
+	delete(s.local, ip)
+	s.mu.Unlock()
+	return s.kv.Delete(ctx, s.key(ip))
+}
+
+// Prune deletes entries of this node that are not published any more
+// (endpoints deleted while the agent was down).
+func (s *Sync) Prune(ctx context.Context) (int, error) {
+	kvs, _, err := s.kv.List(ctx, Prefix+s.cluster+"/")
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, kv := range kvs {
+		var e Entry
+		if json.Unmarshal(kv.Value, &e) != nil || e.Node != s.node {
+			continue
+		}
+		s.mu.Lock()
+		_, keep := s.local[e.IP]
+		s.mu.Unlock()
+		if !keep {
+			if err := s.kv.Delete(ctx, kv.Key); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Remote returns the entries of other nodes.
+func (s *Sync) Remote() []Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Entry, 0, len(s.remote))
+	for _, e := range s.remote {
+		out = append(out, e)
+	}
+	return out
+}
+
+func (s *Sync) watch(ctx context.Context) {
+	prefix := Prefix + s.cluster + "/"
+	once := sync.Once{}
+	for ev := range s.kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+		if ev.Type == kvstore.EventSynced {
+			once.Do(func() { close(s.synced) })
+			continue
+		}
+		ip, err := netip.ParseAddr(strings.TrimPrefix(ev.Key, prefix))
+		if err != nil {
+			continue
+		}
+		s.mu.Lock()
+		var e Entry
+		deleted := ev.Type == kvstore.EventDelete
+		if deleted {
+			old, ok := s.remote[ip]
+			if !ok {
+				s.mu.Unlock()
+				continue
+			}
+			e = old
+			delete(s.remote, ip)
+		} else {
+			if err := json.Unmarshal(ev.Value, &e); err != nil {
+				s.mu.Unlock()
+				slog.Warn("ignoring an unreadable ipcache entry", "key", ev.Key, "err", err)
+				continue
+			}
+			if e.Node == s.node {
+				s.mu.Unlock()
+				continue
+			}
+			if old, ok := s.remote[ip]; ok && old == e {
+				s.mu.Unlock()
+				continue
+			}
+			s.remote[ip] = e
+		}
+		subs := append([]func(Entry, bool){}, s.subs...)
+		s.mu.Unlock()
+		for _, f := range subs {
+			f(e, deleted)
+		}
+	}
+}

@@ -1,0 +1,87 @@
+package node
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Detector finds dead nodes quickly with memberlist (SWIM) among the
+// cluster's agents; the kvstore stays the source of truth. Timings are
+// tuned so a dead node is noticed in about a second.
+type Detector struct {
+	ml     *memberlist.Memberlist
+	port   int
+	notify func(name string, alive bool)
+
+	mu     sync.Mutex
+	joined map[string]bool
+}
+
+type events struct{ d *Detector }
+
+func (e events) NotifyJoin(n *memberlist.Node)   { e.d.notify(n.Name, true) }
+func (e events) NotifyLeave(n *memberlist.Node)  { e.d.notify(n.Name, false) }
+func (e events) NotifyUpdate(n *memberlist.Node) {}
+
+// NewDetector listens on ip:port; notify is called when a node is seen
+// alive or declared dead.
+func NewDetector(name string, ip netip.Addr, port int, notify func(name string, alive bool)) (*Detector, error) {
+	d := &Detector{port: port, notify: notify, joined: map[string]bool{}}
+	c := memberlist.DefaultLANConfig()
+	c.Name = name
+	c.BindAddr = ip.String()
+	c.BindPort = port
+	c.AdvertiseAddr = ip.String()
+	c.AdvertisePort = port
+	c.ProbeInterval = 200 * time.Millisecond
+	c.ProbeTimeout = 100 * time.Millisecond
+	c.SuspicionMult = 2
+	c.GossipInterval = 50 * time.Millisecond
+	c.PushPullInterval = 10 * time.Second
+	c.Logger = log.New(io.Discard, "", 0)
+	c.Events = events{d}
+	ml, err := memberlist.Create(c)
+	if err != nil {
+		return nil, fmt.Errorf("memberlist on %s:%d: %w", ip, port, err)
+	}
+	d.ml = ml
+	return d, nil
+}
+
+// Join contacts a node found in the registry (once per address).
+func (d *Detector) Join(ip netip.Addr) {
+	addr := net.JoinHostPort(ip.String(), strconv.Itoa(d.port))
+	d.mu.Lock()
+	if d.joined[addr] {
+		d.mu.Unlock()
+		return
+	}
+	d.joined[addr] = true
+	d.mu.Unlock()
+	go func() {
+		if _, err := d.ml.Join([]string{addr}); err != nil {
+			d.mu.Lock()
+			delete(d.joined, addr)
+			d.mu.Unlock()
+		}
+	}()
+}
+
+// Forget allows a later Join of ip again (the node left the registry).
+func (d *Detector) Forget(ip netip.Addr) {
+	d.mu.Lock()
+	delete(d.joined, net.JoinHostPort(ip.String(), strconv.Itoa(d.port)))
+	d.mu.Unlock()
+}
+
+// Close stops without announcing a leave: to the others this looks like a
+// crash, and a restarted agent that comes back is seen alive again.
+func (d *Detector) Close() { d.ml.Shutdown() }

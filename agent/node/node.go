@@ -1,0 +1,221 @@
+// Package node owns the cluster's node registry in the kvstore: each node's
+// record (name, cluster, underlay addresses, pod CIDRs, routing mode, health)
+// under the node's lease, the cluster-wide pod CIDR allocation from the
+// cluster pool, and a watched view of every node.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/filament-net/filament/agent/kvstore"
+)
+
+// Key prefixes.
+const (
+	NodesPrefix    = kvstore.Prefix + "state/nodes/v1/"
+	PodCIDRsPrefix = kvstore.Prefix + "state/podcidrs/v1/"
+)
+
+var (
+	// ErrPoolExhausted: no free pod CIDR is left in the cluster pool.
+	ErrPoolExhausted = errors.New("cluster pod CIDR pool exhausted")
+	// ErrInvalid: bad pool or size.
+	ErrInvalid = errors.New("invalid pod CIDR pool")
+)
+
+// Node is one node's record.
+type Node struct {
+	Name      string   `json:"name"`
+	Cluster   string   `json:"cluster"`
+	ClusterID uint32   `json:"clusterID"`
+	IPs       []string `json:"ips"`
+	PodCIDRs  []string `json:"podCIDRs"`
+	Routing   string   `json:"routing"`
+	Health    string   `json:"health"`
+	// Reachable is this agent's view from failure detection (not stored).
+	Reachable bool `json:"reachable"`
+}
+
+// IP is the node's first underlay address.
+func (n Node) IP() netip.Addr {
+	if len(n.IPs) == 0 {
+		return netip.Addr{}
+	}
+	a, _ := netip.ParseAddr(n.IPs[0])
+	return a
+}
+
+func cidrKey(cluster string, p netip.Prefix) string {
+	return PodCIDRsPrefix + cluster + "/" + strings.ReplaceAll(p.String(), "/", "_")
+}
+
+// AllocatePodCIDR gives node a /size block of pool, cluster-wide unique: the
+// block it already holds if any (a restarted node gets its CIDR back), else
+// the first free one, claimed with create-if-absent so concurrent joins
+// never share a block. Claims outlive the node's lease.
+func AllocatePodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node string, pool netip.Prefix, size int) (netip.Prefix, error) {
+	if !pool.Addr().Is4() || pool.Masked() != pool || size < pool.Bits() || size > 29 {
+		return netip.Prefix{}, fmt.Errorf("%w: pool %s with blocks of /%d", ErrInvalid, pool, size)
+	}
+	kvs, _, err := kv.List(ctx, PodCIDRsPrefix+cluster+"/")
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	taken := map[string]bool{}
+	for _, e := range kvs {
+		p := strings.ReplaceAll(strings.TrimPrefix(e.Key, PodCIDRsPrefix+cluster+"/"), "_", "/")
+		if string(e.Value) == node {
+			if got, err := netip.ParsePrefix(p); err == nil && pool.Contains(got.Addr()) && got.Bits() == size {
+				return got, nil
+			}
+		}
+		taken[p] = true
+	}
+	n := 1 << (size - pool.Bits())
+	base := pool.Addr().As4()
+	start := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	step := uint32(1) << (32 - size)
+	for i := 0; i < n; i++ {
+		v := start + uint32(i)*step
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), size)
+		if taken[p.String()] {
+			continue
+		}
+		err := kv.CreateIfAbsent(ctx, cidrKey(cluster, p), []byte(node), 0)
+		if err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, kvstore.ErrExists) {
+			return netip.Prefix{}, err
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("%w: all %d blocks of /%d in %s are taken", ErrPoolExhausted, n, size, pool)
+}
+
+// Registry publishes this node and watches the cluster's nodes.
+type Registry struct {
+	kv    *kvstore.Client
+	lease *kvstore.Lease
+	self  Node
+
+	mu          sync.Mutex
+	nodes       map[string]Node
+	unreachable map[string]bool
+	subs        []func(n Node, deleted bool)
+	synced      chan struct{}
+}
+
+func (r *Registry) key(n Node) string { return NodesPrefix + n.Cluster + "/" + n.Name }
+
+// NewRegistry writes self under the lease (again whenever the lease is
+// renewed) and starts watching the cluster's nodes; it returns once the
+// initial list is in.
+func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, self Node) (*Registry, error) {
+	if self.Health == "" {
+		self.Health = "ok"
+	}
+	r := &Registry{kv: kv, lease: lease, self: self, nodes: map[string]Node{}, unreachable: map[string]bool{}, synced: make(chan struct{})}
+	if err := r.publish(ctx, lease.ID()); err != nil {
+		return nil, err
+	}
+	lease.OnRenew(func(ctx context.Context, id int64) {
+		if err := r.publish(ctx, id); err != nil {
+			slog.Error("could not publish the node record again", "err", err)
+		}
+	})
+	go r.watch(ctx)
+	select {
+	case <-r.synced:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return r, nil
+}
+
+func (r *Registry) publish(ctx context.Context, lease int64) error {
+	b, _ := json.Marshal(r.self)
+	return r.kv.Put(ctx, r.key(r.self), b, lease)
+}
+
+// Subscribe calls f for every node that appears, changes or goes (this
+// node included), after the initial sync too; call it before relying on events.
+func (r *Registry) Subscribe(f func(n Node, deleted bool)) {
+	r.mu.Lock()
+	r.subs = append(r.subs, f)
+	nodes := make([]Node, 0, len(r.nodes))
+	for _, n := range r.nodes {
+		nodes = append(nodes, n)
+	}
+	r.mu.Unlock()
+	for _, n := range nodes {
+		f(n, false)
+	}
+}
+
+func (r *Registry) watch(ctx context.Context) {
+	prefix := NodesPrefix + r.self.Cluster + "/"
+	once := sync.Once{}
+	for ev := range r.kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+		if ev.Type == kvstore.EventSynced {
+			once.Do(func() { close(r.synced) })
+			continue
+		}
+		name := strings.TrimPrefix(ev.Key, prefix)
+		var n Node
+		deleted := ev.Type == kvstore.EventDelete
+		r.mu.Lock()
+		if deleted {
+			n = r.nodes[name]
+			delete(r.nodes, name)
+		} else if err := json.Unmarshal(ev.Value, &n); err != nil {
+			r.mu.Unlock()
+			slog.Warn("ignoring an unreadable node record", "key", ev.Key, "err", err)
+			continue
+		} else {
+			r.nodes[name] = n
+		}
+		subs := append([]func(Node, bool){}, r.subs...)
+		r.mu.Unlock()
+		if n.Name == "" {
+			continue
+		}
+		for _, f := range subs {
+			f(n, deleted)
+		}
+	}
+}
+
+// SetReachable records failure detection's view of a node.
+func (r *Registry) SetReachable(name string, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ok {
+		delete(r.unreachable, name)
+	} else {
+		r.unreachable[name] = true
+	}
+}
+
+// Self is this node's record.
+func (r *Registry) Self() Node { return r.self }
+
+// List returns every node of the cluster by name, with reachability.
+func (r *Registry) List() []Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Node, 0, len(r.nodes))
+	for _, n := range r.nodes {
+		n.Reachable = n.Name == r.self.Name || !r.unreachable[n.Name]
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}

@@ -1,0 +1,118 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/internal/testutil"
+)
+
+// Concurrent joins never share a pod CIDR; a node asking again gets its own
+// back; a full pool says so.
+func TestPodCIDRAllocation(t *testing.T) {
+	ep := testutil.Etcd(t)
+	pool := netip.MustParsePrefix("10.50.0.0/19") // 32 blocks of /24
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const nodes = 24
+	got := make([]netip.Prefix, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	for i := 0; i < nodes; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			kv := testutil.Connect(t, ep) // one client per node, as separate agents
+			got[i], errs[i] = node.AllocatePodCIDR(ctx, kv, "c1", fmt.Sprintf("n%d", i), pool, 24)
+		}(i)
+	}
+	wg.Wait()
+	seen := map[netip.Prefix]int{}
+	for i, p := range got {
+		if errs[i] != nil {
+			t.Fatalf("node %d: %v", i, errs[i])
+		}
+		if !pool.Contains(p.Addr()) || p.Bits() != 24 {
+			t.Fatalf("node %d got %s outside the pool", i, p)
+		}
+		if j, dup := seen[p]; dup {
+			t.Fatalf("nodes %d and %d share %s", j, i, p)
+		}
+		seen[p] = i
+	}
+	kv := testutil.Connect(t, ep)
+	again, err := node.AllocatePodCIDR(ctx, kv, "c1", "n7", pool, 24)
+	if err != nil || again != got[7] {
+		t.Fatalf("restarted n7 got %s (%v), had %s", again, err, got[7])
+	}
+	// Another cluster's claims do not collide with these.
+	other, err := node.AllocatePodCIDR(ctx, kv, "c2", "n0", pool, 24)
+	if err != nil || other != netip.MustParsePrefix("10.50.0.0/24") {
+		t.Fatalf("cluster c2: %s %v", other, err)
+	}
+	for i := nodes; i < 32; i++ {
+		if _, err := node.AllocatePodCIDR(ctx, kv, "c1", fmt.Sprintf("n%d", i), pool, 24); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := node.AllocatePodCIDR(ctx, kv, "c1", "late", pool, 24); !errors.Is(err, node.ErrPoolExhausted) {
+		t.Fatalf("full pool: %v", err)
+	}
+	if _, err := node.AllocatePodCIDR(ctx, kv, "c1", "x", netip.MustParsePrefix("10.50.0.0/24"), 16); !errors.Is(err, node.ErrInvalid) {
+		t.Fatalf("block larger than the pool: %v", err)
+	}
+}
+
+// The registry publishes a node under its lease and shows the others; a
+// dead node's record goes with its lease.
+func TestRegistry(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := func(name string) (*node.Registry, func()) {
+		kv := testutil.Connect(t, ep)
+		lease, err := kv.GrantLease(ctx, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := node.NewRegistry(ctx, kv, lease, node.Node{Name: name, Cluster: "c1", IPs: []string{"172.30.0.9"}, PodCIDRs: []string{"10.1.0.0/24"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, lease.Abandon
+	}
+	a, _ := start("a")
+	events := make(chan string, 10)
+	a.Subscribe(func(n node.Node, deleted bool) { events <- fmt.Sprintf("%s deleted=%v", n.Name, deleted) })
+	if ev := <-events; ev != "a deleted=false" {
+		t.Fatalf("first event %q", ev)
+	}
+	_, kill := start("b")
+	wait := func(want string) {
+		t.Helper()
+		select {
+		case ev := <-events:
+			if ev != want {
+				t.Fatalf("event %q, want %q", ev, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no event %q", want)
+		}
+	}
+	wait("b deleted=false")
+	if l := a.List(); len(l) != 2 || l[1].Name != "b" || !l[1].Reachable {
+		t.Fatalf("list: %+v", l)
+	}
+	a.SetReachable("b", false)
+	if l := a.List(); l[1].Reachable {
+		t.Fatal("b still reachable")
+	}
+	kill()
+	wait("b deleted=true")
+}

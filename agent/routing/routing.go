@@ -1,0 +1,244 @@
+// Package routing owns how pod traffic reaches other nodes: in tunnel mode
+// the VXLAN device (external mode, UDP 8472) that the programs encapsulate
+// into, with the source identity as VNI; in native mode kernel routes to
+// each remote pod CIDR through the peer's underlay address. It follows the
+// node registry and the cluster ipcache and writes the datapath's remote
+// ipcache entries and known-node addresses.
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/node"
+)
+
+// Modes.
+const (
+	Tunnel = "tunnel"
+	Native = "native"
+)
+
+// VXLANDevice is the tunnel device; VXLANPort its UDP port.
+const (
+	VXLANDevice = "filament_vxlan"
+	VXLANPort   = 8472
+	// VXLANOverhead is what encapsulation adds to a packet (outer IPv4, UDP, VXLAN, inner Ethernet).
+	VXLANOverhead = 50
+)
+
+// ErrMode: an unknown routing mode.
+var ErrMode = errors.New("routing mode must be tunnel or native")
+
+// Router keeps routes, the tunnel and remote ipcache entries current.
+type Router struct {
+	dp   *datapath.Datapath
+	mode string
+	self string
+
+	mu      sync.Mutex
+	nodes   map[string]node.Node
+	down    map[string]bool // nodes failure detection declared dead
+	entries map[netip.Addr]ipcache.Entry
+}
+
+// New prepares the node for mode: the VXLAN device and from_overlay in
+// tunnel mode (removed in native mode).
+func New(dp *datapath.Datapath, mode, self string) (*Router, error) {
+	r := &Router{dp: dp, mode: mode, self: self, nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{}}
+	switch mode {
+	case Tunnel:
+		idx, err := ensureVXLAN()
+		if err != nil {
+			return nil, err
+		}
+		if _, err := dp.AttachOverlay(VXLANDevice, idx); err != nil {
+			return nil, err
+		}
+		if err := dp.SetTunnel(idx); err != nil {
+			return nil, err
+		}
+	case Native:
+		if l, err := netlink.LinkByName(VXLANDevice); err == nil {
+			netlink.LinkDel(l)
+		}
+		dp.Detach(VXLANDevice)
+		if err := dp.SetTunnel(0); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("%w: got %q", ErrMode, mode)
+	}
+	return r, nil
+}
+
+func ensureVXLAN() (int, error) {
+	if l, err := netlink.LinkByName(VXLANDevice); err == nil {
+		if v, ok := l.(*netlink.Vxlan); ok && v.FlowBased && v.Port == VXLANPort {
+			return l.Attrs().Index, netlink.LinkSetUp(l)
+		}
+		netlink.LinkDel(l)
+	}
+	v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: 1500}, FlowBased: true, Port: VXLANPort, Learning: false}
+	if err := netlink.LinkAdd(v); err != nil && !errors.Is(err, unix.EEXIST) {
+		return 0, fmt.Errorf("create %s (VXLAN, external): %w", VXLANDevice, err)
+	}
+	l, err := netlink.LinkByName(VXLANDevice)
+	if err != nil {
+		return 0, err
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return 0, fmt.Errorf("%s up: %w", VXLANDevice, err)
+	}
+	return l.Attrs().Index, nil
+}
+
+// PodMTU is the MTU pods get on an underlay of underlayMTU in mode.
+func PodMTU(mode string, underlayMTU int) int {
+	if mode == Tunnel {
+		return underlayMTU - VXLANOverhead
+	}
+	return underlayMTU
+}
+
+// Mode is the routing mode.
+func (r *Router) Mode() string { return r.mode }
+
+// NodeChanged follows the registry.
+func (r *Router) NodeChanged(n node.Node, deleted bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n.Name == r.self {
+		return
+	}
+	old, had := r.nodes[n.Name]
+	if had {
+		r.forgetNode(old)
+	}
+	if deleted {
+		delete(r.nodes, n.Name)
+		return
+	}
+	r.nodes[n.Name] = n
+	if !r.down[n.Name] {
+		r.learnNode(n)
+	}
+}
+
+func (r *Router) learnNode(n node.Node) {
+	ip := n.IP()
+	if !ip.IsValid() {
+		return
+	}
+	if err := r.dp.UpsertNode(ip); err != nil {
+		slog.Error("nodes map", "node", n.Name, "err", err)
+	}
+	if r.mode == Native {
+		for _, c := range n.PodCIDRs {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				continue
+			}
+			rt := &netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}, Gw: ip.AsSlice()}
+			if err := netlink.RouteReplace(rt); err != nil {
+				slog.Error("route to a remote pod CIDR", "node", n.Name, "cidr", c, "via", ip, "err", err)
+			}
+		}
+	}
+}
+
+func (r *Router) forgetNode(n node.Node) {
+	if ip := n.IP(); ip.IsValid() {
+		r.dp.DeleteNode(ip)
+	}
+	if r.mode == Native {
+		for _, c := range n.PodCIDRs {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				netlink.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}})
+			}
+		}
+	}
+}
+
+// EntryChanged follows remote ipcache entries.
+func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := netip.PrefixFrom(e.IP, 32)
+	if deleted {
+		delete(r.entries, e.IP)
+		r.dp.DeleteIPCache(p)
+		return
+	}
+	r.entries[e.IP] = e
+	if r.down[e.Node] {
+		return
+	}
+	r.writeEntry(e)
+}
+
+func (r *Router) writeEntry(e ipcache.Entry) {
+	var tunnel netip.Addr
+	if r.mode == Tunnel {
+		tunnel = e.HostIP
+	}
+	if err := r.dp.UpsertIPCacheTunnel(netip.PrefixFrom(e.IP, 32), e.Identity, tunnel); err != nil {
+		slog.Error("remote ipcache entry", "ip", e.IP, "err", err)
+	}
+}
+
+// SetNodeDown withdraws (down) or restores a node's entries and routes
+// ahead of the kvstore, when failure detection says so.
+func (r *Router) SetNodeDown(name string, down bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.down[name] == down || name == r.self {
+		return
+	}
+	if down {
+		r.down[name] = true
+	} else {
+		delete(r.down, name)
+	}
+	n, known := r.nodes[name]
+	for _, e := range r.entries {
+		if e.Node != name {
+			continue
+		}
+		if down {
+			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+		} else {
+			r.writeEntry(e)
+		}
+	}
+	if known {
+		if down {
+			r.forgetNode(n)
+		} else {
+			r.learnNode(n)
+		}
+	}
+}
+
+// Wanted returns the remote ipcache entries the datapath should hold
+// (for reconciliation).
+func (r *Router) Wanted() map[netip.Prefix]ipcache.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[netip.Prefix]ipcache.Entry{}
+	for ip, e := range r.entries {
+		if !r.down[e.Node] {
+			out[netip.PrefixFrom(ip, 32)] = e
+		}
+	}
+	return out
+}
