@@ -46,35 +46,38 @@ test: deps build
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-# A lab node with pods, a policy enforced in the kernel, and a denied flow
-# in filament monitor; leaves the lab up for exploring.
+# A three-node cluster (VXLAN tunnel) with pods on each node, cross-node
+# traffic, a policy enforced in the kernel and a denied flow in filament
+# monitor; leaves the lab up for exploring.
+DEMO_ROUTING ?= tunnel
 demo: deps build
 	@bin/filament-lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
-	bin/filament-lab up --name $(DEMO_LAB) --nodes 1
+	bin/filament-lab up --name $(DEMO_LAB) --nodes 3 --routing $(DEMO_ROUTING)
 	bin/filament-lab pod add --name $(DEMO_LAB) n1 web-1 --labels app=web,tier=frontend
-	bin/filament-lab pod add --name $(DEMO_LAB) n1 web-2 --labels app=web,tier=frontend
-	bin/filament-lab pod add --name $(DEMO_LAB) n1 db-1 --labels app=db,tier=backend
-	bin/filament-lab pod add --name $(DEMO_LAB) n1 other-1 --labels app=other
-	@echo; echo "== filament endpoint list (on node n1)"
-	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament endpoint list
-	@echo; echo "== filament identity list"
+	bin/filament-lab pod add --name $(DEMO_LAB) n2 web-2 --labels app=web,tier=frontend
+	bin/filament-lab pod add --name $(DEMO_LAB) n3 db-1 --labels app=db,tier=backend
+	bin/filament-lab pod add --name $(DEMO_LAB) n2 other-1 --labels app=other
+	@echo; echo "== filament node list (from n1)"
+	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament node list
+	@echo; echo "== filament endpoint list on each node"
+	@for n in n1 n2 n3; do bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament endpoint list; done
+	@echo; echo "== filament identity list (cluster-wide)"
 	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament identity list
-	@echo; echo "== policy: db accepts PostgreSQL and ping from web only (enforced by the eBPF programs)"
-	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy import docs/examples/allow-web-to-db.yaml
-	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy get
+	@echo; echo "== policy on every node: db accepts PostgreSQL and ping from web only"
+	@for n in n1 n2 n3; do bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament policy import docs/examples/allow-web-to-db.yaml; done
 	@db=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="db-1") | .ip'); \
 	mon=$$(mktemp); \
-	timeout 6 bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament monitor > $$mon 2>&1 & \
+	timeout 7 bin/filament-lab exec --name $(DEMO_LAB) n3 -- filament monitor > $$mon 2>&1 & \
 	sleep 1; \
-	echo; echo "== web-1 pings db-1 (allowed)"; \
+	echo; echo "== web-1 (n1) pings db-1 (n3) across nodes: allowed"; \
 	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- ping -c 2 -W 1 $$db; \
-	echo; echo "== other-1 pings db-1 (denied)"; \
+	echo; echo "== other-1 (n2) pings db-1 (n3): denied on n3 with the identity carried in the VXLAN header"; \
 	bin/filament-lab pod exec --name $(DEMO_LAB) other-1 -- ping -c 2 -W 1 $$db || true; \
-	wait; echo; echo "== filament monitor saw:"; cat $$mon; rm -f $$mon
+	wait; echo; echo "== filament monitor on n3 saw:"; cat $$mon; rm -f $$mon
 	@echo; echo "== filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8"
-	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8
-	@echo; echo "== filament status"
-	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament status
+	bin/filament-lab exec --name $(DEMO_LAB) n3 -- filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8
+	@echo; echo "== filament status (n3)"
+	bin/filament-lab exec --name $(DEMO_LAB) n3 -- filament status
 	@echo; echo "The lab stays up: try 'bin/filament-lab status --name $(DEMO_LAB)'; remove it with 'make demo-down'."
 
 demo-down:

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/filament-net/filament/lab"
 
 	"github.com/filament-net/filament/lab/labtest"
@@ -99,23 +101,9 @@ spec:
 		var sum float64
 		for i := 0; i < b.N; i++ {
 			c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "3", "-J")
-			out, err := c.Output()
-			if err != nil {
-				b.Fatalf("iperf3: %v %s", err, out)
-			}
-			var r struct {
-				End struct {
-					SumReceived struct {
-						BitsPerSecond float64 `json:"bits_per_second"`
-					} `json:"sum_received"`
-				} `json:"end"`
-			}
-			if err := json.Unmarshal(out, &r); err != nil {
-				b.Fatal(err)
-			}
-			sum += r.End.SumReceived.BitsPerSecond
+			sum += iperf(b, c)
 		}
-		b.ReportMetric(sum/float64(b.N)/1e9, "Gbit/s")
+		b.ReportMetric(sum/float64(b.N), "Gbit/s")
 		b.ReportMetric(0, "ns/op")
 	}
 	b.Run("filament-programs-with-policy", measure)
@@ -143,4 +131,168 @@ spec:
 		b.Fatalf("iptables-legacy-restore: %v %s", err, out)
 	}
 	b.Run("no-program-iptables-10k-rules", measure)
+}
+
+// iperf3 runs one 3 s TCP stream from client to serverIP and returns Gbit/s.
+func iperf(b *testing.B, client *exec.Cmd) float64 {
+	b.Helper()
+	out, err := client.Output()
+	if err != nil {
+		b.Fatalf("iperf3: %v %s", err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		b.Fatal(err)
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e9
+}
+
+// BenchmarkCrossNodeThroughput: one TCP stream from a pod on n1 to a pod on
+// n2, tunnel and native, beside plain veth throughput between two bare
+// namespaces in the same run.
+func BenchmarkCrossNodeThroughput(b *testing.B) {
+	b.Run("baseline-plain-veth", func(b *testing.B) {
+		labtest.NetNS(b, "fbench-x")
+		labtest.NetNS(b, "fbench-y")
+		for _, st := range [][]string{
+			{"-n", "fbench-x", "link", "add", "v", "type", "veth", "peer", "name", "v", "netns", "fbench-y"},
+			{"-n", "fbench-x", "addr", "add", "10.99.9.1/24", "dev", "v"},
+			{"-n", "fbench-y", "addr", "add", "10.99.9.2/24", "dev", "v"},
+			{"-n", "fbench-x", "link", "set", "v", "up"},
+			{"-n", "fbench-y", "link", "set", "v", "up"},
+		} {
+			if out, err := exec.Command("ip", st...).CombinedOutput(); err != nil {
+				b.Fatalf("ip %v: %v %s", st, err, out)
+			}
+		}
+		srv := exec.Command("ip", "netns", "exec", "fbench-y", "iperf3", "-s", "-p", "5201")
+		srv.Start()
+		defer func() { srv.Process.Kill(); srv.Wait() }()
+		time.Sleep(300 * time.Millisecond)
+		var sum float64
+		for i := 0; i < b.N; i++ {
+			sum += iperf(b, exec.Command("ip", "netns", "exec", "fbench-x", "iperf3", "-c", "10.99.9.2", "-p", "5201", "-t", "3", "-J"))
+		}
+		b.ReportMetric(sum/float64(b.N), "Gbit/s")
+		b.ReportMetric(0, "ns/op")
+	})
+	for _, mode := range []string{"tunnel", "native"} {
+		b.Run(mode, func(b *testing.B) {
+			l := labtest.UpRouting(b, 2, mode)
+			labtest.Pod(b, l, "n1", "client", "app=client")
+			srv := labtest.Pod(b, l, "n2", "server", "app=server")
+			labtest.ImportPolicy(b, l, "n2", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+`)
+			sc, _ := l.PodCommand("server", "iperf3", "-s", "-p", "5201")
+			sc.Start()
+			defer func() { sc.Process.Kill(); sc.Wait() }()
+			deadline := time.Now().Add(15 * time.Second)
+			for {
+				c, _ := l.PodCommand("client", "ping", "-c", "1", "-W", "1", srv.IP)
+				if c.Run() == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Fatal("client cannot reach server")
+				}
+			}
+			var sum float64
+			for i := 0; i < b.N; i++ {
+				c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "3", "-J")
+				sum += iperf(b, c)
+			}
+			b.ReportMetric(sum/float64(b.N), "Gbit/s")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// BenchmarkIPCachePropagation: from the start of a CNI ADD on n1 until the
+// endpoint's entry is in n2's BPF ipcache, over 1,000 endpoints: p50 and
+// p99. Baseline: the same for n1's own ipcache (written during the ADD,
+// without the kvstore). The entry is checked once the ADD has returned, so
+// both include the ADD itself.
+func BenchmarkIPCachePropagation(b *testing.B) {
+	const count = 1000
+	l := labtest.UpRouting(b, 2, "tunnel", "--pod-cidr-size", "21")
+	n1, _ := l.Node("n1")
+	open := func(node string) *ebpf.Map {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(lab.Root, l.Name, "bpffs", "filament", node, "ipcache"), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { m.Close() })
+		return m
+	}
+	remote, local := open("n2"), open("n1")
+	netns := labtest.NetNS(b, "fbench-prop-"+l.Name)
+	conf := n1.NetConf([]string{"app=prop"})
+	var remoteD, localD []time.Duration
+	for i := 0; i < count; i++ {
+		cid := fmt.Sprintf("prop-%d", i)
+		// Addresses are handed out round-robin, so the next one is known
+		// before the ADD: both maps are polled while it runs.
+		ip := labtest.PodAddr(b, l, "n1", 2+i)
+		type addResult struct {
+			out []byte
+			err error
+		}
+		done := make(chan addResult, 1)
+		created := time.Now() // the CNI ADD starts
+		go func() {
+			out, err := l.CNI(n1, "ADD", cid, netns, "eth0", "", conf)
+			done <- addResult{out, err}
+		}()
+		var gotLocal, gotRemote bool
+		for !gotRemote || !gotLocal {
+			if !gotLocal && ipcHas(local, ip, 32) {
+				gotLocal = true
+				localD = append(localD, time.Since(created))
+			}
+			if !gotRemote && ipcHas(remote, ip, 32) {
+				gotRemote = true
+				remoteD = append(remoteD, time.Since(created))
+			}
+			if time.Since(created) > 10*time.Second {
+				b.Fatalf("endpoint %s not in both ipcaches after 10s (local %v, remote %v)", ip, gotLocal, gotRemote)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		r := <-done
+		if r.err != nil {
+			b.Fatal(r.err)
+		}
+		if !strings.Contains(string(r.out), `"`+ip+`/32"`) {
+			b.Fatalf("ADD gave %s, expected %s", r.out, ip)
+		}
+		if _, err := l.CNI(n1, "DEL", cid, netns, "eth0", "", conf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pct := func(d []time.Duration, p int) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return float64(d[len(d)*p/100].Microseconds()) / 1000
+	}
+	b.Run("remote-node-ipcache", func(b *testing.B) {
+		b.ReportMetric(pct(remoteD, 50), "p50-ms")
+		b.ReportMetric(pct(remoteD, 99), "p99-ms")
+		b.ReportMetric(0, "ns/op")
+	})
+	b.Run("baseline-local-ipcache", func(b *testing.B) {
+		b.ReportMetric(pct(localD, 50), "p50-ms")
+		b.ReportMetric(pct(localD, 99), "p99-ms")
+		b.ReportMetric(0, "ns/op")
+	})
 }
