@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -126,6 +127,19 @@ func TestCrossNode(t *testing.T) {
 			if !reach(t, lab.NetNSPath(b.NetNS), "tcp", d.IP, 7002) {
 				t.Error("b -> d across nodes")
 			}
+			// Deleting b withdraws its entry from n1's BPF ipcache.
+			ipc, err := ebpfLoadPinned(filepath.Join(lab.Root, l.Name, "bpffs", "filament", "n1", "ipcache"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ipc.Close()
+			if !ipcHas(ipc, b.IP, 32) {
+				t.Fatal("b is not in n1's ipcache")
+			}
+			if err := l.DeletePod("b"); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "b's entry leaves n1's ipcache", func() bool { return !ipcHas(ipc, b.IP, 32) })
 		})
 	}
 }
