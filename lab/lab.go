@@ -27,6 +27,7 @@ import (
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/clustermesh"
 )
 
 // Root is where labs keep their state (one directory per lab).
@@ -52,7 +53,8 @@ func validName(kind, s string) error {
 
 // Node is one lab node.
 type Node struct {
-	Name     string `json:"name"`
+	Name     string `json:"name"`    // n<j>, or c<i>/n<j> in a lab of several clusters
+	Cluster  string `json:"cluster"` // name of its cluster
 	NetNS    string `json:"netns"`
 	IP       string `json:"ip"` // underlay address
 	PodCIDR  string `json:"podCIDR"`
@@ -73,6 +75,19 @@ type Pod struct {
 	Labels      []string `json:"labels"`
 }
 
+// Cluster is one cluster of the lab: an underlay bridge joining its nodes
+// and its kvstore (filament-clustermesh-apiserver, serving the cluster's
+// clustermesh bundle over mutual TLS).
+type Cluster struct {
+	Name       string `json:"name"`
+	ID         uint32 `json:"id"`
+	Index      int    `json:"index"`  // underlay 172.30.<index>.0/24
+	Pool       string `json:"pool"`   // pod CIDR pool
+	Bundle     string `json:"bundle"` // clustermesh bundle directory
+	Kvstore    string `json:"kvstore"`
+	KvstorePID int    `json:"kvstorePID"`
+}
+
 // External is a host outside the cluster (a namespace joined to a node by a
 // veth, routed through the node), to test world and CIDR policy.
 type External struct {
@@ -84,19 +99,16 @@ type External struct {
 
 // Lab is the recorded state of one lab.
 type Lab struct {
-	Name      string   `json:"name"`
-	BinDir    string   `json:"binDir"`
-	AgentArgs []string `json:"agentArgs,omitempty"`
-	Routing   string   `json:"routing"`
-	PodPrefix int      `json:"podPrefixLen"`
-	// Underlay: a bridge in namespace flab-<lab>-ul joining the nodes and the
-	// cluster's kvstore (filament-clustermesh-apiserver in flab-<lab>-kv).
-	KvstorePID int        `json:"kvstorePID"`
-	Kvstore    string     `json:"kvstore"`
-	Created    string     `json:"created"`
-	Nodes      []Node     `json:"nodes"`
-	Pods       []Pod      `json:"pods"`
-	Externals  []External `json:"externals,omitempty"`
+	Name      string     `json:"name"`
+	BinDir    string     `json:"binDir"`
+	AgentArgs []string   `json:"agentArgs,omitempty"`
+	Routing   string     `json:"routing"`
+	PodPrefix int        `json:"podPrefixLen"`
+	Clusters  []Cluster  `json:"clusters"`
+	Created   string     `json:"created"`
+	Nodes     []Node     `json:"nodes"`
+	Pods      []Pod      `json:"pods"`
+	Externals []External `json:"externals,omitempty"`
 
 	dir string
 }
@@ -112,6 +124,9 @@ type Options struct {
 	AgentArgs []string
 	// Routing between nodes: tunnel (default) or native.
 	Routing string
+	// Clusters: with more than one, cluster i is c<i> (ID i) with nodes
+	// c<i>/n1..n<Nodes>, and a router joins the clusters' underlays.
+	Clusters int
 }
 
 func labDir(name string) string { return filepath.Join(Root, name) }
@@ -225,41 +240,95 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		l.teardown()
 		return nil, fmt.Errorf("mount bpffs on %s: %w", l.bpffs(), err)
 	}
-	if err := l.startUnderlay(ctx); err != nil {
+	if o.Clusters == 0 {
+		o.Clusters = 1
+	}
+	if o.Clusters < 1 || o.Clusters > 16 {
+		return nil, fmt.Errorf("%w: --clusters %d: want 1-16", ErrInvalid, o.Clusters)
+	}
+	if o.Clusters == 1 {
+		l.Clusters = []Cluster{{Name: "default", ID: 1, Index: 0, Pool: "10.244.0.0/16"}}
+	} else {
+		for i := 1; i <= o.Clusters; i++ {
+			l.Clusters = append(l.Clusters, Cluster{Name: fmt.Sprintf("c%d", i), ID: uint32(i), Index: i, Pool: fmt.Sprintf("10.%d.0.0/16", 100+i)})
+		}
+	}
+	fail := func(err error) (*Lab, error) {
+		l.save()
 		l.teardown()
 		return nil, err
 	}
-	for i := 1; i <= o.Nodes; i++ {
-		if err := l.startNode(ctx, i); err != nil {
-			l.teardown()
-			return nil, err
+	if o.Clusters > 1 {
+		if err := l.startRouter(); err != nil {
+			return fail(err)
+		}
+	}
+	for ci := range l.Clusters {
+		if err := l.startCluster(ctx, &l.Clusters[ci], o.Clusters > 1); err != nil {
+			return fail(err)
 		}
 		if err := l.save(); err != nil {
-			l.teardown()
-			return nil, err
+			return fail(err)
+		}
+		for j := 1; j <= o.Nodes; j++ {
+			if err := l.startNode(ctx, &l.Clusters[ci], j, o.Clusters > 1); err != nil {
+				return fail(err)
+			}
+			if err := l.save(); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	return l, nil
 }
 
-const (
-	underlayNet = "172.30.0."
-	kvstoreIP   = underlayNet + "254"
-)
+func underlayIP(c *Cluster, host int) string { return fmt.Sprintf("172.30.%d.%d", c.Index, host) }
 
-func (l *Lab) underlayNS() string { return fmt.Sprintf("flab-%s-ul", l.Name) }
-func (l *Lab) kvstoreNS() string  { return fmt.Sprintf("flab-%s-kv", l.Name) }
+func (l *Lab) underlayNS(c *Cluster) string {
+	if c.Index == 0 {
+		return fmt.Sprintf("flab-%s-ul", l.Name)
+	}
+	return fmt.Sprintf("flab-%s-%s-ul", l.Name, c.Name)
+}
+
+func (l *Lab) kvstoreNS(c *Cluster) string {
+	if c.Index == 0 {
+		return fmt.Sprintf("flab-%s-kv", l.Name)
+	}
+	return fmt.Sprintf("flab-%s-%s-kv", l.Name, c.Name)
+}
+
+func (l *Lab) routerNS() string { return fmt.Sprintf("flab-%s-rt", l.Name) }
+
+// Cluster returns the named cluster.
+func (l *Lab) Cluster(name string) (*Cluster, error) {
+	for i := range l.Clusters {
+		if l.Clusters[i].Name == name {
+			return &l.Clusters[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: cluster %q in lab %q", ErrNotFound, name, l.Name)
+}
 
 // JoinUnderlay puts a veth between namespace ns (as eth0 with ip/24) and
-// the underlay bridge (as port).
-func (l *Lab) JoinUnderlay(ns, port, ip string) error {
-	for _, st := range [][]string{
-		{"-n", l.underlayNS(), "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
-		{"-n", l.underlayNS(), "link", "set", port, "master", "br0", "up"},
+// the underlay bridge of cluster (as port); in a lab of several clusters
+// the router is its default gateway.
+func (l *Lab) JoinUnderlay(cluster, ns, port, ip string) error {
+	c, err := l.Cluster(cluster)
+	if err != nil {
+		return err
+	}
+	steps := [][]string{
+		{"-n", l.underlayNS(c), "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", l.underlayNS(c), "link", "set", port, "master", "br0", "up"},
 		{"-n", ns, "addr", "add", ip + "/24", "dev", "eth0"},
 		{"-n", ns, "link", "set", "eth0", "up"},
 		{"-n", ns, "link", "set", "lo", "up"},
-	} {
+	}
+	if len(l.Clusters) > 1 {
+		steps = append(steps, []string{"-n", ns, "route", "add", "default", "via", underlayIP(c, 253)})
+	}
+	for _, st := range steps {
 		if err := run("ip", st...); err != nil {
 			return err
 		}
@@ -267,62 +336,92 @@ func (l *Lab) JoinUnderlay(ns, port, ip string) error {
 	return nil
 }
 
-// startUnderlay creates the bridge and runs the cluster's kvstore on it.
-func (l *Lab) startUnderlay(ctx context.Context) error {
+// startRouter creates the namespace that routes between the clusters' underlays.
+func (l *Lab) startRouter() error {
+	if err := run("ip", "netns", "add", l.routerNS()); err != nil {
+		return err
+	}
+	return run("ip", "netns", "exec", l.routerNS(), "sysctl", "-qw", "net.ipv4.ip_forward=1")
+}
+
+// startCluster creates the cluster's bridge and bundle and runs its kvstore.
+func (l *Lab) startCluster(ctx context.Context, c *Cluster, routed bool) error {
 	for _, st := range [][]string{
-		{"netns", "add", l.underlayNS()},
-		{"-n", l.underlayNS(), "link", "add", "br0", "type", "bridge"},
-		{"-n", l.underlayNS(), "link", "set", "br0", "up"},
-		{"netns", "add", l.kvstoreNS()},
+		{"netns", "add", l.underlayNS(c)},
+		{"-n", l.underlayNS(c), "link", "add", "br0", "type", "bridge"},
+		{"-n", l.underlayNS(c), "link", "set", "br0", "up"},
+		{"netns", "add", l.kvstoreNS(c)},
 	} {
 		if err := run("ip", st...); err != nil {
 			return err
 		}
 	}
-	if err := l.JoinUnderlay(l.kvstoreNS(), "kv", kvstoreIP); err != nil {
+	if routed {
+		for _, st := range [][]string{
+			{"-n", l.underlayNS(c), "link", "add", "rt", "type", "veth", "peer", "name", c.Name, "netns", l.routerNS()},
+			{"-n", l.underlayNS(c), "link", "set", "rt", "master", "br0", "up"},
+			{"-n", l.routerNS(), "addr", "add", underlayIP(c, 253) + "/24", "dev", c.Name},
+			{"-n", l.routerNS(), "link", "set", c.Name, "up"},
+		} {
+			if err := run("ip", st...); err != nil {
+				return err
+			}
+		}
+	}
+	kvIP := underlayIP(c, 254)
+	if err := l.JoinUnderlay(c.Name, l.kvstoreNS(c), "kv", kvIP); err != nil {
 		return err
 	}
-	logf, err := os.OpenFile(filepath.Join(l.dir, "kvstore.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	dir := filepath.Join(l.dir, c.Name)
+	c.Bundle = filepath.Join(dir, "clustermesh")
+	// The same step as `filament clustermesh enable`.
+	if _, err := clustermesh.Enable(c.Bundle, c.Name, c.ID, []net.IP{net.ParseIP(kvIP)}); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "kvstore.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	l.Kvstore = "http://" + kvstoreIP + ":2379"
-	cmd := exec.Command("ip", "netns", "exec", l.kvstoreNS(), filepath.Join(l.BinDir, "filament-clustermesh-apiserver"),
-		"--data-dir", filepath.Join(l.dir, "kvstore"), "--listen-client-url", l.Kvstore,
+	c.Kvstore = "https://" + kvIP + ":2379"
+	cmd := exec.Command("ip", "netns", "exec", l.kvstoreNS(c), filepath.Join(l.BinDir, "filament-clustermesh-apiserver"),
+		"--bundle", c.Bundle, "--data-dir", filepath.Join(dir, "kvstore"), "--listen-client-url", c.Kvstore,
 		"--listen-peer-url", "http://127.0.0.1:2380", "--unsafe-no-fsync")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start the cluster kvstore: %w", err)
+		return fmt.Errorf("start the kvstore of cluster %s: %w", c.Name, err)
 	}
-	l.KvstorePID = cmd.Process.Pid
+	c.KvstorePID = cmd.Process.Pid
 	go cmd.Wait()
 	// Wait until it accepts connections, dialling from inside its namespace
 	// (the underlay is not reachable from the host).
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		err := ns.WithNetNSPath(NetNSPath(l.kvstoreNS()), func(ns.NetNS) error {
-			c, err := net.DialTimeout("tcp4", kvstoreIP+":2379", time.Second)
+		err := ns.WithNetNSPath(NetNSPath(l.kvstoreNS(c)), func(ns.NetNS) error {
+			conn, err := net.DialTimeout("tcp4", kvIP+":2379", time.Second)
 			if err == nil {
-				c.Close()
+				conn.Close()
 			}
 			return err
 		})
-		if err == nil {
+		if err == nil && strings.Contains(tail(filepath.Join(dir, "kvstore.log"), 5), "serving") {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster kvstore not ready after 30s: %v; log:\n%s", err, tail(filepath.Join(l.dir, "kvstore.log"), 10))
+			return fmt.Errorf("kvstore of cluster %s not ready after 30s: %v; log:\n%s", c.Name, err, tail(filepath.Join(dir, "kvstore.log"), 10))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-func (l *Lab) startNode(ctx context.Context, i int) error {
-	n := Node{Name: fmt.Sprintf("n%d", i), IP: fmt.Sprintf("%s%d", underlayNet, i)}
-	n.NetNS = fmt.Sprintf("flab-%s-%s", l.Name, n.Name)
-	dir := filepath.Join(l.dir, n.Name)
+func (l *Lab) startNode(ctx context.Context, c *Cluster, j int, qualified bool) error {
+	n := Node{Name: fmt.Sprintf("n%d", j), Cluster: c.Name, IP: underlayIP(c, j)}
+	if qualified {
+		n.Name = c.Name + "/" + n.Name
+	}
+	n.NetNS = fmt.Sprintf("flab-%s-%s", l.Name, strings.ReplaceAll(n.Name, "/", "-"))
+	dir := filepath.Join(l.dir, strings.ReplaceAll(n.Name, "/", "-"))
 	n.StateDir, n.Socket, n.LogFile = filepath.Join(dir, "state"), filepath.Join(dir, "agent.sock"), filepath.Join(dir, "agent.log")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -331,7 +430,7 @@ func (l *Lab) startNode(ctx context.Context, i int) error {
 		return err
 	}
 	l.Nodes = append(l.Nodes, n)
-	if err := l.JoinUnderlay(n.NetNS, n.Name, n.IP); err != nil {
+	if err := l.JoinUnderlay(c.Name, n.NetNS, "n"+strconv.Itoa(j), n.IP); err != nil {
 		return err
 	}
 	return l.startAgent(ctx, &l.Nodes[len(l.Nodes)-1])
@@ -347,10 +446,19 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 	if prefix == 0 {
 		prefix = 24
 	}
+	c, err := l.Cluster(n.Cluster)
+	if err != nil {
+		return err
+	}
+	nodeName := n.Name[strings.LastIndex(n.Name, "/")+1:]
 	args := append([]string{"netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-agent"),
-		"--node-name", n.Name, "--state-dir", n.StateDir, "--api-socket", n.Socket,
-		"--etcd-endpoints", l.Kvstore, "--node-ip", n.IP, "--routing", l.Routing,
-		"--cluster-pool", "10.244.0.0/16", "--pod-cidr-size", strconv.Itoa(prefix),
+		"--node-name", nodeName, "--cluster-name", c.Name, "--cluster-id", strconv.Itoa(int(c.ID)),
+		"--state-dir", n.StateDir, "--api-socket", n.Socket,
+		"--etcd-endpoints", c.Kvstore, "--etcd-ca", filepath.Join(c.Bundle, "ca.pem"),
+		"--etcd-cert", filepath.Join(c.Bundle, clustermesh.UserAgent+".pem"), "--etcd-key", filepath.Join(c.Bundle, clustermesh.UserAgent+"-key.pem"),
+		"--clustermesh-config", clustermesh.RemotesDir(c.Bundle),
+		"--node-ip", n.IP, "--routing", l.Routing,
+		"--cluster-pool", c.Pool, "--pod-cidr-size", strconv.Itoa(prefix),
 		"--bpf-root", l.bpffs()}, l.AgentArgs...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -361,11 +469,11 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 	n.PID = cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	c := api.NewClient(n.Socket)
+	client := api.NewClient(n.Socket)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, err := c.Status(sctx)
+		st, err := client.Status(sctx)
 		cancel()
 		if err == nil {
 			n.Running = true
@@ -619,7 +727,10 @@ func (l *Lab) NodeCommand(node string, argv ...string) (*exec.Cmd, error) {
 		return nil, err
 	}
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NetNS}, argv...)...)
-	cmd.Env = append(os.Environ(), api.SocketEnv+"="+n.Socket, "PATH="+l.BinDir+":"+os.Getenv("PATH"))
+	cmd.Env = append(os.Environ(), api.SocketEnv+"="+n.Socket, "PATH="+l.BinDir+":"+os.Getenv("PATH"), "FILAMENT_LAB_DIR="+l.dir)
+	if c, err := l.Cluster(n.Cluster); err == nil {
+		cmd.Env = append(cmd.Env, "FILAMENT_CLUSTERMESH_BUNDLE="+c.Bundle)
+	}
 	return cmd, nil
 }
 
@@ -728,8 +839,16 @@ func (l *Lab) teardown() error {
 			errs = append(errs, err)
 		}
 	}
-	stopPID(l.KvstorePID)
-	for _, ns := range []string{l.kvstoreNS(), l.underlayNS()} {
+	var nss []string
+	for i := range l.Clusters {
+		c := &l.Clusters[i]
+		stopPID(c.KvstorePID)
+		nss = append(nss, l.kvstoreNS(c), l.underlayNS(c))
+	}
+	if len(l.Clusters) > 1 {
+		nss = append(nss, l.routerNS())
+	}
+	for _, ns := range nss {
 		if err := run("ip", "netns", "del", ns); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)
 		}

@@ -137,7 +137,7 @@ func TestCLI(t *testing.T) {
 	}
 	// Lab nodes share the cluster's kvstore (not an embedded per-node etcd).
 	if json.Unmarshal([]byte(out), &st) != nil || st.NodeName != "n1" || st.Kvstore.Embedded || !st.Kvstore.Healthy ||
-		len(st.Kvstore.Endpoints) != 1 || st.Kvstore.Endpoints[0] != l.Kvstore {
+		len(st.Kvstore.Endpoints) != 1 || st.Kvstore.Endpoints[0] != l.Clusters[0].Kvstore {
 		t.Fatalf("status json: %s", out)
 	}
 	for _, format := range []string{"yaml", "table"} {

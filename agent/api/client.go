@@ -18,6 +18,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/clustermesh/remote"
 )
 
 // ErrAgentDown: nothing answers on the socket.
@@ -244,4 +245,10 @@ func (c *Client) Monitor(ctx context.Context, endpoint uint16, typ string, f fun
 func (c *Client) Nodes(ctx context.Context) ([]node.Node, error) {
 	var ns []node.Node
 	return ns, c.do(ctx, http.MethodGet, "/v1/nodes", nil, "", &ns)
+}
+
+// ClusterMesh reports the remote clusters this agent follows.
+func (c *Client) ClusterMesh(ctx context.Context) ([]remote.Status, error) {
+	var st []remote.Status
+	return st, c.do(ctx, http.MethodGet, "/v1/clustermesh", nil, "", &st)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/clustermesh/remote"
 )
 
 // Endpoints is what the API needs of the endpoint manager.
@@ -58,8 +59,12 @@ type Server struct {
 	Monitor *monitor.Hub
 	// Metrics serves Prometheus metrics at /metrics (nil: none).
 	Metrics http.Handler
+	// ClusterMesh reports the remote clusters (nil: none).
+	ClusterMesh func() []remote.Status
 	// Nodes lists the cluster's nodes (nil: none known).
 	Nodes func() []node.Node
+	// ClusterName labels trace label sets that name no cluster.
+	ClusterName string
 	// Trace evaluates policy between two label sets (nil: no resolver).
 	Trace func(src, dst labels.Labels, proto uint8, port uint16) policy.TraceResult
 
@@ -83,6 +88,13 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/policies/{key...}", s.deletePolicy)
 	mux.HandleFunc("POST /v1/policy-trace", s.trace)
 	mux.HandleFunc("GET /v1/monitor", s.monitor)
+	mux.HandleFunc("GET /v1/clustermesh", func(w http.ResponseWriter, r *http.Request) {
+		st := []remote.Status{}
+		if s.ClusterMesh != nil {
+			st = s.ClusterMesh()
+		}
+		reply(w, http.StatusOK, st)
+	})
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		nodes := []node.Node{}
 		if s.Nodes != nil {
@@ -391,9 +403,15 @@ func (s *Server) traceSide(ep uint16, ls []string, side string) (labels.Labels, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %sLabels: %v", errBadRequest, side, err)
 	}
-	// Pods live in a namespace: without one given, the default namespace.
+	// Pods live in a namespace and a cluster: without them given, the
+	// default namespace of the local cluster.
 	if _, ok := out.Get(labels.KeyNamespace); !ok {
-		out, err = out.With(labels.Label{Source: labels.SourceK8s, Key: labels.KeyNamespace, Value: "default"})
+		if out, err = out.With(labels.Label{Source: labels.SourceK8s, Key: labels.KeyNamespace, Value: "default"}); err != nil {
+			return nil, err
+		}
+	}
+	if _, ok := out.Get(labels.KeyCluster); !ok && s.ClusterName != "" {
+		out, err = out.With(labels.Label{Source: labels.SourceK8s, Key: labels.KeyCluster, Value: s.ClusterName})
 	}
 	return out, err
 }

@@ -79,6 +79,15 @@ type Config struct {
 	NodeIP string `json:"nodeIP,omitempty"`
 	// Routing between nodes: tunnel (VXLAN) or native (routes).
 	Routing string `json:"routing"`
+	// ClusterMeshConfig is a directory of remote cluster configs (one
+	// <name>.yaml each, written by filament clustermesh connect); empty: none.
+	ClusterMeshConfig string `json:"clusterMeshConfig,omitempty"`
+	// ClusterMeshTTL withdraws a lost remote cluster's entries after this
+	// long; 0 keeps them (traffic keeps flowing to what was known).
+	ClusterMeshTTL Duration `json:"clusterMeshTTL"`
+	// PolicyAllClusters makes peer selectors that name no cluster match
+	// every cluster of the mesh instead of only the local one.
+	PolicyAllClusters bool `json:"policyAllClusters"`
 	// MemberlistPort for failure detection among the cluster's agents (0 disables it).
 	MemberlistPort int    `json:"memberlistPort"`
 	StateDir       string `json:"stateDir"`

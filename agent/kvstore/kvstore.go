@@ -10,6 +10,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"time"
 
@@ -39,6 +41,10 @@ type Config struct {
 	CAFile   string `json:"caFile,omitempty" yaml:"caFile,omitempty"`
 	CertFile string `json:"certFile,omitempty" yaml:"certFile,omitempty"`
 	KeyFile  string `json:"keyFile,omitempty" yaml:"keyFile,omitempty"`
+	// The same material inline, in PEM (used instead of the files when set).
+	CAData   string `json:"caData,omitempty" yaml:"caData,omitempty"`
+	CertData string `json:"certData,omitempty" yaml:"certData,omitempty"`
+	KeyData  string `json:"keyData,omitempty" yaml:"keyData,omitempty"`
 	// Username and Password for etcd authentication, if enabled.
 	Username string `json:"username,omitempty" yaml:"username,omitempty"`
 	Password string `json:"password,omitempty" yaml:"password,omitempty"`
@@ -47,28 +53,44 @@ type Config struct {
 // TLSConfig builds the client TLS configuration from the files in c, or nil
 // when no TLS file is set.
 func (c Config) TLSConfig() (*tls.Config, error) {
-	if c.CAFile == "" && c.CertFile == "" && c.KeyFile == "" {
+	if c.CAFile == "" && c.CertFile == "" && c.KeyFile == "" && c.CAData == "" && c.CertData == "" && c.KeyData == "" {
 		return nil, nil
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
+	caPEM := []byte(c.CAData)
+	if len(caPEM) == 0 && c.CAFile != "" {
+		b, err := os.ReadFile(c.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("%w: caFile: %v", ErrConfig, err)
 		}
+		caPEM = b
+	}
+	if len(caPEM) > 0 {
 		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: caFile %s: no PEM certificate in it", ErrConfig, c.CAFile)
+		if !pool.AppendCertsFromPEM(caPEM) {
+			return nil, fmt.Errorf("%w: CA %s: no PEM certificate in it", ErrConfig, c.CAFile)
 		}
 		tc.RootCAs = pool
 	}
-	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, fmt.Errorf("%w: certFile and keyFile must be given together", ErrConfig)
+	certPEM, keyPEM := []byte(c.CertData), []byte(c.KeyData)
+	if len(certPEM) == 0 && len(keyPEM) == 0 {
+		if (c.CertFile == "") != (c.KeyFile == "") {
+			return nil, fmt.Errorf("%w: certFile and keyFile must be given together", ErrConfig)
+		}
+		if c.CertFile != "" {
+			var err error
+			if certPEM, err = os.ReadFile(c.CertFile); err != nil {
+				return nil, fmt.Errorf("%w: certFile: %v", ErrConfig, err)
+			}
+			if keyPEM, err = os.ReadFile(c.KeyFile); err != nil {
+				return nil, fmt.Errorf("%w: keyFile: %v", ErrConfig, err)
+			}
+		}
 	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if len(certPEM) > 0 || len(keyPEM) > 0 {
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
 		if err != nil {
-			return nil, fmt.Errorf("%w: certFile/keyFile: %v", ErrConfig, err)
+			return nil, fmt.Errorf("%w: client certificate and key: %v", ErrConfig, err)
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}
@@ -109,6 +131,11 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	defer cancel()
 	if _, err := c.Status(sctx, cfg.Endpoints[0]); err != nil {
 		c.Close()
+		if tc != nil {
+			if why := tlsProbe(cfg.Endpoints[0], tc, dt); why != nil {
+				return nil, fmt.Errorf("kvstore: etcd at %v refused the TLS connection: %w", cfg.Endpoints, why)
+			}
+		}
 		return nil, fmt.Errorf("kvstore: etcd at %v does not answer: %w", cfg.Endpoints, err)
 	}
 	return &Client{c: c}, nil
@@ -224,6 +251,32 @@ func (c *Client) Compact(ctx context.Context, rev int64) error {
 	_, err := c.c.Compact(ctx, rev, clientv3.WithCompactPhysical())
 	if err != nil {
 		return fmt.Errorf("kvstore: compact %d: %w", rev, err)
+	}
+	return nil
+}
+
+// tlsProbe does one TLS handshake with endpoint to find out why gRPC could
+// not connect (gRPC reports only a timeout); nil when the handshake works.
+func tlsProbe(endpoint string, tc *tls.Config, timeout time.Duration) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return nil
+	}
+	conf := tc.Clone()
+	conf.ServerName = u.Hostname()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", u.Host, conf)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// TLS 1.3 reports a rejected client certificate only on the first read.
+	conn.SetReadDeadline(time.Now().Add(timeout))
+	var b [1]byte
+	if _, err := conn.Read(b[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		var ne net.Error
+		if !(errors.As(err, &ne) && ne.Timeout()) {
+			return err
+		}
 	}
 	return nil
 }

@@ -238,6 +238,9 @@ type Resolver struct {
 	mode        Mode
 	modeWarning string
 
+	localCluster string // peer selectors without a cluster select this one
+	allClusters  bool   // ... unless this is set
+
 	policies map[string]Policy // by key, copies of the current policies
 	compiled map[string]*compiledPolicy
 	rules    []*compiledRule // every rule, by policy key then index
@@ -317,6 +320,11 @@ func (r *Resolver) SetPolicies(ps []Policy) Change {
 
 	next := make(map[string]Policy, len(ps))
 	for _, p := range ps {
+		local := r.localCluster
+		if r.allClusters {
+			local = ""
+		}
+		p = scopePolicy(p, local)
 		next[p.Key()] = p
 	}
 	changed := map[string]bool{}

@@ -36,6 +36,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/routing"
+	"github.com/filament-net/filament/clustermesh/remote"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -49,7 +50,7 @@ func main() {
 func newCommand() *cobra.Command {
 	cfg := config.Default()
 	var cfgFile string
-	var leaseTTL, gcInterval, ctGC time.Duration
+	var leaseTTL, gcInterval, ctGC, meshTTL time.Duration
 	cmd := &cobra.Command{
 		Use:           "filament-agent",
 		Short:         "Filament node agent: endpoints, identities, policy and the node API",
@@ -80,6 +81,9 @@ func newCommand() *cobra.Command {
 			set("node-ip", func() { final.NodeIP = cfg.NodeIP })
 			set("routing", func() { final.Routing = cfg.Routing })
 			set("memberlist-port", func() { final.MemberlistPort = cfg.MemberlistPort })
+			set("clustermesh-config", func() { final.ClusterMeshConfig = cfg.ClusterMeshConfig })
+			set("clustermesh-ttl", func() { final.ClusterMeshTTL = config.Duration(meshTTL) })
+			set("policy-all-clusters", func() { final.PolicyAllClusters = cfg.PolicyAllClusters })
 			set("state-dir", func() { final.StateDir = cfg.StateDir })
 			set("api-socket", func() { final.APISocket = cfg.APISocket })
 			set("etcd-endpoints", func() { final.Etcd.Endpoints = cfg.Etcd.Endpoints })
@@ -116,6 +120,9 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.NodeIP, "node-ip", "", "this node's underlay IPv4 address (default: the first global IPv4 address)")
 	f.StringVar(&cfg.Routing, "routing", d.Routing, "routing between nodes: tunnel (VXLAN) or native")
 	f.IntVar(&cfg.MemberlistPort, "memberlist-port", d.MemberlistPort, "UDP/TCP port for failure detection among agents (0 disables it)")
+	f.StringVar(&cfg.ClusterMeshConfig, "clustermesh-config", "", "directory of remote cluster configs (one <name>.yaml each, from filament clustermesh connect)")
+	f.DurationVar(&meshTTL, "clustermesh-ttl", 0, "withdraw a lost remote cluster's entries after this long (0: keep them)")
+	f.BoolVar(&cfg.PolicyAllClusters, "policy-all-clusters", false, "peer selectors without a cluster label match every cluster of the mesh (default: only the local cluster)")
 	f.StringVar(&cfg.StateDir, "state-dir", d.StateDir, "directory for endpoint, policy and embedded etcd state")
 	f.StringVar(&cfg.APISocket, "api-socket", d.APISocket, "unix socket of the agent API")
 	f.StringSliceVar(&cfg.Etcd.Endpoints, "etcd-endpoints", nil, "external etcd endpoints; none runs an embedded etcd under the state dir")
@@ -226,6 +233,7 @@ func run(parent context.Context, cfg config.Config) error {
 		return err
 	}
 	res := policy.NewResolver(policy.Mode(cfg.EnforcementMode))
+	res.SetClusterScope(cfg.ClusterName, cfg.PolicyAllClusters)
 	for _, id := range ids.List() {
 		res.UpsertIdentity(id)
 	}
@@ -256,6 +264,13 @@ func run(parent context.Context, cfg config.Config) error {
 		}
 	})
 	ipsync.Subscribe(router.EntryChanged)
+	var mesh *remote.Manager
+	if cfg.ClusterMeshConfig != "" {
+		mesh = remote.NewManager(cfg.ClusterMeshConfig, cfg.ClusterName, cfg.ClusterID, time.Duration(cfg.ClusterMeshTTL), remote.Callbacks{
+			Node: router.NodeChanged, Identity: engine.IdentityChanged, Entry: router.EntryChanged,
+		})
+		go mesh.Run(ctx)
+	}
 	if err := engine.LoadPolicies(); err != nil {
 		return err
 	}
@@ -313,7 +328,13 @@ func run(parent context.Context, cfg config.Config) error {
 
 	srv := &api.Server{
 		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
-		Nodes: reg.List,
+		Nodes: reg.List, ClusterName: cfg.ClusterName,
+		ClusterMesh: func() []remote.Status {
+			if mesh == nil {
+				return []remote.Status{}
+			}
+			return mesh.Status()
+		},
 		Status: func(ctx context.Context) api.Status {
 			st := api.Status{
 				Version: version.Version, NodeName: cfg.NodeName, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,

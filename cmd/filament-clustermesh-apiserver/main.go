@@ -1,50 +1,46 @@
 // Command filament-clustermesh-apiserver runs a cluster's etcd: the one
-// kvstore every agent of the cluster uses (and, with the cluster mesh
-// issue, the one other clusters read over mutual TLS). Today it serves the
-// embedded etcd on the given client URL.
+// kvstore every agent of the cluster uses, served with the cluster's
+// clustermesh bundle over mutual TLS so that other clusters can read it
+// (read-only). Without a bundle it serves plain HTTP with no authentication.
 package main
 
 import (
+	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
-	"github.com/filament-net/filament/agent/kvstore/embedded"
+	"github.com/filament-net/filament/clustermesh/apiserver"
 	"github.com/filament-net/filament/internal/version"
 )
 
 func main() {
-	var c embedded.Config
+	var c apiserver.Config
 	cmd := &cobra.Command{
 		Use:           "filament-clustermesh-apiserver",
-		Short:         "The cluster's etcd for Filament agents",
+		Short:         "The cluster's etcd for Filament agents and remote clusters",
 		Version:       version.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			s, err := embedded.Start(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			slog.Info("cluster etcd serving", "endpoints", s.Endpoints(), "dir", c.Dir)
-			sig := make(chan os.Signal, 1)
-			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-			<-sig
-			return nil
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return apiserver.Run(ctx, c)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.Dir, "data-dir", "/var/lib/filament-clustermesh-apiserver", "etcd data directory")
-	f.StringVar(&c.Name, "name", "filament", "etcd member name")
-	f.StringVar(&c.ClientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL to serve")
-	f.StringVar(&c.PeerURL, "listen-peer-url", "http://127.0.0.1:2380", "peer URL")
+	f.StringVar(&c.Bundle, "bundle", "", "clustermesh bundle directory (from filament clustermesh enable): serve mutual TLS with etcd users")
+	f.StringVar(&c.ClusterName, "cluster-name", "default", "cluster name (taken from the bundle when given)")
+	f.Uint32Var(&c.ClusterID, "cluster-id", 1, "cluster ID 1-255 (taken from the bundle when given)")
+	f.StringVar(&c.DataDir, "data-dir", "/var/lib/filament-clustermesh-apiserver", "embedded etcd data directory")
+	f.StringVar(&c.ClientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL to serve (https:// with a bundle)")
+	f.StringVar(&c.PeerURL, "listen-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
 	f.BoolVar(&c.UnsafeNoFsync, "unsafe-no-fsync", false, "skip fsync (labs and tests only)")
+	f.StringSliceVar(&c.EtcdEndpoints, "etcd-endpoints", nil, "use this external etcd cluster instead of the embedded one")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "filament-clustermesh-apiserver:", err)
 		os.Exit(1)

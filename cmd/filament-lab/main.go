@@ -49,14 +49,14 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&name, "name", "lab", "name of the lab (several labs can coexist)")
 
-	var nodes int
+	var nodes, clusters int
 	var binDir, routingMode string
 	up := &cobra.Command{
 		Use: "up", Short: "Create the lab's nodes, each with its own agent", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, BinDir: binDir, Routing: routingMode})
+			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, Clusters: clusters, BinDir: binDir, Routing: routingMode})
 			if err != nil {
 				return err
 			}
@@ -66,7 +66,8 @@ func newRoot() *cobra.Command {
 			return nil
 		},
 	}
-	up.Flags().IntVar(&nodes, "nodes", 1, "number of nodes")
+	up.Flags().IntVar(&nodes, "nodes", 1, "number of nodes (per cluster)")
+	up.Flags().IntVar(&clusters, "clusters", 1, "number of clusters (more than one: c1..cN, nodes c<i>/n<j>)")
 	up.Flags().StringVar(&routingMode, "routing", "tunnel", "routing between nodes: tunnel (VXLAN) or native")
 	up.Flags().StringVar(&binDir, "bin-dir", defaultBinDir(), "directory holding filament-agent, filament-cni and filament")
 
@@ -182,7 +183,11 @@ func newRoot() *cobra.Command {
 				return fmt.Errorf("output %q: want table or json", output)
 			}
 			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "LAB %s (routing %s, kvstore %s)\n\nNODE\tNETNS\tNODE IP\tPOD CIDR\tAGENT\tSOCKET\n", l.Name, l.Routing, l.Kvstore)
+			fmt.Fprintf(w, "LAB %s (routing %s)\n\nCLUSTER\tID\tKVSTORE\tBUNDLE\n", l.Name, l.Routing)
+			for _, c := range l.Clusters {
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", c.Name, c.ID, c.Kvstore, c.Bundle)
+			}
+			fmt.Fprintf(w, "\nNODE\tNETNS\tNODE IP\tPOD CIDR\tAGENT\tSOCKET\n")
 			for _, n := range l.Nodes {
 				state := fmt.Sprintf("running (pid %d)", n.PID)
 				if !n.Running {

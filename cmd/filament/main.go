@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -76,7 +78,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
 	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), c.nodeCmd(), &cobra.Command{
+	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), c.nodeCmd(), c.clustermeshCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return c.print(map[string]string{"version": version.Version}, func(w *tabwriter.Writer) {
@@ -374,5 +376,154 @@ func (c *cli) nodeCmd() *cobra.Command {
 			})
 		},
 	})
+	return cmd
+}
+
+// BundleEnv names the local cluster's clustermesh bundle directory.
+const BundleEnv = "FILAMENT_CLUSTERMESH_BUNDLE"
+
+func (c *cli) clustermeshCmd() *cobra.Command {
+	var bundle string
+	cmd := &cobra.Command{Use: "clustermesh", Short: "Join clusters into a mesh: enable, connect, status, disconnect"}
+	cmd.PersistentFlags().StringVar(&bundle, "bundle", os.Getenv(BundleEnv), "this cluster's clustermesh bundle directory (default $"+BundleEnv+")")
+	need := func() (string, error) {
+		if bundle == "" {
+			return "", fmt.Errorf("--bundle: give this cluster's clustermesh bundle directory (or set $%s)", BundleEnv)
+		}
+		return bundle, nil
+	}
+	var name string
+	var id uint32
+	var ips []string
+	enable := &cobra.Command{
+		Use: "enable --cluster-name NAME --cluster-id ID --apiserver-ip IP", Short: "Create this cluster's CA and certificates (the apiserver serves them with --bundle)", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			dir, err := need()
+			if err != nil {
+				return err
+			}
+			var addrs []net.IP
+			for _, s := range ips {
+				ip := net.ParseIP(s)
+				if ip == nil {
+					return fmt.Errorf("--apiserver-ip %q: not an IP address", s)
+				}
+				addrs = append(addrs, ip)
+			}
+			cl, err := clustermesh.Enable(dir, name, id, addrs)
+			if err != nil {
+				return err
+			}
+			return c.print(cl, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Cluster mesh enabled for %s (ID %d): bundle %s, apiserver %s\n", cl.Name, cl.ID, dir, strings.Join(cl.Endpoints, ","))
+			})
+		},
+	}
+	enable.Flags().StringVar(&name, "cluster-name", "", "cluster name")
+	enable.Flags().Uint32Var(&id, "cluster-id", 0, "cluster ID 1-255")
+	enable.Flags().StringSliceVar(&ips, "apiserver-ip", nil, "addresses the apiserver is reached at")
+	var to, mesh []string
+	connect := &cobra.Command{
+		Use: "connect --to PEER_BUNDLE [--to ...] | --mesh B1,B2,...", Short: "Exchange remote configs with other clusters, both ways (--mesh: all pairs)", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			pairs := [][2]string{}
+			if len(mesh) > 0 {
+				for i := range mesh {
+					for j := i + 1; j < len(mesh); j++ {
+						pairs = append(pairs, [2]string{mesh[i], mesh[j]})
+					}
+				}
+			} else {
+				dir, err := need()
+				if err != nil {
+					return err
+				}
+				if len(to) == 0 {
+					return fmt.Errorf("--to: give the peer cluster's bundle directory")
+				}
+				for _, p := range to {
+					pairs = append(pairs, [2]string{dir, p})
+				}
+			}
+			var done []string
+			for _, p := range pairs {
+				a, b, err := clustermesh.Connect(p[0], p[1])
+				if err != nil {
+					return err
+				}
+				done = append(done, a.Name+" <-> "+b.Name)
+			}
+			return c.print(done, func(w *tabwriter.Writer) {
+				for _, d := range done {
+					fmt.Fprintf(w, "Connected %s (agents pick the configs up within seconds)\n", d)
+				}
+			})
+		},
+	}
+	connect.Flags().StringSliceVar(&to, "to", nil, "peer cluster bundle directory")
+	connect.Flags().StringSliceVar(&mesh, "mesh", nil, "bundle directories of clusters to connect pairwise")
+	var from string
+	disconnect := &cobra.Command{
+		Use: "disconnect --from PEER_BUNDLE", Short: "Remove the remote configs between this cluster and a peer", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			dir, err := need()
+			if err != nil {
+				return err
+			}
+			if from == "" {
+				return fmt.Errorf("--from: give the peer cluster's bundle directory")
+			}
+			return clustermesh.Disconnect(dir, from)
+		},
+	}
+	disconnect.Flags().StringVar(&from, "from", "", "peer cluster bundle directory")
+	var wait time.Duration
+	status := &cobra.Command{
+		Use: "status [--wait DURATION]", Short: "Show each remote cluster: configured, connected, ready, counts, last failure", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			deadline := time.Now().Add(wait)
+			for {
+				ctx, cancel := c.ctx()
+				st, err := c.client().ClusterMesh(ctx)
+				cancel()
+				if err != nil {
+					return err
+				}
+				ready := len(st) > 0
+				for _, r := range st {
+					ready = ready && r.Ready && r.Connected
+				}
+				if ready || time.Now().After(deadline) {
+					if err := c.print(st, func(w *tabwriter.Writer) {
+						if len(st) == 0 {
+							fmt.Fprintln(w, "No remote clusters configured.")
+							return
+						}
+						fmt.Fprintln(w, "CLUSTER\tID\tCONFIGURED\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tREJECTED\tLAST FAILURE")
+						for _, r := range st {
+							fail := r.LastFailure
+							if fail != "" {
+								fail = r.FailureTime.Format(time.RFC3339) + " " + fail
+							}
+							if r.Withdrawn {
+								fail = "entries withdrawn after TTL; " + fail
+							}
+							fmt.Fprintf(w, "%s\t%d\t%v\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Name, r.ClusterID, r.Configured, r.Connected, r.Ready,
+								r.Nodes, r.Endpoints, r.Identities, r.Services, r.Rejected, fail)
+						}
+					}); err != nil {
+						return err
+					}
+					if wait > 0 && !ready {
+						return fmt.Errorf("remote clusters not all connected and ready after %s", wait)
+					}
+					return nil
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		},
+	}
+	status.Flags().DurationVar(&wait, "wait", 0, "wait until every remote cluster is connected and ready")
+	cmd.AddCommand(enable, connect, disconnect, status)
 	return cmd
 }

@@ -65,6 +65,12 @@ func Up(t testing.TB, nodes, prefixLen int, agentArgs ...string) *lab.Lab {
 	return up(t, lab.Options{Nodes: nodes, PodPrefixLen: prefixLen, AgentArgs: agentArgs})
 }
 
+// UpClusters starts a lab of clusters of nodes each (a mesh candidate).
+func UpClusters(t testing.TB, clusters, nodes int, routing string, agentArgs ...string) *lab.Lab {
+	t.Helper()
+	return up(t, lab.Options{Clusters: clusters, Nodes: nodes, Routing: routing, AgentArgs: agentArgs})
+}
+
 // UpRouting starts a lab of nodes with routing mode ("tunnel" or "native").
 func UpRouting(t testing.TB, nodes int, routing string, agentArgs ...string) *lab.Lab {
 	t.Helper()
@@ -199,7 +205,7 @@ func UnderlayHost(t testing.TB, l *lab.Lab, name, ip string) string {
 	t.Helper()
 	netns := "flab-" + l.Name + "-h-" + name
 	path := NetNS(t, netns)
-	if err := l.JoinUnderlay(netns, "h-"+name, ip); err != nil {
+	if err := l.JoinUnderlay(l.Clusters[0].Name, netns, "h-"+name, ip); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -1,0 +1,152 @@
+// Package apiserver owns filament-clustermesh-apiserver: a cluster's etcd
+// (embedded, or an external etcd cluster) served over mutual TLS with etcd
+// authentication — the cluster's agents read and write filament/, remote
+// clusters only read filament/state/, filament/cluster-config/ and
+// filament/synced/ — plus the cluster-config key (under a lease) and the
+// sync canaries that remote clusters wait for.
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/kvstore/embedded"
+	"github.com/filament-net/filament/clustermesh"
+)
+
+// Config of the apiserver.
+type Config struct {
+	// Bundle is the cluster's clustermesh bundle (TLS material, name, ID);
+	// empty serves plain HTTP without authentication (single cluster, labs).
+	Bundle      string
+	ClusterName string
+	ClusterID   uint32
+	// Embedded etcd.
+	DataDir, ClientURL, PeerURL string
+	UnsafeNoFsync               bool
+	// EtcdEndpoints of an external etcd cluster to use instead (its own TLS
+	// and users are its operator's; the root client certificate of the
+	// bundle is used to talk to it).
+	EtcdEndpoints []string
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, c Config) error {
+	if c.Bundle != "" {
+		cl, err := clustermesh.LoadCluster(c.Bundle)
+		if err != nil {
+			return err
+		}
+		c.ClusterName, c.ClusterID = cl.Name, cl.ID
+	}
+	if err := clustermesh.ValidateCluster(c.ClusterName, c.ClusterID); err != nil {
+		return err
+	}
+	endpoints := c.EtcdEndpoints
+	if len(endpoints) == 0 {
+		ec := embedded.Config{Dir: c.DataDir, ClientURL: c.ClientURL, PeerURL: c.PeerURL, UnsafeNoFsync: c.UnsafeNoFsync}
+		if c.Bundle != "" {
+			ec.CertFile = filepath.Join(c.Bundle, "server.pem")
+			ec.KeyFile = filepath.Join(c.Bundle, "server-key.pem")
+			ec.ClientCAFile = filepath.Join(c.Bundle, "ca.pem")
+		}
+		s, err := embedded.Start(ec)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		endpoints = s.Endpoints()
+	}
+	kc := kvstore.Config{Endpoints: endpoints}
+	if c.Bundle != "" {
+		kc.CAFile = filepath.Join(c.Bundle, "ca.pem")
+		kc.CertFile = filepath.Join(c.Bundle, clustermesh.UserRoot+".pem")
+		kc.KeyFile = filepath.Join(c.Bundle, clustermesh.UserRoot+"-key.pem")
+	}
+	kv, err := kvstore.Connect(ctx, kc)
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	if c.Bundle != "" {
+		if err := setupAuth(ctx, kv.Raw()); err != nil {
+			return err
+		}
+	}
+	lease, err := kv.GrantLease(ctx, 15*time.Second)
+	if err != nil {
+		return err
+	}
+	defer lease.Close(context.Background())
+	cfgKey := clustermesh.ClusterConfigPrefix + c.ClusterName
+	b, _ := json.Marshal(clustermesh.ClusterConfig{Name: c.ClusterName, ID: c.ClusterID, Capabilities: []string{"tunnel", "native"}})
+	publish := func(ctx context.Context, id int64) {
+		if err := kv.Put(ctx, cfgKey, b, id); err != nil {
+			slog.Error("writing cluster-config", "err", err)
+		}
+	}
+	publish(ctx, lease.ID())
+	lease.OnRenew(publish)
+	now := []byte(time.Now().UTC().Format(time.RFC3339))
+	for _, p := range clustermesh.Canaries {
+		if err := kv.Put(ctx, clustermesh.SyncedPrefix+c.ClusterName+"/"+p, now, 0); err != nil {
+			return err
+		}
+	}
+	slog.Info("clustermesh-apiserver serving", "cluster", c.ClusterName, "id", c.ClusterID, "endpoints", endpoints, "tls", c.Bundle != "")
+	<-ctx.Done()
+	return nil
+}
+
+func ignoreExists(err error) error {
+	if err == nil || errors.Is(err, rpctypes.ErrUserAlreadyExist) || errors.Is(err, rpctypes.ErrRoleAlreadyExist) ||
+		errors.Is(err, rpctypes.ErrGRPCUserAlreadyExist) || errors.Is(err, rpctypes.ErrGRPCRoleAlreadyExist) {
+		return nil
+	}
+	return err
+}
+
+// setupAuth creates the users and roles and enables authentication;
+// repeated on every start, it changes nothing the second time. Clients are
+// authenticated by the common name of their certificate.
+func setupAuth(ctx context.Context, c *clientv3.Client) error {
+	type grant struct {
+		prefix string
+		perm   clientv3.PermissionType
+	}
+	roles := map[string][]grant{
+		clustermesh.UserAgent:  {{kvstore.Prefix, clientv3.PermissionType(clientv3.PermReadWrite)}},
+		clustermesh.UserRemote: {{clustermesh.StatePrefix, clientv3.PermissionType(clientv3.PermRead)}, {clustermesh.ClusterConfigPrefix, clientv3.PermissionType(clientv3.PermRead)}, {clustermesh.SyncedPrefix, clientv3.PermissionType(clientv3.PermRead)}},
+	}
+	for role, grants := range roles {
+		if _, err := c.RoleAdd(ctx, role); ignoreExists(err) != nil {
+			return fmt.Errorf("etcd role %s: %w", role, err)
+		}
+		for _, g := range grants {
+			if _, err := c.RoleGrantPermission(ctx, role, g.prefix, clientv3.GetPrefixRangeEnd(g.prefix), g.perm); err != nil {
+				return fmt.Errorf("etcd role %s on %s: %w", role, g.prefix, err)
+			}
+		}
+	}
+	for _, u := range []struct{ user, role string }{{clustermesh.UserRoot, "root"}, {clustermesh.UserAgent, clustermesh.UserAgent}, {clustermesh.UserRemote, clustermesh.UserRemote}} {
+		if _, err := c.UserAddWithOptions(ctx, u.user, "", &clientv3.UserAddOptions{NoPassword: true}); ignoreExists(err) != nil {
+			return fmt.Errorf("etcd user %s: %w", u.user, err)
+		}
+		if _, err := c.UserGrantRole(ctx, u.user, u.role); err != nil {
+			return fmt.Errorf("etcd user %s role %s: %w", u.user, u.role, err)
+		}
+	}
+	if _, err := c.AuthEnable(ctx); err != nil {
+		return fmt.Errorf("enable etcd authentication: %w", err)
+	}
+	return nil
+}

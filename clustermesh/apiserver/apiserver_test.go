@@ -1,0 +1,167 @@
+package apiserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/clustermesh/apiserver"
+)
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func start(t *testing.T, name string, id uint32) (bundle, endpoint string) {
+	t.Helper()
+	bundle = t.TempDir()
+	if _, err := clustermesh.Enable(bundle, name, id, nil); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	endpoint = fmt.Sprintf("https://127.0.0.1:%d", port)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- apiserver.Run(ctx, apiserver.Config{Bundle: bundle, DataDir: t.TempDir(), ClientURL: endpoint,
+			PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), UnsafeNoFsync: true})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	// Ready once the cluster-config key is readable by the agent user.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := connect(bundle, endpoint, clustermesh.UserAgent)
+		if err == nil {
+			_, err = c.Get(context.Background(), clustermesh.ClusterConfigPrefix+name)
+			c.Close()
+			if err == nil {
+				return bundle, endpoint
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("apiserver not ready: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func connect(bundle, endpoint, user string) (*kvstore.Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second,
+		CAFile: filepath.Join(bundle, "ca.pem"), CertFile: filepath.Join(bundle, user+".pem"), KeyFile: filepath.Join(bundle, user+"-key.pem")})
+}
+
+// The cluster's agents read and write; a remote cluster's credentials read
+// state and cluster-config and can write nothing; another CA is refused.
+func TestAuthAndClusterConfig(t *testing.T) {
+	bundle, ep := start(t, "east", 7)
+	ctx := context.Background()
+	agent, err := connect(bundle, ep, clustermesh.UserAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	if err := agent.Put(ctx, "filament/state/nodes/v1/east/n1", []byte("{}"), 0); err != nil {
+		t.Fatalf("agent write: %v", err)
+	}
+	cfg, err := agent.Get(ctx, clustermesh.ClusterConfigPrefix+"east")
+	var cc clustermesh.ClusterConfig
+	if err != nil || json.Unmarshal(cfg.Value, &cc) != nil || cc.Name != "east" || cc.ID != 7 || cfg.Lease == 0 {
+		t.Fatalf("cluster-config: %+v %v", cfg, err)
+	}
+	for _, c := range clustermesh.Canaries {
+		if _, err := agent.Get(ctx, clustermesh.SyncedPrefix+"east/"+c); err != nil {
+			t.Fatalf("canary %s: %v", c, err)
+		}
+	}
+	remote, err := connect(bundle, ep, clustermesh.UserRemote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	if _, err := remote.Get(ctx, "filament/state/nodes/v1/east/n1"); err != nil {
+		t.Fatalf("remote read of state: %v", err)
+	}
+	if _, err := remote.Get(ctx, clustermesh.ClusterConfigPrefix+"east"); err != nil {
+		t.Fatalf("remote read of cluster-config: %v", err)
+	}
+	for _, key := range []string{"filament/state/nodes/v1/east/evil", "filament/cluster-config/east", "filament/other"} {
+		err := remote.Put(ctx, key, []byte("x"), 0)
+		if err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("remote write of %s: %v, want permission denied", key, err)
+		}
+	}
+	if err := remote.Delete(ctx, "filament/state/nodes/v1/east/n1"); err == nil {
+		t.Error("remote delete succeeded")
+	}
+	if _, err := remote.Get(ctx, "filament/other"); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("remote read outside state: %v", err)
+	}
+	// Credentials issued by another cluster's CA are refused.
+	other := t.TempDir()
+	if _, err := clustermesh.Enable(other, "west", 8, nil); err != nil {
+		t.Fatal(err)
+	}
+	c, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second,
+		CAFile: filepath.Join(bundle, "ca.pem"), CertFile: filepath.Join(other, "remote.pem"), KeyFile: filepath.Join(other, "remote-key.pem")})
+	if err == nil {
+		c.Close()
+		t.Fatal("a certificate from another CA was accepted")
+	}
+	// And a server from another CA is refused by the client.
+	c, err = kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second,
+		CAFile: filepath.Join(other, "ca.pem"), CertFile: filepath.Join(bundle, "remote.pem"), KeyFile: filepath.Join(bundle, "remote-key.pem")})
+	if err == nil {
+		c.Close()
+		t.Fatal("a server from another CA was trusted")
+	}
+	if !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("wrong-CA error does not say why: %v", err)
+	}
+}
+
+func TestConnectExchangesConfigs(t *testing.T) {
+	a, b, c := t.TempDir(), t.TempDir(), t.TempDir()
+	clustermesh.Enable(a, "a", 1, []net.IP{net.ParseIP("10.0.0.1")})
+	clustermesh.Enable(b, "b", 2, nil)
+	clustermesh.Enable(c, "c", 1, nil)
+	if _, _, err := clustermesh.Connect(a, b); err != nil {
+		t.Fatal(err)
+	}
+	ra, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(b), "a.yaml"))
+	if err != nil || ra.Endpoints[0] != "https://10.0.0.1:2379" {
+		t.Fatalf("b's config for a: %+v %v", ra, err)
+	}
+	if _, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(a), "b.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := clustermesh.Connect(a, c); !errors.Is(err, clustermesh.ErrInvalid) || !strings.Contains(err.Error(), "ID 1") {
+		t.Fatalf("connecting two clusters with ID 1: %v", err)
+	}
+	if err := clustermesh.Disconnect(a, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(a), "b.yaml")); err == nil {
+		t.Fatal("config left after disconnect")
+	}
+	if err := clustermesh.ValidateCluster("Bad_Name", 1); err == nil {
+		t.Fatal("bad name accepted")
+	}
+	if err := clustermesh.ValidateCluster("ok", 256); err == nil {
+		t.Fatal("ID 256 accepted")
+	}
+}

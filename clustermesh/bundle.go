@@ -1,0 +1,228 @@
+// Package clustermesh owns what joins clusters into one mesh at the file
+// level: a cluster's bundle (its CA and the certificates of its apiserver,
+// admin, agents and remote readers; `filament clustermesh enable`) and the
+// remote-cluster configuration files that `connect` exchanges between
+// bundles. The apiserver (clustermesh/apiserver) serves a cluster's etcd;
+// agents follow remote clusters with clustermesh/remote.
+package clustermesh
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/filament-net/filament/crypto/ca"
+)
+
+// Key prefixes a remote cluster may read.
+const (
+	StatePrefix         = "filament/state/"
+	ClusterConfigPrefix = "filament/cluster-config/"
+	SyncedPrefix        = "filament/synced/"
+)
+
+// Canaries are the prefixes whose initial sync a remote waits for.
+var Canaries = []string{"nodes", "identities", "ip"}
+
+// ClusterConfig is the cluster-config key's value.
+type ClusterConfig struct {
+	Name         string   `json:"name"`
+	ID           uint32   `json:"id"`
+	Capabilities []string `json:"capabilities"`
+}
+
+// etcd user names (certificate common names).
+const (
+	UserRoot   = "root"
+	UserAgent  = "agent"
+	UserRemote = "remote"
+)
+
+// ErrInvalid: bad names, IDs or files.
+var ErrInvalid = errors.New("invalid cluster mesh configuration")
+
+var nameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`)
+
+// ValidateCluster checks a cluster's name and ID.
+func ValidateCluster(name string, id uint32) error {
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("%w: cluster name %q: 1-32 lowercase letters, digits and '-'", ErrInvalid, name)
+	}
+	if id < 1 || id > 255 {
+		return fmt.Errorf("%w: cluster ID %d: want 1-255", ErrInvalid, id)
+	}
+	return nil
+}
+
+// Cluster describes a cluster in its bundle (cluster.yaml).
+type Cluster struct {
+	Name      string   `json:"name"`
+	ID        uint32   `json:"id"`
+	Endpoints []string `json:"endpoints"`
+}
+
+// RemoteConfig is what an agent needs to read a remote cluster: one file
+// per remote in the agent's clustermesh config directory, named <name>.yaml.
+type RemoteConfig struct {
+	Name      string   `json:"name"`
+	Endpoints []string `json:"endpoints"`
+	CA        string   `json:"ca"`   // PEM of the remote cluster's CA
+	Cert      string   `json:"cert"` // PEM of our read-only client certificate
+	Key       string   `json:"key"`
+}
+
+// RemotesDir is where a bundle keeps the configs of the clusters it is connected to.
+func RemotesDir(bundle string) string { return filepath.Join(bundle, "remotes") }
+
+// Enable creates a cluster's bundle in dir: the CA, certificates for the
+// apiserver (valid for ips), the admin (root), the cluster's agents and
+// remote readers, cluster.yaml and remote.yaml (the config other clusters
+// use to read this one). An existing bundle is kept and its description
+// returned.
+func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
+	if err := ValidateCluster(name, id); err != nil {
+		return Cluster{}, err
+	}
+	if c, err := LoadCluster(dir); err == nil {
+		if c.Name != name || c.ID != id {
+			return Cluster{}, fmt.Errorf("%w: %s already holds cluster %s (ID %d)", ErrInvalid, dir, c.Name, c.ID)
+		}
+		return c, nil
+	}
+	authority, err := ca.New(name)
+	if err != nil {
+		return Cluster{}, err
+	}
+	if err := authority.Save(dir); err != nil {
+		return Cluster{}, err
+	}
+	c := Cluster{Name: name, ID: id}
+	srvIPs := append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...)
+	for _, ip := range ips {
+		c.Endpoints = append(c.Endpoints, "https://"+net.JoinHostPort(ip.String(), "2379"))
+	}
+	if len(c.Endpoints) == 0 {
+		c.Endpoints = []string{"https://127.0.0.1:2379"}
+	}
+	for _, x := range []struct {
+		file, cn string
+		server   bool
+	}{{"server", "filament-clustermesh-apiserver", true}, {UserRoot, UserRoot, false}, {UserAgent, UserAgent, false}, {UserRemote, UserRemote, false}} {
+		pair, err := authority.Issue(x.cn, x.server, srvIPs, []string{"localhost"})
+		if err != nil {
+			return Cluster{}, err
+		}
+		if err := ca.WritePair(dir, x.file, pair); err != nil {
+			return Cluster{}, err
+		}
+	}
+	remote, _ := os.ReadFile(filepath.Join(dir, UserRemote+".pem"))
+	remoteKey, _ := os.ReadFile(filepath.Join(dir, UserRemote+"-key.pem"))
+	if err := writeYAML(filepath.Join(dir, "remote.yaml"), RemoteConfig{Name: name, Endpoints: c.Endpoints, CA: string(authority.PEM),
+		Cert: string(remote), Key: string(remoteKey)}, 0o600); err != nil {
+		return Cluster{}, err
+	}
+	if err := os.MkdirAll(RemotesDir(dir), 0o700); err != nil {
+		return Cluster{}, err
+	}
+	return c, writeYAML(filepath.Join(dir, "cluster.yaml"), c, 0o644)
+}
+
+func writeYAML(path string, v any, mode os.FileMode) error {
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// LoadCluster reads a bundle's cluster.yaml.
+func LoadCluster(dir string) (Cluster, error) {
+	var c Cluster
+	b, err := os.ReadFile(filepath.Join(dir, "cluster.yaml"))
+	if err != nil {
+		return c, fmt.Errorf("%w: %s is not a cluster mesh bundle (run filament clustermesh enable): %v", ErrInvalid, dir, err)
+	}
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return c, fmt.Errorf("%w: %s/cluster.yaml: %v", ErrInvalid, dir, err)
+	}
+	return c, nil
+}
+
+// LoadRemote reads one remote config file.
+func LoadRemote(path string) (RemoteConfig, error) {
+	var r RemoteConfig
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return r, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := yaml.UnmarshalStrict(b, &r); err != nil {
+		return r, fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
+	}
+	want := strings.TrimSuffix(filepath.Base(path), ".yaml")
+	if r.Name != want {
+		return r, fmt.Errorf("%w: %s: name %q does not match the file name", ErrInvalid, path, r.Name)
+	}
+	if len(r.Endpoints) == 0 || r.CA == "" || r.Cert == "" || r.Key == "" {
+		return r, fmt.Errorf("%w: %s: endpoints, ca, cert and key are required", ErrInvalid, path)
+	}
+	return r, nil
+}
+
+// Connect exchanges configs between two bundles both ways: each cluster's
+// agents can then read the other.
+func Connect(local, peer string) (Cluster, Cluster, error) {
+	a, err := LoadCluster(local)
+	if err != nil {
+		return a, Cluster{}, err
+	}
+	b, err := LoadCluster(peer)
+	if err != nil {
+		return a, b, err
+	}
+	if a.Name == b.Name || a.ID == b.ID {
+		return a, b, fmt.Errorf("%w: clusters %s (ID %d) and %s (ID %d) clash: names and IDs must differ", ErrInvalid, a.Name, a.ID, b.Name, b.ID)
+	}
+	for _, x := range []struct{ from, to, name string }{{peer, local, b.Name}, {local, peer, a.Name}} {
+		data, err := os.ReadFile(filepath.Join(x.from, "remote.yaml"))
+		if err != nil {
+			return a, b, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if err := os.MkdirAll(RemotesDir(x.to), 0o700); err != nil {
+			return a, b, err
+		}
+		tmp := filepath.Join(RemotesDir(x.to), "."+x.name+".tmp")
+		if err := os.WriteFile(tmp, data, 0o600); err != nil {
+			return a, b, err
+		}
+		if err := os.Rename(tmp, filepath.Join(RemotesDir(x.to), x.name+".yaml")); err != nil {
+			return a, b, err
+		}
+	}
+	return a, b, nil
+}
+
+// Disconnect removes the configs between two bundles both ways.
+func Disconnect(local, peer string) error {
+	a, err := LoadCluster(local)
+	if err != nil {
+		return err
+	}
+	b, err := LoadCluster(peer)
+	if err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(RemotesDir(local), b.Name+".yaml"))
+	os.Remove(filepath.Join(RemotesDir(peer), a.Name+".yaml"))
+	return nil
+}

@@ -1,0 +1,541 @@
+// Package remote owns an agent's view of remote clusters: it watches a
+// config directory (one file per remote cluster), connects to each remote
+// cluster's apiserver with backoff, checks its cluster-config (no clash of
+// name or ID with the local cluster or another remote), waits for its sync
+// canaries, and then follows its nodes, identities and ipcache entries,
+// handing every change to the agent. Reconnects resume the watches, so
+// entries that did not change are never removed and re-added; a cluster
+// lost for longer than the configured TTL has its entries withdrawn.
+package remote
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/clustermesh"
+)
+
+// Callbacks receive the remote clusters' state. Node names are qualified
+// as <cluster>/<node>.
+type Callbacks struct {
+	Node     func(n node.Node, deleted bool)
+	Identity func(id identity.Identity, deleted bool)
+	Entry    func(e ipcache.Entry, deleted bool)
+}
+
+// Status of one remote cluster.
+type Status struct {
+	Name        string    `json:"name"`
+	ClusterID   uint32    `json:"clusterID,omitempty"`
+	Configured  bool      `json:"configured"`
+	Connected   bool      `json:"connected"`
+	Ready       bool      `json:"ready"`
+	Withdrawn   bool      `json:"withdrawn,omitempty"`
+	Nodes       int       `json:"nodes"`
+	Endpoints   int       `json:"endpoints"`
+	Identities  int       `json:"identities"`
+	Services    int       `json:"services"`
+	Rejected    int       `json:"rejected"`
+	LastFailure string    `json:"lastFailure,omitempty"`
+	FailureTime time.Time `json:"lastFailureTime,omitzero"`
+	Since       time.Time `json:"connectedSince,omitzero"`
+}
+
+// Manager follows every remote cluster configured in a directory.
+type Manager struct {
+	dir       string
+	localName string
+	localID   uint32
+	ttl       time.Duration
+	cb        Callbacks
+
+	mu      sync.Mutex
+	remotes map[string]*cluster
+}
+
+// NewManager follows the remote configs in dir; ttl > 0 withdraws a lost
+// cluster's entries after that long (0 keeps them).
+func NewManager(dir, localName string, localID uint32, ttl time.Duration, cb Callbacks) *Manager {
+	return &Manager{dir: dir, localName: localName, localID: localID, ttl: ttl, cb: cb, remotes: map[string]*cluster{}}
+}
+
+// Run watches the directory until ctx ends.
+func (m *Manager) Run(ctx context.Context) {
+	for {
+		m.scan(ctx)
+		select {
+		case <-ctx.Done():
+			m.mu.Lock()
+			for _, c := range m.remotes {
+				c.stop()
+			}
+			m.mu.Unlock()
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (m *Manager) scan(ctx context.Context) {
+	files, _ := filepath.Glob(filepath.Join(m.dir, "*.yaml"))
+	seen := map[string]bool{}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".yaml")
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		seen[name] = true
+		sum := sha256.Sum256(data)
+		m.mu.Lock()
+		c, ok := m.remotes[name]
+		if ok && c.sum == sum {
+			m.mu.Unlock()
+			continue
+		}
+		if ok {
+			c.stop()
+			c.withdraw()
+		}
+		cfg, err := clustermesh.LoadRemote(f)
+		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true}}
+		m.remotes[name] = c
+		m.mu.Unlock()
+		if err != nil {
+			c.fail(err)
+			continue
+		}
+		c.start(ctx)
+	}
+	m.mu.Lock()
+	for name, c := range m.remotes {
+		if !seen[name] {
+			c.stop()
+			c.withdraw()
+			delete(m.remotes, name)
+			slog.Info("remote cluster disconnected (config removed)", "cluster", name)
+		}
+	}
+	m.mu.Unlock()
+}
+
+// Status lists every remote cluster by name.
+func (m *Manager) Status() []Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Status, 0, len(m.remotes))
+	for _, c := range m.remotes {
+		out = append(out, c.snapshot())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// clash says why a remote with name and id cannot join, or "".
+func (m *Manager) clash(self *cluster, name string, id uint32) string {
+	if name == m.localName {
+		return fmt.Sprintf("cluster name %q is the local cluster's", name)
+	}
+	if id == m.localID {
+		return fmt.Sprintf("cluster ID %d of %s is the local cluster's (%s)", id, name, m.localName)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.remotes {
+		if c == self {
+			continue
+		}
+		st := c.snapshot()
+		if st.Connected && st.ClusterID == id {
+			return fmt.Sprintf("cluster ID %d of %s is already used by remote cluster %s", id, name, c.name)
+		}
+	}
+	return ""
+}
+
+// cluster is one remote cluster.
+type cluster struct {
+	m    *Manager
+	name string
+	sum  [32]byte
+	cfg  clustermesh.RemoteConfig
+
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu     sync.Mutex
+	status Status
+	id     uint32
+	nodes  map[string]node.Node
+	ids    map[identity.NumericIdentity]identity.Identity
+	ips    map[netip.Addr]ipcache.Entry
+}
+
+func (c *cluster) snapshot() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.status
+	st.Nodes, st.Endpoints, st.Identities = len(c.nodes), len(c.ips), len(c.ids)
+	return st
+}
+
+func (c *cluster) fail(err error) {
+	c.mu.Lock()
+	c.status.LastFailure, c.status.FailureTime = err.Error(), time.Now()
+	c.mu.Unlock()
+	slog.Warn("remote cluster", "cluster", c.name, "err", err)
+}
+
+func (c *cluster) start(ctx context.Context) {
+	cctx, cancel := context.WithCancel(ctx)
+	c.cancel, c.done = cancel, make(chan struct{})
+	go func() {
+		defer close(c.done)
+		c.run(cctx)
+	}()
+}
+
+func (c *cluster) stop() {
+	if c.cancel != nil {
+		c.cancel()
+		<-c.done
+	}
+}
+
+// run connects with backoff and follows the cluster until ctx ends.
+func (c *cluster) run(ctx context.Context) {
+	backoff := time.Second
+	var lostSince time.Time
+	for ctx.Err() == nil {
+		err := c.session(ctx, &lostSince)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			c.fail(err)
+		}
+		c.mu.Lock()
+		c.status.Connected, c.status.Ready = false, false
+		c.mu.Unlock()
+		if lostSince.IsZero() {
+			lostSince = time.Now()
+		}
+		c.checkTTL(lostSince)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		if backoff < 10*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+func (c *cluster) checkTTL(lostSince time.Time) {
+	if c.m.ttl > 0 && !lostSince.IsZero() && time.Since(lostSince) > c.m.ttl {
+		c.mu.Lock()
+		already := c.status.Withdrawn
+		c.mu.Unlock()
+		if !already {
+			slog.Warn("remote cluster lost for longer than its TTL: withdrawing its entries", "cluster", c.name, "ttl", c.m.ttl)
+			c.withdraw()
+			c.mu.Lock()
+			c.status.Withdrawn = true
+			c.mu.Unlock()
+		}
+	}
+}
+
+// session is one connection: check, wait for canaries, follow until the
+// connection is lost (health checks fail) or ctx ends.
+func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
+	kc := kvstore.Config{Endpoints: c.cfg.Endpoints, DialTimeout: 3 * time.Second, CAData: c.cfg.CA, CertData: c.cfg.Cert, KeyData: c.cfg.Key}
+	kv, err := kvstore.Connect(ctx, kc)
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	cc, err := kv.Get(ctx, clustermesh.ClusterConfigPrefix+c.name)
+	if err != nil {
+		return fmt.Errorf("reading the cluster-config of %s: %w", c.name, err)
+	}
+	var conf clustermesh.ClusterConfig
+	if err := json.Unmarshal(cc.Value, &conf); err != nil || conf.Name != c.name {
+		return fmt.Errorf("cluster-config of %s is not valid: %q", c.name, cc.Value)
+	}
+	if why := c.m.clash(c, conf.Name, conf.ID); why != "" {
+		return fmt.Errorf("refused: %s", why)
+	}
+	for _, canary := range clustermesh.Canaries {
+		if _, err := kv.Get(ctx, clustermesh.SyncedPrefix+c.name+"/"+canary); err != nil {
+			return fmt.Errorf("%s has not finished its initial sync of %s: %w", c.name, canary, err)
+		}
+	}
+	c.mu.Lock()
+	if c.status.Withdrawn || c.nodes == nil {
+		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
+	}
+	c.id = conf.ID
+	c.status.ClusterID, c.status.Connected, c.status.Withdrawn, c.status.Since = conf.ID, true, false, time.Now()
+	c.mu.Unlock()
+	*lostSince = time.Time{}
+	slog.Info("remote cluster connected", "cluster", c.name, "id", conf.ID)
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	synced := make(chan string, 3)
+	prefixes := map[string]func(kvstore.Event, bool){
+		node.NodesPrefix + c.name + "/": c.nodeEvent,
+		identity.IDPrefix:               c.identityEvent,
+		ipcache.Prefix + c.name + "/":   c.ipEvent,
+	}
+	for prefix, apply := range prefixes {
+		go c.follow(wctx, kv, prefix, apply, synced)
+	}
+	ready := 0
+	health := time.NewTicker(2 * time.Second)
+	defer health.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-synced:
+			ready++
+			if ready == len(prefixes) {
+				c.mu.Lock()
+				c.status.Ready = true
+				c.mu.Unlock()
+			}
+		case <-health.C:
+			hctx, hcancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err := kv.Get(hctx, clustermesh.ClusterConfigPrefix+c.name)
+			hcancel()
+			c.mu.Lock()
+			c.status.Connected = err == nil
+			c.mu.Unlock()
+			if err != nil {
+				if lostSince.IsZero() {
+					*lostSince = time.Now()
+					c.fail(fmt.Errorf("lost the connection to %s: %w", c.name, err))
+				}
+				c.checkTTL(*lostSince)
+				if c.snapshot().Withdrawn {
+					return fmt.Errorf("%s withdrawn after its TTL", c.name)
+				}
+			} else {
+				*lostSince = time.Time{}
+			}
+		}
+	}
+}
+
+// follow lists and watches prefix, applying each change; the first
+// EventSynced removes entries the list no longer holds (after a withdrawal
+// there are none).
+func (c *cluster) follow(ctx context.Context, kv *kvstore.Client, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
+	seen := map[string]bool{}
+	first := true
+	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+		switch ev.Type {
+		case kvstore.EventSynced:
+			if first {
+				first = false
+				c.dropUnseen(prefix, seen)
+				synced <- prefix
+			}
+		default:
+			if first {
+				seen[ev.Key] = true
+			}
+			apply(ev, ev.Type == kvstore.EventDelete)
+		}
+	}
+}
+
+// dropUnseen deletes state of prefix whose keys were not in the first list
+// of a session (they vanished while the cluster was out of reach).
+func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
+	c.mu.Lock()
+	var nodes []node.Node
+	var ids []identity.Identity
+	var ips []ipcache.Entry
+	switch {
+	case strings.HasPrefix(prefix, node.NodesPrefix):
+		for name, n := range c.nodes {
+			if !seen[prefix+strings.TrimPrefix(name, c.name+"/")] {
+				nodes = append(nodes, n)
+				delete(c.nodes, name)
+			}
+		}
+	case prefix == identity.IDPrefix:
+		for id, x := range c.ids {
+			if !seen[prefix+strconv.FormatUint(uint64(id), 10)] {
+				ids = append(ids, x)
+				delete(c.ids, id)
+			}
+		}
+	default:
+		for ip, e := range c.ips {
+			if !seen[prefix+ip.String()] {
+				ips = append(ips, e)
+				delete(c.ips, ip)
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, n := range nodes {
+		c.m.cb.Node(n, true)
+	}
+	for _, x := range ids {
+		c.m.cb.Identity(x, true)
+	}
+	for _, e := range ips {
+		c.m.cb.Entry(e, true)
+	}
+}
+
+func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
+	name := c.name + "/" + strings.TrimPrefix(ev.Key, node.NodesPrefix+c.name+"/")
+	c.mu.Lock()
+	if deleted {
+		n, ok := c.nodes[name]
+		delete(c.nodes, name)
+		c.mu.Unlock()
+		if ok {
+			c.m.cb.Node(n, true)
+		}
+		return
+	}
+	var n node.Node
+	if err := json.Unmarshal(ev.Value, &n); err != nil {
+		c.mu.Unlock()
+		return
+	}
+	n.Name, n.Reachable = name, true
+	if old, ok := c.nodes[name]; ok && equalNodes(old, n) {
+		c.mu.Unlock()
+		return
+	}
+	c.nodes[name] = n
+	c.mu.Unlock()
+	c.m.cb.Node(n, false)
+}
+
+func equalNodes(a, b node.Node) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+
+func (c *cluster) reject(what string) {
+	c.mu.Lock()
+	c.status.Rejected++
+	c.mu.Unlock()
+	slog.Warn("rejected an entry of a remote cluster", "cluster", c.name, "entry", what)
+}
+
+func (c *cluster) identityEvent(ev kvstore.Event, deleted bool) {
+	n, err := strconv.ParseUint(strings.TrimPrefix(ev.Key, identity.IDPrefix), 10, 32)
+	if err != nil {
+		return
+	}
+	id := identity.NumericIdentity(n)
+	c.mu.Lock()
+	if deleted {
+		x, ok := c.ids[id]
+		delete(c.ids, id)
+		c.mu.Unlock()
+		if ok {
+			c.m.cb.Identity(x, true)
+		}
+		return
+	}
+	if !id.InClusterRange(c.id) {
+		c.mu.Unlock()
+		c.reject(fmt.Sprintf("identity %d outside cluster %d's range", n, c.id))
+		return
+	}
+	ls, err := labels.ParseCanonical(string(ev.Value))
+	if err != nil {
+		c.mu.Unlock()
+		c.reject(fmt.Sprintf("identity %d with invalid labels", n))
+		return
+	}
+	x := identity.Identity{ID: id, Labels: ls}
+	if old, ok := c.ids[id]; ok && old.Labels.Equal(ls) {
+		c.mu.Unlock()
+		return
+	}
+	c.ids[id] = x
+	c.mu.Unlock()
+	c.m.cb.Identity(x, false)
+}
+
+func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
+	ip, err := netip.ParseAddr(strings.TrimPrefix(ev.Key, ipcache.Prefix+c.name+"/"))
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	if deleted {
+		e, ok := c.ips[ip]
+		delete(c.ips, ip)
+		c.mu.Unlock()
+		if ok {
+			c.m.cb.Entry(e, true)
+		}
+		return
+	}
+	var e ipcache.Entry
+	if err := json.Unmarshal(ev.Value, &e); err != nil {
+		c.mu.Unlock()
+		return
+	}
+	if !e.Identity.InClusterRange(c.id) {
+		c.mu.Unlock()
+		c.reject(fmt.Sprintf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id))
+		return
+	}
+	e.Node = c.name + "/" + e.Node
+	if old, ok := c.ips[ip]; ok && old == e {
+		c.mu.Unlock()
+		return
+	}
+	c.ips[ip] = e
+	c.mu.Unlock()
+	c.m.cb.Entry(e, false)
+}
+
+// withdraw removes every entry of the cluster from the agent.
+func (c *cluster) withdraw() {
+	c.mu.Lock()
+	nodes, ids, ips := c.nodes, c.ids, c.ips
+	c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
+	c.mu.Unlock()
+	for _, e := range ips {
+		c.m.cb.Entry(e, true)
+	}
+	for _, n := range nodes {
+		c.m.cb.Node(n, true)
+	}
+	for _, x := range ids {
+		c.m.cb.Identity(x, true)
+	}
+}
