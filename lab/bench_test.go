@@ -13,8 +13,6 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/filament-net/filament/lab"
-
 	"github.com/filament-net/filament/lab/labtest"
 )
 
@@ -108,7 +106,7 @@ spec:
 	}
 	b.Run("filament-programs-with-policy", measure)
 	// Detach: drop the pinned tcx links of both endpoints.
-	links, _ := filepath.Glob(filepath.Join(lab.Root, l.Name, "bpffs", "filament", "n1", "links", "*"))
+	links, _ := filepath.Glob(filepath.Join(labtest.PinDir(l, "n1"), "links", "*"))
 	if len(links) != 4 {
 		b.Fatalf("want 4 pinned links, found %v", links)
 	}
@@ -229,7 +227,7 @@ func BenchmarkIPCachePropagation(b *testing.B) {
 	l := labtest.UpRouting(b, 2, "tunnel", "--pod-cidr-size", "21")
 	n1, _ := l.Node("n1")
 	open := func(node string) *ebpf.Map {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(lab.Root, l.Name, "bpffs", "filament", node, "ipcache"), nil)
+		m, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, node), "ipcache"), nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -393,7 +393,7 @@ spec:
 	waitGrowth("before restart")
 
 	// A leftover the restarted agent must remove: an ipcache entry nobody wants.
-	ipc, err := ebpfLoadPinned(filepath.Join(lab.Root, l.Name, "bpffs", "filament", "n1", "ipcache"))
+	ipc, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
 	if err != nil {
 		t.Fatal(err)
 	}

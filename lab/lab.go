@@ -127,6 +127,8 @@ type Options struct {
 	// Clusters: with more than one, cluster i is c<i> (ID i) with nodes
 	// c<i>/n1..n<Nodes>, and a router joins the clusters' underlays.
 	Clusters int
+	// ClusterIDs overrides the IDs of the clusters (tests of clashes).
+	ClusterIDs []uint32
 }
 
 func labDir(name string) string { return filepath.Join(Root, name) }
@@ -250,7 +252,11 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		l.Clusters = []Cluster{{Name: "default", ID: 1, Index: 0, Pool: "10.244.0.0/16"}}
 	} else {
 		for i := 1; i <= o.Clusters; i++ {
-			l.Clusters = append(l.Clusters, Cluster{Name: fmt.Sprintf("c%d", i), ID: uint32(i), Index: i, Pool: fmt.Sprintf("10.%d.0.0/16", 100+i)})
+			id := uint32(i)
+			if i <= len(o.ClusterIDs) {
+				id = o.ClusterIDs[i-1]
+			}
+			l.Clusters = append(l.Clusters, Cluster{Name: fmt.Sprintf("c%d", i), ID: id, Index: i, Pool: fmt.Sprintf("10.%d.0.0/16", 100+i)})
 		}
 	}
 	fail := func(err error) (*Lab, error) {
@@ -378,6 +384,13 @@ func (l *Lab) startCluster(ctx context.Context, c *Cluster, routed bool) error {
 	if _, err := clustermesh.Enable(c.Bundle, c.Name, c.ID, []net.IP{net.ParseIP(kvIP)}); err != nil {
 		return err
 	}
+	return l.runKvstore(c)
+}
+
+// runKvstore starts the cluster's apiserver and waits until it serves.
+func (l *Lab) runKvstore(c *Cluster) error {
+	dir := filepath.Join(l.dir, c.Name)
+	kvIP := underlayIP(c, 254)
 	logf, err := os.OpenFile(filepath.Join(dir, "kvstore.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -755,6 +768,29 @@ func (l *Lab) StopAgent(node string) error {
 	}
 	stopPID(n.PID)
 	n.Running = false
+	return l.save()
+}
+
+// StopKvstore stops a cluster's apiserver (its etcd data stays).
+func (l *Lab) StopKvstore(cluster string) error {
+	c, err := l.Cluster(cluster)
+	if err != nil {
+		return err
+	}
+	stopPID(c.KvstorePID)
+	c.KvstorePID = 0
+	return l.save()
+}
+
+// StartKvstore starts a stopped cluster's apiserver again.
+func (l *Lab) StartKvstore(cluster string) error {
+	c, err := l.Cluster(cluster)
+	if err != nil {
+		return err
+	}
+	if err := l.runKvstore(c); err != nil {
+		return err
+	}
 	return l.save()
 }
 

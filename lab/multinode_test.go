@@ -128,7 +128,7 @@ func TestCrossNode(t *testing.T) {
 				t.Error("b -> d across nodes")
 			}
 			// Deleting b withdraws its entry from n1's BPF ipcache.
-			ipc, err := ebpfLoadPinned(filepath.Join(lab.Root, l.Name, "bpffs", "filament", "n1", "ipcache"))
+			ipc, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -196,6 +196,13 @@ func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
 // dropCount reads filament_drop_packets_total{reason} from a node's /metrics.
 func dropCount(t *testing.T, l *lab.Lab, on, reason string) float64 {
 	t.Helper()
+	return metric(t, l, on, "filament_drop_packets_total{", `reason="`+reason+`"`)
+}
+
+// metric sums the samples of a node's /metrics whose line starts with
+// prefix and contains match.
+func metric(t *testing.T, l *lab.Lab, on, prefix, match string) float64 {
+	t.Helper()
 	n, _ := l.Node(on)
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", n.Socket)
@@ -208,7 +215,7 @@ func dropCount(t *testing.T, l *lab.Lab, on, reason string) float64 {
 	body, _ := io.ReadAll(resp.Body)
 	var total float64
 	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, "filament_drop_packets_total{") && strings.Contains(line, `reason="`+reason+`"`) {
+		if strings.HasPrefix(line, prefix) && strings.Contains(line, match) {
 			var v float64
 			fmt.Sscan(line[strings.LastIndex(line, " ")+1:], &v)
 			total += v

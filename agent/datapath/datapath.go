@@ -67,8 +67,8 @@ var ErrBPFFS = errors.New("bpffs unavailable")
 type Config struct {
 	// BPFRoot is a bpffs mount point (mounted if it is not one yet).
 	BPFRoot string
-	// Node names the pin directory: <BPFRoot>/filament/<Node>.
-	Node string
+	// Cluster and Node name the pin directory: <BPFRoot>/filament/<Cluster>/<Node>.
+	Cluster, Node string
 	// Attach: "auto" (tcx, else tc), "tcx" or "tc".
 	Attach string
 }
@@ -103,7 +103,7 @@ func ensureBPFFS(root string) error {
 }
 
 // PinDir is where a node's maps and links are pinned.
-func PinDir(root, node string) string { return filepath.Join(root, "filament", node) }
+func PinDir(root, cluster, node string) string { return filepath.Join(root, "filament", cluster, node) }
 
 // Load loads the programs and opens (or creates) the pinned maps. Maps whose
 // pinned layout no longer matches the program are replaced.
@@ -119,7 +119,10 @@ func Load(c Config) (*Datapath, error) {
 	if err := ensureBPFFS(c.BPFRoot); err != nil {
 		return nil, err
 	}
-	pinDir := PinDir(c.BPFRoot, c.Node)
+	if c.Cluster == "" {
+		c.Cluster = "default"
+	}
+	pinDir := PinDir(c.BPFRoot, c.Cluster, c.Node)
 	if err := os.MkdirAll(filepath.Join(pinDir, "links"), 0o700); err != nil {
 		return nil, fmt.Errorf("pin dir: %w", err)
 	}

@@ -152,7 +152,7 @@ func TestMapsSurviveReload(t *testing.T) {
 	if err != nil || got[p] != 77 {
 		t.Fatalf("after reload: %v %v", got, err)
 	}
-	if _, err := os.Stat(datapath.PinDir(root, "t")); err != nil {
+	if _, err := os.Stat(datapath.PinDir(root, "default", "t")); err != nil {
 		t.Fatal(err)
 	}
 }

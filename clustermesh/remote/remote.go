@@ -112,6 +112,7 @@ func (m *Manager) scan(ctx context.Context) {
 		if ok {
 			c.stop()
 			c.withdraw()
+			c.claimed = 0
 		}
 		cfg, err := clustermesh.LoadRemote(f)
 		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true}}
@@ -128,6 +129,7 @@ func (m *Manager) scan(ctx context.Context) {
 		if !seen[name] {
 			c.stop()
 			c.withdraw()
+			c.claimed = 0
 			delete(m.remotes, name)
 			slog.Info("remote cluster disconnected (config removed)", "cluster", name)
 		}
@@ -147,8 +149,9 @@ func (m *Manager) Status() []Status {
 	return out
 }
 
-// clash says why a remote with name and id cannot join, or "".
-func (m *Manager) clash(self *cluster, name string, id uint32) string {
+// claim reserves id for remote self, or says why it cannot have it: the
+// local cluster's name or ID, or an ID another remote holds.
+func (m *Manager) claim(self *cluster, name string, id uint32) string {
 	if name == m.localName {
 		return fmt.Sprintf("cluster name %q is the local cluster's", name)
 	}
@@ -158,15 +161,19 @@ func (m *Manager) clash(self *cluster, name string, id uint32) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, c := range m.remotes {
-		if c == self {
-			continue
-		}
-		st := c.snapshot()
-		if st.Connected && st.ClusterID == id {
+		if c != self && c.claimed == id {
 			return fmt.Sprintf("cluster ID %d of %s is already used by remote cluster %s", id, name, c.name)
 		}
 	}
+	self.claimed = id
 	return ""
+}
+
+// release gives up self's claim.
+func (m *Manager) release(self *cluster) {
+	m.mu.Lock()
+	self.claimed = 0
+	m.mu.Unlock()
 }
 
 // cluster is one remote cluster.
@@ -176,8 +183,9 @@ type cluster struct {
 	sum  [32]byte
 	cfg  clustermesh.RemoteConfig
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel  context.CancelFunc
+	done    chan struct{}
+	claimed uint32 // cluster ID this remote holds (guarded by Manager.mu)
 
 	mu     sync.Mutex
 	status Status
@@ -256,6 +264,7 @@ func (c *cluster) checkTTL(lostSince time.Time) {
 		if !already {
 			slog.Warn("remote cluster lost for longer than its TTL: withdrawing its entries", "cluster", c.name, "ttl", c.m.ttl)
 			c.withdraw()
+			c.m.release(c)
 			c.mu.Lock()
 			c.status.Withdrawn = true
 			c.mu.Unlock()
@@ -280,7 +289,7 @@ func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
 	if err := json.Unmarshal(cc.Value, &conf); err != nil || conf.Name != c.name {
 		return fmt.Errorf("cluster-config of %s is not valid: %q", c.name, cc.Value)
 	}
-	if why := c.m.clash(c, conf.Name, conf.ID); why != "" {
+	if why := c.m.claim(c, conf.Name, conf.ID); why != "" {
 		return fmt.Errorf("refused: %s", why)
 	}
 	for _, canary := range clustermesh.Canaries {
@@ -523,7 +532,8 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 	c.m.cb.Entry(e, false)
 }
 
-// withdraw removes every entry of the cluster from the agent.
+// withdraw removes every entry of the cluster from the agent; its claim
+// on its cluster ID is released by the caller.
 func (c *cluster) withdraw() {
 	c.mu.Lock()
 	nodes, ids, ips := c.nodes, c.ids, c.ips

@@ -210,7 +210,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if err := veth.EnsureNode(pool.Gateway()); err != nil {
 		return err
 	}
-	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Node: cfg.NodeName, Attach: cfg.DatapathAttach})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cluster: cfg.ClusterName, Node: cfg.NodeName, Attach: cfg.DatapathAttach})
 	if err != nil {
 		return err
 	}
@@ -346,7 +346,7 @@ func run(parent context.Context, cfg config.Config) error {
 				Kvstore: api.KvstoreStatus{Embedded: embeddedEtcd, Endpoints: kvcfg.Endpoints, Healthy: true,
 					LeaseID: fmt.Sprintf("%x", lease.ID())},
 				Datapath: api.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
-					PinDir: datapath.PinDir(cfg.BPFRoot, cfg.NodeName), PolicyEntries: engine.PolicyEntries(),
+					PinDir: datapath.PinDir(cfg.BPFRoot, cfg.ClusterName, cfg.NodeName), PolicyEntries: engine.PolicyEntries(),
 					ConntrackEntries: dp.ConntrackEntries()},
 			}
 			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)

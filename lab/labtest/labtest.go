@@ -71,6 +71,12 @@ func UpClusters(t testing.TB, clusters, nodes int, routing string, agentArgs ...
 	return up(t, lab.Options{Clusters: clusters, Nodes: nodes, Routing: routing, AgentArgs: agentArgs})
 }
 
+// UpClustersIDs starts one single-node cluster per ID (tunnel routing).
+func UpClustersIDs(t testing.TB, ids []uint32) *lab.Lab {
+	t.Helper()
+	return up(t, lab.Options{Clusters: len(ids), ClusterIDs: ids, Nodes: 1, Routing: "tunnel"})
+}
+
 // UpRouting starts a lab of nodes with routing mode ("tunnel" or "native").
 func UpRouting(t testing.TB, nodes int, routing string, agentArgs ...string) *lab.Lab {
 	t.Helper()
@@ -209,4 +215,13 @@ func UnderlayHost(t testing.TB, l *lab.Lab, name, ip string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// PinDir is where a lab node's agent pins its maps and links.
+func PinDir(l *lab.Lab, node string) string {
+	n, err := l.Node(node)
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(lab.Root, l.Name, "bpffs", "filament", n.Cluster, node[strings.LastIndex(node, "/")+1:])
 }
