@@ -46,38 +46,43 @@ test: deps build
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-# A three-node cluster (VXLAN tunnel) with pods on each node, cross-node
-# traffic, a policy enforced in the kernel and a denied flow in filament
-# monitor; leaves the lab up for exploring.
+# Two clusters of two nodes each, joined into a cluster mesh as a user
+# would (filament clustermesh connect), pods talking across nodes and
+# clusters, a cluster-label policy enforced in the kernel and a denied flow
+# in filament monitor; leaves the lab up for exploring.
 DEMO_ROUTING ?= tunnel
 demo: deps build
 	@bin/filament-lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
-	bin/filament-lab up --name $(DEMO_LAB) --nodes 3 --routing $(DEMO_ROUTING)
-	bin/filament-lab pod add --name $(DEMO_LAB) n1 web-1 --labels app=web,tier=frontend
-	bin/filament-lab pod add --name $(DEMO_LAB) n2 web-2 --labels app=web,tier=frontend
-	bin/filament-lab pod add --name $(DEMO_LAB) n3 db-1 --labels app=db,tier=backend
-	bin/filament-lab pod add --name $(DEMO_LAB) n2 other-1 --labels app=other
-	@echo; echo "== filament node list (from n1)"
-	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament node list
-	@echo; echo "== filament endpoint list on each node"
-	@for n in n1 n2 n3; do bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament endpoint list; done
-	@echo; echo "== filament identity list (cluster-wide)"
-	bin/filament-lab exec --name $(DEMO_LAB) n1 -- filament identity list
-	@echo; echo "== policy on every node: db accepts PostgreSQL and ping from web only"
-	@for n in n1 n2 n3; do bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament policy import docs/examples/allow-web-to-db.yaml; done
+	bin/filament-lab up --name $(DEMO_LAB) --clusters 2 --nodes 2 --routing $(DEMO_ROUTING)
+	bin/filament-lab pod add --name $(DEMO_LAB) c1/n1 web-1 --labels app=web
+	bin/filament-lab pod add --name $(DEMO_LAB) c1/n2 web-2 --labels app=web
+	bin/filament-lab pod add --name $(DEMO_LAB) c2/n1 db-1 --labels app=db
+	bin/filament-lab pod add --name $(DEMO_LAB) c2/n2 other-1 --labels app=other
+	@echo; echo "== filament clustermesh connect (c1 <-> c2), then status"
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- sh -c 'filament clustermesh connect --to $$FILAMENT_LAB_DIR/c2/clustermesh'
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament clustermesh status --wait 60s
+	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament clustermesh status --wait 60s
+	@echo; echo "== filament node list (c1/n1) and endpoints of each node"
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament node list
+	@for n in c1/n1 c1/n2 c2/n1 c2/n2; do echo "-- $$n"; bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament endpoint list; done
+	@echo; echo "== policy on c2: db accepts PostgreSQL and ping from web pods of cluster c1 only"
+	@for n in c2/n1 c2/n2; do bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament policy import docs/examples/allow-web-from-c1.yaml; done
 	@db=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="db-1") | .ip'); \
 	mon=$$(mktemp); \
-	timeout 7 bin/filament-lab exec --name $(DEMO_LAB) n3 -- filament monitor > $$mon 2>&1 & \
+	timeout 8 bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament monitor > $$mon 2>&1 & \
 	sleep 1; \
-	echo; echo "== web-1 (n1) pings db-1 (n3) across nodes: allowed"; \
+	echo; echo "== web-1 (c1/n1) pings db-1 (c2/n1) across clusters: allowed"; \
 	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- ping -c 2 -W 1 $$db; \
-	echo; echo "== other-1 (n2) pings db-1 (n3): denied on n3 with the identity carried in the VXLAN header"; \
+	echo; echo "== web-2 (c1/n2) pings db-1: allowed"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) web-2 -- ping -c 1 -W 1 $$db; \
+	echo; echo "== other-1 (c2/n2) pings db-1: denied (only c1's web may)"; \
 	bin/filament-lab pod exec --name $(DEMO_LAB) other-1 -- ping -c 2 -W 1 $$db || true; \
-	wait; echo; echo "== filament monitor on n3 saw:"; cat $$mon; rm -f $$mon
-	@echo; echo "== filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8"
-	bin/filament-lab exec --name $(DEMO_LAB) n3 -- filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8
-	@echo; echo "== filament status (n3)"
-	bin/filament-lab exec --name $(DEMO_LAB) n3 -- filament status
+	wait; echo; echo "== filament monitor on c2/n1 saw:"; cat $$mon; rm -f $$mon
+	@echo; echo "== filament policy trace on c2/n1"
+	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament policy trace --src app=web,filament.io/cluster=c1 --dst app=db --protocol ICMP --dport 8
+	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8
+	@echo; echo "== filament clustermesh status (c2/n1)"
+	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament clustermesh status
 	@echo; echo "The lab stays up: try 'bin/filament-lab status --name $(DEMO_LAB)'; remove it with 'make demo-down'."
 
 demo-down:
