@@ -304,6 +304,15 @@ func (l *Lab) kvstoreNS(c *Cluster) string {
 	return fmt.Sprintf("flab-%s-%s-kv", l.Name, c.Name)
 }
 
+// KvstoreNS is the namespace of a cluster's kvstore.
+func (l *Lab) KvstoreNS(cluster string) string {
+	c, err := l.Cluster(cluster)
+	if err != nil {
+		return ""
+	}
+	return l.kvstoreNS(c)
+}
+
 func (l *Lab) routerNS() string { return fmt.Sprintf("flab-%s-rt", l.Name) }
 
 // Cluster returns the named cluster.
