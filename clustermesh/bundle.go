@@ -17,6 +17,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/crypto/ca"
 )
 
@@ -54,8 +55,8 @@ func ValidateCluster(name string, id uint32) error {
 	if !nameRe.MatchString(name) {
 		return fmt.Errorf("%w: cluster name %q: 1-32 lowercase letters, digits and '-'", ErrInvalid, name)
 	}
-	if id < 1 || id > 255 {
-		return fmt.Errorf("%w: cluster ID %d: want 1-255", ErrInvalid, id)
+	if err := identity.ValidateClusterID(id); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return nil
 }

@@ -16,7 +16,6 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/kvstore"
 )
@@ -88,6 +87,10 @@ type Config struct {
 	// PolicyAllClusters makes peer selectors that name no cluster match
 	// every cluster of the mesh instead of only the local one.
 	PolicyAllClusters bool `json:"policyAllClusters"`
+	// MaxConnectedClusters selects the identity layout: 255 (cluster ID in
+	// bits 16-23) or 511 (bits 15-23, half the identities per cluster); the
+	// same in every cluster of a mesh.
+	MaxConnectedClusters int `json:"maxConnectedClusters"`
 	// MemberlistPort for failure detection among the cluster's agents (0 disables it).
 	MemberlistPort int    `json:"memberlistPort"`
 	StateDir       string `json:"stateDir"`
@@ -134,7 +137,7 @@ func Default() Config {
 	}
 	return Config{
 		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID,
-		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", MemberlistPort: 7946,
+		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", MemberlistPort: 7946, MaxConnectedClusters: 255,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
 		EmbeddedEtcd:        EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
 		LeaseTTL:            Duration(DefaultLeaseTTL),
@@ -184,8 +187,11 @@ func (c Config) Validate() error {
 	if err := ValidateClusterName(c.ClusterName); err != nil {
 		return err
 	}
-	if err := identity.ValidateClusterID(c.ClusterID); err != nil {
-		return fmt.Errorf("%w: clusterID: %v", ErrInvalid, err)
+	if c.MaxConnectedClusters != 255 && c.MaxConnectedClusters != 511 {
+		return fmt.Errorf("%w: maxConnectedClusters %d: want 255 or 511", ErrInvalid, c.MaxConnectedClusters)
+	}
+	if c.ClusterID < 1 || int(c.ClusterID) > c.MaxConnectedClusters {
+		return fmt.Errorf("%w: clusterID %d: must be 1-%d (maxConnectedClusters)", ErrInvalid, c.ClusterID, c.MaxConnectedClusters)
 	}
 	if c.PodCIDR != "" {
 		if _, err := ipam.New(c.PodCIDR); err != nil {

@@ -78,3 +78,15 @@ func TestShippedExampleLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestClusterIDRangeFollowsTheLayout(t *testing.T) {
+	c := Default()
+	c.ClusterID = 400
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "1-255") {
+		t.Fatalf("cluster ID 400 with 255 clusters: %v", err)
+	}
+	c.MaxConnectedClusters = 511
+	if err := c.Validate(); err != nil {
+		t.Fatalf("cluster ID 400 with 511 clusters: %v", err)
+	}
+}

@@ -14,16 +14,38 @@ import (
 // NumericIdentity is the number the datapath carries for a label set.
 type NumericIdentity uint32
 
-// Layout constants.
+// Layout. By default 255 clusters: cluster ID in bits 16–23, the
+// cluster-local number in bits 0–15. SetMaxClusters(511) moves the cluster
+// ID to bits 15–23 and halves the local numbers, so that an identity still
+// fits in the 24 bits of a VXLAN VNI. Every cluster of a mesh must use the
+// same layout.
+var (
+	ClusterIDShift uint32 = 16
+	ClusterIDMax   uint32 = 255
+	// LocalMax bounds the per-cluster allocatable numbers.
+	LocalMax uint32 = 0xffff
+)
+
 const (
-	ClusterIDShift = 16
-	ClusterIDMax   = 255
-	// LocalMin and LocalMax bound the per-cluster allocatable numbers.
+	// LocalMin is the lowest per-cluster allocatable number.
 	LocalMin = 256
-	LocalMax = 0xffff
 	// LocalScopeFlag marks node-local identities (CIDR-derived), never published.
 	LocalScopeFlag NumericIdentity = 1 << 24
 )
+
+// SetMaxClusters selects the layout for a mesh of up to 255 or 511
+// clusters; call it once at start, before any identity is made.
+func SetMaxClusters(n int) error {
+	switch n {
+	case 255:
+		ClusterIDShift, ClusterIDMax, LocalMax = 16, 255, 0xffff
+	case 511:
+		ClusterIDShift, ClusterIDMax, LocalMax = 15, 511, 0x7fff
+	default:
+		return fmt.Errorf("max connected clusters %d: want 255 or 511", n)
+	}
+	return nil
+}
 
 // Reserved identities, the same in every cluster.
 const (
@@ -41,13 +63,13 @@ var reservedNames = map[NumericIdentity]string{
 	Host: "host", World: "world", Unmanaged: "unmanaged", Health: "health", Init: "init", RemoteNode: "remote-node",
 }
 
-// ErrClusterID is returned for a cluster ID outside 1–255.
-var ErrClusterID = errors.New("cluster ID must be 1-255")
+// ErrClusterID is returned for a cluster ID outside 1–ClusterIDMax.
+var ErrClusterID = errors.New("cluster ID out of range")
 
-// ValidateClusterID checks id.
+// ValidateClusterID checks id against the layout (1–255, or 1–511).
 func ValidateClusterID(id uint32) error {
 	if id < 1 || id > ClusterIDMax {
-		return fmt.Errorf("%w: got %d", ErrClusterID, id)
+		return fmt.Errorf("%w: cluster ID must be 1-%d, got %d", ErrClusterID, ClusterIDMax, id)
 	}
 	return nil
 }
@@ -57,7 +79,7 @@ func (n NumericIdentity) ClusterID() uint32 {
 	if n.IsReserved() || n.IsLocal() {
 		return 0
 	}
-	return uint32(n>>ClusterIDShift) & ClusterIDMax
+	return uint32(n) >> ClusterIDShift & ClusterIDMax
 }
 
 // IsReserved reports whether n is one of 1–255.

@@ -47,3 +47,27 @@ func TestReservedLookup(t *testing.T) {
 		t.Fatalf("want 6 reserved identities, got %d", len(Reserved()))
 	}
 }
+
+func TestLayout511(t *testing.T) {
+	if err := SetMaxClusters(511); err != nil {
+		t.Fatal(err)
+	}
+	defer SetMaxClusters(255)
+	id := Compose(400, 300)
+	if id.ClusterID() != 400 || !id.InClusterRange(400) || uint32(id) >= 1<<24 {
+		t.Fatalf("511 layout: %d has cluster %d", id, id.ClusterID())
+	}
+	if Compose(400, 40000).InClusterRange(400) && Compose(400, 40000) == id {
+		t.Fatal("local numbers above 32767 must not fit")
+	}
+	if ValidateClusterID(511) != nil || ValidateClusterID(512) == nil {
+		t.Fatal("511 layout must accept 1-511 only")
+	}
+	if SetMaxClusters(300) == nil {
+		t.Fatal("300 clusters accepted")
+	}
+	SetMaxClusters(255)
+	if ValidateClusterID(256) == nil || Compose(7, 300).ClusterID() != 7 {
+		t.Fatal("back to the 255 layout")
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/clustermesh/apiserver"
+	"github.com/filament-net/filament/internal/testutil"
 )
 
 func freePort(t *testing.T) int {
@@ -163,5 +164,41 @@ func TestConnectExchangesConfigs(t *testing.T) {
 	}
 	if err := clustermesh.ValidateCluster("ok", 256); err == nil {
 		t.Fatal("ID 256 accepted")
+	}
+}
+
+// With --etcd-endpoints the apiserver uses an external etcd cluster instead
+// of its embedded one and writes the cluster-config and canaries there.
+func TestExternalEtcd(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- apiserver.Run(ctx, apiserver.Config{ClusterName: "ext", ClusterID: 3, EtcdEndpoints: ep})
+	}()
+	defer func() { cancel(); <-done }()
+	kv := testutil.Connect(t, ep)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		kvv, err := kv.Get(context.Background(), clustermesh.ClusterConfigPrefix+"ext")
+		if err == nil {
+			var cc clustermesh.ClusterConfig
+			if json.Unmarshal(kvv.Value, &cc) != nil || cc.ID != 3 {
+				t.Fatalf("cluster-config %s", kvv.Value)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no cluster-config in the external etcd: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := kv.Get(context.Background(), clustermesh.SyncedPrefix+"ext/ip"); err != nil {
+		t.Fatal(err)
+	}
+	// A bad cluster ID is refused before anything is written.
+	err := apiserver.Run(context.Background(), apiserver.Config{ClusterName: "bad", ClusterID: 300, EtcdEndpoints: ep})
+	if !errors.Is(err, clustermesh.ErrInvalid) || !strings.Contains(err.Error(), "300") {
+		t.Fatalf("cluster ID 300: %v", err)
 	}
 }

@@ -81,6 +81,7 @@ func newCommand() *cobra.Command {
 			set("node-ip", func() { final.NodeIP = cfg.NodeIP })
 			set("routing", func() { final.Routing = cfg.Routing })
 			set("memberlist-port", func() { final.MemberlistPort = cfg.MemberlistPort })
+			set("max-connected-clusters", func() { final.MaxConnectedClusters = cfg.MaxConnectedClusters })
 			set("clustermesh-config", func() { final.ClusterMeshConfig = cfg.ClusterMeshConfig })
 			set("clustermesh-ttl", func() { final.ClusterMeshTTL = config.Duration(meshTTL) })
 			set("policy-all-clusters", func() { final.PolicyAllClusters = cfg.PolicyAllClusters })
@@ -119,6 +120,7 @@ func newCommand() *cobra.Command {
 	f.IntVar(&cfg.PodCIDRSize, "pod-cidr-size", d.PodCIDRSize, "prefix length of each node's pod CIDR")
 	f.StringVar(&cfg.NodeIP, "node-ip", "", "this node's underlay IPv4 address (default: the first global IPv4 address)")
 	f.StringVar(&cfg.Routing, "routing", d.Routing, "routing between nodes: tunnel (VXLAN) or native")
+	f.IntVar(&cfg.MaxConnectedClusters, "max-connected-clusters", d.MaxConnectedClusters, "identity layout: 255 or 511 clusters (the same across the mesh)")
 	f.IntVar(&cfg.MemberlistPort, "memberlist-port", d.MemberlistPort, "UDP/TCP port for failure detection among agents (0 disables it)")
 	f.StringVar(&cfg.ClusterMeshConfig, "clustermesh-config", "", "directory of remote cluster configs (one <name>.yaml each, from filament clustermesh connect)")
 	f.DurationVar(&meshTTL, "clustermesh-ttl", 0, "withdraw a lost remote cluster's entries after this long (0: keep them)")
@@ -151,6 +153,9 @@ func run(parent context.Context, cfg config.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	started := time.Now()
+	if err := identity.SetMaxClusters(cfg.MaxConnectedClusters); err != nil {
+		return err
+	}
 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("stateDir: %w", err)

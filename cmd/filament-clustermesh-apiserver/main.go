@@ -13,12 +13,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/clustermesh/apiserver"
 	"github.com/filament-net/filament/internal/version"
 )
 
 func main() {
 	var c apiserver.Config
+	var maxClusters int
 	cmd := &cobra.Command{
 		Use:           "filament-clustermesh-apiserver",
 		Short:         "The cluster's etcd for Filament agents and remote clusters",
@@ -27,6 +29,9 @@ func main() {
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
+			if err := identity.SetMaxClusters(maxClusters); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return apiserver.Run(ctx, c)
@@ -40,6 +45,7 @@ func main() {
 	f.StringVar(&c.ClientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL to serve (https:// with a bundle)")
 	f.StringVar(&c.PeerURL, "listen-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
 	f.BoolVar(&c.UnsafeNoFsync, "unsafe-no-fsync", false, "skip fsync (labs and tests only)")
+	f.IntVar(&maxClusters, "max-connected-clusters", 255, "identity layout of the mesh: 255 or 511 clusters")
 	f.StringSliceVar(&c.EtcdEndpoints, "etcd-endpoints", nil, "use this external etcd cluster instead of the embedded one")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "filament-clustermesh-apiserver:", err)

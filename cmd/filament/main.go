@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/internal/version"
@@ -395,11 +396,15 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 	var name string
 	var id uint32
 	var ips []string
+	var maxClusters int
 	enable := &cobra.Command{
 		Use: "enable --cluster-name NAME --cluster-id ID --apiserver-ip IP", Short: "Create this cluster's CA and certificates (the apiserver serves them with --bundle)", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			dir, err := need()
 			if err != nil {
+				return err
+			}
+			if err := identity.SetMaxClusters(maxClusters); err != nil {
 				return err
 			}
 			var addrs []net.IP
@@ -422,6 +427,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 	enable.Flags().StringVar(&name, "cluster-name", "", "cluster name")
 	enable.Flags().Uint32Var(&id, "cluster-id", 0, "cluster ID 1-255")
 	enable.Flags().StringSliceVar(&ips, "apiserver-ip", nil, "addresses the apiserver is reached at")
+	enable.Flags().IntVar(&maxClusters, "max-connected-clusters", 255, "identity layout of the mesh: 255 or 511 clusters")
 	var to, mesh []string
 	connect := &cobra.Command{
 		Use: "connect --to PEER_BUNDLE [--to ...] | --mesh B1,B2,...", Short: "Exchange remote configs with other clusters, both ways (--mesh: all pairs)", Args: cobra.NoArgs,
