@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,4 +121,80 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 	// Removing the config withdraws the rest.
 	os.Remove(filepath.Join(dir, "east.yaml"))
 	wait("withdrawn", func() bool { return len(m.Status()) == 0 && !has("node east/n1") && !has(fmt.Sprintf("id %d", good)) })
+}
+
+// A lost remote cluster keeps its entries until the TTL, then they are
+// withdrawn and status says so.
+func TestTTLWithdrawsLostCluster(t *testing.T) {
+	bundle := t.TempDir()
+	if _, err := clustermesh.Enable(bundle, "gone", 9, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	ep := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	actx, stopAPI := context.WithCancel(context.Background())
+	apiDone := make(chan struct{})
+	go func() {
+		apiserver.Run(actx, apiserver.Config{Bundle: bundle, DataDir: t.TempDir(), ClientURL: ep,
+			PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), UnsafeNoFsync: true})
+		close(apiDone)
+	}()
+	defer func() { stopAPI(); <-apiDone }()
+	deadline := time.Now().Add(20 * time.Second)
+	var kv *kvstore.Client
+	for {
+		var err error
+		kv, err = kvstore.Connect(actx, kvstore.Config{Endpoints: []string{ep}, DialTimeout: time.Second,
+			CAFile: bundle + "/ca.pem", CertFile: bundle + "/agent.pem", KeyFile: bundle + "/agent-key.pem"})
+		if err == nil {
+			if _, err = kv.Get(actx, clustermesh.ClusterConfigPrefix+"gone"); err == nil {
+				break
+			}
+			kv.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("apiserver: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	id := identity.Compose(9, 300)
+	b, _ := json.Marshal(ipcache.Entry{IP: netip.MustParseAddr("10.9.0.2"), Identity: id, Node: "n1"})
+	kv.Put(actx, ipcache.Prefix+"gone/10.9.0.2", b, 0)
+	kv.Close()
+
+	var live atomic.Int64
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := remote.NewManager(dir, "local", 1, 3*time.Second, remote.Callbacks{
+		Node: func(node.Node, bool) {}, Identity: func(identity.Identity, bool) {},
+		Entry: func(_ ipcache.Entry, deleted bool) {
+			if deleted {
+				live.Add(-1)
+			} else {
+				live.Add(1)
+			}
+		},
+	})
+	go m.Run(ctx)
+	raw, _ := os.ReadFile(filepath.Join(bundle, "remote.yaml"))
+	var rc clustermesh.RemoteConfig
+	yaml.Unmarshal(raw, &rc)
+	rc.Endpoints = []string{ep}
+	out, _ := yaml.Marshal(rc)
+	os.WriteFile(filepath.Join(dir, "gone.yaml"), out, 0o600)
+	waitFor := func(what string, cond func() bool, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: status %+v, live entries %d", what, m.Status(), live.Load())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("synced", func() bool { s := m.Status(); return len(s) == 1 && s[0].Ready && live.Load() == 1 }, 20*time.Second)
+	stopAPI()
+	<-apiDone
+	waitFor("seen disconnected, entries kept", func() bool { s := m.Status(); return !s[0].Connected && live.Load() == 1 }, 10*time.Second)
+	waitFor("withdrawn after the TTL", func() bool { s := m.Status(); return s[0].Withdrawn && live.Load() == 0 }, 20*time.Second)
 }
