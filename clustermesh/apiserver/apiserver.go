@@ -87,6 +87,13 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	defer lease.Close(context.Background())
+	// Canaries first: whoever sees the cluster-config can rely on them.
+	now := []byte(time.Now().UTC().Format(time.RFC3339))
+	for _, p := range clustermesh.Canaries {
+		if err := kv.Put(ctx, clustermesh.SyncedPrefix+c.ClusterName+"/"+p, now, 0); err != nil {
+			return err
+		}
+	}
 	cfgKey := clustermesh.ClusterConfigPrefix + c.ClusterName
 	b, _ := json.Marshal(clustermesh.ClusterConfig{Name: c.ClusterName, ID: c.ClusterID, Capabilities: []string{"tunnel", "native"}})
 	publish := func(ctx context.Context, id int64) {
@@ -96,12 +103,6 @@ func Run(ctx context.Context, c Config) error {
 	}
 	publish(ctx, lease.ID())
 	lease.OnRenew(publish)
-	now := []byte(time.Now().UTC().Format(time.RFC3339))
-	for _, p := range clustermesh.Canaries {
-		if err := kv.Put(ctx, clustermesh.SyncedPrefix+c.ClusterName+"/"+p, now, 0); err != nil {
-			return err
-		}
-	}
 	slog.Info("clustermesh-apiserver serving", "cluster", c.ClusterName, "id", c.ClusterID, "endpoints", endpoints, "tls", c.Bundle != "")
 	<-ctx.Done()
 	return nil

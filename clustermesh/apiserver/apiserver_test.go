@@ -193,8 +193,16 @@ func TestExternalEtcd(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if _, err := kv.Get(context.Background(), clustermesh.SyncedPrefix+"ext/ip"); err != nil {
-		t.Fatal(err)
+	// The canaries follow the cluster-config.
+	for {
+		_, err := kv.Get(context.Background(), clustermesh.SyncedPrefix+"ext/ip")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	// A bad cluster ID is refused before anything is written.
 	err := apiserver.Run(context.Background(), apiserver.Config{ClusterName: "bad", ClusterID: 300, EtcdEndpoints: ep})
