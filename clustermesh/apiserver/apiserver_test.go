@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -14,68 +13,17 @@ import (
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/clustermesh/apiserver"
+	"github.com/filament-net/filament/clustermesh/apiserver/apiservertest"
 	"github.com/filament-net/filament/internal/testutil"
 )
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func start(t *testing.T, name string, id uint32) (bundle, endpoint string) {
-	t.Helper()
-	bundle = t.TempDir()
-	if _, err := clustermesh.Enable(bundle, name, id, nil); err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	endpoint = fmt.Sprintf("https://127.0.0.1:%d", port)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- apiserver.Run(ctx, apiserver.Config{Bundle: bundle, DataDir: t.TempDir(), ClientURL: endpoint,
-			PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), UnsafeNoFsync: true})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	// Ready once the cluster-config key is readable by the agent user.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := connect(bundle, endpoint, clustermesh.UserAgent)
-		if err == nil {
-			_, err = c.Get(context.Background(), clustermesh.ClusterConfigPrefix+name)
-			c.Close()
-			if err == nil {
-				return bundle, endpoint
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("apiserver not ready: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func connect(bundle, endpoint, user string) (*kvstore.Client, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second,
-		CAFile: filepath.Join(bundle, "ca.pem"), CertFile: filepath.Join(bundle, user+".pem"), KeyFile: filepath.Join(bundle, user+"-key.pem")})
-}
 
 // The cluster's agents read and write; a remote cluster's credentials read
 // state and cluster-config and can write nothing; another CA is refused.
 func TestAuthAndClusterConfig(t *testing.T) {
-	bundle, ep := start(t, "east", 7)
+	srv := apiservertest.Start(t, "east", 7)
+	bundle, ep := srv.Bundle, srv.Endpoint
 	ctx := context.Background()
-	agent, err := connect(bundle, ep, clustermesh.UserAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer agent.Close()
+	agent := srv.Agent
 	if err := agent.Put(ctx, "filament/state/nodes/v1/east/n1", []byte("{}"), 0); err != nil {
 		t.Fatalf("agent write: %v", err)
 	}
@@ -89,7 +37,7 @@ func TestAuthAndClusterConfig(t *testing.T) {
 			t.Fatalf("canary %s: %v", c, err)
 		}
 	}
-	remote, err := connect(bundle, ep, clustermesh.UserRemote)
+	remote, err := srv.Connect(clustermesh.UserRemote)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,54 +12,21 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
-	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/node"
-	"github.com/filament-net/filament/clustermesh"
-	"github.com/filament-net/filament/clustermesh/apiserver"
+	"github.com/filament-net/filament/clustermesh/apiserver/apiservertest"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
-
-func freePort(t *testing.T) int {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // A remote cluster's nodes, identities and ipcache entries reach the
 // callbacks; identities (and entries) outside its cluster's range are
 // rejected and counted; removing the config withdraws everything.
 func TestFollowAndRejectOutOfRange(t *testing.T) {
-	bundle := t.TempDir()
-	if _, err := clustermesh.Enable(bundle, "east", 7, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
-		t.Fatal(err)
-	}
-	ep := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	srv := apiservertest.Start(t, "east", 7)
+	kv := srv.Agent
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go apiserver.Run(ctx, apiserver.Config{Bundle: bundle, DataDir: t.TempDir(), ClientURL: ep,
-		PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), UnsafeNoFsync: true})
-	var kv *kvstore.Client
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var err error
-		kv, err = kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{ep}, DialTimeout: time.Second,
-			CAFile: bundle + "/ca.pem", CertFile: bundle + "/agent.pem", KeyFile: bundle + "/agent-key.pem"})
-		if err == nil {
-			if _, err = kv.Get(ctx, clustermesh.ClusterConfigPrefix+"east"); err == nil {
-				break
-			}
-			kv.Close()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("apiserver: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	defer kv.Close()
 	good := identity.Compose(7, 300)
 	bad := identity.Compose(5, 300)
 	kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, good), []byte("k8s:app=web;k8s:filament.io/cluster=east"), 0)
@@ -86,15 +52,7 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 		Entry:    func(e ipcache.Entry, d bool) { record("ip "+e.IP.String()+" "+e.Node, d) },
 	})
 	go m.Run(ctx)
-	// The bundle names port 2379; this apiserver listens elsewhere.
-	raw, _ := os.ReadFile(filepath.Join(bundle, "remote.yaml"))
-	var rc clustermesh.RemoteConfig
-	if err := yaml.Unmarshal(raw, &rc); err != nil {
-		t.Fatal(err)
-	}
-	rc.Endpoints = []string{ep}
-	out, _ := yaml.Marshal(rc)
-	os.WriteFile(filepath.Join(dir, "east.yaml"), out, 0o600)
+	srv.WriteRemoteConfig(t, dir)
 	wait := func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -126,40 +84,12 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 // A lost remote cluster keeps its entries until the TTL, then they are
 // withdrawn and status says so.
 func TestTTLWithdrawsLostCluster(t *testing.T) {
-	bundle := t.TempDir()
-	if _, err := clustermesh.Enable(bundle, "gone", 9, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
-		t.Fatal(err)
-	}
-	ep := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
-	actx, stopAPI := context.WithCancel(context.Background())
-	apiDone := make(chan struct{})
-	go func() {
-		apiserver.Run(actx, apiserver.Config{Bundle: bundle, DataDir: t.TempDir(), ClientURL: ep,
-			PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), UnsafeNoFsync: true})
-		close(apiDone)
-	}()
-	defer func() { stopAPI(); <-apiDone }()
-	deadline := time.Now().Add(20 * time.Second)
-	var kv *kvstore.Client
-	for {
-		var err error
-		kv, err = kvstore.Connect(actx, kvstore.Config{Endpoints: []string{ep}, DialTimeout: time.Second,
-			CAFile: bundle + "/ca.pem", CertFile: bundle + "/agent.pem", KeyFile: bundle + "/agent-key.pem"})
-		if err == nil {
-			if _, err = kv.Get(actx, clustermesh.ClusterConfigPrefix+"gone"); err == nil {
-				break
-			}
-			kv.Close()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("apiserver: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	srv := apiservertest.Start(t, "gone", 9)
+	kv := srv.Agent
+	actx := context.Background()
 	id := identity.Compose(9, 300)
 	b, _ := json.Marshal(ipcache.Entry{IP: netip.MustParseAddr("10.9.0.2"), Identity: id, Node: "n1"})
 	kv.Put(actx, ipcache.Prefix+"gone/10.9.0.2", b, 0)
-	kv.Close()
 
 	var live atomic.Int64
 	dir := t.TempDir()
@@ -176,12 +106,7 @@ func TestTTLWithdrawsLostCluster(t *testing.T) {
 		},
 	})
 	go m.Run(ctx)
-	raw, _ := os.ReadFile(filepath.Join(bundle, "remote.yaml"))
-	var rc clustermesh.RemoteConfig
-	yaml.Unmarshal(raw, &rc)
-	rc.Endpoints = []string{ep}
-	out, _ := yaml.Marshal(rc)
-	os.WriteFile(filepath.Join(dir, "gone.yaml"), out, 0o600)
+	srv.WriteRemoteConfig(t, dir)
 	waitFor := func(what string, cond func() bool, within time.Duration) {
 		t.Helper()
 		deadline := time.Now().Add(within)
@@ -193,8 +118,7 @@ func TestTTLWithdrawsLostCluster(t *testing.T) {
 		}
 	}
 	waitFor("synced", func() bool { s := m.Status(); return len(s) == 1 && s[0].Ready && live.Load() == 1 }, 20*time.Second)
-	stopAPI()
-	<-apiDone
+	srv.Stop()
 	waitFor("seen disconnected, entries kept", func() bool { s := m.Status(); return !s[0].Connected && live.Load() == 1 }, 10*time.Second)
 	waitFor("withdrawn after the TTL", func() bool { s := m.Status(); return s[0].Withdrawn && live.Load() == 0 }, 20*time.Second)
 }

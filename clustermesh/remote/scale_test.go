@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -15,14 +12,11 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
-	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/node"
-	"github.com/filament-net/filament/clustermesh"
-	"github.com/filament-net/filament/clustermesh/apiserver"
+	"github.com/filament-net/filament/clustermesh/apiserver/apiservertest"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
 
@@ -32,49 +26,18 @@ const ipcacheMax = 512 * 1024
 // simCluster is a synthetic cluster: its own TLS apiserver (real embedded
 // etcd) filled with nodes and endpoints as its agents would write them.
 type simCluster struct {
-	name   string
-	id     uint32
-	bundle string
-	ep     string
-	kv     *kvstore.Client
-}
-
-func startSim(b *testing.B, ctx context.Context, id uint32) *simCluster {
-	b.Helper()
-	c := &simCluster{name: fmt.Sprintf("sim%d", id), id: id, bundle: b.TempDir()}
-	if _, err := clustermesh.Enable(c.bundle, c.name, id, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
-		b.Fatal(err)
-	}
-	c.ep = fmt.Sprintf("https://127.0.0.1:%d", freePort(&testing.T{}))
-	go apiserver.Run(ctx, apiserver.Config{Bundle: c.bundle, DataDir: b.TempDir(), ClientURL: c.ep,
-		PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(&testing.T{})), UnsafeNoFsync: true})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		kv, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{c.ep}, DialTimeout: time.Second,
-			CAFile: c.bundle + "/ca.pem", CertFile: c.bundle + "/agent.pem", KeyFile: c.bundle + "/agent-key.pem"})
-		if err == nil {
-			if _, err = kv.Get(ctx, clustermesh.ClusterConfigPrefix+c.name); err == nil {
-				c.kv = kv
-				return c
-			}
-			kv.Close()
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("apiserver %s: %v", c.name, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	*apiservertest.Server
 }
 
 // fill writes nodes × eps endpoints (and one identity per node) in
 // transactions of 128 puts, as many agents would.
-func (c *simCluster) fill(ctx context.Context, nodes, eps int) error {
+func (c simCluster) fill(ctx context.Context, nodes, eps int) error {
 	var ops []clientv3.Op
 	flush := func() error {
 		if len(ops) == 0 {
 			return nil
 		}
-		_, err := c.kv.Txn(ctx, nil, ops)
+		_, err := c.Agent.Txn(ctx, nil, ops)
 		ops = ops[:0]
 		return err
 	}
@@ -87,23 +50,23 @@ func (c *simCluster) fill(ctx context.Context, nodes, eps int) error {
 	}
 	for n := 0; n < nodes; n++ {
 		name := fmt.Sprintf("n%d", n)
-		nb, _ := json.Marshal(node.Node{Name: name, Cluster: c.name, ClusterID: c.id,
-			IPs: []string{fmt.Sprintf("172.31.%d.%d", n/250, n%250+1)}, PodCIDRs: []string{fmt.Sprintf("10.%d.%d.0/22", c.id, n*4%256)}, Routing: "tunnel"})
-		if err := add(clientv3.OpPut(node.NodesPrefix+c.name+"/"+name, string(nb))); err != nil {
+		nb, _ := json.Marshal(node.Node{Name: name, Cluster: c.Name, ClusterID: c.ID,
+			IPs: []string{fmt.Sprintf("172.31.%d.%d", n/250, n%250+1)}, PodCIDRs: []string{fmt.Sprintf("10.%d.%d.0/22", c.ID, n*4%256)}, Routing: "tunnel"})
+		if err := add(clientv3.OpPut(node.NodesPrefix+c.Name+"/"+name, string(nb))); err != nil {
 			return err
 		}
-		id := identity.Compose(c.id, uint32(300+n))
-		if err := add(clientv3.OpPut(fmt.Sprintf("%s%d", identity.IDPrefix, id), fmt.Sprintf("k8s:app=a%d;k8s:filament.io/cluster=%s", n, c.name))); err != nil {
+		id := identity.Compose(c.ID, uint32(300+n))
+		if err := add(clientv3.OpPut(fmt.Sprintf("%s%d", identity.IDPrefix, id), fmt.Sprintf("k8s:app=a%d;k8s:filament.io/cluster=%s", n, c.Name))); err != nil {
 			return err
 		}
 		for e := 0; e < eps; e++ {
 			i := n*eps + e
-			ip := netip.AddrFrom4([4]byte{10, byte(c.id), byte(i >> 8), byte(i)})
+			ip := netip.AddrFrom4([4]byte{10, byte(c.ID), byte(i >> 8), byte(i)})
 			if eps*nodes > 65536 {
-				ip = netip.AddrFrom4([4]byte{byte(10 + i>>16), byte(c.id), byte(i >> 8), byte(i)})
+				ip = netip.AddrFrom4([4]byte{byte(10 + i>>16), byte(c.ID), byte(i >> 8), byte(i)})
 			}
 			eb, _ := json.Marshal(ipcache.Entry{IP: ip, Identity: id, HostIP: netip.MustParseAddr("172.31.0.1"), Node: name, Namespace: "default", Pod: fmt.Sprintf("p%d", i)})
-			if err := add(clientv3.OpPut(ipcache.Prefix+c.name+"/"+ip.String(), string(eb))); err != nil {
+			if err := add(clientv3.OpPut(ipcache.Prefix+c.Name+"/"+ip.String(), string(eb))); err != nil {
 				return err
 			}
 		}
@@ -132,9 +95,9 @@ func BenchmarkMeshScale(b *testing.B) {
 		b.Run(fmt.Sprintf("%dclusters-x-%dnodes-x-%deps", st.clusters, st.nodes, st.eps), func(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			var sims []*simCluster
+			var sims []simCluster
 			for i := 0; i < st.clusters; i++ {
-				sims = append(sims, startSim(b, ctx, uint32(i+2)))
+				sims = append(sims, simCluster{apiservertest.Start(b, fmt.Sprintf("sim%d", i+2), uint32(i+2))})
 			}
 			total := st.clusters * st.nodes * st.eps
 			start := time.Now()
@@ -154,7 +117,7 @@ func BenchmarkMeshScale(b *testing.B) {
 			writeRate := float64(total) / time.Since(start).Seconds()
 			var dbBytes int64
 			for _, s := range sims {
-				sr, err := s.kv.Raw().Status(ctx, s.ep)
+				sr, err := s.Agent.Raw().Status(ctx, s.Endpoint)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -176,12 +139,7 @@ func BenchmarkMeshScale(b *testing.B) {
 			})
 			syncStart := time.Now()
 			for _, s := range sims {
-				raw, _ := os.ReadFile(filepath.Join(s.bundle, "remote.yaml"))
-				var rc clustermesh.RemoteConfig
-				yaml.Unmarshal(raw, &rc)
-				rc.Endpoints = []string{s.ep}
-				out, _ := yaml.Marshal(rc)
-				os.WriteFile(filepath.Join(dir, s.name+".yaml"), out, 0o600)
+				s.WriteRemoteConfig(b, dir)
 			}
 			mctx, mcancel := context.WithCancel(ctx)
 			go m.Run(mctx)

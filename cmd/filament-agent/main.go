@@ -315,7 +315,7 @@ func run(parent context.Context, cfg config.Config) error {
 			slog.Error("datapath events reader stopped", "err", err)
 		}
 	}()
-	go ctGCLoop(ctx, dp, time.Duration(cfg.ConntrackGCInterval))
+	go collectEvery(ctx, "conntrack", time.Duration(cfg.ConntrackGCInterval), dp.GCConntrack)
 	metricsHandler := metrics.Handler(metrics.Sources{
 		Counters: dp.Counters, MapPressure: dp.MapPressure,
 		Endpoints: func() int { return len(eps.List()) }, Identities: func() int { return len(ids.List()) },
@@ -368,7 +368,7 @@ func run(parent context.Context, cfg config.Config) error {
 	slog.Info("filament-agent ready", "node", cfg.NodeName, "cluster", cfg.ClusterName, "clusterID", cfg.ClusterID,
 		"podCIDR", podCIDR, "nodeIP", nodeIP, "routing", cfg.Routing, "socket", cfg.APISocket, "version", version.Version)
 
-	go gcLoop(ctx, ids, time.Duration(cfg.IdentityGCInterval))
+	go collectEvery(ctx, "identity", time.Duration(cfg.IdentityGCInterval), func() (int, error) { return ids.GC(ctx) })
 	<-ctx.Done()
 	slog.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -378,7 +378,9 @@ func run(parent context.Context, cfg config.Config) error {
 	return nil
 }
 
-func gcLoop(ctx context.Context, ids *identity.Allocator, every time.Duration) {
+// collectEvery runs a garbage collection every interval until ctx ends,
+// logging what it removed.
+func collectEvery(ctx context.Context, what string, every time.Duration, gc func() (int, error)) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -386,27 +388,10 @@ func gcLoop(ctx context.Context, ids *identity.Allocator, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := ids.GC(ctx); err != nil {
-				slog.Warn("identity GC failed", "err", err)
+			if n, err := gc(); err != nil {
+				slog.Warn(what+" GC failed", "err", err)
 			} else if n > 0 {
-				slog.Info("identity GC removed unreferenced identities", "count", n)
-			}
-		}
-	}
-}
-
-func ctGCLoop(ctx context.Context, dp *datapath.Datapath, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if n, err := dp.GCConntrack(); err != nil {
-				slog.Warn("conntrack GC failed", "err", err)
-			} else if n > 0 {
-				slog.Debug("conntrack GC removed expired entries", "count", n)
+				slog.Debug(what+" GC removed entries", "count", n)
 			}
 		}
 	}
