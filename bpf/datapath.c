@@ -36,7 +36,9 @@ enum reason {
 	REASON_UNSUPPORTED_L3 = 6,  // IPv6 and other non-IPv4 traffic from a pod
 	REASON_BAD_SOURCE = 7,      // source address is not the endpoint's
 	REASON_TUNNEL_SOURCE = 8,   // encapsulated packet from an address that is not a known node
-	REASON_MAX = 9,
+	REASON_NO_BACKEND = 9,      // a service frontend with no backend to take the connection
+	REASON_LB_NAT = 10,         // a NodePort translation could not be set up (no free source port)
+	REASON_MAX = 11,
 };
 
 enum event_type {
@@ -237,8 +239,11 @@ struct pkt {
 	__u16 pport; // port for policy, network order (ICMP: the type)
 	__u8 proto;
 	__u8 tcp_flags;
+	__u8 ihl; // IPv4 header length in bytes
 	__u32 len;
 };
+
+#include "lb.h"
 
 static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
 {
@@ -299,6 +304,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->saddr = ip->saddr;
 	p->daddr = ip->daddr;
 	p->proto = ip->protocol;
+	p->ihl = hlen;
 	p->len = skb->len;
 	p->sport = p->dport = p->pport = 0;
 	p->tcp_flags = 0;
@@ -521,6 +527,10 @@ int from_container(struct __sk_buff *skb)
 
 	if (!dst) {
 		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		// A backend answering a NodePort client goes back as the frontend.
+		r = lb_reverse(skb, &p);
+		if (r >= 0)
+			return r;
 		if (remote && remote->tunnel_ip)
 			return encap(skb, remote->tunnel_ip, src->identity);
 		return TC_ACT_OK; // the node routes it
@@ -592,6 +602,10 @@ int from_overlay(struct __sk_buff *skb)
 	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
 	if (!dst) {
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		// A remote backend's reply to a NodePort flow this node translated.
+		r = lb_reverse(skb, &p);
+		if (r >= 0)
+			return r;
 		return TC_ACT_OK;
 	}
 	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex);
@@ -605,6 +619,90 @@ int from_overlay(struct __sk_buff *skb)
 	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+// lb_forward sends a translated NodePort packet to its backend: up the
+// stack to a pod of this node, through the tunnel to the backend's node, or
+// out of the device the FIB chooses (native routing).
+static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u32 tunnel_ip, int local)
+{
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	if (local)
+		return TC_ACT_OK;
+	if (tunnel_ip) {
+		__u32 zero = 0;
+		struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+		if (cfg && cfg->vxlan_ifindex)
+			return encap(skb, tunnel_ip, IDENTITY_WORLD);
+	}
+	return lb_out(skb, p);
+}
+
+// from_netdev: tc ingress of the node's underlay device. NodePort traffic
+// that did not come from a local socket is translated here: DNAT to a
+// backend, plus SNAT to this node when the backend is elsewhere so that the
+// reply returns through this node. Everything else passes untouched.
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p) != REASON_FORWARDED)
+		return TC_ACT_OK;
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	int r = lb_reverse(skb, &p);
+	if (r >= 0)
+		return r;
+	struct lb_nat *n = lb_nat_lookup(&p);
+	if (n) {
+		__u32 tunnel_ip = n->tunnel_ip;
+		__u32 daddr = n->daddr;
+		int local = bpf_map_lookup_elem(&endpoints, &daddr) != 0;
+		if (lb_rewrite(skb, &p, n->saddr, n->daddr, n->sport, n->dport) < 0)
+			return TC_ACT_SHOT;
+		return lb_forward(skb, &p, tunnel_ip, local);
+	}
+	struct lb_key k = {.vip = p.daddr, .port = p.dport, .proto = p.proto};
+	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
+	if (!svc || !(svc->flags & LB_FLAG_NODEPORT))
+		return TC_ACT_OK;
+	if (p.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
+		return TC_ACT_OK; // not a flow we translated: the stack answers it
+	struct lb_backend *b = lb_pick(svc, p.saddr, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
+	if (!b)
+		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	__u32 bip = b->ip;
+	__u16 bport = b->port;
+	int local = bpf_map_lookup_elem(&endpoints, &bip) != 0;
+	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
+	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
+	__u64 expires = bpf_ktime_get_ns() + lb_nat_timeout(p.proto);
+	// The reply's tuple must be unique: a local backend sees the client
+	// itself; a remote one sees this node and a source port kept from the
+	// client when free, else a random one.
+	__u32 nsaddr = local ? p.saddr : p.daddr;
+	__u16 nsport = p.sport;
+	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
+	int i, ok = 0;
+	for (i = 0; i < LB_SNAT_TRIES; i++) {
+		if (lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_NOEXIST) == 0) {
+			ok = 1;
+			break;
+		}
+		if (local) {
+			// The same client tuple again (a retransmitted SYN): replace it.
+			ok = lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_ANY) == 0;
+			break;
+		}
+		nsport = bpf_htons(LB_SNAT_PORT_MIN + bpf_get_prandom_u32() % LB_SNAT_PORT_RANGE);
+	}
+	if (!ok)
+		return drop(skb, REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip};
+	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd, BPF_ANY);
+	if (lb_rewrite(skb, &p, nsaddr, bip, nsport, bport) < 0)
+		return TC_ACT_SHOT;
+	return lb_forward(skb, &p, local ? 0 : tunnel_ip, local);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

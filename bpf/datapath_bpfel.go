@@ -86,6 +86,96 @@ type DatapathIpcacheValue struct {
 	Pad      [3]uint8
 }
 
+type DatapathLbAffinity struct {
+	_        structs.HostLayout
+	LastUsed uint64
+	Backend  uint32
+	Pad      uint32
+}
+
+type DatapathLbAffinityKey struct {
+	_      structs.HostLayout
+	Client uint64
+	Id     uint32
+	Pad    uint32
+}
+
+type DatapathLbBackend struct {
+	_    structs.HostLayout
+	Ip   uint32
+	Port uint16
+	Pad  [2]uint8
+	Id   uint32
+}
+
+type DatapathLbKey struct {
+	_     structs.HostLayout
+	Vip   uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type DatapathLbMemberKey struct {
+	_       structs.HostLayout
+	Id      uint32
+	Backend uint32
+}
+
+type DatapathLbNat struct {
+	_        structs.HostLayout
+	Expires  uint64
+	Saddr    uint32
+	Daddr    uint32
+	Sport    uint16
+	Dport    uint16
+	TunnelIp uint32
+	Reverse  uint8
+	Pad      [3]uint8
+	_        [4]byte
+}
+
+type DatapathLbNatKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type DatapathLbService struct {
+	_               structs.HostLayout
+	Id              uint32
+	Count           uint16
+	Flags           uint8
+	Alg             uint8
+	AffinityTimeout uint32
+	Pad             uint32
+}
+
+type DatapathLbSlotKey struct {
+	_    structs.HostLayout
+	Id   uint32
+	Slot uint32
+}
+
+type DatapathLbSockKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Ip     uint32
+	Port   uint16
+	Pad    [2]uint8
+}
+
+type DatapathLbSockValue struct {
+	_    structs.HostLayout
+	Vip  uint32
+	Port uint16
+	Pad  [2]uint8
+}
+
 type DatapathNodeConfig struct {
 	_            structs.HostLayout
 	VxlanIfindex uint32
@@ -115,27 +205,52 @@ type DatapathPolicyValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	DatapathMapConfig         = "config"
-	DatapathMapConntrack      = "conntrack"
-	DatapathMapCounters       = "counters"
-	DatapathMapEndpoints      = "endpoints"
-	DatapathMapEvents         = "events"
-	DatapathMapIpcache        = "ipcache"
-	DatapathMapNodes          = "nodes"
-	DatapathMapPolicy         = "policy"
-	DatapathProgFromContainer = "from_container"
-	DatapathProgFromOverlay   = "from_overlay"
-	DatapathProgToContainer   = "to_container"
-	DatapathVarUnusedCe       = "unused_ce"
-	DatapathVarUnusedCk       = "unused_ck"
-	DatapathVarUnusedConfig   = "unused_config"
-	DatapathVarUnusedCounter  = "unused_counter"
-	DatapathVarUnusedEp       = "unused_ep"
-	DatapathVarUnusedEvent    = "unused_event"
-	DatapathVarUnusedIpk      = "unused_ipk"
-	DatapathVarUnusedIpv      = "unused_ipv"
-	DatapathVarUnusedPk       = "unused_pk"
-	DatapathVarUnusedPv       = "unused_pv"
+	DatapathMapConfig            = "config"
+	DatapathMapConntrack         = "conntrack"
+	DatapathMapCounters          = "counters"
+	DatapathMapEndpoints         = "endpoints"
+	DatapathMapEvents            = "events"
+	DatapathMapIpcache           = "ipcache"
+	DatapathMapLbAffinities      = "lb_affinities"
+	DatapathMapLbMaglev          = "lb_maglev"
+	DatapathMapLbMembers         = "lb_members"
+	DatapathMapLbNats            = "lb_nats"
+	DatapathMapLbNetns           = "lb_netns"
+	DatapathMapLbServices        = "lb_services"
+	DatapathMapLbSlots           = "lb_slots"
+	DatapathMapLbSockRevnat      = "lb_sock_revnat"
+	DatapathMapNodes             = "nodes"
+	DatapathMapPolicy            = "policy"
+	DatapathProgFromContainer    = "from_container"
+	DatapathProgFromNetdev       = "from_netdev"
+	DatapathProgFromOverlay      = "from_overlay"
+	DatapathProgSockConnect4     = "sock_connect4"
+	DatapathProgSockGetpeername4 = "sock_getpeername4"
+	DatapathProgSockRecvmsg4     = "sock_recvmsg4"
+	DatapathProgSockSendmsg4     = "sock_sendmsg4"
+	DatapathProgToContainer      = "to_container"
+	DatapathVarMaglevSize        = "maglev_size"
+	DatapathVarUnusedCe          = "unused_ce"
+	DatapathVarUnusedCk          = "unused_ck"
+	DatapathVarUnusedConfig      = "unused_config"
+	DatapathVarUnusedCounter     = "unused_counter"
+	DatapathVarUnusedEp          = "unused_ep"
+	DatapathVarUnusedEvent       = "unused_event"
+	DatapathVarUnusedIpk         = "unused_ipk"
+	DatapathVarUnusedIpv         = "unused_ipv"
+	DatapathVarUnusedLba         = "unused_lba"
+	DatapathVarUnusedLbak        = "unused_lbak"
+	DatapathVarUnusedLbb         = "unused_lbb"
+	DatapathVarUnusedLbk         = "unused_lbk"
+	DatapathVarUnusedLbm         = "unused_lbm"
+	DatapathVarUnusedLbn         = "unused_lbn"
+	DatapathVarUnusedLbnk        = "unused_lbnk"
+	DatapathVarUnusedLbs         = "unused_lbs"
+	DatapathVarUnusedLbsk        = "unused_lbsk"
+	DatapathVarUnusedLbsok       = "unused_lbsok"
+	DatapathVarUnusedLbsov       = "unused_lbsov"
+	DatapathVarUnusedPk          = "unused_pk"
+	DatapathVarUnusedPv          = "unused_pv"
 )
 
 // LoadDatapath returns the embedded CollectionSpec for Datapath.
@@ -180,29 +295,43 @@ type DatapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathProgramSpecs struct {
-	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
-	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
-	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
+	FromContainer    *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromNetdev       *ebpf.ProgramSpec `ebpf:"from_netdev"`
+	FromOverlay      *ebpf.ProgramSpec `ebpf:"from_overlay"`
+	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
+	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
+	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
+	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
+	ToContainer      *ebpf.ProgramSpec `ebpf:"to_container"`
 }
 
 // DatapathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
-	Config    *ebpf.MapSpec `ebpf:"config"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
-	Nodes     *ebpf.MapSpec `ebpf:"nodes"`
-	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Config       *ebpf.MapSpec `ebpf:"config"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
+	LbAffinities *ebpf.MapSpec `ebpf:"lb_affinities"`
+	LbMaglev     *ebpf.MapSpec `ebpf:"lb_maglev"`
+	LbMembers    *ebpf.MapSpec `ebpf:"lb_members"`
+	LbNats       *ebpf.MapSpec `ebpf:"lb_nats"`
+	LbNetns      *ebpf.MapSpec `ebpf:"lb_netns"`
+	LbServices   *ebpf.MapSpec `ebpf:"lb_services"`
+	LbSlots      *ebpf.MapSpec `ebpf:"lb_slots"`
+	LbSockRevnat *ebpf.MapSpec `ebpf:"lb_sock_revnat"`
+	Nodes        *ebpf.MapSpec `ebpf:"nodes"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
+	MaglevSize    *ebpf.VariableSpec `ebpf:"maglev_size"`
 	UnusedCe      *ebpf.VariableSpec `ebpf:"unused_ce"`
 	UnusedCk      *ebpf.VariableSpec `ebpf:"unused_ck"`
 	UnusedConfig  *ebpf.VariableSpec `ebpf:"unused_config"`
@@ -211,6 +340,17 @@ type DatapathVariableSpecs struct {
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedIpk     *ebpf.VariableSpec `ebpf:"unused_ipk"`
 	UnusedIpv     *ebpf.VariableSpec `ebpf:"unused_ipv"`
+	UnusedLba     *ebpf.VariableSpec `ebpf:"unused_lba"`
+	UnusedLbak    *ebpf.VariableSpec `ebpf:"unused_lbak"`
+	UnusedLbb     *ebpf.VariableSpec `ebpf:"unused_lbb"`
+	UnusedLbk     *ebpf.VariableSpec `ebpf:"unused_lbk"`
+	UnusedLbm     *ebpf.VariableSpec `ebpf:"unused_lbm"`
+	UnusedLbn     *ebpf.VariableSpec `ebpf:"unused_lbn"`
+	UnusedLbnk    *ebpf.VariableSpec `ebpf:"unused_lbnk"`
+	UnusedLbs     *ebpf.VariableSpec `ebpf:"unused_lbs"`
+	UnusedLbsk    *ebpf.VariableSpec `ebpf:"unused_lbsk"`
+	UnusedLbsok   *ebpf.VariableSpec `ebpf:"unused_lbsok"`
+	UnusedLbsov   *ebpf.VariableSpec `ebpf:"unused_lbsov"`
 	UnusedPk      *ebpf.VariableSpec `ebpf:"unused_pk"`
 	UnusedPv      *ebpf.VariableSpec `ebpf:"unused_pv"`
 }
@@ -235,14 +375,22 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
-	Config    *ebpf.Map `ebpf:"config"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Ipcache   *ebpf.Map `ebpf:"ipcache"`
-	Nodes     *ebpf.Map `ebpf:"nodes"`
-	Policy    *ebpf.Map `ebpf:"policy"`
+	Config       *ebpf.Map `ebpf:"config"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
+	LbAffinities *ebpf.Map `ebpf:"lb_affinities"`
+	LbMaglev     *ebpf.Map `ebpf:"lb_maglev"`
+	LbMembers    *ebpf.Map `ebpf:"lb_members"`
+	LbNats       *ebpf.Map `ebpf:"lb_nats"`
+	LbNetns      *ebpf.Map `ebpf:"lb_netns"`
+	LbServices   *ebpf.Map `ebpf:"lb_services"`
+	LbSlots      *ebpf.Map `ebpf:"lb_slots"`
+	LbSockRevnat *ebpf.Map `ebpf:"lb_sock_revnat"`
+	Nodes        *ebpf.Map `ebpf:"nodes"`
+	Policy       *ebpf.Map `ebpf:"policy"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -253,6 +401,14 @@ func (m *DatapathMaps) Close() error {
 		m.Endpoints,
 		m.Events,
 		m.Ipcache,
+		m.LbAffinities,
+		m.LbMaglev,
+		m.LbMembers,
+		m.LbNats,
+		m.LbNetns,
+		m.LbServices,
+		m.LbSlots,
+		m.LbSockRevnat,
 		m.Nodes,
 		m.Policy,
 	)
@@ -262,6 +418,7 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
+	MaglevSize    *ebpf.Variable `ebpf:"maglev_size"`
 	UnusedCe      *ebpf.Variable `ebpf:"unused_ce"`
 	UnusedCk      *ebpf.Variable `ebpf:"unused_ck"`
 	UnusedConfig  *ebpf.Variable `ebpf:"unused_config"`
@@ -270,6 +427,17 @@ type DatapathVariables struct {
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedIpk     *ebpf.Variable `ebpf:"unused_ipk"`
 	UnusedIpv     *ebpf.Variable `ebpf:"unused_ipv"`
+	UnusedLba     *ebpf.Variable `ebpf:"unused_lba"`
+	UnusedLbak    *ebpf.Variable `ebpf:"unused_lbak"`
+	UnusedLbb     *ebpf.Variable `ebpf:"unused_lbb"`
+	UnusedLbk     *ebpf.Variable `ebpf:"unused_lbk"`
+	UnusedLbm     *ebpf.Variable `ebpf:"unused_lbm"`
+	UnusedLbn     *ebpf.Variable `ebpf:"unused_lbn"`
+	UnusedLbnk    *ebpf.Variable `ebpf:"unused_lbnk"`
+	UnusedLbs     *ebpf.Variable `ebpf:"unused_lbs"`
+	UnusedLbsk    *ebpf.Variable `ebpf:"unused_lbsk"`
+	UnusedLbsok   *ebpf.Variable `ebpf:"unused_lbsok"`
+	UnusedLbsov   *ebpf.Variable `ebpf:"unused_lbsov"`
 	UnusedPk      *ebpf.Variable `ebpf:"unused_pk"`
 	UnusedPv      *ebpf.Variable `ebpf:"unused_pv"`
 }
@@ -278,15 +446,25 @@ type DatapathVariables struct {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathPrograms struct {
-	FromContainer *ebpf.Program `ebpf:"from_container"`
-	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
-	ToContainer   *ebpf.Program `ebpf:"to_container"`
+	FromContainer    *ebpf.Program `ebpf:"from_container"`
+	FromNetdev       *ebpf.Program `ebpf:"from_netdev"`
+	FromOverlay      *ebpf.Program `ebpf:"from_overlay"`
+	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
+	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
+	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
+	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
+	ToContainer      *ebpf.Program `ebpf:"to_container"`
 }
 
 func (p *DatapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromContainer,
+		p.FromNetdev,
 		p.FromOverlay,
+		p.SockConnect4,
+		p.SockGetpeername4,
+		p.SockRecvmsg4,
+		p.SockSendmsg4,
 		p.ToContainer,
 	)
 }

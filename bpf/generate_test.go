@@ -30,7 +30,7 @@ func TestGeneratedObjectsAreFresh(t *testing.T) {
 	copyFile("../go.mod", filepath.Join(dir, "go.mod"))
 	copyFile("../go.sum", filepath.Join(dir, "go.sum"))
 	os.Mkdir(filepath.Join(dir, "bpf"), 0o755)
-	sources, _ := filepath.Glob("*.c")
+	sources, _ := filepath.Glob("*.[ch]")
 	sources = append(sources, "doc.go")
 	for _, s := range sources {
 		copyFile(s, filepath.Join(dir, "bpf", s))

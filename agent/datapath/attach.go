@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 
@@ -54,6 +55,9 @@ type attachPoint struct {
 
 // AttachOverlay puts from_overlay on the tc ingress of the VXLAN device.
 func (d *Datapath) AttachOverlay(ifName string, ifIndex int) (Attachment, error) {
+	d.mu.Lock()
+	d.nodeDevs[ifName] = true
+	d.mu.Unlock()
 	if d.attach != "tc" {
 		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", d.objs.FromOverlay, ebpf.AttachTCXIngress}})
 		if err == nil {
@@ -145,10 +149,13 @@ func (d *Datapath) Detach(ifName string) {
 	}
 }
 
-// PinnedLinks lists the host interfaces that have pinned links.
+// PinnedLinks lists the endpoint interfaces that have pinned links (the
+// node's own devices are left out).
 func (d *Datapath) PinnedLinks() []string {
 	ents, _ := os.ReadDir(filepath.Join(d.pinDir, "links"))
-	seen := map[string]bool{}
+	d.mu.Lock()
+	seen := maps.Clone(d.nodeDevs)
+	d.mu.Unlock()
 	var out []string
 	for _, e := range ents {
 		name := e.Name()

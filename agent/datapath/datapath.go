@@ -23,6 +23,7 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/service/maglev"
 	"github.com/filament-net/filament/bpf"
 )
 
@@ -37,13 +38,15 @@ const (
 	ReasonUnsupportedL3  = 6
 	ReasonBadSource      = 7
 	ReasonTunnelSource   = 8
-	reasonMax            = 9
+	ReasonNoBackend      = 9
+	ReasonLBNAT          = 10
+	reasonMax            = 11
 )
 
 var reasonNames = [reasonMax]string{
 	"forwarded", "policy denied", "policy deny rule", "no conntrack entry",
 	"invalid packet", "fragment not supported", "unsupported L3 protocol", "source address not of the endpoint",
-	"tunnel source not a known node",
+	"tunnel source not a known node", "service has no backend", "no free NodePort source port",
 }
 
 // ReasonName is the text of a reason code.
@@ -71,6 +74,8 @@ type Config struct {
 	Cluster, Node string
 	// Attach: "auto" (tcx, else tc), "tcx" or "tc".
 	Attach string
+	// MaglevSize is the Maglev table size (a prime; 0: maglev.DefaultSize).
+	MaglevSize uint32
 }
 
 // Datapath is the loaded programs and pinned maps of one node.
@@ -79,8 +84,11 @@ type Datapath struct {
 	pinDir string
 	attach string
 
-	mu     sync.Mutex
-	writes uint64 // policy map writes (upserts and deletes), for tests and metrics
+	mu         sync.Mutex
+	writes     uint64 // policy map writes (upserts and deletes), for tests and metrics
+	lb         lb
+	maglevSize uint32
+	nodeDevs   map[string]bool // devices of the node itself (overlay, underlay), not endpoints
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -130,6 +138,16 @@ func Load(c Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load datapath spec: %w", err)
 	}
+	if c.MaglevSize == 0 {
+		c.MaglevSize = maglev.DefaultSize
+	}
+	if err := maglev.ValidSize(c.MaglevSize); err != nil {
+		return nil, err
+	}
+	if err := spec.Variables["maglev_size"].Set(c.MaglevSize); err != nil {
+		return nil, fmt.Errorf("maglev size: %w", err)
+	}
+	spec.Maps["lb_maglev"].ValueSize = 4 * c.MaglevSize
 	// Pin the program maps; sections of global variables (.bss, .rodata) are
 	// per load and not pinned.
 	for name, m := range spec.Maps {
@@ -137,7 +155,7 @@ func Load(c Config) (*Datapath, error) {
 			m.Pinning = ebpf.PinByName
 		}
 	}
-	d := &Datapath{pinDir: pinDir, attach: c.Attach}
+	d := &Datapath{pinDir: pinDir, attach: c.Attach, maglevSize: c.MaglevSize, nodeDevs: map[string]bool{}}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
 	err = spec.LoadAndAssign(&d.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -153,6 +171,10 @@ func Load(c Config) (*Datapath, error) {
 			return nil, fmt.Errorf("load datapath programs: %+v", ve)
 		}
 		return nil, fmt.Errorf("load datapath programs: %w", err)
+	}
+	if err := d.lbInit(); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("read service maps: %w", err)
 	}
 	return d, nil
 }
@@ -390,7 +412,8 @@ func (d *Datapath) Counters() ([]Counter, error) {
 // the maps that grow (counted by iteration).
 func (d *Datapath) MapPressure() map[string]float64 {
 	out := map[string]float64{}
-	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "conntrack": d.objs.Conntrack} {
+	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "conntrack": d.objs.Conntrack,
+		"lb_services": d.objs.LbServices, "lb_nat": d.objs.LbNats} {
 		n := 0
 		k := make([]byte, m.KeySize())
 		v := make([]byte, m.ValueSize())

@@ -1,0 +1,375 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/bpf"
+)
+
+// Service flags and algorithms, as bpf/lb.h has them.
+const (
+	lbFlagAffinity = 1
+	lbFlagNodePort = 2
+)
+
+// Algorithm picks a backend for a new connection.
+type Algorithm uint8
+
+const (
+	AlgRandom Algorithm = 0
+	AlgMaglev Algorithm = 1
+)
+
+// Frontend is a service address as the load balancer matches it.
+type Frontend struct {
+	IP    netip.Addr
+	Port  uint16
+	Proto uint8 // unix.IPPROTO_TCP or IPPROTO_UDP
+}
+
+func (f Frontend) String() string {
+	p := "tcp"
+	if f.Proto == unix.IPPROTO_UDP {
+		p = "udp"
+	}
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(f.IP, f.Port), p)
+}
+
+func (f Frontend) key() bpf.DatapathLbKey {
+	return bpf.DatapathLbKey{Vip: ipv4(f.IP), Port: htons(f.Port), Proto: f.Proto}
+}
+
+// LBBackend is one backend in a service's slots.
+type LBBackend struct {
+	IP   netip.Addr
+	Port uint16
+}
+
+// LBService is what the datapath needs of one frontend: the backends new
+// connections may use (already filtered for affinity and health).
+type LBService struct {
+	Backends        []LBBackend
+	NodePort        bool
+	Algorithm       Algorithm
+	AffinityTimeout uint32 // seconds; 0 = no session affinity
+	// Maglev is the lookup table (indexes into Backends) when Algorithm
+	// is AlgMaglev; its length must be the datapath's Maglev size.
+	Maglev []int32
+}
+
+func htons(p uint16) uint16 { return p<<8 | p>>8 }
+
+type lbState struct {
+	id      uint32
+	slots   int
+	members map[uint32]bool
+}
+
+// lb is the datapath's shadow of what it wrote to the service maps.
+type lb struct {
+	services   map[Frontend]*lbState
+	nextSvc    uint32
+	backendIDs map[netip.AddrPort]uint32
+	nextBE     uint32
+}
+
+// ErrMaglevSize: a Maglev table does not match the loaded table size.
+var ErrMaglevSize = errors.New("maglev table size mismatch")
+
+func (d *Datapath) lbInit() error {
+	d.lb = lb{services: map[Frontend]*lbState{}, nextSvc: 1, backendIDs: map[netip.AddrPort]uint32{}, nextBE: 1}
+	// Keep the IDs of frontends written by an earlier agent so their
+	// affinity entries stay meaningful; stale ones go in ReconcileServices.
+	var k bpf.DatapathLbKey
+	var v bpf.DatapathLbService
+	it := d.objs.LbServices.Iterate()
+	for it.Next(&k, &v) {
+		fe := Frontend{IP: addrFrom(k.Vip), Port: htons(k.Port), Proto: k.Proto}
+		d.lb.services[fe] = &lbState{id: v.Id, slots: int(v.Count), members: map[uint32]bool{}}
+		d.lb.nextSvc = max(d.lb.nextSvc, v.Id+1)
+	}
+	var mk bpf.DatapathLbMemberKey
+	var b bpf.DatapathLbBackend
+	mit := d.objs.LbMembers.Iterate()
+	for mit.Next(&mk, &b) {
+		ap := netip.AddrPortFrom(addrFrom(b.Ip), htons(b.Port))
+		d.lb.backendIDs[ap] = b.Id
+		d.lb.nextBE = max(d.lb.nextBE, b.Id+1)
+		for _, s := range d.lb.services {
+			if s.id == mk.Id {
+				s.members[mk.Backend] = true
+			}
+		}
+	}
+	return errors.Join(it.Err(), mit.Err())
+}
+
+func (d *Datapath) backendID(ap netip.AddrPort) uint32 {
+	id, ok := d.lb.backendIDs[ap]
+	if !ok {
+		id = d.lb.nextBE
+		d.lb.nextBE++
+		d.lb.backendIDs[ap] = id
+	}
+	return id
+}
+
+// UpsertService writes one frontend and its backends. New slots are
+// written before the count that exposes them, and slots beyond the new
+// count are removed after it, so the programs never see a hole.
+func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
+	if s.Algorithm == AlgMaglev && len(s.Backends) > 0 && uint32(len(s.Maglev)) != d.maglevSize {
+		return fmt.Errorf("%w: %s has %d slots, the datapath %d", ErrMaglevSize, fe, len(s.Maglev), d.maglevSize)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.lb.services[fe]
+	if !ok {
+		st = &lbState{id: d.lb.nextSvc, members: map[uint32]bool{}}
+		d.lb.nextSvc++
+		d.lb.services[fe] = st
+	}
+	members := map[uint32]bool{}
+	for i, b := range s.Backends {
+		id := d.backendID(netip.AddrPortFrom(b.IP, b.Port))
+		v := bpf.DatapathLbBackend{Ip: ipv4(b.IP), Port: htons(b.Port), Id: id}
+		sk := bpf.DatapathLbSlotKey{Id: st.id, Slot: uint32(i + 1)}
+		if err := d.objs.LbSlots.Put(&sk, &v); err != nil {
+			return fmt.Errorf("lb slots: %s slot %d: %w", fe, i+1, err)
+		}
+		mk := bpf.DatapathLbMemberKey{Id: st.id, Backend: id}
+		if err := d.objs.LbMembers.Put(&mk, &v); err != nil {
+			return fmt.Errorf("lb members: %s: %w", fe, err)
+		}
+		members[id] = true
+	}
+	if s.Algorithm == AlgMaglev && len(s.Backends) > 0 {
+		table := make([]uint32, len(s.Maglev))
+		for i, idx := range s.Maglev {
+			table[i] = uint32(idx) + 1
+		}
+		if err := d.objs.LbMaglev.Put(&st.id, table); err != nil {
+			return fmt.Errorf("lb maglev: %s: %w", fe, err)
+		}
+	}
+	v := bpf.DatapathLbService{Id: st.id, Count: uint16(len(s.Backends)), Alg: uint8(s.Algorithm), AffinityTimeout: s.AffinityTimeout}
+	if s.AffinityTimeout > 0 {
+		v.Flags |= lbFlagAffinity
+	}
+	if s.NodePort {
+		v.Flags |= lbFlagNodePort
+	}
+	k := fe.key()
+	if err := d.objs.LbServices.Put(&k, &v); err != nil {
+		return fmt.Errorf("lb services: %s: %w", fe, err)
+	}
+	for slot := len(s.Backends) + 1; slot <= st.slots; slot++ {
+		sk := bpf.DatapathLbSlotKey{Id: st.id, Slot: uint32(slot)}
+		d.objs.LbSlots.Delete(&sk)
+	}
+	for id := range st.members {
+		if !members[id] {
+			mk := bpf.DatapathLbMemberKey{Id: st.id, Backend: id}
+			d.objs.LbMembers.Delete(&mk)
+		}
+	}
+	if s.Algorithm != AlgMaglev || len(s.Backends) == 0 {
+		d.objs.LbMaglev.Delete(&st.id)
+	}
+	st.slots, st.members = len(s.Backends), members
+	return nil
+}
+
+// DeleteService removes a frontend; absent is not an error.
+func (d *Datapath) DeleteService(fe Frontend) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.lb.services[fe]
+	if !ok {
+		return nil
+	}
+	k := fe.key()
+	if err := d.objs.LbServices.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("lb services: delete %s: %w", fe, err)
+	}
+	for slot := 1; slot <= st.slots; slot++ {
+		sk := bpf.DatapathLbSlotKey{Id: st.id, Slot: uint32(slot)}
+		d.objs.LbSlots.Delete(&sk)
+	}
+	for id := range st.members {
+		mk := bpf.DatapathLbMemberKey{Id: st.id, Backend: id}
+		d.objs.LbMembers.Delete(&mk)
+	}
+	d.objs.LbMaglev.Delete(&st.id)
+	delete(d.lb.services, fe)
+	return nil
+}
+
+// Frontends lists the frontends written to the datapath.
+func (d *Datapath) Frontends() []Frontend {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Frontend, 0, len(d.lb.services))
+	for fe := range d.lb.services {
+		out = append(out, fe)
+	}
+	slices.SortFunc(out, func(a, b Frontend) int { return a.IP.Compare(b.IP)*4 + int(a.Port) - int(b.Port) })
+	return out
+}
+
+// ServiceBackends reads back the slots of a frontend (tests, status).
+func (d *Datapath) ServiceBackends(fe Frontend) ([]netip.AddrPort, error) {
+	k := fe.key()
+	var v bpf.DatapathLbService
+	if err := d.objs.LbServices.Lookup(&k, &v); err != nil {
+		return nil, fmt.Errorf("lb services: %s: %w", fe, err)
+	}
+	var out []netip.AddrPort
+	for slot := uint32(1); slot <= uint32(v.Count); slot++ {
+		var b bpf.DatapathLbBackend
+		sk := bpf.DatapathLbSlotKey{Id: v.Id, Slot: slot}
+		if err := d.objs.LbSlots.Lookup(&sk, &b); err != nil {
+			return nil, fmt.Errorf("lb slots: %s slot %d: %w", fe, slot, err)
+		}
+		out = append(out, netip.AddrPortFrom(addrFrom(b.Ip), htons(b.Port)))
+	}
+	return out, nil
+}
+
+// MaglevSize is the Maglev table size the programs were loaded with.
+func (d *Datapath) MaglevSize() uint32 { return d.maglevSize }
+
+// RegisterNetNS lets the socket programs translate in the network
+// namespace with this cookie (a pod of this node, or the node itself).
+func (d *Datapath) RegisterNetNS(cookie uint64) error {
+	v := uint32(1)
+	if err := d.objs.LbNetns.Put(&cookie, &v); err != nil {
+		return fmt.Errorf("lb netns: %w", err)
+	}
+	return nil
+}
+
+// UnregisterNetNS forgets a namespace cookie.
+func (d *Datapath) UnregisterNetNS(cookie uint64) {
+	d.objs.LbNetns.Delete(&cookie)
+}
+
+// NetNSCookie returns the cookie of the calling thread's network namespace.
+func NetNSCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("SO_NETNS_COOKIE: %w", err)
+	}
+	return c, nil
+}
+
+// ErrCgroup2: no cgroup v2 hierarchy to attach the socket programs to.
+var ErrCgroup2 = errors.New("cgroup v2 unavailable")
+
+// DefaultCgroupRoot is where the agent mounts cgroup v2 when the node has
+// no mount of it (as under `ip netns exec`, which remounts /sys).
+const DefaultCgroupRoot = "/run/filament/cgroupv2"
+
+const cgroup2Magic = 0x63677270
+
+// EnsureCgroup2 returns a cgroup v2 mount point: path when given (mounting
+// cgroup2 there if it is not one yet), else an existing mount, else one
+// made at DefaultCgroupRoot.
+func EnsureCgroup2(path string) (string, error) {
+	if path == "" {
+		if data, err := os.ReadFile("/proc/self/mounts"); err == nil {
+			for _, line := range strings.Split(string(data), "\n") {
+				f := strings.Fields(line)
+				if len(f) >= 3 && f[2] == "cgroup2" {
+					return f[1], nil
+				}
+			}
+		}
+		path = DefaultCgroupRoot
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err == nil && st.Type == cgroup2Magic {
+		return path, nil
+	}
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return "", fmt.Errorf("%w: %s: %v", ErrCgroup2, path, err)
+	}
+	if err := unix.Mount("none", path, "cgroup2", 0, ""); err != nil {
+		return "", fmt.Errorf("%w: mount cgroup2 on %s: %v", ErrCgroup2, path, err)
+	}
+	return path, nil
+}
+
+// AttachSocketLB attaches the socket programs (connect4, sendmsg4,
+// recvmsg4, getpeername4) to the cgroup at path with pinned links; a
+// restarted agent swaps the programs in place.
+func (d *Datapath) AttachSocketLB(cgroupPath string) error {
+	dir := filepath.Join(d.pinDir, "cgroup")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, a := range []struct {
+		name string
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+	}{
+		{"connect4", d.objs.SockConnect4, ebpf.AttachCGroupInet4Connect},
+		{"sendmsg4", d.objs.SockSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+		{"recvmsg4", d.objs.SockRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
+		{"getpeername4", d.objs.SockGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+	} {
+		pin := filepath.Join(dir, a.name)
+		if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+			err := old.Update(a.prog)
+			old.Close()
+			if err == nil {
+				continue
+			}
+			os.Remove(pin)
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.typ, Program: a.prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to cgroup %s: %w", a.name, cgroupPath, err)
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pin %s: %w", a.name, err)
+		}
+		l.Close()
+	}
+	return nil
+}
+
+// AttachNetdev puts from_netdev (NodePort translation) on the tc ingress
+// of the node's underlay device.
+func (d *Datapath) AttachNetdev(ifName string, ifIndex int) (Attachment, error) {
+	d.mu.Lock()
+	d.nodeDevs[ifName] = true
+	d.mu.Unlock()
+	if d.attach != "tc" {
+		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", d.objs.FromNetdev, ebpf.AttachTCXIngress}})
+		if err == nil {
+			return AttachTCX, nil
+		}
+		if d.attach == "tcx" || !errors.Is(err, ebpf.ErrNotSupported) {
+			return "", err
+		}
+	}
+	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, d.objs.FromNetdev, "from_netdev"}})
+}

@@ -1,0 +1,423 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Service load balancing, included by datapath.c.
+//
+// Frontends (ClusterIP VIP:port/proto, NodePort node-IP:port/proto) map to a
+// service entry; its backends sit in numbered slots 1..count chosen by the
+// agent (it has already applied affinity, sharing and health, so every slot
+// is a backend new connections may use). A backend is picked at random or
+// through the service's Maglev table, or kept per client while session
+// affinity holds.
+//
+// Two places translate:
+//   - cgroup connect4/sendmsg4 rewrite the destination of a local socket
+//     (pods and the node itself) once, and recvmsg4/getpeername4 show the
+//     service address back to the application: no per-packet NAT.
+//   - from_netdev (tc ingress of the node's underlay device) DNATs traffic
+//     for NodePort frontends that did not come from a local socket; for a
+//     backend on another node the source is also rewritten to this node
+//     (SNAT) so the reply comes back here to be translated back.
+//
+// The socket programs only act in network namespaces this node's agent
+// registered (its pods and its own), so several lab nodes on one machine
+// each attached at the cgroup root do not translate for each other.
+
+#define LB_FLAG_AFFINITY 1
+#define LB_FLAG_NODEPORT 2
+#define LB_ALG_RANDOM 0
+#define LB_ALG_MAGLEV 1
+
+#define LB_NAT_TIMEOUT_TCP (21600 * NSEC)
+#define LB_NAT_TIMEOUT_UDP (300 * NSEC)
+#define LB_SNAT_PORT_MIN 32768
+#define LB_SNAT_PORT_RANGE 28232 // up to 60999
+#define LB_SNAT_TRIES 8
+
+struct lb_key {
+	__u32 vip;  // network order
+	__u16 port; // network order
+	__u8 proto;
+	__u8 pad;
+};
+
+struct lb_service {
+	__u32 id;
+	__u16 count; // backends in slots 1..count; 0 = none (connections refused)
+	__u8 flags;  // LB_FLAG_*
+	__u8 alg;    // LB_ALG_*
+	__u32 affinity_timeout; // seconds
+	__u32 pad;
+};
+
+struct lb_slot_key {
+	__u32 id;
+	__u32 slot;
+};
+
+struct lb_backend {
+	__u32 ip;   // network order
+	__u16 port; // network order
+	__u8 pad[2];
+	__u32 id; // backend ID (session affinity)
+};
+
+struct lb_member_key {
+	__u32 id; // service
+	__u32 backend;
+};
+
+struct lb_affinity_key {
+	__u64 client; // netns cookie (sockets) or client IPv4 (tc)
+	__u32 id;     // service
+	__u32 pad;
+};
+
+struct lb_affinity {
+	__u64 last_used; // ns
+	__u32 backend;
+	__u32 pad;
+};
+
+struct lb_sock_key {
+	__u64 cookie;
+	__u32 ip;
+	__u16 port;
+	__u8 pad[2];
+};
+
+struct lb_sock_value {
+	__u32 vip;
+	__u16 port;
+	__u8 pad[2];
+};
+
+// NAT of one direction of a translated flow: a packet matching the key has
+// its addresses and ports rewritten to the value's.
+struct lb_nat_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct lb_nat {
+	__u64 expires;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 tunnel_ip; // forward direction: the backend's node when tunnelled
+	__u8 reverse;    // 1: a reply being translated back to the client
+	__u8 pad[3];
+};
+
+// Table size of Maglev; the agent sets it at load (a prime) and sizes the
+// lb_maglev values to match.
+volatile const __u32 maglev_size = 16381;
+#define MAGLEV_MAX 131071
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_key);
+	__type(value, struct lb_service);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct lb_slot_key);
+	__type(value, struct lb_backend);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct lb_member_key);
+	__type(value, struct lb_backend);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb_members SEC(".maps");
+
+// Maglev tables: service ID -> maglev_size slot numbers (__u32 each).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__uint(value_size, 16381 * 4);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+} lb_affinities SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct lb_sock_key);
+	__type(value, struct lb_sock_value);
+} lb_sock_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct lb_nat_key);
+	__type(value, struct lb_nat);
+} lb_nats SEC(".maps");
+
+// Network namespaces whose sockets this node translates (cookie -> 1).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} lb_netns SEC(".maps");
+
+const struct lb_key *unused_lbk __attribute__((unused));
+const struct lb_service *unused_lbs __attribute__((unused));
+const struct lb_slot_key *unused_lbsk __attribute__((unused));
+const struct lb_backend *unused_lbb __attribute__((unused));
+const struct lb_member_key *unused_lbm __attribute__((unused));
+const struct lb_affinity_key *unused_lbak __attribute__((unused));
+const struct lb_affinity *unused_lba __attribute__((unused));
+const struct lb_sock_key *unused_lbsok __attribute__((unused));
+const struct lb_sock_value *unused_lbsov __attribute__((unused));
+const struct lb_nat_key *unused_lbnk __attribute__((unused));
+const struct lb_nat *unused_lbn __attribute__((unused));
+
+static __always_inline __u32 lb_hash(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto)
+{
+	// A Jenkins-style finaliser over the tuple; the same on every node, so
+	// Maglev picks the same backend wherever the flow lands.
+	__u32 h = saddr ^ 0x9e3779b9;
+	h ^= daddr + 0x7f4a7c15 + (h << 6) + (h >> 2);
+	h ^= ((__u32)sport << 16 | dport) + 0x165667b1 + (h << 6) + (h >> 2);
+	h ^= proto + (h << 6) + (h >> 2);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+// lb_pick chooses a backend of svc for a new connection: the client's
+// affinity when it still holds, else Maglev (by hash) or random.
+static __always_inline struct lb_backend *lb_pick(struct lb_service *svc, __u64 client, __u32 hash)
+{
+	if (svc->count == 0)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct lb_affinity_key ak = {.client = client, .id = svc->id};
+	if (svc->flags & LB_FLAG_AFFINITY) {
+		struct lb_affinity *a = bpf_map_lookup_elem(&lb_affinities, &ak);
+		if (a && now - a->last_used < (__u64)svc->affinity_timeout * NSEC) {
+			struct lb_member_key mk = {.id = svc->id, .backend = a->backend};
+			struct lb_backend *b = bpf_map_lookup_elem(&lb_members, &mk);
+			if (b) {
+				a->last_used = now;
+				return b;
+			}
+		}
+	}
+	struct lb_slot_key sk = {.id = svc->id};
+	if (svc->alg == LB_ALG_MAGLEV) {
+		__u32 *table = bpf_map_lookup_elem(&lb_maglev, &svc->id);
+		__u32 m = maglev_size;
+		if (!table || m == 0 || m > MAGLEV_MAX)
+			return 0;
+		__u32 idx = hash % m;
+		// Hide the modulo from the compiler so the bound check stays for
+		// the verifier (which knows m from the frozen .rodata).
+		asm volatile("" : "+r"(idx));
+		if (idx >= m)
+			return 0;
+		sk.slot = table[idx];
+	} else {
+		sk.slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	}
+	struct lb_backend *b = bpf_map_lookup_elem(&lb_slots, &sk);
+	if (b && (svc->flags & LB_FLAG_AFFINITY)) {
+		struct lb_affinity a = {.last_used = now, .backend = b->id};
+		bpf_map_update_elem(&lb_affinities, &ak, &a, BPF_ANY);
+	}
+	return b;
+}
+
+static __always_inline int lb_sock_registered(void *ctx)
+{
+	__u64 ns = bpf_get_netns_cookie(ctx);
+	return bpf_map_lookup_elem(&lb_netns, &ns) != 0;
+}
+
+static __always_inline __u8 lb_sock_proto(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type == 1 /* SOCK_STREAM */)
+		return IPPROTO_TCP;
+	if (ctx->type == 2 /* SOCK_DGRAM */)
+		return IPPROTO_UDP;
+	return 0;
+}
+
+// lb_sock_translate rewrites the destination of a socket operation that
+// targets a frontend. It returns 0 to refuse (a frontend without backends).
+static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
+{
+	if (!lb_sock_registered(ctx))
+		return 1;
+	__u8 proto = lb_sock_proto(ctx);
+	if (!proto)
+		return 1;
+	struct lb_key k = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port, .proto = proto};
+	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
+	if (!svc)
+		return 1;
+	__u64 client = bpf_get_netns_cookie(ctx);
+	struct lb_backend *b = lb_pick(svc, client, bpf_get_prandom_u32());
+	if (!b)
+		return 0;
+	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = b->ip, .port = b->port};
+	struct lb_sock_value sv = {.vip = k.vip, .port = k.port};
+	bpf_map_update_elem(&lb_sock_revnat, &sk, &sv, BPF_ANY);
+	ctx->user_ip4 = b->ip;
+	ctx->user_port = b->port;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sock_connect4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx); }
+
+SEC("cgroup/sendmsg4")
+int sock_sendmsg4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx); }
+
+// The reverse: a reply or peer address from a backend is shown as the
+// service address the application asked for.
+static __always_inline int lb_sock_reverse(struct bpf_sock_addr *ctx)
+{
+	if (!lb_sock_registered(ctx))
+		return 1;
+	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = ctx->user_ip4, .port = (__u16)ctx->user_port};
+	struct lb_sock_value *sv = bpf_map_lookup_elem(&lb_sock_revnat, &sk);
+	if (sv) {
+		ctx->user_ip4 = sv->vip;
+		ctx->user_port = sv->port;
+	}
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int sock_recvmsg4(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx); }
+
+SEC("cgroup/getpeername4")
+int sock_getpeername4(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx); }
+
+#define IP_CSUM_OFF (ETH_HLEN + 10)
+#define IP_SRC_OFF (ETH_HLEN + 12)
+#define IP_DST_OFF (ETH_HLEN + 16)
+
+// lb_rewrite sets the packet's addresses and ports to those of n,
+// fixing the IPv4 and TCP/UDP checksums.
+static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, __u32 saddr, __u32 daddr,
+				      __u16 sport, __u16 dport)
+{
+	__u32 l4 = ETH_HLEN + p->ihl;
+	__u32 csum_off;
+	__u64 flags = BPF_F_PSEUDO_HDR;
+	if (p->proto == IPPROTO_TCP) {
+		csum_off = l4 + 16;
+	} else if (p->proto == IPPROTO_UDP) {
+		csum_off = l4 + 6;
+		flags |= BPF_F_MARK_MANGLED_0;
+	} else {
+		return -1;
+	}
+	if (saddr != p->saddr) {
+		if (bpf_l4_csum_replace(skb, csum_off, p->saddr, saddr, flags | 4) < 0 ||
+		    bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->saddr, saddr, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, IP_SRC_OFF, &saddr, 4, 0) < 0)
+			return -1;
+	}
+	if (daddr != p->daddr) {
+		if (bpf_l4_csum_replace(skb, csum_off, p->daddr, daddr, flags | 4) < 0 ||
+		    bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->daddr, daddr, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, IP_DST_OFF, &daddr, 4, 0) < 0)
+			return -1;
+	}
+	if (sport != p->sport) {
+		if (bpf_l4_csum_replace(skb, csum_off, p->sport, sport, (flags & BPF_F_MARK_MANGLED_0) | 2) < 0 ||
+		    bpf_skb_store_bytes(skb, l4, &sport, 2, 0) < 0)
+			return -1;
+	}
+	if (dport != p->dport) {
+		if (bpf_l4_csum_replace(skb, csum_off, p->dport, dport, (flags & BPF_F_MARK_MANGLED_0) | 2) < 0 ||
+		    bpf_skb_store_bytes(skb, l4 + 2, &dport, 2, 0) < 0)
+			return -1;
+	}
+	p->saddr = saddr;
+	p->daddr = daddr;
+	p->sport = sport;
+	p->dport = dport;
+	return 0;
+}
+
+static __always_inline __u64 lb_nat_timeout(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? LB_NAT_TIMEOUT_TCP : LB_NAT_TIMEOUT_UDP;
+}
+
+// lb_nat_lookup returns the live NAT entry of p's tuple, refreshing it.
+static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
+{
+	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
+	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
+	__u64 now = bpf_ktime_get_ns();
+	if (!n || n->expires < now)
+		return 0;
+	n->expires = now + lb_nat_timeout(p->proto);
+	return n;
+}
+
+// lb_out sends a translated reply out of the device the FIB chooses for its
+// destination, resolving the neighbour; a local source address would be
+// dropped as martian if it went back up the stack.
+static __always_inline int lb_out(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_fib_lookup fib = {};
+	fib.family = 2; // AF_INET
+	fib.ipv4_src = p->saddr;
+	fib.ipv4_dst = p->daddr;
+	fib.l4_protocol = p->proto;
+	fib.tot_len = skb->len - ETH_HLEN;
+	fib.ifindex = skb->ifindex;
+	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_SHOT;
+	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+}
+
+// lb_reverse translates a reply of a NodePort flow back to the frontend and
+// sends it to the client. It returns -1 when p is not such a reply.
+static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return -1;
+	struct lb_nat *n = lb_nat_lookup(p);
+	if (!n || !n->reverse)
+		return -1;
+	if (lb_rewrite(skb, p, n->saddr, n->daddr, n->sport, n->dport) < 0)
+		return TC_ACT_SHOT;
+	return lb_out(skb, p);
+}
+
+static __always_inline int lb_nat_put(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto,
+				      struct lb_nat *v, __u64 flags)
+{
+	struct lb_nat_key k = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport, .proto = proto};
+	return bpf_map_update_elem(&lb_nats, &k, v, flags);
+}
