@@ -29,7 +29,7 @@ const (
 )
 
 // Canaries are the prefixes whose initial sync a remote waits for.
-var Canaries = []string{"nodes", "identities", "ip"}
+var Canaries = []string{"nodes", "identities", "ip", "services"}
 
 // ClusterConfig is the cluster-config key's value.
 type ClusterConfig struct {

@@ -18,6 +18,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
 
@@ -251,4 +252,27 @@ func (c *Client) Nodes(ctx context.Context) ([]node.Node, error) {
 func (c *Client) ClusterMesh(ctx context.Context) ([]remote.Status, error) {
 	var st []remote.Status
 	return st, c.do(ctx, http.MethodGet, "/v1/clustermesh", nil, "", &st)
+}
+
+// UpsertService creates or replaces one service (YAML or JSON).
+func (c *Client) UpsertService(ctx context.Context, doc []byte) (service.Service, error) {
+	var s service.Service
+	return s, c.do(ctx, http.MethodPut, "/v1/services", bytes.NewReader(doc), "application/yaml", &s)
+}
+
+// Services lists the services as this node load-balances them.
+func (c *Client) Services(ctx context.Context) ([]service.Status, error) {
+	var out []service.Status
+	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, "", &out)
+}
+
+// Service gets one service.
+func (c *Client) Service(ctx context.Context, namespace, name string) (service.Status, error) {
+	var out service.Status
+	return out, c.do(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(namespace)+"/"+url.PathEscape(name), nil, "", &out)
+}
+
+// DeleteService deletes one service.
+func (c *Client) DeleteService(ctx context.Context, namespace, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/services/"+url.PathEscape(namespace)+"/"+url.PathEscape(name), nil, "", nil)
 }

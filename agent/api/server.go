@@ -22,6 +22,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
 
@@ -67,6 +68,8 @@ type Server struct {
 	ClusterName string
 	// Trace evaluates policy between two label sets (nil: no resolver).
 	Trace func(src, dst labels.Labels, proto uint8, port uint16) policy.TraceResult
+	// Services manages the cluster's services (nil: none).
+	Services Services
 
 	srv *http.Server
 }
@@ -102,6 +105,10 @@ func (s *Server) Handler() http.Handler {
 		}
 		reply(w, http.StatusOK, nodes)
 	})
+	mux.HandleFunc("GET /v1/services", s.listServices)
+	mux.HandleFunc("PUT /v1/services", s.upsertService)
+	mux.HandleFunc("GET /v1/services/{ns}/{name}", s.getService)
+	mux.HandleFunc("DELETE /v1/services/{ns}/{name}", s.deleteService)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 	}
@@ -151,13 +158,13 @@ func reply(w http.ResponseWriter, status int, v any) {
 func fail(w http.ResponseWriter, err error) {
 	status, code := http.StatusInternalServerError, "internal"
 	switch {
-	case errors.Is(err, endpoint.ErrNotFound), errors.Is(err, identity.ErrNotFound), errors.Is(err, policy.ErrNotFound):
+	case errors.Is(err, endpoint.ErrNotFound), errors.Is(err, identity.ErrNotFound), errors.Is(err, policy.ErrNotFound), errors.Is(err, service.ErrNotFound):
 		status, code = http.StatusNotFound, "not_found"
-	case errors.Is(err, endpoint.ErrExists):
+	case errors.Is(err, endpoint.ErrExists), errors.Is(err, service.ErrConflict):
 		status, code = http.StatusConflict, "exists"
 	case errors.Is(err, ipam.ErrExhausted), errors.Is(err, identity.ErrExhausted):
 		status, code = http.StatusInsufficientStorage, "exhausted"
-	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policy.ErrInvalidPolicy), errors.Is(err, errBadRequest):
+	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policy.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
 		status, code = http.StatusBadRequest, "invalid"
 	}
 	reply(w, status, Error{Code: code, Message: err.Error()})
@@ -445,4 +452,71 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reply(w, http.StatusOK, s.Trace(src, dst, proto, req.Port))
+}
+
+// Services is the service manager as the API uses it.
+type Services interface {
+	Upsert(ctx context.Context, s *service.Service) error
+	Delete(ctx context.Context, namespace, name string) error
+	Get(namespace, name string) (service.Status, error)
+	List() []service.Status
+}
+
+func (s *Server) services(w http.ResponseWriter) bool {
+	if s.Services == nil {
+		fail(w, fmt.Errorf("%w: this agent manages no services", errBadRequest))
+		return false
+	}
+	return true
+}
+
+func (s *Server) listServices(w http.ResponseWriter, r *http.Request) {
+	if s.services(w) {
+		reply(w, http.StatusOK, s.Services.List())
+	}
+}
+
+// upsertService takes one service as YAML or JSON.
+func (s *Server) upsertService(w http.ResponseWriter, r *http.Request) {
+	if !s.services(w) {
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+	if err != nil {
+		fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
+		return
+	}
+	svc, err := service.Parse(body)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if err := s.Services.Upsert(r.Context(), svc); err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, svc)
+}
+
+func (s *Server) getService(w http.ResponseWriter, r *http.Request) {
+	if !s.services(w) {
+		return
+	}
+	st, err := s.Services.Get(r.PathValue("ns"), r.PathValue("name"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, st)
+}
+
+func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) {
+	if !s.services(w) {
+		return
+	}
+	if err := s.Services.Delete(r.Context(), r.PathValue("ns"), r.PathValue("name")); err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, map[string]string{"deleted": r.PathValue("ns") + "/" + r.PathValue("name")})
 }

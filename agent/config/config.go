@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/filament-net/filament/agent/service/maglev"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -119,6 +120,16 @@ type Config struct {
 	ConntrackGCInterval Duration `json:"conntrackGCInterval"`
 	// PrometheusListen is a TCP address for /metrics ("" = only on the API socket).
 	PrometheusListen string `json:"prometheusListen"`
+	// LBAlgorithm is the default backend selection of services: random or maglev.
+	LBAlgorithm string `json:"lbAlgorithm"`
+	// MaglevTableSize is the Maglev table size (a prime, 251-131071).
+	MaglevTableSize uint32 `json:"maglevTableSize"`
+	// SocketLB attaches the socket-level load balancer (cgroup connect4,
+	// sendmsg4, recvmsg4, getpeername4) for pods and the node.
+	SocketLB bool `json:"socketLB"`
+	// CgroupRoot is the cgroup v2 directory the socket programs attach to
+	// ("" = the cgroup2 mount).
+	CgroupRoot string `json:"cgroupRoot"`
 }
 
 // EmbeddedEtcd configures the etcd the agent starts itself.
@@ -148,6 +159,9 @@ func Default() Config {
 		EnforcementMode:     "default",
 		DatapathAttach:      "auto",
 		ConntrackGCInterval: Duration(30 * time.Second),
+		LBAlgorithm:         "random",
+		MaglevTableSize:     maglev.DefaultSize,
+		SocketLB:            true,
 	}
 }
 
@@ -250,6 +264,12 @@ func (c Config) Validate() error {
 	case "auto", "tcx", "tc":
 	default:
 		return fmt.Errorf("%w: datapathAttach %q: want auto, tcx or tc", ErrInvalid, c.DatapathAttach)
+	}
+	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
+		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)
+	}
+	if err := maglev.ValidSize(c.MaglevTableSize); err != nil {
+		return fmt.Errorf("%w: maglevTableSize: %v", ErrInvalid, err)
 	}
 	if c.ConntrackGCInterval < Duration(time.Second) {
 		return fmt.Errorf("%w: conntrackGCInterval %s: must be at least 1s", ErrInvalid, time.Duration(c.ConntrackGCInterval))

@@ -28,6 +28,7 @@ import (
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh"
 )
 
@@ -37,6 +38,8 @@ type Callbacks struct {
 	Node     func(n node.Node, deleted bool)
 	Identity func(id identity.Identity, deleted bool)
 	Entry    func(e ipcache.Entry, deleted bool)
+	// Service receives the remote cluster's services (nil: not followed).
+	Service func(cluster string, s *service.Service, deleted bool)
 }
 
 // Status of one remote cluster.
@@ -193,13 +196,14 @@ type cluster struct {
 	nodes  map[string]node.Node
 	ids    map[identity.NumericIdentity]identity.Identity
 	ips    map[netip.Addr]ipcache.Entry
+	svcs   map[string]*service.Service
 }
 
 func (c *cluster) snapshot() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.status
-	st.Nodes, st.Endpoints, st.Identities = len(c.nodes), len(c.ips), len(c.ids)
+	st.Nodes, st.Endpoints, st.Identities, st.Services = len(c.nodes), len(c.ips), len(c.ids), len(c.svcs)
 	return st
 }
 
@@ -300,6 +304,7 @@ func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
 	c.mu.Lock()
 	if c.status.Withdrawn || c.nodes == nil {
 		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
+		c.svcs = map[string]*service.Service{}
 	}
 	c.id = conf.ID
 	c.status.ClusterID, c.status.Connected, c.status.Withdrawn, c.status.Since = conf.ID, true, false, time.Now()
@@ -309,11 +314,12 @@ func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	synced := make(chan string, 3)
+	synced := make(chan string, 4)
 	prefixes := map[string]func(kvstore.Event, bool){
 		node.NodesPrefix + c.name + "/": c.nodeEvent,
 		identity.IDPrefix:               c.identityEvent,
 		ipcache.Prefix + c.name + "/":   c.ipEvent,
+		service.Prefix + c.name + "/":   c.serviceEvent,
 	}
 	for prefix, apply := range prefixes {
 		go c.follow(wctx, kv, prefix, apply, synced)
@@ -385,7 +391,15 @@ func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
 	var nodes []node.Node
 	var ids []identity.Identity
 	var ips []ipcache.Entry
+	var svcs []*service.Service
 	switch {
+	case strings.HasPrefix(prefix, service.Prefix):
+		for key, x := range c.svcs {
+			if !seen[prefix+key] {
+				svcs = append(svcs, x)
+				delete(c.svcs, key)
+			}
+		}
 	case strings.HasPrefix(prefix, node.NodesPrefix):
 		for name, n := range c.nodes {
 			if !seen[prefix+strings.TrimPrefix(name, c.name+"/")] {
@@ -418,6 +432,41 @@ func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
 	for _, e := range ips {
 		c.m.cb.Entry(e, true)
 	}
+	for _, x := range svcs {
+		c.service(x, true)
+	}
+}
+
+func (c *cluster) service(s *service.Service, deleted bool) {
+	if c.m.cb.Service != nil {
+		c.m.cb.Service(c.name, s, deleted)
+	}
+}
+
+// serviceEvent takes a service of the remote cluster; an invalid one is
+// rejected (counted) rather than half applied.
+func (c *cluster) serviceEvent(ev kvstore.Event, deleted bool) {
+	key := strings.TrimPrefix(ev.Key, service.Prefix+c.name+"/")
+	c.mu.Lock()
+	if deleted {
+		s, ok := c.svcs[key]
+		delete(c.svcs, key)
+		c.mu.Unlock()
+		if ok {
+			c.service(s, true)
+		}
+		return
+	}
+	c.mu.Unlock()
+	s, err := service.Parse(ev.Value)
+	if err != nil || s.Key() != key {
+		c.reject(fmt.Sprintf("service %s: %v", key, err))
+		return
+	}
+	c.mu.Lock()
+	c.svcs[key] = s
+	c.mu.Unlock()
+	c.service(s, false)
 }
 
 func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
@@ -536,9 +585,13 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 // on its cluster ID is released by the caller.
 func (c *cluster) withdraw() {
 	c.mu.Lock()
-	nodes, ids, ips := c.nodes, c.ids, c.ips
+	nodes, ids, ips, svcs := c.nodes, c.ids, c.ips, c.svcs
 	c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
+	c.svcs = map[string]*service.Service{}
 	c.mu.Unlock()
+	for _, s := range svcs {
+		c.service(s, true)
+	}
 	for _, e := range ips {
 		c.m.cb.Entry(e, true)
 	}

@@ -36,6 +36,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/routing"
+	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
 	"github.com/filament-net/filament/internal/version"
 )
@@ -103,6 +104,10 @@ func newCommand() *cobra.Command {
 			set("datapath-attach", func() { final.DatapathAttach = cfg.DatapathAttach })
 			set("conntrack-gc-interval", func() { final.ConntrackGCInterval = config.Duration(ctGC) })
 			set("prometheus-listen", func() { final.PrometheusListen = cfg.PrometheusListen })
+			set("lb-algorithm", func() { final.LBAlgorithm = cfg.LBAlgorithm })
+			set("maglev-table-size", func() { final.MaglevTableSize = cfg.MaglevTableSize })
+			set("socket-lb", func() { final.SocketLB = cfg.SocketLB })
+			set("cgroup-root", func() { final.CgroupRoot = cfg.CgroupRoot })
 			if err := final.Validate(); err != nil {
 				return err
 			}
@@ -143,6 +148,10 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.DatapathAttach, "datapath-attach", d.DatapathAttach, "how programs attach to veths: auto (tcx, else tc), tcx or tc")
 	f.DurationVar(&ctGC, "conntrack-gc-interval", time.Duration(d.ConntrackGCInterval), "interval between collections of expired conntrack entries")
 	f.StringVar(&cfg.PrometheusListen, "prometheus-listen", "", "TCP address serving /metrics (it is always on the API socket too)")
+	f.StringVar(&cfg.LBAlgorithm, "lb-algorithm", d.LBAlgorithm, "default backend selection of services: random or maglev")
+	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", d.MaglevTableSize, "Maglev table size per service (a prime, 251-131071)")
+	f.BoolVar(&cfg.SocketLB, "socket-lb", d.SocketLB, "translate service addresses at connect time for pods and the node (cgroup socket hooks)")
+	f.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount)")
 	return cmd
 }
 
@@ -193,7 +202,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	nodeIP, underlayMTU, err := underlay(cfg.NodeIP)
+	nodeIP, underlayLink, underlayMTU, err := underlay(cfg.NodeIP)
 	if err != nil {
 		return err
 	}
@@ -215,7 +224,8 @@ func run(parent context.Context, cfg config.Config) error {
 	if err := veth.EnsureNode(pool.Gateway()); err != nil {
 		return err
 	}
-	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cluster: cfg.ClusterName, Node: cfg.NodeName, Attach: cfg.DatapathAttach})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: cfg.BPFRoot, Cluster: cfg.ClusterName, Node: cfg.NodeName, Attach: cfg.DatapathAttach,
+		MaglevSize: cfg.MaglevTableSize})
 	if err != nil {
 		return err
 	}
@@ -244,11 +254,21 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 	engine := enforcement.New(dp, res, policies, []netip.Addr{pool.Gateway(), nodeIP}, ids.Get)
 	engine.SetCluster(ipsync, router, nodeIP)
+	lbHooks, err := startLB(dp, cfg, underlayLink)
+	if err != nil {
+		return err
+	}
+	services, err := service.New(ctx, service.Config{Cluster: cfg.ClusterName, NodeIPs: []netip.Addr{nodeIP},
+		Algorithm: cfg.LBAlgorithm, KV: kv, Datapath: dp})
+	if err != nil {
+		return err
+	}
 	var detector *node.Detector
 	if cfg.MemberlistPort != 0 {
 		detector, err = node.NewDetector(cfg.NodeName, nodeIP, cfg.MemberlistPort, func(name string, alive bool) {
 			reg.SetReachable(name, alive)
 			router.SetNodeDown(name, !alive)
+			services.NodeAlive(cfg.ClusterName, name, alive)
 			if !alive {
 				slog.Warn("node unreachable (failure detection)", "node", name)
 			}
@@ -273,6 +293,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if cfg.ClusterMeshConfig != "" {
 		mesh = remote.NewManager(cfg.ClusterMeshConfig, cfg.ClusterName, cfg.ClusterID, time.Duration(cfg.ClusterMeshTTL), remote.Callbacks{
 			Node: router.NodeChanged, Identity: engine.IdentityChanged, Entry: router.EntryChanged,
+			Service: services.RemoteChanged,
 		})
 		go mesh.Run(ctx)
 	}
@@ -280,7 +301,7 @@ func run(parent context.Context, cfg config.Config) error {
 		return err
 	}
 	ids.Subscribe(engine.IdentityChanged)
-	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), Hooks: engine, MTU: cfg.MTU})
+	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), Hooks: hooks{engine, lbHooks}, MTU: cfg.MTU})
 	if err != nil {
 		return err
 	}
@@ -333,7 +354,7 @@ func run(parent context.Context, cfg config.Config) error {
 
 	srv := &api.Server{
 		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
-		Nodes: reg.List, ClusterName: cfg.ClusterName,
+		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services,
 		ClusterMesh: func() []remote.Status {
 			if mesh == nil {
 				return []remote.Status{}
@@ -398,11 +419,11 @@ func collectEvery(ctx context.Context, what string, every time.Duration, gc func
 }
 
 // underlay finds the node's underlay address (the configured one, else the
-// first global IPv4 address) and the MTU of its link.
-func underlay(configured string) (netip.Addr, int, error) {
+// first global IPv4 address), its link and the link's MTU.
+func underlay(configured string) (netip.Addr, netlink.Link, int, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
-		return netip.Addr{}, 0, err
+		return netip.Addr{}, nil, 0, err
 	}
 	want, _ := netip.ParseAddr(configured)
 	for _, l := range links {
@@ -417,13 +438,13 @@ func underlay(configured string) (netip.Addr, int, error) {
 				continue
 			}
 			if !want.IsValid() || ip == want {
-				return ip, l.Attrs().MTU, nil
+				return ip, l, l.Attrs().MTU, nil
 			}
 		}
 	}
 	if want.IsValid() {
-		return netip.Addr{}, 0, fmt.Errorf("nodeIP %s is not an address of this node", want)
+		return netip.Addr{}, nil, 0, fmt.Errorf("nodeIP %s is not an address of this node", want)
 	}
 	// No underlay: a single node on its own.
-	return netip.MustParseAddr("127.0.0.1"), 1500, nil
+	return netip.MustParseAddr("127.0.0.1"), nil, 1500, nil
 }

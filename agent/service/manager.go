@@ -1,0 +1,398 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/kvstore"
+)
+
+// Prefix of the services in the kvstore: <Prefix><cluster>/<namespace>/<name>.
+const Prefix = kvstore.Prefix + "state/services/v1/"
+
+// ErrNotFound: no such service.
+var ErrNotFound = errors.New("service not found")
+
+// ErrConflict: a frontend is already taken by another service.
+var ErrConflict = errors.New("frontend already in use")
+
+// Datapath is what the manager writes frontends to.
+type Datapath interface {
+	UpsertService(fe datapath.Frontend, s datapath.LBService) error
+	DeleteService(fe datapath.Frontend) error
+	Frontends() []datapath.Frontend
+	MaglevSize() uint32
+}
+
+// Config of a Manager.
+type Config struct {
+	Cluster string
+	// NodeIPs are this node's addresses (NodePort frontends).
+	NodeIPs []netip.Addr
+	// Algorithm is the default backend selection: random or maglev.
+	Algorithm string
+	KV        *kvstore.Client
+	Datapath  Datapath
+}
+
+// FrontendStatus is one frontend with its backends.
+type FrontendStatus struct {
+	Frontend
+	Backends []BackendView `json:"backends"`
+}
+
+// Status is one service as this node load-balances it.
+type Status struct {
+	Namespace       string           `json:"namespace"`
+	Name            string           `json:"name"`
+	Type            string           `json:"type"`
+	Options         Options          `json:"options"`
+	Algorithm       string           `json:"algorithm"`
+	AffinityTimeout uint32           `json:"sessionAffinityTimeout,omitempty"`
+	Clusters        []string         `json:"clusters"`
+	Frontends       []FrontendStatus `json:"frontends"`
+	Spec            *Service         `json:"service"`
+}
+
+// Manager keeps this node's services: the local cluster's (from the
+// kvstore, written through Upsert and Delete) merged with remote clusters'
+// global services, minus backends on dead nodes; it writes the result to
+// the datapath on every change.
+type Manager struct {
+	cfg Config
+
+	mu      sync.Mutex
+	local   map[string]*Service
+	remote  map[string]map[string]*Service // key -> cluster -> service
+	dead    map[string]bool                // cluster/node
+	applied map[string][]datapath.Frontend
+	status  map[string]Status
+	synced  chan struct{}
+	errors  int
+}
+
+// New starts following the cluster's services; it returns once the
+// initial list is applied.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Algorithm == "" {
+		cfg.Algorithm = "random"
+	}
+	if err := ValidAlgorithm(cfg.Algorithm); err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
+		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, status: map[string]Status{}, synced: make(chan struct{})}
+	if cfg.KV != nil {
+		go m.watch(ctx)
+		select {
+		case <-m.synced:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return m, nil
+}
+
+func (m *Manager) key(s *Service) string {
+	return Prefix + m.cfg.Cluster + "/" + s.Metadata.Namespace + "/" + s.Metadata.Name
+}
+
+func (m *Manager) watch(ctx context.Context) {
+	prefix := Prefix + m.cfg.Cluster + "/"
+	var once sync.Once
+	for ev := range m.cfg.KV.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+		if ev.Type == kvstore.EventSynced {
+			once.Do(func() {
+				m.reconcile()
+				close(m.synced)
+			})
+			continue
+		}
+		key := strings.TrimPrefix(ev.Key, prefix)
+		if ev.Type == kvstore.EventDelete {
+			m.setLocal(key, nil)
+			continue
+		}
+		s, err := Parse(ev.Value)
+		if err != nil {
+			slog.Warn("ignoring an invalid service in the kvstore", "key", ev.Key, "err", err)
+			continue
+		}
+		m.setLocal(key, s)
+	}
+}
+
+func (m *Manager) setLocal(key string, s *Service) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setLocalLocked(key, s)
+}
+
+// setLocalLocked is setLocal with m.mu held.
+func (m *Manager) setLocalLocked(key string, s *Service) {
+	if s == nil {
+		delete(m.local, key)
+	} else {
+		for i := range s.Backends {
+			s.Backends[i].Cluster = m.cfg.Cluster
+		}
+		m.local[key] = s
+	}
+	m.apply(key)
+}
+
+// RemoteChanged takes a remote cluster's service (from the cluster mesh).
+func (m *Manager) RemoteChanged(cluster string, s *Service, deleted bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := s.Key()
+	if deleted {
+		delete(m.remote[key], cluster)
+		if len(m.remote[key]) == 0 {
+			delete(m.remote, key)
+		}
+	} else {
+		if m.remote[key] == nil {
+			m.remote[key] = map[string]*Service{}
+		}
+		for i := range s.Backends {
+			s.Backends[i].Cluster = cluster
+		}
+		m.remote[key][cluster] = s
+	}
+	m.apply(key)
+}
+
+// NodeAlive marks a node of a cluster up or down (failure detection);
+// backends on a dead node leave every service at once.
+func (m *Manager) NodeAlive(cluster, node string, alive bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := cluster + "/" + node
+	if m.dead[k] == !alive {
+		return
+	}
+	if alive {
+		delete(m.dead, k)
+	} else {
+		m.dead[k] = true
+	}
+	for key := range m.local {
+		m.apply(key)
+	}
+}
+
+func proto(p string) uint8 {
+	if p == "UDP" {
+		return unix.IPPROTO_UDP
+	}
+	return unix.IPPROTO_TCP
+}
+
+// apply computes the frontends of one service and writes them; m.mu held.
+func (m *Manager) apply(key string) {
+	s := m.local[key]
+	var want []datapath.Frontend
+	if s != nil {
+		st := Status{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Type: s.Spec.Type, Options: s.Options(),
+			Algorithm: s.Algorithm(m.cfg.Algorithm), AffinityTimeout: s.AffinityTimeout(), Clusters: []string{m.cfg.Cluster}, Spec: s}
+		if st.Options.Global {
+			for c, r := range m.remote[key] {
+				if o := r.Options(); o.Global && o.Shared && c != m.cfg.Cluster {
+					st.Clusters = append(st.Clusters, c)
+				}
+			}
+			slices.Sort(st.Clusters[1:])
+		}
+		alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
+		for _, fe := range s.Frontends(m.cfg.NodeIPs) {
+			views := Select(s, m.remote[key], m.cfg.Cluster, fe, alive)
+			st.Frontends = append(st.Frontends, FrontendStatus{Frontend: fe, Backends: views})
+			dfe := datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
+			want = append(want, dfe)
+			lbs := datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}
+			pref := Preferred(views)
+			for _, b := range pref {
+				lbs.Backends = append(lbs.Backends, datapath.LBBackend{IP: b.Addr(), Port: b.Port()})
+			}
+			if st.Algorithm == "maglev" && len(pref) > 0 {
+				table, err := MaglevTable(pref, m.cfg.Datapath.MaglevSize())
+				if err != nil {
+					m.errors++
+					slog.Error("maglev table", "service", key, "err", err)
+					continue
+				}
+				lbs.Algorithm, lbs.Maglev = datapath.AlgMaglev, table
+			}
+			if err := m.cfg.Datapath.UpsertService(dfe, lbs); err != nil {
+				m.errors++
+				slog.Error("writing a service frontend to the datapath", "service", key, "frontend", fe, "err", err)
+			}
+		}
+		m.status[key] = st
+	} else {
+		delete(m.status, key)
+	}
+	for _, old := range m.applied[key] {
+		if !slices.Contains(want, old) {
+			if err := m.cfg.Datapath.DeleteService(old); err != nil {
+				m.errors++
+				slog.Error("removing a service frontend from the datapath", "frontend", old, "err", err)
+			}
+		}
+	}
+	if len(want) == 0 {
+		delete(m.applied, key)
+	} else {
+		m.applied[key] = want
+	}
+}
+
+// reconcile removes datapath frontends no service has (left by an earlier
+// agent); it runs once the initial list is applied.
+func (m *Manager) reconcile() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	want := map[datapath.Frontend]bool{}
+	for _, fes := range m.applied {
+		for _, fe := range fes {
+			want[fe] = true
+		}
+	}
+	for _, fe := range m.cfg.Datapath.Frontends() {
+		if !want[fe] {
+			m.cfg.Datapath.DeleteService(fe)
+		}
+	}
+}
+
+// conflict finds another local service holding one of s's frontends.
+func (m *Manager) conflict(s *Service) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.conflictLocked(s)
+}
+
+// conflictLocked is conflict with m.mu held.
+func (m *Manager) conflictLocked(s *Service) error {
+	mine := map[string]bool{}
+	for _, fe := range s.Frontends(nil) {
+		mine[fe.String()] = true
+	}
+	nodePorts := map[string]bool{}
+	for _, p := range s.Spec.Ports {
+		if p.NodePort != 0 {
+			nodePorts[fmt.Sprintf("%d/%s", p.NodePort, p.Proto())] = true
+		}
+	}
+	for key, o := range m.local {
+		if key == s.Metadata.Namespace+"/"+s.Metadata.Name {
+			continue
+		}
+		for _, fe := range o.Frontends(nil) {
+			if mine[fe.String()] {
+				return fmt.Errorf("%w: %s is the frontend of service %s", ErrConflict, fe, key)
+			}
+		}
+		for _, p := range o.Spec.Ports {
+			if p.NodePort != 0 && nodePorts[fmt.Sprintf("%d/%s", p.NodePort, p.Proto())] {
+				return fmt.Errorf("%w: nodePort %d/%s belongs to service %s", ErrConflict, p.NodePort, p.Proto(), key)
+			}
+		}
+	}
+	return nil
+}
+
+// Upsert validates s and stores it for the whole cluster; every agent
+// applies it from the kvstore. A rejected service changes nothing.
+func (m *Manager) Upsert(ctx context.Context, s *Service) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := m.conflict(s); err != nil {
+		return err
+	}
+	for i := range s.Backends {
+		s.Backends[i].Cluster = ""
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	if m.cfg.KV == nil {
+		// Keep a copy, as the kvstore would: the caller's s stays the
+		// caller's, so changing it later (or a rejected Upsert of it)
+		// does not change the manager's service behind its back.
+		var c Service
+		if err := json.Unmarshal(data, &c); err != nil {
+			return err
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		// Check again under the same lock as the store: two concurrent
+		// Upserts must not both take a frontend.
+		if err := m.conflictLocked(&c); err != nil {
+			return err
+		}
+		m.setLocalLocked(c.Metadata.Namespace+"/"+c.Metadata.Name, &c)
+		return nil
+	}
+	return m.cfg.KV.Put(ctx, m.key(s), data, 0)
+}
+
+// Delete removes a service from the cluster.
+func (m *Manager) Delete(ctx context.Context, namespace, name string) error {
+	m.mu.Lock()
+	_, ok := m.local[namespace+"/"+name]
+	m.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s/%s", ErrNotFound, namespace, name)
+	}
+	if m.cfg.KV == nil {
+		m.setLocal(namespace+"/"+name, nil)
+		return nil
+	}
+	return m.cfg.KV.Delete(ctx, Prefix+m.cfg.Cluster+"/"+namespace+"/"+name)
+}
+
+// Get returns one service's status.
+func (m *Manager) Get(namespace, name string) (Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, ok := m.status[namespace+"/"+name]
+	if !ok {
+		return Status{}, fmt.Errorf("%w: %s/%s", ErrNotFound, namespace, name)
+	}
+	return st, nil
+}
+
+// List returns every service's status, sorted by namespace and name.
+func (m *Manager) List() []Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Status, 0, len(m.status))
+	for _, st := range m.status {
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b Status) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	return out
+}
+
+// Errors counts failed datapath writes (metrics).
+func (m *Manager) Errors() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.errors
+}

@@ -1,0 +1,766 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/datapath"
+)
+
+const fakeMaglevSize = 251
+
+// fakeDP records what the manager writes.
+type fakeDP struct {
+	mu    sync.Mutex
+	svcs  map[datapath.Frontend]datapath.LBService
+	calls []string
+	fail  error // returned by UpsertService when set
+}
+
+func newFakeDP() *fakeDP { return &fakeDP{svcs: map[datapath.Frontend]datapath.LBService{}} }
+
+func (f *fakeDP) UpsertService(fe datapath.Frontend, s datapath.LBService) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "upsert "+fe.String())
+	if f.fail != nil {
+		return f.fail
+	}
+	if s.Algorithm == datapath.AlgMaglev && len(s.Backends) > 0 && len(s.Maglev) != fakeMaglevSize {
+		return fmt.Errorf("maglev table of %d slots", len(s.Maglev))
+	}
+	f.svcs[fe] = s
+	return nil
+}
+
+func (f *fakeDP) DeleteService(fe datapath.Frontend) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "delete "+fe.String())
+	delete(f.svcs, fe)
+	return nil
+}
+
+func (f *fakeDP) Frontends() []datapath.Frontend {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Collect(maps.Keys(f.svcs))
+}
+
+func (f *fakeDP) MaglevSize() uint32 { return fakeMaglevSize }
+
+func (f *fakeDP) snapshot() (map[datapath.Frontend]datapath.LBService, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.svcs), slices.Clone(f.calls)
+}
+
+// lbString renders the datapath state: one line per frontend.
+func (f *fakeDP) lines() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for fe, s := range f.svcs {
+		var b []string
+		for _, x := range s.Backends {
+			b = append(b, netip.AddrPortFrom(x.IP, x.Port).String())
+		}
+		l := fmt.Sprintf("%s [%s]", fe, strings.Join(b, " "))
+		if s.NodePort {
+			l += " nodeport"
+		}
+		if s.AffinityTimeout != 0 {
+			l += fmt.Sprintf(" affinity=%d", s.AffinityTimeout)
+		}
+		if s.Algorithm == datapath.AlgMaglev {
+			l += " maglev"
+		}
+		out = append(out, l)
+	}
+	slices.Sort(out)
+	return out
+}
+
+var (
+	node1 = netip.MustParseAddr("192.168.0.1")
+	node2 = netip.MustParseAddr("192.168.0.2")
+)
+
+func newManager(t *testing.T, alg string) (*Manager, *fakeDP) {
+	t.Helper()
+	dp := newFakeDP()
+	m, err := New(context.Background(), Config{Cluster: "c1", NodeIPs: []netip.Addr{node1, node2}, Algorithm: alg, Datapath: dp})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return m, dp
+}
+
+func mustParse(t *testing.T, yaml string) *Service {
+	t.Helper()
+	s, err := Parse([]byte(yaml))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return s
+}
+
+func upsert(t *testing.T, m *Manager, yaml string) {
+	t.Helper()
+	if err := m.Upsert(context.Background(), mustParse(t, yaml)); err != nil {
+		t.Fatalf("Upsert: %v", err)
+	}
+}
+
+func want(t *testing.T, dp *fakeDP, lines ...string) {
+	t.Helper()
+	got := dp.lines()
+	if lines == nil {
+		lines = []string{}
+	}
+	if got == nil {
+		got = []string{}
+	}
+	if !reflect.DeepEqual(got, lines) {
+		t.Errorf("datapath =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(lines, "\n"))
+	}
+}
+
+const webYAML = `
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: dns, port: 53, protocol: UDP}
+backends:
+- {ip: 10.0.1.2, node: n2}
+- {ip: 10.0.1.1, node: n1}
+- {ip: 10.0.1.3, node: n3, state: terminating}
+`
+
+const npYAML = `
+metadata: {name: np, namespace: prod}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  ports:
+  - {port: 80, targetPort: 8080, nodePort: 30080}
+backends:
+- {ip: 10.0.2.1, node: n1}
+`
+
+func TestNewAlgorithm(t *testing.T) {
+	if _, err := New(context.Background(), Config{Algorithm: "roundrobin", Datapath: newFakeDP()}); err == nil {
+		t.Error("New accepted algorithm roundrobin")
+	}
+	m, _ := newManager(t, "")
+	if m.cfg.Algorithm != "random" {
+		t.Errorf("default algorithm %q, want random", m.cfg.Algorithm)
+	}
+}
+
+func TestManagerUpsert(t *testing.T) {
+	m, dp := newManager(t, "")
+	upsert(t, m, webYAML)
+	want(t, dp,
+		"10.96.0.10:53/udp [10.0.1.1:53 10.0.1.2:53]",
+		"10.96.0.10:80/tcp [10.0.1.1:8080 10.0.1.2:8080]")
+	svcs, _ := dp.snapshot()
+	fe := datapath.Frontend{IP: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: unix.IPPROTO_TCP}
+	wantLB := datapath.LBService{Backends: []datapath.LBBackend{
+		{IP: netip.MustParseAddr("10.0.1.1"), Port: 8080}, {IP: netip.MustParseAddr("10.0.1.2"), Port: 8080}}}
+	if !reflect.DeepEqual(svcs[fe], wantLB) {
+		t.Errorf("%s = %+v, want %+v", fe, svcs[fe], wantLB)
+	}
+
+	upsert(t, m, npYAML)
+	want(t, dp,
+		"10.96.0.10:53/udp [10.0.1.1:53 10.0.1.2:53]",
+		"10.96.0.10:80/tcp [10.0.1.1:8080 10.0.1.2:8080]",
+		"10.96.0.20:80/tcp [10.0.2.1:8080] affinity=600",
+		"192.168.0.1:30080/tcp [10.0.2.1:8080] nodeport affinity=600",
+		"192.168.0.2:30080/tcp [10.0.2.1:8080] nodeport affinity=600")
+
+	st, err := m.Get("prod", "np")
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if st.Namespace != "prod" || st.Name != "np" || st.Type != "NodePort" || st.Algorithm != "random" || st.AffinityTimeout != 600 {
+		t.Errorf("status %+v", st)
+	}
+	if !reflect.DeepEqual(st.Clusters, []string{"c1"}) {
+		t.Errorf("clusters %q, want [c1]", st.Clusters)
+	}
+	if len(st.Frontends) != 3 || st.Frontends[1].Type != "NodePort" || len(st.Frontends[1].Backends) != 1 ||
+		st.Frontends[1].Backends[0].Cluster != "c1" {
+		t.Errorf("frontends %+v", st.Frontends)
+	}
+	if st.Spec == nil || st.Spec.Backends[0].Cluster != "c1" {
+		t.Errorf("status spec %+v: backends should carry the local cluster", st.Spec)
+	}
+	if m.Errors() != 0 {
+		t.Errorf("Errors() = %d", m.Errors())
+	}
+}
+
+func TestManagerUpdate(t *testing.T) {
+	m, dp := newManager(t, "")
+	upsert(t, m, webYAML)
+	_, calls0 := dp.snapshot()
+
+	// New backends: the same frontends, rewritten in place.
+	upsert(t, m, strings.Replace(webYAML, "- {ip: 10.0.1.1, node: n1}", "- {ip: 10.0.1.9, node: n1}", 1))
+	want(t, dp,
+		"10.96.0.10:53/udp [10.0.1.2:53 10.0.1.9:53]",
+		"10.96.0.10:80/tcp [10.0.1.2:8080 10.0.1.9:8080]")
+	_, calls := dp.snapshot()
+	for _, c := range calls[len(calls0):] {
+		if strings.HasPrefix(c, "delete") {
+			t.Errorf("updating backends deleted a frontend: %s", c)
+		}
+	}
+
+	// A backend starts terminating and leaves the slots.
+	upsert(t, m, strings.Replace(webYAML, "{ip: 10.0.1.2, node: n2}", "{ip: 10.0.1.2, node: n2, state: maintenance}", 1))
+	want(t, dp,
+		"10.96.0.10:53/udp [10.0.1.1:53]",
+		"10.96.0.10:80/tcp [10.0.1.1:8080]")
+
+	// A port goes away and another comes: the old frontend is deleted.
+	upsert(t, m, strings.Replace(webYAML, "{name: dns, port: 53, protocol: UDP}", "{name: dns, port: 5353, protocol: UDP}", 1))
+	want(t, dp,
+		"10.96.0.10:5353/udp [10.0.1.1:5353 10.0.1.2:5353]",
+		"10.96.0.10:80/tcp [10.0.1.1:8080 10.0.1.2:8080]")
+	_, calls = dp.snapshot()
+	if !slices.Contains(calls, "delete 10.96.0.10:53/udp") {
+		t.Errorf("old frontend not deleted; calls %q", calls)
+	}
+
+	// No backends at all: the frontends stay, empty.
+	upsert(t, m, webYAML[:strings.Index(webYAML, "backends:")])
+	want(t, dp, "10.96.0.10:53/udp []", "10.96.0.10:80/tcp []")
+}
+
+func TestManagerDelete(t *testing.T) {
+	m, dp := newManager(t, "")
+	upsert(t, m, webYAML)
+	upsert(t, m, npYAML)
+	ctx := context.Background()
+	if err := m.Delete(ctx, "prod", "np"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	want(t, dp,
+		"10.96.0.10:53/udp [10.0.1.1:53 10.0.1.2:53]",
+		"10.96.0.10:80/tcp [10.0.1.1:8080 10.0.1.2:8080]")
+	if _, err := m.Get("prod", "np"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get after Delete: %v, want ErrNotFound", err)
+	}
+	if err := m.Delete(ctx, "prod", "np"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Delete: %v, want ErrNotFound", err)
+	}
+	if err := m.Delete(ctx, "default", "np"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Delete in the wrong namespace: %v, want ErrNotFound", err)
+	}
+	if err := m.Delete(ctx, "default", "web"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	want(t, dp)
+	if l := m.List(); len(l) != 0 {
+		t.Errorf("List after deleting everything: %+v", l)
+	}
+	// The nodePort and the ClusterIP are free again.
+	upsert(t, m, strings.Replace(npYAML, "name: np,", "name: np2,", 1))
+}
+
+func TestManagerConflict(t *testing.T) {
+	tests := []struct {
+		name     string
+		yaml     string
+		conflict bool
+	}{
+		{"same clusterIP and port", strings.Replace(webYAML, "name: web", "name: other", 1), true},
+		{"same clusterIP and port, other namespace", strings.Replace(webYAML, "name: web}", "name: web, namespace: other}", 1), true},
+		{"same clusterIP and port, other targetPort", `
+metadata: {name: other}
+spec: {clusterIP: 10.96.0.10, ports: [{port: 53, protocol: UDP, targetPort: 9053}]}`, true},
+		{"same clusterIP and port, as NodePort type", `
+metadata: {name: other}
+spec: {type: NodePort, clusterIP: 10.96.0.20, ports: [{port: 80, nodePort: 31000}]}`, true},
+		{"same nodePort", `
+metadata: {name: other}
+spec: {type: NodePort, ports: [{port: 8080, nodePort: 30080}]}`, true},
+		{"same clusterIP, other port", `
+metadata: {name: other}
+spec: {clusterIP: 10.96.0.10, ports: [{port: 81}]}`, false},
+		{"same clusterIP and port, other protocol", `
+metadata: {name: other}
+spec: {clusterIP: 10.96.0.10, ports: [{port: 80, protocol: UDP}]}`, false},
+		{"same nodePort, other protocol", `
+metadata: {name: other}
+spec: {type: NodePort, ports: [{port: 8080, protocol: UDP, nodePort: 30080}]}`, false},
+		{"the service itself", webYAML, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, dp := newManager(t, "")
+			upsert(t, m, webYAML)
+			upsert(t, m, npYAML)
+			svcs0, calls0 := dp.snapshot()
+			list0 := m.List()
+			err := m.Upsert(context.Background(), mustParse(t, tc.yaml))
+			if !tc.conflict {
+				if err != nil {
+					t.Fatalf("Upsert: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrConflict) {
+				t.Fatalf("Upsert: %v, want ErrConflict", err)
+			}
+			svcs, calls := dp.snapshot()
+			if !reflect.DeepEqual(svcs, svcs0) || !reflect.DeepEqual(calls, calls0) {
+				t.Errorf("a conflicting Upsert touched the datapath: calls %q", calls[len(calls0):])
+			}
+			if !reflect.DeepEqual(m.List(), list0) {
+				t.Errorf("a conflicting Upsert changed List()")
+			}
+		})
+	}
+}
+
+// TestManagerConcurrentConflict: of services racing for one frontend,
+// exactly one gets it.
+func TestManagerConcurrentConflict(t *testing.T) {
+	for round := range 200 {
+		m, dp := newManager(t, "")
+		const n = 8
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			s := mustParse(t, fmt.Sprintf(`
+metadata: {name: s%d}
+spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}
+backends: [{ip: 10.0.0.%d}]`, i, i+1))
+			wg.Go(func() {
+				<-start
+				errs[i] = m.Upsert(context.Background(), s)
+			})
+		}
+		close(start)
+		wg.Wait()
+		ok := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, ErrConflict):
+				t.Fatalf("Upsert: %v", err)
+			}
+		}
+		if ok != 1 || len(m.List()) != 1 {
+			t.Fatalf("round %d: %d Upserts succeeded, List has %d, want 1 and 1", round, ok, len(m.List()))
+		}
+		svcs, _ := dp.snapshot()
+		if len(svcs) != 1 {
+			t.Fatalf("round %d: %d frontends", round, len(svcs))
+		}
+	}
+}
+
+func TestManagerRejectsInvalid(t *testing.T) {
+	m, dp := newManager(t, "")
+	upsert(t, m, webYAML)
+	svcs0, calls0 := dp.snapshot()
+	list0 := m.List()
+	unchanged := func(what string) {
+		t.Helper()
+		svcs, calls := dp.snapshot()
+		if !reflect.DeepEqual(svcs, svcs0) || !reflect.DeepEqual(calls, calls0) {
+			t.Errorf("%s: datapath touched: calls %q", what, calls[len(calls0):])
+		}
+		if !reflect.DeepEqual(m.List(), list0) {
+			t.Errorf("%s: List() changed", what)
+		}
+	}
+
+	bad := mustParse(t, webYAML)
+	bad.Spec.Ports[0].Port = 0
+	if err := m.Upsert(context.Background(), bad); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Upsert of port 0: %v, want ErrInvalid", err)
+	}
+	unchanged("port 0")
+
+	bad = mustParse(t, webYAML)
+	bad.Backends[0].IP = "not-an-ip"
+	if err := m.Upsert(context.Background(), bad); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Upsert of a bad backend: %v, want ErrInvalid", err)
+	}
+	unchanged("bad backend")
+
+	// The service passed to a successful Upsert, changed afterwards and
+	// rejected, must not have changed the manager's copy either.
+	s := mustParse(t, npYAML)
+	if err := m.Upsert(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	svcs0, calls0 = dp.snapshot()
+	list0 = m.List()
+	s.Spec.Ports[0].NodePort = 80
+	s.Backends[0].IP = "10.9.9.9"
+	if err := m.Upsert(context.Background(), s); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Upsert of nodePort 80: %v, want ErrInvalid", err)
+	}
+	unchanged("caller's service changed after Upsert")
+	if st, _ := m.Get("prod", "np"); st.Spec.Backends[0].IP != "10.0.2.1" || st.Spec.Spec.Ports[0].NodePort != 30080 {
+		t.Errorf("stored service follows the caller's copy: %+v", st.Spec)
+	}
+}
+
+func TestManagerNodeAlive(t *testing.T) {
+	m, dp := newManager(t, "")
+	upsert(t, m, webYAML)
+	upsert(t, m, npYAML)
+	all := []string{
+		"10.96.0.10:53/udp [10.0.1.1:53 10.0.1.2:53]",
+		"10.96.0.10:80/tcp [10.0.1.1:8080 10.0.1.2:8080]",
+		"10.96.0.20:80/tcp [10.0.2.1:8080] affinity=600",
+		"192.168.0.1:30080/tcp [10.0.2.1:8080] nodeport affinity=600",
+		"192.168.0.2:30080/tcp [10.0.2.1:8080] nodeport affinity=600",
+	}
+	want(t, dp, all...)
+
+	m.NodeAlive("c1", "n1", false)
+	want(t, dp,
+		"10.96.0.10:53/udp [10.0.1.2:53]",
+		"10.96.0.10:80/tcp [10.0.1.2:8080]",
+		"10.96.0.20:80/tcp [] affinity=600",
+		"192.168.0.1:30080/tcp [] nodeport affinity=600",
+		"192.168.0.2:30080/tcp [] nodeport affinity=600")
+	st, _ := m.Get("default", "web")
+	for _, b := range st.Frontends[0].Backends {
+		if b.Node == "n1" && (b.Healthy || b.Preferred) {
+			t.Errorf("backend on dead n1: %+v", b)
+		}
+		if b.Node == "n2" && (!b.Healthy || !b.Preferred) {
+			t.Errorf("backend on live n2: %+v", b)
+		}
+	}
+
+	// Saying it again changes nothing; another cluster's n1 is another node.
+	_, calls0 := dp.snapshot()
+	m.NodeAlive("c1", "n1", false)
+	m.NodeAlive("c2", "n1", true)
+	if _, calls := dp.snapshot(); len(calls) != len(calls0) {
+		t.Errorf("no-op NodeAlive wrote %q", calls[len(calls0):])
+	}
+	m.NodeAlive("c2", "n2", false)
+	want(t, dp,
+		"10.96.0.10:53/udp [10.0.1.2:53]",
+		"10.96.0.10:80/tcp [10.0.1.2:8080]",
+		"10.96.0.20:80/tcp [] affinity=600",
+		"192.168.0.1:30080/tcp [] nodeport affinity=600",
+		"192.168.0.2:30080/tcp [] nodeport affinity=600")
+
+	m.NodeAlive("c1", "n1", true)
+	want(t, dp, all...)
+
+	// A service added while a node is dead leaves its backends out.
+	m.NodeAlive("c1", "n2", false)
+	upsert(t, m, strings.Replace(strings.Replace(webYAML, "name: web", "name: web2", 1), "10.96.0.10", "10.96.0.11", 1))
+	if got := dp.lines(); !slices.Contains(got, "10.96.0.11:80/tcp [10.0.1.1:8080]") {
+		t.Errorf("datapath %q lacks web2 without n2", got)
+	}
+}
+
+const globalYAML = `
+metadata:
+  name: web
+  annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: AFFINITY}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+backends:
+- {ip: 10.0.1.1, node: n1}
+`
+
+func remoteSvc(t *testing.T, ann string) *Service {
+	t.Helper()
+	return mustParse(t, `
+metadata:
+  name: web
+  annotations: {`+ann+`}
+spec:
+  clusterIP: 10.100.0.10
+  ports:
+  - {name: http, port: 8000, targetPort: 9090}
+backends:
+- {ip: 10.2.1.1, node: m1}
+- {ip: 10.2.1.2, node: m2, state: terminating}
+`)
+}
+
+func TestManagerRemote(t *testing.T) {
+	m, dp := newManager(t, "")
+	upsert(t, m, strings.Replace(globalYAML, "AFFINITY", "none", 1))
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080]")
+
+	m.RemoteChanged("c2", remoteSvc(t, `service.cilium.io/global: "true"`), false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+	st, _ := m.Get("default", "web")
+	if !reflect.DeepEqual(st.Clusters, []string{"c1", "c2"}) {
+		t.Errorf("clusters %q, want [c1 c2]", st.Clusters)
+	}
+	if got := render(st.Frontends[0].Backends); !reflect.DeepEqual(got, []string{
+		"c1 10.0.1.1:8080 n1 active *", "c2 10.2.1.1:9090 m1 active *", "c2 10.2.1.2:9090 m2 terminating"}) {
+		t.Errorf("status backends %q", got)
+	}
+
+	// A remote node dies.
+	m.NodeAlive("c2", "m1", false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080]")
+	m.NodeAlive("c2", "m1", true)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+
+	// A third cluster that does not share; then c2 stops sharing.
+	m.RemoteChanged("c3", remoteSvc(t, `service.cilium.io/global: "true", service.cilium.io/shared: "false"`), false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+	st, _ = m.Get("default", "web")
+	if !reflect.DeepEqual(st.Clusters, []string{"c1", "c2"}) {
+		t.Errorf("clusters %q, want [c1 c2]", st.Clusters)
+	}
+	m.RemoteChanged("c2", remoteSvc(t, `io.cilium/global-service: "true", io.cilium/shared-service: "false"`), false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080]")
+	st, _ = m.Get("default", "web")
+	if !reflect.DeepEqual(st.Clusters, []string{"c1"}) {
+		t.Errorf("clusters %q, want [c1]", st.Clusters)
+	}
+
+	// c2 shares again, then is deleted.
+	r := remoteSvc(t, `service.cilium.io/global: "true"`)
+	m.RemoteChanged("c2", r, false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+	m.RemoteChanged("c2", r, true)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080]")
+	st, _ = m.Get("default", "web")
+	if !reflect.DeepEqual(st.Clusters, []string{"c1"}) {
+		t.Errorf("clusters after deletion %q, want [c1]", st.Clusters)
+	}
+	// Deleting what is not there is harmless.
+	m.RemoteChanged("c9", r, true)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080]")
+}
+
+func TestManagerRemoteStatusClusters(t *testing.T) {
+	tests := []struct {
+		name      string
+		localAnn  string
+		remotes   map[string]string // cluster -> annotations
+		clusters  []string
+		backendsN int
+	}{
+		{"local not global", ``, map[string]string{"c2": `service.cilium.io/global: "true"`}, []string{"c1"}, 1},
+		{"remote not global", `service.cilium.io/global: "true"`, map[string]string{"c2": ``}, []string{"c1"}, 1},
+		{"remote not shared", `service.cilium.io/global: "true"`, map[string]string{"c2": `service.cilium.io/global: "true", service.cilium.io/shared: "false"`}, []string{"c1"}, 1},
+		{"local not shared still uses remotes", `service.cilium.io/global: "true", service.cilium.io/shared: "false"`, map[string]string{"c2": `service.cilium.io/global: "true"`}, []string{"c1", "c2"}, 3},
+		{"sorted", `service.cilium.io/global: "true"`, map[string]string{"zz": `service.cilium.io/global: "true"`, "b": `io.cilium/global-service: "true"`}, []string{"c1", "b", "zz"}, 5},
+		{"own cluster name ignored", `service.cilium.io/global: "true"`, map[string]string{"c1": `service.cilium.io/global: "true"`}, []string{"c1"}, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, _ := newManager(t, "")
+			upsert(t, m, `
+metadata: {name: web, annotations: {`+tc.localAnn+`}}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}
+backends: [{ip: 10.0.1.1}]`)
+			for c, ann := range tc.remotes {
+				m.RemoteChanged(c, remoteSvc(t, ann), false)
+			}
+			st, err := m.Get("default", "web")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(st.Clusters, tc.clusters) {
+				t.Errorf("clusters %q, want %q", st.Clusters, tc.clusters)
+			}
+			if n := len(st.Frontends[0].Backends); n != tc.backendsN {
+				t.Errorf("%d backends listed, want %d: %q", n, tc.backendsN, render(st.Frontends[0].Backends))
+			}
+		})
+	}
+}
+
+func TestManagerRemoteBeforeLocal(t *testing.T) {
+	m, dp := newManager(t, "")
+	m.RemoteChanged("c2", remoteSvc(t, `service.cilium.io/global: "true"`), false)
+	want(t, dp)
+	if _, err := m.Get("default", "web"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of a remote-only service: %v, want ErrNotFound", err)
+	}
+	upsert(t, m, strings.Replace(globalYAML, "AFFINITY", "none", 1))
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+}
+
+func TestManagerAffinity(t *testing.T) {
+	tests := []struct {
+		affinity     string
+		before, dead string // datapath with n1 alive, with n1 dead
+	}{
+		{"none", "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]", "10.96.0.10:80/tcp [10.2.1.1:9090]"},
+		{"local", "10.96.0.10:80/tcp [10.0.1.1:8080]", "10.96.0.10:80/tcp [10.2.1.1:9090]"},
+		{"Remote", "10.96.0.10:80/tcp [10.2.1.1:9090]", "10.96.0.10:80/tcp [10.2.1.1:9090]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.affinity, func(t *testing.T) {
+			m, dp := newManager(t, "")
+			upsert(t, m, strings.Replace(globalYAML, "AFFINITY", tc.affinity, 1))
+			m.RemoteChanged("c2", remoteSvc(t, `service.cilium.io/global: "true"`), false)
+			want(t, dp, tc.before)
+			m.NodeAlive("c1", "n1", false)
+			want(t, dp, tc.dead)
+			m.NodeAlive("c1", "n1", true)
+			want(t, dp, tc.before)
+		})
+	}
+}
+
+func TestManagerMaglev(t *testing.T) {
+	const svc = `
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{port: 80}]
+  ALG
+backends:
+- {ip: 10.0.1.3, state: S}
+- {ip: 10.0.1.1, state: S}
+- {ip: 10.0.1.2, state: S}
+- {ip: 10.0.1.4, state: terminating}
+`
+	tests := []struct {
+		name   string
+		config string
+		spec   string
+		maglev bool
+	}{
+		{"config maglev", "maglev", "", true},
+		{"spec maglev", "random", "loadBalancerAlgorithm: maglev", true},
+		{"spec maglev, default config", "", "loadBalancerAlgorithm: maglev", true},
+		{"spec random over config maglev", "maglev", "loadBalancerAlgorithm: random", false},
+		{"random", "random", "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, dp := newManager(t, tc.config)
+			yaml := strings.Replace(svc, "ALG", tc.spec, 1)
+			upsert(t, m, strings.ReplaceAll(yaml, "state: S", "state: active"))
+			svcs, _ := dp.snapshot()
+			if len(svcs) != 1 {
+				t.Fatalf("%d frontends", len(svcs))
+			}
+			var lbs datapath.LBService
+			for _, s := range svcs {
+				lbs = s
+			}
+			if len(lbs.Backends) != 3 {
+				t.Fatalf("backends %+v, want the 3 active", lbs.Backends)
+			}
+			st, _ := m.Get("default", "web")
+			if !tc.maglev {
+				if lbs.Algorithm != datapath.AlgRandom || lbs.Maglev != nil || st.Algorithm != "random" {
+					t.Errorf("algorithm %d, table of %d, status %q: want random, none", lbs.Algorithm, len(lbs.Maglev), st.Algorithm)
+				}
+				return
+			}
+			if lbs.Algorithm != datapath.AlgMaglev || st.Algorithm != "maglev" {
+				t.Fatalf("algorithm %d, status %q, want maglev", lbs.Algorithm, st.Algorithm)
+			}
+			if len(lbs.Maglev) != fakeMaglevSize {
+				t.Fatalf("maglev table of %d slots, want %d", len(lbs.Maglev), fakeMaglevSize)
+			}
+			count := make([]int, len(lbs.Backends))
+			for i, e := range lbs.Maglev {
+				if e < 0 || int(e) >= len(lbs.Backends) {
+					t.Fatalf("slot %d = %d, not an index into %d backends", i, e, len(lbs.Backends))
+				}
+				count[e]++
+			}
+			for i, c := range count {
+				// 251/3: 83 or 84 slots each.
+				if c < fakeMaglevSize/3 || c > fakeMaglevSize/3+1 {
+					t.Errorf("backend %d has %d slots", i, c)
+				}
+			}
+			// The table is the one for these backends whatever their order.
+			var aps []netip.AddrPort
+			for _, b := range lbs.Backends {
+				aps = append(aps, netip.AddrPortFrom(b.IP, b.Port))
+			}
+			ref, err := MaglevTable(aps, fakeMaglevSize)
+			if err != nil || !reflect.DeepEqual(ref, lbs.Maglev) {
+				t.Errorf("table differs from MaglevTable of %v (%v)", aps, err)
+			}
+
+			// Every backend terminating: no table, no backends.
+			upsert(t, m, strings.ReplaceAll(yaml, "state: S", "state: terminating"))
+			svcs, _ = dp.snapshot()
+			for fe, s := range svcs {
+				if len(s.Backends) != 0 || len(s.Maglev) != 0 {
+					t.Errorf("%s with no usable backend: %d backends, table of %d", fe, len(s.Backends), len(s.Maglev))
+				}
+			}
+			if m.Errors() != 0 {
+				t.Errorf("Errors() = %d", m.Errors())
+			}
+		})
+	}
+}
+
+func TestManagerList(t *testing.T) {
+	m, _ := newManager(t, "")
+	if l := m.List(); l == nil || len(l) != 0 {
+		t.Errorf("List of nothing = %#v, want empty", l)
+	}
+	for i, key := range []string{"zeta/b", "alpha/z", "default/a", "alpha/a", "zeta/a"} {
+		ns, name, _ := strings.Cut(key, "/")
+		upsert(t, m, fmt.Sprintf(`
+metadata: {name: %s, namespace: %s}
+spec: {clusterIP: 10.96.0.%d, ports: [{port: 80}]}`, name, ns, i+1))
+	}
+	var got []string
+	for _, st := range m.List() {
+		got = append(got, st.Namespace+"/"+st.Name)
+	}
+	if want := []string{"alpha/a", "alpha/z", "default/a", "zeta/a", "zeta/b"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("List = %q, want %q", got, want)
+	}
+	if _, err := m.Get("default", "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of unknown: %v, want ErrNotFound", err)
+	}
+	if _, err := m.Get("alpha", "a"); err != nil {
+		t.Errorf("Get: %v", err)
+	}
+}
+
+func TestManagerDatapathErrors(t *testing.T) {
+	m, dp := newManager(t, "")
+	dp.fail = errors.New("map full")
+	upsert(t, m, npYAML)
+	if got := m.Errors(); got != 3 {
+		t.Errorf("Errors() = %d, want 3 (one per frontend)", got)
+	}
+}

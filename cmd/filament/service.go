@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/filament-net/filament/agent/service"
+)
+
+// splitDocs splits a YAML stream at its "---" separators.
+func splitDocs(b []byte) [][]byte {
+	var out [][]byte
+	for _, d := range bytes.Split(append([]byte("\n"), b...), []byte("\n---")) {
+		if len(bytes.TrimSpace(d)) > 0 {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func (c *cli) serviceCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "service", Aliases: []string{"services", "svc"}, Short: "Create, show and delete load-balanced services"}
+	var file string
+	upsert := &cobra.Command{
+		Use: "upsert -f FILE", Short: "Create or replace services from YAML/JSON ('-' for stdin); every document is validated before any is sent", Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			if file == "" {
+				return fmt.Errorf("--file (-f) is required")
+			}
+			var b []byte
+			var err error
+			if file == "-" {
+				b, err = io.ReadAll(os.Stdin)
+			} else {
+				b, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			docs := splitDocs(b)
+			if len(docs) == 0 {
+				return fmt.Errorf("%s: no service in it", file)
+			}
+			for i, d := range docs {
+				if _, err := service.Parse(d); err != nil {
+					return fmt.Errorf("document %d: %w", i+1, err)
+				}
+			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			var done []service.Service
+			for _, d := range docs {
+				s, err := c.client().UpsertService(ctx, d)
+				if err != nil {
+					return err
+				}
+				done = append(done, s)
+			}
+			return c.print(done, func(w *tabwriter.Writer) {
+				for _, s := range done {
+					fmt.Fprintf(w, "Service %s stored (%d backends)\n", s.Key(), len(s.Backends))
+				}
+			})
+		},
+	}
+	upsert.Flags().StringVarP(&file, "file", "f", "", "file with one or more services ('-' for stdin)")
+	list := &cobra.Command{
+		Use: "list", Short: "Show every frontend with its backends, their cluster and state, and which new connections prefer", Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			ss, err := c.client().Services(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(ss, func(w *tabwriter.Writer) { serviceTable(w, ss) })
+		},
+	}
+	get := &cobra.Command{
+		Use: "get NAMESPACE/NAME", Short: "Show one service", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			ns, name, err := splitKey(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			s, err := c.client().Service(ctx, ns, name)
+			if err != nil {
+				return err
+			}
+			return c.print(s, func(w *tabwriter.Writer) { serviceTable(w, []service.Status{s}) })
+		},
+	}
+	del := &cobra.Command{
+		Use: "delete NAMESPACE/NAME", Short: "Delete a service from the cluster", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			ns, name, err := splitKey(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			if err := c.client().DeleteService(ctx, ns, name); err != nil {
+				return err
+			}
+			return c.print(map[string]string{"deleted": ns + "/" + name}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Service %s/%s deleted\n", ns, name)
+			})
+		},
+	}
+	cmd.AddCommand(upsert, list, get, del)
+	return cmd
+}
+
+func splitKey(s string) (string, string, error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok {
+		ns, name = "default", s
+	}
+	if ns == "" || name == "" {
+		return "", "", fmt.Errorf("service %q: want NAMESPACE/NAME", s)
+	}
+	return ns, name, nil
+}
+
+func serviceTable(w *tabwriter.Writer, ss []service.Status) {
+	fmt.Fprintln(w, "SERVICE\tFRONTEND\tTYPE\tOPTIONS\tBACKEND\tCLUSTER\tNODE\tSTATE\tPREFERRED")
+	for _, s := range ss {
+		opts := s.Algorithm
+		if s.Options.Global {
+			opts += fmt.Sprintf(",global,affinity=%s", s.Options.Affinity)
+			if !s.Options.Shared {
+				opts += ",shared=false"
+			}
+		}
+		if s.AffinityTimeout > 0 {
+			opts += fmt.Sprintf(",clientIP=%ds", s.AffinityTimeout)
+		}
+		for _, fe := range s.Frontends {
+			if len(fe.Backends) == 0 {
+				fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\t(none)\t\t\t\t\n", s.Namespace, s.Name, fe, fe.Type, opts)
+			}
+			for _, b := range fe.Backends {
+				state := b.State
+				if !b.Healthy {
+					state += ",node-down"
+				}
+				pref := "no"
+				if b.Preferred {
+					pref = "yes"
+				}
+				fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, fe, fe.Type, opts, b.Addr, b.Cluster, b.Node, state, pref)
+			}
+		}
+	}
+}
