@@ -92,7 +92,7 @@ type Port struct {
 	Protocol   string `json:"protocol,omitempty"` // TCP (default) or UDP
 	Port       uint16 `json:"port"`
 	TargetPort uint16 `json:"targetPort,omitempty"` // default: Port
-	NodePort   uint16 `json:"nodePort,omitempty"`
+	NodePort   uint16 `json:"nodePort,omitempty"` // 30000-32767; 0: this port has none
 }
 
 // Backend is one backend address.
@@ -257,7 +257,7 @@ func (s *Service) Validate() error {
 		if p.NodePort != 0 && s.Spec.Type != "NodePort" {
 			return invalid("%s.nodePort %d: only for type NodePort", f, p.NodePort)
 		}
-		if s.Spec.Type == "NodePort" && (p.NodePort < 30000 || p.NodePort > 32767) {
+		if p.NodePort != 0 && (p.NodePort < 30000 || p.NodePort > 32767) {
 			return invalid("%s.nodePort %d: want 30000-32767", f, p.NodePort)
 		}
 		if len(s.Spec.Ports) > 1 && p.Name == "" {
@@ -279,6 +279,9 @@ func (s *Service) Validate() error {
 			}
 			nodePorts[k] = true
 		}
+	}
+	if s.Spec.Type == "NodePort" && !slices.ContainsFunc(s.Spec.Ports, func(p Port) bool { return p.NodePort != 0 }) {
+		return invalid("spec.ports[0].nodePort 0: type NodePort needs a nodePort (30000-32767) on at least one port")
 	}
 	switch s.Spec.SessionAffinity {
 	case "", "None", "ClientIP":
