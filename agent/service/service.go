@@ -92,7 +92,7 @@ type Port struct {
 	Protocol   string `json:"protocol,omitempty"` // TCP (default) or UDP
 	Port       uint16 `json:"port"`
 	TargetPort uint16 `json:"targetPort,omitempty"` // default: Port
-	NodePort   uint16 `json:"nodePort,omitempty"` // 30000-32767; 0: this port has none
+	NodePort   uint16 `json:"nodePort,omitempty"`   // 30000-32767; 0: this port has none
 }
 
 // Backend is one backend address.
