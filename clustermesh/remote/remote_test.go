@@ -15,13 +15,15 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/apiserver/apiservertest"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
 
-// A remote cluster's nodes, identities and ipcache entries reach the
-// callbacks; identities (and entries) outside its cluster's range are
-// rejected and counted; removing the config withdraws everything.
+// A remote cluster's nodes, identities, ipcache entries and services reach
+// the callbacks; identities (and entries) outside its cluster's range and
+// invalid services are rejected and counted; removing the config withdraws
+// everything.
 func TestFollowAndRejectOutOfRange(t *testing.T) {
 	srv := apiservertest.Start(t, "east", 7)
 	kv := srv.Agent
@@ -38,6 +40,9 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 		kv.Put(ctx, ipcache.Prefix+"east/"+e.IP.String(), b, 0)
 	}
 
+	kv.Put(ctx, service.Prefix+"east/shop/api", []byte(svcDoc), 0)
+	kv.Put(ctx, service.Prefix+"east/shop/bad", []byte(`{"metadata":{"name":"bad","namespace":"shop"},"spec":{"ports":[]}}`), 0)
+
 	var mu sync.Mutex
 	got := map[string]bool{}
 	record := func(what string, deleted bool) {
@@ -50,6 +55,9 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 		Node:     func(n node.Node, d bool) { record("node "+n.Name, d) },
 		Identity: func(id identity.Identity, d bool) { record(fmt.Sprintf("id %d", id.ID), d) },
 		Entry:    func(e ipcache.Entry, d bool) { record("ip "+e.IP.String()+" "+e.Node, d) },
+		Service: func(cluster string, s *service.Service, d bool) {
+			record("svc "+cluster+" "+s.Key()+" "+s.Backends[0].IP, d)
+		},
 	})
 	go m.Run(ctx)
 	srv.WriteRemoteConfig(t, dir)
@@ -67,10 +75,11 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 	has := func(k string) bool { mu.Lock(); defer mu.Unlock(); return got[k] }
 	wait("remote followed", func() bool {
 		st := m.Status()
-		return len(st) == 1 && st[0].Ready && has("node east/n1") && has(fmt.Sprintf("id %d", good)) && has("ip 10.7.0.2 east/n1")
+		return len(st) == 1 && st[0].Ready && has("node east/n1") && has(fmt.Sprintf("id %d", good)) && has("ip 10.7.0.2 east/n1") &&
+			has("svc east shop/api 10.7.0.2")
 	})
 	st := m.Status()[0]
-	if has(fmt.Sprintf("id %d", bad)) || has("ip 10.7.0.3 east/n1") || st.Rejected != 2 || st.ClusterID != 7 || st.Nodes != 1 || st.Endpoints != 1 || st.Identities != 1 {
+	if has(fmt.Sprintf("id %d", bad)) || has("ip 10.7.0.3 east/n1") || st.Rejected != 3 || st.Services != 1 || st.ClusterID != 7 || st.Nodes != 1 || st.Endpoints != 1 || st.Identities != 1 {
 		t.Fatalf("out-of-range entries: got %v, status %+v", got, st)
 	}
 	// Deletions propagate.
@@ -78,8 +87,13 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 	wait("entry deleted", func() bool { return !has("ip 10.7.0.2 east/n1") })
 	// Removing the config withdraws the rest.
 	os.Remove(filepath.Join(dir, "east.yaml"))
-	wait("withdrawn", func() bool { return len(m.Status()) == 0 && !has("node east/n1") && !has(fmt.Sprintf("id %d", good)) })
+	wait("withdrawn", func() bool {
+		return len(m.Status()) == 0 && !has("node east/n1") && !has(fmt.Sprintf("id %d", good)) && !has("svc east shop/api 10.7.0.2")
+	})
 }
+
+const svcDoc = `{"metadata":{"name":"api","namespace":"shop","annotations":{"service.cilium.io/global":"true"}},
+"spec":{"clusterIP":"10.96.0.20","ports":[{"port":80}]},"backends":[{"ip":"10.7.0.2","node":"n1"}]}`
 
 // A lost remote cluster keeps its entries until the TTL, then they are
 // withdrawn and status says so.
@@ -90,8 +104,9 @@ func TestTTLWithdrawsLostCluster(t *testing.T) {
 	id := identity.Compose(9, 300)
 	b, _ := json.Marshal(ipcache.Entry{IP: netip.MustParseAddr("10.9.0.2"), Identity: id, Node: "n1"})
 	kv.Put(actx, ipcache.Prefix+"gone/10.9.0.2", b, 0)
+	kv.Put(actx, service.Prefix+"gone/shop/api", []byte(svcDoc), 0)
 
-	var live atomic.Int64
+	var live, services atomic.Int64
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -102,6 +117,13 @@ func TestTTLWithdrawsLostCluster(t *testing.T) {
 				live.Add(-1)
 			} else {
 				live.Add(1)
+			}
+		},
+		Service: func(_ string, _ *service.Service, deleted bool) {
+			if deleted {
+				services.Add(-1)
+			} else {
+				services.Add(1)
 			}
 		},
 	})
@@ -117,8 +139,16 @@ func TestTTLWithdrawsLostCluster(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	waitFor("synced", func() bool { s := m.Status(); return len(s) == 1 && s[0].Ready && live.Load() == 1 }, 20*time.Second)
+	waitFor("synced", func() bool { s := m.Status(); return len(s) == 1 && s[0].Ready && live.Load() == 1 && services.Load() == 1 }, 20*time.Second)
 	srv.Stop()
-	waitFor("seen disconnected, entries kept", func() bool { s := m.Status(); return !s[0].Connected && live.Load() == 1 }, 10*time.Second)
-	waitFor("withdrawn after the TTL", func() bool { s := m.Status(); return s[0].Withdrawn && live.Load() == 0 }, 20*time.Second)
+	waitFor("seen disconnected, entries kept", func() bool {
+		s := m.Status()
+		return !s[0].Connected && live.Load() == 1 && services.Load() == 1
+	}, 10*time.Second)
+	// Withdrawn: the cluster's services go with its entries, so its backends
+	// leave global services at once.
+	waitFor("withdrawn after the TTL", func() bool {
+		s := m.Status()
+		return s[0].Withdrawn && live.Load() == 0 && services.Load() == 0
+	}, 20*time.Second)
 }

@@ -1,0 +1,124 @@
+package lab_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/filament-net/filament/agent/service"
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+// globalDoc is the service "api" of one cluster; backends are "ip node" pairs.
+func globalDoc(annotations string, backends ...string) string {
+	doc := fmt.Sprintf(`apiVersion: filament.io/v1
+kind: Service
+metadata:
+  name: api
+  namespace: shop
+  annotations: {%s}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`, annotations)
+	if len(backends) == 0 {
+		return doc + "backends: []\n"
+	}
+	doc += "backends:\n"
+	for i := 0; i+1 < len(backends); i += 2 {
+		doc += fmt.Sprintf("- {ip: %s, node: %s}\n", backends[i], backends[i+1])
+	}
+	return doc
+}
+
+func preferredClusters(st service.Status) map[string]int {
+	out := map[string]int{}
+	for _, b := range st.Frontends[0].Backends {
+		if b.Preferred {
+			out[b.Cluster]++
+		}
+	}
+	return out
+}
+
+// A global service with backends in two clusters: affinity none spreads
+// over both; local stays local; deleting every local backend, or killing
+// their node, moves clients to the remote cluster and they recover; the
+// local backend coming back takes them back; a remote cluster that does
+// not share its backends contributes none.
+func TestGlobalServiceFailover(t *testing.T) {
+	l := labtest.UpClusters(t, 2, 2, "tunnel")
+	client := labtest.Pod(t, l, "c1/n1", "client")
+	web1 := labtest.Pod(t, l, "c1/n2", "api-c1", "app=api")
+	web2 := labtest.Pod(t, l, "c2/n1", "api-c2", "app=api")
+	labtest.ServeName(t, lab.NetNSPath(web1.NetNS), 8080, "c1")
+	labtest.ServeName(t, lab.NetNSPath(web2.NetNS), 8080, "c2")
+	connect(t, l, "c1/n1", "c2")
+	const global = `service.cilium.io/global: "true"`
+	labtest.MustUpsertService(t, l, "c2/n1", globalDoc(global, web2.IP, "n1"))
+	labtest.MustUpsertService(t, l, "c1/n1", globalDoc(global, web1.IP, "n2"))
+	path := lab.NetNSPath(client.NetNS)
+	vip := "10.96.0.20:80"
+
+	eventually(t, "c1 merges c2's backends", func() bool {
+		ss := labtest.Services(t, l, "c1/n1")
+		return len(ss) == 1 && len(ss[0].Clusters) == 2 && preferredClusters(ss[0])["c2"] == 1
+	})
+	got := labtest.Tally(path, vip, 40)
+	t.Logf("affinity none: %v", got)
+	if got["c1"] == 0 || got["c2"] == 0 || got[""] != 0 {
+		t.Fatalf("affinity none: answers %v, want both clusters", got)
+	}
+	allFrom := func(cluster string) func() bool {
+		return func() bool { return labtest.Tally(path, vip, 10)[cluster] == 10 }
+	}
+
+	// local: only c1's backend while it is healthy.
+	local := global + `, service.cilium.io/affinity: local`
+	labtest.MustUpsertService(t, l, "c1/n1", globalDoc(local, web1.IP, "n2"))
+	eventually(t, "affinity local stays local", allFrom("c1"))
+	if got := labtest.Tally(path, vip, 30); got["c1"] != 30 {
+		t.Fatalf("affinity local: answers %v, want only c1", got)
+	}
+
+	// Every local backend deleted: clients move to c2; back when it returns.
+	labtest.MustUpsertService(t, l, "c1/n1", globalDoc(local))
+	eventually(t, "failover to c2 after the local backends are deleted", allFrom("c2"))
+	labtest.MustUpsertService(t, l, "c1/n1", globalDoc(local, web1.IP, "n2"))
+	eventually(t, "fail-back to c1", allFrom("c1"))
+
+	// The local backend's node dies (its agent stops answering failure
+	// detection): its backend leaves the set at once, clients go to c2.
+	if err := l.KillAgent("c1/n2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "failover to c2 after node c1/n2 is declared dead", allFrom("c2"))
+	ss := labtest.Services(t, l, "c1/n1")
+	for _, b := range ss[0].Frontends[0].Backends {
+		if b.Cluster == "c1" && (b.Healthy || b.Preferred) {
+			t.Fatalf("backend on the dead node still healthy or preferred: %+v", b)
+		}
+	}
+	if err := l.StartAgent(context.Background(), "c1/n2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "fail-back to c1 once c1/n2 is alive again", allFrom("c1"))
+
+	// remote: the mirror image.
+	labtest.MustUpsertService(t, l, "c1/n1", globalDoc(global+`, service.cilium.io/affinity: remote`, web1.IP, "n2"))
+	eventually(t, "affinity remote prefers c2", allFrom("c2"))
+
+	// c2 stops sharing (legacy annotation names): c1 uses only its own.
+	labtest.MustUpsertService(t, l, "c2/n1", globalDoc(`io.cilium/global-service: "true", io.cilium/shared-service: "false"`, web2.IP, "n1"))
+	eventually(t, "c2 unshared: c1 uses its own backend", allFrom("c1"))
+	ss = labtest.Services(t, l, "c1/n1")
+	if pc := preferredClusters(ss[0]); pc["c2"] != 0 || len(ss[0].Clusters) != 1 {
+		t.Fatalf("c2 is not shared but c1 lists %v from clusters %v", pc, ss[0].Clusters)
+	}
+	// Not sharing is one-way: c2 still merges c1's shared backend.
+	eventually(t, "c2 still uses c1's shared backend", func() bool {
+		ss := labtest.Services(t, l, "c2/n1")
+		return len(ss) == 1 && preferredClusters(ss[0])["c1"] == 1
+	})
+}
