@@ -139,7 +139,10 @@ func TestTTLWithdrawsLostCluster(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	waitFor("synced", func() bool { s := m.Status(); return len(s) == 1 && s[0].Ready && live.Load() == 1 && services.Load() == 1 }, 20*time.Second)
+	waitFor("synced", func() bool {
+		s := m.Status()
+		return len(s) == 1 && s[0].Ready && live.Load() == 1 && services.Load() == 1
+	}, 20*time.Second)
 	srv.Stop()
 	waitFor("seen disconnected, entries kept", func() bool {
 		s := m.Status()
