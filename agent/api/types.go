@@ -32,6 +32,7 @@ type Status struct {
 	Identities  int            `json:"identities"`
 	Policies    int            `json:"policies"`
 	PolicyRev   uint64         `json:"policyRevision"`
+	Services    int            `json:"services"`
 	IPAM        IPAMStatus     `json:"ipam"`
 	Datapath    DatapathStatus `json:"datapath"`
 }

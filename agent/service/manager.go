@@ -77,6 +77,7 @@ type Manager struct {
 	dead    map[string]bool                // cluster/node
 	applied map[string][]datapath.Frontend
 	status  map[string]Status
+	owners  map[string]string // claim (frontend, node port) -> service key
 	synced  chan struct{}
 	errors  int
 }
@@ -91,7 +92,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
-		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, status: map[string]Status{}, synced: make(chan struct{})}
+		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
 		select {
@@ -140,9 +141,19 @@ func (m *Manager) setLocal(key string, s *Service) {
 
 // setLocalLocked is setLocal with m.mu held.
 func (m *Manager) setLocalLocked(key string, s *Service) {
+	if old, ok := m.local[key]; ok {
+		for _, c := range claims(old) {
+			if m.owners[c] == key {
+				delete(m.owners, c)
+			}
+		}
+	}
 	if s == nil {
 		delete(m.local, key)
 	} else {
+		for _, c := range claims(s) {
+			m.owners[c] = key
+		}
 		for i := range s.Backends {
 			s.Backends[i].Cluster = m.cfg.Cluster
 		}
@@ -285,32 +296,28 @@ func (m *Manager) conflict(s *Service) error {
 
 // conflictLocked is conflict with m.mu held.
 func (m *Manager) conflictLocked(s *Service) error {
-	mine := map[string]bool{}
-	for _, fe := range s.Frontends(nil) {
-		mine[fe.String()] = true
-	}
-	nodePorts := map[string]bool{}
-	for _, p := range s.Spec.Ports {
-		if p.NodePort != 0 {
-			nodePorts[fmt.Sprintf("%d/%s", p.NodePort, p.Proto())] = true
-		}
-	}
-	for key, o := range m.local {
-		if key == s.Metadata.Namespace+"/"+s.Metadata.Name {
-			continue
-		}
-		for _, fe := range o.Frontends(nil) {
-			if mine[fe.String()] {
-				return fmt.Errorf("%w: %s is the frontend of service %s", ErrConflict, fe, key)
-			}
-		}
-		for _, p := range o.Spec.Ports {
-			if p.NodePort != 0 && nodePorts[fmt.Sprintf("%d/%s", p.NodePort, p.Proto())] {
-				return fmt.Errorf("%w: nodePort %d/%s belongs to service %s", ErrConflict, p.NodePort, p.Proto(), key)
-			}
+	me := s.Metadata.Namespace + "/" + s.Metadata.Name
+	for _, c := range claims(s) {
+		if owner, ok := m.owners[c]; ok && owner != me {
+			return fmt.Errorf("%w: %s belongs to service %s", ErrConflict, c, owner)
 		}
 	}
 	return nil
+}
+
+// claims are the addresses a service holds exclusively: its ClusterIP
+// frontends and its node ports (on every node).
+func claims(s *Service) []string {
+	var out []string
+	for _, fe := range s.Frontends(nil) {
+		out = append(out, fe.String())
+	}
+	for _, p := range s.Spec.Ports {
+		if p.NodePort != 0 {
+			out = append(out, fmt.Sprintf("nodePort %d/%s", p.NodePort, p.Proto()))
+		}
+	}
+	return out
 }
 
 // Upsert validates s and stores it for the whole cluster; every agent
@@ -395,4 +402,11 @@ func (m *Manager) Errors() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.errors
+}
+
+// Count is the number of local services.
+func (m *Manager) Count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.local)
 }

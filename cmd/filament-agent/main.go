@@ -367,7 +367,7 @@ func run(parent context.Context, cfg config.Config) error {
 				PodCIDR: podCIDR, Gateway: pool.Gateway().String(), StateDir: cfg.StateDir, NodeIP: nodeIP.String(), Routing: cfg.Routing,
 				Uptime:    api.Duration(time.Since(started)),
 				Endpoints: len(eps.List()), Identities: len(ids.List()),
-				Policies: len(policies.List()), PolicyRev: policies.Revision(),
+				Policies: len(policies.List()), PolicyRev: policies.Revision(), Services: services.Count(),
 				IPAM: api.IPAMStatus{Used: pool.Used(), Capacity: pool.Capacity()},
 				Kvstore: api.KvstoreStatus{Embedded: embeddedEtcd, Endpoints: kvcfg.Endpoints, Healthy: true,
 					LeaseID: fmt.Sprintf("%x", lease.ID())},

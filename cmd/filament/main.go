@@ -116,6 +116,7 @@ func (c *cli) statusCmd() *cobra.Command {
 				fmt.Fprintf(w, "Endpoints:\t%d\n", s.Endpoints)
 				fmt.Fprintf(w, "Identities:\t%d\n", s.Identities)
 				fmt.Fprintf(w, "Policies:\t%d (revision %d)\n", s.Policies, s.PolicyRev)
+				fmt.Fprintf(w, "Services:\t%d\n", s.Services)
 				fmt.Fprintf(w, "Datapath:\tenforcement %s, attach %s, %d policy entries, %d connections tracked, pinned at %s\n",
 					s.Datapath.EnforcementMode, s.Datapath.Attach, s.Datapath.PolicyEntries, s.Datapath.ConntrackEntries, s.Datapath.PinDir)
 				fmt.Fprintf(w, "Version:\t%s, up %s\n", s.Version, time.Duration(s.Uptime))
