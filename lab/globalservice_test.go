@@ -3,8 +3,11 @@ package lab_test
 import (
 	"context"
 	"fmt"
+	"slices"
+	"time"
 	"testing"
 
+	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -121,4 +124,76 @@ func TestGlobalServiceFailover(t *testing.T) {
 		ss := labtest.Services(t, l, "c2/n1")
 		return len(ss) == 1 && preferredClusters(ss[0])["c1"] == 1
 	})
+}
+
+// BenchmarkGlobalServiceFailover: time from the last local backend going
+// away to the first connection answered by the remote cluster, for a
+// global service with affinity local; the backend goes away by deletion
+// (API → kvstore → every agent) or by its node dying (failure detection).
+func BenchmarkGlobalServiceFailover(b *testing.B) {
+	l := labtest.UpClusters(b, 2, 2, "tunnel")
+	client := labtest.Pod(b, l, "c1/n1", "client")
+	web1 := labtest.Pod(b, l, "c1/n2", "api-c1")
+	web2 := labtest.Pod(b, l, "c2/n1", "api-c2")
+	labtest.ServeName(b, lab.NetNSPath(web1.NetNS), 8080, "c1")
+	labtest.ServeName(b, lab.NetNSPath(web2.NetNS), 8080, "c2")
+	c1n1, _ := l.Node("c1/n1")
+	c2n1, _ := l.Node("c2/n1")
+	c2, _ := l.Cluster("c2")
+	if out, err := labtest.NodeRun(b, l, "c1/n1", "filament", "clustermesh", "connect", "--to", c2.Bundle); err != nil {
+		b.Fatalf("connect: %v %s", err, out)
+	}
+	api1, api2 := api.NewClient(c1n1.Socket), api.NewClient(c2n1.Socket)
+	ctx := context.Background()
+	const local = `service.cilium.io/global: "true", service.cilium.io/affinity: local`
+	if _, err := api2.UpsertService(ctx, []byte(globalDoc(local, web2.IP, "n1"))); err != nil {
+		b.Fatal(err)
+	}
+	path := lab.NetNSPath(client.NetNS)
+	until := func(want string, limit time.Duration) time.Duration {
+		start := time.Now()
+		for time.Since(start) < limit {
+			if name, err := labtest.Who(path, "10.96.0.20:80"); err == nil && name == want {
+				return time.Since(start)
+			}
+		}
+		b.Fatalf("no answer from %s within %s", want, limit)
+		return 0
+	}
+	restore := func() {
+		if _, err := api1.UpsertService(ctx, []byte(globalDoc(local, web1.IP, "n2"))); err != nil {
+			b.Fatal(err)
+		}
+		until("c1", 30*time.Second)
+	}
+	var deleted, died []time.Duration
+	for range 20 {
+		restore()
+		start := time.Now()
+		if _, err := api1.UpsertService(ctx, []byte(globalDoc(local))); err != nil {
+			b.Fatal(err)
+		}
+		until("c2", 30*time.Second)
+		deleted = append(deleted, time.Since(start))
+	}
+	for range 6 {
+		restore()
+		start := time.Now()
+		if err := l.KillAgent("c1/n2"); err != nil {
+			b.Fatal(err)
+		}
+		until("c2", 30*time.Second)
+		died = append(died, time.Since(start))
+		if err := l.StartAgent(context.Background(), "c1/n2"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	report := func(name string, d []time.Duration) {
+		slices.Sort(d)
+		b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, name+"-p50-ms")
+		b.ReportMetric(float64(d[(len(d)*99-1)/100].Microseconds())/1000, name+"-p99-ms")
+		b.Logf("%s: %d samples %v", name, len(d), d)
+	}
+	report("deleted", deleted)
+	report("node-died", died)
 }
