@@ -10,7 +10,7 @@ BINS := filament-agent filament filament-cni filament-lab filament-clustermesh-a
 DEMO_LAB ?= demo
 
 # command:package pairs installed by `deps` when the command is missing.
-DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables
+DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
 .PHONY: all build generate test test-unit demo demo-down bench lint clean deps
@@ -81,6 +81,27 @@ demo: deps build
 	@echo; echo "== filament policy trace on c2/n1"
 	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament policy trace --src app=web,filament.io/cluster=c1 --dst app=db --protocol ICMP --dport 8
 	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament policy trace --src app=other --dst app=db --protocol ICMP --dport 8
+	@echo; echo "== a global service: shop/api in c1 (affinity local) and in c2, merged by c1"
+	bin/filament-lab pod add --name $(DEMO_LAB) c1/n2 api-c1 --labels app=api
+	bin/filament-lab pod add --name $(DEMO_LAB) c2/n1 api-c2 --labels app=api
+	bin/filament-lab pod serve --name $(DEMO_LAB) api-c1 --port 8080
+	bin/filament-lab pod serve --name $(DEMO_LAB) api-c2 --port 8080
+	@ip1=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="api-c1") | .ip'); \
+	ip2=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="api-c2") | .ip'); \
+	sed "s/API_C2_IP/$$ip2/" docs/examples/api-c2.yaml | bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament service upsert -f - && \
+	sed "s/API_C1_IP/$$ip1/" docs/examples/api-c1.yaml | bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament service upsert -f -
+	@sleep 2; bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament service list
+	@echo; echo "== web-1 (c1/n1) calls http://10.96.0.20 (the socket LB picks a backend at connect): c1's answers"
+	@for i in 1 2 3; do bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 2 http://10.96.0.20/; done
+	@echo; echo "== api-c1's node c1/n2 stops: failure detection takes its backend out, clients fail over to c2"
+	bin/filament-lab node stop --name $(DEMO_LAB) c1/n2
+	@for i in $$(seq 50); do out=$$(bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 1 http://10.96.0.20/); [ "$$out" = api-c2 ] && break; sleep 0.2; done
+	@for i in 1 2 3; do bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 2 http://10.96.0.20/; done
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament service list
+	@echo; echo "== c1/n2 is back: clients fail back to c1"
+	bin/filament-lab node start --name $(DEMO_LAB) c1/n2
+	@for i in $$(seq 50); do out=$$(bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 1 http://10.96.0.20/); [ "$$out" = api-c1 ] && break; sleep 0.2; done
+	@for i in 1 2 3; do bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 2 http://10.96.0.20/; done
 	@echo; echo "== filament clustermesh status (c2/n1)"
 	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament clustermesh status
 	@echo; echo "The lab stays up: try 'bin/filament-lab status --name $(DEMO_LAB)'; remove it with 'make demo-down'."

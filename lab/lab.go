@@ -73,6 +73,8 @@ type Pod struct {
 	ContainerID string   `json:"containerID"`
 	IP          string   `json:"ip"`
 	Labels      []string `json:"labels"`
+	// Servers are the PIDs of `filament-lab pod serve` servers in the pod.
+	Servers []int `json:"servers,omitempty"`
 }
 
 // Cluster is one cluster of the lab: an underlay bridge joining its nodes
@@ -723,6 +725,9 @@ func (l *Lab) DeletePod(name string) error {
 }
 
 func (l *Lab) deletePod(p Pod) error {
+	for _, pid := range p.Servers {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 	n, err := l.Node(p.Node)
 	if err == nil {
 		if _, err := l.CNI(n, "DEL", p.ContainerID, NetNSPath(p.NetNS), "eth0", "", n.NetConf(nil)); err != nil {
@@ -730,6 +735,66 @@ func (l *Lab) deletePod(p Pod) error {
 		}
 	}
 	return run("ip", "netns", "del", p.NetNS)
+}
+
+// Serve starts, inside the pod, a server on port (TCP and UDP) that answers
+// with the pod's name: an HTTP response to an HTTP request, the name and a
+// newline to anything else. It runs until the pod or the lab is removed.
+func (l *Lab) Serve(pod string, port int) error {
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("port %d: want 1-65535", port)
+	}
+	unlock, err := lock(l.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := Load(l.Name)
+	if err != nil {
+		return err
+	}
+	*l = *cur
+	p, err := l.Pod(pod)
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(l.dir, "serve-"+p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", "netns", "exec", p.NetNS, filepath.Join(l.BinDir, "filament-lab"), "serve-name",
+		"--port", strconv.Itoa(port), "--reply", p.Name)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	go cmd.Wait()
+	// Ready when the port answers inside the pod.
+	for i := 0; ; i++ {
+		up := ns.WithNetNSPath(NetNSPath(p.NetNS), func(ns.NetNS) error {
+			c, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if up == nil {
+			break
+		}
+		if i == 50 || syscall.Kill(cmd.Process.Pid, 0) != nil {
+			syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+			return fmt.Errorf("server in pod %s on port %d did not start; see %s", p.Name, port, logf.Name())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for i := range l.Pods {
+		if l.Pods[i].Name == p.Name {
+			l.Pods[i].Servers = append(l.Pods[i].Servers, cmd.Process.Pid)
+		}
+	}
+	return l.save()
 }
 
 // PodCommand returns a command that runs argv inside the pod's namespace.

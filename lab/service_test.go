@@ -82,6 +82,13 @@ func testServices(t *testing.T, routing string) {
 	web2 := labtest.Pod(t, l, "n2", "web2", "app=web")
 	labtest.ServeName(t, lab.NetNSPath(web1.NetNS), 8080, "web1")
 	labtest.ServeName(t, lab.NetNSPath(web2.NetNS), 8080, "web2")
+	// filament-lab pod serve: a server the lab owns (stopped with the pod).
+	if err := l.Serve("web1", 9090); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := labtest.Who(lab.NetNSPath(clients[1].NetNS), web1.IP+":9090"); err != nil || name != "web1" {
+		t.Fatalf("pod serve: %q %v", name, err)
+	}
 	labtest.MustUpsertService(t, l, "n1", webDoc("", web1.IP, "active", web2.IP, "active"))
 
 	for _, on := range []string{"n1", "n2"} {

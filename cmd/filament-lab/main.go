@@ -130,7 +130,23 @@ func newRoot() *cobra.Command {
 			return interactive(c)
 		},
 	}
-	pod.AddCommand(podAdd, podDel, podExec)
+	var servePort int
+	podServe := &cobra.Command{
+		Use: "serve POD", Short: "Run a server in the pod (TCP and UDP) that answers with the pod's name; it stops with the pod", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			if err := l.Serve(args[0], servePort); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pod %s answers with its name on port %d (TCP, UDP, HTTP)\n", args[0], servePort)
+			return nil
+		},
+	}
+	podServe.Flags().IntVar(&servePort, "port", 8080, "port to serve on")
+	pod.AddCommand(podAdd, podDel, podExec, podServe)
 
 	execCmd := &cobra.Command{
 		Use: "exec NODE -- COMMAND...", Short: "Run a command in a node's namespace against its agent (e.g. filament status)", Args: cobra.MinimumNArgs(2),
@@ -204,7 +220,7 @@ func newRoot() *cobra.Command {
 	}
 	status.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 
-	root.AddCommand(up, down, pod, node, execCmd, status)
+	root.AddCommand(up, down, pod, node, execCmd, status, serveNameCmd())
 	return root
 }
 

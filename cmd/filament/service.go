@@ -64,7 +64,11 @@ func (c *cli) serviceCmd() *cobra.Command {
 			}
 			return c.print(done, func(w *tabwriter.Writer) {
 				for _, s := range done {
-					fmt.Fprintf(w, "Service %s stored (%d backends)\n", s.Key(), len(s.Backends))
+					plural := "s"
+					if len(s.Backends) == 1 {
+						plural = ""
+					}
+					fmt.Fprintf(w, "Service %s stored (%d backend%s)\n", s.Key(), len(s.Backends), plural)
 				}
 			})
 		},
