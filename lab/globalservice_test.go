@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/service"
