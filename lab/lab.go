@@ -875,7 +875,7 @@ func (l *Lab) KillAgent(node string) error {
 		return err
 	}
 	syscall.Kill(n.PID, syscall.SIGKILL)
-	for i := 0; i < 50 && syscall.Kill(n.PID, 0) == nil; i++ {
+	for i := 0; i < 50 && running(n.PID); i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
 	n.Running = false
@@ -894,6 +894,20 @@ func (l *Lab) StartAgent(ctx context.Context, node string) error {
 	return l.save()
 }
 
+// running reports whether pid is a live process: a zombie (an agent this
+// process started and has not reaped) counts as gone, and is reaped.
+func running(pid int) bool {
+	var ws syscall.WaitStatus
+	syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: the state follows the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
 func stopPID(pid int) {
 	if pid <= 0 {
 		return
@@ -902,7 +916,7 @@ func stopPID(pid int) {
 	syscall.Kill(-pid, syscall.SIGTERM)
 	syscall.Kill(pid, syscall.SIGTERM)
 	for i := 0; i < 100; i++ {
-		if syscall.Kill(pid, 0) != nil {
+		if !running(pid) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -44,6 +44,11 @@ func NewDetector(name string, ip netip.Addr, port int, notify func(name string, 
 	c.ProbeInterval = 200 * time.Millisecond
 	c.ProbeTimeout = 100 * time.Millisecond
 	c.SuspicionMult = 2
+	// Lifeguard slows a member's own probing when its probes fail without
+	// nacks; with few agents (no one to ask for indirect probes) every
+	// failed probe of a dead node counts against the prober, stretching
+	// detection to seconds. Off: a crash is declared in about a second.
+	c.AwarenessMaxMultiplier = 1
 	c.GossipInterval = 50 * time.Millisecond
 	c.PushPullInterval = 10 * time.Second
 	c.Logger = log.New(io.Discard, "", 0)

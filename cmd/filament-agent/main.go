@@ -266,9 +266,11 @@ func run(parent context.Context, cfg config.Config) error {
 	var detector *node.Detector
 	if cfg.MemberlistPort != 0 {
 		detector, err = node.NewDetector(cfg.NodeName, nodeIP, cfg.MemberlistPort, func(name string, alive bool) {
+			// Services first: new connections leave the node's backends
+			// before its routes go.
+			services.NodeAlive(cfg.ClusterName, name, alive)
 			reg.SetReachable(name, alive)
 			router.SetNodeDown(name, !alive)
-			services.NodeAlive(cfg.ClusterName, name, alive)
 			if !alive {
 				slog.Warn("node unreachable (failure detection)", "node", name)
 			}
