@@ -49,9 +49,10 @@ func preferredClusters(st service.Status) map[string]int {
 // over both; local stays local; deleting every local backend, or killing
 // their node, moves clients to the remote cluster and they recover; the
 // local backend coming back takes them back; a remote cluster that does
-// not share its backends contributes none.
+// not share its backends contributes none; a cluster withdrawn after its
+// TTL takes its backends with it.
 func TestGlobalServiceFailover(t *testing.T) {
-	l := labtest.UpClusters(t, 2, 2, "tunnel")
+	l := labtest.UpClusters(t, 2, 2, "tunnel", "--clustermesh-ttl", "3s")
 	client := labtest.Pod(t, l, "c1/n1", "client")
 	web1 := labtest.Pod(t, l, "c1/n2", "api-c1", "app=api")
 	web2 := labtest.Pod(t, l, "c2/n1", "api-c2", "app=api")
@@ -124,6 +125,30 @@ func TestGlobalServiceFailover(t *testing.T) {
 		ss := labtest.Services(t, l, "c2/n1")
 		return len(ss) == 1 && preferredClusters(ss[0])["c1"] == 1
 	})
+
+	// c2 shares again, affinity none; then c2's apiserver goes away: after
+	// the TTL c1 withdraws the cluster and its backends with it.
+	labtest.MustUpsertService(t, l, "c2/n1", globalDoc(global, web2.IP, "n1"))
+	labtest.MustUpsertService(t, l, "c1/n1", globalDoc(global, web1.IP, "n2"))
+	eventually(t, "both clusters preferred again", func() bool {
+		ss := labtest.Services(t, l, "c1/n1")
+		pc := preferredClusters(ss[0])
+		return pc["c1"] == 1 && pc["c2"] == 1
+	})
+	if err := l.StopKvstore("c2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "c2 withdrawn after its TTL, its backend gone", func() bool {
+		ss := labtest.Services(t, l, "c1/n1")
+		return len(ss[0].Clusters) == 1 && len(ss[0].Frontends[0].Backends) == 1
+	})
+	if got := labtest.Tally(path, vip, 20); got["c1"] != 20 {
+		t.Fatalf("after c2's withdrawal: answers %v, want only c1", got)
+	}
+	// Back, so the lab comes down quickly (CNI DEL needs c2's kvstore).
+	if err := l.StartKvstore("c2"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // BenchmarkGlobalServiceFailover: time from the last local backend going

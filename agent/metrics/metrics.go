@@ -24,6 +24,9 @@ type Sources struct {
 	PolicyEntries func() int
 	PolicyWrites  func() uint64
 	EventsLost    func() uint64
+	// Services and ServiceErrors: local services, failed service map writes.
+	Services      func() int
+	ServiceErrors func() int
 }
 
 var (
@@ -37,6 +40,8 @@ var (
 	polWrites   = prometheus.NewDesc("filament_policy_map_writes_total", "Writes (upserts and deletes) to the BPF policy map.", nil, nil)
 	pressure    = prometheus.NewDesc("filament_map_pressure_ratio", "Entries of a BPF map divided by its capacity.", []string{"map"}, nil)
 	eventsLost  = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
+	services    = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
+	svcErrors   = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
 )
 
 // Collector implements prometheus.Collector over Sources.
@@ -44,7 +49,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, services, svcErrors} {
 		ch <- d
 	}
 }
@@ -82,6 +87,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(endpoints, c.s.Endpoints)
 	gauge(identities, c.s.Identities)
 	gauge(polEntries, c.s.PolicyEntries)
+	gauge(services, c.s.Services)
+	if c.s.ServiceErrors != nil {
+		ch <- prometheus.MustNewConstMetric(svcErrors, prometheus.CounterValue, float64(c.s.ServiceErrors()))
+	}
 	if c.s.PolicyWrites != nil {
 		ch <- prometheus.MustNewConstMetric(polWrites, prometheus.CounterValue, float64(c.s.PolicyWrites()))
 	}

@@ -18,9 +18,11 @@ func TestExposition(t *testing.T) {
 				{Reason: datapath.ReasonPolicyDenied, Direction: policy.Ingress, Packets: 3, Bytes: 180},
 			}, nil
 		},
-		MapPressure: func() map[string]float64 { return map[string]float64{"policy": 0.25} },
-		Endpoints:   func() int { return 4 },
-		Identities:  func() int { return 9 },
+		MapPressure:   func() map[string]float64 { return map[string]float64{"policy": 0.25} },
+		Endpoints:     func() int { return 4 },
+		Identities:    func() int { return 9 },
+		Services:      func() int { return 3 },
+		ServiceErrors: func() int { return 1 },
 	})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -32,6 +34,8 @@ func TestExposition(t *testing.T) {
 		`filament_map_pressure_ratio{map="policy"} 0.25`,
 		`filament_endpoints 4`,
 		`filament_identities 9`,
+		`filament_services 3`,
+		`filament_service_datapath_errors_total 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("missing %q in\n%s", want, body)

@@ -343,6 +343,7 @@ func run(parent context.Context, cfg config.Config) error {
 		Counters: dp.Counters, MapPressure: dp.MapPressure,
 		Endpoints: func() int { return len(eps.List()) }, Identities: func() int { return len(ids.List()) },
 		PolicyEntries: engine.PolicyEntries, PolicyWrites: dp.PolicyWrites, EventsLost: hub.Lost,
+		Services: services.Count, ServiceErrors: services.Errors,
 	})
 	if cfg.PrometheusListen != "" {
 		msrv := &http.Server{Addr: cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}
