@@ -51,23 +51,18 @@ func BenchmarkServiceConnect(b *testing.B) {
 	var backends []netip.AddrPort
 	for _, name := range []string{"be1", "be2"} {
 		p := labtest.Pod(b, l, "n1", name)
-		ap := netip.AddrPortFrom(netip.MustParseAddr(p.IP), 8080)
-		stop, err := lbbench.Serve(lab.NetNSPath(p.NetNS), netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), "")
-		if err != nil {
+		// The servers are processes of their own (filament-lab pod serve),
+		// so the measuring process holds only the clients.
+		if err := l.Serve(name, 8080); err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(stop)
-		backends = append(backends, ap)
+		backends = append(backends, netip.AddrPortFrom(netip.MustParseAddr(p.IP), 8080))
 	}
 	path := lab.NetNSPath(client.NetNS)
 	n1, _ := l.Node("n1")
 	c := api.NewClient(n1.Socket)
 	const d = 3 * time.Second
 	have := 0
-	direct, err := lbbench.MeasureConnects(path, backends, d, 2)
-	if err != nil {
-		b.Fatal(err)
-	}
 	for _, n := range benchSizes(b) {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			if n > have {
@@ -81,6 +76,10 @@ func BenchmarkServiceConnect(b *testing.B) {
 				k := i * n / 64
 				ours = append(ours, netip.AddrPortFrom(vip(96, k), 80))
 				theirs = append(theirs, netip.AddrPortFrom(vip(97, k), 80))
+			}
+			direct, err := lbbench.MeasureConnects(path, backends, d, 2)
+			if err != nil {
+				b.Fatal(err)
 			}
 			fil, err := lbbench.MeasureConnects(path, ours, d, 2)
 			if err != nil {
@@ -101,8 +100,11 @@ func BenchmarkServiceConnect(b *testing.B) {
 				b.Fatal(err)
 			}
 			if fil.Errors > 0 || ipt.Errors > 0 {
-				b.Fatalf("failed connects: filament %d (%v), iptables %d (%v)", fil.Errors, fil.FirstErr, ipt.Errors, ipt.FirstErr)
+				b.Logf("failed connects (1 s timeout): filament %d of %d (%v), iptables %d of %d (%v)",
+					fil.Errors, fil.Connects+fil.Errors, fil.FirstErr, ipt.Errors, ipt.Connects+ipt.Errors, ipt.FirstErr)
 			}
+			b.ReportMetric(float64(fil.Errors), "filament-failed")
+			b.ReportMetric(float64(ipt.Errors), "iptables-failed")
 			b.ReportMetric(fil.Rate, "filament-conn/s")
 			b.ReportMetric(float64(fil.P99.Microseconds()), "filament-p99-us")
 			b.ReportMetric(ipt.Rate, "iptables-conn/s")

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -224,7 +225,9 @@ func (d *Datapath) Frontends() []Frontend {
 	for fe := range d.lb.services {
 		out = append(out, fe)
 	}
-	slices.SortFunc(out, func(a, b Frontend) int { return a.IP.Compare(b.IP)*4 + int(a.Port) - int(b.Port) })
+	slices.SortFunc(out, func(a, b Frontend) int {
+		return cmp.Or(a.IP.Compare(b.IP), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto))
+	})
 	return out
 }
 
