@@ -1,0 +1,390 @@
+// Package wireguard owns the node's WireGuard device for transparent
+// encryption: the node's key pair (private key only on the node, 0600), the
+// device (kernel WireGuard through netlink where the module exists, else the
+// embedded userspace implementation with its UAPI socket), and its peers —
+// always configured through wgctrl, whichever implementation runs.
+package wireguard
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Device name, port and the MTU WireGuard takes from the underlay's
+// (outer IPv4 20 + UDP 8 + WireGuard header 16 + tag 16 = 60; 80 leaves room
+// for IPv6 underlays, as wg-quick does).
+const (
+	DeviceName = "filament_wg0"
+	Port       = 51871
+	Overhead   = 80
+)
+
+// ErrKey: the key file cannot be read or written safely.
+var ErrKey = errors.New("wireguard key")
+
+// LoadOrCreateKey reads the private key at path, creating one (mode 0600)
+// when there is none. A key file readable by others is refused.
+func LoadOrCreateKey(path string) (wgtypes.Key, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			return wgtypes.Key{}, err
+		}
+		if err := writeKey(path, k); err != nil {
+			return wgtypes.Key{}, err
+		}
+		return k, nil
+	}
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("%w: %v", ErrKey, err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("%w: %v", ErrKey, err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return wgtypes.Key{}, fmt.Errorf("%w: %s has mode %o; the private key must be 0600", ErrKey, path, st.Mode().Perm())
+	}
+	k, err := wgtypes.ParseKey(string(trimSpace(data)))
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("%w: %s: %v", ErrKey, path, err)
+	}
+	return k, nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// writeKey replaces the key file atomically, 0600.
+func writeKey(path string, k wgtypes.Key) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("%w: %v", ErrKey, err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("%w: %v", ErrKey, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("%w: %v", ErrKey, err)
+	}
+	return nil
+}
+
+// Peer is another node this one encrypts to.
+type Peer struct {
+	Name       string
+	PublicKey  wgtypes.Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+}
+
+// Config of the device.
+type Config struct {
+	Name    string // DeviceName when empty
+	Port    int    // Port when 0
+	MTU     int
+	KeyPath string
+	// PrivateRunDir mounts a private tmpfs on the UAPI socket directory
+	// (labs running several agents, each in its own mount namespace, on
+	// one machine); never on a real node.
+	PrivateRunDir bool
+}
+
+// Device is the node's WireGuard device.
+type Device struct {
+	cfg  Config
+	Type string // "kernel" or "userspace"
+
+	mu      sync.Mutex
+	key     wgtypes.Key
+	peers   map[wgtypes.Key]Peer
+	wg      *wgctrl.Client
+	user    *device.Device
+	uapi    net.Listener
+	ifindex int
+}
+
+const runDir = "/var/run/wireguard"
+
+// Open creates (or takes over) the device with the node's key and port.
+func Open(cfg Config) (*Device, error) {
+	if cfg.Name == "" {
+		cfg.Name = DeviceName
+	}
+	if cfg.Port == 0 {
+		cfg.Port = Port
+	}
+	key, err := LoadOrCreateKey(cfg.KeyPath)
+	if err != nil {
+		return nil, err
+	}
+	d := &Device{cfg: cfg, key: key, peers: map[wgtypes.Key]Peer{}}
+	if l, err := netlink.LinkByName(cfg.Name); err == nil {
+		// A device left by an earlier agent: a kernel one is reused, a
+		// userspace one died with its process and is recreated.
+		if l.Type() == "wireguard" {
+			d.Type = "kernel"
+		} else {
+			netlink.LinkDel(l)
+		}
+	}
+	if d.Type == "" {
+		err := netlink.LinkAdd(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: cfg.Name, MTU: cfg.MTU}})
+		switch {
+		case err == nil:
+			d.Type = "kernel"
+		case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTSUP):
+			slog.Info("no WireGuard kernel module; using the embedded userspace implementation", "device", cfg.Name)
+			if err := d.openUserspace(); err != nil {
+				return nil, err
+			}
+			d.Type = "userspace"
+		default:
+			return nil, fmt.Errorf("create %s: %w", cfg.Name, err)
+		}
+	}
+	l, err := netlink.LinkByName(cfg.Name)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.ifindex = l.Attrs().Index
+	if err := netlink.LinkSetMTU(l, cfg.MTU); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("%s mtu: %w", cfg.Name, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("%s up: %w", cfg.Name, err)
+	}
+	if d.wg, err = wgctrl.New(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	port := cfg.Port
+	if err := d.wg.ConfigureDevice(cfg.Name, wgtypes.Config{PrivateKey: &key, ListenPort: &port, ReplacePeers: true}); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("configure %s: %w", cfg.Name, err)
+	}
+	return d, nil
+}
+
+func (d *Device) openUserspace() error {
+	if d.cfg.PrivateRunDir {
+		if err := os.MkdirAll(runDir, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount("tmpfs", runDir, "tmpfs", 0, "mode=0755"); err != nil {
+			return fmt.Errorf("private %s: %w", runDir, err)
+		}
+	}
+	t, err := tun.CreateTUN(d.cfg.Name, d.cfg.MTU)
+	if err != nil {
+		return fmt.Errorf("create TUN %s: %w", d.cfg.Name, err)
+	}
+	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: func(f string, a ...any) {
+		slog.Debug("wireguard: " + fmt.Sprintf(f, a...))
+	}}
+	d.user = device.NewDevice(t, conn.NewDefaultBind(), logger)
+	f, err := ipc.UAPIOpen(d.cfg.Name)
+	if err != nil {
+		d.user.Close()
+		return fmt.Errorf("UAPI socket of %s: %w", d.cfg.Name, err)
+	}
+	d.uapi, err = ipc.UAPIListen(d.cfg.Name, f)
+	if err != nil {
+		d.user.Close()
+		return fmt.Errorf("UAPI listen %s: %w", d.cfg.Name, err)
+	}
+	// Configuration through the UAPI socket may open the device's UDP
+	// socket again (a new listen port), so it is handled on a thread in the
+	// device's network namespace, which need not be the process's.
+	here, err := netns.Get()
+	if err != nil {
+		d.user.Close()
+		return err
+	}
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the loop
+		defer here.Close()
+		if err := netns.Set(here); err != nil {
+			slog.Error("wireguard UAPI: enter the device's network namespace", "err", err)
+			return
+		}
+		for {
+			c, err := d.uapi.Accept()
+			if err != nil {
+				return
+			}
+			d.user.IpcHandle(c)
+		}
+	}()
+	return d.user.Up()
+}
+
+// Close removes the device (a kernel one stays for the next agent).
+func (d *Device) Close() {
+	if d.wg != nil {
+		d.wg.Close()
+	}
+	if d.uapi != nil {
+		d.uapi.Close()
+	}
+	if d.user != nil {
+		d.user.Close()
+	}
+}
+
+// PublicKey is the node's current public key.
+func (d *Device) PublicKey() wgtypes.Key {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.key.PublicKey()
+}
+
+// IfIndex is the device's interface index.
+func (d *Device) IfIndex() int { return d.ifindex }
+
+// Name is the device's name.
+func (d *Device) Name() string { return d.cfg.Name }
+
+// Port is the UDP port the device listens on.
+func (d *Device) Port() int { return d.cfg.Port }
+
+func prefixes(ps []netip.Prefix) []net.IPNet {
+	out := make([]net.IPNet, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())})
+	}
+	return out
+}
+
+// SetPeer adds or updates one peer (its allowed IPs replaced); a peer with
+// the same name and another key (a rotation) is replaced.
+func (d *Device) SetPeer(p Peer) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var cfg wgtypes.Config
+	for k, old := range d.peers {
+		if old.Name == p.Name && k != p.PublicKey {
+			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
+			delete(d.peers, k)
+		}
+	}
+	ep := net.UDPAddrFromAddrPort(p.Endpoint)
+	keepalive := 25 * time.Second
+	cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Endpoint: ep, ReplaceAllowedIPs: true,
+		AllowedIPs: prefixes(p.AllowedIPs), PersistentKeepaliveInterval: &keepalive})
+	if err := d.wg.ConfigureDevice(d.cfg.Name, cfg); err != nil {
+		return fmt.Errorf("wireguard peer %s: %w", p.Name, err)
+	}
+	d.peers[p.PublicKey] = p
+	return nil
+}
+
+// RemovePeer removes the peer of that name.
+func (d *Device) RemovePeer(name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var cfg wgtypes.Config
+	for k, p := range d.peers {
+		if p.Name == name {
+			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
+			delete(d.peers, k)
+		}
+	}
+	if len(cfg.Peers) == 0 {
+		return nil
+	}
+	return d.wg.ConfigureDevice(d.cfg.Name, cfg)
+}
+
+// Rotate makes a new key pair, writes it and configures the device with it;
+// the caller publishes the new public key so peers follow.
+func (d *Device) Rotate() (wgtypes.Key, error) {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, err
+	}
+	if err := writeKey(d.cfg.KeyPath, k); err != nil {
+		return wgtypes.Key{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.wg.ConfigureDevice(d.cfg.Name, wgtypes.Config{PrivateKey: &k}); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("rotate %s key: %w", d.cfg.Name, err)
+	}
+	d.key = k
+	return k.PublicKey(), nil
+}
+
+// PeerStatus is one peer as the device reports it.
+type PeerStatus struct {
+	Name          string    `json:"name"`
+	PublicKey     string    `json:"publicKey"`
+	Endpoint      string    `json:"endpoint"`
+	AllowedIPs    []string  `json:"allowedIPs"`
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	RxBytes       int64     `json:"rxBytes"`
+	TxBytes       int64     `json:"txBytes"`
+}
+
+// Peers reads the peers from the device.
+func (d *Device) Peers() ([]PeerStatus, error) {
+	dev, err := d.wg.Device(d.cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	names := map[wgtypes.Key]string{}
+	for k, p := range d.peers {
+		names[k] = p.Name
+	}
+	d.mu.Unlock()
+	var out []PeerStatus
+	for _, p := range dev.Peers {
+		ps := PeerStatus{Name: names[p.PublicKey], PublicKey: p.PublicKey.String(), LastHandshake: p.LastHandshakeTime,
+			RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes}
+		if p.Endpoint != nil {
+			ps.Endpoint = p.Endpoint.String()
+		}
+		for _, a := range p.AllowedIPs {
+			ps.AllowedIPs = append(ps.AllowedIPs, a.String())
+		}
+		out = append(out, ps)
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
