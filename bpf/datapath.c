@@ -38,7 +38,8 @@ enum reason {
 	REASON_TUNNEL_SOURCE = 8,   // encapsulated packet from an address that is not a known node
 	REASON_NO_BACKEND = 9,      // a service frontend with no backend to take the connection
 	REASON_LB_NAT = 10,         // a NodePort translation could not be set up (no free source port)
-	REASON_MAX = 11,
+	REASON_NO_ENCRYPT_PEER = 11, // strict encryption: the destination's node is not an encryption peer yet
+	REASON_MAX = 12,
 };
 
 enum event_type {
@@ -135,10 +136,13 @@ struct counter {
 	__u64 bytes;
 };
 
+#define ENCRYPT_ON 1     // pod traffic to other nodes goes through the encryption device
+#define ENCRYPT_STRICT 2 // ... and is dropped when the node is not a peer
+
 // Node-wide settings written by the agent (one entry).
 struct node_config {
 	__u32 vxlan_ifindex; // 0 = no tunnel (native routing)
-	__u32 pad;
+	__u32 encrypt;       // ENCRYPT_* flags
 };
 
 struct event {
@@ -212,6 +216,16 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } nodes SEC(".maps");
+
+// encrypt_peers: underlay addresses of the nodes traffic is encrypted to
+// (authenticated WireGuard peers); the kernel routes their pod CIDRs
+// through the encryption device.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} encrypt_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -498,6 +512,21 @@ static __always_inline int encap(struct __sk_buff *skb, __u32 tunnel_ip, __u32 i
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
+// encrypt_route decides how a packet for a pod on node reaches it: 0 =
+// routed through the encryption device (node is a peer), -1 = the usual
+// way (encryption off, or not strict and no peer yet), or
+// REASON_NO_ENCRYPT_PEER (strict: it would leave in clear).
+static __always_inline int encrypt_route(__u32 node)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !(cfg->encrypt & ENCRYPT_ON))
+		return -1;
+	if (bpf_map_lookup_elem(&encrypt_peers, &node))
+		return 0;
+	return (cfg->encrypt & ENCRYPT_STRICT) ? REASON_NO_ENCRYPT_PEER : -1;
+}
+
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
@@ -531,8 +560,14 @@ int from_container(struct __sk_buff *skb)
 		r = lb_reverse(skb, &p);
 		if (r >= 0)
 			return r;
-		if (remote && remote->tunnel_ip)
+		if (remote && remote->tunnel_ip) {
+			r = encrypt_route(remote->tunnel_ip);
+			if (r == REASON_NO_ENCRYPT_PEER)
+				return drop(skb, r, DIR_EGRESS, src->ep_id, 0, src->identity, dst_id, &p);
+			if (r == 0)
+				return TC_ACT_OK; // the kernel routes it through the encryption device
 			return encap(skb, remote->tunnel_ip, src->identity);
+		}
 		return TC_ACT_OK; // the node routes it
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.

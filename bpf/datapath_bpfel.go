@@ -179,7 +179,7 @@ type DatapathLbSockValue struct {
 type DatapathNodeConfig struct {
 	_            structs.HostLayout
 	VxlanIfindex uint32
-	Pad          uint32
+	Encrypt      uint32
 }
 
 type DatapathPolicyKey struct {
@@ -208,6 +208,7 @@ const (
 	DatapathMapConfig            = "config"
 	DatapathMapConntrack         = "conntrack"
 	DatapathMapCounters          = "counters"
+	DatapathMapEncryptPeers      = "encrypt_peers"
 	DatapathMapEndpoints         = "endpoints"
 	DatapathMapEvents            = "events"
 	DatapathMapIpcache           = "ipcache"
@@ -312,6 +313,7 @@ type DatapathMapSpecs struct {
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	EncryptPeers *ebpf.MapSpec `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
@@ -378,6 +380,7 @@ type DatapathMaps struct {
 	Config       *ebpf.Map `ebpf:"config"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	Counters     *ebpf.Map `ebpf:"counters"`
+	EncryptPeers *ebpf.Map `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
@@ -398,6 +401,7 @@ func (m *DatapathMaps) Close() error {
 		m.Config,
 		m.Conntrack,
 		m.Counters,
+		m.EncryptPeers,
 		m.Endpoints,
 		m.Events,
 		m.Ipcache,

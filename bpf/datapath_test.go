@@ -327,3 +327,43 @@ func TestEventsRingBuffer(t *testing.T) {
 		t.Fatalf("event types %v, want verdict then drop", types)
 	}
 }
+
+// Encryption: a pod's packet for a pod on another node goes to the kernel
+// (which routes it through the WireGuard device) when that node is an
+// encryption peer; in strict mode it is dropped and counted while the node
+// is not one yet; without strict mode it takes the usual way.
+func TestEncryptionStrictMode(t *testing.T) {
+	f := load(t)
+	const reasonNoEncryptPeer = 11
+	remotePod := net.IPv4(10, 9, 1, 5).To4()
+	node := net.IPv4(172, 30, 0, 9).To4()
+	ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(remotePod)}
+	iv := DatapathIpcacheValue{Identity: peerID, TunnelIp: ip4(node)}
+	if err := f.objs.Ipcache.Put(&ik, &iv); err != nil {
+		t.Fatal(err)
+	}
+	setCfg := func(encrypt uint32) {
+		k := uint32(0)
+		v := DatapathNodeConfig{Encrypt: encrypt}
+		if err := f.objs.Config.Put(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.rule(dirEgress, peerID, 17, 53, 24, false) // the pod may send DNS to the remote pod
+	setCfg(3)                                    // on, strict
+	if r := f.run(f.objs.FromContainer, udp(t, podIP, remotePod, 5000, 53)); r != actShot || f.count(reasonNoEncryptPeer, dirEgress) != 1 {
+		t.Fatalf("strict, node not a peer: verdict %d, counted %d", r, f.count(reasonNoEncryptPeer, dirEgress))
+	}
+	nk, one := ip4(node), uint32(1)
+	if err := f.objs.EncryptPeers.Put(&nk, &one); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.run(f.objs.FromContainer, udp(t, podIP, remotePod, 5001, 53)); r != actOK {
+		t.Fatalf("strict, node a peer: verdict %d", r)
+	}
+	f.objs.EncryptPeers.Delete(&nk)
+	setCfg(1) // on, not strict: no peer yet, the usual way (no tunnel here: the kernel routes it)
+	if r := f.run(f.objs.FromContainer, udp(t, podIP, remotePod, 5002, 53)); r != actOK || f.count(reasonNoEncryptPeer, dirEgress) != 1 {
+		t.Fatalf("not strict, no peer: verdict %d", r)
+	}
+}

@@ -483,7 +483,10 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		"--clustermesh-config", clustermesh.RemotesDir(c.Bundle),
 		"--node-ip", n.IP, "--routing", l.Routing,
 		"--cluster-pool", c.Pool, "--pod-cidr-size", strconv.Itoa(prefix),
-		"--bpf-root", l.bpffs()}, l.AgentArgs...)
+		"--bpf-root", l.bpffs(),
+		// Each agent runs in its own mount namespace (ip netns exec), so
+		// it can keep the embedded WireGuard's UAPI socket to itself.
+		"--wireguard-private-run-dir"}, l.AgentArgs...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

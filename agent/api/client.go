@@ -276,3 +276,16 @@ func (c *Client) Service(ctx context.Context, namespace, name string) (service.S
 func (c *Client) DeleteService(ctx context.Context, namespace, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/services/"+url.PathEscape(namespace)+"/"+url.PathEscape(name), nil, "", nil)
 }
+
+// Encryption reports the node's transparent encryption.
+func (c *Client) Encryption(ctx context.Context) (EncryptionStatus, error) {
+	var out EncryptionStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/encryption", nil, "", &out)
+}
+
+// RotateKey makes the node rotate its encryption key; it returns the new public key.
+func (c *Client) RotateKey(ctx context.Context) (string, error) {
+	var out map[string]string
+	err := c.do(ctx, http.MethodPost, "/v1/encryption/rotate-key", nil, "", &out)
+	return out["publicKey"], err
+}

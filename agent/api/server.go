@@ -24,6 +24,7 @@ import (
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
+	"github.com/filament-net/filament/crypto/wireguard"
 )
 
 // Endpoints is what the API needs of the endpoint manager.
@@ -70,6 +71,10 @@ type Server struct {
 	Trace func(src, dst labels.Labels, proto uint8, port uint16) policy.TraceResult
 	// Services manages the cluster's services (nil: none).
 	Services Services
+	// Encryption reports the node's transparent encryption (nil: none).
+	Encryption func() (EncryptionStatus, error)
+	// RotateKey makes and publishes a new encryption key (nil: none).
+	RotateKey func(ctx context.Context) (string, error)
 
 	srv *http.Server
 }
@@ -104,6 +109,29 @@ func (s *Server) Handler() http.Handler {
 			nodes = s.Nodes()
 		}
 		reply(w, http.StatusOK, nodes)
+	})
+	mux.HandleFunc("GET /v1/encryption", func(w http.ResponseWriter, r *http.Request) {
+		st := EncryptionStatus{Mode: "none", Peers: []wireguard.PeerStatus{}}
+		if s.Encryption != nil {
+			var err error
+			if st, err = s.Encryption(); err != nil {
+				fail(w, err)
+				return
+			}
+		}
+		reply(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /v1/encryption/rotate-key", func(w http.ResponseWriter, r *http.Request) {
+		if s.RotateKey == nil {
+			fail(w, fmt.Errorf("%w: this agent does not encrypt", errBadRequest))
+			return
+		}
+		pub, err := s.RotateKey(r.Context())
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, map[string]string{"publicKey": pub})
 	})
 	mux.HandleFunc("GET /v1/services", s.listServices)
 	mux.HandleFunc("PUT /v1/services", s.upsertService)

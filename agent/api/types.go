@@ -4,6 +4,7 @@
 package api
 
 import (
+	"github.com/filament-net/filament/crypto/wireguard"
 	"time"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -93,4 +94,17 @@ type PolicyImportResult struct {
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"error"`
+}
+
+// EncryptionStatus is the node's transparent encryption.
+type EncryptionStatus struct {
+	Mode      string                 `json:"mode"` // none, wireguard, ipsec
+	Strict    bool                   `json:"strict"`
+	Device    string                 `json:"device,omitempty"`
+	Type      string                 `json:"type,omitempty"` // kernel or userspace
+	PublicKey string                 `json:"publicKey,omitempty"`
+	Port      int                    `json:"port,omitempty"`
+	Peers     []wireguard.PeerStatus `json:"peers"`
+	// StrictDrops counts packets strict mode dropped (no peer yet).
+	StrictDrops uint64 `json:"strictDrops"`
 }

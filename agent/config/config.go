@@ -130,6 +130,17 @@ type Config struct {
 	// CgroupRoot is the cgroup v2 directory the socket programs attach to
 	// ("" = the cgroup2 mount).
 	CgroupRoot string `json:"cgroupRoot"`
+	// Encryption of pod traffic between nodes: none, wireguard or ipsec.
+	Encryption string `json:"encryption"`
+	// EncryptionStrict drops pod traffic to a node that is not an
+	// encryption peer (yet) instead of sending it in clear.
+	EncryptionStrict bool `json:"encryptionStrict"`
+	// IPsecKeyFile holds the IPsec keys (encryption: ipsec).
+	IPsecKeyFile string `json:"ipsecKeyFile"`
+	// WireGuardPrivateRunDir mounts a private tmpfs on /var/run/wireguard
+	// for the embedded WireGuard's UAPI socket (labs: several agents, each in
+	// its own mount namespace, on one machine).
+	WireGuardPrivateRunDir bool `json:"wireguardPrivateRunDir"`
 }
 
 // EmbeddedEtcd configures the etcd the agent starts itself.
@@ -162,6 +173,7 @@ func Default() Config {
 		LBAlgorithm:         "random",
 		MaglevTableSize:     maglev.DefaultSize,
 		SocketLB:            true,
+		Encryption:          "none",
 	}
 }
 
@@ -264,6 +276,18 @@ func (c Config) Validate() error {
 	case "auto", "tcx", "tc":
 	default:
 		return fmt.Errorf("%w: datapathAttach %q: want auto, tcx or tc", ErrInvalid, c.DatapathAttach)
+	}
+	switch c.Encryption {
+	case "none", "wireguard":
+	case "ipsec":
+		if c.IPsecKeyFile == "" {
+			return fmt.Errorf("%w: ipsecKeyFile: required with encryption ipsec", ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("%w: encryption %q: want none, wireguard or ipsec", ErrInvalid, c.Encryption)
+	}
+	if c.EncryptionStrict && c.Encryption == "none" {
+		return fmt.Errorf("%w: encryptionStrict: needs encryption wireguard or ipsec", ErrInvalid)
 	}
 	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
 		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)

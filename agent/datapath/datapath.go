@@ -40,13 +40,15 @@ const (
 	ReasonTunnelSource   = 8
 	ReasonNoBackend      = 9
 	ReasonLBNAT          = 10
-	reasonMax            = 11
+	ReasonNoEncryptPeer  = 11
+	reasonMax            = 12
 )
 
 var reasonNames = [reasonMax]string{
 	"forwarded", "policy denied", "policy deny rule", "no conntrack entry",
 	"invalid packet", "fragment not supported", "unsupported L3 protocol", "source address not of the endpoint",
 	"tunnel source not a known node", "service has no backend", "no free NodePort source port",
+	"encryption: node is not a peer (strict)",
 }
 
 // ReasonName is the text of a reason code.
@@ -426,14 +428,72 @@ func (d *Datapath) MapPressure() map[string]float64 {
 	return out
 }
 
-// SetTunnel tells the programs which device encapsulates (0: none).
-func (d *Datapath) SetTunnel(vxlanIfIndex int) error {
+// setConfig changes the node config entry under the lock.
+func (d *Datapath) setConfig(f func(*bpf.DatapathNodeConfig)) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	k := uint32(0)
-	v := bpf.DatapathNodeConfig{VxlanIfindex: uint32(vxlanIfIndex)}
+	var v bpf.DatapathNodeConfig
+	if err := d.objs.Config.Lookup(&k, &v); err != nil {
+		return fmt.Errorf("config map: %w", err)
+	}
+	f(&v)
 	if err := d.objs.Config.Put(&k, &v); err != nil {
 		return fmt.Errorf("config map: %w", err)
 	}
 	return nil
+}
+
+// SetTunnel tells the programs which device encapsulates (0: none).
+func (d *Datapath) SetTunnel(vxlanIfIndex int) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.VxlanIfindex = uint32(vxlanIfIndex) })
+}
+
+// Encryption flags in the node config (bpf/datapath.c ENCRYPT_*).
+const (
+	encryptOn     = 1
+	encryptStrict = 2
+)
+
+// SetEncryption turns routing of pod traffic to peers through the
+// encryption device on or off; strict drops traffic to nodes that are not
+// peers instead of sending it in clear.
+func (d *Datapath) SetEncryption(on, strict bool) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
+		v.Encrypt = 0
+		if on {
+			v.Encrypt |= encryptOn
+			if strict {
+				v.Encrypt |= encryptStrict
+			}
+		}
+	})
+}
+
+// UpsertEncryptPeer marks the node at ip as an encryption peer.
+func (d *Datapath) UpsertEncryptPeer(ip netip.Addr) error {
+	k, v := ipv4(ip), uint32(1)
+	if err := d.objs.EncryptPeers.Put(&k, &v); err != nil {
+		return fmt.Errorf("encrypt peers: put %s: %w", ip, err)
+	}
+	return nil
+}
+
+// DeleteEncryptPeer forgets an encryption peer.
+func (d *Datapath) DeleteEncryptPeer(ip netip.Addr) {
+	k := ipv4(ip)
+	d.objs.EncryptPeers.Delete(&k)
+}
+
+// EncryptPeers lists the encryption peers.
+func (d *Datapath) EncryptPeers() (map[netip.Addr]bool, error) {
+	out := map[netip.Addr]bool{}
+	var k, v uint32
+	it := d.objs.EncryptPeers.Iterate()
+	for it.Next(&k, &v) {
+		out[addrFrom(k)] = true
+	}
+	return out, it.Err()
 }
 
 // UpsertNode marks ip as a node of the cluster (accepted tunnel source).

@@ -40,6 +40,8 @@ type Node struct {
 	PodCIDRs  []string `json:"podCIDRs"`
 	Routing   string   `json:"routing"`
 	Health    string   `json:"health"`
+	// WireGuardKey is the node's WireGuard public key (encryption on).
+	WireGuardKey string `json:"wireguardPublicKey,omitempty"`
 	// Reachable is this agent's view from failure detection (not stored).
 	Reachable bool `json:"reachable"`
 }
@@ -141,8 +143,20 @@ func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, 
 }
 
 func (r *Registry) publish(ctx context.Context, lease int64) error {
+	r.mu.Lock()
 	b, _ := json.Marshal(r.self)
-	return r.kv.Put(ctx, r.key(r.self), b, lease)
+	key := r.key(r.self)
+	r.mu.Unlock()
+	return r.kv.Put(ctx, key, b, lease)
+}
+
+// UpdateSelf changes this node's record and publishes it (e.g. a rotated
+// WireGuard key).
+func (r *Registry) UpdateSelf(ctx context.Context, f func(*Node)) error {
+	r.mu.Lock()
+	f(&r.self)
+	r.mu.Unlock()
+	return r.publish(ctx, r.lease.ID())
 }
 
 // Subscribe calls f for every node that appears, changes or goes (this
@@ -205,7 +219,11 @@ func (r *Registry) SetReachable(name string, ok bool) {
 }
 
 // Self is this node's record.
-func (r *Registry) Self() Node { return r.self }
+func (r *Registry) Self() Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.self
+}
 
 // List returns every node of the cluster by name, with reachability.
 func (r *Registry) List() []Node {

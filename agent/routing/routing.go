@@ -1,7 +1,8 @@
 // Package routing owns how pod traffic reaches other nodes: in tunnel mode
 // the VXLAN device (external mode, UDP 8472) that the programs encapsulate
 // into, with the source identity as VNI; in native mode kernel routes to
-// each remote pod CIDR through the peer's underlay address. It follows the
+// each remote pod CIDR through the peer's underlay address; with encryption,
+// routes to each peer's pod CIDRs through the WireGuard device. It follows the
 // node registry and the cluster ipcache and writes the datapath's remote
 // ipcache entries and known-node addresses.
 package routing
@@ -12,14 +13,17 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/crypto/wireguard"
 )
 
 // Modes.
@@ -36,6 +40,16 @@ const (
 	VXLANOverhead = 50
 )
 
+// Encryption is the node's WireGuard device as the router uses it: every
+// other node with a WireGuard key becomes a peer whose pod CIDRs are routed
+// through the device.
+type Encryption interface {
+	SetPeer(p wireguard.Peer) error
+	RemovePeer(name string) error
+	IfIndex() int
+	Port() int
+}
+
 // ErrMode: an unknown routing mode.
 var ErrMode = errors.New("routing mode must be tunnel or native")
 
@@ -44,6 +58,8 @@ type Router struct {
 	dp   *datapath.Datapath
 	mode string
 	self string
+
+	enc Encryption
 
 	mu      sync.Mutex
 	nodes   map[string]node.Node
@@ -102,12 +118,68 @@ func ensureVXLAN() (int, error) {
 	return l.Attrs().Index, nil
 }
 
-// PodMTU is the MTU pods get on an underlay of underlayMTU in mode.
-func PodMTU(mode string, underlayMTU int) int {
+// PodMTU is the MTU pods get on an underlay of underlayMTU in mode, less
+// WireGuard's overhead when traffic is encrypted.
+func PodMTU(mode string, underlayMTU int, encrypted bool) int {
+	if encrypted {
+		return underlayMTU - wireguard.Overhead
+	}
 	if mode == Tunnel {
 		return underlayMTU - VXLANOverhead
 	}
 	return underlayMTU
+}
+
+// SetEncryption routes pod traffic to other nodes through e (call before
+// nodes are learned).
+func (r *Router) SetEncryption(e Encryption) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.enc = e
+}
+
+func cidrs(n node.Node) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range n.PodCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func ipnet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
+}
+
+// encryptTo makes n a WireGuard peer: its pod CIDRs are its allowed IPs
+// and are routed through the device; the programs send its pods' traffic
+// there. A node without a key is not a peer (strict mode drops traffic to it).
+func (r *Router) encryptTo(n node.Node, ip netip.Addr) bool {
+	key, err := wgtypes.ParseKey(n.WireGuardKey)
+	if n.WireGuardKey == "" || err != nil {
+		r.enc.RemovePeer(n.Name)
+		r.dp.DeleteEncryptPeer(ip)
+		if n.WireGuardKey != "" {
+			slog.Warn("node has an invalid WireGuard key; not a peer", "node", n.Name, "err", err)
+		}
+		return false
+	}
+	p := wireguard.Peer{Name: n.Name, PublicKey: key, Endpoint: netip.AddrPortFrom(ip, uint16(r.enc.Port())), AllowedIPs: cidrs(n)}
+	if err := r.enc.SetPeer(p); err != nil {
+		slog.Error("wireguard peer", "node", n.Name, "err", err)
+		return false
+	}
+	for _, c := range p.AllowedIPs {
+		rt := &netlink.Route{Dst: ipnet(c), LinkIndex: r.enc.IfIndex(), Scope: netlink.SCOPE_LINK}
+		if err := netlink.RouteReplace(rt); err != nil {
+			slog.Error("route to a remote pod CIDR through WireGuard", "node", n.Name, "cidr", c, "err", err)
+		}
+	}
+	if err := r.dp.UpsertEncryptPeer(ip); err != nil {
+		slog.Error("encrypt peers map", "node", n.Name, "err", err)
+	}
+	return true
 }
 
 // Mode is the routing mode.
@@ -121,6 +193,15 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		return
 	}
 	old, had := r.nodes[n.Name]
+	if had && !deleted && r.enc != nil && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs) {
+		// Same addresses (e.g. a rotated key): update in place, so its
+		// traffic is never without a route or a peer.
+		r.nodes[n.Name] = n
+		if !r.down[n.Name] {
+			r.learnNode(n)
+		}
+		return
+	}
 	if had {
 		r.forgetNode(old)
 	}
@@ -142,6 +223,9 @@ func (r *Router) learnNode(n node.Node) {
 	if err := r.dp.UpsertNode(ip); err != nil {
 		slog.Error("nodes map", "node", n.Name, "err", err)
 	}
+	if r.enc != nil && r.encryptTo(n, ip) {
+		return
+	}
 	if r.mode == Native {
 		for _, c := range n.PodCIDRs {
 			p, err := netip.ParsePrefix(c)
@@ -159,8 +243,12 @@ func (r *Router) learnNode(n node.Node) {
 func (r *Router) forgetNode(n node.Node) {
 	if ip := n.IP(); ip.IsValid() {
 		r.dp.DeleteNode(ip)
+		if r.enc != nil {
+			r.enc.RemovePeer(n.Name)
+			r.dp.DeleteEncryptPeer(ip)
+		}
 	}
-	if r.mode == Native {
+	if r.mode == Native || r.enc != nil {
 		for _, c := range n.PodCIDRs {
 			if p, err := netip.ParsePrefix(c); err == nil {
 				netlink.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}})
@@ -187,8 +275,10 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 }
 
 func (r *Router) writeEntry(e ipcache.Entry) {
+	// The node of a remote pod: the tunnel endpoint, and the encryption
+	// peer its traffic must go to.
 	var tunnel netip.Addr
-	if r.mode == Tunnel {
+	if r.mode == Tunnel || r.enc != nil {
 		tunnel = e.HostIP
 	}
 	if err := r.dp.UpsertIPCacheTunnel(netip.PrefixFrom(e.IP, 32), e.Identity, tunnel); err != nil {

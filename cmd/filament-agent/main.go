@@ -108,6 +108,10 @@ func newCommand() *cobra.Command {
 			set("maglev-table-size", func() { final.MaglevTableSize = cfg.MaglevTableSize })
 			set("socket-lb", func() { final.SocketLB = cfg.SocketLB })
 			set("cgroup-root", func() { final.CgroupRoot = cfg.CgroupRoot })
+			set("encryption", func() { final.Encryption = cfg.Encryption })
+			set("encryption-strict", func() { final.EncryptionStrict = cfg.EncryptionStrict })
+			set("ipsec-key-file", func() { final.IPsecKeyFile = cfg.IPsecKeyFile })
+			set("wireguard-private-run-dir", func() { final.WireGuardPrivateRunDir = cfg.WireGuardPrivateRunDir })
 			if err := final.Validate(); err != nil {
 				return err
 			}
@@ -152,6 +156,10 @@ func newCommand() *cobra.Command {
 	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", d.MaglevTableSize, "Maglev table size per service (a prime, 251-131071)")
 	f.BoolVar(&cfg.SocketLB, "socket-lb", d.SocketLB, "translate service addresses at connect time for pods and the node (cgroup socket hooks)")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount)")
+	f.StringVar(&cfg.Encryption, "encryption", d.Encryption, "encrypt pod traffic between nodes: none, wireguard or ipsec")
+	f.BoolVar(&cfg.EncryptionStrict, "encryption-strict", false, "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear")
+	f.StringVar(&cfg.IPsecKeyFile, "ipsec-key-file", "", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')")
+	f.BoolVar(&cfg.WireGuardPrivateRunDir, "wireguard-private-run-dir", false, "mount a private tmpfs on /var/run/wireguard (labs: several agents, each in its own mount namespace, on one machine)")
 	return cmd
 }
 
@@ -219,7 +227,7 @@ func run(parent context.Context, cfg config.Config) error {
 		return err
 	}
 	if cfg.MTU == 0 {
-		cfg.MTU = routing.PodMTU(cfg.Routing, underlayMTU)
+		cfg.MTU = routing.PodMTU(cfg.Routing, underlayMTU, cfg.Encryption == "wireguard")
 	}
 	if err := veth.EnsureNode(pool.Gateway()); err != nil {
 		return err
@@ -235,9 +243,16 @@ func run(parent context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	enc, err := startEncryption(cfg, dp, router, underlayMTU)
+	if err != nil {
+		return err
+	}
+	if enc.wg != nil {
+		defer enc.wg.Close()
+	}
 	reg, err := node.NewRegistry(ctx, kv, lease, node.Node{
 		Name: cfg.NodeName, Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, IPs: []string{nodeIP.String()},
-		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing,
+		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing, WireGuardKey: enc.publicKey(),
 	})
 	if err != nil {
 		return err
@@ -358,6 +373,8 @@ func run(parent context.Context, cfg config.Config) error {
 	srv := &api.Server{
 		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
 		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services,
+		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp) },
+		RotateKey:  func(ctx context.Context) (string, error) { return enc.rotate(ctx, reg) },
 		ClusterMesh: func() []remote.Status {
 			if mesh == nil {
 				return []remote.Status{}

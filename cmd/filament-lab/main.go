@@ -50,13 +50,21 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&name, "name", "lab", "name of the lab (several labs can coexist)")
 
 	var nodes, clusters int
-	var binDir, routingMode string
+	var binDir, routingMode, encryption string
+	var strict bool
 	up := &cobra.Command{
 		Use: "up", Short: "Create the lab's nodes, each with its own agent", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, Clusters: clusters, BinDir: binDir, Routing: routingMode})
+			var agentArgs []string
+			if encryption != "" && encryption != "none" {
+				agentArgs = append(agentArgs, "--encryption", encryption)
+				if strict {
+					agentArgs = append(agentArgs, "--encryption-strict")
+				}
+			}
+			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, Clusters: clusters, BinDir: binDir, Routing: routingMode, AgentArgs: agentArgs})
 			if err != nil {
 				return err
 			}
@@ -69,6 +77,8 @@ func newRoot() *cobra.Command {
 	up.Flags().IntVar(&nodes, "nodes", 1, "number of nodes (per cluster)")
 	up.Flags().IntVar(&clusters, "clusters", 1, "number of clusters (more than one: c1..cN, nodes c<i>/n<j>)")
 	up.Flags().StringVar(&routingMode, "routing", "tunnel", "routing between nodes: tunnel (VXLAN) or native")
+	up.Flags().StringVar(&encryption, "encryption", "none", "encrypt pod traffic between nodes: none or wireguard")
+	up.Flags().BoolVar(&strict, "encryption-strict", false, "drop pod traffic to nodes that are not encryption peers yet")
 	up.Flags().StringVar(&binDir, "bin-dir", defaultBinDir(), "directory holding filament-agent, filament-cni and filament")
 
 	down := &cobra.Command{

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func (c *cli) encryptCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "encrypt", Aliases: []string{"encryption"}, Short: "Transparent encryption between nodes"}
+	status := &cobra.Command{
+		Use: "status", Short: "Mode, device, peers with last handshake and bytes, strict-mode drops", Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			st, err := c.client().Encryption(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(st, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Mode:\t%s\n", st.Mode)
+				if st.Mode == "none" {
+					return
+				}
+				fmt.Fprintf(w, "Strict:\t%v (drops: %d)\n", st.Strict, st.StrictDrops)
+				fmt.Fprintf(w, "Device:\t%s (%s), UDP %d\n", st.Device, st.Type, st.Port)
+				fmt.Fprintf(w, "Public key:\t%s\n", st.PublicKey)
+				fmt.Fprintln(w, "\nPEER\tENDPOINT\tALLOWED IPS\tLAST HANDSHAKE\tRX\tTX")
+				for _, p := range st.Peers {
+					hs := "never"
+					if !p.LastHandshake.IsZero() {
+						hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%d\t%d\n", p.Name, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
+				}
+			})
+		},
+	}
+	rotate := &cobra.Command{
+		Use: "rotate-key", Short: "Make a new key pair for this node and publish it (peers follow; connections stay up)", Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			pub, err := c.client().RotateKey(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(map[string]string{"publicKey": pub}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "New public key: %s\n", pub)
+			})
+		},
+	}
+	cmd.AddCommand(status, rotate)
+	return cmd
+}
