@@ -1,0 +1,287 @@
+package lab_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+func encryptStatus(t *testing.T, l *lab.Lab, on string) api.EncryptionStatus {
+	t.Helper()
+	out, err := labtest.NodeRun(t, l, on, "filament", "encrypt", "status", "-o", "json")
+	if err != nil {
+		t.Fatalf("encrypt status on %s: %v %s", on, err, out)
+	}
+	var st api.EncryptionStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("encrypt status json: %v %s", err, out)
+	}
+	return st
+}
+
+// capture runs tcpdump on the bridge of an underlay namespace into a file;
+// stop ends it and returns the packets.
+func capture(t *testing.T, netns string) (stop func() [][]byte) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "underlay.pcap")
+	// Everything but the control plane's etcd and memberlist traffic
+	// (node to node, which is not pod traffic), so nothing is lost.
+	cmd := exec.Command("ip", "netns", "exec", netns, "tcpdump", "-Z", "root", "--immediate-mode", "-B", "8192",
+		"-i", "br0", "-U", "-s", "0", "-w", file, "not port 2379 and not port 7946")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	for i := 0; !strings.Contains(stderr.String(), "listening"); i++ {
+		if i > 100 {
+			cmd.Process.Kill()
+			t.Fatalf("tcpdump did not start: %s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return func() [][]byte {
+		time.Sleep(300 * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		t.Logf("tcpdump: %s", strings.TrimSpace(stderr.String()))
+		if strings.Contains(stderr.String(), "packets dropped by kernel") && !strings.Contains(stderr.String(), "\n0 packets dropped by kernel") {
+			t.Fatalf("the capture lost packets, so it proves nothing: %s", stderr.String())
+		}
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		r, err := pcapgo.NewReader(f)
+		if err != nil {
+			t.Fatalf("pcap: %v", err)
+		}
+		var pkts [][]byte
+		for {
+			data, _, err := r.ReadPacketData()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("pcap read: %v", err)
+			}
+			pkts = append(pkts, data)
+		}
+		return pkts
+	}
+}
+
+// echoMarker sends marker lines over TCP from the namespace at path to addr
+// (an echo server) and checks they come back.
+func echoMarker(t *testing.T, path, addr, marker string) {
+	t.Helper()
+	err := inNS(t, path, func() error {
+		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte(marker)); err != nil {
+			return err
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		if string(buf[:n]) != marker {
+			return fmt.Errorf("echo %q", buf[:n])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("marker to %s: %v", addr, err)
+	}
+}
+
+func ip4bytes(s string) []byte { return net.ParseIP(s).To4() }
+
+// Pods talking across nodes and across clusters with WireGuard (strict):
+// a capture on the underlay shows WireGuard packets and not one pod packet
+// in clear — no pod address pair as an inner header, no payload marker.
+func TestWireGuardNoPlaintextOnUnderlay(t *testing.T) {
+	l := labtest.UpClusters(t, 2, 2, "tunnel", "--encryption", "wireguard", "--encryption-strict")
+	a := labtest.Pod(t, l, "c1/n1", "a")
+	b := labtest.Pod(t, l, "c1/n2", "b")
+	c := labtest.Pod(t, l, "c2/n1", "c")
+	serve(t, lab.NetNSPath(b.NetNS), 7000)
+	serve(t, lab.NetNSPath(c.NetNS), 7000)
+	connect(t, l, "c1/n1", "c2")
+	eventually(t, "c1/n1 has WireGuard peers in both clusters", func() bool {
+		names := map[string]bool{}
+		for _, p := range encryptStatus(t, l, "c1/n1").Peers {
+			names[p.Name] = true
+		}
+		return names["n2"] && names["c2/n1"] && names["c2/n2"]
+	})
+	eventually(t, "c2/n1 has c1/n1 as a peer", func() bool {
+		for _, p := range encryptStatus(t, l, "c2/n1").Peers {
+			if p.Name == "c1/n1" {
+				return true
+			}
+		}
+		return false
+	})
+	c1, _ := l.Cluster("c1")
+	stop := capture(t, fmt.Sprintf("flab-%s-%s-ul", l.Name, c1.Name))
+	const marker = "FILAMENT-PLAINTEXT-MARKER-7f3a"
+	pa := lab.NetNSPath(a.NetNS)
+	for range 5 {
+		echoMarker(t, pa, b.IP+":7000", marker)
+		echoMarker(t, pa, c.IP+":7000", marker)
+	}
+	if err := labtest.Ping(t, l, "a", b.IP); err != nil {
+		t.Fatal(err)
+	}
+	if err := labtest.Ping(t, l, "a", c.IP); err != nil {
+		t.Fatal(err)
+	}
+	pkts := stop()
+	wg := 0
+	pairs := map[string][]byte{}
+	for _, x := range [][2]string{{a.IP, b.IP}, {b.IP, a.IP}, {a.IP, c.IP}, {c.IP, a.IP}} {
+		pairs[x[0]+"->"+x[1]] = append(ip4bytes(x[0]), ip4bytes(x[1])...)
+	}
+	for i, p := range pkts {
+		if bytes.Contains(p, []byte(marker)) {
+			t.Fatalf("packet %d on the underlay carries the marker in clear", i)
+		}
+		for name, seq := range pairs {
+			if bytes.Contains(p, seq) {
+				t.Fatalf("packet %d on the underlay carries a pod header %s in clear", i, name)
+			}
+		}
+		// Ethernet + IPv4 (20) + UDP: ports at 34..37.
+		if len(p) > 42 && p[23] == 17 && (int(p[34])<<8|int(p[35])) == 51871 {
+			wg++
+		}
+	}
+	t.Logf("%d packets captured on c1's underlay, %d of them WireGuard", len(pkts), wg)
+	if wg < 20 {
+		t.Fatalf("only %d WireGuard packets among %d: the pods' traffic did not go through the tunnel", wg, len(pkts))
+	}
+	st := encryptStatus(t, l, "c1/n1")
+	for _, p := range st.Peers {
+		if (p.Name == "n2" || p.Name == "c2/n1") && (p.LastHandshake.IsZero() || p.RxBytes == 0) {
+			t.Fatalf("peer %s: no handshake or no bytes: %+v", p.Name, p)
+		}
+	}
+	if st.Mode != "wireguard" || !st.Strict || st.Device != "filament_wg0" || st.Port != 51871 {
+		t.Fatalf("encrypt status: %+v", st)
+	}
+}
+
+// A node's key rotates during a long TCP stream to a pod on another node:
+// the stream is never reset and bytes keep arriving.
+func TestWireGuardKeyRotationKeepsStream(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel", "--encryption", "wireguard", "--encryption-strict")
+	a := labtest.Pod(t, l, "n1", "a")
+	b := labtest.Pod(t, l, "n2", "b")
+	var total int64
+	var mu sync.Mutex
+	var ln net.Listener
+	if err := inNS(t, lab.NetNSPath(b.NetNS), func() (err error) { ln, err = net.Listen("tcp4", ":7001"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			mu.Lock()
+			total += int64(n)
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var conn net.Conn
+	eventually(t, "a reaches b through WireGuard", func() bool {
+		return inNS(t, lab.NetNSPath(a.NetNS), func() (err error) {
+			conn, err = net.DialTimeout("tcp4", b.IP+":7001", 2*time.Second)
+			return
+		}) == nil
+	})
+	defer conn.Close()
+	stop := make(chan struct{})
+	writeErr := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 1024)
+		for {
+			select {
+			case <-stop:
+				writeErr <- nil
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := conn.Write(chunk); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+	}()
+	got := func() int64 { mu.Lock(); defer mu.Unlock(); return total }
+	grows := func(phase string) {
+		t.Helper()
+		start := got()
+		deadline := time.Now().Add(10 * time.Second)
+		for got() < start+20*1024 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: stream stalled at %d bytes", phase, got())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	grows("before rotation")
+	before := encryptStatus(t, l, "n1").PublicKey
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "encrypt", "rotate-key"); err != nil {
+		t.Fatalf("rotate-key: %v %s", err, out)
+	}
+	after := encryptStatus(t, l, "n1").PublicKey
+	if after == before || after == "" {
+		t.Fatalf("key did not change: %s", after)
+	}
+	eventually(t, "n2 follows n1's new key", func() bool {
+		for _, p := range encryptStatus(t, l, "n2").Peers {
+			if p.Name == "n1" {
+				return p.PublicKey == after
+			}
+		}
+		return false
+	})
+	grows("after rotation")
+	grows("a while after rotation")
+	close(stop)
+	if err := <-writeErr; err != nil {
+		t.Fatalf("the stream broke across the rotation: %v", err)
+	}
+}
