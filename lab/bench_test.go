@@ -152,8 +152,9 @@ func iperf(b *testing.B, client *exec.Cmd) float64 {
 }
 
 // BenchmarkCrossNodeThroughput: one TCP stream from a pod on n1 to a pod on
-// n2, tunnel and native, beside plain veth throughput between two bare
-// namespaces in the same run.
+// n2, tunnel and native, and encrypted with WireGuard (the kernel module
+// where present, else the embedded userspace implementation), beside plain
+// veth throughput between two bare namespaces in the same run.
 func BenchmarkCrossNodeThroughput(b *testing.B) {
 	b.Run("baseline-plain-veth", func(b *testing.B) {
 		labtest.NetNS(b, "fbench-x")
@@ -180,9 +181,13 @@ func BenchmarkCrossNodeThroughput(b *testing.B) {
 		b.ReportMetric(sum/float64(b.N), "Gbit/s")
 		b.ReportMetric(0, "ns/op")
 	})
-	for _, mode := range []string{"tunnel", "native"} {
+	for _, mode := range []string{"tunnel", "native", "tunnel+wireguard"} {
 		b.Run(mode, func(b *testing.B) {
-			l := labtest.UpRouting(b, 2, mode)
+			routing, args := mode, []string(nil)
+			if mode == "tunnel+wireguard" {
+				routing, args = "tunnel", []string{"--encryption", "wireguard", "--encryption-strict"}
+			}
+			l := labtest.UpRouting(b, 2, routing, args...)
 			labtest.Pod(b, l, "n1", "client", "app=client")
 			srv := labtest.Pod(b, l, "n2", "server", "app=server")
 			labtest.ImportPolicy(b, l, "n2", `apiVersion: cilium.io/v2
