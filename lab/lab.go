@@ -28,6 +28,8 @@ import (
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/crypto/ca"
+	"github.com/filament-net/filament/crypto/nodeauth"
 )
 
 // Root is where labs keep their state (one directory per lab).
@@ -475,6 +477,21 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		return err
 	}
 	nodeName := n.Name[strings.LastIndex(n.Name, "/")+1:]
+	// The admin's part of a join: a node certificate from the cluster's CA.
+	nodeDir := filepath.Dir(n.StateDir)
+	if _, err := os.Stat(filepath.Join(nodeDir, "node.pem")); err != nil {
+		authority, err := ca.Load(c.Bundle)
+		if err != nil {
+			return err
+		}
+		pair, err := nodeauth.Issue(authority, c.Name, nodeName)
+		if err != nil {
+			return err
+		}
+		if err := ca.WritePair(nodeDir, "node", pair); err != nil {
+			return err
+		}
+	}
 	args := append([]string{"netns", "exec", n.NetNS, filepath.Join(l.BinDir, "filament-agent"),
 		"--node-name", nodeName, "--cluster-name", c.Name, "--cluster-id", strconv.Itoa(int(c.ID)),
 		"--state-dir", n.StateDir, "--api-socket", n.Socket,
@@ -486,7 +503,9 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		"--bpf-root", l.bpffs(),
 		// Each agent runs in its own mount namespace (ip netns exec), so
 		// it can keep the embedded WireGuard's UAPI socket to itself.
-		"--wireguard-private-run-dir"}, l.AgentArgs...)
+		"--wireguard-private-run-dir",
+		"--node-cert", filepath.Join(nodeDir, "node.pem"), "--node-key", filepath.Join(nodeDir, "node-key.pem"),
+		"--node-ca", filepath.Join(c.Bundle, "ca.pem")}, l.AgentArgs...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -4,6 +4,7 @@
 package api
 
 import (
+	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/crypto/wireguard"
 	"time"
 
@@ -107,4 +108,8 @@ type EncryptionStatus struct {
 	Peers     []wireguard.PeerStatus `json:"peers"`
 	// StrictDrops counts packets strict mode dropped (no peer yet).
 	StrictDrops uint64 `json:"strictDrops"`
+	// Authentication: nodes must present a certificate of their cluster's
+	// CA and a signed record; Refused are the nodes that did not.
+	Authentication bool               `json:"authentication"`
+	Refused        []nodeauth.Refusal `json:"refused"`
 }

@@ -137,6 +137,12 @@ type Config struct {
 	EncryptionStrict bool `json:"encryptionStrict"`
 	// IPsecKeyFile holds the IPsec keys (encryption: ipsec).
 	IPsecKeyFile string `json:"ipsecKeyFile"`
+	// NodeCert and NodeKey: this node's certificate from the cluster's CA
+	// (PEM); with them the node signs its record and accepts only nodes
+	// whose records verify against NodeCA (and remote clusters' CAs).
+	NodeCert string `json:"nodeCert"`
+	NodeKey  string `json:"nodeKey"`
+	NodeCA   string `json:"nodeCA"`
 	// WireGuardPrivateRunDir mounts a private tmpfs on /var/run/wireguard
 	// for the embedded WireGuard's UAPI socket (labs: several agents, each in
 	// its own mount namespace, on one machine).
@@ -288,6 +294,9 @@ func (c Config) Validate() error {
 	}
 	if c.EncryptionStrict && c.Encryption == "none" {
 		return fmt.Errorf("%w: encryptionStrict: needs encryption wireguard or ipsec", ErrInvalid)
+	}
+	if (c.NodeCert == "") != (c.NodeKey == "") || (c.NodeCert != "" && c.NodeCA == "") {
+		return fmt.Errorf("%w: nodeCert, nodeKey and nodeCA go together (node authentication)", ErrInvalid)
 	}
 	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
 		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)

@@ -27,21 +27,24 @@ type Sources struct {
 	// Services and ServiceErrors: local services, failed service map writes.
 	Services      func() int
 	ServiceErrors func() int
+	// NodesRefused: nodes refused by node authentication.
+	NodesRefused func() int
 }
 
 var (
-	fwdPackets  = prometheus.NewDesc("filament_forwarded_packets_total", "Packets the datapath forwarded.", []string{"direction"}, nil)
-	fwdBytes    = prometheus.NewDesc("filament_forwarded_bytes_total", "Bytes the datapath forwarded.", []string{"direction"}, nil)
-	dropPackets = prometheus.NewDesc("filament_drop_packets_total", "Packets the datapath dropped, by reason.", []string{"reason", "direction"}, nil)
-	dropBytes   = prometheus.NewDesc("filament_drop_bytes_total", "Bytes the datapath dropped, by reason.", []string{"reason", "direction"}, nil)
-	endpoints   = prometheus.NewDesc("filament_endpoints", "Endpoints on this node.", nil, nil)
-	identities  = prometheus.NewDesc("filament_identities", "Identities known to this node.", nil, nil)
-	polEntries  = prometheus.NewDesc("filament_policy_map_entries", "Entries in the BPF policy map.", nil, nil)
-	polWrites   = prometheus.NewDesc("filament_policy_map_writes_total", "Writes (upserts and deletes) to the BPF policy map.", nil, nil)
-	pressure    = prometheus.NewDesc("filament_map_pressure_ratio", "Entries of a BPF map divided by its capacity.", []string{"map"}, nil)
-	eventsLost  = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
-	services    = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
-	svcErrors   = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
+	fwdPackets   = prometheus.NewDesc("filament_forwarded_packets_total", "Packets the datapath forwarded.", []string{"direction"}, nil)
+	fwdBytes     = prometheus.NewDesc("filament_forwarded_bytes_total", "Bytes the datapath forwarded.", []string{"direction"}, nil)
+	dropPackets  = prometheus.NewDesc("filament_drop_packets_total", "Packets the datapath dropped, by reason.", []string{"reason", "direction"}, nil)
+	dropBytes    = prometheus.NewDesc("filament_drop_bytes_total", "Bytes the datapath dropped, by reason.", []string{"reason", "direction"}, nil)
+	endpoints    = prometheus.NewDesc("filament_endpoints", "Endpoints on this node.", nil, nil)
+	identities   = prometheus.NewDesc("filament_identities", "Identities known to this node.", nil, nil)
+	polEntries   = prometheus.NewDesc("filament_policy_map_entries", "Entries in the BPF policy map.", nil, nil)
+	polWrites    = prometheus.NewDesc("filament_policy_map_writes_total", "Writes (upserts and deletes) to the BPF policy map.", nil, nil)
+	pressure     = prometheus.NewDesc("filament_map_pressure_ratio", "Entries of a BPF map divided by its capacity.", []string{"map"}, nil)
+	eventsLost   = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
+	services     = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
+	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
+	svcErrors    = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
 )
 
 // Collector implements prometheus.Collector over Sources.
@@ -49,7 +52,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, services, svcErrors} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, services, svcErrors, nodesRefused} {
 		ch <- d
 	}
 }
@@ -88,6 +91,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(identities, c.s.Identities)
 	gauge(polEntries, c.s.PolicyEntries)
 	gauge(services, c.s.Services)
+	gauge(nodesRefused, c.s.NodesRefused)
 	if c.s.ServiceErrors != nil {
 		ch <- prometheus.MustNewConstMetric(svcErrors, prometheus.CounterValue, float64(c.s.ServiceErrors()))
 	}

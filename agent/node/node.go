@@ -42,6 +42,10 @@ type Node struct {
 	Health    string   `json:"health"`
 	// WireGuardKey is the node's WireGuard public key (encryption on).
 	WireGuardKey string `json:"wireguardPublicKey,omitempty"`
+	// Certificate (PEM) issued by the cluster's CA, and Signature of the
+	// record with its key (crypto/nodeauth), when nodes authenticate.
+	Certificate string `json:"certificate,omitempty"`
+	Signature   string `json:"signature,omitempty"`
 	// Reachable is this agent's view from failure detection (not stored).
 	Reachable bool `json:"reachable"`
 }
@@ -113,6 +117,7 @@ type Registry struct {
 	unreachable map[string]bool
 	subs        []func(n Node, deleted bool)
 	synced      chan struct{}
+	sign        func(*Node) error
 }
 
 func (r *Registry) key(n Node) string { return NodesPrefix + n.Cluster + "/" + n.Name }
@@ -120,11 +125,15 @@ func (r *Registry) key(n Node) string { return NodesPrefix + n.Cluster + "/" + n
 // NewRegistry writes self under the lease (again whenever the lease is
 // renewed) and starts watching the cluster's nodes; it returns once the
 // initial list is in.
-func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, self Node) (*Registry, error) {
+// sign, when given, signs the record before every publication.
+func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, self Node, sign ...func(*Node) error) (*Registry, error) {
 	if self.Health == "" {
 		self.Health = "ok"
 	}
 	r := &Registry{kv: kv, lease: lease, self: self, nodes: map[string]Node{}, unreachable: map[string]bool{}, synced: make(chan struct{})}
+	if len(sign) > 0 {
+		r.sign = sign[0]
+	}
 	if err := r.publish(ctx, lease.ID()); err != nil {
 		return nil, err
 	}
@@ -144,6 +153,12 @@ func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, 
 
 func (r *Registry) publish(ctx context.Context, lease int64) error {
 	r.mu.Lock()
+	if r.sign != nil {
+		if err := r.sign(&r.self); err != nil {
+			r.mu.Unlock()
+			return fmt.Errorf("sign the node record: %w", err)
+		}
+	}
 	b, _ := json.Marshal(r.self)
 	key := r.key(r.self)
 	r.mu.Unlock()

@@ -60,6 +60,10 @@ type Router struct {
 	self string
 
 	enc Encryption
+	// requireNode: remote ipcache entries are written only for nodes the
+	// router accepted (authenticated), so a refused node cannot claim
+	// identities for addresses.
+	requireNode bool
 
 	mu      sync.Mutex
 	nodes   map[string]node.Node
@@ -128,6 +132,14 @@ func PodMTU(mode string, underlayMTU int, encrypted bool) int {
 		return underlayMTU - VXLANOverhead
 	}
 	return underlayMTU
+}
+
+// RequireNodes writes a remote ipcache entry only once its node is known
+// (nodes are authenticated before the router sees them).
+func (r *Router) RequireNodes() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.requireNode = true
 }
 
 // SetEncryption routes pod traffic to other nodes through e (call before
@@ -223,6 +235,13 @@ func (r *Router) learnNode(n node.Node) {
 	if err := r.dp.UpsertNode(ip); err != nil {
 		slog.Error("nodes map", "node", n.Name, "err", err)
 	}
+	if r.requireNode {
+		for _, e := range r.entries {
+			if e.Node == n.Name {
+				r.writeEntry(e)
+			}
+		}
+	}
 	if r.enc != nil && r.encryptTo(n, ip) {
 		return
 	}
@@ -241,6 +260,13 @@ func (r *Router) learnNode(n node.Node) {
 }
 
 func (r *Router) forgetNode(n node.Node) {
+	if r.requireNode {
+		for _, e := range r.entries {
+			if e.Node == n.Name {
+				r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+			}
+		}
+	}
 	if ip := n.IP(); ip.IsValid() {
 		r.dp.DeleteNode(ip)
 		if r.enc != nil {
@@ -269,6 +295,11 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	}
 	r.entries[e.IP] = e
 	if r.down[e.Node] {
+		return
+	}
+	if _, known := r.nodes[e.Node]; r.requireNode && !known {
+		// Held until its node is accepted; an entry it had is withdrawn.
+		r.dp.DeleteIPCache(p)
 		return
 	}
 	r.writeEntry(e)
@@ -326,6 +357,9 @@ func (r *Router) Wanted() map[netip.Prefix]ipcache.Entry {
 	defer r.mu.Unlock()
 	out := map[netip.Prefix]ipcache.Entry{}
 	for ip, e := range r.entries {
+		if _, known := r.nodes[e.Node]; r.requireNode && !known {
+			continue
+		}
 		if !r.down[e.Node] {
 			out[netip.PrefixFrom(ip, 32)] = e
 		}

@@ -40,6 +40,10 @@ type Callbacks struct {
 	Entry    func(e ipcache.Entry, deleted bool)
 	// Service receives the remote cluster's services (nil: not followed).
 	Service func(cluster string, s *service.Service, deleted bool)
+	// Authenticate, when set, vets each node record (as published, name
+	// unqualified) against the remote cluster's CA; a refused node is not
+	// passed on, and one refused after it was accepted is withdrawn.
+	Authenticate func(cluster string, caPEM []byte, n node.Node) error
 }
 
 // Status of one remote cluster.
@@ -485,6 +489,18 @@ func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 	if err := json.Unmarshal(ev.Value, &n); err != nil {
 		c.mu.Unlock()
 		return
+	}
+	if auth := c.m.cb.Authenticate; auth != nil {
+		if err := auth(c.name, []byte(c.cfg.CA), n); err != nil {
+			old, had := c.nodes[name]
+			delete(c.nodes, name)
+			c.mu.Unlock()
+			c.reject(fmt.Sprintf("node %s: %v", name, err))
+			if had {
+				c.m.cb.Node(old, true)
+			}
+			return
+		}
 	}
 	n.Name, n.Reachable = name, true
 	if old, ok := c.nodes[name]; ok && equalNodes(old, n) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/crypto/ipsec"
+	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/crypto/wireguard"
 )
 
@@ -84,8 +86,9 @@ func (e *encryption) rotate(ctx context.Context, reg *node.Registry) (string, er
 	return pub.String(), nil
 }
 
-func (e *encryption) status(dp *datapath.Datapath) (api.EncryptionStatus, error) {
-	st := api.EncryptionStatus{Mode: e.mode, Strict: e.strict, Peers: []wireguard.PeerStatus{}}
+func (e *encryption) status(dp *datapath.Datapath, auth *nodeAuth) (api.EncryptionStatus, error) {
+	st := api.EncryptionStatus{Mode: e.mode, Strict: e.strict, Peers: []wireguard.PeerStatus{},
+		Authentication: auth.enabled, Refused: auth.refusals.List()}
 	if cs, err := dp.Counters(); err == nil {
 		for _, c := range cs {
 			if c.Reason == datapath.ReasonNoEncryptPeer {
@@ -103,4 +106,75 @@ func (e *encryption) status(dp *datapath.Datapath) (api.EncryptionStatus, error)
 	}
 	st.Peers = peers
 	return st, nil
+}
+
+// nodeAuth signs this node's record and vets every other node's.
+type nodeAuth struct {
+	enabled  bool
+	signer   *nodeauth.Signer
+	caPEM    []byte
+	refusals *nodeauth.Refusals
+}
+
+func startNodeAuth(cfg config.Config, router *routing.Router) (*nodeAuth, error) {
+	a := &nodeAuth{refusals: nodeauth.NewRefusals()}
+	if cfg.NodeCert == "" {
+		if cfg.Encryption != "none" {
+			slog.Warn("node authentication is off (no --node-cert): every node in the kvstore becomes an encryption peer")
+		}
+		return a, nil
+	}
+	s, err := nodeauth.LoadSigner(cfg.NodeCert, cfg.NodeKey)
+	if err != nil {
+		return nil, err
+	}
+	if want := nodeauth.CommonName(cfg.ClusterName, cfg.NodeName); s.Subject() != want {
+		return nil, fmt.Errorf("nodeCert %s is for %q, not this node (%q)", cfg.NodeCert, s.Subject(), want)
+	}
+	if a.caPEM, err = os.ReadFile(cfg.NodeCA); err != nil {
+		return nil, fmt.Errorf("nodeCA: %w", err)
+	}
+	a.enabled, a.signer = true, s
+	router.RequireNodes()
+	return a, nil
+}
+
+func (a *nodeAuth) sign() []func(*node.Node) error {
+	if !a.enabled {
+		return nil
+	}
+	return []func(*node.Node) error{a.signer.Sign}
+}
+
+// check vets node n of cluster against caPEM and records the verdict under
+// the name the agent uses for it.
+func (a *nodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error {
+	if !a.enabled {
+		return nil
+	}
+	name := n.Name
+	if cluster != local {
+		name = cluster + "/" + n.Name
+	}
+	err := nodeauth.Verify(n, caPEM)
+	if err != nil {
+		slog.Warn("refused a node", "node", name, "err", err)
+	}
+	a.refusals.Set(name, err)
+	return err
+}
+
+// accept vets a node of the local cluster.
+func (a *nodeAuth) accept(local string, n node.Node) bool {
+	return a.check(local, local, a.caPEM, n) == nil
+}
+
+func (a *nodeAuth) forget(name string) { a.refusals.Set(name, nil) }
+
+// remote vets remote clusters' nodes with their CAs (nil when off).
+func (a *nodeAuth) remote() func(cluster string, caPEM []byte, n node.Node) error {
+	if !a.enabled {
+		return nil
+	}
+	return func(cluster string, caPEM []byte, n node.Node) error { return a.check("", cluster, caPEM, n) }
 }

@@ -112,6 +112,9 @@ func newCommand() *cobra.Command {
 			set("encryption-strict", func() { final.EncryptionStrict = cfg.EncryptionStrict })
 			set("ipsec-key-file", func() { final.IPsecKeyFile = cfg.IPsecKeyFile })
 			set("wireguard-private-run-dir", func() { final.WireGuardPrivateRunDir = cfg.WireGuardPrivateRunDir })
+			set("node-cert", func() { final.NodeCert = cfg.NodeCert })
+			set("node-key", func() { final.NodeKey = cfg.NodeKey })
+			set("node-ca", func() { final.NodeCA = cfg.NodeCA })
 			if err := final.Validate(); err != nil {
 				return err
 			}
@@ -159,6 +162,9 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.Encryption, "encryption", d.Encryption, "encrypt pod traffic between nodes: none, wireguard or ipsec")
 	f.BoolVar(&cfg.EncryptionStrict, "encryption-strict", false, "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear")
 	f.StringVar(&cfg.IPsecKeyFile, "ipsec-key-file", "", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')")
+	f.StringVar(&cfg.NodeCert, "node-cert", "", "this node's certificate from the cluster's CA (PEM): sign the node record and accept only authenticated nodes")
+	f.StringVar(&cfg.NodeKey, "node-key", "", "the key of --node-cert (PEM)")
+	f.StringVar(&cfg.NodeCA, "node-ca", "", "the CA that issues this cluster's node certificates (PEM)")
 	f.BoolVar(&cfg.WireGuardPrivateRunDir, "wireguard-private-run-dir", false, "mount a private tmpfs on /var/run/wireguard (labs: several agents, each in its own mount namespace, on one machine)")
 	return cmd
 }
@@ -250,10 +256,14 @@ func run(parent context.Context, cfg config.Config) error {
 	if enc.wg != nil {
 		defer enc.wg.Close()
 	}
+	auth, err := startNodeAuth(cfg, router)
+	if err != nil {
+		return err
+	}
 	reg, err := node.NewRegistry(ctx, kv, lease, node.Node{
 		Name: cfg.NodeName, Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, IPs: []string{nodeIP.String()},
 		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing, WireGuardKey: enc.publicKey(),
-	})
+	}, auth.sign()...)
 	if err != nil {
 		return err
 	}
@@ -296,6 +306,13 @@ func run(parent context.Context, cfg config.Config) error {
 		defer detector.Close()
 	}
 	reg.Subscribe(func(n node.Node, deleted bool) {
+		if n.Name != cfg.NodeName && !deleted && !auth.accept(cfg.ClusterName, n) {
+			router.NodeChanged(n, true) // refused: no peer, no routes, no entries
+			return
+		}
+		if deleted {
+			auth.forget(n.Name)
+		}
 		router.NodeChanged(n, deleted)
 		if detector != nil && n.Name != cfg.NodeName {
 			if deleted {
@@ -310,7 +327,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if cfg.ClusterMeshConfig != "" {
 		mesh = remote.NewManager(cfg.ClusterMeshConfig, cfg.ClusterName, cfg.ClusterID, time.Duration(cfg.ClusterMeshTTL), remote.Callbacks{
 			Node: router.NodeChanged, Identity: engine.IdentityChanged, Entry: router.EntryChanged,
-			Service: services.RemoteChanged,
+			Service: services.RemoteChanged, Authenticate: auth.remote(),
 		})
 		go mesh.Run(ctx)
 	}
@@ -358,7 +375,7 @@ func run(parent context.Context, cfg config.Config) error {
 		Counters: dp.Counters, MapPressure: dp.MapPressure,
 		Endpoints: func() int { return len(eps.List()) }, Identities: func() int { return len(ids.List()) },
 		PolicyEntries: engine.PolicyEntries, PolicyWrites: dp.PolicyWrites, EventsLost: hub.Lost,
-		Services: services.Count, ServiceErrors: services.Errors,
+		Services: services.Count, ServiceErrors: services.Errors, NodesRefused: auth.refusals.Count,
 	})
 	if cfg.PrometheusListen != "" {
 		msrv := &http.Server{Addr: cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}
@@ -373,7 +390,7 @@ func run(parent context.Context, cfg config.Config) error {
 	srv := &api.Server{
 		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
 		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services,
-		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp) },
+		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp, auth) },
 		RotateKey:  func(ctx context.Context) (string, error) { return enc.rotate(ctx, reg) },
 		ClusterMesh: func() []remote.Status {
 			if mesh == nil {

@@ -27,6 +27,7 @@ func (c *cli) encryptCmd() *cobra.Command {
 				fmt.Fprintf(w, "Strict:\t%v (drops: %d)\n", st.Strict, st.StrictDrops)
 				fmt.Fprintf(w, "Device:\t%s (%s), UDP %d\n", st.Device, st.Type, st.Port)
 				fmt.Fprintf(w, "Public key:\t%s\n", st.PublicKey)
+				fmt.Fprintf(w, "Node authentication:\t%v (%d refused)\n", st.Authentication, len(st.Refused))
 				fmt.Fprintln(w, "\nPEER\tENDPOINT\tALLOWED IPS\tLAST HANDSHAKE\tRX\tTX")
 				for _, p := range st.Peers {
 					hs := "never"
@@ -34,6 +35,12 @@ func (c *cli) encryptCmd() *cobra.Command {
 						hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
 					}
 					fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%d\t%d\n", p.Name, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
+				}
+				if len(st.Refused) > 0 {
+					fmt.Fprintln(w, "\nREFUSED NODE\tSINCE\tREASON")
+					for _, r := range st.Refused {
+						fmt.Fprintf(w, "%s\t%s\t%s\n", r.Node, r.Since.Format(time.RFC3339), r.Reason)
+					}
 				}
 			})
 		},
