@@ -285,3 +285,100 @@ func TestWireGuardKeyRotationKeepsStream(t *testing.T) {
 		t.Fatalf("the stream broke across the rotation: %v", err)
 	}
 }
+
+// A rogue on the underlay that holds the kvstore credentials but no node
+// certificate writes a node record (its own WireGuard key, a pod CIDR) and
+// an ipcache entry claiming the identity of a pod the database admits.
+// The agents refuse it — no WireGuard peer, no ipcache entry, the refusal
+// and its reason in `filament encrypt status` and the metrics — and its
+// packets from the claimed address are judged as the world's: dropped.
+func TestRogueNodeRefused(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "native", "--encryption", "wireguard", "--encryption-strict")
+	db := labtest.Pod(t, l, "n1", "db", "app=db")
+	web := labtest.Pod(t, l, "n2", "web", "app=web")
+	serve(t, lab.NetNSPath(db.NetNS), 5432)
+	const pol = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+`
+	labtest.ImportPolicy(t, l, "n1", pol)
+	eventually(t, "web reaches db through WireGuard", func() bool {
+		return reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432)
+	})
+	var webID uint32
+	for _, ep := range labtest.Endpoints(t, l, "n2") {
+		if ep.IPv4.String() == web.IP {
+			webID = uint32(ep.Identity)
+		}
+	}
+	rogue := labtest.UnderlayHost(t, l, "rogue", "172.30.0.66")
+	rogueNS := filepath.Base(rogue)
+	for _, args := range [][]string{
+		{"-n", rogueNS, "addr", "add", "10.244.77.5/32", "dev", "eth0"},
+		{"-n", rogueNS, "route", "add", "10.244.0.0/16", "via", "172.30.0.1", "src", "10.244.77.5"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	c := l.Clusters[0]
+	rec, _ := json.Marshal(map[string]any{"name": "rogue", "cluster": c.Name, "clusterID": c.ID, "ips": []string{"172.30.0.66"},
+		"podCIDRs": []string{"10.244.77.0/24"}, "routing": "native", "health": "ok",
+		"wireguardPublicKey": "ZtKlbZXqQKU5j3iAwLfx4KO92ZYTAQu/YBY+W6JWaGc="})
+	entry, _ := json.Marshal(map[string]any{"ip": "10.244.77.5", "identity": webID, "hostIP": "172.30.0.66", "node": "rogue"})
+	kvs, _ := json.Marshal(map[string]json.RawMessage{
+		"filament/state/nodes/v1/" + c.Name + "/rogue":    rec,
+		"filament/state/ip/v1/" + c.Name + "/10.244.77.5": entry,
+	})
+	put := exec.Command("ip", "netns", "exec", rogueNS, os.Args[0])
+	put.Env = append(os.Environ(), "FILAMENT_KV_PUT="+string(kvs), "FILAMENT_SIM_ETCD="+c.Kvstore, "FILAMENT_SIM_BUNDLE="+c.Bundle)
+	if out, err := put.CombinedOutput(); err != nil {
+		t.Fatalf("rogue's kvstore writes: %v %s", err, out)
+	}
+	for _, on := range []string{"n1", "n2"} {
+		eventually(t, on+" refuses the rogue", func() bool {
+			st := encryptStatus(t, l, on)
+			return len(st.Refused) == 1 && st.Refused[0].Node == "rogue" && strings.Contains(st.Refused[0].Reason, "has no certificate")
+		})
+		st := encryptStatus(t, l, on)
+		for _, p := range st.Peers {
+			if p.Name == "rogue" {
+				t.Fatalf("%s made the rogue a WireGuard peer", on)
+			}
+		}
+		if !st.Authentication {
+			t.Fatalf("%s: node authentication off", on)
+		}
+		if got := metric(t, l, on, "filament_nodes_refused", ""); got != 1 {
+			t.Fatalf("%s: filament_nodes_refused = %v", on, got)
+		}
+	}
+	ipc, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ipc.Close()
+	if ipcHas(ipc, "10.244.77.5", 32) {
+		t.Fatal("n1's ipcache took the rogue's identity claim")
+	}
+	// From the claimed address: the database's policy sees the world, not web.
+	ok := inNS(t, rogue, func() error {
+		d := net.Dialer{Timeout: 1500 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: net.ParseIP("10.244.77.5")}}
+		conn, err := d.Dial("tcp4", db.IP+":5432")
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}) == nil
+	if ok {
+		t.Fatal("the rogue reached db")
+	}
+	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("web no longer reaches db")
+	}
+}

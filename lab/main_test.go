@@ -21,6 +21,13 @@ import (
 // inside a cluster's kvstore namespace (the underlay is not reachable from
 // the host), it writes ipcache entries as an agent would.
 func TestMain(m *testing.M) {
+	if kvs := os.Getenv("FILAMENT_KV_PUT"); kvs != "" {
+		if err := kvPut(kvs); err != nil {
+			fmt.Fprintln(os.Stderr, "kv put:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if mode := os.Getenv("FILAMENT_SIM_WRITER"); mode != "" {
 		if err := simWriter(mode); err != nil {
 			fmt.Fprintln(os.Stderr, "sim writer:", err)
@@ -29,6 +36,30 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// kvPut writes the JSON object kvs (key → value) to $FILAMENT_SIM_ETCD
+// with the agent credentials in $FILAMENT_SIM_BUNDLE: what anyone holding
+// those credentials could write.
+func kvPut(kvs string) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(kvs), &m); err != nil {
+		return err
+	}
+	bundle := os.Getenv("FILAMENT_SIM_BUNDLE")
+	ctx := context.Background()
+	kv, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{os.Getenv("FILAMENT_SIM_ETCD")},
+		CAFile: bundle + "/ca.pem", CertFile: bundle + "/agent.pem", KeyFile: bundle + "/agent-key.pem"})
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	for k, v := range m {
+		if err := kv.Put(ctx, k, v, 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // simWriter connects to $FILAMENT_SIM_ETCD with the agent credentials in

@@ -1,0 +1,111 @@
+package nodeauth
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/crypto/ca"
+)
+
+func signer(t *testing.T, authority *ca.CA, cluster, name string) *Signer {
+	t.Helper()
+	pair, err := Issue(authority, cluster, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := ca.WritePair(dir, "node", pair); err != nil {
+		t.Fatal(err)
+	}
+	s, err := LoadSigner(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func record(name string) node.Node {
+	return node.Node{Name: name, Cluster: "c1", ClusterID: 1, IPs: []string{"172.30.1.1"}, PodCIDRs: []string{"10.101.0.0/24"},
+		WireGuardKey: "ZtKlbZXqQKU5j3iAwLfx4KO92ZYTAQu/YBY+W6JWaGc="}
+}
+
+// A record signed with a certificate of the cluster's CA for that node
+// verifies; every way of getting it wrong is refused with the reason.
+func TestVerify(t *testing.T) {
+	c1, _ := ca.New("c1")
+	other, _ := ca.New("other")
+	good := signer(t, c1, "c1", "n1")
+	n := record("n1")
+	if err := good.Sign(&n); err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify(n, c1.PEM); err != nil {
+		t.Fatalf("a good record was refused: %v", err)
+	}
+	// Reachability is local state, not part of what is signed.
+	n2 := n
+	n2.Reachable = true
+	if err := Verify(n2, c1.PEM); err != nil {
+		t.Fatalf("reachability broke the signature: %v", err)
+	}
+	refused := func(what string, m node.Node, caPEM []byte, reason string) {
+		t.Helper()
+		err := Verify(m, caPEM)
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), reason) {
+			t.Fatalf("%s: got %v, want a refusal saying %q", what, err, reason)
+		}
+	}
+	unsigned := record("n1")
+	refused("no certificate", unsigned, c1.PEM, "has no certificate")
+	refused("another cluster's CA", n, other.PEM, "does not chain")
+	bad := signer(t, other, "c1", "n1")
+	m := record("n1")
+	bad.Sign(&m)
+	refused("certificate from another CA", m, c1.PEM, "does not chain")
+	// n2's certificate used for a record that says n1.
+	thief := signer(t, c1, "c1", "n2")
+	m = record("n1")
+	thief.Sign(&m)
+	refused("another node's certificate", m, c1.PEM, `is for "node:c1/n2"`)
+	// A record changed after signing (a swapped WireGuard key).
+	m = n
+	m.WireGuardKey = "AAAAbZXqQKU5j3iAwLfx4KO92ZYTAQu/YBY+W6JWaGc="
+	refused("tampered record", m, c1.PEM, "signature does not verify")
+	m = n
+	m.Signature = ""
+	refused("signature stripped", m, c1.PEM, "not signed")
+}
+
+func TestLoadSignerMismatch(t *testing.T) {
+	c1, _ := ca.New("c1")
+	a, _ := Issue(c1, "c1", "n1")
+	b, _ := Issue(c1, "c1", "n2")
+	dir := t.TempDir()
+	ca.WritePair(dir, "a", a)
+	ca.WritePair(dir, "b", b)
+	if _, err := LoadSigner(filepath.Join(dir, "a.pem"), filepath.Join(dir, "b-key.pem")); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Fatalf("mismatched certificate and key: %v", err)
+	}
+	s, err := LoadSigner(filepath.Join(dir, "a.pem"), filepath.Join(dir, "a-key.pem"))
+	if err != nil || s.Subject() != "node:c1/n1" {
+		t.Fatalf("subject %q %v", s.Subject(), err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	r := NewRefusals()
+	r.Set("b", errors.New("no certificate"))
+	r.Set("a", errors.New("bad signature"))
+	since := r.List()[1].Since
+	r.Set("b", errors.New("no certificate")) // same reason: since kept
+	if l := r.List(); len(l) != 2 || l[0].Node != "a" || l[1].Since != since || r.Count() != 2 {
+		t.Fatalf("refusals %+v", l)
+	}
+	r.Set("a", nil)
+	if r.Count() != 1 {
+		t.Fatal("a cleared refusal stayed")
+	}
+}
