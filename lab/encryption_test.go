@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/crypto/ipsec"
+	"github.com/filament-net/filament/internal/testutil"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
@@ -381,4 +384,29 @@ spec:
 	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("web no longer reaches db")
 	}
+}
+
+// IPsec mode on a kernel without ESP: the agent refuses to start with one
+// line naming what the kernel lacks (and leaves nothing behind); the XFRM
+// states and policies it would install are unit-tested in crypto/ipsec.
+func TestIPsecRefusedWithoutESP(t *testing.T) {
+	testutil.RequireRoot(t)
+	probe := ipsec.Probe()
+	if probe == nil {
+		t.Skip("this kernel has IPsec ESP: the refusal does not apply (and Filament's IPsec datapath is not built yet)")
+	}
+	keys := filepath.Join(t.TempDir(), "ipsec.keys")
+	os.WriteFile(keys, []byte("3+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n"), 0o600)
+	name := fmt.Sprintf("t%x", time.Now().UnixNano()&0xffffff)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := lab.Up(ctx, lab.Options{Name: name, Nodes: 1, BinDir: labtest.BinDir(t), AgentArgs: []string{"--encryption", "ipsec", "--ipsec-key-file", keys}})
+	defer lab.Down(name)
+	if err == nil {
+		t.Fatal("the agent started in IPsec mode on a kernel without ESP")
+	}
+	if !strings.Contains(err.Error(), "encryption ipsec refused: kernel has no IPsec ESP support") {
+		t.Fatalf("refusal does not say why: %v", err)
+	}
+	t.Logf("refused: %s (probe: %v)", err, probe)
 }
