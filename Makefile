@@ -53,7 +53,7 @@ test-unit:
 DEMO_ROUTING ?= tunnel
 demo: deps build
 	@bin/filament-lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
-	bin/filament-lab up --name $(DEMO_LAB) --clusters 2 --nodes 2 --routing $(DEMO_ROUTING)
+	bin/filament-lab up --name $(DEMO_LAB) --clusters 2 --nodes 2 --routing $(DEMO_ROUTING) --encryption wireguard --encryption-strict
 	bin/filament-lab pod add --name $(DEMO_LAB) c1/n1 web-1 --labels app=web
 	bin/filament-lab pod add --name $(DEMO_LAB) c1/n2 web-2 --labels app=web
 	bin/filament-lab pod add --name $(DEMO_LAB) c2/n1 db-1 --labels app=db
@@ -102,6 +102,8 @@ demo: deps build
 	bin/filament-lab node start --name $(DEMO_LAB) c1/n2
 	@for i in $$(seq 50); do out=$$(bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 1 http://10.96.0.20/); [ "$$out" = api-c1 ] && break; sleep 0.2; done
 	@for i in 1 2 3; do bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 2 http://10.96.0.20/; done
+	@echo; echo "== filament encrypt status (c1/n1): every node of both clusters is an authenticated WireGuard peer"
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament encrypt status
 	@echo; echo "== filament clustermesh status (c2/n1)"
 	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament clustermesh status
 	@echo; echo "The lab stays up: try 'bin/filament-lab status --name $(DEMO_LAB)'; remove it with 'make demo-down'."
