@@ -410,3 +410,56 @@ func TestIPsecRefusedWithoutESP(t *testing.T) {
 	}
 	t.Logf("refused: %s (probe: %v)", err, probe)
 }
+
+// Strict mode in a mixed cluster: n2 runs without encryption (its record
+// has no WireGuard key), so n1 has no peer for it; n1's pods' traffic to
+// n2's pods is dropped and counted rather than sent in clear, while a
+// capture on the underlay sees none of it.
+func TestStrictModeDropsTrafficToNonPeer(t *testing.T) {
+	testutil.RequireRoot(t)
+	strict := []string{"--encryption", "wireguard", "--encryption-strict"}
+	name := fmt.Sprintf("t%x", time.Now().UnixNano()&0xffffff)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: 2, BinDir: labtest.BinDir(t), Routing: "tunnel",
+		AgentArgs: strict, NodeAgentArgs: map[string][]string{"n2": {}}})
+	t.Cleanup(func() {
+		if err := lab.Down(name); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := labtest.Pod(t, l, "n1", "a")
+	b := labtest.Pod(t, l, "n2", "b")
+	serve(t, lab.NetNSPath(b.NetNS), 7000)
+	eventually(t, "n1 knows b (ipcache)", func() bool {
+		ipc, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
+		if err != nil {
+			return false
+		}
+		defer ipc.Close()
+		return ipcHas(ipc, b.IP, 32)
+	})
+	if st := encryptStatus(t, l, "n1"); len(st.Peers) != 0 || st.StrictDrops != 0 {
+		t.Fatalf("n1 before: %+v", st)
+	}
+	stop := capture(t, fmt.Sprintf("flab-%s-ul", l.Name))
+	if reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, 7000) {
+		t.Fatal("a reached b on a node that is not an encryption peer")
+	}
+	pkts := stop()
+	pair := append(ip4bytes(a.IP), ip4bytes(b.IP)...)
+	for i, p := range pkts {
+		if bytes.Contains(p, pair) {
+			t.Fatalf("packet %d: a's traffic to b left n1 in clear", i)
+		}
+	}
+	if st := encryptStatus(t, l, "n1"); st.StrictDrops == 0 {
+		t.Fatalf("strict drops not counted: %+v", st)
+	}
+	if got := metric(t, l, "n1", "filament_drop_packets_total", "encryption: node is not a peer (strict)"); got == 0 {
+		t.Fatal("no strict-mode drop in the metrics")
+	}
+}

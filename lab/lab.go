@@ -103,16 +103,18 @@ type External struct {
 
 // Lab is the recorded state of one lab.
 type Lab struct {
-	Name      string     `json:"name"`
-	BinDir    string     `json:"binDir"`
-	AgentArgs []string   `json:"agentArgs,omitempty"`
-	Routing   string     `json:"routing"`
-	PodPrefix int        `json:"podPrefixLen"`
-	Clusters  []Cluster  `json:"clusters"`
-	Created   string     `json:"created"`
-	Nodes     []Node     `json:"nodes"`
-	Pods      []Pod      `json:"pods"`
-	Externals []External `json:"externals,omitempty"`
+	Name      string   `json:"name"`
+	BinDir    string   `json:"binDir"`
+	AgentArgs []string `json:"agentArgs,omitempty"`
+	// NodeAgentArgs replace AgentArgs for the nodes they name.
+	NodeAgentArgs map[string][]string `json:"nodeAgentArgs,omitempty"`
+	Routing       string              `json:"routing"`
+	PodPrefix     int                 `json:"podPrefixLen"`
+	Clusters      []Cluster           `json:"clusters"`
+	Created       string              `json:"created"`
+	Nodes         []Node              `json:"nodes"`
+	Pods          []Pod               `json:"pods"`
+	Externals     []External          `json:"externals,omitempty"`
 
 	dir string
 }
@@ -126,6 +128,9 @@ type Options struct {
 	PodPrefixLen int
 	// AgentArgs are extra flags for every node's agent.
 	AgentArgs []string
+	// NodeAgentArgs replace AgentArgs for the nodes they name (a mixed
+	// cluster, e.g. one node without encryption).
+	NodeAgentArgs map[string][]string
 	// Routing between nodes: tunnel (default) or native.
 	Routing string
 	// Clusters: with more than one, cluster i is c<i> (ID i) with nodes
@@ -231,7 +236,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if o.Routing != "tunnel" && o.Routing != "native" {
 		return nil, fmt.Errorf("%w: --routing %q: want tunnel or native", ErrInvalid, o.Routing)
 	}
-	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, Routing: o.Routing, PodPrefix: o.PodPrefixLen, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
+	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, NodeAgentArgs: o.NodeAgentArgs, Routing: o.Routing, PodPrefix: o.PodPrefixLen, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
 	if err := l.save(); err != nil {
 		return nil, err
 	}
@@ -462,6 +467,13 @@ func (l *Lab) startNode(ctx context.Context, c *Cluster, j int, qualified bool) 
 	return l.startAgent(ctx, &l.Nodes[len(l.Nodes)-1])
 }
 
+func (l *Lab) agentArgs(node string) []string {
+	if a, ok := l.NodeAgentArgs[node]; ok {
+		return a
+	}
+	return l.AgentArgs
+}
+
 func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 	logf, err := os.OpenFile(n.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -505,7 +517,7 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		// it can keep the embedded WireGuard's UAPI socket to itself.
 		"--wireguard-private-run-dir",
 		"--node-cert", filepath.Join(nodeDir, "node.pem"), "--node-key", filepath.Join(nodeDir, "node-key.pem"),
-		"--node-ca", filepath.Join(c.Bundle, "ca.pem")}, l.AgentArgs...)
+		"--node-ca", filepath.Join(c.Bundle, "ca.pem")}, l.agentArgs(n.Name)...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
