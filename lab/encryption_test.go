@@ -393,14 +393,15 @@ func TestIPsecRefusedWithoutESP(t *testing.T) {
 	testutil.RequireRoot(t)
 	probe := ipsec.Probe()
 	if probe == nil {
-		t.Skip("this kernel has IPsec ESP: the refusal does not apply (and Filament's IPsec datapath is not built yet)")
+		t.Skip("this kernel has IPsec ESP: the refusal does not apply (TestIPsecNoPlaintextOnUnderlay runs instead)")
 	}
 	keys := filepath.Join(t.TempDir(), "ipsec.keys")
 	os.WriteFile(keys, []byte("3+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n"), 0o600)
 	name := fmt.Sprintf("t%x", time.Now().UnixNano()&0xffffff)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err := lab.Up(ctx, lab.Options{Name: name, Nodes: 1, BinDir: labtest.BinDir(t), AgentArgs: []string{"--encryption", "ipsec", "--ipsec-key-file", keys}})
+	_, err := lab.Up(ctx, lab.Options{Name: name, Nodes: 1, BinDir: labtest.BinDir(t), Routing: "native",
+		AgentArgs: []string{"--encryption", "ipsec", "--ipsec-key-file", keys}})
 	defer lab.Down(name)
 	if err == nil {
 		t.Fatal("the agent started in IPsec mode on a kernel without ESP")
@@ -461,5 +462,39 @@ func TestStrictModeDropsTrafficToNonPeer(t *testing.T) {
 	}
 	if got := metric(t, l, "n1", "filament_drop_packets_total", "encryption: node is not a peer (strict)"); got == 0 {
 		t.Fatal("no strict-mode drop in the metrics")
+	}
+}
+
+// IPsec mode between two nodes (native routing, strict): a capture on the
+// underlay shows ESP and no pod packet in clear. Needs kernel ESP.
+func TestIPsecNoPlaintextOnUnderlay(t *testing.T) {
+	testutil.RequireRoot(t)
+	if err := ipsec.Probe(); err != nil {
+		testutil.SkipMissingFeature(t, "IPsec ESP (esp4, gcm)", err)
+	}
+	keys := filepath.Join(t.TempDir(), "ipsec.keys")
+	os.WriteFile(keys, []byte("3+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n"), 0o600)
+	l := labtest.UpRouting(t, 2, "native", "--encryption", "ipsec", "--ipsec-key-file", keys, "--encryption-strict")
+	a := labtest.Pod(t, l, "n1", "a")
+	b := labtest.Pod(t, l, "n2", "b")
+	serve(t, lab.NetNSPath(b.NetNS), 7000)
+	eventually(t, "a reaches b", func() bool { return reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, 7000) })
+	stop := capture(t, fmt.Sprintf("flab-%s-ul", l.Name))
+	const marker = "FILAMENT-IPSEC-MARKER-91c2"
+	for range 5 {
+		echoMarker(t, lab.NetNSPath(a.NetNS), b.IP+":7000", marker)
+	}
+	pkts := stop()
+	esp := 0
+	for i, p := range pkts {
+		if bytes.Contains(p, []byte(marker)) || bytes.Contains(p, append(ip4bytes(a.IP), ip4bytes(b.IP)...)) {
+			t.Fatalf("packet %d on the underlay is a pod packet in clear", i)
+		}
+		if len(p) > 23 && p[23] == 50 {
+			esp++
+		}
+	}
+	if esp < 10 {
+		t.Fatalf("only %d ESP packets among %d", esp, len(pkts))
 	}
 }

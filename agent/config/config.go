@@ -289,6 +289,9 @@ func (c Config) Validate() error {
 		if c.IPsecKeyFile == "" {
 			return fmt.Errorf("%w: ipsecKeyFile: required with encryption ipsec", ErrInvalid)
 		}
+		if c.Routing != "native" {
+			return fmt.Errorf("%w: encryption ipsec needs routing native (the XFRM policies select pod CIDRs), not %q", ErrInvalid, c.Routing)
+		}
 	default:
 		return fmt.Errorf("%w: encryption %q: want none, wireguard or ipsec", ErrInvalid, c.Encryption)
 	}

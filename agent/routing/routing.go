@@ -50,6 +50,13 @@ type Encryption interface {
 	Port() int
 }
 
+// IPsec installs the XFRM states and policies toward a peer node; pod
+// traffic to it is then routed natively and transformed by the kernel.
+type IPsec interface {
+	AddPeer(n node.Node, ip netip.Addr) error
+	RemovePeer(n node.Node, ip netip.Addr)
+}
+
 // ErrMode: an unknown routing mode.
 var ErrMode = errors.New("routing mode must be tunnel or native")
 
@@ -59,7 +66,8 @@ type Router struct {
 	mode string
 	self string
 
-	enc Encryption
+	enc  Encryption
+	xfrm IPsec
 	// requireNode: remote ipcache entries are written only for nodes the
 	// router accepted (authenticated), so a refused node cannot claim
 	// identities for addresses.
@@ -140,6 +148,14 @@ func (r *Router) RequireNodes() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.requireNode = true
+}
+
+// SetIPsec makes every node an IPsec peer through x (native routing; call
+// before nodes are learned).
+func (r *Router) SetIPsec(x IPsec) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.xfrm = x
 }
 
 // SetEncryption routes pod traffic to other nodes through e (call before
@@ -245,6 +261,14 @@ func (r *Router) learnNode(n node.Node) {
 	if r.enc != nil && r.encryptTo(n, ip) {
 		return
 	}
+	if r.xfrm != nil {
+		if err := r.xfrm.AddPeer(n, ip); err != nil {
+			slog.Error("ipsec peer", "node", n.Name, "err", err)
+			r.dp.DeleteEncryptPeer(ip)
+		} else if err := r.dp.UpsertEncryptPeer(ip); err != nil {
+			slog.Error("encrypt peers map", "node", n.Name, "err", err)
+		}
+	}
 	if r.mode == Native {
 		for _, c := range n.PodCIDRs {
 			p, err := netip.ParsePrefix(c)
@@ -271,6 +295,10 @@ func (r *Router) forgetNode(n node.Node) {
 		r.dp.DeleteNode(ip)
 		if r.enc != nil {
 			r.enc.RemovePeer(n.Name)
+			r.dp.DeleteEncryptPeer(ip)
+		}
+		if r.xfrm != nil {
+			r.xfrm.RemovePeer(n, ip)
 			r.dp.DeleteEncryptPeer(ip)
 		}
 	}
@@ -309,7 +337,7 @@ func (r *Router) writeEntry(e ipcache.Entry) {
 	// The node of a remote pod: the tunnel endpoint, and the encryption
 	// peer its traffic must go to.
 	var tunnel netip.Addr
-	if r.mode == Tunnel || r.enc != nil {
+	if r.mode == Tunnel || r.enc != nil || r.xfrm != nil {
 		tunnel = e.HostIP
 	}
 	if err := r.dp.UpsertIPCacheTunnel(netip.PrefixFrom(e.IP, 32), e.Identity, tunnel); err != nil {

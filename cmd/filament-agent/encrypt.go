@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -22,11 +23,36 @@ type encryption struct {
 	mode   string
 	strict bool
 	wg     *wireguard.Device
+	ipsec  bool
+}
+
+// ipsecPeers installs XFRM states and policies toward each peer node.
+type ipsecPeers struct {
+	local ipsec.Local
+	keys  []ipsec.Key
+}
+
+func (x *ipsecPeers) peer(n node.Node, ip netip.Addr) ipsec.Peer {
+	p := ipsec.Peer{Name: n.Name, IP: ip}
+	for _, c := range n.PodCIDRs {
+		if pc, err := netip.ParsePrefix(c); err == nil {
+			p.PodCIDRs = append(p.PodCIDRs, pc)
+		}
+	}
+	return p
+}
+
+func (x *ipsecPeers) AddPeer(n node.Node, ip netip.Addr) error {
+	return ipsec.Install(x.local, x.peer(n, ip), x.keys)
+}
+
+func (x *ipsecPeers) RemovePeer(n node.Node, ip netip.Addr) {
+	ipsec.Uninstall(x.local, x.peer(n, ip), x.keys)
 }
 
 // startEncryption opens the WireGuard device (peers follow the node
 // registry through the router) or refuses a mode the kernel cannot do.
-func startEncryption(cfg config.Config, dp *datapath.Datapath, router *routing.Router, underlayMTU int) (*encryption, error) {
+func startEncryption(cfg config.Config, dp *datapath.Datapath, router *routing.Router, underlayMTU int, nodeIP netip.Addr, podCIDR string) (*encryption, error) {
 	e := &encryption{mode: cfg.Encryption, strict: cfg.EncryptionStrict}
 	switch cfg.Encryption {
 	case "wireguard":
@@ -49,12 +75,18 @@ func startEncryption(cfg config.Config, dp *datapath.Datapath, router *routing.R
 		if err != nil {
 			return nil, fmt.Errorf("ipsecKeyFile: %w", err)
 		}
-		if _, err := ipsec.ParseKeyFile(data); err != nil {
+		keys, err := ipsec.ParseKeyFile(data)
+		if err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("encryption ipsec: the kernel has ESP, but Filament's IPsec datapath is not built yet (states and policies are generated and unit-tested only); use wireguard")
+		local := ipsec.Local{IP: nodeIP}
+		if p, err := netip.ParsePrefix(podCIDR); err == nil {
+			local.PodCIDRs = []netip.Prefix{p}
+		}
+		router.SetIPsec(&ipsecPeers{local: local, keys: keys})
+		e.ipsec = true
 	}
-	if err := dp.SetEncryption(e.wg != nil, e.strict); err != nil {
+	if err := dp.SetEncryption(e.wg != nil || e.ipsec, e.strict); err != nil {
 		if e.wg != nil {
 			e.wg.Close()
 		}

@@ -249,7 +249,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	enc, err := startEncryption(cfg, dp, router, underlayMTU)
+	enc, err := startEncryption(cfg, dp, router, underlayMTU, nodeIP, podCIDR)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,8 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/crypto/ca"
+	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -531,6 +533,40 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 		},
 	}
 	status.Flags().DurationVar(&wait, "wait", 0, "wait until every remote cluster is connected and ready")
-	cmd.AddCommand(enable, connect, disconnect, status)
+	var nodeName, outDir string
+	issue := &cobra.Command{
+		Use: "issue-node-cert --node NAME --out DIR", Short: "Issue a node certificate from this cluster's CA (the admin's part of a join): DIR/node.pem and DIR/node-key.pem", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			dir, err := need()
+			if err != nil {
+				return err
+			}
+			if nodeName == "" || outDir == "" {
+				return fmt.Errorf("--node and --out are required")
+			}
+			cl, err := clustermesh.LoadCluster(dir)
+			if err != nil {
+				return err
+			}
+			authority, err := ca.Load(dir)
+			if err != nil {
+				return err
+			}
+			pair, err := nodeauth.Issue(authority, cl.Name, nodeName)
+			if err != nil {
+				return err
+			}
+			if err := ca.WritePair(outDir, "node", pair); err != nil {
+				return err
+			}
+			return c.print(map[string]string{"subject": nodeauth.CommonName(cl.Name, nodeName), "dir": outDir}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Issued %s: %s/node.pem, %s/node-key.pem (give the agent --node-cert, --node-key and --node-ca %s/ca.pem)\n",
+					nodeauth.CommonName(cl.Name, nodeName), outDir, outDir, dir)
+			})
+		},
+	}
+	issue.Flags().StringVar(&nodeName, "node", "", "node name (as the agent's --node-name)")
+	issue.Flags().StringVar(&outDir, "out", "", "directory for node.pem and node-key.pem")
+	cmd.AddCommand(enable, connect, disconnect, status, issue)
 	return cmd
 }

@@ -400,3 +400,35 @@ func addAndDelete(h *netlink.Handle, aead, crypt, auth *netlink.XfrmStateAlgo) (
 	}
 	return nil, h.XfrmStateDel(st)
 }
+
+// Install writes (or updates) the states for keys and the policies for
+// the current (last) key between local and peer.
+func Install(local Local, peer Peer, keys []Key) error {
+	if len(keys) == 0 {
+		return fmt.Errorf("%w: no key", ErrKeyFile)
+	}
+	for _, s := range States(local, peer, keys) {
+		if err := netlink.XfrmStateUpdate(s); err != nil {
+			return fmt.Errorf("xfrm state to %s (spi %#x): %w", peer.Name, s.Spi, err)
+		}
+	}
+	for _, p := range Policies(local, peer, keys[len(keys)-1]) {
+		if err := netlink.XfrmPolicyUpdate(p); err != nil {
+			return fmt.Errorf("xfrm policy to %s: %w", peer.Name, err)
+		}
+	}
+	return nil
+}
+
+// Uninstall removes what Install wrote for peer; missing entries are fine.
+func Uninstall(local Local, peer Peer, keys []Key) {
+	if len(keys) == 0 {
+		return
+	}
+	for _, p := range Policies(local, peer, keys[len(keys)-1]) {
+		netlink.XfrmPolicyDel(p)
+	}
+	for _, s := range States(local, peer, keys) {
+		netlink.XfrmStateDel(s)
+	}
+}
