@@ -55,6 +55,9 @@ func run(t *testing.T, args ...string) {
 // keeps it flowing.
 func TestDevicesTalk(t *testing.T) {
 	testutil.RequireRoot(t)
+	if _, err := os.Stat(runDir); errors.Is(err, os.ErrNotExist) {
+		t.Cleanup(func() { os.Remove(runDir) }) // the UAPI socket directory this test made (if empty)
+	}
 	suffix := fmt.Sprintf("%06x", rand.Uint32()&0xffffff)
 	nsA, nsB := "wgt-a-"+suffix, "wgt-b-"+suffix
 	for _, n := range []string{nsA, nsB} {
