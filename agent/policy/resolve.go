@@ -255,6 +255,11 @@ type Resolver struct {
 
 	endpoints map[uint16]*endpointState
 
+	// awsGroups are the resolved addresses of toGroups/fromGroups
+	// selectors, by GroupKey; a selector without an entry (never resolved)
+	// selects nothing.
+	awsGroups map[string][]netip.Prefix
+
 	// Work counters, for tests: endpoints recomputed in full and (endpoint,
 	// direction, identity) groups recomputed.
 	endpointRecomputes, groupRecomputes int
@@ -293,6 +298,7 @@ func NewResolver(mode Mode) *Resolver {
 		cidrs:      map[netip.Prefix]identity.NumericIdentity{},
 		cidrNext:   1,
 		endpoints:  map[uint16]*endpointState{},
+		awsGroups:  map[string][]netip.Prefix{},
 	}
 	switch mode {
 	case ModeDefault, ModeAlways, ModeNever:
@@ -342,6 +348,22 @@ func (r *Resolver) SetPolicies(ps []Policy) Change {
 		return ch
 	}
 
+	for k := range changed {
+		if p, ok := next[k]; ok {
+			r.policies[k] = p.DeepCopy()
+		} else {
+			delete(r.policies, k)
+		}
+	}
+	r.applyChanged(&ch, changed)
+	ch.finish()
+	return ch
+}
+
+// applyChanged recompiles the policies in changed (from r.policies; a key
+// no longer there is dropped) and recomputes only the endpoints the old or
+// new versions select, plus the groups of CIDR identities that came or went.
+func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 	// Endpoints selected by the old versions of changed policies.
 	affected := map[uint16]bool{}
 	for id, ep := range r.endpoints {
@@ -350,15 +372,12 @@ func (r *Resolver) SetPolicies(ps []Policy) Change {
 		}
 	}
 	for k := range changed {
-		p, ok := next[k]
+		p, ok := r.policies[k]
 		if !ok {
-			delete(r.policies, k)
 			delete(r.compiled, k)
 			continue
 		}
-		p = p.DeepCopy()
-		r.policies[k] = p
-		r.compiled[k] = compilePolicy(&p)
+		r.compiled[k] = compilePolicy(&p, r.awsGroups)
 	}
 	r.rules = r.rules[:0]
 	r.warnings = r.warnings[:0]
@@ -381,23 +400,76 @@ func (r *Resolver) SetPolicies(ps []Policy) Change {
 		}
 	}
 
-	added, removed := r.syncCIDRs(&ch)
+	added, removed := r.syncCIDRs(ch)
 	for _, id := range slices.Sorted(maps.Keys(r.endpoints)) {
 		ep := r.endpoints[id]
 		if affected[id] {
-			r.recomputeEndpoint(&ch, ep)
+			r.recomputeEndpoint(ch, ep)
 			continue
 		}
 		for _, cid := range removed {
-			r.dropIdentityGroups(&ch, ep, cid)
+			r.dropIdentityGroups(ch, ep, cid)
 		}
 		for _, cid := range added {
-			r.recomputeIdentityGroups(&ch, ep, cid)
+			r.recomputeIdentityGroups(ch, ep, cid)
 		}
+	}
+}
+
+// SetGroup sets the resolved addresses of a toGroups/fromGroups selector
+// (by GroupKey) and recomputes only what the policies naming it select.
+func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	prefixes := make([]netip.Prefix, 0, len(addrs))
+	for _, a := range addrs {
+		if a.Is4() {
+			prefixes = append(prefixes, netip.PrefixFrom(a, 32))
+		}
+	}
+	slices.SortFunc(prefixes, comparePrefixes)
+	prefixes = slices.Compact(prefixes)
+	if old, ok := r.awsGroups[key]; ok && slices.Equal(old, prefixes) {
+		return ch
+	}
+	r.awsGroups[key] = prefixes
+	changed := map[string]bool{}
+	for k, cp := range r.compiled {
+		if cp.groups[key] {
+			changed[k] = true
+		}
+	}
+	if len(changed) > 0 {
+		r.applyChanged(&ch, changed)
 	}
 	ch.finish()
 	return ch
 }
+
+// GroupsInUse lists the toGroups/fromGroups selectors of the current
+// policies, by GroupKey.
+func (r *Resolver) GroupsInUse() map[string]AWSGroup {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]AWSGroup{}
+	for _, cp := range r.compiled {
+		for k, g := range cp.groupSels {
+			out[k] = g
+		}
+	}
+	return out
+}
+
+// GroupAddrs returns the resolved addresses of a selector (nil, false:
+// never resolved).
+func (r *Resolver) GroupAddrs(key string) ([]netip.Prefix, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, ok := r.awsGroups[key]
+	return p, ok
+}
+
 
 // syncCIDRs allocates an identity for every prefix the rules name that has
 // none and releases those of prefixes no rule names any more. Numbers are
@@ -900,9 +972,11 @@ func lookupL4(g map[L4]MapValue, proto uint8, port uint16) (MapValue, bool) {
 
 // compiledPolicy is a policy prepared for resolution.
 type compiledPolicy struct {
-	rules    []*compiledRule
-	prefixes []netip.Prefix // every IPv4 prefix its rules name
-	warnings []string
+	rules     []*compiledRule
+	prefixes  []netip.Prefix // every IPv4 prefix its rules name
+	warnings  []string
+	groups    map[string]bool     // GroupKeys of the selectors it names
+	groupSels map[string]AWSGroup // ... and the selectors
 }
 
 // compiledRule is one rule: the endpoints it selects, its default deny and
@@ -1023,14 +1097,18 @@ func (ps *peerSpec) matches(k *knownIdentity) bool {
 
 // compiler compiles one policy.
 type compiler struct {
-	cp       *compiledPolicy
-	key      string
-	rule     int
-	prefixes map[netip.Prefix]bool
+	cp        *compiledPolicy
+	key       string
+	rule      int
+	prefixes  map[netip.Prefix]bool
+	awsGroups map[string][]netip.Prefix
 }
 
-func compilePolicy(p *Policy) *compiledPolicy {
-	c := &compiler{cp: &compiledPolicy{}, key: p.Key(), prefixes: map[netip.Prefix]bool{}}
+// compilePolicy compiles p; toGroups/fromGroups become the resolved
+// addresses in awsGroups (by GroupKey).
+func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPolicy {
+	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]AWSGroup{}}, key: p.Key(),
+		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
 		c.rule = i
@@ -1052,7 +1130,7 @@ func compilePolicy(p *Policy) *compiledPolicy {
 				in := &sec.rs[j]
 				s := c.section(Ingress, sec.name, j, sec.deny, peerFields{
 					endpoints: in.FromEndpoints, requires: in.FromRequires, cidr: in.FromCIDR,
-					cidrSet: in.FromCIDRSet, entities: in.FromEntities, groups: len(in.FromGroups),
+					cidrSet: in.FromCIDRSet, entities: in.FromEntities, groups: in.FromGroups,
 				}, in.ToPorts, in.ICMPs)
 				if s != nil {
 					cr.sections = append(cr.sections, s)
@@ -1068,7 +1146,7 @@ func compilePolicy(p *Policy) *compiledPolicy {
 				out := &sec.rs[j]
 				s := c.section(Egress, sec.name, j, sec.deny, peerFields{
 					endpoints: out.ToEndpoints, requires: out.ToRequires, cidr: out.ToCIDR,
-					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: len(out.ToGroups),
+					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: out.ToGroups,
 					services: len(out.ToServices), fqdns: len(out.ToFQDNs),
 				}, out.ToPorts, out.ICMPs)
 				if s != nil {
@@ -1089,7 +1167,8 @@ type peerFields struct {
 	cidr                    []string
 	cidrSet                 []CIDRRule
 	entities                []Entity
-	groups, services, fqdns int
+	groups                  []Groups
+	services, fqdns         int
 }
 
 func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
@@ -1102,7 +1181,7 @@ func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
 func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peerFields, prs []PortRule, icmps []ICMPRule) *section {
 	s := &section{dir: dir, deny: deny, ref: RuleRef{Policy: c.key, Rule: c.rule, Section: fmt.Sprintf("%s[%d]", name, j)}}
 	ps := &s.peers
-	hasPeers := len(pf.endpoints)+len(pf.cidr)+len(pf.cidrSet)+len(pf.entities)+pf.groups+pf.services+pf.fqdns > 0
+	hasPeers := len(pf.endpoints)+len(pf.cidr)+len(pf.cidrSet)+len(pf.entities)+len(pf.groups)+pf.services+pf.fqdns > 0
 	hasPorts := len(prs)+len(icmps) > 0
 
 	for i := range pf.endpoints {
@@ -1157,8 +1236,24 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p, except: except})
 		}
 	}
-	if pf.groups > 0 {
-		c.warnf(s.ref, "groups select nothing yet")
+	for _, g := range pf.groups {
+		if g.AWS == nil {
+			c.warnf(s.ref, "a group without aws selects nothing")
+			continue
+		}
+		key := GroupKey(*g.AWS)
+		c.cp.groups[key] = true
+		c.cp.groupSels[key] = *g.AWS
+		addrs, ok := c.awsGroups[key]
+		if !ok {
+			// Fail closed: a group never resolved allows nothing.
+			c.warnf(s.ref, "aws group %s not resolved yet: selects nothing", key)
+			continue
+		}
+		for _, p := range addrs {
+			c.prefixes[p] = true
+			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
+		}
 	}
 	if pf.services > 0 {
 		c.warnf(s.ref, "toServices select nothing yet")
@@ -1349,4 +1444,16 @@ func (c Change) String() string {
 		fmt.Fprintf(&b, "-cidr %s\n", p)
 	}
 	return b.String()
+}
+
+// GroupKey is the canonical form of an AWS group selector (sorted), the
+// same for equal selectors however they are written.
+func GroupKey(g AWSGroup) string {
+	ids := slices.Sorted(slices.Values(g.SecurityGroupsIDs))
+	names := slices.Sorted(slices.Values(g.SecurityGroupsNames))
+	var tags []string
+	for _, k := range slices.Sorted(maps.Keys(g.Labels)) {
+		tags = append(tags, k+"="+g.Labels[k])
+	}
+	return fmt.Sprintf("region=%s;ids=%s;names=%s;tags=%s", g.Region, strings.Join(ids, ","), strings.Join(names, ","), strings.Join(tags, ","))
 }

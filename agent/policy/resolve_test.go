@@ -312,7 +312,7 @@ func TestResolvePeers(t *testing.T) {
 		{name: "fromCIDR", in: &IngressRule{FromCIDR: []string{"10.0.0.0/8"}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{cidr10}},
 		{name: "fromGroups selects nothing", in: &IngressRule{FromGroups: []Groups{{AWS: &AWSGroup{SecurityGroupsIDs: []string{"sg-1"}}}}, ToPorts: tcp80},
-			warning: "groups select nothing yet"},
+			warning: "not resolved yet: selects nothing"},
 		{name: "egress toEndpoints", out: &EgressRule{ToEndpoints: rsSels("env=prod"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2, db}},
 		{name: "toFQDNs with ports is not every peer", out: &EgressRule{ToFQDNs: []FQDNSelector{{MatchName: "example.com"}}, ToPorts: tcp80},
@@ -1483,4 +1483,78 @@ func TestBenchFixture(t *testing.T) {
 	}
 	t.Logf("%d entries, %d CIDR identities, built in %v; added identity: %d upserts on %d endpoints",
 		total, len(r.CIDRIdentities()), time.Since(start), len(ch.Upserts), len(touched))
+}
+
+// toGroups fail closed until resolved, then become /32 CIDR peers; a
+// membership change recomputes only the policies naming that group and
+// changes only the entries of the addresses that came or went.
+func TestResolveAWSGroups(t *testing.T) {
+	addr := netip.MustParseAddr
+	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
+	other := EndpointInfo{ID: 2, Identity: cid(2), Labels: rsLabels(t, "app=other")}
+	g := AWSGroup{SecurityGroupsIDs: []string{"sg-2", "sg-1"}}
+	p := rsPol("egress-groups", Rule{EndpointSelector: rsSel("app=web"), Egress: []EgressRule{{
+		ToGroups: []Groups{{AWS: &g}}, ToPorts: rsPorts(ProtoTCP, "443")}}})
+	q := rsPol("other", Rule{EndpointSelector: rsSel("app=other"), Egress: []EgressRule{{ToCIDR: []string{"192.0.2.0/24"}}}})
+	r := NewResolver(ModeDefault)
+	rp := newReplica()
+	rp.apply(t, r.UpsertEndpoint(web))
+	rp.apply(t, r.UpsertEndpoint(other))
+	rp.apply(t, r.SetPolicies([]Policy{p, q}))
+	rp.check(t, r)
+	key := GroupKey(AWSGroup{SecurityGroupsIDs: []string{"sg-1", "sg-2"}})
+	if GroupKey(g) != key {
+		t.Fatal("GroupKey depends on order")
+	}
+	if _, ok := r.GroupsInUse()[key]; !ok {
+		t.Fatalf("groups in use: %v", r.GroupsInUse())
+	}
+	// Never resolved: web's egress is enforced and allows nothing.
+	if ep, _ := r.Endpoint(1); !ep.EgressEnforced || len(ep.Entries) != 0 {
+		t.Fatalf("unresolved group: %+v", ep)
+	}
+	ch := r.SetGroup(key, []netip.Addr{addr("10.0.1.5"), addr("10.0.1.6"), addr("10.0.1.5")})
+	rp.apply(t, ch)
+	rp.check(t, r)
+	if len(ch.CIDRUpserts) != 2 || len(ch.Upserts) != 2 {
+		t.Fatalf("resolving the group: %d CIDR identities, %d entries", len(ch.CIDRUpserts), len(ch.Upserts))
+	}
+	id5 := ch.CIDRUpserts[netip.MustParsePrefix("10.0.1.5/32")]
+	if ok, _ := dpVerdict(mustEP(t, r, 1), Egress, id5, 6, 443); !ok {
+		t.Fatal("web cannot reach a group member")
+	}
+	// Same membership: nothing.
+	if ch := r.SetGroup(key, []netip.Addr{addr("10.0.1.6"), addr("10.0.1.5")}); !ch.Empty() {
+		t.Fatalf("an unchanged group produced %+v", ch)
+	}
+	// 10.0.1.6 leaves, 10.0.1.7 joins: only those entries change, and the
+	// other policy's endpoint is not recomputed.
+	before := r.endpointRecomputes
+	ch = r.SetGroup(key, []netip.Addr{addr("10.0.1.5"), addr("10.0.1.7")})
+	rp.apply(t, ch)
+	rp.check(t, r)
+	if len(ch.Upserts) != 1 || len(ch.Deletes) != 1 || len(ch.CIDRUpserts) != 1 || len(ch.CIDRDeletes) != 1 {
+		t.Fatalf("membership change: %d upserts, %d deletes, CIDR +%d -%d", len(ch.Upserts), len(ch.Deletes), len(ch.CIDRUpserts), len(ch.CIDRDeletes))
+	}
+	if got := r.endpointRecomputes - before; got != 1 {
+		t.Fatalf("%d endpoints recomputed, want only web", got)
+	}
+	if ok, _ := dpVerdict(mustEP(t, r, 1), Egress, id5, 6, 443); !ok {
+		t.Fatal("the member that stayed lost access")
+	}
+	// Emptied: fails closed again.
+	rp.apply(t, r.SetGroup(key, nil))
+	rp.check(t, r)
+	if ep, _ := r.Endpoint(1); len(ep.Entries) != 0 {
+		t.Fatalf("empty group still allows %v", ep.Entries)
+	}
+}
+
+func mustEP(t *testing.T, r *Resolver, id uint16) EndpointPolicy {
+	t.Helper()
+	p, ok := r.Endpoint(id)
+	if !ok {
+		t.Fatalf("endpoint %d unknown", id)
+	}
+	return p
 }
