@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,6 +102,18 @@ type External struct {
 	IP    string `json:"ip"`
 }
 
+// Host is an "outside" host on a cluster's underlay (standing in for an EC2
+// instance or a CIDR peer): a namespace owning IP, which every node of the
+// cluster routes through the host's underlay address, so that pods reach it
+// as world (no masquerade: it sees and answers the pods' addresses).
+type Host struct {
+	Name       string `json:"name"`
+	Cluster    string `json:"cluster"`
+	NetNS      string `json:"netns"`
+	IP         string `json:"ip"`         // the address it stands for
+	UnderlayIP string `json:"underlayIP"` // its address on the cluster's underlay
+}
+
 // Lab is the recorded state of one lab.
 type Lab struct {
 	Name      string   `json:"name"`
@@ -115,6 +128,7 @@ type Lab struct {
 	Nodes         []Node              `json:"nodes"`
 	Pods          []Pod               `json:"pods"`
 	Externals     []External          `json:"externals,omitempty"`
+	Hosts         []Host              `json:"hosts,omitempty"`
 
 	dir string
 }
@@ -988,6 +1002,11 @@ func (l *Lab) teardown() error {
 	}
 	for _, x := range l.Externals {
 		if err := run("ip", "netns", "del", x.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+		}
+	}
+	for _, h := range l.Hosts {
+		if err := run("ip", "netns", "del", h.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)
 		}
 	}

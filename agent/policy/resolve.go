@@ -470,7 +470,6 @@ func (r *Resolver) GroupAddrs(key string) ([]netip.Prefix, bool) {
 	return p, ok
 }
 
-
 // syncCIDRs allocates an identity for every prefix the rules name that has
 // none and releases those of prefixes no rule names any more. Numbers are
 // released after allocating, so that no number changes its prefix within
@@ -1163,12 +1162,12 @@ func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPoli
 
 // peerFields are the peer fields of an ingress or egress rule.
 type peerFields struct {
-	endpoints, requires     []EndpointSelector
-	cidr                    []string
-	cidrSet                 []CIDRRule
-	entities                []Entity
-	groups                  []Groups
-	services, fqdns         int
+	endpoints, requires []EndpointSelector
+	cidr                []string
+	cidrSet             []CIDRRule
+	entities            []Entity
+	groups              []Groups
+	services, fqdns     int
 }
 
 func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
