@@ -158,6 +158,54 @@ func newRoot() *cobra.Command {
 	podServe.Flags().IntVar(&servePort, "port", 8080, "port to serve on")
 	pod.AddCommand(podAdd, podDel, podExec, podServe)
 
+	host := &cobra.Command{Use: "host", Short: "Add, delete and run commands in outside hosts (stand-ins for EC2 instances or CIDR peers)"}
+	var hostIP, hostCluster string
+	hostAdd := &cobra.Command{
+		Use:   "add HOST --ip ADDR",
+		Short: "Create a host owning ADDR on a cluster's underlay, routed by every node so pods reach it as world",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			h, err := l.AddHost(args[0], hostIP, hostCluster)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "host %s in cluster %s: %s (underlay %s, netns %s)\n", h.Name, h.Cluster, h.IP, h.UnderlayIP, h.NetNS)
+			return nil
+		},
+	}
+	hostAdd.Flags().StringVar(&hostIP, "ip", "", "the host's IPv4 address (outside the lab's underlay and pod pools)")
+	hostAdd.Flags().StringVar(&hostCluster, "cluster", "", "cluster whose nodes route to the host (default: the first)")
+	hostAdd.MarkFlagRequired("ip")
+	hostDel := &cobra.Command{
+		Use: "del HOST", Aliases: []string{"delete"}, Short: "Delete a host and its routes on the nodes", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			return l.DeleteHost(args[0])
+		},
+	}
+	hostExec := &cobra.Command{
+		Use: "exec HOST -- COMMAND...", Short: "Run a command inside a host's namespace", Args: cobra.MinimumNArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			c, err := l.HostCommand(args[0], args[1:]...)
+			if err != nil {
+				return err
+			}
+			return interactive(c)
+		},
+	}
+	host.AddCommand(hostAdd, hostDel, hostExec)
+
 	execCmd := &cobra.Command{
 		Use: "exec NODE -- COMMAND...", Short: "Run a command in a node's namespace against its agent (e.g. filament status)", Args: cobra.MinimumNArgs(2),
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -192,7 +240,7 @@ func newRoot() *cobra.Command {
 
 	var output string
 	status := &cobra.Command{
-		Use: "status", Short: "Show the lab's nodes and pods", Args: cobra.NoArgs,
+		Use: "status", Short: "Show the lab's nodes, pods and hosts", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := lab.Load(name)
 			if err != nil {
@@ -225,12 +273,18 @@ func newRoot() *cobra.Command {
 			for _, p := range l.Pods {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Name, p.Node, p.IP, p.NetNS, strings.Join(p.Labels, ","))
 			}
+			if len(l.Hosts) > 0 {
+				fmt.Fprintf(w, "\nHOST\tCLUSTER\tIP\tUNDERLAY IP\tNETNS\n")
+				for _, h := range l.Hosts {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Name, h.Cluster, h.IP, h.UnderlayIP, h.NetNS)
+				}
+			}
 			return w.Flush()
 		},
 	}
 	status.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 
-	root.AddCommand(up, down, pod, node, execCmd, status, serveNameCmd())
+	root.AddCommand(up, down, pod, host, node, execCmd, status, serveNameCmd())
 	return root
 }
 

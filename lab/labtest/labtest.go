@@ -225,3 +225,14 @@ func PinDir(l *lab.Lab, node string) string {
 	}
 	return filepath.Join(lab.Root, l.Name, "bpffs", "filament", n.Cluster, node[strings.LastIndex(node, "/")+1:])
 }
+
+// Host adds an outside host with address ip on the lab's first cluster (see
+// lab.AddHost) or fails t; it goes with the lab at cleanup.
+func Host(t testing.TB, l *lab.Lab, name, ip string) *lab.Host {
+	t.Helper()
+	h, err := l.AddHost(name, ip, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
