@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/groups"
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
@@ -179,8 +180,8 @@ func (c *Client) Policies(ctx context.Context) ([]policy.Policy, error) {
 }
 
 // Policy gets one policy by key (namespace/name).
-func (c *Client) Policy(ctx context.Context, key string) (policy.Policy, error) {
-	var p policy.Policy
+func (c *Client) Policy(ctx context.Context, key string) (PolicyView, error) {
+	var p PolicyView
 	return p, c.do(ctx, http.MethodGet, "/v1/policies/"+key, nil, "", &p)
 }
 
@@ -288,4 +289,15 @@ func (c *Client) RotateKey(ctx context.Context) (string, error) {
 	var out map[string]string
 	err := c.do(ctx, http.MethodPost, "/v1/encryption/rotate-key", nil, "", &out)
 	return out["publicKey"], err
+}
+
+// Groups reports the cloud groups (toGroups/fromGroups) and their resolution.
+func (c *Client) Groups(ctx context.Context) (groups.Status, error) {
+	var out groups.Status
+	return out, c.do(ctx, http.MethodGet, "/v1/groups", nil, "", &out)
+}
+
+// RefreshGroups asks the cluster's resolver to resolve every group now.
+func (c *Client) RefreshGroups(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/groups/refresh", nil, "", nil)
 }

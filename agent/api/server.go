@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/groups"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/labels"
@@ -71,6 +72,8 @@ type Server struct {
 	Trace func(src, dst labels.Labels, proto uint8, port uint16) policy.TraceResult
 	// Services manages the cluster's services (nil: none).
 	Services Services
+	// Groups manages toGroups/fromGroups (nil: none).
+	Groups Groups
 	// Encryption reports the node's transparent encryption (nil: none).
 	Encryption func() (EncryptionStatus, error)
 	// RotateKey makes and publishes a new encryption key (nil: none).
@@ -132,6 +135,24 @@ func (s *Server) Handler() http.Handler {
 			return
 		}
 		reply(w, http.StatusOK, map[string]string{"publicKey": pub})
+	})
+	mux.HandleFunc("GET /v1/groups", func(w http.ResponseWriter, r *http.Request) {
+		st := groups.Status{Groups: []groups.Result{}}
+		if s.Groups != nil {
+			st = s.Groups.Status()
+		}
+		reply(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /v1/groups/refresh", func(w http.ResponseWriter, r *http.Request) {
+		if s.Groups == nil {
+			fail(w, fmt.Errorf("%w: this agent resolves no groups", errBadRequest))
+			return
+		}
+		if err := s.Groups.Refresh(r.Context()); err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, map[string]string{"refresh": "requested"})
 	})
 	mux.HandleFunc("GET /v1/services", s.listServices)
 	mux.HandleFunc("PUT /v1/services", s.upsertService)
@@ -345,7 +366,19 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, p)
+	v := PolicyView{Policy: p}
+	if s.Groups != nil {
+		v.DerivedGroups = s.Groups.Derived(p)
+	}
+	reply(w, http.StatusOK, v)
+}
+
+// Groups is the cloud groups manager as the API uses it.
+type Groups interface {
+	Status() groups.Status
+	Refresh(ctx context.Context) error
+	// Derived lists the groups a policy names with their resolution.
+	Derived(p policy.Policy) []groups.Result
 }
 
 func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {

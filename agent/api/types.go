@@ -4,6 +4,8 @@
 package api
 
 import (
+	"github.com/filament-net/filament/agent/groups"
+	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/crypto/wireguard"
 	"time"
@@ -112,4 +114,11 @@ type EncryptionStatus struct {
 	// CA and a signed record; Refused are the nodes that did not.
 	Authentication bool               `json:"authentication"`
 	Refused        []nodeauth.Refusal `json:"refused"`
+}
+
+// PolicyView is a stored policy with the entries derived from its groups
+// (toGroups/fromGroups): each group's addresses and last refresh.
+type PolicyView struct {
+	policy.Policy
+	DerivedGroups []groups.Result `json:"derivedGroups,omitempty"`
 }

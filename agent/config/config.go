@@ -143,6 +143,13 @@ type Config struct {
 	NodeCert string `json:"nodeCert"`
 	NodeKey  string `json:"nodeKey"`
 	NodeCA   string `json:"nodeCA"`
+	// AWSRegion turns on AWS groups (toGroups/fromGroups) and EC2 node
+	// metadata ("" = from AWS_REGION or the shared config, else off);
+	// AWSEndpoint overrides the EC2 endpoint (tests).
+	AWSRegion   string `json:"awsRegion"`
+	AWSEndpoint string `json:"awsEndpoint"`
+	// GroupsRefreshInterval between resolutions of cloud groups.
+	GroupsRefreshInterval Duration `json:"groupsRefreshInterval"`
 	// WireGuardPrivateRunDir mounts a private tmpfs on /var/run/wireguard
 	// for the embedded WireGuard's UAPI socket (labs: several agents, each in
 	// its own mount namespace, on one machine).
@@ -167,19 +174,20 @@ func Default() Config {
 		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID,
 		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", MemberlistPort: 7946, MaxConnectedClusters: 255,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
-		EmbeddedEtcd:        EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
-		LeaseTTL:            Duration(DefaultLeaseTTL),
-		IdentityGCInterval:  Duration(DefaultGCInterval),
-		MTU:                 0,
-		LogLevel:            "info",
-		BPFRoot:             "/sys/fs/bpf",
-		EnforcementMode:     "default",
-		DatapathAttach:      "auto",
-		ConntrackGCInterval: Duration(30 * time.Second),
-		LBAlgorithm:         "random",
-		MaglevTableSize:     maglev.DefaultSize,
-		SocketLB:            true,
-		Encryption:          "none",
+		EmbeddedEtcd:          EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
+		LeaseTTL:              Duration(DefaultLeaseTTL),
+		IdentityGCInterval:    Duration(DefaultGCInterval),
+		MTU:                   0,
+		LogLevel:              "info",
+		BPFRoot:               "/sys/fs/bpf",
+		EnforcementMode:       "default",
+		DatapathAttach:        "auto",
+		ConntrackGCInterval:   Duration(30 * time.Second),
+		LBAlgorithm:           "random",
+		MaglevTableSize:       maglev.DefaultSize,
+		SocketLB:              true,
+		Encryption:            "none",
+		GroupsRefreshInterval: Duration(5 * time.Minute),
 	}
 }
 
@@ -300,6 +308,9 @@ func (c Config) Validate() error {
 	}
 	if (c.NodeCert == "") != (c.NodeKey == "") || (c.NodeCert != "" && c.NodeCA == "") {
 		return fmt.Errorf("%w: nodeCert, nodeKey and nodeCA go together (node authentication)", ErrInvalid)
+	}
+	if c.GroupsRefreshInterval < Duration(time.Second) {
+		return fmt.Errorf("%w: groupsRefreshInterval %s: must be at least 1s", ErrInvalid, time.Duration(c.GroupsRefreshInterval))
 	}
 	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
 		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)

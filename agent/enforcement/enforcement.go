@@ -91,6 +91,16 @@ func (e *Engine) apply(c policy.Change) error {
 	return nil
 }
 
+// GroupChanged applies the resolved addresses of a toGroups/fromGroups
+// selector (by policy.GroupKey).
+func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.apply(e.res.SetGroup(key, addrs)); err != nil {
+		slog.Error("applying a group change to the datapath", "group", key, "err", err)
+	}
+}
+
 // Import stores policies and enforces them (api.Policies).
 func (e *Engine) Import(ps []policy.Policy) (uint64, error) {
 	e.mu.Lock()

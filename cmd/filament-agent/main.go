@@ -51,7 +51,7 @@ func main() {
 func newCommand() *cobra.Command {
 	cfg := config.Default()
 	var cfgFile string
-	var leaseTTL, gcInterval, ctGC, meshTTL time.Duration
+	var leaseTTL, gcInterval, ctGC, meshTTL, groupsEvery time.Duration
 	cmd := &cobra.Command{
 		Use:           "filament-agent",
 		Short:         "Filament node agent: endpoints, identities, policy and the node API",
@@ -112,6 +112,9 @@ func newCommand() *cobra.Command {
 			set("encryption-strict", func() { final.EncryptionStrict = cfg.EncryptionStrict })
 			set("ipsec-key-file", func() { final.IPsecKeyFile = cfg.IPsecKeyFile })
 			set("wireguard-private-run-dir", func() { final.WireGuardPrivateRunDir = cfg.WireGuardPrivateRunDir })
+			set("aws-region", func() { final.AWSRegion = cfg.AWSRegion })
+			set("aws-endpoint", func() { final.AWSEndpoint = cfg.AWSEndpoint })
+			set("groups-refresh-interval", func() { final.GroupsRefreshInterval = config.Duration(groupsEvery) })
 			set("node-cert", func() { final.NodeCert = cfg.NodeCert })
 			set("node-key", func() { final.NodeKey = cfg.NodeKey })
 			set("node-ca", func() { final.NodeCA = cfg.NodeCA })
@@ -162,6 +165,9 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.Encryption, "encryption", d.Encryption, "encrypt pod traffic between nodes: none, wireguard or ipsec")
 	f.BoolVar(&cfg.EncryptionStrict, "encryption-strict", false, "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear")
 	f.StringVar(&cfg.IPsecKeyFile, "ipsec-key-file", "", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')")
+	f.StringVar(&cfg.AWSRegion, "aws-region", "", "AWS region for toGroups/fromGroups and EC2 node metadata (default: AWS_REGION or the shared config; none: off)")
+	f.StringVar(&cfg.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override (tests, e.g. a moto server)")
+	f.DurationVar(&groupsEvery, "groups-refresh-interval", time.Duration(d.GroupsRefreshInterval), "interval between resolutions of cloud groups")
 	f.StringVar(&cfg.NodeCert, "node-cert", "", "this node's certificate from the cluster's CA (PEM): sign the node record and accept only authenticated nodes")
 	f.StringVar(&cfg.NodeKey, "node-key", "", "the key of --node-cert (PEM)")
 	f.StringVar(&cfg.NodeCA, "node-ca", "", "the CA that issues this cluster's node certificates (PEM)")
@@ -334,6 +340,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if err := engine.LoadPolicies(); err != nil {
 		return err
 	}
+	cloudGroups := startGroups(ctx, cfg, kv, lease, engine, res)
 	ids.Subscribe(engine.IdentityChanged)
 	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), Hooks: hooks{engine, lbHooks}, MTU: cfg.MTU})
 	if err != nil {
@@ -389,7 +396,7 @@ func run(parent context.Context, cfg config.Config) error {
 
 	srv := &api.Server{
 		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
-		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services,
+		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services, Groups: cloudGroups,
 		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp, auth) },
 		RotateKey:  func(ctx context.Context) (string, error) { return enc.rotate(ctx, reg) },
 		ClusterMesh: func() []remote.Status {

@@ -272,6 +272,39 @@ func (c *cli) policyCmd() *cobra.Command {
 		},
 	}
 	cmd.AddCommand(get)
+	cmd.AddCommand(&cobra.Command{
+		Use: "groups", Short: "Show the cloud groups (toGroups/fromGroups) policies use: addresses, last refresh, errors", Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			st, err := c.client().Groups(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(st, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Resolver:\tenabled=%v leader=%s (this node: %v), every %s\n", st.Enabled, st.Leader, st.IsLeader, st.Interval)
+				fmt.Fprintln(w, "GROUP\tADDRESSES\tREFRESHED\tERROR")
+				for _, g := range st.Groups {
+					refreshed := "never"
+					if !g.Refreshed.IsZero() {
+						refreshed = g.Refreshed.Format(time.RFC3339)
+					}
+					fmt.Fprintf(w, "%s\t%d %v\t%s\t%s\n", g.Key, len(g.Addrs), g.Addrs, refreshed, g.Error)
+				}
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "refresh-groups", Short: "Resolve every cloud group now (the cluster's elected resolver does it)", Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			if err := c.client().RefreshGroups(ctx); err != nil {
+				return err
+			}
+			return c.print(map[string]string{"refresh": "requested"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Refresh requested") })
+		},
+	})
 	var tr api.TraceRequest
 	var src, dst string
 	trace := &cobra.Command{

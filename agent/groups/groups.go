@@ -1,0 +1,317 @@
+// Package groups owns toGroups/fromGroups across a cluster: every agent
+// publishes the group selectors its policies use (under its lease); one
+// agent, elected through a kvstore lease, resolves them against the cloud
+// periodically and on demand, backing off on errors and keeping the last
+// good set; results are stored in the kvstore and every agent applies them
+// to its policy resolver. A group never resolved allows nothing.
+package groups
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/policy"
+)
+
+// Prefix of the groups state: <cluster>/leader, <cluster>/refresh,
+// <cluster>/requests/<node>/<hash>, <cluster>/results/<hash>.
+const Prefix = kvstore.Prefix + "state/groups/v1/"
+
+// Source resolves a group to addresses (cloud/aws).
+type Source interface {
+	Resolve(ctx context.Context, g policy.AWSGroup) ([]netip.Addr, error)
+}
+
+// Result is a group as last resolved by the cluster's leader.
+type Result struct {
+	Key      string          `json:"key"`
+	Group    policy.AWSGroup `json:"group"`
+	Addrs    []netip.Addr    `json:"addrs"`
+	Resolved bool            `json:"resolved"` // resolved at least once
+	// Refreshed is the time of the last successful resolution.
+	Refreshed time.Time `json:"refreshed,omitzero"`
+	// Error of the last attempt, when it failed (Addrs are the last good set).
+	Error    string    `json:"error,omitempty"`
+	Failures int       `json:"failures,omitempty"`
+	Since    time.Time `json:"errorSince,omitzero"`
+}
+
+// Config of a Manager.
+type Config struct {
+	KV      *kvstore.Client
+	Lease   *kvstore.Lease
+	Cluster string
+	Node    string
+	// Source is nil when the cloud is not configured: the agent takes no
+	// part in resolving (it still applies results others publish).
+	Source Source
+	// Interval between refreshes (default 5 min).
+	Interval time.Duration
+	// Apply receives each group's addresses whenever they change.
+	Apply func(key string, addrs []netip.Addr)
+}
+
+// Status of the groups as this agent sees them.
+type Status struct {
+	Enabled  bool     `json:"enabled"`
+	Leader   string   `json:"leader,omitempty"`
+	IsLeader bool     `json:"isLeader"`
+	Interval string   `json:"interval"`
+	Groups   []Result `json:"groups"`
+}
+
+// Manager follows and (when elected) resolves the cluster's groups.
+type Manager struct {
+	cfg Config
+
+	// pub serialises publishing the requests (SetWanted, lease renewal).
+	pub      sync.Mutex
+	mu       sync.Mutex
+	wanted   map[string]policy.AWSGroup
+	results  map[string]Result
+	applied  map[string][]netip.Addr
+	leader   string
+	isLeader bool
+	kick     chan struct{}
+}
+
+func hash(key string) string {
+	s := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(s[:12])
+}
+
+func (m *Manager) base() string { return Prefix + m.cfg.Cluster + "/" }
+
+// New starts following results (and, with a Source, the leader election).
+func New(ctx context.Context, cfg Config) *Manager {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 5 * time.Minute
+	}
+	m := &Manager{cfg: cfg, wanted: map[string]policy.AWSGroup{}, results: map[string]Result{},
+		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1)}
+	if cfg.Lease != nil {
+		// Requests live under the lease: when etcd lost it and a new one
+		// was granted, they are gone and must be written again.
+		cfg.Lease.OnRenew(func(lctx context.Context, id int64) {
+			if ctx.Err() == nil {
+				m.republish(lctx, id)
+			}
+		})
+	}
+	go m.followResults(ctx)
+	if cfg.Source != nil {
+		go m.lead(ctx)
+	}
+	return m
+}
+
+// SetWanted publishes the selectors this agent's policies use.
+func (m *Manager) SetWanted(ctx context.Context, groups map[string]policy.AWSGroup) {
+	m.pub.Lock()
+	defer m.pub.Unlock()
+	m.mu.Lock()
+	if maps.EqualFunc(m.wanted, groups, func(a, b policy.AWSGroup) bool { return policy.GroupKey(a) == policy.GroupKey(b) }) {
+		m.mu.Unlock()
+		return
+	}
+	old := m.wanted
+	m.wanted = maps.Clone(groups)
+	m.mu.Unlock()
+	reqs := m.base() + "requests/" + m.cfg.Node + "/"
+	for k := range old {
+		if _, ok := groups[k]; !ok {
+			m.cfg.KV.Delete(ctx, reqs+hash(k))
+		}
+	}
+	for k, g := range groups {
+		b, _ := json.Marshal(g)
+		if err := m.cfg.KV.Put(ctx, reqs+hash(k), b, m.cfg.Lease.ID()); err != nil {
+			slog.Warn("publishing a group request", "group", k, "err", err)
+		}
+	}
+	m.Kick()
+}
+
+// republish writes every request again under the renewed lease id.
+func (m *Manager) republish(ctx context.Context, id int64) {
+	m.pub.Lock()
+	defer m.pub.Unlock()
+	m.mu.Lock()
+	wanted := maps.Clone(m.wanted)
+	m.mu.Unlock()
+	reqs := m.base() + "requests/" + m.cfg.Node + "/"
+	for k, g := range wanted {
+		b, _ := json.Marshal(g)
+		if err := m.cfg.KV.Put(ctx, reqs+hash(k), b, id); err != nil {
+			slog.Warn("publishing a group request again", "group", k, "err", err)
+		}
+	}
+	m.Kick()
+}
+
+// Kick makes the leader (when this agent is it) refresh now.
+func (m *Manager) Kick() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Refresh asks the cluster's leader to resolve every group now.
+func (m *Manager) Refresh(ctx context.Context) error {
+	m.Kick()
+	return m.cfg.KV.Put(ctx, m.base()+"refresh", []byte(time.Now().UTC().Format(time.RFC3339Nano)), 0)
+}
+
+// Status reports the groups and the election.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := Status{Enabled: m.cfg.Source != nil, Leader: m.leader, IsLeader: m.isLeader, Interval: m.cfg.Interval.String(), Groups: []Result{}}
+	for _, r := range m.results {
+		st.Groups = append(st.Groups, r)
+	}
+	slices.SortFunc(st.Groups, func(a, b Result) int { return strings.Compare(a.Key, b.Key) })
+	return st
+}
+
+// Result returns one group's result.
+func (m *Manager) Result(key string) (Result, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.results[key]
+	return r, ok
+}
+
+// followResults applies every result the leader publishes.
+func (m *Manager) followResults(ctx context.Context) {
+	prefix := m.base() + "results/"
+	for ev := range m.cfg.KV.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+		if ev.Type == kvstore.EventSynced || ev.Type == kvstore.EventDelete {
+			continue
+		}
+		var r Result
+		if err := json.Unmarshal(ev.Value, &r); err != nil {
+			continue
+		}
+		m.mu.Lock()
+		m.results[r.Key] = r
+		prev, had := m.applied[r.Key]
+		apply := (!had || !slices.Equal(prev, r.Addrs))
+		if apply {
+			m.applied[r.Key] = slices.Clone(r.Addrs)
+		}
+		m.mu.Unlock()
+		if apply && m.cfg.Apply != nil {
+			m.cfg.Apply(r.Key, r.Addrs)
+		}
+	}
+}
+
+// lead takes part in the election and, while leader, refreshes.
+func (m *Manager) lead(ctx context.Context) {
+	leaderKey := m.base() + "leader"
+	var lastRefreshMark string
+	next := map[string]time.Time{} // group -> when to resolve it next
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-m.kick:
+		}
+		err := m.cfg.KV.CreateIfAbsent(ctx, leaderKey, []byte(m.cfg.Node), m.cfg.Lease.ID())
+		if err != nil && !errors.Is(err, kvstore.ErrExists) {
+			continue
+		}
+		kv, gerr := m.cfg.KV.Get(ctx, leaderKey)
+		if gerr != nil {
+			continue
+		}
+		leader := string(kv.Value)
+		m.mu.Lock()
+		was := m.isLeader
+		m.leader, m.isLeader = leader, leader == m.cfg.Node
+		is := m.isLeader
+		m.mu.Unlock()
+		if !is {
+			continue
+		}
+		if !was {
+			slog.Info("this agent now resolves the cluster's cloud groups", "node", m.cfg.Node)
+			clear(next)
+		}
+		if mark, err := m.cfg.KV.Get(ctx, m.base()+"refresh"); err == nil && string(mark.Value) != lastRefreshMark {
+			lastRefreshMark = string(mark.Value)
+			clear(next) // on demand: everything now
+		}
+		m.resolveDue(ctx, next)
+	}
+}
+
+// requested is the union of every agent's requests.
+func (m *Manager) requested(ctx context.Context) map[string]policy.AWSGroup {
+	kvs, _, err := m.cfg.KV.List(ctx, m.base()+"requests/")
+	out := map[string]policy.AWSGroup{}
+	if err != nil {
+		return out
+	}
+	for _, kv := range kvs {
+		var g policy.AWSGroup
+		if json.Unmarshal(kv.Value, &g) == nil {
+			out[policy.GroupKey(g)] = g
+		}
+	}
+	return out
+}
+
+// resolveDue resolves the groups whose time has come; failures keep the
+// last good set and retry with exponential backoff (1 s doubling, up to
+// the interval).
+func (m *Manager) resolveDue(ctx context.Context, next map[string]time.Time) {
+	now := time.Now()
+	for key, g := range m.requested(ctx) {
+		if t, ok := next[key]; ok && now.Before(t) {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		addrs, err := m.cfg.Source.Resolve(rctx, g)
+		cancel()
+		m.mu.Lock()
+		r := m.results[key]
+		m.mu.Unlock()
+		r.Key, r.Group = key, g
+		if err != nil {
+			r.Error = err.Error()
+			r.Failures++
+			if r.Since.IsZero() {
+				r.Since = now
+			}
+			backoff := min(time.Second<<min(r.Failures-1, 20), m.cfg.Interval)
+			next[key] = now.Add(backoff)
+			slog.Warn("resolving a cloud group failed; keeping the last known set", "group", key, "failures", r.Failures, "retry", backoff, "err", err)
+		} else {
+			slices.SortFunc(addrs, netip.Addr.Compare)
+			r.Addrs, r.Resolved, r.Refreshed = slices.Compact(addrs), true, time.Now()
+			r.Error, r.Failures, r.Since = "", 0, time.Time{}
+			next[key] = now.Add(m.cfg.Interval)
+		}
+		b, _ := json.Marshal(r)
+		if err := m.cfg.KV.Put(ctx, m.base()+"results/"+hash(key), b, 0); err != nil {
+			slog.Warn("publishing a group result", "group", key, "err", err)
+		}
+	}
+}

@@ -1,0 +1,534 @@
+package groups
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/internal/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const cluster = "test"
+
+// fakeSource resolves groups from a map GroupKey -> addresses; a key not in
+// the map, or any key while err is set, fails.
+type fakeSource struct {
+	mu    sync.Mutex
+	addrs map[string][]netip.Addr
+	err   error
+	calls int
+}
+
+func newFake() *fakeSource { return &fakeSource{addrs: map[string][]netip.Addr{}} }
+
+func (f *fakeSource) Resolve(_ context.Context, g policy.AWSGroup) ([]netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.err != nil {
+		return nil, f.err
+	}
+	a, ok := f.addrs[policy.GroupKey(g)]
+	if !ok {
+		return nil, fmt.Errorf("no such group %s", policy.GroupKey(g))
+	}
+	return slices.Clone(a), nil
+}
+
+func (f *fakeSource) set(key string, addrs ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.addrs[key] = parse(addrs...)
+}
+
+func (f *fakeSource) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
+func (f *fakeSource) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+func parse(addrs ...string) []netip.Addr {
+	out := []netip.Addr{}
+	for _, a := range addrs {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
+// applied records every Apply call, per group.
+type applied struct {
+	mu    sync.Mutex
+	calls map[string][][]netip.Addr
+}
+
+func (a *applied) apply(key string, addrs []netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.calls == nil {
+		a.calls = map[string][][]netip.Addr{}
+	}
+	a.calls[key] = append(a.calls[key], slices.Clone(addrs))
+}
+
+func (a *applied) history(key string) [][]netip.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.calls[key])
+}
+
+func (a *applied) last(key string) ([]netip.Addr, bool) {
+	h := a.history(key)
+	if len(h) == 0 {
+		return nil, false
+	}
+	return h[len(h)-1], true
+}
+
+// agent is one Manager with its own client, lease and context.
+type agent struct {
+	name    string
+	m       *Manager
+	src     *fakeSource // nil: no Source
+	kv      *kvstore.Client
+	lease   *kvstore.Lease
+	cancel  context.CancelFunc
+	applied *applied
+}
+
+// start runs a Manager for node name against etcd at eps; withSource says
+// whether it has a (fake) Source.
+func start(t *testing.T, eps []string, name string, withSource bool) *agent {
+	t.Helper()
+	kv := testutil.Connect(t, eps)
+	gctx, gcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer gcancel()
+	lease, err := kv.GrantLease(gctx, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		lease.Close(cctx) // may already be revoked
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	a := &agent{name: name, kv: kv, lease: lease, cancel: cancel, applied: &applied{}}
+	cfg := Config{KV: kv, Lease: lease, Cluster: cluster, Node: name, Interval: time.Hour, Apply: a.applied.apply}
+	if withSource {
+		a.src = newFake()
+		cfg.Source = a.src
+	}
+	a.m = New(ctx, cfg)
+	return a
+}
+
+// stop ends the agent as a node going away: its context ends and its lease
+// is revoked (its keys vanish at once).
+func (a *agent) stop(t *testing.T) {
+	t.Helper()
+	a.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.lease.Close(ctx); err != nil {
+		t.Fatalf("revoking %s's lease: %v", a.name, err)
+	}
+}
+
+func tctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually polls cond until it holds or the deadline passes; cond returns
+// a description of what it saw for the failure message.
+func eventually(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ok, saw := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v; last seen: %s", what, within, saw)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitLeader waits until exactly one of the agents leads and all of them
+// (those with a Source) agree on who; it returns the leader and the others.
+func waitLeader(t *testing.T, agents ...*agent) (*agent, []*agent) {
+	t.Helper()
+	var leader *agent
+	eventually(t, 10*time.Second, "one leader agreed on by all", func() (bool, string) {
+		leader = nil
+		n := 0
+		saw := ""
+		for _, a := range agents {
+			st := a.m.Status()
+			saw += fmt.Sprintf("%s: leader=%q isLeader=%v; ", a.name, st.Leader, st.IsLeader)
+			if st.IsLeader {
+				n++
+				leader = a
+			}
+		}
+		if n != 1 {
+			return false, saw
+		}
+		for _, a := range agents {
+			if a.m.Status().Leader != leader.name {
+				return false, saw
+			}
+		}
+		return true, saw
+	})
+	var others []*agent
+	for _, a := range agents {
+		if a != leader {
+			others = append(others, a)
+		}
+	}
+	// Leadership is exclusive: the one who leads still does, nobody else.
+	for _, a := range others {
+		if a.m.Status().IsLeader {
+			t.Fatalf("%s and %s both claim to lead", a.name, leader.name)
+		}
+	}
+	return leader, others
+}
+
+// waitApplied waits until every agent's last Apply of key was want.
+func waitApplied(t *testing.T, key string, want []netip.Addr, agents ...*agent) {
+	t.Helper()
+	for _, a := range agents {
+		eventually(t, 10*time.Second, a.name+" applies "+fmt.Sprint(want), func() (bool, string) {
+			got, ok := a.applied.last(key)
+			return ok && slices.Equal(got, want), fmt.Sprint(a.applied.history(key))
+		})
+	}
+}
+
+// waitResult waits until every agent's result for key satisfies cond.
+func waitResult(t *testing.T, key, what string, cond func(Result) bool, agents ...*agent) {
+	t.Helper()
+	for _, a := range agents {
+		eventually(t, 10*time.Second, a.name+": "+what, func() (bool, string) {
+			r, ok := a.m.Result(key)
+			return ok && cond(r), fmt.Sprintf("%+v (present %v)", r, ok)
+		})
+	}
+}
+
+func group(id string) (string, policy.AWSGroup) {
+	g := policy.AWSGroup{Region: "eu-west-1", SecurityGroupsIDs: []string{id}}
+	return policy.GroupKey(g), g
+}
+
+// setAll makes every Source resolve key to addrs.
+func setAll(key string, addrs []string, agents ...*agent) {
+	for _, a := range agents {
+		if a.src != nil {
+			a.src.set(key, addrs...)
+		}
+	}
+}
+
+// pair starts agents a and b (both with a Source), waits for the election and
+// has the non-leader want group sg-1 resolved to 10.0.0.1, 10.0.0.2.
+func pair(t *testing.T) (eps []string, leader, follower *agent, key string) {
+	t.Helper()
+	eps = testutil.Etcd(t)
+	a := start(t, eps, "a", true)
+	b := start(t, eps, "b", true)
+	key, g := group("sg-1")
+	// Unsorted and with a duplicate: the result is sorted and compacted.
+	setAll(key, []string{"10.0.0.2", "10.0.0.1", "10.0.0.2"}, a, b)
+	leader, others := waitLeader(t, a, b)
+	follower = others[0]
+	follower.m.SetWanted(tctx(t), map[string]policy.AWSGroup{key: g})
+	waitApplied(t, key, parse("10.0.0.1", "10.0.0.2"), a, b)
+	return eps, leader, follower, key
+}
+
+// refreshed waits until every agent holds a result for key refreshed after
+// since, and returns the latest Refreshed seen.
+func refreshedAfter(t *testing.T, key string, since time.Time, agents ...*agent) time.Time {
+	t.Helper()
+	waitResult(t, key, "refreshed after "+since.String(), func(r Result) bool { return r.Refreshed.After(since) }, agents...)
+	r, _ := agents[0].m.Result(key)
+	return r.Refreshed
+}
+
+// The agents elect one leader, which alone resolves what any agent wants;
+// every agent applies the result.
+func TestElectionAndResolution(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	if n := follower.src.count(); n != 0 {
+		t.Fatalf("the follower %s resolved %d times; only the leader should", follower.name, n)
+	}
+	if leader.src.count() == 0 {
+		t.Fatal("the leader never called its Source")
+	}
+	for _, a := range []*agent{leader, follower} {
+		st := a.m.Status()
+		if !st.Enabled || st.Leader != leader.name || st.IsLeader != (a == leader) {
+			t.Fatalf("%s status: %+v", a.name, st)
+		}
+		if len(st.Groups) != 1 {
+			t.Fatalf("%s status groups: %+v", a.name, st.Groups)
+		}
+		r := st.Groups[0]
+		if r.Key != key || !r.Resolved || r.Refreshed.IsZero() || r.Error != "" || r.Failures != 0 || !r.Since.IsZero() ||
+			!slices.Equal(r.Addrs, parse("10.0.0.1", "10.0.0.2")) || policy.GroupKey(r.Group) != key {
+			t.Fatalf("%s result: %+v", a.name, r)
+		}
+		if h := a.applied.history(key); len(h) != 1 {
+			t.Fatalf("%s applied %v, want exactly one Apply", a.name, h)
+		}
+	}
+	// The leader key is the leader's, under its lease.
+	kv, err := leader.kv.Get(tctx(t), Prefix+cluster+"/leader")
+	if err != nil || string(kv.Value) != leader.name || kv.Lease != leader.lease.ID() {
+		t.Fatalf("leader key: %v %q lease %x, want %s under %x", err, kv.Value, kv.Lease, leader.name, leader.lease.ID())
+	}
+}
+
+// Refresh on the follower makes the leader resolve again: a changed
+// membership reaches every agent; an unchanged one is not applied again.
+func TestRefreshFromFollower(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	ctx := tctx(t)
+	first := parse("10.0.0.1", "10.0.0.2")
+	r, _ := follower.m.Result(key)
+
+	// Same membership: a new result, but no new Apply.
+	calls := leader.src.count()
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	since := refreshedAfter(t, key, r.Refreshed, leader, follower)
+	if leader.src.count() <= calls {
+		t.Fatal("the result was refreshed without the leader calling its Source")
+	}
+
+	// Changed membership.
+	setAll(key, []string{"10.0.0.3", "10.0.0.1"}, leader, follower)
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	second := parse("10.0.0.1", "10.0.0.3")
+	waitApplied(t, key, second, leader, follower)
+	refreshedAfter(t, key, since, leader, follower)
+	// Results are applied in order: had the unchanged refresh been applied,
+	// it would show between the two sets.
+	for _, a := range []*agent{leader, follower} {
+		h := a.applied.history(key)
+		if len(h) != 2 || !slices.Equal(h[0], first) || !slices.Equal(h[1], second) {
+			t.Fatalf("%s applied %v, want exactly [%v %v]", a.name, h, first, second)
+		}
+	}
+	if n := follower.src.count(); n != 0 {
+		t.Fatalf("the follower resolved %d times", n)
+	}
+}
+
+// A failing Source keeps the last good set, reports the error and retries
+// with backoff; the next success clears the error.
+func TestErrorKeepsLastGoodSet(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	ctx := tctx(t)
+	good := parse("10.0.0.1", "10.0.0.2")
+	before, _ := follower.m.Result(key)
+
+	leader.src.setErr(errors.New("throttled"))
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	failing := func(r Result) bool {
+		return r.Error == "throttled" && r.Failures >= 1 && !r.Since.IsZero() && r.Resolved &&
+			slices.Equal(r.Addrs, good) && r.Refreshed.Equal(before.Refreshed)
+	}
+	waitResult(t, key, "the error with the last good set", failing, leader, follower)
+	first, _ := follower.m.Result(key)
+
+	// Retried by itself (backoff 1 s, then 2 s) without a Refresh; the error
+	// is dated from its first occurrence.
+	waitResult(t, key, "a retry after the backoff", func(r Result) bool {
+		return failing(r) && r.Failures > first.Failures
+	}, leader, follower)
+	again, _ := follower.m.Result(key)
+	if !again.Since.Equal(first.Since) {
+		t.Fatalf("errorSince moved from %v to %v while the error persisted", first.Since, again.Since)
+	}
+
+	// The error clears with a new membership: the next retry resolves it.
+	leader.src.set(key, "10.0.0.9")
+	leader.src.setErr(nil)
+	waitResult(t, key, "the error cleared", func(r Result) bool {
+		return r.Error == "" && r.Failures == 0 && r.Since.IsZero() && r.Refreshed.After(before.Refreshed)
+	}, leader, follower)
+	waitApplied(t, key, parse("10.0.0.9"), leader, follower)
+	// Nothing (in particular no empty set) was applied while failing.
+	for _, a := range []*agent{leader, follower} {
+		h := a.applied.history(key)
+		if len(h) != 2 || !slices.Equal(h[0], good) || !slices.Equal(h[1], parse("10.0.0.9")) {
+			t.Fatalf("%s applied %v", a.name, h)
+		}
+	}
+}
+
+// A group whose first resolution fails is never applied: it allows nothing
+// until it has been resolved once.
+func TestFailClosed(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	ctx := tctx(t)
+	badKey, bad := group("sg-unknown")
+	_, g := group("sg-1")
+	follower.m.SetWanted(ctx, map[string]policy.AWSGroup{key: g, badKey: bad})
+
+	waitResult(t, badKey, "the failed first resolution", func(r Result) bool {
+		return !r.Resolved && r.Error != "" && r.Failures >= 1 && !r.Since.IsZero() && len(r.Addrs) == 0 && r.Refreshed.IsZero()
+	}, leader, follower)
+	st := follower.m.Status()
+	if len(st.Groups) != 2 {
+		t.Fatalf("status groups: %+v", st.Groups)
+	}
+	// Barrier: a later change of the good group is applied; results are
+	// applied in order, so the failed one would have been applied by now.
+	setAll(key, []string{"10.0.0.5"}, leader, follower)
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.5"), leader, follower)
+	for _, a := range []*agent{leader, follower} {
+		if h := a.applied.history(badKey); len(h) != 0 {
+			t.Fatalf("%s applied the never resolved group: %v", a.name, h)
+		}
+		if r, _ := a.m.Result(badKey); r.Resolved {
+			t.Fatalf("%s: never resolved group reported resolved: %+v", a.name, r)
+		}
+	}
+
+	// Once the cloud knows the group, it is applied.
+	setAll(badKey, []string{"10.0.1.1"}, leader, follower)
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, badKey, parse("10.0.1.1"), leader, follower)
+	waitResult(t, badKey, "resolved", func(r Result) bool { return r.Resolved && r.Error == "" && r.Failures == 0 }, leader, follower)
+}
+
+// When the leader goes away, the other agent takes over and keeps resolving.
+func TestTakeover(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	ctx := tctx(t)
+	leader.stop(t)
+
+	eventually(t, 10*time.Second, follower.name+" takes over", func() (bool, string) {
+		st := follower.m.Status()
+		return st.IsLeader && st.Leader == follower.name, fmt.Sprintf("%+v", st)
+	})
+	kv, err := follower.kv.Get(ctx, Prefix+cluster+"/leader")
+	if err != nil || string(kv.Value) != follower.name || kv.Lease != follower.lease.ID() {
+		t.Fatalf("leader key after takeover: %v %q", err, kv.Value)
+	}
+
+	calls := follower.src.count()
+	follower.src.set(key, "10.0.0.7", "10.0.0.8")
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.7", "10.0.0.8"), follower)
+	if follower.src.count() <= calls {
+		t.Fatal("the new leader never called its Source")
+	}
+	waitResult(t, key, "resolved by the new leader", func(r Result) bool {
+		return r.Resolved && r.Error == "" && slices.Equal(r.Addrs, parse("10.0.0.7", "10.0.0.8"))
+	}, follower)
+}
+
+// An agent without a Source never leads but applies what the leader
+// publishes, for the groups it wants.
+func TestAgentWithoutSource(t *testing.T) {
+	eps := testutil.Etcd(t)
+	ctx := tctx(t)
+	c := start(t, eps, "c", false)
+	key, g := group("sg-1")
+	c.m.SetWanted(ctx, map[string]policy.AWSGroup{key: g})
+	if err := c.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Alone and asked to refresh, it still takes no part in the election.
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if _, err := c.kv.Get(ctx, Prefix+cluster+"/leader"); !errors.Is(err, kvstore.ErrNotFound) {
+			t.Fatalf("an agent without a Source wrote the leader key: %v", err)
+		}
+		if st := c.m.Status(); st.Enabled || st.IsLeader || st.Leader != "" {
+			t.Fatalf("status of an agent without a Source: %+v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	a := start(t, eps, "a", true)
+	a.src.set(key, "10.0.0.4")
+	waitLeader(t, a)
+	waitApplied(t, key, parse("10.0.0.4"), c, a)
+	waitResult(t, key, "resolved", func(r Result) bool { return r.Resolved && r.Error == "" }, c)
+	if st := c.m.Status(); st.Enabled || st.IsLeader || len(st.Groups) != 1 {
+		t.Fatalf("status of an agent without a Source: %+v", st)
+	}
+	if n := a.src.count(); n == 0 {
+		t.Fatal("the leader never resolved")
+	}
+}
+
+// When etcd loses an agent's lease (its requests vanish with it) and the
+// lease is granted again, the agent publishes its requests again: the leader
+// keeps resolving what it wants.
+func TestRequestsRepublishedAfterLeaseLoss(t *testing.T) {
+	eps := testutil.Etcd(t)
+	ctx := tctx(t)
+	a := start(t, eps, "a", true)
+	c := start(t, eps, "c", false)
+	key, g := group("sg-1")
+	a.src.set(key, "10.0.0.1")
+	waitLeader(t, a)
+	c.m.SetWanted(ctx, map[string]policy.AWSGroup{key: g})
+	waitApplied(t, key, parse("10.0.0.1"), c)
+
+	reqs := Prefix + cluster + "/requests/c/"
+	old := c.lease.ID()
+	if _, err := c.kv.Raw().Revoke(ctx, clientv3.LeaseID(old)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "c's request published again under its new lease", func() (bool, string) {
+		kvs, _, err := c.kv.List(ctx, reqs)
+		if err != nil || len(kvs) != 1 {
+			return false, fmt.Sprintf("%v %v", err, kvs)
+		}
+		return kvs[0].Lease != old && kvs[0].Lease == c.lease.ID(), fmt.Sprintf("lease %x (old %x)", kvs[0].Lease, old)
+	})
+	a.src.set(key, "10.0.0.2")
+	if err := c.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.2"), c)
+}

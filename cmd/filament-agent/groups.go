@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/filament-net/filament/agent/config"
+	"github.com/filament-net/filament/agent/enforcement"
+	"github.com/filament-net/filament/agent/groups"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/cloud/aws"
+)
+
+// awsSource adapts the EC2 resolver to the groups manager.
+type awsSource struct{ r *aws.Resolver }
+
+func (s awsSource) Resolve(ctx context.Context, g policy.AWSGroup) ([]netip.Addr, error) {
+	return s.r.Resolve(ctx, aws.Group{Labels: g.Labels, SecurityGroupIDs: g.SecurityGroupsIDs,
+		SecurityGroupNames: g.SecurityGroupsNames, Region: g.Region})
+}
+
+// cloudGroups is the groups manager with what the API needs of it.
+type cloudGroups struct {
+	*groups.Manager
+}
+
+// Derived lists the groups p names with their resolution.
+func (c cloudGroups) Derived(p policy.Policy) []groups.Result {
+	var out []groups.Result
+	add := func(gs []policy.Groups) {
+		for _, g := range gs {
+			if g.AWS == nil {
+				continue
+			}
+			key := policy.GroupKey(*g.AWS)
+			r, ok := c.Result(key)
+			if !ok {
+				r = groups.Result{Key: key, Group: *g.AWS, Error: "not resolved yet: selects nothing"}
+			}
+			out = append(out, r)
+		}
+	}
+	for _, r := range p.Rules {
+		for _, in := range r.Ingress {
+			add(in.FromGroups)
+		}
+		for _, e := range r.Egress {
+			add(e.ToGroups)
+		}
+	}
+	return out
+}
+
+// startGroups follows the cluster's cloud groups; with AWS configured this
+// agent also takes part in electing the one that resolves them.
+func startGroups(ctx context.Context, cfg config.Config, kv *kvstore.Client, lease *kvstore.Lease, engine *enforcement.Engine, res *policy.Resolver) cloudGroups {
+	var src groups.Source
+	if cfg.AWSRegion != "" || os.Getenv("AWS_REGION") != "" || os.Getenv("AWS_DEFAULT_REGION") != "" {
+		r, err := aws.New(ctx, aws.Config{Region: cfg.AWSRegion, Endpoint: cfg.AWSEndpoint})
+		if err != nil {
+			slog.Warn("AWS groups are off: "+err.Error(), "err", err)
+		} else {
+			src = awsSource{r}
+			slog.Info("AWS groups on: toGroups/fromGroups resolve through EC2", "region", cfg.AWSRegion, "endpoint", cfg.AWSEndpoint)
+		}
+	} else {
+		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing")
+	}
+	m := groups.New(ctx, groups.Config{KV: kv, Lease: lease, Cluster: cfg.ClusterName, Node: cfg.NodeName, Source: src,
+		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: engine.GroupChanged})
+	// Publish the selectors the policies use whenever they change.
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			m.SetWanted(ctx, res.GroupsInUse())
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return cloudGroups{m}
+}

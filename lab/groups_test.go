@@ -1,0 +1,222 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/groups"
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+// motoIn runs moto_server inside a lab namespace (where the agents can
+// reach it) and returns its endpoint and a stop function; the test skips
+// when moto is not installed.
+func motoIn(t *testing.T, netns, ip string) (string, func()) {
+	t.Helper()
+	bin, err := exec.LookPath("moto_server")
+	if err != nil {
+		t.Skip("skipped: moto_server (the EC2-compatible test endpoint) is not installed")
+	}
+	cmd := exec.Command("ip", "netns", "exec", netns, bin, "-H", ip, "-p", "5000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	endpoint := "http://" + ip + ":5000"
+	for i := 0; ; i++ {
+		ok := ns.WithNetNSPath(lab.NetNSPath(netns), func(ns.NetNS) error {
+			c, err := net.DialTimeout("tcp4", ip+":5000", time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}) == nil
+		if ok {
+			return endpoint, stop
+		}
+		if i > 100 {
+			t.Fatal("moto_server did not start")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ec2In is an EC2 client whose connections are made inside a namespace.
+func ec2In(netns, endpoint string) *ec2.Client {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.WithNetNSPath(lab.NetNSPath(netns), func(ns.NetNS) error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	return ec2.New(ec2.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint),
+		Credentials: credentials.NewStaticCredentialsProvider("testing", "testing", ""),
+		HTTPClient:  &http.Client{Transport: &http.Transport{DialContext: dial}}})
+}
+
+func groupsStatus(t *testing.T, l *lab.Lab, on string) groups.Status {
+	t.Helper()
+	out, err := labtest.NodeRun(t, l, on, "filament", "policy", "groups", "-o", "json")
+	if err != nil {
+		t.Fatalf("policy groups: %v %s", err, out)
+	}
+	var st groups.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("policy groups json: %v %s", err, out)
+	}
+	return st
+}
+
+func groupPolicy(aws string) string {
+	return fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-ec2}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toGroups: [{aws: %s}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`, aws)
+}
+
+// toGroups on real traffic, against moto standing in for EC2: a pod whose
+// egress policy names a security group reaches the lab host holding an
+// instance's private IP and not the one holding another instance's; group
+// names and tags select the same way; moving the instance out of the group
+// revokes access within a refresh; with the endpoint down the last known
+// set stays and the error shows. One agent of the cluster resolves.
+func TestAWSGroupsPolicy(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "testing")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "testing")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	l := labtest.Up(t, 2, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "2s")
+	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
+	endpoint, stopMoto := motoIn(t, kvNS, "172.30.0.254")
+	e := ec2In(kvNS, endpoint)
+	ctx := context.Background()
+
+	vpc, err := e.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.0.0.0/16")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnet, err := e.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: aws.String("10.0.1.0/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg := func(name string) string {
+		out, err := e.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(name), Description: aws.String(name), VpcId: vpc.Vpc.VpcId})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *out.GroupId
+	}
+	sgWeb, sgOther := sg("web"), sg("other")
+	run := func(group, role string) (string, string) {
+		out, err := e.RunInstances(ctx, &ec2.RunInstancesInput{ImageId: aws.String("ami-12c6146b"), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+			SubnetId: subnet.Subnet.SubnetId, SecurityGroupIds: []string{group},
+			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance, Tags: []ec2types.Tag{{Key: aws.String("role"), Value: aws.String(role)}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *out.Instances[0].InstanceId, *out.Instances[0].PrivateIpAddress
+	}
+	i1, ip1 := run(sgWeb, "web")
+	_, ip2 := run(sgOther, "other")
+	t.Logf("instances: web %s %s, other %s", i1, ip1, ip2)
+
+	client := labtest.Pod(t, l, "n1", "client", "app=client")
+	labtest.Host(t, l, "ec2a", ip1)
+	labtest.Host(t, l, "ec2b", ip2)
+	for _, name := range []string{"ec2a", "ec2b"} {
+		h, _ := l.Host(name)
+		serve(t, lab.NetNSPath(h.NetNS), 80)
+	}
+	cp := lab.NetNSPath(client.NetNS)
+	selects := func(what string, wantA bool) {
+		t.Helper()
+		eventually(t, what, func() bool {
+			return reach(t, cp, "tcp", ip1, 80) == wantA
+		})
+		if reach(t, cp, "tcp", ip2, 80) {
+			t.Fatalf("%s: the pod reaches the instance outside the group", what)
+		}
+	}
+	for _, sel := range []struct{ name, aws string }{
+		{"security group ID", fmt.Sprintf("{securityGroupsIds: [%s]}", sgWeb)},
+		{"security group name", "{securityGroupsNames: [web]}"},
+		{"tag", "{labels: {role: web}}"},
+	} {
+		labtest.ImportPolicy(t, l, "n1", groupPolicy(sel.aws))
+		selects("selected by "+sel.name, true)
+	}
+	// Exactly one agent resolves; both see the same results.
+	st1, st2 := groupsStatus(t, l, "n1"), groupsStatus(t, l, "n2")
+	if st1.Leader == "" || st1.Leader != st2.Leader || st1.IsLeader == st2.IsLeader || !st1.Enabled {
+		t.Fatalf("election: n1 %+v, n2 %+v", st1, st2)
+	}
+	// policy get shows the derived addresses with their refresh time.
+	out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/to-ec2", "-o", "json")
+	if err != nil {
+		t.Fatalf("policy get: %v %s", err, out)
+	}
+	var view api.PolicyView
+	if err := json.Unmarshal([]byte(out), &view); err != nil || len(view.DerivedGroups) != 1 ||
+		len(view.DerivedGroups[0].Addrs) != 1 || view.DerivedGroups[0].Addrs[0].String() != ip1 || view.DerivedGroups[0].Refreshed.IsZero() {
+		t.Fatalf("policy get derived groups: %v %s", err, out)
+	}
+
+	// Membership change: i1 leaves the web group; access goes within a refresh.
+	labtest.ImportPolicy(t, l, "n1", groupPolicy(fmt.Sprintf("{securityGroupsIds: [%s]}", sgWeb)))
+	selects("back to the group ID", true)
+	if _, err := e.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{InstanceId: aws.String(i1), Groups: []string{sgOther}}); err != nil {
+		t.Fatal(err)
+	}
+	selects("i1 moved out of the group", false)
+	if _, err := e.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{InstanceId: aws.String(i1), Groups: []string{sgWeb}}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := labtest.NodeRun(t, l, "n2", "filament", "policy", "refresh-groups"); err != nil {
+		t.Fatalf("refresh-groups: %v %s", err, out)
+	}
+	selects("i1 back in the group (refreshed on demand)", true)
+
+	// The endpoint goes away: the last known set stays, the error shows.
+	stopMoto()
+	eventually(t, "the resolution error shows", func() bool {
+		for _, g := range groupsStatus(t, l, "n1").Groups {
+			if strings.Contains(g.Key, sgWeb) && g.Error != "" && g.Failures > 0 && len(g.Addrs) == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	if !reach(t, cp, "tcp", ip1, 80) {
+		t.Fatal("access lost while EC2 is unreachable: the last known set should stay")
+	}
+}
