@@ -1,4 +1,4 @@
-// Package cloud owns cloud provider metadata used in policy: AWS EC2
-// security groups and tags resolved to address sets for toGroups/fromGroups.
-// It is empty until the AWS issue.
+// Package cloud groups the cloud providers' metadata used by policy and
+// nodes; cloud/aws reads EC2 (instances and network interfaces by security
+// group or tag, and this node's metadata through IMDSv2).
 package cloud

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -115,7 +116,8 @@ func TestAWSGroupsPolicy(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "testing")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "testing")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	l := labtest.Up(t, 2, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "2s")
+	l := labtest.Up(t, 2, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "2s",
+		"--aws-imds-endpoint", "http://169.254.169.254")
 	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
 	endpoint, stopMoto := motoIn(t, kvNS, "172.30.0.254")
 	e := ec2In(kvNS, endpoint)
@@ -219,4 +221,62 @@ func TestAWSGroupsPolicy(t *testing.T) {
 	if !reach(t, cp, "tcp", ip1, 80) {
 		t.Fatal("access lost while EC2 is unreachable: the last known set should stay")
 	}
+
+	// Node metadata: an IMDSv2 stand-in at 169.254.169.254 (a lab host);
+	// n2's agent, restarted, labels its node with region, zone, type, VPC.
+	imdsHost := labtest.Host(t, l, "imds", "169.254.169.254")
+	serveIMDS(t, lab.NetNSPath(imdsHost.NetNS))
+	if err := l.StopAgent("n2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(context.Background(), "n2"); err != nil {
+		t.Fatal(err)
+	}
+	n2, _ := l.Node("n2")
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(n2.LogFile)
+			t.Logf("n2 log:\n%s", b)
+		}
+	})
+	eventually(t, "n2's node record carries its EC2 labels", func() bool {
+		for _, n := range nodes(t, l, "n1") {
+			if n.Name == "n2" {
+				return n.Labels["topology.kubernetes.io/zone"] == "us-east-1b" && n.Labels["node.kubernetes.io/instance-type"] == "m5.large"
+			}
+		}
+		return false
+	})
+}
+
+// serveIMDS answers the IMDSv2 paths the agent reads, only with a token.
+func serveIMDS(t *testing.T, path string) {
+	t.Helper()
+	var ln net.Listener
+	if err := inNS(t, path, func() (err error) { ln, err = net.Listen("tcp4", "169.254.169.254:80"); return }); err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]string{
+		"instance-id": "i-0abc", "placement/region": "us-east-1", "placement/availability-zone": "us-east-1b",
+		"instance-type": "m5.large", "mac": "0e:00:00:00:00:01", "network/interfaces/macs/0e:00:00:00:00:01/vpc-id": "vpc-0123",
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
+			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
+			w.Write([]byte("tok"))
+			return
+		}
+		if r.Header.Get("X-aws-ec2-metadata-token") != "tok" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		v, ok := values[strings.TrimPrefix(r.URL.Path, "/latest/meta-data/")]
+		if !ok {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.Write([]byte(v))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
 }

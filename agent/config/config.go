@@ -148,6 +148,8 @@ type Config struct {
 	// AWSEndpoint overrides the EC2 endpoint (tests).
 	AWSRegion   string `json:"awsRegion"`
 	AWSEndpoint string `json:"awsEndpoint"`
+	// AWSIMDSEndpoint overrides the instance metadata endpoint (tests).
+	AWSIMDSEndpoint string `json:"awsIMDSEndpoint"`
 	// GroupsRefreshInterval between resolutions of cloud groups.
 	GroupsRefreshInterval Duration `json:"groupsRefreshInterval"`
 	// WireGuardPrivateRunDir mounts a private tmpfs on /var/run/wireguard

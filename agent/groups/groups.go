@@ -84,6 +84,7 @@ type Manager struct {
 	leader   string
 	isLeader bool
 	kick     chan struct{}
+	synced   chan struct{} // closed once the stored results are loaded
 }
 
 func hash(key string) string {
@@ -99,7 +100,7 @@ func New(ctx context.Context, cfg Config) *Manager {
 		cfg.Interval = 5 * time.Minute
 	}
 	m := &Manager{cfg: cfg, wanted: map[string]policy.AWSGroup{}, results: map[string]Result{},
-		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1)}
+		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{})}
 	if cfg.Lease != nil {
 		// Requests live under the lease: when etcd lost it and a new one
 		// was granted, they are gone and must be written again.
@@ -198,7 +199,15 @@ func (m *Manager) Result(key string) (Result, bool) {
 func (m *Manager) followResults(ctx context.Context) {
 	prefix := m.base() + "results/"
 	for ev := range m.cfg.KV.Watch(ctx, prefix, kvstore.WatchOptions{}) {
-		if ev.Type == kvstore.EventSynced || ev.Type == kvstore.EventDelete {
+		if ev.Type == kvstore.EventSynced {
+			select {
+			case <-m.synced:
+			default:
+				close(m.synced)
+			}
+			continue
+		}
+		if ev.Type == kvstore.EventDelete {
 			continue
 		}
 		var r Result
@@ -208,7 +217,7 @@ func (m *Manager) followResults(ctx context.Context) {
 		m.mu.Lock()
 		m.results[r.Key] = r
 		prev, had := m.applied[r.Key]
-		apply := (!had || !slices.Equal(prev, r.Addrs))
+		apply := r.Resolved && (!had || !slices.Equal(prev, r.Addrs))
 		if apply {
 			m.applied[r.Key] = slices.Clone(r.Addrs)
 		}
@@ -221,6 +230,13 @@ func (m *Manager) followResults(ctx context.Context) {
 
 // lead takes part in the election and, while leader, refreshes.
 func (m *Manager) lead(ctx context.Context) {
+	// Only with the stored results loaded: a new leader whose first
+	// attempt fails must keep the last good set, not publish an empty one.
+	select {
+	case <-m.synced:
+	case <-ctx.Done():
+		return
+	}
 	leaderKey := m.base() + "leader"
 	var lastRefreshMark string
 	next := map[string]time.Time{} // group -> when to resolve it next

@@ -40,6 +40,8 @@ type Node struct {
 	PodCIDRs  []string `json:"podCIDRs"`
 	Routing   string   `json:"routing"`
 	Health    string   `json:"health"`
+	// Labels describe the node (on EC2: region, zone, instance type, VPC).
+	Labels map[string]string `json:"labels,omitempty"`
 	// WireGuardKey is the node's WireGuard public key (encryption on).
 	WireGuardKey string `json:"wireguardPublicKey,omitempty"`
 	// Certificate (PEM) issued by the cluster's CA, and Signature of the

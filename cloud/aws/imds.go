@@ -78,8 +78,9 @@ func ReadNodeMetadata(ctx context.Context, endpoint string) (NodeMetadata, error
 	defer cancel()
 
 	opts := imds.Options{
-		Endpoint:       endpoint,
-		EnableFallback: awssdk.FalseTernary,
+		Endpoint:                 endpoint,
+		EnableFallback:           awssdk.FalseTernary,
+		DisableDefaultMaxBackoff: true, // MaxBackoff below is shorter
 		Retryer: retry.NewStandard(func(o *retry.StandardOptions) {
 			o.MaxAttempts = 2
 			o.MaxBackoff = 200 * time.Millisecond

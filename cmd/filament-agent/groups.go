@@ -59,7 +59,7 @@ func (c cloudGroups) Derived(p policy.Policy) []groups.Result {
 // agent also takes part in electing the one that resolves them.
 func startGroups(ctx context.Context, cfg config.Config, kv *kvstore.Client, lease *kvstore.Lease, engine *enforcement.Engine, res *policy.Resolver) cloudGroups {
 	var src groups.Source
-	if cfg.AWSRegion != "" || os.Getenv("AWS_REGION") != "" || os.Getenv("AWS_DEFAULT_REGION") != "" {
+	if awsConfigured(cfg) {
 		r, err := aws.New(ctx, aws.Config{Region: cfg.AWSRegion, Endpoint: cfg.AWSEndpoint})
 		if err != nil {
 			slog.Warn("AWS groups are off: "+err.Error(), "err", err)
@@ -86,4 +86,23 @@ func startGroups(ctx context.Context, cfg config.Config, kv *kvstore.Client, lea
 		}
 	}()
 	return cloudGroups{m}
+}
+
+// awsConfigured says whether the AWS features are on.
+func awsConfigured(cfg config.Config) bool {
+	return cfg.AWSRegion != "" || os.Getenv("AWS_REGION") != "" || os.Getenv("AWS_DEFAULT_REGION") != ""
+}
+
+// ec2NodeLabels reads this node's EC2 metadata (IMDSv2) as node labels
+// when AWS is configured; off EC2 it says so once and returns none.
+func ec2NodeLabels(ctx context.Context, cfg config.Config) map[string]string {
+	if !awsConfigured(cfg) {
+		return nil
+	}
+	md, err := aws.ReadNodeMetadata(ctx, cfg.AWSIMDSEndpoint)
+	if err != nil {
+		slog.Info("no EC2 node metadata (not on EC2?): node labels stay empty", "err", err)
+		return nil
+	}
+	return md.Labels()
 }

@@ -114,6 +114,7 @@ func newCommand() *cobra.Command {
 			set("wireguard-private-run-dir", func() { final.WireGuardPrivateRunDir = cfg.WireGuardPrivateRunDir })
 			set("aws-region", func() { final.AWSRegion = cfg.AWSRegion })
 			set("aws-endpoint", func() { final.AWSEndpoint = cfg.AWSEndpoint })
+			set("aws-imds-endpoint", func() { final.AWSIMDSEndpoint = cfg.AWSIMDSEndpoint })
 			set("groups-refresh-interval", func() { final.GroupsRefreshInterval = config.Duration(groupsEvery) })
 			set("node-cert", func() { final.NodeCert = cfg.NodeCert })
 			set("node-key", func() { final.NodeKey = cfg.NodeKey })
@@ -167,6 +168,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.IPsecKeyFile, "ipsec-key-file", "", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')")
 	f.StringVar(&cfg.AWSRegion, "aws-region", "", "AWS region for toGroups/fromGroups and EC2 node metadata (default: AWS_REGION or the shared config; none: off)")
 	f.StringVar(&cfg.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override (tests, e.g. a moto server)")
+	f.StringVar(&cfg.AWSIMDSEndpoint, "aws-imds-endpoint", "", "EC2 instance metadata (IMDSv2) endpoint override (tests)")
 	f.DurationVar(&groupsEvery, "groups-refresh-interval", time.Duration(d.GroupsRefreshInterval), "interval between resolutions of cloud groups")
 	f.StringVar(&cfg.NodeCert, "node-cert", "", "this node's certificate from the cluster's CA (PEM): sign the node record and accept only authenticated nodes")
 	f.StringVar(&cfg.NodeKey, "node-key", "", "the key of --node-cert (PEM)")
@@ -268,7 +270,7 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 	reg, err := node.NewRegistry(ctx, kv, lease, node.Node{
 		Name: cfg.NodeName, Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, IPs: []string{nodeIP.String()},
-		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing, WireGuardKey: enc.publicKey(),
+		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing, WireGuardKey: enc.publicKey(), Labels: ec2NodeLabels(ctx, cfg),
 	}, auth.sign()...)
 	if err != nil {
 		return err

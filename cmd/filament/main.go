@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -402,13 +404,17 @@ func (c *cli) nodeCmd() *cobra.Command {
 				return err
 			}
 			return c.print(nodes, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tCLUSTER\tNODE IP\tPOD CIDRS\tROUTING\tREACHABLE")
+				fmt.Fprintln(w, "NAME\tCLUSTER\tNODE IP\tPOD CIDRS\tROUTING\tREACHABLE\tLABELS")
 				for _, n := range nodes {
 					reach := "yes"
 					if !n.Reachable {
 						reach = "no"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Cluster, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), n.Routing, reach)
+					var ls []string
+					for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
+						ls = append(ls, k+"="+n.Labels[k])
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Cluster, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), n.Routing, reach, strings.Join(ls, ","))
 				}
 			})
 		},
