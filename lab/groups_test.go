@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -279,4 +280,129 @@ func serveIMDS(t *testing.T, path string) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+}
+
+// BenchmarkAWSGroupRefreshToEnforcement: from an on-demand refresh (API)
+// after an instance joined or left the selected security group, until n1's
+// BPF ipcache holds (or no longer holds) the instance's address — the
+// entries of the policy are written just before it. Baseline: importing a
+// policy naming the same address with toCIDR, until the same entry is in.
+func BenchmarkAWSGroupRefreshToEnforcement(b *testing.B) {
+	b.Setenv("AWS_ACCESS_KEY_ID", "testing")
+	b.Setenv("AWS_SECRET_ACCESS_KEY", "testing")
+	b.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	l := labtest.Up(b, 1, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "1h")
+	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
+	endpoint := motoBench(b, kvNS, "172.30.0.254")
+	e := ec2In(kvNS, endpoint)
+	ctx := context.Background()
+	vpc, _ := e.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.0.0.0/16")})
+	subnet, _ := e.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: aws.String("10.0.1.0/24")})
+	mk := func(name string) string {
+		out, err := e.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(name), Description: aws.String(name), VpcId: vpc.Vpc.VpcId})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return *out.GroupId
+	}
+	sgA, sgB := mk("a"), mk("b")
+	inst, err := e.RunInstances(ctx, &ec2.RunInstancesInput{ImageId: aws.String("ami-12c6146b"), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+		SubnetId: subnet.Subnet.SubnetId, SecurityGroupIds: []string{sgA}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	id, ip := *inst.Instances[0].InstanceId, *inst.Instances[0].PrivateIpAddress
+	labtest.Pod(b, l, "n1", "client", "app=client")
+	n1, _ := l.Node("n1")
+	c := api.NewClient(n1.Socket)
+	if _, err := c.ImportPolicies(ctx, []byte(groupPolicy(fmt.Sprintf("{securityGroupsIds: [%s]}", sgA)))); err != nil {
+		b.Fatal(err)
+	}
+	ipc, err := ebpfLoadPinned(labtest.PinDir(l, "n1") + "/ipcache")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ipc.Close()
+	wait := func(present bool) time.Duration {
+		start := time.Now()
+		for ipcHas(ipc, ip, 32) != present {
+			if time.Since(start) > 30*time.Second {
+				b.Fatalf("ipcache entry of %s present=%v not reached", ip, !present)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		return time.Since(start)
+	}
+	wait(true)
+	var refresh, baseline []time.Duration
+	for i := 0; i < 10; i++ {
+		groups := []string{sgB}
+		if i%2 == 1 {
+			groups = []string{sgA}
+		}
+		if _, err := e.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{InstanceId: aws.String(id), Groups: groups}); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		if err := c.RefreshGroups(ctx); err != nil {
+			b.Fatal(err)
+		}
+		wait(i%2 == 1)
+		refresh = append(refresh, time.Since(start))
+	}
+	// Baseline: a toCIDR policy import for the same address (group empty).
+	if _, err := e.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{InstanceId: aws.String(id), Groups: []string{sgB}}); err != nil {
+		b.Fatal(err)
+	}
+	c.RefreshGroups(ctx)
+	wait(false)
+	for i := 0; i < 10; i++ {
+		doc := groupPolicy(fmt.Sprintf("{securityGroupsIds: [%s]}", sgA))
+		if i%2 == 0 {
+			doc = strings.Replace(doc, fmt.Sprintf("toGroups: [{aws: {securityGroupsIds: [%s]}}]", sgA), fmt.Sprintf("toCIDR: [%s/32]", ip), 1)
+		}
+		start := time.Now()
+		if _, err := c.ImportPolicies(ctx, []byte(doc)); err != nil {
+			b.Fatal(err)
+		}
+		wait(i%2 == 0)
+		baseline = append(baseline, time.Since(start))
+	}
+	pct := func(d []time.Duration, q int) float64 {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return float64(s[(len(s)*q-1)/100].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(refresh, 50), "refresh-to-datapath-p50-ms")
+	b.ReportMetric(pct(refresh, 99), "refresh-to-datapath-p99-ms")
+	b.ReportMetric(pct(baseline, 50), "baseline-import-toCIDR-p50-ms")
+	b.ReportMetric(pct(baseline, 99), "baseline-import-toCIDR-p99-ms")
+}
+
+// motoBench is motoIn for benchmarks.
+func motoBench(b *testing.B, netns, ip string) string {
+	bin, err := exec.LookPath("moto_server")
+	if err != nil {
+		b.Skip("skipped: moto_server (the EC2-compatible test endpoint) is not installed")
+	}
+	cmd := exec.Command("ip", "netns", "exec", netns, bin, "-H", ip, "-p", "5000")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ {
+		if ns.WithNetNSPath(lab.NetNSPath(netns), func(ns.NetNS) error {
+			c, err := net.DialTimeout("tcp4", ip+":5000", time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}) == nil {
+			return "http://" + ip + ":5000"
+		}
+		if i > 100 {
+			b.Fatal("moto_server did not start")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -766,4 +766,20 @@ func BenchmarkResolve1000Instances50Groups(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/50groups")
+	// Baseline: one unfiltered DescribeInstances listing of all 1,000
+	// instances (every page) from the same endpoint, the floor of any
+	// resolution that reads them.
+	raw := ec2.NewFromConfig(r.base, func(o *ec2.Options) { o.BaseEndpoint = &endpoint; o.Region = r.region })
+	var base time.Duration
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		p := ec2.NewDescribeInstancesPaginator(raw, &ec2.DescribeInstancesInput{})
+		for p.HasMorePages() {
+			if _, err := p.NextPage(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		base += time.Since(start)
+	}
+	b.ReportMetric(float64(base.Milliseconds())/float64(b.N), "baseline-list-all-ms")
 }
