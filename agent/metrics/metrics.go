@@ -29,6 +29,8 @@ type Sources struct {
 	ServiceErrors func() int
 	// NodesRefused: nodes refused by node authentication.
 	NodesRefused func() int
+	// Groups: cloud groups by state ("resolved", "error", "unresolved").
+	Groups func() map[string]int
 }
 
 var (
@@ -43,6 +45,7 @@ var (
 	pressure     = prometheus.NewDesc("filament_map_pressure_ratio", "Entries of a BPF map divided by its capacity.", []string{"map"}, nil)
 	eventsLost   = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
 	services     = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
+	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing).", []string{"state"}, nil)
 	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
 	svcErrors    = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
 )
@@ -52,7 +55,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, services, svcErrors, nodesRefused} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, services, svcErrors, nodesRefused, groupsDesc} {
 		ch <- d
 	}
 }
@@ -92,6 +95,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(polEntries, c.s.PolicyEntries)
 	gauge(services, c.s.Services)
 	gauge(nodesRefused, c.s.NodesRefused)
+	if c.s.Groups != nil {
+		for state, n := range c.s.Groups() {
+			ch <- prometheus.MustNewConstMetric(groupsDesc, prometheus.GaugeValue, float64(n), state)
+		}
+	}
 	if c.s.ServiceErrors != nil {
 		ch <- prometheus.MustNewConstMetric(svcErrors, prometheus.CounterValue, float64(c.s.ServiceErrors()))
 	}

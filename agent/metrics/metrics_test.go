@@ -23,6 +23,7 @@ func TestExposition(t *testing.T) {
 		Identities:    func() int { return 9 },
 		Services:      func() int { return 3 },
 		ServiceErrors: func() int { return 1 },
+		Groups:        func() map[string]int { return map[string]int{"error": 2} },
 	})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -36,6 +37,7 @@ func TestExposition(t *testing.T) {
 		`filament_identities 9`,
 		`filament_services 3`,
 		`filament_service_datapath_errors_total 1`,
+		`filament_cloud_groups{state="error"} 2`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("missing %q in\n%s", want, body)

@@ -106,3 +106,19 @@ func ec2NodeLabels(ctx context.Context, cfg config.Config) map[string]string {
 	}
 	return md.Labels()
 }
+
+// states counts the groups by state for the metrics.
+func (c cloudGroups) states() map[string]int {
+	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0}
+	for _, g := range c.Status().Groups {
+		switch {
+		case g.Error != "":
+			out["error"]++
+		case g.Resolved:
+			out["resolved"]++
+		default:
+			out["unresolved"]++
+		}
+	}
+	return out
+}

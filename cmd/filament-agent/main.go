@@ -385,6 +385,7 @@ func run(parent context.Context, cfg config.Config) error {
 		Endpoints: func() int { return len(eps.List()) }, Identities: func() int { return len(ids.List()) },
 		PolicyEntries: engine.PolicyEntries, PolicyWrites: dp.PolicyWrites, EventsLost: hub.Lost,
 		Services: services.Count, ServiceErrors: services.Errors, NodesRefused: auth.refusals.Count,
+		Groups: cloudGroups.states,
 	})
 	if cfg.PrometheusListen != "" {
 		msrv := &http.Server{Addr: cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}
