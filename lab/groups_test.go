@@ -117,7 +117,7 @@ func TestAWSGroupsPolicy(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "testing")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "testing")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	l := labtest.Up(t, 2, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "2s",
+	l := labtest.UpRouting(t, 2, "native", "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "2s",
 		"--aws-imds-endpoint", "http://169.254.169.254")
 	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
 	endpoint, stopMoto := motoIn(t, kvNS, "172.30.0.254")
@@ -227,7 +227,23 @@ func TestAWSGroupsPolicy(t *testing.T) {
 	}
 
 	// Node metadata: an IMDSv2 stand-in at 169.254.169.254 (a lab host);
-	// n2's agent, restarted, labels its node with region, zone, type, VPC.
+	// n2's agent, restarted, labels its node with region, zone, type, VPC,
+	// and a policy selecting nodes by zone (toNodes) starts to admit it.
+	n2node, _ := l.Node("n2")
+	serve(t, lab.NetNSPath(n2node.NetNS), 9100)
+	labtest.ImportPolicy(t, l, "n1", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-zone-b}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toNodes: [{matchLabels: {topology.kubernetes.io/zone: us-east-1b}}]
+    toPorts: [{ports: [{port: "9100", protocol: TCP}]}]
+`)
+	time.Sleep(1500 * time.Millisecond) // a node-selector pass with n2 unlabelled
+	if reach(t, cp, "tcp", n2node.IP, 9100) {
+		t.Fatal("the pod reaches n2 before n2 is labelled with the zone")
+	}
 	imdsHost := labtest.Host(t, l, "imds", "169.254.169.254")
 	serveIMDS(t, lab.NetNSPath(imdsHost.NetNS))
 	if err := l.StopAgent("n2"); err != nil {
@@ -251,6 +267,7 @@ func TestAWSGroupsPolicy(t *testing.T) {
 		}
 		return false
 	})
+	eventually(t, "toNodes admits the node labelled us-east-1b", func() bool { return reach(t, cp, "tcp", n2node.IP, 9100) })
 }
 
 // serveIMDS answers the IMDSv2 paths the agent reads, only with a token.

@@ -33,6 +33,7 @@ func (r IngressRule) deepCopy() IngressRule {
 	r.FromCIDRSet = cloneEach(r.FromCIDRSet, CIDRRule.deepCopy)
 	r.FromEntities = slices.Clone(r.FromEntities)
 	r.FromGroups = cloneEach(r.FromGroups, Groups.deepCopy)
+	r.FromNodes = cloneEach(r.FromNodes, EndpointSelector.deepCopy)
 	r.ToPorts = cloneEach(r.ToPorts, PortRule.deepCopy)
 	r.ICMPs = cloneEach(r.ICMPs, ICMPRule.deepCopy)
 	return r
@@ -45,6 +46,7 @@ func (r EgressRule) deepCopy() EgressRule {
 	r.ToCIDRSet = cloneEach(r.ToCIDRSet, CIDRRule.deepCopy)
 	r.ToEntities = slices.Clone(r.ToEntities)
 	r.ToGroups = cloneEach(r.ToGroups, Groups.deepCopy)
+	r.ToNodes = cloneEach(r.ToNodes, EndpointSelector.deepCopy)
 	r.ToServices = cloneEach(r.ToServices, Service.deepCopy)
 	r.ToFQDNs = slices.Clone(r.ToFQDNs)
 	r.ToPorts = cloneEach(r.ToPorts, PortRule.deepCopy)

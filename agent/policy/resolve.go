@@ -35,6 +35,7 @@ package policy
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -456,6 +457,21 @@ func (r *Resolver) GroupsInUse() map[string]AWSGroup {
 	for _, cp := range r.compiled {
 		for k, g := range cp.groupSels {
 			out[k] = g
+		}
+	}
+	return out
+}
+
+// NodeSelectorsInUse lists the toNodes/fromNodes selectors of the current
+// policies, by NodeSelectorKey; the agent sets each one's node addresses
+// with SetGroup.
+func (r *Resolver) NodeSelectorsInUse() map[string]EndpointSelector {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]EndpointSelector{}
+	for _, cp := range r.compiled {
+		for k, s := range cp.nodeSels {
+			out[k] = s
 		}
 	}
 	return out
@@ -974,8 +990,9 @@ type compiledPolicy struct {
 	rules     []*compiledRule
 	prefixes  []netip.Prefix // every IPv4 prefix its rules name
 	warnings  []string
-	groups    map[string]bool     // GroupKeys of the selectors it names
-	groupSels map[string]AWSGroup // ... and the selectors
+	groups    map[string]bool             // GroupKeys and NodeSelectorKeys of the selectors it names
+	groupSels map[string]AWSGroup         // ... the AWS group selectors
+	nodeSels  map[string]EndpointSelector // ... and the node selectors
 }
 
 // compiledRule is one rule: the endpoints it selects, its default deny and
@@ -1106,7 +1123,7 @@ type compiler struct {
 // compilePolicy compiles p; toGroups/fromGroups become the resolved
 // addresses in awsGroups (by GroupKey).
 func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPolicy {
-	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]AWSGroup{}}, key: p.Key(),
+	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]AWSGroup{}, nodeSels: map[string]EndpointSelector{}}, key: p.Key(),
 		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
@@ -1129,7 +1146,7 @@ func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPoli
 				in := &sec.rs[j]
 				s := c.section(Ingress, sec.name, j, sec.deny, peerFields{
 					endpoints: in.FromEndpoints, requires: in.FromRequires, cidr: in.FromCIDR,
-					cidrSet: in.FromCIDRSet, entities: in.FromEntities, groups: in.FromGroups,
+					cidrSet: in.FromCIDRSet, entities: in.FromEntities, groups: in.FromGroups, nodes: in.FromNodes,
 				}, in.ToPorts, in.ICMPs)
 				if s != nil {
 					cr.sections = append(cr.sections, s)
@@ -1145,7 +1162,7 @@ func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPoli
 				out := &sec.rs[j]
 				s := c.section(Egress, sec.name, j, sec.deny, peerFields{
 					endpoints: out.ToEndpoints, requires: out.ToRequires, cidr: out.ToCIDR,
-					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: out.ToGroups,
+					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: out.ToGroups, nodes: out.ToNodes,
 					services: len(out.ToServices), fqdns: len(out.ToFQDNs),
 				}, out.ToPorts, out.ICMPs)
 				if s != nil {
@@ -1167,6 +1184,7 @@ type peerFields struct {
 	cidrSet             []CIDRRule
 	entities            []Entity
 	groups              []Groups
+	nodes               []EndpointSelector
 	services, fqdns     int
 }
 
@@ -1180,7 +1198,7 @@ func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
 func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peerFields, prs []PortRule, icmps []ICMPRule) *section {
 	s := &section{dir: dir, deny: deny, ref: RuleRef{Policy: c.key, Rule: c.rule, Section: fmt.Sprintf("%s[%d]", name, j)}}
 	ps := &s.peers
-	hasPeers := len(pf.endpoints)+len(pf.cidr)+len(pf.cidrSet)+len(pf.entities)+len(pf.groups)+pf.services+pf.fqdns > 0
+	hasPeers := len(pf.endpoints)+len(pf.cidr)+len(pf.cidrSet)+len(pf.entities)+len(pf.groups)+len(pf.nodes)+pf.services+pf.fqdns > 0
 	hasPorts := len(prs)+len(icmps) > 0
 
 	for i := range pf.endpoints {
@@ -1250,6 +1268,15 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			continue
 		}
 		for _, p := range addrs {
+			c.prefixes[p] = true
+			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
+		}
+	}
+	for _, sel := range pf.nodes {
+		key := NodeSelectorKey(sel)
+		c.cp.groups[key] = true
+		c.cp.nodeSels[key] = sel
+		for _, p := range c.awsGroups[key] { // none until the agent has matched nodes
 			c.prefixes[p] = true
 			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
 		}
@@ -1455,4 +1482,10 @@ func GroupKey(g AWSGroup) string {
 		tags = append(tags, k+"="+g.Labels[k])
 	}
 	return fmt.Sprintf("region=%s;ids=%s;names=%s;tags=%s", g.Region, strings.Join(ids, ","), strings.Join(names, ","), strings.Join(tags, ","))
+}
+
+// NodeSelectorKey is the canonical form of a toNodes/fromNodes selector.
+func NodeSelectorKey(s EndpointSelector) string {
+	b, _ := json.Marshal(s)
+	return "nodes:" + string(b)
 }

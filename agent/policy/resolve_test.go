@@ -1558,3 +1558,45 @@ func mustEP(t *testing.T, r *Resolver, id uint16) EndpointPolicy {
 	}
 	return p
 }
+
+// toNodes: a node selector selects nothing until the agent gives it the
+// matching nodes' addresses, then those as /32 peers.
+func TestResolveToNodes(t *testing.T) {
+	ps, err := Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: metrics}
+spec:
+  endpointSelector: {matchLabels: {app: scraper}}
+  egress:
+  - toNodes: [{matchLabels: {topology.kubernetes.io/zone: us-east-1b}}]
+    toPorts: [{ports: [{port: "9100", protocol: TCP}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(ModeDefault)
+	r.UpsertEndpoint(EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "k8s:app=scraper", "k8s:io.kubernetes.pod.namespace=default")})
+	r.SetPolicies(ps)
+	sels := r.NodeSelectorsInUse()
+	if len(sels) != 1 {
+		t.Fatalf("node selectors in use: %v", sels)
+	}
+	var key string
+	for k, s := range sels {
+		key = k
+		if !s.Matches(labels.Labels{{Source: "node", Key: "topology.kubernetes.io/zone", Value: "us-east-1b"}}) {
+			t.Fatal("the selector does not match a node label")
+		}
+	}
+	if ep, _ := r.Endpoint(1); !ep.EgressEnforced || len(ep.Entries) != 0 {
+		t.Fatalf("before any node matched: %+v", ep)
+	}
+	ch := r.SetGroup(key, []netip.Addr{netip.MustParseAddr("172.30.0.2")})
+	id := ch.CIDRUpserts[netip.MustParsePrefix("172.30.0.2/32")]
+	if id == 0 {
+		t.Fatalf("no CIDR identity for the node: %+v", ch)
+	}
+	if ok, _ := dpVerdict(mustEP(t, r, 1), Egress, id, 6, 9100); !ok {
+		t.Fatal("the scraper cannot reach the matched node")
+	}
+}

@@ -111,8 +111,11 @@ type IngressRule struct {
 	FromCIDRSet   []CIDRRule         `json:"fromCIDRSet,omitempty"`
 	FromEntities  []Entity           `json:"fromEntities,omitempty"`
 	FromGroups    []Groups           `json:"fromGroups,omitempty"`
-	ToPorts       []PortRule         `json:"toPorts,omitempty"`
-	ICMPs         []ICMPRule         `json:"icmps,omitempty"`
+	// FromNodes selects nodes by their labels (e.g. EC2 zone, instance
+	// type): traffic from their addresses.
+	FromNodes []EndpointSelector `json:"fromNodes,omitempty"`
+	ToPorts   []PortRule         `json:"toPorts,omitempty"`
+	ICMPs     []ICMPRule         `json:"icmps,omitempty"`
 }
 
 // EgressRule is IngressRule for egress, with services and DNS names as
@@ -124,10 +127,12 @@ type EgressRule struct {
 	ToCIDRSet   []CIDRRule         `json:"toCIDRSet,omitempty"`
 	ToEntities  []Entity           `json:"toEntities,omitempty"`
 	ToGroups    []Groups           `json:"toGroups,omitempty"`
-	ToServices  []Service          `json:"toServices,omitempty"`
-	ToFQDNs     []FQDNSelector     `json:"toFQDNs,omitempty"`
-	ToPorts     []PortRule         `json:"toPorts,omitempty"`
-	ICMPs       []ICMPRule         `json:"icmps,omitempty"`
+	// ToNodes selects nodes by their labels: traffic to their addresses.
+	ToNodes    []EndpointSelector `json:"toNodes,omitempty"`
+	ToServices []Service          `json:"toServices,omitempty"`
+	ToFQDNs    []FQDNSelector     `json:"toFQDNs,omitempty"`
+	ToPorts    []PortRule         `json:"toPorts,omitempty"`
+	ICMPs      []ICMPRule         `json:"icmps,omitempty"`
 }
 
 // EndpointSelector selects endpoints by label, like a Kubernetes label

@@ -199,6 +199,7 @@ func (v *validator) ingress(p fieldPath, r *IngressRule, deny bool) {
 	v.cidrSets(p.child("fromCIDRSet"), r.FromCIDRSet)
 	v.entities(p.child("fromEntities"), r.FromEntities)
 	v.groups(p.child("fromGroups"), r.FromGroups)
+	v.selectors(p.child("fromNodes"), r.FromNodes)
 	v.ports(p, r.ToPorts, r.ICMPs, deny)
 }
 
@@ -209,6 +210,7 @@ func (v *validator) egress(p fieldPath, r *EgressRule, deny bool) {
 	v.cidrSets(p.child("toCIDRSet"), r.ToCIDRSet)
 	v.entities(p.child("toEntities"), r.ToEntities)
 	v.groups(p.child("toGroups"), r.ToGroups)
+	v.selectors(p.child("toNodes"), r.ToNodes)
 	for i, s := range r.ToServices {
 		v.service(p.child("toServices").index(i), s)
 	}

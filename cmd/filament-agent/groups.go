@@ -11,6 +11,8 @@ import (
 	"github.com/filament-net/filament/agent/enforcement"
 	"github.com/filament-net/filament/agent/groups"
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/cloud/aws"
 )
@@ -121,4 +123,37 @@ func (c cloudGroups) states() map[string]int {
 		}
 	}
 	return out
+}
+
+// followNodeSelectors gives every toNodes/fromNodes selector of the
+// policies the addresses of the cluster's nodes whose labels it matches,
+// whenever nodes or policies change (checked every second).
+func followNodeSelectors(ctx context.Context, list func() []node.Node, res *policy.Resolver, engine *enforcement.Engine) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		nodes := list()
+		for key, sel := range res.NodeSelectorsInUse() {
+			var addrs []netip.Addr
+			for _, n := range nodes {
+				var ls labels.Labels
+				for k, v := range n.Labels {
+					ls = append(ls, labels.Label{Source: "node", Key: k, Value: v})
+				}
+				if sel.Matches(ls) {
+					for _, ip := range n.IPs {
+						if a, err := netip.ParseAddr(ip); err == nil {
+							addrs = append(addrs, a)
+						}
+					}
+				}
+			}
+			engine.GroupChanged(key, addrs)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -343,6 +343,7 @@ func run(parent context.Context, cfg config.Config) error {
 		return err
 	}
 	cloudGroups := startGroups(ctx, cfg, kv, lease, engine, res)
+	go followNodeSelectors(ctx, reg.List, res, engine)
 	ids.Subscribe(engine.IdentityChanged)
 	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), Hooks: hooks{engine, lbHooks}, MTU: cfg.MTU})
 	if err != nil {
