@@ -13,7 +13,7 @@ DEMO_LAB ?= demo
 DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
-.PHONY: all build generate test test-unit demo demo-down bench lint clean deps
+.PHONY: kube-apiserver all build generate test test-unit demo demo-down bench lint clean deps
 
 all: build
 
@@ -38,9 +38,15 @@ generate: deps
 
 # The whole suite, privileged datapath tests included: needs root. A test
 # that would need root fails instead of skipping (FILAMENT_REQUIRE_PRIVILEGED).
-test: deps build
+test: deps build kube-apiserver
 	@if [ "$$(id -u)" != 0 ]; then echo "make test needs root (network namespaces, veths); use make test-unit" >&2; exit 1; fi
-	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 20m ./...
+	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) $(GO) test -count=1 -timeout 20m ./...
+
+# A real kube-apiserver for the Kubernetes tests, built from the Go module
+# proxy (k8s.io/kubernetes with its staging modules pinned) and cached.
+KUBE_APISERVER ?= $(HOME)/.cache/filament/kube-apiserver-v1.37.1
+kube-apiserver:
+	@GO=$(GO) deploy/kube/build-kube-apiserver.sh $(KUBE_APISERVER)
 
 # Unprivileged tests only (privileged ones skip and say why).
 test-unit:

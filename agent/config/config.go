@@ -152,6 +152,9 @@ type Config struct {
 	AWSIMDSEndpoint string `json:"awsIMDSEndpoint"`
 	// GroupsRefreshInterval between resolutions of cloud groups.
 	GroupsRefreshInterval Duration `json:"groupsRefreshInterval"`
+	// Kubeconfig turns on Kubernetes mode: NetworkPolicy and the Cilium
+	// policy CRDs are followed from the API server ("" = off).
+	Kubeconfig string `json:"kubeconfig"`
 	// WireGuardPrivateRunDir mounts a private tmpfs on /var/run/wireguard
 	// for the embedded WireGuard's UAPI socket (labs: several agents, each in
 	// its own mount namespace, on one machine).

@@ -29,6 +29,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/k8s"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/agent/metrics"
@@ -116,6 +117,7 @@ func newCommand() *cobra.Command {
 			set("aws-endpoint", func() { final.AWSEndpoint = cfg.AWSEndpoint })
 			set("aws-imds-endpoint", func() { final.AWSIMDSEndpoint = cfg.AWSIMDSEndpoint })
 			set("groups-refresh-interval", func() { final.GroupsRefreshInterval = config.Duration(groupsEvery) })
+			set("kubeconfig", func() { final.Kubeconfig = cfg.Kubeconfig })
 			set("node-cert", func() { final.NodeCert = cfg.NodeCert })
 			set("node-key", func() { final.NodeKey = cfg.NodeKey })
 			set("node-ca", func() { final.NodeCA = cfg.NodeCA })
@@ -170,6 +172,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override (tests, e.g. a moto server)")
 	f.StringVar(&cfg.AWSIMDSEndpoint, "aws-imds-endpoint", "", "EC2 instance metadata (IMDSv2) endpoint override (tests)")
 	f.DurationVar(&groupsEvery, "groups-refresh-interval", time.Duration(d.GroupsRefreshInterval), "interval between resolutions of cloud groups")
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "Kubernetes mode: follow NetworkPolicy and CiliumNetworkPolicy/CiliumClusterwideNetworkPolicy from this cluster (kubeconfig file)")
 	f.StringVar(&cfg.NodeCert, "node-cert", "", "this node's certificate from the cluster's CA (PEM): sign the node record and accept only authenticated nodes")
 	f.StringVar(&cfg.NodeKey, "node-key", "", "the key of --node-cert (PEM)")
 	f.StringVar(&cfg.NodeCA, "node-ca", "", "the CA that issues this cluster's node certificates (PEM)")
@@ -341,6 +344,15 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 	if err := engine.LoadPolicies(); err != nil {
 		return err
+	}
+	if cfg.Kubeconfig != "" {
+		// In the background: the API server may come up after the agent,
+		// and the informers retry until it (and the CRDs) are there.
+		go func() {
+			if _, err := k8s.Start(ctx, cfg.Kubeconfig, engine); err != nil {
+				slog.Error("kubernetes mode", "err", err)
+			}
+		}()
 	}
 	cloudGroups := startGroups(ctx, cfg, kv, lease, engine, res)
 	go followNodeSelectors(ctx, reg.List, res, engine)

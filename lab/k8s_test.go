@@ -1,0 +1,241 @@
+package lab_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+const kubeToken = "filament-test-token"
+
+// kubeAPIServerBin is the kube-apiserver `make kube-apiserver` builds from
+// the module proxy (cached between runs).
+func kubeAPIServerBin(t *testing.T) string {
+	t.Helper()
+	p := os.Getenv("FILAMENT_KUBE_APISERVER")
+	if p == "" {
+		home, _ := os.UserHomeDir()
+		p = filepath.Join(home, ".cache", "filament", "kube-apiserver-v1.37.1")
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("skipped: no kube-apiserver at %s (make kube-apiserver builds it from the module proxy)", p)
+	}
+	return p
+}
+
+// writeKubeconfig writes a kubeconfig for the lab's API server at
+// https://<ip>:6443 with the static admin token.
+func writeKubeconfig(t *testing.T, ip string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: lab, cluster: {server: "https://%s:6443", insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: %s}}]
+contexts: [{name: lab, context: {cluster: lab, user: admin}}]
+current-context: lab
+`, ip, kubeToken)
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startKubeAPIServer runs a real kube-apiserver in the lab's kvstore
+// namespace, storing in the cluster's etcd (with the bundle's root
+// credentials), and returns a client config that dials inside that
+// namespace.
+func startKubeAPIServer(t *testing.T, l *lab.Lab, bin string) *rest.Config {
+	t.Helper()
+	c := l.Clusters[0]
+	ip := strings.TrimSuffix(strings.TrimPrefix(c.Kvstore, "https://"), ":2379")
+	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(filepath.Join(dir, "sa.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
+	os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(kubeToken+",admin,admin,system:masters\n"), 0o600)
+	logf, _ := os.Create(filepath.Join(dir, "kube-apiserver.log"))
+	cmd := exec.Command("ip", "netns", "exec", kvNS, bin,
+		"--etcd-servers", c.Kvstore, "--etcd-cafile", filepath.Join(c.Bundle, "ca.pem"),
+		"--etcd-certfile", filepath.Join(c.Bundle, "root.pem"), "--etcd-keyfile", filepath.Join(c.Bundle, "root-key.pem"),
+		"--bind-address", ip, "--advertise-address", ip, "--secure-port", "6443", "--cert-dir", filepath.Join(dir, "certs"),
+		"--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", filepath.Join(dir, "sa.key"),
+		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"), "--token-auth-file", filepath.Join(dir, "tokens.csv"),
+		"--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.96.0.0/16", "--endpoint-reconciler-type", "none")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+	})
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := ns.WithNetNSPath(lab.NetNSPath(kvNS), func(ns.NetNS) error {
+			var err error
+			conn, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+	rc := &rest.Config{Host: "https://" + ip + ":6443", BearerToken: kubeToken, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, Dial: dial}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(context.Background())
+		if err == nil && string(body) == "ok" {
+			return rc
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "kube-apiserver.log"))
+			t.Fatalf("kube-apiserver not ready: %v\n%s", err, b[max(0, len(b)-3000):])
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// applyYAML creates each document of path (or, with dryRun, has the
+// server validate it without storing it: server-side dry run).
+func applyYAML(t *testing.T, dyn dynamic.Interface, path string, dryRun bool) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range strings.Split(string(data), "\n---") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(d), &obj); err != nil || obj == nil {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		gvk := u.GroupVersionKind()
+		resource := strings.ToLower(gvk.Kind) + "s"
+		if gvk.Kind == "NetworkPolicy" {
+			resource = "networkpolicies"
+		}
+		if gvk.Kind == "CiliumNetworkPolicy" {
+			resource = "ciliumnetworkpolicies"
+		}
+		if gvk.Kind == "CiliumClusterwideNetworkPolicy" {
+			resource = "ciliumclusterwidenetworkpolicies"
+		}
+		gvr := schema.GroupVersionResource{Group: gvk.Group, Version: gvk.Version, Resource: resource}
+		opts := metav1.CreateOptions{}
+		if dryRun {
+			opts.DryRun = []string{metav1.DryRunAll}
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
+		if ns := u.GetNamespace(); ns != "" {
+			ri = dyn.Resource(gvr).Namespace(ns)
+		}
+		if _, err := ri.Create(context.Background(), u, opts); err != nil {
+			t.Fatalf("%s %s/%s (dry run %v): %v", gvk.Kind, u.GetNamespace(), u.GetName(), dryRun, err)
+		}
+	}
+}
+
+// Kubernetes mode on a real kube-apiserver (built from the module proxy):
+// the CRD manifests in deploy/ are accepted; CiliumNetworkPolicy and
+// NetworkPolicy objects, as users write them, are enforced by the agents on
+// real traffic between lab pods, and deleting them lifts the enforcement.
+func TestKubernetesPoliciesEnforced(t *testing.T) {
+	bin := kubeAPIServerBin(t)
+	kubeconfig := writeKubeconfig(t, "172.30.0.254")
+	l := labtest.UpRouting(t, 2, "native", "--kubeconfig", kubeconfig)
+	rc := startKubeAPIServer(t, l, bin)
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _ := kubernetes.NewForConfig(rc)
+	root, _ := filepath.Abs("..")
+	applyYAML(t, dyn, filepath.Join(root, "deploy", "kube", "crds.yaml"), false)
+	// The example policies of the repository apply unchanged (dry run).
+	time.Sleep(2 * time.Second) // CRDs become served
+	applyYAML(t, dyn, filepath.Join(root, "docs", "examples", "allow-web-to-db.yaml"), true)
+
+	db := labtest.Pod(t, l, "n1", "db", "app=db")
+	web := labtest.Pod(t, l, "n2", "web", "app=web")
+	other := labtest.Pod(t, l, "n2", "other", "app=other")
+	serve(t, lab.NetNSPath(db.NetNS), 5432)
+	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("no policy yet, but other cannot reach db")
+	}
+	// A Kubernetes NetworkPolicy: db admits only app=web on 5432.
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "default"}, Spec: networkingv1.NetworkPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+		Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}}}},
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+	}}
+	if _, err := cs.NetworkingV1().NetworkPolicies("default").Create(context.Background(), np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the NetworkPolicy shuts other out", func() bool { return !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) })
+	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("the NetworkPolicy shut web out too")
+	}
+	// Deleted: other is let in again.
+	if err := cs.NetworkingV1().NetworkPolicies("default").Delete(context.Background(), "db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deleting the NetworkPolicy lets other in", func() bool { return reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) })
+	// A CiliumNetworkPolicy object (CRD): db admits only app=other now.
+	applyYAML(t, dyn, writeTemp(t, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db-from-other, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+`), false)
+	eventually(t, "the CiliumNetworkPolicy shuts web out", func() bool { return !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) })
+	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("the CiliumNetworkPolicy shut other out too")
+	}
+	// Both nodes hold it (every agent follows the API server).
+	for _, on := range []string{"n1", "n2"} {
+		if out, err := labtest.NodeRun(t, l, on, "filament", "policy", "get", "default/db-from-other"); err != nil {
+			t.Fatalf("%s does not hold the CiliumNetworkPolicy: %v %s", on, err, out)
+		}
+	}
+}
+
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "doc.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
