@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -86,7 +87,8 @@ func startKubeAPIServer(t *testing.T, l *lab.Lab, bin string) *rest.Config {
 		"--bind-address", ip, "--advertise-address", ip, "--secure-port", "6443", "--cert-dir", filepath.Join(dir, "certs"),
 		"--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", filepath.Join(dir, "sa.key"),
 		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"), "--token-auth-file", filepath.Join(dir, "tokens.csv"),
-		"--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.96.0.0/16", "--endpoint-reconciler-type", "none")
+		"--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.96.0.0/16", "--endpoint-reconciler-type", "none",
+		"--disable-admission-plugins", "ServiceAccount")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -165,9 +167,11 @@ func applyYAML(t *testing.T, dyn dynamic.Interface, path string, dryRun bool) {
 }
 
 // Kubernetes mode on a real kube-apiserver (built from the module proxy):
-// the CRD manifests in deploy/ are accepted; CiliumNetworkPolicy and
-// NetworkPolicy objects, as users write them, are enforced by the agents on
-// real traffic between lab pods, and deleting them lifts the enforcement.
+// the CRD manifests in deploy/ are accepted; Pod objects bound to lab nodes
+// give CNI ADD the pods' labels; CiliumNetworkPolicy and NetworkPolicy
+// objects, as users write them, are enforced by the agents on real traffic
+// between lab pods, and deleting them lifts the enforcement; a label change
+// on a running pod changes its identity and what policy allows it.
 func TestKubernetesPoliciesEnforced(t *testing.T) {
 	bin := kubeAPIServerBin(t)
 	kubeconfig := writeKubeconfig(t, "172.30.0.254")
@@ -184,9 +188,27 @@ func TestKubernetesPoliciesEnforced(t *testing.T) {
 	time.Sleep(2 * time.Second) // CRDs become served
 	applyYAML(t, dyn, filepath.Join(root, "docs", "examples", "allow-web-to-db.yaml"), true)
 
-	db := labtest.Pod(t, l, "n1", "db", "app=db")
-	web := labtest.Pod(t, l, "n2", "web", "app=web")
-	other := labtest.Pod(t, l, "n2", "other", "app=other")
+	// Pod objects bound to lab nodes: CNI ADD (with K8S_POD_NAMESPACE and
+	// K8S_POD_NAME) takes their labels from the API server, not from the
+	// CNI request, which gives none here.
+	for _, p := range []struct{ name, node, app string }{{"db", "n1", "db"}, {"web", "n2", "web"}, {"other", "n2", "other"}} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: "default", Labels: map[string]string{"app": p.app}},
+			Spec: corev1.PodSpec{NodeName: p.node, Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
+		if _, err := cs.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := labtest.Pod(t, l, "n1", "db")
+	web := labtest.Pod(t, l, "n2", "web")
+	other := labtest.Pod(t, l, "n2", "other")
+	for _, ep := range labtest.Endpoints(t, l, "n2") {
+		if ep.PodName == "web" && !strings.Contains(ep.Labels.String(), "k8s:app=web") {
+			t.Fatalf("web's endpoint labels %s do not come from its Pod object", ep.Labels)
+		}
+		if ep.PodName == "web" && !strings.Contains(ep.Labels.String(), "io.cilium.k8s.policy.serviceaccount=default") {
+			t.Fatalf("web's endpoint labels %s lack the service account", ep.Labels)
+		}
+	}
 	serve(t, lab.NetNSPath(db.NetNS), 5432)
 	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("no policy yet, but other cannot reach db")
@@ -204,6 +226,23 @@ func TestKubernetesPoliciesEnforced(t *testing.T) {
 	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("the NetworkPolicy shut web out too")
 	}
+	// A label change on the running pod: other becomes app=web, gets a new
+	// identity, and the policy lets it in.
+	po, err := cs.CoreV1().Pods("default").Get(context.Background(), "other", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	po.Labels["app"] = "web"
+	if _, err := cs.CoreV1().Pods("default").Update(context.Background(), po, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "relabelled other reaches db", func() bool { return reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) })
+	po, _ = cs.CoreV1().Pods("default").Get(context.Background(), "other", metav1.GetOptions{})
+	po.Labels["app"] = "other"
+	if _, err := cs.CoreV1().Pods("default").Update(context.Background(), po, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "other, back to app=other, is shut out again", func() bool { return !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) })
 	// Deleted: other is let in again.
 	if err := cs.NetworkingV1().NetworkPolicies("default").Delete(context.Background(), "db", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

@@ -25,6 +25,9 @@ type Manager struct {
 	plumber Plumber
 	hooks   Hooks
 	mtu     int
+	// podLabels, when set (Kubernetes mode), gives a pod's labels from
+	// the API server; they replace the labels of the CNI request.
+	podLabels func(ctx context.Context, namespace, pod string) ([]string, bool)
 
 	mu        sync.Mutex
 	endpoints map[uint16]*Endpoint
@@ -38,6 +41,8 @@ type Config struct {
 	Plumber    Plumber
 	Hooks      Hooks // optional
 	MTU        int
+	// PodLabels, when set, gives a pod's labels (Kubernetes mode).
+	PodLabels func(ctx context.Context, namespace, pod string) ([]string, bool)
 }
 
 // NewManager returns a manager with no endpoints; call Restore to load the state dir.
@@ -49,7 +54,7 @@ func NewManager(c Config) (*Manager, error) {
 	if c.MTU == 0 {
 		c.MTU = 1500
 	}
-	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, endpoints: map[uint16]*Endpoint{}}, nil
+	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, podLabels: c.PodLabels, endpoints: map[uint16]*Endpoint{}}, nil
 }
 
 // HostIfName is the node-side interface name of a container's interface:
@@ -98,6 +103,11 @@ func (m *Manager) findLocked(containerID, ifName string) *Endpoint {
 // Create makes a new endpoint. It either completes or leaves nothing behind:
 // address, identity reference and devices are undone on any failure.
 func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error) {
+	if m.podLabels != nil && r.Namespace != "" && r.PodName != "" {
+		if pl, ok := m.podLabels(ctx, r.Namespace, r.PodName); ok {
+			r.Labels = pl
+		}
+	}
 	ls, err := r.Validate()
 	if err != nil {
 		return Endpoint{}, err
@@ -305,3 +315,46 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 
 // LabelStrings are the endpoint's labels as strings (for display).
 func (ep Endpoint) LabelStrings() []string { return ep.Labels.Strings() }
+
+// SetPodLabels gives the endpoints of pod namespace/name a new label set
+// (a label change in Kubernetes): a new identity is taken, the datapath
+// and policy follow through the hooks, and the old identity is released.
+// It returns the number of endpoints relabelled.
+func (m *Manager) SetPodLabels(ctx context.Context, namespace, pod string, podLabels []string) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, ep := range m.endpoints {
+		if ep.Namespace != namespace || ep.PodName != pod {
+			continue
+		}
+		ls, err := CreateRequest{ContainerID: ep.ContainerID, IfName: ep.IfName, NetNS: ep.NetNS, Namespace: namespace, Labels: podLabels}.Validate()
+		if err != nil {
+			return n, err
+		}
+		if ls.String() == ep.Labels.String() {
+			continue
+		}
+		ident, _, err := m.ids.Allocate(ctx, ls)
+		if err != nil {
+			return n, fmt.Errorf("identity for %s: %w", ls, err)
+		}
+		old := *ep
+		ep.Labels, ep.Identity = ls, ident.ID
+		if m.hooks != nil {
+			if err := m.hooks.EndpointUp(ctx, *ep); err != nil {
+				*ep = old
+				m.ids.Release(context.WithoutCancel(ctx), ls)
+				return n, err
+			}
+		}
+		if err := m.persist(ep); err != nil {
+			slog.Warn("could not persist a relabelled endpoint", "endpoint", ep.ID, "err", err)
+		}
+		if err := m.ids.Release(context.WithoutCancel(ctx), old.Labels); err != nil {
+			slog.Warn("could not release the old identity of a relabelled endpoint", "labels", old.Labels.String(), "err", err)
+		}
+		n++
+	}
+	return n, nil
+}

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -345,22 +346,26 @@ func run(parent context.Context, cfg config.Config) error {
 	if err := engine.LoadPolicies(); err != nil {
 		return err
 	}
+	// Kubernetes mode: the informers retry until the API server (and the
+	// CRDs) are there; pods' labels come from it once it answers.
+	var kube *k8s.Watcher
+	var podLabels func(ctx context.Context, namespace, pod string) ([]string, bool)
+	var relabel k8sPods
 	if cfg.Kubeconfig != "" {
-		// In the background: the API server may come up after the agent,
-		// and the informers retry until it (and the CRDs) are there.
-		go func() {
-			if _, err := k8s.Start(ctx, cfg.Kubeconfig, engine); err != nil {
-				slog.Error("kubernetes mode", "err", err)
-			}
-		}()
+		kube, err = k8s.Start(ctx, cfg.Kubeconfig, cfg.NodeName, engine, &relabel)
+		if err != nil {
+			return err
+		}
+		podLabels = kube.PodLabels
 	}
 	cloudGroups := startGroups(ctx, cfg, kv, lease, engine, res)
 	go followNodeSelectors(ctx, reg.List, res, engine)
 	ids.Subscribe(engine.IdentityChanged)
-	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), Hooks: hooks{engine, lbHooks}, MTU: cfg.MTU})
+	eps, err := endpoint.NewManager(endpoint.Config{StateDir: cfg.StateDir, Pool: pool, Identities: ids, Plumber: veth.New(), Hooks: hooks{engine, lbHooks}, MTU: cfg.MTU, PodLabels: podLabels})
 	if err != nil {
 		return err
 	}
+	relabel.eps.Store(eps)
 	n, err := eps.Restore(ctx)
 	if err != nil {
 		return err
@@ -507,4 +512,17 @@ func underlay(configured string) (netip.Addr, netlink.Link, int, error) {
 	}
 	// No underlay: a single node on its own.
 	return netip.MustParseAddr("127.0.0.1"), nil, 1500, nil
+}
+
+// k8sPods hands pod label changes to the endpoint manager once it exists.
+type k8sPods struct {
+	eps atomic.Pointer[endpoint.Manager]
+}
+
+func (p *k8sPods) SetPodLabels(ctx context.Context, namespace, pod string, labels []string) (int, error) {
+	eps := p.eps.Load()
+	if eps == nil {
+		return 0, nil
+	}
+	return eps.SetPodLabels(ctx, namespace, pod, labels)
 }
