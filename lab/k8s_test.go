@@ -18,6 +18,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -267,6 +268,34 @@ spec:
 		if out, err := labtest.NodeRun(t, l, on, "filament", "policy", "get", "default/db-from-other"); err != nil {
 			t.Fatalf("%s does not hold the CiliumNetworkPolicy: %v %s", on, err, out)
 		}
+	}
+	// A Service with an EndpointSlice (written by hand: no controller
+	// manager runs here) is load-balanced by the socket LB.
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "default"}, Spec: corev1.ServiceSpec{
+		ClusterIP: "10.96.0.50", Ports: []corev1.ServicePort{{Name: "pg", Port: 5432, Protocol: corev1.ProtocolTCP}}}}
+	if _, err := cs.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready, port, name, node := true, int32(5432), "pg", "n1"
+	slice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "db-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{db.IP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port}}}
+	if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(context.Background(), slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "other reaches db through the Service's ClusterIP", func() bool {
+		return reach(t, lab.NetNSPath(other.NetNS), "tcp", "10.96.0.50", 5432)
+	})
+	found := false
+	for _, st := range labtest.Services(t, l, "n2") {
+		if st.Name == "db" {
+			found = len(st.Frontends) == 1 && len(st.Frontends[0].Backends) == 1 && st.Frontends[0].Backends[0].Node == "n1" &&
+				st.Frontends[0].Backends[0].Addr.Addr().String() == db.IP
+		}
+	}
+	if !found {
+		t.Fatalf("service list on n2 lacks db with its backend: %+v", labtest.Services(t, l, "n2"))
 	}
 }
 

@@ -352,7 +352,7 @@ func run(parent context.Context, cfg config.Config) error {
 	var podLabels func(ctx context.Context, namespace, pod string) ([]string, bool)
 	var relabel k8sPods
 	if cfg.Kubeconfig != "" {
-		kube, err = k8s.Start(ctx, cfg.Kubeconfig, cfg.NodeName, engine, &relabel)
+		kube, err = k8s.Start(ctx, cfg.Kubeconfig, cfg.NodeName, engine, &relabel, services)
 		if err != nil {
 			return err
 		}
