@@ -175,3 +175,46 @@ func TestCreateValidates(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// Relabelling a pod's endpoints takes a new identity, persists it (a
+// restart restores the new labels) and releases the old one; the same
+// labels again change nothing; an invalid label is refused untouched.
+func TestSetPodLabels(t *testing.T) {
+	dir := t.TempDir()
+	ep := testutil.Etcd(t)
+	e := newEnv(t, dir, ep, &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	created, err := e.m.Create(ctx, req(e, "pod1", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := e.m.SetPodLabels(ctx, "default", "pod1", []string{"app=db"})
+	if err != nil || n != 1 {
+		t.Fatalf("relabel: %d %v", n, err)
+	}
+	got, _ := e.m.Get(created.ID)
+	if got.Identity == created.Identity || !contains(got.Labels.String(), "app=db") {
+		t.Fatalf("after relabel: %+v", got)
+	}
+	if n, _ := e.m.SetPodLabels(ctx, "default", "pod1", []string{"app=db"}); n != 0 {
+		t.Fatal("unchanged labels relabelled")
+	}
+	if _, err := e.m.SetPodLabels(ctx, "default", "pod1", []string{"bad label=x"}); err == nil {
+		t.Fatal("an invalid label was accepted")
+	}
+	if again, _ := e.m.Get(created.ID); again.Identity != got.Identity {
+		t.Fatal("a refused relabel changed the endpoint")
+	}
+	// The old identity went back (no endpoint holds app=web any more).
+	if err := e.ids.Release(ctx, created.Labels); err == nil {
+		t.Fatal("the old identity was still referenced")
+	}
+	// A restarted manager restores the new labels.
+	e2 := newEnv(t, dir, ep, e.plumber)
+	if _, err := e2.m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := e2.m.Get(created.ID); r.Identity != got.Identity {
+		t.Fatalf("restored %+v, want identity %d", r, got.Identity)
+	}
+}
