@@ -76,6 +76,8 @@ type Pod struct {
 	ContainerID string   `json:"containerID"`
 	IP          string   `json:"ip"`
 	Labels      []string `json:"labels"`
+	// Namespace is the pod's Kubernetes namespace ("default" when empty).
+	Namespace string `json:"namespace,omitempty"`
 	// Servers are the PIDs of `filament-lab pod serve` servers in the pod.
 	Servers []int `json:"servers,omitempty"`
 }
@@ -638,6 +640,12 @@ func (l *Lab) CNI(n *Node, command, containerID, netns, ifName, cniArgs string, 
 
 // AddPod creates a pod namespace on node and wires it through filament-cni.
 func (l *Lab) AddPod(node, name string, labels []string) (*Pod, error) {
+	return l.AddPodInNamespace(node, name, "default", labels)
+}
+
+// AddPodInNamespace is AddPod for a pod of a Kubernetes namespace (given
+// to CNI as K8S_POD_NAMESPACE).
+func (l *Lab) AddPodInNamespace(node, name, namespace string, labels []string) (*Pod, error) {
 	if err := validName("pod", name); err != nil {
 		return nil, err
 	}
@@ -658,12 +666,16 @@ func (l *Lab) AddPod(node, name string, labels []string) (*Pod, error) {
 	if _, err := l.Pod(name); err == nil {
 		return nil, fmt.Errorf("%w: pod %q in lab %q", ErrExists, name, l.Name)
 	}
-	p := Pod{Name: name, Node: node, NetNS: fmt.Sprintf("flab-%s-p-%s", l.Name, name), ContainerID: "flab-" + l.Name + "-" + name, Labels: labels}
+	if err := validName("namespace", namespace); err != nil {
+		return nil, err
+	}
+	p := Pod{Name: name, Node: node, NetNS: fmt.Sprintf("flab-%s-p-%s", l.Name, name), ContainerID: "flab-" + l.Name + "-" + name, Labels: labels,
+		Namespace: namespace}
 	if err := run("ip", "netns", "add", p.NetNS); err != nil {
 		return nil, err
 	}
 	out, err := l.CNI(n, "ADD", p.ContainerID, NetNSPath(p.NetNS), "eth0",
-		"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME="+name, n.NetConf(labels))
+		"IgnoreUnknown=1;K8S_POD_NAMESPACE="+namespace+";K8S_POD_NAME="+name, n.NetConf(labels))
 	if err != nil {
 		run("ip", "netns", "del", p.NetNS)
 		return nil, err
