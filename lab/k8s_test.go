@@ -73,9 +73,18 @@ current-context: lab
 // namespace.
 func startKubeAPIServer(t *testing.T, l *lab.Lab, bin string) *rest.Config {
 	t.Helper()
-	c := l.Clusters[0]
+	return startKubeAPIServerFor(t, l, l.Clusters[0].Name, bin)
+}
+
+// startKubeAPIServerFor is startKubeAPIServer for one cluster of a lab.
+func startKubeAPIServerFor(t *testing.T, l *lab.Lab, cluster, bin string) *rest.Config {
+	t.Helper()
+	c, err := l.Cluster(cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ip := strings.TrimSuffix(strings.TrimPrefix(c.Kvstore, "https://"), ":2379")
-	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
+	kvNS := l.KvstoreNS(cluster)
 	dir := t.TempDir()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.MarshalECPrivateKey(key)
@@ -306,4 +315,67 @@ func writeTemp(t *testing.T, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// Two lab clusters, each with its own kube-apiserver: a Service annotated
+// service.cilium.io/global in both, with an EndpointSlice per cluster,
+// merges into one set of backends, and a client reaches both clusters'.
+func TestKubernetesGlobalServiceTwoClusters(t *testing.T) {
+	bin := kubeAPIServerBin(t)
+	name := fmt.Sprintf("t%x", time.Now().UnixNano()&0xffffff)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// Each cluster's agent follows its own API server (in its kvstore namespace).
+	kc := map[string]string{"c1": writeKubeconfig(t, "172.30.1.254"), "c2": writeKubeconfig(t, "172.30.2.254")}
+	l, err := lab.Up(ctx, lab.Options{Name: name, Clusters: 2, Nodes: 1, BinDir: labtest.BinDir(t), Routing: "tunnel",
+		NodeAgentArgs: map[string][]string{"c1/n1": {"--kubeconfig", kc["c1"]}, "c2/n1": {"--kubeconfig", kc["c2"]}}})
+	t.Cleanup(func() {
+		if err := lab.Down(name); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect(t, l, "c1/n1", "c2")
+	backends := map[string]*lab.Pod{}
+	for _, c := range []string{"c1", "c2"} {
+		rc := startKubeAPIServerFor(t, l, c, bin)
+		cs, _ := kubernetes.NewForConfig(rc)
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "api-" + c, Namespace: "default", Labels: map[string]string{"app": "api"}},
+			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
+		if _, err := cs.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		p := labtest.Pod(t, l, c+"/n1", "api-"+c)
+		labtest.ServeName(t, lab.NetNSPath(p.NetNS), 8080, c)
+		backends[c] = p
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "default", Annotations: map[string]string{"service.cilium.io/global": "true"}},
+			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.60", Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+		if _, err := cs.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		ready, port, pname, node := true, int32(8080), "http", "n1"
+		slice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "api-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "api"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{p.IP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node}},
+			Ports:       []discoveryv1.EndpointPort{{Name: &pname, Port: &port}}}
+		if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(context.Background(), slice, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := labtest.Pod(t, l, "c1/n1", "client")
+	eventually(t, "c1 merges c2's backend of the global Service", func() bool {
+		for _, st := range labtest.Services(t, l, "c1/n1") {
+			if st.Name == "api" && len(st.Clusters) == 2 {
+				return true
+			}
+		}
+		return false
+	})
+	got := labtest.Tally(lab.NetNSPath(client.NetNS), "10.96.0.60:80", 40)
+	t.Logf("global Service from c1: %v", got)
+	if got["c1"] == 0 || got["c2"] == 0 || got[""] != 0 {
+		t.Fatalf("answers %v, want both clusters' backends", got)
+	}
 }
