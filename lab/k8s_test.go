@@ -51,7 +51,7 @@ func kubeAPIServerBin(t *testing.T) string {
 
 // writeKubeconfig writes a kubeconfig for the lab's API server at
 // https://<ip>:6443 with the static admin token.
-func writeKubeconfig(t *testing.T, ip string) string {
+func writeKubeconfig(t testing.TB, ip string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "kubeconfig")
 	cfg := fmt.Sprintf(`apiVersion: v1
@@ -71,13 +71,13 @@ current-context: lab
 // namespace, storing in the cluster's etcd (with the bundle's root
 // credentials), and returns a client config that dials inside that
 // namespace.
-func startKubeAPIServer(t *testing.T, l *lab.Lab, bin string) *rest.Config {
+func startKubeAPIServer(t testing.TB, l *lab.Lab, bin string) *rest.Config {
 	t.Helper()
 	return startKubeAPIServerFor(t, l, l.Clusters[0].Name, bin)
 }
 
 // startKubeAPIServerFor is startKubeAPIServer for one cluster of a lab.
-func startKubeAPIServerFor(t *testing.T, l *lab.Lab, cluster, bin string) *rest.Config {
+func startKubeAPIServerFor(t testing.TB, l *lab.Lab, cluster, bin string) *rest.Config {
 	t.Helper()
 	c, err := l.Cluster(cluster)
 	if err != nil {
@@ -117,7 +117,8 @@ func startKubeAPIServerFor(t *testing.T, l *lab.Lab, cluster, bin string) *rest.
 		})
 		return conn, err
 	}
-	rc := &rest.Config{Host: "https://" + ip + ":6443", BearerToken: kubeToken, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, Dial: dial}
+	rc := &rest.Config{Host: "https://" + ip + ":6443", BearerToken: kubeToken, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, Dial: dial,
+		QPS: 2000, Burst: 4000}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
