@@ -217,4 +217,22 @@ func TestNetworkPolicyReachabilityMatrix(t *testing.T) {
 			}
 		}
 	}
+	// Deleting a namespace removes its policy state at once (no
+	// controller manager runs here to delete its objects one by one).
+	deny := cases[1].policies[0]
+	if _, err := cs.NetworkingV1().NetworkPolicies("x").Create(ctx, &deny, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ya, xa := pods[3], pods[0]
+	eventually(t, "x shut off again", func() bool { return !probeOnce(probe{ya, xa, 80, "tcp"}) })
+	if err := cs.CoreV1().Namespaces().Delete(ctx, "x", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, on := range []string{"n1", "n2"} {
+		eventually(t, "namespace x's policy gone from "+on, func() bool {
+			out, err := labtest.NodeRun(t, l, on, "filament", "policy", "get", "x/deny")
+			return err != nil && strings.Contains(out, "not found")
+		})
+	}
+	eventually(t, "x/a reachable once namespace x is deleted", func() bool { return probeOnce(probe{ya, xa, 80, "tcp"}) })
 }

@@ -39,6 +39,7 @@ import (
 type Policies interface {
 	Import(ps []policy.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
+	List() []policy.Policy
 }
 
 // The Cilium policy resources.
@@ -93,12 +94,26 @@ func Start(ctx context.Context, kubeconfig, node string, p Policies, pods Pods, 
 	w.synced = append(w.synced, np.HasSynced)
 	nsInf := typed.Core().V1().Namespaces().Informer()
 	w.nsIndexer, w.nsSynced = nsInf.GetIndexer(), nsInf.HasSynced
-	nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: func(oldObj, obj any) {
-		o, n := oldObj.(*corev1.Namespace), obj.(*corev1.Namespace)
-		if !maps.Equal(o.Labels, n.Labels) {
-			w.relabelNamespace(ctx, n.Name)
-		}
-	}})
+	nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(oldObj, obj any) {
+			o, n := oldObj.(*corev1.Namespace), obj.(*corev1.Namespace)
+			if n.DeletionTimestamp != nil {
+				w.namespaceGone(n.Name)
+				return
+			}
+			if !maps.Equal(o.Labels, n.Labels) {
+				w.relabelNamespace(ctx, n.Name)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if n, ok := obj.(*corev1.Namespace); ok {
+				w.namespaceGone(n.Name)
+			}
+		},
+	})
 	podFactory := informers.NewSharedInformerFactoryWithOptions(cs, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }))
 	podInf := podFactory.Core().V1().Pods().Informer()
@@ -196,6 +211,18 @@ func (w *Watcher) relabel(ctx context.Context, p *corev1.Pod) {
 		slog.Warn("relabelling a pod's endpoints", "pod", p.Namespace+"/"+p.Name, "err", err)
 	} else if n > 0 {
 		slog.Info("pod labels changed: new identity", "pod", p.Namespace+"/"+p.Name, "endpoints", n)
+	}
+}
+
+// namespaceGone removes the policy state of a namespace being deleted at
+// once, without waiting for its objects' deletions one by one.
+func (w *Watcher) namespaceGone(namespace string) {
+	for _, p := range w.policies.List() {
+		if p.Namespace == namespace && !p.Clusterwide() {
+			if _, err := w.policies.Delete(p.Key()); err == nil {
+				slog.Info("namespace deleted: its policy removed", "policy", p.Key())
+			}
+		}
 	}
 }
 
