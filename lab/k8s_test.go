@@ -279,6 +279,21 @@ spec:
 			t.Fatalf("%s does not hold the CiliumNetworkPolicy: %v %s", on, err, out)
 		}
 	}
+	// A CiliumClusterwideNetworkPolicy adds web (the allows of all policies
+	// selecting db add up).
+	applyYAML(t, dyn, writeTemp(t, `apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: db-from-web}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+`), false)
+	eventually(t, "the CiliumClusterwideNetworkPolicy lets web in again", func() bool { return reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) })
+	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("other lost access when the clusterwide policy came")
+	}
 	// A Service with an EndpointSlice (written by hand: no controller
 	// manager runs here) is load-balanced by the socket LB.
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "default"}, Spec: corev1.ServiceSpec{
@@ -379,4 +394,35 @@ func TestKubernetesGlobalServiceTwoClusters(t *testing.T) {
 	if got["c1"] == 0 || got["c2"] == 0 || got[""] != 0 {
 		t.Fatalf("answers %v, want both clusters' backends", got)
 	}
+}
+
+// A node whose Node object carries spec.podCIDRs takes its pod CIDR from
+// there (the cluster pool allocator is the fallback), and the other nodes
+// route to it.
+func TestKubernetesNodePodCIDR(t *testing.T) {
+	bin := kubeAPIServerBin(t)
+	kubeconfig := writeKubeconfig(t, "172.30.0.254")
+	l := labtest.UpRouting(t, 2, "native", "--kubeconfig", kubeconfig)
+	rc := startKubeAPIServer(t, l, bin)
+	cs, _ := kubernetes.NewForConfig(rc)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}, Spec: corev1.NodeSpec{PodCIDR: "10.244.200.0/24", PodCIDRs: []string{"10.244.200.0/24"}}}
+	if _, err := cs.CoreV1().Nodes().Create(context.Background(), node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StopAgent("n2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(context.Background(), "n2"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := labtest.NodeRun(t, l, "n2", "filament", "status", "-o", "json")
+	if err != nil || !strings.Contains(out, `"podCIDR": "10.244.200.0/24"`) {
+		t.Fatalf("n2's status after restart: %v %s", err, out)
+	}
+	p2 := labtest.Pod(t, l, "n2", "p2")
+	if !strings.HasPrefix(p2.IP, "10.244.200.") {
+		t.Fatalf("pod on n2 got %s, not from the Node's pod CIDR", p2.IP)
+	}
+	labtest.Pod(t, l, "n1", "p1")
+	eventually(t, "n1's pod reaches n2's pod in the Node's pod CIDR", func() bool { return labtest.Ping(t, l, "p1", p2.IP) == nil })
 }

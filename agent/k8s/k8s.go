@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -392,4 +393,40 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 	if err := w.services.Upsert(ctx, s); err != nil {
 		slog.Warn("kubernetes service not stored", "service", namespace+"/"+name, "err", err)
 	}
+}
+
+// NodeInfo reads Node name from the API server (at most 5 s): its IPv4 pod
+// CIDR (spec.podCIDRs, or spec.podCIDR; invalid when it has none) and its
+// InternalIP address (invalid when none).
+func NodeInfo(ctx context.Context, kubeconfig, name string) (netip.Prefix, netip.Addr, error) {
+	var cidr netip.Prefix
+	var addr netip.Addr
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return cidr, addr, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	cfg.Timeout = 5 * time.Second
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return cidr, addr, err
+	}
+	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return cidr, addr, fmt.Errorf("node %s: %w", name, err)
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is4() && !cidr.IsValid() {
+			cidr = p.Masked()
+		}
+	}
+	for _, a := range n.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() && a.Type == corev1.NodeInternalIP && !addr.IsValid() {
+			addr = ip
+		}
+	}
+	return cidr, addr, nil
 }

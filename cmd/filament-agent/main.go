@@ -228,11 +228,29 @@ func run(parent context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	// Kubernetes mode: the Node object's pod CIDR and InternalIP, when it
+	// has them (the cluster pool and address detection are the fallbacks).
+	var kubeCIDR netip.Prefix
+	if cfg.Kubeconfig != "" {
+		cidr, addr, err := k8s.NodeInfo(ctx, cfg.Kubeconfig, cfg.NodeName)
+		if err != nil {
+			slog.Info("no Node object to read (pod CIDR from the cluster pool, address detected)", "err", err)
+		}
+		kubeCIDR = cidr
+		if cfg.NodeIP == "" && addr.IsValid() {
+			cfg.NodeIP = addr.String()
+			slog.Info("node address from the Node object", "nodeIP", cfg.NodeIP)
+		}
+	}
 	nodeIP, underlayLink, underlayMTU, err := underlay(cfg.NodeIP)
 	if err != nil {
 		return err
 	}
 	podCIDR := cfg.PodCIDR
+	if podCIDR == "" && kubeCIDR.IsValid() {
+		podCIDR = kubeCIDR.String()
+		slog.Info("pod CIDR from the Node object", "podCIDR", podCIDR)
+	}
 	if podCIDR == "" {
 		p, err := node.AllocatePodCIDR(ctx, kv, cfg.ClusterName, cfg.NodeName, netip.MustParsePrefix(cfg.ClusterPool), cfg.PodCIDRSize)
 		if err != nil {
