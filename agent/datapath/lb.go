@@ -94,10 +94,12 @@ func (d *Datapath) lbInit() error {
 	// affinity entries stay meaningful; stale ones go in ReconcileServices.
 	var k bpf.DatapathLbKey
 	var v bpf.DatapathLbService
+	byID := map[uint32]*lbState{}
 	it := d.objs.LbServices.Iterate()
 	for it.Next(&k, &v) {
 		fe := Frontend{IP: addrFrom(k.Vip), Port: htons(k.Port), Proto: k.Proto}
-		d.lb.services[fe] = &lbState{id: v.Id, slots: int(v.Count), members: map[uint32]bool{}}
+		st := &lbState{id: v.Id, slots: int(v.Count), members: map[uint32]bool{}}
+		d.lb.services[fe], byID[v.Id] = st, st
 		d.lb.nextSvc = max(d.lb.nextSvc, v.Id+1)
 	}
 	var mk bpf.DatapathLbMemberKey
@@ -107,10 +109,8 @@ func (d *Datapath) lbInit() error {
 		ap := netip.AddrPortFrom(addrFrom(b.Ip), htons(b.Port))
 		d.lb.backendIDs[ap] = b.Id
 		d.lb.nextBE = max(d.lb.nextBE, b.Id+1)
-		for _, s := range d.lb.services {
-			if s.id == mk.Id {
-				s.members[mk.Backend] = true
-			}
+		if st := byID[mk.Id]; st != nil {
+			st.members[mk.Backend] = true
 		}
 	}
 	return errors.Join(it.Err(), mit.Err())
