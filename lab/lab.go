@@ -196,6 +196,22 @@ func Load(name string) (*Lab, error) {
 }
 
 // lock serialises changes to one lab across processes.
+// reload takes the lab's lock and reloads its state (another process may
+// have changed it); the caller changes l, saves and unlocks.
+func (l *Lab) reload() (unlock func(), err error) {
+	unlock, err = lock(l.Name)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := Load(l.Name)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	*l = *cur
+	return unlock, nil
+}
+
 func lock(name string) (func(), error) {
 	if err := os.MkdirAll(labDir(name), 0o755); err != nil {
 		return nil, err
@@ -649,16 +665,11 @@ func (l *Lab) AddPodInNamespace(node, name, namespace string, labels []string) (
 	if err := validName("pod", name); err != nil {
 		return nil, err
 	}
-	unlock, err := lock(l.Name)
+	unlock, err := l.reload()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	cur, err := Load(l.Name) // another process may have changed the lab
-	if err != nil {
-		return nil, err
-	}
-	*l = *cur
 	n, err := l.Node(node)
 	if err != nil {
 		return nil, err
@@ -700,16 +711,11 @@ func (l *Lab) AddExternal(node, name, ip string) (*External, error) {
 	if err := validName("external", name); err != nil {
 		return nil, err
 	}
-	unlock, err := lock(l.Name)
+	unlock, err := l.reload()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	cur, err := Load(l.Name)
-	if err != nil {
-		return nil, err
-	}
-	*l = *cur
 	n, err := l.Node(node)
 	if err != nil {
 		return nil, err
@@ -795,16 +801,11 @@ func (l *Lab) AddHost(name, ip, cluster string) (*Host, error) {
 	if labUnderlays.Contains(addr) {
 		return nil, fmt.Errorf("%w: host IP %q: inside the lab's underlay range %s", ErrInvalid, ip, labUnderlays)
 	}
-	unlock, err := lock(l.Name)
+	unlock, err := l.reload()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	cur, err := Load(l.Name)
-	if err != nil {
-		return nil, err
-	}
-	*l = *cur
 	if len(l.Clusters) == 0 {
 		return nil, fmt.Errorf("%w: lab %q has no cluster", ErrNotFound, l.Name)
 	}
@@ -896,16 +897,11 @@ func (l *Lab) AddHost(name, ip, cluster string) (*Host, error) {
 // DeleteHost removes an outside host: its route on every node of its
 // cluster and its namespace.
 func (l *Lab) DeleteHost(name string) error {
-	unlock, err := lock(l.Name)
+	unlock, err := l.reload()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	cur, err := Load(l.Name)
-	if err != nil {
-		return err
-	}
-	*l = *cur
 	h, err := l.Host(name)
 	if err != nil {
 		return err
@@ -953,16 +949,11 @@ func (l *Lab) HostCommand(name string, argv ...string) (*exec.Cmd, error) {
 
 // DeletePod removes a pod through CNI DEL and deletes its namespace.
 func (l *Lab) DeletePod(name string) error {
-	unlock, err := lock(l.Name)
+	unlock, err := l.reload()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	cur, err := Load(l.Name)
-	if err != nil {
-		return err
-	}
-	*l = *cur
 	p, err := l.Pod(name)
 	if err != nil {
 		return err
@@ -999,16 +990,11 @@ func (l *Lab) Serve(pod string, port int) error {
 	if port < 1 || port > 65535 {
 		return fmt.Errorf("port %d: want 1-65535", port)
 	}
-	unlock, err := lock(l.Name)
+	unlock, err := l.reload()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	cur, err := Load(l.Name)
-	if err != nil {
-		return err
-	}
-	*l = *cur
 	p, err := l.Pod(pod)
 	if err != nil {
 		return err
