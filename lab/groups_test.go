@@ -28,7 +28,7 @@ import (
 // motoIn runs moto_server inside a lab namespace (where the agents can
 // reach it) and returns its endpoint and a stop function; the test skips
 // when moto is not installed.
-func motoIn(t *testing.T, netns, ip string) (string, func()) {
+func motoIn(t testing.TB, netns, ip string) (string, func()) {
 	t.Helper()
 	bin, err := exec.LookPath("moto_server")
 	if err != nil {
@@ -313,7 +313,7 @@ func BenchmarkAWSGroupRefreshToEnforcement(b *testing.B) {
 	b.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	l := labtest.Up(b, 1, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "1h")
 	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
-	endpoint := motoBench(b, kvNS, "172.30.0.254")
+	endpoint, _ := motoIn(b, kvNS, "172.30.0.254")
 	e := ec2In(kvNS, endpoint)
 	ctx := context.Background()
 	vpc, _ := e.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.0.0.0/16")})
@@ -397,32 +397,4 @@ func BenchmarkAWSGroupRefreshToEnforcement(b *testing.B) {
 	b.ReportMetric(pct(refresh, 99), "refresh-to-datapath-p99-ms")
 	b.ReportMetric(pct(baseline, 50), "baseline-import-toCIDR-p50-ms")
 	b.ReportMetric(pct(baseline, 99), "baseline-import-toCIDR-p99-ms")
-}
-
-// motoBench is motoIn for benchmarks.
-func motoBench(b *testing.B, netns, ip string) string {
-	bin, err := exec.LookPath("moto_server")
-	if err != nil {
-		b.Skip("skipped: moto_server (the EC2-compatible test endpoint) is not installed")
-	}
-	cmd := exec.Command("ip", "netns", "exec", netns, bin, "-H", ip, "-p", "5000")
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; ; i++ {
-		if ns.WithNetNSPath(lab.NetNSPath(netns), func(ns.NetNS) error {
-			c, err := net.DialTimeout("tcp4", ip+":5000", time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		}) == nil {
-			return "http://" + ip + ":5000"
-		}
-		if i > 100 {
-			b.Fatal("moto_server did not start")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
