@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -30,41 +31,114 @@ func inNS(t testing.TB, path string, f func() error) error {
 // serve starts TCP and UDP echo listeners on port in a namespace, closed at cleanup.
 func serve(t testing.TB, path string, port int) {
 	t.Helper()
-	err := inNS(t, path, func() error {
-		ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
-		if err != nil {
-			return err
-		}
-		pc, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		t.Cleanup(func() { ln.Close(); pc.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() { defer c.Close(); buf := make([]byte, 64); n, _ := c.Read(buf); c.Write(buf[:n]) }()
-			}
-		}()
-		go func() {
-			buf := make([]byte, 64)
-			for {
-				n, a, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo(buf[:n], a)
-			}
-		}()
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("serve %d in %s: %v", port, path, err)
+	labtest.Serve(t, path, port, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 64)
+		n, _ := c.Read(buf)
+		c.Write(buf[:n])
+	}, func(in []byte) []byte { return in })
+}
+
+// tcpStream is one long TCP connection from a client namespace to a sink in
+// a server namespace, written 1 KiB every 5 ms until finish.
+type tcpStream struct {
+	mu        sync.Mutex
+	total     int64
+	within    time.Duration
+	stop      chan struct{}
+	writeErr  chan error
+	serverErr chan error
+}
+
+// startStream listens on port in the namespace at serverPath and connects
+// from the one at clientPath to ip:port, retrying the dial for dialFor (0:
+// once); a write, and each grows, may take up to within.
+func startStream(t *testing.T, serverPath, clientPath, ip string, port int, dialFor, within time.Duration) *tcpStream {
+	t.Helper()
+	s := &tcpStream{within: within, stop: make(chan struct{}), writeErr: make(chan error, 1), serverErr: make(chan error, 1)}
+	var ln net.Listener
+	if err := inNS(t, serverPath, func() (err error) { ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); return }); err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			s.serverErr <- err
+			return
+		}
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			s.mu.Lock()
+			s.total += int64(n)
+			s.mu.Unlock()
+			if err != nil {
+				s.serverErr <- err
+				return
+			}
+		}
+	}()
+	var conn net.Conn
+	deadline := time.Now().Add(dialFor)
+	for {
+		err := inNS(t, clientPath, func() (err error) {
+			conn, err = net.DialTimeout("tcp4", net.JoinHostPort(ip, strconv.Itoa(port)), 2*time.Second)
+			return
+		})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dial: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		chunk := make([]byte, 1024)
+		for {
+			select {
+			case <-s.stop:
+				s.writeErr <- nil
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			conn.SetWriteDeadline(time.Now().Add(within))
+			if _, err := conn.Write(chunk); err != nil {
+				s.writeErr <- err
+				return
+			}
+		}
+	}()
+	return s
+}
+
+func (s *tcpStream) got() int64 { s.mu.Lock(); defer s.mu.Unlock(); return s.total }
+
+// grows waits until 20 KiB more have arrived, failing t after within.
+func (s *tcpStream) grows(t *testing.T, phase string) {
+	t.Helper()
+	start := s.got()
+	deadline := time.Now().Add(s.within)
+	for s.got() < start+20*1024 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: stream stalled at %d bytes", phase, s.got())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// finish stops writing; it returns the writer's error and the server's,
+// if the server side ended.
+func (s *tcpStream) finish() (writeErr, serverErr error) {
+	close(s.stop)
+	writeErr = <-s.writeErr
+	select {
+	case serverErr = <-s.serverErr:
+	default:
+	}
+	return writeErr, serverErr
 }
 
 // reach reports whether a TCP or UDP exchange from the namespace at path to
@@ -326,71 +400,9 @@ spec:
   - fromEndpoints: [{matchLabels: {app: a}}]
     toPorts: [{ports: [{port: "7000", protocol: TCP}]}]
 `)
-	var total int64
-	var tmu sync.Mutex
-	var ln net.Listener
-	if err := inNS(t, lab.NetNSPath(b.NetNS), func() (err error) { ln, err = net.Listen("tcp4", ":7000"); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	serverErr := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			serverErr <- err
-			return
-		}
-		buf := make([]byte, 4096)
-		for {
-			n, err := c.Read(buf)
-			tmu.Lock()
-			total += int64(n)
-			tmu.Unlock()
-			if err != nil {
-				serverErr <- err
-				return
-			}
-		}
-	}()
-	var conn net.Conn
-	if err := inNS(t, lab.NetNSPath(a.NetNS), func() (err error) {
-		conn, err = net.DialTimeout("tcp4", b.IP+":7000", 2*time.Second)
-		return
-	}); err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	stop := make(chan struct{})
-	writeErr := make(chan error, 1)
-	go func() {
-		chunk := make([]byte, 1024)
-		for {
-			select {
-			case <-stop:
-				writeErr <- nil
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			conn.SetWriteDeadline(time.Now().Add(3 * time.Second))
-			if _, err := conn.Write(chunk); err != nil {
-				writeErr <- err
-				return
-			}
-		}
-	}()
-	got := func() int64 { tmu.Lock(); defer tmu.Unlock(); return total }
-	waitGrowth := func(phase string) {
-		t.Helper()
-		start := got()
-		deadline := time.Now().Add(3 * time.Second)
-		for got() < start+20*1024 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: stream stalled at %d bytes", phase, got())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitGrowth("before restart")
+	st := startStream(t, lab.NetNSPath(b.NetNS), lab.NetNSPath(a.NetNS), b.IP, 7000, 0, 3*time.Second)
+	waitGrowth := st.grows
+	waitGrowth(t, "before restart")
 
 	// A leftover the restarted agent must remove: an ipcache entry nobody wants.
 	ipc, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
@@ -403,21 +415,19 @@ spec:
 	if err := l.StopAgent("n1"); err != nil {
 		t.Fatal(err)
 	}
-	waitGrowth("agent stopped")
+	waitGrowth(t, "agent stopped")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := l.StartAgent(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
-	waitGrowth("after restart")
-	close(stop)
-	if err := <-writeErr; err != nil {
-		t.Fatalf("the stream broke across the restart: %v", err)
+	waitGrowth(t, "after restart")
+	writeErr, serverErr := st.finish()
+	if writeErr != nil {
+		t.Fatalf("the stream broke across the restart: %v", writeErr)
 	}
-	select {
-	case err := <-serverErr:
-		t.Fatalf("server side ended: %v", err)
-	default:
+	if serverErr != nil {
+		t.Fatalf("server side ended: %v", serverErr)
 	}
 	if ipcHas(ipc, "203.0.113.7", 32) {
 		t.Fatal("restarted agent left a stale ipcache entry")

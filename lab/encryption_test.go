@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -203,68 +202,9 @@ func TestWireGuardKeyRotationKeepsStream(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel", "--encryption", "wireguard", "--encryption-strict")
 	a := labtest.Pod(t, l, "n1", "a")
 	b := labtest.Pod(t, l, "n2", "b")
-	var total int64
-	var mu sync.Mutex
-	var ln net.Listener
-	if err := inNS(t, lab.NetNSPath(b.NetNS), func() (err error) { ln, err = net.Listen("tcp4", ":7001"); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		buf := make([]byte, 4096)
-		for {
-			n, err := c.Read(buf)
-			mu.Lock()
-			total += int64(n)
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	var conn net.Conn
-	eventually(t, "a reaches b through WireGuard", func() bool {
-		return inNS(t, lab.NetNSPath(a.NetNS), func() (err error) {
-			conn, err = net.DialTimeout("tcp4", b.IP+":7001", 2*time.Second)
-			return
-		}) == nil
-	})
-	defer conn.Close()
-	stop := make(chan struct{})
-	writeErr := make(chan error, 1)
-	go func() {
-		chunk := make([]byte, 1024)
-		for {
-			select {
-			case <-stop:
-				writeErr <- nil
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			if _, err := conn.Write(chunk); err != nil {
-				writeErr <- err
-				return
-			}
-		}
-	}()
-	got := func() int64 { mu.Lock(); defer mu.Unlock(); return total }
-	grows := func(phase string) {
-		t.Helper()
-		start := got()
-		deadline := time.Now().Add(10 * time.Second)
-		for got() < start+20*1024 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: stream stalled at %d bytes", phase, got())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	grows("before rotation")
+	st := startStream(t, lab.NetNSPath(b.NetNS), lab.NetNSPath(a.NetNS), b.IP, 7001, 15*time.Second, 10*time.Second)
+	grows := st.grows
+	grows(t, "before rotation")
 	before := encryptStatus(t, l, "n1").PublicKey
 	if out, err := labtest.NodeRun(t, l, "n1", "filament", "encrypt", "rotate-key"); err != nil {
 		t.Fatalf("rotate-key: %v %s", err, out)
@@ -281,10 +221,9 @@ func TestWireGuardKeyRotationKeepsStream(t *testing.T) {
 		}
 		return false
 	})
-	grows("after rotation")
-	grows("a while after rotation")
-	close(stop)
-	if err := <-writeErr; err != nil {
+	grows(t, "after rotation")
+	grows(t, "a while after rotation")
+	if err, _ := st.finish(); err != nil {
 		t.Fatalf("the stream broke across the rotation: %v", err)
 	}
 }

@@ -49,11 +49,10 @@ func Services(t testing.TB, l *lab.Lab, node string) []service.Status {
 	return ss
 }
 
-// ServeName runs, inside the namespace at path, TCP and UDP servers on port
-// that answer with name: TCP after the client's first line (so a client can
-// hold a connection open before asking), UDP to every datagram. They stop
-// at cleanup.
-func ServeName(t testing.TB, path string, port int, name string) {
+// Serve runs, inside the namespace at path, TCP and UDP servers on port:
+// each TCP connection goes to onConn (which closes it), each datagram's
+// reply is reply(datagram). They stop at cleanup.
+func Serve(t testing.TB, path string, port int, onConn func(net.Conn), reply func([]byte) []byte) {
 	t.Helper()
 	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
 		ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
@@ -72,30 +71,39 @@ func ServeName(t testing.TB, path string, port int, name string) {
 				if err != nil {
 					return
 				}
-				go func() {
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(60 * time.Second))
-					if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
-						fmt.Fprintln(c, name)
-					}
-				}()
+				go onConn(c)
 			}
 		}()
 		go func() {
 			buf := make([]byte, 64)
 			for {
-				_, a, err := pc.ReadFrom(buf)
+				n, a, err := pc.ReadFrom(buf)
 				if err != nil {
 					return
 				}
-				pc.WriteTo([]byte(name), a)
+				pc.WriteTo(reply(buf[:n]), a)
 			}
 		}()
 		return nil
 	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("serve %d in %s: %v", port, path, err)
 	}
+}
+
+// ServeName runs, inside the namespace at path, TCP and UDP servers on port
+// that answer with name: TCP after the client's first line (so a client can
+// hold a connection open before asking), UDP to every datagram. They stop
+// at cleanup.
+func ServeName(t testing.TB, path string, port int, name string) {
+	t.Helper()
+	Serve(t, path, port, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			fmt.Fprintln(c, name)
+		}
+	}, func([]byte) []byte { return []byte(name) })
 }
 
 // Conn is a TCP connection opened from a namespace to a ServeName server.
