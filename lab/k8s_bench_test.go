@@ -3,6 +3,7 @@ package lab_test
 import (
 	"context"
 	"fmt"
+	"github.com/filament-net/filament/internal/kubetest"
 	"os"
 	"slices"
 	"strconv"
@@ -40,17 +41,10 @@ func rssKiB(b *testing.B, pid int) int {
 // alone; (2) the agent's resident memory before and after 10,000 pods (of
 // its node) and 10,000 services are in its informer caches.
 func BenchmarkKubernetes(b *testing.B) {
-	if os.Getenv("FILAMENT_KUBE_APISERVER") == "" {
-		home, _ := os.UserHomeDir()
-		os.Setenv("FILAMENT_KUBE_APISERVER", home+"/.cache/filament/kube-apiserver-v1.37.1")
-	}
-	bin := os.Getenv("FILAMENT_KUBE_APISERVER")
-	if _, err := os.Stat(bin); err != nil {
-		b.Skip("skipped: no kube-apiserver (make kube-apiserver)")
-	}
+	kubetest.Binary(b)
 	kubeconfig := writeKubeconfig(b, "172.30.0.254")
 	l := labtest.UpRouting(b, 1, "native", "--kubeconfig", kubeconfig)
-	rc := startKubeAPIServer(b, l, bin)
+	rc := startKubeAPIServer(b, l)
 	cs, _ := kubernetes.NewForConfig(rc)
 	ctx := context.Background()
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "default", Labels: map[string]string{"app": "v0"}},

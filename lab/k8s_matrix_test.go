@@ -3,6 +3,7 @@ package lab_test
 import (
 	"context"
 	"fmt"
+	"github.com/filament-net/filament/internal/kubetest"
 	"net"
 	"sort"
 	"strconv"
@@ -126,10 +127,10 @@ func diff(got map[probe]bool, want func(probe) bool) []string {
 }
 
 func TestNetworkPolicyReachabilityMatrix(t *testing.T) {
-	bin := kubeAPIServerBin(t)
+	kubetest.Binary(t)
 	kubeconfig := writeKubeconfig(t, "172.30.0.254")
 	l := labtest.UpRouting(t, 2, "native", "--kubeconfig", kubeconfig)
-	rc := startKubeAPIServer(t, l, bin)
+	rc := startKubeAPIServer(t, l)
 	cs, _ := kubernetes.NewForConfig(rc)
 	ctx := context.Background()
 	var pods []mPod

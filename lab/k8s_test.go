@@ -2,21 +2,13 @@ package lab_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -28,26 +20,10 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/filament-net/filament/internal/kubetest"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
-
-const kubeToken = "filament-test-token"
-
-// kubeAPIServerBin is the kube-apiserver `make kube-apiserver` builds from
-// the module proxy (cached between runs).
-func kubeAPIServerBin(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("FILAMENT_KUBE_APISERVER")
-	if p == "" {
-		home, _ := os.UserHomeDir()
-		p = filepath.Join(home, ".cache", "filament", "kube-apiserver-v1.37.1")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("skipped: no kube-apiserver at %s (make kube-apiserver builds it from the module proxy)", p)
-	}
-	return p
-}
 
 // writeKubeconfig writes a kubeconfig for the lab's API server at
 // https://<ip>:6443 with the static admin token.
@@ -60,7 +36,7 @@ clusters: [{name: lab, cluster: {server: "https://%s:6443", insecure-skip-tls-ve
 users: [{name: admin, user: {token: %s}}]
 contexts: [{name: lab, context: {cluster: lab, user: admin}}]
 current-context: lab
-`, ip, kubeToken)
+`, ip, kubetest.Token)
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -71,70 +47,23 @@ current-context: lab
 // namespace, storing in the cluster's etcd (with the bundle's root
 // credentials), and returns a client config that dials inside that
 // namespace.
-func startKubeAPIServer(t testing.TB, l *lab.Lab, bin string) *rest.Config {
+func startKubeAPIServer(t testing.TB, l *lab.Lab) *rest.Config {
 	t.Helper()
-	return startKubeAPIServerFor(t, l, l.Clusters[0].Name, bin)
+	return startKubeAPIServerFor(t, l, l.Clusters[0].Name)
 }
 
 // startKubeAPIServerFor is startKubeAPIServer for one cluster of a lab.
-func startKubeAPIServerFor(t testing.TB, l *lab.Lab, cluster, bin string) *rest.Config {
+func startKubeAPIServerFor(t testing.TB, l *lab.Lab, cluster string) *rest.Config {
 	t.Helper()
 	c, err := l.Cluster(cluster)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ip := strings.TrimSuffix(strings.TrimPrefix(c.Kvstore, "https://"), ":2379")
-	kvNS := l.KvstoreNS(cluster)
-	dir := t.TempDir()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(filepath.Join(dir, "sa.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
-	os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(kubeToken+",admin,admin,system:masters\n"), 0o600)
-	logf, _ := os.Create(filepath.Join(dir, "kube-apiserver.log"))
-	cmd := exec.Command("ip", "netns", "exec", kvNS, bin,
-		"--etcd-servers", c.Kvstore, "--etcd-cafile", filepath.Join(c.Bundle, "ca.pem"),
-		"--etcd-certfile", filepath.Join(c.Bundle, "root.pem"), "--etcd-keyfile", filepath.Join(c.Bundle, "root-key.pem"),
-		"--bind-address", ip, "--advertise-address", ip, "--secure-port", "6443", "--cert-dir", filepath.Join(dir, "certs"),
-		"--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", filepath.Join(dir, "sa.key"),
-		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"), "--token-auth-file", filepath.Join(dir, "tokens.csv"),
-		"--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.96.0.0/16", "--endpoint-reconciler-type", "none",
-		"--disable-admission-plugins", "ServiceAccount")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-	})
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := ns.WithNetNSPath(lab.NetNSPath(kvNS), func(ns.NetNS) error {
-			var err error
-			conn, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return conn, err
-	}
-	rc := &rest.Config{Host: "https://" + ip + ":6443", BearerToken: kubeToken, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, Dial: dial,
-		QPS: 2000, Burst: 4000}
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(context.Background())
-		if err == nil && string(body) == "ok" {
-			return rc
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "kube-apiserver.log"))
-			t.Fatalf("kube-apiserver not ready: %v\n%s", err, b[max(0, len(b)-3000):])
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	return kubetest.Start(t, kubetest.Options{NetNS: l.KvstoreNS(cluster),
+		IP: strings.TrimSuffix(strings.TrimPrefix(c.Kvstore, "https://"), ":2379"), Port: 6443,
+		EtcdServers: []string{c.Kvstore}, EtcdCA: filepath.Join(c.Bundle, "ca.pem"),
+		EtcdCert: filepath.Join(c.Bundle, "root.pem"), EtcdKey: filepath.Join(c.Bundle, "root-key.pem"),
+		ExtraArgs: []string{"--disable-admission-plugins", "ServiceAccount"}}).Config
 }
 
 // applyYAML creates each document of path (or, with dryRun, has the
@@ -184,10 +113,10 @@ func applyYAML(t *testing.T, dyn dynamic.Interface, path string, dryRun bool) {
 // between lab pods, and deleting them lifts the enforcement; a label change
 // on a running pod changes its identity and what policy allows it.
 func TestKubernetesPoliciesEnforced(t *testing.T) {
-	bin := kubeAPIServerBin(t)
+	kubetest.Binary(t)
 	kubeconfig := writeKubeconfig(t, "172.30.0.254")
 	l := labtest.UpRouting(t, 2, "native", "--kubeconfig", kubeconfig)
-	rc := startKubeAPIServer(t, l, bin)
+	rc := startKubeAPIServer(t, l)
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
@@ -337,7 +266,7 @@ func writeTemp(t *testing.T, content string) string {
 // service.cilium.io/global in both, with an EndpointSlice per cluster,
 // merges into one set of backends, and a client reaches both clusters'.
 func TestKubernetesGlobalServiceTwoClusters(t *testing.T) {
-	bin := kubeAPIServerBin(t)
+	kubetest.Binary(t)
 	name := fmt.Sprintf("t%x", time.Now().UnixNano()&0xffffff)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -356,7 +285,7 @@ func TestKubernetesGlobalServiceTwoClusters(t *testing.T) {
 	connect(t, l, "c1/n1", "c2")
 	backends := map[string]*lab.Pod{}
 	for _, c := range []string{"c1", "c2"} {
-		rc := startKubeAPIServerFor(t, l, c, bin)
+		rc := startKubeAPIServerFor(t, l, c)
 		cs, _ := kubernetes.NewForConfig(rc)
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "api-" + c, Namespace: "default", Labels: map[string]string{"app": "api"}},
 			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
@@ -400,10 +329,10 @@ func TestKubernetesGlobalServiceTwoClusters(t *testing.T) {
 // there (the cluster pool allocator is the fallback), and the other nodes
 // route to it.
 func TestKubernetesNodePodCIDR(t *testing.T) {
-	bin := kubeAPIServerBin(t)
+	kubetest.Binary(t)
 	kubeconfig := writeKubeconfig(t, "172.30.0.254")
 	l := labtest.UpRouting(t, 2, "native", "--kubeconfig", kubeconfig)
-	rc := startKubeAPIServer(t, l, bin)
+	rc := startKubeAPIServer(t, l)
 	cs, _ := kubernetes.NewForConfig(rc)
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}, Spec: corev1.NodeSpec{PodCIDR: "10.244.200.0/24", PodCIDRs: []string{"10.244.200.0/24"}}}
 	if _, err := cs.CoreV1().Nodes().Create(context.Background(), node, metav1.CreateOptions{}); err != nil {

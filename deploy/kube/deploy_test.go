@@ -7,12 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -46,12 +41,12 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
+	"github.com/filament-net/filament/internal/kubetest"
 	"github.com/filament-net/filament/internal/testutil"
 )
 
 const (
-	adminToken = "filament-deploy-test-token"
-	namespace  = "kube-system"
+	namespace = "kube-system"
 	// The agent's ServiceAccount as the API server names it.
 	agentUser = "system:serviceaccount:" + namespace + ":filament"
 )
@@ -203,21 +198,6 @@ func TestRenderedManifestsContent(t *testing.T) {
 	}
 }
 
-// kubeAPIServerBin is the kube-apiserver `make kube-apiserver` builds from
-// the module proxy (cached between runs).
-func kubeAPIServerBin(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("FILAMENT_KUBE_APISERVER")
-	if p == "" {
-		home, _ := os.UserHomeDir()
-		p = filepath.Join(home, ".cache", "filament", "kube-apiserver-v1.37.1")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("skipped: no kube-apiserver at %s (make kube-apiserver builds it from the module proxy)", p)
-	}
-	return p
-}
-
 func freePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -250,90 +230,13 @@ func (w *warnings) take() []string {
 
 // startKubeAPIServer runs a real kube-apiserver on 127.0.0.1 storing in a
 // real embedded etcd, both stopped at cleanup, and returns an admin client
-// config (static token in system:masters).
+// config (static token in system:masters) and the serving certificate's
+// directory.
 func startKubeAPIServer(t *testing.T, warn *warnings) (*rest.Config, string) {
 	t.Helper()
-	bin := kubeAPIServerBin(t)
-	etcd := testutil.Etcd(t)
-	dir := t.TempDir()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	saKey := filepath.Join(dir, "sa.key")
-	tokens := filepath.Join(dir, "tokens.csv")
-	if err := os.WriteFile(saKey, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(tokens, []byte(adminToken+",admin,admin,system:masters\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "kube-apiserver.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	cmd := exec.Command(bin,
-		"--etcd-servers", strings.Join(etcd, ","),
-		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-		"--secure-port", fmt.Sprint(port), "--cert-dir", filepath.Join(dir, "certs"),
-		"--service-account-issuer", "https://kubernetes.default.svc",
-		"--service-account-key-file", saKey, "--service-account-signing-key-file", saKey,
-		"--token-auth-file", tokens, "--authorization-mode", "RBAC",
-		"--service-cluster-ip-range", "10.96.0.0/16", "--endpoint-reconciler-type", "none")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		logf.Close()
-	})
-	logTail := func() string {
-		b, _ := os.ReadFile(logPath)
-		return string(b[max(0, len(b)-4000):])
-	}
-	rc := &rest.Config{
-		Host:            fmt.Sprintf("https://127.0.0.1:%d", port),
-		BearerToken:     adminToken,
-		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
-		WarningHandler:  warn,
-		QPS:             100,
-		Burst:           200,
-	}
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		cancel()
-		if err == nil && string(body) == "ok" {
-			return rc, filepath.Join(dir, "certs")
-		}
-		select {
-		case <-exited:
-			t.Fatalf("kube-apiserver exited: %v\n%s", cmd.ProcessState, logTail())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kube-apiserver not ready: %v\n%s", err, logTail())
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	srv := kubetest.Start(t, kubetest.Options{IP: "127.0.0.1", Port: freePort(t), EtcdServers: testutil.Etcd(t)})
+	srv.Config.WarningHandler = warn
+	return srv.Config, srv.CertDir
 }
 
 // client creates objects of any kind, resolving them through discovery.
