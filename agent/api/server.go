@@ -215,17 +215,55 @@ func fail(w http.ResponseWriter, err error) {
 		status, code = http.StatusInsufficientStorage, "exhausted"
 	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policy.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
 		status, code = http.StatusBadRequest, "invalid"
+	case errors.Is(err, errTooLarge):
+		status, code = http.StatusRequestEntityTooLarge, "too_large"
 	}
 	reply(w, status, Error{Code: code, Message: err.Error()})
 }
 
-var errBadRequest = errors.New("bad request")
+var (
+	errBadRequest = errors.New("bad request")
+	errTooLarge   = errors.New("request body too large")
+)
 
-func decodeStrict(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+// Request body limits: a body over its limit is refused whole (413), never
+// cut and applied in part.
+const (
+	jsonBodyLimit    = 1 << 20
+	policyBodyLimit  = 8 << 20
+	serviceBodyLimit = 16 << 20
+)
+
+// limitBody makes reading r's body past limit bytes fail; bodyError turns
+// that failure into errTooLarge.
+func limitBody(w http.ResponseWriter, r *http.Request, limit int64) io.Reader {
+	return http.MaxBytesReader(w, r.Body, limit)
+}
+
+// bodyError describes an error reading a request body: errTooLarge naming
+// the limit when the body is over it, else errBadRequest.
+func bodyError(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return fmt.Errorf("%w: over the limit of %d MiB; nothing was applied (split the input into smaller files)", errTooLarge, mbe.Limit>>20)
+	}
+	return fmt.Errorf("%w: body: %v", errBadRequest, err)
+}
+
+// readBody reads r's whole body, at most limit bytes.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(limitBody(w, r, limit))
+	if err != nil {
+		return nil, bodyError(err)
+	}
+	return b, nil
+}
+
+func decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(limitBody(w, r, jsonBodyLimit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: body: %v", errBadRequest, err)
+		return bodyError(err)
 	}
 	return nil
 }
@@ -253,7 +291,7 @@ func (s *Server) listEndpoints(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) createEndpoint(w http.ResponseWriter, r *http.Request) {
 	var req endpoint.CreateRequest
-	if err := decodeStrict(r, &req); err != nil {
+	if err := decodeStrict(w, r, &req); err != nil {
 		fail(w, err)
 		return
 	}
@@ -334,9 +372,9 @@ func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+	body, err := readBody(w, r, policyBodyLimit)
 	if err != nil {
-		fail(w, fmt.Errorf("%w: body: %v", errBadRequest, err))
+		fail(w, err)
 		return
 	}
 	ps, err := policy.Parse(body)
@@ -490,7 +528,7 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req TraceRequest
-	if err := decodeStrict(r, &req); err != nil {
+	if err := decodeStrict(w, r, &req); err != nil {
 		fail(w, err)
 		return
 	}
@@ -542,9 +580,9 @@ func (s *Server) upsertService(w http.ResponseWriter, r *http.Request) {
 	if !s.services(w) {
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+	body, err := readBody(w, r, serviceBodyLimit)
 	if err != nil {
-		fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
+		fail(w, err)
 		return
 	}
 	svc, err := service.Parse(body)
