@@ -7,13 +7,15 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/filament-net/filament/internal/version.Version=$(VERSION)
 BINS := filament-agent filament filament-cni filament-lab filament-clustermesh-apiserver
-DEMO_LAB ?= demo
+# A name no README example uses: make demo replaces only a lab it made.
+DEMO_LAB ?= filament-demo
+DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo
 
 # command:package pairs installed by `deps` when the command is missing.
-DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl
+DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
-.PHONY: kube-apiserver all build generate test test-unit demo demo-down bench lint clean deps
+.PHONY: kube-apiserver all build generate test test-unit demo demo-down bench lint clean deps check-root
 
 all: build
 
@@ -22,14 +24,18 @@ deps:
 	for d in $(DEPS); do cmd=$${d%%:*}; pkg=$${d##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	for d in $(DEPS_FILES); do f=$${d%%:*}; pkg=$${d##*:}; [ -e $$f ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
+		echo "== installing Debian packages:$$missing (apt-get; a few minutes on a fresh machine)"; \
 		if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# -v names each package as it is compiled (nothing when all is cached): a
+# first build downloads the modules and compiles them, which takes a long time.
 build:
 	@mkdir -p bin
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINS))
+	@echo "== go build $(BINS) into bin/ (a first build downloads and compiles every dependency:"
+	@echo "   up to half an hour on a busy 2-core machine, listing packages as it goes; this is normal)"
+	$(GO) build -v -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINS))
 
 # BPF objects are generated with clang-16 through bpf2go and committed, so
 # `go build` needs no clang; a test fails when they are stale.
@@ -38,9 +44,13 @@ generate: deps
 
 # The whole suite, privileged datapath tests included: needs root. A test
 # that would need root fails instead of skipping (FILAMENT_REQUIRE_PRIVILEGED).
-test: deps build kube-apiserver
-	@if [ "$$(id -u)" != 0 ]; then echo "make test needs root (network namespaces, veths); use make test-unit" >&2; exit 1; fi
+# check-root comes first so that a non-root run fails before building anything.
+test: check-root deps build kube-apiserver
+	@echo "== go test ./... (about 12 minutes on a 2-core machine)"
 	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) $(GO) test -count=1 -timeout 20m ./...
+
+check-root:
+	@if [ "$$(id -u)" != 0 ]; then echo "make $(MAKECMDGOALS) needs root (network namespaces, veths); use make test-unit" >&2; exit 1; fi
 
 # A real kube-apiserver for the Kubernetes tests, built from the Go module
 # proxy (k8s.io/kubernetes with its staging modules pinned) and cached.
@@ -57,9 +67,13 @@ test-unit:
 # clusters, a cluster-label policy enforced in the kernel and a denied flow
 # in filament monitor; leaves the lab up for exploring.
 DEMO_ROUTING ?= tunnel
-demo: deps build
+demo: check-root deps build
+	@if [ -e /var/run/filament-lab/$(DEMO_LAB)/lab.json ] && [ ! -e $(DEMO_MARK) ]; then \
+		echo "a lab named $(DEMO_LAB) exists that make demo did not create: remove it (bin/filament-lab down --name $(DEMO_LAB)) or pick another name (make demo DEMO_LAB=...)" >&2; exit 1; fi
 	@bin/filament-lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
+	@echo "== starting lab $(DEMO_LAB): 2 clusters of 2 nodes (about a minute)"
 	bin/filament-lab up --name $(DEMO_LAB) --clusters 2 --nodes 2 --routing $(DEMO_ROUTING) --encryption wireguard --encryption-strict
+	@touch $(DEMO_MARK)
 	bin/filament-lab pod add --name $(DEMO_LAB) c1/n1 web-1 --labels app=web
 	bin/filament-lab pod add --name $(DEMO_LAB) c1/n2 web-2 --labels app=web
 	bin/filament-lab pod add --name $(DEMO_LAB) c2/n1 db-1 --labels app=db
@@ -118,8 +132,7 @@ demo-down:
 	bin/filament-lab down --name $(DEMO_LAB)
 
 # Benchmarks print each figure beside its baseline from the same run.
-bench: deps build
-	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root" >&2; exit 1; fi
+bench: check-root deps build
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 2s ./agent/identity/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 3x ./bpf/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench Resolve -benchtime 3x ./agent/policy/

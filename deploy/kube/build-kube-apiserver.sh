@@ -2,6 +2,8 @@
 # Builds a real kube-apiserver from the Go module proxy for the Kubernetes
 # tests: a scratch module requiring k8s.io/kubernetes with each staging
 # module replaced by its published version. The binary is cached in $1.
+# Several runs may race: each builds to its own temporary file and renames
+# it into place (atomic); an existing result counts as done.
 set -eu
 out=${1:?usage: build-kube-apiserver.sh OUTPUT}
 version=${KUBE_VERSION:-1.37.1}
@@ -10,6 +12,8 @@ go=${GO:-go}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
+echo "== building kube-apiserver v$version for the Kubernetes tests into $out (once, cached;"
+echo "   a first build downloads and compiles Kubernetes: 10-20 minutes on a 2-core machine, this is normal)"
 GOFLAGS=-mod=mod $go mod download "k8s.io/kubernetes@v$version"
 gomod=$($go env GOMODCACHE)/k8s.io/kubernetes@v$version/go.mod
 {
@@ -27,5 +31,11 @@ printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nf
 GOFLAGS=-mod=mod $go mod tidy
 rm main.go
 mkdir -p "$(dirname "$out")"
-$go build -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-mv "$out.tmp" "$out"
+tmp=$(mktemp "$out.XXXXXX")
+trap 'rm -rf "$dir" "$tmp"' EXIT
+$go build -o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver
+chmod 0755 "$tmp"
+# Another run may have finished first: its result is as good as ours.
+[ -x "$out" ] && exit 0
+mv -f "$tmp" "$out"
+echo "== kube-apiserver ready: $out"
