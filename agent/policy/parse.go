@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
+	"strconv"
 
 	"sigs.k8s.io/yaml"
 )
@@ -144,8 +146,7 @@ func contentLine(text []byte, first int) int {
 }
 
 func (d document) parse() ([]Policy, error) {
-	// Leading newlines make YAML's line numbers count from the input's start.
-	j, err := yaml.YAMLToJSONStrict(append(bytes.Repeat([]byte("\n"), d.start-1), d.text...))
+	j, err := yamlToJSON(d.text, d.start)
 	if err != nil {
 		return nil, &ValidationError{Document: d.label(), Reason: err.Error(), Err: err}
 	}
@@ -165,6 +166,48 @@ func (d document) parse() ([]Policy, error) {
 	}
 	return nil, &ValidationError{Document: d.label(), Reason: "want a policy document (an object), got " + describe(val)}
 }
+
+// yamlToJSON converts one document whose first line is line start of the
+// input; line numbers in its errors count from the input's start. Each
+// document is converted alone, so parsing stays linear in the input (the
+// document is not padded with the lines before it).
+func yamlToJSON(text []byte, start int) ([]byte, error) {
+	if start <= 1 {
+		return yaml.YAMLToJSONStrict(text)
+	}
+	// One leading newline keeps the YAML library's quirks of the first
+	// line (it names no line for a problem on line 0): the numbers it
+	// reports are then the input's, less start-2.
+	j, err := yaml.YAMLToJSONStrict(append([]byte("\n"), text...))
+	if err != nil {
+		return nil, shiftLines(err, start-2)
+	}
+	return j, nil
+}
+
+// yamlLineRe matches the line numbers the YAML library puts at the start of
+// an error ("yaml: line 7: …") or of each of its unmarshal errors.
+var yamlLineRe = regexp.MustCompile(`(?m)^(yaml: |  )line (\d+)`)
+
+// shiftLines adds offset to the line numbers a YAML error reports.
+func shiftLines(err error, offset int) error {
+	msg := yamlLineRe.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		sub := yamlLineRe.FindStringSubmatch(m)
+		n, _ := strconv.Atoi(sub[2])
+		return fmt.Sprintf("%sline %d", sub[1], n+offset)
+	})
+	return &yamlError{msg: msg, err: err}
+}
+
+// yamlError is a YAML error with its line numbers counted from the input's
+// start; it unwraps to the library's error.
+type yamlError struct {
+	msg string
+	err error
+}
+
+func (e *yamlError) Error() string { return e.msg }
+func (e *yamlError) Unwrap() error { return e.err }
 
 // parseObject parses one decoded document whose text is src.
 func parseObject(label string, obj map[string]any, src []byte, allowList bool) ([]Policy, error) {

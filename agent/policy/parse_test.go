@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 // parseOne parses input and requires exactly one policy.
@@ -323,5 +325,37 @@ func TestDecodeIsExactCase(t *testing.T) {
 	_, err := Parse([]byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec: {EndpointSelector: {}}\n"))
 	if err == nil || !strings.Contains(err.Error(), `spec.EndpointSelector: unknown field (did you mean "endpointSelector"?)`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A document's YAML errors name the same lines as when the document was
+// parsed padded with every line before it (the former, quadratic way),
+// for documents at the start, on line 2 and deep in the input.
+func TestParseErrorLinesCountFromInputStart(t *testing.T) {
+	broken := []string{
+		"apiVersion: cilium.io/v2\nkind: [\n",         // syntax error, last line
+		"kind: [\n",                                   // syntax error, first line
+		"apiVersion: v1\n  kind: x\n",                 // mapping not allowed
+		"a: 1\nb: 2\na: 3\nb: {x: 1, x: 2}\n",         // several unmarshal errors
+		"metadata:\n  name: \"open\nspec: {}\n",       // unterminated string
+		"\n# comment\n\tkind: x\n",                    // tab
+		"metadata: {name: a}\nspec: {\nx: 1\nx: 2}\n", // flow mapping
+	}
+	for _, text := range broken {
+		for _, start := range []int{1, 2, 3, 40, 12345} {
+			padded := strings.Repeat("\n", start-1) + text
+			_, want := yaml.YAMLToJSONStrict([]byte(padded))
+			_, got := yamlToJSON([]byte(text), start)
+			if want == nil || got == nil || got.Error() != want.Error() {
+				t.Errorf("document at line %d %q:\n got  %v\n want %v", start, text, got, want)
+			}
+		}
+	}
+
+	// Through Parse: the document at line 40 has its error on line 41.
+	input := strings.Repeat("# filler\n", 38) + "---\napiVersion: cilium.io/v2\nkind: [\n"
+	_, err := Parse([]byte(input))
+	if err == nil || !strings.Contains(err.Error(), "document at line 40: yaml: line 41:") {
+		t.Fatalf("err = %v, want the document at line 40 and the YAML error at line 41", err)
 	}
 }
