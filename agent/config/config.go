@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/filament-net/filament/agent/service/maglev"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/service/maglev"
 )
 
 // ErrInvalid is wrapped by every configuration error.
@@ -224,8 +227,19 @@ func ValidateClusterName(name string) error {
 	return nil
 }
 
-// Validate checks every field and names the first bad one.
+// Validate checks every field and names the first bad one (and its value).
+// It runs before the agent creates anything, so it also checks that the
+// files the configuration names exist and that the etcd TLS material loads.
 func (c Config) Validate() error {
+	for _, check := range []func() error{c.validateCluster, c.validateNode, c.validateStore, c.validateDatapath, c.validateSecurity, c.validateIntegrations} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c Config) validateCluster() error {
 	if !dnsLabel.MatchString(c.NodeName) {
 		return fmt.Errorf("%w: nodeName %q: must be a DNS label (lowercase letters, digits, '-', at most 63)", ErrInvalid, c.NodeName)
 	}
@@ -250,6 +264,13 @@ func (c Config) Validate() error {
 	if c.PodCIDRSize < pool.Bits() || c.PodCIDRSize < 8 || c.PodCIDRSize > 29 {
 		return fmt.Errorf("%w: podCIDRSize %d: must be /8-/29 and inside clusterPool %s", ErrInvalid, c.PodCIDRSize, c.ClusterPool)
 	}
+	if err := absPath("clusterMeshConfig", c.ClusterMeshConfig, true); err != nil {
+		return err
+	}
+	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
+}
+
+func (c Config) validateNode() error {
 	if c.NodeIP != "" {
 		if a, err := netip.ParseAddr(c.NodeIP); err != nil || !a.Is4() {
 			return fmt.Errorf("%w: nodeIP %q: want an IPv4 address", ErrInvalid, c.NodeIP)
@@ -267,21 +288,49 @@ func (c Config) Validate() error {
 	if !filepath.IsAbs(c.APISocket) {
 		return fmt.Errorf("%w: apiSocket %q: must be an absolute path", ErrInvalid, c.APISocket)
 	}
-	for i, ep := range c.Etcd.Endpoints {
-		if !strings.HasPrefix(ep, "http://") && !strings.HasPrefix(ep, "https://") {
-			return fmt.Errorf("%w: etcd.endpoints[%d] %q: must start with http:// or https://", ErrInvalid, i, ep)
-		}
-	}
-	if c.LeaseTTL < Duration(time.Second) {
-		return fmt.Errorf("%w: leaseTTL %s: must be at least 1s", ErrInvalid, time.Duration(c.LeaseTTL))
-	}
-	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
-		return fmt.Errorf("%w: mtu %d: must be 0 (automatic) or 1280-65535", ErrInvalid, c.MTU)
-	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("%w: logLevel %q: want debug, info, warn or error", ErrInvalid, c.LogLevel)
+	}
+	if err := listenAddr("prometheusListen", c.PrometheusListen); err != nil {
+		return err
+	}
+	return atLeastASecond("identityGCInterval", c.IdentityGCInterval)
+}
+
+func (c Config) validateStore() error {
+	for i, ep := range c.Etcd.Endpoints {
+		if err := httpURL(fmt.Sprintf("etcd.endpoints[%d]", i), ep); err != nil {
+			return err
+		}
+	}
+	if c.Etcd.DialTimeout < 0 {
+		return fmt.Errorf("%w: etcd.dialTimeout %s: must not be negative (0: the default)", ErrInvalid, c.Etcd.DialTimeout)
+	}
+	if c.Etcd.Password != "" && c.Etcd.Username == "" {
+		return fmt.Errorf("%w: etcd.password: needs etcd.username", ErrInvalid)
+	}
+	for _, f := range []struct{ field, path string }{{"etcd.caFile", c.Etcd.CAFile}, {"etcd.certFile", c.Etcd.CertFile}, {"etcd.keyFile", c.Etcd.KeyFile}} {
+		if err := existingFile(f.field, f.path); err != nil {
+			return err
+		}
+	}
+	if _, err := c.Etcd.TLSConfig(); err != nil {
+		return fmt.Errorf("%w: etcd: %v", ErrInvalid, err)
+	}
+	if err := httpURL("embeddedEtcd.clientURL", c.EmbeddedEtcd.ClientURL); err != nil {
+		return err
+	}
+	if err := httpURL("embeddedEtcd.peerURL", c.EmbeddedEtcd.PeerURL); err != nil {
+		return err
+	}
+	return atLeastASecond("leaseTTL", c.LeaseTTL)
+}
+
+func (c Config) validateDatapath() error {
+	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
+		return fmt.Errorf("%w: mtu %d: must be 0 (automatic) or 1280-65535", ErrInvalid, c.MTU)
 	}
 	if !filepath.IsAbs(c.BPFRoot) {
 		return fmt.Errorf("%w: bpfRoot %q: must be an absolute path", ErrInvalid, c.BPFRoot)
@@ -296,11 +345,30 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: datapathAttach %q: want auto, tcx or tc", ErrInvalid, c.DatapathAttach)
 	}
+	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
+		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)
+	}
+	if err := maglev.ValidSize(c.MaglevTableSize); err != nil {
+		return fmt.Errorf("%w: maglevTableSize: %v", ErrInvalid, err)
+	}
+	if err := absPath("cgroupRoot", c.CgroupRoot, true); err != nil {
+		return err
+	}
+	return atLeastASecond("conntrackGCInterval", c.ConntrackGCInterval)
+}
+
+func (c Config) validateSecurity() error {
 	switch c.Encryption {
 	case "none", "wireguard":
+		if c.IPsecKeyFile != "" {
+			return fmt.Errorf("%w: ipsecKeyFile %q: only used with encryption ipsec, not %q", ErrInvalid, c.IPsecKeyFile, c.Encryption)
+		}
 	case "ipsec":
 		if c.IPsecKeyFile == "" {
 			return fmt.Errorf("%w: ipsecKeyFile: required with encryption ipsec", ErrInvalid)
+		}
+		if err := existingFile("ipsecKeyFile", c.IPsecKeyFile); err != nil {
+			return err
 		}
 		if c.Routing != "native" {
 			return fmt.Errorf("%w: encryption ipsec needs routing native (the XFRM policies select pod CIDRs), not %q", ErrInvalid, c.Routing)
@@ -311,20 +379,133 @@ func (c Config) Validate() error {
 	if c.EncryptionStrict && c.Encryption == "none" {
 		return fmt.Errorf("%w: encryptionStrict: needs encryption wireguard or ipsec", ErrInvalid)
 	}
-	if (c.NodeCert == "") != (c.NodeKey == "") || (c.NodeCert != "" && c.NodeCA == "") {
+	if (c.NodeCert == "") != (c.NodeKey == "") || (c.NodeCert == "") != (c.NodeCA == "") {
 		return fmt.Errorf("%w: nodeCert, nodeKey and nodeCA go together (node authentication)", ErrInvalid)
 	}
-	if c.GroupsRefreshInterval < Duration(time.Second) {
-		return fmt.Errorf("%w: groupsRefreshInterval %s: must be at least 1s", ErrInvalid, time.Duration(c.GroupsRefreshInterval))
+	for _, f := range []struct{ field, path string }{{"nodeCert", c.NodeCert}, {"nodeKey", c.NodeKey}, {"nodeCA", c.NodeCA}} {
+		if err := existingFile(f.field, f.path); err != nil {
+			return err
+		}
 	}
-	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
-		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)
+	return nil
+}
+
+// awsRegion is the shape of an AWS region name (us-east-1, us-gov-west-1).
+var awsRegion = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+
+func (c Config) validateIntegrations() error {
+	if c.AWSRegion != "" && !awsRegion.MatchString(c.AWSRegion) {
+		return fmt.Errorf("%w: awsRegion %q: want a region name like us-east-1", ErrInvalid, c.AWSRegion)
 	}
-	if err := maglev.ValidSize(c.MaglevTableSize); err != nil {
-		return fmt.Errorf("%w: maglevTableSize: %v", ErrInvalid, err)
+	if err := optionalHTTPURL("awsEndpoint", c.AWSEndpoint); err != nil {
+		return err
 	}
-	if c.ConntrackGCInterval < Duration(time.Second) {
-		return fmt.Errorf("%w: conntrackGCInterval %s: must be at least 1s", ErrInvalid, time.Duration(c.ConntrackGCInterval))
+	if err := optionalHTTPURL("awsIMDSEndpoint", c.AWSIMDSEndpoint); err != nil {
+		return err
+	}
+	if err := atLeastASecond("groupsRefreshInterval", c.GroupsRefreshInterval); err != nil {
+		return err
+	}
+	return existingFile("kubeconfig", c.Kubeconfig)
+}
+
+// listenAddr checks an optional TCP listen address: host:port with an
+// empty host (every address), an IP address or a host name, and a port
+// 1-65535.
+func listenAddr(field, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%w: %s %q: want host:port (e.g. \":9962\" or \"127.0.0.1:9962\"): %v", ErrInvalid, field, addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%w: %s %q: port %q: want 1-65535", ErrInvalid, field, addr, port)
+	}
+	if _, err := netip.ParseAddr(host); host != "" && err != nil && !hostName(host) {
+		return fmt.Errorf("%w: %s %q: host %q: want an IP address or a host name", ErrInvalid, field, addr, host)
+	}
+	return nil
+}
+
+// hostName reports whether s is a DNS name of lowercase or uppercase labels.
+func hostName(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if !dnsLabel.MatchString(strings.ToLower(l)) {
+			return false
+		}
+	}
+	return true
+}
+
+// httpURL checks an http:// or https:// URL with a host (and a port in
+// range when one is given).
+func httpURL(field, s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%w: %s %q: must start with http:// or https:// and name a host", ErrInvalid, field, s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%w: %s %q: port %q: want 1-65535", ErrInvalid, field, s, p)
+		}
+	} else if strings.HasSuffix(u.Host, ":") {
+		return fmt.Errorf("%w: %s %q: empty port", ErrInvalid, field, s)
+	}
+	if u.Hostname() == "" {
+		return fmt.Errorf("%w: %s %q: no host", ErrInvalid, field, s)
+	}
+	return nil
+}
+
+func optionalHTTPURL(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	return httpURL(field, s)
+}
+
+// absPath checks that path is absolute (or empty when optional).
+func absPath(field, path string, optional bool) error {
+	if path == "" && optional {
+		return nil
+	}
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("%w: %s %q: must be an absolute path", ErrInvalid, field, path)
+	}
+	return nil
+}
+
+// existingFile checks that an optional path names a file that exists and
+// is not a directory.
+func existingFile(field, path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%w: %s %q: %v", ErrInvalid, field, path, errors.Unwrap(err))
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("%w: %s %q: is a directory, want a file", ErrInvalid, field, path)
+	}
+	return nil
+}
+
+func atLeastASecond(field string, d Duration) error {
+	if d < Duration(time.Second) {
+		return fmt.Errorf("%w: %s %s: must be at least 1s", ErrInvalid, field, time.Duration(d))
+	}
+	return nil
+}
+
+func notNegative(field string, d Duration) error {
+	if d < 0 {
+		return fmt.Errorf("%w: %s %s: must not be negative", ErrInvalid, field, time.Duration(d))
 	}
 	return nil
 }

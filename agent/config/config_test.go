@@ -90,3 +90,115 @@ func TestClusterIDRangeFollowsTheLayout(t *testing.T) {
 		t.Fatalf("cluster ID 400 with 511 clusters: %v", err)
 	}
 }
+
+// Every field refuses a bad value with an error naming the field and the
+// value, from Validate (which the agent runs before creating anything).
+func TestEveryFieldIsValidated(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file.pem")
+	if err := os.WriteFile(file, []byte("not PEM\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.pem")
+	cases := []struct {
+		name   string
+		mutate func(*Config)
+		want   []string // substrings of the error: the field, the value
+	}{
+		{"nodeName", func(c *Config) { c.NodeName = "Bad_Name" }, []string{"nodeName", "Bad_Name"}},
+		{"clusterName", func(c *Config) { c.ClusterName = "East" }, []string{"clusterName", "East"}},
+		{"clusterID", func(c *Config) { c.ClusterID = 0 }, []string{"clusterID", "0"}},
+		{"podCIDR", func(c *Config) { c.PodCIDR = "10.0.0.0/33" }, []string{"podCIDR", "10.0.0.0/33"}},
+		{"clusterPool", func(c *Config) { c.ClusterPool = "10.244.0.1/16" }, []string{"clusterPool", "10.244.0.1/16"}},
+		{"podCIDRSize", func(c *Config) { c.PodCIDRSize = 30 }, []string{"podCIDRSize", "30"}},
+		{"nodeIP", func(c *Config) { c.NodeIP = "fd00::1" }, []string{"nodeIP", "fd00::1"}},
+		{"routing", func(c *Config) { c.Routing = "bgp" }, []string{"routing", "bgp"}},
+		{"clusterMeshConfig", func(c *Config) { c.ClusterMeshConfig = "remotes" }, []string{"clusterMeshConfig", `"remotes"`}},
+		{"clusterMeshTTL", func(c *Config) { c.ClusterMeshTTL = Duration(-time.Second) }, []string{"clusterMeshTTL", "-1s"}},
+		{"maxConnectedClusters", func(c *Config) { c.MaxConnectedClusters = 256 }, []string{"maxConnectedClusters", "256"}},
+		{"memberlistPort", func(c *Config) { c.MemberlistPort = 65536 }, []string{"memberlistPort", "65536"}},
+		{"stateDir", func(c *Config) { c.StateDir = "var/lib" }, []string{"stateDir", "var/lib"}},
+		{"apiSocket", func(c *Config) { c.APISocket = "x.sock" }, []string{"apiSocket", "x.sock"}},
+		{"etcd.endpoints no scheme", func(c *Config) { c.Etcd.Endpoints = []string{"127.0.0.1:2379"} }, []string{"etcd.endpoints[0]", "127.0.0.1:2379"}},
+		{"etcd.endpoints scheme", func(c *Config) { c.Etcd.Endpoints = []string{"https://a:2379", "unix://x"} }, []string{"etcd.endpoints[1]", "unix://x"}},
+		{"etcd.endpoints no host", func(c *Config) { c.Etcd.Endpoints = []string{"http://:2379"} }, []string{"etcd.endpoints[0]", "http://:2379"}},
+		{"etcd.endpoints port", func(c *Config) { c.Etcd.Endpoints = []string{"http://a:70000"} }, []string{"etcd.endpoints[0]", "70000"}},
+		{"etcd.dialTimeout", func(c *Config) { c.Etcd.DialTimeout = -time.Second }, []string{"etcd.dialTimeout", "-1s"}},
+		{"etcd.password", func(c *Config) { c.Etcd.Password = "secret" }, []string{"etcd.password"}},
+		{"etcd.caFile missing", func(c *Config) { c.Etcd.CAFile = missing }, []string{"etcd.caFile", missing}},
+		{"etcd.caFile not PEM", func(c *Config) { c.Etcd.CAFile = file }, []string{"etcd", "CA", file}},
+		{"etcd.certFile", func(c *Config) { c.Etcd.CertFile, c.Etcd.KeyFile = missing, file }, []string{"etcd.certFile", missing}},
+		{"etcd.keyFile", func(c *Config) { c.Etcd.CertFile, c.Etcd.KeyFile = file, dir }, []string{"etcd.keyFile", dir, "directory"}},
+		{"embeddedEtcd.clientURL", func(c *Config) { c.EmbeddedEtcd.ClientURL = "127.0.0.1:2379" }, []string{"embeddedEtcd.clientURL", "127.0.0.1:2379"}},
+		{"embeddedEtcd.peerURL", func(c *Config) { c.EmbeddedEtcd.PeerURL = "http://127.0.0.1:" }, []string{"embeddedEtcd.peerURL", "http://127.0.0.1:"}},
+		{"leaseTTL", func(c *Config) { c.LeaseTTL = Duration(time.Millisecond) }, []string{"leaseTTL", "1ms"}},
+		{"identityGCInterval", func(c *Config) { c.IdentityGCInterval = 0 }, []string{"identityGCInterval", "0s"}},
+		{"mtu", func(c *Config) { c.MTU = 100 }, []string{"mtu", "100"}},
+		{"logLevel", func(c *Config) { c.LogLevel = "loud" }, []string{"logLevel", "loud"}},
+		{"bpfRoot", func(c *Config) { c.BPFRoot = "bpf" }, []string{"bpfRoot", "bpf"}},
+		{"enforcementMode", func(c *Config) { c.EnforcementMode = "sometimes" }, []string{"enforcementMode", "sometimes"}},
+		{"datapathAttach", func(c *Config) { c.DatapathAttach = "xdp" }, []string{"datapathAttach", "xdp"}},
+		{"conntrackGCInterval", func(c *Config) { c.ConntrackGCInterval = Duration(-time.Minute) }, []string{"conntrackGCInterval", "-1m0s"}},
+		{"prometheusListen not an address", func(c *Config) { c.PrometheusListen = "not-an-addr" }, []string{"prometheusListen", "not-an-addr"}},
+		{"prometheusListen port", func(c *Config) { c.PrometheusListen = ":99999" }, []string{"prometheusListen", ":99999"}},
+		{"prometheusListen port 0", func(c *Config) { c.PrometheusListen = "127.0.0.1:0" }, []string{"prometheusListen", "127.0.0.1:0"}},
+		{"prometheusListen host", func(c *Config) { c.PrometheusListen = "no host!:9962" }, []string{"prometheusListen", "no host!:9962"}},
+		{"lbAlgorithm", func(c *Config) { c.LBAlgorithm = "round-robin" }, []string{"lbAlgorithm", "round-robin"}},
+		{"maglevTableSize", func(c *Config) { c.MaglevTableSize = 1000 }, []string{"maglevTableSize", "1000"}},
+		{"cgroupRoot", func(c *Config) { c.CgroupRoot = "sys/fs/cgroup" }, []string{"cgroupRoot", "sys/fs/cgroup"}},
+		{"encryption", func(c *Config) { c.Encryption = "tls" }, []string{"encryption", "tls"}},
+		{"encryptionStrict", func(c *Config) { c.EncryptionStrict = true }, []string{"encryptionStrict"}},
+		{"ipsecKeyFile required", func(c *Config) { c.Encryption, c.Routing = "ipsec", "native" }, []string{"ipsecKeyFile", "required"}},
+		{"ipsecKeyFile missing", func(c *Config) { c.Encryption, c.Routing, c.IPsecKeyFile = "ipsec", "native", missing }, []string{"ipsecKeyFile", missing}},
+		{"ipsecKeyFile unused", func(c *Config) { c.IPsecKeyFile = file }, []string{"ipsecKeyFile", file, "none"}},
+		{"nodeCert missing", func(c *Config) { c.NodeCert, c.NodeKey, c.NodeCA = missing, file, file }, []string{"nodeCert", missing}},
+		{"nodeKey missing", func(c *Config) { c.NodeCert, c.NodeKey, c.NodeCA = file, missing, file }, []string{"nodeKey", missing}},
+		{"nodeCA missing", func(c *Config) { c.NodeCert, c.NodeKey, c.NodeCA = file, file, missing }, []string{"nodeCA", missing}},
+		{"nodeCA alone", func(c *Config) { c.NodeCA = file }, []string{"nodeCert, nodeKey and nodeCA"}},
+		{"awsRegion", func(c *Config) { c.AWSRegion = "US East" }, []string{"awsRegion", "US East"}},
+		{"awsEndpoint", func(c *Config) { c.AWSEndpoint = "moto:5000" }, []string{"awsEndpoint", "moto:5000"}},
+		{"awsIMDSEndpoint", func(c *Config) { c.AWSIMDSEndpoint = "ftp://169.254.169.254" }, []string{"awsIMDSEndpoint", "ftp://169.254.169.254"}},
+		{"groupsRefreshInterval", func(c *Config) { c.GroupsRefreshInterval = Duration(time.Millisecond) }, []string{"groupsRefreshInterval", "1ms"}},
+		{"kubeconfig", func(c *Config) { c.Kubeconfig = missing }, []string{"kubeconfig", missing}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			tc.mutate(&c)
+			err := c.Validate()
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Validate = %v, want an error wrapping ErrInvalid", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// Good values of the fields the checks above refuse are accepted.
+func TestGoodValuesPass(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, listen := range []string{":9962", "127.0.0.1:9962", "[::1]:9962", "localhost:9962", "node-1.example.com:80"} {
+		c := Default()
+		c.PrometheusListen = listen
+		if err := c.Validate(); err != nil {
+			t.Errorf("prometheusListen %q: %v", listen, err)
+		}
+	}
+	c := Default()
+	c.Etcd.Endpoints = []string{"https://etcd-1:2379", "http://10.0.0.1:2379", "http://[fd00::1]:2379"}
+	c.ClusterMeshConfig, c.CgroupRoot, c.Kubeconfig = "/etc/filament/remotes", "/sys/fs/cgroup", file
+	c.AWSRegion, c.AWSEndpoint, c.AWSIMDSEndpoint = "us-gov-west-1", "http://172.30.0.254:5000", "http://169.254.169.254"
+	c.Encryption, c.Routing, c.IPsecKeyFile, c.EncryptionStrict = "ipsec", "native", file, true
+	c.ClusterMeshTTL = 0
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
