@@ -1198,7 +1198,10 @@ func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
 func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peerFields, prs []PortRule, icmps []ICMPRule) *section {
 	s := &section{dir: dir, deny: deny, ref: RuleRef{Policy: c.key, Rule: c.rule, Section: fmt.Sprintf("%s[%d]", name, j)}}
 	ps := &s.peers
-	hasPeers := len(pf.endpoints)+len(pf.cidr)+len(pf.cidrSet)+len(pf.entities)+len(pf.groups)+len(pf.nodes)+pf.services+pf.fqdns > 0
+	// A peer field present but empty (non-nil) selects nothing and keeps
+	// the section from meaning "every peer", as in Cilium.
+	hasPeers := pf.endpoints != nil || pf.cidr != nil || pf.cidrSet != nil || pf.entities != nil || pf.nodes != nil ||
+		len(pf.groups)+pf.services+pf.fqdns > 0
 	hasPorts := len(prs)+len(icmps) > 0
 
 	for i := range pf.endpoints {

@@ -102,18 +102,22 @@ func (r *Rule) EgressDefaultDeny() bool {
 // fromCIDR, fromCIDRSet, fromEntities, fromGroups), each further required to
 // match every fromRequires selector, to the union of its toPorts and icmps.
 // A rule with ports but no peers applies to every peer; a rule with neither
-// peers nor ports ({}) matches nothing. In ingressDeny, toPorts carry no L7
-// rules.
+// peers nor ports ({}) matches nothing. As in CiliumNetworkPolicy, a peer
+// field present but empty (fromEndpoints: [], and likewise fromCIDR,
+// fromCIDRSet, fromEntities, fromNodes) selects nothing, while [{}] selects
+// every endpoint: these fields are kept non-nil when empty (omitzero, not
+// omitempty, so JSON keeps the difference). In ingressDeny, toPorts carry
+// no L7 rules.
 type IngressRule struct {
-	FromEndpoints []EndpointSelector `json:"fromEndpoints,omitempty"`
+	FromEndpoints []EndpointSelector `json:"fromEndpoints,omitzero"`
 	FromRequires  []EndpointSelector `json:"fromRequires,omitempty"`
-	FromCIDR      []string           `json:"fromCIDR,omitempty"`
-	FromCIDRSet   []CIDRRule         `json:"fromCIDRSet,omitempty"`
-	FromEntities  []Entity           `json:"fromEntities,omitempty"`
+	FromCIDR      []string           `json:"fromCIDR,omitzero"`
+	FromCIDRSet   []CIDRRule         `json:"fromCIDRSet,omitzero"`
+	FromEntities  []Entity           `json:"fromEntities,omitzero"`
 	FromGroups    []Groups           `json:"fromGroups,omitempty"`
 	// FromNodes selects nodes by their labels (e.g. EC2 zone, instance
 	// type): traffic from their addresses.
-	FromNodes []EndpointSelector `json:"fromNodes,omitempty"`
+	FromNodes []EndpointSelector `json:"fromNodes,omitzero"`
 	ToPorts   []PortRule         `json:"toPorts,omitempty"`
 	ICMPs     []ICMPRule         `json:"icmps,omitempty"`
 }
@@ -121,14 +125,14 @@ type IngressRule struct {
 // EgressRule is IngressRule for egress, with services and DNS names as
 // further peers. In egressDeny, toFQDNs and L7 rules are not allowed.
 type EgressRule struct {
-	ToEndpoints []EndpointSelector `json:"toEndpoints,omitempty"`
+	ToEndpoints []EndpointSelector `json:"toEndpoints,omitzero"`
 	ToRequires  []EndpointSelector `json:"toRequires,omitempty"`
-	ToCIDR      []string           `json:"toCIDR,omitempty"`
-	ToCIDRSet   []CIDRRule         `json:"toCIDRSet,omitempty"`
-	ToEntities  []Entity           `json:"toEntities,omitempty"`
+	ToCIDR      []string           `json:"toCIDR,omitzero"`
+	ToCIDRSet   []CIDRRule         `json:"toCIDRSet,omitzero"`
+	ToEntities  []Entity           `json:"toEntities,omitzero"`
 	ToGroups    []Groups           `json:"toGroups,omitempty"`
 	// ToNodes selects nodes by their labels: traffic to their addresses.
-	ToNodes    []EndpointSelector `json:"toNodes,omitempty"`
+	ToNodes    []EndpointSelector `json:"toNodes,omitzero"`
 	ToServices []Service          `json:"toServices,omitempty"`
 	ToFQDNs    []FQDNSelector     `json:"toFQDNs,omitempty"`
 	ToPorts    []PortRule         `json:"toPorts,omitempty"`
