@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -74,8 +75,14 @@ var (
 )
 
 // Validate checks the request and returns its label set (the pod's labels
-// plus the namespace label when a namespace is given).
-func (r CreateRequest) Validate() (labels.Labels, error) {
+// plus the namespace label when a namespace is given). The labels are the
+// workload's own claim (CNI args, POST /v1/endpoints): see CheckWorkloadLabel.
+func (r CreateRequest) Validate() (labels.Labels, error) { return r.validate(false) }
+
+// validate is Validate; fromAPIServer says the labels were derived by the
+// agent from the Kubernetes API server, which may carry the keys the agent
+// derives there (namespace labels, service account).
+func (r CreateRequest) validate(fromAPIServer bool) (labels.Labels, error) {
 	if !containerIDRe.MatchString(r.ContainerID) {
 		return nil, fmt.Errorf("%w: containerID %q: must be 1-255 alphanumerics, '_', '.', '-'", ErrInvalid, r.ContainerID)
 	}
@@ -89,6 +96,11 @@ func (r CreateRequest) Validate() (labels.Labels, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: labels: %v", ErrInvalid, err)
 	}
+	for _, l := range ls {
+		if err := checkLabel(l, fromAPIServer); err != nil {
+			return nil, err
+		}
+	}
 	if r.Namespace != "" {
 		if err := labels.ValidateValue(r.Namespace); err != nil {
 			return nil, fmt.Errorf("%w: namespace: %v", ErrInvalid, err)
@@ -98,6 +110,47 @@ func (r CreateRequest) Validate() (labels.Labels, error) {
 		}
 	}
 	return ls, nil
+}
+
+// Who may set which label. A workload (whatever calls CNI ADD or POST
+// /v1/endpoints) claims labels of the sources k8s, container and unspec.
+// It may not claim:
+//   - reserved and cidr labels: they name the identities Filament gives
+//     out itself (reserved:host is identity 1); any is a selector wildcard;
+//   - agentKeys, in any source: the namespace label comes from the pod's
+//     namespace (K8S_POD_NAMESPACE, the API server) and the cluster label
+//     from the agent's configuration, and policies trust both to scope
+//     selectors to a namespace or cluster;
+//   - keys under kubeDerivedPrefix (io.cilium.k8s.namespace.labels.*,
+//     io.cilium.k8s.policy.serviceaccount, ...): the agent derives them
+//     from the Kubernetes API server, and only that path may carry them.
+var (
+	workloadSources = map[string]bool{labels.SourceK8s: true, labels.SourceContainer: true, labels.SourceUnspec: true}
+	agentKeys       = map[string]bool{labels.KeyNamespace: true, labels.KeyCluster: true, labels.KeyCiliumCluster: true}
+)
+
+const kubeDerivedPrefix = "io.cilium.k8s."
+
+// CheckWorkloadLabel returns an error wrapping ErrInvalid and naming l when
+// a workload may not claim l for itself.
+func CheckWorkloadLabel(l labels.Label) error { return checkLabel(l, false) }
+
+// AgentOwnedKey reports whether a label key is set by the agent only, so
+// that a pod label with that key must not reach an endpoint.
+func AgentOwnedKey(key string) bool {
+	return agentKeys[key] || strings.HasPrefix(key, kubeDerivedPrefix)
+}
+
+func checkLabel(l labels.Label, fromAPIServer bool) error {
+	switch {
+	case !workloadSources[l.Source]:
+		return fmt.Errorf("%w: label %q: source %q is Filament's own; a workload may only set k8s, container or unspec labels", ErrInvalid, l.String(), l.Source)
+	case agentKeys[l.Key]:
+		return fmt.Errorf("%w: label %q: key %q is set by the agent (the namespace from the pod's namespace, the cluster from the agent's configuration)", ErrInvalid, l.String(), l.Key)
+	case !fromAPIServer && strings.HasPrefix(l.Key, kubeDerivedPrefix):
+		return fmt.Errorf("%w: label %q: keys under %q are derived from the Kubernetes API server, not set by a workload", ErrInvalid, l.String(), kubeDerivedPrefix)
+	}
+	return nil
 }
 
 // PlumbRequest is what the plumber needs to connect a namespace.

@@ -103,12 +103,13 @@ func (m *Manager) findLocked(containerID, ifName string) *Endpoint {
 // Create makes a new endpoint. It either completes or leaves nothing behind:
 // address, identity reference and devices are undone on any failure.
 func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error) {
+	fromAPIServer := false
 	if m.podLabels != nil && r.Namespace != "" && r.PodName != "" {
 		if pl, ok := m.podLabels(ctx, r.Namespace, r.PodName); ok {
-			r.Labels = pl
+			r.Labels, fromAPIServer = pl, true
 		}
 	}
-	ls, err := r.Validate()
+	ls, err := r.validate(fromAPIServer)
 	if err != nil {
 		return Endpoint{}, err
 	}
@@ -319,7 +320,8 @@ func (ep Endpoint) LabelStrings() []string { return ep.Labels.Strings() }
 // SetPodLabels gives the endpoints of pod namespace/name a new label set
 // (a label change in Kubernetes): a new identity is taken, the datapath
 // and policy follow through the hooks, and the old identity is released.
-// It returns the number of endpoints relabelled.
+// It returns the number of endpoints relabelled. podLabels come from the
+// Kubernetes API server (see CheckWorkloadLabel for what they may carry).
 func (m *Manager) SetPodLabels(ctx context.Context, namespace, pod string, podLabels []string) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -328,7 +330,7 @@ func (m *Manager) SetPodLabels(ctx context.Context, namespace, pod string, podLa
 		if ep.Namespace != namespace || ep.PodName != pod {
 			continue
 		}
-		ls, err := CreateRequest{ContainerID: ep.ContainerID, IfName: ep.IfName, NetNS: ep.NetNS, Namespace: namespace, Labels: podLabels}.Validate()
+		ls, err := CreateRequest{ContainerID: ep.ContainerID, IfName: ep.IfName, NetNS: ep.NetNS, Namespace: namespace, Labels: podLabels}.validate(true)
 		if err != nil {
 			return n, err
 		}

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/service"
 )
@@ -188,6 +189,10 @@ func (w *Watcher) PodLabels(ctx context.Context, namespace, name string) ([]stri
 func (w *Watcher) labelsOf(p *corev1.Pod) []string {
 	var out []string
 	for k, v := range p.Labels {
+		if endpoint.AgentOwnedKey(k) { // a pod must not pose as another namespace or cluster
+			slog.Warn("ignoring a pod label whose key the agent sets", "pod", p.Namespace+"/"+p.Name, "key", k)
+			continue
+		}
 		out = append(out, "k8s:"+k+"="+v)
 	}
 	if obj, ok, _ := w.nsIndexer.GetByKey(p.Namespace); ok {

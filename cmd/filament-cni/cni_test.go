@@ -351,3 +351,21 @@ func TestConcurrentAddsGetDistinctAddresses(t *testing.T) {
 		t.Fatalf("%d endpoints for %d ADDs", len(eps), pods)
 	}
 }
+
+// A workload cannot claim a reserved identity or a label the agent sets
+// (issue 13, item 3): ADD fails with code 7 naming the label, and nothing
+// is left behind.
+func TestReservedLabelRejected(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	ns := labtest.NetNS(t, "fcni-"+l.Name+"-rsv")
+	for _, lbl := range []string{"reserved:host", "reserved:health", "reserved:world", "cidr:10.0.0.0/8", "io.kubernetes.pod.namespace=kube-system", "container:filament.io/cluster=west"} {
+		_, e := call(t, l, "ADD", "rsv", ns, conf(l, "1.1.0", "app=a", lbl))
+		if e == nil || e.Code != uint(types.ErrInvalidNetworkConfig) || !strings.Contains(e.Msg, lbl[strings.IndexByte(lbl, ':')+1:]) {
+			t.Errorf("label %q: want code 7 naming it, got %+v", lbl, e)
+		}
+	}
+	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 0 {
+		t.Fatalf("endpoints after refused ADDs: %+v", eps)
+	}
+	assertNoEth0(t, ns)
+}

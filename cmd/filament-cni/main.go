@@ -6,6 +6,8 @@
 //
 // Endpoint labels come from "args": {"cni": {"labels": [{"key", "value"}]}}
 // (the CNI conventions) and K8S_POD_NAMESPACE / K8S_POD_NAME in CNI_ARGS.
+// Labels a workload may not set (reserved:, cidr:, the namespace and
+// cluster keys, io.cilium.k8s.*) fail with code 7 naming the label.
 package main
 
 import (
@@ -130,6 +132,10 @@ func (c *NetConf) endpointRequest(args *skel.CmdArgs) (endpoint.CreateRequest, e
 			if err == nil {
 				lbl.Value = l.Value
 				err = lbl.Validate()
+			}
+			if err == nil {
+				// The agent refuses these too; this names the field.
+				err = endpoint.CheckWorkloadLabel(lbl)
 			}
 			if err != nil {
 				return req, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network config field args.cni.labels[%d]: %v", i, err), "")

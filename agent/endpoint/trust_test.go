@@ -1,0 +1,63 @@
+package endpoint_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/internal/testutil"
+)
+
+// A workload cannot claim a reserved identity (issue 13, item 3), a CIDR
+// identity, or a label the agent sets itself (namespace, cluster, labels
+// derived from the Kubernetes API server): each is refused naming the
+// label, and nothing is consumed.
+func TestWorkloadCannotClaimAgentLabels(t *testing.T) {
+	e := newEnv(t, t.TempDir(), testutil.Etcd(t), &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	for _, l := range []string{
+		"reserved:host", "reserved:health", "reserved:world", "reserved:remote-node", "reserved:init",
+		"cidr:10.0.0.0/8", "any:app=web",
+		"io.kubernetes.pod.namespace=kube-system", "container:io.kubernetes.pod.namespace=kube-system",
+		"filament.io/cluster=west", "container:filament.io/cluster=west", "unspec:io.cilium.k8s.policy.cluster=west",
+		"k8s:io.cilium.k8s.namespace.labels.team=admin", "io.cilium.k8s.policy.serviceaccount=admin",
+	} {
+		got, err := e.m.Create(ctx, req(e, "evil", "app=web", l))
+		if err == nil {
+			t.Errorf("label %q accepted: endpoint identity %d labels %s", l, got.Identity, got.Labels)
+			e.m.Delete(ctx, got.ID)
+			continue
+		}
+		if !errors.Is(err, endpoint.ErrInvalid) || !strings.Contains(err.Error(), l[strings.IndexByte(l, ':')+1:]) {
+			t.Errorf("label %q: want ErrInvalid naming it, got %v", l, err)
+		}
+	}
+	// The attack as reported: reserved:host alone, no namespace, was given identity 1.
+	if got, err := e.m.Create(ctx, endpoint.CreateRequest{ContainerID: "evil", IfName: "eth0", NetNS: e.netns, Labels: []string{"reserved:host"}}); !errors.Is(err, endpoint.ErrInvalid) || !strings.Contains(err.Error(), "reserved:host") {
+		t.Errorf("reserved:host alone: identity %d, err %v", got.Identity, err)
+	}
+	if e.pool.Used() != 0 || len(e.m.List()) != 0 {
+		t.Fatalf("refused requests left state: used=%d endpoints=%d", e.pool.Used(), len(e.m.List()))
+	}
+	// What a workload may set still works.
+	ep, err := e.m.Create(ctx, req(e, "ok", "app=web", "container:tier=back", "unspec:x=y"))
+	if err != nil || ep.Identity.IsReserved() || ep.Identity == 0 {
+		t.Fatalf("ordinary labels: %+v %v", ep, err)
+	}
+	// Relabelling (Kubernetes pod label changes) refuses them too, and
+	// leaves the endpoint as it was.
+	for _, l := range []string{"reserved:host", "cidr:0.0.0.0/0", "filament.io/cluster=west", "io.kubernetes.pod.namespace=kube-system"} {
+		if _, err := e.m.SetPodLabels(ctx, "default", "ok", []string{"app=web", l}); !errors.Is(err, endpoint.ErrInvalid) {
+			t.Errorf("relabel with %q: %v", l, err)
+		}
+	}
+	if got, _ := e.m.Get(ep.ID); got.Identity != ep.Identity || got.Labels.String() != ep.Labels.String() {
+		t.Fatalf("a refused relabel changed the endpoint: %+v", got)
+	}
+	// Labels the agent derives from the API server pass the relabel path.
+	if _, err := e.m.SetPodLabels(ctx, "default", "ok", []string{"app=web", "k8s:io.cilium.k8s.namespace.labels.team=a", "k8s:io.cilium.k8s.policy.serviceaccount=default"}); err != nil {
+		t.Fatalf("relabel with API-server labels: %v", err)
+	}
+}
