@@ -43,6 +43,7 @@ type Endpoint struct {
 	ContainerID string                   `json:"containerID"`
 	IfName      string                   `json:"ifName"`
 	NetNS       string                   `json:"netns"`
+	Network     string                   `json:"network"` // the CNI network name it was created for
 	Namespace   string                   `json:"namespace,omitempty"`
 	PodName     string                   `json:"podName,omitempty"`
 	Labels      labels.Labels            `json:"labels"`
@@ -64,12 +65,19 @@ type CreateRequest struct {
 	ContainerID string   `json:"containerID"`
 	IfName      string   `json:"ifName"`
 	NetNS       string   `json:"netns"`
+	Network     string   `json:"network,omitempty"` // the CNI network name; DefaultNetwork when empty
 	Namespace   string   `json:"namespace,omitempty"`
 	PodName     string   `json:"podName,omitempty"`
 	Labels      []string `json:"labels,omitempty"`
 }
 
+// DefaultNetwork is the network of an endpoint whose request named none,
+// and of records written before endpoints recorded their network: the
+// name of the network config in deploy/ and the lab.
+const DefaultNetwork = "filament"
+
 var (
+	networkRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
 	ifNameRe      = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 	containerIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
 )
@@ -91,6 +99,9 @@ func (r CreateRequest) validate(fromAPIServer bool) (labels.Labels, error) {
 	}
 	if r.NetNS == "" {
 		return nil, fmt.Errorf("%w: netns: a network namespace path is required", ErrInvalid)
+	}
+	if r.Network != "" && !networkRe.MatchString(r.Network) {
+		return nil, fmt.Errorf("%w: network %q: must be 1-255 alphanumerics, '_', '.', '-'", ErrInvalid, r.Network)
 	}
 	ls, err := labels.ParseList(r.Labels...)
 	if err != nil {

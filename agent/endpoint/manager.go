@@ -113,6 +113,9 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 	if err != nil {
 		return Endpoint{}, err
 	}
+	if r.Network == "" {
+		r.Network = DefaultNetwork
+	}
 	if _, err := os.Stat(r.NetNS); err != nil {
 		return Endpoint{}, fmt.Errorf("%w: netns %q: %v", ErrInvalid, r.NetNS, err)
 	}
@@ -156,7 +159,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 	}
 	undo = append(undo, func() { m.plumber.Teardown(host) })
 	ep := &Endpoint{
-		ID: id, ContainerID: r.ContainerID, IfName: r.IfName, NetNS: r.NetNS,
+		ID: id, ContainerID: r.ContainerID, IfName: r.IfName, NetNS: r.NetNS, Network: r.Network,
 		Namespace: r.Namespace, PodName: r.PodName, Labels: ls, Identity: ident.ID,
 		IPv4: ip, Gateway: m.pool.Gateway(), PrefixLen: 32, MAC: pr.MAC,
 		HostIfName: host, HostIfIndex: pr.HostIfIndex, HostMAC: pr.HostMAC, MTU: m.mtu,
@@ -289,6 +292,9 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 			slog.Warn("endpoint identity changed across restart", "endpoint", ep.ID, "old", uint32(ep.Identity), "new", uint32(ident.ID))
 			ep.Identity = ident.ID
 		}
+		if ep.Network == "" { // a record from before endpoints knew their network
+			ep.Network = DefaultNetwork
+		}
 		ep.State = StateReady
 		if !m.plumber.Present(ep.HostIfName) {
 			ep.State = StateDisconnected
@@ -298,7 +304,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 				return n, fmt.Errorf("restore endpoint %d datapath: %w", ep.ID, err)
 			}
 		}
-		if ep.Identity != before.Identity || ep.State != before.State {
+		if ep.Identity != before.Identity || ep.State != before.State || ep.Network != before.Network {
 			if err := m.persist(&ep); err != nil {
 				return n, err
 			}

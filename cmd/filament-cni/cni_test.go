@@ -369,3 +369,58 @@ func TestReservedLabelRejected(t *testing.T) {
 	}
 	assertNoEth0(t, ns)
 }
+
+// GC only collects the attachments of its own network (issue 13, item 8):
+// GC on network "netb" with an empty valid-attachments list removes netb's
+// stale endpoints and leaves the pods of network "filament" alone.
+func TestGCOnlyTouchesItsNetwork(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	named := func(c []byte, name string, valid ...string) []byte {
+		var m map[string]any
+		json.Unmarshal(c, &m)
+		m["name"] = name
+		if valid != nil {
+			atts := []map[string]string{}
+			for _, cid := range valid {
+				atts = append(atts, map[string]string{"containerID": cid, "ifname": "eth0"})
+			}
+			m["cni.dev/valid-attachments"] = atts
+		}
+		b, _ := json.Marshal(m)
+		return b
+	}
+	c := conf(l, "1.1.0", "app=a")
+	for _, p := range []struct{ cid, net string }{{"gc-a", "filament"}, {"gc-b1", "netb"}, {"gc-b2", "netb"}} {
+		if _, e := call(t, l, "ADD", p.cid, labtest.NetNS(t, "fcni-"+l.Name+"-"+p.cid), named(c, p.net)); e != nil {
+			t.Fatalf("ADD %s on %s: %+v", p.cid, p.net, e)
+		}
+	}
+	for _, ep := range labtest.Endpoints(t, l, "n1") {
+		if want := map[string]string{"gc-a": "filament", "gc-b1": "netb", "gc-b2": "netb"}[ep.ContainerID]; ep.Network != want {
+			t.Errorf("endpoint %s records network %q, want %q", ep.ContainerID, ep.Network, want)
+		}
+	}
+	left := func() string {
+		var ids []string
+		for _, ep := range labtest.Endpoints(t, l, "n1") {
+			ids = append(ids, ep.ContainerID)
+		}
+		sort.Strings(ids)
+		return strings.Join(ids, ",")
+	}
+	if _, e := call(t, l, "GC", "", "", named(c, "netb", "gc-b1")); e != nil {
+		t.Fatalf("GC netb: %+v", e)
+	}
+	if got := left(); got != "gc-a,gc-b1" {
+		t.Fatalf("after GC of netb keeping gc-b1: %s", got)
+	}
+	if _, e := call(t, l, "GC", "", "", named(c, "accnet", []string{}...)); e != nil {
+		t.Fatalf("GC accnet: %+v", e)
+	}
+	if _, e := call(t, l, "GC", "", "", named(c, "netb", []string{}...)); e != nil {
+		t.Fatalf("GC netb: %+v", e)
+	}
+	if got := left(); got != "gc-a" {
+		t.Fatalf("after GC of accnet and netb with no valid attachments: %s", got)
+	}
+}

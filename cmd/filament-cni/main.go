@@ -118,7 +118,7 @@ func cniError(what string, err error) error {
 }
 
 func (c *NetConf) endpointRequest(args *skel.CmdArgs) (endpoint.CreateRequest, error) {
-	req := endpoint.CreateRequest{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns}
+	req := endpoint.CreateRequest{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, Network: c.Name}
 	var ka k8sArgs
 	if args.Args != "" {
 		if err := types.LoadArgs(args.Args, &ka); err != nil {
@@ -233,7 +233,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 	return nil
 }
 
-// cmdGC deletes every endpoint not in cni.dev/valid-attachments.
+// cmdGC deletes every endpoint of this network (its name) that is not in
+// cni.dev/valid-attachments; other networks' endpoints are not its to collect.
 func cmdGC(args *skel.CmdArgs) error {
 	c, err := loadConf(args.StdinData)
 	if err != nil {
@@ -251,7 +252,7 @@ func cmdGC(args *skel.CmdArgs) error {
 		return cniError("list endpoints", err)
 	}
 	for _, ep := range eps {
-		if valid[ep.ContainerID+"/"+ep.IfName] {
+		if ep.Network != c.Name || valid[ep.ContainerID+"/"+ep.IfName] {
 			continue
 		}
 		if err := cl.DeleteEndpoint(x, ep.ID); err != nil && !api.IsCode(err, "not_found") {
