@@ -1,6 +1,11 @@
 package policy
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -357,5 +362,113 @@ func TestParseErrorLinesCountFromInputStart(t *testing.T) {
 	_, err := Parse([]byte(input))
 	if err == nil || !strings.Contains(err.Error(), "document at line 40: yaml: line 41:") {
 		t.Fatalf("err = %v, want the document at line 40 and the YAML error at line 41", err)
+	}
+}
+
+// Documents are parsed concurrently; the policies and the errors still come
+// in input order, the same as parsing one document after the other.
+func TestParseOrderIsTheInputs(t *testing.T) {
+	input := func(broken bool) []byte {
+		var b strings.Builder
+		for i := range 300 {
+			switch {
+			case broken && i%7 == 3:
+				fmt.Fprintf(&b, "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: bad-%d}\nspec: {endpointSelector: {}, ingres: []}\n", i)
+			case broken && i%7 == 5:
+				b.WriteString("---\nkind: [\n")
+			default:
+				fmt.Fprintf(&b, "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p-%d}\nspec: {endpointSelector: {}}\n", i)
+			}
+		}
+		return []byte(b.String())
+	}
+	var wantErrs []error
+	for _, d := range splitDocuments(input(true)) {
+		if _, err := d.parse(); err != nil {
+			wantErrs = append(wantErrs, err)
+		}
+	}
+	if _, err := Parse(input(true)); err == nil || err.Error() != errors.Join(wantErrs...).Error() {
+		t.Fatalf("errors differ from a sequential parse:\n got  %.500v\n want %.500v", err, errors.Join(wantErrs...))
+	}
+	ps, err := Parse(input(false))
+	if err != nil || len(ps) != 300 {
+		t.Fatalf("Parse: %d policies, %v", len(ps), err)
+	}
+	for i, p := range ps {
+		if want := fmt.Sprintf("default/p-%d", i); p.Key() != want {
+			t.Fatalf("policy %d is %s, want %s", i, p.Key(), want)
+		}
+	}
+}
+
+// decodeTyped (the generic decoding, which checkShape checked, made typed)
+// gives what decoding the YAML text again with yaml.UnmarshalStrict gave,
+// including numbers and booleans where strings are wanted.
+func TestDecodeTypedMatchesYAMLDecoding(t *testing.T) {
+	docs := []string{
+		fullCNP,
+		`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: odd, labels: {a: 1, b: true, c: 1.5, d: 0x1F, e: 3.14159265358979, f: -7, g: 18446744073709551615, h: null}}
+spec:
+  endpointSelector: {matchLabels: {app: 80, on: yes, v: 1.10}}
+  ingress:
+  - fromEndpoints: [{matchExpressions: [{key: tier, operator: In, values: [1, true, 2.5, web]}]}]
+    toPorts:
+    - ports: [{port: 80, protocol: TCP, endPort: 90}, {port: "443"}, {port: 8.0}]
+    icmps: [{fields: [{type: 8}, {type: EchoRequest, family: IPv4}]}]
+`,
+		`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np, namespace: ns1, annotations: {n: 42}}
+spec:
+  podSelector: {matchLabels: {app: 1}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {x: true}}}, {ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+    ports: [{port: 80}, {port: http, protocol: UDP}, {port: 1000, endPort: 2000}]
+  egress: [{}]
+`,
+	}
+	for _, name := range []string{"allow-web-to-db.yaml", "allow-web-from-c1.yaml"} {
+		b, err := os.ReadFile("../../docs/examples/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range splitDocuments(b) {
+			docs = append(docs, string(d.text))
+		}
+	}
+	for _, d := range splitDocuments(benchDocuments(20)) {
+		docs = append(docs, string(d.text))
+	}
+	for _, text := range docs {
+		if strings.TrimSpace(text) == "" {
+			continue
+		}
+		j, err := yaml.YAMLToJSONStrict([]byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(j))
+		dec.UseNumber()
+		var obj map[string]any
+		if err := dec.Decode(&obj); err != nil {
+			t.Fatal(err)
+		}
+		var want, got any = &ciliumDocument{}, &ciliumDocument{}
+		if obj["kind"] == KindNetworkPolicy {
+			want, got = &k8sDocument{}, &k8sDocument{}
+		}
+		if err := yaml.UnmarshalStrict([]byte(text), want); err != nil {
+			t.Fatalf("UnmarshalStrict: %v\n%s", err, text)
+		}
+		if err := decodeTyped(obj, got); err != nil {
+			t.Fatalf("decodeTyped: %v\n%s", err, text)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("decodeTyped differs from yaml.UnmarshalStrict:\n got  %+v\n want %+v\n%s", got, want, text)
+		}
 	}
 }

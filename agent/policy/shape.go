@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 var intOrStringType = reflect.TypeFor[IntOrString]()
@@ -97,8 +98,21 @@ func checkShape(v *validator, p fieldPath, val any, t reflect.Type) {
 	}
 }
 
+// fieldCache holds jsonFields' answers (reflect.Type → its map, which is
+// never changed once stored).
+var fieldCache sync.Map
+
 // jsonFields maps the JSON names of t's fields to their types.
 func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if f, ok := fieldCache.Load(t); ok {
+		return f.(map[string]reflect.Type)
+	}
+	f := structFields(t)
+	fieldCache.Store(t, f)
+	return f
+}
+
+func structFields(t reflect.Type) map[string]reflect.Type {
 	fields := make(map[string]reflect.Type, t.NumField())
 	for f := range t.Fields() {
 		if !f.IsExported() {
