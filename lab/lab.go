@@ -1049,17 +1049,51 @@ func (l *Lab) PodCommand(pod string, argv ...string) (*exec.Cmd, error) {
 
 // NodeCommand returns a command that runs argv in the node's namespace with
 // the node's agent socket in $FILAMENT_API_SOCKET and the lab's binaries first in PATH.
+// While the agent runs, the command also enters the agent's mount namespace
+// (nsenter by its pid), where its WireGuard UAPI socket is (`wg show`), in
+// this process's working directory; otherwise it runs under `ip netns exec`.
 func (l *Lab) NodeCommand(node string, argv ...string) (*exec.Cmd, error) {
 	n, err := l.Node(node)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NetNS}, argv...)...)
+	var cmd *exec.Cmd
+	if pid := agentPID(n); pid > 0 {
+		args := []string{"--target", strconv.Itoa(pid), "--net", "--mount"}
+		if wd, err := os.Getwd(); err == nil {
+			args = append(args, "--wd="+wd)
+		}
+		cmd = exec.Command("nsenter", append(append(args, "--"), argv...)...)
+	} else {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", n.NetNS}, argv...)...)
+	}
 	cmd.Env = append(os.Environ(), api.SocketEnv+"="+n.Socket, "PATH="+l.BinDir+":"+os.Getenv("PATH"), "FILAMENT_LAB_DIR="+l.dir)
 	if c, err := l.Cluster(n.Cluster); err == nil {
 		cmd.Env = append(cmd.Env, "FILAMENT_CLUSTERMESH_BUNDLE="+c.Bundle)
 	}
 	return cmd, nil
+}
+
+// agentPID is the pid of the node's running agent, or 0: n.PID when it is
+// a live filament-agent in the node's network namespace (not a reused pid).
+func agentPID(n *Node) int {
+	if n.PID <= 0 || !running(n.PID) {
+		return 0
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.PID))
+	if err != nil {
+		return 0
+	}
+	argv0, _, _ := bytes.Cut(cmdline, []byte{0})
+	if filepath.Base(string(argv0)) != "filament-agent" {
+		return 0
+	}
+	var agentNS, nodeNS syscall.Stat_t
+	if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", n.PID), &agentNS) != nil || syscall.Stat(NetNSPath(n.NetNS), &nodeNS) != nil ||
+		agentNS.Ino != nodeNS.Ino || agentNS.Dev != nodeNS.Dev {
+		return 0
+	}
+	return n.PID
 }
 
 // Refresh updates each node's Running flag from its agent.

@@ -52,6 +52,7 @@ func newRoot() *cobra.Command {
 	var nodes, clusters int
 	var binDir, routingMode, encryption string
 	var strict bool
+	var extraAgentArgs []string
 	up := &cobra.Command{
 		Use: "up", Short: "Create the lab's nodes, each with its own agent", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -64,6 +65,7 @@ func newRoot() *cobra.Command {
 					agentArgs = append(agentArgs, "--encryption-strict")
 				}
 			}
+			agentArgs = append(agentArgs, extraAgentArgs...)
 			l, err := lab.Up(ctx, lab.Options{Name: name, Nodes: nodes, Clusters: clusters, BinDir: binDir, Routing: routingMode, AgentArgs: agentArgs})
 			if err != nil {
 				return err
@@ -79,6 +81,7 @@ func newRoot() *cobra.Command {
 	up.Flags().StringVar(&routingMode, "routing", "tunnel", "routing between nodes: tunnel (VXLAN) or native")
 	up.Flags().StringVar(&encryption, "encryption", "none", "encrypt pod traffic between nodes: none or wireguard")
 	up.Flags().BoolVar(&strict, "encryption-strict", false, "drop pod traffic to nodes that are not encryption peers yet")
+	up.Flags().StringArrayVar(&extraAgentArgs, "agent-arg", nil, "pass ARG to every node's agent, after the lab's own flags (repeatable, one argument each: --agent-arg=--flag --agent-arg=value); recorded, so node start uses them too")
 	up.Flags().StringVar(&binDir, "bin-dir", defaultBinDir(), "directory holding filament-agent, filament-cni and filament")
 
 	down := &cobra.Command{
@@ -142,7 +145,10 @@ func newRoot() *cobra.Command {
 	}
 	var servePort int
 	podServe := &cobra.Command{
-		Use: "serve POD", Short: "Run a server in the pod (TCP and UDP) that answers with the pod's name; it stops with the pod", Args: cobra.ExactArgs(1),
+		Use: "serve POD", Short: "Run a server in the pod that answers with the pod's name; it stops with the pod",
+		Long: "Run a server in the pod on one port: over TCP it writes the pod's name and a newline to a client that sends\n" +
+			"nothing for 0.2 s (nc) or a line that is not HTTP, and answers an HTTP request with the name as body (curl);\n" +
+			"over UDP it answers every datagram with the name. It stops with the pod", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.Load(name)
 			if err != nil {
@@ -207,7 +213,10 @@ func newRoot() *cobra.Command {
 	host.AddCommand(hostAdd, hostDel, hostExec)
 
 	execCmd := &cobra.Command{
-		Use: "exec NODE -- COMMAND...", Short: "Run a command in a node's namespace against its agent (e.g. filament status)", Args: cobra.MinimumNArgs(2),
+		Use: "exec NODE -- COMMAND...", Short: "Run a command in a node's namespaces against its agent (e.g. filament status, wg show)",
+		Long: "Run a command in the node's network namespace and, while the agent runs, its agent's mount namespace\n" +
+			"(where the agent's WireGuard UAPI socket lives, so wg show works), with $FILAMENT_API_SOCKET set to the\n" +
+			"node's agent socket.", Args: cobra.MinimumNArgs(2),
 		RunE: func(_ *cobra.Command, args []string) error {
 			l, err := lab.Load(name)
 			if err != nil {

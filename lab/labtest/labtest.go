@@ -94,6 +94,13 @@ func up(t testing.TB, o lab.Options) *lab.Lab {
 	if err != nil {
 		t.Fatal(err)
 	}
+	downAtCleanup(t, name)
+	return l
+}
+
+// downAtCleanup removes lab name when t ends, failing t if namespaces or
+// files are left behind.
+func downAtCleanup(t testing.TB, name string) {
 	t.Cleanup(func() {
 		if err := lab.Down(name); err != nil {
 			t.Errorf("lab down: %v", err)
@@ -106,7 +113,33 @@ func up(t testing.TB, o lab.Options) *lab.Lab {
 			t.Errorf("lab down left %s behind", filepath.Join(lab.Root, name))
 		}
 	})
+}
+
+// UpCLI starts a lab as a user would, `filament-lab up --name <random>
+// args...` with the project's binaries, removes it at cleanup like Up, and
+// returns its recorded state.
+func UpCLI(t testing.TB, args ...string) *lab.Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	name := fmt.Sprintf("t%x", rand.Uint32())
+	if out, err := LabCLI(t, append([]string{"up", "--name", name}, args...)...); err != nil {
+		lab.Down(name)
+		t.Fatalf("filament-lab up: %v: %s", err, out)
+	}
+	downAtCleanup(t, name)
+	l, err := lab.Load(name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return l
+}
+
+// LabCLI runs the project's filament-lab with args and returns its
+// combined output.
+func LabCLI(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(BinDir(t), "filament-lab"), args...).CombinedOutput()
+	return string(out), err
 }
 
 // NodeRun runs argv in a node's namespace against its agent; the output is
@@ -173,16 +206,46 @@ func NetNS(t testing.TB, name string) string {
 	return lab.NetNSPath(name)
 }
 
-// ImportPolicy writes doc to a file and imports it on node with
-// `filament policy import`, failing t on error.
+// ImportPolicy writes doc to a file, imports it for the cluster on node with
+// `filament policy import` and waits until every running node of that
+// cluster has it, failing t on error.
 func ImportPolicy(t testing.TB, l *lab.Lab, node, doc string) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "policy.yaml")
 	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := NodeRun(t, l, node, "filament", "policy", "import", p); err != nil {
+	out, err := NodeRun(t, l, node, "filament", "policy", "import", "-o", "json", p)
+	if err != nil {
 		t.Fatalf("policy import: %v %s", err, out)
+	}
+	// Policies are the cluster's: wait until every node of node's
+	// cluster has them (the importing node does when the import returns).
+	var res struct{ Policies []string }
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("policy import -o json: %v %s", err, out)
+	}
+	on, err := l.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, n := range l.Nodes {
+		if n.Cluster != on.Cluster || !n.Running {
+			continue
+		}
+		for _, key := range res.Policies {
+			for {
+				out, err := NodeRun(t, l, n.Name, "filament", "policy", "get", key)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("policy %s imported on %s: not on %s within 15s: %v %s", key, node, n.Name, err, out)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 	}
 }
 
