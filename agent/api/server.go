@@ -211,6 +211,8 @@ func fail(w http.ResponseWriter, err error) {
 		status, code = http.StatusNotFound, "not_found"
 	case errors.Is(err, endpoint.ErrExists), errors.Is(err, service.ErrConflict):
 		status, code = http.StatusConflict, "exists"
+	case errors.Is(err, endpoint.ErrUnavailable):
+		status, code = http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, ipam.ErrExhausted), errors.Is(err, identity.ErrExhausted):
 		status, code = http.StatusInsufficientStorage, "exhausted"
 	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policy.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):

@@ -72,6 +72,7 @@ func TestErrorMapping(t *testing.T) {
 		{endpoint.ErrExists, http.StatusConflict, "exists"},
 		{ipam.ErrExhausted, http.StatusInsufficientStorage, "exhausted"},
 		{endpoint.ErrInvalid, http.StatusBadRequest, "invalid"},
+		{endpoint.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 		{errors.New("boom"), http.StatusInternalServerError, "internal"},
 	}
 	for _, c := range cases {

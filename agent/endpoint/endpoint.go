@@ -26,6 +26,8 @@ var (
 	ErrExists = errors.New("endpoint already exists")
 	// ErrInvalid: the request is malformed.
 	ErrInvalid = errors.New("invalid endpoint request")
+	// ErrUnavailable: the kvstore did not answer; try again later.
+	ErrUnavailable = errors.New("kvstore unavailable")
 )
 
 // State of an endpoint.

@@ -14,7 +14,13 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/labels"
 )
 
 // Manager owns the endpoints of one node.
@@ -25,6 +31,7 @@ type Manager struct {
 	plumber Plumber
 	hooks   Hooks
 	mtu     int
+	kvWait  time.Duration
 	// podLabels, when set (Kubernetes mode), gives a pod's labels from
 	// the API server; they replace the labels of the CNI request.
 	podLabels func(ctx context.Context, namespace, pod string) ([]string, bool)
@@ -43,7 +50,13 @@ type Config struct {
 	MTU        int
 	// PodLabels, when set, gives a pod's labels (Kubernetes mode).
 	PodLabels func(ctx context.Context, namespace, pod string) ([]string, bool)
+	// KVStoreTimeout bounds the identity allocation of a create; past it
+	// the create fails with ErrUnavailable (default DefaultKVStoreTimeout).
+	KVStoreTimeout time.Duration
 }
+
+// DefaultKVStoreTimeout is how long a create waits for the kvstore.
+const DefaultKVStoreTimeout = 10 * time.Second
 
 // NewManager returns a manager with no endpoints; call Restore to load the state dir.
 func NewManager(c Config) (*Manager, error) {
@@ -54,7 +67,38 @@ func NewManager(c Config) (*Manager, error) {
 	if c.MTU == 0 {
 		c.MTU = 1500
 	}
-	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, podLabels: c.PodLabels, endpoints: map[uint16]*Endpoint{}}, nil
+	if c.KVStoreTimeout <= 0 {
+		c.KVStoreTimeout = DefaultKVStoreTimeout
+	}
+	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, kvWait: c.KVStoreTimeout, podLabels: c.PodLabels, endpoints: map[uint16]*Endpoint{}}, nil
+}
+
+// allocate takes the identity of ls within the manager's kvstore bound. An
+// allocation that ran out of that time (the etcd client waits while it
+// reconnects) or that the kvstore refused as unreachable is ErrUnavailable,
+// unless the caller itself gave up.
+func (m *Manager) allocate(ctx context.Context, ls labels.Labels) (identity.Identity, error) {
+	actx, cancel := context.WithTimeout(ctx, m.kvWait)
+	defer cancel()
+	ident, _, err := m.ids.Allocate(actx, ls)
+	if err == nil || ctx.Err() != nil {
+		return ident, err
+	}
+	if actx.Err() != nil || kvUnreachable(err) {
+		return ident, fmt.Errorf("%w: identity for %s: the kvstore did not answer within %s (%v); try again later", ErrUnavailable, ls, m.kvWait, err)
+	}
+	return ident, err
+}
+
+// kvUnreachable reports whether err says the kvstore could not be reached.
+func kvUnreachable(err error) bool {
+	switch status.Code(err) { // a gRPC status, wrapped or not
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail)
 }
 
 // HostIfName is the node-side interface name of a container's interface:
@@ -140,7 +184,10 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 		}
 		return Endpoint{}, err
 	}
-	ident, _, err := m.ids.Allocate(ctx, ls)
+	ident, err := m.allocate(ctx, ls)
+	if errors.Is(err, ErrUnavailable) {
+		return fail(err)
+	}
 	if err != nil {
 		return fail(fmt.Errorf("identity for %s: %w", ls, err))
 	}

@@ -103,8 +103,12 @@ func ctx() (context.Context, context.CancelFunc) {
 func cniError(what string, err error) error {
 	var code uint = types.ErrUnknown
 	switch {
-	case errors.Is(err, api.ErrAgentDown):
+	case errors.Is(err, api.ErrAgentDown), api.IsCode(err, "unavailable"):
+		// No agent on the socket, or its kvstore unreachable: both pass.
 		code = types.ErrTryAgainLater
+	case errors.Is(err, context.DeadlineExceeded):
+		code = types.ErrTryAgainLater
+		err = fmt.Errorf("the agent did not answer in time (%w); try again later", err)
 	case api.IsCode(err, "invalid"):
 		code = types.ErrInvalidNetworkConfig
 	case api.IsCode(err, "exists"):
