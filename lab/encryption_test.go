@@ -155,10 +155,10 @@ func TestWireGuardNoPlaintextOnUnderlay(t *testing.T) {
 		echoMarker(t, pa, b.IP+":7000", marker)
 		echoMarker(t, pa, c.IP+":7000", marker)
 	}
-	if err := labtest.Ping(t, l, "a", b.IP); err != nil {
+	if err := labtest.PingEventually(t, l, "a", b.IP); err != nil {
 		t.Fatal(err)
 	}
-	if err := labtest.Ping(t, l, "a", c.IP); err != nil {
+	if err := labtest.PingEventually(t, l, "a", c.IP); err != nil {
 		t.Fatal(err)
 	}
 	pkts := stop()

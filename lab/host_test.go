@@ -42,12 +42,13 @@ func testLabHost(t *testing.T, routing string) {
 
 	// Pods on both nodes reach it; it reaches them.
 	for _, p := range []*lab.Pod{p1, p2} {
-		if err := labtest.Ping(t, l, p.Name, h.IP); err != nil {
+		if err := labtest.PingEventually(t, l, p.Name, h.IP); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := hostRun(t, l, "ec2a", "ping", "-c", "1", "-W", "2", p.IP); err != nil {
-			t.Fatalf("ping %s from the host: %v: %s", p.IP, err, out)
-		}
+		eventually(t, "the host pings "+p.IP, func() bool {
+			_, err := hostRun(t, l, "ec2a", "ping", "-c", "1", "-W", "1", p.IP)
+			return err == nil
+		})
 	}
 	hostPath := lab.NetNSPath(h.NetNS)
 	serve(t, hostPath, 8443)
@@ -67,7 +68,7 @@ func testLabHost(t *testing.T, routing string) {
 	if h2.UnderlayIP != "172.30.0.201" {
 		t.Fatalf("second host underlay IP %s, want 172.30.0.201", h2.UnderlayIP)
 	}
-	if err := labtest.Ping(t, l, "p1", h2.IP); err != nil {
+	if err := labtest.PingEventually(t, l, "p1", h2.IP); err != nil {
 		t.Fatal(err)
 	}
 

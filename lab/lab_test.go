@@ -45,10 +45,10 @@ func TestPodsGetAddressesIdentitiesAndConnectivity(t *testing.T) {
 	if err != nil || !strings.Contains(out, "k8s:app=db") || !strings.Contains(out, "k8s:filament.io/cluster=default") {
 		t.Fatalf("identity get: %v %s", err, out)
 	}
-	if err := labtest.Ping(t, l, "web-1", c.IP); err != nil {
+	if err := labtest.PingEventually(t, l, "web-1", c.IP); err != nil {
 		t.Fatal(err)
 	}
-	if err := labtest.Ping(t, l, "db-1", b.IP); err != nil {
+	if err := labtest.PingEventually(t, l, "db-1", b.IP); err != nil {
 		t.Fatal(err)
 	}
 	// The pod's address, route and interface are as the result said.
@@ -85,7 +85,7 @@ func TestAgentRestartRestoresEndpoints(t *testing.T) {
 		t.Fatalf("status with the agent down: %v %s", err, out)
 	}
 	// Pods keep working while the agent is down.
-	if err := labtest.Ping(t, l, "a", b.IP); err != nil {
+	if err := labtest.PingEventually(t, l, "a", b.IP); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -103,7 +103,7 @@ func TestAgentRestartRestoresEndpoints(t *testing.T) {
 			t.Fatalf("endpoint changed across restart:\n%+v\n%+v", x, y)
 		}
 	}
-	if err := labtest.Ping(t, l, "a", b.IP); err != nil {
+	if err := labtest.PingEventually(t, l, "a", b.IP); err != nil {
 		t.Fatal(err)
 	}
 	// IPAM was restored: a new pod does not get a taken address.

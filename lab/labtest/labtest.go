@@ -185,6 +185,28 @@ func Ping(t testing.TB, l *lab.Lab, pod, ip string) error {
 	return nil
 }
 
+// PingEventually is Ping for an assertion that traffic passes: one echo
+// a try (1 s wait), retried for up to 10 s, so that no single lost or late
+// packet on a busy machine decides. It returns the last failure.
+func PingEventually(t testing.TB, l *lab.Lab, pod, ip string) error {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		cmd, cerr := l.PodCommand(pod, "ping", "-c", "1", "-W", "1", ip)
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		out, rerr := cmd.CombinedOutput()
+		if rerr == nil {
+			return nil
+		}
+		err = fmt.Errorf("ping %s from %s (retried for 10s): %v: %s", ip, pod, rerr, out)
+		if time.Now().After(deadline) {
+			return err
+		}
+	}
+}
+
 // Pod adds a pod or fails t.
 func Pod(t testing.TB, l *lab.Lab, node, name string, labels ...string) *lab.Pod {
 	t.Helper()
