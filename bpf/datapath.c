@@ -39,7 +39,8 @@ enum reason {
 	REASON_NO_BACKEND = 9,      // a service frontend with no backend to take the connection
 	REASON_LB_NAT = 10,         // a NodePort translation could not be set up (no free source port)
 	REASON_NO_ENCRYPT_PEER = 11, // strict encryption: the destination's node is not an encryption peer yet
-	REASON_MAX = 12,
+	REASON_CONTROL_PORT = 12,   // a pod to a node's control port (gossip, metrics, ...) without a policy naming the port
+	REASON_MAX = 13,
 };
 
 enum event_type {
@@ -52,6 +53,7 @@ enum event_type {
 
 #define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
+#define IDENTITY_REMOTE_NODE 6
 
 #define NSEC 1000000000ULL
 #define CT_TIMEOUT_SYN (60 * NSEC)
@@ -105,9 +107,12 @@ struct policy_key {
 	__u8 pad2;
 };
 
+#define POLICY_F_PORT 1 // the entry names one protocol and port exactly
+
 struct policy_value {
 	__u8 deny;
-	__u8 pad[3];
+	__u8 flags; // POLICY_F_*
+	__u8 pad[2];
 	__u32 cookie;
 };
 
@@ -139,10 +144,16 @@ struct counter {
 #define ENCRYPT_ON 1     // pod traffic to other nodes goes through the encryption device
 #define ENCRYPT_STRICT 2 // ... and is dropped when the node is not a peer
 
+#define CONTROL_PORTS 8
+
 // Node-wide settings written by the agent (one entry).
 struct node_config {
 	__u32 vxlan_ifindex; // 0 = no tunnel (native routing)
 	__u32 encrypt;       // ENCRYPT_* flags
+	// TCP and UDP ports of the nodes' control plane (gossip, metrics, the
+	// overlay, ...), host order, 0 = unused: pods reach them on a node
+	// address only when their egress policy names the port.
+	__u16 control_ports[CONTROL_PORTS];
 };
 
 struct event {
@@ -444,33 +455,57 @@ static __always_inline struct policy_value *policy_lookup(__u16 ep_id, __u8 dir,
 	return bpf_map_lookup_elem(&policy, &k);
 }
 
+// control_port tells whether p goes to one of the nodes' control ports.
+static __always_inline int control_port(struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return 0;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return 0;
+	__u16 port = bpf_ntohs(p->dport);
+	int i;
+#pragma unroll
+	for (i = 0; i < CONTROL_PORTS; i++) {
+		if (cfg->control_ports[i] && cfg->control_ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
 // enforce applies the policy of endpoint ep in direction dir to p, whose
 // other side has identity peer. It returns REASON_FORWARDED or the drop reason.
+// to_node says the other side is a node's own address (this node's or a
+// known node's): a new flow to a control port there needs an allow that
+// names the port for that peer, whatever else the policy allows.
+//
+// Deny entries apply whether or not the direction is enforced: a deny rule
+// in a policy with enableDefaultDeny false still drops what it matches.
 static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 peer, __u32 src_id, __u32 dst_id,
-				   __u16 peer_ep, struct pkt *p, __u32 ifindex)
+				   __u16 peer_ep, struct pkt *p, __u32 ifindex, int to_node)
 {
 	__u64 now = bpf_ktime_get_ns();
 	if (ct_lookup(p, ep->ep_id, dir, now) != CT_NEW)
 		return REASON_FORWARDED;
 	__u8 enforced = ep->flags & (dir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
-	if (!enforced) {
-		ct_create(p, ep->ep_id, dir, peer, now);
-		return REASON_FORWARDED;
-	}
-	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN))
+	if (enforced && p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN))
 		return REASON_CT_MISSING;
 	struct policy_value *v = policy_lookup(ep->ep_id, dir, peer, p);
 	struct policy_value *any = policy_lookup(ep->ep_id, dir, 0, p);
 	int reason;
 	if ((v && v->deny) || (any && any->deny))
 		reason = REASON_POLICY_DENY_RULE;
-	else if (v || any)
+	else if (to_node && control_port(p) && !(v && (v->flags & POLICY_F_PORT)))
+		reason = REASON_CONTROL_PORT;
+	else if (!enforced || v || any)
 		reason = REASON_FORWARDED;
 	else
 		reason = REASON_POLICY_DENIED;
 	if (reason == REASON_FORWARDED) {
 		ct_create(p, ep->ep_id, dir, peer, now);
-		emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
+		if (enforced)
+			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
 	}
 	return reason;
 }
@@ -550,7 +585,9 @@ int from_container(struct __sk_buff *skb)
 	__u32 dst_id = dst ? dst->identity : (remote ? remote->identity : IDENTITY_WORLD);
 	__u16 dst_ep = dst ? dst->ep_id : 0;
 
-	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex);
+	int to_node = !dst && (dst_id == IDENTITY_HOST || dst_id == IDENTITY_REMOTE_NODE ||
+			       bpf_map_lookup_elem(&nodes, &daddr));
+	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, to_node);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_EGRESS, src->ep_id, dst_ep, src->identity, dst_id, &p);
 
@@ -571,7 +608,7 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK; // the node routes it
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
-	r = enforce(dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex);
+	r = enforce(dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
@@ -603,7 +640,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
 	__u32 src_id = src ? src->identity : lookup_identity(saddr);
 	__u16 src_ep = src ? src->ep_id : 0;
-	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex);
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, src_ep, src_id, dst->identity, &p);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
@@ -643,7 +680,7 @@ int from_overlay(struct __sk_buff *skb)
 			return r;
 		return TC_ACT_OK;
 	}
-	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex);
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, &p);
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||

@@ -180,6 +180,7 @@ type DatapathNodeConfig struct {
 	_            structs.HostLayout
 	VxlanIfindex uint32
 	Encrypt      uint32
+	ControlPorts [8]uint16
 }
 
 type DatapathPolicyKey struct {
@@ -197,7 +198,8 @@ type DatapathPolicyKey struct {
 type DatapathPolicyValue struct {
 	_      structs.HostLayout
 	Deny   uint8
-	Pad    [3]uint8
+	Flags  uint8
+	Pad    [2]uint8
 	Cookie uint32
 }
 

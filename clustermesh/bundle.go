@@ -19,6 +19,7 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/crypto/ca"
+	"github.com/filament-net/filament/crypto/gossipkey"
 )
 
 // Key prefixes a remote cluster may read.
@@ -81,6 +82,10 @@ type RemoteConfig struct {
 // RemotesDir is where a bundle keeps the configs of the clusters it is connected to.
 func RemotesDir(bundle string) string { return filepath.Join(bundle, "remotes") }
 
+// GossipKeyFile is the cluster's gossip key file in bundle (every agent of
+// the cluster uses it: --gossip-key-file).
+func GossipKeyFile(bundle string) string { return filepath.Join(bundle, gossipkey.FileName) }
+
 // Enable creates a cluster's bundle in dir: the CA, certificates for the
 // apiserver (valid for ips), the admin (root), the cluster's agents and
 // remote readers, cluster.yaml and remote.yaml (the config other clusters
@@ -94,7 +99,8 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 		if c.Name != name || c.ID != id {
 			return Cluster{}, fmt.Errorf("%w: %s already holds cluster %s (ID %d)", ErrInvalid, dir, c.Name, c.ID)
 		}
-		return c, nil
+		// Bundles made before gossip was keyed get their key now.
+		return c, gossipkey.Ensure(GossipKeyFile(dir))
 	}
 	authority, err := ca.New(name)
 	if err != nil {
@@ -130,6 +136,9 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 		return Cluster{}, err
 	}
 	if err := os.MkdirAll(RemotesDir(dir), 0o700); err != nil {
+		return Cluster{}, err
+	}
+	if err := gossipkey.Ensure(GossipKeyFile(dir)); err != nil {
 		return Cluster{}, err
 	}
 	return c, writeYAML(filepath.Join(dir, "cluster.yaml"), c, 0o644)

@@ -217,6 +217,20 @@ spec:
     toPorts: [{ports: [{port: "9000", protocol: ANY}]}]
   - fromEntities: [world]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+---
+# Deny rules without default deny: neither direction is enforced, yet what
+# the deny rules match is dropped (deny always wins).
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: open}
+spec:
+  endpointSelector: {matchLabels: {app: open}}
+  enableDefaultDeny: {ingress: false, egress: false}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  egressDeny:
+  - toEndpoints: [{matchLabels: {app: web}}]
 `
 
 // The policy truth table: real TCP, UDP and ICMP between four pods and two
@@ -225,7 +239,7 @@ spec:
 func TestPolicyTruthTable(t *testing.T) {
 	l := labtest.Up(t, 1, 24)
 	pods := map[string]*lab.Pod{}
-	for _, p := range []struct{ name, labels string }{{"web", "app=web"}, {"api", "app=api"}, {"db", "app=db"}, {"client", "app=client"}} {
+	for _, p := range []struct{ name, labels string }{{"web", "app=web"}, {"api", "app=api"}, {"db", "app=db"}, {"client", "app=client"}, {"open", "app=open"}} {
 		pods[p.name] = labtest.Pod(t, l, "n1", p.name, p.labels)
 	}
 	ext2, err := l.AddExternal("n1", "ext2", "192.168.100.2")
@@ -253,7 +267,7 @@ func TestPolicyTruthTable(t *testing.T) {
 	for n, p := range pods {
 		ipOf[n] = p.IP
 	}
-	for _, p := range []string{"db", "api", "client", "web"} {
+	for _, p := range []string{"db", "api", "client", "web", "open"} {
 		for _, port := range []int{5432, 5433, 8085, 8091, 9000, 9001, 80} {
 			serve(t, nsOf(p), port)
 		}
@@ -317,6 +331,12 @@ func TestPolicyTruthTable(t *testing.T) {
 		{"ext2", "client", "tcp", 9000, false, "world only on 80"},
 		{"db", "client", "tcp", 80, false, "db is not world"},
 		{"web", "host", "tcp", 80, true, "web egress allows the host entity"},
+		{"client", "open", "tcp", 80, false, "ingressDeny applies without default deny"},
+		{"api", "open", "tcp", 80, true, "open's ingress is not enforced"},
+		{"client", "open", "tcp", 9000, true, "the deny names port 80 only"},
+		{"open", "web", "tcp", 80, false, "egressDeny applies without default deny"},
+		{"open", "ext2", "udp", 54, true, "open's egress is not enforced"},
+		{"open", "db", "tcp", 5432, false, "db's ingress does not allow open"},
 	}
 	results := make([]bool, len(flows))
 	var wg sync.WaitGroup

@@ -542,6 +542,7 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		"--etcd-endpoints", c.Kvstore, "--etcd-ca", filepath.Join(c.Bundle, "ca.pem"),
 		"--etcd-cert", filepath.Join(c.Bundle, clustermesh.UserAgent+".pem"), "--etcd-key", filepath.Join(c.Bundle, clustermesh.UserAgent+"-key.pem"),
 		"--clustermesh-config", clustermesh.RemotesDir(c.Bundle),
+		"--gossip-key-file", clustermesh.GossipKeyFile(c.Bundle),
 		"--node-ip", n.IP, "--routing", l.Routing,
 		"--cluster-pool", c.Pool, "--pod-cidr-size", strconv.Itoa(prefix),
 		"--bpf-root", l.bpffs(),

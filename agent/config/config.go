@@ -96,7 +96,12 @@ type Config struct {
 	// same in every cluster of a mesh.
 	MaxConnectedClusters int `json:"maxConnectedClusters"`
 	// MemberlistPort for failure detection among the cluster's agents (0 disables it).
-	MemberlistPort int    `json:"memberlistPort"`
+	MemberlistPort int `json:"memberlistPort"`
+	// GossipKeyFile holds the cluster's gossip keys (the bundle's
+	// gossip.key; crypto/gossipkey), re-read every few seconds for
+	// rotation. Empty: with the embedded etcd (one node) a key is kept in
+	// StateDir; with an external etcd the agent refuses to start.
+	GossipKeyFile string `json:"gossipKeyFile,omitempty"`
 	StateDir       string `json:"stateDir"`
 	APISocket      string `json:"apiSocket"`
 	// Etcd: external endpoints; none means the agent runs an embedded etcd.

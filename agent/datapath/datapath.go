@@ -41,14 +41,15 @@ const (
 	ReasonNoBackend      = 9
 	ReasonLBNAT          = 10
 	ReasonNoEncryptPeer  = 11
-	reasonMax            = 12
+	ReasonControlPort    = 12
+	reasonMax            = 13
 )
 
 var reasonNames = [reasonMax]string{
 	"forwarded", "policy denied", "policy deny rule", "no conntrack entry",
 	"invalid packet", "fragment not supported", "unsupported L3 protocol", "source address not of the endpoint",
 	"tunnel source not a known node", "service has no backend", "no free NodePort source port",
-	"encryption: node is not a peer (strict)",
+	"encryption: node is not a peer (strict)", "node control port",
 }
 
 // ReasonName is the text of a reason code.
@@ -64,6 +65,14 @@ const (
 	flagIngressEnforced = 1
 	flagEgressEnforced  = 2
 )
+
+// policyFlagPort marks a policy entry naming one protocol and port exactly
+// (bpf/datapath.c POLICY_F_PORT): only such an allow opens a node's control
+// port to a pod.
+const policyFlagPort = 1
+
+// MaxControlPorts is how many control ports the datapath protects.
+const MaxControlPorts = 8
 
 // ErrBPFFS: the pin directory is not on a bpf filesystem and cannot be made so.
 var ErrBPFFS = errors.New("bpffs unavailable")
@@ -354,6 +363,9 @@ func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, delete
 		if v.Deny {
 			bv.Deny = 1
 		}
+		if k.L4.PrefixLen == 24 {
+			bv.Flags = policyFlagPort
+		}
 		if err := d.objs.Policy.Put(&bk, &bv); err != nil {
 			return n, fmt.Errorf("policy map: put: %w", err)
 		}
@@ -442,6 +454,18 @@ func (d *Datapath) setConfig(f func(*bpf.DatapathNodeConfig)) error {
 		return fmt.Errorf("config map: %w", err)
 	}
 	return nil
+}
+
+// SetControlPorts sets the nodes' control ports (TCP and UDP) that pods
+// reach on a node address only when their egress policy names the port.
+func (d *Datapath) SetControlPorts(ports []uint16) error {
+	if len(ports) > MaxControlPorts {
+		return fmt.Errorf("control ports: %d given, at most %d", len(ports), MaxControlPorts)
+	}
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
+		v.ControlPorts = [MaxControlPorts]uint16{}
+		copy(v.ControlPorts[:], ports)
+	})
 }
 
 // SetTunnel tells the programs which device encapsulates (0: none).

@@ -1,7 +1,9 @@
 package node
 
 import (
+	"bytes"
 	"fmt"
+	"slices"
 	"io"
 	"log"
 	"net"
@@ -18,6 +20,7 @@ import (
 // tuned so a dead node is noticed in about a second.
 type Detector struct {
 	ml     *memberlist.Memberlist
+	keys   *memberlist.Keyring
 	port   int
 	notify func(name string, alive bool)
 
@@ -32,10 +35,22 @@ func (e events) NotifyLeave(n *memberlist.Node)  { e.d.notify(n.Name, false) }
 func (e events) NotifyUpdate(n *memberlist.Node) {}
 
 // NewDetector listens on ip:port; notify is called when a node is seen
-// alive or declared dead.
-func NewDetector(name string, ip netip.Addr, port int, notify func(name string, alive bool)) (*Detector, error) {
-	d := &Detector{port: port, notify: notify, joined: map[string]bool{}}
+// alive or declared dead. Gossip is sealed with keys[0] (AES-GCM) and only
+// messages sealed with one of keys are accepted: a sender without the
+// cluster's key (a pod, say) is ignored.
+func NewDetector(name string, ip netip.Addr, port int, keys [][]byte, notify func(name string, alive bool)) (*Detector, error) {
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("memberlist on %s:%d: no gossip key", ip, port)
+	}
+	kr, err := memberlist.NewKeyring(keys, keys[0])
+	if err != nil {
+		return nil, fmt.Errorf("memberlist gossip keys: %w", err)
+	}
+	d := &Detector{port: port, notify: notify, joined: map[string]bool{}, keys: kr}
 	c := memberlist.DefaultLANConfig()
+	c.Keyring = kr
+	c.GossipVerifyIncoming = true
+	c.GossipVerifyOutgoing = true
 	c.Name = name
 	c.BindAddr = ip.String()
 	c.BindPort = port
@@ -59,6 +74,30 @@ func NewDetector(name string, ip netip.Addr, port int, notify func(name string, 
 	}
 	d.ml = ml
 	return d, nil
+}
+
+// SetKeys replaces the gossip keys: keys[0] becomes primary, keys no
+// longer listed are dropped (a rotation step of the cluster's key file).
+func (d *Detector) SetKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return fmt.Errorf("gossip keys: none given")
+	}
+	for _, k := range keys {
+		if err := d.keys.AddKey(k); err != nil {
+			return fmt.Errorf("gossip keys: %w", err)
+		}
+	}
+	if err := d.keys.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("gossip keys: %w", err)
+	}
+	for _, have := range d.keys.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, have) }) {
+			if err := d.keys.RemoveKey(have); err != nil {
+				return fmt.Errorf("gossip keys: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // Join contacts a node found in the registry (once per address).

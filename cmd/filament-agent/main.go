@@ -40,6 +40,7 @@ import (
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
+	"github.com/filament-net/filament/crypto/gossipkey"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -84,6 +85,7 @@ func newCommand() *cobra.Command {
 			set("node-ip", func() { final.NodeIP = cfg.NodeIP })
 			set("routing", func() { final.Routing = cfg.Routing })
 			set("memberlist-port", func() { final.MemberlistPort = cfg.MemberlistPort })
+			set("gossip-key-file", func() { final.GossipKeyFile = cfg.GossipKeyFile })
 			set("max-connected-clusters", func() { final.MaxConnectedClusters = cfg.MaxConnectedClusters })
 			set("clustermesh-config", func() { final.ClusterMeshConfig = cfg.ClusterMeshConfig })
 			set("clustermesh-ttl", func() { final.ClusterMeshTTL = config.Duration(meshTTL) })
@@ -141,6 +143,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.Routing, "routing", d.Routing, "routing between nodes: tunnel (VXLAN) or native")
 	f.IntVar(&cfg.MaxConnectedClusters, "max-connected-clusters", d.MaxConnectedClusters, "identity layout: 255 or 511 clusters (the same across the mesh)")
 	f.IntVar(&cfg.MemberlistPort, "memberlist-port", d.MemberlistPort, "UDP/TCP port for failure detection among agents (0 disables it)")
+	f.StringVar(&cfg.GossipKeyFile, "gossip-key-file", "", "the cluster's gossip key file (a bundle's gossip.key); needed with an external etcd and the memberlist port on")
 	f.StringVar(&cfg.ClusterMeshConfig, "clustermesh-config", "", "directory of remote cluster configs (one <name>.yaml each, from filament clustermesh connect)")
 	f.DurationVar(&meshTTL, "clustermesh-ttl", 0, "withdraw a lost remote cluster's entries after this long (0: keep them)")
 	f.BoolVar(&cfg.PolicyAllClusters, "policy-all-clusters", false, "peer selectors without a cluster label match every cluster of the mesh (default: only the local cluster)")
@@ -194,6 +197,17 @@ func run(parent context.Context, cfg config.Config) error {
 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("stateDir: %w", err)
+	}
+	var gossipKeys gossipkey.Keys
+	var keyFile string
+	if cfg.MemberlistPort != 0 {
+		var err error
+		if keyFile, err = gossipKeyFile(cfg); err != nil {
+			return err
+		}
+		if gossipKeys, err = gossipkey.Load(keyFile); err != nil {
+			return err
+		}
 	}
 	kvcfg := cfg.Etcd
 	embeddedEtcd := len(kvcfg.Endpoints) == 0
@@ -275,6 +289,9 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 	// Programs and maps stay pinned and attached when the agent stops.
 	defer dp.Close()
+	if err := dp.SetControlPorts(controlPorts(cfg)); err != nil {
+		return err
+	}
 	router, err := routing.New(dp, cfg.Routing, cfg.NodeName)
 	if err != nil {
 		return err
@@ -320,7 +337,7 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 	var detector *node.Detector
 	if cfg.MemberlistPort != 0 {
-		detector, err = node.NewDetector(cfg.NodeName, nodeIP, cfg.MemberlistPort, func(name string, alive bool) {
+		detector, err = node.NewDetector(cfg.NodeName, nodeIP, cfg.MemberlistPort, gossipKeys, func(name string, alive bool) {
 			// Services first: new connections leave the node's backends
 			// before its routes go.
 			services.NodeAlive(cfg.ClusterName, name, alive)
@@ -334,6 +351,7 @@ func run(parent context.Context, cfg config.Config) error {
 			return err
 		}
 		defer detector.Close()
+		go followGossipKeys(ctx, detector, keyFile, gossipKeys)
 	}
 	reg.Subscribe(func(n node.Node, deleted bool) {
 		if n.Name != cfg.NodeName && !deleted && !auth.accept(cfg.ClusterName, n) {

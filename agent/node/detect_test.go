@@ -1,0 +1,139 @@
+package node
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/crypto/gossipkey"
+	"github.com/filament-net/filament/internal/attack"
+)
+
+type seen struct {
+	mu    sync.Mutex
+	alive map[string]bool
+}
+
+func (s *seen) notify(name string, alive bool) {
+	s.mu.Lock()
+	s.alive[name] = alive
+	s.mu.Unlock()
+}
+
+func (s *seen) get(name string) (alive, known bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	alive, known = s.alive[name]
+	return
+}
+
+// detectors starts one detector per name on 127.0.0.<i+1>, all on one port
+// as in a cluster; keys[i] are node i's gossip keys.
+func detectors(t *testing.T, names []string, keys [][][]byte) ([]*Detector, []*seen) {
+	t.Helper()
+	var lastErr error
+	for try := 0; try < 20; try++ {
+		port := 20000 + int(time.Now().UnixNano()%20000)
+		var ds []*Detector
+		var ss []*seen
+		for i, name := range names {
+			s := &seen{alive: map[string]bool{}}
+			d, err := NewDetector(name, addr(i), port, keys[i], s.notify)
+			if err != nil {
+				lastErr = err
+				break
+			}
+			ds, ss = append(ds, d), append(ss, s)
+		}
+		if len(ds) == len(names) {
+			for _, d := range ds {
+				t.Cleanup(d.Close)
+			}
+			return ds, ss
+		}
+		for _, d := range ds {
+			d.Close()
+		}
+	}
+	t.Fatalf("detectors: %v", lastErr)
+	return nil, nil
+}
+
+func addr(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)}) }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A forged, unauthenticated "dead" message about n2 (what a pod can send
+// to a node's gossip port) must change nothing: gossip is sealed with the
+// cluster's key and the forgery is dropped.
+func TestForgedGossipIgnored(t *testing.T) {
+	k, _ := gossipkey.New()
+	keys := [][]byte{k}
+	ds, ss := detectors(t, []string{"n1", "n2"}, [][][]byte{keys, keys})
+	n1, s1, s2 := ds[0], ss[0], ss[1]
+	n1.Join(addr(1))
+	waitFor(t, "n1 and n2 to see each other", func() bool {
+		a, _ := s1.get("n2")
+		b, _ := s2.get("n1")
+		return a && b
+	})
+	// Five forged deaths of n2, the last at the highest incarnation.
+	var forged [][]byte
+	for _, inc := range []uint32{1, 2, 100, 1 << 20, 0xFFFFFFFF} {
+		forged = append(forged, attack.GossipDead("n2", "n1", inc))
+	}
+	if err := attack.SendUDP(netip.AddrPortFrom(addr(0), uint16(n1.port)).String(), forged...); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // several probe and gossip rounds
+	if alive, _ := s1.get("n2"); !alive {
+		t.Fatal("n1 declared n2 dead after forged gossip")
+	}
+}
+
+// A node without the cluster's key is not admitted, and a rotation
+// (add, use, drop on every node) keeps the members together.
+func TestGossipKeyRotation(t *testing.T) {
+	k1, _ := gossipkey.New()
+	k2, _ := gossipkey.New()
+	ds, ss := detectors(t, []string{"n1", "n2", "n3"}, [][][]byte{{k1}, {k1}, {k2}})
+	n1, n2, s1, s2, s3 := ds[0], ds[1], ss[0], ss[1], ss[2]
+	n1.Join(addr(1))
+	waitFor(t, "n1 and n2 to see each other", func() bool {
+		a, _ := s1.get("n2")
+		b, _ := s2.get("n1")
+		return a && b
+	})
+	n1.Join(addr(2))
+	time.Sleep(time.Second)
+	if _, known := s1.get("n3"); known {
+		t.Error("n1 admitted n3, which has another key")
+	}
+	if _, known := s3.get("n1"); known {
+		t.Error("n3 admitted n1, which has another key")
+	}
+	for _, step := range [][][]byte{{k1, k2}, {k2, k1}, {k2}} {
+		for _, d := range []*Detector{n1, n2} {
+			if err := d.SetKeys(step); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+		if a, _ := s1.get("n2"); !a {
+			t.Fatalf("n1 lost n2 during rotation step %d keys", len(step))
+		}
+	}
+	if got := n1.keys.GetPrimaryKey(); string(got) != string(k2) {
+		t.Error("k2 is not primary after the rotation")
+	}
+}

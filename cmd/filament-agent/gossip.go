@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/filament-net/filament/agent/config"
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/crypto/gossipkey"
+)
+
+// gossipKeyFile is the file the cluster's gossip keys come from: the
+// configured one, or with the embedded etcd (a one-node cluster) a key kept
+// in the state dir. An agent of a multi-node cluster without a key file is
+// refused: its gossip would be open to anyone on the node network.
+func gossipKeyFile(cfg config.Config) (string, error) {
+	if cfg.GossipKeyFile != "" {
+		return cfg.GossipKeyFile, nil
+	}
+	if len(cfg.Etcd.Endpoints) > 0 {
+		return "", fmt.Errorf("%w: gossipKeyFile: needed with memberlistPort %d and an external etcd (the cluster bundle's %s, from filament clustermesh enable), or set memberlistPort 0",
+			config.ErrInvalid, cfg.MemberlistPort, gossipkey.FileName)
+	}
+	path := filepath.Join(cfg.StateDir, gossipkey.FileName)
+	return path, gossipkey.Ensure(path)
+}
+
+// followGossipKeys re-reads the key file every few seconds and hands a
+// changed key set to the detector (a rotation step); a bad file keeps the
+// keys in use and is logged.
+func followGossipKeys(ctx context.Context, d *node.Detector, path string, keys gossipkey.Keys) {
+	last := string(keys.Format())
+	t := time.NewTicker(3 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ks, err := gossipkey.Load(path)
+		if err != nil {
+			slog.Error("gossip keys not reloaded; keeping the current ones", "err", err)
+			continue
+		}
+		if string(ks.Format()) == last {
+			continue
+		}
+		if err := d.SetKeys(ks); err != nil {
+			slog.Error("gossip keys not applied", "err", err)
+			continue
+		}
+		last = string(ks.Format())
+		slog.Info("gossip keys changed", "keys", len(ks))
+	}
+}
+
+// controlPorts are the node's control-plane ports pods may not reach on a
+// node address unless their egress policy names the port: gossip, the
+// metrics listener, the overlay, and an embedded etcd's listeners.
+func controlPorts(cfg config.Config) []uint16 {
+	var ports []uint16
+	add := func(p int) {
+		if p > 0 && p < 65536 && len(ports) < datapath.MaxControlPorts {
+			for _, q := range ports {
+				if q == uint16(p) {
+					return
+				}
+			}
+			ports = append(ports, uint16(p))
+		}
+	}
+	add(cfg.MemberlistPort)
+	if cfg.Routing == "tunnel" {
+		add(8472) // VXLAN
+	}
+	if i := strings.LastIndex(cfg.PrometheusListen, ":"); i >= 0 {
+		p, _ := strconv.Atoi(cfg.PrometheusListen[i+1:])
+		add(p)
+	}
+	if len(cfg.Etcd.Endpoints) == 0 {
+		for _, u := range []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL} {
+			if pu, err := url.Parse(u); err == nil {
+				p, _ := strconv.Atoi(pu.Port())
+				add(p)
+			}
+		}
+	}
+	return ports
+}

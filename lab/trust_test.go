@@ -1,0 +1,135 @@
+package lab_test
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/internal/attack"
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+// dials reports whether a TCP connection from the namespace at path to
+// ip:port is accepted (nothing is exchanged).
+func dials(t testing.TB, path, ip string, port int) bool {
+	t.Helper()
+	ok := false
+	inNS(t, path, func() error {
+		c, err := net.DialTimeout("tcp4", net.JoinHostPort(ip, strconv.Itoa(port)), 1500*time.Millisecond)
+		if err == nil {
+			ok = true
+			c.Close()
+		}
+		return nil
+	})
+	return ok
+}
+
+// pingWithin retries a ping until it answers or the time is up.
+func pingWithin(t testing.TB, l *lab.Lab, pod, ip string, within time.Duration) error {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := labtest.Ping(t, l, pod, ip)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+const gossipPortPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: gossip-allowed}
+spec:
+  endpointSelector: {matchLabels: {app: prober}}
+  egress:
+  - toEntities: [host]
+    toPorts: [{ports: [{port: "7946", protocol: TCP}]}]
+`
+
+// A pod cannot cut its node off from another node with forged gossip: the
+// node's control ports (gossip here) are closed to pods by the datapath,
+// and gossip is sealed with the cluster's key anyway. Issue 13, item 1.
+func TestForgedGossipFromPod(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel")
+	a := labtest.Pod(t, l, "n1", "attacker", "app=attacker")
+	b := labtest.Pod(t, l, "n2", "target", "app=target")
+	n1, _ := l.Node("n1")
+	n2, _ := l.Node("n2")
+	if err := pingWithin(t, l, "attacker", b.IP, 10*time.Second); err != nil {
+		t.Fatalf("before the attack: %v", err)
+	}
+	nodeUp := func(on *lab.Node, name string) bool {
+		nodes, err := api.NewClient(on.Socket).Nodes(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if n.Name == name {
+				return n.Reachable
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !nodeUp(n1, "n2") {
+		if time.Now().After(deadline) {
+			t.Fatal("n1 never saw n2 reachable")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// The gossip port of both nodes is closed to the pod (TCP), while
+	// another port of the node stays open to it.
+	podNS := lab.NetNSPath(a.NetNS)
+	for _, n := range []*lab.Node{n1, n2} {
+		if dials(t, podNS, n.IP, 7946) {
+			t.Errorf("pod reaches the gossip port of %s (%s:7946)", n.Name, n.IP)
+		}
+	}
+	serve(t, lab.NetNSPath(n1.NetNS), 7000)
+	if !reach(t, podNS, "tcp", n1.IP, 7000) {
+		t.Error("pod cannot reach an ordinary port of its node: the check cannot tell ports apart")
+	}
+
+	// Five forged deaths of n2, the last at the highest incarnation, to
+	// both nodes.
+	var forged [][]byte
+	for _, inc := range []uint32{1, 2, 100, 1 << 20, 0xFFFFFFFF} {
+		forged = append(forged, attack.GossipDead("n2", "n1", inc))
+	}
+	inNS(t, podNS, func() error {
+		for _, n := range []*lab.Node{n1, n2} {
+			if err := attack.SendUDP(net.JoinHostPort(n.IP, "7946"), forged...); err != nil {
+				t.Errorf("send forged gossip: %v", err)
+			}
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second) // many probe and gossip rounds
+	if !nodeUp(n1, "n2") {
+		t.Error("n1 lists n2 as unreachable after forged gossip from a pod")
+	}
+	if err := pingWithin(t, l, "attacker", b.IP, 5*time.Second); err != nil {
+		t.Errorf("after the attack: %v", err)
+	}
+
+	// A policy naming the port opens it for the pods it selects.
+	prober := labtest.Pod(t, l, "n1", "prober", "app=prober")
+	labtest.ImportPolicy(t, l, "n1", gossipPortPolicy)
+	deadline = time.Now().Add(10 * time.Second)
+	for !dials(t, lab.NetNSPath(prober.NetNS), n1.IP, 7946) {
+		if time.Now().After(deadline) {
+			t.Fatal("a policy allowing host:7946/TCP does not open the gossip port")
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if dials(t, podNS, n1.IP, 7946) {
+		t.Error("the policy for app=prober opened the gossip port to another pod")
+	}
+}
