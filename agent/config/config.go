@@ -102,8 +102,8 @@ type Config struct {
 	// rotation. Empty: with the embedded etcd (one node) a key is kept in
 	// StateDir; with an external etcd the agent refuses to start.
 	GossipKeyFile string `json:"gossipKeyFile,omitempty"`
-	StateDir       string `json:"stateDir"`
-	APISocket      string `json:"apiSocket"`
+	StateDir      string `json:"stateDir"`
+	APISocket     string `json:"apiSocket"`
 	// Etcd: external endpoints; none means the agent runs an embedded etcd.
 	Etcd kvstore.Config `json:"etcd"`
 	// EmbeddedEtcd listen addresses, used when Etcd.Endpoints is empty.

@@ -3,11 +3,11 @@ package node
 import (
 	"bytes"
 	"fmt"
-	"slices"
 	"io"
 	"log"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
