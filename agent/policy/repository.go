@@ -16,28 +16,43 @@ import (
 // ErrNotFound is wrapped by the error for a key the repository lacks.
 var ErrNotFound = errors.New("policy not found")
 
+// Scopes say where a stored policy comes from and who may change it.
+const (
+	// ScopeCluster: the cluster's kvstore, followed by every agent.
+	ScopeCluster = "cluster"
+	// ScopeLocal: imported on this node only (an explicit choice, or a
+	// policy kept from before policies were the cluster's).
+	ScopeLocal = "local"
+	// ScopeAgent ("") : given by the agent itself (Kubernetes mode).
+	ScopeAgent = ""
+)
+
 // Repository holds the imported policies by key, with a revision that
-// increments on every change. Changes are all-or-nothing and, when the
-// repository has a path, persisted before they become visible. It is safe
-// for concurrent use.
+// increments on every change, and the scope of each. Changes are
+// all-or-nothing and, when the repository has a path, persisted before
+// they become visible. It is safe for concurrent use.
 type Repository struct {
 	path string
 
 	mu       sync.RWMutex
 	revision uint64
 	policies map[string]Policy
+	scopes   map[string]string // key -> scope; absent: ScopeAgent
 }
 
 // storeFile is the JSON form of a persisted repository.
 type storeFile struct {
 	Revision uint64   `json:"revision"`
 	Policies []Policy `json:"policies"`
+	// Scopes of the policies that have one (absent in files written
+	// before policies were the cluster's).
+	Scopes map[string]string `json:"scopes,omitempty"`
 }
 
 // NewRepository returns a repository persisted as JSON at path, loading
 // the file if it exists; path "" keeps the repository in memory only.
 func NewRepository(path string) (*Repository, error) {
-	r := &Repository{path: path, policies: map[string]Policy{}}
+	r := &Repository{path: path, policies: map[string]Policy{}, scopes: map[string]string{}}
 	if path == "" {
 		return r, nil
 	}
@@ -63,17 +78,25 @@ func NewRepository(path string) (*Repository, error) {
 		}
 		r.policies[p.Key()] = p
 	}
+	for k, sc := range f.Scopes {
+		if _, ok := r.policies[k]; !ok {
+			return nil, fmt.Errorf("load policy repository %s: scope %q of policy %q that is not stored", path, sc, k)
+		}
+		if sc != ScopeCluster && sc != ScopeLocal {
+			return nil, fmt.Errorf("load policy repository %s: policy %q: scope %q: want %s or %s", path, k, sc, ScopeCluster, ScopeLocal)
+		}
+		r.scopes[k] = sc
+	}
 	r.revision = f.Revision
 	return r, nil
 }
 
-// Import validates every policy and then, in one change, replaces the
-// policies of the same keys and adds the others. If any policy is invalid
-// (or two share a key) or persisting fails, nothing changes. It returns the
-// new revision; importing nothing changes nothing and returns the current
-// one.
-func (r *Repository) Import(ps []Policy) (revision uint64, err error) {
-	staged := make(map[string]Policy, len(ps))
+// Prepare returns normalised copies of ps after validating every one; if
+// any is invalid (or two share a key) it returns all the errors and no
+// policy.
+func Prepare(ps []Policy) ([]Policy, error) {
+	out := make([]Policy, 0, len(ps))
+	seen := make(map[string]bool, len(ps))
 	var errs []error
 	for _, p := range ps {
 		p = p.DeepCopy()
@@ -82,25 +105,112 @@ func (r *Repository) Import(ps []Policy) (revision uint64, err error) {
 			errs = append(errs, err)
 			continue
 		}
-		if _, dup := staged[p.Key()]; dup {
+		if seen[p.Key()] {
 			errs = append(errs, &ValidationError{Document: fmt.Sprintf("policy %q", p.Key()),
 				Reason: "given more than once in one import"})
 			continue
 		}
-		staged[p.Key()] = p
+		seen[p.Key()] = true
+		out = append(out, p)
 	}
 	if len(errs) > 0 {
-		return 0, joinErrors(errs)
+		return nil, joinErrors(errs)
 	}
+	return out, nil
+}
 
+// Import validates every policy and then, in one change, replaces the
+// policies of the same keys and adds the others. If any policy is invalid
+// (or two share a key) or persisting fails, nothing changes. It returns the
+// new revision; importing nothing changes nothing and returns the current
+// one.
+func (r *Repository) Import(ps []Policy) (revision uint64, err error) {
+	return r.ImportScoped(ScopeAgent, ps)
+}
+
+// ImportScoped is Import with the scope the imported policies get.
+func (r *Repository) ImportScoped(scope string, ps []Policy) (revision uint64, err error) {
+	staged, err := Prepare(ps)
+	if err != nil {
+		return 0, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(staged) == 0 {
 		return r.revision, nil
 	}
-	next := maps.Clone(r.policies)
-	maps.Copy(next, staged)
-	return r.commit(next)
+	next, scopes := maps.Clone(r.policies), maps.Clone(r.scopes)
+	for _, p := range staged {
+		next[p.Key()] = p
+		setScope(scopes, p.Key(), scope)
+	}
+	return r.commit(next, scopes)
+}
+
+// ReplaceScope makes ps (validated as by Prepare) exactly the policies of
+// scope, in one change: policies of scope not in ps go, those in ps are
+// added or replace the stored ones of the same key (whatever their
+// scope). It is how an agent follows the cluster's policies.
+func (r *Repository) ReplaceScope(scope string, ps []Policy) (revision uint64, err error) {
+	staged, err := Prepare(ps)
+	if err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next, scopes := maps.Clone(r.policies), maps.Clone(r.scopes)
+	for k, sc := range r.scopes {
+		if sc == scope {
+			delete(next, k)
+			delete(scopes, k)
+		}
+	}
+	for _, p := range staged {
+		next[p.Key()] = p
+		setScope(scopes, p.Key(), scope)
+	}
+	return r.commit(next, scopes)
+}
+
+// AdoptUnscoped gives scope to every policy that has none (ScopeAgent),
+// in one change, and returns their keys (nil, and no change, if none).
+func (r *Repository) AdoptUnscoped(scope string) ([]string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var adopted []string
+	scopes := maps.Clone(r.scopes)
+	for _, k := range slices.Sorted(maps.Keys(r.policies)) {
+		if _, ok := scopes[k]; !ok {
+			setScope(scopes, k, scope)
+			adopted = append(adopted, k)
+		}
+	}
+	if len(adopted) == 0 {
+		return nil, nil
+	}
+	if _, err := r.commit(r.policies, scopes); err != nil {
+		return nil, err
+	}
+	return adopted, nil
+}
+
+// Scope returns the scope of the policy with key, or an error wrapping
+// ErrNotFound.
+func (r *Repository) Scope(key string) (string, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if _, ok := r.policies[key]; !ok {
+		return "", fmt.Errorf("%w: %q", ErrNotFound, key)
+	}
+	return r.scopes[key], nil
+}
+
+func setScope(scopes map[string]string, key, scope string) {
+	if scope == ScopeAgent {
+		delete(scopes, key)
+	} else {
+		scopes[key] = scope
+	}
 }
 
 // Delete removes the policy with key, or returns an error wrapping
@@ -111,29 +221,30 @@ func (r *Repository) Delete(key string) (revision uint64, err error) {
 	if _, ok := r.policies[key]; !ok {
 		return 0, fmt.Errorf("%w: %q", ErrNotFound, key)
 	}
-	next := maps.Clone(r.policies)
+	next, scopes := maps.Clone(r.policies), maps.Clone(r.scopes)
 	delete(next, key)
-	return r.commit(next)
+	delete(scopes, key)
+	return r.commit(next, scopes)
 }
 
-// commit persists next as the following revision and then makes it
-// current. The caller holds r.mu.
-func (r *Repository) commit(next map[string]Policy) (uint64, error) {
+// commit persists next (with its scopes) as the following revision and
+// then makes it current. The caller holds r.mu.
+func (r *Repository) commit(next map[string]Policy, scopes map[string]string) (uint64, error) {
 	rev := r.revision + 1
-	if err := r.persist(rev, next); err != nil {
+	if err := r.persist(rev, next, scopes); err != nil {
 		return 0, err
 	}
-	r.policies, r.revision = next, rev
+	r.policies, r.scopes, r.revision = next, scopes, rev
 	return rev, nil
 }
 
 // persist writes the policies to a temporary file beside r.path and renames
 // it over r.path.
-func (r *Repository) persist(rev uint64, policies map[string]Policy) (err error) {
+func (r *Repository) persist(rev uint64, policies map[string]Policy, scopes map[string]string) (err error) {
 	if r.path == "" {
 		return nil
 	}
-	data, err := json.MarshalIndent(storeFile{Revision: rev, Policies: sorted(policies)}, "", "  ")
+	data, err := json.MarshalIndent(storeFile{Revision: rev, Policies: sorted(policies), Scopes: scopes}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("persist policy repository: %w", err)
 	}

@@ -275,3 +275,70 @@ func TestRepositoryConcurrentUse(t *testing.T) {
 	check(t, "revision", r.Revision(), uint64(writers*each))
 	check(t, "policies", len(r.List()), writers*each)
 }
+
+// ReplaceScope makes one scope's policies exactly the given set, leaves
+// other scopes alone, and scopes survive a reload; AdoptUnscoped gives a
+// scope to policies of a file written before scopes existed.
+func TestRepositoryScopes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policies.json")
+	r, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustImport(t, r, policies(t, webPolicy("ns", "old", 80)), 1)
+	adopted, err := r.AdoptUnscoped(ScopeLocal)
+	check(t, "adopted", adopted, []string{"ns/old"})
+	check(t, "adopt error", err, error(nil))
+	if again, _ := r.AdoptUnscoped(ScopeLocal); again != nil {
+		t.Fatalf("adopted twice: %v", again)
+	}
+	if _, err := r.ReplaceScope(ScopeCluster, policies(t, webPolicy("ns", "a", 80)+"---\n"+webPolicy("ns", "b", 81))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ReplaceScope(ScopeCluster, policies(t, webPolicy("ns", "b", 82))); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "keys", keys(r.List()), []string{"ns/b", "ns/old"})
+	b, _ := r.Get("ns/b")
+	check(t, "b port", port(b), "82")
+	// An invalid set changes nothing.
+	bad := policies(t, webPolicy("ns", "c", 80))
+	bad[0].Rules[0].Ingress[0].ToPorts[0].Ports[0].Port = "99999"
+	if _, err := r.ReplaceScope(ScopeCluster, bad); !errors.Is(err, ErrInvalidPolicy) {
+		t.Fatalf("invalid replace: %v", err)
+	}
+	check(t, "keys after a rejected replace", keys(r.List()), []string{"ns/b", "ns/old"})
+
+	r2, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{"ns/b": ScopeCluster, "ns/old": ScopeLocal} {
+		got, err := r2.Scope(key)
+		check(t, "reloaded scope of "+key, got, want)
+		check(t, "scope error", err, error(nil))
+	}
+	if _, err := r2.Delete("ns/b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Scope("ns/b"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("scope of a deleted policy: %v", err)
+	}
+}
+
+// A stored scope that is not one the agent writes is refused at load.
+func TestRepositoryBadScopeInFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policies.json")
+	r, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ImportScoped(ScopeLocal, policies(t, webPolicy("ns", "a", 80))); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	os.WriteFile(path, []byte(strings.Replace(string(data), `"ns/a": "local"`, `"ns/a": "everywhere"`, 1)), 0o600)
+	if _, err := NewRepository(path); err == nil || !strings.Contains(err.Error(), "everywhere") {
+		t.Fatalf("bad scope loaded: %v", err)
+	}
+}
