@@ -23,6 +23,10 @@ import (
 // Prefix is the root of every key Filament writes.
 const Prefix = "filament/"
 
+// MaxRequestBytes is the largest request the client sends, as large as the
+// embedded etcd takes (a policy import is one transaction).
+const MaxRequestBytes = 64 << 20
+
 var (
 	// ErrNotFound is returned by Get for a key that does not exist.
 	ErrNotFound = errors.New("kvstore: key not found")
@@ -123,6 +127,9 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		Password:    cfg.Password,
 		Logger:      zap.NewNop(),
 		Context:     context.Background(),
+		// Room for one policy import's transaction (etcd's own limit,
+		// --max-request-bytes, still applies).
+		MaxCallSendMsgSize: MaxRequestBytes + 1<<20,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kvstore: connect %v: %w", cfg.Endpoints, err)

@@ -18,6 +18,13 @@ import (
 // ErrStart is wrapped by every start failure.
 var ErrStart = errors.New("embedded etcd did not start")
 
+// Limits of one request to the embedded etcd (see kvstore.MaxRequestBytes
+// for the client's side).
+const (
+	MaxTxnOps       = 1 << 18
+	MaxRequestBytes = 64 << 20
+)
+
 // Config of an embedded etcd.
 type Config struct {
 	// Dir holds the etcd data (created 0700 if missing).
@@ -90,6 +97,11 @@ func Start(c Config) (*Server, error) {
 	// Keep history long enough for watchers to resume, compact periodically.
 	cfg.AutoCompactionMode = "revision"
 	cfg.AutoCompactionRetention = "10000"
+	// A policy import is one transaction (all or nothing), one put per
+	// policy: make room for the largest body the API takes (8 MiB of
+	// documents) instead of etcd's 128 operations and 1.5 MiB.
+	cfg.MaxTxnOps = MaxTxnOps
+	cfg.MaxRequestBytes = MaxRequestBytes
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStart, err)
