@@ -606,6 +606,6 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 	}
 	issue.Flags().StringVar(&nodeName, "node", "", "node name (as the agent's --node-name)")
 	issue.Flags().StringVar(&outDir, "out", "", "directory for node.pem and node-key.pem")
-	cmd.AddCommand(enable, connect, disconnect, status, issue)
+	cmd.AddCommand(enable, connect, disconnect, status, issue, c.rotateGossipKeyCmd(need))
 	return cmd
 }
