@@ -167,10 +167,23 @@ func (c *Client) Identity(ctx context.Context, id uint32) (IdentityView, error) 
 	return v, c.do(ctx, http.MethodGet, "/v1/identities/"+strconv.FormatUint(uint64(id), 10), nil, "", &v)
 }
 
-// ImportPolicies sends YAML or JSON policy documents.
+// ImportPolicies sends YAML or JSON policy documents for the cluster.
 func (c *Client) ImportPolicies(ctx context.Context, doc []byte) (PolicyImportResult, error) {
+	return c.ImportPoliciesScoped(ctx, doc, "")
+}
+
+// ImportPoliciesScoped is ImportPolicies with a scope: "" (the cluster's)
+// or "local" (this node only).
+func (c *Client) ImportPoliciesScoped(ctx context.Context, doc []byte, scope string) (PolicyImportResult, error) {
 	var r PolicyImportResult
-	return r, c.do(ctx, http.MethodPut, "/v1/policies", bytes.NewReader(doc), "application/yaml", &r)
+	return r, c.do(ctx, http.MethodPut, "/v1/policies"+scopeQuery(scope), bytes.NewReader(doc), "application/yaml", &r)
+}
+
+func scopeQuery(scope string) string {
+	if scope == "" {
+		return ""
+	}
+	return "?scope=" + url.QueryEscape(scope)
 }
 
 // Policies lists stored policies.
@@ -185,10 +198,15 @@ func (c *Client) Policy(ctx context.Context, key string) (PolicyView, error) {
 	return p, c.do(ctx, http.MethodGet, "/v1/policies/"+key, nil, "", &p)
 }
 
-// DeletePolicy deletes one policy by key.
+// DeletePolicy deletes one policy by key from the cluster.
 func (c *Client) DeletePolicy(ctx context.Context, key string) (PolicyImportResult, error) {
+	return c.DeletePolicyScoped(ctx, key, "")
+}
+
+// DeletePolicyScoped is DeletePolicy with a scope (see ImportPoliciesScoped).
+func (c *Client) DeletePolicyScoped(ctx context.Context, key, scope string) (PolicyImportResult, error) {
 	var r PolicyImportResult
-	return r, c.do(ctx, http.MethodDelete, "/v1/policies/"+key, nil, "", &r)
+	return r, c.do(ctx, http.MethodDelete, "/v1/policies/"+key+scopeQuery(scope), nil, "", &r)
 }
 
 // Trace asks how policy treats a flow.
@@ -199,6 +217,12 @@ func (c *Client) Trace(ctx context.Context, r TraceRequest) (policy.TraceResult,
 
 // Monitor streams datapath events matching the filter to f until ctx ends.
 func (c *Client) Monitor(ctx context.Context, endpoint uint16, typ string, f func(monitor.Event)) error {
+	return c.MonitorConnected(ctx, endpoint, typ, nil, f)
+}
+
+// MonitorConnected is Monitor calling connected (when not nil) as soon as
+// the agent has accepted the stream, before the first event.
+func (c *Client) MonitorConnected(ctx context.Context, endpoint uint16, typ string, connected func(), f func(monitor.Event)) error {
 	q := url.Values{}
 	if endpoint != 0 {
 		q.Set("endpoint", strconv.Itoa(int(endpoint)))
@@ -229,6 +253,9 @@ func (c *Client) Monitor(ctx context.Context, endpoint uint16, typ string, f fun
 		ae := &APIError{Status: resp.StatusCode}
 		json.Unmarshal(b, &ae.Error_)
 		return ae
+	}
+	if connected != nil {
+		connected()
 	}
 	dec := json.NewDecoder(resp.Body)
 	for {

@@ -23,6 +23,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
 	"github.com/filament-net/filament/crypto/wireguard"
@@ -50,6 +51,16 @@ type Policies interface {
 	Delete(key string) (uint64, error)
 	Get(key string) (policy.Policy, error)
 	List() []policy.Policy
+}
+
+// ScopedPolicies is a policy store whose changes are tied to the request
+// (nothing is applied once its context ends) and have a scope: "" (the
+// cluster's) or "local" (this node's). The cluster's store implements it;
+// a plain repository (tests, no kvstore) does not.
+type ScopedPolicies interface {
+	ImportContext(ctx context.Context, ps []policy.Policy, scope string) (uint64, error)
+	DeleteContext(ctx context.Context, key, scope string) (uint64, error)
+	Scope(key string) (string, error)
 }
 
 // Server serves the API.
@@ -217,7 +228,7 @@ func fail(w http.ResponseWriter, err error) {
 		status, code = http.StatusInsufficientStorage, "exhausted"
 	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policy.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
 		status, code = http.StatusBadRequest, "invalid"
-	case errors.Is(err, errTooLarge):
+	case errors.Is(err, errTooLarge), errors.Is(err, policysync.ErrTooLarge):
 		status, code = http.StatusRequestEntityTooLarge, "too_large"
 	}
 	reply(w, status, Error{Code: code, Message: err.Error()})
@@ -388,7 +399,7 @@ func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
 		fail(w, fmt.Errorf("%w: no policy document in the input", policy.ErrInvalidPolicy))
 		return
 	}
-	rev, err := s.Policies.Import(ps)
+	rev, err := s.importScoped(r, ps)
 	if err != nil {
 		fail(w, err)
 		return
@@ -400,6 +411,29 @@ func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, res)
 }
 
+// importScoped applies an import for the request's scope (?scope=local:
+// this node only), or nothing once the request's context has ended.
+func (s *Server) importScoped(r *http.Request, ps []policy.Policy) (uint64, error) {
+	if sp, ok := s.Policies.(ScopedPolicies); ok {
+		return sp.ImportContext(r.Context(), ps, r.URL.Query().Get("scope"))
+	}
+	if err := r.Context().Err(); err != nil {
+		return 0, err
+	}
+	return s.Policies.Import(ps)
+}
+
+// deleteScoped is importScoped for a delete.
+func (s *Server) deleteScoped(r *http.Request, key string) (uint64, error) {
+	if sp, ok := s.Policies.(ScopedPolicies); ok {
+		return sp.DeleteContext(r.Context(), key, r.URL.Query().Get("scope"))
+	}
+	if err := r.Context().Err(); err != nil {
+		return 0, err
+	}
+	return s.Policies.Delete(key)
+}
+
 func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 	p, err := s.Policies.Get(r.PathValue("key"))
 	if err != nil {
@@ -407,6 +441,9 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := PolicyView{Policy: p}
+	if sp, ok := s.Policies.(ScopedPolicies); ok {
+		v.Scope, _ = sp.Scope(p.Key())
+	}
 	if s.Groups != nil {
 		v.DerivedGroups = s.Groups.Derived(p)
 	}
@@ -422,7 +459,7 @@ type Groups interface {
 }
 
 func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {
-	rev, err := s.Policies.Delete(r.PathValue("key"))
+	rev, err := s.deleteScoped(r, r.PathValue("key"))
 	if err != nil {
 		fail(w, err)
 		return

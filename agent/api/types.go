@@ -120,5 +120,9 @@ type EncryptionStatus struct {
 // (toGroups/fromGroups): each group's addresses and last refresh.
 type PolicyView struct {
 	policy.Policy
+	// Scope: cluster (every agent enforces it), local (this node only) or
+	// kubernetes (from the API server); empty from an agent without a
+	// cluster store.
+	Scope         string          `json:"scope,omitempty"`
 	DerivedGroups []groups.Result `json:"derivedGroups,omitempty"`
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
@@ -382,6 +383,11 @@ func run(parent context.Context, cfg config.Config) error {
 	if err := engine.LoadPolicies(); err != nil {
 		return err
 	}
+	clusterPolicies, err := policysync.Start(ctx, policysync.Config{Cluster: cfg.ClusterName, KV: kv, Repo: policies,
+		Apply: engine.LoadPolicies, Migrate: cfg.Kubeconfig == ""})
+	if err != nil {
+		return err
+	}
 	// Kubernetes mode: the informers retry until the API server (and the
 	// CRDs) are there; pods' labels come from it once it answers.
 	var kube *k8s.Watcher
@@ -452,7 +458,7 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 
 	srv := &api.Server{
-		Endpoints: eps, Identities: ids, Policies: engine, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
+		Endpoints: eps, Identities: ids, Policies: clusterPolicies, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
 		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services, Groups: cloudGroups,
 		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp, auth) },
 		RotateKey:  func(ctx context.Context) (string, error) { return enc.rotate(ctx, reg) },

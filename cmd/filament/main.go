@@ -222,8 +222,9 @@ func (c *cli) identityCmd() *cobra.Command {
 
 func (c *cli) policyCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Aliases: []string{"policies"}, Short: "Import, show and delete network policies"}
-	cmd.AddCommand(&cobra.Command{
-		Use: "import FILE", Short: "Import CiliumNetworkPolicy or NetworkPolicy YAML/JSON ('-' for stdin); all documents or none", Args: cobra.ExactArgs(1),
+	var importLocal, deleteLocal bool
+	imp := &cobra.Command{
+		Use: "import FILE", Short: "Import CiliumNetworkPolicy or NetworkPolicy YAML/JSON ('-' for stdin) for the whole cluster; all documents or none", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			var b []byte
 			var err error
@@ -237,15 +238,17 @@ func (c *cli) policyCmd() *cobra.Command {
 			}
 			ctx, cancel := c.ctx()
 			defer cancel()
-			r, err := c.client().ImportPolicies(ctx, b)
+			r, err := c.client().ImportPoliciesScoped(ctx, b, localScope(importLocal))
 			if err != nil {
 				return err
 			}
 			return c.print(r, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "Imported %s (revision %d)\n", strings.Join(r.Policies, ", "), r.Revision)
+				fmt.Fprintf(w, "Imported %s (revision %d)%s\n", strings.Join(r.Policies, ", "), r.Revision, scopeNote(importLocal))
 			})
 		},
-	})
+	}
+	imp.Flags().BoolVar(&importLocal, "local", false, "enforce on this node only (default: every node of the cluster)")
+	cmd.AddCommand(imp)
 	get := &cobra.Command{
 		Use: "get [NAMESPACE/NAME]", Aliases: []string{"list"}, Short: "Show stored policies, or one", Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -342,21 +345,38 @@ func (c *cli) policyCmd() *cobra.Command {
 	trace.Flags().Uint16Var(&tr.Port, "dport", 0, "destination port (ICMP: the type)")
 	trace.Flags().StringVar(&tr.Protocol, "protocol", "TCP", "TCP, UDP, SCTP or ICMP")
 	cmd.AddCommand(trace)
-	cmd.AddCommand(&cobra.Command{
-		Use: "delete NAMESPACE/NAME", Short: "Delete a stored policy", Args: cobra.ExactArgs(1),
+	del := &cobra.Command{
+		Use: "delete NAMESPACE/NAME", Short: "Delete a policy from the cluster (every node)", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx()
 			defer cancel()
-			r, err := c.client().DeletePolicy(ctx, args[0])
+			r, err := c.client().DeletePolicyScoped(ctx, args[0], localScope(deleteLocal))
 			if err != nil {
 				return err
 			}
 			return c.print(r, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "Deleted %s (revision %d)\n", args[0], r.Revision)
+				fmt.Fprintf(w, "Deleted %s (revision %d)%s\n", args[0], r.Revision, scopeNote(deleteLocal))
 			})
 		},
-	})
+	}
+	del.Flags().BoolVar(&deleteLocal, "local", false, "delete a node-local policy of this node")
+	cmd.AddCommand(del)
 	return cmd
+}
+
+// localScope is the API scope of a --local flag.
+func localScope(local bool) string {
+	if local {
+		return "local"
+	}
+	return ""
+}
+
+func scopeNote(local bool) string {
+	if local {
+		return " on this node only"
+	}
+	return " for the cluster"
 }
 
 func (c *cli) monitorCmd() *cobra.Command {
@@ -368,22 +388,17 @@ func (c *cli) monitorCmd() *cobra.Command {
 			if c.output != "json" && c.output != "table" && c.output != "" {
 				return fmt.Errorf("output %q: monitor prints table or json", c.output)
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			enc := json.NewEncoder(c.out)
-			return c.client().Monitor(ctx, ep, typ, func(ev monitor.Event) {
+			// On stderr, so that -o json stays one event per line.
+			connected := func() { fmt.Fprintln(cmd.ErrOrStderr(), "Listening for events (Ctrl-C to stop)") }
+			return c.client().MonitorConnected(ctx, ep, typ, connected, func(ev monitor.Event) {
 				if c.output == "json" {
 					enc.Encode(ev)
 					return
 				}
-				what := "DROP (" + ev.Reason + ")"
-				if ev.Type == "policy-verdict" {
-					what = "ALLOWED (new connection)"
-				}
-				fmt.Fprintf(c.out, "%s %s %s endpoint %d: %s %s identity %d [%s] -> %s identity %d [%s]\n",
-					ev.Time.Format("15:04:05.000"), what, ev.Direction, ev.Endpoint, ev.Protocol,
-					ev.Src, uint32(ev.SrcIdentity), strings.Join(ev.SrcLabels, ","),
-					ev.Dst, uint32(ev.DstIdentity), strings.Join(ev.DstLabels, ","))
+				fmt.Fprintln(c.out, formatEvent(ev))
 			})
 		},
 	}

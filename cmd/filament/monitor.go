@@ -1,0 +1,39 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/filament-net/filament/agent/monitor"
+)
+
+// formatEvent is one line of `filament monitor`. ICMP has no ports: the
+// datapath tracks echo by identifier (the request's in the source port
+// field, the reply's in the destination's), so an ICMP event shows the echo
+// type and identifier, or only the addresses for other ICMP types.
+func formatEvent(ev monitor.Event) string {
+	what := "DROP (" + ev.Reason + ")"
+	if ev.Type == "policy-verdict" {
+		what = "ALLOWED (new connection)"
+	}
+	src, dst, proto := ev.Src.String(), ev.Dst.String(), ev.Protocol
+	if strings.EqualFold(ev.Protocol, "icmp") {
+		src, dst = ev.Src.Addr().String(), ev.Dst.Addr().String()
+		proto = icmpDesc(ev.Src, ev.Dst)
+	}
+	return fmt.Sprintf("%s %s %s endpoint %d: %s %s identity %d [%s] -> %s identity %d [%s]",
+		ev.Time.Format("15:04:05.000"), what, ev.Direction, ev.Endpoint, proto,
+		src, uint32(ev.SrcIdentity), strings.Join(ev.SrcLabels, ","),
+		dst, uint32(ev.DstIdentity), strings.Join(ev.DstLabels, ","))
+}
+
+func icmpDesc(src, dst netip.AddrPort) string {
+	switch {
+	case src.Port() != 0 && dst.Port() == 0:
+		return fmt.Sprintf("ICMP type 8 code 0 (echo request, id %d)", src.Port())
+	case dst.Port() != 0 && src.Port() == 0:
+		return fmt.Sprintf("ICMP type 0 code 0 (echo reply, id %d)", dst.Port())
+	}
+	return "ICMP (not echo)"
+}

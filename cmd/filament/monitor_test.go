@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/monitor"
+)
+
+func TestFormatEventICMPShowsTypeNotPorts(t *testing.T) {
+	ev := monitor.Event{Time: time.Now(), Type: "drop", Reason: "policy denied", Direction: "ingress", Endpoint: 7, Protocol: "ICMP",
+		Src: netip.MustParseAddrPort("10.0.0.1:4660"), Dst: netip.MustParseAddrPort("10.0.1.2:0")}
+	got := formatEvent(ev)
+	if !strings.Contains(got, "ICMP type 8 code 0 (echo request, id 4660) 10.0.0.1 identity") || strings.Contains(got, ":4660") || strings.Contains(got, ":0 ") {
+		t.Fatalf("echo request: %s", got)
+	}
+	ev.Src, ev.Dst = netip.MustParseAddrPort("10.0.1.2:0"), netip.MustParseAddrPort("10.0.0.1:4660")
+	if got := formatEvent(ev); !strings.Contains(got, "ICMP type 0 code 0 (echo reply, id 4660) 10.0.1.2 identity") {
+		t.Fatalf("echo reply: %s", got)
+	}
+	ev.Src, ev.Dst = netip.MustParseAddrPort("10.0.1.2:0"), netip.MustParseAddrPort("10.0.0.1:0")
+	if got := formatEvent(ev); !strings.Contains(got, "ICMP (not echo) 10.0.1.2 identity") {
+		t.Fatalf("other ICMP: %s", got)
+	}
+	ev.Protocol, ev.Src, ev.Dst = "TCP", netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("10.0.1.2:80")
+	if got := formatEvent(ev); !strings.Contains(got, "TCP 10.0.0.1:40000 identity") || !strings.Contains(got, "-> 10.0.1.2:80 identity") {
+		t.Fatalf("TCP keeps its ports: %s", got)
+	}
+}
+
+// syncBuf is a bytes.Buffer safe to read while the command writes it.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// `filament monitor` says it is listening as soon as the agent accepted
+// the stream, before any event.
+func TestMonitorSaysListeningBeforeTheFirstEvent(t *testing.T) {
+	hub := monitor.NewHub(func(identity.NumericIdentity) []string { return nil })
+	s := &api.Server{Monitor: hub}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	if err := s.Serve(sock); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	var out, errOut syncBuf
+	root := newRoot(&out)
+	root.SetErr(&errOut)
+	root.SetArgs([]string{"--socket", sock, "monitor"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(errOut.String(), "Listening"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no listening line before any event; stderr %q stdout %q", errOut.String(), out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out.String() != "" {
+		t.Fatalf("stdout before any event: %q", out.String())
+	}
+	// The stream is live: an event published now is printed.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "ICMP type 8"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("event not printed: %q", out.String())
+		}
+		hub.Publish(monitor.Event{Type: "drop", Reason: "policy denied", Protocol: "ICMP",
+			Src: netip.MustParseAddrPort("10.0.0.1:7"), Dst: netip.MustParseAddrPort("10.0.0.2:0")})
+		time.Sleep(50 * time.Millisecond)
+	}
+}
