@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -157,6 +158,11 @@ func TestThroughLibcni(t *testing.T) {
 		t.Fatal(err)
 	}
 	cni := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil)
+	nodeNS, err := ns.GetNS(lab.NetNSPath(n.NetNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeNS.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	rts := map[string]*libcni.RuntimeConf{}
@@ -172,7 +178,9 @@ func TestThroughLibcni(t *testing.T) {
 		if err != nil || len(r.IPs) != 1 {
 			t.Fatalf("add %s result: %v %+v", id, err, res)
 		}
-		if err := cni.CheckNetworkList(ctx, list, rt); err != nil {
+		// A runtime runs the plugin in the node's namespace, where CHECK
+		// finds the node side of the endpoint.
+		if err := nodeNS.Do(func(ns.NetNS) error { return cni.CheckNetworkList(ctx, list, rt) }); err != nil {
 			t.Fatalf("check %s: %v", id, err)
 		}
 	}
@@ -422,5 +430,62 @@ func TestGCOnlyTouchesItsNetwork(t *testing.T) {
 	}
 	if got := left(); got != "gc-a" {
 		t.Fatalf("after GC of accnet and netb with no valid attachments: %s", got)
+	}
+}
+
+// CHECK notices what was removed behind the plugin's back (issue 13, item
+// 13): the pod's default route, its route to the gateway, its address, the
+// node-side /32 route and the host-side veth each make it fail naming the
+// missing piece; putting it back makes CHECK pass again.
+func TestCheckNoticesDeletedRoutes(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	n, _ := l.Node("n1")
+	ns := labtest.NetNS(t, "fcni-"+l.Name+"-chk")
+	pod := filepath.Base(ns)
+	c := conf(l, "1.1.0", "app=a")
+	r, e := call(t, l, "ADD", "chk", ns, c)
+	if e != nil {
+		t.Fatal(e)
+	}
+	withPrev := withPrevResult(c, r)
+	if _, e := call(t, l, "CHECK", "chk", ns, withPrev); e != nil {
+		t.Fatalf("CHECK of an intact endpoint: %+v", e)
+	}
+	ip, gw := r.IPs[0].Address.IP.String(), r.IPs[0].Gateway.String()
+	host := r.Interfaces[0].Name
+	ipcmd := func(netns string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"-n", netns}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip -n %s %v: %v %s", netns, args, err, out)
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		netns    string
+		del, add []string
+		want     string
+	}{
+		{"pod default route", pod, []string{"route", "del", "default"}, []string{"route", "add", "default", "via", gw, "dev", "eth0"}, "default route via " + gw},
+		{"pod gateway route", pod, []string{"route", "del", gw + "/32", "dev", "eth0"}, []string{"route", "add", gw + "/32", "dev", "eth0", "scope", "link"}, "route to gateway " + gw},
+		{"pod address", pod, []string{"addr", "del", ip + "/32", "dev", "eth0"}, []string{"addr", "add", ip + "/32", "dev", "eth0"}, "address " + ip},
+		{"node route", n.NetNS, []string{"route", "del", ip + "/32"}, []string{"route", "add", ip + "/32", "dev", host, "scope", "link"}, "route to " + ip + "/32 via " + host},
+		{"host veth down", n.NetNS, []string{"link", "set", host, "down"}, []string{"link", "set", host, "up"}, host},
+	} {
+		ipcmd(c.netns, c.del...)
+		_, e := call(t, l, "CHECK", "chk", ns, withPrev)
+		if e == nil || e.Code != 102 || !strings.Contains(e.Msg, c.want) {
+			t.Errorf("%s removed: CHECK want code 102 naming %q, got %+v", c.name, c.want, e)
+		}
+		ipcmd(c.netns, c.add...)
+		if c.name == "pod address" { // the address's removal took the routes through it
+			ipcmd(pod, "route", "replace", gw+"/32", "dev", "eth0", "scope", "link")
+			ipcmd(pod, "route", "replace", "default", "via", gw, "dev", "eth0")
+		}
+		if c.name == "host veth down" {
+			ipcmd(n.NetNS, "route", "replace", ip+"/32", "dev", host, "scope", "link")
+		}
+		if _, e := call(t, l, "CHECK", "chk", ns, withPrev); e != nil {
+			t.Fatalf("CHECK after restoring the %s: %+v", c.name, e)
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -36,6 +37,7 @@ import (
 const (
 	errEndpointExists uint = 100 // the container interface already has an endpoint
 	errPoolExhausted  uint = 101 // the node's pod CIDR has no free address
+	errCheckFailed    uint = 102 // CHECK: devices, address or routes not as created
 )
 
 // NetConf is the plugin's network configuration.
@@ -231,7 +233,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if ep.State != endpoint.StateReady {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("endpoint %d is %s", ep.ID, ep.State), "")
 	}
-	if err := veth.Check(args.Netns, args.IfName, ep.IPv4); err != nil {
+	if err := veth.Check(args.Netns, ep); errors.Is(err, veth.ErrMismatch) {
+		return types.NewError(errCheckFailed, fmt.Sprintf("endpoint %d: %v", ep.ID, strings.ReplaceAll(err.Error(), "\n", "; ")), "")
+	} else if err != nil {
 		return types.NewError(types.ErrUnknownContainer, err.Error(), "")
 	}
 	return nil

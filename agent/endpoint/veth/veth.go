@@ -193,25 +193,97 @@ func (p *Plumber) Present(hostIfName string) bool {
 	return err == nil
 }
 
-// Check verifies that the pod side of an endpoint is as configured (CNI CHECK).
-func Check(netnsPath, ifName string, ip netip.Addr) error {
-	return ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		link, err := netlink.LinkByName(ifName)
+// ErrMismatch: CNI CHECK found an endpoint's devices, address or routes
+// not as they were created.
+var ErrMismatch = errors.New("endpoint not as configured")
+
+// Check verifies an endpoint as CNI CHECK does: in the pod namespace at
+// netnsPath its interface is up with its address, a link route to the
+// gateway and a default route through it; in the node (current)
+// namespace its host-side veth is up and carries the /32 route to the pod.
+// Every problem found is named; each wraps ErrMismatch.
+func Check(netnsPath string, ep endpoint.Endpoint) error {
+	var problems []error
+	miss := func(format string, args ...any) {
+		problems = append(problems, fmt.Errorf("%w: "+format, append([]any{ErrMismatch}, args...)...))
+	}
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		link, err := netlink.LinkByName(ep.IfName)
 		if err != nil {
-			return fmt.Errorf("interface %s in %s: %w", ifName, netnsPath, err)
+			miss("interface %s in %s: %v", ep.IfName, netnsPath, err)
+			return nil
 		}
-		if link.Attrs().OperState != netlink.OperUp && link.Attrs().Flags&net.FlagUp == 0 {
-			return fmt.Errorf("interface %s in %s is down", ifName, netnsPath)
+		where := fmt.Sprintf("on %s in %s", ep.IfName, netnsPath)
+		if link.Attrs().Flags&net.FlagUp == 0 {
+			miss("interface %s in %s is down", ep.IfName, netnsPath)
 		}
-		addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+		if !hasAddr(link, ep.IPv4) {
+			miss("address %s missing %s", ep.IPv4, where)
+		}
+		routes, err := netlink.RouteList(link, netlink.FAMILY_V4)
 		if err != nil {
-			return err
+			return fmt.Errorf("routes %s: %w", where, err)
 		}
-		for _, a := range addrs {
-			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
-				return nil
-			}
+		if !hasRoute(routes, netip.PrefixFrom(ep.Gateway, 32), netip.Addr{}) {
+			miss("route to gateway %s/32 missing %s", ep.Gateway, where)
 		}
-		return fmt.Errorf("interface %s in %s lacks address %s", ifName, netnsPath, ip)
+		if !hasRoute(routes, netip.Prefix{}, ep.Gateway) {
+			miss("default route via %s missing %s", ep.Gateway, where)
+		}
+		return nil
 	})
+	if err != nil {
+		return err
+	}
+	host, err := netlink.LinkByName(ep.HostIfName)
+	if err != nil {
+		miss("host-side veth %s of endpoint %d: %v", ep.HostIfName, ep.ID, err)
+		return errors.Join(problems...)
+	}
+	if host.Attrs().Flags&net.FlagUp == 0 {
+		miss("host-side veth %s of endpoint %d is down", ep.HostIfName, ep.ID)
+	}
+	routes, err := netlink.RouteList(host, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("routes on %s: %w", ep.HostIfName, err)
+	}
+	if !hasRoute(routes, netip.PrefixFrom(ep.IPv4, 32), netip.Addr{}) {
+		miss("node route to %s/32 via %s missing", ep.IPv4, ep.HostIfName)
+	}
+	return errors.Join(problems...)
+}
+
+func hasAddr(link netlink.Link, ip netip.Addr) bool {
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// hasRoute reports whether routes hold one to dst (the zero prefix: the
+// default route) with gateway gw (the zero address: none).
+func hasRoute(routes []netlink.Route, dst netip.Prefix, gw netip.Addr) bool {
+	for _, r := range routes {
+		var d netip.Prefix
+		if r.Dst != nil {
+			a, _ := netip.AddrFromSlice(r.Dst.IP)
+			ones, _ := r.Dst.Mask.Size()
+			d = netip.PrefixFrom(a.Unmap(), ones)
+		}
+		isDefault := r.Dst == nil || d.Bits() == 0
+		if (dst.IsValid() && d != dst) || (!dst.IsValid() && !isDefault) {
+			continue
+		}
+		g, _ := netip.AddrFromSlice(r.Gw)
+		if g.Unmap() == gw {
+			return true
+		}
+	}
+	return false
 }
