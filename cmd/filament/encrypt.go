@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -19,6 +20,12 @@ func (c *cli) encryptCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The agent names its own cluster's nodes bare (n2) and remote
+			// ones cluster/node; the table names every node cluster/node.
+			local := ""
+			if s, err := c.client().Status(ctx); err == nil {
+				local = s.ClusterName
+			}
 			return c.print(st, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "Mode:\t%s\n", st.Mode)
 				if st.Mode == "none" {
@@ -34,12 +41,12 @@ func (c *cli) encryptCmd() *cobra.Command {
 					if !p.LastHandshake.IsZero() {
 						hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%d\t%d\n", p.Name, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
+					fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%d\t%d\n", qualifiedNode(local, p.Name), p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
 				}
 				if len(st.Refused) > 0 {
 					fmt.Fprintln(w, "\nREFUSED NODE\tSINCE\tREASON")
 					for _, r := range st.Refused {
-						fmt.Fprintf(w, "%s\t%s\t%s\n", r.Node, r.Since.Format(time.RFC3339), r.Reason)
+						fmt.Fprintf(w, "%s\t%s\t%s\n", qualifiedNode(local, r.Node), r.Since.Format(time.RFC3339), r.Reason)
 					}
 				}
 			})
@@ -61,4 +68,13 @@ func (c *cli) encryptCmd() *cobra.Command {
 	}
 	cmd.AddCommand(status, rotate)
 	return cmd
+}
+
+// qualifiedNode names a node cluster/node: a bare name is one of the local
+// cluster's nodes (left bare when the local cluster is unknown).
+func qualifiedNode(localCluster, name string) string {
+	if localCluster == "" || name == "" || strings.Contains(name, "/") {
+		return name
+	}
+	return localCluster + "/" + name
 }
