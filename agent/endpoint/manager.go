@@ -339,6 +339,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 			slog.Warn("endpoint identity changed across restart", "endpoint", ep.ID, "old", uint32(ep.Identity), "new", uint32(ident.ID))
 			ep.Identity = ident.ID
 		}
+		ep.Labels = dropClaimedLabels(ep)
 		if ep.Network == "" { // a record from before endpoints knew their network
 			ep.Network = DefaultNetwork
 		}
@@ -351,7 +352,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 				return n, fmt.Errorf("restore endpoint %d datapath: %w", ep.ID, err)
 			}
 		}
-		if ep.Identity != before.Identity || ep.State != before.State || ep.Network != before.Network {
+		if ep.Identity != before.Identity || ep.State != before.State || ep.Network != before.Network || !ep.Labels.Equal(before.Labels) {
 			if err := m.persist(&ep); err != nil {
 				return n, err
 			}
@@ -365,6 +366,23 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		os.Remove(t)
 	}
 	return n, nil
+}
+
+// dropClaimedLabels returns the labels of a restored record without those
+// its workload could claim before labels were checked (reserved:, cidr:,
+// the namespace and cluster keys): only the namespace label of the
+// endpoint's own namespace is the agent's.
+func dropClaimedLabels(ep Endpoint) labels.Labels {
+	out := make(labels.Labels, 0, len(ep.Labels))
+	for _, l := range ep.Labels {
+		own := l.Source == labels.SourceK8s && l.Key == labels.KeyNamespace && l.Value == ep.Namespace
+		if err := checkLabel(l, true); err != nil && !own {
+			slog.Warn("restored endpoint loses a label its workload may not set", "endpoint", ep.ID, "err", err)
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 // LabelStrings are the endpoint's labels as strings (for display).

@@ -2,7 +2,11 @@ package endpoint_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -59,5 +63,40 @@ func TestWorkloadCannotClaimAgentLabels(t *testing.T) {
 	// Labels the agent derives from the API server pass the relabel path.
 	if _, err := e.m.SetPodLabels(ctx, "default", "ok", []string{"app=web", "k8s:io.cilium.k8s.namespace.labels.team=a", "k8s:io.cilium.k8s.policy.serviceaccount=default"}); err != nil {
 		t.Fatalf("relabel with API-server labels: %v", err)
+	}
+}
+
+// A record written before labels were checked, whose workload claimed
+// reserved:host or another namespace, loses those labels (and so the
+// identity) at restore.
+func TestRestoreDropsClaimedAgentLabels(t *testing.T) {
+	dir := t.TempDir()
+	etcd := testutil.Etcd(t)
+	e := newEnv(t, dir, etcd, &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	created, err := e.m.Create(ctx, req(e, "old", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "endpoints", fmt.Sprintf("%d.json", created.ID))
+	raw, _ := os.ReadFile(f)
+	var rec map[string]any
+	json.Unmarshal(raw, &rec)
+	rec["labels"] = []map[string]string{
+		{"source": "reserved", "key": "host"},
+		{"source": "container", "key": "io.kubernetes.pod.namespace", "value": "kube-system"},
+		{"source": "k8s", "key": "app", "value": "web"},
+		{"source": "k8s", "key": "io.kubernetes.pod.namespace", "value": "default"},
+	}
+	rec["identity"] = 1
+	raw, _ = json.Marshal(rec)
+	os.WriteFile(f, raw, 0o600)
+	e2 := newEnv(t, dir, etcd, e.plumber)
+	if _, err := e2.m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := e2.m.Get(created.ID)
+	if got.Identity.IsReserved() || got.Labels.String() != "k8s:app=web;k8s:io.kubernetes.pod.namespace=default" {
+		t.Fatalf("restored %s with identity %d", got.Labels, got.Identity)
 	}
 }
