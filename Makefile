@@ -86,7 +86,10 @@ demo: check-root deps build
 	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament node list
 	@for n in c1/n1 c1/n2 c2/n1 c2/n2; do echo "-- $$n"; bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament endpoint list; done
 	@echo; echo "== policy on c2: db accepts PostgreSQL and ping from web pods of cluster c1 only"
-	@for n in c2/n1 c2/n2; do bin/filament-lab exec --name $(DEMO_LAB) $$n -- filament policy import docs/examples/allow-web-from-c1.yaml; done
+	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament policy import docs/examples/allow-web-from-c1.yaml
+	@echo "-- imported on c2/n1, the policy is c2's: c2/n2 has it too"
+	@for i in $$(seq 50); do bin/filament-lab exec --name $(DEMO_LAB) c2/n2 -- filament policy get default/allow-web-from-c1 >/dev/null 2>&1 && break; sleep 0.2; done
+	bin/filament-lab exec --name $(DEMO_LAB) c2/n2 -- filament policy list
 	@db=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="db-1") | .ip'); \
 	mon=$$(mktemp); \
 	timeout 8 bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament monitor > $$mon 2>&1 & \
