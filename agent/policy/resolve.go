@@ -143,9 +143,9 @@ type MapValue struct {
 
 // RuleRef names one section of one rule of a policy.
 type RuleRef struct {
-	Policy  string // Policy.Key()
-	Rule    int    // index in Policy.Rules
-	Section string // e.g. "ingress[0]" or "egressDeny[1]"
+	Policy  string `json:"policy"`  // Policy.Key()
+	Rule    int    `json:"rule"`    // index in Policy.Rules
+	Section string `json:"section"` // e.g. "ingress[0]" or "egressDeny[1]"
 }
 
 // String is `policy section` for the first rule of a policy and

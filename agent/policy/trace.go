@@ -16,17 +16,17 @@ const (
 
 // TraceResult is the verdict of a traced connection.
 type TraceResult struct {
-	Verdict string // VerdictAllowed or VerdictDenied
+	Verdict string `json:"verdict"` // VerdictAllowed or VerdictDenied
 	// Reason says which side decided and how, like `ingress of dst: denied
 	// by default/deny-db ingressDeny[0]`, `ingress of dst: default deny (no
 	// rule allows)` or `not enforced`.
-	Reason string
+	Reason string `json:"reason"`
 	// Rule is the rule that decided: the deny, or for an allowed
 	// connection the allow of the ingress side, else of the egress side;
 	// nil for a default verdict.
-	Rule *RuleRef
+	Rule *RuleRef `json:"rule,omitempty"`
 	// Enforced is whether either side enforces policy in its direction.
-	Enforced bool
+	Enforced bool `json:"enforced"`
 }
 
 // traceID stands for a traced peer that is not a reserved identity: a
