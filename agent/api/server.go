@@ -71,6 +71,9 @@ type Server struct {
 	Status     func(ctx context.Context) Status
 	// Monitor streams datapath events (nil: no datapath).
 	Monitor *monitor.Hub
+	// KnownIdentities, when set, are all the identities this node knows,
+	// remote clusters' included (GET /v1/identities?clusters=all).
+	KnownIdentities func() []identity.Identity
 	// Metrics serves Prometheus metrics at /metrics (nil: none).
 	Metrics http.Handler
 	// ClusterMesh reports the remote clusters (nil: none).
@@ -363,6 +366,14 @@ func identityView(id identity.Identity) IdentityView {
 
 func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) {
 	ids := s.Identities.List()
+	switch q := r.URL.Query().Get("clusters"); q {
+	case "":
+	case "all":
+		ids = mergeIdentities(ids, s.KnownIdentities)
+	default:
+		fail(w, fmt.Errorf("%w: clusters %q: want all or nothing", errBadRequest, q))
+		return
+	}
 	out := make([]IdentityView, len(ids))
 	for i, id := range ids {
 		out[i] = identityView(id)

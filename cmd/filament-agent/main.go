@@ -458,7 +458,7 @@ func run(parent context.Context, cfg config.Config) error {
 	}
 
 	srv := &api.Server{
-		Endpoints: eps, Identities: ids, Policies: clusterPolicies, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
+		Endpoints: eps, Identities: ids, KnownIdentities: res.Identities, Policies: clusterPolicies, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
 		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services, Groups: cloudGroups,
 		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp, auth) },
 		RotateKey:  func(ctx context.Context) (string, error) { return enc.rotate(ctx, reg) },

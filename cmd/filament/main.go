@@ -189,18 +189,28 @@ func (c *cli) identityCmd() *cobra.Command {
 			}
 		}
 	}
-	cmd.AddCommand(&cobra.Command{
-		Use: "list", Short: "List identities (reserved and the cluster's)", Args: cobra.NoArgs,
+	var allClusters bool
+	list := &cobra.Command{
+		Use: "list", Short: "List identities (reserved and the cluster's; --all-clusters: the remote clusters' too)", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			ctx, cancel := c.ctx()
 			defer cancel()
+			if allClusters {
+				ids, err := c.client().IdentitiesAllClusters(ctx)
+				if err != nil {
+					return err
+				}
+				return c.print(ids, clusterIdentityTable(ids))
+			}
 			ids, err := c.client().Identities(ctx)
 			if err != nil {
 				return err
 			}
 			return c.print(ids, table(ids...))
 		},
-	})
+	}
+	list.Flags().BoolVar(&allClusters, "all-clusters", false, "also the identities of the remote clusters this node knows, with a CLUSTER column")
+	cmd.AddCommand(list)
 	cmd.AddCommand(&cobra.Command{
 		Use: "get ID", Short: "Show one identity", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {

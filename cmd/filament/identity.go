@@ -1,0 +1,31 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/labels"
+)
+
+// identityCluster is the cluster an identity's labels name ("-" for none:
+// reserved and CIDR identities belong to no cluster).
+func identityCluster(id api.IdentityView) string {
+	for _, l := range id.Labels {
+		if i := strings.Index(l, labels.KeyCluster+"="); i >= 0 && (i == 0 || l[i-1] == ':') {
+			return l[i+len(labels.KeyCluster)+1:]
+		}
+	}
+	return "-"
+}
+
+// clusterIdentityTable is `identity list --all-clusters`.
+func clusterIdentityTable(ids []api.IdentityView) func(w *tabwriter.Writer) {
+	return func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "ID\tCLUSTER\tLABELS")
+		for _, id := range ids {
+			fmt.Fprintf(w, "%d\t%s\t%s\n", uint32(id.ID), identityCluster(id), strings.Join(id.Labels, ","))
+		}
+	}
+}
