@@ -48,8 +48,21 @@ type Node struct {
 	// record with its key (crypto/nodeauth), when nodes authenticate.
 	Certificate string `json:"certificate,omitempty"`
 	Signature   string `json:"signature,omitempty"`
-	// Reachable is this agent's view from failure detection (not stored).
+	// Reachable is this agent's view from failure detection: listed by
+	// the API, never stored (see Record).
 	Reachable bool `json:"reachable"`
+}
+
+// Record is the node's record as stored in the kvstore: every field but the
+// local-only reachability.
+func (n Node) Record() []byte {
+	b, _ := json.Marshal(struct {
+		Node
+		// Shadows Node.Reachable (a shallower field wins) and is always
+		// omitted.
+		Reachable struct{} `json:"reachable,omitzero"`
+	}{Node: n})
+	return b
 }
 
 // IP is the node's first underlay address.
@@ -161,7 +174,7 @@ func (r *Registry) publish(ctx context.Context, lease int64) error {
 			return fmt.Errorf("sign the node record: %w", err)
 		}
 	}
-	b, _ := json.Marshal(r.self)
+	b := r.self.Record()
 	key := r.key(r.self)
 	r.mu.Unlock()
 	return r.kv.Put(ctx, key, b, lease)

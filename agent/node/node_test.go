@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,4 +116,35 @@ func TestRegistry(t *testing.T) {
 	}
 	kill()
 	wait("b deleted=true")
+}
+
+// Reachability is this agent's local view: it is listed (node list) but
+// never written to the cluster's record, whatever its value.
+func TestStoredRecordHasNoReachability(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kv := testutil.Connect(t, ep)
+	lease, err := kv.GrantLease(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Abandon()
+	r, err := node.NewRegistry(ctx, kv, lease, node.Node{Name: "a", Cluster: "c1", IPs: []string{"172.30.0.9"}, Reachable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.UpdateSelf(ctx, func(n *node.Node) { n.Reachable = false; n.WireGuardKey = "k" }); err != nil {
+		t.Fatal(err)
+	}
+	got, err := kv.Get(ctx, node.NodesPrefix+"c1/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(got.Value), "reachable") || !strings.Contains(string(got.Value), `"wireguardPublicKey":"k"`) {
+		t.Fatalf("stored record: %s", got.Value)
+	}
+	if l := r.List(); len(l) != 1 || !l[0].Reachable {
+		t.Fatalf("list: %+v", l)
+	}
 }

@@ -1,6 +1,7 @@
 package nodeauth
 
 import (
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -50,6 +51,14 @@ func TestVerify(t *testing.T) {
 	n2.Reachable = true
 	if err := Verify(n2, c1.PEM); err != nil {
 		t.Fatalf("reachability broke the signature: %v", err)
+	}
+	// The record as stored (without reachability) verifies once read back.
+	var stored node.Node
+	if err := json.Unmarshal(n2.Record(), &stored); err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify(stored, c1.PEM); err != nil {
+		t.Fatalf("the stored record was refused: %v", err)
 	}
 	refused := func(what string, m node.Node, caPEM []byte, reason string) {
 		t.Helper()
