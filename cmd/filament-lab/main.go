@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -258,9 +257,7 @@ func newRoot() *cobra.Command {
 			l.Refresh(cmd.Context())
 			out := cmd.OutOrStdout()
 			if output == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(l)
+				return writeStatusJSON(out, l)
 			}
 			if output != "table" && output != "" {
 				return fmt.Errorf("output %q: want table or json", output)
