@@ -93,7 +93,7 @@ demo: check-root deps build
 	@db=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="db-1") | .ip'); \
 	mon=$$(mktemp); \
 	timeout 8 bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament monitor > $$mon 2>&1 & \
-	sleep 1; \
+	for i in $$(seq 50); do grep -q Listening $$mon && break; sleep 0.1; done; \
 	echo; echo "== web-1 (c1/n1) pings db-1 (c2/n1) across clusters: allowed"; \
 	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- ping -c 2 -W 1 $$db; \
 	echo; echo "== web-2 (c1/n2) pings db-1: allowed"; \
