@@ -265,10 +265,19 @@ static __always_inline __u8 lb_sock_proto(struct bpf_sock_addr *ctx)
 	return 0;
 }
 
+// CONTROL_MARK is the socket mark of the agent's own control-plane
+// connections (the kvstore); keep in sync with agent/kvstore ControlMark.
+#define CONTROL_MARK 0x0f1a0000
+
 // lb_sock_translate rewrites the destination of a socket operation that
 // targets a frontend. It returns 0 to refuse (a frontend without backends).
+// The agent's own control-plane sockets are never translated, so no
+// service can take its kvstore connection away.
 static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 {
+	struct bpf_sock *sock = ctx->sk;
+	if (sock && sock->mark == CONTROL_MARK)
+		return 1;
 	if (!lb_sock_registered(ctx))
 		return 1;
 	__u8 proto = lb_sock_proto(ctx);

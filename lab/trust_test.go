@@ -2,12 +2,19 @@ package lab_test
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/internal/attack"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -131,5 +138,69 @@ func TestForgedGossipFromPod(t *testing.T) {
 	}
 	if dials(t, podNS, n1.IP, 7946) {
 		t.Error("the policy for app=prober opened the gossip port to another pod")
+	}
+}
+
+// A service cannot take the node's control plane away: a frontend on the
+// kvstore's address is refused, and a stale one left in the pinned maps
+// (as an agent before this check could write) neither redirects the
+// agent's kvstore connection at restart nor survives the reconcile.
+// Issue 13, item 6.
+func TestServiceCannotTakeControlPlane(t *testing.T) {
+	l := labtest.Up(t, 1, 24)
+	web := labtest.Pod(t, l, "n1", "web", "app=web")
+	kvIP := strings.TrimSuffix(strings.TrimPrefix(l.Clusters[0].Kvstore, "https://"), ":2379")
+	doc := fmt.Sprintf(`metadata: {name: hijack}
+spec:
+  clusterIP: %s
+  ports: [{port: 2379}]
+backends: [{ip: %s}]
+`, kvIP, web.IP)
+	out, err := labtest.UpsertService(t, l, "n1", doc)
+	if err == nil || !strings.Contains(out, "spec.clusterIP "+kvIP) || !strings.Contains(out, "kvstore") {
+		t.Fatalf("service on the kvstore address: err %v, output %q; want a refusal naming spec.clusterIP", err, out)
+	}
+	for _, bad := range []string{"127.0.0.1", "169.254.169.254", "224.0.0.1"} {
+		out, err := labtest.UpsertService(t, l, "n1", strings.Replace(doc, "clusterIP: "+kvIP, "clusterIP: "+bad, 1))
+		if err == nil || !strings.Contains(out, "spec.clusterIP "+bad) {
+			t.Errorf("clusterIP %s: err %v, output %q; want a refusal naming it", bad, err, out)
+		}
+	}
+
+	// The stale entry: written into n1's pinned maps while its agent is down.
+	if err := l.StopAgent("n1"); err != nil {
+		t.Fatal(err)
+	}
+	pin := labtest.PinDir(l, "n1")
+	root := strings.TrimSuffix(pin, "/filament/default/n1")
+	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := datapath.Frontend{IP: netip.MustParseAddr(kvIP), Port: 2379, Proto: unix.IPPROTO_TCP}
+	if err := dp.UpsertService(fe, datapath.LBService{Backends: []datapath.LBBackend{{IP: netip.MustParseAddr(web.IP), Port: 2379}}}); err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	// The agent starts (its kvstore connection is not translated) and
+	// removes the frontend no stored service has.
+	if err := l.StartAgent(context.Background(), "n1"); err != nil {
+		t.Fatalf("agent did not come back with a stale frontend on the kvstore address: %v", err)
+	}
+	dp, err = datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for slices.Contains(dp.Frontends(), fe) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stale frontend on the kvstore address is still in the datapath")
+		}
+		time.Sleep(200 * time.Millisecond)
+		dp.Close()
+		if dp, err = datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

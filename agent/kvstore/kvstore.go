@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Prefix is the root of every key Filament writes.
@@ -130,6 +131,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		// Room for one policy import's transaction (etcd's own limit,
 		// --max-request-bytes, still applies).
 		MaxCallSendMsgSize: MaxRequestBytes + 1<<20,
+		DialOptions:        []grpc.DialOption{grpc.WithContextDialer(dialControl)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kvstore: connect %v: %w", cfg.Endpoints, err)

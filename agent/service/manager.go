@@ -43,6 +43,13 @@ type Config struct {
 	Algorithm string
 	KV        *kvstore.Client
 	Datapath  Datapath
+	// Reserved says why an address may not be a service frontend ("" if
+	// it may): the nodes' own addresses, the kvstore's, ... A service
+	// there would take traffic meant for the control plane.
+	Reserved func(netip.Addr) string
+	// ControlPlane says why an address may not be a backend either (the
+	// kvstore's, say); node addresses may be (host-network backends).
+	ControlPlane func(netip.Addr) string
 }
 
 // FrontendStatus is one frontend with its backends.
@@ -125,8 +132,12 @@ func (m *Manager) watch(ctx context.Context) {
 			continue
 		}
 		s, err := Parse(ev.Value)
+		if err == nil {
+			err = m.checkReserved(s)
+		}
 		if err != nil {
 			slog.Warn("ignoring an invalid service in the kvstore", "key", ev.Key, "err", err)
+			m.setLocal(key, nil)
 			continue
 		}
 		m.setLocal(key, s)
@@ -326,6 +337,9 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
+	if err := m.checkReserved(s); err != nil {
+		return err
+	}
 	if err := m.conflict(s); err != nil {
 		return err
 	}
@@ -355,6 +369,26 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 		return nil
 	}
 	return m.cfg.KV.Put(ctx, m.key(s), data, 0)
+}
+
+// checkReserved refuses a service whose frontend is a reserved address or
+// whose backend is a control-plane address, naming the field.
+func (m *Manager) checkReserved(s *Service) error {
+	if m.cfg.Reserved != nil && s.Spec.ClusterIP != "" {
+		ip, _ := netip.ParseAddr(s.Spec.ClusterIP)
+		if why := m.cfg.Reserved(ip); why != "" {
+			return invalid("spec.clusterIP %s: %s", ip, why)
+		}
+	}
+	if m.cfg.ControlPlane != nil {
+		for i, b := range s.Backends {
+			ip, _ := netip.ParseAddr(b.IP)
+			if why := m.cfg.ControlPlane(ip); why != "" {
+				return invalid("backends[%d].ip %s: %s", i, ip, why)
+			}
+		}
+	}
+	return nil
 }
 
 // Delete removes a service from the cluster.

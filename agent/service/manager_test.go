@@ -381,6 +381,59 @@ backends: [{ip: 10.0.0.%d}]`, i, i+1))
 	}
 }
 
+// A frontend on a node's or the kvstore's address, or a backend on the
+// kvstore's, would take the control plane's traffic: refused, naming the
+// field, and the stored service stays as it was.
+func TestManagerRejectsReserved(t *testing.T) {
+	dp := newFakeDP()
+	kv := netip.MustParseAddr("172.30.0.254")
+	m, err := New(context.Background(), Config{Cluster: "c1", NodeIPs: []netip.Addr{node1}, Datapath: dp,
+		Reserved: func(a netip.Addr) string {
+			switch a {
+			case kv:
+				return "the cluster's kvstore"
+			case node1:
+				return "a node's address"
+			}
+			return ""
+		},
+		ControlPlane: func(a netip.Addr) string {
+			if a == kv {
+				return "the cluster's kvstore"
+			}
+			return ""
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upsert(t, m, webYAML)
+	svcs0, _ := dp.snapshot()
+	for _, c := range []struct {
+		field string
+		set   func(s *Service)
+	}{
+		{"spec.clusterIP 172.30.0.254: the cluster's kvstore", func(s *Service) { s.Spec.ClusterIP = kv.String() }},
+		{"spec.clusterIP " + node1.String() + ": a node's address", func(s *Service) { s.Spec.ClusterIP = node1.String() }},
+		{"backends[0].ip 172.30.0.254: the cluster's kvstore", func(s *Service) { s.Backends[0].IP = kv.String() }},
+	} {
+		s := mustParse(t, webYAML)
+		c.set(s)
+		err := m.Upsert(context.Background(), s)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("Upsert: %v, want ErrInvalid naming %q", err, c.field)
+		}
+	}
+	if svcs, _ := dp.snapshot(); !reflect.DeepEqual(svcs, svcs0) {
+		t.Error("a refused service changed the datapath")
+	}
+	// A node address as a backend is fine (host-network backends).
+	s := mustParse(t, webYAML)
+	s.Backends[0].IP = node1.String()
+	if err := m.Upsert(context.Background(), s); err != nil {
+		t.Errorf("node address as backend: %v", err)
+	}
+}
+
 func TestManagerRejectsInvalid(t *testing.T) {
 	m, dp := newManager(t, "")
 	upsert(t, m, webYAML)

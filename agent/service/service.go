@@ -236,6 +236,9 @@ func (s *Service) Validate() error {
 		if err != nil || !ip.Is4() || ip.IsUnspecified() {
 			return invalid("spec.clusterIP %q: not an IPv4 address", s.Spec.ClusterIP)
 		}
+		if why := SpecialAddr(ip); why != "" {
+			return invalid("spec.clusterIP %s: %s", ip, why)
+		}
 	} else if s.Spec.Type == "ClusterIP" {
 		return invalid("spec.clusterIP: required for type ClusterIP")
 	}
@@ -305,6 +308,9 @@ func (s *Service) Validate() error {
 		if err != nil || !ip.Is4() || ip.IsUnspecified() {
 			return invalid("%s.ip %q: not an IPv4 address", f, b.IP)
 		}
+		if why := SpecialAddr(ip); why != "" {
+			return invalid("%s.ip %s: %s", f, ip, why)
+		}
 		if addrs[b.IP] {
 			return invalid("%s.ip %s: duplicate", f, b.IP)
 		}
@@ -326,6 +332,25 @@ func (s *Service) Validate() error {
 		}
 	}
 	return nil
+}
+
+// SpecialAddr says why ip can be neither a frontend nor a backend ("" if
+// it can): loopback, multicast, link-local, unspecified ("this network")
+// and broadcast addresses belong to every host, not to a service.
+func SpecialAddr(ip netip.Addr) string {
+	switch {
+	case ip.IsLoopback():
+		return "a loopback address"
+	case ip.IsMulticast():
+		return "a multicast address"
+	case ip.IsLinkLocalUnicast():
+		return "a link-local address"
+	case ip.Is4() && ip.As4()[0] == 0:
+		return "in 0.0.0.0/8 (this network)"
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	}
+	return ""
 }
 
 // Parse reads one service from YAML or JSON, rejecting unknown fields, and

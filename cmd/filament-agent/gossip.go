@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -94,4 +95,45 @@ func controlPorts(cfg config.Config) []uint16 {
 		}
 	}
 	return ports
+}
+
+// controlPlaneAddrs are the addresses of the kvstore this agent uses
+// (endpoints given by IP; an embedded etcd's listeners).
+func controlPlaneAddrs(kvEndpoints []string) map[netip.Addr]string {
+	out := map[netip.Addr]string{}
+	for _, e := range kvEndpoints {
+		u, err := url.Parse(e)
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+			out[a] = "the address of the cluster's kvstore"
+		}
+	}
+	return out
+}
+
+// serviceGuards are the service manager's checks: no frontend on a node's
+// or the kvstore's address, no backend on the kvstore's.
+func serviceGuards(cp map[netip.Addr]string, own []netip.Addr, nodes func() []node.Node) (reserved, controlPlane func(netip.Addr) string) {
+	controlPlane = func(a netip.Addr) string { return cp[a] }
+	reserved = func(a netip.Addr) string {
+		if why := cp[a]; why != "" {
+			return why
+		}
+		for _, o := range own {
+			if a == o {
+				return "an address of this node"
+			}
+		}
+		for _, n := range nodes() {
+			for _, ip := range n.IPs {
+				if ip == a.String() {
+					return "the address of node " + n.Name
+				}
+			}
+		}
+		return ""
+	}
+	return reserved, controlPlane
 }

@@ -331,8 +331,9 @@ func run(parent context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	reserved, controlPlane := serviceGuards(controlPlaneAddrs(kvcfg.Endpoints), []netip.Addr{nodeIP, pool.Gateway()}, reg.List)
 	services, err := service.New(ctx, service.Config{Cluster: cfg.ClusterName, NodeIPs: []netip.Addr{nodeIP},
-		Algorithm: cfg.LBAlgorithm, KV: kv, Datapath: dp})
+		Algorithm: cfg.LBAlgorithm, KV: kv, Datapath: dp, Reserved: reserved, ControlPlane: controlPlane})
 	if err != nil {
 		return err
 	}
