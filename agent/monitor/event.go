@@ -14,7 +14,7 @@ type Event struct {
 	Reason      string                   `json:"reason"`
 	ReasonCode  uint8                    `json:"reasonCode"`
 	Direction   string                   `json:"direction"` // of the deciding endpoint: "ingress" or "egress"
-	Endpoint    uint16                   `json:"endpoint"`  // the endpoint whose policy decided (0: none)
+	Endpoint    uint16                   `json:"endpoint"`  // the endpoint whose policy decided, else whose interface the packet used (0: none)
 	PeerEP      uint16                   `json:"peerEndpoint,omitempty"`
 	SrcIdentity identity.NumericIdentity `json:"srcIdentity"`
 	DstIdentity identity.NumericIdentity `json:"dstIdentity"`

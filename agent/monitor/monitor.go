@@ -33,6 +33,7 @@ type sub struct {
 // Hub fans events out.
 type Hub struct {
 	labels func(identity.NumericIdentity) []string
+	iface  func(ifindex uint32) (uint16, identity.NumericIdentity, bool)
 
 	mu   sync.Mutex
 	next int
@@ -46,6 +47,15 @@ func NewHub(labels func(identity.NumericIdentity) []string) *Hub {
 	return &Hub{labels: labels, subs: map[int]*sub{}}
 }
 
+// SetInterfaces gives the hub the endpoint (and its identity) whose host
+// interface has index ifindex, to name the endpoint of events that carry
+// none. Call it before the first Publish.
+func (h *Hub) SetInterfaces(f func(ifindex uint32) (ep uint16, id identity.NumericIdentity, ok bool)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.iface = f
+}
+
 // Publish enriches ev and sends it to every matching subscriber.
 func (h *Hub) Publish(ev Event) {
 	h.mu.Lock()
@@ -53,6 +63,7 @@ func (h *Hub) Publish(ev Event) {
 	if len(h.subs) == 0 {
 		return
 	}
+	h.nameEndpoint(&ev)
 	if h.labels != nil {
 		ev.SrcLabels = h.labels(ev.SrcIdentity)
 		ev.DstLabels = h.labels(ev.DstIdentity)
@@ -66,6 +77,29 @@ func (h *Hub) Publish(ev Event) {
 		default:
 			h.lost.Add(1)
 		}
+	}
+}
+
+// nameEndpoint fills in the endpoint of an event that carries none but
+// came in or went out on an endpoint's host interface: a packet dropped
+// before its endpoint was known (a source address not of the endpoint, a
+// malformed packet). The endpoint's identity becomes the side it is on
+// when that side has none.
+func (h *Hub) nameEndpoint(ev *Event) {
+	if ev.Endpoint != 0 || ev.IfIndex == 0 || h.iface == nil {
+		return
+	}
+	ep, id, ok := h.iface(ev.IfIndex)
+	if !ok {
+		return
+	}
+	ev.Endpoint = ep
+	side := &ev.SrcIdentity // egress: the packet came out of the endpoint
+	if ev.Direction == "ingress" {
+		side = &ev.DstIdentity
+	}
+	if *side == 0 {
+		*side = id
 	}
 }
 

@@ -38,3 +38,43 @@ func TestSlowSubscriberLosesEvents(t *testing.T) {
 	stop()
 	stop() // idempotent
 }
+
+// A drop before the endpoint is known (a spoofed source address) carries
+// endpoint 0 and the interface it came in on: the hub names the endpoint
+// whose host interface that is, as the side the packet left or entered.
+func TestEndpointFromInterface(t *testing.T) {
+	h := NewHub(func(id identity.NumericIdentity) []string { return []string{"id=" + id.String()} })
+	h.SetInterfaces(func(ifindex uint32) (uint16, identity.NumericIdentity, bool) {
+		if ifindex == 42 {
+			return 7, 300, true
+		}
+		return 0, 0, false
+	})
+	ep7, stop := h.Subscribe(Filter{Endpoint: 7})
+	defer stop()
+	all, stopAll := h.Subscribe(Filter{})
+	defer stopAll()
+	h.Publish(Event{Type: "drop", Reason: "source address not of the endpoint", Direction: "egress", IfIndex: 42})
+	h.Publish(Event{Type: "drop", Direction: "ingress", IfIndex: 42})
+	h.Publish(Event{Type: "drop", Direction: "egress", IfIndex: 3})                                 // not an endpoint's interface
+	h.Publish(Event{Type: "drop", Direction: "egress", Endpoint: 9, SrcIdentity: 500, IfIndex: 42}) // already named
+	if len(ep7) != 2 || len(all) != 4 {
+		t.Fatalf("endpoint 7 got %d events, all %d", len(ep7), len(all))
+	}
+	ev := <-ep7
+	if ev.Endpoint != 7 || ev.SrcIdentity != 300 || ev.DstIdentity != 0 || len(ev.SrcLabels) != 1 || ev.SrcLabels[0] != "id=300" {
+		t.Fatalf("egress drop: %+v", ev)
+	}
+	ev = <-ep7
+	if ev.Endpoint != 7 || ev.DstIdentity != 300 || ev.SrcIdentity != 0 {
+		t.Fatalf("ingress drop: %+v", ev)
+	}
+	<-all
+	<-all
+	if ev = <-all; ev.Endpoint != 0 || ev.SrcIdentity != 0 {
+		t.Fatalf("foreign interface: %+v", ev)
+	}
+	if ev = <-all; ev.Endpoint != 9 || ev.SrcIdentity != 500 {
+		t.Fatalf("named event changed: %+v", ev)
+	}
+}

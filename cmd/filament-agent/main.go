@@ -435,6 +435,14 @@ func run(parent context.Context, cfg config.Config) error {
 		}
 		return nil
 	})
+	hub.SetInterfaces(func(ifindex uint32) (uint16, identity.NumericIdentity, bool) {
+		for _, ep := range eps.List() {
+			if uint32(ep.HostIfIndex) == ifindex {
+				return ep.ID, ep.Identity, true
+			}
+		}
+		return 0, 0, false
+	})
 	go func() {
 		if err := dp.ReadEvents(ctx, hub.Publish); err != nil {
 			slog.Error("datapath events reader stopped", "err", err)
