@@ -143,6 +143,10 @@ type Config struct {
 	// EncryptionStrict drops pod traffic to a node that is not an
 	// encryption peer (yet) instead of sending it in clear.
 	EncryptionStrict bool `json:"encryptionStrict"`
+	// EncryptionUnauthenticatedNodes lets an agent with encryption on
+	// run without node authentication (no nodeCert), making every node in
+	// the kvstore an encryption peer. Off: such an agent refuses to start.
+	EncryptionUnauthenticatedNodes bool `json:"encryptionUnauthenticatedNodes,omitempty"`
 	// IPsecKeyFile holds the IPsec keys (encryption: ipsec).
 	IPsecKeyFile string `json:"ipsecKeyFile"`
 	// NodeCert and NodeKey: this node's certificate from the cluster's CA
@@ -386,6 +390,9 @@ func (c Config) validateSecurity() error {
 	}
 	if (c.NodeCert == "") != (c.NodeKey == "") || (c.NodeCert == "") != (c.NodeCA == "") {
 		return fmt.Errorf("%w: nodeCert, nodeKey and nodeCA go together (node authentication)", ErrInvalid)
+	}
+	if c.Encryption != "none" && c.NodeCert == "" && !c.EncryptionUnauthenticatedNodes {
+		return fmt.Errorf("%w: nodeCert: encryption %s without node authentication would make every node in the kvstore a peer; give nodeCert, nodeKey and nodeCA (filament clustermesh issue-node-cert), or set encryptionUnauthenticatedNodes to accept that", ErrInvalid, c.Encryption)
 	}
 	for _, f := range []struct{ field, path string }{{"nodeCert", c.NodeCert}, {"nodeKey", c.NodeKey}, {"nodeCA", c.NodeCA}} {
 		if err := existingFile(f.field, f.path); err != nil {

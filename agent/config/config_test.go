@@ -148,6 +148,7 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"cgroupRoot", func(c *Config) { c.CgroupRoot = "sys/fs/cgroup" }, []string{"cgroupRoot", "sys/fs/cgroup"}},
 		{"encryption", func(c *Config) { c.Encryption = "tls" }, []string{"encryption", "tls"}},
 		{"encryptionStrict", func(c *Config) { c.EncryptionStrict = true }, []string{"encryptionStrict"}},
+		{"encryption without node authentication", func(c *Config) { c.Encryption = "wireguard" }, []string{"nodeCert", "encryptionUnauthenticatedNodes"}},
 		{"ipsecKeyFile required", func(c *Config) { c.Encryption, c.Routing = "ipsec", "native" }, []string{"ipsecKeyFile", "required"}},
 		{"ipsecKeyFile missing", func(c *Config) { c.Encryption, c.Routing, c.IPsecKeyFile = "ipsec", "native", missing }, []string{"ipsecKeyFile", missing}},
 		{"ipsecKeyFile unused", func(c *Config) { c.IPsecKeyFile = file }, []string{"ipsecKeyFile", file, "none"}},
@@ -197,6 +198,7 @@ func TestGoodValuesPass(t *testing.T) {
 	c.ClusterMeshConfig, c.CgroupRoot, c.Kubeconfig = "/etc/filament/remotes", "/sys/fs/cgroup", file
 	c.AWSRegion, c.AWSEndpoint, c.AWSIMDSEndpoint = "us-gov-west-1", "http://172.30.0.254:5000", "http://169.254.169.254"
 	c.Encryption, c.Routing, c.IPsecKeyFile, c.EncryptionStrict = "ipsec", "native", file, true
+	c.EncryptionUnauthenticatedNodes = true
 	c.ClusterMeshTTL = 0
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)

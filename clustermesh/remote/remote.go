@@ -44,6 +44,9 @@ type Callbacks struct {
 	// unqualified) against the remote cluster's CA; a refused node is not
 	// passed on, and one refused after it was accepted is withdrawn.
 	Authenticate func(cluster string, caPEM []byte, n node.Node) error
+	// Forget, when set, is told every node record deleted from a remote
+	// cluster (name qualified), refused or not: its refusal goes too.
+	Forget func(name string)
 }
 
 // Status of one remote cluster.
@@ -482,6 +485,10 @@ func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 		c.mu.Unlock()
 		if ok {
 			c.m.cb.Node(n, true)
+		}
+		// A refused node was never passed on; its refusal goes with it.
+		if c.m.cb.Forget != nil {
+			c.m.cb.Forget(name)
 		}
 		return
 	}

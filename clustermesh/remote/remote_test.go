@@ -95,6 +95,48 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 const svcDoc = `{"metadata":{"name":"api","namespace":"shop","annotations":{"service.cilium.io/global":"true"}},
 "spec":{"clusterIP":"10.96.0.20","ports":[{"port":80}]},"backends":[{"ip":"10.7.0.2","node":"n1"}]}`
 
+// A refused remote node whose record is deleted is forgotten: its refusal
+// does not stay listed (issue 13, item 7).
+func TestRefusedNodeForgottenOnDelete(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	kv := srv.Agent
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	refused := map[string]bool{}
+	dir := t.TempDir()
+	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{
+		Node: func(node.Node, bool) {}, Identity: func(identity.Identity, bool) {}, Entry: func(ipcache.Entry, bool) {},
+		Authenticate: func(cluster string, _ []byte, n node.Node) error {
+			mu.Lock()
+			defer mu.Unlock()
+			refused[cluster+"/"+n.Name] = true
+			return fmt.Errorf("has no certificate")
+		},
+		Forget: func(name string) { mu.Lock(); delete(refused, name); mu.Unlock() },
+	})
+	go m.Run(ctx)
+	srv.WriteRemoteConfig(t, dir)
+	nb, _ := json.Marshal(node.Node{Name: "rogue", Cluster: "east", IPs: []string{"172.30.7.9"}})
+	kv.Put(ctx, node.NodesPrefix+"east/rogue", nb, 0)
+	is := func() bool { mu.Lock(); defer mu.Unlock(); return refused["east/rogue"] }
+	deadline := time.Now().Add(20 * time.Second)
+	for !is() {
+		if time.Now().After(deadline) {
+			t.Fatal("the rogue node was never vetted")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	kv.Delete(ctx, node.NodesPrefix+"east/rogue")
+	deadline = time.Now().Add(20 * time.Second)
+	for is() {
+		if time.Now().After(deadline) {
+			t.Fatal("the refusal stays after the refused record was deleted")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // A lost remote cluster keeps its entries until the TTL, then they are
 // withdrawn and status says so.
 func TestTTLWithdrawsLostCluster(t *testing.T) {

@@ -115,6 +115,7 @@ func newCommand() *cobra.Command {
 			set("cgroup-root", func() { final.CgroupRoot = cfg.CgroupRoot })
 			set("encryption", func() { final.Encryption = cfg.Encryption })
 			set("encryption-strict", func() { final.EncryptionStrict = cfg.EncryptionStrict })
+			set("encryption-unauthenticated-nodes", func() { final.EncryptionUnauthenticatedNodes = cfg.EncryptionUnauthenticatedNodes })
 			set("ipsec-key-file", func() { final.IPsecKeyFile = cfg.IPsecKeyFile })
 			set("wireguard-private-run-dir", func() { final.WireGuardPrivateRunDir = cfg.WireGuardPrivateRunDir })
 			set("aws-region", func() { final.AWSRegion = cfg.AWSRegion })
@@ -172,6 +173,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount)")
 	f.StringVar(&cfg.Encryption, "encryption", d.Encryption, "encrypt pod traffic between nodes: none, wireguard or ipsec")
 	f.BoolVar(&cfg.EncryptionStrict, "encryption-strict", false, "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear")
+	f.BoolVar(&cfg.EncryptionUnauthenticatedNodes, "encryption-unauthenticated-nodes", false, "allow encryption without node authentication (every node in the kvstore becomes a peer)")
 	f.StringVar(&cfg.IPsecKeyFile, "ipsec-key-file", "", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')")
 	f.StringVar(&cfg.AWSRegion, "aws-region", "", "AWS region for toGroups/fromGroups and EC2 node metadata (default: AWS_REGION or the shared config; none: off)")
 	f.StringVar(&cfg.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override (tests, e.g. a moto server)")
@@ -377,7 +379,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if cfg.ClusterMeshConfig != "" {
 		mesh = remote.NewManager(cfg.ClusterMeshConfig, cfg.ClusterName, cfg.ClusterID, time.Duration(cfg.ClusterMeshTTL), remote.Callbacks{
 			Node: router.NodeChanged, Identity: engine.IdentityChanged, Entry: router.EntryChanged,
-			Service: services.RemoteChanged, Authenticate: auth.remote(),
+			Service: services.RemoteChanged, Authenticate: auth.remote(), Forget: auth.forget,
 		})
 		go mesh.Run(ctx)
 	}
