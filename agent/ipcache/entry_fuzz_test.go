@@ -1,0 +1,32 @@
+package ipcache_test
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/filament-net/filament/agent/ipcache"
+)
+
+// FuzzEntryDecode feeds arbitrary kvstore values to the ipcache entry
+// decoding the watch does (json.Unmarshal into ipcache.Entry). It must
+// never panic and must refuse what is not JSON, and an entry it accepts must come back equal through the form it is
+// published in.
+func FuzzEntryDecode(f *testing.F) {
+	f.Fuzz(func(t *testing.T, value []byte) {
+		var e ipcache.Entry
+		if err := json.Unmarshal(value, &e); err != nil {
+			return
+		}
+		if !json.Valid(value) {
+			t.Fatalf("invalid JSON decoded as an ipcache entry: %q", value)
+		}
+		b, err := json.Marshal(e)
+		if err != nil {
+			t.Fatalf("a decoded entry does not marshal: %v", err)
+		}
+		var back ipcache.Entry
+		if err := json.Unmarshal(b, &back); err != nil || back != e {
+			t.Fatalf("entry changes when published again (%v):\n got %#v\nwant %#v\n%s", err, back, e, b)
+		}
+	})
+}
