@@ -128,10 +128,13 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		Password:    cfg.Password,
 		Logger:      zap.NewNop(),
 		Context:     context.Background(),
+		// Notice a dead connection and come back quickly (reconnect.go).
+		DialKeepAliveTime:    keepAliveTime,
+		DialKeepAliveTimeout: keepAliveTimeout,
 		// Room for one policy import's transaction (etcd's own limit,
 		// --max-request-bytes, still applies).
 		MaxCallSendMsgSize: MaxRequestBytes + 1<<20,
-		DialOptions:        []grpc.DialOption{grpc.WithContextDialer(dialControl)},
+		DialOptions:        append(reconnectOptions(), grpc.WithContextDialer(dialControl)),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kvstore: connect %v: %w", cfg.Endpoints, err)

@@ -2,18 +2,22 @@ package kvstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Lease is an etcd lease kept alive until Close. Keys written under it
-// vanish when the holder dies. If etcd loses the lease anyway (the holder was
-// cut off longer than the TTL), a new lease is granted and every OnRenew
-// callback runs with its ID so owners can write their keys again.
+// vanish when the holder dies. A keep-alive that fails (etcd down or
+// restarting) is resumed on the same lease as soon as etcd answers, so a
+// short outage changes nothing. Only if etcd really lost the lease (the
+// holder was cut off longer than the TTL) is a new one granted, and every
+// OnRenew callback runs with its ID so owners can write their keys again.
 type Lease struct {
 	c   *Client
 	ttl time.Duration
@@ -75,34 +79,86 @@ func (l *Lease) run(ka <-chan *clientv3.LeaseKeepAliveResponse) {
 		if l.ctx.Err() != nil {
 			return
 		}
-		// The keep-alive stream ended: the lease expired or etcd was
-		// unreachable for too long. Grant a new one until that works.
-		for {
-			gctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
-			r, err := l.c.c.Grant(gctx, int64(l.ttl/time.Second))
-			cancel()
-			if err == nil {
-				next, err := l.c.c.KeepAlive(l.ctx, r.ID)
-				if err == nil {
-					l.mu.Lock()
-					l.id = r.ID
-					cbs := append([]func(context.Context, int64){}, l.callbacks...)
-					l.mu.Unlock()
-					slog.Warn("kvstore lease was lost; granted a new one", "lease", fmt.Sprintf("%x", r.ID))
-					for _, f := range cbs {
-						f(l.ctx, int64(r.ID))
-					}
-					ka = next
-					break
-				}
+		// The keep-alive stream ended. That alone does not mean the lease
+		// is gone: the client gives up on it once its TTL passes without an
+		// answer, as it does while etcd is down, and etcd renews every
+		// lease when it starts again. Keep the same lease while etcd still
+		// has it (its keys stay where they are); grant a new one only when
+		// etcd says it is gone.
+		next, ok := l.recover()
+		if !ok {
+			return
+		}
+		ka = next
+	}
+}
+
+// leaseRetry is the pause between two attempts to reach etcd while
+// recovering the lease.
+const leaseRetry = 200 * time.Millisecond
+
+// recover resumes the keep-alive of the current lease, or of a new one when
+// etcd no longer has it, retrying until etcd answers; false when the lease
+// was closed meanwhile.
+func (l *Lease) recover() (<-chan *clientv3.LeaseKeepAliveResponse, bool) {
+	for {
+		id := clientv3.LeaseID(l.ID())
+		alive, err := l.exists(id)
+		if err == nil && alive {
+			if next, err := l.c.c.KeepAlive(l.ctx, id); err == nil {
+				slog.Info("kvstore lease kept across a lost keep-alive", "lease", fmt.Sprintf("%x", id))
+				return next, true
 			}
-			select {
-			case <-l.ctx.Done():
-				return
-			case <-time.After(time.Second):
+		} else if err == nil {
+			if next, err := l.regrant(); err == nil {
+				return next, true
 			}
 		}
+		select {
+		case <-l.ctx.Done():
+			return nil, false
+		case <-time.After(leaseRetry):
+		}
 	}
+}
+
+// exists asks etcd whether lease id is still alive.
+func (l *Lease) exists(id clientv3.LeaseID) (bool, error) {
+	ctx, cancel := context.WithTimeout(l.ctx, 2*time.Second)
+	defer cancel()
+	r, err := l.c.c.TimeToLive(ctx, id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return r.TTL > 0, nil
+}
+
+// regrant grants a new lease, keeps it alive and runs every OnRenew
+// callback with its ID so owners write their keys again.
+func (l *Lease) regrant() (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	gctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	r, err := l.c.c.Grant(gctx, int64(l.ttl/time.Second))
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	next, err := l.c.c.KeepAlive(l.ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	old := l.id
+	l.id = r.ID
+	cbs := append([]func(context.Context, int64){}, l.callbacks...)
+	l.mu.Unlock()
+	slog.Warn("kvstore lease was lost (expired in etcd); granted a new one", "old", fmt.Sprintf("%x", old), "lease", fmt.Sprintf("%x", r.ID))
+	for _, f := range cbs {
+		f(l.ctx, int64(r.ID))
+	}
+	return next, nil
 }
 
 // Close stops the keep-alive and revokes the lease, deleting its keys.

@@ -1,0 +1,86 @@
+package kvstore_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/kvstore/embedded"
+	"github.com/filament-net/filament/internal/testutil"
+)
+
+// freeURL is an http URL on a loopback port free right now.
+func freeURL(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return fmt.Sprintf("http://%s", ln.Addr())
+}
+
+// A kvstore restart shorter than the lease TTL, but longer than the client
+// takes to give up on a keep-alive: the holder keeps its lease and its keys,
+// with no OnRenew, and reads work again soon after the restart.
+func TestLeaseKeptAcrossRestart(t *testing.T) {
+	dir, clientURL, peerURL := t.TempDir(), freeURL(t), freeURL(t)
+	start := func() *embedded.Server {
+		s, err := embedded.Start(embedded.Config{Dir: dir, ClientURL: clientURL, PeerURL: peerURL, UnsafeNoFsync: true})
+		if err != nil {
+			t.Fatalf("embedded etcd: %v", err)
+		}
+		return s
+	}
+	s := start()
+	c := testutil.Connect(t, s.Endpoints())
+	x := ctx(t)
+	l, err := c.GrantLease(x, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := make(chan int64, 1)
+	l.OnRenew(func(_ context.Context, id int64) { renewed <- id })
+	if err := c.Put(x, "filament/kept", []byte("v"), l.ID()); err != nil {
+		t.Fatal(err)
+	}
+	id := l.ID()
+	s.Close()
+	// Down longer than the client waits for a keep-alive answer (the TTL).
+	time.Sleep(3 * time.Second)
+	s = start()
+	t.Cleanup(s.Close)
+	back := time.Now()
+	for {
+		gctx, cancel := context.WithTimeout(x, 500*time.Millisecond)
+		_, err := c.Get(gctx, "filament/kept")
+		cancel()
+		if err == nil {
+			break
+		}
+		if x.Err() != nil {
+			t.Fatalf("the client never came back: %v", err)
+		}
+	}
+	t.Logf("reads work again %v after the restart", time.Since(back).Round(10*time.Millisecond))
+	// Past several TTLs: still the same lease, kept alive, key in place.
+	time.Sleep(5 * time.Second)
+	select {
+	case nid := <-renewed:
+		t.Fatalf("the lease was granted again (%x, was %x) although etcd still had it", nid, id)
+	default:
+	}
+	if l.ID() != id {
+		t.Fatalf("lease %x became %x", id, l.ID())
+	}
+	kv, err := c.Get(x, "filament/kept")
+	if err != nil {
+		t.Fatalf("key under the kept lease: %v", err)
+	}
+	if kv.Lease != id {
+		t.Fatalf("key is under lease %x, want %x", kv.Lease, id)
+	}
+	l.Close(x)
+}
