@@ -15,7 +15,7 @@ DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo
 DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
-.PHONY: kube-apiserver all build generate test test-unit demo demo-down bench lint clean deps check-root
+.PHONY: kube-apiserver all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
 
 all: build
 
@@ -57,6 +57,19 @@ check-root:
 KUBE_APISERVER ?= $(HOME)/.cache/filament/kube-apiserver-v1.37.1
 kube-apiserver:
 	@GO=$(GO) deploy/kube/build-kube-apiserver.sh $(KUBE_APISERVER)
+
+# Every fuzz target (func Fuzz* in a *_test.go) for FUZZTIME each, one at a
+# time (go test -fuzz takes one target per package); `make test` runs only
+# their committed seeds (testdata/fuzz/). A failing input is written to the
+# package's testdata/fuzz/<Target>/ and the run stops. The bpf targets need root.
+FUZZTIME ?= 30s
+fuzz:
+	@set -e; for pkg in $$(grep -rl --exclude-dir=.git --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$t for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 # Unprivileged tests only (privileged ones skip and say why).
 test-unit:
