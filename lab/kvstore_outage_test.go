@@ -1,0 +1,231 @@
+package lab_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+// The cluster's kvstore restarts after an outage shorter than the lease TTL
+// (issue 13 item 10): cross-node connections never fail, no remote ipcache
+// entry leaves the datapath, the agents report the kvstore healthy again and
+// keep their leases, and their entries in etcd survive.
+func TestKvstoreOutageKeepsLeasesAndEntries(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel")
+	a := labtest.Pod(t, l, "n1", "a", "app=a")
+	b := labtest.Pod(t, l, "n2", "b", "app=b")
+	serve(t, lab.NetNSPath(a.NetNS), 7000)
+	serve(t, lab.NetNSPath(b.NetNS), 7000)
+	eventually(t, "a reaches b", func() bool { return reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, 7000) })
+	eventually(t, "b reaches a", func() bool { return reach(t, lab.NetNSPath(b.NetNS), "tcp", a.IP, 7000) })
+
+	cluster := l.Clusters[0]
+	leases := map[string]string{}
+	for _, n := range []string{"n1", "n2"} {
+		st := agentStatus(t, l, n)
+		if !st.Kvstore.Healthy || st.Kvstore.LeaseID == "" {
+			t.Fatalf("%s before the outage: kvstore %+v", n, st.Kvstore)
+		}
+		leases[n] = st.Kvstore.LeaseID
+	}
+	before := etcdIPEntries(t, l, cluster)
+	for _, p := range []*lab.Pod{a, b} {
+		if _, ok := before[p.IP]; !ok {
+			t.Fatalf("pod %s (%s) has no ipcache entry in etcd: %v", p.Name, p.IP, before)
+		}
+	}
+
+	// Probe continuously: a new single-attempt TCP connection each way and
+	// a look at each node's pinned ipcache map every 100 ms.
+	ipc1, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ipc1.Close()
+	ipc2, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n2"), "ipcache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ipc2.Close()
+	var mu sync.Mutex
+	var failures []string
+	fail := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		failures = append(failures, time.Now().Format("15:04:05.000")+" "+fmt.Sprintf(format, args...))
+	}
+	stop := make(chan struct{})
+	probed := make(chan int)
+	go func() {
+		n := 0
+		defer func() { probed <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			n++
+			if !ipcHas(ipc1, b.IP, 32) {
+				fail("n1's ipcache lost %s (pod b on n2)", b.IP)
+			}
+			if !ipcHas(ipc2, a.IP, 32) {
+				fail("n2's ipcache lost %s (pod a on n1)", a.IP)
+			}
+			if err := connectOnce(lab.NetNSPath(a.NetNS), b.IP, 7000); err != nil {
+				fail("a -> b: %v", err)
+			}
+			if err := connectOnce(lab.NetNSPath(b.NetNS), a.IP, 7000); err != nil {
+				fail("b -> a: %v", err)
+			}
+		}
+	}()
+
+	if err := l.StopKvstore(cluster.Name); err != nil {
+		t.Fatal(err)
+	}
+	// Down for 12 s, shorter than the agents' 15 s lease TTL but long enough
+	// for gRPC's default reconnect backoff to grow past several seconds and
+	// for the etcd client's own keep-alive deadline to pass.
+	time.Sleep(12 * time.Second)
+	if err := l.StartKvstore(cluster.Name); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	for _, n := range []string{"n1", "n2"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, err := statusOnce(l, n)
+			if err == nil && st.Kvstore.Healthy {
+				t.Logf("%s: kvstore healthy again %v after it was back", n, time.Since(back).Round(10*time.Millisecond))
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: kvstore not healthy within 10 s of its restart: %+v %v", n, st.Kvstore, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Go on probing past the point where a lost lease would have expired.
+	time.Sleep(10 * time.Second)
+	close(stop)
+	t.Logf("%d probe rounds", <-probed)
+	mu.Lock()
+	if len(failures) > 0 {
+		t.Errorf("%d failed probes across the kvstore restart, first ones:\n%s", len(failures), strings.Join(failures[:min(len(failures), 10)], "\n"))
+	}
+	mu.Unlock()
+
+	for _, n := range []string{"n1", "n2"} {
+		if st := agentStatus(t, l, n); st.Kvstore.LeaseID != leases[n] {
+			t.Errorf("%s: lease %s before the outage, %s after (it was granted again)", n, leases[n], st.Kvstore.LeaseID)
+		}
+	}
+	after := etcdIPEntries(t, l, cluster)
+	for ip, kv := range before {
+		got, ok := after[ip]
+		if !ok {
+			t.Errorf("ipcache entry %s vanished from etcd", ip)
+		} else if got.Lease != kv.Lease || got.CreateRevision != kv.CreateRevision {
+			t.Errorf("ipcache entry %s was written again: lease %x rev %d before, lease %x rev %d after", ip, kv.Lease, kv.CreateRevision, got.Lease, got.CreateRevision)
+		}
+	}
+}
+
+func statusOnce(l *lab.Lab, node string) (api.Status, error) {
+	n, err := l.Node(node)
+	if err != nil {
+		return api.Status{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return api.NewClient(n.Socket).Status(ctx)
+}
+
+func agentStatus(t *testing.T, l *lab.Lab, node string) api.Status {
+	t.Helper()
+	st, err := statusOnce(l, node)
+	if err != nil {
+		t.Fatalf("status of %s: %v", node, err)
+	}
+	return st
+}
+
+// connectOnce opens one TCP connection from the namespace at path, with no
+// retry, and checks the echo server answers.
+func connectOnce(path, ip string, port int) error {
+	return ns.WithNetNSPath(path, func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", ip, port), 500*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		if _, err := c.Read(buf); err != nil {
+			return err
+		}
+		return nil
+	})
+}
+
+// etcdIPEntries lists the cluster's ipcache entries straight from its etcd,
+// dialling from inside the kvstore's namespace, by IP.
+func etcdIPEntries(t *testing.T, l *lab.Lab, c lab.Cluster) map[string]kvstore.KeyValue {
+	t.Helper()
+	tc, err := kvstore.Config{CAFile: filepath.Join(c.Bundle, "ca.pem"),
+		CertFile: filepath.Join(c.Bundle, clustermesh.UserAgent+".pem"),
+		KeyFile:  filepath.Join(c.Bundle, clustermesh.UserAgent+"-key.pem")}.TLSConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsPath := lab.NetNSPath(l.KvstoreNS(c.Name))
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{c.Kvstore}, TLS: tc, DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+				var err error
+				conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+				return err
+			})
+			return conn, err
+		})},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	prefix := ipcache.Prefix + c.Name + "/"
+	r, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("list %s: %v", prefix, err)
+	}
+	out := map[string]kvstore.KeyValue{}
+	for _, kv := range r.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), prefix)] = kvstore.KeyValue{Key: string(kv.Key), Value: kv.Value,
+			CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: kv.Lease}
+	}
+	return out
+}
