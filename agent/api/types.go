@@ -123,6 +123,8 @@ type PolicyView struct {
 	// Scope: cluster (every agent enforces it), local (this node only) or
 	// kubernetes (from the API server); empty from an agent without a
 	// cluster store.
-	Scope         string          `json:"scope,omitempty"`
+	Scope string `json:"scope,omitempty"`
+	// ClusterWide: a CiliumClusterwideNetworkPolicy (no namespace).
+	ClusterWide   bool            `json:"clusterWide,omitempty"`
 	DerivedGroups []groups.Result `json:"derivedGroups,omitempty"`
 }
