@@ -128,9 +128,9 @@ func (c *Client) Endpoints(ctx context.Context) ([]endpoint.Endpoint, error) {
 	return eps, c.do(ctx, http.MethodGet, "/v1/endpoints", nil, "", &eps)
 }
 
-// Endpoint gets one endpoint by ID.
-func (c *Client) Endpoint(ctx context.Context, id uint16) (endpoint.Endpoint, error) {
-	var ep endpoint.Endpoint
+// Endpoint gets one endpoint by ID, with its enforcement.
+func (c *Client) Endpoint(ctx context.Context, id uint16) (EndpointView, error) {
+	var ep EndpointView
 	return ep, c.do(ctx, http.MethodGet, "/v1/endpoints/"+strconv.Itoa(int(id)), nil, "", &ep)
 }
 

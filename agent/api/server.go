@@ -92,6 +92,11 @@ type Server struct {
 	Encryption func() (EncryptionStatus, error)
 	// RotateKey makes and publishes a new encryption key (nil: none).
 	RotateKey func(ctx context.Context) (string, error)
+	// BPF reads the datapath's maps (nil: no datapath).
+	BPF BPFMaps
+	// IdentityLabels names an identity's labels for the BPF views (nil:
+	// Identities).
+	IdentityLabels func(identity.NumericIdentity) []string
 
 	srv *http.Server
 }
@@ -104,6 +109,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/endpoints", s.createEndpoint)
 	mux.HandleFunc("DELETE /v1/endpoints", s.deleteEndpointByContainer)
 	mux.HandleFunc("GET /v1/endpoints/{id}", s.getEndpoint)
+	s.bpfRoutes(mux)
 	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.deleteEndpoint)
 	mux.HandleFunc("GET /v1/identities", s.listIdentities)
 	mux.HandleFunc("GET /v1/identities/{id}", s.getIdentity)
@@ -330,7 +336,7 @@ func (s *Server) getEndpoint(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, ep)
+	reply(w, http.StatusOK, s.endpointView(ep))
 }
 
 func (s *Server) deleteEndpoint(w http.ResponseWriter, r *http.Request) {
@@ -451,7 +457,7 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	v := PolicyView{Policy: p}
+	v := PolicyView{Policy: p, ClusterWide: p.Clusterwide()}
 	if sp, ok := s.Policies.(ScopedPolicies); ok {
 		v.Scope, _ = sp.Scope(p.Key())
 	}

@@ -428,7 +428,7 @@ func run(parent context.Context, cfg config.Config) error {
 	} else if removed > 0 {
 		slog.Info("removed leftover datapath entries", "count", removed)
 	}
-	hub := monitor.NewHub(func(n identity.NumericIdentity) []string {
+	identityLabels := func(n identity.NumericIdentity) []string {
 		if id, ok := res.Identity(n); ok {
 			return id.Labels.Strings()
 		}
@@ -436,7 +436,8 @@ func run(parent context.Context, cfg config.Config) error {
 			return id.Labels.Strings()
 		}
 		return nil
-	})
+	}
+	hub := monitor.NewHub(identityLabels)
 	hub.SetInterfaces(func(ifindex uint32) (uint16, identity.NumericIdentity, bool) {
 		for _, ep := range eps.List() {
 			if uint32(ep.HostIfIndex) == ifindex {
@@ -471,6 +472,7 @@ func run(parent context.Context, cfg config.Config) error {
 	srv := &api.Server{
 		Endpoints: eps, Identities: ids, KnownIdentities: res.Identities, Policies: clusterPolicies, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
 		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services, Groups: cloudGroups,
+		BPF: dp, IdentityLabels: identityLabels,
 		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp, auth) },
 		RotateKey:  func(ctx context.Context) (string, error) { return enc.rotate(ctx, reg) },
 		ClusterMesh: func() []remote.Status {

@@ -83,7 +83,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
 	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), c.nodeCmd(), c.clustermeshCmd(), c.serviceCmd(), c.encryptCmd(), &cobra.Command{
+	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), c.nodeCmd(), c.clustermeshCmd(), c.serviceCmd(), c.encryptCmd(), c.bpfCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return c.print(map[string]string{"version": version.Version}, func(w *tabwriter.Writer) {
@@ -159,20 +159,20 @@ func (c *cli) endpointCmd() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "get ID", Short: "Show one endpoint", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			id, err := strconv.ParseUint(args[0], 10, 16)
+			id, err := parseEndpointID(args[0])
 			if err != nil {
-				return fmt.Errorf("endpoint ID %q: want a number 1-65535", args[0])
+				return err
 			}
 			ctx, cancel := c.ctx()
 			defer cancel()
-			ep, err := c.client().Endpoint(ctx, uint16(id))
+			ep, err := c.client().Endpoint(ctx, id)
 			if err != nil {
 				return err
 			}
 			return c.print(ep, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "ID:\t%d\nContainer:\t%s (%s in %s)\nPod:\t%s/%s\nIPv4:\t%s/%d via %s\nMAC:\t%s\nIdentity:\t%d\nLabels:\t%s\nHost interface:\t%s (index %d)\nState:\t%s\nCreated:\t%s\n",
+				fmt.Fprintf(w, "ID:\t%d\nContainer:\t%s (%s in %s)\nPod:\t%s/%s\nIPv4:\t%s/%d via %s\nMAC:\t%s\nIdentity:\t%d\nLabels:\t%s\nHost interface:\t%s (index %d)\nState:\t%s\nPolicy:\t%s\nCreated:\t%s\n",
 					ep.ID, ep.ContainerID, ep.IfName, ep.NetNS, ep.Namespace, ep.PodName, ep.IPv4, ep.PrefixLen, ep.Gateway,
-					ep.MAC, uint32(ep.Identity), strings.Join(ep.LabelStrings(), ","), ep.HostIfName, ep.HostIfIndex, ep.State, ep.Created.Format(time.RFC3339))
+					ep.MAC, uint32(ep.Identity), strings.Join(ep.LabelStrings(), ","), ep.HostIfName, ep.HostIfIndex, ep.State, enforcementText(ep.PolicyEnforcement), ep.Created.Format(time.RFC3339))
 			})
 		},
 	})
@@ -278,12 +278,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(ps, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "POLICY\tKIND\tRULES")
-				for _, p := range ps {
-					fmt.Fprintf(w, "%s\t%s\t%d\n", p.Key(), p.Kind, len(p.Rules))
-				}
-			})
+			return c.print(ps, func(w *tabwriter.Writer) { policyTable(w, ps) })
 		},
 	}
 	cmd.AddCommand(get)
