@@ -532,6 +532,26 @@ spec:
 	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "trace", "--src", "bad key!", "--dst", "app=b"); err == nil || !strings.Contains(out, "bad key!") {
 		t.Errorf("trace with a bad label: %v %s", err, out)
 	}
+	// The policy map entries of b as the kernel holds them, and b's
+	// enforcement: ingress enforced (it has ingress rules), egress not.
+	var bID string
+	for _, e := range labtest.Endpoints(t, l, "n1") {
+		if e.IPv4.String() == b.IP {
+			bID = strconv.Itoa(int(e.ID))
+		}
+	}
+	out, err := labtest.NodeRun(t, l, "n1", "filament", "bpf", "policy", "get", bID)
+	allow := false
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		allow = allow || len(f) == 6 && f[0] == "ingress" && strings.Contains(f[2], "app=a") && f[3] == "TCP" && f[4] == "80" && f[5] == "allow"
+	}
+	if err != nil || !allow {
+		t.Errorf("bpf policy get %s: %v\n%s", bID, err, out)
+	}
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "endpoint", "get", bID); err != nil || !strings.Contains(out, "ingress enforced, egress not enforced") {
+		t.Errorf("endpoint get %s: %v\n%s", bID, err, out)
+	}
 	serve(t, lab.NetNSPath(b.NetNS), 81)
 	if reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, 81) {
 		t.Fatal("a -> b:81 allowed")
