@@ -154,6 +154,11 @@ struct node_config {
 	// overlay, ...), host order, 0 = unused: pods reach them on a node
 	// address only when their egress policy names the port.
 	__u16 control_ports[CONTROL_PORTS];
+	// With encryption: the address NodePort traffic to a backend on a peer
+	// is translated from (this node's gateway, inside its pod CIDR, which
+	// the peer accepts from the tunnel and routes back through it);
+	// network order, 0 = none.
+	__u32 encrypt_snat;
 };
 
 struct event {
@@ -704,6 +709,10 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 	if (tunnel_ip) {
 		__u32 zero = 0;
 		struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+		// Translated from the gateway: the backend's node is an
+		// encryption peer, and the FIB sends it through the device.
+		if (cfg && cfg->encrypt_snat && p->saddr == cfg->encrypt_snat)
+			return lb_out(skb, p);
 		if (cfg && cfg->vxlan_ifindex)
 			return encap(skb, tunnel_ip, IDENTITY_WORLD);
 	}
@@ -748,11 +757,21 @@ int from_netdev(struct __sk_buff *skb)
 	int local = bpf_map_lookup_elem(&endpoints, &bip) != 0;
 	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
 	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
+	// A backend on another node goes through the encryption device when
+	// that node is a peer (never in clear under strict mode).
+	int enc = tunnel_ip ? encrypt_route(tunnel_ip) : -1;
+	if (enc == REASON_NO_ENCRYPT_PEER)
+		return drop(skb, enc, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u32 snat = p.daddr;
+	if (enc == 0 && cfg && cfg->encrypt_snat)
+		snat = cfg->encrypt_snat;
 	__u64 expires = bpf_ktime_get_ns() + lb_nat_timeout(p.proto);
 	// The reply's tuple must be unique: a local backend sees the client
 	// itself; a remote one sees this node and a source port kept from the
 	// client when free, else a random one.
-	__u32 nsaddr = local ? p.saddr : p.daddr;
+	__u32 nsaddr = local ? p.saddr : snat;
 	__u16 nsport = p.sport;
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
 	int i, ok = 0;
@@ -775,6 +794,42 @@ int from_netdev(struct __sk_buff *skb)
 	if (lb_rewrite(skb, &p, nsaddr, bip, nsport, bport) < 0)
 		return TC_ACT_SHOT;
 	return lb_forward(skb, &p, local ? 0 : tunnel_ip, local);
+}
+
+// from_wireguard: tc ingress of the encryption device (layer 3: packets
+// start at the IPv4 header). Replies of NodePort flows this node sent to a
+// backend on a peer come back decrypted here, to the gateway address; they
+// get a MAC header so the shared code applies, are translated back to the
+// frontend and sent to the client. Everything else passes untouched.
+SEC("tc")
+int from_wireguard(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data;
+	if ((void *)(ip + 1) > data_end || ip->version != 4)
+		return TC_ACT_OK;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return TC_ACT_OK;
+	__u8 *l4 = (__u8 *)data + ip->ihl * 4;
+	if (ip->ihl < 5 || l4 + 4 > (__u8 *)data_end)
+		return TC_ACT_OK;
+	struct pkt p = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol};
+	p.sport = *(__u16 *)l4;
+	p.dport = *(__u16 *)(l4 + 2);
+	struct lb_nat *n = lb_nat_lookup(&p);
+	if (!n || !n->reverse)
+		return TC_ACT_OK;
+	if (bpf_skb_change_head(skb, ETH_HLEN, 0) < 0)
+		return TC_ACT_SHOT;
+	__u16 eth_ip = bpf_htons(ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 12, &eth_ip, 2, 0) < 0)
+		return TC_ACT_SHOT;
+	struct pkt q = {};
+	if (parse(skb, &q) != REASON_FORWARDED)
+		return TC_ACT_SHOT;
+	int r = lb_reverse(skb, &q);
+	return r >= 0 ? r : TC_ACT_SHOT;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

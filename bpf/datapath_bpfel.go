@@ -181,6 +181,7 @@ type DatapathNodeConfig struct {
 	VxlanIfindex uint32
 	Encrypt      uint32
 	ControlPorts [8]uint16
+	EncryptSnat  uint32
 }
 
 type DatapathPolicyKey struct {
@@ -227,6 +228,7 @@ const (
 	DatapathProgFromContainer    = "from_container"
 	DatapathProgFromNetdev       = "from_netdev"
 	DatapathProgFromOverlay      = "from_overlay"
+	DatapathProgFromWireguard    = "from_wireguard"
 	DatapathProgSockConnect4     = "sock_connect4"
 	DatapathProgSockGetpeername4 = "sock_getpeername4"
 	DatapathProgSockRecvmsg4     = "sock_recvmsg4"
@@ -301,6 +303,7 @@ type DatapathProgramSpecs struct {
 	FromContainer    *ebpf.ProgramSpec `ebpf:"from_container"`
 	FromNetdev       *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromOverlay      *ebpf.ProgramSpec `ebpf:"from_overlay"`
+	FromWireguard    *ebpf.ProgramSpec `ebpf:"from_wireguard"`
 	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
 	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
 	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
@@ -455,6 +458,7 @@ type DatapathPrograms struct {
 	FromContainer    *ebpf.Program `ebpf:"from_container"`
 	FromNetdev       *ebpf.Program `ebpf:"from_netdev"`
 	FromOverlay      *ebpf.Program `ebpf:"from_overlay"`
+	FromWireguard    *ebpf.Program `ebpf:"from_wireguard"`
 	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
 	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
 	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
@@ -467,6 +471,7 @@ func (p *DatapathPrograms) Close() error {
 		p.FromContainer,
 		p.FromNetdev,
 		p.FromOverlay,
+		p.FromWireguard,
 		p.SockConnect4,
 		p.SockGetpeername4,
 		p.SockRecvmsg4,

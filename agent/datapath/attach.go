@@ -70,6 +70,24 @@ func (d *Datapath) AttachOverlay(ifName string, ifIndex int) (Attachment, error)
 	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, d.objs.FromOverlay, "from_overlay"}})
 }
 
+// AttachWireGuard puts from_wireguard on the tc ingress of the encryption
+// device (NodePort replies from backends on peers are translated back there).
+func (d *Datapath) AttachWireGuard(ifName string, ifIndex int) (Attachment, error) {
+	d.mu.Lock()
+	d.nodeDevs[ifName] = true
+	d.mu.Unlock()
+	if d.attach != "tc" {
+		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", d.objs.FromWireguard, ebpf.AttachTCXIngress}})
+		if err == nil {
+			return AttachTCX, nil
+		}
+		if d.attach == "tcx" || !errors.Is(err, ebpf.ErrNotSupported) {
+			return "", err
+		}
+	}
+	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, d.objs.FromWireguard, "from_wireguard"}})
+}
+
 func (d *Datapath) attachTCX(ifName string, ifIndex int) error {
 	return d.attachTCXPoints(ifName, ifIndex, []attachPoint{
 		{"ingress", d.objs.FromContainer, ebpf.AttachTCXIngress}, {"egress", d.objs.ToContainer, ebpf.AttachTCXEgress}})

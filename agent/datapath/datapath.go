@@ -468,6 +468,19 @@ func (d *Datapath) SetControlPorts(ports []uint16) error {
 	})
 }
 
+// SetEncryptSNAT sets the address NodePort traffic to a backend on an
+// encryption peer is translated from: this node's gateway, inside its pod
+// CIDR, so the peer accepts it from the tunnel and routes replies back
+// through it (invalid: translate from the node's address, no encryption).
+func (d *Datapath) SetEncryptSNAT(a netip.Addr) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
+		v.EncryptSnat = 0
+		if a.IsValid() {
+			v.EncryptSnat = ipv4(a)
+		}
+	})
+}
+
 // SetTunnel tells the programs which device encapsulates (0: none).
 func (d *Datapath) SetTunnel(vxlanIfIndex int) error {
 	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.VxlanIfindex = uint32(vxlanIfIndex) })

@@ -66,8 +66,10 @@ type Router struct {
 	mode string
 	self string
 
-	enc  Encryption
-	xfrm IPsec
+	enc Encryption
+	// encSrc is the source of the node's own traffic through enc.
+	encSrc netip.Addr
+	xfrm   IPsec
 	// requireNode: remote ipcache entries are written only for nodes the
 	// router accepted (authenticated), so a refused node cannot claim
 	// identities for addresses.
@@ -159,11 +161,16 @@ func (r *Router) SetIPsec(x IPsec) {
 }
 
 // SetEncryption routes pod traffic to other nodes through e (call before
-// nodes are learned).
-func (r *Router) SetEncryption(e Encryption) {
+// nodes are learned). src, this node's gateway address (inside its pod
+// CIDR), is the source of the node's own traffic through the device: a
+// peer accepts it (it is in this node's allowed IPs there) and routes the
+// replies back through the tunnel, so host-to-remote-pod traffic is
+// encrypted both ways.
+func (r *Router) SetEncryption(e Encryption, src netip.Addr) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.enc = e
+	r.encSrc = src
 }
 
 func cidrs(n node.Node) []netip.Prefix {
@@ -200,6 +207,9 @@ func (r *Router) encryptTo(n node.Node, ip netip.Addr) bool {
 	}
 	for _, c := range p.AllowedIPs {
 		rt := &netlink.Route{Dst: ipnet(c), LinkIndex: r.enc.IfIndex(), Scope: netlink.SCOPE_LINK}
+		if r.encSrc.IsValid() {
+			rt.Src = r.encSrc.AsSlice()
+		}
 		if err := netlink.RouteReplace(rt); err != nil {
 			slog.Error("route to a remote pod CIDR through WireGuard", "node", n.Name, "cidr", c, "err", err)
 		}

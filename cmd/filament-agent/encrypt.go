@@ -66,7 +66,21 @@ func startEncryption(cfg config.Config, dp *datapath.Datapath, router *routing.R
 		// Decrypted packets come in on the device with pod sources.
 		os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/rp_filter", wg.Name()), []byte("0"), 0o644)
 		e.wg = wg
-		router.SetEncryption(wg)
+		// The gateway: the source of this node's traffic through the
+		// device, and of NodePort traffic to backends on peers.
+		var gw netip.Addr
+		if p, err := netip.ParsePrefix(podCIDR); err == nil {
+			gw = p.Masked().Addr().Next()
+		}
+		router.SetEncryption(wg, gw)
+		if _, err := dp.AttachWireGuard(wg.Name(), wg.IfIndex()); err != nil {
+			wg.Close()
+			return nil, fmt.Errorf("attach from_wireguard: %w", err)
+		}
+		if err := dp.SetEncryptSNAT(gw); err != nil {
+			wg.Close()
+			return nil, err
+		}
 	case "ipsec":
 		if err := ipsec.Probe(); err != nil {
 			return nil, fmt.Errorf("encryption ipsec refused: %w", err)
@@ -85,6 +99,12 @@ func startEncryption(cfg config.Config, dp *datapath.Datapath, router *routing.R
 		}
 		router.SetIPsec(&ipsecPeers{local: local, keys: keys})
 		e.ipsec = true
+	}
+	if e.wg == nil {
+		// No translation from the gateway left over from an earlier run.
+		if err := dp.SetEncryptSNAT(netip.Addr{}); err != nil {
+			return nil, err
+		}
 	}
 	if err := dp.SetEncryption(e.wg != nil || e.ipsec, e.strict); err != nil {
 		if e.wg != nil {
