@@ -126,14 +126,32 @@ func (l *Lease) recover() (<-chan *clientv3.LeaseKeepAliveResponse, bool) {
 func (l *Lease) exists(id clientv3.LeaseID) (bool, error) {
 	ctx, cancel := context.WithTimeout(l.ctx, 2*time.Second)
 	defer cancel()
-	r, err := l.c.c.TimeToLive(ctx, id)
+	return l.c.LeaseAlive(ctx, int64(id))
+}
+
+// LeaseAlive asks etcd whether lease id still exists.
+func (c *Client) LeaseAlive(ctx context.Context, id int64) (bool, error) {
+	r, err := c.c.TimeToLive(ctx, clientv3.LeaseID(id))
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("kvstore: lease %x: %w", id, err)
 	}
 	return r.TTL > 0, nil
+}
+
+// LeaseEnded reports whether ev deleted a key because its lease ended
+// (expired or revoked) rather than by an explicit delete; false when that
+// cannot be told (no previous lease, etcd not answering).
+func (c *Client) LeaseEnded(ctx context.Context, ev Event) bool {
+	if ev.Type != EventDelete || ev.PrevLease == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	alive, err := c.LeaseAlive(ctx, ev.PrevLease)
+	return err == nil && !alive
 }
 
 // regrant grants a new lease, keeps it alive and runs every OnRenew

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -83,4 +84,46 @@ func TestLeaseKeptAcrossRestart(t *testing.T) {
 		t.Fatalf("key is under lease %x, want %x", kv.Lease, id)
 	}
 	l.Close(x)
+}
+
+// A watched delete says whether the key went with its lease: an explicit
+// delete of a leased key does not, a revoked (or expired) lease does.
+func TestLeaseEnded(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	l, err := c.GrantLease(x, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Abandon()
+	for _, k := range []string{"filament/e/explicit", "filament/e/leased"} {
+		if err := c.Put(x, k, []byte("v"), l.ID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, cancel := context.WithCancel(x)
+	defer cancel()
+	ch := c.Watch(wctx, "filament/e/", kvstore.WatchOptions{})
+	next := func() kvstore.Event {
+		t.Helper()
+		for ev := range ch {
+			if ev.Type == kvstore.EventDelete {
+				return ev
+			}
+		}
+		t.Fatal("watch ended")
+		return kvstore.Event{}
+	}
+	if err := c.Delete(x, "filament/e/explicit"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(); ev.PrevLease != l.ID() || c.LeaseEnded(x, ev) {
+		t.Fatalf("explicit delete %+v: prev lease %x (want %x), said to be a lease end", ev, ev.PrevLease, l.ID())
+	}
+	if _, err := c.Raw().Revoke(x, clientLeaseID(l.ID())); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(); ev.Key != "filament/e/leased" || !c.LeaseEnded(x, ev) {
+		t.Fatalf("delete by a revoked lease %+v not said to be a lease end", ev)
+	}
 }

@@ -40,6 +40,9 @@ type Event struct {
 	Key      string
 	Value    []byte
 	Revision int64 // store revision of the change (of the list, for EventSynced)
+	// PrevLease is the lease the key was under before a delete seen by the
+	// watch stream (0 when unknown, as for deletes found by a resync).
+	PrevLease int64
 }
 
 // WatchOptions tune Watch.
@@ -131,6 +134,9 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 				ev := Event{Key: string(e.Kv.Key), Value: e.Kv.Value, Revision: e.Kv.ModRevision}
 				if e.Type == clientv3.EventTypeDelete {
 					ev.Type = EventDelete
+					if e.PrevKv != nil {
+						ev.PrevLease = e.PrevKv.Lease
+					}
 					delete(known, ev.Key)
 				} else {
 					ev.Type = EventUpsert
