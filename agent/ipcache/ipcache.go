@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/kvstore"
@@ -41,6 +42,11 @@ type Sync struct {
 	remote map[netip.Addr]Entry
 	subs   []func(e Entry, deleted bool)
 	synced chan struct{}
+	// hold keeps the entries of a node whose lease ended while failure
+	// detection still reaches it; pending are those entries (their
+	// deletion not applied yet).
+	hold    *kvstore.Hold[netip.Addr]
+	pending map[netip.Addr]bool
 }
 
 func (s *Sync) key(ip netip.Addr) string { return Prefix + s.cluster + "/" + ip.String() }
@@ -50,7 +56,7 @@ func (s *Sync) key(ip netip.Addr) string { return Prefix + s.cluster + "/" + ip.
 // left for Publish to overwrite or Prune to remove.
 func New(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, cluster, node string) *Sync {
 	s := &Sync{kv: kv, lease: lease, cluster: cluster, node: node,
-		local: map[netip.Addr]Entry{}, remote: map[netip.Addr]Entry{}, synced: make(chan struct{})}
+		local: map[netip.Addr]Entry{}, remote: map[netip.Addr]Entry{}, synced: make(chan struct{}), pending: map[netip.Addr]bool{}}
 	lease.OnRenew(func(ctx context.Context, id int64) {
 		s.mu.Lock()
 		entries := make([]Entry, 0, len(s.local))
@@ -68,6 +74,36 @@ func New(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, cluster,
 	case <-ctx.Done():
 	}
 	return s
+}
+
+// HoldExpired keeps a remote node's entries in place when they vanish
+// because its lease ended (it was cut off from the kvstore longer than the
+// TTL) while alive(node) says failure detection still reaches it: its pods
+// keep being reachable until it writes them again under its new lease. They
+// go once the node is seen down, or after max. An explicit withdrawal (a
+// deleted endpoint) is never held. Call before events matter.
+func (s *Sync) HoldExpired(alive func(node string) bool, max time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold = &kvstore.Hold[netip.Addr]{Alive: alive, Max: max, Release: s.release}
+}
+
+// release applies the held deletion of ip, unless it was written again.
+func (s *Sync) release(ip netip.Addr) {
+	s.mu.Lock()
+	e, ok := s.remote[ip]
+	if !s.pending[ip] || !ok {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.pending, ip)
+	delete(s.remote, ip)
+	subs := append([]func(Entry, bool){}, s.subs...)
+	s.mu.Unlock()
+	slog.Info("withdrawing a held ipcache entry", "ip", ip, "node", e.Node)
+	for _, f := range subs {
+		f(e, true)
+	}
 }
 
 // Subscribe calls f for each remote entry now known and every later change.
@@ -160,27 +196,51 @@ func (s *Sync) watch(ctx context.Context) {
 		deleted := ev.Type == kvstore.EventDelete
 		if deleted {
 			old, ok := s.remote[ip]
-			if !ok {
+			if !ok || s.pending[ip] {
 				s.mu.Unlock()
 				continue
+			}
+			if hold := s.hold; hold != nil {
+				// Pending before the hold starts, so its release finds it;
+				// this goroutine is the only other writer of s.remote[ip].
+				s.pending[ip] = true
+				s.mu.Unlock()
+				held := s.kv.LeaseEnded(ctx, ev) && hold.Add(ctx, ip, old.Node)
+				if held {
+					slog.Info("holding the ipcache entry of a node whose lease ended while it is reachable", "ip", ip, "node", old.Node)
+					continue
+				}
+				s.mu.Lock()
+				delete(s.pending, ip)
 			}
 			e = old
 			delete(s.remote, ip)
 		} else {
+			wasPending := s.pending[ip]
+			if wasPending {
+				delete(s.pending, ip)
+				s.hold.Clear(ip)
+			}
 			if err := json.Unmarshal(ev.Value, &e); err != nil {
 				s.mu.Unlock()
 				slog.Warn("ignoring an unreadable ipcache entry", "key", ev.Key, "err", err)
 				continue
 			}
 			if e.Node == s.node {
+				old, ok := s.remote[ip]
+				if !wasPending || !ok {
+					s.mu.Unlock()
+					continue
+				}
+				// A held remote entry whose address is now this node's.
+				e, deleted = old, true
+				delete(s.remote, ip)
+			} else if old, ok := s.remote[ip]; ok && old == e {
 				s.mu.Unlock()
 				continue
+			} else {
+				s.remote[ip] = e
 			}
-			if old, ok := s.remote[ip]; ok && old == e {
-				s.mu.Unlock()
-				continue
-			}
-			s.remote[ip] = e
 		}
 		subs := append([]func(Entry, bool){}, s.subs...)
 		s.mu.Unlock()

@@ -5,6 +5,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/filament-net/filament/agent/kvstore"
 )
@@ -133,6 +135,10 @@ type Registry struct {
 	subs        []func(n Node, deleted bool)
 	synced      chan struct{}
 	sign        func(*Node) error
+	// hold keeps the record of a node whose lease ended while failure
+	// detection still reaches it; pending are those records.
+	hold    *kvstore.Hold[string]
+	pending map[string]bool
 }
 
 func (r *Registry) key(n Node) string { return NodesPrefix + n.Cluster + "/" + n.Name }
@@ -145,7 +151,7 @@ func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, 
 	if self.Health == "" {
 		self.Health = "ok"
 	}
-	r := &Registry{kv: kv, lease: lease, self: self, nodes: map[string]Node{}, unreachable: map[string]bool{}, synced: make(chan struct{})}
+	r := &Registry{kv: kv, lease: lease, self: self, nodes: map[string]Node{}, unreachable: map[string]bool{}, synced: make(chan struct{}), pending: map[string]bool{}}
 	if len(sign) > 0 {
 		r.sign = sign[0]
 	}
@@ -216,6 +222,26 @@ func (r *Registry) watch(ctx context.Context) {
 		var n Node
 		deleted := ev.Type == kvstore.EventDelete
 		r.mu.Lock()
+		if deleted && r.pending[name] {
+			r.mu.Unlock()
+			continue
+		}
+		if hold := r.hold; deleted && hold != nil && name != r.self.Name && r.nodes[name].Name != "" {
+			// Pending before the hold starts, so its release finds it.
+			r.pending[name] = true
+			r.mu.Unlock()
+			if r.kv.LeaseEnded(ctx, ev) && hold.Add(ctx, name, name) {
+				slog.Info("holding the record of a node whose lease ended while it is reachable", "node", name)
+				continue
+			}
+			r.mu.Lock()
+			delete(r.pending, name)
+		}
+		wasPending := !deleted && r.pending[name]
+		if wasPending {
+			delete(r.pending, name)
+			r.hold.Clear(name)
+		}
 		if deleted {
 			n = r.nodes[name]
 			delete(r.nodes, name)
@@ -224,7 +250,13 @@ func (r *Registry) watch(ctx context.Context) {
 			slog.Warn("ignoring an unreadable node record", "key", ev.Key, "err", err)
 			continue
 		} else {
+			old := r.nodes[name]
 			r.nodes[name] = n
+			if wasPending && bytes.Equal(old.Record(), n.Record()) {
+				// A held record written again as it was: nothing changed.
+				r.mu.Unlock()
+				continue
+			}
 		}
 		subs := append([]func(Node, bool){}, r.subs...)
 		r.mu.Unlock()
@@ -234,6 +266,46 @@ func (r *Registry) watch(ctx context.Context) {
 		for _, f := range subs {
 			f(n, deleted)
 		}
+	}
+}
+
+// Reachable reports whether name is a known node that failure detection
+// has not declared down.
+func (r *Registry) Reachable(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, known := r.nodes[name]
+	return known && !r.unreachable[name]
+}
+
+// HoldExpired keeps a node's record (its routes, tunnel endpoint and
+// encryption peer) when it vanishes because the node's lease ended while
+// failure detection still reaches the node: cut off from the kvstore longer
+// than its TTL, it keeps working and writes its record again under a new
+// lease once back. The record goes once the node is seen down, or after
+// max. Use only with failure detection running (SetReachable).
+func (r *Registry) HoldExpired(max time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hold = &kvstore.Hold[string]{Alive: r.Reachable, Max: max, Release: r.release}
+}
+
+// release applies the held deletion of a node's record, unless it was
+// written again.
+func (r *Registry) release(name string) {
+	r.mu.Lock()
+	n, ok := r.nodes[name]
+	if !r.pending[name] || !ok {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.pending, name)
+	delete(r.nodes, name)
+	subs := append([]func(Node, bool){}, r.subs...)
+	r.mu.Unlock()
+	slog.Info("removing the held record of a node", "node", name)
+	for _, f := range subs {
+		f(n, true)
 	}
 }
 

@@ -356,6 +356,10 @@ func run(parent context.Context, cfg config.Config) error {
 		}
 		defer detector.Close()
 		go followGossipKeys(ctx, detector, keyFile, gossipKeys)
+		// A node cut off from the kvstore past its lease keeps its record
+		// and entries here while it is reachable (up to four TTLs).
+		reg.HoldExpired(4 * time.Duration(cfg.LeaseTTL))
+		ipsync.HoldExpired(reg.Reachable, 4*time.Duration(cfg.LeaseTTL))
 	}
 	reg.Subscribe(func(n node.Node, deleted bool) {
 		if n.Name != cfg.NodeName && !deleted && !auth.accept(cfg.ClusterName, n) {
