@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,12 +29,7 @@ import (
 // keep their leases, and their entries in etcd survive.
 func TestKvstoreOutageKeepsLeasesAndEntries(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel")
-	a := labtest.Pod(t, l, "n1", "a", "app=a")
-	b := labtest.Pod(t, l, "n2", "b", "app=b")
-	serve(t, lab.NetNSPath(a.NetNS), 7000)
-	serve(t, lab.NetNSPath(b.NetNS), 7000)
-	eventually(t, "a reaches b", func() bool { return reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, 7000) })
-	eventually(t, "b reaches a", func() bool { return reach(t, lab.NetNSPath(b.NetNS), "tcp", a.IP, 7000) })
+	a, b := echoPods(t, l)
 
 	cluster := l.Clusters[0]
 	leases := map[string]string{}
@@ -53,49 +49,7 @@ func TestKvstoreOutageKeepsLeasesAndEntries(t *testing.T) {
 
 	// Probe continuously: a new single-attempt TCP connection each way and
 	// a look at each node's pinned ipcache map every 100 ms.
-	ipc1, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ipc1.Close()
-	ipc2, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n2"), "ipcache"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ipc2.Close()
-	var mu sync.Mutex
-	var failures []string
-	fail := func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		failures = append(failures, time.Now().Format("15:04:05.000")+" "+fmt.Sprintf(format, args...))
-	}
-	stop := make(chan struct{})
-	probed := make(chan int)
-	go func() {
-		n := 0
-		defer func() { probed <- n }()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			n++
-			if !ipcHas(ipc1, b.IP, 32) {
-				fail("n1's ipcache lost %s (pod b on n2)", b.IP)
-			}
-			if !ipcHas(ipc2, a.IP, 32) {
-				fail("n2's ipcache lost %s (pod a on n1)", a.IP)
-			}
-			if err := connectOnce(lab.NetNSPath(a.NetNS), b.IP, 7000); err != nil {
-				fail("a -> b: %v", err)
-			}
-			if err := connectOnce(lab.NetNSPath(b.NetNS), a.IP, 7000); err != nil {
-				fail("b -> a: %v", err)
-			}
-		}
-	}()
+	probe := startProbes(t, l, a, b)
 
 	if err := l.StopKvstore(cluster.Name); err != nil {
 		t.Fatal(err)
@@ -124,13 +78,7 @@ func TestKvstoreOutageKeepsLeasesAndEntries(t *testing.T) {
 	}
 	// Go on probing past the point where a lost lease would have expired.
 	time.Sleep(10 * time.Second)
-	close(stop)
-	t.Logf("%d probe rounds", <-probed)
-	mu.Lock()
-	if len(failures) > 0 {
-		t.Errorf("%d failed probes across the kvstore restart, first ones:\n%s", len(failures), strings.Join(failures[:min(len(failures), 10)], "\n"))
-	}
-	mu.Unlock()
+	probe.finish(t)
 
 	for _, n := range []string{"n1", "n2"} {
 		if st := agentStatus(t, l, n); st.Kvstore.LeaseID != leases[n] {
@@ -146,6 +94,19 @@ func TestKvstoreOutageKeepsLeasesAndEntries(t *testing.T) {
 			t.Errorf("ipcache entry %s was written again: lease %x rev %d before, lease %x rev %d after", ip, kv.Lease, kv.CreateRevision, got.Lease, got.CreateRevision)
 		}
 	}
+}
+
+// echoPods starts pod a on n1 and b on n2, each with an echo server on
+// port 7000, and waits until they reach each other.
+func echoPods(t *testing.T, l *lab.Lab) (a, b *lab.Pod) {
+	t.Helper()
+	a = labtest.Pod(t, l, "n1", "a", "app=a")
+	b = labtest.Pod(t, l, "n2", "b", "app=b")
+	serve(t, lab.NetNSPath(a.NetNS), 7000)
+	serve(t, lab.NetNSPath(b.NetNS), 7000)
+	eventually(t, "a reaches b", func() bool { return reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, 7000) })
+	eventually(t, "b reaches a", func() bool { return reach(t, lab.NetNSPath(b.NetNS), "tcp", a.IP, 7000) })
+	return a, b
 }
 
 func statusOnce(l *lab.Lab, node string) (api.Status, error) {
@@ -228,4 +189,130 @@ func etcdIPEntries(t *testing.T, l *lab.Lab, c lab.Cluster) map[string]kvstore.K
 			CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: kv.Lease}
 	}
 	return out
+}
+
+// One agent cut off from the kvstore for longer than its lease TTL while
+// failure detection still reaches it: its lease ends in etcd, but the other
+// node keeps its record and entries (no cross-node connection fails), and
+// once back it writes them again under a new lease.
+func TestKvstorePartitionedAgentKeepsItsPodsReachable(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel", "--lease-ttl", "5s")
+	a, b := echoPods(t, l)
+	cluster := l.Clusters[0]
+	lease := agentStatus(t, l, "n2").Kvstore.LeaseID
+
+	probe := startProbes(t, l, a, b)
+	n2, _ := l.Node("n2")
+	kvHost := strings.TrimPrefix(cluster.Kvstore, "https://")
+	kvIP := kvHost[:strings.LastIndex(kvHost, ":")]
+	cut := func(op string) error {
+		out, err := exec.Command("ip", "-n", n2.NetNS, "route", op, "blackhole", kvIP+"/32").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip route %s blackhole %s in %s: %v %s", op, kvIP, n2.NetNS, err, out)
+		}
+		return nil
+	}
+	if err := cut("add"); err != nil {
+		t.Fatal(err)
+	}
+	cutOn := true
+	t.Cleanup(func() {
+		if cutOn {
+			cut("del")
+		}
+	})
+	// Until n2's lease is gone from etcd (its entry vanishes), then a while.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, ok := etcdIPEntries(t, l, cluster)[b.IP]; !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("n2's entry still in etcd 30 s after it was cut off (lease TTL 5 s)")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+	if err := cut("del"); err != nil {
+		t.Fatal(err)
+	}
+	cutOn = false
+	eventually(t, "n2 writes its entry again under a new lease", func() bool {
+		kv, ok := etcdIPEntries(t, l, cluster)[b.IP]
+		st, err := statusOnce(l, "n2")
+		return ok && err == nil && st.Kvstore.Healthy && st.Kvstore.LeaseID != lease && fmt.Sprintf("%x", kv.Lease) == st.Kvstore.LeaseID
+	})
+	time.Sleep(2 * time.Second)
+	probe.finish(t)
+}
+
+// probes checks every 100 ms, until finish, that each node's pinned
+// ipcache has the other's pod and that one new TCP connection each way
+// works (single attempts, no retry).
+type probes struct {
+	mu       sync.Mutex
+	failures []string
+	rounds   int
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func startProbes(t *testing.T, l *lab.Lab, a, b *lab.Pod) *probes {
+	t.Helper()
+	ipc1, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, a.Node), "ipcache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipc2, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, b.Node), "ipcache"))
+	if err != nil {
+		ipc1.Close()
+		t.Fatal(err)
+	}
+	p := &probes{stop: make(chan struct{}), done: make(chan struct{})}
+	fail := func(format string, args ...any) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.failures = append(p.failures, time.Now().Format("15:04:05.000")+" "+fmt.Sprintf(format, args...))
+	}
+	go func() {
+		defer close(p.done)
+		defer ipc1.Close()
+		defer ipc2.Close()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			p.mu.Lock()
+			p.rounds++
+			p.mu.Unlock()
+			if !ipcHas(ipc1, b.IP, 32) {
+				fail("%s's ipcache lost %s (pod %s on %s)", a.Node, b.IP, b.Name, b.Node)
+			}
+			if !ipcHas(ipc2, a.IP, 32) {
+				fail("%s's ipcache lost %s (pod %s on %s)", b.Node, a.IP, a.Name, a.Node)
+			}
+			if err := connectOnce(lab.NetNSPath(a.NetNS), b.IP, 7000); err != nil {
+				fail("%s -> %s: %v", a.Name, b.Name, err)
+			}
+			if err := connectOnce(lab.NetNSPath(b.NetNS), a.IP, 7000); err != nil {
+				fail("%s -> %s: %v", b.Name, a.Name, err)
+			}
+		}
+	}()
+	return p
+}
+
+// finish stops the probes and fails t if any failed.
+func (p *probes) finish(t *testing.T) {
+	t.Helper()
+	close(p.stop)
+	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t.Logf("%d probe rounds", p.rounds)
+	if len(p.failures) > 0 {
+		t.Errorf("%d failed probes, first ones:\n%s", len(p.failures), strings.Join(p.failures[:min(len(p.failures), 10)], "\n"))
+	}
 }
