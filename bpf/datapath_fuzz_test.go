@@ -166,8 +166,11 @@ func (x *fuzzFixture) run(t *testing.T, prog *ebpf.Program, frame []byte) (verdi
 	return ret, true
 }
 
+// kernelMayRefuse: BPF_PROG_TEST_RUN takes a frame of at least an Ethernet
+// header, as long as the headers its EtherType announces, and fitting in a
+// page with the skb's head and tail room (about 3.7 KiB).
 func kernelMayRefuse(frame []byte) bool {
-	if len(frame) < 14 {
+	if len(frame) < 14 || len(frame) > 4096-512 {
 		return true
 	}
 	switch binary.BigEndian.Uint16(frame[12:14]) {
