@@ -114,6 +114,11 @@ func TestLeaseEnded(t *testing.T) {
 		t.Fatal("watch ended")
 		return kvstore.Event{}
 	}
+	for ev := range ch {
+		if ev.Type == kvstore.EventSynced {
+			break
+		}
+	}
 	if err := c.Delete(x, "filament/e/explicit"); err != nil {
 		t.Fatal(err)
 	}
