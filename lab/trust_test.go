@@ -2,9 +2,13 @@ package lab_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -201,6 +205,75 @@ backends: [{ip: %s}]
 		dp.Close()
 		if dp, err = datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1"}); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// kvstoreWrite writes kvs (key -> JSON value) to the lab cluster's kvstore
+// with the agent credentials, from node's namespace: what a compromised
+// node (or anyone with those credentials) can write.
+func kvstoreWrite(t *testing.T, l *lab.Lab, from string, kvs map[string]any) {
+	t.Helper()
+	raw := map[string]json.RawMessage{}
+	for k, v := range kvs {
+		b, _ := json.Marshal(v)
+		raw[k] = b
+	}
+	data, _ := json.Marshal(raw)
+	n, _ := l.Node(from)
+	c := l.Clusters[0]
+	put := exec.Command("ip", "netns", "exec", n.NetNS, os.Args[0])
+	put.Env = append(os.Environ(), "FILAMENT_KV_PUT="+string(data), "FILAMENT_SIM_ETCD="+c.Kvstore, "FILAMENT_SIM_BUNDLE="+c.Bundle)
+	if out, err := put.CombinedOutput(); err != nil {
+		t.Fatalf("kvstore writes: %v %s", err, out)
+	}
+}
+
+// Records a hostile kvstore writer makes cannot crash the agents (an
+// ipcache entry without an address, or with an IPv6 one, and a node record
+// with an IPv6 address did) nor claim an identity for an address outside
+// the claiming node's pod CIDRs; an honest entry still lands.
+func TestHostileKvstoreRecords(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel")
+	web := labtest.Pod(t, l, "n1", "web", "app=web")
+	labtest.Pod(t, l, "n2", "other", "app=other")
+	var webID uint32
+	for _, ep := range labtest.Endpoints(t, l, "n1") {
+		if ep.IPv4.String() == web.IP {
+			webID = uint32(ep.Identity)
+		}
+	}
+	n2, _ := l.Node("n2")
+	inN2 := labtest.PodAddr(t, l, "n2", 200)
+	const outside = "10.244.200.5"
+	p := "filament/state/ip/v1/default/"
+	kvstoreWrite(t, l, "n2", map[string]any{
+		p + "10.244.1.77":                      map[string]any{"identity": webID, "node": "n2"},
+		p + "fd00::5":                          map[string]any{"ip": "fd00::5", "identity": webID, "node": "n2"},
+		p + outside:                            map[string]any{"ip": outside, "identity": webID, "hostIP": n2.IP, "node": "n2"},
+		p + inN2:                               map[string]any{"ip": inN2, "identity": webID, "hostIP": n2.IP, "node": "n2"},
+		"filament/state/nodes/v1/default/evil": map[string]any{"name": "evil", "cluster": "default", "ips": []string{"fd00::1"}},
+	})
+	m, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ipcHas(m, inN2, 32) {
+		if time.Now().After(deadline) {
+			t.Fatal("n1 never installed the honest entry inside n2's pod CIDR")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if ipcHas(m, outside, 32) {
+		t.Errorf("n1 installed %s, outside n2's pod CIDR, with web's identity", outside)
+	}
+	time.Sleep(time.Second) // every record has been through the watches
+	for _, name := range []string{"n1", "n2"} {
+		n, _ := l.Node(name)
+		if _, err := api.NewClient(n.Socket).Status(context.Background()); err != nil {
+			t.Errorf("agent of %s after the hostile records: %v", name, err)
 		}
 	}
 }

@@ -7,6 +7,8 @@ package ipcache
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -28,6 +30,28 @@ type Entry struct {
 	Node      string                   `json:"node"`
 	Namespace string                   `json:"namespace,omitempty"`
 	Pod       string                   `json:"pod,omitempty"`
+}
+
+// ErrInvalid is wrapped by every error about an entry read from the
+// kvstore.
+var ErrInvalid = errors.New("invalid ipcache entry")
+
+// Check vets an entry read from the kvstore under the key for key: its
+// address must be that IPv4 address, and its node's address, if given,
+// IPv4. Anyone with write access to a kvstore (another node, a remote
+// cluster) wrote it: nothing unchecked reaches the datapath.
+func (e Entry) Check(key netip.Addr) error {
+	switch {
+	case !e.IP.Is4():
+		return fmt.Errorf("%w: ip %v: want an IPv4 address", ErrInvalid, e.IP)
+	case e.IP != key:
+		return fmt.Errorf("%w: ip %v under the key of %v", ErrInvalid, e.IP, key)
+	case e.HostIP.IsValid() && !e.HostIP.Is4():
+		return fmt.Errorf("%w: hostIP %v: want an IPv4 address", ErrInvalid, e.HostIP)
+	case e.Node == "":
+		return fmt.Errorf("%w: %v: no node", ErrInvalid, e.IP)
+	}
+	return nil
 }
 
 // Sync publishes local entries and follows remote ones.
@@ -221,7 +245,11 @@ func (s *Sync) watch(ctx context.Context) {
 				delete(s.pending, ip)
 				s.hold.Clear(ip)
 			}
-			if err := json.Unmarshal(ev.Value, &e); err != nil {
+			err := json.Unmarshal(ev.Value, &e)
+			if err == nil {
+				err = e.Check(ip)
+			}
+			if err != nil {
 				s.mu.Unlock()
 				slog.Warn("ignoring an unreadable ipcache entry", "key", ev.Key, "err", err)
 				continue

@@ -76,6 +76,40 @@ func (n Node) IP() netip.Addr {
 	return a
 }
 
+// ErrInvalidRecord is wrapped by every error about a node record read from
+// the kvstore.
+var ErrInvalidRecord = errors.New("invalid node record")
+
+// Check vets a node record read from a kvstore (anyone with write access
+// wrote it): a name, IPv4 addresses and IPv4 pod CIDRs only.
+func (n Node) Check() error {
+	if n.Name == "" {
+		return fmt.Errorf("%w: no name", ErrInvalidRecord)
+	}
+	for i, s := range n.IPs {
+		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
+			return fmt.Errorf("%w: %s: ips[%d] %q: want an IPv4 address", ErrInvalidRecord, n.Name, i, s)
+		}
+	}
+	for i, s := range n.PodCIDRs {
+		if p, err := netip.ParsePrefix(s); err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("%w: %s: podCIDRs[%d] %q: want an IPv4 prefix", ErrInvalidRecord, n.Name, i, s)
+		}
+	}
+	return nil
+}
+
+// decodeRecord reads the record stored under name and checks it.
+func decodeRecord(b []byte, name string, n *Node) error {
+	if err := json.Unmarshal(b, n); err != nil {
+		return err
+	}
+	if n.Name != name {
+		return fmt.Errorf("%w: record of %q under the key of %q", ErrInvalidRecord, n.Name, name)
+	}
+	return n.Check()
+}
+
 func cidrKey(cluster string, p netip.Prefix) string {
 	return PodCIDRsPrefix + cluster + "/" + strings.ReplaceAll(p.String(), "/", "_")
 }
@@ -245,7 +279,7 @@ func (r *Registry) watch(ctx context.Context) {
 		if deleted {
 			n = r.nodes[name]
 			delete(r.nodes, name)
-		} else if err := json.Unmarshal(ev.Value, &n); err != nil {
+		} else if err := decodeRecord(ev.Value, name, &n); err != nil {
 			r.mu.Unlock()
 			slog.Warn("ignoring an unreadable node record", "key", ev.Key, "err", err)
 			continue

@@ -261,11 +261,9 @@ func (r *Router) learnNode(n node.Node) {
 	if err := r.dp.UpsertNode(ip); err != nil {
 		slog.Error("nodes map", "node", n.Name, "err", err)
 	}
-	if r.requireNode {
-		for _, e := range r.entries {
-			if e.Node == n.Name {
-				r.writeEntry(e)
-			}
+	for _, e := range r.entries {
+		if e.Node == n.Name && r.entryOK(e) {
+			r.writeEntry(e)
 		}
 	}
 	if r.enc != nil && r.encryptTo(n, ip) {
@@ -335,12 +333,40 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	if r.down[e.Node] {
 		return
 	}
-	if _, known := r.nodes[e.Node]; r.requireNode && !known {
-		// Held until its node is accepted; an entry it had is withdrawn.
+	if !r.entryOK(e) {
+		// Held until its node is accepted (or refused for good: an
+		// address outside its node's pod CIDRs); an entry it had is
+		// withdrawn.
 		r.dp.DeleteIPCache(p)
 		return
 	}
 	r.writeEntry(e)
+}
+
+// entryOK says whether a remote entry may be in the datapath: its node is
+// known and the address is one of that node's pod addresses (a node, or a
+// remote cluster, cannot claim an identity for any other address), or,
+// with node authentication off, its node is not known yet.
+func (r *Router) entryOK(e ipcache.Entry) bool {
+	n, known := r.nodes[e.Node]
+	if !known {
+		return !r.requireNode
+	}
+	if !InPodCIDRs(e.IP, n) {
+		slog.Warn("refused an ipcache entry outside its node's pod CIDRs", "ip", e.IP, "node", e.Node, "podCIDRs", n.PodCIDRs)
+		return false
+	}
+	return true
+}
+
+// InPodCIDRs says whether ip lies in one of n's pod CIDRs.
+func InPodCIDRs(ip netip.Addr, n node.Node) bool {
+	for _, c := range n.PodCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Router) writeEntry(e ipcache.Entry) {
@@ -395,7 +421,7 @@ func (r *Router) Wanted() map[netip.Prefix]ipcache.Entry {
 	defer r.mu.Unlock()
 	out := map[netip.Prefix]ipcache.Entry{}
 	for ip, e := range r.entries {
-		if _, known := r.nodes[e.Node]; r.requireNode && !known {
+		if _, known := r.nodes[e.Node]; (r.requireNode && !known) || (known && !InPodCIDRs(ip, r.nodes[e.Node])) {
 			continue
 		}
 		if !r.down[e.Node] {

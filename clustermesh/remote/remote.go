@@ -497,6 +497,11 @@ func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 		c.mu.Unlock()
 		return
 	}
+	if err := n.Check(); err != nil {
+		c.mu.Unlock()
+		c.reject(fmt.Sprintf("node %s: %v", name, err))
+		return
+	}
 	if auth := c.m.cb.Authenticate; auth != nil {
 		if err := auth(c.name, []byte(c.cfg.CA), n); err != nil {
 			old, had := c.nodes[name]
@@ -587,6 +592,11 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 	var e ipcache.Entry
 	if err := json.Unmarshal(ev.Value, &e); err != nil {
 		c.mu.Unlock()
+		return
+	}
+	if err := e.Check(ip); err != nil {
+		c.mu.Unlock()
+		c.reject(err.Error())
 		return
 	}
 	if !e.Identity.InClusterRange(c.id) {
