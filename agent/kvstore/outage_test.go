@@ -37,8 +37,11 @@ func TestLeaseKeptAcrossRestart(t *testing.T) {
 	}
 	s := start()
 	c := testutil.Connect(t, s.Endpoints())
-	x := ctx(t)
-	l, err := c.GrantLease(x, 2*time.Second)
+	x, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	// A TTL with room for a loaded machine: etcd gives the lease its whole
+	// TTL again at restart, and the client must keep it alive within it.
+	l, err := c.GrantLease(x, 6*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +53,7 @@ func TestLeaseKeptAcrossRestart(t *testing.T) {
 	id := l.ID()
 	s.Close()
 	// Down longer than the client waits for a keep-alive answer (the TTL).
-	time.Sleep(3 * time.Second)
+	time.Sleep(7 * time.Second)
 	s = start()
 	t.Cleanup(s.Close)
 	back := time.Now()
@@ -66,8 +69,8 @@ func TestLeaseKeptAcrossRestart(t *testing.T) {
 		}
 	}
 	t.Logf("reads work again %v after the restart", time.Since(back).Round(10*time.Millisecond))
-	// Past several TTLs: still the same lease, kept alive, key in place.
-	time.Sleep(5 * time.Second)
+	// Past two TTLs: still the same lease, kept alive, key in place.
+	time.Sleep(12 * time.Second)
 	select {
 	case nid := <-renewed:
 		t.Fatalf("the lease was granted again (%x, was %x) although etcd still had it", nid, id)
