@@ -91,32 +91,10 @@ func capture(t *testing.T, netns string) (stop func() [][]byte) {
 	}
 }
 
-// echoMarker sends marker lines over TCP from the namespace at path to addr
-// (an echo server) and checks they come back.
-// echoMarkerOK is echoMarker as a check, for eventually.
-func echoMarkerOK(path, addr, marker string) bool {
-	ok := false
-	ns.WithNetNSPath(path, func(ns.NetNS) error {
-		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
-		if err != nil {
-			return nil
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := c.Write([]byte(marker)); err != nil {
-			return nil
-		}
-		buf := make([]byte, 64)
-		n, _ := c.Read(buf)
-		ok = string(buf[:n]) == marker
-		return nil
-	})
-	return ok
-}
-
-func echoMarker(t *testing.T, path, addr, marker string) {
-	t.Helper()
-	err := inNS(t, path, func() error {
+// echoOnce sends marker over TCP from the namespace at path to addr (an
+// echo server) and checks it comes back.
+func echoOnce(path, addr, marker string) error {
+	return ns.WithNetNSPath(path, func(ns.NetNS) error {
 		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
 		if err != nil {
 			return err
@@ -136,7 +114,15 @@ func echoMarker(t *testing.T, path, addr, marker string) {
 		}
 		return nil
 	})
-	if err != nil {
+}
+
+// echoMarkerOK is echoOnce as a check, for eventually.
+func echoMarkerOK(path, addr, marker string) bool { return echoOnce(path, addr, marker) == nil }
+
+// echoMarker is echoOnce failing t.
+func echoMarker(t *testing.T, path, addr, marker string) {
+	t.Helper()
+	if err := echoOnce(path, addr, marker); err != nil {
 		t.Fatalf("marker to %s: %v", addr, err)
 	}
 }

@@ -55,29 +55,23 @@ type attachPoint struct {
 
 // AttachOverlay puts from_overlay on the tc ingress of the VXLAN device.
 func (d *Datapath) AttachOverlay(ifName string, ifIndex int) (Attachment, error) {
-	d.mu.Lock()
-	d.nodeDevs[ifName] = true
-	d.mu.Unlock()
-	if d.attach != "tc" {
-		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", d.objs.FromOverlay, ebpf.AttachTCXIngress}})
-		if err == nil {
-			return AttachTCX, nil
-		}
-		if d.attach == "tcx" || !errors.Is(err, ebpf.ErrNotSupported) {
-			return "", err
-		}
-	}
-	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, d.objs.FromOverlay, "from_overlay"}})
+	return d.attachNodeDev(ifName, ifIndex, d.objs.FromOverlay, "from_overlay")
 }
 
 // AttachWireGuard puts from_wireguard on the tc ingress of the encryption
 // device (NodePort replies from backends on peers are translated back there).
 func (d *Datapath) AttachWireGuard(ifName string, ifIndex int) (Attachment, error) {
+	return d.attachNodeDev(ifName, ifIndex, d.objs.FromWireguard, "from_wireguard")
+}
+
+// attachNodeDev puts prog on the tc ingress of one of the node's own
+// devices (never taken for an endpoint's by the reconcile): tcx, else tc.
+func (d *Datapath) attachNodeDev(ifName string, ifIndex int, prog *ebpf.Program, name string) (Attachment, error) {
 	d.mu.Lock()
 	d.nodeDevs[ifName] = true
 	d.mu.Unlock()
 	if d.attach != "tc" {
-		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", d.objs.FromWireguard, ebpf.AttachTCXIngress}})
+		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", prog, ebpf.AttachTCXIngress}})
 		if err == nil {
 			return AttachTCX, nil
 		}
@@ -85,7 +79,7 @@ func (d *Datapath) AttachWireGuard(ifName string, ifIndex int) (Attachment, erro
 			return "", err
 		}
 	}
-	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, d.objs.FromWireguard, "from_wireguard"}})
+	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, prog, name}})
 }
 
 func (d *Datapath) attachTCX(ifName string, ifIndex int) error {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/filament-net/filament/bpf"
@@ -362,17 +361,5 @@ func (d *Datapath) AttachSocketLB(cgroupPath string) error {
 // AttachNetdev puts from_netdev (NodePort translation) on the tc ingress
 // of the node's underlay device.
 func (d *Datapath) AttachNetdev(ifName string, ifIndex int) (Attachment, error) {
-	d.mu.Lock()
-	d.nodeDevs[ifName] = true
-	d.mu.Unlock()
-	if d.attach != "tc" {
-		err := d.attachTCXPoints(ifName, ifIndex, []attachPoint{{"ingress", d.objs.FromNetdev, ebpf.AttachTCXIngress}})
-		if err == nil {
-			return AttachTCX, nil
-		}
-		if d.attach == "tcx" || !errors.Is(err, ebpf.ErrNotSupported) {
-			return "", err
-		}
-	}
-	return AttachTC, d.attachTCFilters(ifName, ifIndex, []tcFilter{{netlink.HANDLE_MIN_INGRESS, d.objs.FromNetdev, "from_netdev"}})
+	return d.attachNodeDev(ifName, ifIndex, d.objs.FromNetdev, "from_netdev")
 }
