@@ -277,3 +277,56 @@ func TestHostileKvstoreRecords(t *testing.T) {
 		}
 	}
 }
+
+// The cluster's gossip key rotates (add, use, drop with the CLI, the lab's
+// nodes sharing the bundle file) while the nodes keep seeing each other.
+func TestGossipKeyRotationInLab(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel")
+	n1, _ := l.Node("n1")
+	n2, _ := l.Node("n2")
+	reachable := func(on *lab.Node, name string) bool {
+		nodes, err := api.NewClient(on.Socket).Nodes(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if n.Name == name {
+				return n.Reachable
+			}
+		}
+		return false
+	}
+	both := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !reachable(n1, "n2") || !reachable(n2, "n1") {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the nodes do not see each other", what)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	both("before the rotation")
+	keyFile := filepath.Join(l.Clusters[0].Bundle, "gossip.key")
+	before, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []string{"add", "use", "drop"} {
+		if out, err := labtest.NodeRun(t, l, "n1", "filament", "clustermesh", "rotate-gossip-key", "--step", step); err != nil {
+			t.Fatalf("rotate-gossip-key --step %s: %v %s", step, err, out)
+		}
+		time.Sleep(4 * time.Second) // agents re-read the file every 3 s
+		both("after step " + step)
+	}
+	after, _ := os.ReadFile(keyFile)
+	if string(after) == string(before) || strings.Count(string(after), "\n") != 1 {
+		t.Fatalf("key file after the rotation: %q (before %q)", after, before)
+	}
+	for _, n := range []*lab.Node{n1, n2} {
+		log, _ := os.ReadFile(n.LogFile)
+		if c := strings.Count(string(log), "gossip keys changed"); c != 3 {
+			t.Errorf("agent of %s applied %d key changes, want 3", n.Name, c)
+		}
+	}
+}
