@@ -479,16 +479,24 @@ static __always_inline int control_port(struct pkt *p)
 	return 0;
 }
 
+// to_node tells whether daddr, whose identity is peer, is a node's own
+// address: this node's (host), another's (remote-node), or a known node's.
+static __always_inline int to_node(__u32 peer, __u32 daddr)
+{
+	return peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr);
+}
+
 // enforce applies the policy of endpoint ep in direction dir to p, whose
 // other side has identity peer. It returns REASON_FORWARDED or the drop reason.
-// to_node says the other side is a node's own address (this node's or a
-// known node's): a new flow to a control port there needs an allow that
-// names the port for that peer, whatever else the policy allows.
+// For egress, daddr is the destination when it is not a local endpoint (0
+// otherwise): a new flow to a control port of a node's own address (this
+// node's or a known node's) needs an allow that names the port for that
+// peer, whatever else the policy allows. Only new flows pay for the check.
 //
 // Deny entries apply whether or not the direction is enforced: a deny rule
 // in a policy with enableDefaultDeny false still drops what it matches.
 static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 peer, __u32 src_id, __u32 dst_id,
-				   __u16 peer_ep, struct pkt *p, __u32 ifindex, int to_node)
+				   __u16 peer_ep, struct pkt *p, __u32 ifindex, __u32 daddr)
 {
 	__u64 now = bpf_ktime_get_ns();
 	if (ct_lookup(p, ep->ep_id, dir, now) != CT_NEW)
@@ -501,7 +509,7 @@ static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 pee
 	int reason;
 	if ((v && v->deny) || (any && any->deny))
 		reason = REASON_POLICY_DENY_RULE;
-	else if (to_node && control_port(p) && !(v && (v->flags & POLICY_F_PORT)))
+	else if (daddr && control_port(p) && to_node(peer, daddr) && !(v && (v->flags & POLICY_F_PORT)))
 		reason = REASON_CONTROL_PORT;
 	else if (!enforced || v || any)
 		reason = REASON_FORWARDED;
@@ -590,9 +598,7 @@ int from_container(struct __sk_buff *skb)
 	__u32 dst_id = dst ? dst->identity : (remote ? remote->identity : IDENTITY_WORLD);
 	__u16 dst_ep = dst ? dst->ep_id : 0;
 
-	int to_node = !dst && (dst_id == IDENTITY_HOST || dst_id == IDENTITY_REMOTE_NODE ||
-			       bpf_map_lookup_elem(&nodes, &daddr));
-	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, to_node);
+	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_EGRESS, src->ep_id, dst_ep, src->identity, dst_id, &p);
 
