@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/filament-net/filament/agent/service/maglev"
 	"net"
 	"net/netip"
 	"os"
@@ -177,7 +178,7 @@ backends: [{ip: %s}]
 	}
 	pin := labtest.PinDir(l, "n1")
 	root := strings.TrimSuffix(pin, "/filament/default/n1")
-	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1"})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1", MaglevSize: maglev.DefaultSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +192,7 @@ backends: [{ip: %s}]
 	if err := l.StartAgent(context.Background(), "n1"); err != nil {
 		t.Fatalf("agent did not come back with a stale frontend on the kvstore address: %v", err)
 	}
-	dp, err = datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1"})
+	dp, err = datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1", MaglevSize: maglev.DefaultSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +204,7 @@ backends: [{ip: %s}]
 		}
 		time.Sleep(200 * time.Millisecond)
 		dp.Close()
-		if dp, err = datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1"}); err != nil {
+		if dp, err = datapath.Load(datapath.Config{BPFRoot: root, Cluster: "default", Node: "n1", MaglevSize: maglev.DefaultSize}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -23,7 +23,6 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/policy"
-	"github.com/filament-net/filament/agent/service/maglev"
 	"github.com/filament-net/filament/bpf"
 )
 
@@ -85,7 +84,8 @@ type Config struct {
 	Cluster, Node string
 	// Attach: "auto" (tcx, else tc), "tcx" or "tc".
 	Attach string
-	// MaglevSize is the Maglev table size (a prime; 0: maglev.DefaultSize).
+	// MaglevSize is the Maglev table size, set into the programs at load
+	// (the caller chooses and checks it: a prime, see agent/service/maglev).
 	MaglevSize uint32
 }
 
@@ -150,10 +150,7 @@ func Load(c Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath spec: %w", err)
 	}
 	if c.MaglevSize == 0 {
-		c.MaglevSize = maglev.DefaultSize
-	}
-	if err := maglev.ValidSize(c.MaglevSize); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("datapath: MaglevSize: required (the Maglev table size)")
 	}
 	if err := spec.Variables["maglev_size"].Set(c.MaglevSize); err != nil {
 		return nil, fmt.Errorf("maglev size: %w", err)

@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"github.com/filament-net/filament/agent/service/maglev"
 	"net/netip"
 	"os"
 	"testing"
@@ -19,7 +20,7 @@ func load(t *testing.T) *datapath.Datapath {
 	t.Helper()
 	testutil.RequireRoot(t)
 	root := t.TempDir()
-	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t"})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t", MaglevSize: maglev.DefaultSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func TestMapsSurviveReload(t *testing.T) {
 	testutil.RequireRoot(t)
 	root := t.TempDir()
 	defer unix.Unmount(root, unix.MNT_DETACH)
-	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t"})
+	dp, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t", MaglevSize: maglev.DefaultSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ func TestMapsSurviveReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp.Close()
-	dp2, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t"})
+	dp2, err := datapath.Load(datapath.Config{BPFRoot: root, Node: "t", MaglevSize: maglev.DefaultSize})
 	if err != nil {
 		t.Fatal(err)
 	}
