@@ -20,6 +20,7 @@ import (
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/routing"
+	"github.com/filament-net/filament/bpf"
 )
 
 // Repository is the stored policy set.
@@ -30,9 +31,26 @@ type Repository interface {
 	List() []policy.Policy
 }
 
+// Datapath is what the engine reads and writes: the kernel maps and
+// attachments (agent/datapath), or a fake in tests.
+type Datapath interface {
+	ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, deletes []policy.MapKey) (int, error)
+	PolicyEntries() (map[policy.MapKey]bool, error)
+	UpsertEndpoint(e datapath.EndpointEntry) error
+	SetEnforcement(ip netip.Addr, ingress, egress bool) error
+	DeleteEndpoint(ip netip.Addr) error
+	Endpoints() (map[netip.Addr]bpf.DatapathEndpointInfo, error)
+	UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) error
+	DeleteIPCache(p netip.Prefix) error
+	IPCache() (map[netip.Prefix]identity.NumericIdentity, error)
+	Attach(ifName string, ifIndex int) (datapath.Attachment, error)
+	Detach(ifName string)
+	PinnedLinks() []string
+}
+
 // Engine joins the resolver and the datapath.
 type Engine struct {
-	dp   *datapath.Datapath
+	dp   Datapath
 	res  *policy.Resolver
 	repo Repository
 
@@ -58,7 +76,7 @@ func (e *Engine) SetCluster(s *ipcache.Sync, r *routing.Router, nodeIP netip.Add
 
 // New returns an engine; hostIPs are this node's addresses (identity host)
 // and lookup finds an identity's labels.
-func New(dp *datapath.Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Addr,
+func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Addr,
 	lookup func(identity.NumericIdentity) (identity.Identity, error)) *Engine {
 	return &Engine{dp: dp, res: res, repo: repo, lookup: lookup, endpoints: map[uint16]endpoint.Endpoint{}, hostIPs: hostIPs}
 }

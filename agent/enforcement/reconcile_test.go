@@ -1,0 +1,144 @@
+package enforcement
+
+import (
+	"context"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/bpf"
+)
+
+// fakeDP holds the maps and link pins as the kernel would.
+type fakeDP struct {
+	policy    map[policy.MapKey]bool
+	endpoints map[netip.Addr]bpf.DatapathEndpointInfo
+	ipcache   map[netip.Prefix]identity.NumericIdentity
+	links     map[string]bool
+}
+
+func newFakeDP() *fakeDP {
+	return &fakeDP{policy: map[policy.MapKey]bool{}, endpoints: map[netip.Addr]bpf.DatapathEndpointInfo{},
+		ipcache: map[netip.Prefix]identity.NumericIdentity{}, links: map[string]bool{}}
+}
+
+func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.MapKey) (int, error) {
+	for _, k := range del {
+		delete(f.policy, k)
+	}
+	for k, v := range up {
+		f.policy[k] = v.Deny
+	}
+	return len(up) + len(del), nil
+}
+func (f *fakeDP) PolicyEntries() (map[policy.MapKey]bool, error) { return maps.Clone(f.policy), nil }
+func (f *fakeDP) UpsertEndpoint(e datapath.EndpointEntry) error {
+	f.endpoints[e.IP] = bpf.DatapathEndpointInfo{EpId: e.ID, Identity: uint32(e.Identity)}
+	return nil
+}
+func (f *fakeDP) SetEnforcement(netip.Addr, bool, bool) error { return nil }
+func (f *fakeDP) DeleteEndpoint(ip netip.Addr) error          { delete(f.endpoints, ip); return nil }
+func (f *fakeDP) Endpoints() (map[netip.Addr]bpf.DatapathEndpointInfo, error) {
+	return maps.Clone(f.endpoints), nil
+}
+func (f *fakeDP) UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) error {
+	f.ipcache[p] = id
+	return nil
+}
+func (f *fakeDP) DeleteIPCache(p netip.Prefix) error { delete(f.ipcache, p); return nil }
+func (f *fakeDP) IPCache() (map[netip.Prefix]identity.NumericIdentity, error) {
+	return maps.Clone(f.ipcache), nil
+}
+func (f *fakeDP) Attach(ifName string, _ int) (datapath.Attachment, error) {
+	f.links[ifName] = true
+	return datapath.AttachTCX, nil
+}
+func (f *fakeDP) Detach(ifName string)  { delete(f.links, ifName) }
+func (f *fakeDP) PinnedLinks() []string { return slices.Collect(maps.Keys(f.links)) }
+
+const webPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
+`
+
+// After a restart the pinned maps hold what an earlier agent left: the
+// reconcile removes what nobody wants (a vanished endpoint, its ipcache
+// and policy entries, its link pin) and writes back what is missing or
+// wrong, without root.
+func TestReconcile(t *testing.T) {
+	dp := newFakeDP()
+	repo, err := policy.NewRepository("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := policy.Parse([]byte(webPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Import(ps); err != nil {
+		t.Fatal(err)
+	}
+	hostIP := netip.MustParseAddr("172.30.0.1")
+	e := New(dp, policy.NewResolver(policy.ModeDefault), repo, []netip.Addr{hostIP}, nil)
+	if err := e.LoadPolicies(); err != nil {
+		t.Fatal(err)
+	}
+	web := endpoint.Endpoint{ID: 1, IPv4: netip.MustParseAddr("10.244.0.2"), Identity: 300,
+		Labels: labels.Labels{{Source: "k8s", Key: "app", Value: "web"}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: "default"}},
+		MAC: "02:00:00:00:00:01", HostMAC: "02:00:00:00:00:02", HostIfName: "filweb", HostIfIndex: 7}
+	if err := e.EndpointUp(context.Background(), web); err != nil {
+		t.Fatal(err)
+	}
+	want := maps.Clone(dp.policy)
+	if len(want) == 0 {
+		t.Fatal("the policy selecting web wrote no entries")
+	}
+
+	// What an earlier agent left behind, and what got lost or changed.
+	stale := netip.MustParseAddr("10.244.0.99")
+	dp.endpoints[stale] = bpf.DatapathEndpointInfo{EpId: 99}
+	dp.ipcache[netip.PrefixFrom(stale, 32)] = 301
+	dp.ipcache[netip.MustParsePrefix("192.0.2.0/24")] = 1<<24 | 5
+	dp.ipcache[netip.PrefixFrom(web.IPv4, 32)] = 999 // wrong identity
+	delete(dp.ipcache, netip.PrefixFrom(hostIP, 32))
+	staleKey := policy.MapKey{Endpoint: 99, Dir: policy.Ingress, Identity: 301}
+	dp.policy[staleKey] = false
+	for k := range want {
+		delete(dp.policy, k) // one wanted entry lost
+		break
+	}
+	dp.links["filstale"] = true
+
+	removed, err := e.Reconcile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removed < 4 {
+		t.Errorf("removed %d, want at least the stale endpoint, its two ipcache entries and its link", removed)
+	}
+	if _, ok := dp.endpoints[stale]; ok {
+		t.Error("stale endpoint kept")
+	}
+	if _, ok := dp.endpoints[web.IPv4]; !ok {
+		t.Error("web's endpoint removed")
+	}
+	wantIP := map[netip.Prefix]identity.NumericIdentity{netip.PrefixFrom(web.IPv4, 32): 300, netip.PrefixFrom(hostIP, 32): identity.Host}
+	if !maps.Equal(dp.ipcache, wantIP) {
+		t.Errorf("ipcache %v, want %v", dp.ipcache, wantIP)
+	}
+	if !maps.Equal(dp.policy, want) {
+		t.Errorf("policy entries %v, want %v", dp.policy, want)
+	}
+	if !maps.Equal(dp.links, map[string]bool{"filweb": true}) {
+		t.Errorf("links %v, want only filweb", dp.links)
+	}
+}
