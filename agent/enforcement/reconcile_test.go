@@ -94,7 +94,7 @@ func TestReconcile(t *testing.T) {
 	}
 	web := endpoint.Endpoint{ID: 1, IPv4: netip.MustParseAddr("10.244.0.2"), Identity: 300,
 		Labels: labels.Labels{{Source: "k8s", Key: "app", Value: "web"}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: "default"}},
-		MAC: "02:00:00:00:00:01", HostMAC: "02:00:00:00:00:02", HostIfName: "filweb", HostIfIndex: 7}
+		MAC:    "02:00:00:00:00:01", HostMAC: "02:00:00:00:00:02", HostIfName: "filweb", HostIfIndex: 7}
 	if err := e.EndpointUp(context.Background(), web); err != nil {
 		t.Fatal(err)
 	}
