@@ -72,6 +72,13 @@ type DatapathEvent struct {
 	_           [4]byte
 }
 
+type DatapathEventType uint32
+
+const (
+	DatapathEventTypeEVENT_DROP           DatapathEventType = 1
+	DatapathEventTypeEVENT_POLICY_VERDICT DatapathEventType = 2
+)
+
 type DatapathIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -204,6 +211,25 @@ type DatapathPolicyValue struct {
 	Cookie uint32
 }
 
+type DatapathReason uint32
+
+const (
+	DatapathReasonREASON_FORWARDED        DatapathReason = 0
+	DatapathReasonREASON_POLICY_DENIED    DatapathReason = 1
+	DatapathReasonREASON_POLICY_DENY_RULE DatapathReason = 2
+	DatapathReasonREASON_CT_MISSING       DatapathReason = 3
+	DatapathReasonREASON_INVALID          DatapathReason = 4
+	DatapathReasonREASON_FRAGMENT         DatapathReason = 5
+	DatapathReasonREASON_UNSUPPORTED_L3   DatapathReason = 6
+	DatapathReasonREASON_BAD_SOURCE       DatapathReason = 7
+	DatapathReasonREASON_TUNNEL_SOURCE    DatapathReason = 8
+	DatapathReasonREASON_NO_BACKEND       DatapathReason = 9
+	DatapathReasonREASON_LB_NAT           DatapathReason = 10
+	DatapathReasonREASON_NO_ENCRYPT_PEER  DatapathReason = 11
+	DatapathReasonREASON_CONTROL_PORT     DatapathReason = 12
+	DatapathReasonREASON_MAX              DatapathReason = 13
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -241,6 +267,7 @@ const (
 	DatapathVarUnusedCounter     = "unused_counter"
 	DatapathVarUnusedEp          = "unused_ep"
 	DatapathVarUnusedEvent       = "unused_event"
+	DatapathVarUnusedEventType   = "unused_event_type"
 	DatapathVarUnusedIpk         = "unused_ipk"
 	DatapathVarUnusedIpv         = "unused_ipv"
 	DatapathVarUnusedLba         = "unused_lba"
@@ -256,6 +283,7 @@ const (
 	DatapathVarUnusedLbsov       = "unused_lbsov"
 	DatapathVarUnusedPk          = "unused_pk"
 	DatapathVarUnusedPv          = "unused_pv"
+	DatapathVarUnusedReason      = "unused_reason"
 )
 
 // LoadDatapath returns the embedded CollectionSpec for Datapath.
@@ -338,28 +366,30 @@ type DatapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
-	MaglevSize    *ebpf.VariableSpec `ebpf:"maglev_size"`
-	UnusedCe      *ebpf.VariableSpec `ebpf:"unused_ce"`
-	UnusedCk      *ebpf.VariableSpec `ebpf:"unused_ck"`
-	UnusedConfig  *ebpf.VariableSpec `ebpf:"unused_config"`
-	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEp      *ebpf.VariableSpec `ebpf:"unused_ep"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedIpk     *ebpf.VariableSpec `ebpf:"unused_ipk"`
-	UnusedIpv     *ebpf.VariableSpec `ebpf:"unused_ipv"`
-	UnusedLba     *ebpf.VariableSpec `ebpf:"unused_lba"`
-	UnusedLbak    *ebpf.VariableSpec `ebpf:"unused_lbak"`
-	UnusedLbb     *ebpf.VariableSpec `ebpf:"unused_lbb"`
-	UnusedLbk     *ebpf.VariableSpec `ebpf:"unused_lbk"`
-	UnusedLbm     *ebpf.VariableSpec `ebpf:"unused_lbm"`
-	UnusedLbn     *ebpf.VariableSpec `ebpf:"unused_lbn"`
-	UnusedLbnk    *ebpf.VariableSpec `ebpf:"unused_lbnk"`
-	UnusedLbs     *ebpf.VariableSpec `ebpf:"unused_lbs"`
-	UnusedLbsk    *ebpf.VariableSpec `ebpf:"unused_lbsk"`
-	UnusedLbsok   *ebpf.VariableSpec `ebpf:"unused_lbsok"`
-	UnusedLbsov   *ebpf.VariableSpec `ebpf:"unused_lbsov"`
-	UnusedPk      *ebpf.VariableSpec `ebpf:"unused_pk"`
-	UnusedPv      *ebpf.VariableSpec `ebpf:"unused_pv"`
+	MaglevSize      *ebpf.VariableSpec `ebpf:"maglev_size"`
+	UnusedCe        *ebpf.VariableSpec `ebpf:"unused_ce"`
+	UnusedCk        *ebpf.VariableSpec `ebpf:"unused_ck"`
+	UnusedConfig    *ebpf.VariableSpec `ebpf:"unused_config"`
+	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEp        *ebpf.VariableSpec `ebpf:"unused_ep"`
+	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedIpk       *ebpf.VariableSpec `ebpf:"unused_ipk"`
+	UnusedIpv       *ebpf.VariableSpec `ebpf:"unused_ipv"`
+	UnusedLba       *ebpf.VariableSpec `ebpf:"unused_lba"`
+	UnusedLbak      *ebpf.VariableSpec `ebpf:"unused_lbak"`
+	UnusedLbb       *ebpf.VariableSpec `ebpf:"unused_lbb"`
+	UnusedLbk       *ebpf.VariableSpec `ebpf:"unused_lbk"`
+	UnusedLbm       *ebpf.VariableSpec `ebpf:"unused_lbm"`
+	UnusedLbn       *ebpf.VariableSpec `ebpf:"unused_lbn"`
+	UnusedLbnk      *ebpf.VariableSpec `ebpf:"unused_lbnk"`
+	UnusedLbs       *ebpf.VariableSpec `ebpf:"unused_lbs"`
+	UnusedLbsk      *ebpf.VariableSpec `ebpf:"unused_lbsk"`
+	UnusedLbsok     *ebpf.VariableSpec `ebpf:"unused_lbsok"`
+	UnusedLbsov     *ebpf.VariableSpec `ebpf:"unused_lbsov"`
+	UnusedPk        *ebpf.VariableSpec `ebpf:"unused_pk"`
+	UnusedPv        *ebpf.VariableSpec `ebpf:"unused_pv"`
+	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -427,28 +457,30 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
-	MaglevSize    *ebpf.Variable `ebpf:"maglev_size"`
-	UnusedCe      *ebpf.Variable `ebpf:"unused_ce"`
-	UnusedCk      *ebpf.Variable `ebpf:"unused_ck"`
-	UnusedConfig  *ebpf.Variable `ebpf:"unused_config"`
-	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEp      *ebpf.Variable `ebpf:"unused_ep"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
-	UnusedIpk     *ebpf.Variable `ebpf:"unused_ipk"`
-	UnusedIpv     *ebpf.Variable `ebpf:"unused_ipv"`
-	UnusedLba     *ebpf.Variable `ebpf:"unused_lba"`
-	UnusedLbak    *ebpf.Variable `ebpf:"unused_lbak"`
-	UnusedLbb     *ebpf.Variable `ebpf:"unused_lbb"`
-	UnusedLbk     *ebpf.Variable `ebpf:"unused_lbk"`
-	UnusedLbm     *ebpf.Variable `ebpf:"unused_lbm"`
-	UnusedLbn     *ebpf.Variable `ebpf:"unused_lbn"`
-	UnusedLbnk    *ebpf.Variable `ebpf:"unused_lbnk"`
-	UnusedLbs     *ebpf.Variable `ebpf:"unused_lbs"`
-	UnusedLbsk    *ebpf.Variable `ebpf:"unused_lbsk"`
-	UnusedLbsok   *ebpf.Variable `ebpf:"unused_lbsok"`
-	UnusedLbsov   *ebpf.Variable `ebpf:"unused_lbsov"`
-	UnusedPk      *ebpf.Variable `ebpf:"unused_pk"`
-	UnusedPv      *ebpf.Variable `ebpf:"unused_pv"`
+	MaglevSize      *ebpf.Variable `ebpf:"maglev_size"`
+	UnusedCe        *ebpf.Variable `ebpf:"unused_ce"`
+	UnusedCk        *ebpf.Variable `ebpf:"unused_ck"`
+	UnusedConfig    *ebpf.Variable `ebpf:"unused_config"`
+	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEp        *ebpf.Variable `ebpf:"unused_ep"`
+	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedIpk       *ebpf.Variable `ebpf:"unused_ipk"`
+	UnusedIpv       *ebpf.Variable `ebpf:"unused_ipv"`
+	UnusedLba       *ebpf.Variable `ebpf:"unused_lba"`
+	UnusedLbak      *ebpf.Variable `ebpf:"unused_lbak"`
+	UnusedLbb       *ebpf.Variable `ebpf:"unused_lbb"`
+	UnusedLbk       *ebpf.Variable `ebpf:"unused_lbk"`
+	UnusedLbm       *ebpf.Variable `ebpf:"unused_lbm"`
+	UnusedLbn       *ebpf.Variable `ebpf:"unused_lbn"`
+	UnusedLbnk      *ebpf.Variable `ebpf:"unused_lbnk"`
+	UnusedLbs       *ebpf.Variable `ebpf:"unused_lbs"`
+	UnusedLbsk      *ebpf.Variable `ebpf:"unused_lbsk"`
+	UnusedLbsok     *ebpf.Variable `ebpf:"unused_lbsok"`
+	UnusedLbsov     *ebpf.Variable `ebpf:"unused_lbsov"`
+	UnusedPk        *ebpf.Variable `ebpf:"unused_pk"`
+	UnusedPv        *ebpf.Variable `ebpf:"unused_pv"`
+	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.

@@ -29,8 +29,14 @@ func TestGeneratedObjectsAreFresh(t *testing.T) {
 	}
 	copyFile("../go.mod", filepath.Join(dir, "go.mod"))
 	copyFile("../go.sum", filepath.Join(dir, "go.sum"))
-	os.Mkdir(filepath.Join(dir, "bpf"), 0o755)
-	sources, _ := filepath.Glob("*.[ch]")
+	for _, sub := range []string{"bpf", "bpf/lib", "bpf/progs"} {
+		os.MkdirAll(filepath.Join(dir, sub), 0o755)
+	}
+	var sources []string
+	for _, pattern := range []string{"*.[ch]", "lib/*.h", "progs/*.h"} {
+		m, _ := filepath.Glob(pattern)
+		sources = append(sources, m...)
+	}
 	sources = append(sources, "doc.go")
 	for _, s := range sources {
 		copyFile(s, filepath.Join(dir, "bpf", s))

@@ -26,22 +26,23 @@ import (
 	"github.com/filament-net/filament/bpf"
 )
 
-// Reasons of drops, as the programs count and report them (bpf/datapath.c).
+// Reasons of drops, as the programs count and report them: the values
+// come from the generated bindings of bpf/lib/reasons.h (enum reason).
 const (
-	ReasonForwarded      = 0
-	ReasonPolicyDenied   = 1
-	ReasonPolicyDenyRule = 2
-	ReasonCTMissing      = 3
-	ReasonInvalid        = 4
-	ReasonFragment       = 5
-	ReasonUnsupportedL3  = 6
-	ReasonBadSource      = 7
-	ReasonTunnelSource   = 8
-	ReasonNoBackend      = 9
-	ReasonLBNAT          = 10
-	ReasonNoEncryptPeer  = 11
-	ReasonControlPort    = 12
-	reasonMax            = 13
+	ReasonForwarded      = uint8(bpf.DatapathReasonREASON_FORWARDED)
+	ReasonPolicyDenied   = uint8(bpf.DatapathReasonREASON_POLICY_DENIED)
+	ReasonPolicyDenyRule = uint8(bpf.DatapathReasonREASON_POLICY_DENY_RULE)
+	ReasonCTMissing      = uint8(bpf.DatapathReasonREASON_CT_MISSING)
+	ReasonInvalid        = uint8(bpf.DatapathReasonREASON_INVALID)
+	ReasonFragment       = uint8(bpf.DatapathReasonREASON_FRAGMENT)
+	ReasonUnsupportedL3  = uint8(bpf.DatapathReasonREASON_UNSUPPORTED_L3)
+	ReasonBadSource      = uint8(bpf.DatapathReasonREASON_BAD_SOURCE)
+	ReasonTunnelSource   = uint8(bpf.DatapathReasonREASON_TUNNEL_SOURCE)
+	ReasonNoBackend      = uint8(bpf.DatapathReasonREASON_NO_BACKEND)
+	ReasonLBNAT          = uint8(bpf.DatapathReasonREASON_LB_NAT)
+	ReasonNoEncryptPeer  = uint8(bpf.DatapathReasonREASON_NO_ENCRYPT_PEER)
+	ReasonControlPort    = uint8(bpf.DatapathReasonREASON_CONTROL_PORT)
+	reasonMax            = uint32(bpf.DatapathReasonREASON_MAX)
 )
 
 var reasonNames = [reasonMax]string{
@@ -66,7 +67,7 @@ const (
 )
 
 // policyFlagPort marks a policy entry naming one protocol and port exactly
-// (bpf/datapath.c POLICY_F_PORT): only such an allow opens a node's control
+// (bpf/lib/maps.h POLICY_F_PORT): only such an allow opens a node's control
 // port to a pod.
 const policyFlagPort = 1
 
@@ -483,7 +484,7 @@ func (d *Datapath) SetTunnel(vxlanIfIndex int) error {
 	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.VxlanIfindex = uint32(vxlanIfIndex) })
 }
 
-// Encryption flags in the node config (bpf/datapath.c ENCRYPT_*).
+// Encryption flags in the node config (bpf/lib/maps.h ENCRYPT_*).
 const (
 	encryptOn     = 1
 	encryptStrict = 2

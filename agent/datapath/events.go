@@ -20,10 +20,10 @@ import (
 	"github.com/filament-net/filament/bpf"
 )
 
-// Event types.
+// Event types (bpf/lib/reasons.h enum event_type, from the generated bindings).
 const (
-	EventDrop          = 1
-	EventPolicyVerdict = 2
+	EventDrop          = uint8(bpf.DatapathEventTypeEVENT_DROP)
+	EventPolicyVerdict = uint8(bpf.DatapathEventTypeEVENT_POLICY_VERDICT)
 )
 
 // ProtoName names an IP protocol number.

@@ -17,7 +17,7 @@ import (
 	"github.com/filament-net/filament/bpf"
 )
 
-// Service flags and algorithms, as bpf/lb.h has them.
+// Service flags and algorithms, as bpf/lib/lb.h has them.
 const (
 	lbFlagAffinity = 1
 	lbFlagNodePort = 2

@@ -11,7 +11,7 @@ import (
 
 // ControlMark is the socket mark (SO_MARK) of the agent's connections to
 // the kvstore. The socket load balancer never translates a socket with this
-// mark (bpf/lb.h CONTROL_MARK), so no service frontend, however it got into
+// mark (bpf/progs/socket.h CONTROL_MARK), so no service frontend, however it got into
 // the datapath, can take the agent's control plane away.
 const ControlMark = 0x0f1a0000
 

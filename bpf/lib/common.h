@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Common to every program: kernel headers, directions, reserved identities,
+// endpoint flags, TCP flags, time, and the parsed packet.
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define DIR_EGRESS 0
+#define DIR_INGRESS 1
+
+#define EP_INGRESS_ENFORCED 1
+#define EP_EGRESS_ENFORCED 2
+
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+#define IDENTITY_REMOTE_NODE 6
+
+#define NSEC 1000000000ULL
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+// A parsed IPv4 packet.
+struct pkt {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport; // network order (ICMP echo: the identifier)
+	__u16 dport; // network order
+	__u16 pport; // port for policy, network order (ICMP: the type)
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 ihl; // IPv4 header length in bytes
+	__u32 len;
+};

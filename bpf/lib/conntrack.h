@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Connection tracking per endpoint and direction: timeouts, lookup (an
+// established packet or a reply), update and creation.
+#pragma once
+
+#define CT_TIMEOUT_SYN (60 * NSEC)
+#define CT_TIMEOUT_TCP (21600 * NSEC)
+#define CT_TIMEOUT_CLOSE (10 * NSEC)
+#define CT_TIMEOUT_UDP (60 * NSEC)
+#define CT_TIMEOUT_ICMP (30 * NSEC)
+#define CT_TIMEOUT_OTHER (60 * NSEC)
+
+#define CT_STATE_NEW 0
+#define CT_STATE_ESTABLISHED 1
+#define CT_STATE_CLOSING 2
+
+static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
+{
+	switch (p->proto) {
+	case IPPROTO_TCP:
+		if (state == CT_STATE_CLOSING)
+			return CT_TIMEOUT_CLOSE;
+		return state == CT_STATE_ESTABLISHED ? CT_TIMEOUT_TCP : CT_TIMEOUT_SYN;
+	case IPPROTO_UDP:
+		return CT_TIMEOUT_UDP;
+	case IPPROTO_ICMP:
+		return CT_TIMEOUT_ICMP;
+	}
+	return CT_TIMEOUT_OTHER;
+}
+
+#define CT_NEW 0
+#define CT_ESTABLISHED 1
+#define CT_REPLY 2
+
+static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
+{
+	__sync_fetch_and_add(&e->packets, 1);
+	__sync_fetch_and_add(&e->bytes, p->len);
+	if (reply)
+		e->seen_reply = 1;
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & (TCP_FIN | TCP_RST))
+			e->state = CT_STATE_CLOSING;
+		else if (e->state == CT_STATE_NEW && reply)
+			e->state = CT_STATE_ESTABLISHED;
+	} else if (reply) {
+		e->state = CT_STATE_ESTABLISHED;
+	}
+	e->expires = now + ct_timeout(p, e->state);
+}
+
+// ct_lookup finds the connection of p in the scope of endpoint ep_id and
+// direction dir: the same direction (established) or the reverse (reply).
+static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now)
+{
+	struct ct_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = dir, .ep_id = ep_id,
+	};
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && e->expires > now) {
+		ct_update(e, p, now, 0);
+		return CT_ESTABLISHED;
+	}
+	struct ct_key r = {
+		.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
+		.proto = p->proto, .dir = dir ^ 1, .ep_id = ep_id,
+	};
+	e = bpf_map_lookup_elem(&conntrack, &r);
+	if (e && e->expires > now) {
+		ct_update(e, p, now, 1);
+		return CT_REPLY;
+	}
+	return CT_NEW;
+}
+
+static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now)
+{
+	struct ct_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = dir, .ep_id = ep_id,
+	};
+	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer};
+	e.state = CT_STATE_NEW;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
+		e.state = CT_STATE_CLOSING;
+	e.expires = now + ct_timeout(p, e.state);
+	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+}

@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Counters per reason and direction, events to user space on the ring
+// buffer, and drop (count, report, TC_ACT_SHOT).
+#pragma once
+
+static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
+{
+	__u32 key = reason * 2 + dir;
+	struct counter *c = bpf_map_lookup_elem(&counters, &key);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
+				 __u32 src_id, __u32 dst_id, struct pkt *p, __u32 ifindex)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->ts = bpf_ktime_get_ns();
+	e->type = type;
+	e->reason = reason;
+	e->dir = dir;
+	e->proto = p->proto;
+	e->ep_id = ep_id;
+	e->peer_ep = peer_ep;
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = bpf_ntohs(p->sport);
+	e->dport = bpf_ntohs(p->dport);
+	e->ifindex = ifindex;
+	e->len = p->len;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, int reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
+				__u32 src_id, __u32 dst_id, struct pkt *p)
+{
+	count(reason, dir, skb->len);
+	emit(EVENT_DROP, reason, dir, ep_id, peer_ep, src_id, dst_id, p, skb->ifindex);
+	return TC_ACT_SHOT;
+}

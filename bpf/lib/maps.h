@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The datapath's map layouts and maps (pinned by the agent), except the
+// load balancer's (lb.h).
+#pragma once
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 ip; // network order
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 tunnel_ip; // network order; 0 = local or not tunnelled
+	__u8 flags;
+	__u8 pad[3];
+};
+
+struct endpoint_info {
+	__u32 ifindex; // host-side veth
+	__u32 identity;
+	__u16 ep_id;
+	__u8 flags; // EP_*_ENFORCED
+	__u8 pad;
+	__u8 mac[6];      // pod side
+	__u8 host_mac[6]; // host side (the pod's gateway MAC)
+};
+
+// Policy: an LPM trie. Data bits in order: ep_id(16) dir(8) pad(8)
+// identity(32) proto(8) port(16, network order). Identity 0 = any peer.
+struct policy_key {
+	__u32 prefixlen;
+	__u16 ep_id;
+	__u8 dir;
+	__u8 pad;
+	__u32 identity;
+	__u8 proto;
+	__u8 port[2];
+	__u8 pad2;
+};
+
+#define POLICY_F_PORT 1 // the entry names one protocol and port exactly
+
+struct policy_value {
+	__u8 deny;
+	__u8 flags; // POLICY_F_*
+	__u8 pad[2];
+	__u32 cookie;
+};
+
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 ep_id;
+};
+
+struct ct_entry {
+	__u64 expires; // CLOCK_MONOTONIC ns
+	__u64 packets;
+	__u64 bytes;
+	__u8 state;
+	__u8 seen_reply;
+	__u8 pad[2];
+	__u32 peer_identity;
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#define ENCRYPT_ON 1     // pod traffic to other nodes goes through the encryption device
+#define ENCRYPT_STRICT 2 // ... and is dropped when the node is not a peer
+
+#define CONTROL_PORTS 8
+
+// Node-wide settings written by the agent (one entry).
+struct node_config {
+	__u32 vxlan_ifindex; // 0 = no tunnel (native routing)
+	__u32 encrypt;       // ENCRYPT_* flags
+	// TCP and UDP ports of the nodes' control plane (gossip, metrics, the
+	// overlay, ...), host order, 0 = unused: pods reach them on a node
+	// address only when their egress policy names the port.
+	__u16 control_ports[CONTROL_PORTS];
+	// With encryption: the address NodePort traffic to a backend on a peer
+	// is translated from (this node's gateway, inside its pod CIDR, which
+	// the peer accepts from the tunnel and routes back through it);
+	// network order, 0 = none.
+	__u32 encrypt_snat;
+};
+
+struct event {
+	__u64 ts;
+	__u8 type;
+	__u8 reason;
+	__u8 dir;
+	__u8 proto;
+	__u16 ep_id;   // the endpoint whose policy decided
+	__u16 peer_ep; // the other side when it is a local endpoint, else 0
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport; // host order
+	__u16 dport; // host order
+	__u32 ifindex;
+	__u32 len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 512 * 1024);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024 * 1024);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256 * 1024);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+} conntrack SEC(".maps");
+
+// counters: key = reason * 2 + direction.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_MAX * 2);
+	__type(key, __u32);
+	__type(value, struct counter);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+} config SEC(".maps");
+
+// nodes: underlay addresses of the cluster's known nodes; encapsulated
+// traffic is accepted only from these.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} nodes SEC(".maps");
+
+// encrypt_peers: underlay addresses of the nodes traffic is encrypted to
+// (authenticated WireGuard peers); the kernel routes their pod CIDRs
+// through the encryption device.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} encrypt_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+// Referenced so bpf2go emits Go types for them.
+const struct ipcache_key *unused_ipk __attribute__((unused));
+const struct ipcache_value *unused_ipv __attribute__((unused));
+const struct endpoint_info *unused_ep __attribute__((unused));
+const struct policy_key *unused_pk __attribute__((unused));
+const struct policy_value *unused_pv __attribute__((unused));
+const struct ct_key *unused_ck __attribute__((unused));
+const struct ct_entry *unused_ce __attribute__((unused));
+const struct counter *unused_counter __attribute__((unused));
+const struct event *unused_event __attribute__((unused));
+const struct node_config *unused_config __attribute__((unused));

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Packet parsing: Ethernet, IPv4 (options honoured, fragments refused),
+// TCP/UDP/SCTP ports, ICMP type and echo identifier.
+#pragma once
+
+// parse reads Ethernet, IPv4 and the L4 ports; it returns a reason other
+// than REASON_FORWARDED for packets it cannot accept, and -1 for non-IP
+// traffic that passes untouched (ARP).
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return REASON_INVALID;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return REASON_UNSUPPORTED_L3;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return REASON_INVALID;
+	if (ip->version != 4 || ip->ihl < 5)
+		return REASON_INVALID;
+	__u32 hlen = ip->ihl * 4;
+	if ((void *)ip + hlen > data_end)
+		return REASON_INVALID;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->ihl = hlen;
+	p->len = skb->len;
+	p->sport = p->dport = p->pport = 0;
+	p->tcp_flags = 0;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return REASON_FRAGMENT;
+	__u8 *l4 = (void *)ip + hlen;
+	switch (ip->protocol) {
+	case IPPROTO_TCP:
+		if (l4 + 14 > (__u8 *)data_end)
+			return REASON_INVALID;
+		p->sport = *(__u16 *)l4;
+		p->dport = *(__u16 *)(l4 + 2);
+		p->tcp_flags = l4[13];
+		p->pport = p->dport;
+		break;
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		if (l4 + 4 > (__u8 *)data_end)
+			return REASON_INVALID;
+		p->sport = *(__u16 *)l4;
+		p->dport = *(__u16 *)(l4 + 2);
+		p->pport = p->dport;
+		break;
+	case IPPROTO_ICMP:
+		if (l4 + 8 > (__u8 *)data_end)
+			return REASON_INVALID;
+		p->pport = bpf_htons(l4[0]);
+		// Echo request (8) and reply (0) are tracked by identifier: the
+		// request as (id, 0), the reply as (0, id), so that a reply matches
+		// its request reversed and a request never passes as a reply.
+		if (l4[0] == 8)
+			p->sport = *(__u16 *)(l4 + 4);
+		else if (l4[0] == 0)
+			p->dport = *(__u16 *)(l4 + 4);
+		break;
+	default:
+		break;
+	}
+	return REASON_FORWARDED;
+}

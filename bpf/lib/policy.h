@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Policy lookup and enforcement: the two LPM lookups (peer identity and
+// any), deny first, the nodes' control ports, default deny when enforced.
+#pragma once
+
+static __always_inline struct policy_value *policy_lookup(__u16 ep_id, __u8 dir, __u32 identity, struct pkt *p)
+{
+	struct policy_key k = {
+		.prefixlen = 88, .ep_id = ep_id, .dir = dir, .identity = identity, .proto = p->proto,
+	};
+	__builtin_memcpy(k.port, &p->pport, 2);
+	return bpf_map_lookup_elem(&policy, &k);
+}
+
+// control_port tells whether p goes to one of the nodes' control ports.
+static __always_inline int control_port(struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return 0;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return 0;
+	__u16 port = bpf_ntohs(p->dport);
+	int i;
+#pragma unroll
+	for (i = 0; i < CONTROL_PORTS; i++) {
+		if (cfg->control_ports[i] && cfg->control_ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
+// to_node tells whether daddr, whose identity is peer, is a node's own
+// address: this node's (host), another's (remote-node), or a known node's.
+static __always_inline int to_node(__u32 peer, __u32 daddr)
+{
+	return peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr);
+}
+
+// enforce applies the policy of endpoint ep in direction dir to p, whose
+// other side has identity peer. It returns REASON_FORWARDED or the drop reason.
+// For egress, daddr is the destination when it is not a local endpoint (0
+// otherwise): a new flow to a control port of a node's own address (this
+// node's or a known node's) needs an allow that names the port for that
+// peer, whatever else the policy allows. Only new flows pay for the check.
+//
+// Deny entries apply whether or not the direction is enforced: a deny rule
+// in a policy with enableDefaultDeny false still drops what it matches.
+static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 peer, __u32 src_id, __u32 dst_id,
+				   __u16 peer_ep, struct pkt *p, __u32 ifindex, __u32 daddr)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (ct_lookup(p, ep->ep_id, dir, now) != CT_NEW)
+		return REASON_FORWARDED;
+	__u8 enforced = ep->flags & (dir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
+	if (enforced && p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN))
+		return REASON_CT_MISSING;
+	struct policy_value *v = policy_lookup(ep->ep_id, dir, peer, p);
+	struct policy_value *any = policy_lookup(ep->ep_id, dir, 0, p);
+	int reason;
+	if ((v && v->deny) || (any && any->deny))
+		reason = REASON_POLICY_DENY_RULE;
+	else if (daddr && control_port(p) && to_node(peer, daddr) && !(v && (v->flags & POLICY_F_PORT)))
+		reason = REASON_CONTROL_PORT;
+	else if (!enforced || v || any)
+		reason = REASON_FORWARDED;
+	else
+		reason = REASON_POLICY_DENIED;
+	if (reason == REASON_FORWARDED) {
+		ct_create(p, ep->ep_id, dir, peer, now);
+		if (enforced)
+			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
+	}
+	return reason;
+}

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The programs on each endpoint's host-side veth: from_container (tc
+// ingress: what the pod sends) and to_container (tc egress: what the kernel
+// routes to the pod).
+#pragma once
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r < 0) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_EGRESS, 0, 0, 0, 0, &p);
+
+	__u32 saddr = p.saddr;
+	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop(skb, REASON_BAD_SOURCE, DIR_EGRESS, 0, 0, 0, 0, &p);
+
+	__u32 daddr = p.daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	struct ipcache_value *remote = dst ? 0 : lookup_ipcache(daddr);
+	__u32 dst_id = dst ? dst->identity : (remote ? remote->identity : IDENTITY_WORLD);
+	__u16 dst_ep = dst ? dst->ep_id : 0;
+
+	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_EGRESS, src->ep_id, dst_ep, src->identity, dst_id, &p);
+
+	if (!dst) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		// A backend answering a NodePort client goes back as the frontend.
+		r = lb_reverse(skb, &p);
+		if (r >= 0)
+			return r;
+		if (remote && remote->tunnel_ip) {
+			r = encrypt_route(remote->tunnel_ip);
+			if (r == REASON_NO_ENCRYPT_PEER)
+				return drop(skb, r, DIR_EGRESS, src->ep_id, 0, src->identity, dst_id, &p);
+			if (r == 0)
+				return TC_ACT_OK; // the kernel routes it through the encryption device
+			return encap(skb, remote->tunnel_ip, src->identity);
+		}
+		return TC_ACT_OK; // the node routes it
+	}
+	// A pod of this node: its ingress policy here, then straight into its namespace.
+	r = enforce(dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
+	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
+		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
+	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r < 0) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, 0, 0, 0, 0, &p);
+	__u32 daddr = p.daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (!dst) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK; // not for a known endpoint: leave it to the kernel
+	}
+	__u32 saddr = p.saddr;
+	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
+	__u32 src_id = src ? src->identity : lookup_identity(saddr);
+	__u16 src_ep = src ? src->ep_id : 0;
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, dst->ep_id, src_ep, src_id, dst->identity, &p);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// from_netdev: tc ingress of the node's underlay device (NodePort), and
+// lb_forward, which sends a translated packet on.
+#pragma once
+
+// lb_forward sends a translated NodePort packet to its backend: up the
+// stack to a pod of this node, through the tunnel to the backend's node, or
+// out of the device the FIB chooses (native routing).
+static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u32 tunnel_ip, int local)
+{
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	if (local)
+		return TC_ACT_OK;
+	if (tunnel_ip) {
+		__u32 zero = 0;
+		struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+		// Translated from the gateway: the backend's node is an
+		// encryption peer, and the FIB sends it through the device.
+		if (cfg && cfg->encrypt_snat && p->saddr == cfg->encrypt_snat)
+			return lb_out(skb, p);
+		if (cfg && cfg->vxlan_ifindex)
+			return encap(skb, tunnel_ip, IDENTITY_WORLD);
+	}
+	return lb_out(skb, p);
+}
+
+// from_netdev: tc ingress of the node's underlay device. NodePort traffic
+// that did not come from a local socket is translated here: DNAT to a
+// backend, plus SNAT to this node when the backend is elsewhere so that the
+// reply returns through this node. Everything else passes untouched.
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p) != REASON_FORWARDED)
+		return TC_ACT_OK;
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	int r = lb_reverse(skb, &p);
+	if (r >= 0)
+		return r;
+	struct lb_nat *n = lb_nat_lookup(&p);
+	if (n) {
+		__u32 tunnel_ip = n->tunnel_ip;
+		__u32 daddr = n->daddr;
+		int local = bpf_map_lookup_elem(&endpoints, &daddr) != 0;
+		if (lb_rewrite(skb, &p, n->saddr, n->daddr, n->sport, n->dport) < 0)
+			return TC_ACT_SHOT;
+		return lb_forward(skb, &p, tunnel_ip, local);
+	}
+	struct lb_key k = {.vip = p.daddr, .port = p.dport, .proto = p.proto};
+	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
+	if (!svc || !(svc->flags & LB_FLAG_NODEPORT))
+		return TC_ACT_OK;
+	if (p.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
+		return TC_ACT_OK; // not a flow we translated: the stack answers it
+	struct lb_backend *b = lb_pick(svc, p.saddr, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
+	if (!b)
+		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	__u32 bip = b->ip;
+	__u16 bport = b->port;
+	int local = bpf_map_lookup_elem(&endpoints, &bip) != 0;
+	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
+	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
+	// A backend on another node goes through the encryption device when
+	// that node is a peer (never in clear under strict mode).
+	int enc = tunnel_ip ? encrypt_route(tunnel_ip) : -1;
+	if (enc == REASON_NO_ENCRYPT_PEER)
+		return drop(skb, enc, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u32 snat = p.daddr;
+	if (enc == 0 && cfg && cfg->encrypt_snat)
+		snat = cfg->encrypt_snat;
+	__u64 expires = bpf_ktime_get_ns() + lb_nat_timeout(p.proto);
+	// The reply's tuple must be unique: a local backend sees the client
+	// itself; a remote one sees this node and a source port kept from the
+	// client when free, else a random one.
+	__u32 nsaddr = local ? p.saddr : snat;
+	__u16 nsport = p.sport;
+	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
+	int i, ok = 0;
+	for (i = 0; i < LB_SNAT_TRIES; i++) {
+		if (lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_NOEXIST) == 0) {
+			ok = 1;
+			break;
+		}
+		if (local) {
+			// The same client tuple again (a retransmitted SYN): replace it.
+			ok = lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_ANY) == 0;
+			break;
+		}
+		nsport = bpf_htons(LB_SNAT_PORT_MIN + bpf_get_prandom_u32() % LB_SNAT_PORT_RANGE);
+	}
+	if (!ok)
+		return drop(skb, REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip};
+	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd, BPF_ANY);
+	if (lb_rewrite(skb, &p, nsaddr, bip, nsport, bport) < 0)
+		return TC_ACT_SHOT;
+	return lb_forward(skb, &p, local ? 0 : tunnel_ip, local);
+}

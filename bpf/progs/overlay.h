@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// from_overlay: tc ingress of the VXLAN device.
+#pragma once
+
+// from_overlay: tc ingress of the VXLAN device. Only known nodes may send
+// encapsulated traffic; the VNI carries the source identity, and the
+// destination pod's ingress policy is enforced with it before delivery.
+SEC("tc")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct pkt p = {};
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop(skb, REASON_INVALID, DIR_INGRESS, 0, 0, 0, 0, &p);
+	__u32 outer = bpf_htonl(key.remote_ipv4);
+	__u32 src_id = key.tunnel_id;
+	int r = parse(skb, &p);
+	if (!bpf_map_lookup_elem(&nodes, &outer)) {
+		p.len = skb->len;
+		return drop(skb, REASON_TUNNEL_SOURCE, DIR_INGRESS, 0, 0, src_id, 0, &p);
+	}
+	if (r < 0) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, 0, 0, src_id, 0, &p);
+	__u32 daddr = p.daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (!dst) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		// A remote backend's reply to a NodePort flow this node translated.
+		r = lb_reverse(skb, &p);
+		if (r >= 0)
+			return r;
+		return TC_ACT_OK;
+	}
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, &p);
+	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
+		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, &p);
+	// The inner frame was addressed to the sending node's gateway MAC, so
+	// the VXLAN device marked it for another host; it is for our pod now.
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}

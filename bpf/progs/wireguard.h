@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// from_wireguard: tc ingress of the encryption device.
+#pragma once
+
+// from_wireguard: tc ingress of the encryption device (layer 3: packets
+// start at the IPv4 header). Replies of NodePort flows this node sent to a
+// backend on a peer come back decrypted here, to the gateway address; they
+// get a MAC header so the shared code applies, are translated back to the
+// frontend and sent to the client. Everything else passes untouched.
+SEC("tc")
+int from_wireguard(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data;
+	if ((void *)(ip + 1) > data_end || ip->version != 4)
+		return TC_ACT_OK;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return TC_ACT_OK;
+	__u8 *l4 = (__u8 *)data + ip->ihl * 4;
+	if (ip->ihl < 5 || l4 + 4 > (__u8 *)data_end)
+		return TC_ACT_OK;
+	struct pkt p = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol};
+	p.sport = *(__u16 *)l4;
+	p.dport = *(__u16 *)(l4 + 2);
+	struct lb_nat *n = lb_nat_lookup(&p);
+	if (!n || !n->reverse)
+		return TC_ACT_OK;
+	if (bpf_skb_change_head(skb, ETH_HLEN, 0) < 0)
+		return TC_ACT_SHOT;
+	__u16 eth_ip = bpf_htons(ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 12, &eth_ip, 2, 0) < 0)
+		return TC_ACT_SHOT;
+	struct pkt q = {};
+	if (parse(skb, &q) != REASON_FORWARDED)
+		return TC_ACT_SHOT;
+	int r = lb_reverse(skb, &q);
+	return r >= 0 ? r : TC_ACT_SHOT;
+}
