@@ -53,9 +53,8 @@ func main() {
 }
 
 func newCommand() *cobra.Command {
-	cfg := config.Default()
+	flags := config.Default() // what the flags set, defaults included
 	var cfgFile string
-	var leaseTTL, gcInterval, ctGC, meshTTL, groupsEvery time.Duration
 	cmd := &cobra.Command{
 		Use:           "filament-agent",
 		Short:         "Filament node agent: endpoints, identities, policy and the node API",
@@ -71,119 +70,15 @@ func newCommand() *cobra.Command {
 				}
 			}
 			// Flags given explicitly win over the file.
-			fl := cmd.Flags()
-			set := func(name string, apply func()) {
-				if fl.Changed(name) {
-					apply()
-				}
-			}
-			set("node-name", func() { final.NodeName = cfg.NodeName })
-			set("cluster-name", func() { final.ClusterName = cfg.ClusterName })
-			set("cluster-id", func() { final.ClusterID = cfg.ClusterID })
-			set("pod-cidr", func() { final.PodCIDR = cfg.PodCIDR })
-			set("cluster-pool", func() { final.ClusterPool = cfg.ClusterPool })
-			set("pod-cidr-size", func() { final.PodCIDRSize = cfg.PodCIDRSize })
-			set("node-ip", func() { final.NodeIP = cfg.NodeIP })
-			set("routing", func() { final.Routing = cfg.Routing })
-			set("memberlist-port", func() { final.MemberlistPort = cfg.MemberlistPort })
-			set("gossip-key-file", func() { final.GossipKeyFile = cfg.GossipKeyFile })
-			set("max-connected-clusters", func() { final.MaxConnectedClusters = cfg.MaxConnectedClusters })
-			set("clustermesh-config", func() { final.ClusterMeshConfig = cfg.ClusterMeshConfig })
-			set("clustermesh-ttl", func() { final.ClusterMeshTTL = config.Duration(meshTTL) })
-			set("policy-all-clusters", func() { final.PolicyAllClusters = cfg.PolicyAllClusters })
-			set("state-dir", func() { final.StateDir = cfg.StateDir })
-			set("api-socket", func() { final.APISocket = cfg.APISocket })
-			set("etcd-endpoints", func() { final.Etcd.Endpoints = cfg.Etcd.Endpoints })
-			set("etcd-ca", func() { final.Etcd.CAFile = cfg.Etcd.CAFile })
-			set("etcd-cert", func() { final.Etcd.CertFile = cfg.Etcd.CertFile })
-			set("etcd-key", func() { final.Etcd.KeyFile = cfg.Etcd.KeyFile })
-			set("embedded-etcd-client-url", func() { final.EmbeddedEtcd.ClientURL = cfg.EmbeddedEtcd.ClientURL })
-			set("embedded-etcd-peer-url", func() { final.EmbeddedEtcd.PeerURL = cfg.EmbeddedEtcd.PeerURL })
-			set("embedded-etcd-unsafe-no-fsync", func() { final.EmbeddedEtcd.UnsafeNoFsync = cfg.EmbeddedEtcd.UnsafeNoFsync })
-			set("lease-ttl", func() { final.LeaseTTL = config.Duration(leaseTTL) })
-			set("identity-gc-interval", func() { final.IdentityGCInterval = config.Duration(gcInterval) })
-			set("mtu", func() { final.MTU = cfg.MTU })
-			set("log-level", func() { final.LogLevel = cfg.LogLevel })
-			set("bpf-root", func() { final.BPFRoot = cfg.BPFRoot })
-			set("enforcement-mode", func() { final.EnforcementMode = cfg.EnforcementMode })
-			set("datapath-attach", func() { final.DatapathAttach = cfg.DatapathAttach })
-			set("conntrack-gc-interval", func() { final.ConntrackGCInterval = config.Duration(ctGC) })
-			set("prometheus-listen", func() { final.PrometheusListen = cfg.PrometheusListen })
-			set("lb-algorithm", func() { final.LBAlgorithm = cfg.LBAlgorithm })
-			set("maglev-table-size", func() { final.MaglevTableSize = cfg.MaglevTableSize })
-			set("socket-lb", func() { final.SocketLB = cfg.SocketLB })
-			set("cgroup-root", func() { final.CgroupRoot = cfg.CgroupRoot })
-			set("encryption", func() { final.Encryption = cfg.Encryption })
-			set("encryption-strict", func() { final.EncryptionStrict = cfg.EncryptionStrict })
-			set("encryption-unauthenticated-nodes", func() { final.EncryptionUnauthenticatedNodes = cfg.EncryptionUnauthenticatedNodes })
-			set("ipsec-key-file", func() { final.IPsecKeyFile = cfg.IPsecKeyFile })
-			set("wireguard-private-run-dir", func() { final.WireGuardPrivateRunDir = cfg.WireGuardPrivateRunDir })
-			set("aws-region", func() { final.AWSRegion = cfg.AWSRegion })
-			set("aws-endpoint", func() { final.AWSEndpoint = cfg.AWSEndpoint })
-			set("aws-imds-endpoint", func() { final.AWSIMDSEndpoint = cfg.AWSIMDSEndpoint })
-			set("groups-refresh-interval", func() { final.GroupsRefreshInterval = config.Duration(groupsEvery) })
-			set("kubeconfig", func() { final.Kubeconfig = cfg.Kubeconfig })
-			set("node-cert", func() { final.NodeCert = cfg.NodeCert })
-			set("node-key", func() { final.NodeKey = cfg.NodeKey })
-			set("node-ca", func() { final.NodeCA = cfg.NodeCA })
+			config.ApplyFlags(cmd.Flags(), &final, &flags)
 			if err := final.Validate(); err != nil {
 				return err
 			}
 			return run(cmd.Context(), final)
 		},
 	}
-	d := config.Default()
-	f := cmd.Flags()
-	f.StringVar(&cfgFile, "config", "", "YAML configuration file (flags given explicitly override it)")
-	f.StringVar(&cfg.NodeName, "node-name", d.NodeName, "name of this node (default: the host name)")
-	f.StringVar(&cfg.ClusterName, "cluster-name", d.ClusterName, "name of the cluster (1-32 of a-z, 0-9, '-')")
-	f.Uint32Var(&cfg.ClusterID, "cluster-id", d.ClusterID, "cluster ID, 1-255")
-	f.StringVar(&cfg.PodCIDR, "pod-cidr", "", "fixed IPv4 CIDR for this node's pods (default: one allocated from --cluster-pool)")
-	f.StringVar(&cfg.ClusterPool, "cluster-pool", d.ClusterPool, "cluster-wide range that nodes' pod CIDRs are allocated from")
-	f.IntVar(&cfg.PodCIDRSize, "pod-cidr-size", d.PodCIDRSize, "prefix length of each node's pod CIDR")
-	f.StringVar(&cfg.NodeIP, "node-ip", "", "this node's underlay IPv4 address (default: the first global IPv4 address)")
-	f.StringVar(&cfg.Routing, "routing", d.Routing, "routing between nodes: tunnel (VXLAN) or native")
-	f.IntVar(&cfg.MaxConnectedClusters, "max-connected-clusters", d.MaxConnectedClusters, "identity layout: 255 or 511 clusters (the same across the mesh)")
-	f.IntVar(&cfg.MemberlistPort, "memberlist-port", d.MemberlistPort, "UDP/TCP port for failure detection among agents (0 disables it)")
-	f.StringVar(&cfg.GossipKeyFile, "gossip-key-file", "", "the cluster's gossip key file (a bundle's gossip.key); needed with an external etcd and the memberlist port on")
-	f.StringVar(&cfg.ClusterMeshConfig, "clustermesh-config", "", "directory of remote cluster configs (one <name>.yaml each, from filament clustermesh connect)")
-	f.DurationVar(&meshTTL, "clustermesh-ttl", 0, "withdraw a lost remote cluster's entries after this long (0: keep them)")
-	f.BoolVar(&cfg.PolicyAllClusters, "policy-all-clusters", false, "peer selectors without a cluster label match every cluster of the mesh (default: only the local cluster)")
-	f.StringVar(&cfg.StateDir, "state-dir", d.StateDir, "directory for endpoint, policy and embedded etcd state")
-	f.StringVar(&cfg.APISocket, "api-socket", d.APISocket, "unix socket of the agent API")
-	f.StringSliceVar(&cfg.Etcd.Endpoints, "etcd-endpoints", nil, "external etcd endpoints; none runs an embedded etcd under the state dir")
-	f.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "CA file to verify the external etcd")
-	f.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "client certificate for the external etcd")
-	f.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "client key for the external etcd")
-	f.StringVar(&cfg.EmbeddedEtcd.ClientURL, "embedded-etcd-client-url", d.EmbeddedEtcd.ClientURL, "client URL of the embedded etcd")
-	f.StringVar(&cfg.EmbeddedEtcd.PeerURL, "embedded-etcd-peer-url", d.EmbeddedEtcd.PeerURL, "peer URL of the embedded etcd")
-	f.BoolVar(&cfg.EmbeddedEtcd.UnsafeNoFsync, "embedded-etcd-unsafe-no-fsync", false, "skip fsync in the embedded etcd (labs and tests only)")
-	f.DurationVar(&leaseTTL, "lease-ttl", time.Duration(d.LeaseTTL), "TTL of the node's kvstore lease")
-	f.DurationVar(&gcInterval, "identity-gc-interval", time.Duration(d.IdentityGCInterval), "interval between garbage collections of unreferenced identities")
-	f.IntVar(&cfg.MTU, "mtu", d.MTU, "MTU of pod interfaces (0: the underlay's, less 50 in tunnel mode)")
-	f.StringVar(&cfg.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
-	f.StringVar(&cfg.BPFRoot, "bpf-root", d.BPFRoot, "bpffs mount for pinned maps and links (<bpf-root>/filament/<node>)")
-	f.StringVar(&cfg.EnforcementMode, "enforcement-mode", d.EnforcementMode, "policy enforcement: default, always or never")
-	f.StringVar(&cfg.DatapathAttach, "datapath-attach", d.DatapathAttach, "how programs attach to veths: auto (tcx, else tc), tcx or tc")
-	f.DurationVar(&ctGC, "conntrack-gc-interval", time.Duration(d.ConntrackGCInterval), "interval between collections of expired conntrack entries")
-	f.StringVar(&cfg.PrometheusListen, "prometheus-listen", "", "TCP address serving /metrics (it is always on the API socket too)")
-	f.StringVar(&cfg.LBAlgorithm, "lb-algorithm", d.LBAlgorithm, "default backend selection of services: random or maglev")
-	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", d.MaglevTableSize, "Maglev table size per service (a prime, 251-131071)")
-	f.BoolVar(&cfg.SocketLB, "socket-lb", d.SocketLB, "translate service addresses at connect time for pods and the node (cgroup socket hooks)")
-	f.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount)")
-	f.StringVar(&cfg.Encryption, "encryption", d.Encryption, "encrypt pod traffic between nodes: none, wireguard or ipsec")
-	f.BoolVar(&cfg.EncryptionStrict, "encryption-strict", false, "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear")
-	f.BoolVar(&cfg.EncryptionUnauthenticatedNodes, "encryption-unauthenticated-nodes", false, "allow encryption without node authentication (every node in the kvstore becomes a peer)")
-	f.StringVar(&cfg.IPsecKeyFile, "ipsec-key-file", "", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')")
-	f.StringVar(&cfg.AWSRegion, "aws-region", "", "AWS region for toGroups/fromGroups and EC2 node metadata (default: AWS_REGION or the shared config; none: off)")
-	f.StringVar(&cfg.AWSEndpoint, "aws-endpoint", "", "EC2 endpoint override (tests, e.g. a moto server)")
-	f.StringVar(&cfg.AWSIMDSEndpoint, "aws-imds-endpoint", "", "EC2 instance metadata (IMDSv2) endpoint override (tests)")
-	f.DurationVar(&groupsEvery, "groups-refresh-interval", time.Duration(d.GroupsRefreshInterval), "interval between resolutions of cloud groups")
-	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "Kubernetes mode: follow NetworkPolicy and CiliumNetworkPolicy/CiliumClusterwideNetworkPolicy from this cluster (kubeconfig file)")
-	f.StringVar(&cfg.NodeCert, "node-cert", "", "this node's certificate from the cluster's CA (PEM): sign the node record and accept only authenticated nodes")
-	f.StringVar(&cfg.NodeKey, "node-key", "", "the key of --node-cert (PEM)")
-	f.StringVar(&cfg.NodeCA, "node-ca", "", "the CA that issues this cluster's node certificates (PEM)")
-	f.BoolVar(&cfg.WireGuardPrivateRunDir, "wireguard-private-run-dir", false, "mount a private tmpfs on /var/run/wireguard (labs: several agents, each in its own mount namespace, on one machine)")
+	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file (flags given explicitly override it)")
+	config.RegisterFlags(cmd.Flags(), &flags)
 	return cmd
 }
 

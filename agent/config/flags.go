@@ -1,0 +1,131 @@
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Flag is one command-line flag of the agent: its name, its help and the
+// field of Config it sets. Flags is the one table of them: RegisterFlags
+// binds them and ApplyFlags copies the ones given explicitly, so each flag
+// is written once.
+type Flag struct {
+	Name, Usage string
+	Field       func(c *Config) any // a pointer to the field
+}
+
+// Flags of the agent, in the order --help lists them.
+var Flags = []Flag{
+	{"node-name", "name of this node (default: the host name)", func(c *Config) any { return &c.NodeName }},
+	{"cluster-name", "name of the cluster (1-32 of a-z, 0-9, '-')", func(c *Config) any { return &c.ClusterName }},
+	{"cluster-id", "cluster ID, 1-255", func(c *Config) any { return &c.ClusterID }},
+	{"pod-cidr", "fixed IPv4 CIDR for this node's pods (default: one allocated from --cluster-pool)", func(c *Config) any { return &c.PodCIDR }},
+	{"cluster-pool", "cluster-wide range that nodes' pod CIDRs are allocated from", func(c *Config) any { return &c.ClusterPool }},
+	{"pod-cidr-size", "prefix length of each node's pod CIDR", func(c *Config) any { return &c.PodCIDRSize }},
+	{"node-ip", "this node's underlay IPv4 address (default: the first global IPv4 address)", func(c *Config) any { return &c.NodeIP }},
+	{"routing", "routing between nodes: tunnel (VXLAN) or native", func(c *Config) any { return &c.Routing }},
+	{"max-connected-clusters", "identity layout: 255 or 511 clusters (the same across the mesh)", func(c *Config) any { return &c.MaxConnectedClusters }},
+	{"memberlist-port", "UDP/TCP port for failure detection among agents (0 disables it)", func(c *Config) any { return &c.MemberlistPort }},
+	{"gossip-key-file", "the cluster's gossip key file (a bundle's gossip.key); needed with an external etcd and the memberlist port on", func(c *Config) any { return &c.GossipKeyFile }},
+	{"clustermesh-config", "directory of remote cluster configs (one <name>.yaml each, from filament clustermesh connect)", func(c *Config) any { return &c.ClusterMeshConfig }},
+	{"clustermesh-ttl", "withdraw a lost remote cluster's entries after this long (0: keep them)", func(c *Config) any { return &c.ClusterMeshTTL }},
+	{"policy-all-clusters", "peer selectors without a cluster label match every cluster of the mesh (default: only the local cluster)", func(c *Config) any { return &c.PolicyAllClusters }},
+	{"state-dir", "directory for endpoint, policy and embedded etcd state", func(c *Config) any { return &c.StateDir }},
+	{"api-socket", "unix socket of the agent API", func(c *Config) any { return &c.APISocket }},
+	{"etcd-endpoints", "external etcd endpoints; none runs an embedded etcd under the state dir", func(c *Config) any { return &c.Etcd.Endpoints }},
+	{"etcd-ca", "CA file to verify the external etcd", func(c *Config) any { return &c.Etcd.CAFile }},
+	{"etcd-cert", "client certificate for the external etcd", func(c *Config) any { return &c.Etcd.CertFile }},
+	{"etcd-key", "client key for the external etcd", func(c *Config) any { return &c.Etcd.KeyFile }},
+	{"embedded-etcd-client-url", "client URL of the embedded etcd", func(c *Config) any { return &c.EmbeddedEtcd.ClientURL }},
+	{"embedded-etcd-peer-url", "peer URL of the embedded etcd", func(c *Config) any { return &c.EmbeddedEtcd.PeerURL }},
+	{"embedded-etcd-unsafe-no-fsync", "skip fsync in the embedded etcd (labs and tests only)", func(c *Config) any { return &c.EmbeddedEtcd.UnsafeNoFsync }},
+	{"lease-ttl", "TTL of the node's kvstore lease", func(c *Config) any { return &c.LeaseTTL }},
+	{"identity-gc-interval", "interval between garbage collections of unreferenced identities", func(c *Config) any { return &c.IdentityGCInterval }},
+	{"mtu", "MTU of pod interfaces (0: the underlay's, less 50 in tunnel mode)", func(c *Config) any { return &c.MTU }},
+	{"log-level", "debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
+	{"bpf-root", "bpffs mount for pinned maps and links (<bpf-root>/filament/<node>)", func(c *Config) any { return &c.BPFRoot }},
+	{"enforcement-mode", "policy enforcement: default, always or never", func(c *Config) any { return &c.EnforcementMode }},
+	{"datapath-attach", "how programs attach to veths: auto (tcx, else tc), tcx or tc", func(c *Config) any { return &c.DatapathAttach }},
+	{"conntrack-gc-interval", "interval between collections of expired conntrack entries", func(c *Config) any { return &c.ConntrackGCInterval }},
+	{"prometheus-listen", "TCP address serving /metrics (it is always on the API socket too)", func(c *Config) any { return &c.PrometheusListen }},
+	{"lb-algorithm", "default backend selection of services: random or maglev", func(c *Config) any { return &c.LBAlgorithm }},
+	{"maglev-table-size", "Maglev table size per service (a prime, 251-131071)", func(c *Config) any { return &c.MaglevTableSize }},
+	{"socket-lb", "translate service addresses at connect time for pods and the node (cgroup socket hooks)", func(c *Config) any { return &c.SocketLB }},
+	{"cgroup-root", "cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount)", func(c *Config) any { return &c.CgroupRoot }},
+	{"encryption", "encrypt pod traffic between nodes: none, wireguard or ipsec", func(c *Config) any { return &c.Encryption }},
+	{"encryption-strict", "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear", func(c *Config) any { return &c.EncryptionStrict }},
+	{"encryption-unauthenticated-nodes", "allow encryption without node authentication (every node in the kvstore becomes a peer)", func(c *Config) any { return &c.EncryptionUnauthenticatedNodes }},
+	{"ipsec-key-file", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')", func(c *Config) any { return &c.IPsecKeyFile }},
+	{"aws-region", "AWS region for toGroups/fromGroups and EC2 node metadata (default: AWS_REGION or the shared config; none: off)", func(c *Config) any { return &c.AWSRegion }},
+	{"aws-endpoint", "EC2 endpoint override (tests, e.g. a moto server)", func(c *Config) any { return &c.AWSEndpoint }},
+	{"aws-imds-endpoint", "EC2 instance metadata (IMDSv2) endpoint override (tests)", func(c *Config) any { return &c.AWSIMDSEndpoint }},
+	{"groups-refresh-interval", "interval between resolutions of cloud groups", func(c *Config) any { return &c.GroupsRefreshInterval }},
+	{"kubeconfig", "Kubernetes mode: follow NetworkPolicy and CiliumNetworkPolicy/CiliumClusterwideNetworkPolicy from this cluster (kubeconfig file)", func(c *Config) any { return &c.Kubeconfig }},
+	{"node-cert", "this node's certificate from the cluster's CA (PEM): sign the node record and accept only authenticated nodes", func(c *Config) any { return &c.NodeCert }},
+	{"node-key", "the key of --node-cert (PEM)", func(c *Config) any { return &c.NodeKey }},
+	{"node-ca", "the CA that issues this cluster's node certificates (PEM)", func(c *Config) any { return &c.NodeCA }},
+	{"wireguard-private-run-dir", "mount a private tmpfs on /var/run/wireguard (labs: several agents, each in its own mount namespace, on one machine)", func(c *Config) any { return &c.WireGuardPrivateRunDir }},
+}
+
+// RegisterFlags adds every flag to fs, bound to c's fields, with c's
+// values as the defaults shown.
+func RegisterFlags(fs *pflag.FlagSet, c *Config) {
+	for _, f := range Flags {
+		switch p := f.Field(c).(type) {
+		case *string:
+			fs.StringVar(p, f.Name, *p, f.Usage)
+		case *int:
+			fs.IntVar(p, f.Name, *p, f.Usage)
+		case *uint32:
+			fs.Uint32Var(p, f.Name, *p, f.Usage)
+		case *bool:
+			fs.BoolVar(p, f.Name, *p, f.Usage)
+		case *[]string:
+			fs.StringSliceVar(p, f.Name, *p, f.Usage)
+		case *Duration:
+			fs.Var((*durationFlag)(p), f.Name, f.Usage)
+		default:
+			panic(fmt.Sprintf("config flag %s: unsupported field type %T", f.Name, p))
+		}
+	}
+}
+
+// ApplyFlags copies into dst the fields of the flags given explicitly in
+// fs, from from (the Config RegisterFlags bound): defaults < file < flags.
+func ApplyFlags(fs *pflag.FlagSet, dst, from *Config) {
+	for _, f := range Flags {
+		if !fs.Changed(f.Name) {
+			continue
+		}
+		switch p := f.Field(dst).(type) {
+		case *string:
+			*p = *f.Field(from).(*string)
+		case *int:
+			*p = *f.Field(from).(*int)
+		case *uint32:
+			*p = *f.Field(from).(*uint32)
+		case *bool:
+			*p = *f.Field(from).(*bool)
+		case *[]string:
+			*p = append([]string(nil), *f.Field(from).(*[]string)...)
+		case *Duration:
+			*p = *f.Field(from).(*Duration)
+		}
+	}
+}
+
+// durationFlag is a Duration as a pflag value ("15s").
+type durationFlag Duration
+
+func (d *durationFlag) String() string { return time.Duration(*d).String() }
+func (d *durationFlag) Type() string   { return "duration" }
+func (d *durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = durationFlag(v)
+	return nil
+}
