@@ -24,6 +24,7 @@ import (
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/config"
 	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/encryption"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/endpoint/veth"
 	"github.com/filament-net/filament/agent/enforcement"
@@ -194,21 +195,19 @@ func run(parent context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	enc, err := startEncryption(cfg, dp, router, underlayMTU, nodeIP, podCIDR)
+	enc, err := encryption.Start(cfg, dp, router, underlayMTU, nodeIP, podCIDR)
 	if err != nil {
 		return err
 	}
-	if enc.wg != nil {
-		defer enc.wg.Close()
-	}
-	auth, err := startNodeAuth(cfg, router)
+	defer enc.Close()
+	auth, err := encryption.StartNodeAuth(cfg, router)
 	if err != nil {
 		return err
 	}
 	reg, err := node.NewRegistry(ctx, kv, lease, node.Node{
 		Name: cfg.NodeName, Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, IPs: []string{nodeIP.String()},
-		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing, WireGuardKey: enc.publicKey(), Labels: ec2NodeLabels(ctx, cfg),
-	}, auth.sign()...)
+		PodCIDRs: []string{podCIDR}, Routing: cfg.Routing, WireGuardKey: enc.PublicKey(), Labels: ec2NodeLabels(ctx, cfg),
+	}, auth.Sign()...)
 	if err != nil {
 		return err
 	}
@@ -257,12 +256,12 @@ func run(parent context.Context, cfg config.Config) error {
 		ipsync.HoldExpired(reg.Reachable, 4*time.Duration(cfg.LeaseTTL))
 	}
 	reg.Subscribe(func(n node.Node, deleted bool) {
-		if n.Name != cfg.NodeName && !deleted && !auth.accept(cfg.ClusterName, n) {
+		if n.Name != cfg.NodeName && !deleted && !auth.Accept(cfg.ClusterName, n) {
 			router.NodeChanged(n, true) // refused: no peer, no routes, no entries
 			return
 		}
 		if deleted {
-			auth.forget(n.Name)
+			auth.Forget(n.Name)
 		}
 		router.NodeChanged(n, deleted)
 		if detector != nil && n.Name != cfg.NodeName {
@@ -278,7 +277,7 @@ func run(parent context.Context, cfg config.Config) error {
 	if cfg.ClusterMeshConfig != "" {
 		mesh = remote.NewManager(cfg.ClusterMeshConfig, cfg.ClusterName, cfg.ClusterID, time.Duration(cfg.ClusterMeshTTL), remote.Callbacks{
 			Node: router.NodeChanged, Identity: engine.IdentityChanged, Entry: router.EntryChanged,
-			Service: services.RemoteChanged, Authenticate: auth.remote(), Forget: auth.forget,
+			Service: services.RemoteChanged, Authenticate: auth.Remote(), Forget: auth.Forget,
 		})
 		go mesh.Run(ctx)
 	}
@@ -355,7 +354,7 @@ func run(parent context.Context, cfg config.Config) error {
 		Counters: dp.Counters, MapPressure: dp.MapPressure,
 		Endpoints: func() int { return len(eps.List()) }, Identities: func() int { return len(ids.List()) },
 		PolicyEntries: engine.PolicyEntries, PolicyWrites: dp.PolicyWrites, EventsLost: hub.Lost,
-		Services: services.Count, ServiceErrors: services.Errors, NodesRefused: auth.refusals.Count,
+		Services: services.Count, ServiceErrors: services.Errors, NodesRefused: auth.Refused,
 		Groups: cloudGroups.states,
 	})
 	if cfg.PrometheusListen != "" {
@@ -372,8 +371,8 @@ func run(parent context.Context, cfg config.Config) error {
 		Endpoints: eps, Identities: ids, KnownIdentities: res.Identities, Policies: clusterPolicies, Monitor: hub, Metrics: metricsHandler, Trace: res.Trace,
 		Nodes: reg.List, ClusterName: cfg.ClusterName, Services: services, Groups: cloudGroups,
 		BPF: dp, IdentityLabels: identityLabels,
-		Encryption: func() (api.EncryptionStatus, error) { return enc.status(dp, auth) },
-		RotateKey:  func(ctx context.Context) (string, error) { return enc.rotate(ctx, reg) },
+		Encryption: func() (api.EncryptionStatus, error) { return enc.Status(dp, auth) },
+		RotateKey:  func(ctx context.Context) (string, error) { return enc.Rotate(ctx, reg) },
 		ClusterMesh: func() []remote.Status {
 			if mesh == nil {
 				return []remote.Status{}

@@ -1,4 +1,9 @@
-package main
+// Package encryption wires the node's transparent encryption and node
+// authentication into the agent: the WireGuard device (or the IPsec peers)
+// started from the configuration, the datapath's encryption settings, key
+// rotation published through the node registry, the status the API
+// serves, and the node authentication that vets every node record.
+package encryption
 
 import (
 	"context"
@@ -18,8 +23,8 @@ import (
 	"github.com/filament-net/filament/crypto/wireguard"
 )
 
-// encryption is the node's transparent encryption as the agent wires it.
-type encryption struct {
+// Encryption is the node's transparent encryption as the agent wires it.
+type Encryption struct {
 	mode   string
 	strict bool
 	wg     *wireguard.Device
@@ -50,10 +55,10 @@ func (x *ipsecPeers) RemovePeer(n node.Node, ip netip.Addr) {
 	ipsec.Uninstall(x.local, x.peer(n, ip), x.keys)
 }
 
-// startEncryption opens the WireGuard device (peers follow the node
+// Start opens the WireGuard device (peers follow the node
 // registry through the router) or refuses a mode the kernel cannot do.
-func startEncryption(cfg config.Config, dp *datapath.Datapath, router *routing.Router, underlayMTU int, nodeIP netip.Addr, podCIDR string) (*encryption, error) {
-	e := &encryption{mode: cfg.Encryption, strict: cfg.EncryptionStrict}
+func Start(cfg config.Config, dp *datapath.Datapath, router *routing.Router, underlayMTU int, nodeIP netip.Addr, podCIDR string) (*Encryption, error) {
+	e := &Encryption{mode: cfg.Encryption, strict: cfg.EncryptionStrict}
 	switch cfg.Encryption {
 	case "wireguard":
 		wg, err := wireguard.Open(wireguard.Config{
@@ -115,16 +120,16 @@ func startEncryption(cfg config.Config, dp *datapath.Datapath, router *routing.R
 	return e, nil
 }
 
-func (e *encryption) publicKey() string {
+func (e *Encryption) PublicKey() string {
 	if e.wg == nil {
 		return ""
 	}
 	return e.wg.PublicKey().String()
 }
 
-// rotate makes a new key pair and publishes its public key; peers follow
+// Rotate makes a new key pair and publishes its public key; peers follow
 // through the registry.
-func (e *encryption) rotate(ctx context.Context, reg *node.Registry) (string, error) {
+func (e *Encryption) Rotate(ctx context.Context, reg *node.Registry) (string, error) {
 	if e.wg == nil {
 		return "", fmt.Errorf("encryption is %s: no key to rotate", e.mode)
 	}
@@ -138,7 +143,7 @@ func (e *encryption) rotate(ctx context.Context, reg *node.Registry) (string, er
 	return pub.String(), nil
 }
 
-func (e *encryption) status(dp *datapath.Datapath, auth *nodeAuth) (api.EncryptionStatus, error) {
+func (e *Encryption) Status(dp *datapath.Datapath, auth *NodeAuth) (api.EncryptionStatus, error) {
 	st := api.EncryptionStatus{Mode: e.mode, Strict: e.strict, Peers: []wireguard.PeerStatus{},
 		Authentication: auth.enabled, Refused: auth.refusals.List()}
 	if cs, err := dp.Counters(); err == nil {
@@ -160,16 +165,16 @@ func (e *encryption) status(dp *datapath.Datapath, auth *nodeAuth) (api.Encrypti
 	return st, nil
 }
 
-// nodeAuth signs this node's record and vets every other node's.
-type nodeAuth struct {
+// NodeAuth signs this node's record and vets every other node's.
+type NodeAuth struct {
 	enabled  bool
 	signer   *nodeauth.Signer
 	caPEM    []byte
 	refusals *nodeauth.Refusals
 }
 
-func startNodeAuth(cfg config.Config, router *routing.Router) (*nodeAuth, error) {
-	a := &nodeAuth{refusals: nodeauth.NewRefusals()}
+func StartNodeAuth(cfg config.Config, router *routing.Router) (*NodeAuth, error) {
+	a := &NodeAuth{refusals: nodeauth.NewRefusals()}
 	if cfg.NodeCert == "" {
 		if cfg.Encryption != "none" {
 			slog.Warn("node authentication is off (no --node-cert): every node in the kvstore becomes an encryption peer")
@@ -191,7 +196,7 @@ func startNodeAuth(cfg config.Config, router *routing.Router) (*nodeAuth, error)
 	return a, nil
 }
 
-func (a *nodeAuth) sign() []func(*node.Node) error {
+func (a *NodeAuth) Sign() []func(*node.Node) error {
 	if !a.enabled {
 		return nil
 	}
@@ -200,7 +205,7 @@ func (a *nodeAuth) sign() []func(*node.Node) error {
 
 // check vets node n of cluster against caPEM and records the verdict under
 // the name the agent uses for it.
-func (a *nodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error {
+func (a *NodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error {
 	if !a.enabled {
 		return nil
 	}
@@ -216,17 +221,29 @@ func (a *nodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error
 	return err
 }
 
-// accept vets a node of the local cluster.
-func (a *nodeAuth) accept(local string, n node.Node) bool {
+// Accept vets a node of the local cluster.
+func (a *NodeAuth) Accept(local string, n node.Node) bool {
 	return a.check(local, local, a.caPEM, n) == nil
 }
 
-func (a *nodeAuth) forget(name string) { a.refusals.Set(name, nil) }
+// Forget drops a node's refusal (its record is gone).
+func (a *NodeAuth) Forget(name string) { a.refusals.Set(name, nil) }
 
-// remote vets remote clusters' nodes with their CAs (nil when off).
-func (a *nodeAuth) remote() func(cluster string, caPEM []byte, n node.Node) error {
+// Remote vets remote clusters' nodes with their CAs (nil when off).
+func (a *NodeAuth) Remote() func(cluster string, caPEM []byte, n node.Node) error {
 	if !a.enabled {
 		return nil
 	}
 	return func(cluster string, caPEM []byte, n node.Node) error { return a.check("", cluster, caPEM, n) }
+}
+
+// Refused is how many nodes are refused now.
+func (a *NodeAuth) Refused() int { return a.refusals.Count() }
+
+// Close closes the WireGuard device, if any (its peers and routes stay
+// for the next agent).
+func (e *Encryption) Close() {
+	if e.wg != nil {
+		e.wg.Close()
+	}
 }
