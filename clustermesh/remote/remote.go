@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -454,74 +455,40 @@ func (c *cluster) service(s *service.Service, deleted bool) {
 // rejected (counted) rather than half applied.
 func (c *cluster) serviceEvent(ev kvstore.Event, deleted bool) {
 	key := strings.TrimPrefix(ev.Key, service.Prefix+c.name+"/")
-	c.mu.Lock()
-	if deleted {
-		s, ok := c.svcs[key]
-		delete(c.svcs, key)
-		c.mu.Unlock()
-		if ok {
-			c.service(s, true)
+	mirror(c, func() map[string]*service.Service { return c.svcs }, key, deleted, func() (*service.Service, error) {
+		s, err := service.Parse(ev.Value)
+		if err != nil || s.Key() != key {
+			return nil, fmt.Errorf("service %s: %v", key, err)
 		}
-		return
-	}
-	c.mu.Unlock()
-	s, err := service.Parse(ev.Value)
-	if err != nil || s.Key() != key {
-		c.reject(fmt.Sprintf("service %s: %v", key, err))
-		return
-	}
-	c.mu.Lock()
-	c.svcs[key] = s
-	c.mu.Unlock()
-	c.service(s, false)
+		return s, nil
+	}, nil, c.service, nil)
 }
 
 func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 	name := c.name + "/" + strings.TrimPrefix(ev.Key, node.NodesPrefix+c.name+"/")
-	c.mu.Lock()
-	if deleted {
-		n, ok := c.nodes[name]
-		delete(c.nodes, name)
-		c.mu.Unlock()
-		if ok {
-			c.m.cb.Node(n, true)
-		}
-		// A refused node was never passed on; its refusal goes with it.
+	// A refused node was never passed on; its refusal goes with its record.
+	forget := func() {
 		if c.m.cb.Forget != nil {
 			c.m.cb.Forget(name)
 		}
-		return
 	}
-	var n node.Node
-	if err := json.Unmarshal(ev.Value, &n); err != nil {
-		c.mu.Unlock()
-		return
-	}
-	if err := n.Check(); err != nil {
-		c.mu.Unlock()
-		c.reject(fmt.Sprintf("node %s: %v", name, err))
-		return
-	}
-	if auth := c.m.cb.Authenticate; auth != nil {
-		if err := auth(c.name, []byte(c.cfg.CA), n); err != nil {
-			old, had := c.nodes[name]
-			delete(c.nodes, name)
-			c.mu.Unlock()
-			c.reject(fmt.Sprintf("node %s: %v", name, err))
-			if had {
-				c.m.cb.Node(old, true)
-			}
-			return
+	mirror(c, func() map[string]node.Node { return c.nodes }, name, deleted, func() (node.Node, error) {
+		var n node.Node
+		if err := json.Unmarshal(ev.Value, &n); err != nil {
+			return n, errIgnored
 		}
-	}
-	n.Name, n.Reachable = name, true
-	if old, ok := c.nodes[name]; ok && equalNodes(old, n) {
-		c.mu.Unlock()
-		return
-	}
-	c.nodes[name] = n
-	c.mu.Unlock()
-	c.m.cb.Node(n, false)
+		if err := n.Check(); err != nil {
+			return n, fmt.Errorf("node %s: %v", name, err)
+		}
+		if auth := c.m.cb.Authenticate; auth != nil {
+			if err := auth(c.name, []byte(c.cfg.CA), n); err != nil {
+				// One refused after it was accepted is withdrawn.
+				return n, fmt.Errorf("%w: node %s: %v", errWithdraw, name, err)
+			}
+		}
+		n.Name, n.Reachable = name, true
+		return n, nil
+	}, equalNodes, c.m.cb.Node, forget)
 }
 
 func equalNodes(a, b node.Node) bool {
@@ -543,35 +510,16 @@ func (c *cluster) identityEvent(ev kvstore.Event, deleted bool) {
 		return
 	}
 	id := identity.NumericIdentity(n)
-	c.mu.Lock()
-	if deleted {
-		x, ok := c.ids[id]
-		delete(c.ids, id)
-		c.mu.Unlock()
-		if ok {
-			c.m.cb.Identity(x, true)
+	mirror(c, func() map[identity.NumericIdentity]identity.Identity { return c.ids }, id, deleted, func() (identity.Identity, error) {
+		if !id.InClusterRange(c.id) {
+			return identity.Identity{}, fmt.Errorf("identity %d outside cluster %d's range", n, c.id)
 		}
-		return
-	}
-	if !id.InClusterRange(c.id) {
-		c.mu.Unlock()
-		c.reject(fmt.Sprintf("identity %d outside cluster %d's range", n, c.id))
-		return
-	}
-	ls, err := labels.ParseCanonical(string(ev.Value))
-	if err != nil {
-		c.mu.Unlock()
-		c.reject(fmt.Sprintf("identity %d with invalid labels", n))
-		return
-	}
-	x := identity.Identity{ID: id, Labels: ls}
-	if old, ok := c.ids[id]; ok && old.Labels.Equal(ls) {
-		c.mu.Unlock()
-		return
-	}
-	c.ids[id] = x
-	c.mu.Unlock()
-	c.m.cb.Identity(x, false)
+		ls, err := labels.ParseCanonical(string(ev.Value))
+		if err != nil {
+			return identity.Identity{}, fmt.Errorf("identity %d with invalid labels", n)
+		}
+		return identity.Identity{ID: id, Labels: ls}, nil
+	}, func(a, b identity.Identity) bool { return a.Labels.Equal(b.Labels) }, c.m.cb.Identity, nil)
 }
 
 func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
@@ -579,39 +527,78 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 	if err != nil {
 		return
 	}
-	c.mu.Lock()
+	mirror(c, func() map[netip.Addr]ipcache.Entry { return c.ips }, ip, deleted, func() (ipcache.Entry, error) {
+		var e ipcache.Entry
+		if err := json.Unmarshal(ev.Value, &e); err != nil {
+			return e, errIgnored
+		}
+		if err := e.Check(ip); err != nil {
+			return e, err
+		}
+		if !e.Identity.InClusterRange(c.id) {
+			return e, fmt.Errorf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id)
+		}
+		e.Node = c.name + "/" + e.Node
+		return e, nil
+	}, func(a, b ipcache.Entry) bool { return a == b }, c.m.cb.Entry, nil)
+}
+
+// errIgnored: a value that is not of its kind at all (unreadable), dropped
+// without counting; errWithdraw: a refusal that also withdraws what the key
+// held before.
+var (
+	errIgnored  = errors.New("unreadable")
+	errWithdraw = errors.New("refused")
+)
+
+// mirror applies one watch event of one kind to the cluster's copy (items,
+// read under c.mu) and passes the change on with emit. A delete drops what
+// the key held (then onDelete, if set). A value decode accepts replaces it
+// unless equal says it is unchanged (nil: never); one it refuses is
+// counted as rejected and changes nothing, unless the refusal wraps
+// errWithdraw, which also withdraws what the key held.
+func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted bool, decode func() (V, error),
+	equal func(a, b V) bool, emit func(v V, deleted bool), onDelete func()) {
 	if deleted {
-		e, ok := c.ips[ip]
-		delete(c.ips, ip)
+		c.mu.Lock()
+		old, had := items()[k]
+		delete(items(), k)
 		c.mu.Unlock()
-		if ok {
-			c.m.cb.Entry(e, true)
+		if had {
+			emit(old, true)
+		}
+		if onDelete != nil {
+			onDelete()
 		}
 		return
 	}
-	var e ipcache.Entry
-	if err := json.Unmarshal(ev.Value, &e); err != nil {
-		c.mu.Unlock()
-		return
-	}
-	if err := e.Check(ip); err != nil {
-		c.mu.Unlock()
+	v, err := decode()
+	if err != nil {
+		if errors.Is(err, errIgnored) {
+			return
+		}
+		var old V
+		had := false
+		if errors.Is(err, errWithdraw) {
+			c.mu.Lock()
+			old, had = items()[k]
+			delete(items(), k)
+			c.mu.Unlock()
+		}
 		c.reject(err.Error())
+		if had {
+			emit(old, true)
+		}
 		return
 	}
-	if !e.Identity.InClusterRange(c.id) {
-		c.mu.Unlock()
-		c.reject(fmt.Sprintf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id))
-		return
-	}
-	e.Node = c.name + "/" + e.Node
-	if old, ok := c.ips[ip]; ok && old == e {
+	c.mu.Lock()
+	if old, ok := items()[k]; ok && equal != nil && equal(old, v) {
 		c.mu.Unlock()
 		return
 	}
-	c.ips[ip] = e
+	items()[k] = v
 	c.mu.Unlock()
-	c.m.cb.Entry(e, false)
+	emit(v, false)
 }
 
 // withdraw removes every entry of the cluster from the agent; its claim
