@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"io"
 	"net"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/gopacket/gopacket/pcapgo"
 
@@ -304,19 +305,12 @@ spec:
 		}
 	}
 	c := l.Clusters[0]
-	rec, _ := json.Marshal(map[string]any{"name": "rogue", "cluster": c.Name, "clusterID": c.ID, "ips": []string{"172.30.0.66"},
-		"podCIDRs": []string{"10.244.77.0/24"}, "routing": "native", "health": "ok",
-		"wireguardPublicKey": "ZtKlbZXqQKU5j3iAwLfx4KO92ZYTAQu/YBY+W6JWaGc="})
-	entry, _ := json.Marshal(map[string]any{"ip": "10.244.77.5", "identity": webID, "hostIP": "172.30.0.66", "node": "rogue"})
-	kvs, _ := json.Marshal(map[string]json.RawMessage{
-		"filament/state/nodes/v1/" + c.Name + "/rogue":    rec,
-		"filament/state/ip/v1/" + c.Name + "/10.244.77.5": entry,
+	kvstoreWrite(t, l, rogueNS, map[string]any{
+		"filament/state/nodes/v1/" + c.Name + "/rogue": map[string]any{"name": "rogue", "cluster": c.Name, "clusterID": c.ID,
+			"ips": []string{"172.30.0.66"}, "podCIDRs": []string{"10.244.77.0/24"}, "routing": "native", "health": "ok",
+			"wireguardPublicKey": "ZtKlbZXqQKU5j3iAwLfx4KO92ZYTAQu/YBY+W6JWaGc="},
+		"filament/state/ip/v1/" + c.Name + "/10.244.77.5": map[string]any{"ip": "10.244.77.5", "identity": webID, "hostIP": "172.30.0.66", "node": "rogue"},
 	})
-	put := exec.Command("ip", "netns", "exec", rogueNS, os.Args[0])
-	put.Env = append(os.Environ(), "FILAMENT_KV_PUT="+string(kvs), "FILAMENT_SIM_ETCD="+c.Kvstore, "FILAMENT_SIM_BUNDLE="+c.Bundle)
-	if out, err := put.CombinedOutput(); err != nil {
-		t.Fatalf("rogue's kvstore writes: %v %s", err, out)
-	}
 	for _, on := range []string{"n1", "n2"} {
 		eventually(t, on+" refuses the rogue", func() bool {
 			st := encryptStatus(t, l, on)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/filament-net/filament/agent/service/maglev"
 	"net"
 	"net/netip"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/filament-net/filament/agent/service/maglev"
 
 	"golang.org/x/sys/unix"
 
@@ -39,6 +40,22 @@ func dials(t testing.TB, path, ip string, port int) bool {
 		return nil
 	})
 	return ok
+}
+
+// nodeReachable says whether the agent of on sees node name alive
+// (failure detection), as `filament node list` shows it.
+func nodeReachable(t testing.TB, on *lab.Node, name string) bool {
+	t.Helper()
+	nodes, err := api.NewClient(on.Socket).Nodes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Name == name {
+			return n.Reachable
+		}
+	}
+	return false
 }
 
 // pingWithin retries a ping until it answers or the time is up.
@@ -76,20 +93,8 @@ func TestForgedGossipFromPod(t *testing.T) {
 	if err := pingWithin(t, l, "attacker", b.IP, 10*time.Second); err != nil {
 		t.Fatalf("before the attack: %v", err)
 	}
-	nodeUp := func(on *lab.Node, name string) bool {
-		nodes, err := api.NewClient(on.Socket).Nodes(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range nodes {
-			if n.Name == name {
-				return n.Reachable
-			}
-		}
-		return false
-	}
 	deadline := time.Now().Add(15 * time.Second)
-	for !nodeUp(n1, "n2") {
+	for !nodeReachable(t, n1, "n2") {
 		if time.Now().After(deadline) {
 			t.Fatal("n1 never saw n2 reachable")
 		}
@@ -124,7 +129,7 @@ func TestForgedGossipFromPod(t *testing.T) {
 		return nil
 	})
 	time.Sleep(3 * time.Second) // many probe and gossip rounds
-	if !nodeUp(n1, "n2") {
+	if !nodeReachable(t, n1, "n2") {
 		t.Error("n1 lists n2 as unreachable after forged gossip from a pod")
 	}
 	if err := pingWithin(t, l, "attacker", b.IP, 5*time.Second); err != nil {
@@ -210,10 +215,10 @@ backends: [{ip: %s}]
 	}
 }
 
-// kvstoreWrite writes kvs (key -> JSON value) to the lab cluster's kvstore
-// with the agent credentials, from node's namespace: what a compromised
-// node (or anyone with those credentials) can write.
-func kvstoreWrite(t *testing.T, l *lab.Lab, from string, kvs map[string]any) {
+// kvstoreWrite writes kvs (key -> JSON value) to the lab's first cluster's
+// kvstore with the agent credentials, from network namespace netns: what a
+// compromised node (or anyone with those credentials) can write.
+func kvstoreWrite(t *testing.T, l *lab.Lab, netns string, kvs map[string]any) {
 	t.Helper()
 	raw := map[string]json.RawMessage{}
 	for k, v := range kvs {
@@ -221,9 +226,8 @@ func kvstoreWrite(t *testing.T, l *lab.Lab, from string, kvs map[string]any) {
 		raw[k] = b
 	}
 	data, _ := json.Marshal(raw)
-	n, _ := l.Node(from)
 	c := l.Clusters[0]
-	put := exec.Command("ip", "netns", "exec", n.NetNS, os.Args[0])
+	put := exec.Command("ip", "netns", "exec", netns, os.Args[0])
 	put.Env = append(os.Environ(), "FILAMENT_KV_PUT="+string(data), "FILAMENT_SIM_ETCD="+c.Kvstore, "FILAMENT_SIM_BUNDLE="+c.Bundle)
 	if out, err := put.CombinedOutput(); err != nil {
 		t.Fatalf("kvstore writes: %v %s", err, out)
@@ -248,7 +252,7 @@ func TestHostileKvstoreRecords(t *testing.T) {
 	inN2 := labtest.PodAddr(t, l, "n2", 200)
 	const outside = "10.244.200.5"
 	p := "filament/state/ip/v1/default/"
-	kvstoreWrite(t, l, "n2", map[string]any{
+	kvstoreWrite(t, l, n2.NetNS, map[string]any{
 		p + "10.244.1.77":                      map[string]any{"identity": webID, "node": "n2"},
 		p + "fd00::5":                          map[string]any{"ip": "fd00::5", "identity": webID, "node": "n2"},
 		p + outside:                            map[string]any{"ip": outside, "identity": webID, "hostIP": n2.IP, "node": "n2"},
@@ -285,22 +289,10 @@ func TestGossipKeyRotationInLab(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel")
 	n1, _ := l.Node("n1")
 	n2, _ := l.Node("n2")
-	reachable := func(on *lab.Node, name string) bool {
-		nodes, err := api.NewClient(on.Socket).Nodes(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range nodes {
-			if n.Name == name {
-				return n.Reachable
-			}
-		}
-		return false
-	}
 	both := func(what string) {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
-		for !reachable(n1, "n2") || !reachable(n2, "n1") {
+		for !nodeReachable(t, n1, "n2") || !nodeReachable(t, n2, "n1") {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: the nodes do not see each other", what)
 			}

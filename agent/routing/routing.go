@@ -337,6 +337,9 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 		// Held until its node is accepted (or refused for good: an
 		// address outside its node's pod CIDRs); an entry it had is
 		// withdrawn.
+		if n, known := r.nodes[e.Node]; known {
+			slog.Warn("refused an ipcache entry outside its node's pod CIDRs", "ip", e.IP, "node", e.Node, "podCIDRs", n.PodCIDRs)
+		}
 		r.dp.DeleteIPCache(p)
 		return
 	}
@@ -352,11 +355,7 @@ func (r *Router) entryOK(e ipcache.Entry) bool {
 	if !known {
 		return !r.requireNode
 	}
-	if !InPodCIDRs(e.IP, n) {
-		slog.Warn("refused an ipcache entry outside its node's pod CIDRs", "ip", e.IP, "node", e.Node, "podCIDRs", n.PodCIDRs)
-		return false
-	}
-	return true
+	return InPodCIDRs(e.IP, n)
 }
 
 // InPodCIDRs says whether ip lies in one of n's pod CIDRs.
@@ -421,7 +420,7 @@ func (r *Router) Wanted() map[netip.Prefix]ipcache.Entry {
 	defer r.mu.Unlock()
 	out := map[netip.Prefix]ipcache.Entry{}
 	for ip, e := range r.entries {
-		if _, known := r.nodes[e.Node]; (r.requireNode && !known) || (known && !InPodCIDRs(ip, r.nodes[e.Node])) {
+		if !r.entryOK(e) {
 			continue
 		}
 		if !r.down[e.Node] {

@@ -4,16 +4,18 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/filament-net/filament/agent/config"
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/crypto/gossipkey"
 )
 
@@ -69,21 +71,16 @@ func followGossipKeys(ctx context.Context, d *node.Detector, path string, keys g
 func controlPorts(cfg config.Config) []uint16 {
 	var ports []uint16
 	add := func(p int) {
-		if p > 0 && p < 65536 && len(ports) < datapath.MaxControlPorts {
-			for _, q := range ports {
-				if q == uint16(p) {
-					return
-				}
-			}
+		if p > 0 && p < 65536 && len(ports) < datapath.MaxControlPorts && !slices.Contains(ports, uint16(p)) {
 			ports = append(ports, uint16(p))
 		}
 	}
 	add(cfg.MemberlistPort)
-	if cfg.Routing == "tunnel" {
-		add(8472) // VXLAN
+	if cfg.Routing == routing.Tunnel {
+		add(routing.VXLANPort)
 	}
-	if i := strings.LastIndex(cfg.PrometheusListen, ":"); i >= 0 {
-		p, _ := strconv.Atoi(cfg.PrometheusListen[i+1:])
+	if _, port, err := net.SplitHostPort(cfg.PrometheusListen); err == nil {
+		p, _ := strconv.Atoi(port)
 		add(p)
 	}
 	if len(cfg.Etcd.Endpoints) == 0 {
