@@ -119,14 +119,15 @@ func (s *tcpStream) got() int64 { s.mu.Lock(); defer s.mu.Unlock(); return s.tot
 // grows waits until 20 KiB more have arrived, failing t after within.
 func (s *tcpStream) grows(t *testing.T, phase string) {
 	t.Helper()
-	start := s.got()
-	deadline := time.Now().Add(s.within)
+	start, began := s.got(), time.Now()
+	deadline := began.Add(s.within)
 	for s.got() < start+20*1024 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: stream stalled at %d bytes", phase, s.got())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	t.Logf("%s: 20 KiB more in %v", phase, time.Since(began).Round(time.Millisecond))
 }
 
 // finish stops writing; it returns the writer's error and the server's,

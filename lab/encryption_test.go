@@ -238,7 +238,11 @@ func TestWireGuardKeyRotationKeepsStream(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel", "--encryption", "wireguard", "--encryption-strict")
 	a := labtest.Pod(t, l, "n1", "a")
 	b := labtest.Pod(t, l, "n2", "b")
-	st := startStream(t, lab.NetNSPath(b.NetNS), lab.NetNSPath(a.NetNS), b.IP, 7001, 15*time.Second, 10*time.Second)
+	// A key change costs a WireGuard handshake (up to its 5 s retry when
+	// both sides start one at once) and TCP then waits out its
+	// retransmission backoff: the stream must survive and carry on, which
+	// may take more than 10 s on a loaded machine.
+	st := startStream(t, lab.NetNSPath(b.NetNS), lab.NetNSPath(a.NetNS), b.IP, 7001, 15*time.Second, 30*time.Second)
 	grows := st.grows
 	grows(t, "before rotation")
 	before := encryptStatus(t, l, "n1").PublicKey
@@ -256,6 +260,14 @@ func TestWireGuardKeyRotationKeepsStream(t *testing.T) {
 			}
 		}
 		return false
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range []string{"n1", "n2"} {
+				out, _ := labtest.NodeRun(t, l, n, "wg", "show", "all")
+				t.Logf("wg show on %s after the failure:\n%s", n, out)
+			}
+		}
 	})
 	grows(t, "after rotation")
 	grows(t, "a while after rotation")

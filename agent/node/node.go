@@ -162,6 +162,8 @@ type Registry struct {
 	kv    *kvstore.Client
 	lease *kvstore.Lease
 	self  Node
+	// pubMu orders publishes: the record written last is the newest.
+	pubMu sync.Mutex
 
 	mu          sync.Mutex
 	nodes       map[string]Node
@@ -207,6 +209,8 @@ func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, 
 }
 
 func (r *Registry) publish(ctx context.Context, lease int64) error {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
 	r.mu.Lock()
 	if r.sign != nil {
 		if err := r.sign(&r.self); err != nil {

@@ -95,7 +95,26 @@ func up(t testing.TB, o lab.Options) *lab.Lab {
 		t.Fatal(err)
 	}
 	downAtCleanup(t, name)
+	logsOnFailure(t, l)
 	return l
+}
+
+// logsOnFailure prints the end of every agent's log when t has failed, so
+// a failure seen only in CI can be read (it runs before the lab is down).
+func logsOnFailure(t testing.TB, l *lab.Lab) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range l.Nodes {
+			b, _ := os.ReadFile(n.LogFile)
+			ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+			if len(ls) > 40 {
+				ls = ls[len(ls)-40:]
+			}
+			t.Logf("agent log of %s (%s), last %d lines:\n%s", n.Name, n.LogFile, len(ls), strings.Join(ls, "\n"))
+		}
+	})
 }
 
 // downAtCleanup removes lab name when t ends, failing t if namespaces or
