@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"github.com/filament-net/filament/agent/config"
 	"github.com/filament-net/filament/agent/enforcement"
 	"github.com/filament-net/filament/agent/groups"
-	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
@@ -57,9 +56,10 @@ func (c cloudGroups) Derived(p policy.Policy) []groups.Result {
 	return out
 }
 
-// startGroups follows the cluster's cloud groups; with AWS configured this
-// agent also takes part in electing the one that resolves them.
-func startGroups(ctx context.Context, cfg config.Config, kv *kvstore.Client, lease *kvstore.Lease, engine *enforcement.Engine, res *policy.Resolver) cloudGroups {
+// startCloudGroups follows the cluster's cloud groups; with AWS configured
+// this agent also takes part in electing the one that resolves them.
+func (a *Agent) startCloudGroups(ctx context.Context) cloudGroups {
+	cfg, res := a.cfg, a.res
 	var src groups.Source
 	if awsConfigured(cfg) {
 		r, err := aws.New(ctx, aws.Config{Region: cfg.AWSRegion, Endpoint: cfg.AWSEndpoint})
@@ -72,10 +72,10 @@ func startGroups(ctx context.Context, cfg config.Config, kv *kvstore.Client, lea
 	} else {
 		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing")
 	}
-	m := groups.New(ctx, groups.Config{KV: kv, Lease: lease, Cluster: cfg.ClusterName, Node: cfg.NodeName, Source: src,
-		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: engine.GroupChanged})
+	m := groups.New(ctx, groups.Config{KV: a.kv, Lease: a.lease, Cluster: cfg.ClusterName, Node: cfg.NodeName, Source: src,
+		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: a.engine.GroupChanged})
 	// Publish the selectors the policies use whenever they change.
-	go func() {
+	a.goroutine(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
@@ -86,7 +86,7 @@ func startGroups(ctx context.Context, cfg config.Config, kv *kvstore.Client, lea
 			case <-t.C:
 			}
 		}
-	}()
+	})
 	return cloudGroups{m}
 }
 

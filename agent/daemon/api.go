@@ -1,0 +1,123 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/metrics"
+	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/clustermesh/remote"
+	"github.com/filament-net/filament/internal/version"
+)
+
+// identityLabels are the labels of an identity, local or remote.
+func (a *Agent) identityLabels(n identity.NumericIdentity) []string {
+	if id, ok := a.res.Identity(n); ok {
+		return id.Labels.Strings()
+	}
+	if id, err := a.ids.Get(n); err == nil {
+		return id.Labels.Strings()
+	}
+	return nil
+}
+
+// startMonitor reads the datapath's events into the monitor hub and runs
+// conntrack garbage collection.
+func (a *Agent) startMonitor(ctx context.Context) error {
+	a.hub = monitor.NewHub(a.identityLabels)
+	a.hub.SetInterfaces(func(ifindex uint32) (uint16, identity.NumericIdentity, bool) {
+		for _, ep := range a.eps.List() {
+			if uint32(ep.HostIfIndex) == ifindex {
+				return ep.ID, ep.Identity, true
+			}
+		}
+		return 0, 0, false
+	})
+	a.goroutine(func() {
+		if err := a.dp.ReadEvents(ctx, a.hub.Publish); err != nil {
+			slog.Error("datapath events reader stopped", "err", err)
+		}
+	})
+	a.every(ctx, "conntrack", time.Duration(a.cfg.ConntrackGCInterval), a.dp.GCConntrack)
+	return nil
+}
+
+// startAPI serves the metrics (and the Prometheus listener when
+// configured) and the node API on its unix socket, and starts identity
+// garbage collection.
+func (a *Agent) startAPI(ctx context.Context) error {
+	metricsHandler := metrics.Handler(metrics.Sources{
+		Counters: a.dp.Counters, MapPressure: a.dp.MapPressure,
+		Endpoints: func() int { return len(a.eps.List()) }, Identities: func() int { return len(a.ids.List()) },
+		PolicyEntries: a.engine.PolicyEntries, PolicyWrites: a.dp.PolicyWrites, EventsLost: a.hub.Lost,
+		Services: a.services.Count, ServiceErrors: a.services.Errors, NodesRefused: a.auth.Refused,
+		Groups: a.groups.states,
+	})
+	if a.cfg.PrometheusListen != "" {
+		msrv := &http.Server{Addr: a.cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}
+		a.goroutine(func() {
+			if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				slog.Error("prometheus listener stopped", "err", err)
+			}
+		})
+		a.onStop("prometheus listener", func() { msrv.Close() })
+	}
+	a.srv = &api.Server{
+		Endpoints: a.eps, Identities: a.ids, KnownIdentities: a.res.Identities, Policies: a.clusterPolicies, Monitor: a.hub,
+		Metrics: metricsHandler, Trace: a.res.Trace, Nodes: a.reg.List, ClusterName: a.cfg.ClusterName, Services: a.services,
+		Groups: a.groups, BPF: a.dp, IdentityLabels: a.identityLabels,
+		Encryption: func() (api.EncryptionStatus, error) { return a.enc.Status(a.dp, a.auth) },
+		RotateKey:  func(ctx context.Context) (string, error) { return a.enc.Rotate(ctx, a.reg) },
+		ClusterMesh: func() []remote.Status {
+			if a.mesh == nil {
+				return []remote.Status{}
+			}
+			return a.mesh.Status()
+		},
+		Status: a.status,
+	}
+	if err := a.srv.Serve(a.cfg.APISocket); err != nil {
+		return err
+	}
+	a.onStop("api", func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		a.srv.Shutdown(sctx)
+		os.Remove(a.cfg.APISocket)
+	})
+	a.every(ctx, "identity", time.Duration(a.cfg.IdentityGCInterval), func() (int, error) { return a.ids.GC(ctx) })
+	return nil
+}
+
+// status is what `filament status` shows.
+func (a *Agent) status(ctx context.Context) api.Status {
+	cfg := a.cfg
+	st := api.Status{
+		Version: version.Version, NodeName: cfg.NodeName, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
+		PodCIDR: a.podCIDR, Gateway: a.pool.Gateway().String(), StateDir: cfg.StateDir, NodeIP: a.nodeIP.String(), Routing: cfg.Routing,
+		Uptime:    api.Duration(time.Since(a.started)),
+		Endpoints: len(a.eps.List()), Identities: len(a.ids.List()),
+		Policies: len(a.policies.List()), PolicyRev: a.policies.Revision(), Services: a.services.Count(),
+		IPAM: api.IPAMStatus{Used: a.pool.Used(), Capacity: a.pool.Capacity()},
+		Kvstore: api.KvstoreStatus{Embedded: a.embeddedEtcd, Endpoints: a.kvcfg.Endpoints, Healthy: true,
+			LeaseID: fmt.Sprintf("%x", a.lease.ID())},
+		Datapath: api.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
+			PinDir: datapath.PinDir(cfg.BPFRoot, cfg.ClusterName, cfg.NodeName), PolicyEntries: a.engine.PolicyEntries(),
+			ConntrackEntries: a.dp.ConntrackEntries()},
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := a.kv.Get(hctx, kvstore.Prefix+"health"); err != nil && !errors.Is(err, kvstore.ErrNotFound) {
+		st.Kvstore.Healthy, st.Kvstore.Error = false, err.Error()
+	}
+	return st
+}

@@ -1,0 +1,229 @@
+// Package daemon is the node agent as a value: New checks a configuration
+// and Run builds the agent from named start steps, in a fixed order, then
+// serves until its context ends. Each step owns its piece (the kvstore, the
+// node's record, the datapath, policy, services, the mesh, encryption,
+// cloud groups, Kubernetes, the API) and registers that piece's shutdown;
+// Run undoes the steps in reverse and waits for every goroutine it started.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/config"
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/encryption"
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/enforcement"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policysync"
+	"github.com/filament-net/filament/agent/routing"
+	"github.com/filament-net/filament/agent/service"
+	"github.com/filament-net/filament/clustermesh/remote"
+	"github.com/filament-net/filament/crypto/gossipkey"
+	"github.com/filament-net/filament/internal/version"
+)
+
+// ErrStopped is returned by Run on an agent that has already run.
+var ErrStopped = errors.New("agent already ran")
+
+// Agent is one node agent. Its fields are filled by the start steps, in
+// the order of steps(); a step only uses what earlier steps made.
+type Agent struct {
+	cfg     config.Config
+	started time.Time
+	ready   chan struct{}
+	ran     bool
+
+	stops []stopStep     // shutdowns, run in reverse
+	wg    sync.WaitGroup // goroutines the steps started
+
+	// state
+	gossipKeys    gossipkey.Keys
+	gossipKeyFile string
+	// kvstore
+	kvcfg        kvstore.Config
+	embeddedEtcd bool
+	kv           *kvstore.Client
+	lease        *kvstore.Lease
+	// identity
+	ids *identity.Allocator
+	// addresses
+	nodeIP       netip.Addr
+	underlayLink netlink.Link
+	underlayMTU  int
+	podCIDR      string
+	pool         *ipam.Pool
+	// datapath
+	dp     *datapath.Datapath
+	router *routing.Router
+	// encryption
+	enc  *encryption.Encryption
+	auth *encryption.NodeAuth
+	// node
+	reg    *node.Registry
+	ipsync *ipcache.Sync
+	// policy
+	policies *policy.Repository
+	res      *policy.Resolver
+	engine   *enforcement.Engine
+	// services
+	lbHooks  *lbNetNS
+	services *service.Manager
+	// failure detection, mesh, cluster policies, Kubernetes, groups
+	detector        *node.Detector
+	mesh            *remote.Manager
+	clusterPolicies *policysync.Store
+	podLabels       func(ctx context.Context, namespace, pod string) ([]string, bool)
+	relabel         k8sPods
+	groups          cloudGroups
+	// endpoints, monitor, API
+	eps *endpoint.Manager
+	hub *monitor.Hub
+	srv *api.Server
+}
+
+type step struct {
+	name  string
+	start func(ctx context.Context) error
+}
+
+type stopStep struct {
+	name string
+	stop func()
+}
+
+// New checks cfg and returns an agent that has not started; nothing is
+// created until Run.
+func New(cfg config.Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, ready: make(chan struct{})}, nil
+}
+
+// steps are the agent's start steps in order.
+func (a *Agent) steps() []step {
+	return []step{
+		{"state", a.startState},
+		{"kvstore", a.startKvstore},
+		{"identities", a.startIdentities},
+		{"addresses", a.startAddresses},
+		{"datapath", a.startDatapath},
+		{"encryption", a.startEncryption},
+		{"node", a.startNode},
+		{"policy", a.startPolicy},
+		{"services", a.startServices},
+		{"failure detection", a.startDetection},
+		{"mesh", a.startMesh},
+		{"cluster policies", a.startClusterPolicies},
+		{"kubernetes", a.startKubernetes},
+		{"cloud groups", a.startGroups},
+		{"endpoints", a.startEndpoints},
+		{"monitor", a.startMonitor},
+		{"api", a.startAPI},
+	}
+}
+
+// Ready is closed once every step has started and the API answers.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Run starts the steps in order and serves until ctx ends, then stops
+// them in reverse and waits for the goroutines they started. A step that
+// fails stops the ones before it; its error names the step.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.ran {
+		return ErrStopped
+	}
+	a.ran = true
+	a.started = time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer a.shutdown(cancel)
+	for _, s := range a.steps() {
+		if err := s.start(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	close(a.ready)
+	slog.Info("filament-agent ready", "node", a.cfg.NodeName, "cluster", a.cfg.ClusterName, "clusterID", a.cfg.ClusterID,
+		"podCIDR", a.podCIDR, "nodeIP", a.nodeIP, "routing", a.cfg.Routing, "socket", a.cfg.APISocket, "version", version.Version)
+	<-ctx.Done()
+	slog.Info("shutting down")
+	return nil
+}
+
+// onStop registers what undoes a step.
+func (a *Agent) onStop(name string, f func()) { a.stops = append(a.stops, stopStep{name, f}) }
+
+// goroutine runs f until ctx ends; Run waits for it before returning.
+func (a *Agent) goroutine(f func()) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f()
+	}()
+}
+
+func (a *Agent) shutdown(cancel context.CancelFunc) {
+	cancel()
+	for i := len(a.stops) - 1; i >= 0; i-- {
+		slog.Debug("stopping", "step", a.stops[i].name)
+		a.stops[i].stop()
+	}
+	a.wg.Wait()
+}
+
+// every runs f every interval until ctx ends, logging what it removed.
+func (a *Agent) every(ctx context.Context, what string, interval time.Duration, gc func() (int, error)) {
+	a.goroutine(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if n, err := gc(); err != nil {
+					slog.Warn(what+" GC failed", "err", err)
+				} else if n > 0 {
+					slog.Debug(what+" GC removed entries", "count", n)
+				}
+			}
+		}
+	})
+}
+
+// startState makes the state dir and, with failure detection on, loads
+// the cluster's gossip keys.
+func (a *Agent) startState(context.Context) error {
+	if err := identity.SetMaxClusters(a.cfg.MaxConnectedClusters); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("stateDir: %w", err)
+	}
+	if a.cfg.MemberlistPort == 0 {
+		return nil
+	}
+	var err error
+	if a.gossipKeyFile, err = gossipKeyFile(a.cfg); err != nil {
+		return err
+	}
+	a.gossipKeys, err = gossipkey.Load(a.gossipKeyFile)
+	return err
+}

@@ -1,0 +1,369 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/encryption"
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/endpoint/veth"
+	"github.com/filament-net/filament/agent/enforcement"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/k8s"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/kvstore/embedded"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policysync"
+	"github.com/filament-net/filament/agent/routing"
+	"github.com/filament-net/filament/agent/service"
+	"github.com/filament-net/filament/clustermesh/remote"
+)
+
+// startKvstore connects to the cluster's etcd (an embedded one when no
+// endpoints are configured) and grants the agent's lease.
+func (a *Agent) startKvstore(ctx context.Context) error {
+	a.kvcfg = a.cfg.Etcd
+	a.embeddedEtcd = len(a.kvcfg.Endpoints) == 0
+	if a.embeddedEtcd {
+		dir := filepath.Join(a.cfg.StateDir, "etcd")
+		etcd, err := embedded.Start(embedded.Config{
+			Dir: dir, Name: a.cfg.NodeName,
+			ClientURL: a.cfg.EmbeddedEtcd.ClientURL, PeerURL: a.cfg.EmbeddedEtcd.PeerURL,
+			UnsafeNoFsync: a.cfg.EmbeddedEtcd.UnsafeNoFsync,
+		})
+		if err != nil {
+			return err
+		}
+		a.onStop("embedded etcd", etcd.Close)
+		a.kvcfg.Endpoints = etcd.Endpoints()
+		slog.Info("embedded etcd running", "endpoints", a.kvcfg.Endpoints, "dir", dir)
+	}
+	kv, err := kvstore.Connect(ctx, a.kvcfg)
+	if err != nil {
+		return err
+	}
+	a.kv = kv
+	a.onStop("kvstore client", func() { kv.Close() })
+	if a.lease, err = kv.GrantLease(ctx, time.Duration(a.cfg.LeaseTTL)); err != nil {
+		return err
+	}
+	// On shutdown the lease is left to expire rather than revoked, so a
+	// restarting agent takes its references back before anyone collects them.
+	a.onStop("lease", a.lease.Abandon)
+	return nil
+}
+
+// startIdentities starts the identity allocator and its garbage collection.
+func (a *Agent) startIdentities(ctx context.Context) error {
+	ids, err := identity.NewAllocator(ctx, a.kv, identity.AllocatorConfig{
+		ClusterID: a.cfg.ClusterID, ClusterName: a.cfg.ClusterName, Node: a.cfg.NodeName, Lease: a.lease,
+	})
+	if err != nil {
+		return err
+	}
+	a.ids = ids
+	return nil
+}
+
+// startAddresses finds the node's address, underlay and pod CIDR (in
+// Kubernetes mode from the Node object when it has them; the cluster pool
+// and address detection are the fallbacks) and the pod address pool.
+func (a *Agent) startAddresses(ctx context.Context) error {
+	var kubeCIDR netip.Prefix
+	if a.cfg.Kubeconfig != "" {
+		cidr, addr, err := k8s.NodeInfo(ctx, a.cfg.Kubeconfig, a.cfg.NodeName)
+		if err != nil {
+			slog.Info("no Node object to read (pod CIDR from the cluster pool, address detected)", "err", err)
+		}
+		kubeCIDR = cidr
+		if a.cfg.NodeIP == "" && addr.IsValid() {
+			a.cfg.NodeIP = addr.String()
+			slog.Info("node address from the Node object", "nodeIP", a.cfg.NodeIP)
+		}
+	}
+	var err error
+	if a.nodeIP, a.underlayLink, a.underlayMTU, err = underlay(a.cfg.NodeIP); err != nil {
+		return err
+	}
+	a.podCIDR = a.cfg.PodCIDR
+	if a.podCIDR == "" && kubeCIDR.IsValid() {
+		a.podCIDR = kubeCIDR.String()
+		slog.Info("pod CIDR from the Node object", "podCIDR", a.podCIDR)
+	}
+	if a.podCIDR == "" {
+		p, err := node.AllocatePodCIDR(ctx, a.kv, a.cfg.ClusterName, a.cfg.NodeName, netip.MustParsePrefix(a.cfg.ClusterPool), a.cfg.PodCIDRSize)
+		if err != nil {
+			return err
+		}
+		a.podCIDR = p.String()
+	}
+	if a.pool, err = ipam.New(a.podCIDR); err != nil {
+		return err
+	}
+	if a.cfg.MTU == 0 {
+		a.cfg.MTU = routing.PodMTU(a.cfg.Routing, a.underlayMTU, a.cfg.Encryption == "wireguard")
+	}
+	return nil
+}
+
+// startDatapath loads (or takes back) the BPF programs and maps and the
+// router that follows other nodes. Programs and maps stay pinned and
+// attached when the agent stops.
+func (a *Agent) startDatapath(ctx context.Context) error {
+	if err := veth.EnsureNode(a.pool.Gateway()); err != nil {
+		return err
+	}
+	dp, err := datapath.Load(datapath.Config{BPFRoot: a.cfg.BPFRoot, Cluster: a.cfg.ClusterName, Node: a.cfg.NodeName,
+		Attach: a.cfg.DatapathAttach, MaglevSize: a.cfg.MaglevTableSize})
+	if err != nil {
+		return err
+	}
+	a.dp = dp
+	a.onStop("datapath", func() { dp.Close() })
+	if err := dp.SetControlPorts(controlPorts(a.cfg)); err != nil {
+		return err
+	}
+	if a.router, err = routing.New(dp, a.cfg.Routing, a.cfg.NodeName); err != nil {
+		return err
+	}
+	return nil
+}
+
+// startEncryption sets up WireGuard or IPsec and node authentication.
+func (a *Agent) startEncryption(context.Context) error {
+	enc, err := encryption.Start(a.cfg, a.dp, a.router, a.underlayMTU, a.nodeIP, a.podCIDR)
+	if err != nil {
+		return err
+	}
+	a.enc = enc
+	a.onStop("encryption", enc.Close)
+	a.auth, err = encryption.StartNodeAuth(a.cfg, a.router)
+	return err
+}
+
+// startNode publishes this node's record, follows the cluster's nodes and
+// its ipcache.
+func (a *Agent) startNode(ctx context.Context) error {
+	reg, err := node.NewRegistry(ctx, a.kv, a.lease, node.Node{
+		Name: a.cfg.NodeName, Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, IPs: []string{a.nodeIP.String()},
+		PodCIDRs: []string{a.podCIDR}, Routing: a.cfg.Routing, WireGuardKey: a.enc.PublicKey(), Labels: ec2NodeLabels(ctx, a.cfg),
+	}, a.auth.Sign()...)
+	if err != nil {
+		return err
+	}
+	a.reg = reg
+	a.ipsync = ipcache.New(ctx, a.kv, a.lease, a.cfg.ClusterName, a.cfg.NodeName)
+	return nil
+}
+
+// startPolicy loads the stored policies into the resolver and the
+// enforcement engine.
+func (a *Agent) startPolicy(context.Context) error {
+	var err error
+	if a.policies, err = policy.NewRepository(filepath.Join(a.cfg.StateDir, "policies.json")); err != nil {
+		return err
+	}
+	a.res = policy.NewResolver(policy.Mode(a.cfg.EnforcementMode))
+	a.res.SetClusterScope(a.cfg.ClusterName, a.cfg.PolicyAllClusters)
+	for _, id := range a.ids.List() {
+		a.res.UpsertIdentity(id)
+	}
+	a.engine = enforcement.New(a.dp, a.res, a.policies, []netip.Addr{a.pool.Gateway(), a.nodeIP}, a.ids.Get)
+	a.engine.SetCluster(a.ipsync, a.router, a.nodeIP)
+	return nil
+}
+
+// startServices attaches the load balancer and starts the service manager.
+func (a *Agent) startServices(ctx context.Context) error {
+	var err error
+	if a.lbHooks, err = startLB(a.dp, a.cfg, a.underlayLink); err != nil {
+		return err
+	}
+	reserved, controlPlane := serviceGuards(controlPlaneAddrs(a.kvcfg.Endpoints), []netip.Addr{a.nodeIP, a.pool.Gateway()}, a.reg.List)
+	a.services, err = service.New(ctx, service.Config{Cluster: a.cfg.ClusterName, NodeIPs: []netip.Addr{a.nodeIP},
+		Algorithm: a.cfg.LBAlgorithm, KV: a.kv, Datapath: a.dp, Reserved: reserved, ControlPlane: controlPlane})
+	return err
+}
+
+// startDetection starts memberlist failure detection (when on) and ties
+// the node registry to the router, node authentication and the detector.
+func (a *Agent) startDetection(ctx context.Context) error {
+	cfg := a.cfg
+	if cfg.MemberlistPort != 0 {
+		d, err := node.NewDetector(cfg.NodeName, a.nodeIP, cfg.MemberlistPort, a.gossipKeys, func(name string, alive bool) {
+			// Services first: new connections leave the node's backends
+			// before its routes go.
+			a.services.NodeAlive(cfg.ClusterName, name, alive)
+			a.reg.SetReachable(name, alive)
+			a.router.SetNodeDown(name, !alive)
+			if !alive {
+				slog.Warn("node unreachable (failure detection)", "node", name)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		a.detector = d
+		a.onStop("failure detection", d.Close)
+		a.goroutine(func() { followGossipKeys(ctx, d, a.gossipKeyFile, a.gossipKeys) })
+		// A node cut off from the kvstore past its lease keeps its record
+		// and entries here while it is reachable (up to four TTLs).
+		a.reg.HoldExpired(4 * time.Duration(cfg.LeaseTTL))
+		a.ipsync.HoldExpired(a.reg.Reachable, 4*time.Duration(cfg.LeaseTTL))
+	}
+	a.reg.Subscribe(func(n node.Node, deleted bool) {
+		if n.Name != cfg.NodeName && !deleted && !a.auth.Accept(cfg.ClusterName, n) {
+			a.router.NodeChanged(n, true) // refused: no peer, no routes, no entries
+			return
+		}
+		if deleted {
+			a.auth.Forget(n.Name)
+		}
+		a.router.NodeChanged(n, deleted)
+		if a.detector != nil && n.Name != cfg.NodeName {
+			if deleted {
+				a.detector.Forget(n.IP())
+			} else {
+				a.detector.Join(n.IP())
+			}
+		}
+	})
+	a.ipsync.Subscribe(a.router.EntryChanged)
+	return nil
+}
+
+// startMesh connects to the remote clusters of the cluster mesh config.
+func (a *Agent) startMesh(ctx context.Context) error {
+	if a.cfg.ClusterMeshConfig == "" {
+		return nil
+	}
+	a.mesh = remote.NewManager(a.cfg.ClusterMeshConfig, a.cfg.ClusterName, a.cfg.ClusterID, time.Duration(a.cfg.ClusterMeshTTL), remote.Callbacks{
+		Node: a.router.NodeChanged, Identity: a.engine.IdentityChanged, Entry: a.router.EntryChanged,
+		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
+	})
+	a.goroutine(func() { a.mesh.Run(ctx) })
+	return nil
+}
+
+// startClusterPolicies applies the stored policies and follows the
+// cluster's.
+func (a *Agent) startClusterPolicies(ctx context.Context) error {
+	if err := a.engine.LoadPolicies(); err != nil {
+		return err
+	}
+	var err error
+	a.clusterPolicies, err = policysync.Start(ctx, policysync.Config{Cluster: a.cfg.ClusterName, KV: a.kv, Repo: a.policies,
+		Apply: a.engine.LoadPolicies, Migrate: a.cfg.Kubeconfig == ""})
+	return err
+}
+
+// startKubernetes starts the informers (Kubernetes mode); they retry until
+// the API server (and the CRDs) are there, and pods' labels come from it
+// once it answers.
+func (a *Agent) startKubernetes(ctx context.Context) error {
+	if a.cfg.Kubeconfig == "" {
+		return nil
+	}
+	kube, err := k8s.Start(ctx, a.cfg.Kubeconfig, a.cfg.NodeName, a.engine, &a.relabel, a.services)
+	if err != nil {
+		return err
+	}
+	a.podLabels = kube.PodLabels
+	return nil
+}
+
+// startGroups follows the cloud groups and the node selectors the
+// policies use.
+func (a *Agent) startGroups(ctx context.Context) error {
+	a.groups = a.startCloudGroups(ctx)
+	a.goroutine(func() { followNodeSelectors(ctx, a.reg.List, a.res, a.engine) })
+	return nil
+}
+
+// startEndpoints restores the endpoints of the state dir, withdraws the
+// ipcache entries of endpoints gone while the agent was down and removes
+// leftover datapath entries.
+func (a *Agent) startEndpoints(ctx context.Context) error {
+	a.ids.Subscribe(a.engine.IdentityChanged)
+	eps, err := endpoint.NewManager(endpoint.Config{StateDir: a.cfg.StateDir, Pool: a.pool, Identities: a.ids, Plumber: veth.New(),
+		Hooks: hooks{a.engine, a.lbHooks}, MTU: a.cfg.MTU, PodLabels: a.podLabels})
+	if err != nil {
+		return err
+	}
+	a.eps = eps
+	a.relabel.eps.Store(eps)
+	n, err := eps.Restore(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		slog.Info("restored endpoints from the state dir", "count", n)
+	}
+	if n, err := a.ipsync.Prune(ctx); err != nil {
+		return fmt.Errorf("prune cluster ipcache: %w", err)
+	} else if n > 0 {
+		slog.Info("withdrew cluster ipcache entries of endpoints gone while the agent was down", "count", n)
+	}
+	if removed, err := a.engine.Reconcile(); err != nil {
+		return fmt.Errorf("reconcile datapath maps: %w", err)
+	} else if removed > 0 {
+		slog.Info("removed leftover datapath entries", "count", removed)
+	}
+	return nil
+}
+
+// underlay finds the node's underlay address (the configured one, else the
+// first global IPv4 address), its link and the link's MTU.
+func underlay(configured string) (netip.Addr, netlink.Link, int, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return netip.Addr{}, nil, 0, err
+	}
+	want, _ := netip.ParseAddr(configured)
+	for _, l := range links {
+		name := l.Attrs().Name
+		if strings.HasPrefix(name, "fil") || name == "lo" || strings.HasPrefix(name, "filament_") {
+			continue
+		}
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			if !ok || !ip.IsGlobalUnicast() {
+				continue
+			}
+			if !want.IsValid() || ip == want {
+				return ip, l, l.Attrs().MTU, nil
+			}
+		}
+	}
+	if want.IsValid() {
+		return netip.Addr{}, nil, 0, fmt.Errorf("nodeIP %s is not an address of this node", want)
+	}
+	// No underlay: a single node on its own.
+	return netip.MustParseAddr("127.0.0.1"), nil, 1500, nil
+}
+
+// k8sPods hands pod label changes to the endpoint manager once it exists.
+type k8sPods struct {
+	eps atomic.Pointer[endpoint.Manager]
+}
+
+func (p *k8sPods) SetPodLabels(ctx context.Context, namespace, pod string, labels []string) (int, error) {
+	eps := p.eps.Load()
+	if eps == nil {
+		return 0, nil
+	}
+	return eps.SetPodLabels(ctx, namespace, pod, labels)
+}
