@@ -27,6 +27,7 @@
 #include "lib/policy.h"
 #include "lib/ipcache.h"
 #include "lib/encap.h"
+#include "lib/proxy.h"
 
 #include "progs/endpoint.h"
 #include "progs/overlay.h"

@@ -26,7 +26,7 @@ type DatapathCtEntry struct {
 	Bytes        uint64
 	State        uint8
 	SeenReply    uint8
-	Pad          [2]uint8
+	ProxyPort    uint16
 	PeerIdentity uint32
 }
 
@@ -204,11 +204,11 @@ type DatapathPolicyKey struct {
 }
 
 type DatapathPolicyValue struct {
-	_      structs.HostLayout
-	Deny   uint8
-	Flags  uint8
-	Pad    [2]uint8
-	Cookie uint32
+	_         structs.HostLayout
+	Deny      uint8
+	Flags     uint8
+	ProxyPort uint16
+	Cookie    uint32
 }
 
 type DatapathReason uint32
@@ -227,7 +227,9 @@ const (
 	DatapathReasonREASON_LB_NAT           DatapathReason = 10
 	DatapathReasonREASON_NO_ENCRYPT_PEER  DatapathReason = 11
 	DatapathReasonREASON_CONTROL_PORT     DatapathReason = 12
-	DatapathReasonREASON_MAX              DatapathReason = 13
+	DatapathReasonREASON_NO_PROXY         DatapathReason = 13
+	DatapathReasonREASON_PROXY_BYPASS     DatapathReason = 14
+	DatapathReasonREASON_MAX              DatapathReason = 15
 )
 
 // Names of all BPF objects in the ELF.

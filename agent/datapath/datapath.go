@@ -42,6 +42,8 @@ const (
 	ReasonLBNAT          = uint8(bpf.DatapathReasonREASON_LB_NAT)
 	ReasonNoEncryptPeer  = uint8(bpf.DatapathReasonREASON_NO_ENCRYPT_PEER)
 	ReasonControlPort    = uint8(bpf.DatapathReasonREASON_CONTROL_PORT)
+	ReasonNoProxy        = uint8(bpf.DatapathReasonREASON_NO_PROXY)
+	ReasonProxyBypass    = uint8(bpf.DatapathReasonREASON_PROXY_BYPASS)
 	reasonMax            = uint32(bpf.DatapathReasonREASON_MAX)
 )
 
@@ -50,6 +52,7 @@ var reasonNames = [reasonMax]string{
 	"invalid packet", "fragment not supported", "unsupported L3 protocol", "source address not of the endpoint",
 	"tunnel source not a known node", "service has no backend", "no free NodePort source port",
 	"encryption: node is not a peer (strict)", "node control port",
+	"L7 proxy not listening", "L7 rules apply but the flow did not go through the proxy",
 }
 
 // ReasonName is the text of a reason code.

@@ -23,6 +23,15 @@
 
 #define NSEC 1000000000ULL
 
+// MARK_TO_PROXY marks a packet assigned to the L7 proxy's socket: a rule
+// (fwmark 0x200, table 2005: local 0.0.0.0/0) delivers it locally whatever
+// its destination. MARK_PROXY_MAGIC in the top byte of a socket mark is
+// the proxy's upstream connection; the low 24 bits carry the identity of
+// the flow's original source.
+#define MARK_TO_PROXY 0x200
+#define MARK_PROXY_MAGIC 0xFA000000
+#define MARK_MAGIC_MASK 0xFF000000
+
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04

@@ -51,8 +51,9 @@ static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 n
 }
 
 // ct_lookup finds the connection of p in the scope of endpoint ep_id and
-// direction dir: the same direction (established) or the reverse (reply).
-static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now)
+// direction dir: the same direction (established: *proxy is its L7 proxy
+// port) or the reverse (reply).
+static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, __u16 *proxy)
 {
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
@@ -61,6 +62,7 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e && e->expires > now) {
 		ct_update(e, p, now, 0);
+		*proxy = e->proxy_port;
 		return CT_ESTABLISHED;
 	}
 	struct ct_key r = {
@@ -75,13 +77,13 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	return CT_NEW;
 }
 
-static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now)
+static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy)
 {
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
-	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer};
+	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer, .proxy_port = proxy};
 	e.state = CT_STATE_NEW;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
 		e.state = CT_STATE_CLOSING;

@@ -42,8 +42,8 @@ struct policy_key {
 
 struct policy_value {
 	__u8 deny;
-	__u8 flags; // POLICY_F_*
-	__u8 pad[2];
+	__u8 flags;       // POLICY_F_*
+	__u16 proxy_port; // host order; non-zero: the flow goes through the node's L7 proxy
 	__u32 cookie;
 };
 
@@ -63,7 +63,7 @@ struct ct_entry {
 	__u64 bytes;
 	__u8 state;
 	__u8 seen_reply;
-	__u8 pad[2];
+	__u16 proxy_port; // the flow's L7 proxy (host order), 0 when none
 	__u32 peer_identity;
 };
 

@@ -47,11 +47,16 @@ static __always_inline int to_node(__u32 peer, __u32 daddr)
 //
 // Deny entries apply whether or not the direction is enforced: a deny rule
 // in a policy with enableDefaultDeny false still drops what it matches.
+//
+// *proxy is set to the L7 proxy port of a forwarded flow (0: none): the
+// port of the entry that allowed it (the peer's own entry before the any
+// entry), kept in the flow's conntrack entry for its later packets.
 static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 peer, __u32 src_id, __u32 dst_id,
-				   __u16 peer_ep, struct pkt *p, __u32 ifindex, __u32 daddr)
+				   __u16 peer_ep, struct pkt *p, __u32 ifindex, __u32 daddr, __u16 *proxy)
 {
 	__u64 now = bpf_ktime_get_ns();
-	if (ct_lookup(p, ep->ep_id, dir, now) != CT_NEW)
+	*proxy = 0;
+	if (ct_lookup(p, ep->ep_id, dir, now, proxy) != CT_NEW)
 		return REASON_FORWARDED;
 	__u8 enforced = ep->flags & (dir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
 	if (enforced && p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN))
@@ -68,7 +73,9 @@ static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 pee
 	else
 		reason = REASON_POLICY_DENIED;
 	if (reason == REASON_FORWARDED) {
-		ct_create(p, ep->ep_id, dir, peer, now);
+		if (p->proto == IPPROTO_TCP)
+			*proxy = v ? v->proxy_port : (any ? any->proxy_port : 0);
+		ct_create(p, ep->ep_id, dir, peer, now, *proxy);
 		if (enforced)
 			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
 	}

@@ -18,7 +18,9 @@ enum reason {
 	REASON_LB_NAT = 10,         // a NodePort translation could not be set up (no free source port)
 	REASON_NO_ENCRYPT_PEER = 11, // strict encryption: the destination's node is not an encryption peer yet
 	REASON_CONTROL_PORT = 12,   // a pod to a node's control port (gossip, metrics, ...) without a policy naming the port
-	REASON_MAX = 13,
+	REASON_NO_PROXY = 13,       // an L7 rule applies but the node's proxy is not listening
+	REASON_PROXY_BYPASS = 14,   // an L7 rule applies to a flow that reached the pod without the proxy
+	REASON_MAX = 15,
 };
 
 enum event_type {

@@ -27,9 +27,16 @@ int from_container(struct __sk_buff *skb)
 	__u32 dst_id = dst ? dst->identity : (remote ? remote->identity : IDENTITY_WORLD);
 	__u16 dst_ep = dst ? dst->ep_id : 0;
 
-	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr);
+	__u16 proxy;
+	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, &proxy);
+	if (r == REASON_FORWARDED && proxy)
+		r = to_proxy(skb, &p, proxy); // egress L7: the proxy checks the destination's ingress too
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_EGRESS, src->ep_id, dst_ep, src->identity, dst_id, &p);
+	if (proxy) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
 
 	if (!dst) {
 		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
@@ -48,9 +55,16 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK; // the node routes it
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
-	r = enforce(dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0);
+	r = enforce(dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0, &proxy);
+	if (r == REASON_FORWARDED && proxy)
+		r = to_proxy(skb, &p, proxy);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
+	if (proxy) {
+		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
 		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
@@ -80,7 +94,13 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
 	__u32 src_id = src ? src->identity : lookup_identity(saddr);
 	__u16 src_ep = src ? src->ep_id : 0;
-	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0);
+	// The proxy's upstream connection speaks for the flow's source, whose
+	// L7 rules it has already applied.
+	int from_proxy = proxied(skb, &src_id);
+	__u16 proxy;
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0, &proxy);
+	if (r == REASON_FORWARDED && proxy && !from_proxy)
+		r = REASON_PROXY_BYPASS; // L7 rules apply: never around the proxy
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, src_ep, src_id, dst->identity, &p);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);

@@ -50,8 +50,12 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	struct lb_key k = {.vip = p.daddr, .port = p.dport, .proto = p.proto};
 	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
-	if (!svc || !(svc->flags & LB_FLAG_NODEPORT))
-		return TC_ACT_OK;
+	if (!svc || !(svc->flags & LB_FLAG_NODEPORT)) {
+		// Native routing: ingress L7 of a pod here is steered now, the
+		// last tc ingress hook the flow passes.
+		r = l7_ingress(skb, &p);
+		return r >= 0 ? r : TC_ACT_OK;
+	}
 	if (p.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
 		return TC_ACT_OK; // not a flow we translated: the stack answers it
 	struct lb_backend *b = lb_pick(svc, p.saddr, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));

@@ -35,7 +35,17 @@ int from_overlay(struct __sk_buff *skb)
 			return r;
 		return TC_ACT_OK;
 	}
-	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0);
+	__u16 proxy;
+	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0, &proxy);
+	if (r == REASON_FORWARDED && proxy) {
+		// Ingress L7: to this node's proxy, delivered up the stack.
+		bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+		r = to_proxy(skb, &p, proxy);
+		if (r == REASON_FORWARDED) {
+			count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+			return TC_ACT_OK;
+		}
+	}
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, &p);
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||

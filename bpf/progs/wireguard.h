@@ -20,12 +20,16 @@ int from_wireguard(struct __sk_buff *skb)
 	__u8 *l4 = (__u8 *)data + ip->ihl * 4;
 	if (ip->ihl < 5 || l4 + 4 > (__u8 *)data_end)
 		return TC_ACT_OK;
-	struct pkt p = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol};
+	struct pkt p = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol, .len = skb->len};
 	p.sport = *(__u16 *)l4;
 	p.dport = *(__u16 *)(l4 + 2);
+	p.pport = p.dport;
 	struct lb_nat *n = lb_nat_lookup(&p);
-	if (!n || !n->reverse)
-		return TC_ACT_OK;
+	if (!n || !n->reverse) {
+		// Ingress L7 of a pod here: to the proxy, before the kernel routes it.
+		int r = l7_ingress(skb, &p);
+		return r >= 0 ? r : TC_ACT_OK;
+	}
 	if (bpf_skb_change_head(skb, ETH_HLEN, 0) < 0)
 		return TC_ACT_SHOT;
 	__u16 eth_ip = bpf_htons(ETH_P_IP);

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Steering a flow to the node's transparent L7 proxy with bpf_sk_assign
+// (tc ingress only), and reading the proxy's upstream mark.
+#pragma once
+
+// to_proxy hands the TCP packet p to the proxy listening on port: to the
+// socket that already owns the packet's tuple (the proxy's accepted or
+// half-open connection) when there is one, else to the listener, which the
+// kernel finds for 0.0.0.0 with a lookup of 127.0.0.1. The mark sends it
+// to the local table, so the kernel delivers it here although its
+// destination is not a local address.
+static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk) {
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.dport = bpf_htons(port);
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return REASON_NO_PROXY;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return REASON_NO_PROXY;
+		}
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return REASON_NO_PROXY;
+	skb->mark = MARK_TO_PROXY;
+	return REASON_FORWARDED;
+}
+
+// proxied tells whether the packet comes from the proxy's upstream socket;
+// *src_id is then the identity of the flow's original source.
+static __always_inline int proxied(struct __sk_buff *skb, __u32 *src_id)
+{
+	if ((skb->mark & MARK_MAGIC_MASK) != MARK_PROXY_MAGIC)
+		return 0;
+	*src_id = skb->mark & ~MARK_MAGIC_MASK;
+	return 1;
+}
+
+// l7_port is the L7 proxy port for a TCP packet p arriving for endpoint ep
+// from a peer of identity peer on a device where the kernel, not this
+// program, delivers it (native routing, WireGuard): the port its conntrack
+// entry holds, else the one of the policy entry that would allow it (none
+// when a deny applies: to_container drops it). Nothing is created or
+// counted here; to_container enforces the flows that are not proxied.
+static __always_inline __u16 l7_port(struct endpoint_info *ep, __u32 peer, struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP)
+		return 0;
+	struct ct_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = DIR_INGRESS, .ep_id = ep->ep_id,
+	};
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e)
+		return e->proxy_port;
+	struct policy_value *v = policy_lookup(ep->ep_id, DIR_INGRESS, peer, p);
+	struct policy_value *any = policy_lookup(ep->ep_id, DIR_INGRESS, 0, p);
+	if ((v && v->deny) || (any && any->deny))
+		return 0;
+	return v ? v->proxy_port : (any ? any->proxy_port : 0);
+}
+
+// l7_ingress steers p to the proxy when it is for a pod of this node whose
+// ingress L7 rules apply (see l7_port). It returns -1 when they do not (the
+// packet goes on), else a tc verdict.
+static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 daddr = p->daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (!dst)
+		return -1;
+	__u32 src_id = lookup_identity(p->saddr);
+	__u16 port = l7_port(dst, src_id, p);
+	if (!port)
+		return -1;
+	int r = to_proxy(skb, p, port);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, p);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
+}
