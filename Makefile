@@ -152,7 +152,7 @@ bench: check-root deps build
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 2s ./agent/identity/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 3x ./bpf/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench Resolve -benchtime 3x ./agent/policy/
-	$(GO) test -run '^$$' -bench Parse10k -benchtime 1x ./agent/policy/
+	$(GO) test -run '^$$' -bench Parse10k -benchtime 1x ./agent/policy/api/
 	$(GO) test -run '^$$' -bench Import10k -benchtime 1x ./agent/policysync/ 2>&1 | grep -vE 'level=(INFO|WARN)'
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./agent/service/maglev/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./cloud/aws/

@@ -19,6 +19,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
@@ -187,8 +188,8 @@ func scopeQuery(scope string) string {
 }
 
 // Policies lists stored policies.
-func (c *Client) Policies(ctx context.Context) ([]policy.Policy, error) {
-	var ps []policy.Policy
+func (c *Client) Policies(ctx context.Context) ([]policyapi.Policy, error) {
+	var ps []policyapi.Policy
 	return ps, c.do(ctx, http.MethodGet, "/v1/policies", nil, "", &ps)
 }
 

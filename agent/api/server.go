@@ -23,6 +23,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
@@ -47,10 +48,10 @@ type Identities interface {
 
 // Policies is what the API needs of the policy repository.
 type Policies interface {
-	Import(ps []policy.Policy) (uint64, error)
+	Import(ps []policyapi.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
-	Get(key string) (policy.Policy, error)
-	List() []policy.Policy
+	Get(key string) (policyapi.Policy, error)
+	List() []policyapi.Policy
 }
 
 // ScopedPolicies is a policy store whose changes are tied to the request
@@ -58,7 +59,7 @@ type Policies interface {
 // cluster's) or "local" (this node's). The cluster's store implements it;
 // a plain repository (tests, no kvstore) does not.
 type ScopedPolicies interface {
-	ImportContext(ctx context.Context, ps []policy.Policy, scope string) (uint64, error)
+	ImportContext(ctx context.Context, ps []policyapi.Policy, scope string) (uint64, error)
 	DeleteContext(ctx context.Context, key, scope string) (uint64, error)
 	Scope(key string) (string, error)
 }
@@ -235,7 +236,7 @@ func fail(w http.ResponseWriter, err error) {
 		status, code = http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, ipam.ErrExhausted), errors.Is(err, identity.ErrExhausted):
 		status, code = http.StatusInsufficientStorage, "exhausted"
-	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policy.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
+	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policyapi.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
 		status, code = http.StatusBadRequest, "invalid"
 	case errors.Is(err, errTooLarge), errors.Is(err, policysync.ErrTooLarge):
 		status, code = http.StatusRequestEntityTooLarge, "too_large"
@@ -407,13 +408,13 @@ func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	ps, err := policy.Parse(body)
+	ps, err := policyapi.Parse(body)
 	if err != nil {
 		fail(w, err)
 		return
 	}
 	if len(ps) == 0 {
-		fail(w, fmt.Errorf("%w: no policy document in the input", policy.ErrInvalidPolicy))
+		fail(w, fmt.Errorf("%w: no policy document in the input", policyapi.ErrInvalidPolicy))
 		return
 	}
 	rev, err := s.importScoped(r, ps)
@@ -430,7 +431,7 @@ func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
 
 // importScoped applies an import for the request's scope (?scope=local:
 // this node only), or nothing once the request's context has ended.
-func (s *Server) importScoped(r *http.Request, ps []policy.Policy) (uint64, error) {
+func (s *Server) importScoped(r *http.Request, ps []policyapi.Policy) (uint64, error) {
 	if sp, ok := s.Policies.(ScopedPolicies); ok {
 		return sp.ImportContext(r.Context(), ps, r.URL.Query().Get("scope"))
 	}
@@ -472,7 +473,7 @@ type Groups interface {
 	Status() groups.Status
 	Refresh(ctx context.Context) error
 	// Derived lists the groups a policy names with their resolution.
-	Derived(p policy.Policy) []groups.Result
+	Derived(p policyapi.Policy) []groups.Result
 }
 
 func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {

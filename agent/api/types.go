@@ -4,11 +4,12 @@
 package api
 
 import (
+	"time"
+
 	"github.com/filament-net/filament/agent/groups"
-	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/crypto/wireguard"
-	"time"
 
 	"github.com/filament-net/filament/agent/identity"
 )
@@ -119,7 +120,7 @@ type EncryptionStatus struct {
 // PolicyView is a stored policy with the entries derived from its groups
 // (toGroups/fromGroups): each group's addresses and last refresh.
 type PolicyView struct {
-	policy.Policy
+	policyapi.Policy
 	// Scope: cluster (every agent enforces it), local (this node only) or
 	// kubernetes (from the API server); empty from an agent without a
 	// cluster store.

@@ -13,13 +13,14 @@ import (
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/cloud/aws"
 )
 
 // awsSource adapts the EC2 resolver to the groups manager.
 type awsSource struct{ r *aws.Resolver }
 
-func (s awsSource) Resolve(ctx context.Context, g policy.AWSGroup) ([]netip.Addr, error) {
+func (s awsSource) Resolve(ctx context.Context, g api.AWSGroup) ([]netip.Addr, error) {
 	return s.r.Resolve(ctx, aws.Group{Labels: g.Labels, SecurityGroupIDs: g.SecurityGroupsIDs,
 		SecurityGroupNames: g.SecurityGroupsNames, Region: g.Region})
 }
@@ -30,14 +31,14 @@ type cloudGroups struct {
 }
 
 // Derived lists the groups p names with their resolution.
-func (c cloudGroups) Derived(p policy.Policy) []groups.Result {
+func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 	var out []groups.Result
-	add := func(gs []policy.Groups) {
+	add := func(gs []api.Groups) {
 		for _, g := range gs {
 			if g.AWS == nil {
 				continue
 			}
-			key := policy.GroupKey(*g.AWS)
+			key := api.GroupKey(*g.AWS)
 			r, ok := c.Result(key)
 			if !ok {
 				r = groups.Result{Key: key, Group: *g.AWS, Error: "not resolved yet: selects nothing"}

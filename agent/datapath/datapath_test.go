@@ -1,10 +1,11 @@
 package datapath_test
 
 import (
-	"github.com/filament-net/filament/agent/service/maglev"
 	"net/netip"
 	"os"
 	"testing"
+
+	"github.com/filament-net/filament/agent/service/maglev"
 
 	"golang.org/x/sys/unix"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/bpf"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -54,7 +56,7 @@ spec:
 func TestIncrementalMapWrites(t *testing.T) {
 	dp := load(t)
 	res := policy.NewResolver(policy.ModeDefault)
-	ps, err := policy.Parse([]byte(pol))
+	ps, err := api.Parse([]byte(pol))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,16 +19,17 @@ import (
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/bpf"
 )
 
 // Repository is the stored policy set.
 type Repository interface {
-	Import(ps []policy.Policy) (uint64, error)
+	Import(ps []api.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
-	Get(key string) (policy.Policy, error)
-	List() []policy.Policy
+	Get(key string) (api.Policy, error)
+	List() []api.Policy
 }
 
 // Datapath is what the engine reads and writes: the kernel maps and
@@ -110,7 +111,7 @@ func (e *Engine) apply(c policy.Change) error {
 }
 
 // GroupChanged applies the resolved addresses of a toGroups/fromGroups
-// selector (by policy.GroupKey).
+// selector (by api.GroupKey).
 func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -120,7 +121,7 @@ func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
 }
 
 // Import stores policies and enforces them (api.Policies).
-func (e *Engine) Import(ps []policy.Policy) (uint64, error) {
+func (e *Engine) Import(ps []api.Policy) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	rev, err := e.repo.Import(ps)
@@ -142,10 +143,10 @@ func (e *Engine) Delete(key string) (uint64, error) {
 }
 
 // Get returns a stored policy (api.Policies).
-func (e *Engine) Get(key string) (policy.Policy, error) { return e.repo.Get(key) }
+func (e *Engine) Get(key string) (api.Policy, error) { return e.repo.Get(key) }
 
 // List returns the stored policies (api.Policies).
-func (e *Engine) List() []policy.Policy { return e.repo.List() }
+func (e *Engine) List() []api.Policy { return e.repo.List() }
 
 // LoadPolicies hands the stored policies to the resolver at start.
 func (e *Engine) LoadPolicies() error {

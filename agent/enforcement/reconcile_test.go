@@ -12,6 +12,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/bpf"
 )
 
@@ -80,7 +81,7 @@ func TestReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := policy.Parse([]byte(webPolicy))
+	ps, err := api.Parse([]byte(webPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/kvstore"
-	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 )
 
 // Prefix of the groups state: <cluster>/leader, <cluster>/refresh,
@@ -30,15 +30,15 @@ const Prefix = kvstore.Prefix + "state/groups/v1/"
 
 // Source resolves a group to addresses (cloud/aws).
 type Source interface {
-	Resolve(ctx context.Context, g policy.AWSGroup) ([]netip.Addr, error)
+	Resolve(ctx context.Context, g api.AWSGroup) ([]netip.Addr, error)
 }
 
 // Result is a group as last resolved by the cluster's leader.
 type Result struct {
-	Key      string          `json:"key"`
-	Group    policy.AWSGroup `json:"group"`
-	Addrs    []netip.Addr    `json:"addrs"`
-	Resolved bool            `json:"resolved"` // resolved at least once
+	Key      string       `json:"key"`
+	Group    api.AWSGroup `json:"group"`
+	Addrs    []netip.Addr `json:"addrs"`
+	Resolved bool         `json:"resolved"` // resolved at least once
 	// Refreshed is the time of the last successful resolution.
 	Refreshed time.Time `json:"refreshed,omitzero"`
 	// Error of the last attempt, when it failed (Addrs are the last good set).
@@ -78,7 +78,7 @@ type Manager struct {
 	// pub serialises publishing the requests (SetWanted, lease renewal).
 	pub      sync.Mutex
 	mu       sync.Mutex
-	wanted   map[string]policy.AWSGroup
+	wanted   map[string]api.AWSGroup
 	results  map[string]Result
 	applied  map[string][]netip.Addr
 	leader   string
@@ -99,7 +99,7 @@ func New(ctx context.Context, cfg Config) *Manager {
 	if cfg.Interval <= 0 {
 		cfg.Interval = 5 * time.Minute
 	}
-	m := &Manager{cfg: cfg, wanted: map[string]policy.AWSGroup{}, results: map[string]Result{},
+	m := &Manager{cfg: cfg, wanted: map[string]api.AWSGroup{}, results: map[string]Result{},
 		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{})}
 	if cfg.Lease != nil {
 		// Requests live under the lease: when etcd lost it and a new one
@@ -118,11 +118,11 @@ func New(ctx context.Context, cfg Config) *Manager {
 }
 
 // SetWanted publishes the selectors this agent's policies use.
-func (m *Manager) SetWanted(ctx context.Context, groups map[string]policy.AWSGroup) {
+func (m *Manager) SetWanted(ctx context.Context, groups map[string]api.AWSGroup) {
 	m.pub.Lock()
 	defer m.pub.Unlock()
 	m.mu.Lock()
-	if maps.EqualFunc(m.wanted, groups, func(a, b policy.AWSGroup) bool { return policy.GroupKey(a) == policy.GroupKey(b) }) {
+	if maps.EqualFunc(m.wanted, groups, func(a, b api.AWSGroup) bool { return api.GroupKey(a) == api.GroupKey(b) }) {
 		m.mu.Unlock()
 		return
 	}
@@ -279,16 +279,16 @@ func (m *Manager) lead(ctx context.Context) {
 }
 
 // requested is the union of every agent's requests.
-func (m *Manager) requested(ctx context.Context) map[string]policy.AWSGroup {
+func (m *Manager) requested(ctx context.Context) map[string]api.AWSGroup {
 	kvs, _, err := m.cfg.KV.List(ctx, m.base()+"requests/")
-	out := map[string]policy.AWSGroup{}
+	out := map[string]api.AWSGroup{}
 	if err != nil {
 		return out
 	}
 	for _, kv := range kvs {
-		var g policy.AWSGroup
+		var g api.AWSGroup
 		if json.Unmarshal(kv.Value, &g) == nil {
-			out[policy.GroupKey(g)] = g
+			out[api.GroupKey(g)] = g
 		}
 	}
 	return out

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/kvstore"
-	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/internal/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -29,16 +29,16 @@ type fakeSource struct {
 
 func newFake() *fakeSource { return &fakeSource{addrs: map[string][]netip.Addr{}} }
 
-func (f *fakeSource) Resolve(_ context.Context, g policy.AWSGroup) ([]netip.Addr, error) {
+func (f *fakeSource) Resolve(_ context.Context, g api.AWSGroup) ([]netip.Addr, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
 	if f.err != nil {
 		return nil, f.err
 	}
-	a, ok := f.addrs[policy.GroupKey(g)]
+	a, ok := f.addrs[api.GroupKey(g)]
 	if !ok {
-		return nil, fmt.Errorf("no such group %s", policy.GroupKey(g))
+		return nil, fmt.Errorf("no such group %s", api.GroupKey(g))
 	}
 	return slices.Clone(a), nil
 }
@@ -236,9 +236,9 @@ func waitResult(t *testing.T, key, what string, cond func(Result) bool, agents .
 	}
 }
 
-func group(id string) (string, policy.AWSGroup) {
-	g := policy.AWSGroup{Region: "eu-west-1", SecurityGroupsIDs: []string{id}}
-	return policy.GroupKey(g), g
+func group(id string) (string, api.AWSGroup) {
+	g := api.AWSGroup{Region: "eu-west-1", SecurityGroupsIDs: []string{id}}
+	return api.GroupKey(g), g
 }
 
 // setAll makes every Source resolve key to addrs.
@@ -262,7 +262,7 @@ func pair(t *testing.T) (eps []string, leader, follower *agent, key string) {
 	setAll(key, []string{"10.0.0.2", "10.0.0.1", "10.0.0.2"}, a, b)
 	leader, others := waitLeader(t, a, b)
 	follower = others[0]
-	follower.m.SetWanted(tctx(t), map[string]policy.AWSGroup{key: g})
+	follower.m.SetWanted(tctx(t), map[string]api.AWSGroup{key: g})
 	waitApplied(t, key, parse("10.0.0.1", "10.0.0.2"), a, b)
 	return eps, leader, follower, key
 }
@@ -296,7 +296,7 @@ func TestElectionAndResolution(t *testing.T) {
 		}
 		r := st.Groups[0]
 		if r.Key != key || !r.Resolved || r.Refreshed.IsZero() || r.Error != "" || r.Failures != 0 || !r.Since.IsZero() ||
-			!slices.Equal(r.Addrs, parse("10.0.0.1", "10.0.0.2")) || policy.GroupKey(r.Group) != key {
+			!slices.Equal(r.Addrs, parse("10.0.0.1", "10.0.0.2")) || api.GroupKey(r.Group) != key {
 			t.Fatalf("%s result: %+v", a.name, r)
 		}
 		if h := a.applied.history(key); len(h) != 1 {
@@ -401,7 +401,7 @@ func TestFailClosed(t *testing.T) {
 	ctx := tctx(t)
 	badKey, bad := group("sg-unknown")
 	_, g := group("sg-1")
-	follower.m.SetWanted(ctx, map[string]policy.AWSGroup{key: g, badKey: bad})
+	follower.m.SetWanted(ctx, map[string]api.AWSGroup{key: g, badKey: bad})
 
 	waitResult(t, badKey, "the failed first resolution", func(r Result) bool {
 		return !r.Resolved && r.Error != "" && r.Failures >= 1 && !r.Since.IsZero() && len(r.Addrs) == 0 && r.Refreshed.IsZero()
@@ -471,7 +471,7 @@ func TestAgentWithoutSource(t *testing.T) {
 	ctx := tctx(t)
 	c := start(t, eps, "c", false)
 	key, g := group("sg-1")
-	c.m.SetWanted(ctx, map[string]policy.AWSGroup{key: g})
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
 	if err := c.m.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -511,7 +511,7 @@ func TestRequestsRepublishedAfterLeaseLoss(t *testing.T) {
 	key, g := group("sg-1")
 	a.src.set(key, "10.0.0.1")
 	waitLeader(t, a)
-	c.m.SetWanted(ctx, map[string]policy.AWSGroup{key: g})
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
 	waitApplied(t, key, parse("10.0.0.1"), c)
 
 	reqs := Prefix + cluster + "/requests/c/"

@@ -33,15 +33,15 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/filament-net/filament/agent/endpoint"
-	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/service"
 )
 
 // Policies is the policy engine as the watchers feed it.
 type Policies interface {
-	Import(ps []policy.Policy) (uint64, error)
+	Import(ps []api.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
-	List() []policy.Policy
+	List() []api.Policy
 }
 
 // The Cilium policy resources.
@@ -127,7 +127,7 @@ func Start(ctx context.Context, kubeconfig, node string, p Policies, pods Pods, 
 		}
 	}})
 	dynf := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 10*time.Minute)
-	for gvr, kind := range map[schema.GroupVersionResource]string{CNP: policy.KindCiliumNetworkPolicy, CCNP: policy.KindCiliumClusterwideNetworkPolicy} {
+	for gvr, kind := range map[schema.GroupVersionResource]string{CNP: api.KindCiliumNetworkPolicy, CCNP: api.KindCiliumClusterwideNetworkPolicy} {
 		inf := dynf.ForResource(gvr).Informer()
 		inf.AddEventHandler(w.handler(ciliumDoc(kind)))
 		w.synced = append(w.synced, inf.HasSynced)
@@ -250,7 +250,7 @@ func (w *Watcher) handler(toDoc doc) cache.ResourceEventHandlerFuncs {
 			slog.Warn("kubernetes policy skipped", "err", err)
 			return
 		}
-		ps, err := policy.Parse(b)
+		ps, err := api.Parse(b)
 		if err != nil {
 			slog.Warn("kubernetes policy rejected", "err", err)
 			return
@@ -270,7 +270,7 @@ func (w *Watcher) handler(toDoc doc) cache.ResourceEventHandlerFuncs {
 			if err != nil {
 				return
 			}
-			ps, err := policy.Parse(b)
+			ps, err := api.Parse(b)
 			if err != nil {
 				return
 			}
@@ -300,7 +300,7 @@ func networkPolicyDoc(obj any) ([]byte, error) {
 		return nil, fmt.Errorf("not a NetworkPolicy: %T", obj)
 	}
 	return json.Marshal(map[string]any{
-		"apiVersion": "networking.k8s.io/v1", "kind": policy.KindNetworkPolicy,
+		"apiVersion": "networking.k8s.io/v1", "kind": api.KindNetworkPolicy,
 		"metadata": meta(np.Name, np.Namespace, np.Labels), "spec": np.Spec,
 	})
 }

@@ -3,6 +3,8 @@ package policy
 import (
 	"testing"
 
+	"github.com/filament-net/filament/agent/policy/api"
+
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
 )
@@ -20,8 +22,8 @@ func TestClusterScope(t *testing.T) {
 	db := mk(1<<16|300, "app=db", "k8s:filament.io/cluster=c1", "k8s:io.kubernetes.pod.namespace=default")
 	localWeb := mk(1<<16|301, "app=web", "k8s:filament.io/cluster=c1", "k8s:io.kubernetes.pod.namespace=default")
 	remoteWeb := mk(2<<16|301, "app=web", "k8s:filament.io/cluster=c2", "k8s:io.kubernetes.pod.namespace=default")
-	doc := func(peer string) []Policy {
-		ps, err := Parse([]byte(`apiVersion: cilium.io/v2
+	doc := func(peer string) []api.Policy {
+		ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: db}
 spec:
@@ -34,7 +36,7 @@ spec:
 		}
 		return ps
 	}
-	peers := func(all bool, ps []Policy) map[identity.NumericIdentity]bool {
+	peers := func(all bool, ps []api.Policy) map[identity.NumericIdentity]bool {
 		r := NewResolver(ModeDefault)
 		r.SetClusterScope("c1", all)
 		for _, id := range []identity.Identity{db, localWeb, remoteWeb} {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/filament-net/filament/agent/policy/api"
+
 	"github.com/filament-net/filament/agent/identity"
 )
 
@@ -53,7 +55,7 @@ func TestEmptyPeerListSelectsNothing(t *testing.T) {
 				doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n" +
 					"  endpointSelector: {matchLabels: {app: db}}\n  " + d.section + ":\n  - toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n" + peer
 				p := parseOne(t, doc)
-				var stored Policy
+				var stored api.Policy
 				b, err := json.Marshal(p)
 				if err != nil {
 					t.Fatal(err)
@@ -61,8 +63,8 @@ func TestEmptyPeerListSelectsNothing(t *testing.T) {
 				if err := json.Unmarshal(b, &stored); err != nil {
 					t.Fatal(err)
 				}
-				for _, pol := range []Policy{p, stored} {
-					ep := mustEP(t, w.build(ModeDefault, []Policy{pol}), 7)
+				for _, pol := range []api.Policy{p, stored} {
+					ep := mustEP(t, w.build(ModeDefault, []api.Policy{pol}), 7)
 					var got []identity.NumericIdentity
 					for k := range ep.Entries {
 						if k.Dir == d.dir {
@@ -87,7 +89,7 @@ func TestEmptyPeerListSelectsNothing(t *testing.T) {
 		"egress:\n  - toCIDR", "egress:\n  - toCIDRSet", "egress:\n  - toEntities", "egress:\n  - toNodes"} {
 		p := parseOne(t, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n"+
 			"  endpointSelector: {matchLabels: {app: db}}\n  "+f+": []\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n")
-		if ep := mustEP(t, w.build(ModeDefault, []Policy{p}), 7); len(ep.Entries) != 0 {
+		if ep := mustEP(t, w.build(ModeDefault, []api.Policy{p}), 7); len(ep.Entries) != 0 {
 			t.Errorf("%s: [] selects %v, want nothing", f, ep.Entries)
 		}
 	}
@@ -95,7 +97,7 @@ func TestEmptyPeerListSelectsNothing(t *testing.T) {
 	// NetworkPolicy keeps Kubernetes' meaning: an empty from is every peer.
 	np := parseOne(t, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\nspec:\n"+
 		"  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: []\n    ports: [{port: 80}]\n")
-	ep := mustEP(t, w.build(ModeDefault, []Policy{np}), 7)
+	ep := mustEP(t, w.build(ModeDefault, []api.Policy{np}), 7)
 	if allowed, _ := dpVerdict(ep, Ingress, other, 6, 80); !allowed {
 		t.Errorf("NetworkPolicy from: [] does not allow every peer: %v", ep.Entries)
 	}

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+
+	"github.com/filament-net/filament/agent/policy/api"
 )
 
 // ErrNotFound is wrapped by the error for a key the repository lacks.
@@ -36,14 +38,14 @@ type Repository struct {
 
 	mu       sync.RWMutex
 	revision uint64
-	policies map[string]Policy
+	policies map[string]api.Policy
 	scopes   map[string]string // key -> scope; absent: ScopeAgent
 }
 
 // storeFile is the JSON form of a persisted repository.
 type storeFile struct {
-	Revision uint64   `json:"revision"`
-	Policies []Policy `json:"policies"`
+	Revision uint64       `json:"revision"`
+	Policies []api.Policy `json:"policies"`
 	// Scopes of the policies that have one (absent in files written
 	// before policies were the cluster's).
 	Scopes map[string]string `json:"scopes,omitempty"`
@@ -52,7 +54,7 @@ type storeFile struct {
 // NewRepository returns a repository persisted as JSON at path, loading
 // the file if it exists; path "" keeps the repository in memory only.
 func NewRepository(path string) (*Repository, error) {
-	r := &Repository{path: path, policies: map[string]Policy{}, scopes: map[string]string{}}
+	r := &Repository{path: path, policies: map[string]api.Policy{}, scopes: map[string]string{}}
 	if path == "" {
 		return r, nil
 	}
@@ -91,46 +93,18 @@ func NewRepository(path string) (*Repository, error) {
 	return r, nil
 }
 
-// Prepare returns normalised copies of ps after validating every one; if
-// any is invalid (or two share a key) it returns all the errors and no
-// policy.
-func Prepare(ps []Policy) ([]Policy, error) {
-	out := make([]Policy, 0, len(ps))
-	seen := make(map[string]bool, len(ps))
-	var errs []error
-	for _, p := range ps {
-		p = p.DeepCopy()
-		p.normalize()
-		if err := p.Validate(); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if seen[p.Key()] {
-			errs = append(errs, &ValidationError{Document: fmt.Sprintf("policy %q", p.Key()),
-				Reason: "given more than once in one import"})
-			continue
-		}
-		seen[p.Key()] = true
-		out = append(out, p)
-	}
-	if len(errs) > 0 {
-		return nil, joinErrors(errs)
-	}
-	return out, nil
-}
-
 // Import validates every policy and then, in one change, replaces the
 // policies of the same keys and adds the others. If any policy is invalid
 // (or two share a key) or persisting fails, nothing changes. It returns the
 // new revision; importing nothing changes nothing and returns the current
 // one.
-func (r *Repository) Import(ps []Policy) (revision uint64, err error) {
+func (r *Repository) Import(ps []api.Policy) (revision uint64, err error) {
 	return r.ImportScoped(ScopeAgent, ps)
 }
 
 // ImportScoped is Import with the scope the imported policies get.
-func (r *Repository) ImportScoped(scope string, ps []Policy) (revision uint64, err error) {
-	staged, err := Prepare(ps)
+func (r *Repository) ImportScoped(scope string, ps []api.Policy) (revision uint64, err error) {
+	staged, err := api.Prepare(ps)
 	if err != nil {
 		return 0, err
 	}
@@ -151,8 +125,8 @@ func (r *Repository) ImportScoped(scope string, ps []Policy) (revision uint64, e
 // scope, in one change: policies of scope not in ps go, those in ps are
 // added or replace the stored ones of the same key (whatever their
 // scope). It is how an agent follows the cluster's policies.
-func (r *Repository) ReplaceScope(scope string, ps []Policy) (revision uint64, err error) {
-	staged, err := Prepare(ps)
+func (r *Repository) ReplaceScope(scope string, ps []api.Policy) (revision uint64, err error) {
+	staged, err := api.Prepare(ps)
 	if err != nil {
 		return 0, err
 	}
@@ -229,7 +203,7 @@ func (r *Repository) Delete(key string) (revision uint64, err error) {
 
 // commit persists next (with its scopes) as the following revision and
 // then makes it current. The caller holds r.mu.
-func (r *Repository) commit(next map[string]Policy, scopes map[string]string) (uint64, error) {
+func (r *Repository) commit(next map[string]api.Policy, scopes map[string]string) (uint64, error) {
 	rev := r.revision + 1
 	if err := r.persist(rev, next, scopes); err != nil {
 		return 0, err
@@ -240,7 +214,7 @@ func (r *Repository) commit(next map[string]Policy, scopes map[string]string) (u
 
 // persist writes the policies to a temporary file beside r.path and renames
 // it over r.path.
-func (r *Repository) persist(rev uint64, policies map[string]Policy, scopes map[string]string) (err error) {
+func (r *Repository) persist(rev uint64, policies map[string]api.Policy, scopes map[string]string) (err error) {
 	if r.path == "" {
 		return nil
 	}
@@ -284,18 +258,18 @@ func (r *Repository) persist(rev uint64, policies map[string]Policy, scopes map[
 
 // Get returns a copy of the policy with key, or an error wrapping
 // ErrNotFound.
-func (r *Repository) Get(key string) (Policy, error) {
+func (r *Repository) Get(key string) (api.Policy, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	p, ok := r.policies[key]
 	if !ok {
-		return Policy{}, fmt.Errorf("%w: %q", ErrNotFound, key)
+		return api.Policy{}, fmt.Errorf("%w: %q", ErrNotFound, key)
 	}
 	return p.DeepCopy(), nil
 }
 
 // List returns copies of all policies, sorted by key.
-func (r *Repository) List() []Policy {
+func (r *Repository) List() []api.Policy {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	ps := sorted(r.policies)
@@ -313,8 +287,8 @@ func (r *Repository) Revision() uint64 {
 	return r.revision
 }
 
-func sorted(m map[string]Policy) []Policy {
-	ps := make([]Policy, 0, len(m))
+func sorted(m map[string]api.Policy) []api.Policy {
+	ps := make([]api.Policy, 0, len(m))
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		ps = append(ps, m[k])
 	}

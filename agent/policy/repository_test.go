@@ -5,19 +5,29 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/filament-net/filament/agent/policy/api"
 )
 
 // policies parses input and requires success.
-func policies(t *testing.T, input string) []Policy {
+func policies(t *testing.T, input string) []api.Policy {
 	t.Helper()
-	ps, err := Parse([]byte(input))
+	ps, err := api.Parse([]byte(input))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
 	return ps
+}
+
+func check[T any](t *testing.T, what string, got, want T) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s = %#v, want %#v", what, got, want)
+	}
 }
 
 // webPolicy is a CiliumNetworkPolicy ns/name allowing TCP port.
@@ -31,7 +41,7 @@ spec:
 `, name, ns, port)
 }
 
-func keys(ps []Policy) []string {
+func keys(ps []api.Policy) []string {
 	out := make([]string, len(ps))
 	for i, p := range ps {
 		out[i] = p.Key()
@@ -39,9 +49,9 @@ func keys(ps []Policy) []string {
 	return out
 }
 
-func port(p Policy) string { return p.Rules[0].Ingress[0].ToPorts[0].Ports[0].Port }
+func port(p api.Policy) string { return p.Rules[0].Ingress[0].ToPorts[0].Ports[0].Port }
 
-func mustImport(t *testing.T, r *Repository, ps []Policy, wantRev uint64) {
+func mustImport(t *testing.T, r *Repository, ps []api.Policy, wantRev uint64) {
 	t.Helper()
 	rev, err := r.Import(ps)
 	if err != nil {
@@ -112,7 +122,7 @@ func TestRepositoryRejectedImportChangesNothing(t *testing.T) {
 	before := r.List()
 
 	// One bad document among good ones: Parse returns nothing to import.
-	ps, err := Parse([]byte(webPolicy("a", "web", 443) + "---\n" + webPolicy("b", "web", 70000)))
+	ps, err := api.Parse([]byte(webPolicy("a", "web", 443) + "---\n" + webPolicy("b", "web", 70000)))
 	if err == nil || ps != nil {
 		t.Fatalf("Parse = %d policies, %v; want none and an error", len(ps), err)
 	}
@@ -122,13 +132,13 @@ func TestRepositoryRejectedImportChangesNothing(t *testing.T) {
 	bad := policies(t, webPolicy("b", "web", 80))[0]
 	bad.Rules[0].Ingress[0].ToPorts[0].Ports[0].Port = "70000"
 	_, err = r.Import(append(good, bad))
-	if !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), `policy "b/web": rules[0].ingress[0].toPorts[0].ports[0].port: "70000"`) {
+	if !errors.Is(err, api.ErrInvalidPolicy) || !strings.Contains(err.Error(), `policy "b/web": rules[0].ingress[0].toPorts[0].ports[0].port: "70000"`) {
 		t.Fatalf("Import: err = %v, want the bad port named", err)
 	}
 
 	// Two policies with one key.
 	_, err = r.Import(append(good, good[0]))
-	if !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), `policy "a/web": given more than once`) {
+	if !errors.Is(err, api.ErrInvalidPolicy) || !strings.Contains(err.Error(), `policy "a/web": given more than once`) {
 		t.Fatalf("Import of a key twice: err = %v", err)
 	}
 
@@ -148,7 +158,12 @@ func TestRepositoryPersistence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := policies(t, fullCNP+"---\n"+webPolicy("a", "web", 80)+"---\n"+
+	// The CiliumNetworkPolicy with every field the parser tests use.
+	fullCNP, err := os.ReadFile("api/testdata/full-cnp.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := policies(t, string(fullCNP)+"---\n"+webPolicy("a", "web", 80)+"---\n"+
 		"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n")
 	mustImport(t, r, all, 1)
 	if _, err := r.Delete("a/web"); err != nil {
@@ -258,7 +273,7 @@ func TestRepositoryConcurrentUse(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				ps, err := Parse([]byte(webPolicy(fmt.Sprintf("ns%d", w), fmt.Sprintf("p%d", i), 80+i)))
+				ps, err := api.Parse([]byte(webPolicy(fmt.Sprintf("ns%d", w), fmt.Sprintf("p%d", i), 80+i)))
 				if err != nil {
 					t.Error(err)
 					return
@@ -304,7 +319,7 @@ func TestRepositoryScopes(t *testing.T) {
 	// An invalid set changes nothing.
 	bad := policies(t, webPolicy("ns", "c", 80))
 	bad[0].Rules[0].Ingress[0].ToPorts[0].Ports[0].Port = "99999"
-	if _, err := r.ReplaceScope(ScopeCluster, bad); !errors.Is(err, ErrInvalidPolicy) {
+	if _, err := r.ReplaceScope(ScopeCluster, bad); !errors.Is(err, api.ErrInvalidPolicy) {
 		t.Fatalf("invalid replace: %v", err)
 	}
 	check(t, "keys after a rejected replace", keys(r.List()), []string{"ns/b", "ns/old"})
@@ -341,4 +356,10 @@ func TestRepositoryBadScopeInFile(t *testing.T) {
 	if _, err := NewRepository(path); err == nil || !strings.Contains(err.Error(), "everywhere") {
 		t.Fatalf("bad scope loaded: %v", err)
 	}
+}
+
+// parseOne parses input, a single document, and requires success.
+func parseOne(t *testing.T, input string) api.Policy {
+	t.Helper()
+	return policies(t, input)[0]
 }

@@ -35,7 +35,6 @@ package policy
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -43,6 +42,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/filament-net/filament/agent/policy/api"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
@@ -242,7 +243,7 @@ type Resolver struct {
 	localCluster string // peer selectors without a cluster select this one
 	allClusters  bool   // ... unless this is set
 
-	policies map[string]Policy // by key, copies of the current policies
+	policies map[string]api.Policy // by key, copies of the current policies
 	compiled map[string]*compiledPolicy
 	rules    []*compiledRule // every rule, by policy key then index
 	warnings []string
@@ -292,7 +293,7 @@ type endpointState struct {
 func NewResolver(mode Mode) *Resolver {
 	r := &Resolver{
 		mode:       mode,
-		policies:   map[string]Policy{},
+		policies:   map[string]api.Policy{},
 		compiled:   map[string]*compiledPolicy{},
 		identities: map[identity.NumericIdentity]*knownIdentity{},
 		byLabel:    map[string]map[identity.NumericIdentity]struct{}{},
@@ -320,18 +321,18 @@ func NewResolver(mode Mode) *Resolver {
 // policy that was added, removed or whose rules changed are recomputed;
 // CIDR identities are allocated for prefixes that newly appear in rules and
 // released for those that no longer do.
-func (r *Resolver) SetPolicies(ps []Policy) Change {
+func (r *Resolver) SetPolicies(ps []api.Policy) Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var ch Change
 
-	next := make(map[string]Policy, len(ps))
+	next := make(map[string]api.Policy, len(ps))
 	for _, p := range ps {
 		local := r.localCluster
 		if r.allClusters {
 			local = ""
 		}
-		p = scopePolicy(p, local)
+		p = api.ScopeToCluster(p, local)
 		next[p.Key()] = p
 	}
 	changed := map[string]bool{}
@@ -450,10 +451,10 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 
 // GroupsInUse lists the toGroups/fromGroups selectors of the current
 // policies, by GroupKey.
-func (r *Resolver) GroupsInUse() map[string]AWSGroup {
+func (r *Resolver) GroupsInUse() map[string]api.AWSGroup {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := map[string]AWSGroup{}
+	out := map[string]api.AWSGroup{}
 	for _, cp := range r.compiled {
 		for k, g := range cp.groupSels {
 			out[k] = g
@@ -465,10 +466,10 @@ func (r *Resolver) GroupsInUse() map[string]AWSGroup {
 // NodeSelectorsInUse lists the toNodes/fromNodes selectors of the current
 // policies, by NodeSelectorKey; the agent sets each one's node addresses
 // with SetGroup.
-func (r *Resolver) NodeSelectorsInUse() map[string]EndpointSelector {
+func (r *Resolver) NodeSelectorsInUse() map[string]api.EndpointSelector {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := map[string]EndpointSelector{}
+	out := map[string]api.EndpointSelector{}
 	for _, cp := range r.compiled {
 		for k, s := range cp.nodeSels {
 			out[k] = s
@@ -544,7 +545,7 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 func cidrLabels(p netip.Prefix) labels.Labels {
 	return labels.Labels{
 		{Source: labels.SourceCIDR, Key: p.String()},
-		{Source: labels.SourceReserved, Key: string(EntityWorld)},
+		{Source: labels.SourceReserved, Key: string(api.EntityWorld)},
 	}
 }
 
@@ -786,11 +787,11 @@ func (r *Resolver) computePeers(ps *peerSpec) map[identity.NumericIdentity]struc
 
 // candidates returns a superset of the identities sel matches: those with
 // the label of its rarest matchLabels entry. sel has matchLabels.
-func (r *Resolver) candidates(sel *EndpointSelector) map[identity.NumericIdentity]struct{} {
+func (r *Resolver) candidates(sel *api.EndpointSelector) map[identity.NumericIdentity]struct{} {
 	var best map[identity.NumericIdentity]struct{}
 	first := true
 	for k, v := range sel.MatchLabels {
-		_, key := splitKey(k)
+		_, key := api.SplitKey(k)
 		ids := r.byLabel[key+"\x00"+v]
 		if first || len(ids) < len(best) {
 			best, first = ids, false
@@ -990,9 +991,9 @@ type compiledPolicy struct {
 	rules     []*compiledRule
 	prefixes  []netip.Prefix // every IPv4 prefix its rules name
 	warnings  []string
-	groups    map[string]bool             // GroupKeys and NodeSelectorKeys of the selectors it names
-	groupSels map[string]AWSGroup         // ... the AWS group selectors
-	nodeSels  map[string]EndpointSelector // ... and the node selectors
+	groups    map[string]bool                 // GroupKeys and NodeSelectorKeys of the selectors it names
+	groupSels map[string]api.AWSGroup         // ... the AWS group selectors
+	nodeSels  map[string]api.EndpointSelector // ... and the node selectors
 }
 
 // compiledRule is one rule: the endpoints it selects, its default deny and
@@ -1000,7 +1001,7 @@ type compiledPolicy struct {
 type compiledRule struct {
 	policy                                string
 	index                                 int
-	selector                              *EndpointSelector // nil: selects no endpoint
+	selector                              *api.EndpointSelector // nil: selects no endpoint
 	ingressDefaultDeny, egressDefaultDeny bool
 	sections                              []*section
 }
@@ -1033,13 +1034,13 @@ type peerSpec struct {
 	world     bool                       // identity world and every CIDR identity
 	cluster   bool                       // every identity but world and the CIDR ones
 	cidrs     []cidrPeer
-	requires  []*EndpointSelector
+	requires  []*api.EndpointSelector
 	// scan is set when candidates cannot be found through the label index.
 	scan bool
 }
 
 type peerSelector struct {
-	sel *EndpointSelector
+	sel *api.EndpointSelector
 	// reserved is set when the selector names a reserved label, and so may
 	// match reserved identities.
 	reserved bool
@@ -1052,11 +1053,11 @@ type cidrPeer struct {
 }
 
 func (c cidrPeer) selects(p netip.Prefix) bool {
-	if !containsPrefix(c.prefix, p) {
+	if !api.ContainsPrefix(c.prefix, p) {
 		return false
 	}
 	for _, e := range c.except {
-		if containsPrefix(e, p) {
+		if api.ContainsPrefix(e, p) {
 			return false
 		}
 	}
@@ -1122,8 +1123,8 @@ type compiler struct {
 
 // compilePolicy compiles p; toGroups/fromGroups become the resolved
 // addresses in awsGroups (by GroupKey).
-func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPolicy {
-	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]AWSGroup{}, nodeSels: map[string]EndpointSelector{}}, key: p.Key(),
+func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix) *compiledPolicy {
+	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{}}, key: p.Key(),
 		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
@@ -1140,7 +1141,7 @@ func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPoli
 		for _, sec := range []struct {
 			name string
 			deny bool
-			rs   []IngressRule
+			rs   []api.IngressRule
 		}{{"ingress", false, rule.Ingress}, {"ingressDeny", true, rule.IngressDeny}} {
 			for j := range sec.rs {
 				in := &sec.rs[j]
@@ -1156,7 +1157,7 @@ func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPoli
 		for _, sec := range []struct {
 			name string
 			deny bool
-			rs   []EgressRule
+			rs   []api.EgressRule
 		}{{"egress", false, rule.Egress}, {"egressDeny", true, rule.EgressDeny}} {
 			for j := range sec.rs {
 				out := &sec.rs[j]
@@ -1179,12 +1180,12 @@ func compilePolicy(p *Policy, awsGroups map[string][]netip.Prefix) *compiledPoli
 
 // peerFields are the peer fields of an ingress or egress rule.
 type peerFields struct {
-	endpoints, requires []EndpointSelector
+	endpoints, requires []api.EndpointSelector
 	cidr                []string
-	cidrSet             []CIDRRule
-	entities            []Entity
-	groups              []Groups
-	nodes               []EndpointSelector
+	cidrSet             []api.CIDRRule
+	entities            []api.Entity
+	groups              []api.Groups
+	nodes               []api.EndpointSelector
 	services, fqdns     int
 }
 
@@ -1195,7 +1196,7 @@ func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
 
 // section compiles one ingress or egress rule; nil when it can match
 // nothing.
-func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peerFields, prs []PortRule, icmps []ICMPRule) *section {
+func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peerFields, prs []api.PortRule, icmps []api.ICMPRule) *section {
 	s := &section{dir: dir, deny: deny, ref: RuleRef{Policy: c.key, Rule: c.rule, Section: fmt.Sprintf("%s[%d]", name, j)}}
 	ps := &s.peers
 	// A peer field present but empty (non-nil) selects nothing and keeps
@@ -1206,7 +1207,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 
 	for i := range pf.endpoints {
 		sel := &pf.endpoints[i]
-		ps.selectors = append(ps.selectors, peerSelector{sel: sel, reserved: namesReserved(sel)})
+		ps.selectors = append(ps.selectors, peerSelector{sel: sel, reserved: sel.NamesReserved()})
 		if len(sel.MatchLabels) == 0 {
 			ps.scan = true
 		}
@@ -1217,23 +1218,23 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	all := false
 	for _, e := range pf.entities {
 		switch e {
-		case EntityWorld:
+		case api.EntityWorld:
 			ps.world = true
-		case EntityCluster:
+		case api.EntityCluster:
 			ps.cluster = true
-		case EntityHost:
+		case api.EntityHost:
 			ps.reserved = append(ps.reserved, identity.Host)
-		case EntityRemoteNode:
+		case api.EntityRemoteNode:
 			ps.reserved = append(ps.reserved, identity.RemoteNode)
-		case EntityHealth:
+		case api.EntityHealth:
 			ps.reserved = append(ps.reserved, identity.Health)
-		case EntityInit:
+		case api.EntityInit:
 			ps.reserved = append(ps.reserved, identity.Init)
-		case EntityUnmanaged:
+		case api.EntityUnmanaged:
 			ps.reserved = append(ps.reserved, identity.Unmanaged)
-		case EntityAll:
+		case api.EntityAll:
 			all = true
-		case EntityKubeAPIServer:
+		case api.EntityKubeAPIServer:
 			c.warnf(s.ref, "entity kube-apiserver selects nothing yet")
 		default:
 			c.warnf(s.ref, "unknown entity %q selects nothing", e)
@@ -1261,7 +1262,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			c.warnf(s.ref, "a group without aws selects nothing")
 			continue
 		}
-		key := GroupKey(*g.AWS)
+		key := api.GroupKey(*g.AWS)
 		c.cp.groups[key] = true
 		c.cp.groupSels[key] = *g.AWS
 		addrs, ok := c.awsGroups[key]
@@ -1276,7 +1277,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		}
 	}
 	for _, sel := range pf.nodes {
-		key := NodeSelectorKey(sel)
+		key := api.NodeSelectorKey(sel)
 		c.cp.groups[key] = true
 		c.cp.nodeSels[key] = sel
 		for _, p := range c.awsGroups[key] { // none until the agent has matched nodes
@@ -1318,19 +1319,9 @@ func (ps *peerSpec) empty() bool {
 		len(ps.selectors)+len(ps.reserved)+len(ps.cidrs) == 0
 }
 
-// namesReserved reports whether a selector names a reserved label.
-func namesReserved(sel *EndpointSelector) bool {
-	for _, k := range sel.keys() {
-		if source, _ := splitKey(k); source == labels.SourceReserved {
-			return true
-		}
-	}
-	return false
-}
-
 // prefix parses a CIDR of a rule and records it; IPv6 is not supported.
 func (c *compiler) prefix(ref RuleRef, s string) (netip.Prefix, bool) {
-	p, err := parseCIDR(s)
+	p, err := api.ParseCIDR(s)
 	if err != nil {
 		c.warnf(ref, "%q is not a CIDR: ignored", s)
 		return netip.Prefix{}, false
@@ -1346,7 +1337,7 @@ func (c *compiler) prefix(ref RuleRef, s string) (netip.Prefix, bool) {
 
 // ports compiles toPorts and icmps into L4 prefixes: a rule with neither
 // allows any L4; one whose ports were all skipped allows none.
-func (c *compiler) ports(ref RuleRef, prs []PortRule, icmps []ICMPRule) []L4 {
+func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) []L4 {
 	if len(prs) == 0 && len(icmps) == 0 {
 		return []L4{{}}
 	}
@@ -1364,17 +1355,17 @@ func (c *compiler) ports(ref RuleRef, prs []PortRule, icmps []ICMPRule) []L4 {
 		for _, pp := range pr.Ports {
 			var protos []uint8
 			switch pp.Protocol {
-			case ProtoTCP:
+			case api.ProtoTCP:
 				protos = []uint8{protoTCP}
-			case ProtoUDP:
+			case api.ProtoUDP:
 				protos = []uint8{protoUDP}
-			case ProtoSCTP:
+			case api.ProtoSCTP:
 				protos = []uint8{protoSCTP}
-			case ProtoAny, "":
+			case api.ProtoAny, "":
 				protos = []uint8{protoTCP, protoUDP, protoSCTP}
-			case ProtoICMP:
+			case api.ProtoICMP:
 				protos = []uint8{protoICMP}
-			case ProtoICMPv6:
+			case api.ProtoICMPv6:
 				continue // IPv4 only
 			default:
 				c.warnf(ref, "protocol %q ignored", pp.Protocol)
@@ -1384,7 +1375,7 @@ func (c *compiler) ports(ref RuleRef, prs []PortRule, icmps []ICMPRule) []L4 {
 			if p == "" {
 				p = "0"
 			}
-			n, numeric := portNumber(p)
+			n, numeric := api.PortNumber(p)
 			switch {
 			case !numeric:
 				c.warnf(ref, "named port %q skipped (named ports are not resolved yet)", p)
@@ -1413,7 +1404,7 @@ func (c *compiler) ports(ref RuleRef, prs []PortRule, icmps []ICMPRule) []L4 {
 	}
 	for _, r := range icmps {
 		for _, f := range r.Fields {
-			if f.Family == ICMPFamilyIPv6 {
+			if f.Family == api.ICMPFamilyIPv6 {
 				continue // IPv4 only
 			}
 			t, err := f.TypeNumber()
@@ -1473,22 +1464,4 @@ func (c Change) String() string {
 		fmt.Fprintf(&b, "-cidr %s\n", p)
 	}
 	return b.String()
-}
-
-// GroupKey is the canonical form of an AWS group selector (sorted), the
-// same for equal selectors however they are written.
-func GroupKey(g AWSGroup) string {
-	ids := slices.Sorted(slices.Values(g.SecurityGroupsIDs))
-	names := slices.Sorted(slices.Values(g.SecurityGroupsNames))
-	var tags []string
-	for _, k := range slices.Sorted(maps.Keys(g.Labels)) {
-		tags = append(tags, k+"="+g.Labels[k])
-	}
-	return fmt.Sprintf("region=%s;ids=%s;names=%s;tags=%s", g.Region, strings.Join(ids, ","), strings.Join(names, ","), strings.Join(tags, ","))
-}
-
-// NodeSelectorKey is the canonical form of a toNodes/fromNodes selector.
-func NodeSelectorKey(s EndpointSelector) string {
-	b, _ := json.Marshal(s)
-	return "nodes:" + string(b)
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filament-net/filament/agent/policy/api"
+
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
 )
@@ -28,8 +30,8 @@ func rsLabels(t testing.TB, s ...string) labels.Labels {
 }
 
 // rsSel is a matchLabels selector of "key=value" pairs.
-func rsSel(kv ...string) *EndpointSelector {
-	s := &EndpointSelector{MatchLabels: map[string]string{}}
+func rsSel(kv ...string) *api.EndpointSelector {
+	s := &api.EndpointSelector{MatchLabels: map[string]string{}}
 	for _, x := range kv {
 		k, v, _ := strings.Cut(x, "=")
 		s.MatchLabels[k] = v
@@ -37,26 +39,26 @@ func rsSel(kv ...string) *EndpointSelector {
 	return s
 }
 
-func rsSels(kv ...string) []EndpointSelector { return []EndpointSelector{*rsSel(kv...)} }
+func rsSels(kv ...string) []api.EndpointSelector { return []api.EndpointSelector{*rsSel(kv...)} }
 
-func rsPol(name string, rules ...Rule) Policy {
-	return Policy{Kind: KindCiliumNetworkPolicy, Namespace: "default", Name: name, Rules: rules}
+func rsPol(name string, rules ...api.Rule) api.Policy {
+	return api.Policy{Kind: api.KindCiliumNetworkPolicy, Namespace: "default", Name: name, Rules: rules}
 }
 
-func rsPorts(proto Protocol, ps ...string) []PortRule {
-	pr := PortRule{}
+func rsPorts(proto api.Protocol, ps ...string) []api.PortRule {
+	pr := api.PortRule{}
 	for _, p := range ps {
-		pr.Ports = append(pr.Ports, PortProtocol{Port: p, Protocol: proto})
+		pr.Ports = append(pr.Ports, api.PortProtocol{Port: p, Protocol: proto})
 	}
-	return []PortRule{pr}
+	return []api.PortRule{pr}
 }
 
-func rsICMP(types ...int32) []ICMPRule {
-	var r ICMPRule
+func rsICMP(types ...int32) []api.ICMPRule {
+	var r api.ICMPRule
 	for _, t := range types {
-		r.Fields = append(r.Fields, ICMPField{Family: ICMPFamilyIPv4, Type: &IntOrString{Int: t}})
+		r.Fields = append(r.Fields, api.ICMPField{Family: api.ICMPFamilyIPv4, Type: &api.IntOrString{Int: t}})
 	}
-	return []ICMPRule{r}
+	return []api.ICMPRule{r}
 }
 
 func cid(n uint32) identity.NumericIdentity { return identity.Compose(1, 256+n) }
@@ -111,7 +113,7 @@ type rsWorld struct {
 }
 
 // build returns a fresh resolver holding w and ps, built in the given order.
-func (w rsWorld) build(mode Mode, ps []Policy) *Resolver {
+func (w rsWorld) build(mode Mode, ps []api.Policy) *Resolver {
 	r := NewResolver(mode)
 	for _, id := range w.identities {
 		r.UpsertIdentity(id)
@@ -259,78 +261,78 @@ func TestResolvePeers(t *testing.T) {
 	}
 	// A policy that selects no endpoint but names prefixes, so that CIDR
 	// identities exist.
-	holder := rsPol("cidr-holder", Rule{EndpointSelector: rsSel("app=nobody"),
-		Egress: []EgressRule{{ToCIDR: []string{"10.0.0.0/8", "192.168.1.0/24"}}}})
+	holder := rsPol("cidr-holder", api.Rule{EndpointSelector: rsSel("app=nobody"),
+		Egress: []api.EgressRule{{ToCIDR: []string{"10.0.0.0/8", "192.168.1.0/24"}}}})
 	const (
 		cidr10  = identity.LocalScopeFlag | 1
 		cidr192 = identity.LocalScopeFlag | 2
 	)
-	tcp80 := rsPorts(ProtoTCP, "80")
+	tcp80 := rsPorts(api.ProtoTCP, "80")
 	cluster := []identity.NumericIdentity{identity.Host, identity.Unmanaged, identity.Health, identity.Init, identity.RemoteNode, web1, web2, db}
 
 	tests := []struct {
 		name    string
-		in      *IngressRule
-		out     *EgressRule
+		in      *api.IngressRule
+		out     *api.EgressRule
 		want    []identity.NumericIdentity
 		warning string
 	}{
-		{name: "fromEndpoints by label", in: &IngressRule{FromEndpoints: rsSels("app=web"), ToPorts: tcp80},
+		{name: "fromEndpoints by label", in: &api.IngressRule{FromEndpoints: rsSels("app=web"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web1, web2}},
-		{name: "empty selector: cluster identities only", in: &IngressRule{FromEndpoints: []EndpointSelector{{}}, ToPorts: tcp80},
+		{name: "empty selector: cluster identities only", in: &api.IngressRule{FromEndpoints: []api.EndpointSelector{{}}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{web1, web2, db}},
-		{name: "selector naming reserved:host", in: &IngressRule{FromEndpoints: rsSels("reserved:host="), ToPorts: tcp80},
+		{name: "selector naming reserved:host", in: &api.IngressRule{FromEndpoints: rsSels("reserved:host="), ToPorts: tcp80},
 			want: []identity.NumericIdentity{identity.Host}},
-		{name: "reserved:world selects world, not CIDR identities", in: &IngressRule{FromEndpoints: rsSels("reserved:world="), ToPorts: tcp80},
+		{name: "reserved:world selects world, not CIDR identities", in: &api.IngressRule{FromEndpoints: rsSels("reserved:world="), ToPorts: tcp80},
 			want: []identity.NumericIdentity{identity.World}},
-		{name: "expression selector", in: &IngressRule{FromEndpoints: []EndpointSelector{{MatchExpressions: []SelectorRequirement{
-			{Key: "env", Operator: OpIn, Values: []string{"prod"}}}}}, ToPorts: tcp80},
+		{name: "expression selector", in: &api.IngressRule{FromEndpoints: []api.EndpointSelector{{MatchExpressions: []api.SelectorRequirement{
+			{Key: "env", Operator: api.OpIn, Values: []string{"prod"}}}}}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2, db}},
-		{name: "fromRequires", in: &IngressRule{FromEndpoints: rsSels("app=web"), FromRequires: rsSels("env=prod"), ToPorts: tcp80},
+		{name: "fromRequires", in: &api.IngressRule{FromEndpoints: rsSels("app=web"), FromRequires: rsSels("env=prod"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2}},
-		{name: "requires constrain entities too", in: &IngressRule{FromEntities: []Entity{EntityCluster}, FromRequires: rsSels("env=prod"), ToPorts: tcp80},
+		{name: "requires constrain entities too", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityCluster}, FromRequires: rsSels("env=prod"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2, db}},
-		{name: "entity world includes CIDR identities", in: &IngressRule{FromEntities: []Entity{EntityWorld}, ToPorts: tcp80},
+		{name: "entity world includes CIDR identities", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityWorld}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{identity.World, cidr10, cidr192}},
-		{name: "entity all is identity 0", in: &IngressRule{FromEntities: []Entity{EntityAll}, ToPorts: tcp80},
+		{name: "entity all is identity 0", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityAll}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{0}},
-		{name: "all with requires is every identity matching them", in: &IngressRule{FromEntities: []Entity{EntityAll}, FromRequires: rsSels("env=prod"), ToPorts: tcp80},
+		{name: "all with requires is every identity matching them", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityAll}, FromRequires: rsSels("env=prod"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2, db}},
-		{name: "entity cluster", in: &IngressRule{FromEntities: []Entity{EntityCluster}, ToPorts: tcp80},
+		{name: "entity cluster", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityCluster}, ToPorts: tcp80},
 			want: cluster},
-		{name: "entities host and remote-node", in: &IngressRule{FromEntities: []Entity{EntityHost, EntityRemoteNode}, ToPorts: tcp80},
+		{name: "entities host and remote-node", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityHost, api.EntityRemoteNode}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{identity.Host, identity.RemoteNode}},
-		{name: "entities health, init, unmanaged", in: &IngressRule{FromEntities: []Entity{EntityHealth, EntityInit, EntityUnmanaged}, ToPorts: tcp80},
+		{name: "entities health, init, unmanaged", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityHealth, api.EntityInit, api.EntityUnmanaged}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{identity.Health, identity.Init, identity.Unmanaged}},
-		{name: "entity kube-apiserver selects nothing", in: &IngressRule{FromEntities: []Entity{EntityKubeAPIServer}, ToPorts: tcp80},
+		{name: "entity kube-apiserver selects nothing", in: &api.IngressRule{FromEntities: []api.Entity{api.EntityKubeAPIServer}, ToPorts: tcp80},
 			warning: "entity kube-apiserver selects nothing yet"},
-		{name: "ports without peers: every peer", in: &IngressRule{ToPorts: tcp80},
+		{name: "ports without peers: every peer", in: &api.IngressRule{ToPorts: tcp80},
 			want: []identity.NumericIdentity{0}},
-		{name: "ports without peers, with requires", in: &IngressRule{FromRequires: rsSels("app=web"), ToPorts: tcp80},
+		{name: "ports without peers, with requires", in: &api.IngressRule{FromRequires: rsSels("app=web"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web1, web2}},
-		{name: "neither peers nor ports: nothing", in: &IngressRule{}},
-		{name: "fromCIDR", in: &IngressRule{FromCIDR: []string{"10.0.0.0/8"}, ToPorts: tcp80},
+		{name: "neither peers nor ports: nothing", in: &api.IngressRule{}},
+		{name: "fromCIDR", in: &api.IngressRule{FromCIDR: []string{"10.0.0.0/8"}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{cidr10}},
-		{name: "fromGroups selects nothing", in: &IngressRule{FromGroups: []Groups{{AWS: &AWSGroup{SecurityGroupsIDs: []string{"sg-1"}}}}, ToPorts: tcp80},
+		{name: "fromGroups selects nothing", in: &api.IngressRule{FromGroups: []api.Groups{{AWS: &api.AWSGroup{SecurityGroupsIDs: []string{"sg-1"}}}}, ToPorts: tcp80},
 			warning: "not resolved yet: selects nothing"},
-		{name: "egress toEndpoints", out: &EgressRule{ToEndpoints: rsSels("env=prod"), ToPorts: tcp80},
+		{name: "egress toEndpoints", out: &api.EgressRule{ToEndpoints: rsSels("env=prod"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2, db}},
-		{name: "toFQDNs with ports is not every peer", out: &EgressRule{ToFQDNs: []FQDNSelector{{MatchName: "example.com"}}, ToPorts: tcp80},
+		{name: "toFQDNs with ports is not every peer", out: &api.EgressRule{ToFQDNs: []api.FQDNSelector{{MatchName: "example.com"}}, ToPorts: tcp80},
 			warning: "toFQDNs select nothing yet"},
-		{name: "toServices", out: &EgressRule{ToServices: []Service{{K8sService: &K8sServiceNamespace{ServiceName: "s", Namespace: "default"}}}, ToPorts: tcp80},
+		{name: "toServices", out: &api.EgressRule{ToServices: []api.Service{{K8sService: &api.K8sServiceNamespace{ServiceName: "s", Namespace: "default"}}}, ToPorts: tcp80},
 			warning: "toServices select nothing yet"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			rule := Rule{EndpointSelector: rsSel("app=db")}
+			rule := api.Rule{EndpointSelector: rsSel("app=db")}
 			dir := Ingress
 			if tc.in != nil {
-				rule.Ingress = []IngressRule{*tc.in}
+				rule.Ingress = []api.IngressRule{*tc.in}
 			} else {
-				rule.Egress = []EgressRule{*tc.out}
+				rule.Egress = []api.EgressRule{*tc.out}
 				dir = Egress
 			}
-			r := w.build(ModeDefault, []Policy{holder, rsPol("p", rule)})
+			r := w.build(ModeDefault, []api.Policy{holder, rsPol("p", rule)})
 			p, _ := r.Endpoint(7)
 			var got []identity.NumericIdentity
 			for k := range p.Entries {
@@ -393,16 +395,16 @@ func TestResolveCIDR(t *testing.T) {
 	pfx := netip.MustParsePrefix
 	local := func(n uint32) identity.NumericIdentity { return identity.LocalScopeFlag | identity.NumericIdentity(n) }
 	ep := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=db")}
-	a := rsPol("a", Rule{EndpointSelector: rsSel("app=db"), Ingress: []IngressRule{{
-		FromCIDRSet: []CIDRRule{{CIDR: "10.0.0.0/8", Except: []string{"10.1.0.0/16"}}},
-		ToPorts:     rsPorts(ProtoTCP, "80")}}})
-	b := rsPol("b", Rule{EndpointSelector: rsSel("app=nobody"), Egress: []EgressRule{{
+	a := rsPol("a", api.Rule{EndpointSelector: rsSel("app=db"), Ingress: []api.IngressRule{{
+		FromCIDRSet: []api.CIDRRule{{CIDR: "10.0.0.0/8", Except: []string{"10.1.0.0/16"}}},
+		ToPorts:     rsPorts(api.ProtoTCP, "80")}}})
+	b := rsPol("b", api.Rule{EndpointSelector: rsSel("app=nobody"), Egress: []api.EgressRule{{
 		ToCIDR: []string{"10.2.0.0/16", "10.1.5.0/24", "192.168.0.0/16", "2001:db8::/32", "10.2.3.4"}}}})
 	r := NewResolver(ModeDefault)
 	r.UpsertEndpoint(ep)
 	rp := newReplica()
 
-	ch := r.SetPolicies([]Policy{a, b})
+	ch := r.SetPolicies([]api.Policy{a, b})
 	rp.apply(t, ch)
 	wantIDs := map[netip.Prefix]identity.NumericIdentity{
 		pfx("10.0.0.0/8"): local(1), pfx("10.1.0.0/16"): local(2), pfx("10.1.5.0/24"): local(3),
@@ -442,7 +444,7 @@ func TestResolveCIDR(t *testing.T) {
 	rp.check(t, r)
 
 	// Dropping b frees its prefixes (10.1/16 stays: a names it as except).
-	ch = r.SetPolicies([]Policy{a})
+	ch = r.SetPolicies([]api.Policy{a})
 	rp.apply(t, ch)
 	if want := []netip.Prefix{pfx("10.1.5.0/24"), pfx("10.2.0.0/16"), pfx("10.2.3.4/32"), pfx("192.168.0.0/16")}; !slices.Equal(ch.CIDRDeletes, want) {
 		t.Fatalf("CIDRDeletes %v, want %v", ch.CIDRDeletes, want)
@@ -463,9 +465,9 @@ func TestResolveCIDR(t *testing.T) {
 	rp.check(t, r)
 
 	// New prefixes take the lowest free numbers; 0.0.0.0/0 also selects world.
-	c := rsPol("c", Rule{EndpointSelector: rsSel("app=db"), Ingress: []IngressRule{{
-		FromCIDR: []string{"0.0.0.0/0", "172.16.0.0/12"}, ToPorts: rsPorts(ProtoTCP, "443")}}})
-	ch = r.SetPolicies([]Policy{a, c})
+	c := rsPol("c", api.Rule{EndpointSelector: rsSel("app=db"), Ingress: []api.IngressRule{{
+		FromCIDR: []string{"0.0.0.0/0", "172.16.0.0/12"}, ToPorts: rsPorts(api.ProtoTCP, "443")}}})
+	ch = r.SetPolicies([]api.Policy{a, c})
 	rp.apply(t, ch)
 	if want := map[netip.Prefix]identity.NumericIdentity{pfx("0.0.0.0/0"): local(3), pfx("172.16.0.0/12"): local(4)}; !maps.Equal(ch.CIDRUpserts, want) {
 		t.Fatalf("CIDRUpserts %v, want %v", ch.CIDRUpserts, want)
@@ -489,8 +491,8 @@ func TestResolveCIDR(t *testing.T) {
 
 	// A number released in a call is not reused in the same call.
 	r2 := NewResolver(ModeDefault)
-	r2.SetPolicies([]Policy{a})
-	ch = r2.SetPolicies([]Policy{rsPol("a", Rule{EndpointSelector: rsSel("app=db"), Ingress: []IngressRule{{FromCIDR: []string{"11.0.0.0/8"}}}})})
+	r2.SetPolicies([]api.Policy{a})
+	ch = r2.SetPolicies([]api.Policy{rsPol("a", api.Rule{EndpointSelector: rsSel("app=db"), Ingress: []api.IngressRule{{FromCIDR: []string{"11.0.0.0/8"}}}})})
 	if want := map[netip.Prefix]identity.NumericIdentity{pfx("11.0.0.0/8"): local(3)}; !maps.Equal(ch.CIDRUpserts, want) {
 		t.Fatalf("CIDRUpserts %v, want %v", ch.CIDRUpserts, want)
 	}
@@ -560,40 +562,40 @@ func TestResolvePorts(t *testing.T) {
 	named := "named port \"http\" skipped"
 	tests := []struct {
 		name    string
-		ports   []PortRule
-		icmps   []ICMPRule
+		ports   []api.PortRule
+		icmps   []api.ICMPRule
 		want    []L4
 		warning string
 	}{
 		{name: "no ports: any L4", want: []L4{{0, 0, 0}}},
-		{name: "TCP 80", ports: rsPorts(ProtoTCP, "80"), want: []L4{{6, 80, 24}}},
-		{name: "UDP all ports", ports: rsPorts(ProtoUDP, "0"), want: []L4{{17, 0, 8}}},
-		{name: "empty port is all ports", ports: rsPorts(ProtoSCTP, ""), want: []L4{{132, 0, 8}}},
-		{name: "ANY expands to TCP, UDP, SCTP", ports: rsPorts(ProtoAny, "53"),
+		{name: "TCP 80", ports: rsPorts(api.ProtoTCP, "80"), want: []L4{{6, 80, 24}}},
+		{name: "UDP all ports", ports: rsPorts(api.ProtoUDP, "0"), want: []L4{{17, 0, 8}}},
+		{name: "empty port is all ports", ports: rsPorts(api.ProtoSCTP, ""), want: []L4{{132, 0, 8}}},
+		{name: "ANY expands to TCP, UDP, SCTP", ports: rsPorts(api.ProtoAny, "53"),
 			want: []L4{{6, 53, 24}, {17, 53, 24}, {132, 53, 24}}},
 		{name: "empty protocol is ANY", ports: rsPorts("", "53"),
 			want: []L4{{6, 53, 24}, {17, 53, 24}, {132, 53, 24}}},
-		{name: "range 80-83", ports: []PortRule{{Ports: []PortProtocol{{Port: "80", EndPort: 83, Protocol: ProtoTCP}}}},
+		{name: "range 80-83", ports: []api.PortRule{{Ports: []api.PortProtocol{{Port: "80", EndPort: 83, Protocol: api.ProtoTCP}}}},
 			want: []L4{{6, 80, 22}}},
-		{name: "range 1000-2000", ports: []PortRule{{Ports: []PortProtocol{{Port: "1000", EndPort: 2000, Protocol: ProtoUDP}}}},
+		{name: "range 1000-2000", ports: []api.PortRule{{Ports: []api.PortProtocol{{Port: "1000", EndPort: 2000, Protocol: api.ProtoUDP}}}},
 			want: []L4{{17, 1000, 21}, {17, 1008, 20}, {17, 1024, 15}, {17, 1536, 16},
 				{17, 1792, 17}, {17, 1920, 18}, {17, 1984, 20}, {17, 2000, 24}}},
-		{name: "ICMP protocol: every type", ports: rsPorts(ProtoICMP, "0"), want: []L4{{1, 0, 8}}},
-		{name: "ICMPv6 ignored", ports: rsPorts(ProtoICMPv6, "0")},
-		{name: "icmps types", icmps: []ICMPRule{{Fields: []ICMPField{
-			{Family: ICMPFamilyIPv4, Type: &IntOrString{Int: 8}},
-			{Type: &IntOrString{IsString: true, Str: "EchoReply"}},
-			{Family: ICMPFamilyIPv6, Type: &IntOrString{Int: 128}},
+		{name: "ICMP protocol: every type", ports: rsPorts(api.ProtoICMP, "0"), want: []L4{{1, 0, 8}}},
+		{name: "ICMPv6 ignored", ports: rsPorts(api.ProtoICMPv6, "0")},
+		{name: "icmps types", icmps: []api.ICMPRule{{Fields: []api.ICMPField{
+			{Family: api.ICMPFamilyIPv4, Type: &api.IntOrString{Int: 8}},
+			{Type: &api.IntOrString{IsString: true, Str: "EchoReply"}},
+			{Family: api.ICMPFamilyIPv6, Type: &api.IntOrString{Int: 128}},
 		}}}, want: []L4{{1, 8, 24}, {1, 0, 24}}},
-		{name: "named port skipped", ports: rsPorts(ProtoTCP, "http", "443"), want: []L4{{6, 443, 24}}, warning: named},
-		{name: "only a named port: nothing, not any L4", ports: rsPorts(ProtoTCP, "http"), warning: named},
-		{name: "L7 rules are allowed at L4", ports: []PortRule{{Ports: []PortProtocol{{Port: "8080", Protocol: ProtoTCP}},
-			Rules: &L7Rules{HTTP: []PortRuleHTTP{{Method: "GET"}}}}}, want: []L4{{6, 8080, 24}}},
+		{name: "named port skipped", ports: rsPorts(api.ProtoTCP, "http", "443"), want: []L4{{6, 443, 24}}, warning: named},
+		{name: "only a named port: nothing, not any L4", ports: rsPorts(api.ProtoTCP, "http"), warning: named},
+		{name: "L7 rules are allowed at L4", ports: []api.PortRule{{Ports: []api.PortProtocol{{Port: "8080", Protocol: api.ProtoTCP}},
+			Rules: &api.L7Rules{HTTP: []api.PortRuleHTTP{{Method: "GET"}}}}}, want: []L4{{6, 8080, 24}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := w.build(ModeDefault, []Policy{rsPol("p", Rule{EndpointSelector: rsSel("app=db"),
-				Ingress: []IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: tc.ports, ICMPs: tc.icmps}}})})
+			r := w.build(ModeDefault, []api.Policy{rsPol("p", api.Rule{EndpointSelector: rsSel("app=db"),
+				Ingress: []api.IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: tc.ports, ICMPs: tc.icmps}}})})
 			p, _ := r.Endpoint(1)
 			var got []L4
 			for k, v := range p.Entries {
@@ -624,35 +626,35 @@ func TestResolveEnforcement(t *testing.T) {
 		identities: []identity.Identity{{ID: web, Labels: rsLabels(t, "app=web")}},
 		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=db")}},
 	}
-	in := []IngressRule{{FromEndpoints: rsSels("app=web")}}
-	out := []EgressRule{{ToEndpoints: rsSels("app=web")}}
+	in := []api.IngressRule{{FromEndpoints: rsSels("app=web")}}
+	out := []api.EgressRule{{ToEndpoints: rsSels("app=web")}}
 	tests := []struct {
 		name         string
 		mode         Mode
-		rule         Rule
+		rule         api.Rule
 		wantIn       bool
 		wantEg       bool
 		wantEntries  int
 		webIngressOK bool // may web connect in on TCP 80
 	}{
-		{"ingress rules enforce ingress", ModeDefault, Rule{EndpointSelector: rsSel("app=db"), Ingress: in}, true, false, 1, true},
-		{"egress rules enforce egress", ModeDefault, Rule{EndpointSelector: rsSel("app=db"), Egress: out}, false, true, 1, true},
-		{"ingressDeny alone enforces ingress", ModeDefault, Rule{EndpointSelector: rsSel("app=db"), IngressDeny: in}, true, false, 1, false},
-		{"default deny switched off", ModeDefault, Rule{EndpointSelector: rsSel("app=db"), Ingress: in,
-			EnableDefaultDeny: DefaultDenyConfig{Ingress: rsBool(false)}}, false, false, 1, true},
-		{"default deny without rules", ModeDefault, Rule{EndpointSelector: rsSel("app=db"),
-			EnableDefaultDeny: DefaultDenyConfig{Ingress: rsBool(true), Egress: rsBool(true)}}, true, true, 0, false},
-		{"not selected", ModeDefault, Rule{EndpointSelector: rsSel("app=other"), Ingress: in}, false, false, 0, true},
-		{"node selector selects no endpoint", ModeDefault, Rule{NodeSelector: &EndpointSelector{}, Ingress: in}, false, false, 0, true},
-		{"always, not selected", ModeAlways, Rule{EndpointSelector: rsSel("app=other"), Ingress: in}, true, true, 0, false},
-		{"always, selected", ModeAlways, Rule{EndpointSelector: rsSel("app=db"), Ingress: in}, true, true, 1, true},
-		{"never", ModeNever, Rule{EndpointSelector: rsSel("app=db"), Ingress: in, IngressDeny: in}, false, false, 0, true},
+		{"ingress rules enforce ingress", ModeDefault, api.Rule{EndpointSelector: rsSel("app=db"), Ingress: in}, true, false, 1, true},
+		{"egress rules enforce egress", ModeDefault, api.Rule{EndpointSelector: rsSel("app=db"), Egress: out}, false, true, 1, true},
+		{"ingressDeny alone enforces ingress", ModeDefault, api.Rule{EndpointSelector: rsSel("app=db"), IngressDeny: in}, true, false, 1, false},
+		{"default deny switched off", ModeDefault, api.Rule{EndpointSelector: rsSel("app=db"), Ingress: in,
+			EnableDefaultDeny: api.DefaultDenyConfig{Ingress: rsBool(false)}}, false, false, 1, true},
+		{"default deny without rules", ModeDefault, api.Rule{EndpointSelector: rsSel("app=db"),
+			EnableDefaultDeny: api.DefaultDenyConfig{Ingress: rsBool(true), Egress: rsBool(true)}}, true, true, 0, false},
+		{"not selected", ModeDefault, api.Rule{EndpointSelector: rsSel("app=other"), Ingress: in}, false, false, 0, true},
+		{"node selector selects no endpoint", ModeDefault, api.Rule{NodeSelector: &api.EndpointSelector{}, Ingress: in}, false, false, 0, true},
+		{"always, not selected", ModeAlways, api.Rule{EndpointSelector: rsSel("app=other"), Ingress: in}, true, true, 0, false},
+		{"always, selected", ModeAlways, api.Rule{EndpointSelector: rsSel("app=db"), Ingress: in}, true, true, 1, true},
+		{"never", ModeNever, api.Rule{EndpointSelector: rsSel("app=db"), Ingress: in, IngressDeny: in}, false, false, 0, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := NewResolver(tc.mode)
 			r.UpsertIdentity(w.identities[0])
-			ch := r.SetPolicies([]Policy{rsPol("p", tc.rule)})
+			ch := r.SetPolicies([]api.Policy{rsPol("p", tc.rule)})
 			if !ch.Empty() {
 				t.Fatalf("policies without endpoints changed entries: %s", ch)
 			}
@@ -705,14 +707,14 @@ func TestResolveDenyPrecedence(t *testing.T) {
 	}
 	tests := []struct {
 		name  string
-		allow []IngressRule
-		deny  []IngressRule
+		allow []api.IngressRule
+		deny  []api.IngressRule
 		want  map[MapKey]MapValue // entries that must be present
 		probe []probe
 	}{
 		{name: "allow inside deny becomes deny",
-			allow: []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "80")}},
-			deny:  []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "0")}},
+			allow: []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "80")}},
+			deny:  []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "0")}},
 			want: map[MapKey]MapValue{
 				{1, Ingress, web, L4{6, 80, 24}}: {Deny: true, Rule: ref("ingressDeny[0]")},
 				{1, Ingress, web, L4{6, 0, 8}}:   {Deny: true, Rule: ref("ingressDeny[0]")},
@@ -720,8 +722,8 @@ func TestResolveDenyPrecedence(t *testing.T) {
 			probe: []probe{{web, 6, 80, false, "ingressDeny[0]"}, {web, 6, 81, false, "ingressDeny[0]"},
 				{web, 17, 80, false, ""}, {db, 6, 80, false, ""}}},
 		{name: "allow around a deny stays allow",
-			allow: []IngressRule{{FromEndpoints: webOnly, ToPorts: []PortRule{{Ports: []PortProtocol{{Port: "80", EndPort: 83, Protocol: ProtoTCP}}}}}},
-			deny:  []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "81")}},
+			allow: []api.IngressRule{{FromEndpoints: webOnly, ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "80", EndPort: 83, Protocol: api.ProtoTCP}}}}}},
+			deny:  []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "81")}},
 			want: map[MapKey]MapValue{
 				{1, Ingress, web, L4{6, 80, 22}}: {Rule: ref("ingress[0]")},
 				{1, Ingress, web, L4{6, 81, 24}}: {Deny: true, Rule: ref("ingressDeny[0]")},
@@ -729,8 +731,8 @@ func TestResolveDenyPrecedence(t *testing.T) {
 			probe: []probe{{web, 6, 80, true, "ingress[0]"}, {web, 6, 81, false, "ingressDeny[0]"},
 				{web, 6, 83, true, "ingress[0]"}, {web, 6, 84, false, ""}}},
 		{name: "deny of any identity against allow of one",
-			allow: []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "0")}},
-			deny:  []IngressRule{{ToPorts: rsPorts(ProtoTCP, "22")}},
+			allow: []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "0")}},
+			deny:  []api.IngressRule{{ToPorts: rsPorts(api.ProtoTCP, "22")}},
 			want: map[MapKey]MapValue{
 				{1, Ingress, 0, L4{6, 22, 24}}: {Deny: true, Rule: ref("ingressDeny[0]")},
 				{1, Ingress, web, L4{6, 0, 8}}: {Rule: ref("ingress[0]")},
@@ -738,41 +740,41 @@ func TestResolveDenyPrecedence(t *testing.T) {
 			probe: []probe{{web, 6, 22, false, "ingressDeny[0]"}, {web, 6, 23, true, "ingress[0]"},
 				{db, 6, 22, false, "ingressDeny[0]"}}},
 		{name: "allow all, deny one identity",
-			allow: []IngressRule{{FromEntities: []Entity{EntityAll}}},
-			deny:  []IngressRule{{FromEndpoints: webOnly}},
+			allow: []api.IngressRule{{FromEntities: []api.Entity{api.EntityAll}}},
+			deny:  []api.IngressRule{{FromEndpoints: webOnly}},
 			want: map[MapKey]MapValue{
 				{1, Ingress, 0, L4{}}:   {Rule: ref("ingress[0]")},
 				{1, Ingress, web, L4{}}: {Deny: true, Rule: ref("ingressDeny[0]")},
 			},
 			probe: []probe{{web, 6, 80, false, "ingressDeny[0]"}, {db, 6, 80, true, "ingress[0]"}}},
 		{name: "any L4 allowed, one ICMP type denied",
-			allow: []IngressRule{{FromEndpoints: webOnly}},
-			deny:  []IngressRule{{FromEndpoints: webOnly, ICMPs: rsICMP(8)}},
+			allow: []api.IngressRule{{FromEndpoints: webOnly}},
+			deny:  []api.IngressRule{{FromEndpoints: webOnly, ICMPs: rsICMP(8)}},
 			want: map[MapKey]MapValue{
 				{1, Ingress, web, L4{}}:         {Rule: ref("ingress[0]")},
 				{1, Ingress, web, L4{1, 8, 24}}: {Deny: true, Rule: ref("ingressDeny[0]")},
 			},
 			probe: []probe{{web, 1, 8, false, "ingressDeny[0]"}, {web, 1, 0, true, "ingress[0]"}, {web, 6, 443, true, "ingress[0]"}}},
 		{name: "other protocol is not contained",
-			allow: []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "80")}},
-			deny:  []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoUDP, "0")}},
+			allow: []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "80")}},
+			deny:  []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoUDP, "0")}},
 			want: map[MapKey]MapValue{
 				{1, Ingress, web, L4{6, 80, 24}}: {Rule: ref("ingress[0]")},
 				{1, Ingress, web, L4{17, 0, 8}}:  {Deny: true, Rule: ref("ingressDeny[0]")},
 			},
 			probe: []probe{{web, 6, 80, true, "ingress[0]"}, {web, 17, 80, false, "ingressDeny[0]"}}},
 		{name: "same key: deny wins",
-			allow: []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "80")}},
-			deny:  []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "80")}},
+			allow: []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "80")}},
+			deny:  []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "80")}},
 			want: map[MapKey]MapValue{
 				{1, Ingress, web, L4{6, 80, 24}}: {Deny: true, Rule: ref("ingressDeny[0]")},
 			},
 			probe: []probe{{web, 6, 80, false, "ingressDeny[0]"}}},
 		{name: "nested denies: the longest containing deny's rule",
-			allow: []IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "81")}},
-			deny: []IngressRule{
-				{FromEndpoints: webOnly, ToPorts: rsPorts(ProtoTCP, "0")},
-				{FromEndpoints: webOnly, ToPorts: []PortRule{{Ports: []PortProtocol{{Port: "80", EndPort: 95, Protocol: ProtoTCP}}}}},
+			allow: []api.IngressRule{{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "81")}},
+			deny: []api.IngressRule{
+				{FromEndpoints: webOnly, ToPorts: rsPorts(api.ProtoTCP, "0")},
+				{FromEndpoints: webOnly, ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "80", EndPort: 95, Protocol: api.ProtoTCP}}}}},
 			},
 			want: map[MapKey]MapValue{
 				{1, Ingress, web, L4{6, 81, 24}}: {Deny: true, Rule: ref("ingressDeny[1]")},
@@ -783,7 +785,7 @@ func TestResolveDenyPrecedence(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := w.build(ModeDefault, []Policy{rsPol("p", Rule{EndpointSelector: rsSel("app=srv"), Ingress: tc.allow, IngressDeny: tc.deny})})
+			r := w.build(ModeDefault, []api.Policy{rsPol("p", api.Rule{EndpointSelector: rsSel("app=srv"), Ingress: tc.allow, IngressDeny: tc.deny})})
 			p, _ := r.Endpoint(1)
 			if len(p.Entries) != len(tc.want) {
 				t.Errorf("%d entries, want %d: %v", len(p.Entries), len(tc.want), p.Entries)
@@ -824,16 +826,16 @@ func TestResolveDeterministicRuleRef(t *testing.T) {
 		identities: []identity.Identity{{ID: web, Labels: rsLabels(t, "app=web")}},
 		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=srv")}},
 	}
-	allow := IngressRule{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(ProtoTCP, "80")}
-	deny := IngressRule{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(ProtoTCP, "443")}
-	mk := func(ns, name string) Policy {
-		p := Policy{Kind: KindCiliumNetworkPolicy, Namespace: ns, Name: name, Rules: []Rule{
-			{EndpointSelector: rsSel("app=srv"), Ingress: []IngressRule{{FromEndpoints: rsSels("app=other")}, allow, allow}, IngressDeny: []IngressRule{deny, deny}},
-			{EndpointSelector: rsSel("app=srv"), Ingress: []IngressRule{allow}, IngressDeny: []IngressRule{deny}},
+	allow := api.IngressRule{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(api.ProtoTCP, "80")}
+	deny := api.IngressRule{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(api.ProtoTCP, "443")}
+	mk := func(ns, name string) api.Policy {
+		p := api.Policy{Kind: api.KindCiliumNetworkPolicy, Namespace: ns, Name: name, Rules: []api.Rule{
+			{EndpointSelector: rsSel("app=srv"), Ingress: []api.IngressRule{{FromEndpoints: rsSels("app=other")}, allow, allow}, IngressDeny: []api.IngressRule{deny, deny}},
+			{EndpointSelector: rsSel("app=srv"), Ingress: []api.IngressRule{allow}, IngressDeny: []api.IngressRule{deny}},
 		}}
 		return p
 	}
-	ps := []Policy{mk("b", "p"), mk("a", "z"), mk("a", "q"), mk("c", "a")}
+	ps := []api.Policy{mk("b", "p"), mk("a", "z"), mk("a", "q"), mk("c", "a")}
 	want := map[MapKey]MapValue{
 		{1, Ingress, web, L4{6, 80, 24}}:  {Rule: RuleRef{"a/q", 0, "ingress[1]"}},
 		{1, Ingress, web, L4{6, 443, 24}}: {Deny: true, Rule: RuleRef{"a/q", 0, "ingressDeny[0]"}},
@@ -851,7 +853,7 @@ func TestResolveDeterministicRuleRef(t *testing.T) {
 // ---- incremental ------------------------------------------------------
 
 // incWorld is 3 endpoints, 10 identities and 4 policies.
-func incWorld(t testing.TB) (rsWorld, []Policy) {
+func incWorld(t testing.TB) (rsWorld, []api.Policy) {
 	id := func(n uint32, ls string) identity.Identity {
 		return identity.Identity{ID: cid(n), Labels: rsLabels(t, ls)}
 	}
@@ -868,20 +870,20 @@ func incWorld(t testing.TB) (rsWorld, []Policy) {
 			{ID: 3, Identity: cid(5), Labels: rsLabels(t, "app=cache,env=prod")},
 		},
 	}
-	ps := []Policy{
-		rsPol("db", Rule{EndpointSelector: rsSel("app=db"),
-			Ingress:     []IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(ProtoTCP, "5432")}},
-			IngressDeny: []IngressRule{{FromEndpoints: rsSels("env=dev")}}}),
-		rsPol("web", Rule{EndpointSelector: rsSel("app=web"),
-			Egress: []EgressRule{
-				{ToEndpoints: rsSels("app=db"), ToPorts: rsPorts(ProtoTCP, "5432")},
-				{ToEndpoints: rsSels("app=cache"), ToPorts: rsPorts(ProtoTCP, "6379")},
-				{ToEntities: []Entity{EntityHost}},
+	ps := []api.Policy{
+		rsPol("db", api.Rule{EndpointSelector: rsSel("app=db"),
+			Ingress:     []api.IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(api.ProtoTCP, "5432")}},
+			IngressDeny: []api.IngressRule{{FromEndpoints: rsSels("env=dev")}}}),
+		rsPol("web", api.Rule{EndpointSelector: rsSel("app=web"),
+			Egress: []api.EgressRule{
+				{ToEndpoints: rsSels("app=db"), ToPorts: rsPorts(api.ProtoTCP, "5432")},
+				{ToEndpoints: rsSels("app=cache"), ToPorts: rsPorts(api.ProtoTCP, "6379")},
+				{ToEntities: []api.Entity{api.EntityHost}},
 			}}),
-		rsPol("cache", Rule{EndpointSelector: rsSel("app=cache"),
-			Ingress: []IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(ProtoAny, "6379")}}}),
-		{Kind: KindCiliumClusterwideNetworkPolicy, Name: "dns", Rules: []Rule{{EndpointSelector: &EndpointSelector{},
-			Egress: []EgressRule{{ToEndpoints: rsSels("k8s-app=kube-dns"), ToPorts: rsPorts(ProtoAny, "53")}}}}},
+		rsPol("cache", api.Rule{EndpointSelector: rsSel("app=cache"),
+			Ingress: []api.IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(api.ProtoAny, "6379")}}}),
+		{Kind: api.KindCiliumClusterwideNetworkPolicy, Name: "dns", Rules: []api.Rule{{EndpointSelector: &api.EndpointSelector{},
+			Egress: []api.EgressRule{{ToEndpoints: rsSels("k8s-app=kube-dns"), ToPorts: rsPorts(api.ProtoAny, "53")}}}}},
 	}
 	return w, ps
 }
@@ -1032,8 +1034,8 @@ func TestResolveIncremental(t *testing.T) {
 	t.Run("one policy changed", func(t *testing.T) {
 		epBefore, _ := counters()
 		next := slices.Clone(ps)
-		next[2] = rsPol("cache", Rule{EndpointSelector: rsSel("app=cache"),
-			Ingress: []IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(ProtoTCP, "6380")}}})
+		next[2] = rsPol("cache", api.Rule{EndpointSelector: rsSel("app=cache"),
+			Ingress: []api.IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(api.ProtoTCP, "6380")}}})
 		ch := r.SetPolicies(next)
 		rp.apply(t, ch)
 		if ep, _ := counters(); ep != epBefore+1 {
@@ -1058,7 +1060,7 @@ func TestResolveIncremental(t *testing.T) {
 
 	t.Run("identical policies", func(t *testing.T) {
 		epBefore, groups := counters()
-		again := make([]Policy, len(ps))
+		again := make([]api.Policy, len(ps))
 		for i, p := range ps {
 			again[i] = p.DeepCopy()
 		}
@@ -1073,7 +1075,7 @@ func TestResolveIncremental(t *testing.T) {
 
 	t.Run("policy selecting nothing changes nothing", func(t *testing.T) {
 		epBefore, _ := counters()
-		ch := r.SetPolicies(append(slices.Clone(ps), rsPol("idle", Rule{EndpointSelector: rsSel("app=none"), Ingress: []IngressRule{{}}})))
+		ch := r.SetPolicies(append(slices.Clone(ps), rsPol("idle", api.Rule{EndpointSelector: rsSel("app=none"), Ingress: []api.IngressRule{{}}})))
 		if !ch.Empty() {
 			t.Fatalf("change:\n%s", ch)
 		}
@@ -1108,7 +1110,7 @@ func TestResolveIncremental(t *testing.T) {
 		}
 	}
 	r.mu.Unlock()
-	if d := sameState(r, fresh.build(ModeDefault, append(slices.Clone(ps), rsPol("idle", Rule{EndpointSelector: rsSel("app=none"), Ingress: []IngressRule{{}}})))); d != "" {
+	if d := sameState(r, fresh.build(ModeDefault, append(slices.Clone(ps), rsPol("idle", api.Rule{EndpointSelector: rsSel("app=none"), Ingress: []api.IngressRule{{}}})))); d != "" {
 		t.Fatal(d)
 	}
 }
@@ -1130,25 +1132,25 @@ func TestResolveIncrementalRandom(t *testing.T) {
 	_, inc := incWorld(t)
 	ps = append(ps, inc...)
 	ps = append(ps,
-		rsPol("cidr", Rule{EndpointSelector: rsSel("env=prod"),
-			Egress:     []EgressRule{{ToCIDRSet: []CIDRRule{{CIDR: "10.0.0.0/8", Except: []string{"10.9.0.0/16"}}}}, {ToEntities: []Entity{EntityWorld}, ToPorts: rsPorts(ProtoTCP, "80")}},
-			EgressDeny: []EgressRule{{ToCIDR: []string{"10.9.0.0/16"}, ToPorts: rsPorts(ProtoTCP, "0")}}}),
+		rsPol("cidr", api.Rule{EndpointSelector: rsSel("env=prod"),
+			Egress:     []api.EgressRule{{ToCIDRSet: []api.CIDRRule{{CIDR: "10.0.0.0/8", Except: []string{"10.9.0.0/16"}}}}, {ToEntities: []api.Entity{api.EntityWorld}, ToPorts: rsPorts(api.ProtoTCP, "80")}},
+			EgressDeny: []api.EgressRule{{ToCIDR: []string{"10.9.0.0/16"}, ToPorts: rsPorts(api.ProtoTCP, "0")}}}),
 		// Allows inside denies for peers selected by labels.
-		rsPol("overlap", Rule{EndpointSelector: rsSel("env=prod"),
-			Ingress: []IngressRule{
-				{FromEndpoints: rsSels("app=web"), ToPorts: []PortRule{{Ports: []PortProtocol{{Port: "80", EndPort: 83, Protocol: ProtoTCP}}}}},
-				{FromEndpoints: []EndpointSelector{{}}, ToPorts: rsPorts(ProtoAny, "81")},
+		rsPol("overlap", api.Rule{EndpointSelector: rsSel("env=prod"),
+			Ingress: []api.IngressRule{
+				{FromEndpoints: rsSels("app=web"), ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "80", EndPort: 83, Protocol: api.ProtoTCP}}}}},
+				{FromEndpoints: []api.EndpointSelector{{}}, ToPorts: rsPorts(api.ProtoAny, "81")},
 			},
-			IngressDeny: []IngressRule{
-				{FromEndpoints: rsSels("env=dev"), ToPorts: rsPorts(ProtoTCP, "81")},
-				{FromEndpoints: rsSels("tier=front"), ToPorts: rsPorts(ProtoTCP, "0")},
+			IngressDeny: []api.IngressRule{
+				{FromEndpoints: rsSels("env=dev"), ToPorts: rsPorts(api.ProtoTCP, "81")},
+				{FromEndpoints: rsSels("tier=front"), ToPorts: rsPorts(api.ProtoTCP, "0")},
 			}}))
 	// Toggled, so that CIDR identities come and go under unchanged policies.
-	cidrPolicies := []Policy{
-		rsPol("cidr2", Rule{EndpointSelector: rsSel("app=web"), Ingress: []IngressRule{{FromCIDR: []string{"10.1.0.0/16", "0.0.0.0/0"}}}}),
-		rsPol("cidr2", Rule{EndpointSelector: rsSel("app=db"),
-			IngressDeny: []IngressRule{{FromCIDR: []string{"10.2.0.0/16"}, ToPorts: rsPorts(ProtoUDP, "53")}},
-			Egress:      []EgressRule{{ToCIDR: []string{"10.9.5.0/24"}, ToPorts: rsPorts(ProtoTCP, "443")}}}),
+	cidrPolicies := []api.Policy{
+		rsPol("cidr2", api.Rule{EndpointSelector: rsSel("app=web"), Ingress: []api.IngressRule{{FromCIDR: []string{"10.1.0.0/16", "0.0.0.0/0"}}}}),
+		rsPol("cidr2", api.Rule{EndpointSelector: rsSel("app=db"),
+			IngressDeny: []api.IngressRule{{FromCIDR: []string{"10.2.0.0/16"}, ToPorts: rsPorts(api.ProtoUDP, "53")}},
+			Egress:      []api.EgressRule{{ToCIDR: []string{"10.9.5.0/24"}, ToPorts: rsPorts(api.ProtoTCP, "443")}}}),
 	}
 	for _, mode := range []Mode{ModeDefault, ModeAlways, ModeNever} {
 		t.Run(string(mode), func(t *testing.T) {
@@ -1157,7 +1159,7 @@ func TestResolveIncrementalRandom(t *testing.T) {
 			rp := newReplica()
 			idents := map[identity.NumericIdentity]labels.Labels{}
 			eps := map[uint16]labels.Labels{}
-			var cur []Policy
+			var cur []api.Policy
 			var upserts, deletes int
 			for step := range 400 {
 				var what string
@@ -1279,15 +1281,15 @@ func TestResolverConcurrentUse(t *testing.T) {
 // ---- trace ------------------------------------------------------------
 
 func TestResolveTrace(t *testing.T) {
-	ps := []Policy{
-		rsPol("allow-web", Rule{EndpointSelector: rsSel("app=db"),
-			Ingress: []IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(ProtoTCP, "5432")}}}),
-		rsPol("deny-db", Rule{EndpointSelector: rsSel("app=db"),
-			IngressDeny: []IngressRule{{FromEndpoints: rsSels("env=dev")}}}),
-		rsPol("web-egress", Rule{EndpointSelector: rsSel("app=web"),
-			Egress: []EgressRule{{ToEndpoints: rsSels("app=db"), ToPorts: rsPorts(ProtoTCP, "5432")}}}),
-		rsPol("host", Rule{EndpointSelector: rsSel("app=db"),
-			Ingress: []IngressRule{{FromEntities: []Entity{EntityHost}, ICMPs: rsICMP(8)}}}),
+	ps := []api.Policy{
+		rsPol("allow-web", api.Rule{EndpointSelector: rsSel("app=db"),
+			Ingress: []api.IngressRule{{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(api.ProtoTCP, "5432")}}}),
+		rsPol("deny-db", api.Rule{EndpointSelector: rsSel("app=db"),
+			IngressDeny: []api.IngressRule{{FromEndpoints: rsSels("env=dev")}}}),
+		rsPol("web-egress", api.Rule{EndpointSelector: rsSel("app=web"),
+			Egress: []api.EgressRule{{ToEndpoints: rsSels("app=db"), ToPorts: rsPorts(api.ProtoTCP, "5432")}}}),
+		rsPol("host", api.Rule{EndpointSelector: rsSel("app=db"),
+			Ingress: []api.IngressRule{{FromEntities: []api.Entity{api.EntityHost}, ICMPs: rsICMP(8)}}}),
 	}
 	webRef := RuleRef{"default/web-egress", 0, "egress[0]"}
 	allowRef := RuleRef{"default/allow-web", 0, "ingress[0]"}
@@ -1362,33 +1364,33 @@ func benchWorld(n, eps int) rsWorld {
 // benchPolicies is n rules, 10 per policy, each selecting one app of the
 // first 50 and allowing a few others in and out, with some deny, CIDR and
 // entity rules.
-func benchPolicies(n int) []Policy {
+func benchPolicies(n int) []api.Policy {
 	rnd := rand.New(rand.NewSource(42))
-	var ps []Policy
+	var ps []api.Policy
 	for g := range n {
 		if g%10 == 0 {
 			ps = append(ps, rsPol(fmt.Sprintf("p-%03d", g/10)))
 		}
 		p := &ps[len(ps)-1]
-		r := Rule{
+		r := api.Rule{
 			EndpointSelector: rsSel(fmt.Sprintf("k8s:app=app-%d", g%50)),
-			Ingress: []IngressRule{{FromEndpoints: rsSels(fmt.Sprintf("k8s:app=app-%d", rnd.Intn(200))),
-				ToPorts: rsPorts(ProtoTCP, fmt.Sprint(8000+rnd.Intn(200)))}},
-			Egress: []EgressRule{{ToEndpoints: rsSels(fmt.Sprintf("app=app-%d", rnd.Intn(200))),
-				ToPorts: []PortRule{{Ports: []PortProtocol{{Port: "5432", Protocol: ProtoTCP}, {Port: "53", Protocol: ProtoAny}}}}}},
+			Ingress: []api.IngressRule{{FromEndpoints: rsSels(fmt.Sprintf("k8s:app=app-%d", rnd.Intn(200))),
+				ToPorts: rsPorts(api.ProtoTCP, fmt.Sprint(8000+rnd.Intn(200)))}},
+			Egress: []api.EgressRule{{ToEndpoints: rsSels(fmt.Sprintf("app=app-%d", rnd.Intn(200))),
+				ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "5432", Protocol: api.ProtoTCP}, {Port: "53", Protocol: api.ProtoAny}}}}}},
 		}
 		if g%10 == 3 {
-			r.IngressDeny = []IngressRule{{FromEndpoints: rsSels(fmt.Sprintf("app=app-%d", rnd.Intn(200)), "tier=data")}}
+			r.IngressDeny = []api.IngressRule{{FromEndpoints: rsSels(fmt.Sprintf("app=app-%d", rnd.Intn(200)), "tier=data")}}
 		}
 		if g%20 == 7 {
-			r.Egress = append(r.Egress, EgressRule{ToCIDRSet: []CIDRRule{{CIDR: fmt.Sprintf("10.%d.0.0/16", g%256),
-				Except: []string{fmt.Sprintf("10.%d.1.0/24", g%256)}}}, ToPorts: rsPorts(ProtoTCP, "443")})
+			r.Egress = append(r.Egress, api.EgressRule{ToCIDRSet: []api.CIDRRule{{CIDR: fmt.Sprintf("10.%d.0.0/16", g%256),
+				Except: []string{fmt.Sprintf("10.%d.1.0/24", g%256)}}}, ToPorts: rsPorts(api.ProtoTCP, "443")})
 		}
 		if g%25 == 11 {
-			r.Egress = append(r.Egress, EgressRule{ToEntities: []Entity{EntityWorld}, ToPorts: []PortRule{{Ports: []PortProtocol{{Port: "8000", EndPort: 8099, Protocol: ProtoTCP}}}}})
+			r.Egress = append(r.Egress, api.EgressRule{ToEntities: []api.Entity{api.EntityWorld}, ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "8000", EndPort: 8099, Protocol: api.ProtoTCP}}}}})
 		}
 		if g%50 == 13 {
-			r.Ingress = append(r.Ingress, IngressRule{FromEntities: []Entity{EntityCluster}, ICMPs: rsICMP(8)})
+			r.Ingress = append(r.Ingress, api.IngressRule{FromEntities: []api.Entity{api.EntityCluster}, ICMPs: rsICMP(8)})
 		}
 		p.Rules = append(p.Rules, r)
 	}
@@ -1492,18 +1494,18 @@ func TestResolveAWSGroups(t *testing.T) {
 	addr := netip.MustParseAddr
 	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
 	other := EndpointInfo{ID: 2, Identity: cid(2), Labels: rsLabels(t, "app=other")}
-	g := AWSGroup{SecurityGroupsIDs: []string{"sg-2", "sg-1"}}
-	p := rsPol("egress-groups", Rule{EndpointSelector: rsSel("app=web"), Egress: []EgressRule{{
-		ToGroups: []Groups{{AWS: &g}}, ToPorts: rsPorts(ProtoTCP, "443")}}})
-	q := rsPol("other", Rule{EndpointSelector: rsSel("app=other"), Egress: []EgressRule{{ToCIDR: []string{"192.0.2.0/24"}}}})
+	g := api.AWSGroup{SecurityGroupsIDs: []string{"sg-2", "sg-1"}}
+	p := rsPol("egress-groups", api.Rule{EndpointSelector: rsSel("app=web"), Egress: []api.EgressRule{{
+		ToGroups: []api.Groups{{AWS: &g}}, ToPorts: rsPorts(api.ProtoTCP, "443")}}})
+	q := rsPol("other", api.Rule{EndpointSelector: rsSel("app=other"), Egress: []api.EgressRule{{ToCIDR: []string{"192.0.2.0/24"}}}})
 	r := NewResolver(ModeDefault)
 	rp := newReplica()
 	rp.apply(t, r.UpsertEndpoint(web))
 	rp.apply(t, r.UpsertEndpoint(other))
-	rp.apply(t, r.SetPolicies([]Policy{p, q}))
+	rp.apply(t, r.SetPolicies([]api.Policy{p, q}))
 	rp.check(t, r)
-	key := GroupKey(AWSGroup{SecurityGroupsIDs: []string{"sg-1", "sg-2"}})
-	if GroupKey(g) != key {
+	key := api.GroupKey(api.AWSGroup{SecurityGroupsIDs: []string{"sg-1", "sg-2"}})
+	if api.GroupKey(g) != key {
 		t.Fatal("GroupKey depends on order")
 	}
 	if _, ok := r.GroupsInUse()[key]; !ok {
@@ -1562,7 +1564,7 @@ func mustEP(t *testing.T, r *Resolver, id uint16) EndpointPolicy {
 // toNodes: a node selector selects nothing until the agent gives it the
 // matching nodes' addresses, then those as /32 peers.
 func TestResolveToNodes(t *testing.T) {
-	ps, err := Parse([]byte(`apiVersion: cilium.io/v2
+	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: metrics}
 spec:

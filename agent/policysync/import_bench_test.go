@@ -11,6 +11,7 @@ import (
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -19,7 +20,7 @@ import (
 // PUT /v1/policies on an agent's API, stored in one etcd transaction
 // (embedded etcd), followed back from the kvstore into the repository and
 // handed to a resolver — the import returns once this node enforces the
-// set. Baseline from the same run: policy.Parse of the same input alone.
+// set. Baseline from the same run: policyapi.Parse of the same input alone.
 func BenchmarkImport10kPolicies(b *testing.B) {
 	var docs []string
 	for i := range 10000 {
@@ -58,7 +59,7 @@ func BenchmarkImport10kPolicies(b *testing.B) {
 
 		b.StopTimer()
 		start = time.Now()
-		if _, err := policy.Parse([]byte(body)); err != nil {
+		if _, err := policyapi.Parse([]byte(body)); err != nil {
 			b.Fatal(err)
 		}
 		parsed := time.Since(start)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 )
 
 // Prefix of the policies in the kvstore: <Prefix><cluster>/<key>, where key
@@ -36,7 +37,7 @@ var (
 	ErrTooLarge = errors.New("policy import too large for one kvstore transaction")
 	// ErrScope is wrapped by the error for an unknown scope or a policy
 	// changed through the wrong one (an invalid request).
-	ErrScope = fmt.Errorf("%w: scope", policy.ErrInvalidPolicy)
+	ErrScope = fmt.Errorf("%w: scope", api.ErrInvalidPolicy)
 )
 
 // Config of a Store.
@@ -124,7 +125,7 @@ func (s *Store) resync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ps := make([]policy.Policy, 0, len(kvs))
+	ps := make([]api.Policy, 0, len(kvs))
 	for _, kv := range kvs {
 		p, err := s.decode(kv)
 		if err != nil {
@@ -151,14 +152,14 @@ func (s *Store) resync(ctx context.Context) error {
 
 // decode reads one stored policy; it must be valid and stored under its
 // own key.
-func (s *Store) decode(kv kvstore.KeyValue) (policy.Policy, error) {
-	var p policy.Policy
+func (s *Store) decode(kv kvstore.KeyValue) (api.Policy, error) {
+	var p api.Policy
 	dec := json.NewDecoder(bytes.NewReader(kv.Value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
 		return p, err
 	}
-	if _, err := policy.Prepare([]policy.Policy{p}); err != nil {
+	if _, err := api.Prepare([]api.Policy{p}); err != nil {
 		return p, err
 	}
 	if want := s.prefix + p.Key(); kv.Key != want {
@@ -201,12 +202,12 @@ func scope(sc string) (string, error) {
 // for scope local, this node's repository. Nothing is stored if any policy
 // is invalid or ctx ends before the commit. It returns once this node
 // enforces the import, with the repository's revision.
-func (s *Store) ImportContext(ctx context.Context, ps []policy.Policy, sc string) (uint64, error) {
+func (s *Store) ImportContext(ctx context.Context, ps []api.Policy, sc string) (uint64, error) {
 	sc, err := scope(sc)
 	if err != nil {
 		return 0, err
 	}
-	staged, err := policy.Prepare(ps)
+	staged, err := api.Prepare(ps)
 	if err != nil {
 		return 0, err
 	}
@@ -298,7 +299,7 @@ func scopeName(sc string) string {
 }
 
 // Import stores policies for the cluster (api.Policies without a request).
-func (s *Store) Import(ps []policy.Policy) (uint64, error) {
+func (s *Store) Import(ps []api.Policy) (uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return s.ImportContext(ctx, ps, policy.ScopeCluster)
@@ -312,11 +313,11 @@ func (s *Store) Delete(key string) (uint64, error) {
 }
 
 // Get returns the policy with key as this node enforces it.
-func (s *Store) Get(key string) (policy.Policy, error) { return s.cfg.Repo.Get(key) }
+func (s *Store) Get(key string) (api.Policy, error) { return s.cfg.Repo.Get(key) }
 
 // List returns the policies this node enforces: the cluster's, its
 // node-local ones and, in Kubernetes mode, those from the API server.
-func (s *Store) List() []policy.Policy { return s.cfg.Repo.List() }
+func (s *Store) List() []api.Policy { return s.cfg.Repo.List() }
 
 // Scope returns the scope of a policy: cluster, local, or kubernetes.
 func (s *Store) Scope(key string) (string, error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -34,9 +35,9 @@ spec:
 `, name, port)
 }
 
-func parse(t *testing.T, docs ...string) []policy.Policy {
+func parse(t *testing.T, docs ...string) []policyapi.Policy {
 	t.Helper()
-	ps, err := policy.Parse([]byte(strings.Join(docs, "---\n")))
+	ps, err := policyapi.Parse([]byte(strings.Join(docs, "---\n")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +150,7 @@ func TestImportAllOrNothing(t *testing.T) {
 	n1 := startAgent(t, kv, "", false)
 	bad := parse(t, doc("ok", 80), doc("bad", 80))
 	bad[1].Rules[0].Ingress[0].ToPorts[0].Ports[0].Port = "99999"
-	if _, err := n1.store.ImportContext(ctx(t), bad, ""); !errors.Is(err, policy.ErrInvalidPolicy) {
+	if _, err := n1.store.ImportContext(ctx(t), bad, ""); !errors.Is(err, policyapi.ErrInvalidPolicy) {
 		t.Fatalf("import with an invalid policy: %v", err)
 	}
 	if keys := stored(t, kv); len(keys) != 0 || len(n1.store.List()) != 0 {

@@ -62,11 +62,11 @@ var keyEscaper = strings.NewReplacer("%", "%25", ",", "%2C", ";", "%3B", "=", "%
 //
 //	region=<region>;ids=<id>,...;names=<name>,...;tags=<key>=<value>,...
 //
-// with each list sorted, which is the form policy.GroupKey gives the same
+// with each list sorted, which is the form policy/api.GroupKey gives the same
 // selector, so the two can be used interchangeably. Unlike that one, the
 // characters '%', ',', ';' and '=' inside a value are percent-escaped, so
 // different groups always have different keys. Duplicates are kept (as
-// policy.GroupKey does), and an empty Region is kept empty: the key does
+// policy/api.GroupKey does), and an empty Region is kept empty: the key does
 // not depend on the resolver's default region. The key may contain '/'
 // (tag keys often do).
 func (g Group) Key() string {

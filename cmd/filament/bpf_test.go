@@ -14,6 +14,7 @@ import (
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 )
 
 // oneEndpoint knows endpoint 5 only (the other methods are not used).
@@ -116,9 +117,9 @@ func TestPolicyTableNamesClusterWide(t *testing.T) {
 	var out bytes.Buffer
 	c := &cli{out: &out}
 	if err := c.print(nil, func(w *tabwriter.Writer) {
-		policyTable(w, []policy.Policy{
-			{Kind: policy.KindCiliumClusterwideNetworkPolicy, Name: "everywhere", Rules: make([]policy.Rule, 1)},
-			{Kind: "CiliumNetworkPolicy", Namespace: "prod", Name: "here", Rules: make([]policy.Rule, 2)},
+		policyTable(w, []policyapi.Policy{
+			{Kind: policyapi.KindCiliumClusterwideNetworkPolicy, Name: "everywhere", Rules: make([]policyapi.Rule, 1)},
+			{Kind: "CiliumNetworkPolicy", Namespace: "prod", Name: "here", Rules: make([]policyapi.Rule, 2)},
 		})
 	}); err != nil {
 		t.Fatal(err)

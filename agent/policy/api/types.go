@@ -1,7 +1,12 @@
-// Package policy owns network policy as users write it:
+// Package api is the policy document model, the first of the two layers
+// of policy (the engine, agent/policy, is the second): the types of network
+// policy as users write it, and what can be said of a document alone.
 // CiliumNetworkPolicy-compatible and Kubernetes NetworkPolicy documents are
-// parsed strictly, validated with errors that name the field, and kept in a
-// repository that is persisted and replaced all-or-nothing.
+// parsed strictly, validated with errors that name the field, normalised,
+// copied (DeepCopy) and scoped to a cluster; GroupKey and NodeSelectorKey
+// name the groups and node selectors a document refers to. The package
+// knows nothing of identities, endpoints, storage or the datapath, and the
+// L7 rules of toPorts belong here too.
 //
 // Every document becomes a Policy holding Rules in one internal form whose
 // field names and JSON tags are Cilium's. Rules are normalised on the way in,
@@ -13,7 +18,7 @@
 //     namespace with the label `k8s:io.kubernetes.pod.namespace`;
 //   - an empty port protocol becomes ANY, an empty port "0" (all ports), an
 //     empty ICMP family IPv4, and an empty toServices namespace the policy's.
-package policy
+package api
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package policy
+package api
 
 // Checks of toPorts (L4 ports and L7 rules) and icmps.
 
@@ -52,9 +52,9 @@ func (v *validator) portRule(p fieldPath, pr *PortRule, deny bool) {
 
 var serverName = regexp.MustCompile(`^(\*\.)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*$`)
 
-// portNumber reads a decimal port: numeric is false when s is not all
+// PortNumber reads a decimal port: numeric is false when s is not all
 // digits, and n is -1 for a number above 65535.
-func portNumber(s string) (n int, numeric bool) {
+func PortNumber(s string) (n int, numeric bool) {
 	if s == "" || strings.Trim(s, "0123456789") != "" {
 		return 0, false
 	}
@@ -78,7 +78,7 @@ func (v *validator) portProtocol(p fieldPath, pp PortProtocol) {
 	if port == "" {
 		port = "0"
 	}
-	n, numeric := portNumber(port)
+	n, numeric := PortNumber(port)
 	switch {
 	case !numeric:
 		if !isPortName(port) {

@@ -1,4 +1,4 @@
-package policy
+package api
 
 import (
 	"errors"
@@ -161,7 +161,7 @@ func (v *validator) rule(p fieldPath, r *Rule, sc scope) {
 		if sc.namespace != "" {
 			for _, k := range sortedKeys(r.EndpointSelector.MatchLabels) {
 				val := r.EndpointSelector.MatchLabels[k]
-				if _, key := splitKey(k); key == labels.KeyNamespace && val != sc.namespace {
+				if _, key := SplitKey(k); key == labels.KeyNamespace && val != sc.namespace {
 					v.addf(sp.child("matchLabels").key(k), "%q: a %s only selects endpoints of its own namespace %q", val, sc.kind, sc.namespace)
 				}
 			}
@@ -263,7 +263,7 @@ func (v *validator) selector(p fieldPath, s *EndpointSelector, withSource bool) 
 func (v *validator) selectorKey(p fieldPath, k string, withSource bool) bool {
 	source, key := labels.SourceK8s, k
 	if withSource {
-		source, key = splitKey(k)
+		source, key = SplitKey(k)
 	}
 	if source == labels.SourceCIDR {
 		if _, err := netip.ParsePrefix(key); err != nil {
@@ -285,8 +285,8 @@ func (v *validator) selectors(p fieldPath, ss []EndpointSelector) {
 	}
 }
 
-// parseCIDR reads a prefix, or a bare address as a full-length prefix.
-func parseCIDR(s string) (netip.Prefix, error) {
+// ParseCIDR reads a prefix, or a bare address as a full-length prefix.
+func ParseCIDR(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		return netip.ParsePrefix(s)
 	}
@@ -305,7 +305,7 @@ func (v *validator) cidr(p fieldPath, s string) (netip.Prefix, bool) {
 		v.addf(p, "required")
 		return netip.Prefix{}, false
 	}
-	pfx, err := parseCIDR(s)
+	pfx, err := ParseCIDR(s)
 	if err != nil {
 		v.addf(p, "%q is not a CIDR or IP address", s)
 		return netip.Prefix{}, false
@@ -323,7 +323,7 @@ func (v *validator) cidrSet(p fieldPath, r CIDRRule) {
 	outer, ok := v.cidr(p.child("cidr"), r.CIDR)
 	for i, e := range r.Except {
 		inner, iok := v.cidr(p.child("except").index(i), e)
-		if ok && iok && !containsPrefix(outer, inner) {
+		if ok && iok && !ContainsPrefix(outer, inner) {
 			v.addf(p.child("except").index(i), "%q is not inside cidr %q", e, r.CIDR)
 		}
 	}
@@ -335,7 +335,8 @@ func (v *validator) cidrSets(p fieldPath, rs []CIDRRule) {
 	}
 }
 
-func containsPrefix(outer, inner netip.Prefix) bool {
+// ContainsPrefix reports whether inner lies within outer (same family).
+func ContainsPrefix(outer, inner netip.Prefix) bool {
 	return outer.Addr().Is4() == inner.Addr().Is4() &&
 		inner.Bits() >= outer.Bits() && outer.Masked().Contains(inner.Addr())
 }

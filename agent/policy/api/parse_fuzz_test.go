@@ -1,4 +1,4 @@
-package policy_test
+package api_test
 
 import (
 	"encoding/json"
@@ -6,22 +6,22 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 )
 
-// FuzzParse feeds arbitrary documents to policy.Parse, the entry point of
+// FuzzParse feeds arbitrary documents to api.Parse, the entry point of
 // every policy upload (API, CLI, kvstore, Kubernetes). It must never panic,
 // and either refuse the input with ErrInvalidPolicy and no policy, or return
 // policies that pass Validate, that parse back from their own Source to the
 // same policy, and that survive the JSON form they are stored in unchanged.
 func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ps, err := policy.Parse(data)
+		ps, err := api.Parse(data)
 		if err != nil {
 			if ps != nil {
 				t.Fatalf("Parse returned %d policies with error %v", len(ps), err)
 			}
-			if !errors.Is(err, policy.ErrInvalidPolicy) {
+			if !errors.Is(err, api.ErrInvalidPolicy) {
 				t.Fatalf("Parse error does not wrap ErrInvalidPolicy: %v", err)
 			}
 			return
@@ -30,7 +30,7 @@ func FuzzParse(f *testing.F) {
 			if err := p.Validate(); err != nil {
 				t.Fatalf("Parse accepted %q but Validate refuses it: %v", p.Key(), err)
 			}
-			again, err := policy.Parse([]byte(p.Source))
+			again, err := api.Parse([]byte(p.Source))
 			if err != nil || len(again) != 1 {
 				t.Fatalf("%q does not parse back from its Source (%d policies, %v):\n%s", p.Key(), len(again), err, p.Source)
 			}
@@ -41,7 +41,7 @@ func FuzzParse(f *testing.F) {
 			if err != nil {
 				t.Fatalf("%q does not marshal: %v", p.Key(), err)
 			}
-			var stored policy.Policy
+			var stored api.Policy
 			if err := json.Unmarshal(b, &stored); err != nil {
 				t.Fatalf("%q does not unmarshal from its JSON form: %v\n%s", p.Key(), err, b)
 			}

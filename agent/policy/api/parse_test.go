@@ -1,4 +1,4 @@
-package policy
+package api
 
 import (
 	"bytes"
@@ -33,63 +33,13 @@ func check[T any](t *testing.T, what string, got, want T) {
 	}
 }
 
-const fullCNP = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: allow-web
-  namespace: prod
-  labels: {team: web}
-spec:
-  description: web tier
-  labels: ["k8s:owner=web"]
-  endpointSelector:
-    matchLabels: {app: web}
-  ingress:
-  - fromEndpoints:
-    - matchLabels: {"k8s:app": frontend}
-      matchExpressions: [{key: tier, operator: In, values: [a, b]}]
-    - matchLabels: {"k8s:io.kubernetes.pod.namespace": monitoring}
-    fromRequires:
-    - matchLabels: {env: prod}
-    toPorts:
-    - ports: [{port: "80", protocol: TCP}, {port: "8000", endPort: 8080, protocol: TCP}]
-      rules:
-        http:
-        - method: GET
-          path: "/api/v[0-9]+/.*"
-          headers: ["X-Token: abc"]
-  - fromCIDR: [192.0.2.0/24, 198.51.100.7]
-    fromCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
-    toPorts:
-    - ports: [{port: https, protocol: TCP}]
-      serverNames: ["*.example.com"]
-  - fromEntities: [world, kube-apiserver]
-    fromGroups: [{aws: {securityGroupsIds: [sg-123], region: us-east-1}}]
-    icmps: [{fields: [{type: EchoRequest}, {family: IPv6, type: 128}]}]
-  ingressDeny:
-  - fromCIDR: [203.0.113.0/24]
-    toPorts: [{ports: [{port: "22", protocol: TCP}]}]
-  egress:
-  - toEndpoints: [{matchLabels: {app: db}}]
-    toPorts: [{ports: [{port: 5432}]}]
-  - toServices:
-    - k8sService: {serviceName: kube-dns, namespace: kube-system}
-    - k8sServiceSelector: {selector: {matchLabels: {svc: api}}}
-    toPorts:
-    - ports: [{port: "53", protocol: UDP}]
-      rules:
-        dns: [{matchPattern: "*.example.com"}]
-  - toFQDNs: [{matchName: api.example.com}, {matchPattern: "*.cdn.example.com"}]
-    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
-  - toEntities: [cluster]
-    toCIDRSet: [{cidr: "2001:db8::/32", except: ["2001:db8:1::/48"]}]
-    toGroups: [{aws: {securityGroupsNames: [web]}}]
-    toRequires: [{matchLabels: {"reserved:host": ""}}]
-    toPorts: [{ports: [{port: "9092", protocol: TCP}], rules: {kafka: [{role: produce, topic: events}]}}]
-  egressDeny:
-  - toEntities: [world]
-    toPorts: [{ports: [{port: "0", protocol: UDP}]}]
-`
+var fullCNP = func() string {
+	b, err := os.ReadFile("testdata/full-cnp.yaml")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
 
 func TestParseCiliumNetworkPolicy(t *testing.T) {
 	p := parseOne(t, fullCNP)
@@ -432,7 +382,7 @@ spec:
 `,
 	}
 	for _, name := range []string{"allow-web-to-db.yaml", "allow-web-from-c1.yaml"} {
-		b, err := os.ReadFile("../../docs/examples/" + name)
+		b, err := os.ReadFile("../../../docs/examples/" + name)
 		if err != nil {
 			t.Fatal(err)
 		}

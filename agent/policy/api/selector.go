@@ -1,4 +1,4 @@
-package policy
+package api
 
 import (
 	"slices"
@@ -15,9 +15,9 @@ const podNamespaceKey = labels.SourceK8s + ":" + labels.KeyNamespace
 // carried by the endpoints of that namespace (Cilium's convention).
 const namespaceLabelPrefix = "io.cilium.k8s.namespace.labels."
 
-// splitKey splits a selector key into label source and label key. A key
+// SplitKey splits a selector key into label source and label key. A key
 // without a known source prefix has source any.
-func splitKey(k string) (source, key string) {
+func SplitKey(k string) (source, key string) {
 	if i := strings.IndexByte(k, ':'); i >= 0 && isSource(k[:i]) {
 		return k[:i], k[i+1:]
 	}
@@ -73,7 +73,7 @@ func (r SelectorRequirement) matches(ls labels.Labels) bool {
 // hasLabel reports whether ls has a label that selector key key names and
 // whose value satisfies ok.
 func hasLabel(ls labels.Labels, key string, ok func(value string) bool) bool {
-	source, k := splitKey(key)
+	source, k := SplitKey(key)
 	for _, l := range ls {
 		if l.Key == k && (source == labels.SourceAny || l.Source == source) && ok(l.Value) {
 			return true
@@ -99,7 +99,7 @@ func (s *EndpointSelector) keys() []string {
 // reserved label, and so must not be restricted to the policy's namespace.
 func (s *EndpointSelector) scopesItself() bool {
 	for _, k := range s.keys() {
-		source, key := splitKey(k)
+		source, key := SplitKey(k)
 		if key == labels.KeyNamespace || source == labels.SourceReserved {
 			return true
 		}

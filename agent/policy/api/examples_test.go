@@ -1,4 +1,4 @@
-package policy
+package api
 
 import (
 	"os"
@@ -7,7 +7,7 @@ import (
 
 // The examples in docs/ are valid policy.
 func TestDocExamplesParse(t *testing.T) {
-	b, err := os.ReadFile("../../docs/examples/allow-web-to-db.yaml")
+	b, err := os.ReadFile("../../../docs/examples/allow-web-to-db.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,7 +21,7 @@ func TestDocExamplesParse(t *testing.T) {
 }
 
 func TestClusterMeshExampleParses(t *testing.T) {
-	b, err := os.ReadFile("../../docs/examples/allow-web-from-c1.yaml")
+	b, err := os.ReadFile("../../../docs/examples/allow-web-from-c1.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

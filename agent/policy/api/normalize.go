@@ -1,4 +1,4 @@
-package policy
+package api
 
 // normalize brings p into the internal form described in the package
 // comment. It is idempotent and modifies p's maps and slices in place.
