@@ -91,7 +91,15 @@ type Config struct {
 	// MaglevSize is the Maglev table size, set into the programs at load
 	// (the caller chooses and checks it: a prime, see agent/service/maglev).
 	MaglevSize uint32
+	// ProxyPort is the node's L7 proxy listener: flows of policy entries
+	// with L7 rules are steered to it.
+	ProxyPort uint16
 }
+
+// noProxyPort is the proxy port of L7 entries when no proxy is configured:
+// a port nothing listens on, so their flows are dropped (REASON_NO_PROXY)
+// rather than let through without their L7 rules.
+const noProxyPort = 0xffff
 
 // Datapath is the loaded programs and pinned maps of one node.
 type Datapath struct {
@@ -104,6 +112,7 @@ type Datapath struct {
 	lb         lb
 	maglevSize uint32
 	nodeDevs   map[string]bool // devices of the node itself (overlay, underlay), not endpoints
+	proxyPort  uint16
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -167,7 +176,7 @@ func Load(c Config) (*Datapath, error) {
 			m.Pinning = ebpf.PinByName
 		}
 	}
-	d := &Datapath{pinDir: pinDir, attach: c.Attach, maglevSize: c.MaglevSize, nodeDevs: map[string]bool{}}
+	d := &Datapath{pinDir: pinDir, attach: c.Attach, maglevSize: c.MaglevSize, proxyPort: c.ProxyPort, nodeDevs: map[string]bool{}}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
 	err = spec.LoadAndAssign(&d.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -366,6 +375,14 @@ func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, delete
 		}
 		if k.L4.PrefixLen == 24 {
 			bv.Flags = policyFlagPort
+		}
+		if v.L7 != "" && !v.Deny {
+			// Fail closed: with no proxy port configured the flow is
+			// steered to port 0, which nothing listens on, and dropped.
+			bv.ProxyPort = d.proxyPort
+			if bv.ProxyPort == 0 {
+				bv.ProxyPort = noProxyPort
+			}
 		}
 		if err := d.objs.Policy.Put(&bk, &bv); err != nil {
 			return n, fmt.Errorf("policy map: put: %w", err)

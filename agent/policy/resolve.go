@@ -29,8 +29,13 @@ package policy
 // recomputes against them; per rule section it caches the set of selected
 // peer identities.
 //
-// L7 rules (toPorts[].rules) and serverNames are not enforced yet: their
-// ports are allowed at L4. Named ports, groups, services, DNS names and the
+// An allow whose port carries HTTP rules (toPorts[].rules.http) becomes an
+// entry marked L7: the datapath sends its flows through the node's proxy,
+// which applies the rules (L7Policies lists them). For one endpoint,
+// direction, peer and port, an allow without L7 rules lets every request
+// through (no proxy); allows that all carry L7 rules are OR'd. Kafka and DNS
+// rules and serverNames are not enforced yet: their ports are allowed at
+// L4. Named ports, groups, services, DNS names and the
 // kube-apiserver entity select nothing yet; each use is reported by Warnings.
 
 import (
@@ -140,6 +145,9 @@ func (k MapKey) String() string {
 type MapValue struct {
 	Deny bool
 	Rule RuleRef
+	// L7 names the HTTP rule lists that apply (L7Ref keys, sorted, joined
+	// by "\n"); empty when the allow needs no proxy.
+	L7 string
 }
 
 // RuleRef names one section of one rule of a policy.
@@ -936,14 +944,30 @@ func addSection(groups map[groupKey]map[L4]MapValue, gk groupKey, s *section) {
 
 // addSection1 merges the entries of section s into a group. Sections are
 // added in rule order; a deny replaces an allow, otherwise the first entry
-// stays.
+// stays, with the L7 rules of both allows OR'd (an allow without L7 rules
+// lets every request through).
 func addSection1(g map[L4]MapValue, s *section) {
-	v := MapValue{Deny: s.deny, Rule: s.ref}
 	for _, l4 := range s.l4s {
-		if old, ok := g[l4]; !ok || (v.Deny && !old.Deny) {
+		v := MapValue{Deny: s.deny, Rule: s.ref, L7: s.l7[l4]}
+		old, ok := g[l4]
+		switch {
+		case !ok || (v.Deny && !old.Deny):
 			g[l4] = v
+		case !v.Deny && !old.Deny && old.L7 != v.L7:
+			old.L7 = mergeL7(old.L7, v.L7)
+			g[l4] = old
 		}
 	}
+}
+
+// mergeL7 ORs two L7 values: none if either is none, else the union.
+func mergeL7(a, b string) string {
+	if a == "" || b == "" {
+		return ""
+	}
+	refs := append(strings.Split(a, "\n"), strings.Split(b, "\n")...)
+	slices.Sort(refs)
+	return strings.Join(slices.Compact(refs), "\n")
 }
 
 // applyDenyPrecedence turns every allow of a group that lies inside a deny
@@ -994,6 +1018,7 @@ type compiledPolicy struct {
 	groups    map[string]bool                 // GroupKeys and NodeSelectorKeys of the selectors it names
 	groupSels map[string]api.AWSGroup         // ... the AWS group selectors
 	nodeSels  map[string]api.EndpointSelector // ... and the node selectors
+	l7        map[string][]api.PortRuleHTTP   // HTTP rules by L7Ref key
 }
 
 // compiledRule is one rule: the endpoints it selects, its default deny and
@@ -1016,6 +1041,7 @@ type section struct {
 	deny  bool
 	ref   RuleRef
 	l4s   []L4
+	l7    map[L4]string // L7Ref key of the HTTP rules on an exact TCP port
 	peers peerSpec
 
 	computed bool
@@ -1124,7 +1150,8 @@ type compiler struct {
 // compilePolicy compiles p; toGroups/fromGroups become the resolved
 // addresses in awsGroups (by GroupKey).
 func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix) *compiledPolicy {
-	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{}}, key: p.Key(),
+	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{},
+		l7: map[string][]api.PortRuleHTTP{}}, key: p.Key(),
 		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
@@ -1293,7 +1320,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	}
 	// Ports are compiled after the peers, so that warnings come in field
 	// order within a section.
-	s.l4s = c.ports(s.ref, prs, icmps)
+	s.l4s, s.l7 = c.ports(s.ref, prs, icmps)
 
 	if all || (!hasPeers && hasPorts) {
 		// Every peer: one wildcard entry, unless requires constrain it.
@@ -1336,22 +1363,40 @@ func (c *compiler) prefix(ref RuleRef, s string) (netip.Prefix, bool) {
 }
 
 // ports compiles toPorts and icmps into L4 prefixes: a rule with neither
-// allows any L4; one whose ports were all skipped allows none.
-func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) []L4 {
+// allows any L4; one whose ports were all skipped allows none. A port rule
+// with HTTP rules gives exact TCP ports only, each marked with the L7Ref
+// key of its rules (unless another port rule of the section allows the
+// same port without L7 rules).
+func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) ([]L4, map[L4]string) {
 	if len(prs) == 0 && len(icmps) == 0 {
-		return []L4{{}}
+		return []L4{{}}, nil
 	}
 	var out []L4
-	seen := map[L4]bool{}
+	var l7 map[L4]string
+	seen, plain := map[L4]bool{}, map[L4]bool{}
+	key := ""
 	add := func(l4 L4) {
 		if !seen[l4] {
 			seen[l4] = true
 			out = append(out, l4)
 		}
+		if key == "" {
+			plain[l4] = true
+			return
+		}
+		if l7 == nil {
+			l7 = map[L4]string{}
+		}
+		l7[l4] = mergeL7(cmp.Or(l7[l4], key), key)
 	}
-	for _, pr := range prs {
-		// pr.Rules (L7) and pr.ServerNames are not enforced yet: the
+	for pi, pr := range prs {
+		// Kafka and DNS rules and serverNames are not enforced yet: the
 		// ports are allowed at L4.
+		key = ""
+		if pr.Rules != nil && len(pr.Rules.HTTP) > 0 && !ref.deny() {
+			key = L7Ref{Policy: ref.Policy, Rule: ref.Rule, Section: ref.Section, PortRule: pi}.String()
+			c.cp.l7[key] = pr.Rules.HTTP
+		}
 		for _, pp := range pr.Ports {
 			var protos []uint8
 			switch pp.Protocol {
@@ -1376,6 +1421,14 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 				p = "0"
 			}
 			n, numeric := api.PortNumber(p)
+			if key != "" {
+				if !numeric || n <= 0 || (pp.EndPort != 0 && int(pp.EndPort) != n) {
+					c.warnf(ref, "port %q with HTTP rules ignored (L7 rules need one numeric port)", p)
+					continue
+				}
+				add(L4{Proto: protoTCP, Port: uint16(n), PrefixLen: 24})
+				continue
+			}
 			switch {
 			case !numeric:
 				c.warnf(ref, "named port %q skipped (named ports are not resolved yet)", p)
@@ -1415,7 +1468,10 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 			add(L4{Proto: protoICMP, Port: uint16(t), PrefixLen: 24})
 		}
 	}
-	return out
+	for l4 := range plain {
+		delete(l7, l4)
+	}
+	return out, l7
 }
 
 // portBlocks splits ports lo..hi of proto into the fewest aligned

@@ -589,7 +589,7 @@ func TestResolvePorts(t *testing.T) {
 		}}}, want: []L4{{1, 8, 24}, {1, 0, 24}}},
 		{name: "named port skipped", ports: rsPorts(api.ProtoTCP, "http", "443"), want: []L4{{6, 443, 24}}, warning: named},
 		{name: "only a named port: nothing, not any L4", ports: rsPorts(api.ProtoTCP, "http"), warning: named},
-		{name: "L7 rules are allowed at L4", ports: []api.PortRule{{Ports: []api.PortProtocol{{Port: "8080", Protocol: api.ProtoTCP}},
+		{name: "HTTP rules: their TCP port (marked L7)", ports: []api.PortRule{{Ports: []api.PortProtocol{{Port: "8080", Protocol: api.ProtoTCP}},
 			Rules: &api.L7Rules{HTTP: []api.PortRuleHTTP{{Method: "GET"}}}}}, want: []L4{{6, 8080, 24}}},
 	}
 	for _, tc := range tests {

@@ -92,6 +92,7 @@ func (r PortRule) deepCopy() PortRule {
 	r.Rules = clonePtr(r.Rules, func(l L7Rules) L7Rules {
 		l.HTTP = cloneEach(l.HTTP, func(h PortRuleHTTP) PortRuleHTTP {
 			h.Headers = slices.Clone(h.Headers)
+			h.HeaderMatches = slices.Clone(h.HeaderMatches)
 			return h
 		})
 		l.Kafka = slices.Clone(l.Kafka)

@@ -69,9 +69,10 @@ func TestParseCiliumNetworkPolicy(t *testing.T) {
 		map[string]string{podNamespaceKey: "monitoring"})
 	check(t, "fromRequires", in[0].FromRequires[0].MatchLabels, map[string]string{"env": "prod", podNamespaceKey: "prod"})
 	check(t, "ports", in[0].ToPorts[0].Ports, []PortProtocol{
-		{Port: "80", Protocol: ProtoTCP}, {Port: "8000", EndPort: 8080, Protocol: ProtoTCP}})
+		{Port: "80", Protocol: ProtoTCP}, {Port: "8080", Protocol: ProtoTCP}})
 	check(t, "http", in[0].ToPorts[0].Rules.HTTP, []PortRuleHTTP{
-		{Method: "GET", Path: "/api/v[0-9]+/.*", Headers: []string{"X-Token: abc"}}})
+		{Method: "GET", Path: "/api/v[0-9]+/.*", Headers: []string{"X-Token: abc"},
+			HeaderMatches: []HeaderMatch{{Name: "X-Env", Value: "prod", Mismatch: "ADD"}}}})
 	check(t, "fromCIDR", in[1].FromCIDR, []string{"192.0.2.0/24", "198.51.100.7"})
 	check(t, "fromCIDRSet", in[1].FromCIDRSet, []CIDRRule{{CIDR: "10.0.0.0/8", Except: []string{"10.96.0.0/12"}}})
 	check(t, "serverNames", in[1].ToPorts[0].ServerNames, []string{"*.example.com"})

@@ -3,6 +3,7 @@ package api
 // Checks of toPorts (L4 ports and L7 rules) and icmps.
 
 import (
+	"cmp"
 	"regexp"
 	"slices"
 	"strconv"
@@ -174,6 +175,23 @@ func (v *validator) l7(p fieldPath, pr *PortRule) {
 			name, _, _ := strings.Cut(hdr, ":")
 			if name = strings.TrimSpace(name); !headerName.MatchString(name) {
 				v.addf(hp.child("headers").index(j), "%q is not `Name` or `Name: value`", hdr)
+			}
+		}
+		for j, m := range h.HeaderMatches {
+			mp := hp.child("headerMatches").index(j)
+			if !headerName.MatchString(m.Name) {
+				v.addf(mp.child("name"), "%q is not an HTTP header name", m.Name)
+			}
+			if m.Mismatch != "" && !slices.Contains(HeaderMismatchActions, m.Mismatch) {
+				v.addf(mp.child("mismatch"), "%q is not one of %s", m.Mismatch, strings.Join(HeaderMismatchActions, ", "))
+			}
+		}
+	}
+	if len(r.HTTP) > 0 {
+		for i, pp := range pr.Ports {
+			n, numeric := PortNumber(cmp.Or(pp.Port, "0"))
+			if !numeric || n <= 0 || (pp.EndPort != 0 && int(pp.EndPort) != n) {
+				v.addf(p.child("ports").index(i).child("port"), "%q: HTTP rules need one numeric port", pp.Port)
 			}
 		}
 	}

@@ -269,14 +269,29 @@ type L7Rules struct {
 }
 
 // PortRuleHTTP allows HTTP requests; Method, Path and Host are regular
-// expressions matched against the whole field, Headers are `Name` (present)
-// or `Name: value` (equal).
+// expressions (RE2) matched against the whole field, Headers are `Name`
+// (present) or `Name: value` (equal), and HeaderMatches require a header
+// value or, with Mismatch, act on a request whose value differs.
 type PortRuleHTTP struct {
-	Method  string   `json:"method,omitempty"`
-	Path    string   `json:"path,omitempty"`
-	Host    string   `json:"host,omitempty"`
-	Headers []string `json:"headers,omitempty"`
+	Method        string        `json:"method,omitempty"`
+	Path          string        `json:"path,omitempty"`
+	Host          string        `json:"host,omitempty"`
+	Headers       []string      `json:"headers,omitempty"`
+	HeaderMatches []HeaderMatch `json:"headerMatches,omitempty"`
 }
+
+// HeaderMatch requires header Name to equal Value. Mismatch says what a
+// request whose header differs gets instead of not matching: LOG (matches,
+// noted in its L7 event), ADD (the header is added with Value), DELETE (the
+// header is removed) or REPLACE (the header is set to Value).
+type HeaderMatch struct {
+	Mismatch string `json:"mismatch,omitempty"`
+	Name     string `json:"name"`
+	Value    string `json:"value,omitempty"`
+}
+
+// Header mismatch actions.
+var HeaderMismatchActions = []string{"LOG", "ADD", "DELETE", "REPLACE"}
 
 // PortRuleKafka allows Kafka requests, by role (produce or consume) or by
 // API key, optionally restricted to an API version, client and topic.

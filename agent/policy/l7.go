@@ -1,0 +1,79 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/policy/api"
+)
+
+// L7Ref names the HTTP rules of one port rule: toPorts[PortRule] of a
+// section of a rule of a policy.
+type L7Ref struct {
+	Policy   string
+	Rule     int
+	Section  string
+	PortRule int
+}
+
+// String is the key MapValue.L7 lists: `policy/rules[i].section.toPorts[j]`.
+func (r L7Ref) String() string {
+	return fmt.Sprintf("%s/rules[%d].%s.toPorts[%d]", r.Policy, r.Rule, r.Section, r.PortRule)
+}
+
+func (r RuleRef) deny() bool { return strings.HasSuffix(strings.SplitN(r.Section, "[", 2)[0], "Deny") }
+
+// L7Policy is the HTTP policy of one endpoint, direction and port for one
+// peer identity (0: any peer): a request is allowed when one of HTTP
+// matches. Refs name where the rules come from.
+type L7Policy struct {
+	Endpoint uint16
+	Dir      Direction
+	Port     uint16
+	Identity identity.NumericIdentity
+	Refs     []string
+	HTTP     []api.PortRuleHTTP
+}
+
+// L7Policies lists the HTTP policies of every endpoint: one per policy map
+// entry that sends flows through the proxy, sorted by endpoint, direction,
+// port and identity.
+func (r *Resolver) L7Policies() []L7Policy {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rules := map[string][]api.PortRuleHTTP{}
+	for _, cp := range r.compiled {
+		for k, v := range cp.l7 {
+			rules[k] = v
+		}
+	}
+	var out []L7Policy
+	for _, ep := range r.endpoints {
+		for gk, g := range ep.groups {
+			for l4, v := range g {
+				if v.Deny || v.L7 == "" {
+					continue
+				}
+				p := L7Policy{Endpoint: ep.info.ID, Dir: gk.dir, Port: l4.Port, Identity: gk.id, Refs: strings.Split(v.L7, "\n")}
+				for _, ref := range p.Refs {
+					p.HTTP = append(p.HTTP, rules[ref]...)
+				}
+				out = append(out, p)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b L7Policy) int {
+		switch {
+		case a.Endpoint != b.Endpoint:
+			return int(a.Endpoint) - int(b.Endpoint)
+		case a.Dir != b.Dir:
+			return int(a.Dir) - int(b.Dir)
+		case a.Port != b.Port:
+			return int(a.Port) - int(b.Port)
+		}
+		return int(a.Identity) - int(b.Identity)
+	})
+	return out
+}

@@ -1,0 +1,62 @@
+package policy
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/policy/api"
+)
+
+func httpPorts(port string, rules ...api.PortRuleHTTP) []api.PortRule {
+	return []api.PortRule{{Ports: []api.PortProtocol{{Port: port, Protocol: api.ProtoTCP}}, Rules: &api.L7Rules{HTTP: rules}}}
+}
+
+// HTTP rules mark their entries L7; rules for one peer and port are OR'd,
+// and an allow of the same port without HTTP rules lets every request
+// through (no proxy for that peer).
+func TestResolveL7(t *testing.T) {
+	web, admin := cid(1), cid(2)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: web, Labels: rsLabels(t, "app=web")}, {ID: admin, Labels: rsLabels(t, "app=admin")}},
+		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=db")}},
+	}
+	public := api.PortRuleHTTP{Method: "GET", Path: "/public/.*"}
+	health := api.PortRuleHTTP{Path: "/healthz"}
+	pols := []api.Policy{rsPol("l7", api.Rule{EndpointSelector: rsSel("app=db"), Ingress: []api.IngressRule{
+		{FromEndpoints: rsSels("app=web"), ToPorts: httpPorts("80", public)},
+		{ToPorts: httpPorts("80", health)},
+		{FromEndpoints: rsSels("app=admin"), ToPorts: httpPorts("80", health)},
+		{FromEndpoints: rsSels("app=admin"), ToPorts: rsPorts(api.ProtoTCP, "80")},
+	}})}
+	r := w.build(ModeDefault, pols)
+	got := r.L7Policies()
+	want := []L7Policy{
+		{Endpoint: 1, Dir: Ingress, Port: 80, Identity: 0, Refs: []string{"default/l7/rules[0].ingress[1].toPorts[0]"}, HTTP: []api.PortRuleHTTP{health}},
+		{Endpoint: 1, Dir: Ingress, Port: 80, Identity: web, Refs: []string{"default/l7/rules[0].ingress[0].toPorts[0]"}, HTTP: []api.PortRuleHTTP{public}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("L7Policies:\n got %+v\nwant %+v", got, want)
+	}
+	ep := mustEP(t, r, 1)
+	for k, v := range ep.Entries {
+		if k.Identity == admin && v.L7 != "" {
+			t.Errorf("admin's entry %v is L7 (%q) though an allow without HTTP rules names its port", k, v.L7)
+		}
+	}
+
+	// A second HTTP rule for web on the same port: OR'd with the first.
+	pols[0].Rules[0].Ingress = append(pols[0].Rules[0].Ingress, api.IngressRule{FromEndpoints: rsSels("app=web"), ToPorts: httpPorts("80", health)})
+	r = w.build(ModeDefault, pols)
+	for _, p := range r.L7Policies() {
+		if p.Identity != web {
+			continue
+		}
+		if want := []api.PortRuleHTTP{public, health}; !reflect.DeepEqual(p.HTTP, want) {
+			t.Errorf("web's rules %+v, want %+v", p.HTTP, want)
+		}
+		if len(p.Refs) != 2 {
+			t.Errorf("web's refs %q, want two", p.Refs)
+		}
+	}
+}
