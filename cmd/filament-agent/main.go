@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/config"
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/encryption"
@@ -379,17 +380,17 @@ func run(parent context.Context, cfg config.Config) error {
 			}
 			return mesh.Status()
 		},
-		Status: func(ctx context.Context) api.Status {
-			st := api.Status{
+		Status: func(ctx context.Context) types.Status {
+			st := types.Status{
 				Version: version.Version, NodeName: cfg.NodeName, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
 				PodCIDR: podCIDR, Gateway: pool.Gateway().String(), StateDir: cfg.StateDir, NodeIP: nodeIP.String(), Routing: cfg.Routing,
-				Uptime:    api.Duration(time.Since(started)),
+				Uptime:    types.Duration(time.Since(started)),
 				Endpoints: len(eps.List()), Identities: len(ids.List()),
 				Policies: len(policies.List()), PolicyRev: policies.Revision(), Services: services.Count(),
-				IPAM: api.IPAMStatus{Used: pool.Used(), Capacity: pool.Capacity()},
-				Kvstore: api.KvstoreStatus{Embedded: embeddedEtcd, Endpoints: kvcfg.Endpoints, Healthy: true,
+				IPAM: types.IPAMStatus{Used: pool.Used(), Capacity: pool.Capacity()},
+				Kvstore: types.KvstoreStatus{Embedded: embeddedEtcd, Endpoints: kvcfg.Endpoints, Healthy: true,
 					LeaseID: fmt.Sprintf("%x", lease.ID())},
-				Datapath: api.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
+				Datapath: types.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
 					PinDir: datapath.PinDir(cfg.BPFRoot, cfg.ClusterName, cfg.NodeName), PolicyEntries: engine.PolicyEntries(),
 					ConntrackEntries: dp.ConntrackEntries()},
 			}
