@@ -15,8 +15,8 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/filament-net/filament/agent/api"
-	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/api/client"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
@@ -288,12 +288,12 @@ func TestPolicyTruthTable(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var mu sync.Mutex
-	var events []monitor.Event
+	var events []types.Event
 	mctx, mcancel := context.WithCancel(ctx)
 	monDone := make(chan struct{})
 	go func() {
 		defer close(monDone)
-		api.NewClient(n.Socket).Monitor(mctx, 0, "", func(ev monitor.Event) {
+		client.New(n.Socket).Monitor(mctx, 0, "", func(ev types.Event) {
 			mu.Lock()
 			events = append(events, ev)
 			mu.Unlock()

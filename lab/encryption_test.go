@@ -19,20 +19,20 @@ import (
 
 	"github.com/gopacket/gopacket/pcapgo"
 
-	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/crypto/ipsec"
 	"github.com/filament-net/filament/internal/testutil"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
 
-func encryptStatus(t *testing.T, l *lab.Lab, on string) api.EncryptionStatus {
+func encryptStatus(t *testing.T, l *lab.Lab, on string) types.EncryptionStatus {
 	t.Helper()
 	out, err := labtest.NodeRun(t, l, on, "filament", "encrypt", "status", "-o", "json")
 	if err != nil {
 		t.Fatalf("encrypt status on %s: %v %s", on, err, out)
 	}
-	var st api.EncryptionStatus
+	var st types.EncryptionStatus
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("encrypt status json: %v %s", err, out)
 	}

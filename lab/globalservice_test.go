@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/filament-net/filament/agent/api"
-	"github.com/filament-net/filament/agent/service"
+	apiclient "github.com/filament-net/filament/agent/api/client"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
@@ -35,7 +35,7 @@ spec:
 	return doc
 }
 
-func preferredClusters(st service.Status) map[string]int {
+func preferredClusters(st types.ServiceStatus) map[string]int {
 	out := map[string]int{}
 	for _, b := range st.Frontends[0].Backends {
 		if b.Preferred {
@@ -168,7 +168,7 @@ func BenchmarkGlobalServiceFailover(b *testing.B) {
 	if out, err := labtest.NodeRun(b, l, "c1/n1", "filament", "clustermesh", "connect", "--to", c2.Bundle); err != nil {
 		b.Fatalf("connect: %v %s", err, out)
 	}
-	api1, api2 := api.NewClient(c1n1.Socket), api.NewClient(c2n1.Socket)
+	api1, api2 := apiclient.New(c1n1.Socket), apiclient.New(c2n1.Socket)
 	ctx := context.Background()
 	const local = `service.cilium.io/global: "true", service.cilium.io/affinity: local`
 	if _, err := api2.UpsertService(ctx, []byte(globalDoc(local, web2.IP, "n1"))); err != nil {

@@ -19,7 +19,8 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/client"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/groups"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -188,7 +189,7 @@ func TestAWSGroupsPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("policy get: %v %s", err, out)
 	}
-	var view api.PolicyView
+	var view types.PolicyView
 	if err := json.Unmarshal([]byte(out), &view); err != nil || len(view.DerivedGroups) != 1 ||
 		len(view.DerivedGroups[0].Addrs) != 1 || view.DerivedGroups[0].Addrs[0].String() != ip1 || view.DerivedGroups[0].Refreshed.IsZero() {
 		t.Fatalf("policy get derived groups: %v %s", err, out)
@@ -334,7 +335,7 @@ func BenchmarkAWSGroupRefreshToEnforcement(b *testing.B) {
 	id, ip := *inst.Instances[0].InstanceId, *inst.Instances[0].PrivateIpAddress
 	labtest.Pod(b, l, "n1", "client", "app=client")
 	n1, _ := l.Node("n1")
-	c := api.NewClient(n1.Socket)
+	c := client.New(n1.Socket)
 	if _, err := c.ImportPolicies(ctx, []byte(groupPolicy(fmt.Sprintf("{securityGroupsIds: [%s]}", sgA)))); err != nil {
 		b.Fatal(err)
 	}

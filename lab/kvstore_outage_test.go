@@ -15,7 +15,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
-	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/client"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/clustermesh"
@@ -109,17 +110,17 @@ func echoPods(t *testing.T, l *lab.Lab) (a, b *lab.Pod) {
 	return a, b
 }
 
-func statusOnce(l *lab.Lab, node string) (api.Status, error) {
+func statusOnce(l *lab.Lab, node string) (types.Status, error) {
 	n, err := l.Node(node)
 	if err != nil {
-		return api.Status{}, err
+		return types.Status{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	return api.NewClient(n.Socket).Status(ctx)
+	return client.New(n.Socket).Status(ctx)
 }
 
-func agentStatus(t *testing.T, l *lab.Lab, node string) api.Status {
+func agentStatus(t *testing.T, l *lab.Lab, node string) types.Status {
 	t.Helper()
 	st, err := statusOnce(l, node)
 	if err != nil {

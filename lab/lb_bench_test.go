@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/filament-net/filament/agent/api"
+	apiclient "github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 	"github.com/filament-net/filament/lab/lbbench"
@@ -60,7 +60,7 @@ func BenchmarkServiceConnect(b *testing.B) {
 	}
 	path := lab.NetNSPath(client.NetNS)
 	n1, _ := l.Node("n1")
-	c := api.NewClient(n1.Socket)
+	c := apiclient.New(n1.Socket)
 	const d = 3 * time.Second
 	have := 0
 	for _, n := range benchSizes(b) {
@@ -117,7 +117,7 @@ func BenchmarkServiceConnect(b *testing.B) {
 
 // addServices stores services from..to-1 through the agent API, 8 at a
 // time, and waits until the agent has applied them all.
-func addServices(b *testing.B, c *api.Client, from, to int, backends []netip.AddrPort) {
+func addServices(b *testing.B, c *apiclient.Client, from, to int, backends []netip.AddrPort) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	work := make(chan int)

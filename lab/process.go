@@ -16,7 +16,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/filament-net/filament/agent/api"
+
+	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/crypto/ca"
 	"github.com/filament-net/filament/crypto/nodeauth"
@@ -124,11 +125,11 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 	n.PID = cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	client := api.NewClient(n.Socket)
+	ac := client.New(n.Socket)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, err := client.Status(sctx)
+		st, err := ac.Status(sctx)
 		cancel()
 		if err == nil {
 			n.Running = true
@@ -182,7 +183,7 @@ func (l *Lab) Refresh(ctx context.Context) {
 	for i := range l.Nodes {
 		n := &l.Nodes[i]
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := api.NewClient(n.Socket).Status(sctx)
+		_, err := client.New(n.Socket).Status(sctx)
 		cancel()
 		n.Running = err == nil
 	}

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/filament-net/filament/agent/api"
-	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/api/client"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
@@ -38,11 +38,11 @@ func TestSpoofedSourceDropNamesEndpoint(t *testing.T) {
 	n, _ := l.Node("n1")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	events := make(chan monitor.Event, 256)
+	events := make(chan types.Event, 256)
 	connected := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- api.NewClient(n.Socket).MonitorConnected(ctx, 0, "drop", func() { close(connected) }, func(ev monitor.Event) {
+		done <- client.New(n.Socket).MonitorConnected(ctx, 0, "drop", func() { close(connected) }, func(ev types.Event) {
 			select {
 			case events <- ev:
 			default:

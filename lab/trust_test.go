@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/service/maglev"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/internal/attack"
 	"github.com/filament-net/filament/lab"
@@ -46,7 +46,7 @@ func dials(t testing.TB, path, ip string, port int) bool {
 // (failure detection), as `filament node list` shows it.
 func nodeReachable(t testing.TB, on *lab.Node, name string) bool {
 	t.Helper()
-	nodes, err := api.NewClient(on.Socket).Nodes(context.Background())
+	nodes, err := client.New(on.Socket).Nodes(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestHostileKvstoreRecords(t *testing.T) {
 	time.Sleep(time.Second) // every record has been through the watches
 	for _, name := range []string{"n1", "n2"} {
 		n, _ := l.Node(name)
-		if _, err := api.NewClient(n.Socket).Status(context.Background()); err != nil {
+		if _, err := client.New(n.Socket).Status(context.Background()); err != nil {
 			t.Errorf("agent of %s after the hostile records: %v", name, err)
 		}
 	}

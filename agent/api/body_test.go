@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/service"
@@ -131,8 +132,8 @@ func TestClientReportsBodyLimit(t *testing.T) {
 	defer s.Shutdown(context.Background())
 
 	// Far over the limit, so the server stops reading long before the end.
-	_, err = api.NewClient(sock).ImportPolicies(context.Background(), []byte(padded(smallPolicy, 3*policyLimit)))
-	var ae *api.APIError
+	_, err = client.New(sock).ImportPolicies(context.Background(), []byte(padded(smallPolicy, 3*policyLimit)))
+	var ae *client.APIError
 	if !errors.As(err, &ae) || ae.Status != http.StatusRequestEntityTooLarge || !strings.Contains(err.Error(), "8 MiB") {
 		t.Fatalf("err = %v (%T), want the server's 413 naming the 8 MiB limit", err, err)
 	}

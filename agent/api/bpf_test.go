@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/policy"
@@ -109,11 +110,11 @@ func TestBPFViews(t *testing.T) {
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 
-	var got []BPFPolicyEntry
+	var got []types.BPFPolicyEntry
 	if code := get(t, srv, "/v1/endpoints/5/bpf-policy", &got); code != http.StatusOK {
 		t.Fatalf("status %d", code)
 	}
-	want := []BPFPolicyEntry{
+	want := []types.BPFPolicyEntry{
 		{Direction: "ingress", Identity: 300, Labels: []string{"k8s:app=web"}, Protocol: "TCP", PortLow: 80, PortHigh: 80, Verdict: "allow"},
 		{Direction: "ingress", Identity: 301, Protocol: "ANY", PortLow: 0, PortHigh: 65535, Verdict: "deny"},
 		{Direction: "egress", Identity: 2, Protocol: "TCP", PortLow: 8080, PortHigh: 8087, Verdict: "allow"},
@@ -125,13 +126,13 @@ func TestBPFViews(t *testing.T) {
 		t.Fatalf("unknown endpoint: %d", code)
 	}
 
-	var ep EndpointView
+	var ep types.EndpointView
 	if code := get(t, srv, "/v1/endpoints/5", &ep); code != http.StatusOK || ep.ID != 5 || ep.PolicyEnforcement == nil ||
 		!ep.PolicyEnforcement.Ingress || !ep.PolicyEnforcement.Egress {
 		t.Fatalf("endpoint view %d: %+v", code, ep)
 	}
 
-	var ipc []BPFIPCacheEntry
+	var ipc []types.BPFIPCacheEntry
 	if code := get(t, srv, "/v1/bpf/ipcache", &ipc); code != http.StatusOK || len(ipc) != 1 || ipc[0].Identity != 300 || ipc[0].Labels[0] != "k8s:app=web" {
 		t.Fatalf("ipcache %d: %+v", code, ipc)
 	}
@@ -142,7 +143,7 @@ func TestBPFViews(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e Error
+	var e types.Error
 	json.NewDecoder(resp.Body).Decode(&e)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(e.Message, "datapath") {

@@ -2,8 +2,6 @@ package api
 
 import (
 	"cmp"
-	"context"
-	"net/http"
 	"slices"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -28,11 +26,4 @@ func mergeIdentities(own []identity.Identity, known func() []identity.Identity) 
 	}
 	slices.SortFunc(out, func(a, b identity.Identity) int { return cmp.Compare(a.ID, b.ID) })
 	return out
-}
-
-// IdentitiesAllClusters lists every identity the agent knows: its cluster's,
-// the reserved ones and those of the remote clusters it follows.
-func (c *Client) IdentitiesAllClusters(ctx context.Context) ([]IdentityView, error) {
-	var ids []IdentityView
-	return ids, c.do(ctx, http.MethodGet, "/v1/identities?clusters=all", nil, "", &ids)
 }

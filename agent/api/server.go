@@ -1,3 +1,7 @@
+// Package api owns the agent's HTTP/JSON API server on a unix socket: it
+// maps requests onto the agent's components and converts their domain
+// values to the API's contract, the wire types of agent/api/types. Clients
+// use agent/api/client, which links none of this.
 package api
 
 import (
@@ -15,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/groups"
 	"github.com/filament-net/filament/agent/identity"
@@ -27,7 +32,6 @@ import (
 	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
-	"github.com/filament-net/filament/crypto/wireguard"
 )
 
 // Endpoints is what the API needs of the endpoint manager.
@@ -69,7 +73,7 @@ type Server struct {
 	Endpoints  Endpoints
 	Identities Identities
 	Policies   Policies
-	Status     func(ctx context.Context) Status
+	Status     func(ctx context.Context) types.Status
 	// Monitor streams datapath events (nil: no datapath).
 	Monitor *monitor.Hub
 	// KnownIdentities, when set, are all the identities this node knows,
@@ -114,34 +118,35 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.deleteEndpoint)
 	mux.HandleFunc("GET /v1/identities", s.listIdentities)
 	mux.HandleFunc("GET /v1/identities/{id}", s.getIdentity)
-	mux.HandleFunc("GET /v1/policies", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, s.Policies.List()) })
+	mux.HandleFunc("GET /v1/policies", s.listPolicies)
 	mux.HandleFunc("PUT /v1/policies", s.importPolicies)
 	mux.HandleFunc("GET /v1/policies/{key...}", s.getPolicy)
 	mux.HandleFunc("DELETE /v1/policies/{key...}", s.deletePolicy)
 	mux.HandleFunc("POST /v1/policy-trace", s.trace)
 	mux.HandleFunc("GET /v1/monitor", s.monitor)
 	mux.HandleFunc("GET /v1/clustermesh", func(w http.ResponseWriter, r *http.Request) {
-		st := []remote.Status{}
+		st := []types.ClusterStatus{}
 		if s.ClusterMesh != nil {
-			st = s.ClusterMesh()
+			st = each(s.ClusterMesh(), wireCluster)
 		}
 		reply(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
-		nodes := []node.Node{}
+		nodes := []types.Node{}
 		if s.Nodes != nil {
-			nodes = s.Nodes()
+			nodes = each(s.Nodes(), wireNode)
 		}
 		reply(w, http.StatusOK, nodes)
 	})
 	mux.HandleFunc("GET /v1/encryption", func(w http.ResponseWriter, r *http.Request) {
-		st := EncryptionStatus{Mode: "none", Peers: []wireguard.PeerStatus{}}
+		st := types.EncryptionStatus{Mode: "none", Peers: []types.PeerStatus{}}
 		if s.Encryption != nil {
-			var err error
-			if st, err = s.Encryption(); err != nil {
+			es, err := s.Encryption()
+			if err != nil {
 				fail(w, err)
 				return
 			}
+			st = wireEncryption(es)
 		}
 		reply(w, http.StatusOK, st)
 	})
@@ -158,9 +163,9 @@ func (s *Server) Handler() http.Handler {
 		reply(w, http.StatusOK, map[string]string{"publicKey": pub})
 	})
 	mux.HandleFunc("GET /v1/groups", func(w http.ResponseWriter, r *http.Request) {
-		st := groups.Status{Groups: []groups.Result{}}
+		st := types.GroupsStatus{Groups: []types.GroupResult{}}
 		if s.Groups != nil {
-			st = s.Groups.Status()
+			st = wireGroups(s.Groups.Status())
 		}
 		reply(w, http.StatusOK, st)
 	})
@@ -177,6 +182,7 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/services", s.listServices)
 	mux.HandleFunc("PUT /v1/services", s.upsertService)
+	mux.HandleFunc("POST /v1/services/validate", s.validateService)
 	mux.HandleFunc("GET /v1/services/{ns}/{name}", s.getService)
 	mux.HandleFunc("DELETE /v1/services/{ns}/{name}", s.deleteService)
 	if s.Metrics != nil {
@@ -226,22 +232,22 @@ func reply(w http.ResponseWriter, status int, v any) {
 
 // fail maps an error onto its HTTP status by the sentinel it wraps.
 func fail(w http.ResponseWriter, err error) {
-	status, code := http.StatusInternalServerError, "internal"
+	status, code := http.StatusInternalServerError, types.CodeInternal
 	switch {
 	case errors.Is(err, endpoint.ErrNotFound), errors.Is(err, identity.ErrNotFound), errors.Is(err, policy.ErrNotFound), errors.Is(err, service.ErrNotFound):
-		status, code = http.StatusNotFound, "not_found"
+		status, code = http.StatusNotFound, types.CodeNotFound
 	case errors.Is(err, endpoint.ErrExists), errors.Is(err, service.ErrConflict):
-		status, code = http.StatusConflict, "exists"
+		status, code = http.StatusConflict, types.CodeExists
 	case errors.Is(err, endpoint.ErrUnavailable):
-		status, code = http.StatusServiceUnavailable, "unavailable"
+		status, code = http.StatusServiceUnavailable, types.CodeUnavailable
 	case errors.Is(err, ipam.ErrExhausted), errors.Is(err, identity.ErrExhausted):
-		status, code = http.StatusInsufficientStorage, "exhausted"
+		status, code = http.StatusInsufficientStorage, types.CodeExhausted
 	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policyapi.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
-		status, code = http.StatusBadRequest, "invalid"
+		status, code = http.StatusBadRequest, types.CodeInvalid
 	case errors.Is(err, errTooLarge), errors.Is(err, policysync.ErrTooLarge):
-		status, code = http.StatusRequestEntityTooLarge, "too_large"
+		status, code = http.StatusRequestEntityTooLarge, types.CodeTooLarge
 	}
-	reply(w, status, Error{Code: code, Message: err.Error()})
+	reply(w, status, types.Error{Code: code, Message: err.Error()})
 }
 
 var (
@@ -306,24 +312,24 @@ func (s *Server) listEndpoints(w http.ResponseWriter, r *http.Request) {
 			fail(w, err)
 			return
 		}
-		reply(w, http.StatusOK, []endpoint.Endpoint{ep})
+		reply(w, http.StatusOK, []types.Endpoint{wireEndpoint(ep)})
 		return
 	}
-	reply(w, http.StatusOK, s.Endpoints.List())
+	reply(w, http.StatusOK, each(s.Endpoints.List(), wireEndpoint))
 }
 
 func (s *Server) createEndpoint(w http.ResponseWriter, r *http.Request) {
-	var req endpoint.CreateRequest
+	var req types.EndpointRequest
 	if err := decodeStrict(w, r, &req); err != nil {
 		fail(w, err)
 		return
 	}
-	ep, err := s.Endpoints.Create(r.Context(), req)
+	ep, err := s.Endpoints.Create(r.Context(), endpoint.CreateRequest(req))
 	if err != nil {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusCreated, ep)
+	reply(w, http.StatusCreated, wireEndpoint(ep))
 }
 
 func (s *Server) getEndpoint(w http.ResponseWriter, r *http.Request) {
@@ -367,10 +373,6 @@ func (s *Server) deleteEndpointByContainer(w http.ResponseWriter, r *http.Reques
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func identityView(id identity.Identity) IdentityView {
-	return IdentityView{ID: id.ID, Labels: id.Labels.Strings(), Reserved: id.ID.IsReserved()}
-}
-
 func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) {
 	ids := s.Identities.List()
 	switch q := r.URL.Query().Get("clusters"); q {
@@ -381,9 +383,9 @@ func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) {
 		fail(w, fmt.Errorf("%w: clusters %q: want all or nothing", errBadRequest, q))
 		return
 	}
-	out := make([]IdentityView, len(ids))
+	out := make([]types.IdentityView, len(ids))
 	for i, id := range ids {
-		out[i] = identityView(id)
+		out[i] = wireIdentity(id)
 	}
 	reply(w, http.StatusOK, out)
 }
@@ -399,7 +401,7 @@ func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, identityView(id))
+	reply(w, http.StatusOK, wireIdentity(id))
 }
 
 func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
@@ -422,7 +424,7 @@ func (s *Server) importPolicies(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	res := PolicyImportResult{Revision: rev}
+	res := types.PolicyImportResult{Revision: rev}
 	for _, p := range ps {
 		res.Policies = append(res.Policies, p.Key())
 	}
@@ -458,14 +460,23 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	v := PolicyView{Policy: p, ClusterWide: p.Clusterwide()}
+	wp, err := viaJSON[types.Policy](p)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	v := types.PolicyView{Policy: wp, ClusterWide: p.Clusterwide()}
 	if sp, ok := s.Policies.(ScopedPolicies); ok {
 		v.Scope, _ = sp.Scope(p.Key())
 	}
 	if s.Groups != nil {
-		v.DerivedGroups = s.Groups.Derived(p)
+		v.DerivedGroups = each(s.Groups.Derived(p), wireGroup)
 	}
 	reply(w, http.StatusOK, v)
+}
+
+func (s *Server) listPolicies(w http.ResponseWriter, _ *http.Request) {
+	replyAs[[]types.Policy](w, s.Policies.List())
 }
 
 // Groups is the cloud groups manager as the API uses it.
@@ -482,7 +493,7 @@ func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, PolicyImportResult{Revision: rev, Policies: []string{r.PathValue("key")}})
+	reply(w, http.StatusOK, types.PolicyImportResult{Revision: rev, Policies: []string{r.PathValue("key")}})
 }
 
 // monitor streams events as JSON lines until the client goes away.
@@ -524,7 +535,7 @@ func (s *Server) monitor(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			if err := enc.Encode(ev); err != nil {
+			if err := enc.Encode(wireEvent(ev)); err != nil {
 				return
 			}
 			if fl != nil {
@@ -532,17 +543,6 @@ func (s *Server) monitor(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-// TraceRequest asks how policy treats traffic from Src to Dst. Each side is
-// an endpoint ID or a label list.
-type TraceRequest struct {
-	SrcEndpoint uint16   `json:"srcEndpoint,omitempty"`
-	SrcLabels   []string `json:"srcLabels,omitempty"`
-	DstEndpoint uint16   `json:"dstEndpoint,omitempty"`
-	DstLabels   []string `json:"dstLabels,omitempty"`
-	Port        uint16   `json:"port,omitempty"`
-	Protocol    string   `json:"protocol,omitempty"` // TCP, UDP, SCTP, ICMP (ICMP: port is the type)
 }
 
 var protoNumbers = map[string]uint8{"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
@@ -584,7 +584,7 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 		fail(w, fmt.Errorf("%w: this agent has no policy resolver", errBadRequest))
 		return
 	}
-	var req TraceRequest
+	var req types.TraceRequest
 	if err := decodeStrict(w, r, &req); err != nil {
 		fail(w, err)
 		return
@@ -607,7 +607,7 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 		fail(w, fmt.Errorf("%w: protocol %q: want TCP, UDP, SCTP or ICMP", errBadRequest, req.Protocol))
 		return
 	}
-	reply(w, http.StatusOK, s.Trace(src, dst, proto, req.Port))
+	reply(w, http.StatusOK, wireTrace(s.Trace(src, dst, proto, req.Port)))
 }
 
 // Services is the service manager as the API uses it.
@@ -627,9 +627,10 @@ func (s *Server) services(w http.ResponseWriter) bool {
 }
 
 func (s *Server) listServices(w http.ResponseWriter, r *http.Request) {
-	if s.services(w) {
-		reply(w, http.StatusOK, s.Services.List())
+	if !s.services(w) {
+		return
 	}
+	replyAs[[]types.ServiceStatus](w, s.Services.List())
 }
 
 // upsertService takes one service as YAML or JSON.
@@ -637,21 +638,37 @@ func (s *Server) upsertService(w http.ResponseWriter, r *http.Request) {
 	if !s.services(w) {
 		return
 	}
-	body, err := readBody(w, r, serviceBodyLimit)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	svc, err := service.Parse(body)
-	if err != nil {
-		fail(w, err)
+	svc, ok := parseService(w, r)
+	if !ok {
 		return
 	}
 	if err := s.Services.Upsert(r.Context(), svc); err != nil {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, svc)
+	replyAs[types.Service](w, svc)
+}
+
+// validateService parses and validates one service as YAML or JSON and
+// stores nothing (the CLI checks every document before it sends any); it
+// needs no service manager.
+func (s *Server) validateService(w http.ResponseWriter, r *http.Request) {
+	if svc, ok := parseService(w, r); ok {
+		replyAs[types.Service](w, svc)
+	}
+}
+
+// parseService reads the request's service, or answers with the error.
+func parseService(w http.ResponseWriter, r *http.Request) (*service.Service, bool) {
+	body, err := readBody(w, r, serviceBodyLimit)
+	if err == nil {
+		var svc *service.Service
+		if svc, err = service.Parse(body); err == nil {
+			return svc, true
+		}
+	}
+	fail(w, err)
+	return nil, false
 }
 
 func (s *Server) getService(w http.ResponseWriter, r *http.Request) {
@@ -663,7 +680,7 @@ func (s *Server) getService(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, st)
+	replyAs[types.ServiceStatus](w, st)
 }
 
 func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) {

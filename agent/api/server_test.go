@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
@@ -46,7 +47,7 @@ func (stubIdentities) List() []identity.Identity { return identity.Reserved() }
 func server(createErr error) *httptest.Server {
 	repo, _ := policy.NewRepository("")
 	s := &api.Server{Endpoints: stubEndpoints{createErr}, Identities: stubIdentities{}, Policies: repo,
-		Status: func(context.Context) api.Status { return api.Status{NodeName: "n1"} }}
+		Status: func(context.Context) types.Status { return types.Status{NodeName: "n1"} }}
 	return httptest.NewServer(s.Handler())
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/kvstore"
@@ -99,18 +100,18 @@ func (a *Agent) startAPI(ctx context.Context) error {
 }
 
 // status is what `filament status` shows.
-func (a *Agent) status(ctx context.Context) api.Status {
+func (a *Agent) status(ctx context.Context) types.Status {
 	cfg := a.cfg
-	st := api.Status{
+	st := types.Status{
 		Version: version.Version, NodeName: cfg.NodeName, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
 		PodCIDR: a.podCIDR, Gateway: a.pool.Gateway().String(), StateDir: cfg.StateDir, NodeIP: a.nodeIP.String(), Routing: cfg.Routing,
-		Uptime:    api.Duration(time.Since(a.started)),
+		Uptime:    types.Duration(time.Since(a.started)),
 		Endpoints: len(a.eps.List()), Identities: len(a.ids.List()),
 		Policies: len(a.policies.List()), PolicyRev: a.policies.Revision(), Services: a.services.Count(),
-		IPAM: api.IPAMStatus{Used: a.pool.Used(), Capacity: a.pool.Capacity()},
-		Kvstore: api.KvstoreStatus{Embedded: a.embeddedEtcd, Endpoints: a.kvcfg.Endpoints, Healthy: true,
+		IPAM: types.IPAMStatus{Used: a.pool.Used(), Capacity: a.pool.Capacity()},
+		Kvstore: types.KvstoreStatus{Embedded: a.embeddedEtcd, Endpoints: a.kvcfg.Endpoints, Healthy: true,
 			LeaseID: fmt.Sprintf("%x", a.lease.ID())},
-		Datapath: api.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
+		Datapath: types.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
 			PinDir: datapath.PinDir(cfg.BPFRoot, cfg.ClusterName, cfg.NodeName), PolicyEntries: a.engine.PolicyEntries(),
 			ConntrackEntries: a.dp.ConntrackEntries()},
 	}

@@ -26,7 +26,8 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/client"
+	apitypes "github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/endpoint/veth"
 	"github.com/filament-net/filament/agent/labels"
@@ -90,11 +91,11 @@ func loadConf(stdin []byte) (*NetConf, error) {
 	return &c, nil
 }
 
-func (c *NetConf) client() *api.Client {
+func (c *NetConf) client() *client.Client {
 	if c.AgentSocket != "" {
-		return api.NewClient(c.AgentSocket)
+		return client.New(c.AgentSocket)
 	}
-	return api.NewClient(api.SocketPath(""))
+	return client.New(client.SocketPath(""))
 }
 
 func ctx() (context.Context, context.CancelFunc) {
@@ -105,26 +106,26 @@ func ctx() (context.Context, context.CancelFunc) {
 func cniError(what string, err error) error {
 	var code uint = types.ErrUnknown
 	switch {
-	case errors.Is(err, api.ErrAgentDown), api.IsCode(err, "unavailable"):
+	case errors.Is(err, client.ErrAgentDown), client.IsCode(err, apitypes.CodeUnavailable):
 		// No agent on the socket, or its kvstore unreachable: both pass.
 		code = types.ErrTryAgainLater
 	case errors.Is(err, context.DeadlineExceeded):
 		code = types.ErrTryAgainLater
 		err = fmt.Errorf("the agent did not answer in time (%w); try again later", err)
-	case api.IsCode(err, "invalid"):
+	case client.IsCode(err, apitypes.CodeInvalid):
 		code = types.ErrInvalidNetworkConfig
-	case api.IsCode(err, "exists"):
+	case client.IsCode(err, apitypes.CodeExists):
 		code = errEndpointExists
-	case api.IsCode(err, "exhausted"):
+	case client.IsCode(err, apitypes.CodeExhausted):
 		code = errPoolExhausted
-	case api.IsCode(err, "not_found"):
+	case client.IsCode(err, apitypes.CodeNotFound):
 		code = types.ErrUnknownContainer
 	}
 	return types.NewError(code, what+": "+err.Error(), "")
 }
 
-func (c *NetConf) endpointRequest(args *skel.CmdArgs) (endpoint.CreateRequest, error) {
-	req := endpoint.CreateRequest{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, Network: c.Name}
+func (c *NetConf) endpointRequest(args *skel.CmdArgs) (apitypes.EndpointRequest, error) {
+	req := apitypes.EndpointRequest{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, Network: c.Name}
 	var ka k8sArgs
 	if args.Args != "" {
 		if err := types.LoadArgs(args.Args, &ka); err != nil {
@@ -152,7 +153,7 @@ func (c *NetConf) endpointRequest(args *skel.CmdArgs) (endpoint.CreateRequest, e
 	return req, nil
 }
 
-func result(cniVersion string, ep endpoint.Endpoint) *types100.Result {
+func result(cniVersion string, ep apitypes.Endpoint) *types100.Result {
 	podIdx := 1
 	return &types100.Result{
 		CNIVersion: cniVersion,
@@ -230,10 +231,12 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if !found {
 		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("prevResult does not hold the endpoint's address %s", ep.IPv4), "")
 	}
-	if ep.State != endpoint.StateReady {
+	if ep.State != apitypes.EndpointReady {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("endpoint %d is %s", ep.ID, ep.State), "")
 	}
-	if err := veth.Check(args.Netns, ep); errors.Is(err, veth.ErrMismatch) {
+	// veth.Check reads only the interfaces, address and gateway.
+	want := endpoint.Endpoint{ID: ep.ID, IfName: ep.IfName, HostIfName: ep.HostIfName, IPv4: ep.IPv4, Gateway: ep.Gateway}
+	if err := veth.Check(args.Netns, want); errors.Is(err, veth.ErrMismatch) {
 		return types.NewError(errCheckFailed, fmt.Sprintf("endpoint %d: %v", ep.ID, strings.ReplaceAll(err.Error(), "\n", "; ")), "")
 	} else if err != nil {
 		return types.NewError(types.ErrUnknownContainer, err.Error(), "")
@@ -263,7 +266,7 @@ func cmdGC(args *skel.CmdArgs) error {
 		if ep.Network != c.Name || valid[ep.ContainerID+"/"+ep.IfName] {
 			continue
 		}
-		if err := cl.DeleteEndpoint(x, ep.ID); err != nil && !api.IsCode(err, "not_found") {
+		if err := cl.DeleteEndpoint(x, ep.ID); err != nil && !client.IsCode(err, apitypes.CodeNotFound) {
 			return cniError(fmt.Sprintf("garbage-collect endpoint %d", ep.ID), err)
 		}
 	}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 )
 
 // parseEndpointID reads an endpoint ID argument.
@@ -62,7 +62,7 @@ func (c *cli) bpfCmd() *cobra.Command {
 }
 
 // bpfPolicyTable prints policy map entries, one a line.
-func bpfPolicyTable(w *tabwriter.Writer, es []api.BPFPolicyEntry) {
+func bpfPolicyTable(w *tabwriter.Writer, es []types.BPFPolicyEntry) {
 	fmt.Fprintln(w, "DIRECTION\tIDENTITY\tLABELS\tPROTOCOL\tPORTS\tVERDICT")
 	for _, e := range es {
 		peer, ls := strconv.FormatUint(uint64(e.Identity), 10), strings.Join(e.Labels, ",")
@@ -86,7 +86,7 @@ func portRange(lo, hi uint16) string {
 
 // enforcementText says in which directions an endpoint's policy is
 // enforced.
-func enforcementText(e *api.Enforcement) string {
+func enforcementText(e *types.Enforcement) string {
 	if e == nil {
 		return "unknown (not in the datapath)"
 	}

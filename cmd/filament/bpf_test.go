@@ -11,10 +11,10 @@ import (
 	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/policy"
-	policyapi "github.com/filament-net/filament/agent/policy/api"
 )
 
 // oneEndpoint knows endpoint 5 only (the other methods are not used).
@@ -81,7 +81,7 @@ func TestBPFPolicyGet(t *testing.T) {
 		}
 	}
 	out, err = runCLI(t, "bpf", "policy", "get", "5", "-o", "json")
-	var es []api.BPFPolicyEntry
+	var es []types.BPFPolicyEntry
 	if err != nil || json.Unmarshal([]byte(out), &es) != nil || len(es) != 3 || es[0].PortHigh != 8087 || !strings.Contains(out, `"portLow": 8080`) {
 		t.Fatalf("json: %v %s", err, out)
 	}
@@ -117,9 +117,9 @@ func TestPolicyTableNamesClusterWide(t *testing.T) {
 	var out bytes.Buffer
 	c := &cli{out: &out}
 	if err := c.print(nil, func(w *tabwriter.Writer) {
-		policyTable(w, []policyapi.Policy{
-			{Kind: policyapi.KindCiliumClusterwideNetworkPolicy, Name: "everywhere", Rules: make([]policyapi.Rule, 1)},
-			{Kind: "CiliumNetworkPolicy", Namespace: "prod", Name: "here", Rules: make([]policyapi.Rule, 2)},
+		policyTable(w, []types.Policy{
+			{Kind: types.KindCiliumClusterwideNetworkPolicy, Name: "everywhere", Rules: make([]json.RawMessage, 1)},
+			{Kind: "CiliumNetworkPolicy", Namespace: "prod", Name: "here", Rules: make([]json.RawMessage, 2)},
 		})
 	}); err != nil {
 		t.Fatal(err)

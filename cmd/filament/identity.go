@@ -5,13 +5,13 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/labels"
 )
 
 // identityCluster is the cluster an identity's labels name ("-" for none:
 // reserved and CIDR identities belong to no cluster).
-func identityCluster(id api.IdentityView) string {
+func identityCluster(id types.IdentityView) string {
 	for _, l := range id.Labels {
 		if i := strings.Index(l, labels.KeyCluster+"="); i >= 0 && (i == 0 || l[i-1] == ':') {
 			return l[i+len(labels.KeyCluster)+1:]
@@ -21,7 +21,7 @@ func identityCluster(id api.IdentityView) string {
 }
 
 // clusterIdentityTable is `identity list --all-clusters`.
-func clusterIdentityTable(ids []api.IdentityView) func(w *tabwriter.Writer) {
+func clusterIdentityTable(ids []types.IdentityView) func(w *tabwriter.Writer) {
 	return func(w *tabwriter.Writer) {
 		fmt.Fprintln(w, "ID\tCLUSTER\tLABELS")
 		for _, id := range ids {

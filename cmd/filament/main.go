@@ -21,9 +21,9 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
-	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/client"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/identity"
-	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/crypto/ca"
 	"github.com/filament-net/filament/crypto/nodeauth"
@@ -44,7 +44,7 @@ type cli struct {
 	out    io.Writer
 }
 
-func (c *cli) client() *api.Client { return api.NewClient(api.SocketPath(c.socket)) }
+func (c *cli) client() *client.Client { return client.New(client.SocketPath(c.socket)) }
 
 func (c *cli) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 30*time.Second)
@@ -81,7 +81,7 @@ func newRoot(out io.Writer) *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetOut(out)
-	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
+	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+types.SocketEnv+" or "+types.DefaultSocket+")")
 	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
 	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.monitorCmd(), c.nodeCmd(), c.clustermeshCmd(), c.serviceCmd(), c.encryptCmd(), c.bpfCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
@@ -181,7 +181,7 @@ func (c *cli) endpointCmd() *cobra.Command {
 
 func (c *cli) identityCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "identity", Aliases: []string{"identities", "id"}, Short: "List and inspect security identities"}
-	table := func(ids ...api.IdentityView) func(w *tabwriter.Writer) {
+	table := func(ids ...types.IdentityView) func(w *tabwriter.Writer) {
 		return func(w *tabwriter.Writer) {
 			fmt.Fprintln(w, "ID\tLABELS")
 			for _, id := range ids {
@@ -315,7 +315,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			return c.print(map[string]string{"refresh": "requested"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Refresh requested") })
 		},
 	})
-	var tr api.TraceRequest
+	var tr types.TraceRequest
 	var src, dst string
 	trace := &cobra.Command{
 		Use:   "trace --src LABELS|--src-endpoint ID --dst LABELS|--dst-endpoint ID [--dport N] [--protocol TCP]",
@@ -398,7 +398,7 @@ func (c *cli) monitorCmd() *cobra.Command {
 			enc := json.NewEncoder(c.out)
 			// On stderr, so that -o json stays one event per line.
 			connected := func() { fmt.Fprintln(cmd.ErrOrStderr(), "Listening for events (Ctrl-C to stop)") }
-			return c.client().MonitorConnected(ctx, ep, typ, connected, func(ev monitor.Event) {
+			return c.client().MonitorConnected(ctx, ep, typ, connected, func(ev types.Event) {
 				if c.output == "json" {
 					enc.Encode(ev)
 					return

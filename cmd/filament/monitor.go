@@ -5,14 +5,14 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/api/types"
 )
 
 // formatEvent is one line of `filament monitor`. ICMP has no ports: the
 // datapath tracks echo by identifier (the request's in the source port
 // field, the reply's in the destination's), so an ICMP event shows the echo
 // type and identifier, or only the addresses for other ICMP types.
-func formatEvent(ev monitor.Event) string {
+func formatEvent(ev types.Event) string {
 	what := "DROP (" + ev.Reason + ")"
 	if ev.Type == "policy-verdict" {
 		what = "ALLOWED (new connection)"

@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/api"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/monitor"
 )
 
 func TestFormatEventICMPShowsTypeNotPorts(t *testing.T) {
-	ev := monitor.Event{Time: time.Now(), Type: "drop", Reason: "policy denied", Direction: "ingress", Endpoint: 7, Protocol: "ICMP",
+	ev := types.Event{Time: time.Now(), Type: "drop", Reason: "policy denied", Direction: "ingress", Endpoint: 7, Protocol: "ICMP",
 		Src: netip.MustParseAddrPort("10.0.0.1:4660"), Dst: netip.MustParseAddrPort("10.0.1.2:0")}
 	got := formatEvent(ev)
 	if !strings.Contains(got, "ICMP type 8 code 0 (echo request, id 4660) 10.0.0.1 identity") || strings.Contains(got, ":4660") || strings.Contains(got, ":0 ") {

@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"text/tabwriter"
 
-	"github.com/filament-net/filament/agent/policy/api"
+	"github.com/filament-net/filament/agent/api/types"
 )
 
 // policyTable lists policies: the key to get or delete each by, its
 // namespace ("(cluster-wide)" for a CiliumClusterwideNetworkPolicy), kind
 // and number of rules.
-func policyTable(w *tabwriter.Writer, ps []api.Policy) {
+func policyTable(w *tabwriter.Writer, ps []types.Policy) {
 	fmt.Fprintln(w, "POLICY\tNAMESPACE\tKIND\tRULES")
 	for _, p := range ps {
 		ns := p.Namespace

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/spf13/cobra"
-
-	"github.com/filament-net/filament/agent/service"
 )
 
 // splitDocs splits a YAML stream at its "---" separators.
@@ -28,7 +27,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "service", Aliases: []string{"services", "svc"}, Short: "Create, show and delete load-balanced services"}
 	var file string
 	upsert := &cobra.Command{
-		Use: "upsert -f FILE", Short: "Create or replace services from YAML/JSON ('-' for stdin); every document is validated before any is sent", Args: cobra.NoArgs,
+		Use: "upsert -f FILE", Short: "Create or replace services from YAML/JSON ('-' for stdin); every document is validated before any is stored", Args: cobra.NoArgs,
 		RunE: func(_ *cobra.Command, _ []string) error {
 			if file == "" {
 				return fmt.Errorf("--file (-f) is required")
@@ -47,16 +46,18 @@ func (c *cli) serviceCmd() *cobra.Command {
 			if len(docs) == 0 {
 				return fmt.Errorf("%s: no service in it", file)
 			}
+			ctx, cancel := c.ctx()
+			defer cancel()
+			cl := c.client()
+			// The agent validates every document (POST /v1/services/validate) before any is stored.
 			for i, d := range docs {
-				if _, err := service.Parse(d); err != nil {
+				if _, err := cl.ValidateService(ctx, d); err != nil {
 					return fmt.Errorf("document %d: %w", i+1, err)
 				}
 			}
-			ctx, cancel := c.ctx()
-			defer cancel()
-			var done []service.Service
+			var done []types.Service
 			for _, d := range docs {
-				s, err := c.client().UpsertService(ctx, d)
+				s, err := cl.UpsertService(ctx, d)
 				if err != nil {
 					return err
 				}
@@ -99,7 +100,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(s, func(w *tabwriter.Writer) { serviceTable(w, []service.Status{s}) })
+			return c.print(s, func(w *tabwriter.Writer) { serviceTable(w, []types.ServiceStatus{s}) })
 		},
 	}
 	del := &cobra.Command{
@@ -134,7 +135,7 @@ func splitKey(s string) (string, string, error) {
 	return ns, name, nil
 }
 
-func serviceTable(w *tabwriter.Writer, ss []service.Status) {
+func serviceTable(w *tabwriter.Writer, ss []types.ServiceStatus) {
 	fmt.Fprintln(w, "SERVICE\tFRONTEND\tTYPE\tOPTIONS\tBACKEND\tCLUSTER\tNODE\tSTATE\tPREFERRED")
 	for _, s := range ss {
 		opts := s.Algorithm

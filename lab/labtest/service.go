@@ -12,7 +12,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/filament-net/filament/agent/service"
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/lab"
 )
 
@@ -36,13 +36,13 @@ func MustUpsertService(t testing.TB, l *lab.Lab, node, doc string) {
 }
 
 // Services lists a node's services through `filament service list -o json`.
-func Services(t testing.TB, l *lab.Lab, node string) []service.Status {
+func Services(t testing.TB, l *lab.Lab, node string) []types.ServiceStatus {
 	t.Helper()
 	out, err := NodeRun(t, l, node, "filament", "service", "list", "-o", "json")
 	if err != nil {
 		t.Fatalf("service list on %s: %v %s", node, err, out)
 	}
-	var ss []service.Status
+	var ss []types.ServiceStatus
 	if err := json.Unmarshal([]byte(out), &ss); err != nil {
 		t.Fatalf("service list json: %v %s", err, out)
 	}

@@ -1,4 +1,8 @@
-package api
+// Package client is the agent API's client: the CLI, the CNI plugin, the
+// lab and users' programs talk to an agent over its unix socket with it.
+// It imports only the API's contract (agent/api/types) and the standard
+// library.
+package client
 
 import (
 	"bytes"
@@ -14,14 +18,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/filament-net/filament/agent/endpoint"
-	"github.com/filament-net/filament/agent/groups"
-	"github.com/filament-net/filament/agent/monitor"
-	"github.com/filament-net/filament/agent/node"
-	"github.com/filament-net/filament/agent/policy"
-	policyapi "github.com/filament-net/filament/agent/policy/api"
-	"github.com/filament-net/filament/agent/service"
-	"github.com/filament-net/filament/clustermesh/remote"
+	"github.com/filament-net/filament/agent/api/types"
 )
 
 // ErrAgentDown: nothing answers on the socket.
@@ -30,7 +27,7 @@ var ErrAgentDown = errors.New("filament-agent is not reachable")
 // APIError is a non-2xx answer of the agent.
 type APIError struct {
 	Status int
-	Error_ Error
+	Error_ types.Error
 }
 
 func (e *APIError) Error() string { return e.Error_.Message }
@@ -53,14 +50,14 @@ func SocketPath(flag string) string {
 	if flag != "" {
 		return flag
 	}
-	if env := os.Getenv(SocketEnv); env != "" {
+	if env := os.Getenv(types.SocketEnv); env != "" {
 		return env
 	}
-	return DefaultSocket
+	return types.DefaultSocket
 }
 
-// NewClient returns a client of the agent listening at socket.
-func NewClient(socket string) *Client {
+// New returns a client of the agent listening at socket.
+func New(socket string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -112,35 +109,35 @@ func jsonBody(v any) io.Reader {
 }
 
 // Status of the agent.
-func (c *Client) Status(ctx context.Context) (Status, error) {
-	var s Status
+func (c *Client) Status(ctx context.Context) (types.Status, error) {
+	var s types.Status
 	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, "", &s)
 }
 
 // CreateEndpoint asks for a new endpoint.
-func (c *Client) CreateEndpoint(ctx context.Context, r endpoint.CreateRequest) (endpoint.Endpoint, error) {
-	var ep endpoint.Endpoint
+func (c *Client) CreateEndpoint(ctx context.Context, r types.EndpointRequest) (types.Endpoint, error) {
+	var ep types.Endpoint
 	return ep, c.do(ctx, http.MethodPost, "/v1/endpoints", jsonBody(r), "application/json", &ep)
 }
 
 // Endpoints lists the node's endpoints.
-func (c *Client) Endpoints(ctx context.Context) ([]endpoint.Endpoint, error) {
-	var eps []endpoint.Endpoint
+func (c *Client) Endpoints(ctx context.Context) ([]types.Endpoint, error) {
+	var eps []types.Endpoint
 	return eps, c.do(ctx, http.MethodGet, "/v1/endpoints", nil, "", &eps)
 }
 
 // Endpoint gets one endpoint by ID, with its enforcement.
-func (c *Client) Endpoint(ctx context.Context, id uint16) (EndpointView, error) {
-	var ep EndpointView
+func (c *Client) Endpoint(ctx context.Context, id uint16) (types.EndpointView, error) {
+	var ep types.EndpointView
 	return ep, c.do(ctx, http.MethodGet, "/v1/endpoints/"+strconv.Itoa(int(id)), nil, "", &ep)
 }
 
 // LookupEndpoint finds the endpoint of a container's interface.
-func (c *Client) LookupEndpoint(ctx context.Context, containerID, ifName string) (endpoint.Endpoint, error) {
-	var eps []endpoint.Endpoint
+func (c *Client) LookupEndpoint(ctx context.Context, containerID, ifName string) (types.Endpoint, error) {
+	var eps []types.Endpoint
 	q := url.Values{"containerID": {containerID}, "ifName": {ifName}}
 	if err := c.do(ctx, http.MethodGet, "/v1/endpoints?"+q.Encode(), nil, "", &eps); err != nil {
-		return endpoint.Endpoint{}, err
+		return types.Endpoint{}, err
 	}
 	return eps[0], nil
 }
@@ -157,26 +154,26 @@ func (c *Client) DeleteContainer(ctx context.Context, containerID, ifName string
 }
 
 // Identities lists identities.
-func (c *Client) Identities(ctx context.Context) ([]IdentityView, error) {
-	var ids []IdentityView
+func (c *Client) Identities(ctx context.Context) ([]types.IdentityView, error) {
+	var ids []types.IdentityView
 	return ids, c.do(ctx, http.MethodGet, "/v1/identities", nil, "", &ids)
 }
 
 // Identity gets one identity.
-func (c *Client) Identity(ctx context.Context, id uint32) (IdentityView, error) {
-	var v IdentityView
+func (c *Client) Identity(ctx context.Context, id uint32) (types.IdentityView, error) {
+	var v types.IdentityView
 	return v, c.do(ctx, http.MethodGet, "/v1/identities/"+strconv.FormatUint(uint64(id), 10), nil, "", &v)
 }
 
 // ImportPolicies sends YAML or JSON policy documents for the cluster.
-func (c *Client) ImportPolicies(ctx context.Context, doc []byte) (PolicyImportResult, error) {
+func (c *Client) ImportPolicies(ctx context.Context, doc []byte) (types.PolicyImportResult, error) {
 	return c.ImportPoliciesScoped(ctx, doc, "")
 }
 
 // ImportPoliciesScoped is ImportPolicies with a scope: "" (the cluster's)
 // or "local" (this node only).
-func (c *Client) ImportPoliciesScoped(ctx context.Context, doc []byte, scope string) (PolicyImportResult, error) {
-	var r PolicyImportResult
+func (c *Client) ImportPoliciesScoped(ctx context.Context, doc []byte, scope string) (types.PolicyImportResult, error) {
+	var r types.PolicyImportResult
 	return r, c.do(ctx, http.MethodPut, "/v1/policies"+scopeQuery(scope), bytes.NewReader(doc), "application/yaml", &r)
 }
 
@@ -188,42 +185,42 @@ func scopeQuery(scope string) string {
 }
 
 // Policies lists stored policies.
-func (c *Client) Policies(ctx context.Context) ([]policyapi.Policy, error) {
-	var ps []policyapi.Policy
+func (c *Client) Policies(ctx context.Context) ([]types.Policy, error) {
+	var ps []types.Policy
 	return ps, c.do(ctx, http.MethodGet, "/v1/policies", nil, "", &ps)
 }
 
 // Policy gets one policy by key (namespace/name).
-func (c *Client) Policy(ctx context.Context, key string) (PolicyView, error) {
-	var p PolicyView
+func (c *Client) Policy(ctx context.Context, key string) (types.PolicyView, error) {
+	var p types.PolicyView
 	return p, c.do(ctx, http.MethodGet, "/v1/policies/"+key, nil, "", &p)
 }
 
 // DeletePolicy deletes one policy by key from the cluster.
-func (c *Client) DeletePolicy(ctx context.Context, key string) (PolicyImportResult, error) {
+func (c *Client) DeletePolicy(ctx context.Context, key string) (types.PolicyImportResult, error) {
 	return c.DeletePolicyScoped(ctx, key, "")
 }
 
 // DeletePolicyScoped is DeletePolicy with a scope (see ImportPoliciesScoped).
-func (c *Client) DeletePolicyScoped(ctx context.Context, key, scope string) (PolicyImportResult, error) {
-	var r PolicyImportResult
+func (c *Client) DeletePolicyScoped(ctx context.Context, key, scope string) (types.PolicyImportResult, error) {
+	var r types.PolicyImportResult
 	return r, c.do(ctx, http.MethodDelete, "/v1/policies/"+key+scopeQuery(scope), nil, "", &r)
 }
 
 // Trace asks how policy treats a flow.
-func (c *Client) Trace(ctx context.Context, r TraceRequest) (policy.TraceResult, error) {
-	var out policy.TraceResult
+func (c *Client) Trace(ctx context.Context, r types.TraceRequest) (types.TraceResult, error) {
+	var out types.TraceResult
 	return out, c.do(ctx, http.MethodPost, "/v1/policy-trace", jsonBody(r), "application/json", &out)
 }
 
 // Monitor streams datapath events matching the filter to f until ctx ends.
-func (c *Client) Monitor(ctx context.Context, endpoint uint16, typ string, f func(monitor.Event)) error {
+func (c *Client) Monitor(ctx context.Context, endpoint uint16, typ string, f func(types.Event)) error {
 	return c.MonitorConnected(ctx, endpoint, typ, nil, f)
 }
 
 // MonitorConnected is Monitor calling connected (when not nil) as soon as
 // the agent has accepted the stream, before the first event.
-func (c *Client) MonitorConnected(ctx context.Context, endpoint uint16, typ string, connected func(), f func(monitor.Event)) error {
+func (c *Client) MonitorConnected(ctx context.Context, endpoint uint16, typ string, connected func(), f func(types.Event)) error {
 	q := url.Values{}
 	if endpoint != 0 {
 		q.Set("endpoint", strconv.Itoa(int(endpoint)))
@@ -260,7 +257,7 @@ func (c *Client) MonitorConnected(ctx context.Context, endpoint uint16, typ stri
 	}
 	dec := json.NewDecoder(resp.Body)
 	for {
-		var ev monitor.Event
+		var ev types.Event
 		if err := dec.Decode(&ev); err != nil {
 			if ctx.Err() != nil || errors.Is(err, io.EOF) {
 				return nil
@@ -272,32 +269,39 @@ func (c *Client) MonitorConnected(ctx context.Context, endpoint uint16, typ stri
 }
 
 // Nodes lists the cluster's nodes as this agent sees them.
-func (c *Client) Nodes(ctx context.Context) ([]node.Node, error) {
-	var ns []node.Node
+func (c *Client) Nodes(ctx context.Context) ([]types.Node, error) {
+	var ns []types.Node
 	return ns, c.do(ctx, http.MethodGet, "/v1/nodes", nil, "", &ns)
 }
 
 // ClusterMesh reports the remote clusters this agent follows.
-func (c *Client) ClusterMesh(ctx context.Context) ([]remote.Status, error) {
-	var st []remote.Status
+func (c *Client) ClusterMesh(ctx context.Context) ([]types.ClusterStatus, error) {
+	var st []types.ClusterStatus
 	return st, c.do(ctx, http.MethodGet, "/v1/clustermesh", nil, "", &st)
 }
 
 // UpsertService creates or replaces one service (YAML or JSON).
-func (c *Client) UpsertService(ctx context.Context, doc []byte) (service.Service, error) {
-	var s service.Service
+func (c *Client) UpsertService(ctx context.Context, doc []byte) (types.Service, error) {
+	var s types.Service
 	return s, c.do(ctx, http.MethodPut, "/v1/services", bytes.NewReader(doc), "application/yaml", &s)
 }
 
+// ValidateService parses and validates one service (YAML or JSON) as the
+// agent would store it, storing nothing.
+func (c *Client) ValidateService(ctx context.Context, doc []byte) (types.Service, error) {
+	var s types.Service
+	return s, c.do(ctx, http.MethodPost, "/v1/services/validate", bytes.NewReader(doc), "application/yaml", &s)
+}
+
 // Services lists the services as this node load-balances them.
-func (c *Client) Services(ctx context.Context) ([]service.Status, error) {
-	var out []service.Status
+func (c *Client) Services(ctx context.Context) ([]types.ServiceStatus, error) {
+	var out []types.ServiceStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, "", &out)
 }
 
 // Service gets one service.
-func (c *Client) Service(ctx context.Context, namespace, name string) (service.Status, error) {
-	var out service.Status
+func (c *Client) Service(ctx context.Context, namespace, name string) (types.ServiceStatus, error) {
+	var out types.ServiceStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(namespace)+"/"+url.PathEscape(name), nil, "", &out)
 }
 
@@ -307,8 +311,8 @@ func (c *Client) DeleteService(ctx context.Context, namespace, name string) erro
 }
 
 // Encryption reports the node's transparent encryption.
-func (c *Client) Encryption(ctx context.Context) (EncryptionStatus, error) {
-	var out EncryptionStatus
+func (c *Client) Encryption(ctx context.Context) (types.EncryptionStatus, error) {
+	var out types.EncryptionStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/encryption", nil, "", &out)
 }
 
@@ -320,12 +324,31 @@ func (c *Client) RotateKey(ctx context.Context) (string, error) {
 }
 
 // Groups reports the cloud groups (toGroups/fromGroups) and their resolution.
-func (c *Client) Groups(ctx context.Context) (groups.Status, error) {
-	var out groups.Status
+func (c *Client) Groups(ctx context.Context) (types.GroupsStatus, error) {
+	var out types.GroupsStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/groups", nil, "", &out)
 }
 
 // RefreshGroups asks the cluster's resolver to resolve every group now.
 func (c *Client) RefreshGroups(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/groups/refresh", nil, "", nil)
+}
+
+// IdentitiesAllClusters lists every identity the agent knows: its cluster's,
+// the reserved ones and those of the remote clusters it follows.
+func (c *Client) IdentitiesAllClusters(ctx context.Context) ([]types.IdentityView, error) {
+	var ids []types.IdentityView
+	return ids, c.do(ctx, http.MethodGet, "/v1/identities?clusters=all", nil, "", &ids)
+}
+
+// BPFPolicy lists endpoint id's policy map entries as the kernel holds them.
+func (c *Client) BPFPolicy(ctx context.Context, id uint16) ([]types.BPFPolicyEntry, error) {
+	var out []types.BPFPolicyEntry
+	return out, c.do(ctx, http.MethodGet, "/v1/endpoints/"+strconv.Itoa(int(id))+"/bpf-policy", nil, "", &out)
+}
+
+// BPFIPCache lists the node's ipcache as the kernel holds it.
+func (c *Client) BPFIPCache(ctx context.Context) ([]types.BPFIPCacheEntry, error) {
+	var out []types.BPFIPCacheEntry
+	return out, c.do(ctx, http.MethodGet, "/v1/bpf/ipcache", nil, "", &out)
 }

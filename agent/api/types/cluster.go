@@ -1,0 +1,79 @@
+package types
+
+import "time"
+
+// Node is one node's record as the agent sees it (GET /v1/nodes).
+type Node struct {
+	Name      string   `json:"name"`
+	Cluster   string   `json:"cluster"`
+	ClusterID uint32   `json:"clusterID"`
+	IPs       []string `json:"ips"`
+	PodCIDRs  []string `json:"podCIDRs"`
+	Routing   string   `json:"routing"`
+	Health    string   `json:"health"`
+	// Labels describe the node (on EC2: region, zone, instance type, VPC).
+	Labels map[string]string `json:"labels,omitempty"`
+	// WireGuardKey is the node's WireGuard public key (encryption on).
+	WireGuardKey string `json:"wireguardPublicKey,omitempty"`
+	// Certificate (PEM) issued by the cluster's CA, and Signature of the
+	// record with its key, when nodes authenticate.
+	Certificate string `json:"certificate,omitempty"`
+	Signature   string `json:"signature,omitempty"`
+	// Reachable is this agent's view from failure detection.
+	Reachable bool `json:"reachable"`
+}
+
+// ClusterStatus is one remote cluster the agent follows (GET
+// /v1/clustermesh).
+type ClusterStatus struct {
+	Name        string    `json:"name"`
+	ClusterID   uint32    `json:"clusterID,omitempty"`
+	Configured  bool      `json:"configured"`
+	Connected   bool      `json:"connected"`
+	Ready       bool      `json:"ready"`
+	Withdrawn   bool      `json:"withdrawn,omitempty"`
+	Nodes       int       `json:"nodes"`
+	Endpoints   int       `json:"endpoints"`
+	Identities  int       `json:"identities"`
+	Services    int       `json:"services"`
+	Rejected    int       `json:"rejected"`
+	LastFailure string    `json:"lastFailure,omitempty"`
+	FailureTime time.Time `json:"lastFailureTime,omitzero"`
+	Since       time.Time `json:"connectedSince,omitzero"`
+}
+
+// EncryptionStatus is the node's transparent encryption (GET
+// /v1/encryption).
+type EncryptionStatus struct {
+	Mode      string       `json:"mode"` // none, wireguard, ipsec
+	Strict    bool         `json:"strict"`
+	Device    string       `json:"device,omitempty"`
+	Type      string       `json:"type,omitempty"` // kernel or userspace
+	PublicKey string       `json:"publicKey,omitempty"`
+	Port      int          `json:"port,omitempty"`
+	Peers     []PeerStatus `json:"peers"`
+	// StrictDrops counts packets strict mode dropped (no peer yet).
+	StrictDrops uint64 `json:"strictDrops"`
+	// Authentication: nodes must present a certificate of their cluster's
+	// CA and a signed record; Refused are the nodes that did not.
+	Authentication bool      `json:"authentication"`
+	Refused        []Refusal `json:"refused"`
+}
+
+// PeerStatus is one encryption peer as the device reports it.
+type PeerStatus struct {
+	Name          string    `json:"name"`
+	PublicKey     string    `json:"publicKey"`
+	Endpoint      string    `json:"endpoint"`
+	AllowedIPs    []string  `json:"allowedIPs"`
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	RxBytes       int64     `json:"rxBytes"`
+	TxBytes       int64     `json:"txBytes"`
+}
+
+// Refusal is a node that is not accepted, and why.
+type Refusal struct {
+	Node   string    `json:"node"` // as the agent names it (remote nodes <cluster>/<node>)
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+}

@@ -1,0 +1,120 @@
+package types
+
+import (
+	"encoding/json"
+	"net/netip"
+	"time"
+)
+
+// Policy is one stored policy document in the agent's internal form
+// (GET /v1/policies). Rules are carried as JSON, in Cilium's rule form:
+// the rule model belongs to the policy package, the contract only
+// passes it through.
+type Policy struct {
+	Kind        string            `json:"kind"`
+	Namespace   string            `json:"namespace,omitempty"`
+	Name        string            `json:"name"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Rules       []json.RawMessage `json:"rules"`
+	// Source is the document as the user wrote it (or, for an item of a
+	// list, the item re-marshalled as YAML).
+	Source string `json:"source,omitempty"`
+}
+
+// KindCiliumClusterwideNetworkPolicy is the kind of a policy that applies
+// outside one namespace.
+const KindCiliumClusterwideNetworkPolicy = "CiliumClusterwideNetworkPolicy"
+
+// Key identifies a policy to get or delete it by: namespace/name, or the
+// bare name of a CiliumClusterwideNetworkPolicy.
+func (p Policy) Key() string {
+	if p.Namespace == "" {
+		return p.Name
+	}
+	return p.Namespace + "/" + p.Name
+}
+
+// Clusterwide reports whether the policy applies outside one namespace.
+func (p Policy) Clusterwide() bool { return p.Kind == KindCiliumClusterwideNetworkPolicy }
+
+// PolicyView is a stored policy with the entries derived from its groups
+// (toGroups/fromGroups): each group's addresses and last refresh (GET
+// /v1/policies/{key}).
+type PolicyView struct {
+	Policy
+	// Scope: cluster (every agent enforces it), local (this node only) or
+	// kubernetes (from the API server); empty from an agent without a
+	// cluster store.
+	Scope string `json:"scope,omitempty"`
+	// ClusterWide: a CiliumClusterwideNetworkPolicy (no namespace).
+	ClusterWide   bool          `json:"clusterWide,omitempty"`
+	DerivedGroups []GroupResult `json:"derivedGroups,omitempty"`
+}
+
+// PolicyImportResult is the answer to a policy import or delete.
+type PolicyImportResult struct {
+	Revision uint64   `json:"revision"`
+	Policies []string `json:"policies"`
+}
+
+// TraceRequest asks how policy treats traffic from Src to Dst (POST
+// /v1/policy-trace). Each side is an endpoint ID or a label list.
+type TraceRequest struct {
+	SrcEndpoint uint16   `json:"srcEndpoint,omitempty"`
+	SrcLabels   []string `json:"srcLabels,omitempty"`
+	DstEndpoint uint16   `json:"dstEndpoint,omitempty"`
+	DstLabels   []string `json:"dstLabels,omitempty"`
+	Port        uint16   `json:"port,omitempty"`
+	Protocol    string   `json:"protocol,omitempty"` // TCP, UDP, SCTP, ICMP (ICMP: port is the type)
+}
+
+// TraceResult is the verdict of a traced connection.
+type TraceResult struct {
+	Verdict string `json:"verdict"` // allowed or denied
+	// Reason says which side decided and how.
+	Reason string `json:"reason"`
+	// Rule is the rule that decided; nil for a default verdict.
+	Rule *RuleRef `json:"rule,omitempty"`
+	// Enforced is whether either side enforces policy in its direction.
+	Enforced bool `json:"enforced"`
+}
+
+// RuleRef names one section of one rule of a policy.
+type RuleRef struct {
+	Policy  string `json:"policy"`  // the policy's key
+	Rule    int    `json:"rule"`    // index in the policy's rules
+	Section string `json:"section"` // e.g. "ingress[0]" or "egressDeny[1]"
+}
+
+// GroupsStatus is the cloud groups (toGroups/fromGroups) as the agent sees
+// them (GET /v1/groups).
+type GroupsStatus struct {
+	Enabled  bool          `json:"enabled"`
+	Leader   string        `json:"leader,omitempty"`
+	IsLeader bool          `json:"isLeader"`
+	Interval string        `json:"interval"`
+	Groups   []GroupResult `json:"groups"`
+}
+
+// GroupResult is a group as last resolved by the cluster's leader.
+type GroupResult struct {
+	Key      string       `json:"key"`
+	Group    AWSGroup     `json:"group"`
+	Addrs    []netip.Addr `json:"addrs"`
+	Resolved bool         `json:"resolved"` // resolved at least once
+	// Refreshed is the time of the last successful resolution.
+	Refreshed time.Time `json:"refreshed,omitzero"`
+	// Error of the last attempt, when it failed (Addrs are the last good set).
+	Error    string    `json:"error,omitempty"`
+	Failures int       `json:"failures,omitempty"`
+	Since    time.Time `json:"errorSince,omitzero"`
+}
+
+// AWSGroup selects AWS security groups by id, name or tag.
+type AWSGroup struct {
+	Labels              map[string]string `json:"labels,omitempty"`
+	SecurityGroupsIDs   []string          `json:"securityGroupsIds,omitempty"`
+	SecurityGroupsNames []string          `json:"securityGroupsNames,omitempty"`
+	Region              string            `json:"region,omitempty"`
+}
