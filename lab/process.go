@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -263,6 +264,19 @@ func running(pid int) bool {
 	// pid (comm) state ...: the state follows the last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// stopNetNSProcesses stops every process left in network namespace ns.
+func stopNetNSProcesses(ns string) {
+	out, err := exec.Command("ip", "netns", "pids", ns).Output()
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			stopPID(pid)
+		}
+	}
 }
 
 func stopPID(pid int) {

@@ -279,6 +279,9 @@ func (l *Lab) teardown() error {
 	}
 	for _, n := range l.Nodes {
 		stopPID(n.PID)
+		// What the agent started in its own session (the L7 proxy, which
+		// outlives agent restarts) goes with the node.
+		stopNetNSProcesses(n.NetNS)
 		if err := run("ip", "netns", "del", n.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)
 		}
