@@ -39,6 +39,8 @@ const (
 	DefaultEtcdPeer    = "http://127.0.0.1:2380"
 	DefaultLeaseTTL    = 15 * time.Second
 	DefaultGCInterval  = 5 * time.Minute
+	// DefaultProxyPort is the L7 proxy's listener port.
+	DefaultProxyPort = 15001
 )
 
 // Duration is a time.Duration written as "15s" in YAML and JSON.
@@ -138,6 +140,12 @@ type Config struct {
 	// CgroupRoot is the cgroup v2 directory the socket programs attach to
 	// ("" = the cgroup2 mount).
 	CgroupRoot string `json:"cgroupRoot"`
+	// ProxyPort is the node's L7 proxy listener (0: no proxy; flows that
+	// L7 rules apply to are dropped).
+	ProxyPort int `json:"proxyPort"`
+	// ProxyBinary is the filament-proxy executable ("" = next to the
+	// agent's, else on PATH).
+	ProxyBinary string `json:"proxyBinary"`
 	// Encryption of pod traffic between nodes: none, wireguard or ipsec.
 	Encryption string `json:"encryption"`
 	// EncryptionStrict drops pod traffic to a node that is not an
@@ -203,6 +211,7 @@ func Default() Config {
 		LBAlgorithm:           "random",
 		MaglevTableSize:       maglev.DefaultSize,
 		SocketLB:              true,
+		ProxyPort:             DefaultProxyPort,
 		Encryption:            "none",
 		GroupsRefreshInterval: Duration(5 * time.Minute),
 	}
@@ -361,6 +370,12 @@ func (c Config) validateDatapath() error {
 		return fmt.Errorf("%w: maglevTableSize: %v", ErrInvalid, err)
 	}
 	if err := absPath("cgroupRoot", c.CgroupRoot, true); err != nil {
+		return err
+	}
+	if c.ProxyPort < 0 || c.ProxyPort > 65534 {
+		return fmt.Errorf("%w: proxyPort %d: must be 0 (no L7 proxy) or 1-65534", ErrInvalid, c.ProxyPort)
+	}
+	if err := absPath("proxyBinary", c.ProxyBinary, true); err != nil {
 		return err
 	}
 	return atLeastASecond("conntrackGCInterval", c.ConntrackGCInterval)

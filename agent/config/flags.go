@@ -54,6 +54,8 @@ var Flags = []Flag{
 	{"maglev-table-size", "Maglev table size per service (a prime, 251-131071)", func(c *Config) any { return &c.MaglevTableSize }},
 	{"socket-lb", "translate service addresses at connect time for pods and the node (cgroup socket hooks)", func(c *Config) any { return &c.SocketLB }},
 	{"cgroup-root", "cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount)", func(c *Config) any { return &c.CgroupRoot }},
+	{"proxy-port", "port of the node's L7 proxy (filament-proxy, started by the agent); 0: none, flows with L7 rules are dropped", func(c *Config) any { return &c.ProxyPort }},
+	{"proxy-binary", "the filament-proxy executable (default: next to the agent's, else on PATH)", func(c *Config) any { return &c.ProxyBinary }},
 	{"encryption", "encrypt pod traffic between nodes: none, wireguard or ipsec", func(c *Config) any { return &c.Encryption }},
 	{"encryption-strict", "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear", func(c *Config) any { return &c.EncryptionStrict }},
 	{"encryption-unauthenticated-nodes", "allow encryption without node authentication (every node in the kvstore becomes a peer)", func(c *Config) any { return &c.EncryptionUnauthenticatedNodes }},

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/filament-net/filament/agent/api"
@@ -14,6 +16,7 @@ import (
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/l7"
 	"github.com/filament-net/filament/agent/metrics"
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/clustermesh/remote"
@@ -121,4 +124,40 @@ func (a *Agent) status(ctx context.Context) types.Status {
 		st.Kvstore.Healthy, st.Kvstore.Error = false, err.Error()
 	}
 	return st
+}
+
+// startProxy starts (or adopts) the node's L7 proxy and keeps it
+// configured. Without it, flows that L7 rules apply to are dropped.
+func (a *Agent) startProxy(ctx context.Context) error {
+	if a.cfg.ProxyPort == 0 {
+		slog.Info("L7 proxy off (--proxy-port 0): flows that L7 rules apply to are dropped")
+		return nil
+	}
+	s, err := l7.Start(ctx, l7.Config{Binary: a.cfg.ProxyBinary, StateDir: filepath.Join(a.cfg.StateDir, "proxy"),
+		Port: uint16(a.cfg.ProxyPort), Policies: a.res.L7Policies, Endpoints: a.l7Endpoints, IPCache: a.ipcache, Publish: a.hub.Publish})
+	if err != nil {
+		slog.Error("L7 proxy off: flows that L7 rules apply to are dropped", "err", err)
+		return nil
+	}
+	a.proxy = s
+	a.onStop("l7 proxy supervisor (the proxy keeps running)", s.Wait)
+	return nil
+}
+
+func (a *Agent) l7Endpoints() map[uint16]l7.Endpoint {
+	out := map[uint16]l7.Endpoint{}
+	for _, ep := range a.eps.List() {
+		if ep.IPv4.IsValid() {
+			out[ep.ID] = l7.Endpoint{IP: ep.IPv4, Identity: ep.Identity}
+		}
+	}
+	return out
+}
+
+func (a *Agent) ipcache() map[netip.Prefix]identity.NumericIdentity {
+	m, err := a.dp.IPCache()
+	if err != nil {
+		slog.Warn("ipcache for the L7 proxy", "err", err)
+	}
+	return m
 }

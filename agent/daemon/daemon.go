@@ -28,6 +28,7 @@ import (
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/l7"
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
@@ -93,9 +94,10 @@ type Agent struct {
 	relabel         k8sPods
 	groups          cloudGroups
 	// endpoints, monitor, API
-	eps *endpoint.Manager
-	hub *monitor.Hub
-	srv *api.Server
+	eps   *endpoint.Manager
+	hub   *monitor.Hub
+	proxy *l7.Supervisor
+	srv   *api.Server
 }
 
 type step struct {
@@ -136,6 +138,7 @@ func (a *Agent) steps() []step {
 		{"cloud groups", a.startGroups},
 		{"endpoints", a.startEndpoints},
 		{"monitor", a.startMonitor},
+		{"l7 proxy", a.startProxy},
 		{"api", a.startAPI},
 	}
 }

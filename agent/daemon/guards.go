@@ -76,6 +76,7 @@ func controlPorts(cfg config.Config) []uint16 {
 		}
 	}
 	add(cfg.MemberlistPort)
+	add(cfg.ProxyPort)
 	if cfg.Routing == routing.Tunnel {
 		add(routing.VXLANPort)
 	}

@@ -126,7 +126,7 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 		return err
 	}
 	dp, err := datapath.Load(datapath.Config{BPFRoot: a.cfg.BPFRoot, Cluster: a.cfg.ClusterName, Node: a.cfg.NodeName,
-		Attach: a.cfg.DatapathAttach, MaglevSize: a.cfg.MaglevTableSize})
+		Attach: a.cfg.DatapathAttach, MaglevSize: a.cfg.MaglevTableSize, ProxyPort: uint16(a.cfg.ProxyPort)})
 	if err != nil {
 		return err
 	}

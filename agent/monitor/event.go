@@ -10,7 +10,7 @@ import (
 // Event is one drop or policy verdict reported by the programs.
 type Event struct {
 	Time        time.Time                `json:"time"`
-	Type        string                   `json:"type"` // "drop" or "policy-verdict"
+	Type        string                   `json:"type"` // "drop", "policy-verdict" or "l7"
 	Reason      string                   `json:"reason"`
 	ReasonCode  uint8                    `json:"reasonCode"`
 	Direction   string                   `json:"direction"` // of the deciding endpoint: "ingress" or "egress"
@@ -25,4 +25,18 @@ type Event struct {
 	Protocol    string                   `json:"protocol"`
 	IfIndex     uint32                   `json:"ifindex"`
 	Length      uint32                   `json:"length"`
+	// L7 is set on "l7" events: one request through the node's proxy.
+	L7 *L7 `json:"l7,omitempty"`
+}
+
+// L7 is what the proxy saw of one request and what it decided.
+type L7 struct {
+	Protocol string        `json:"protocol"` // HTTP/1.1, HTTP/2 or gRPC
+	Method   string        `json:"method"`
+	Host     string        `json:"host"`
+	Path     string        `json:"path"`
+	Status   int           `json:"status"`
+	Latency  time.Duration `json:"latency"` // ns
+	Verdict  string        `json:"verdict"` // forwarded or denied
+	Notes    []string      `json:"notes,omitempty"`
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/filament-net/filament/agent/api/types"
 )
@@ -13,6 +14,9 @@ import (
 // field, the reply's in the destination's), so an ICMP event shows the echo
 // type and identifier, or only the addresses for other ICMP types.
 func formatEvent(ev types.Event) string {
+	if ev.L7 != nil {
+		return formatL7(ev)
+	}
 	what := "DROP (" + ev.Reason + ")"
 	if ev.Type == "policy-verdict" {
 		what = "ALLOWED (new connection)"
@@ -26,6 +30,24 @@ func formatEvent(ev types.Event) string {
 		ev.Time.Format("15:04:05.000"), what, ev.Direction, ev.Endpoint, proto,
 		src, uint32(ev.SrcIdentity), strings.Join(ev.SrcLabels, ","),
 		dst, uint32(ev.DstIdentity), strings.Join(ev.DstLabels, ","))
+}
+
+// formatL7 is one request through the L7 proxy: verdict, protocol,
+// request line, status and latency, then both sides as for packets.
+func formatL7(ev types.Event) string {
+	l := ev.L7
+	what := "L7 " + strings.ToUpper(l.Verdict)
+	if ev.Reason != "" && l.Verdict != "forwarded" {
+		what += " (" + ev.Reason + ")"
+	}
+	notes := ""
+	if len(l.Notes) > 0 {
+		notes = " {" + strings.Join(l.Notes, "; ") + "}"
+	}
+	return fmt.Sprintf("%s %s %s endpoint %d: %s %s %s%s -> %d in %v%s: %s identity %d [%s] -> %s identity %d [%s]",
+		ev.Time.Format("15:04:05.000"), what, ev.Direction, ev.Endpoint, l.Protocol, l.Method, l.Host, l.Path,
+		l.Status, l.Latency.Round(time.Microsecond), notes,
+		ev.Src, ev.SrcIdentity, strings.Join(ev.SrcLabels, ","), ev.Dst, ev.DstIdentity, strings.Join(ev.DstLabels, ","))
 }
 
 func icmpDesc(src, dst netip.AddrPort) string {

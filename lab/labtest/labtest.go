@@ -46,7 +46,7 @@ func BinDir(t testing.TB) string {
 		if builtDir, buildErr = os.MkdirTemp("", "filament-bin-"); buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", builtDir+"/", "./cmd/filament-agent", "./cmd/filament", "./cmd/filament-cni", "./cmd/filament-lab", "./cmd/filament-clustermesh-apiserver")
+		cmd := exec.Command("go", "build", "-o", builtDir+"/", "./cmd/filament-agent", "./cmd/filament", "./cmd/filament-cni", "./cmd/filament-lab", "./cmd/filament-clustermesh-apiserver", "./cmd/filament-proxy")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v: %s", err, out)

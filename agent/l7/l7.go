@@ -1,0 +1,384 @@
+// Package l7 owns the agent's side of L7 policy: the node's proxy process
+// (filament-proxy) started, adopted after an agent restart and started
+// again when it dies; the local route the datapath's steered flows need;
+// the proxy's configuration, rebuilt from the resolver's L7 policies, the
+// endpoints and the ipcache and pushed when it changes; and the proxy's
+// request records, read back as monitor events.
+//
+// The proxy runs in a session of its own and outlives the agent: an agent
+// restart neither resets proxied connections nor leaves a moment without a
+// listener (the datapath keeps steering to the same port).
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/proxy"
+)
+
+// Route of steered packets: the datapath marks them MarkToProxy, and a rule
+// sends that mark to a table whose one route makes every destination local.
+const (
+	MarkToProxy = 0x200 // bpf/lib/common.h MARK_TO_PROXY
+	RouteTable  = 2005
+	rulePrio    = 90
+)
+
+// ErrNoBinary is returned when the filament-proxy executable is not found.
+var ErrNoBinary = errors.New("filament-proxy not found")
+
+// Config of the supervisor.
+type Config struct {
+	Binary   string // filament-proxy ("" = next to this executable, else PATH)
+	StateDir string // the proxy's state dir: persisted config, log, control socket
+	Port     uint16 // the proxy's listener
+
+	// Policies are the resolver's L7 policies; Endpoints the local
+	// endpoints' addresses by ID; IPCache every known address's identity.
+	Policies  func() []policy.L7Policy
+	Endpoints func() map[uint16]Endpoint
+	IPCache   func() map[netip.Prefix]identity.NumericIdentity
+	// Publish receives each request record as an "l7" monitor event.
+	Publish func(monitor.Event)
+}
+
+// Endpoint is a local endpoint's address and identity.
+type Endpoint struct {
+	IP       netip.Addr
+	Identity identity.NumericIdentity
+}
+
+// Supervisor keeps the proxy running and configured.
+type Supervisor struct {
+	cfg    Config
+	socket string
+	hc     *http.Client
+	kick   chan struct{}
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	child *os.Process
+}
+
+// Socket is the proxy's control socket under stateDir.
+func Socket(stateDir string) string { return filepath.Join(stateDir, "proxy.sock") }
+
+// Start installs the local route, adopts a running proxy or starts one,
+// and follows it until ctx ends. The proxy keeps running after that.
+func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("proxy state dir: %w", err)
+	}
+	if cfg.Binary == "" {
+		cfg.Binary = findBinary()
+	}
+	if _, err := os.Stat(cfg.Binary); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrNoBinary, cfg.Binary, err)
+	}
+	if err := ensureRoute(); err != nil {
+		return nil, err
+	}
+	s := &Supervisor{cfg: cfg, socket: Socket(cfg.StateDir), kick: make(chan struct{}, 1)}
+	s.hc = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", s.socket)
+	}}}
+	if s.healthy(ctx) {
+		slog.Info("L7 proxy already running: adopted", "socket", s.socket)
+	} else if err := s.spawn(); err != nil {
+		return nil, err
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.superviseAndConfigure(ctx) }()
+	go func() { defer s.wg.Done(); s.readRecords(ctx) }()
+	return s, nil
+}
+
+// Wait waits for the supervisor's goroutines (after ctx ended).
+func (s *Supervisor) Wait() {
+	s.wg.Wait()
+	s.hc.CloseIdleConnections()
+	s.mu.Lock()
+	if s.child != nil {
+		s.child.Release()
+	}
+	s.mu.Unlock()
+}
+
+// Changed asks for the configuration to be rebuilt and pushed now.
+func (s *Supervisor) Changed() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func findBinary() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "filament-proxy")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("filament-proxy"); err == nil {
+		return p
+	}
+	return "filament-proxy"
+}
+
+// ensureRoute makes packets marked MarkToProxy local, whatever their
+// destination (the rule and the table's one route).
+func ensureRoute() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	_, all, _ := net.ParseCIDR("0.0.0.0/0")
+	rt := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: all, Table: RouteTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST}
+	if err := netlink.RouteReplace(rt); err != nil {
+		return fmt.Errorf("local route for the L7 proxy (table %d): %w", RouteTable, err)
+	}
+	rule := netlink.NewRule()
+	rule.Mark, rule.Table, rule.Priority, rule.Family = MarkToProxy, RouteTable, rulePrio, unix.AF_INET
+	mask := uint32(0xffffffff)
+	rule.Mask = &mask
+	rules, err := netlink.RuleList(unix.AF_INET)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if r.Table == RouteTable && r.Mark == MarkToProxy {
+			return nil
+		}
+	}
+	if err := netlink.RuleAdd(rule); err != nil {
+		return fmt.Errorf("rule fwmark %#x lookup %d: %w", MarkToProxy, RouteTable, err)
+	}
+	return nil
+}
+
+// spawn starts the proxy in a session of its own, logging to its state dir.
+func (s *Supervisor) spawn() error {
+	logf, err := os.OpenFile(filepath.Join(s.cfg.StateDir, "proxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	os.Remove(s.socket)
+	cmd := exec.Command(s.cfg.Binary, "--listen", "0.0.0.0:"+strconv.Itoa(int(s.cfg.Port)),
+		"--control-socket", s.socket, "--state-dir", s.cfg.StateDir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.cfg.Binary, err)
+	}
+	s.mu.Lock()
+	s.child = cmd.Process
+	s.mu.Unlock()
+	// Reap it when it exits (the supervisor starts another).
+	go cmd.Wait()
+	for i := 0; i < 50; i++ {
+		if s.healthy(context.Background()) {
+			slog.Info("L7 proxy started", "pid", cmd.Process.Pid, "port", s.cfg.Port, "socket", s.socket)
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("L7 proxy not answering on %s 5 s after its start (see %s)", s.socket, filepath.Join(s.cfg.StateDir, "proxy.log"))
+}
+
+func (s *Supervisor) healthy(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/healthz", nil)
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// superviseAndConfigure checks the proxy every second (starting it again
+// when it is gone) and pushes the configuration when it changed, when
+// asked, or when the proxy was started again.
+func (s *Supervisor) superviseAndConfigure(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var last []byte
+	for {
+		if !s.healthy(ctx) && ctx.Err() == nil {
+			slog.Warn("L7 proxy not answering: starting it again")
+			if err := s.spawn(); err != nil {
+				slog.Error("L7 proxy", "err", err)
+			}
+			last = nil
+		}
+		cfg := s.build()
+		if b, _ := json.Marshal(cfg); !bytes.Equal(b, last) {
+			if err := s.push(ctx, b); err != nil {
+				slog.Error("L7 proxy configuration not applied", "err", err)
+			} else {
+				last = b
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.kick:
+		}
+	}
+}
+
+// build is the proxy configuration of now.
+func (s *Supervisor) build() proxy.Config {
+	return Build(s.cfg.Policies(), s.cfg.Endpoints(), s.cfg.IPCache())
+}
+
+// Build turns the resolver's L7 policies into the proxy's configuration:
+// one port policy per endpoint address, direction and port, with one peer
+// rule per identity (none: any peer).
+func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix]identity.NumericIdentity) proxy.Config {
+	cfg := proxy.Config{Policies: []proxy.PortPolicy{}, IPCache: []proxy.IPCacheEntry{}}
+	index := map[string]int{}
+	for _, p := range pols {
+		ep, ok := eps[p.Endpoint]
+		if !ok {
+			continue
+		}
+		ip := ep.IP
+		dir := "egress"
+		if p.Dir == policy.Ingress {
+			dir = "ingress"
+		}
+		key := fmt.Sprintf("%s/%s/%d", ip, dir, p.Port)
+		i, ok := index[key]
+		if !ok {
+			i = len(cfg.Policies)
+			index[key] = i
+			cfg.Policies = append(cfg.Policies, proxy.PortPolicy{Endpoint: ip, Direction: dir, Port: p.Port, Protocol: "TCP"})
+		}
+		pr := proxy.PeerRules{HTTP: []proxy.HTTPRule{}}
+		if p.Identity != 0 {
+			pr.Remotes = []uint32{uint32(p.Identity)}
+		}
+		for _, h := range p.HTTP {
+			r := proxy.HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host, Headers: h.Headers}
+			for _, m := range h.HeaderMatches {
+				r.HeaderMatches = append(r.HeaderMatches, proxy.HeaderMatch{Name: m.Name, Value: m.Value, Mismatch: m.Mismatch})
+			}
+			pr.HTTP = append(pr.HTTP, r)
+		}
+		cfg.Policies[i].Rules = append(cfg.Policies[i].Rules, pr)
+	}
+	seen := map[netip.Prefix]bool{}
+	for _, ep := range eps {
+		p := netip.PrefixFrom(ep.IP, 32)
+		seen[p] = true
+		cfg.IPCache = append(cfg.IPCache, proxy.IPCacheEntry{Prefix: p, Identity: uint32(ep.Identity)})
+	}
+	for p, id := range ipc {
+		if !seen[p] {
+			cfg.IPCache = append(cfg.IPCache, proxy.IPCacheEntry{Prefix: p, Identity: uint32(id)})
+		}
+	}
+	slices.SortFunc(cfg.IPCache, func(a, b proxy.IPCacheEntry) int {
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
+		}
+		return a.Prefix.Bits() - b.Prefix.Bits()
+	})
+	return cfg
+}
+
+func (s *Supervisor) push(ctx context.Context, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://proxy/v1/config", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("proxy refused the configuration: %s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+	return nil
+}
+
+// readRecords follows the proxy's records until ctx ends, reconnecting.
+func (s *Supervisor) readRecords(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := s.followRecords(ctx); err != nil && ctx.Err() == nil {
+			slog.Debug("L7 proxy records", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Supervisor) followRecords(ctx context.Context) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/v1/records", nil)
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		var r proxy.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			continue
+		}
+		s.cfg.Publish(s.event(r))
+	}
+	return sc.Err()
+}
+
+// event is a record as a monitor event of the endpoint whose policy applied.
+func (s *Supervisor) event(r proxy.Record) monitor.Event {
+	ev := monitor.Event{Time: r.Time, Type: "l7", Reason: r.Reason, Direction: r.Direction,
+		SrcIdentity: identity.NumericIdentity(r.SrcIdentity), DstIdentity: identity.NumericIdentity(r.DstIdentity),
+		Src: netip.AddrPortFrom(r.SrcIP, r.SrcPort), Dst: netip.AddrPortFrom(r.DstIP, r.DstPort), Protocol: "TCP",
+		L7: &monitor.L7{Protocol: r.Protocol, Method: r.Method, Host: r.Host, Path: r.Path, Status: r.Status,
+			Latency: r.Latency, Verdict: r.Verdict, Notes: r.Notes}}
+	for id, ep := range s.cfg.Endpoints() {
+		switch ep.IP {
+		case r.Endpoint:
+			ev.Endpoint = id
+		case r.SrcIP, r.DstIP:
+			ev.PeerEP = id
+		}
+	}
+	return ev
+}
