@@ -1,0 +1,224 @@
+package proxy
+
+import (
+	"cmp"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+)
+
+// Directions of a PortPolicy.
+const (
+	Ingress = "ingress"
+	Egress  = "egress"
+)
+
+// WorldIdentity is the identity of an address the IPCache does not know.
+const WorldIdentity uint32 = 2
+
+// maxIdentity bounds identities: 24 bits of cluster and number, and the
+// local-scope flag (bit 24) of CIDR identities.
+const maxIdentity = 1<<25 - 1
+
+// Config is the proxy's whole configuration; SetConfig replaces the
+// previous one entirely.
+type Config struct {
+	// Revision is the sender's number for this config (reported back).
+	Revision uint64         `json:"revision"`
+	Policies []PortPolicy   `json:"policies"`
+	IPCache  []IPCacheEntry `json:"ipcache"`
+}
+
+// PortPolicy is the L7 policy of one local endpoint, direction and port.
+type PortPolicy struct {
+	Endpoint  netip.Addr  `json:"endpoint"`  // a local pod's address
+	Direction string      `json:"direction"` // "ingress" or "egress"
+	Port      uint16      `json:"port"`
+	Protocol  string      `json:"protocol"` // "TCP"
+	Rules     []PeerRules `json:"rules"`
+}
+
+// PeerRules are the HTTP rules that apply to some peers. Remotes are the
+// peers' identities (empty: any peer); HTTP empty lets every request of
+// those peers through (a peer allowed at L4 on an L7 port).
+type PeerRules struct {
+	Remotes []uint32   `json:"remotes,omitempty"`
+	HTTP    []HTTPRule `json:"http"`
+}
+
+// IPCacheEntry maps a prefix to an identity; the longest prefix wins.
+type IPCacheEntry struct {
+	Prefix   netip.Prefix `json:"prefix"`
+	Identity uint32       `json:"identity"`
+}
+
+// policyKey names the PortPolicy that applies to one side of a connection.
+type policyKey struct {
+	endpoint  netip.Addr
+	direction string
+	port      uint16
+}
+
+type peerRules struct {
+	remotes map[uint32]bool // nil: any
+	rules   []*rule         // empty: all requests
+}
+
+// compiled is a validated Config, ready for lookups; it is never changed
+// once built.
+type compiled struct {
+	cfg      Config
+	policies map[policyKey][]peerRules
+	lengths  []int                           // prefix lengths present, longest first
+	ipcache  map[int]map[netip.Prefix]uint32 // by prefix length
+}
+
+// compile validates cfg; an error names the first bad field.
+func compile(cfg Config) (*compiled, error) {
+	c := &compiled{cfg: cfg, policies: map[policyKey][]peerRules{}, ipcache: map[int]map[netip.Prefix]uint32{}}
+	for i, p := range cfg.Policies {
+		field := fmt.Sprintf("policies[%d]", i)
+		if !p.Endpoint.IsValid() {
+			return nil, fmt.Errorf("%w: %s.endpoint: missing", ErrInvalid, field)
+		}
+		if p.Direction != Ingress && p.Direction != Egress {
+			return nil, fmt.Errorf("%w: %s.direction %q: want ingress or egress", ErrInvalid, field, p.Direction)
+		}
+		if p.Port == 0 {
+			return nil, fmt.Errorf("%w: %s.port: missing", ErrInvalid, field)
+		}
+		if p.Protocol != "TCP" {
+			return nil, fmt.Errorf("%w: %s.protocol %q: want TCP", ErrInvalid, field, p.Protocol)
+		}
+		key := policyKey{p.Endpoint.Unmap(), p.Direction, p.Port}
+		for j, pr := range p.Rules {
+			field := fmt.Sprintf("%s.rules[%d]", field, j)
+			var out peerRules
+			for k, id := range pr.Remotes {
+				if id == 0 || id > maxIdentity {
+					return nil, fmt.Errorf("%w: %s.remotes[%d] %d: not an identity", ErrInvalid, field, k, id)
+				}
+				if out.remotes == nil {
+					out.remotes = map[uint32]bool{}
+				}
+				out.remotes[id] = true
+			}
+			for k, hr := range pr.HTTP {
+				r, err := compileRule(fmt.Sprintf("%s.http[%d]", field, k), hr)
+				if err != nil {
+					return nil, err
+				}
+				out.rules = append(out.rules, r)
+			}
+			// Policies on the same endpoint, direction and port are OR'd.
+			c.policies[key] = append(c.policies[key], out)
+		}
+		if _, ok := c.policies[key]; !ok {
+			c.policies[key] = nil // an L7 port nobody may use
+		}
+	}
+	for i, e := range cfg.IPCache {
+		field := fmt.Sprintf("ipcache[%d]", i)
+		if !e.Prefix.IsValid() {
+			return nil, fmt.Errorf("%w: %s.prefix: missing", ErrInvalid, field)
+		}
+		if e.Prefix.Masked() != e.Prefix {
+			return nil, fmt.Errorf("%w: %s.prefix %s: host bits set", ErrInvalid, field, e.Prefix)
+		}
+		if e.Identity == 0 || e.Identity > maxIdentity {
+			return nil, fmt.Errorf("%w: %s.identity %d: not an identity", ErrInvalid, field, e.Identity)
+		}
+		p := unmapPrefix(e.Prefix)
+		bits := p.Bits()
+		if p.Addr().Is6() {
+			bits += 1000 // keep the families apart
+		}
+		m := c.ipcache[bits]
+		if m == nil {
+			m = map[netip.Prefix]uint32{}
+			c.ipcache[bits] = m
+			c.lengths = append(c.lengths, bits)
+		}
+		if _, dup := m[p]; dup {
+			return nil, fmt.Errorf("%w: %s.prefix %s: listed twice", ErrInvalid, field, e.Prefix)
+		}
+		m[p] = e.Identity
+	}
+	slices.SortFunc(c.lengths, func(a, b int) int { return cmp.Compare(b, a) })
+	return c, nil
+}
+
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p
+}
+
+// identity returns the identity of addr: its longest IPCache prefix's, or
+// world.
+func (c *compiled) identity(addr netip.Addr) uint32 {
+	addr = addr.Unmap()
+	for _, bits := range c.lengths {
+		b := bits
+		if addr.Is6() {
+			if bits < 1000 {
+				continue
+			}
+			b -= 1000
+		} else if bits >= 1000 {
+			continue
+		}
+		p, err := addr.Prefix(b)
+		if err != nil {
+			continue
+		}
+		if id, ok := c.ipcache[bits][p]; ok {
+			return id
+		}
+	}
+	return WorldIdentity
+}
+
+// side is one policy that applies to a connection.
+type side struct {
+	direction string
+	endpoint  netip.Addr
+	remote    uint32 // the other side's identity
+	peers     []peerRules
+}
+
+// sides returns the policies that apply to a connection from src to dst:
+// the source endpoint's egress policy first, then the destination's
+// ingress policy.
+func (c *compiled) sides(src, dst netip.AddrPort) []side {
+	var out []side
+	s, d := src.Addr().Unmap(), dst.Addr().Unmap()
+	if peers, ok := c.policies[policyKey{s, Egress, dst.Port()}]; ok {
+		out = append(out, side{Egress, s, c.identity(d), peers})
+	}
+	if peers, ok := c.policies[policyKey{d, Ingress, dst.Port()}]; ok {
+		out = append(out, side{Ingress, d, c.identity(s), peers})
+	}
+	return out
+}
+
+// allow finds the first rule of the side that lets req through, and the
+// header actions it asks for.
+func (sd side) allow(req *http.Request) (ok bool, acts []HeaderMatch) {
+	for _, p := range sd.peers {
+		if p.remotes != nil && !p.remotes[sd.remote] {
+			continue
+		}
+		if len(p.rules) == 0 {
+			return true, nil
+		}
+		for _, r := range p.rules {
+			if ok, acts := r.match(req); ok {
+				return true, acts
+			}
+		}
+	}
+	return false, nil
+}

@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// maxConfigBytes bounds a PUT /v1/config body.
+const maxConfigBytes = 64 << 20
+
+// stateFile is the persisted config in the state dir.
+const stateFile = "config.json"
+
+// Control is the proxy's control API, HTTP on a unix socket:
+//
+//	PUT /v1/config   replace the config (strict JSON; 400 naming the field)
+//	GET /v1/config   the config in force
+//	GET /v1/records  records as NDJSON until the client goes
+//	GET /metrics     Prometheus
+//	GET /healthz     ok
+//
+// An accepted config is persisted atomically in the state dir before it
+// takes effect; NewControl loads it, so a restarted proxy enforces the
+// last config at once.
+type Control struct {
+	p        *Proxy
+	stateDir string
+	srv      *http.Server
+	mu       sync.Mutex // serialises PUTs: persisted order = applied order
+}
+
+// NewControl returns the control API of p, after loading the config
+// persisted in stateDir (if any) into p.
+func NewControl(p *Proxy, stateDir string) (*Control, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	c := &Control{p: p, stateDir: stateDir}
+	if cfg, ok, err := LoadConfig(stateDir); err != nil {
+		return nil, err
+	} else if ok {
+		if err := p.SetConfig(cfg); err != nil {
+			return nil, fmt.Errorf("persisted config %s: %w", filepath.Join(stateDir, stateFile), err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/config", c.putConfig)
+	mux.HandleFunc("GET /v1/config", c.getConfig)
+	mux.HandleFunc("GET /v1/records", c.records)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return c, nil
+}
+
+// Serve serves the API on ln until Close.
+func (c *Control) Serve(ln net.Listener) error { return c.srv.Serve(ln) }
+
+// Close stops the API and its record streams.
+func (c *Control) Close() error { return c.srv.Close() }
+
+// LoadConfig reads the config persisted in stateDir; ok is false when
+// there is none.
+func LoadConfig(stateDir string) (cfg Config, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, stateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return cfg, false, nil
+	}
+	if err == nil {
+		err = decodeStrict(bytes.NewReader(b), &cfg)
+	}
+	if err != nil {
+		return cfg, false, fmt.Errorf("persisted config: %w", err)
+	}
+	return cfg, true, nil
+}
+
+// saveConfig writes cfg to stateDir atomically (temp file, fsync, rename,
+// fsync of the dir).
+func saveConfig(stateDir string, cfg Config) error {
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(stateDir, stateFile+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after the rename, a no-op
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), filepath.Join(stateDir, stateFile)); err != nil {
+		return err
+	}
+	d, err := os.Open(stateDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// decodeStrict decodes exactly one JSON value with no unknown fields.
+func decodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the JSON value")
+	}
+	return nil
+}
+
+func (c *Control) putConfig(w http.ResponseWriter, r *http.Request) {
+	var cfg Config
+	if err := decodeStrict(http.MaxBytesReader(w, r.Body, maxConfigBytes), &cfg); err != nil {
+		http.Error(w, "config: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	compiled, err := compile(cfg)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := saveConfig(c.stateDir, cfg); err != nil {
+		http.Error(w, "persisting config: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	c.p.cfg.Store(compiled)
+	c.p.log.Info("L7 proxy config applied", "revision", cfg.Revision, "policies", len(cfg.Policies), "ipcache", len(cfg.IPCache))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (c *Control) getConfig(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(c.p.Config())
+}
+
+func (c *Control) records(w http.ResponseWriter, r *http.Request) {
+	ch, cancel := c.p.Subscribe()
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	rc.Flush()
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case rec := <-ch:
+			if enc.Encode(rec) != nil || rc.Flush() != nil {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,461 @@
+// Package proxy owns the node's transparent L7 proxy for HTTP/1.1, HTTP/2
+// (prior-knowledge h2c) and gRPC: rule matching, forwarding, records and
+// metrics. The datapath steers connections that hit an L7 policy entry to
+// its listener; the proxy reads the original destination from the
+// transparent socket, decides each request against the L7 rules of the
+// destination's ingress and the source's egress policy, and forwards the
+// allowed ones on an upstream connection of the downstream connection's
+// own, marked with the source's identity (UpstreamMark).
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// UpstreamMarkMagic is the top byte of the socket mark of every upstream
+// connection the proxy opens. The datapath knows from it that the flow was
+// proxied already (it is not steered to the proxy again) and, from the low
+// 24 bits, whose it is: the original source's identity, which it keeps for
+// policy and carries across nodes and clusters.
+const UpstreamMarkMagic uint32 = 0xFA000000
+
+// UpstreamMark is the socket mark of an upstream connection on behalf of a
+// source with identity id. Identities beyond 24 bits (local-scope CIDR
+// identities, sources outside the cluster) are carried as world.
+func UpstreamMark(id uint32) uint32 {
+	if id > 0xFFFFFF {
+		id = WorldIdentity
+	}
+	return UpstreamMarkMagic | id&0xFFFFFF
+}
+
+// Options configure a Proxy.
+type Options struct {
+	// OriginalDst returns where a downstream connection was going. The
+	// default, the connection's local address, is right for a transparent
+	// listener the datapath assigns connections to.
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// UpstreamMark sets SO_MARK (UpstreamMark of the source's identity)
+	// on upstream sockets; it needs CAP_NET_ADMIN.
+	UpstreamMark bool
+	// ReadHeaderTimeout bounds the time a client may take to send a
+	// request's headers (slowloris); default 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle that long (downstream
+	// and upstream); default 5 minutes.
+	IdleTimeout time.Duration
+	// DialTimeout bounds the upstream connect; default 10 s.
+	DialTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Proxy is the L7 proxy. Its zero value is not usable; use New.
+type Proxy struct {
+	opts    Options
+	log     *slog.Logger
+	cfg     atomic.Pointer[compiled]
+	srv     *http.Server
+	rp      *httputil.ReverseProxy
+	hub     hub
+	metrics *metrics
+
+	mu    sync.Mutex
+	conns map[*downConn]struct{}
+}
+
+// New returns a proxy with an empty config: every request is denied until
+// SetConfig.
+func New(o Options) *Proxy {
+	if o.OriginalDst == nil {
+		o.OriginalDst = LocalAddr
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 5 * time.Minute
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	p := &Proxy{opts: o, log: o.Logger, metrics: newMetrics(), conns: map[*downConn]struct{}{}}
+	p.hub = hub{subs: map[chan Record]struct{}{}, dropped: p.metrics.dropped}
+	empty, _ := compile(Config{})
+	p.cfg.Store(empty)
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // prior knowledge, sniffed per connection
+	p.srv = &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: o.ReadHeaderTimeout,
+		IdleTimeout:       o.IdleTimeout,
+		Protocols:         &protocols,
+		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c.(*downConn))
+		},
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      roundTripper{},
+		FlushInterval:  -1, // gRPC and event streams flow as they come
+		ModifyResponse: func(r *http.Response) error { stateOf(r.Request).status = r.StatusCode; return nil },
+		ErrorHandler:   p.upstreamError,
+		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+	}
+	return p
+}
+
+// LocalAddr is the default OriginalDst: the connection's local address.
+func LocalAddr(c net.Conn) (netip.AddrPort, error) {
+	return addrPort(c.LocalAddr())
+}
+
+func addrPort(a net.Addr) (netip.AddrPort, error) {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return ap, fmt.Errorf("address %s: %w", a, err)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// ListenTransparent listens on addr (TCP) with IP_TRANSPARENT (and
+// IPV6_TRANSPARENT) set, so that the datapath may assign it connections
+// to any destination; it needs CAP_NET_ADMIN.
+func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(network, _ string, rc syscall.RawConn) error {
+		return sockopt(rc, func(fd int) error {
+			if strings.HasSuffix(network, "6") {
+				if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1); err != nil {
+					return fmt.Errorf("IPV6_TRANSPARENT: %w", err)
+				}
+			}
+			if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil && !strings.HasSuffix(network, "6") {
+				return fmt.Errorf("IP_TRANSPARENT: %w", err)
+			}
+			return nil
+		})
+	}}
+	return lc.Listen(ctx, "tcp", addr)
+}
+
+func sockopt(rc syscall.RawConn, f func(fd int) error) error {
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// SetConfig validates cfg and, when it is valid, replaces the config in
+// force for every request from now on (existing connections included).
+// An invalid config changes nothing; the error names the field.
+func (p *Proxy) SetConfig(cfg Config) error {
+	c, err := compile(cfg)
+	if err != nil {
+		return err
+	}
+	p.cfg.Store(c)
+	return nil
+}
+
+// Config returns the config in force.
+func (p *Proxy) Config() Config { return p.cfg.Load().cfg }
+
+// Serve accepts connections on ln until Close (then it returns
+// http.ErrServerClosed) or ln fails.
+func (p *Proxy) Serve(ln net.Listener) error {
+	return p.srv.Serve(&listener{Listener: ln, p: p})
+}
+
+// Shutdown stops accepting, lets requests in flight finish until ctx ends,
+// then closes every connection left (upgraded ones included).
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	err := p.srv.Shutdown(ctx)
+	p.closeConns()
+	return err
+}
+
+// Close stops accepting and closes every connection at once.
+func (p *Proxy) Close() {
+	p.srv.Close()
+	p.closeConns()
+}
+
+func (p *Proxy) closeConns() {
+	p.mu.Lock()
+	conns := make([]*downConn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// listener hands the server downstream connections with their original
+// destination.
+type listener struct {
+	net.Listener
+	p *Proxy
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		dst, err := l.p.opts.OriginalDst(c)
+		if err == nil {
+			var src netip.AddrPort
+			if src, err = addrPort(c.RemoteAddr()); err == nil {
+				dc := &downConn{Conn: c, p: l.p, src: src, dst: dst}
+				l.p.mu.Lock()
+				l.p.conns[dc] = struct{}{}
+				l.p.mu.Unlock()
+				return dc, nil
+			}
+		}
+		l.p.log.Warn("L7 proxy: connection dropped", "remote", c.RemoteAddr(), "err", err)
+		c.Close()
+	}
+}
+
+// downConn is a downstream connection: its original tuple and its own
+// upstream transports, never shared with another client.
+type downConn struct {
+	net.Conn
+	p        *Proxy
+	src, dst netip.AddrPort
+
+	mu     sync.Mutex
+	h1, h2 *http.Transport
+	closed bool
+}
+
+func (c *downConn) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	h1, h2 := c.h1, c.h2
+	c.mu.Unlock()
+	for _, t := range []*http.Transport{h1, h2} {
+		if t != nil {
+			t.CloseIdleConnections()
+		}
+	}
+	c.p.mu.Lock()
+	delete(c.p.conns, c)
+	c.p.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// transport returns the connection's upstream transport for HTTP/2 or
+// HTTP/1.1, made on first use.
+func (c *downConn) transport(h2 bool) (*http.Transport, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, net.ErrClosed
+	}
+	t := &c.h1
+	if h2 {
+		t = &c.h2
+	}
+	if *t == nil {
+		var protocols http.Protocols
+		if h2 {
+			protocols.SetUnencryptedHTTP2(true)
+		} else {
+			protocols.SetHTTP1(true)
+		}
+		*t = &http.Transport{
+			DialContext:         c.dial,
+			Protocols:           &protocols,
+			DisableCompression:  true, // pass bodies as they are
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     c.p.opts.IdleTimeout,
+		}
+	}
+	return *t, nil
+}
+
+// dial connects to the original destination, whatever address the
+// transport asks for, marked with the source's identity.
+func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	d := net.Dialer{Timeout: c.p.opts.DialTimeout}
+	if c.p.opts.UpstreamMark {
+		mark := int(UpstreamMark(c.p.cfg.Load().identity(c.src.Addr())))
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			return sockopt(rc, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, mark) })
+		}
+	}
+	return d.DialContext(ctx, "tcp", c.dst.String())
+}
+
+type connKey struct{}
+type stateKey struct{}
+
+// reqState follows one request through the reverse proxy.
+type reqState struct {
+	conn   *downConn
+	h2     bool
+	status int
+}
+
+func stateOf(r *http.Request) *reqState {
+	s, _ := r.Context().Value(stateKey{}).(*reqState)
+	return s
+}
+
+// roundTripper sends a request on its downstream connection's transport.
+type roundTripper struct{}
+
+func (roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
+	s := stateOf(r)
+	t, err := s.conn.transport(s.h2)
+	if err != nil {
+		return nil, err
+	}
+	return t.RoundTrip(r)
+}
+
+// rewrite sends the request to the original destination unchanged: the
+// reverse proxy's removal of forwarding headers and of unparsable query
+// parameters is undone; hop-by-hop headers stay removed (Upgrade is kept).
+func rewrite(pr *httputil.ProxyRequest) {
+	s := stateOf(pr.In)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = s.conn.dst.String()
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
+	}
+}
+
+// ServeHTTP decides a request and forwards or denies it.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	dc, _ := r.Context().Value(connKey{}).(*downConn)
+	if dc == nil { // not from Serve's listener
+		http.Error(w, "no connection", http.StatusInternalServerError)
+		return
+	}
+	cfg := p.cfg.Load()
+	base := Record{
+		Time:  start,
+		SrcIP: dc.src.Addr(), SrcPort: dc.src.Port(), DstIP: dc.dst.Addr(), DstPort: dc.dst.Port(),
+		SrcIdentity: cfg.identity(dc.src.Addr()), DstIdentity: cfg.identity(dc.dst.Addr()),
+		Protocol: protocolOf(r), Method: r.Method, Host: r.Host, Path: requestPath(r),
+	}
+	var recs []Record
+	finish := func(status int, verdict string) {
+		for _, rec := range recs {
+			rec.Status, rec.Verdict, rec.Latency = status, verdict, time.Since(start)
+			p.observe(rec)
+		}
+	}
+	sides := cfg.sides(dc.src, dc.dst)
+	if len(sides) == 0 {
+		base.Reason = "no L7 policy"
+		recs = append(recs, base)
+		finish(p.deny(w, r, base.Reason), Denied)
+		return
+	}
+	for _, sd := range sides {
+		rec := base
+		rec.Direction, rec.Endpoint = sd.direction, sd.endpoint
+		ok, acts := sd.allow(r)
+		if !ok {
+			for i := range recs {
+				recs[i].Reason = "denied by " + sd.direction + " policy"
+			}
+			rec.Reason = "no " + sd.direction + " rule matches"
+			recs = append(recs, rec)
+			finish(p.deny(w, r, rec.Reason), Denied)
+			return
+		}
+		rec.Notes = apply(r, acts)
+		recs = append(recs, rec)
+	}
+	s := &reqState{conn: dc, h2: r.ProtoMajor == 2}
+	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
+	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
+	p.rp.ServeHTTP(w, out)
+	finish(s.status, Forwarded)
+}
+
+func isGRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+func protocolOf(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 2 && isGRPC(r):
+		return "gRPC"
+	case r.ProtoMajor == 2:
+		return "HTTP/2"
+	}
+	return r.Proto
+}
+
+// deny answers a denied request: 403, or for a gRPC call a trailers-only
+// response with status PERMISSION_DENIED. It returns the HTTP status.
+func (p *Proxy) deny(w http.ResponseWriter, r *http.Request, reason string) int {
+	if isGRPC(r) {
+		return grpcError(w, 7, "request denied by L7 policy: "+reason) // PERMISSION_DENIED
+	}
+	http.Error(w, "Access denied", http.StatusForbidden)
+	return http.StatusForbidden
+}
+
+// grpcError writes a trailers-only gRPC response.
+func grpcError(w http.ResponseWriter, code int, msg string) int {
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", fmt.Sprint(code))
+	h.Set("Grpc-Message", msg)
+	w.WriteHeader(http.StatusOK)
+	return http.StatusOK
+}
+
+// upstreamError answers a request the upstream did not: 502, or for gRPC
+// UNAVAILABLE.
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	s := stateOf(r)
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		s.status = 499 // the client went away
+		return
+	}
+	p.log.Debug("L7 proxy: upstream failed", "dst", s.conn.dst, "err", err)
+	if isGRPC(r) {
+		s.status = grpcError(w, 14, "upstream unavailable") // UNAVAILABLE
+		return
+	}
+	s.status = http.StatusBadGateway
+	http.Error(w, "Upstream unreachable", http.StatusBadGateway)
+}

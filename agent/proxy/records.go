@@ -1,0 +1,131 @@
+package proxy
+
+import (
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Verdicts of a Record.
+const (
+	Forwarded = "forwarded"
+	Denied    = "denied"
+)
+
+// Record is one request the proxy handled, for one side whose policy
+// applied (a request between two local endpoints with L7 policy on both
+// sides gives an egress and an ingress record).
+type Record struct {
+	Time        time.Time     `json:"time"`
+	Direction   string        `json:"direction,omitempty"` // "" when no policy applied
+	Endpoint    netip.Addr    `json:"endpoint,omitzero"`
+	SrcIP       netip.Addr    `json:"srcIP"`
+	SrcPort     uint16        `json:"srcPort"`
+	DstIP       netip.Addr    `json:"dstIP"`
+	DstPort     uint16        `json:"dstPort"`
+	SrcIdentity uint32        `json:"srcIdentity"`
+	DstIdentity uint32        `json:"dstIdentity"`
+	Protocol    string        `json:"protocol"` // HTTP/1.1, HTTP/2, gRPC
+	Method      string        `json:"method"`
+	Host        string        `json:"host"`
+	Path        string        `json:"path"`
+	Status      int           `json:"status"`
+	Latency     time.Duration `json:"latency"` // ns, request received to response done
+	Verdict     string        `json:"verdict"`
+	Reason      string        `json:"reason,omitempty"`
+	Notes       []string      `json:"notes,omitempty"`
+}
+
+// subscriberBuffer is how many records a subscriber may lag behind before
+// records are dropped for it.
+const subscriberBuffer = 1024
+
+// hub fans records out to subscribers without ever blocking the proxy.
+type hub struct {
+	mu      sync.Mutex
+	subs    map[chan Record]struct{}
+	dropped prometheus.Counter
+}
+
+// Subscribe returns a channel of the records from now on and a function
+// that ends the subscription (and closes the channel). A subscriber that
+// does not keep up loses records; they are counted in
+// filament_proxy_records_dropped_total.
+func (p *Proxy) Subscribe() (<-chan Record, func()) {
+	h := &p.hub
+	ch := make(chan Record, subscriberBuffer)
+	h.mu.Lock()
+	h.subs[ch] = struct{}{}
+	h.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			h.mu.Lock()
+			delete(h.subs, ch)
+			h.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+func (h *hub) publish(r Record) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs {
+		select {
+		case ch <- r:
+		default:
+			h.dropped.Inc()
+		}
+	}
+}
+
+// metrics are the proxy's Prometheus metrics, in a registry of their own.
+type metrics struct {
+	registry *prometheus.Registry
+	requests *prometheus.CounterVec
+	duration prometheus.Histogram
+	dropped  prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "filament_proxy_http_requests_total",
+			Help: "HTTP requests and gRPC calls the L7 proxy handled, by verdict, method and status code.",
+		}, []string{"verdict", "method", "code"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "filament_proxy_http_request_duration_seconds",
+			Help:    "Time from a request's arrival at the L7 proxy to the end of its response.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100 µs … 26 s
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "filament_proxy_records_dropped_total",
+			Help: "L7 records a slow subscriber did not take in time.",
+		}),
+	}
+	m.registry.MustRegister(m.requests, m.duration, m.dropped,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe counts r in the metrics and hands it to the subscribers.
+func (p *Proxy) observe(r Record) {
+	p.metrics.requests.WithLabelValues(r.Verdict, methodLabel(r.Method), strconv.Itoa(r.Status)).Inc()
+	p.metrics.duration.Observe(r.Latency.Seconds())
+	p.hub.publish(r)
+}
+
+// methodLabel keeps the label set bounded: clients choose methods.
+func methodLabel(m string) string {
+	switch m {
+	case "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH":
+		return m
+	}
+	return "other"
+}

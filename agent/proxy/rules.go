@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// ErrInvalid is wrapped by every validation error of a rule or a config.
+var ErrInvalid = errors.New("invalid L7 policy")
+
+// HTTPRule is one CiliumNetworkPolicy `rules.http` entry. A request
+// matches when every field given matches; an empty rule matches every
+// request.
+type HTTPRule struct {
+	// Method, Path and Host are RE2 regular expressions matched against
+	// the whole method, request target (path and query, as sent) and
+	// Host (":authority"; with or without its port). Empty means any.
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+	Host   string `json:"host,omitempty"`
+	// Headers are "Name" (the header is present) or "Name: value" (one
+	// of its values equals value).
+	Headers []string `json:"headers,omitempty"`
+	// HeaderMatches require a header value and say what to do when the
+	// request does not have it.
+	HeaderMatches []HeaderMatch `json:"headerMatches,omitempty"`
+}
+
+// HeaderMatch requires header Name to have value Value. Mismatch says what
+// a request without it gets: "" the rule does not match; LOG the rule
+// matches and the record notes the mismatch; ADD the value is added;
+// DELETE the header is removed; REPLACE the header is set to Value (the
+// last three match the rule too and change the forwarded request).
+type HeaderMatch struct {
+	Name     string `json:"name"`
+	Value    string `json:"value,omitempty"`
+	Mismatch string `json:"mismatch,omitempty"`
+}
+
+// Mismatch actions.
+const (
+	MismatchLog     = "LOG"
+	MismatchAdd     = "ADD"
+	MismatchDelete  = "DELETE"
+	MismatchReplace = "REPLACE"
+)
+
+// rule is a compiled HTTPRule.
+type rule struct {
+	method, path, host *regexp.Regexp
+	headers            []headerCond
+	matches            []HeaderMatch
+}
+
+type headerCond struct {
+	name     string // canonical
+	value    string
+	hasValue bool
+}
+
+// compileRule checks r and compiles it; errors name the field under
+// prefix (e.g. "rules.http[1]").
+func compileRule(prefix string, r HTTPRule) (*rule, error) {
+	c := &rule{}
+	var err error
+	for _, f := range []struct {
+		name string
+		expr string
+		re   **regexp.Regexp
+	}{{"method", r.Method, &c.method}, {"path", r.Path, &c.path}, {"host", r.Host, &c.host}} {
+		if f.expr == "" {
+			continue
+		}
+		if *f.re, err = regexp.Compile("^(?:" + f.expr + ")$"); err != nil {
+			return nil, fmt.Errorf("%w: %s.%s %q: %v", ErrInvalid, prefix, f.name, f.expr, err)
+		}
+	}
+	for i, h := range r.Headers {
+		name, value, hasValue := strings.Cut(h, ":")
+		name = strings.TrimSpace(name)
+		if !httpguts.ValidHeaderFieldName(name) {
+			return nil, fmt.Errorf("%w: %s.headers[%d] %q: not a header name", ErrInvalid, prefix, i, h)
+		}
+		c.headers = append(c.headers, headerCond{http.CanonicalHeaderKey(name), strings.TrimSpace(value), hasValue})
+	}
+	for i, m := range r.HeaderMatches {
+		field := fmt.Sprintf("%s.headerMatches[%d]", prefix, i)
+		if !httpguts.ValidHeaderFieldName(m.Name) {
+			return nil, fmt.Errorf("%w: %s.name %q: not a header name", ErrInvalid, field, m.Name)
+		}
+		if !httpguts.ValidHeaderFieldValue(m.Value) {
+			return nil, fmt.Errorf("%w: %s.value %q: not a header value", ErrInvalid, field, m.Value)
+		}
+		switch m.Mismatch {
+		case "", MismatchLog, MismatchAdd, MismatchDelete, MismatchReplace:
+		default:
+			return nil, fmt.Errorf("%w: %s.mismatch %q: want LOG, ADD, DELETE or REPLACE", ErrInvalid, field, m.Mismatch)
+		}
+		m.Name = http.CanonicalHeaderKey(m.Name)
+		c.matches = append(c.matches, m)
+	}
+	return c, nil
+}
+
+// match reports whether req matches the rule, without changing req. When
+// it matches, the actions its headerMatches ask for are returned; apply
+// runs them.
+func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
+	if c.method != nil && !c.method.MatchString(req.Method) {
+		return false, nil
+	}
+	if c.path != nil && !c.path.MatchString(requestPath(req)) {
+		return false, nil
+	}
+	if c.host != nil && !c.host.MatchString(req.Host) {
+		host, _, err := net.SplitHostPort(req.Host)
+		if err != nil || !c.host.MatchString(host) {
+			return false, nil
+		}
+	}
+	for _, h := range c.headers {
+		vals, present := req.Header[h.name]
+		if !present || h.hasValue && !slices.Contains(vals, h.value) {
+			return false, nil
+		}
+	}
+	for _, m := range c.matches {
+		if slices.Contains(req.Header[m.Name], m.Value) {
+			continue
+		}
+		if m.Mismatch == "" {
+			return false, nil
+		}
+		acts = append(acts, m)
+	}
+	return true, acts
+}
+
+// apply runs the mismatch actions of a matched rule on req and returns a
+// note per action for the record.
+func apply(req *http.Request, acts []HeaderMatch) (notes []string) {
+	for _, m := range acts {
+		switch m.Mismatch {
+		case MismatchAdd:
+			req.Header.Add(m.Name, m.Value)
+		case MismatchDelete:
+			req.Header.Del(m.Name)
+		case MismatchReplace:
+			req.Header.Set(m.Name, m.Value)
+		}
+		notes = append(notes, fmt.Sprintf("headerMatches %s: %s %s", m.Mismatch, m.Name, m.Value))
+	}
+	return notes
+}
+
+// requestPath is what path rules see: the request target's path and
+// query as the client sent them.
+func requestPath(req *http.Request) string {
+	if req.URL == nil {
+		return ""
+	}
+	return req.URL.RequestURI()
+}

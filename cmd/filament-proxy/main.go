@@ -1,0 +1,118 @@
+// Command filament-proxy is the node's transparent L7 proxy (agent/proxy):
+// the agent starts and supervises it and pushes its config over the
+// control socket. It is a process of its own so that an agent restart
+// touches neither proxied connections nor new requests. This command is
+// flags and signals; SIGINT or SIGTERM close it gracefully.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/filament-net/filament/agent/proxy"
+	"github.com/filament-net/filament/internal/version"
+)
+
+type options struct {
+	listen, controlSocket, stateDir, logLevel string
+	transparent, upstreamMark                 bool
+	readHeaderTimeout, idleTimeout            time.Duration
+}
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "filament-proxy:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:           "filament-proxy",
+		Short:         "Filament's per-node transparent L7 proxy (HTTP/1.1, HTTP/2, gRPC)",
+		Version:       version.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE:          func(*cobra.Command, []string) error { return run(o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "0.0.0.0:15001", "proxy listener (it accepts any original destination)")
+	f.BoolVar(&o.transparent, "transparent", true, "set IP_TRANSPARENT on the listener (needed for connections the datapath assigns to it)")
+	f.BoolVar(&o.upstreamMark, "upstream-mark", true, "mark upstream sockets with the source identity (0xFA000000|identity)")
+	f.StringVar(&o.controlSocket, "control-socket", "/run/filament/proxy.sock", "unix socket of the control API")
+	f.StringVar(&o.stateDir, "state-dir", "/var/lib/filament/proxy", "where the last config is kept")
+	f.DurationVar(&o.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client may take to send request headers")
+	f.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "keep-alive connections idle this long are closed")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func run(o options) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	p := proxy.New(proxy.Options{
+		UpstreamMark: o.upstreamMark, ReadHeaderTimeout: o.readHeaderTimeout, IdleTimeout: o.idleTimeout, Logger: log,
+	})
+	control, err := proxy.NewControl(p, o.stateDir)
+	if err != nil {
+		return err
+	}
+	var ln net.Listener
+	if o.transparent {
+		ln, err = proxy.ListenTransparent(ctx, o.listen)
+	} else {
+		ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", o.listen)
+	}
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(o.controlSocket), 0o755); err != nil {
+		return fmt.Errorf("--control-socket: %w", err)
+	}
+	os.Remove(o.controlSocket) // a previous run's
+	cln, err := net.Listen("unix", o.controlSocket)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("--control-socket: %w", err)
+	}
+	os.Chmod(o.controlSocket, 0o600)
+	log.Info("filament-proxy running", "listen", ln.Addr(), "control", o.controlSocket, "revision", p.Config().Revision)
+
+	errc := make(chan error, 2)
+	go func() { errc <- p.Serve(ln) }()
+	go func() { errc <- control.Serve(cln) }()
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errc:
+	}
+	log.Info("filament-proxy stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p.Shutdown(sctx)
+	control.Close()
+	os.Remove(o.controlSocket)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
