@@ -68,13 +68,15 @@ type Proxy struct {
 	opts    Options
 	log     *slog.Logger
 	cfg     atomic.Pointer[compiled]
-	srv     *http.Server
+	h1, h2  *http.Server
 	rp      *httputil.ReverseProxy
 	hub     hub
 	metrics *metrics
 
-	mu    sync.Mutex
-	conns map[*downConn]struct{}
+	closing atomic.Bool
+	mu      sync.Mutex
+	conns   map[*downConn]struct{}
+	lns     []net.Listener // Serve's
 }
 
 // New returns a proxy with an empty config: every request is denied until
@@ -99,19 +101,12 @@ func New(o Options) *Proxy {
 	p.hub = hub{subs: map[chan Record]struct{}{}, dropped: p.metrics.dropped}
 	empty, _ := compile(Config{})
 	p.cfg.Store(empty)
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true) // prior knowledge, sniffed per connection
-	p.srv = &http.Server{
-		Handler:           p,
-		ReadHeaderTimeout: o.ReadHeaderTimeout,
-		IdleTimeout:       o.IdleTimeout,
-		Protocols:         &protocols,
-		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, connKey{}, c.(*downConn))
-		},
-	}
+	// Connections are sniffed here (sniff) and handed to one server per
+	// protocol, so that neither waits for bytes the other needs.
+	var h1, h2 http.Protocols
+	h1.SetHTTP1(true)
+	h2.SetUnencryptedHTTP2(true)
+	p.h1, p.h2 = p.server(&h1), p.server(&h2)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      roundTripper{},
@@ -121,6 +116,19 @@ func New(o Options) *Proxy {
 		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 	}
 	return p
+}
+
+func (p *Proxy) server(protocols *http.Protocols) *http.Server {
+	return &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: p.opts.ReadHeaderTimeout,
+		IdleTimeout:       p.opts.IdleTimeout,
+		Protocols:         protocols,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c.(*downConn))
+		},
+	}
 }
 
 // LocalAddr is the default OriginalDst: the connection's local address.
@@ -184,23 +192,147 @@ func (p *Proxy) SetConfig(cfg Config) error {
 func (p *Proxy) Config() Config { return p.cfg.Load().cfg }
 
 // Serve accepts connections on ln until Close (then it returns
-// http.ErrServerClosed) or ln fails.
+// http.ErrServerClosed) or ln fails. Serve may be called once.
 func (p *Proxy) Serve(ln net.Listener) error {
-	return p.srv.Serve(&listener{Listener: ln, p: p})
+	h1 := &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+	h2 := &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+	p.mu.Lock()
+	p.lns = append(p.lns, ln)
+	p.mu.Unlock()
+	if p.closing.Load() {
+		ln.Close()
+	}
+	go p.h1.Serve(h1)
+	go p.h2.Serve(h2)
+	defer h1.Close()
+	defer h2.Close()
+	var tempDelay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if p.closing.Load() {
+				return http.ErrServerClosed
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				p.log.Warn("L7 proxy: accept", "err", err, "retry in", tempDelay)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return err
+		}
+		tempDelay = 0
+		go p.accept(c, h1, h2)
+	}
 }
+
+// accept finds a connection's tuple and protocol and hands it to the
+// server of its protocol.
+func (p *Proxy) accept(c net.Conn, h1, h2 *chanListener) {
+	dst, err := p.opts.OriginalDst(c)
+	var src netip.AddrPort
+	if err == nil {
+		src, err = addrPort(c.RemoteAddr())
+	}
+	if err != nil {
+		p.log.Warn("L7 proxy: connection dropped", "remote", c.RemoteAddr(), "err", err)
+		c.Close()
+		return
+	}
+	dc := &downConn{Conn: c, p: p, src: src, dst: dst}
+	p.mu.Lock()
+	p.conns[dc] = struct{}{}
+	p.mu.Unlock()
+	isH2, err := dc.sniff(p.opts.ReadHeaderTimeout)
+	if err != nil {
+		dc.Close()
+		return
+	}
+	l := h1
+	if isH2 {
+		l = h2
+	}
+	select {
+	case l.ch <- dc:
+	case <-l.done:
+		dc.Close()
+	}
+}
+
+// h2Preface starts every prior-knowledge HTTP/2 connection.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// sniff reads the first bytes (kept for the server) until they either are
+// the HTTP/2 preface or cannot be, within timeout.
+func (c *downConn) sniff(timeout time.Duration) (h2 bool, err error) {
+	c.SetReadDeadline(time.Now().Add(timeout))
+	defer c.SetReadDeadline(time.Time{})
+	buf := make([]byte, len(h2Preface))
+	got := 0
+	for got < len(buf) {
+		n, err := c.Conn.Read(buf[got:])
+		got += n
+		c.prefix = buf[:got]
+		if !strings.HasPrefix(h2Preface, string(buf[:got])) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// chanListener hands a server the connections of its protocol.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
 
 // Shutdown stops accepting, lets requests in flight finish until ctx ends,
 // then closes every connection left (upgraded ones included).
 func (p *Proxy) Shutdown(ctx context.Context) error {
-	err := p.srv.Shutdown(ctx)
+	p.closing.Store(true)
+	p.closeListeners()
+	err := errors.Join(p.h1.Shutdown(ctx), p.h2.Shutdown(ctx))
 	p.closeConns()
 	return err
 }
 
 // Close stops accepting and closes every connection at once.
 func (p *Proxy) Close() {
-	p.srv.Close()
+	p.closing.Store(true)
+	p.closeListeners()
+	p.h1.Close()
+	p.h2.Close()
 	p.closeConns()
+}
+
+func (p *Proxy) closeListeners() {
+	p.mu.Lock()
+	lns := p.lns
+	p.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
 }
 
 func (p *Proxy) closeConns() {
@@ -215,35 +347,6 @@ func (p *Proxy) closeConns() {
 	}
 }
 
-// listener hands the server downstream connections with their original
-// destination.
-type listener struct {
-	net.Listener
-	p *Proxy
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		dst, err := l.p.opts.OriginalDst(c)
-		if err == nil {
-			var src netip.AddrPort
-			if src, err = addrPort(c.RemoteAddr()); err == nil {
-				dc := &downConn{Conn: c, p: l.p, src: src, dst: dst}
-				l.p.mu.Lock()
-				l.p.conns[dc] = struct{}{}
-				l.p.mu.Unlock()
-				return dc, nil
-			}
-		}
-		l.p.log.Warn("L7 proxy: connection dropped", "remote", c.RemoteAddr(), "err", err)
-		c.Close()
-	}
-}
-
 // downConn is a downstream connection: its original tuple and its own
 // upstream transports, never shared with another client.
 type downConn struct {
@@ -251,9 +354,20 @@ type downConn struct {
 	p        *Proxy
 	src, dst netip.AddrPort
 
+	prefix []byte // read by sniff, not yet by the server
+
 	mu     sync.Mutex
 	h1, h2 *http.Transport
 	closed bool
+}
+
+func (c *downConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }
 
 func (c *downConn) Close() error {

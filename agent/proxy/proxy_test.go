@@ -1,0 +1,402 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The seeds' example with curl: GET /public/.* goes through, everything
+// else gets 403, and the connection stays usable after a 403.
+func TestSeedsExampleCurl(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	out := h.curl("-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", "-w", `%{http_code} %{num_connects}\n`,
+		h.url("/private"), h.url("/public/a"), h.url("/public/b?x=1"))
+	if want := "403 1\n200 0\n200 0\n"; out != want {
+		t.Fatalf("curl (code, new connections) = %q, want %q", out, want)
+	}
+	if got := h.curl("-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", h.url("/public/a")); got != "403" {
+		t.Errorf("POST /public/a: %s, want 403", got)
+	}
+	if got := h.curl(h.url("/private")); got != "Access denied\n" {
+		t.Errorf("403 body %q", got)
+	}
+	e := decodeEcho(t, h.curl("-H", "X-Forwarded-For: 1.2.3.4", h.url("/public/x?y=1")))
+	if e.Proto != "HTTP/1.1" || e.Path != "/public/x?y=1" || e.Host != h.addr || e.Header.Get("X-Forwarded-For") != "1.2.3.4" || e.Header.Get("User-Agent") == "" {
+		t.Errorf("upstream got %+v", e)
+	}
+	// Another source (the host, 127.0.0.1) is not in the rule's remotes.
+	out2, err := exec.Command("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", h.url("/public/a")).Output()
+	if err != nil || string(out2) != "403" {
+		t.Errorf("from the host: %s %v, want 403", out2, err)
+	}
+}
+
+// curl --http2-prior-knowledge, one request per run: curl 7.88 fails to
+// reuse a prior-knowledge connection (even straight to a Go server), so
+// keep-alive over HTTP/2 is checked with Go's client and h2load.
+func TestHTTP2PriorKnowledge(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	for path, want := range map[string]string{"/private": "2 403", "/public/a": "2 200"} {
+		if out := h.curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", `%{http_version} %{http_code}`, h.url(path)); out != want {
+			t.Errorf("curl h2 %s = %q, want %q", path, out, want)
+		}
+	}
+	e := decodeEcho(t, h.curl("--http2-prior-knowledge", h.url("/public/a")))
+	if e.Proto != "HTTP/2.0" || e.Path != "/public/a" {
+		t.Errorf("upstream got %+v", e)
+	}
+	// A 403 and then a 200 on one HTTP/2 connection.
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	dials := 0
+	tr := &http.Transport{Protocols: &protocols, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		dials++
+		return clientDialer().DialContext(ctx, "tcp", h.addr)
+	}}
+	defer tr.CloseIdleConnections()
+	for _, tc := range []struct {
+		path string
+		code int
+	}{{"/private", 403}, {"/public/b", 200}, {"/other", 403}, {"/public/c", 200}} {
+		resp, err := (&http.Client{Transport: tr}).Get(h.url(tc.path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || resp.ProtoMajor != 2 {
+			t.Errorf("%s: %s %s, want %d", tc.path, resp.Proto, resp.Status, tc.code)
+		}
+	}
+	if dials != 1 {
+		t.Errorf("%d connections for 4 requests, want 1", dials)
+	}
+}
+
+func TestH2load(t *testing.T) {
+	if _, err := exec.LookPath("h2load"); err != nil {
+		t.Skip("h2load not installed (apt-get install nghttp2-client)")
+	}
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "GET", Path: "/public/.*"}}}) // h2load cannot bind: any peer
+	for _, tc := range []struct {
+		path, want string
+	}{
+		{"/public/load", "2000 succeeded, 0 failed, 0 errored, 0 timeout\nstatus codes: 2000 2xx, 0 3xx, 0 4xx, 0 5xx"},
+		{"/private", "0 succeeded, 2000 failed, 0 errored, 0 timeout\nstatus codes: 0 2xx, 0 3xx, 2000 4xx, 0 5xx"}, // h2load counts 4xx as failed
+	} {
+		out, err := exec.Command("h2load", "-n", "2000", "-c", "8", "-m", "10", h.url(tc.path)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("h2load: %v\n%s", err, out)
+		}
+		if !strings.Contains(string(out), tc.want) {
+			t.Errorf("h2load %s:\n%s", tc.path, out)
+		}
+		if m := regexp.MustCompile(`finished in .*`).FindString(string(out)); m != "" {
+			t.Logf("h2load %s: %s", tc.path, m)
+		}
+	}
+}
+
+// Header presence and value rules, and each headerMatches action, seen
+// from the upstream.
+func TestHeadersAndHeaderMatches(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{
+		{Path: "/token", Headers: []string{"X-Token: s3cret", "X-Present"}},
+		{Path: "/add", HeaderMatches: []HeaderMatch{{Name: "X-Add", Value: "added", Mismatch: "ADD"}}},
+		{Path: "/delete", HeaderMatches: []HeaderMatch{{Name: "X-Del", Value: "keep", Mismatch: "DELETE"}}},
+		{Path: "/replace", HeaderMatches: []HeaderMatch{{Name: "X-Rep", Value: "new", Mismatch: "REPLACE"}}},
+		{Path: "/log", HeaderMatches: []HeaderMatch{{Name: "X-Log", Value: "v", Mismatch: "LOG"}}},
+		{Path: "/strict", HeaderMatches: []HeaderMatch{{Name: "X-Strict", Value: "v"}}},
+	}})
+	rec := h.records()
+	c := h.client()
+	do := func(path string, hdr ...string) (int, echoed) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", h.url(path), nil)
+		for i := 0; i < len(hdr); i += 2 {
+			req.Header.Add(hdr[i], hdr[i+1])
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return resp.StatusCode, echoed{}
+		}
+		return 200, decodeEcho(t, string(b))
+	}
+	if code, _ := do("/token", "X-Token", "s3cret", "X-Present", ""); code != 200 {
+		t.Errorf("/token with both headers: %d", code)
+	}
+	if code, _ := do("/token", "X-Token", "s3cret"); code != 403 {
+		t.Errorf("/token without X-Present: %d", code)
+	}
+	if code, _ := do("/token", "X-Token", "other", "X-Present", "1"); code != 403 {
+		t.Errorf("/token with the wrong value: %d", code)
+	}
+	rec(3)
+	if _, e := do("/add", "X-Add", "mine"); strings.Join(e.Header["X-Add"], ",") != "mine,added" {
+		t.Errorf("ADD: upstream got X-Add %q", e.Header["X-Add"])
+	}
+	if _, e := do("/add", "X-Add", "added"); strings.Join(e.Header["X-Add"], ",") != "added" {
+		t.Errorf("ADD with the value already there: upstream got X-Add %q", e.Header["X-Add"])
+	}
+	if _, e := do("/delete", "X-Del", "other"); e.Header["X-Del"] != nil {
+		t.Errorf("DELETE: upstream got X-Del %q", e.Header["X-Del"])
+	}
+	if _, e := do("/delete", "X-Del", "keep"); e.Header.Get("X-Del") != "keep" {
+		t.Errorf("DELETE with the value: upstream got X-Del %q", e.Header["X-Del"])
+	}
+	if _, e := do("/replace", "X-Rep", "old"); strings.Join(e.Header["X-Rep"], ",") != "new" {
+		t.Errorf("REPLACE: upstream got X-Rep %q", e.Header["X-Rep"])
+	}
+	code, e := do("/log", "X-Log", "w")
+	if code != 200 || e.Header.Get("X-Log") != "w" {
+		t.Errorf("LOG: %d, upstream got X-Log %q", code, e.Header["X-Log"])
+	}
+	if code, _ := do("/strict", "X-Strict", "w"); code != 403 {
+		t.Errorf("mismatch without action: %d, want 403", code)
+	}
+	rs := rec(7)
+	for i, want := range []string{"ADD", "", "DELETE", "", "REPLACE", "LOG", ""} {
+		got := strings.Join(rs[i].Notes, ";")
+		if want == "" && got != "" || !strings.Contains(got, want) {
+			t.Errorf("record %d (%s) notes %q, want %s", i, rs[i].Path, got, want)
+		}
+	}
+}
+
+// Pipelined requests on one raw connection come back in order, a 403 in
+// the middle included.
+func TestPipelining(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	c := h.dial()
+	var reqs strings.Builder
+	for _, p := range []string{"/public/1", "/private", "/public/2", "/public/3"} {
+		fmt.Fprintf(&reqs, "GET %s HTTP/1.1\r\nHost: pods\r\n\r\n", p)
+	}
+	if _, err := io.WriteString(c, reqs.String()); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	var remote string
+	for _, want := range []string{"/public/1", "403", "/public/2", "/public/3"} {
+		resp, body := readResponse(t, br, "GET")
+		if want == "403" {
+			if resp.StatusCode != 403 {
+				t.Fatalf("got %d %q, want 403", resp.StatusCode, body)
+			}
+			continue
+		}
+		e := decodeEcho(t, body)
+		if resp.StatusCode != 200 || e.Path != want {
+			t.Fatalf("got %d %+v, want %s", resp.StatusCode, e, want)
+		}
+		// One client connection, one upstream connection.
+		if remote != "" && e.Remote != remote {
+			t.Errorf("upstream connection changed: %s then %s", remote, e.Remote)
+		}
+		remote = e.Remote
+	}
+	// Another client connection gets an upstream connection of its own.
+	c2 := h.dial()
+	io.WriteString(c2, "GET /public/4 HTTP/1.1\r\nHost: pods\r\n\r\n")
+	_, body := readResponse(t, bufio.NewReader(c2), "GET")
+	if e := decodeEcho(t, body); e.Remote == remote {
+		t.Errorf("two clients share the upstream connection %s", remote)
+	}
+}
+
+// A 64 MiB chunked upload is streamed: the upstream reads its start while
+// the client is still writing, and the proxy does not hold it.
+func TestChunkedUploadStreamed(t *testing.T) {
+	const total, chunk = 64 << 20, 1 << 20
+	started := make(chan struct{})
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 64<<10)
+		var n int64
+		for {
+			m, err := r.Body.Read(buf)
+			if n < chunk && n+int64(m) >= chunk {
+				close(started)
+			}
+			n += int64(m)
+			if err != nil {
+				break
+			}
+		}
+		fmt.Fprintf(w, "%d %v", n, r.TransferEncoding)
+	}), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "POST", Path: "/upload"}}})
+	pr, pw := io.Pipe()
+	go func() {
+		b := make([]byte, chunk)
+		for sent := 0; sent < total; sent += chunk {
+			if _, err := pw.Write(b); err != nil {
+				return
+			}
+			if sent == 4*chunk {
+				// Go on only once the upstream has the first MiB: a proxy
+				// that buffered the body would never let it through.
+				select {
+				case <-started:
+				case <-time.After(20 * time.Second):
+					pw.CloseWithError(fmt.Errorf("upstream saw nothing of the upload after %d bytes", sent+chunk))
+					return
+				}
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", h.url("/upload"), pr) // no length: chunked
+	resp, err := h.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf("%d [chunked]", total); resp.StatusCode != 200 || string(b) != want {
+		t.Fatalf("upload: %d %q, want %q", resp.StatusCode, b, want)
+	}
+}
+
+// An allowed Upgrade request becomes a tunnel: 101, then bytes both ways.
+// A denied one gets 403.
+func TestUpgrade(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "want upgrade", 400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello from server\n")
+		line, _ := brw.ReadString('\n')
+		io.WriteString(conn, "echo "+line)
+	}), Options{})
+	up := "Host: pods\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+	c := h.dial()
+	io.WriteString(c, "GET /private/ws HTTP/1.1\r\n"+up)
+	br := bufio.NewReader(c)
+	if resp, _ := readResponse(t, br, "GET"); resp.StatusCode != 403 {
+		t.Fatalf("denied upgrade: %d", resp.StatusCode)
+	}
+	io.WriteString(c, "GET /public/ws HTTP/1.1\r\n"+up)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if line, _ := br.ReadString('\n'); line != "hello from server\n" {
+		t.Fatalf("server to client: %q", line)
+	}
+	io.WriteString(c, "hello from client\n")
+	if line, _ := br.ReadString('\n'); line != "echo hello from client\n" {
+		t.Fatalf("client to server: %q", line)
+	}
+}
+
+// Malformed HTTP gets 400 and the proxy goes on.
+func TestMalformedRequest(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	for _, bad := range []string{"GARBAGE\r\n\r\n", "GET /public/x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", "GET /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n"} {
+		c := h.dial()
+		io.WriteString(c, bad)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 400") {
+			t.Errorf("%q: %q %v, want 400", bad, line, err)
+		}
+	}
+	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/public/after")); got != "200" {
+		t.Errorf("after malformed requests: %s", got)
+	}
+}
+
+// A client that never finishes its headers neither blocks others nor
+// keeps its connection past the read-header timeout.
+func TestSlowloris(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{ReadHeaderTimeout: 2 * time.Second})
+	var slow []net.Conn
+	for range 20 {
+		c := h.dial()
+		io.WriteString(c, "GET /public/slow HTTP/1.1\r\nHost: a\r\n")
+		slow = append(slow, c)
+	}
+	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/public/fast")); got != "200" {
+		t.Errorf("normal request beside slow ones: %s", got)
+	}
+	for _, c := range slow {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatalf("slow connection not closed by the proxy: %v", err)
+		}
+	}
+}
+
+// Both sides' policies must allow: the client's egress and the server's
+// ingress; a flow with neither is denied.
+func TestEgressAndIngress(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	rec := h.records()
+	port := h.upstream.Port()
+	egress := PortPolicy{Endpoint: clientIP, Direction: Egress, Port: port, Protocol: "TCP",
+		Rules: []PeerRules{{Remotes: []uint32{serverID}, HTTP: []HTTPRule{{Path: "/public/.*|/both"}}}}}
+	ingress := PortPolicy{Endpoint: serverIP, Direction: Ingress, Port: port, Protocol: "TCP",
+		Rules: []PeerRules{{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Path: "/both|/ingress-only"}}}}}
+	code := func(path string) string {
+		return h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url(path))
+	}
+	h.set(egress)
+	if code("/public/x") != "200" || code("/both") != "200" || code("/ingress-only") != "403" {
+		t.Error("egress only: wrong verdicts")
+	}
+	rs := rec(3)
+	if r := rs[2]; r.Direction != Egress || r.Endpoint != clientIP || r.Verdict != Denied || r.SrcIdentity != clientID || r.DstIdentity != serverID {
+		t.Errorf("egress record %+v", r)
+	}
+	h.set(egress, ingress)
+	if code("/public/x") != "403" || code("/both") != "200" || code("/ingress-only") != "403" {
+		t.Error("egress and ingress: wrong verdicts")
+	}
+	rs = rec(5) // egress denies /public/x? no: ingress does (2 records); /both 2; /ingress-only 1
+	if rs[0].Direction != Egress || rs[0].Verdict != Denied || rs[1].Direction != Ingress || rs[1].Reason != "no ingress rule matches" {
+		t.Errorf("records %+v", rs[:2])
+	}
+	h.set()
+	if code("/public/x") != "403" {
+		t.Error("no policy: not denied")
+	}
+	if r := rec(1)[0]; r.Reason != "no L7 policy" || r.Verdict != Denied {
+		t.Errorf("no-policy record %+v", r)
+	}
+}
+
+func TestUpstreamUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(serverIP, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	h := newHarnessTo(t, dead, Options{})
+	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/public/x")); got != "502" {
+		t.Errorf("unreachable upstream: %s, want 502", got)
+	}
+}
