@@ -375,7 +375,7 @@ func TestEgressAndIngress(t *testing.T) {
 	if code("/public/x") != "403" || code("/both") != "200" || code("/ingress-only") != "403" {
 		t.Error("egress and ingress: wrong verdicts")
 	}
-	rs = rec(5) // egress denies /public/x? no: ingress does (2 records); /both 2; /ingress-only 1
+	rs = rec(5) // /public/x: egress allows, ingress denies; /both: both allow; /ingress-only: egress denies
 	if rs[0].Direction != Egress || rs[0].Verdict != Denied || rs[1].Direction != Ingress || rs[1].Reason != "no ingress rule matches" {
 		t.Errorf("records %+v", rs[:2])
 	}
