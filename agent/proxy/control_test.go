@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // controlClient talks to a control API on a unix socket.
@@ -171,7 +171,9 @@ func TestSlowSubscriberDrops(t *testing.T) {
 	if _, ok := <-ch2; !ok {
 		t.Fatal("records lost before the close")
 	}
-	if got := testutil.ToFloat64(p.metrics.dropped); got != 20 {
+	var m dto.Metric
+	p.metrics.dropped.Write(&m)
+	if got := m.GetCounter().GetValue(); got != 20 {
 		t.Fatalf("dropped %v, want 20", got)
 	}
 }
