@@ -32,13 +32,13 @@ const (
 // an upstream on serverIP (the OriginalDst a transparent socket would
 // give).
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	p        *Proxy
 	addr     string         // the proxy listener
 	upstream netip.AddrPort // the original destination
 }
 
-func newHarness(t *testing.T, upstream http.Handler, o Options) *harness {
+func newHarness(t testing.TB, upstream http.Handler, o Options) *harness {
 	t.Helper()
 	uln, err := net.Listen("tcp", netip.AddrPortFrom(serverIP, 0).String())
 	if err != nil {
@@ -53,7 +53,7 @@ func newHarness(t *testing.T, upstream http.Handler, o Options) *harness {
 	return newHarnessTo(t, netip.MustParseAddrPort(uln.Addr().String()), o)
 }
 
-func newHarnessTo(t *testing.T, upstream netip.AddrPort, o Options) *harness {
+func newHarnessTo(t testing.TB, upstream netip.AddrPort, o Options) *harness {
 	t.Helper()
 	o.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return upstream, nil }
 	if o.Logger == nil {
@@ -77,7 +77,7 @@ func newHarnessTo(t *testing.T, upstream netip.AddrPort, o Options) *harness {
 	return h
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
@@ -160,7 +160,7 @@ func echo(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(echoed{r.Proto, r.Method, r.URL.RequestURI(), r.Host, r.RemoteAddr, r.Header, r.TransferEncoding})
 }
 
-func decodeEcho(t *testing.T, s string) echoed {
+func decodeEcho(t testing.TB, s string) echoed {
 	t.Helper()
 	var e echoed
 	if err := json.NewDecoder(strings.NewReader(s)).Decode(&e); err != nil {
@@ -170,7 +170,7 @@ func decodeEcho(t *testing.T, s string) echoed {
 }
 
 // readResponse reads one response (and its body) from a raw connection.
-func readResponse(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+func readResponse(t testing.TB, br *bufio.Reader, method string) (*http.Response, string) {
 	t.Helper()
 	resp, err := http.ReadResponse(br, &http.Request{Method: method})
 	if err != nil {
