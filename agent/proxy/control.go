@@ -136,7 +136,12 @@ func decodeStrict(r io.Reader, v any) error {
 func (c *Control) putConfig(w http.ResponseWriter, r *http.Request) {
 	var cfg Config
 	if err := decodeStrict(http.MaxBytesReader(w, r.Body, maxConfigBytes), &cfg); err != nil {
-		http.Error(w, "config: "+err.Error(), http.StatusBadRequest)
+		code := http.StatusBadRequest
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			code = http.StatusRequestEntityTooLarge
+			err = fmt.Errorf("over the limit of %d bytes", maxConfigBytes)
+		}
+		http.Error(w, "config: "+err.Error(), code)
 		return
 	}
 	c.mu.Lock()
