@@ -78,7 +78,11 @@ func compileRule(prefix string, r HTTPRule) (*rule, error) {
 		if f.expr == "" {
 			continue
 		}
-		if *f.re, err = regexp.Compile("^(?:" + f.expr + ")$"); err != nil {
+		// The expression alone first, so that an error quotes it as given.
+		if _, err = regexp.Compile(f.expr); err == nil {
+			*f.re, err = regexp.Compile("^(?:" + f.expr + ")$")
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s.%s %q: %v", ErrInvalid, prefix, f.name, f.expr, err)
 		}
 	}
