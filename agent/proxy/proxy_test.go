@@ -8,11 +8,15 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // The seeds' example with curl: GET /public/.* goes through, everything
@@ -398,5 +402,65 @@ func TestUpstreamUnreachable(t *testing.T) {
 	h := newHarnessTo(t, dead, Options{})
 	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/public/x")); got != "502" {
 		t.Errorf("unreachable upstream: %s, want 502", got)
+	}
+}
+
+// curl's own upload: a file with Expect: 100-continue, then a chunked one.
+func TestCurlUpload(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d %s %v", n, r.Header.Get("Expect"), r.TransferEncoding)
+	}), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "POST|PUT", Path: "/upload"}}})
+	file := filepath.Join(t.TempDir(), "body")
+	if err := os.WriteFile(file, make([]byte, 8<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.curl("--data-binary", "@"+file, h.url("/upload")); got != "8388608 100-continue []" {
+		t.Errorf("upload with Expect: %q", got)
+	}
+	if got := h.curl("-H", "Transfer-Encoding: chunked", "-T", file, h.url("/upload")); got != "8388608 100-continue [chunked]" {
+		t.Errorf("chunked upload: %q", got)
+	}
+	if got := h.curl("--data-binary", "@"+file, "-o", "/dev/null", "-w", "%{http_code}", h.url("/other")); got != "403" {
+		t.Errorf("denied upload: %s", got)
+	}
+}
+
+// Close ends every connection, upgraded ones included, and every
+// goroutine the proxy started.
+func TestCloseLeavesNothing(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after the harness's cleanups
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			echo(w, r)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+		io.Copy(conn, brw) // until the proxy goes
+	}), Options{})
+	h.curl(h.url("/public/a"))
+	h.curl("--http2-prior-knowledge", h.url("/public/a"))
+	c := h.dial()
+	io.WriteString(c, "GET /public/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	idle := h.dial() // a connection that never sends anything
+	h.p.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(br); err != nil {
+		t.Errorf("upgraded connection after Close: %v", err)
+	}
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(idle); err != nil {
+		t.Errorf("idle connection after Close: %v", err)
 	}
 }
