@@ -108,7 +108,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{pol(HTTPRule{Method: "("}), `policies[1].rules[1].http[1].method "(": `},
 		{pol(HTTPRule{Path: "a[b"}), `policies[1].rules[1].http[1].path "a[b"`},
 		{pol(HTTPRule{Host: `(?<x`}), `policies[1].rules[1].http[1].host`},
-		{pol(HTTPRule{Path: `(a)\1`}), `policies[1].rules[1].http[1].path`}, // backreference: not RE2
+		{pol(HTTPRule{Path: `(a)\1`}), `policies[1].rules[1].http[1].path`},             // backreference: not RE2
 		{pol(HTTPRule{Path: `/a)|(/b`}), `policies[1].rules[1].http[1].path "/a)|(/b"`}, // valid only once wrapped in the anchors
 		{pol(HTTPRule{Headers: []string{"ok", "bad name: x"}}), `policies[1].rules[1].http[1].headers[1]`},
 		{pol(HTTPRule{HeaderMatches: []HeaderMatch{{Name: ""}}}), `policies[1].rules[1].http[1].headerMatches[0].name`},
