@@ -241,8 +241,16 @@ func (p *Proxy) accept(c net.Conn, h1, h2 *chanListener) {
 	}
 	dc := &downConn{Conn: c, p: p, src: src, dst: dst}
 	p.mu.Lock()
-	p.conns[dc] = struct{}{}
+	closing := p.closing.Load()
+	if !closing {
+		p.conns[dc] = struct{}{}
+	}
 	p.mu.Unlock()
+	if closing {
+		c.Close()
+		return
+	}
+	// The server's own read-header timeout starts again after this one.
 	isH2, err := dc.sniff(p.opts.ReadHeaderTimeout)
 	if err != nil {
 		dc.Close()
@@ -328,6 +336,7 @@ func (p *Proxy) Close() {
 
 func (p *Proxy) closeListeners() {
 	p.mu.Lock()
+	p.closing.Store(true) // under mu: accept registers no connection after this
 	lns := p.lns
 	p.mu.Unlock()
 	for _, ln := range lns {
