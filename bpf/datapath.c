@@ -34,5 +34,6 @@
 #include "progs/netdev.h"
 #include "progs/wireguard.h"
 #include "progs/socket.h"
+#include "progs/host.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -254,6 +254,7 @@ const (
 	DatapathMapNodes             = "nodes"
 	DatapathMapPolicy            = "policy"
 	DatapathProgFromContainer    = "from_container"
+	DatapathProgFromHost         = "from_host"
 	DatapathProgFromNetdev       = "from_netdev"
 	DatapathProgFromOverlay      = "from_overlay"
 	DatapathProgFromWireguard    = "from_wireguard"
@@ -331,6 +332,7 @@ type DatapathSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathProgramSpecs struct {
 	FromContainer    *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromHost         *ebpf.ProgramSpec `ebpf:"from_host"`
 	FromNetdev       *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromOverlay      *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	FromWireguard    *ebpf.ProgramSpec `ebpf:"from_wireguard"`
@@ -490,6 +492,7 @@ type DatapathVariables struct {
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathPrograms struct {
 	FromContainer    *ebpf.Program `ebpf:"from_container"`
+	FromHost         *ebpf.Program `ebpf:"from_host"`
 	FromNetdev       *ebpf.Program `ebpf:"from_netdev"`
 	FromOverlay      *ebpf.Program `ebpf:"from_overlay"`
 	FromWireguard    *ebpf.Program `ebpf:"from_wireguard"`
@@ -503,6 +506,7 @@ type DatapathPrograms struct {
 func (p *DatapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromContainer,
+		p.FromHost,
 		p.FromNetdev,
 		p.FromOverlay,
 		p.FromWireguard,

@@ -104,3 +104,47 @@ func TestL7IngressHTTP(t *testing.T) {
 		t.Errorf("a pod the policy does not name: %q, want no connection (000)", got)
 	}
 }
+
+// Egress L7 on the source node: a client whose egress policy allows only
+// GET /public/.* to web gets 403 for the rest from its own node's proxy,
+// for a server on its node and on another one; the proxy's upstream keeps
+// the client's identity (web's ingress policy admits only clients).
+func TestL7EgressHTTP(t *testing.T) {
+	l := labtest.Up(t, 2, 0)
+	near := labtest.Pod(t, l, "n1", "web1", "app=web")
+	far := labtest.Pod(t, l, "n2", "web2", "app=web")
+	labtest.Pod(t, l, "n1", "client", "app=client")
+	for _, w := range []*lab.Pod{near, far} {
+		serveHTTP(t, lab.NetNSPath(w.NetNS), 80)
+	}
+	labtest.ImportPolicy(t, l, "n1", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/public/.*"}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-clients}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	for _, w := range []*lab.Pod{near, far} {
+		base := "http://" + w.IP
+		eventually(t, "GET /public/ to "+w.Name+" allowed through the client's proxy", func() bool {
+			return curlCodes(t, l, "client", base+"/public/a") == "200"
+		})
+		if got := curlCodes(t, l, "client", base+"/private", base+"/public/b"); got != "403 200" {
+			t.Errorf("%s: GET /private then GET /public/b on one connection: %q, want \"403 200\"", w.Name, got)
+		}
+	}
+}

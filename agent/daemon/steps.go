@@ -138,6 +138,9 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	if a.router, err = routing.New(dp, a.cfg.Routing, a.cfg.NodeName); err != nil {
 		return err
 	}
+	if a.underlayLink != nil {
+		a.router.SetHostSource(a.nodeIP)
+	}
 	return nil
 }
 

@@ -53,6 +53,13 @@ type attachPoint struct {
 	typ  ebpf.AttachType
 }
 
+// AttachHost puts from_host on the tc ingress of the peer of the node's
+// gateway device: the node's own traffic to other nodes' pods is
+// encapsulated there (tunnel mode).
+func (d *Datapath) AttachHost(ifName string, ifIndex int) (Attachment, error) {
+	return d.attachNodeDev(ifName, ifIndex, d.objs.FromHost, "from_host")
+}
+
 // AttachOverlay puts from_overlay on the tc ingress of the VXLAN device.
 func (d *Datapath) AttachOverlay(ifName string, ifIndex int) (Attachment, error) {
 	return d.attachNodeDev(ifName, ifIndex, d.objs.FromOverlay, "from_overlay")

@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/endpoint/veth"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/crypto/wireguard"
@@ -78,6 +79,7 @@ type Router struct {
 	mu      sync.Mutex
 	nodes   map[string]node.Node
 	down    map[string]bool // nodes failure detection declared dead
+	hostSrc netip.Addr      // source of the node's own traffic to other nodes' pods (tunnel mode)
 	entries map[netip.Addr]ipcache.Entry
 }
 
@@ -92,6 +94,9 @@ func New(dp *datapath.Datapath, mode, self string) (*Router, error) {
 			return nil, err
 		}
 		if _, err := dp.AttachOverlay(VXLANDevice, idx); err != nil {
+			return nil, err
+		}
+		if err := hostRoutes(dp); err != nil {
 			return nil, err
 		}
 		if err := dp.SetTunnel(idx); err != nil {
@@ -109,6 +114,35 @@ func New(dp *datapath.Datapath, mode, self string) (*Router, error) {
 		return nil, fmt.Errorf("%w: got %q", ErrMode, mode)
 	}
 	return r, nil
+}
+
+// SetHostSource makes addr (the node's underlay address) the source of
+// the node's own traffic to other nodes' pods in tunnel mode, so that their
+// replies come back over the underlay to an address every node routes (call
+// before nodes are learned).
+func (r *Router) SetHostSource(addr netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hostSrc = addr
+}
+
+// hostRoutes readies the way of the node's own traffic to other nodes'
+// pods in tunnel mode: routed out of the gateway device (no ARP: its frames
+// need no next-hop address) into its peer, where from_host encapsulates it.
+func hostRoutes(dp *datapath.Datapath) error {
+	gw, err := netlink.LinkByName(veth.HostDevice)
+	if err != nil {
+		return fmt.Errorf("%s: %w", veth.HostDevice, err)
+	}
+	if err := netlink.LinkSetARPOff(gw); err != nil {
+		return fmt.Errorf("%s: arp off: %w", veth.HostDevice, err)
+	}
+	peer, err := netlink.LinkByName(veth.HostPeer)
+	if err != nil {
+		return fmt.Errorf("%s: %w", veth.HostPeer, err)
+	}
+	_, err = dp.AttachHost(veth.HostPeer, peer.Attrs().Index)
+	return err
 }
 
 func ensureVXLAN() (int, error) {
@@ -289,6 +323,24 @@ func (r *Router) learnNode(n node.Node) {
 			}
 		}
 	}
+	if r.mode == Tunnel {
+		// The node's own traffic (the L7 proxy's among it) to the node's
+		// pods: out of the gateway device, encapsulated by from_host.
+		gw, err := netlink.LinkByName(veth.HostDevice)
+		if err != nil {
+			slog.Error("route to a remote pod CIDR", "node", n.Name, "err", err)
+			return
+		}
+		for _, c := range cidrs(n) {
+			rt := &netlink.Route{Dst: ipnet(c), LinkIndex: gw.Attrs().Index, Scope: netlink.SCOPE_LINK}
+			if r.hostSrc.IsValid() {
+				rt.Src = r.hostSrc.AsSlice()
+			}
+			if err := netlink.RouteReplace(rt); err != nil {
+				slog.Error("route to a remote pod CIDR", "node", n.Name, "cidr", c, "dev", veth.HostDevice, "err", err)
+			}
+		}
+	}
 }
 
 func (r *Router) forgetNode(n node.Node) {
@@ -310,12 +362,10 @@ func (r *Router) forgetNode(n node.Node) {
 			r.dp.DeleteEncryptPeer(ip)
 		}
 	}
-	if r.mode == Native || r.enc != nil {
-		for _, c := range n.PodCIDRs {
-			if p, err := netip.ParsePrefix(c); err == nil {
-				netlink.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}})
-			}
-		}
+	// Its pod CIDRs' routes, whichever way they went (native, encryption
+	// device, or the gateway device in tunnel mode).
+	for _, c := range cidrs(n) {
+		netlink.RouteDel(&netlink.Route{Dst: ipnet(c)})
 	}
 }
 

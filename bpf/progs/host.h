@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// from_host: tc ingress of filament_net, the peer of the node's gateway
+// device filament_host.
+#pragma once
+
+// from_host: in tunnel mode the node routes its own traffic for other
+// nodes' pods out of filament_host (NOARP), and it arrives here to be
+// encapsulated like a pod's. The VNI is the identity the traffic speaks
+// for: a pod of this node when its address is the source (the L7 proxy
+// answering as the pod it stands in front of), the flow's source when the
+// proxy's upstream mark says so, else remote-node (the node itself).
+SEC("tc")
+int from_host(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p) != REASON_FORWARDED)
+		return TC_ACT_SHOT;
+	struct ipcache_value *remote = lookup_ipcache(p.daddr);
+	if (!remote || !remote->tunnel_ip)
+		return drop(skb, REASON_INVALID, DIR_EGRESS, 0, 0, 0, 0, &p);
+	__u32 id = IDENTITY_REMOTE_NODE;
+	__u32 saddr = p.saddr;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &saddr);
+	if (ep)
+		id = ep->identity;
+	else
+		proxied(skb, &id);
+	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
+	return encap(skb, remote->tunnel_ip, id);
+}
