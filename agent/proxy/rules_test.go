@@ -83,7 +83,7 @@ func TestHeaderMatchActions(t *testing.T) {
 		if len(req.Header["X-A"]) != len(tc.have) {
 			t.Fatalf("match changed the request")
 		}
-		notes := apply(req, acts)
+		notes := Apply(req, acts)
 		if got := req.Header["X-A"]; strings.Join(got, ",") != strings.Join(tc.want, ",") {
 			t.Errorf("%s %v: X-A = %v, want %v", tc.mismatch, tc.have, got, tc.want)
 		}
