@@ -91,7 +91,7 @@ func traceHTTP(res policy.TraceResult, req *http.Request) (*types.TraceHTTP, err
 		if i < 0 {
 			out.Sides = append(out.Sides, side)
 			out.Verdict, out.Status = policy.VerdictDenied, http.StatusForbidden
-			out.Reason = sd.Side + ": no HTTP rule matches (403 from the proxy; gRPC: PERMISSION_DENIED)"
+			out.Reason = sd.Side + ": no HTTP rule matches"
 			return out, nil
 		}
 		rule := wireHTTPRule(sd.Rules[i])
