@@ -18,6 +18,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/clustermesh/remote"
 	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/crypto/wireguard"
@@ -103,7 +104,16 @@ func wireTrace(r policy.TraceResult) types.TraceResult {
 		ref := types.RuleRef(*r.Rule)
 		out.Rule = &ref
 	}
+	out.Proxy = r.Proxy
+	for _, sd := range r.L7 {
+		out.L7 = append(out.L7, types.TraceL7{Side: sd.Side, Rules: each(sd.Rules, wireHTTPRule)})
+	}
 	return out
+}
+
+func wireHTTPRule(r policy.TraceHTTPRule) types.TraceHTTPRule {
+	return types.TraceHTTPRule{Ref: r.Ref, Method: r.Method, Path: r.Path, Host: r.Host, Headers: r.Headers,
+		HeaderMatches: each(r.HeaderMatches, func(m policyapi.HeaderMatch) types.HTTPHeaderMatch { return types.HTTPHeaderMatch(m) })}
 }
 
 func wireGroup(r groups.Result) types.GroupResult {

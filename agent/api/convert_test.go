@@ -83,6 +83,10 @@ func TestWireJSONUnchanged(t *testing.T) {
 	tr := policy.TraceResult{Verdict: "denied", Reason: "r", Rule: &policy.RuleRef{Policy: "default/p", Rule: 1, Section: "ingressDeny[0]"}, Enforced: true}
 	sameJSON(t, "trace", tr, wireTrace(tr))
 	sameJSON(t, "trace, zero", policy.TraceResult{}, wireTrace(policy.TraceResult{}))
+	tr.Proxy, tr.L7 = true, []policy.TraceL7{{Side: "ingress of dst", Rules: []policy.TraceHTTPRule{{Ref: "default/p/rules[0].ingress[0].toPorts[0]",
+		PortRuleHTTP: policyapi.PortRuleHTTP{Method: "GET", Path: "/p", Host: "h", Headers: []string{"X-A"},
+			HeaderMatches: []policyapi.HeaderMatch{{Name: "X-B", Value: "v", Mismatch: "LOG"}}}}}}}
+	sameJSON(t, "trace, L7", tr, wireTrace(tr))
 
 	gr := groups.Result{Key: "k", Group: policyapi.AWSGroup{Labels: map[string]string{"a": "b"}, SecurityGroupsIDs: []string{"sg-1"},
 		SecurityGroupsNames: []string{"web"}, Region: "eu"}, Addrs: []netip.Addr{a1}, Resolved: true, Refreshed: t0, Error: "e", Failures: 2, Since: t0}

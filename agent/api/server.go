@@ -607,7 +607,20 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 		fail(w, fmt.Errorf("%w: protocol %q: want TCP, UDP, SCTP or ICMP", errBadRequest, req.Protocol))
 		return
 	}
-	reply(w, http.StatusOK, wireTrace(s.Trace(src, dst, proto, req.Port)))
+	hreq, err := traceRequest(req, strings.ToUpper(req.Protocol))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	res := s.Trace(src, dst, proto, req.Port)
+	out := wireTrace(res)
+	if hreq != nil {
+		if out.HTTP, err = traceHTTP(res, hreq); err != nil {
+			fail(w, err)
+			return
+		}
+	}
+	reply(w, http.StatusOK, out)
 }
 
 // Services is the service manager as the API uses it.

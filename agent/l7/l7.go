@@ -37,6 +37,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/proxy"
 )
 
@@ -288,11 +289,7 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 			pr.Remotes = []uint32{uint32(p.Identity)}
 		}
 		for _, h := range p.HTTP {
-			r := proxy.HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host, Headers: h.Headers}
-			for _, m := range h.HeaderMatches {
-				r.HeaderMatches = append(r.HeaderMatches, proxy.HeaderMatch{Name: m.Name, Value: m.Value, Mismatch: m.Mismatch})
-			}
-			pr.HTTP = append(pr.HTTP, r)
+			pr.HTTP = append(pr.HTTP, HTTPRule(h))
 		}
 		cfg.Policies[i].Rules = append(cfg.Policies[i].Rules, pr)
 	}
@@ -314,6 +311,15 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 		return a.Prefix.Bits() - b.Prefix.Bits()
 	})
 	return cfg
+}
+
+// HTTPRule is a policy document's HTTP rule as the proxy takes it.
+func HTTPRule(h api.PortRuleHTTP) proxy.HTTPRule {
+	r := proxy.HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host, Headers: h.Headers}
+	for _, m := range h.HeaderMatches {
+		r.HeaderMatches = append(r.HeaderMatches, proxy.HeaderMatch{Name: m.Name, Value: m.Value, Mismatch: m.Mismatch})
+	}
+	return r
 }
 
 func (s *Supervisor) push(ctx context.Context, body []byte) error {

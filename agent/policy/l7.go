@@ -43,12 +43,7 @@ type L7Policy struct {
 func (r *Resolver) L7Policies() []L7Policy {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rules := map[string][]api.PortRuleHTTP{}
-	for _, cp := range r.compiled {
-		for k, v := range cp.l7 {
-			rules[k] = v
-		}
-	}
+	rules := r.l7Rules()
 	var out []L7Policy
 	for _, ep := range r.endpoints {
 		for gk, g := range ep.groups {
@@ -76,4 +71,16 @@ func (r *Resolver) L7Policies() []L7Policy {
 		return int(a.Identity) - int(b.Identity)
 	})
 	return out
+}
+
+// l7Rules returns the HTTP rules of every compiled policy by L7Ref key;
+// the caller holds r.mu.
+func (r *Resolver) l7Rules() map[string][]api.PortRuleHTTP {
+	rules := map[string][]api.PortRuleHTTP{}
+	for _, cp := range r.compiled {
+		for k, v := range cp.l7 {
+			rules[k] = v
+		}
+	}
+	return rules
 }

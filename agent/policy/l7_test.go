@@ -60,3 +60,65 @@ func TestResolveL7(t *testing.T) {
 		}
 	}
 }
+
+// Trace of a flow whose deciding allow is L7 says it goes through the
+// proxy and lists the rules the proxy applies, in the proxy's order (any
+// peer's first); an allow without HTTP rules, a flow of another port and a
+// denied flow have none.
+func TestTraceL7(t *testing.T) {
+	web, admin := cid(1), cid(2)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: web, Labels: rsLabels(t, "app=web")}, {ID: admin, Labels: rsLabels(t, "app=admin")}},
+		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=db")}},
+	}
+	public := api.PortRuleHTTP{Method: "GET", Path: "/public/.*"}
+	health := api.PortRuleHTTP{Path: "/healthz", Headers: []string{"X-Probe"},
+		HeaderMatches: []api.HeaderMatch{{Name: "X-Team", Value: "ops", Mismatch: "LOG"}}}
+	pols := []api.Policy{rsPol("l7", api.Rule{EndpointSelector: rsSel("app=db"), Ingress: []api.IngressRule{
+		{FromEndpoints: rsSels("app=web"), ToPorts: httpPorts("80", public)},
+		{ToPorts: httpPorts("80", health)},
+		{FromEndpoints: rsSels("app=admin"), ToPorts: rsPorts(api.ProtoTCP, "80")},
+		{FromEndpoints: rsSels("app=web"), ToPorts: rsPorts(api.ProtoTCP, "5432")},
+	}})}
+	r := w.build(ModeDefault, pols)
+
+	got := r.Trace(rsLabels(t, "app=web"), rsLabels(t, "app=db"), 6, 80)
+	want := []TraceL7{{Side: "ingress of dst", Rules: []TraceHTTPRule{
+		{Ref: "default/l7/rules[0].ingress[1].toPorts[0]", PortRuleHTTP: health},
+		{Ref: "default/l7/rules[0].ingress[0].toPorts[0]", PortRuleHTTP: public},
+	}}}
+	if got.Verdict != VerdictAllowed || !got.Proxy || !reflect.DeepEqual(got.L7, want) {
+		t.Fatalf("web → db:80: %+v\nwant L7 %+v", got, want)
+	}
+	// The peers L7Policies hands the proxy for this port: the same rules.
+	var fromPolicies []api.PortRuleHTTP
+	for _, p := range r.L7Policies() {
+		if p.Identity == 0 || p.Identity == web {
+			fromPolicies = append(fromPolicies, p.HTTP...)
+		}
+	}
+	if !reflect.DeepEqual(fromPolicies, []api.PortRuleHTTP{health, public}) {
+		t.Fatalf("L7Policies hands the proxy %+v", fromPolicies)
+	}
+
+	// Another peer allowed by the any-peer L7 rule only.
+	got = r.Trace(rsLabels(t, "app=other"), rsLabels(t, "app=db"), 6, 80)
+	if !got.Proxy || len(got.L7) != 1 || len(got.L7[0].Rules) != 1 || got.L7[0].Rules[0].PortRuleHTTP.Path != "/healthz" {
+		t.Fatalf("other → db:80: %+v", got)
+	}
+
+	for _, tc := range []struct {
+		name, src string
+		port      uint16
+		verdict   string
+	}{
+		{"an allow without HTTP rules: no proxy", "app=admin", 80, VerdictAllowed},
+		{"an L4 allow of another port", "app=web", 5432, VerdictAllowed},
+		{"default deny", "app=other", 5432, VerdictDenied},
+	} {
+		got := r.Trace(rsLabels(t, tc.src), rsLabels(t, "app=db"), 6, tc.port)
+		if got.Verdict != tc.verdict || got.Proxy || got.L7 != nil {
+			t.Errorf("%s: %+v", tc.name, got)
+		}
+	}
+}

@@ -4,8 +4,11 @@ package policy
 // with the same deny/allow/default logic as the datapath.
 
 import (
+	"strings"
+
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/agent/policy/api"
 )
 
 // Trace verdicts.
@@ -27,6 +30,27 @@ type TraceResult struct {
 	Rule *RuleRef `json:"rule,omitempty"`
 	// Enforced is whether either side enforces policy in its direction.
 	Enforced bool `json:"enforced"`
+	// Proxy is whether an allowed flow goes through the node's L7 proxy:
+	// a side's deciding allow carries HTTP rules.
+	Proxy bool `json:"proxy,omitempty"`
+	// L7 lists, per side whose deciding allow is L7, the HTTP rules the
+	// proxy applies to the flow's requests.
+	L7 []TraceL7 `json:"l7,omitempty"`
+}
+
+// TraceL7 is the HTTP policy one side applies to a traced flow: a request
+// goes through when one of Rules matches it.
+type TraceL7 struct {
+	Side string `json:"side"` // "egress of src" or "ingress of dst"
+	// Rules are in the order the proxy tries them (any peer's first).
+	Rules []TraceHTTPRule `json:"rules"`
+}
+
+// TraceHTTPRule is one HTTP rule and where it comes from.
+type TraceHTTPRule struct {
+	// Ref is the L7Ref of its port rule: policy/rules[i].section.toPorts[j].
+	Ref string `json:"ref"`
+	api.PortRuleHTTP
 }
 
 // traceID stands for a traced peer that is not a reserved identity: a
@@ -46,6 +70,17 @@ func (r *Resolver) Trace(src, dst labels.Labels, proto uint8, port uint16) Trace
 	eg := r.traceSide(src, Egress, traceIdentity(dst), proto, port)
 	in := r.traceSide(dst, Ingress, traceIdentity(src), proto, port)
 	res := TraceResult{Verdict: VerdictAllowed, Enforced: eg.enforced || in.enforced}
+	if !eg.denied && !in.denied {
+		for _, sd := range []struct {
+			name string
+			v    sideVerdict
+		}{{"egress of src", eg}, {"ingress of dst", in}} {
+			if sd.v.l7 != nil {
+				res.Proxy = true
+				res.L7 = append(res.L7, TraceL7{Side: sd.name, Rules: sd.v.l7})
+			}
+		}
+	}
 	switch {
 	case eg.denied:
 		res.Verdict, res.Reason, res.Rule = VerdictDenied, "egress of src: "+eg.how, eg.rule
@@ -68,6 +103,9 @@ type sideVerdict struct {
 	denied, enforced bool
 	how              string
 	rule             *RuleRef
+	// l7 are the HTTP rules the proxy applies when the deciding allow is
+	// L7.
+	l7 []TraceHTTPRule
 }
 
 func traceIdentity(ls labels.Labels) *knownIdentity {
@@ -113,7 +151,11 @@ func (r *Resolver) traceSide(ep labels.Labels, dir Direction, peer *knownIdentit
 		if v.Deny {
 			return sideVerdict{denied: true, enforced: enforced, how: "denied by " + ref.String(), rule: &ref}
 		}
-		return sideVerdict{enforced: enforced, how: "allowed by " + ref.String(), rule: &ref}
+		sv := sideVerdict{enforced: enforced, how: "allowed by " + ref.String(), rule: &ref}
+		if v.L7 != "" {
+			sv.l7 = r.traceL7(anyGroup, peerGroup, proto, port)
+		}
+		return sv
 	}
 	switch {
 	case okp && vp.Deny:
@@ -128,4 +170,26 @@ func (r *Resolver) traceSide(ep labels.Labels, dir Direction, peer *knownIdentit
 		return sideVerdict{denied: true, enforced: true, how: "default deny (no rule allows)"}
 	}
 	return sideVerdict{how: "not enforced"}
+}
+
+// traceL7 lists the HTTP rules the proxy applies to a flow on proto and
+// port whose deciding allow is L7, as L7Policies hands them to it: those
+// of the any-peer entry of the exact port, then the peer's, each only when
+// that entry is an L7 allow.
+func (r *Resolver) traceL7(anyGroup, peerGroup map[L4]MapValue, proto uint8, port uint16) []TraceHTTPRule {
+	exact := l4Prefix(L4{Proto: proto, Port: port}.bits(), 24)
+	byRef := r.l7Rules()
+	out := []TraceHTTPRule{}
+	for _, g := range []map[L4]MapValue{anyGroup, peerGroup} {
+		v, ok := g[exact]
+		if !ok || v.Deny || v.L7 == "" {
+			continue
+		}
+		for _, ref := range strings.Split(v.L7, "\n") {
+			for _, h := range byRef[ref] {
+				out = append(out, TraceHTTPRule{Ref: ref, PortRuleHTTP: h})
+			}
+		}
+	}
+	return out
 }

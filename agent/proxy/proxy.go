@@ -522,7 +522,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			finish(p.deny(w, r, rec.Reason), Denied)
 			return
 		}
-		rec.Notes = apply(r, acts)
+		rec.Notes = Apply(r, acts)
 		recs = append(recs, rec)
 	}
 	s := &reqState{conn: dc, h2: r.ProtoMajor == 2}

@@ -114,7 +114,7 @@ func compileRule(prefix string, r HTTPRule) (*rule, error) {
 }
 
 // match reports whether req matches the rule, without changing req. When
-// it matches, the actions its headerMatches ask for are returned; apply
+// it matches, the actions its headerMatches ask for are returned; Apply
 // runs them.
 func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 	if c.method != nil && !c.method.MatchString(req.Method) {
@@ -147,9 +147,9 @@ func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 	return true, acts
 }
 
-// apply runs the mismatch actions of a matched rule on req and returns a
+// Apply runs the mismatch actions of a matched rule on req and returns a
 // note per action for the record.
-func apply(req *http.Request, acts []HeaderMatch) (notes []string) {
+func Apply(req *http.Request, acts []HeaderMatch) (notes []string) {
 	for _, m := range acts {
 		switch m.Mismatch {
 		case MismatchAdd:
@@ -159,9 +159,37 @@ func apply(req *http.Request, acts []HeaderMatch) (notes []string) {
 		case MismatchReplace:
 			req.Header.Set(m.Name, m.Value)
 		}
-		notes = append(notes, fmt.Sprintf("headerMatches %s: %s %s", m.Mismatch, m.Name, m.Value))
+		notes = append(notes, m.Note())
 	}
 	return notes
+}
+
+// Note is what a record says of a mismatch action taken.
+func (m HeaderMatch) Note() string {
+	return fmt.Sprintf("headerMatches %s: %s %s", m.Mismatch, m.Name, m.Value)
+}
+
+// Match decides req against rules as the proxy does for one side of a
+// connection: it returns the index of the first rule that matches (-1:
+// none, the proxy answers 403) and the headerMatches actions that rule
+// asks for (Apply runs them), without changing req. The rules are compiled on each call (an
+// error names the first bad one, "http[i]"): it is for one-off questions
+// such as policy trace, not for the request path.
+func Match(rules []HTTPRule, req *http.Request) (int, []HeaderMatch, error) {
+	compiled := make([]*rule, len(rules))
+	for i, r := range rules {
+		c, err := compileRule(fmt.Sprintf("http[%d]", i), r)
+		if err != nil {
+			return -1, nil, err
+		}
+		compiled[i] = c
+	}
+	for i, c := range compiled {
+		if ok, acts := c.match(req); ok {
+			return i, acts, nil
+		}
+	}
+	return -1, nil, nil
 }
 
 // requestPath is what path rules see: the request target's path and

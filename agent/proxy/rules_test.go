@@ -83,7 +83,7 @@ func TestHeaderMatchActions(t *testing.T) {
 		if len(req.Header["X-A"]) != len(tc.have) {
 			t.Fatalf("match changed the request")
 		}
-		notes := apply(req, acts)
+		notes := Apply(req, acts)
 		if got := req.Header["X-A"]; strings.Join(got, ",") != strings.Join(tc.want, ",") {
 			t.Errorf("%s %v: X-A = %v, want %v", tc.mismatch, tc.have, got, tc.want)
 		}
@@ -172,5 +172,29 @@ func TestUpstreamMark(t *testing.T) {
 		if got := UpstreamMark(id); got != want {
 			t.Errorf("UpstreamMark(%#x) = %#x, want %#x", id, got, want)
 		}
+	}
+}
+
+// Match (policy trace's question) answers as the proxy's rules do: the
+// first rule that matches, its actions, and errors naming the bad rule.
+func TestMatch(t *testing.T) {
+	rules := []HTTPRule{{Method: "GET", Path: "/public/.*"}, {Path: "/healthz", HeaderMatches: []HeaderMatch{{Name: "x-team", Value: "ops", Mismatch: MismatchLog}}}}
+	r := httptest.NewRequest("GET", "/public/a", nil)
+	if i, acts, err := Match(rules, r); i != 0 || acts != nil || err != nil {
+		t.Errorf("GET /public/a: %d %v %v", i, acts, err)
+	}
+	r = httptest.NewRequest("POST", "/healthz", nil)
+	i, acts, err := Match(rules, r)
+	if i != 1 || len(acts) != 1 || acts[0].Note() != "headerMatches LOG: X-Team ops" || err != nil {
+		t.Errorf("POST /healthz: %d %v %v", i, acts, err)
+	}
+	if len(r.Header) != 0 {
+		t.Errorf("Match changed the request: %v", r.Header)
+	}
+	if i, _, err := Match(rules, httptest.NewRequest("POST", "/public/a", nil)); i != -1 || err != nil {
+		t.Errorf("POST /public/a: %d %v", i, err)
+	}
+	if _, _, err := Match([]HTTPRule{{}, {Path: "("}}, r); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "http[1].path") {
+		t.Errorf("bad rule: %v", err)
 	}
 }

@@ -318,8 +318,8 @@ func (c *cli) policyCmd() *cobra.Command {
 	var tr types.TraceRequest
 	var src, dst string
 	trace := &cobra.Command{
-		Use:   "trace --src LABELS|--src-endpoint ID --dst LABELS|--dst-endpoint ID [--dport N] [--protocol TCP]",
-		Short: "Show the verdict of policy for a flow and the rule that decided it",
+		Use:   "trace --src LABELS|--src-endpoint ID --dst LABELS|--dst-endpoint ID [--dport N] [--protocol TCP] [--http-method M --http-path P]",
+		Short: "Show the verdict of policy for a flow and the rule that decided it (L7: the HTTP rules, and a request's verdict)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if src != "" {
@@ -334,13 +334,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(r, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "Verdict:\t%s\n", r.Verdict)
-				fmt.Fprintf(w, "Reason:\t%s\n", r.Reason)
-				if r.Rule != nil {
-					fmt.Fprintf(w, "Rule:\t%s rule %d %s\n", r.Rule.Policy, r.Rule.Rule, r.Rule.Section)
-				}
-			})
+			return c.print(r, func(w *tabwriter.Writer) { traceTable(w, r) })
 		},
 	}
 	trace.Flags().StringVar(&src, "src", "", "source labels, k=v,k2=v2")
@@ -349,6 +343,10 @@ func (c *cli) policyCmd() *cobra.Command {
 	trace.Flags().Uint16Var(&tr.DstEndpoint, "dst-endpoint", 0, "destination endpoint ID")
 	trace.Flags().Uint16Var(&tr.Port, "dport", 0, "destination port (ICMP: the type)")
 	trace.Flags().StringVar(&tr.Protocol, "protocol", "TCP", "TCP, UDP, SCTP or ICMP")
+	trace.Flags().StringVar(&tr.HTTPMethod, "http-method", "", "an HTTP request on the flow: its method (default GET when any --http-* is given); the result says what the L7 proxy does with it")
+	trace.Flags().StringVar(&tr.HTTPPath, "http-path", "", "... its path and query (default /)")
+	trace.Flags().StringVar(&tr.HTTPHost, "http-host", "", "... its Host")
+	trace.Flags().StringArrayVar(&tr.HTTPHeaders, "http-header", nil, `... a header, "Name: value" (repeatable)`)
 	cmd.AddCommand(trace)
 	del := &cobra.Command{
 		Use: "delete NAMESPACE/NAME", Short: "Delete a policy from the cluster (every node)", Args: cobra.ExactArgs(1),

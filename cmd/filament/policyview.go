@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/api/types"
@@ -19,4 +21,71 @@ func policyTable(w *tabwriter.Writer, ps []types.Policy) {
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", p.Key(), ns, p.Kind, len(p.Rules))
 	}
+}
+
+// traceTable prints a trace result: the verdict, the deciding rule, and
+// for a flow through the node's proxy the HTTP rules of each L7 side and
+// the verdict for the request asked about.
+func traceTable(w *tabwriter.Writer, r types.TraceResult) {
+	fmt.Fprintf(w, "Verdict:\t%s\n", r.Verdict)
+	fmt.Fprintf(w, "Reason:\t%s\n", r.Reason)
+	if r.Rule != nil {
+		fmt.Fprintf(w, "Rule:\t%s rule %d %s\n", r.Rule.Policy, r.Rule.Rule, r.Rule.Section)
+	}
+	if r.Verdict == "allowed" {
+		proxy := "no (no HTTP rules apply)"
+		if r.Proxy {
+			proxy = "yes: requests go through the node's L7 proxy"
+		}
+		fmt.Fprintf(w, "L7 proxy:\t%s\n", proxy)
+	}
+	for _, sd := range r.L7 {
+		label := "HTTP rules, " + sd.Side + ":"
+		for _, h := range sd.Rules {
+			fmt.Fprintf(w, "%s\t%s  %s\n", label, httpRuleText(h), h.Ref)
+			label = ""
+		}
+	}
+	if h := r.HTTP; h != nil {
+		req := h.Method + " " + h.Path
+		if h.Host != "" {
+			req += " (host " + h.Host + ")"
+		}
+		verdict := h.Verdict
+		if h.Status != 0 {
+			verdict += fmt.Sprintf(" (%d from the proxy; a gRPC call: PERMISSION_DENIED)", h.Status)
+		}
+		fmt.Fprintf(w, "Request:\t%s\n", req)
+		fmt.Fprintf(w, "Request verdict:\t%s: %s\n", verdict, h.Reason)
+		for _, sd := range h.Sides {
+			for _, a := range sd.Actions {
+				fmt.Fprintf(w, "Header action, %s:\t%s\n", sd.Side, a)
+			}
+		}
+	}
+}
+
+// httpRuleText is an HTTP rule on one line: its fields given, as
+// name=value.
+func httpRuleText(h types.TraceHTTPRule) string {
+	var parts []string
+	for _, f := range [][2]string{{"method", h.Method}, {"path", h.Path}, {"host", h.Host}} {
+		if f[1] != "" {
+			parts = append(parts, f[0]+"="+f[1])
+		}
+	}
+	for _, hd := range h.Headers {
+		parts = append(parts, "header="+strconv.Quote(hd))
+	}
+	for _, m := range h.HeaderMatches {
+		hm := "headerMatch=" + strconv.Quote(m.Name+": "+m.Value)
+		if m.Mismatch != "" {
+			hm += "/" + m.Mismatch
+		}
+		parts = append(parts, hm)
+	}
+	if len(parts) == 0 {
+		return "(any request)"
+	}
+	return strings.Join(parts, " ")
 }

@@ -67,6 +67,13 @@ type TraceRequest struct {
 	DstLabels   []string `json:"dstLabels,omitempty"`
 	Port        uint16   `json:"port,omitempty"`
 	Protocol    string   `json:"protocol,omitempty"` // TCP, UDP, SCTP, ICMP (ICMP: port is the type)
+	// An HTTP request on the flow (any of these set; TCP only): the
+	// result then says what the node's proxy does with it. Method
+	// defaults to GET and path to "/"; headers are "Name: value".
+	HTTPMethod  string   `json:"httpMethod,omitempty"`
+	HTTPPath    string   `json:"httpPath,omitempty"`
+	HTTPHost    string   `json:"httpHost,omitempty"`
+	HTTPHeaders []string `json:"httpHeaders,omitempty"`
 }
 
 // TraceResult is the verdict of a traced connection.
@@ -78,6 +85,66 @@ type TraceResult struct {
 	Rule *RuleRef `json:"rule,omitempty"`
 	// Enforced is whether either side enforces policy in its direction.
 	Enforced bool `json:"enforced"`
+	// Proxy is whether an allowed flow goes through the node's L7 proxy.
+	Proxy bool `json:"proxy,omitempty"`
+	// L7 lists, per side whose deciding allow is L7, the HTTP rules the
+	// proxy applies to the flow's requests.
+	L7 []TraceL7 `json:"l7,omitempty"`
+	// HTTP is the verdict for the request of the trace request, if any.
+	HTTP *TraceHTTP `json:"http,omitempty"`
+}
+
+// TraceL7 is the HTTP policy one side applies to a traced flow: a request
+// goes through when one of Rules matches it.
+type TraceL7 struct {
+	Side  string          `json:"side"` // "egress of src" or "ingress of dst"
+	Rules []TraceHTTPRule `json:"rules"`
+}
+
+// TraceHTTPRule is one HTTP rule (toPorts[].rules.http) and where it
+// comes from.
+type TraceHTTPRule struct {
+	// Ref names its port rule: policy/rules[i].section.toPorts[j].
+	Ref           string            `json:"ref"`
+	Method        string            `json:"method,omitempty"`
+	Path          string            `json:"path,omitempty"`
+	Host          string            `json:"host,omitempty"`
+	Headers       []string          `json:"headers,omitempty"`
+	HeaderMatches []HTTPHeaderMatch `json:"headerMatches,omitempty"`
+}
+
+// HTTPHeaderMatch is a headerMatches entry of an HTTP rule.
+type HTTPHeaderMatch struct {
+	Mismatch string `json:"mismatch,omitempty"`
+	Name     string `json:"name"`
+	Value    string `json:"value,omitempty"`
+}
+
+// TraceHTTP is what the flow's proxies do with one HTTP request.
+type TraceHTTP struct {
+	Method  string   `json:"method"`
+	Path    string   `json:"path"`
+	Host    string   `json:"host,omitempty"`
+	Headers []string `json:"headers,omitempty"`
+	Verdict string   `json:"verdict"` // allowed or denied
+	// Status is the proxy's answer to a denied request: 403 (gRPC:
+	// PERMISSION_DENIED); 0 when the flow itself is denied.
+	Status int `json:"status,omitempty"`
+	// Reason says why, like `ingress of dst: no HTTP rule matches`.
+	Reason string `json:"reason"`
+	// Sides are the verdicts of each L7 side, in the order the request
+	// meets them.
+	Sides []TraceHTTPSide `json:"sides,omitempty"`
+}
+
+// TraceHTTPSide is one side's proxy verdict for a request.
+type TraceHTTPSide struct {
+	Side    string `json:"side"`
+	Verdict string `json:"verdict"` // allowed or denied
+	// Rule is the first rule that matches (nil: none, denied).
+	Rule *TraceHTTPRule `json:"rule,omitempty"`
+	// Actions are the headerMatches mismatch actions the proxy takes.
+	Actions []string `json:"actions,omitempty"`
 }
 
 // RuleRef names one section of one rule of a policy.
