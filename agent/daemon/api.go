@@ -21,6 +21,7 @@ import (
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/clustermesh/remote"
 	"github.com/filament-net/filament/internal/version"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // identityLabels are the labels of an identity, local or remote.
@@ -64,7 +65,7 @@ func (a *Agent) startAPI(ctx context.Context) error {
 		Endpoints: func() int { return len(a.eps.List()) }, Identities: func() int { return len(a.ids.List()) },
 		PolicyEntries: a.engine.PolicyEntries, PolicyWrites: a.dp.PolicyWrites, EventsLost: a.hub.Lost,
 		Services: a.services.Count, ServiceErrors: a.services.Errors, NodesRefused: a.auth.Refused,
-		Groups: a.groups.states,
+		Groups: a.groups.states, Extra: a.proxyMetrics(),
 	})
 	if a.cfg.PrometheusListen != "" {
 		msrv := &http.Server{Addr: a.cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}
@@ -160,4 +161,12 @@ func (a *Agent) ipcache() map[netip.Prefix]identity.NumericIdentity {
 		slog.Warn("ipcache for the L7 proxy", "err", err)
 	}
 	return m
+}
+
+// proxyMetrics are the L7 proxy's metrics, when it runs.
+func (a *Agent) proxyMetrics() prometheus.Gatherer {
+	if a.proxy == nil {
+		return nil
+	}
+	return a.proxy
 }

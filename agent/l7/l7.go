@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -27,10 +28,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -387,4 +392,31 @@ func (s *Supervisor) event(r proxy.Record) monitor.Event {
 		}
 	}
 	return ev
+}
+
+// Gather reads the proxy's metrics (a prometheus.Gatherer, so the agent's
+// /metrics serves them beside its own). A proxy that does not answer gives
+// none, not an error: the agent's own metrics stay available.
+func (s *Supervisor) Gather() ([]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/metrics", nil)
+	req.Header.Set("Accept", "text/plain")
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return nil, nil
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("L7 proxy metrics: %w", err)
+	}
+	out := make([]*dto.MetricFamily, 0, len(fams))
+	for _, name := range slices.Sorted(maps.Keys(fams)) {
+		if strings.HasPrefix(name, "filament_proxy_") {
+			out = append(out, fams[name])
+		}
+	}
+	return out, nil
 }

@@ -17,6 +17,8 @@ import (
 
 // Sources are what the collector reads; nil funcs are skipped.
 type Sources struct {
+	// Extra are metrics gathered elsewhere (the L7 proxy's), served too.
+	Extra         prometheus.Gatherer
 	Counters      func() ([]datapath.Counter, error)
 	MapPressure   func() map[string]float64
 	Endpoints     func() int
@@ -116,9 +118,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Handler serves the collector and the Go runtime metrics.
+// Handler serves the collector and the Go runtime metrics, and those of
+// s.Extra (e.g. the L7 proxy's) when set.
 func Handler(s Sources) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&Collector{s: s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	var g prometheus.Gatherer = reg
+	if s.Extra != nil {
+		g = prometheus.Gatherers{reg, s.Extra}
+	}
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 }

@@ -122,3 +122,25 @@ func TestTraceL7(t *testing.T) {
 		}
 	}
 }
+
+// An allow of the port for any peer without HTTP rules lets every request
+// through, also for a peer that has HTTP rules of its own on the port.
+func TestResolveL7PlainAnyPeerWins(t *testing.T) {
+	web := cid(1)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: web, Labels: rsLabels(t, "app=web")}},
+		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=db")}},
+	}
+	r := w.build(ModeDefault, []api.Policy{rsPol("l7", api.Rule{EndpointSelector: rsSel("app=db"), Ingress: []api.IngressRule{
+		{FromEndpoints: rsSels("app=web"), ToPorts: httpPorts("80", api.PortRuleHTTP{Path: "/a"})},
+		{ToPorts: rsPorts(api.ProtoTCP, "80")},
+	}})})
+	if got := r.L7Policies(); len(got) != 0 {
+		t.Fatalf("L7Policies %+v, want none: every peer may send anything to port 80", got)
+	}
+	for k, v := range mustEP(t, r, 1).Entries {
+		if v.L7 != "" {
+			t.Errorf("entry %v still L7: %q", k, v.L7)
+		}
+	}
+}

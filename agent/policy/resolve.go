@@ -860,6 +860,11 @@ func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 		for _, g := range groups {
 			applyDenyPrecedence(g)
 		}
+		for gk, g := range groups {
+			if gk.id != 0 {
+				plainAnyWins(g, groups[groupKey{gk.dir, 0}])
+			}
+		}
 	}
 	for gk, g := range groups {
 		diffGroup(ch, ep.info.ID, gk, ep.groups[gk], g)
@@ -899,6 +904,7 @@ func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id ide
 		}
 		r.groupRecomputes++
 		applyDenyPrecedence(g)
+		plainAnyWins(g, ep.groups[groupKey{dir, 0}])
 		diffGroup(ch, ep.info.ID, gk, old, g)
 		if len(g) == 0 {
 			delete(ep.groups, gk)
@@ -968,6 +974,25 @@ func mergeL7(a, b string) string {
 	refs := append(strings.Split(a, "\n"), strings.Split(b, "\n")...)
 	slices.Sort(refs)
 	return strings.Join(slices.Compact(refs), "\n")
+}
+
+// plainAnyWins clears the L7 mark of a peer's entries whose port an allow
+// for any peer without HTTP rules covers: that allow already lets every
+// request of the peer through, though the datapath finds the peer's own
+// entry first.
+func plainAnyWins(g, any map[L4]MapValue) {
+	if len(any) == 0 {
+		return
+	}
+	for l4, v := range g {
+		if v.L7 == "" || v.Deny {
+			continue
+		}
+		if a, ok := lookupL4(any, l4.Proto, l4.Port); ok && !a.Deny && a.L7 == "" {
+			v.L7 = ""
+			g[l4] = v
+		}
+	}
 }
 
 // applyDenyPrecedence turns every allow of a group that lies inside a deny
