@@ -16,7 +16,7 @@ import (
 
 // serveHTTP runs an HTTP server on port in the namespace at path that
 // answers every request 200 with "<method> <path>", closed at cleanup.
-func serveHTTP(t *testing.T, path string, port int) {
+func serveHTTP(t testing.TB, path string, port int) {
 	t.Helper()
 	var ln net.Listener
 	err := ns.WithNetNSPath(path, func(ns.NetNS) (err error) {
@@ -37,7 +37,7 @@ func serveHTTP(t *testing.T, path string, port int) {
 
 // curlCodes runs curl in pod with one request per URL on one connection
 // (keep-alive) and returns the status codes, space-separated.
-func curlCodes(t *testing.T, l *lab.Lab, pod string, args ...string) string {
+func curlCodes(t testing.TB, l *lab.Lab, pod string, args ...string) string {
 	t.Helper()
 	argv := []string{"curl", "-s", "-w", "%{http_code} ", "--max-time", "5"}
 	for _, a := range args {
