@@ -50,11 +50,22 @@ static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 n
 	e->expires = now + ct_timeout(p, e->state);
 }
 
+// new_tcp tells whether p opens a TCP connection (SYN without ACK): it is
+// judged as new even when an entry for its tuple remains (a closed
+// connection's, kept for CT_TIMEOUT_CLOSE), so a policy change applies to
+// a connection that reuses the tuple.
+static __always_inline int new_tcp(struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+}
+
 // ct_lookup finds the connection of p in the scope of endpoint ep_id and
 // direction dir: the same direction (established: *proxy is its L7 proxy
-// port) or the reverse (reply).
+// port) or the reverse (reply). A SYN opening a connection is always new.
 static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, __u16 *proxy)
 {
+	if (new_tcp(p))
+		return CT_NEW;
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,

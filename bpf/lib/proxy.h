@@ -56,6 +56,8 @@ static __always_inline __u16 l7_port(struct endpoint_info *ep, __u32 peer, struc
 {
 	if (p->proto != IPPROTO_TCP)
 		return 0;
+	if (new_tcp(p))
+		goto policy;
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = DIR_INGRESS, .ep_id = ep->ep_id,
@@ -63,6 +65,7 @@ static __always_inline __u16 l7_port(struct endpoint_info *ep, __u32 peer, struc
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e)
 		return e->proxy_port;
+policy:;
 	struct policy_value *v = policy_lookup(ep->ep_id, DIR_INGRESS, peer, p);
 	struct policy_value *any = policy_lookup(ep->ep_id, DIR_INGRESS, 0, p);
 	if ((v && v->deny) || (any && any->deny))
