@@ -91,7 +91,28 @@ func BenchmarkL7(b *testing.B) {
 		if denials := stop(); failed > 0 {
 			b.Errorf("%s: %d of 1000 keep-alive requests failed; the proxy's denials: %s\n%s", name, failed, strings.Join(denials, "\n"), px.diagnose())
 		}
+		// FILAMENT_PROXY_PROFILE=FILE: a CPU profile of the proxy during
+		// the keep-alive run under the L7 rule (go tool pprof FILE).
+		var profiled chan struct{}
+		if out := os.Getenv("FILAMENT_PROXY_PROFILE"); out != "" && name == "L7 allow-all" {
+			profiled = make(chan struct{})
+			go func() {
+				defer close(profiled)
+				resp, err := px.client().Get("http://proxy/debug/pprof/profile?seconds=4")
+				if err != nil {
+					b.Logf("proxy profile: %v", err)
+					return
+				}
+				defer resp.Body.Close()
+				f, _ := os.Create(out)
+				io.Copy(f, resp.Body)
+				f.Close()
+			}()
+		}
 		f.keepAlive = runWrk(b, l, dir, url, 64, 5, 0, "")
+		if profiled != nil {
+			<-profiled
+		}
 		f.h2 = runH2load(b, l, dir, url, 64, 5)
 		f.pace = pace
 		if f.pace == 0 { // half the saturation rate: 64 connections, one request each per pace ms

@@ -68,8 +68,10 @@ type Config struct {
 	Policies  func() []policy.L7Policy
 	Endpoints func() map[uint16]Endpoint
 	IPCache   func() map[netip.Prefix]identity.NumericIdentity
-	// Publish receives each request record as an "l7" monitor event.
+	// Publish receives each request record as an "l7" monitor event, while
+	// Wanted says someone listens (records are not read otherwise).
 	Publish func(monitor.Event)
+	Wanted  func() bool
 }
 
 // Endpoint is a local endpoint's address and identity.
@@ -344,20 +346,45 @@ func (s *Supervisor) push(ctx context.Context, body []byte) error {
 	return nil
 }
 
-// readRecords follows the proxy's records until ctx ends, reconnecting.
+// readRecords follows the proxy's records while someone listens for them,
+// until ctx ends, reconnecting.
 func (s *Supervisor) readRecords(ctx context.Context) {
 	for ctx.Err() == nil {
-		if err := s.followRecords(ctx); err != nil && ctx.Err() == nil {
-			slog.Debug("L7 proxy records", "err", err)
+		if s.cfg.Wanted == nil || s.cfg.Wanted() {
+			if err := s.followRecords(ctx); err != nil && ctx.Err() == nil {
+				slog.Debug("L7 proxy records", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
 
+// followRecords reads records until the stream ends or nobody listens any
+// more (checked every second: the stream is then closed, and the proxy
+// stops encoding records for the agent).
 func (s *Supervisor) followRecords(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if s.cfg.Wanted != nil {
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if !s.cfg.Wanted() {
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/v1/records", nil)
 	resp, err := s.hc.Do(req)
 	if err != nil {

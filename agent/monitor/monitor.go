@@ -124,3 +124,16 @@ func (h *Hub) Subscribe(f Filter) (<-chan Event, func()) {
 
 // Lost is how many events slow subscribers missed.
 func (h *Hub) Lost() uint64 { return h.lost.Load() }
+
+// Wants tells whether a subscriber would take events of type typ, so that
+// a source can skip the work of making them.
+func (h *Hub) Wants(typ string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, s := range h.subs {
+		if s.filter.Type == "" || s.filter.Type == typ {
+			return true
+		}
+	}
+	return false
+}
