@@ -138,6 +138,18 @@ demo: check-root deps build
 	bin/filament-lab node start --name $(DEMO_LAB) c1/n2
 	@for i in $$(seq 50); do out=$$(bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 1 http://10.96.0.20/); [ "$$out" = api-c1 ] && break; sleep 0.2; done
 	@for i in 1 2 3; do bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -m 2 http://10.96.0.20/; done
+	@echo; echo "== L7: api pods of c1 take GET /public/... from web pods; anything else gets 403 from the node's proxy"
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament policy import docs/examples/l7-public-only.yaml
+	@ip1=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="api-c1") | .ip'); \
+	mon=$$(mktemp); \
+	timeout 8 bin/filament-lab exec --name $(DEMO_LAB) c1/n2 -- filament monitor --type l7 > $$mon 2>&1 & \
+	for i in $$(seq 50); do grep -q Listening $$mon && break; sleep 0.1; done; \
+	for i in $$(seq 50); do [ "$$(bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -o /dev/null -w '%{http_code}' -m 1 http://$$ip1:8080/public/hello)" = 200 ] && break; sleep 0.2; done; \
+	echo "-- web-1: GET http://$$ip1:8080/public/hello"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -w ' (HTTP %{http_code})\n' -m 2 http://$$ip1:8080/public/hello; \
+	echo "-- web-1: GET http://$$ip1:8080/private"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -w ' (HTTP %{http_code})\n' -m 2 http://$$ip1:8080/private; \
+	wait; echo "-- filament monitor --type l7 on c1/n2 saw:"; cat $$mon; rm -f $$mon
 	@echo; echo "== filament encrypt status (c1/n1): every node of both clusters is an authenticated WireGuard peer"
 	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament encrypt status
 	@echo; echo "== filament clustermesh status (c2/n1)"

@@ -62,11 +62,17 @@ func TestL7MonitorEvents(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("monitor never connected")
 	}
+	// The agent reads the proxy's records once someone listens: requests
+	// are sent until their events arrive.
 	seen := map[string]bool{}
 	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	curlCodes(t, l, "client", base+"/public/m", base+"/private")
 	for !seen["forwarded /public/m 200"] || !seen["denied /private 403"] {
-		curlCodes(t, l, "client", base+"/public/m", base+"/private")
 		select {
+		case <-tick.C:
+			curlCodes(t, l, "client", base+"/public/m", base+"/private")
 		case ev := <-events:
 			if ev.Type != "l7" || ev.L7 == nil {
 				t.Fatalf("event of type %q in an l7 subscription: %+v", ev.Type, ev)

@@ -1,0 +1,114 @@
+package lab_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+// The seeds' example across nodes with native routing (steered at the
+// underlay's tc ingress) and with WireGuard (at the encryption device's).
+func TestL7IngressRoutingModes(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		routing string
+		args    []string
+	}{
+		{"native", "native", nil},
+		{"tunnel+wireguard", "tunnel", []string{"--encryption", "wireguard", "--encryption-strict"}},
+		{"native+wireguard", "native", []string{"--encryption", "wireguard", "--encryption-strict"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := labtest.UpRouting(t, 2, tc.routing, tc.args...)
+			web := labtest.Pod(t, l, "n1", "web", "app=web")
+			labtest.Pod(t, l, "n2", "far", "app=client")
+			serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
+			labtest.ImportPolicy(t, l, "n1", l7Policy)
+			base := "http://" + web.IP
+			eventually(t, "GET /public/ from another node allowed through the proxy", func() bool {
+				return curlCodes(t, l, "far", base+"/public/a") == "200"
+			})
+			if got := curlCodes(t, l, "far", base+"/private", base+"/public/b"); got != "403 200" {
+				t.Errorf("GET /private then GET /public/b on one connection: %q, want \"403 200\"", got)
+			}
+		})
+	}
+}
+
+// A grpc-go client in a pod calls a grpc-go server in another pod on
+// another node through the destination's proxy: the allowed method
+// answers, any other gets PERMISSION_DENIED.
+func TestL7GRPC(t *testing.T) {
+	l := labtest.Up(t, 2, 0)
+	srvPod := labtest.Pod(t, l, "n1", "grpc", "app=grpc")
+	cli := labtest.Pod(t, l, "n2", "client", "app=client")
+	var ln net.Listener
+	if err := ns.WithNetNSPath(lab.NetNSPath(srvPod.NetNS), func(ns.NetNS) (err error) {
+		ln, err = net.Listen("tcp4", ":50051")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	reflection.Register(gs)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	labtest.ImportPolicy(t, l, "n1", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: grpc-health-only}
+spec:
+  endpointSelector: {matchLabels: {app: grpc}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "50051", protocol: TCP}]
+      rules:
+        http: [{method: POST, path: "/grpc.health.v1.Health/Check"}]
+`)
+	cc, err := grpc.NewClient("passthrough:///"+srvPod.IP+":50051", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (c net.Conn, err error) {
+			err = ns.WithNetNSPath(lab.NetNSPath(cli.NetNS), func(ns.NetNS) error {
+				c, err = (&net.Dialer{}).DialContext(ctx, "tcp4", addr)
+				return err
+			})
+			return c, err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	eventually(t, "Health/Check allowed through the proxy", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := reflectionpb.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+	if err == nil {
+		err = st.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
+		if err == nil {
+			_, err = st.Recv()
+		}
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("reflection through the proxy: %v, want PERMISSION_DENIED", err)
+	}
+}
