@@ -211,6 +211,14 @@ type DatapathPolicyValue struct {
 	Cookie    uint32
 }
 
+type DatapathProxyOriginKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+}
+
 type DatapathReason uint32
 
 const (
@@ -253,6 +261,7 @@ const (
 	DatapathMapLbSockRevnat      = "lb_sock_revnat"
 	DatapathMapNodes             = "nodes"
 	DatapathMapPolicy            = "policy"
+	DatapathMapProxyOrigin       = "proxy_origin"
 	DatapathProgFromContainer    = "from_container"
 	DatapathProgFromHost         = "from_host"
 	DatapathProgFromNetdev       = "from_netdev"
@@ -285,6 +294,7 @@ const (
 	DatapathVarUnusedLbsok       = "unused_lbsok"
 	DatapathVarUnusedLbsov       = "unused_lbsov"
 	DatapathVarUnusedPk          = "unused_pk"
+	DatapathVarUnusedPok         = "unused_pok"
 	DatapathVarUnusedPv          = "unused_pv"
 	DatapathVarUnusedReason      = "unused_reason"
 )
@@ -364,6 +374,7 @@ type DatapathMapSpecs struct {
 	LbSockRevnat *ebpf.MapSpec `ebpf:"lb_sock_revnat"`
 	Nodes        *ebpf.MapSpec `ebpf:"nodes"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	ProxyOrigin  *ebpf.MapSpec `ebpf:"proxy_origin"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -392,6 +403,7 @@ type DatapathVariableSpecs struct {
 	UnusedLbsok     *ebpf.VariableSpec `ebpf:"unused_lbsok"`
 	UnusedLbsov     *ebpf.VariableSpec `ebpf:"unused_lbsov"`
 	UnusedPk        *ebpf.VariableSpec `ebpf:"unused_pk"`
+	UnusedPok       *ebpf.VariableSpec `ebpf:"unused_pok"`
 	UnusedPv        *ebpf.VariableSpec `ebpf:"unused_pv"`
 	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
@@ -433,6 +445,7 @@ type DatapathMaps struct {
 	LbSockRevnat *ebpf.Map `ebpf:"lb_sock_revnat"`
 	Nodes        *ebpf.Map `ebpf:"nodes"`
 	Policy       *ebpf.Map `ebpf:"policy"`
+	ProxyOrigin  *ebpf.Map `ebpf:"proxy_origin"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -454,6 +467,7 @@ func (m *DatapathMaps) Close() error {
 		m.LbSockRevnat,
 		m.Nodes,
 		m.Policy,
+		m.ProxyOrigin,
 	)
 }
 
@@ -483,6 +497,7 @@ type DatapathVariables struct {
 	UnusedLbsok     *ebpf.Variable `ebpf:"unused_lbsok"`
 	UnusedLbsov     *ebpf.Variable `ebpf:"unused_lbsov"`
 	UnusedPk        *ebpf.Variable `ebpf:"unused_pk"`
+	UnusedPok       *ebpf.Variable `ebpf:"unused_pok"`
 	UnusedPv        *ebpf.Variable `ebpf:"unused_pv"`
 	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
 }

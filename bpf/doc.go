@@ -9,4 +9,4 @@
 // drop reasons and event types reach Go as generated constants.
 package bpf
 
-//go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type counter -type ipcache_key -type ipcache_value -type endpoint_info -type policy_key -type policy_value -type ct_key -type ct_entry -type event -type node_config -type lb_key -type lb_service -type lb_slot_key -type lb_backend -type lb_member_key -type lb_affinity_key -type lb_affinity -type lb_sock_key -type lb_sock_value -type lb_nat_key -type lb_nat -type reason -type event_type Datapath datapath.c
+//go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type counter -type ipcache_key -type ipcache_value -type endpoint_info -type policy_key -type policy_value -type ct_key -type ct_entry -type proxy_origin_key -type event -type node_config -type lb_key -type lb_service -type lb_slot_key -type lb_backend -type lb_member_key -type lb_affinity_key -type lb_affinity -type lb_sock_key -type lb_sock_value -type lb_nat_key -type lb_nat -type reason -type event_type Datapath datapath.c

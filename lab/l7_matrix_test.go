@@ -3,6 +3,7 @@ package lab_test
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,5 +111,49 @@ spec:
 	}
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("reflection through the proxy: %v, want PERMISSION_DENIED", err)
+	}
+}
+
+// The seeds' example across clusters: c1's client reaches c2's web through
+// c2's proxy, which knows the client's identity from the mesh (the rule
+// names c1), in both directions of the rule: ingress on c2 and egress on c1.
+func TestL7AcrossClusters(t *testing.T) {
+	l := labtest.UpClusters(t, 2, 1, "tunnel")
+	labtest.Pod(t, l, "c1/n1", "client", "app=client")
+	web := labtest.Pod(t, l, "c2/n1", "web", "app=web")
+	connect(t, l, "c1/n1", "c2")
+	for _, on := range []string{"c1/n1", "c2/n1"} {
+		if out, err := labtest.NodeRun(t, l, on, "filament", "clustermesh", "status", "--wait", "30s"); err != nil {
+			t.Fatalf("status --wait on %s: %v %s", on, err, out)
+		}
+	}
+	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
+	labtest.ImportPolicy(t, l, "c2/n1", strings.Replace(l7Policy, "{app: client}", "{app: client, io.cilium.k8s.policy.cluster: c1}", 1))
+	base := "http://" + web.IP
+	eventually(t, "c1's client: GET /public/ allowed through c2's proxy", func() bool {
+		return curlCodes(t, l, "client", base+"/public/a") == "200"
+	})
+	if got := curlCodes(t, l, "client", base+"/private", base+"/public/b"); got != "403 200" {
+		t.Errorf("ingress L7 across clusters: %q, want \"403 200\"", got)
+	}
+	// Egress on c1 too, narrower than c2's ingress: /public/x passes c2's
+	// rules, not c1's, so its 403 comes from c1's proxy.
+	labtest.ImportPolicy(t, l, "c1/n1", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web, io.cilium.k8s.policy.cluster: c2}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/public/c.*"}, {path: "/private"}]
+`)
+	eventually(t, "c1's egress L7 in force", func() bool {
+		return curlCodes(t, l, "client", base+"/public/x") == "403"
+	})
+	if got := curlCodes(t, l, "client", base+"/public/c", base+"/private"); got != "200 403" {
+		t.Errorf("egress (c1) then ingress (c2) L7: %q, want \"200 403\" (/private passes c1's rules, not c2's)", got)
 	}
 }

@@ -2,6 +2,9 @@ package lab_test
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -84,6 +87,26 @@ func TestL7MonitorEvents(t *testing.T) {
 			seen[ev.L7.Verdict+" "+ev.L7.Path+" "+strconv.Itoa(ev.L7.Status)] = true
 		case <-deadline:
 			t.Fatalf("l7 events seen %v; want an allowed GET /public/m (200) and a denied GET /private (403)", seen)
+		}
+	}
+	// The agent's /metrics serves the proxy's request counters.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", n.Socket)
+	}}}
+	resp, err := hc.Get("http://agent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`filament_proxy_http_requests_total\{code="403",method="GET",verdict="denied"\} [1-9]`),
+		regexp.MustCompile(`filament_proxy_http_requests_total\{code="200",method="GET",verdict="forwarded"\} [1-9]`),
+		regexp.MustCompile(`filament_proxy_http_request_duration_seconds_bucket`),
+		regexp.MustCompile(`filament_endpoints 2`),
+	} {
+		if !want.Match(body) {
+			t.Errorf("the agent's metrics lack %s", want)
 		}
 	}
 }

@@ -135,7 +135,7 @@ func (a *Agent) startProxy(ctx context.Context) error {
 		return nil
 	}
 	s, err := l7.Start(ctx, l7.Config{Binary: a.cfg.ProxyBinary, StateDir: filepath.Join(a.cfg.StateDir, "proxy"),
-		Port: uint16(a.cfg.ProxyPort), Policies: a.res.L7Policies, Endpoints: a.l7Endpoints, IPCache: a.ipcache, Publish: a.hub.Publish,
+		Port: uint16(a.cfg.ProxyPort), OriginMap: a.dp.OriginMapPath(), Policies: a.res.L7Policies, Endpoints: a.l7Endpoints, IPCache: a.ipcache, Publish: a.hub.Publish,
 		Wanted: func() bool { return a.hub.Wants("l7") }})
 	if err != nil {
 		slog.Error("L7 proxy off: flows that L7 rules apply to are dropped", "err", err)

@@ -204,6 +204,10 @@ func Load(c Config) (*Datapath, error) {
 // attached links stay, so traffic keeps flowing until the next agent takes over.
 func (d *Datapath) Close() error { return d.objs.Close() }
 
+// OriginMapPath is where the proxy_origin map is pinned: the L7 proxy
+// reads the source identity of the connections steered to it there.
+func (d *Datapath) OriginMapPath() string { return filepath.Join(d.pinDir, bpf.DatapathMapProxyOrigin) }
+
 // Remove unpins everything of the node (used when a node is torn down).
 func (d *Datapath) Remove() error { return os.RemoveAll(d.pinDir) }
 

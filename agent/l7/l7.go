@@ -62,6 +62,9 @@ type Config struct {
 	Binary   string // filament-proxy ("" = next to this executable, else PATH)
 	StateDir string // the proxy's state dir: persisted config, log, control socket
 	Port     uint16 // the proxy's listener
+	// OriginMap is the datapath's pinned proxy_origin map ("" = none: the
+	// proxy then knows sources by address only).
+	OriginMap string
 
 	// Policies are the resolver's L7 policies; Endpoints the local
 	// endpoints' addresses by ID; IPCache every known address's identity.
@@ -196,8 +199,11 @@ func (s *Supervisor) spawn() error {
 	}
 	defer logf.Close()
 	os.Remove(s.socket)
-	cmd := exec.Command(s.cfg.Binary, "--listen", "0.0.0.0:"+strconv.Itoa(int(s.cfg.Port)),
-		"--control-socket", s.socket, "--state-dir", s.cfg.StateDir)
+	args := []string{"--listen", "0.0.0.0:" + strconv.Itoa(int(s.cfg.Port)), "--control-socket", s.socket, "--state-dir", s.cfg.StateDir}
+	if s.cfg.OriginMap != "" {
+		args = append(args, "--origin-map", s.cfg.OriginMap)
+	}
+	cmd := exec.Command(s.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -192,14 +192,14 @@ type side struct {
 // sides returns the policies that apply to a connection from src to dst:
 // the source endpoint's egress policy first, then the destination's
 // ingress policy.
-func (c *compiled) sides(src, dst netip.AddrPort) []side {
+func (c *compiled) sides(src, dst netip.AddrPort, srcID uint32) []side {
 	var out []side
 	s, d := src.Addr().Unmap(), dst.Addr().Unmap()
 	if peers, ok := c.policies[policyKey{s, Egress, dst.Port()}]; ok {
 		out = append(out, side{Egress, s, c.identity(d), peers})
 	}
 	if peers, ok := c.policies[policyKey{d, Ingress, dst.Port()}]; ok {
-		out = append(out, side{Ingress, d, c.identity(s), peers})
+		out = append(out, side{Ingress, d, srcID, peers})
 	}
 	return out
 }

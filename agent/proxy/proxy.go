@@ -60,7 +60,10 @@ type Options struct {
 	IdleTimeout time.Duration
 	// DialTimeout bounds the upstream connect; default 10 s.
 	DialTimeout time.Duration
-	Logger      *slog.Logger
+	// Origins, when set, gives the source identity the datapath knew for
+	// a connection (else the pushed ipcache decides by address).
+	Origins Origins
+	Logger  *slog.Logger
 }
 
 // Proxy is the L7 proxy. Its zero value is not usable; use New.
@@ -68,6 +71,9 @@ type Proxy struct {
 	opts    Options
 	log     *slog.Logger
 	cfg     atomic.Pointer[compiled]
+	// cfgMu guards newCfg, closed (and replaced) when a config is stored.
+	cfgMu  sync.Mutex
+	newCfg chan struct{}
 	h1, h2  *http.Server
 	rp      *httputil.ReverseProxy
 	hub     hub
@@ -185,7 +191,49 @@ func (p *Proxy) SetConfig(cfg Config) error {
 		return err
 	}
 	p.cfg.Store(c)
+	p.cfgMu.Lock()
+	if p.newCfg != nil {
+		close(p.newCfg)
+		p.newCfg = nil
+	}
+	p.cfgMu.Unlock()
 	return nil
+}
+
+// nextConfig is closed when the next config is stored.
+func (p *Proxy) nextConfig() <-chan struct{} {
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	if p.newCfg == nil {
+		p.newCfg = make(chan struct{})
+	}
+	return p.newCfg
+}
+
+// policyWait is how long a request with no policy waits for the next
+// config: the datapath may steer a flow to the proxy a moment before the
+// agent pushes the policy that made it do so.
+const policyWait = 2 * time.Second
+
+// awaitPolicy waits up to policyWait for a config with a policy for dc's
+// flow, and returns the config in force and the flow's policy sides.
+func (p *Proxy) awaitPolicy(ctx context.Context, dc *downConn) (*compiled, []side) {
+	deadline := time.NewTimer(policyWait)
+	defer deadline.Stop()
+	for {
+		next := p.nextConfig()
+		cfg := p.cfg.Load()
+		if sides := cfg.sides(dc.src, dc.dst, dc.srcIdentity(cfg)); len(sides) > 0 {
+			return cfg, sides
+		}
+		select {
+		case <-next:
+		case <-deadline.C:
+			return cfg, nil
+		case <-ctx.Done():
+			return cfg, nil
+		}
+	}
 }
 
 // Config returns the config in force.
@@ -240,6 +288,9 @@ func (p *Proxy) accept(c net.Conn, h1, h2 *chanListener) {
 		return
 	}
 	dc := &downConn{Conn: c, p: p, src: src, dst: dst}
+	if p.opts.Origins != nil {
+		dc.srcID, dc.hasSrcID = p.opts.Origins.Origin(src, dst)
+	}
 	p.mu.Lock()
 	closing := p.closing.Load()
 	if !closing {
@@ -362,12 +413,24 @@ type downConn struct {
 	net.Conn
 	p        *Proxy
 	src, dst netip.AddrPort
+	// srcID is the source's identity from the datapath, when it told.
+	srcID    uint32
+	hasSrcID bool
 
 	prefix []byte // read by sniff, not yet by the server
 
 	mu     sync.Mutex
 	h1, h2 *http.Transport
 	closed bool
+}
+
+// srcIdentity is the identity of the connection's source: the datapath's
+// word for it, else the ipcache's for its address.
+func (c *downConn) srcIdentity(cfg *compiled) uint32 {
+	if c.hasSrcID {
+		return c.srcID
+	}
+	return cfg.identity(c.src.Addr())
 }
 
 func (c *downConn) Read(b []byte) (int, error) {
@@ -430,7 +493,7 @@ func (c *downConn) transport(h2 bool) (*http.Transport, error) {
 func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	d := net.Dialer{Timeout: c.p.opts.DialTimeout}
 	if c.p.opts.UpstreamMark {
-		mark := int(UpstreamMark(c.p.cfg.Load().identity(c.src.Addr())))
+		mark := int(UpstreamMark(c.srcIdentity(c.p.cfg.Load())))
 		d.Control = func(_, _ string, rc syscall.RawConn) error {
 			return sockopt(rc, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, mark) })
 		}
@@ -492,7 +555,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	base := Record{
 		Time:  start,
 		SrcIP: dc.src.Addr(), SrcPort: dc.src.Port(), DstIP: dc.dst.Addr(), DstPort: dc.dst.Port(),
-		SrcIdentity: cfg.identity(dc.src.Addr()), DstIdentity: cfg.identity(dc.dst.Addr()),
+		SrcIdentity: dc.srcIdentity(cfg), DstIdentity: cfg.identity(dc.dst.Addr()),
 		Protocol: protocolOf(r), Method: r.Method, Host: r.Host, Path: requestPath(r),
 	}
 	var recs []Record
@@ -502,7 +565,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			p.observe(rec)
 		}
 	}
-	sides := cfg.sides(dc.src, dc.dst)
+	sides := cfg.sides(dc.src, dc.dst, dc.srcIdentity(cfg))
+	if len(sides) == 0 {
+		cfg, sides = p.awaitPolicy(r.Context(), dc)
+	}
 	if len(sides) == 0 {
 		base.Reason = "no L7 policy"
 		recs = append(recs, base)

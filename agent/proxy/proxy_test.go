@@ -464,3 +464,24 @@ func TestCloseLeavesNothing(t *testing.T) {
 		t.Errorf("idle connection after Close: %v", err)
 	}
 }
+
+// The datapath can steer a flow a moment before its policy reaches the
+// proxy: a request with no policy waits for the next config (up to
+// policyWait) instead of failing at once.
+func TestRequestWaitsForItsPolicy(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	h.set()
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		h.p.SetConfig(Config{Revision: 2, IPCache: ipcache, Policies: []PortPolicy{{Endpoint: serverIP, Direction: Ingress,
+			Port: h.upstream.Port(), Protocol: "TCP", Rules: []PeerRules{{HTTP: []HTTPRule{{Path: "/late"}}}}}}})
+	}()
+	resp, err := h.client().Get(h.url("/late"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("a request that came before its policy: %s, want 200 once the policy arrived", resp.Status)
+	}
+}

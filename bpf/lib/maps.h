@@ -140,6 +140,26 @@ struct {
 	__type(value, struct ct_entry);
 } conntrack SEC(".maps");
 
+// proxy_origin: the source identity of each connection steered to the L7
+// proxy, by the connection's tuple as the proxy's socket sees it (remote
+// = saddr:sport, local = daddr:dport). The proxy reads it to know who is
+// asking, which the source address alone does not say when the flow comes
+// from another node's proxy (its node's address) or an identity carried
+// in the VNI.
+struct proxy_origin_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64 * 1024);
+	__type(key, struct proxy_origin_key);
+	__type(value, __u32);
+} proxy_origin SEC(".maps");
+
 // counters: key = reason * 2 + direction.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -186,6 +206,7 @@ const struct endpoint_info *unused_ep __attribute__((unused));
 const struct policy_key *unused_pk __attribute__((unused));
 const struct policy_value *unused_pv __attribute__((unused));
 const struct ct_key *unused_ck __attribute__((unused));
+const struct proxy_origin_key *unused_pok __attribute__((unused));
 const struct ct_entry *unused_ce __attribute__((unused));
 const struct counter *unused_counter __attribute__((unused));
 const struct event *unused_event __attribute__((unused));

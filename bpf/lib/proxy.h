@@ -9,7 +9,7 @@
 // kernel finds for 0.0.0.0 with a lookup of 127.0.0.1. The mark sends it
 // to the local table, so the kernel delivers it here although its
 // destination is not a local address.
-static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 port)
+static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 port, __u32 src_id)
 {
 	struct bpf_sock_tuple t = {};
 	t.ipv4.saddr = p->saddr;
@@ -27,6 +27,9 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 
 			bpf_sk_release(sk);
 			return REASON_NO_PROXY;
 		}
+		// A new connection: the proxy learns its source's identity here.
+		struct proxy_origin_key ok = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport};
+		bpf_map_update_elem(&proxy_origin, &ok, &src_id, BPF_ANY);
 	}
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
@@ -86,7 +89,7 @@ static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
 	__u16 port = l7_port(dst, src_id, p);
 	if (!port)
 		return -1;
-	int r = to_proxy(skb, p, port);
+	int r = to_proxy(skb, p, port, src_id);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, p);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);

@@ -30,7 +30,7 @@ int from_container(struct __sk_buff *skb)
 	__u16 proxy;
 	r = enforce(src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, &proxy);
 	if (r == REASON_FORWARDED && proxy)
-		r = to_proxy(skb, &p, proxy); // egress L7: the proxy checks the destination's ingress too
+		r = to_proxy(skb, &p, proxy, src->identity); // egress L7: the proxy checks the destination's ingress too
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_EGRESS, src->ep_id, dst_ep, src->identity, dst_id, &p);
 	if (proxy) {
@@ -57,7 +57,7 @@ int from_container(struct __sk_buff *skb)
 	// A pod of this node: its ingress policy here, then straight into its namespace.
 	r = enforce(dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0, &proxy);
 	if (r == REASON_FORWARDED && proxy)
-		r = to_proxy(skb, &p, proxy);
+		r = to_proxy(skb, &p, proxy, src->identity);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
 	if (proxy) {

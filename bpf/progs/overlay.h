@@ -40,7 +40,7 @@ int from_overlay(struct __sk_buff *skb)
 	if (r == REASON_FORWARDED && proxy) {
 		// Ingress L7: to this node's proxy, delivered up the stack.
 		bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
-		r = to_proxy(skb, &p, proxy);
+		r = to_proxy(skb, &p, proxy, src_id);
 		if (r == REASON_FORWARDED) {
 			count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 			return TC_ACT_OK;

@@ -28,6 +28,7 @@ type options struct {
 	listen, controlSocket, stateDir, logLevel string
 	transparent, upstreamMark                 bool
 	readHeaderTimeout, idleTimeout            time.Duration
+	originMap                                 string
 }
 
 func main() {
@@ -57,6 +58,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client may take to send request headers")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "keep-alive connections idle this long are closed")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.originMap, "origin-map", "", "the datapath's pinned proxy_origin map: the source identity of each connection steered here (without it, the address decides)")
 	return cmd
 }
 
@@ -69,9 +71,18 @@ func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	p := proxy.New(proxy.Options{
+	popts := proxy.Options{
 		UpstreamMark: o.upstreamMark, ReadHeaderTimeout: o.readHeaderTimeout, IdleTimeout: o.idleTimeout, Logger: log,
-	})
+	}
+	if o.originMap != "" {
+		om, err := proxy.OpenOriginMap(o.originMap)
+		if err != nil {
+			return fmt.Errorf("--origin-map: %w", err)
+		}
+		defer om.Close()
+		popts.Origins = om
+	}
+	p := proxy.New(popts)
 	control, err := proxy.NewControl(p, o.stateDir)
 	if err != nil {
 		return err
