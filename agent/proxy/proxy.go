@@ -68,12 +68,12 @@ type Options struct {
 
 // Proxy is the L7 proxy. Its zero value is not usable; use New.
 type Proxy struct {
-	opts    Options
-	log     *slog.Logger
-	cfg     atomic.Pointer[compiled]
+	opts Options
+	log  *slog.Logger
+	cfg  atomic.Pointer[compiled]
 	// cfgMu guards newCfg, closed (and replaced) when a config is stored.
-	cfgMu  sync.Mutex
-	newCfg chan struct{}
+	cfgMu   sync.Mutex
+	newCfg  chan struct{}
 	h1, h2  *http.Server
 	rp      *httputil.ReverseProxy
 	hub     hub
