@@ -148,3 +148,51 @@ spec:
 		}
 	}
 }
+
+// headers and headerMatches on real traffic: a required header value
+// (403 without it), and REPLACE rewriting what the server receives.
+func TestL7HeaderRules(t *testing.T) {
+	l := labtest.Up(t, 1, 0)
+	web := labtest.Pod(t, l, "n1", "web", "app=web")
+	labtest.Pod(t, l, "n1", "client", "app=client")
+	var ln net.Listener
+	if err := ns.WithNetNSPath(lab.NetNSPath(web.NetNS), func(ns.NetNS) (err error) {
+		ln, err = net.Listen("tcp4", ":80")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "X-Env=%s", r.Header.Get("X-Env"))
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	labtest.ImportPolicy(t, l, "n1", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-headers}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {path: "/strict", headers: ["X-Token: abc"]}
+        - {path: "/env", headerMatches: [{name: X-Env, value: prod, mismatch: REPLACE}]}
+`)
+	base := "http://" + web.IP
+	eventually(t, "/strict with its header allowed", func() bool {
+		return curlCodes(t, l, "client", "-H", "X-Token: abc", base+"/strict") == "200"
+	})
+	if got := curlCodes(t, l, "client", base+"/strict"); got != "403" {
+		t.Errorf("/strict without X-Token: %q, want 403", got)
+	}
+	cmd, err := l.PodCommand("client", "curl", "-s", "--max-time", "5", "-H", "X-Env: dev", base+"/env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := cmd.Output(); string(out) != "X-Env=prod" {
+		t.Errorf("/env with X-Env: dev reached the server as %q, want X-Env=prod (REPLACE)", out)
+	}
+}
