@@ -142,6 +142,7 @@ func (a *Agent) startProxy(ctx context.Context) error {
 		return nil
 	}
 	a.proxy = s
+	a.proxyRef.Store(s)
 	a.onStop("l7 proxy supervisor (the proxy keeps running)", s.Wait)
 	return nil
 }
@@ -170,4 +171,20 @@ func (a *Agent) proxyMetrics() prometheus.Gatherer {
 		return nil
 	}
 	return a.proxy
+}
+
+// proxyChanged asks the L7 proxy's supervisor to push its config now
+// (policies or endpoints changed), once it runs.
+func (a *Agent) proxyChanged() {
+	if s := a.proxyRef.Load(); s != nil {
+		s.Changed()
+	}
+}
+
+// applyPolicies applies the stored policies and has the L7 proxy follow at
+// once rather than at its next periodic check.
+func (a *Agent) applyPolicies() error {
+	err := a.engine.LoadPolicies()
+	a.proxyChanged()
+	return err
 }

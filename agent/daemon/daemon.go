@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -97,7 +98,9 @@ type Agent struct {
 	eps   *endpoint.Manager
 	hub   *monitor.Hub
 	proxy *l7.Supervisor
-	srv   *api.Server
+	// proxyRef is proxy for the hooks that run before and while it starts.
+	proxyRef atomic.Pointer[l7.Supervisor]
+	srv      *api.Server
 }
 
 type step struct {

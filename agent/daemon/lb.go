@@ -88,8 +88,9 @@ func (h *lbNetNS) EndpointDown(ep endpoint.Endpoint) {
 
 // hooks runs the policy engine's endpoint hooks, then the load balancer's.
 type hooks struct {
-	engine endpoint.Hooks
-	lb     *lbNetNS
+	engine  endpoint.Hooks
+	lb      *lbNetNS
+	changed func() // the endpoints changed (the L7 proxy's config follows)
 }
 
 func (h hooks) EndpointUp(ctx context.Context, ep endpoint.Endpoint) error {
@@ -100,10 +101,12 @@ func (h hooks) EndpointUp(ctx context.Context, ep endpoint.Endpoint) error {
 		h.engine.EndpointDown(ep)
 		return err
 	}
+	h.changed()
 	return nil
 }
 
 func (h hooks) EndpointDown(ep endpoint.Endpoint) {
 	h.lb.EndpointDown(ep)
 	h.engine.EndpointDown(ep)
+	h.changed()
 }

@@ -268,7 +268,7 @@ func (a *Agent) startClusterPolicies(ctx context.Context) error {
 	}
 	var err error
 	a.clusterPolicies, err = policysync.Start(ctx, policysync.Config{Cluster: a.cfg.ClusterName, KV: a.kv, Repo: a.policies,
-		Apply: a.engine.LoadPolicies, Migrate: a.cfg.Kubeconfig == ""})
+		Apply: a.applyPolicies, Migrate: a.cfg.Kubeconfig == ""})
 	return err
 }
 
@@ -301,7 +301,7 @@ func (a *Agent) startGroups(ctx context.Context) error {
 func (a *Agent) startEndpoints(ctx context.Context) error {
 	a.ids.Subscribe(a.engine.IdentityChanged)
 	eps, err := endpoint.NewManager(endpoint.Config{StateDir: a.cfg.StateDir, Pool: a.pool, Identities: a.ids, Plumber: veth.New(),
-		Hooks: hooks{a.engine, a.lbHooks}, MTU: a.cfg.MTU, PodLabels: a.podLabels})
+		Hooks: hooks{a.engine, a.lbHooks, a.proxyChanged}, MTU: a.cfg.MTU, PodLabels: a.podLabels})
 	if err != nil {
 		return err
 	}

@@ -116,7 +116,7 @@ func New(o Options) *Proxy {
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      roundTripper{},
-		FlushInterval:  -1, // gRPC and event streams flow as they come
+		FlushInterval:  0, // responses of unknown length (gRPC, chunked, event streams) are still flushed per write
 		ModifyResponse: func(r *http.Response) error { stateOf(r.Request).status = r.StatusCode; return nil },
 		ErrorHandler:   p.upstreamError,
 		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
