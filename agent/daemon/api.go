@@ -143,6 +143,7 @@ func (a *Agent) startProxy(ctx context.Context) error {
 	}
 	a.proxy = s
 	a.proxyRef.Store(s)
+	a.hub.OnSubscribe(s.WakeRecords)
 	a.onStop("l7 proxy supervisor (the proxy keeps running)", s.Wait)
 	return nil
 }

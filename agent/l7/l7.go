@@ -89,6 +89,7 @@ type Supervisor struct {
 	socket string
 	hc     *http.Client
 	kick   chan struct{}
+	wake   chan struct{} // someone may listen for records now
 	wg     sync.WaitGroup
 
 	mu    sync.Mutex
@@ -113,7 +114,7 @@ func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
 	if err := ensureRoute(); err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, socket: Socket(cfg.StateDir), kick: make(chan struct{}, 1)}
+	s := &Supervisor{cfg: cfg, socket: Socket(cfg.StateDir), kick: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 	s.hc = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", s.socket)
 	}}}
@@ -137,6 +138,15 @@ func (s *Supervisor) Wait() {
 		s.child.Release()
 	}
 	s.mu.Unlock()
+}
+
+// WakeRecords has the records reader look at once whether someone listens
+// (a monitor subscriber came), instead of at its next check.
+func (s *Supervisor) WakeRecords() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Changed asks for the configuration to be rebuilt and pushed now.
@@ -363,6 +373,7 @@ func (s *Supervisor) readRecords(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+		case <-s.wake:
 		case <-time.After(250 * time.Millisecond):
 		}
 	}

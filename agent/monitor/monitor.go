@@ -40,6 +40,16 @@ type Hub struct {
 	subs map[int]*sub
 
 	lost atomic.Uint64
+
+	onSubscribe []func()
+}
+
+// OnSubscribe calls f (which must not block) whenever a subscriber comes:
+// a source that only works while someone listens starts at once.
+func (h *Hub) OnSubscribe(f func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.onSubscribe = append(h.onSubscribe, f)
 }
 
 // NewHub returns a hub that looks labels up with labels (may be nil).
@@ -112,6 +122,9 @@ func (h *Hub) Subscribe(f Filter) (<-chan Event, func()) {
 	h.next++
 	s := &sub{ch: make(chan Event, 1024), filter: f}
 	h.subs[id] = s
+	for _, w := range h.onSubscribe {
+		w() // must not block
+	}
 	return s.ch, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
