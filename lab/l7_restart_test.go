@@ -13,7 +13,6 @@ import (
 	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/lab"
-	"github.com/filament-net/filament/lab/labtest"
 )
 
 // proxyPID is the pid of the filament-proxy running in node's namespace (0: none).
@@ -37,15 +36,7 @@ func proxyPID(t *testing.T, l *lab.Lab, node string) int {
 // Each request through the proxy is an "l7" event in `filament monitor`:
 // verdict, method, path, status and both sides' labels.
 func TestL7MonitorEvents(t *testing.T) {
-	l := labtest.Up(t, 1, 0)
-	web := labtest.Pod(t, l, "n1", "web", "app=web")
-	labtest.Pod(t, l, "n1", "client", "app=client")
-	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
-	labtest.ImportPolicy(t, l, "n1", l7Policy)
-	base := "http://" + web.IP
-	eventually(t, "GET /public/ allowed through the proxy", func() bool {
-		return curlCodes(t, l, "client", base+"/public/a") == "200"
-	})
+	l, base := l7Lab(t)
 	n, _ := l.Node("n1")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -77,7 +68,7 @@ func TestL7MonitorEvents(t *testing.T) {
 			if ev.Type != "l7" || ev.L7 == nil {
 				t.Fatalf("event of type %q in an l7 subscription: %+v", ev.Type, ev)
 			}
-			if ev.Direction != "ingress" || ev.Dst.Addr().String() != web.IP || !strings.Contains(strings.Join(ev.SrcLabels, ","), "app=client") ||
+			if ev.Direction != "ingress" || "http://"+ev.Dst.Addr().String() != base || !strings.Contains(strings.Join(ev.SrcLabels, ","), "app=client") ||
 				!strings.Contains(strings.Join(ev.DstLabels, ","), "app=web") || ev.Endpoint == 0 || ev.L7.Method != "GET" {
 				t.Errorf("l7 event: %+v %+v", ev, *ev.L7)
 			}
@@ -107,15 +98,7 @@ func TestL7ProxySurvivesAgentRestart(t *testing.T) {
 	if _, err := exec.LookPath("h2load"); err != nil {
 		t.Skip("skipped: h2load (Debian nghttp2-client) is not installed")
 	}
-	l := labtest.Up(t, 1, 0)
-	web := labtest.Pod(t, l, "n1", "web", "app=web")
-	labtest.Pod(t, l, "n1", "client", "app=client")
-	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
-	labtest.ImportPolicy(t, l, "n1", l7Policy)
-	base := "http://" + web.IP
-	eventually(t, "GET /public/ allowed through the proxy", func() bool {
-		return curlCodes(t, l, "client", base+"/public/a") == "200"
-	})
+	l, base := l7Lab(t)
 	before := proxyPID(t, l, "n1")
 	if before == 0 {
 		t.Fatal("no filament-proxy in n1's namespace")

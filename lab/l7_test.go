@@ -18,6 +18,14 @@ import (
 // answers every request 200 with "<method> <path>", closed at cleanup.
 func serveHTTP(t testing.TB, path string, port int) {
 	t.Helper()
+	serveHTTPWith(t, path, port, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
+	})
+}
+
+// serveHTTPWith is serveHTTP with its own handler (HTTP/1.1 and h2c).
+func serveHTTPWith(t testing.TB, path string, port int, h http.HandlerFunc) {
+	t.Helper()
 	var ln net.Listener
 	err := ns.WithNetNSPath(path, func(ns.NetNS) (err error) {
 		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
@@ -26,13 +34,28 @@ func serveHTTP(t testing.TB, path string, port int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
-	}), ReadHeaderTimeout: 10 * time.Second, Protocols: new(http.Protocols)}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, Protocols: new(http.Protocols)}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, as the proxy forwards HTTP/2
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+}
+
+// l7Lab is one node with a web pod serving HTTP on port 80, a client pod
+// and l7Policy in force (GET /public/ answered through the proxy); it
+// returns the lab and web's base URL.
+func l7Lab(t *testing.T) (*lab.Lab, string) {
+	t.Helper()
+	l := labtest.Up(t, 1, 0)
+	web := labtest.Pod(t, l, "n1", "web", "app=web")
+	labtest.Pod(t, l, "n1", "client", "app=client")
+	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
+	labtest.ImportPolicy(t, l, "n1", l7Policy)
+	base := "http://" + web.IP
+	eventually(t, "GET /public/ allowed through the proxy", func() bool {
+		return curlCodes(t, l, "client", base+"/public/a") == "200"
+	})
+	return l, base
 }
 
 // curlCodes runs curl in pod with one request per URL on one connection
@@ -155,18 +178,9 @@ func TestL7HeaderRules(t *testing.T) {
 	l := labtest.Up(t, 1, 0)
 	web := labtest.Pod(t, l, "n1", "web", "app=web")
 	labtest.Pod(t, l, "n1", "client", "app=client")
-	var ln net.Listener
-	if err := ns.WithNetNSPath(lab.NetNSPath(web.NetNS), func(ns.NetNS) (err error) {
-		ln, err = net.Listen("tcp4", ":80")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveHTTPWith(t, lab.NetNSPath(web.NetNS), 80, func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "X-Env=%s", r.Header.Get("X-Env"))
-	}), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	})
 	labtest.ImportPolicy(t, l, "n1", `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: web-headers}

@@ -141,7 +141,6 @@ func (a *Agent) startProxy(ctx context.Context) error {
 		slog.Error("L7 proxy off: flows that L7 rules apply to are dropped", "err", err)
 		return nil
 	}
-	a.proxy = s
 	a.proxyRef.Store(s)
 	a.hub.OnSubscribe(s.WakeRecords)
 	a.onStop("l7 proxy supervisor (the proxy keeps running)", s.Wait)
@@ -168,10 +167,10 @@ func (a *Agent) ipcache() map[netip.Prefix]identity.NumericIdentity {
 
 // proxyMetrics are the L7 proxy's metrics, when it runs.
 func (a *Agent) proxyMetrics() prometheus.Gatherer {
-	if a.proxy == nil {
-		return nil
+	if s := a.proxyRef.Load(); s != nil {
+		return s
 	}
-	return a.proxy
+	return nil
 }
 
 // proxyChanged asks the L7 proxy's supervisor to push its config now

@@ -95,10 +95,10 @@ type Agent struct {
 	relabel         k8sPods
 	groups          cloudGroups
 	// endpoints, monitor, API
-	eps   *endpoint.Manager
-	hub   *monitor.Hub
-	proxy *l7.Supervisor
-	// proxyRef is proxy for the hooks that run before and while it starts.
+	eps *endpoint.Manager
+	hub *monitor.Hub
+	// proxy is the L7 proxy's supervisor once it runs (hooks read it
+	// from other goroutines).
 	proxyRef atomic.Pointer[l7.Supervisor]
 	srv      *api.Server
 }

@@ -80,6 +80,7 @@ type Router struct {
 	nodes   map[string]node.Node
 	down    map[string]bool // nodes failure detection declared dead
 	hostSrc netip.Addr      // source of the node's own traffic to other nodes' pods (tunnel mode)
+	hostDev int             // the gateway device those routes go out of (tunnel mode)
 	entries map[netip.Addr]ipcache.Entry
 }
 
@@ -96,7 +97,7 @@ func New(dp *datapath.Datapath, mode, self string) (*Router, error) {
 		if _, err := dp.AttachOverlay(VXLANDevice, idx); err != nil {
 			return nil, err
 		}
-		if err := hostRoutes(dp); err != nil {
+		if r.hostDev, err = hostRoutes(dp); err != nil {
 			return nil, err
 		}
 		if err := dp.SetTunnel(idx); err != nil {
@@ -129,20 +130,21 @@ func (r *Router) SetHostSource(addr netip.Addr) {
 // hostRoutes readies the way of the node's own traffic to other nodes'
 // pods in tunnel mode: routed out of the gateway device (no ARP: its frames
 // need no next-hop address) into its peer, where from_host encapsulates it.
-func hostRoutes(dp *datapath.Datapath) error {
+// It returns the gateway device's index.
+func hostRoutes(dp *datapath.Datapath) (int, error) {
 	gw, err := netlink.LinkByName(veth.HostDevice)
 	if err != nil {
-		return fmt.Errorf("%s: %w", veth.HostDevice, err)
+		return 0, fmt.Errorf("%s: %w", veth.HostDevice, err)
 	}
 	if err := netlink.LinkSetARPOff(gw); err != nil {
-		return fmt.Errorf("%s: arp off: %w", veth.HostDevice, err)
+		return 0, fmt.Errorf("%s: arp off: %w", veth.HostDevice, err)
 	}
 	peer, err := netlink.LinkByName(veth.HostPeer)
 	if err != nil {
-		return fmt.Errorf("%s: %w", veth.HostPeer, err)
+		return 0, fmt.Errorf("%s: %w", veth.HostPeer, err)
 	}
 	_, err = dp.AttachHost(veth.HostPeer, peer.Attrs().Index)
-	return err
+	return gw.Attrs().Index, err
 }
 
 func ensureVXLAN() (int, error) {
@@ -326,13 +328,8 @@ func (r *Router) learnNode(n node.Node) {
 	if r.mode == Tunnel {
 		// The node's own traffic (the L7 proxy's among it) to the node's
 		// pods: out of the gateway device, encapsulated by from_host.
-		gw, err := netlink.LinkByName(veth.HostDevice)
-		if err != nil {
-			slog.Error("route to a remote pod CIDR", "node", n.Name, "err", err)
-			return
-		}
 		for _, c := range cidrs(n) {
-			rt := &netlink.Route{Dst: ipnet(c), LinkIndex: gw.Attrs().Index, Scope: netlink.SCOPE_LINK}
+			rt := &netlink.Route{Dst: ipnet(c), LinkIndex: r.hostDev, Scope: netlink.SCOPE_LINK}
 			if r.hostSrc.IsValid() {
 				rt.Src = r.hostSrc.AsSlice()
 			}
