@@ -80,30 +80,69 @@ func applyYAML(t *testing.T, dyn dynamic.Interface, path string, dryRun bool) {
 			continue
 		}
 		u := &unstructured.Unstructured{Object: obj}
-		gvk := u.GroupVersionKind()
-		resource := strings.ToLower(gvk.Kind) + "s"
-		if gvk.Kind == "NetworkPolicy" {
-			resource = "networkpolicies"
-		}
-		if gvk.Kind == "CiliumNetworkPolicy" {
-			resource = "ciliumnetworkpolicies"
-		}
-		if gvk.Kind == "CiliumClusterwideNetworkPolicy" {
-			resource = "ciliumclusterwidenetworkpolicies"
-		}
-		gvr := schema.GroupVersionResource{Group: gvk.Group, Version: gvk.Version, Resource: resource}
 		opts := metav1.CreateOptions{}
 		if dryRun {
 			opts.DryRun = []string{metav1.DryRunAll}
 		}
-		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
-		if ns := u.GetNamespace(); ns != "" {
-			ri = dyn.Resource(gvr).Namespace(ns)
-		}
-		if _, err := ri.Create(context.Background(), u, opts); err != nil {
-			t.Fatalf("%s %s/%s (dry run %v): %v", gvk.Kind, u.GetNamespace(), u.GetName(), dryRun, err)
+		if _, err := resourceOf(dyn, u).Create(context.Background(), u, opts); err != nil {
+			t.Fatalf("%s %s/%s (dry run %v): %v", u.GetKind(), u.GetNamespace(), u.GetName(), dryRun, err)
 		}
 	}
+}
+
+// resourceOf returns the dynamic client's interface for u's resource (in
+// u's namespace, if it has one).
+func resourceOf(dyn dynamic.Interface, u *unstructured.Unstructured) dynamic.ResourceInterface {
+	gvk := u.GroupVersionKind()
+	resource := strings.ToLower(gvk.Kind) + "s"
+	if gvk.Kind == "NetworkPolicy" {
+		resource = "networkpolicies"
+	}
+	if gvk.Kind == "CiliumNetworkPolicy" {
+		resource = "ciliumnetworkpolicies"
+	}
+	if gvk.Kind == "CiliumClusterwideNetworkPolicy" {
+		resource = "ciliumclusterwidenetworkpolicies"
+	}
+	gvr := schema.GroupVersionResource{Group: gvk.Group, Version: gvk.Version, Resource: resource}
+	if ns := u.GetNamespace(); ns != "" {
+		return dyn.Resource(gvr).Namespace(ns)
+	}
+	return dyn.Resource(gvr)
+}
+
+// kubeLab is a two-node lab (native routing) in Kubernetes mode: its
+// agents follow a real kube-apiserver (started in the lab) in which the
+// CRDs of deploy/kube are created; it returns the lab and clients.
+func kubeLab(t *testing.T) (*lab.Lab, dynamic.Interface, kubernetes.Interface) {
+	t.Helper()
+	kubetest.Binary(t)
+	kubeconfig := writeKubeconfig(t, "172.30.0.254")
+	l := labtest.UpRouting(t, 2, "native", "--kubeconfig", kubeconfig)
+	rc := startKubeAPIServer(t, l)
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := filepath.Abs("..")
+	applyYAML(t, dyn, filepath.Join(root, "deploy", "kube", "crds.yaml"), false)
+	return l, dyn, cs
+}
+
+// kubePod creates Pod object default/name with label app=app bound to node
+// and then the lab pod (CNI ADD, which takes the labels from the object).
+func kubePod(t *testing.T, l *lab.Lab, cs kubernetes.Interface, node, name, app string) *lab.Pod {
+	t.Helper()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": app}},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
+	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return labtest.Pod(t, l, node, name)
 }
 
 // Kubernetes mode on a real kube-apiserver (built from the module proxy):
@@ -113,17 +152,8 @@ func applyYAML(t *testing.T, dyn dynamic.Interface, path string, dryRun bool) {
 // between lab pods, and deleting them lifts the enforcement; a label change
 // on a running pod changes its identity and what policy allows it.
 func TestKubernetesPoliciesEnforced(t *testing.T) {
-	kubetest.Binary(t)
-	kubeconfig := writeKubeconfig(t, "172.30.0.254")
-	l := labtest.UpRouting(t, 2, "native", "--kubeconfig", kubeconfig)
-	rc := startKubeAPIServer(t, l)
-	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs, _ := kubernetes.NewForConfig(rc)
+	l, dyn, cs := kubeLab(t)
 	root, _ := filepath.Abs("..")
-	applyYAML(t, dyn, filepath.Join(root, "deploy", "kube", "crds.yaml"), false)
 	// The example policies of the repository apply unchanged (dry run).
 	time.Sleep(2 * time.Second) // CRDs become served
 	applyYAML(t, dyn, filepath.Join(root, "docs", "examples", "allow-web-to-db.yaml"), true)
@@ -131,16 +161,9 @@ func TestKubernetesPoliciesEnforced(t *testing.T) {
 	// Pod objects bound to lab nodes: CNI ADD (with K8S_POD_NAMESPACE and
 	// K8S_POD_NAME) takes their labels from the API server, not from the
 	// CNI request, which gives none here.
-	for _, p := range []struct{ name, node, app string }{{"db", "n1", "db"}, {"web", "n2", "web"}, {"other", "n2", "other"}} {
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: "default", Labels: map[string]string{"app": p.app}},
-			Spec: corev1.PodSpec{NodeName: p.node, Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
-		if _, err := cs.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	db := labtest.Pod(t, l, "n1", "db")
-	web := labtest.Pod(t, l, "n2", "web")
-	other := labtest.Pod(t, l, "n2", "other")
+	db := kubePod(t, l, cs, "n1", "db", "db")
+	web := kubePod(t, l, cs, "n2", "web", "web")
+	other := kubePod(t, l, cs, "n2", "other", "other")
 	for _, ep := range labtest.Endpoints(t, l, "n2") {
 		if ep.PodName == "web" && !strings.Contains(ep.Labels.String(), "k8s:app=web") {
 			t.Fatalf("web's endpoint labels %s do not come from its Pod object", ep.Labels)

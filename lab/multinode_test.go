@@ -38,10 +38,16 @@ spec:
 // eventually consistent: ipcache entries travel through the kvstore).
 func eventually(t *testing.T, what string, f func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	eventuallyWithin(t, 15*time.Second, what, f)
+}
+
+// eventuallyWithin is eventually with its own deadline.
+func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for !f() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 15s", what)
+			t.Fatalf("%s: not within %s", what, d)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
