@@ -74,7 +74,7 @@ type Proxy struct {
 	// cfgMu guards newCfg, closed (and replaced) when a config is stored.
 	cfgMu   sync.Mutex
 	newCfg  chan struct{}
-	h1, h2  *http.Server
+	h2      *http.Server // HTTP/1.x is served by serveH1
 	rp      *httputil.ReverseProxy
 	hub     hub
 	metrics *metrics
@@ -107,12 +107,11 @@ func New(o Options) *Proxy {
 	p.hub = hub{subs: map[chan Record]struct{}{}, dropped: p.metrics.dropped}
 	empty, _ := compile(Config{})
 	p.cfg.Store(empty)
-	// Connections are sniffed here (sniff) and handed to one server per
-	// protocol, so that neither waits for bytes the other needs.
-	var h1, h2 http.Protocols
-	h1.SetHTTP1(true)
+	// Connections are sniffed (sniff): HTTP/2 ones go to net/http's
+	// server, HTTP/1.x ones to serveH1.
+	var h2 http.Protocols
 	h2.SetUnencryptedHTTP2(true)
-	p.h1, p.h2 = p.server(&h1), p.server(&h2)
+	p.h2 = p.server(&h2)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      roundTripper{},
@@ -242,7 +241,6 @@ func (p *Proxy) Config() Config { return p.cfg.Load().cfg }
 // Serve accepts connections on ln until Close (then it returns
 // http.ErrServerClosed) or ln fails. Serve may be called once.
 func (p *Proxy) Serve(ln net.Listener) error {
-	h1 := &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
 	h2 := &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
 	p.mu.Lock()
 	p.lns = append(p.lns, ln)
@@ -250,9 +248,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	if p.closing.Load() {
 		ln.Close()
 	}
-	go p.h1.Serve(h1)
 	go p.h2.Serve(h2)
-	defer h1.Close()
 	defer h2.Close()
 	var tempDelay time.Duration
 	for {
@@ -270,13 +266,13 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			return err
 		}
 		tempDelay = 0
-		go p.accept(c, h1, h2)
+		go p.accept(c, h2)
 	}
 }
 
-// accept finds a connection's tuple and protocol and hands it to the
-// server of its protocol.
-func (p *Proxy) accept(c net.Conn, h1, h2 *chanListener) {
+// accept finds a connection's tuple and protocol, and serves an HTTP/1.x
+// connection or hands an HTTP/2 one to the HTTP/2 server.
+func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	dst, err := p.opts.OriginalDst(c)
 	var src netip.AddrPort
 	if err == nil {
@@ -307,13 +303,16 @@ func (p *Proxy) accept(c net.Conn, h1, h2 *chanListener) {
 		dc.Close()
 		return
 	}
-	l := h1
-	if isH2 {
-		l = h2
+	if !isH2 {
+		p.serveH1(dc)
+		return
 	}
+	dc.mu.Lock()
+	dc.http2 = true // the HTTP/2 server's to shut down
+	dc.mu.Unlock()
 	select {
-	case l.ch <- dc:
-	case <-l.done:
+	case h2.ch <- dc:
+	case <-h2.done:
 		dc.Close()
 	}
 }
@@ -371,16 +370,39 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.closing.Store(true)
 	p.closeListeners()
-	err := errors.Join(p.h1.Shutdown(ctx), p.h2.Shutdown(ctx))
+	h2 := make(chan error, 1)
+	go func() { h2 <- p.h2.Shutdown(ctx) }()
+	err := p.drainH1(ctx)
+	err = errors.Join(err, <-h2)
 	p.closeConns()
 	return err
+}
+
+// drainH1 closes the connections that are not in an HTTP/1.x request
+// until none is left in one, or ctx ends.
+func (p *Proxy) drainH1(ctx context.Context) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		busy := false
+		for _, c := range p.connections() {
+			busy = c.closeIfIdle() || busy
+		}
+		if !busy {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 // Close stops accepting and closes every connection at once.
 func (p *Proxy) Close() {
 	p.closing.Store(true)
 	p.closeListeners()
-	p.h1.Close()
 	p.h2.Close()
 	p.closeConns()
 }
@@ -396,19 +418,25 @@ func (p *Proxy) closeListeners() {
 }
 
 func (p *Proxy) closeConns() {
-	p.mu.Lock()
-	conns := make([]*downConn, 0, len(p.conns))
-	for c := range p.conns {
-		conns = append(conns, c)
-	}
-	p.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range p.connections() {
 		c.Close()
 	}
 }
 
+// connections returns the open downstream connections.
+func (p *Proxy) connections() []*downConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	conns := make([]*downConn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
 // downConn is a downstream connection: its original tuple and its own
-// upstream transports, never shared with another client.
+// upstream connection (HTTP/1.x) or transport (HTTP/2), never shared with
+// another client.
 type downConn struct {
 	net.Conn
 	p        *Proxy
@@ -420,7 +448,10 @@ type downConn struct {
 	prefix []byte // read by sniff, not yet by the server
 
 	mu     sync.Mutex
-	h1, h2 *http.Transport
+	up     *h1Upstream     // HTTP/1.x
+	h2     *http.Transport // HTTP/2
+	busy   bool            // in an HTTP/1.x request
+	http2  bool            // served by the HTTP/2 server
 	closed bool
 }
 
@@ -445,12 +476,13 @@ func (c *downConn) Read(b []byte) (int, error) {
 func (c *downConn) Close() error {
 	c.mu.Lock()
 	c.closed = true
-	h1, h2 := c.h1, c.h2
+	up, h2 := c.up, c.h2
 	c.mu.Unlock()
-	for _, t := range []*http.Transport{h1, h2} {
-		if t != nil {
-			t.CloseIdleConnections()
-		}
+	if up != nil {
+		up.conn.Close() // its reader is serveH1's to give back
+	}
+	if h2 != nil {
+		h2.CloseIdleConnections()
 	}
 	c.p.mu.Lock()
 	delete(c.p.conns, c)
@@ -458,26 +490,31 @@ func (c *downConn) Close() error {
 	return c.Conn.Close()
 }
 
-// transport returns the connection's upstream transport for HTTP/2 or
-// HTTP/1.1, made on first use.
-func (c *downConn) transport(h2 bool) (*http.Transport, error) {
+// closeIfIdle closes a connection that is not in an HTTP/1.x request
+// (between requests, or not sniffed yet) and tells whether it is in one.
+// HTTP/2 connections are left to the HTTP/2 server's shutdown.
+func (c *downConn) closeIfIdle() (busy bool) {
+	c.mu.Lock()
+	busy, http2 := c.busy, c.http2
+	c.mu.Unlock()
+	if !busy && !http2 {
+		c.Close()
+	}
+	return busy
+}
+
+// transport returns the connection's upstream HTTP/2 transport, made on
+// first use.
+func (c *downConn) transport() (*http.Transport, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, net.ErrClosed
 	}
-	t := &c.h1
-	if h2 {
-		t = &c.h2
-	}
-	if *t == nil {
+	if c.h2 == nil {
 		var protocols http.Protocols
-		if h2 {
-			protocols.SetUnencryptedHTTP2(true)
-		} else {
-			protocols.SetHTTP1(true)
-		}
-		*t = &http.Transport{
+		protocols.SetUnencryptedHTTP2(true)
+		c.h2 = &http.Transport{
 			DialContext:         c.dial,
 			Protocols:           &protocols,
 			DisableCompression:  true, // pass bodies as they are
@@ -485,7 +522,7 @@ func (c *downConn) transport(h2 bool) (*http.Transport, error) {
 			IdleConnTimeout:     c.p.opts.IdleTimeout,
 		}
 	}
-	return *t, nil
+	return c.h2, nil
 }
 
 // dial connects to the original destination, whatever address the
@@ -504,10 +541,9 @@ func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 type connKey struct{}
 type stateKey struct{}
 
-// reqState follows one request through the reverse proxy.
+// reqState follows one HTTP/2 request through the reverse proxy.
 type reqState struct {
 	conn   *downConn
-	h2     bool
 	status int
 }
 
@@ -521,7 +557,7 @@ type roundTripper struct{}
 
 func (roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	s := stateOf(r)
-	t, err := s.conn.transport(s.h2)
+	t, err := s.conn.transport()
 	if err != nil {
 		return nil, err
 	}
@@ -543,7 +579,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-// ServeHTTP decides a request and forwards or denies it.
+// ServeHTTP decides an HTTP/2 request and forwards or denies it.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	dc, _ := r.Context().Value(connKey{}).(*downConn)
@@ -551,6 +587,23 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no connection", http.StatusInternalServerError)
 		return
 	}
+	recs, denied := p.judge(dc, r, start)
+	if denied {
+		p.finish(recs, start, p.deny(w, r, recs[len(recs)-1].Reason), Denied)
+		return
+	}
+	s := &reqState{conn: dc}
+	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
+	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
+	p.rp.ServeHTTP(w, out)
+	p.finish(recs, start, s.status, Forwarded)
+}
+
+// judge decides a request against the policies of its flow's sides (the
+// destination's ingress, the source's egress) and applies the header
+// actions of the rules that allow it. It returns a record per side, and
+// whether the request is denied (the last record says why).
+func (p *Proxy) judge(dc *downConn, r *http.Request, start time.Time) (recs []Record, denied bool) {
 	cfg := p.cfg.Load()
 	base := Record{
 		Time:  start,
@@ -558,22 +611,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		SrcIdentity: dc.srcIdentity(cfg), DstIdentity: cfg.identity(dc.dst.Addr()),
 		Protocol: protocolOf(r), Method: r.Method, Host: r.Host, Path: requestPath(r),
 	}
-	var recs []Record
-	finish := func(status int, verdict string) {
-		for _, rec := range recs {
-			rec.Status, rec.Verdict, rec.Latency = status, verdict, time.Since(start)
-			p.observe(rec)
-		}
-	}
 	sides := cfg.sides(dc.src, dc.dst, dc.srcIdentity(cfg))
 	if len(sides) == 0 {
 		cfg, sides = p.awaitPolicy(r.Context(), dc)
 	}
 	if len(sides) == 0 {
 		base.Reason = "no L7 policy"
-		recs = append(recs, base)
-		finish(p.deny(w, r, base.Reason), Denied)
-		return
+		return []Record{base}, true
 	}
 	for _, sd := range sides {
 		rec := base
@@ -584,18 +628,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				recs[i].Reason = "denied by " + sd.direction + " policy"
 			}
 			rec.Reason = "no " + sd.direction + " rule matches"
-			recs = append(recs, rec)
-			finish(p.deny(w, r, rec.Reason), Denied)
-			return
+			return append(recs, rec), true
 		}
 		rec.Notes = Apply(r, acts)
 		recs = append(recs, rec)
 	}
-	s := &reqState{conn: dc, h2: r.ProtoMajor == 2}
-	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
-	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
-	p.rp.ServeHTTP(w, out)
-	finish(s.status, Forwarded)
+	return recs, false
+}
+
+// finish completes a request's records and publishes them.
+func (p *Proxy) finish(recs []Record, start time.Time, status int, verdict string) {
+	for _, rec := range recs {
+		rec.Status, rec.Verdict, rec.Latency = status, verdict, time.Since(start)
+		p.observe(rec)
+	}
 }
 
 func isGRPC(r *http.Request) bool {
@@ -612,8 +658,9 @@ func protocolOf(r *http.Request) string {
 	return r.Proto
 }
 
-// deny answers a denied request: 403, or for a gRPC call a trailers-only
-// response with status PERMISSION_DENIED. It returns the HTTP status.
+// deny answers a denied HTTP/2 request: 403, or for a gRPC call a
+// trailers-only response with status PERMISSION_DENIED. It returns the
+// HTTP status.
 func (p *Proxy) deny(w http.ResponseWriter, r *http.Request, reason string) int {
 	if isGRPC(r) {
 		return grpcError(w, 7, "request denied by L7 policy: "+reason) // PERMISSION_DENIED

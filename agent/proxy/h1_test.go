@@ -1,0 +1,160 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A response of unknown length reaches the client piece by piece: the
+// proxy sends what it has before it waits for more (event streams).
+func TestStreamedResponse(t *testing.T) {
+	next := make(chan struct{})
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		for i := range 3 {
+			fmt.Fprintf(w, "event %d\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-next:
+			case <-time.After(20 * time.Second):
+				return
+			}
+		}
+	}), Options{})
+	c := h.dial()
+	io.WriteString(c, "GET /public/events HTTP/1.1\r\nHost: pods\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("response: %v %v", resp, err)
+	}
+	lines := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		// The upstream writes event i+1 only after the client has event i.
+		line, err := lines.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("event %d\n", i) {
+			t.Fatalf("event %d: %q %v", i, line, err)
+		}
+		next <- struct{}{}
+	}
+}
+
+// An HTTP/1.0 client gets its response without chunked framing, ended by
+// the close of the connection.
+func TestHTTP10Client(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "part one, ")
+		w.(http.Flusher).Flush() // unknown length: chunked to an HTTP/1.1 peer
+		io.WriteString(w, "part two")
+	}), Options{})
+	c := h.dial()
+	io.WriteString(c, "GET /public/old HTTP/1.0\r\nHost: pods\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	raw, err := io.ReadAll(c) // until the proxy closes
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, body, _ := strings.Cut(string(raw), "\r\n\r\n")
+	if !strings.HasPrefix(head, "HTTP/1.0 200") || strings.Contains(strings.ToLower(head), "chunked") || body != "part one, part two" {
+		t.Fatalf("HTTP/1.0 response:\n%s", raw)
+	}
+}
+
+// A request head over the limit is refused with 431 and the proxy goes on.
+func TestHeadTooLarge(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	c := h.dial()
+	go func() {
+		io.WriteString(c, "GET /public/big HTTP/1.1\r\nHost: pods\r\n")
+		line := "X-Filler: " + strings.Repeat("a", 8000) + "\r\n"
+		for range maxHeaderBytes/len(line) + 2 {
+			if _, err := io.WriteString(c, line); err != nil {
+				return // the proxy closed: expected
+			}
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 431") {
+		t.Fatalf("oversized head: %q %v, want 431", line, err)
+	}
+	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/public/after")); got != "200" {
+		t.Errorf("after an oversized head: %s", got)
+	}
+}
+
+// A keep-alive upstream connection the upstream closed while idle is
+// replaced for the next request without the client seeing an error.
+func TestUpstreamClosedIdleConnection(t *testing.T) {
+	uln, err := net.Listen("tcp", net.JoinHostPort(serverIP.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { uln.Close() })
+	go func() {
+		// One response per connection, then a close without saying so
+		// (what an upstream's idle timeout does).
+		for n := 0; ; n++ {
+			c, err := uln.Accept()
+			if err != nil {
+				return
+			}
+			if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				body := fmt.Sprint("connection ", n)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			}
+			c.Close()
+		}
+	}()
+	h := newHarnessTo(t, netip.MustParseAddrPort(uln.Addr().String()), Options{})
+	c := h.dial()
+	br := bufio.NewReader(c)
+	for i := range 3 {
+		fmt.Fprintf(c, "GET /public/%d HTTP/1.1\r\nHost: pods\r\n\r\n", i)
+		resp, body := readResponse(t, br, "GET")
+		if want := fmt.Sprint("connection ", i); resp.StatusCode != 200 || body != want {
+			t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
+		}
+	}
+}
+
+// A graceful shutdown lets a request in flight finish and closes idle
+// connections.
+func TestShutdownFinishesRequests(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		close(arrived)
+		<-release
+		io.WriteString(w, "done")
+	}), Options{})
+	busy, idle := h.dial(), h.dial()
+	io.WriteString(busy, "GET /public/slow HTTP/1.1\r\nHost: pods\r\n\r\n")
+	<-arrived
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- h.p.Shutdown(ctx)
+	}()
+	idle.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadAll(idle); err != nil {
+		t.Errorf("idle connection not closed by Shutdown: %v", err)
+	}
+	close(release)
+	busy.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, body := readResponse(t, bufio.NewReader(busy), "GET")
+	if resp.StatusCode != 200 || body != "done" {
+		t.Errorf("request in flight during Shutdown: %d %q", resp.StatusCode, body)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
