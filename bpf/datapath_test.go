@@ -367,3 +367,60 @@ func TestEncryptionStrictMode(t *testing.T) {
 		t.Fatalf("not strict, no peer: verdict %d", r)
 	}
 }
+
+// The L7 proxy's upstream connection has its client's address as source:
+// to_container flags its conntrack entry (the proxy's mark, which only the
+// host's sockets carry), and from_container sends the pod's replies to the
+// proxy's socket that owns their tuple, never on to the client: with no
+// such socket here, a flagged reply is dropped; an unflagged one (the
+// client's own connection) goes on.
+func TestProxyUpstreamReply(t *testing.T) {
+	const (
+		reasonNoProxy = 13
+		markUpstream  = 0xFA000000
+		ctUpstream    = 2 // CT_F_UPSTREAM
+	)
+	f := load(t)
+	f.rule(dirIngress, peerID, 6, 80, 24, false)
+	syn := func(sport uint16, mark uint32) {
+		t.Helper()
+		ret, err := f.objs.ToContainer.Run(&ebpf.RunOptions{
+			Data: tcp(t, peerIP, podIP, sport, 80, true, false), Context: &sysSkBuff{Mark: mark},
+		})
+		if err != nil || ret != actOK {
+			t.Fatalf("SYN from port %d, mark %#x: %d %v", sport, mark, ret, err)
+		}
+	}
+	flags := func(sport uint16) uint8 {
+		t.Helper()
+		k := DatapathCtKey{Saddr: ip4(peerIP), Daddr: ip4(podIP), Sport: htons(sport), Dport: htons(80), Proto: 6, Dir: dirIngress, EpId: podEP}
+		var e DatapathCtEntry
+		if err := f.objs.Conntrack.Lookup(&k, &e); err != nil {
+			t.Fatalf("conntrack entry of port %d: %v", sport, err)
+		}
+		return e.Flags
+	}
+	syn(50000, markUpstream|peerID) // the proxy's upstream, speaking for the peer
+	syn(50001, 0)                   // the peer itself
+	if flags(50000)&ctUpstream == 0 || flags(50001)&ctUpstream != 0 {
+		t.Fatalf("upstream flag: proxied %#x, direct %#x; want it on the proxied entry only", flags(50000), flags(50001))
+	}
+	if r := f.run(f.objs.FromContainer, tcp(t, podIP, peerIP, 80, 50000, true, true)); r != actShot || f.count(reasonNoProxy, dirEgress) != 1 {
+		t.Fatalf("reply to an upstream whose socket is gone: %d, want dropped (no proxy)", r)
+	}
+	if r := f.run(f.objs.FromContainer, tcp(t, podIP, peerIP, 80, 50001, true, true)); r != actOK {
+		t.Fatalf("reply to the peer's own connection: %d, want forwarded", r)
+	}
+}
+
+// sysSkBuff is the head of struct __sk_buff, up to the mark a test run
+// may set (the kernel takes a shorter context).
+type sysSkBuff struct {
+	Len, PktType, Mark uint32
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
