@@ -4,8 +4,9 @@
 // Filament datapath: one object (bpf2go) built from the headers below.
 //
 //   lib/      one concern each: common definitions, drop reasons and events,
-//             maps, parsing, conntrack, policy, ipcache, encapsulation and
-//             encryption routing, load balancing.
+//             maps, parsing, conntrack, host sockets, policy, ipcache,
+//             encapsulation and encryption routing, load balancing, the L7
+//             proxy.
 //   progs/    one attach point each:
 //     endpoint.h   from_container (tc ingress of a pod's host veth) and
 //                  to_container (its tc egress)
@@ -24,6 +25,7 @@
 #include "lib/lb.h"
 #include "lib/events.h"
 #include "lib/parse.h"
+#include "lib/sock.h"
 #include "lib/policy.h"
 #include "lib/ipcache.h"
 #include "lib/encap.h"

@@ -25,7 +25,7 @@ type DatapathCtEntry struct {
 	Packets      uint64
 	Bytes        uint64
 	State        uint8
-	SeenReply    uint8
+	Flags        uint8
 	ProxyPort    uint16
 	PeerIdentity uint32
 }

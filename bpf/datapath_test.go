@@ -367,3 +367,117 @@ func TestEncryptionStrictMode(t *testing.T) {
 		t.Fatalf("not strict, no peer: verdict %d", r)
 	}
 }
+
+// The L7 proxy's upstream connection has its client's address as source:
+// to_container flags its conntrack entry (the proxy's mark, which only the
+// host's sockets carry), and from_container sends the pod's replies to the
+// proxy's socket that owns their tuple, never on to the client: with no
+// such socket here, a flagged reply is dropped; an unflagged one (the
+// client's own connection) goes on.
+func TestProxyUpstreamReply(t *testing.T) {
+	const (
+		reasonNoProxy = 13
+		markUpstream  = 0xFA000000
+		ctUpstream    = 2 // CT_F_UPSTREAM
+	)
+	f := load(t)
+	f.rule(dirIngress, peerID, 6, 80, 24, false)
+	syn := func(sport uint16, mark uint32) {
+		t.Helper()
+		ret, err := f.objs.ToContainer.Run(&ebpf.RunOptions{
+			Data: tcp(t, peerIP, podIP, sport, 80, true, false), Context: &sysSkBuff{Mark: mark},
+		})
+		if err != nil || ret != actOK {
+			t.Fatalf("SYN from port %d, mark %#x: %d %v", sport, mark, ret, err)
+		}
+	}
+	flags := func(sport uint16) uint8 {
+		t.Helper()
+		k := DatapathCtKey{Saddr: ip4(peerIP), Daddr: ip4(podIP), Sport: htons(sport), Dport: htons(80), Proto: 6, Dir: dirIngress, EpId: podEP}
+		var e DatapathCtEntry
+		if err := f.objs.Conntrack.Lookup(&k, &e); err != nil {
+			t.Fatalf("conntrack entry of port %d: %v", sport, err)
+		}
+		return e.Flags
+	}
+	syn(50000, markUpstream|peerID) // the proxy's upstream, speaking for the peer
+	syn(50001, 0)                   // the peer itself
+	if flags(50000)&ctUpstream == 0 || flags(50001)&ctUpstream != 0 {
+		t.Fatalf("upstream flag: proxied %#x, direct %#x; want it on the proxied entry only", flags(50000), flags(50001))
+	}
+	if r := f.run(f.objs.FromContainer, tcp(t, podIP, peerIP, 80, 50000, true, true)); r != actShot || f.count(reasonNoProxy, dirEgress) != 1 {
+		t.Fatalf("reply to an upstream whose socket is gone: %d, want dropped (no proxy)", r)
+	}
+	if r := f.run(f.objs.FromContainer, tcp(t, podIP, peerIP, 80, 50001, true, true)); r != actOK {
+		t.Fatalf("reply to the peer's own connection: %d, want forwarded", r)
+	}
+}
+
+// sysSkBuff is the head of struct __sk_buff, up to the mark a test run
+// may set (the kernel takes a shorter context).
+type sysSkBuff struct {
+	Len, PktType, Mark uint32
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// A client pod sending on its upstream's tuple itself (its address, the
+// port the proxy's connection got) does not reach the server around the
+// proxy: with egress L7 its egress is enforced and it has no conntrack
+// entry of its own on that tuple (a mid-stream segment: dropped); with
+// ingress L7 the server's entry of the upstream sends it to the proxy,
+// where no socket owns it.
+func TestProxyUpstreamTupleNotForgeable(t *testing.T) {
+	const (
+		markUpstream = 0xFA000000
+		proxyPort    = 15001
+		clientEP     = uint16(8)
+		clientID     = uint32(0x10300)
+		actRedirect  = 7
+	)
+	clientIP := net.IPv4(10, 0, 0, 3).To4()
+	for _, tc := range []struct {
+		name        string
+		clientFlags uint8
+		egressProxy uint16 // the client's egress entry to the pod
+		podProxy    uint16 // the pod's ingress entry from the client
+	}{
+		{"egress L7", 2, proxyPort, 0},
+		{"ingress L7", 0, 0, proxyPort},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := load(t)
+			k := ip4(clientIP)
+			if err := f.objs.Endpoints.Put(&k, &DatapathEndpointInfo{Ifindex: 1, Identity: clientID, EpId: clientEP, Flags: tc.clientFlags}); err != nil {
+				t.Fatal(err)
+			}
+			put := func(ep uint16, dir uint8, peer uint32, port uint16) {
+				pk := DatapathPolicyKey{Prefixlen: 88, EpId: ep, Dir: dir, Identity: peer, Proto: 6, Port: [2]uint8{0, 80}}
+				if err := f.objs.Policy.Put(&pk, &DatapathPolicyValue{Flags: 1, ProxyPort: port}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			put(clientEP, dirEgress, podID, tc.egressProxy)
+			put(podEP, dirIngress, clientID, tc.podProxy)
+			// The proxy's upstream for the client opens to the pod.
+			ret, err := f.objs.ToContainer.Run(&ebpf.RunOptions{
+				Data: tcp(t, clientIP, podIP, 50000, 80, true, false), Context: &sysSkBuff{Mark: markUpstream | clientID},
+			})
+			if err != nil || ret != actOK {
+				t.Fatalf("upstream SYN: %d %v", ret, err)
+			}
+			// The client itself, on that tuple, mid-stream.
+			if r := f.run(f.objs.FromContainer, tcp(t, clientIP, podIP, 50000, 80, false, true)); r != actShot {
+				t.Fatalf("the client's own segment on its upstream's tuple: %d, want dropped", r)
+			}
+			// The pod's reply is not the client's either.
+			if r := f.run(f.objs.FromContainer, tcp(t, podIP, clientIP, 80, 50000, false, true)); r == actRedirect || r == actOK {
+				t.Fatalf("the pod's reply to the upstream: %d, want it kept from the client", r)
+			}
+		})
+	}
+}

@@ -21,22 +21,27 @@ import (
 	"github.com/filament-net/filament/lab/labtest"
 )
 
+// routingMode is a lab's routing and the agents' extra arguments.
+type routingMode struct {
+	name, routing string
+	args          []string
+}
+
+var wireguardStrict = []string{"--encryption", "wireguard", "--encryption-strict"}
+
 // The seeds' example across nodes with native routing (steered at the
-// underlay's tc ingress) and with WireGuard (at the encryption device's).
+// underlay's tc ingress) and with WireGuard (at the encryption device's);
+// the server sees the client's own address.
 func TestL7IngressRoutingModes(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		routing string
-		args    []string
-	}{
+	for _, tc := range []routingMode{
 		{"native", "native", nil},
-		{"tunnel+wireguard", "tunnel", []string{"--encryption", "wireguard", "--encryption-strict"}},
-		{"native+wireguard", "native", []string{"--encryption", "wireguard", "--encryption-strict"}},
+		{"tunnel+wireguard", "tunnel", wireguardStrict},
+		{"native+wireguard", "native", wireguardStrict},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := labtest.UpRouting(t, 2, tc.routing, tc.args...)
 			web := labtest.Pod(t, l, "n1", "web", "app=web")
-			labtest.Pod(t, l, "n2", "far", "app=client")
+			far := labtest.Pod(t, l, "n2", "far", "app=client")
 			serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
 			labtest.ImportPolicy(t, l, "n1", l7Policy)
 			base := "http://" + web.IP
@@ -46,6 +51,7 @@ func TestL7IngressRoutingModes(t *testing.T) {
 			if got := curlCodes(t, l, "far", base+"/private", base+"/public/b"); got != "403 200" {
 				t.Errorf("GET /private then GET /public/b on one connection: %q, want \"403 200\"", got)
 			}
+			assertSeenFrom(t, l, far, base+"/public/from")
 		})
 	}
 }
@@ -119,7 +125,7 @@ spec:
 // names c1), in both directions of the rule: ingress on c2 and egress on c1.
 func TestL7AcrossClusters(t *testing.T) {
 	l := labtest.UpClusters(t, 2, 1, "tunnel")
-	labtest.Pod(t, l, "c1/n1", "client", "app=client")
+	client := labtest.Pod(t, l, "c1/n1", "client", "app=client")
 	web := labtest.Pod(t, l, "c2/n1", "web", "app=web")
 	connect(t, l, "c1/n1", "c2")
 	for _, on := range []string{"c1/n1", "c2/n1"} {
@@ -136,6 +142,7 @@ func TestL7AcrossClusters(t *testing.T) {
 	if got := curlCodes(t, l, "client", base+"/private", base+"/public/b"); got != "403 200" {
 		t.Errorf("ingress L7 across clusters: %q, want \"403 200\"", got)
 	}
+	assertSeenFrom(t, l, client, base+"/public/from")
 	// Egress on c1 too, narrower than c2's ingress: /public/x passes c2's
 	// rules, not c1's, so its 403 comes from c1's proxy.
 	labtest.ImportPolicy(t, l, "c1/n1", `apiVersion: cilium.io/v2

@@ -15,12 +15,38 @@ import (
 )
 
 // serveHTTP runs an HTTP server on port in the namespace at path that
-// answers every request 200 with "<method> <path>", closed at cleanup.
+// answers every request 200 with "<method> <path> from <remote IP>" (the
+// source address the server sees), closed at cleanup.
 func serveHTTP(t testing.TB, path string, port int) {
 	t.Helper()
 	serveHTTPWith(t, path, port, func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprintf(w, "%s %s from %s\n", r.Method, r.URL.Path, host)
 	})
+}
+
+// seenFrom requests url (a serveHTTP server, through the proxy) from pod
+// and returns the source address the server saw, "" when the request
+// failed.
+func seenFrom(t testing.TB, l *lab.Lab, pod, url string) string {
+	t.Helper()
+	cmd, err := l.PodCommand(pod, "curl", "-s", "-f", "--max-time", "5", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := cmd.Output()
+	_, from, _ := strings.Cut(strings.TrimSpace(string(out)), " from ")
+	return from
+}
+
+// assertSeenFrom checks that the server behind url sees pod's own address
+// as the source of pod's request: the proxy's upstream connection keeps
+// the client's address.
+func assertSeenFrom(t testing.TB, l *lab.Lab, pod *lab.Pod, url string) {
+	t.Helper()
+	if got := seenFrom(t, l, pod.Name, url); got != pod.IP {
+		t.Errorf("%s: the server saw the request from %q, want the client's address %s", pod.Name, got, pod.IP)
+	}
 }
 
 // serveHTTPWith is serveHTTP with its own handler (HTTP/1.1 and h2c).
@@ -99,13 +125,14 @@ spec:
 func TestL7IngressHTTP(t *testing.T) {
 	l := labtest.Up(t, 2, 0)
 	web := labtest.Pod(t, l, "n1", "web", "app=web")
-	labtest.Pod(t, l, "n1", "near", "app=client")
-	labtest.Pod(t, l, "n2", "far", "app=client")
+	near := labtest.Pod(t, l, "n1", "near", "app=client")
+	far := labtest.Pod(t, l, "n2", "far", "app=client")
 	labtest.Pod(t, l, "n2", "other", "app=other")
 	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
 	labtest.ImportPolicy(t, l, "n1", l7Policy)
 	base := "http://" + web.IP
-	for _, pod := range []string{"near", "far"} {
+	for _, c := range []*lab.Pod{near, far} {
+		pod := c.Name
 		eventually(t, pod+": GET /public/ allowed through the proxy", func() bool {
 			return curlCodes(t, l, pod, base+"/public/a") == "200"
 		})
@@ -122,6 +149,7 @@ func TestL7IngressHTTP(t *testing.T) {
 				t.Errorf("%s: HTTP/2 GET %s: %q, want %s", pod, path, got, want)
 			}
 		}
+		assertSeenFrom(t, l, c, base+"/public/from")
 	}
 	if got := curlCodes(t, l, "other", "--connect-timeout", "2", base+"/public/a"); got != "000" {
 		t.Errorf("a pod the policy does not name: %q, want no connection (000)", got)
@@ -130,13 +158,37 @@ func TestL7IngressHTTP(t *testing.T) {
 
 // Egress L7 on the source node: a client whose egress policy allows only
 // GET /public/.* to web gets 403 for the rest from its own node's proxy,
-// for a server on its node and on another one; the proxy's upstream keeps
-// the client's identity (web's ingress policy admits only clients).
+// for a server on its node and on another one (tunnel); the proxy's
+// upstream keeps the client's identity (web's ingress policy admits only
+// clients) and its address (what the servers see).
 func TestL7EgressHTTP(t *testing.T) {
-	l := labtest.Up(t, 2, 0)
+	testL7Egress(t, labtest.Up(t, 2, 0))
+}
+
+// Egress L7 in the other routing modes. Without a tunnel no VNI carries
+// the client's identity, so the destination's datapath knows the client
+// only by the upstream's source address, which must be the client's (the
+// node's would be remote-node, which web's ingress policy refuses).
+// Native routing brings the replies back through from_netdev, WireGuard
+// (with or without a tunnel) through from_wireguard.
+func TestL7EgressRoutingModes(t *testing.T) {
+	for _, tc := range []routingMode{
+		{"native", "native", nil},
+		{"native+wireguard", "native", wireguardStrict},
+		{"tunnel+wireguard", "tunnel", wireguardStrict},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testL7Egress(t, labtest.UpRouting(t, 2, tc.routing, tc.args...))
+		})
+	}
+}
+
+// testL7Egress is the egress L7 case on a two-node lab l.
+func testL7Egress(t *testing.T, l *lab.Lab) {
+	t.Helper()
 	near := labtest.Pod(t, l, "n1", "web1", "app=web")
 	far := labtest.Pod(t, l, "n2", "web2", "app=web")
-	labtest.Pod(t, l, "n1", "client", "app=client")
+	client := labtest.Pod(t, l, "n1", "client", "app=client")
 	for _, w := range []*lab.Pod{near, far} {
 		serveHTTP(t, lab.NetNSPath(w.NetNS), 80)
 	}
@@ -169,6 +221,7 @@ spec:
 		if got := curlCodes(t, l, "client", base+"/private", base+"/public/b"); got != "403 200" {
 			t.Errorf("%s: GET /private then GET /public/b on one connection: %q, want \"403 200\"", w.Name, got)
 		}
+		assertSeenFrom(t, l, client, base+"/public/from")
 	}
 }
 

@@ -209,7 +209,9 @@ func (s *Supervisor) spawn() error {
 	}
 	defer logf.Close()
 	os.Remove(s.socket)
-	args := []string{"--listen", "0.0.0.0:" + strconv.Itoa(int(s.cfg.Port)), "--control-socket", s.socket, "--state-dir", s.cfg.StateDir}
+	// --transparent-source: the datapath this agent loads returns the
+	// replies of upstream connections from a client's address to the proxy.
+	args := []string{"--listen", "0.0.0.0:" + strconv.Itoa(int(s.cfg.Port)), "--control-socket", s.socket, "--state-dir", s.cfg.StateDir, "--transparent-source"}
 	if s.cfg.OriginMap != "" {
 		args = append(args, "--origin-map", s.cfg.OriginMap)
 	}

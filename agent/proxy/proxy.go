@@ -52,6 +52,11 @@ type Options struct {
 	// UpstreamMark sets SO_MARK (UpstreamMark of the source's identity)
 	// on upstream sockets; it needs CAP_NET_ADMIN.
 	UpstreamMark bool
+	// TransparentSource gives an upstream connection to a pod the
+	// client's address as its source (transparent.go); it needs
+	// CAP_NET_ADMIN, and UpstreamMark and the datapath, which return the
+	// replies to the proxy.
+	TransparentSource bool
 	// ReadHeaderTimeout bounds the time a client may take to send a
 	// request's headers (slowloris); default 10 s.
 	ReadHeaderTimeout time.Duration
@@ -526,15 +531,16 @@ func (c *downConn) transport() (*http.Transport, error) {
 }
 
 // dial connects to the original destination, whatever address the
-// transport asks for, marked with the source's identity.
+// transport asks for, marked with the source's identity, from the
+// source's address when transparent (upstreamSource).
 func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	d := net.Dialer{Timeout: c.p.opts.DialTimeout}
+	cfg := c.p.cfg.Load()
+	var mark uint32
 	if c.p.opts.UpstreamMark {
-		mark := int(UpstreamMark(c.srcIdentity(c.p.cfg.Load())))
-		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			return sockopt(rc, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, mark) })
-		}
+		mark = UpstreamMark(c.srcIdentity(cfg))
 	}
+	d.LocalAddr, d.Control = upstreamSocket(mark, c.p.upstreamSource(cfg, c.src.Addr(), c.dst.Addr()))
 	return d.DialContext(ctx, "tcp", c.dst.String())
 }
 

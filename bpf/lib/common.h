@@ -32,6 +32,12 @@
 #define MARK_PROXY_MAGIC 0xFA000000
 #define MARK_MAGIC_MASK 0xFF000000
 
+// PROXY_UPSTREAM, where a proxy port is expected (beyond every port): the
+// packet is a reply to the L7 proxy's upstream connection, which has the
+// client's address as its source; it goes to the proxy's socket that owns
+// its tuple, never on to the client.
+#define PROXY_UPSTREAM 0x10000
+
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04

@@ -33,12 +33,16 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 #define CT_ESTABLISHED 1
 #define CT_REPLY 2
 
+// ct_entry.flags
+#define CT_F_REPLY 1    // a reply was seen
+#define CT_F_UPSTREAM 2 // opened by the L7 proxy's upstream socket (ct_mark_upstream)
+
 static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
 {
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, p->len);
-	if (reply)
-		e->seen_reply = 1;
+	if (reply && !(e->flags & CT_F_REPLY))
+		e->flags |= CT_F_REPLY;
 	if (p->proto == IPPROTO_TCP) {
 		if (p->tcp_flags & (TCP_FIN | TCP_RST))
 			e->state = CT_STATE_CLOSING;
@@ -61,8 +65,10 @@ static __always_inline int new_tcp(struct pkt *p)
 
 // ct_lookup finds the connection of p in the scope of endpoint ep_id and
 // direction dir: the same direction (established: *proxy is its L7 proxy
-// port) or the reverse (reply). A SYN opening a connection is always new.
-static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, __u16 *proxy)
+// port) or the reverse (reply: *proxy is PROXY_UPSTREAM when the
+// connection is the L7 proxy's upstream one). A SYN opening a connection
+// is always new.
+static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, __u32 *proxy)
 {
 	if (new_tcp(p))
 		return CT_NEW;
@@ -83,9 +89,26 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	e = bpf_map_lookup_elem(&conntrack, &r);
 	if (e && e->expires > now) {
 		ct_update(e, p, now, 1);
+		if (e->flags & CT_F_UPSTREAM)
+			*proxy = PROXY_UPSTREAM;
 		return CT_REPLY;
 	}
 	return CT_NEW;
+}
+
+// ct_mark_upstream flags the entry p has just created (endpoint ep_id,
+// direction dir) as the L7 proxy's upstream connection: its replies go
+// back to the proxy's socket (ct_lookup). Only packets of the host's own
+// sockets carry the proxy's mark (proxied), so a pod cannot set it.
+static __always_inline void ct_mark_upstream(struct pkt *p, __u16 ep_id, __u8 dir)
+{
+	struct ct_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = dir, .ep_id = ep_id,
+	};
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e)
+		e->flags |= CT_F_UPSTREAM;
 }
 
 static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy)

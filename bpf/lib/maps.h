@@ -62,7 +62,7 @@ struct ct_entry {
 	__u64 packets;
 	__u64 bytes;
 	__u8 state;
-	__u8 seen_reply;
+	__u8 flags;       // CT_F_*
 	__u16 proxy_port; // the flow's L7 proxy (host order), 0 when none
 	__u32 peer_identity;
 };

@@ -50,14 +50,24 @@ static __always_inline int to_node(__u32 peer, __u32 daddr)
 //
 // *proxy is set to the L7 proxy port of a forwarded flow (0: none): the
 // port of the entry that allowed it (the peer's own entry before the any
-// entry), kept in the flow's conntrack entry for its later packets.
-static __always_inline int enforce(struct endpoint_info *ep, __u8 dir, __u32 peer, __u32 src_id, __u32 dst_id,
-				   __u16 peer_ep, struct pkt *p, __u32 ifindex, __u32 daddr, __u16 *proxy)
+// entry), kept in the flow's conntrack entry for its later packets; or
+// PROXY_UPSTREAM for a reply to the proxy's upstream connection: found in
+// conntrack (the upstream opened it here), or, when skb is given (a tc
+// ingress hook where such replies arrive from another node), a TCP packet
+// of no known connection that is not a SYN and that a socket of the host
+// owns. The latter check costs a socket lookup, only for such packets.
+static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *ep, __u8 dir, __u32 peer,
+				   __u32 src_id, __u32 dst_id, __u16 peer_ep, struct pkt *p, __u32 ifindex,
+				   __u32 daddr, __u32 *proxy)
 {
 	__u64 now = bpf_ktime_get_ns();
 	*proxy = 0;
 	if (ct_lookup(p, ep->ep_id, dir, now, proxy) != CT_NEW)
 		return REASON_FORWARDED;
+	if (skb && upstream_reply(skb, p)) {
+		*proxy = PROXY_UPSTREAM;
+		return REASON_FORWARDED;
+	}
 	__u8 enforced = ep->flags & (dir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
 	if (enforced && p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN))
 		return REASON_CT_MISSING;

@@ -1,23 +1,26 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-// Steering a flow to the node's transparent L7 proxy with bpf_sk_assign
-// (tc ingress only), and reading the proxy's upstream mark.
+// Steering a flow, and the replies to the proxy's upstream connections, to
+// the node's transparent L7 proxy with bpf_sk_assign (tc ingress only),
+// and reading the proxy's upstream mark.
 #pragma once
 
 // to_proxy hands the TCP packet p to the proxy listening on port: to the
 // socket that already owns the packet's tuple (the proxy's accepted or
-// half-open connection) when there is one, else to the listener, which the
-// kernel finds for 0.0.0.0 with a lookup of 127.0.0.1. The mark sends it
-// to the local table, so the kernel delivers it here although its
-// destination is not a local address.
-static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 port, __u32 src_id)
+// half-open connection, or its upstream one for PROXY_UPSTREAM) when there
+// is one, else, for a new connection, to the listener, which the kernel
+// finds for 0.0.0.0 with a lookup of 127.0.0.1. The mark sends it to the
+// local table, so the kernel delivers it here although its destination is
+// not a local address. A reply to an upstream connection that is gone is
+// dropped, never delivered to the client.
+static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u32 port, __u32 src_id)
 {
-	struct bpf_sock_tuple t = {};
-	t.ipv4.saddr = p->saddr;
-	t.ipv4.daddr = p->daddr;
-	t.ipv4.sport = p->sport;
-	t.ipv4.dport = p->dport;
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	struct bpf_sock *sk = tuple_owner(skb, p);
 	if (!sk) {
+		if (port == PROXY_UPSTREAM)
+			return REASON_NO_PROXY;
+		struct bpf_sock_tuple t = {};
+		t.ipv4.saddr = p->saddr;
+		t.ipv4.sport = p->sport;
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons(port);
 		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
@@ -52,10 +55,13 @@ static __always_inline int proxied(struct __sk_buff *skb, __u32 *src_id)
 // l7_port is the L7 proxy port for a TCP packet p arriving for endpoint ep
 // from a peer of identity peer on a device where the kernel, not this
 // program, delivers it (native routing, WireGuard): the port its conntrack
-// entry holds, else the one of the policy entry that would allow it (none
+// entry holds; none for a reply of the pod's own connection; PROXY_UPSTREAM
+// for a packet of no connection of the pod's that a socket of the host
+// owns (a reply to the proxy's upstream connection, which has the pod's
+// address); else the port of the policy entry that would allow it (none
 // when a deny applies: to_container drops it). Nothing is created or
 // counted here; to_container enforces the flows that are not proxied.
-static __always_inline __u16 l7_port(struct endpoint_info *ep, __u32 peer, struct pkt *p)
+static __always_inline __u32 l7_port(struct __sk_buff *skb, struct endpoint_info *ep, __u32 peer, struct pkt *p)
 {
 	if (p->proto != IPPROTO_TCP)
 		return 0;
@@ -68,6 +74,14 @@ static __always_inline __u16 l7_port(struct endpoint_info *ep, __u32 peer, struc
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e)
 		return e->proxy_port;
+	struct ct_key r = {
+		.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
+		.proto = p->proto, .dir = DIR_EGRESS, .ep_id = ep->ep_id,
+	};
+	if (bpf_map_lookup_elem(&conntrack, &r))
+		return 0;
+	if (upstream_reply(skb, p))
+		return PROXY_UPSTREAM;
 policy:;
 	struct policy_value *v = policy_lookup(ep->ep_id, DIR_INGRESS, peer, p);
 	struct policy_value *any = policy_lookup(ep->ep_id, DIR_INGRESS, 0, p);
@@ -77,7 +91,8 @@ policy:;
 }
 
 // l7_ingress steers p to the proxy when it is for a pod of this node whose
-// ingress L7 rules apply (see l7_port). It returns -1 when they do not (the
+// ingress L7 rules apply, or when it is a reply to the proxy's upstream
+// connection (see l7_port). It returns -1 when they do not (the
 // packet goes on), else a tc verdict.
 static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
 {
@@ -86,7 +101,7 @@ static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
 	if (!dst)
 		return -1;
 	__u32 src_id = lookup_identity(p->saddr);
-	__u16 port = l7_port(dst, src_id, p);
+	__u32 port = l7_port(skb, dst, src_id, p);
 	if (!port)
 		return -1;
 	int r = to_proxy(skb, p, port, src_id);

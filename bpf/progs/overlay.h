@@ -35,10 +35,11 @@ int from_overlay(struct __sk_buff *skb)
 			return r;
 		return TC_ACT_OK;
 	}
-	__u16 proxy;
-	r = enforce(dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0, &proxy);
+	__u32 proxy;
+	r = enforce(skb, dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0, &proxy);
 	if (r == REASON_FORWARDED && proxy) {
-		// Ingress L7: to this node's proxy, delivered up the stack.
+		// Ingress L7, or a reply to the proxy's upstream connection (which
+		// has the pod's address): to this node's proxy, up the stack.
 		bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
 		r = to_proxy(skb, &p, proxy, src_id);
 		if (r == REASON_FORWARDED) {

@@ -27,6 +27,7 @@ import (
 type options struct {
 	listen, controlSocket, stateDir, logLevel string
 	transparent, upstreamMark                 bool
+	transparentSource                         bool
 	readHeaderTimeout, idleTimeout            time.Duration
 	originMap                                 string
 }
@@ -53,6 +54,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.listen, "listen", "0.0.0.0:15001", "proxy listener (it accepts any original destination)")
 	f.BoolVar(&o.transparent, "transparent", true, "set IP_TRANSPARENT on the listener (needed for connections the datapath assigns to it)")
 	f.BoolVar(&o.upstreamMark, "upstream-mark", true, "mark upstream sockets with the source identity (0xFA000000|identity)")
+	f.BoolVar(&o.transparentSource, "transparent-source", false, "upstream connections to pods keep the client's address as their source (needs --upstream-mark, CAP_NET_ADMIN and the datapath, which returns their replies to the proxy)")
 	f.StringVar(&o.controlSocket, "control-socket", "/run/filament/proxy.sock", "unix socket of the control API")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/filament/proxy", "where the last config is kept")
 	f.DurationVar(&o.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client may take to send request headers")
@@ -73,6 +75,18 @@ func run(o options) error {
 
 	popts := proxy.Options{
 		UpstreamMark: o.upstreamMark, ReadHeaderTimeout: o.readHeaderTimeout, IdleTimeout: o.idleTimeout, Logger: log,
+	}
+	if o.transparentSource {
+		if !o.upstreamMark {
+			return errors.New("--transparent-source needs --upstream-mark (the datapath finds the replies by it)")
+		}
+		// Without the capability upstreams keep the node's address, as
+		// before, rather than failing every connection.
+		if err := proxy.CheckTransparent(); err != nil {
+			log.Warn("upstream connections keep the node's address", "err", err)
+		} else {
+			popts.TransparentSource = true
+		}
 	}
 	if o.originMap != "" {
 		om, err := proxy.OpenOriginMap(o.originMap)

@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Transparent upstream connections: the upstream socket has the client's
+// address as its source (IP_TRANSPARENT, bound to it), so the server sees
+// its client and, across nodes without a tunnel, the destination's
+// datapath knows the client's identity by its address. The datapath hands
+// the server's replies back to the proxy's socket (bpf/lib/proxy.h).
+
+// upstreamSource is the source address of an upstream connection for a
+// downstream one from src to dst: src itself when the proxy is told to
+// (Options.TransparentSource) and dst is a workload (a pod of some
+// cluster, by the pushed ipcache), whose replies the datapath returns to
+// the proxy; else none, and the kernel chooses the node's address. A
+// destination outside the pods (the host, another node, the world) would
+// send its replies to the client's address through the node's own stack
+// or a masquerade, past the datapath's steering: it gets the node's.
+func (p *Proxy) upstreamSource(cfg *compiled, src, dst netip.Addr) netip.Addr {
+	if !p.opts.TransparentSource {
+		return netip.Addr{}
+	}
+	return transparentSource(src, dst, cfg.identity(dst))
+}
+
+// transparentSource is upstreamSource's decision for a destination of
+// identity dstID.
+func transparentSource(src, dst netip.Addr, dstID uint32) netip.Addr {
+	src, dst = src.Unmap(), dst.Unmap()
+	if !src.Is4() || !dst.Is4() || !isWorkload(dstID) {
+		return netip.Addr{}
+	}
+	return src
+}
+
+// isWorkload tells whether id is a pod's identity (of any cluster): not a
+// reserved one, nor a node-local CIDR one.
+func isWorkload(id uint32) bool {
+	return id > maxReservedIdentity && id < localScopeIdentity
+}
+
+const (
+	maxReservedIdentity = 255     // agent/identity MaxReserved
+	localScopeIdentity  = 1 << 24 // agent/identity LocalScopeFlag
+)
+
+// upstreamSocket is the local address and the socket setup of an upstream
+// connection: SO_MARK mark when it is not 0, and for a valid src,
+// IP_TRANSPARENT (the source is not this host's) and
+// IP_BIND_ADDRESS_NO_PORT (the kernel picks the port at connect, unique
+// for the whole tuple; the client's own port is never kept). Both options
+// need CAP_NET_ADMIN.
+func upstreamSocket(mark uint32, src netip.Addr) (net.Addr, func(network, address string, rc syscall.RawConn) error) {
+	if mark == 0 && !src.IsValid() {
+		return nil, nil
+	}
+	control := func(_, _ string, rc syscall.RawConn) error {
+		return sockopt(rc, func(fd int) error {
+			if mark != 0 {
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+					return fmt.Errorf("SO_MARK: %w", err)
+				}
+			}
+			if src.IsValid() {
+				if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+					return fmt.Errorf("IP_TRANSPARENT: %w", err)
+				}
+				if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+					return fmt.Errorf("IP_BIND_ADDRESS_NO_PORT: %w", err)
+				}
+			}
+			return nil
+		})
+	}
+	if !src.IsValid() {
+		return nil, control
+	}
+	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), control
+}
+
+// CheckTransparent tells whether this process may open transparent
+// upstream sockets (IP_TRANSPARENT needs CAP_NET_ADMIN).
+func CheckTransparent() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("transparent upstream: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+		return fmt.Errorf("transparent upstream: IP_TRANSPARENT: %w", err)
+	}
+	return nil
+}
