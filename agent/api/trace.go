@@ -53,6 +53,11 @@ func traceRequest(req types.TraceRequest, proto string) (*http.Request, error) {
 		if !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(value) {
 			return nil, fmt.Errorf("%w: httpHeaders[%d] %q: want \"Name: value\"", errBadRequest, i, h)
 		}
+		// The proxy sees the Host as the request's host, never as a
+		// header (and refuses a request with two).
+		if http.CanonicalHeaderKey(name) == "Host" {
+			return nil, fmt.Errorf("%w: httpHeaders[%d] %q: the Host is httpHost (--http-host)", errBadRequest, i, h)
+		}
 		r.Header.Add(name, value)
 	}
 	return r, nil
