@@ -53,6 +53,20 @@ func traceRequest(req types.TraceRequest, proto string) (*http.Request, error) {
 		if !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(value) {
 			return nil, fmt.Errorf("%w: httpHeaders[%d] %q: want \"Name: value\"", errBadRequest, i, h)
 		}
+		// The proxy sees the Host as the request's host, never as a
+		// header (and refuses a request with two).
+		switch http.CanonicalHeaderKey(name) {
+		case "Host":
+			return nil, fmt.Errorf("%w: httpHeaders[%d] %q: the Host is httpHost (--http-host)", errBadRequest, i, h)
+		case "Content-Length", "Transfer-Encoding":
+			// They frame a body, which a traced request does not have
+			// (and the proxy's rules never see Transfer-Encoding).
+			return nil, fmt.Errorf("%w: httpHeaders[%d] %q: a traced request has no body", errBadRequest, i, h)
+		case "Expect":
+			if !strings.EqualFold(value, "100-continue") {
+				return nil, fmt.Errorf("%w: httpHeaders[%d] %q: the proxy answers 417 to an Expect but 100-continue, before any rule", errBadRequest, i, h)
+			}
+		}
 		r.Header.Add(name, value)
 	}
 	return r, nil

@@ -56,6 +56,10 @@ func TestTraceHTTPBadParameters(t *testing.T) {
 		{map[string]any{"httpPath": "/a b"}, "httpPath"},
 		{map[string]any{"httpHost": "a b"}, "httpHost"},
 		{map[string]any{"httpHeaders": []string{"X Bad: 1"}}, "httpHeaders[0]"},
+		{map[string]any{"httpHeaders": []string{"X-Ok: 1", "host: other"}}, "httpHeaders[1]"}, // the Host is httpHost
+		{map[string]any{"httpHeaders": []string{"Transfer-Encoding: chunked"}}, "httpHeaders[0]"},
+		{map[string]any{"httpHeaders": []string{"Content-Length: 5"}}, "httpHeaders[0]"},
+		{map[string]any{"httpHeaders": []string{"Expect: x"}}, "httpHeaders[0]"},
 		{map[string]any{"httpMethod": "GET", "protocol": "UDP"}, "protocol TCP"},
 	} {
 		code, body := do(t, srv, http.MethodPost, "/v1/policy-trace", traceBody(tc.req))
