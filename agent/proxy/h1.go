@@ -97,7 +97,15 @@ func (l *headLimit) Read(b []byte) (int, error) {
 	return n, err
 }
 
-var errHeadTooLarge = errors.New("request head too large")
+var (
+	errHeadTooLarge = errors.New("request head too large")
+	// errUpstream: the upstream could not be reached or gave no response
+	// (the proxy answers 502).
+	errUpstream = errors.New("upstream failed")
+	// errRequestBody: the client's body was malformed or cut short (the
+	// proxy answers 400 and closes).
+	errRequestBody = errors.New("malformed request body")
+)
 
 // serveH1 serves an HTTP/1.x downstream connection until either side
 // closes it, the proxy shuts down, or a request cannot be parsed.
@@ -190,9 +198,13 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		p.finish(recs, start, http.StatusForbidden, Denied)
 		return bw.Flush() == nil && keep && !req.Close
 	}
-	status, keep := p.forwardH1(dc, br, bw, req)
-	if status == http.StatusBadGateway {
-		keep = drain(req)
+	status, keep, err := p.forwardH1(dc, br, bw, req)
+	switch {
+	case errors.Is(err, errRequestBody):
+		status, keep = http.StatusBadRequest, false
+		writeStatus(bw, status, "Bad Request\n", true)
+	case err != nil:
+		status, keep = http.StatusBadGateway, drain(req)
 		writeStatus(bw, status, "Upstream unreachable\n", !keep || req.Close)
 	}
 	p.finish(recs, start, status, Forwarded)
@@ -223,10 +235,11 @@ func writeStatus(bw *bufio.Writer, status int, body string, closing bool) {
 }
 
 // forwardH1 sends an allowed request upstream and its response back. It
-// returns the status the client got (502, not yet written, when the
-// upstream could not be reached or answered nothing) and whether both
-// connections are still in step for another request.
-func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request) (int, bool) {
+// returns the status the client got and whether both connections are
+// still in step for another request; or, with nothing written to the
+// client, errUpstream (the upstream could not be reached or gave no
+// response) or errRequestBody (the client's body was malformed).
+func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request) (status int, keep bool, err error) {
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // Request.Write would add Go's
 	}
@@ -240,32 +253,49 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 	up, err := dc.upstreamH1()
 	if err != nil {
 		p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
-		return http.StatusBadGateway, false
+		return 0, false, fmt.Errorf("%w: %w", errUpstream, err)
 	}
 	up.used = true
 	written := make(chan error, 1)
 	uw := getWriter(up.conn)
 	// Flush what is written upstream before waiting for more of the body,
 	// so that a slow or streamed body is not held back.
-	req.Body = &flushingBody{ReadCloser: req.Body, src: br, dst: uw}
+	body := &flushingBody{ReadCloser: req.Body, src: br, dst: uw}
+	req.Body = body
 	go func() {
 		err := req.Write(uw)
 		if err == nil {
 			err = uw.Flush()
 		}
 		putWriter(uw)
+		if err != nil {
+			up.conn.Close() // the response will not come: its reader returns
+		}
 		written <- err
 	}()
 	resp, err := readUpstream(up.reader(), req, bw)
+	if err != nil {
+		<-written
+		if body.readErr != nil {
+			// The client's body was malformed or cut short; the upstream
+			// got it only in part and its connection is closed.
+			p.log.Debug("L7 proxy: bad request body", "src", dc.src, "err", body.readErr)
+			dc.dropUpstream()
+			return 0, false, errRequestBody
+		}
+	}
 	// On failure, or once a response with Connection: close is through,
 	// the upstream connection is closed: a writer still blocked on it
 	// returns.
-	status, keep := p.forwardResponse(dc, br, bw, req, resp, err, false)
+	status, keep, err = p.forwardResponse(dc, br, bw, req, resp, err, false)
+	if err != nil {
+		return status, false, err // the writer is done already
+	}
 	if err := <-written; err != nil {
 		dc.dropUpstream()
 		keep = false
 	}
-	return status, keep
+	return status, keep, nil
 }
 
 // roundTripNoBody writes a request without a body upstream and reads the
@@ -296,21 +326,21 @@ func (p *Proxy) roundTripNoBody(dc *downConn, req *http.Request, bw *bufio.Write
 	}
 }
 
-// forwardResponse writes the upstream's response (or a failure to get
-// one: 502, written by the caller) to the client. An upgrade becomes a
+// forwardResponse writes the upstream's response to the client, or
+// returns errUpstream for the error err of getting it. An upgrade becomes a
 // tunnel when canTunnel (the request had no body still being written).
-func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, resp *http.Response, err error, canTunnel bool) (int, bool) {
+func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, resp *http.Response, err error, canTunnel bool) (int, bool, error) {
 	if err != nil {
 		p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
 		dc.dropUpstream()
-		return http.StatusBadGateway, false
+		return 0, false, fmt.Errorf("%w: %w", errUpstream, err)
 	}
 	status := resp.StatusCode
 	if status == http.StatusSwitchingProtocols || req.Method == http.MethodConnect && status/100 == 2 {
 		if resp.Write(bw) == nil && bw.Flush() == nil && canTunnel {
 			p.tunnel(dc, br)
 		}
-		return status, false
+		return status, false, nil
 	}
 	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {
 		// An HTTP/1.0 client: no chunked framing, the end is the close.
@@ -327,9 +357,9 @@ func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer
 	up.idle()
 	if err != nil || resp.Close {
 		dc.dropUpstream()
-		return status, false
+		return status, false, nil
 	}
-	return status, true
+	return status, true, nil
 }
 
 func chunked(te []string) bool { return len(te) > 0 && te[0] == "chunked" }
@@ -363,11 +393,13 @@ func readUpstream(ubr *bufio.Reader, req *http.Request, bw *bufio.Writer) (*http
 }
 
 // flushingBody flushes dst before it would wait for src: what is read
-// goes out as soon as nothing more has arrived.
+// goes out as soon as nothing more has arrived. readErr is the body's own
+// read error (malformed framing, cut short), if any.
 type flushingBody struct {
 	io.ReadCloser
-	src *bufio.Reader
-	dst *bufio.Writer
+	src     *bufio.Reader
+	dst     *bufio.Writer
+	readErr error
 }
 
 func (b *flushingBody) Read(p []byte) (int, error) {
@@ -376,7 +408,11 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.readErr = err
+	}
+	return n, err
 }
 
 // tunnel copies bytes both ways after an allowed upgrade, until either

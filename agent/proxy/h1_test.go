@@ -158,3 +158,31 @@ func TestShutdownFinishesRequests(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+// A request body that is malformed or cut short is answered 400 and the
+// connection closed; the proxy goes on.
+func TestMalformedBody(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "POST", Path: "/upload"}, {Method: "GET", Path: "/public/.*"}}})
+	for _, tc := range []struct {
+		name, req string
+		halfClose bool
+	}{
+		{"bad chunk size", "POST /upload HTTP/1.1\r\nHost: pods\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", false},
+		{"cut short", "POST /upload HTTP/1.1\r\nHost: pods\r\nContent-Length: 10\r\n\r\nshort", true},
+	} {
+		c := h.dial()
+		io.WriteString(c, tc.req)
+		if tc.halfClose {
+			c.(*net.TCPConn).CloseWrite()
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		raw, err := io.ReadAll(c)
+		if err != nil || !strings.HasPrefix(string(raw), "HTTP/1.1 400") {
+			t.Errorf("%s: %q %v, want 400 and a close", tc.name, raw, err)
+		}
+	}
+	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/public/after")); got != "200" {
+		t.Errorf("after malformed bodies: %s", got)
+	}
+}
