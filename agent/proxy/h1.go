@@ -136,9 +136,28 @@ func (p *Proxy) serveH1(dc *downConn) {
 		keep := p.h1Request(dc, br, req)
 		dc.setBusy(false)
 		if !keep {
+			if !dc.closeNow && !p.closing.Load() {
+				dc.lingerClose()
+			}
 			return
 		}
 	}
+}
+
+// lingerTimeout is how long a connection the proxy ends after a complete
+// response waits for the client to close first.
+const lingerTimeout = 2 * time.Second
+
+// lingerClose lets the client close first after the last response (read
+// and dropped: up to 256 KiB, lingerTimeout). The side that closes first
+// keeps the connection's tuple in TIME_WAIT for a minute; were it the
+// proxy's transparent socket, which has the client's own tuple, a new
+// connection from the same client port (the client, having closed second,
+// may reuse it at once) would meet that socket instead of the listener,
+// and its SYN would be lost once.
+func (c *downConn) lingerClose() {
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.CopyN(io.Discard, c.Conn, maxDiscard)
 }
 
 // validRequest refuses what net/http's server refuses after parsing.
@@ -201,7 +220,7 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	status, keep, err := p.forwardH1(dc, br, bw, req)
 	switch {
 	case errors.Is(err, errRequestBody):
-		status, keep = http.StatusBadRequest, false
+		status, keep, dc.closeNow = http.StatusBadRequest, false, true
 		writeStatus(bw, status, "Bad Request\n", true)
 	case err != nil:
 		status, keep = http.StatusBadGateway, drain(req)
@@ -351,6 +370,9 @@ func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer
 		resp.Close = resp.Close || resp.ContentLength < 0
 	}
 	resp.Close = resp.Close || req.Close
+	// A body of unknown length without chunked framing ends with the
+	// close of the connection (Response.Write makes it so).
+	dc.closeNow = resp.ContentLength < 0 && !chunked(resp.TransferEncoding)
 	up := dc.upstream()
 	resp.Body = &flushingBody{ReadCloser: resp.Body, src: up.br, dst: bw}
 	err = resp.Write(bw)

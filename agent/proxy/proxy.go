@@ -451,6 +451,10 @@ type downConn struct {
 	hasSrcID bool
 
 	prefix []byte // read by sniff, not yet by the server
+	// closeNow: serveH1 closes at once, without letting the client close
+	// first: the last response's body ends with the connection, or the
+	// request's could not be read.
+	closeNow bool
 
 	mu     sync.Mutex
 	up     *h1Upstream     // HTTP/1.x
