@@ -544,8 +544,19 @@ func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	if c.p.opts.UpstreamMark {
 		mark = UpstreamMark(c.srcIdentity(cfg))
 	}
-	d.LocalAddr, d.Control = upstreamSocket(mark, c.p.upstreamSource(cfg, c.src.Addr(), c.dst.Addr()))
-	return d.DialContext(ctx, "tcp", c.dst.String())
+	src := c.p.upstreamSource(cfg, c.src.Addr(), c.dst.Addr())
+	d.LocalAddr, d.Control = upstreamSocket(mark, src)
+	conn, err := d.DialContext(ctx, "tcp", c.dst.String())
+	if err == nil && d.LocalAddr != nil {
+		// With the client's address as its source, the upstream socket's
+		// tuple is one the client may use itself once it is gone: closed
+		// with a reset, it leaves no TIME_WAIT behind in the node's
+		// namespace to catch the client's SYN from that port. The proxy
+		// closes an upstream connection only after a whole response, or on
+		// an error.
+		conn.(*net.TCPConn).SetLinger(0)
+	}
+	return conn, err
 }
 
 type connKey struct{}
