@@ -546,17 +546,26 @@ func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	}
 	src := c.p.upstreamSource(cfg, c.src.Addr(), c.dst.Addr())
 	d.LocalAddr, d.Control = upstreamSocket(mark, src)
-	conn, err := d.DialContext(ctx, "tcp", c.dst.String())
-	if err == nil && d.LocalAddr != nil {
-		// With the client's address as its source, the upstream socket's
-		// tuple is one the client may use itself once it is gone: closed
-		// with a reset, it leaves no TIME_WAIT behind in the node's
-		// namespace to catch the client's SYN from that port. The proxy
-		// closes an upstream connection only after a whole response, or on
-		// an error.
-		conn.(*net.TCPConn).SetLinger(0)
+	if d.LocalAddr == nil {
+		return d.DialContext(ctx, "tcp", c.dst.String())
 	}
-	return conn, err
+	for attempt := 1; ; attempt++ {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, upstreamPort()))
+		conn, err := d.DialContext(ctx, "tcp", c.dst.String())
+		if err == nil {
+			// With the client's address as its source, the upstream
+			// socket's tuple is one the client might use itself once it is
+			// gone: closed with a reset, it leaves no TIME_WAIT behind in
+			// the node's namespace to catch the client's SYN from that
+			// port. The proxy closes an upstream connection only after a
+			// whole response, or on an error.
+			conn.(*net.TCPConn).SetLinger(0)
+			return conn, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == upstreamPortTries {
+			return nil, err
+		}
+	}
 }
 
 type connKey struct{}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"syscall"
@@ -51,12 +52,30 @@ const (
 	localScopeIdentity  = 1 << 24 // agent/identity LocalScopeFlag
 )
 
+// Upstream ports of transparent upstream connections: below Linux's
+// default ephemeral range (32768–60999), from which a client pod's kernel
+// picks the ports of its own connections, knowing nothing of the proxy's
+// sockets in the node's namespace. Had an upstream connection the port of
+// a new connection of its client to the same server, that connection's
+// SYN would meet the proxy's upstream socket (same tuple) instead of the
+// listener. A pod that widens its ephemeral range into this one, or binds
+// its own ports in it, can still meet that.
+const (
+	upstreamPortMin   = 20000
+	upstreamPortMax   = 32767
+	upstreamPortTries = 8 // random ports tried before giving up (EADDRINUSE)
+)
+
+// upstreamPort is a random port for a transparent upstream connection.
+func upstreamPort() uint16 {
+	return uint16(upstreamPortMin + rand.IntN(upstreamPortMax-upstreamPortMin+1))
+}
+
 // upstreamSocket is the local address and the socket setup of an upstream
 // connection: SO_MARK mark when it is not 0, and for a valid src,
-// IP_TRANSPARENT (the source is not this host's) and
-// IP_BIND_ADDRESS_NO_PORT (the kernel picks the port at connect, unique
-// for the whole tuple; the client's own port is never kept). Both options
-// need CAP_NET_ADMIN.
+// IP_TRANSPARENT (the source is not this host's; the dialer binds a port
+// of upstreamPort's, never the client's own) and IP_BIND_ADDRESS_NO_PORT.
+// Both options need CAP_NET_ADMIN.
 func upstreamSocket(mark uint32, src netip.Addr) (net.Addr, func(network, address string, rc syscall.RawConn) error) {
 	if mark == 0 && !src.IsValid() {
 		return nil, nil

@@ -61,5 +61,10 @@ func TestTransparentUpstream(t *testing.T) {
 		if remote.Addr() != tc.want {
 			t.Errorf("TransparentSource %v: the server saw %v, want %v", tc.transparent, remote, tc.want)
 		}
+		// The client's address, but never a port its own kernel would
+		// pick for a connection of its own (the default ephemeral range).
+		if tc.transparent && (remote.Port() < upstreamPortMin || remote.Port() > upstreamPortMax) {
+			t.Errorf("transparent upstream port %d, want one in [%d, %d]", remote.Port(), upstreamPortMin, upstreamPortMax)
+		}
 	}
 }
