@@ -4,6 +4,9 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
 )
 
 // After a response that ends its connection (Connection: close), the
@@ -46,5 +49,57 @@ func TestL7ClientClosesFirst(t *testing.T) {
 	// Control: the client's namespace has them (the filter works).
 	if tw := timeWait(l.PodCommand("client", ss...)); tw == "" {
 		t.Errorf("no TIME_WAIT socket in the client's namespace after 5 closed connections")
+	}
+}
+
+// The node's own connections (health probes, say) to a pod port whose L7
+// rules apply to the host are dropped, never let through unchecked: the
+// host's packets reach the pod at tc egress, where no socket can be
+// assigned, so the proxy cannot see them. An L4 allow of the host on that
+// port (fromEntities: [host], no rules) lets them through, every request.
+func TestL7HostTraffic(t *testing.T) {
+	l := labtest.Up(t, 1, 0)
+	web := labtest.Pod(t, l, "n1", "web", "app=web")
+	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
+	const hostL7 = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-host}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEntities: [host]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/public/.*"}]
+`
+	nodeCurl := func(path string) string {
+		cmd, err := l.NodeCommand("n1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--connect-timeout", "2", "--max-time", "5", "http://"+web.IP+path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := cmd.Output() // curl exits non-zero when it gets no connection
+		return string(out)
+	}
+	eventually(t, "the node reaches the pod before any policy", func() bool { return nodeCurl("/public/a") == "200" })
+	labtest.ImportPolicy(t, l, "n1", hostL7)
+	eventually(t, "the node's connection to an L7 port of the host's is dropped", func() bool { return nodeCurl("/public/a") == "000" })
+	if got := nodeCurl("/private"); got != "000" {
+		t.Errorf("the node's GET /private under L7 rules: %q, want no connection (000), never 200", got)
+	}
+	// Beside the L7 rule, which stays.
+	labtest.ImportPolicy(t, l, "n1", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-host-l4}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEntities: [host]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+`)
+	eventually(t, "an L4 allow of the host lets the node's requests through", func() bool { return nodeCurl("/private") == "200" })
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "list"); err != nil || !strings.Contains(out, "web-host ") && !strings.Contains(out, "web-host\n") {
+		t.Errorf("the L7 policy web-host is gone after the L4 one was imported: %v\n%s", err, out)
 	}
 }
