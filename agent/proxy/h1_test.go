@@ -186,3 +186,14 @@ func TestMalformedBody(t *testing.T) {
 		t.Errorf("after malformed bodies: %s", got)
 	}
 }
+
+// OPTIONS * is decided by the rules like any request, over HTTP/1.1 and
+// HTTP/2 (net/http's server would answer it 200 itself).
+func TestOptionsStarDecided(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	for _, proto := range []string{"--http1.1", "--http2-prior-knowledge"} {
+		if got := h.curl(proto, "-X", "OPTIONS", "--request-target", "*", "-o", "/dev/null", "-w", "%{http_code}", h.url("/")); got != "403" {
+			t.Errorf("%s OPTIONS *: %s, want 403 (the rule allows GET /public/.* only)", proto, got)
+		}
+	}
+}

@@ -134,7 +134,10 @@ func (p *Proxy) server(protocols *http.Protocols) *http.Server {
 		ReadHeaderTimeout: p.opts.ReadHeaderTimeout,
 		IdleTimeout:       p.opts.IdleTimeout,
 		Protocols:         protocols,
-		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		// OPTIONS * is a request like any other: decided by the rules,
+		// not answered 200 by net/http.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c.(*downConn))
 		},
@@ -568,6 +571,10 @@ func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	}
 }
 
+// statusClientGone is the records' status of a request whose client went
+// away before its response (nginx's 499).
+const statusClientGone = 499
+
 type connKey struct{}
 type stateKey struct{}
 
@@ -627,6 +634,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
 	p.rp.ServeHTTP(w, out)
 	p.finish(recs, start, s.status, Forwarded)
+	if s.status == statusClientGone {
+		// Nothing was written: the stream is reset rather than answered
+		// with an empty 200 for a request that never reached the upstream.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // judge decides a request against the policies of its flow's sides (the
@@ -714,7 +726,7 @@ func grpcError(w http.ResponseWriter, code int, msg string) int {
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	s := stateOf(r)
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-		s.status = 499 // the client went away
+		s.status = statusClientGone
 		return
 	}
 	p.log.Debug("L7 proxy: upstream failed", "dst", s.conn.dst, "err", err)
