@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -133,10 +135,10 @@ func (p *Proxy) serveH1(dc *downConn) {
 		}
 		lim.n = -1
 		dc.SetReadDeadline(time.Time{})
-		keep := p.h1Request(dc, br, req)
+		keep, closeNow := p.h1Request(dc, br, req)
 		dc.setBusy(false)
 		if !keep {
-			if !dc.closeNow && !p.closing.Load() {
+			if !closeNow && !p.closing.Load() {
 				dc.lingerClose()
 			}
 			return
@@ -183,31 +185,52 @@ func validRequest(req *http.Request) error {
 			}
 		}
 	}
-	if e := req.Header.Get("Expect"); e != "" && !(strings.EqualFold(e, "100-continue") && req.ProtoAtLeast(1, 1)) {
-		return fmt.Errorf("unsupported Expect %q", e)
+	if e := req.Header.Get("Expect"); e != "" && !strings.EqualFold(e, "100-continue") {
+		return fmt.Errorf("%w %q", errExpect, e)
+	}
+	if !req.ProtoAtLeast(1, 1) {
+		req.Header.Del("Expect") // HTTP/1.0 knows no 100 Continue
 	}
 	return nil
 }
 
-// badRequest answers a request that could not be parsed and closes.
+// badRequest answers a request that could not be parsed; the connection
+// then closes (letting the client read the answer first).
 func (p *Proxy) badRequest(dc *downConn, err error, tooLarge bool) {
 	var ne net.Error
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne) && ne.Timeout() {
 		return // the client went away or was too slow: nothing to answer
 	}
 	status := http.StatusBadRequest
-	if tooLarge || errors.Is(err, errHeadTooLarge) {
+	switch {
+	case tooLarge || errors.Is(err, errHeadTooLarge):
 		status = http.StatusRequestHeaderFieldsTooLarge
+	case errors.Is(err, errExpect):
+		status = http.StatusExpectationFailed
+	case strings.Contains(err.Error(), "unsupported transfer encoding"):
+		status = http.StatusNotImplemented
 	}
 	p.log.Debug("L7 proxy: bad request", "src", dc.src, "err", err)
 	dc.SetWriteDeadline(time.Now().Add(time.Second))
-	fmt.Fprintf(dc.Conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%d %s", status, http.StatusText(status), status, http.StatusText(status))
+	bw := getWriter(dc.Conn)
+	writeStatus(bw, status, http.StatusText(status)+"\n", true)
+	if bw.Flush() == nil {
+		dc.lingerClose()
+	}
+	putWriter(bw)
 }
 
+var errExpect = errors.New("unsupported Expect")
+
 // h1Request decides, forwards or denies one request and reports whether
-// the connection may carry another.
-func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (keep bool) {
+// the connection may carry another, and whether it must close at once
+// (not letting the client close first: the response ends with the close,
+// or the request's body could not be read).
+func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (keep, closeNow bool) {
 	start := time.Now()
+	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {
+		req.Close = true // HTTP/1.0: one request per connection
+	}
 	recs, denied := p.judge(dc, req, start)
 	bw := getWriter(dc.Conn)
 	defer putWriter(bw)
@@ -215,19 +238,24 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		keep = drain(req)
 		writeStatus(bw, http.StatusForbidden, "Access denied\n", !keep || req.Close)
 		p.finish(recs, start, http.StatusForbidden, Denied)
-		return bw.Flush() == nil && keep && !req.Close
+		return bw.Flush() == nil && keep && !req.Close, false
 	}
-	status, keep, err := p.forwardH1(dc, br, bw, req)
+	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req)
 	switch {
+	case errors.Is(err, errClientGone):
+		status, keep, closeNow = statusClientGone, false, true
 	case errors.Is(err, errRequestBody):
-		status, keep, dc.closeNow = http.StatusBadRequest, false, true
+		status, keep, closeNow = http.StatusBadRequest, false, true
 		writeStatus(bw, status, "Bad Request\n", true)
 	case err != nil:
-		status, keep = http.StatusBadGateway, drain(req)
+		// A body half sent upstream (the request was wrapped) cannot be
+		// drained any more: close.
+		_, sent := req.Body.(*flushingBody)
+		status, keep = http.StatusBadGateway, !sent && drain(req)
 		writeStatus(bw, status, "Upstream unreachable\n", !keep || req.Close)
 	}
 	p.finish(recs, start, status, Forwarded)
-	return bw.Flush() == nil && keep && !req.Close
+	return bw.Flush() == nil && keep && !req.Close, closeNow
 }
 
 // drain reads what is left of a request body that is not forwarded, up to
@@ -253,135 +281,229 @@ func writeStatus(bw *bufio.Writer, status int, body string, closing bool) {
 	bw.WriteString(body)
 }
 
+// writeHead writes a response's status line and headers only (an interim
+// response, or the answer that turns the connection into a tunnel).
+func writeHead(bw *bufio.Writer, resp *http.Response) error {
+	fmt.Fprintf(bw, "HTTP/1.1 %s\r\n", resp.Status)
+	resp.Header.Write(bw)
+	bw.WriteString("\r\n")
+	return bw.Flush()
+}
+
+// hopHeaders are hop-by-hop (RFC 9110 7.6.1): they are the proxy's to
+// handle, never passed on.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopHeaders removes the hop-by-hop headers from h, those it names
+// in Connection included, and returns the Upgrade it asked for ("" when
+// none).
+func removeHopHeaders(h http.Header) (upgrade string) {
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "upgrade") {
+		upgrade = h.Get("Upgrade")
+	}
+	te := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	for _, v := range h["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+	if te {
+		h.Set("Te", "trailers") // gRPC-style trailers asked for end to end
+	}
+	return upgrade
+}
+
 // forwardH1 sends an allowed request upstream and its response back. It
-// returns the status the client got and whether both connections are
-// still in step for another request; or, with nothing written to the
-// client, errUpstream (the upstream could not be reached or gave no
-// response) or errRequestBody (the client's body was malformed).
-func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request) (status int, keep bool, err error) {
+// returns the status the client got, whether both connections are still
+// in step for another request and whether the client connection must
+// close at once; or, with nothing written to the client, errUpstream (the
+// upstream could not be reached or gave no response), errRequestBody (the
+// client's body was malformed) or errClientGone.
+func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request) (status int, keep, closeNow bool, err error) {
+	// Hop-by-hop headers are this hop's. An upgrade is passed on, as
+	// the one Upgrade asked for, except to h2c: its HTTP/2 streams would
+	// pass the proxy unseen (the request goes on as HTTP/1.1).
+	if upgrade := removeHopHeaders(req.Header); upgrade != "" && !strings.EqualFold(upgrade, "h2c") {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", upgrade)
+	} else {
+		req.Header.Del("Http2-Settings")
+	}
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // Request.Write would add Go's
 	}
 	if req.Body == nil || req.Body == http.NoBody {
 		resp, err := p.roundTripNoBody(dc, req, bw)
-		return p.forwardResponse(dc, br, bw, req, resp, err, true)
+		if err != nil {
+			dc.dropUpstream()
+			return 0, false, false, err
+		}
+		return p.forwardResponse(dc, br, bw, req, resp, true)
 	}
 	// A body is written by a goroutine of its own while the response is
 	// read: the upstream's 100 Continue reaches the client that waits for
 	// it, and an early answer is not held behind the body.
 	up, err := dc.upstreamH1()
 	if err != nil {
-		p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
-		return 0, false, fmt.Errorf("%w: %w", errUpstream, err)
+		return 0, false, false, fmt.Errorf("%w: %w", errUpstream, err)
 	}
 	up.used = true
 	written := make(chan error, 1)
-	uw := getWriter(up.conn)
 	// Flush what is written upstream before waiting for more of the body,
 	// so that a slow or streamed body is not held back.
-	body := &flushingBody{ReadCloser: req.Body, src: br, dst: uw}
+	body := &flushingBody{ReadCloser: req.Body, src: br}
 	req.Body = body
-	go func() {
-		err := req.Write(uw)
-		if err == nil {
-			err = uw.Flush()
-		}
-		putWriter(uw)
-		if err != nil {
-			up.conn.Close() // the response will not come: its reader returns
-		}
-		written <- err
-	}()
+	go func() { written <- writeRequest(up, req, body) }()
+	// stopBody ends the body's writer: its read of the client is cut short
+	// (the proxy reads the client again only in lingerClose) and its
+	// upstream connection closed.
+	stopBody := func() {
+		body.stopped.Store(true)
+		dc.SetReadDeadline(time.Now())
+		dc.dropUpstream()
+		<-written
+	}
 	resp, err := readUpstream(up.reader(), req, bw)
 	if err != nil {
-		<-written
+		stopBody()
+		if errors.Is(err, errClientGone) {
+			return 0, false, true, err
+		}
 		if body.readErr != nil {
 			// The client's body was malformed or cut short; the upstream
-			// got it only in part and its connection is closed.
+			// got it only in part.
 			p.log.Debug("L7 proxy: bad request body", "src", dc.src, "err", body.readErr)
-			dc.dropUpstream()
-			return 0, false, errRequestBody
+			return 0, false, true, errRequestBody
 		}
+		p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
+		return 0, false, false, fmt.Errorf("%w: %w", errUpstream, err)
 	}
-	// On failure, or once a response with Connection: close is through,
-	// the upstream connection is closed: a writer still blocked on it
-	// returns.
-	status, keep, err = p.forwardResponse(dc, br, bw, req, resp, err, false)
-	if err != nil {
-		return status, false, err // the writer is done already
+	status, keep, closeNow, err = p.forwardResponse(dc, br, bw, req, resp, false)
+	if err != nil || !body.done.Load() {
+		// The response is through before the body: the rest of the body
+		// goes nowhere (the client is told by the close), and never on
+		// as the start of a request the upstream might parse.
+		stopBody()
+		return status, false, closeNow, err
 	}
 	if err := <-written; err != nil {
 		dc.dropUpstream()
 		keep = false
 	}
-	return status, keep, nil
+	return status, keep, closeNow, nil
+}
+
+// writeRequest writes req to its upstream connection.
+func writeRequest(up *h1Upstream, req *http.Request, body *flushingBody) error {
+	uw := getWriter(up.conn)
+	if body != nil {
+		body.dst = uw
+	}
+	err := req.Write(bufWriter{uw})
+	if err == nil {
+		err = uw.Flush()
+	}
+	if body != nil {
+		body.dst = nil // uw goes back to the pool
+	}
+	putWriter(uw)
+	if err != nil {
+		up.conn.Close() // the response will not come: its reader returns
+	}
+	return err
 }
 
 // roundTripNoBody writes a request without a body upstream and reads the
-// response. A reused connection the upstream had closed is replaced once
-// for an idempotent request (as net/http does).
+// response. A reused connection the upstream had closed (not a byte of
+// response from it) is replaced once for an idempotent request, as
+// net/http does; a request that may have reached the upstream is never
+// sent twice.
 func (p *Proxy) roundTripNoBody(dc *downConn, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		up, err := dc.upstreamH1()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", errUpstream, err)
 		}
 		reused := up.used
 		up.used = true
-		uw := getWriter(up.conn)
-		err = req.Write(uw)
+		err = writeRequest(up, req, nil)
 		if err == nil {
-			err = uw.Flush()
+			// Not a byte of response: the upstream had closed the
+			// connection before it saw the request.
+			_, err = up.reader().Peek(1)
 		}
-		putWriter(uw)
-		var resp *http.Response
-		if err == nil {
-			resp, err = readUpstream(up.reader(), req, bw)
+		if err != nil {
+			if !reused || attempt > 0 || !isIdempotent(req.Method) {
+				return nil, fmt.Errorf("%w: %w", errUpstream, err)
+			}
+			dc.dropUpstream()
+			continue
 		}
-		if err == nil || !reused || attempt > 0 || !isIdempotent(req.Method) {
-			return resp, err
+		resp, err := readUpstream(up.br, req, bw)
+		if err != nil && !errors.Is(err, errClientGone) {
+			p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
+			err = fmt.Errorf("%w: %w", errUpstream, err)
 		}
-		dc.dropUpstream()
+		return resp, err
 	}
 }
 
-// forwardResponse writes the upstream's response to the client, or
-// returns errUpstream for the error err of getting it. An upgrade becomes a
-// tunnel when canTunnel (the request had no body still being written).
-func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, resp *http.Response, err error, canTunnel bool) (int, bool, error) {
-	if err != nil {
-		p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
-		dc.dropUpstream()
-		return 0, false, fmt.Errorf("%w: %w", errUpstream, err)
-	}
-	status := resp.StatusCode
-	if status == http.StatusSwitchingProtocols || req.Method == http.MethodConnect && status/100 == 2 {
-		if resp.Write(bw) == nil && bw.Flush() == nil && canTunnel {
-			p.tunnel(dc, br)
+// forwardResponse writes the upstream's response to the client and
+// returns its status, whether the connections may carry another request
+// and whether the client connection must close at once.
+func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, resp *http.Response, canTunnel bool) (status int, keep, closeNow bool, err error) {
+	status = resp.StatusCode
+	up := dc.upstream()
+	if upgraded := status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") != "" ||
+		req.Method == http.MethodConnect && status/100 == 2; upgraded {
+		if !canTunnel {
+			return status, false, true, writeHead(bw, resp)
 		}
-		return status, false, nil
+		if err := writeHead(bw, resp); err != nil {
+			return status, false, true, errClientGone
+		}
+		dc.setBusy(false) // a tunnel is not a request in flight
+		p.tunnel(dc, br, up)
+		return status, false, true, nil
 	}
+	removeHopHeaders(resp.Header)
+	resp.ProtoMajor, resp.ProtoMinor = 1, 1 // the proxy's own version
 	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {
 		// An HTTP/1.0 client: no chunked framing, the end is the close.
 		resp.ProtoMajor, resp.ProtoMinor = 1, 0
 		if chunked(resp.TransferEncoding) {
 			resp.TransferEncoding, resp.ContentLength = nil, -1
 		}
-		resp.Close = resp.Close || resp.ContentLength < 0
 	}
-	resp.Close = resp.Close || req.Close
 	// A body of unknown length without chunked framing ends with the
-	// close of the connection (Response.Write makes it so).
-	dc.closeNow = resp.ContentLength < 0 && !chunked(resp.TransferEncoding)
-	up := dc.upstream()
+	// close of the connection (Response.Write makes it so). Otherwise the
+	// upstream's wish to close is its connection's, not the client's.
+	closeNow = resp.ContentLength < 0 && !chunked(resp.TransferEncoding)
+	upClose := resp.Close
+	resp.Close = req.Close || closeNow
 	resp.Body = &flushingBody{ReadCloser: resp.Body, src: up.br, dst: bw}
-	err = resp.Write(bw)
-	up.idle()
-	if err != nil || resp.Close {
+	if err := resp.Write(bufWriter{bw}); err != nil {
+		p.log.Debug("L7 proxy: response not forwarded", "dst", dc.dst, "err", err)
 		dc.dropUpstream()
-		return status, false, nil
+		return status, false, true, errClientGone
 	}
-	return status, true, nil
+	if err := bw.Flush(); err != nil {
+		dc.dropUpstream()
+		return status, false, true, errClientGone
+	}
+	// Bytes after the response are none of any request's: the upstream
+	// connection is out of step.
+	if upClose || up.br.Buffered() > 0 {
+		dc.dropUpstream()
+	} else {
+		up.idle()
+	}
+	return status, !resp.Close, closeNow, nil
 }
 
 func chunked(te []string) bool { return len(te) > 0 && te[0] == "chunked" }
@@ -394,8 +516,11 @@ func isIdempotent(method string) bool {
 	return false
 }
 
+// errClientGone: writing to the client failed.
+var errClientGone = errors.New("client connection failed")
+
 // readUpstream reads the upstream's response to req, passing interim 1xx
-// responses (other than 101) on to the client.
+// responses (other than 101) on to an HTTP/1.1 client.
 func readUpstream(ubr *bufio.Reader, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(ubr, req)
@@ -405,23 +530,27 @@ func readUpstream(ubr *bufio.Reader, req *http.Request, bw *bufio.Writer) (*http
 		if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
 		}
-		fmt.Fprintf(bw, "HTTP/1.1 %s\r\n", resp.Status)
-		resp.Header.Write(bw)
-		bw.WriteString("\r\n")
-		if err := bw.Flush(); err != nil {
-			return nil, err
+		if !req.ProtoAtLeast(1, 1) {
+			continue // HTTP/1.0 knows no interim responses
+		}
+		if err := writeHead(bw, resp); err != nil {
+			return nil, fmt.Errorf("%w: %w", errClientGone, err)
 		}
 	}
 }
 
 // flushingBody flushes dst before it would wait for src: what is read
-// goes out as soon as nothing more has arrived. readErr is the body's own
-// read error (malformed framing, cut short), if any.
+// goes out as soon as nothing more has arrived. It records the body's own
+// read error (malformed framing, cut short) and its end. Close does not
+// close the body: net/http's would read the rest of it, without bound;
+// the proxy drops the connection instead.
 type flushingBody struct {
 	io.ReadCloser
 	src     *bufio.Reader
 	dst     *bufio.Writer
 	readErr error
+	done    atomic.Bool // the body was read to its end
+	stopped atomic.Bool // stopBody cut it short: its error is not the client's
 }
 
 func (b *flushingBody) Read(p []byte) (int, error) {
@@ -431,34 +560,46 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
+	switch {
+	case err == io.EOF:
+		b.done.Store(true)
+	case err != nil && !b.stopped.Load():
 		b.readErr = err
 	}
 	return n, err
 }
 
+func (b *flushingBody) Close() error { return nil }
+
+// bufWriter is a bufio.Writer without ReadFrom, given to Request.Write and
+// Response.Write: io.Copy then reads a body into a buffer of its own and
+// writes it, so flushingBody may flush the writer between reads.
+// bufio.Writer.ReadFrom reads straight into the writer's buffer, and a
+// flush in the middle of that read put the bytes at the wrong offset (the
+// start of the buffer was sent again). WriteByte keeps Request.Write from
+// adding a bufio.Writer of its own.
+type bufWriter struct{ bw *bufio.Writer }
+
+func (w bufWriter) Write(p []byte) (int, error)       { return w.bw.Write(p) }
+func (w bufWriter) WriteString(s string) (int, error) { return w.bw.WriteString(s) }
+func (w bufWriter) WriteByte(c byte) error            { return w.bw.WriteByte(c) }
+
 // tunnel copies bytes both ways after an allowed upgrade, until either
-// side closes; then both are closed.
-func (p *Proxy) tunnel(dc *downConn, br *bufio.Reader) {
-	up := dc.upstream()
+// side ends; then both are closed.
+func (p *Proxy) tunnel(dc *downConn, br *bufio.Reader, up *h1Upstream) {
 	ubr := up.reader()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		io.Copy(up.conn, br) // the client's buffered bytes, then the connection
-		closeWrite(up.conn)
+		up.conn.Close()
+		dc.Close()
 	}()
 	io.Copy(dc.Conn, ubr)
-	closeWrite(dc.Conn)
 	dc.Close()
-	dc.dropUpstream()
+	up.conn.Close()
 	<-done
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
+	dc.dropUpstream()
 }
 
 // upstreamH1 returns the connection's upstream connection, dialled on

@@ -197,3 +197,28 @@ func TestOptionsStarDecided(t *testing.T) {
 		}
 	}
 }
+
+// A body that arrives in pieces reaches the upstream byte for byte: the
+// proxy flushes what it has before it waits for more (a flush inside
+// bufio.Writer.ReadFrom once put later bytes at the wrong offset), both
+// ways.
+func TestBodyInPieces(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Length", fmt.Sprint(2*len(b)))
+		w.Write(b)
+		w.(http.Flusher).Flush()
+		time.Sleep(200 * time.Millisecond) // the proxy waits for the rest of the response
+		w.Write(b)
+	}), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "POST", Path: "/echo"}}})
+	c := h.dial()
+	io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: pods\r\nContent-Length: 20\r\n\r\n0123456789")
+	time.Sleep(200 * time.Millisecond) // the proxy waits for the rest of the body
+	io.WriteString(c, "abcdefghij")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, body := readResponse(t, bufio.NewReader(c), "POST")
+	if want := "0123456789abcdefghij0123456789abcdefghij"; resp.StatusCode != 200 || body != want {
+		t.Fatalf("echo: %d %q, want %q", resp.StatusCode, body, want)
+	}
+}

@@ -454,10 +454,6 @@ type downConn struct {
 	hasSrcID bool
 
 	prefix []byte // read by sniff, not yet by the server
-	// closeNow: serveH1 closes at once, without letting the client close
-	// first: the last response's body ends with the connection, or the
-	// request's could not be read.
-	closeNow bool
 
 	mu     sync.Mutex
 	up     *h1Upstream     // HTTP/1.x
@@ -491,7 +487,7 @@ func (c *downConn) Close() error {
 	up, h2 := c.up, c.h2
 	c.mu.Unlock()
 	if up != nil {
-		up.conn.Close() // its reader is serveH1's to give back
+		up.conn.Close() // its reader is serveH1's (dropUpstream gives it back)
 	}
 	if h2 != nil {
 		h2.CloseIdleConnections()
