@@ -161,8 +161,9 @@ func cmpOr(s, def string) string {
 	return s
 }
 
-// requestEcho is an HTTP server like the proxy's (net/http, HTTP/1.1)
-// that hands over each request it accepts.
+// requestEcho is an HTTP/1.1 server (net/http's, whose parsing the
+// proxy's own loop shares: http.ReadRequest) that hands over each request
+// it accepts.
 type requestEcho struct {
 	addr string
 	got  chan *http.Request

@@ -3,11 +3,14 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -126,16 +129,24 @@ func TestUpstreamClosedIdleConnection(t *testing.T) {
 	}
 }
 
-// A graceful shutdown lets a request in flight finish and closes idle
-// connections.
+// A graceful shutdown lets a request in flight finish and closes the
+// connections between requests (one that has had a response, one that has
+// sent nothing yet).
 func TestShutdownFinishesRequests(t *testing.T) {
 	arrived, release := make(chan struct{}), make(chan struct{})
-	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		close(arrived)
-		<-release
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/public/slow" {
+			close(arrived)
+			<-release
+		}
 		io.WriteString(w, "done")
 	}), Options{})
-	busy, idle := h.dial(), h.dial()
+	busy, idle, fresh := h.dial(), h.dial(), h.dial()
+	io.WriteString(idle, "GET /public/first HTTP/1.1\r\nHost: pods\r\n\r\n")
+	idleR := bufio.NewReader(idle)
+	if resp, _ := readResponse(t, idleR, "GET"); resp.StatusCode != 200 {
+		t.Fatalf("first request: %d", resp.StatusCode)
+	}
 	io.WriteString(busy, "GET /public/slow HTTP/1.1\r\nHost: pods\r\n\r\n")
 	<-arrived
 	shut := make(chan error, 1)
@@ -144,9 +155,16 @@ func TestShutdownFinishesRequests(t *testing.T) {
 		defer cancel()
 		shut <- h.p.Shutdown(ctx)
 	}()
-	idle.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.ReadAll(idle); err != nil {
-		t.Errorf("idle connection not closed by Shutdown: %v", err)
+	for _, tc := range []struct {
+		name string
+		c    net.Conn
+		r    io.Reader
+	}{{"between requests", idle, idleR}, {"not sniffed yet", fresh, fresh}} {
+		tc.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		// Closed is closed: EOF, or a reset if the proxy never read it.
+		if _, err := io.ReadAll(tc.r); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("connection %s not closed by Shutdown", tc.name)
+		}
 	}
 	close(release)
 	busy.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -220,5 +238,139 @@ func TestBodyInPieces(t *testing.T) {
 	resp, body := readResponse(t, bufio.NewReader(c), "POST")
 	if want := "0123456789abcdefghij0123456789abcdefghij"; resp.StatusCode != 200 || body != want {
 		t.Fatalf("echo: %d %q, want %q", resp.StatusCode, body, want)
+	}
+}
+
+// Review cases of the HTTP/1.x loop.
+func TestH1EdgeCases(t *testing.T) {
+	stream := make(chan struct{})
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/public/headers":
+			json.NewEncoder(w).Encode(r.Header)
+		case "/public/early":
+			// Answers at once, without reading the body.
+			w.Header().Set("Connection", "close")
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+		case "/public/stream":
+			// An endless stream, until the client goes.
+			for {
+				if _, err := io.WriteString(w, strings.Repeat("x", 4096)); err != nil {
+					close(stream)
+					return
+				}
+				w.(http.Flusher).Flush()
+			}
+		case "/public/h2c":
+			if r.Header.Get("Upgrade") != "" {
+				w.Header().Set("Connection", "Upgrade")
+				w.Header().Set("Upgrade", "h2c")
+				w.WriteHeader(http.StatusSwitchingProtocols)
+				return
+			}
+			io.WriteString(w, "plain")
+		default:
+			echo(w, r)
+		}
+	}), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Path: "/public/.*"}}})
+
+	t.Run("hop-by-hop headers stay on their hop", func(t *testing.T) {
+		c := h.dial()
+		io.WriteString(c, "GET /public/headers HTTP/1.1\r\nHost: pods\r\nConnection: X-Secret\r\nX-Secret: 1\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nKeep-Alive: 5\r\nX-Kept: yes\r\n\r\n")
+		_, body := readResponse(t, bufio.NewReader(c), "GET")
+		var got http.Header
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"X-Secret", "Proxy-Authorization", "Keep-Alive", "Connection"} {
+			if v := got.Get(name); v != "" {
+				t.Errorf("%s reached the upstream: %q", name, v)
+			}
+		}
+		if got.Get("X-Kept") != "yes" {
+			t.Errorf("an end-to-end header was lost: %v", got)
+		}
+	})
+
+	t.Run("an h2c upgrade goes on as HTTP/1.1", func(t *testing.T) {
+		c := h.dial()
+		io.WriteString(c, "GET /public/h2c HTTP/1.1\r\nHost: pods\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+		resp, body := readResponse(t, bufio.NewReader(c), "GET")
+		if resp.StatusCode != 200 || body != "plain" {
+			t.Errorf("h2c upgrade: %d %q, want 200 \"plain\" (no tunnel)", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("an early answer is not held behind the body", func(t *testing.T) {
+		c := h.dial()
+		// The client waits for 100 Continue before it sends its body.
+		io.WriteString(c, "POST /public/early HTTP/1.1\r\nHost: pods\r\nExpect: 100-continue\r\nContent-Length: 1000000\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, _ := readResponse(t, bufio.NewReader(c), "POST")
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("early answer: %d, want 413", resp.StatusCode)
+		}
+	})
+
+	t.Run("a client gone mid-stream ends the upstream too", func(t *testing.T) {
+		c := h.dial()
+		io.WriteString(c, "GET /public/stream HTTP/1.1\r\nHost: pods\r\n\r\n")
+		br := bufio.NewReader(c)
+		if _, err := http.ReadResponse(br, nil); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		select {
+		case <-stream:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the upstream still streams 10 s after its client went away")
+		}
+	})
+
+	t.Run("HTTP/1.0 keep-alive is one request", func(t *testing.T) {
+		c := h.dial()
+		io.WriteString(c, "GET /public/old HTTP/1.0\r\nHost: pods\r\nConnection: keep-alive\r\n\r\n")
+		resp, _ := readResponse(t, bufio.NewReader(c), "GET")
+		if !resp.Close {
+			t.Errorf("HTTP/1.0 response without Connection: close: %v", resp.Header)
+		}
+	})
+}
+
+// An allowed CONNECT becomes a tunnel: the head, then bytes both ways.
+func TestConnectTunnel(t *testing.T) {
+	uln, err := net.Listen("tcp", net.JoinHostPort(serverIP.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { uln.Close() })
+	go func() {
+		c, err := uln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+		line, _ := br.ReadString('\n')
+		io.WriteString(c, "echo "+line)
+	}()
+	h := newHarnessTo(t, netip.MustParseAddrPort(uln.Addr().String()), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "CONNECT"}}})
+	c := h.dial()
+	io.WriteString(c, "CONNECT pods:443 HTTP/1.1\r\nHost: pods:443\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	io.WriteString(c, "through the tunnel\n")
+	if line, err := br.ReadString('\n'); line != "echo through the tunnel\n" {
+		t.Fatalf("tunnel: %q %v", line, err)
 	}
 }
