@@ -544,8 +544,8 @@ func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 		mark = UpstreamMark(c.srcIdentity(cfg))
 	}
 	src := c.p.upstreamSource(cfg, c.src.Addr(), c.dst.Addr())
-	d.LocalAddr, d.Control = upstreamSocket(mark, src)
-	if d.LocalAddr == nil {
+	d.Control = upstreamControl(mark, src.IsValid())
+	if !src.IsValid() {
 		return d.DialContext(ctx, "tcp", c.dst.String())
 	}
 	for attempt := 1; ; attempt++ {

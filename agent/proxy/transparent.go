@@ -3,7 +3,6 @@ package proxy
 import (
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"syscall"
 
@@ -71,37 +70,30 @@ func upstreamPort() uint16 {
 	return uint16(upstreamPortMin + rand.IntN(upstreamPortMax-upstreamPortMin+1))
 }
 
-// upstreamSocket is the local address and the socket setup of an upstream
-// connection: SO_MARK mark when it is not 0, and for a valid src,
-// IP_TRANSPARENT (the source is not this host's; the dialer binds a port
-// of upstreamPort's, never the client's own) and IP_BIND_ADDRESS_NO_PORT.
-// Both options need CAP_NET_ADMIN.
-func upstreamSocket(mark uint32, src netip.Addr) (net.Addr, func(network, address string, rc syscall.RawConn) error) {
-	if mark == 0 && !src.IsValid() {
-		return nil, nil
+// upstreamControl is the socket setup of an upstream connection: SO_MARK
+// mark when it is not 0, and IP_TRANSPARENT when transparent (the source
+// is the client's address, not this host's; the dialer binds a port of
+// upstreamPort's, never the client's own). Both need CAP_NET_ADMIN. Nil
+// when there is nothing to set.
+func upstreamControl(mark uint32, transparent bool) func(network, address string, rc syscall.RawConn) error {
+	if mark == 0 && !transparent {
+		return nil
 	}
-	control := func(_, _ string, rc syscall.RawConn) error {
+	return func(_, _ string, rc syscall.RawConn) error {
 		return sockopt(rc, func(fd int) error {
 			if mark != 0 {
 				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
 					return fmt.Errorf("SO_MARK: %w", err)
 				}
 			}
-			if src.IsValid() {
+			if transparent {
 				if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
 					return fmt.Errorf("IP_TRANSPARENT: %w", err)
-				}
-				if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
-					return fmt.Errorf("IP_BIND_ADDRESS_NO_PORT: %w", err)
 				}
 			}
 			return nil
 		})
 	}
-	if !src.IsValid() {
-		return nil, control
-	}
-	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), control
 }
 
 // CheckTransparent tells whether this process may open transparent
