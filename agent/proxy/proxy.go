@@ -122,6 +122,7 @@ func New(o Options) *Proxy {
 		Transport:      roundTripper{},
 		FlushInterval:  0, // responses of unknown length (gRPC, chunked, event streams) are still flushed per write
 		ModifyResponse: func(r *http.Response) error { stateOf(r.Request).status = r.StatusCode; return nil },
+		BufferPool:     copyBuffers{}, // else a new 32 KiB buffer per response
 		ErrorHandler:   p.upstreamError,
 		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 	}
@@ -143,6 +144,14 @@ func (p *Proxy) server(protocols *http.Protocols) *http.Server {
 		},
 	}
 }
+
+// copyBuffers pools the reverse proxy's body copy buffers.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte  { return *copyBufferPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put(&b) }
 
 // LocalAddr is the default OriginalDst: the connection's local address.
 func LocalAddr(c net.Conn) (netip.AddrPort, error) {
