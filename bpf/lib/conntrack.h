@@ -35,7 +35,7 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 
 // ct_entry.flags
 #define CT_F_REPLY 1    // a reply was seen
-#define CT_F_UPSTREAM 2 // opened by the L7 proxy's upstream socket (ct_mark_upstream)
+#define CT_F_UPSTREAM 2 // opened by the L7 proxy's upstream socket: its replies go back to it
 
 static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
 {
@@ -96,28 +96,14 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	return CT_NEW;
 }
 
-// ct_mark_upstream flags the entry p has just created (endpoint ep_id,
-// direction dir) as the L7 proxy's upstream connection: its replies go
-// back to the proxy's socket (ct_lookup). Only packets of the host's own
-// sockets carry the proxy's mark (proxied), so a pod cannot set it.
-static __always_inline void ct_mark_upstream(struct pkt *p, __u16 ep_id, __u8 dir)
+// ct_create starts the entry of p's new flow, with the CT_F_* flags.
+static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy, __u8 flags)
 {
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
-	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-	if (e)
-		e->flags |= CT_F_UPSTREAM;
-}
-
-static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy)
-{
-	struct ct_key k = {
-		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
-		.proto = p->proto, .dir = dir, .ep_id = ep_id,
-	};
-	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer, .proxy_port = proxy};
+	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer, .proxy_port = proxy, .flags = flags};
 	e.state = CT_STATE_NEW;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
 		e.state = CT_STATE_CLOSING;

@@ -56,9 +56,11 @@ static __always_inline int to_node(__u32 peer, __u32 daddr)
 // ingress hook where such replies arrive from another node), a TCP packet
 // of no known connection that is not a SYN and that a socket of the host
 // owns. The latter check costs a socket lookup, only for such packets.
+// ct_flags go into the conntrack entry of a new flow (CT_F_UPSTREAM: the
+// proxy's upstream connection opens it).
 static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *ep, __u8 dir, __u32 peer,
 				   __u32 src_id, __u32 dst_id, __u16 peer_ep, struct pkt *p, __u32 ifindex,
-				   __u32 daddr, __u32 *proxy)
+				   __u32 daddr, __u8 ct_flags, __u32 *proxy)
 {
 	__u64 now = bpf_ktime_get_ns();
 	*proxy = 0;
@@ -85,7 +87,7 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	if (reason == REASON_FORWARDED) {
 		if (p->proto == IPPROTO_TCP)
 			*proxy = v ? v->proxy_port : (any ? any->proxy_port : 0);
-		ct_create(p, ep->ep_id, dir, peer, now, *proxy);
+		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags);
 		if (enforced)
 			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
 	}

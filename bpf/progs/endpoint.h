@@ -28,7 +28,7 @@ int from_container(struct __sk_buff *skb)
 	__u16 dst_ep = dst ? dst->ep_id : 0;
 
 	__u32 proxy;
-	r = enforce(0, src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, &proxy);
+	r = enforce(0, src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, 0, &proxy);
 	// Egress L7: the proxy checks the destination's ingress too. Or a reply
 	// to the proxy's upstream connection (PROXY_UPSTREAM): to its socket,
 	// whatever the destination (the client here or on another node).
@@ -58,7 +58,7 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK; // the node routes it
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
-	r = enforce(0, dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0, &proxy);
+	r = enforce(0, dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0, 0, &proxy);
 	if (r == REASON_FORWARDED && proxy)
 		r = to_proxy(skb, &p, proxy, src->identity);
 	if (r != REASON_FORWARDED)
@@ -101,15 +101,15 @@ int to_container(struct __sk_buff *skb)
 	// L7 rules it has already applied.
 	int from_proxy = proxied(skb, &src_id);
 	__u32 proxy;
-	r = enforce(0, dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0, &proxy);
+	// A connection the proxy's upstream socket opens (from the client's
+	// address) is flagged: the pod's replies go back to the proxy's socket
+	// (from_container).
+	r = enforce(0, dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0,
+		    from_proxy ? CT_F_UPSTREAM : 0, &proxy);
 	if (r == REASON_FORWARDED && proxy && !from_proxy)
 		r = REASON_PROXY_BYPASS; // L7 rules apply: never around the proxy
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, src_ep, src_id, dst->identity, &p);
-	// The proxy's upstream connection opens (from the client's address):
-	// the pod's replies go back to the proxy's socket (from_container).
-	if (from_proxy && new_tcp(&p))
-		ct_mark_upstream(&p, dst->ep_id, DIR_INGRESS);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
 }

@@ -36,7 +36,7 @@ int from_overlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	__u32 proxy;
-	r = enforce(skb, dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0, &proxy);
+	r = enforce(skb, dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, &p, skb->ifindex, 0, 0, &proxy);
 	if (r == REASON_FORWARDED && proxy) {
 		// Ingress L7, or a reply to the proxy's upstream connection (which
 		// has the pod's address): to this node's proxy, up the stack.
