@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -78,29 +79,7 @@ func (u *h1Upstream) idle() {
 	}
 }
 
-// headLimit lets the request head be read up to maxHeaderBytes.
-type headLimit struct {
-	r io.Reader
-	n int64 // left; < 0: no limit (a body is being read)
-}
-
-func (l *headLimit) Read(b []byte) (int, error) {
-	if l.n < 0 {
-		return l.r.Read(b)
-	}
-	if l.n == 0 {
-		return 0, errHeadTooLarge
-	}
-	if int64(len(b)) > l.n {
-		b = b[:l.n]
-	}
-	n, err := l.r.Read(b)
-	l.n -= int64(n)
-	return n, err
-}
-
 var (
-	errHeadTooLarge = errors.New("request head too large")
 	// errUpstream: the upstream could not be reached or gave no response
 	// (the proxy answers 502).
 	errUpstream = errors.New("upstream failed")
@@ -113,10 +92,12 @@ var (
 // closes it, the proxy shuts down, or a request cannot be parsed.
 func (p *Proxy) serveH1(dc *downConn) {
 	defer dc.Close()
-	lim := &headLimit{r: dc}
+	// The head is read up to maxHeaderBytes (then the reader ends), a body
+	// without that limit.
+	lim := &io.LimitedReader{R: dc}
 	br := bufio.NewReaderSize(lim, 4<<10)
 	for !p.closing.Load() {
-		lim.n = maxHeaderBytes
+		lim.N = maxHeaderBytes
 		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 		if _, err := br.Peek(1); err != nil {
 			return
@@ -130,10 +111,10 @@ func (p *Proxy) serveH1(dc *downConn) {
 			err = validRequest(req)
 		}
 		if err != nil {
-			p.badRequest(dc, err, lim.n == 0)
+			p.badRequest(dc, err, lim.N <= 0)
 			return
 		}
-		lim.n = -1
+		lim.N = math.MaxInt64
 		dc.SetReadDeadline(time.Time{})
 		keep, closeNow := p.h1Request(dc, br, req)
 		dc.setBusy(false)
@@ -198,12 +179,12 @@ func validRequest(req *http.Request) error {
 // then closes (letting the client read the answer first).
 func (p *Proxy) badRequest(dc *downConn, err error, tooLarge bool) {
 	var ne net.Error
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne) && ne.Timeout() {
+	if !tooLarge && (errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne) && ne.Timeout()) {
 		return // the client went away or was too slow: nothing to answer
 	}
 	status := http.StatusBadRequest
 	switch {
-	case tooLarge || errors.Is(err, errHeadTooLarge):
+	case tooLarge:
 		status = http.StatusRequestHeaderFieldsTooLarge
 	case errors.Is(err, errExpect):
 		status = http.StatusExpectationFailed
