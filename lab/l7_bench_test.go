@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -55,6 +56,8 @@ type l7Figures struct {
 	newConn   l7Load  // wrk, 16 connections, Connection: close (one request each)
 	pace      int     // ms each paced connection waits between requests
 	proxyKiB  float64 // proxy RSS growth per idle keep-alive connection
+	cpuUs     float64 // the proxy's CPU time (user + system) per keep-alive request, µs
+	switches  float64 // the proxy's context switches (all its threads) per keep-alive request
 }
 
 // BenchmarkL7: HTTP from a client pod to a server pod on the same node,
@@ -109,7 +112,10 @@ func BenchmarkL7(b *testing.B) {
 				f.Close()
 			}()
 		}
+		cpu, sw := cpuSeconds(b, px.pid), contextSwitches(px.pid)
 		f.keepAlive = runWrk(b, l, dir, url, 64, 5, 0, "")
+		f.cpuUs = 1e6 * (cpuSeconds(b, px.pid) - cpu) / (f.keepAlive.rate * 5)
+		f.switches = float64(contextSwitches(px.pid)-sw) / (f.keepAlive.rate * 5)
 		if profiled != nil {
 			<-profiled
 		}
@@ -142,6 +148,7 @@ func BenchmarkL7(b *testing.B) {
 	time.Sleep(11 * time.Second)
 	px.waitProxied(b, l, url, false)
 	l4 := measure("L4-only", l7.pace)
+	ha, haOK := haproxyAnchor(b, l, dir, web.IP, l7.pace)
 
 	row := func(what, unit, metric string, a, base float64) {
 		b.Logf("%-38s L7 allow-all %10.2f %-6s L4-only %10.2f %-6s (%.0f%%)", what, a, unit, base, unit, 100*a/base)
@@ -162,13 +169,143 @@ func BenchmarkL7(b *testing.B) {
 	row("paced p99", "ms", "paced-p99-ms", l7.paced.p99, l4.paced.p99)
 	b.Logf("proxy RSS per idle keep-alive connection: %.1f KiB through the L7 rule (%.0f KiB per 1,000); "+
 		"%.1f KiB under the L4-only rule (connections not through the proxy)", l7.proxyKiB, 1000*l7.proxyKiB, l4.proxyKiB)
+	b.Logf("proxy per keep-alive request: CPU time %.1f µs, %.2f context switches", l7.cpuUs, l7.switches)
+	b.ReportMetric(l7.cpuUs, "proxy-cpu-µs/req")
 	b.Logf("goals: keep-alive req/s through the proxy %.0f%% of L4-only (goal ≥ 60%%); added p99 at half saturation %.2f ms (goal ≤ 1 ms)",
 		100*l7.keepAlive.rate/l4.keepAlive.rate, l7.paced.p99-l4.paced.p99)
+	if haOK {
+		b.Logf("anchor: haproxy %s (HTTP mode, 2 threads) in a pod on the same node, relaying to the server under the L4-only rule:", haproxyVersion())
+		b.Logf("  keep-alive %.0f req/s (%.0f%% of L4-only), p50 %.2f ms, p99 %.2f ms; h2c %.0f req/s (%.0f%%); new connection %.0f conn/s (%.0f%%), p99 %.2f ms",
+			ha.keepAlive.rate, 100*ha.keepAlive.rate/l4.keepAlive.rate, ha.keepAlive.p50, ha.keepAlive.p99,
+			ha.h2.rate, 100*ha.h2.rate/l4.h2.rate, ha.newConn.rate, 100*ha.newConn.rate/l4.newConn.rate, ha.newConn.p99)
+		b.Logf("  paced (same pace) %.0f req/s, p50 %.2f ms, p99 %.2f ms (added p99 %.2f ms); RSS per idle keep-alive connection %.1f KiB; per keep-alive request CPU time %.1f µs, %.2f context switches",
+			ha.paced.rate, ha.paced.p50, ha.paced.p99, ha.paced.p99-l4.paced.p99, ha.proxyKiB, ha.cpuUs, ha.switches)
+		b.ReportMetric(ha.cpuUs, "haproxy-cpu-µs/req")
+		b.ReportMetric(ha.keepAlive.rate/l4.keepAlive.rate, "haproxy-keepalive/l4")
+	}
 	b.ReportMetric(l7.keepAlive.rate/l4.keepAlive.rate, "keepalive-l7/l4")
 	b.ReportMetric(l7.paced.p99-l4.paced.p99, "added-p99-ms-at-half-rate")
 	b.ReportMetric(l7.proxyKiB, "proxy-KiB/conn")
 	b.ReportMetric(l4.proxyKiB, "l4-proxy-KiB/conn")
 	b.ReportMetric(0, "ns/op")
+}
+
+// haproxyAnchor measures the anchor users know (Envoy is not installable
+// here; haproxy is Debian's): haproxy in HTTP mode, keep-alive on both
+// sides, in a pod labelled like the client (the server's L4-only rule
+// admits it) on the same node, relaying to the server at webIP: port 80
+// HTTP/1.1, port 81 h2c to an h2c upstream. The same loads as the proxy's,
+// from the client pod; ok is false (and the reason logged) when haproxy is
+// not installed.
+func haproxyAnchor(b *testing.B, l *lab.Lab, dir, webIP string, pace int) (f l7Figures, ok bool) {
+	b.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		b.Logf("anchor skipped: haproxy is not installed (apt-get install haproxy; make deps installs it)")
+		return f, false
+	}
+	relay := labtest.Pod(b, l, "n1", "relay", "app=client")
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global
+  nbthread 2
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend h1
+  bind :80
+  default_backend web
+frontend h2
+  bind :81 proto h2
+  default_backend web2
+backend web
+  server web %[1]s:80
+backend web2
+  server web %[1]s:80 proto h2
+`, webIP)), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cmd, err := l.PodCommand("relay", "haproxy", "-db", "-f", cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	url := "http://" + relay.IP + "/bench"
+	deadline := time.Now().Add(10 * time.Second)
+	for curlCodes(b, l, "client", url) != "200" {
+		if time.Now().After(deadline) {
+			b.Fatalf("haproxy in pod relay does not answer 200 within 10s: %s", log.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	client, err := l.Pod("client")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var failed int
+	f.proxyKiB, failed = idleConnKiB(b, cmd.Process.Pid, lab.NetNSPath(client.NetNS), relay.IP+":80", 1000)
+	cpu, sw := cpuSeconds(b, cmd.Process.Pid), contextSwitches(cmd.Process.Pid)
+	f.keepAlive = runWrk(b, l, dir, url, 64, 5, 0, "")
+	f.cpuUs = 1e6 * (cpuSeconds(b, cmd.Process.Pid) - cpu) / (f.keepAlive.rate * 5)
+	f.switches = float64(contextSwitches(cmd.Process.Pid)-sw) / (f.keepAlive.rate * 5)
+	f.h2 = runH2load(b, l, dir, "http://"+relay.IP+":81/bench", 64, 5)
+	f.pace = pace
+	f.paced = runWrk(b, l, dir, url, 64, 5, pace, "")
+	f.newConn = runWrk(b, l, dir, url, 16, 3, 0, "Connection: close")
+	for what, n := range map[string]int{"idle": failed, "keep-alive": f.keepAlive.failed, "h2c": f.h2.failed, "paced": f.paced.failed, "Connection: close": f.newConn.failed} {
+		if n > 0 {
+			b.Errorf("haproxy anchor: %s: %d requests failed\n%s", what, n, log.String())
+		}
+	}
+	return f, true
+}
+
+// cpuSeconds is pid's CPU time so far, user and system.
+func cpuSeconds(b *testing.B, pid int) float64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// pid (comm) state ppid ...: utime and stime are fields 14 and 15,
+	// in clock ticks (100 per second).
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
+}
+
+// contextSwitches is the number of context switches of pid's threads so
+// far, voluntary and not.
+func contextSwitches(pid int) int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	var n int
+	for _, t := range tasks {
+		data, _ := os.ReadFile(t)
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.HasSuffix(strings.Fields(line+" x")[0], "ctxt_switches:") {
+				v, _ := strconv.Atoi(strings.Fields(line)[1])
+				n += v
+			}
+		}
+	}
+	return n
+}
+
+// haproxyVersion is haproxy's version number, "?" when unknown.
+func haproxyVersion() string {
+	out, _ := exec.Command("haproxy", "-v").Output()
+	if f := strings.Fields(string(out)); len(f) >= 3 {
+		return f[2]
+	}
+	return "?"
 }
 
 // wrkReport is the wrk script's summary line.
