@@ -1,0 +1,507 @@
+package fqdn
+
+import (
+	"container/heap"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/filament-net/filament/agent/policy/api"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxAddrsPerName = 1000
+	DefaultMaxEntries      = 65536
+	DefaultAliveRecheck    = time.Second
+)
+
+// Config bounds a Cache. Zero fields take the defaults.
+type Config struct {
+	// MinTTL: an answer's TTL below this is raised to it
+	// (--tofqdns-min-ttl); 0: none.
+	MinTTL time.Duration
+	// MaxAddrsPerName bounds the addresses of one name (default 1000): the
+	// name's oldest addresses (earliest expiry, then oldest insert) go first.
+	MaxAddrsPerName int
+	// MaxEntries bounds the (name, address) entries of the whole cache
+	// (default 65536): when full, the entries that expire soonest go first.
+	MaxEntries int
+	// AliveRecheck is how long after an Expire that kept entries past their
+	// expiry (alive) NextExpiry asks for the next Expire (default 1s).
+	AliveRecheck time.Duration
+	// Now is the clock (default time.Now; tests inject a fake one).
+	Now func() time.Time
+}
+
+// Cache is the agent's DNS name cache. It is safe for concurrent use.
+//
+// Each (name, address) entry has an expiry (the answer's TTL, raised to
+// MinTTL, the latest of the answers that carried it) and the endpoints that
+// asked. Entries whose expiry has passed leave on Expire unless an open
+// connection still uses the address (then they are "held" until it ends).
+// Each registered selector keeps the names it matches and a count per
+// address, so an Update matches only the new name against the selectors and
+// Addrs reads only that selector's addresses.
+type Cache struct {
+	mu    sync.Mutex
+	cfg   Config
+	names map[string]*name
+	sels  map[string]*selector
+	live  entryHeap // entries not held, by (expires, seq)
+	held  entryHeap // entries kept past their expiry for a live connection
+	seq   uint64
+	// lastSweep is the time of the last Expire (unix ns), the base of the
+	// held entries' next check.
+	lastSweep int64
+}
+
+type name struct {
+	name    string
+	entries []*entry // sorted by address
+	sels    []*selector
+	dead    bool // removed from the cache
+}
+
+type entry struct {
+	n       *name
+	expires int64  // unix ns
+	seq     uint64 // insertion order
+	eps     []uint16
+	idx     int // position in its heap
+	addr    [4]byte
+	held    bool
+}
+
+type selector struct {
+	key   string
+	m     *Matcher
+	names map[*name]struct{}
+	addrs map[[4]byte]int32 // how many of names have the address
+}
+
+// NewCache returns an empty cache bounded by cfg.
+func NewCache(cfg Config) *Cache {
+	if cfg.MaxAddrsPerName <= 0 {
+		cfg.MaxAddrsPerName = DefaultMaxAddrsPerName
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	if cfg.AliveRecheck <= 0 {
+		cfg.AliveRecheck = DefaultAliveRecheck
+	}
+	if cfg.MinTTL < 0 {
+		cfg.MinTTL = 0
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Cache{
+		cfg:   cfg,
+		names: map[string]*name{},
+		sels:  map[string]*selector{},
+	}
+}
+
+// changes collects the selector keys whose address set changed.
+type changes map[string]struct{}
+
+func (ch changes) sorted() []string {
+	if len(ch) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(ch))
+	for k := range ch {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// SetSelectors replaces the toFQDNs selectors in use. Each key must be
+// SelectorKey of its selector. It returns the keys whose address set changed
+// (sorted): a new selector that matches names with addresses, a removed one
+// that had addresses. On error (a selector that does not compile, a key that
+// is not its SelectorKey) nothing changes.
+func (c *Cache) SetSelectors(sels map[string]api.FQDNSelector) (changed []string, err error) {
+	compiled := make(map[string]*Matcher, len(sels))
+	for k, s := range sels {
+		if want := SelectorKey(s); k != want {
+			return nil, fmt.Errorf("%w: key %q is not the selector's key %q", ErrBadSelector, k, want)
+		}
+		m, err := Compile(s)
+		if err != nil {
+			return nil, err
+		}
+		compiled[k] = m
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := changes{}
+	for k, s := range c.sels {
+		if _, ok := compiled[k]; ok {
+			continue
+		}
+		if len(s.addrs) > 0 {
+			ch[k] = struct{}{}
+		}
+		for n := range s.names {
+			n.sels = slices.DeleteFunc(n.sels, func(x *selector) bool { return x == s })
+		}
+		delete(c.sels, k)
+	}
+	for k, m := range compiled {
+		if _, ok := c.sels[k]; ok {
+			continue
+		}
+		s := &selector{key: k, m: m, names: map[*name]struct{}{}, addrs: map[[4]byte]int32{}}
+		c.sels[k] = s
+		for _, n := range c.names {
+			if m.Match(n.name) {
+				s.link(n)
+			}
+		}
+		if len(s.addrs) > 0 {
+			ch[k] = struct{}{}
+		}
+	}
+	return ch.sorted(), nil
+}
+
+// link adds n (and its addresses) to s.
+func (s *selector) link(n *name) {
+	s.names[n] = struct{}{}
+	n.sels = append(n.sels, s)
+	for _, e := range n.entries {
+		s.addrs[e.addr]++
+	}
+}
+
+// Update records an allowed answer: endpoint ep asked for qname and got
+// addrs with ttl. Only IPv4 addresses are kept (IPv4-mapped IPv6 ones are
+// not IPv4). An answer whose name is not a DNS name of at most 255 bytes is
+// ignored. An address already known for the name gets the later expiry.
+// Update returns the selector keys whose address set changed (sorted).
+func (c *Cache) Update(ep uint16, qname string, addrs []netip.Addr, ttl time.Duration) (changed []string) {
+	nm := Normalize(qname)
+	if !validName(nm, false) {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ttl < c.cfg.MinTTL {
+		ttl = c.cfg.MinTTL
+	}
+	if ttl < 0 {
+		ttl = 0
+	}
+	now := c.cfg.Now()
+	expires := now.Add(ttl).UnixNano()
+	ch := changes{}
+	var n *name
+	for _, a := range addrs {
+		if !a.Is4() {
+			continue
+		}
+		if n == nil || n.dead {
+			n = c.nameFor(nm)
+		}
+		c.add(n, a.As4(), expires, []uint16{ep}, ch)
+	}
+	return ch.sorted()
+}
+
+// nameFor returns the name nm, created (and matched against the selectors)
+// when not in the cache.
+func (c *Cache) nameFor(nm string) *name {
+	if n, ok := c.names[nm]; ok {
+		return n
+	}
+	n := &name{name: nm}
+	c.names[nm] = n
+	for _, s := range c.sels {
+		if s.m.Match(nm) {
+			s.link(n)
+		}
+	}
+	return n
+}
+
+// add records addr for n until expires, asked by eps, then applies the
+// bounds.
+func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch changes) {
+	i, found := slices.BinarySearchFunc(n.entries, addr, func(e *entry, a [4]byte) int { return compareAddr(e.addr, a) })
+	if found {
+		e := n.entries[i]
+		for _, ep := range eps {
+			e.addEndpoint(ep)
+		}
+		if expires > e.expires {
+			e.expires = expires
+			if e.held {
+				heap.Remove(&c.held, e.idx)
+				e.held = false
+				heap.Push(&c.live, e)
+			} else {
+				heap.Fix(&c.live, e.idx)
+			}
+		}
+		return
+	}
+	c.seq++
+	e := &entry{n: n, expires: expires, seq: c.seq, addr: addr}
+	for _, ep := range eps {
+		e.addEndpoint(ep)
+	}
+	n.entries = slices.Insert(n.entries, i, e)
+	heap.Push(&c.live, e)
+	for _, s := range n.sels {
+		if s.addrs[addr]++; s.addrs[addr] == 1 {
+			ch[s.key] = struct{}{}
+		}
+	}
+	for len(n.entries) > c.cfg.MaxAddrsPerName {
+		victim := n.entries[0]
+		for _, x := range n.entries[1:] {
+			if evictsBefore(x, victim) {
+				victim = x
+			}
+		}
+		c.remove(victim, ch)
+	}
+	for c.size() > c.cfg.MaxEntries {
+		if c.live.Len() > 0 {
+			c.remove(c.live.s[0], ch)
+		} else {
+			c.remove(c.held.s[0], ch)
+		}
+	}
+}
+
+// evictsBefore orders the entries of a name for its cap: entries not held
+// before held ones, then earliest expiry, then oldest insert.
+func evictsBefore(a, b *entry) bool {
+	if a.held != b.held {
+		return !a.held
+	}
+	if a.expires != b.expires {
+		return a.expires < b.expires
+	}
+	return a.seq < b.seq
+}
+
+func (e *entry) addEndpoint(ep uint16) {
+	if i, ok := slices.BinarySearch(e.eps, ep); !ok {
+		e.eps = slices.Insert(e.eps, i, ep)
+	}
+}
+
+// remove drops e from the cache, and its name when e was the last entry.
+func (c *Cache) remove(e *entry, ch changes) {
+	if e.held {
+		heap.Remove(&c.held, e.idx)
+	} else {
+		heap.Remove(&c.live, e.idx)
+	}
+	n := e.n
+	if i, ok := slices.BinarySearchFunc(n.entries, e.addr, func(x *entry, a [4]byte) int { return compareAddr(x.addr, a) }); ok {
+		n.entries = slices.Delete(n.entries, i, i+1)
+	}
+	for _, s := range n.sels {
+		if s.addrs[e.addr]--; s.addrs[e.addr] <= 0 {
+			delete(s.addrs, e.addr)
+			ch[s.key] = struct{}{}
+		}
+	}
+	e.n = nil
+	if len(n.entries) == 0 {
+		for _, s := range n.sels {
+			delete(s.names, n)
+		}
+		n.sels = nil
+		n.dead = true
+		delete(c.names, n.name)
+	}
+}
+
+func compareAddr(a, b [4]byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return int(a[i]) - int(b[i])
+		}
+	}
+	return 0
+}
+
+// Addrs returns the addresses of every name the selector key matches, sorted
+// and deduplicated: the cache's entries, including those kept past their
+// expiry by alive (Expire removes the others). Unknown keys have none.
+func (c *Cache) Addrs(key string) []netip.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.sels[key]
+	if !ok || len(s.addrs) == 0 {
+		return nil
+	}
+	out := make([]netip.Addr, 0, len(s.addrs))
+	for a := range s.addrs {
+		out = append(out, netip.AddrFrom4(a))
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// Expire removes the entries whose expiry has passed, except those for
+// which alive(addr) is true (an open connection to the address still uses
+// it: it stays until alive says otherwise on a later Expire). alive may be
+// nil (nothing is alive); it is called with the cache locked and must not
+// call the cache. Expire returns the changed selector keys (sorted).
+func (c *Cache) Expire(alive func(netip.Addr) bool) (changed []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Now().UnixNano()
+	c.lastSweep = now
+	ch := changes{}
+	isAlive := func(e *entry) bool { return alive != nil && alive(netip.AddrFrom4(e.addr)) }
+	// Held entries first: those still alive stay, the others go.
+	for _, e := range slices.Clone(c.held.s) {
+		if !isAlive(e) {
+			c.remove(e, ch)
+		}
+	}
+	for c.live.Len() > 0 && c.live.s[0].expires <= now {
+		e := c.live.s[0]
+		if isAlive(e) {
+			heap.Remove(&c.live, e.idx)
+			e.held = true
+			heap.Push(&c.held, e)
+			continue
+		}
+		c.remove(e, ch)
+	}
+	return ch.sorted()
+}
+
+// NextExpiry is when Expire next has work: the earliest expiry of an entry,
+// or, when entries are kept past their expiry by alive, AliveRecheck after
+// the last Expire if that is earlier. Zero when the cache is empty.
+func (c *Cache) NextExpiry() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var t int64
+	ok := false
+	if c.live.Len() > 0 {
+		t, ok = c.live.s[0].expires, true
+	}
+	if c.held.Len() > 0 {
+		r := c.lastSweep + int64(c.cfg.AliveRecheck)
+		if !ok || r < t {
+			t, ok = r, true
+		}
+	}
+	if !ok {
+		return time.Time{}
+	}
+	return time.Unix(0, t)
+}
+
+// Forget drops what endpoint ep asked (the endpoint is deleted): an entry
+// stays while another endpoint asked for it too. It returns the changed
+// selector keys (sorted).
+func (c *Cache) Forget(ep uint16) (changed []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := changes{}
+	var gone []*entry
+	for _, n := range c.names {
+		for _, e := range n.entries {
+			if i, ok := slices.BinarySearch(e.eps, ep); ok {
+				e.eps = slices.Delete(e.eps, i, i+1)
+				if len(e.eps) == 0 {
+					gone = append(gone, e)
+				}
+			}
+		}
+	}
+	for _, e := range gone {
+		c.remove(e, ch)
+	}
+	return ch.sorted()
+}
+
+// Entry is one (name, address) of the cache, as `filament fqdn cache list`
+// shows it and Save stores it.
+type Entry struct {
+	Name      string     `json:"name"`
+	Addr      netip.Addr `json:"addr"`
+	Expires   time.Time  `json:"expires"`
+	Endpoints []uint16   `json:"endpoints"`
+}
+
+// List returns one Entry per (name, address), sorted by name then address.
+// An entry kept past its expiry by alive shows its passed expiry.
+func (c *Cache) List() []Entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := make([]string, 0, len(c.names))
+	for k := range c.names {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]Entry, 0, c.size())
+	for _, k := range keys {
+		for _, e := range c.names[k].entries {
+			out = append(out, Entry{
+				Name:      k,
+				Addr:      netip.AddrFrom4(e.addr),
+				Expires:   time.Unix(0, e.expires).UTC(),
+				Endpoints: slices.Clone(e.eps),
+			})
+		}
+	}
+	return out
+}
+
+// Len is the number of (name, address) entries.
+func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.size()
+}
+
+// size is Len with the lock held.
+func (c *Cache) size() int { return c.live.Len() + c.held.Len() }
+
+// entryHeap is a min-heap of entries by (expires, seq); each entry knows its
+// index.
+type entryHeap struct{ s []*entry }
+
+func (h *entryHeap) Len() int { return len(h.s) }
+func (h *entryHeap) Less(i, j int) bool {
+	a, b := h.s[i], h.s[j]
+	if a.expires != b.expires {
+		return a.expires < b.expires
+	}
+	return a.seq < b.seq
+}
+func (h *entryHeap) Swap(i, j int) {
+	h.s[i], h.s[j] = h.s[j], h.s[i]
+	h.s[i].idx, h.s[j].idx = i, j
+}
+func (h *entryHeap) Push(x any) {
+	e := x.(*entry)
+	e.idx = len(h.s)
+	h.s = append(h.s, e)
+}
+func (h *entryHeap) Pop() any {
+	n := len(h.s) - 1
+	e := h.s[n]
+	h.s[n] = nil
+	h.s = h.s[:n]
+	e.idx = -1
+	return e
+}

@@ -1,0 +1,461 @@
+package fqdn
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/policy/api"
+)
+
+// clock is a fake clock for Config.Now.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+func newClock() *clock                   { return &clock{t: time.Unix(1_800_000_000, 0)} }
+func ips(ss ...string) (out []netip.Addr) {
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func sels(ss ...api.FQDNSelector) map[string]api.FQDNSelector {
+	m := map[string]api.FQDNSelector{}
+	for _, s := range ss {
+		m[SelectorKey(s)] = s
+	}
+	return m
+}
+
+var (
+	selWild = api.FQDNSelector{MatchPattern: "*.example.com"}
+	selName = api.FQDNSelector{MatchName: "api.example.com"}
+	selAll  = api.FQDNSelector{MatchPattern: "*"}
+	kWild   = SelectorKey(selWild)
+	kName   = SelectorKey(selName)
+	kAll    = SelectorKey(selAll)
+)
+
+func eq[T any](t *testing.T, what string, got, want T) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s = %v, want %v", what, got, want)
+	}
+}
+
+func TestSelectorsAndUpdate(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now})
+	ch, err := c.SetSelectors(sels(selWild))
+	eq(t, "SetSelectors changed", ch, []string(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	eq(t, "Update api changed", c.Update(1, "API.example.com", ips("10.0.0.1", "10.0.0.2", "fd00::1"), time.Minute), []string{kWild})
+	eq(t, "Addrs", c.Addrs(kWild), ips("10.0.0.1", "10.0.0.2"))
+	// The same answer again: nothing changes.
+	eq(t, "Update again", c.Update(1, "api.example.com.", ips("10.0.0.2"), time.Minute), []string(nil))
+	// A name no selector matches: stored, no change.
+	eq(t, "Update other", c.Update(1, "example.org", ips("10.0.0.9"), time.Minute), []string(nil))
+	// An address another matched name already has: the selector's set is the same.
+	eq(t, "Update www", c.Update(2, "www.example.com", ips("10.0.0.1"), time.Minute), []string(nil))
+	eq(t, "Len", c.Len(), 4)
+	// IPv6, IPv4-mapped and invalid addresses are ignored.
+	eq(t, "Update v6 only", c.Update(2, "v6.example.com", ips("fd00::2", "::ffff:10.0.0.7"), time.Minute), []string(nil))
+	eq(t, "Update zero addr", c.Update(2, "v6.example.com", []netip.Addr{{}}, time.Minute), []string(nil))
+	eq(t, "Len after v6", c.Len(), 4)
+
+	// Adding selectors: the new ones with matching names are changed.
+	ch, err = c.SetSelectors(sels(selWild, selName, selAll, api.FQDNSelector{MatchName: "none.example.com"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "SetSelectors add", ch, []string{kName, kAll})
+	eq(t, "Addrs name", c.Addrs(kName), ips("10.0.0.1", "10.0.0.2"))
+	eq(t, "Addrs all", c.Addrs(kAll), ips("10.0.0.1", "10.0.0.2", "10.0.0.9"))
+	eq(t, "Addrs none", c.Addrs("fqdn:name:none.example.com."), []netip.Addr(nil))
+	eq(t, "Addrs unknown", c.Addrs("fqdn:name:x."), []netip.Addr(nil))
+
+	// A new address for a matched name changes every selector matching it.
+	eq(t, "Update new addr", c.Update(1, "api.example.com", ips("10.0.0.3"), time.Minute), []string{kName, kAll, kWild})
+
+	// A bad selector: error, nothing changes.
+	if _, err := c.SetSelectors(sels(api.FQDNSelector{MatchPattern: "a b"})); !errors.Is(err, ErrBadSelector) {
+		t.Fatalf("SetSelectors bad: %v", err)
+	}
+	if _, err := c.SetSelectors(map[string]api.FQDNSelector{"x": selName}); !errors.Is(err, ErrBadSelector) || !strings.Contains(err.Error(), `"x"`) {
+		t.Fatalf("SetSelectors wrong key: %v", err)
+	}
+	eq(t, "Addrs name after bad", c.Addrs(kName), ips("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+
+	// Removing selectors: the removed ones that had addresses are changed.
+	ch, err = c.SetSelectors(sels(selName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "SetSelectors remove", ch, []string{kAll, kWild})
+	eq(t, "Addrs removed", c.Addrs(kWild), []netip.Addr(nil))
+	eq(t, "Update www after remove", c.Update(2, "www.example.com", ips("10.0.0.8"), time.Minute), []string(nil))
+	eq(t, "Addrs name kept", c.Addrs(kName), ips("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+	checkInvariants(t, c)
+}
+
+func TestUpdateHostileNames(t *testing.T) {
+	c := NewCache(Config{})
+	if _, err := c.SetSelectors(sels(selAll)); err != nil {
+		t.Fatal(err)
+	}
+	a := ips("10.0.0.1")
+	for _, n := range []string{
+		"", ".", "..", "a..b", "a b.com", "é.com", "a\x00.com", "*.example.com", "a/b",
+		strings.Repeat("a", 256), strings.Repeat("a.", 128) + "b",
+	} {
+		if ch := c.Update(1, n, a, time.Minute); ch != nil || c.Len() != 0 {
+			t.Fatalf("Update(%q) kept it: changed %v, Len %d", n, ch, c.Len())
+		}
+	}
+	// The longest name kept: 255 bytes with its trailing dot.
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 62)
+	eq(t, "Update long", c.Update(1, long, a, time.Minute), []string{kAll})
+	eq(t, "List long", c.List()[0].Name, long+".")
+}
+
+func TestExpiry(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now, MinTTL: 10 * time.Second})
+	if _, err := c.SetSelectors(sels(selWild)); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "NextExpiry empty", c.NextExpiry(), time.Time{})
+	t0 := clk.t
+	c.Update(1, "a.example.com", ips("10.0.0.1"), time.Second) // raised to MinTTL
+	c.Update(1, "b.example.com", ips("10.0.0.2"), 30*time.Second)
+	eq(t, "NextExpiry", c.NextExpiry(), t0.Add(10*time.Second))
+
+	clk.advance(9 * time.Second)
+	eq(t, "Expire before MinTTL", c.Expire(nil), []string(nil))
+	eq(t, "Addrs", c.Addrs(kWild), ips("10.0.0.1", "10.0.0.2"))
+	// A later answer extends a.example.com; an earlier one does not shorten it.
+	c.Update(2, "a.example.com", ips("10.0.0.1"), 20*time.Second)
+	c.Update(3, "a.example.com", ips("10.0.0.1"), 0)
+	eq(t, "List a", c.List()[0], Entry{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.1"), Expires: t0.Add(29 * time.Second).UTC(), Endpoints: []uint16{1, 2, 3}})
+
+	clk.advance(21 * time.Second) // t0+30s: both expired
+	eq(t, "NextExpiry passed", c.NextExpiry(), t0.Add(29*time.Second))
+	eq(t, "Expire all", c.Expire(nil), []string{kWild})
+	eq(t, "Len", c.Len(), 0)
+	eq(t, "Addrs after", c.Addrs(kWild), []netip.Addr(nil))
+	eq(t, "NextExpiry after", c.NextExpiry(), time.Time{})
+	checkInvariants(t, c)
+}
+
+func TestExpireAlive(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now, AliveRecheck: 5 * time.Second})
+	if _, err := c.SetSelectors(sels(selWild)); err != nil {
+		t.Fatal(err)
+	}
+	c.Update(1, "a.example.com", ips("10.0.0.1", "10.0.0.2"), time.Second)
+	c.Update(1, "b.example.com", ips("10.0.0.3"), time.Hour)
+	conns := map[netip.Addr]bool{netip.MustParseAddr("10.0.0.1"): true}
+	alive := func(a netip.Addr) bool { return conns[a] }
+
+	clk.advance(2 * time.Second)
+	eq(t, "Expire with a connection", c.Expire(alive), []string{kWild})
+	eq(t, "Addrs held", c.Addrs(kWild), ips("10.0.0.1", "10.0.0.3"))
+	// The held entry is checked again AliveRecheck after this Expire.
+	eq(t, "NextExpiry held", c.NextExpiry(), clk.t.Add(5*time.Second))
+
+	clk.advance(5 * time.Second)
+	eq(t, "Expire still alive", c.Expire(alive), []string(nil))
+	eq(t, "Addrs still held", c.Addrs(kWild), ips("10.0.0.1", "10.0.0.3"))
+
+	// A new answer makes a held entry an ordinary one again.
+	c.Update(2, "a.example.com", ips("10.0.0.1"), time.Minute)
+	eq(t, "NextExpiry refreshed", c.NextExpiry(), clk.t.Add(time.Minute))
+	clk.advance(time.Minute)
+	eq(t, "Expire held again", c.Expire(alive), []string(nil))
+
+	// The connection ends: the next Expire drops the address.
+	delete(conns, netip.MustParseAddr("10.0.0.1"))
+	clk.advance(5 * time.Second)
+	eq(t, "Expire after close", c.Expire(alive), []string{kWild})
+	eq(t, "Addrs after close", c.Addrs(kWild), ips("10.0.0.3"))
+	eq(t, "NextExpiry only b", c.NextExpiry(), time.Unix(0, c.live.s[0].expires))
+	checkInvariants(t, c)
+}
+
+func TestMaxAddrsPerName(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now, MaxAddrsPerName: 3})
+	if _, err := c.SetSelectors(sels(selName)); err != nil {
+		t.Fatal(err)
+	}
+	c.Update(1, "api.example.com", ips("10.0.0.1"), time.Hour) // latest expiry
+	c.Update(1, "api.example.com", ips("10.0.0.2"), time.Minute)
+	c.Update(1, "api.example.com", ips("10.0.0.3"), time.Minute)
+	// Full: the earliest expiry, then the oldest insert goes (10.0.0.2).
+	eq(t, "Update 4th", c.Update(1, "api.example.com", ips("10.0.0.4"), time.Minute), []string{kName})
+	eq(t, "Addrs", c.Addrs(kName), ips("10.0.0.1", "10.0.0.3", "10.0.0.4"))
+	// One answer with many addresses keeps the cap too.
+	var many []netip.Addr
+	for i := range 50 {
+		many = append(many, netip.AddrFrom4([4]byte{10, 1, 0, byte(i)}))
+	}
+	c.Update(1, "api.example.com", many, 2*time.Hour)
+	eq(t, "Addrs many", c.Addrs(kName), many[47:])
+	checkInvariants(t, c)
+}
+
+func TestMaxEntries(t *testing.T) {
+	clk := newClock()
+	const max = 10_000
+	c := NewCache(Config{Now: clk.now, MaxEntries: max})
+	if _, err := c.SetSelectors(sels(selWild, selAll)); err != nil {
+		t.Fatal(err)
+	}
+	// One long-lived name survives the flood of short-lived ones.
+	c.Update(1, "keep.example.com", ips("192.0.2.1"), 24*time.Hour)
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	var full uint64
+	for i := range 100_000 {
+		n := fmt.Sprintf("host-%d.example.com", i)
+		c.Update(uint16(i%7), n, []netip.Addr{netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})}, time.Minute+time.Duration(i)*time.Millisecond)
+		if l := c.Len(); l > max {
+			t.Fatalf("after %d names Len = %d > %d", i+1, l, max)
+		}
+		if i == 2*max {
+			full = heap()
+		}
+	}
+	eq(t, "Len", c.Len(), max)
+	eq(t, "names", len(c.names), max)
+	after := heap()
+	// Bounded: 80,000 more names past the cap add (next to) nothing; and
+	// the whole cache stays far below 1 KiB per entry.
+	if after > full+4<<20 || after > 64<<20 {
+		t.Fatalf("heap grew from %d to %d bytes over 80,000 names past the cap", full, after)
+	}
+	t.Logf("heap with the cap of %d entries full: %d then %d bytes", max, full, after)
+	if !slices.Contains(c.Addrs(kWild), netip.MustParseAddr("192.0.2.1")) {
+		t.Fatal("the long-lived entry was evicted before short-lived ones")
+	}
+	// The newest (latest expiring) names are those kept.
+	l := c.List()
+	if !slices.ContainsFunc(l, func(e Entry) bool { return e.Name == "host-99999.example.com." }) ||
+		slices.ContainsFunc(l, func(e Entry) bool { return e.Name == "host-89999.example.com." }) {
+		t.Fatal("eviction did not take the soonest expiring entries")
+	}
+	eq(t, "Addrs all len", len(c.Addrs(kAll)), max)
+	checkInvariants(t, c)
+}
+
+func TestForget(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now})
+	if _, err := c.SetSelectors(sels(selWild)); err != nil {
+		t.Fatal(err)
+	}
+	c.Update(1, "a.example.com", ips("10.0.0.1"), time.Minute)
+	c.Update(2, "a.example.com", ips("10.0.0.1", "10.0.0.2"), time.Minute)
+	c.Update(1, "b.example.com", ips("10.0.0.3"), time.Minute)
+	eq(t, "Forget 1", c.Forget(1), []string{kWild})
+	eq(t, "Addrs", c.Addrs(kWild), ips("10.0.0.1", "10.0.0.2"))
+	eq(t, "List", c.List(), []Entry{
+		{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.1"), Expires: clk.t.Add(time.Minute).UTC(), Endpoints: []uint16{2}},
+		{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.2"), Expires: clk.t.Add(time.Minute).UTC(), Endpoints: []uint16{2}},
+	})
+	eq(t, "Forget unknown", c.Forget(9), []string(nil))
+	eq(t, "Forget 2", c.Forget(2), []string{kWild})
+	eq(t, "Len", c.Len(), 0)
+	checkInvariants(t, c)
+}
+
+func TestSaveLoad(t *testing.T) {
+	clk := newClock()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "fqdn.json")
+	c := NewCache(Config{Now: clk.now})
+	c.Update(1, "a.example.com", ips("10.0.0.1", "10.0.0.2"), time.Minute)
+	c.Update(2, "a.example.com", ips("10.0.0.2"), time.Hour)
+	c.Update(3, "short.example.com", ips("10.0.0.3"), time.Second)
+	c.Update(4, "b.example.org", ips("10.0.0.4"), time.Hour)
+	if err := c.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("saved file: %v %v", fi, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("temporary files left: %v", ents)
+	}
+
+	clk.advance(2 * time.Second)
+	d := NewCache(Config{Now: clk.now, MaxAddrsPerName: 1})
+	if _, err := d.SetSelectors(sels(selWild)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	// short.example.com expired; a.example.com keeps one address (the bound),
+	// the latest expiring.
+	want := []Entry{
+		{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.2"), Expires: clk.t.Add(time.Hour - 2*time.Second).UTC(), Endpoints: []uint16{1, 2}},
+		{Name: "b.example.org.", Addr: netip.MustParseAddr("10.0.0.4"), Expires: clk.t.Add(time.Hour - 2*time.Second).UTC(), Endpoints: []uint16{4}},
+	}
+	eq(t, "List loaded", d.List(), want)
+	eq(t, "Addrs loaded", d.Addrs(kWild), ips("10.0.0.2"))
+	checkInvariants(t, d)
+
+	// A missing file: no error, empty cache.
+	if err := d.Load(filepath.Join(dir, "missing")); err != nil || d.Len() != 0 {
+		t.Fatalf("Load missing: %v, Len %d", err, d.Len())
+	}
+	// Saving over an existing file replaces it.
+	if err := d.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Load(path); err != nil || d.Len() != 0 {
+		t.Fatalf("Load of an empty save: %v, Len %d", err, d.Len())
+	}
+}
+
+func TestLoadCorrupt(t *testing.T) {
+	clk := newClock()
+	dir := t.TempDir()
+	exp := clk.t.Add(time.Hour).Format(time.RFC3339Nano)
+	ent := func(name, addr, eps string) string {
+		return `{"version":1,"entries":[{"name":"` + name + `","addr":"` + addr + `","expires":"` + exp + `","endpoints":` + eps + `}]}`
+	}
+	for i, body := range []string{
+		"",
+		"{",
+		"[]",
+		`{"version":2,"entries":[]}`,
+		`{"version":1,"entries":[],"extra":1}`,
+		`{"version":1,"entries":[]} {}`,
+		ent("a.example.com", "10.0.0.1", "[1]"), // not normalized
+		ent("a b.com.", "10.0.0.1", "[1]"),
+		ent("a.example.com.", "fd00::1", "[1]"),
+		ent("a.example.com.", "10.0.0.256", "[1]"),
+		ent("a.example.com.", "10.0.0.1", "[]"),
+		ent("a.example.com.", "10.0.0.1", "[70000]"),
+	} {
+		c := NewCache(Config{Now: clk.now})
+		c.Update(1, "old.example.com", ips("10.9.9.9"), time.Hour)
+		path := filepath.Join(dir, fmt.Sprint(i))
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Load(path); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("Load(%q) = %v, want ErrCorrupt", body, err)
+		}
+		if c.Len() != 0 {
+			t.Errorf("Load(%q) left %d entries", body, c.Len())
+		}
+	}
+	// The good form of the same entry loads.
+	c := NewCache(Config{Now: clk.now})
+	path := filepath.Join(dir, "good")
+	if err := os.WriteFile(path, []byte(ent("a.example.com.", "10.0.0.1", "[2,1,2]")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "endpoints", c.List()[0].Endpoints, []uint16{1, 2})
+}
+
+// checkInvariants checks the cache's internal consistency and bounds.
+func checkInvariants(t testing.TB, c *Cache) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.size() > c.cfg.MaxEntries {
+		t.Fatalf("%d entries > MaxEntries %d", c.size(), c.cfg.MaxEntries)
+	}
+	total := 0
+	for k, n := range c.names {
+		if n.name != k || n.dead || len(n.entries) == 0 || len(n.entries) > c.cfg.MaxAddrsPerName || !validName(k, false) {
+			t.Fatalf("name %q: %d entries, dead %v", k, len(n.entries), n.dead)
+		}
+		total += len(n.entries)
+		for i, e := range n.entries {
+			if e.n != n || (i > 0 && compareAddr(n.entries[i-1].addr, e.addr) >= 0) || len(e.eps) == 0 || !slices.IsSorted(e.eps) {
+				t.Fatalf("name %q entry %v out of order or without endpoints", k, e.addr)
+			}
+			h := &c.live
+			if e.held {
+				h = &c.held
+			}
+			if e.idx < 0 || e.idx >= len(h.s) || h.s[e.idx] != e {
+				t.Fatalf("name %q entry %v not at its heap index", k, e.addr)
+			}
+		}
+	}
+	if total != c.size() {
+		t.Fatalf("names hold %d entries, heaps %d", total, c.size())
+	}
+	for k, s := range c.sels {
+		want := map[[4]byte]int32{}
+		nn := 0
+		for _, n := range c.names {
+			match := s.m.Match(n.name)
+			if _, in := s.names[n]; in != match || slices.Contains(n.sels, s) != match {
+				t.Fatalf("selector %s and name %q: match %v, linked %v", k, n.name, match, in)
+			}
+			if match {
+				nn++
+				for _, e := range n.entries {
+					want[e.addr]++
+				}
+			}
+		}
+		if nn != len(s.names) || !reflect.DeepEqual(want, s.addrs) && (len(want) > 0 || len(s.addrs) > 0) {
+			t.Fatalf("selector %s: %d names (want %d), addrs %v want %v", k, len(s.names), nn, s.addrs, want)
+		}
+	}
+}
+
+func BenchmarkUpdate(b *testing.B) {
+	c := NewCache(Config{})
+	m := map[string]api.FQDNSelector{}
+	for i := range 9 {
+		s := api.FQDNSelector{MatchPattern: fmt.Sprintf("*.svc%d.example.com", i)}
+		m[SelectorKey(s)] = s
+	}
+	m[SelectorKey(api.FQDNSelector{MatchName: "api.example.com"})] = api.FQDNSelector{MatchName: "api.example.com"}
+	if _, err := c.SetSelectors(m); err != nil {
+		b.Fatal(err)
+	}
+	const names = 100_000
+	ns := make([]string, names)
+	as := make([][]netip.Addr, names)
+	for i := range ns {
+		ns[i] = fmt.Sprintf("host-%d.svc%d.example.com", i, i%12) // 3 of 12 suffixes match no selector
+		as[i] = []netip.Addr{netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		c.Update(uint16(i%16), ns[i%names], as[i%names], time.Minute)
+	}
+}

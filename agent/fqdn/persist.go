@@ -1,0 +1,137 @@
+package fqdn
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// ErrCorrupt is wrapped by Load's error for a file that is not a saved
+// cache.
+var ErrCorrupt = errors.New("corrupt fqdn cache file")
+
+// fileVersion is the version of the saved form.
+const fileVersion = 1
+
+type savedCache struct {
+	Version int     `json:"version"`
+	Entries []Entry `json:"entries"`
+}
+
+// Save writes the cache's entries to path (JSON, mode 0600) atomically: a
+// temporary file in the same directory, synced, then renamed over path.
+func (c *Cache) Save(path string) error {
+	b, err := json.Marshal(savedCache{Version: fileVersion, Entries: c.List()})
+	if err != nil {
+		return fmt.Errorf("fqdn cache: %w", err)
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("fqdn cache: %w", err)
+	}
+	tmp := f.Name()
+	err = f.Chmod(0o600)
+	if err == nil {
+		_, err = f.Write(b)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("fqdn cache: saving %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // best effort: the rename survives a crash
+		d.Close()
+	}
+	return nil
+}
+
+// Load replaces the cache's entries with those saved in path, dropping the
+// expired ones and applying the cache's bounds (MaxAddrsPerName,
+// MaxEntries) as Update does. The selectors stay; read their Addrs after
+// Load (it reports no changes). A missing file is no error and leaves the
+// cache empty; a file that is not a saved cache (bad JSON, unknown version,
+// a bad name, address or endpoint list) returns an error wrapping ErrCorrupt
+// and leaves the cache empty.
+func (c *Cache) Load(path string) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		c.reset()
+		return nil
+	}
+	if err != nil {
+		c.reset()
+		return fmt.Errorf("fqdn cache: %w", err)
+	}
+	var sc savedCache
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&sc); err != nil {
+		c.reset()
+		return fmt.Errorf("%w %s: %v", ErrCorrupt, path, err)
+	}
+	if dec.More() {
+		c.reset()
+		return fmt.Errorf("%w %s: data after the cache", ErrCorrupt, path)
+	}
+	if sc.Version != fileVersion {
+		c.reset()
+		return fmt.Errorf("%w %s: version %d, want %d", ErrCorrupt, path, sc.Version, fileVersion)
+	}
+	for i, e := range sc.Entries {
+		if n := Normalize(e.Name); n != e.Name || !validName(n, false) {
+			c.reset()
+			return fmt.Errorf("%w %s: entry %d: name %q is not a normalized DNS name", ErrCorrupt, path, i, e.Name)
+		}
+		if !e.Addr.Is4() {
+			c.reset()
+			return fmt.Errorf("%w %s: entry %d: address %v is not IPv4", ErrCorrupt, path, i, e.Addr)
+		}
+		if len(e.Endpoints) == 0 {
+			c.reset()
+			return fmt.Errorf("%w %s: entry %d: no endpoints", ErrCorrupt, path, i)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.resetLocked()
+	now := c.cfg.Now().UnixNano()
+	ch := changes{}
+	for _, e := range sc.Entries {
+		exp := e.Expires.UnixNano()
+		if exp <= now {
+			continue
+		}
+		c.add(c.nameFor(e.Name), e.Addr.As4(), exp, e.Endpoints, ch)
+	}
+	return nil
+}
+
+// reset empties the cache, keeping its selectors.
+func (c *Cache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.resetLocked()
+}
+
+func (c *Cache) resetLocked() {
+	c.names = map[string]*name{}
+	c.live, c.held = entryHeap{}, entryHeap{}
+	for _, s := range c.sels {
+		s.names = map[*name]struct{}{}
+		s.addrs = map[[4]byte]int32{}
+	}
+}
