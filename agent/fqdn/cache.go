@@ -161,7 +161,7 @@ func (c *Cache) SetSelectors(sels map[string]api.FQDNSelector) (changed []string
 		s := &selector{key: k, m: m, names: map[*name]struct{}{}, addrs: map[[4]byte]int32{}}
 		c.sels[k] = s
 		for _, n := range c.names {
-			if m.Match(n.name) {
+			if m.matchNormalized(n.name) {
 				s.link(n)
 			}
 		}
@@ -224,7 +224,7 @@ func (c *Cache) nameFor(nm string) *name {
 	n := &name{name: nm}
 	c.names[nm] = n
 	for _, s := range c.sels {
-		if s.m.Match(nm) {
+		if s.m.matchNormalized(nm) {
 			s.link(n)
 		}
 	}

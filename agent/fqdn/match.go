@@ -35,6 +35,12 @@ type Matcher struct {
 	re   *regexp.Regexp // anchored pattern, nil for a name or a lone "*"
 	all  bool           // a lone "*": every name
 	str  string
+	// A pattern's literal text before its first and after its last '*': a
+	// name without them cannot match (checked before the regexp).
+	prefix, suffix string
+	// oneStar: the pattern has a single '*', so a name with prefix and
+	// suffix matches when what lies between them is DNS characters.
+	oneStar bool
 }
 
 // Compile checks sel and compiles it. Names compare case-insensitively, with
@@ -63,9 +69,15 @@ func Compile(sel api.FQDNSelector) (*Matcher, error) {
 		m.all = true
 		return m, nil
 	}
+	parts := strings.Split(p, "*")
+	m.prefix = parts[0]
+	if len(parts) > 1 {
+		m.suffix = parts[len(parts)-1]
+	}
+	m.oneStar = len(parts) == 2
 	var b strings.Builder
 	b.WriteString("^")
-	for i, part := range strings.Split(p, "*") {
+	for i, part := range parts {
 		if i > 0 {
 			b.WriteString(patternStar)
 		}
@@ -86,11 +98,33 @@ func (m *Matcher) Match(name string) bool {
 	if m.all {
 		return true
 	}
-	n := Normalize(name)
-	if m.re == nil {
+	return m.matchNormalized(Normalize(name))
+}
+
+// matchNormalized is Match of a name already normalized.
+func (m *Matcher) matchNormalized(n string) bool {
+	switch {
+	case m.all:
+		return true
+	case m.re == nil:
 		return n == m.name
+	case len(n) < len(m.prefix)+len(m.suffix) || !strings.HasPrefix(n, m.prefix) || !strings.HasSuffix(n, m.suffix):
+		return false
+	case m.oneStar:
+		for i := len(m.prefix); i < len(n)-len(m.suffix); i++ {
+			if !isDNSChar(n[i]) {
+				return false
+			}
+		}
+		return true
 	}
 	return m.re.MatchString(n)
+}
+
+// isDNSChar reports whether c is a DNS name character other than '.'
+// (lowercase).
+func isDNSChar(c byte) bool {
+	return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_'
 }
 
 // String is "matchName:<name>" or "matchPattern:<pattern>", normalized.
@@ -154,7 +188,7 @@ func validName(n string, pattern bool) bool {
 				return false
 			}
 			label = 0
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', pattern && c == '*':
+		case isDNSChar(c), pattern && c == '*':
 			label++
 		default:
 			return false
