@@ -51,8 +51,9 @@ type Cache struct {
 	cfg   Config
 	names map[string]*name
 	sels  map[string]*selector
-	live  entryHeap // entries not held, by (expires, seq)
-	held  entryHeap // entries kept past their expiry for a live connection
+	order []*selector // sels, for matching new names without a map walk
+	live  entryHeap   // entries not held, by (expires, seq)
+	held  entryHeap   // entries kept past their expiry for a live connection
 	seq   uint64
 	// lastSweep is the time of the last Expire (unix ns), the base of the
 	// held entries' next check.
@@ -169,6 +170,10 @@ func (c *Cache) SetSelectors(sels map[string]api.FQDNSelector) (changed []string
 			ch[k] = struct{}{}
 		}
 	}
+	c.order = c.order[:0]
+	for _, s := range c.sels {
+		c.order = append(c.order, s)
+	}
 	return ch.sorted(), nil
 }
 
@@ -203,6 +208,7 @@ func (c *Cache) Update(ep uint16, qname string, addrs []netip.Addr, ttl time.Dur
 	expires := now.Add(ttl).UnixNano()
 	ch := changes{}
 	var n *name
+	eps := [1]uint16{ep}
 	for _, a := range addrs {
 		if !a.Is4() {
 			continue
@@ -210,7 +216,7 @@ func (c *Cache) Update(ep uint16, qname string, addrs []netip.Addr, ttl time.Dur
 		if n == nil || n.dead {
 			n = c.nameFor(nm)
 		}
-		c.add(n, a.As4(), expires, []uint16{ep}, ch)
+		c.add(n, a.As4(), expires, eps[:], ch)
 	}
 	return ch.sorted()
 }
@@ -223,7 +229,7 @@ func (c *Cache) nameFor(nm string) *name {
 	}
 	n := &name{name: nm}
 	c.names[nm] = n
-	for _, s := range c.sels {
+	for _, s := range c.order {
 		if s.m.matchNormalized(nm) {
 			s.link(n)
 		}
