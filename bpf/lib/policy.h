@@ -85,7 +85,7 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	else
 		reason = REASON_POLICY_DENIED;
 	if (reason == REASON_FORWARDED) {
-		if (p->proto == IPPROTO_TCP)
+		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
 			*proxy = v ? v->proxy_port : (any ? any->proxy_port : 0);
 		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags);
 		if (enforced)

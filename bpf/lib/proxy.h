@@ -4,11 +4,12 @@
 // and reading the proxy's upstream mark.
 #pragma once
 
-// to_proxy hands the TCP packet p to the proxy listening on port: to the
-// socket that already owns the packet's tuple (the proxy's accepted or
-// half-open connection, or its upstream one for PROXY_UPSTREAM) when there
-// is one, else, for a new connection, to the listener, which the kernel
-// finds for 0.0.0.0 with a lookup of 127.0.0.1. The mark sends it to the
+// to_proxy hands the TCP or UDP packet p to the proxy listening on port:
+// to the socket that already owns the packet's tuple (the proxy's accepted
+// or half-open connection, or its upstream one for PROXY_UPSTREAM) when
+// there is one, else, for a new connection or any datagram of a UDP flow
+// (DNS), to the listener, which the kernel finds for 0.0.0.0 with a lookup
+// of 127.0.0.1. The mark sends it to the
 // local table, so the kernel delivers it here although its destination is
 // not a local address. A reply to an upstream connection that is gone is
 // dropped, never delivered to the client.
@@ -23,14 +24,18 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u32 
 		t.ipv4.sport = p->sport;
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons(port);
-		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (p->proto == IPPROTO_UDP)
+			sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		else
+			sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return REASON_NO_PROXY;
-		if (sk->state != BPF_TCP_LISTEN) {
+		if (p->proto == IPPROTO_TCP && sk->state != BPF_TCP_LISTEN) {
 			bpf_sk_release(sk);
 			return REASON_NO_PROXY;
 		}
-		// A new connection: the proxy learns its source's identity here.
+		// A new connection (or a datagram): the proxy learns its source's
+		// identity here.
 		struct proxy_origin_key ok = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport};
 		bpf_map_update_elem(&proxy_origin, &ok, &src_id, BPF_ANY);
 	}
@@ -52,7 +57,7 @@ static __always_inline int proxied(struct __sk_buff *skb, __u32 *src_id)
 	return 1;
 }
 
-// l7_port is the L7 proxy port for a TCP packet p arriving for endpoint ep
+// l7_port is the L7 proxy port for a TCP or UDP packet p arriving for endpoint ep
 // from a peer of identity peer on a device where the kernel, not this
 // program, delivers it (native routing, WireGuard): the port its conntrack
 // entry holds; none for a reply of the pod's own connection; PROXY_UPSTREAM
@@ -63,7 +68,7 @@ static __always_inline int proxied(struct __sk_buff *skb, __u32 *src_id)
 // counted here; to_container enforces the flows that are not proxied.
 static __always_inline __u32 l7_port(struct __sk_buff *skb, struct endpoint_info *ep, __u32 peer, struct pkt *p)
 {
-	if (p->proto != IPPROTO_TCP)
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return 0;
 	if (new_tcp(p))
 		goto policy;
