@@ -9,7 +9,7 @@ import (
 	"github.com/filament-net/filament/agent/policy/api"
 )
 
-// L7Ref names the HTTP rules of one port rule: toPorts[PortRule] of a
+// L7Ref names the L7 (HTTP or DNS) rules of one port rule: toPorts[PortRule] of a
 // section of a rule of a policy.
 type L7Ref struct {
 	Policy   string
@@ -25,19 +25,22 @@ func (r L7Ref) String() string {
 
 func (r RuleRef) deny() bool { return strings.HasSuffix(strings.SplitN(r.Section, "[", 2)[0], "Deny") }
 
-// L7Policy is the HTTP policy of one endpoint, direction and port for one
-// peer identity (0: any peer): a request is allowed when one of HTTP
-// matches. Refs name where the rules come from.
+// L7Policy is the L7 policy of one endpoint, direction, protocol and port
+// for one peer identity (0: any peer): a request is allowed when one of
+// HTTP matches, a DNS query when one of DNS does (a port carries one kind:
+// DNS when there are DNS rules). Refs name where the rules come from.
 type L7Policy struct {
 	Endpoint uint16
 	Dir      Direction
+	Proto    uint8 // IP protocol: TCP, or UDP for DNS
 	Port     uint16
 	Identity identity.NumericIdentity
 	Refs     []string
 	HTTP     []api.PortRuleHTTP
+	DNS      []api.PortRuleDNS
 }
 
-// L7Policies lists the HTTP policies of every endpoint: one per policy map
+// L7Policies lists the L7 policies of every endpoint: one per policy map
 // entry that sends flows through the proxy, sorted by endpoint, direction,
 // port and identity.
 func (r *Resolver) L7Policies() []L7Policy {
@@ -51,9 +54,12 @@ func (r *Resolver) L7Policies() []L7Policy {
 				if v.Deny || v.L7 == "" {
 					continue
 				}
-				p := L7Policy{Endpoint: ep.info.ID, Dir: gk.dir, Port: l4.Port, Identity: gk.id, Refs: strings.Split(v.L7, "\n")}
+				p := L7Policy{Endpoint: ep.info.ID, Dir: gk.dir, Proto: l4.Proto, Port: l4.Port, Identity: gk.id, Refs: strings.Split(v.L7, "\n")}
 				for _, ref := range p.Refs {
-					p.HTTP = append(p.HTTP, rules[ref]...)
+					if r := rules[ref]; r != nil {
+						p.HTTP = append(p.HTTP, r.HTTP...)
+						p.DNS = append(p.DNS, r.DNS...)
+					}
 				}
 				out = append(out, p)
 			}
@@ -67,16 +73,18 @@ func (r *Resolver) L7Policies() []L7Policy {
 			return int(a.Dir) - int(b.Dir)
 		case a.Port != b.Port:
 			return int(a.Port) - int(b.Port)
+		case a.Proto != b.Proto:
+			return int(a.Proto) - int(b.Proto)
 		}
 		return int(a.Identity) - int(b.Identity)
 	})
 	return out
 }
 
-// l7Rules returns the HTTP rules of every compiled policy by L7Ref key;
-// the caller holds r.mu.
-func (r *Resolver) l7Rules() map[string][]api.PortRuleHTTP {
-	rules := map[string][]api.PortRuleHTTP{}
+// l7Rules returns the L7 rules of every compiled policy by L7Ref key; the
+// caller holds r.mu.
+func (r *Resolver) l7Rules() map[string]*api.L7Rules {
+	rules := map[string]*api.L7Rules{}
 	for _, cp := range r.compiled {
 		for k, v := range cp.l7 {
 			rules[k] = v

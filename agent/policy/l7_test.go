@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"net/netip"
 	"reflect"
 	"testing"
 
@@ -32,8 +33,8 @@ func TestResolveL7(t *testing.T) {
 	r := w.build(ModeDefault, pols)
 	got := r.L7Policies()
 	want := []L7Policy{
-		{Endpoint: 1, Dir: Ingress, Port: 80, Identity: 0, Refs: []string{"default/l7/rules[0].ingress[1].toPorts[0]"}, HTTP: []api.PortRuleHTTP{health}},
-		{Endpoint: 1, Dir: Ingress, Port: 80, Identity: web, Refs: []string{"default/l7/rules[0].ingress[0].toPorts[0]"}, HTTP: []api.PortRuleHTTP{public}},
+		{Endpoint: 1, Dir: Ingress, Proto: 6, Port: 80, Identity: 0, Refs: []string{"default/l7/rules[0].ingress[1].toPorts[0]"}, HTTP: []api.PortRuleHTTP{health}},
+		{Endpoint: 1, Dir: Ingress, Proto: 6, Port: 80, Identity: web, Refs: []string{"default/l7/rules[0].ingress[0].toPorts[0]"}, HTTP: []api.PortRuleHTTP{public}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("L7Policies:\n got %+v\nwant %+v", got, want)
@@ -142,5 +143,72 @@ func TestResolveL7PlainAnyPeerWins(t *testing.T) {
 		if v.L7 != "" {
 			t.Errorf("entry %v still L7: %q", k, v.L7)
 		}
+	}
+}
+
+// DNS rules mark port 53 L7 on UDP and TCP (the port's protocol says
+// which); toFQDNs select nothing until the agent sets the addresses learned
+// for the selector, then those as CIDR peers, and nothing again when they
+// expire.
+func TestResolveDNSAndToFQDNs(t *testing.T) {
+	dnsSrv := cid(1)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: dnsSrv, Labels: rsLabels(t, "app=dns")}},
+		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=client")}},
+	}
+	lookups := []api.PortRuleDNS{{MatchPattern: "*.example.com"}}
+	sel := api.FQDNSelector{MatchName: "A.example.com."}
+	pols := []api.Policy{rsPol("dns", api.Rule{EndpointSelector: rsSel("app=client"), Egress: []api.EgressRule{
+		{ToEndpoints: rsSels("app=dns"), ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "53", Protocol: api.ProtoAny}}, Rules: &api.L7Rules{DNS: lookups}}}},
+		{ToFQDNs: []api.FQDNSelector{sel}, ToPorts: rsPorts(api.ProtoTCP, "80")},
+	}})}
+	r := w.build(ModeDefault, pols)
+	if w := r.Warnings(); len(w) > 0 {
+		t.Errorf("warnings %q", w)
+	}
+	ref := "default/dns/rules[0].egress[0].toPorts[0]"
+	want := []L7Policy{
+		{Endpoint: 1, Dir: Egress, Proto: 6, Port: 53, Identity: dnsSrv, Refs: []string{ref}, DNS: lookups},
+		{Endpoint: 1, Dir: Egress, Proto: 17, Port: 53, Identity: dnsSrv, Refs: []string{ref}, DNS: lookups},
+	}
+	if got := r.L7Policies(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("L7Policies:\n got %+v\nwant %+v", got, want)
+	}
+	key := api.FQDNKey(sel)
+	if key != "fqdn:name:a.example.com." {
+		t.Errorf("FQDNKey = %q", key)
+	}
+	if _, ok := r.FQDNSelectorsInUse()[key]; !ok {
+		t.Fatalf("FQDNSelectorsInUse = %v, want %s", r.FQDNSelectorsInUse(), key)
+	}
+	web := func() []L4 {
+		var out []L4
+		for k := range mustEP(t, r, 1).Entries {
+			if k.Dir == Egress && k.L4.Port == 80 {
+				out = append(out, k.L4)
+			}
+		}
+		return out
+	}
+	if got := web(); len(got) != 0 {
+		t.Fatalf("entries for port 80 before any name was learned: %v", got)
+	}
+	ch := r.SetGroup(key, []netip.Addr{netip.MustParseAddr("192.0.2.7")})
+	id, ok := ch.CIDRUpserts[netip.MustParsePrefix("192.0.2.7/32")]
+	if !ok {
+		t.Fatalf("no CIDR identity for the learned address: %v", ch)
+	}
+	found := false
+	for k, v := range mustEP(t, r, 1).Entries {
+		if k.Identity == id && k.Dir == Egress && k.L4 == (L4{Proto: 6, Port: 80, PrefixLen: 24}) && !v.Deny {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no egress allow to the learned address on TCP 80: %v", mustEP(t, r, 1).Entries)
+	}
+	r.SetGroup(key, nil)
+	if got := web(); len(got) != 0 {
+		t.Fatalf("entries for port 80 after the name expired: %v", got)
 	}
 }

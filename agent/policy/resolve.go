@@ -33,10 +33,13 @@ package policy
 // entry marked L7: the datapath sends its flows through the node's proxy,
 // which applies the rules (L7Policies lists them). For one endpoint,
 // direction, peer and port, an allow without L7 rules lets every request
-// through (no proxy); allows that all carry L7 rules are OR'd. Kafka and DNS
+// through (no proxy); allows that all carry L7 rules are OR'd. DNS rules
+// (toPorts[].rules.dns) do the same on UDP and TCP: the proxy answers the
+// queries they do not allow. toFQDNs select the addresses the agent
+// learned from allowed DNS answers (set with SetGroup, by FQDNKey). Kafka
 // rules and serverNames are not enforced yet: their ports are allowed at
-// L4. Named ports, groups, services, DNS names and the
-// kube-apiserver entity select nothing yet; each use is reported by Warnings.
+// L4. Named ports, services and the kube-apiserver entity select nothing
+// yet; each use is reported by Warnings.
 
 import (
 	"cmp"
@@ -268,7 +271,8 @@ type Resolver struct {
 	// awsGroups are the resolved addresses of toGroups/fromGroups
 	// selectors, by GroupKey; a selector without an entry (never resolved)
 	// selects nothing.
-	awsGroups map[string][]netip.Prefix
+	awsGroups  map[string][]netip.Prefix
+	fqdnSource FQDNSource // toFQDNs addresses for selectors first named
 
 	// Work counters, for tests: endpoints recomputed in full and (endpoint,
 	// direction, identity) groups recomputed.
@@ -387,7 +391,7 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 			delete(r.compiled, k)
 			continue
 		}
-		r.compiled[k] = compilePolicy(&p, r.awsGroups)
+		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.fqdnSource)
 	}
 	r.rules = r.rules[:0]
 	r.warnings = r.warnings[:0]
@@ -432,14 +436,7 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var ch Change
-	prefixes := make([]netip.Prefix, 0, len(addrs))
-	for _, a := range addrs {
-		if a.Is4() {
-			prefixes = append(prefixes, netip.PrefixFrom(a, 32))
-		}
-	}
-	slices.SortFunc(prefixes, comparePrefixes)
-	prefixes = slices.Compact(prefixes)
+	prefixes := hostPrefixes(addrs)
 	if old, ok := r.awsGroups[key]; ok && slices.Equal(old, prefixes) {
 		return ch
 	}
@@ -457,6 +454,40 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	return ch
 }
 
+// hostPrefixes are the /32s of the IPv4 addresses, sorted, without
+// duplicates.
+func hostPrefixes(addrs []netip.Addr) []netip.Prefix {
+	prefixes := make([]netip.Prefix, 0, len(addrs))
+	for _, a := range addrs {
+		if a.Is4() {
+			prefixes = append(prefixes, netip.PrefixFrom(a, 32))
+		}
+	}
+	slices.SortFunc(prefixes, comparePrefixes)
+	return slices.Compact(prefixes)
+}
+
+// SetFQDNSource sets where toFQDNs selectors' addresses come from when a
+// policy first names them (afterwards SetGroup updates them).
+func (r *Resolver) SetFQDNSource(f FQDNSource) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fqdnSource = f
+}
+
+// ForgetGroup drops the addresses of a selector no policy names any more
+// (a policy that names it again takes them from the FQDN source).
+func (r *Resolver) ForgetGroup(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, cp := range r.compiled {
+		if cp.groups[key] {
+			return
+		}
+	}
+	delete(r.awsGroups, key)
+}
+
 // GroupsInUse lists the toGroups/fromGroups selectors of the current
 // policies, by GroupKey.
 func (r *Resolver) GroupsInUse() map[string]api.AWSGroup {
@@ -467,6 +498,18 @@ func (r *Resolver) GroupsInUse() map[string]api.AWSGroup {
 		for k, g := range cp.groupSels {
 			out[k] = g
 		}
+	}
+	return out
+}
+
+// FQDNSelectorsInUse lists the toFQDNs selectors of the current policies,
+// by FQDNKey; the agent sets each one's learned addresses with SetGroup.
+func (r *Resolver) FQDNSelectorsInUse() map[string]api.FQDNSelector {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]api.FQDNSelector{}
+	for _, cp := range r.compiled {
+		maps.Copy(out, cp.fqdnSels)
 	}
 	return out
 }
@@ -1042,8 +1085,9 @@ type compiledPolicy struct {
 	warnings  []string
 	groups    map[string]bool                 // GroupKeys and NodeSelectorKeys of the selectors it names
 	groupSels map[string]api.AWSGroup         // ... the AWS group selectors
-	nodeSels  map[string]api.EndpointSelector // ... and the node selectors
-	l7        map[string][]api.PortRuleHTTP   // HTTP rules by L7Ref key
+	nodeSels  map[string]api.EndpointSelector // ... the node selectors
+	fqdnSels  map[string]api.FQDNSelector     // ... and the toFQDNs selectors (FQDNKeys)
+	l7        map[string]*api.L7Rules         // HTTP or DNS rules by L7Ref key
 }
 
 // compiledRule is one rule: the endpoints it selects, its default deny and
@@ -1170,14 +1214,23 @@ type compiler struct {
 	rule      int
 	prefixes  map[netip.Prefix]bool
 	awsGroups map[string][]netip.Prefix
+	fqdnRef   RuleRef // the first section with toFQDNs
+	// fqdnSource gives a toFQDNs selector's addresses the first time a
+	// policy names it (they go into awsGroups).
+	fqdnSource FQDNSource
 }
+
+// FQDNSource returns the addresses learned for a toFQDNs selector (by
+// FQDNKey). The resolver calls it under its lock, when a policy names a
+// selector it has no addresses for yet.
+type FQDNSource func(key string, sel api.FQDNSelector) []netip.Addr
 
 // compilePolicy compiles p; toGroups/fromGroups become the resolved
 // addresses in awsGroups (by GroupKey).
-func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix) *compiledPolicy {
+func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnSource FQDNSource) *compiledPolicy {
 	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{},
-		l7: map[string][]api.PortRuleHTTP{}}, key: p.Key(),
-		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups}
+		fqdnSels: map[string]api.FQDNSelector{}, l7: map[string]*api.L7Rules{}}, key: p.Key(),
+		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, fqdnSource: fqdnSource}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
 		c.rule = i
@@ -1216,7 +1269,7 @@ func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix) *compiled
 				s := c.section(Egress, sec.name, j, sec.deny, peerFields{
 					endpoints: out.ToEndpoints, requires: out.ToRequires, cidr: out.ToCIDR,
 					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: out.ToGroups, nodes: out.ToNodes,
-					services: len(out.ToServices), fqdns: len(out.ToFQDNs),
+					services: len(out.ToServices), fqdns: out.ToFQDNs,
 				}, out.ToPorts, out.ICMPs)
 				if s != nil {
 					cr.sections = append(cr.sections, s)
@@ -1224,6 +1277,10 @@ func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix) *compiled
 			}
 		}
 		c.cp.rules = append(c.cp.rules, cr)
+	}
+	if len(c.cp.fqdnSels) > 0 && !slices.ContainsFunc(slices.Collect(maps.Values(c.cp.l7)), func(r *api.L7Rules) bool { return len(r.DNS) > 0 }) {
+		c.warnf(c.fqdnRef, "toFQDNs learn addresses only from DNS answers the proxy allowed, "+
+			"and this policy has no rules.dns (unless another policy's cover the endpoints' lookups, its toFQDNs select nothing)")
 	}
 	c.cp.prefixes = slices.SortedFunc(maps.Keys(c.prefixes), comparePrefixes)
 	slices.Sort(c.cp.warnings)
@@ -1238,7 +1295,8 @@ type peerFields struct {
 	entities            []api.Entity
 	groups              []api.Groups
 	nodes               []api.EndpointSelector
-	services, fqdns     int
+	services            int
+	fqdns               []api.FQDNSelector
 }
 
 func (c *compiler) warnf(ref RuleRef, format string, args ...any) {
@@ -1254,7 +1312,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	// A peer field present but empty (non-nil) selects nothing and keeps
 	// the section from meaning "every peer", as in Cilium.
 	hasPeers := pf.endpoints != nil || pf.cidr != nil || pf.cidrSet != nil || pf.entities != nil || pf.nodes != nil ||
-		len(pf.groups)+pf.services+pf.fqdns > 0
+		len(pf.groups)+pf.services+len(pf.fqdns) > 0
 	hasPorts := len(prs)+len(icmps) > 0
 
 	for i := range pf.endpoints {
@@ -1340,8 +1398,22 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	if pf.services > 0 {
 		c.warnf(s.ref, "toServices select nothing yet")
 	}
-	if pf.fqdns > 0 {
-		c.warnf(s.ref, "toFQDNs select nothing yet")
+	if len(pf.fqdns) > 0 && len(c.cp.fqdnSels) == 0 {
+		c.fqdnRef = s.ref
+	}
+	for _, sel := range pf.fqdns {
+		// The addresses of the names learned from DNS answers the proxy
+		// allowed (none yet: selects nothing until then).
+		key := api.FQDNKey(sel)
+		c.cp.groups[key] = true
+		c.cp.fqdnSels[key] = sel
+		if _, ok := c.awsGroups[key]; !ok && c.fqdnSource != nil {
+			c.awsGroups[key] = hostPrefixes(c.fqdnSource(key, sel))
+		}
+		for _, p := range c.awsGroups[key] {
+			c.prefixes[p] = true
+			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
+		}
 	}
 	// Ports are compiled after the peers, so that warnings come in field
 	// order within a section.
@@ -1415,12 +1487,14 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 		l7[l4] = mergeL7(cmp.Or(l7[l4], key), key)
 	}
 	for pi, pr := range prs {
-		// Kafka and DNS rules and serverNames are not enforced yet: the
-		// ports are allowed at L4.
+		// Kafka rules and serverNames are not enforced yet: the ports are
+		// allowed at L4.
 		key = ""
-		if pr.Rules != nil && len(pr.Rules.HTTP) > 0 && !ref.deny() {
+		dns := false
+		if pr.Rules != nil && (len(pr.Rules.HTTP) > 0 || len(pr.Rules.DNS) > 0) && !ref.deny() {
 			key = L7Ref{Policy: ref.Policy, Rule: ref.Rule, Section: ref.Section, PortRule: pi}.String()
-			c.cp.l7[key] = pr.Rules.HTTP
+			c.cp.l7[key] = &api.L7Rules{HTTP: pr.Rules.HTTP, DNS: pr.Rules.DNS}
+			dns = len(pr.Rules.DNS) > 0
 		}
 		for _, pp := range pr.Ports {
 			var protos []uint8
@@ -1448,10 +1522,19 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 			n, numeric := api.PortNumber(p)
 			if key != "" {
 				if !numeric || n <= 0 || (pp.EndPort != 0 && int(pp.EndPort) != n) {
-					c.warnf(ref, "port %q with HTTP rules ignored (L7 rules need one numeric port)", p)
+					c.warnf(ref, "port %q with L7 rules ignored (L7 rules need one numeric port)", p)
 					continue
 				}
-				add(L4{Proto: protoTCP, Port: uint16(n), PrefixLen: 24})
+				if !dns {
+					add(L4{Proto: protoTCP, Port: uint16(n), PrefixLen: 24})
+					continue
+				}
+				// DNS: over UDP and TCP, as the port's protocol says.
+				for _, proto := range protos {
+					if proto == protoTCP || proto == protoUDP {
+						add(L4{Proto: proto, Port: uint16(n), PrefixLen: 24})
+					}
+				}
 				continue
 			}
 			switch {

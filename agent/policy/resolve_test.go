@@ -318,7 +318,7 @@ func TestResolvePeers(t *testing.T) {
 		{name: "egress toEndpoints", out: &api.EgressRule{ToEndpoints: rsSels("env=prod"), ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2, db}},
 		{name: "toFQDNs with ports is not every peer", out: &api.EgressRule{ToFQDNs: []api.FQDNSelector{{MatchName: "example.com"}}, ToPorts: tcp80},
-			warning: "toFQDNs select nothing yet"},
+			warning: "this policy has no rules.dns (unless another policy's cover the endpoints' lookups, its toFQDNs select nothing)"},
 		{name: "toServices", out: &api.EgressRule{ToServices: []api.Service{{K8sService: &api.K8sServiceNamespace{ServiceName: "s", Namespace: "default"}}}, ToPorts: tcp80},
 			warning: "toServices select nothing yet"},
 	}

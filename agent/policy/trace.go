@@ -186,7 +186,10 @@ func (r *Resolver) traceL7(anyGroup, peerGroup map[L4]MapValue, proto uint8, por
 			continue
 		}
 		for _, ref := range strings.Split(v.L7, "\n") {
-			for _, h := range byRef[ref] {
+			if byRef[ref] == nil {
+				continue
+			}
+			for _, h := range byRef[ref].HTTP {
 				out = append(out, TraceHTTPRule{Ref: ref, PortRuleHTTP: h})
 			}
 		}

@@ -37,3 +37,17 @@ func NodeSelectorKey(s EndpointSelector) string {
 	b, _ := json.Marshal(s)
 	return "nodes:" + string(b)
 }
+
+// FQDNKey is the canonical form of a toFQDNs selector: its kind and its
+// name or pattern in lower case with one trailing dot.
+func FQDNKey(s FQDNSelector) string {
+	if s.MatchName != "" {
+		return "fqdn:name:" + canonicalName(s.MatchName)
+	}
+	return "fqdn:pattern:" + canonicalName(s.MatchPattern)
+}
+
+// canonicalName is a DNS name in lower case with one trailing dot.
+func canonicalName(n string) string {
+	return strings.ToLower(strings.TrimSuffix(n, ".")) + "."
+}
