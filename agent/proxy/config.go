@@ -6,6 +6,9 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+
+	"github.com/filament-net/filament/agent/fqdn"
+	"github.com/filament-net/filament/agent/policy/api"
 )
 
 // Directions of a PortPolicy.
@@ -35,16 +38,33 @@ type PortPolicy struct {
 	Endpoint  netip.Addr  `json:"endpoint"`  // a local pod's address
 	Direction string      `json:"direction"` // "ingress" or "egress"
 	Port      uint16      `json:"port"`
-	Protocol  string      `json:"protocol"` // "TCP"
+	Protocol  string      `json:"protocol"`       // "TCP", or "UDP" for DNS
+	Kind      string      `json:"kind,omitempty"` // "http" (the default) or "dns"
 	Rules     []PeerRules `json:"rules"`
 }
 
-// PeerRules are the HTTP rules that apply to some peers. Remotes are the
-// peers' identities (empty: any peer); HTTP empty lets every request of
-// those peers through (a peer allowed at L4 on an L7 port).
+// Kinds of a PortPolicy.
+const (
+	KindHTTP = "http"
+	KindDNS  = "dns"
+)
+
+// PeerRules are the HTTP or DNS rules that apply to some peers. Remotes
+// are the peers' identities (empty: any peer); HTTP (DNS) empty lets every
+// request (query) of those peers through (a peer allowed at L4 on an L7
+// port).
 type PeerRules struct {
 	Remotes []uint32   `json:"remotes,omitempty"`
 	HTTP    []HTTPRule `json:"http"`
+	DNS     []DNSRule  `json:"dns,omitempty"`
+}
+
+// DNSRule allows the lookups of one name (MatchName) or of the names a
+// pattern matches (MatchPattern: `*` is any run of DNS name characters but
+// '.', a lone `*` every name), case-insensitively, as in Cilium.
+type DNSRule struct {
+	MatchName    string `json:"matchName,omitempty"`
+	MatchPattern string `json:"matchPattern,omitempty"`
 }
 
 // IPCacheEntry maps a prefix to an identity; the longest prefix wins.
@@ -58,11 +78,13 @@ type policyKey struct {
 	endpoint  netip.Addr
 	direction string
 	port      uint16
+	protocol  string
 }
 
 type peerRules struct {
 	remotes map[uint32]bool // nil: any
 	rules   []*rule         // empty: all requests
+	dns     []*fqdn.Matcher // the same for DNS queries
 }
 
 // compiled is a validated Config, ready for lookups; it is never changed
@@ -70,13 +92,14 @@ type peerRules struct {
 type compiled struct {
 	cfg      Config
 	policies map[policyKey][]peerRules
+	kinds    map[policyKey]string
 	lengths  []int                           // prefix lengths present, longest first
 	ipcache  map[int]map[netip.Prefix]uint32 // by prefix length
 }
 
 // compile validates cfg; an error names the first bad field.
 func compile(cfg Config) (*compiled, error) {
-	c := &compiled{cfg: cfg, policies: map[policyKey][]peerRules{}, ipcache: map[int]map[netip.Prefix]uint32{}}
+	c := &compiled{cfg: cfg, policies: map[policyKey][]peerRules{}, kinds: map[policyKey]string{}, ipcache: map[int]map[netip.Prefix]uint32{}}
 	for i, p := range cfg.Policies {
 		field := fmt.Sprintf("policies[%d]", i)
 		if !p.Endpoint.IsValid() {
@@ -88,10 +111,20 @@ func compile(cfg Config) (*compiled, error) {
 		if p.Port == 0 {
 			return nil, fmt.Errorf("%w: %s.port: missing", ErrInvalid, field)
 		}
-		if p.Protocol != "TCP" {
-			return nil, fmt.Errorf("%w: %s.protocol %q: want TCP", ErrInvalid, field, p.Protocol)
+		kind := cmp.Or(p.Kind, KindHTTP)
+		switch {
+		case kind != KindHTTP && kind != KindDNS:
+			return nil, fmt.Errorf("%w: %s.kind %q: want http or dns", ErrInvalid, field, p.Kind)
+		case p.Protocol != "TCP" && p.Protocol != "UDP":
+			return nil, fmt.Errorf("%w: %s.protocol %q: want TCP or UDP", ErrInvalid, field, p.Protocol)
+		case p.Protocol == "UDP" && kind != KindDNS:
+			return nil, fmt.Errorf("%w: %s.protocol %q: only DNS is proxied over UDP", ErrInvalid, field, p.Protocol)
 		}
-		key := policyKey{p.Endpoint.Unmap(), p.Direction, p.Port}
+		key := policyKey{p.Endpoint.Unmap(), p.Direction, p.Port, p.Protocol}
+		if k, ok := c.kinds[key]; ok && k != kind {
+			return nil, fmt.Errorf("%w: %s.kind %q: the port's other policy is %s", ErrInvalid, field, kind, k)
+		}
+		c.kinds[key] = kind
 		for j, pr := range p.Rules {
 			field := fmt.Sprintf("%s.rules[%d]", field, j)
 			var out peerRules
@@ -104,12 +137,25 @@ func compile(cfg Config) (*compiled, error) {
 				}
 				out.remotes[id] = true
 			}
+			if kind == KindDNS && len(pr.HTTP) > 0 {
+				return nil, fmt.Errorf("%w: %s.http: a DNS port has no HTTP rules", ErrInvalid, field)
+			}
+			if kind == KindHTTP && len(pr.DNS) > 0 {
+				return nil, fmt.Errorf("%w: %s.dns: an HTTP port has no DNS rules", ErrInvalid, field)
+			}
 			for k, hr := range pr.HTTP {
 				r, err := compileRule(fmt.Sprintf("%s.http[%d]", field, k), hr)
 				if err != nil {
 					return nil, err
 				}
 				out.rules = append(out.rules, r)
+			}
+			for k, dr := range pr.DNS {
+				m, err := fqdn.Compile(api.FQDNSelector(dr))
+				if err != nil {
+					return nil, fmt.Errorf("%w: %s.dns[%d]: %w", ErrInvalid, field, k, err)
+				}
+				out.dns = append(out.dns, m)
 			}
 			// Policies on the same endpoint, direction and port are OR'd.
 			c.policies[key] = append(c.policies[key], out)
@@ -186,22 +232,46 @@ type side struct {
 	direction string
 	endpoint  netip.Addr
 	remote    uint32 // the other side's identity
+	kind      string // KindHTTP or KindDNS
 	peers     []peerRules
 }
 
-// sides returns the policies that apply to a connection from src to dst:
-// the source endpoint's egress policy first, then the destination's
+// sides returns the policies that apply to a TCP connection from src to
+// dst: the source endpoint's egress policy first, then the destination's
 // ingress policy.
 func (c *compiled) sides(src, dst netip.AddrPort, srcID uint32) []side {
+	return c.sidesOf(src, dst, srcID, "TCP")
+}
+
+// sidesOf is sides for protocol ("TCP" or "UDP").
+func (c *compiled) sidesOf(src, dst netip.AddrPort, srcID uint32, protocol string) []side {
 	var out []side
 	s, d := src.Addr().Unmap(), dst.Addr().Unmap()
-	if peers, ok := c.policies[policyKey{s, Egress, dst.Port()}]; ok {
-		out = append(out, side{Egress, s, c.identity(d), peers})
+	if k := (policyKey{s, Egress, dst.Port(), protocol}); c.kinds[k] != "" {
+		out = append(out, side{Egress, s, c.identity(d), c.kinds[k], c.policies[k]})
 	}
-	if peers, ok := c.policies[policyKey{d, Ingress, dst.Port()}]; ok {
-		out = append(out, side{Ingress, d, srcID, peers})
+	if k := (policyKey{d, Ingress, dst.Port(), protocol}); c.kinds[k] != "" {
+		out = append(out, side{Ingress, d, srcID, c.kinds[k], c.policies[k]})
 	}
 	return out
+}
+
+// allowDNS tells whether the side lets a query for name through.
+func (sd side) allowDNS(name string) bool {
+	for _, p := range sd.peers {
+		if p.remotes != nil && !p.remotes[sd.remote] {
+			continue
+		}
+		if len(p.dns) == 0 {
+			return true
+		}
+		for _, m := range p.dns {
+			if m.Match(name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // allow finds the first rule of the side that lets req through, and the

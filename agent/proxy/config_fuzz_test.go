@@ -111,7 +111,7 @@ func checkIPCache(t *testing.T, cfg Config) {
 	}
 	for _, pol := range cfg.Policies {
 		addrs = append(addrs, pol.Endpoint.WithZone(""))
-		key := policyKey{pol.Endpoint.Unmap(), pol.Direction, pol.Port}
+		key := policyKey{pol.Endpoint.Unmap(), pol.Direction, pol.Port, pol.Protocol}
 		if _, ok := cc.policies[key]; !ok {
 			t.Fatalf("policy for %v not compiled", key)
 		}

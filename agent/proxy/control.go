@@ -28,6 +28,10 @@ const stateFile = "config.json"
 //	PUT /v1/config   replace the config (strict JSON; 400 naming the field)
 //	GET /v1/config   the config in force
 //	GET /v1/records  records as NDJSON until the client goes
+//	GET /v1/dns/learned  allowed DNS answers' addresses as NDJSON (Learned),
+//	                 for the agent: one follower at a time, each answer held
+//	                 until acknowledged
+//	POST /v1/dns/ack {"seq": N}: every answer up to N is in the datapath
 //	GET /metrics     Prometheus
 //	GET /healthz     ok
 //
@@ -59,6 +63,8 @@ func NewControl(p *Proxy, stateDir string) (*Control, error) {
 	mux.HandleFunc("PUT /v1/config", c.putConfig)
 	mux.HandleFunc("GET /v1/config", c.getConfig)
 	mux.HandleFunc("GET /v1/records", c.records)
+	mux.HandleFunc("GET /v1/dns/learned", c.learned)
+	mux.HandleFunc("POST /v1/dns/ack", c.ack)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	// Profiles of the proxy, on its root-only control socket.
@@ -172,6 +178,12 @@ func (c *Control) getConfig(w http.ResponseWriter, _ *http.Request) {
 func (c *Control) records(w http.ResponseWriter, r *http.Request) {
 	ch, cancel := c.p.Subscribe()
 	defer cancel()
+	streamNDJSON(w, r, ch)
+}
+
+// streamNDJSON writes what ch gives, one JSON line each, until the client
+// goes or ch is closed.
+func streamNDJSON[T any](w http.ResponseWriter, r *http.Request, ch <-chan T) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
@@ -181,10 +193,31 @@ func (c *Control) records(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case rec := <-ch:
-			if enc.Encode(rec) != nil || rc.Flush() != nil {
+		case v, ok := <-ch:
+			if !ok || enc.Encode(v) != nil || rc.Flush() != nil {
 				return
 			}
 		}
 	}
+}
+
+func (c *Control) learned(w http.ResponseWriter, r *http.Request) {
+	ch, stop := c.p.learner.follow() // closed when another follower takes over
+	defer stop()
+	streamNDJSON(w, r, ch)
+}
+
+// Ack is the body of POST /v1/dns/ack.
+type Ack struct {
+	Seq uint64 `json:"seq"`
+}
+
+func (c *Control) ack(w http.ResponseWriter, r *http.Request) {
+	var a Ack
+	if err := decodeStrict(http.MaxBytesReader(w, r.Body, 4096), &a); err != nil {
+		http.Error(w, "ack: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	c.p.learner.ack(a.Seq)
+	w.WriteHeader(http.StatusNoContent)
 }

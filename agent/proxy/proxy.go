@@ -68,6 +68,17 @@ type Options struct {
 	// Origins, when set, gives the source identity the datapath knew for
 	// a connection (else the pushed ipcache decides by address).
 	Origins Origins
+	// OriginalDstUDP, when set, says where a DNS datagram from src was
+	// going, and answers go out from the socket ServeDNS reads (tests;
+	// else the datagram's IP_ORIGDSTADDR says, and answers leave from that
+	// address).
+	OriginalDstUDP func(src netip.AddrPort) netip.AddrPort
+	// DNSRejectNXDomain answers denied DNS queries NXDOMAIN instead of
+	// REFUSED.
+	DNSRejectNXDomain bool
+	// DNSHold bounds how long an allowed DNS answer waits for the agent
+	// to confirm that its addresses are in the datapath; default 2 s.
+	DNSHold time.Duration
 	Logger  *slog.Logger
 }
 
@@ -88,6 +99,11 @@ type Proxy struct {
 	mu      sync.Mutex
 	conns   map[*downConn]struct{}
 	lns     []net.Listener // Serve's
+	pcs     []*net.UDPConn // ServeDNS's
+
+	learner learner
+	dnsMu   sync.Mutex
+	replies map[netip.AddrPort]*net.UDPConn // replySocket's
 }
 
 // New returns a proxy with an empty config: every request is denied until
@@ -104,6 +120,9 @@ func New(o Options) *Proxy {
 	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = 10 * time.Second
+	}
+	if o.DNSHold <= 0 {
+		o.DNSHold = defaultDNSHold
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -234,12 +253,18 @@ const policyWait = 2 * time.Second
 // awaitPolicy waits up to policyWait for a config with a policy for dc's
 // flow, and returns the config in force and the flow's policy sides.
 func (p *Proxy) awaitPolicy(ctx context.Context, dc *downConn) (*compiled, []side) {
+	return p.awaitSides(ctx, dc.src, dc.dst, dc.srcIdentity, "TCP")
+}
+
+// awaitSides is awaitPolicy for a flow of protocol from src to dst whose
+// source has the identity srcID says under a config.
+func (p *Proxy) awaitSides(ctx context.Context, src, dst netip.AddrPort, srcID func(*compiled) uint32, protocol string) (*compiled, []side) {
 	deadline := time.NewTimer(policyWait)
 	defer deadline.Stop()
 	for {
 		next := p.nextConfig()
 		cfg := p.cfg.Load()
-		if sides := cfg.sides(dc.src, dc.dst, dc.srcIdentity(cfg)); len(sides) > 0 {
+		if sides := cfg.sidesOf(src, dst, srcID(cfg), protocol); len(sides) > 0 {
 			return cfg, sides
 		}
 		select {
@@ -312,6 +337,12 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	p.mu.Unlock()
 	if closing {
 		c.Close()
+		return
+	}
+	// A DNS port's connections carry DNS (the policy may come a moment
+	// after the flow).
+	if _, sides := p.awaitPolicy(context.Background(), dc); len(sides) > 0 && sides[0].kind == KindDNS {
+		p.serveDNSTCP(dc)
 		return
 	}
 	// The server's own read-header timeout starts again after this one.
@@ -427,11 +458,20 @@ func (p *Proxy) Close() {
 func (p *Proxy) closeListeners() {
 	p.mu.Lock()
 	p.closing.Store(true) // under mu: accept registers no connection after this
-	lns := p.lns
+	lns, pcs := p.lns, p.pcs
 	p.mu.Unlock()
 	for _, ln := range lns {
 		ln.Close()
 	}
+	for _, pc := range pcs {
+		pc.Close()
+	}
+	p.dnsMu.Lock()
+	for k, c := range p.replies {
+		c.Close()
+		delete(p.replies, k)
+	}
+	p.dnsMu.Unlock()
 }
 
 func (p *Proxy) closeConns() {

@@ -29,11 +29,14 @@ type Record struct {
 	DstPort     uint16        `json:"dstPort"`
 	SrcIdentity uint32        `json:"srcIdentity"`
 	DstIdentity uint32        `json:"dstIdentity"`
-	Protocol    string        `json:"protocol"` // HTTP/1.1, HTTP/2, gRPC
-	Method      string        `json:"method"`
-	Host        string        `json:"host"`
+	Protocol    string        `json:"protocol"` // HTTP/1.1, HTTP/2, gRPC, DNS/UDP, DNS/TCP
+	Method      string        `json:"method"`   // DNS: the query type
+	Host        string        `json:"host"`     // DNS: the name asked
 	Path        string        `json:"path"`
-	Status      int           `json:"status"`
+	Status      int           `json:"status"` // DNS: the rcode
+	DNSRcode    string        `json:"dnsRcode,omitempty"`
+	DNSAnswers  []netip.Addr  `json:"dnsAnswers,omitempty"` // IPv4 addresses of the name (and its CNAMEs)
+	DNSTTL      uint32        `json:"dnsTTL,omitempty"`
 	Latency     time.Duration `json:"latency"` // ns, request received to response done
 	Verdict     string        `json:"verdict"`
 	Reason      string        `json:"reason,omitempty"`
@@ -90,6 +93,10 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	duration prometheus.Histogram
 	dropped  prometheus.Counter
+
+	dnsQueries *prometheus.CounterVec
+	dnsHold    prometheus.Histogram
+	dnsShed    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -109,7 +116,20 @@ func newMetrics() *metrics {
 			Help: "L7 records a slow subscriber did not take in time.",
 		}),
 	}
-	m.registry.MustRegister(m.requests, m.duration, m.dropped,
+	m.dnsQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "filament_proxy_dns_queries_total",
+		Help: "DNS queries the L7 proxy handled, by verdict and the answer's rcode.",
+	}, []string{"verdict", "rcode"})
+	m.dnsHold = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "filament_proxy_dns_hold_seconds",
+		Help:    "Time an allowed DNS answer waited for the agent to put its addresses in the datapath.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100 µs … 3.3 s
+	})
+	m.dnsShed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "filament_proxy_dns_shed_total",
+		Help: "DNS datagrams dropped because too many queries were being answered at once.",
+	})
+	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

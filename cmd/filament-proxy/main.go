@@ -30,6 +30,8 @@ type options struct {
 	transparentSource                         bool
 	readHeaderTimeout, idleTimeout            time.Duration
 	originMap                                 string
+	dnsReject                                 string
+	dnsHold                                   time.Duration
 }
 
 func main() {
@@ -61,6 +63,8 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "keep-alive connections idle this long are closed")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.originMap, "origin-map", "", "the datapath's pinned proxy_origin map: the source identity of each connection steered here (without it, the address decides)")
+	f.StringVar(&o.dnsReject, "dns-reject", "refused", "the answer to a DNS query no rule allows: refused or nxdomain")
+	f.DurationVar(&o.dnsHold, "dns-hold", 2*time.Second, "longest an allowed DNS answer waits for the agent to put its addresses in the datapath")
 	return cmd
 }
 
@@ -75,6 +79,14 @@ func run(o options) error {
 
 	popts := proxy.Options{
 		UpstreamMark: o.upstreamMark, ReadHeaderTimeout: o.readHeaderTimeout, IdleTimeout: o.idleTimeout, Logger: log,
+		DNSHold: o.dnsHold,
+	}
+	switch o.dnsReject {
+	case "refused":
+	case "nxdomain":
+		popts.DNSRejectNXDomain = true
+	default:
+		return fmt.Errorf("--dns-reject %q: want refused or nxdomain", o.dnsReject)
 	}
 	if o.transparentSource {
 		if !o.upstreamMark {
@@ -102,8 +114,14 @@ func run(o options) error {
 		return err
 	}
 	var ln net.Listener
+	var dnsConn *net.UDPConn // DNS over UDP, on the same port
 	if o.transparent {
 		ln, err = proxy.ListenTransparent(ctx, o.listen)
+		if err == nil {
+			if dnsConn, err = proxy.ListenTransparentUDP(ctx, o.listen); err != nil {
+				ln.Close()
+			}
+		}
 	} else {
 		ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", o.listen)
 	}
@@ -122,8 +140,11 @@ func run(o options) error {
 	os.Chmod(o.controlSocket, 0o600)
 	log.Info("filament-proxy running", "listen", ln.Addr(), "control", o.controlSocket, "revision", p.Config().Revision)
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- p.Serve(ln) }()
+	if dnsConn != nil {
+		go func() { errc <- p.ServeDNS(dnsConn) }()
+	}
 	go func() { errc <- control.Serve(cln) }()
 	select {
 	case <-ctx.Done():

@@ -1,0 +1,620 @@
+package proxy
+
+// DNS through the proxy. The datapath steers the queries of an endpoint
+// whose policy has DNS rules (toPorts[].rules.dns) on UDP or TCP to the
+// proxy: UDP datagrams to the transparent UDP socket (ServeDNS), TCP
+// connections to the listener, which serves them as DNS when their port's
+// policy is DNS. The proxy answers a query no rule allows itself (REFUSED,
+// or NXDOMAIN with Options.DNSRejectNXDomain), never drops it, and
+// forwards an allowed one to the server the client asked, on an upstream
+// socket marked with the client's identity (and from the client's address
+// when the server is a pod, as for HTTP). An allowed answer's IPv4
+// addresses are handed to the agent (Learned) and the answer is held
+// until the agent says they are in the datapath, or Options.DNSHold
+// passes, so that the client's first connection to them never races the
+// toFQDNs policy that allows it.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/fqdn"
+)
+
+const (
+	// dnsUpstreamTimeout bounds an upstream exchange (a client retries).
+	dnsUpstreamTimeout = 5 * time.Second
+	// maxDNSInFlight bounds the UDP queries being answered at once; more
+	// are dropped and counted (the client retries).
+	maxDNSInFlight = 1024
+	// maxReplySockets bounds the sockets the proxy answers UDP clients
+	// from (one per server address the clients asked).
+	maxReplySockets = 256
+	// defaultDNSHold is Options.DNSHold's default.
+	defaultDNSHold = 2 * time.Second
+)
+
+// ListenTransparentUDP opens the proxy's UDP socket on addr with
+// IP_TRANSPARENT (the datapath assigns it datagrams for any destination)
+// and IP_RECVORIGDSTADDR (each datagram's original destination comes with
+// it); it needs CAP_NET_ADMIN.
+func ListenTransparentUDP(ctx context.Context, addr string) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return sockopt(rc, func(fd int) error {
+			if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+				return fmt.Errorf("IP_TRANSPARENT: %w", err)
+			}
+			if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1); err != nil {
+				return fmt.Errorf("IP_RECVORIGDSTADDR: %w", err)
+			}
+			return nil
+		})
+	}}
+	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+// origDst is the original destination in a datagram's control messages
+// (IP_ORIGDSTADDR).
+func origDst(oob []byte) (netip.AddrPort, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(m.Data) >= 8 {
+			// struct sockaddr_in: family, port (network order), address.
+			port := binary.BigEndian.Uint16(m.Data[2:4])
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Data[4:8])), port), true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// ServeDNS answers the DNS queries the datapath steers to pc (from
+// ListenTransparentUDP; with another socket, Options.OriginalDstUDP says
+// where queries were going and answers go out from pc itself) until Close.
+func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
+	p.mu.Lock()
+	p.pcs = append(p.pcs, pc)
+	closing := p.closing.Load()
+	p.mu.Unlock()
+	if closing {
+		pc.Close()
+	}
+	sem := make(chan struct{}, maxDNSInFlight)
+	buf := make([]byte, dns.MaxMsgSize)
+	oob := make([]byte, 128)
+	for {
+		n, oobn, _, src, err := pc.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if p.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			p.log.Warn("L7 proxy: DNS read", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		dst, ok := origDst(oob[:oobn])
+		reply := p.transparentReply
+		if p.opts.OriginalDstUDP != nil {
+			dst, ok = p.opts.OriginalDstUDP(src), true
+			reply = func(b []byte, _, to netip.AddrPort) error {
+				_, err := pc.WriteToUDPAddrPort(b, to)
+				return err
+			}
+		}
+		if !ok {
+			p.log.Debug("L7 proxy: DNS datagram without its original destination", "src", src)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			p.metrics.dnsShed.Inc()
+			continue
+		}
+		msg := append([]byte(nil), buf[:n]...)
+		go func() {
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), dnsUpstreamTimeout+p.opts.DNSHold+policyWait)
+			defer cancel()
+			srcID := p.sourceIdentity(src, dst)
+			out := p.dnsExchange(ctx, src, dst, srcID, "UDP", msg, func(ctx context.Context, q []byte) ([]byte, error) {
+				return p.forwardUDP(ctx, src, dst, srcID, q)
+			})
+			if out == nil {
+				return
+			}
+			if err := reply(out, dst, src); err != nil {
+				p.log.Debug("L7 proxy: DNS answer not sent", "src", src, "dst", dst, "err", err)
+			}
+		}()
+	}
+}
+
+// sourceIdentity is the identity of a datagram's source: the datapath's
+// word for it, else the ipcache's for its address.
+func (p *Proxy) sourceIdentity(src, dst netip.AddrPort) uint32 {
+	if p.opts.Origins != nil {
+		if id, ok := p.opts.Origins.Origin(src, dst); ok {
+			return id
+		}
+	}
+	return p.cfg.Load().identity(src.Addr())
+}
+
+// transparentReply sends an answer to the client from the address it
+// asked (from), on a transparent socket bound to it.
+func (p *Proxy) transparentReply(b []byte, from, to netip.AddrPort) error {
+	c, err := p.replySocket(from)
+	if err != nil {
+		return err
+	}
+	_, err = c.WriteToUDPAddrPort(b, to)
+	return err
+}
+
+// replySocket returns the socket bound to from (IP_TRANSPARENT,
+// SO_REUSEADDR) that answers leave from, opened on first use; at most
+// maxReplySockets are kept.
+func (p *Proxy) replySocket(from netip.AddrPort) (*net.UDPConn, error) {
+	p.dnsMu.Lock()
+	defer p.dnsMu.Unlock()
+	if c, ok := p.replies[from]; ok {
+		return c, nil
+	}
+	if len(p.replies) >= maxReplySockets {
+		for k, c := range p.replies { // any one
+			c.Close()
+			delete(p.replies, k)
+			break
+		}
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return sockopt(rc, func(fd int) error {
+			if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+				return fmt.Errorf("IP_TRANSPARENT: %w", err)
+			}
+			return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		})
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", from.String())
+	if err != nil {
+		return nil, fmt.Errorf("answer socket %s: %w", from, err)
+	}
+	if p.replies == nil {
+		p.replies = map[netip.AddrPort]*net.UDPConn{}
+	}
+	p.replies[from] = pc.(*net.UDPConn)
+	return p.replies[from], nil
+}
+
+// forwardUDP sends an allowed query to the server the client asked and
+// returns the server's answer (the first datagram with the query's ID).
+func (p *Proxy) forwardUDP(ctx context.Context, src, dst netip.AddrPort, srcID uint32, q []byte) ([]byte, error) {
+	conn, err := p.dialUpstream(ctx, "udp4", src.Addr(), dst, srcID)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(upstreamDeadline(ctx))
+	if _, err := conn.Write(q); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		if n >= 2 && buf[0] == q[0] && buf[1] == q[1] {
+			return buf[:n], nil
+		}
+	}
+}
+
+// upstreamDeadline is the deadline of an upstream exchange: ctx's, at
+// most dnsUpstreamTimeout from now.
+func upstreamDeadline(ctx context.Context) time.Time {
+	d := time.Now().Add(dnsUpstreamTimeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		return cd
+	}
+	return d
+}
+
+// dialUpstream connects to dst for a client at src with identity srcID:
+// marked with the identity, from the client's address when transparent
+// (upstreamSource), from a port of upstreamPort's.
+func (p *Proxy) dialUpstream(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, srcID uint32) (net.Conn, error) {
+	d := net.Dialer{Timeout: p.opts.DialTimeout}
+	var mark uint32
+	if p.opts.UpstreamMark {
+		mark = UpstreamMark(srcID)
+	}
+	from := p.upstreamSource(p.cfg.Load(), src, dst.Addr())
+	d.Control = upstreamControl(mark, from.IsValid())
+	if !from.IsValid() {
+		return d.DialContext(ctx, network, dst.String())
+	}
+	for attempt := 1; ; attempt++ {
+		local := netip.AddrPortFrom(from, upstreamPort())
+		if strings.HasPrefix(network, "udp") {
+			d.LocalAddr = net.UDPAddrFromAddrPort(local)
+		} else {
+			d.LocalAddr = net.TCPAddrFromAddrPort(local)
+		}
+		conn, err := d.DialContext(ctx, network, dst.String())
+		if err == nil {
+			if tc, ok := conn.(*net.TCPConn); ok {
+				tc.SetLinger(0) // no TIME_WAIT with the client's tuple (see downConn.dial)
+			}
+			return conn, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == upstreamPortTries {
+			return nil, err
+		}
+	}
+}
+
+// serveDNSTCP serves a TCP connection whose port's policy is DNS: queries
+// (two-byte length, message) one after the other, each decided and
+// answered or forwarded on the connection's own upstream connection.
+func (p *Proxy) serveDNSTCP(dc *downConn) {
+	defer dc.Close()
+	var up net.Conn
+	defer func() {
+		if up != nil {
+			up.Close()
+		}
+	}()
+	srcID := dc.srcIdentity(p.cfg.Load())
+	for {
+		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
+		q, err := readTCPMessage(dc)
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), dnsUpstreamTimeout+p.opts.DNSHold+policyWait)
+		out := p.dnsExchange(ctx, dc.src, dc.dst, srcID, "TCP", q, func(ctx context.Context, q []byte) ([]byte, error) {
+			if up == nil {
+				if up, err = p.dialUpstream(ctx, "tcp4", dc.src.Addr(), dc.dst, srcID); err != nil {
+					return nil, err
+				}
+			}
+			up.SetDeadline(upstreamDeadline(ctx))
+			if err := writeTCPMessage(up, q); err != nil {
+				return nil, err
+			}
+			for {
+				a, err := readTCPMessage(up)
+				if err != nil || len(a) >= 2 && a[0] == q[0] && a[1] == q[1] {
+					return a, err
+				}
+			}
+		})
+		cancel()
+		if out == nil {
+			return
+		}
+		dc.SetWriteDeadline(time.Now().Add(dnsUpstreamTimeout))
+		if writeTCPMessage(dc, out) != nil {
+			return
+		}
+	}
+}
+
+func readTCPMessage(r io.Reader) ([]byte, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	b := make([]byte, binary.BigEndian.Uint16(l[:]))
+	_, err := io.ReadFull(r, b)
+	return b, err
+}
+
+func writeTCPMessage(w io.Writer, b []byte) error {
+	out := make([]byte, 2+len(b))
+	binary.BigEndian.PutUint16(out, uint16(len(b)))
+	copy(out[2:], b)
+	_, err := w.Write(out)
+	return err
+}
+
+// dnsExchange decides one query (raw, as the client sent it) from src to
+// dst and returns the answer for the client: the proxy's own for a
+// malformed or denied query or a failed upstream, else the server's,
+// obtained with forward and held until its addresses are learned. Nil: no
+// answer at all (not even a header to answer).
+func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID uint32, proto string, raw []byte,
+	forward func(context.Context, []byte) ([]byte, error)) []byte {
+	start := time.Now()
+	cfg := p.cfg.Load()
+	rec := Record{Time: start, SrcIP: src.Addr(), SrcPort: src.Port(), DstIP: dst.Addr(), DstPort: dst.Port(),
+		SrcIdentity: srcID, DstIdentity: cfg.identity(dst.Addr()), Protocol: "DNS/" + proto}
+	q := new(dns.Msg)
+	if err := q.Unpack(raw); err != nil {
+		if len(raw) < 12 {
+			return nil
+		}
+		rec.Reason = "malformed query: " + err.Error()
+		return p.dnsAnswer(rec, rawError(raw, dns.RcodeFormatError), Denied)
+	}
+	switch {
+	case q.Response || len(q.Question) != 1:
+		rec.Reason = "not one question"
+		return p.dnsAnswer(rec, errorReply(q, dns.RcodeFormatError), Denied)
+	case q.Opcode != dns.OpcodeQuery:
+		rec.Reason = "not a query (opcode " + dns.OpcodeToString[q.Opcode] + ")"
+		return p.dnsAnswer(rec, errorReply(q, dns.RcodeNotImplemented), Denied)
+	}
+	name := fqdn.Normalize(q.Question[0].Name)
+	rec.Host, rec.Method = name, dns.TypeToString[q.Question[0].Qtype]
+	if rec.Method == "" {
+		rec.Method = fmt.Sprintf("TYPE%d", q.Question[0].Qtype)
+	}
+	sides := cfg.sidesOf(src, dst, srcID, proto)
+	if len(sides) == 0 {
+		cfg, sides = p.awaitSides(ctx, src, dst, func(*compiled) uint32 { return srcID }, proto)
+	}
+	if len(sides) == 0 {
+		rec.Reason = "no L7 policy"
+		return p.dnsAnswer(rec, p.rejectReply(q), Denied)
+	}
+	for _, sd := range sides {
+		if sd.kind != KindDNS || !sd.allowDNS(name) {
+			rec.Direction, rec.Endpoint = sd.direction, sd.endpoint
+			rec.Reason = "no " + sd.direction + " DNS rule matches"
+			return p.dnsAnswer(rec, p.rejectReply(q), Denied)
+		}
+	}
+	rec.Direction, rec.Endpoint = sides[0].direction, sides[0].endpoint
+	packed, err := q.Pack() // the server gets what was decided on, nothing else
+	if err != nil {
+		rec.Reason = "query not packed: " + err.Error()
+		return p.dnsAnswer(rec, errorReply(q, dns.RcodeFormatError), Denied)
+	}
+	out, err := forward(ctx, packed)
+	a := new(dns.Msg)
+	if err == nil {
+		err = a.Unpack(out)
+	}
+	if err == nil && (!a.Response || len(a.Question) != 1 || !strings.EqualFold(a.Question[0].Name, q.Question[0].Name) ||
+		a.Question[0].Qtype != q.Question[0].Qtype) {
+		err = errors.New("the answer is not for the query")
+	}
+	if err != nil {
+		rec.Reason = "upstream: " + err.Error()
+		return p.dnsAnswer(rec, errorReply(q, dns.RcodeServerFailure), Forwarded)
+	}
+	if a.Rcode == dns.RcodeSuccess {
+		addrs, ttl := answerAddrs(a, q.Question[0].Name)
+		rec.DNSAnswers, rec.DNSTTL = addrs, ttl
+		if len(addrs) > 0 {
+			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
+			p.metrics.dnsHold.Observe(held.Seconds())
+			if !acked {
+				rec.Notes = append(rec.Notes, "released before the agent confirmed the addresses")
+			}
+		}
+	}
+	rec.DNSRcode = dns.RcodeToString[a.Rcode]
+	rec.Status = a.Rcode
+	return p.finishDNS(rec, out, Forwarded)
+}
+
+// dnsAnswer completes the record of an answer the proxy made itself.
+func (p *Proxy) dnsAnswer(rec Record, m *dns.Msg, verdict string) []byte {
+	out, err := m.Pack()
+	if err != nil {
+		return nil
+	}
+	rec.Status, rec.DNSRcode = m.Rcode, dns.RcodeToString[m.Rcode]
+	return p.finishDNS(rec, out, verdict)
+}
+
+func (p *Proxy) finishDNS(rec Record, out []byte, verdict string) []byte {
+	rec.Verdict, rec.Latency = verdict, time.Since(rec.Time)
+	p.metrics.dnsQueries.WithLabelValues(verdict, rcodeLabel(rec.DNSRcode)).Inc()
+	p.hub.publish(rec)
+	return out
+}
+
+// rcodeLabel keeps the label set bounded.
+func rcodeLabel(r string) string {
+	if r == "" {
+		return "other"
+	}
+	return r
+}
+
+// rejectReply is the answer to a denied query: REFUSED, or NXDOMAIN with
+// Options.DNSRejectNXDomain.
+func (p *Proxy) rejectReply(q *dns.Msg) *dns.Msg {
+	if p.opts.DNSRejectNXDomain {
+		return errorReply(q, dns.RcodeNameError)
+	}
+	return errorReply(q, dns.RcodeRefused)
+}
+
+// errorReply answers q with rcode and no records.
+func errorReply(q *dns.Msg, rcode int) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id, m.Response, m.Opcode, m.Rcode = q.Id, true, q.Opcode, rcode
+	m.RecursionDesired = q.RecursionDesired
+	m.RecursionAvailable = true
+	if len(q.Question) == 1 {
+		m.Question = q.Question
+	}
+	return m
+}
+
+// rawError answers a query that does not parse, by its header's ID.
+func rawError(raw []byte, rcode int) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id, m.Response, m.Rcode = binary.BigEndian.Uint16(raw), true, rcode
+	return m
+}
+
+// answerAddrs returns the IPv4 addresses an answer gives for name,
+// following its CNAME chain, and the lowest TTL along the way.
+func answerAddrs(a *dns.Msg, name string) ([]netip.Addr, uint32) {
+	names := map[string]bool{strings.ToLower(dns.Fqdn(name)): true}
+	var ttl uint32
+	first := true
+	lower := func(t uint32) {
+		if first || t < ttl {
+			ttl, first = t, false
+		}
+	}
+	// A chain is at most as long as the answer section.
+	for range len(a.Answer) {
+		grew := false
+		for _, rr := range a.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && names[strings.ToLower(c.Hdr.Name)] && !names[strings.ToLower(c.Target)] {
+				names[strings.ToLower(c.Target)] = true
+				lower(c.Hdr.Ttl)
+				grew = true
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	var out []netip.Addr
+	for _, rr := range a.Answer {
+		if r, ok := rr.(*dns.A); ok && names[strings.ToLower(r.Hdr.Name)] {
+			if ip, ok := netip.AddrFromSlice(r.A.To4()); ok {
+				out = append(out, ip)
+				lower(r.Hdr.Ttl)
+			}
+		}
+	}
+	return out, ttl
+}
+
+// Learned is one allowed answer's addresses, for the agent.
+type Learned struct {
+	Seq      uint64       `json:"seq"`
+	Endpoint netip.Addr   `json:"endpoint"` // the client that asked
+	Name     string       `json:"name"`     // lower case, with the trailing dot
+	Addrs    []netip.Addr `json:"addrs"`    // IPv4, the name's and its CNAME chain's
+	TTL      uint32       `json:"ttl"`      // seconds, the lowest along the chain
+}
+
+// maxPendingLearned bounds the answers kept while the agent does not
+// follow (it restarts): the oldest go first.
+const maxPendingLearned = 4096
+
+// learner hands learned addresses to the agent (one follower at a time)
+// and tells who waits for them when the agent has applied them.
+type learner struct {
+	mu      sync.Mutex
+	seq     uint64
+	sub     chan Learned // nil: nobody follows
+	pending []Learned    // kept for the next follower
+	acked   uint64
+	ackCh   chan struct{} // closed (and replaced) at every ack
+}
+
+// learn hands x to the follower and waits until the agent acknowledges
+// it, up to wait. Without a follower it is kept for the next one and not
+// waited for: answers are not held while the agent is away.
+func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (held time.Duration, acked bool) {
+	start := time.Now()
+	l.mu.Lock()
+	l.seq++
+	x.Seq = l.seq
+	sent := false
+	if l.sub != nil {
+		select {
+		case l.sub <- x:
+			sent = true
+		default:
+		}
+	}
+	if !sent {
+		if len(l.pending) >= maxPendingLearned {
+			l.pending = l.pending[1:]
+		}
+		l.pending = append(l.pending, x)
+		l.mu.Unlock()
+		return 0, false
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		if l.acked >= x.Seq {
+			l.mu.Unlock()
+			return time.Since(start), true
+		}
+		if l.ackCh == nil {
+			l.ackCh = make(chan struct{})
+		}
+		ch := l.ackCh
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-t.C:
+			return time.Since(start), false
+		case <-ctx.Done():
+			return time.Since(start), false
+		}
+		l.mu.Lock()
+	}
+}
+
+// follow makes the caller the follower (ending the previous one's
+// stream): the channel gives what was kept, then each new answer.
+func (l *learner) follow() (<-chan Learned, func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.sub != nil {
+		close(l.sub)
+	}
+	ch := make(chan Learned, maxPendingLearned)
+	for _, x := range l.pending {
+		ch <- x
+	}
+	l.pending = nil
+	l.sub = ch
+	return ch, func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.sub == ch {
+			close(ch)
+			l.sub = nil
+		}
+	}
+}
+
+// ack records that the agent applied every answer up to seq.
+func (l *learner) ack(seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if seq > l.acked {
+		l.acked = seq
+	}
+	if l.ackCh != nil {
+		close(l.ackCh)
+		l.ackCh = nil
+	}
+}

@@ -1,0 +1,343 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// dnsHarness is a proxy whose UDP socket and TCP listener are on
+// 127.0.0.1, every query "going" to a DNS server on serverIP that answers
+// *.allowed.test and *.other.test with 192.0.2.x (x from the name's
+// length), a CNAME for alias.allowed.test, and NXDOMAIN for the rest.
+type dnsHarness struct {
+	t       *testing.T
+	p       *Proxy
+	udp     string // the proxy's UDP socket
+	tcp     string // the proxy's TCP listener
+	server  netip.AddrPort
+	queries chan string // what the server was asked
+}
+
+func newDNSHarness(t *testing.T, o Options) *dnsHarness {
+	t.Helper()
+	h := &dnsHarness{t: t, queries: make(chan string, 100)}
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		name := q.Question[0].Name
+		select {
+		case h.queries <- name:
+		default:
+		}
+		a := new(dns.Msg)
+		a.SetReply(q)
+		switch {
+		case name == "alias.allowed.test.":
+			a.Answer = append(a.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 30}, Target: "real.other.test."},
+				&dns.A{Hdr: dns.RR_Header{Name: "real.other.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 99)},
+				&dns.A{Hdr: dns.RR_Header{Name: "unrelated.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 98)})
+		case dns.IsSubDomain("allowed.test.", name) || dns.IsSubDomain("other.test.", name):
+			a.Answer = append(a.Answer, &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 120}, A: net.IPv4(192, 0, 2, byte(len(name)))})
+		default:
+			a.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(a)
+	})
+	pc, err := net.ListenPacket("udp4", netip.AddrPortFrom(serverIP, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.server = netip.MustParseAddrPort(pc.LocalAddr().String())
+	ln, err := net.Listen("tcp4", h.server.String()) // the same port over TCP
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: ln, Handler: handler}} {
+		go s.ActivateAndServe()
+		t.Cleanup(func() { s.Shutdown() })
+	}
+	o.OriginalDstUDP = func(netip.AddrPort) netip.AddrPort { return h.server }
+	o.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return h.server, nil }
+	h.p = New(o)
+	upc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.udp, h.tcp = upc.LocalAddr().String(), tln.Addr().String()
+	done := make(chan error, 2)
+	go func() { done <- h.p.ServeDNS(upc) }()
+	go func() { done <- h.p.Serve(tln) }()
+	t.Cleanup(func() {
+		h.p.Close()
+		for range 2 {
+			if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				t.Errorf("serve: %v", err)
+			}
+		}
+	})
+	// The client's egress policy: lookups of *.allowed.test only.
+	rules := []PeerRules{{DNS: []DNSRule{{MatchPattern: "*.allowed.test"}}}}
+	if err := h.p.SetConfig(Config{Revision: 1, IPCache: ipcache, Policies: []PortPolicy{
+		{Endpoint: clientIP, Direction: Egress, Port: h.server.Port(), Protocol: "UDP", Kind: KindDNS, Rules: rules},
+		{Endpoint: clientIP, Direction: Egress, Port: h.server.Port(), Protocol: "TCP", Kind: KindDNS, Rules: rules},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// ask sends one query for name from the client's address over net
+// ("udp" or "tcp") to the proxy.
+func (h *dnsHarness) ask(network, name string) *dns.Msg {
+	h.t.Helper()
+	c := &dns.Client{Net: network, Timeout: 5 * time.Second}
+	addr := h.udp
+	if network == "tcp" {
+		addr = h.tcp
+		c.Dialer = &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0))}
+	} else {
+		c.Dialer = &net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0))}
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(name, dns.TypeA)
+	a, _, err := c.Exchange(q, addr)
+	if err != nil {
+		h.t.Fatalf("%s query for %s: %v", network, name, err)
+	}
+	if a.Id != q.Id {
+		h.t.Fatalf("answer ID %d, query ID %d", a.Id, q.Id)
+	}
+	return a
+}
+
+// An allowed query is answered by the server; a denied one REFUSED by the
+// proxy (the server never sees it); over UDP and TCP alike; the allowed
+// answer's addresses (with its CNAME chain's, not the unrelated ones) are
+// handed to a follower, which acknowledges them.
+func TestDNSAllowDenyAndLearn(t *testing.T) {
+	h := newDNSHarness(t, Options{})
+	learned, stop := h.p.learner.follow()
+	defer stop()
+	go func() {
+		for x := range learned {
+			h.p.learner.ack(x.Seq)
+		}
+	}()
+	for _, network := range []string{"udp", "tcp"} {
+		a := h.ask(network, "www.Allowed.test.")
+		if a.Rcode != dns.RcodeSuccess || len(a.Answer) != 1 {
+			t.Fatalf("%s: allowed query answered %s with %v", network, dns.RcodeToString[a.Rcode], a.Answer)
+		}
+		if got := <-h.queries; got != "www.Allowed.test." { // as asked (0x20 case randomisation survives)
+			t.Errorf("%s: the server was asked %q", network, got)
+		}
+		a = h.ask(network, "evil.other.test.")
+		if a.Rcode != dns.RcodeRefused || len(a.Answer) != 0 {
+			t.Fatalf("%s: denied query answered %s with %v, want REFUSED and nothing", network, dns.RcodeToString[a.Rcode], a.Answer)
+		}
+		select {
+		case got := <-h.queries:
+			t.Errorf("%s: the server saw the denied query (%q)", network, got)
+		default:
+		}
+		a = h.ask(network, "nothing.allowed.test.nope.")
+		if a.Rcode != dns.RcodeRefused {
+			t.Errorf("%s: a name outside the pattern answered %s", network, dns.RcodeToString[a.Rcode])
+		}
+	}
+	// The CNAME chain's addresses count, unrelated records do not.
+	sub, cancel := h.p.Subscribe()
+	defer cancel()
+	a := h.ask("udp", "alias.allowed.test.")
+	if a.Rcode != dns.RcodeSuccess {
+		t.Fatalf("alias: %s", dns.RcodeToString[a.Rcode])
+	}
+	rec := <-sub
+	if want := []netip.Addr{netip.MustParseAddr("192.0.2.99")}; !slices.Equal(rec.DNSAnswers, want) || rec.DNSTTL != 30 {
+		t.Errorf("record answers %v TTL %d, want %v and 30 (the chain's lowest)", rec.DNSAnswers, rec.DNSTTL, want)
+	}
+	if rec.Verdict != Forwarded || rec.Host != "alias.allowed.test." || rec.Method != "A" || rec.DNSRcode != "NOERROR" {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+// Answers are held until the follower acknowledges their addresses, and
+// the follower gets each allowed answer's addresses with the endpoint
+// that asked.
+func TestDNSAnswerHeldUntilLearned(t *testing.T) {
+	h := newDNSHarness(t, Options{DNSHold: 10 * time.Second})
+	learned, stop := h.p.learner.follow()
+	defer stop()
+	answered := make(chan *dns.Msg, 1)
+	go func() { answered <- h.ask("udp", "held.allowed.test.") }()
+	var x Learned
+	select {
+	case x = <-learned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing learned")
+	}
+	if x.Endpoint != clientIP || x.Name != "held.allowed.test." || len(x.Addrs) != 1 || x.TTL != 120 {
+		t.Errorf("learned %+v", x)
+	}
+	select {
+	case <-answered:
+		t.Fatal("the answer was released before the addresses were acknowledged")
+	case <-time.After(300 * time.Millisecond):
+	}
+	h.p.learner.ack(x.Seq)
+	select {
+	case a := <-answered:
+		if a.Rcode != dns.RcodeSuccess {
+			t.Errorf("answer %s", dns.RcodeToString[a.Rcode])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the answer was not released after the acknowledgement")
+	}
+}
+
+// Without a follower (the agent restarts) answers are not held, and what
+// was learned meanwhile reaches the next follower.
+func TestDNSLearnedKeptForNextFollower(t *testing.T) {
+	h := newDNSHarness(t, Options{DNSHold: time.Hour})
+	if a := h.ask("udp", "early.allowed.test."); a.Rcode != dns.RcodeSuccess {
+		t.Fatalf("answer %s", dns.RcodeToString[a.Rcode])
+	}
+	learned, stop := h.p.learner.follow()
+	defer stop()
+	select {
+	case x := <-learned:
+		if x.Name != "early.allowed.test." {
+			t.Errorf("learned %+v", x)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the answer given without a follower was not kept for the next one")
+	}
+}
+
+// NXDOMAIN instead of REFUSED when configured; hostile datagrams: garbage
+// is dropped, a header without a valid body answered FORMERR, several
+// questions FORMERR, a response or a non-query opcode not forwarded.
+func TestDNSRejectsAndHostileQueries(t *testing.T) {
+	h := newDNSHarness(t, Options{DNSRejectNXDomain: true})
+	if a := h.ask("udp", "x.other.test."); a.Rcode != dns.RcodeNameError {
+		t.Errorf("denied query answered %s, want NXDOMAIN", dns.RcodeToString[a.Rcode])
+	}
+	conn, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0)), net.UDPAddrFromAddrPort(netip.MustParseAddrPort(h.udp)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	exchange := func(b []byte) *dns.Msg {
+		t.Helper()
+		conn.Write(b)
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 65535)
+		n, err := conn.Read(buf)
+		if err != nil {
+			return nil
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatalf("the proxy's answer does not parse: %v", err)
+		}
+		return m
+	}
+	if m := exchange([]byte{1, 2, 3}); m != nil {
+		t.Errorf("3 bytes answered: %v", m)
+	}
+	bad := make([]byte, 12)
+	binary.BigEndian.PutUint16(bad, 0xbeef)
+	binary.BigEndian.PutUint16(bad[4:], 5) // five questions that are not there
+	if m := exchange(bad); m == nil || m.Id != 0xbeef || m.Rcode != dns.RcodeFormatError {
+		t.Errorf("truncated query answered %v, want FORMERR with its ID", m)
+	}
+	two := new(dns.Msg)
+	two.Question = []dns.Question{{Name: "a.allowed.test.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: "b.other.test.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+	b, _ := two.Pack()
+	if m := exchange(b); m == nil || m.Rcode != dns.RcodeFormatError {
+		t.Errorf("two questions answered %v, want FORMERR", m)
+	}
+	upd := new(dns.Msg)
+	upd.SetUpdate("allowed.test.")
+	upd.Question[0].Name = "www.allowed.test."
+	b, _ = upd.Pack()
+	if m := exchange(b); m == nil || m.Rcode != dns.RcodeNotImplemented {
+		t.Errorf("an UPDATE answered %v, want NOTIMP", m)
+	}
+	resp := new(dns.Msg)
+	resp.SetQuestion("www.allowed.test.", dns.TypeA)
+	resp.Response = true
+	b, _ = resp.Pack()
+	if m := exchange(b); m == nil || m.Rcode != dns.RcodeFormatError {
+		t.Errorf("a response sent as a query answered %v, want FORMERR", m)
+	}
+	select {
+	case got := <-h.queries:
+		t.Errorf("the server saw %q", got)
+	default:
+	}
+}
+
+// A TCP DNS connection carries several queries; one over the size a
+// client announced is cut, not read past.
+func TestDNSTCPSeveralQueries(t *testing.T) {
+	h := newDNSHarness(t, Options{})
+	c, err := (&net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0))}).DialContext(context.Background(), "tcp", h.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dc := &dns.Conn{Conn: c}
+	for i, name := range []string{"a.allowed.test.", "b.other.test.", "c.allowed.test."} {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := dc.WriteMsg(q); err != nil {
+			t.Fatal(err)
+		}
+		a, err := dc.ReadMsg()
+		if err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		want := dns.RcodeSuccess
+		if i == 1 {
+			want = dns.RcodeRefused
+		}
+		if a.Id != q.Id || a.Rcode != want {
+			t.Errorf("query %d (%s): ID %d rcode %s, want %s", i, name, a.Id, dns.RcodeToString[a.Rcode], dns.RcodeToString[want])
+		}
+	}
+}
+
+func TestAnswerAddrsFollowsChainOnly(t *testing.T) {
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a := &dns.Msg{Answer: []dns.RR{
+		rr("b.test. 50 IN CNAME c.test."),
+		rr("a.test. 100 IN CNAME b.test."),
+		rr("c.test. 200 IN A 192.0.2.1"),
+		rr("c.test. 10 IN AAAA 2001:db8::1"),
+		rr("x.test. 5 IN A 192.0.2.2"),
+		rr("c.test. 300 IN CNAME a.test."), // a loop
+	}}
+	got, ttl := answerAddrs(a, "A.test.")
+	if !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.1")}) || ttl != 50 {
+		t.Errorf("answerAddrs = %v, %d; want [192.0.2.1], 50", got, ttl)
+	}
+}
