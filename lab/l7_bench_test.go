@@ -290,7 +290,7 @@ func contextSwitches(pid int) int {
 	for _, t := range tasks {
 		data, _ := os.ReadFile(t)
 		for _, line := range strings.Split(string(data), "\n") {
-			if strings.HasSuffix(strings.Fields(line+" x")[0], "ctxt_switches:") {
+			if strings.HasSuffix(strings.Fields(line + " x")[0], "ctxt_switches:") {
 				v, _ := strconv.Atoi(strings.Fields(line)[1])
 				n += v
 			}

@@ -93,6 +93,8 @@ type Server struct {
 	Services Services
 	// Groups manages toGroups/fromGroups (nil: none).
 	Groups Groups
+	// FQDNCache lists the node's DNS name cache (nil: none).
+	FQDNCache func() []types.FQDNEntry
 	// Encryption reports the node's transparent encryption (nil: none).
 	Encryption func() (EncryptionStatus, error)
 	// RotateKey makes and publishes a new encryption key (nil: none).
@@ -168,6 +170,13 @@ func (s *Server) Handler() http.Handler {
 			st = wireGroups(s.Groups.Status())
 		}
 		reply(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("GET /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {
+		out := []types.FQDNEntry{}
+		if s.FQDNCache != nil {
+			out = s.FQDNCache()
+		}
+		reply(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST /v1/groups/refresh", func(w http.ResponseWriter, r *http.Request) {
 		if s.Groups == nil {

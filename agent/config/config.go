@@ -146,6 +146,17 @@ type Config struct {
 	// ProxyBinary is the filament-proxy executable ("" = next to the
 	// agent's, else on PATH).
 	ProxyBinary string `json:"proxyBinary"`
+	// ToFQDNsMinTTL raises the TTL of learned DNS names to at least this.
+	ToFQDNsMinTTL Duration `json:"tofqdnsMinTTL"`
+	// ToFQDNsMaxIPsPerName bounds the addresses kept per learned name
+	// (the oldest go first).
+	ToFQDNsMaxIPsPerName int `json:"tofqdnsMaxIPsPerName"`
+	// ToFQDNsMaxEntries bounds the (name, address) entries of the node's
+	// DNS name cache (those that expire soonest go first).
+	ToFQDNsMaxEntries int `json:"tofqdnsMaxEntries"`
+	// DNSRejectResponse is the proxy's answer to a DNS query no rule
+	// allows: refused or nxdomain.
+	DNSRejectResponse string `json:"dnsRejectResponse"`
 	// Encryption of pod traffic between nodes: none, wireguard or ipsec.
 	Encryption string `json:"encryption"`
 	// EncryptionStrict drops pod traffic to a node that is not an
@@ -212,6 +223,9 @@ func Default() Config {
 		MaglevTableSize:       maglev.DefaultSize,
 		SocketLB:              true,
 		ProxyPort:             DefaultProxyPort,
+		ToFQDNsMaxIPsPerName:  1000,
+		ToFQDNsMaxEntries:     65536,
+		DNSRejectResponse:     "refused",
 		Encryption:            "none",
 		GroupsRefreshInterval: Duration(5 * time.Minute),
 	}
@@ -432,6 +446,18 @@ func (c Config) validateIntegrations() error {
 	}
 	if err := atLeastASecond("groupsRefreshInterval", c.GroupsRefreshInterval); err != nil {
 		return err
+	}
+	if err := notNegative("tofqdnsMinTTL", c.ToFQDNsMinTTL); err != nil {
+		return err
+	}
+	if c.ToFQDNsMaxIPsPerName < 1 || c.ToFQDNsMaxIPsPerName > 100000 {
+		return fmt.Errorf("%w: tofqdnsMaxIPsPerName %d: must be 1-100000", ErrInvalid, c.ToFQDNsMaxIPsPerName)
+	}
+	if c.ToFQDNsMaxEntries < 1 || c.ToFQDNsMaxEntries > 10000000 {
+		return fmt.Errorf("%w: tofqdnsMaxEntries %d: must be 1-10000000", ErrInvalid, c.ToFQDNsMaxEntries)
+	}
+	if c.DNSRejectResponse != "refused" && c.DNSRejectResponse != "nxdomain" {
+		return fmt.Errorf("%w: dnsRejectResponse %q: want refused or nxdomain", ErrInvalid, c.DNSRejectResponse)
 	}
 	return existingFile("kubeconfig", c.Kubeconfig)
 }

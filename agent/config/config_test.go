@@ -162,6 +162,10 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"awsEndpoint", func(c *Config) { c.AWSEndpoint = "moto:5000" }, []string{"awsEndpoint", "moto:5000"}},
 		{"awsIMDSEndpoint", func(c *Config) { c.AWSIMDSEndpoint = "ftp://169.254.169.254" }, []string{"awsIMDSEndpoint", "ftp://169.254.169.254"}},
 		{"groupsRefreshInterval", func(c *Config) { c.GroupsRefreshInterval = Duration(time.Millisecond) }, []string{"groupsRefreshInterval", "1ms"}},
+		{"tofqdnsMinTTL", func(c *Config) { c.ToFQDNsMinTTL = Duration(-time.Second) }, []string{"tofqdnsMinTTL", "-1s"}},
+		{"tofqdnsMaxIPsPerName", func(c *Config) { c.ToFQDNsMaxIPsPerName = 0 }, []string{"tofqdnsMaxIPsPerName", "0"}},
+		{"tofqdnsMaxEntries", func(c *Config) { c.ToFQDNsMaxEntries = -5 }, []string{"tofqdnsMaxEntries", "-5"}},
+		{"dnsRejectResponse", func(c *Config) { c.DNSRejectResponse = "drop" }, []string{"dnsRejectResponse", "drop"}},
 		{"kubeconfig", func(c *Config) { c.Kubeconfig = missing }, []string{"kubeconfig", missing}},
 	}
 	for _, tc := range cases {

@@ -79,7 +79,7 @@ func (a *Agent) startAPI(ctx context.Context) error {
 	a.srv = &api.Server{
 		Endpoints: a.eps, Identities: a.ids, KnownIdentities: a.res.Identities, Policies: a.clusterPolicies, Monitor: a.hub,
 		Metrics: metricsHandler, Trace: a.res.Trace, Nodes: a.reg.List, ClusterName: a.cfg.ClusterName, Services: a.services,
-		Groups: a.groups, BPF: a.dp, IdentityLabels: a.identityLabels,
+		Groups: a.groups, FQDNCache: a.names.list, BPF: a.dp, IdentityLabels: a.identityLabels,
 		Encryption: func() (api.EncryptionStatus, error) { return a.enc.Status(a.dp, a.auth) },
 		RotateKey:  func(ctx context.Context) (string, error) { return a.enc.Rotate(ctx, a.reg) },
 		ClusterMesh: func() []remote.Status {
@@ -136,7 +136,7 @@ func (a *Agent) startProxy(ctx context.Context) error {
 	}
 	s, err := l7.Start(ctx, l7.Config{Binary: a.cfg.ProxyBinary, StateDir: filepath.Join(a.cfg.StateDir, "proxy"),
 		Port: uint16(a.cfg.ProxyPort), OriginMap: a.dp.OriginMapPath(), Policies: a.res.L7Policies, Endpoints: a.l7Endpoints, IPCache: a.ipcache, Publish: a.hub.Publish,
-		Wanted: func() bool { return a.hub.Wants("l7") }})
+		Wanted: func() bool { return a.hub.Wants("l7") }, Learn: a.names.learn, DNSReject: a.cfg.DNSRejectResponse})
 	if err != nil {
 		slog.Error("L7 proxy off: flows that L7 rules apply to are dropped", "err", err)
 		return nil

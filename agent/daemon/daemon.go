@@ -94,6 +94,7 @@ type Agent struct {
 	podLabels       func(ctx context.Context, namespace, pod string) ([]string, bool)
 	relabel         k8sPods
 	groups          cloudGroups
+	names           *dnsNames
 	// endpoints, monitor, API
 	eps *endpoint.Manager
 	hub *monitor.Hub
@@ -133,6 +134,7 @@ func (a *Agent) steps() []step {
 		{"encryption", a.startEncryption},
 		{"node", a.startNode},
 		{"policy", a.startPolicy},
+		{"dns names", a.startDNSNames},
 		{"services", a.startServices},
 		{"failure detection", a.startDetection},
 		{"mesh", a.startMesh},

@@ -146,3 +146,32 @@ func (d *Datapath) ConntrackEntries() int {
 	}
 	return n
 }
+
+// Flow is one conntrack entry's tuple and scope.
+type Flow struct {
+	Src, Dst netip.AddrPort
+	Proto    uint8
+	Endpoint uint16
+}
+
+// EgressFlows returns the live conntrack entries of endpoints' egress
+// flows by destination address (to tell which learned DNS addresses
+// connections still use).
+func (d *Datapath) EgressFlows() (map[netip.Addr][]Flow, error) {
+	now := monotonicNow()
+	var k bpf.DatapathCtKey
+	var v bpf.DatapathCtEntry
+	out := map[netip.Addr][]Flow{}
+	it := d.objs.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		if v.Expires > now && k.Dir == 0 { // DIR_EGRESS
+			dst := addrFrom(k.Daddr)
+			out[dst] = append(out[dst], Flow{Src: netip.AddrPortFrom(addrFrom(k.Saddr), k.Sport), Dst: netip.AddrPortFrom(dst, k.Dport),
+				Proto: k.Proto, Endpoint: k.EpId})
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	return out, nil
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -289,6 +290,18 @@ func (m *Manager) Lookup(containerID, ifName string) (Endpoint, error) {
 		return Endpoint{}, fmt.Errorf("%w: containerID %q interface %q", ErrNotFound, containerID, ifName)
 	}
 	return *ep, nil
+}
+
+// ByIP returns the ID of the endpoint with IPv4 address ip.
+func (m *Manager) ByIP(ip netip.Addr) (uint16, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, ep := range m.endpoints {
+		if ep.IPv4 == ip {
+			return id, true
+		}
+	}
+	return 0, false
 }
 
 // List returns every endpoint by ID.

@@ -166,10 +166,7 @@ func hasUpper(s string) bool {
 // SelectorKey is a stable key for sel: "fqdn:name:<name>" or
 // "fqdn:pattern:<pattern>", normalized. It does not validate sel.
 func SelectorKey(sel api.FQDNSelector) string {
-	if sel.MatchName != "" {
-		return "fqdn:name:" + Normalize(sel.MatchName)
-	}
-	return "fqdn:pattern:" + Normalize(sel.MatchPattern)
+	return api.FQDNKey(sel) // the resolver's key too
 }
 
 // validName reports whether n, a normalized name, is a DNS name of at most

@@ -75,6 +75,13 @@ type Config struct {
 	// Wanted says someone listens (records are not read otherwise).
 	Publish func(monitor.Event)
 	Wanted  func() bool
+	// Learn receives the addresses of each DNS answer the proxy allowed
+	// and returns when they are in the datapath (the proxy holds the
+	// answer until then); nil: answers are not followed.
+	Learn func(proxy.Learned)
+	// DNSReject is the proxy's answer to a DNS query no rule allows:
+	// refused (the default) or nxdomain.
+	DNSReject string
 }
 
 // Endpoint is a local endpoint's address and identity.
@@ -126,7 +133,57 @@ func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.superviseAndConfigure(ctx) }()
 	go func() { defer s.wg.Done(); s.readRecords(ctx) }()
+	if cfg.Learn != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.followLearned(ctx) }()
+	}
 	return s, nil
+}
+
+// followLearned follows the addresses of the DNS answers the proxy
+// allowed, hands each to Learn and acknowledges it, until ctx ends,
+// reconnecting.
+func (s *Supervisor) followLearned(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := s.followLearnedOnce(ctx); err != nil && ctx.Err() == nil {
+			slog.Debug("L7 proxy: learned DNS answers", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Supervisor) followLearnedOnce(ctx context.Context) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/v1/dns/learned", nil)
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("learned DNS answers: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		var x proxy.Learned
+		if err := json.Unmarshal(sc.Bytes(), &x); err != nil {
+			continue
+		}
+		s.cfg.Learn(x)
+		body, _ := json.Marshal(proxy.Ack{Seq: x.Seq})
+		ack, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://proxy/v1/dns/ack", bytes.NewReader(body))
+		ack.Header.Set("Content-Type", "application/json")
+		r, err := s.hc.Do(ack)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	return sc.Err()
 }
 
 // Wait waits for the supervisor's goroutines (after ctx ended).
@@ -215,6 +272,9 @@ func (s *Supervisor) spawn() error {
 	if s.cfg.OriginMap != "" {
 		args = append(args, "--origin-map", s.cfg.OriginMap)
 	}
+	if s.cfg.DNSReject != "" {
+		args = append(args, "--dns-reject", s.cfg.DNSReject)
+	}
 	cmd := exec.Command(s.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -302,12 +362,19 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 		if p.Dir == policy.Ingress {
 			dir = "ingress"
 		}
-		key := fmt.Sprintf("%s/%s/%d", ip, dir, p.Port)
+		proto, kind := "TCP", proxy.KindHTTP
+		if p.Proto == 17 {
+			proto = "UDP"
+		}
+		if len(p.DNS) > 0 {
+			kind = proxy.KindDNS
+		}
+		key := fmt.Sprintf("%s/%s/%d/%s", ip, dir, p.Port, proto)
 		i, ok := index[key]
 		if !ok {
 			i = len(cfg.Policies)
 			index[key] = i
-			cfg.Policies = append(cfg.Policies, proxy.PortPolicy{Endpoint: ip, Direction: dir, Port: p.Port, Protocol: "TCP"})
+			cfg.Policies = append(cfg.Policies, proxy.PortPolicy{Endpoint: ip, Direction: dir, Port: p.Port, Protocol: proto, Kind: kind})
 		}
 		pr := proxy.PeerRules{HTTP: []proxy.HTTPRule{}}
 		if p.Identity != 0 {
@@ -315,6 +382,9 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 		}
 		for _, h := range p.HTTP {
 			pr.HTTP = append(pr.HTTP, HTTPRule(h))
+		}
+		for _, d := range p.DNS {
+			pr.DNS = append(pr.DNS, proxy.DNSRule(d))
 		}
 		cfg.Policies[i].Rules = append(cfg.Policies[i].Rules, pr)
 	}

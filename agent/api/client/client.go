@@ -329,6 +329,12 @@ func (c *Client) Groups(ctx context.Context) (types.GroupsStatus, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/groups", nil, "", &out)
 }
 
+// FQDNCache lists the node's DNS name cache.
+func (c *Client) FQDNCache(ctx context.Context) ([]types.FQDNEntry, error) {
+	var out []types.FQDNEntry
+	return out, c.do(ctx, http.MethodGet, "/v1/fqdn/cache", nil, "", &out)
+}
+
 // RefreshGroups asks the cluster's resolver to resolve every group now.
 func (c *Client) RefreshGroups(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/groups/refresh", nil, "", nil)

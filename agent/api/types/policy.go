@@ -185,3 +185,14 @@ type AWSGroup struct {
 	SecurityGroupsNames []string          `json:"securityGroupsNames,omitempty"`
 	Region              string            `json:"region,omitempty"`
 }
+
+// FQDNEntry is one (name, address) of the node's DNS name cache (GET
+// /v1/fqdn/cache): learned from an answer the L7 proxy allowed, it is
+// what toFQDNs selectors match.
+type FQDNEntry struct {
+	Name      string     `json:"name"`
+	Addr      netip.Addr `json:"addr"`
+	Expires   time.Time  `json:"expires"`
+	TTLLeft   int        `json:"ttlLeft"` // seconds; negative: expired, kept while a connection uses it
+	Endpoints []uint16   `json:"endpoints"`
+}

@@ -1,0 +1,215 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/filament-net/filament/agent/api/types"
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/fqdn"
+	"github.com/filament-net/filament/agent/policy/api"
+	"github.com/filament-net/filament/agent/proxy"
+)
+
+// dnsNames is the node's DNS name cache and what follows from it: the
+// addresses of the toFQDNs selectors in the policy. The L7 proxy hands
+// it each allowed answer (learn); the policy's selectors are kept
+// registered with the cache; expired names leave the policy, except
+// addresses a live connection still goes to.
+type dnsNames struct {
+	a     *Agent
+	cache *fqdn.Cache
+	path  string
+
+	mu   sync.Mutex                  // serialises cache changes with their policy updates
+	sels map[string]api.FQDNSelector // registered with the cache
+	// pins are expired addresses kept for the flows to them that were
+	// open when they expired (flows opened since do not keep them).
+	pins map[netip.Addr]map[datapath.Flow]bool
+}
+
+// startDNSNames restores the DNS name cache and has the resolver take
+// the addresses of a toFQDNs selector from it when a policy first names
+// the selector (so that restored names allow at once after a restart).
+func (a *Agent) startDNSNames(ctx context.Context) error {
+	d := &dnsNames{a: a, path: filepath.Join(a.cfg.StateDir, "fqdn-cache.json"), sels: map[string]api.FQDNSelector{},
+		pins: map[netip.Addr]map[datapath.Flow]bool{},
+		cache: fqdn.NewCache(fqdn.Config{MinTTL: time.Duration(a.cfg.ToFQDNsMinTTL), MaxAddrsPerName: a.cfg.ToFQDNsMaxIPsPerName,
+			MaxEntries: a.cfg.ToFQDNsMaxEntries})}
+	if err := d.cache.Load(d.path); err != nil {
+		slog.Warn("DNS name cache not restored: starting empty", "path", d.path, "err", err)
+	} else if n := d.cache.Len(); n > 0 {
+		slog.Info("DNS name cache restored", "entries", n)
+	}
+	a.res.SetFQDNSource(d.addrsFor)
+	a.names = d
+	a.goroutine(func() { d.run(ctx) })
+	a.onStop("DNS name cache", d.save)
+	return nil
+}
+
+// addrsFor registers a selector a policy names and returns its addresses.
+// The resolver calls it under its own lock: it must not call back.
+func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) []netip.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.sels[key]; !ok {
+		d.sels[key] = sel
+		if _, err := d.cache.SetSelectors(d.sels); err != nil {
+			slog.Warn("toFQDNs selector not usable", "selector", key, "err", err)
+		}
+	}
+	return d.cache.Addrs(key)
+}
+
+// learn records an allowed DNS answer and returns when its addresses are
+// in the datapath (the proxy holds the answer until then).
+func (d *dnsNames) learn(x proxy.Learned) {
+	ep, ok := d.a.eps.ByIP(x.Endpoint)
+	if !ok {
+		return // not an endpoint of this node (any more)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, a := range x.Addrs {
+		delete(d.pins, a) // answered again: not expired
+	}
+	d.apply(d.cache.Update(ep, x.Name, x.Addrs, time.Duration(x.TTL)*time.Second))
+}
+
+// apply hands the changed selectors' addresses to the policy; the caller
+// holds d.mu.
+func (d *dnsNames) apply(changed []string) {
+	for _, key := range changed {
+		if _, ok := d.sels[key]; ok {
+			d.a.engine.GroupChanged(key, d.cache.Addrs(key))
+		}
+	}
+}
+
+// run keeps the registered selectors those of the policy, expires names
+// when they are due and saves the cache now and then, until ctx ends.
+func (d *dnsNames) run(ctx context.Context) {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	lastSave := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.syncSelectors()
+		if next := d.cache.NextExpiry(); !next.IsZero() && !next.After(time.Now()) {
+			d.expire()
+		}
+		if time.Since(lastSave) >= 10*time.Second {
+			d.save()
+			lastSave = time.Now()
+		}
+		t.Reset(time.Second)
+	}
+}
+
+// syncSelectors registers exactly the toFQDNs selectors the policy uses.
+func (d *dnsNames) syncSelectors() {
+	inUse := d.a.res.FQDNSelectorsInUse()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if maps.Equal(inUse, d.sels) {
+		return
+	}
+	changed, err := d.cache.SetSelectors(inUse)
+	if err != nil {
+		slog.Warn("toFQDNs selectors", "err", err)
+		return
+	}
+	for key := range d.sels {
+		if _, ok := inUse[key]; !ok {
+			d.a.res.ForgetGroup(key)
+		}
+	}
+	d.sels = inUse
+	d.apply(changed)
+}
+
+// expire drops the names whose TTL passed, except addresses that
+// endpoints' flows opened before the expiry still go to: those stay until
+// the last of those flows ends (no cut in mid-connection; a flow opened
+// after the expiry keeps nothing).
+func (d *dnsNames) expire() {
+	live, err := d.a.dp.EgressFlows()
+	if err != nil {
+		slog.Warn("DNS names not expired: conntrack unreadable", "err", err)
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.apply(d.cache.Expire(func(a netip.Addr) bool { return d.keep(a, live[a]) }))
+}
+
+// keep tells whether the expired address a stays for its open flows; the
+// caller holds d.mu.
+func (d *dnsNames) keep(a netip.Addr, open []datapath.Flow) bool {
+	pin, ok := d.pins[a]
+	if !ok {
+		if len(open) == 0 {
+			return false
+		}
+		pin = make(map[datapath.Flow]bool, len(open))
+		for _, f := range open {
+			pin[f] = true
+		}
+		d.pins[a] = pin
+		return true
+	}
+	for _, f := range open {
+		if pin[f] {
+			return true
+		}
+	}
+	delete(d.pins, a)
+	return false
+}
+
+func (d *dnsNames) save() {
+	if err := d.cache.Save(d.path); err != nil {
+		slog.Warn("DNS name cache not saved", "path", d.path, "err", err)
+	}
+	d.prunePins()
+}
+
+// prunePins forgets the pins of addresses the cache no longer has
+// (evicted while pinned).
+func (d *dnsNames) prunePins() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.pins) == 0 {
+		return
+	}
+	in := map[netip.Addr]bool{}
+	for _, e := range d.cache.List() {
+		in[e.Addr] = true
+	}
+	for a := range d.pins {
+		if !in[a] {
+			delete(d.pins, a)
+		}
+	}
+}
+
+// list is the cache for the API.
+func (d *dnsNames) list() []types.FQDNEntry {
+	now := time.Now()
+	out := []types.FQDNEntry{}
+	for _, e := range d.cache.List() {
+		left := int(e.Expires.Sub(now).Round(time.Second) / time.Second)
+		out = append(out, types.FQDNEntry{Name: e.Name, Addr: e.Addr, Expires: e.Expires, TTLLeft: left, Endpoints: e.Endpoints})
+	}
+	return out
+}
