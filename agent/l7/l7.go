@@ -498,7 +498,10 @@ func (s *Supervisor) event(r proxy.Record) monitor.Event {
 		SrcIdentity: identity.NumericIdentity(r.SrcIdentity), DstIdentity: identity.NumericIdentity(r.DstIdentity),
 		Src: netip.AddrPortFrom(r.SrcIP, r.SrcPort), Dst: netip.AddrPortFrom(r.DstIP, r.DstPort), Protocol: "TCP",
 		L7: &monitor.L7{Protocol: r.Protocol, Method: r.Method, Host: r.Host, Path: r.Path, Status: r.Status,
-			Latency: r.Latency, Verdict: r.Verdict, Notes: r.Notes}}
+			Latency: r.Latency, Verdict: r.Verdict, Notes: r.Notes, DNSRcode: r.DNSRcode, DNSAnswers: r.DNSAnswers, DNSTTL: r.DNSTTL}}
+	if strings.HasPrefix(r.Protocol, "DNS/") {
+		ev.Protocol = strings.TrimPrefix(r.Protocol, "DNS/")
+	}
 	for id, ep := range s.cfg.Endpoints() {
 		switch ep.IP {
 		case r.Endpoint:
