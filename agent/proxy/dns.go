@@ -411,6 +411,7 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 		if len(addrs) > 0 {
 			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
 			p.metrics.dnsHold.Observe(held.Seconds())
+			rec.DNSHeld = held
 			if !acked {
 				rec.Notes = append(rec.Notes, "released before the agent confirmed the addresses")
 			}
