@@ -165,6 +165,7 @@ func (s *Supervisor) followLearnedOnce(ctx context.Context) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("learned DNS answers: %s", resp.Status)
 	}
+	session, _ := strconv.ParseUint(resp.Header.Get(proxy.LearnSessionHeader), 10, 64)
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
@@ -173,7 +174,7 @@ func (s *Supervisor) followLearnedOnce(ctx context.Context) error {
 			continue
 		}
 		s.cfg.Learn(x)
-		body, _ := json.Marshal(proxy.Ack{Seq: x.Seq})
+		body, _ := json.Marshal(proxy.Ack{Session: session, Seq: x.Seq})
 		ack, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://proxy/v1/dns/ack", bytes.NewReader(body))
 		ack.Header.Set("Content-Type", "application/json")
 		r, err := s.hc.Do(ack)
@@ -375,6 +376,15 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 			i = len(cfg.Policies)
 			index[key] = i
 			cfg.Policies = append(cfg.Policies, proxy.PortPolicy{Endpoint: ip, Direction: dir, Port: p.Port, Protocol: proto, Kind: kind})
+		}
+		if cfg.Policies[i].Kind != kind {
+			// HTTP and DNS rules on one port (from different rules or
+			// policies): the port keeps its first kind, and the peers of
+			// the other get nothing through (fail closed) rather than the
+			// proxy refusing the node's whole configuration.
+			slog.Warn("L7 rules of two kinds on one port: the second kind's are left out (its peers are denied)",
+				"endpoint", ip, "direction", dir, "port", p.Port, "protocol", proto, "kept", cfg.Policies[i].Kind, "left out", strings.Join(p.Refs, ", "))
+			continue
 		}
 		pr := proxy.PeerRules{HTTP: []proxy.HTTPRule{}}
 		if p.Identity != 0 {

@@ -277,6 +277,9 @@ func (sd side) allowDNS(name string) bool {
 // allow finds the first rule of the side that lets req through, and the
 // header actions it asks for.
 func (sd side) allow(req *http.Request) (ok bool, acts []HeaderMatch) {
+	if sd.kind != KindHTTP {
+		return false, nil // a DNS port carries no HTTP
+	}
 	for _, p := range sd.peers {
 		if p.remotes != nil && !p.remotes[sd.remote] {
 			continue

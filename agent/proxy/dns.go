@@ -15,7 +15,9 @@ package proxy
 // toFQDNs policy that allows it.
 
 import (
+	"bytes"
 	"context"
+	"math/rand/v2"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -163,29 +165,25 @@ func (p *Proxy) sourceIdentity(src, dst netip.AddrPort) uint32 {
 // transparentReply sends an answer to the client from the address it
 // asked (from), on a transparent socket bound to it.
 func (p *Proxy) transparentReply(b []byte, from, to netip.AddrPort) error {
-	c, err := p.replySocket(from)
+	c, kept, err := p.replySocket(from)
 	if err != nil {
 		return err
+	}
+	if !kept {
+		defer c.Close()
 	}
 	_, err = c.WriteToUDPAddrPort(b, to)
 	return err
 }
 
 // replySocket returns the socket bound to from (IP_TRANSPARENT,
-// SO_REUSEADDR) that answers leave from, opened on first use; at most
-// maxReplySockets are kept.
-func (p *Proxy) replySocket(from netip.AddrPort) (*net.UDPConn, error) {
+// SO_REUSEADDR) that answers leave from, opened on first use and kept
+// (at most maxReplySockets are; beyond, the caller closes it: kept false).
+func (p *Proxy) replySocket(from netip.AddrPort) (c *net.UDPConn, kept bool, err error) {
 	p.dnsMu.Lock()
 	defer p.dnsMu.Unlock()
 	if c, ok := p.replies[from]; ok {
-		return c, nil
-	}
-	if len(p.replies) >= maxReplySockets {
-		for k, c := range p.replies { // any one
-			c.Close()
-			delete(p.replies, k)
-			break
-		}
+		return c, true, nil
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		return sockopt(rc, func(fd int) error {
@@ -197,13 +195,16 @@ func (p *Proxy) replySocket(from netip.AddrPort) (*net.UDPConn, error) {
 	}}
 	pc, err := lc.ListenPacket(context.Background(), "udp4", from.String())
 	if err != nil {
-		return nil, fmt.Errorf("answer socket %s: %w", from, err)
+		return nil, false, fmt.Errorf("answer socket %s: %w", from, err)
+	}
+	if len(p.replies) >= maxReplySockets {
+		return pc.(*net.UDPConn), false, nil
 	}
 	if p.replies == nil {
 		p.replies = map[netip.AddrPort]*net.UDPConn{}
 	}
 	p.replies[from] = pc.(*net.UDPConn)
-	return p.replies[from], nil
+	return p.replies[from], true, nil
 }
 
 // forwardUDP sends an allowed query to the server the client asked and
@@ -287,8 +288,15 @@ func (p *Proxy) serveDNSTCP(dc *downConn) {
 	}()
 	srcID := dc.srcIdentity(p.cfg.Load())
 	for {
+		// Idle between queries up to IdleTimeout; a query, once begun,
+		// within ReadHeaderTimeout (slowloris).
 		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
-		q, err := readTCPMessage(dc)
+		var l [1]byte
+		if _, err := io.ReadFull(dc, l[:]); err != nil {
+			return
+		}
+		dc.SetReadDeadline(time.Now().Add(p.opts.ReadHeaderTimeout))
+		q, err := readTCPMessage(io.MultiReader(bytes.NewReader(l[:]), dc))
 		if err != nil {
 			return
 		}
@@ -300,15 +308,12 @@ func (p *Proxy) serveDNSTCP(dc *downConn) {
 				}
 			}
 			up.SetDeadline(upstreamDeadline(ctx))
-			if err := writeTCPMessage(up, q); err != nil {
-				return nil, err
+			a, err := exchangeTCP(up, q)
+			if err != nil { // the next query gets a new connection
+				up.Close()
+				up = nil
 			}
-			for {
-				a, err := readTCPMessage(up)
-				if err != nil || len(a) >= 2 && a[0] == q[0] && a[1] == q[1] {
-					return a, err
-				}
-			}
+			return a, err
 		})
 		cancel()
 		if out == nil {
@@ -317,6 +322,20 @@ func (p *Proxy) serveDNSTCP(dc *downConn) {
 		dc.SetWriteDeadline(time.Now().Add(dnsUpstreamTimeout))
 		if writeTCPMessage(dc, out) != nil {
 			return
+		}
+	}
+}
+
+// exchangeTCP writes q on an upstream DNS connection and reads the
+// answer with its ID.
+func exchangeTCP(up net.Conn, q []byte) ([]byte, error) {
+	if err := writeTCPMessage(up, q); err != nil {
+		return nil, err
+	}
+	for {
+		a, err := readTCPMessage(up)
+		if err != nil || len(a) >= 2 && a[0] == q[0] && a[1] == q[1] {
+			return a, err
 		}
 	}
 }
@@ -387,7 +406,13 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 		}
 	}
 	rec.Direction, rec.Endpoint = sides[0].direction, sides[0].endpoint
-	packed, err := q.Pack() // the server gets what was decided on, nothing else
+	// The server gets what was decided on, nothing else, with an ID of the
+	// proxy's (the client knows its own: an accomplice off the path
+	// would have only the port to guess).
+	clientID := q.Id
+	q.Id = dns.Id()
+	packed, err := q.Pack()
+	q.Id = clientID
 	if err != nil {
 		rec.Reason = "query not packed: " + err.Error()
 		return p.dnsAnswer(rec, errorReply(q, dns.RcodeFormatError), Denied)
@@ -397,8 +422,8 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	if err == nil {
 		err = a.Unpack(out)
 	}
-	if err == nil && (!a.Response || len(a.Question) != 1 || !strings.EqualFold(a.Question[0].Name, q.Question[0].Name) ||
-		a.Question[0].Qtype != q.Question[0].Qtype) {
+	if err == nil && (!a.Response || len(a.Question) > 1 || len(a.Question) == 0 && a.Rcode == dns.RcodeSuccess ||
+		len(a.Question) == 1 && (!strings.EqualFold(a.Question[0].Name, q.Question[0].Name) || a.Question[0].Qtype != q.Question[0].Qtype)) {
 		err = errors.New("the answer is not for the query")
 	}
 	if err != nil {
@@ -419,6 +444,7 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	}
 	rec.DNSRcode = dns.RcodeToString[a.Rcode]
 	rec.Status = a.Rcode
+	binary.BigEndian.PutUint16(out, clientID) // the client's ID back
 	return p.finishDNS(rec, out, Forwarded)
 }
 
@@ -530,6 +556,7 @@ const maxPendingLearned = 4096
 type learner struct {
 	mu      sync.Mutex
 	seq     uint64
+	session uint64       // the follower's: acks of another session are not its
 	sub     chan Learned // nil: nobody follows
 	pending []Learned    // kept for the next follower
 	acked   uint64
@@ -584,20 +611,35 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 }
 
 // follow makes the caller the follower (ending the previous one's
-// stream): the channel gives what was kept, then each new answer.
-func (l *learner) follow() (<-chan Learned, func()) {
+// stream): the channel gives what the previous follower had not read and
+// what was kept, then each new answer. Its acknowledgements must name
+// the session.
+func (l *learner) follow() (_ <-chan Learned, session uint64, stop func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	ch := make(chan Learned, maxPendingLearned)
 	if l.sub != nil {
+	drain:
+		for {
+			select {
+			case x := <-l.sub:
+				ch <- x
+			default:
+				break drain
+			}
+		}
 		close(l.sub)
 	}
-	ch := make(chan Learned, maxPendingLearned)
 	for _, x := range l.pending {
-		ch <- x
+		select {
+		case ch <- x:
+		default: // full: the oldest were sent
+		}
 	}
 	l.pending = nil
 	l.sub = ch
-	return ch, func() {
+	l.session = rand.Uint64()
+	return ch, l.session, func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if l.sub == ch {
@@ -607,10 +649,14 @@ func (l *learner) follow() (<-chan Learned, func()) {
 	}
 }
 
-// ack records that the agent applied every answer up to seq.
-func (l *learner) ack(seq uint64) {
+// ack records that the follower of session applied every answer up to
+// seq (an ack of another session, a follower gone, changes nothing).
+func (l *learner) ack(session, seq uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if session != l.session || seq > l.seq {
+		return
+	}
 	if seq > l.acked {
 		l.acked = seq
 	}

@@ -42,14 +42,14 @@ func FuzzDNSExchange(f *testing.F) {
 			Rules: []PeerRules{{DNS: []DNSRule{{MatchPattern: "*.allowed.test"}}}}}}}); err != nil {
 			t.Fatal(err)
 		}
-		learned, stop := p.learner.follow()
+		learned, session, stop := p.learner.follow()
 		var got []Learned
 		followed := make(chan struct{})
 		go func() { // the agent: acknowledges at once
 			defer close(followed)
 			for x := range learned {
 				got = append(got, x)
-				p.learner.ack(x.Seq)
+				p.learner.ack(session, x.Seq)
 			}
 		}()
 		forwarded := false

@@ -127,11 +127,11 @@ func (h *dnsHarness) ask(network, name string) *dns.Msg {
 // handed to a follower, which acknowledges them.
 func TestDNSAllowDenyAndLearn(t *testing.T) {
 	h := newDNSHarness(t, Options{})
-	learned, stop := h.p.learner.follow()
+	learned, session, stop := h.p.learner.follow()
 	defer stop()
 	go func() {
 		for x := range learned {
-			h.p.learner.ack(x.Seq)
+			h.p.learner.ack(session, x.Seq)
 		}
 	}()
 	for _, network := range []string{"udp", "tcp"} {
@@ -177,7 +177,7 @@ func TestDNSAllowDenyAndLearn(t *testing.T) {
 // that asked.
 func TestDNSAnswerHeldUntilLearned(t *testing.T) {
 	h := newDNSHarness(t, Options{DNSHold: 10 * time.Second})
-	learned, stop := h.p.learner.follow()
+	learned, session, stop := h.p.learner.follow()
 	defer stop()
 	answered := make(chan *dns.Msg, 1)
 	go func() { answered <- h.ask("udp", "held.allowed.test.") }()
@@ -195,7 +195,13 @@ func TestDNSAnswerHeldUntilLearned(t *testing.T) {
 		t.Fatal("the answer was released before the addresses were acknowledged")
 	case <-time.After(300 * time.Millisecond):
 	}
-	h.p.learner.ack(x.Seq)
+	h.p.learner.ack(session+1, x.Seq) // another session's ack (an old agent's) releases nothing
+	select {
+	case <-answered:
+		t.Fatal("an acknowledgement of another session released the answer")
+	case <-time.After(300 * time.Millisecond):
+	}
+	h.p.learner.ack(session, x.Seq)
 	select {
 	case a := <-answered:
 		if a.Rcode != dns.RcodeSuccess {
@@ -213,7 +219,7 @@ func TestDNSLearnedKeptForNextFollower(t *testing.T) {
 	if a := h.ask("udp", "early.allowed.test."); a.Rcode != dns.RcodeSuccess {
 		t.Fatalf("answer %s", dns.RcodeToString[a.Rcode])
 	}
-	learned, stop := h.p.learner.follow()
+	learned, _, stop := h.p.learner.follow()
 	defer stop()
 	select {
 	case x := <-learned:
