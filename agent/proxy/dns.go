@@ -17,11 +17,11 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"math/rand/v2"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
