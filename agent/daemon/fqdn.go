@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,34 +85,40 @@ func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) []netip.Addr {
 	return d.cache.Addrs(key)
 }
 
-// learn records an allowed DNS answer and returns when its addresses are
-// in the datapath (the proxy holds the answer until then). Only names a
-// toFQDNs selector matches are kept. Addresses the cluster knows (a pod's, a node's) are not learned: their identity is
+// learn records allowed DNS answers and returns when their addresses are
+// in the datapath (the proxy holds the answers until then): the cache
+// takes them all, then each selector whose addresses changed is updated
+// once. Only names a toFQDNs selector matches are kept. Addresses the
+// cluster knows (a pod's, a node's) are not learned: their identity is
 // theirs, a CIDR identity must not take it over.
-func (d *dnsNames) learn(x proxy.Learned) {
-	ep, ok := d.a.eps.ByIP(x.Endpoint)
-	if !ok || !d.cache.Wanted(x.Name) {
-		return // not an endpoint of this node (any more), or a name no toFQDNs selects
-	}
-	addrs := make([]netip.Addr, 0, len(x.Addrs))
-	for _, a := range x.Addrs {
-		if _, local := d.a.eps.ByIP(a); local {
-			continue
-		}
-		if id, ok := d.a.dp.LookupIPCache(a); ok && id != identity.World && id&identity.LocalScopeFlag == 0 {
-			continue
-		}
-		addrs = append(addrs, a)
-	}
-	if len(addrs) == 0 {
-		return
-	}
+func (d *dnsNames) learn(batch []proxy.Learned) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
-	for _, a := range addrs {
-		delete(d.pins, a) // answered again: not expired
+	changed := map[string]bool{}
+	for _, x := range batch {
+		ep, ok := d.a.eps.ByIP(x.Endpoint)
+		if !ok || !d.cache.Wanted(x.Name) {
+			continue // not an endpoint of this node (any more), or a name no toFQDNs selects
+		}
+		addrs := make([]netip.Addr, 0, len(x.Addrs))
+		for _, a := range x.Addrs {
+			if _, local := d.a.eps.ByIP(a); local {
+				continue
+			}
+			if id, ok := d.a.dp.LookupIPCache(a); ok && id != identity.World && id&identity.LocalScopeFlag == 0 {
+				continue
+			}
+			addrs = append(addrs, a)
+			delete(d.pins, a) // answered again: not expired
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		for _, k := range d.cache.Update(ep, x.Name, addrs, min(time.Duration(x.TTL)*time.Second, maxLearnedTTL)) {
+			changed[k] = true
+		}
 	}
-	d.apply(d.cache.Update(ep, x.Name, addrs, min(time.Duration(x.TTL)*time.Second, maxLearnedTTL)))
+	d.apply(slices.Sorted(maps.Keys(changed)))
 }
 
 // apply hands the changed selectors' addresses to the policy; the caller

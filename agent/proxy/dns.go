@@ -209,26 +209,86 @@ func (p *Proxy) replySocket(from netip.AddrPort) (c *net.UDPConn, kept bool, err
 
 // forwardUDP sends an allowed query to the server the client asked and
 // returns the server's answer (the first datagram with the query's ID).
+// Its socket is one of the pool of the same source, server and mark, or
+// a new one, and goes back to the pool after a whole exchange (a late
+// answer to an earlier query on it has another ID and is skipped).
 func (p *Proxy) forwardUDP(ctx context.Context, src, dst netip.AddrPort, srcID uint32, q []byte) ([]byte, error) {
-	conn, err := p.dialUpstream(ctx, "udp4", src.Addr(), dst, srcID)
-	if err != nil {
-		return nil, err
+	key := udpKey{from: p.upstreamSource(p.cfg.Load(), src.Addr(), dst.Addr()), dst: dst, id: srcID}
+	conn := p.takeUDP(key)
+	if conn == nil {
+		var err error
+		if conn, err = p.dialUpstream(ctx, "udp4", src.Addr(), dst, srcID); err != nil {
+			return nil, err
+		}
 	}
-	defer conn.Close()
 	conn.SetDeadline(upstreamDeadline(ctx))
 	if _, err := conn.Write(q); err != nil {
+		conn.Close()
 		return nil, err
 	}
-	buf := make([]byte, dns.MaxMsgSize)
+	bp := udpBuffers.Get().(*[]byte)
+	defer udpBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
+			conn.Close()
 			return nil, err
 		}
 		if n >= 2 && buf[0] == q[0] && buf[1] == q[1] {
-			return buf[:n], nil
+			p.putUDP(key, conn)
+			return append([]byte(nil), buf[:n]...), nil
 		}
 	}
+}
+
+// udpBuffers are the upstream answers' read buffers (a datagram of any
+// size fits).
+var udpBuffers = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); return &b }}
+
+// udpKey is a pool of upstream UDP sockets: their source (the client's
+// address when transparent, else none), server and client identity (the
+// mark).
+type udpKey struct {
+	from netip.Addr
+	dst  netip.AddrPort
+	id   uint32
+}
+
+const (
+	maxIdleUDPPerKey = 8
+	maxIdleUDP       = 1024
+)
+
+func (p *Proxy) takeUDP(k udpKey) net.Conn {
+	p.dnsMu.Lock()
+	defer p.dnsMu.Unlock()
+	idle := p.idleUDP[k]
+	if len(idle) == 0 {
+		return nil
+	}
+	c := idle[len(idle)-1]
+	if len(idle) == 1 {
+		delete(p.idleUDP, k)
+	} else {
+		p.idleUDP[k] = idle[:len(idle)-1]
+	}
+	p.idleUDPCount--
+	return c
+}
+
+func (p *Proxy) putUDP(k udpKey, c net.Conn) {
+	p.dnsMu.Lock()
+	defer p.dnsMu.Unlock()
+	if p.closing.Load() || len(p.idleUDP[k]) >= maxIdleUDPPerKey || p.idleUDPCount >= maxIdleUDP {
+		c.Close()
+		return
+	}
+	if p.idleUDP == nil {
+		p.idleUDP = map[udpKey][]net.Conn{}
+	}
+	p.idleUDP[k] = append(p.idleUDP[k], c)
+	p.idleUDPCount++
 }
 
 // upstreamDeadline is the deadline of an upstream exchange: ctx's, at
@@ -433,7 +493,7 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	if a.Rcode == dns.RcodeSuccess {
 		addrs, ttl := answerAddrs(a, q.Question[0].Name)
 		rec.DNSAnswers, rec.DNSTTL = addrs, ttl
-		if len(addrs) > 0 {
+		if len(addrs) > 0 && p.cfg.Load().wantsName(name) {
 			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
 			p.metrics.dnsHold.Observe(held.Seconds())
 			rec.DNSHeld = held

@@ -38,7 +38,7 @@ func FuzzDNSExchange(f *testing.F) {
 	src, dst := netip.AddrPortFrom(clientIP, 40000), netip.AddrPortFrom(serverIP, 53)
 	f.Fuzz(func(t *testing.T, query, answer []byte) {
 		p := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err := p.SetConfig(Config{IPCache: ipcache, Policies: []PortPolicy{{Endpoint: clientIP, Direction: Egress, Port: 53, Protocol: "UDP", Kind: KindDNS,
+		if err := p.SetConfig(Config{IPCache: ipcache, FQDNs: []DNSRule{{MatchPattern: "*"}}, Policies: []PortPolicy{{Endpoint: clientIP, Direction: Egress, Port: 53, Protocol: "UDP", Kind: KindDNS,
 			Rules: []PeerRules{{DNS: []DNSRule{{MatchPattern: "*.allowed.test"}}}}}}}); err != nil {
 			t.Fatal(err)
 		}

@@ -88,7 +88,7 @@ func newDNSHarness(t *testing.T, o Options) *dnsHarness {
 	})
 	// The client's egress policy: lookups of *.allowed.test only.
 	rules := []PeerRules{{DNS: []DNSRule{{MatchPattern: "*.allowed.test"}}}}
-	if err := h.p.SetConfig(Config{Revision: 1, IPCache: ipcache, Policies: []PortPolicy{
+	if err := h.p.SetConfig(Config{Revision: 1, IPCache: ipcache, FQDNs: []DNSRule{{MatchPattern: "*.allowed.test"}}, Policies: []PortPolicy{
 		{Endpoint: clientIP, Direction: Egress, Port: h.server.Port(), Protocol: "UDP", Kind: KindDNS, Rules: rules},
 		{Endpoint: clientIP, Direction: Egress, Port: h.server.Port(), Protocol: "TCP", Kind: KindDNS, Rules: rules},
 	}}); err != nil {
@@ -345,5 +345,26 @@ func TestAnswerAddrsFollowsChainOnly(t *testing.T) {
 	got, ttl := answerAddrs(a, "A.test.")
 	if !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.1")}) || ttl != 50 {
 		t.Errorf("answerAddrs = %v, %d; want [192.0.2.1], 50", got, ttl)
+	}
+}
+
+// An allowed answer for a name no toFQDNs selector matches is neither
+// reported nor held.
+func TestDNSAnswerNotHeldWithoutSelector(t *testing.T) {
+	h := newDNSHarness(t, Options{DNSHold: time.Hour})
+	cfg := h.p.Config()
+	cfg.FQDNs = []DNSRule{{MatchName: "only.allowed.test"}}
+	if err := h.p.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	learned, _, stop := h.p.learner.follow()
+	defer stop()
+	if a := h.ask("udp", "other.allowed.test."); a.Rcode != dns.RcodeSuccess || len(a.Answer) != 1 {
+		t.Fatalf("answer %s %v", dns.RcodeToString[a.Rcode], a.Answer)
+	}
+	select {
+	case x := <-learned:
+		t.Errorf("reported %+v though no selector matches it", x)
+	default:
 	}
 }
