@@ -304,3 +304,37 @@ func TestDNSAcrossAgentRestart(t *testing.T) {
 		t.Errorf("GET of the learned address after the restart: %q, want 200", got)
 	}
 }
+
+// DNS servers elsewhere: a client pod on n2 asks a DNS pod on n1 (across
+// the tunnel) and a DNS server outside the cluster (a lab host, allowed
+// by toCIDR); each allowed answer's address is reachable at once, a
+// denied lookup is REFUSED by n2's proxy whichever server it was for.
+func TestDNSPolicyRemoteServers(t *testing.T) {
+	l := labtest.Up(t, 2, 0)
+	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
+	labtest.Pod(t, l, "n2", "client", "app=client")
+	outside := labtest.Host(t, l, "ns", "10.0.8.53")
+	web1 := labtest.Host(t, l, "web1", "10.0.9.1")
+	web2 := labtest.Host(t, l, "web2", "10.0.9.2")
+	serveHTTP(t, lab.NetNSPath(web1.NetNS), 80)
+	serveHTTP(t, lab.NetNSPath(web2.NetNS), 80)
+	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 300, map[string]string{"one.allowed.test": web1.IP, "x.denied.test": web1.IP})
+	dnsServer(t, outside.NetNS, outside.IP, 300, map[string]string{"two.allowed.test": web2.IP, "y.denied.test": web2.IP})
+	labtest.ImportPolicy(t, l, "n1", strings.Replace(dnsPolicy, "  - toEndpoints: [{matchLabels: {app: dns}}]\n",
+		"  - toEndpoints: [{matchLabels: {app: dns}}]\n    toCIDR: [\""+outside.IP+"/32\"]\n", 1))
+	for _, c := range []struct{ server, allowed, web, denied string }{
+		{dnsPod.IP, "one.allowed.test", web1.IP, "x.denied.test"},
+		{outside.IP, "two.allowed.test", web2.IP, "y.denied.test"},
+	} {
+		eventually(t, c.allowed+" answered by "+c.server+" through n2's proxy", func() bool {
+			status, addrs := dig(t, l, "client", c.server, c.allowed, false)
+			return status == "NOERROR" && len(addrs) == 1 && addrs[0] == c.web
+		})
+		if got := curlCodes(t, l, "client", "http://"+c.web+"/"); got != "200" {
+			t.Errorf("GET %s right after %s was answered by %s: %q, want 200", c.web, c.allowed, c.server, got)
+		}
+		if status, _ := dig(t, l, "client", c.server, c.denied, true); status != "REFUSED" {
+			t.Errorf("%s at %s over TCP: %s, want REFUSED", c.denied, c.server, status)
+		}
+	}
+}
