@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -40,7 +41,7 @@ spec:
 // authoritative for the host records given (name=address), with answers'
 // TTL ttl seconds; it stops at cleanup. It returns a function that
 // replaces the records (dnsmasq started again).
-func dnsServer(t *testing.T, netns, ip string, ttl int, records map[string]string) func(map[string]string) {
+func dnsServer(t testing.TB, netns, ip string, ttl int, records map[string]string) func(map[string]string) {
 	t.Helper()
 	if _, err := exec.LookPath("dnsmasq"); err != nil {
 		t.Skip("dnsmasq is not installed (apt-get install dnsmasq-base; make deps installs it)")
@@ -74,7 +75,7 @@ func dnsServer(t *testing.T, netns, ip string, ttl int, records map[string]strin
 
 // dig asks server for name's A record from pod (over TCP with tcp) and
 // returns the status (NOERROR, REFUSED, ...) and the addresses.
-func dig(t *testing.T, l *lab.Lab, pod, server, name string, tcp bool) (status string, addrs []string) {
+func dig(t testing.TB, l *lab.Lab, pod, server, name string, tcp bool) (status string, addrs []string) {
 	t.Helper()
 	argv := []string{"dig", "@" + server, name, "A", "+tries=1", "+time=3", "+nocookie"}
 	if tcp {
@@ -108,7 +109,7 @@ func dig(t *testing.T, l *lab.Lab, pod, server, name string, tcp bool) (status s
 }
 
 // fqdnCache is `filament fqdn cache list -o json` on a node.
-func fqdnCache(t *testing.T, l *lab.Lab, node string) []types.FQDNEntry {
+func fqdnCache(t testing.TB, l *lab.Lab, node string) []types.FQDNEntry {
 	t.Helper()
 	out, err := labtest.NodeRun(t, l, node, "filament", "fqdn", "cache", "list", "-o", "json")
 	if err != nil {
@@ -204,5 +205,136 @@ func TestDNSPolicy(t *testing.T) {
 			t.Fatalf("web1 still reachable %s after its TTL (%ds) passed: cache %+v", 20*time.Second, ttl, fqdnCache(t, l, "n1"))
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// runDNSPerf runs dnsperf in pod against server for secs seconds at qps
+// queries per second, all for name (A), and returns how many were sent and
+// lost and the answers' rcodes as dnsperf counts them ("NOERROR 1000").
+func runDNSPerf(t testing.TB, l *lab.Lab, pod, server, name string, secs, qps int) (sent, lost int, rcodes string, out string) {
+	t.Helper()
+	if _, err := exec.LookPath("dnsperf"); err != nil {
+		t.Skip("dnsperf is not installed (apt-get install dnsperf; make deps installs it)")
+	}
+	qf := filepath.Join(t.TempDir(), "queries")
+	if err := os.WriteFile(qf, []byte(name+" A\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	argv := []string{"dnsperf", "-s", server, "-d", qf, "-l", fmt.Sprint(secs), "-t", "2"}
+	if qps > 0 {
+		argv = append(argv, "-Q", fmt.Sprint(qps))
+	}
+	cmd, err := l.PodCommand(pod, argv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cmd.CombinedOutput()
+	out = string(b)
+	if err != nil {
+		t.Fatalf("dnsperf: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[0] == "Queries" && f[1] == "sent:":
+			fmt.Sscan(f[2], &sent)
+		case len(f) >= 3 && f[0] == "Queries" && f[1] == "lost:":
+			fmt.Sscan(f[2], &lost)
+		case len(f) >= 2 && f[0] == "Response" && f[1] == "codes:":
+			rcodes = strings.Join(f[2:], " ")
+		}
+	}
+	if sent == 0 {
+		t.Fatalf("dnsperf sent nothing: %s", out)
+	}
+	return sent, lost, rcodes, out
+}
+
+// The agent restarts under a steady DNS load (dnsperf, 200 queries/s):
+// the proxy, a process of its own, keeps answering (no query lost, every
+// answer NOERROR), and the names learned before the restart are still in
+// the cache and still allow their addresses afterwards (persisted).
+func TestDNSAcrossAgentRestart(t *testing.T) {
+	l := labtest.Up(t, 1, 0)
+	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
+	labtest.Pod(t, l, "n1", "client", "app=client")
+	web := labtest.Host(t, l, "web", "10.0.9.1")
+	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
+	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 600, map[string]string{"www.allowed.test": web.IP})
+	labtest.ImportPolicy(t, l, "n1", dnsPolicy)
+	eventually(t, "the lookup is answered through the proxy and its address allowed", func() bool {
+		status, _ := dig(t, l, "client", dnsPod.IP, "www.allowed.test", false)
+		return status == "NOERROR" && curlCodes(t, l, "client", "http://"+web.IP+"/") == "200"
+	})
+
+	type result struct {
+		sent, lost int
+		rcodes     string
+		out        string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.sent, r.lost, r.rcodes, r.out = runDNSPerf(t, l, "client", dnsPod.IP, "www.allowed.test", 8, 200)
+		done <- r
+	}()
+	time.Sleep(2 * time.Second)
+	if err := l.StopAgent("n1"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // no agent at all for a second
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.StartAgent(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.lost > 0 || r.rcodes != fmt.Sprintf("NOERROR %d (100.00%%)", r.sent) {
+		t.Errorf("across the agent restart: %d of %d queries lost, response codes %q\n%s", r.lost, r.sent, r.rcodes, r.out)
+	}
+	t.Logf("across the agent restart: %d queries sent, %d lost, %s", r.sent, r.lost, r.rcodes)
+	found := false
+	for _, e := range fqdnCache(t, l, "n1") {
+		found = found || e.Name == "www.allowed.test." && e.Addr.String() == web.IP
+	}
+	if !found {
+		t.Errorf("the learned name is not in the cache after the restart: %+v", fqdnCache(t, l, "n1"))
+	}
+	if got := curlCodes(t, l, "client", "http://"+web.IP+"/"); got != "200" {
+		t.Errorf("GET of the learned address after the restart: %q, want 200", got)
+	}
+}
+
+// DNS servers elsewhere: a client pod on n2 asks a DNS pod on n1 (across
+// the tunnel) and a DNS server outside the cluster (a lab host, allowed
+// by toCIDR); each allowed answer's address is reachable at once, a
+// denied lookup is REFUSED by n2's proxy whichever server it was for.
+func TestDNSPolicyRemoteServers(t *testing.T) {
+	l := labtest.Up(t, 2, 0)
+	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
+	labtest.Pod(t, l, "n2", "client", "app=client")
+	outside := labtest.Host(t, l, "ns", "10.0.8.53")
+	web1 := labtest.Host(t, l, "web1", "10.0.9.1")
+	web2 := labtest.Host(t, l, "web2", "10.0.9.2")
+	serveHTTP(t, lab.NetNSPath(web1.NetNS), 80)
+	serveHTTP(t, lab.NetNSPath(web2.NetNS), 80)
+	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 300, map[string]string{"one.allowed.test": web1.IP, "x.denied.test": web1.IP})
+	dnsServer(t, outside.NetNS, outside.IP, 300, map[string]string{"two.allowed.test": web2.IP, "y.denied.test": web2.IP})
+	labtest.ImportPolicy(t, l, "n1", strings.Replace(dnsPolicy, "  - toEndpoints: [{matchLabels: {app: dns}}]\n",
+		"  - toEndpoints: [{matchLabels: {app: dns}}]\n    toCIDR: [\""+outside.IP+"/32\"]\n", 1))
+	for _, c := range []struct{ server, allowed, web, denied string }{
+		{dnsPod.IP, "one.allowed.test", web1.IP, "x.denied.test"},
+		{outside.IP, "two.allowed.test", web2.IP, "y.denied.test"},
+	} {
+		eventually(t, c.allowed+" answered by "+c.server+" through n2's proxy", func() bool {
+			status, addrs := dig(t, l, "client", c.server, c.allowed, false)
+			return status == "NOERROR" && len(addrs) == 1 && addrs[0] == c.web
+		})
+		if got := curlCodes(t, l, "client", "http://"+c.web+"/"); got != "200" {
+			t.Errorf("GET %s right after %s was answered by %s: %q, want 200", c.web, c.allowed, c.server, got)
+		}
+		if status, _ := dig(t, l, "client", c.server, c.denied, true); status != "REFUSED" {
+			t.Errorf("%s at %s over TCP: %s, want REFUSED", c.denied, c.server, status)
+		}
 	}
 }

@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"maps"
+	"slices"
+
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	policyapi "github.com/filament-net/filament/agent/policy/api"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/api/types"
@@ -136,7 +141,8 @@ func (a *Agent) startProxy(ctx context.Context) error {
 	}
 	s, err := l7.Start(ctx, l7.Config{Binary: a.cfg.ProxyBinary, StateDir: filepath.Join(a.cfg.StateDir, "proxy"),
 		Port: uint16(a.cfg.ProxyPort), OriginMap: a.dp.OriginMapPath(), Policies: a.res.L7Policies, Endpoints: a.l7Endpoints, IPCache: a.ipcache, Publish: a.hub.Publish,
-		Wanted: func() bool { return a.hub.Wants("l7") }, Learn: a.names.learn, DNSReject: a.cfg.DNSRejectResponse})
+		Wanted: func() bool { return a.hub.Wants("l7") }, Learn: a.names.learn, DNSReject: a.cfg.DNSRejectResponse,
+		FQDNs: func() []policyapi.FQDNSelector { return slices.Collect(maps.Values(a.res.FQDNSelectorsInUse())) }})
 	if err != nil {
 		slog.Error("L7 proxy off: flows that L7 rules apply to are dropped", "err", err)
 		return nil

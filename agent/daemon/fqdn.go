@@ -6,12 +6,14 @@ import (
 	"maps"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/fqdn"
+	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/proxy"
 )
@@ -26,12 +28,24 @@ type dnsNames struct {
 	cache *fqdn.Cache
 	path  string
 
-	mu   sync.Mutex                  // serialises cache changes with their policy updates
-	sels map[string]api.FQDNSelector // registered with the cache
+	// applyMu serialises cache changes with their policy updates
+	// (learn, expire, syncSelectors); it is taken before the enforcement
+	// engine's and the resolver's locks.
+	applyMu sync.Mutex
 	// pins are expired addresses kept for the flows to them that were
-	// open when they expired (flows opened since do not keep them).
+	// open when they expired (flows opened since do not keep them); under
+	// applyMu.
 	pins map[netip.Addr]map[datapath.Flow]bool
+	// selMu guards sels, the selectors registered with the cache. The
+	// resolver takes it (addrsFor) under its own lock: nothing holding
+	// selMu calls the engine or the resolver.
+	selMu sync.Mutex
+	sels  map[string]api.FQDNSelector
 }
+
+// maxLearnedTTL bounds how long one answer keeps an address (a hostile
+// server's TTL of 2^32-1 s would keep it for good).
+const maxLearnedTTL = 24 * time.Hour
 
 // startDNSNames restores the DNS name cache and has the resolver take
 // the addresses of a toFQDNs selector from it when a policy first names
@@ -53,42 +67,73 @@ func (a *Agent) startDNSNames(ctx context.Context) error {
 	return nil
 }
 
-// addrsFor registers a selector a policy names and returns its addresses.
-// The resolver calls it under its own lock: it must not call back.
+// addrsFor registers a selector a policy names and returns its addresses
+// (none for a selector the cache cannot use). The resolver calls it under
+// its own lock.
 func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) []netip.Addr {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.selMu.Lock()
+	defer d.selMu.Unlock()
 	if _, ok := d.sels[key]; !ok {
-		d.sels[key] = sel
-		if _, err := d.cache.SetSelectors(d.sels); err != nil {
-			slog.Warn("toFQDNs selector not usable", "selector", key, "err", err)
+		next := maps.Clone(d.sels)
+		next[key] = sel
+		if _, err := d.cache.SetSelectors(next); err != nil {
+			slog.Warn("toFQDNs selector not usable: it selects nothing", "selector", key, "err", err)
+			return nil
 		}
+		d.sels = next
 	}
 	return d.cache.Addrs(key)
 }
 
-// learn records an allowed DNS answer and returns when its addresses are
-// in the datapath (the proxy holds the answer until then).
-func (d *dnsNames) learn(x proxy.Learned) {
-	ep, ok := d.a.eps.ByIP(x.Endpoint)
-	if !ok {
-		return // not an endpoint of this node (any more)
+// learn records allowed DNS answers and returns when their addresses are
+// in the datapath (the proxy holds the answers until then): the cache
+// takes them all, then each selector whose addresses changed is updated
+// once. Only names a toFQDNs selector matches are kept. Addresses the
+// cluster knows (a pod's, a node's) are not learned: their identity is
+// theirs, a CIDR identity must not take it over.
+func (d *dnsNames) learn(batch []proxy.Learned) {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	changed := map[string]bool{}
+	for _, x := range batch {
+		ep, ok := d.a.eps.ByIP(x.Endpoint)
+		if !ok || !d.cache.Wanted(x.Name) {
+			continue // not an endpoint of this node (any more), or a name no toFQDNs selects
+		}
+		addrs := make([]netip.Addr, 0, len(x.Addrs))
+		for _, a := range x.Addrs {
+			if _, local := d.a.eps.ByIP(a); local {
+				continue
+			}
+			if id, ok := d.a.dp.LookupIPCache(a); ok && id != identity.World && id&identity.LocalScopeFlag == 0 {
+				continue
+			}
+			addrs = append(addrs, a)
+			delete(d.pins, a) // answered again: not expired
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		for _, k := range d.cache.Update(ep, x.Name, addrs, min(time.Duration(x.TTL)*time.Second, maxLearnedTTL)) {
+			changed[k] = true
+		}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, a := range x.Addrs {
-		delete(d.pins, a) // answered again: not expired
-	}
-	d.apply(d.cache.Update(ep, x.Name, x.Addrs, time.Duration(x.TTL)*time.Second))
+	d.apply(slices.Sorted(maps.Keys(changed)))
 }
 
 // apply hands the changed selectors' addresses to the policy; the caller
-// holds d.mu.
+// holds applyMu (not selMu).
 func (d *dnsNames) apply(changed []string) {
+	d.selMu.Lock()
+	var keys []string
 	for _, key := range changed {
 		if _, ok := d.sels[key]; ok {
-			d.a.engine.GroupChanged(key, d.cache.Addrs(key))
+			keys = append(keys, key)
 		}
+	}
+	d.selMu.Unlock()
+	for _, key := range keys {
+		d.a.engine.GroupChanged(key, d.cache.Addrs(key))
 	}
 }
 
@@ -116,25 +161,39 @@ func (d *dnsNames) run(ctx context.Context) {
 	}
 }
 
-// syncSelectors registers exactly the toFQDNs selectors the policy uses.
+// syncSelectors registers exactly the toFQDNs selectors the policy uses
+// (those the cache cannot use are left out, and select nothing).
 func (d *dnsNames) syncSelectors() {
 	inUse := d.a.res.FQDNSelectorsInUse()
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	for key, sel := range inUse {
+		if _, err := fqdn.Compile(sel); err != nil {
+			delete(inUse, key)
+		}
+	}
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	d.selMu.Lock()
 	if maps.Equal(inUse, d.sels) {
+		d.selMu.Unlock()
 		return
 	}
 	changed, err := d.cache.SetSelectors(inUse)
 	if err != nil {
+		d.selMu.Unlock()
 		slog.Warn("toFQDNs selectors", "err", err)
 		return
 	}
+	var removed []string
 	for key := range d.sels {
 		if _, ok := inUse[key]; !ok {
-			d.a.res.ForgetGroup(key)
+			removed = append(removed, key)
 		}
 	}
 	d.sels = inUse
+	d.selMu.Unlock()
+	for _, key := range removed {
+		d.a.res.ForgetGroup(key)
+	}
 	d.apply(changed)
 }
 
@@ -148,13 +207,13 @@ func (d *dnsNames) expire() {
 		slog.Warn("DNS names not expired: conntrack unreadable", "err", err)
 		return
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	d.apply(d.cache.Expire(func(a netip.Addr) bool { return d.keep(a, live[a]) }))
 }
 
 // keep tells whether the expired address a stays for its open flows; the
-// caller holds d.mu.
+// caller holds applyMu.
 func (d *dnsNames) keep(a netip.Addr, open []datapath.Flow) bool {
 	pin, ok := d.pins[a]
 	if !ok {
@@ -187,8 +246,8 @@ func (d *dnsNames) save() {
 // prunePins forgets the pins of addresses the cache no longer has
 // (evicted while pinned).
 func (d *dnsNames) prunePins() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	if len(d.pins) == 0 {
 		return
 	}

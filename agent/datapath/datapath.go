@@ -329,6 +329,19 @@ func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
 	return nil
 }
 
+// LookupIPCache returns the identity of a's longest ipcache prefix.
+func (d *Datapath) LookupIPCache(a netip.Addr) (identity.NumericIdentity, bool) {
+	if !a.Is4() {
+		return 0, false
+	}
+	k := ipcacheKey(netip.PrefixFrom(a, 32))
+	var v bpf.DatapathIpcacheValue
+	if err := d.objs.Ipcache.Lookup(&k, &v); err != nil {
+		return 0, false
+	}
+	return identity.NumericIdentity(v.Identity), true
+}
+
 // IPCache lists the ipcache.
 func (d *Datapath) IPCache() (map[netip.Prefix]identity.NumericIdentity, error) {
 	out := map[netip.Prefix]identity.NumericIdentity{}

@@ -186,6 +186,21 @@ func (s *selector) link(n *name) {
 	}
 }
 
+// Wanted tells whether a registered selector matches qname: the agent
+// keeps only such names (one endpoint's lookups of names no policy
+// selects could otherwise crowd the others' out of the bounded cache).
+func (c *Cache) Wanted(qname string) bool {
+	nm := Normalize(qname)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.order {
+		if s.m.matchNormalized(nm) {
+			return true
+		}
+	}
+	return false
+}
+
 // Update records an allowed answer: endpoint ep asked for qname and got
 // addrs with ttl. Only IPv4 addresses are kept (IPv4-mapped IPv6 ones are
 // not IPv4). An answer whose name is not a DNS name of at most 255 bytes is

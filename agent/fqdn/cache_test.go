@@ -459,3 +459,17 @@ func BenchmarkUpdate(b *testing.B) {
 		c.Update(uint16(i%16), ns[i%names], as[i%names], time.Minute)
 	}
 }
+
+func TestWanted(t *testing.T) {
+	c := NewCache(Config{})
+	sel := api.FQDNSelector{MatchPattern: "*.example.com"}
+	if c.Wanted("a.example.com") {
+		t.Fatal("wanted with no selector")
+	}
+	if _, err := c.SetSelectors(map[string]api.FQDNSelector{SelectorKey(sel): sel}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Wanted("A.Example.com.") || c.Wanted("example.com") || c.Wanted("a.example.org") {
+		t.Error("Wanted does not follow the selector")
+	}
+}

@@ -121,3 +121,18 @@ func TestSelectorKey(t *testing.T) {
 		}
 	}
 }
+
+// Every name the policy validator accepts (at most 253 characters, 63 per
+// label) compiles: a valid policy never leaves a selector unusable.
+func TestCompileAcceptsLongestValidName(t *testing.T) {
+	label := strings.Repeat("a", 63)
+	name := label + "." + label + "." + label + "." + strings.Repeat("b", 61) // 253
+	if len(name) != 253 {
+		t.Fatalf("test name is %d long", len(name))
+	}
+	for _, sel := range []api.FQDNSelector{{MatchName: name}, {MatchName: name + "."}, {MatchPattern: "*" + name[1:]}} {
+		if _, err := Compile(sel); err != nil {
+			t.Errorf("Compile(%+v): %v", sel, err)
+		}
+	}
+}

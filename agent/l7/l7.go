@@ -78,7 +78,10 @@ type Config struct {
 	// Learn receives the addresses of each DNS answer the proxy allowed
 	// and returns when they are in the datapath (the proxy holds the
 	// answer until then); nil: answers are not followed.
-	Learn func(proxy.Learned)
+	Learn func([]proxy.Learned)
+	// FQDNs are the toFQDNs selectors in force: the proxy holds and
+	// reports only the answers for names they match (nil: none).
+	FQDNs func() []api.FQDNSelector
 	// DNSReject is the proxy's answer to a DNS query no rule allows:
 	// refused (the default) or nxdomain.
 	DNSReject string
@@ -165,15 +168,24 @@ func (s *Supervisor) followLearnedOnce(ctx context.Context) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("learned DNS answers: %s", resp.Status)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		var x proxy.Learned
-		if err := json.Unmarshal(sc.Bytes(), &x); err != nil {
-			continue
+	session, _ := strconv.ParseUint(resp.Header.Get(proxy.LearnSessionHeader), 10, 64)
+	br := bufio.NewReaderSize(resp.Body, 64*1024)
+	for {
+		// What has arrived is applied in one go (one policy update per
+		// selector however many answers) and acknowledged with the last.
+		var batch []proxy.Learned
+		for len(batch) == 0 || br.Buffered() > 0 && len(batch) < 1024 {
+			line, err := br.ReadBytes('\n')
+			if err != nil {
+				return err
+			}
+			var x proxy.Learned
+			if json.Unmarshal(line, &x) == nil {
+				batch = append(batch, x)
+			}
 		}
-		s.cfg.Learn(x)
-		body, _ := json.Marshal(proxy.Ack{Seq: x.Seq})
+		s.cfg.Learn(batch)
+		body, _ := json.Marshal(proxy.Ack{Session: session, Seq: batch[len(batch)-1].Seq})
 		ack, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://proxy/v1/dns/ack", bytes.NewReader(body))
 		ack.Header.Set("Content-Type", "application/json")
 		r, err := s.hc.Do(ack)
@@ -183,7 +195,6 @@ func (s *Supervisor) followLearnedOnce(ctx context.Context) error {
 		io.Copy(io.Discard, r.Body)
 		r.Body.Close()
 	}
-	return sc.Err()
 }
 
 // Wait waits for the supervisor's goroutines (after ctx ended).
@@ -343,7 +354,16 @@ func (s *Supervisor) superviseAndConfigure(ctx context.Context) {
 
 // build is the proxy configuration of now.
 func (s *Supervisor) build() proxy.Config {
-	return Build(s.cfg.Policies(), s.cfg.Endpoints(), s.cfg.IPCache())
+	cfg := Build(s.cfg.Policies(), s.cfg.Endpoints(), s.cfg.IPCache())
+	if s.cfg.FQDNs != nil {
+		for _, sel := range s.cfg.FQDNs() {
+			cfg.FQDNs = append(cfg.FQDNs, proxy.DNSRule(sel))
+		}
+		slices.SortFunc(cfg.FQDNs, func(a, b proxy.DNSRule) int {
+			return strings.Compare(a.MatchName+"\x00"+a.MatchPattern, b.MatchName+"\x00"+b.MatchPattern)
+		})
+	}
+	return cfg
 }
 
 // Build turns the resolver's L7 policies into the proxy's configuration:
@@ -375,6 +395,15 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 			i = len(cfg.Policies)
 			index[key] = i
 			cfg.Policies = append(cfg.Policies, proxy.PortPolicy{Endpoint: ip, Direction: dir, Port: p.Port, Protocol: proto, Kind: kind})
+		}
+		if cfg.Policies[i].Kind != kind {
+			// HTTP and DNS rules on one port (from different rules or
+			// policies): the port keeps its first kind, and the peers of
+			// the other get nothing through (fail closed) rather than the
+			// proxy refusing the node's whole configuration.
+			slog.Warn("L7 rules of two kinds on one port: the second kind's are left out (its peers are denied)",
+				"endpoint", ip, "direction", dir, "port", p.Port, "protocol", proto, "kept", cfg.Policies[i].Kind, "left out", strings.Join(p.Refs, ", "))
+			continue
 		}
 		pr := proxy.PeerRules{HTTP: []proxy.HTTPRule{}}
 		if p.Identity != 0 {
@@ -498,7 +527,10 @@ func (s *Supervisor) event(r proxy.Record) monitor.Event {
 		SrcIdentity: identity.NumericIdentity(r.SrcIdentity), DstIdentity: identity.NumericIdentity(r.DstIdentity),
 		Src: netip.AddrPortFrom(r.SrcIP, r.SrcPort), Dst: netip.AddrPortFrom(r.DstIP, r.DstPort), Protocol: "TCP",
 		L7: &monitor.L7{Protocol: r.Protocol, Method: r.Method, Host: r.Host, Path: r.Path, Status: r.Status,
-			Latency: r.Latency, Verdict: r.Verdict, Notes: r.Notes}}
+			Latency: r.Latency, Verdict: r.Verdict, Notes: r.Notes, DNSRcode: r.DNSRcode, DNSAnswers: r.DNSAnswers, DNSTTL: r.DNSTTL}}
+	if strings.HasPrefix(r.Protocol, "DNS/") {
+		ev.Protocol = strings.TrimPrefix(r.Protocol, "DNS/")
+	}
 	for id, ep := range s.cfg.Endpoints() {
 		switch ep.IP {
 		case r.Endpoint:

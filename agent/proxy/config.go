@@ -31,6 +31,10 @@ type Config struct {
 	Revision uint64         `json:"revision"`
 	Policies []PortPolicy   `json:"policies"`
 	IPCache  []IPCacheEntry `json:"ipcache"`
+	// FQDNs are the toFQDNs selectors in force: allowed DNS answers for
+	// names they match are reported to the agent and held until it has
+	// applied them; others go straight back.
+	FQDNs []DNSRule `json:"fqdns,omitempty"`
 }
 
 // PortPolicy is the L7 policy of one local endpoint, direction and port.
@@ -93,6 +97,7 @@ type compiled struct {
 	cfg      Config
 	policies map[policyKey][]peerRules
 	kinds    map[policyKey]string
+	fqdns    []*fqdn.Matcher
 	lengths  []int                           // prefix lengths present, longest first
 	ipcache  map[int]map[netip.Prefix]uint32 // by prefix length
 }
@@ -163,6 +168,13 @@ func compile(cfg Config) (*compiled, error) {
 		if _, ok := c.policies[key]; !ok {
 			c.policies[key] = nil // an L7 port nobody may use
 		}
+	}
+	for i, r := range cfg.FQDNs {
+		m, err := fqdn.Compile(api.FQDNSelector(r))
+		if err != nil {
+			return nil, fmt.Errorf("%w: fqdns[%d]: %w", ErrInvalid, i, err)
+		}
+		c.fqdns = append(c.fqdns, m)
 	}
 	for i, e := range cfg.IPCache {
 		field := fmt.Sprintf("ipcache[%d]", i)
@@ -256,6 +268,17 @@ func (c *compiled) sidesOf(src, dst netip.AddrPort, srcID uint32, protocol strin
 	return out
 }
 
+// wantsName tells whether a toFQDNs selector matches name (its answers'
+// addresses are learned).
+func (c *compiled) wantsName(name string) bool {
+	for _, m := range c.fqdns {
+		if m.Match(name) {
+			return true
+		}
+	}
+	return false
+}
+
 // allowDNS tells whether the side lets a query for name through.
 func (sd side) allowDNS(name string) bool {
 	for _, p := range sd.peers {
@@ -277,6 +300,9 @@ func (sd side) allowDNS(name string) bool {
 // allow finds the first rule of the side that lets req through, and the
 // header actions it asks for.
 func (sd side) allow(req *http.Request) (ok bool, acts []HeaderMatch) {
+	if sd.kind != KindHTTP {
+		return false, nil // a DNS port carries no HTTP
+	}
 	for _, p := range sd.peers {
 		if p.remotes != nil && !p.remotes[sd.remote] {
 			continue

@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -201,15 +202,21 @@ func streamNDJSON[T any](w http.ResponseWriter, r *http.Request, ch <-chan T) {
 	}
 }
 
+// LearnSessionHeader names the follower's session in GET /v1/dns/learned;
+// its acknowledgements carry it.
+const LearnSessionHeader = "Filament-Learn-Session"
+
 func (c *Control) learned(w http.ResponseWriter, r *http.Request) {
-	ch, stop := c.p.learner.follow() // closed when another follower takes over
+	ch, session, stop := c.p.learner.follow() // closed when another follower takes over
 	defer stop()
+	w.Header().Set(LearnSessionHeader, strconv.FormatUint(session, 10))
 	streamNDJSON(w, r, ch)
 }
 
 // Ack is the body of POST /v1/dns/ack.
 type Ack struct {
-	Seq uint64 `json:"seq"`
+	Session uint64 `json:"session"`
+	Seq     uint64 `json:"seq"`
 }
 
 func (c *Control) ack(w http.ResponseWriter, r *http.Request) {
@@ -218,6 +225,6 @@ func (c *Control) ack(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "ack: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	c.p.learner.ack(a.Seq)
+	c.p.learner.ack(a.Session, a.Seq)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -15,11 +15,13 @@ package proxy
 // toFQDNs policy that allows it.
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -163,29 +165,25 @@ func (p *Proxy) sourceIdentity(src, dst netip.AddrPort) uint32 {
 // transparentReply sends an answer to the client from the address it
 // asked (from), on a transparent socket bound to it.
 func (p *Proxy) transparentReply(b []byte, from, to netip.AddrPort) error {
-	c, err := p.replySocket(from)
+	c, kept, err := p.replySocket(from)
 	if err != nil {
 		return err
+	}
+	if !kept {
+		defer c.Close()
 	}
 	_, err = c.WriteToUDPAddrPort(b, to)
 	return err
 }
 
 // replySocket returns the socket bound to from (IP_TRANSPARENT,
-// SO_REUSEADDR) that answers leave from, opened on first use; at most
-// maxReplySockets are kept.
-func (p *Proxy) replySocket(from netip.AddrPort) (*net.UDPConn, error) {
+// SO_REUSEADDR) that answers leave from, opened on first use and kept
+// (at most maxReplySockets are; beyond, the caller closes it: kept false).
+func (p *Proxy) replySocket(from netip.AddrPort) (c *net.UDPConn, kept bool, err error) {
 	p.dnsMu.Lock()
 	defer p.dnsMu.Unlock()
 	if c, ok := p.replies[from]; ok {
-		return c, nil
-	}
-	if len(p.replies) >= maxReplySockets {
-		for k, c := range p.replies { // any one
-			c.Close()
-			delete(p.replies, k)
-			break
-		}
+		return c, true, nil
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		return sockopt(rc, func(fd int) error {
@@ -197,37 +195,100 @@ func (p *Proxy) replySocket(from netip.AddrPort) (*net.UDPConn, error) {
 	}}
 	pc, err := lc.ListenPacket(context.Background(), "udp4", from.String())
 	if err != nil {
-		return nil, fmt.Errorf("answer socket %s: %w", from, err)
+		return nil, false, fmt.Errorf("answer socket %s: %w", from, err)
+	}
+	if len(p.replies) >= maxReplySockets {
+		return pc.(*net.UDPConn), false, nil
 	}
 	if p.replies == nil {
 		p.replies = map[netip.AddrPort]*net.UDPConn{}
 	}
 	p.replies[from] = pc.(*net.UDPConn)
-	return p.replies[from], nil
+	return p.replies[from], true, nil
 }
 
 // forwardUDP sends an allowed query to the server the client asked and
 // returns the server's answer (the first datagram with the query's ID).
+// Its socket is one of the pool of the same source, server and mark, or
+// a new one, and goes back to the pool after a whole exchange (a late
+// answer to an earlier query on it has another ID and is skipped).
 func (p *Proxy) forwardUDP(ctx context.Context, src, dst netip.AddrPort, srcID uint32, q []byte) ([]byte, error) {
-	conn, err := p.dialUpstream(ctx, "udp4", src.Addr(), dst, srcID)
-	if err != nil {
-		return nil, err
+	key := udpKey{from: p.upstreamSource(p.cfg.Load(), src.Addr(), dst.Addr()), dst: dst, id: srcID}
+	conn := p.takeUDP(key)
+	if conn == nil {
+		var err error
+		if conn, err = p.dialUpstream(ctx, "udp4", src.Addr(), dst, srcID); err != nil {
+			return nil, err
+		}
 	}
-	defer conn.Close()
 	conn.SetDeadline(upstreamDeadline(ctx))
 	if _, err := conn.Write(q); err != nil {
+		conn.Close()
 		return nil, err
 	}
-	buf := make([]byte, dns.MaxMsgSize)
+	bp := udpBuffers.Get().(*[]byte)
+	defer udpBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
+			conn.Close()
 			return nil, err
 		}
 		if n >= 2 && buf[0] == q[0] && buf[1] == q[1] {
-			return buf[:n], nil
+			p.putUDP(key, conn)
+			return append([]byte(nil), buf[:n]...), nil
 		}
 	}
+}
+
+// udpBuffers are the upstream answers' read buffers (a datagram of any
+// size fits).
+var udpBuffers = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); return &b }}
+
+// udpKey is a pool of upstream UDP sockets: their source (the client's
+// address when transparent, else none), server and client identity (the
+// mark).
+type udpKey struct {
+	from netip.Addr
+	dst  netip.AddrPort
+	id   uint32
+}
+
+const (
+	maxIdleUDPPerKey = 8
+	maxIdleUDP       = 1024
+)
+
+func (p *Proxy) takeUDP(k udpKey) net.Conn {
+	p.dnsMu.Lock()
+	defer p.dnsMu.Unlock()
+	idle := p.idleUDP[k]
+	if len(idle) == 0 {
+		return nil
+	}
+	c := idle[len(idle)-1]
+	if len(idle) == 1 {
+		delete(p.idleUDP, k)
+	} else {
+		p.idleUDP[k] = idle[:len(idle)-1]
+	}
+	p.idleUDPCount--
+	return c
+}
+
+func (p *Proxy) putUDP(k udpKey, c net.Conn) {
+	p.dnsMu.Lock()
+	defer p.dnsMu.Unlock()
+	if p.closing.Load() || len(p.idleUDP[k]) >= maxIdleUDPPerKey || p.idleUDPCount >= maxIdleUDP {
+		c.Close()
+		return
+	}
+	if p.idleUDP == nil {
+		p.idleUDP = map[udpKey][]net.Conn{}
+	}
+	p.idleUDP[k] = append(p.idleUDP[k], c)
+	p.idleUDPCount++
 }
 
 // upstreamDeadline is the deadline of an upstream exchange: ctx's, at
@@ -287,8 +348,15 @@ func (p *Proxy) serveDNSTCP(dc *downConn) {
 	}()
 	srcID := dc.srcIdentity(p.cfg.Load())
 	for {
+		// Idle between queries up to IdleTimeout; a query, once begun,
+		// within ReadHeaderTimeout (slowloris).
 		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
-		q, err := readTCPMessage(dc)
+		var l [1]byte
+		if _, err := io.ReadFull(dc, l[:]); err != nil {
+			return
+		}
+		dc.SetReadDeadline(time.Now().Add(p.opts.ReadHeaderTimeout))
+		q, err := readTCPMessage(io.MultiReader(bytes.NewReader(l[:]), dc))
 		if err != nil {
 			return
 		}
@@ -300,15 +368,12 @@ func (p *Proxy) serveDNSTCP(dc *downConn) {
 				}
 			}
 			up.SetDeadline(upstreamDeadline(ctx))
-			if err := writeTCPMessage(up, q); err != nil {
-				return nil, err
+			a, err := exchangeTCP(up, q)
+			if err != nil { // the next query gets a new connection
+				up.Close()
+				up = nil
 			}
-			for {
-				a, err := readTCPMessage(up)
-				if err != nil || len(a) >= 2 && a[0] == q[0] && a[1] == q[1] {
-					return a, err
-				}
-			}
+			return a, err
 		})
 		cancel()
 		if out == nil {
@@ -317,6 +382,20 @@ func (p *Proxy) serveDNSTCP(dc *downConn) {
 		dc.SetWriteDeadline(time.Now().Add(dnsUpstreamTimeout))
 		if writeTCPMessage(dc, out) != nil {
 			return
+		}
+	}
+}
+
+// exchangeTCP writes q on an upstream DNS connection and reads the
+// answer with its ID.
+func exchangeTCP(up net.Conn, q []byte) ([]byte, error) {
+	if err := writeTCPMessage(up, q); err != nil {
+		return nil, err
+	}
+	for {
+		a, err := readTCPMessage(up)
+		if err != nil || len(a) >= 2 && a[0] == q[0] && a[1] == q[1] {
+			return a, err
 		}
 	}
 }
@@ -387,7 +466,13 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 		}
 	}
 	rec.Direction, rec.Endpoint = sides[0].direction, sides[0].endpoint
-	packed, err := q.Pack() // the server gets what was decided on, nothing else
+	// The server gets what was decided on, nothing else, with an ID of the
+	// proxy's (the client knows its own: an accomplice off the path
+	// would have only the port to guess).
+	clientID := q.Id
+	q.Id = dns.Id()
+	packed, err := q.Pack()
+	q.Id = clientID
 	if err != nil {
 		rec.Reason = "query not packed: " + err.Error()
 		return p.dnsAnswer(rec, errorReply(q, dns.RcodeFormatError), Denied)
@@ -397,8 +482,8 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	if err == nil {
 		err = a.Unpack(out)
 	}
-	if err == nil && (!a.Response || len(a.Question) != 1 || !strings.EqualFold(a.Question[0].Name, q.Question[0].Name) ||
-		a.Question[0].Qtype != q.Question[0].Qtype) {
+	if err == nil && (!a.Response || len(a.Question) > 1 || len(a.Question) == 0 && a.Rcode == dns.RcodeSuccess ||
+		len(a.Question) == 1 && (!strings.EqualFold(a.Question[0].Name, q.Question[0].Name) || a.Question[0].Qtype != q.Question[0].Qtype)) {
 		err = errors.New("the answer is not for the query")
 	}
 	if err != nil {
@@ -408,9 +493,10 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	if a.Rcode == dns.RcodeSuccess {
 		addrs, ttl := answerAddrs(a, q.Question[0].Name)
 		rec.DNSAnswers, rec.DNSTTL = addrs, ttl
-		if len(addrs) > 0 {
+		if len(addrs) > 0 && p.cfg.Load().wantsName(name) {
 			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
 			p.metrics.dnsHold.Observe(held.Seconds())
+			rec.DNSHeld = held
 			if !acked {
 				rec.Notes = append(rec.Notes, "released before the agent confirmed the addresses")
 			}
@@ -418,6 +504,7 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	}
 	rec.DNSRcode = dns.RcodeToString[a.Rcode]
 	rec.Status = a.Rcode
+	binary.BigEndian.PutUint16(out, clientID) // the client's ID back
 	return p.finishDNS(rec, out, Forwarded)
 }
 
@@ -529,6 +616,7 @@ const maxPendingLearned = 4096
 type learner struct {
 	mu      sync.Mutex
 	seq     uint64
+	session uint64       // the follower's: acks of another session are not its
 	sub     chan Learned // nil: nobody follows
 	pending []Learned    // kept for the next follower
 	acked   uint64
@@ -583,20 +671,35 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 }
 
 // follow makes the caller the follower (ending the previous one's
-// stream): the channel gives what was kept, then each new answer.
-func (l *learner) follow() (<-chan Learned, func()) {
+// stream): the channel gives what the previous follower had not read and
+// what was kept, then each new answer. Its acknowledgements must name
+// the session.
+func (l *learner) follow() (_ <-chan Learned, session uint64, stop func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	ch := make(chan Learned, maxPendingLearned)
 	if l.sub != nil {
+	drain:
+		for {
+			select {
+			case x := <-l.sub:
+				ch <- x
+			default:
+				break drain
+			}
+		}
 		close(l.sub)
 	}
-	ch := make(chan Learned, maxPendingLearned)
 	for _, x := range l.pending {
-		ch <- x
+		select {
+		case ch <- x:
+		default: // full: the oldest were sent
+		}
 	}
 	l.pending = nil
 	l.sub = ch
-	return ch, func() {
+	l.session = rand.Uint64()
+	return ch, l.session, func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if l.sub == ch {
@@ -606,10 +709,14 @@ func (l *learner) follow() (<-chan Learned, func()) {
 	}
 }
 
-// ack records that the agent applied every answer up to seq.
-func (l *learner) ack(seq uint64) {
+// ack records that the follower of session applied every answer up to
+// seq (an ack of another session, a follower gone, changes nothing).
+func (l *learner) ack(session, seq uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if session != l.session || seq > l.seq {
+		return
+	}
 	if seq > l.acked {
 		l.acked = seq
 	}

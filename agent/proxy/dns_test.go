@@ -88,7 +88,7 @@ func newDNSHarness(t *testing.T, o Options) *dnsHarness {
 	})
 	// The client's egress policy: lookups of *.allowed.test only.
 	rules := []PeerRules{{DNS: []DNSRule{{MatchPattern: "*.allowed.test"}}}}
-	if err := h.p.SetConfig(Config{Revision: 1, IPCache: ipcache, Policies: []PortPolicy{
+	if err := h.p.SetConfig(Config{Revision: 1, IPCache: ipcache, FQDNs: []DNSRule{{MatchPattern: "*.allowed.test"}}, Policies: []PortPolicy{
 		{Endpoint: clientIP, Direction: Egress, Port: h.server.Port(), Protocol: "UDP", Kind: KindDNS, Rules: rules},
 		{Endpoint: clientIP, Direction: Egress, Port: h.server.Port(), Protocol: "TCP", Kind: KindDNS, Rules: rules},
 	}}); err != nil {
@@ -127,11 +127,11 @@ func (h *dnsHarness) ask(network, name string) *dns.Msg {
 // handed to a follower, which acknowledges them.
 func TestDNSAllowDenyAndLearn(t *testing.T) {
 	h := newDNSHarness(t, Options{})
-	learned, stop := h.p.learner.follow()
+	learned, session, stop := h.p.learner.follow()
 	defer stop()
 	go func() {
 		for x := range learned {
-			h.p.learner.ack(x.Seq)
+			h.p.learner.ack(session, x.Seq)
 		}
 	}()
 	for _, network := range []string{"udp", "tcp"} {
@@ -177,7 +177,7 @@ func TestDNSAllowDenyAndLearn(t *testing.T) {
 // that asked.
 func TestDNSAnswerHeldUntilLearned(t *testing.T) {
 	h := newDNSHarness(t, Options{DNSHold: 10 * time.Second})
-	learned, stop := h.p.learner.follow()
+	learned, session, stop := h.p.learner.follow()
 	defer stop()
 	answered := make(chan *dns.Msg, 1)
 	go func() { answered <- h.ask("udp", "held.allowed.test.") }()
@@ -195,7 +195,13 @@ func TestDNSAnswerHeldUntilLearned(t *testing.T) {
 		t.Fatal("the answer was released before the addresses were acknowledged")
 	case <-time.After(300 * time.Millisecond):
 	}
-	h.p.learner.ack(x.Seq)
+	h.p.learner.ack(session+1, x.Seq) // another session's ack (an old agent's) releases nothing
+	select {
+	case <-answered:
+		t.Fatal("an acknowledgement of another session released the answer")
+	case <-time.After(300 * time.Millisecond):
+	}
+	h.p.learner.ack(session, x.Seq)
 	select {
 	case a := <-answered:
 		if a.Rcode != dns.RcodeSuccess {
@@ -213,7 +219,7 @@ func TestDNSLearnedKeptForNextFollower(t *testing.T) {
 	if a := h.ask("udp", "early.allowed.test."); a.Rcode != dns.RcodeSuccess {
 		t.Fatalf("answer %s", dns.RcodeToString[a.Rcode])
 	}
-	learned, stop := h.p.learner.follow()
+	learned, _, stop := h.p.learner.follow()
 	defer stop()
 	select {
 	case x := <-learned:
@@ -339,5 +345,26 @@ func TestAnswerAddrsFollowsChainOnly(t *testing.T) {
 	got, ttl := answerAddrs(a, "A.test.")
 	if !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.1")}) || ttl != 50 {
 		t.Errorf("answerAddrs = %v, %d; want [192.0.2.1], 50", got, ttl)
+	}
+}
+
+// An allowed answer for a name no toFQDNs selector matches is neither
+// reported nor held.
+func TestDNSAnswerNotHeldWithoutSelector(t *testing.T) {
+	h := newDNSHarness(t, Options{DNSHold: time.Hour})
+	cfg := h.p.Config()
+	cfg.FQDNs = []DNSRule{{MatchName: "only.allowed.test"}}
+	if err := h.p.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	learned, _, stop := h.p.learner.follow()
+	defer stop()
+	if a := h.ask("udp", "other.allowed.test."); a.Rcode != dns.RcodeSuccess || len(a.Answer) != 1 {
+		t.Fatalf("answer %s %v", dns.RcodeToString[a.Rcode], a.Answer)
+	}
+	select {
+	case x := <-learned:
+		t.Errorf("reported %+v though no selector matches it", x)
+	default:
 	}
 }

@@ -104,6 +104,9 @@ type Proxy struct {
 	learner learner
 	dnsMu   sync.Mutex
 	replies map[netip.AddrPort]*net.UDPConn // replySocket's
+	// idle upstream UDP sockets (forwardUDP), idleUDPCount in all
+	idleUDP      map[udpKey][]net.Conn
+	idleUDPCount int
 }
 
 // New returns a proxy with an empty config: every request is denied until
@@ -471,6 +474,13 @@ func (p *Proxy) closeListeners() {
 		c.Close()
 		delete(p.replies, k)
 	}
+	for k, cs := range p.idleUDP {
+		for _, c := range cs {
+			c.Close()
+		}
+		delete(p.idleUDP, k)
+	}
+	p.idleUDPCount = 0
 	p.dnsMu.Unlock()
 }
 

@@ -37,7 +37,8 @@ type Record struct {
 	DNSRcode    string        `json:"dnsRcode,omitempty"`
 	DNSAnswers  []netip.Addr  `json:"dnsAnswers,omitempty"` // IPv4 addresses of the name (and its CNAMEs)
 	DNSTTL      uint32        `json:"dnsTTL,omitempty"`
-	Latency     time.Duration `json:"latency"` // ns, request received to response done
+	DNSHeld     time.Duration `json:"dnsHeld,omitempty"` // ns the answer waited for the agent
+	Latency     time.Duration `json:"latency"`           // ns, request received to response done
 	Verdict     string        `json:"verdict"`
 	Reason      string        `json:"reason,omitempty"`
 	Notes       []string      `json:"notes,omitempty"`

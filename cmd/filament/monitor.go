@@ -44,6 +44,17 @@ func formatL7(ev types.Event) string {
 	if len(l.Notes) > 0 {
 		notes = " {" + strings.Join(l.Notes, "; ") + "}"
 	}
+	if strings.HasPrefix(l.Protocol, "DNS/") {
+		// query, answer addresses, rcode
+		answers := make([]string, len(l.DNSAnswers))
+		for i, a := range l.DNSAnswers {
+			answers[i] = a.String()
+		}
+		return fmt.Sprintf("%s %s %s endpoint %d: %s %s %s -> %s [%s] ttl %d in %v%s: %s identity %d [%s] -> %s identity %d [%s]",
+			ev.Time.Format("15:04:05.000"), what, ev.Direction, ev.Endpoint, l.Protocol, l.Method, l.Host,
+			l.DNSRcode, strings.Join(answers, " "), l.DNSTTL, l.Latency.Round(time.Microsecond), notes,
+			ev.Src, ev.SrcIdentity, strings.Join(ev.SrcLabels, ","), ev.Dst, ev.DstIdentity, strings.Join(ev.DstLabels, ","))
+	}
 	return fmt.Sprintf("%s %s %s endpoint %d: %s %s %s%s -> %d in %v%s: %s identity %d [%s] -> %s identity %d [%s]",
 		ev.Time.Format("15:04:05.000"), what, ev.Direction, ev.Endpoint, l.Protocol, l.Method, l.Host, l.Path,
 		l.Status, l.Latency.Round(time.Microsecond), notes,

@@ -92,3 +92,18 @@ func TestMonitorSaysListeningBeforeTheFirstEvent(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestFormatEventDNS(t *testing.T) {
+	ev := types.Event{Time: time.Now(), Type: "l7", Direction: "egress", Endpoint: 3, Protocol: "UDP",
+		Src: netip.MustParseAddrPort("10.244.0.3:40000"), Dst: netip.MustParseAddrPort("10.244.0.2:53"),
+		L7: &types.L7{Protocol: "DNS/UDP", Method: "A", Host: "www.example.com.", Status: 0, Verdict: "forwarded",
+			DNSRcode: "NOERROR", DNSAnswers: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}, DNSTTL: 30}}
+	got := formatEvent(ev)
+	if !strings.Contains(got, "L7 FORWARDED egress endpoint 3: DNS/UDP A www.example.com. -> NOERROR [192.0.2.1 192.0.2.2] ttl 30") {
+		t.Fatalf("allowed query: %s", got)
+	}
+	ev.Reason, ev.L7.Verdict, ev.L7.DNSRcode, ev.L7.DNSAnswers, ev.L7.DNSTTL = "no egress DNS rule matches", "denied", "REFUSED", nil, 0
+	if got := formatEvent(ev); !strings.Contains(got, "L7 DENIED (no egress DNS rule matches) egress endpoint 3: DNS/UDP A www.example.com. -> REFUSED []") {
+		t.Fatalf("denied query: %s", got)
+	}
+}

@@ -136,7 +136,7 @@ type Event struct {
 
 // L7 is what the proxy saw of one request and what it decided.
 type L7 struct {
-	Protocol string        `json:"protocol"` // HTTP/1.1, HTTP/2 or gRPC
+	Protocol string        `json:"protocol"` // HTTP/1.1, HTTP/2, gRPC, DNS/UDP or DNS/TCP
 	Method   string        `json:"method"`
 	Host     string        `json:"host"`
 	Path     string        `json:"path"`
@@ -144,4 +144,9 @@ type L7 struct {
 	Latency  time.Duration `json:"latency"` // ns
 	Verdict  string        `json:"verdict"` // forwarded or denied
 	Notes    []string      `json:"notes,omitempty"`
+	// DNS (Protocol DNS/UDP or DNS/TCP): Host is the name asked, Method
+	// the query type, Status the rcode.
+	DNSRcode   string       `json:"dnsRcode,omitempty"`
+	DNSAnswers []netip.Addr `json:"dnsAnswers,omitempty"`
+	DNSTTL     uint32       `json:"dnsTTL,omitempty"`
 }

@@ -402,9 +402,9 @@ func (v *validator) fqdn(p fieldPath, f FQDNSelector) {
 		v.addf(p, "needs matchName or matchPattern")
 	case f.MatchName != "" && f.MatchPattern != "":
 		v.addf(p.child("matchPattern"), "cannot be combined with matchName")
-	case f.MatchName != "" && (len(f.MatchName) > 255 || !fqdnName.MatchString(f.MatchName)):
-		v.addf(p.child("matchName"), "%q is not a DNS name", f.MatchName)
-	case f.MatchPattern != "" && (len(f.MatchPattern) > 255 || !fqdnPattern.MatchString(f.MatchPattern)):
+	case f.MatchName != "" && (len(strings.TrimSuffix(f.MatchName, ".")) > 253 || !fqdnName.MatchString(f.MatchName)):
+		v.addf(p.child("matchName"), "%q is not a DNS name (at most 253 characters)", f.MatchName)
+	case f.MatchPattern != "" && (len(strings.TrimSuffix(f.MatchPattern, ".")) > 253 || !fqdnPattern.MatchString(f.MatchPattern)):
 		v.addf(p.child("matchPattern"), "%q is not a DNS name pattern (DNS characters and '*')", f.MatchPattern)
 	}
 }

@@ -127,6 +127,8 @@ func TestParseRejects(t *testing.T) {
 			[]string{`spec.ingress[0].icmps: cannot be combined with toPorts`}},
 		{"bad fqdn", cnp(sel + "  egress: [{toFQDNs: [{matchName: \"a b.com\"}]}]\n"),
 			[]string{`spec.egress[0].toFQDNs[0].matchName: "a b.com" is not a DNS name`}},
+		{"fqdn over 253 characters", cnp(sel + "  egress: [{toFQDNs: [{matchName: \"" + strings.Repeat("a.", 127) + "ab\"}]}]\n"),
+			[]string{`spec.egress[0].toFQDNs[0].matchName:`, `is not a DNS name (at most 253 characters)`}},
 		{"bad service", cnp(sel + "  egress: [{toServices: [{k8sService: {serviceName: Kube_DNS}}]}]\n"),
 			[]string{`spec.egress[0].toServices[0].k8sService.serviceName: "Kube_DNS" is not a service name`}},
 		{"bad rule label", cnp(sel + "  labels: [\"k8s:bad key\"]\n"),
