@@ -150,6 +150,31 @@ demo: check-root deps build
 	echo "-- web-1: GET http://$$ip1:8080/private"; \
 	bin/filament-lab pod exec --name $(DEMO_LAB) web-1 -- curl -s -w ' (HTTP %{http_code})\n' -m 2 http://$$ip1:8080/private; \
 	wait; echo "-- filament monitor --type l7 on c1/n2 saw:"; cat $$mon; rm -f $$mon
+	@echo; echo "== DNS-aware policy: shopper (c1/n2) may look up *.svc.example at dns-1 and reach what those names resolve to, nothing else"
+	bin/filament-lab pod add --name $(DEMO_LAB) c1/n1 dns-1 --labels app=dns
+	bin/filament-lab pod add --name $(DEMO_LAB) c1/n2 shopper --labels app=shopper
+	bin/filament-lab host add --name $(DEMO_LAB) shop 10.0.9.1
+	bin/filament-lab host add --name $(DEMO_LAB) bank 10.0.9.2
+	@for h in shop bank; do setsid bin/filament-lab host exec --name $(DEMO_LAB) $$h -- $(CURDIR)/bin/filament-lab serve-name --port 8080 --reply $$h >/dev/null 2>&1 < /dev/null & done
+	@dns=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="dns-1") | .ip'); \
+	bin/filament-lab pod exec --name $(DEMO_LAB) dns-1 -- dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address=$$dns --user=root \
+		--pid-file=/var/run/filament-lab/$(DEMO_LAB)/dnsmasq.pid --host-record=shop.svc.example,10.0.9.1 --host-record=bank.other.example,10.0.9.2
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament policy import docs/examples/dns-svc-example.yaml
+	@dns=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="dns-1") | .ip'); \
+	mon=$$(mktemp); \
+	for i in $$(seq 50); do bin/filament-lab pod exec --name $(DEMO_LAB) shopper -- dig +short +tries=1 +time=1 @$$dns shop.svc.example 2>/dev/null | grep -q 10.0.9.1 && break; sleep 0.2; done; \
+	timeout 8 bin/filament-lab exec --name $(DEMO_LAB) c1/n2 -- filament monitor --type l7 > $$mon 2>&1 & \
+	for i in $$(seq 50); do grep -q Listening $$mon && break; sleep 0.1; done; \
+	echo "-- shopper: dig shop.svc.example (allowed; its address is allowed before the answer arrives)"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) shopper -- dig +noall +comments +answer +tries=1 +time=2 @$$dns shop.svc.example | grep -E 'status|IN'; \
+	echo "-- shopper: curl http://10.0.9.1:8080/ (shop.svc.example)"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) shopper -- curl -s -m 2 http://10.0.9.1:8080/; \
+	echo "-- shopper: dig bank.other.example (denied: REFUSED by the node's proxy)"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) shopper -- dig +noall +comments +tries=1 +time=2 @$$dns bank.other.example | grep status || true; \
+	echo "-- shopper: curl http://10.0.9.2:8080/ (bank: no allowed lookup gave its address)"; \
+	bin/filament-lab pod exec --name $(DEMO_LAB) shopper -- curl -s -m 2 http://10.0.9.2:8080/ || echo "(no connection: denied)"; \
+	wait; echo "-- filament monitor --type l7 on c1/n2 saw:"; cat $$mon; rm -f $$mon
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n2 -- filament fqdn cache list
 	@echo; echo "== filament encrypt status (c1/n1): every node of both clusters is an authenticated WireGuard peer"
 	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament encrypt status
 	@echo; echo "== filament clustermesh status (c2/n1)"

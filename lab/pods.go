@@ -149,6 +149,7 @@ func (l *Lab) deletePod(p Pod) error {
 	for _, pid := range p.Servers {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
+	stopNetNSProcesses(p.NetNS) // what `pod exec` left running (a daemon)
 	n, err := l.Node(p.Node)
 	if err == nil {
 		if _, err := l.CNI(n, "DEL", p.ContainerID, NetNSPath(p.NetNS), "eth0", "", n.NetConf(nil)); err != nil {

@@ -268,11 +268,13 @@ func (l *Lab) teardown() error {
 		}
 	}
 	for _, x := range l.Externals {
+		stopNetNSProcesses(x.NetNS)
 		if err := run("ip", "netns", "del", x.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)
 		}
 	}
 	for _, h := range l.Hosts {
+		stopNetNSProcesses(h.NetNS) // what `host exec` left running
 		if err := run("ip", "netns", "del", h.NetNS); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)
 		}
