@@ -153,12 +153,12 @@ demo: check-root deps build
 	@echo; echo "== DNS-aware policy: shopper (c1/n2) may look up *.svc.example at dns-1 and reach what those names resolve to, nothing else"
 	bin/filament-lab pod add --name $(DEMO_LAB) c1/n1 dns-1 --labels app=dns
 	bin/filament-lab pod add --name $(DEMO_LAB) c1/n2 shopper --labels app=shopper
-	bin/filament-lab host add --name $(DEMO_LAB) shop 10.0.9.1
-	bin/filament-lab host add --name $(DEMO_LAB) bank 10.0.9.2
+	bin/filament-lab host add --name $(DEMO_LAB) shop --ip 10.0.9.1
+	bin/filament-lab host add --name $(DEMO_LAB) bank --ip 10.0.9.2
 	@for h in shop bank; do setsid bin/filament-lab host exec --name $(DEMO_LAB) $$h -- $(CURDIR)/bin/filament-lab serve-name --port 8080 --reply $$h >/dev/null 2>&1 < /dev/null & done
 	@dns=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="dns-1") | .ip'); \
 	bin/filament-lab pod exec --name $(DEMO_LAB) dns-1 -- dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address=$$dns --user=root \
-		--pid-file=/var/run/filament-lab/$(DEMO_LAB)/dnsmasq.pid --host-record=shop.svc.example,10.0.9.1 --host-record=bank.other.example,10.0.9.2
+		--local-ttl=60 --pid-file=/var/run/filament-lab/$(DEMO_LAB)/dnsmasq.pid --host-record=shop.svc.example,10.0.9.1 --host-record=bank.other.example,10.0.9.2
 	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament policy import docs/examples/dns-svc-example.yaml
 	@dns=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.pods[] | select(.name=="dns-1") | .ip'); \
 	mon=$$(mktemp); \
