@@ -235,10 +235,17 @@ func checkRuleKinds(field, kind string, pr PeerRules) error {
 		n          int
 	}{{KindHTTP, "http", len(pr.HTTP)}, {KindDNS, "dns", len(pr.DNS)}, {KindKafka, "kafka", len(pr.Kafka)}} {
 		if c.n > 0 && kind != c.kind {
-			return fmt.Errorf("%w: %s.%s: a %s port has no %s rules", ErrInvalid, field, c.name, kindName(kind), kindName(c.kind))
+			return fmt.Errorf("%w: %s.%s: %s port has no %s rules", ErrInvalid, field, c.name, article(kindName(kind)), kindName(c.kind))
 		}
 	}
 	return nil
+}
+
+func article(name string) string {
+	if name == "HTTP" {
+		return "an " + name
+	}
+	return "a " + name
 }
 
 func kindName(kind string) string {
