@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -68,6 +69,7 @@ type kafkaRequest struct {
 	hasClientID  bool // not null
 	body         kmsg.Request
 	topics       []kafkaTopic // every topic it names; one unknown for APIs whose topics are not read
+	allTopics    bool         // a Metadata request for every topic
 	noResponse   bool         // Produce with acks=0
 }
 
@@ -127,6 +129,9 @@ func parseKafkaRequest(frame []byte, names func([16]byte) (string, bool)) (*kafk
 		return q, fmt.Errorf("%w: %s v%d: %w", ErrKafkaFrame, kmsg.NameForKey(q.key), q.version, err)
 	}
 	q.topics, q.noResponse = requestTopics(q.body, names)
+	if m, ok := q.body.(*kmsg.MetadataRequest); ok && (m.Topics == nil || m.Version == 0 && len(m.Topics) == 0) {
+		q.allTopics = true
+	}
 	return q, nil
 }
 
@@ -154,8 +159,9 @@ func skipTags(b []byte) ([]byte, error) {
 // requestTopics lists the topics a request names (by name, or by ID
 // through names), and tells whether it has no response. A Metadata
 // request for every topic names none: it is decided as a request without
-// topics. APIs whose topics are not read name one unknown topic (only
-// rules without a topic allow them).
+// topics, and the topics the client may not see are left out of its
+// response (inspectKafkaResponse). APIs whose topics are not read name one
+// unknown topic (only rules without a topic allow them).
 func requestTopics(r kmsg.Request, names func([16]byte) (string, bool)) (topics []kafkaTopic, noResponse bool) {
 	byName := func(n string) { topics = append(topics, kafkaTopic{name: n, known: true}) }
 	byID := func(name string, id [16]byte, v13 bool) {
@@ -528,9 +534,10 @@ func (m *kafkaTopicIDs) learn(scope kafkaScope, r *kmsg.MetadataResponse) {
 type kafkaPending struct {
 	key, version int16
 	corr         int32
-	upstream     bool          // answered by the broker
-	merge        kmsg.Response // the denied topics' errors to add to it
-	resp         []byte        // the framed response, once known
+	upstream     bool                    // answered by the broker
+	merge        kmsg.Response           // the denied topics' errors to add to it
+	visible      func(topic string) bool // a Metadata response's topics the client may see; nil: all
+	resp         []byte                  // the framed response, once known
 }
 
 // kafkaConn is a downstream Kafka connection being served.
@@ -608,7 +615,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 		}
 		if !v.q.noResponse {
 			kc.mu.Lock()
-			kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, upstream: true, merge: v.merge})
+			kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, upstream: true, merge: v.merge, visible: v.visible})
 			kc.mu.Unlock()
 		} else {
 			<-kc.slots
@@ -646,7 +653,10 @@ func (kc *kafkaConn) readUpstream() {
 			kc.p.log.Debug("L7 proxy: Kafka response for no request", "dst", kc.dc.dst)
 			return
 		}
-		pd.resp = kc.p.inspectKafkaResponse(kc.scope, pd, frame)
+		if pd.resp = kc.p.inspectKafkaResponse(kc.scope, pd, frame); pd.resp == nil {
+			kc.mu.Unlock()
+			return
+		}
 		err = kc.flush()
 		kc.mu.Unlock()
 		if err != nil {
@@ -671,9 +681,11 @@ func (kc *kafkaConn) flush() error {
 }
 
 // inspectKafkaResponse learns the topic IDs of a Metadata response and
-// caps the versions an ApiVersions response offers at those the proxy
-// parses (a client would else use versions it must refuse), and returns
-// the framed response for the client.
+// leaves out the topics the client may not see from the answer to a
+// request for every topic, caps the versions an ApiVersions response
+// offers at those the proxy parses (a client would else use versions it
+// must refuse), and returns the framed response for the client; nil: the
+// connection is closed.
 func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, frame []byte) []byte {
 	out := make([]byte, 4+len(frame))
 	binary.BigEndian.PutUint32(out, uint32(len(frame)))
@@ -694,8 +706,19 @@ func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, frame [
 				return out
 			}
 		}
-		if r.ReadFrom(body) == nil {
-			p.kafkaIDs.learn(scope, r)
+		if r.ReadFrom(body) != nil {
+			if pd.visible != nil {
+				return nil // the topics cannot be filtered
+			}
+			return out
+		}
+		p.kafkaIDs.learn(scope, r)
+		if pd.visible != nil {
+			n := len(r.Topics)
+			r.Topics = slices.DeleteFunc(r.Topics, func(t kmsg.MetadataResponseTopic) bool { return t.Topic == nil || !pd.visible(*t.Topic) })
+			if len(r.Topics) != n {
+				return kafkaResponseFrame(&kafkaRequest{key: pd.key, corr: pd.corr}, r)
+			}
 		}
 	case kafkaApiVersions:
 		r := kmsg.NewPtrApiVersionsResponse()
@@ -753,6 +776,9 @@ type kafkaVerdict struct {
 	// the denial of the other part, for mergeKafka.
 	frame []byte
 	merge kmsg.Response
+	// visible filters the topics of the response to a Metadata request
+	// for every topic.
+	visible func(topic string) bool
 }
 
 // judgeKafka decides a request frame (without its size) of dc's flow, and
@@ -826,7 +852,20 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 	rec.Direction, rec.Endpoint = sides[0].direction, sides[0].endpoint
 	if by == "" {
 		p.finishKafka(rec, Forwarded)
-		return kafkaVerdict{q: q, forward: true}
+		v := kafkaVerdict{q: q, forward: true}
+		if q.allTopics {
+			v.visible = func(topic string) bool {
+				one := *q
+				one.topics = []kafkaTopic{{name: topic, known: true}}
+				for _, sd := range sides {
+					if all, _ := sd.allowKafka(&one); !all {
+						return false
+					}
+				}
+				return true
+			}
+		}
+		return v
 	}
 	var denied []string
 	for i, t := range q.topics {

@@ -286,6 +286,14 @@ func TestKafkaDenialInOrder(t *testing.T) {
 	if av := resps[4].(*kmsg.ApiVersionsResponse); av.ErrorCode != 0 || len(av.ApiKeys) == 0 {
 		t.Fatalf("api versions: %+v", av)
 	}
+	// Metadata for every topic: topic2 is left out of the answer.
+	all := k.send("c", &kmsg.MetadataRequest{Version: 12}, &kmsg.MetadataRequest{Version: 1})
+	for _, r := range all {
+		md := r.(*kmsg.MetadataResponse)
+		if len(md.Topics) != 1 || *md.Topics[0].Topic != "topic1" || len(md.Brokers) != 1 {
+			t.Fatalf("metadata v%d for every topic: %+v", md.Version, md)
+		}
+	}
 	// By ID: topic1's (learned above) is allowed, another is not.
 	id1 := md.Topics[0].TopicID
 	resps = k.send("c", produceReq("", [16]byte{1, 2, 3}), produceReq("", id1))
