@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/goleak"
 )
 
 // kafkaHarness is a proxy on 127.0.0.1 whose every connection "was going"
@@ -355,6 +356,8 @@ func TestKafkaAPIKeyVersionClientID(t *testing.T) {
 // TestKafkaHostileFrames: a frame the proxy cannot take closes its
 // connection, and only that one.
 func TestKafkaHostileFrames(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after the harness's cleanups: no connection's goroutine left
 	h := newKafkaHarness(t, PeerRules{})
 	good := h.raw()
 	for name, b := range map[string][]byte{
