@@ -231,6 +231,16 @@ func requestTopics(r kmsg.Request, names func([16]byte) (string, bool)) (topics 
 		for _, t := range r.Topics {
 			byName(t.Topic)
 		}
+	case *kmsg.ConsumerGroupHeartbeatRequest:
+		for _, n := range r.SubscribedTopicNames {
+			byName(n)
+		}
+		if r.SubscribedTopicRegex != nil {
+			topics = append(topics, kafkaTopic{}) // any topic: only rules without a topic
+		}
+		for _, t := range r.Topics {
+			byID("", t.TopicID, true)
+		}
 	default:
 		if !kafkaTopicless[r.Key()] {
 			topics = []kafkaTopic{{}}
@@ -250,19 +260,20 @@ func groupsAllTopics(gs []kmsg.OffsetFetchRequestGroup) bool {
 
 // kafkaDenial is the API's own error response to a denied request, framed,
 // with its correlation ID: topics' (partitions') error codes
-// TOPIC_AUTHORIZATION_FAILED, or for an API without topics a top-level
-// CLUSTER_AUTHORIZATION_FAILED. Nil: the API has no such field (the
-// connection is closed instead).
+// TOPIC_AUTHORIZATION_FAILED, or else the top-level error code
+// (denialCode). Nil: the API has no such field (the connection is closed
+// instead).
 func kafkaDenial(q *kafkaRequest) []byte {
-	resp := kafkaDenialResponse(q.body)
+	resp := kafkaDenialResponse(q.body, denialCode(q))
 	if resp == nil {
 		return nil
 	}
 	return kafkaResponseFrame(q, resp)
 }
 
-// kafkaDenialResponse is kafkaDenial's response, unframed.
-func kafkaDenialResponse(body kmsg.Request) kmsg.Response {
+// kafkaDenialResponse is kafkaDenial's response, unframed; topLevel is
+// the error code for a response with only a top-level error field.
+func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
 	resp := body.ResponseKind()
 	resp.SetVersion(body.GetVersion())
 	const tErr = kafkaTopicAuthorizationFailed
@@ -385,7 +396,7 @@ func kafkaDenialResponse(body kmsg.Request) kmsg.Response {
 		if !f.IsValid() || f.Kind() != reflect.Int16 {
 			return nil
 		}
-		f.SetInt(int64(kafkaClusterAuthorizationFailed))
+		f.SetInt(int64(topLevel))
 	}
 	return resp
 }
@@ -889,11 +900,15 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 	}
 	rec.Reason = "topics " + strings.Join(denied, ",") + " denied: " + reason
 	p.finishKafka(rec, Forwarded)
-	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr)[4:], merge: kafkaDenialResponse(rest)}
+	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr)[4:], merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed)}
 }
 
-// denialCode is the error code of q's denial.
+// denialCode is the error code of q's denial: TOPIC_AUTHORIZATION_FAILED
+// for a request that names topics, else CLUSTER_AUTHORIZATION_FAILED.
 func denialCode(q *kafkaRequest) int16 {
+	if _, ok := q.body.(*kmsg.FindCoordinatorRequest); ok {
+		return kafkaClusterAuthorizationFailed
+	}
 	if len(q.topics) > 0 {
 		return kafkaTopicAuthorizationFailed
 	}

@@ -27,15 +27,18 @@ const (
 	kafkaDeleteTopics    int16 = 20
 	kafkaDeleteRecords   int16 = 21
 	kafkaInitProducerID  int16 = 22
+
+	kafkaConsumerGroupHeartbeat int16 = 68
 )
 
 // kafkaRoles are the API keys of CiliumNetworkPolicy's Kafka roles, and
-// InitProducerID for produce: idempotent producing, the default of
-// current clients (Kafka 3.0, franz-go), cannot start without it.
+// InitProducerID for produce (idempotent producing, the default of
+// current clients, Kafka 3.0 and franz-go, cannot start without it) and
+// ConsumerGroupHeartbeat for consume (KIP-848's consumer groups, Kafka 4.0).
 var kafkaRoles = map[string][]int16{
 	"produce": {kafkaProduce, kafkaMetadata, kafkaApiVersions, kafkaInitProducerID},
 	"consume": {kafkaFetch, kafkaListOffsets, kafkaMetadata, kafkaOffsetCommit, kafkaOffsetFetch, kafkaFindCoordinator,
-		kafkaJoinGroup, kafkaHeartbeat, kafkaLeaveGroup, kafkaSyncGroup, kafkaApiVersions},
+		kafkaJoinGroup, kafkaHeartbeat, kafkaLeaveGroup, kafkaSyncGroup, kafkaApiVersions, kafkaConsumerGroupHeartbeat},
 }
 
 // kafkaAPIKeys maps a policy's API key names (kmsg's names in lower case,

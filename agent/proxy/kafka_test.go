@@ -412,3 +412,57 @@ func TestKafkaNewApiVersions(t *testing.T) {
 		}
 	}
 }
+
+// TestKafkaConsumerGroupHeartbeat: a KIP-848 heartbeat subscribing to a
+// denied topic, or by regex under a topic rule, is denied with
+// TOPIC_AUTHORIZATION_FAILED.
+func TestKafkaConsumerGroupHeartbeat(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
+	hb := func(names []string, regex *string) *kmsg.ConsumerGroupHeartbeatRequest {
+		r := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+		r.Version, r.Group, r.MemberID, r.SubscribedTopicNames, r.SubscribedTopicRegex = 1, "g", "m", names, regex
+		return r
+	}
+	resps := h.raw().send("c", hb([]string{"topic2"}, nil), hb(nil, kmsg.StringPtr("topic.*")), hb([]string{"topic1"}, nil))
+	for i, want := range []bool{true, true, false} {
+		e := resps[i].(*kmsg.ConsumerGroupHeartbeatResponse).ErrorCode
+		if denied := e == kafkaTopicAuthorizationFailed; denied != want {
+			t.Errorf("heartbeat %d: error %d", i, e)
+		}
+	}
+}
+
+// TestKafkaGroupConsumer: a consumer group (classic protocol) consumes and
+// commits under the consume role.
+func TestKafkaGroupConsumer(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "produce", Topic: "topic1"}, {Role: "consume", Topic: "topic1"}}})
+	recs := h.records()
+	if err := produce(t, h.client(), "topic1", "g"); err != nil {
+		t.Fatal(err)
+	}
+	cl := h.client(kgo.ConsumeTopics("topic1"), kgo.ConsumerGroup("group1"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got []string
+	for len(got) == 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("group consumer got nothing: %v", fs.Errors())
+		}
+		fs.EachRecord(func(r *kgo.Record) { got = append(got, string(r.Value)) })
+	}
+	if err := cl.CommitUncommittedOffsets(ctx); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	// The group's APIs went through, allowed by the consume role.
+	want := map[string]bool{"FindCoordinator": true, "JoinGroup": true, "SyncGroup": true, "OffsetFetch": true, "OffsetCommit": true}
+	for len(want) > 0 {
+		r := recs(1)[0]
+		if r.Verdict == Denied && r.Method != "GetTelemetrySubscriptions" {
+			t.Fatalf("denied: %+v", r)
+		}
+		if r.Verdict == Forwarded {
+			delete(want, r.Method)
+		}
+	}
+}
