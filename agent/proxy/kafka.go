@@ -492,7 +492,7 @@ type kafkaScope struct {
 }
 
 func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
-	if id := cfg.identity(dst.Addr()); id >= 256 && id < 1<<24 {
+	if id := cfg.identity(dst.Addr()); isWorkload(id) {
 		return kafkaScope{identity: id}
 	}
 	return kafkaScope{addr: dst.Addr().Unmap()}
