@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/filament-net/filament/agent/fqdn"
 	"github.com/filament-net/filament/agent/policy/api"
@@ -43,24 +44,39 @@ type PortPolicy struct {
 	Direction string      `json:"direction"` // "ingress" or "egress"
 	Port      uint16      `json:"port"`
 	Protocol  string      `json:"protocol"`       // "TCP", or "UDP" for DNS
-	Kind      string      `json:"kind,omitempty"` // "http" (the default) or "dns"
+	Kind      string      `json:"kind,omitempty"` // "http" (the default), "dns" or "kafka"
 	Rules     []PeerRules `json:"rules"`
 }
 
 // Kinds of a PortPolicy.
 const (
-	KindHTTP = "http"
-	KindDNS  = "dns"
+	KindHTTP  = "http"
+	KindDNS   = "dns"
+	KindKafka = "kafka"
 )
 
-// PeerRules are the HTTP or DNS rules that apply to some peers. Remotes
-// are the peers' identities (empty: any peer); HTTP (DNS) empty lets every
-// request (query) of those peers through (a peer allowed at L4 on an L7
-// port).
+// PeerRules are the HTTP, DNS or Kafka rules that apply to some peers.
+// Remotes are the peers' identities (empty: any peer); HTTP (DNS, Kafka)
+// empty lets every request (query) of those peers through (a peer allowed
+// at L4 on an L7 port).
 type PeerRules struct {
-	Remotes []uint32   `json:"remotes,omitempty"`
-	HTTP    []HTTPRule `json:"http"`
-	DNS     []DNSRule  `json:"dns,omitempty"`
+	Remotes []uint32    `json:"remotes,omitempty"`
+	HTTP    []HTTPRule  `json:"http"`
+	DNS     []DNSRule   `json:"dns,omitempty"`
+	Kafka   []KafkaRule `json:"kafka,omitempty"`
+}
+
+// KafkaRule allows Kafka requests, as CiliumNetworkPolicy's rules.kafka: by
+// Role ("produce" or "consume") or by APIKey (a Kafka API key name in lower
+// case as in the policy: "produce", "fetch", "metadata", "apiversions",
+// ...), optionally only APIVersion (decimal), ClientID and Topic. Empty
+// fields match anything.
+type KafkaRule struct {
+	Role       string `json:"role,omitempty"`
+	APIKey     string `json:"apiKey,omitempty"`
+	APIVersion string `json:"apiVersion,omitempty"`
+	ClientID   string `json:"clientID,omitempty"`
+	Topic      string `json:"topic,omitempty"`
 }
 
 // DNSRule allows the lookups of one name (MatchName) or of the names a
@@ -89,6 +105,7 @@ type peerRules struct {
 	remotes map[uint32]bool // nil: any
 	rules   []*rule         // empty: all requests
 	dns     []*fqdn.Matcher // the same for DNS queries
+	kafka   []kafkaRule     // the same for Kafka requests
 }
 
 // compiled is a validated Config, ready for lookups; it is never changed
@@ -118,8 +135,8 @@ func compile(cfg Config) (*compiled, error) {
 		}
 		kind := cmp.Or(p.Kind, KindHTTP)
 		switch {
-		case kind != KindHTTP && kind != KindDNS:
-			return nil, fmt.Errorf("%w: %s.kind %q: want http or dns", ErrInvalid, field, p.Kind)
+		case kind != KindHTTP && kind != KindDNS && kind != KindKafka:
+			return nil, fmt.Errorf("%w: %s.kind %q: want http, dns or kafka", ErrInvalid, field, p.Kind)
 		case p.Protocol != "TCP" && p.Protocol != "UDP":
 			return nil, fmt.Errorf("%w: %s.protocol %q: want TCP or UDP", ErrInvalid, field, p.Protocol)
 		case p.Protocol == "UDP" && kind != KindDNS:
@@ -142,11 +159,8 @@ func compile(cfg Config) (*compiled, error) {
 				}
 				out.remotes[id] = true
 			}
-			if kind == KindDNS && len(pr.HTTP) > 0 {
-				return nil, fmt.Errorf("%w: %s.http: a DNS port has no HTTP rules", ErrInvalid, field)
-			}
-			if kind == KindHTTP && len(pr.DNS) > 0 {
-				return nil, fmt.Errorf("%w: %s.dns: an HTTP port has no DNS rules", ErrInvalid, field)
+			if err := checkRuleKinds(field, kind, pr); err != nil {
+				return nil, err
 			}
 			for k, hr := range pr.HTTP {
 				r, err := compileRule(fmt.Sprintf("%s.http[%d]", field, k), hr)
@@ -161,6 +175,13 @@ func compile(cfg Config) (*compiled, error) {
 					return nil, fmt.Errorf("%w: %s.dns[%d]: %w", ErrInvalid, field, k, err)
 				}
 				out.dns = append(out.dns, m)
+			}
+			for k, kr := range pr.Kafka {
+				r, err := compileKafkaRule(fmt.Sprintf("%s.kafka[%d]", field, k), kr)
+				if err != nil {
+					return nil, err
+				}
+				out.kafka = append(out.kafka, r)
 			}
 			// Policies on the same endpoint, direction and port are OR'd.
 			c.policies[key] = append(c.policies[key], out)
@@ -207,6 +228,33 @@ func compile(cfg Config) (*compiled, error) {
 	return c, nil
 }
 
+// checkRuleKinds tells whether the rules of pr are all of the port's kind.
+func checkRuleKinds(field, kind string, pr PeerRules) error {
+	for _, c := range []struct {
+		kind, name string
+		n          int
+	}{{KindHTTP, "http", len(pr.HTTP)}, {KindDNS, "dns", len(pr.DNS)}, {KindKafka, "kafka", len(pr.Kafka)}} {
+		if c.n > 0 && kind != c.kind {
+			return fmt.Errorf("%w: %s.%s: %s port has no %s rules", ErrInvalid, field, c.name, article(kindName(kind)), kindName(c.kind))
+		}
+	}
+	return nil
+}
+
+func article(name string) string {
+	if name == "HTTP" {
+		return "an " + name
+	}
+	return "a " + name
+}
+
+func kindName(kind string) string {
+	if kind == KindKafka {
+		return "Kafka"
+	}
+	return strings.ToUpper(kind)
+}
+
 func unmapPrefix(p netip.Prefix) netip.Prefix {
 	if p.Addr().Is4In6() && p.Bits() >= 96 {
 		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
@@ -244,7 +292,7 @@ type side struct {
 	direction string
 	endpoint  netip.Addr
 	remote    uint32 // the other side's identity
-	kind      string // KindHTTP or KindDNS
+	kind      string // KindHTTP, KindDNS or KindKafka
 	peers     []peerRules
 }
 

@@ -1,5 +1,5 @@
 // Package proxy owns the node's transparent L7 proxy for HTTP/1.1, HTTP/2
-// (prior-knowledge h2c) and gRPC: rule matching, forwarding, records and
+// (prior-knowledge h2c), gRPC, DNS and Kafka: rule matching, forwarding, records and
 // metrics. The datapath steers connections that hit an L7 policy entry to
 // its listener; the proxy reads the original destination from the
 // transparent socket, decides each request against the L7 rules of the
@@ -107,6 +107,8 @@ type Proxy struct {
 	// idle upstream UDP sockets (forwardUDP), idleUDPCount in all
 	idleUDP      map[udpKey][]net.Conn
 	idleUDPCount int
+
+	kafkaIDs kafkaTopicIDs // topic names of IDs, from Metadata responses
 }
 
 // New returns a proxy with an empty config: every request is denied until
@@ -342,11 +344,17 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 		c.Close()
 		return
 	}
-	// A DNS port's connections carry DNS (the policy may come a moment
-	// after the flow).
-	if _, sides := p.awaitPolicy(context.Background(), dc); len(sides) > 0 && sides[0].kind == KindDNS {
-		p.serveDNSTCP(dc)
-		return
+	// A DNS (Kafka) port's connections carry DNS (Kafka); the policy may
+	// come a moment after the flow.
+	if _, sides := p.awaitPolicy(context.Background(), dc); len(sides) > 0 {
+		switch sides[0].kind {
+		case KindDNS:
+			p.serveDNSTCP(dc)
+			return
+		case KindKafka:
+			p.serveKafka(dc)
+			return
+		}
 	}
 	// The server's own read-header timeout starts again after this one.
 	isH2, err := dc.sniff(p.opts.ReadHeaderTimeout)

@@ -29,11 +29,11 @@ type Record struct {
 	DstPort     uint16        `json:"dstPort"`
 	SrcIdentity uint32        `json:"srcIdentity"`
 	DstIdentity uint32        `json:"dstIdentity"`
-	Protocol    string        `json:"protocol"` // HTTP/1.1, HTTP/2, gRPC, DNS/UDP, DNS/TCP
-	Method      string        `json:"method"`   // DNS: the query type
+	Protocol    string        `json:"protocol"` // HTTP/1.1, HTTP/2, gRPC, DNS/UDP, DNS/TCP, Kafka
+	Method      string        `json:"method"`   // DNS: the query type; Kafka: the API (Produce, Fetch...)
 	Host        string        `json:"host"`     // DNS: the name asked
-	Path        string        `json:"path"`
-	Status      int           `json:"status"` // DNS: the rcode
+	Path        string        `json:"path"`     // Kafka: the topics named, comma-separated
+	Status      int           `json:"status"`   // DNS: the rcode; Kafka: a denial's error code
 	DNSRcode    string        `json:"dnsRcode,omitempty"`
 	DNSAnswers  []netip.Addr  `json:"dnsAnswers,omitempty"` // IPv4 addresses of the name (and its CNAMEs)
 	DNSTTL      uint32        `json:"dnsTTL,omitempty"`
@@ -98,6 +98,8 @@ type metrics struct {
 	dnsQueries *prometheus.CounterVec
 	dnsHold    prometheus.Histogram
 	dnsShed    prometheus.Counter
+
+	kafkaRequests *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -130,7 +132,11 @@ func newMetrics() *metrics {
 		Name: "filament_proxy_dns_shed_total",
 		Help: "DNS datagrams dropped because too many queries were being answered at once.",
 	})
-	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed,
+	m.kafkaRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "filament_proxy_kafka_requests_total",
+		Help: "Kafka requests the L7 proxy handled, by verdict and API.",
+	}, []string{"verdict", "api"})
+	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.kafkaRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -1,0 +1,927 @@
+package proxy
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// maxKafkaFrame bounds a Kafka request or response: a bigger one closes
+// the connection.
+const maxKafkaFrame = 100 << 20
+
+// maxKafkaInFlight bounds the requests of one connection waiting for
+// their responses; the proxy reads no more requests until one is answered.
+const maxKafkaInFlight = 1024
+
+// Kafka error codes of the proxy's denials.
+const (
+	kafkaTopicAuthorizationFailed   int16 = 29
+	kafkaClusterAuthorizationFailed int16 = 31
+	kafkaUnsupportedVersion         int16 = 35
+)
+
+// ErrKafkaFrame is a Kafka request or response the proxy cannot parse.
+var ErrKafkaFrame = errors.New("malformed Kafka frame")
+
+// errKafkaNewApiVersions is an ApiVersions request of a version newer
+// than the proxy's: it is answered as a broker does, UNSUPPORTED_VERSION
+// in version 0 with the versions the proxy knows, and the client asks
+// again.
+var errKafkaNewApiVersions = errors.New("ApiVersions version unknown to the proxy")
+
+// kafkaTopic is a topic a request names: by name, or by ID (known: the
+// name was learned from a Metadata response).
+type kafkaTopic struct {
+	name  string
+	id    [16]byte
+	known bool
+}
+
+func (t kafkaTopic) String() string {
+	if t.known {
+		return t.name
+	}
+	if t.id != ([16]byte{}) {
+		return "id:" + hex.EncodeToString(t.id[:])
+	}
+	return "?"
+}
+
+// kafkaRequest is a parsed request.
+type kafkaRequest struct {
+	key, version int16
+	corr         int32
+	clientID     string
+	hasClientID  bool // not null
+	body         kmsg.Request
+	topics       []kafkaTopic // every topic it names; one unknown for APIs whose topics are not read
+	allTopics    bool         // a Metadata request for every topic
+	noResponse   bool         // Produce with acks=0
+}
+
+// kafkaTopicless are APIs that name no topic: decided by API, version and
+// client ID only.
+var kafkaTopicless = map[int16]bool{
+	kafkaFindCoordinator: true, kafkaJoinGroup: true, kafkaHeartbeat: true, kafkaLeaveGroup: true, kafkaSyncGroup: true,
+	15 /* DescribeGroups */ : true, 16 /* ListGroups */ : true, 17 /* SASLHandshake */ : true, kafkaApiVersions: true,
+	kafkaInitProducerID: true, 26 /* EndTxn */ : true, 36 /* SASLAuthenticate */ : true, 42 /* DeleteGroups */ : true,
+	60 /* DescribeCluster */ : true, 71 /* GetTelemetrySubscriptions */ : true, 72 /* PushTelemetry */ : true,
+}
+
+// parseKafkaRequest parses a request frame (without its size): the header
+// (v1, or v2 with tagged fields for flexible versions) and the body.
+// Topic IDs are named by names(id) when known.
+func parseKafkaRequest(frame []byte, names func([16]byte) (string, bool)) (*kafkaRequest, error) {
+	if len(frame) < 8 {
+		return nil, fmt.Errorf("%w: %d bytes of header", ErrKafkaFrame, len(frame))
+	}
+	q := &kafkaRequest{key: int16(binary.BigEndian.Uint16(frame)), version: int16(binary.BigEndian.Uint16(frame[2:])),
+		corr: int32(binary.BigEndian.Uint32(frame[4:]))}
+	q.body = kmsg.RequestForKey(q.key)
+	if q.body == nil {
+		return q, fmt.Errorf("%w: unknown API key %d", ErrKafkaFrame, q.key)
+	}
+	if q.key == kafkaApiVersions && q.version > q.body.MaxVersion() {
+		return q, errKafkaNewApiVersions
+	}
+	if q.version < 0 || q.version > q.body.MaxVersion() {
+		return q, fmt.Errorf("%w: %s version %d unknown", ErrKafkaFrame, kmsg.NameForKey(q.key), q.version)
+	}
+	q.body.SetVersion(q.version)
+	rest := frame[8:]
+	if q.key != 7 || q.version != 0 { // ControlledShutdown v0 has no client ID
+		if len(rest) < 2 {
+			return q, fmt.Errorf("%w: no client ID", ErrKafkaFrame)
+		}
+		n := int16(binary.BigEndian.Uint16(rest))
+		rest = rest[2:]
+		q.hasClientID = n >= 0
+		if n > 0 {
+			if len(rest) < int(n) {
+				return q, fmt.Errorf("%w: client ID truncated", ErrKafkaFrame)
+			}
+			q.clientID, rest = string(rest[:n]), rest[n:]
+		} else if n < -1 {
+			return q, fmt.Errorf("%w: client ID length %d", ErrKafkaFrame, n)
+		}
+	}
+	if q.body.IsFlexible() {
+		var err error
+		if rest, err = skipTags(rest); err != nil {
+			return q, err
+		}
+	}
+	if err := q.body.ReadFrom(rest); err != nil {
+		return q, fmt.Errorf("%w: %s v%d: %w", ErrKafkaFrame, kmsg.NameForKey(q.key), q.version, err)
+	}
+	q.topics, q.noResponse = requestTopics(q.body, names)
+	if m, ok := q.body.(*kmsg.MetadataRequest); ok && (m.Topics == nil || m.Version == 0 && len(m.Topics) == 0) {
+		q.allTopics = true
+	}
+	return q, nil
+}
+
+// skipTags skips a header's tagged fields.
+func skipTags(b []byte) ([]byte, error) {
+	n, l := binary.Uvarint(b)
+	if l <= 0 {
+		return nil, fmt.Errorf("%w: header tags", ErrKafkaFrame)
+	}
+	b = b[l:]
+	for range n {
+		if _, l = binary.Uvarint(b); l <= 0 {
+			return nil, fmt.Errorf("%w: header tag", ErrKafkaFrame)
+		}
+		b = b[l:]
+		size, l := binary.Uvarint(b)
+		if l <= 0 || uint64(len(b)-l) < size {
+			return nil, fmt.Errorf("%w: header tag size", ErrKafkaFrame)
+		}
+		b = b[uint64(l)+size:]
+	}
+	return b, nil
+}
+
+// requestTopics lists the topics a request names (by name, or by ID
+// through names), and tells whether it has no response. A Metadata
+// request for every topic names none: it is decided as a request without
+// topics, and the topics the client may not see are left out of its
+// response (inspectKafkaResponse). APIs whose topics are not read name one
+// unknown topic (only rules without a topic allow them).
+func requestTopics(r kmsg.Request, names func([16]byte) (string, bool)) (topics []kafkaTopic, noResponse bool) {
+	byName := func(n string) { topics = append(topics, kafkaTopic{name: n, known: true}) }
+	byID := func(name string, id [16]byte, v13 bool) {
+		if !v13 {
+			byName(name)
+			return
+		}
+		t := kafkaTopic{id: id}
+		t.name, t.known = names(id)
+		topics = append(topics, t)
+	}
+	switch r := r.(type) {
+	case *kmsg.ProduceRequest:
+		for _, t := range r.Topics {
+			byID(t.Topic, t.TopicID, r.Version >= 13)
+		}
+		return topics, r.Acks == 0
+	case *kmsg.FetchRequest:
+		for _, t := range r.Topics {
+			byID(t.Topic, t.TopicID, r.Version >= 13)
+		}
+		// Forgotten topics leave the fetch session: no access.
+	case *kmsg.ListOffsetsRequest:
+		for _, t := range r.Topics {
+			byName(t.Topic)
+		}
+	case *kmsg.MetadataRequest:
+		for _, t := range r.Topics {
+			if t.Topic != nil {
+				byName(*t.Topic)
+			} else {
+				byID("", t.TopicID, true)
+			}
+		}
+	case *kmsg.OffsetCommitRequest:
+		for _, t := range r.Topics {
+			byID(t.Topic, t.TopicID, r.Version >= 10)
+		}
+	case *kmsg.OffsetFetchRequest:
+		for _, t := range r.Topics {
+			byName(t.Topic)
+		}
+		for _, g := range r.Groups {
+			for _, t := range g.Topics {
+				byID(t.Topic, t.TopicID, r.Version >= 10)
+			}
+		}
+		if r.Version < 8 && r.Topics == nil || r.Version >= 8 && groupsAllTopics(r.Groups) {
+			topics = append(topics, kafkaTopic{}) // every topic's offsets: only rules without a topic
+		}
+	case *kmsg.CreateTopicsRequest:
+		for _, t := range r.Topics {
+			byName(t.Topic)
+		}
+	case *kmsg.DeleteTopicsRequest:
+		for _, n := range r.TopicNames {
+			byName(n)
+		}
+		for _, t := range r.Topics {
+			if t.Topic != nil {
+				byName(*t.Topic)
+			} else {
+				byID("", t.TopicID, true)
+			}
+		}
+	case *kmsg.DeleteRecordsRequest:
+		for _, t := range r.Topics {
+			byName(t.Topic)
+		}
+	case *kmsg.ConsumerGroupHeartbeatRequest:
+		for _, n := range r.SubscribedTopicNames {
+			byName(n)
+		}
+		if r.SubscribedTopicRegex != nil {
+			topics = append(topics, kafkaTopic{}) // any topic: only rules without a topic
+		}
+		for _, t := range r.Topics {
+			byID("", t.TopicID, true)
+		}
+	default:
+		if !kafkaTopicless[r.Key()] {
+			topics = []kafkaTopic{{}}
+		}
+	}
+	return topics, false
+}
+
+func groupsAllTopics(gs []kmsg.OffsetFetchRequestGroup) bool {
+	for _, g := range gs {
+		if g.Topics == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// kafkaDenial is the API's own error response to a denied request, framed,
+// with its correlation ID: topics' (partitions') error codes
+// TOPIC_AUTHORIZATION_FAILED, or else the top-level error code
+// (denialCode). Nil: the API has no such field (the connection is closed
+// instead).
+func kafkaDenial(q *kafkaRequest) []byte {
+	resp := kafkaDenialResponse(q.body, denialCode(q))
+	if resp == nil {
+		return nil
+	}
+	return kafkaResponseFrame(q, resp)
+}
+
+// kafkaDenialResponse is kafkaDenial's response, unframed; topLevel is
+// the error code for a response with only a top-level error field.
+func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
+	resp := body.ResponseKind()
+	resp.SetVersion(body.GetVersion())
+	const tErr = kafkaTopicAuthorizationFailed
+	switch req := body.(type) {
+	case *kmsg.ProduceRequest:
+		r := resp.(*kmsg.ProduceResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewProduceResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewProduceResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.BaseOffset = p.Partition, tErr, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.FetchRequest:
+		r := resp.(*kmsg.FetchResponse)
+		r.SessionID = 0 // no session: the next fetch is a full one
+		for _, t := range req.Topics {
+			rt := kmsg.NewFetchResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewFetchResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.HighWatermark = p.Partition, tErr, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.ListOffsetsRequest:
+		r := resp.(*kmsg.ListOffsetsResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewListOffsetsResponseTopic()
+			rt.Topic = t.Topic
+			for _, p := range t.Partitions {
+				rp := kmsg.NewListOffsetsResponseTopicPartition()
+				rp.Partition, rp.ErrorCode = p.Partition, tErr
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.MetadataRequest:
+		r := resp.(*kmsg.MetadataResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewMetadataResponseTopic()
+			rt.Topic, rt.TopicID, rt.ErrorCode = t.Topic, t.TopicID, tErr
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.OffsetCommitRequest:
+		r := resp.(*kmsg.OffsetCommitResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewOffsetCommitResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewOffsetCommitResponseTopicPartition()
+				rp.Partition, rp.ErrorCode = p.Partition, tErr
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.OffsetFetchRequest:
+		r := resp.(*kmsg.OffsetFetchResponse)
+		r.ErrorCode = tErr
+		for _, t := range req.Topics {
+			rt := kmsg.NewOffsetFetchResponseTopic()
+			rt.Topic = t.Topic
+			for _, p := range t.Partitions {
+				rp := kmsg.NewOffsetFetchResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.Offset = p, tErr, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			r.Topics = append(r.Topics, rt)
+		}
+		for _, g := range req.Groups {
+			rg := kmsg.NewOffsetFetchResponseGroup()
+			rg.Group, rg.ErrorCode = g.Group, tErr
+			r.Groups = append(r.Groups, rg)
+		}
+	case *kmsg.CreateTopicsRequest:
+		r := resp.(*kmsg.CreateTopicsResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewCreateTopicsResponseTopic()
+			rt.Topic, rt.ErrorCode = t.Topic, tErr
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.DeleteTopicsRequest:
+		r := resp.(*kmsg.DeleteTopicsResponse)
+		for _, n := range req.TopicNames {
+			rt := kmsg.NewDeleteTopicsResponseTopic()
+			rt.Topic, rt.ErrorCode = kmsg.StringPtr(n), tErr
+			r.Topics = append(r.Topics, rt)
+		}
+		for _, t := range req.Topics {
+			rt := kmsg.NewDeleteTopicsResponseTopic()
+			rt.Topic, rt.TopicID, rt.ErrorCode = t.Topic, t.TopicID, tErr
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.DeleteRecordsRequest:
+		r := resp.(*kmsg.DeleteRecordsResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewDeleteRecordsResponseTopic()
+			rt.Topic = t.Topic
+			for _, p := range t.Partitions {
+				rp := kmsg.NewDeleteRecordsResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.LowWatermark = p.Partition, tErr, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			r.Topics = append(r.Topics, rt)
+		}
+	case *kmsg.FindCoordinatorRequest:
+		r := resp.(*kmsg.FindCoordinatorResponse)
+		r.ErrorCode, r.NodeID = kafkaClusterAuthorizationFailed, -1
+		for _, k := range req.CoordinatorKeys {
+			c := kmsg.NewFindCoordinatorResponseCoordinator()
+			c.Key, c.NodeID, c.ErrorCode = k, -1, kafkaClusterAuthorizationFailed
+			r.Coordinators = append(r.Coordinators, c)
+		}
+	default:
+		f := reflect.ValueOf(resp).Elem().FieldByName("ErrorCode")
+		if !f.IsValid() || f.Kind() != reflect.Int16 {
+			return nil
+		}
+		f.SetInt(int64(topLevel))
+	}
+	return resp
+}
+
+// splitKafka splits a Produce, Fetch or Metadata request some of whose
+// topics are allowed (ok, in requestTopics' order) into the request of the
+// allowed ones, for the broker, and the denied ones, whose errors are
+// merged into its response (mergeKafka). Other APIs are not split.
+func splitKafka(body kmsg.Request, ok []bool) (allowed, denied kmsg.Request) {
+	switch r := body.(type) {
+	case *kmsg.ProduceRequest:
+		a, d := *r, *r
+		a.Topics, d.Topics = splitTopics(r.Topics, ok)
+		return &a, &d
+	case *kmsg.FetchRequest:
+		a, d := *r, *r
+		a.Topics, d.Topics = splitTopics(r.Topics, ok)
+		return &a, &d
+	case *kmsg.MetadataRequest:
+		a, d := *r, *r
+		a.Topics, d.Topics = splitTopics(r.Topics, ok)
+		return &a, &d
+	}
+	return nil, nil
+}
+
+// splitTopics splits ts by ok; the allowed part is never nil (a Metadata
+// request's nil topics ask for every topic).
+func splitTopics[T any](ts []T, ok []bool) (allowed, denied []T) {
+	allowed = []T{}
+	for i, t := range ts {
+		if ok[i] {
+			allowed = append(allowed, t)
+		} else {
+			denied = append(denied, t)
+		}
+	}
+	return allowed, denied
+}
+
+// mergeKafka adds the topics of denial (kafkaDenialResponse of a split
+// request's denied part) to the broker's response frame (without its
+// size) to the allowed part; false: the response does not parse.
+func mergeKafka(frame []byte, version int16, denial kmsg.Response) ([]byte, bool) {
+	resp := denial.RequestKind().ResponseKind()
+	resp.SetVersion(version)
+	body := frame[4:]
+	if resp.IsFlexible() {
+		var err error
+		if body, err = skipTags(body); err != nil {
+			return nil, false
+		}
+	}
+	if resp.ReadFrom(body) != nil {
+		return nil, false
+	}
+	switch r := resp.(type) {
+	case *kmsg.ProduceResponse:
+		r.Topics = append(r.Topics, denial.(*kmsg.ProduceResponse).Topics...)
+	case *kmsg.FetchResponse:
+		r.Topics = append(r.Topics, denial.(*kmsg.FetchResponse).Topics...)
+	case *kmsg.MetadataResponse:
+		r.Topics = append(r.Topics, denial.(*kmsg.MetadataResponse).Topics...)
+	default:
+		return nil, false
+	}
+	return kafkaResponseFrame(&kafkaRequest{key: resp.Key(), corr: int32(binary.BigEndian.Uint32(frame))}, resp), true
+}
+
+// kafkaResponseFrame frames a response to q: size, correlation ID, the
+// header's tags when flexible (never for ApiVersions), the body.
+func kafkaResponseFrame(q *kafkaRequest, resp kmsg.Response) []byte {
+	b := make([]byte, 8, 64)
+	binary.BigEndian.PutUint32(b[4:], uint32(q.corr))
+	if resp.IsFlexible() && q.key != kafkaApiVersions {
+		b = append(b, 0)
+	}
+	b = resp.AppendTo(b)
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+	return b
+}
+
+// maxKafkaTopicIDs bounds the topic IDs the proxy remembers.
+const maxKafkaTopicIDs = 100_000
+
+// kafkaScope is whose Metadata responses name a topic ID: the brokers of
+// one cluster identity, or one address for brokers outside the cluster
+// (world and CIDR identities cover servers that are no broker of ours, one
+// of which must not name IDs for the others).
+type kafkaScope struct {
+	identity uint32
+	addr     netip.Addr
+}
+
+func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
+	if id := cfg.identity(dst.Addr()); isWorkload(id) {
+		return kafkaScope{identity: id}
+	}
+	return kafkaScope{addr: dst.Addr().Unmap()}
+}
+
+type kafkaIDKey struct {
+	scope kafkaScope
+	id    [16]byte
+}
+
+// kafkaTopicIDs are the topic names of IDs learned from Metadata responses
+// the proxy forwarded: a client may fetch by ID on another connection than
+// the one it asked for metadata on (franz-go does).
+type kafkaTopicIDs struct {
+	mu    sync.Mutex
+	names map[kafkaIDKey]string
+}
+
+func (m *kafkaTopicIDs) name(scope kafkaScope, id [16]byte) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, ok := m.names[kafkaIDKey{scope, id}]
+	return n, ok
+}
+
+// learn remembers the topic IDs of a Metadata response; when the table is
+// full an arbitrary entry makes room.
+func (m *kafkaTopicIDs) learn(scope kafkaScope, r *kmsg.MetadataResponse) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.names == nil {
+		m.names = map[kafkaIDKey]string{}
+	}
+	for _, t := range r.Topics {
+		if t.Topic == nil || t.TopicID == ([16]byte{}) || t.ErrorCode != 0 {
+			continue
+		}
+		k := kafkaIDKey{scope, t.TopicID}
+		if _, ok := m.names[k]; !ok && len(m.names) >= maxKafkaTopicIDs {
+			for old := range m.names {
+				delete(m.names, old)
+				break
+			}
+		}
+		m.names[k] = *t.Topic
+	}
+}
+
+// kafkaPending is a request waiting for its response to go out.
+type kafkaPending struct {
+	key, version int16
+	corr         int32
+	upstream     bool                    // answered by the broker
+	merge        kmsg.Response           // the denied topics' errors to add to it
+	visible      func(topic string) bool // a Metadata response's topics the client may see; nil: all
+	resp         []byte                  // the framed response, once known
+}
+
+// kafkaConn is a downstream Kafka connection being served.
+type kafkaConn struct {
+	p     *Proxy
+	dc    *downConn
+	up    net.Conn
+	scope kafkaScope
+	done  chan struct{} // closed when the connection ends
+	once  sync.Once
+
+	slots chan struct{} // in-flight requests
+
+	mu    sync.Mutex
+	queue []*kafkaPending // in request order
+}
+
+func (kc *kafkaConn) close() {
+	kc.once.Do(func() {
+		close(kc.done)
+		kc.dc.Close()
+		kc.up.Close()
+	})
+}
+
+// serveKafka serves a connection whose port's policy is Kafka: each
+// request is decided and forwarded on the connection's own upstream
+// connection (marked with the client's identity) or answered with the
+// API's error response; responses go back in request order.
+func (p *Proxy) serveKafka(dc *downConn) {
+	cfg := p.cfg.Load()
+	srcID := dc.srcIdentity(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), p.opts.DialTimeout)
+	up, err := p.dialUpstream(ctx, "tcp", dc.src.Addr(), dc.dst, srcID)
+	cancel()
+	if err != nil {
+		p.log.Debug("L7 proxy: Kafka upstream", "dst", dc.dst, "err", err)
+		dc.Close()
+		return
+	}
+	kc := &kafkaConn{p: p, dc: dc, up: up, scope: kafkaScopeOf(cfg, dc.dst), done: make(chan struct{}),
+		slots: make(chan struct{}, maxKafkaInFlight)}
+	defer kc.close()
+	go kc.readUpstream()
+	for {
+		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
+		frame, err := readKafkaFrame(dc)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				p.log.Debug("L7 proxy: Kafka request", "src", dc.src, "err", err)
+			}
+			return
+		}
+		v := p.judgeKafka(dc, srcID, kc.scope, frame)
+		if v.close {
+			return
+		}
+		if v.q.noResponse && !v.forward {
+			continue // acks=0: the client expects no answer
+		}
+		select {
+		case kc.slots <- struct{}{}:
+		case <-kc.done:
+			return
+		}
+		if !v.forward {
+			kc.mu.Lock()
+			kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, resp: v.reply})
+			err := kc.flush()
+			kc.mu.Unlock()
+			if err != nil {
+				return
+			}
+			continue
+		}
+		if !v.q.noResponse {
+			kc.mu.Lock()
+			kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, upstream: true, merge: v.merge, visible: v.visible})
+			kc.mu.Unlock()
+		} else {
+			<-kc.slots
+		}
+		if v.frame != nil {
+			frame = v.frame
+		}
+		up.SetWriteDeadline(time.Now().Add(p.opts.IdleTimeout))
+		if err := writeKafkaFrame(up, frame); err != nil {
+			return
+		}
+	}
+}
+
+// readUpstream reads the broker's responses, each for the oldest request
+// forwarded and not answered yet, and lets them out in order.
+func (kc *kafkaConn) readUpstream() {
+	defer kc.close()
+	for {
+		kc.up.SetReadDeadline(time.Time{})
+		frame, err := readKafkaFrame(kc.up)
+		if err != nil || len(frame) < 4 {
+			return
+		}
+		kc.mu.Lock()
+		var pd *kafkaPending
+		for _, x := range kc.queue {
+			if x.upstream && x.resp == nil {
+				pd = x
+				break
+			}
+		}
+		if pd == nil || int32(binary.BigEndian.Uint32(frame)) != pd.corr {
+			kc.mu.Unlock()
+			kc.p.log.Debug("L7 proxy: Kafka response for no request", "dst", kc.dc.dst)
+			return
+		}
+		if pd.resp = kc.p.inspectKafkaResponse(kc.scope, pd, frame); pd.resp == nil {
+			kc.mu.Unlock()
+			return
+		}
+		err = kc.flush()
+		kc.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// flush writes the responses at the head of the queue that are known;
+// kc.mu is held.
+func (kc *kafkaConn) flush() error {
+	for len(kc.queue) > 0 && kc.queue[0].resp != nil {
+		kc.dc.SetWriteDeadline(time.Now().Add(kc.p.opts.IdleTimeout))
+		if _, err := kc.dc.Write(kc.queue[0].resp); err != nil {
+			return err
+		}
+		kc.queue[0] = nil
+		kc.queue = kc.queue[1:]
+		<-kc.slots
+	}
+	return nil
+}
+
+// inspectKafkaResponse learns the topic IDs of a Metadata response and
+// leaves out the topics the client may not see from the answer to a
+// request for every topic, caps the versions an ApiVersions response
+// offers at those the proxy parses (a client would else use versions it
+// must refuse), and returns the framed response for the client; nil: the
+// connection is closed.
+func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, frame []byte) []byte {
+	out := make([]byte, 4+len(frame))
+	binary.BigEndian.PutUint32(out, uint32(len(frame)))
+	copy(out[4:], frame)
+	if pd.merge != nil {
+		if m, ok := mergeKafka(frame, pd.version, pd.merge); ok {
+			out = m
+		}
+	}
+	switch pd.key {
+	case kafkaMetadata:
+		r := kmsg.NewPtrMetadataResponse()
+		r.SetVersion(pd.version)
+		body := frame[4:]
+		if r.IsFlexible() {
+			var err error
+			if body, err = skipTags(body); err != nil {
+				return out
+			}
+		}
+		if r.ReadFrom(body) != nil {
+			if pd.visible != nil {
+				return nil // the topics cannot be filtered
+			}
+			return out
+		}
+		p.kafkaIDs.learn(scope, r)
+		if pd.visible != nil {
+			n := len(r.Topics)
+			r.Topics = slices.DeleteFunc(r.Topics, func(t kmsg.MetadataResponseTopic) bool { return t.Topic == nil || !pd.visible(*t.Topic) })
+			if len(r.Topics) != n {
+				return kafkaResponseFrame(&kafkaRequest{key: pd.key, corr: pd.corr}, r)
+			}
+		}
+	case kafkaApiVersions:
+		r := kmsg.NewPtrApiVersionsResponse()
+		r.SetVersion(pd.version)
+		if r.ReadFrom(frame[4:]) != nil || r.ErrorCode != 0 {
+			return out
+		}
+		keys := r.ApiKeys[:0]
+		for _, k := range r.ApiKeys {
+			req := kmsg.RequestForKey(k.ApiKey)
+			if req == nil || k.MinVersion > req.MaxVersion() {
+				continue
+			}
+			k.MaxVersion = min(k.MaxVersion, req.MaxVersion())
+			keys = append(keys, k)
+		}
+		r.ApiKeys = keys
+		return kafkaResponseFrame(&kafkaRequest{key: pd.key, corr: pd.corr}, r)
+	}
+	return out
+}
+
+// readKafkaFrame reads one size-prefixed frame, at most maxKafkaFrame
+// bytes, growing the buffer only as bytes arrive.
+func readKafkaFrame(r io.Reader) ([]byte, error) {
+	var l [4]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	n := int32(binary.BigEndian.Uint32(l[:]))
+	if n < 0 || n > maxKafkaFrame {
+		return nil, fmt.Errorf("%w: size %d", ErrKafkaFrame, n)
+	}
+	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err == nil && len(b) < int(n) {
+		err = io.ErrUnexpectedEOF
+	}
+	return b, err
+}
+
+func writeKafkaFrame(w io.Writer, frame []byte) error {
+	out := make([]byte, 4, 4+len(frame))
+	binary.BigEndian.PutUint32(out, uint32(len(frame)))
+	_, err := w.Write(append(out, frame...))
+	return err
+}
+
+// kafkaVerdict is the decision on one request.
+type kafkaVerdict struct {
+	q       *kafkaRequest
+	forward bool
+	reply   []byte // the denial, when not forwarded
+	close   bool   // the connection is closed instead
+	// A request forwarded in part: what goes to the broker instead, and
+	// the denial of the other part, for mergeKafka.
+	frame []byte
+	merge kmsg.Response
+	// visible filters the topics of the response to a Metadata request
+	// for every topic.
+	visible func(topic string) bool
+}
+
+// judgeKafka decides a request frame (without its size) of dc's flow, and
+// records it.
+func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame []byte) kafkaVerdict {
+	cfg := p.cfg.Load()
+	rec := Record{Time: time.Now(), SrcIP: dc.src.Addr(), SrcPort: dc.src.Port(), DstIP: dc.dst.Addr(), DstPort: dc.dst.Port(),
+		SrcIdentity: srcID, DstIdentity: cfg.identity(dc.dst.Addr()), Protocol: "Kafka"}
+	q, err := parseKafkaRequest(frame, func(id [16]byte) (string, bool) { return p.kafkaIDs.name(scope, id) })
+	if q != nil {
+		rec.Method = kmsg.NameForKey(q.key)
+	}
+	if errors.Is(err, errKafkaNewApiVersions) {
+		rec.Reason, rec.Status = err.Error(), int(kafkaUnsupportedVersion)
+		p.finishKafka(rec, Denied)
+		r := kmsg.NewPtrApiVersionsResponse()
+		r.ErrorCode = kafkaUnsupportedVersion
+		r.ApiKeys = []kmsg.ApiVersionsResponseApiKey{{ApiKey: kafkaApiVersions, MaxVersion: q.body.MaxVersion()}}
+		return kafkaVerdict{q: q, reply: kafkaResponseFrame(q, r)}
+	}
+	if err != nil {
+		rec.Reason = err.Error()
+		p.finishKafka(rec, Denied)
+		return kafkaVerdict{close: true}
+	}
+	names := make([]string, len(q.topics))
+	for i, t := range q.topics {
+		names[i] = t.String()
+	}
+	rec.Path = strings.Join(names, ",")
+	rec.Notes = []string{fmt.Sprintf("version %d", q.version)}
+	if q.clientID != "" {
+		rec.Notes = append(rec.Notes, "client ID "+q.clientID)
+	}
+	sides := cfg.sides(dc.src, dc.dst, srcID)
+	deny := func(reason string) kafkaVerdict {
+		rec.Reason = reason
+		v := kafkaVerdict{q: q, reply: kafkaDenial(q)}
+		if v.reply == nil && !q.noResponse {
+			v.close = true
+			rec.Notes = append(rec.Notes, "no error field in the response: connection closed")
+		} else {
+			rec.Status = int(denialCode(q))
+		}
+		p.finishKafka(rec, Denied)
+		return v
+	}
+	if len(sides) == 0 {
+		return deny("no L7 policy")
+	}
+	// Every side must allow each topic.
+	ok := make([]bool, len(q.topics))
+	for i := range ok {
+		ok[i] = true
+	}
+	var by string // the first side that denies a topic
+	for _, sd := range sides {
+		rec.Direction, rec.Endpoint = sd.direction, sd.endpoint
+		all, topics := sd.allowKafka(q)
+		if all {
+			continue
+		}
+		if len(q.topics) == 0 {
+			return deny("no " + sd.direction + " Kafka rule matches")
+		}
+		for i, t := range topics {
+			ok[i] = ok[i] && t
+		}
+		by = cmp.Or(by, sd.direction)
+	}
+	rec.Direction, rec.Endpoint = sides[0].direction, sides[0].endpoint
+	if by == "" {
+		p.finishKafka(rec, Forwarded)
+		v := kafkaVerdict{q: q, forward: true}
+		if q.allTopics {
+			v.visible = func(topic string) bool {
+				one := *q
+				one.topics = []kafkaTopic{{name: topic, known: true}}
+				for _, sd := range sides {
+					if all, _ := sd.allowKafka(&one); !all {
+						return false
+					}
+				}
+				return true
+			}
+		}
+		return v
+	}
+	var denied []string
+	for i, t := range q.topics {
+		if !ok[i] {
+			denied = append(denied, t.String())
+		}
+	}
+	reason := "no " + by + " Kafka rule matches"
+	if len(denied) == len(q.topics) {
+		return deny(reason)
+	}
+	// Some topics allowed: those go to the broker; the others' errors are
+	// added to its response.
+	allowed, rest := splitKafka(q.body, ok)
+	if allowed == nil {
+		return deny(reason + " for " + strings.Join(denied, ","))
+	}
+	f := kmsg.NewRequestFormatter()
+	if q.hasClientID {
+		f = kmsg.NewRequestFormatter(kmsg.FormatterClientID(q.clientID))
+	}
+	rec.Reason = "topics " + strings.Join(denied, ",") + " denied: " + reason
+	p.finishKafka(rec, Forwarded)
+	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr)[4:], merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed)}
+}
+
+// denialCode is the error code of q's denial: TOPIC_AUTHORIZATION_FAILED
+// for a request that names topics, else CLUSTER_AUTHORIZATION_FAILED.
+func denialCode(q *kafkaRequest) int16 {
+	if _, ok := q.body.(*kmsg.FindCoordinatorRequest); ok {
+		return kafkaClusterAuthorizationFailed
+	}
+	if len(q.topics) > 0 {
+		return kafkaTopicAuthorizationFailed
+	}
+	return kafkaClusterAuthorizationFailed
+}
+
+// finishKafka counts and publishes a Kafka request's record.
+func (p *Proxy) finishKafka(rec Record, verdict string) {
+	rec.Verdict, rec.Latency = verdict, time.Since(rec.Time)
+	api := rec.Method
+	if api == "" {
+		api = "Unknown"
+	}
+	p.metrics.kafkaRequests.WithLabelValues(verdict, api).Inc()
+	p.hub.publish(rec)
+}

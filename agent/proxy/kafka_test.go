@@ -1,0 +1,468 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/goleak"
+)
+
+// kafkaHarness is a proxy on 127.0.0.1 whose every connection "was going"
+// to a one-broker kfake cluster on serverIP with topics topic1 and topic2.
+// Clients dial the proxy for every broker address.
+type kafkaHarness struct {
+	*harness
+	broker netip.AddrPort
+}
+
+func newKafkaHarness(t *testing.T, rules ...PeerRules) *kafkaHarness {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "topic1", "topic2"),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, netip.AddrPortFrom(serverIP, 0).String())
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	broker := netip.MustParseAddrPort(c.ListenAddrs()[0])
+	h := &kafkaHarness{harness: newHarnessTo(t, broker, Options{}), broker: broker}
+	h.kafka(rules...)
+	return h
+}
+
+// kafka sets the broker's ingress policy: Kafka rules.
+func (h *kafkaHarness) kafka(rules ...PeerRules) {
+	h.t.Helper()
+	h.set(PortPolicy{Endpoint: serverIP, Direction: Ingress, Port: h.broker.Port(), Protocol: "TCP", Kind: KindKafka, Rules: rules})
+}
+
+// client is a franz-go client from the client pod whose every connection
+// goes to the proxy.
+func (h *kafkaHarness) client(opts ...kgo.Opt) *kgo.Client {
+	h.t.Helper()
+	opts = append([]kgo.Opt{
+		kgo.SeedBrokers(h.broker.String()),
+		kgo.ClientID("test-client"),
+		kgo.Dialer(func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return clientDialer().DialContext(ctx, "tcp", h.addr)
+		}),
+		kgo.RecordRetries(2),
+		kgo.RequestRetries(2),
+		kgo.RetryBackoffFn(func(int) time.Duration { return 10 * time.Millisecond }),
+	}, opts...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(cl.Close)
+	return cl
+}
+
+func produce(t *testing.T, cl *kgo.Client, topic, value string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(value)}).FirstErr()
+}
+
+// consume polls topic from the start until it has n records.
+func consume(t *testing.T, h *kafkaHarness, topic string, n int) []string {
+	t.Helper()
+	cl := h.client(kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var got []string
+	for len(got) < n {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("consumed %q of %s, want %d records: %v", got, topic, n, fs.Errors())
+		}
+		for _, e := range fs.Errors() {
+			t.Fatalf("fetch %s: %v", topic, e.Err)
+		}
+		fs.EachRecord(func(r *kgo.Record) { got = append(got, string(r.Value)) })
+	}
+	return got
+}
+
+func TestKafkaProduceConsume(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Remotes: []uint32{clientID}, Kafka: []KafkaRule{
+		{Role: "produce", Topic: "topic1"}, {Role: "consume", Topic: "topic1"},
+	}})
+	recs := h.records()
+	cl := h.client()
+	if err := produce(t, cl, "topic1", "hello"); err != nil {
+		t.Fatalf("produce to topic1: %v", err)
+	}
+	// topic2 is not allowed: its metadata is denied, the produce fails with
+	// the broker's own error for it.
+	if err := produce(t, cl, "topic2", "nope"); !errors.Is(err, kerr.TopicAuthorizationFailed) {
+		t.Fatalf("produce to topic2: %v, want TOPIC_AUTHORIZATION_FAILED", err)
+	}
+	if err := produce(t, cl, "topic1", "again"); err != nil {
+		t.Fatalf("produce to topic1 after a denial: %v", err)
+	}
+	if got := consume(t, h, "topic1", 2); strings.Join(got, ",") != "hello,again" {
+		t.Fatalf("consumed %q", got)
+	}
+	// The consumer fetched by topic ID (Fetch v13+) on a connection that
+	// had not asked for metadata: the ID was learned on another one. Only
+	// topic1 was produced to.
+	var fetchedByID, deniedTopic2 bool
+	for !fetchedByID || !deniedTopic2 {
+		r := recs(1)[0]
+		switch {
+		case r.Method == "Produce" && r.Path != "topic1":
+			t.Fatalf("produce record %+v", r)
+		case r.Method == "Fetch" && r.Path == "topic1" && r.Verdict == Forwarded:
+			fetchedByID = fetchedByID || slices.ContainsFunc(r.Notes, func(n string) bool {
+				v, err := strconv.Atoi(strings.TrimPrefix(n, "version "))
+				return err == nil && v >= 13
+			})
+		case r.Method == "Metadata" && strings.Contains(r.Reason, "topic2 denied"):
+			deniedTopic2 = true
+		}
+	}
+}
+
+func TestKafkaConsumeOnlyRejectsProduce(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume"}}})
+	// Idempotent producing starts with InitProducerID: not a consumer's.
+	if err := produce(t, h.client(), "topic1", "x"); !errors.Is(err, kerr.ClusterAuthorizationFailed) {
+		t.Fatalf("idempotent produce: %v, want CLUSTER_AUTHORIZATION_FAILED", err)
+	}
+	if err := produce(t, h.client(kgo.DisableIdempotentWrite()), "topic1", "x"); !errors.Is(err, kerr.TopicAuthorizationFailed) {
+		t.Fatalf("produce: %v, want TOPIC_AUTHORIZATION_FAILED", err)
+	}
+}
+
+// kafkaRequestFrame frames a request with its size: header v1 (v2 when
+// flexible) with clientID, body.
+func kafkaRequestFrame(r kmsg.Request, corr int32, clientID string) []byte {
+	return kmsg.NewRequestFormatter(kmsg.FormatterClientID(clientID)).AppendRequest(nil, r, corr)
+}
+
+// rawKafka is a raw connection to the proxy from the client pod.
+type rawKafka struct {
+	t *testing.T
+	c net.Conn
+}
+
+func (h *kafkaHarness) raw() *rawKafka {
+	return &rawKafka{t: h.t.(*testing.T), c: h.dial()}
+}
+
+// send writes the requests (corr 1, 2...) at once and returns their
+// responses, checking they come in order.
+func (k *rawKafka) send(clientID string, reqs ...kmsg.Request) []kmsg.Response {
+	k.t.Helper()
+	var out []byte
+	for i, r := range reqs {
+		out = append(out, kafkaRequestFrame(r, int32(i+1), clientID)...)
+	}
+	if _, err := k.c.Write(out); err != nil {
+		k.t.Fatal(err)
+	}
+	var resps []kmsg.Response
+	for i, r := range reqs {
+		k.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		frame, err := readKafkaFrame(k.c)
+		if err != nil {
+			k.t.Fatalf("response %d: %v", i+1, err)
+		}
+		if corr := int32(binary.BigEndian.Uint32(frame)); corr != int32(i+1) {
+			k.t.Fatalf("response %d has correlation ID %d", i+1, corr)
+		}
+		resp := r.ResponseKind()
+		body := frame[4:]
+		if resp.IsFlexible() && r.Key() != kafkaApiVersions {
+			if body, err = skipTags(body); err != nil {
+				k.t.Fatal(err)
+			}
+		}
+		if err := resp.ReadFrom(body); err != nil {
+			k.t.Fatalf("response %d (%s): %v", i+1, kmsg.NameForKey(r.Key()), err)
+		}
+		resps = append(resps, resp)
+	}
+	return resps
+}
+
+// closed tells whether the proxy closed the connection.
+func (k *rawKafka) closed() bool {
+	k.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := k.c.Read(make([]byte, 1))
+	return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func metadataReq(version int16, topics ...string) *kmsg.MetadataRequest {
+	r := kmsg.NewPtrMetadataRequest()
+	r.Version = version
+	r.Topics = []kmsg.MetadataRequestTopic{}
+	for _, n := range topics {
+		t := kmsg.NewMetadataRequestTopic()
+		t.Topic = kmsg.StringPtr(n)
+		r.Topics = append(r.Topics, t)
+	}
+	return r
+}
+
+// produceReq produces nothing (no records) to a topic, by name (v12) or,
+// when id is set, by ID (v13).
+func produceReq(topic string, id [16]byte) *kmsg.ProduceRequest {
+	r := kmsg.NewPtrProduceRequest()
+	r.Version, r.Acks, r.TimeoutMillis = 12, 1, 1000
+	t := kmsg.NewProduceRequestTopic()
+	t.Topic = topic
+	if id != ([16]byte{}) {
+		r.Version, t.Topic, t.TopicID = 13, "", id
+	}
+	t.Partitions = []kmsg.ProduceRequestTopicPartition{{Partition: 0}}
+	r.Topics = append(r.Topics, t)
+	return r
+}
+
+func fetchReq(id [16]byte) *kmsg.FetchRequest {
+	r := kmsg.NewPtrFetchRequest()
+	r.Version, r.MaxBytes = 13, 1<<20
+	t := kmsg.NewFetchRequestTopic()
+	t.TopicID = id
+	p := kmsg.NewFetchRequestTopicPartition()
+	p.PartitionMaxBytes = 1 << 20
+	t.Partitions = append(t.Partitions, p)
+	r.Topics = append(r.Topics, t)
+	return r
+}
+
+func produceError(t *testing.T, r kmsg.Response) int16 {
+	t.Helper()
+	pr := r.(*kmsg.ProduceResponse)
+	if len(pr.Topics) != 1 || len(pr.Topics[0].Partitions) != 1 {
+		t.Fatalf("produce response %+v", pr)
+	}
+	return pr.Topics[0].Partitions[0].ErrorCode
+}
+
+// TestKafkaDenialInOrder: a denied request is answered with its API's own
+// error after the responses to the requests before it, and the connection
+// goes on.
+func TestKafkaDenialInOrder(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "produce", Topic: "topic1"}}})
+	k := h.raw()
+	resps := k.send("c", metadataReq(12, "topic1"), produceReq("topic2", [16]byte{}), produceReq("topic1", [16]byte{}),
+		metadataReq(12, "topic2", "topic1"), kmsg.NewPtrApiVersionsRequest())
+	md := resps[0].(*kmsg.MetadataResponse)
+	if len(md.Topics) != 1 || *md.Topics[0].Topic != "topic1" || md.Topics[0].ErrorCode != 0 {
+		t.Fatalf("metadata of topic1: %+v", md.Topics)
+	}
+	if code := produceError(t, resps[1]); code != kafkaTopicAuthorizationFailed {
+		t.Fatalf("produce to topic2: error %d", code)
+	}
+	if code := produceError(t, resps[2]); code == kafkaTopicAuthorizationFailed {
+		t.Fatal("produce to topic1 denied")
+	}
+	// Metadata for an allowed and a denied topic: the broker's answer for
+	// topic1, the proxy's for topic2.
+	errs := map[string]int16{}
+	for _, tp := range resps[3].(*kmsg.MetadataResponse).Topics {
+		errs[*tp.Topic] = tp.ErrorCode
+	}
+	if len(errs) != 2 || errs["topic1"] != 0 || errs["topic2"] != kafkaTopicAuthorizationFailed {
+		t.Fatalf("metadata of topic2 and topic1: %v", errs)
+	}
+	if av := resps[4].(*kmsg.ApiVersionsResponse); av.ErrorCode != 0 || len(av.ApiKeys) == 0 {
+		t.Fatalf("api versions: %+v", av)
+	}
+	// Metadata for every topic: topic2 is left out of the answer.
+	all := k.send("c", &kmsg.MetadataRequest{Version: 12}, &kmsg.MetadataRequest{Version: 1})
+	for _, r := range all {
+		md := r.(*kmsg.MetadataResponse)
+		if len(md.Topics) != 1 || *md.Topics[0].Topic != "topic1" || len(md.Brokers) != 1 {
+			t.Fatalf("metadata v%d for every topic: %+v", md.Version, md)
+		}
+	}
+	// By ID: topic1's (learned above) is allowed, another is not.
+	id1 := md.Topics[0].TopicID
+	resps = k.send("c", produceReq("", [16]byte{1, 2, 3}), produceReq("", id1))
+	if code := produceError(t, resps[0]); code != kafkaTopicAuthorizationFailed {
+		t.Fatalf("produce to an unknown topic ID: error %d", code)
+	}
+	if code := produceError(t, resps[1]); code == kafkaTopicAuthorizationFailed {
+		t.Fatal("produce to topic1 by ID denied")
+	}
+}
+
+// TestKafkaFetchByTopicID: a fetch by an ID the proxy has not seen in a
+// Metadata response is denied under a topic rule.
+func TestKafkaFetchByTopicID(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
+	k := h.raw()
+	md := k.send("c", metadataReq(12, "topic1"))[0].(*kmsg.MetadataResponse)
+	resps := k.send("c", fetchReq([16]byte{9}), fetchReq(md.Topics[0].TopicID))
+	for i, want := range []bool{true, false} {
+		f := resps[i].(*kmsg.FetchResponse)
+		if len(f.Topics) != 1 || len(f.Topics[0].Partitions) != 1 {
+			t.Fatalf("fetch %d: %+v", i, f)
+		}
+		if denied := f.Topics[0].Partitions[0].ErrorCode == kafkaTopicAuthorizationFailed; denied != want {
+			t.Fatalf("fetch %d: error %d", i, f.Topics[0].Partitions[0].ErrorCode)
+		}
+	}
+	// Another connection knows the ID too.
+	f := h.raw().send("c", fetchReq(md.Topics[0].TopicID))[0].(*kmsg.FetchResponse)
+	if f.Topics[0].Partitions[0].ErrorCode == kafkaTopicAuthorizationFailed {
+		t.Fatal("fetch of topic1 by ID on another connection denied")
+	}
+}
+
+func TestKafkaAPIKeyVersionClientID(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{
+		{APIKey: "metadata", APIVersion: "12"}, {APIKey: "apiversions"}, {APIKey: "produce", ClientID: "good"},
+	}})
+	k := h.raw()
+	resps := k.send("bad", metadataReq(12, "topic1"), metadataReq(11, "topic1"), produceReq("topic1", [16]byte{}),
+		kmsg.NewPtrFindCoordinatorRequest())
+	if e := resps[0].(*kmsg.MetadataResponse).Topics[0].ErrorCode; e != 0 {
+		t.Fatalf("metadata v12: error %d", e)
+	}
+	if e := resps[1].(*kmsg.MetadataResponse).Topics[0].ErrorCode; e != kafkaTopicAuthorizationFailed {
+		t.Fatalf("metadata v11: error %d", e)
+	}
+	if e := produceError(t, resps[2]); e != kafkaTopicAuthorizationFailed {
+		t.Fatalf("produce from client bad: error %d", e)
+	}
+	if e := resps[3].(*kmsg.FindCoordinatorResponse).ErrorCode; e != kafkaClusterAuthorizationFailed {
+		t.Fatalf("find coordinator: error %d", e)
+	}
+	if e := produceError(t, k.send("good", produceReq("topic1", [16]byte{}))[0]); e == kafkaTopicAuthorizationFailed {
+		t.Fatal("produce from client good denied")
+	}
+}
+
+// TestKafkaHostileFrames: a frame the proxy cannot take closes its
+// connection, and only that one.
+func TestKafkaHostileFrames(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after the harness's cleanups: no connection's goroutine left
+	h := newKafkaHarness(t, PeerRules{})
+	good := h.raw()
+	for name, b := range map[string][]byte{
+		"huge size":       binary.BigEndian.AppendUint32(nil, maxKafkaFrame+1),
+		"negative size":   binary.BigEndian.AppendUint32(nil, 0x80000000),
+		"unknown API":     append(binary.BigEndian.AppendUint32(nil, 10), 0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0),
+		"short header":    append(binary.BigEndian.AppendUint32(nil, 3), 0, 3, 0),
+		"truncated body":  append(binary.BigEndian.AppendUint32(nil, 20), kafkaRequestFrame(metadataReq(12, "topic1"), 1, "c")[4:14]...),
+		"garbage":         append(binary.BigEndian.AppendUint32(nil, 16), []byte("GET / HTTP/1.1\r\n")[:16]...),
+		"bad client ID":   append(binary.BigEndian.AppendUint32(nil, 10), 0, 3, 0, 12, 0, 0, 0, 1, 0x7f, 0),
+		"unknown version": kafkaRequestFrame(&kmsg.MetadataRequest{Version: 999}, 1, "c"),
+	} {
+		k := h.raw()
+		if _, err := k.c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if name == "truncated body" {
+			k.c.(*net.TCPConn).CloseWrite()
+		}
+		if !k.closed() {
+			t.Errorf("%s: connection not closed", name)
+		}
+		if md := good.send("c", metadataReq(12, "topic1"))[0].(*kmsg.MetadataResponse); len(md.Topics) != 1 || md.Topics[0].ErrorCode != 0 {
+			t.Fatalf("after %s: metadata %+v", name, md)
+		}
+	}
+}
+
+// TestKafkaNewApiVersions: an ApiVersions request newer than the proxy
+// knows is answered as a broker does (UNSUPPORTED_VERSION, v0, the
+// versions known), and the versions a broker offers are capped at those
+// the proxy parses.
+func TestKafkaNewApiVersions(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{})
+	k := h.raw()
+	req := kmsg.NewPtrApiVersionsRequest()
+	req.Version = req.MaxVersion() + 1
+	k.c.Write(kafkaRequestFrame(req, 7, "c"))
+	k.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	frame, err := readKafkaFrame(k.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := kmsg.NewPtrApiVersionsResponse()
+	if err := resp.ReadFrom(frame[4:]); err != nil || binary.BigEndian.Uint32(frame) != 7 || resp.ErrorCode != kafkaUnsupportedVersion {
+		t.Fatalf("response %+v, %v", resp, err)
+	}
+	av := k.send("c", kmsg.NewPtrApiVersionsRequest())[0].(*kmsg.ApiVersionsResponse)
+	for _, key := range av.ApiKeys {
+		if r := kmsg.RequestForKey(key.ApiKey); r == nil || key.MaxVersion > r.MaxVersion() {
+			t.Fatalf("api key %d offered up to version %d", key.ApiKey, key.MaxVersion)
+		}
+	}
+}
+
+// TestKafkaConsumerGroupHeartbeat: a KIP-848 heartbeat subscribing to a
+// denied topic, or by regex under a topic rule, is denied with
+// TOPIC_AUTHORIZATION_FAILED.
+func TestKafkaConsumerGroupHeartbeat(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
+	hb := func(names []string, regex *string) *kmsg.ConsumerGroupHeartbeatRequest {
+		r := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+		r.Version, r.Group, r.MemberID, r.SubscribedTopicNames, r.SubscribedTopicRegex = 1, "g", "m", names, regex
+		return r
+	}
+	resps := h.raw().send("c", hb([]string{"topic2"}, nil), hb(nil, kmsg.StringPtr("topic.*")), hb([]string{"topic1"}, nil))
+	for i, want := range []bool{true, true, false} {
+		e := resps[i].(*kmsg.ConsumerGroupHeartbeatResponse).ErrorCode
+		if denied := e == kafkaTopicAuthorizationFailed; denied != want {
+			t.Errorf("heartbeat %d: error %d", i, e)
+		}
+	}
+}
+
+// TestKafkaGroupConsumer: a consumer group (classic protocol) consumes and
+// commits under the consume role.
+func TestKafkaGroupConsumer(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "produce", Topic: "topic1"}, {Role: "consume", Topic: "topic1"}}})
+	recs := h.records()
+	if err := produce(t, h.client(), "topic1", "g"); err != nil {
+		t.Fatal(err)
+	}
+	cl := h.client(kgo.ConsumeTopics("topic1"), kgo.ConsumerGroup("group1"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got []string
+	for len(got) == 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("group consumer got nothing: %v", fs.Errors())
+		}
+		fs.EachRecord(func(r *kgo.Record) { got = append(got, string(r.Value)) })
+	}
+	if err := cl.CommitUncommittedOffsets(ctx); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	// The group's APIs went through, allowed by the consume role.
+	want := map[string]bool{"FindCoordinator": true, "JoinGroup": true, "SyncGroup": true, "OffsetFetch": true, "OffsetCommit": true}
+	for len(want) > 0 {
+		r := recs(1)[0]
+		if r.Verdict == Denied && r.Method != "GetTelemetrySubscriptions" {
+			t.Fatalf("denied: %+v", r)
+		}
+		if r.Verdict == Forwarded {
+			delete(want, r.Method)
+		}
+	}
+}
