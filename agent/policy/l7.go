@@ -27,8 +27,9 @@ func (r RuleRef) deny() bool { return strings.HasSuffix(strings.SplitN(r.Section
 
 // L7Policy is the L7 policy of one endpoint, direction, protocol and port
 // for one peer identity (0: any peer): a request is allowed when one of
-// HTTP matches, a DNS query when one of DNS does (a port carries one kind:
-// DNS when there are DNS rules). Refs name where the rules come from.
+// HTTP matches, a DNS query when one of DNS does, a Kafka request when one
+// of Kafka does (a port carries one kind). Refs name where the rules come
+// from.
 type L7Policy struct {
 	Endpoint uint16
 	Dir      Direction
@@ -38,6 +39,7 @@ type L7Policy struct {
 	Refs     []string
 	HTTP     []api.PortRuleHTTP
 	DNS      []api.PortRuleDNS
+	Kafka    []api.PortRuleKafka
 }
 
 // L7Policies lists the L7 policies of every endpoint: one per policy map
@@ -59,6 +61,7 @@ func (r *Resolver) L7Policies() []L7Policy {
 					if r := rules[ref]; r != nil {
 						p.HTTP = append(p.HTTP, r.HTTP...)
 						p.DNS = append(p.DNS, r.DNS...)
+						p.Kafka = append(p.Kafka, r.Kafka...)
 					}
 				}
 				out = append(out, p)

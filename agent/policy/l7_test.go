@@ -212,3 +212,22 @@ func TestResolveDNSAndToFQDNs(t *testing.T) {
 		t.Fatalf("entries for port 80 after the name expired: %v", got)
 	}
 }
+
+// Kafka rules make their TCP port L7 and reach the proxy with the port.
+func TestResolveKafka(t *testing.T) {
+	client := cid(1)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: client, Labels: rsLabels(t, "app=producer")}},
+		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=kafka")}},
+	}
+	rules := []api.PortRuleKafka{{Role: "produce", Topic: "topic1"}}
+	pols := []api.Policy{rsPol("kafka", api.Rule{EndpointSelector: rsSel("app=kafka"), Ingress: []api.IngressRule{
+		{FromEndpoints: rsSels("app=producer"), ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "9092", Protocol: api.ProtoTCP}}, Rules: &api.L7Rules{Kafka: rules}}}},
+	}})}
+	r := w.build(ModeDefault, pols)
+	want := []L7Policy{{Endpoint: 1, Dir: Ingress, Proto: 6, Port: 9092, Identity: client,
+		Refs: []string{"default/kafka/rules[0].ingress[0].toPorts[0]"}, Kafka: rules}}
+	if got := r.L7Policies(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("L7Policies:\n got %+v\nwant %+v", got, want)
+	}
+}

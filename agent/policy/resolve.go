@@ -35,10 +35,10 @@ package policy
 // direction, peer and port, an allow without L7 rules lets every request
 // through (no proxy); allows that all carry L7 rules are OR'd. DNS rules
 // (toPorts[].rules.dns) do the same on UDP and TCP: the proxy answers the
-// queries they do not allow. toFQDNs select the addresses the agent
-// learned from allowed DNS answers (set with SetGroup, by FQDNKey). Kafka
-// rules and serverNames are not enforced yet: their ports are allowed at
-// L4. Named ports, services and the kube-apiserver entity select nothing
+// queries they do not allow. Kafka rules (toPorts[].rules.kafka) make
+// their TCP port L7 like HTTP rules. toFQDNs select the addresses the
+// agent learned from allowed DNS answers (set with SetGroup, by FQDNKey).
+// serverNames are not enforced yet: their ports are allowed at L4. Named ports, services and the kube-apiserver entity select nothing
 // yet; each use is reported by Warnings.
 
 import (
@@ -1487,13 +1487,12 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 		l7[l4] = mergeL7(cmp.Or(l7[l4], key), key)
 	}
 	for pi, pr := range prs {
-		// Kafka rules and serverNames are not enforced yet: the ports are
-		// allowed at L4.
+		// serverNames are not enforced yet: the ports are allowed at L4.
 		key = ""
 		dns := false
-		if pr.Rules != nil && (len(pr.Rules.HTTP) > 0 || len(pr.Rules.DNS) > 0) && !ref.deny() {
+		if pr.Rules != nil && (len(pr.Rules.HTTP) > 0 || len(pr.Rules.DNS) > 0 || len(pr.Rules.Kafka) > 0) && !ref.deny() {
 			key = L7Ref{Policy: ref.Policy, Rule: ref.Rule, Section: ref.Section, PortRule: pi}.String()
-			c.cp.l7[key] = &api.L7Rules{HTTP: pr.Rules.HTTP, DNS: pr.Rules.DNS}
+			c.cp.l7[key] = &api.L7Rules{HTTP: pr.Rules.HTTP, DNS: pr.Rules.DNS, Kafka: pr.Rules.Kafka}
 			dns = len(pr.Rules.DNS) > 0
 		}
 		for _, pp := range pr.Ports {
