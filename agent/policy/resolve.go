@@ -437,10 +437,19 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	defer r.mu.Unlock()
 	var ch Change
 	prefixes := hostPrefixes(addrs)
-	if old, ok := r.awsGroups[key]; ok && slices.Equal(old, prefixes) {
+	old, ok := r.awsGroups[key]
+	if ok && slices.Equal(old, prefixes) {
 		return ch
 	}
 	r.awsGroups[key] = prefixes
+	if added, only := additions(old, prefixes); ok && len(old) > 0 && only && strings.HasPrefix(key, "fqdn:") {
+		// A toFQDNs selector that gained addresses (a DNS answer): its
+		// sections take the new prefixes and only their identities are
+		// evaluated, instead of recompiling the policies naming it.
+		r.addFQDNPrefixes(&ch, key, added)
+		ch.finish()
+		return ch
+	}
 	changed := map[string]bool{}
 	for k, cp := range r.compiled {
 		if cp.groups[key] {
@@ -452,6 +461,73 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	}
 	ch.finish()
 	return ch
+}
+
+// additions returns the prefixes of new that old lacks, and whether new
+// has every prefix of old (both sorted).
+func additions(old, new []netip.Prefix) (added []netip.Prefix, only bool) {
+	i := 0
+	for _, p := range new {
+		for i < len(old) && comparePrefixes(old[i], p) < 0 {
+			return nil, false // old[i] is gone
+		}
+		if i < len(old) && old[i] == p {
+			i++
+			continue
+		}
+		added = append(added, p)
+	}
+	return added, i == len(old)
+}
+
+// addFQDNPrefixes adds prefixes to the sections naming the toFQDNs
+// selector key, allocates their CIDR identities and recomputes, for every
+// endpoint, only the entries of those identities.
+func (r *Resolver) addFQDNPrefixes(ch *Change, key string, added []netip.Prefix) {
+	var secs []*section
+	for _, cp := range r.compiled {
+		if !cp.groups[key] {
+			continue
+		}
+		cp.prefixes = append(cp.prefixes, added...) // syncCIDRs wants every prefix a policy names
+		for _, cr := range cp.rules {
+			for _, s := range cr.sections {
+				if slices.Contains(s.fqdnKeys, key) {
+					secs = append(secs, s)
+				}
+			}
+		}
+	}
+	for _, s := range secs {
+		for _, p := range added {
+			s.peers.cidrs = append(s.peers.cidrs, cidrPeer{prefix: p})
+		}
+	}
+	newIDs, removed := r.syncCIDRs(ch) // addIdentity puts new identities in computed sections
+	ids := slices.Clone(newIDs)
+	for _, p := range added {
+		id := r.cidrs[p]
+		if slices.Contains(newIDs, id) {
+			continue
+		}
+		// A prefix another rule named already: its identity joins these
+		// sections' peers now.
+		ids = append(ids, id)
+		for _, s := range secs {
+			if s.computed {
+				s.cache[id] = struct{}{}
+			}
+		}
+	}
+	for _, epID := range slices.Sorted(maps.Keys(r.endpoints)) {
+		ep := r.endpoints[epID]
+		for _, id := range removed {
+			r.dropIdentityGroups(ch, ep, id)
+		}
+		for _, id := range ids {
+			r.recomputeIdentityGroups(ch, ep, id)
+		}
+	}
 }
 
 // hostPrefixes are the /32s of the IPv4 addresses, sorted, without
@@ -1112,6 +1188,8 @@ type section struct {
 	l4s   []L4
 	l7    map[L4]string // L7Ref key of the HTTP rules on an exact TCP port
 	peers peerSpec
+	// fqdnKeys are the toFQDNs selectors (FQDNKeys) among its peers.
+	fqdnKeys []string
 
 	computed bool
 	cache    map[identity.NumericIdentity]struct{} // the concrete peers, once computed
@@ -1407,6 +1485,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		key := api.FQDNKey(sel)
 		c.cp.groups[key] = true
 		c.cp.fqdnSels[key] = sel
+		s.fqdnKeys = append(s.fqdnKeys, key)
 		if _, ok := c.awsGroups[key]; !ok && c.fqdnSource != nil {
 			c.awsGroups[key] = hostPrefixes(c.fqdnSource(key, sel))
 		}
