@@ -36,3 +36,17 @@ func TestBuildDNSAndKindConflict(t *testing.T) {
 		t.Fatalf("the proxy refuses the built config: %v", err)
 	}
 }
+
+// Kafka rules become a kafka port policy the proxy accepts.
+func TestBuildKafka(t *testing.T) {
+	eps := map[uint16]Endpoint{1: {IP: netip.MustParseAddr("10.244.0.3"), Identity: 65793}}
+	pols := []policy.L7Policy{{Endpoint: 1, Dir: policy.Ingress, Proto: 6, Port: 9092, Identity: identity.NumericIdentity(65800), Refs: []string{"k"},
+		Kafka: []api.PortRuleKafka{{Role: "produce", Topic: "topic1"}}}}
+	cfg := Build(pols, eps, nil)
+	if len(cfg.Policies) != 1 || cfg.Policies[0].Kind != proxy.KindKafka || len(cfg.Policies[0].Rules[0].Kafka) != 1 {
+		t.Fatalf("policies %+v, want one kafka port policy", cfg.Policies)
+	}
+	if err := proxy.New(proxy.Options{}).SetConfig(cfg); err != nil {
+		t.Fatalf("the proxy refuses the built config: %v", err)
+	}
+}

@@ -386,8 +386,11 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 		if p.Proto == 17 {
 			proto = "UDP"
 		}
-		if len(p.DNS) > 0 {
+		switch {
+		case len(p.DNS) > 0:
 			kind = proxy.KindDNS
+		case len(p.Kafka) > 0:
+			kind = proxy.KindKafka
 		}
 		key := fmt.Sprintf("%s/%s/%d/%s", ip, dir, p.Port, proto)
 		i, ok := index[key]
@@ -414,6 +417,9 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 		}
 		for _, d := range p.DNS {
 			pr.DNS = append(pr.DNS, proxy.DNSRule(d))
+		}
+		for _, k := range p.Kafka {
+			pr.Kafka = append(pr.Kafka, proxy.KafkaRule(k))
 		}
 		cfg.Policies[i].Rules = append(cfg.Policies[i].Rules, pr)
 	}
