@@ -50,3 +50,18 @@ func TestBuildKafka(t *testing.T) {
 		t.Fatalf("the proxy refuses the built config: %v", err)
 	}
 }
+
+// Two kinds merged into one entry (two policies, one peer and port): the
+// built config keeps one kind and the proxy accepts it.
+func TestBuildMixedKindsInOneEntry(t *testing.T) {
+	eps := map[uint16]Endpoint{1: {IP: netip.MustParseAddr("10.244.0.3"), Identity: 65793}}
+	pols := []policy.L7Policy{{Endpoint: 1, Dir: policy.Ingress, Proto: 6, Port: 9092, Identity: 0, Refs: []string{"a", "b"},
+		HTTP: []api.PortRuleHTTP{{Method: "GET"}}, Kafka: []api.PortRuleKafka{{Role: "produce"}}}}
+	cfg := Build(pols, eps, nil)
+	if len(cfg.Policies) != 1 || len(cfg.Policies[0].Rules[0].HTTP) != 0 || len(cfg.Policies[0].Rules[0].Kafka) != 1 {
+		t.Fatalf("policies %+v, want the kafka rules only", cfg.Policies)
+	}
+	if err := proxy.New(proxy.Options{}).SetConfig(cfg); err != nil {
+		t.Fatalf("the proxy refuses the built config: %v", err)
+	}
+}

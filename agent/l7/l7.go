@@ -408,6 +408,14 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 				"endpoint", ip, "direction", dir, "port", p.Port, "protocol", proto, "kept", cfg.Policies[i].Kind, "left out", strings.Join(p.Refs, ", "))
 			continue
 		}
+		if dropped := mixedKinds(&p, kind); dropped != "" {
+			// Rules of two kinds merged into one entry (two policies for
+			// one peer and port): the port's kind keeps its rules; the
+			// other's are left out rather than the proxy refusing the
+			// node's whole configuration.
+			slog.Warn("L7 rules of two kinds on one port and peer: the other kind's are left out",
+				"endpoint", ip, "direction", dir, "port", p.Port, "protocol", proto, "kept", kind, "left out", dropped, "rules", strings.Join(p.Refs, ", "))
+		}
 		pr := proxy.PeerRules{HTTP: []proxy.HTTPRule{}}
 		if p.Identity != 0 {
 			pr.Remotes = []uint32{uint32(p.Identity)}
@@ -441,6 +449,22 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 		return a.Prefix.Bits() - b.Prefix.Bits()
 	})
 	return cfg
+}
+
+// mixedKinds clears p's rules of the kinds other than kind and names them
+// ("" when there were none).
+func mixedKinds(p *policy.L7Policy, kind string) string {
+	var dropped []string
+	if kind != proxy.KindHTTP && len(p.HTTP) > 0 {
+		p.HTTP, dropped = nil, append(dropped, proxy.KindHTTP)
+	}
+	if kind != proxy.KindDNS && len(p.DNS) > 0 {
+		p.DNS, dropped = nil, append(dropped, proxy.KindDNS)
+	}
+	if kind != proxy.KindKafka && len(p.Kafka) > 0 {
+		p.Kafka, dropped = nil, append(dropped, proxy.KindKafka)
+	}
+	return strings.Join(dropped, ",")
 }
 
 // HTTPRule is a policy document's HTTP rule as the proxy takes it.

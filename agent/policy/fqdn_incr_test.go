@@ -31,6 +31,7 @@ func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
 		rsPol("two", api.Rule{EndpointSelector: rsSel("app=other"), Egress: []api.EgressRule{
 			{ToFQDNs: []api.FQDNSelector{b}, ToPorts: rsPorts(api.ProtoUDP, "5000")},
 			{ToEntities: []api.Entity{api.EntityWorld}, ToPorts: rsPorts(api.ProtoTCP, "8080")},
+			{ToEntities: []api.Entity{api.EntityAll}, ToFQDNs: []api.FQDNSelector{a}, ToPorts: rsPorts(api.ProtoTCP, "9000")},
 		}}),
 	}
 	world := rsWorld{

@@ -492,7 +492,9 @@ func (r *Resolver) addFQDNPrefixes(ch *Change, key string, added []netip.Prefix)
 		cp.prefixes = append(cp.prefixes, added...) // syncCIDRs wants every prefix a policy names
 		for _, cr := range cp.rules {
 			for _, s := range cr.sections {
-				if slices.Contains(s.fqdnKeys, key) {
+				// A section whose peers are every peer (toEntities all)
+				// took no prefixes when compiled, and takes none now.
+				if slices.Contains(s.fqdnKeys, key) && !s.peers.any && !s.peers.every {
 					secs = append(secs, s)
 				}
 			}

@@ -17,11 +17,22 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"golang.org/x/sync/semaphore"
 )
 
-// maxKafkaFrame bounds a Kafka request or response: a bigger one closes
-// the connection.
+// maxKafkaFrame bounds a Kafka response: a bigger one closes the
+// connection.
 const maxKafkaFrame = 100 << 20
+
+// maxKafkaRequest bounds a client's request (Kafka's own default
+// max.request.size is 1 MiB): a bigger one closes the connection. A
+// request is parsed whole before it is decided, and parsing can take many
+// times its size (arrays of small elements), so the requests being read
+// and parsed at once share kafkaRequestBudget bytes: a client waits for
+// room, up to its idle timeout.
+const maxKafkaRequest = 8 << 20
+
+var kafkaRequestBudget = semaphore.NewWeighted(64 << 20)
 
 // maxKafkaInFlight bounds the requests of one connection waiting for
 // their responses; the proxy reads no more requests until one is answered.
@@ -189,8 +200,14 @@ func requestTopics(r kmsg.Request, names func([16]byte) (string, bool)) (topics 
 			byName(t.Topic)
 		}
 	case *kmsg.MetadataRequest:
+		// From v12 a broker answers by the IDs as soon as one entry has
+		// one, names ignored: then every entry is decided by its ID.
+		anyID := false
 		for _, t := range r.Topics {
-			if t.Topic != nil {
+			anyID = anyID || r.Version >= 12 && t.TopicID != [16]byte{}
+		}
+		for _, t := range r.Topics {
+			if t.Topic != nil && !anyID {
 				byName(*t.Topic)
 			} else {
 				byID("", t.TopicID, true)
@@ -595,7 +612,11 @@ func (p *Proxy) serveKafka(dc *downConn) {
 	go kc.readUpstream()
 	for {
 		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
-		frame, err := readKafkaFrame(dc)
+		n, err := readKafkaSize(dc, maxKafkaRequest)
+		var frame []byte
+		if err == nil {
+			frame, err = readBudgeted(dc, n, p.opts.IdleTimeout)
+		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				p.log.Debug("L7 proxy: Kafka request", "src", dc.src, "err", err)
@@ -603,6 +624,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 			return
 		}
 		v := p.judgeKafka(dc, srcID, kc.scope, frame)
+		kafkaRequestBudget.Release(int64(n)) // parsed and decided
 		if v.close {
 			return
 		}
@@ -755,14 +777,44 @@ func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, frame [
 // readKafkaFrame reads one size-prefixed frame, at most maxKafkaFrame
 // bytes, growing the buffer only as bytes arrive.
 func readKafkaFrame(r io.Reader) ([]byte, error) {
-	var l [4]byte
-	if _, err := io.ReadFull(r, l[:]); err != nil {
+	n, err := readKafkaSize(r, maxKafkaFrame)
+	if err != nil {
 		return nil, err
 	}
-	n := int32(binary.BigEndian.Uint32(l[:]))
-	if n < 0 || n > maxKafkaFrame {
-		return nil, fmt.Errorf("%w: size %d", ErrKafkaFrame, n)
+	return readKafkaBody(r, n)
+}
+
+// readKafkaSize reads a frame's size, at most limit.
+func readKafkaSize(r io.Reader, limit int32) (int32, error) {
+	var l [4]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return 0, err
 	}
+	n := int32(binary.BigEndian.Uint32(l[:]))
+	if n < 0 || n > limit {
+		return 0, fmt.Errorf("%w: size %d", ErrKafkaFrame, n)
+	}
+	return n, nil
+}
+
+// readBudgeted reads a request body of n bytes once the request budget
+// has room for it (waiting at most wait); on success the caller releases
+// n after deciding the request.
+func readBudgeted(r io.Reader, n int32, wait time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := kafkaRequestBudget.Acquire(ctx, int64(n)); err != nil {
+		return nil, fmt.Errorf("%w: no room for a %d-byte request: %w", ErrKafkaFrame, n, err)
+	}
+	b, err := readKafkaBody(r, n)
+	if err != nil {
+		kafkaRequestBudget.Release(int64(n))
+	}
+	return b, err
+}
+
+// readKafkaBody reads n bytes, growing the buffer only as they arrive.
+func readKafkaBody(r io.Reader, n int32) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
 	if err == nil && len(b) < int(n) {
 		err = io.ErrUnexpectedEOF

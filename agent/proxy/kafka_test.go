@@ -17,6 +17,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/filament-net/filament/agent/policy/api"
 	"go.uber.org/goleak"
 )
 
@@ -463,6 +465,46 @@ func TestKafkaGroupConsumer(t *testing.T) {
 		}
 		if r.Verdict == Forwarded {
 			delete(want, r.Method)
+		}
+	}
+}
+
+// Metadata v12+ naming an allowed topic with the ID of another: the
+// broker answers by the ID, so the proxy decides by the ID too (an
+// allowed name is no cover for a denied topic's ID).
+func TestKafkaMetadataNameWithForeignID(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
+	// topic2's ID, from the broker itself.
+	direct, err := net.Dial("tcp", h.broker.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	md := (&rawKafka{t: t, c: direct}).send("c", metadataReq(12, "topic2"))[0].(*kmsg.MetadataResponse)
+	id2 := md.Topics[0].TopicID
+	if id2 == [16]byte{} {
+		t.Fatal("the broker gave topic2 no ID")
+	}
+	req := metadataReq(12, "topic1")
+	req.Topics[0].TopicID = id2
+	r := h.raw().send("c", req)[0].(*kmsg.MetadataResponse)
+	for _, tp := range r.Topics {
+		if tp.ErrorCode != kafkaTopicAuthorizationFailed {
+			t.Errorf("metadata naming topic1 with topic2's ID: topic %v error %d, want TOPIC_AUTHORIZATION_FAILED", tp.Topic, tp.ErrorCode)
+		}
+	}
+}
+
+// The policy validator and the proxy take the same apiKey names.
+func TestKafkaAPIKeyNamesAgree(t *testing.T) {
+	for _, n := range api.KafkaAPIKeys {
+		if _, ok := kafkaAPIKeys[n]; !ok {
+			t.Errorf("the validator takes apiKey %q, the proxy does not", n)
+		}
+	}
+	for n := range kafkaAPIKeys {
+		if !slices.Contains(api.KafkaAPIKeys, n) {
+			t.Errorf("the proxy takes apiKey %q, the validator does not", n)
 		}
 	}
 }

@@ -132,16 +132,13 @@ func isPortName(s string) bool {
 }
 
 var (
-	headerName   = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-	kafkaTopic   = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,255}$`)
-	kafkaRoles   = []string{"produce", "consume"}
-	kafkaAPIKeys = []string{"produce", "fetch", "offsets", "metadata", "leaderandisr", "stopreplica",
-		"updatemetadata", "controlledshutdown", "offsetcommit", "offsetfetch", "findcoordinator",
-		"joingroup", "heartbeat", "leavegroup", "syncgroup", "describegroups", "listgroups",
-		"saslhandshake", "apiversions", "createtopics", "deletetopics", "deleterecords",
-		"initproducerid", "offsetforleaderepoch", "addpartitionstotxn", "addoffsetstotxn", "endtxn",
-		"writetxnmarkers", "txnoffsetcommit", "describeacls", "createacls", "deleteacls",
-		"describeconfigs", "alterconfigs"}
+	headerName = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	kafkaTopic = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,255}$`)
+	kafkaRoles = []string{"produce", "consume"}
+	// KafkaAPIKeys are the API key names rules.kafka[].apiKey takes:
+	// franz-go's kmsg names in lower case (the proxy's parser; a test in
+	// agent/proxy keeps the two lists equal) and Cilium's "offsets".
+	KafkaAPIKeys = []string{"offsets", "produce", "fetch", "listoffsets", "metadata", "leaderandisr", "stopreplica", "updatemetadata", "controlledshutdown", "offsetcommit", "offsetfetch", "findcoordinator", "joingroup", "heartbeat", "leavegroup", "syncgroup", "describegroups", "listgroups", "saslhandshake", "apiversions", "createtopics", "deletetopics", "deleterecords", "initproducerid", "offsetforleaderepoch", "addpartitionstotxn", "addoffsetstotxn", "endtxn", "writetxnmarkers", "txnoffsetcommit", "describeacls", "createacls", "deleteacls", "describeconfigs", "alterconfigs", "alterreplicalogdirs", "describelogdirs", "saslauthenticate", "createpartitions", "createdelegationtoken", "renewdelegationtoken", "expiredelegationtoken", "describedelegationtoken", "deletegroups", "electleaders", "incrementalalterconfigs", "alterpartitionassignments", "listpartitionreassignments", "offsetdelete", "describeclientquotas", "alterclientquotas", "describeuserscramcredentials", "alteruserscramcredentials", "vote", "beginquorumepoch", "endquorumepoch", "describequorum", "alterpartition", "updatefeatures", "envelope", "fetchsnapshot", "describecluster", "describeproducers", "brokerregistration", "brokerheartbeat", "unregisterbroker", "describetransactions", "listtransactions", "allocateproducerids", "consumergroupheartbeat", "consumergroupdescribe", "controllerregistration", "gettelemetrysubscriptions", "pushtelemetry", "assignreplicastodirs", "listconfigresources", "describetopicpartitions", "sharegroupheartbeat", "sharegroupdescribe", "sharefetch", "shareacknowledge", "addraftvoter", "removeraftvoter", "updateraftvoter", "initializesharegroupstate", "readsharegroupstate", "writesharegroupstate", "deletesharegroupstate", "readsharegroupstatesummary", "streamsgroupheartbeat", "streamsgroupdescribe", "describesharegroupoffsets", "altersharegroupoffsets", "deletesharegroupoffsets", "streamsgrouptopologydescriptionupdate", "unregistercontroller"}
 )
 
 // l7 checks the L7 rules of pr (at p, the port rule) and that its ports'
@@ -200,7 +197,7 @@ func (v *validator) l7(p fieldPath, pr *PortRule) {
 		if k.Role != "" && !slices.Contains(kafkaRoles, k.Role) {
 			v.addf(kp.child("role"), "%q is not one of produce, consume", k.Role)
 		}
-		if k.APIKey != "" && !slices.Contains(kafkaAPIKeys, strings.ToLower(k.APIKey)) {
+		if k.APIKey != "" && !slices.Contains(KafkaAPIKeys, strings.ToLower(k.APIKey)) {
 			v.addf(kp.child("apiKey"), "%q is not a Kafka API key name", k.APIKey)
 		}
 		if k.Role != "" && k.APIKey != "" {
