@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -325,6 +326,22 @@ func (c *compiled) wantsName(name string) bool {
 		}
 	}
 	return false
+}
+
+// portPolicies are the config's port policies for a TCP connection from
+// src to dst (the source's egress, the destination's ingress), each as
+// JSON, to compare two configs.
+func (c *compiled) portPolicies(src, dst netip.AddrPort) []string {
+	var out []string
+	s, d := src.Addr().Unmap(), dst.Addr().Unmap()
+	for _, pp := range c.cfg.Policies {
+		if pp.Port == dst.Port() && pp.Protocol == "TCP" &&
+			(pp.Direction == Egress && pp.Endpoint.Unmap() == s || pp.Direction == Ingress && pp.Endpoint.Unmap() == d) {
+			b, _ := json.Marshal(pp)
+			out = append(out, string(b))
+		}
+	}
+	return out
 }
 
 // allowDNS tells whether the side lets a query for name through.

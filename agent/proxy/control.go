@@ -166,7 +166,7 @@ func (c *Control) putConfig(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "persisting config: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	c.p.cfg.Store(compiled)
+	c.p.store(compiled)
 	c.p.log.Info("L7 proxy config applied", "revision", cfg.Revision, "policies", len(cfg.Policies), "ipcache", len(cfg.IPCache))
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -177,3 +177,20 @@ func TestSlowSubscriberDrops(t *testing.T) {
 		t.Fatalf("dropped %v, want 20", got)
 	}
 }
+
+// A request that arrives before its policy waits for the next config,
+// and a config the agent PUTs on the control socket is one (before, only
+// SetConfig woke the waiters: a request waited the whole policyWait).
+func TestPolicyPutWakesWaitingRequest(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	c := startControl(t, h.p, t.TempDir())
+	next := h.p.nextConfig()
+	if code, body := call(t, c, "PUT", "/v1/config", `{"revision": 2, "policies": [], "ipcache": []}`); code != http.StatusNoContent {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	select {
+	case <-next:
+	default:
+		t.Fatal("a PUT config did not wake those waiting for the next config")
+	}
+}

@@ -596,6 +596,9 @@ func (kc *kafkaConn) close() {
 // connection (marked with the client's identity) or answered with the
 // API's error response; responses go back in request order.
 func (p *Proxy) serveKafka(dc *downConn) {
+	dc.mu.Lock()
+	dc.kafka = true // closed when its port policy changes (store)
+	dc.mu.Unlock()
 	cfg := p.cfg.Load()
 	srcID := dc.srcIdentity(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), p.opts.DialTimeout)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -506,5 +507,27 @@ func TestKafkaAPIKeyNamesAgree(t *testing.T) {
 		if !slices.Contains(api.KafkaAPIKeys, n) {
 			t.Errorf("the proxy takes apiKey %q, the validator does not", n)
 		}
+	}
+}
+
+// A change of a Kafka connection's port policy closes the connection: a
+// client's fetch session (or anything it set up) under the old policy
+// does not outlive it; the client reconnects and is decided anew. A
+// config change elsewhere leaves it alone.
+func TestKafkaPolicyChangeClosesConnection(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
+	k := h.raw()
+	k.send("c", metadataReq(12, "topic1"))
+	cfg := h.p.Config()
+	cfg.Revision++
+	cfg.IPCache = append(slices.Clone(cfg.IPCache), IPCacheEntry{Prefix: netip.MustParsePrefix("10.9.9.9/32"), Identity: 7000})
+	if err := h.p.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	k.send("c", metadataReq(12, "topic1")) // still served
+	h.kafka(PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic2"}}})
+	k.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := k.c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read after the port's policy changed: %v, want the connection closed", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -230,14 +231,34 @@ func (p *Proxy) SetConfig(cfg Config) error {
 	if err != nil {
 		return err
 	}
-	p.cfg.Store(c)
+	p.store(c)
+	return nil
+}
+
+// store puts c in force, wakes those waiting for a config, and closes the
+// Kafka connections whose port policy changed (what a client set up on
+// one, a fetch session, must not outlive the policy it was allowed by;
+// the client connects again and is decided anew).
+func (p *Proxy) store(c *compiled) {
+	old := p.cfg.Swap(c)
 	p.cfgMu.Lock()
 	if p.newCfg != nil {
 		close(p.newCfg)
 		p.newCfg = nil
 	}
 	p.cfgMu.Unlock()
-	return nil
+	if old == nil {
+		return
+	}
+	for _, dc := range p.connections() {
+		dc.mu.Lock()
+		kafka := dc.kafka
+		dc.mu.Unlock()
+		if kafka && !slices.Equal(old.portPolicies(dc.src, dc.dst), c.portPolicies(dc.src, dc.dst)) {
+			p.log.Debug("L7 proxy: Kafka connection closed: its policy changed", "src", dc.src, "dst", dc.dst)
+			dc.Close()
+		}
+	}
 }
 
 // nextConfig is closed when the next config is stored.
@@ -527,6 +548,7 @@ type downConn struct {
 	h2     *http.Transport // HTTP/2
 	busy   bool            // in an HTTP/1.x request
 	http2  bool            // served by the HTTP/2 server
+	kafka  bool            // served as Kafka
 	closed bool
 }
 
