@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -71,55 +70,6 @@ func uniqueDNS(b *testing.B, path string) {
 	})}
 	go srv.ActivateAndServe()
 	b.Cleanup(func() { srv.Shutdown() })
-}
-
-// dnsLoad is one dnsperf run's figures.
-type dnsLoad struct {
-	qps            float64
-	avgMs, maxMs   float64
-	sent, lost     int
-	rcodes, output string
-}
-
-// dnsperfRun runs dnsperf in pod against server with the query file qf
-// for secs seconds (at most qps per second when qps > 0).
-func dnsperfRun(b *testing.B, l *lab.Lab, pod, server, qf string, secs, qps int) dnsLoad {
-	b.Helper()
-	argv := []string{"dnsperf", "-s", server, "-d", qf, "-l", strconv.Itoa(secs), "-t", "2", "-c", "8", "-T", "2"}
-	if qps > 0 {
-		argv = append(argv, "-Q", strconv.Itoa(qps))
-	}
-	cmd, err := l.PodCommand(pod, argv...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		b.Fatalf("dnsperf: %v: %s", err, out)
-	}
-	r := dnsLoad{output: string(out)}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) >= 3 && f[0] == "Queries" && f[1] == "sent:":
-			r.sent, _ = strconv.Atoi(f[2])
-		case len(f) >= 3 && f[0] == "Queries" && f[1] == "lost:":
-			r.lost, _ = strconv.Atoi(f[2])
-		case len(f) >= 2 && f[0] == "Response" && f[1] == "codes:":
-			r.rcodes = strings.Join(f[2:], " ")
-		case len(f) >= 4 && f[0] == "Queries" && f[1] == "per" && f[2] == "second:":
-			r.qps, _ = strconv.ParseFloat(f[3], 64)
-		case len(f) >= 7 && f[0] == "Average" && f[1] == "Latency":
-			// Average Latency (s):  0.000421 (min 0.000051, max 0.006128)
-			avg, _ := strconv.ParseFloat(f[3], 64)
-			mx, _ := strconv.ParseFloat(strings.TrimRight(f[7], ")"), 64)
-			r.avgMs, r.maxMs = 1000*avg, 1000*mx
-		}
-	}
-	if r.sent == 0 {
-		b.Fatalf("dnsperf sent nothing: %s", out)
-	}
-	return r
 }
 
 // queryFile writes n names (name0.<zone> ...) as a dnsperf query file.
@@ -226,13 +176,12 @@ func waitDNS(b *testing.B, l *lab.Lab, server string) {
 	b.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		cmd, _ := l.PodCommand("client", "dig", "@"+server, "www.bench.test", "A", "+tries=1", "+time=2")
-		out, _ := cmd.CombinedOutput()
-		if strings.Contains(string(out), "status: NOERROR") {
+		status, _ := dig(b, l, "client", server, "www.bench.test", false)
+		if status == "NOERROR" {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("no NOERROR lookup within 15s: %s", out)
+			b.Fatalf("no NOERROR lookup of www.bench.test within 15s (last: %s)", status)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -208,46 +209,56 @@ func TestDNSPolicy(t *testing.T) {
 	}
 }
 
-// runDNSPerf runs dnsperf in pod against server for secs seconds at qps
-// queries per second, all for name (A), and returns how many were sent and
-// lost and the answers' rcodes as dnsperf counts them ("NOERROR 1000").
-func runDNSPerf(t testing.TB, l *lab.Lab, pod, server, name string, secs, qps int) (sent, lost int, rcodes string, out string) {
-	t.Helper()
+// dnsLoad is one dnsperf run's figures.
+type dnsLoad struct {
+	qps            float64
+	avgMs, maxMs   float64
+	sent, lost     int
+	rcodes, output string
+}
+
+// dnsperfRun runs dnsperf in pod against server with the query file qf
+// for secs seconds (at most qps per second when qps > 0).
+func dnsperfRun(b testing.TB, l *lab.Lab, pod, server, qf string, secs, qps int) dnsLoad {
+	b.Helper()
 	if _, err := exec.LookPath("dnsperf"); err != nil {
-		t.Skip("dnsperf is not installed (apt-get install dnsperf; make deps installs it)")
+		b.Skip("dnsperf is not installed (apt-get install dnsperf; make deps installs it)")
 	}
-	qf := filepath.Join(t.TempDir(), "queries")
-	if err := os.WriteFile(qf, []byte(name+" A\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	argv := []string{"dnsperf", "-s", server, "-d", qf, "-l", fmt.Sprint(secs), "-t", "2"}
+	argv := []string{"dnsperf", "-s", server, "-d", qf, "-l", strconv.Itoa(secs), "-t", "2", "-c", "8", "-T", "2"}
 	if qps > 0 {
-		argv = append(argv, "-Q", fmt.Sprint(qps))
+		argv = append(argv, "-Q", strconv.Itoa(qps))
 	}
 	cmd, err := l.PodCommand(pod, argv...)
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
-	b, err := cmd.CombinedOutput()
-	out = string(b)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("dnsperf: %v: %s", err, out)
+		b.Fatalf("dnsperf: %v: %s", err, out)
 	}
-	for _, line := range strings.Split(out, "\n") {
+	r := dnsLoad{output: string(out)}
+	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
 		switch {
 		case len(f) >= 3 && f[0] == "Queries" && f[1] == "sent:":
-			fmt.Sscan(f[2], &sent)
+			r.sent, _ = strconv.Atoi(f[2])
 		case len(f) >= 3 && f[0] == "Queries" && f[1] == "lost:":
-			fmt.Sscan(f[2], &lost)
+			r.lost, _ = strconv.Atoi(f[2])
 		case len(f) >= 2 && f[0] == "Response" && f[1] == "codes:":
-			rcodes = strings.Join(f[2:], " ")
+			r.rcodes = strings.Join(f[2:], " ")
+		case len(f) >= 4 && f[0] == "Queries" && f[1] == "per" && f[2] == "second:":
+			r.qps, _ = strconv.ParseFloat(f[3], 64)
+		case len(f) >= 7 && f[0] == "Average" && f[1] == "Latency":
+			// Average Latency (s):  0.000421 (min 0.000051, max 0.006128)
+			avg, _ := strconv.ParseFloat(f[3], 64)
+			mx, _ := strconv.ParseFloat(strings.TrimRight(f[7], ")"), 64)
+			r.avgMs, r.maxMs = 1000*avg, 1000*mx
 		}
 	}
-	if sent == 0 {
-		t.Fatalf("dnsperf sent nothing: %s", out)
+	if r.sent == 0 {
+		b.Fatalf("dnsperf sent nothing: %s", out)
 	}
-	return sent, lost, rcodes, out
+	return r
 }
 
 // The agent restarts under a steady DNS load (dnsperf, 200 queries/s):
@@ -267,17 +278,12 @@ func TestDNSAcrossAgentRestart(t *testing.T) {
 		return status == "NOERROR" && curlCodes(t, l, "client", "http://"+web.IP+"/") == "200"
 	})
 
-	type result struct {
-		sent, lost int
-		rcodes     string
-		out        string
+	qf := filepath.Join(t.TempDir(), "queries")
+	if err := os.WriteFile(qf, []byte("www.allowed.test A\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	done := make(chan result, 1)
-	go func() {
-		var r result
-		r.sent, r.lost, r.rcodes, r.out = runDNSPerf(t, l, "client", dnsPod.IP, "www.allowed.test", 8, 200)
-		done <- r
-	}()
+	done := make(chan dnsLoad, 1)
+	go func() { done <- dnsperfRun(t, l, "client", dnsPod.IP, qf, 8, 200) }()
 	time.Sleep(2 * time.Second)
 	if err := l.StopAgent("n1"); err != nil {
 		t.Fatal(err)
@@ -290,7 +296,7 @@ func TestDNSAcrossAgentRestart(t *testing.T) {
 	}
 	r := <-done
 	if r.lost > 0 || r.rcodes != fmt.Sprintf("NOERROR %d (100.00%%)", r.sent) {
-		t.Errorf("across the agent restart: %d of %d queries lost, response codes %q\n%s", r.lost, r.sent, r.rcodes, r.out)
+		t.Errorf("across the agent restart: %d of %d queries lost, response codes %q\n%s", r.lost, r.sent, r.rcodes, r.output)
 	}
 	t.Logf("across the agent restart: %d queries sent, %d lost, %s", r.sent, r.lost, r.rcodes)
 	found := false

@@ -399,22 +399,17 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 			index[key] = i
 			cfg.Policies = append(cfg.Policies, proxy.PortPolicy{Endpoint: ip, Direction: dir, Port: p.Port, Protocol: proto, Kind: kind})
 		}
-		if cfg.Policies[i].Kind != kind {
-			// HTTP and DNS rules on one port (from different rules or
-			// policies): the port keeps its first kind, and the peers of
-			// the other get nothing through (fail closed) rather than the
-			// proxy refusing the node's whole configuration.
-			slog.Warn("L7 rules of two kinds on one port: the second kind's are left out (its peers are denied)",
-				"endpoint", ip, "direction", dir, "port", p.Port, "protocol", proto, "kept", cfg.Policies[i].Kind, "left out", strings.Join(p.Refs, ", "))
-			continue
-		}
-		if dropped := mixedKinds(&p, kind); dropped != "" {
-			// Rules of two kinds merged into one entry (two policies for
-			// one peer and port): the port's kind keeps its rules; the
-			// other's are left out rather than the proxy refusing the
-			// node's whole configuration.
-			slog.Warn("L7 rules of two kinds on one port and peer: the other kind's are left out",
-				"endpoint", ip, "direction", dir, "port", p.Port, "protocol", proto, "kept", kind, "left out", dropped, "rules", strings.Join(p.Refs, ", "))
+		// HTTP, DNS and Kafka rules on one port (from different rules or
+		// policies, even merged into one entry): the port keeps its first
+		// kind and the other kinds' rules are left out; a peer left with
+		// none gets nothing through (fail closed), rather than the proxy
+		// refusing the node's whole configuration.
+		if dropped := mixedKinds(&p, cfg.Policies[i].Kind); dropped != "" {
+			slog.Warn("L7 rules of two kinds on one port: the other kind's are left out",
+				"endpoint", ip, "direction", dir, "port", p.Port, "protocol", proto, "kept", cfg.Policies[i].Kind, "left out", dropped, "rules", strings.Join(p.Refs, ", "))
+			if len(p.HTTP)+len(p.DNS)+len(p.Kafka) == 0 {
+				continue
+			}
 		}
 		pr := proxy.PeerRules{HTTP: []proxy.HTTPRule{}}
 		if p.Identity != 0 {

@@ -301,40 +301,6 @@ func upstreamDeadline(ctx context.Context) time.Time {
 	return d
 }
 
-// dialUpstream connects to dst for a client at src with identity srcID:
-// marked with the identity, from the client's address when transparent
-// (upstreamSource), from a port of upstreamPort's.
-func (p *Proxy) dialUpstream(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, srcID uint32) (net.Conn, error) {
-	d := net.Dialer{Timeout: p.opts.DialTimeout}
-	var mark uint32
-	if p.opts.UpstreamMark {
-		mark = UpstreamMark(srcID)
-	}
-	from := p.upstreamSource(p.cfg.Load(), src, dst.Addr())
-	d.Control = upstreamControl(mark, from.IsValid())
-	if !from.IsValid() {
-		return d.DialContext(ctx, network, dst.String())
-	}
-	for attempt := 1; ; attempt++ {
-		local := netip.AddrPortFrom(from, upstreamPort())
-		if strings.HasPrefix(network, "udp") {
-			d.LocalAddr = net.UDPAddrFromAddrPort(local)
-		} else {
-			d.LocalAddr = net.TCPAddrFromAddrPort(local)
-		}
-		conn, err := d.DialContext(ctx, network, dst.String())
-		if err == nil {
-			if tc, ok := conn.(*net.TCPConn); ok {
-				tc.SetLinger(0) // no TIME_WAIT with the client's tuple (see downConn.dial)
-			}
-			return conn, nil
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) || attempt == upstreamPortTries {
-			return nil, err
-		}
-	}
-}
-
 // serveDNSTCP serves a TCP connection whose port's policy is DNS: queries
 // (two-byte length, message) one after the other, each decided and
 // answered or forwarded on the connection's own upstream connection.

@@ -626,34 +626,7 @@ func (c *downConn) transport() (*http.Transport, error) {
 // transport asks for, marked with the source's identity, from the
 // source's address when transparent (upstreamSource).
 func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	d := net.Dialer{Timeout: c.p.opts.DialTimeout}
-	cfg := c.p.cfg.Load()
-	var mark uint32
-	if c.p.opts.UpstreamMark {
-		mark = UpstreamMark(c.srcIdentity(cfg))
-	}
-	src := c.p.upstreamSource(cfg, c.src.Addr(), c.dst.Addr())
-	d.Control = upstreamControl(mark, src.IsValid())
-	if !src.IsValid() {
-		return d.DialContext(ctx, "tcp", c.dst.String())
-	}
-	for attempt := 1; ; attempt++ {
-		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, upstreamPort()))
-		conn, err := d.DialContext(ctx, "tcp", c.dst.String())
-		if err == nil {
-			// With the client's address as its source, the upstream
-			// socket's tuple is one the client might use itself once it is
-			// gone: closed with a reset, it leaves no TIME_WAIT behind in
-			// the node's namespace to catch the client's SYN from that
-			// port. The proxy closes an upstream connection only after a
-			// whole response, or on an error.
-			conn.(*net.TCPConn).SetLinger(0)
-			return conn, nil
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) || attempt == upstreamPortTries {
-			return nil, err
-		}
-	}
+	return c.p.dialUpstream(ctx, "tcp", c.src.Addr(), c.dst, c.srcIdentity(c.p.cfg.Load()))
 }
 
 // statusClientGone is the records' status of a request whose client went

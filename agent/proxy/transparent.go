@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -108,4 +112,44 @@ func CheckTransparent() error {
 		return fmt.Errorf("transparent upstream: IP_TRANSPARENT: %w", err)
 	}
 	return nil
+}
+
+// dialUpstream connects to dst for a client at src with identity srcID:
+// marked with the identity, from the client's address when transparent
+// (upstreamSource), from a port of upstreamPort's.
+func (p *Proxy) dialUpstream(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, srcID uint32) (net.Conn, error) {
+	d := net.Dialer{Timeout: p.opts.DialTimeout}
+	var mark uint32
+	if p.opts.UpstreamMark {
+		mark = UpstreamMark(srcID)
+	}
+	from := p.upstreamSource(p.cfg.Load(), src, dst.Addr())
+	d.Control = upstreamControl(mark, from.IsValid())
+	if !from.IsValid() {
+		return d.DialContext(ctx, network, dst.String())
+	}
+	for attempt := 1; ; attempt++ {
+		local := netip.AddrPortFrom(from, upstreamPort())
+		if strings.HasPrefix(network, "udp") {
+			d.LocalAddr = net.UDPAddrFromAddrPort(local)
+		} else {
+			d.LocalAddr = net.TCPAddrFromAddrPort(local)
+		}
+		conn, err := d.DialContext(ctx, network, dst.String())
+		if err == nil {
+			if tc, ok := conn.(*net.TCPConn); ok {
+				// With the client's address as its source, the upstream
+				// socket's tuple is one the client might use itself once
+				// it is gone: closed with a reset, it leaves no TIME_WAIT
+				// behind in the node's namespace to catch the client's
+				// SYN from that port. The proxy closes an upstream
+				// connection only after a whole exchange, or on an error.
+				tc.SetLinger(0)
+			}
+			return conn, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == upstreamPortTries {
+			return nil, err
+		}
+	}
 }
