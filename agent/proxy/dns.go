@@ -255,8 +255,13 @@ type udpKey struct {
 	id   uint32
 }
 
+// The pool keeps, per key, as many idle sockets as a busy resolver keeps
+// queries in flight (dnsperf's default is 100): with 8, measured
+// 2026-12-01, most queries under load dialled and closed a socket of
+// their own (a fifth of the proxy's time) and the proxy answered 26% of
+// direct; with 128, 34-35%.
 const (
-	maxIdleUDPPerKey = 8
+	maxIdleUDPPerKey = 128
 	maxIdleUDP       = 1024
 )
 
