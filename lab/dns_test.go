@@ -209,6 +209,50 @@ func TestDNSPolicy(t *testing.T) {
 	}
 }
 
+// A deleted pod's DNS names leave the node's cache (and so the toFQDNs
+// selectors) at once, not when their TTL ends: the name another pod also
+// asked for stays, listed for that pod only.
+func TestDNSForgetsDeletedEndpoint(t *testing.T) {
+	l := labtest.Up(t, 1, 0)
+	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
+	labtest.Pod(t, l, "n1", "client", "app=client")
+	labtest.Pod(t, l, "n1", "other", "app=client")
+	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 600, map[string]string{"a.allowed.test": "10.0.9.1", "b.allowed.test": "10.0.9.2"})
+	labtest.ImportPolicy(t, l, "n1", dnsPolicy)
+	for _, q := range []struct{ pod, name string }{{"client", "a.allowed.test"}, {"client", "b.allowed.test"}, {"other", "b.allowed.test"}} {
+		eventually(t, q.pod+" resolves "+q.name+" through the proxy", func() bool {
+			status, _ := dig(t, l, q.pod, dnsPod.IP, q.name, false)
+			return status == "NOERROR"
+		})
+	}
+	eps := func() map[string][]uint16 {
+		m := map[string][]uint16{}
+		for _, e := range fqdnCache(t, l, "n1") {
+			m[e.Name] = append(m[e.Name], e.Endpoints...)
+		}
+		return m
+	}
+	var before map[string][]uint16
+	eventually(t, "both names cached, b for two endpoints", func() bool {
+		before = eps()
+		return len(before["a.allowed.test."]) == 1 && len(before["b.allowed.test."]) == 2
+	})
+	gone := before["a.allowed.test."][0] // the client's endpoint
+	if err := l.DeletePod("client"); err != nil {
+		t.Fatal(err)
+	}
+	var after map[string][]uint16
+	eventuallyWithin(t, 5*time.Second, "the deleted pod's names forgotten well before their 600 s TTL", func() bool {
+		after = eps()
+		_, a := after["a.allowed.test."]
+		return !a && len(after["b.allowed.test."]) == 1
+	})
+	if b := after["b.allowed.test."]; b[0] == gone {
+		t.Errorf("b.allowed.test. left for the deleted endpoint %d, not the other pod's", gone)
+	}
+}
+
+
 // dnsLoad is one dnsperf run's figures.
 type dnsLoad struct {
 	qps            float64

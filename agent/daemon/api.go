@@ -187,6 +187,13 @@ func (a *Agent) proxyChanged() {
 	}
 }
 
+// endpointGone forgets what a deleted endpoint left in the DNS name cache.
+func (a *Agent) endpointGone(id uint16) {
+	if a.names != nil {
+		a.names.forget(id)
+	}
+}
+
 // applyPolicies applies the stored policies and has the L7 proxy follow at
 // once rather than at its next periodic check.
 func (a *Agent) applyPolicies() error {

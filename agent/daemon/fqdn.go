@@ -41,6 +41,12 @@ type dnsNames struct {
 	// selMu calls the engine or the resolver.
 	selMu sync.Mutex
 	sels  map[string]api.FQDNSelector
+	// goneMu guards gone, the endpoints deleted since the cache last
+	// forgot theirs (forget; the endpoint manager's lock is held there,
+	// so the cache is changed later, under applyMu, before any learning).
+	goneMu sync.Mutex
+	gone   []uint16
+	wake   chan struct{}
 }
 
 // maxLearnedTTL bounds how long one answer keeps an address (a hostile
@@ -52,7 +58,7 @@ const maxLearnedTTL = 24 * time.Hour
 // the selector (so that restored names allow at once after a restart).
 func (a *Agent) startDNSNames(ctx context.Context) error {
 	d := &dnsNames{a: a, path: filepath.Join(a.cfg.StateDir, "fqdn-cache.json"), sels: map[string]api.FQDNSelector{},
-		pins: map[netip.Addr]map[datapath.Flow]bool{},
+		pins: map[netip.Addr]map[datapath.Flow]bool{}, wake: make(chan struct{}, 1),
 		cache: fqdn.NewCache(fqdn.Config{MinTTL: time.Duration(a.cfg.ToFQDNsMinTTL), MaxAddrsPerName: a.cfg.ToFQDNsMaxIPsPerName,
 			MaxEntries: a.cfg.ToFQDNsMaxEntries})}
 	if err := d.cache.Load(d.path); err != nil {
@@ -94,7 +100,7 @@ func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) []netip.Addr {
 func (d *dnsNames) learn(batch []proxy.Learned) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
-	changed := map[string]bool{}
+	changed := d.forgetGone() // before an endpoint ID deleted is learned for again
 	for _, x := range batch {
 		ep, ok := d.a.eps.ByIP(x.Endpoint)
 		if !ok || !d.cache.Wanted(x.Name) {
@@ -119,6 +125,37 @@ func (d *dnsNames) learn(batch []proxy.Learned) {
 		}
 	}
 	d.apply(slices.Sorted(maps.Keys(changed)))
+}
+
+// forget has the cache forget the names endpoint id asked for, once it is
+// deleted: an address only it asked for leaves the toFQDNs selectors (not
+// kept until its TTL), and a new endpoint given the same ID does not
+// inherit its entries. It runs under the endpoint manager's lock, so the
+// cache follows in run (or the next learn), not here.
+func (d *dnsNames) forget(id uint16) {
+	d.goneMu.Lock()
+	d.gone = append(d.gone, id)
+	d.goneMu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// forgetGone forgets the deleted endpoints' names and returns the
+// selectors whose addresses changed; the caller holds applyMu.
+func (d *dnsNames) forgetGone() map[string]bool {
+	d.goneMu.Lock()
+	ids := d.gone
+	d.gone = nil
+	d.goneMu.Unlock()
+	changed := map[string]bool{}
+	for _, id := range ids {
+		for _, k := range d.cache.Forget(id) {
+			changed[k] = true
+		}
+	}
+	return changed
 }
 
 // apply hands the changed selectors' addresses to the policy; the caller
@@ -147,6 +184,11 @@ func (d *dnsNames) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-d.wake:
+			d.applyMu.Lock()
+			d.apply(slices.Sorted(maps.Keys(d.forgetGone())))
+			d.applyMu.Unlock()
+			continue
 		case <-t.C:
 		}
 		d.syncSelectors()

@@ -90,7 +90,8 @@ func (h *lbNetNS) EndpointDown(ep endpoint.Endpoint) {
 type hooks struct {
 	engine  endpoint.Hooks
 	lb      *lbNetNS
-	changed func() // the endpoints changed (the L7 proxy's config follows)
+	changed func()          // the endpoints changed (the L7 proxy's config follows)
+	gone    func(id uint16) // an endpoint was deleted
 }
 
 func (h hooks) EndpointUp(ctx context.Context, ep endpoint.Endpoint) error {
@@ -108,5 +109,6 @@ func (h hooks) EndpointUp(ctx context.Context, ep endpoint.Endpoint) error {
 func (h hooks) EndpointDown(ep endpoint.Endpoint) {
 	h.lb.EndpointDown(ep)
 	h.engine.EndpointDown(ep)
+	h.gone(ep.ID)
 	h.changed()
 }

@@ -301,7 +301,7 @@ func (a *Agent) startGroups(ctx context.Context) error {
 func (a *Agent) startEndpoints(ctx context.Context) error {
 	a.ids.Subscribe(a.engine.IdentityChanged)
 	eps, err := endpoint.NewManager(endpoint.Config{StateDir: a.cfg.StateDir, Pool: a.pool, Identities: a.ids, Plumber: veth.New(),
-		Hooks: hooks{a.engine, a.lbHooks, a.proxyChanged}, MTU: a.cfg.MTU, PodLabels: a.podLabels})
+		Hooks: hooks{a.engine, a.lbHooks, a.proxyChanged, a.endpointGone}, MTU: a.cfg.MTU, PodLabels: a.podLabels})
 	if err != nil {
 		return err
 	}
