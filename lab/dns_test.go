@@ -252,7 +252,6 @@ func TestDNSForgetsDeletedEndpoint(t *testing.T) {
 	}
 }
 
-
 // dnsLoad is one dnsperf run's figures.
 type dnsLoad struct {
 	qps            float64

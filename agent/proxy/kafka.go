@@ -566,6 +566,9 @@ type kafkaPending struct {
 	merge        kmsg.Response           // the denied topics' errors to add to it
 	visible      func(topic string) bool // a Metadata response's topics the client may see; nil: all
 	resp         []byte                  // the framed response, once known
+	// internal is the proxy's own request (resolveID): closed once its
+	// response is read; the response is never sent to the client.
+	internal chan struct{}
 }
 
 // kafkaConn is a downstream Kafka connection being served.
@@ -581,6 +584,13 @@ type kafkaConn struct {
 
 	mu    sync.Mutex
 	queue []*kafkaPending // in request order
+
+	// serveKafka's goroutine's: the last correlation ID of the proxy's
+	// own requests; the topic IDs resolveID asked for on the request
+	// being decided, and until when it may wait for answers.
+	corr      int32
+	resolves  int
+	resolveBy time.Time
 }
 
 func (kc *kafkaConn) close() {
@@ -626,7 +636,8 @@ func (p *Proxy) serveKafka(dc *downConn) {
 			}
 			return
 		}
-		v := p.judgeKafka(dc, srcID, kc.scope, frame)
+		kc.resolves, kc.resolveBy = 0, time.Now().Add(kafkaResolveTimeout)
+		v := p.judgeKafka(dc, srcID, kc.scope, frame, kc.resolveID)
 		kafkaRequestBudget.Release(int64(n)) // parsed and decided
 		if v.close {
 			return
@@ -666,6 +677,60 @@ func (p *Proxy) serveKafka(dc *downConn) {
 	}
 }
 
+// Resolving topic IDs the proxy has not seen named. A request may name a
+// topic by an ID whose Metadata response went through another node's
+// proxy (the client asked another broker), or before this proxy started:
+// then the proxy asks the broker itself, on the connection's own upstream
+// connection (so with the client's identity, as the client could), in
+// line with the client's requests, and decides once the answer is in.
+const (
+	// kafkaResolveTimeout bounds the wait for the broker's answers for one
+	// request (its bytes are held in the parse budget meanwhile); an ID
+	// not answered by then stays unknown, and no topic rule allows it.
+	kafkaResolveTimeout = 5 * time.Second
+	// maxKafkaResolves bounds the IDs asked for per request.
+	maxKafkaResolves = 16
+	// kafkaResolveVersion is the Metadata version that looks topics up by
+	// ID alone (KIP-516).
+	kafkaResolveVersion = 12
+)
+
+// resolveID asks the broker for the name of topic ID id (a Metadata
+// request of the proxy's, its response learned by inspectKafkaResponse
+// and kept from the client) and reports whether the answer came.
+func (kc *kafkaConn) resolveID(id [16]byte) bool {
+	wait := time.Until(kc.resolveBy)
+	if kc.resolves >= maxKafkaResolves || wait <= 0 {
+		return false
+	}
+	kc.resolves++
+	req := kmsg.NewPtrMetadataRequest()
+	req.SetVersion(kafkaResolveVersion)
+	t := kmsg.NewMetadataRequestTopic()
+	t.TopicID = id
+	req.Topics = []kmsg.MetadataRequestTopic{t}
+	kc.corr-- // negative: apart from the client's (any would do: responses come in order)
+	frame := kmsg.NewRequestFormatter(kmsg.FormatterClientID("filament-proxy")).AppendRequest(nil, req, kc.corr)
+	done := make(chan struct{})
+	kc.mu.Lock()
+	kc.queue = append(kc.queue, &kafkaPending{key: kafkaMetadata, version: kafkaResolveVersion, corr: kc.corr, upstream: true, internal: done})
+	kc.mu.Unlock()
+	kc.up.SetWriteDeadline(time.Now().Add(kc.p.opts.IdleTimeout))
+	if _, err := kc.up.Write(frame); err != nil {
+		kc.close()
+		return false
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return true
+	case <-timer.C:
+	case <-kc.done:
+	}
+	return false
+}
+
 // readUpstream reads the broker's responses, each for the oldest request
 // forwarded and not answered yet, and lets them out in order.
 func (kc *kafkaConn) readUpstream() {
@@ -693,6 +758,9 @@ func (kc *kafkaConn) readUpstream() {
 			kc.mu.Unlock()
 			return
 		}
+		if pd.internal != nil {
+			close(pd.internal) // its topic IDs are learned
+		}
 		err = kc.flush()
 		kc.mu.Unlock()
 		if err != nil {
@@ -705,6 +773,11 @@ func (kc *kafkaConn) readUpstream() {
 // kc.mu is held.
 func (kc *kafkaConn) flush() error {
 	for len(kc.queue) > 0 && kc.queue[0].resp != nil {
+		if kc.queue[0].internal != nil {
+			kc.queue[0] = nil
+			kc.queue = kc.queue[1:]
+			continue
+		}
 		kc.dc.SetWriteDeadline(time.Now().Add(kc.p.opts.IdleTimeout))
 		if _, err := kc.dc.Write(kc.queue[0].resp); err != nil {
 			return err
@@ -848,12 +921,20 @@ type kafkaVerdict struct {
 }
 
 // judgeKafka decides a request frame (without its size) of dc's flow, and
-// records it.
-func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame []byte) kafkaVerdict {
+// records it; resolve, when not nil, is asked for the name of a topic ID
+// not learned yet.
+func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame []byte, resolve func([16]byte) bool) kafkaVerdict {
+	start := time.Now()
+	q, err := parseKafkaRequest(frame, func(id [16]byte) (string, bool) {
+		n, ok := p.kafkaIDs.name(scope, id)
+		if !ok && resolve != nil && resolve(id) {
+			n, ok = p.kafkaIDs.name(scope, id)
+		}
+		return n, ok
+	})
 	cfg := p.cfg.Load()
-	rec := Record{Time: time.Now(), SrcIP: dc.src.Addr(), SrcPort: dc.src.Port(), DstIP: dc.dst.Addr(), DstPort: dc.dst.Port(),
+	rec := Record{Time: start, SrcIP: dc.src.Addr(), SrcPort: dc.src.Port(), DstIP: dc.dst.Addr(), DstPort: dc.dst.Port(),
 		SrcIdentity: srcID, DstIdentity: cfg.identity(dc.dst.Addr()), Protocol: "Kafka"}
-	q, err := parseKafkaRequest(frame, func(id [16]byte) (string, bool) { return p.kafkaIDs.name(scope, id) })
 	if q != nil {
 		rec.Method = kmsg.NameForKey(q.key)
 	}

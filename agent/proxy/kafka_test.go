@@ -332,6 +332,45 @@ func TestKafkaFetchByTopicID(t *testing.T) {
 	}
 }
 
+// TestKafkaResolvesTopicID: a request naming a topic by an ID the proxy
+// never saw in a Metadata response (the client asked another broker,
+// through another node's proxy) is decided by the name the broker gives
+// the proxy for it: topic1's ID is fetched from, topic2's denied, an ID
+// the broker does not know denied; the proxy's own Metadata requests
+// never reach the client (its responses come in order, with its
+// correlation IDs).
+func TestKafkaResolvesTopicID(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
+	direct, err := net.Dial("tcp", h.broker.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { direct.Close() })
+	ids := map[string][16]byte{}
+	for _, tp := range (&rawKafka{t: t, c: direct}).send("c", metadataReq(12, "topic1", "topic2"))[0].(*kmsg.MetadataResponse).Topics {
+		ids[*tp.Topic] = tp.TopicID
+	}
+	if len(ids) != 2 || ids["topic1"] == ([16]byte{}) || ids["topic2"] == ([16]byte{}) {
+		t.Fatalf("topic IDs from the broker: %v", ids)
+	}
+	recs := h.records()
+	resps := h.raw().send("c", fetchReq(ids["topic1"]), fetchReq(ids["topic2"]), fetchReq([16]byte{7}), fetchReq(ids["topic1"]))
+	for i, want := range []int16{0, kafkaTopicAuthorizationFailed, kafkaTopicAuthorizationFailed, 0} {
+		f := resps[i].(*kmsg.FetchResponse)
+		if len(f.Topics) != 1 || len(f.Topics[0].Partitions) != 1 {
+			t.Fatalf("fetch %d: %+v", i, f)
+		}
+		if got := f.Topics[0].Partitions[0].ErrorCode; got != want {
+			t.Errorf("fetch %d: error %d, want %d", i, got, want)
+		}
+	}
+	for i, want := range []string{"topic1", "topic2", "id:07000000000000000000000000000000", "topic1"} {
+		if r := recs(1)[0]; r.Path != want {
+			t.Errorf("record %d: topic %q, want %q", i, r.Path, want)
+		}
+	}
+}
+
 func TestKafkaAPIKeyVersionClientID(t *testing.T) {
 	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{
 		{APIKey: "metadata", APIVersion: "12"}, {APIKey: "apiversions"}, {APIKey: "produce", ClientID: "good"},
