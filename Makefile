@@ -15,7 +15,7 @@ DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo
 DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux h2load:nghttp2-client wrk:wrk haproxy:haproxy dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf kcat:kcat
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
-.PHONY: kube-apiserver all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
+.PHONY: kube-apiserver hubble all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
 
 all: build
 
@@ -57,6 +57,13 @@ check-root:
 KUBE_APISERVER ?= $(HOME)/.cache/filament/kube-apiserver-v1.37.1
 kube-apiserver:
 	@GO=$(GO) deploy/kube/build-kube-apiserver.sh $(KUBE_APISERVER)
+
+# The real hubble CLI for the observability work (issue 17), built from the
+# Go module proxy (the hubble/ package of github.com/cilium/cilium in a
+# scratch module) and cached. No target depends on it yet.
+HUBBLE ?= $(HOME)/.cache/filament/hubble-v1.20.2
+hubble:
+	@GO=$(GO) deploy/hubble/build-hubble.sh $(HUBBLE)
 
 # Every fuzz target (func Fuzz* in a *_test.go) for FUZZTIME each, one at a
 # time (go test -fuzz takes one target per package); `make test` runs only
