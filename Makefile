@@ -15,7 +15,7 @@ DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo
 DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux h2load:nghttp2-client wrk:wrk haproxy:haproxy dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf kcat:kcat
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
-.PHONY: kube-apiserver hubble all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
+.PHONY: kube-apiserver hubble hubble-protos all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
 
 all: build
 
@@ -64,6 +64,13 @@ kube-apiserver:
 HUBBLE ?= $(HOME)/.cache/filament/hubble-v1.20.2
 hubble:
 	@GO=$(GO) deploy/hubble/build-hubble.sh $(HUBBLE)
+
+# Regenerates the committed Go code of Hubble's gRPC API (agent/hubble/pb/,
+# issue 17) from the .proto files of github.com/cilium/cilium v1.20.2 in the
+# Go module cache, with protoc (Debian) and protoc-gen-go/-go-grpc installed
+# into a temporary GOBIN. Nothing depends on it: `go build` needs no protoc.
+hubble-protos:
+	@GO=$(GO) deploy/hubble/gen-protos.sh
 
 # Every fuzz target (func Fuzz* in a *_test.go) for FUZZTIME each, one at a
 # time (go test -fuzz takes one target per package); `make test` runs only
