@@ -45,9 +45,9 @@ generate: deps
 # The whole suite, privileged datapath tests included: needs root. A test
 # that would need root fails instead of skipping (FILAMENT_REQUIRE_PRIVILEGED).
 # check-root comes first so that a non-root run fails before building anything.
-test: check-root deps build kube-apiserver
+test: check-root deps build kube-apiserver hubble
 	@echo "== go test ./... (about 12 minutes on a 2-core machine)"
-	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) $(GO) test -count=1 -timeout 20m ./...
+	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_HUBBLE=$(HUBBLE) $(GO) test -count=1 -timeout 20m ./...
 
 check-root:
 	@if [ "$$(id -u)" != 0 ]; then echo "make $(MAKECMDGOALS) needs root (network namespaces, veths); use make test-unit" >&2; exit 1; fi

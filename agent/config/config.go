@@ -39,6 +39,11 @@ const (
 	DefaultEtcdPeer    = "http://127.0.0.1:2380"
 	DefaultLeaseTTL    = 15 * time.Second
 	DefaultGCInterval  = 5 * time.Minute
+	// DefaultHubbleListen is where the node's Hubble API listens: the
+	// node's loopback only (it serves every flow of the node, unencrypted).
+	DefaultHubbleListen = "127.0.0.1:4244"
+	// DefaultHubbleFlows is the flow ring's size, Hubble's.
+	DefaultHubbleFlows = 4095
 	// DefaultProxyPort is the L7 proxy's listener port.
 	DefaultProxyPort = 15001
 )
@@ -130,6 +135,11 @@ type Config struct {
 	ConntrackGCInterval Duration `json:"conntrackGCInterval"`
 	// PrometheusListen is a TCP address for /metrics ("" = only on the API socket).
 	PrometheusListen string `json:"prometheusListen"`
+	// HubbleListen is the TCP address of the node's Hubble API (Observer
+	// and Peer, plain gRPC: loopback by default; "" = off).
+	HubbleListen string `json:"hubbleListen"`
+	// HubbleFlows is the size of the node's flow ring.
+	HubbleFlows int `json:"hubbleFlows"`
 	// LBAlgorithm is the default backend selection of services: random or maglev.
 	LBAlgorithm string `json:"lbAlgorithm"`
 	// MaglevTableSize is the Maglev table size (a prime, 251-131071).
@@ -223,6 +233,8 @@ func Default() Config {
 		MaglevTableSize:       maglev.DefaultSize,
 		SocketLB:              true,
 		ProxyPort:             DefaultProxyPort,
+		HubbleListen:          DefaultHubbleListen,
+		HubbleFlows:           DefaultHubbleFlows,
 		ToFQDNsMaxIPsPerName:  1000,
 		ToFQDNsMaxEntries:     65536,
 		DNSRejectResponse:     "refused",
@@ -327,6 +339,12 @@ func (c Config) validateNode() error {
 	}
 	if err := listenAddr("prometheusListen", c.PrometheusListen); err != nil {
 		return err
+	}
+	if err := listenAddr("hubbleListen", c.HubbleListen); err != nil {
+		return err
+	}
+	if c.HubbleFlows < 1 || c.HubbleFlows > 1<<20 {
+		return fmt.Errorf("%w: hubbleFlows %d: must be 1-1048576", ErrInvalid, c.HubbleFlows)
 	}
 	return atLeastASecond("identityGCInterval", c.IdentityGCInterval)
 }

@@ -49,6 +49,8 @@ var Flags = []Flag{
 	{"enforcement-mode", "policy enforcement: default, always or never", func(c *Config) any { return &c.EnforcementMode }},
 	{"datapath-attach", "how programs attach to veths: auto (tcx, else tc), tcx or tc", func(c *Config) any { return &c.DatapathAttach }},
 	{"conntrack-gc-interval", "interval between collections of expired conntrack entries", func(c *Config) any { return &c.ConntrackGCInterval }},
+	{"hubble-listen", "TCP address of the node's Hubble API (the hubble CLI's --server; plain gRPC, keep it on loopback); empty: off", func(c *Config) any { return &c.HubbleListen }},
+	{"hubble-flows", "flows the node keeps for the Hubble API (a ring: the oldest are overwritten)", func(c *Config) any { return &c.HubbleFlows }},
 	{"prometheus-listen", "TCP address serving /metrics (it is always on the API socket too)", func(c *Config) any { return &c.PrometheusListen }},
 	{"lb-algorithm", "default backend selection of services: random or maglev", func(c *Config) any { return &c.LBAlgorithm }},
 	{"maglev-table-size", "Maglev table size per service (a prime, 251-131071)", func(c *Config) any { return &c.MaglevTableSize }},

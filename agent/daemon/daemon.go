@@ -144,6 +144,7 @@ func (a *Agent) steps() []step {
 		{"endpoints", a.startEndpoints},
 		{"monitor", a.startMonitor},
 		{"l7 proxy", a.startProxy},
+		{"hubble", a.startHubble},
 		{"api", a.startAPI},
 	}
 }

@@ -1,0 +1,159 @@
+// Package hubble serves the node's flows over Hubble's gRPC API (the
+// Observer and Peer services of agent/hubble/pb), so that the real
+// `hubble` CLI works against a Filament node: it turns the monitor's
+// events (drops, policy verdicts, L7 records) into Hubble flows, keeps
+// them in the node's flow ring (agent/flow) and answers GetFlows with
+// Hubble's filter semantics.
+package hubble
+
+import (
+	"net/netip"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/filament-net/filament/agent/hubble/pb/flow"
+	"github.com/filament-net/filament/agent/monitor"
+)
+
+// Hubble's event types (CiliumEventType.type) of the flows made here.
+const (
+	eventDrop          = 1
+	eventPolicyVerdict = 5
+	eventAccessLog     = 129 // an L7 record
+)
+
+// Meta is what events do not carry and flows need.
+type Meta struct {
+	NodeName    string
+	ClusterName string
+	// Pod names a local endpoint's namespace and pod ("" when it has
+	// none, as outside Kubernetes).
+	Pod func(endpoint uint16) (namespace, pod string)
+}
+
+// dropReasons maps the datapath's drop reasons (agent/datapath
+// ReasonName, by code) to Hubble's.
+var dropReasons = map[uint8]flow.DropReason{
+	1:  flow.DropReason_POLICY_DENIED,
+	2:  flow.DropReason_POLICY_DENY,
+	3:  flow.DropReason_CT_MISSING_TCP_ACK_FLAG,
+	4:  flow.DropReason_INVALID_PACKET_DROPPED,
+	5:  flow.DropReason_IP_FRAGMENTATION_NOT_SUPPORTED,
+	6:  flow.DropReason_UNSUPPORTED_L3_PROTOCOL,
+	7:  flow.DropReason_INVALID_SOURCE_IP,
+	8:  flow.DropReason_UNKNOWN_SENDER,
+	9:  flow.DropReason_SERVICE_BACKEND_NOT_FOUND,
+	11: flow.DropReason_UNENCRYPTED_TRAFFIC,
+	12: flow.DropReason_POLICY_DENIED,
+	14: flow.DropReason_POLICY_DENIED,
+}
+
+// Flow turns a monitor event into a Hubble flow.
+func (m Meta) Flow(ev monitor.Event) *flow.Flow {
+	f := &flow.Flow{
+		Time:     timestamppb.New(ev.Time),
+		NodeName: m.node(),
+		IP:       &flow.IP{Source: ev.Src.Addr().String(), Destination: ev.Dst.Addr().String(), IpVersion: flow.IPVersion_IPv4},
+		L4:       l4(ev),
+		IsReply:  wrapperspb.Bool(false),
+		Type:     flow.FlowType_L3_L4,
+	}
+	// The deciding endpoint is the destination on ingress, the source on
+	// egress; the other side is a local endpoint when PeerEP says so.
+	srcEP, dstEP := ev.Endpoint, ev.PeerEP
+	f.TrafficDirection = flow.TrafficDirection_EGRESS
+	if ev.Direction == "ingress" {
+		srcEP, dstEP = ev.PeerEP, ev.Endpoint
+		f.TrafficDirection = flow.TrafficDirection_INGRESS
+	}
+	f.Source = m.endpoint(srcEP, uint32(ev.SrcIdentity), ev.SrcLabels)
+	f.Destination = m.endpoint(dstEP, uint32(ev.DstIdentity), ev.DstLabels)
+	switch ev.Type {
+	case "drop":
+		f.Verdict = flow.Verdict_DROPPED
+		f.EventType = &flow.CiliumEventType{Type: eventDrop, SubType: int32(ev.ReasonCode)}
+		f.DropReasonDesc = dropReasons[ev.ReasonCode]
+		f.DropReason = uint32(f.DropReasonDesc)
+	case "policy-verdict":
+		f.Verdict = flow.Verdict_FORWARDED
+		f.EventType = &flow.CiliumEventType{Type: eventPolicyVerdict}
+	case "l7":
+		f.Type = flow.FlowType_L7
+		f.EventType = &flow.CiliumEventType{Type: eventAccessLog}
+		f.Verdict = flow.Verdict_FORWARDED
+		if ev.L7 != nil && ev.L7.Verdict != "forwarded" {
+			f.Verdict = flow.Verdict_DROPPED
+			f.DropReasonDesc = flow.DropReason_POLICY_DENIED
+		}
+		f.L7 = layer7(ev)
+		if ev.L7 != nil && strings.HasPrefix(ev.L7.Protocol, "DNS") && ev.L7.Host != "" {
+			f.DestinationNames = []string{strings.TrimSuffix(ev.L7.Host, ".")}
+		}
+	}
+	return f
+}
+
+func (m Meta) node() string {
+	if m.ClusterName == "" {
+		return m.NodeName
+	}
+	return m.ClusterName + "/" + m.NodeName
+}
+
+func (m Meta) endpoint(ep uint16, id uint32, labels []string) *flow.Endpoint {
+	e := &flow.Endpoint{ID: uint32(ep), Identity: id, ClusterName: m.ClusterName, Labels: labels}
+	for _, l := range labels {
+		if ns, ok := strings.CutPrefix(l, "k8s:io.kubernetes.pod.namespace="); ok {
+			e.Namespace = ns
+		}
+	}
+	if ep != 0 && m.Pod != nil {
+		if ns, pod := m.Pod(ep); pod != "" {
+			e.Namespace, e.PodName = ns, pod
+		}
+	}
+	return e
+}
+
+func l4(ev monitor.Event) *flow.Layer4 {
+	sp, dp := uint32(ev.Src.Port()), uint32(ev.Dst.Port())
+	switch strings.ToUpper(ev.Protocol) {
+	case "TCP":
+		return &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: sp, DestinationPort: dp}}}
+	case "UDP":
+		return &flow.Layer4{Protocol: &flow.Layer4_UDP{UDP: &flow.UDP{SourcePort: sp, DestinationPort: dp}}}
+	case "ICMP":
+		return &flow.Layer4{Protocol: &flow.Layer4_ICMPv4{ICMPv4: &flow.ICMPv4{}}}
+	}
+	return nil
+}
+
+func layer7(ev monitor.Event) *flow.Layer7 {
+	r := ev.L7
+	if r == nil {
+		return nil
+	}
+	l := &flow.Layer7{Type: flow.L7FlowType_RESPONSE, LatencyNs: uint64(r.Latency)}
+	switch {
+	case strings.HasPrefix(r.Protocol, "DNS"):
+		d := &flow.DNS{Query: r.Host, Ttl: r.DNSTTL, Rcode: uint32(r.Status), Qtypes: []string{r.Method}, ObservationSource: "proxy"}
+		for _, a := range r.DNSAnswers {
+			d.Ips = append(d.Ips, a.String())
+		}
+		l.Record = &flow.Layer7_Dns{Dns: d}
+	case r.Protocol == "Kafka":
+		l.Record = &flow.Layer7_Kafka{Kafka: &flow.Kafka{ApiKey: r.Method, Topic: r.Path, ErrorCode: int32(r.Status)}}
+	default: // HTTP/1.x, HTTP/2, gRPC
+		url := "http://" + r.Host + r.Path
+		l.Record = &flow.Layer7_Http{Http: &flow.HTTP{Code: uint32(r.Status), Method: r.Method, Url: url, Protocol: r.Protocol}}
+	}
+	return l
+}
+
+// addrOf is the address of a flow's IP field ("" when none).
+func addrOf(s string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
+	return a, err == nil
+}

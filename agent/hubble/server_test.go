@@ -1,0 +1,197 @@
+package hubble
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/filament-net/filament/agent/hubble/pb/flow"
+	"github.com/filament-net/filament/agent/hubble/pb/observer"
+	"github.com/filament-net/filament/agent/monitor"
+)
+
+var (
+	clientAddr = netip.MustParseAddrPort("10.244.0.3:40000")
+	webAddr    = netip.MustParseAddrPort("10.244.0.2:80")
+	clientLbls = []string{"k8s:app=client", "k8s:io.kubernetes.pod.namespace=default"}
+	webLbls    = []string{"k8s:app=web", "k8s:io.kubernetes.pod.namespace=default"}
+)
+
+// events: a drop at the web pod's ingress, a forwarded connection, an L7
+// request denied (403) and one forwarded (200), a DNS answer.
+func events(t0 time.Time) []monitor.Event {
+	base := monitor.Event{Src: clientAddr, Dst: webAddr, Protocol: "TCP", Direction: "ingress", Endpoint: 1, PeerEP: 2,
+		SrcIdentity: 65793, DstIdentity: 65792, SrcLabels: clientLbls, DstLabels: webLbls}
+	drop, fwd, deny, ok, dns := base, base, base, base, base
+	drop.Time, drop.Type, drop.ReasonCode = t0, "drop", 1
+	fwd.Time, fwd.Type = t0.Add(time.Second), "policy-verdict"
+	deny.Time, deny.Type = t0.Add(2*time.Second), "l7"
+	deny.L7 = &monitor.L7{Protocol: "HTTP/1.1", Method: "POST", Host: "web", Path: "/private", Status: 403, Verdict: "denied"}
+	ok.Time, ok.Type = t0.Add(3*time.Second), "l7"
+	ok.L7 = &monitor.L7{Protocol: "HTTP/1.1", Method: "GET", Host: "web", Path: "/public/a", Status: 200, Verdict: "forwarded"}
+	dns.Time, dns.Type, dns.Protocol, dns.Direction, dns.Endpoint, dns.PeerEP = t0.Add(4*time.Second), "l7", "UDP", "egress", 2, 0
+	dns.Dst, dns.DstLabels, dns.DstIdentity = netip.MustParseAddrPort("10.244.0.9:53"), []string{"k8s:app=dns", "k8s:io.kubernetes.pod.namespace=default"}, 65794
+	dns.L7 = &monitor.L7{Protocol: "DNS/UDP", Method: "A", Host: "www.allowed.test.", Verdict: "forwarded",
+		DNSAnswers: []netip.Addr{netip.MustParseAddr("10.0.9.1")}, DNSTTL: 30}
+	return []monitor.Event{drop, fwd, deny, ok, dns}
+}
+
+func newTestServer(t *testing.T, capacity int) (*Server, observer.ObserverClient) {
+	t.Helper()
+	s, err := New(Config{Meta: Meta{NodeName: "n1", ClusterName: "c1", Pod: func(ep uint16) (string, string) {
+		return "default", map[uint16]string{1: "web-1", 2: "client-1"}[ep]
+	}}, Capacity: capacity, Address: "127.0.0.1:4244", Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return s, observer.NewObserverClient(conn)
+}
+
+// getFlows runs a GetFlows request to its end.
+func getFlows(t *testing.T, c observer.ObserverClient, req *observer.GetFlowsRequest) ([]*flow.Flow, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.GetFlows(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var out []*flow.Flow
+	for {
+		r, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, r.GetFlow())
+	}
+}
+
+func TestFlowsFromEvents(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	t0 := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
+	for _, ev := range events(t0) {
+		s.Record(ev)
+	}
+	all, err := getFlows(t, c, &observer.GetFlowsRequest{})
+	if err != nil || len(all) != 5 {
+		t.Fatalf("all flows: %d, %v", len(all), err)
+	}
+	d := all[0]
+	if d.Verdict != flow.Verdict_DROPPED || d.DropReasonDesc != flow.DropReason_POLICY_DENIED || d.NodeName != "c1/n1" ||
+		d.Source.PodName != "client-1" || d.Destination.PodName != "web-1" || d.Source.Namespace != "default" ||
+		d.TrafficDirection != flow.TrafficDirection_INGRESS || d.IP.Source != "10.244.0.3" || d.L4.GetTCP().DestinationPort != 80 ||
+		d.EventType.Type != eventDrop || !d.Time.AsTime().Equal(t0) {
+		t.Errorf("drop flow: %v", d)
+	}
+	if h := all[2].L7.GetHttp(); all[2].Type != flow.FlowType_L7 || all[2].Verdict != flow.Verdict_DROPPED || h.Code != 403 || h.Method != "POST" || h.Url != "http://web/private" {
+		t.Errorf("denied L7 flow: %v", all[2])
+	}
+	if q := all[4].L7.GetDns(); q == nil || q.Query != "www.allowed.test." || len(q.Ips) != 1 || all[4].DestinationNames[0] != "www.allowed.test" ||
+		all[4].Source.PodName != "client-1" || all[4].TrafficDirection != flow.TrafficDirection_EGRESS {
+		t.Errorf("DNS flow: %v", all[4])
+	}
+	st, err := c.ServerStatus(context.Background(), &observer.ServerStatusRequest{})
+	if err != nil || st.NumFlows != 5 || st.SeenFlows != 5 || st.MaxFlows != 4095 {
+		t.Errorf("status: %v %v", st, err)
+	}
+}
+
+// The filters the hubble CLI sends (hubble observe --print-raw-filters).
+func TestFlowFilters(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	for _, ev := range events(time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)) {
+		s.Record(ev)
+	}
+	for _, tc := range []struct {
+		name        string
+		allow, deny []*flow.FlowFilter
+		want        int
+	}{
+		{"verdict DROPPED", []*flow.FlowFilter{{Verdict: []flow.Verdict{flow.Verdict_DROPPED}}}, nil, 2},
+		{"from-pod default/client", []*flow.FlowFilter{{SourcePod: []string{"default/client"}}}, nil, 5},
+		{"to-pod default/web (prefix)", []*flow.FlowFilter{{DestinationPod: []string{"default/web"}}}, nil, 4},
+		{"namespace other", []*flow.FlowFilter{{SourcePod: []string{"other/"}}, {DestinationPod: []string{"other/"}}}, nil, 0},
+		{"label app=web either side", []*flow.FlowFilter{{SourceLabel: []string{"app=web"}}, {DestinationLabel: []string{"k8s:app=web"}}}, nil, 4},
+		{"http-method get", []*flow.FlowFilter{{HttpMethod: []string{"get"}}}, nil, 1},
+		{"http-path /public/.*", []*flow.FlowFilter{{HttpPath: []string{"^/public/.*"}}}, nil, 1},
+		{"http-status 4+", []*flow.FlowFilter{{HttpStatusCode: []string{"4+"}}}, nil, 1},
+		{"protocol http", []*flow.FlowFilter{{Protocol: []string{"http"}}}, nil, 2},
+		{"protocol dns", []*flow.FlowFilter{{Protocol: []string{"DNS"}}}, nil, 1},
+		{"to-fqdn *.allowed.test", []*flow.FlowFilter{{DestinationFqdn: []string{"*.allowed.test"}}}, nil, 1},
+		{"port 80 and dropped", []*flow.FlowFilter{{DestinationPort: []string{"80"}, Verdict: []flow.Verdict{flow.Verdict_DROPPED}}}, nil, 2},
+		{"not L7", nil, []*flow.FlowFilter{{EventType: []*flow.EventTypeFilter{{Type: eventAccessLog}}}}, 2},
+		{"ip", []*flow.FlowFilter{{DestinationIp: []string{"10.244.0.8/29"}}}, nil, 1},
+	} {
+		got, err := getFlows(t, c, &observer.GetFlowsRequest{Whitelist: tc.allow, Blacklist: tc.deny})
+		if err != nil || len(got) != tc.want {
+			t.Errorf("%s: %d flows (%v), want %d", tc.name, len(got), err, tc.want)
+		}
+	}
+	// A filter the server does not implement is refused, naming it, not
+	// answered with flows it would have excluded.
+	_, err := getFlows(t, c, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{HttpHeader: []*flow.HTTPHeader{{Key: "x"}}}}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "http_header") {
+		t.Errorf("unsupported filter: %v", err)
+	}
+	_, err = getFlows(t, c, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{SourcePod: []string{"nons"}}}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a pod without namespace: %v", err)
+	}
+}
+
+func TestNumberFirstFollowLost(t *testing.T) {
+	s, c := newTestServer(t, 3)
+	evs := events(time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC))
+	for _, ev := range evs {
+		s.Record(ev) // 5 into a ring of 3: the first two are overwritten
+	}
+	last, _ := getFlows(t, c, &observer.GetFlowsRequest{Number: 2})
+	first, _ := getFlows(t, c, &observer.GetFlowsRequest{Number: 1, First: true})
+	if len(last) != 2 || last[1].L7.GetDns() == nil || len(first) != 1 || first[0].L7.GetHttp().GetCode() != 403 {
+		t.Fatalf("last 2: %v; first 1: %v", last, first)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Number: 1, Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Recv(); err != nil || r.GetFlow().L7.GetDns() == nil {
+		t.Fatalf("follow, backlog: %v %v", r, err)
+	}
+	s.Record(evs[0])
+	if r, err := st.Recv(); err != nil || r.GetFlow().Verdict != flow.Verdict_DROPPED {
+		t.Fatalf("follow, a new flow: %v %v", r, err)
+	}
+}
