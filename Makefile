@@ -60,7 +60,7 @@ kube-apiserver:
 
 # The real hubble CLI for the observability work (issue 17), built from the
 # Go module proxy (the hubble/ package of github.com/cilium/cilium in a
-# scratch module) and cached. No target depends on it yet.
+# scratch module) and cached. make test uses it (TestHubbleObserve runs the real CLI).
 HUBBLE ?= $(HOME)/.cache/filament/hubble-v1.20.2
 hubble:
 	@GO=$(GO) deploy/hubble/build-hubble.sh $(HUBBLE)

@@ -11,15 +11,19 @@ import (
 	"github.com/filament-net/filament/lab/labtest"
 )
 
-// hubbleCLI is the real hubble CLI ($FILAMENT_HUBBLE, else make hubble's
-// cache), skipping t when there is none.
+// hubbleCLI is the real hubble CLI: $FILAMENT_HUBBLE (make test sets it:
+// missing, the test fails), else make hubble's cache (missing, the test
+// skips).
 func hubbleCLI(t *testing.T) string {
 	t.Helper()
-	p := os.Getenv("FILAMENT_HUBBLE")
-	if p == "" {
-		home, _ := os.UserHomeDir()
-		p = filepath.Join(home, ".cache", "filament", "hubble-v1.20.2")
+	if p := os.Getenv("FILAMENT_HUBBLE"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("FILAMENT_HUBBLE=%s: %v (make hubble builds it)", p, err)
+		}
+		return p
 	}
+	home, _ := os.UserHomeDir()
+	p := filepath.Join(home, ".cache", "filament", "hubble-v1.20.2")
 	if _, err := os.Stat(p); err != nil {
 		t.Skipf("skipped: no hubble CLI at %s (make hubble builds it from the module proxy)", p)
 	}
@@ -27,10 +31,15 @@ func hubbleCLI(t *testing.T) string {
 }
 
 // hubbleObserve runs `hubble observe -o json` with args against node's
-// Hubble API (on the node's loopback) and returns the flows.
+// Hubble API (its unix socket, beside the agent's) and returns the flows.
 func hubbleObserve(t *testing.T, l *lab.Lab, hubble, node string, args ...string) []map[string]any {
 	t.Helper()
-	argv := append([]string{hubble, "observe", "--server", "127.0.0.1:4244", "-o", "json", "--last", "1000"}, args...)
+	n, err := l.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := "unix://" + filepath.Join(filepath.Dir(n.Socket), "hubble.sock")
+	argv := append([]string{hubble, "observe", "--server", server, "-o", "json", "--last", "1000"}, args...)
 	out, err := labtest.NodeRun(t, l, node, argv...)
 	if err != nil {
 		t.Fatalf("hubble observe %v: %v: %s", args, err, out)
@@ -124,5 +133,15 @@ func TestHubbleObserve(t *testing.T) {
 	}
 	if none := hubbleObserve(t, l, hubble, "n1", "--from-pod", "default/nobody"); len(none) != 0 {
 		t.Errorf("--from-pod default/nobody: %d flows", len(none))
+	}
+	// Hubble's semantics the CLI relies on: a pod without namespace is
+	// the default namespace's, a node name without cluster any cluster's.
+	if got := hubbleObserve(t, l, hubble, "n1", "--from-pod", "intruder", "--node-name", "n1", "--verdict", "DROPPED"); len(got) == 0 {
+		t.Errorf("--from-pod intruder --node-name n1: no flow")
+	}
+	// The API's socket is its owner's and group's only.
+	n, _ := l.Node("n1")
+	if fi, err := os.Stat(filepath.Join(filepath.Dir(n.Socket), "hubble.sock")); err != nil || fi.Mode().Perm() != 0o660 {
+		t.Errorf("hubble socket: %v %v, want mode 0660", fi, err)
 	}
 }

@@ -39,9 +39,6 @@ const (
 	DefaultEtcdPeer    = "http://127.0.0.1:2380"
 	DefaultLeaseTTL    = 15 * time.Second
 	DefaultGCInterval  = 5 * time.Minute
-	// DefaultHubbleListen is where the node's Hubble API listens: the
-	// node's loopback only (it serves every flow of the node, unencrypted).
-	DefaultHubbleListen = "127.0.0.1:4244"
 	// DefaultHubbleFlows is the flow ring's size, Hubble's.
 	DefaultHubbleFlows = 4095
 	// DefaultProxyPort is the L7 proxy's listener port.
@@ -135,8 +132,13 @@ type Config struct {
 	ConntrackGCInterval Duration `json:"conntrackGCInterval"`
 	// PrometheusListen is a TCP address for /metrics ("" = only on the API socket).
 	PrometheusListen string `json:"prometheusListen"`
-	// HubbleListen is the TCP address of the node's Hubble API (Observer
-	// and Peer, plain gRPC: loopback by default; "" = off).
+	// Hubble serves the node's flows over Hubble's API (Observer, Peer).
+	Hubble bool `json:"hubble"`
+	// HubbleSocket is its unix socket, mode 0660 ("" = hubble.sock beside
+	// the API socket).
+	HubbleSocket string `json:"hubbleSocket"`
+	// HubbleListen is a TCP address to serve it on as well ("" = none):
+	// plain gRPC, every flow of the node to whoever connects.
 	HubbleListen string `json:"hubbleListen"`
 	// HubbleFlows is the size of the node's flow ring.
 	HubbleFlows int `json:"hubbleFlows"`
@@ -233,7 +235,7 @@ func Default() Config {
 		MaglevTableSize:       maglev.DefaultSize,
 		SocketLB:              true,
 		ProxyPort:             DefaultProxyPort,
-		HubbleListen:          DefaultHubbleListen,
+		Hubble:                true,
 		HubbleFlows:           DefaultHubbleFlows,
 		ToFQDNsMaxIPsPerName:  1000,
 		ToFQDNsMaxEntries:     65536,
@@ -241,6 +243,15 @@ func Default() Config {
 		Encryption:            "none",
 		GroupsRefreshInterval: Duration(5 * time.Minute),
 	}
+}
+
+// HubbleSocketPath is the Hubble API's unix socket: HubbleSocket, else
+// hubble.sock beside the API socket.
+func (c Config) HubbleSocketPath() string {
+	if c.HubbleSocket != "" {
+		return c.HubbleSocket
+	}
+	return filepath.Join(filepath.Dir(c.APISocket), "hubble.sock")
 }
 
 // LoadFile reads a YAML (or JSON) file over c; unknown fields are errors.
@@ -342,6 +353,9 @@ func (c Config) validateNode() error {
 	}
 	if err := listenAddr("hubbleListen", c.HubbleListen); err != nil {
 		return err
+	}
+	if c.HubbleSocket != "" && !filepath.IsAbs(c.HubbleSocket) {
+		return fmt.Errorf("%w: hubbleSocket %q: must be an absolute path", ErrInvalid, c.HubbleSocket)
 	}
 	if c.HubbleFlows < 1 || c.HubbleFlows > 1<<20 {
 		return fmt.Errorf("%w: hubbleFlows %d: must be 1-1048576", ErrInvalid, c.HubbleFlows)

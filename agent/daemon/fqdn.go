@@ -150,8 +150,8 @@ func (d *dnsNames) forgetGone() map[string]bool {
 	d.gone = nil
 	d.goneMu.Unlock()
 	changed := map[string]bool{}
-	for _, id := range ids {
-		for _, k := range d.cache.Forget(id) {
+	if len(ids) > 0 {
+		for _, k := range d.cache.Forget(ids...) {
 			changed[k] = true
 		}
 	}

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
 
 	"github.com/filament-net/filament/agent/hubble"
 	"github.com/filament-net/filament/agent/monitor"
@@ -12,29 +14,42 @@ import (
 // startHubble keeps the node's flows (every monitor event, in the flow
 // ring) and serves Hubble's API on --hubble-listen.
 func (a *Agent) startHubble(ctx context.Context) error {
-	if a.cfg.HubbleListen == "" {
+	if !a.cfg.Hubble {
 		return nil
 	}
+	sock := a.cfg.HubbleSocketPath()
 	s, err := hubble.New(hubble.Config{
 		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf},
-		Capacity: a.cfg.HubbleFlows, Address: a.cfg.HubbleListen, Version: version.Version,
+		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version,
 	})
 	if err != nil {
 		return err
 	}
-	ln, err := hubble.Listen(a.cfg.HubbleListen)
+	lns := []net.Listener{}
+	ln, err := hubble.ListenUnix(sock)
 	if err != nil {
 		return err
+	}
+	lns = append(lns, ln)
+	if a.cfg.HubbleListen != "" {
+		tcp, err := net.Listen("tcp", a.cfg.HubbleListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("hubble API on %s: %w", a.cfg.HubbleListen, err)
+		}
+		lns = append(lns, tcp)
 	}
 	events, stop := a.hub.Subscribe(monitor.Filter{})
 	a.onStop("hubble flows", stop)
 	a.goroutine(func() { s.Follow(events) })
-	a.goroutine(func() {
-		if err := s.Serve(ctx, ln); err != nil {
-			slog.Error("hubble API stopped", "err", err)
-		}
-	})
-	slog.Info("hubble API serving", "address", ln.Addr().String(), "flows", a.cfg.HubbleFlows)
+	for _, ln := range lns {
+		a.goroutine(func() {
+			if err := s.Serve(ctx, ln); err != nil {
+				slog.Error("hubble API stopped", "address", ln.Addr().String(), "err", err)
+			}
+		})
+		slog.Info("hubble API serving", "address", ln.Addr().String(), "flows", a.cfg.HubbleFlows)
+	}
 	return nil
 }
 

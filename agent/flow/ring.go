@@ -76,6 +76,9 @@ func (r *Ring[T]) Reader(n int, tail bool) *Reader[T] {
 	return &Reader[T]{r: r, pos: pos}
 }
 
+// Pos is the sequence number of the next value the reader reads.
+func (rd *Reader[T]) Pos() uint64 { return rd.pos }
+
 // Reader reads a ring in order from a position.
 type Reader[T any] struct {
 	r   *Ring[T]

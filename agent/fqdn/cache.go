@@ -430,21 +430,20 @@ func (c *Cache) NextExpiry() time.Time {
 	return time.Unix(0, t)
 }
 
-// Forget drops what endpoint ep asked (the endpoint is deleted): an entry
-// stays while another endpoint asked for it too. It returns the changed
-// selector keys (sorted).
-func (c *Cache) Forget(ep uint16) (changed []string) {
+// Forget drops what endpoints eps asked (they are deleted), in one pass
+// over the cache: an entry stays while another endpoint asked for it too.
+// It returns the changed selector keys (sorted).
+func (c *Cache) Forget(eps ...uint16) (changed []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := changes{}
 	var gone []*entry
 	for _, n := range c.names {
 		for _, e := range n.entries {
-			if i, ok := slices.BinarySearch(e.eps, ep); ok {
-				e.eps = slices.Delete(e.eps, i, i+1)
-				if len(e.eps) == 0 {
-					gone = append(gone, e)
-				}
+			before := len(e.eps)
+			e.eps = slices.DeleteFunc(e.eps, func(ep uint16) bool { return slices.Contains(eps, ep) })
+			if len(e.eps) == 0 && before > 0 {
+				gone = append(gone, e)
 			}
 		}
 	}

@@ -8,6 +8,7 @@ package hubble
 
 import (
 	"net/netip"
+	"net/url"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -146,8 +147,11 @@ func layer7(ev monitor.Event) *flow.Layer7 {
 	case r.Protocol == "Kafka":
 		l.Record = &flow.Layer7_Kafka{Kafka: &flow.Kafka{ApiKey: r.Method, Topic: r.Path, ErrorCode: int32(r.Status)}}
 	default: // HTTP/1.x, HTTP/2, gRPC
-		url := "http://" + r.Host + r.Path
-		l.Record = &flow.Layer7_Http{Http: &flow.HTTP{Code: uint32(r.Status), Method: r.Method, Url: url, Protocol: r.Protocol}}
+		// The host as a URL escapes it (a client's Host may hold what a
+		// URL may not: unescaped, the URL would not parse, and its path
+		// would escape --http-path).
+		u := (&url.URL{Scheme: "http", Host: r.Host}).String() + r.Path
+		l.Record = &flow.Layer7_Http{Http: &flow.HTTP{Code: uint32(r.Status), Method: r.Method, Url: u, Protocol: r.Protocol}}
 	}
 	return l
 }

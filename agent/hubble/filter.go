@@ -56,6 +56,9 @@ func (fs filters) pass(f *flow.Flow) bool {
 }
 
 func compileFilters(allow, deny []*flow.FlowFilter) (fs filters, err error) {
+	if len(allow)+len(deny) > maxFilters {
+		return fs, fmt.Errorf("%w: %d filters, at most %d", ErrFilter, len(allow)+len(deny), maxFilters)
+	}
 	for _, ff := range allow {
 		m, err := compileFilter(ff)
 		if err != nil {
@@ -73,11 +76,27 @@ func compileFilters(allow, deny []*flow.FlowFilter) (fs filters, err error) {
 	return fs, nil
 }
 
+// maxFilters and maxFilterValues bound what one request asks the server
+// to evaluate on every flow.
+const (
+	maxFilters      = 64
+	maxFilterValues = 256
+)
+
 // compileFilter compiles the fields set in ff; a field this server does
 // not implement is an error naming it.
 func compileFilter(ff *flow.FlowFilter) (match, error) {
 	var m match
 	var err error
+	ff.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.IsList() && v.List().Len() > maxFilterValues {
+			err = fmt.Errorf("%w %s: %d values, at most %d", ErrFilter, fd.Name(), v.List().Len(), maxFilterValues)
+		}
+		return err == nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	add := func(fn func(*flow.Flow) bool, e error) {
 		if e != nil && err == nil {
 			err = e
@@ -129,7 +148,7 @@ func compileFilter(ff *flow.FlowFilter) (match, error) {
 		case "destination_port":
 			add(portFilter(ff.DestinationPort, false))
 		case "node_name":
-			add(globFilter(ff.NodeName, func(f *flow.Flow) []string { return []string{f.GetNodeName()} }))
+			add(nodeFilter(ff.NodeName))
 		case "http_method":
 			add(func(f *flow.Flow) bool {
 				h := f.GetL7().GetHttp()
@@ -174,13 +193,17 @@ func ipFilter(vals []string, get func(*flow.Flow) string) (func(*flow.Flow) bool
 }
 
 // podFilter: "namespace/" matches the namespace's pods, "namespace/name"
-// pods whose name starts with name (Hubble's semantics).
+// pods whose name starts with name, "name" alone the default namespace's,
+// "/name" any namespace's (Hubble's semantics).
 func podFilter(vals []string, get func(*flow.Flow) *flow.Endpoint) (func(*flow.Flow) bool, error) {
 	type pod struct{ ns, prefix string }
 	var ps []pod
 	for _, v := range vals {
 		ns, name, ok := strings.Cut(v, "/")
-		if !ok || ns == "" {
+		if !ok {
+			ns, name = "default", v
+		}
+		if ns == "" && name == "" {
 			return nil, fmt.Errorf("%w pod %q: want namespace/name", ErrFilter, v)
 		}
 		ps = append(ps, pod{ns, name})
@@ -188,7 +211,7 @@ func podFilter(vals []string, get func(*flow.Flow) *flow.Endpoint) (func(*flow.F
 	return func(f *flow.Flow) bool {
 		e := get(f)
 		return e != nil && slices.ContainsFunc(ps, func(p pod) bool {
-			return e.Namespace == p.ns && (p.prefix == "" || e.PodName != "" && strings.HasPrefix(e.PodName, p.prefix))
+			return (p.ns == "" || e.Namespace == p.ns) && (p.prefix == "" || e.PodName != "" && strings.HasPrefix(e.PodName, p.prefix))
 		})
 	}, nil
 }
@@ -223,19 +246,29 @@ func labelFilter(vals []string, get func(*flow.Flow) *flow.Endpoint) (func(*flow
 	}, nil
 }
 
-// globFilter matches names against patterns where * is any run of
-// characters but ".", "/" (case-insensitive).
-func globFilter(vals []string, get func(*flow.Flow) []string) (func(*flow.Flow) bool, error) {
-	var res []*regexp.Regexp
+// namePatterns compiles name patterns, * standing for any run of the
+// characters in class (case-insensitive, a trailing dot ignored).
+func namePatterns(field string, vals []string, class string) ([]*regexp.Regexp, error) {
+	res := make([]*regexp.Regexp, 0, len(vals))
 	for _, v := range vals {
 		if v == "" {
-			return nil, fmt.Errorf("%w: an empty name pattern", ErrFilter)
+			return nil, fmt.Errorf("%w %s: an empty pattern", ErrFilter, field)
 		}
-		re, err := regexp.Compile("(?i)^" + strings.ReplaceAll(regexp.QuoteMeta(strings.TrimSuffix(v, ".")), `\*`, `[^./]*`) + "$")
+		re, err := regexp.Compile("(?i)^" + strings.ReplaceAll(regexp.QuoteMeta(strings.TrimSuffix(v, ".")), `\*`, class+"*") + "$")
 		if err != nil {
-			return nil, fmt.Errorf("%w %q: %w", ErrFilter, v, err)
+			return nil, fmt.Errorf("%w %s %q: %w", ErrFilter, field, v, err)
 		}
 		res = append(res, re)
+	}
+	return res, nil
+}
+
+// fqdnFilter: DNS name patterns, * any run of name characters, dots
+// included (Hubble's).
+func fqdnFilter(vals []string, get func(*flow.Flow) []string) (func(*flow.Flow) bool, error) {
+	res, err := namePatterns("fqdn", vals, `[-.0-9a-z_]`)
+	if err != nil {
+		return nil, err
 	}
 	return func(f *flow.Flow) bool {
 		for _, n := range get(f) {
@@ -247,8 +280,26 @@ func globFilter(vals []string, get func(*flow.Flow) []string) (func(*flow.Flow) 
 	}, nil
 }
 
-func fqdnFilter(vals []string, get func(*flow.Flow) []string) (func(*flow.Flow) bool, error) {
-	return globFilter(vals, get)
+// nodeFilter: "cluster/node" patterns, * any run within a part; a pattern
+// without a cluster part matches the node in any cluster (Hubble's).
+func nodeFilter(vals []string) (func(*flow.Flow) bool, error) {
+	full := make([]string, len(vals))
+	for i, v := range vals {
+		if full[i] = v; !strings.Contains(v, "/") {
+			full[i] = "*/" + v
+		}
+	}
+	res, err := namePatterns("node_name", full, `[^/]`)
+	if err != nil {
+		return nil, err
+	}
+	return func(f *flow.Flow) bool {
+		n := f.GetNodeName()
+		if !strings.Contains(n, "/") {
+			n = "/" + n // a node named without its cluster
+		}
+		return slices.ContainsFunc(res, func(re *regexp.Regexp) bool { return re.MatchString(n) })
+	}, nil
 }
 
 func eventFilter(vals []*flow.EventTypeFilter) func(*flow.Flow) bool {

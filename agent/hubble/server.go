@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -66,7 +68,7 @@ func (s *Server) Follow(ch <-chan monitor.Event) {
 
 // Serve serves the Hubble API on ln until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	g := grpc.NewServer()
+	g := grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams), grpc.MaxRecvMsgSize(maxRequest))
 	observer.RegisterObserverServer(g, s)
 	peer.RegisterPeerServer(g, s)
 	go func() {
@@ -78,6 +80,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	return nil
 }
+
+// A client's bounds: concurrent calls per connection, request size.
+const (
+	maxStreams = 64
+	maxRequest = 256 << 10
+)
 
 // GetFlows sends the flows held that pass the request's filters (the
 // last Number, or the first with First, or all; within Since/Until), then
@@ -101,22 +109,39 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 	send := func(f *flowpb.Flow) error {
 		return stream.Send(&observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f}, NodeName: f.NodeName, Time: f.Time})
 	}
+	lostEvent := func(n uint64) error {
+		return stream.Send(&observer.GetFlowsResponse{
+			ResponseTypes: &observer.GetFlowsResponse_LostEvents{LostEvents: &flowpb.LostEvent{
+				Source: flowpb.LostEventSource_HUBBLE_RING_BUFFER, NumEventsLost: n}},
+			NodeName: s.meta.node(), Time: timestamppb.Now()})
+	}
+	// The backlog: the flows held when the request came, at most Number
+	// of them kept (the first, or a window of the last).
+	n := int(req.Number)
+	end, _ := s.ring.Stats()
 	rd := s.ring.Reader(0, false)
 	var backlog []*flowpb.Flow
-	for {
-		f, _, ok := rd.Next()
+	var lost uint64
+	for rd.Pos() < end && !(req.First && n > 0 && len(backlog) == n) {
+		f, l, ok := rd.Next()
+		lost += l
 		if !ok {
 			break
 		}
-		if pass(f) {
-			backlog = append(backlog, f)
+		if !pass(f) {
+			continue
+		}
+		backlog = append(backlog, f)
+		if !req.First && n > 0 && len(backlog) >= 2*n {
+			backlog = append(backlog[:0], backlog[len(backlog)-n:]...)
 		}
 	}
-	if n := int(req.Number); n > 0 && n < len(backlog) {
-		if req.First {
-			backlog = backlog[:n]
-		} else {
-			backlog = backlog[len(backlog)-n:]
+	if !req.First && n > 0 && len(backlog) > n {
+		backlog = backlog[len(backlog)-n:]
+	}
+	if lost > 0 {
+		if err := lostEvent(lost); err != nil {
+			return err
 		}
 	}
 	for _, f := range backlog {
@@ -134,18 +159,16 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 			return nil // the client went
 		}
 		if lost > 0 {
-			if err := stream.Send(&observer.GetFlowsResponse{
-				ResponseTypes: &observer.GetFlowsResponse_LostEvents{LostEvents: &flowpb.LostEvent{
-					Source: flowpb.LostEventSource_HUBBLE_RING_BUFFER, NumEventsLost: lost}},
-				NodeName: s.meta.node(), Time: timestamppb.Now()}); err != nil {
+			if err := lostEvent(lost); err != nil {
 				return err
 			}
 		}
-		if until.IsZero() || !f.GetTime().AsTime().After(until) {
-			if pass(f) {
-				if err := send(f); err != nil {
-					return err
-				}
+		if !until.IsZero() && f.GetTime().AsTime().After(until) {
+			return nil // past the window: the stream ends, as Hubble's
+		}
+		if pass(f) {
+			if err := send(f); err != nil {
+				return err
 			}
 		}
 	}
@@ -180,11 +203,23 @@ func (s *Server) Notify(_ *peer.NotifyRequest, stream grpc.ServerStreamingServer
 	return nil
 }
 
-// Listen is net.Listen with the error naming what it is for.
-func Listen(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+// ListenUnix listens on the unix socket path (a stale one is replaced),
+// readable and writable by its owner and group only: the API serves every
+// flow of the node.
+func ListenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("hubble socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("hubble socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("hubble API on %s: %w", addr, err)
+		return nil, fmt.Errorf("hubble socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("hubble socket: %w", err)
 	}
 	return ln, nil
 }

@@ -152,6 +152,12 @@ func TestFlowFilters(t *testing.T) {
 		{"port 80 and dropped", []*flow.FlowFilter{{DestinationPort: []string{"80"}, Verdict: []flow.Verdict{flow.Verdict_DROPPED}}}, nil, 2},
 		{"not L7", nil, []*flow.FlowFilter{{EventType: []*flow.EventTypeFilter{{Type: eventAccessLog}}}}, 2},
 		{"ip", []*flow.FlowFilter{{DestinationIp: []string{"10.244.0.8/29"}}}, nil, 1},
+		{"pod without namespace: default's", []*flow.FlowFilter{{SourcePod: []string{"client"}}}, nil, 5},
+		{"pod in any namespace", []*flow.FlowFilter{{DestinationPod: []string{"/web"}}}, nil, 4},
+		{"node name without cluster", []*flow.FlowFilter{{NodeName: []string{"n1"}}}, nil, 5},
+		{"node name with cluster", []*flow.FlowFilter{{NodeName: []string{"c1/n*"}}}, nil, 5},
+		{"node of another cluster", []*flow.FlowFilter{{NodeName: []string{"c2/*"}}}, nil, 0},
+		{"fqdn * crosses dots", []*flow.FlowFilter{{DestinationFqdn: []string{"*.test"}}}, nil, 1},
 	} {
 		got, err := getFlows(t, c, &observer.GetFlowsRequest{Whitelist: tc.allow, Blacklist: tc.deny})
 		if err != nil || len(got) != tc.want {
@@ -164,9 +170,17 @@ func TestFlowFilters(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "http_header") {
 		t.Errorf("unsupported filter: %v", err)
 	}
-	_, err = getFlows(t, c, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{SourcePod: []string{"nons"}}}})
+	_, err = getFlows(t, c, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{SourcePod: []string{"/"}}}})
 	if status.Code(err) != codes.InvalidArgument {
-		t.Errorf("a pod without namespace: %v", err)
+		t.Errorf("a pod filter without namespace or name: %v", err)
+	}
+	many := make([]string, maxFilterValues+1)
+	for i := range many {
+		many[i] = "^/x"
+	}
+	_, err = getFlows(t, c, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{HttpPath: many}}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("%d values in one filter: %v", len(many), err)
 	}
 }
 
@@ -193,5 +207,19 @@ func TestNumberFirstFollowLost(t *testing.T) {
 	s.Record(evs[0])
 	if r, err := st.Recv(); err != nil || r.GetFlow().Verdict != flow.Verdict_DROPPED {
 		t.Fatalf("follow, a new flow: %v %v", r, err)
+	}
+}
+
+// A client's Host header may hold what a URL's host may not ("%" is a
+// valid Host byte to net/http): the flow's URL still parses, and
+// --http-path still sees the path.
+func TestHostileHostStillFiltered(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	ev := events(time.Now())[3]
+	ev.L7 = &monitor.L7{Protocol: "HTTP/1.1", Method: "GET", Host: "x%41y", Path: "/admin?a=1", Status: 200, Verdict: "forwarded"}
+	s.Record(ev)
+	got, err := getFlows(t, c, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{HttpPath: []string{"^/admin$"}}}})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("--http-path ^/admin$ for Host x%%41y: %d flows, %v", len(got), err)
 	}
 }

@@ -259,20 +259,30 @@ type udpKey struct {
 // queries in flight (dnsperf's default is 100): with 8, measured
 // 2026-12-01, most queries under load dialled and closed a socket of
 // their own (a fifth of the proxy's time) and the proxy answered 26% of
-// direct; with 128, 34-35%.
+// direct; with 128, 34-35%. A socket idle for maxUDPIdle is closed (the
+// pool is swept at most once a second), so that a few busy or departed
+// clients cannot keep the whole pool from the others.
 const (
 	maxIdleUDPPerKey = 128
 	maxIdleUDP       = 1024
+	maxUDPIdle       = 5 * time.Second
 )
+
+// idleUDP is an upstream socket in the pool, and since when.
+type idleUDP struct {
+	c     net.Conn
+	since time.Time
+}
 
 func (p *Proxy) takeUDP(k udpKey) net.Conn {
 	p.dnsMu.Lock()
 	defer p.dnsMu.Unlock()
+	p.sweepUDP(time.Now())
 	idle := p.idleUDP[k]
 	if len(idle) == 0 {
 		return nil
 	}
-	c := idle[len(idle)-1]
+	c := idle[len(idle)-1].c
 	if len(idle) == 1 {
 		delete(p.idleUDP, k)
 	} else {
@@ -285,15 +295,41 @@ func (p *Proxy) takeUDP(k udpKey) net.Conn {
 func (p *Proxy) putUDP(k udpKey, c net.Conn) {
 	p.dnsMu.Lock()
 	defer p.dnsMu.Unlock()
+	now := time.Now()
+	p.sweepUDP(now)
 	if p.closing.Load() || len(p.idleUDP[k]) >= maxIdleUDPPerKey || p.idleUDPCount >= maxIdleUDP {
 		c.Close()
 		return
 	}
 	if p.idleUDP == nil {
-		p.idleUDP = map[udpKey][]net.Conn{}
+		p.idleUDP = map[udpKey][]idleUDP{}
 	}
-	p.idleUDP[k] = append(p.idleUDP[k], c)
+	p.idleUDP[k] = append(p.idleUDP[k], idleUDP{c, now})
 	p.idleUDPCount++
+}
+
+// sweepUDP closes the pool's sockets idle for maxUDPIdle, at most once a
+// second; p.dnsMu is held. Each key's sockets are in the order they came
+// back (the oldest first).
+func (p *Proxy) sweepUDP(now time.Time) {
+	if now.Sub(p.udpSwept) < time.Second {
+		return
+	}
+	p.udpSwept = now
+	for k, idle := range p.idleUDP {
+		n := 0
+		for n < len(idle) && now.Sub(idle[n].since) >= maxUDPIdle {
+			idle[n].c.Close()
+			n++
+		}
+		switch {
+		case n == len(idle):
+			delete(p.idleUDP, k)
+		case n > 0:
+			p.idleUDP[k] = append(idle[:0], idle[n:]...)
+		}
+		p.idleUDPCount -= n
+	}
 }
 
 // upstreamDeadline is the deadline of an upstream exchange: ctx's, at

@@ -368,3 +368,38 @@ func TestDNSAnswerNotHeldWithoutSelector(t *testing.T) {
 	default:
 	}
 }
+
+// Idle upstream sockets leave the pool after maxUDPIdle: a few clients
+// that once had many queries in flight do not keep the pool from others.
+func TestUDPPoolSweep(t *testing.T) {
+	p := New(Options{})
+	t.Cleanup(p.Close)
+	dial := func() net.Conn {
+		c, err := net.Dial("udp4", "127.0.0.1:9")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	old, fresh := udpKey{dst: netip.MustParseAddrPort("127.0.0.1:53")}, udpKey{dst: netip.MustParseAddrPort("127.0.0.2:53")}
+	for range 3 {
+		p.putUDP(old, dial())
+	}
+	p.dnsMu.Lock()
+	for i := range p.idleUDP[old] {
+		p.idleUDP[old][i].since = time.Now().Add(-2 * maxUDPIdle)
+	}
+	p.udpSwept = time.Time{}
+	p.dnsMu.Unlock()
+	keep := dial()
+	p.putUDP(fresh, keep) // sweeps
+	p.dnsMu.Lock()
+	n, count := len(p.idleUDP[old]), p.idleUDPCount
+	p.dnsMu.Unlock()
+	if n != 0 || count != 1 {
+		t.Fatalf("after a sweep: %d idle for the old key, %d in all; want 0 and 1", n, count)
+	}
+	if got := p.takeUDP(fresh); got != keep {
+		t.Fatalf("the fresh socket: %v", got)
+	}
+}

@@ -591,6 +591,7 @@ type kafkaConn struct {
 	corr      int32
 	resolves  int
 	resolveBy time.Time
+	tried     map[[16]byte]bool // IDs asked for on this request
 }
 
 func (kc *kafkaConn) close() {
@@ -637,6 +638,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 			return
 		}
 		kc.resolves, kc.resolveBy = 0, time.Now().Add(kafkaResolveTimeout)
+		clear(kc.tried)
 		v := p.judgeKafka(dc, srcID, kc.scope, frame, kc.resolveID)
 		kafkaRequestBudget.Release(int64(n)) // parsed and decided
 		if v.close {
@@ -700,10 +702,14 @@ const (
 // and kept from the client) and reports whether the answer came.
 func (kc *kafkaConn) resolveID(id [16]byte) bool {
 	wait := time.Until(kc.resolveBy)
-	if kc.resolves >= maxKafkaResolves || wait <= 0 {
+	if kc.resolves >= maxKafkaResolves || wait <= 0 || kc.tried[id] {
 		return false
 	}
 	kc.resolves++
+	if kc.tried == nil {
+		kc.tried = map[[16]byte]bool{}
+	}
+	kc.tried[id] = true
 	req := kmsg.NewPtrMetadataRequest()
 	req.SetVersion(kafkaResolveVersion)
 	t := kmsg.NewMetadataRequestTopic()

@@ -105,9 +105,11 @@ type Proxy struct {
 	learner learner
 	dnsMu   sync.Mutex
 	replies map[netip.AddrPort]*net.UDPConn // replySocket's
-	// idle upstream UDP sockets (forwardUDP), idleUDPCount in all
-	idleUDP      map[udpKey][]net.Conn
+	// idle upstream UDP sockets (forwardUDP), idleUDPCount in all, the
+	// last sweep of those idle too long
+	idleUDP      map[udpKey][]idleUDP
 	idleUDPCount int
+	udpSwept     time.Time
 
 	kafkaIDs kafkaTopicIDs // topic names of IDs, from Metadata responses
 }
@@ -505,7 +507,7 @@ func (p *Proxy) closeListeners() {
 	}
 	for k, cs := range p.idleUDP {
 		for _, c := range cs {
-			c.Close()
+			c.c.Close()
 		}
 		delete(p.idleUDP, k)
 	}
