@@ -12,6 +12,7 @@ import (
 
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/fqdn"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/policy/api"
@@ -139,6 +140,30 @@ func (d *dnsNames) forget(id uint16) {
 	select {
 	case d.wake <- struct{}{}:
 	default:
+	}
+}
+
+// forgetOthers forgets, once the endpoints are restored at start, the
+// names of endpoints not among them: deleted while the agent was down, or
+// before the cache was last saved (every 10 s) when the agent crashed.
+// A restored cache must not hand such names to a new endpoint given the
+// same ID.
+func (d *dnsNames) forgetOthers(live []endpoint.Endpoint) {
+	keep := map[uint16]bool{}
+	for _, ep := range live {
+		keep[ep.ID] = true
+	}
+	var gone []uint16
+	for _, id := range d.cache.Endpoints() {
+		if !keep[id] {
+			gone = append(gone, id)
+		}
+	}
+	if len(gone) > 0 {
+		slog.Info("DNS names of endpoints gone while the agent was down forgotten", "endpoints", len(gone))
+		for _, id := range gone {
+			d.forget(id)
+		}
 	}
 }
 

@@ -324,6 +324,9 @@ func (a *Agent) startEndpoints(ctx context.Context) error {
 	} else if removed > 0 {
 		slog.Info("removed leftover datapath entries", "count", removed)
 	}
+	if a.names != nil {
+		a.names.forgetOthers(eps.List())
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package fqdn
 import (
 	"container/heap"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -428,6 +429,21 @@ func (c *Cache) NextExpiry() time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, t)
+}
+
+// Endpoints lists the endpoints that asked for a name held (sorted).
+func (c *Cache) Endpoints() []uint16 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[uint16]bool{}
+	for _, n := range c.names {
+		for _, e := range n.entries {
+			for _, ep := range e.eps {
+				seen[ep] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // Forget drops what endpoints eps asked (they are deleted), in one pass

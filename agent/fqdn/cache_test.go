@@ -267,6 +267,27 @@ func TestMaxEntries(t *testing.T) {
 	checkInvariants(t, c)
 }
 
+// Endpoints lists who asked; Forget of several endpoints in one call is
+// the same as one after the other.
+func TestEndpointsAndForgetMany(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now})
+	if _, err := c.SetSelectors(sels(selWild)); err != nil {
+		t.Fatal(err)
+	}
+	c.Update(3, "a.example.com", ips("10.0.0.1"), time.Minute)
+	c.Update(1, "a.example.com", ips("10.0.0.1"), time.Minute)
+	c.Update(2, "b.example.com", ips("10.0.0.2"), time.Minute)
+	if got := c.Endpoints(); len(got) != 3 || got[0] != 1 || got[2] != 3 {
+		t.Fatalf("Endpoints: %v", got)
+	}
+	eq(t, "Forget 1 and 2", c.Forget(1, 2), []string{kWild})
+	eq(t, "Addrs", c.Addrs(kWild), ips("10.0.0.1"))
+	if got := c.Endpoints(); len(got) != 1 || got[0] != 3 {
+		t.Fatalf("Endpoints after Forget: %v", got)
+	}
+}
+
 func TestForget(t *testing.T) {
 	clk := newClock()
 	c := NewCache(Config{Now: clk.now})

@@ -41,6 +41,7 @@ const maxKafkaInFlight = 1024
 // Kafka error codes of the proxy's denials.
 const (
 	kafkaTopicAuthorizationFailed   int16 = 29
+	kafkaUnknownTopicID             int16 = 100
 	kafkaClusterAuthorizationFailed int16 = 31
 	kafkaUnsupportedVersion         int16 = 35
 )
@@ -82,6 +83,12 @@ type kafkaRequest struct {
 	topics       []kafkaTopic // every topic it names; one unknown for APIs whose topics are not read
 	allTopics    bool         // a Metadata request for every topic
 	noResponse   bool         // Produce with acks=0
+}
+
+// unknownID tells whether q names topic id without the proxy knowing its
+// name.
+func (q *kafkaRequest) unknownID(id [16]byte) bool {
+	return slices.ContainsFunc(q.topics, func(t kafkaTopic) bool { return !t.known && t.id == id })
 }
 
 // kafkaTopicless are APIs that name no topic: decided by API, version and
@@ -281,7 +288,7 @@ func groupsAllTopics(gs []kmsg.OffsetFetchRequestGroup) bool {
 // (denialCode). Nil: the API has no such field (the connection is closed
 // instead).
 func kafkaDenial(q *kafkaRequest) []byte {
-	resp := kafkaDenialResponse(q.body, denialCode(q))
+	resp := kafkaDenialResponse(q.body, denialCode(q), q.unknownID)
 	if resp == nil {
 		return nil
 	}
@@ -289,11 +296,21 @@ func kafkaDenial(q *kafkaRequest) []byte {
 }
 
 // kafkaDenialResponse is kafkaDenial's response, unframed; topLevel is
-// the error code for a response with only a top-level error field.
-func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
+// the error code for a response with only a top-level error field. A
+// topic named by an ID the proxy could not name (unknown, not even from
+// the broker) gets UNKNOWN_TOPIC_ID, as the broker would answer, and which
+// clients retry (after a lookup that timed out, the next may succeed);
+// other topics TOPIC_AUTHORIZATION_FAILED.
+func kafkaDenialResponse(body kmsg.Request, topLevel int16, unknown func([16]byte) bool) kmsg.Response {
 	resp := body.ResponseKind()
 	resp.SetVersion(body.GetVersion())
 	const tErr = kafkaTopicAuthorizationFailed
+	idErr := func(id [16]byte) int16 {
+		if id != ([16]byte{}) && unknown(id) {
+			return kafkaUnknownTopicID
+		}
+		return tErr
+	}
 	switch req := body.(type) {
 	case *kmsg.ProduceRequest:
 		r := resp.(*kmsg.ProduceResponse)
@@ -302,7 +319,7 @@ func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
 			rt.Topic, rt.TopicID = t.Topic, t.TopicID
 			for _, p := range t.Partitions {
 				rp := kmsg.NewProduceResponseTopicPartition()
-				rp.Partition, rp.ErrorCode, rp.BaseOffset = p.Partition, tErr, -1
+				rp.Partition, rp.ErrorCode, rp.BaseOffset = p.Partition, idErr(t.TopicID), -1
 				rt.Partitions = append(rt.Partitions, rp)
 			}
 			r.Topics = append(r.Topics, rt)
@@ -315,7 +332,7 @@ func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
 			rt.Topic, rt.TopicID = t.Topic, t.TopicID
 			for _, p := range t.Partitions {
 				rp := kmsg.NewFetchResponseTopicPartition()
-				rp.Partition, rp.ErrorCode, rp.HighWatermark = p.Partition, tErr, -1
+				rp.Partition, rp.ErrorCode, rp.HighWatermark = p.Partition, idErr(t.TopicID), -1
 				rt.Partitions = append(rt.Partitions, rp)
 			}
 			r.Topics = append(r.Topics, rt)
@@ -336,7 +353,7 @@ func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
 		r := resp.(*kmsg.MetadataResponse)
 		for _, t := range req.Topics {
 			rt := kmsg.NewMetadataResponseTopic()
-			rt.Topic, rt.TopicID, rt.ErrorCode = t.Topic, t.TopicID, tErr
+			rt.Topic, rt.TopicID, rt.ErrorCode = t.Topic, t.TopicID, idErr(t.TopicID)
 			r.Topics = append(r.Topics, rt)
 		}
 	case *kmsg.OffsetCommitRequest:
@@ -346,7 +363,7 @@ func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
 			rt.Topic, rt.TopicID = t.Topic, t.TopicID
 			for _, p := range t.Partitions {
 				rp := kmsg.NewOffsetCommitResponseTopicPartition()
-				rp.Partition, rp.ErrorCode = p.Partition, tErr
+				rp.Partition, rp.ErrorCode = p.Partition, idErr(t.TopicID)
 				rt.Partitions = append(rt.Partitions, rp)
 			}
 			r.Topics = append(r.Topics, rt)
@@ -385,7 +402,7 @@ func kafkaDenialResponse(body kmsg.Request, topLevel int16) kmsg.Response {
 		}
 		for _, t := range req.Topics {
 			rt := kmsg.NewDeleteTopicsResponseTopic()
-			rt.Topic, rt.TopicID, rt.ErrorCode = t.Topic, t.TopicID, tErr
+			rt.Topic, rt.TopicID, rt.ErrorCode = t.Topic, t.TopicID, idErr(t.TopicID)
 			r.Topics = append(r.Topics, rt)
 		}
 	case *kmsg.DeleteRecordsRequest:
@@ -1042,7 +1059,7 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 	}
 	rec.Reason = "topics " + strings.Join(denied, ",") + " denied: " + reason
 	p.finishKafka(rec, Forwarded)
-	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr)[4:], merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed)}
+	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr)[4:], merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed, q.unknownID)}
 }
 
 // denialCode is the error code of q's denial: TOPIC_AUTHORIZATION_FAILED

@@ -298,10 +298,12 @@ func TestKafkaDenialInOrder(t *testing.T) {
 			t.Fatalf("metadata v%d for every topic: %+v", md.Version, md)
 		}
 	}
-	// By ID: topic1's (learned above) is allowed, another is not.
+	// By ID: topic1's (learned above) is allowed; an ID neither the
+	// proxy nor the broker knows is not (UNKNOWN_TOPIC_ID, as the broker
+	// would answer).
 	id1 := md.Topics[0].TopicID
 	resps = k.send("c", produceReq("", [16]byte{1, 2, 3}), produceReq("", id1))
-	if code := produceError(t, resps[0]); code != kafkaTopicAuthorizationFailed {
+	if code := produceError(t, resps[0]); code != kafkaUnknownTopicID {
 		t.Fatalf("produce to an unknown topic ID: error %d", code)
 	}
 	if code := produceError(t, resps[1]); code == kafkaTopicAuthorizationFailed {
@@ -309,20 +311,20 @@ func TestKafkaDenialInOrder(t *testing.T) {
 	}
 }
 
-// TestKafkaFetchByTopicID: a fetch by an ID the proxy has not seen in a
-// Metadata response is denied under a topic rule.
+// TestKafkaFetchByTopicID: a fetch by an ID no one knows is denied
+// under a topic rule (UNKNOWN_TOPIC_ID), one by topic1's goes through.
 func TestKafkaFetchByTopicID(t *testing.T) {
 	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
 	k := h.raw()
 	md := k.send("c", metadataReq(12, "topic1"))[0].(*kmsg.MetadataResponse)
 	resps := k.send("c", fetchReq([16]byte{9}), fetchReq(md.Topics[0].TopicID))
-	for i, want := range []bool{true, false} {
+	for i, want := range []int16{kafkaUnknownTopicID, 0} {
 		f := resps[i].(*kmsg.FetchResponse)
 		if len(f.Topics) != 1 || len(f.Topics[0].Partitions) != 1 {
 			t.Fatalf("fetch %d: %+v", i, f)
 		}
-		if denied := f.Topics[0].Partitions[0].ErrorCode == kafkaTopicAuthorizationFailed; denied != want {
-			t.Fatalf("fetch %d: error %d", i, f.Topics[0].Partitions[0].ErrorCode)
+		if got := f.Topics[0].Partitions[0].ErrorCode; got != want {
+			t.Fatalf("fetch %d: error %d, want %d", i, got, want)
 		}
 	}
 	// Another connection knows the ID too.
@@ -335,8 +337,10 @@ func TestKafkaFetchByTopicID(t *testing.T) {
 // TestKafkaResolvesTopicID: a request naming a topic by an ID the proxy
 // never saw in a Metadata response (the client asked another broker,
 // through another node's proxy) is decided by the name the broker gives
-// the proxy for it: topic1's ID is fetched from, topic2's denied, an ID
-// the broker does not know denied; the proxy's own Metadata requests
+// the proxy for it: topic1's ID is fetched from, topic2's denied
+// (TOPIC_AUTHORIZATION_FAILED), an ID the broker does not know denied
+// with UNKNOWN_TOPIC_ID (what the broker says; clients retry it); the
+// proxy's own Metadata requests
 // never reach the client (its responses come in order, with its
 // correlation IDs).
 func TestKafkaResolvesTopicID(t *testing.T) {
@@ -355,7 +359,7 @@ func TestKafkaResolvesTopicID(t *testing.T) {
 	}
 	recs := h.records()
 	resps := h.raw().send("c", fetchReq(ids["topic1"]), fetchReq(ids["topic2"]), fetchReq([16]byte{7}), fetchReq(ids["topic1"]))
-	for i, want := range []int16{0, kafkaTopicAuthorizationFailed, kafkaTopicAuthorizationFailed, 0} {
+	for i, want := range []int16{0, kafkaTopicAuthorizationFailed, kafkaUnknownTopicID, 0} {
 		f := resps[i].(*kmsg.FetchResponse)
 		if len(f.Topics) != 1 || len(f.Topics[0].Partitions) != 1 {
 			t.Fatalf("fetch %d: %+v", i, f)
