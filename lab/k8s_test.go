@@ -261,7 +261,11 @@ spec:
 	if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(context.Background(), slice, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "other reaches db through the Service's ClusterIP", func() bool {
+	// The agents started before the kube-apiserver answered: an informer
+	// whose first lists failed retries with client-go's backoff (up to
+	// 30 s), so the first Service may take that long to arrive (seen once
+	// on a full `make test` run: not within 15 s).
+	eventuallyWithin(t, 45*time.Second, "other reaches db through the Service's ClusterIP", func() bool {
 		return reach(t, lab.NetNSPath(other.NetNS), "tcp", "10.96.0.50", 5432)
 	})
 	found := false
