@@ -12,7 +12,7 @@ import (
 )
 
 // startHubble keeps the node's flows (every monitor event, in the flow
-// ring) and serves Hubble's API on --hubble-listen.
+// ring) and serves Hubble's API on its unix socket (and --hubble-listen).
 func (a *Agent) startHubble(ctx context.Context) error {
 	if !a.cfg.Hubble {
 		return nil
@@ -25,12 +25,11 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	lns := []net.Listener{}
 	ln, err := hubble.ListenUnix(sock)
 	if err != nil {
 		return err
 	}
-	lns = append(lns, ln)
+	lns := []net.Listener{ln}
 	if a.cfg.HubbleListen != "" {
 		tcp, err := net.Listen("tcp", a.cfg.HubbleListen)
 		if err != nil {

@@ -7,13 +7,13 @@
 package hubble
 
 import (
-	"net/netip"
 	"net/url"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/monitor"
 )
@@ -34,21 +34,20 @@ type Meta struct {
 	Pod func(endpoint uint16) (namespace, pod string)
 }
 
-// dropReasons maps the datapath's drop reasons (agent/datapath
-// ReasonName, by code) to Hubble's.
+// dropReasons maps the datapath's drop reasons to Hubble's.
 var dropReasons = map[uint8]flow.DropReason{
-	1:  flow.DropReason_POLICY_DENIED,
-	2:  flow.DropReason_POLICY_DENY,
-	3:  flow.DropReason_CT_MISSING_TCP_ACK_FLAG,
-	4:  flow.DropReason_INVALID_PACKET_DROPPED,
-	5:  flow.DropReason_IP_FRAGMENTATION_NOT_SUPPORTED,
-	6:  flow.DropReason_UNSUPPORTED_L3_PROTOCOL,
-	7:  flow.DropReason_INVALID_SOURCE_IP,
-	8:  flow.DropReason_UNKNOWN_SENDER,
-	9:  flow.DropReason_SERVICE_BACKEND_NOT_FOUND,
-	11: flow.DropReason_UNENCRYPTED_TRAFFIC,
-	12: flow.DropReason_POLICY_DENIED,
-	14: flow.DropReason_POLICY_DENIED,
+	datapath.ReasonPolicyDenied:   flow.DropReason_POLICY_DENIED,
+	datapath.ReasonPolicyDenyRule: flow.DropReason_POLICY_DENY,
+	datapath.ReasonCTMissing:      flow.DropReason_CT_MISSING_TCP_ACK_FLAG,
+	datapath.ReasonInvalid:        flow.DropReason_INVALID_PACKET_DROPPED,
+	datapath.ReasonFragment:       flow.DropReason_IP_FRAGMENTATION_NOT_SUPPORTED,
+	datapath.ReasonUnsupportedL3:  flow.DropReason_UNSUPPORTED_L3_PROTOCOL,
+	datapath.ReasonBadSource:      flow.DropReason_INVALID_SOURCE_IP,
+	datapath.ReasonTunnelSource:   flow.DropReason_UNKNOWN_SENDER,
+	datapath.ReasonNoBackend:      flow.DropReason_SERVICE_BACKEND_NOT_FOUND,
+	datapath.ReasonNoEncryptPeer:  flow.DropReason_UNENCRYPTED_TRAFFIC,
+	datapath.ReasonControlPort:    flow.DropReason_POLICY_DENIED,
+	datapath.ReasonProxyBypass:    flow.DropReason_POLICY_DENIED,
 }
 
 // Flow turns a monitor event into a Hubble flow.
@@ -154,10 +153,4 @@ func layer7(ev monitor.Event) *flow.Layer7 {
 		l.Record = &flow.Layer7_Http{Http: &flow.HTTP{Code: uint32(r.Status), Method: r.Method, Url: u, Protocol: r.Protocol}}
 	}
 	return l
-}
-
-// addrOf is the address of a flow's IP field ("" when none).
-func addrOf(s string) (netip.Addr, bool) {
-	a, err := netip.ParseAddr(s)
-	return a, err == nil
 }

@@ -88,22 +88,17 @@ const (
 func compileFilter(ff *flow.FlowFilter) (match, error) {
 	var m match
 	var err error
-	ff.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.IsList() && v.List().Len() > maxFilterValues {
-			err = fmt.Errorf("%w %s: %d values, at most %d", ErrFilter, fd.Name(), v.List().Len(), maxFilterValues)
-		}
-		return err == nil
-	})
-	if err != nil {
-		return nil, err
-	}
 	add := func(fn func(*flow.Flow) bool, e error) {
 		if e != nil && err == nil {
 			err = e
 		}
 		m = append(m, fn)
 	}
-	ff.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+	ff.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.IsList() && v.List().Len() > maxFilterValues {
+			err = fmt.Errorf("%w %s: %d values, at most %d", ErrFilter, fd.Name(), v.List().Len(), maxFilterValues)
+			return false
+		}
 		switch fd.Name() {
 		case "source_ip":
 			add(ipFilter(ff.SourceIp, func(f *flow.Flow) string { return f.GetIP().GetSource() }))
@@ -187,8 +182,8 @@ func ipFilter(vals []string, get func(*flow.Flow) string) (func(*flow.Flow) bool
 		ps = append(ps, p)
 	}
 	return func(f *flow.Flow) bool {
-		a, ok := addrOf(get(f))
-		return ok && slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+		a, err := netip.ParseAddr(get(f))
+		return err == nil && slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
 	}, nil
 }
 

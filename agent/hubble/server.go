@@ -32,15 +32,14 @@ type Server struct {
 	ring    *flow.Ring[*flowpb.Flow]
 	started time.Time
 	version string
-	// Address is the node's Hubble address that Peer announces.
-	address string
+	address string // Config.Address
 }
 
 // Config configures a Server.
 type Config struct {
 	Meta     Meta
 	Capacity int    // the flow ring's size (flow.DefaultCapacity when 0)
-	Address  string // host:port the Peer service announces for this node
+	Address  string // the address the Peer service announces for this node (unix:///path or host:port)
 	Version  string
 }
 

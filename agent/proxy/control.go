@@ -197,34 +197,28 @@ func streamNDJSON[T any](w http.ResponseWriter, r *http.Request, ch <-chan T, li
 	rc := http.NewResponseController(w)
 	rc.Flush()
 	enc := json.NewEncoder(w)
-	timer := time.NewTimer(0)
-	<-timer.C
+	timer := time.NewTimer(linger)
+	timer.Stop()
+	var flush <-chan time.Time // the pending flush's, nil when none is
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case v, ok := <-ch:
 			if !ok || enc.Encode(v) != nil {
+				rc.Flush()
 				return
 			}
-		}
-		if linger > 0 {
-			timer.Reset(linger)
-		gather:
-			for {
-				select {
-				case <-r.Context().Done():
-					return
-				case v, ok := <-ch:
-					if !ok || enc.Encode(v) != nil {
-						rc.Flush()
-						return
-					}
-				case <-timer.C:
-					break gather
+			if linger > 0 {
+				if flush == nil {
+					timer.Reset(linger)
+					flush = timer.C
 				}
+				continue
 			}
+		case <-flush:
 		}
+		flush = nil
 		if rc.Flush() != nil {
 			return
 		}

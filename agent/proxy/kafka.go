@@ -606,9 +606,8 @@ type kafkaConn struct {
 	// own requests; the topic IDs resolveID asked for on the request
 	// being decided, and until when it may wait for answers.
 	corr      int32
-	resolves  int
+	tried     map[[16]byte]bool
 	resolveBy time.Time
-	tried     map[[16]byte]bool // IDs asked for on this request
 }
 
 func (kc *kafkaConn) close() {
@@ -654,8 +653,8 @@ func (p *Proxy) serveKafka(dc *downConn) {
 			}
 			return
 		}
-		kc.resolves, kc.resolveBy = 0, time.Now().Add(kafkaResolveTimeout)
 		clear(kc.tried)
+		kc.resolveBy = time.Now().Add(kafkaResolveTimeout)
 		v := p.judgeKafka(dc, srcID, kc.scope, frame, kc.resolveID)
 		kafkaRequestBudget.Release(int64(n)) // parsed and decided
 		if v.close {
@@ -719,10 +718,9 @@ const (
 // and kept from the client) and reports whether the answer came.
 func (kc *kafkaConn) resolveID(id [16]byte) bool {
 	wait := time.Until(kc.resolveBy)
-	if kc.resolves >= maxKafkaResolves || wait <= 0 || kc.tried[id] {
+	if len(kc.tried) >= maxKafkaResolves || wait <= 0 || kc.tried[id] {
 		return false
 	}
-	kc.resolves++
 	if kc.tried == nil {
 		kc.tried = map[[16]byte]bool{}
 	}
