@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/filament-net/filament/internal/version.Version=$(VERSION)
-BINS := filament-agent filament filament-cni filament-lab filament-clustermesh-apiserver filament-proxy
+BINS := filament-agent filament filament-cni filament-lab filament-clustermesh-apiserver filament-proxy filament-relay
 # A name no README example uses: make demo replaces only a lab it made.
 DEMO_LAB ?= filament-demo
 DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo

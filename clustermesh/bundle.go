@@ -44,6 +44,9 @@ const (
 	UserRoot   = "root"
 	UserAgent  = "agent"
 	UserRemote = "remote"
+	// HubbleRelay is the client certificate the cluster's Hubble relay
+	// presents to the nodes (not an etcd user).
+	HubbleRelay = "hubble-relay"
 )
 
 // ErrInvalid: bad names, IDs or files.
@@ -99,8 +102,12 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 		if c.Name != name || c.ID != id {
 			return Cluster{}, fmt.Errorf("%w: %s already holds cluster %s (ID %d)", ErrInvalid, dir, c.Name, c.ID)
 		}
-		// Bundles made before gossip was keyed get their key now.
-		return c, gossipkey.Ensure(GossipKeyFile(dir))
+		// Bundles made before gossip was keyed or the relay had its
+		// certificate get them now.
+		if err := gossipkey.Ensure(GossipKeyFile(dir)); err != nil {
+			return c, err
+		}
+		return c, ensureRelayCert(dir)
 	}
 	authority, err := ca.New(name)
 	if err != nil {
@@ -141,7 +148,27 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 	if err := gossipkey.Ensure(GossipKeyFile(dir)); err != nil {
 		return Cluster{}, err
 	}
+	if err := ensureRelayCert(dir); err != nil {
+		return Cluster{}, err
+	}
 	return c, writeYAML(filepath.Join(dir, "cluster.yaml"), c, 0o644)
+}
+
+// ensureRelayCert issues the Hubble relay's client certificate
+// (hubble-relay.pem) unless the bundle has it.
+func ensureRelayCert(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, HubbleRelay+".pem")); err == nil {
+		return nil
+	}
+	authority, err := ca.Load(dir)
+	if err != nil {
+		return err
+	}
+	pair, err := authority.Issue(HubbleRelay, false, nil, nil)
+	if err != nil {
+		return err
+	}
+	return ca.WritePair(dir, HubbleRelay, pair)
 }
 
 func writeYAML(path string, v any, mode os.FileMode) error {

@@ -44,6 +44,12 @@ func hubbleObserve(t *testing.T, l *lab.Lab, hubble, node string, args ...string
 	if err != nil {
 		t.Fatalf("hubble observe %v: %v: %s", args, err, out)
 	}
+	return parseFlows(t, out)
+}
+
+// parseFlows reads the flows of `hubble observe -o json` output.
+func parseFlows(t *testing.T, out string) []map[string]any {
+	t.Helper()
 	var flows []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line == "" {

@@ -73,6 +73,18 @@ type Cluster struct {
 	Bundle     string `json:"bundle"` // clustermesh bundle directory
 	Kvstore    string `json:"kvstore"`
 	KvstorePID int    `json:"kvstorePID"`
+	// Relay is the cluster's Hubble relay once started (StartRelay).
+	Relay *Relay `json:"relay,omitempty"`
+}
+
+// Relay is a cluster's filament-relay: it runs in a node's namespace and
+// serves the Observer API on that namespace's loopback.
+type Relay struct {
+	Node   string `json:"node"`
+	NetNS  string `json:"netns"`
+	Listen string `json:"listen"` // host:port in NetNS
+	PID    int    `json:"pid"`
+	Log    string `json:"log"`
 }
 
 // External is a host outside the cluster (a namespace joined to a node by a

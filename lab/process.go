@@ -116,7 +116,9 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		// it can keep the embedded WireGuard's UAPI socket to itself.
 		"--wireguard-private-run-dir",
 		"--node-cert", filepath.Join(nodeDir, "node.pem"), "--node-key", filepath.Join(nodeDir, "node-key.pem"),
-		"--node-ca", filepath.Join(c.Bundle, "ca.pem")}, l.agentArgs(n.Name)...)
+		"--node-ca", filepath.Join(c.Bundle, "ca.pem"),
+		// The Hubble API for the cluster's relay (mutual TLS, node certificate).
+		"--hubble-listen", net.JoinHostPort(n.IP, strconv.Itoa(HubblePort))}, l.agentArgs(n.Name)...)
 	cmd := netnsCommand(n.NetNS, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -292,6 +292,9 @@ func (l *Lab) teardown() error {
 	for i := range l.Clusters {
 		c := &l.Clusters[i]
 		stopPID(c.KvstorePID)
+		if c.Relay != nil {
+			stopPID(c.Relay.PID)
+		}
 		nss = append(nss, l.kvstoreNS(c), l.underlayNS(c))
 	}
 	if len(l.Clusters) > 1 {

@@ -137,9 +137,15 @@ type Config struct {
 	// HubbleSocket is its unix socket, mode 0660 ("" = hubble.sock beside
 	// the API socket).
 	HubbleSocket string `json:"hubbleSocket"`
-	// HubbleListen is a TCP address to serve it on as well ("" = none):
-	// plain gRPC, every flow of the node to whoever connects.
+	// HubbleListen is a TCP address to serve it on as well ("" = none),
+	// for the relay: mutual TLS with the node's certificate (NodeCert),
+	// clients' certificates chaining to the cluster's CA (NodeCA).
 	HubbleListen string `json:"hubbleListen"`
+	// HubbleTLSClientNames are the certificate common names HubbleListen
+	// serves: the cluster's relay (hubble-relay) and connected clusters'
+	// relays, which present those clusters' remote-reader certificate
+	// (remote).
+	HubbleTLSClientNames []string `json:"hubbleTLSClientNames"`
 	// HubbleFlows is the size of the node's flow ring.
 	HubbleFlows int `json:"hubbleFlows"`
 	// LBAlgorithm is the default backend selection of services: random or maglev.
@@ -237,6 +243,7 @@ func Default() Config {
 		ProxyPort:             DefaultProxyPort,
 		Hubble:                true,
 		HubbleFlows:           DefaultHubbleFlows,
+		HubbleTLSClientNames:  []string{"hubble-relay", "remote"},
 		ToFQDNsMaxIPsPerName:  1000,
 		ToFQDNsMaxEntries:     65536,
 		DNSRejectResponse:     "refused",
@@ -353,6 +360,12 @@ func (c Config) validateNode() error {
 	}
 	if err := listenAddr("hubbleListen", c.HubbleListen); err != nil {
 		return err
+	}
+	if c.HubbleListen != "" && c.NodeCert == "" {
+		return fmt.Errorf("%w: hubbleListen %q: needs nodeCert, nodeKey and nodeCA (the API is served over mutual TLS only)", ErrInvalid, c.HubbleListen)
+	}
+	if c.HubbleListen != "" && len(c.HubbleTLSClientNames) == 0 {
+		return fmt.Errorf("%w: hubbleTLSClientNames: empty: no client could use hubbleListen", ErrInvalid)
 	}
 	if c.HubbleSocket != "" && !filepath.IsAbs(c.HubbleSocket) {
 		return fmt.Errorf("%w: hubbleSocket %q: must be an absolute path", ErrInvalid, c.HubbleSocket)

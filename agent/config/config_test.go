@@ -167,6 +167,10 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"tofqdnsMaxEntries", func(c *Config) { c.ToFQDNsMaxEntries = -5 }, []string{"tofqdnsMaxEntries", "-5"}},
 		{"dnsRejectResponse", func(c *Config) { c.DNSRejectResponse = "drop" }, []string{"dnsRejectResponse", "drop"}},
 		{"kubeconfig", func(c *Config) { c.Kubeconfig = missing }, []string{"kubeconfig", missing}},
+		{"hubbleListen without TLS", func(c *Config) { c.HubbleListen = ":4244" }, []string{"hubbleListen", ":4244", "mutual TLS"}},
+		{"hubbleTLSClientNames empty", func(c *Config) {
+			c.HubbleListen, c.NodeCert, c.NodeKey, c.NodeCA, c.HubbleTLSClientNames = ":4244", file, file, file, nil
+		}, []string{"hubbleTLSClientNames"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

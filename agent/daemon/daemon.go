@@ -25,6 +25,7 @@ import (
 	"github.com/filament-net/filament/agent/encryption"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/enforcement"
+	"github.com/filament-net/filament/agent/hubble"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/ipcache"
@@ -98,6 +99,9 @@ type Agent struct {
 	// endpoints, monitor, API
 	eps *endpoint.Manager
 	hub *monitor.Hub
+	// peers are the nodes Hubble's Peer service announces (every node
+	// known, from the start: the node and mesh steps feed it).
+	peers *hubble.Peers
 	// proxy is the L7 proxy's supervisor once it runs (hooks read it
 	// from other goroutines).
 	proxyRef atomic.Pointer[l7.Supervisor]
@@ -120,7 +124,7 @@ func New(cfg config.Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, ready: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, ready: make(chan struct{}), peers: hubble.NewPeers()}, nil
 }
 
 // steps are the agent's start steps in order.

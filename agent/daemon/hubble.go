@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 
 	"github.com/filament-net/filament/agent/hubble"
 	"github.com/filament-net/filament/agent/monitor"
@@ -12,15 +14,16 @@ import (
 )
 
 // startHubble keeps the node's flows (every monitor event, in the flow
-// ring) and serves Hubble's API on its unix socket (and --hubble-listen).
+// ring) and serves Hubble's API on its unix socket, and to the relay on
+// --hubble-listen over mutual TLS.
 func (a *Agent) startHubble(ctx context.Context) error {
 	if !a.cfg.Hubble {
 		return nil
 	}
 	sock := a.cfg.HubbleSocketPath()
 	s, err := hubble.New(hubble.Config{
-		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf},
-		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version,
+		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt},
+		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
 	})
 	if err != nil {
 		return err
@@ -29,21 +32,31 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	lns := []net.Listener{ln}
+	type listener struct {
+		net.Listener
+		tls *tls.Config
+	}
+	lns := []listener{{ln, nil}}
 	if a.cfg.HubbleListen != "" {
+		conf, err := hubble.ServerTLS(a.cfg.NodeCert, a.cfg.NodeKey, a.cfg.NodeCA, a.cfg.HubbleTLSClientNames)
+		if err != nil {
+			ln.Close()
+			return err
+		}
 		tcp, err := net.Listen("tcp", a.cfg.HubbleListen)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("hubble API on %s: %w", a.cfg.HubbleListen, err)
 		}
-		lns = append(lns, tcp)
+		a.peers.SetPort(tcp.Addr().(*net.TCPAddr).Port)
+		lns = append(lns, listener{tcp, conf})
 	}
 	events, stop := a.hub.Subscribe(monitor.Filter{})
 	a.onStop("hubble flows", stop)
 	a.goroutine(func() { s.Follow(events) })
 	for _, ln := range lns {
 		a.goroutine(func() {
-			if err := s.Serve(ctx, ln); err != nil {
+			if err := s.Serve(ctx, ln.Listener, ln.tls); err != nil {
 				slog.Error("hubble API stopped", "address", ln.Addr().String(), "err", err)
 			}
 		})
@@ -59,4 +72,13 @@ func (a *Agent) podOf(id uint16) (namespace, pod string) {
 		return "", ""
 	}
 	return ep.Namespace, ep.PodName
+}
+
+// podAt is the namespace and pod name of another node's pod address.
+func (a *Agent) podAt(ip netip.Addr) (namespace, pod string) {
+	e, ok := a.router.Entry(ip)
+	if !ok {
+		return "", ""
+	}
+	return e.Namespace, e.Pod
 }

@@ -228,13 +228,13 @@ func (a *Agent) startDetection(ctx context.Context) error {
 	}
 	a.reg.Subscribe(func(n node.Node, deleted bool) {
 		if n.Name != cfg.NodeName && !deleted && !a.auth.Accept(cfg.ClusterName, n) {
-			a.router.NodeChanged(n, true) // refused: no peer, no routes, no entries
+			a.nodeChanged(n, true) // refused: no peer, no routes, no entries
 			return
 		}
 		if deleted {
 			a.auth.Forget(n.Name)
 		}
-		a.router.NodeChanged(n, deleted)
+		a.nodeChanged(n, deleted)
 		if a.detector != nil && n.Name != cfg.NodeName {
 			if deleted {
 				a.detector.Forget(n.IP())
@@ -247,13 +247,20 @@ func (a *Agent) startDetection(ctx context.Context) error {
 	return nil
 }
 
+// nodeChanged passes a node's change (a refused node as deleted) to the
+// router and to Hubble's peers.
+func (a *Agent) nodeChanged(n node.Node, deleted bool) {
+	a.router.NodeChanged(n, deleted)
+	a.peers.NodeChanged(n, deleted)
+}
+
 // startMesh connects to the remote clusters of the cluster mesh config.
 func (a *Agent) startMesh(ctx context.Context) error {
 	if a.cfg.ClusterMeshConfig == "" {
 		return nil
 	}
 	a.mesh = remote.NewManager(a.cfg.ClusterMeshConfig, a.cfg.ClusterName, a.cfg.ClusterID, time.Duration(a.cfg.ClusterMeshTTL), remote.Callbacks{
-		Node: a.router.NodeChanged, Identity: a.engine.IdentityChanged, Entry: a.router.EntryChanged,
+		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.router.EntryChanged,
 		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
 	})
 	a.goroutine(func() { a.mesh.Run(ctx) })

@@ -7,6 +7,7 @@
 package hubble
 
 import (
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
+	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/monitor"
 )
 
@@ -32,6 +34,9 @@ type Meta struct {
 	// Pod names a local endpoint's namespace and pod ("" when it has
 	// none, as outside Kubernetes).
 	Pod func(endpoint uint16) (namespace, pod string)
+	// PodAt names the pod at another node's address (of this cluster or
+	// a connected one: its ipcache entry), "" when unknown.
+	PodAt func(ip netip.Addr) (namespace, pod string)
 }
 
 // dropReasons maps the datapath's drop reasons to Hubble's.
@@ -68,8 +73,8 @@ func (m Meta) Flow(ev monitor.Event) *flow.Flow {
 		srcEP, dstEP = ev.PeerEP, ev.Endpoint
 		f.TrafficDirection = flow.TrafficDirection_INGRESS
 	}
-	f.Source = m.endpoint(srcEP, uint32(ev.SrcIdentity), ev.SrcLabels)
-	f.Destination = m.endpoint(dstEP, uint32(ev.DstIdentity), ev.DstLabels)
+	f.Source = m.endpoint(srcEP, ev.Src.Addr(), uint32(ev.SrcIdentity), ev.SrcLabels)
+	f.Destination = m.endpoint(dstEP, ev.Dst.Addr(), uint32(ev.DstIdentity), ev.DstLabels)
 	switch ev.Type {
 	case "drop":
 		f.Verdict = flow.Verdict_DROPPED
@@ -102,20 +107,34 @@ func (m Meta) node() string {
 	return m.ClusterName + "/" + m.NodeName
 }
 
-func (m Meta) endpoint(ep uint16, id uint32, labels []string) *flow.Endpoint {
+// endpoint describes one side of a flow: a local endpoint (ep) by its
+// pod, another by the ipcache entry of its address; its cluster is its
+// identity's (the cluster label the agents set), else this one.
+func (m Meta) endpoint(ep uint16, ip netip.Addr, id uint32, labels []string) *flow.Endpoint {
 	e := &flow.Endpoint{ID: uint32(ep), Identity: id, ClusterName: m.ClusterName, Labels: labels}
 	for _, l := range labels {
 		if ns, ok := strings.CutPrefix(l, "k8s:io.kubernetes.pod.namespace="); ok {
 			e.Namespace = ns
 		}
-	}
-	if ep != 0 && m.Pod != nil {
-		if ns, pod := m.Pod(ep); pod != "" {
-			e.Namespace, e.PodName = ns, pod
+		if c, ok := strings.CutPrefix(l, clusterLabel); ok {
+			e.ClusterName = c
 		}
+	}
+	var ns, pod string
+	switch {
+	case ep != 0 && m.Pod != nil:
+		ns, pod = m.Pod(ep)
+	case ep == 0 && m.PodAt != nil && ip.IsValid():
+		ns, pod = m.PodAt(ip)
+	}
+	if pod != "" {
+		e.Namespace, e.PodName = ns, pod
 	}
 	return e
 }
+
+// clusterLabel prefixes an identity's cluster label.
+const clusterLabel = "k8s:" + labels.KeyCluster + "="
 
 func l4(ev monitor.Event) *flow.Layer4 {
 	sp, dp := uint32(ev.Src.Port()), uint32(ev.Dst.Port())

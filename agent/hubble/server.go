@@ -2,6 +2,7 @@ package hubble
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -33,14 +37,17 @@ type Server struct {
 	started time.Time
 	version string
 	address string // Config.Address
+	peers   *Peers
 }
 
 // Config configures a Server.
 type Config struct {
 	Meta     Meta
 	Capacity int    // the flow ring's size (flow.DefaultCapacity when 0)
-	Address  string // the address the Peer service announces for this node (unix:///path or host:port)
+	Address  string // the address the Peer service announces for this node when Peers has no TCP port (unix:///path)
 	Version  string
+	// Peers are the nodes the Peer service announces (nil: this node).
+	Peers *Peers
 }
 
 // New returns a server with an empty ring.
@@ -52,7 +59,7 @@ func New(c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address}, nil
+	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address, peers: c.Peers}, nil
 }
 
 // Record turns an event into a flow and writes it to the ring.
@@ -65,11 +72,26 @@ func (s *Server) Follow(ch <-chan monitor.Event) {
 	}
 }
 
-// Serve serves the Hubble API on ln until ctx ends.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	g := grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams), grpc.MaxRecvMsgSize(maxRequest))
-	observer.RegisterObserverServer(g, s)
-	peer.RegisterPeerServer(g, s)
+// Serve serves the Hubble API on ln until ctx ends, over TLS with conf
+// when it is not nil.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, conf *tls.Config) error {
+	return ServeGRPC(ctx, ln, conf, func(g *grpc.Server) {
+		observer.RegisterObserverServer(g, s)
+		peer.RegisterPeerServer(g, s)
+	})
+}
+
+// ServeGRPC serves what register registers, and health checks, on ln
+// until ctx ends (over TLS with conf when it is not nil), with the
+// Hubble API's bounds on clients.
+func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register func(*grpc.Server)) error {
+	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(maxStreams), grpc.MaxRecvMsgSize(maxRequest)}
+	if conf != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(conf)))
+	}
+	g := grpc.NewServer(opts...)
+	register(g)
+	registerHealth(g)
 	go func() {
 		<-ctx.Done()
 		g.Stop()
@@ -192,14 +214,43 @@ func (s *Server) GetNodes(context.Context, *observer.GetNodesRequest) (*observer
 	}}}, nil
 }
 
-// Notify announces this node (the mesh's other nodes are the relay's to
-// find: not done yet) and holds the stream until the client goes.
+// Notify announces the nodes of Peers (the node's cluster and connected
+// clusters, at their Hubble TCP address), then their changes, until the
+// client goes; without a TCP API, only this node at Address.
 func (s *Server) Notify(_ *peer.NotifyRequest, stream grpc.ServerStreamingServer[peer.ChangeNotification]) error {
-	if err := stream.Send(&peer.ChangeNotification{Name: s.meta.node(), Address: s.address, Type: peer.ChangeNotificationType_PEER_ADDED}); err != nil {
-		return err
+	var (
+		all     []*peer.ChangeNotification
+		changes <-chan *peer.ChangeNotification
+		ok      bool
+	)
+	if s.peers != nil {
+		var cancel func()
+		all, changes, cancel, ok = s.peers.subscribe()
+		if ok {
+			defer cancel()
+		}
 	}
-	<-stream.Context().Done()
-	return nil
+	if !ok {
+		all = []*peer.ChangeNotification{{Name: s.meta.node(), Address: s.address, Type: peer.ChangeNotificationType_PEER_ADDED}}
+	}
+	for _, cn := range all {
+		if err := stream.Send(cn); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case cn, open := <-changes: // nil without Peers: blocks
+			if !open {
+				return status.Error(codes.ResourceExhausted, "too far behind the node changes: reconnect")
+			}
+			if err := stream.Send(cn); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 // ListenUnix listens on the unix socket path (a stale one is replaced),
@@ -221,4 +272,15 @@ func ListenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("hubble socket: %w", err)
 	}
 	return ln, nil
+}
+
+// healthService is the name Hubble's servers give the Observer in gRPC
+// health checks (what `hubble status` asks first).
+const healthService = "hubble.server.Observer"
+
+// registerHealth serves gRPC health checks on g, the Observer serving.
+func registerHealth(g *grpc.Server) {
+	h := health.NewServer()
+	h.SetServingStatus(healthService, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, h)
 }

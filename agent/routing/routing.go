@@ -393,6 +393,17 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	r.writeEntry(e)
 }
 
+// Entry is the accepted ipcache entry of another node's address.
+func (r *Router) Entry(ip netip.Addr) (ipcache.Entry, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[ip]
+	if !ok || r.down[e.Node] || !r.entryOK(e) {
+		return ipcache.Entry{}, false
+	}
+	return e, true
+}
+
 // entryOK says whether a remote entry may be in the datapath: its node is
 // known and the address is one of that node's pod addresses (a node, or a
 // remote cluster, cannot claim an identity for any other address), or,

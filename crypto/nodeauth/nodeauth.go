@@ -33,10 +33,18 @@ var ErrRefused = errors.New("node not authenticated")
 // CommonName is the certificate subject of node name in cluster.
 func CommonName(cluster, name string) string { return "node:" + cluster + "/" + name }
 
+// ServerName is the DNS name a node's certificate carries, so that it
+// also serves as the node's TLS server certificate (its Hubble API, which
+// the relay dials by this name).
+func ServerName(cluster, name string) string {
+	return name + "." + cluster + ".hubble-grpc.filament.io"
+}
+
 // Issue makes a node certificate with the cluster's CA (an admin issuing
-// it at join).
+// it at join): a client certificate for signing the node's record, and a
+// server certificate for ServerName.
 func Issue(authority *ca.CA, cluster, name string) (ca.Pair, error) {
-	return authority.Issue(CommonName(cluster, name), false, nil, nil)
+	return authority.Issue(CommonName(cluster, name), true, nil, []string{ServerName(cluster, name)})
 }
 
 // Signer signs this node's record.

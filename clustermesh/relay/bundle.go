@@ -1,0 +1,61 @@
+package relay
+
+import (
+	"crypto/tls"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/filament-net/filament/agent/hubble"
+	"github.com/filament-net/filament/clustermesh"
+)
+
+// BundleCredentials reads the relay's credentials from the cluster's
+// clustermesh bundle: for its own nodes the cluster's CA and the relay's
+// certificate (hubble-relay.pem); for a connected cluster's nodes that
+// cluster's CA and remote-reader certificate (remotes/<cluster>.yaml,
+// read at each connection, so that connect and disconnect take effect).
+func BundleCredentials(dir string) (string, Credentials, error) {
+	c, err := clustermesh.LoadCluster(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	local, err := clientTLS(caPEM, filepath.Join(dir, "ca.pem"), func() (tls.Certificate, error) {
+		return tls.LoadX509KeyPair(filepath.Join(dir, clustermesh.HubbleRelay+".pem"), filepath.Join(dir, clustermesh.HubbleRelay+"-key.pem"))
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	return c.Name, func(cluster string) (*tls.Config, error) {
+		if cluster == c.Name {
+			return local, nil
+		}
+		path := filepath.Join(clustermesh.RemotesDir(dir), cluster+".yaml")
+		if err := clustermesh.ValidateCluster(cluster, 1); err != nil {
+			return nil, fmt.Errorf("%w: cluster %q: %v", ErrConfig, cluster, err)
+		}
+		rc, err := clustermesh.LoadRemote(path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: no credentials for cluster %s (not connected?): %v", ErrConfig, cluster, err)
+		}
+		return clientTLS([]byte(rc.CA), path, func() (tls.Certificate, error) { return tls.X509KeyPair([]byte(rc.Cert), []byte(rc.Key)) })
+	}, nil
+}
+
+// clientTLS is a mutual TLS client configuration: roots from caPEM, the
+// certificate cert loads.
+func clientTLS(caPEM []byte, where string, cert func() (tls.Certificate, error)) (*tls.Config, error) {
+	roots, err := hubble.PoolOf(caPEM, where)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := cert()
+	if err != nil {
+		return nil, fmt.Errorf("%w: client certificate (%s): %v", ErrConfig, where, err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{pair}}, nil
+}

@@ -1,0 +1,258 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/filament-net/filament/agent/hubble"
+	"github.com/filament-net/filament/agent/hubble/pb/observer"
+	"github.com/filament-net/filament/agent/hubble/pb/peer"
+	relaypb "github.com/filament-net/filament/agent/hubble/pb/relay"
+	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/crypto/ca"
+	"github.com/filament-net/filament/crypto/nodeauth"
+)
+
+// cluster is a test cluster's CA and the client certificate its nodes
+// accept from the relay.
+type cluster struct {
+	name   string
+	ca     *ca.CA
+	client ca.Pair
+}
+
+func newCluster(t *testing.T, name, clientCN string) cluster {
+	t.Helper()
+	authority, err := ca.New(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := authority.Issue(clientCN, false, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cluster{name, authority, pair}
+}
+
+func (c cluster) clientTLS(t *testing.T) *tls.Config {
+	t.Helper()
+	conf, err := clientTLS(c.ca.PEM, c.name, func() (tls.Certificate, error) { return tls.X509KeyPair(c.client.Cert, c.client.Key) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conf
+}
+
+// startNode serves a node's Hubble API over mutual TLS with its node
+// certificate, holding the events given.
+func startNode(t *testing.T, c cluster, node string, evs ...monitor.Event) string {
+	t.Helper()
+	dir := t.TempDir()
+	pair, err := nodeauth.Issue(c.ca, c.name, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WritePair(dir, "node", pair); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.ca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), []string{"hubble-relay", "remote"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := hubble.New(hubble.Config{Meta: hubble.Meta{NodeName: node, ClusterName: c.name}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs {
+		s.Record(ev)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go s.Serve(ctx, ln, conf)
+	return ln.Addr().String()
+}
+
+func drop(at time.Time, port uint16) monitor.Event {
+	return monitor.Event{Time: at, Type: "drop", Direction: "ingress", Protocol: "TCP", Endpoint: 1, ReasonCode: 1,
+		Src: netip.MustParseAddrPort("10.0.0.1:40000"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), port)}
+}
+
+// serveRelay serves r and returns an Observer client of it.
+func serveRelay(t *testing.T, r *Relay) observer.ObserverClient {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go r.Serve(ctx, ln)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return observer.NewObserverClient(conn)
+}
+
+func collect(t *testing.T, c observer.ObserverClient, req *observer.GetFlowsRequest) []*observer.GetFlowsResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := c.GetFlows(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*observer.GetFlowsResponse
+	for {
+		resp, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, resp)
+	}
+}
+
+// Two clusters' nodes, each with its own CA, read with each cluster's
+// credentials: flows merged in time order, cut to Number (last or first);
+// a node the relay has no credentials for, and one whose certificate does
+// not name it, are reported unavailable.
+func TestRelayMerges(t *testing.T) {
+	c1, c2 := newCluster(t, "c1", "hubble-relay"), newCluster(t, "c2", "remote")
+	t0 := time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC)
+	a := startNode(t, c1, "n1", drop(t0, 1), drop(t0.Add(2*time.Second), 3), drop(t0.Add(4*time.Second), 5))
+	b := startNode(t, c2, "n1", drop(t0.Add(time.Second), 2), drop(t0.Add(3*time.Second), 4))
+	creds := func(name string) (*tls.Config, error) {
+		switch name {
+		case "c1":
+			return c1.clientTLS(t), nil
+		case "c2":
+			return c2.clientTLS(t), nil
+		}
+		return nil, errors.New("no credentials for " + name)
+	}
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cn := range []*peer.ChangeNotification{{Name: "c1/n1", Address: a}, {Name: "c2/n1", Address: b}} {
+		r.apply(cn, 1)
+	}
+	c := serveRelay(t, r)
+	ports := func(rs []*observer.GetFlowsResponse) (ps []uint32, nodes []string) {
+		for _, resp := range rs {
+			if f := resp.GetFlow(); f != nil {
+				ps = append(ps, f.L4.GetTCP().DestinationPort)
+				nodes = append(nodes, resp.NodeName)
+			}
+		}
+		return ps, nodes
+	}
+	got, nodes := ports(collect(t, c, &observer.GetFlowsRequest{}))
+	if want := []uint32{1, 2, 3, 4, 5}; !equal(got, want) || nodes[0] != "c1/n1" || nodes[1] != "c2/n1" {
+		t.Errorf("merged: ports %v nodes %v, want %v alternating c1/n1, c2/n1", got, nodes, want)
+	}
+	if got, _ := ports(collect(t, c, &observer.GetFlowsRequest{Number: 2})); !equal(got, []uint32{4, 5}) {
+		t.Errorf("last 2: %v", got)
+	}
+	if got, _ := ports(collect(t, c, &observer.GetFlowsRequest{Number: 2, First: true})); !equal(got, []uint32{1, 2}) {
+		t.Errorf("first 2: %v", got)
+	}
+	st, err := c.ServerStatus(context.Background(), &observer.ServerStatusRequest{})
+	if err != nil || st.NumFlows != 5 || st.NumConnectedNodes.GetValue() != 2 || st.NumUnavailableNodes.GetValue() != 0 {
+		t.Errorf("status: %v %v", st, err)
+	}
+
+	// c3: no credentials; "c1/n2" announced at c2's node: its certificate
+	// names another node.
+	r.apply(&peer.ChangeNotification{Name: "c3/n1", Address: b}, 1)
+	r.apply(&peer.ChangeNotification{Name: "c2/n2", Address: b}, 1)
+	rs := collect(t, c, &observer.GetFlowsRequest{})
+	unavailable := map[string]bool{}
+	for _, resp := range rs {
+		if ns := resp.GetNodeStatus(); ns != nil && ns.StateChange == relaypb.NodeState_NODE_UNAVAILABLE {
+			for _, n := range ns.NodeNames {
+				unavailable[n] = true
+			}
+		}
+	}
+	if got, _ := ports(rs); !equal(got, []uint32{1, 2, 3, 4, 5}) || !unavailable["c3/n1"] || !unavailable["c2/n2"] || len(unavailable) != 2 {
+		t.Errorf("with two unreadable nodes: ports %v, unavailable %v", got, unavailable)
+	}
+	nodesResp, err := c.GetNodes(context.Background(), &observer.GetNodesRequest{})
+	if err != nil || len(nodesResp.Nodes) != 4 {
+		t.Fatalf("nodes: %v %v", nodesResp, err)
+	}
+	for _, n := range nodesResp.Nodes {
+		connected := n.State == relaypb.NodeState_NODE_CONNECTED
+		if connected != (n.Name == "c1/n1" || n.Name == "c2/n1") {
+			t.Errorf("node %s: %v", n.Name, n.State)
+		}
+	}
+
+	// A new discovery stream that does not announce c3/n1 drops it.
+	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: a}, 2)
+	r.sweep(2)
+	if ps := r.snapshot(); len(ps) != 1 || ps[0].name != "c1/n1" {
+		t.Errorf("after the sweep: %d nodes", len(ps))
+	}
+	r.apply(&peer.ChangeNotification{Name: "c1/n1", Type: peer.ChangeNotificationType_PEER_DELETED}, 2)
+	if ps := r.snapshot(); len(ps) != 0 {
+		t.Errorf("after the delete: %d nodes", len(ps))
+	}
+}
+
+func equal(a, b []uint32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// The bundle's credentials: a cluster name from an announcement cannot
+// name a file outside the bundle's remotes.
+func TestBundleCredentialsRefusesBadNames(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := clustermesh.Enable(dir, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	name, creds, err := BundleCredentials(dir)
+	if err != nil || name != "c1" {
+		t.Fatalf("BundleCredentials: %q %v", name, err)
+	}
+	if _, err := creds("c1"); err != nil {
+		t.Errorf("own cluster: %v", err)
+	}
+	for _, bad := range []string{"../c1", "c2", "", "C1/../../etc"} {
+		if _, err := creds(bad); !errors.Is(err, ErrConfig) {
+			t.Errorf("cluster %q: %v, want ErrConfig", bad, err)
+		}
+	}
+}

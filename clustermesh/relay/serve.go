@@ -1,0 +1,86 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"google.golang.org/grpc"
+
+	"github.com/filament-net/filament/agent/api/client"
+	"github.com/filament-net/filament/agent/api/types"
+	"github.com/filament-net/filament/agent/hubble"
+	"github.com/filament-net/filament/agent/hubble/pb/observer"
+)
+
+// Serve serves the relay's Observer API on ln until ctx ends.
+func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
+	return hubble.ServeGRPC(ctx, ln, nil, func(g *grpc.Server) { observer.RegisterObserverServer(g, r) })
+}
+
+// Listen listens on a unix socket (unix:///path, mode 0660) or a loopback
+// host:port: the relay serves every flow of the mesh to whoever connects,
+// so it serves no other address (what reaches it is the host's to guard).
+func Listen(field, addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
+		}
+		os.Remove(path)
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
+		}
+		return ln, os.Chmod(path, 0o660)
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s %q: want unix:///path or a loopback host:port: %v", ErrConfig, field, addr, err)
+	}
+	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("%w: %s %q: %q is not a loopback address (the relay serves every flow of the mesh without authenticating its clients)", ErrConfig, field, addr, host)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
+	}
+	return ln, nil
+}
+
+// Status is the mesh as the relay sees it, for the web page: the nodes it
+// reads and, with the local agent's API, the connected clusters' sync and
+// the node's encryption peers.
+type Status struct {
+	Cluster    string                  `json:"cluster"`
+	Nodes      []*observer.Node        `json:"nodes"`
+	Clusters   []types.ClusterStatus   `json:"clusters,omitempty"`
+	Encryption *types.EncryptionStatus `json:"encryption,omitempty"`
+	Errors     []string                `json:"errors,omitempty"`
+}
+
+// Status gathers the mesh's status; agent is the local agent's API (nil:
+// nodes only).
+func (r *Relay) Status(ctx context.Context, agent *client.Client) (Status, error) {
+	st := Status{Cluster: r.cfg.Cluster}
+	nodes, err := r.GetNodes(ctx, &observer.GetNodesRequest{})
+	if err != nil {
+		return st, err
+	}
+	st.Nodes = nodes.Nodes
+	if agent == nil {
+		return st, nil
+	}
+	if st.Clusters, err = agent.ClusterMesh(ctx); err != nil {
+		st.Errors = append(st.Errors, "cluster mesh: "+err.Error())
+	}
+	if enc, err := agent.Encryption(ctx); err != nil {
+		st.Errors = append(st.Errors, "encryption: "+err.Error())
+	} else {
+		st.Encryption = &enc
+	}
+	return st, nil
+}
