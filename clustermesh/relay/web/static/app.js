@@ -30,7 +30,7 @@ function clip(s, n) {
 
 // ---- service map ----
 
-const NODE_W = 170, NODE_H = 30, GAP = 12, NS_PAD = 10, NS_HEAD = 20, CL_PAD = 12, CL_HEAD = 24, CL_GAP = 90, COLS = 2;
+const NODE_W = 160, NODE_H = 30, GAP = 14, GAP_X = 64, NS_PAD = 10, NS_HEAD = 20, CL_PAD = 12, CL_HEAD = 24, CL_GAP = 90, COLS = 2;
 
 // layout places clusters side by side, their namespaces stacked, their
 // workloads in a grid; it returns the boxes and each workload's position.
@@ -43,11 +43,11 @@ function layout(m) {
     for (const ns of c.namespaces) {
       const cols = Math.min(COLS, ns.workloads.length);
       const rows = Math.ceil(ns.workloads.length / cols);
-      const w = 2 * NS_PAD + cols * NODE_W + (cols - 1) * GAP;
+      const w = 2 * NS_PAD + cols * NODE_W + (cols - 1) * GAP_X;
       const h = NS_HEAD + NS_PAD + rows * NODE_H + (rows - 1) * GAP;
       nsBoxes.push({ ns, y, w, h });
       ns.workloads.forEach((wl, i) => {
-        pos.set(wl.id, { x: x + CL_PAD + NS_PAD + (i % cols) * (NODE_W + GAP), y: y + NS_HEAD + Math.floor(i / cols) * (NODE_H + GAP), wl });
+        pos.set(wl.id, { x: x + CL_PAD + NS_PAD + (i % cols) * (NODE_W + GAP_X), y: y + NS_HEAD + Math.floor(i / cols) * (NODE_H + GAP), wl });
       });
       y += h + GAP;
       width = Math.max(width, w);
@@ -101,11 +101,12 @@ function drawMap(m) {
       p.append(svg('title', {}, lines.join('\n')));
       root.append(p);
       if (i === 0) {
-        const top = (e.l7 && e.l7.length) ? `${clip(e.l7[0].text, 36)} ×${e.l7[0].count}` : '';
+        const top = (e.l7 && e.l7.length) ? `${clip(e.l7[0].text, 28)} ×${e.l7[0].count}` : '';
         if (top) labels.push(svg('text', { class: 'edge-label', x: d.mx, y: d.my, 'text-anchor': 'middle' }, top));
       }
     });
   }
+  root.append(...labels); // under the workloads: their names stay readable
   for (const { x, y, wl } of pos.values()) {
     const g = svg('g', { class: 'workload' + (wl.reserved ? ' reserved' : ''), 'data-name': wl.name });
     g.append(svg('rect', { x, y, width: NODE_W, height: NODE_H, rx: 5 }));
@@ -114,7 +115,6 @@ function drawMap(m) {
     g.append(svg('title', {}, `${wl.name}\n${wl.flows} flows${pods ? '\npods: ' + pods : ''}`));
     root.append(g);
   }
-  root.append(...labels);
   const info = document.getElementById('map-info');
   info.textContent = `${m.flows} flows` + (m.omitted ? `, ${m.omitted} left out` : '');
 }
@@ -162,7 +162,11 @@ function endpointName(ep) {
     const app = (ep.labels || []).find(l => /^(k8s:)?app=/.test(l));
     name = reserved || (app ? (ep.namespace ? ep.namespace + '/' : '') + app.replace(/^(k8s:)?app=/, '') : (ep.identity ? 'identity ' + ep.identity : ''));
   }
-  return ep.clusterName ? `${ep.clusterName}: ${name}` : name;
+  // The identity's cluster label names the endpoint's cluster (a node
+  // sees remote endpoints too), else the endpoint's own field.
+  const cl = (ep.labels || []).map(l => l.match(/^(?:[^:=]*:)?(?:filament\.io\/cluster|io\.cilium\.k8s\.policy\.cluster)=(.*)$/)).find(x => x);
+  const cluster = cl ? cl[1] : ep.clusterName;
+  return cluster ? `${cluster}: ${name}` : name;
 }
 
 function ports(f) {
