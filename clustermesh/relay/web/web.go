@@ -46,6 +46,7 @@ const (
 	maxMapFlows    = 10000 // flows one map is made of
 	maxQuery       = 4096  // bytes of a request's query string
 	maxFollows     = 16    // /api/flows?follow=1 streams at a time
+	maxCalls       = 32    // other API requests at a time
 	followLifetime = 10 * time.Minute
 	callTimeout    = 20 * time.Second // a request without follow
 	writeTimeout   = 10 * time.Second // one write of a follow
@@ -66,15 +67,30 @@ var securityHeaders = map[string]string{
 // Handler serves the page at / and its API under /api/.
 func Handler(c Config) http.Handler { return newHandler(c) }
 
+// bounded refuses a request when maxCalls are being answered.
+func (h *handler) bounded(f http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case h.calls <- struct{}{}:
+			defer func() { <-h.calls }()
+			f(w, r)
+		default:
+			http.Error(w, "too many requests at a time", http.StatusServiceUnavailable)
+		}
+	}
+}
+
 type handler struct {
 	c       Config
 	mux     *http.ServeMux
 	follows chan struct{} // a slot per follow
+	calls   chan struct{} // a slot per other API request
 	now     func() time.Time
 }
 
 func newHandler(c Config) *handler {
-	h := &handler{c: c, mux: http.NewServeMux(), follows: make(chan struct{}, maxFollows), now: time.Now}
+	h := &handler{c: c, mux: http.NewServeMux(), follows: make(chan struct{}, maxFollows),
+		calls: make(chan struct{}, maxCalls), now: time.Now}
 	files, err := fs.Sub(static, "static")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
@@ -83,8 +99,8 @@ func newHandler(c Config) *handler {
 		h.mux.Handle("GET "+f, http.FileServerFS(files))
 	}
 	h.mux.HandleFunc("GET /api/flows", h.flows)
-	h.mux.HandleFunc("GET /api/map", h.serviceMap)
-	h.mux.HandleFunc("GET /api/status", h.status)
+	h.mux.HandleFunc("GET /api/map", h.bounded(h.serviceMap))
+	h.mux.HandleFunc("GET /api/status", h.bounded(h.status))
 	return h
 }
 
@@ -110,18 +126,28 @@ func (h *handler) flows(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	if !q.follow {
-		ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
-		defer cancel()
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		err := h.stream(ctx, q, int(q.req.Number), func(b []byte) error {
-			_, err := w.Write(append(b, '\n'))
-			return err
-		})
-		if err != nil {
-			h.fail(w, err)
-		}
+		h.bounded(func(w http.ResponseWriter, r *http.Request) { h.lastFlows(w, r, q) })(w, r)
 		return
 	}
+	h.follow(w, r, q)
+}
+
+// lastFlows answers the flows held (q without follow).
+func (h *handler) lastFlows(w http.ResponseWriter, r *http.Request, q query) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	err := h.stream(ctx, q, int(q.req.Number), func(b []byte) error {
+		_, err := w.Write(append(b, '\n'))
+		return err
+	})
+	if err != nil {
+		h.fail(w, err)
+	}
+}
+
+// follow streams the flows of q as they come.
+func (h *handler) follow(w http.ResponseWriter, r *http.Request, q query) {
 	select {
 	case h.follows <- struct{}{}:
 		defer func() { <-h.follows }()
@@ -138,7 +164,7 @@ func (h *handler) flows(w http.ResponseWriter, r *http.Request) {
 	if err := rc.Flush(); err != nil {
 		return
 	}
-	err = h.stream(ctx, q, 0, func(b []byte) error {
+	err := h.stream(ctx, q, 0, func(b []byte) error {
 		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout)) // not every writer has deadlines
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
 			return err

@@ -154,16 +154,38 @@ func TestFollow(t *testing.T) {
 	if f := next().GetFlow(); f.GetVerdict().String() != "DROPPED" || f.NodeName != "c1/n1" {
 		t.Fatalf("followed: %v", f)
 	}
+	// A filter the observer refuses ends the stream with a failure event.
+	r, body := get(t, srv.URL+"/api/flows?follow=1&protocol=carrier-pigeon")
+	if !strings.HasPrefix(body, "event: failure\ndata: ") || !strings.Contains(body, "carrier-pigeon") {
+		t.Errorf("follow with a refused filter: %s %q", r.Status, body)
+	}
 }
 
-// Beyond maxFollows live streams, another is refused, not queued.
-func TestFollowBound(t *testing.T) {
+// Beyond maxFollows live streams, or maxCalls other requests, another is
+// refused, not queued.
+func TestRequestBounds(t *testing.T) {
 	m := newTestMesh(t)
-	h := newHandler(Config{Observer: m.client})
+	h := newHandler(Config{Observer: m.client, Status: func(context.Context) (any, error) { return "ok", nil }})
+	for range maxCalls {
+		h.calls <- struct{}{}
+	}
+	for _, path := range []string{"/api/flows", "/api/map", "/api/status"} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+		if w.Code != http.StatusServiceUnavailable {
+			t.Errorf("%s with %d requests at a time: %d", path, maxCalls, w.Code)
+		}
+	}
+	<-h.calls
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/api/status", nil))
+	if w.Code != http.StatusOK || len(h.calls) != maxCalls-1 {
+		t.Errorf("a request in a free slot: %d, %d slots taken after it", w.Code, len(h.calls))
+	}
 	for range maxFollows {
 		h.follows <- struct{}{}
 	}
-	w := httptest.NewRecorder()
+	w = httptest.NewRecorder()
 	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/api/flows?follow=1", nil))
 	if w.Code != http.StatusServiceUnavailable {
 		t.Errorf("follow %d: %d", maxFollows+1, w.Code)

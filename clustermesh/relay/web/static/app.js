@@ -213,7 +213,7 @@ function flowRow(f) {
     cell('dst', endpointName(f.destination), ip.destination ? ip.destination + (dp ? ':' + dp : '') : ''),
     cell('verdict', f.verdict || '', f.verdict === 'DROPPED' && f.dropReasonDesc ? f.dropReasonDesc : ''),
     cell('type', typeText(f)));
-  tr.dataset.time = f.time || '';
+  tr.dataset.ts = t && !isNaN(t) ? String(t.getTime()) : '0';
   return tr;
 }
 
@@ -232,7 +232,7 @@ function filterParams() {
 function insertRow(body, tr) {
   // Newest first: a flow is placed before the first older one.
   let at = body.firstChild;
-  while (at && at.dataset.time > tr.dataset.time) at = at.nextSibling;
+  while (at && Number(at.dataset.ts) > Number(tr.dataset.ts)) at = at.nextSibling;
   body.insertBefore(tr, at);
   while (body.childNodes.length > MAX_ROWS) body.lastChild.remove();
 }
@@ -254,7 +254,10 @@ async function loadFlows() {
       const r = JSON.parse(ev.data);
       if (r.flow) insertRow(body, flowRow(r.flow));
     };
-    live.addEventListener('failure', ev => { info.textContent = 'error: ' + JSON.parse(ev.data); info.classList.add('error'); });
+    // A failure is final (a refused filter): no reconnecting. A stream
+    // that merely ended (its lifetime) is reopened by the EventSource.
+    const es = live;
+    es.addEventListener('failure', ev => { es.close(); info.textContent = 'error: ' + JSON.parse(ev.data); info.classList.add('error'); });
     return;
   }
   p.set('last', '200');
@@ -271,7 +274,7 @@ async function loadFlows() {
       if (resp.flow) rows.push(flowRow(resp.flow));
       if (resp.lostEvents) lost += Number(resp.lostEvents.numEventsLost || 0);
     }
-    rows.sort((a, b) => (a.dataset.time < b.dataset.time) - (a.dataset.time > b.dataset.time));
+    rows.sort((a, b) => Number(b.dataset.ts) - Number(a.dataset.ts));
     body.replaceChildren(...rows);
     info.textContent = `${rows.length} flows` + (lost ? `, ${lost} lost` : '');
   } catch (e) {
