@@ -67,19 +67,6 @@ var securityHeaders = map[string]string{
 // Handler serves the page at / and its API under /api/.
 func Handler(c Config) http.Handler { return newHandler(c) }
 
-// bounded refuses a request when maxCalls are being answered.
-func (h *handler) bounded(f http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case h.calls <- struct{}{}:
-			defer func() { <-h.calls }()
-			f(w, r)
-		default:
-			http.Error(w, "too many requests at a time", http.StatusServiceUnavailable)
-		}
-	}
-}
-
 type handler struct {
 	c       Config
 	mux     *http.ServeMux
@@ -113,6 +100,19 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.mux.ServeHTTP(w, r)
+}
+
+// bounded refuses a request when maxCalls are being answered.
+func (h *handler) bounded(f http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case h.calls <- struct{}{}:
+			defer func() { <-h.calls }()
+			f(w, r)
+		default:
+			http.Error(w, "too many requests at a time", http.StatusServiceUnavailable)
+		}
+	}
 }
 
 // flows answers GetFlows as JSON lines (a GetFlowsResponse each, in
