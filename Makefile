@@ -12,7 +12,7 @@ DEMO_LAB ?= filament-demo
 DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo
 
 # command:package pairs installed by `deps` when the command is missing.
-DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux h2load:nghttp2-client wrk:wrk haproxy:haproxy dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf kcat:kcat
+DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux h2load:nghttp2-client wrk:wrk haproxy:haproxy dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf kcat:kcat chromium:chromium
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
 .PHONY: kube-apiserver hubble hubble-protos all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
