@@ -33,6 +33,7 @@ type Server struct {
 	started time.Time
 	version string
 	address string // Config.Address
+	onFlow  func(*flowpb.Flow)
 }
 
 // Config configures a Server.
@@ -41,6 +42,9 @@ type Config struct {
 	Capacity int    // the flow ring's size (flow.DefaultCapacity when 0)
 	Address  string // the address the Peer service announces for this node (unix:///path or host:port)
 	Version  string
+	// OnFlow, when set, is called with each flow recorded (the flow
+	// metrics), on the recording goroutine: it must not block.
+	OnFlow func(*flowpb.Flow)
 }
 
 // New returns a server with an empty ring.
@@ -52,11 +56,17 @@ func New(c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address}, nil
+	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address, onFlow: c.OnFlow}, nil
 }
 
 // Record turns an event into a flow and writes it to the ring.
-func (s *Server) Record(ev monitor.Event) { s.ring.Write(s.meta.Flow(ev)) }
+func (s *Server) Record(ev monitor.Event) {
+	f := s.meta.Flow(ev)
+	s.ring.Write(f)
+	if s.onFlow != nil {
+		s.onFlow(f)
+	}
+}
 
 // Follow records the events of ch until it closes.
 func (s *Server) Follow(ch <-chan monitor.Event) {
