@@ -90,6 +90,8 @@ func (m *Metrics) Observe(f *flowpb.Flow) {
 	latency := time.Duration(l7.GetLatencyNs()).Seconds()
 	switch r := l7.GetRecord().(type) {
 	case *flowpb.Layer7_Http:
+		// The proxy records a request with its response: one flow counts
+		// the request, and the response when it has one.
 		method, proto := httpMethod(r.Http.GetMethod()), httpProtocol(r.Http.GetProtocol())
 		m.httpRequests.WithLabelValues(method, proto).Inc()
 		if l7.GetType() == flowpb.L7FlowType_RESPONSE {
