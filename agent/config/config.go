@@ -41,6 +41,9 @@ const (
 	DefaultGCInterval  = 5 * time.Minute
 	// DefaultHubbleFlows is the flow ring's size, Hubble's.
 	DefaultHubbleFlows = 4095
+	// The flow export file's rotation size and backups, Hubble's.
+	DefaultHubbleExportFileMaxSizeMB  = 10
+	DefaultHubbleExportFileMaxBackups = 5
 	// DefaultProxyPort is the L7 proxy's listener port.
 	DefaultProxyPort = 15001
 )
@@ -148,6 +151,16 @@ type Config struct {
 	HubbleTLSClientNames []string `json:"hubbleTLSClientNames"`
 	// HubbleFlows is the size of the node's flow ring.
 	HubbleFlows int `json:"hubbleFlows"`
+	// HubbleExportFile is a file the node's flows are written to, one JSON
+	// line each ("" = none); it rotates at HubbleExportFileMaxSizeMB and
+	// keeps HubbleExportFileMaxBackups rotated files.
+	HubbleExportFile           string `json:"hubbleExportFile"`
+	HubbleExportFileMaxSizeMB  int    `json:"hubbleExportFileMaxSizeMB"`
+	HubbleExportFileMaxBackups int    `json:"hubbleExportFileMaxBackups"`
+	// HubbleExportAllowlist and HubbleExportDenylist choose the flows
+	// exported: Hubble FlowFilters in JSON (see HubbleExportFilters).
+	HubbleExportAllowlist string `json:"hubbleExportAllowlist"`
+	HubbleExportDenylist  string `json:"hubbleExportDenylist"`
 	// LBAlgorithm is the default backend selection of services: random or maglev.
 	LBAlgorithm string `json:"lbAlgorithm"`
 	// MaglevTableSize is the Maglev table size (a prime, 251-131071).
@@ -228,6 +241,7 @@ func Default() Config {
 		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID,
 		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", MemberlistPort: 7946, MaxConnectedClusters: 255,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
+		HubbleExportFileMaxSizeMB: DefaultHubbleExportFileMaxSizeMB, HubbleExportFileMaxBackups: DefaultHubbleExportFileMaxBackups,
 		EmbeddedEtcd:          EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
 		LeaseTTL:              Duration(DefaultLeaseTTL),
 		IdentityGCInterval:    Duration(DefaultGCInterval),
@@ -293,7 +307,7 @@ func ValidateClusterName(name string) error {
 // It runs before the agent creates anything, so it also checks that the
 // files the configuration names exist and that the etcd TLS material loads.
 func (c Config) Validate() error {
-	for _, check := range []func() error{c.validateCluster, c.validateNode, c.validateStore, c.validateDatapath, c.validateSecurity, c.validateIntegrations} {
+	for _, check := range []func() error{c.validateCluster, c.validateNode, c.validateStore, c.validateDatapath, c.validateSecurity, c.validateIntegrations, c.validateHubbleExport} {
 		if err := check(); err != nil {
 			return err
 		}

@@ -70,7 +70,7 @@ func (a *Agent) startAPI(ctx context.Context) error {
 		Endpoints: func() int { return len(a.eps.List()) }, Identities: func() int { return len(a.ids.List()) },
 		PolicyEntries: a.engine.PolicyEntries, PolicyWrites: a.dp.PolicyWrites, EventsLost: a.hub.Lost,
 		Services: a.services.Count, ServiceErrors: a.services.Errors, NodesRefused: a.auth.Refused,
-		Groups: a.groups.states, Extra: a.proxyMetrics(),
+		Groups: a.groups.states, Extra: a.extraMetrics(),
 	})
 	if a.cfg.PrometheusListen != "" {
 		msrv := &http.Server{Addr: a.cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}

@@ -106,6 +106,7 @@ type Agent struct {
 	// from other goroutines).
 	proxyRef atomic.Pointer[l7.Supervisor]
 	srv      *api.Server
+	flowObs  flowObservers
 }
 
 type step struct {

@@ -24,8 +24,12 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	s, err := hubble.New(hubble.Config{
 		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt},
 		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
+		OnFlow: a.observeFlows(),
 	})
 	if err != nil {
+		return err
+	}
+	if err := a.startFlowExport(ctx, s); err != nil {
 		return err
 	}
 	ln, err := hubble.ListenUnix(sock)

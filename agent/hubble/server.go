@@ -38,6 +38,7 @@ type Server struct {
 	version string
 	address string // Config.Address
 	peers   *Peers
+	onFlow  func(*flowpb.Flow)
 }
 
 // Config configures a Server.
@@ -48,6 +49,9 @@ type Config struct {
 	Version  string
 	// Peers are the nodes the Peer service announces (nil: this node).
 	Peers *Peers
+	// OnFlow, when set, is called with each flow recorded (the flow
+	// metrics), on the recording goroutine: it must not block.
+	OnFlow func(*flowpb.Flow)
 }
 
 // New returns a server with an empty ring.
@@ -59,11 +63,17 @@ func New(c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address, peers: c.Peers}, nil
+	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address, peers: c.Peers, onFlow: c.OnFlow}, nil
 }
 
 // Record turns an event into a flow and writes it to the ring.
-func (s *Server) Record(ev monitor.Event) { s.ring.Write(s.meta.Flow(ev)) }
+func (s *Server) Record(ev monitor.Event) {
+	f := s.meta.Flow(ev)
+	s.ring.Write(f)
+	if s.onFlow != nil {
+		s.onFlow(f)
+	}
+}
 
 // Follow records the events of ch until it closes.
 func (s *Server) Follow(ch <-chan monitor.Event) {

@@ -1,0 +1,89 @@
+package hubble
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/filament-net/filament/agent/hubble/pb/flow"
+)
+
+// Config.OnFlow sees every flow recorded, the one the ring holds.
+func TestOnFlow(t *testing.T) {
+	var seen []*flow.Flow
+	s, err := New(Config{Meta: Meta{NodeName: "n1"}, OnFlow: func(f *flow.Flow) { seen = append(seen, f) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := events(time.Unix(1000, 0))
+	for _, ev := range evs {
+		s.Record(ev)
+	}
+	if len(seen) != len(evs) {
+		t.Fatalf("OnFlow saw %d flows, want %d", len(seen), len(evs))
+	}
+	rd := s.Flows().Reader(0, false)
+	for i, want := range seen {
+		if f, _, ok := rd.Next(); !ok || f != want {
+			t.Errorf("flow %d: ring holds %v, OnFlow saw %v", i, f, want)
+		}
+	}
+}
+
+func TestParseAndCompileFilters(t *testing.T) {
+	evs := events(time.Unix(1000, 0))
+	flows := make([]*flow.Flow, len(evs))
+	for i, ev := range evs {
+		flows[i] = Meta{NodeName: "n1"}.Flow(ev)
+	}
+	passing := func(allow, deny string) (n int) {
+		t.Helper()
+		a, err := ParseFilters(allow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := ParseFilters(deny)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pass, err := CompileFilters(a, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range flows {
+			if pass(f) {
+				n++
+			}
+		}
+		return n
+	}
+	for _, c := range []struct {
+		allow, deny string
+		want        int
+	}{
+		{"", "", 5},
+		{`{"verdict":["DROPPED"]}`, "", 2}, // the drop and the denied request
+		{`{"verdict":["DROPPED"]} {"protocol":["UDP"]}`, "", 3},
+		{`{"verdict":["DROPPED"]},{"protocol":["UDP"]}`, "", 3},
+		{`[{"verdict":["DROPPED"]},{"protocol":["UDP"]}]`, "", 3},
+		{"", `{"event_type":[{"type":129}]}`, 2}, // no L7 record
+		{`{"verdict":["DROPPED"]}`, `{"http_status_code":["403"]}`, 1},
+		{`{"destinationLabel":["k8s:app=dns"]}`, "", 1}, // JSON names too
+	} {
+		if got := passing(c.allow, c.deny); got != c.want {
+			t.Errorf("allow %s deny %s: %d flows pass, want %d", c.allow, c.deny, got, c.want)
+		}
+	}
+	for _, bad := range []string{`{"verdict":["NOPE"]}`, `{"no_such_field":[1]}`, `{"verdict":`, `[{]`, `"x"`} {
+		if _, err := ParseFilters(bad); !errors.Is(err, ErrFilter) {
+			t.Errorf("ParseFilters(%s): %v, want ErrFilter", bad, err)
+		}
+	}
+	ff, err := ParseFilters(`{"http_status_code":["abc"]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CompileFilters(ff, nil); !errors.Is(err, ErrFilter) {
+		t.Errorf("a filter that does not compile: %v, want ErrFilter", err)
+	}
+}
