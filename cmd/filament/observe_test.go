@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -18,6 +21,7 @@ import (
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	"github.com/filament-net/filament/agent/monitor"
+	"github.com/filament-net/filament/crypto/ca"
 )
 
 var obsT0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
@@ -217,6 +221,78 @@ func TestObserveAgainstTheNodesSocket(t *testing.T) {
 	} {
 		if out, _, err := runObserve(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) || out != "" {
 			t.Errorf("%v: %v (want %q), output %q", tc.args, err, tc.want, out)
+		}
+	}
+}
+
+// Over TCP with mutual TLS (a relay's way): the server's certificate is
+// verified against --tls-ca-cert-files and --tls-server-name, and the
+// client's own certificate is presented; without either it fails.
+func TestObserveMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	authority, err := ca.New("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverPair, err := authority.Issue("relay", true, nil, []string{"relay.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientPair, err := authority.Issue("observer", false, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := authority.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WritePair(dir, "client", clientPair); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(serverPair.Cert, serverPair.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(authority.PEM)
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := tls.NewListener(tcp, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
+		NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12})
+	s, err := hubble.New(hubble.Config{Meta: obsMeta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range obsEvents() {
+		s.Record(ev)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(t.Context(), ln) }()
+	t.Cleanup(func() {
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	addr := tcp.Addr().String()
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
+	out, _, err := runObserve(t, "observe", "--server", addr, "--tls", "--tls-ca-cert-files", caFile, "--tls-client-cert-file", certFile,
+		"--tls-client-key-file", keyFile, "--tls-server-name", "relay.test", "--type", "drop")
+	if err != nil || strings.Count(out, "\n") != 1 || !strings.Contains(out, "drop DROPPED (POLICY_DENIED)") {
+		t.Fatalf("mutual TLS: %v %q", err, out)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no client certificate", []string{"--server", "tls://" + addr, "--tls-ca-cert-files", caFile, "--tls-server-name", "relay.test"}, "certificate required"},
+		{"no CA", []string{"--server", addr, "--tls", "--tls-client-cert-file", certFile, "--tls-client-key-file", keyFile, "--tls-server-name", "relay.test"}, "unknown authority"},
+		{"another name", []string{"--server", addr, "--tls-ca-cert-files", caFile, "--tls-client-cert-file", certFile, "--tls-client-key-file", keyFile, "--tls-server-name", "other.test"}, "not other.test"},
+		{"no TLS", []string{"--server", addr}, "hubble API at " + addr},
+	} {
+		if out, _, err := runObserve(t, append([]string{"observe"}, tc.args...)...); err == nil || !strings.Contains(err.Error(), tc.want) || out != "" {
+			t.Errorf("%s: %v (want %q), output %q", tc.name, err, tc.want, out)
 		}
 	}
 }
