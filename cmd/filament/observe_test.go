@@ -296,3 +296,48 @@ func TestObserveMutualTLS(t *testing.T) {
 		}
 	}
 }
+
+// -f follows new flows until the context ends, then returns without error.
+func TestObserveFollowsUntilTheContextEnds(t *testing.T) {
+	dir := t.TempDir()
+	s, err := hubble.New(hubble.Config{Meta: obsMeta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := hubble.ListenUnix(filepath.Join(dir, "hubble.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(t.Context(), ln) }()
+	t.Cleanup(func() { <-served })
+	var out, errOut syncBuf
+	root := newRoot(&out)
+	root.SetErr(&errOut)
+	root.SetArgs([]string{"--socket", filepath.Join(dir, "agent.sock"), "observe", "-f", "--type", "drop"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	ev := obsEvents()
+	// Flows recorded while the stream starts: the drops show, one a line,
+	// the other events are filtered out.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "drop DROPPED"); {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no flow followed: stdout %q stderr %q (%v)", out.String(), errOut.String(), <-done)
+		}
+		for _, e := range ev {
+			s.Record(e)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("ended by its context: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if !strings.HasSuffix(line, "drop DROPPED (POLICY_DENIED)") {
+			t.Errorf("a line --type drop excludes: %q", line)
+		}
+	}
+}
