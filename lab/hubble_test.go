@@ -39,10 +39,24 @@ func hubbleObserve(t *testing.T, l *lab.Lab, hubble, node string, args ...string
 		t.Fatal(err)
 	}
 	server := "unix://" + filepath.Join(filepath.Dir(n.Socket), "hubble.sock")
-	argv := append([]string{hubble, "observe", "--server", server, "-o", "json", "--last", "1000"}, args...)
+	return observeJSON(t, l, node, append([]string{hubble, "observe", "--server", server, "-o", "json", "--last", "1000"}, args...)...)
+}
+
+// filamentObserve runs `filament observe -o json` with args on node (its
+// default server: the Hubble socket beside the agent's) and returns the
+// flows.
+func filamentObserve(t *testing.T, l *lab.Lab, node string, args ...string) []map[string]any {
+	t.Helper()
+	return observeJSON(t, l, node, append([]string{"filament", "observe", "-o", "json", "--last", "1000"}, args...)...)
+}
+
+// observeJSON runs an observe command printing GetFlowsResponses as JSON
+// lines on node and returns their flows.
+func observeJSON(t *testing.T, l *lab.Lab, node string, argv ...string) []map[string]any {
+	t.Helper()
 	out, err := labtest.NodeRun(t, l, node, argv...)
 	if err != nil {
-		t.Fatalf("hubble observe %v: %v: %s", args, err, out)
+		t.Fatalf("%v: %v: %s", argv, err, out)
 	}
 	return parseFlows(t, out)
 }
@@ -57,13 +71,36 @@ func parseFlows(t *testing.T, out string) []map[string]any {
 		}
 		var r map[string]any
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatalf("hubble observe output %q: %v", line, err)
+			t.Fatalf("%v output %q: %v", argv, line, err)
 		}
 		if f, ok := r["flow"].(map[string]any); ok {
 			flows = append(flows, f)
 		}
 	}
 	return flows
+}
+
+// sameFlows fails t unless every flow of want (what the hubble CLI found)
+// is among got (what filament observe found after it: the ring only grew
+// since) and every flow of got passes pass (the filters).
+func sameFlows(t *testing.T, what string, want, got []map[string]any, pass func(map[string]any) bool) {
+	t.Helper()
+	key := func(f map[string]any) string {
+		b, _ := json.Marshal([]any{f["time"], f["verdict"], field(f, "source", "pod_name"), field(f, "destination", "pod_name"), f["l4"], f["l7"]})
+		return string(b)
+	}
+	seen := map[string]bool{}
+	for _, f := range got {
+		seen[key(f)] = true
+		if !pass(f) {
+			t.Errorf("filament observe %s: a flow the filters exclude: %v", what, f)
+		}
+	}
+	for _, f := range want {
+		if !seen[key(f)] {
+			t.Errorf("filament observe %s: missing a flow hubble observe found: %v", what, f)
+		}
+	}
 }
 
 // field walks a decoded flow: field(f, "source", "pod_name").
@@ -84,7 +121,8 @@ func field(f map[string]any, path ...string) any {
 // name. `hubble observe` with its filters (verdict, pod, label, protocol,
 // HTTP method and status) finds the dropped connection (POLICY_DENIED,
 // both pods named), the L7 flows with their method, URL and code, and
-// nothing a filter excludes.
+// nothing a filter excludes; `filament observe` with the same filters
+// finds the same flows.
 func TestHubbleObserve(t *testing.T) {
 	hubble := hubbleCLI(t)
 	l := labtest.Up(t, 1, 0)
@@ -121,6 +159,23 @@ func TestHubbleObserve(t *testing.T) {
 		}
 	}
 
+	// filament observe: the same filters find the same flows, as JSON
+	// and as compact lines.
+	sameFlows(t, "--verdict DROPPED --from-pod default/intruder", drops,
+		filamentObserve(t, l, "n1", "--verdict", "DROPPED", "--from-pod", "default/intruder"), func(f map[string]any) bool {
+			return field(f, "source", "pod_name") == "intruder" && field(f, "verdict") == "DROPPED"
+		})
+	out, err := labtest.NodeRun(t, l, "n1", "filament", "observe", "--verdict", "dropped", "--from-pod", "intruder", "--last", "1000")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if err != nil || len(lines) < len(drops) {
+		t.Errorf("filament observe compact: %v, %d lines for %d flows: %s", err, len(lines), len(drops), out)
+	}
+	for _, line := range lines {
+		if !strings.Contains(line, "default/intruder:") || !strings.Contains(line, "-> default/web:80 ") || !strings.HasSuffix(line, " drop DROPPED (POLICY_DENIED)") {
+			t.Errorf("filament observe compact line: %q", line)
+		}
+	}
+
 	var l7 []map[string]any
 	eventually(t, "hubble observe --protocol http --label app=client shows the two requests", func() bool {
 		l7 = hubbleObserve(t, l, hubble, "n1", "--protocol", "http", "--from-label", "app=client")
@@ -133,12 +188,30 @@ func TestHubbleObserve(t *testing.T) {
 	if codes["GET http://"+web.IP+"/public/a"] != float64(200) || codes["POST http://"+web.IP+"/private"] != float64(403) {
 		t.Errorf("L7 flows (method url -> code): %v", codes)
 	}
+	isHTTP := func(f map[string]any) bool { return field(f, "l7", "http") != nil }
+	sameFlows(t, "--protocol http --from-label app=client", l7,
+		filamentObserve(t, l, "n1", "--protocol", "http", "--from-label", "app=client"), func(f map[string]any) bool {
+			return isHTTP(f) && field(f, "source", "pod_name") == "client"
+		})
+	// --label: either end (the client's requests, as the source).
+	sameFlows(t, "--protocol http --label app=client", l7,
+		filamentObserve(t, l, "n1", "--protocol", "HTTP", "--label", "app=client"), isHTTP)
 	denied := hubbleObserve(t, l, hubble, "n1", "--http-method", "POST", "--http-status", "403")
 	if len(denied) == 0 || field(denied[0], "verdict") != "DROPPED" || field(denied[0], "source", "pod_name") != "client" {
 		t.Errorf("--http-method POST --http-status 403: %v", denied)
 	}
 	if none := hubbleObserve(t, l, hubble, "n1", "--from-pod", "default/nobody"); len(none) != 0 {
 		t.Errorf("--from-pod default/nobody: %d flows", len(none))
+	}
+	sameFlows(t, "--http-method POST --http-status 403", denied,
+		filamentObserve(t, l, "n1", "--http-method", "POST", "--http-status", "403"), func(f map[string]any) bool {
+			return field(f, "l7", "http", "method") == "POST" && field(f, "l7", "http", "code") == float64(403)
+		})
+	if none := filamentObserve(t, l, "n1", "--from-pod", "default/nobody"); len(none) != 0 {
+		t.Errorf("filament observe --from-pod default/nobody: %d flows", len(none))
+	}
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "observe", "--verdict", "LOST"); err == nil || !strings.Contains(out, `--verdict "LOST"`) {
+		t.Errorf("filament observe --verdict LOST: %v: %s", err, out)
 	}
 	// Hubble's semantics the CLI relies on: a pod without namespace is
 	// the default namespace's, a node name without cluster any cluster's.

@@ -83,7 +83,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.PersistentFlags().StringVar(&c.socket, "socket", "", "agent API socket (default $"+types.SocketEnv+" or "+types.DefaultSocket+")")
 	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.fqdnCmd(), c.monitorCmd(), c.nodeCmd(), c.clustermeshCmd(), c.serviceCmd(), c.encryptCmd(), c.bpfCmd(), &cobra.Command{
+	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.fqdnCmd(), c.monitorCmd(), c.observeCmd(), c.nodeCmd(), c.clustermeshCmd(), c.serviceCmd(), c.encryptCmd(), c.bpfCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return c.print(map[string]string{"version": version.Version}, func(w *tabwriter.Writer) {
