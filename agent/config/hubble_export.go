@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"github.com/filament-net/filament/agent/hubble"
+	"github.com/filament-net/filament/agent/hubble/filter"
 	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 )
 
@@ -19,16 +19,16 @@ func (c Config) HubbleExportFilters() (allow, deny []*flowpb.FlowFilter, err err
 		{"hubbleExportAllowlist", "--hubble-export-allowlist", c.HubbleExportAllowlist, &allow},
 		{"hubbleExportDenylist", "--hubble-export-denylist", c.HubbleExportDenylist, &deny},
 	} {
-		ff, err := hubble.ParseFilters(l.value)
+		ff, err := filter.Parse(l.value)
 		if err == nil {
-			_, err = hubble.CompileFilters(ff, nil)
+			_, err = filter.Compile(ff, nil)
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %s (%s) %q: %v", ErrInvalid, l.field, l.flag, l.value, err)
 		}
 		*l.out = ff
 	}
-	if _, err := hubble.CompileFilters(allow, deny); err != nil {
+	if _, err := filter.Compile(allow, deny); err != nil {
 		return nil, nil, fmt.Errorf("%w: hubbleExportAllowlist and hubbleExportDenylist (--hubble-export-allowlist, --hubble-export-denylist): %v", ErrInvalid, err)
 	}
 	return allow, deny, nil

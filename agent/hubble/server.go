@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/filament-net/filament/agent/flow"
+	"github.com/filament-net/filament/agent/hubble/filter"
 	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	"github.com/filament-net/filament/agent/hubble/pb/peer"
@@ -122,7 +123,7 @@ const (
 // last Number, or the first with First, or all; within Since/Until), then
 // with Follow the new ones as they come, until the client goes.
 func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStreamingServer[observer.GetFlowsResponse]) error {
-	fs, err := compileFilters(req.Whitelist, req.Blacklist)
+	fs, err := filter.Compile(req.Whitelist, req.Blacklist)
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -135,7 +136,7 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 	}
 	pass := func(f *flowpb.Flow) bool {
 		t := f.GetTime().AsTime()
-		return (since.IsZero() || !t.Before(since)) && (until.IsZero() || !t.After(until)) && fs.pass(f)
+		return (since.IsZero() || !t.Before(since)) && (until.IsZero() || !t.After(until)) && fs.Pass(f)
 	}
 	send := func(f *flowpb.Flow) error {
 		return stream.Send(&observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f}, NodeName: f.NodeName, Time: f.Time})
@@ -204,6 +205,11 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 		}
 	}
 }
+
+// Flows is the server's flow ring, for readers other than the API (the
+// exporter): a reader that falls behind loses flows, the writer never
+// waits.
+func (s *Server) Flows() *flow.Ring[*flowpb.Flow] { return s.ring }
 
 // ServerStatus reports the ring's counts.
 func (s *Server) ServerStatus(context.Context, *observer.ServerStatusRequest) (*observer.ServerStatusResponse, error) {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/filament-net/filament/agent/hubble/filter"
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	"github.com/filament-net/filament/agent/monitor"
@@ -174,7 +175,7 @@ func TestFlowFilters(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("a pod filter without namespace or name: %v", err)
 	}
-	many := make([]string, maxFilterValues+1)
+	many := make([]string, filter.MaxValues+1)
 	for i := range many {
 		many[i] = "^/x"
 	}

@@ -165,7 +165,7 @@ func serveHubble(t *testing.T, dir string, evs []monitor.Event) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(t.Context(), ln) }() // ends before the cleanups run
+	go func() { done <- s.Serve(t.Context(), ln, nil) }() // ends before the cleanups run
 	t.Cleanup(func() {
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
@@ -268,7 +268,7 @@ func TestObserveMutualTLS(t *testing.T) {
 		s.Record(ev)
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(t.Context(), ln) }()
+	go func() { done <- s.Serve(t.Context(), ln, nil) }()
 	t.Cleanup(func() {
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
@@ -309,7 +309,7 @@ func TestObserveFollowsUntilTheContextEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
-	go func() { served <- s.Serve(t.Context(), ln) }()
+	go func() { served <- s.Serve(t.Context(), ln, nil) }()
 	t.Cleanup(func() { <-served })
 	var out, errOut syncBuf
 	root := newRoot(&out)

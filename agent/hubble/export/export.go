@@ -27,7 +27,7 @@ import (
 	"gopkg.in/natefinch/lumberjack.v2"
 
 	"github.com/filament-net/filament/agent/flow"
-	"github.com/filament-net/filament/agent/hubble"
+	"github.com/filament-net/filament/agent/hubble/filter"
 	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 )
@@ -52,7 +52,7 @@ type Config struct {
 // Exporter writes the flows of a ring to the file.
 type Exporter struct {
 	c    Config
-	pass func(*flowpb.Flow) bool
+	pass filter.Set
 	file *lumberjack.Logger
 
 	written, lost, errs prometheus.Counter
@@ -79,14 +79,14 @@ func New(c Config, reg prometheus.Registerer) (*Exporter, error) {
 	if c.MaxSizeMB < 1 || c.MaxBackups < 1 {
 		return nil, fmt.Errorf("%w: max size %d MB, max backups %d: both must be at least 1", ErrConfig, c.MaxSizeMB, c.MaxBackups)
 	}
-	pass, err := hubble.CompileFilters(c.Allow, c.Deny)
+	set, err := filter.Compile(c.Allow, c.Deny)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(c.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	e := &Exporter{c: c, pass: pass, file: &lumberjack.Logger{Filename: c.Path, MaxSize: c.MaxSizeMB, MaxBackups: c.MaxBackups}}
+	e := &Exporter{c: c, pass: set, file: &lumberjack.Logger{Filename: c.Path, MaxSize: c.MaxSizeMB, MaxBackups: c.MaxBackups}}
 	if _, err := e.file.Write(nil); err != nil { // opens it now: a path that cannot be written fails the start
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -136,7 +136,7 @@ func (e *Exporter) add(batch *bytes.Buffer, f *flowpb.Flow, lost uint64, ok bool
 		e.line(batch, &observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_LostEvents{LostEvents: &flowpb.LostEvent{
 			Source: flowpb.LostEventSource_HUBBLE_RING_BUFFER, NumEventsLost: lost}}, NodeName: e.c.NodeName, Time: timestamppb.Now()})
 	}
-	if ok && e.pass(f) {
+	if ok && e.pass.Pass(f) {
 		e.line(batch, &observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f}, NodeName: f.GetNodeName(), Time: f.GetTime()})
 		e.written.Inc()
 	}

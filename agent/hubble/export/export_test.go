@@ -19,6 +19,7 @@ import (
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/flow"
 	"github.com/filament-net/filament/agent/hubble"
+	"github.com/filament-net/filament/agent/hubble/filter"
 	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	"github.com/filament-net/filament/agent/monitor"
@@ -50,7 +51,7 @@ func ringOf(t *testing.T, capacity, n int) *flow.Ring[*flowpb.Flow] {
 
 func filters(t *testing.T, s string) []*flowpb.FlowFilter {
 	t.Helper()
-	ff, err := hubble.ParseFilters(s)
+	ff, err := filter.Parse(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func lines0(t *testing.T, f *flowpb.Flow) []byte {
 
 func TestNewRejects(t *testing.T) {
 	dir := t.TempDir()
-	bad, err := hubble.ParseFilters(`{"http_status_code":["abc"]}`)
+	bad, err := filter.Parse(`{"http_status_code":["abc"]}`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,8 +231,8 @@ func TestNewRejects(t *testing.T) {
 			t.Errorf("%s: %v, want ErrConfig", name, err)
 		}
 	}
-	if _, err := New(Config{Path: filepath.Join(dir, "b.json"), MaxSizeMB: 1, MaxBackups: 1, Deny: bad}, prometheus.NewRegistry()); !errors.Is(err, hubble.ErrFilter) {
-		t.Errorf("a bad filter: %v, want hubble.ErrFilter", err)
+	if _, err := New(Config{Path: filepath.Join(dir, "b.json"), MaxSizeMB: 1, MaxBackups: 1, Deny: bad}, prometheus.NewRegistry()); !errors.Is(err, filter.ErrInvalid) {
+		t.Errorf("a bad filter: %v, want filter.ErrInvalid", err)
 	}
 }
 

@@ -1,6 +1,13 @@
-package hubble
+// Package filter owns Hubble's flow filters as the node applies them: a
+// request's allow and deny lists of FlowFilters compiled into a Set that
+// decides each flow (Hubble's semantics: values of a field OR'd, fields of
+// a filter AND'd, allow filters OR'd, any deny filter wins), refusing what
+// it cannot apply, and FlowFilters read from their JSON form (config
+// flags). The server, the exporter, the relay and the clients share it.
+package filter
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -10,16 +17,17 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	k8slabels "k8s.io/apimachinery/pkg/labels"
 
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 )
 
-// ErrFilter: a filter the server cannot apply (a field it does not
+// ErrInvalid: a filter the server cannot apply (a field it does not
 // implement, or a value that does not parse). The request is refused
 // rather than answered with flows the filter would have excluded.
-var ErrFilter = errors.New("flow filter")
+var ErrInvalid = errors.New("flow filter")
 
 // match is one compiled FlowFilter: a flow passes when every field set in
 // it matches (a field matches when any of its values does).
@@ -34,11 +42,12 @@ func (m match) ok(f *flow.Flow) bool {
 	return true
 }
 
-// filters are a request's allow and deny lists: a flow passes when it
+// Set is a request's allow and deny lists compiled: a flow passes when it
 // matches an allow filter (or there is none) and no deny filter.
-type filters struct{ allow, deny []match }
+type Set struct{ allow, deny []match }
 
-func (fs filters) pass(f *flow.Flow) bool {
+// Pass decides flow f.
+func (fs Set) Pass(f *flow.Flow) bool {
 	for _, m := range fs.deny {
 		if m.ok(f) {
 			return false
@@ -55,9 +64,12 @@ func (fs filters) pass(f *flow.Flow) bool {
 	return false
 }
 
-func compileFilters(allow, deny []*flow.FlowFilter) (fs filters, err error) {
-	if len(allow)+len(deny) > maxFilters {
-		return fs, fmt.Errorf("%w: %d filters, at most %d", ErrFilter, len(allow)+len(deny), maxFilters)
+// Compile compiles allow and deny lists; a filter it cannot apply (a
+// field not implemented, a value that does not parse, too many) is an
+// error wrapping ErrInvalid naming it.
+func Compile(allow, deny []*flow.FlowFilter) (fs Set, err error) {
+	if len(allow)+len(deny) > MaxFilters {
+		return fs, fmt.Errorf("%w: %d filters, at most %d", ErrInvalid, len(allow)+len(deny), MaxFilters)
 	}
 	for _, ff := range allow {
 		m, err := compileFilter(ff)
@@ -76,11 +88,11 @@ func compileFilters(allow, deny []*flow.FlowFilter) (fs filters, err error) {
 	return fs, nil
 }
 
-// maxFilters and maxFilterValues bound what one request asks the server
+// MaxFilters and MaxValues bound what one request asks the server
 // to evaluate on every flow.
 const (
-	maxFilters      = 64
-	maxFilterValues = 256
+	MaxFilters = 64
+	MaxValues  = 256
 )
 
 // compileFilter compiles the fields set in ff; a field this server does
@@ -95,8 +107,8 @@ func compileFilter(ff *flow.FlowFilter) (match, error) {
 		m = append(m, fn)
 	}
 	ff.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.IsList() && v.List().Len() > maxFilterValues {
-			err = fmt.Errorf("%w %s: %d values, at most %d", ErrFilter, fd.Name(), v.List().Len(), maxFilterValues)
+		if fd.IsList() && v.List().Len() > MaxValues {
+			err = fmt.Errorf("%w %s: %d values, at most %d", ErrInvalid, fd.Name(), v.List().Len(), MaxValues)
 			return false
 		}
 		switch fd.Name() {
@@ -156,7 +168,7 @@ func compileFilter(ff *flow.FlowFilter) (match, error) {
 		case "dns_query":
 			add(dnsQueryFilter(ff.DnsQuery))
 		default:
-			err = fmt.Errorf("%w %s: not supported by this server", ErrFilter, fd.Name())
+			err = fmt.Errorf("%w %s: not supported by this server", ErrInvalid, fd.Name())
 			return false
 		}
 		return err == nil
@@ -175,7 +187,7 @@ func ipFilter(vals []string, get func(*flow.Flow) string) (func(*flow.Flow) bool
 		if err != nil {
 			a, aerr := netip.ParseAddr(v)
 			if aerr != nil {
-				return nil, fmt.Errorf("%w ip %q: not an address or CIDR", ErrFilter, v)
+				return nil, fmt.Errorf("%w ip %q: not an address or CIDR", ErrInvalid, v)
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
@@ -199,7 +211,7 @@ func podFilter(vals []string, get func(*flow.Flow) *flow.Endpoint) (func(*flow.F
 			ns, name = "default", v
 		}
 		if ns == "" && name == "" {
-			return nil, fmt.Errorf("%w pod %q: want namespace/name", ErrFilter, v)
+			return nil, fmt.Errorf("%w pod %q: want namespace/name", ErrInvalid, v)
 		}
 		ps = append(ps, pod{ns, name})
 	}
@@ -219,7 +231,7 @@ func labelFilter(vals []string, get func(*flow.Flow) *flow.Endpoint) (func(*flow
 	for _, v := range vals {
 		s, err := k8slabels.Parse(strings.ReplaceAll(strings.ReplaceAll(v, "any:", ""), ":", "."))
 		if err != nil {
-			return nil, fmt.Errorf("%w label %q: %w", ErrFilter, v, err)
+			return nil, fmt.Errorf("%w label %q: %w", ErrInvalid, v, err)
 		}
 		sels = append(sels, s)
 	}
@@ -247,11 +259,11 @@ func namePatterns(field string, vals []string, class string) ([]*regexp.Regexp, 
 	res := make([]*regexp.Regexp, 0, len(vals))
 	for _, v := range vals {
 		if v == "" {
-			return nil, fmt.Errorf("%w %s: an empty pattern", ErrFilter, field)
+			return nil, fmt.Errorf("%w %s: an empty pattern", ErrInvalid, field)
 		}
 		re, err := regexp.Compile("(?i)^" + strings.ReplaceAll(regexp.QuoteMeta(strings.TrimSuffix(v, ".")), `\*`, class+"*") + "$")
 		if err != nil {
-			return nil, fmt.Errorf("%w %s %q: %w", ErrFilter, field, v, err)
+			return nil, fmt.Errorf("%w %s %q: %w", ErrInvalid, field, v, err)
 		}
 		res = append(res, re)
 	}
@@ -311,7 +323,7 @@ func protocolFilter(vals []string) (func(*flow.Flow) bool, error) {
 		switch strings.ToLower(v) {
 		case "tcp", "udp", "icmp", "icmpv4", "http", "dns", "kafka":
 		default:
-			return nil, fmt.Errorf("%w protocol %q: not supported by this server", ErrFilter, v)
+			return nil, fmt.Errorf("%w protocol %q: not supported by this server", ErrInvalid, v)
 		}
 	}
 	return func(f *flow.Flow) bool {
@@ -340,7 +352,7 @@ func portFilter(vals []string, source bool) (func(*flow.Flow) bool, error) {
 	for _, v := range vals {
 		p, err := strconv.ParseUint(v, 10, 16)
 		if err != nil {
-			return nil, fmt.Errorf("%w port %q: not a port number", ErrFilter, v)
+			return nil, fmt.Errorf("%w port %q: not a port number", ErrInvalid, v)
 		}
 		ports = append(ports, uint32(p))
 	}
@@ -385,7 +397,7 @@ func statusFilter(vals []string) (func(*flow.Flow) bool, error) {
 	for _, v := range vals {
 		d := strings.TrimSuffix(v, "+")
 		if _, err := strconv.ParseUint(d, 10, 16); err != nil || d == "" || len(d) > 3 {
-			return nil, fmt.Errorf("%w http_status_code %q: want a code or a prefix with +", ErrFilter, v)
+			return nil, fmt.Errorf("%w http_status_code %q: want a code or a prefix with +", ErrInvalid, v)
 		}
 	}
 	return func(f *flow.Flow) bool {
@@ -420,9 +432,41 @@ func regexps(field string, vals []string) ([]*regexp.Regexp, error) {
 	for _, v := range vals {
 		re, err := regexp.Compile(v)
 		if err != nil {
-			return nil, fmt.Errorf("%w %s %q: %w", ErrFilter, field, v, err)
+			return nil, fmt.Errorf("%w %s %q: %w", ErrInvalid, field, v, err)
 		}
 		res = append(res, re)
 	}
 	return res, nil
+}
+
+// Parse reads FlowFilters written in Hubble's JSON form (its proto
+// field names or their JSON names), one or more objects separated by
+// commas or spaces, or a JSON array of them: `{"verdict":["DROPPED"]}
+// {"source_pod":["default/"]}`. Empty is none.
+func Parse(s string) ([]*flow.FlowFilter, error) {
+	var raws []json.RawMessage
+	if s = strings.TrimSpace(s); strings.HasPrefix(s, "[") {
+		if err := json.Unmarshal([]byte(s), &raws); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		s = ""
+	}
+	for s = strings.TrimLeft(s, " \t\r\n,"); s != ""; s = strings.TrimLeft(s, " \t\r\n,") {
+		dec := json.NewDecoder(strings.NewReader(s))
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		raws = append(raws, raw)
+		s = s[dec.InputOffset():]
+	}
+	out := make([]*flow.FlowFilter, 0, len(raws))
+	for _, raw := range raws {
+		ff := &flow.FlowFilter{}
+		if err := protojson.Unmarshal(raw, ff); err != nil {
+			return nil, fmt.Errorf("%w %s: %v", ErrInvalid, raw, err)
+		}
+		out = append(out, ff)
+	}
+	return out, nil
 }

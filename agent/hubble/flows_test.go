@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filament-net/filament/agent/hubble/filter"
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 )
 
@@ -38,20 +39,20 @@ func TestParseAndCompileFilters(t *testing.T) {
 	}
 	passing := func(allow, deny string) (n int) {
 		t.Helper()
-		a, err := ParseFilters(allow)
+		a, err := filter.Parse(allow)
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := ParseFilters(deny)
+		d, err := filter.Parse(deny)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pass, err := CompileFilters(a, d)
+		set, err := filter.Compile(a, d)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, f := range flows {
-			if pass(f) {
+			if set.Pass(f) {
 				n++
 			}
 		}
@@ -75,15 +76,15 @@ func TestParseAndCompileFilters(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{`{"verdict":["NOPE"]}`, `{"no_such_field":[1]}`, `{"verdict":`, `[{]`, `"x"`} {
-		if _, err := ParseFilters(bad); !errors.Is(err, ErrFilter) {
-			t.Errorf("ParseFilters(%s): %v, want ErrFilter", bad, err)
+		if _, err := filter.Parse(bad); !errors.Is(err, filter.ErrInvalid) {
+			t.Errorf("filter.Parse(%s): %v, want filter.ErrInvalid", bad, err)
 		}
 	}
-	ff, err := ParseFilters(`{"http_status_code":["abc"]}`)
+	ff, err := filter.Parse(`{"http_status_code":["abc"]}`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := CompileFilters(ff, nil); !errors.Is(err, ErrFilter) {
-		t.Errorf("a filter that does not compile: %v, want ErrFilter", err)
+	if _, err := filter.Compile(ff, nil); !errors.Is(err, filter.ErrInvalid) {
+		t.Errorf("a filter that does not compile: %v, want filter.ErrInvalid", err)
 	}
 }

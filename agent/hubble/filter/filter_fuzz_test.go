@@ -1,4 +1,4 @@
-package hubble
+package filter
 
 import (
 	"errors"
@@ -6,12 +6,13 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 )
 
 // FuzzFlowFilter: any FlowFilter a client sends (the wire bytes of one)
-// either compiles or is refused with ErrFilter, and a compiled filter
+// either compiles or is refused with ErrInvalid, and a compiled filter
 // decides every flow without failing; a filter refused once is refused
 // again (no state), one accepted decides the same flow the same way.
 func FuzzFlowFilter(f *testing.F) {
@@ -26,11 +27,15 @@ func FuzzFlowFilter(f *testing.F) {
 		b, _ := proto.Marshal(ff)
 		f.Add(b)
 	}
-	flows := []*flow.Flow{}
-	for _, ev := range events(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)) {
-		flows = append(flows, Meta{NodeName: "n1"}.Flow(ev))
-	}
-	flows = append(flows, &flow.Flow{}, &flow.Flow{L7: &flow.Layer7{Record: &flow.Layer7_Http{Http: &flow.HTTP{Url: "%zz"}}}})
+	flows := []*flow.Flow{{}, {L7: &flow.Layer7{Record: &flow.Layer7_Http{Http: &flow.HTTP{Url: "%zz"}}}},
+		{Verdict: flow.Verdict_DROPPED, NodeName: "c1/n1", IP: &flow.IP{Source: "10.0.0.1", Destination: "10.0.0.2"},
+			Source:      &flow.Endpoint{Namespace: "default", PodName: "client", Labels: []string{"k8s:app=client"}},
+			Destination: &flow.Endpoint{Namespace: "default", PodName: "web", Labels: []string{"k8s:app=web"}},
+			L4:          &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: 40000, DestinationPort: 80}}},
+			EventType:   &flow.CiliumEventType{Type: 1}},
+		{Time: timestamppb.New(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)), DestinationNames: []string{"www.allowed.test"},
+			L7: &flow.Layer7{Record: &flow.Layer7_Dns{Dns: &flow.DNS{Query: "www.allowed.test.", Rcode: 3}}}},
+		{L7: &flow.Layer7{Record: &flow.Layer7_Http{Http: &flow.HTTP{Code: 403, Method: "POST", Url: "http://web/private"}}}}}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ff := &flow.FlowFilter{}
 		if proto.Unmarshal(b, ff) != nil {
@@ -38,8 +43,8 @@ func FuzzFlowFilter(f *testing.F) {
 		}
 		m, err := compileFilter(ff)
 		if err != nil {
-			if !errors.Is(err, ErrFilter) {
-				t.Fatalf("refused without ErrFilter: %v", err)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("refused without ErrInvalid: %v", err)
 			}
 			if _, again := compileFilter(ff); again == nil {
 				t.Fatal("refused once, accepted again")
