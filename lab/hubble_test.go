@@ -71,7 +71,7 @@ func parseFlows(t *testing.T, out string) []map[string]any {
 		}
 		var r map[string]any
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatalf("%v output %q: %v", argv, line, err)
+			t.Fatalf("observe output %q: %v", line, err)
 		}
 		if f, ok := r["flow"].(map[string]any); ok {
 			flows = append(flows, f)

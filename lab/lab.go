@@ -82,7 +82,8 @@ type Cluster struct {
 type Relay struct {
 	Node   string `json:"node"`
 	NetNS  string `json:"netns"`
-	Listen string `json:"listen"` // host:port in NetNS
+	Listen string `json:"listen"` // host:port in NetNS: the Observer API
+	Web    string `json:"web"`    // host:port in NetNS: the web page
 	PID    int    `json:"pid"`
 	Log    string `json:"log"`
 }

@@ -16,9 +16,13 @@ import (
 // (its node address, mutual TLS).
 const HubblePort = 4244
 
-// RelayPort is where a cluster's relay serves the Observer API, on the
-// loopback of the node namespace it runs in.
-const RelayPort = 4245
+// RelayPort and RelayWebPort are where a cluster's relay serves the
+// Observer API and the web page, on the loopback of the node namespace it
+// runs in.
+const (
+	RelayPort    = 4245
+	RelayWebPort = 4246
+)
 
 // StartRelay starts the cluster's Hubble relay (filament-relay) in the
 // namespace of the cluster's first node, finding the nodes through that
@@ -42,14 +46,15 @@ func (l *Lab) StartRelay(cluster string) (*Relay, error) {
 		return nil, fmt.Errorf("%w: cluster %s has no node to run its relay", ErrNotFound, c.Name)
 	}
 	r := &Relay{Node: n.Name, NetNS: n.NetNS, Listen: net.JoinHostPort("127.0.0.1", fmt.Sprint(RelayPort)),
-		Log: filepath.Join(l.dir, c.Name, "relay.log")}
+		Web: net.JoinHostPort("127.0.0.1", fmt.Sprint(RelayWebPort)), Log: filepath.Join(l.dir, c.Name, "relay.log")}
 	logf, err := os.OpenFile(r.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
 	cmd := netnsCommand(n.NetNS, filepath.Join(l.BinDir, "filament-relay"), "--bundle", c.Bundle,
-		"--peer-server", "unix://"+filepath.Join(filepath.Dir(n.Socket), "hubble.sock"), "--listen", r.Listen)
+		"--peer-server", "unix://"+filepath.Join(filepath.Dir(n.Socket), "hubble.sock"), "--listen", r.Listen,
+		"--web-listen", r.Web, "--agent-socket", n.Socket)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

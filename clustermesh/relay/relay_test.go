@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -253,6 +255,24 @@ func TestBundleCredentialsRefusesBadNames(t *testing.T) {
 	for _, bad := range []string{"../c1", "c2", "", "C1/../../etc"} {
 		if _, err := creds(bad); !errors.Is(err, ErrConfig) {
 			t.Errorf("cluster %q: %v, want ErrConfig", bad, err)
+		}
+	}
+}
+
+// The page answers for loopback names only (DNS rebinding).
+func TestLoopbackHosts(t *testing.T) {
+	h := LoopbackHosts(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	for host, want := range map[string]int{
+		"127.0.0.1:4246": http.StatusNoContent, "localhost:4246": http.StatusNoContent, "[::1]:4246": http.StatusNoContent,
+		"127.0.0.1": http.StatusNoContent, "evil.example:4246": http.StatusMisdirectedRequest,
+		"10.0.0.1:4246": http.StatusMisdirectedRequest, "": http.StatusMisdirectedRequest, "localhost.evil:80": http.StatusMisdirectedRequest,
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Host = host
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != want {
+			t.Errorf("Host %q: %d, want %d", host, w.Code, want)
 		}
 	}
 }

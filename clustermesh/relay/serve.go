@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,6 +21,23 @@ import (
 // Serve serves the relay's Observer API on ln until ctx ends.
 func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 	return hubble.ServeGRPC(ctx, ln, nil, func(g *grpc.Server) { observer.RegisterObserverServer(g, r) })
+}
+
+// LoopbackHosts refuses requests whose Host is not a loopback address or
+// localhost (any port): a web page elsewhere cannot rebind its name to the
+// relay's loopback address and read the mesh's flows (DNS rebinding).
+func LoopbackHosts(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if hp, _, err := net.SplitHostPort(host); err == nil {
+			host = hp
+		}
+		if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+			http.Error(w, "the relay answers requests for localhost or a loopback address only", http.StatusMisdirectedRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Listen listens on a unix socket (unix:///path, mode 0660) or a loopback
