@@ -189,6 +189,12 @@ func TestDNSPolicy(t *testing.T) {
 	if !found {
 		t.Errorf("fqdn cache list has no www.allowed.test. -> %s from the client's endpoint: %+v", web1.IP, fqdnCache(t, l, "n1"))
 	}
+	// The connection's flow carries the name it was looked up as: the
+	// Hubble API finds it by --to-fqdn (not only the DNS exchange).
+	conns := filamentObserve(t, l, "n1", "--to-fqdn", "www.allowed.test", "--protocol", "tcp", "--from-pod", "default/client")
+	if len(conns) == 0 || field(conns[0], "IP", "destination") != web1.IP || field(conns[0], "verdict") != "FORWARDED" {
+		t.Errorf("filament observe --to-fqdn www.allowed.test --protocol tcp: %v", conns)
+	}
 
 	// The server moves the name to web2: the allow follows the answers;
 	// web1's address is revoked for new connections after its TTL.

@@ -22,7 +22,7 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	}
 	sock := a.cfg.HubbleSocketPath()
 	s, err := hubble.New(hubble.Config{
-		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt},
+		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt, Names: a.dnsNamesOf},
 		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
 		OnFlow: a.observeFlows(),
 	})
@@ -85,4 +85,13 @@ func (a *Agent) podAt(ip netip.Addr) (namespace, pod string) {
 		return "", ""
 	}
 	return e.Namespace, e.Pod
+}
+
+// dnsNamesOf are the names the DNS proxy learned for ip (asked by
+// endpoint ep, or by any when ep is 0).
+func (a *Agent) dnsNamesOf(ip netip.Addr, ep uint16) []string {
+	if a.names == nil {
+		return nil
+	}
+	return a.names.cache.Names(ip, ep)
 }

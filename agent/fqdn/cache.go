@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,9 +54,12 @@ type Cache struct {
 	names map[string]*name
 	sels  map[string]*selector
 	order []*selector // sels, for matching new names without a map walk
-	live  entryHeap   // entries not held, by (expires, seq)
-	held  entryHeap   // entries kept past their expiry for a live connection
-	seq   uint64
+	// byAddr indexes the entries by address (the names of a flow's
+	// addresses).
+	byAddr map[[4]byte][]*entry
+	live   entryHeap // entries not held, by (expires, seq)
+	held   entryHeap // entries kept past their expiry for a live connection
+	seq    uint64
 	// lastSweep is the time of the last Expire (unix ns), the base of the
 	// held entries' next check.
 	lastSweep int64
@@ -103,9 +107,10 @@ func NewCache(cfg Config) *Cache {
 		cfg.Now = time.Now
 	}
 	return &Cache{
-		cfg:   cfg,
-		names: map[string]*name{},
-		sels:  map[string]*selector{},
+		cfg:    cfg,
+		names:  map[string]*name{},
+		sels:   map[string]*selector{},
+		byAddr: map[[4]byte][]*entry{},
 	}
 }
 
@@ -280,6 +285,7 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 		e.addEndpoint(ep)
 	}
 	n.entries = slices.Insert(n.entries, i, e)
+	c.byAddr[addr] = append(c.byAddr[addr], e)
 	heap.Push(&c.live, e)
 	for _, s := range n.sels {
 		if s.addrs[addr]++; s.addrs[addr] == 1 {
@@ -333,6 +339,11 @@ func (c *Cache) remove(e *entry, ch changes) {
 	if i, ok := slices.BinarySearchFunc(n.entries, e.addr, func(x *entry, a [4]byte) int { return compareAddr(x.addr, a) }); ok {
 		n.entries = slices.Delete(n.entries, i, i+1)
 	}
+	if same := slices.DeleteFunc(c.byAddr[e.addr], func(x *entry) bool { return x == e }); len(same) == 0 {
+		delete(c.byAddr, e.addr)
+	} else {
+		c.byAddr[e.addr] = same
+	}
 	for _, s := range n.sels {
 		if s.addrs[e.addr]--; s.addrs[e.addr] <= 0 {
 			delete(s.addrs, e.addr)
@@ -357,6 +368,31 @@ func compareAddr(a, b [4]byte) int {
 		}
 	}
 	return 0
+}
+
+// MaxNamesPerAddr bounds the names Names returns (answers may give one
+// address many names).
+const MaxNamesPerAddr = 8
+
+// Names returns the names (without the final dot, sorted, at most
+// MaxNamesPerAddr) the cache holds for addr that endpoint ep asked for,
+// or that any endpoint asked for when ep is 0: what a flow to addr was
+// looked up as.
+func (c *Cache) Names(addr netip.Addr, ep uint16) []string {
+	if !addr.Is4() {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, e := range c.byAddr[addr.As4()] {
+		if _, asked := slices.BinarySearch(e.eps, ep); ep == 0 || asked {
+			out = append(out, strings.TrimSuffix(e.n.name, "."))
+		}
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	return out[:min(len(out), MaxNamesPerAddr)]
 }
 
 // Addrs returns the addresses of every name the selector key matches, sorted

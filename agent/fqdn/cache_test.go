@@ -494,3 +494,28 @@ func TestWanted(t *testing.T) {
 		t.Error("Wanted does not follow the selector")
 	}
 }
+
+// Names: what an address was looked up as, by the endpoint that asked (or
+// anyone), bounded; gone with the entry.
+func TestNames(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now})
+	c.Update(1, "api.example.com.", ips("10.0.0.1"), time.Minute)
+	c.Update(2, "www.example.com", ips("10.0.0.1", "10.0.0.2"), 2*time.Minute)
+	a := netip.MustParseAddr("10.0.0.1")
+	eq(t, "Names ep 1", c.Names(a, 1), []string{"api.example.com"})
+	eq(t, "Names ep 2", c.Names(a, 2), []string{"www.example.com"})
+	eq(t, "Names any", c.Names(a, 0), []string{"api.example.com", "www.example.com"})
+	eq(t, "Names ep 3", c.Names(a, 3), []string(nil))
+	eq(t, "Names v6", c.Names(netip.MustParseAddr("fd00::1"), 0), []string(nil))
+	for i := range 3 * MaxNamesPerAddr {
+		c.Update(4, fmt.Sprintf("n%02d.evil.test", i), ips("10.0.0.9"), time.Minute)
+	}
+	if got := c.Names(netip.MustParseAddr("10.0.0.9"), 4); len(got) != MaxNamesPerAddr || got[0] != "n00.evil.test" {
+		t.Errorf("one address, many names: %v", got)
+	}
+	clk.advance(90 * time.Second)
+	c.Expire(nil)
+	eq(t, "Names after api expired", c.Names(a, 0), []string{"www.example.com"})
+	eq(t, "index entries", len(c.byAddr), 2) // 10.0.0.1, 10.0.0.2 (www's); 10.0.0.9's names expired
+}

@@ -129,6 +129,7 @@ func (c *Cache) reset() {
 
 func (c *Cache) resetLocked() {
 	c.names = map[string]*name{}
+	c.byAddr = map[[4]byte][]*entry{}
 	c.live, c.held = entryHeap{}, entryHeap{}
 	for _, s := range c.sels {
 		s.names = map[*name]struct{}{}

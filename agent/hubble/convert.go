@@ -37,6 +37,9 @@ type Meta struct {
 	// PodAt names the pod at another node's address (of this cluster or
 	// a connected one: its ipcache entry), "" when unknown.
 	PodAt func(ip netip.Addr) (namespace, pod string)
+	// Names are the DNS names the node's DNS proxy saw ip answered for,
+	// to endpoint ep (any endpoint when ep is 0); nil: none.
+	Names func(ip netip.Addr, ep uint16) []string
 }
 
 // dropReasons maps the datapath's drop reasons to Hubble's.
@@ -75,6 +78,12 @@ func (m Meta) Flow(ev monitor.Event) *flow.Flow {
 	}
 	f.Source = m.endpoint(srcEP, ev.Src.Addr(), uint32(ev.SrcIdentity), ev.SrcLabels)
 	f.Destination = m.endpoint(dstEP, ev.Dst.Addr(), uint32(ev.DstIdentity), ev.DstLabels)
+	if m.Names != nil {
+		// What each side was looked up as by the other (a local endpoint
+		// asking), else by any endpoint of the node.
+		f.SourceNames = m.Names(ev.Src.Addr(), dstEP)
+		f.DestinationNames = m.Names(ev.Dst.Addr(), srcEP)
+	}
 	switch ev.Type {
 	case "drop":
 		f.Verdict = flow.Verdict_DROPPED

@@ -22,6 +22,12 @@ func TestRemoteEndpointNamed(t *testing.T) {
 				return "shop", "web-7"
 			}
 			return "", ""
+		},
+		Names: func(ip netip.Addr, ep uint16) []string {
+			if ip == remote && ep == 1 {
+				return []string{"web.shop.test"}
+			}
+			return nil
 		}}
 	f := m.Flow(monitor.Event{Time: time.Now(), Type: "drop", Direction: "ingress", Endpoint: 1, Protocol: "TCP",
 		Src: netip.AddrPortFrom(remote, 4000), Dst: netip.MustParseAddrPort("10.101.0.2:5432"),
@@ -31,6 +37,9 @@ func TestRemoteEndpointNamed(t *testing.T) {
 	}
 	if f.Destination.PodName != "db" || f.Destination.ClusterName != "c2" || f.NodeName != "c2/n1" {
 		t.Errorf("local destination: %v (node %s)", f.Destination, f.NodeName)
+	}
+	if len(f.SourceNames) != 1 || f.SourceNames[0] != "web.shop.test" || f.DestinationNames != nil {
+		t.Errorf("names: source %v destination %v", f.SourceNames, f.DestinationNames)
 	}
 	if f.Verdict != flow.Verdict_DROPPED {
 		t.Errorf("verdict %v", f.Verdict)

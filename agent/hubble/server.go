@@ -148,10 +148,11 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 			NodeName: s.meta.node(), Time: timestamppb.Now()})
 	}
 	// The backlog: the flows held when the request came, at most Number
-	// of them kept (the first, or a window of the last).
+	// of them kept (the first, or a window of the last); following with
+	// neither Number nor Since, none (Hubble's: only new flows).
 	n := int(req.Number)
 	end, _ := s.ring.Stats()
-	rd := s.ring.Reader(0, false)
+	rd := s.ring.Reader(0, req.Follow && n == 0 && req.Since == nil)
 	var backlog []*flowpb.Flow
 	var lost uint64
 	for rd.Pos() < end && !(req.First && n > 0 && len(backlog) == n) {

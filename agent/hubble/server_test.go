@@ -209,6 +209,30 @@ func TestNumberFirstFollowLost(t *testing.T) {
 	if r, err := st.Recv(); err != nil || r.GetFlow().Verdict != flow.Verdict_DROPPED {
 		t.Fatalf("follow, a new flow: %v %v", r, err)
 	}
+	// Following with neither a number nor a start: only new flows.
+	only, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// New flows (a later time) are written until one comes: the first to
+	// come must be one of them, never a held one.
+	fresh := evs[3]
+	fresh.Time = time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+				s.Record(fresh)
+			}
+		}
+	}()
+	if r, err := only.Recv(); err != nil || !r.GetFlow().GetTime().AsTime().Equal(fresh.Time) {
+		t.Fatalf("follow alone: first %v %v, want a new flow", r, err)
+	}
 }
 
 // A client's Host header may hold what a URL's host may not ("%" is a

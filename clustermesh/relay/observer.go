@@ -71,6 +71,9 @@ func (r *Relay) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStream
 	// window closes.
 	var backlog []arrival
 	window := time.NewTimer(backlogWindow)
+	if req.Follow && req.Number == 0 && req.Since == nil {
+		window.Reset(0) // only new flows: no backlog to gather
+	}
 	defer window.Stop()
 	open := true
 gather:
