@@ -55,9 +55,9 @@ func (a *Agent) startHubble(ctx context.Context) error {
 		a.peers.SetPort(tcp.Addr().(*net.TCPAddr).Port)
 		lns = append(lns, listener{tcp, conf})
 	}
-	events, stop := a.hub.Subscribe(monitor.Filter{})
+	events, lost, stop := a.hub.SubscribeCounted(monitor.Filter{})
 	a.onStop("hubble flows", stop)
-	a.goroutine(func() { s.Follow(events) })
+	a.goroutine(func() { s.Follow(events, lost) })
 	for _, ln := range lns {
 		a.goroutine(func() {
 			if err := s.Serve(ctx, ln.Listener, ln.tls); err != nil {

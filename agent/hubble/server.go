@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -39,7 +40,10 @@ type Server struct {
 	version string
 	address string // Config.Address
 	peers   *Peers
-	onFlow  func(*flowpb.Flow)
+	// queueLost is how many events the monitor could not queue for the
+	// server (it fell behind).
+	queueLost atomic.Uint64
+	onFlow    func(*flowpb.Flow)
 }
 
 // Config configures a Server.
@@ -76,9 +80,14 @@ func (s *Server) Record(ev monitor.Event) {
 	}
 }
 
-// Follow records the events of ch until it closes.
-func (s *Server) Follow(ch <-chan monitor.Event) {
+// Follow records the events of ch until it closes; lost (nil: none) is
+// how many events the channel's source could not queue, reported to
+// following clients as lost events.
+func (s *Server) Follow(ch <-chan monitor.Event, lost func() uint64) {
 	for ev := range ch {
+		if lost != nil {
+			s.queueLost.Store(lost())
+		}
 		s.Record(ev)
 	}
 }
@@ -141,12 +150,13 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 	send := func(f *flowpb.Flow) error {
 		return stream.Send(&observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f}, NodeName: f.NodeName, Time: f.Time})
 	}
-	lostEvent := func(n uint64) error {
+	lostFrom := func(src flowpb.LostEventSource, n uint64) error {
 		return stream.Send(&observer.GetFlowsResponse{
-			ResponseTypes: &observer.GetFlowsResponse_LostEvents{LostEvents: &flowpb.LostEvent{
-				Source: flowpb.LostEventSource_HUBBLE_RING_BUFFER, NumEventsLost: n}},
-			NodeName: s.meta.node(), Time: timestamppb.Now()})
+			ResponseTypes: &observer.GetFlowsResponse_LostEvents{LostEvents: &flowpb.LostEvent{Source: src, NumEventsLost: n}},
+			NodeName:      s.meta.node(), Time: timestamppb.Now()})
 	}
+	lostEvent := func(n uint64) error { return lostFrom(flowpb.LostEventSource_HUBBLE_RING_BUFFER, n) }
+	queueLost := s.queueLost.Load() // events the server missed before this stream
 	// The backlog: the flows held when the request came, at most Number
 	// of them kept (the first, or a window of the last); following with
 	// neither Number nor Since, none (Hubble's: only new flows).
@@ -195,6 +205,12 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 			if err := lostEvent(lost); err != nil {
 				return err
 			}
+		}
+		if n := s.queueLost.Load(); n > queueLost {
+			if err := lostFrom(flowpb.LostEventSource_OBSERVER_EVENTS_QUEUE, n-queueLost); err != nil {
+				return err
+			}
+			queueLost = n
 		}
 		if !until.IsZero() && f.GetTime().AsTime().After(until) {
 			return nil // past the window: the stream ends, as Hubble's

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -246,5 +247,62 @@ func TestHostileHostStillFiltered(t *testing.T) {
 	got, err := getFlows(t, c, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{HttpPath: []string{"^/admin$"}}}})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("--http-path ^/admin$ for Host x%%41y: %d flows, %v", len(got), err)
+	}
+}
+
+// Events the monitor could not queue for the server reach following
+// clients as lost events (OBSERVER_EVENTS_QUEUE), before the next flow.
+func TestQueueLossReported(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := events(time.Now())
+	ch := make(chan monitor.Event)
+	defer close(ch)
+	var missed atomic.Uint64
+	go s.Follow(ch, missed.Load)
+	// Flows until the stream has one (it started), none lost yet.
+	got := make(chan *observer.GetFlowsResponse)
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- r
+		}
+	}()
+	first := true
+	for first {
+		select {
+		case ch <- evs[0]:
+		case r, ok := <-got:
+			if !ok || r.GetLostEvents() != nil {
+				t.Fatalf("before any loss: %v", r)
+			}
+			first = false
+		}
+	}
+	missed.Store(7)
+	ch <- evs[1]
+	var lost uint64
+	for r := range got {
+		if l := r.GetLostEvents(); l != nil {
+			if l.Source != flow.LostEventSource_OBSERVER_EVENTS_QUEUE {
+				t.Errorf("lost events from %v", l.Source)
+			}
+			lost += l.NumEventsLost
+		}
+		if r.GetFlow().GetTime().AsTime().Equal(evs[1].Time) {
+			break
+		}
+	}
+	if lost != 7 {
+		t.Errorf("lost %d events reported before the next flow, want 7", lost)
 	}
 }

@@ -28,6 +28,7 @@ func (f Filter) Match(ev Event) bool {
 type sub struct {
 	ch     chan Event
 	filter Filter
+	lost   atomic.Uint64 // events this subscriber missed
 }
 
 // Hub fans events out.
@@ -86,6 +87,7 @@ func (h *Hub) Publish(ev Event) {
 		case s.ch <- ev:
 		default:
 			h.lost.Add(1)
+			s.lost.Add(1)
 		}
 	}
 }
@@ -116,6 +118,13 @@ func (h *Hub) nameEndpoint(ev *Event) {
 // Subscribe returns a channel of matching events and a function that ends
 // the subscription (and closes the channel).
 func (h *Hub) Subscribe(f Filter) (<-chan Event, func()) {
+	ch, _, cancel := h.SubscribeCounted(f)
+	return ch, cancel
+}
+
+// SubscribeCounted is Subscribe that also returns how many events the
+// subscriber has missed so far (its channel was full).
+func (h *Hub) SubscribeCounted(f Filter) (<-chan Event, func() uint64, func()) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	id := h.next
@@ -125,7 +134,7 @@ func (h *Hub) Subscribe(f Filter) (<-chan Event, func()) {
 	for _, w := range h.onSubscribe {
 		w() // must not block
 	}
-	return s.ch, func() {
+	return s.ch, s.lost.Load, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if _, ok := h.subs[id]; ok {

@@ -29,12 +29,15 @@ func TestFiltersAndLabels(t *testing.T) {
 func TestSlowSubscriberLosesEvents(t *testing.T) {
 	h := NewHub(nil)
 	_, stop := h.Subscribe(Filter{})
+	fast, lost, stopFast := h.SubscribeCounted(Filter{})
 	for i := 0; i < 1100; i++ {
 		h.Publish(Event{Type: "drop"})
+		<-fast // keeps up
 	}
-	if h.Lost() != 76 {
-		t.Fatalf("lost %d, want 76", h.Lost())
+	if h.Lost() != 76 || lost() != 0 {
+		t.Fatalf("lost %d in all, %d by the subscriber keeping up; want 76 and 0", h.Lost(), lost())
 	}
+	stopFast()
 	stop()
 	stop() // idempotent
 }
