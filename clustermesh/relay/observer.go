@@ -35,116 +35,183 @@ type arrival struct {
 }
 
 // GetFlows asks every node for the request's flows and sends them merged
-// by time; nodes the relay cannot read are announced first as
-// NODE_UNAVAILABLE.
+// by time; nodes the relay cannot read are announced as NODE_UNAVAILABLE.
+// A follow also reads the nodes that join while it runs, and reads a node
+// whose stream failed again (at most every retryAfter, from then on).
 func (r *Relay) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStreamingServer[observer.GetFlowsResponse]) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	items := make(chan arrival, mergeBuffer)
-	var wg sync.WaitGroup
+	m := &merge{r: r, req: req, stream: stream, ctx: ctx, items: make(chan arrival, mergeBuffer),
+		ended: make(chan ended), reading: map[*member]time.Time{}}
+	if err := m.scan(); err != nil {
+		return err
+	}
+	if m.running == 0 && len(m.reading) == 0 {
+		return status.Error(codes.Unavailable, "the relay knows no node yet")
+	}
+	return m.run()
+}
+
+// retryAfter spaces a follow's new reads of a node whose stream failed.
+const retryAfter = 5 * time.Second
+
+// merge is one GetFlows call's state.
+type merge struct {
+	r      *Relay
+	req    *observer.GetFlowsRequest
+	stream grpc.ServerStreamingServer[observer.GetFlowsResponse]
+	ctx    context.Context
+	items  chan arrival
+	ended  chan ended
+	// reading: the nodes read (or not readable), with when they may be
+	// read again (zero: not while this call runs).
+	reading map[*member]time.Time
+	running int
+	backlog bool // still gathering the backlog
+	held    []arrival
+}
+
+// ended is a node's stream ending (err nil: it ended as asked).
+type ended struct {
+	p   *member
+	err error
+}
+
+// scan starts reading the nodes not read yet (and, in a follow, those due
+// a retry), announcing the unreadable ones.
+func (m *merge) scan() error {
 	var unavailable []string
-	var errMsg string
-	for _, p := range r.snapshot() {
-		if p.conn == nil {
-			unavailable = append(unavailable, p.name)
-			errMsg = p.err.Error()
+	var msg string
+	now := time.Now()
+	for _, p := range m.r.snapshot() {
+		again, retry := m.reading[p]
+		if retry && (again.IsZero() || now.Before(again)) {
 			continue
 		}
-		wg.Add(1)
+		m.reading[p] = time.Time{}
+		if p.conn == nil {
+			unavailable, msg = append(unavailable, p.name), p.err.Error()
+			continue
+		}
+		req := m.req
+		if retry {
+			// Read again from now: its backlog was sent, or is gone.
+			req = &observer.GetFlowsRequest{Whitelist: m.req.Whitelist, Blacklist: m.req.Blacklist, Follow: true,
+				Since: timestamppb.Now(), Until: m.req.Until}
+		}
+		m.running++
 		go func() {
-			defer wg.Done()
-			if err := readNode(ctx, p, req, items); err != nil && ctx.Err() == nil {
-				items <- arrival{resp: nodeStatus(relaypb.NodeState_NODE_UNAVAILABLE, err.Error(), p.name), at: time.Now()}
+			err := readNode(m.ctx, p, req, m.items)
+			select {
+			case m.ended <- ended{p, err}:
+			case <-m.ctx.Done():
 			}
 		}()
 	}
-	go func() {
-		wg.Wait()
-		close(items)
-	}()
-	if len(unavailable) > 0 {
-		if err := stream.Send(nodeStatus(relaypb.NodeState_NODE_UNAVAILABLE, errMsg, unavailable...)); err != nil {
-			return err
-		}
+	if len(unavailable) == 0 {
+		return nil
 	}
-	// The backlog: everything until the nodes end (no follow) or the
-	// window closes.
-	var backlog []arrival
+	return m.stream.Send(nodeStatus(relaypb.NodeState_NODE_UNAVAILABLE, msg, unavailable...))
+}
+
+// run merges until the nodes' streams end (no follow, or a follow that
+// reached Until everywhere) or the client goes.
+func (m *merge) run() error {
+	m.backlog = true
+	if m.running == 0 && (!m.req.Follow || m.req.Until != nil) {
+		return nil // no node to read: the unreadable ones were announced
+	}
 	window := time.NewTimer(backlogWindow)
-	if req.Follow && req.Number == 0 && req.Since == nil {
+	defer window.Stop()
+	if m.req.Follow && m.req.Number == 0 && m.req.Since == nil {
 		window.Reset(0) // only new flows: no backlog to gather
 	}
-	defer window.Stop()
-	open := true
-gather:
-	for open {
+	tick := time.NewTicker(sortWindow / 4)
+	defer tick.Stop()
+	for {
 		select {
-		case a, ok := <-items:
-			if !ok {
-				open = false
-				break gather
+		case a := <-m.items:
+			m.held = append(m.held, a)
+			if !m.backlog && len(m.held) >= mergeBuffer {
+				if err := m.flush(true); err != nil {
+					return err
+				}
 			}
-			backlog = append(backlog, a)
+		case e := <-m.ended:
+			m.running--
+			if e.err != nil && m.ctx.Err() == nil {
+				if err := m.stream.Send(nodeStatus(relaypb.NodeState_NODE_UNAVAILABLE, e.err.Error(), e.p.name)); err != nil {
+					return err
+				}
+			}
+			if m.req.Follow && m.req.Until == nil {
+				m.reading[e.p] = time.Now().Add(retryAfter) // a follow goes on
+			}
+			if m.running == 0 && (!m.req.Follow || m.req.Until != nil) {
+				m.drain()
+				return m.flush(true)
+			}
 		case <-window.C:
-			if req.Follow {
-				break gather
+			if m.req.Follow {
+				if err := m.flush(true); err != nil {
+					return err
+				}
+				m.backlog = false
 			}
-		case <-ctx.Done():
+		case <-tick.C:
+			if m.backlog {
+				continue
+			}
+			if err := m.flush(false); err != nil {
+				return err
+			}
+			if err := m.scan(); err != nil {
+				return err
+			}
+		case <-m.ctx.Done():
 			return nil
 		}
 	}
-	for _, a := range cut(sortByTime(backlog), req) {
-		if err := stream.Send(a.resp); err != nil {
-			return err
+}
+
+// drain takes what the ended nodes queued (sent before they ended).
+func (m *merge) drain() {
+	for {
+		select {
+		case a := <-m.items:
+			m.held = append(m.held, a)
+		default:
+			return
 		}
 	}
-	if !open {
-		return nil
-	}
-	// Following: send in time order what came more than sortWindow ago.
-	tick := time.NewTicker(sortWindow / 4)
-	defer tick.Stop()
-	var pending []arrival
-	flush := func(all bool) error {
-		sortByTime(pending)
+}
+
+// flush sends the held responses in time order: the backlog cut to the
+// request's Number, or (following) those that came more than sortWindow
+// ago (all of them with all).
+func (m *merge) flush(all bool) error {
+	sortByTime(m.held)
+	var send []arrival
+	if m.backlog {
+		send, m.held = cut(m.held, m.req), nil
+	} else {
 		now := time.Now()
-		keep := pending[:0]
-		var send []arrival
-		for _, a := range pending {
+		keep := m.held[:0]
+		for _, a := range m.held {
 			if all || now.Sub(a.at) >= sortWindow {
 				send = append(send, a)
 			} else {
 				keep = append(keep, a)
 			}
 		}
-		pending = keep
-		for _, a := range send {
-			if err := stream.Send(a.resp); err != nil {
-				return err
-			}
-		}
-		return nil
+		m.held = keep
 	}
-	for {
-		select {
-		case a, ok := <-items:
-			if !ok {
-				return flush(true)
-			}
-			pending = append(pending, a)
-			if len(pending) >= mergeBuffer {
-				if err := flush(true); err != nil {
-					return err
-				}
-			}
-		case <-tick.C:
-			if err := flush(false); err != nil {
-				return err
-			}
-		case <-ctx.Done():
-			return nil
+	for _, a := range send {
+		if err := m.stream.Send(a.resp); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // readNode streams one node's responses into items until it ends.

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/filament-net/filament/agent/hubble"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
@@ -61,6 +63,13 @@ func (c cluster) clientTLS(t *testing.T) *tls.Config {
 // certificate, holding the events given.
 func startNode(t *testing.T, c cluster, node string, evs ...monitor.Event) string {
 	t.Helper()
+	addr, _ := startNodeServer(t, c, node, evs...)
+	return addr
+}
+
+// startNodeServer is startNode returning the node's server too.
+func startNodeServer(t *testing.T, c cluster, node string, evs ...monitor.Event) (string, *hubble.Server) {
+	t.Helper()
 	dir := t.TempDir()
 	pair, err := nodeauth.Issue(c.ca, c.name, node)
 	if err != nil {
@@ -90,7 +99,7 @@ func startNode(t *testing.T, c cluster, node string, evs ...monitor.Event) strin
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go s.Serve(ctx, ln, conf)
-	return ln.Addr().String()
+	return ln.Addr().String(), s
 }
 
 func drop(at time.Time, port uint16) monitor.Event {
@@ -275,4 +284,59 @@ func TestLoopbackHosts(t *testing.T) {
 			t.Errorf("Host %q: %d, want %d", host, w.Code, want)
 		}
 	}
+}
+
+// A follow reads the nodes that join while it runs; with no node known,
+// the relay says so.
+func TestRelayFollowPicksUpNewNodes(t *testing.T) {
+	c1 := newCluster(t, "c1", "hubble-relay")
+	creds := func(string) (*tls.Config, error) { return c1.clientTLS(t), nil }
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := serveRelay(t, r)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{}); err == nil {
+		if _, err = st.Recv(); status.Code(err) != codes.Unavailable {
+			t.Errorf("no node known: %v, want Unavailable", err)
+		}
+	}
+	a, na := startNodeServer(t, c1, "n1")
+	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: a}, 1)
+	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// nodeFlow writes flows on s until one of node comes through the
+	// follow (so the follow runs before what the caller does next).
+	nodeFlow := func(s *hubble.Server, node string) {
+		t.Helper()
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			for port := uint16(1); ; port++ {
+				select {
+				case <-done:
+					return
+				case <-time.After(20 * time.Millisecond):
+					s.Record(drop(time.Now(), port))
+				}
+			}
+		}()
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				t.Fatalf("following: %v", err)
+			}
+			if resp.GetFlow() != nil && resp.NodeName == node {
+				return
+			}
+		}
+	}
+	nodeFlow(na, "c1/n1")
+	b, nb := startNodeServer(t, c1, "n2")
+	r.apply(&peer.ChangeNotification{Name: "c1/n2", Address: b}, 1)
+	nodeFlow(nb, "c1/n2")
 }
