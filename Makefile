@@ -92,7 +92,8 @@ test-unit:
 # Two clusters of two nodes each, joined into a cluster mesh as a user
 # would (filament clustermesh connect), pods talking across nodes and
 # clusters, a cluster-label policy enforced in the kernel and a denied flow
-# in filament monitor; leaves the lab up for exploring.
+# in filament monitor, ..., and c1's Hubble relay (flows of the whole mesh,
+# its web page); leaves the lab up for exploring.
 DEMO_ROUTING ?= tunnel
 demo: check-root deps build
 	@if [ -e /var/run/filament-lab/$(DEMO_LAB)/lab.json ] && [ ! -e $(DEMO_MARK) ]; then \
@@ -193,6 +194,17 @@ demo: check-root deps build
 	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament encrypt status
 	@echo; echo "== filament clustermesh status (c2/n1)"
 	bin/filament-lab exec --name $(DEMO_LAB) c2/n1 -- filament clustermesh status
+	@echo; echo "== the Hubble relay of c1: the flows of both clusters, through Hubble's Observer API and a web page"
+	bin/filament-lab relay start --name $(DEMO_LAB) c1
+	@echo "-- filament observe through the relay (c1/n1's namespace): the last drops of the mesh"
+	bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament observe --server 127.0.0.1:4245 --verdict DROPPED --last 5
+	@ns=$$(bin/filament-lab status --name $(DEMO_LAB) -o json | jq -r '.clusters[] | select(.name=="c1") | .relay.netns'); \
+	echo "-- the web page answers in netns $$ns: HTTP $$(ip netns exec $$ns curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:4246/)"; \
+	echo; echo "Relay: Observer API 127.0.0.1:4245 and page http://127.0.0.1:4246/, both on the loopback of netns $$ns"; \
+	echo "  bin/filament-lab exec --name $(DEMO_LAB) c1/n1 -- filament observe --server 127.0.0.1:4245 --last 20"; \
+	if [ -x $(HUBBLE) ]; then echo "  ip netns exec $$ns $(HUBBLE) observe --server 127.0.0.1:4245 --last 20"; \
+	else echo "  (the hubble CLI too, after make hubble: ip netns exec $$ns $(HUBBLE) observe --server 127.0.0.1:4245 --last 20)"; fi; \
+	echo "  bin/filament-lab relay forward --name $(DEMO_LAB) c1    then open http://127.0.0.1:4246/ in a browser of this machine"
 	@echo; echo "The lab stays up: try 'bin/filament-lab status --name $(DEMO_LAB)'; remove it with 'make demo-down'."
 
 demo-down:

@@ -35,12 +35,7 @@ func TestHubbleRelay(t *testing.T) {
 	web := labtest.Pod(t, l, "c1/n1", "web", "app=web")
 	intruder := labtest.Pod(t, l, "c1/n1", "intruder", "app=other")
 	db := labtest.Pod(t, l, "c2/n1", "db", "app=db")
-	connect(t, l, "c1/n1", "c2")
-	for _, on := range []string{"c1/n1", "c2/n1"} {
-		if out, err := labtest.NodeRun(t, l, on, "filament", "clustermesh", "status", "--wait", "30s"); err != nil {
-			t.Fatalf("status --wait on %s: %v %s", on, err, out)
-		}
-	}
+	connectAndWait(t, l, "c1/n1", "c2", "c1/n1", "c2/n1")
 	serve(t, lab.NetNSPath(db.NetNS), 5432)
 	serve(t, lab.NetNSPath(web.NetNS), 80)
 	labtest.ImportPolicy(t, l, "c2/n1", crossClusterPolicy) // db: web of c1 only
@@ -53,18 +48,7 @@ func TestHubbleRelay(t *testing.T) {
 		t.Fatal("intruder reached web")
 	}
 
-	r, err := l.StartRelay("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			if b, err := os.ReadFile(r.Log); err == nil {
-				t.Logf("relay log:\n%s", b)
-			}
-		}
-		l.StopRelay("c1")
-	})
+	r := startRelay(t, l, "c1")
 	relay := func(args ...string) (string, error) {
 		return labtest.NodeRun(t, l, r.Node, append(append([]string{hubble}, args...), "--server", r.Listen)...)
 	}
@@ -149,4 +133,35 @@ func TestHubbleRelay(t *testing.T) {
 			t.Errorf("the node served flows to a client with certificate %q: %s", cert, out)
 		}
 	}
+}
+
+// connectAndWait connects node on's cluster to peer and waits until the
+// mesh status of each node of wait is ready.
+func connectAndWait(t *testing.T, l *lab.Lab, on, peer string, wait ...string) {
+	t.Helper()
+	connect(t, l, on, peer)
+	for _, n := range wait {
+		if out, err := labtest.NodeRun(t, l, n, "filament", "clustermesh", "status", "--wait", "30s"); err != nil {
+			t.Fatalf("status --wait on %s: %v %s", n, err, out)
+		}
+	}
+}
+
+// startRelay starts the cluster's relay, stopped at cleanup (its log
+// shown when t failed).
+func startRelay(t *testing.T, l *lab.Lab, cluster string) *lab.Relay {
+	t.Helper()
+	r, err := l.StartRelay(cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(r.Log); err == nil {
+				t.Logf("relay log:\n%s", b)
+			}
+		}
+		l.StopRelay(cluster)
+	})
+	return r
 }

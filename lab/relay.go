@@ -96,3 +96,15 @@ func (l *Lab) StopRelay(cluster string) error {
 	}
 	return l.save()
 }
+
+// DialWeb connects to the relay's web page on the loopback of the
+// namespace it runs in (from a thread in that namespace), for a local
+// port forward.
+func (r *Relay) DialWeb(timeout time.Duration) (net.Conn, error) {
+	var conn net.Conn
+	err := ns.WithNetNSPath(NetNSPath(r.NetNS), func(ns.NetNS) (err error) {
+		conn, err = net.DialTimeout("tcp4", r.Web, timeout)
+		return err
+	})
+	return conn, err
+}

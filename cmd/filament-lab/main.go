@@ -290,7 +290,7 @@ func newRoot() *cobra.Command {
 	}
 	status.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 
-	root.AddCommand(up, down, pod, host, node, execCmd, status, serveNameCmd())
+	root.AddCommand(up, down, pod, host, node, execCmd, status, relayCmd(&name), serveNameCmd())
 	return root
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,11 +14,8 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+	"github.com/filament-net/filament/clustermesh/relay/web/webtest"
 )
-
-// chromium is the browser the test drives (Debian's package chromium,
-// installed by make deps).
-const chromium = "chromium"
 
 // jsString quotes s for a JavaScript expression.
 func jsString(s string) string {
@@ -35,10 +31,7 @@ func jsString(s string) string {
 // Content-Security-Policy. With FILAMENT_SCREENSHOT_DIR set, a full-page
 // screenshot is saved there (web-page.png).
 func TestPageInBrowser(t *testing.T) {
-	path, err := exec.LookPath(chromium)
-	if err != nil {
-		t.Skipf("skipped: needs the %s browser (apt-get install chromium; make deps installs it): %v", chromium, err)
-	}
+	path := webtest.LookChromium(t)
 	m := newTestMesh(t)
 	m.record(time.Now().Add(-time.Minute))
 	srv := httptest.NewServer(Handler(Config{Observer: m.client, Status: func(context.Context) (any, error) {
@@ -49,14 +42,8 @@ func TestPageInBrowser(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.WindowSize(1400, 1000), chromedp.DisableGPU)
-	if os.Geteuid() == 0 {
-		opts = append(opts, chromedp.NoSandbox) // Chromium's sandbox refuses root
-	}
-	ctx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
-	defer cancelAlloc()
-	ctx, cancelBrowser := chromedp.NewContext(ctx)
-	defer cancelBrowser()
+	ctx, closeBrowser := webtest.Browser(ctx, path, 1400, 1000)
+	defer closeBrowser()
 
 	// Every CSP violation of the page is counted before its own scripts run.
 	watch := chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

@@ -4,18 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
+	"slices"
 	"strings"
-	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
+	hquery "github.com/filament-net/filament/agent/hubble/query"
 )
-
-// TODO(issue 17): replace this parser with agent/hubble/query.FromURL once
-// that package is merged; it reads the same names, and more.
 
 // ErrQuery is returned for a query string the page's API refuses.
 var ErrQuery = errors.New("bad query")
@@ -32,11 +26,23 @@ type query struct {
 	follow bool
 }
 
-// parseQuery reads the filters the page uses: namespace, pod (either side
-// of a flow), verdict, protocol (comma-separated or repeated: any of them),
-// last (the number of flows, at most max; def when absent), since (RFC 3339
-// or a duration before now) and follow.
-func parseQuery(v url.Values, def, max int, now time.Time) (query, error) {
+// commaLists are the parameters whose values may be comma-separated
+// lists (the page's own; a label selector or a path pattern has commas).
+var commaLists = []string{"namespace", "pod", "verdict", "protocol"}
+
+// podParams are the parameters naming pods.
+var podParams = []string{"pod", "from-pod", "to-pod"}
+
+// parseQuery reads a query of `hubble observe`'s options by their names
+// (agent/hubble/query.FromURL: pod, namespace, label, ip, port, verdict,
+// protocol, type, http-*, node-name, their from- and to- forms, since,
+// until, last, first, follow, all), with the page's bounds and two
+// differences: namespace, pod, verdict and protocol take comma-separated
+// lists, and a pod without a namespace ("cart") is of any namespace when
+// no namespace is asked for, not of "default". The flows asked for are
+// def without last or first, and at most max (all: max).
+func parseQuery(v url.Values, def, max int) (query, error) {
+	v2 := url.Values{}
 	for k, vals := range v {
 		if len(vals) > maxQueryValues {
 			return query{}, fmt.Errorf("%w: %d values of %q", ErrQuery, len(vals), k)
@@ -45,91 +51,46 @@ func parseQuery(v url.Values, def, max int, now time.Time) (query, error) {
 			if len(s) > maxQueryValue {
 				return query{}, fmt.Errorf("%w: a value of %q longer than %d bytes", ErrQuery, k, maxQueryValue)
 			}
-		}
-		switch k {
-		case "namespace", "pod", "verdict", "protocol", "last", "since", "follow":
-		default:
-			return query{}, fmt.Errorf("%w: unknown parameter %q", ErrQuery, k)
-		}
-	}
-	list := func(k string) (out []string) {
-		for _, s := range v[k] {
+			if !slices.Contains(commaLists, k) {
+				v2.Add(k, s)
+				continue
+			}
 			for _, p := range strings.Split(s, ",") {
 				if p = strings.TrimSpace(p); p != "" {
-					out = append(out, p)
+					v2.Add(k, p)
 				}
 			}
 		}
-		if len(out) > maxQueryValues {
-			out = out[:maxQueryValues]
+		if len(v2[k]) > maxQueryValues {
+			return query{}, fmt.Errorf("%w: %d values of %q", ErrQuery, len(v2[k]), k)
 		}
-		return out
 	}
-	q := query{req: &observer.GetFlowsRequest{Number: uint64(def)}}
-	if s := v.Get("last"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return query{}, fmt.Errorf("%w: last=%q is not a positive number", ErrQuery, s)
-		}
-		q.req.Number = uint64(min(n, max))
-	}
-	if s := v.Get("since"); s != "" {
-		t, err := time.Parse(time.RFC3339, s)
-		if err != nil {
-			d, derr := time.ParseDuration(s)
-			if derr != nil || d < 0 {
-				return query{}, fmt.Errorf("%w: since=%q is neither RFC 3339 nor a duration", ErrQuery, s)
-			}
-			t = now.Add(-d)
-		}
-		q.req.Since = timestamppb.New(t)
-	}
-	switch s := v.Get("follow"); s {
-	case "", "0", "false":
-	case "1", "true":
-		q.follow = true
-	default:
-		return query{}, fmt.Errorf("%w: follow=%q", ErrQuery, s)
-	}
-	var verdicts []flowpb.Verdict
-	for _, s := range list("verdict") {
-		n, ok := flowpb.Verdict_value[strings.ToUpper(s)]
-		if !ok || n == 0 {
-			return query{}, fmt.Errorf("%w: verdict=%q", ErrQuery, s)
-		}
-		verdicts = append(verdicts, flowpb.Verdict(n))
-	}
-	protocols := list("protocol")
-	// Pods: "ns/prefix" as given; a bare prefix in the namespace asked
-	// for, else in any namespace ("/prefix", not Hubble's default one).
-	ns := list("namespace")
-	var pods []string
-	for _, p := range list("pod") {
-		switch {
-		case strings.Contains(p, "/"):
-			pods = append(pods, p)
-		case len(ns) == 0:
-			pods = append(pods, "/"+p)
-		default:
-			for _, n := range ns {
-				pods = append(pods, n+"/"+p)
+	if !v2.Has("namespace") && !v2.Has("from-namespace") && !v2.Has("to-namespace") {
+		for _, k := range podParams {
+			for i, p := range v2[k] {
+				if !strings.Contains(p, "/") {
+					v2[k][i] = "/" + p
+				}
 			}
 		}
 	}
-	if len(pods) == 0 {
-		for _, n := range ns {
-			pods = append(pods, n+"/")
-		}
+	o, err := hquery.FromURL(v2)
+	if err != nil {
+		return query{}, fmt.Errorf("%w: %w", ErrQuery, err)
 	}
-	// Either side: one filter per side, each with the other fields (a
-	// flow passes any filter of the list, all fields of one).
-	src := &flowpb.FlowFilter{SourcePod: pods, Verdict: verdicts, Protocol: protocols}
-	dst := &flowpb.FlowFilter{DestinationPod: pods, Verdict: verdicts, Protocol: protocols}
+	if (v.Has("last") && o.Last == 0) || (v.Has("first") && o.First == 0) {
+		return query{}, fmt.Errorf("%w: last and first take a positive number", ErrQuery)
+	}
 	switch {
-	case len(pods) > 0:
-		q.req.Whitelist = []*flowpb.FlowFilter{src, dst}
-	case len(verdicts) > 0 || len(protocols) > 0:
-		q.req.Whitelist = []*flowpb.FlowFilter{src}
+	case o.All:
+		o.All, o.Last = false, uint64(max)
+	case o.Last == 0 && o.First == 0:
+		o.Last = uint64(def)
 	}
-	return q, nil
+	o.Last, o.First = min(o.Last, uint64(max)), min(o.First, uint64(max))
+	req, err := hquery.Request(o)
+	if err != nil {
+		return query{}, fmt.Errorf("%w: %w", ErrQuery, err)
+	}
+	return query{req: req, follow: o.Follow}, nil
 }

@@ -72,12 +72,11 @@ type handler struct {
 	mux     *http.ServeMux
 	follows chan struct{} // a slot per follow
 	calls   chan struct{} // a slot per other API request
-	now     func() time.Time
 }
 
 func newHandler(c Config) *handler {
 	h := &handler{c: c, mux: http.NewServeMux(), follows: make(chan struct{}, maxFollows),
-		calls: make(chan struct{}, maxCalls), now: time.Now}
+		calls: make(chan struct{}, maxCalls)}
 	files, err := fs.Sub(static, "static")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
@@ -119,7 +118,7 @@ func (h *handler) bounded(f http.HandlerFunc) http.HandlerFunc {
 // protojson), or with follow=1 as Server-Sent Events until the client
 // goes or followLifetime ends (an EventSource reconnects).
 func (h *handler) flows(w http.ResponseWriter, r *http.Request) {
-	q, err := parseQuery(r.URL.Query(), defaultFlows, maxFlows, h.now())
+	q, err := parseQuery(r.URL.Query(), defaultFlows, maxFlows)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -228,7 +227,7 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 // serviceMap answers the map of the last flows (the same query as
 // /api/flows: last, since, filters; no follow).
 func (h *handler) serviceMap(w http.ResponseWriter, r *http.Request) {
-	q, err := parseQuery(r.URL.Query(), defaultMap, maxMapFlows, h.now())
+	q, err := parseQuery(r.URL.Query(), defaultMap, maxMapFlows)
 	if err == nil && q.follow {
 		err = fmt.Errorf("%w: the map has no follow", ErrQuery)
 	}

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
@@ -76,6 +79,14 @@ func TestFlowsAPI(t *testing.T) {
 		{"last=3", 3},
 		{"since=2s", 0},
 		{"since=" + time.Now().Add(-time.Hour).Format(time.RFC3339), 10},
+		// Hubble's other options (agent/hubble/query).
+		{"to-pod=cart", 4},
+		{"from-namespace=billing", 2},
+		{"label=k8s:app=payments", 4},
+		{"to-port=9092", 2},
+		{"type=drop", 2},
+		{"first=2", 2},
+		{"all=true", 10},
 	} {
 		r, body := get(t, srv.URL+"/api/flows?"+tc.query)
 		if r.StatusCode != http.StatusOK || r.Header.Get("Content-Type") != "application/x-ndjson" {
@@ -87,7 +98,8 @@ func TestFlowsAPI(t *testing.T) {
 		}
 	}
 	for _, q := range []string{"verdict=MAYBE", "last=x", "last=0", "since=yesterday", "follow=maybe", "color=red",
-		"protocol=carrier-pigeon", "pod=" + strings.Repeat("x", maxQueryValue+1), strings.Repeat("pod=x&", maxQueryValues+1)} {
+		"protocol=carrier-pigeon", "first=1&last=1", "namespace=billing&pod=shop/cart", "label=a+in+(", "first=0",
+		"pod=" + strings.Repeat("x", maxQueryValue+1), strings.Repeat("pod=x&", maxQueryValues+1)} {
 		if r, body := get(t, srv.URL+"/api/flows?"+q); r.StatusCode != http.StatusBadRequest {
 			t.Errorf("%.40s: %s %q, want 400", q, r.Status, body)
 		}
@@ -154,11 +166,24 @@ func TestFollow(t *testing.T) {
 	if f := next().GetFlow(); f.GetVerdict().String() != "DROPPED" || f.NodeName != "c1/n1" {
 		t.Fatalf("followed: %v", f)
 	}
-	// A filter the observer refuses ends the stream with a failure event.
-	r, body := get(t, srv.URL+"/api/flows?follow=1&protocol=carrier-pigeon")
-	if !strings.HasPrefix(body, "event: failure\ndata: ") || !strings.Contains(body, "carrier-pigeon") {
+	// A filter the page refuses is refused before any stream.
+	if r, body := get(t, srv.URL+"/api/flows?follow=1&protocol=carrier-pigeon"); r.StatusCode != http.StatusBadRequest ||
+		!strings.Contains(body, "carrier-pigeon") {
 		t.Errorf("follow with a refused filter: %s %q", r.Status, body)
 	}
+	// A request the observer refuses ends the stream with a failure event.
+	refused := serve(t, Config{Observer: refusingObserver{m.client}})
+	r, body := get(t, refused.URL+"/api/flows?follow=1")
+	if !strings.HasPrefix(body, "event: failure\ndata: ") || !strings.Contains(body, "refused here") {
+		t.Errorf("follow the observer refuses: %s %q", r.Status, body)
+	}
+}
+
+// refusingObserver refuses every GetFlows.
+type refusingObserver struct{ observer.ObserverClient }
+
+func (refusingObserver) GetFlows(context.Context, *observer.GetFlowsRequest, ...grpc.CallOption) (grpc.ServerStreamingClient[observer.GetFlowsResponse], error) {
+	return nil, status.Error(codes.InvalidArgument, "flow filter refused here")
 }
 
 // Beyond maxFollows live streams, or maxCalls other requests, another is

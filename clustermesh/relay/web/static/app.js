@@ -289,7 +289,7 @@ async function loadFlows() {
 // renderValue shows any JSON value: objects as term lists, lists of
 // objects as tables, the rest as text; bounded in depth and size.
 function renderValue(v, depth) {
-  if (v === null || typeof v !== 'object') return document.createTextNode(v === null ? '' : String(v));
+  if (v === null || v === undefined || typeof v !== 'object') return document.createTextNode(v == null ? '' : String(v));
   if (depth > 4) return document.createTextNode(clip(JSON.stringify(v), 200));
   if (Array.isArray(v)) {
     const items = v.slice(0, 200);
