@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -74,10 +75,21 @@ func Listen(field, addr string) (net.Listener, error) {
 // the node's encryption peers.
 type Status struct {
 	Cluster    string                  `json:"cluster"`
-	Nodes      []*observer.Node        `json:"nodes"`
+	Nodes      []NodeStatus            `json:"nodes"`
 	Clusters   []types.ClusterStatus   `json:"clusters,omitempty"`
 	Encryption *types.EncryptionStatus `json:"encryption,omitempty"`
 	Errors     []string                `json:"errors,omitempty"`
+}
+
+// NodeStatus is one node as the relay reads it.
+type NodeStatus struct {
+	Name          string `json:"name"` // cluster/node
+	Address       string `json:"address"`
+	State         string `json:"state"` // CONNECTED, UNAVAILABLE
+	TLSServerName string `json:"tlsServerName"`
+	Flows         uint64 `json:"flows"`     // held in its ring
+	SeenFlows     uint64 `json:"seenFlows"` // since it started
+	Uptime        string `json:"uptime"`
 }
 
 // Status gathers the mesh's status; agent is the local agent's API (nil:
@@ -88,7 +100,10 @@ func (r *Relay) Status(ctx context.Context, agent *client.Client) (Status, error
 	if err != nil {
 		return st, err
 	}
-	st.Nodes = nodes.Nodes
+	for _, n := range nodes.Nodes {
+		st.Nodes = append(st.Nodes, NodeStatus{Name: n.Name, Address: n.Address, State: strings.TrimPrefix(n.State.String(), "NODE_"),
+			TLSServerName: n.GetTls().GetServerName(), Flows: n.NumFlows, SeenFlows: n.SeenFlows, Uptime: time.Duration(n.UptimeNs).Round(time.Second).String()})
+	}
 	if agent == nil {
 		return st, nil
 	}
