@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -16,13 +17,14 @@ import (
 // BPF_PROG_TEST_RUN (kernel-timed over many repeats): an established TCP
 // flow to a world address with 1k and 64k ipcache entries, a new connection
 // that takes the policy lookups, and as the baseline a program that only
-// returns TC_ACT_OK.
+// returns TC_ACT_OK. Then the cost of forwarded-flow events
+// (benchFlowEvents).
 func BenchmarkProgramPerPacket(b *testing.B) {
 	testutil.RequireRoot(b)
 	pkt := func(sport uint16, syn bool) []byte {
 		return tcpPacket(b, podIP, peerIP, sport, 80, syn, !syn)
 	}
-	run := func(b *testing.B, prog *ebpf.Program, data []byte) {
+	run := func(b *testing.B, prog *ebpf.Program, data []byte) float64 {
 		const repeat = 200000
 		var total time.Duration
 		for i := 0; i < b.N; i++ {
@@ -35,8 +37,10 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 			}
 			total += d
 		}
-		b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/pkt")
+		ns := float64(total.Nanoseconds()) / float64(b.N)
+		b.ReportMetric(ns, "ns/pkt")
 		b.ReportMetric(0, "ns/op")
+		return ns
 	}
 	b.Run("baseline-return-ok", func(b *testing.B) {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -70,24 +74,144 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 			run(b, f.objs.FromContainer, pkt(40000, false))
 		})
 		b.Run(fmt.Sprintf("new-connection-ipcache-%dk", entries/1000), func(b *testing.B) {
-			// Every repeat is a SYN of the same tuple: after the first it is
-			// found in conntrack, so clear it each round by using a fresh port.
-			var total time.Duration
-			for i := 0; i < b.N; i++ {
-				var sum time.Duration
-				for j := 0; j < 200; j++ {
-					ret, d, err := runRepeat(f.objs.FromContainer, pkt(uint16(10000+(i*200+j)%50000), true), 1)
-					if err != nil || ret != actOK {
-						b.Fatal(ret, err)
-					}
-					sum += d
-				}
-				total += sum / 200
-			}
-			b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/pkt")
-			b.ReportMetric(0, "ns/op")
+			newConnections(b, f.objs.FromContainer, pkt, nil)
 		})
 		f.objs.Close()
+	}
+	benchFlowEvents(b, pkt, run)
+}
+
+// newConnections times SYNs of new connections one run at a time, 200 a
+// round, each from a fresh port (a SYN of a tuple in conntrack would be
+// judged new as well, but its entry would be replaced rather than made);
+// after, when set, runs after each round, untimed.
+func newConnections(b *testing.B, prog *ebpf.Program, pkt func(uint16, bool) []byte, after func()) float64 {
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		var sum time.Duration
+		for j := 0; j < 200; j++ {
+			ret, d, err := runRepeat(prog, pkt(uint16(10000+(i*200+j)%50000), true), 1)
+			if err != nil || ret != actOK {
+				b.Fatal(ret, err)
+			}
+			sum += d
+		}
+		total += sum / 200
+		if after != nil {
+			after()
+		}
+	}
+	ns := float64(total.Nanoseconds()) / float64(b.N)
+	b.ReportMetric(ns, "ns/pkt")
+	b.ReportMetric(0, "ns/op")
+	return ns
+}
+
+// benchFlowEvents: the cost of forwarded-flow events (issue 17), at an
+// endpoint that enforces nothing (1k ipcache entries), where the
+// connections mode adds an event to every new connection: new
+// connections with flow events connections and off, and established
+// packets with both (no event either way: they should not differ). The
+// events ring is drained after each round (untimed), so no run finds it
+// full, and events/conn counts what the rounds reported.
+func benchFlowEvents(b *testing.B, pkt func(uint16, bool) []byte, run func(*testing.B, *ebpf.Program, []byte) float64) {
+	f := loadB(b)
+	defer f.objs.Close()
+	k := ip4(podIP)
+	v := DatapathEndpointInfo{Ifindex: 1, Identity: podID, EpId: podEP} // enforces nothing
+	if err := f.objs.Endpoints.Put(&k, &v); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ {
+		k := DatapathIpcacheKey{Prefixlen: 32, Ip: binary.BigEndian.Uint32([]byte{10, 0, byte(i >> 8), byte(i)})}
+		if err := f.objs.Ipcache.Put(&k, &DatapathIpcacheValue{Identity: uint32(1000 + i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ring, err := ringbuf.NewReader(f.objs.Events)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ring.Close()
+	events := 0
+	drain := func() {
+		ring.SetDeadline(time.Now())
+		var rec ringbuf.Record
+		for ring.ReadInto(&rec) == nil {
+			events++
+		}
+	}
+	modes := []struct {
+		name string
+		mode DatapathFlowEvents
+	}{{"connections", DatapathFlowEventsFLOW_EVENTS_CONNECTIONS}, {"off", DatapathFlowEventsFLOW_EVENTS_OFF}}
+	var ns [3][2]float64 // new connection, repeated SYN, established × connections, off
+	for mi, m := range modes {
+		zero := uint32(0)
+		if err := f.objs.Config.Put(&zero, &DatapathNodeConfig{FlowEvents: uint32(m.mode)}); err != nil {
+			b.Fatal(err)
+		}
+		clearConntrack(b, f.objs.Conntrack) // each mode's SYNs make their entries, none replaces one
+		drain()
+		b.Run("unenforced-new-connection-flow-events-"+m.name, func(b *testing.B) {
+			events = 0
+			ns[0][mi] = newConnections(b, f.objs.FromContainer, pkt, drain)
+			b.ReportMetric(float64(events)/float64(b.N*200), "events/conn")
+		})
+		// The same SYN 10,000 times a round, timed by the kernel (less
+		// noisy than one run at a time): a SYN is always judged new, so
+		// each takes the policy lookups and replaces the conntrack entry,
+		// and reports (within the ring's room: about 18,000 events).
+		b.Run("unenforced-syn-repeated-flow-events-"+m.name, func(b *testing.B) {
+			events = 0
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				ret, d, err := runRepeat(f.objs.FromContainer, pkt(30000, true), 10000)
+				if err != nil || ret != actOK {
+					b.Fatal(ret, err)
+				}
+				total += d
+				drain()
+			}
+			ns[1][mi] = float64(total.Nanoseconds()) / float64(b.N)
+			b.ReportMetric(ns[1][mi], "ns/pkt")
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(float64(events)/float64(b.N*10000), "events/conn")
+		})
+		// Open the flow once; then its established packets.
+		if ret, _, err := runRepeat(f.objs.FromContainer, pkt(40000, true), 1); err != nil || ret != actOK {
+			b.Fatal(ret, err)
+		}
+		drain()
+		b.Run("unenforced-established-flow-events-"+m.name, func(b *testing.B) {
+			events = 0
+			ns[2][mi] = run(b, f.objs.FromContainer, pkt(40000, false))
+			drain()
+			b.ReportMetric(float64(events)/float64(b.N*200000), "events/pkt")
+		})
+	}
+	// Side by side (benchmark logs of a parent are not shown).
+	fmt.Printf("flow events, ns/pkt at an unenforced endpoint:   connections |     off\n")
+	for i, what := range []string{"new connection (one run each)", "SYN repeated (10,000 a run)", "established"} {
+		fmt.Printf("  %-45s %11.0f | %7.0f\n", what, ns[i][0], ns[i][1])
+	}
+}
+
+func clearConntrack(b *testing.B, m *ebpf.Map) {
+	var k DatapathCtKey
+	var keys []DatapathCtKey
+	var v DatapathCtEntry
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		b.Fatal(err)
+	}
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

@@ -69,7 +69,9 @@ type DatapathEvent struct {
 	Dport       uint16
 	Ifindex     uint32
 	Len         uint32
-	_           [4]byte
+	TcpFlags    uint8
+	Flags       uint8
+	Pad         [2]uint8
 }
 
 type DatapathEventType uint32
@@ -77,6 +79,14 @@ type DatapathEventType uint32
 const (
 	DatapathEventTypeEVENT_DROP           DatapathEventType = 1
 	DatapathEventTypeEVENT_POLICY_VERDICT DatapathEventType = 2
+)
+
+type DatapathFlowEvents uint32
+
+const (
+	DatapathFlowEventsFLOW_EVENTS_CONNECTIONS DatapathFlowEvents = 0
+	DatapathFlowEventsFLOW_EVENTS_ENFORCED    DatapathFlowEvents = 1
+	DatapathFlowEventsFLOW_EVENTS_OFF         DatapathFlowEvents = 2
 )
 
 type DatapathIpcacheKey struct {
@@ -189,6 +199,7 @@ type DatapathNodeConfig struct {
 	Encrypt      uint32
 	ControlPorts [8]uint16
 	EncryptSnat  uint32
+	FlowEvents   uint32
 }
 
 type DatapathPolicyKey struct {
@@ -280,6 +291,7 @@ const (
 	DatapathVarUnusedEp          = "unused_ep"
 	DatapathVarUnusedEvent       = "unused_event"
 	DatapathVarUnusedEventType   = "unused_event_type"
+	DatapathVarUnusedFlowEvents  = "unused_flow_events"
 	DatapathVarUnusedIpk         = "unused_ipk"
 	DatapathVarUnusedIpv         = "unused_ipv"
 	DatapathVarUnusedLba         = "unused_lba"
@@ -381,31 +393,32 @@ type DatapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
-	MaglevSize      *ebpf.VariableSpec `ebpf:"maglev_size"`
-	UnusedCe        *ebpf.VariableSpec `ebpf:"unused_ce"`
-	UnusedCk        *ebpf.VariableSpec `ebpf:"unused_ck"`
-	UnusedConfig    *ebpf.VariableSpec `ebpf:"unused_config"`
-	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEp        *ebpf.VariableSpec `ebpf:"unused_ep"`
-	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedIpk       *ebpf.VariableSpec `ebpf:"unused_ipk"`
-	UnusedIpv       *ebpf.VariableSpec `ebpf:"unused_ipv"`
-	UnusedLba       *ebpf.VariableSpec `ebpf:"unused_lba"`
-	UnusedLbak      *ebpf.VariableSpec `ebpf:"unused_lbak"`
-	UnusedLbb       *ebpf.VariableSpec `ebpf:"unused_lbb"`
-	UnusedLbk       *ebpf.VariableSpec `ebpf:"unused_lbk"`
-	UnusedLbm       *ebpf.VariableSpec `ebpf:"unused_lbm"`
-	UnusedLbn       *ebpf.VariableSpec `ebpf:"unused_lbn"`
-	UnusedLbnk      *ebpf.VariableSpec `ebpf:"unused_lbnk"`
-	UnusedLbs       *ebpf.VariableSpec `ebpf:"unused_lbs"`
-	UnusedLbsk      *ebpf.VariableSpec `ebpf:"unused_lbsk"`
-	UnusedLbsok     *ebpf.VariableSpec `ebpf:"unused_lbsok"`
-	UnusedLbsov     *ebpf.VariableSpec `ebpf:"unused_lbsov"`
-	UnusedPk        *ebpf.VariableSpec `ebpf:"unused_pk"`
-	UnusedPok       *ebpf.VariableSpec `ebpf:"unused_pok"`
-	UnusedPv        *ebpf.VariableSpec `ebpf:"unused_pv"`
-	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
+	MaglevSize       *ebpf.VariableSpec `ebpf:"maglev_size"`
+	UnusedCe         *ebpf.VariableSpec `ebpf:"unused_ce"`
+	UnusedCk         *ebpf.VariableSpec `ebpf:"unused_ck"`
+	UnusedConfig     *ebpf.VariableSpec `ebpf:"unused_config"`
+	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEp         *ebpf.VariableSpec `ebpf:"unused_ep"`
+	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedFlowEvents *ebpf.VariableSpec `ebpf:"unused_flow_events"`
+	UnusedIpk        *ebpf.VariableSpec `ebpf:"unused_ipk"`
+	UnusedIpv        *ebpf.VariableSpec `ebpf:"unused_ipv"`
+	UnusedLba        *ebpf.VariableSpec `ebpf:"unused_lba"`
+	UnusedLbak       *ebpf.VariableSpec `ebpf:"unused_lbak"`
+	UnusedLbb        *ebpf.VariableSpec `ebpf:"unused_lbb"`
+	UnusedLbk        *ebpf.VariableSpec `ebpf:"unused_lbk"`
+	UnusedLbm        *ebpf.VariableSpec `ebpf:"unused_lbm"`
+	UnusedLbn        *ebpf.VariableSpec `ebpf:"unused_lbn"`
+	UnusedLbnk       *ebpf.VariableSpec `ebpf:"unused_lbnk"`
+	UnusedLbs        *ebpf.VariableSpec `ebpf:"unused_lbs"`
+	UnusedLbsk       *ebpf.VariableSpec `ebpf:"unused_lbsk"`
+	UnusedLbsok      *ebpf.VariableSpec `ebpf:"unused_lbsok"`
+	UnusedLbsov      *ebpf.VariableSpec `ebpf:"unused_lbsov"`
+	UnusedPk         *ebpf.VariableSpec `ebpf:"unused_pk"`
+	UnusedPok        *ebpf.VariableSpec `ebpf:"unused_pok"`
+	UnusedPv         *ebpf.VariableSpec `ebpf:"unused_pv"`
+	UnusedReason     *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -475,31 +488,32 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
-	MaglevSize      *ebpf.Variable `ebpf:"maglev_size"`
-	UnusedCe        *ebpf.Variable `ebpf:"unused_ce"`
-	UnusedCk        *ebpf.Variable `ebpf:"unused_ck"`
-	UnusedConfig    *ebpf.Variable `ebpf:"unused_config"`
-	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEp        *ebpf.Variable `ebpf:"unused_ep"`
-	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedIpk       *ebpf.Variable `ebpf:"unused_ipk"`
-	UnusedIpv       *ebpf.Variable `ebpf:"unused_ipv"`
-	UnusedLba       *ebpf.Variable `ebpf:"unused_lba"`
-	UnusedLbak      *ebpf.Variable `ebpf:"unused_lbak"`
-	UnusedLbb       *ebpf.Variable `ebpf:"unused_lbb"`
-	UnusedLbk       *ebpf.Variable `ebpf:"unused_lbk"`
-	UnusedLbm       *ebpf.Variable `ebpf:"unused_lbm"`
-	UnusedLbn       *ebpf.Variable `ebpf:"unused_lbn"`
-	UnusedLbnk      *ebpf.Variable `ebpf:"unused_lbnk"`
-	UnusedLbs       *ebpf.Variable `ebpf:"unused_lbs"`
-	UnusedLbsk      *ebpf.Variable `ebpf:"unused_lbsk"`
-	UnusedLbsok     *ebpf.Variable `ebpf:"unused_lbsok"`
-	UnusedLbsov     *ebpf.Variable `ebpf:"unused_lbsov"`
-	UnusedPk        *ebpf.Variable `ebpf:"unused_pk"`
-	UnusedPok       *ebpf.Variable `ebpf:"unused_pok"`
-	UnusedPv        *ebpf.Variable `ebpf:"unused_pv"`
-	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
+	MaglevSize       *ebpf.Variable `ebpf:"maglev_size"`
+	UnusedCe         *ebpf.Variable `ebpf:"unused_ce"`
+	UnusedCk         *ebpf.Variable `ebpf:"unused_ck"`
+	UnusedConfig     *ebpf.Variable `ebpf:"unused_config"`
+	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEp         *ebpf.Variable `ebpf:"unused_ep"`
+	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedFlowEvents *ebpf.Variable `ebpf:"unused_flow_events"`
+	UnusedIpk        *ebpf.Variable `ebpf:"unused_ipk"`
+	UnusedIpv        *ebpf.Variable `ebpf:"unused_ipv"`
+	UnusedLba        *ebpf.Variable `ebpf:"unused_lba"`
+	UnusedLbak       *ebpf.Variable `ebpf:"unused_lbak"`
+	UnusedLbb        *ebpf.Variable `ebpf:"unused_lbb"`
+	UnusedLbk        *ebpf.Variable `ebpf:"unused_lbk"`
+	UnusedLbm        *ebpf.Variable `ebpf:"unused_lbm"`
+	UnusedLbn        *ebpf.Variable `ebpf:"unused_lbn"`
+	UnusedLbnk       *ebpf.Variable `ebpf:"unused_lbnk"`
+	UnusedLbs        *ebpf.Variable `ebpf:"unused_lbs"`
+	UnusedLbsk       *ebpf.Variable `ebpf:"unused_lbsk"`
+	UnusedLbsok      *ebpf.Variable `ebpf:"unused_lbsok"`
+	UnusedLbsov      *ebpf.Variable `ebpf:"unused_lbsov"`
+	UnusedPk         *ebpf.Variable `ebpf:"unused_pk"`
+	UnusedPok        *ebpf.Variable `ebpf:"unused_pok"`
+	UnusedPv         *ebpf.Variable `ebpf:"unused_pv"`
+	UnusedReason     *ebpf.Variable `ebpf:"unused_reason"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.

@@ -408,6 +408,16 @@ func TestProxyUpstreamReply(t *testing.T) {
 	if r := f.run(f.objs.FromContainer, tcp(t, podIP, peerIP, 80, 50000, true, true)); r != actShot || f.count(reasonNoProxy, dirEgress) != 1 {
 		t.Fatalf("reply to an upstream whose socket is gone: %d, want dropped (no proxy)", r)
 	}
+	// Its drop event says it is a reply, with its TCP flags.
+	ring, err := newRingReader(f.objs.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ring.Close()
+	evs := f.eventsUntil(ring, reasonNoProxy)
+	if drop := evs[len(evs)-1]; drop.Flags&eventFlagReply == 0 || drop.TcpFlags != tcpFlagSYN|tcpFlagACK {
+		t.Fatalf("drop of a reply: flags %#x, TCP flags %#x; want a reply, SYN|ACK", drop.Flags, drop.TcpFlags)
+	}
 	if r := f.run(f.objs.FromContainer, tcp(t, podIP, peerIP, 80, 50001, true, true)); r != actOK {
 		t.Fatalf("reply to the peer's own connection: %d, want forwarded", r)
 	}

@@ -224,3 +224,47 @@ func TestHubbleObserve(t *testing.T) {
 		t.Errorf("hubble socket: %v %v, want mode 0660", fi, err)
 	}
 }
+
+// Forwarded flows with no policy at all (--flow-events connections, the
+// default): a connection between two pods that nothing enforces is a
+// FORWARDED flow with its SYN, at the client (egress) and at the server
+// (ingress), and not a reply; its later packets are not flows
+// (--tcp-flags ACK finds none of the client's), and --tcp-flags SYN
+// finds only SYNs.
+func TestHubbleForwardedFlowsWithoutPolicy(t *testing.T) {
+	hubble := hubbleCLI(t)
+	l := labtest.Up(t, 1, 0)
+	web := labtest.Pod(t, l, "n1", "web", "app=web")
+	labtest.Pod(t, l, "n1", "client", "app=client")
+	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
+	eventually(t, "client reaches web", func() bool {
+		return curlCodes(t, l, "client", "http://"+web.IP+"/") == "200"
+	})
+	var fwd []map[string]any
+	eventually(t, "hubble observe --verdict FORWARDED shows the connection at both pods", func() bool {
+		fwd = hubbleObserve(t, l, hubble, "n1", "--verdict", "FORWARDED", "--from-pod", "default/client", "--to-pod", "default/web")
+		dirs := map[any]bool{}
+		for _, f := range fwd {
+			dirs[field(f, "traffic_direction")] = true
+		}
+		return dirs["EGRESS"] && dirs["INGRESS"]
+	})
+	for _, f := range fwd {
+		if field(f, "l4", "TCP", "destination_port") != float64(80) || field(f, "l4", "TCP", "flags", "SYN") != true ||
+			field(f, "l4", "TCP", "flags", "ACK") != nil || field(f, "is_reply") != false || field(f, "IP", "destination") != web.IP {
+			t.Errorf("forwarded flow: %v", f)
+		}
+	}
+	syns := hubbleObserve(t, l, hubble, "n1", "--tcp-flags", "SYN", "--from-pod", "default/client")
+	if len(syns) < len(fwd) {
+		t.Errorf("--tcp-flags SYN: %d flows, want at least the %d forwarded ones", len(syns), len(fwd))
+	}
+	for _, f := range syns {
+		if field(f, "l4", "TCP", "flags", "SYN") != true {
+			t.Errorf("--tcp-flags SYN: a flow without SYN: %v", f)
+		}
+	}
+	if acks := hubbleObserve(t, l, hubble, "n1", "--tcp-flags", "ACK", "--from-pod", "default/client"); len(acks) != 0 {
+		t.Errorf("--tcp-flags ACK: %d flows of the client's established packets, want none (one flow per connection): %v", len(acks), acks)
+	}
+}

@@ -131,6 +131,11 @@ type Config struct {
 	EnforcementMode string `json:"enforcementMode"`
 	// DatapathAttach: auto (tcx, else tc), tcx or tc.
 	DatapathAttach string `json:"datapathAttach"`
+	// FlowEvents chooses the forwarded connections the datapath reports
+	// (as flows): connections (every new connection at every endpoint,
+	// one event per connection and endpoint), enforced (only in the
+	// directions a policy enforces) or off. Drops are always reported.
+	FlowEvents string `json:"flowEvents"`
 	// ConntrackGCInterval between collections of expired conntrack entries.
 	ConntrackGCInterval Duration `json:"conntrackGCInterval"`
 	// PrometheusListen is a TCP address for /metrics ("" = only on the API socket).
@@ -250,6 +255,7 @@ func Default() Config {
 		BPFRoot:               "/sys/fs/bpf",
 		EnforcementMode:       "default",
 		DatapathAttach:        "auto",
+		FlowEvents:            "connections",
 		ConntrackGCInterval:   Duration(30 * time.Second),
 		LBAlgorithm:           "random",
 		MaglevTableSize:       maglev.DefaultSize,
@@ -435,6 +441,11 @@ func (c Config) validateDatapath() error {
 	case "auto", "tcx", "tc":
 	default:
 		return fmt.Errorf("%w: datapathAttach %q: want auto, tcx or tc", ErrInvalid, c.DatapathAttach)
+	}
+	switch c.FlowEvents {
+	case "connections", "enforced", "off":
+	default:
+		return fmt.Errorf("%w: flowEvents %q: want connections, enforced or off", ErrInvalid, c.FlowEvents)
 	}
 	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
 		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)

@@ -14,7 +14,7 @@ func TestDefaultIsValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" {
+	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" || c.FlowEvents != "connections" {
 		t.Fatalf("defaults changed: %+v", c)
 	}
 }
@@ -140,6 +140,8 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"bpfRoot", func(c *Config) { c.BPFRoot = "bpf" }, []string{"bpfRoot", "bpf"}},
 		{"enforcementMode", func(c *Config) { c.EnforcementMode = "sometimes" }, []string{"enforcementMode", "sometimes"}},
 		{"datapathAttach", func(c *Config) { c.DatapathAttach = "xdp" }, []string{"datapathAttach", "xdp"}},
+		{"flowEvents", func(c *Config) { c.FlowEvents = "packets" }, []string{"flowEvents", "packets"}},
+		{"flowEvents empty", func(c *Config) { c.FlowEvents = "" }, []string{"flowEvents", `""`}},
 		{"conntrackGCInterval", func(c *Config) { c.ConntrackGCInterval = Duration(-time.Minute) }, []string{"conntrackGCInterval", "-1m0s"}},
 		{"prometheusListen not an address", func(c *Config) { c.PrometheusListen = "not-an-addr" }, []string{"prometheusListen", "not-an-addr"}},
 		{"prometheusListen port", func(c *Config) { c.PrometheusListen = ":99999" }, []string{"prometheusListen", ":99999"}},
@@ -201,6 +203,13 @@ func TestGoodValuesPass(t *testing.T) {
 		c.PrometheusListen = listen
 		if err := c.Validate(); err != nil {
 			t.Errorf("prometheusListen %q: %v", listen, err)
+		}
+	}
+	for _, mode := range []string{"connections", "enforced", "off"} {
+		c := Default()
+		c.FlowEvents = mode
+		if err := c.Validate(); err != nil {
+			t.Errorf("flowEvents %q: %v", mode, err)
 		}
 	}
 	c := Default()

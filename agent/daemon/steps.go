@@ -135,6 +135,9 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	if err := dp.SetControlPorts(controlPorts(a.cfg)); err != nil {
 		return err
 	}
+	if err := dp.SetFlowEvents(a.cfg.FlowEvents); err != nil {
+		return err
+	}
 	if a.router, err = routing.New(dp, a.cfg.Routing, a.cfg.NodeName); err != nil {
 		return err
 	}

@@ -542,6 +542,39 @@ func (d *Datapath) SetEncryption(on, strict bool) error {
 	})
 }
 
+// Flow event modes (SetFlowEvents, the agent's --flow-events): which
+// forwarded connections the programs report on the events ring. Drops are
+// reported in every mode.
+const (
+	// FlowEventsConnections reports every new forwarded connection, at
+	// every endpoint (enforced or not): one event per connection and
+	// endpoint, none for its later packets.
+	FlowEventsConnections = "connections"
+	// FlowEventsEnforced reports new forwarded connections only in the
+	// directions an endpoint's policy enforces.
+	FlowEventsEnforced = "enforced"
+	// FlowEventsOff reports no forwarded connection.
+	FlowEventsOff = "off"
+)
+
+// ErrFlowEvents: a flow event mode that is none of FlowEvents*.
+var ErrFlowEvents = errors.New("flow events mode")
+
+var flowEventModes = map[string]bpf.DatapathFlowEvents{
+	FlowEventsConnections: bpf.DatapathFlowEventsFLOW_EVENTS_CONNECTIONS,
+	FlowEventsEnforced:    bpf.DatapathFlowEventsFLOW_EVENTS_ENFORCED,
+	FlowEventsOff:         bpf.DatapathFlowEventsFLOW_EVENTS_OFF,
+}
+
+// SetFlowEvents sets which forwarded connections are reported (FlowEvents*).
+func (d *Datapath) SetFlowEvents(mode string) error {
+	m, ok := flowEventModes[mode]
+	if !ok {
+		return fmt.Errorf("%w %q: want %s, %s or %s", ErrFlowEvents, mode, FlowEventsConnections, FlowEventsEnforced, FlowEventsOff)
+	}
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.FlowEvents = uint32(m) })
+}
+
 // UpsertEncryptPeer marks the node at ip as an encryption peer.
 func (d *Datapath) UpsertEncryptPeer(ip netip.Addr) error {
 	k, v := ipv4(ip), uint32(1)

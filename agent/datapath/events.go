@@ -26,6 +26,10 @@ const (
 	EventPolicyVerdict = uint8(bpf.DatapathEventTypeEVENT_POLICY_VERDICT)
 )
 
+// eventFlagReply: the packet is in its connection's reply direction
+// (bpf/lib/maps.h EVENT_F_REPLY).
+const eventFlagReply = 1
+
 // ProtoName names an IP protocol number.
 func ProtoName(p uint8) string {
 	switch p {
@@ -67,6 +71,8 @@ func decodeEvent(raw []byte) (monitor.Event, error) {
 		Protocol:    ProtoName(e.Proto),
 		IfIndex:     e.Ifindex,
 		Length:      e.Len,
+		TCPFlags:    e.TcpFlags,
+		IsReply:     e.Flags&eventFlagReply != 0,
 	}
 	ev.Type = "drop"
 	if e.Type == EventPolicyVerdict {

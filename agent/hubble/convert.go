@@ -65,7 +65,7 @@ func (m Meta) Flow(ev monitor.Event) *flow.Flow {
 		NodeName: m.node(),
 		IP:       &flow.IP{Source: ev.Src.Addr().String(), Destination: ev.Dst.Addr().String(), IpVersion: flow.IPVersion_IPv4},
 		L4:       l4(ev),
-		IsReply:  wrapperspb.Bool(false),
+		IsReply:  wrapperspb.Bool(ev.IsReply),
 		Type:     flow.FlowType_L3_L4,
 	}
 	// The deciding endpoint is the destination on ingress, the source on
@@ -149,13 +149,27 @@ func l4(ev monitor.Event) *flow.Layer4 {
 	sp, dp := uint32(ev.Src.Port()), uint32(ev.Dst.Port())
 	switch strings.ToUpper(ev.Protocol) {
 	case "TCP":
-		return &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: sp, DestinationPort: dp}}}
+		return &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: sp, DestinationPort: dp, Flags: tcpFlags(ev)}}}
 	case "UDP":
 		return &flow.Layer4{Protocol: &flow.Layer4_UDP{UDP: &flow.UDP{SourcePort: sp, DestinationPort: dp}}}
 	case "ICMP":
 		return &flow.Layer4{Protocol: &flow.Layer4_ICMPv4{ICMPv4: &flow.ICMPv4{}}}
 	}
 	return nil
+}
+
+// tcpFlags are a TCP packet event's flags (none for an L7 record, which
+// stands for a request rather than a packet).
+func tcpFlags(ev monitor.Event) *flow.TCPFlags {
+	if ev.L7 != nil {
+		return nil
+	}
+	b := ev.TCPFlags
+	return &flow.TCPFlags{
+		FIN: b&monitor.TCPFlagFIN != 0, SYN: b&monitor.TCPFlagSYN != 0, RST: b&monitor.TCPFlagRST != 0,
+		PSH: b&monitor.TCPFlagPSH != 0, ACK: b&monitor.TCPFlagACK != 0, URG: b&monitor.TCPFlagURG != 0,
+		ECE: b&monitor.TCPFlagECE != 0, CWR: b&monitor.TCPFlagCWR != 0,
+	}
 }
 
 func layer7(ev monitor.Event) *flow.Layer7 {

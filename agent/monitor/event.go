@@ -25,9 +25,27 @@ type Event struct {
 	Protocol    string                   `json:"protocol"`
 	IfIndex     uint32                   `json:"ifindex"`
 	Length      uint32                   `json:"length"`
+	// TCPFlags are the packet's TCP flags (TCP events; TCPFlag* bits).
+	TCPFlags uint8 `json:"tcpFlags,omitempty"`
+	// IsReply: conntrack found the packet in the reply direction of its
+	// connection (false when it is the connection's own direction or the
+	// datapath did not look).
+	IsReply bool `json:"isReply,omitempty"`
 	// L7 is set on "l7" events: one request through the node's proxy.
 	L7 *L7 `json:"l7,omitempty"`
 }
+
+// TCP flags of Event.TCPFlags, as in the TCP header.
+const (
+	TCPFlagFIN = 0x01
+	TCPFlagSYN = 0x02
+	TCPFlagRST = 0x04
+	TCPFlagPSH = 0x08
+	TCPFlagACK = 0x10
+	TCPFlagURG = 0x20
+	TCPFlagECE = 0x40
+	TCPFlagCWR = 0x80
+)
 
 // L7 is what the proxy saw of one request and what it decided.
 type L7 struct {

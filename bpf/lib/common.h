@@ -53,5 +53,6 @@ struct pkt {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 ihl; // IPv4 header length in bytes
+	__u8 reply; // conntrack found it in the reply direction (set by enforce)
 	__u32 len;
 };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // Counters per reason and direction, events to user space on the ring
-// buffer, and drop (count, report, TC_ACT_SHOT).
+// buffer (with the packet's TCP flags and whether it is a reply), whether a
+// forwarded connection is reported, and drop (count, report, TC_ACT_SHOT).
 #pragma once
 
 static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
@@ -34,7 +35,21 @@ static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, 
 	e->dport = bpf_ntohs(p->dport);
 	e->ifindex = ifindex;
 	e->len = p->len;
+	e->tcp_flags = p->tcp_flags;
+	e->flags = p->reply ? EVENT_F_REPLY : 0;
+	e->pad[0] = e->pad[1] = 0;
 	bpf_ringbuf_submit(e, 0);
+}
+
+// flow_event tells whether a new forwarded connection at an endpoint
+// (whose direction is enforced or not) is reported, as the node config's
+// flow_events says. Only new connections pay for the lookup.
+static __always_inline int flow_event(__u8 enforced)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u32 mode = cfg ? cfg->flow_events : FLOW_EVENTS_CONNECTIONS;
+	return mode == FLOW_EVENTS_CONNECTIONS || (mode == FLOW_EVENTS_ENFORCED && enforced);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, int reason, __u8 dir, __u16 ep_id, __u16 peer_ep,

@@ -77,6 +77,15 @@ struct counter {
 
 #define CONTROL_PORTS 8
 
+// node_config.flow_events: which forwarded connections are reported on
+// the events ring (drops always are). The zero value is the default. Go
+// reads them from the generated bindings (-type flow_events).
+enum flow_events {
+	FLOW_EVENTS_CONNECTIONS = 0, // every new forwarded connection, at every endpoint
+	FLOW_EVENTS_ENFORCED = 1,    // new forwarded connections in enforced directions only
+	FLOW_EVENTS_OFF = 2,         // none
+};
+
 // Node-wide settings written by the agent (one entry).
 struct node_config {
 	__u32 vxlan_ifindex; // 0 = no tunnel (native routing)
@@ -90,6 +99,7 @@ struct node_config {
 	// the peer accepts from the tunnel and routes back through it);
 	// network order, 0 = none.
 	__u32 encrypt_snat;
+	__u32 flow_events; // FLOW_EVENTS_*
 };
 
 struct event {
@@ -108,7 +118,12 @@ struct event {
 	__u16 dport; // host order
 	__u32 ifindex;
 	__u32 len;
+	__u8 tcp_flags; // the packet's (TCP only; FIN 0x01 ... CWR 0x80)
+	__u8 flags;     // EVENT_F_*
+	__u8 pad[2];
 };
+
+#define EVENT_F_REPLY 1 // conntrack says the packet is in the reply direction
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -211,3 +226,4 @@ const struct ct_entry *unused_ce __attribute__((unused));
 const struct counter *unused_counter __attribute__((unused));
 const struct event *unused_event __attribute__((unused));
 const struct node_config *unused_config __attribute__((unused));
+const enum flow_events *unused_flow_events __attribute__((unused));

@@ -58,16 +58,25 @@ static __always_inline int to_node(__u32 peer, __u32 daddr)
 // owns. The latter check costs a socket lookup, only for such packets.
 // ct_flags go into the conntrack entry of a new flow (CT_F_UPSTREAM: the
 // proxy's upstream connection opens it).
+//
+// A new forwarded flow is reported (EVENT_POLICY_VERDICT, REASON_FORWARDED)
+// as the node config's flow_events says (flow_event): once per connection
+// and endpoint, never for its later packets. p->reply is set when
+// conntrack finds p in the reply direction, for the events of later drops.
 static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *ep, __u8 dir, __u32 peer,
 				   __u32 src_id, __u32 dst_id, __u16 peer_ep, struct pkt *p, __u32 ifindex,
 				   __u32 daddr, __u8 ct_flags, __u32 *proxy)
 {
 	__u64 now = bpf_ktime_get_ns();
 	*proxy = 0;
-	if (ct_lookup(p, ep->ep_id, dir, now, proxy) != CT_NEW)
+	int ct = ct_lookup(p, ep->ep_id, dir, now, proxy);
+	if (ct != CT_NEW) {
+		p->reply = ct == CT_REPLY;
 		return REASON_FORWARDED;
+	}
 	if (skb && upstream_reply(skb, p)) {
 		*proxy = PROXY_UPSTREAM;
+		p->reply = 1;
 		return REASON_FORWARDED;
 	}
 	__u8 enforced = ep->flags & (dir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
@@ -88,7 +97,7 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
 			*proxy = v ? v->proxy_port : (any ? any->proxy_port : 0);
 		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags);
-		if (enforced)
+		if (flow_event(enforced))
 			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
 	}
 	return reason;

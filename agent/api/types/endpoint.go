@@ -130,6 +130,8 @@ type Event struct {
 	Protocol    string         `json:"protocol"`
 	IfIndex     uint32         `json:"ifindex"`
 	Length      uint32         `json:"length"`
+	TCPFlags    uint8          `json:"tcpFlags,omitempty"` // FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80
+	IsReply     bool           `json:"isReply,omitempty"`  // the packet is in its connection's reply direction
 	// L7 is set on "l7" events: one request through the node's proxy.
 	L7 *L7 `json:"l7,omitempty"`
 }

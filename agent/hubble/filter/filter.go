@@ -167,6 +167,8 @@ func compileFilter(ff *flow.FlowFilter) (match, error) {
 			add(statusFilter(ff.HttpStatusCode))
 		case "dns_query":
 			add(dnsQueryFilter(ff.DnsQuery))
+		case "tcp_flags":
+			add(tcpFlagsFilter(ff.TcpFlags), nil)
 		default:
 			err = fmt.Errorf("%w %s: not supported by this server", ErrInvalid, fd.Name())
 			return false
@@ -314,6 +316,23 @@ func eventFilter(vals []*flow.EventTypeFilter) func(*flow.Flow) bool {
 		t := f.GetEventType()
 		return slices.ContainsFunc(vals, func(e *flow.EventTypeFilter) bool {
 			return t.GetType() == e.GetType() && (!e.GetMatchSubType() || t.GetSubType() == e.GetSubType())
+		})
+	}
+}
+
+// tcpFlagsFilter: a flow with TCP flags matches a value when it has every
+// flag the value sets (others may be set too); the values are OR'd
+// (Hubble's: --tcp-flags SYN matches a SYN and a SYN-ACK).
+func tcpFlagsFilter(vals []*flow.TCPFlags) func(*flow.Flow) bool {
+	return func(f *flow.Flow) bool {
+		have := f.GetL4().GetTCP().GetFlags()
+		if have == nil {
+			return false
+		}
+		return slices.ContainsFunc(vals, func(w *flow.TCPFlags) bool {
+			return (!w.GetFIN() || have.FIN) && (!w.GetSYN() || have.SYN) && (!w.GetRST() || have.RST) &&
+				(!w.GetPSH() || have.PSH) && (!w.GetACK() || have.ACK) && (!w.GetURG() || have.URG) &&
+				(!w.GetECE() || have.ECE) && (!w.GetCWR() || have.CWR) && (!w.GetNS() || have.NS)
 		})
 	}
 }
