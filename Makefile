@@ -211,8 +211,9 @@ demo-down:
 	bin/filament-lab down --name $(DEMO_LAB)
 
 # Benchmarks print each figure beside its baseline from the same run.
-bench: check-root deps build
+bench: check-root deps build hubble
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 2s ./agent/identity/
+	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./agent/hubble/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 3x ./bpf/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench Resolve -benchtime 3x ./agent/policy/
 	$(GO) test -run '^$$' -bench Parse10k -benchtime 1x ./agent/policy/api/
@@ -220,7 +221,7 @@ bench: check-root deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./agent/service/maglev/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./cloud/aws/
 	$(GO) test -run '^$$' -bench MeshScale -benchtime 1x ./clustermesh/remote/ 2>&1 | grep -vE 'level=(INFO|WARN)'
-	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 1x ./lab/
+	FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_HUBBLE=$(HUBBLE) $(GO) test -run '^$$' -bench . -benchtime 1x ./lab/
 
 lint:
 	$(GO) vet ./...

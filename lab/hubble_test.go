@@ -14,7 +14,7 @@ import (
 // hubbleCLI is the real hubble CLI: $FILAMENT_HUBBLE (make test sets it:
 // missing, the test fails), else make hubble's cache (missing, the test
 // skips).
-func hubbleCLI(t *testing.T) string {
+func hubbleCLI(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("FILAMENT_HUBBLE"); p != "" {
 		if _, err := os.Stat(p); err != nil {
