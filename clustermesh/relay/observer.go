@@ -20,11 +20,18 @@ import (
 
 // Merging: the flows held when a request comes (its backlog) are gathered
 // for up to backlogWindow, sorted by time and cut to the request's Number;
-// followed flows are sent in time order within sortWindow of arrival.
+// a followed flow is held after its arrival as long as the nodes' flows
+// have lately taken to arrive (the most of the last lagBuckets seconds,
+// plus lagMargin, within minSortWindow..maxSortWindow), then sent in time
+// order: a node's flow that is older but slower to come still goes first.
 const (
 	backlogWindow = time.Second
-	sortWindow    = 200 * time.Millisecond
-	mergeBuffer   = 4096 // responses queued from the nodes
+	minSortWindow = 10 * time.Millisecond
+	maxSortWindow = 200 * time.Millisecond
+	lagMargin     = 5 * time.Millisecond
+	lagBuckets    = 10          // seconds of lag remembered
+	scanInterval  = time.Second // a follow looks for new nodes
+	mergeBuffer   = 4096        // responses queued from the nodes
 	callTimeout   = 3 * time.Second
 )
 
@@ -69,6 +76,33 @@ type merge struct {
 	running int
 	backlog bool // still gathering the backlog
 	held    []arrival
+	lag     lagWindow
+}
+
+// lagWindow is the most a flow took from its time to its arrival, per
+// second over the last lagBuckets seconds.
+type lagWindow struct {
+	max [lagBuckets]time.Duration
+	sec [lagBuckets]int64 // the second each bucket is for
+}
+
+func (w *lagWindow) add(at time.Time, lag time.Duration) {
+	i := at.Unix() % lagBuckets
+	if w.sec[i] != at.Unix() {
+		w.sec[i], w.max[i] = at.Unix(), 0
+	}
+	w.max[i] = max(w.max[i], lag)
+}
+
+// window is how long to hold a flow after its arrival.
+func (w *lagWindow) window(now time.Time) time.Duration {
+	var most time.Duration
+	for i := range w.max {
+		if now.Unix()-w.sec[i] < lagBuckets {
+			most = max(most, w.max[i])
+		}
+	}
+	return min(max(most+lagMargin, minSortWindow), maxSortWindow)
 }
 
 // ended is a node's stream ending (err nil: it ended as asked).
@@ -126,16 +160,35 @@ func (m *merge) run() error {
 	if m.req.Follow && m.req.Number == 0 && m.req.Since == nil {
 		window.Reset(0) // only new flows: no backlog to gather
 	}
-	tick := time.NewTicker(sortWindow / 4)
+	tick := time.NewTicker(scanInterval)
 	defer tick.Stop()
+	flushAt := time.NewTimer(time.Hour)
+	defer flushAt.Stop()
+	armed := false // flushAt is set for the oldest held flow
 	for {
 		select {
 		case a := <-m.items:
+			if t := a.resp.GetTime(); t != nil {
+				m.lag.add(a.at, a.at.Sub(t.AsTime()))
+			}
 			m.held = append(m.held, a)
 			if !m.backlog && len(m.held) >= mergeBuffer {
 				if err := m.flush(true); err != nil {
 					return err
 				}
+			}
+			if !m.backlog && !armed {
+				flushAt.Reset(time.Until(a.at.Add(m.lag.window(a.at))))
+				armed = true
+			}
+		case <-flushAt.C:
+			armed = false
+			if err := m.flush(false); err != nil {
+				return err
+			}
+			if len(m.held) > 0 { // in time order: the first is what the next send waits for
+				flushAt.Reset(time.Until(m.held[0].at.Add(m.lag.window(time.Now()))))
+				armed = true
 			}
 		case e := <-m.ended:
 			m.running--
@@ -162,9 +215,6 @@ func (m *merge) run() error {
 			if m.backlog {
 				continue
 			}
-			if err := m.flush(false); err != nil {
-				return err
-			}
 			if err := m.scan(); err != nil {
 				return err
 			}
@@ -187,8 +237,8 @@ func (m *merge) drain() {
 }
 
 // flush sends the held responses in time order: the backlog cut to the
-// request's Number, or (following) those that came more than sortWindow
-// ago (all of them with all).
+// request's Number, or (following) those held their window since they
+// came (all of them with all).
 func (m *merge) flush(all bool) error {
 	sortByTime(m.held)
 	var send []arrival
@@ -196,15 +246,15 @@ func (m *merge) flush(all bool) error {
 		send, m.held = cut(m.held, m.req), nil
 	} else {
 		now := time.Now()
-		keep := m.held[:0]
-		for _, a := range m.held {
-			if all || now.Sub(a.at) >= sortWindow {
-				send = append(send, a)
-			} else {
-				keep = append(keep, a)
-			}
+		window := m.lag.window(now)
+		// In time order up to the first flow not due: a later flow that is
+		// due waits for an earlier one that came later.
+		n := 0
+		for n < len(m.held) && (all || now.Sub(m.held[n].at) >= window) {
+			n++
 		}
-		m.held = keep
+		send = append(send, m.held[:n]...)
+		m.held = append(m.held[:0], m.held[n:]...)
 	}
 	for _, a := range send {
 		if err := m.stream.Send(a.resp); err != nil {

@@ -18,8 +18,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/filament-net/filament/agent/hubble"
+	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	"github.com/filament-net/filament/agent/hubble/pb/peer"
 	relaypb "github.com/filament-net/filament/agent/hubble/pb/relay"
@@ -339,4 +341,52 @@ func TestRelayFollowPicksUpNewNodes(t *testing.T) {
 	b, nb := startNodeServer(t, c1, "n2")
 	r.apply(&peer.ChangeNotification{Name: "c1/n2", Address: b}, 1)
 	nodeFlow(nb, "c1/n2")
+}
+
+// sent records what a GetFlows stream sends.
+type sent struct {
+	grpc.ServerStream
+	resps []*observer.GetFlowsResponse
+}
+
+func (s *sent) Send(r *observer.GetFlowsResponse) error {
+	s.resps = append(s.resps, r)
+	return nil
+}
+
+// A followed flow is held its window after it came, and sent in time
+// order: a later flow that is due waits for an earlier one that came
+// later. The window follows the nodes' recent lag, within its bounds.
+func TestFollowOrder(t *testing.T) {
+	now := time.Now()
+	flowAt := func(sec int64, arrived time.Duration) arrival {
+		return arrival{resp: &observer.GetFlowsResponse{Time: timestamppb.New(time.Unix(sec, 0)),
+			ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: &flowpb.Flow{}}}, at: now.Add(-arrived)}
+	}
+	st := &sent{}
+	m := &merge{stream: st, req: &observer.GetFlowsRequest{Follow: true}}
+	early, late := flowAt(1, time.Millisecond), flowAt(2, time.Second) // the earlier flow came last
+	m.held = []arrival{late, early}
+	if err := m.flush(false); err != nil || len(st.resps) != 0 {
+		t.Fatalf("sent %d before the earlier flow was due", len(st.resps))
+	}
+	m.held[0].at = now.Add(-time.Second) // now both are due
+	if err := m.flush(false); err != nil || len(st.resps) != 2 || st.resps[0].Time.Seconds != 1 {
+		t.Fatalf("sent %v, want both, the earlier first", st.resps)
+	}
+	var w lagWindow
+	if got := w.window(now); got != minSortWindow {
+		t.Errorf("no lag seen: window %v, want %v", got, minSortWindow)
+	}
+	w.add(now, 40*time.Millisecond)
+	if got := w.window(now); got != 40*time.Millisecond+lagMargin {
+		t.Errorf("lag 40ms: window %v", got)
+	}
+	w.add(now, time.Minute)
+	if got := w.window(now); got != maxSortWindow {
+		t.Errorf("lag a minute: window %v, want the bound %v", got, maxSortWindow)
+	}
+	if got := w.window(now.Add(lagBuckets * time.Second)); got != minSortWindow {
+		t.Errorf("lag forgotten after %ds: window %v", lagBuckets, got)
+	}
 }
