@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -105,7 +107,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, conf *tls.Config) e
 // until ctx ends (over TLS with conf when it is not nil), with the
 // Hubble API's bounds on clients.
 func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register func(*grpc.Server)) error {
-	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(maxStreams), grpc.MaxRecvMsgSize(maxRequest)}
+	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(maxStreams), grpc.MaxRecvMsgSize(maxRequest),
+		grpc.ChainUnaryInterceptor(recoverUnary), grpc.ChainStreamInterceptor(recoverStream, limitStreams(maxServerStreams))}
 	if conf != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(conf)))
 	}
@@ -122,11 +125,46 @@ func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register 
 	return nil
 }
 
-// A client's bounds: concurrent calls per connection, request size.
+// A client's bounds: concurrent calls per connection, request size; and
+// the server's: streams (GetFlows, Notify) open at once over all clients.
 const (
-	maxStreams = 64
-	maxRequest = 256 << 10
+	maxStreams       = 64
+	maxRequest       = 256 << 10
+	maxServerStreams = 256
 )
+
+// recoverUnary and recoverStream turn a handler's panic into an Internal
+// error for that call (logged), never a dead agent or relay.
+func recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer recovered(info.FullMethod, &err)
+	return h(ctx, req)
+}
+
+func recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer recovered(info.FullMethod, &err)
+	return h(srv, ss)
+}
+
+func recovered(method string, err *error) {
+	if r := recover(); r != nil {
+		slog.Error("hubble API: a call panicked", "method", method, "panic", r, "stack", string(debug.Stack()))
+		*err = status.Error(codes.Internal, "internal error")
+	}
+}
+
+// limitStreams refuses a stream when max are open (ResourceExhausted).
+func limitStreams(max int) grpc.StreamServerInterceptor {
+	slots := make(chan struct{}, max)
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		select {
+		case slots <- struct{}{}:
+			defer func() { <-slots }()
+			return h(srv, ss)
+		default:
+			return status.Errorf(codes.ResourceExhausted, "%d streams open: try later", max)
+		}
+	}
+}
 
 // GetFlows sends the flows held that pass the request's filters (the
 // last Number, or the first with First, or all; within Since/Until), then
@@ -160,7 +198,7 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 	// The backlog: the flows held when the request came, at most Number
 	// of them kept (the first, or a window of the last); following with
 	// neither Number nor Since, none (Hubble's: only new flows).
-	n := int(req.Number)
+	n := int(min(req.Number, uint64(s.ring.Capacity()))) // no more are held (and 2n cannot overflow)
 	end, _ := s.ring.Stats()
 	rd := s.ring.Reader(0, req.Follow && n == 0 && req.Since == nil)
 	var backlog []*flowpb.Flow

@@ -306,3 +306,50 @@ func TestQueueLossReported(t *testing.T) {
 		t.Errorf("lost %d events reported before the next flow, want 7", lost)
 	}
 }
+
+// A client's huge Number is the ring's size: no panic, no overflow.
+func TestHugeNumber(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	for _, ev := range events(time.Now()) {
+		s.Record(ev)
+	}
+	for _, n := range []uint64{1 << 62, 1<<63 - 1, 1<<64 - 1} {
+		for _, first := range []bool{false, true} {
+			got, err := getFlows(t, c, &observer.GetFlowsRequest{Number: n, First: first})
+			if err != nil || len(got) != 5 {
+				t.Errorf("Number %d first %v: %d flows, %v", n, first, len(got), err)
+			}
+		}
+	}
+}
+
+// A handler's panic is that call's Internal error; streams past the
+// server's bound are refused, not queued.
+func TestInterceptors(t *testing.T) {
+	info := &grpc.StreamServerInfo{FullMethod: "/observer.Observer/GetFlows"}
+	err := recoverStream(nil, nil, info, func(any, grpc.ServerStream) error { panic("boom") })
+	if status.Code(err) != codes.Internal {
+		t.Errorf("a panicking stream: %v", err)
+	}
+	_, err = recoverUnary(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/x"}, func(context.Context, any) (any, error) { panic("boom") })
+	if status.Code(err) != codes.Internal {
+		t.Errorf("a panicking call: %v", err)
+	}
+	limit := limitStreams(1)
+	in, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error)
+	go func() {
+		done <- limit(nil, nil, info, func(any, grpc.ServerStream) error { close(in); <-release; return nil })
+	}()
+	<-in
+	if err := limit(nil, nil, info, func(any, grpc.ServerStream) error { return nil }); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a stream past the bound: %v", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := limit(nil, nil, info, func(any, grpc.ServerStream) error { return nil }); err != nil {
+		t.Errorf("a stream after the first ended: %v", err)
+	}
+}
