@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"testing"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"google.golang.org/grpc"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/filament-net/filament/agent/hubble/filter"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	relaypb "github.com/filament-net/filament/agent/hubble/pb/relay"
 )
@@ -46,10 +48,15 @@ type arrival struct {
 // A follow also reads the nodes that join while it runs, and reads a node
 // whose stream failed again (at most every retryAfter, from then on).
 func (r *Relay) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStreamingServer[observer.GetFlowsResponse]) error {
+	// A filter the nodes would refuse is refused here, once.
+	if _, err := filter.Compile(req.Whitelist, req.Blacklist); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	req.Number = min(req.Number, maxFlows)
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	m := &merge{r: r, req: req, stream: stream, ctx: ctx, items: make(chan arrival, mergeBuffer),
-		ended: make(chan ended), reading: map[*member]time.Time{}}
+		ended: make(chan ended), reading: map[*member]time.Time{}, backlog: true}
 	if err := m.scan(); err != nil {
 		return err
 	}
@@ -61,6 +68,18 @@ func (r *Relay) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStream
 
 // retryAfter spaces a follow's new reads of a node whose stream failed.
 const retryAfter = 5 * time.Second
+
+// Bounds of one call: the flows asked of a node (the most a node's ring
+// holds) and held at once; how long a node may take to send what a call
+// without follow asks; how far ahead of the relay's clock a node's flow
+// time may be (a later time is taken as its arrival's, so a node cannot
+// push other nodes' flows out of --last with future times).
+const (
+	maxFlows     = 1 << 20
+	maxHeld      = 1 << 18
+	readTimeout  = 30 * time.Second
+	maxClockSkew = 5 * time.Second
+)
 
 // merge is one GetFlows call's state.
 type merge struct {
@@ -117,7 +136,13 @@ func (m *merge) scan() error {
 	var unavailable []string
 	var msg string
 	now := time.Now()
-	for _, p := range m.r.snapshot() {
+	known := m.r.snapshot()
+	for p := range m.reading { // gone from the relay (left, or moved)
+		if !slices.Contains(known, p) {
+			delete(m.reading, p)
+		}
+	}
+	for _, p := range known {
 		again, retry := m.reading[p]
 		if retry && (again.IsZero() || now.Before(again)) {
 			continue
@@ -128,8 +153,9 @@ func (m *merge) scan() error {
 			continue
 		}
 		req := m.req
-		if retry {
-			// Read again from now: its backlog was sent, or is gone.
+		if !m.backlog {
+			// A node read again, or joining, once the backlog was sent:
+			// from now on.
 			req = &observer.GetFlowsRequest{Whitelist: m.req.Whitelist, Blacklist: m.req.Blacklist, Follow: true,
 				Since: timestamppb.Now(), Until: m.req.Until}
 		}
@@ -172,6 +198,9 @@ func (m *merge) run() error {
 				m.lag.add(a.at, a.at.Sub(t.AsTime()))
 			}
 			m.held = append(m.held, a)
+			if m.backlog && len(m.held) >= maxHeld {
+				m.trim()
+			}
 			if !m.backlog && len(m.held) >= mergeBuffer {
 				if err := m.flush(true); err != nil {
 					return err
@@ -197,7 +226,7 @@ func (m *merge) run() error {
 					return err
 				}
 			}
-			if m.req.Follow && m.req.Until == nil {
+			if m.req.Follow && m.req.Until == nil && status.Code(e.err) != codes.InvalidArgument {
 				m.reading[e.p] = time.Now().Add(retryAfter) // a follow goes on
 			}
 			if m.running == 0 && (!m.req.Follow || m.req.Until != nil) {
@@ -221,6 +250,17 @@ func (m *merge) run() error {
 		case <-m.ctx.Done():
 			return nil
 		}
+	}
+}
+
+// trim halves a backlog grown to maxHeld: the flows the request keeps
+// (the first, or the last) stay.
+func (m *merge) trim() {
+	sortByTime(m.held)
+	if m.req.First {
+		m.held = m.held[:maxHeld/2]
+	} else {
+		m.held = append(m.held[:0], m.held[len(m.held)-maxHeld/2:]...)
 	}
 }
 
@@ -264,13 +304,26 @@ func (m *merge) flush(all bool) error {
 	return nil
 }
 
-// readNode streams one node's responses into items until it ends.
+// readNode streams one node's responses into items until it ends (a call
+// without follow: within readTimeout, at most the Number of flows asked).
+// What a node says of itself is taken as its: its name is the one it was
+// verified as, its flows' times at most maxClockSkew ahead, and node
+// statuses are the relay's to give, not a node's.
 func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, items chan<- arrival) error {
+	if !req.Follow {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, readTimeout)
+		defer cancel()
+	}
 	stream, err := observer.NewObserverClient(p.conn).GetFlows(ctx, req)
 	if err != nil {
 		return err
 	}
-	for {
+	want := req.Number
+	if want == 0 {
+		want = maxFlows
+	}
+	for flows := uint64(0); req.Follow || flows < want; {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -278,15 +331,29 @@ func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, ite
 		if err != nil {
 			return err
 		}
-		if resp.NodeName == "" {
-			resp.NodeName = p.name
+		if resp.GetNodeStatus() != nil {
+			continue
+		}
+		now := time.Now()
+		resp.NodeName = p.name
+		if f := resp.GetFlow(); f != nil {
+			flows++
+			f.NodeName = p.name
+			if f.GetTime().AsTime().After(now.Add(maxClockSkew)) {
+				f.Time = timestamppb.New(now)
+			}
+			resp.Time = f.Time
+		}
+		if resp.GetTime().AsTime().After(now.Add(maxClockSkew)) {
+			resp.Time = timestamppb.New(now)
 		}
 		select {
-		case items <- arrival{resp: resp, at: time.Now()}:
+		case items <- arrival{resp: resp, at: now}:
 		case <-ctx.Done():
 			return nil
 		}
 	}
+	return nil
 }
 
 // sortByTime sorts responses by their time (stable: a node's order kept).

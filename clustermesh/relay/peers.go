@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	"github.com/filament-net/filament/agent/hubble/pb/peer"
@@ -106,6 +107,10 @@ func (r *Relay) Run(ctx context.Context) {
 
 const staleAfter = 5 * time.Second
 
+// keepaliveTime is how often the relay pings a node with no traffic (the
+// nodes allow it: hubble.ServeGRPC's keepalive policy).
+const keepaliveTime = 30 * time.Second
+
 // discover reads one Notify stream (generation gen).
 func (r *Relay) discover(ctx context.Context, gen uint64) error {
 	conn, err := r.dialPeerTarget()
@@ -157,7 +162,7 @@ func (r *Relay) apply(cn *peer.ChangeNotification, gen uint64) {
 		}
 		return
 	}
-	if old != nil && old.address == cn.Address {
+	if old != nil && old.address == cn.Address && old.conn != nil {
 		old.seen = gen
 		return
 	}
@@ -189,7 +194,9 @@ func (r *Relay) connect(name, address string) *member {
 	p.serverName = nodeauth.ServerName(cluster, node)
 	conf = conf.Clone()
 	conf.ServerName = p.serverName
-	p.conn, p.err = grpc.NewClient(address, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	p.conn, p.err = grpc.NewClient(address, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
+		// A node gone silent (its host down) is noticed within a minute.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}))
 	return p
 }
 

@@ -72,6 +72,13 @@ func startNode(t *testing.T, c cluster, node string, evs ...monitor.Event) strin
 // startNodeServer is startNode returning the node's server too.
 func startNodeServer(t *testing.T, c cluster, node string, evs ...monitor.Event) (string, *hubble.Server) {
 	t.Helper()
+	return startNodeAs(t, c, node, hubble.Meta{NodeName: node, ClusterName: c.name}, evs...)
+}
+
+// startNodeAs serves node's API (its certificate) with flows that say
+// what meta says (a hostile node's claims).
+func startNodeAs(t *testing.T, c cluster, node string, meta hubble.Meta, evs ...monitor.Event) (string, *hubble.Server) {
+	t.Helper()
 	dir := t.TempDir()
 	pair, err := nodeauth.Issue(c.ca, c.name, node)
 	if err != nil {
@@ -87,7 +94,7 @@ func startNodeServer(t *testing.T, c cluster, node string, evs ...monitor.Event)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := hubble.New(hubble.Config{Meta: hubble.Meta{NodeName: node, ClusterName: c.name}})
+	s, err := hubble.New(hubble.Config{Meta: meta})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,5 +395,50 @@ func TestFollowOrder(t *testing.T) {
 	}
 	if got := w.window(now.Add(lagBuckets * time.Second)); got != minSortWindow {
 		t.Errorf("lag forgotten after %ds: window %v", lagBuckets, got)
+	}
+}
+
+// What a node says of itself is not taken: its flows carry the name it
+// was verified as, a time far ahead is taken as the arrival's (it cannot
+// push other nodes' flows out of --last), and a filter no node could
+// apply is refused by the relay itself.
+func TestRelayDistrustsNodes(t *testing.T) {
+	c1, c2 := newCluster(t, "c1", "hubble-relay"), newCluster(t, "c2", "remote")
+	now := time.Now()
+	a := startNode(t, c1, "n1", drop(now.Add(-time.Second), 1))
+	b, _ := startNodeAs(t, c2, "n1", hubble.Meta{NodeName: "n1", ClusterName: "c1"}, // claims to be c1/n1
+		drop(now.Add(time.Hour), 2)) // from the future
+	creds := func(name string) (*tls.Config, error) {
+		if name == "c1" {
+			return c1.clientTLS(t), nil
+		}
+		return c2.clientTLS(t), nil
+	}
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: a}, 1)
+	r.apply(&peer.ChangeNotification{Name: "c2/n1", Address: b}, 1)
+	c := serveRelay(t, r)
+	got := collect(t, c, &observer.GetFlowsRequest{Number: 1 << 63})
+	var names []string
+	for _, resp := range got {
+		if f := resp.GetFlow(); f != nil {
+			names = append(names, resp.NodeName+"="+f.NodeName)
+			if f.Time.AsTime().After(time.Now().Add(maxClockSkew)) {
+				t.Errorf("a flow dated %v passed", f.Time.AsTime())
+			}
+		}
+	}
+	if len(names) != 2 || names[0] != "c1/n1=c1/n1" || names[1] != "c2/n1=c2/n1" {
+		t.Errorf("flows by node (response=flow): %v, want c1/n1's then c2/n1's under their own names", names)
+	}
+	st, err := c.GetFlows(context.Background(), &observer.GetFlowsRequest{Whitelist: []*flowpb.FlowFilter{{HttpStatusCode: []string{"abc"}}}})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a bad filter: %v, want InvalidArgument from the relay", err)
 	}
 }

@@ -49,12 +49,18 @@ func Listen(field, addr string) (net.Listener, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
 		}
-		os.Remove(path)
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(path) // a stale socket; any other file stays, and Listen fails
+		}
 		ln, err := net.Listen("unix", path)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
 		}
-		return ln, os.Chmod(path, 0o660)
+		if err := os.Chmod(path, 0o660); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
+		}
+		return ln, nil
 	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
