@@ -285,7 +285,9 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 		e.addEndpoint(ep)
 	}
 	n.entries = slices.Insert(n.entries, i, e)
-	c.byAddr[addr] = append(c.byAddr[addr], e)
+	if len(c.byAddr[addr]) < maxIndexedPerAddr {
+		c.byAddr[addr] = append(c.byAddr[addr], e)
+	}
 	heap.Push(&c.live, e)
 	for _, s := range n.sels {
 		if s.addrs[addr]++; s.addrs[addr] == 1 {
@@ -370,9 +372,13 @@ func compareAddr(a, b [4]byte) int {
 	return 0
 }
 
-// MaxNamesPerAddr bounds the names Names returns (answers may give one
-// address many names).
-const MaxNamesPerAddr = 8
+// MaxNamesPerAddr bounds the names Names returns; maxIndexedPerAddr the
+// entries of one address it looks at (answers may give one address many
+// names: a flow's lookup stays small work under the cache's lock).
+const (
+	MaxNamesPerAddr   = 8
+	maxIndexedPerAddr = 32
+)
 
 // Names returns the names (without the final dot, sorted, at most
 // MaxNamesPerAddr) the cache holds for addr that endpoint ep asked for,

@@ -508,8 +508,11 @@ func TestNames(t *testing.T) {
 	eq(t, "Names any", c.Names(a, 0), []string{"api.example.com", "www.example.com"})
 	eq(t, "Names ep 3", c.Names(a, 3), []string(nil))
 	eq(t, "Names v6", c.Names(netip.MustParseAddr("fd00::1"), 0), []string(nil))
-	for i := range 3 * MaxNamesPerAddr {
+	for i := range 3 * maxIndexedPerAddr {
 		c.Update(4, fmt.Sprintf("n%02d.evil.test", i), ips("10.0.0.9"), time.Minute)
+	}
+	if n := len(c.byAddr[netip.MustParseAddr("10.0.0.9").As4()]); n != maxIndexedPerAddr {
+		t.Errorf("one address's index holds %d entries, want the bound %d", n, maxIndexedPerAddr)
 	}
 	if got := c.Names(netip.MustParseAddr("10.0.0.9"), 4); len(got) != MaxNamesPerAddr || got[0] != "n00.evil.test" {
 		t.Errorf("one address, many names: %v", got)
