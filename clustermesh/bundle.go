@@ -45,9 +45,46 @@ const (
 	UserAgent  = "agent"
 	UserRemote = "remote"
 	// HubbleRelay is the client certificate the cluster's Hubble relay
-	// presents to the nodes (not an etcd user).
-	HubbleRelay = "hubble-relay"
+	// presents to the nodes (not an etcd user); HubbleRemote the one a
+	// connected cluster's relay presents (hubble-remote.yaml, given at
+	// connect into that cluster's hubble-remotes/, which its agents never
+	// read: only its relay reads this cluster's flows).
+	HubbleRelay  = "hubble-relay"
+	HubbleRemote = "hubble-remote"
 )
+
+// HubbleRemotesDir is where a bundle keeps the relay credentials of the
+// clusters it is connected to (for its relay only).
+func HubbleRemotesDir(bundle string) string { return filepath.Join(bundle, "hubble-remotes") }
+
+// HubbleRemoteConfig is what a relay needs to read a connected cluster's
+// nodes: that cluster's CA and a client certificate it issued for relays.
+type HubbleRemoteConfig struct {
+	Name string `json:"name"`
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+// LoadHubbleRemote reads hubble-remotes/<cluster>.yaml of a bundle.
+func LoadHubbleRemote(bundle, cluster string) (HubbleRemoteConfig, error) {
+	var r HubbleRemoteConfig
+	if !nameRe.MatchString(cluster) {
+		return r, fmt.Errorf("%w: cluster name %q", ErrInvalid, cluster)
+	}
+	path := filepath.Join(HubbleRemotesDir(bundle), cluster+".yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return r, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := yaml.UnmarshalStrict(b, &r); err != nil {
+		return r, fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
+	}
+	if r.Name != cluster || r.CA == "" || r.Cert == "" || r.Key == "" {
+		return r, fmt.Errorf("%w: %s: name %q, ca, cert and key are required", ErrInvalid, path, cluster)
+	}
+	return r, nil
+}
 
 // ErrInvalid: bad names, IDs or files.
 var ErrInvalid = errors.New("invalid cluster mesh configuration")
@@ -148,27 +185,47 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 	if err := gossipkey.Ensure(GossipKeyFile(dir)); err != nil {
 		return Cluster{}, err
 	}
-	if err := ensureRelayCert(dir); err != nil {
+	if err := writeYAML(filepath.Join(dir, "cluster.yaml"), c, 0o644); err != nil {
 		return Cluster{}, err
 	}
-	return c, writeYAML(filepath.Join(dir, "cluster.yaml"), c, 0o644)
+	return c, ensureRelayCert(dir)
 }
 
 // ensureRelayCert issues the Hubble relay's client certificate
-// (hubble-relay.pem) unless the bundle has it.
+// (hubble-relay.pem) and connected clusters' relays' (hubble-remote.yaml)
+// unless the bundle has them.
 func ensureRelayCert(dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, HubbleRelay+".pem")); err == nil {
+	_, errRelay := os.Stat(filepath.Join(dir, HubbleRelay+".pem"))
+	_, errRemote := os.Stat(filepath.Join(dir, HubbleRemote+".yaml"))
+	if errRelay == nil && errRemote == nil {
 		return nil
 	}
 	authority, err := ca.Load(dir)
 	if err != nil {
 		return err
 	}
-	pair, err := authority.Issue(HubbleRelay, false, nil, nil)
-	if err != nil {
+	c, err := LoadCluster(dir)
+	if err != nil && errRemote != nil {
 		return err
 	}
-	return ca.WritePair(dir, HubbleRelay, pair)
+	if errRelay != nil {
+		pair, err := authority.Issue(HubbleRelay, false, nil, nil)
+		if err != nil {
+			return err
+		}
+		if err := ca.WritePair(dir, HubbleRelay, pair); err != nil {
+			return err
+		}
+	}
+	if errRemote != nil {
+		pair, err := authority.Issue(HubbleRemote, false, nil, nil)
+		if err != nil {
+			return err
+		}
+		return writeYAML(filepath.Join(dir, HubbleRemote+".yaml"),
+			HubbleRemoteConfig{Name: c.Name, CA: string(authority.PEM), Cert: string(pair.Cert), Key: string(pair.Key)}, 0o600)
+	}
+	return nil
 }
 
 func writeYAML(path string, v any, mode os.FileMode) error {
@@ -230,20 +287,28 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 	if a.Name == b.Name || a.ID == b.ID {
 		return a, b, fmt.Errorf("%w: clusters %s (ID %d) and %s (ID %d) clash: names and IDs must differ", ErrInvalid, a.Name, a.ID, b.Name, b.ID)
 	}
+	for _, dir := range []string{local, peer} { // bundles made before the relay
+		if err := ensureRelayCert(dir); err != nil {
+			return a, b, err
+		}
+	}
 	for _, x := range []struct{ from, to, name string }{{peer, local, b.Name}, {local, peer, a.Name}} {
-		data, err := os.ReadFile(filepath.Join(x.from, "remote.yaml"))
-		if err != nil {
-			return a, b, fmt.Errorf("%w: %v", ErrInvalid, err)
-		}
-		if err := os.MkdirAll(RemotesDir(x.to), 0o700); err != nil {
-			return a, b, err
-		}
-		tmp := filepath.Join(RemotesDir(x.to), "."+x.name+".tmp")
-		if err := os.WriteFile(tmp, data, 0o600); err != nil {
-			return a, b, err
-		}
-		if err := os.Rename(tmp, filepath.Join(RemotesDir(x.to), x.name+".yaml")); err != nil {
-			return a, b, err
+		// The agents' read-only etcd credentials, and the relay's.
+		for _, f := range []struct{ file, dir string }{{"remote.yaml", RemotesDir(x.to)}, {HubbleRemote + ".yaml", HubbleRemotesDir(x.to)}} {
+			data, err := os.ReadFile(filepath.Join(x.from, f.file))
+			if err != nil {
+				return a, b, fmt.Errorf("%w: %v", ErrInvalid, err)
+			}
+			if err := os.MkdirAll(f.dir, 0o700); err != nil {
+				return a, b, err
+			}
+			tmp := filepath.Join(f.dir, "."+x.name+".tmp")
+			if err := os.WriteFile(tmp, data, 0o600); err != nil {
+				return a, b, err
+			}
+			if err := os.Rename(tmp, filepath.Join(f.dir, x.name+".yaml")); err != nil {
+				return a, b, err
+			}
 		}
 	}
 	return a, b, nil
@@ -259,7 +324,9 @@ func Disconnect(local, peer string) error {
 	if err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(RemotesDir(local), b.Name+".yaml"))
-	os.Remove(filepath.Join(RemotesDir(peer), a.Name+".yaml"))
+	for _, x := range []struct{ bundle, name string }{{local, b.Name}, {peer, a.Name}} {
+		os.Remove(filepath.Join(RemotesDir(x.bundle), x.name+".yaml"))
+		os.Remove(filepath.Join(HubbleRemotesDir(x.bundle), x.name+".yaml"))
+	}
 	return nil
 }

@@ -128,7 +128,7 @@ func TestHubbleRelay(t *testing.T) {
 	if out, err := direct(clustermesh.HubbleRelay); err != nil {
 		t.Errorf("the relay's certificate refused by the node: %v %s", err, out)
 	}
-	for _, cert := range []string{clustermesh.UserAgent, ""} {
+	for _, cert := range []string{clustermesh.UserAgent, clustermesh.UserRemote, ""} { // the agents' etcd one, the remote readers', none
 		if out, err := direct(cert); err == nil {
 			t.Errorf("the node served flows to a client with certificate %q: %s", cert, out)
 		}

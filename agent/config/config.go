@@ -151,8 +151,8 @@ type Config struct {
 	HubbleListen string `json:"hubbleListen"`
 	// HubbleTLSClientNames are the certificate common names HubbleListen
 	// serves: the cluster's relay (hubble-relay) and connected clusters'
-	// relays, which present those clusters' remote-reader certificate
-	// (remote).
+	// relays (hubble-remote, the certificate this cluster gave them at
+	// connect).
 	HubbleTLSClientNames []string `json:"hubbleTLSClientNames"`
 	// HubbleFlows is the size of the node's flow ring.
 	HubbleFlows int `json:"hubbleFlows"`
@@ -263,7 +263,7 @@ func Default() Config {
 		ProxyPort:             DefaultProxyPort,
 		Hubble:                true,
 		HubbleFlows:           DefaultHubbleFlows,
-		HubbleTLSClientNames:  []string{"hubble-relay", "remote"},
+		HubbleTLSClientNames:  []string{"hubble-relay", "hubble-remote"},
 		ToFQDNsMaxIPsPerName:  1000,
 		ToFQDNsMaxEntries:     65536,
 		DNSRejectResponse:     "refused",

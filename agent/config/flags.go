@@ -53,7 +53,7 @@ var Flags = []Flag{
 	{"hubble", "serve the node's flows over Hubble's API (the hubble CLI's --server unix://<hubble-socket>)", func(c *Config) any { return &c.Hubble }},
 	{"hubble-socket", "unix socket of the Hubble API, mode 0660 (default: hubble.sock beside the API socket)", func(c *Config) any { return &c.HubbleSocket }},
 	{"hubble-listen", "TCP address to serve the Hubble API on as well, for the relay: mutual TLS with --node-cert (needs --node-cert, --node-key, --node-ca); empty: none", func(c *Config) any { return &c.HubbleListen }},
-	{"hubble-tls-client-names", "certificate common names --hubble-listen serves: hubble-relay (the cluster's relay), remote (connected clusters' relays)", func(c *Config) any { return &c.HubbleTLSClientNames }},
+	{"hubble-tls-client-names", "certificate common names --hubble-listen serves: hubble-relay (the cluster's relay), hubble-remote (connected clusters' relays)", func(c *Config) any { return &c.HubbleTLSClientNames }},
 	{"hubble-flows", "flows the node keeps for the Hubble API (a ring: the oldest are overwritten)", func(c *Config) any { return &c.HubbleFlows }},
 	{"hubble-export-file", "file the node's flows are written to, one JSON line each (as hubble observe -o json); empty: none", func(c *Config) any { return &c.HubbleExportFile }},
 	{"hubble-export-file-max-size-mb", "size (MiB) at which the flow export file rotates", func(c *Config) any { return &c.HubbleExportFileMaxSizeMB }},

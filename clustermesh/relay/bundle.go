@@ -13,8 +13,9 @@ import (
 // BundleCredentials reads the relay's credentials from the cluster's
 // clustermesh bundle: for its own nodes the cluster's CA and the relay's
 // certificate (hubble-relay.pem); for a connected cluster's nodes that
-// cluster's CA and remote-reader certificate (remotes/<cluster>.yaml,
-// read at each connection, so that connect and disconnect take effect).
+// cluster's CA and the relay certificate it gave at connect
+// (hubble-remotes/<cluster>.yaml, read at each connection, so that
+// connect and disconnect take effect).
 func BundleCredentials(dir string) (string, Credentials, error) {
 	c, err := clustermesh.LoadCluster(dir)
 	if err != nil {
@@ -34,15 +35,11 @@ func BundleCredentials(dir string) (string, Credentials, error) {
 		if cluster == c.Name {
 			return local, nil
 		}
-		path := filepath.Join(clustermesh.RemotesDir(dir), cluster+".yaml")
-		if err := clustermesh.ValidateCluster(cluster, 1); err != nil {
-			return nil, fmt.Errorf("%w: cluster %q: %v", ErrConfig, cluster, err)
-		}
-		rc, err := clustermesh.LoadRemote(path)
+		rc, err := clustermesh.LoadHubbleRemote(dir, cluster)
 		if err != nil {
-			return nil, fmt.Errorf("%w: no credentials for cluster %s (not connected?): %v", ErrConfig, cluster, err)
+			return nil, fmt.Errorf("%w: no relay credentials for cluster %q (not connected?): %v", ErrConfig, cluster, err)
 		}
-		return clientTLS([]byte(rc.CA), path, func() (tls.Certificate, error) { return tls.X509KeyPair([]byte(rc.Cert), []byte(rc.Key)) })
+		return clientTLS([]byte(rc.CA), cluster, func() (tls.Certificate, error) { return tls.X509KeyPair([]byte(rc.Cert), []byte(rc.Key)) })
 	}, nil
 }
 

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -90,7 +91,7 @@ func startNodeAs(t *testing.T, c cluster, node string, meta hubble.Meta, evs ...
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), []string{"hubble-relay", "remote"})
+	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), []string{"hubble-relay", "hubble-remote"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func collect(t *testing.T, c observer.ObserverClient, req *observer.GetFlowsRequ
 // a node the relay has no credentials for, and one whose certificate does
 // not name it, are reported unavailable.
 func TestRelayMerges(t *testing.T) {
-	c1, c2 := newCluster(t, "c1", "hubble-relay"), newCluster(t, "c2", "remote")
+	c1, c2 := newCluster(t, "c1", "hubble-relay"), newCluster(t, "c2", "hubble-remote")
 	t0 := time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC)
 	a := startNode(t, c1, "n1", drop(t0, 1), drop(t0.Add(2*time.Second), 3), drop(t0.Add(4*time.Second), 5))
 	b := startNode(t, c2, "n1", drop(t0.Add(time.Second), 2), drop(t0.Add(3*time.Second), 4))
@@ -259,8 +260,11 @@ func equal(a, b []uint32) bool {
 // The bundle's credentials: a cluster name from an announcement cannot
 // name a file outside the bundle's remotes.
 func TestBundleCredentialsRefusesBadNames(t *testing.T) {
-	dir := t.TempDir()
+	dir, peerDir := t.TempDir(), t.TempDir()
 	if _, err := clustermesh.Enable(dir, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clustermesh.Enable(peerDir, "c2", 2, []net.IP{net.ParseIP("127.0.0.2")}); err != nil {
 		t.Fatal(err)
 	}
 	name, creds, err := BundleCredentials(dir)
@@ -270,10 +274,32 @@ func TestBundleCredentialsRefusesBadNames(t *testing.T) {
 	if _, err := creds("c1"); err != nil {
 		t.Errorf("own cluster: %v", err)
 	}
-	for _, bad := range []string{"../c1", "c2", "", "C1/../../etc"} {
+	if _, err := creds("c2"); !errors.Is(err, ErrConfig) {
+		t.Errorf("c2 before connect: %v, want ErrConfig", err)
+	}
+	if _, _, err := clustermesh.Connect(dir, peerDir); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := creds("c2")
+	if err != nil {
+		t.Fatalf("c2 after connect: %v", err)
+	}
+	// The relay's certificate for c2 is c2's hubble-remote one, not the
+	// agents' remote reader.
+	leaf, err := x509.ParseCertificate(conf.Certificates[0].Certificate[0])
+	if err != nil || leaf.Subject.CommonName != clustermesh.HubbleRemote {
+		t.Errorf("certificate for c2: %v %v", leaf.Subject, err)
+	}
+	for _, bad := range []string{"../c1", "", "C1/../../etc", "c2/../c2"} {
 		if _, err := creds(bad); !errors.Is(err, ErrConfig) {
 			t.Errorf("cluster %q: %v, want ErrConfig", bad, err)
 		}
+	}
+	if err := clustermesh.Disconnect(dir, peerDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := creds("c2"); !errors.Is(err, ErrConfig) {
+		t.Errorf("c2 after disconnect: %v, want ErrConfig", err)
 	}
 }
 
@@ -403,7 +429,7 @@ func TestFollowOrder(t *testing.T) {
 // push other nodes' flows out of --last), and a filter no node could
 // apply is refused by the relay itself.
 func TestRelayDistrustsNodes(t *testing.T) {
-	c1, c2 := newCluster(t, "c1", "hubble-relay"), newCluster(t, "c2", "remote")
+	c1, c2 := newCluster(t, "c1", "hubble-relay"), newCluster(t, "c2", "hubble-remote")
 	now := time.Now()
 	a := startNode(t, c1, "n1", drop(now.Add(-time.Second), 1))
 	b, _ := startNodeAs(t, c2, "n1", hubble.Meta{NodeName: "n1", ClusterName: "c1"}, // claims to be c1/n1
