@@ -2,10 +2,12 @@
 // config directory (one file per remote cluster), connects to each remote
 // cluster's apiserver with backoff, checks its cluster-config (no clash of
 // name or ID with the local cluster or another remote), waits for its sync
-// canaries, and then follows its nodes, identities and ipcache entries,
-// handing every change to the agent. Reconnects resume the watches, so
-// entries that did not change are never removed and re-added; a cluster
-// lost for longer than the configured TTL has its entries withdrawn.
+// canaries, and then follows its nodes, identities and ipcache entries
+// and, once those are listed (the routes to its pods are known), its
+// services, handing every change to the agent. Reconnects resume the
+// watches, so entries that did not change are never removed and re-added;
+// a cluster lost for longer than the configured TTL has its entries
+// withdrawn.
 package remote
 
 import (
@@ -323,13 +325,17 @@ func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	synced := make(chan string, 4)
-	prefixes := map[string]func(kvstore.Event, bool){
+	// The services wait for the routes: nodes, identities and ipcache
+	// entries are followed first, the services once those have their
+	// first list applied. A remote backend in the load balancer before
+	// the route to it takes new connections whose packets go nowhere
+	// (each client then waits for a SYN retransmit, a second).
+	routes := map[string]func(kvstore.Event, bool){
 		node.NodesPrefix + c.name + "/": c.nodeEvent,
 		identity.IDPrefix:               c.identityEvent,
 		ipcache.Prefix + c.name + "/":   c.ipEvent,
-		service.Prefix + c.name + "/":   c.serviceEvent,
 	}
-	for prefix, apply := range prefixes {
+	for prefix, apply := range routes {
 		go c.follow(wctx, kv, prefix, apply, synced)
 	}
 	ready := 0
@@ -341,7 +347,10 @@ func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
 			return nil
 		case <-synced:
 			ready++
-			if ready == len(prefixes) {
+			switch ready {
+			case len(routes):
+				go c.follow(wctx, kv, service.Prefix+c.name+"/", c.serviceEvent, synced)
+			case len(routes) + 1:
 				c.mu.Lock()
 				c.status.Ready = true
 				c.mu.Unlock()

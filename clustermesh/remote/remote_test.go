@@ -197,3 +197,61 @@ func TestTTLWithdrawsLostCluster(t *testing.T) {
 		return s[0].Withdrawn && live.Load() == 0 && services.Load() == 0
 	}, 20*time.Second)
 }
+
+// A remote cluster's services reach the agent only after its nodes,
+// identities and ipcache entries (the routes to its pods) are listed: a
+// backend in the load balancer before the route to it takes connections
+// whose packets go nowhere.
+func TestServicesAfterRoutes(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	kv := srv.Agent
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	id := identity.Compose(7, 300)
+	kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id), []byte("k8s:app=web;k8s:filament.io/cluster=east"), 0)
+	for i := range 2 {
+		nb, _ := json.Marshal(node.Node{Name: fmt.Sprint("n", i), Cluster: "east", IPs: []string{fmt.Sprint("172.30.7.", i+1)},
+			PodCIDRs: []string{fmt.Sprintf("10.7.%d.0/24", i)}})
+		kv.Put(ctx, fmt.Sprint(node.NodesPrefix, "east/n", i), nb, 0)
+	}
+	// Many entries, so their list takes longer than the services'.
+	const entries = 300
+	for i := range entries {
+		ip := netip.AddrFrom4([4]byte{10, 7, byte(i / 200), byte(2 + i%200)})
+		b, _ := json.Marshal(ipcache.Entry{IP: ip, Identity: id, Node: fmt.Sprint("n", i/200)})
+		kv.Put(ctx, ipcache.Prefix+"east/"+ip.String(), b, 0)
+	}
+	kv.Put(ctx, service.Prefix+"east/shop/api", []byte(svcDoc), 0)
+
+	var mu sync.Mutex
+	var order []string
+	record := func(what string) { mu.Lock(); order = append(order, what); mu.Unlock() }
+	dir := t.TempDir()
+	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{
+		Node:     func(node.Node, bool) { record("node") },
+		Identity: func(identity.Identity, bool) { record("identity") },
+		Entry:    func(ipcache.Entry, bool) { record("entry") },
+		Service:  func(string, *service.Service, bool) { record("service") },
+	})
+	go m.Run(ctx)
+	srv.WriteRemoteConfig(t, dir)
+	deadline := time.Now().Add(20 * time.Second)
+	for st := m.Status(); len(st) != 1 || !st[0].Ready; st = m.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("remote not ready: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	count := map[string]int{}
+	for i, what := range order {
+		if what == "service" && (count["node"] != 2 || count["identity"] != 1 || count["entry"] != entries) {
+			t.Fatalf("the service came as callback %d, after only %v of 2 nodes, 1 identity, %d entries", i, count, entries)
+		}
+		count[what]++
+	}
+	if count["service"] != 1 {
+		t.Fatalf("callbacks %v, want one service", count)
+	}
+}
