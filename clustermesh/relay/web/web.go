@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 )
@@ -136,7 +137,7 @@ func (h *handler) lastFlows(w http.ResponseWriter, r *http.Request, q query) {
 	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
 	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	err := h.stream(ctx, q, int(q.req.Number), func(b []byte) error {
+	err := h.stream(ctx, q, int(q.req.Number), func(_ *observer.GetFlowsResponse, b []byte) error {
 		_, err := w.Write(append(b, '\n'))
 		return err
 	})
@@ -157,15 +158,25 @@ func (h *handler) follow(w http.ResponseWriter, r *http.Request, q query) {
 	ctx, cancel := context.WithTimeout(r.Context(), followLifetime)
 	defer cancel()
 	q.req.Follow = true
+	// An EventSource reconnecting (after followLifetime, or a broken
+	// connection) says the last event it had: go on after it, not from the
+	// last flows again (no rows twice).
+	if last, err := time.Parse(time.RFC3339Nano, r.Header.Get("Last-Event-ID")); err == nil {
+		q.req.Number, q.req.First, q.req.Since = 0, false, timestamppb.New(last.Add(time.Nanosecond))
+	}
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
 		return
 	}
-	err := h.stream(ctx, q, 0, func(b []byte) error {
+	err := h.stream(ctx, q, 0, func(resp *observer.GetFlowsResponse, b []byte) error {
 		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout)) // not every writer has deadlines
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+		id := ""
+		if t := resp.GetFlow().GetTime(); t != nil {
+			id = "id: " + t.AsTime().Format(time.RFC3339Nano) + "\n"
+		}
+		if _, err := fmt.Fprintf(w, "%sdata: %s\n\n", id, b); err != nil {
 			return err
 		}
 		return rc.Flush()
@@ -182,7 +193,7 @@ var errAnswered = errors.New("answered")
 // stream sends the responses of q's GetFlows, each in protojson, at most
 // max flows (0: no bound; a relay merging nodes may send more than the
 // Number asked for).
-func (h *handler) stream(ctx context.Context, q query, max int, send func([]byte) error) error {
+func (h *handler) stream(ctx context.Context, q query, max int, send func(*observer.GetFlowsResponse, []byte) error) error {
 	st, err := h.c.Observer.GetFlows(ctx, q.req)
 	if err != nil {
 		return err
@@ -205,7 +216,7 @@ func (h *handler) stream(ctx context.Context, q query, max int, send func([]byte
 		if err != nil {
 			return err
 		}
-		if err := send(b); err != nil {
+		if err := send(resp, b); err != nil {
 			return fmt.Errorf("%w: %w", errAnswered, err)
 		}
 	}

@@ -312,3 +312,57 @@ func TestPageAndHeaders(t *testing.T) {
 		t.Errorf("POST: %s", r.Status)
 	}
 }
+
+// Each followed flow is an event with its time as ID; an EventSource
+// reconnecting with Last-Event-ID goes on after it (no row twice), not
+// from the last flows again.
+func TestFollowResumes(t *testing.T) {
+	m := newTestMesh(t)
+	m.record(time.Now().Add(-time.Minute))
+	srv := serve(t, Config{Observer: m.client})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	resumeAt := time.Now().Add(-time.Second) // after every flow held
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/api/flows?follow=1&verdict=DROPPED&last=5", nil)
+	req.Header.Set("Last-Event-ID", resumeAt.Format(time.RFC3339Nano))
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // new drops until one comes
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+				ev := meshEvents(time.Now())[7]
+				m.c1.Record(ev.Event)
+			}
+		}
+	}()
+	events := bufio.NewScanner(r.Body)
+	var id string
+	for events.Scan() {
+		if v, ok := strings.CutPrefix(events.Text(), "id: "); ok {
+			id = v
+		}
+		if d, ok := strings.CutPrefix(events.Text(), "data: "); ok {
+			resp := &observer.GetFlowsResponse{}
+			if err := protojson.Unmarshal([]byte(d), resp); err != nil {
+				t.Fatal(err)
+			}
+			at := resp.GetFlow().GetTime().AsTime()
+			if !at.After(resumeAt) {
+				t.Fatalf("resumed at %v, got a flow of %v again", resumeAt, at)
+			}
+			if id != at.Format(time.RFC3339Nano) {
+				t.Errorf("event ID %q for a flow of %v", id, at)
+			}
+			return
+		}
+	}
+	t.Fatalf("stream ended: %v", events.Err())
+}
