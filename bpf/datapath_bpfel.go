@@ -79,6 +79,7 @@ type DatapathEventType uint32
 const (
 	DatapathEventTypeEVENT_DROP           DatapathEventType = 1
 	DatapathEventTypeEVENT_POLICY_VERDICT DatapathEventType = 2
+	DatapathEventTypeEVENT_TRANSLATED     DatapathEventType = 3
 )
 
 type DatapathFlowEvents uint32

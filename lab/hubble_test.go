@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,9 +121,10 @@ func field(f map[string]any, path ...string) any {
 // client's allowed and denied requests and a pod the policy does not
 // name. `hubble observe` with its filters (verdict, pod, label, protocol,
 // HTTP method and status) finds the dropped connection (POLICY_DENIED,
-// both pods named), the L7 flows with their method, URL and code, and
-// nothing a filter excludes; `filament observe` with the same filters
-// finds the same flows.
+// both pods named), the L7 flows with their method, URL and code, the
+// client's connections the policy sends to the proxy (REDIRECTED, at
+// web's ingress), and nothing a filter excludes; `filament observe` with
+// the same filters finds the same flows.
 func TestHubbleObserve(t *testing.T) {
 	hubble := hubbleCLI(t)
 	l := labtest.Up(t, 1, 0)
@@ -210,6 +212,22 @@ func TestHubbleObserve(t *testing.T) {
 	if none := filamentObserve(t, l, "n1", "--from-pod", "default/nobody"); len(none) != 0 {
 		t.Errorf("filament observe --from-pod default/nobody: %d flows", len(none))
 	}
+	// The client's connections to web go to the proxy: REDIRECTED policy
+	// verdicts at web's ingress (the proxy's own upstream connection is
+	// not redirected).
+	redirected := hubbleObserve(t, l, hubble, "n1", "--verdict", "REDIRECTED")
+	if len(redirected) == 0 {
+		t.Errorf("--verdict REDIRECTED: no flow")
+	}
+	for _, f := range redirected {
+		if field(f, "source", "pod_name") != "client" || field(f, "destination", "pod_name") != "web" || field(f, "traffic_direction") != "INGRESS" ||
+			field(f, "l4", "TCP", "destination_port") != float64(80) || field(f, "event_type", "type") != float64(5) || field(f, "l4", "TCP", "flags", "SYN") != true {
+			t.Errorf("--verdict REDIRECTED: %v", f)
+		}
+	}
+	sameFlows(t, "--verdict REDIRECTED", redirected, filamentObserve(t, l, "n1", "--verdict", "REDIRECTED"), func(f map[string]any) bool {
+		return field(f, "verdict") == "REDIRECTED"
+	})
 	if out, err := labtest.NodeRun(t, l, "n1", "filament", "observe", "--verdict", "LOST"); err == nil || !strings.Contains(out, `--verdict "LOST"`) {
 		t.Errorf("filament observe --verdict LOST: %v: %s", err, out)
 	}
@@ -223,6 +241,53 @@ func TestHubbleObserve(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(filepath.Dir(n.Socket), "hubble.sock")); err != nil || fi.Mode().Perm() != 0o660 {
 		t.Errorf("hubble socket: %v %v, want mode 0660", fi, err)
 	}
+}
+
+// clusterIPService is a ClusterIP service (default/web) with one backend.
+const clusterIPService = `apiVersion: filament.io/v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.30
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+backends:
+- {ip: %s, node: n1}
+`
+
+// A pod's connection to a service's ClusterIP is a TRANSLATED flow (the
+// socket load balancer's translation, reported once per connection):
+// from the client to the backend pod's address and port, with
+// destination_service naming the service; `hubble observe --verdict
+// TRANSLATED` finds it, and filament observe the same.
+func TestHubbleTranslatedFlows(t *testing.T) {
+	hubble := hubbleCLI(t)
+	l := labtest.Up(t, 1, 0)
+	web := labtest.Pod(t, l, "n1", "web", "app=web")
+	client := labtest.Pod(t, l, "n1", "client", "app=client")
+	labtest.ServeName(t, lab.NetNSPath(web.NetNS), 8080, "web")
+	labtest.MustUpsertService(t, l, "n1", fmt.Sprintf(clusterIPService, web.IP))
+	eventually(t, "client reaches the ClusterIP", func() bool {
+		name, err := labtest.Who(lab.NetNSPath(client.NetNS), "10.96.0.30:80")
+		return err == nil && name == "web"
+	})
+	var xlated []map[string]any
+	eventually(t, "hubble observe --verdict TRANSLATED shows the client's connection to the service", func() bool {
+		xlated = hubbleObserve(t, l, hubble, "n1", "--verdict", "TRANSLATED", "--from-pod", "default/client")
+		return len(xlated) > 0
+	})
+	for _, f := range xlated {
+		if field(f, "verdict") != "TRANSLATED" || field(f, "IP", "destination") != web.IP || field(f, "IP", "source") != client.IP ||
+			field(f, "l4", "TCP", "destination_port") != float64(8080) || field(f, "destination", "pod_name") != "web" ||
+			field(f, "destination_service", "name") != "web" || field(f, "destination_service", "namespace") != "default" ||
+			field(f, "traffic_direction") != "EGRESS" {
+			t.Errorf("translated flow: %v", f)
+		}
+	}
+	sameFlows(t, "--verdict TRANSLATED --from-pod default/client", xlated,
+		filamentObserve(t, l, "n1", "--verdict", "TRANSLATED", "--from-pod", "default/client"), func(f map[string]any) bool {
+			return field(f, "verdict") == "TRANSLATED" && field(f, "source", "pod_name") == "client"
+		})
 }
 
 // Forwarded flows with no policy at all (--flow-events connections, the

@@ -95,7 +95,8 @@ func wireEvent(ev monitor.Event) types.Event {
 	return types.Event{Time: ev.Time, Type: ev.Type, Reason: ev.Reason, ReasonCode: ev.ReasonCode, Direction: ev.Direction,
 		Endpoint: ev.Endpoint, PeerEP: ev.PeerEP, SrcIdentity: uint32(ev.SrcIdentity), DstIdentity: uint32(ev.DstIdentity),
 		SrcLabels: ev.SrcLabels, DstLabels: ev.DstLabels, Src: ev.Src, Dst: ev.Dst, Protocol: ev.Protocol,
-		IfIndex: ev.IfIndex, Length: ev.Length, TCPFlags: ev.TCPFlags, IsReply: ev.IsReply, L7: (*types.L7)(ev.L7)}
+		IfIndex: ev.IfIndex, Length: ev.Length, TCPFlags: ev.TCPFlags, IsReply: ev.IsReply,
+		Redirected: ev.Redirected, Service: ev.Service, L7: (*types.L7)(ev.L7)}
 }
 
 func wireTrace(r policy.TraceResult) types.TraceResult {

@@ -521,10 +521,10 @@ func (s *Server) monitor(w http.ResponseWriter, r *http.Request) {
 		f.Endpoint = uint16(n)
 	}
 	switch t := r.URL.Query().Get("type"); t {
-	case "", "drop", "policy-verdict", "l7":
+	case "", "drop", "policy-verdict", "translated", "l7":
 		f.Type = t
 	default:
-		fail(w, fmt.Errorf("%w: type %q: want drop, policy-verdict or l7", errBadRequest, t))
+		fail(w, fmt.Errorf("%w: type %q: want drop, policy-verdict, translated or l7", errBadRequest, t))
 		return
 	}
 	ch, stop := s.Monitor.Subscribe(f)

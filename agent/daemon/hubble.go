@@ -22,7 +22,7 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	}
 	sock := a.cfg.HubbleSocketPath()
 	s, err := hubble.New(hubble.Config{
-		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt, Names: a.dnsNamesOf},
+		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt, Names: a.dnsNamesOf, Service: a.serviceAt},
 		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
 		OnFlow: a.observeFlows(),
 	})
@@ -85,6 +85,16 @@ func (a *Agent) podAt(ip netip.Addr) (namespace, pod string) {
 		return "", ""
 	}
 	return e.Namespace, e.Pod
+}
+
+// serviceAt names the service whose frontend this node load-balances
+// ("" when none).
+func (a *Agent) serviceAt(fe netip.AddrPort, protocol string) (namespace, name string) {
+	if a.services == nil {
+		return "", ""
+	}
+	namespace, name, _ = a.services.At(fe, protocol)
+	return namespace, name
 }
 
 // dnsNamesOf are the names the DNS proxy learned for ip (asked by

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -38,7 +39,7 @@ func startLB(dp *datapath.Datapath, cfg config.Config, underlay netlink.Link) (*
 	if err != nil {
 		return nil, err
 	}
-	if err := dp.RegisterNetNS(cookie); err != nil {
+	if err := dp.RegisterNetNS(cookie, netip.Addr{}); err != nil {
 		return nil, err
 	}
 	h.enabled = true
@@ -67,7 +68,7 @@ func (h *lbNetNS) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
 	if err != nil {
 		return err
 	}
-	if err := h.dp.RegisterNetNS(cookie); err != nil {
+	if err := h.dp.RegisterNetNS(cookie, ep.IPv4); err != nil {
 		return err
 	}
 	h.mu.Lock()

@@ -24,11 +24,16 @@ import (
 const (
 	EventDrop          = uint8(bpf.DatapathEventTypeEVENT_DROP)
 	EventPolicyVerdict = uint8(bpf.DatapathEventTypeEVENT_POLICY_VERDICT)
+	EventTranslated    = uint8(bpf.DatapathEventTypeEVENT_TRANSLATED)
 )
 
-// eventFlagReply: the packet is in its connection's reply direction
-// (bpf/lib/maps.h EVENT_F_REPLY).
-const eventFlagReply = 1
+// Event flags (bpf/lib/maps.h EVENT_F_*).
+const (
+	// eventFlagReply: the packet is in its connection's reply direction.
+	eventFlagReply = 1
+	// eventFlagProxy: a new connection's verdict sends it to the L7 proxy.
+	eventFlagProxy = 2
+)
 
 // ProtoName names an IP protocol number.
 func ProtoName(p uint8) string {
@@ -74,9 +79,19 @@ func decodeEvent(raw []byte) (monitor.Event, error) {
 		TCPFlags:    e.TcpFlags,
 		IsReply:     e.Flags&eventFlagReply != 0,
 	}
-	ev.Type = "drop"
-	if e.Type == EventPolicyVerdict {
+	switch e.Type {
+	case EventPolicyVerdict:
 		ev.Type = "policy-verdict"
+		ev.Redirected = e.Flags&eventFlagProxy != 0
+	case EventTranslated:
+		// The frontend takes the place of the interface and length
+		// (struct event's svc_addr and svc_port): a translation has
+		// neither.
+		ev.Type = "translated"
+		ev.Service = netip.AddrPortFrom(addrFrom(e.Ifindex), uint16(e.Len))
+		ev.IfIndex, ev.Length = 0, 0
+	default:
+		ev.Type = "drop"
 	}
 	ev.Direction = "egress"
 	if policy.Direction(e.Dir) == policy.Ingress {

@@ -253,9 +253,14 @@ func (d *Datapath) ServiceBackends(fe Frontend) ([]netip.AddrPort, error) {
 func (d *Datapath) MaglevSize() uint32 { return d.maglevSize }
 
 // RegisterNetNS lets the socket programs translate in the network
-// namespace with this cookie (a pod of this node, or the node itself).
-func (d *Datapath) RegisterNetNS(cookie uint64) error {
-	v := uint32(1)
+// namespace with this cookie: a pod of this node (pod is its address,
+// with which they name the client of the translations they report), or
+// the node itself (pod is the zero Addr).
+func (d *Datapath) RegisterNetNS(cookie uint64, pod netip.Addr) error {
+	var v uint32
+	if pod.Is4() {
+		v = ipv4(pod)
+	}
 	if err := d.objs.LbNetns.Put(&cookie, &v); err != nil {
 		return fmt.Errorf("lb netns: %w", err)
 	}

@@ -1,7 +1,8 @@
 // Package hubble serves the node's flows over Hubble's gRPC API (the
 // Observer and Peer services of agent/hubble/pb), so that the real
 // `hubble` CLI works against a Filament node: it turns the monitor's
-// events (drops, policy verdicts, L7 records) into Hubble flows, keeps
+// events (drops, policy verdicts, service translations, L7 records)
+// into Hubble flows, keeps
 // them in the node's flow ring (agent/flow) and answers GetFlows with
 // Hubble's filter semantics.
 package hubble
@@ -23,7 +24,9 @@ import (
 // Hubble's event types (CiliumEventType.type) of the flows made here.
 const (
 	eventDrop          = 1
+	eventTrace         = 4 // a NodePort translation (tc, from the network)
 	eventPolicyVerdict = 5
+	eventTraceSock     = 7   // a socket translation (cgroup connect/sendmsg)
 	eventAccessLog     = 129 // an L7 record
 )
 
@@ -40,6 +43,10 @@ type Meta struct {
 	// Names are the DNS names the node's DNS proxy saw ip answered for,
 	// to endpoint ep (any endpoint when ep is 0); nil: none.
 	Names func(ip netip.Addr, ep uint16) []string
+	// Service names the service whose frontend (a ClusterIP or NodePort
+	// address and port, protocol TCP or UDP) this node load-balances,
+	// "" when none (nil: never named).
+	Service func(frontend netip.AddrPort, protocol string) (namespace, name string)
 }
 
 // dropReasons maps the datapath's drop reasons to Hubble's.
@@ -92,7 +99,32 @@ func (m Meta) Flow(ev monitor.Event) *flow.Flow {
 		f.DropReason = uint32(f.DropReasonDesc)
 	case "policy-verdict":
 		f.Verdict = flow.Verdict_FORWARDED
+		if ev.Redirected {
+			f.Verdict = flow.Verdict_REDIRECTED // to the node's L7 proxy
+		}
 		f.EventType = &flow.CiliumEventType{Type: eventPolicyVerdict}
+	case "translated":
+		// The client to the backend chosen for the service's frontend:
+		// at a socket of the node (its pod's egress) as Cilium's socket
+		// LB reports it (after translation), or NodePort traffic from
+		// the network (at the backend's ingress).
+		f.Verdict = flow.Verdict_TRANSLATED
+		if ev.Src.Addr().IsUnspecified() {
+			f.IP.Source = "" // a socket of the node's own: its address is not known yet
+		}
+		if f.TrafficDirection == flow.TrafficDirection_EGRESS {
+			f.Type = flow.FlowType_SOCK
+			f.EventType = &flow.CiliumEventType{Type: eventTraceSock}
+			f.SockXlatePoint = flow.SocketTranslationPoint_SOCK_XLATE_POINT_POST_DIRECTION_FWD
+		} else {
+			f.EventType = &flow.CiliumEventType{Type: eventTrace}
+			f.TraceObservationPoint = flow.TraceObservationPoint_FROM_NETWORK
+		}
+		if m.Service != nil && ev.Service.IsValid() {
+			if ns, name := m.Service(ev.Service, ev.Protocol); name != "" {
+				f.DestinationService = &flow.Service{Name: name, Namespace: ns}
+			}
+		}
 	case "l7":
 		f.Type = flow.FlowType_L7
 		f.EventType = &flow.CiliumEventType{Type: eventAccessLog}
@@ -159,9 +191,10 @@ func l4(ev monitor.Event) *flow.Layer4 {
 }
 
 // tcpFlags are a TCP packet event's flags (none for an L7 record, which
-// stands for a request rather than a packet).
+// stands for a request rather than a packet, nor for a translation, which
+// a socket's connect or the first packet's NAT stands for).
 func tcpFlags(ev monitor.Event) *flow.TCPFlags {
-	if ev.L7 != nil {
+	if ev.L7 != nil || ev.Type == "translated" {
 		return nil
 	}
 	b := ev.TCPFlags

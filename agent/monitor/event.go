@@ -7,10 +7,11 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 )
 
-// Event is one drop or policy verdict reported by the programs.
+// Event is one drop, policy verdict or service translation reported by
+// the programs, or an L7 record of the proxy.
 type Event struct {
 	Time        time.Time                `json:"time"`
-	Type        string                   `json:"type"` // "drop", "policy-verdict" or "l7"
+	Type        string                   `json:"type"` // "drop", "policy-verdict", "translated" or "l7"
 	Reason      string                   `json:"reason"`
 	ReasonCode  uint8                    `json:"reasonCode"`
 	Direction   string                   `json:"direction"` // of the deciding endpoint: "ingress" or "egress"
@@ -31,6 +32,13 @@ type Event struct {
 	// connection (false when it is the connection's own direction or the
 	// datapath did not look).
 	IsReply bool `json:"isReply,omitempty"`
+	// Redirected is set on a "policy-verdict" whose connection the
+	// verdict sends to the node's L7 proxy.
+	Redirected bool `json:"redirected,omitempty"`
+	// Service is the frontend a "translated" event's connection asked
+	// for (Dst is the backend chosen); Src is the client, its address
+	// or port zero when the datapath did not know them (a socket hook).
+	Service netip.AddrPort `json:"service,omitzero"`
 	// L7 is set on "l7" events: one request through the node's proxy.
 	L7 *L7 `json:"l7,omitempty"`
 }

@@ -14,7 +14,7 @@ import (
 // Filter selects events; zero values match everything.
 type Filter struct {
 	Endpoint uint16 // the deciding endpoint or the peer endpoint
-	Type     string // "drop" or "policy-verdict"
+	Type     string // "drop", "policy-verdict", "translated" or "l7"
 }
 
 // Match reports whether ev passes f.

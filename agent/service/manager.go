@@ -83,6 +83,7 @@ type Manager struct {
 	remote  map[string]map[string]*Service // key -> cluster -> service
 	dead    map[string]bool                // cluster/node
 	applied map[string][]datapath.Frontend
+	byFE    map[datapath.Frontend]string // frontend -> key of the service applied there
 	status  map[string]Status
 	owners  map[string]string // claim (frontend, node port) -> service key
 	synced  chan struct{}
@@ -99,7 +100,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
-		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{})}
+		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
 		select {
@@ -267,17 +268,40 @@ func (m *Manager) apply(key string) {
 	}
 	for _, old := range m.applied[key] {
 		if !slices.Contains(want, old) {
+			if m.byFE[old] == key {
+				delete(m.byFE, old)
+			}
 			if err := m.cfg.Datapath.DeleteService(old); err != nil {
 				m.errors++
 				slog.Error("removing a service frontend from the datapath", "frontend", old, "err", err)
 			}
 		}
 	}
+	for _, fe := range want {
+		m.byFE[fe] = key
+	}
 	if len(want) == 0 {
 		delete(m.applied, key)
 	} else {
 		m.applied[key] = want
 	}
+}
+
+// At names the service whose frontend (a ClusterIP or NodePort address
+// and port, protocol "TCP" or "UDP") this node load-balances; ok is false
+// when none is there (gone since, say).
+func (m *Manager) At(fe netip.AddrPort, protocol string) (namespace, name string, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key, found := m.byFE[datapath.Frontend{IP: fe.Addr(), Port: fe.Port(), Proto: proto(strings.ToUpper(protocol))}]
+	if !found {
+		return "", "", false
+	}
+	st, found := m.status[key]
+	if !found {
+		return "", "", false
+	}
+	return st.Namespace, st.Name, true
 }
 
 // reconcile removes datapath frontends no service has (left by an earlier

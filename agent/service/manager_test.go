@@ -285,6 +285,44 @@ func TestManagerDelete(t *testing.T) {
 	upsert(t, m, strings.Replace(npYAML, "name: np,", "name: np2,", 1))
 }
 
+// At names the service of a frontend (its ClusterIP or a NodePort, by
+// protocol too) while the frontend is applied, and nothing once it goes.
+func TestManagerAt(t *testing.T) {
+	m, _ := newManager(t, "")
+	upsert(t, m, webYAML)
+	upsert(t, m, npYAML)
+	for _, tc := range []struct {
+		fe, proto, ns, name string
+	}{
+		{"10.96.0.10:80", "TCP", "default", "web"},
+		{"10.96.0.10:53", "udp", "default", "web"},
+		{"10.96.0.20:80", "TCP", "prod", "np"},
+		{"192.168.0.2:30080", "TCP", "prod", "np"},
+		{"10.96.0.10:53", "TCP", "", ""},  // no TCP frontend on 53
+		{"10.96.0.10:81", "TCP", "", ""},  // no such port
+		{"192.168.0.1:80", "TCP", "", ""}, // a node address, no NodePort there
+	} {
+		ns, name, ok := m.At(netip.MustParseAddrPort(tc.fe), tc.proto)
+		if ns != tc.ns || name != tc.name || ok != (tc.name != "") {
+			t.Errorf("At(%s %s) = %q %q %v, want %q %q", tc.fe, tc.proto, ns, name, ok, tc.ns, tc.name)
+		}
+	}
+	if err := m.Delete(context.Background(), "prod", "np"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := m.At(netip.MustParseAddrPort("192.168.0.1:30080"), "TCP"); ok {
+		t.Error("a deleted service's NodePort is still named")
+	}
+	// A port that moves: the old frontend is no longer the service's.
+	upsert(t, m, strings.Replace(webYAML, "{name: dns, port: 53, protocol: UDP}", "{name: dns, port: 5353, protocol: UDP}", 1))
+	if _, _, ok := m.At(netip.MustParseAddrPort("10.96.0.10:53"), "UDP"); ok {
+		t.Error("a frontend the service left is still named")
+	}
+	if ns, name, ok := m.At(netip.MustParseAddrPort("10.96.0.10:5353"), "UDP"); !ok || ns != "default" || name != "web" {
+		t.Errorf("the moved port: %q %q %v", ns, name, ok)
+	}
+}
+
 func TestManagerConflict(t *testing.T) {
 	tests := []struct {
 		name     string

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // Counters per reason and direction, events to user space on the ring
-// buffer (with the packet's TCP flags and whether it is a reply), whether a
-// forwarded connection is reported, and drop (count, report, TC_ACT_SHOT).
+// buffer (with the packet's TCP flags, whether it is a reply, whether the
+// connection goes to the L7 proxy; service translations with their
+// frontend), whether a new connection is reported, and drop (count,
+// report, TC_ACT_SHOT).
 #pragma once
 
 static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
@@ -14,12 +16,14 @@ static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
 	}
 }
 
-static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
-				 __u32 src_id, __u32 dst_id, struct pkt *p, __u32 ifindex)
+// event_new reserves an event on the ring and fills it from p (0 when the
+// ring is full); flags are EVENT_F_* besides the reply flag p carries.
+static __always_inline struct event *event_new(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
+						__u32 src_id, __u32 dst_id, struct pkt *p, __u32 ifindex, __u8 flags)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
-		return;
+		return 0;
 	e->ts = bpf_ktime_get_ns();
 	e->type = type;
 	e->reason = reason;
@@ -36,8 +40,30 @@ static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, 
 	e->ifindex = ifindex;
 	e->len = p->len;
 	e->tcp_flags = p->tcp_flags;
-	e->flags = p->reply ? EVENT_F_REPLY : 0;
+	e->flags = flags | (p->reply ? EVENT_F_REPLY : 0);
 	e->pad[0] = e->pad[1] = 0;
+	return e;
+}
+
+static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
+				 __u32 src_id, __u32 dst_id, struct pkt *p, __u32 ifindex, __u8 flags)
+{
+	struct event *e = event_new(type, reason, dir, ep_id, peer_ep, src_id, dst_id, p, ifindex, flags);
+	if (e)
+		bpf_ringbuf_submit(e, 0);
+}
+
+// emit_translated reports a service translation of a new connection: p
+// goes from the client to the chosen backend, and the frontend
+// (svc_addr, svc_port in network order) is what the client asked for.
+static __always_inline void emit_translated(__u8 dir, __u16 ep_id, __u16 peer_ep, __u32 src_id, __u32 dst_id,
+					    struct pkt *p, __u32 svc_addr, __u16 svc_port)
+{
+	struct event *e = event_new(EVENT_TRANSLATED, REASON_FORWARDED, dir, ep_id, peer_ep, src_id, dst_id, p, 0, 0);
+	if (!e)
+		return;
+	e->svc_addr = svc_addr;
+	e->svc_port = bpf_ntohs(svc_port);
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -56,6 +82,6 @@ static __always_inline int drop(struct __sk_buff *skb, int reason, __u8 dir, __u
 				__u32 src_id, __u32 dst_id, struct pkt *p)
 {
 	count(reason, dir, skb->len);
-	emit(EVENT_DROP, reason, dir, ep_id, peer_ep, src_id, dst_id, p, skb->ifindex);
+	emit(EVENT_DROP, reason, dir, ep_id, peer_ep, src_id, dst_id, p, skb->ifindex, 0);
 	return TC_ACT_SHOT;
 }

@@ -77,9 +77,11 @@ struct counter {
 
 #define CONTROL_PORTS 8
 
-// node_config.flow_events: which forwarded connections are reported on
-// the events ring (drops always are). The zero value is the default. Go
-// reads them from the generated bindings (-type flow_events).
+// node_config.flow_events: which forwarded connections (and service
+// translations, which count as the client's egress, or for NodePort the
+// local backend's ingress) are reported on the events ring (drops always
+// are). The zero value is the default. Go reads them from the generated
+// bindings (-type flow_events).
 enum flow_events {
 	FLOW_EVENTS_CONNECTIONS = 0, // every new forwarded connection, at every endpoint
 	FLOW_EVENTS_ENFORCED = 1,    // new forwarded connections in enforced directions only
@@ -116,14 +118,25 @@ struct event {
 	__u32 daddr;
 	__u16 sport; // host order
 	__u16 dport; // host order
-	__u32 ifindex;
-	__u32 len;
+	// EVENT_TRANSLATED (a service translation, no packet of its own):
+	// saddr/sport are the client (0 when a socket hook does not know
+	// them), daddr/dport the chosen backend, and the frontend takes the
+	// place of the interface and length.
+	union {
+		__u32 ifindex;
+		__u32 svc_addr; // EVENT_TRANSLATED: the frontend's address (network order)
+	};
+	union {
+		__u32 len;
+		__u32 svc_port; // EVENT_TRANSLATED: the frontend's port (host order)
+	};
 	__u8 tcp_flags; // the packet's (TCP only; FIN 0x01 ... CWR 0x80)
 	__u8 flags;     // EVENT_F_*
 	__u8 pad[2];
 };
 
 #define EVENT_F_REPLY 1 // conntrack says the packet is in the reply direction
+#define EVENT_F_PROXY 2 // a new connection's verdict sends it to the L7 proxy (redirected)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -61,7 +61,8 @@ static __always_inline int to_node(__u32 peer, __u32 daddr)
 //
 // A new forwarded flow is reported (EVENT_POLICY_VERDICT, REASON_FORWARDED)
 // as the node config's flow_events says (flow_event): once per connection
-// and endpoint, never for its later packets. p->reply is set when
+// and endpoint, never for its later packets; with EVENT_F_PROXY when its
+// verdict sends it to the L7 proxy (*proxy set, a redirected flow). p->reply is set when
 // conntrack finds p in the reply direction, for the events of later drops.
 static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *ep, __u8 dir, __u32 peer,
 				   __u32 src_id, __u32 dst_id, __u16 peer_ep, struct pkt *p, __u32 ifindex,
@@ -97,8 +98,11 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
 			*proxy = v ? v->proxy_port : (any ? any->proxy_port : 0);
 		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags);
+		// Sent to the L7 proxy: redirected (EVENT_F_PROXY); not the
+		// proxy's own upstream connection, which the proxy opened.
+		__u8 flags = *proxy && !(ct_flags & CT_F_UPSTREAM) ? EVENT_F_PROXY : 0;
 		if (flow_event(enforced))
-			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex);
+			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, flags);
 	}
 	return reason;
 }

@@ -26,6 +26,7 @@ enum reason {
 enum event_type {
 	EVENT_DROP = 1,
 	EVENT_POLICY_VERDICT = 2,
+	EVENT_TRANSLATED = 3, // a service frontend translated to a backend for a new connection
 };
 
 // Referenced so bpf2go emits Go types for them.

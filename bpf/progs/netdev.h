@@ -27,7 +27,8 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 // from_netdev: tc ingress of the node's underlay device. NodePort traffic
 // that did not come from a local socket is translated here: DNAT to a
 // backend, plus SNAT to this node when the backend is elsewhere so that the
-// reply returns through this node. Everything else passes untouched.
+// reply returns through this node; the translation of a new connection is
+// reported (EVENT_TRANSLATED). Everything else passes untouched.
 SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
@@ -63,7 +64,8 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	__u32 bip = b->ip;
 	__u16 bport = b->port;
-	int local = bpf_map_lookup_elem(&endpoints, &bip) != 0;
+	struct endpoint_info *bep = bpf_map_lookup_elem(&endpoints, &bip);
+	int local = bep != 0;
 	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
 	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
 	// A backend on another node goes through the encryption device when
@@ -100,6 +102,14 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip};
 	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd, BPF_ANY);
+	// Reported once per connection (its later packets take the NAT entry
+	// above): the client to the backend, at the backend's ingress.
+	struct pkt t = p;
+	t.daddr = bip;
+	t.dport = bport;
+	if (flow_event(bep && (bep->flags & EP_INGRESS_ENFORCED)))
+		emit_translated(DIR_INGRESS, bep ? bep->ep_id : 0, 0, lookup_identity(p.saddr),
+				bep ? bep->identity : (where ? where->identity : IDENTITY_WORLD), &t, p.daddr, p.dport);
 	if (lb_rewrite(skb, &p, nsaddr, bip, nsport, bport) < 0)
 		return TC_ACT_SHOT;
 	return lb_forward(skb, &p, local ? 0 : tunnel_ip, local);

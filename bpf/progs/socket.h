@@ -1,13 +1,31 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // cgroup connect4/sendmsg4 (translate a frontend to a backend once, at
-// connect or send) and recvmsg4/getpeername4 (show the service address
+// connect or send, and report it: EVENT_TRANSLATED) and recvmsg4/getpeername4 (show the service address
 // back), for sockets of the namespaces this node registered.
 #pragma once
 
-static __always_inline int lb_sock_registered(void *ctx)
+// lb_sock_netns returns the lb_netns entry of the socket's namespace (the
+// address of the pod it belongs to, 0 for the node's own), 0 when this
+// node did not register it.
+static __always_inline __u32 *lb_sock_netns(void *ctx)
 {
 	__u64 ns = bpf_get_netns_cookie(ctx);
-	return bpf_map_lookup_elem(&lb_netns, &ns) != 0;
+	return bpf_map_lookup_elem(&lb_netns, &ns);
+}
+
+// lb_sock_event reports the translation of a new connection (or a UDP
+// socket's first datagram to that backend) as the client's egress: the
+// client is the pod whose namespace the socket is in (its address, port
+// unknown) or the node (address unknown), as flow_events says.
+static __always_inline void lb_sock_event(__u32 client, struct lb_key *k, __u32 bip, __u16 bport)
+{
+	struct endpoint_info *src = client ? bpf_map_lookup_elem(&endpoints, &client) : 0;
+	if (!flow_event(src && (src->flags & EP_EGRESS_ENFORCED)))
+		return;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &bip);
+	struct pkt p = {.saddr = src ? client : 0, .daddr = bip, .dport = bport, .proto = k->proto};
+	emit_translated(DIR_EGRESS, src ? src->ep_id : 0, dst ? dst->ep_id : 0, src ? src->identity : IDENTITY_HOST,
+			dst ? dst->identity : lookup_identity(bip), &p, k->vip, k->port);
 }
 
 static __always_inline __u8 lb_sock_proto(struct bpf_sock_addr *ctx)
@@ -32,8 +50,10 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sock = ctx->sk;
 	if (sock && sock->mark == CONTROL_MARK)
 		return 1;
-	if (!lb_sock_registered(ctx))
+	__u32 *reg = lb_sock_netns(ctx);
+	if (!reg)
 		return 1;
+	__u32 caddr = *reg;
 	__u8 proto = lb_sock_proto(ctx);
 	if (!proto)
 		return 1;
@@ -45,11 +65,19 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 	struct lb_backend *b = lb_pick(svc, client, bpf_get_prandom_u32());
 	if (!b)
 		return 0;
-	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = b->ip, .port = b->port};
+	__u32 bip = b->ip;
+	__u16 bport = b->port;
+	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = bip, .port = bport};
+	// A socket translated to this backend for this frontend before (an
+	// unconnected UDP socket's next datagram) is no new connection.
+	struct lb_sock_value *old = bpf_map_lookup_elem(&lb_sock_revnat, &sk);
+	int fresh = !old || old->vip != k.vip || old->port != k.port;
 	struct lb_sock_value sv = {.vip = k.vip, .port = k.port};
 	bpf_map_update_elem(&lb_sock_revnat, &sk, &sv, BPF_ANY);
-	ctx->user_ip4 = b->ip;
-	ctx->user_port = b->port;
+	ctx->user_ip4 = bip;
+	ctx->user_port = bport;
+	if (fresh)
+		lb_sock_event(caddr, &k, bip, bport);
 	return 1;
 }
 
@@ -63,7 +91,7 @@ int sock_sendmsg4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx); }
 // service address the application asked for.
 static __always_inline int lb_sock_reverse(struct bpf_sock_addr *ctx)
 {
-	if (!lb_sock_registered(ctx))
+	if (!lb_sock_netns(ctx))
 		return 1;
 	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = ctx->user_ip4, .port = (__u16)ctx->user_port};
 	struct lb_sock_value *sv = bpf_map_lookup_elem(&lb_sock_revnat, &sk);

@@ -406,7 +406,7 @@ func (c *cli) monitorCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().Uint16Var(&ep, "endpoint", 0, "only events of this endpoint (either side)")
-	cmd.Flags().StringVar(&typ, "type", "", "only this event type: drop, policy-verdict or l7 (requests through the L7 proxy)")
+	cmd.Flags().StringVar(&typ, "type", "", "only this event type: drop, policy-verdict, translated (service to backend) or l7 (requests through the L7 proxy)")
 	return cmd
 }
 

@@ -18,8 +18,13 @@ func formatEvent(ev types.Event) string {
 		return formatL7(ev)
 	}
 	what := "DROP (" + ev.Reason + ")"
-	if ev.Type == "policy-verdict" {
+	switch {
+	case ev.Type == "policy-verdict" && ev.Redirected:
+		what = "REDIRECTED (new connection, to the L7 proxy)"
+	case ev.Type == "policy-verdict":
 		what = "ALLOWED (new connection)"
+	case ev.Type == "translated":
+		what = "TRANSLATED (service " + ev.Service.String() + ")"
 	}
 	src, dst, proto := ev.Src.String(), ev.Dst.String(), ev.Protocol
 	if strings.EqualFold(ev.Protocol, "icmp") {

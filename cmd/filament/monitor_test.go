@@ -37,6 +37,24 @@ func TestFormatEventICMPShowsTypeNotPorts(t *testing.T) {
 	}
 }
 
+// A redirected verdict and a translation say so; a translation names the
+// frontend beside the backend it went to.
+func TestFormatEventRedirectedAndTranslated(t *testing.T) {
+	ev := types.Event{Time: time.Now(), Type: "policy-verdict", Direction: "egress", Endpoint: 7, Protocol: "TCP",
+		Src: netip.MustParseAddrPort("10.0.0.1:40000"), Dst: netip.MustParseAddrPort("10.0.1.2:80")}
+	if got := formatEvent(ev); !strings.Contains(got, "ALLOWED (new connection)") {
+		t.Errorf("verdict: %s", got)
+	}
+	ev.Redirected = true
+	if got := formatEvent(ev); !strings.Contains(got, "REDIRECTED (new connection, to the L7 proxy)") {
+		t.Errorf("redirected: %s", got)
+	}
+	ev.Type, ev.Redirected, ev.Service = "translated", false, netip.MustParseAddrPort("10.96.0.10:80")
+	if got := formatEvent(ev); !strings.Contains(got, "TRANSLATED (service 10.96.0.10:80)") || !strings.Contains(got, "-> 10.0.1.2:80 identity") {
+		t.Errorf("translated: %s", got)
+	}
+}
+
 // syncBuf is a bytes.Buffer safe to read while the command writes it.
 type syncBuf struct {
 	mu sync.Mutex

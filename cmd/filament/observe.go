@@ -118,6 +118,8 @@ different options with AND; --pod, --label, --ip, --port, --fqdn and
 		Example: `  filament observe --verdict DROPPED --from-pod default/intruder
   filament observe --protocol http --label app=web -o json
   filament observe -f --namespace prod --type drop
+  filament observe --verdict TRANSLATED --to-port 8080
+  filament observe --tcp-flags SYN,ACK --tcp-flags RST
   filament observe --server relay.example:4245 --tls --tls-ca-cert-files ca.pem \
     --tls-client-cert-file client.pem --tls-client-key-file client-key.pem`,
 		Args: cobra.NoArgs,
@@ -331,6 +333,8 @@ func flowType(f *flow.Flow) string {
 		return "trace"
 	case 5:
 		return "policy-verdict " + f.GetTrafficDirection().String()
+	case 7:
+		return "trace-sock" // a socket's service translation
 	default:
 		return "event-" + strconv.Itoa(int(t))
 	}

@@ -225,6 +225,49 @@ func TestObserveAgainstTheNodesSocket(t *testing.T) {
 	}
 }
 
+// --tcp-flags takes hubble's syntax: a value's comma-separated names all
+// must be set (SYN,ACK: a SYN-ACK, not a SYN), repeated values OR'd.
+func TestObserveTCPFlags(t *testing.T) {
+	dir := t.TempDir()
+	base := obsEvents()[1] // a forwarded TCP connection
+	syn, synAck, fin := base, base, base
+	syn.TCPFlags = monitor.TCPFlagSYN
+	synAck.TCPFlags, synAck.Src = monitor.TCPFlagSYN|monitor.TCPFlagACK, netip.MustParseAddrPort("10.244.0.3:40001")
+	fin.TCPFlags, fin.Src = monitor.TCPFlagFIN|monitor.TCPFlagACK, netip.MustParseAddrPort("10.244.0.3:40002")
+	serveHubble(t, dir, []monitor.Event{syn, synAck, fin})
+	sock := filepath.Join(dir, "agent.sock")
+	for _, tc := range []struct {
+		args  []string
+		ports []string // the flows' source ports, in order
+	}{
+		{[]string{"--tcp-flags", "SYN,ACK"}, []string{":40001"}},
+		{[]string{"--tcp-flags", "syn"}, []string{":40000", ":40001"}},
+		{[]string{"--tcp-flags", "FIN", "--tcp-flags", "SYN,ACK"}, []string{":40001", ":40002"}},
+		{[]string{"--tcp-flags", "RST"}, nil},
+	} {
+		out, _, err := runObserve(t, append([]string{"--socket", sock, "observe"}, tc.args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if out == "" {
+			lines = nil
+		}
+		if len(lines) != len(tc.ports) {
+			t.Errorf("%v: %q, want %d flows", tc.args, out, len(tc.ports))
+			continue
+		}
+		for i, p := range tc.ports {
+			if !strings.Contains(lines[i], "default/client"+p+" ") {
+				t.Errorf("%v: flow %d %q, want source port %s", tc.args, i, lines[i], p)
+			}
+		}
+	}
+	if _, _, err := runObserve(t, "--socket", sock, "observe", "--tcp-flags", "SYN,BOGUS"); err == nil || !strings.Contains(err.Error(), `--tcp-flags "SYN,BOGUS"`) {
+		t.Errorf("--tcp-flags SYN,BOGUS: %v", err)
+	}
+}
+
 // Over TCP with mutual TLS (a relay's way): the server's certificate is
 // verified against --tls-ca-cert-files and --tls-server-name, and the
 // client's own certificate is presented; without either it fails.

@@ -111,11 +111,12 @@ type BPFIPCacheEntry struct {
 	Labels   []string     `json:"labels,omitempty"`
 }
 
-// Event is one drop or policy verdict reported by the datapath (GET
-// /v1/monitor streams them as JSON lines).
+// Event is one drop, policy verdict or service translation reported by
+// the datapath, or an L7 record (GET /v1/monitor streams them as JSON
+// lines).
 type Event struct {
 	Time        time.Time      `json:"time"`
-	Type        string         `json:"type"` // "drop", "policy-verdict" or "l7"
+	Type        string         `json:"type"` // "drop", "policy-verdict", "translated" or "l7"
 	Reason      string         `json:"reason"`
 	ReasonCode  uint8          `json:"reasonCode"`
 	Direction   string         `json:"direction"` // of the deciding endpoint: "ingress" or "egress"
@@ -130,8 +131,10 @@ type Event struct {
 	Protocol    string         `json:"protocol"`
 	IfIndex     uint32         `json:"ifindex"`
 	Length      uint32         `json:"length"`
-	TCPFlags    uint8          `json:"tcpFlags,omitempty"` // FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80
-	IsReply     bool           `json:"isReply,omitempty"`  // the packet is in its connection's reply direction
+	TCPFlags    uint8          `json:"tcpFlags,omitempty"`   // FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80
+	IsReply     bool           `json:"isReply,omitempty"`    // the packet is in its connection's reply direction
+	Redirected  bool           `json:"redirected,omitempty"` // a policy verdict sending the connection to the L7 proxy
+	Service     netip.AddrPort `json:"service,omitzero"`     // "translated": the frontend asked for (Dst: the backend)
 	// L7 is set on "l7" events: one request through the node's proxy.
 	L7 *L7 `json:"l7,omitempty"`
 }

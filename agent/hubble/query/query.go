@@ -54,6 +54,7 @@ type Options struct {
 	Port, FromPort, ToPort                []string
 	Identity, FromIdentity, ToIdentity    []string
 	Verdict, Protocol, Type               []string
+	TCPFlags                              []string
 	HTTPMethod, HTTPPath, HTTPStatus      []string
 	NodeName                              []string
 
@@ -113,6 +114,7 @@ func (o *Options) Filters() []Filter {
 		{"verdict", "", "flows with a verdict: FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRANSLATED", &o.Verdict, neither, addVerdict},
 		{"protocol", "", "flows of a protocol: tcp, udp, icmp, http, dns, kafka", &o.Protocol, neither, addProtocol},
 		{"type", "t", "flows of an event type: drop, trace, l7, policy-verdict (or a number), optionally :SUBTYPE (a number)", &o.Type, neither, addType},
+		{"tcp-flags", "", "TCP flows with every flag of a value: comma-separated names (SYN,ACK) of FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, NS; values OR'd", &o.TCPFlags, neither, addTCPFlags},
 		{"http-method", "", "HTTP requests with a method", &o.HTTPMethod, neither, addNonEmpty(func(ff *flow.FlowFilter) *[]string { return &ff.HttpMethod }, "want a method")},
 		{"http-path", "", "HTTP requests whose path matches a regular expression", &o.HTTPPath, neither, addHTTPPath},
 		{"http-status", "", "HTTP responses with a status code (404) or a code prefix (4+)", &o.HTTPStatus, neither, addHTTPStatus},
@@ -411,6 +413,34 @@ func addVerdict(ff *flow.FlowFilter, _ bool, v string) error {
 		return errors.New("want FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED or TRANSLATED")
 	}
 	ff.Verdict = append(ff.Verdict, flow.Verdict(n))
+	return nil
+}
+
+// tcpFlagNames set each TCP flag a --tcp-flags value can name.
+var tcpFlagNames = map[string]func(*flow.TCPFlags){
+	"FIN": func(f *flow.TCPFlags) { f.FIN = true },
+	"SYN": func(f *flow.TCPFlags) { f.SYN = true },
+	"RST": func(f *flow.TCPFlags) { f.RST = true },
+	"PSH": func(f *flow.TCPFlags) { f.PSH = true },
+	"ACK": func(f *flow.TCPFlags) { f.ACK = true },
+	"URG": func(f *flow.TCPFlags) { f.URG = true },
+	"ECE": func(f *flow.TCPFlags) { f.ECE = true },
+	"CWR": func(f *flow.TCPFlags) { f.CWR = true },
+	"NS":  func(f *flow.TCPFlags) { f.NS = true },
+}
+
+// addTCPFlags adds one value of --tcp-flags: flag names separated by
+// commas (hubble's syntax, any case), all of which a flow must have.
+func addTCPFlags(ff *flow.FlowFilter, _ bool, v string) error {
+	want := &flow.TCPFlags{}
+	for name := range strings.SplitSeq(v, ",") {
+		set, ok := tcpFlagNames[strings.ToUpper(strings.TrimSpace(name))]
+		if !ok {
+			return errors.New("want TCP flag names separated by commas: FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, NS")
+		}
+		set(want)
+	}
+	ff.TcpFlags = append(ff.TcpFlags, want)
 	return nil
 }
 

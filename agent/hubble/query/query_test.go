@@ -56,6 +56,9 @@ func TestRequest(t *testing.T) {
 			&observer.GetFlowsRequest{Number: 20, Whitelist: []*flow.FlowFilter{{
 				EventType:  []*flow.EventTypeFilter{{Type: 1}, {Type: 129}, {Type: 4, MatchSubType: true, SubType: 3}},
 				HttpMethod: []string{"POST"}, HttpPath: []string{"^/api/"}, HttpStatusCode: []string{"4+", "200"}, NodeName: []string{"c1/n*"}}}}},
+		{"--tcp-flags: a value's names AND (any case, spaces), values OR", Options{TCPFlags: []string{"SYN,ACK", "fin", "rst, Psh", "URG,ECE,CWR,NS"}},
+			&observer.GetFlowsRequest{Number: 20, Whitelist: []*flow.FlowFilter{{TcpFlags: []*flow.TCPFlags{
+				{SYN: true, ACK: true}, {FIN: true}, {RST: true, PSH: true}, {URG: true, ECE: true, CWR: true, NS: true}}}}}},
 		{"--last", Options{Last: 5}, &observer.GetFlowsRequest{Number: 5}},
 		{"--first", Options{First: 3}, &observer.GetFlowsRequest{Number: 3, First: true}},
 		{"--all", Options{All: true}, &observer.GetFlowsRequest{Number: math.MaxUint64}},
@@ -103,6 +106,9 @@ func TestRequestErrors(t *testing.T) {
 		{Options{Type: []string{"trace:x"}}, `--type "trace:x": want a sub-type`},
 		{Options{Identity: []string{"nobody"}}, `--identity "nobody": want a number or one of`},
 		{Options{HTTPStatus: []string{"4xx"}}, `--http-status "4xx"`},
+		{Options{TCPFlags: []string{"SYN,BOGUS"}}, `--tcp-flags "SYN,BOGUS": want TCP flag names`},
+		{Options{TCPFlags: []string{""}}, `--tcp-flags "": want TCP flag names`},
+		{Options{TCPFlags: []string{"SYN,"}}, `--tcp-flags "SYN,": want TCP flag names`},
 		{Options{HTTPPath: []string{"("}}, `--http-path "("`},
 		{Options{ToFQDN: []string{""}}, `--to-fqdn "": want a DNS name`},
 		{Options{Pod: []string{"/"}}, `--pod "/"`},
