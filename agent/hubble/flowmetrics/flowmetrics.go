@@ -113,7 +113,7 @@ func (m *Metrics) Observe(f *flowpb.Flow) {
 }
 
 // Hubble's names of the event types of the flows the node makes.
-var eventTypes = map[int32]string{1: "Drop", 4: "Trace", 5: "PolicyVerdict", 129: "L7"}
+var eventTypes = map[int32]string{1: "Drop", 4: "Trace", 5: "PolicyVerdict", 7: "SockTrace", 129: "L7"}
 
 func eventType(f *flowpb.Flow) string {
 	if t, ok := eventTypes[f.GetEventType().GetType()]; ok {
