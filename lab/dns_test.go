@@ -195,6 +195,11 @@ func TestDNSPolicy(t *testing.T) {
 	if len(conns) == 0 || field(conns[0], "IP", "destination") != web1.IP || field(conns[0], "verdict") != "FORWARDED" {
 		t.Errorf("filament observe --to-fqdn www.allowed.test --protocol tcp: %v", conns)
 	}
+	if hubble := os.Getenv("FILAMENT_HUBBLE"); hubble != "" { // the real CLI too (make test sets it)
+		if got := hubbleObserve(t, l, hubble, "n1", "--to-fqdn", "*.allowed.test", "--protocol", "tcp", "--verdict", "FORWARDED"); len(got) == 0 || field(got[0], "IP", "destination") != web1.IP {
+			t.Errorf("hubble observe --to-fqdn *.allowed.test --protocol tcp: %v", got)
+		}
+	}
 
 	// The server moves the name to web2: the allow follows the answers;
 	// web1's address is revoked for new connections after its TTL.

@@ -1,12 +1,15 @@
 package lab_test
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -60,6 +63,54 @@ func observeJSON(t *testing.T, l *lab.Lab, node string, argv ...string) []map[st
 		t.Fatalf("%v: %v: %s", argv, err, out)
 	}
 	return parseFlows(t, out)
+}
+
+// hubbleFollows runs `hubble observe -f -o json` with args on node's API
+// and calls cause (again, every second) until a flow comes through.
+func hubbleFollows(t *testing.T, l *lab.Lab, hubble, node string, cause func(), args ...string) {
+	t.Helper()
+	n, err := l.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := "unix://" + filepath.Join(filepath.Dir(n.Socket), "hubble.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd, err := l.NodeCommand(node, append([]string{hubble, "observe", "--server", server, "-o", "json", "-f"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		cause()
+		select {
+		case line := <-lines:
+			if fs := parseFlows(t, line); len(fs) == 1 {
+				return
+			}
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			t.Fatalf("hubble observe -f %v: no flow within 30s", args)
+		}
+	}
 }
 
 // parseFlows reads the flows of `hubble observe -o json` output.
@@ -236,6 +287,26 @@ func TestHubbleObserve(t *testing.T) {
 	if got := hubbleObserve(t, l, hubble, "n1", "--from-pod", "intruder", "--node-name", "n1", "--verdict", "DROPPED"); len(got) == 0 {
 		t.Errorf("--from-pod intruder --node-name n1: no flow")
 	}
+	// --namespace, --port, --since with the real CLI; a window in the
+	// future has nothing.
+	for _, args := range [][]string{{"--namespace", "default", "--from-label", "app=other"}, {"--port", "80", "--from-pod", "default/intruder"},
+		{"--since", "10m", "--from-pod", "default/intruder"}} {
+		got := hubbleObserve(t, l, hubble, "n1", append([]string{"--verdict", "DROPPED"}, args...)...)
+		if len(got) == 0 {
+			t.Errorf("hubble observe %v: no flow", args)
+		}
+		for _, f := range got {
+			if field(f, "source", "pod_name") != "intruder" {
+				t.Errorf("hubble observe %v: a flow of %v", args, field(f, "source", "pod_name"))
+			}
+		}
+	}
+	if got := hubbleObserve(t, l, hubble, "n1", "--since", time.Now().Add(time.Hour).Format(time.RFC3339)); len(got) != 0 {
+		t.Errorf("--since an hour ahead: %d flows", len(got))
+	}
+	// -f: the real CLI following; a new drop comes through.
+	hubbleFollows(t, l, hubble, "n1", func() { curlCodes(t, l, "intruder", "--connect-timeout", "1", base+"/") },
+		"--verdict", "DROPPED", "--from-pod", "default/intruder")
 	// The API's socket is its owner's and group's only.
 	n, _ := l.Node("n1")
 	if fi, err := os.Stat(filepath.Join(filepath.Dir(n.Socket), "hubble.sock")); err != nil || fi.Mode().Perm() != 0o660 {
