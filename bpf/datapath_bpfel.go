@@ -201,6 +201,7 @@ type DatapathNodeConfig struct {
 	ControlPorts [8]uint16
 	EncryptSnat  uint32
 	FlowEvents   uint32
+	PolicyAudit  uint32
 }
 
 type DatapathPolicyKey struct {
@@ -261,6 +262,7 @@ const (
 	DatapathMapCounters          = "counters"
 	DatapathMapEncryptPeers      = "encrypt_peers"
 	DatapathMapEndpoints         = "endpoints"
+	DatapathMapEventLosses       = "event_losses"
 	DatapathMapEvents            = "events"
 	DatapathMapIpcache           = "ipcache"
 	DatapathMapLbAffinities      = "lb_affinities"
@@ -375,6 +377,7 @@ type DatapathMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EncryptPeers *ebpf.MapSpec `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	EventLosses  *ebpf.MapSpec `ebpf:"event_losses"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	LbAffinities *ebpf.MapSpec `ebpf:"lb_affinities"`
@@ -447,6 +450,7 @@ type DatapathMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EncryptPeers *ebpf.Map `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	EventLosses  *ebpf.Map `ebpf:"event_losses"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	LbAffinities *ebpf.Map `ebpf:"lb_affinities"`
@@ -469,6 +473,7 @@ func (m *DatapathMaps) Close() error {
 		m.Counters,
 		m.EncryptPeers,
 		m.Endpoints,
+		m.EventLosses,
 		m.Events,
 		m.Ipcache,
 		m.LbAffinities,

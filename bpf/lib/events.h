@@ -17,13 +17,19 @@ static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
 }
 
 // event_new reserves an event on the ring and fills it from p (0 when the
-// ring is full); flags are EVENT_F_* besides the reply flag p carries.
+// ring is full, counted in event_losses); flags are EVENT_F_* besides the
+// reply flag p carries.
 static __always_inline struct event *event_new(__u8 type, __u8 reason, __u8 dir, __u16 ep_id, __u16 peer_ep,
 						__u32 src_id, __u32 dst_id, struct pkt *p, __u32 ifindex, __u8 flags)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&event_losses, &zero);
+		if (lost)
+			(*lost)++;
 		return 0;
+	}
 	e->ts = bpf_ktime_get_ns();
 	e->type = type;
 	e->reason = reason;
@@ -76,6 +82,14 @@ static __always_inline int flow_event(__u8 enforced)
 	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	__u32 mode = cfg ? cfg->flow_events : FLOW_EVENTS_CONNECTIONS;
 	return mode == FLOW_EVENTS_CONNECTIONS || (mode == FLOW_EVENTS_ENFORCED && enforced);
+}
+
+// policy_audit tells whether the node config's policy audit mode is on.
+static __always_inline int policy_audit(void)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	return cfg && cfg->policy_audit;
 }
 
 static __always_inline int drop(struct __sk_buff *skb, int reason, __u8 dir, __u16 ep_id, __u16 peer_ep,

@@ -102,6 +102,9 @@ struct node_config {
 	// network order, 0 = none.
 	__u32 encrypt_snat;
 	__u32 flow_events; // FLOW_EVENTS_*
+	// Policy audit mode (1): what policy would drop (no allowing rule, or
+	// a deny rule) passes and is reported once per connection instead.
+	__u32 policy_audit;
 };
 
 struct event {
@@ -137,6 +140,7 @@ struct event {
 
 #define EVENT_F_REPLY 1 // conntrack says the packet is in the reply direction
 #define EVENT_F_PROXY 2 // a new connection's verdict sends it to the L7 proxy (redirected)
+#define EVENT_F_AUDIT 4 // policy audit mode: policy would have dropped the new connection (reason says why); it passed
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -226,6 +230,15 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
+
+// event_losses: events not reported because the ring was full (key 0),
+// per CPU; the agent sums and reports them.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} event_losses SEC(".maps");
 
 // Referenced so bpf2go emits Go types for them.
 const struct ipcache_key *unused_ipk __attribute__((unused));

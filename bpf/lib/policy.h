@@ -64,6 +64,12 @@ static __always_inline int to_node(__u32 peer, __u32 daddr)
 // and endpoint, never for its later packets; with EVENT_F_PROXY when its
 // verdict sends it to the L7 proxy (*proxy set, a redirected flow). p->reply is set when
 // conntrack finds p in the reply direction, for the events of later drops.
+//
+// Policy audit mode (the node config's policy_audit): a new flow policy
+// would drop (REASON_POLICY_DENIED or REASON_POLICY_DENY_RULE) is
+// forwarded and tracked like an allowed one, and reported once, whatever
+// flow_events says, as EVENT_POLICY_VERDICT with that reason and
+// EVENT_F_AUDIT. Other drops (control ports, invalid packets) still drop.
 static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *ep, __u8 dir, __u32 peer,
 				   __u32 src_id, __u32 dst_id, __u16 peer_ep, struct pkt *p, __u32 ifindex,
 				   __u32 daddr, __u8 ct_flags, __u32 *proxy)
@@ -94,6 +100,13 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		reason = REASON_FORWARDED;
 	else
 		reason = REASON_POLICY_DENIED;
+	if ((reason == REASON_POLICY_DENIED || reason == REASON_POLICY_DENY_RULE) && policy_audit()) {
+		// Audit mode: the connection passes (no proxy), reported once
+		// with the reason it would have been dropped for.
+		ct_create(p, ep->ep_id, dir, peer, now, 0, ct_flags);
+		emit(EVENT_POLICY_VERDICT, reason, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, EVENT_F_AUDIT);
+		return REASON_FORWARDED;
+	}
 	if (reason == REASON_FORWARDED) {
 		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
 			*proxy = v ? v->proxy_port : (any ? any->proxy_port : 0);
