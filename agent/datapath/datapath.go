@@ -575,6 +575,34 @@ func (d *Datapath) SetFlowEvents(mode string) error {
 	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.FlowEvents = uint32(m) })
 }
 
+// SetPolicyAudit turns policy audit mode on or off (the agent's
+// --policy-audit-mode): new connections that policy would drop for lack of
+// an allow or by a deny rule pass instead, each reported once as an
+// audited policy verdict with the reason it would have been dropped for.
+// Other drops are not affected.
+func (d *Datapath) SetPolicyAudit(on bool) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
+		v.PolicyAudit = 0
+		if on {
+			v.PolicyAudit = 1
+		}
+	})
+}
+
+// EventsLost is how many events the programs could not report because the
+// events ring was full (its reader fell behind), summed over the CPUs.
+func (d *Datapath) EventsLost() (uint64, error) {
+	var per []uint64
+	if err := d.objs.EventLosses.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("event losses: %w", err)
+	}
+	var n uint64
+	for _, x := range per {
+		n += x
+	}
+	return n, nil
+}
+
 // UpsertEncryptPeer marks the node at ip as an encryption peer.
 func (d *Datapath) UpsertEncryptPeer(ip netip.Addr) error {
 	k, v := ipv4(ip), uint32(1)

@@ -33,6 +33,9 @@ const (
 	eventFlagReply = 1
 	// eventFlagProxy: a new connection's verdict sends it to the L7 proxy.
 	eventFlagProxy = 2
+	// eventFlagAudit: policy audit mode let through a new connection
+	// that policy would have dropped for the event's reason.
+	eventFlagAudit = 4
 )
 
 // ProtoName names an IP protocol number.
@@ -83,6 +86,7 @@ func decodeEvent(raw []byte) (monitor.Event, error) {
 	case EventPolicyVerdict:
 		ev.Type = "policy-verdict"
 		ev.Redirected = e.Flags&eventFlagProxy != 0
+		ev.Audit = e.Flags&eventFlagAudit != 0
 	case EventTranslated:
 		// The frontend takes the place of the interface and length
 		// (struct event's svc_addr and svc_port): a translation has

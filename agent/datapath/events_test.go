@@ -70,6 +70,29 @@ func TestDecodeEventRedirected(t *testing.T) {
 	}
 }
 
+// The audit flag makes a policy verdict an audited one, keeping the
+// reason policy would have dropped it for; on other events it means
+// nothing.
+func TestDecodeEventAudit(t *testing.T) {
+	for _, tc := range []struct {
+		typ, flags, reason uint8
+		audit              bool
+	}{
+		{EventPolicyVerdict, eventFlagAudit, ReasonPolicyDenied, true},
+		{EventPolicyVerdict, eventFlagAudit | eventFlagReply, ReasonPolicyDenyRule, true},
+		{EventPolicyVerdict, 0, ReasonForwarded, false},
+		{EventDrop, eventFlagAudit, ReasonPolicyDenied, false},
+	} {
+		ev, err := decodeEvent(encode(t, bpf.DatapathEvent{Type: tc.typ, Reason: tc.reason, Proto: 6, Dport: 80, Flags: tc.flags}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Audit != tc.audit || ev.ReasonCode != tc.reason || ev.Reason != ReasonName(tc.reason) {
+			t.Errorf("type %d flags %#x reason %d: audit %v reason %d %q, want audit %v", tc.typ, tc.flags, tc.reason, ev.Audit, ev.ReasonCode, ev.Reason, tc.audit)
+		}
+	}
+}
+
 // A translation carries the client and the backend as the addresses and
 // the frontend where other events have the interface and length.
 func TestDecodeEventTranslated(t *testing.T) {

@@ -103,6 +103,13 @@ func (m Meta) Flow(ev monitor.Event) *flow.Flow {
 			f.Verdict = flow.Verdict_REDIRECTED // to the node's L7 proxy
 		}
 		f.EventType = &flow.CiliumEventType{Type: eventPolicyVerdict}
+		if ev.Audit {
+			// Policy audit mode: let through, with what it would
+			// have been dropped for.
+			f.Verdict = flow.Verdict_AUDIT
+			f.DropReasonDesc = dropReasons[ev.ReasonCode]
+			f.DropReason = uint32(f.DropReasonDesc)
+		}
 	case "translated":
 		// The client to the backend chosen for the service's frontend:
 		// at a socket of the node (its pod's egress) as Cilium's socket

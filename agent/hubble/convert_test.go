@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/hubble/filter"
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/monitor"
@@ -70,6 +71,32 @@ func TestFlowRedirected(t *testing.T) {
 	}
 	if !redirected.Pass(f) || redirected.Pass(Meta{}.Flow(monitor.Event{Type: "policy-verdict"})) {
 		t.Error("--verdict REDIRECTED does not select the redirected flow alone")
+	}
+}
+
+// A policy verdict of audit mode is AUDIT with the drop reason it would
+// have had (a deny rule's too), selected by --verdict AUDIT alone.
+func TestFlowAudit(t *testing.T) {
+	ev := monitor.Event{Time: time.Unix(1000, 0), Type: "policy-verdict", Direction: "ingress", Endpoint: 1, Protocol: "TCP",
+		Src: netip.MustParseAddrPort("10.0.0.2:40000"), Dst: netip.MustParseAddrPort("10.0.1.3:80"), TCPFlags: monitor.TCPFlagSYN,
+		Audit: true, ReasonCode: datapath.ReasonPolicyDenied}
+	f := Meta{}.Flow(ev)
+	if f.GetVerdict() != flow.Verdict_AUDIT || f.GetDropReasonDesc() != flow.DropReason_POLICY_DENIED ||
+		f.GetDropReason() != uint32(flow.DropReason_POLICY_DENIED) || f.GetEventType().GetType() != eventPolicyVerdict ||
+		f.GetTrafficDirection() != flow.TrafficDirection_INGRESS {
+		t.Errorf("audited: %v", f)
+	}
+	ev.ReasonCode = datapath.ReasonPolicyDenyRule
+	if f := (Meta{}).Flow(ev); f.GetVerdict() != flow.Verdict_AUDIT || f.GetDropReasonDesc() != flow.DropReason_POLICY_DENY {
+		t.Errorf("audited deny rule: %v", f)
+	}
+	audit, err := filter.Compile([]*flow.FlowFilter{{Verdict: []flow.Verdict{flow.Verdict_AUDIT}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := Meta{}.Flow(monitor.Event{Type: "policy-verdict"})
+	if !audit.Pass(f) || audit.Pass(plain) || plain.GetDropReasonDesc() != flow.DropReason_DROP_REASON_UNKNOWN {
+		t.Error("--verdict AUDIT does not select the audited flow alone, or a plain verdict has a drop reason")
 	}
 }
 

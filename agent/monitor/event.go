@@ -35,6 +35,10 @@ type Event struct {
 	// Redirected is set on a "policy-verdict" whose connection the
 	// verdict sends to the node's L7 proxy.
 	Redirected bool `json:"redirected,omitempty"`
+	// Audit is set on a "policy-verdict" of policy audit mode: policy
+	// would have dropped the new connection (Reason, ReasonCode say why)
+	// and let it through.
+	Audit bool `json:"audit,omitempty"`
 	// Service is the frontend a "translated" event's connection asked
 	// for (Dst is the backend chosen); Src is the client, its address
 	// or port zero when the datapath did not know them (a socket hook).
