@@ -96,7 +96,7 @@ func wireEvent(ev monitor.Event) types.Event {
 		Endpoint: ev.Endpoint, PeerEP: ev.PeerEP, SrcIdentity: uint32(ev.SrcIdentity), DstIdentity: uint32(ev.DstIdentity),
 		SrcLabels: ev.SrcLabels, DstLabels: ev.DstLabels, Src: ev.Src, Dst: ev.Dst, Protocol: ev.Protocol,
 		IfIndex: ev.IfIndex, Length: ev.Length, TCPFlags: ev.TCPFlags, IsReply: ev.IsReply,
-		Redirected: ev.Redirected, Service: ev.Service, L7: (*types.L7)(ev.L7)}
+		Redirected: ev.Redirected, Audit: ev.Audit, Service: ev.Service, L7: (*types.L7)(ev.L7)}
 }
 
 func wireTrace(r policy.TraceResult) types.TraceResult {

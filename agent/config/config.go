@@ -136,6 +136,13 @@ type Config struct {
 	// one event per connection and endpoint), enforced (only in the
 	// directions a policy enforces) or off. Drops are always reported.
 	FlowEvents string `json:"flowEvents"`
+	// PolicyAuditMode lets through what policy would drop (no rule allows
+	// it, or a deny rule matches) and reports it instead, once per
+	// connection, as a flow of verdict AUDIT with the drop reason it would
+	// have had: to try policies out before they drop anything. Drops that
+	// are not policy's (invalid packets, spoofed sources, node control
+	// ports) still drop. Not for production: nothing is enforced.
+	PolicyAuditMode bool `json:"policyAuditMode"`
 	// ConntrackGCInterval between collections of expired conntrack entries.
 	ConntrackGCInterval Duration `json:"conntrackGCInterval"`
 	// PrometheusListen is a TCP address for /metrics ("" = only on the API socket).
@@ -446,6 +453,9 @@ func (c Config) validateDatapath() error {
 	case "connections", "enforced", "off":
 	default:
 		return fmt.Errorf("%w: flowEvents %q: want connections, enforced or off", ErrInvalid, c.FlowEvents)
+	}
+	if c.PolicyAuditMode && c.EnforcementMode == "never" {
+		return fmt.Errorf("%w: policyAuditMode: enforcementMode never enforces nothing, so there is nothing to audit", ErrInvalid)
 	}
 	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
 		return fmt.Errorf("%w: lbAlgorithm %q: want random or maglev", ErrInvalid, c.LBAlgorithm)

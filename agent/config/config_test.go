@@ -14,7 +14,7 @@ func TestDefaultIsValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" || c.FlowEvents != "connections" {
+	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" || c.FlowEvents != "connections" || c.PolicyAuditMode {
 		t.Fatalf("defaults changed: %+v", c)
 	}
 }
@@ -142,6 +142,7 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"datapathAttach", func(c *Config) { c.DatapathAttach = "xdp" }, []string{"datapathAttach", "xdp"}},
 		{"flowEvents", func(c *Config) { c.FlowEvents = "packets" }, []string{"flowEvents", "packets"}},
 		{"flowEvents empty", func(c *Config) { c.FlowEvents = "" }, []string{"flowEvents", `""`}},
+		{"policyAuditMode with nothing enforced", func(c *Config) { c.PolicyAuditMode, c.EnforcementMode = true, "never" }, []string{"policyAuditMode", "never"}},
 		{"conntrackGCInterval", func(c *Config) { c.ConntrackGCInterval = Duration(-time.Minute) }, []string{"conntrackGCInterval", "-1m0s"}},
 		{"prometheusListen not an address", func(c *Config) { c.PrometheusListen = "not-an-addr" }, []string{"prometheusListen", "not-an-addr"}},
 		{"prometheusListen port", func(c *Config) { c.PrometheusListen = ":99999" }, []string{"prometheusListen", ":99999"}},
@@ -210,6 +211,13 @@ func TestGoodValuesPass(t *testing.T) {
 		c.FlowEvents = mode
 		if err := c.Validate(); err != nil {
 			t.Errorf("flowEvents %q: %v", mode, err)
+		}
+	}
+	for _, mode := range []string{"default", "always"} {
+		c := Default()
+		c.PolicyAuditMode, c.EnforcementMode = true, mode
+		if err := c.Validate(); err != nil {
+			t.Errorf("policyAuditMode with enforcementMode %q: %v", mode, err)
 		}
 	}
 	c := Default()

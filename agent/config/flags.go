@@ -49,6 +49,7 @@ var Flags = []Flag{
 	{"enforcement-mode", "policy enforcement: default, always or never", func(c *Config) any { return &c.EnforcementMode }},
 	{"datapath-attach", "how programs attach to veths: auto (tcx, else tc), tcx or tc", func(c *Config) any { return &c.DatapathAttach }},
 	{"flow-events", "forwarded connections the datapath reports as flows: connections (every new one, at every endpoint), enforced (only where policy enforces) or off; drops are always reported", func(c *Config) any { return &c.FlowEvents }},
+	{"policy-audit-mode", "let through what policy would drop (no allowing rule, or a deny rule) and report it as a flow of verdict AUDIT, once per connection; other drops still drop (not for production)", func(c *Config) any { return &c.PolicyAuditMode }},
 	{"conntrack-gc-interval", "interval between collections of expired conntrack entries", func(c *Config) any { return &c.ConntrackGCInterval }},
 	{"hubble", "serve the node's flows over Hubble's API (the hubble CLI's --server unix://<hubble-socket>)", func(c *Config) any { return &c.Hubble }},
 	{"hubble-socket", "unix socket of the Hubble API, mode 0660 (default: hubble.sock beside the API socket)", func(c *Config) any { return &c.HubbleSocket }},

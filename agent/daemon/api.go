@@ -120,7 +120,7 @@ func (a *Agent) status(ctx context.Context) types.Status {
 		IPAM: types.IPAMStatus{Used: a.pool.Used(), Capacity: a.pool.Capacity()},
 		Kvstore: types.KvstoreStatus{Embedded: a.embeddedEtcd, Endpoints: a.kvcfg.Endpoints, Healthy: true,
 			LeaseID: fmt.Sprintf("%x", a.lease.ID())},
-		Datapath: types.DatapathStatus{EnforcementMode: cfg.EnforcementMode, Attach: cfg.DatapathAttach,
+		Datapath: types.DatapathStatus{EnforcementMode: cfg.EnforcementMode, PolicyAuditMode: cfg.PolicyAuditMode, Attach: cfg.DatapathAttach,
 			PinDir: datapath.PinDir(cfg.BPFRoot, cfg.ClusterName, cfg.NodeName), PolicyEntries: a.engine.PolicyEntries(),
 			ConntrackEntries: a.dp.ConntrackEntries()},
 	}

@@ -138,6 +138,12 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	if err := dp.SetFlowEvents(a.cfg.FlowEvents); err != nil {
 		return err
 	}
+	if err := dp.SetPolicyAudit(a.cfg.PolicyAuditMode); err != nil {
+		return err
+	}
+	if a.cfg.PolicyAuditMode {
+		slog.Warn("policy audit mode: what policy would drop passes and is reported as AUDIT flows; nothing is enforced")
+	}
 	if a.router, err = routing.New(dp, a.cfg.Routing, a.cfg.NodeName); err != nil {
 		return err
 	}

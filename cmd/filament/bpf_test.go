@@ -131,3 +131,13 @@ func TestPolicyTableNamesClusterWide(t *testing.T) {
 		t.Fatalf("table:\n%s", out.String())
 	}
 }
+
+// The status's enforcement mode says when policy audit mode is on.
+func TestEnforcementModeText(t *testing.T) {
+	if got := enforcementModeText(types.DatapathStatus{EnforcementMode: "default"}); got != "default" {
+		t.Errorf("audit off: %q", got)
+	}
+	if got := enforcementModeText(types.DatapathStatus{EnforcementMode: "always", PolicyAuditMode: true}); !strings.Contains(got, "always (policy audit mode") {
+		t.Errorf("audit on: %q", got)
+	}
+}

@@ -94,6 +94,15 @@ func newRoot(out io.Writer) *cobra.Command {
 	return root
 }
 
+// enforcementModeText is the status's enforcement mode, with audit mode
+// when it is on (policy drops pass and are reported).
+func enforcementModeText(d types.DatapathStatus) string {
+	if d.PolicyAuditMode {
+		return d.EnforcementMode + " (policy audit mode: policy drops pass, reported as AUDIT)"
+	}
+	return d.EnforcementMode
+}
+
 func (c *cli) statusCmd() *cobra.Command {
 	return &cobra.Command{
 		Use: "status", Short: "Show the agent's status", Args: cobra.NoArgs,
@@ -122,7 +131,7 @@ func (c *cli) statusCmd() *cobra.Command {
 				fmt.Fprintf(w, "Policies:\t%d (revision %d)\n", s.Policies, s.PolicyRev)
 				fmt.Fprintf(w, "Services:\t%d\n", s.Services)
 				fmt.Fprintf(w, "Datapath:\tenforcement %s, attach %s, %d policy entries, %d connections tracked, pinned at %s\n",
-					s.Datapath.EnforcementMode, s.Datapath.Attach, s.Datapath.PolicyEntries, s.Datapath.ConntrackEntries, s.Datapath.PinDir)
+					enforcementModeText(s.Datapath), s.Datapath.Attach, s.Datapath.PolicyEntries, s.Datapath.ConntrackEntries, s.Datapath.PinDir)
 				fmt.Fprintf(w, "Version:\t%s, up %s\n", s.Version, time.Duration(s.Uptime))
 			})
 		},

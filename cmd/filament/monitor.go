@@ -19,6 +19,8 @@ func formatEvent(ev types.Event) string {
 	}
 	what := "DROP (" + ev.Reason + ")"
 	switch {
+	case ev.Type == "policy-verdict" && ev.Audit:
+		what = "AUDIT (new connection, would be dropped: " + ev.Reason + ")"
 	case ev.Type == "policy-verdict" && ev.Redirected:
 		what = "REDIRECTED (new connection, to the L7 proxy)"
 	case ev.Type == "policy-verdict":

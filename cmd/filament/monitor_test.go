@@ -55,6 +55,16 @@ func TestFormatEventRedirectedAndTranslated(t *testing.T) {
 	}
 }
 
+// An audited verdict (policy audit mode) says so and what the connection
+// would have been dropped for.
+func TestFormatEventAudit(t *testing.T) {
+	ev := types.Event{Time: time.Now(), Type: "policy-verdict", Direction: "ingress", Endpoint: 7, Protocol: "TCP",
+		Src: netip.MustParseAddrPort("10.0.0.1:40000"), Dst: netip.MustParseAddrPort("10.0.1.2:80"), Audit: true, Reason: "policy denied"}
+	if got := formatEvent(ev); !strings.Contains(got, "AUDIT (new connection, would be dropped: policy denied) ingress endpoint 7") {
+		t.Errorf("audit: %s", got)
+	}
+}
+
 // syncBuf is a bytes.Buffer safe to read while the command writes it.
 type syncBuf struct {
 	mu sync.Mutex

@@ -134,6 +134,7 @@ type Event struct {
 	TCPFlags    uint8          `json:"tcpFlags,omitempty"`   // FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80
 	IsReply     bool           `json:"isReply,omitempty"`    // the packet is in its connection's reply direction
 	Redirected  bool           `json:"redirected,omitempty"` // a policy verdict sending the connection to the L7 proxy
+	Audit       bool           `json:"audit,omitempty"`      // a policy verdict of audit mode: policy would have dropped the connection (Reason), it passed
 	Service     netip.AddrPort `json:"service,omitzero"`     // "translated": the frontend asked for (Dst: the backend)
 	// L7 is set on "l7" events: one request through the node's proxy.
 	L7 *L7 `json:"l7,omitempty"`

@@ -55,7 +55,9 @@ type Status struct {
 
 // DatapathStatus describes the node's eBPF datapath.
 type DatapathStatus struct {
-	EnforcementMode  string `json:"enforcementMode"`
+	EnforcementMode string `json:"enforcementMode"`
+	// PolicyAuditMode: what policy would drop passes and is reported.
+	PolicyAuditMode  bool   `json:"policyAuditMode"`
 	Attach           string `json:"attach"`
 	PinDir           string `json:"pinDir"`
 	PolicyEntries    int    `json:"policyEntries"`
