@@ -68,7 +68,7 @@ func (a *Agent) startAPI(ctx context.Context) error {
 	metricsHandler := metrics.Handler(metrics.Sources{
 		Counters: a.dp.Counters, MapPressure: a.dp.MapPressure,
 		Endpoints: func() int { return len(a.eps.List()) }, Identities: func() int { return len(a.ids.List()) },
-		PolicyEntries: a.engine.PolicyEntries, PolicyWrites: a.dp.PolicyWrites, EventsLost: a.hub.Lost,
+		PolicyEntries: a.engine.PolicyEntries, PolicyWrites: a.dp.PolicyWrites, EventsLost: a.hub.Lost, DatapathEventsLost: a.dp.EventsLost,
 		Services: a.services.Count, ServiceErrors: a.services.Errors, NodesRefused: a.auth.Refused,
 		Groups: a.groups.states, Extra: a.extraMetrics(),
 	})

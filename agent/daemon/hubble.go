@@ -24,7 +24,7 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	s, err := hubble.New(hubble.Config{
 		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt, Names: a.dnsNamesOf, Service: a.serviceAt},
 		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
-		OnFlow: a.observeFlows(),
+		OnFlow: a.observeFlows(), DatapathLost: a.dp.EventsLost,
 	})
 	if err != nil {
 		return err

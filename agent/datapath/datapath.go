@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -113,6 +114,8 @@ type Datapath struct {
 	maglevSize uint32
 	nodeDevs   map[string]bool // devices of the node itself (overlay, underlay), not endpoints
 	proxyPort  uint16
+
+	lost atomic.Uint64 // EventsLost
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -589,9 +592,9 @@ func (d *Datapath) SetPolicyAudit(on bool) error {
 	})
 }
 
-// EventsLost is how many events the programs could not report because the
-// events ring was full (its reader fell behind), summed over the CPUs.
-func (d *Datapath) EventsLost() (uint64, error) {
+// eventLosses reads how many events the programs could not report because
+// the events ring was full (its reader fell behind), summed over the CPUs.
+func (d *Datapath) eventLosses() (uint64, error) {
 	var per []uint64
 	if err := d.objs.EventLosses.Lookup(uint32(0), &per); err != nil {
 		return 0, fmt.Errorf("event losses: %w", err)

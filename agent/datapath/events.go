@@ -104,7 +104,28 @@ func decodeEvent(raw []byte) (monitor.Event, error) {
 	return ev, nil
 }
 
-// ReadEvents reads the events ring buffer until ctx ends, calling f for each.
+// lossesEvery bounds how long the loss count (EventsLost) may go unread
+// while the events ring never runs empty.
+const lossesEvery = time.Second
+
+// EventsLost is how many events the programs could not report because the
+// events ring was full, as ReadEvents last read it: whenever it has read
+// the ring empty (the programs lose events only while it is full, so no
+// loss goes unread for long), and at least every second while it has not.
+func (d *Datapath) EventsLost() uint64 { return d.lost.Load() }
+
+// updateLosses reads the loss count into EventsLost.
+func (d *Datapath) updateLosses() {
+	n, err := d.eventLosses()
+	if err != nil {
+		slog.Warn("datapath event losses", "err", err)
+		return
+	}
+	d.lost.Store(n)
+}
+
+// ReadEvents reads the events ring buffer until ctx ends, calling f for
+// each, and keeps EventsLost up to date.
 func (d *Datapath) ReadEvents(ctx context.Context, f func(monitor.Event)) error {
 	r, err := ringbuf.NewReader(d.objs.Events)
 	if err != nil {
@@ -114,6 +135,8 @@ func (d *Datapath) ReadEvents(ctx context.Context, f func(monitor.Event)) error 
 		<-ctx.Done()
 		r.Close()
 	}()
+	d.updateLosses()
+	lossesRead := time.Now()
 	for {
 		rec, err := r.Read()
 		if err != nil {
@@ -121,6 +144,10 @@ func (d *Datapath) ReadEvents(ctx context.Context, f func(monitor.Event)) error 
 				return nil
 			}
 			return fmt.Errorf("events ring buffer: %w", err)
+		}
+		if r.AvailableBytes() == 0 || time.Since(lossesRead) >= lossesEvery {
+			d.updateLosses()
+			lossesRead = time.Now()
 		}
 		ev, err := decodeEvent(rec.RawSample)
 		if err != nil {

@@ -46,7 +46,9 @@ type Server struct {
 	// queueLost is how many events the monitor could not queue for the
 	// server (it fell behind).
 	queueLost atomic.Uint64
-	onFlow    func(*flowpb.Flow)
+	// datapathLost is Config.DatapathLost (nil: none).
+	datapathLost func() uint64
+	onFlow       func(*flowpb.Flow)
 }
 
 // Config configures a Server.
@@ -60,6 +62,10 @@ type Config struct {
 	// OnFlow, when set, is called with each flow recorded (the flow
 	// metrics), on the recording goroutine: it must not block.
 	OnFlow func(*flowpb.Flow)
+	// DatapathLost, when set, is how many events the datapath could not
+	// report (its events ring was full), reported to following clients
+	// as lost events (PERF_EVENT_RING_BUFFER); it must be cheap.
+	DatapathLost func() uint64
 }
 
 // New returns a server with an empty ring.
@@ -71,7 +77,8 @@ func New(c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address, peers: c.Peers, onFlow: c.OnFlow}, nil
+	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address, peers: c.Peers, onFlow: c.OnFlow,
+		datapathLost: c.DatapathLost}, nil
 }
 
 // Record turns an event into a flow and writes it to the ring.
@@ -198,6 +205,16 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 	}
 	lostEvent := func(n uint64) error { return lostFrom(flowpb.LostEventSource_HUBBLE_RING_BUFFER, n) }
 	queueLost := s.queueLost.Load() // events the server missed before this stream
+	dpLost := s.datapathLosses()    // events the datapath lost before this stream
+	// grown reports the growth of a loss count n since *last.
+	grown := func(src flowpb.LostEventSource, n uint64, last *uint64) error {
+		if n <= *last {
+			return nil
+		}
+		d := n - *last
+		*last = n
+		return lostFrom(src, d)
+	}
 	// The backlog: the flows held when the request came, at most Number
 	// of them kept (the first, or a window of the last); following with
 	// neither Number nor Since, none (Hubble's: only new flows).
@@ -247,11 +264,11 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 				return err
 			}
 		}
-		if n := s.queueLost.Load(); n > queueLost {
-			if err := lostFrom(flowpb.LostEventSource_OBSERVER_EVENTS_QUEUE, n-queueLost); err != nil {
-				return err
-			}
-			queueLost = n
+		if err := grown(flowpb.LostEventSource_OBSERVER_EVENTS_QUEUE, s.queueLost.Load(), &queueLost); err != nil {
+			return err
+		}
+		if err := grown(flowpb.LostEventSource_PERF_EVENT_RING_BUFFER, s.datapathLosses(), &dpLost); err != nil {
+			return err
 		}
 		if !until.IsZero() && f.GetTime().AsTime().After(until) {
 			return nil // past the window: the stream ends, as Hubble's
@@ -262,6 +279,14 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 			}
 		}
 	}
+}
+
+// datapathLosses is Config.DatapathLost's count (0 without one).
+func (s *Server) datapathLosses() uint64 {
+	if s.datapathLost == nil {
+		return 0
+	}
+	return s.datapathLost()
 }
 
 // Flows is the server's flow ring, for readers other than the API (the

@@ -50,9 +50,18 @@ func events(t0 time.Time) []monitor.Event {
 
 func newTestServer(t *testing.T, capacity int) (*Server, observer.ObserverClient) {
 	t.Helper()
-	s, err := New(Config{Meta: Meta{NodeName: "n1", ClusterName: "c1", Pod: func(ep uint16) (string, string) {
+	return newTestServerConfig(t, Config{Capacity: capacity})
+}
+
+// newTestServerConfig is newTestServer with c (its Meta, Address and
+// Version set here).
+func newTestServerConfig(t *testing.T, c Config) (*Server, observer.ObserverClient) {
+	t.Helper()
+	c.Meta = Meta{NodeName: "n1", ClusterName: "c1", Pod: func(ep uint16) (string, string) {
 		return "default", map[uint16]string{1: "web-1", 2: "client-1"}[ep]
-	}}, Capacity: capacity, Address: "127.0.0.1:4244", Version: "test"})
+	}}
+	c.Address, c.Version = "127.0.0.1:4244", "test"
+	s, err := New(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,10 +259,12 @@ func TestHostileHostStillFiltered(t *testing.T) {
 	}
 }
 
-// Events the monitor could not queue for the server reach following
-// clients as lost events (OBSERVER_EVENTS_QUEUE), before the next flow.
-func TestQueueLossReported(t *testing.T) {
-	s, c := newTestServer(t, 0)
+// lostBeforeNext follows c's flows: it records a flow until the stream
+// has one (it started; no loss may come before), calls grow, records
+// another and returns the lost events reported before that one's flow, by
+// source.
+func lostBeforeNext(t *testing.T, c observer.ObserverClient, record func(monitor.Event), grow func()) map[flow.LostEventSource]uint64 {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Follow: true})
@@ -261,49 +272,71 @@ func TestQueueLossReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs := events(time.Now())
-	ch := make(chan monitor.Event)
-	defer close(ch)
-	var missed atomic.Uint64
-	go s.Follow(ch, missed.Load)
-	// Flows until the stream has one (it started), none lost yet.
 	got := make(chan *observer.GetFlowsResponse)
 	go func() {
+		defer close(got)
 		for {
 			r, err := st.Recv()
 			if err != nil {
-				close(got)
 				return
 			}
-			got <- r
+			select {
+			case got <- r:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
-	first := true
-	for first {
+	for first := true; first; {
+		record(evs[0])
 		select {
-		case ch <- evs[0]:
 		case r, ok := <-got:
 			if !ok || r.GetLostEvents() != nil {
 				t.Fatalf("before any loss: %v", r)
 			}
 			first = false
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	missed.Store(7)
-	ch <- evs[1]
-	var lost uint64
+	grow()
+	record(evs[1])
+	lost := map[flow.LostEventSource]uint64{}
 	for r := range got {
 		if l := r.GetLostEvents(); l != nil {
-			if l.Source != flow.LostEventSource_OBSERVER_EVENTS_QUEUE {
-				t.Errorf("lost events from %v", l.Source)
-			}
-			lost += l.NumEventsLost
+			lost[l.Source] += l.NumEventsLost
 		}
 		if r.GetFlow().GetTime().AsTime().Equal(evs[1].Time) {
-			break
+			return lost
 		}
 	}
-	if lost != 7 {
-		t.Errorf("lost %d events reported before the next flow, want 7", lost)
+	t.Fatalf("stream ended before the flow after the loss; lost %v", lost)
+	return nil
+}
+
+// Events the monitor could not queue for the server reach following
+// clients as lost events (OBSERVER_EVENTS_QUEUE), before the next flow.
+func TestQueueLossReported(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	ch := make(chan monitor.Event)
+	defer close(ch)
+	var missed atomic.Uint64
+	go s.Follow(ch, missed.Load)
+	lost := lostBeforeNext(t, c, func(ev monitor.Event) { ch <- ev }, func() { missed.Store(7) })
+	if len(lost) != 1 || lost[flow.LostEventSource_OBSERVER_EVENTS_QUEUE] != 7 {
+		t.Errorf("lost events reported before the next flow: %v, want 7 from the queue", lost)
+	}
+}
+
+// Events the datapath could not report (its ring was full) reach
+// following clients as lost events (PERF_EVENT_RING_BUFFER), before the
+// next flow; those lost before the stream began do not.
+func TestDatapathLossReported(t *testing.T) {
+	var dpLost atomic.Uint64
+	dpLost.Store(100) // before the stream: not this client's
+	s, c := newTestServerConfig(t, Config{DatapathLost: dpLost.Load})
+	lost := lostBeforeNext(t, c, s.Record, func() { dpLost.Add(5) })
+	if len(lost) != 1 || lost[flow.LostEventSource_PERF_EVENT_RING_BUFFER] != 5 {
+		t.Errorf("lost events reported before the next flow: %v, want 5 from the datapath's ring", lost)
 	}
 }
 

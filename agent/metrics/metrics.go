@@ -26,6 +26,9 @@ type Sources struct {
 	PolicyEntries func() int
 	PolicyWrites  func() uint64
 	EventsLost    func() uint64
+	// DatapathEventsLost: events the datapath could not report (its
+	// events ring was full).
+	DatapathEventsLost func() uint64
 	// Services and ServiceErrors: local services, failed service map writes.
 	Services      func() int
 	ServiceErrors func() int
@@ -46,6 +49,7 @@ var (
 	polWrites    = prometheus.NewDesc("filament_policy_map_writes_total", "Writes (upserts and deletes) to the BPF policy map.", nil, nil)
 	pressure     = prometheus.NewDesc("filament_map_pressure_ratio", "Entries of a BPF map divided by its capacity.", []string{"map"}, nil)
 	eventsLost   = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
+	dpLost       = prometheus.NewDesc("filament_datapath_events_lost_total", "Events (drops, flows) the datapath could not report because its events ring was full.", nil, nil)
 	services     = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
 	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing).", []string{"state"}, nil)
 	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
@@ -57,7 +61,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, services, svcErrors, nodesRefused, groupsDesc} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc} {
 		ch <- d
 	}
 }
@@ -110,6 +114,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.s.EventsLost != nil {
 		ch <- prometheus.MustNewConstMetric(eventsLost, prometheus.CounterValue, float64(c.s.EventsLost()))
+	}
+	if c.s.DatapathEventsLost != nil {
+		ch <- prometheus.MustNewConstMetric(dpLost, prometheus.CounterValue, float64(c.s.DatapathEventsLost()))
 	}
 	if c.s.MapPressure != nil {
 		for m, v := range c.s.MapPressure() {
