@@ -355,10 +355,11 @@ func verdictName(f *flow.Flow) string {
 }
 
 // flowSummary is an L7 flow's request and response (and why it was
-// denied), a drop's reason, or the transport's protocol and TCP flags.
+// denied), a drop's reason (an audited connection's: why it would have
+// been dropped), or the transport's protocol and TCP flags.
 func flowSummary(f *flow.Flow) string {
 	denied := ""
-	if f.GetVerdict() == flow.Verdict_DROPPED && f.GetDropReasonDesc() != flow.DropReason_DROP_REASON_UNKNOWN {
+	if v := f.GetVerdict(); (v == flow.Verdict_DROPPED || v == flow.Verdict_AUDIT) && f.GetDropReasonDesc() != flow.DropReason_DROP_REASON_UNKNOWN {
 		denied = "; " + f.GetDropReasonDesc().String()
 	}
 	l7 := f.GetL7()

@@ -60,6 +60,13 @@ func TestCompactFlow(t *testing.T) {
 			t.Errorf("event %d:\n got %s\nwant %s", i, got, want)
 		}
 	}
+	// An audited connection (policy audit mode) says what it would have
+	// been dropped for.
+	audit := evs[1]
+	audit.Audit, audit.ReasonCode = true, 1
+	if got, want := compactFlow(obsMeta.Flow(audit)), "policy-verdict INGRESS AUDIT (POLICY_DENIED)"; !strings.HasSuffix(got, want) {
+		t.Errorf("audited: %s, want it to end with %s", got, want)
+	}
 	// A reply swaps the ends and the arrow; unknown direction is <>; an
 	// IPv6 address with a port is bracketed; what the ends sent cannot
 	// reach the terminal as control characters.
