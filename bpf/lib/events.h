@@ -2,7 +2,8 @@
 // Counters per reason and direction, events to user space on the ring
 // buffer (with the packet's TCP flags, whether it is a reply, whether the
 // connection goes to the L7 proxy; service translations with their
-// frontend), whether a new connection is reported, and drop (count,
+// frontend), whether a new connection is reported, events a full ring
+// could not take (event_losses), policy audit mode, and drop (count,
 // report, TC_ACT_SHOT).
 #pragma once
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // Policy lookup and enforcement: the two LPM lookups (peer identity and
-// any), deny first, the nodes' control ports, default deny when enforced.
+// any), deny first, the nodes' control ports, default deny when enforced;
+// policy audit mode.
 #pragma once
 
 static __always_inline struct policy_value *policy_lookup(__u16 ep_id, __u8 dir, __u32 identity, struct pkt *p)
