@@ -136,7 +136,11 @@ func (m Meta) Flow(ev monitor.Event) *flow.Flow {
 		f.Type = flow.FlowType_L7
 		f.EventType = &flow.CiliumEventType{Type: eventAccessLog}
 		f.Verdict = flow.Verdict_FORWARDED
-		if ev.L7 != nil && ev.L7.Verdict != "forwarded" {
+		switch {
+		case ev.L7 == nil || ev.L7.Verdict == "forwarded":
+		case ev.L7.Verdict == "error": // allowed, the upstream unreachable
+			f.Verdict = flow.Verdict_ERROR
+		default:
 			f.Verdict = flow.Verdict_DROPPED
 			f.DropReasonDesc = flow.DropReason_POLICY_DENIED
 		}

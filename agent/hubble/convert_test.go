@@ -167,3 +167,14 @@ func TestFlowTranslated(t *testing.T) {
 		t.Error("--verdict TRANSLATED does not select the translation alone")
 	}
 }
+
+// An L7 request the proxy allowed but could not forward (the upstream
+// unreachable: the proxy answered 502) is an ERROR flow, not a drop.
+func TestFlowL7Error(t *testing.T) {
+	ev := events(time.Now())[3]
+	ev.L7.Verdict, ev.L7.Status = "error", 502
+	f := Meta{NodeName: "n1"}.Flow(ev)
+	if f.Verdict != flow.Verdict_ERROR || f.DropReasonDesc != flow.DropReason_DROP_REASON_UNKNOWN || f.L7.GetHttp().GetCode() != 502 {
+		t.Errorf("error record: verdict %v reason %v code %d", f.Verdict, f.DropReasonDesc, f.L7.GetHttp().GetCode())
+	}
+}

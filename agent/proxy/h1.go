@@ -222,6 +222,7 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		return bw.Flush() == nil && keep && !req.Close, false
 	}
 	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req)
+	verdict := Forwarded
 	switch {
 	case errors.Is(err, errClientGone):
 		status, keep, closeNow = statusClientGone, false, true
@@ -232,10 +233,10 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		// A body half sent upstream (the request was wrapped) cannot be
 		// drained any more: close.
 		_, sent := req.Body.(*flushingBody)
-		status, keep = http.StatusBadGateway, !sent && drain(req)
+		status, keep, verdict = http.StatusBadGateway, !sent && drain(req), Error
 		writeStatus(bw, status, "Upstream unreachable\n", !keep || req.Close)
 	}
-	p.finish(recs, start, status, Forwarded)
+	p.finish(recs, start, status, verdict)
 	return bw.Flush() == nil && keep && !req.Close, closeNow
 }
 

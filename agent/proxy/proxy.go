@@ -642,6 +642,7 @@ type stateKey struct{}
 type reqState struct {
 	conn   *downConn
 	status int
+	failed bool // the upstream could not be reached: the proxy answered
 }
 
 func stateOf(r *http.Request) *reqState {
@@ -693,7 +694,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
 	p.rp.ServeHTTP(w, out)
-	p.finish(recs, start, s.status, Forwarded)
+	verdict := Forwarded
+	if s.failed {
+		verdict = Error
+	}
+	p.finish(recs, start, s.status, verdict)
 	if s.status == statusClientGone {
 		// Nothing was written: the stream is reset rather than answered
 		// with an empty 200 for a request that never reached the upstream.
@@ -790,6 +795,7 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		return
 	}
 	p.log.Debug("L7 proxy: upstream failed", "dst", s.conn.dst, "err", err)
+	s.failed = true
 	if isGRPC(r) {
 		s.status = grpcError(w, 14, "upstream unavailable") // UNAVAILABLE
 		return

@@ -400,8 +400,16 @@ func TestUpstreamUnreachable(t *testing.T) {
 	dead := netip.MustParseAddrPort(ln.Addr().String())
 	ln.Close()
 	h := newHarnessTo(t, dead, Options{})
-	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/public/x")); got != "502" {
-		t.Errorf("unreachable upstream: %s, want 502", got)
+	rec := h.records()
+	// HTTP/1.1, then HTTP/2: the proxy answers 502, and the record says
+	// error (allowed, not answered by the upstream), not forwarded.
+	for _, args := range [][]string{nil, {"--http2-prior-knowledge"}} {
+		if got := h.curl(append(args, "-o", "/dev/null", "-w", "%{http_code}", h.url("/public/x"))...); got != "502" {
+			t.Errorf("unreachable upstream %v: %s, want 502", args, got)
+		}
+		if r := rec(1)[0]; r.Verdict != Error || r.Status != 502 {
+			t.Errorf("unreachable upstream %v: record %+v, want verdict error, 502", args, r)
+		}
 	}
 }
 

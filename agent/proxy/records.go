@@ -10,10 +10,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// Verdicts of a Record.
+// Verdicts of a Record: forwarded (allowed and answered by the
+// upstream), denied (by policy), error (allowed, but the upstream could
+// not be reached: the proxy answered it).
 const (
 	Forwarded = "forwarded"
 	Denied    = "denied"
+	Error     = "error"
 )
 
 // Record is one request the proxy handled, for one side whose policy
