@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
 
@@ -187,30 +188,7 @@ func BenchmarkCrossNodeThroughput(b *testing.B) {
 			if mode == "tunnel+wireguard" {
 				routing, args = "tunnel", []string{"--encryption", "wireguard", "--encryption-strict"}
 			}
-			l := labtest.UpRouting(b, 2, routing, args...)
-			labtest.Pod(b, l, "n1", "client", "app=client")
-			srv := labtest.Pod(b, l, "n2", "server", "app=server")
-			labtest.ImportPolicy(b, l, "n2", `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-`)
-			sc, _ := l.PodCommand("server", "iperf3", "-s", "-p", "5201")
-			sc.Start()
-			defer func() { sc.Process.Kill(); sc.Wait() }()
-			deadline := time.Now().Add(15 * time.Second)
-			for {
-				c, _ := l.PodCommand("client", "ping", "-c", "1", "-W", "1", srv.IP)
-				if c.Run() == nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					b.Fatal("client cannot reach server")
-				}
-			}
+			l, srv := crossNodeIperf(b, routing, args...)
 			var sum float64
 			for i := 0; i < b.N; i++ {
 				c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "3", "-J")
@@ -220,6 +198,34 @@ spec:
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// crossNodeIperf brings up two nodes (routing, agent args), a client pod
+// on n1 and an iperf3 server pod on n2 under an ingress policy that admits
+// the client, and waits until the client reaches it. The server stops at
+// cleanup.
+func crossNodeIperf(b *testing.B, routing string, args ...string) (*lab.Lab, *lab.Pod) {
+	b.Helper()
+	l := labtest.UpRouting(b, 2, routing, args...)
+	labtest.Pod(b, l, "n1", "client", "app=client")
+	srv := labtest.Pod(b, l, "n2", "server", "app=server")
+	labtest.ImportPolicy(b, l, "n2", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+`)
+	sc, _ := l.PodCommand("server", "iperf3", "-s", "-p", "5201")
+	if err := sc.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sc.Process.Kill(); sc.Wait() })
+	if err := labtest.PingEventually(b, l, "client", srv.IP); err != nil {
+		b.Fatal(err)
+	}
+	return l, srv
 }
 
 // BenchmarkIPCachePropagation: from the start of a CNI ADD on n1 until the

@@ -19,7 +19,8 @@ import (
 
 // TestMain lets the test binary double as a synthetic cluster writer: run
 // inside a cluster's kvstore namespace (the underlay is not reachable from
-// the host), it writes ipcache entries as an agent would.
+// the host), it writes ipcache entries as an agent would; and as standalone
+// wireguard-go in a namespace (BenchmarkWireGuardThroughput).
 func TestMain(m *testing.M) {
 	if kvs := os.Getenv("FILAMENT_KV_PUT"); kvs != "" {
 		if err := kvPut(kvs); err != nil {
@@ -31,6 +32,13 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv("FILAMENT_SIM_WRITER"); mode != "" {
 		if err := simWriter(mode); err != nil {
 			fmt.Fprintln(os.Stderr, "sim writer:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if spec := os.Getenv("FILAMENT_WG_STANDALONE"); spec != "" {
+		if err := wgStandalone(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "standalone wireguard-go:", err)
 			os.Exit(1)
 		}
 		os.Exit(0)
