@@ -28,6 +28,15 @@ type DatapathCtEntry struct {
 	Flags        uint8
 	ProxyPort    uint16
 	PeerIdentity uint32
+	Refreshed    uint64
+	Rev          uint32
+	Pport        uint16
+	FastAction   uint8
+	Pad          uint8
+	FastRev      uint32
+	FastIfindex  uint32
+	FastTunnel   uint32
+	FastIdentity uint32
 }
 
 type DatapathCtKey struct {
@@ -50,6 +59,13 @@ type DatapathEndpointInfo struct {
 	Pad      uint8
 	Mac      [6]uint8
 	HostMac  [6]uint8
+}
+
+type DatapathEpSlot struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	EpId    uint16
+	Pad     uint16
 }
 
 type DatapathEvent struct {
@@ -260,6 +276,7 @@ const (
 	DatapathMapCounters          = "counters"
 	DatapathMapEncryptPeers      = "encrypt_peers"
 	DatapathMapEndpoints         = "endpoints"
+	DatapathMapEpSlots           = "ep_slots"
 	DatapathMapEvents            = "events"
 	DatapathMapIpcache           = "ipcache"
 	DatapathMapLbAffinities      = "lb_affinities"
@@ -273,6 +290,7 @@ const (
 	DatapathMapNodes             = "nodes"
 	DatapathMapPolicy            = "policy"
 	DatapathMapProxyOrigin       = "proxy_origin"
+	DatapathMapRevision          = "revision"
 	DatapathProgFromContainer    = "from_container"
 	DatapathProgFromHost         = "from_host"
 	DatapathProgFromNetdev       = "from_netdev"
@@ -374,6 +392,7 @@ type DatapathMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EncryptPeers *ebpf.MapSpec `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	EpSlots      *ebpf.MapSpec `ebpf:"ep_slots"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	LbAffinities *ebpf.MapSpec `ebpf:"lb_affinities"`
@@ -387,6 +406,7 @@ type DatapathMapSpecs struct {
 	Nodes        *ebpf.MapSpec `ebpf:"nodes"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	ProxyOrigin  *ebpf.MapSpec `ebpf:"proxy_origin"`
+	Revision     *ebpf.MapSpec `ebpf:"revision"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -446,6 +466,7 @@ type DatapathMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EncryptPeers *ebpf.Map `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	EpSlots      *ebpf.Map `ebpf:"ep_slots"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	LbAffinities *ebpf.Map `ebpf:"lb_affinities"`
@@ -459,6 +480,7 @@ type DatapathMaps struct {
 	Nodes        *ebpf.Map `ebpf:"nodes"`
 	Policy       *ebpf.Map `ebpf:"policy"`
 	ProxyOrigin  *ebpf.Map `ebpf:"proxy_origin"`
+	Revision     *ebpf.Map `ebpf:"revision"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -468,6 +490,7 @@ func (m *DatapathMaps) Close() error {
 		m.Counters,
 		m.EncryptPeers,
 		m.Endpoints,
+		m.EpSlots,
 		m.Events,
 		m.Ipcache,
 		m.LbAffinities,
@@ -481,6 +504,7 @@ func (m *DatapathMaps) Close() error {
 		m.Nodes,
 		m.Policy,
 		m.ProxyOrigin,
+		m.Revision,
 	)
 }
 

@@ -63,7 +63,8 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	__u32 bip = b->ip;
 	__u16 bport = b->port;
-	int local = bpf_map_lookup_elem(&endpoints, &bip) != 0;
+	struct endpoint_info *bep = bpf_map_lookup_elem(&endpoints, &bip);
+	int local = bep != 0;
 	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
 	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
 	// A backend on another node goes through the encryption device when
@@ -98,6 +99,9 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	if (!ok)
 		return drop(skb, REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	// A local backend's replies on this tuple go through lb_reverse from now on.
+	if (bep)
+		fast_forget(bip, nsaddr, bport, nsport, p.proto, bep->ep_id);
 	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip};
 	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd, BPF_ANY);
 	if (lb_rewrite(skb, &p, nsaddr, bip, nsport, bport) < 0)
