@@ -69,6 +69,31 @@ func TestChangesBumpRevision(t *testing.T) {
 			t.Fatalf("%s: revision %d -> %d (agent says %d), want one bump", c.name, before, got, dp.Revision())
 		}
 	}
+	// Held: the changes made under a hold are one bump, at the release.
+	held := pinned(dp)
+	release := dp.HoldRevision()
+	if err := dp.UpsertNode(node); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.UpsertEncryptPeer(node); err != nil {
+		t.Fatal(err)
+	}
+	if got := pinned(dp); got != held {
+		t.Fatalf("bumped under a hold: %d -> %d", held, got)
+	}
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := release(); err != nil { // a second call does nothing
+		t.Fatal(err)
+	}
+	if got := pinned(dp); got != held+1 {
+		t.Fatalf("after the release: revision %d, want %d", got, held+1)
+	}
+	// A hold with no change bumps nothing.
+	if err := dp.HoldRevision()(); err != nil || pinned(dp) != held+1 {
+		t.Fatalf("an empty hold bumped: %d %v", pinned(dp), err)
+	}
 	last := pinned(dp)
 	dp.Close()
 	dp2, err := datapath.Load(cfg)
