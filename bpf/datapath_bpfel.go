@@ -35,8 +35,10 @@ type DatapathCtEntry struct {
 	Pad          uint8
 	FastRev      uint32
 	FastIfindex  uint32
-	FastTunnel   uint32
+	FastOut      uint32
 	FastIdentity uint32
+	FastMac      [12]uint8
+	_            [4]byte
 }
 
 type DatapathCtKey struct {

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"net"
 	"testing"
 
@@ -191,7 +192,7 @@ func TestEstablishedFlowFollowsIpcache(t *testing.T) {
 			}
 		}
 		e := f.ctEntry(podIP, remotePod, 5000, 53, 17, dirEgress, podEP)
-		if e.FastAction != fastEncap || e.FastTunnel != ip4(node) || e.FastIdentity != podID {
+		if e.FastAction != fastEncap || e.FastOut != ip4(node) || e.FastIdentity != podID {
 			t.Fatalf("cached forwarding to %v: %+v", node, e)
 		}
 	}
@@ -271,5 +272,59 @@ func TestFastPathChecksSource(t *testing.T) {
 	}
 	if r := from(1, ack); r != actShot || f.count(reasonBadSource, dirEgress) != bad+3 {
 		t.Fatalf("established, from the pod's old interface after it was cached on the new one: verdict %d", r)
+	}
+}
+
+// A flow between two pods of the node is cached too (the destination's
+// MACs and host veth): its established packets are delivered with the
+// destination's MACs, and the destination's ingress policy still applies
+// after a bump.
+func TestEstablishedLocalDelivery(t *testing.T) {
+	const (
+		fastLocal = 3 // FAST_LOCAL
+		dstEP     = uint16(9)
+		dstID     = uint32(0x10400)
+		dstIf     = 4242 // redirect_peer only records it in a test run
+	)
+	f := load(t)
+	dstIP := net.IPv4(10, 0, 0, 4).To4()
+	dstMAC, dstHostMAC := net.HardwareAddr{2, 0, 0, 0, 0, 4}, net.HardwareAddr{2, 0, 0, 0, 0, 5}
+	k := ip4(dstIP)
+	v := DatapathEndpointInfo{Ifindex: dstIf, Identity: dstID, EpId: dstEP, Flags: 1} // ingress enforced
+	copy(v.Mac[:], dstMAC)
+	copy(v.HostMac[:], dstHostMAC)
+	if err := f.objs.Endpoints.Put(&k, &v); err != nil {
+		t.Fatal(err)
+	}
+	f.rule(dirEgress, dstID, 6, 80, 24, false)
+	ingress := DatapathPolicyKey{Prefixlen: 64 + 24, EpId: dstEP, Dir: dirIngress, Identity: podID, Proto: 6, Port: [2]uint8{0, 80}}
+	if err := f.objs.Policy.Put(&ingress, &DatapathPolicyValue{}); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.run(f.objs.FromContainer, tcp(t, podIP, dstIP, 40000, 80, true, false)); r != actRedirect {
+		t.Fatalf("SYN to the local pod: %d", r)
+	}
+	ack := tcp(t, podIP, dstIP, 40000, 80, false, true)
+	if r := f.run(f.objs.FromContainer, ack); r != actRedirect {
+		t.Fatalf("first ACK: %d", r)
+	}
+	if e := f.ctEntry(podIP, dstIP, 40000, 80, 6, dirEgress, podEP); e.FastAction != fastLocal || e.FastOut != dstIf {
+		t.Fatalf("local delivery not cached: %+v", e)
+	}
+	out := make([]byte, len(ack))
+	ret, err := f.objs.FromContainer.Run(&ebpf.RunOptions{Data: ack, DataOut: out})
+	if err != nil || ret != actRedirect {
+		t.Fatalf("established ACK: %d %v", ret, err)
+	}
+	if !bytes.Equal(out[:6], dstMAC) || !bytes.Equal(out[6:12], dstHostMAC) {
+		t.Fatalf("delivered with MACs %x %x, want %v %v", out[:6], out[6:12], dstMAC, dstHostMAC)
+	}
+	if err := f.objs.Policy.Delete(&ingress); err != nil {
+		t.Fatal(err)
+	}
+	f.bump()
+	denied := f.count(reasonDenied, dirIngress)
+	if r := f.run(f.objs.FromContainer, ack); r != actShot || f.count(reasonDenied, dirIngress) != denied+1 {
+		t.Fatalf("established after the destination's ingress allow went: verdict %d", r)
 	}
 }

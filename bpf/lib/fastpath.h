@@ -3,6 +3,9 @@
 // whose conntrack entry caches how the endpoint's packets on it leave
 // (fast_* fields) is forwarded after one conntrack lookup, without the
 // endpoints, ipcache and policy lookups and without reading the clock.
+// For a destination pod of this node the cache stands for its ingress
+// entry as well: the slow path, which runs at least every
+// CT_REFRESH_JIFFIES, checked and refreshed both.
 //
 // The cache is valid while the entry's fast_rev is the datapath revision
 // (the agent bumps it after changing endpoints, ipcache, policy, config,
@@ -15,7 +18,8 @@
 #pragma once
 
 #define FAST_PASS 1  // to the node's stack (routed, or through the encryption device)
-#define FAST_ENCAP 2 // through the VXLAN device to fast_tunnel, VNI fast_identity
+#define FAST_ENCAP 2 // through the VXLAN device to fast_out, VNI fast_identity
+#define FAST_LOCAL 3 // into the namespace behind host veth fast_out, MACs fast_mac
 
 static __always_inline struct ct_entry *fast_entry(struct pkt *p, __u16 ep_id, int *reply)
 {
@@ -56,21 +60,28 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 	// Packets that would change the entry (ct_update) take the slow path.
 	if (reply && (!(e->flags & CT_F_REPLY) || e->state != CT_STATE_ESTABLISHED))
 		return -1;
+	if (e->fast_action == FAST_LOCAL && bpf_skb_store_bytes(skb, 0, e->fast_mac, 12, 0) < 0)
+		return -1; // the slow path drops it
 	// Per-flow counters without a locked instruction: a flow's packets
 	// rarely race on two CPUs, and a lost increment only under-counts.
 	e->packets++;
 	e->bytes += p->len;
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	if (e->fast_action == FAST_ENCAP)
-		return encap(skb, e->fast_tunnel, e->fast_identity);
+		return encap(skb, e->fast_out, e->fast_identity);
+	if (e->fast_action == FAST_LOCAL) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return bpf_redirect_peer(e->fast_out, 0);
+	}
 	return TC_ACT_OK;
 }
 
 // fast_remember caches, in the entry of p's flow at endpoint ep_id, that
 // the endpoint's packets on it from host veth ifindex leave with action
-// (FAST_*), as the slow path decided at revision rev.
+// (FAST_*) to out (and identity, or the local destination dst's MACs), as
+// the slow path decided at revision rev.
 static __always_inline void fast_remember(struct pkt *p, __u16 ep_id, __u32 ifindex, __u32 rev, __u8 action,
-					  __u32 tunnel, __u32 identity)
+					  __u32 out, __u32 identity, struct endpoint_info *dst)
 {
 	int reply;
 	struct ct_entry *e = fast_entry(p, ep_id, &reply);
@@ -78,8 +89,12 @@ static __always_inline void fast_remember(struct pkt *p, __u16 ep_id, __u32 ifin
 		return;
 	e->fast_rev = rev;
 	e->fast_ifindex = ifindex;
-	e->fast_tunnel = tunnel;
+	e->fast_out = out;
 	e->fast_identity = identity;
+	if (dst) {
+		__builtin_memcpy(e->fast_mac, dst->mac, 6);
+		__builtin_memcpy(e->fast_mac + 6, dst->host_mac, 6);
+	}
 	e->fast_action = action;
 }
 

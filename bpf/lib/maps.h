@@ -74,8 +74,9 @@ struct ct_entry {
 	__u8 pad;
 	__u32 fast_rev;
 	__u32 fast_ifindex;  // the sending endpoint's host veth (anti-spoofing)
-	__u32 fast_tunnel;   // FAST_ENCAP: the tunnel endpoint (network order)
+	__u32 fast_out;      // FAST_ENCAP: the tunnel endpoint (network order); FAST_LOCAL: the destination's host veth
 	__u32 fast_identity; // FAST_ENCAP: the source identity (the VNI)
+	__u8 fast_mac[12];   // FAST_LOCAL: the destination pod's MAC, then its host side's
 };
 
 struct counter {

@@ -62,15 +62,15 @@ int from_container(struct __sk_buff *skb)
 				return drop(skb, r, DIR_EGRESS, src->ep_id, 0, src->identity, dst_id, &p);
 			if (r == 0) {
 				if (cache)
-					fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0);
+					fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0, 0);
 				return TC_ACT_OK; // the kernel routes it through the encryption device
 			}
 			if (cache)
-				fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_ENCAP, remote->tunnel_ip, src->identity);
+				fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_ENCAP, remote->tunnel_ip, src->identity, 0);
 			return encap(skb, remote->tunnel_ip, src->identity);
 		}
 		if (cache)
-			fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0);
+			fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0, 0);
 		return TC_ACT_OK; // the node routes it
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
@@ -87,6 +87,8 @@ int from_container(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
 		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
+	if (!new_tcp(&p))
+		fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_LOCAL, dst->ifindex, 0, dst);
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return bpf_redirect_peer(dst->ifindex, 0);
