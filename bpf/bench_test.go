@@ -15,7 +15,8 @@ import (
 
 // BenchmarkProgramPerPacket measures from_container per packet with
 // BPF_PROG_TEST_RUN (kernel-timed over many repeats): an established TCP
-// flow to a world address with 1k and 64k ipcache entries, a new connection
+// flow to a world address with 1k, 64k and 512k ipcache entries (its
+// packets take the fast path, lib/fastpath.h), a new connection
 // that takes the policy lookups, and as the baseline a program that only
 // returns TC_ACT_OK. Then the cost of forwarded-flow events
 // (benchFlowEvents).
@@ -24,7 +25,7 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 	pkt := func(sport uint16, syn bool) []byte {
 		return tcpPacket(b, podIP, peerIP, sport, 80, syn, !syn)
 	}
-	run := func(b *testing.B, prog *ebpf.Program, data []byte) float64 {
+	runWant := func(b *testing.B, prog *ebpf.Program, data []byte, want uint32) float64 {
 		const repeat = 200000
 		var total time.Duration
 		for i := 0; i < b.N; i++ {
@@ -32,7 +33,7 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if ret != actOK {
+			if ret != want {
 				b.Fatalf("program returned %d", ret)
 			}
 			total += d
@@ -42,18 +43,20 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 		b.ReportMetric(0, "ns/op")
 		return ns
 	}
-	b.Run("baseline-return-ok", func(b *testing.B) {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type: ebpf.SchedCLS, License: "GPL",
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer prog.Close()
-		run(b, prog, pkt(1, true))
+	run := func(b *testing.B, prog *ebpf.Program, data []byte) float64 { return runWant(b, prog, data, actOK) }
+	ok, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 	})
-	for _, entries := range []int{1000, 64000} {
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ok.Close()
+	b.Run("baseline-return-ok", func(b *testing.B) { run(b, ok, pkt(1, true)) })
+	// The same, one run at a time as new connections are timed: the test
+	// run's own overhead for a single repeat.
+	b.Run("baseline-return-ok-one-run", func(b *testing.B) { newConnections(b, ok, pkt, nil) })
+	for _, entries := range []int{1000, 64000, 512000} {
 		f := loadB(b)
 		for i := 0; i < entries; i++ {
 			k := DatapathIpcacheKey{Prefixlen: 32, Ip: binary.BigEndian.Uint32([]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})}
@@ -78,7 +81,43 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 		})
 		f.objs.Close()
 	}
+	benchLocal(b, runWant)
 	benchFlowEvents(b, pkt, run)
+}
+
+// benchLocal: an established TCP flow between two pods of the node (1k
+// ipcache entries), both directions enforced with an allow: the source's
+// egress and the destination's ingress, delivered into the destination's
+// namespace (TC_ACT_REDIRECT).
+func benchLocal(b *testing.B, runWant func(*testing.B, *ebpf.Program, []byte, uint32) float64) {
+	f := loadB(b)
+	defer f.objs.Close()
+	dstIP := []byte{10, 0, 0, 4}
+	const dstEP, dstID = uint16(9), uint32(0x10400)
+	k := ip4(dstIP)
+	if err := f.objs.Endpoints.Put(&k, &DatapathEndpointInfo{Ifindex: 4242, Identity: dstID, EpId: dstEP, Flags: 3}); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ {
+		k := DatapathIpcacheKey{Prefixlen: 32, Ip: binary.BigEndian.Uint32([]byte{10, 1, byte(i >> 8), byte(i)})}
+		if err := f.objs.Ipcache.Put(&k, &DatapathIpcacheValue{Identity: uint32(1000 + i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, pk := range []DatapathPolicyKey{
+		{Prefixlen: 64 + 24, EpId: podEP, Dir: dirEgress, Identity: dstID, Proto: 6, Port: [2]uint8{0, 80}},
+		{Prefixlen: 64 + 24, EpId: dstEP, Dir: dirIngress, Identity: podID, Proto: 6, Port: [2]uint8{0, 80}},
+	} {
+		if err := f.objs.Policy.Put(&pk, &DatapathPolicyValue{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if ret, _, err := runRepeat(f.objs.FromContainer, tcpPacket(b, podIP, dstIP, 40000, 80, true, false), 1); err != nil || ret != actRedirect {
+		b.Fatal(ret, err)
+	}
+	b.Run("established-local-pod", func(b *testing.B) {
+		runWant(b, f.objs.FromContainer, tcpPacket(b, podIP, dstIP, 40000, 80, false, true), actRedirect)
+	})
 }
 
 // newConnections times SYNs of new connections one run at a time, 200 a

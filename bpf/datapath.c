@@ -6,7 +6,7 @@
 //   lib/      one concern each: common definitions, drop reasons and events,
 //             maps, parsing, conntrack, host sockets, policy, ipcache,
 //             encapsulation and encryption routing, load balancing, the L7
-//             proxy.
+//             proxy, the established fast path.
 //   progs/    one attach point each:
 //     endpoint.h   from_container (tc ingress of a pod's host veth) and
 //                  to_container (its tc egress)
@@ -30,6 +30,7 @@
 #include "lib/ipcache.h"
 #include "lib/encap.h"
 #include "lib/proxy.h"
+#include "lib/fastpath.h"
 
 #include "progs/endpoint.h"
 #include "progs/overlay.h"

@@ -28,6 +28,17 @@ type DatapathCtEntry struct {
 	Flags        uint8
 	ProxyPort    uint16
 	PeerIdentity uint32
+	Refreshed    uint64
+	Rev          uint32
+	Pport        uint16
+	FastAction   uint8
+	Pad          uint8
+	FastRev      uint32
+	FastIfindex  uint32
+	FastOut      uint32
+	FastIdentity uint32
+	FastMac      [12]uint8
+	_            [4]byte
 }
 
 type DatapathCtKey struct {
@@ -50,6 +61,13 @@ type DatapathEndpointInfo struct {
 	Pad      uint8
 	Mac      [6]uint8
 	HostMac  [6]uint8
+}
+
+type DatapathEpSlot struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	EpId    uint16
+	Pad     uint16
 }
 
 type DatapathEvent struct {
@@ -262,6 +280,7 @@ const (
 	DatapathMapCounters          = "counters"
 	DatapathMapEncryptPeers      = "encrypt_peers"
 	DatapathMapEndpoints         = "endpoints"
+	DatapathMapEpSlots           = "ep_slots"
 	DatapathMapEventLosses       = "event_losses"
 	DatapathMapEvents            = "events"
 	DatapathMapIpcache           = "ipcache"
@@ -276,6 +295,7 @@ const (
 	DatapathMapNodes             = "nodes"
 	DatapathMapPolicy            = "policy"
 	DatapathMapProxyOrigin       = "proxy_origin"
+	DatapathMapRevision          = "revision"
 	DatapathProgFromContainer    = "from_container"
 	DatapathProgFromHost         = "from_host"
 	DatapathProgFromNetdev       = "from_netdev"
@@ -377,6 +397,7 @@ type DatapathMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EncryptPeers *ebpf.MapSpec `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	EpSlots      *ebpf.MapSpec `ebpf:"ep_slots"`
 	EventLosses  *ebpf.MapSpec `ebpf:"event_losses"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
@@ -391,6 +412,7 @@ type DatapathMapSpecs struct {
 	Nodes        *ebpf.MapSpec `ebpf:"nodes"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	ProxyOrigin  *ebpf.MapSpec `ebpf:"proxy_origin"`
+	Revision     *ebpf.MapSpec `ebpf:"revision"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -450,6 +472,7 @@ type DatapathMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EncryptPeers *ebpf.Map `ebpf:"encrypt_peers"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	EpSlots      *ebpf.Map `ebpf:"ep_slots"`
 	EventLosses  *ebpf.Map `ebpf:"event_losses"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
@@ -464,6 +487,7 @@ type DatapathMaps struct {
 	Nodes        *ebpf.Map `ebpf:"nodes"`
 	Policy       *ebpf.Map `ebpf:"policy"`
 	ProxyOrigin  *ebpf.Map `ebpf:"proxy_origin"`
+	Revision     *ebpf.Map `ebpf:"revision"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -473,6 +497,7 @@ func (m *DatapathMaps) Close() error {
 		m.Counters,
 		m.EncryptPeers,
 		m.Endpoints,
+		m.EpSlots,
 		m.EventLosses,
 		m.Events,
 		m.Ipcache,
@@ -487,6 +512,7 @@ func (m *DatapathMaps) Close() error {
 		m.Nodes,
 		m.Policy,
 		m.ProxyOrigin,
+		m.Revision,
 	)
 }
 

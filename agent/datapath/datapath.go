@@ -116,6 +116,7 @@ type Datapath struct {
 	proxyPort  uint16
 
 	lost atomic.Uint64 // EventsLost
+	rev  revision
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -196,6 +197,10 @@ func Load(c Config) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load datapath programs: %w", err)
 	}
+	if err := d.readRevision(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	if err := d.lbInit(); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("read service maps: %w", err)
@@ -259,7 +264,7 @@ func (d *Datapath) UpsertEndpoint(e EndpointEntry) error {
 	if err := d.objs.Endpoints.Put(&k, &v); err != nil {
 		return fmt.Errorf("endpoints map: put %s: %w", e.IP, err)
 	}
-	return nil
+	return d.bump()
 }
 
 // SetEnforcement updates the enforcement flags of the endpoint at ip.
@@ -276,7 +281,7 @@ func (d *Datapath) SetEnforcement(ip netip.Addr, ingress, egress bool) error {
 	if egress {
 		v.Flags |= flagEgressEnforced
 	}
-	return d.objs.Endpoints.Put(&k, &v)
+	return d.bumpAfter(d.objs.Endpoints.Put(&k, &v))
 }
 
 // DeleteEndpoint removes the endpoint at ip; absent is not an error.
@@ -285,7 +290,7 @@ func (d *Datapath) DeleteEndpoint(ip netip.Addr) error {
 	if err := d.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("endpoints map: delete %s: %w", ip, err)
 	}
-	return nil
+	return d.bump()
 }
 
 // Endpoints lists the endpoints map (IP → entry).
@@ -320,7 +325,7 @@ func (d *Datapath) UpsertIPCacheTunnel(p netip.Prefix, id identity.NumericIdenti
 	if err := d.objs.Ipcache.Put(&k, &v); err != nil {
 		return fmt.Errorf("ipcache: put %s: %w", p, err)
 	}
-	return nil
+	return d.bump()
 }
 
 // DeleteIPCache removes prefix; absent is not an error.
@@ -329,7 +334,7 @@ func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
 	if err := d.objs.Ipcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("ipcache: delete %s: %w", p, err)
 	}
-	return nil
+	return d.bump()
 }
 
 // LookupIPCache returns the identity of a's longest ipcache prefix.
@@ -412,6 +417,9 @@ func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, delete
 	d.mu.Lock()
 	d.writes += uint64(n)
 	d.mu.Unlock()
+	if n > 0 {
+		return n, d.bump()
+	}
 	return n, nil
 }
 
@@ -491,7 +499,7 @@ func (d *Datapath) setConfig(f func(*bpf.DatapathNodeConfig)) error {
 	if err := d.objs.Config.Put(&k, &v); err != nil {
 		return fmt.Errorf("config map: %w", err)
 	}
-	return nil
+	return d.bump()
 }
 
 // SetControlPorts sets the nodes' control ports (TCP and UDP) that pods
@@ -612,13 +620,16 @@ func (d *Datapath) UpsertEncryptPeer(ip netip.Addr) error {
 	if err := d.objs.EncryptPeers.Put(&k, &v); err != nil {
 		return fmt.Errorf("encrypt peers: put %s: %w", ip, err)
 	}
-	return nil
+	return d.bump()
 }
 
 // DeleteEncryptPeer forgets an encryption peer.
 func (d *Datapath) DeleteEncryptPeer(ip netip.Addr) {
 	k := ipv4(ip)
 	d.objs.EncryptPeers.Delete(&k)
+	if err := d.bump(); err != nil {
+		slog.Warn("datapath revision not bumped after an encryption peer's removal", "peer", ip, "err", err)
+	}
 }
 
 // EncryptPeers lists the encryption peers.
@@ -638,7 +649,7 @@ func (d *Datapath) UpsertNode(ip netip.Addr) error {
 	if err := d.objs.Nodes.Put(&k, &v); err != nil {
 		return fmt.Errorf("nodes map: put %s: %w", ip, err)
 	}
-	return nil
+	return d.bump()
 }
 
 // DeleteNode forgets a node address.
@@ -647,7 +658,7 @@ func (d *Datapath) DeleteNode(ip netip.Addr) error {
 	if err := d.objs.Nodes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("nodes map: delete %s: %w", ip, err)
 	}
-	return nil
+	return d.bump()
 }
 
 // Nodes lists the known node addresses.

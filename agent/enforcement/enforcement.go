@@ -47,6 +47,7 @@ type Datapath interface {
 	Attach(ifName string, ifIndex int) (datapath.Attachment, error)
 	Detach(ifName string)
 	PinnedLinks() []string
+	HoldRevision() (release func() error)
 }
 
 // Engine joins the resolver and the datapath.
@@ -85,8 +86,16 @@ func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Add
 // Resolver exposes the resolver (trace, status).
 func (e *Engine) Resolver() *policy.Resolver { return e.res }
 
-// apply writes a resolver change into the maps.
-func (e *Engine) apply(c policy.Change) error {
+// apply writes a resolver change into the maps. Established flows have
+// their policy checked again once, against the whole change (the datapath
+// revision is held until it is written).
+func (e *Engine) apply(c policy.Change) (err error) {
+	release := e.dp.HoldRevision()
+	defer func() {
+		if rerr := release(); err == nil {
+			err = rerr
+		}
+	}()
 	if _, err := e.dp.ApplyPolicy(c.Upserts, c.Deletes); err != nil {
 		return err
 	}

@@ -22,6 +22,9 @@ type fakeDP struct {
 	endpoints map[netip.Addr]bpf.DatapathEndpointInfo
 	ipcache   map[netip.Prefix]identity.NumericIdentity
 	links     map[string]bool
+	// Revision holds: open now, and the most open at a write of the
+	// policy map (a policy change is written under a hold).
+	held, heldAtPolicy int
 }
 
 func newFakeDP() *fakeDP {
@@ -29,7 +32,13 @@ func newFakeDP() *fakeDP {
 		ipcache: map[netip.Prefix]identity.NumericIdentity{}, links: map[string]bool{}}
 }
 
+func (f *fakeDP) HoldRevision() func() error {
+	f.held++
+	return func() error { f.held--; return nil }
+}
+
 func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.MapKey) (int, error) {
+	f.heldAtPolicy = max(f.heldAtPolicy, f.held)
 	for _, k := range del {
 		delete(f.policy, k)
 	}
@@ -102,6 +111,9 @@ func TestReconcile(t *testing.T) {
 	want := maps.Clone(dp.policy)
 	if len(want) == 0 {
 		t.Fatal("the policy selecting web wrote no entries")
+	}
+	if dp.heldAtPolicy == 0 || dp.held != 0 {
+		t.Fatalf("policy written without holding the datapath revision (%d), or a hold not released (%d open)", dp.heldAtPolicy, dp.held)
 	}
 
 	// What an earlier agent left behind, and what got lost or changed.

@@ -10,6 +10,12 @@
 #define CT_TIMEOUT_ICMP (30 * NSEC)
 #define CT_TIMEOUT_OTHER (60 * NSEC)
 
+// An established packet updates its entry's expiry only when the last
+// update is CT_REFRESH_JIFFIES old or more (at most 1 s at any HZ, which
+// is at least 100): an entry lives between its timeout less 1 s and its
+// timeout after the flow's last packet.
+#define CT_REFRESH_JIFFIES 100
+
 #define CT_STATE_NEW 0
 #define CT_STATE_ESTABLISHED 1
 #define CT_STATE_CLOSING 2
@@ -52,6 +58,15 @@ static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 n
 		e->state = CT_STATE_ESTABLISHED;
 	}
 	e->expires = now + ct_timeout(p, e->state);
+	e->refreshed = bpf_jiffies64();
+}
+
+// datapath_rev is the revision of the agent's maps (revision map).
+static __always_inline __u32 datapath_rev(void)
+{
+	__u32 zero = 0;
+	__u32 *rev = bpf_map_lookup_elem(&revision, &zero);
+	return rev ? *rev : 0;
 }
 
 // new_tcp tells whether p opens a TCP connection (SYN without ACK): it is
@@ -67,8 +82,9 @@ static __always_inline int new_tcp(struct pkt *p)
 // direction dir: the same direction (established: *proxy is its L7 proxy
 // port) or the reverse (reply: *proxy is PROXY_UPSTREAM when the
 // connection is the L7 proxy's upstream one). A SYN opening a connection
-// is always new.
-static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, __u32 *proxy)
+// is always new. *entry is the entry found (unset for CT_NEW).
+static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, __u32 *proxy,
+				     struct ct_entry **entry)
 {
 	if (new_tcp(p))
 		return CT_NEW;
@@ -80,6 +96,7 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	if (e && e->expires > now) {
 		ct_update(e, p, now, 0);
 		*proxy = e->proxy_port;
+		*entry = e;
 		return CT_ESTABLISHED;
 	}
 	struct ct_key r = {
@@ -91,13 +108,16 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 		ct_update(e, p, now, 1);
 		if (e->flags & CT_F_UPSTREAM)
 			*proxy = PROXY_UPSTREAM;
+		*entry = e;
 		return CT_REPLY;
 	}
 	return CT_NEW;
 }
 
-// ct_create starts the entry of p's new flow, with the CT_F_* flags.
-static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy, __u8 flags)
+// ct_create starts the entry of p's new flow, with the CT_F_* flags; its
+// policy was checked at revision rev.
+static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy, __u8 flags,
+				      __u32 rev)
 {
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
@@ -108,5 +128,8 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
 		e.state = CT_STATE_CLOSING;
 	e.expires = now + ct_timeout(p, e.state);
+	e.refreshed = bpf_jiffies64();
+	e.rev = rev;
+	e.pport = p->pport;
 	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
 }

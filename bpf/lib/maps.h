@@ -65,6 +65,18 @@ struct ct_entry {
 	__u8 flags;       // CT_F_*
 	__u16 proxy_port; // the flow's L7 proxy (host order), 0 when none
 	__u32 peer_identity;
+	__u64 refreshed; // jiffies when expires was last set
+	__u32 rev;       // the datapath revision the flow's policy was last checked at
+	__u16 pport;     // the policy port of the flow's first packet (network order)
+	// from_container's cached forwarding of the endpoint's packets on this
+	// flow (fastpath.h): valid while fast_rev is the datapath revision.
+	__u8 fast_action; // FAST_*, 0: none cached
+	__u8 pad;
+	__u32 fast_rev;
+	__u32 fast_ifindex;  // the sending endpoint's host veth (anti-spoofing)
+	__u32 fast_out;      // FAST_ENCAP: the tunnel endpoint (network order); FAST_LOCAL: the destination's host veth
+	__u32 fast_identity; // FAST_ENCAP: the source identity (the VNI)
+	__u8 fast_mac[12];   // FAST_LOCAL: the destination pod's MAC, then its host side's
 };
 
 struct counter {
@@ -239,6 +251,35 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } event_losses SEC(".maps");
+
+// revision: the datapath revision (one __u32), bumped by the agent after
+// every change to the endpoints, ipcache, policy, config, nodes and
+// encryption peers maps. A conntrack entry whose rev differs has its policy
+// checked again; a cached forwarding whose fast_rev differs is not used.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} revision SEC(".maps");
+
+// ep_slots: a hint from a host veth's ifindex (modulo the size) to the
+// endpoint behind it, written by from_container once the source address
+// has been checked; the fast path uses it to build the conntrack key
+// without the endpoints lookup. A wrong or stale hint only misses.
+#define EP_SLOTS 65536
+struct ep_slot {
+	__u32 ifindex;
+	__u16 ep_id;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EP_SLOTS);
+	__type(key, __u32);
+	__type(value, struct ep_slot);
+} ep_slots SEC(".maps");
 
 // Referenced so bpf2go emits Go types for them.
 const struct ipcache_key *unused_ipk __attribute__((unused));

@@ -4,12 +4,12 @@
 // policy audit mode.
 #pragma once
 
-static __always_inline struct policy_value *policy_lookup(__u16 ep_id, __u8 dir, __u32 identity, struct pkt *p)
+static __always_inline struct policy_value *policy_lookup(__u16 ep_id, __u8 dir, __u32 identity, __u8 proto, __u16 pport)
 {
 	struct policy_key k = {
-		.prefixlen = 88, .ep_id = ep_id, .dir = dir, .identity = identity, .proto = p->proto,
+		.prefixlen = 88, .ep_id = ep_id, .dir = dir, .identity = identity, .proto = proto,
 	};
-	__builtin_memcpy(k.port, &p->pport, 2);
+	__builtin_memcpy(k.port, &pport, 2);
 	return bpf_map_lookup_elem(&policy, &k);
 }
 
@@ -37,6 +37,45 @@ static __always_inline int control_port(struct pkt *p)
 static __always_inline int to_node(__u32 peer, __u32 daddr)
 {
 	return peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr);
+}
+
+// policy_verdict is the decision of endpoint ep's policy in direction dir
+// (enforced or not) for a flow of p's protocol and policy port pport whose
+// other side has identity peer: REASON_FORWARDED or the drop reason. With
+// daddr (egress to a non-local destination) the nodes' control ports are
+// checked (p's destination port). *proxy is set to the L7 proxy port of a
+// forwarded TCP or UDP flow (the peer's own entry before the any entry).
+static __always_inline int policy_verdict(struct endpoint_info *ep, __u8 dir, __u8 enforced, __u32 peer, struct pkt *p,
+					  __u16 pport, __u32 daddr, __u32 *proxy)
+{
+	struct policy_value *v = policy_lookup(ep->ep_id, dir, peer, p->proto, pport);
+	struct policy_value *any = policy_lookup(ep->ep_id, dir, 0, p->proto, pport);
+	// Scalars from here: clang would otherwise combine the two pointers
+	// with bitwise operations, which the verifier refuses.
+	__u8 found = 0, deny = 0, named = 0;
+	__u16 l7 = 0;
+	if (any) {
+		found = 1;
+		deny = any->deny;
+		l7 = any->proxy_port;
+	}
+	asm volatile("" : "+r"(found));
+	if (v) {
+		found = 1;
+		deny |= v->deny;
+		named = v->flags & POLICY_F_PORT;
+		l7 = v->proxy_port;
+	}
+	if (deny)
+		return REASON_POLICY_DENY_RULE;
+	if (daddr && !named && control_port(p) && to_node(peer, daddr))
+		return REASON_CONTROL_PORT;
+	if (!enforced || found) {
+		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
+			*proxy = l7;
+		return REASON_FORWARDED;
+	}
+	return REASON_POLICY_DENIED;
 }
 
 // enforce applies the policy of endpoint ep in direction dir to p, whose
@@ -71,15 +110,38 @@ static __always_inline int to_node(__u32 peer, __u32 daddr)
 // forwarded and tracked like an allowed one, and reported once, whatever
 // flow_events says, as EVENT_POLICY_VERDICT with that reason and
 // EVENT_F_AUDIT. Other drops (control ports, invalid packets) still drop.
+//
+// A known flow whose entry was checked at an older datapath revision (the
+// agent bumps it after changing policy, ipcache, endpoints, ...) has its
+// policy checked again, in the flow's own direction with its first
+// packet's policy port and the peer's identity now (a reply: the identity
+// the flow was admitted with): a flow the policy no longer allows is
+// dropped from its next packet on (its proxy port stays the one it opened
+// with).
 static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *ep, __u8 dir, __u32 peer,
 				   __u32 src_id, __u32 dst_id, __u16 peer_ep, struct pkt *p, __u32 ifindex,
 				   __u32 daddr, __u8 ct_flags, __u32 *proxy)
 {
 	__u64 now = bpf_ktime_get_ns();
+	__u32 rev = datapath_rev();
 	*proxy = 0;
-	int ct = ct_lookup(p, ep->ep_id, dir, now, proxy);
+	struct ct_entry *e = 0;
+	int ct = ct_lookup(p, ep->ep_id, dir, now, proxy, &e);
 	if (ct != CT_NEW) {
 		p->reply = ct == CT_REPLY;
+		if (e && e->rev != rev) {
+			__u8 fdir = p->reply ? dir ^ 1 : dir;
+			__u8 fenforced = ep->flags & (fdir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
+			// A reply is judged with the identity the flow was admitted
+			// with (the VNI's, the proxy's mark's: not the reply's
+			// source), as is the proxy's upstream connection.
+			__u32 fpeer = (p->reply || (e->flags & CT_F_UPSTREAM)) ? e->peer_identity : peer;
+			__u32 unused = 0;
+			int r = policy_verdict(ep, fdir, fenforced, fpeer, p, e->pport, p->reply ? 0 : daddr, &unused);
+			if (r != REASON_FORWARDED && !((r == REASON_POLICY_DENIED || r == REASON_POLICY_DENY_RULE) && policy_audit()))
+				return r; // (audit mode: what policy would drop stays, as when it was let in)
+			e->rev = rev;
+		}
 		return REASON_FORWARDED;
 	}
 	if (skb && upstream_reply(skb, p)) {
@@ -90,28 +152,17 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	__u8 enforced = ep->flags & (dir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
 	if (enforced && p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN))
 		return REASON_CT_MISSING;
-	struct policy_value *v = policy_lookup(ep->ep_id, dir, peer, p);
-	struct policy_value *any = policy_lookup(ep->ep_id, dir, 0, p);
-	int reason;
-	if ((v && v->deny) || (any && any->deny))
-		reason = REASON_POLICY_DENY_RULE;
-	else if (daddr && control_port(p) && to_node(peer, daddr) && !(v && (v->flags & POLICY_F_PORT)))
-		reason = REASON_CONTROL_PORT;
-	else if (!enforced || v || any)
-		reason = REASON_FORWARDED;
-	else
-		reason = REASON_POLICY_DENIED;
+	int reason = policy_verdict(ep, dir, enforced, peer, p, p->pport, daddr, proxy);
 	if ((reason == REASON_POLICY_DENIED || reason == REASON_POLICY_DENY_RULE) && policy_audit()) {
 		// Audit mode: the connection passes (no proxy), reported once
 		// with the reason it would have been dropped for.
-		ct_create(p, ep->ep_id, dir, peer, now, 0, ct_flags);
+		*proxy = 0;
+		ct_create(p, ep->ep_id, dir, peer, now, 0, ct_flags, rev);
 		emit(EVENT_POLICY_VERDICT, reason, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, EVENT_F_AUDIT);
 		return REASON_FORWARDED;
 	}
 	if (reason == REASON_FORWARDED) {
-		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
-			*proxy = v ? v->proxy_port : (any ? any->proxy_port : 0);
-		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags);
+		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags, rev);
 		// Sent to the L7 proxy: redirected (EVENT_F_PROXY); not the
 		// proxy's own upstream connection, which the proxy opened.
 		__u8 flags = *proxy && !(ct_flags & CT_F_UPSTREAM) ? EVENT_F_PROXY : 0;

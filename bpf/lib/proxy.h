@@ -88,8 +88,8 @@ static __always_inline __u32 l7_port(struct __sk_buff *skb, struct endpoint_info
 	if (upstream_reply(skb, p))
 		return PROXY_UPSTREAM;
 policy:;
-	struct policy_value *v = policy_lookup(ep->ep_id, DIR_INGRESS, peer, p);
-	struct policy_value *any = policy_lookup(ep->ep_id, DIR_INGRESS, 0, p);
+	struct policy_value *v = policy_lookup(ep->ep_id, DIR_INGRESS, peer, p->proto, p->pport);
+	struct policy_value *any = policy_lookup(ep->ep_id, DIR_INGRESS, 0, p->proto, p->pport);
 	if ((v && v->deny) || (any && any->deny))
 		return 0;
 	return v ? v->proxy_port : (any ? any->proxy_port : 0);

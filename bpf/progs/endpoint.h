@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // The programs on each endpoint's host-side veth: from_container (tc
 // ingress: what the pod sends) and to_container (tc egress: what the kernel
-// routes to the pod).
+// routes to the pod). from_container first tries the established fast
+// path (lib/fastpath.h).
 #pragma once
 
 SEC("tc")
@@ -15,11 +16,16 @@ int from_container(struct __sk_buff *skb)
 	}
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_EGRESS, 0, 0, 0, 0, &p);
+	__u32 rev = datapath_rev();
+	r = fast_egress(skb, &p, rev);
+	if (r >= 0)
+		return r;
 
 	__u32 saddr = p.saddr;
 	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
 	if (!src || src->ifindex != skb->ifindex)
 		return drop(skb, REASON_BAD_SOURCE, DIR_EGRESS, 0, 0, 0, 0, &p);
+	fast_slot(skb->ifindex, src->ep_id);
 
 	__u32 daddr = p.daddr;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
@@ -47,14 +53,24 @@ int from_container(struct __sk_buff *skb)
 		r = lb_reverse(skb, &p);
 		if (r >= 0)
 			return r;
+		// Cached for the flow's next packets unless it is a SYN or a
+		// NodePort translation knows its tuple (lb_reverse must see them).
+		int cache = !new_tcp(&p) && !lb_nat_known(&p);
 		if (remote && remote->tunnel_ip) {
 			r = encrypt_route(remote->tunnel_ip);
 			if (r == REASON_NO_ENCRYPT_PEER)
 				return drop(skb, r, DIR_EGRESS, src->ep_id, 0, src->identity, dst_id, &p);
-			if (r == 0)
+			if (r == 0) {
+				if (cache)
+					fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0, 0);
 				return TC_ACT_OK; // the kernel routes it through the encryption device
+			}
+			if (cache)
+				fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_ENCAP, remote->tunnel_ip, src->identity, 0);
 			return encap(skb, remote->tunnel_ip, src->identity);
 		}
+		if (cache)
+			fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0, 0);
 		return TC_ACT_OK; // the node routes it
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
@@ -71,6 +87,8 @@ int from_container(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
 		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
+	if (!new_tcp(&p))
+		fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_LOCAL, dst->ifindex, 0, dst);
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return bpf_redirect_peer(dst->ifindex, 0);

@@ -100,6 +100,9 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	if (!ok)
 		return drop(skb, REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	// A local backend's replies on this tuple go through lb_reverse from now on.
+	if (bep)
+		fast_forget(bip, nsaddr, bport, nsport, p.proto, bep->ep_id);
 	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip};
 	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd, BPF_ANY);
 	// Reported once per connection (its later packets take the NAT entry
