@@ -152,10 +152,14 @@ func testServices(t *testing.T, routing string) {
 	}
 	// web2 terminates: new connections go to web1, the held ones finish on web2.
 	labtest.MustUpsertService(t, l, "n1", webDoc("", web1.IP, "active", web2.IP, "terminating"))
-	eventually(t, "web2 terminating", func() bool {
-		got := labtest.Tally(lab.NetNSPath(clients[0].NetNS), "10.96.0.10:80", 5)
-		return got["web1"] == 5
-	})
+	// Every node applies it (the other node through the kvstore, a little
+	// later): then no new connection goes to web2.
+	for _, c := range clients[:2] {
+		eventually(t, "web2 terminating on "+c.Node, func() bool {
+			got := labtest.Tally(lab.NetNSPath(c.NetNS), "10.96.0.10:80", 5)
+			return got["web1"] == 5
+		})
+	}
 	if got := labtest.Tally(lab.NetNSPath(clients[1].NetNS), "10.96.0.10:80", 20); got["web1"] != 20 {
 		t.Fatalf("new connections while web2 terminates: %v, want all web1", got)
 	}
