@@ -527,6 +527,14 @@ func (d *Datapath) SetEncryptSNAT(a netip.Addr) error {
 	})
 }
 
+// SetWireGuardPort sets the UDP port the WireGuard device listens on (the
+// same on every node; 0: none): from_netdev passes datagrams from and to it
+// without its NodePort and L7 lookups, and NodePort translation never
+// picks it as a source port.
+func (d *Datapath) SetWireGuardPort(port uint16) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.WireguardPort = port })
+}
+
 // SetTunnel tells the programs which device encapsulates (0: none).
 func (d *Datapath) SetTunnel(vxlanIfIndex int) error {
 	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.VxlanIfindex = uint32(vxlanIfIndex) })

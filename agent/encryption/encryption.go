@@ -86,6 +86,10 @@ func Start(cfg config.Config, dp *datapath.Datapath, router *routing.Router, und
 			wg.Close()
 			return nil, err
 		}
+		if err := dp.SetWireGuardPort(uint16(wg.Port())); err != nil {
+			wg.Close()
+			return nil, err
+		}
 	case "ipsec":
 		if err := ipsec.Probe(); err != nil {
 			return nil, fmt.Errorf("encryption ipsec refused: %w", err)
@@ -106,8 +110,12 @@ func Start(cfg config.Config, dp *datapath.Datapath, router *routing.Router, und
 		e.ipsec = true
 	}
 	if e.wg == nil {
-		// No translation from the gateway left over from an earlier run.
+		// No translation from the gateway, no WireGuard port, left over
+		// from an earlier run.
 		if err := dp.SetEncryptSNAT(netip.Addr{}); err != nil {
+			return nil, err
+		}
+		if err := dp.SetWireGuardPort(0); err != nil {
 			return nil, err
 		}
 	}

@@ -307,13 +307,16 @@ static __always_inline __u64 lb_nat_timeout(__u8 proto)
 	return proto == IPPROTO_TCP ? LB_NAT_TIMEOUT_TCP : LB_NAT_TIMEOUT_UDP;
 }
 
-// lb_nat_lookup returns the live NAT entry of p's tuple, refreshing it.
+// lb_nat_lookup returns the live NAT entry of p's tuple, refreshing it
+// (the clock is read only when there is one).
 static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
 	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
+	if (!n)
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	if (!n || n->expires < now)
+	if (n->expires < now)
 		return 0;
 	n->expires = now + lb_nat_timeout(p->proto);
 	return n;

@@ -117,6 +117,11 @@ struct node_config {
 	// Policy audit mode (1): what policy would drop (no allowing rule, or
 	// a deny rule) passes and is reported once per connection instead.
 	__u32 policy_audit;
+	// With WireGuard: the UDP port the encryption device listens on (every
+	// node's), host order, 0 = none. from_netdev passes WireGuard's own
+	// datagrams (from and to this port) without its lookups.
+	__u16 wireguard_port;
+	__u16 pad;
 };
 
 struct event {

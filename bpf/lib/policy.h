@@ -49,6 +49,9 @@ static __always_inline int policy_verdict(struct endpoint_info *ep, __u8 dir, __
 					  __u16 pport, __u32 daddr, __u32 *proxy)
 {
 	struct policy_value *v = policy_lookup(ep->ep_id, dir, peer, p->proto, pport);
+	// The peer's deny decides whatever the any entry says: no second lookup.
+	if (v && v->deny)
+		return REASON_POLICY_DENY_RULE;
 	struct policy_value *any = policy_lookup(ep->ep_id, dir, 0, p->proto, pport);
 	// Scalars from here: clang would otherwise combine the two pointers
 	// with bitwise operations, which the verifier refuses.
@@ -158,7 +161,7 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		// with the reason it would have been dropped for.
 		*proxy = 0;
 		ct_create(p, ep->ep_id, dir, peer, now, 0, ct_flags, rev);
-		emit(EVENT_POLICY_VERDICT, reason, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, EVENT_F_AUDIT);
+		emit_at(now, EVENT_POLICY_VERDICT, reason, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, EVENT_F_AUDIT);
 		return REASON_FORWARDED;
 	}
 	if (reason == REASON_FORWARDED) {
@@ -167,7 +170,7 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		// proxy's own upstream connection, which the proxy opened.
 		__u8 flags = *proxy && !(ct_flags & CT_F_UPSTREAM) ? EVENT_F_PROXY : 0;
 		if (flow_event(enforced))
-			emit(EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, flags);
+			emit_at(now, EVENT_POLICY_VERDICT, REASON_FORWARDED, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, flags);
 	}
 	return reason;
 }

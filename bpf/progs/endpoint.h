@@ -49,13 +49,18 @@ int from_container(struct __sk_buff *skb)
 
 	if (!dst) {
 		count(REASON_FORWARDED, DIR_EGRESS, skb->len);
-		// A backend answering a NodePort client goes back as the frontend.
-		r = lb_reverse(skb, &p);
-		if (r >= 0)
-			return r;
+		// A backend answering a NodePort client goes back as the
+		// frontend. A SYN opening a connection answers nothing: it skips
+		// the NAT lookup (and is never cached).
+		int syn = new_tcp(&p);
+		if (!syn) {
+			r = lb_reverse(skb, &p);
+			if (r >= 0)
+				return r;
+		}
 		// Cached for the flow's next packets unless it is a SYN or a
 		// NodePort translation knows its tuple (lb_reverse must see them).
-		int cache = !new_tcp(&p) && !lb_nat_known(&p);
+		int cache = !syn && !lb_nat_known(&p);
 		if (remote && remote->tunnel_ip) {
 			r = encrypt_route(remote->tunnel_ip);
 			if (r == REASON_NO_ENCRYPT_PEER)

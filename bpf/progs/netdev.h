@@ -1,4 +1,14 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// lb_snat_port picks a random source port for a translated flow, never
+// avoid (host order; the WireGuard port). Network order.
+static __always_inline __u16 lb_snat_port(__u16 avoid)
+{
+	__u16 port = LB_SNAT_PORT_MIN + bpf_get_prandom_u32() % LB_SNAT_PORT_RANGE;
+	if (port == avoid)
+		port = port + 1 < LB_SNAT_PORT_MIN + LB_SNAT_PORT_RANGE ? port + 1 : LB_SNAT_PORT_MIN;
+	return bpf_htons(port);
+}
+
 // from_netdev: tc ingress of the node's underlay device (NodePort), and
 // lb_forward, which sends a translated packet on.
 #pragma once
@@ -24,11 +34,37 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 	return lb_out(skb, p);
 }
 
+// wireguard_datagram tells whether p is a datagram between two nodes'
+// WireGuard sockets: UDP from and to the node config's wireguard_port
+// (every node listens on the same port).
+static __always_inline int wireguard_datagram(struct pkt *p)
+{
+	if (p->proto != IPPROTO_UDP)
+		return 0;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->wireguard_port)
+		return 0;
+	__u16 port = bpf_htons(cfg->wireguard_port);
+	return p->dport == port && p->sport == port;
+}
+
 // from_netdev: tc ingress of the node's underlay device. NodePort traffic
 // that did not come from a local socket is translated here: DNAT to a
 // backend, plus SNAT to this node when the backend is elsewhere so that the
 // reply returns through this node; the translation of a new connection is
 // reported (EVENT_TRANSLATED). Everything else passes untouched.
+//
+// WireGuard's own datagrams (wireguard_datagram: one array load and two
+// compares) pass first, without the lookups below, none of which is theirs:
+// this program enforces no policy (the encryption device's socket
+// authenticates them, to_container checks what they carry); a NodePort
+// frontend on the WireGuard port could not be served anyway (the device's
+// socket owns it); a translated NodePort flow never uses it as its source
+// port (below), so no reply of one looks like a datagram; and one to a pod
+// of this node with L7 ingress rules on that port, which would be steered
+// to the proxy, is dropped by to_container instead (never around the
+// proxy).
 SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
@@ -36,6 +72,8 @@ int from_netdev(struct __sk_buff *skb)
 	if (parse(skb, &p) != REASON_FORWARDED)
 		return TC_ACT_OK;
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if (wireguard_datagram(&p))
 		return TC_ACT_OK;
 	int r = lb_reverse(skb, &p);
 	if (r >= 0)
@@ -84,6 +122,11 @@ int from_netdev(struct __sk_buff *skb)
 	// client when free, else a random one.
 	__u32 nsaddr = local ? p.saddr : snat;
 	__u16 nsport = p.sport;
+	// Never the WireGuard port (a reply to it could pass as WireGuard's
+	// datagram, wireguard_datagram).
+	__u16 wg = cfg ? cfg->wireguard_port : 0;
+	if (!local && wg && nsport == bpf_htons(wg))
+		nsport = lb_snat_port(wg);
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
 	int i, ok = 0;
 	for (i = 0; i < LB_SNAT_TRIES; i++) {
@@ -96,7 +139,7 @@ int from_netdev(struct __sk_buff *skb)
 			ok = lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_ANY) == 0;
 			break;
 		}
-		nsport = bpf_htons(LB_SNAT_PORT_MIN + bpf_get_prandom_u32() % LB_SNAT_PORT_RANGE);
+		nsport = lb_snat_port(wg);
 	}
 	if (!ok)
 		return drop(skb, REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);

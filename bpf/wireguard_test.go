@@ -1,0 +1,123 @@
+package bpf
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+// wgPort is the WireGuard listen port these tests configure.
+const wgPort = 51871
+
+// setWireGuardPort writes the node config's wireguard_port (0: none).
+func (f *fixture) setWireGuardPort(port uint16) {
+	f.t.Helper()
+	k := uint32(0)
+	var v DatapathNodeConfig
+	if err := f.objs.Config.Lookup(&k, &v); err != nil {
+		f.t.Fatal(err)
+	}
+	v.WireguardPort = port
+	if err := f.objs.Config.Put(&k, &v); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// runOut runs prog on pkt and returns its verdict and the packet as it
+// leaves.
+func (f *fixture) runOut(prog *ebpf.Program, pkt []byte) (uint32, []byte) {
+	f.t.Helper()
+	out := make([]byte, len(pkt)+64)
+	opts := &ebpf.RunOptions{Data: pkt, DataOut: out}
+	ret, err := prog.Run(opts)
+	if err != nil {
+		f.t.Fatalf("test run: %v", err)
+	}
+	return ret, opts.DataOut
+}
+
+// destination returns the IPv4 destination address and port of an
+// Ethernet frame carrying TCP or UDP.
+func destination(t *testing.T, frame []byte) (net.IP, uint16) {
+	t.Helper()
+	if len(frame) < 14+20+4 {
+		t.Fatalf("frame of %d bytes", len(frame))
+	}
+	ihl := int(frame[14]&0x0f) * 4
+	return net.IP(frame[14+16 : 14+20]), binary.BigEndian.Uint16(frame[14+ihl+2:])
+}
+
+// from_netdev passes WireGuard's own datagrams (UDP from and to the
+// configured port) untouched, whatever they would match: here a NodePort
+// frontend on that port, which a UDP datagram from another port, a TCP
+// segment between the same ports, and the datagram itself before the port
+// is configured, are all translated to (full processing).
+func TestNetdevPassesWireGuardDatagrams(t *testing.T) {
+	f := load(t)
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
+	f.lbService(1, nodeIP, wgPort, 17, lbFlagNodePort, backend)
+	f.lbService(2, nodeIP, wgPort, 6, lbFlagNodePort, backend)
+	translated := func(what string, pkt []byte) {
+		t.Helper()
+		ret, out := f.runOut(f.objs.FromNetdev, pkt)
+		if dst, port := destination(t, out); ret != actOK || !dst.Equal(podIP) || port != 8080 {
+			t.Fatalf("%s: verdict %d, to %s:%d, want translated to the backend %s", what, ret, dst, port, backend)
+		}
+	}
+	datagram := udp(t, peerIP, nodeIP, wgPort, wgPort)
+	translated("a datagram between the WireGuard ports before the port is configured", datagram)
+	f.setWireGuardPort(wgPort)
+	for i := 0; i < 2; i++ {
+		ret, out := f.runOut(f.objs.FromNetdev, udp(t, peerIP, nodeIP, wgPort, wgPort))
+		if ret != actOK || !bytes.Equal(out, datagram) {
+			t.Fatalf("WireGuard datagram %d: verdict %d, left as %x, want %x untouched", i, ret, out, datagram)
+		}
+	}
+	translated("a datagram from another port", udp(t, peerIP, nodeIP, 40000, wgPort))
+	translated("a TCP SYN between the WireGuard ports", tcp(t, peerIP, nodeIP, wgPort, wgPort, true, false))
+}
+
+// A NodePort flow to a backend on another node is translated from this
+// node with the client's source port when free, but never from the
+// WireGuard port: a reply to it would pass as a WireGuard datagram.
+func TestNodePortSourcePortAvoidsWireGuardPort(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	for _, c := range []struct {
+		name    string
+		wg      uint16
+		keepsWG bool
+	}{{"no WireGuard", 0, true}, {"WireGuard", wgPort, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t)
+			f.setWireGuardPort(c.wg)
+			f.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
+			// The verdict depends on the FIB of the test run; the
+			// translation is in lb_nats either way.
+			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, wgPort, 30090))
+			var k DatapathLbNatKey
+			var v DatapathLbNat
+			found := false
+			for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+				if v.Reverse != 1 {
+					continue
+				}
+				found = true
+				if k.Saddr != ip4(remote) || k.Daddr != ip4(nodeIP) {
+					t.Fatalf("reverse entry %+v: want from the backend to this node", k)
+				}
+				if keeps := k.Dport == htons(wgPort); keeps != c.keepsWG {
+					t.Fatalf("translated source port %d (client's %d), keeps it: %v, want %v", htons(k.Dport), wgPort, keeps, c.keepsWG)
+				}
+			}
+			if !found {
+				t.Fatal("no reverse translation")
+			}
+		})
+	}
+}
