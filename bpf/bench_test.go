@@ -99,6 +99,29 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 	}
 	benchLocal(b, runWant)
 	benchFlowEvents(b, pkt, run)
+	benchNetdevWireGuard(b, run)
+}
+
+// benchNetdevWireGuard: from_netdev on a WireGuard datagram (UDP between
+// the WireGuard ports, from a node to this node), with the node config's
+// wireguard_port unset (the full NodePort and L7 lookups, none of which
+// matches) and set (passed at once), and on a UDP datagram from another
+// port with it set (still the full lookups).
+func benchNetdevWireGuard(b *testing.B, run func(*testing.B, *ebpf.Program, []byte) float64) {
+	f := loadB(b)
+	defer f.objs.Close()
+	nodeIP := []byte{192, 168, 7, 1}
+	datagram := udpPacket(b, peerIP, nodeIP, 51871, 51871)
+	zero := uint32(0)
+	for _, port := range []uint16{0, 51871} {
+		if err := f.objs.Config.Put(&zero, &DatapathNodeConfig{WireguardPort: port}); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("netdev-wireguard-datagram-port-%d", port), func(b *testing.B) { run(b, f.objs.FromNetdev, datagram) })
+	}
+	b.Run("netdev-other-udp-port-51871", func(b *testing.B) {
+		run(b, f.objs.FromNetdev, udpPacket(b, peerIP, nodeIP, 40000, 51871))
+	})
 }
 
 // benchLocal: an established TCP flow between two pods of the node (1k

@@ -137,6 +137,10 @@ func tcpPacket(t testing.TB, src, dst net.IP, sport, dport uint16, syn, ack bool
 }
 
 func udp(t *testing.T, src, dst net.IP, sport, dport uint16) []byte {
+	return udpPacket(t, src, dst, sport, dport)
+}
+
+func udpPacket(t testing.TB, src, dst net.IP, sport, dport uint16) []byte {
 	ip := ipv4(src, dst, layers.IPProtocolUDP)
 	l4 := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
 	l4.SetNetworkLayerForChecksum(ip)
