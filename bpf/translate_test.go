@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -366,5 +367,39 @@ func TestTranslatedSocket(t *testing.T) {
 				t.Fatalf("%d TCP and %d UDP translation events, want %d in all (2 connects, 1 UDP socket)", tcpN, udpN, m.want)
 			}
 		})
+	}
+}
+
+// source returns the IPv4 source address and port of an Ethernet frame
+// carrying TCP or UDP.
+func source(t *testing.T, frame []byte) (net.IP, uint16) {
+	t.Helper()
+	ihl := int(frame[14]&0x0f) * 4
+	return net.IP(frame[14+12 : 14+16]), binary.BigEndian.Uint16(frame[14+ihl:])
+}
+
+// A local backend's reply on a NodePort flow leaves from_container as the
+// frontend (lb_reverse); a SYN the pod opens on the same tuple answers no
+// client and leaves untranslated (new connections skip lb_reverse).
+func TestNodePortReplyTranslatedSYNNot(t *testing.T) {
+	f := load(t)
+	f.unenforce()
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	f.lbService(1, nodeIP, 30080, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
+	if ret := f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, 51000, 30080, true, false)); ret != actOK {
+		t.Fatalf("SYN to the NodePort: %d", ret)
+	}
+	if ret := f.run(f.objs.ToContainer, tcp(t, peerIP, podIP, 51000, 8080, true, false)); ret != actOK {
+		t.Fatalf("translated SYN into the pod: %d", ret)
+	}
+	// The verdict depends on the test run's FIB (lb_out); the rewrite is
+	// in the packet either way.
+	_, out := f.runOut(f.objs.FromContainer, tcp(t, podIP, peerIP, 8080, 51000, true, true))
+	if src, port := source(t, out); !src.Equal(nodeIP) || port != 30080 {
+		t.Fatalf("backend's SYN-ACK left from %s:%d, want the frontend %s:30080", src, port, nodeIP)
+	}
+	ret, out := f.runOut(f.objs.FromContainer, tcp(t, podIP, peerIP, 8080, 51000, true, false))
+	if src, port := source(t, out); ret != actOK || !src.Equal(podIP) || port != 8080 {
+		t.Fatalf("pod's SYN: verdict %d, left from %s:%d, want %s:8080 untranslated", ret, src, port, podIP)
 	}
 }
