@@ -72,6 +72,24 @@ func BenchmarkEndpointCreateDelete(b *testing.B) {
 	})
 }
 
+// serverPolicy lets pods app=client into pods app=server, on port (TCP)
+// or any port ("").
+func serverPolicy(port string) string {
+	doc := `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+`
+	if port != "" {
+		doc += `    toPorts: [{ports: [{port: "` + port + `", protocol: TCP}]}]
+`
+	}
+	return doc
+}
+
 // BenchmarkPodThroughput measures single-stream TCP between two pods on a
 // node with iperf3, three ways in one run: through our programs with a
 // policy selecting both pods (local delivery by redirect_peer), with the
@@ -81,15 +99,7 @@ func BenchmarkPodThroughput(b *testing.B) {
 	l := labtest.Up(b, 1, 24)
 	labtest.Pod(b, l, "n1", "client", "app=client")
 	srv := labtest.Pod(b, l, "n1", "server", "app=server")
-	labtest.ImportPolicy(b, l, "n1", `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "5201", protocol: TCP}]}]
-`)
+	labtest.ImportPolicy(b, l, "n1", serverPolicy("5201"))
 	sc, _ := l.PodCommand("server", "iperf3", "-s", "-p", "5201")
 	if err := sc.Start(); err != nil {
 		b.Fatal(err)
@@ -209,14 +219,7 @@ func crossNodeIperf(b *testing.B, routing string, args ...string) (*lab.Lab, *la
 	l := labtest.UpRouting(b, 2, routing, args...)
 	labtest.Pod(b, l, "n1", "client", "app=client")
 	srv := labtest.Pod(b, l, "n2", "server", "app=server")
-	labtest.ImportPolicy(b, l, "n2", `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-`)
+	labtest.ImportPolicy(b, l, "n2", serverPolicy(""))
 	sc, _ := l.PodCommand("server", "iperf3", "-s", "-p", "5201")
 	if err := sc.Start(); err != nil {
 		b.Fatal(err)

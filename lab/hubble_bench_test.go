@@ -231,15 +231,7 @@ func BenchmarkAgentFlows(b *testing.B) {
 	l := labtest.Up(b, 1, 0)
 	client := labtest.Pod(b, l, "n1", "client", "app=client")
 	srv := labtest.Pod(b, l, "n1", "server", "app=server")
-	labtest.ImportPolicy(b, l, "n1", `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-`)
+	labtest.ImportPolicy(b, l, "n1", serverPolicy("8080"))
 	if err := l.Serve("server", 8080); err != nil {
 		b.Fatal(err)
 	}
