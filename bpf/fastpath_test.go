@@ -87,11 +87,25 @@ func TestEstablishedFlowFollowsPolicyRevision(t *testing.T) {
 	if r := f.run(f.objs.ToContainer, reply); r != actShot {
 		t.Fatalf("reply after the allow went: %d", r)
 	}
-	// Allowed again: the flow goes on (its entry was kept).
+	// Allowed again: the revoked flow stays over (its entry expired at the
+	// revocation, so that no later revision, the counter wrapping, can
+	// find it checked); a new connection of the same tuple goes.
+	if e := f.ctEntry(podIP, peerIP, 40000, 80, 6, dirEgress, podEP); e.Expires != 0 || e.FastAction != 0 {
+		t.Fatalf("the revoked flow's entry: %+v, want expired with nothing cached", e)
+	}
 	f.rule(dirEgress, peerID, 6, 80, 24, false)
 	f.bump()
+	if r := f.run(f.objs.FromContainer, ack); r != actShot {
+		t.Fatalf("the revoked flow's packet, allowed again: %d, want dropped (no connection)", r)
+	}
+	if r := f.run(f.objs.FromContainer, tcp(t, podIP, peerIP, 40000, 80, true, false)); r != actOK {
+		t.Fatalf("a new SYN, allowed again: %d", r)
+	}
+	if r := f.run(f.objs.ToContainer, tcp(t, peerIP, podIP, 80, 40000, true, true)); r != actOK {
+		t.Fatalf("its SYN-ACK: %d", r)
+	}
 	if r := f.run(f.objs.FromContainer, ack); r != actOK {
-		t.Fatalf("established, allowed again: %d", r)
+		t.Fatalf("its ACK: %d", r)
 	}
 	if r := f.run(f.objs.ToContainer, reply); r != actOK {
 		t.Fatalf("reply, allowed again: %d", r)

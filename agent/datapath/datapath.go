@@ -383,8 +383,16 @@ func fromPolicyKey(k bpf.DatapathPolicyKey) policy.MapKey {
 
 // ApplyPolicy writes a resolver change to the policy map and returns the
 // number of map writes it made.
-func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, deletes []policy.MapKey) (int, error) {
-	n := 0
+func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, deletes []policy.MapKey) (n int, err error) {
+	// What was written is published (the revision bumped) even when a
+	// later write fails: a delete that went in must reach open flows.
+	defer func() {
+		if n > 0 {
+			if berr := d.bump(); err == nil {
+				err = berr
+			}
+		}
+	}()
 	for _, k := range deletes {
 		bk := PolicyKey(k)
 		if err := d.objs.Policy.Delete(&bk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -417,9 +425,6 @@ func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, delete
 	d.mu.Lock()
 	d.writes += uint64(n)
 	d.mu.Unlock()
-	if n > 0 {
-		return n, d.bump()
-	}
 	return n, nil
 }
 

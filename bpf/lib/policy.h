@@ -128,6 +128,7 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	__u64 now = bpf_ktime_get_ns();
 	__u32 rev = datapath_rev();
 	*proxy = 0;
+	p->reply = 0; // p may come from another endpoint's enforce (local delivery)
 	struct ct_entry *e = 0;
 	int ct = ct_lookup(p, ep->ep_id, dir, now, proxy, &e);
 	if (ct != CT_NEW) {
@@ -141,8 +142,15 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 			__u32 fpeer = (p->reply || (e->flags & CT_F_UPSTREAM)) ? e->peer_identity : peer;
 			__u32 unused = 0;
 			int r = policy_verdict(ep, fdir, fenforced, fpeer, p, e->pport, p->reply ? 0 : daddr, &unused);
-			if (r != REASON_FORWARDED && !((r == REASON_POLICY_DENIED || r == REASON_POLICY_DENY_RULE) && policy_audit()))
-				return r; // (audit mode: what policy would drop stays, as when it was let in)
+			if (r != REASON_FORWARDED && !((r == REASON_POLICY_DENIED || r == REASON_POLICY_DENY_RULE) && policy_audit())) {
+				// (audit mode: what policy would drop stays, as when it
+				// was let in.) The flow is over: its entry expires and its
+				// cache goes, so no later revision (the counter wraps)
+				// can find it checked.
+				e->expires = 0;
+				e->fast_action = 0;
+				return r;
+			}
 			e->rev = rev;
 		}
 		return REASON_FORWARDED;

@@ -61,22 +61,28 @@ int from_container(struct __sk_buff *skb)
 		// Cached for the flow's next packets unless it is a SYN or a
 		// NodePort translation knows its tuple (lb_reverse must see them).
 		int cache = !syn && !lb_nat_known(&p);
+		__u8 action = FAST_PASS;
+		__u32 out = 0, vni = 0;
 		if (remote && remote->tunnel_ip) {
 			r = encrypt_route(remote->tunnel_ip);
 			if (r == REASON_NO_ENCRYPT_PEER)
 				return drop(skb, r, DIR_EGRESS, src->ep_id, 0, src->identity, dst_id, &p);
-			if (r == 0) {
-				if (cache)
-					fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0, 0);
-				return TC_ACT_OK; // the kernel routes it through the encryption device
-			}
-			if (cache)
-				fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_ENCAP, remote->tunnel_ip, src->identity, 0);
-			return encap(skb, remote->tunnel_ip, src->identity);
+			if (r != 0)
+				action = FAST_ENCAP, out = remote->tunnel_ip, vni = src->identity;
 		}
-		if (cache)
-			fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_PASS, 0, 0, 0);
-		return TC_ACT_OK; // the node routes it
+		if (cache) {
+			fast_remember(&p, src->ep_id, skb->ifindex, rev, action, out, vni, 0);
+			// A NodePort translation set up meanwhile on another CPU
+			// (from_netdev writes its entry, then forgets the cache):
+			// not cached after all.
+			if (lb_nat_known(&p))
+				fast_remember(&p, src->ep_id, skb->ifindex, rev, 0, 0, 0, 0);
+		} else if (!syn) {
+			fast_remember(&p, src->ep_id, skb->ifindex, rev, 0, 0, 0, 0); // nothing stale stays
+		}
+		if (action == FAST_ENCAP)
+			return encap(skb, out, vni);
+		return TC_ACT_OK; // the node routes it (through the encryption device when encrypt_route says so)
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
 	r = enforce(0, dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0, 0, &proxy);
