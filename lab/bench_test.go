@@ -164,34 +164,41 @@ func iperf(b *testing.B, client *exec.Cmd) float64 {
 
 // BenchmarkCrossNodeThroughput: one TCP stream from a pod on n1 to a pod on
 // n2, tunnel and native, and encrypted with WireGuard (the kernel module
-// where present, else the embedded userspace implementation), beside plain
-// veth throughput between two bare namespaces in the same run.
+// where present, else the embedded userspace implementation), beside, in
+// the same run, plain veth throughput between two bare namespaces and the
+// kernel alone on the lab's shape of path (kernelPath: no agent, no
+// programs), routed and through a kernel VXLAN device: what the topology
+// costs whoever forwards.
 func BenchmarkCrossNodeThroughput(b *testing.B) {
+	// plain: the baseline's Gbit/s, each path's also reported as a share
+	// of it (when the baseline ran: not under a -bench naming one path).
+	var plain float64
+	report := func(b *testing.B, gbit float64) {
+		b.ReportMetric(gbit, "Gbit/s")
+		if plain > 0 {
+			b.ReportMetric(100*gbit/plain, "%plain-veth")
+		}
+		b.ReportMetric(0, "ns/op")
+	}
 	b.Run("baseline-plain-veth", func(b *testing.B) {
 		labtest.NetNS(b, "fbench-x")
 		labtest.NetNS(b, "fbench-y")
-		for _, st := range [][]string{
+		ipSteps(b, [][]string{
 			{"-n", "fbench-x", "link", "add", "v", "type", "veth", "peer", "name", "v", "netns", "fbench-y"},
 			{"-n", "fbench-x", "addr", "add", "10.99.9.1/24", "dev", "v"},
 			{"-n", "fbench-y", "addr", "add", "10.99.9.2/24", "dev", "v"},
 			{"-n", "fbench-x", "link", "set", "v", "up"},
 			{"-n", "fbench-y", "link", "set", "v", "up"},
-		} {
-			if out, err := exec.Command("ip", st...).CombinedOutput(); err != nil {
-				b.Fatalf("ip %v: %v %s", st, err, out)
-			}
-		}
-		srv := exec.Command("ip", "netns", "exec", "fbench-y", "iperf3", "-s", "-p", "5201")
-		srv.Start()
-		defer func() { srv.Process.Kill(); srv.Wait() }()
-		time.Sleep(300 * time.Millisecond)
-		var sum float64
-		for i := 0; i < b.N; i++ {
-			sum += iperf(b, exec.Command("ip", "netns", "exec", "fbench-x", "iperf3", "-c", "10.99.9.2", "-p", "5201", "-t", "3", "-J"))
-		}
-		b.ReportMetric(sum/float64(b.N), "Gbit/s")
-		b.ReportMetric(0, "ns/op")
+		})
+		plain = bareIperf(b, "fbench-x", "fbench-y", "10.99.9.2")
+		report(b, plain)
 	})
+	for _, mode := range []string{"kernel-routing", "kernel-vxlan"} {
+		b.Run(mode, func(b *testing.B) {
+			kernelPath(b, mode == "kernel-vxlan")
+			report(b, bareIperf(b, "fbench-p1", "fbench-p2", "10.98.2.2"))
+		})
+	}
 	for _, mode := range []string{"tunnel", "native", "tunnel+wireguard"} {
 		b.Run(mode, func(b *testing.B) {
 			routing, args := mode, []string(nil)
@@ -204,9 +211,89 @@ func BenchmarkCrossNodeThroughput(b *testing.B) {
 				c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "3", "-J")
 				sum += iperf(b, c)
 			}
-			b.ReportMetric(sum/float64(b.N), "Gbit/s")
-			b.ReportMetric(0, "ns/op")
+			report(b, sum/float64(b.N))
 		})
+	}
+}
+
+// ipSteps runs each step as `ip STEP...`, failing b on the first error.
+func ipSteps(b *testing.B, steps [][]string) {
+	b.Helper()
+	for _, st := range steps {
+		if out, err := exec.Command("ip", st...).CombinedOutput(); err != nil {
+			b.Fatalf("ip %v: %v %s", st, err, out)
+		}
+	}
+}
+
+// bareIperf runs an iperf3 server in namespace srvNS and b.N 3 s streams
+// to it from cliNS, and returns their mean Gbit/s.
+func bareIperf(b *testing.B, cliNS, srvNS, srvIP string) float64 {
+	b.Helper()
+	srv := exec.Command("ip", "netns", "exec", srvNS, "iperf3", "-s", "-p", "5201")
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	var sum float64
+	for i := 0; i < b.N; i++ {
+		sum += iperf(b, exec.Command("ip", "netns", "exec", cliNS, "iperf3", "-c", srvIP, "-p", "5201", "-t", "3", "-J"))
+	}
+	return sum / float64(b.N)
+}
+
+// kernelPath builds the lab's cross-node path with nothing of ours on it:
+// two node namespaces with eth0 on a bridge (in fbench-ul, MTU 1500), a
+// pod namespace behind each (fbench-pJ, 10.98.J.2/32, gateway 10.98.J.1 on
+// the node's veth), forwarding on, and routes to the other node's pod
+// either through its underlay address or, with vxlan, through a kernel
+// VXLAN device (VNI 42, port 8472, pods at MTU 1450 as the agent sets them).
+func kernelPath(b *testing.B, vxlan bool) {
+	b.Helper()
+	labtest.NetNS(b, "fbench-ul")
+	steps := [][]string{
+		{"-n", "fbench-ul", "link", "add", "br0", "type", "bridge"},
+		{"-n", "fbench-ul", "link", "set", "br0", "up"},
+	}
+	for j := 1; j <= 2; j++ {
+		n, p := fmt.Sprintf("fbench-n%d", j), fmt.Sprintf("fbench-p%d", j)
+		labtest.NetNS(b, n)
+		labtest.NetNS(b, p)
+		port, self, pod, gw := fmt.Sprintf("port%d", j), fmt.Sprintf("172.31.9.%d", j), fmt.Sprintf("10.98.%d.2", j), fmt.Sprintf("10.98.%d.1", j)
+		peer, peerPods := fmt.Sprintf("172.31.9.%d", 3-j), fmt.Sprintf("10.98.%d.0/24", 3-j)
+		steps = append(steps, [][]string{
+			{"-n", "fbench-ul", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", n},
+			{"-n", "fbench-ul", "link", "set", port, "master", "br0", "up"},
+			{"-n", n, "addr", "add", self + "/24", "dev", "eth0"},
+			{"-n", n, "link", "set", "eth0", "up"},
+			{"-n", n, "link", "add", "pod", "type", "veth", "peer", "name", "eth0", "netns", p},
+			{"-n", n, "addr", "add", gw + "/32", "dev", "pod"},
+			{"-n", n, "link", "set", "pod", "up"},
+			{"-n", n, "route", "add", pod + "/32", "dev", "pod"},
+			{"-n", p, "addr", "add", pod + "/32", "dev", "eth0"},
+			{"-n", p, "link", "set", "eth0", "up"},
+			{"-n", p, "route", "add", gw + "/32", "dev", "eth0"},
+			{"-n", p, "route", "add", "default", "via", gw},
+		}...)
+		if !vxlan {
+			steps = append(steps, []string{"-n", n, "route", "add", peerPods, "via", peer})
+			continue
+		}
+		steps = append(steps, [][]string{
+			{"-n", n, "link", "add", "vx", "type", "vxlan", "id", "42", "dstport", "8472", "local", self, "remote", peer, "nolearning"},
+			{"-n", n, "link", "set", "vx", "up"},
+			{"-n", n, "addr", "add", fmt.Sprintf("10.97.0.%d/32", j), "dev", "vx"},
+			{"-n", n, "route", "add", peerPods, "via", fmt.Sprintf("10.97.0.%d", 3-j), "dev", "vx", "onlink"},
+			{"-n", p, "link", "set", "eth0", "mtu", "1450"},
+			{"-n", n, "link", "set", "pod", "mtu", "1450"},
+		}...)
+	}
+	ipSteps(b, steps)
+	for j := 1; j <= 2; j++ {
+		if out, err := exec.Command("ip", "netns", "exec", fmt.Sprintf("fbench-n%d", j), "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+			b.Fatalf("ip_forward: %v %s", err, out)
+		}
 	}
 }
 
