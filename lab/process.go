@@ -46,20 +46,31 @@ func (l *Lab) runKvstore(c *Cluster) error {
 	go cmd.Wait()
 	// Wait until it accepts connections, dialling from inside its namespace
 	// (the underlay is not reachable from the host).
-	deadline := time.Now().Add(30 * time.Second)
+	logPath := filepath.Join(dir, "kvstore.log")
+	if err := waitServing(l.kvstoreNS(c), kvIP+":2379", logPath, "serving", 30*time.Second, func() bool { return true }); err != nil {
+		return fmt.Errorf("kvstore of cluster %s not ready: %w", c.Name, err)
+	}
+	return nil
+}
+
+// waitServing waits until a process of namespace netns accepts TCP
+// connections on addr and its log says marker, for at most limit and
+// while alive says it runs; the error holds the log's end.
+func waitServing(netns, addr, logPath, marker string, limit time.Duration, alive func() bool) error {
+	deadline := time.Now().Add(limit)
 	for {
-		err := ns.WithNetNSPath(NetNSPath(l.kvstoreNS(c)), func(ns.NetNS) error {
-			conn, err := net.DialTimeout("tcp4", kvIP+":2379", time.Second)
+		err := ns.WithNetNSPath(NetNSPath(netns), func(ns.NetNS) error {
+			conn, err := net.DialTimeout("tcp4", addr, time.Second)
 			if err == nil {
 				conn.Close()
 			}
 			return err
 		})
-		if err == nil && strings.Contains(tail(filepath.Join(dir, "kvstore.log"), 5), "serving") {
+		if err == nil && strings.Contains(tail(logPath, 20), marker) {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("kvstore of cluster %s not ready after 30s: %v; log:\n%s", c.Name, err, tail(filepath.Join(dir, "kvstore.log"), 10))
+		if !alive() || time.Now().After(deadline) {
+			return fmt.Errorf("not serving %s within %s: %v; log:\n%s", addr, limit, err, tail(logPath, 10))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -62,23 +61,9 @@ func (l *Lab) StartRelay(cluster string) (*Relay, error) {
 	}
 	r.PID = cmd.Process.Pid
 	go cmd.Wait()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := ns.WithNetNSPath(NetNSPath(n.NetNS), func(ns.NetNS) error {
-			conn, err := net.DialTimeout("tcp4", r.Listen, time.Second)
-			if err == nil {
-				conn.Close()
-			}
-			return err
-		})
-		if err == nil && strings.Contains(tail(r.Log, 20), "relay serving") {
-			break
-		}
-		if !running(r.PID) || time.Now().After(deadline) {
-			stopPID(r.PID)
-			return nil, fmt.Errorf("relay of cluster %s not serving: %v; log:\n%s", c.Name, err, tail(r.Log, 10))
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitServing(n.NetNS, r.Listen, r.Log, "relay serving", 20*time.Second, func() bool { return running(r.PID) }); err != nil {
+		stopPID(r.PID)
+		return nil, fmt.Errorf("relay of cluster %s: %w", c.Name, err)
 	}
 	c.Relay = r
 	return r, l.save()

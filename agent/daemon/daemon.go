@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/filament-net/filament/agent/api"
@@ -106,7 +107,9 @@ type Agent struct {
 	// from other goroutines).
 	proxyRef atomic.Pointer[l7.Supervisor]
 	srv      *api.Server
-	flowObs  flowObservers
+	// flowMetrics are the flow metrics and the exporter's, served with
+	// the agent's (nil until the hubble step).
+	flowMetrics *prometheus.Registry
 }
 
 type step struct {

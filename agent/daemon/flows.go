@@ -8,33 +8,16 @@ import (
 
 	"github.com/filament-net/filament/agent/hubble"
 	"github.com/filament-net/filament/agent/hubble/export"
-	"github.com/filament-net/filament/agent/hubble/flowmetrics"
-	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 )
 
-// flowObservers are what the Hubble step adds beside the ring: the flow
-// metrics and the exporter's, served with the agent's (nil until then).
-type flowObservers struct{ reg *prometheus.Registry }
-
-// observeFlows registers the flow metrics and returns what counts each
-// flow the Hubble server records (its Config.OnFlow).
-func (a *Agent) observeFlows() func(*flowpb.Flow) {
-	a.flowObs.reg = prometheus.NewRegistry()
-	return flowmetrics.New(a.flowObs.reg).Observe
-}
-
 // startFlowExport writes s's flows to --hubble-export-file, when set.
-func (a *Agent) startFlowExport(ctx context.Context, s *hubble.Server) error {
+func (a *Agent) startFlowExport(ctx context.Context, s *hubble.Server, reg prometheus.Registerer) error {
 	if a.cfg.HubbleExportFile == "" {
 		return nil
 	}
 	allow, deny, err := a.cfg.HubbleExportFilters()
 	if err != nil {
 		return err
-	}
-	reg := a.flowObs.reg
-	if reg == nil {
-		reg = prometheus.NewRegistry()
 	}
 	e, err := export.New(export.Config{Path: a.cfg.HubbleExportFile, MaxSizeMB: a.cfg.HubbleExportFileMaxSizeMB,
 		MaxBackups: a.cfg.HubbleExportFileMaxBackups, Allow: allow, Deny: deny, NodeName: a.cfg.NodeName}, reg)
@@ -54,8 +37,8 @@ func (a *Agent) extraMetrics() prometheus.Gatherer {
 	if p := a.proxyMetrics(); p != nil {
 		gs = append(gs, p)
 	}
-	if a.flowObs.reg != nil {
-		gs = append(gs, a.flowObs.reg)
+	if a.flowMetrics != nil {
+		gs = append(gs, a.flowMetrics)
 	}
 	if len(gs) == 0 {
 		return nil

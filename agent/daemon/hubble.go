@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/filament-net/filament/agent/hubble"
+	"github.com/filament-net/filament/agent/hubble/flowmetrics"
 	"github.com/filament-net/filament/agent/monitor"
 	"github.com/filament-net/filament/internal/version"
 )
@@ -21,15 +24,16 @@ func (a *Agent) startHubble(ctx context.Context) error {
 		return nil
 	}
 	sock := a.cfg.HubbleSocketPath()
+	a.flowMetrics = prometheus.NewRegistry()
 	s, err := hubble.New(hubble.Config{
 		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt, Names: a.dnsNamesOf, Service: a.serviceAt},
 		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
-		OnFlow: a.observeFlows(), DatapathLost: a.dp.EventsLost,
+		OnFlow: flowmetrics.New(a.flowMetrics).Observe, DatapathLost: a.dp.EventsLost,
 	})
 	if err != nil {
 		return err
 	}
-	if err := a.startFlowExport(ctx, s); err != nil {
+	if err := a.startFlowExport(ctx, s, a.flowMetrics); err != nil {
 		return err
 	}
 	ln, err := hubble.ListenUnix(sock)

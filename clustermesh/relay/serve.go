@@ -6,8 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -46,18 +44,8 @@ func LoopbackHosts(h http.Handler) http.Handler {
 // so it serves no other address (what reaches it is the host's to guard).
 func Listen(field, addr string) (net.Listener, error) {
 	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
-		}
-		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			os.Remove(path) // a stale socket; any other file stays, and Listen fails
-		}
-		ln, err := net.Listen("unix", path)
+		ln, err := hubble.ListenUnix(path)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
-		}
-		if err := os.Chmod(path, 0o660); err != nil {
-			ln.Close()
 			return nil, fmt.Errorf("%w: %s %q: %v", ErrConfig, field, addr, err)
 		}
 		return ln, nil
