@@ -5,7 +5,11 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/filament-net/filament/internal/version.Version=$(VERSION)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS := -X github.com/filament-net/filament/internal/version.Version=$(VERSION) \
+	-X github.com/filament-net/filament/internal/version.Commit=$(COMMIT) \
+	-X github.com/filament-net/filament/internal/version.BuildDate=$(BUILD_DATE)
 BINS := filament-agent filament filament-cni filament-lab filament-clustermesh-apiserver filament-proxy filament-relay
 # A name no README example uses: make demo replaces only a lab it made.
 DEMO_LAB ?= filament-demo

@@ -34,7 +34,7 @@ func newCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:           "filament-agent",
 		Short:         "Filament node agent: endpoints, identities, policy and the node API",
-		Version:       version.Version,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

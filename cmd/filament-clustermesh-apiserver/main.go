@@ -24,7 +24,7 @@ func main() {
 	cmd := &cobra.Command{
 		Use:           "filament-clustermesh-apiserver",
 		Short:         "The cluster's etcd for Filament agents and remote clusters",
-		Version:       version.Version,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

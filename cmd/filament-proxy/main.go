@@ -46,7 +46,7 @@ func newCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:           "filament-proxy",
 		Short:         "Filament's per-node transparent L7 proxy (HTTP/1.1, HTTP/2, gRPC)",
-		Version:       version.Version,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

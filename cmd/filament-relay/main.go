@@ -40,7 +40,7 @@ func main() {
 	cmd := &cobra.Command{
 		Use:           "filament-relay",
 		Short:         "Hubble relay: the flows of every node of the cluster mesh behind one Observer API, and a web page",
-		Version:       version.Version,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

@@ -86,8 +86,9 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.AddCommand(c.statusCmd(), c.endpointCmd(), c.identityCmd(), c.policyCmd(), c.fqdnCmd(), c.monitorCmd(), c.observeCmd(), c.nodeCmd(), c.clustermeshCmd(), c.serviceCmd(), c.encryptCmd(), c.bpfCmd(), &cobra.Command{
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			return c.print(map[string]string{"version": version.Version}, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "filament", version.Version)
+			in := version.Get()
+			return c.print(in, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "version:\t%s\ncommit:\t%s\nmodified:\t%t\ngo:\t%s\nbuild date:\t%s\n", in.Version, in.Commit, in.Modified, in.GoVersion, in.BuildDate)
 			})
 		},
 	})
