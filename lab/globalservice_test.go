@@ -282,3 +282,159 @@ func meshReady(b *testing.B, l *lab.Lab) {
 		}
 	}
 }
+
+// gradedDoc is the service "api" of c1 with the given annotations and
+// algorithm; of its backends (ip, node pairs) the first active ones are
+// active, the others terminating: known to the agent, taking no new
+// connections (as Kubernetes lists endpoints that are not ready).
+func gradedDoc(annotations, alg string, active int, backends ...string) string {
+	doc := fmt.Sprintf(`apiVersion: filament.io/v1
+kind: Service
+metadata:
+  name: api
+  namespace: shop
+  annotations: {%s}
+spec:
+  clusterIP: 10.96.0.20
+  loadBalancerAlgorithm: %s
+  ports: [{name: http, port: 80, targetPort: 8080}]
+backends:
+`, annotations, alg)
+	for i := 0; i+1 < len(backends); i += 2 {
+		state := "active"
+		if i/2 >= active {
+			state = "terminating"
+		}
+		doc += fmt.Sprintf("- {ip: %s, node: %s, state: %s}\n", backends[i], backends[i+1], state)
+	}
+	return doc
+}
+
+// Graded spill-over on real traffic: c1 has 10 backends of a global
+// service, c2 has 2. With every local backend active all connections stay
+// local; with 7 of the 10 taken away (terminating, still known) the local
+// cluster keeps min(1, 1.4 × 3/10) = 42% of new connections and c2 takes
+// 58%, for the random and the Maglev table alike; Cilium's affinity local
+// on the same backends keeps all of them local; with no local backend
+// active all go to c2. The split shows in `filament service list`.
+//
+// Tolerance: each connection of the client pod picks a table entry
+// uniformly (the socket hook picks at random for both algorithms), so the
+// local count of N = 1000 is binomial with p the table's local share:
+// 420/1000 (random) or 6880/16381 = 0.41999 (Maglev), both within 0.00001
+// of the rule's 0.42. σ = √(N p (1−p)) ≈ 15.6; the test accepts 5σ,
+// 420 ± 78 local answers (a false alarm once in ~1.7 million runs). The
+// alternatives it must tell apart are far outside: all-or-nothing (1000),
+// spreading over every active backend (3 of 5: 600).
+func TestGlobalServiceGradedFailover(t *testing.T) {
+	l := labtest.UpClusters(t, 2, 1, "tunnel")
+	client := labtest.Pod(t, l, "c1/n1", "client")
+	var local, remote []string
+	for i := range 10 {
+		p := labtest.Pod(t, l, "c1/n1", fmt.Sprintf("api-c1-%d", i))
+		labtest.ServeName(t, lab.NetNSPath(p.NetNS), 8080, fmt.Sprintf("c1-%d", i))
+		local = append(local, p.IP, "n1")
+	}
+	for i := range 2 {
+		p := labtest.Pod(t, l, "c2/n1", fmt.Sprintf("api-c2-%d", i))
+		labtest.ServeName(t, lab.NetNSPath(p.NetNS), 8080, fmt.Sprintf("c2-%d", i))
+		remote = append(remote, p.IP, "n1")
+	}
+	connect(t, l, "c1/n1", "c2")
+	labtest.MustUpsertService(t, l, "c2/n1", globalDoc(`service.cilium.io/global: "true"`, remote...))
+	const graded = `service.cilium.io/global: "true", service.cilium.io/affinity: local, service.filament.io/failover: graded`
+	path := lab.NetNSPath(client.NetNS)
+	vip := "10.96.0.20:80"
+	// tally opens n new connections and counts answers by cluster; a
+	// failure or a terminating backend answering fails the test.
+	tally := func(what string, n, active int) map[string]int {
+		t.Helper()
+		got := labtest.Tally(path, vip, n)
+		out := map[string]int{}
+		for name, k := range got {
+			var c string
+			var i int
+			if _, err := fmt.Sscanf(strings.Replace(name, "-", " ", 1), "%s %d", &c, &i); err != nil {
+				t.Fatalf("%s: %d connections failed or answered %q (%v)", what, k, name, got)
+			}
+			if c == "c1" && i >= active {
+				t.Fatalf("%s: terminating backend %s took %d new connections (%v)", what, name, k, got)
+			}
+			out[c] += k
+		}
+		t.Logf("%s: %v (by backend %v)", what, out, got)
+		return out
+	}
+	// split waits until c1/n1 shows the split with the given local share
+	// and table slots (and c2's two backends merged), and returns it.
+	split := func(what string, share float64, localSlots, slots int) *types.Split {
+		t.Helper()
+		var last *types.Split
+		eventually(t, what, func() bool {
+			ss := labtest.Services(t, l, "c1/n1")
+			if len(ss) != 1 || len(ss[0].Frontends) != 1 || ss[0].Frontends[0].Split == nil {
+				return false
+			}
+			last = ss[0].Frontends[0].Split
+			cs := last.Clusters
+			return len(cs) == 2 && cs[1].Cluster == "c2" && cs[1].Healthy == 2 && cs[0].Share == share &&
+				cs[0].Slots == localSlots && last.Slots == slots
+		})
+		return last
+	}
+
+	// Every local backend active: everything stays local.
+	labtest.MustUpsertService(t, l, "c1/n1", gradedDoc(graded, "random", 10, local...))
+	split("10 of 10 active: all local", 1, 10, 10)
+	if got := tally("10 of 10 active", 200, 10); got["c1"] != 200 {
+		t.Fatalf("10 of 10 active: %v, want all 200 in c1", got)
+	}
+
+	// 7 of 10 taken away: 42% local, 58% to c2.
+	const n, lo, hi = 1000, 420 - 78, 420 + 78
+	check := func(what string, got map[string]int) {
+		t.Helper()
+		if got["c1"]+got["c2"] != n || got["c1"] < lo || got["c1"] > hi {
+			t.Fatalf("%s: %v, want %d..%d of %d in c1 (expected 420, 5σ)", what, got, lo, hi, n)
+		}
+	}
+	labtest.MustUpsertService(t, l, "c1/n1", gradedDoc(graded, "random", 3, local...))
+	sp := split("3 of 10 active, random", 0.42, 420, 1000)
+	if sp.LocalHealth != 0.42 || sp.RemoteHealth != 1 || sp.Clusters[0].Healthy != 3 || sp.Clusters[0].Total != 10 {
+		t.Fatalf("split %+v", sp)
+	}
+	check("3 of 10 active, random", tally("3 of 10 active, random", n, 3))
+	out, err := labtest.NodeRun(t, l, "c1/n1", "filament", "service", "list")
+	if err != nil || !strings.Contains(out, "3/10 (local level, health 42.0%)") || !strings.Contains(out, "42.00% (420/1000 slots)") {
+		t.Fatalf("service list does not show the split: %v\n%s", err, out)
+	}
+	t.Logf("service list:\n%s", out)
+
+	labtest.MustUpsertService(t, l, "c1/n1", gradedDoc(graded, "maglev", 3, local...))
+	split("3 of 10 active, maglev", 0.42, 6880, 16381)
+	check("3 of 10 active, maglev", tally("3 of 10 active, maglev", n, 3))
+
+	// Cilium's affinity local on the same backends: all or nothing.
+	labtest.MustUpsertService(t, l, "c1/n1", gradedDoc(`service.cilium.io/global: "true", service.cilium.io/affinity: local`, "random", 3, local...))
+	eventually(t, "affinity local: no split, local only", func() bool {
+		ss := labtest.Services(t, l, "c1/n1")
+		return len(ss) == 1 && ss[0].Frontends[0].Split == nil && preferredClusters(ss[0])["c2"] == 0 && preferredClusters(ss[0])["c1"] == 3
+	})
+	if got := tally("affinity local, 3 of 10 active", 200, 3); got["c1"] != 200 {
+		t.Fatalf("affinity local: %v, want all 200 in c1", got)
+	}
+
+	// No local backend active: everything to c2.
+	labtest.MustUpsertService(t, l, "c1/n1", gradedDoc(graded, "random", 0, local...))
+	split("0 of 10 active: all remote", 0, 0, 2)
+	if got := tally("0 of 10 active", 200, 0); got["c2"] != 200 {
+		t.Fatalf("0 of 10 active: %v, want all 200 in c2", got)
+	}
+
+	// A bad value is refused by name and changes nothing.
+	out, err = labtest.UpsertService(t, l, "c1/n1", gradedDoc(`service.cilium.io/global: "true", service.cilium.io/affinity: local, service.filament.io/failover: gradual`, "random", 10, local...))
+	if err == nil || !strings.Contains(out, "service.filament.io/failover") || !strings.Contains(out, `"gradual"`) {
+		t.Fatalf("failover gradual: %v %s", err, out)
+	}
+	split("after the refused upsert: still all remote", 0, 0, 2)
+}

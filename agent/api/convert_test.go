@@ -196,9 +196,13 @@ func TestWireJSONUnchangedService(t *testing.T) {
 		t.Fatalf("key %q, want %q", ws.Key(), svc.Key())
 	}
 	fes := svc.Frontends([]netip.Addr{a2})
-	st := service.Status{Namespace: "shop", Name: "api", Type: "NodePort", Options: svc.Options(), Algorithm: "maglev", AffinityTimeout: 60,
+	opts := svc.Options()
+	opts.Affinity, opts.Failover = service.AffinityLocal, service.FailoverGraded
+	st := service.Status{Namespace: "shop", Name: "api", Type: "NodePort", Options: opts, Algorithm: "maglev", AffinityTimeout: 60,
 		Clusters: []string{"c1"}, Spec: svc, Frontends: []service.FrontendStatus{
-			{Frontend: fes[0], Backends: []service.BackendView{{Addr: netip.AddrPortFrom(a1, 8081), Cluster: "c1", Node: "n1", State: "active", Healthy: true, Preferred: true}}},
+			{Frontend: fes[0], Backends: []service.BackendView{{Addr: netip.AddrPortFrom(a1, 8081), Cluster: "c1", Node: "n1", State: "active", Healthy: true, Preferred: true}},
+				Split: &service.Split{LocalHealth: 0.42, RemoteHealth: 1, Slots: 1000, Clusters: []service.ClusterShare{
+					{Cluster: "c1", Healthy: 3, Total: 10, Share: 0.42, Slots: 420}, {Cluster: "c2", Healthy: 2, Total: 2, Share: 0.58, Slots: 580}}}},
 			{Frontend: fes[1], Backends: []service.BackendView{}}}}
 	wst, err := viaJSON[[]types.ServiceStatus]([]service.Status{st, {}})
 	if err != nil {

@@ -56,6 +56,9 @@ type Config struct {
 type FrontendStatus struct {
 	Frontend
 	Backends []BackendView `json:"backends"`
+	// Split: how a graded service (failover graded) divides new
+	// connections between the clusters, as the datapath's table has it.
+	Split *Split `json:"split,omitempty"`
 }
 
 // Status is one service as this node load-balances it.
@@ -240,21 +243,21 @@ func (m *Manager) apply(key string) {
 		alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
 		for _, fe := range s.Frontends(m.cfg.NodeIPs) {
 			views := Select(s, m.remote[key], m.cfg.Cluster, fe, alive)
-			st.Frontends = append(st.Frontends, FrontendStatus{Frontend: fe, Backends: views})
+			fst := FrontendStatus{Frontend: fe, Backends: views}
 			dfe := datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
 			want = append(want, dfe)
 			lbs := datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}
-			pref := Preferred(views)
+			pref, table, err := m.table(st, views, &fst)
+			st.Frontends = append(st.Frontends, fst)
+			if err != nil {
+				m.errors++
+				slog.Error("maglev table", "service", key, "err", err)
+				continue
+			}
 			for _, b := range pref {
 				lbs.Backends = append(lbs.Backends, datapath.LBBackend{IP: b.Addr(), Port: b.Port()})
 			}
-			if st.Algorithm == "maglev" && len(pref) > 0 {
-				table, err := MaglevTable(pref, m.cfg.Datapath.MaglevSize())
-				if err != nil {
-					m.errors++
-					slog.Error("maglev table", "service", key, "err", err)
-					continue
-				}
+			if table != nil {
 				lbs.Algorithm, lbs.Maglev = datapath.AlgMaglev, table
 			}
 			if err := m.cfg.Datapath.UpsertService(dfe, lbs); err != nil {
@@ -285,6 +288,27 @@ func (m *Manager) apply(key string) {
 	} else {
 		m.applied[key] = want
 	}
+}
+
+// table returns what a frontend's datapath entry holds: its slots (the
+// backends new connections use; a graded frontend's may repeat one) and,
+// for Maglev, the table over them. A graded frontend's split goes in fst.
+func (m *Manager) table(st Status, views []BackendView, fst *FrontendStatus) ([]netip.AddrPort, []int32, error) {
+	maglev := st.Algorithm == "maglev"
+	if st.Options.Failover == FailoverGraded {
+		sp := GradedSplit(views, m.cfg.Cluster)
+		fst.Split = &sp
+		if maglev {
+			return ComposeMaglev(views, m.cfg.Cluster, &sp, m.cfg.Datapath.MaglevSize())
+		}
+		return ComposeSlots(views, m.cfg.Cluster, &sp), nil, nil
+	}
+	pref := Preferred(views)
+	if !maglev || len(pref) == 0 {
+		return pref, nil, nil
+	}
+	table, err := MaglevTable(pref, m.cfg.Datapath.MaglevSize())
+	return pref, table, err
 }
 
 // At names the service whose frontend (a ClusterIP or NodePort address

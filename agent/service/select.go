@@ -40,7 +40,8 @@ func matchPort(s *Service, p Port) (Port, bool) {
 // that are global and shared. Backends that are active and healthy are
 // usable; which usable ones new connections prefer follows the affinity:
 // local (the local cluster's while it has any, else the remote ones),
-// remote (the mirror image) or none (all). Terminating and maintenance
+// remote (the mirror image) or none (all); with failover graded, those of
+// each level that GradedSplit gives a share. Terminating and maintenance
 // backends are listed but never preferred: they keep the connections they
 // have and take no new ones.
 func Select(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive) []BackendView {
@@ -76,7 +77,6 @@ func Select(local *Service, remotes map[string]*Service, localCluster string, fe
 		}
 	}
 	sortBackends(out)
-	usable := func(v BackendView) bool { return v.State == StateActive && v.Healthy }
 	var localUsable, remoteUsable int
 	for _, v := range out {
 		if usable(v) {
@@ -87,15 +87,22 @@ func Select(local *Service, remotes map[string]*Service, localCluster string, fe
 			}
 		}
 	}
+	var lload, rload uint64
+	if opts.Failover == FailoverGraded {
+		sp := GradedSplit(out, localCluster)
+		lload, rload = sp.levelLoads()
+	}
 	for i, v := range out {
 		if !usable(v) {
 			continue
 		}
 		isLocal := v.Cluster == localCluster
-		switch opts.Affinity {
-		case AffinityLocal:
+		switch {
+		case opts.Failover == FailoverGraded:
+			out[i].Preferred = (isLocal && lload > 0) || (!isLocal && rload > 0)
+		case opts.Affinity == AffinityLocal:
 			out[i].Preferred = isLocal || localUsable == 0
-		case AffinityRemote:
+		case opts.Affinity == AffinityRemote:
 			out[i].Preferred = !isLocal || remoteUsable == 0
 		default:
 			out[i].Preferred = true

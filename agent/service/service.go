@@ -46,6 +46,15 @@ const (
 	AnnotationAffinityLegacy = "io.cilium/service-affinity"
 )
 
+// AnnotationFailover is Filament's own: "graded" makes a global service
+// with affinity local spill over to the remote clusters gradually (see
+// GradedSplit) instead of all at once when its last local backend goes.
+// Absent, the Cilium annotations keep their exact meaning.
+const AnnotationFailover = "service.filament.io/failover"
+
+// FailoverGraded is the one value of AnnotationFailover.
+const FailoverGraded = "graded"
+
 // Service is one service of one cluster, in a Kubernetes-like shape.
 type Service struct {
 	APIVersion string   `json:"apiVersion,omitempty"`
@@ -116,6 +125,8 @@ type Options struct {
 	Global   bool   `json:"global"`
 	Shared   bool   `json:"shared"`
 	Affinity string `json:"affinity"`
+	// Failover: "graded", or "" for the Cilium affinity's all-or-nothing.
+	Failover string `json:"failover,omitempty"`
 }
 
 func annotation(a map[string]string, names ...string) (string, string, bool) {
@@ -158,6 +169,18 @@ func (s *Service) options() (Options, error) {
 		default:
 			return o, fmt.Errorf("metadata.annotations[%s]: %q is not local, remote or none", n, v)
 		}
+	}
+	if v, ok := a[AnnotationFailover]; ok {
+		f := fmt.Sprintf("metadata.annotations[%s]", AnnotationFailover)
+		switch {
+		case v != FailoverGraded:
+			return o, fmt.Errorf("%s: %q is not graded (remove the annotation for the all-or-nothing failover of %s: local)", f, v, AnnotationAffinity)
+		case !o.Global:
+			return o, fmt.Errorf("%s: %q needs a global service (%s: \"true\")", f, v, AnnotationGlobal)
+		case o.Affinity != AffinityLocal:
+			return o, fmt.Errorf("%s: %q grades the failover of affinity local; the service's %s is %q", f, v, AnnotationAffinity, o.Affinity)
+		}
+		o.Failover = FailoverGraded
 	}
 	return o, nil
 }

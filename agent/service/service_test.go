@@ -181,6 +181,14 @@ func TestParseInvalid(t *testing.T) {
 		{"legacy shared maybe", "annotations: {}", `annotations: {io.cilium/global-service: "true", io.cilium/shared-service: "maybe"}`, []string{"metadata.annotations[io.cilium/shared-service]", `"maybe"`}},
 		{"affinity nearest", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: "nearest"}`, []string{"metadata.annotations[service.cilium.io/affinity]", `"nearest"`}},
 		{"legacy affinity nearest", "annotations: {}", `annotations: {io.cilium/global-service: "true", io.cilium/service-affinity: "nearest"}`, []string{"metadata.annotations[io.cilium/service-affinity]", `"nearest"`}},
+		{"failover unknown", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: local, service.filament.io/failover: gradual}`, []string{"metadata.annotations[service.filament.io/failover]", `"gradual"`, "not graded"}},
+		{"failover upper case", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: local, service.filament.io/failover: Graded}`, []string{"metadata.annotations[service.filament.io/failover]", `"Graded"`}},
+		{"failover empty", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: local, service.filament.io/failover: ""}`, []string{"metadata.annotations[service.filament.io/failover]", `""`}},
+		{"failover control bytes", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: local, service.filament.io/failover: "graded\n\u0000"}`, []string{"metadata.annotations[service.filament.io/failover]", `"graded\n\x00"`}},
+		{"failover not global", "annotations: {}", `annotations: {service.cilium.io/affinity: local, service.filament.io/failover: graded}`, []string{"metadata.annotations[service.filament.io/failover]", `"graded"`, "global"}},
+		{"failover global false", "annotations: {}", `annotations: {service.cilium.io/global: "false", service.cilium.io/affinity: local, service.filament.io/failover: graded}`, []string{"metadata.annotations[service.filament.io/failover]", "global"}},
+		{"failover without affinity", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.filament.io/failover: graded}`, []string{"metadata.annotations[service.filament.io/failover]", "affinity", `"none"`}},
+		{"failover affinity remote", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: remote, service.filament.io/failover: graded}`, []string{"metadata.annotations[service.filament.io/failover]", `"remote"`}},
 	}
 	for _, tc := range tests {
 		if !strings.Contains(base, tc.old) {
@@ -256,6 +264,9 @@ func TestOptions(t *testing.T) {
 		{"affinity Local", map[string]string{AnnotationGlobal: "true", AnnotationAffinity: "Local"}, Options{Global: true, Shared: true, Affinity: AffinityLocal}},
 		{"affinity REMOTE", map[string]string{AnnotationGlobal: "true", AnnotationAffinity: "REMOTE"}, Options{Global: true, Shared: true, Affinity: AffinityRemote}},
 		{"affinity None", map[string]string{AnnotationGlobal: "true", AnnotationAffinity: "None"}, Options{Global: true, Shared: true, Affinity: AffinityNone}},
+		{"failover graded", map[string]string{AnnotationGlobal: "true", AnnotationAffinity: "local", AnnotationFailover: "graded"}, Options{Global: true, Shared: true, Affinity: AffinityLocal, Failover: FailoverGraded}},
+		{"failover graded legacy names", map[string]string{AnnotationGlobalLegacy: "true", AnnotationAffinityLegacy: "Local", AnnotationFailover: "graded"}, Options{Global: true, Shared: true, Affinity: AffinityLocal, Failover: FailoverGraded}},
+		{"failover graded not shared", map[string]string{AnnotationGlobal: "true", AnnotationShared: "false", AnnotationAffinity: "local", AnnotationFailover: "graded"}, Options{Global: true, Affinity: AffinityLocal, Failover: FailoverGraded}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

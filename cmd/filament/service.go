@@ -144,6 +144,9 @@ func serviceTable(w *tabwriter.Writer, ss []types.ServiceStatus) {
 			if !s.Options.Shared {
 				opts += ",shared=false"
 			}
+			if s.Options.Failover != "" {
+				opts += ",failover=" + s.Options.Failover
+			}
 		}
 		if s.AffinityTimeout > 0 {
 			opts += fmt.Sprintf(",clientIP=%ds", s.AffinityTimeout)
@@ -162,6 +165,37 @@ func serviceTable(w *tabwriter.Writer, ss []types.ServiceStatus) {
 					pref = "yes"
 				}
 				fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, fe, fe.Type, opts, b.Addr, b.Cluster, b.Node, state, pref)
+			}
+		}
+	}
+	splitTable(w, ss)
+}
+
+// splitTable shows, under the backends, how each graded frontend divides
+// new connections between the clusters: per cluster its healthy/total
+// backends, its share by the rule and the share its table slots realise.
+func splitTable(w *tabwriter.Writer, ss []types.ServiceStatus) {
+	header := false
+	for _, s := range ss {
+		for _, fe := range s.Frontends {
+			sp := fe.Split
+			if sp == nil {
+				continue
+			}
+			if !header {
+				fmt.Fprintln(w, "\nSERVICE\tFRONTEND\tCLUSTER\tHEALTHY\tSHARE\tTABLE")
+				header = true
+			}
+			for i, c := range sp.Clusters {
+				level := fmt.Sprintf("local level, health %.1f%%", 100*sp.LocalHealth)
+				if i > 0 {
+					level = fmt.Sprintf("remote level, health %.1f%%", 100*sp.RemoteHealth)
+				}
+				table := "-"
+				if sp.Slots > 0 {
+					table = fmt.Sprintf("%.2f%% (%d/%d slots)", 100*float64(c.Slots)/float64(sp.Slots), c.Slots, sp.Slots)
+				}
+				fmt.Fprintf(w, "%s/%s\t%s\t%s\t%d/%d (%s)\t%.2f%%\t%s\n", s.Namespace, s.Name, fe, c.Cluster, c.Healthy, c.Total, level, 100*c.Share, table)
 			}
 		}
 	}

@@ -73,6 +73,9 @@ type ServiceOptions struct {
 	Global   bool   `json:"global"`
 	Shared   bool   `json:"shared"`
 	Affinity string `json:"affinity"`
+	// Failover: "graded" (service.filament.io/failover), or "" for the
+	// affinity's all-or-nothing failover.
+	Failover string `json:"failover,omitempty"`
 }
 
 // ServiceStatus is one service as the node load-balances it (GET
@@ -106,6 +109,31 @@ func (f Frontend) String() string {
 type FrontendStatus struct {
 	Frontend
 	Backends []BackendView `json:"backends"`
+	// Split: how a graded service divides new connections between the
+	// clusters, as the datapath's table has it.
+	Split *Split `json:"split,omitempty"`
+}
+
+// Split is a graded frontend's division of new connections.
+type Split struct {
+	// LocalHealth and RemoteHealth: each level's min(1, 1.4 × healthy/total).
+	LocalHealth  float64 `json:"localHealth"`
+	RemoteHealth float64 `json:"remoteHealth"`
+	// Clusters: the local cluster first, then the remote ones by name.
+	Clusters []ClusterShare `json:"clusters"`
+	// Slots: size of the datapath's selection table (0: connections refused).
+	Slots int `json:"slots"`
+}
+
+// ClusterShare is one cluster's part of a Split.
+type ClusterShare struct {
+	Cluster string `json:"cluster"`
+	Healthy int    `json:"healthy"`
+	Total   int    `json:"total"`
+	// Share of new connections by the rule (a fraction).
+	Share float64 `json:"share"`
+	// Slots of the table its backends hold (Slots/Split.Slots: realised share).
+	Slots int `json:"slots"`
 }
 
 // BackendView is a backend of a frontend as the node uses it.
