@@ -124,6 +124,8 @@ type Lab struct {
 	Pods          []Pod               `json:"pods"`
 	Externals     []External          `json:"externals,omitempty"`
 	Hosts         []Host              `json:"hosts,omitempty"`
+	// Partitions between clusters ("c1|c2", Partition and Heal).
+	Partitions []string `json:"partitions,omitempty"`
 
 	dir string
 }

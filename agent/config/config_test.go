@@ -14,7 +14,8 @@ func TestDefaultIsValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" || c.FlowEvents != "connections" || c.PolicyAuditMode {
+	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" || c.FlowEvents != "connections" || c.PolicyAuditMode ||
+		time.Duration(c.ClusterMeshTTL) != 5*time.Minute {
 		t.Fatalf("defaults changed: %+v", c)
 	}
 }

@@ -2,8 +2,10 @@
 // (embedded, or an external etcd cluster) served over mutual TLS with etcd
 // authentication — the cluster's agents read and write filament/, remote
 // clusters only read filament/state/, filament/cluster-config/ and
-// filament/synced/ — plus the cluster-config key (under a lease) and the
-// sync canaries that remote clusters wait for.
+// filament/synced/ — plus the cluster-config key (under a lease), the
+// sync canaries that remote clusters wait for and the heartbeat they time
+// (clustermesh.HeartbeatKey, the canary that goes stale when this cluster
+// is gone).
 package apiserver
 
 import (
@@ -103,6 +105,7 @@ func Run(ctx context.Context, c Config) error {
 	}
 	publish(ctx, lease.ID())
 	lease.OnRenew(publish)
+	go heartbeat(ctx, kv, c.ClusterName, clustermesh.HeartbeatInterval)
 	slog.Info("clustermesh-apiserver serving", "cluster", c.ClusterName, "id", c.ClusterID, "endpoints", endpoints, "tls", c.Bundle != "")
 	<-ctx.Done()
 	return nil
@@ -150,4 +153,33 @@ func setupAuth(ctx context.Context, c *clientv3.Client) error {
 		return fmt.Errorf("enable etcd authentication: %w", err)
 	}
 	return nil
+}
+
+// heartbeat writes the cluster's heartbeat every interval until ctx ends:
+// the next number of the sequence stored there (a restart goes on from it,
+// so readers see a new value at once).
+func heartbeat(ctx context.Context, kv *kvstore.Client, cluster string, interval time.Duration) {
+	key := clustermesh.HeartbeatKey(cluster)
+	var seq uint64
+	if cur, err := kv.Get(ctx, key); err == nil {
+		seq, _ = clustermesh.ParseHeartbeat(cur.Value)
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	failing := false
+	for {
+		seq++
+		wctx, cancel := context.WithTimeout(ctx, interval)
+		err := kv.Put(wctx, key, clustermesh.FormatHeartbeat(seq), 0)
+		cancel()
+		if err != nil && !failing && ctx.Err() == nil {
+			slog.Warn("writing the heartbeat", "key", key, "err", err)
+		}
+		failing = err != nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -158,3 +158,46 @@ func TestExternalEtcd(t *testing.T) {
 		t.Fatalf("cluster ID 300: %v", err)
 	}
 }
+
+// The apiserver writes the heartbeat every interval, readable by remote
+// clusters; restarted, it goes on from the stored number (a reader sees a
+// new value at once, never an old one again).
+func TestHeartbeat(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	ctx := context.Background()
+	remote, err := srv.Connect(clustermesh.UserRemote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	read := func() uint64 {
+		t.Helper()
+		kv, err := remote.Get(ctx, clustermesh.HeartbeatKey("east"))
+		if err != nil {
+			t.Fatalf("remote read of the heartbeat: %v", err)
+		}
+		seq, err := clustermesh.ParseHeartbeat(kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seq
+	}
+	first := read()
+	deadline := time.Now().Add(3 * clustermesh.HeartbeatInterval)
+	for read() == first {
+		if time.Now().After(deadline) {
+			t.Fatalf("heartbeat stuck at %d for %v", first, 3*clustermesh.HeartbeatInterval)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A restart on the same data goes on from the stored number.
+	last := read()
+	remote.Close()
+	srv.Restart(t)
+	if remote, err = srv.Connect(clustermesh.UserRemote); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got <= last {
+		t.Fatalf("heartbeat %d after a restart, %d before", got, last)
+	}
+}
