@@ -49,3 +49,11 @@ func ParseHeartbeat(b []byte) (uint64, error) {
 	}
 	return seq, nil
 }
+
+// CachePrefix is where a cluster's apiserver, as a cache, re-serves the
+// remote clusters it follows: CachePrefix + <remote> + "/" + <the remote's
+// key>. Agents may only read it.
+const CachePrefix = "filament/cache/"
+
+// CacheStatusKey holds the cache's status of a remote (JSON).
+func CacheStatusKey(remote string) string { return CachePrefix + remote + "/.status" }

@@ -99,6 +99,10 @@ type Config struct {
 	// been unreachable, its heartbeat stale, for this long (default 5m); 0
 	// keeps them for ever (traffic keeps flowing to what was known).
 	ClusterMeshTTL Duration `json:"clusterMeshTTL"`
+	// ClusterMeshCache reads the remote clusters from the cache of this
+	// cluster's filament-clustermesh-apiserver (run with
+	// --clustermesh-cache) instead of connecting to each of them.
+	ClusterMeshCache bool `json:"clusterMeshCache,omitempty"`
 	// PolicyAllClusters makes peer selectors that name no cluster match
 	// every cluster of the mesh instead of only the local one.
 	PolicyAllClusters bool `json:"policyAllClusters"`
@@ -360,6 +364,9 @@ func (c Config) validateCluster() error {
 	}
 	if err := absPath("clusterMeshConfig", c.ClusterMeshConfig, true); err != nil {
 		return err
+	}
+	if c.ClusterMeshCache && c.ClusterMeshConfig == "" {
+		return fmt.Errorf("%w: clusterMeshCache: needs clusterMeshConfig (the remotes' names)", ErrInvalid)
 	}
 	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
 }

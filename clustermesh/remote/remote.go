@@ -19,8 +19,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,6 +32,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/clustermesh/cache"
 )
 
 // Callbacks receive the remote clusters' state. Node names are qualified
@@ -69,6 +68,14 @@ type Status struct {
 	LastFailure string    `json:"lastFailure,omitempty"`
 	FailureTime time.Time `json:"lastFailureTime,omitzero"`
 	Since       time.Time `json:"connectedSince,omitzero"`
+	// Via is how the remote is read: "direct" (its apiserver) or "cache"
+	// (the local apiserver's cache); then the Cache fields are the cache's
+	// own view of the remote (connected to it, values it refused, its last
+	// failure).
+	Via              string `json:"via"`
+	CacheConnected   bool   `json:"cacheConnected,omitempty"`
+	CacheRejected    int    `json:"cacheRejected,omitempty"`
+	CacheLastFailure string `json:"cacheLastFailure,omitempty"`
 	// TTL after which a lost cluster's entries are withdrawn ("0s": never).
 	TTL string `json:"ttl"`
 	// LostSince: health checks have failed since then (zero: connected,
@@ -95,6 +102,10 @@ type Manager struct {
 	localID   uint32
 	ttl       time.Duration
 	cb        Callbacks
+	// via, when set, is the local cluster's kvstore whose apiserver caches
+	// the remote clusters (clustermesh/cache): remotes are read there, under
+	// clustermesh.CachePrefix, instead of from their own apiservers.
+	via *kvstore.Client
 
 	mu      sync.Mutex
 	remotes map[string]*cluster
@@ -106,6 +117,11 @@ type Manager struct {
 func NewManager(dir, localName string, localID uint32, ttl time.Duration, cb Callbacks) *Manager {
 	return &Manager{dir: dir, localName: localName, localID: localID, ttl: ttl, cb: cb, remotes: map[string]*cluster{}}
 }
+
+// ViaCache reads every remote from the cache of the local cluster's
+// apiserver through kv (the agent's kvstore) instead of connecting to it;
+// call before Run.
+func (m *Manager) ViaCache(kv *kvstore.Client) { m.via = kv }
 
 // Run watches the directory until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
@@ -125,16 +141,10 @@ func (m *Manager) Run(ctx context.Context) {
 }
 
 func (m *Manager) scan(ctx context.Context) {
-	files, _ := filepath.Glob(filepath.Join(m.dir, "*.yaml"))
 	seen := map[string]bool{}
-	for _, f := range files {
-		name := strings.TrimSuffix(filepath.Base(f), ".yaml")
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
+	for _, file := range clustermesh.ScanRemotes(m.dir) {
+		name, f, sum := file.Name, file.Path, file.Sum
 		seen[name] = true
-		sum := sha256.Sum256(data)
 		m.mu.Lock()
 		c, ok := m.remotes[name]
 		if ok && c.sum == sum {
@@ -147,7 +157,11 @@ func (m *Manager) scan(ctx context.Context) {
 			c.claimed = 0
 		}
 		cfg, err := clustermesh.LoadRemote(f)
-		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true, TTL: m.ttl.String()},
+		via := "direct"
+		if m.via != nil {
+			via = "cache"
+		}
+		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true, TTL: m.ttl.String(), Via: via},
 			live: liveness{ttl: m.ttl, staleAfter: clustermesh.HeartbeatStale}}
 		m.remotes[name] = c
 		m.mu.Unlock()
@@ -370,12 +384,18 @@ func (c *cluster) checkTTL() {
 // as far as following. It returns once every goroutine it started has
 // ended.
 func (c *cluster) session(ctx context.Context) (connected bool, err error) {
-	kc := kvstore.Config{Endpoints: c.cfg.Endpoints, DialTimeout: 3 * time.Second, CAData: c.cfg.CA, CertData: c.cfg.Cert, KeyData: c.cfg.Key}
-	kv, err := kvstore.Connect(ctx, kc)
-	if err != nil {
-		return false, err
+	var kv source
+	if c.m.via != nil {
+		kv = prefixed{c.m.via, clustermesh.CachePrefix + c.name + "/"}
+	} else {
+		kc := kvstore.Config{Endpoints: c.cfg.Endpoints, DialTimeout: 3 * time.Second, CAData: c.cfg.CA, CertData: c.cfg.Cert, KeyData: c.cfg.Key}
+		client, err := kvstore.Connect(ctx, kc)
+		if err != nil {
+			return false, err
+		}
+		defer client.Close()
+		kv = client
 	}
-	defer kv.Close()
 	conf, err := c.check(ctx, kv)
 	if err != nil {
 		return false, err
@@ -461,11 +481,17 @@ func (c *cluster) session(ctx context.Context) (connected bool, err error) {
 
 // check reads the cluster-config, claims the cluster's ID and waits for its
 // canaries, each read bounded in time.
-func (c *cluster) check(ctx context.Context, kv *kvstore.Client) (clustermesh.ClusterConfig, error) {
+func (c *cluster) check(ctx context.Context, kv source) (clustermesh.ClusterConfig, error) {
 	var conf clustermesh.ClusterConfig
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cc, err := kv.Get(rctx, clustermesh.ClusterConfigPrefix+c.name)
+	if c.m.via != nil {
+		c.readCacheStatus(rctx)
+		if errors.Is(err, kvstore.ErrNotFound) {
+			return conf, fmt.Errorf("the cluster mesh cache does not follow %s (yet)", c.name)
+		}
+	}
 	if err != nil {
 		return conf, fmt.Errorf("reading the cluster-config of %s: %w", c.name, err)
 	}
@@ -485,7 +511,9 @@ func (c *cluster) check(ctx context.Context, kv *kvstore.Client) (clustermesh.Cl
 
 // probe checks the connection every 2 s (a read of the cluster-config,
 // 3 s at most) and sends each result until ctx ends.
-func (c *cluster) probe(ctx context.Context, kv *kvstore.Client, results chan<- error) {
+// Through the cache, the cached cluster-config is there only while the
+// cache follows the remote; the cache's status is read too.
+func (c *cluster) probe(ctx context.Context, kv source, results chan<- error) {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	for {
@@ -496,6 +524,9 @@ func (c *cluster) probe(ctx context.Context, kv *kvstore.Client, results chan<- 
 		}
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		_, err := kv.Get(hctx, clustermesh.ClusterConfigPrefix+c.name)
+		if c.m.via != nil {
+			c.readCacheStatus(hctx)
+		}
 		cancel()
 		select {
 		case results <- err:
@@ -506,7 +537,7 @@ func (c *cluster) probe(ctx context.Context, kv *kvstore.Client, results chan<- 
 }
 
 // followHeartbeat follows the remote's heartbeat key.
-func (c *cluster) followHeartbeat(ctx context.Context, kv *kvstore.Client) {
+func (c *cluster) followHeartbeat(ctx context.Context, kv source) {
 	key := clustermesh.HeartbeatKey(c.name)
 	for ev := range kv.Watch(ctx, key, kvstore.WatchOptions{}) {
 		if ev.Type == kvstore.EventUpsert && ev.Key == key {
@@ -532,7 +563,7 @@ func (c *cluster) heartbeatEvent(value []byte, now time.Time) {
 // follow lists and watches prefix, applying each change; the first
 // EventSynced removes entries the list no longer holds (after a withdrawal
 // there are none).
-func (c *cluster) follow(ctx context.Context, kv *kvstore.Client, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
+func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
 	seen := map[string]bool{}
 	first := true
 	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
@@ -786,4 +817,52 @@ func (c *cluster) withdraw() {
 		c.m.cb.Identity(x, true)
 	}
 	c.passedOn(len(svcs)+len(ips)+len(nodes)+len(ids), true)
+}
+
+// readCacheStatus takes the cache's view of the remote (bounded, hostile
+// only as far as the local apiserver is).
+func (c *cluster) readCacheStatus(ctx context.Context) {
+	var cs cache.Status
+	if kv, err := c.m.via.Get(ctx, clustermesh.CacheStatusKey(c.name)); err != nil || len(kv.Value) > 64<<10 || json.Unmarshal(kv.Value, &cs) != nil {
+		cs = cache.Status{LastFailure: "no status from the cache"}
+	}
+	c.mu.Lock()
+	c.status.CacheConnected, c.status.CacheRejected, c.status.CacheLastFailure = cs.Connected, cs.Rejected, cs.LastFailure
+	c.mu.Unlock()
+}
+
+// source is where a remote is read: its apiserver, or the cache's copy.
+type source interface {
+	Get(ctx context.Context, key string) (kvstore.KeyValue, error)
+	Watch(ctx context.Context, prefix string, o kvstore.WatchOptions) <-chan kvstore.Event
+}
+
+// prefixed reads a remote's keys under prefix p of the local kvstore (the
+// cache), as if from the remote.
+type prefixed struct {
+	kv *kvstore.Client
+	p  string
+}
+
+func (v prefixed) Get(ctx context.Context, key string) (kvstore.KeyValue, error) {
+	kv, err := v.kv.Get(ctx, v.p+key)
+	kv.Key = strings.TrimPrefix(kv.Key, v.p)
+	return kv, err
+}
+
+func (v prefixed) Watch(ctx context.Context, prefix string, o kvstore.WatchOptions) <-chan kvstore.Event {
+	in := v.kv.Watch(ctx, v.p+prefix, o)
+	out := make(chan kvstore.Event, 128)
+	go func() {
+		defer close(out)
+		for ev := range in {
+			ev.Key = strings.TrimPrefix(ev.Key, v.p)
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }

@@ -464,6 +464,24 @@ func heartbeatColumn(r types.ClusterStatus) string {
 	return r.HeartbeatAge + " ago"
 }
 
+// viaColumn: direct, or the cache and its own view of the remote.
+func viaColumn(r types.ClusterStatus) string {
+	if r.Via != "cache" {
+		return r.Via
+	}
+	view := "cache (connected"
+	if !r.CacheConnected {
+		view = "cache (not connected"
+	}
+	if r.CacheRejected > 0 {
+		view += fmt.Sprintf(", %d refused", r.CacheRejected)
+	}
+	if r.CacheLastFailure != "" {
+		view += ", last failure: " + r.CacheLastFailure
+	}
+	return view + ")"
+}
+
 // ttlColumn: the TTL, or when a lost cluster's entries go (its heartbeat
 // may still be fresh: the TTL then starts when it goes stale).
 func ttlColumn(r types.ClusterStatus) string {
@@ -600,13 +618,13 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 							fmt.Fprintln(w, "No remote clusters configured.")
 							return
 						}
-						fmt.Fprintln(w, "CLUSTER\tID\tCONFIGURED\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tREJECTED\tHEARTBEAT\tTTL\tLAST FAILURE")
+						fmt.Fprintln(w, "CLUSTER\tID\tVIA\tCONFIGURED\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tREJECTED\tHEARTBEAT\tTTL\tLAST FAILURE")
 						for _, r := range st {
 							fail := r.LastFailure
 							if fail != "" {
 								fail = r.FailureTime.Format(time.RFC3339) + " " + fail
 							}
-							fmt.Fprintf(w, "%s\t%d\t%v\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.ClusterID, r.Configured, r.Connected, r.Ready,
+							fmt.Fprintf(w, "%s\t%d\t%s\t%v\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.ClusterID, viaColumn(r), r.Configured, r.Connected, r.Ready,
 								r.Nodes, r.Endpoints, r.Identities, r.Services, r.Rejected, heartbeatColumn(r), ttlColumn(r), fail)
 						}
 					}); err != nil {

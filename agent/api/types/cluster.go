@@ -40,6 +40,12 @@ type ClusterStatus struct {
 	LastFailure string    `json:"lastFailure,omitempty"`
 	FailureTime time.Time `json:"lastFailureTime,omitzero"`
 	Since       time.Time `json:"connectedSince,omitzero"`
+	// Via: "direct" (the remote's apiserver) or "cache" (the local
+	// apiserver's cache, whose own view the Cache fields are).
+	Via              string `json:"via"`
+	CacheConnected   bool   `json:"cacheConnected,omitempty"`
+	CacheRejected    int    `json:"cacheRejected,omitempty"`
+	CacheLastFailure string `json:"cacheLastFailure,omitempty"`
 	// TTL after which a lost cluster's entries are withdrawn ("0s": never).
 	TTL string `json:"ttl"`
 	// LostSince: health checks have failed since then.
