@@ -110,6 +110,46 @@ func TestClusterMeshCache(t *testing.T) {
 	if conns := connectionsTo(t, l, "c1/n2", kvAddr); conns == "" {
 		t.Fatal("c1/n2 (direct mode) holds no connection to c2's apiserver: the check above proves nothing")
 	}
+	// A partition shorter than the TTL: the cache loses c2 and the agent
+	// sees it on both levels; healed, the cache lists c2 again but writes
+	// only what changed (db's cached entry keeps its revision) and the agent
+	// passes nothing on.
+	c1, _ := l.Cluster("c1")
+	cli := etcdIn(t, l, *c1, clustermesh.UserAgent)
+	defer cli.Close()
+	cachedDB := clustermesh.CachePrefix + "c2/" + ipcache.Prefix + "c2/" + db.IP
+	rev := func() int64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := cli.Get(ctx, cachedDB)
+		if err != nil || len(r.Kvs) != 1 {
+			t.Fatalf("cached %s: %v", cachedDB, err)
+		}
+		return r.Kvs[0].ModRevision
+	}
+	before, rev0 := meshPeer(t, l, "c1/n1", "c2"), rev()
+	if err := l.Partition("c1", "c2"); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyWithin(t, 20*time.Second, "c1/n1 sees c2 lost through the cache", func() bool {
+		st := meshPeer(t, l, "c1/n1", "c2")
+		return !st.Connected && !st.CacheConnected && st.CacheLastFailure != ""
+	})
+	if err := l.Heal("c1", "c2"); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyWithin(t, 30*time.Second, "c1/n1 follows c2 again through the cache", func() bool {
+		st := meshPeer(t, l, "c1/n1", "c2")
+		return st.Connected && st.CacheConnected && st.Ready && !st.CanaryStale
+	})
+	after := meshPeer(t, l, "c1/n1", "c2")
+	if after.Upserts != before.Upserts || after.Deletes != before.Deletes || after.Withdrawn {
+		t.Errorf("across a short partition through the cache: %d upserts, %d deletes before; %d, %d after", before.Upserts, before.Deletes, after.Upserts, after.Deletes)
+	}
+	if r := rev(); r != rev0 {
+		t.Errorf("the cache wrote db's unchanged entry again across the partition (revision %d, then %d)", rev0, r)
+	}
+	eventually(t, "web reaches db after the heal", func() bool { return reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) })
 	out, err := labtest.NodeRun(t, l, "c1/n1", "filament", "clustermesh", "status")
 	if err != nil || !strings.Contains(out, "cache") {
 		t.Fatalf("clustermesh status: %v\n%s", err, out)

@@ -16,6 +16,7 @@ package cache
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -126,6 +127,32 @@ type remote struct {
 	mu     sync.Mutex
 	status Status
 	putIn  int64 // the lease the cached cluster-config was last put under
+	// written: the hash of each value this process put in the cache, so a
+	// relist after a loss writes only what changed (agents see no event
+	// for the rest).
+	written map[string][32]byte
+}
+
+// unchanged reports whether key already holds value in the cache.
+func (r *remote) unchanged(key string, value []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sum, ok := r.written[key]
+	return ok && sum == sha256.Sum256(value)
+}
+
+// wrote records what key holds now (nil: deleted, or unknown).
+func (r *remote) wrote(key string, value []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.written == nil {
+		r.written = map[string][32]byte{}
+	}
+	if value == nil {
+		delete(r.written, key)
+	} else {
+		r.written[key] = sha256.Sum256(value)
+	}
 }
 
 func (r *remote) key(k string) string { return clustermesh.CachePrefix + r.name + "/" + k }
@@ -288,11 +315,20 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				r.update(ctx, func(s *Status) { s.Rejected++ })
 				slog.Warn("cluster mesh cache: value too large", "cluster", r.name, "key", ev.Key, "bytes", len(ev.Value))
 				err = r.local.Delete(wctx, r.key(ev.Key))
+				r.wrote(ev.Key, nil)
 				break
 			}
-			err = r.local.Put(wctx, r.key(ev.Key), ev.Value, 0)
+			if r.unchanged(ev.Key, ev.Value) {
+				break
+			}
+			if err = r.local.Put(wctx, r.key(ev.Key), ev.Value, 0); err == nil {
+				r.wrote(ev.Key, ev.Value)
+			} else {
+				r.wrote(ev.Key, nil)
+			}
 		case kvstore.EventDelete:
 			err = r.local.Delete(wctx, r.key(ev.Key))
+			r.wrote(ev.Key, nil)
 		case kvstore.EventSynced:
 			if first {
 				first = false
@@ -320,6 +356,7 @@ func (r *remote) dropUnseen(ctx context.Context, prefix string, seen map[string]
 			if err := r.local.Delete(ctx, kv.Key); err != nil {
 				return err
 			}
+			r.wrote(orig, nil)
 		}
 	}
 	return nil
