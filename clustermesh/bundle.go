@@ -7,6 +7,7 @@
 package clustermesh
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -329,4 +330,26 @@ func Disconnect(local, peer string) error {
 		os.Remove(filepath.Join(HubbleRemotesDir(x.bundle), x.name+".yaml"))
 	}
 	return nil
+}
+
+// RemoteFile is one remote config file of a directory and the hash of its
+// content (a change of the file is a new config).
+type RemoteFile struct {
+	Name, Path string
+	Sum        [32]byte
+}
+
+// ScanRemotes lists the remote config files of dir (<name>.yaml; unreadable
+// ones are left out).
+func ScanRemotes(dir string) []RemoteFile {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	var out []RemoteFile
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		out = append(out, RemoteFile{Name: strings.TrimSuffix(filepath.Base(f), ".yaml"), Path: f, Sum: sha256.Sum256(data)})
+	}
+	return out
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 
 	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/api/types"
@@ -154,28 +153,7 @@ func connectOnce(path, ip string, port int) error {
 // dialling from inside the kvstore's namespace, by IP.
 func etcdIPEntries(t *testing.T, l *lab.Lab, c lab.Cluster) map[string]kvstore.KeyValue {
 	t.Helper()
-	tc, err := kvstore.Config{CAFile: filepath.Join(c.Bundle, "ca.pem"),
-		CertFile: filepath.Join(c.Bundle, clustermesh.UserAgent+".pem"),
-		KeyFile:  filepath.Join(c.Bundle, clustermesh.UserAgent+"-key.pem")}.TLSConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	nsPath := lab.NetNSPath(l.KvstoreNS(c.Name))
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{c.Kvstore}, TLS: tc, DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			var conn net.Conn
-			err := ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
-				var err error
-				conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-				return err
-			})
-			return conn, err
-		})},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cli := etcdIn(t, l, c, clustermesh.UserAgent)
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -124,6 +124,12 @@ type Lab struct {
 	Pods          []Pod               `json:"pods"`
 	Externals     []External          `json:"externals,omitempty"`
 	Hosts         []Host              `json:"hosts,omitempty"`
+	// ClusterMeshCache: each cluster's apiserver caches the clusters it is
+	// connected to (--clustermesh-cache <bundle>/remotes), for agents run
+	// with --clustermesh-cache.
+	ClusterMeshCache bool `json:"clusterMeshCache,omitempty"`
+	// Partitions between clusters ("c1|c2", Partition and Heal).
+	Partitions []string `json:"partitions,omitempty"`
 
 	dir string
 }
@@ -147,6 +153,9 @@ type Options struct {
 	Clusters int
 	// ClusterIDs overrides the IDs of the clusters (tests of clashes).
 	ClusterIDs []uint32
+	// ClusterMeshCache runs each cluster's apiserver as a cache of the
+	// clusters it is connected to (see Lab.ClusterMeshCache).
+	ClusterMeshCache bool
 }
 
 func labDir(name string) string { return filepath.Join(Root, name) }

@@ -34,9 +34,12 @@ func (l *Lab) runKvstore(c *Cluster) error {
 	}
 	defer logf.Close()
 	c.Kvstore = "https://" + kvIP + ":2379"
-	cmd := netnsCommand(l.kvstoreNS(c), filepath.Join(l.BinDir, "filament-clustermesh-apiserver"),
-		"--bundle", c.Bundle, "--data-dir", filepath.Join(dir, "kvstore"), "--listen-client-url", c.Kvstore,
-		"--listen-peer-url", "http://127.0.0.1:2380", "--unsafe-no-fsync")
+	args := []string{filepath.Join(l.BinDir, "filament-clustermesh-apiserver"), "--bundle", c.Bundle, "--data-dir", filepath.Join(dir, "kvstore"), "--listen-client-url", c.Kvstore,
+		"--listen-peer-url", "http://127.0.0.1:2380", "--unsafe-no-fsync"}
+	if l.ClusterMeshCache {
+		args = append(args, "--clustermesh-cache", clustermesh.RemotesDir(c.Bundle))
+	}
+	cmd := netnsCommand(l.kvstoreNS(c), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

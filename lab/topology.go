@@ -50,7 +50,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if o.Routing != "tunnel" && o.Routing != "native" {
 		return nil, fmt.Errorf("%w: --routing %q: want tunnel or native", ErrInvalid, o.Routing)
 	}
-	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, NodeAgentArgs: o.NodeAgentArgs, Routing: o.Routing, PodPrefix: o.PodPrefixLen, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
+	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, NodeAgentArgs: o.NodeAgentArgs, Routing: o.Routing, PodPrefix: o.PodPrefixLen, ClusterMeshCache: o.ClusterMeshCache, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
 	if err := l.save(); err != nil {
 		return nil, err
 	}

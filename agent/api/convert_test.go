@@ -76,7 +76,8 @@ func TestWireJSONUnchanged(t *testing.T) {
 	sameJSON(t, "node, zero", node.Node{}, wireNode(node.Node{}))
 
 	rs := remote.Status{Name: "c2", ClusterID: 2, Configured: true, Connected: true, Ready: true, Withdrawn: true, Nodes: 1, Endpoints: 2,
-		Identities: 3, Services: 4, Rejected: 5, LastFailure: "f", FailureTime: t0, Since: t0}
+		Identities: 3, Services: 4, Rejected: 5, LastFailure: "f", FailureTime: t0, Since: t0, TTL: "5m0s", LostSince: t0, HeartbeatAge: "1s",
+		CanaryStale: true, TTLLeft: "4m", Upserts: 6, Deletes: 7, Via: "cache", CacheConnected: true, CacheRejected: 8, CacheLastFailure: "g"}
 	sameJSON(t, "cluster", rs, wireCluster(rs))
 	sameJSON(t, "cluster, zero", remote.Status{}, wireCluster(remote.Status{}))
 

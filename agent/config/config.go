@@ -38,7 +38,10 @@ const (
 	DefaultEtcdClient  = "http://127.0.0.1:2379"
 	DefaultEtcdPeer    = "http://127.0.0.1:2380"
 	DefaultLeaseTTL    = 15 * time.Second
-	DefaultGCInterval  = 5 * time.Minute
+	// DefaultClusterMeshTTL: a lost remote cluster's entries are withdrawn
+	// after 5 minutes.
+	DefaultClusterMeshTTL = 5 * time.Minute
+	DefaultGCInterval     = 5 * time.Minute
 	// DefaultHubbleFlows is the flow ring's size, Hubble's.
 	DefaultHubbleFlows = 4095
 	// The flow export file's rotation size and backups, Hubble's.
@@ -92,9 +95,14 @@ type Config struct {
 	// ClusterMeshConfig is a directory of remote cluster configs (one
 	// <name>.yaml each, written by filament clustermesh connect); empty: none.
 	ClusterMeshConfig string `json:"clusterMeshConfig,omitempty"`
-	// ClusterMeshTTL withdraws a lost remote cluster's entries after this
-	// long; 0 keeps them (traffic keeps flowing to what was known).
+	// ClusterMeshTTL withdraws a lost remote cluster's entries once it has
+	// been unreachable, its heartbeat stale, for this long (default 5m); 0
+	// keeps them for ever (traffic keeps flowing to what was known).
 	ClusterMeshTTL Duration `json:"clusterMeshTTL"`
+	// ClusterMeshCache reads the remote clusters from the cache of this
+	// cluster's filament-clustermesh-apiserver (run with
+	// --clustermesh-cache) instead of connecting to each of them.
+	ClusterMeshCache bool `json:"clusterMeshCache,omitempty"`
 	// PolicyAllClusters makes peer selectors that name no cluster match
 	// every cluster of the mesh instead of only the local one.
 	PolicyAllClusters bool `json:"policyAllClusters"`
@@ -256,6 +264,7 @@ func Default() Config {
 		HubbleExportFileMaxSizeMB: DefaultHubbleExportFileMaxSizeMB, HubbleExportFileMaxBackups: DefaultHubbleExportFileMaxBackups,
 		EmbeddedEtcd:          EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
 		LeaseTTL:              Duration(DefaultLeaseTTL),
+		ClusterMeshTTL:        Duration(DefaultClusterMeshTTL),
 		IdentityGCInterval:    Duration(DefaultGCInterval),
 		MTU:                   0,
 		LogLevel:              "info",
@@ -355,6 +364,9 @@ func (c Config) validateCluster() error {
 	}
 	if err := absPath("clusterMeshConfig", c.ClusterMeshConfig, true); err != nil {
 		return err
+	}
+	if c.ClusterMeshCache && c.ClusterMeshConfig == "" {
+		return fmt.Errorf("%w: clusterMeshCache: needs clusterMeshConfig (the remotes' names)", ErrInvalid)
 	}
 	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
 }

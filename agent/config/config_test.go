@@ -14,7 +14,8 @@ func TestDefaultIsValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" || c.FlowEvents != "connections" || c.PolicyAuditMode {
+	if c.StateDir != "/var/lib/filament" || c.APISocket != "/var/run/filament/agent.sock" || c.ClusterID != 1 || c.ClusterName != "default" || c.ClusterPool != "10.244.0.0/16" || c.Routing != "tunnel" || c.FlowEvents != "connections" || c.PolicyAuditMode ||
+		time.Duration(c.ClusterMeshTTL) != 5*time.Minute {
 		t.Fatalf("defaults changed: %+v", c)
 	}
 }
@@ -117,6 +118,7 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"proxyBinary", func(c *Config) { c.ProxyBinary = "bin/filament-proxy" }, []string{"proxyBinary", "bin/filament-proxy"}},
 		{"clusterMeshConfig", func(c *Config) { c.ClusterMeshConfig = "remotes" }, []string{"clusterMeshConfig", `"remotes"`}},
 		{"clusterMeshTTL", func(c *Config) { c.ClusterMeshTTL = Duration(-time.Second) }, []string{"clusterMeshTTL", "-1s"}},
+		{"clusterMeshCache", func(c *Config) { c.ClusterMeshCache = true }, []string{"clusterMeshCache", "clusterMeshConfig"}},
 		{"maxConnectedClusters", func(c *Config) { c.MaxConnectedClusters = 256 }, []string{"maxConnectedClusters", "256"}},
 		{"memberlistPort", func(c *Config) { c.MemberlistPort = 65536 }, []string{"memberlistPort", "65536"}},
 		{"stateDir", func(c *Config) { c.StateDir = "var/lib" }, []string{"stateDir", "var/lib"}},

@@ -272,6 +272,9 @@ func (a *Agent) startMesh(ctx context.Context) error {
 		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.router.EntryChanged,
 		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
 	})
+	if a.cfg.ClusterMeshCache {
+		a.mesh.ViaCache(a.kv)
+	}
 	a.goroutine(func() { a.mesh.Run(ctx) })
 	return nil
 }

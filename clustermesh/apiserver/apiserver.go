@@ -1,9 +1,12 @@
 // Package apiserver owns filament-clustermesh-apiserver: a cluster's etcd
 // (embedded, or an external etcd cluster) served over mutual TLS with etcd
-// authentication — the cluster's agents read and write filament/, remote
-// clusters only read filament/state/, filament/cluster-config/ and
-// filament/synced/ — plus the cluster-config key (under a lease) and the
-// sync canaries that remote clusters wait for.
+// authentication — the cluster's agents read and write filament/ but for
+// filament/cache/ (read only), remote clusters only read filament/state/,
+// filament/cluster-config/ and filament/synced/ — plus the cluster-config
+// key (under a lease), the sync canaries that remote clusters wait for,
+// the heartbeat they time (clustermesh.HeartbeatKey, the canary that goes
+// stale when this cluster is gone) and, with CacheRemotes, the cache of
+// the remote clusters (clustermesh/cache).
 package apiserver
 
 import (
@@ -13,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -21,6 +25,7 @@ import (
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/clustermesh/cache"
 )
 
 // Config of the apiserver.
@@ -37,6 +42,10 @@ type Config struct {
 	// and users are its operator's; the root client certificate of the
 	// bundle is used to talk to it).
 	EtcdEndpoints []string
+	// CacheRemotes, when set, is a directory of remote configs (the
+	// bundle's remotes/): the apiserver follows those clusters and
+	// re-serves them under filament/cache/ (clustermesh/cache).
+	CacheRemotes string
 }
 
 // Run serves until ctx ends.
@@ -103,6 +112,15 @@ func Run(ctx context.Context, c Config) error {
 	}
 	publish(ctx, lease.ID())
 	lease.OnRenew(publish)
+	go heartbeat(ctx, kv, c.ClusterName, clustermesh.HeartbeatInterval)
+	if c.CacheRemotes != "" {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			cache.Run(ctx, c.CacheRemotes, kv, lease.ID)
+		}()
+		defer func() { <-done }()
+	}
 	slog.Info("clustermesh-apiserver serving", "cluster", c.ClusterName, "id", c.ClusterID, "endpoints", endpoints, "tls", c.Bundle != "")
 	<-ctx.Done()
 	return nil
@@ -121,20 +139,37 @@ func ignoreExists(err error) error {
 // authenticated by the common name of their certificate.
 func setupAuth(ctx context.Context, c *clientv3.Client) error {
 	type grant struct {
-		prefix string
-		perm   clientv3.PermissionType
+		key, end string // the range [key, end)
+		perm     clientv3.PermissionType
 	}
+	prefix := func(p string, perm clientv3.PermissionType) grant {
+		return grant{p, clientv3.GetPrefixRangeEnd(p), perm}
+	}
+	rw, ro := clientv3.PermissionType(clientv3.PermReadWrite), clientv3.PermissionType(clientv3.PermRead)
+	cacheEnd := clientv3.GetPrefixRangeEnd(clustermesh.CachePrefix)
 	roles := map[string][]grant{
-		clustermesh.UserAgent:  {{kvstore.Prefix, clientv3.PermissionType(clientv3.PermReadWrite)}},
-		clustermesh.UserRemote: {{clustermesh.StatePrefix, clientv3.PermissionType(clientv3.PermRead)}, {clustermesh.ClusterConfigPrefix, clientv3.PermissionType(clientv3.PermRead)}, {clustermesh.SyncedPrefix, clientv3.PermissionType(clientv3.PermRead)}},
+		// Agents: filament/ read-write but for the cache, read-only.
+		clustermesh.UserAgent: {{kvstore.Prefix, clustermesh.CachePrefix, rw}, {cacheEnd, clientv3.GetPrefixRangeEnd(kvstore.Prefix), rw},
+			prefix(clustermesh.CachePrefix, ro)},
+		clustermesh.UserRemote: {prefix(clustermesh.StatePrefix, ro), prefix(clustermesh.ClusterConfigPrefix, ro), prefix(clustermesh.SyncedPrefix, ro)},
 	}
 	for role, grants := range roles {
 		if _, err := c.RoleAdd(ctx, role); ignoreExists(err) != nil {
 			return fmt.Errorf("etcd role %s: %w", role, err)
 		}
+		// Grants of earlier versions (the agents' whole filament/) go.
+		if r, err := c.RoleGet(ctx, role); err == nil {
+			for _, p := range r.Perm {
+				if !slices.ContainsFunc(grants, func(g grant) bool { return g.key == string(p.Key) && g.end == string(p.RangeEnd) }) {
+					if _, err := c.RoleRevokePermission(ctx, role, string(p.Key), string(p.RangeEnd)); err != nil {
+						return fmt.Errorf("etcd role %s: revoking %s: %w", role, p.Key, err)
+					}
+				}
+			}
+		}
 		for _, g := range grants {
-			if _, err := c.RoleGrantPermission(ctx, role, g.prefix, clientv3.GetPrefixRangeEnd(g.prefix), g.perm); err != nil {
-				return fmt.Errorf("etcd role %s on %s: %w", role, g.prefix, err)
+			if _, err := c.RoleGrantPermission(ctx, role, g.key, g.end, g.perm); err != nil {
+				return fmt.Errorf("etcd role %s on %s: %w", role, g.key, err)
 			}
 		}
 	}
@@ -150,4 +185,33 @@ func setupAuth(ctx context.Context, c *clientv3.Client) error {
 		return fmt.Errorf("enable etcd authentication: %w", err)
 	}
 	return nil
+}
+
+// heartbeat writes the cluster's heartbeat every interval until ctx ends:
+// the next number of the sequence stored there (a restart goes on from it,
+// so readers see a new value at once).
+func heartbeat(ctx context.Context, kv *kvstore.Client, cluster string, interval time.Duration) {
+	key := clustermesh.HeartbeatKey(cluster)
+	var seq uint64
+	if cur, err := kv.Get(ctx, key); err == nil {
+		seq, _ = clustermesh.ParseHeartbeat(cur.Value)
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	failing := false
+	for {
+		seq++
+		wctx, cancel := context.WithTimeout(ctx, interval)
+		err := kv.Put(wctx, key, clustermesh.FormatHeartbeat(seq), 0)
+		cancel()
+		if err != nil && !failing && ctx.Err() == nil {
+			slog.Warn("writing the heartbeat", "key", key, "err", err)
+		}
+		failing = err != nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

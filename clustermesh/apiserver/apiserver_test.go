@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/clustermesh/apiserver"
@@ -156,5 +158,92 @@ func TestExternalEtcd(t *testing.T) {
 	err := apiserver.Run(context.Background(), apiserver.Config{ClusterName: "bad", ClusterID: 300, EtcdEndpoints: ep})
 	if !errors.Is(err, clustermesh.ErrInvalid) || !strings.Contains(err.Error(), "300") {
 		t.Fatalf("cluster ID 300: %v", err)
+	}
+}
+
+// The apiserver writes the heartbeat every interval, readable by remote
+// clusters; restarted, it goes on from the stored number (a reader sees a
+// new value at once, never an old one again).
+func TestHeartbeat(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	ctx := context.Background()
+	remote, err := srv.Connect(clustermesh.UserRemote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	read := func() uint64 {
+		t.Helper()
+		kv, err := remote.Get(ctx, clustermesh.HeartbeatKey("east"))
+		if err != nil {
+			t.Fatalf("remote read of the heartbeat: %v", err)
+		}
+		seq, err := clustermesh.ParseHeartbeat(kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seq
+	}
+	first := read()
+	deadline := time.Now().Add(3 * clustermesh.HeartbeatInterval)
+	for read() == first {
+		if time.Now().After(deadline) {
+			t.Fatalf("heartbeat stuck at %d for %v", first, 3*clustermesh.HeartbeatInterval)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A restart on the same data goes on from the stored number.
+	last := read()
+	remote.Close()
+	srv.Restart(t)
+	if remote, err = srv.Connect(clustermesh.UserRemote); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got <= last {
+		t.Fatalf("heartbeat %d after a restart, %d before", got, last)
+	}
+}
+
+// Agents may read the cache (filament/cache/) but not write it, and keep
+// every other key of filament/; an apiserver that gave them the whole of
+// filament/ before is set right by a restart.
+func TestAgentsReadOnlyCache(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	ctx := context.Background()
+	root, err := srv.Connect(clustermesh.UserRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	// The grant of earlier versions.
+	if _, err := root.Raw().RoleGrantPermission(ctx, clustermesh.UserAgent, kvstore.Prefix, clientv3.GetPrefixRangeEnd(kvstore.Prefix),
+		clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+		t.Fatal(err)
+	}
+	root.Close()
+	srv.Restart(t)
+	if root, err = srv.Connect(clustermesh.UserRoot); err != nil {
+		t.Fatal(err)
+	}
+	cached := clustermesh.CachePrefix + "west/filament/state/ip/v1/west/10.2.0.2"
+	if err := root.Put(ctx, cached, []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	agent := srv.Agent
+	if _, err := agent.Get(ctx, cached); err != nil {
+		t.Fatalf("agent read of the cache: %v", err)
+	}
+	for _, key := range []string{cached, clustermesh.CachePrefix + "x", clustermesh.CacheStatusKey("west")} {
+		if err := agent.Put(ctx, key, []byte("x"), 0); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("agent write of %s: %v, want permission denied", key, err)
+		}
+	}
+	if err := agent.Delete(ctx, cached); err == nil {
+		t.Error("agent delete in the cache succeeded")
+	}
+	for _, key := range []string{"filament/state/ip/v1/east/10.7.0.2", "filament/cache", "filament/cachez", "filament/z"} {
+		if err := agent.Put(ctx, key, []byte("{}"), 0); err != nil {
+			t.Errorf("agent write of %s: %v", key, err)
+		}
 	}
 }

@@ -5,9 +5,10 @@
 // canaries, and then follows its nodes, identities and ipcache entries
 // and, once those are listed (the routes to its pods are known), its
 // services, handing every change to the agent. Reconnects resume the
-// watches, so entries that did not change are never removed and re-added;
-// a cluster lost for longer than the configured TTL has its entries
-// withdrawn.
+// watches, so entries that did not change are never removed and re-added.
+// A cluster whose connection is lost and whose heartbeat (the canary that
+// goes stale) is stale has its entries withdrawn once that has lasted the
+// TTL (liveness.go).
 package remote
 
 import (
@@ -18,8 +19,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,6 +32,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/clustermesh/cache"
 )
 
 // Callbacks receive the remote clusters' state. Node names are qualified
@@ -68,6 +68,31 @@ type Status struct {
 	LastFailure string    `json:"lastFailure,omitempty"`
 	FailureTime time.Time `json:"lastFailureTime,omitzero"`
 	Since       time.Time `json:"connectedSince,omitzero"`
+	// Via is how the remote is read: "direct" (its apiserver) or "cache"
+	// (the local apiserver's cache); then the Cache fields are the cache's
+	// own view of the remote (connected to it, values it refused, its last
+	// failure).
+	Via              string `json:"via"`
+	CacheConnected   bool   `json:"cacheConnected,omitempty"`
+	CacheRejected    int    `json:"cacheRejected,omitempty"`
+	CacheLastFailure string `json:"cacheLastFailure,omitempty"`
+	// TTL after which a lost cluster's entries are withdrawn ("0s": never).
+	TTL string `json:"ttl"`
+	// LostSince: health checks have failed since then (zero: connected,
+	// or never connected).
+	LostSince time.Time `json:"lostSince,omitzero"`
+	// HeartbeatAge: how long ago this agent received the remote's last new
+	// heartbeat (its own clock); empty: none received.
+	HeartbeatAge string `json:"heartbeatAge,omitempty"`
+	// CanaryStale: no new heartbeat for clustermesh.HeartbeatStale.
+	CanaryStale bool `json:"canaryStale"`
+	// TTLLeft: how long until the entries are withdrawn if nothing changes
+	// (empty: the TTL is not running).
+	TTLLeft string `json:"ttlLeft,omitempty"`
+	// Upserts and Deletes count the changes passed on to the agent (nodes,
+	// identities, ipcache entries, services) since the config was read.
+	Upserts int `json:"upserts"`
+	Deletes int `json:"deletes"`
 }
 
 // Manager follows every remote cluster configured in a directory.
@@ -77,16 +102,26 @@ type Manager struct {
 	localID   uint32
 	ttl       time.Duration
 	cb        Callbacks
+	// via, when set, is the local cluster's kvstore whose apiserver caches
+	// the remote clusters (clustermesh/cache): remotes are read there, under
+	// clustermesh.CachePrefix, instead of from their own apiservers.
+	via *kvstore.Client
 
 	mu      sync.Mutex
 	remotes map[string]*cluster
 }
 
 // NewManager follows the remote configs in dir; ttl > 0 withdraws a lost
-// cluster's entries after that long (0 keeps them).
+// cluster's entries once it has been lost, its heartbeat stale, for that
+// long (0 keeps them).
 func NewManager(dir, localName string, localID uint32, ttl time.Duration, cb Callbacks) *Manager {
 	return &Manager{dir: dir, localName: localName, localID: localID, ttl: ttl, cb: cb, remotes: map[string]*cluster{}}
 }
+
+// ViaCache reads every remote from the cache of the local cluster's
+// apiserver through kv (the agent's kvstore) instead of connecting to it;
+// call before Run.
+func (m *Manager) ViaCache(kv *kvstore.Client) { m.via = kv }
 
 // Run watches the directory until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
@@ -106,16 +141,10 @@ func (m *Manager) Run(ctx context.Context) {
 }
 
 func (m *Manager) scan(ctx context.Context) {
-	files, _ := filepath.Glob(filepath.Join(m.dir, "*.yaml"))
 	seen := map[string]bool{}
-	for _, f := range files {
-		name := strings.TrimSuffix(filepath.Base(f), ".yaml")
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
+	for _, file := range clustermesh.ScanRemotes(m.dir) {
+		name, f, sum := file.Name, file.Path, file.Sum
 		seen[name] = true
-		sum := sha256.Sum256(data)
 		m.mu.Lock()
 		c, ok := m.remotes[name]
 		if ok && c.sum == sum {
@@ -128,7 +157,12 @@ func (m *Manager) scan(ctx context.Context) {
 			c.claimed = 0
 		}
 		cfg, err := clustermesh.LoadRemote(f)
-		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true}}
+		via := "direct"
+		if m.via != nil {
+			via = "cache"
+		}
+		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true, TTL: m.ttl.String(), Via: via},
+			live: liveness{ttl: m.ttl, staleAfter: clustermesh.HeartbeatStale}}
 		m.remotes[name] = c
 		m.mu.Unlock()
 		if err != nil {
@@ -202,19 +236,47 @@ type cluster struct {
 
 	mu     sync.Mutex
 	status Status
+	live   liveness
 	id     uint32
 	nodes  map[string]node.Node
 	ids    map[identity.NumericIdentity]identity.Identity
 	ips    map[netip.Addr]ipcache.Entry
-	svcs   map[string]*service.Service
+	svcs   map[string]remoteService
+}
+
+// remoteService is a remote cluster's service and the hash of the value it
+// was read from (a listing that repeats it changes nothing).
+type remoteService struct {
+	s   *service.Service
+	sum [32]byte
 }
 
 func (c *cluster) snapshot() Status {
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.status
 	st.Nodes, st.Endpoints, st.Identities, st.Services = len(c.nodes), len(c.ips), len(c.ids), len(c.svcs)
+	st.LostSince = c.live.lostAt
+	if !c.live.beatAt.IsZero() {
+		st.HeartbeatAge = now.Sub(c.live.beatAt).Round(100 * time.Millisecond).String()
+	}
+	st.CanaryStale = c.live.stale(now)
+	if at, ok := c.live.withdrawAt(); ok {
+		st.TTLLeft = max(at.Sub(now), 0).Round(100 * time.Millisecond).String()
+	}
 	return st
+}
+
+// passedOn counts n changes handed to the agent.
+func (c *cluster) passedOn(n int, deleted bool) {
+	c.mu.Lock()
+	if deleted {
+		c.status.Deletes += n
+	} else {
+		c.status.Upserts += n
+	}
+	c.mu.Unlock()
 }
 
 func (c *cluster) fail(err error) {
@@ -240,91 +302,129 @@ func (c *cluster) stop() {
 	}
 }
 
-// run connects with backoff and follows the cluster until ctx ends.
+// errWithdrawn ends a session whose cluster is due for withdrawal.
+var errWithdrawn = errors.New("lost for longer than its TTL")
+
+// ttlTick is how often the TTL is checked.
+const ttlTick = 500 * time.Millisecond
+
+// run connects with backoff and follows the cluster until ctx ends. Only
+// this goroutine withdraws the cluster's entries for its TTL, and only
+// between sessions, when no watch of the cluster is passing changes on.
 func (c *cluster) run(ctx context.Context) {
 	backoff := time.Second
-	var lostSince time.Time
 	for ctx.Err() == nil {
-		err := c.session(ctx, &lostSince)
+		connected, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, errWithdrawn) {
 			c.fail(err)
 		}
 		c.mu.Lock()
 		c.status.Connected, c.status.Ready = false, false
+		c.live.down(time.Now())
 		c.mu.Unlock()
-		if lostSince.IsZero() {
-			lostSince = time.Now()
+		if connected {
+			backoff = time.Second
 		}
-		c.checkTTL(lostSince)
+		if !c.pause(ctx, backoff) {
+			return
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// pause waits d, withdrawing the entries meanwhile if their TTL runs out;
+// false if ctx ended.
+func (c *cluster) pause(ctx context.Context, d time.Duration) bool {
+	c.checkTTL()
+	wait := time.NewTimer(d)
+	defer wait.Stop()
+	tick := time.NewTicker(ttlTick)
+	defer tick.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		if backoff < 10*time.Second {
-			backoff *= 2
-		}
-	}
-}
-
-func (c *cluster) checkTTL(lostSince time.Time) {
-	if c.m.ttl > 0 && !lostSince.IsZero() && time.Since(lostSince) > c.m.ttl {
-		c.mu.Lock()
-		already := c.status.Withdrawn
-		c.mu.Unlock()
-		if !already {
-			slog.Warn("remote cluster lost for longer than its TTL: withdrawing its entries", "cluster", c.name, "ttl", c.m.ttl)
-			c.withdraw()
-			c.m.release(c)
-			c.mu.Lock()
-			c.status.Withdrawn = true
-			c.mu.Unlock()
+			return false
+		case <-wait.C:
+			return true
+		case <-tick.C:
+			c.checkTTL()
 		}
 	}
 }
 
-// session is one connection: check, wait for canaries, follow until the
-// connection is lost (health checks fail) or ctx ends.
-func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
-	kc := kvstore.Config{Endpoints: c.cfg.Endpoints, DialTimeout: 3 * time.Second, CAData: c.cfg.CA, CertData: c.cfg.Cert, KeyData: c.cfg.Key}
-	kv, err := kvstore.Connect(ctx, kc)
-	if err != nil {
-		return err
+// due reports whether the TTL has run out.
+func (c *cluster) due() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live.due(time.Now())
+}
+
+// checkTTL withdraws the entries if the TTL has run out (no session may be
+// running).
+func (c *cluster) checkTTL() {
+	c.mu.Lock()
+	due := c.live.due(time.Now())
+	if due {
+		c.live.withdrew()
+		c.status.Withdrawn = true
 	}
-	defer kv.Close()
-	cc, err := kv.Get(ctx, clustermesh.ClusterConfigPrefix+c.name)
-	if err != nil {
-		return fmt.Errorf("reading the cluster-config of %s: %w", c.name, err)
+	c.mu.Unlock()
+	if due {
+		slog.Warn("remote cluster lost, its heartbeat stale, for longer than its TTL: withdrawing its entries", "cluster", c.name, "ttl", c.m.ttl)
+		c.withdraw()
+		c.m.release(c)
 	}
-	var conf clustermesh.ClusterConfig
-	if err := json.Unmarshal(cc.Value, &conf); err != nil || conf.Name != c.name {
-		return fmt.Errorf("cluster-config of %s is not valid: %q", c.name, cc.Value)
-	}
-	if why := c.m.claim(c, conf.Name, conf.ID); why != "" {
-		return fmt.Errorf("refused: %s", why)
-	}
-	for _, canary := range clustermesh.Canaries {
-		if _, err := kv.Get(ctx, clustermesh.SyncedPrefix+c.name+"/"+canary); err != nil {
-			return fmt.Errorf("%s has not finished its initial sync of %s: %w", c.name, canary, err)
+}
+
+// session is one connection: check, wait for canaries, follow until ctx
+// ends or the TTL runs out (errWithdrawn); connected says whether it got
+// as far as following. It returns once every goroutine it started has
+// ended.
+func (c *cluster) session(ctx context.Context) (connected bool, err error) {
+	var kv source
+	if c.m.via != nil {
+		kv = prefixed{c.m.via, clustermesh.CachePrefix + c.name + "/"}
+	} else {
+		kc := kvstore.Config{Endpoints: c.cfg.Endpoints, DialTimeout: 3 * time.Second, CAData: c.cfg.CA, CertData: c.cfg.Cert, KeyData: c.cfg.Key}
+		client, err := kvstore.Connect(ctx, kc)
+		if err != nil {
+			return false, err
 		}
+		defer client.Close()
+		kv = client
+	}
+	conf, err := c.check(ctx, kv)
+	if err != nil {
+		return false, err
 	}
 	c.mu.Lock()
 	if c.status.Withdrawn || c.nodes == nil {
 		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
-		c.svcs = map[string]*service.Service{}
+		c.svcs = map[string]remoteService{}
 	}
 	c.id = conf.ID
 	c.status.ClusterID, c.status.Connected, c.status.Withdrawn, c.status.Since = conf.ID, true, false, time.Now()
+	c.live.up()
 	c.mu.Unlock()
-	*lostSince = time.Time{}
 	slog.Info("remote cluster connected", "cluster", c.name, "id", conf.ID)
 
 	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	synced := make(chan string, 4)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	spawn := func(f func()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f()
+		}()
+	}
+	synced := make(chan string, 8)
 	// The services wait for the routes: nodes, identities and ipcache
 	// entries are followed first, the services once those have their
 	// first list applied. A remote backend in the load balancer before
@@ -336,52 +436,134 @@ func (c *cluster) session(ctx context.Context, lostSince *time.Time) error {
 		ipcache.Prefix + c.name + "/":   c.ipEvent,
 	}
 	for prefix, apply := range routes {
-		go c.follow(wctx, kv, prefix, apply, synced)
+		spawn(func() { c.follow(wctx, kv, prefix, apply, synced) })
 	}
+	spawn(func() { c.followHeartbeat(wctx, kv) })
+	probes := make(chan error)
+	spawn(func() { c.probe(wctx, kv, probes) })
 	ready := 0
-	health := time.NewTicker(2 * time.Second)
-	defer health.Stop()
+	tick := time.NewTicker(ttlTick)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return true, nil
 		case <-synced:
 			ready++
 			switch ready {
 			case len(routes):
-				go c.follow(wctx, kv, service.Prefix+c.name+"/", c.serviceEvent, synced)
+				spawn(func() { c.follow(wctx, kv, service.Prefix+c.name+"/", c.serviceEvent, synced) })
 			case len(routes) + 1:
 				c.mu.Lock()
 				c.status.Ready = true
 				c.mu.Unlock()
 			}
-		case <-health.C:
-			hctx, hcancel := context.WithTimeout(ctx, 3*time.Second)
-			_, err := kv.Get(hctx, clustermesh.ClusterConfigPrefix+c.name)
-			hcancel()
+		case err := <-probes:
 			c.mu.Lock()
 			c.status.Connected = err == nil
-			c.mu.Unlock()
-			if err != nil {
-				if lostSince.IsZero() {
-					*lostSince = time.Now()
-					c.fail(fmt.Errorf("lost the connection to %s: %w", c.name, err))
-				}
-				c.checkTTL(*lostSince)
-				if c.snapshot().Withdrawn {
-					return fmt.Errorf("%s withdrawn after its TTL", c.name)
-				}
+			lost := err != nil && c.live.lostAt.IsZero()
+			if err == nil {
+				c.live.up()
 			} else {
-				*lostSince = time.Time{}
+				c.live.down(time.Now())
+			}
+			c.mu.Unlock()
+			if lost {
+				c.fail(fmt.Errorf("lost the connection to %s: %w", c.name, err))
+			}
+		case <-tick.C:
+			if c.due() {
+				return true, errWithdrawn
 			}
 		}
 	}
 }
 
+// check reads the cluster-config, claims the cluster's ID and waits for its
+// canaries, each read bounded in time.
+func (c *cluster) check(ctx context.Context, kv source) (clustermesh.ClusterConfig, error) {
+	var conf clustermesh.ClusterConfig
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cc, err := kv.Get(rctx, clustermesh.ClusterConfigPrefix+c.name)
+	if c.m.via != nil {
+		c.readCacheStatus(rctx)
+		if errors.Is(err, kvstore.ErrNotFound) {
+			return conf, fmt.Errorf("the cluster mesh cache does not follow %s (yet)", c.name)
+		}
+	}
+	if err != nil {
+		return conf, fmt.Errorf("reading the cluster-config of %s: %w", c.name, err)
+	}
+	if err := json.Unmarshal(cc.Value, &conf); err != nil || conf.Name != c.name {
+		return conf, fmt.Errorf("cluster-config of %s is not valid: %.200q", c.name, cc.Value)
+	}
+	if why := c.m.claim(c, conf.Name, conf.ID); why != "" {
+		return conf, fmt.Errorf("refused: %s", why)
+	}
+	for _, canary := range clustermesh.Canaries {
+		if _, err := kv.Get(rctx, clustermesh.SyncedPrefix+c.name+"/"+canary); err != nil {
+			return conf, fmt.Errorf("%s has not finished its initial sync of %s: %w", c.name, canary, err)
+		}
+	}
+	return conf, nil
+}
+
+// probe checks the connection every 2 s (a read of the cluster-config,
+// 3 s at most) and sends each result until ctx ends.
+// Through the cache, the cached cluster-config is there only while the
+// cache follows the remote; the cache's status is read too.
+func (c *cluster) probe(ctx context.Context, kv source, results chan<- error) {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := kv.Get(hctx, clustermesh.ClusterConfigPrefix+c.name)
+		if c.m.via != nil {
+			c.readCacheStatus(hctx)
+		}
+		cancel()
+		select {
+		case results <- err:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// followHeartbeat follows the remote's heartbeat key.
+func (c *cluster) followHeartbeat(ctx context.Context, kv source) {
+	key := clustermesh.HeartbeatKey(c.name)
+	for ev := range kv.Watch(ctx, key, kvstore.WatchOptions{}) {
+		if ev.Type == kvstore.EventUpsert && ev.Key == key {
+			c.heartbeatEvent(ev.Value, time.Now())
+		}
+	}
+}
+
+// heartbeatEvent takes a heartbeat value received at now: a new valid one
+// renews the canary; an invalid one is rejected (counted) and renews
+// nothing.
+func (c *cluster) heartbeatEvent(value []byte, now time.Time) {
+	seq, err := clustermesh.ParseHeartbeat(value)
+	if err != nil {
+		c.reject(err.Error())
+		return
+	}
+	c.mu.Lock()
+	c.live.heartbeat(now, seq)
+	c.mu.Unlock()
+}
+
 // follow lists and watches prefix, applying each change; the first
 // EventSynced removes entries the list no longer holds (after a withdrawal
 // there are none).
-func (c *cluster) follow(ctx context.Context, kv *kvstore.Client, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
+func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
 	seen := map[string]bool{}
 	first := true
 	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
@@ -408,7 +590,7 @@ func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
 	var nodes []node.Node
 	var ids []identity.Identity
 	var ips []ipcache.Entry
-	var svcs []*service.Service
+	var svcs []remoteService
 	switch {
 	case strings.HasPrefix(prefix, service.Prefix):
 		for key, x := range c.svcs {
@@ -450,8 +632,9 @@ func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
 		c.m.cb.Entry(e, true)
 	}
 	for _, x := range svcs {
-		c.service(x, true)
+		c.service(x.s, true)
 	}
+	c.passedOn(len(nodes)+len(ids)+len(ips)+len(svcs), true)
 }
 
 func (c *cluster) service(s *service.Service, deleted bool) {
@@ -464,13 +647,13 @@ func (c *cluster) service(s *service.Service, deleted bool) {
 // rejected (counted) rather than half applied.
 func (c *cluster) serviceEvent(ev kvstore.Event, deleted bool) {
 	key := strings.TrimPrefix(ev.Key, service.Prefix+c.name+"/")
-	mirror(c, func() map[string]*service.Service { return c.svcs }, key, deleted, func() (*service.Service, error) {
+	mirror(c, func() map[string]remoteService { return c.svcs }, key, deleted, func() (remoteService, error) {
 		s, err := service.Parse(ev.Value)
 		if err != nil || s.Key() != key {
-			return nil, fmt.Errorf("service %s: %v", key, err)
+			return remoteService{}, fmt.Errorf("service %s: %v", key, err)
 		}
-		return s, nil
-	}, nil, c.service, nil)
+		return remoteService{s: s, sum: sha256.Sum256(ev.Value)}, nil
+	}, func(a, b remoteService) bool { return a.sum == b.sum }, func(x remoteService, deleted bool) { c.service(x.s, deleted) }, nil)
 }
 
 func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
@@ -563,7 +746,7 @@ var (
 // mirror applies one watch event of one kind to the cluster's copy (items,
 // read under c.mu) and passes the change on with emit. A delete drops what
 // the key held (then onDelete, if set). A value decode accepts replaces it
-// unless equal says it is unchanged (nil: never); one it refuses is
+// unless equal says it is unchanged; one it refuses is
 // counted as rejected and changes nothing, unless the refusal wraps
 // errWithdraw, which also withdraws what the key held.
 func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted bool, decode func() (V, error),
@@ -575,6 +758,7 @@ func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted 
 		c.mu.Unlock()
 		if had {
 			emit(old, true)
+			c.passedOn(1, true)
 		}
 		if onDelete != nil {
 			onDelete()
@@ -597,6 +781,7 @@ func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted 
 		c.reject(err.Error())
 		if had {
 			emit(old, true)
+			c.passedOn(1, true)
 		}
 		return
 	}
@@ -608,6 +793,7 @@ func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted 
 	items()[k] = v
 	c.mu.Unlock()
 	emit(v, false)
+	c.passedOn(1, false)
 }
 
 // withdraw removes every entry of the cluster from the agent; its claim
@@ -616,10 +802,10 @@ func (c *cluster) withdraw() {
 	c.mu.Lock()
 	nodes, ids, ips, svcs := c.nodes, c.ids, c.ips, c.svcs
 	c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
-	c.svcs = map[string]*service.Service{}
+	c.svcs = map[string]remoteService{}
 	c.mu.Unlock()
 	for _, s := range svcs {
-		c.service(s, true)
+		c.service(s.s, true)
 	}
 	for _, e := range ips {
 		c.m.cb.Entry(e, true)
@@ -630,4 +816,53 @@ func (c *cluster) withdraw() {
 	for _, x := range ids {
 		c.m.cb.Identity(x, true)
 	}
+	c.passedOn(len(svcs)+len(ips)+len(nodes)+len(ids), true)
+}
+
+// readCacheStatus takes the cache's view of the remote (bounded, hostile
+// only as far as the local apiserver is).
+func (c *cluster) readCacheStatus(ctx context.Context) {
+	var cs cache.Status
+	if kv, err := c.m.via.Get(ctx, clustermesh.CacheStatusKey(c.name)); err != nil || len(kv.Value) > 64<<10 || json.Unmarshal(kv.Value, &cs) != nil {
+		cs = cache.Status{LastFailure: "no status from the cache"}
+	}
+	c.mu.Lock()
+	c.status.CacheConnected, c.status.CacheRejected, c.status.CacheLastFailure = cs.Connected, cs.Rejected, cs.LastFailure
+	c.mu.Unlock()
+}
+
+// source is where a remote is read: its apiserver, or the cache's copy.
+type source interface {
+	Get(ctx context.Context, key string) (kvstore.KeyValue, error)
+	Watch(ctx context.Context, prefix string, o kvstore.WatchOptions) <-chan kvstore.Event
+}
+
+// prefixed reads a remote's keys under prefix p of the local kvstore (the
+// cache), as if from the remote.
+type prefixed struct {
+	kv *kvstore.Client
+	p  string
+}
+
+func (v prefixed) Get(ctx context.Context, key string) (kvstore.KeyValue, error) {
+	kv, err := v.kv.Get(ctx, v.p+key)
+	kv.Key = strings.TrimPrefix(kv.Key, v.p)
+	return kv, err
+}
+
+func (v prefixed) Watch(ctx context.Context, prefix string, o kvstore.WatchOptions) <-chan kvstore.Event {
+	in := v.kv.Watch(ctx, v.p+prefix, o)
+	out := make(chan kvstore.Event, 128)
+	go func() {
+		defer close(out)
+		for ev := range in {
+			ev.Key = strings.TrimPrefix(ev.Key, v.p)
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +19,7 @@ import (
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/service"
+	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/clustermesh/apiserver/apiservertest"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
@@ -255,3 +259,222 @@ func TestServicesAfterRoutes(t *testing.T) {
 		t.Fatalf("callbacks %v, want one service", count)
 	}
 }
+
+// gatedProxy forwards TCP connections to a backend until cut: then it stops
+// passing bytes either way (and new connections get no answer), as a
+// partition of the network would, until healed.
+type gatedProxy struct {
+	ln   net.Listener
+	mu   sync.Mutex
+	cond *sync.Cond
+	cut  bool
+}
+
+func startGatedProxy(t *testing.T, backend string) *gatedProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &gatedProxy{ln: ln}
+	p.cond = sync.NewCond(&p.mu)
+	t.Cleanup(func() { p.set(false); ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				p.wait()
+				b, err := net.Dial("tcp", backend)
+				if err != nil {
+					return
+				}
+				defer b.Close()
+				done := make(chan struct{}, 2)
+				go func() { p.pipe(b, c); done <- struct{}{} }()
+				go func() { p.pipe(c, b); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *gatedProxy) set(cut bool) {
+	p.mu.Lock()
+	p.cut = cut
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+func (p *gatedProxy) wait() {
+	p.mu.Lock()
+	for p.cut {
+		p.cond.Wait()
+	}
+	p.mu.Unlock()
+}
+
+// pipe copies src to dst, holding what it read while the proxy is cut.
+func (p *gatedProxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.wait()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+// tally counts the callbacks for each key, by kind.
+type tally struct {
+	mu      sync.Mutex
+	adds    map[string]int
+	deletes map[string]int
+}
+
+func (t *tally) record(key string, deleted bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if deleted {
+		t.deletes[key]++
+	} else {
+		t.adds[key]++
+	}
+}
+
+func (t *tally) snapshot() (adds, deletes map[string]int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.adds), maps.Clone(t.deletes)
+}
+
+// A partition shorter than the TTL (the connection lost, then the canary
+// stale) changes nothing: no callback, status shows the loss and the TTL
+// left. One longer than the TTL withdraws every entry once; the heal adds
+// each back exactly once.
+func TestPartitionShortAndLong(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	kv := srv.Agent
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	id := identity.Compose(7, 300)
+	kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id), []byte("k8s:app=web;k8s:filament.io/cluster=east"), 0)
+	nb, _ := json.Marshal(node.Node{Name: "n1", Cluster: "east", IPs: []string{"172.30.7.1"}, PodCIDRs: []string{"10.7.0.0/24"}})
+	kv.Put(ctx, node.NodesPrefix+"east/n1", nb, 0)
+	b, _ := json.Marshal(ipcache.Entry{IP: netip.MustParseAddr("10.7.0.2"), Identity: id, Node: "n1"})
+	kv.Put(ctx, ipcache.Prefix+"east/10.7.0.2", b, 0)
+	kv.Put(ctx, service.Prefix+"east/shop/api", []byte(svcDoc), 0)
+	const keys = 4
+
+	proxy := startGatedProxy(t, strings.TrimPrefix(srv.Endpoint, "https://"))
+	tl := &tally{adds: map[string]int{}, deletes: map[string]int{}}
+	dir := t.TempDir()
+	const ttl = 10 * time.Second
+	m := remote.NewManager(dir, "local", 1, ttl, remote.Callbacks{
+		Node:     func(n node.Node, d bool) { tl.record("node "+n.Name, d) },
+		Identity: func(x identity.Identity, d bool) { tl.record(fmt.Sprint("id ", x.ID), d) },
+		Entry:    func(e ipcache.Entry, d bool) { tl.record("ip "+e.IP.String(), d) },
+		Service:  func(_ string, s *service.Service, d bool) { tl.record("svc "+s.Key(), d) },
+	})
+	// The config, pointed at the proxy, goes into dir whole.
+	staging := t.TempDir()
+	srv.WriteRemoteConfig(t, staging)
+	rc, err := os.ReadFile(filepath.Join(staging, "east.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(staging, "east.yaml"), []byte(strings.ReplaceAll(string(rc), srv.Endpoint, "https://"+proxy.ln.Addr().String())), 0o600)
+	if err := os.Rename(filepath.Join(staging, "east.yaml"), filepath.Join(dir, "east.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	go m.Run(ctx)
+	status := func() remote.Status {
+		st := m.Status()
+		if len(st) != 1 {
+			return remote.Status{}
+		}
+		return st[0]
+	}
+	waitFor := func(what string, within time.Duration, cond func(remote.Status) bool) remote.Status {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			st := status()
+			if cond(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				adds, dels := tl.snapshot()
+				t.Fatalf("%s: status %+v; adds %v deletes %v", what, st, adds, dels)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	synced := func(st remote.Status) bool {
+		return st.Connected && st.Ready && st.Nodes == 1 && st.Identities == 1 && st.Endpoints == 1 && st.Services == 1
+	}
+	waitFor("synced", 20*time.Second, func(st remote.Status) bool { return synced(st) && st.HeartbeatAge != "" && !st.CanaryStale })
+	adds0, _ := tl.snapshot()
+	if len(adds0) != keys {
+		t.Fatalf("adds %v, want %d keys", adds0, keys)
+	}
+
+	// Short: cut until the loss is seen, then 3 s more.
+	proxy.set(true)
+	cutAt := time.Now()
+	st := waitFor("loss seen", 15*time.Second, func(st remote.Status) bool { return !st.Connected && !st.LostSince.IsZero() })
+	t.Logf("loss seen %v after the cut", time.Since(cutAt).Round(10*time.Millisecond))
+	time.Sleep(3 * time.Second)
+	st = status()
+	left, err := time.ParseDuration(st.TTLLeft)
+	if st.Withdrawn || err != nil || left <= 0 || left > ttl+clustermeshStale {
+		t.Fatalf("during a short partition: %+v", st)
+	}
+	proxy.set(false)
+	waitFor("back after the short partition", 20*time.Second, func(st remote.Status) bool {
+		return synced(st) && st.LostSince.IsZero() && st.TTLLeft == "" && !st.CanaryStale
+	})
+	if adds, dels := tl.snapshot(); !maps.Equal(adds, adds0) || len(dels) != 0 {
+		t.Fatalf("a partition shorter than the TTL changed entries: adds %v (before %v), deletes %v", adds, adds0, dels)
+	}
+	if st := status(); st.Upserts != keys || st.Deletes != 0 {
+		t.Fatalf("status counts %d upserts, %d deletes; want %d, 0", st.Upserts, st.Deletes, keys)
+	}
+
+	// Long: withdrawn after the loss, the canary going stale and the TTL.
+	proxy.set(true)
+	cutAt = time.Now()
+	waitFor("withdrawn", ttl+clustermeshStale+20*time.Second, func(st remote.Status) bool { return st.Withdrawn })
+	took := time.Since(cutAt)
+	t.Logf("withdrawn %v after the cut", took.Round(10*time.Millisecond))
+	if took < ttl {
+		t.Fatalf("withdrawn %v after the cut, before the TTL %v", took, ttl)
+	}
+	if _, dels := tl.snapshot(); len(dels) != keys {
+		t.Fatalf("withdrawal deleted %v, want each of %d keys", dels, keys)
+	}
+	proxy.set(false)
+	st = waitFor("back after the long partition", 40*time.Second, func(st remote.Status) bool { return synced(st) && !st.Withdrawn })
+	adds, dels := tl.snapshot()
+	for k := range adds0 {
+		if adds[k] != 2 || dels[k] != 1 {
+			t.Fatalf("%s: %d adds, %d deletes across withdrawal and heal; want 2, 1 (adds %v deletes %v)", k, adds[k], dels[k], adds, dels)
+		}
+	}
+	if len(adds) != keys || st.Upserts != 2*keys || st.Deletes != keys {
+		t.Fatalf("after the heal: adds %v, status %+v", adds, st)
+	}
+}
+
+const clustermeshStale = clustermesh.HeartbeatStale

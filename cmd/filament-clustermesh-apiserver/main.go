@@ -46,6 +46,7 @@ func main() {
 	f.StringVar(&c.PeerURL, "listen-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
 	f.BoolVar(&c.UnsafeNoFsync, "unsafe-no-fsync", false, "skip fsync (labs and tests only)")
 	f.IntVar(&maxClusters, "max-connected-clusters", 255, "identity layout of the mesh: 255 or 511 clusters")
+	f.StringVar(&c.CacheRemotes, "clustermesh-cache", "", "directory of remote cluster configs (the bundle's remotes/): follow those clusters and re-serve them to this cluster's agents (agents: --clustermesh-cache)")
 	f.StringSliceVar(&c.EtcdEndpoints, "etcd-endpoints", nil, "use this external etcd cluster instead of the embedded one")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "filament-clustermesh-apiserver:", err)

@@ -246,6 +246,27 @@ func newRoot() *cobra.Command {
 		})
 	}
 
+	partition := &cobra.Command{
+		Use: "partition CLUSTER CLUSTER", Short: "Cut the underlay between two clusters (the router drops their packets both ways, silently)", Args: cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			return l.Partition(args[0], args[1])
+		},
+	}
+	heal := &cobra.Command{
+		Use: "heal CLUSTER CLUSTER", Short: "Remove the partition between two clusters", Args: cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			return l.Heal(args[0], args[1])
+		},
+	}
+
 	var output string
 	status := &cobra.Command{
 		Use: "status", Short: "Show the lab's nodes, pods and hosts", Args: cobra.NoArgs,
@@ -266,6 +287,9 @@ func newRoot() *cobra.Command {
 			fmt.Fprintf(w, "LAB %s (routing %s)\n\nCLUSTER\tID\tKVSTORE\tBUNDLE\n", l.Name, l.Routing)
 			for _, c := range l.Clusters {
 				fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", c.Name, c.ID, c.Kvstore, c.Bundle)
+			}
+			for _, p := range l.Partitions {
+				fmt.Fprintf(w, "partitioned: %s\n", strings.ReplaceAll(p, "|", " from "))
 			}
 			fmt.Fprintf(w, "\nNODE\tNETNS\tNODE IP\tPOD CIDR\tAGENT\tSOCKET\n")
 			for _, n := range l.Nodes {
@@ -290,7 +314,7 @@ func newRoot() *cobra.Command {
 	}
 	status.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 
-	root.AddCommand(up, down, pod, host, node, execCmd, status, relayCmd(&name), serveNameCmd())
+	root.AddCommand(up, down, pod, host, node, execCmd, partition, heal, status, relayCmd(&name), serveNameCmd())
 	return root
 }
 

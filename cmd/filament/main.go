@@ -453,6 +453,50 @@ func (c *cli) nodeCmd() *cobra.Command {
 // BundleEnv names the local cluster's clustermesh bundle directory.
 const BundleEnv = "FILAMENT_CLUSTERMESH_BUNDLE"
 
+// heartbeatColumn: how long ago the remote's last new heartbeat arrived,
+// and whether that is stale.
+func heartbeatColumn(r types.ClusterStatus) string {
+	switch {
+	case r.HeartbeatAge == "":
+		return "none"
+	case r.CanaryStale:
+		return r.HeartbeatAge + " ago (stale)"
+	}
+	return r.HeartbeatAge + " ago"
+}
+
+// viaColumn: direct, or the cache and its own view of the remote.
+func viaColumn(r types.ClusterStatus) string {
+	if r.Via != "cache" {
+		return r.Via
+	}
+	view := "cache (connected"
+	if !r.CacheConnected {
+		view = "cache (not connected"
+	}
+	if r.CacheRejected > 0 {
+		view += fmt.Sprintf(", %d refused", r.CacheRejected)
+	}
+	if r.CacheLastFailure != "" {
+		view += ", last failure: " + r.CacheLastFailure
+	}
+	return view + ")"
+}
+
+// ttlColumn: the TTL, or when a lost cluster's entries go (its heartbeat
+// may still be fresh: the TTL then starts when it goes stale).
+func ttlColumn(r types.ClusterStatus) string {
+	switch {
+	case r.Withdrawn:
+		return "withdrawn"
+	case r.TTLLeft != "":
+		return "withdraw in " + r.TTLLeft
+	case r.TTL == "0s":
+		return "off"
+	}
+	return r.TTL
+}
+
 func (c *cli) clustermeshCmd() *cobra.Command {
 	var bundle string
 	cmd := &cobra.Command{Use: "clustermesh", Short: "Join clusters into a mesh: enable, connect, status, disconnect"}
@@ -575,17 +619,14 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 							fmt.Fprintln(w, "No remote clusters configured.")
 							return
 						}
-						fmt.Fprintln(w, "CLUSTER\tID\tCONFIGURED\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tREJECTED\tLAST FAILURE")
+						fmt.Fprintln(w, "CLUSTER\tID\tVIA\tCONFIGURED\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tREJECTED\tHEARTBEAT\tTTL\tLAST FAILURE")
 						for _, r := range st {
 							fail := r.LastFailure
 							if fail != "" {
 								fail = r.FailureTime.Format(time.RFC3339) + " " + fail
 							}
-							if r.Withdrawn {
-								fail = "entries withdrawn after TTL; " + fail
-							}
-							fmt.Fprintf(w, "%s\t%d\t%v\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Name, r.ClusterID, r.Configured, r.Connected, r.Ready,
-								r.Nodes, r.Endpoints, r.Identities, r.Services, r.Rejected, fail)
+							fmt.Fprintf(w, "%s\t%d\t%s\t%v\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.ClusterID, viaColumn(r), r.Configured, r.Connected, r.Ready,
+								r.Nodes, r.Endpoints, r.Identities, r.Services, r.Rejected, heartbeatColumn(r), ttlColumn(r), fail)
 						}
 					}); err != nil {
 						return err

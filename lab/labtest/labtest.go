@@ -83,6 +83,12 @@ func UpRouting(t testing.TB, nodes int, routing string, agentArgs ...string) *la
 	return up(t, lab.Options{Nodes: nodes, Routing: routing, AgentArgs: agentArgs})
 }
 
+// UpWith starts a lab with options o (name and binaries filled in).
+func UpWith(t testing.TB, o lab.Options) *lab.Lab {
+	t.Helper()
+	return up(t, o)
+}
+
 func up(t testing.TB, o lab.Options) *lab.Lab {
 	t.Helper()
 	testutil.RequireRoot(t)

@@ -40,6 +40,27 @@ type ClusterStatus struct {
 	LastFailure string    `json:"lastFailure,omitempty"`
 	FailureTime time.Time `json:"lastFailureTime,omitzero"`
 	Since       time.Time `json:"connectedSince,omitzero"`
+	// Via: "direct" (the remote's apiserver) or "cache" (the local
+	// apiserver's cache, whose own view the Cache fields are).
+	Via              string `json:"via"`
+	CacheConnected   bool   `json:"cacheConnected,omitempty"`
+	CacheRejected    int    `json:"cacheRejected,omitempty"`
+	CacheLastFailure string `json:"cacheLastFailure,omitempty"`
+	// TTL after which a lost cluster's entries are withdrawn ("0s": never).
+	TTL string `json:"ttl"`
+	// LostSince: health checks have failed since then.
+	LostSince time.Time `json:"lostSince,omitzero"`
+	// HeartbeatAge: since the remote's last new heartbeat reached this
+	// agent (its own clock); empty: none yet.
+	HeartbeatAge string `json:"heartbeatAge,omitempty"`
+	// CanaryStale: no new heartbeat for the stale bound.
+	CanaryStale bool `json:"canaryStale"`
+	// TTLLeft: until the entries are withdrawn if nothing changes (empty:
+	// the TTL is not running).
+	TTLLeft string `json:"ttlLeft,omitempty"`
+	// Upserts and Deletes: changes passed on to the agent.
+	Upserts int `json:"upserts"`
+	Deletes int `json:"deletes"`
 }
 
 // EncryptionStatus is the node's transparent encryption (GET

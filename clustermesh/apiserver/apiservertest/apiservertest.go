@@ -28,6 +28,7 @@ type Server struct {
 	Endpoint string
 	Agent    *kvstore.Client // connected with the bundle's agent certificate
 
+	cfg  apiserver.Config
 	stop context.CancelFunc
 	done chan struct{}
 }
@@ -45,35 +46,52 @@ func freePort(t testing.TB) int {
 // and returns once its cluster-config is readable.
 func Start(t testing.TB, name string, id uint32) *Server {
 	t.Helper()
-	s := &Server{Name: name, ID: id, Bundle: t.TempDir(), done: make(chan struct{})}
+	s := &Server{Name: name, ID: id, Bundle: t.TempDir()}
 	if _, err := clustermesh.Enable(s.Bundle, name, id, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
 		t.Fatal(err)
 	}
 	s.Endpoint = fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	s.cfg = apiserver.Config{Bundle: s.Bundle, DataDir: t.TempDir(), ClientURL: s.Endpoint,
+		PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), UnsafeNoFsync: true}
+	t.Cleanup(s.Stop)
+	s.run(t)
+	return s
+}
+
+// run starts the apiserver and waits until its cluster-config is readable
+// (with a new agent client in s.Agent).
+func (s *Server) run(t testing.TB) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s.stop = cancel
+	s.stop, s.done = cancel, make(chan struct{})
 	go func() {
 		defer close(s.done)
-		apiserver.Run(ctx, apiserver.Config{Bundle: s.Bundle, DataDir: t.TempDir(), ClientURL: s.Endpoint,
-			PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), UnsafeNoFsync: true})
+		apiserver.Run(ctx, s.cfg)
 	}()
-	t.Cleanup(s.Stop)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := s.Connect(clustermesh.UserAgent)
 		if err == nil {
-			if _, err = c.Get(ctx, clustermesh.ClusterConfigPrefix+name); err == nil {
+			if _, err = c.Get(ctx, clustermesh.ClusterConfigPrefix+s.Name); err == nil {
 				s.Agent = c
 				t.Cleanup(func() { c.Close() })
-				return s
+				return
 			}
 			c.Close()
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("apiserver %s not ready: %v", name, err)
+			t.Fatalf("apiserver %s not ready: %v", s.Name, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Restart stops the apiserver and starts it again on the same data and
+// address.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.run(t)
 }
 
 // Connect opens a client with the bundle's certificate for user.

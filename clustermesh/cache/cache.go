@@ -1,0 +1,363 @@
+// Package cache owns the cluster mesh cache of
+// filament-clustermesh-apiserver (--clustermesh-cache DIR): it follows
+// every remote cluster configured in DIR and re-serves, from the local
+// etcd, what agents read of it — its cluster-config, sync canaries and
+// heartbeat, nodes, identities, ipcache entries and services — under
+// filament/cache/<remote>/<original key>, which agents may only read. An
+// agent run with --clustermesh-cache then watches its own cluster's
+// apiserver only, however many clusters there are.
+//
+// The cached cluster-config is present only while the cache follows the
+// remote (written once every prefix has its first list, deleted when a
+// health check fails): agents take its absence as the loss of the remote.
+// The remote's data is copied byte for byte (values over MaxValue are
+// refused and counted); agents validate it as they would a remote's.
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/service"
+	"github.com/filament-net/filament/clustermesh"
+)
+
+// MaxValue bounds a value the cache copies.
+const MaxValue = 1 << 20
+
+// Status is the cache's view of one remote (written as JSON to
+// clustermesh.CacheStatusKey; agents show it beside their own).
+type Status struct {
+	Connected   bool      `json:"connected"`
+	Ready       bool      `json:"ready"`
+	Rejected    int       `json:"rejected"`
+	LastFailure string    `json:"lastFailure,omitempty"`
+	FailureTime time.Time `json:"lastFailureTime,omitzero"`
+	Since       time.Time `json:"connectedSince,omitzero"`
+}
+
+// Prefixes are the keys of remote cluster name that the cache copies.
+func Prefixes(name string) []string {
+	return []string{node.NodesPrefix + name + "/", identity.IDPrefix, ipcache.Prefix + name + "/", service.Prefix + name + "/",
+		clustermesh.SyncedPrefix + name + "/"}
+}
+
+// Run follows the remote configs in dir (re-read every second) and copies
+// each remote into local until ctx ends. lease gives the apiserver's
+// current lease: the cached cluster-configs are put under it, so they
+// expire if the apiserver dies while its etcd (an external one) lives on,
+// and agents then see the remotes lost (0: no lease).
+func Run(ctx context.Context, dir string, local *kvstore.Client, lease func() int64) {
+	type running struct {
+		sum    [32]byte
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	remotes := map[string]*running{}
+	stop := func(name string, r *running) {
+		r.cancel()
+		<-r.done
+		delete(remotes, name)
+	}
+	for {
+		seen := map[string]bool{}
+		for _, f := range clustermesh.ScanRemotes(dir) {
+			name := f.Name
+			seen[name] = true
+			if r, ok := remotes[name]; ok {
+				if r.sum == f.Sum {
+					continue
+				}
+				stop(name, r)
+			}
+			cfg, err := clustermesh.LoadRemote(f.Path)
+			if err != nil {
+				slog.Warn("cluster mesh cache: remote config", "file", f.Path, "err", err)
+				continue
+			}
+			rctx, cancel := context.WithCancel(ctx)
+			r := &running{sum: f.Sum, cancel: cancel, done: make(chan struct{})}
+			remotes[name] = r
+			c := &remote{name: name, cfg: cfg, local: local, lease: lease}
+			go func() {
+				defer close(r.done)
+				c.run(rctx)
+			}()
+		}
+		for name, r := range remotes {
+			if !seen[name] {
+				stop(name, r)
+				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				if err := local.DeletePrefix(dctx, clustermesh.CachePrefix+name+"/"); err != nil {
+					slog.Warn("cluster mesh cache: removing a remote", "cluster", name, "err", err)
+				}
+				cancel()
+				slog.Info("cluster mesh cache: remote removed", "cluster", name)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			for name, r := range remotes {
+				stop(name, r)
+			}
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// remote is one remote cluster the cache follows.
+type remote struct {
+	name  string
+	cfg   clustermesh.RemoteConfig
+	local *kvstore.Client
+	lease func() int64
+
+	mu     sync.Mutex
+	status Status
+	putIn  int64 // the lease the cached cluster-config was last put under
+	// written: the hash of each value this process put in the cache, so a
+	// relist after a loss writes only what changed (agents see no event
+	// for the rest).
+	written map[string][32]byte
+}
+
+// unchanged reports whether key already holds value in the cache.
+func (r *remote) unchanged(key string, value []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sum, ok := r.written[key]
+	return ok && sum == sha256.Sum256(value)
+}
+
+// wrote records what key holds now (nil: deleted, or unknown).
+func (r *remote) wrote(key string, value []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.written == nil {
+		r.written = map[string][32]byte{}
+	}
+	if value == nil {
+		delete(r.written, key)
+	} else {
+		r.written[key] = sha256.Sum256(value)
+	}
+}
+
+func (r *remote) key(k string) string { return clustermesh.CachePrefix + r.name + "/" + k }
+
+// update changes the status and writes it.
+func (r *remote) update(ctx context.Context, f func(*Status)) {
+	r.mu.Lock()
+	f(&r.status)
+	b, _ := json.Marshal(r.status)
+	r.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := r.local.Put(wctx, clustermesh.CacheStatusKey(r.name), b, 0); err != nil && ctx.Err() == nil {
+		slog.Warn("cluster mesh cache: writing status", "cluster", r.name, "err", err)
+	}
+}
+
+func (r *remote) fail(ctx context.Context, err error) {
+	slog.Warn("cluster mesh cache", "cluster", r.name, "err", err)
+	r.update(ctx, func(s *Status) { s.LastFailure, s.FailureTime = err.Error(), time.Now() })
+}
+
+// setConnected publishes the cached cluster-config (nil: withdraws it, the
+// remote is lost) and the status.
+func (r *remote) setConnected(ctx context.Context, conf []byte) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	key := r.key(clustermesh.ClusterConfigPrefix + r.name)
+	var err error
+	var lease int64
+	if conf == nil {
+		err = r.local.Delete(wctx, key)
+	} else {
+		if r.lease != nil {
+			lease = r.lease()
+		}
+		err = r.local.Put(wctx, key, conf, lease)
+	}
+	r.mu.Lock()
+	r.putIn = lease
+	r.mu.Unlock()
+	if err != nil {
+		slog.Warn("cluster mesh cache: cluster-config", "cluster", r.name, "err", err)
+	}
+	r.update(context.WithoutCancel(ctx), func(s *Status) {
+		s.Connected, s.Ready = conf != nil, conf != nil
+		if conf != nil {
+			s.Since = time.Now()
+		}
+	})
+}
+
+func (r *remote) run(ctx context.Context) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		connected, err := r.session(ctx)
+		r.setConnected(ctx, nil)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			r.fail(ctx, err)
+		}
+		if connected {
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// errLost ends a session whose health check failed.
+var errLost = errors.New("lost the connection")
+
+// session copies the remote until ctx ends or a health check fails.
+func (r *remote) session(ctx context.Context) (bool, error) {
+	kv, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: r.cfg.Endpoints, DialTimeout: 3 * time.Second,
+		CAData: r.cfg.CA, CertData: r.cfg.Cert, KeyData: r.cfg.Key})
+	if err != nil {
+		return false, err
+	}
+	defer kv.Close()
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	cc, err := kv.Get(rctx, clustermesh.ClusterConfigPrefix+r.name)
+	rcancel()
+	if err != nil {
+		return false, fmt.Errorf("reading the cluster-config of %s: %w", r.name, err)
+	}
+	var conf clustermesh.ClusterConfig
+	if len(cc.Value) > MaxValue || json.Unmarshal(cc.Value, &conf) != nil || conf.Name != r.name {
+		return false, fmt.Errorf("cluster-config of %s is not valid: %.200q", r.name, cc.Value)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	prefixes := Prefixes(r.name)
+	synced := make(chan struct{}, len(prefixes))
+	for _, p := range prefixes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.copy(wctx, kv, p, synced)
+		}()
+	}
+	for range prefixes {
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-synced:
+		}
+	}
+	// Every prefix listed: agents may start.
+	r.setConnected(ctx, cc.Value)
+	slog.Info("cluster mesh cache: remote synced", "cluster", r.name)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case <-tick.C:
+		}
+		hctx, hcancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := kv.Get(hctx, clustermesh.ClusterConfigPrefix+r.name)
+		hcancel()
+		if err != nil && ctx.Err() == nil {
+			return true, fmt.Errorf("%w to %s: %v", errLost, r.name, err)
+		}
+		// The apiserver's lease was granted again: put it under the new one.
+		r.mu.Lock()
+		relet := r.lease != nil && r.lease() != r.putIn
+		r.mu.Unlock()
+		if relet {
+			r.setConnected(ctx, cc.Value)
+		}
+	}
+}
+
+// copy lists and watches prefix of the remote into the cache; its first
+// list also removes cached keys the remote no longer has.
+func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, synced chan<- struct{}) {
+	seen := map[string]bool{}
+	first := true
+	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var err error
+		switch ev.Type {
+		case kvstore.EventUpsert:
+			if first {
+				seen[ev.Key] = true
+			}
+			if len(ev.Value) > MaxValue {
+				r.update(ctx, func(s *Status) { s.Rejected++ })
+				slog.Warn("cluster mesh cache: value too large", "cluster", r.name, "key", ev.Key, "bytes", len(ev.Value))
+				err = r.local.Delete(wctx, r.key(ev.Key))
+				r.wrote(ev.Key, nil)
+				break
+			}
+			if r.unchanged(ev.Key, ev.Value) {
+				break
+			}
+			if err = r.local.Put(wctx, r.key(ev.Key), ev.Value, 0); err == nil {
+				r.wrote(ev.Key, ev.Value)
+			} else {
+				r.wrote(ev.Key, nil)
+			}
+		case kvstore.EventDelete:
+			err = r.local.Delete(wctx, r.key(ev.Key))
+			r.wrote(ev.Key, nil)
+		case kvstore.EventSynced:
+			if first {
+				first = false
+				err = r.dropUnseen(wctx, prefix, seen)
+				synced <- struct{}{}
+			}
+		}
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			slog.Warn("cluster mesh cache: writing", "cluster", r.name, "key", ev.Key, "err", err)
+		}
+	}
+}
+
+// dropUnseen deletes the cached keys under prefix that the first list did
+// not have (gone while the cache did not follow).
+func (r *remote) dropUnseen(ctx context.Context, prefix string, seen map[string]bool) error {
+	kvs, _, err := r.local.List(ctx, r.key(prefix))
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		orig := strings.TrimPrefix(kv.Key, r.key(""))
+		if !seen[orig] {
+			if err := r.local.Delete(ctx, kv.Key); err != nil {
+				return err
+			}
+			r.wrote(orig, nil)
+		}
+	}
+	return nil
+}
