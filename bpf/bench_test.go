@@ -98,6 +98,7 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 		f.objs.Close()
 	}
 	benchLocal(b, runWant)
+	benchReceive(b, run)
 	benchFlowEvents(b, pkt, run)
 	benchNetdevWireGuard(b, run)
 }
@@ -137,12 +138,7 @@ func benchLocal(b *testing.B, runWant func(*testing.B, *ebpf.Program, []byte, ui
 	if err := f.objs.Endpoints.Put(&k, &DatapathEndpointInfo{Ifindex: 4242, Identity: dstID, EpId: dstEP, Flags: 3}); err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; i < 1000; i++ {
-		k := DatapathIpcacheKey{Prefixlen: 32, Ip: binary.BigEndian.Uint32([]byte{10, 1, byte(i >> 8), byte(i)})}
-		if err := f.objs.Ipcache.Put(&k, &DatapathIpcacheValue{Identity: uint32(1000 + i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	f.ipcache1k(b)
 	for _, pk := range []DatapathPolicyKey{
 		{Prefixlen: 64 + 24, EpId: podEP, Dir: dirEgress, Identity: dstID, Proto: 6, Port: [2]uint8{0, 80}},
 		{Prefixlen: 64 + 24, EpId: dstEP, Dir: dirIngress, Identity: podID, Proto: 6, Port: [2]uint8{0, 80}},
@@ -156,6 +152,51 @@ func benchLocal(b *testing.B, runWant func(*testing.B, *ebpf.Program, []byte, ui
 	}
 	b.Run("established-local-pod", func(b *testing.B) {
 		runWant(b, f.objs.FromContainer, tcpPacket(b, podIP, dstIP, 40000, 80, false, true), actRedirect)
+	})
+}
+
+// benchReceive: the receiving side of a connection the pod accepted
+// (ingress enforced with an allow, 1k ipcache entries): to_container on
+// its established packets in (the kernel routed them: native routing,
+// WireGuard) and on the replies to the pod's own connection, and
+// from_netdev on the established packet in (native routing: no NodePort
+// translation, the ingress L7 check).
+func benchReceive(b *testing.B, run func(*testing.B, *ebpf.Program, []byte) float64) {
+	f := loadB(b)
+	defer f.objs.Close()
+	f.ipcache1k(b)
+	for _, pk := range []DatapathPolicyKey{
+		{Prefixlen: 64 + 24, EpId: podEP, Dir: dirIngress, Identity: peerID, Proto: 6, Port: [2]uint8{0, 80}},
+		{Prefixlen: 64 + 24, EpId: podEP, Dir: dirEgress, Identity: peerID, Proto: 6, Port: [2]uint8{0, 80}},
+	} {
+		if err := f.objs.Policy.Put(&pk, &DatapathPolicyValue{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// The handshakes: accepted (peer:50000 -> pod:80) and opened (pod:40000 -> peer:80).
+	for _, step := range []struct {
+		prog *ebpf.Program
+		pkt  []byte
+	}{
+		{f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 50000, 80, true, false)},
+		{f.objs.FromContainer, tcpPacket(b, podIP, peerIP, 80, 50000, true, true)},
+		{f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 50000, 80, false, true)},
+		{f.objs.FromContainer, tcpPacket(b, podIP, peerIP, 40000, 80, true, false)},
+		{f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 80, 40000, true, true)},
+		{f.objs.FromContainer, tcpPacket(b, podIP, peerIP, 40000, 80, false, true)},
+	} {
+		if ret, _, err := runRepeat(step.prog, step.pkt, 1); err != nil || ret != actOK {
+			b.Fatal(ret, err)
+		}
+	}
+	b.Run("to-container-established-accepted", func(b *testing.B) {
+		run(b, f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 50000, 80, false, true))
+	})
+	b.Run("to-container-established-reply", func(b *testing.B) {
+		run(b, f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 80, 40000, false, true))
+	})
+	b.Run("netdev-established-to-pod", func(b *testing.B) {
+		run(b, f.objs.FromNetdev, tcpPacket(b, peerIP, podIP, 50000, 80, false, true))
 	})
 }
 
@@ -314,6 +355,16 @@ func runRepeat(prog *ebpf.Program, data []byte, repeat uint32) (uint32, time.Dur
 }
 
 type benchFixture struct{ objs DatapathObjects }
+
+// ipcache1k adds 1,000 ipcache entries (10.1.0.0-10.1.3.231).
+func (f *benchFixture) ipcache1k(b *testing.B) {
+	for i := 0; i < 1000; i++ {
+		k := DatapathIpcacheKey{Prefixlen: 32, Ip: binary.BigEndian.Uint32([]byte{10, 1, byte(i >> 8), byte(i)})}
+		if err := f.objs.Ipcache.Put(&k, &DatapathIpcacheValue{Identity: uint32(1000 + i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
 
 func loadB(b *testing.B) *benchFixture {
 	f := &benchFixture{}
