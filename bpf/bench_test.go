@@ -94,6 +94,16 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 		b.Run(fmt.Sprintf("new-connection-syn-repeated-ipcache-%dk", entries/1000), func(b *testing.B) {
 			synRepeated(b, f.objs.FromContainer, pkt(30000, true), func() { drain() })
 		})
+		// Each of 10,000 SYNs in one kernel-timed run from its own port:
+		// every one makes a new conntrack entry (counted), as a new
+		// connection does; beside it the same harness into return-OK,
+		// which is the run's and the harness's own cost.
+		b.Run(fmt.Sprintf("new-connection-fresh-tuples-ipcache-%dk", entries/1000), func(b *testing.B) {
+			freshTuples(b, f, f.objs.FromContainer, pkt(1, true), drain)
+		})
+		b.Run(fmt.Sprintf("baseline-fresh-tuples-harness-ipcache-%dk", entries/1000), func(b *testing.B) {
+			freshTuples(b, f, ok, pkt(1, true), drain)
+		})
 		ring.Close()
 		f.objs.Close()
 	}
@@ -312,6 +322,98 @@ func synRepeated(b *testing.B, prog *ebpf.Program, data []byte, after func()) fl
 	b.ReportMetric(ns, "ns/pkt")
 	b.ReportMetric(0, "ns/op")
 	return ns
+}
+
+// freshTuples times prog on 10,000 TCP SYNs in one kernel-timed run, each
+// from another source port: a harness program writes the next port of a
+// counter into the packet (the test run passes the same skb to every
+// repeat) and tail-calls prog. Conntrack is cleared and the events ring
+// drained after each run, untimed. With from_container it checks that the
+// run made one conntrack entry per SYN.
+func freshTuples(b *testing.B, f *benchFixture, prog *ebpf.Program, syn []byte, drain func() int) float64 {
+	const repeat = 10000
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer counter.Close()
+	progs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer progs.Close()
+	if err := progs.Put(uint32(0), prog); err != nil {
+		b.Fatal(err)
+	}
+	const sportOff = 14 + 20 // Ethernet, IPv4 without options
+	harness, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.StoreImm(asm.R10, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, counter.FD()),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.Word),
+			asm.HostTo(asm.BE, asm.R1, asm.Half),
+			asm.StoreMem(asm.R10, -8, asm.R1, asm.Half),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Imm(asm.R2, sportOff),
+			asm.Mov.Reg(asm.R3, asm.R10),
+			asm.Add.Imm(asm.R3, -8),
+			asm.Mov.Imm(asm.R4, 2),
+			asm.Mov.Imm(asm.R5, 0),
+			asm.FnSkbStoreBytes.Call(),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.LoadMapPtr(asm.R2, progs.FD()),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.FnTailCall.Call(),
+			asm.Mov.Imm(asm.R0, 99).WithSymbol("out"), // not reached: the tail call failed
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer harness.Close()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		clearConntrack(b, f.objs.Conntrack)
+		ret, d, err := runRepeat(harness, syn, repeat)
+		if err != nil || ret != actOK {
+			b.Fatal(ret, err)
+		}
+		if prog == f.objs.FromContainer {
+			if n := countConntrack(b, f.objs.Conntrack); n != repeat {
+				b.Fatalf("%d conntrack entries after %d SYNs from fresh ports, want one each", n, repeat)
+			}
+		}
+		total += d
+		drain()
+	}
+	clearConntrack(b, f.objs.Conntrack)
+	ns := float64(total.Nanoseconds()) / float64(b.N)
+	b.ReportMetric(ns, "ns/pkt")
+	b.ReportMetric(0, "ns/op")
+	return ns
+}
+
+func countConntrack(b *testing.B, m *ebpf.Map) int {
+	var k DatapathCtKey
+	var v DatapathCtEntry
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return n
 }
 
 // drainer opens a reader of the events ring and returns it with a

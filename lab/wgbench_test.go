@@ -242,6 +242,22 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		iperf(b, exec.Command("ip", "netns", "exec", s.ns[0], "iperf3", "-c", "10.98.0.2", "-p", "5201", "-t", "1", "-J"))
 		warm, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "1", "-J")
 		iperf(b, warm)
+		// What each pair of processes spends with no stream at all (3 s):
+		// the agents' own background work is part of their CPU per Gbit.
+		idle := func(pids []int) float64 {
+			before := 0.0
+			for _, p := range pids {
+				before += cpuSeconds(b, p)
+			}
+			time.Sleep(3 * time.Second)
+			after := 0.0
+			for _, p := range pids {
+				after += cpuSeconds(b, p)
+			}
+			return (after - before) / 3
+		}
+		idleAlone, idleOurs := idle(s.pids), idle(agents)
+		b.Logf("idle, CPU-s per s: standalone pair %.3f, agents %.3f", idleAlone, idleOurs)
 		var alone, ours []wgRound
 		for r := 0; r < rounds; r++ {
 			alone = append(alone, stream(s.pids, exec.Command("ip", "netns", "exec", s.ns[0], "iperf3", "-c", "10.98.0.2", "-p", "5201", "-t", "3", "-J")))
@@ -257,6 +273,8 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		b.ReportMetric(100*gu/ga, "agent-%-of-standalone")
 		b.ReportMetric(ca, "standalone-cpu-s/Gbit")
 		b.ReportMetric(cu, "agent-cpu-s/Gbit")
+		b.ReportMetric(idleAlone, "standalone-idle-cpu-s/s")
+		b.ReportMetric(idleOurs, "agent-idle-cpu-s/s")
 		b.ReportMetric(0, "ns/op")
 	})
 	b.Run("kernel-wireguard", func(b *testing.B) {
