@@ -92,7 +92,15 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 		// The ring is drained after each run (untimed), so no run finds it full.
 		ring, drain := drainer(b, f.objs.Events)
 		b.Run(fmt.Sprintf("new-connection-syn-repeated-ipcache-%dk", entries/1000), func(b *testing.B) {
-			synRepeated(b, f.objs.FromContainer, pkt(30000, true), func() { drain() })
+			// One tuple: each repeat replaces its entry (the LRU takes a
+			// node and frees the old one), the map keeps one for it
+			// beside the established flow's.
+			synRepeated(b, f.objs.FromContainer, pkt(30000, true), func() {
+				drain()
+				if n := countConntrack(b, f.objs.Conntrack); n != 2 {
+					b.Fatalf("%d conntrack entries after the repeated SYN, want 2 (its own, the established flow's)", n)
+				}
+			})
 		})
 		// Each of 10,000 SYNs in one kernel-timed run from its own port:
 		// every one makes a new conntrack entry (counted), as a new
