@@ -92,12 +92,31 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 		// The ring is drained after each run (untimed), so no run finds it full.
 		ring, drain := drainer(b, f.objs.Events)
 		b.Run(fmt.Sprintf("new-connection-syn-repeated-ipcache-%dk", entries/1000), func(b *testing.B) {
-			synRepeated(b, f.objs.FromContainer, pkt(30000, true), func() { drain() })
+			// One tuple: each repeat replaces its entry (the LRU takes a
+			// node and frees the old one); the map gains one entry at most.
+			had := countConntrack(b, f.objs.Conntrack)
+			synRepeated(b, f.objs.FromContainer, pkt(30000, true), func() {
+				drain()
+				if n := countConntrack(b, f.objs.Conntrack); n > had+1 {
+					b.Fatalf("%d conntrack entries after the repeated SYN, had %d: want one more at most", n, had)
+				}
+			})
+		})
+		// Each of 10,000 SYNs in one kernel-timed run from its own port:
+		// every one makes a new conntrack entry (counted), as a new
+		// connection does; beside it the same harness into return-OK,
+		// which is the run's and the harness's own cost.
+		b.Run(fmt.Sprintf("new-connection-fresh-tuples-ipcache-%dk", entries/1000), func(b *testing.B) {
+			freshTuples(b, f, f.objs.FromContainer, pkt(1, true), drain)
+		})
+		b.Run(fmt.Sprintf("baseline-fresh-tuples-harness-ipcache-%dk", entries/1000), func(b *testing.B) {
+			freshTuples(b, f, ok, pkt(1, true), drain)
 		})
 		ring.Close()
 		f.objs.Close()
 	}
 	benchLocal(b, runWant)
+	benchReceive(b, run)
 	benchFlowEvents(b, pkt, run)
 	benchNetdevWireGuard(b, run)
 }
@@ -137,12 +156,7 @@ func benchLocal(b *testing.B, runWant func(*testing.B, *ebpf.Program, []byte, ui
 	if err := f.objs.Endpoints.Put(&k, &DatapathEndpointInfo{Ifindex: 4242, Identity: dstID, EpId: dstEP, Flags: 3}); err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; i < 1000; i++ {
-		k := DatapathIpcacheKey{Prefixlen: 32, Ip: binary.BigEndian.Uint32([]byte{10, 1, byte(i >> 8), byte(i)})}
-		if err := f.objs.Ipcache.Put(&k, &DatapathIpcacheValue{Identity: uint32(1000 + i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	f.ipcache1k(b)
 	for _, pk := range []DatapathPolicyKey{
 		{Prefixlen: 64 + 24, EpId: podEP, Dir: dirEgress, Identity: dstID, Proto: 6, Port: [2]uint8{0, 80}},
 		{Prefixlen: 64 + 24, EpId: dstEP, Dir: dirIngress, Identity: podID, Proto: 6, Port: [2]uint8{0, 80}},
@@ -156,6 +170,51 @@ func benchLocal(b *testing.B, runWant func(*testing.B, *ebpf.Program, []byte, ui
 	}
 	b.Run("established-local-pod", func(b *testing.B) {
 		runWant(b, f.objs.FromContainer, tcpPacket(b, podIP, dstIP, 40000, 80, false, true), actRedirect)
+	})
+}
+
+// benchReceive: the receiving side of a connection the pod accepted
+// (ingress enforced with an allow, 1k ipcache entries): to_container on
+// its established packets in (the kernel routed them: native routing,
+// WireGuard) and on the replies to the pod's own connection, and
+// from_netdev on the established packet in (native routing: no NodePort
+// translation, the ingress L7 check).
+func benchReceive(b *testing.B, run func(*testing.B, *ebpf.Program, []byte) float64) {
+	f := loadB(b)
+	defer f.objs.Close()
+	f.ipcache1k(b)
+	for _, pk := range []DatapathPolicyKey{
+		{Prefixlen: 64 + 24, EpId: podEP, Dir: dirIngress, Identity: peerID, Proto: 6, Port: [2]uint8{0, 80}},
+		{Prefixlen: 64 + 24, EpId: podEP, Dir: dirEgress, Identity: peerID, Proto: 6, Port: [2]uint8{0, 80}},
+	} {
+		if err := f.objs.Policy.Put(&pk, &DatapathPolicyValue{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// The handshakes: accepted (peer:50000 -> pod:80) and opened (pod:40000 -> peer:80).
+	for _, step := range []struct {
+		prog *ebpf.Program
+		pkt  []byte
+	}{
+		{f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 50000, 80, true, false)},
+		{f.objs.FromContainer, tcpPacket(b, podIP, peerIP, 80, 50000, true, true)},
+		{f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 50000, 80, false, true)},
+		{f.objs.FromContainer, tcpPacket(b, podIP, peerIP, 40000, 80, true, false)},
+		{f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 80, 40000, true, true)},
+		{f.objs.FromContainer, tcpPacket(b, podIP, peerIP, 40000, 80, false, true)},
+	} {
+		if ret, _, err := runRepeat(step.prog, step.pkt, 1); err != nil || ret != actOK {
+			b.Fatal(ret, err)
+		}
+	}
+	b.Run("to-container-established-accepted", func(b *testing.B) {
+		run(b, f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 50000, 80, false, true))
+	})
+	b.Run("to-container-established-reply", func(b *testing.B) {
+		run(b, f.objs.ToContainer, tcpPacket(b, peerIP, podIP, 80, 40000, false, true))
+	})
+	b.Run("netdev-established-to-pod", func(b *testing.B) {
+		run(b, f.objs.FromNetdev, tcpPacket(b, peerIP, podIP, 50000, 80, false, true))
 	})
 }
 
@@ -273,6 +332,98 @@ func synRepeated(b *testing.B, prog *ebpf.Program, data []byte, after func()) fl
 	return ns
 }
 
+// freshTuples times prog on 10,000 TCP SYNs in one kernel-timed run, each
+// from another source port: a harness program writes the next port of a
+// counter into the packet (the test run passes the same skb to every
+// repeat) and tail-calls prog. Conntrack is cleared and the events ring
+// drained after each run, untimed. With from_container it checks that the
+// run made one conntrack entry per SYN.
+func freshTuples(b *testing.B, f *benchFixture, prog *ebpf.Program, syn []byte, drain func() int) float64 {
+	const repeat = 10000
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer counter.Close()
+	progs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer progs.Close()
+	if err := progs.Put(uint32(0), prog); err != nil {
+		b.Fatal(err)
+	}
+	const sportOff = 14 + 20 // Ethernet, IPv4 without options
+	harness, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.StoreImm(asm.R10, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, counter.FD()),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.Word),
+			asm.HostTo(asm.BE, asm.R1, asm.Half),
+			asm.StoreMem(asm.R10, -8, asm.R1, asm.Half),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Imm(asm.R2, sportOff),
+			asm.Mov.Reg(asm.R3, asm.R10),
+			asm.Add.Imm(asm.R3, -8),
+			asm.Mov.Imm(asm.R4, 2),
+			asm.Mov.Imm(asm.R5, 0),
+			asm.FnSkbStoreBytes.Call(),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.LoadMapPtr(asm.R2, progs.FD()),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.FnTailCall.Call(),
+			asm.Mov.Imm(asm.R0, 99).WithSymbol("out"), // not reached: the tail call failed
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer harness.Close()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		clearConntrack(b, f.objs.Conntrack)
+		ret, d, err := runRepeat(harness, syn, repeat)
+		if err != nil || ret != actOK {
+			b.Fatal(ret, err)
+		}
+		if prog == f.objs.FromContainer {
+			if n := countConntrack(b, f.objs.Conntrack); n != repeat {
+				b.Fatalf("%d conntrack entries after %d SYNs from fresh ports, want one each", n, repeat)
+			}
+		}
+		total += d
+		drain()
+	}
+	clearConntrack(b, f.objs.Conntrack)
+	ns := float64(total.Nanoseconds()) / float64(b.N)
+	b.ReportMetric(ns, "ns/pkt")
+	b.ReportMetric(0, "ns/op")
+	return ns
+}
+
+func countConntrack(b *testing.B, m *ebpf.Map) int {
+	var k DatapathCtKey
+	var v DatapathCtEntry
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
 // drainer opens a reader of the events ring and returns it with a
 // function that reads what the ring holds and says how many events.
 func drainer(b *testing.B, m *ebpf.Map) (*ringbuf.Reader, func() int) {
@@ -314,6 +465,16 @@ func runRepeat(prog *ebpf.Program, data []byte, repeat uint32) (uint32, time.Dur
 }
 
 type benchFixture struct{ objs DatapathObjects }
+
+// ipcache1k adds 1,000 ipcache entries (10.1.0.0-10.1.3.231).
+func (f *benchFixture) ipcache1k(b *testing.B) {
+	for i := 0; i < 1000; i++ {
+		k := DatapathIpcacheKey{Prefixlen: 32, Ip: binary.BigEndian.Uint32([]byte{10, 1, byte(i >> 8), byte(i)})}
+		if err := f.objs.Ipcache.Put(&k, &DatapathIpcacheValue{Identity: uint32(1000 + i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
 
 func loadB(b *testing.B) *benchFixture {
 	f := &benchFixture{}

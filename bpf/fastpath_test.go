@@ -218,22 +218,26 @@ type skbIfCtx struct {
 	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTci, VlanProto, Priority, IngressIfindex, Ifindex uint32
 }
 
+// otherInterface is the index of an interface besides lo (a test run's
+// packet can arrive on it); the test skips when there is none.
+func otherInterface(t *testing.T) int {
+	t.Helper()
+	ifs, _ := net.Interfaces()
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 {
+			return i.Index
+		}
+	}
+	t.Skip("skipped: no interface besides lo to send from")
+	return 0
+}
+
 // Source-address validation holds on the fast path: an established
 // flow's exact packet from another endpoint's interface is dropped, and
 // so is it from the pod's old interface once the endpoint moved.
 func TestFastPathChecksSource(t *testing.T) {
 	f := load(t)
-	other := 0
-	ifs, _ := net.Interfaces()
-	for _, i := range ifs {
-		if i.Flags&net.FlagLoopback == 0 {
-			other = i.Index
-			break
-		}
-	}
-	if other == 0 {
-		t.Skip("skipped: no interface besides lo to send from")
-	}
+	other := otherInterface(t)
 	from := func(ifindex int, pkt []byte) uint32 {
 		t.Helper()
 		ret, err := f.objs.FromContainer.Run(&ebpf.RunOptions{Data: pkt, Context: &skbIfCtx{Ifindex: uint32(ifindex)}})

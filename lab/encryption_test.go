@@ -478,3 +478,55 @@ func TestIPsecNoPlaintextOnUnderlay(t *testing.T) {
 		t.Fatalf("only %d ESP packets among %d", esp, len(pkts))
 	}
 }
+
+// The agent's userspace WireGuard device runs in a process of its own,
+// which follows the agent: stopped with it, killed with it when it
+// crashes, started again by the restarted agent, whose pods' traffic
+// flows through it as before.
+func TestWireGuardDeviceProcessFollowsAgent(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel", wireguardStrict...)
+	labtest.Pod(t, l, "n1", "a", "app=a")
+	b := labtest.Pod(t, l, "n2", "b", "app=b")
+	eventually(t, "a pings b through WireGuard", func() bool { return pingOK(l, "a", b.IP) })
+	device := func() int {
+		n1, _ := l.Node("n1")
+		for _, pid := range childPIDs(n1.PID) {
+			if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmd), "wireguard-device") {
+				return pid
+			}
+		}
+		return 0
+	}
+	gone := func(pid int) bool { // no such process, or a zombie nobody reaped yet
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+		return len(f) > 0 && f[0] == "Z"
+	}
+	pid := device()
+	if pid == 0 {
+		t.Skip("skipped: n1's WireGuard device is not a userspace one in its own process (kernel module present?)")
+	}
+	for _, stop := range []string{"stop", "crash"} {
+		if stop == "stop" {
+			if err := l.StopAgent("n1"); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := l.KillAgent("n1"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "n1's device process ends with its agent ("+stop+")", func() bool { return gone(pid) })
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := l.StartAgent(ctx, "n1")
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pid = device(); pid == 0 {
+			t.Fatalf("the restarted agent (after %s) runs no device process", stop)
+		}
+		eventuallyWithin(t, 60*time.Second, "a pings b through the restarted agent's device ("+stop+")", func() bool { return pingOK(l, "a", b.IP) })
+	}
+}

@@ -221,7 +221,10 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		n1, _ := l.Node("n1")
 		b.Logf("agent n1: %s", tunFlags(b, n1.NetNS, wireguard.DeviceName))
 		n2, _ := l.Node("n2")
-		agents := []int{n1.PID, n2.PID}
+		// The agents and their children (the WireGuard device's own
+		// process, where the agent runs it in one).
+		agents := append([]int{n1.PID, n2.PID}, childPIDs(n1.PID, n2.PID)...)
+		b.Logf("agent processes: %v", agents)
 		// One stream through each, alternately, with the CPU time the two
 		// WireGuard processes spent per Gbit/s-second moved (encryption,
 		// decryption and the kernel work done in their system calls).
@@ -242,6 +245,22 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		iperf(b, exec.Command("ip", "netns", "exec", s.ns[0], "iperf3", "-c", "10.98.0.2", "-p", "5201", "-t", "1", "-J"))
 		warm, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "1", "-J")
 		iperf(b, warm)
+		// What each pair of processes spends with no stream at all (3 s):
+		// the agents' own background work is part of their CPU per Gbit.
+		idle := func(pids []int) float64 {
+			before := 0.0
+			for _, p := range pids {
+				before += cpuSeconds(b, p)
+			}
+			time.Sleep(3 * time.Second)
+			after := 0.0
+			for _, p := range pids {
+				after += cpuSeconds(b, p)
+			}
+			return (after - before) / 3
+		}
+		idleAlone, idleOurs := idle(s.pids), idle(agents)
+		b.Logf("idle, CPU-s per s: standalone pair %.3f, agents %.3f", idleAlone, idleOurs)
 		var alone, ours []wgRound
 		for r := 0; r < rounds; r++ {
 			alone = append(alone, stream(s.pids, exec.Command("ip", "netns", "exec", s.ns[0], "iperf3", "-c", "10.98.0.2", "-p", "5201", "-t", "3", "-J")))
@@ -257,6 +276,8 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		b.ReportMetric(100*gu/ga, "agent-%-of-standalone")
 		b.ReportMetric(ca, "standalone-cpu-s/Gbit")
 		b.ReportMetric(cu, "agent-cpu-s/Gbit")
+		b.ReportMetric(idleAlone, "standalone-idle-cpu-s/s")
+		b.ReportMetric(idleOurs, "agent-idle-cpu-s/s")
 		b.ReportMetric(0, "ns/op")
 	})
 	b.Run("kernel-wireguard", func(b *testing.B) {
@@ -275,6 +296,34 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		b.ReportMetric(iperf(b, c), "Gbit/s")
 		b.ReportMetric(0, "ns/op")
 	})
+}
+
+// childPIDs are the processes whose parent is one of parents.
+func childPIDs(parents ...int) []int {
+	var out []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		for _, p := range parents {
+			if ppid == p {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
 }
 
 // tunFlags is the "tun type ..." line of ip -d link for dev in ns.

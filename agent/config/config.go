@@ -241,6 +241,10 @@ type Config struct {
 	// for the embedded WireGuard's UAPI socket (labs: several agents, each in
 	// its own mount namespace, on one machine).
 	WireGuardPrivateRunDir bool `json:"wireguardPrivateRunDir"`
+	// WireGuardDeviceCommand runs the embedded WireGuard device in a
+	// process of its own (crypto/wireguard Config.DeviceCommand); set by
+	// the agent's command, never from a file or flag.
+	WireGuardDeviceCommand []string `json:"-"`
 }
 
 // EmbeddedEtcd configures the etcd the agent starts itself.

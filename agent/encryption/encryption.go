@@ -63,7 +63,7 @@ func Start(cfg config.Config, dp *datapath.Datapath, router *routing.Router, und
 	case "wireguard":
 		wg, err := wireguard.Open(wireguard.Config{
 			KeyPath: filepath.Join(cfg.StateDir, "wireguard", "private.key"), MTU: underlayMTU - wireguard.Overhead,
-			PrivateRunDir: cfg.WireGuardPrivateRunDir,
+			PrivateRunDir: cfg.WireGuardPrivateRunDir, DeviceCommand: cfg.WireGuardDeviceCommand,
 		})
 		if err != nil {
 			return nil, err

@@ -15,6 +15,11 @@
 // a packet that changes the connection's state (TCP SYN, FIN, RST, a first
 // reply) or an entry whose expiry was last set CT_REFRESH_JIFFIES ago,
 // takes the slow path, which checks everything and caches again.
+//
+// to_container has one too (fast_ingress): it forwards nothing itself, so
+// it caches nothing; an established packet whose entry had its policy
+// checked at the current revision (the entry's rev, which enforce keeps)
+// passes after one conntrack lookup.
 #pragma once
 
 #define FAST_PASS 1  // to the node's stack (routed, or through the encryption device)
@@ -73,6 +78,58 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		return bpf_redirect_peer(e->fast_out, 0);
 	}
+	return TC_ACT_OK;
+}
+
+// fast_ingress passes p, routed by the kernel to the pod behind host veth
+// skb->ifindex (to_container), when its flow's entry at that endpoint
+// (the endpoint's ingress entry, or for a reply its egress one) had its
+// policy checked at revision rev, as enforce would after one conntrack
+// lookup: no endpoints or ipcache lookup, no clock read. It returns the tc
+// action, or -1 for the slow path, which also takes packets that would
+// change the entry (SYN, FIN, RST, a first reply), an entry whose expiry
+// was last set CT_REFRESH_JIFFIES ago or was ended by a revocation,
+// flows through the L7 proxy (a proxy port, the proxy's upstream
+// connection) and packets the proxy sends (its mark).
+//
+// The endpoint is the one whose slow path last recorded the interface
+// (fast_slot); its entries hold its own address on the pod's side (its
+// ingress entries are made for packets to it, its egress ones for packets
+// from it, source checked), so a packet the kernel routes here to any
+// other address finds none.
+static __always_inline int fast_ingress(struct __sk_buff *skb, struct pkt *p, __u32 rev)
+{
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))
+		return -1;
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_PROXY_MAGIC)
+		return -1;
+	__u32 slot = skb->ifindex & (EP_SLOTS - 1);
+	struct ep_slot *s = bpf_map_lookup_elem(&ep_slots, &slot);
+	if (!s || s->ifindex != skb->ifindex)
+		return -1;
+	struct ct_key k = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto, .dir = DIR_INGRESS, .ep_id = s->ep_id,
+	};
+	int reply = 0;
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (!e) {
+		struct ct_key r = {
+			.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
+			.proto = p->proto, .dir = DIR_EGRESS, .ep_id = s->ep_id,
+		};
+		e = bpf_map_lookup_elem(&conntrack, &r);
+		reply = 1;
+	}
+	if (!e || e->rev != rev || !e->expires || e->proxy_port || (e->flags & CT_F_UPSTREAM))
+		return -1;
+	if (bpf_jiffies64() - e->refreshed >= CT_REFRESH_JIFFIES)
+		return -1;
+	if (reply && (!(e->flags & CT_F_REPLY) || e->state != CT_STATE_ESTABLISHED))
+		return -1;
+	e->packets++;
+	e->bytes += p->len;
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
 }
 

@@ -58,15 +58,18 @@ static __always_inline int proxied(struct __sk_buff *skb, __u32 *src_id)
 }
 
 // l7_port is the L7 proxy port for a TCP or UDP packet p arriving for endpoint ep
-// from a peer of identity peer on a device where the kernel, not this
-// program, delivers it (native routing, WireGuard): the port its conntrack
+// on a device where the kernel, not this program, delivers it (native
+// routing, WireGuard): the port its conntrack
 // entry holds; none for a reply of the pod's own connection; PROXY_UPSTREAM
 // for a packet of no connection of the pod's that a socket of the host
 // owns (a reply to the proxy's upstream connection, which has the pod's
 // address); else the port of the policy entry that would allow it (none
-// when a deny applies: to_container drops it). Nothing is created or
-// counted here; to_container enforces the flows that are not proxied.
-static __always_inline __u32 l7_port(struct __sk_buff *skb, struct endpoint_info *ep, __u32 peer, struct pkt *p)
+// when a deny applies: to_container drops it), judged with the identity
+// of p's source, which is looked up (the ipcache LPM) only then and left
+// in *peer (else *peer stays 0): a packet of a known connection costs no
+// identity lookup. Nothing is created or counted here; to_container
+// enforces the flows that are not proxied.
+static __always_inline __u32 l7_port(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u32 *peer)
 {
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return 0;
@@ -88,7 +91,8 @@ static __always_inline __u32 l7_port(struct __sk_buff *skb, struct endpoint_info
 	if (upstream_reply(skb, p))
 		return PROXY_UPSTREAM;
 policy:;
-	struct policy_value *v = policy_lookup(ep->ep_id, DIR_INGRESS, peer, p->proto, p->pport);
+	*peer = lookup_identity(p->saddr);
+	struct policy_value *v = policy_lookup(ep->ep_id, DIR_INGRESS, *peer, p->proto, p->pport);
 	struct policy_value *any = policy_lookup(ep->ep_id, DIR_INGRESS, 0, p->proto, p->pport);
 	if ((v && v->deny) || (any && any->deny))
 		return 0;
@@ -105,10 +109,12 @@ static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
 	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
 	if (!dst)
 		return -1;
-	__u32 src_id = lookup_identity(p->saddr);
-	__u32 port = l7_port(skb, dst, src_id, p);
+	__u32 src_id = 0;
+	__u32 port = l7_port(skb, dst, p, &src_id);
 	if (!port)
 		return -1;
+	if (!src_id)
+		src_id = lookup_identity(p->saddr);
 	int r = to_proxy(skb, p, port, src_id);
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, p);

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // The programs on each endpoint's host-side veth: from_container (tc
 // ingress: what the pod sends) and to_container (tc egress: what the kernel
-// routes to the pod). from_container first tries the established fast
-// path (lib/fastpath.h).
+// routes to the pod). Both first try the established fast path
+// (lib/fastpath.h): from_container its cached forwarding, to_container
+// its entry's policy revision.
 #pragma once
 
 SEC("tc")
@@ -116,6 +117,9 @@ int to_container(struct __sk_buff *skb)
 	}
 	if (r != REASON_FORWARDED)
 		return drop(skb, r, DIR_INGRESS, 0, 0, 0, 0, &p);
+	r = fast_ingress(skb, &p, datapath_rev());
+	if (r >= 0)
+		return r;
 	__u32 daddr = p.daddr;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
 	if (!dst) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/filament-net/filament/agent/config"
 	"github.com/filament-net/filament/agent/daemon"
+	"github.com/filament-net/filament/crypto/wireguard"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -47,13 +48,32 @@ func newCommand() *cobra.Command {
 			}
 			// Flags given explicitly win over the file.
 			config.ApplyFlags(cmd.Flags(), &final, &flags)
+			// The embedded WireGuard device runs in a process of its own
+			// (this command again): its goroutines off the agent's.
+			if self, err := os.Executable(); err == nil {
+				final.WireGuardDeviceCommand = []string{self, wireguardDeviceCommand}
+			}
 			return run(final)
 		},
 	}
 	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file (flags given explicitly override it)")
 	config.RegisterFlags(cmd.Flags(), &flags)
+	cmd.AddCommand(&cobra.Command{
+		Use:    wireguardDeviceCommand + " NAME MTU",
+		Short:  "run the agent's userspace WireGuard device (started by the agent itself)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			// The agent stops it by closing stdin; a terminal's signals
+			// are the agent's to handle.
+			signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+			return wireguard.RunDevice(args[0], args[1], os.Stdin, os.Stdout)
+		},
+	})
 	return cmd
 }
+
+const wireguardDeviceCommand = "wireguard-device"
 
 // run checks the configuration, sets up logging and runs the agent until
 // a signal.

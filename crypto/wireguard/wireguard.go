@@ -112,6 +112,13 @@ type Config struct {
 	// (labs running several agents, each in its own mount namespace, on
 	// one machine); never on a real node.
 	PrivateRunDir bool
+	// DeviceCommand, when set, runs the userspace device in a process of
+	// its own (argv; the device's name and MTU are appended; it must call
+	// RunDevice): its goroutines then share no scheduler, heap or GC with
+	// the caller's. The process is in the caller's network and mount
+	// namespaces, is stopped by Close and killed if the caller dies.
+	// Empty: the device runs in this process.
+	DeviceCommand []string
 }
 
 // Device is the node's WireGuard device.
@@ -125,6 +132,7 @@ type Device struct {
 	wg      *wgctrl.Client
 	user    *device.Device
 	uapi    net.Listener
+	child   *deviceProcess
 	ifindex int
 }
 
@@ -202,31 +210,48 @@ func (d *Device) openUserspace() error {
 			return fmt.Errorf("private %s: %w", runDir, err)
 		}
 	}
-	t, err := tun.CreateTUN(d.cfg.Name, d.cfg.MTU)
+	if len(d.cfg.DeviceCommand) > 0 {
+		c, err := startDeviceProcess(d.cfg.DeviceCommand, d.cfg.Name, d.cfg.MTU)
+		if err != nil {
+			return err
+		}
+		d.child = c
+		return nil
+	}
+	var err error
+	d.user, d.uapi, err = startUserspace(d.cfg.Name, d.cfg.MTU)
+	return err
+}
+
+// startUserspace creates the TUN device name, wireguard-go's device on it
+// and its UAPI socket, and brings the device up.
+func startUserspace(name string, mtu int) (*device.Device, net.Listener, error) {
+	t, err := tun.CreateTUN(name, mtu)
 	if err != nil {
-		return fmt.Errorf("create TUN %s: %w", d.cfg.Name, err)
+		return nil, nil, fmt.Errorf("create TUN %s: %w", name, err)
 	}
 	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: func(f string, a ...any) {
 		slog.Debug("wireguard: " + fmt.Sprintf(f, a...))
 	}}
-	d.user = device.NewDevice(t, conn.NewDefaultBind(), logger)
-	f, err := ipc.UAPIOpen(d.cfg.Name)
+	dev := device.NewDevice(t, conn.NewDefaultBind(), logger)
+	f, err := ipc.UAPIOpen(name)
 	if err != nil {
-		d.user.Close()
-		return fmt.Errorf("UAPI socket of %s: %w", d.cfg.Name, err)
+		dev.Close()
+		return nil, nil, fmt.Errorf("UAPI socket of %s: %w", name, err)
 	}
-	d.uapi, err = ipc.UAPIListen(d.cfg.Name, f)
+	uapi, err := ipc.UAPIListen(name, f)
 	if err != nil {
-		d.user.Close()
-		return fmt.Errorf("UAPI listen %s: %w", d.cfg.Name, err)
+		dev.Close()
+		return nil, nil, fmt.Errorf("UAPI listen %s: %w", name, err)
 	}
 	// Configuration through the UAPI socket may open the device's UDP
 	// socket again (a new listen port), so it is handled on a thread in the
 	// device's network namespace, which need not be the process's.
 	here, err := netns.Get()
 	if err != nil {
-		d.user.Close()
-		return err
+		uapi.Close()
+		dev.Close()
+		return nil, nil, err
 	}
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with the loop
@@ -236,14 +261,19 @@ func (d *Device) openUserspace() error {
 			return
 		}
 		for {
-			c, err := d.uapi.Accept()
+			c, err := uapi.Accept()
 			if err != nil {
 				return
 			}
-			d.user.IpcHandle(c)
+			dev.IpcHandle(c)
 		}
 	}()
-	return d.user.Up()
+	if err := dev.Up(); err != nil {
+		uapi.Close()
+		dev.Close()
+		return nil, nil, err
+	}
+	return dev, uapi, nil
 }
 
 // Close removes the device (a kernel one stays for the next agent).
@@ -256,6 +286,9 @@ func (d *Device) Close() {
 	}
 	if d.user != nil {
 		d.user.Close()
+	}
+	if d.child != nil {
+		d.child.stop()
 	}
 }
 

@@ -53,7 +53,35 @@ func run(t *testing.T, args ...string) {
 // between their inner addresses flows through the tunnel, the peers report
 // a handshake and bytes, and a key rotation followed by the peer's update
 // keeps it flowing.
+// TestMain: the test binary is also the device process of the
+// own-process case (Config.DeviceCommand runs it again with this
+// variable set, the device's name and MTU last).
+func TestMain(m *testing.M) {
+	if os.Getenv("FILAMENT_WG_DEVICE_TEST") == "1" {
+		a := os.Args
+		if err := RunDevice(a[len(a)-2], a[len(a)-1], os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// Two devices in two namespaces, with the userspace device in this process
+// and in a process of its own (Config.DeviceCommand), where the kernel has
+// no WireGuard module.
 func TestDevicesTalk(t *testing.T) {
+	for _, own := range []bool{false, true} {
+		name := "in-process"
+		if own {
+			name = "own-process"
+		}
+		t.Run(name, func(t *testing.T) { devicesTalk(t, own) })
+	}
+}
+
+func devicesTalk(t *testing.T, ownProcess bool) {
 	testutil.RequireRoot(t)
 	if _, err := os.Stat(runDir); errors.Is(err, os.ErrNotExist) {
 		t.Cleanup(func() { os.Remove(runDir) }) // the UAPI socket directory this test made (if empty)
@@ -75,14 +103,24 @@ func TestDevicesTalk(t *testing.T) {
 		var d *Device
 		err := ns.WithNetNSPath("/var/run/netns/"+nsName, func(ns.NetNS) error {
 			var err error
-			d, err = Open(Config{Name: dev, Port: Port, MTU: 1420, KeyPath: filepath.Join(dir, dev+".key")})
+			cfg := Config{Name: dev, Port: Port, MTU: 1420, KeyPath: filepath.Join(dir, dev+".key")}
+			if ownProcess {
+				cfg.DeviceCommand = []string{os.Args[0], "-test.run=^$"}
+			}
+			d, err = Open(cfg)
 			return err
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(d.Close)
+		if ownProcess && d.Type == "userspace" && d.child == nil {
+			t.Fatal("the device runs in this process, not its own")
+		}
 		return d
+	}
+	if ownProcess {
+		t.Setenv("FILAMENT_WG_DEVICE_TEST", "1")
 	}
 	a, b := open(nsA, "fwa"+suffix), open(nsB, "fwb"+suffix)
 	if a.Type != "userspace" && a.Type != "kernel" {
@@ -148,5 +186,18 @@ func TestDevicesTalk(t *testing.T) {
 	}
 	if ps, _ := a.Peers(); len(ps) != 0 {
 		t.Fatalf("peer not removed: %+v", ps)
+	}
+	// Closed, the device goes (with its own process).
+	child := a.child
+	a.Close()
+	if err := exec.Command("ip", "-n", nsA, "link", "show", a.Name()).Run(); err == nil && a.Type == "userspace" {
+		t.Fatalf("%s still there after Close", a.Name())
+	}
+	if child != nil {
+		select {
+		case <-child.done:
+		default:
+			t.Fatal("the device's process still runs after Close")
+		}
 	}
 }
