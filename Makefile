@@ -92,7 +92,7 @@ IMAGE ?= ghcr.io/filament-net/filament:$(APP_VERSION)
 RELEASE_FLAGS = -dist $(DIST) -name $(IMAGE) -version $(VERSION) -commit $(COMMIT) -created $(BUILD_DATE)
 static:
 	@for p in $(RELEASE_PLATFORMS); do \
-		echo "== static binaries for $$p into $(DIST)/build/$$p"; \
+		echo "== static binaries for $$p into $(DIST)/build/$$p"; mkdir -p $(DIST)/build/$$p; \
 		CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -buildvcs=false -ldflags "-s -w $(LDFLAGS)" \
 			-o $(DIST)/build/$$p/ ./cmd/filament-agent ./cmd/filament ./cmd/filament-cni ./cmd/filament-clustermesh-apiserver ./cmd/filament-relay ./cmd/filament-proxy || exit 1; \
 	done
