@@ -95,6 +95,11 @@ type Config struct {
 	// ClusterMeshTTL withdraws a lost remote cluster's entries after this
 	// long; 0 keeps them (traffic keeps flowing to what was known).
 	ClusterMeshTTL Duration `json:"clusterMeshTTL"`
+	// RemoteIPCache: sparse (default) writes one entry per remote cluster
+	// node's pod CIDR and a remote pod's /32 only where this node's policy
+	// tells its identity apart (agent/sparse); full writes every remote
+	// pod's /32.
+	RemoteIPCache string `json:"remoteIPCache"`
 	// PolicyAllClusters makes peer selectors that name no cluster match
 	// every cluster of the mesh instead of only the local one.
 	PolicyAllClusters bool `json:"policyAllClusters"`
@@ -251,7 +256,7 @@ func Default() Config {
 	}
 	return Config{
 		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID,
-		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", MemberlistPort: 7946, MaxConnectedClusters: 255,
+		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", RemoteIPCache: "sparse", MemberlistPort: 7946, MaxConnectedClusters: 255,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
 		HubbleExportFileMaxSizeMB: DefaultHubbleExportFileMaxSizeMB, HubbleExportFileMaxBackups: DefaultHubbleExportFileMaxBackups,
 		EmbeddedEtcd:          EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
@@ -355,6 +360,9 @@ func (c Config) validateCluster() error {
 	}
 	if err := absPath("clusterMeshConfig", c.ClusterMeshConfig, true); err != nil {
 		return err
+	}
+	if c.RemoteIPCache != "sparse" && c.RemoteIPCache != "full" {
+		return fmt.Errorf("%w: remoteIPCache %q: want sparse or full", ErrInvalid, c.RemoteIPCache)
 	}
 	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
 }

@@ -31,6 +31,7 @@ var Flags = []Flag{
 	{"gossip-key-file", "the cluster's gossip key file (a bundle's gossip.key); needed with an external etcd and the memberlist port on", func(c *Config) any { return &c.GossipKeyFile }},
 	{"clustermesh-config", "directory of remote cluster configs (one <name>.yaml each, from filament clustermesh connect)", func(c *Config) any { return &c.ClusterMeshConfig }},
 	{"clustermesh-ttl", "withdraw a lost remote cluster's entries after this long (0: keep them)", func(c *Config) any { return &c.ClusterMeshTTL }},
+	{"remote-ipcache", "remote clusters' pods in the BPF ipcache: sparse (one entry per remote pod CIDR, a pod's /32 only where policy tells it apart) or full (every pod's /32)", func(c *Config) any { return &c.RemoteIPCache }},
 	{"policy-all-clusters", "peer selectors without a cluster label match every cluster of the mesh (default: only the local cluster)", func(c *Config) any { return &c.PolicyAllClusters }},
 	{"state-dir", "directory for endpoint, policy and embedded etcd state", func(c *Config) any { return &c.StateDir }},
 	{"api-socket", "unix socket of the agent API", func(c *Config) any { return &c.APISocket }},
