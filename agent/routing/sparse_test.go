@@ -62,7 +62,7 @@ func (f *fakeMaps) slash32s() int {
 
 // inNetns runs the test in a network namespace of its own: the router
 // adds and deletes kernel routes for the nodes it learns.
-func inNetns(t *testing.T) {
+func inNetns(t testing.TB) {
 	testutil.RequireRoot(t)
 	runtime.LockOSThread() // never unlocked: the thread ends with the test
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
