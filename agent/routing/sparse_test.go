@@ -286,3 +286,63 @@ func TestSparseRouterRandom(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSparseHostileCIDRs: a remote node (whoever holds the remote's
+// kvstore credentials writes it) claims any pod CIDRs and addresses. No
+// cover is ever shorter than MinCoverBits, overlaps this node's pod CIDR
+// or another node's pod CIDR, and every entry of the honest node resolves
+// as with the full ipcache.
+func FuzzSparseHostileCIDRs(f *testing.F) {
+	f.Add("10.2.1.0/24", "10.2.1.9", uint8(0))
+	f.Add("0.0.0.0/0", "10.2.1.9", uint8(1))
+	f.Add("10.1.1.0/25", "10.1.1.3", uint8(2))
+	f.Add("10.2.0.0/16", "10.2.1.7", uint8(3))
+	f.Add("10.2.1.128/25", "10.2.1.200", uint8(4))
+	f.Fuzz(func(t *testing.T, cidr, addr string, op uint8) {
+		inNetns(t)
+		need := sparse.NewNeed(1, op&1 == 1)
+		pr, sp, full := newPair(need)
+		honest := node.Node{Name: "c2/ok", IPs: []string{"192.168.2.1"}, PodCIDRs: []string{"10.2.1.0/24"}}
+		hostile := node.Node{Name: "c3/evil", IPs: []string{"192.168.3.1"}, PodCIDRs: []string{cidr}}
+		if hostile.Check() != nil {
+			return // the mesh refuses such a record before the router sees it
+		}
+		live := map[netip.Addr]ipcache.Entry{}
+		for _, a := range []string{"10.2.1.5", "10.2.1.200"} {
+			e := ipcache.Entry{IP: netip.MustParseAddr(a), Identity: identity.Compose(2, 300), HostIP: honest.IP(), Node: honest.Name}
+			live[e.IP] = e
+		}
+		steps := []func(){
+			func() { pr.NodeChanged(honest, false) },
+			func() { pr.NodeChanged(hostile, false) },
+			func() {
+				for _, e := range live {
+					pr.EntryChanged(e, false)
+				}
+			},
+			func() {
+				if ip, err := netip.ParseAddr(addr); err == nil && ip.Is4() {
+					pr.EntryChanged(ipcache.Entry{IP: ip, Identity: identity.Compose(3, 300), HostIP: hostile.IP(), Node: hostile.Name}, false)
+				}
+			},
+		}
+		for i := range steps {
+			steps[(i+int(op))%len(steps)]()
+		}
+		local := netip.MustParsePrefix("10.1.1.0/24")
+		for p, v := range sp.ipc {
+			if !v.cover {
+				continue
+			}
+			if p.Bits() < MinCoverBits || p.Overlaps(local) {
+				t.Fatalf("cover %s (hostile CIDR %q)", p, cidr)
+			}
+			for q, w := range sp.ipc {
+				if w.cover && q != p && q.Overlaps(p) {
+					t.Fatalf("covers %s and %s overlap", p, q)
+				}
+			}
+		}
+		check(t, "hostile "+cidr, pr.sparse, sp, full, need, live)
+	})
+}
