@@ -290,9 +290,13 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		}
 		return
 	}
+	// Same addresses and pod CIDRs: its covers and compact entries stay.
+	same := had && !deleted && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs)
 	var others []string
 	if had {
-		others = r.sparseForget(old)
+		if !same {
+			others = r.sparseForget(old)
+		}
 		r.forgetNode(old)
 	}
 	if deleted {
@@ -301,7 +305,9 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		return
 	}
 	r.nodes[n.Name] = n
-	others = append(others, r.sparseLearn(n)...)
+	if !same {
+		others = append(others, r.sparseLearn(n)...)
+	}
 	if !r.down[n.Name] {
 		r.learnNode(n)
 	}

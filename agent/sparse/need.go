@@ -80,7 +80,7 @@ type Need struct {
 	ingress bool   // ingress takes the source identity from the ipcache
 	byID    map[identity.NumericIdentity]map[slot]verdict
 	needed  map[identity.NumericIdentity]bool // identities with entries: distinguished
-	cidrs   map[netip.Prefix]bool
+	cidrs   map[int]map[netip.Prefix]bool     // CIDR identities' prefixes by length
 }
 
 // NewNeed follows the policy of a node of cluster local. ingress: the
@@ -90,7 +90,7 @@ type Need struct {
 // the source identity of ingress traffic travels in the VNI).
 func NewNeed(local uint32, ingress bool) *Need {
 	return &Need{local: local, ingress: ingress, byID: map[identity.NumericIdentity]map[slot]verdict{},
-		needed: map[identity.NumericIdentity]bool{}, cidrs: map[netip.Prefix]bool{}}
+		needed: map[identity.NumericIdentity]bool{}, cidrs: map[int]map[netip.Prefix]bool{}}
 }
 
 // covered says whether id is a remote pod identity that a cover may stand for.
@@ -135,14 +135,22 @@ func (n *Need) Apply(c policy.Change) Diff {
 	}
 	d := Diff{Identities: map[identity.NumericIdentity]bool{}, Clusters: map[uint32]bool{}}
 	for p := range c.CIDRUpserts {
-		if !n.cidrs[p] {
-			n.cidrs[p] = true
+		p = p.Masked()
+		if n.cidrs[p.Bits()] == nil {
+			n.cidrs[p.Bits()] = map[netip.Prefix]bool{}
+		}
+		if !n.cidrs[p.Bits()][p] {
+			n.cidrs[p.Bits()][p] = true
 			d.CIDRs = append(d.CIDRs, p)
 		}
 	}
 	for _, p := range c.CIDRDeletes {
-		if n.cidrs[p] {
-			delete(n.cidrs, p)
+		p = p.Masked()
+		if n.cidrs[p.Bits()][p] {
+			delete(n.cidrs[p.Bits()], p)
+			if len(n.cidrs[p.Bits()]) == 0 {
+				delete(n.cidrs, p.Bits())
+			}
 			d.CIDRs = append(d.CIDRs, p)
 		}
 	}
@@ -209,8 +217,11 @@ func (n *Need) Needed(id identity.NumericIdentity) bool {
 func (n *Need) InLongerCIDR(addr netip.Addr, cover netip.Prefix) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for p := range n.cidrs {
-		if p.Bits() > cover.Bits() && p.Contains(addr) {
+	for bits, set := range n.cidrs {
+		if bits <= cover.Bits() {
+			continue
+		}
+		if p, err := addr.Prefix(bits); err == nil && set[p] {
 			return true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -370,4 +371,28 @@ func mustLabels(t *testing.T, s ...string) labels.Labels {
 		t.Fatal(err)
 	}
 	return ls
+}
+
+// A CIDR identity's prefix longer than a cover makes the addresses inside
+// it need their /32s (the full ipcache would give them the pod's identity,
+// a cover-only one the CIDR identity); a shorter one does not.
+func TestInLongerCIDR(t *testing.T) {
+	n := NewNeed(1, false)
+	cover := netip.MustParsePrefix("10.2.1.0/24")
+	d := n.Apply(policy.Change{CIDRUpserts: map[netip.Prefix]identity.NumericIdentity{
+		netip.MustParsePrefix("10.2.1.16/28"): identity.LocalScopeFlag | 1,
+		netip.MustParsePrefix("10.0.0.0/8"):   identity.LocalScopeFlag | 2,
+	}})
+	if len(d.CIDRs) != 2 {
+		t.Fatalf("diff %+v", d)
+	}
+	for a, want := range map[string]bool{"10.2.1.17": true, "10.2.1.31": true, "10.2.1.32": false, "10.2.1.5": false} {
+		if got := n.InLongerCIDR(netip.MustParseAddr(a), cover); got != want {
+			t.Errorf("InLongerCIDR(%s) = %v, want %v", a, got, want)
+		}
+	}
+	n.Apply(policy.Change{CIDRDeletes: []netip.Prefix{netip.MustParsePrefix("10.2.1.16/28")}})
+	if n.InLongerCIDR(netip.MustParseAddr("10.2.1.17"), cover) {
+		t.Error("a deleted CIDR prefix still counts")
+	}
 }
