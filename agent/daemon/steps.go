@@ -295,7 +295,7 @@ func (a *Agent) startMesh(ctx context.Context) error {
 // ipcache; the mesh checked the identity against the cluster's ID and
 // qualified the node name with the cluster's).
 func (a *Agent) remoteEntry(e ipcache.Entry, deleted bool) {
-	if c, _, ok := strings.Cut(e.Node, "/"); ok && !deleted {
+	if c, _, ok := strings.Cut(e.Node, "/"); ok && !deleted && a.cfg.RemoteIPCache == "sparse" {
 		a.engine.EnsureCover(e.Identity.ClusterID(), c)
 	}
 	a.router.EntryChanged(e, deleted)
