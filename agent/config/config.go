@@ -103,6 +103,11 @@ type Config struct {
 	// cluster's filament-clustermesh-apiserver (run with
 	// --clustermesh-cache) instead of connecting to each of them.
 	ClusterMeshCache bool `json:"clusterMeshCache,omitempty"`
+	// RemoteIPCache: sparse (default) writes one entry per remote cluster
+	// node's pod CIDR and a remote pod's /32 only where this node's policy
+	// tells its identity apart (agent/sparse); full writes every remote
+	// pod's /32.
+	RemoteIPCache string `json:"remoteIPCache"`
 	// PolicyAllClusters makes peer selectors that name no cluster match
 	// every cluster of the mesh instead of only the local one.
 	PolicyAllClusters bool `json:"policyAllClusters"`
@@ -263,7 +268,7 @@ func Default() Config {
 	}
 	return Config{
 		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID,
-		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", MemberlistPort: 7946, MaxConnectedClusters: 255,
+		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", RemoteIPCache: "sparse", MemberlistPort: 7946, MaxConnectedClusters: 255,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
 		HubbleExportFileMaxSizeMB: DefaultHubbleExportFileMaxSizeMB, HubbleExportFileMaxBackups: DefaultHubbleExportFileMaxBackups,
 		EmbeddedEtcd:          EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
@@ -371,6 +376,9 @@ func (c Config) validateCluster() error {
 	}
 	if c.ClusterMeshCache && c.ClusterMeshConfig == "" {
 		return fmt.Errorf("%w: clusterMeshCache: needs clusterMeshConfig (the remotes' names)", ErrInvalid)
+	}
+	if c.RemoteIPCache != "sparse" && c.RemoteIPCache != "full" {
+		return fmt.Errorf("%w: remoteIPCache %q: want sparse or full", ErrInvalid, c.RemoteIPCache)
 	}
 	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/agent/service"
+	"github.com/filament-net/filament/agent/sparse"
 	"github.com/filament-net/filament/clustermesh/remote"
 )
 
@@ -194,6 +195,19 @@ func (a *Agent) startPolicy(context.Context) error {
 	}
 	a.engine = enforcement.New(a.dp, a.res, a.policies, []netip.Addr{a.pool.Gateway(), a.nodeIP}, a.ids.Get)
 	a.engine.SetCluster(a.ipsync, a.router, a.nodeIP)
+	if a.cfg.RemoteIPCache == "sparse" {
+		// Ingress reads the source identity from the ipcache unless it
+		// travels in the VNI (tunnel mode without encryption, whose
+		// traffic goes through the WireGuard or XFRM path instead).
+		ingress := a.cfg.Routing != routing.Tunnel || a.cfg.Encryption != "none"
+		need := sparse.NewNeed(a.cfg.ClusterID, ingress)
+		a.engine.SetSparse(need)
+		local, err := netip.ParsePrefix(a.podCIDR)
+		if err != nil {
+			return fmt.Errorf("pod CIDR %q: %w", a.podCIDR, err)
+		}
+		a.router.SetSparse(need, local)
+	}
 	return nil
 }
 
@@ -269,7 +283,7 @@ func (a *Agent) startMesh(ctx context.Context) error {
 		return nil
 	}
 	a.mesh = remote.NewManager(a.cfg.ClusterMeshConfig, a.cfg.ClusterName, a.cfg.ClusterID, time.Duration(a.cfg.ClusterMeshTTL), remote.Callbacks{
-		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.router.EntryChanged,
+		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.remoteEntry,
 		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
 	})
 	if a.cfg.ClusterMeshCache {
@@ -277,6 +291,17 @@ func (a *Agent) startMesh(ctx context.Context) error {
 	}
 	a.goroutine(func() { a.mesh.Run(ctx) })
 	return nil
+}
+
+// remoteEntry passes a remote cluster's ipcache entry to the router, once
+// the resolver has the cover identity of its cluster (sparse remote
+// ipcache; the mesh checked the identity against the cluster's ID and
+// qualified the node name with the cluster's).
+func (a *Agent) remoteEntry(e ipcache.Entry, deleted bool) {
+	if c, _, ok := strings.Cut(e.Node, "/"); ok && !deleted && a.cfg.RemoteIPCache == "sparse" {
+		a.engine.EnsureCover(e.Identity.ClusterID(), c)
+	}
+	a.router.EntryChanged(e, deleted)
 }
 
 // startClusterPolicies applies the stored policies and follows the

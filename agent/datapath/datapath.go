@@ -317,8 +317,19 @@ func (d *Datapath) UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) er
 // UpsertIPCacheTunnel maps prefix to identity, reached through the tunnel
 // to node tunnel (when valid).
 func (d *Datapath) UpsertIPCacheTunnel(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr) error {
+	return d.putIPCache(p, id, tunnel, 0)
+}
+
+// UpsertIPCacheCover writes a remote node's pod CIDR with its cluster's
+// cover identity (flag IPCACHE_F_COVER: a flow admitted with it has its
+// replies judged with their own identity, agent/sparse).
+func (d *Datapath) UpsertIPCacheCover(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr) error {
+	return d.putIPCache(p, id, tunnel, IPCacheFlagCover)
+}
+
+func (d *Datapath) putIPCache(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr, flags uint8) error {
 	k := ipcacheKey(p)
-	v := bpf.DatapathIpcacheValue{Identity: uint32(id)}
+	v := bpf.DatapathIpcacheValue{Identity: uint32(id), Flags: flags}
 	if tunnel.Is4() {
 		v.TunnelIp = ipv4(tunnel)
 	}
@@ -327,6 +338,9 @@ func (d *Datapath) UpsertIPCacheTunnel(p netip.Prefix, id identity.NumericIdenti
 	}
 	return d.bump()
 }
+
+// IPCacheFlagCover is IPCACHE_F_COVER of bpf/lib/maps.h.
+const IPCacheFlagCover = 1
 
 // DeleteIPCache removes prefix; absent is not an error.
 func (d *Datapath) DeleteIPCache(p netip.Prefix) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/routing"
+	"github.com/filament-net/filament/agent/sparse"
 	"github.com/filament-net/filament/bpf"
 )
 
@@ -66,6 +67,38 @@ type Engine struct {
 	ipsync *ipcache.Sync
 	router *routing.Router
 	nodeIP netip.Addr
+
+	// Sparse remote ipcache (nil: full): the need follows every change
+	// and the router writes the /32s it asks for.
+	need   *sparse.Need
+	covers sync.Map // remote cluster ID → name whose cover identity the resolver has
+}
+
+// SetSparse makes the engine feed every policy change to need and have
+// the router write the remote /32s it makes needed before the change
+// reaches the kernel (and remove those it makes unneeded after).
+func (e *Engine) SetSparse(need *sparse.Need) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.need = need
+}
+
+// EnsureCover gives the resolver remote cluster's cover identity (its
+// cluster label only), so that its policy entries are computed as every
+// pod's of that cluster are; once per cluster and name.
+func (e *Engine) EnsureCover(cluster uint32, name string) {
+	if v, ok := e.covers.Load(cluster); ok && v.(string) == name {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.need == nil || cluster == 0 {
+		return
+	}
+	e.covers.Store(cluster, name)
+	if err := e.apply(e.res.UpsertIdentity(sparse.CoverIdentity(cluster, name))); err != nil {
+		slog.Error("applying a cover identity to the datapath", "cluster", name, "err", err)
+	}
 }
 
 // SetCluster makes the engine publish local endpoints in the cluster
@@ -96,6 +129,16 @@ func (e *Engine) apply(c policy.Change) (err error) {
 			err = rerr
 		}
 	}()
+	// Remote /32s the change makes needed are written before it, those
+	// it makes unneeded removed after it (under the same held revision):
+	// no address resolves to a cover identity whose entries differ from
+	// its own at any moment (docs/architecture.md, sparse remote ipcache).
+	var need sparse.Diff
+	if e.need != nil && e.router != nil {
+		if need = e.need.Apply(c); !need.Empty() {
+			e.router.Reneed(need, true)
+		}
+	}
 	if _, err := e.dp.ApplyPolicy(c.Upserts, c.Deletes); err != nil {
 		return err
 	}
@@ -115,6 +158,9 @@ func (e *Engine) apply(c policy.Change) (err error) {
 		if err := e.dp.DeleteIPCache(p); err != nil {
 			return err
 		}
+	}
+	if !need.Empty() {
+		e.router.Reneed(need, false)
 	}
 	return nil
 }
@@ -313,8 +359,8 @@ func (e *Engine) Reconcile() (removed int, err error) {
 			e.dp.DeleteIPCache(p)
 			removed++
 		} else if w != id {
-			if ent, isRemote := remote[p]; isRemote {
-				e.router.EntryChanged(ent, false)
+			if _, isRemote := remote[p]; isRemote {
+				e.router.Rewrite(p)
 			} else {
 				e.dp.UpsertIPCache(p, w)
 			}
@@ -324,8 +370,8 @@ func (e *Engine) Reconcile() (removed int, err error) {
 		if _, ok := haveIP[p]; ok {
 			continue
 		}
-		if ent, isRemote := remote[p]; isRemote {
-			e.router.EntryChanged(ent, false)
+		if _, isRemote := remote[p]; isRemote {
+			e.router.Rewrite(p)
 		} else if err := e.dp.UpsertIPCache(p, id); err != nil {
 			return removed, err
 		}

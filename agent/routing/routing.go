@@ -22,6 +22,7 @@ import (
 
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/endpoint/veth"
+	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/crypto/wireguard"
@@ -61,9 +62,21 @@ type IPsec interface {
 // ErrMode: an unknown routing mode.
 var ErrMode = errors.New("routing mode must be tunnel or native")
 
+// Maps are the datapath maps the router writes (agent/datapath; a fake in
+// tests).
+type Maps interface {
+	UpsertNode(ip netip.Addr) error
+	DeleteNode(ip netip.Addr) error
+	UpsertEncryptPeer(ip netip.Addr) error
+	DeleteEncryptPeer(ip netip.Addr)
+	UpsertIPCacheTunnel(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr) error
+	UpsertIPCacheCover(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr) error
+	DeleteIPCache(p netip.Prefix) error
+}
+
 // Router keeps routes, the tunnel and remote ipcache entries current.
 type Router struct {
-	dp   *datapath.Datapath
+	dp   Maps
 	mode string
 	self string
 
@@ -82,6 +95,7 @@ type Router struct {
 	hostSrc netip.Addr      // source of the node's own traffic to other nodes' pods (tunnel mode)
 	hostDev int             // the gateway device those routes go out of (tunnel mode)
 	entries map[netip.Addr]ipcache.Entry
+	sp      *sparseState // nil: every remote entry is written as its /32 (--remote-ipcache full)
 }
 
 // New prepares the node for mode: the VXLAN device and from_overlay in
@@ -276,17 +290,28 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		}
 		return
 	}
+	// Same addresses and pod CIDRs: its covers and compact entries stay.
+	same := had && !deleted && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs)
+	var others []string
 	if had {
+		if !same {
+			others = r.sparseForget(old)
+		}
 		r.forgetNode(old)
 	}
 	if deleted {
 		delete(r.nodes, n.Name)
+		r.syncNodes(others)
 		return
 	}
 	r.nodes[n.Name] = n
+	if !same {
+		others = append(others, r.sparseLearn(n)...)
+	}
 	if !r.down[n.Name] {
 		r.learnNode(n)
 	}
+	r.syncNodes(others)
 }
 
 func (r *Router) learnNode(n node.Node) {
@@ -370,6 +395,9 @@ func (r *Router) forgetNode(n node.Node) {
 func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.sparseEntryChanged(e, deleted) {
+		return
+	}
 	p := netip.PrefixFrom(e.IP, 32)
 	if deleted {
 		delete(r.entries, e.IP)
@@ -398,6 +426,13 @@ func (r *Router) Entry(ip netip.Addr) (ipcache.Entry, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.entries[ip]
+	if !ok {
+		// A compact entry has no pod names (docs/architecture.md, sparse
+		// remote ipcache).
+		if name, ce, found := r.compactOwner(ip); found && !r.down[name] {
+			return ipcache.Entry{IP: ip, Identity: ce.id, HostIP: addrOf(ce.host), Node: name}, true
+		}
+	}
 	if !ok || r.down[e.Node] || !r.entryOK(e) {
 		return ipcache.Entry{}, false
 	}
@@ -468,6 +503,9 @@ func (r *Router) SetNodeDown(name string, down bool) {
 		} else {
 			r.learnNode(n)
 		}
+		if r.sp != nil && clusterOf(name) != "" {
+			r.syncNode(name)
+		}
 	}
 }
 
@@ -485,5 +523,6 @@ func (r *Router) Wanted() map[netip.Prefix]ipcache.Entry {
 			out[netip.PrefixFrom(ip, 32)] = e
 		}
 	}
+	r.sparseWanted(out)
 	return out
 }

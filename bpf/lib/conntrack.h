@@ -42,6 +42,7 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 // ct_entry.flags
 #define CT_F_REPLY 1    // a reply was seen
 #define CT_F_UPSTREAM 2 // opened by the L7 proxy's upstream socket: its replies go back to it
+#define CT_F_COVER 4    // admitted with a cover identity (IPCACHE_F_COVER): replies are judged with their own
 
 static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
 {

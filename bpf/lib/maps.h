@@ -11,9 +11,15 @@ struct ipcache_key {
 struct ipcache_value {
 	__u32 identity;
 	__u32 tunnel_ip; // network order; 0 = local or not tunnelled
-	__u8 flags;
+	__u8 flags;      // IPCACHE_F_*
 	__u8 pad[3];
 };
+
+// ipcache_value.flags
+// IPCACHE_F_COVER: a remote node's pod CIDR, whose identity (its cluster's
+// cover identity) stands for every pod of it the agent holds no /32 for:
+// their policy entries equal the cover's (agent/sparse).
+#define IPCACHE_F_COVER 1
 
 struct endpoint_info {
 	__u32 ifindex; // host-side veth

@@ -138,8 +138,12 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 			__u8 fenforced = ep->flags & (fdir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
 			// A reply is judged with the identity the flow was admitted
 			// with (the VNI's, the proxy's mark's: not the reply's
-			// source), as is the proxy's upstream connection.
-			__u32 fpeer = (p->reply || (e->flags & CT_F_UPSTREAM)) ? e->peer_identity : peer;
+			// source), as is the proxy's upstream connection; but a
+			// flow admitted with a cover identity, which may since have
+			// become its peer's own (a /32 installed because policy now
+			// tells that peer apart), is judged with the peer's identity
+			// now (the reply's VNI or ipcache identity).
+			__u32 fpeer = ((p->reply && !(e->flags & CT_F_COVER)) || (e->flags & CT_F_UPSTREAM)) ? e->peer_identity : peer;
 			__u32 unused = 0;
 			int r = policy_verdict(ep, fdir, fenforced, fpeer, p, e->pport, p->reply ? 0 : daddr, &unused);
 			if (r != REASON_FORWARDED && !((r == REASON_POLICY_DENIED || r == REASON_POLICY_DENY_RULE) && policy_audit())) {

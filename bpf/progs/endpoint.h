@@ -35,7 +35,8 @@ int from_container(struct __sk_buff *skb)
 	__u16 dst_ep = dst ? dst->ep_id : 0;
 
 	__u32 proxy;
-	r = enforce(0, src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, 0, &proxy);
+	__u8 cover = remote && (remote->flags & IPCACHE_F_COVER) ? CT_F_COVER : 0;
+	r = enforce(0, src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, cover, &proxy);
 	// Egress L7: the proxy checks the destination's ingress too. Or a reply
 	// to the proxy's upstream connection (PROXY_UPSTREAM): to its socket,
 	// whatever the destination (the client here or on another node).
@@ -128,7 +129,8 @@ int to_container(struct __sk_buff *skb)
 	}
 	__u32 saddr = p.saddr;
 	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
-	__u32 src_id = src ? src->identity : lookup_identity(saddr);
+	struct ipcache_value *remote = src ? 0 : lookup_ipcache(saddr);
+	__u32 src_id = src ? src->identity : (remote ? remote->identity : IDENTITY_WORLD);
 	__u16 src_ep = src ? src->ep_id : 0;
 	// The proxy's upstream connection speaks for the flow's source, whose
 	// L7 rules it has already applied.
@@ -137,8 +139,8 @@ int to_container(struct __sk_buff *skb)
 	// A connection the proxy's upstream socket opens (from the client's
 	// address) is flagged: the pod's replies go back to the proxy's socket
 	// (from_container).
-	r = enforce(0, dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0,
-		    from_proxy ? CT_F_UPSTREAM : 0, &proxy);
+	__u8 ct_flags = from_proxy ? CT_F_UPSTREAM : (remote && (remote->flags & IPCACHE_F_COVER) ? CT_F_COVER : 0);
+	r = enforce(0, dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0, ct_flags, &proxy);
 	if (r == REASON_FORWARDED && proxy && !from_proxy)
 		r = REASON_PROXY_BYPASS; // L7 rules apply: never around the proxy
 	if (r != REASON_FORWARDED)
