@@ -529,4 +529,36 @@ func TestWireGuardDeviceProcessFollowsAgent(t *testing.T) {
 		}
 		eventuallyWithin(t, 60*time.Second, "a pings b through the restarted agent's device ("+stop+")", func() bool { return pingOK(l, "a", b.IP) })
 	}
+	// The device's process dies behind the agent's back: the agent stops
+	// with an error (its supervisor would restart it), and until then a's
+	// traffic to b does not leave unencrypted: the kernel removed the
+	// routes through the device, and the unreachable fallback route of b's
+	// pod CIDR drops it (without it, it would take the tunnel in clear).
+	n1, _ := l.Node("n1")
+	n2, _ := l.Node("n2")
+	// A default route via n2, as a real node has one: without the
+	// fallback, a's packets to b would take it in clear (and arrive).
+	if out, err := exec.Command("ip", "-n", n1.NetNS, "route", "replace", "default", "via", n2.IP).CombinedOutput(); err != nil {
+		t.Fatalf("default route in n1: %v %s", err, out)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "n1's agent stops when its device process dies", func() bool { return gone(n1.PID) })
+	// `ip route get` answers "No route to host" for an unreachable route.
+	if out, _ := exec.Command("ip", "-n", n1.NetNS, "route", "get", b.IP).CombinedOutput(); !strings.Contains(string(out), "No route to host") {
+		t.Errorf("n1's route to b with its device gone is not the unreachable fallback: %s", out)
+	}
+	for i := 0; i < 3; i++ {
+		if pingOK(l, "a", b.IP) {
+			t.Fatal("a reached b while n1's WireGuard device was gone: the traffic left unencrypted")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	err := l.StartAgent(ctx, "n1")
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventuallyWithin(t, 60*time.Second, "a pings b after n1's agent restarted its device", func() bool { return pingOK(l, "a", b.IP) })
 }

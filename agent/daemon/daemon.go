@@ -54,8 +54,9 @@ type Agent struct {
 	ready   chan struct{}
 	ran     bool
 
-	stops []stopStep     // shutdowns, run in reverse
-	wg    sync.WaitGroup // goroutines the steps started
+	stops  []stopStep     // shutdowns, run in reverse
+	wg     sync.WaitGroup // goroutines the steps started
+	failed chan error     // a part that cannot go on (fail): Run stops with it
 
 	// state
 	gossipKeys    gossipkey.Keys
@@ -128,7 +129,7 @@ func New(cfg config.Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, ready: make(chan struct{}), peers: hubble.NewPeers()}, nil
+	return &Agent{cfg: cfg, ready: make(chan struct{}), failed: make(chan error, 1), peers: hubble.NewPeers()}, nil
 }
 
 // steps are the agent's start steps in order.
@@ -179,9 +180,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	close(a.ready)
 	slog.Info("filament-agent ready", "node", a.cfg.NodeName, "cluster", a.cfg.ClusterName, "clusterID", a.cfg.ClusterID,
 		"podCIDR", a.podCIDR, "nodeIP", a.nodeIP, "routing", a.cfg.Routing, "socket", a.cfg.APISocket, "version", version.Version)
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case err := <-a.failed:
+		slog.Error("stopping: a part of the agent cannot go on", "err", err)
+		return err
+	}
 	slog.Info("shutting down")
 	return nil
+}
+
+// ErrDeviceDied: the WireGuard device's own process ended while the agent
+// ran.
+var ErrDeviceDied = errors.New("the WireGuard device process ended")
+
+// fail makes Run stop and return err (the first such error wins).
+func (a *Agent) fail(err error) {
+	select {
+	case a.failed <- err:
+	default:
+	}
 }
 
 // onStop registers what undoes a step.

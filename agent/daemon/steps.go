@@ -154,14 +154,26 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	return nil
 }
 
-// startEncryption sets up WireGuard or IPsec and node authentication.
-func (a *Agent) startEncryption(context.Context) error {
+// startEncryption sets up WireGuard or IPsec and node authentication. A
+// WireGuard device process that dies stops the agent with an error (its
+// supervisor restarts it and the device); meanwhile the peers' pod CIDRs
+// keep only their unreachable fallback routes, so nothing leaves in clear.
+func (a *Agent) startEncryption(ctx context.Context) error {
 	enc, err := encryption.Start(a.cfg, a.dp, a.router, a.underlayMTU, a.nodeIP, a.podCIDR)
 	if err != nil {
 		return err
 	}
 	a.enc = enc
 	a.onStop("encryption", enc.Close)
+	if died := enc.DeviceDied(); died != nil {
+		a.goroutine(func() {
+			select {
+			case <-died:
+				a.fail(ErrDeviceDied)
+			case <-ctx.Done():
+			}
+		})
+	}
 	a.auth, err = encryption.StartNodeAuth(a.cfg, a.router)
 	return err
 }

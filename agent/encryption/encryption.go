@@ -128,6 +128,15 @@ func Start(cfg config.Config, dp *datapath.Datapath, router *routing.Router, und
 	return e, nil
 }
 
+// DeviceDied is closed when the WireGuard device's own process ends while
+// the agent runs; nil (never ready) for other devices and modes.
+func (e *Encryption) DeviceDied() <-chan struct{} {
+	if e.wg == nil {
+		return nil
+	}
+	return e.wg.Died()
+}
+
 func (e *Encryption) PublicKey() string {
 	if e.wg == nil {
 		return ""

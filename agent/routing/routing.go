@@ -237,6 +237,17 @@ func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
 }
 
+// encryptFallbackMetric is the metric of the unreachable route each
+// WireGuard peer's pod CIDR also gets, below the device's route (metric
+// 0): when the device goes (its process died), the kernel removes the
+// routes through it and this one drops the traffic, which would otherwise
+// follow another route out unencrypted.
+const encryptFallbackMetric = 4242
+
+func encryptFallback(c netip.Prefix) *netlink.Route {
+	return &netlink.Route{Dst: ipnet(c), Type: unix.RTN_UNREACHABLE, Priority: encryptFallbackMetric}
+}
+
 // encryptTo makes n a WireGuard peer: its pod CIDRs are its allowed IPs
 // and are routed through the device; the programs send its pods' traffic
 // there. A node without a key is not a peer (strict mode drops traffic to it).
@@ -262,6 +273,9 @@ func (r *Router) encryptTo(n node.Node, ip netip.Addr) bool {
 		}
 		if err := netlink.RouteReplace(rt); err != nil {
 			slog.Error("route to a remote pod CIDR through WireGuard", "node", n.Name, "cidr", c, "err", err)
+		}
+		if err := netlink.RouteReplace(encryptFallback(c)); err != nil {
+			slog.Error("unreachable fallback route to a remote pod CIDR", "node", n.Name, "cidr", c, "err", err)
 		}
 	}
 	if err := r.dp.UpsertEncryptPeer(ip); err != nil {
@@ -387,6 +401,7 @@ func (r *Router) forgetNode(n node.Node) {
 	// Its pod CIDRs' routes, whichever way they went (native, encryption
 	// device, or the gateway device in tunnel mode).
 	for _, c := range cidrs(n) {
+		netlink.RouteDel(encryptFallback(c))
 		netlink.RouteDel(&netlink.Route{Dst: ipnet(c)})
 	}
 }

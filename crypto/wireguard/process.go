@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -20,20 +19,20 @@ var ErrDeviceProcess = errors.New("wireguard device process")
 // deviceProcess is the userspace device running in a process of its own
 // (Config.DeviceCommand).
 type deviceProcess struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	done  chan struct{}
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	done     chan struct{} // closed when the process has ended
+	stopping chan struct{} // closed by stop: an end after it is expected
 }
 
 // startDeviceProcess starts argv with name and mtu appended and waits
 // until it says the device is up (RunDevice's "ready").
 func startDeviceProcess(argv []string, name string, mtu int) (*deviceProcess, error) {
 	cmd := exec.Command(argv[0], append(argv[1:], name, strconv.Itoa(mtu))...)
-	// Killed when the thread that starts it ends, which a locked thread
-	// does only with its goroutine: this one stays, unlocked, in Go's pool
-	// until the process ends. Locked, the child starts in this thread's
-	// network namespace (the device's), which may not be the process's.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it is tied to the starting thread, not to this
+	// process, and Go may end that thread while the agent lives. The
+	// child ends when its stdin reaches EOF instead, which happens when
+	// this process closes it (stop) or dies (the kernel closes the pipe).
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -43,13 +42,15 @@ func startDeviceProcess(argv []string, name string, mtu int) (*deviceProcess, er
 	if err != nil {
 		return nil, err
 	}
+	// Locked, the child starts in this thread's network namespace (the
+	// device's), which may not be the process's.
 	runtime.LockOSThread()
 	err = cmd.Start()
 	runtime.UnlockOSThread()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrDeviceProcess, argv[0], err)
 	}
-	p := &deviceProcess{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	p := &deviceProcess{cmd: cmd, stdin: stdin, done: make(chan struct{}), stopping: make(chan struct{})}
 	line := make(chan string, 1)
 	go func() {
 		l, _ := bufio.NewReader(stdout).ReadString('\n')
@@ -70,8 +71,30 @@ func startDeviceProcess(argv []string, name string, mtu int) (*deviceProcess, er
 	}
 }
 
+// died is closed when the process ends without stop having been called.
+func (p *deviceProcess) died() <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		select {
+		case <-p.done:
+			select {
+			case <-p.stopping:
+			default:
+				close(ch)
+			}
+		case <-p.stopping:
+		}
+	}()
+	return ch
+}
+
 // stop ends the process (its stdin closes; killed after 5 s) and waits.
 func (p *deviceProcess) stop() {
+	select {
+	case <-p.stopping:
+	default:
+		close(p.stopping)
+	}
 	p.stdin.Close()
 	select {
 	case <-p.done:

@@ -133,6 +133,7 @@ type Device struct {
 	user    *device.Device
 	uapi    net.Listener
 	child   *deviceProcess
+	died    <-chan struct{}
 	ifindex int
 }
 
@@ -215,7 +216,7 @@ func (d *Device) openUserspace() error {
 		if err != nil {
 			return err
 		}
-		d.child = c
+		d.child, d.died = c, c.died()
 		return nil
 	}
 	var err error
@@ -291,6 +292,11 @@ func (d *Device) Close() {
 		d.child.stop()
 	}
 }
+
+// Died is closed when the device's own process (Config.DeviceCommand)
+// ends while the device is open: the device and the routes through it are
+// gone. It is nil (never ready) for a kernel or in-process device.
+func (d *Device) Died() <-chan struct{} { return d.died }
 
 // PublicKey is the node's current public key.
 func (d *Device) PublicKey() wgtypes.Key {

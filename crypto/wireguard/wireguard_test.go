@@ -199,5 +199,22 @@ func devicesTalk(t *testing.T, ownProcess bool) {
 		default:
 			t.Fatal("the device's process still runs after Close")
 		}
+		// Closed on purpose: not reported as died.
+		select {
+		case <-a.Died():
+			t.Fatal("Died reported a device that was closed")
+		case <-time.After(200 * time.Millisecond):
+		}
+		// b's process killed behind its back: Died says so.
+		if err := b.child.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-b.Died():
+		case <-time.After(10 * time.Second):
+			t.Fatal("Died not closed 10 s after the device's process was killed")
+		}
+	} else if a.Died() != nil {
+		t.Fatal("an in-process device has a Died channel")
 	}
 }
