@@ -52,6 +52,7 @@ func newCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file (flags given explicitly override it)")
 	config.RegisterFlags(cmd.Flags(), &flags)
+	cmd.AddCommand(installCNICommand(), mountBPFFSCommand(), uninstallCommand())
 	return cmd
 }
 
