@@ -68,11 +68,12 @@ KUBELET ?= $(HOME)/.cache/filament/kubelet-v1.37.1
 kubelet:
 	@GO=$(GO) KUBE_COMMAND=kubelet deploy/kube/build-kube-apiserver.sh $(KUBELET)
 
-# The node tests: the chart's commands (no shell) run for real against a
-# real kube-apiserver, uninstall on a namespace and bpffs of its own, and
-# the pause image in a containerd of the test's own (docs/install.md, "what
-# the real-node test runs"). They are part of `make test` too (a minute);
-# this target runs only them.
+# The node tests: the rendered DaemonSet's pod started through containerd's
+# CRI (install-cni, the agent up and its startup probe passing, then
+# filament-agent uninstall leaving nothing), the chart's commands against a
+# real kube-apiserver, uninstall on a namespace and bpffs of its own, the
+# pause image (docs/install.md, "what the real-node test runs"). They are
+# part of `make test` too (about two minutes); this target runs only them.
 test-node: check-root deps build kube-apiserver
 	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) $(GO) test -count=1 -timeout 10m \
 		./deploy/kube/ ./internal/kubenode/ ./agent/uninstall/ ./agent/procsys/ ./agent/cniinstall/ ./agent/k8s/incluster/

@@ -132,9 +132,28 @@ func Run(c Config) (Removed, error) {
 		if _, err := os.Lstat(d); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		note("directory "+d, os.RemoveAll(d))
+		note("directory "+d, removeDir(d))
 	}
 	return done, errors.Join(errs...)
+}
+
+// removeDir removes dir and everything in it; a dir that is a mount point
+// (the hostPath volume of a container running the uninstall) is emptied
+// and left.
+func removeDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, unix.EBUSY) {
+		return err
+	}
+	return nil
 }
 
 // OurFilter: a classic tc filter the datapath attached (its name is the

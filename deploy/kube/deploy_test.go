@@ -167,6 +167,11 @@ func TestRenderedManifestsContent(t *testing.T) {
 		t.Errorf("DaemonSet pod spec: hostNetwork %v, dnsPolicy %v, serviceAccountName %v", spec["hostNetwork"], spec["dnsPolicy"], spec["serviceAccountName"])
 	}
 	checkNoShell(t, docs)
+	// The image runs as 65532 by default; the agent's added capabilities
+	// are effective only for root.
+	if uid, found, _ := unstructured.NestedFieldNoCopy(spec, "securityContext", "runAsUser"); !found || fmt.Sprint(uid) != "0" {
+		t.Errorf("DaemonSet pod securityContext.runAsUser %v (set %v), want 0", uid, found)
+	}
 	cr := find(docs, "ClusterRole", "filament")
 	if cr == nil {
 		t.Fatal("no ClusterRole filament")

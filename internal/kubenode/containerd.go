@@ -26,9 +26,10 @@ type Containerd struct {
 var ErrMissing = errors.New("missing on this machine")
 
 // StartContainerd starts containerd with everything under dir (which must
-// be on a filesystem overlayfs accepts as upper: not tmpfs-in-overlay) and
-// waits for its socket.
-func StartContainerd(dir, cniBin, cniConf string) (*Containerd, error) {
+// be on a filesystem overlayfs accepts as upper: not tmpfs-in-overlay) in
+// network namespace netns ("" = this one; host-network pods share it: the
+// node's namespace) and waits for its socket.
+func StartContainerd(dir, cniBin, cniConf, netns string) (*Containerd, error) {
 	for _, p := range []string{"containerd", "runc", "containerd-shim-runc-v2", "ctr"} {
 		if _, err := exec.LookPath(p); err != nil {
 			return nil, fmt.Errorf("%w: %s (apt-get install containerd runc)", ErrMissing, p)
@@ -42,6 +43,9 @@ state = %q
   address = %q
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
+  # Even root may not lower oom_score_adj on the test machines (writing
+  # -998 is refused): keep containers at their parent's.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %q
     conf_dir = %q
@@ -56,6 +60,9 @@ state = %q
 	}
 	c.log = log
 	c.cmd = exec.Command("containerd", "--config", cfg)
+	if netns != "" {
+		c.cmd = exec.Command("nsenter", "--net="+netns, "containerd", "--config", cfg)
+	}
 	c.cmd.Stdout, c.cmd.Stderr = log, log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := c.cmd.Start(); err != nil {
@@ -86,12 +93,21 @@ func (c *Containerd) Ctr(args ...string) (string, error) {
 	return string(out), nil
 }
 
-// Stop kills every task this containerd runs, then containerd (its shims
-// with it), and waits.
+// Stop kills and deletes every task this containerd runs (their shims
+// exit with them), stops containerd and waits, then unmounts whatever is
+// still mounted under Dir (rootfs and shm of sandboxes) so that Dir can go.
 func (c *Containerd) Stop() {
 	if out, err := c.Ctr("tasks", "list", "-q"); err == nil {
 		for _, id := range strings.Fields(out) {
 			c.Ctr("tasks", "kill", "-s", "SIGKILL", id)
+		}
+		for _, id := range strings.Fields(out) {
+			for i := 0; i < 50; i++ {
+				if _, err := c.Ctr("tasks", "delete", id); err == nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
 		}
 	}
 	if c.cmd.Process != nil {
@@ -106,4 +122,15 @@ func (c *Containerd) Stop() {
 		}
 	}
 	c.log.Close()
+	if b, err := os.ReadFile("/proc/self/mounts"); err == nil {
+		var under []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], c.Dir+"/") {
+				under = append(under, f[1])
+			}
+		}
+		for i := len(under) - 1; i >= 0; i-- {
+			syscall.Unmount(under[i], syscall.MNT_DETACH)
+		}
+	}
 }

@@ -26,7 +26,7 @@ func TestPauseImageRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(cdir) })
-	c, err := StartContainerd(cdir, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"))
+	c, err := StartContainerd(cdir, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"), "")
 	if errors.Is(err, ErrMissing) && os.Getenv("FILAMENT_REQUIRE_PRIVILEGED") != "1" {
 		t.Skipf("skipped: %v", err)
 	}
