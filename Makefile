@@ -16,10 +16,10 @@ DEMO_LAB ?= filament-demo
 DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo
 
 # command:package pairs installed by `deps` when the command is missing.
-DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux h2load:nghttp2-client wrk:wrk haproxy:haproxy dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf kcat:kcat chromium:chromium
+DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux h2load:nghttp2-client wrk:wrk haproxy:haproxy dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf kcat:kcat chromium:chromium containerd:containerd runc:runc
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
-.PHONY: kube-apiserver hubble hubble-protos all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
+.PHONY: kube-apiserver kubelet test-node hubble hubble-protos all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
 
 all: build
 
@@ -61,6 +61,22 @@ check-root:
 KUBE_APISERVER ?= $(HOME)/.cache/filament/kube-apiserver-v1.37.1
 kube-apiserver:
 	@GO=$(GO) deploy/kube/build-kube-apiserver.sh $(KUBE_APISERVER)
+
+# A kubelet of the same Kubernetes version, for the real-node test (issue
+# 20 part 3), built the same way and cached.
+KUBELET ?= $(HOME)/.cache/filament/kubelet-v1.37.1
+kubelet:
+	@GO=$(GO) KUBE_COMMAND=kubelet deploy/kube/build-kube-apiserver.sh $(KUBELET)
+
+# The node tests: the rendered DaemonSet's pod started through containerd's
+# CRI (install-cni, the agent up and its startup probe passing, then
+# filament-agent uninstall leaving nothing), the chart's commands against a
+# real kube-apiserver, uninstall on a namespace and bpffs of its own, the
+# pause image (docs/install.md, "what the real-node test runs"). They are
+# part of `make test` too (about two minutes); this target runs only them.
+test-node: check-root deps build kube-apiserver
+	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) $(GO) test -count=1 -timeout 10m \
+		./deploy/kube/ ./internal/kubenode/ ./agent/uninstall/ ./agent/procsys/ ./agent/cniinstall/ ./agent/k8s/incluster/
 
 # The real hubble CLI for the observability work (issue 17), built from the
 # Go module proxy (the hubble/ package of github.com/cilium/cilium in a

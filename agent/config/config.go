@@ -242,6 +242,19 @@ type Config struct {
 	// Kubeconfig turns on Kubernetes mode: NetworkPolicy and the Cilium
 	// policy CRDs are followed from the API server ("" = off).
 	Kubeconfig string `json:"kubeconfig"`
+	// KubernetesInCluster turns on Kubernetes mode with the pod's
+	// ServiceAccount (token and CA under
+	// /var/run/secrets/kubernetes.io/serviceaccount) instead of a
+	// kubeconfig: the agent as a DaemonSet pod.
+	KubernetesInCluster bool `json:"kubernetesInCluster"`
+	// KubernetesAPIServer is the API server's host:port in-cluster ("" =
+	// KUBERNETES_SERVICE_HOST/PORT, the kubernetes Service's cluster IP,
+	// which nothing may translate before the agent runs).
+	KubernetesAPIServer string `json:"kubernetesAPIServer"`
+	// RemountProcSys remounts /proc/sys read-write at start: a container
+	// runtime mounts it read-only in an unprivileged container, and the
+	// agent writes the node's network sysctls.
+	RemountProcSys bool `json:"remountProcSys"`
 	// WireGuardPrivateRunDir mounts a private tmpfs on /var/run/wireguard
 	// for the embedded WireGuard's UAPI socket (labs: several agents, each in
 	// its own mount namespace, on one machine).
@@ -563,8 +576,26 @@ func (c Config) validateIntegrations() error {
 	if c.DNSRejectResponse != "refused" && c.DNSRejectResponse != "nxdomain" {
 		return fmt.Errorf("%w: dnsRejectResponse %q: want refused or nxdomain", ErrInvalid, c.DNSRejectResponse)
 	}
+	if c.KubernetesInCluster && c.Kubeconfig != "" {
+		return fmt.Errorf("%w: kubeconfig %q and kubernetesInCluster: give one of them", ErrInvalid, c.Kubeconfig)
+	}
+	if c.KubernetesAPIServer != "" {
+		if !c.KubernetesInCluster {
+			return fmt.Errorf("%w: kubernetesAPIServer %q: only with kubernetesInCluster", ErrInvalid, c.KubernetesAPIServer)
+		}
+		if host, _, err := net.SplitHostPort(c.KubernetesAPIServer); err != nil || host == "" {
+			return fmt.Errorf("%w: kubernetesAPIServer %q: want host:port of the API server", ErrInvalid, c.KubernetesAPIServer)
+		}
+		if err := listenAddr("kubernetesAPIServer", c.KubernetesAPIServer); err != nil {
+			return err
+		}
+	}
 	return existingFile("kubeconfig", c.Kubeconfig)
 }
+
+// KubernetesMode: the agent follows a Kubernetes cluster (a kubeconfig or
+// in-cluster).
+func (c *Config) KubernetesMode() bool { return c.Kubeconfig != "" || c.KubernetesInCluster }
 
 // listenAddr checks an optional TCP listen address: host:port with an
 // empty host (every address), an IP address or a host name, and a port

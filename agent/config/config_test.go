@@ -172,6 +172,11 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"tofqdnsMaxEntries", func(c *Config) { c.ToFQDNsMaxEntries = -5 }, []string{"tofqdnsMaxEntries", "-5"}},
 		{"dnsRejectResponse", func(c *Config) { c.DNSRejectResponse = "drop" }, []string{"dnsRejectResponse", "drop"}},
 		{"kubeconfig", func(c *Config) { c.Kubeconfig = missing }, []string{"kubeconfig", missing}},
+		{"kubeconfig and in-cluster", func(c *Config) { c.Kubeconfig, c.KubernetesInCluster = file, true }, []string{"kubeconfig", "kubernetesInCluster"}},
+		{"kubernetesAPIServer without in-cluster", func(c *Config) { c.KubernetesAPIServer = "10.0.0.1:6443" }, []string{"kubernetesAPIServer", "10.0.0.1:6443", "kubernetesInCluster"}},
+		{"kubernetesAPIServer without port", func(c *Config) { c.KubernetesInCluster, c.KubernetesAPIServer = true, "10.0.0.1" }, []string{"kubernetesAPIServer", "10.0.0.1"}},
+		{"kubernetesAPIServer without host", func(c *Config) { c.KubernetesInCluster, c.KubernetesAPIServer = true, ":6443" }, []string{"kubernetesAPIServer", ":6443"}},
+		{"kubernetesAPIServer bad port", func(c *Config) { c.KubernetesInCluster, c.KubernetesAPIServer = true, "api:0" }, []string{"kubernetesAPIServer", "api:0"}},
 		{"hubbleListen without TLS", func(c *Config) { c.HubbleListen = ":4244" }, []string{"hubbleListen", ":4244", "mutual TLS"}},
 		{"hubbleTLSClientNames empty", func(c *Config) {
 			c.HubbleListen, c.NodeCert, c.NodeKey, c.NodeCA, c.HubbleTLSClientNames = ":4244", file, file, file, nil

@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/rest"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/config"
@@ -36,6 +37,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policysync"
+	"github.com/filament-net/filament/agent/procsys"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
@@ -108,6 +110,9 @@ type Agent struct {
 	// from other goroutines).
 	proxyRef atomic.Pointer[l7.Supervisor]
 	srv      *api.Server
+	// kube is the Kubernetes client configuration (nil: not in Kubernetes
+	// mode), made by the addresses step.
+	kube *rest.Config
 	// flowMetrics are the flow metrics and the exporter's, served with
 	// the agent's (nil until the hubble step).
 	flowMetrics *prometheus.Registry
@@ -135,6 +140,7 @@ func New(cfg config.Config) (*Agent, error) {
 // steps are the agent's start steps in order.
 func (a *Agent) steps() []step {
 	return []step{
+		{"proc sys", a.startProcSys},
 		{"state", a.startState},
 		{"kvstore", a.startKvstore},
 		{"identities", a.startIdentities},
@@ -241,6 +247,19 @@ func (a *Agent) every(ctx context.Context, what string, interval time.Duration, 
 			}
 		}
 	})
+}
+
+// startProcSys remounts /proc/sys read-write when asked (the agent in an
+// unprivileged container, where the runtime mounts it read-only).
+func (a *Agent) startProcSys(context.Context) error {
+	if !a.cfg.RemountProcSys {
+		return nil
+	}
+	if err := procsys.RemountWritable(procsys.Path); err != nil {
+		return fmt.Errorf("%w (the agent needs CAP_SYS_ADMIN and a security profile that allows mount, or a privileged container)", err)
+	}
+	slog.Info("remounted read-write", "path", procsys.Path)
+	return nil
 }
 
 // startState makes the state dir and, with failure detection on, loads

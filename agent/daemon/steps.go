@@ -83,8 +83,13 @@ func (a *Agent) startIdentities(ctx context.Context) error {
 // and address detection are the fallbacks) and the pod address pool.
 func (a *Agent) startAddresses(ctx context.Context) error {
 	var kubeCIDR netip.Prefix
-	if a.cfg.Kubeconfig != "" {
-		cidr, addr, err := k8s.NodeInfo(ctx, a.cfg.Kubeconfig, a.cfg.NodeName)
+	if a.cfg.KubernetesMode() {
+		kube, err := k8s.ClientConfig(a.cfg.Kubeconfig, a.cfg.KubernetesAPIServer)
+		if err != nil {
+			return err
+		}
+		a.kube = kube
+		cidr, addr, err := k8s.NodeInfo(ctx, kube, a.cfg.NodeName)
 		if err != nil {
 			slog.Info("no Node object to read (pod CIDR from the cluster pool, address detected)", "err", err)
 		}
@@ -324,7 +329,7 @@ func (a *Agent) startClusterPolicies(ctx context.Context) error {
 	}
 	var err error
 	a.clusterPolicies, err = policysync.Start(ctx, policysync.Config{Cluster: a.cfg.ClusterName, KV: a.kv, Repo: a.policies,
-		Apply: a.applyPolicies, Migrate: a.cfg.Kubeconfig == ""})
+		Apply: a.applyPolicies, Migrate: !a.cfg.KubernetesMode()})
 	return err
 }
 
@@ -332,10 +337,10 @@ func (a *Agent) startClusterPolicies(ctx context.Context) error {
 // the API server (and the CRDs) are there, and pods' labels come from it
 // once it answers.
 func (a *Agent) startKubernetes(ctx context.Context) error {
-	if a.cfg.Kubeconfig == "" {
+	if a.kube == nil {
 		return nil
 	}
-	kube, err := k8s.Start(ctx, a.cfg.Kubeconfig, a.cfg.NodeName, a.engine, &a.relabel, a.services)
+	kube, err := k8s.Start(ctx, a.kube, a.cfg.NodeName, a.engine, &a.relabel, a.services)
 	if err != nil {
 		return err
 	}

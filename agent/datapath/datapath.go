@@ -121,7 +121,8 @@ type Datapath struct {
 
 const bpffsMagic = 0xcafe4a11
 
-func ensureBPFFS(root string) error {
+// EnsureBPFFS mounts bpffs on root (made if missing) unless one is there.
+func EnsureBPFFS(root string) error {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrBPFFS, root, err)
 	}
@@ -152,7 +153,7 @@ func Load(c Config) (*Datapath, error) {
 	default:
 		return nil, fmt.Errorf("datapath attach mode %q: want auto, tcx or tc", c.Attach)
 	}
-	if err := ensureBPFFS(c.BPFRoot); err != nil {
+	if err := EnsureBPFFS(c.BPFRoot); err != nil {
 		return nil, err
 	}
 	if c.Cluster == "" {

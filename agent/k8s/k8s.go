@@ -29,10 +29,12 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/k8s/incluster"
 	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/service"
 )
@@ -74,13 +76,23 @@ type Watcher struct {
 	podSynced, nsSynced   cache.InformerSynced
 }
 
-// Start connects with the kubeconfig at path and starts the informers
-// (policies; the pods of node and the namespaces); it returns at once.
-func Start(ctx context.Context, kubeconfig, node string, p Policies, pods Pods, svcs Services) (*Watcher, error) {
+// ClientConfig is the agent's client configuration: from the kubeconfig
+// file when one is given, else in-cluster from the pod's ServiceAccount
+// (apiServer, host:port, overriding the pod's KUBERNETES_SERVICE_HOST/PORT).
+func ClientConfig(kubeconfig, apiServer string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		return incluster.Source{APIServer: apiServer}.Config()
+	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
+	return cfg, nil
+}
+
+// Start connects with cfg and starts the informers (policies; the pods of
+// node and the namespaces); it returns at once.
+func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods Pods, svcs Services) (*Watcher, error) {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -163,7 +175,7 @@ func Start(ctx context.Context, kubeconfig, node string, p Policies, pods Pods, 
 	typed.Start(ctx.Done())
 	podFactory.Start(ctx.Done())
 	dynf.Start(ctx.Done())
-	slog.Info("following Kubernetes policies and this node's pods", "kubeconfig", kubeconfig, "node", node)
+	slog.Info("following Kubernetes policies and this node's pods", "apiServer", cfg.Host, "node", node)
 	return w, nil
 }
 
@@ -403,13 +415,10 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 // NodeInfo reads Node name from the API server (at most 5 s): its IPv4 pod
 // CIDR (spec.podCIDRs, or spec.podCIDR; invalid when it has none) and its
 // InternalIP address (invalid when none).
-func NodeInfo(ctx context.Context, kubeconfig, name string) (netip.Prefix, netip.Addr, error) {
+func NodeInfo(ctx context.Context, cfg *rest.Config, name string) (netip.Prefix, netip.Addr, error) {
 	var cidr netip.Prefix
 	var addr netip.Addr
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return cidr, addr, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-	}
+	cfg = rest.CopyConfig(cfg)
 	cfg.Timeout = 5 * time.Second
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

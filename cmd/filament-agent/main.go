@@ -70,6 +70,7 @@ func newCommand() *cobra.Command {
 			return wireguard.RunDevice(args[0], args[1], os.Stdin, os.Stdout)
 		},
 	})
+	cmd.AddCommand(installCNICommand(), mountBPFFSCommand(), uninstallCommand())
 	return cmd
 }
 

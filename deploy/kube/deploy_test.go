@@ -1,6 +1,6 @@
 // Tests of the Kubernetes deployment: the manifests render.sh writes from
 // the Helm chart (deploy/kube/filament.yaml) against a real kube-apiserver
-// on loopback, and the chart's init container scripts run on the host.
+// on loopback, and the chart's init container commands run on the host.
 package kube_test
 
 import (
@@ -38,9 +38,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
+	"github.com/filament-net/filament/agent/k8s/incluster"
 	"github.com/filament-net/filament/internal/kubetest"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -165,6 +165,12 @@ func TestRenderedManifestsContent(t *testing.T) {
 	spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
 	if spec["hostNetwork"] != true || spec["dnsPolicy"] != "ClusterFirstWithHostNet" || spec["serviceAccountName"] != "filament" {
 		t.Errorf("DaemonSet pod spec: hostNetwork %v, dnsPolicy %v, serviceAccountName %v", spec["hostNetwork"], spec["dnsPolicy"], spec["serviceAccountName"])
+	}
+	checkNoShell(t, docs)
+	// The image runs as 65532 by default; the agent's added capabilities
+	// are effective only for root.
+	if uid, found, _ := unstructured.NestedFieldNoCopy(spec, "securityContext", "runAsUser"); !found || fmt.Sprint(uid) != "0" {
+		t.Errorf("DaemonSet pod securityContext.runAsUser %v (set %v), want 0", uid, found)
 	}
 	cr := find(docs, "ClusterRole", "filament")
 	if cr == nil {
@@ -295,7 +301,7 @@ func eventually(t *testing.T, what string, timeout time.Duration, f func() error
 // accepts every object of the rendered manifests in a server-side dry run
 // (admission and validation included, unknown fields rejected), the CRDs
 // for real; the ClusterRole lets the agent's ServiceAccount watch what the
-// agent watches, also through the kubeconfig the chart generates; and a
+// agent watches, also through the agent's in-cluster configuration; and a
 // manifest broken on purpose is rejected, so the dry run can fail.
 func TestRenderedManifestsAcceptedByAPIServer(t *testing.T) {
 	docs := readDocs(t, manifestPath())
@@ -437,7 +443,7 @@ spec:
 		t.Errorf("%s may delete ciliumnetworkpolicies (allowed %v, err %v)", agentUser, ok, err)
 	}
 	ds := find(docs, "DaemonSet", "filament")
-	checkGeneratedKubeconfig(ctx, t, cs, rc, certDir, ds)
+	checkInClusterConfig(ctx, t, cs, rc, certDir, ds)
 
 	// Broken on purpose: the dry run must be able to fail.
 	// An unknown field in the pod spec (fieldValidation Strict).
@@ -488,50 +494,88 @@ spec:
 	}
 }
 
-// initScript returns the shell script of the DaemonSet's init container
-// name (command [/bin/sh, -ec], the script in args), or "".
-func initScript(t *testing.T, ds *unstructured.Unstructured, name string) string {
+// checkNoShell: no container of any workload runs a shell (the image is
+// distroless: `make image` puts no /bin/sh in it).
+func checkNoShell(t *testing.T, docs []*unstructured.Unstructured) {
 	t.Helper()
-	inits, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "initContainers")
-	for _, ic := range inits {
-		m := ic.(map[string]any)
-		if m["name"] != name {
-			continue
+	for _, d := range docs {
+		for _, field := range []string{"initContainers", "containers"} {
+			cs, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", field)
+			for _, c := range cs {
+				m := c.(map[string]any)
+				cmd, _, _ := unstructured.NestedStringSlice(m, "command")
+				if len(cmd) == 0 {
+					t.Errorf("%s: container %v has no command (the image has no entrypoint to fall back on)", describe(d), m["name"])
+					continue
+				}
+				if strings.HasSuffix(cmd[0], "sh") || strings.Contains(cmd[0], "/") {
+					t.Errorf("%s: container %v runs %q: the image has no shell, commands are found in $PATH", describe(d), m["name"], cmd[0])
+				}
+			}
 		}
-		args, _ := m["args"].([]any)
-		if len(args) != 1 {
-			t.Fatalf("init container %s: want one script in args, got %v", name, args)
-		}
-		return args[0].(string)
 	}
-	return ""
 }
 
-// runScript runs script with sh -ec after moving the absolute paths of
-// the container (keys of paths) into directories of the test.
-func runScript(t *testing.T, script string, paths map[string]string, env ...string) {
-	t.Helper()
-	for from, to := range paths {
-		script = strings.ReplaceAll(script, from, to)
+// container returns the DaemonSet's (init) container name, or nil.
+func container(ds *unstructured.Unstructured, field, name string) map[string]any {
+	cs, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", field)
+	for _, c := range cs {
+		if m := c.(map[string]any); m["name"] == name {
+			return m
+		}
 	}
-	cmd := exec.Command("/bin/sh", "-ec", script)
-	cmd.Env = append(os.Environ(), env...)
+	return nil
+}
+
+// agentBinaries are filament-agent and filament-cni: from FILAMENT_BIN_DIR
+// (make test builds them) or built here.
+func agentBinaries(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("FILAMENT_BIN_DIR"); dir != "" {
+		return dir
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/filament-net/filament/cmd/filament-agent", "github.com/filament-net/filament/cmd/filament-cni")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("script failed: %v\n%s\n%s", err, out, script)
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// runContainerCommand runs the container's command (and args) as the
+// runtime would, with the container's absolute paths (keys of paths)
+// moved into directories of the test and PATH set to bin.
+func runContainerCommand(t *testing.T, c map[string]any, bin string, paths map[string]string) {
+	t.Helper()
+	cmd, _, _ := unstructured.NestedStringSlice(c, "command")
+	args, _, _ := unstructured.NestedStringSlice(c, "args")
+	argv := append(cmd, args...)
+	for i := range argv {
+		for from, to := range paths {
+			argv[i] = strings.ReplaceAll(argv[i], from, to)
+		}
+	}
+	exe, err := exec.LookPath(filepath.Join(bin, argv[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := exec.Command(exe, argv[1:]...)
+	run.Env = []string{"PATH=" + bin}
+	if out, err := run.CombinedOutput(); err != nil {
+		t.Fatalf("%q failed: %v\n%s", argv, err, out)
 	}
 }
 
-// checkGeneratedKubeconfig runs the write-kubeconfig init container's
-// script as the pod would (a real ServiceAccount token from the
-// TokenRequest API, KUBERNETES_SERVICE_HOST/PORT) and has the agent's
-// client (clientcmd, as agent/k8s loads --kubeconfig) list and watch the
-// Cilium policies with the resulting kubeconfig: the token file, the CA and
-// the ClusterRole work together.
-func checkGeneratedKubeconfig(ctx context.Context, t *testing.T, cs kubernetes.Interface, rc *rest.Config, certDir string, ds *unstructured.Unstructured) {
+// checkInClusterConfig: the agent container runs in-cluster
+// (--k8s-in-cluster); the agent's client configuration from a real
+// ServiceAccount token (TokenRequest API) and KUBERNETES_SERVICE_HOST/PORT,
+// as the pod sees them, lists and watches the Cilium policies and may not
+// delete them: the token, the CA and the ClusterRole work together.
+func checkInClusterConfig(ctx context.Context, t *testing.T, cs kubernetes.Interface, rc *rest.Config, certDir string, ds *unstructured.Unstructured) {
 	t.Helper()
-	script := initScript(t, ds, "write-kubeconfig")
-	if script == "" {
-		t.Log("no write-kubeconfig init container (agent.kubernetes.kubeconfig is not serviceAccount)")
+	args, _, _ := unstructured.NestedStringSlice(container(ds, "containers", "agent"), "args")
+	if !slices.Contains(args, "--k8s-in-cluster") {
+		t.Log("the agent does not run in-cluster (agent.kubernetes.kubeconfig is not serviceAccount)")
 		return
 	}
 	exp := int64(600)
@@ -540,7 +584,7 @@ func checkGeneratedKubeconfig(ctx context.Context, t *testing.T, cs kubernetes.I
 	if err != nil {
 		t.Fatal(err)
 	}
-	sa, out := t.TempDir(), t.TempDir()
+	sa := t.TempDir()
 	if err := os.WriteFile(filepath.Join(sa, "token"), []byte(tr.Status.Token), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -556,11 +600,8 @@ func checkGeneratedKubeconfig(ctx context.Context, t *testing.T, cs kubernetes.I
 	if err != nil {
 		t.Fatal(err)
 	}
-	runScript(t, script, map[string]string{
-		"/var/run/secrets/kubernetes.io/serviceaccount": sa,
-		"/etc/filament/kubernetes":                      out,
-	}, "KUBERNETES_SERVICE_HOST="+host, "KUBERNETES_SERVICE_PORT="+port)
-	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(out, "kubeconfig"))
+	env := map[string]string{"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+	cfg, err := incluster.Source{Dir: sa, Getenv: func(k string) string { return env[k] }}.Config()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -569,35 +610,37 @@ func checkGeneratedKubeconfig(ctx context.Context, t *testing.T, cs kubernetes.I
 		t.Fatal(err)
 	}
 	cnp := schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
-	eventually(t, "list CiliumNetworkPolicies with the generated kubeconfig", 30*time.Second, func() error {
+	eventually(t, "list CiliumNetworkPolicies in-cluster", 30*time.Second, func() error {
 		_, err := dyn.Resource(cnp).List(ctx, metav1.ListOptions{})
 		return err
 	})
 	w, err := dyn.Resource(cnp).Watch(ctx, metav1.ListOptions{})
 	if err != nil {
-		t.Fatalf("watch CiliumNetworkPolicies with the generated kubeconfig: %v", err)
+		t.Fatalf("watch CiliumNetworkPolicies in-cluster: %v", err)
 	}
 	w.Stop()
 	if err := dyn.Resource(cnp).Namespace("default").Delete(ctx, "nothing", metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("delete with the agent's token: want Forbidden, got %v", err)
 	}
-	t.Log("the generated kubeconfig lists and watches CiliumNetworkPolicies as " + agentUser)
+	t.Log("the agent's in-cluster configuration lists and watches CiliumNetworkPolicies as " + agentUser)
 }
 
-// The install-cni init container's script, run on directories of the
-// test: the plugin lands as <binDir>/filament (executable), the conflist
-// of the ConfigMap in <confDir>, and nothing half-written is left.
-func TestInstallCNIScript(t *testing.T) {
+// The install-cni init container's command (the real filament-agent
+// install-cni, the real filament-cni as the plugin), run on directories of
+// the test: the plugin lands as <binDir>/filament (executable), the
+// conflist of the ConfigMap in <confDir>, and nothing half-written is left.
+func TestInstallCNIContainer(t *testing.T) {
 	docs := readDocs(t, manifestPath())
 	ds, cm := find(docs, "DaemonSet", "filament"), find(docs, "ConfigMap", "filament-cni-config")
 	if ds == nil || cm == nil {
 		t.Fatal("no DaemonSet filament or ConfigMap filament-cni-config")
 	}
-	script := initScript(t, ds, "install-cni")
-	if script == "" {
+	ic := container(ds, "initContainers", "install-cni")
+	if ic == nil {
 		t.Fatal("no install-cni init container")
 	}
-	bin, conf, cfgDir, path := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+	bins := agentBinaries(t)
+	bin, conf, cfgDir := t.TempDir(), t.TempDir(), t.TempDir()
 	data, _, _ := unstructured.NestedStringMap(cm.Object, "data")
 	if len(data) != 1 {
 		t.Fatalf("ConfigMap filament-cni-config: want one conflist, got %v", data)
@@ -609,14 +652,17 @@ func TestInstallCNIScript(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(path, "filament-cni"), []byte("#!/bin/sh\necho plugin\n"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	runScript(t, script, map[string]string{"/host/cni-bin": bin, "/host/cni-conf": conf, "/etc/filament/cni": cfgDir},
-		"PATH="+path+":"+os.Getenv("PATH"))
+	runContainerCommand(t, ic, bins, map[string]string{"/host/cni-bin": bin, "/host/cni-conf": conf, "/etc/filament/cni": cfgDir})
 	st, err := os.Stat(filepath.Join(bin, "filament"))
 	if err != nil || st.Mode().Perm() != 0o755 {
 		t.Fatalf("plugin: %v %v", st, err)
+	}
+	want, err := os.ReadFile(filepath.Join(bins, "filament-cni"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(bin, "filament")); !bytes.Equal(got, want) {
+		t.Fatal("the installed plugin is not filament-cni")
 	}
 	b, err := os.ReadFile(filepath.Join(conf, name))
 	if err != nil {

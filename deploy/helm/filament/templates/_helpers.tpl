@@ -56,3 +56,16 @@ TLS.
 {{ .Values.clustermeshApiserver.bundleSecretName }}
 {{- end -}}
 {{- end }}
+
+{{/*
+agent.kubernetes.apiServerHost:apiServerPort as host:port (an IPv6 address
+bracketed), the agent's --k8s-api-server.
+*/}}
+{{- define "filament.apiServer" -}}
+{{- $k := .Values.agent.kubernetes -}}
+{{- if contains ":" $k.apiServerHost -}}
+[{{ $k.apiServerHost }}]:{{ $k.apiServerPort }}
+{{- else -}}
+{{ $k.apiServerHost }}:{{ $k.apiServerPort }}
+{{- end -}}
+{{- end }}
