@@ -54,6 +54,8 @@ type Options struct {
 	Dirs map[string]string
 	// Binaries to take from each directory; nil means Binaries.
 	Binaries []string
+	// Platforms to build; nil means Platforms.
+	Platforms []v1.Platform
 }
 
 // Build assembles the image index from opts.Dirs.
@@ -61,13 +63,17 @@ func Build(opts Options) (v1.ImageIndex, error) {
 	if opts.Name == "" || opts.Version == "" || opts.Created.IsZero() {
 		return nil, fmt.Errorf("%w: name, version and created time are required", ErrInvalid)
 	}
-	for _, p := range Platforms {
+	platforms := opts.Platforms
+	if platforms == nil {
+		platforms = Platforms
+	}
+	for _, p := range platforms {
 		if _, ok := opts.Dirs[p.OS+"/"+p.Architecture]; !ok {
 			return nil, fmt.Errorf("%w: no binaries directory for platform %s/%s", ErrInvalid, p.OS, p.Architecture)
 		}
 	}
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	for _, p := range Platforms {
+	for _, p := range platforms {
 		key := p.OS + "/" + p.Architecture
 		img, err := platformImage(opts, p, opts.Dirs[key])
 		if err != nil {

@@ -8,18 +8,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	ocispec "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/filament-net/filament/deploy/image"
 	"github.com/filament-net/filament/internal/kubenode"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -132,15 +135,26 @@ func TestAgentPodInContainerd(t *testing.T) {
 			t.Fatal("FILAMENT_IMAGE_TAR needs FILAMENT_IMAGE_REF (the reference it is tagged with)")
 		}
 	} else {
-		var files []kubenode.File
-		for _, b := range []string{"filament-agent", "filament", "filament-cni"} {
-			p, err := kubenode.BuildStatic(imgDir, "github.com/filament-net/filament/cmd/"+b, b)
-			if err != nil {
+		// The product image (deploy/image, as make image builds it) for
+		// this machine's platform, with the binaries the agent pod runs.
+		bins := []string{"filament-agent", "filament", "filament-cni"}
+		binDir := filepath.Join(imgDir, "bin")
+		for _, b := range bins {
+			if _, err := kubenode.BuildStatic(binDir, "github.com/filament-net/filament/cmd/"+b, b); err != nil {
 				t.Fatal(err)
 			}
-			files = append(files, kubenode.File{Path: "/usr/local/bin/" + b, Source: p, Mode: 0o755})
 		}
-		if err := kubenode.Image(agentTar, ref, files, nil, "65532"); err != nil {
+		plat := ocispec.Platform{OS: "linux", Architecture: goruntime.GOARCH}
+		idx, err := image.Build(image.Options{Name: ref, Version: "node-test", Created: time.Unix(0, 0), Binaries: bins,
+			Platforms: []ocispec.Platform{plat}, Dirs: map[string]string{"linux/" + goruntime.GOARCH: binDir}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		layoutDir := filepath.Join(imgDir, "layout")
+		if err := image.WriteLayout(layoutDir, idx, ref); err != nil {
+			t.Fatal(err)
+		}
+		if err := image.WriteArchive(agentTar, layoutDir, time.Unix(0, 0)); err != nil {
 			t.Fatal(err)
 		}
 	}
