@@ -239,5 +239,8 @@ func WriteArchive(path, dir string, created time.Time) error {
 	if err := out.Close(); err != nil {
 		return err
 	}
+	if err := os.Chmod(out.Name(), 0o644); err != nil { // CreateTemp's 0600 is not a release file's
+		return err
+	}
 	return os.Rename(out.Name(), path)
 }

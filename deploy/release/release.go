@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -59,6 +60,9 @@ func writeTarGz(path string, entries []entry, created time.Time) error {
 			return err
 		}
 	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil { // CreateTemp's 0600 is not a release file's
+		return err
+	}
 	return os.Rename(f.Name(), path)
 }
 
@@ -68,9 +72,38 @@ type chartMeta struct {
 	Version string `json:"version"`
 }
 
+// helmIgnored reports whether rel (a chart file's slash path) matches one
+// of .helmignore's patterns: a pattern matches the whole path or any one
+// of its elements (a trailing / names directories); blank lines and #
+// comments are skipped. Helm's negations (!) are not supported: a chart
+// that uses one is refused.
+func helmIgnored(patterns []string, rel string) (bool, error) {
+	elems := strings.Split(rel, "/")
+	for _, p := range patterns {
+		if p = strings.TrimSpace(p); p == "" || strings.HasPrefix(p, "#") {
+			continue
+		}
+		if strings.HasPrefix(p, "!") {
+			return false, fmt.Errorf(".helmignore: negated pattern %q is not supported", p)
+		}
+		p = strings.TrimSuffix(p, "/")
+		if ok, err := path.Match(p, rel); err != nil {
+			return false, fmt.Errorf(".helmignore: pattern %q: %w", p, err)
+		} else if ok {
+			return true, nil
+		}
+		for _, e := range elems {
+			if ok, _ := path.Match(p, e); ok {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
 // packageChart writes the chart in dir as <dist>/<name>-<version>.tgz, the
 // layout `helm package` gives (every file under <name>/), leaving out what
-// .helmignore's plain names exclude; it returns the file's path.
+// .helmignore excludes (helmIgnored); it returns the file's path.
 func packageChart(dir, dist string, created time.Time) (string, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, "Chart.yaml"))
 	if err != nil {
@@ -83,6 +116,10 @@ func packageChart(dir, dist string, created time.Time) (string, error) {
 	if m.Name == "" || m.Version == "" {
 		return "", fmt.Errorf("%s/Chart.yaml: name and version are required", dir)
 	}
+	var ignore []string
+	if b, err := os.ReadFile(filepath.Join(dir, ".helmignore")); err == nil {
+		ignore = strings.Split(string(b), "\n")
+	}
 	var entries []entry
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -94,6 +131,9 @@ func packageChart(dir, dist string, created time.Time) (string, error) {
 		}
 		if rel == ".helmignore" {
 			return nil
+		}
+		if skip, err := helmIgnored(ignore, filepath.ToSlash(rel)); err != nil || skip {
+			return err
 		}
 		entries = append(entries, entry{name: m.Name + "/" + filepath.ToSlash(rel), src: p, mode: 0o644})
 		return nil

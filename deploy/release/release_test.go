@@ -274,6 +274,21 @@ func TestSBOMMatchesBinary(t *testing.T) {
 	}
 }
 
+func TestHelmIgnored(t *testing.T) {
+	patterns := []string{"# comment", "", ".DS_Store", "*.bak", "*~", "secret/"}
+	for rel, want := range map[string]bool{
+		"values.yaml": false, "templates/a.yaml": false, "values.yaml.bak": true, "templates/x.yaml~": true,
+		".DS_Store": true, "templates/.DS_Store": true, "secret/key.pem": true, "templates/secret.yaml": false,
+	} {
+		if got, err := helmIgnored(patterns, rel); err != nil || got != want {
+			t.Errorf("helmIgnored(%q) = %v, %v; want %v", rel, got, err, want)
+		}
+	}
+	if _, err := helmIgnored([]string{"!keep.yaml"}, "keep.yaml"); err == nil {
+		t.Error("a negated pattern was accepted")
+	}
+}
+
 // TestPackageChartAndSums: the chart packages as helm's layout
 // (filament/Chart.yaml, ...) twice to the same bytes, and SHA256SUMS covers
 // the dist files in sha256sum -c format.
@@ -318,6 +333,21 @@ func TestPackageChartAndSums(t *testing.T) {
 	}
 	if names["filament/.helmignore"] {
 		t.Error("chart package holds .helmignore")
+	}
+	// A backup file beside the chart's files is left out, as .helmignore says.
+	chart := t.TempDir()
+	if err := os.CopyFS(chart, os.DirFS("../helm/filament")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(chart, "values.yaml.bak"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c3, err := packageChart(chart, t.TempDir(), created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fileSHA(t, c3) != fileSHA(t, c1) {
+		t.Error("a *.bak file changed the chart package (.helmignore not applied)")
 	}
 	if err := writeSums(dist1); err != nil {
 		t.Fatal(err)
