@@ -157,7 +157,13 @@ func setupAuth(ctx context.Context, c *clientv3.Client) error {
 		if _, err := c.RoleAdd(ctx, role); ignoreExists(err) != nil {
 			return fmt.Errorf("etcd role %s: %w", role, err)
 		}
-		// Grants of earlier versions (the agents' whole filament/) go.
+		for _, g := range grants {
+			if _, err := c.RoleGrantPermission(ctx, role, g.key, g.end, g.perm); err != nil {
+				return fmt.Errorf("etcd role %s on %s: %w", role, g.key, err)
+			}
+		}
+		// Then grants of earlier versions (the agents' whole filament/)
+		// go: granted first, running agents never lose their writes.
 		if r, err := c.RoleGet(ctx, role); err == nil {
 			for _, p := range r.Perm {
 				if !slices.ContainsFunc(grants, func(g grant) bool { return g.key == string(p.Key) && g.end == string(p.RangeEnd) }) {
@@ -165,11 +171,6 @@ func setupAuth(ctx context.Context, c *clientv3.Client) error {
 						return fmt.Errorf("etcd role %s: revoking %s: %w", role, p.Key, err)
 					}
 				}
-			}
-		}
-		for _, g := range grants {
-			if _, err := c.RoleGrantPermission(ctx, role, g.key, g.end, g.perm); err != nil {
-				return fmt.Errorf("etcd role %s on %s: %w", role, g.key, err)
 			}
 		}
 	}

@@ -358,13 +358,33 @@ func (c *cluster) pause(ctx context.Context, d time.Duration) bool {
 // due reports whether the TTL has run out.
 func (c *cluster) due() bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.live.due(time.Now())
+	due := c.live.due(time.Now())
+	c.mu.Unlock()
+	return due && c.cacheConfirmsLoss()
+}
+
+// cacheConfirmsLoss: in cache mode both signals come through this
+// cluster's own kvstore, so an outage of that kvstore looks like the loss
+// of every remote. The TTL then counts only when the kvstore answers that
+// the cache lost the remote (its cached cluster-config is absent); while
+// it does not answer, nothing is known of the remote and nothing is
+// withdrawn. Direct mode: always true.
+func (c *cluster) cacheConfirmsLoss() bool {
+	if c.m.via == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err := prefixed{c.m.via, clustermesh.CachePrefix + c.name + "/"}.Get(ctx, clustermesh.ClusterConfigPrefix+c.name)
+	return errors.Is(err, kvstore.ErrNotFound)
 }
 
 // checkTTL withdraws the entries if the TTL has run out (no session may be
 // running).
 func (c *cluster) checkTTL() {
+	if !c.due() {
+		return
+	}
 	c.mu.Lock()
 	due := c.live.due(time.Now())
 	if due {
