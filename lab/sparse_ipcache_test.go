@@ -68,7 +68,7 @@ spec:
 // policy allowing only app=x of c2 brings x's /32 (and not y's), x is
 // reached and y is not; without the policy the /32 goes again.
 func TestSparseIPCacheTunnel(t *testing.T) {
-	l := labtest.UpClusters(t, 2, 1, "tunnel")
+	l := labtest.UpClusters(t, 2, 1, "tunnel", "--remote-ipcache=sparse")
 	web := labtest.Pod(t, l, "c1/n1", "web", "app=web")
 	x := labtest.Pod(t, l, "c2/n1", "x", "app=x")
 	y := labtest.Pod(t, l, "c2/n1", "y", "app=y")
@@ -143,7 +143,7 @@ spec:
 // mode here (the agent logs "network is unreachable" for the route);
 // the verdicts are the property test's (agent/sparse, ingress counted).
 func TestSparseIPCacheNative(t *testing.T) {
-	l := labtest.UpClusters(t, 2, 1, "native")
+	l := labtest.UpClusters(t, 2, 1, "native", "--remote-ipcache=sparse")
 	labtest.Pod(t, l, "c1/n1", "db", "app=db")
 	x := labtest.Pod(t, l, "c2/n1", "x", "app=x")
 	y := labtest.Pod(t, l, "c2/n1", "y", "app=y")

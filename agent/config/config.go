@@ -103,10 +103,10 @@ type Config struct {
 	// cluster's filament-clustermesh-apiserver (run with
 	// --clustermesh-cache) instead of connecting to each of them.
 	ClusterMeshCache bool `json:"clusterMeshCache,omitempty"`
-	// RemoteIPCache: sparse (default) writes one entry per remote cluster
+	// RemoteIPCache: full (default) writes every remote pod's /32; sparse
+	// (opt-in until Hubble names covered pods) writes one entry per remote cluster
 	// node's pod CIDR and a remote pod's /32 only where this node's policy
-	// tells its identity apart (agent/sparse); full writes every remote
-	// pod's /32.
+	// tells its identity apart (agent/sparse).
 	RemoteIPCache string `json:"remoteIPCache"`
 	// PolicyAllClusters makes peer selectors that name no cluster match
 	// every cluster of the mesh instead of only the local one.
@@ -281,7 +281,7 @@ func Default() Config {
 	}
 	return Config{
 		NodeName: host, ClusterName: DefaultClusterName, ClusterID: DefaultClusterID,
-		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", RemoteIPCache: "sparse", MemberlistPort: 7946, MaxConnectedClusters: 255,
+		ClusterPool: DefaultClusterPool, PodCIDRSize: DefaultPodCIDRSize, Routing: "tunnel", RemoteIPCache: "full", MemberlistPort: 7946, MaxConnectedClusters: 255,
 		StateDir: DefaultStateDir, APISocket: DefaultAPISocket,
 		HubbleExportFileMaxSizeMB: DefaultHubbleExportFileMaxSizeMB, HubbleExportFileMaxBackups: DefaultHubbleExportFileMaxBackups,
 		EmbeddedEtcd:          EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
