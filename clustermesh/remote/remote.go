@@ -40,7 +40,9 @@ import (
 type Callbacks struct {
 	Node     func(n node.Node, deleted bool)
 	Identity func(id identity.Identity, deleted bool)
-	Entry    func(e ipcache.Entry, deleted bool)
+	// Entry receives the remote cluster's ipcache entries; a deletion
+	// carries the address and the (qualified) node name only.
+	Entry func(e ipcache.Entry, deleted bool)
 	// Service receives the remote cluster's services (nil: not followed).
 	Service func(cluster string, s *service.Service, deleted bool)
 	// Authenticate, when set, vets each node record (as published, name
@@ -240,7 +242,7 @@ type cluster struct {
 	id     uint32
 	nodes  map[string]node.Node
 	ids    map[identity.NumericIdentity]identity.Identity
-	ips    map[netip.Addr]ipcache.Entry
+	ips    *ipMirror
 	svcs   map[string]remoteService
 }
 
@@ -256,7 +258,7 @@ func (c *cluster) snapshot() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.status
-	st.Nodes, st.Endpoints, st.Identities, st.Services = len(c.nodes), len(c.ips), len(c.ids), len(c.svcs)
+	st.Nodes, st.Endpoints, st.Identities, st.Services = len(c.nodes), c.ips.len(), len(c.ids), len(c.svcs)
 	st.LostSince = c.live.lostAt
 	if !c.live.beatAt.IsZero() {
 		st.HeartbeatAge = now.Sub(c.live.beatAt).Round(100 * time.Millisecond).String()
@@ -422,9 +424,10 @@ func (c *cluster) session(ctx context.Context) (connected bool, err error) {
 	}
 	c.mu.Lock()
 	if c.status.Withdrawn || c.nodes == nil {
-		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
+		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, newIPMirror()
 		c.svcs = map[string]remoteService{}
 	}
+	c.ips.startListing()
 	c.id = conf.ID
 	c.status.ClusterID, c.status.Connected, c.status.Withdrawn, c.status.Since = conf.ID, true, false, time.Now()
 	c.live.up()
@@ -584,7 +587,11 @@ func (c *cluster) heartbeatEvent(value []byte, now time.Time) {
 // EventSynced removes entries the list no longer holds (after a withdrawal
 // there are none).
 func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
-	seen := map[string]bool{}
+	// The ipcache mirror marks what the list holds itself.
+	var seen map[string]bool
+	if prefix != ipcache.Prefix+c.name+"/" {
+		seen = map[string]bool{}
+	}
 	first := true
 	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
 		switch ev.Type {
@@ -592,10 +599,11 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 			if first {
 				first = false
 				c.dropUnseen(prefix, seen)
+				seen = nil
 				synced <- prefix
 			}
 		default:
-			if first {
+			if first && seen != nil {
 				seen[ev.Key] = true
 			}
 			apply(ev, ev.Type == kvstore.EventDelete)
@@ -634,12 +642,7 @@ func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
 			}
 		}
 	default:
-		for ip, e := range c.ips {
-			if !seen[prefix+ip.String()] {
-				ips = append(ips, e)
-				delete(c.ips, ip)
-			}
-		}
+		ips = c.ips.endListing()
 	}
 	c.mu.Unlock()
 	for _, n := range nodes {
@@ -739,20 +742,36 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 	if err != nil {
 		return
 	}
-	mirror(c, func() map[netip.Addr]ipcache.Entry { return c.ips }, ip, deleted, func() (ipcache.Entry, error) {
-		var e ipcache.Entry
-		if err := json.Unmarshal(ev.Value, &e); err != nil {
-			return e, errIgnored
+	if deleted {
+		c.mu.Lock()
+		old, had := c.ips.remove(ip)
+		c.mu.Unlock()
+		if had {
+			c.m.cb.Entry(old, true)
+			c.passedOn(1, true)
 		}
-		if err := e.Check(ip); err != nil {
-			return e, err
-		}
-		if !e.Identity.InClusterRange(c.id) {
-			return e, fmt.Errorf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id)
-		}
-		e.Node = c.name + "/" + e.Node
-		return e, nil
-	}, func(a, b ipcache.Entry) bool { return a == b }, c.m.cb.Entry, nil)
+		return
+	}
+	var e ipcache.Entry
+	if err := json.Unmarshal(ev.Value, &e); err != nil {
+		return
+	}
+	if err := e.Check(ip); err != nil {
+		c.reject(err.Error())
+		return
+	}
+	if !e.Identity.InClusterRange(c.id) {
+		c.reject(fmt.Sprintf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id))
+		return
+	}
+	e.Node = c.name + "/" + e.Node
+	c.mu.Lock()
+	changed := c.ips.put(e)
+	c.mu.Unlock()
+	if changed {
+		c.m.cb.Entry(e, false)
+		c.passedOn(1, false)
+	}
 }
 
 // errIgnored: a value that is not of its kind at all (unreadable), dropped
@@ -821,22 +840,20 @@ func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted 
 func (c *cluster) withdraw() {
 	c.mu.Lock()
 	nodes, ids, ips, svcs := c.nodes, c.ids, c.ips, c.svcs
-	c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, map[netip.Addr]ipcache.Entry{}
+	c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, newIPMirror()
 	c.svcs = map[string]remoteService{}
 	c.mu.Unlock()
 	for _, s := range svcs {
 		c.service(s.s, true)
 	}
-	for _, e := range ips {
-		c.m.cb.Entry(e, true)
-	}
+	ips.each(func(e ipcache.Entry) { c.m.cb.Entry(e, true) })
 	for _, n := range nodes {
 		c.m.cb.Node(n, true)
 	}
 	for _, x := range ids {
 		c.m.cb.Identity(x, true)
 	}
-	c.passedOn(len(svcs)+len(ips)+len(nodes)+len(ids), true)
+	c.passedOn(len(svcs)+ips.len()+len(nodes)+len(ids), true)
 }
 
 // readCacheStatus takes the cache's view of the remote (bounded, hostile

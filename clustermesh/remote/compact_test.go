@@ -1,0 +1,118 @@
+package remote
+
+import (
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipcache"
+)
+
+func entry(ip string, id uint32, node, pod string) ipcache.Entry {
+	return ipcache.Entry{IP: netip.MustParseAddr(ip), Identity: identity.NumericIdentity(id), HostIP: netip.MustParseAddr("172.31.0.1"),
+		Node: node, Namespace: "default", Pod: pod}
+}
+
+// Every field of an entry counts: a change of any passes on, a repeat
+// does not.
+func TestIPMirrorPut(t *testing.T) {
+	m := newIPMirror()
+	e := entry("10.2.0.1", 0x20100, "c2/n1", "p1")
+	if !m.put(e) || m.put(e) {
+		t.Fatal("first put passes on, an equal one does not")
+	}
+	changes := []func(*ipcache.Entry){
+		func(e *ipcache.Entry) { e.Identity++ },
+		func(e *ipcache.Entry) { e.HostIP = netip.MustParseAddr("172.31.0.2") },
+		func(e *ipcache.Entry) { e.HostIP = netip.Addr{} },
+		func(e *ipcache.Entry) { e.Node = "c2/n2" },
+		func(e *ipcache.Entry) { e.Namespace = "other" },
+		func(e *ipcache.Entry) { e.Pod = "p2" },
+		// Moved between fields: lengths are hashed too.
+		func(e *ipcache.Entry) { e.Namespace, e.Pod = "defaultp", "1" },
+	}
+	for i, change := range changes {
+		x := e
+		change(&x)
+		if !m.put(x) {
+			t.Errorf("change %d not passed on", i)
+		}
+		if !m.put(e) {
+			t.Errorf("change %d: going back not passed on", i)
+		}
+	}
+	got, ok := m.remove(e.IP)
+	if !ok || got.IP != e.IP || got.Node != e.Node {
+		t.Fatalf("remove: %+v %v", got, ok)
+	}
+	if _, ok := m.remove(e.IP); ok || m.len() != 0 {
+		t.Fatal("removed twice")
+	}
+	if len(m.nodes.index) != 0 {
+		t.Fatalf("node names left: %v", m.nodes.index)
+	}
+}
+
+// A session's first list keeps what it holds, repeated or changed, and
+// forgets the rest; a list that did not end leaves no marks for the next.
+func TestIPMirrorListing(t *testing.T) {
+	m := newIPMirror()
+	for _, e := range []ipcache.Entry{entry("10.2.0.1", 0x20100, "c2/n1", "a"), entry("10.2.0.2", 0x20100, "c2/n1", "b"), entry("10.2.0.3", 0x20100, "c2/n2", "c")} {
+		m.put(e)
+	}
+	m.startListing()
+	m.put(entry("10.2.0.2", 0x20100, "c2/n1", "b")) // unchanged
+	// a list that broke off here: 10.2.0.2 marked
+	m.startListing()
+	m.put(entry("10.2.0.1", 0x20101, "c2/n1", "a")) // changed
+	gone := m.endListing()
+	if len(gone) != 2 || m.len() != 1 {
+		t.Fatalf("gone %+v, held %d", gone, m.len())
+	}
+	for _, g := range gone {
+		if g.IP.String() == "10.2.0.1" {
+			t.Fatalf("a listed entry went: %+v", g)
+		}
+	}
+	// Marks are cleared: a later list that misses it drops it.
+	m.startListing()
+	if gone := m.endListing(); len(gone) != 1 || gone[0].Node != "c2/n1" || gone[0].IP.String() != "10.2.0.1" {
+		t.Fatalf("gone after an empty list: %+v", gone)
+	}
+	if len(m.nodes.index) != 0 || len(m.nodes.free) != len(m.nodes.names) {
+		t.Fatalf("node names left: %v, free %v of %v", m.nodes.index, m.nodes.free, m.nodes.names)
+	}
+}
+
+// A remote churning node names cannot grow the table past the names its
+// entries use.
+func TestNodeNamesReused(t *testing.T) {
+	m := newIPMirror()
+	for i := 0; i < 1000; i++ {
+		m.put(entry("10.2.0.1", 0x20100, "c2/n"+string(rune('a'+i%26))+string(rune('a'+i/26)), "p"))
+	}
+	if len(m.nodes.names) > 2 || len(m.nodes.index) != 1 {
+		t.Fatalf("names table: %d slots, %d in use", len(m.nodes.names), len(m.nodes.index))
+	}
+}
+
+// The mirror's heap per entry (issue 19 part 2: ≤ 64 B per remote
+// endpoint not installed, with the router's compact store beside it).
+func BenchmarkIPMirrorHeap(b *testing.B) {
+	const n = 1 << 20
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	m := newIPMirror()
+	for i := 0; i < n; i++ {
+		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		m.put(ipcache.Entry{IP: ip, Identity: 0x20100, HostIP: netip.MustParseAddr("172.31.0.1"), Node: "c2/n" + string(rune('a'+i%100)), Pod: "p"})
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.HeapAlloc-before)/n, "heap-B/entry")
+	b.ReportMetric(0, "ns/op")
+	runtime.KeepAlive(m)
+}
