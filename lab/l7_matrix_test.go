@@ -47,8 +47,15 @@ func TestL7IngressRoutingModes(t *testing.T) {
 			serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
 			labtest.ImportPolicy(t, l, "n1", l7Policy)
 			base := "http://" + web.IP
+			var last string
+			defer func() {
+				if t.Failed() {
+					t.Logf("curl's last answer: %q", last)
+				}
+			}()
 			eventually(t, "GET /public/ from another node allowed through the proxy", func() bool {
-				return curlCodes(t, l, "far", base+"/public/a") == "200"
+				last = curlCodes(t, l, "far", base+"/public/a")
+				return last == "200"
 			})
 			if got := curlCodes(t, l, "far", base+"/private", base+"/public/b"); got != "403 200" {
 				t.Errorf("GET /private then GET /public/b on one connection: %q, want \"403 200\"", got)

@@ -119,8 +119,23 @@ func logsOnFailure(t testing.TB, l *lab.Lab) {
 				ls = ls[len(ls)-40:]
 			}
 			t.Logf("agent log of %s (%s), last %d lines:\n%s", n.Name, n.LogFile, len(ls), strings.Join(ls, "\n"))
+			t.Logf("state of %s:\n%s", n.Name, nodeState(n.NetNS))
 		}
 	})
+}
+
+// nodeState is what a failure report shows of a node's namespace: its
+// routes, and its WireGuard device's peers (handshakes, transfer) when it
+// has one.
+func nodeState(netns string) string {
+	var b strings.Builder
+	for _, argv := range [][]string{{"ip", "route", "show", "table", "all"}, {"wg", "show"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", netns}, argv...)...).CombinedOutput()
+		cancel()
+		fmt.Fprintf(&b, "$ %s (%v)\n%s", strings.Join(argv, " "), err, out)
+	}
+	return b.String()
 }
 
 // downAtCleanup removes lab name when t ends, failing t if namespaces or
