@@ -15,10 +15,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/crypto/ca"
 	"github.com/filament-net/filament/crypto/gossipkey"
 )
@@ -118,6 +120,12 @@ type RemoteConfig struct {
 	CA        string   `json:"ca"`   // PEM of the remote cluster's CA
 	Cert      string   `json:"cert"` // PEM of our read-only client certificate
 	Key       string   `json:"key"`
+}
+
+// KVStore is the client config that reads the remote's apiserver (mutual
+// TLS with the config's certificate).
+func (c RemoteConfig) KVStore() kvstore.Config {
+	return kvstore.Config{Endpoints: c.Endpoints, DialTimeout: 3 * time.Second, CAData: c.CA, CertData: c.Cert, KeyData: c.Key}
 }
 
 // RemotesDir is where a bundle keeps the configs of the clusters it is connected to.

@@ -233,8 +233,7 @@ var errLost = errors.New("lost the connection")
 
 // session copies the remote until ctx ends or a health check fails.
 func (r *remote) session(ctx context.Context) (bool, error) {
-	kv, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: r.cfg.Endpoints, DialTimeout: 3 * time.Second,
-		CAData: r.cfg.CA, CertData: r.cfg.Cert, KeyData: r.cfg.Key})
+	kv, err := kvstore.Connect(ctx, r.cfg.KVStore())
 	if err != nil {
 		return false, err
 	}

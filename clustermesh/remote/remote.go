@@ -410,8 +410,7 @@ func (c *cluster) session(ctx context.Context) (connected bool, err error) {
 	if c.m.via != nil {
 		kv = prefixed{c.m.via, clustermesh.CachePrefix + c.name + "/"}
 	} else {
-		kc := kvstore.Config{Endpoints: c.cfg.Endpoints, DialTimeout: 3 * time.Second, CAData: c.cfg.CA, CertData: c.cfg.Cert, KeyData: c.cfg.Key}
-		client, err := kvstore.Connect(ctx, kc)
+		client, err := kvstore.Connect(ctx, c.cfg.KVStore())
 		if err != nil {
 			return false, err
 		}
