@@ -64,7 +64,8 @@ spec:
 
 // Sparse remote ipcache, tunnel mode: with no policy telling remote pods
 // apart, a node holds one cover entry for the remote node's pod CIDR and
-// no remote pod's /32, and pods talk across clusters both ways; an egress
+// no remote pod's /32, pods talk across clusters both ways, and flows
+// name the covered pods; an egress
 // policy allowing only app=x of c2 brings x's /32 (and not y's), x is
 // reached and y is not; without the policy the /32 goes again.
 func TestSparseIPCacheTunnel(t *testing.T) {
@@ -93,6 +94,21 @@ func TestSparseIPCacheTunnel(t *testing.T) {
 	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", y.IP, 7000) {
 		t.Fatal("web does not reach y with no policy")
 	}
+	// Flows name the covered pod: its names are read again through the
+	// mesh (neither the router nor the mesh's mirror keeps them).
+	eventually(t, "c1/n1's flows name the covered pod y (--to-pod default/y)", func() bool {
+		out, err := labtest.NodeRun(t, l, "c1/n1", "filament", "observe", "-o", "json", "--last", "1000", "--to-pod", "default/y")
+		if err != nil {
+			t.Logf("observe: %v %s", err, out)
+			return false
+		}
+		for _, f := range parseFlows(t, out) {
+			if field(f, "destination", "pod_name") == "y" && field(f, "destination", "namespace") == "default" {
+				return true
+			}
+		}
+		return false
+	})
 	// The remote side holds c1's cover too.
 	if _, ok := cover(bpfIPCache(t, l, "c2/n1"), web.IP, "c1"); !ok {
 		t.Fatal("c2/n1 holds no cover entry for c1/n1's pod CIDR")

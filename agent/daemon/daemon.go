@@ -38,6 +38,7 @@ import (
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policysync"
 	"github.com/filament-net/filament/agent/procsys"
+	"github.com/filament-net/filament/agent/remotenames"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh/remote"
@@ -95,6 +96,7 @@ type Agent struct {
 	// failure detection, mesh, cluster policies, Kubernetes, groups
 	detector        *node.Detector
 	mesh            *remote.Manager
+	remoteNames     *remotenames.Names // names of covered remote pods (sparse remote ipcache)
 	clusterPolicies *policysync.Store
 	podLabels       func(ctx context.Context, namespace, pod string) ([]string, bool)
 	relabel         k8sPods

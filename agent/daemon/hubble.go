@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -87,6 +88,10 @@ func (a *Agent) podAt(ip netip.Addr) (namespace, pod string) {
 	e, ok := a.router.Entry(ip)
 	if !ok {
 		return "", ""
+	}
+	if c, _, remote := strings.Cut(e.Node, "/"); remote && e.Pod == "" && a.remoteNames != nil {
+		// A covered remote pod: the router holds no names for it.
+		return a.remoteNames.Of(c, ip)
 	}
 	return e.Namespace, e.Pod
 }

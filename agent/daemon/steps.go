@@ -26,6 +26,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policysync"
+	"github.com/filament-net/filament/agent/remotenames"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/agent/sparse"
@@ -306,6 +307,9 @@ func (a *Agent) startMesh(ctx context.Context) error {
 	if a.cfg.ClusterMeshCache {
 		a.mesh.ViaCache(a.kv)
 	}
+	if a.cfg.RemoteIPCache == "sparse" {
+		a.remoteNames = remotenames.New(a.mesh.Lookup, remotenames.Config{})
+	}
 	a.goroutine(func() { a.mesh.Run(ctx) })
 	return nil
 }
@@ -317,6 +321,9 @@ func (a *Agent) startMesh(ctx context.Context) error {
 func (a *Agent) remoteEntry(e ipcache.Entry, deleted bool) {
 	if c, _, ok := strings.Cut(e.Node, "/"); ok && !deleted && a.cfg.RemoteIPCache == "sparse" {
 		a.engine.EnsureCover(e.Identity.ClusterID(), c)
+	}
+	if a.remoteNames != nil {
+		a.remoteNames.Forget(e.IP)
 	}
 	a.router.EntryChanged(e, deleted)
 }

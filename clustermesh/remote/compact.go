@@ -139,6 +139,19 @@ func (m *ipMirror) put(e ipcache.Entry) bool {
 	return true
 }
 
+// has says whether ip has an entry.
+func (m *ipMirror) has(ip netip.Addr) bool {
+	_, ok := m.entries[key4(ip)]
+	return ok
+}
+
+// accepted says whether e is the entry held for its address, as it was
+// passed on.
+func (m *ipMirror) accepted(e ipcache.Entry) bool {
+	c, ok := m.entries[key4(e.IP)]
+	return ok && c.sum == sumOf(e)
+}
+
 // startListing begins a session's first list (marks left by a list that
 // did not end are cleared).
 func (m *ipMirror) startListing() {

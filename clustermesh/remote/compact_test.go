@@ -116,3 +116,76 @@ func BenchmarkIPMirrorHeap(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 	runtime.KeepAlive(m)
 }
+
+// FuzzIPMirror runs operations from the fuzzer's bytes (put, remove, a
+// listing begun or ended) on the mirror and on a plain map of full entries
+// side by side: what each passes on, and what a listing's end forgets,
+// must be the same.
+func FuzzIPMirror(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 0, 1, 3, 1, 1, 0, 2, 0, 2, 5, 3, 0, 0})
+	f.Add([]byte{2, 0, 0, 0, 1, 1, 0, 2, 2, 3, 3, 0, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		m := newIPMirror()
+		ref := map[netip.Addr]ipcache.Entry{}
+		var listed map[netip.Addr]bool
+		for len(ops) >= 3 {
+			op, a, v := ops[0]%4, ops[1]%8, ops[2]
+			ops = ops[3:]
+			ip := netip.AddrFrom4([4]byte{10, 2, 0, a})
+			switch op {
+			case 0: // put
+				e := entry(ip.String(), 0x20100+uint32(v%3), "c2/n"+string(rune('0'+v%4)), "p"+string(rune('0'+v%5)))
+				old, had := ref[ip]
+				want := !had || old != e
+				ref[ip] = e
+				if listed != nil {
+					listed[ip] = true
+				}
+				if got := m.put(e); got != want {
+					t.Fatalf("put %+v passed on %v, want %v", e, got, want)
+				}
+			case 1: // remove
+				old, had := ref[ip]
+				delete(ref, ip)
+				got, ok := m.remove(ip)
+				if ok != had || (ok && (got.IP != old.IP || got.Node != old.Node)) {
+					t.Fatalf("remove %s: %+v %v, want %+v %v", ip, got, ok, old, had)
+				}
+			case 2:
+				m.startListing()
+				listed = map[netip.Addr]bool{}
+			case 3:
+				if listed == nil {
+					continue
+				}
+				want := map[netip.Addr]string{}
+				for ip, e := range ref {
+					if !listed[ip] {
+						want[ip] = e.Node
+						delete(ref, ip)
+					}
+				}
+				gone := m.endListing()
+				if len(gone) != len(want) {
+					t.Fatalf("listing's end forgot %+v, want %v", gone, want)
+				}
+				for _, g := range gone {
+					if want[g.IP] != g.Node {
+						t.Fatalf("listing's end forgot %+v, want %v", gone, want)
+					}
+				}
+				listed = nil
+			}
+			if m.len() != len(ref) {
+				t.Fatalf("holds %d, want %d", m.len(), len(ref))
+			}
+		}
+		used := map[string]bool{}
+		for _, e := range ref {
+			used[e.Node] = true
+		}
+		if len(m.nodes.index) != len(used) {
+			t.Fatalf("node names %v, in use %v", m.nodes.index, used)
+		}
+	})
+}

@@ -198,6 +198,46 @@ func (m *Manager) Status() []Status {
 	return out
 }
 
+// ErrNotHeld: Lookup found no accepted entry of that address that the
+// remote still holds as it was accepted.
+var ErrNotHeld = errors.New("no such remote ipcache entry held")
+
+// Lookup reads the remote ipcache entry of ip in cluster again, names
+// included (the mirror keeps none), from where the cluster is read now
+// (its apiserver, or the cache). It returns the entry only when it is the
+// one accepted and passed on (the same hash): never a value the mirror
+// has not vetted, nor one it has not applied yet.
+func (m *Manager) Lookup(ctx context.Context, cluster string, ip netip.Addr) (ipcache.Entry, error) {
+	m.mu.Lock()
+	c := m.remotes[cluster]
+	m.mu.Unlock()
+	if c == nil || !ip.Is4() {
+		return ipcache.Entry{}, fmt.Errorf("%w: %s in %q", ErrNotHeld, ip, cluster)
+	}
+	c.mu.Lock()
+	src, held := c.src, c.ips != nil && c.ips.has(ip)
+	c.mu.Unlock()
+	if src == nil || !held {
+		return ipcache.Entry{}, fmt.Errorf("%w: %s in %s", ErrNotHeld, ip, cluster)
+	}
+	kv, err := src.Get(ctx, ipcache.Prefix+cluster+"/"+ip.String())
+	if err != nil {
+		return ipcache.Entry{}, err
+	}
+	var e ipcache.Entry
+	if len(kv.Value) > 64<<10 || json.Unmarshal(kv.Value, &e) != nil || e.Check(ip) != nil {
+		return ipcache.Entry{}, fmt.Errorf("%w: %s in %s: unreadable", ErrNotHeld, ip, cluster)
+	}
+	e.Node = cluster + "/" + e.Node
+	c.mu.Lock()
+	same := c.ips.accepted(e)
+	c.mu.Unlock()
+	if !same {
+		return ipcache.Entry{}, fmt.Errorf("%w: %s in %s: changed since it was applied", ErrNotHeld, ip, cluster)
+	}
+	return e, nil
+}
+
 // claim reserves id for remote self, or says why it cannot have it: the
 // local cluster's name or ID, or an ID another remote holds.
 func (m *Manager) claim(self *cluster, name string, id uint32) string {
@@ -244,6 +284,7 @@ type cluster struct {
 	ids    map[identity.NumericIdentity]identity.Identity
 	ips    *ipMirror
 	svcs   map[string]remoteService
+	src    source // where the current session reads (nil between sessions)
 }
 
 // remoteService is a remote cluster's service and the hash of the value it
@@ -421,6 +462,14 @@ func (c *cluster) session(ctx context.Context) (connected bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	c.mu.Lock()
+	c.src = kv
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.src = nil
+		c.mu.Unlock()
+	}()
 	c.mu.Lock()
 	if c.status.Withdrawn || c.nodes == nil {
 		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, newIPMirror()
