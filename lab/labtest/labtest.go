@@ -119,20 +119,30 @@ func logsOnFailure(t testing.TB, l *lab.Lab) {
 				ls = ls[len(ls)-40:]
 			}
 			t.Logf("agent log of %s (%s), last %d lines:\n%s", n.Name, n.LogFile, len(ls), strings.Join(ls, "\n"))
-			t.Logf("state of %s:\n%s", n.Name, nodeState(n.NetNS))
 		}
+		t.Logf("%s", Describe(t, l))
 	})
 }
 
-// nodeState is what a failure report shows of a node's namespace: its
-// routes, and its WireGuard device's peers (handshakes, transfer) when it
-// has one.
-func nodeState(netns string) string {
+// Describe is what a failure report shows of each node of l: its routes,
+// and what its agent says of encryption peers (handshakes, bytes), its
+// ipcache and its last flows (drops and their reasons).
+func Describe(t testing.TB, l *lab.Lab) string {
 	var b strings.Builder
-	for _, argv := range [][]string{{"ip", "route", "show", "table", "all"}, {"wg", "show"}} {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", netns}, argv...)...).CombinedOutput()
-		cancel()
+	for _, n := range l.Nodes {
+		fmt.Fprintf(&b, "state of %s:\n%s", n.Name, nodeState(t, l, n))
+	}
+	return b.String()
+}
+
+func nodeState(t testing.TB, l *lab.Lab, n lab.Node) string {
+	var b strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.NetNS, "ip", "route").CombinedOutput()
+	cancel()
+	fmt.Fprintf(&b, "$ ip route (%v)\n%s", err, out)
+	for _, argv := range [][]string{{"filament", "encrypt", "status"}, {"filament", "bpf", "ipcache", "list"}, {"filament", "observe", "--last", "20"}} {
+		out, err := NodeRun(t, l, n.Name, argv...)
 		fmt.Fprintf(&b, "$ %s (%v)\n%s", strings.Join(argv, " "), err, out)
 	}
 	return b.String()
