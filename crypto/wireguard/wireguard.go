@@ -341,6 +341,9 @@ func (d *Device) SetPeer(p Peer) error {
 	if err := d.wg.ConfigureDevice(d.cfg.Name, cfg); err != nil {
 		return fmt.Errorf("wireguard peer %s: %w", p.Name, err)
 	}
+	if _, known := d.peers[p.PublicKey]; !known {
+		slog.Info("wireguard peer added", "peer", p.Name, "endpoint", p.Endpoint)
+	}
 	d.peers[p.PublicKey] = p
 	return nil
 }
@@ -359,6 +362,7 @@ func (d *Device) RemovePeer(name string) error {
 	if len(cfg.Peers) == 0 {
 		return nil
 	}
+	slog.Info("wireguard peer removed", "peer", name)
 	return d.wg.ConfigureDevice(d.cfg.Name, cfg)
 }
 

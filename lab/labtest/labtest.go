@@ -131,6 +131,10 @@ func Describe(t testing.TB, l *lab.Lab) string {
 	var b strings.Builder
 	for _, n := range l.Nodes {
 		fmt.Fprintf(&b, "state of %s:\n%s", n.Name, nodeState(t, l, n))
+		if data, err := os.ReadFile(n.LogFile); err == nil {
+			ls := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+			fmt.Fprintf(&b, "agent log of %s, last lines:\n%s\n", n.Name, strings.Join(ls[max(0, len(ls)-15):], "\n"))
+		}
 	}
 	return b.String()
 }
