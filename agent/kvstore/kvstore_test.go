@@ -128,6 +128,37 @@ func TestWatchResyncsAfterCompaction(t *testing.T) {
 	expect(t, ch, kvstore.EventUpsert, "filament/w/d", "4")
 }
 
+// An untracked watch keeps no keys: each list is preceded by EventResync
+// and a resync after a compaction reports what is there, no deletions.
+func TestUntrackedWatchResync(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	c.Put(x, "filament/w/a", []byte("1"), 0)
+	ch := c.Watch(x, "filament/w/", kvstore.WatchOptions{Untracked: true, Known: []string{"filament/w/z"}})
+	expect(t, ch, kvstore.EventResync, "", "")
+	expect(t, ch, kvstore.EventUpsert, "filament/w/a", "1")
+	expect(t, ch, kvstore.EventSynced, "", "")
+	c.Put(x, "filament/w/b", []byte("2"), 0)
+	expect(t, ch, kvstore.EventUpsert, "filament/w/b", "2")
+	c.Delete(x, "filament/w/b")
+	expect(t, ch, kvstore.EventDelete, "filament/w/b", "")
+	_, rev, _ := c.List(x, "filament/w/")
+
+	// Resuming from a compacted revision: a list of what is there.
+	c.Delete(x, "filament/w/a")
+	c.Put(x, "filament/w/c", []byte("3"), 0)
+	_, now, _ := c.List(x, "filament/w/")
+	if err := c.Compact(x, now); err != nil {
+		t.Fatal(err)
+	}
+	ch = c.Watch(x, "filament/w/", kvstore.WatchOptions{Untracked: true, Revision: rev})
+	expect(t, ch, kvstore.EventResync, "", "")
+	expect(t, ch, kvstore.EventUpsert, "filament/w/c", "3")
+	expect(t, ch, kvstore.EventSynced, "", "")
+	c.Put(x, "filament/w/d", []byte("4"), 0)
+	expect(t, ch, kvstore.EventUpsert, "filament/w/d", "4")
+}
+
 func TestLeaseKeysVanish(t *testing.T) {
 	c := testutil.EtcdClient(t)
 	x := ctx(t)

@@ -20,6 +20,10 @@ const (
 	// EventSynced: every key that existed at the listed revision has been
 	// reported; sent after the initial list and after every resync.
 	EventSynced
+	// EventResync: a list begins (sent by untracked watches only, before
+	// each list): the keys it reports up to the next EventSynced are all
+	// the prefix holds, the caller removes the others.
+	EventResync
 )
 
 func (t EventType) String() string {
@@ -30,6 +34,8 @@ func (t EventType) String() string {
 		return "delete"
 	case EventSynced:
 		return "synced"
+	case EventResync:
+		return "resync"
 	}
 	return "unknown"
 }
@@ -53,6 +59,12 @@ type WatchOptions struct {
 	// Known are the keys the caller holds when resuming; after a compaction
 	// forces a resync, the ones that no longer exist are reported deleted.
 	Known []string
+	// Untracked: the watch keeps no set of the keys it reported (a set of
+	// keys costs more than a caller's compact copy of a large prefix), so a
+	// resync cannot report deletions: each list is preceded by
+	// EventResync, and the caller removes what the list did not hold.
+	// Known is ignored.
+	Untracked bool
 }
 
 // Watch lists prefix (unless resuming), then streams its changes until ctx
@@ -69,9 +81,12 @@ func (c *Client) Watch(ctx context.Context, prefix string, o WatchOptions) <-cha
 
 func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, ch chan<- Event) {
 	defer close(ch)
-	known := make(map[string]bool, len(o.Known))
-	for _, k := range o.Known {
-		known[k] = true
+	var known map[string]bool // nil: untracked
+	if !o.Untracked {
+		known = make(map[string]bool, len(o.Known))
+		for _, k := range o.Known {
+			known[k] = true
+		}
 	}
 	send := func(ev Event) bool {
 		select {
@@ -83,6 +98,9 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 	}
 	// resync lists the prefix and reports the difference with known.
 	resync := func() (int64, bool) {
+		if o.Untracked && !send(Event{Type: EventResync}) {
+			return 0, false
+		}
 		for {
 			kvs, rev, err := c.List(ctx, prefix)
 			if err != nil {
@@ -92,10 +110,15 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 				time.Sleep(200 * time.Millisecond)
 				continue
 			}
-			present := make(map[string]bool, len(kvs))
+			var present map[string]bool
+			if known != nil {
+				present = make(map[string]bool, len(kvs))
+			}
 			for _, kv := range kvs {
-				present[kv.Key] = true
-				known[kv.Key] = true
+				if known != nil {
+					present[kv.Key] = true
+					known[kv.Key] = true
+				}
 				if !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision}) {
 					return 0, false
 				}
@@ -140,7 +163,9 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 					delete(known, ev.Key)
 				} else {
 					ev.Type = EventUpsert
-					known[ev.Key] = true
+					if known != nil {
+						known[ev.Key] = true
+					}
 				}
 				if !send(ev) {
 					cancel()
