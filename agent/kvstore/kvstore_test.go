@@ -128,6 +128,36 @@ func TestWatchResyncsAfterCompaction(t *testing.T) {
 	expect(t, ch, kvstore.EventUpsert, "filament/w/d", "4")
 }
 
+// ListPages reads a prefix in pages, all at the first page's revision (a
+// key written meanwhile is not listed), in key order, until told to stop.
+func TestListPages(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	for _, k := range []string{"e", "a", "d", "b", "c"} {
+		c.Put(x, "filament/p/"+k, []byte(k), 0)
+	}
+	c.Put(x, "filament/pz", []byte("outside"), 0)
+	var got []string
+	rev, err := c.ListPages(x, "filament/p/", 2, func(kv kvstore.KeyValue) bool {
+		got = append(got, kv.Key+"="+string(kv.Value))
+		if len(got) == 1 {
+			c.Put(x, "filament/p/f", []byte("later"), 0)
+		}
+		return true
+	})
+	want := "[filament/p/a=a filament/p/b=b filament/p/c=c filament/p/d=d filament/p/e=e]"
+	if err != nil || fmt.Sprint(got) != want {
+		t.Fatalf("pages of 2: got %v, %v; want %s", got, err, want)
+	}
+	if _, now, _ := c.List(x, "filament/p/"); now != rev+1 {
+		t.Fatalf("listed at revision %d, want the one before the write during the list (%d)", rev, now-1)
+	}
+	got = nil
+	if _, err := c.ListPages(x, "filament/p/", 2, func(kv kvstore.KeyValue) bool { got = append(got, kv.Key); return len(got) < 3 }); err != nil || len(got) != 3 {
+		t.Fatalf("stopped after 3: got %v, %v", got, err)
+	}
+}
+
 // An untracked watch keeps no keys: each list is preceded by EventResync
 // and a resync after a compaction reports what is there, no deletions.
 func TestUntrackedWatchResync(t *testing.T) {

@@ -51,6 +51,12 @@ type Event struct {
 	PrevLease int64
 }
 
+// listPage is how many keys a watch's list reads at a time: a list of a
+// large prefix (a remote cluster's 100,000 ipcache entries) never holds
+// more than a page of them in memory at once. etcd counts the rest of the
+// range for each page, so pages much smaller cost it more CPU.
+const listPage = 4096
+
 // WatchOptions tune Watch.
 type WatchOptions struct {
 	// Revision, when non-zero, resumes after this revision instead of listing
@@ -98,30 +104,31 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 	}
 	// resync lists the prefix and reports the difference with known.
 	resync := func() (int64, bool) {
-		if o.Untracked && !send(Event{Type: EventResync}) {
-			return 0, false
-		}
 		for {
-			kvs, rev, err := c.List(ctx, prefix)
-			if err != nil {
-				if ctx.Err() != nil {
-					return 0, false
-				}
-				time.Sleep(200 * time.Millisecond)
-				continue
+			if o.Untracked && !send(Event{Type: EventResync}) {
+				return 0, false
 			}
 			var present map[string]bool
 			if known != nil {
-				present = make(map[string]bool, len(kvs))
+				present = map[string]bool{}
 			}
-			for _, kv := range kvs {
+			stopped := false
+			rev, err := c.ListPages(ctx, prefix, listPage, func(kv KeyValue) bool {
 				if known != nil {
 					present[kv.Key] = true
 					known[kv.Key] = true
 				}
-				if !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision}) {
-					return 0, false
-				}
+				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision})
+				return !stopped
+			})
+			if stopped || ctx.Err() != nil {
+				return 0, false
+			}
+			if err != nil {
+				// Listed again from the start (what was sent is sent
+				// again, or reported deleted if it went meanwhile).
+				time.Sleep(200 * time.Millisecond)
+				continue
 			}
 			for k := range known {
 				if !present[k] {

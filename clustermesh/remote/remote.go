@@ -601,12 +601,10 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 	first := true
 	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{Untracked: untracked}) {
 		switch ev.Type {
-		case kvstore.EventResync:
-			if !first { // the session began the first list
-				c.mu.Lock()
-				c.ips.startListing()
-				c.mu.Unlock()
-			}
+		case kvstore.EventResync: // a list (again, if one broke off)
+			c.mu.Lock()
+			c.ips.startListing()
+			c.mu.Unlock()
 		case kvstore.EventSynced:
 			if first || untracked {
 				c.dropUnseen(prefix, seen)
