@@ -725,6 +725,7 @@ func extrapolate(results []*stepResult) {
 	ha, hb := fit(float64(count.heap), float64(volume.heap))
 	sa, sb := fit(count.routerSync.Seconds(), volume.routerSync.Seconds())
 	ca, cb := fit(count.cpu.Seconds(), volume.cpu.Seconds())
+	ra, rb := fit(float64(count.rss)-float64(count.rssBefore), float64(volume.rss)-float64(volume.rssBefore))
 	heapT := ha*E + hb*K
 	syncT := sa*E + sb*K
 	cpuT := ca*E + cb*K
@@ -732,6 +733,8 @@ func extrapolate(results []*stepResult) {
 		"fitted as a x endpoints + b x nodes through the steps cache %dx%dx%d and cache %dx%dx%d:\n",
 		E/1e6, int(K), count.clusters, count.nodes, count.eps, volume.clusters, volume.nodes, volume.eps)
 	fmt.Printf("      agent heap %.2f GiB (%.1f B/endpoint + %.0f B/node; goal < 2 GiB: %s)\n", heapT/(1<<30), ha, hb, verdict(heapT < 2<<30))
+	fmt.Printf("      agent RSS growth %.2f GiB (%.0f B/endpoint + %.0f B/node; the Go heap's headroom over the live heap included)\n",
+		(ra*E+rb*K)/(1<<30), ra, rb)
 	fmt.Printf("      initial sync %.0f s on this machine as loaded (%.2f us/endpoint + %.1f us/node; goal < 60 s: %s)\n", syncT, sa*1e6, sb*1e6, verdict(syncT < 60))
 	fmt.Printf("      agent CPU for the sync %.0f s (%.2f us/endpoint + %.1f us/node): at least that long on one core of its own (goal < 60 s: %s)\n",
 		cpuT, ca*1e6, cb*1e6, verdict(cpuT < 60))
