@@ -257,6 +257,37 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KeyValue, int64, er
 	return out, r.Header.Revision, nil
 }
 
+// ListPages reads every key under prefix, in key order, in reads of at
+// most page keys all at the revision of the first (a consistent list that
+// never holds more than a page), calling each for every key until it
+// returns false; it returns that revision.
+func (c *Client) ListPages(ctx context.Context, prefix string, page int64, each func(KeyValue) bool) (int64, error) {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from, rev := prefix, int64(0)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		r, err := c.c.Get(ctx, from, opts...)
+		if err != nil {
+			return 0, fmt.Errorf("kvstore: list %s: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = r.Header.Revision
+		}
+		for _, kv := range r.Kvs {
+			if !each(fromKV(kv)) {
+				return rev, nil
+			}
+		}
+		if !r.More || len(r.Kvs) == 0 {
+			return rev, nil
+		}
+		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+	}
+}
+
 // Compact compacts the store's history up to rev (used by tests and
 // maintenance; watchers behind rev resynchronise).
 func (c *Client) Compact(ctx context.Context, rev int64) error {

@@ -128,6 +128,67 @@ func TestWatchResyncsAfterCompaction(t *testing.T) {
 	expect(t, ch, kvstore.EventUpsert, "filament/w/d", "4")
 }
 
+// ListPages reads a prefix in pages, all at the first page's revision (a
+// key written meanwhile is not listed), in key order, until told to stop.
+func TestListPages(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	for _, k := range []string{"e", "a", "d", "b", "c"} {
+		c.Put(x, "filament/p/"+k, []byte(k), 0)
+	}
+	c.Put(x, "filament/pz", []byte("outside"), 0)
+	var got []string
+	rev, err := c.ListPages(x, "filament/p/", 2, func(kv kvstore.KeyValue) bool {
+		got = append(got, kv.Key+"="+string(kv.Value))
+		if len(got) == 1 {
+			c.Put(x, "filament/p/f", []byte("later"), 0)
+		}
+		return true
+	})
+	want := "[filament/p/a=a filament/p/b=b filament/p/c=c filament/p/d=d filament/p/e=e]"
+	if err != nil || fmt.Sprint(got) != want {
+		t.Fatalf("pages of 2: got %v, %v; want %s", got, err, want)
+	}
+	if _, now, _ := c.List(x, "filament/p/"); now != rev+1 {
+		t.Fatalf("listed at revision %d, want the one before the write during the list (%d)", rev, now-1)
+	}
+	got = nil
+	if _, err := c.ListPages(x, "filament/p/", 2, func(kv kvstore.KeyValue) bool { got = append(got, kv.Key); return len(got) < 3 }); err != nil || len(got) != 3 {
+		t.Fatalf("stopped after 3: got %v, %v", got, err)
+	}
+}
+
+// An untracked watch keeps no keys: each list is preceded by EventResync
+// and a resync after a compaction reports what is there, no deletions.
+func TestUntrackedWatchResync(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	c.Put(x, "filament/w/a", []byte("1"), 0)
+	ch := c.Watch(x, "filament/w/", kvstore.WatchOptions{Untracked: true, Known: []string{"filament/w/z"}})
+	expect(t, ch, kvstore.EventResync, "", "")
+	expect(t, ch, kvstore.EventUpsert, "filament/w/a", "1")
+	expect(t, ch, kvstore.EventSynced, "", "")
+	c.Put(x, "filament/w/b", []byte("2"), 0)
+	expect(t, ch, kvstore.EventUpsert, "filament/w/b", "2")
+	c.Delete(x, "filament/w/b")
+	expect(t, ch, kvstore.EventDelete, "filament/w/b", "")
+	_, rev, _ := c.List(x, "filament/w/")
+
+	// Resuming from a compacted revision: a list of what is there.
+	c.Delete(x, "filament/w/a")
+	c.Put(x, "filament/w/c", []byte("3"), 0)
+	_, now, _ := c.List(x, "filament/w/")
+	if err := c.Compact(x, now); err != nil {
+		t.Fatal(err)
+	}
+	ch = c.Watch(x, "filament/w/", kvstore.WatchOptions{Untracked: true, Revision: rev})
+	expect(t, ch, kvstore.EventResync, "", "")
+	expect(t, ch, kvstore.EventUpsert, "filament/w/c", "3")
+	expect(t, ch, kvstore.EventSynced, "", "")
+	c.Put(x, "filament/w/d", []byte("4"), 0)
+	expect(t, ch, kvstore.EventUpsert, "filament/w/d", "4")
+}
+
 func TestLeaseKeysVanish(t *testing.T) {
 	c := testutil.EtcdClient(t)
 	x := ctx(t)

@@ -20,6 +20,10 @@ const (
 	// EventSynced: every key that existed at the listed revision has been
 	// reported; sent after the initial list and after every resync.
 	EventSynced
+	// EventResync: a list begins (sent by untracked watches only, before
+	// each list): the keys it reports up to the next EventSynced are all
+	// the prefix holds, the caller removes the others.
+	EventResync
 )
 
 func (t EventType) String() string {
@@ -30,6 +34,8 @@ func (t EventType) String() string {
 		return "delete"
 	case EventSynced:
 		return "synced"
+	case EventResync:
+		return "resync"
 	}
 	return "unknown"
 }
@@ -45,6 +51,12 @@ type Event struct {
 	PrevLease int64
 }
 
+// listPage is how many keys a watch's list reads at a time: a list of a
+// large prefix (a remote cluster's 100,000 ipcache entries) never holds
+// more than a page of them in memory at once. etcd counts the rest of the
+// range for each page, so pages much smaller cost it more CPU.
+const listPage = 4096
+
 // WatchOptions tune Watch.
 type WatchOptions struct {
 	// Revision, when non-zero, resumes after this revision instead of listing
@@ -53,6 +65,12 @@ type WatchOptions struct {
 	// Known are the keys the caller holds when resuming; after a compaction
 	// forces a resync, the ones that no longer exist are reported deleted.
 	Known []string
+	// Untracked: the watch keeps no set of the keys it reported (a set of
+	// keys costs more than a caller's compact copy of a large prefix), so a
+	// resync cannot report deletions: each list is preceded by
+	// EventResync, and the caller removes what the list did not hold.
+	// Known is ignored.
+	Untracked bool
 }
 
 // Watch lists prefix (unless resuming), then streams its changes until ctx
@@ -69,9 +87,12 @@ func (c *Client) Watch(ctx context.Context, prefix string, o WatchOptions) <-cha
 
 func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, ch chan<- Event) {
 	defer close(ch)
-	known := make(map[string]bool, len(o.Known))
-	for _, k := range o.Known {
-		known[k] = true
+	var known map[string]bool // nil: untracked
+	if !o.Untracked {
+		known = make(map[string]bool, len(o.Known))
+		for _, k := range o.Known {
+			known[k] = true
+		}
 	}
 	send := func(ev Event) bool {
 		select {
@@ -84,21 +105,30 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 	// resync lists the prefix and reports the difference with known.
 	resync := func() (int64, bool) {
 		for {
-			kvs, rev, err := c.List(ctx, prefix)
-			if err != nil {
-				if ctx.Err() != nil {
-					return 0, false
+			if o.Untracked && !send(Event{Type: EventResync}) {
+				return 0, false
+			}
+			var present map[string]bool
+			if known != nil {
+				present = map[string]bool{}
+			}
+			stopped := false
+			rev, err := c.ListPages(ctx, prefix, listPage, func(kv KeyValue) bool {
+				if known != nil {
+					present[kv.Key] = true
+					known[kv.Key] = true
 				}
+				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision})
+				return !stopped
+			})
+			if stopped || ctx.Err() != nil {
+				return 0, false
+			}
+			if err != nil {
+				// Listed again from the start (what was sent is sent
+				// again, or reported deleted if it went meanwhile).
 				time.Sleep(200 * time.Millisecond)
 				continue
-			}
-			present := make(map[string]bool, len(kvs))
-			for _, kv := range kvs {
-				present[kv.Key] = true
-				known[kv.Key] = true
-				if !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision}) {
-					return 0, false
-				}
 			}
 			for k := range known {
 				if !present[k] {
@@ -140,7 +170,9 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 					delete(known, ev.Key)
 				} else {
 					ev.Type = EventUpsert
-					known[ev.Key] = true
+					if known != nil {
+						known[ev.Key] = true
+					}
 				}
 				if !send(ev) {
 					cancel()

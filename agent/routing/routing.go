@@ -101,7 +101,7 @@ type Router struct {
 // New prepares the node for mode: the VXLAN device and from_overlay in
 // tunnel mode (removed in native mode).
 func New(dp *datapath.Datapath, mode, self string) (*Router, error) {
-	r := &Router{dp: dp, mode: mode, self: self, nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{}}
+	r := newRouter(dp, mode, self)
 	switch mode {
 	case Tunnel:
 		idx, err := ensureVXLAN()
@@ -129,6 +129,10 @@ func New(dp *datapath.Datapath, mode, self string) (*Router, error) {
 		return nil, fmt.Errorf("%w: got %q", ErrMode, mode)
 	}
 	return r, nil
+}
+
+func newRouter(dp Maps, mode, self string) *Router {
+	return &Router{dp: dp, mode: mode, self: self, nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{}}
 }
 
 // SetHostSource makes addr (the node's underlay address) the source of

@@ -1,12 +1,17 @@
 package remote
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
 )
 
 func entry(ip string, id uint32, node, pod string) ipcache.Entry {
@@ -188,4 +193,59 @@ func FuzzIPMirror(f *testing.F) {
 			t.Fatalf("node names %v, in use %v", m.nodes.index, used)
 		}
 	})
+}
+
+// scripted is a source whose watch replays events (and checks the
+// ipcache prefix is watched untracked).
+type scripted struct {
+	t   *testing.T
+	evs []kvstore.Event
+}
+
+func (s scripted) Get(context.Context, string) (kvstore.KeyValue, error) {
+	return kvstore.KeyValue{}, kvstore.ErrNotFound
+}
+
+func (s scripted) Watch(_ context.Context, prefix string, o kvstore.WatchOptions) <-chan kvstore.Event {
+	if !o.Untracked {
+		s.t.Errorf("the ipcache prefix %s is watched with a set of its keys", prefix)
+	}
+	ch := make(chan kvstore.Event, len(s.evs))
+	for _, ev := range s.evs {
+		ch <- ev
+	}
+	close(ch)
+	return ch
+}
+
+// The ipcache entries are watched untracked: a resync after a compaction
+// (EventResync, the list, EventSynced) removes, through the mirror's
+// marks, the entries the list no longer holds, and only those; the first
+// list signals the session once.
+func TestFollowUntrackedResync(t *testing.T) {
+	var got []string
+	m := NewManager(t.TempDir(), "local", 1, 0, Callbacks{Entry: func(e ipcache.Entry, deleted bool) {
+		got = append(got, fmt.Sprintf("%s %v %v", e.IP, e.Node, deleted))
+	}})
+	c := &cluster{m: m, name: "east", id: 7, ips: newIPMirror()}
+	c.ips.startListing() // as the session does
+	put := func(ip string) kvstore.Event {
+		b, _ := json.Marshal(entry(ip, uint32(identity.Compose(7, 300)), "n1", "p"))
+		return kvstore.Event{Type: kvstore.EventUpsert, Key: ipcache.Prefix + "east/" + ip, Value: b}
+	}
+	src := scripted{t: t, evs: []kvstore.Event{
+		{Type: kvstore.EventResync}, put("10.7.0.1"), put("10.7.0.2"), {Type: kvstore.EventSynced},
+		put("10.7.0.3"),
+		// Compacted: listed again, 10.7.0.2 gone meanwhile.
+		{Type: kvstore.EventResync}, put("10.7.0.1"), put("10.7.0.3"), {Type: kvstore.EventSynced},
+	}}
+	synced := make(chan string, 2)
+	c.follow(context.Background(), src, ipcache.Prefix+"east/", c.ipEvent, synced)
+	want := []string{"10.7.0.1 east/n1 false", "10.7.0.2 east/n1 false", "10.7.0.3 east/n1 false", "10.7.0.2 east/n1 true"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("passed on %q, want %q", got, want)
+	}
+	if len(synced) != 1 || c.ips.len() != 2 || c.ips.listing {
+		t.Fatalf("%d synced signals, %d entries mirrored, listing %v; want 1, 2, false", len(synced), c.ips.len(), c.ips.listing)
+	}
 }

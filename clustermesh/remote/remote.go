@@ -634,20 +634,32 @@ func (c *cluster) heartbeatEvent(value []byte, now time.Time) {
 // follow lists and watches prefix, applying each change; the first
 // EventSynced removes entries the list no longer holds (after a withdrawal
 // there are none).
+//
+// The ipcache entries are watched untracked: the compact mirror marks what
+// each list holds itself (a set of keys, in the session and in the watch,
+// would cost more than the mirror), so a resync after a compaction (an
+// EventResync, the list, an EventSynced) removes what the list did not
+// hold, as the first list does.
 func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
-	// The ipcache mirror marks what the list holds itself.
+	untracked := prefix == ipcache.Prefix+c.name+"/"
 	var seen map[string]bool
-	if prefix != ipcache.Prefix+c.name+"/" {
+	if !untracked {
 		seen = map[string]bool{}
 	}
 	first := true
-	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{Untracked: untracked}) {
 		switch ev.Type {
+		case kvstore.EventResync: // a list (again, if one broke off)
+			c.mu.Lock()
+			c.ips.startListing()
+			c.mu.Unlock()
 		case kvstore.EventSynced:
-			if first {
-				first = false
+			if first || untracked {
 				c.dropUnseen(prefix, seen)
 				seen = nil
+			}
+			if first {
+				first = false
 				synced <- prefix
 			}
 		default:

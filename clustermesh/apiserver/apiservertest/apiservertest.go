@@ -6,9 +6,12 @@ package apiservertest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -31,6 +34,9 @@ type Server struct {
 	cfg  apiserver.Config
 	stop context.CancelFunc
 	done chan struct{}
+	// proc: the apiserver runs in a process of its own (StartProcess).
+	process bool
+	proc    *exec.Cmd
 }
 
 func freePort(t testing.TB) int {
@@ -46,7 +52,56 @@ func freePort(t testing.TB) int {
 // and returns once its cluster-config is readable.
 func Start(t testing.TB, name string, id uint32) *Server {
 	t.Helper()
-	s := &Server{Name: name, ID: id, Bundle: t.TempDir()}
+	return start(t, name, id, false)
+}
+
+// StartProcess is Start with the apiserver (and its etcd) in a child
+// process, so that what the test process uses is measured apart from it.
+// The test binary's TestMain must call RunChild first.
+func StartProcess(t testing.TB, name string, id uint32) *Server {
+	t.Helper()
+	return start(t, name, id, true)
+}
+
+// childEnv carries the child's apiserver.Config (JSON).
+const childEnv = "FILAMENT_APISERVERTEST_CHILD"
+
+// RunChild, in a process StartProcess started, runs the apiserver until
+// its stdin closes and exits; elsewhere it returns at once. Call it first
+// in TestMain.
+func RunChild() {
+	raw := os.Getenv(childEnv)
+	if raw == "" {
+		return
+	}
+	var cfg apiserver.Config
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "apiservertest child: %s: %v\n", childEnv, err)
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		io.Copy(io.Discard, os.Stdin) // the parent closes it (or dies)
+		cancel()
+	}()
+	if err := apiserver.Run(ctx, cfg); err != nil && ctx.Err() == nil {
+		fmt.Fprintf(os.Stderr, "apiservertest child: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// Pid is the apiserver's process (this one unless StartProcess).
+func (s *Server) Pid() int {
+	if s.proc != nil {
+		return s.proc.Process.Pid
+	}
+	return os.Getpid()
+}
+
+func start(t testing.TB, name string, id uint32, process bool) *Server {
+	t.Helper()
+	s := &Server{Name: name, ID: id, Bundle: t.TempDir(), process: process}
 	if _, err := clustermesh.Enable(s.Bundle, name, id, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
 		t.Fatal(err)
 	}
@@ -64,10 +119,14 @@ func (s *Server) run(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop, s.done = cancel, make(chan struct{})
-	go func() {
-		defer close(s.done)
-		apiserver.Run(ctx, s.cfg)
-	}()
+	if s.process {
+		s.runChild(ctx, t)
+	} else {
+		go func() {
+			defer close(s.done)
+			apiserver.Run(ctx, s.cfg)
+		}()
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := s.Connect(clustermesh.UserAgent)
@@ -84,6 +143,45 @@ func (s *Server) run(t testing.TB) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// runChild starts the apiserver in a child process (this test binary
+// again, RunChild in its TestMain); ctx ending closes its stdin, which
+// ends it (killed if it has not ended 10 s later).
+func (s *Server) runChild(ctx context.Context, t testing.TB) {
+	t.Helper()
+	cfg, _ := json.Marshal(s.cfg)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(cfg))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("apiserver process: %v", err)
+	}
+	s.proc = cmd
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	go func() {
+		defer close(s.done)
+		select {
+		case <-exited:
+			return
+		case <-ctx.Done():
+		}
+		stdin.Close()
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
 }
 
 // Restart stops the apiserver and starts it again on the same data and
