@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -103,23 +104,35 @@ func TestNodeNamesReused(t *testing.T) {
 }
 
 // The mirror's heap per entry (issue 19 part 2: ≤ 64 B per remote
-// endpoint not installed, with the router's compact store beside it).
+// endpoint not installed, with the router's compact store beside it),
+// beside the same entries held in full as the mirror did before (baseline,
+// same run).
 func BenchmarkIPMirrorHeap(b *testing.B) {
 	const n = 1 << 20
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	before := ms.HeapAlloc
-	m := newIPMirror()
-	for i := 0; i < n; i++ {
-		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		m.put(ipcache.Entry{IP: ip, Identity: 0x20100, HostIP: netip.MustParseAddr("172.31.0.1"), Node: "c2/n" + string(rune('a'+i%100)), Pod: "p"})
+	fill := func(put func(ipcache.Entry)) float64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		before := ms.HeapAlloc
+		for i := 0; i < n; i++ {
+			ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+			put(ipcache.Entry{IP: ip, Identity: 0x20100, HostIP: netip.MustParseAddr("172.31.0.1"), Node: "c2/n" + strconv.Itoa(i%100),
+				Namespace: "default", Pod: "pod-" + strconv.Itoa(i)})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return float64(ms.HeapAlloc-before) / n
 	}
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	b.ReportMetric(float64(ms.HeapAlloc-before)/n, "heap-B/entry")
-	b.ReportMetric(0, "ns/op")
+	m := newIPMirror()
+	compact := fill(func(e ipcache.Entry) { m.put(e) })
 	runtime.KeepAlive(m)
+	m = nil
+	full := map[netip.Addr]ipcache.Entry{}
+	baseline := fill(func(e ipcache.Entry) { full[e.IP] = e })
+	runtime.KeepAlive(full)
+	b.ReportMetric(compact, "compact-B/entry")
+	b.ReportMetric(baseline, "full-entries-B/entry")
+	b.ReportMetric(0, "ns/op")
 }
 
 // FuzzIPMirror runs operations from the fuzzer's bytes (put, remove, a
