@@ -95,8 +95,10 @@ func TestSparseIPCacheTunnel(t *testing.T) {
 		t.Fatal("web does not reach y with no policy")
 	}
 	// Flows name the covered pod: its names are read again through the
-	// mesh (neither the router nor the mesh's mirror keeps them).
+	// mesh (neither the router nor the mesh's mirror keeps them), off the
+	// flows' path, so a connection after the first is named.
 	eventually(t, "c1/n1's flows name the covered pod y (--to-pod default/y)", func() bool {
+		reach(t, lab.NetNSPath(web.NetNS), "tcp", y.IP, 7000)
 		out, err := labtest.NodeRun(t, l, "c1/n1", "filament", "observe", "-o", "json", "--last", "1000", "--to-pod", "default/y")
 		if err != nil {
 			t.Logf("observe: %v %s", err, out)

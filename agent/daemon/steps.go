@@ -309,6 +309,7 @@ func (a *Agent) startMesh(ctx context.Context) error {
 	}
 	if a.cfg.RemoteIPCache == "sparse" {
 		a.remoteNames = remotenames.New(a.mesh.Lookup, remotenames.Config{})
+		a.goroutine(func() { a.remoteNames.Run(ctx) })
 	}
 	a.goroutine(func() { a.mesh.Run(ctx) })
 	return nil

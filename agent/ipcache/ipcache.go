@@ -50,9 +50,26 @@ func (e Entry) Check(key netip.Addr) error {
 		return fmt.Errorf("%w: hostIP %v: want an IPv4 address", ErrInvalid, e.HostIP)
 	case e.Node == "":
 		return fmt.Errorf("%w: %v: no node", ErrInvalid, e.IP)
+	case len(e.Node) > MaxNameLen:
+		return fmt.Errorf("%w: %v: node name of %d bytes (at most %d)", ErrInvalid, e.IP, len(e.Node), MaxNameLen)
+	case len(e.Namespace) > MaxNamespaceLen:
+		return fmt.Errorf("%w: %v: namespace of %d bytes (at most %d)", ErrInvalid, e.IP, len(e.Namespace), MaxNamespaceLen)
+	case len(e.Pod) > MaxNameLen:
+		return fmt.Errorf("%w: %v: pod name of %d bytes (at most %d)", ErrInvalid, e.IP, len(e.Pod), MaxNameLen)
 	}
 	return nil
 }
+
+// Bounds of an entry's names (Kubernetes': a DNS subdomain, a DNS label):
+// a writer cannot make every reader hold large strings.
+const (
+	MaxNameLen      = 253
+	MaxNamespaceLen = 63
+)
+
+// MaxValueLen bounds an entry's stored value: a longer one is refused
+// unread.
+const MaxValueLen = 4 << 10
 
 // Sync publishes local entries and follows remote ones.
 type Sync struct {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -277,16 +278,39 @@ func (c *Client) ListPages(ctx context.Context, prefix string, page int64, each 
 			rev = r.Header.Revision
 		}
 		for _, kv := range r.Kvs {
+			// The server's answer is checked: each key after the last and
+			// inside the prefix (a server that repeated a page or wandered
+			// off would make the list endless).
+			if k := string(kv.Key); k < from || !strings.HasPrefix(k, prefix) {
+				return 0, fmt.Errorf("%w: list %s: key %q out of order or outside the prefix", ErrBadList, prefix, k)
+			}
 			if !each(fromKV(kv)) {
 				return rev, nil
 			}
+			from = string(kv.Key) + "\x00"
 		}
 		if !r.More || len(r.Kvs) == 0 {
 			return rev, nil
 		}
-		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
 	}
 }
+
+// listOnce is ListPages in one read.
+func (c *Client) listOnce(ctx context.Context, prefix string, each func(KeyValue) bool) (int64, error) {
+	kvs, rev, err := c.List(ctx, prefix)
+	if err != nil {
+		return 0, err
+	}
+	for _, kv := range kvs {
+		if !each(kv) {
+			break
+		}
+	}
+	return rev, nil
+}
+
+// ErrBadList: a server's answer to a paged list broke the order of keys.
+var ErrBadList = errors.New("kvstore: bad list")
 
 // Compact compacts the store's history up to rev (used by tests and
 // maintenance; watchers behind rev resynchronise).

@@ -9,6 +9,7 @@ import (
 
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/internal/testutil"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -265,3 +266,57 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func clientLeaseID(id int64) clientv3.LeaseID { return clientv3.LeaseID(id) }
+
+// A list whose revision is compacted between its pages fails with the
+// compaction error; a watch then lists again in one piece, so it ends
+// (synced, with every key) however slow its reader.
+func TestListCompactedBetweenPages(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	for _, k := range []string{"a", "b", "c", "d", "e"} {
+		c.Put(x, "filament/q/"+k, []byte(k), 0)
+	}
+	compact := func() {
+		c.Put(x, "filament/q/f", []byte("f"), 0)
+		_, now, _ := c.List(x, "filament/q/")
+		if err := c.Compact(x, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	_, err := c.ListPages(x, "filament/q/", 2, func(kvstore.KeyValue) bool {
+		if n++; n == 1 {
+			compact()
+		}
+		return true
+	})
+	if !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("list compacted between pages: %v, want ErrCompacted", err)
+	}
+
+	// More keys than the watch's channel holds: it is blocked in the
+	// middle of its list when the compaction comes.
+	for i := range 300 {
+		c.Put(x, fmt.Sprintf("filament/q/k%03d", i), []byte("v"), 0)
+	}
+	defer kvstore.SetListPage(2)()
+	ch := c.Watch(x, "filament/q/", kvstore.WatchOptions{})
+	first := next(t, ch)
+	compact()
+	// And again every 100 events: a paged list read again would be
+	// compacted again each time, and never end.
+	seen := map[string]bool{first.Key: true}
+	for n := 1; ; n++ {
+		ev := next(t, ch)
+		if ev.Type == kvstore.EventSynced {
+			break
+		}
+		seen[ev.Key] = true
+		if n%100 == 0 {
+			compact()
+		}
+	}
+	if len(seen) != 306 {
+		t.Errorf("synced after %d keys, want 306", len(seen))
+	}
+}

@@ -55,7 +55,7 @@ type Event struct {
 // large prefix (a remote cluster's 100,000 ipcache entries) never holds
 // more than a page of them in memory at once. etcd counts the rest of the
 // range for each page, so pages much smaller cost it more CPU.
-const listPage = 4096
+var listPage int64 = 4096
 
 // WatchOptions tune Watch.
 type WatchOptions struct {
@@ -103,6 +103,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 		}
 	}
 	// resync lists the prefix and reports the difference with known.
+	paged := true
 	resync := func() (int64, bool) {
 		for {
 			if o.Untracked && !send(Event{Type: EventResync}) {
@@ -113,17 +114,28 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 				present = map[string]bool{}
 			}
 			stopped := false
-			rev, err := c.ListPages(ctx, prefix, listPage, func(kv KeyValue) bool {
+			each := func(kv KeyValue) bool {
 				if known != nil {
 					present[kv.Key] = true
 					known[kv.Key] = true
 				}
 				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision})
 				return !stopped
-			})
+			}
+			var rev int64
+			var err error
+			if paged {
+				rev, err = c.ListPages(ctx, prefix, listPage, each)
+			} else {
+				rev, err = c.listOnce(ctx, prefix, each)
+			}
 			if stopped || ctx.Err() != nil {
 				return 0, false
 			}
+			// A list whose revision was compacted while its pages were
+			// read (a slow reader, a busy store) is read in one piece
+			// the next time, so that it always ends.
+			paged = !errors.Is(err, rpctypes.ErrCompacted)
 			if err != nil {
 				// Listed again from the start (what was sent is sent
 				// again, or reported deleted if it went meanwhile).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,86 +12,144 @@ import (
 )
 
 type fakeMesh struct {
+	mu      sync.Mutex
 	calls   int
 	entries map[netip.Addr]ipcache.Entry
+	block   chan struct{} // when set, a lookup waits for it
 }
 
-func (f *fakeMesh) lookup(_ context.Context, cluster string, ip netip.Addr) (ipcache.Entry, error) {
+func (f *fakeMesh) lookup(ctx context.Context, cluster string, ip netip.Addr) (ipcache.Entry, error) {
+	f.mu.Lock()
 	f.calls++
 	e, ok := f.entries[ip]
+	block := f.block
+	f.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return ipcache.Entry{}, ctx.Err()
+		}
+	}
 	if !ok || cluster != "c2" {
 		return ipcache.Entry{}, errors.New("not held")
 	}
 	return e, nil
 }
 
+func (f *fakeMesh) set(ip netip.Addr, e ipcache.Entry) {
+	f.mu.Lock()
+	f.entries[ip] = e
+	f.mu.Unlock()
+}
+
+func (f *fakeMesh) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+func start(t *testing.T, f *fakeMesh, cfg Config) *Names {
+	n := New(f.lookup, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { n.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return n
+}
+
+// nameOf polls Of until it names ip (the worker fills the cache).
+func nameOf(t *testing.T, n *Names, cluster string, ip netip.Addr, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, pod := n.Of(cluster, ip); pod == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s in %s not named %q within 5 s", ip, cluster, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestNamesCachedAndForgotten(t *testing.T) {
 	a := netip.MustParseAddr("10.2.0.5")
 	f := &fakeMesh{entries: map[netip.Addr]ipcache.Entry{a: {IP: a, Namespace: "shop", Pod: "cart-1"}}}
-	n := New(f.lookup, Config{})
+	n := start(t, f, Config{})
+	if ns, pod := n.Of("c2", a); ns != "" || pod != "" {
+		t.Fatalf("a miss answered %q %q, want nothing at once", ns, pod)
+	}
+	nameOf(t, n, "c2", a, "cart-1")
+	calls := f.count()
 	for range 3 {
-		if ns, pod := n.Of("c2", a); ns != "shop" || pod != "cart-1" {
-			t.Fatalf("Of: %q %q", ns, pod)
-		}
+		n.Of("c2", a)
 	}
-	if f.calls != 1 {
-		t.Fatalf("%d lookups for one address, want 1 (cached)", f.calls)
+	if f.count() != calls {
+		t.Fatalf("%d lookups for a cached address", f.count()-calls)
 	}
-	f.entries[a] = ipcache.Entry{IP: a, Namespace: "shop", Pod: "cart-2"}
+	// Another cluster's view of the address is not this one's.
+	if _, pod := n.Of("c3", a); pod != "" {
+		t.Fatalf("named for cluster c3: %q", pod)
+	}
+	f.set(a, ipcache.Entry{IP: a, Namespace: "shop", Pod: "cart-2"})
 	n.Forget(a)
-	if _, pod := n.Of("c2", a); pod != "cart-2" {
-		t.Fatalf("after Forget: %q", pod)
+	nameOf(t, n, "c2", a, "cart-2")
+}
+
+// A lookup under way when the entry changes is not cached: the next Of
+// looks the address up again.
+func TestForgetDuringLookup(t *testing.T) {
+	a := netip.MustParseAddr("10.2.0.5")
+	f := &fakeMesh{entries: map[netip.Addr]ipcache.Entry{a: {IP: a, Namespace: "shop", Pod: "old"}}, block: make(chan struct{})}
+	n := start(t, f, Config{})
+	n.Of("c2", a)
+	for f.count() == 0 {
+		time.Sleep(time.Millisecond)
 	}
-	// An address the mesh does not hold is unnamed, and remembered so.
-	b := netip.MustParseAddr("10.2.0.6")
-	calls := f.calls
-	for range 3 {
-		if ns, pod := n.Of("c2", b); ns != "" || pod != "" {
-			t.Fatalf("unknown address named %q %q", ns, pod)
-		}
-	}
-	if f.calls != calls+1 {
-		t.Fatalf("%d lookups for an unknown address, want 1", f.calls-calls)
-	}
+	f.set(a, ipcache.Entry{IP: a, Namespace: "shop", Pod: "new"})
+	n.Forget(a)
+	f.mu.Lock()
+	close(f.block)
+	f.block = nil
+	f.mu.Unlock()
+	nameOf(t, n, "c2", a, "new")
 }
 
 func TestNamesExpire(t *testing.T) {
 	a := netip.MustParseAddr("10.2.0.5")
 	f := &fakeMesh{entries: map[netip.Addr]ipcache.Entry{a: {IP: a, Namespace: "shop", Pod: "cart-1"}}}
-	n := New(f.lookup, Config{TTL: 50 * time.Millisecond})
-	n.Of("c2", a)
-	f.entries[a] = ipcache.Entry{IP: a, Namespace: "shop", Pod: "cart-9"}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, pod := n.Of("c2", a); pod == "cart-9" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a cached name did not expire")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	n := start(t, f, Config{TTL: 50 * time.Millisecond})
+	nameOf(t, n, "c2", a, "cart-1")
+	f.set(a, ipcache.Entry{IP: a, Namespace: "shop", Pod: "cart-9"})
+	nameOf(t, n, "c2", a, "cart-9")
 }
 
-// A pod making flows to many remote addresses gets at most the burst of
-// lookups at once; the rest go unnamed, and the cache stays bounded.
-func TestLookupsLimited(t *testing.T) {
-	f := &fakeMesh{entries: map[netip.Addr]ipcache.Entry{}}
+// A pod making flows to many remote addresses: Of never waits (the
+// lookups block here), the queue and the cache stay bounded, and lookups
+// go at the rate limit.
+func TestLookupsBounded(t *testing.T) {
+	f := &fakeMesh{entries: map[netip.Addr]ipcache.Entry{}, block: make(chan struct{})}
+	defer close(f.block)
+	n := start(t, f, Config{Size: 64, Queue: 16, Rate: 0.001, Burst: 2, Timeout: time.Hour})
+	begin := time.Now()
 	for i := range 1000 {
 		a := netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)})
-		f.entries[a] = ipcache.Entry{IP: a, Namespace: "ns", Pod: "p"}
-	}
-	n := New(f.lookup, Config{Size: 64, Rate: 0.001, Burst: 10})
-	named := 0
-	for a := range f.entries {
 		if _, pod := n.Of("c2", a); pod != "" {
-			named++
+			t.Fatal("named at once")
 		}
 	}
-	if f.calls != 10 || named != 10 {
-		t.Fatalf("%d lookups, %d named; want the burst, 10", f.calls, named)
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("1,000 misses took %v: Of waited", d)
 	}
-	if l := n.cache.Len(); l > 64 {
-		t.Fatalf("cache holds %d, bound 64", l)
+	n.mu.Lock()
+	q, p := len(n.queue), len(n.pending)
+	n.mu.Unlock()
+	if q > 16 || p > 17 {
+		t.Fatalf("queue %d, pending %d: bounds 16 queued, one more looked up", q, p)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if c := f.count(); c > 2 {
+		t.Fatalf("%d lookups started, want at most the burst (2)", c)
 	}
 }

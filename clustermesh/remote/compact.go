@@ -152,6 +152,19 @@ func (m *ipMirror) accepted(e ipcache.Entry) bool {
 	return ok && c.sum == sumOf(e)
 }
 
+// keepListed marks ip's entry, if any, as held by the list under way (a
+// refused value keeps what the key held).
+func (m *ipMirror) keepListed(ip netip.Addr) {
+	if !m.listing || !ip.Is4() {
+		return
+	}
+	k := key4(ip)
+	if c, ok := m.entries[k]; ok {
+		c.node |= listedBit
+		m.entries[k] = c
+	}
+}
+
 // startListing begins a session's first list (marks left by a list that
 // did not end are cleared).
 func (m *ipMirror) startListing() {

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -260,5 +261,34 @@ func TestFollowUntrackedResync(t *testing.T) {
 	}
 	if len(synced) != 1 || c.ips.len() != 2 || c.ips.listing {
 		t.Fatalf("%d synced signals, %d entries mirrored, listing %v; want 1, 2, false", len(synced), c.ips.len(), c.ips.listing)
+	}
+}
+
+// A refused value (outside the cluster's range, too long, unreadable)
+// changes nothing, in a list as in the watch: the entry the key held stays
+// through a relist that brings only a refused value for it.
+func TestRefusedValueKeepsEntryInList(t *testing.T) {
+	var got []string
+	m := NewManager(t.TempDir(), "local", 1, 0, Callbacks{Entry: func(e ipcache.Entry, deleted bool) {
+		got = append(got, fmt.Sprintf("%s %v", e.IP, deleted))
+	}})
+	c := &cluster{m: m, name: "east", id: 7, ips: newIPMirror()}
+	val := func(ip string, cluster uint32, pod string) kvstore.Event {
+		b, _ := json.Marshal(entry(ip, uint32(identity.Compose(cluster, 300)), "n1", pod))
+		return kvstore.Event{Type: kvstore.EventUpsert, Key: ipcache.Prefix + "east/" + ip, Value: b}
+	}
+	long := val("10.7.0.2", 7, strings.Repeat("p", ipcache.MaxValueLen))
+	src := scripted{t: t, evs: []kvstore.Event{
+		{Type: kvstore.EventResync}, val("10.7.0.1", 7, "a"), val("10.7.0.2", 7, "b"), val("10.7.0.3", 7, "c"), {Type: kvstore.EventSynced},
+		{Type: kvstore.EventResync}, val("10.7.0.1", 8, "a"), long,
+		{Type: kvstore.EventUpsert, Key: ipcache.Prefix + "east/10.7.0.3", Value: []byte("{")}, {Type: kvstore.EventSynced},
+	}}
+	c.follow(context.Background(), src, ipcache.Prefix+"east/", c.ipEvent, make(chan string, 2))
+	want := []string{"10.7.0.1 false", "10.7.0.2 false", "10.7.0.3 false"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("passed on %q, want %q", got, want)
+	}
+	if c.ips.len() != 3 || c.status.Rejected != 2 {
+		t.Fatalf("%d entries held, %d rejected; want 3, 2", c.ips.len(), c.status.Rejected)
 	}
 }

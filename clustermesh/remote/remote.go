@@ -132,10 +132,16 @@ func (m *Manager) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			m.mu.Lock()
+			cs := make([]*cluster, 0, len(m.remotes))
 			for _, c := range m.remotes {
-				c.stop()
+				cs = append(cs, c)
 			}
 			m.mu.Unlock()
+			// Stopped without m.mu: a cluster's goroutine may be waiting
+			// for it (claim, release).
+			for _, c := range cs {
+				c.stop()
+			}
 			return
 		case <-time.After(time.Second):
 		}
@@ -149,14 +155,17 @@ func (m *Manager) scan(ctx context.Context) {
 		seen[name] = true
 		m.mu.Lock()
 		c, ok := m.remotes[name]
+		m.mu.Unlock()
 		if ok && c.sum == sum {
-			m.mu.Unlock()
 			continue
 		}
 		if ok {
+			// Stopped without m.mu: its goroutine may be waiting for it.
 			c.stop()
 			c.withdraw()
+			m.mu.Lock()
 			c.claimed = 0
+			m.mu.Unlock()
 		}
 		cfg, err := clustermesh.LoadRemote(f)
 		via := "direct"
@@ -165,6 +174,7 @@ func (m *Manager) scan(ctx context.Context) {
 		}
 		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true, TTL: m.ttl.String(), Via: via},
 			live: liveness{ttl: m.ttl, staleAfter: clustermesh.HeartbeatStale}}
+		m.mu.Lock()
 		m.remotes[name] = c
 		m.mu.Unlock()
 		if err != nil {
@@ -174,16 +184,22 @@ func (m *Manager) scan(ctx context.Context) {
 		c.start(ctx)
 	}
 	m.mu.Lock()
+	var gone []*cluster
 	for name, c := range m.remotes {
 		if !seen[name] {
-			c.stop()
-			c.withdraw()
-			c.claimed = 0
+			gone = append(gone, c)
 			delete(m.remotes, name)
-			slog.Info("remote cluster disconnected (config removed)", "cluster", name)
 		}
 	}
 	m.mu.Unlock()
+	for _, c := range gone {
+		c.stop()
+		c.withdraw()
+		m.mu.Lock()
+		c.claimed = 0
+		m.mu.Unlock()
+		slog.Info("remote cluster disconnected (config removed)", "cluster", c.name)
+	}
 }
 
 // Status lists every remote cluster by name.
@@ -225,7 +241,7 @@ func (m *Manager) Lookup(ctx context.Context, cluster string, ip netip.Addr) (ip
 		return ipcache.Entry{}, err
 	}
 	var e ipcache.Entry
-	if len(kv.Value) > 64<<10 || json.Unmarshal(kv.Value, &e) != nil || e.Check(ip) != nil {
+	if len(kv.Value) > ipcache.MaxValueLen || json.Unmarshal(kv.Value, &e) != nil || e.Check(ip) != nil {
 		return ipcache.Entry{}, fmt.Errorf("%w: %s in %s: unreadable", ErrNotHeld, ip, cluster)
 	}
 	e.Node = cluster + "/" + e.Node
@@ -813,15 +829,20 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		return
 	}
 	var e ipcache.Entry
+	if len(ev.Value) > ipcache.MaxValueLen {
+		c.refuseListed(ip, fmt.Sprintf("ipcache entry %s: value of %d bytes (at most %d)", ip, len(ev.Value), ipcache.MaxValueLen))
+		return
+	}
 	if err := json.Unmarshal(ev.Value, &e); err != nil {
+		c.refuseListed(ip, "")
 		return
 	}
 	if err := e.Check(ip); err != nil {
-		c.reject(err.Error())
+		c.refuseListed(ip, err.Error())
 		return
 	}
 	if !e.Identity.InClusterRange(c.id) {
-		c.reject(fmt.Sprintf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id))
+		c.refuseListed(ip, fmt.Sprintf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id))
 		return
 	}
 	e.Node = c.name + "/" + e.Node
@@ -832,6 +853,18 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		c.m.cb.Entry(e, false)
 		c.passedOn(1, false)
 	}
+}
+
+// refuseListed refuses a value of ip's key (counted, unless why is empty:
+// unreadable) and changes nothing: what the key held before stays, in a
+// list as in the watch (a list marks it held).
+func (c *cluster) refuseListed(ip netip.Addr, why string) {
+	if why != "" {
+		c.reject(why)
+	}
+	c.mu.Lock()
+	c.ips.keepListed(ip)
+	c.mu.Unlock()
 }
 
 // errIgnored: a value that is not of its kind at all (unreadable), dropped

@@ -362,8 +362,11 @@ func (d *Device) RemovePeer(name string) error {
 	if len(cfg.Peers) == 0 {
 		return nil
 	}
+	if err := d.wg.ConfigureDevice(d.cfg.Name, cfg); err != nil {
+		return err
+	}
 	slog.Info("wireguard peer removed", "peer", name)
-	return d.wg.ConfigureDevice(d.cfg.Name, cfg)
+	return nil
 }
 
 // Rotate makes a new key pair, writes it and configures the device with it;
