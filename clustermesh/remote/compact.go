@@ -107,6 +107,7 @@ type ipMirror struct {
 	entries map[uint32]compactIP
 	nodes   nodeNames
 	listing bool // a session's first list is being read: put marks
+	marked  int  // entries with listedBit set (startListing walks only when some are)
 }
 
 func newIPMirror() *ipMirror { return &ipMirror{entries: map[uint32]compactIP{}} }
@@ -126,6 +127,10 @@ func (m *ipMirror) put(e ipcache.Entry) bool {
 		mark = listedBit
 	}
 	old, had := m.entries[k]
+	wasMarked := had && old.node&listedBit != 0
+	if mark != 0 && !wasMarked {
+		m.marked++
+	}
 	if had && old.sum == sum {
 		old.node |= mark
 		m.entries[k] = old
@@ -134,6 +139,9 @@ func (m *ipMirror) put(e ipcache.Entry) bool {
 	n := m.nodes.ref(e.Node)
 	if had {
 		m.nodes.unref(old.node &^ listedBit)
+	}
+	if wasMarked {
+		mark = listedBit // a mark stays
 	}
 	m.entries[k] = compactIP{sum: sum, node: n | mark}
 	return true
@@ -159,22 +167,27 @@ func (m *ipMirror) keepListed(ip netip.Addr) {
 		return
 	}
 	k := key4(ip)
-	if c, ok := m.entries[k]; ok {
+	if c, ok := m.entries[k]; ok && c.node&listedBit == 0 {
 		c.node |= listedBit
 		m.entries[k] = c
+		m.marked++
 	}
 }
 
 // startListing begins a session's first list (marks left by a list that
 // did not end are cleared).
 func (m *ipMirror) startListing() {
+	m.listing = true
+	if m.marked == 0 {
+		return // a list that broke off before any entry: nothing to walk
+	}
+	m.marked = 0
 	for k, c := range m.entries {
 		if c.node&listedBit != 0 {
 			c.node &^= listedBit
 			m.entries[k] = c
 		}
 	}
-	m.listing = true
 }
 
 // endListing ends it: entries the list did not hold are forgotten and
@@ -191,7 +204,7 @@ func (m *ipMirror) endListing() []ipcache.Entry {
 		delete(m.entries, k)
 		m.nodes.unref(c.node)
 	}
-	m.listing = false
+	m.listing, m.marked = false, 0
 	return gone
 }
 
@@ -207,6 +220,9 @@ func (m *ipMirror) remove(ip netip.Addr) (ipcache.Entry, bool) {
 	}
 	e := m.deletion(k, old)
 	delete(m.entries, k)
+	if old.node&listedBit != 0 {
+		m.marked--
+	}
 	m.nodes.unref(old.node &^ listedBit)
 	return e, true
 }

@@ -137,7 +137,7 @@ func BenchmarkIPMirrorHeap(b *testing.B) {
 }
 
 // FuzzIPMirror runs operations from the fuzzer's bytes (put, remove, a
-// listing begun or ended) on the mirror and on a plain map of full entries
+// refused value, a listing begun or ended) on the mirror and on a plain map of full entries
 // side by side: what each passes on, and what a listing's end forgets,
 // must be the same.
 func FuzzIPMirror(f *testing.F) {
@@ -148,7 +148,7 @@ func FuzzIPMirror(f *testing.F) {
 		ref := map[netip.Addr]ipcache.Entry{}
 		var listed map[netip.Addr]bool
 		for len(ops) >= 3 {
-			op, a, v := ops[0]%4, ops[1]%8, ops[2]
+			op, a, v := ops[0]%5, ops[1]%8, ops[2]
 			ops = ops[3:]
 			ip := netip.AddrFrom4([4]byte{10, 2, 0, a})
 			switch op {
@@ -170,6 +170,11 @@ func FuzzIPMirror(f *testing.F) {
 				if ok != had || (ok && (got.IP != old.IP || got.Node != old.Node)) {
 					t.Fatalf("remove %s: %+v %v, want %+v %v", ip, got, ok, old, had)
 				}
+			case 4: // a refused value: what the key held stays
+				if _, had := ref[ip]; had && listed != nil {
+					listed[ip] = true
+				}
+				m.keepListed(ip)
 			case 2:
 				m.startListing()
 				listed = map[netip.Addr]bool{}
@@ -197,6 +202,15 @@ func FuzzIPMirror(f *testing.F) {
 			}
 			if m.len() != len(ref) {
 				t.Fatalf("holds %d, want %d", m.len(), len(ref))
+			}
+			marked := 0
+			for _, c := range m.entries {
+				if c.node&listedBit != 0 {
+					marked++
+				}
+			}
+			if marked != m.marked {
+				t.Fatalf("%d entries marked, counted %d", marked, m.marked)
 			}
 		}
 		used := map[string]bool{}
