@@ -117,7 +117,10 @@ type Config struct {
 	// RunDevice): its goroutines then share no scheduler, heap or GC with
 	// the caller's. The process is in the caller's network and mount
 	// namespaces, is stopped by Close and killed if the caller dies.
-	// Empty: the device runs in this process.
+	// Empty: the device runs in this process, which must then be in the
+	// device's network namespace as a whole: wireguard-go opens its UDP
+	// socket again, on whatever thread runs its goroutine, when the link
+	// goes down and up (the agent always sets a command).
 	DeviceCommand []string
 }
 
