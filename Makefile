@@ -49,9 +49,9 @@ generate: deps
 # The whole suite, privileged datapath tests included: needs root. A test
 # that would need root fails instead of skipping (FILAMENT_REQUIRE_PRIVILEGED).
 # check-root comes first so that a non-root run fails before building anything.
-test: check-root deps build kube-apiserver hubble cyclonedx
+test: check-root deps build kube-apiserver kubelet hubble cyclonedx
 	@echo "== go test ./... (about 12 minutes on a 2-core machine)"
-	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_HUBBLE=$(HUBBLE) FILAMENT_CYCLONEDX=$(CYCLONEDX) $(GO) test -count=1 -timeout 20m ./...
+	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_KUBELET=$(KUBELET) FILAMENT_HUBBLE=$(HUBBLE) FILAMENT_CYCLONEDX=$(CYCLONEDX) $(GO) test -count=1 -timeout 20m ./...
 
 check-root:
 	@if [ "$$(id -u)" != 0 ]; then echo "make $(MAKECMDGOALS) needs root (network namespaces, veths); use make test-unit" >&2; exit 1; fi
@@ -68,14 +68,16 @@ KUBELET ?= $(HOME)/.cache/filament/kubelet-v1.37.1
 kubelet:
 	@GO=$(GO) KUBE_COMMAND=kubelet deploy/kube/build-kube-apiserver.sh $(KUBELET)
 
-# The node tests: the rendered DaemonSet's pod started through containerd's
-# CRI (install-cni, the agent up and its startup probe passing, then
-# filament-agent uninstall leaving nothing), the chart's commands against a
-# real kube-apiserver, uninstall on a namespace and bpffs of its own, the
-# pause image (docs/install.md, "what the real-node test runs"). They are
-# part of `make test` too (about two minutes); this target runs only them.
-test-node: check-root deps build kube-apiserver
-	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) $(GO) test -count=1 -timeout 10m \
+# The node tests: the chart on a real kubelet with containerd and a real
+# kube-apiserver (the agent as the DaemonSet's pod, pods networked by
+# Filament, a Service, a NetworkPolicy, the uninstall DaemonSet), the
+# rendered DaemonSet's pod started through containerd's CRI, the chart's
+# commands against a real kube-apiserver, uninstall on a namespace and
+# bpffs of its own, the pause image (docs/install.md, "what the real-node
+# test runs"). They are part of `make test` too (about four minutes); this
+# target runs only them.
+test-node: check-root deps build kube-apiserver kubelet
+	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_KUBELET=$(KUBELET) $(GO) test -count=1 -timeout 10m \
 		./deploy/kube/ ./internal/kubenode/ ./agent/uninstall/ ./agent/procsys/ ./agent/cniinstall/ ./agent/k8s/incluster/
 
 # The real hubble CLI for the observability work (issue 17), built from the

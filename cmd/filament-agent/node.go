@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -76,6 +78,7 @@ func uninstallCommand() *cobra.Command {
 	var c uninstall.Config
 	var pool, socket string
 	var wait bool
+	var waitAgent time.Duration
 	cmd := &cobra.Command{
 		Use:   "uninstall",
 		Short: "Remove the CNI plugin and conflist, pinned BPF programs and maps, the agent's devices, rules and routes, and its state (run with the agent stopped)",
@@ -86,6 +89,12 @@ func uninstallCommand() *cobra.Command {
 				return fmt.Errorf("--cluster-pool %q: %w", pool, err)
 			}
 			c.ClusterPool, c.RunDir = p, filepath.Dir(socket)
+			ctx, cancel := context.WithTimeout(cmd.Context(), waitAgent)
+			err = uninstall.WaitAgentGone(ctx, socket, time.Second)
+			cancel()
+			if err != nil {
+				return err
+			}
 			done, err := uninstall.Run(c)
 			for _, d := range done {
 				fmt.Println("removed", d)
@@ -109,5 +118,6 @@ func uninstallCommand() *cobra.Command {
 	cmd.Flags().StringVar(&socket, "api-socket", d.APISocket, "the agent's --api-socket (its directory is removed)")
 	cmd.Flags().StringVar(&pool, "cluster-pool", d.ClusterPool, "the agent's --cluster-pool (routes into it are removed)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "then wait for SIGTERM (the container of an uninstall DaemonSet)")
+	cmd.Flags().DurationVar(&waitAgent, "wait-for-agent", 0, "while an agent answers on --api-socket, wait up to this long for it to stop (0: refuse at once)")
 	return cmd
 }

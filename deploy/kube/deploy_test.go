@@ -527,15 +527,17 @@ func container(ds *unstructured.Unstructured, field, name string) map[string]any
 	return nil
 }
 
-// agentBinaries are filament-agent and filament-cni: from FILAMENT_BIN_DIR
-// (make test builds them) or built here.
+// agentBinaries are filament-agent, filament-cni, filament and
+// filament-clustermesh-apiserver: from FILAMENT_BIN_DIR (make test builds
+// them) or built here.
 func agentBinaries(t *testing.T) string {
 	t.Helper()
 	if dir := os.Getenv("FILAMENT_BIN_DIR"); dir != "" {
 		return dir
 	}
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/filament-net/filament/cmd/filament-agent", "github.com/filament-net/filament/cmd/filament-cni")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/filament-net/filament/cmd/filament-agent", "github.com/filament-net/filament/cmd/filament-cni",
+		"github.com/filament-net/filament/cmd/filament", "github.com/filament-net/filament/cmd/filament-clustermesh-apiserver")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -8,21 +8,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	ocispec "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/filament-net/filament/deploy/image"
 	"github.com/filament-net/filament/internal/kubenode"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -71,22 +68,8 @@ func TestAgentPodInContainerd(t *testing.T) {
 	netnsPath := "/var/run/netns/" + node
 
 	// Host directories for the pod's volumes.
-	host := t.TempDir()
-	dirs := map[string]string{}
-	for _, v := range []string{"state", "run", "cni-bin", "cni-conf", "cni-config", "lib-modules", "logs"} {
-		dirs[v] = filepath.Join(host, v)
-		if err := os.MkdirAll(dirs[v], 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bpf := filepath.Join(host, "bpf")
-	if err := os.Mkdir(bpf, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("bpf", bpf, "bpf", 0, ""); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(bpf, unix.MNT_DETACH) })
+	host, dirs := hostDirs(t, "state", "run", "cni-bin", "cni-conf", "cni-config", "lib-modules", "logs")
+	bpf := sharedBPFFS(t, host)
 	// HostToContainer propagation needs a shared (or slave) mount, as
 	// systemd makes / and so /sys/fs/bpf and /var/run/netns; here / is
 	// private, so each gets a shared mount of its own.
@@ -98,10 +81,8 @@ func TestAgentPodInContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(netnsDir, unix.MNT_DETACH) })
-	for _, d := range []string{bpf, netnsDir} {
-		if err := unix.Mount("", d, "", unix.MS_SHARED, ""); err != nil {
-			t.Fatal(err)
-		}
+	if err := unix.Mount("", netnsDir, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
 	}
 	// A cgroup2 directory of the test's own: the socket load balancer
 	// attaches there, not to the machine's root.
@@ -124,51 +105,14 @@ func TestAgentPodInContainerd(t *testing.T) {
 	// The images: the pause image and one of static binaries, no shell,
 	// user 65532.
 	imgDir := t.TempDir()
-	pauseTar, agentTar := filepath.Join(imgDir, "pause.tar"), filepath.Join(imgDir, "filament.tar")
+	pauseTar := filepath.Join(imgDir, "pause.tar")
 	if err := kubenode.PauseImage(imgDir, pauseTar); err != nil {
 		t.Fatal(err)
 	}
-	ref := "ghcr.io/filament-net/filament:node-test"
-	if tar := os.Getenv("FILAMENT_IMAGE_TAR"); tar != "" {
-		agentTar, ref = tar, os.Getenv("FILAMENT_IMAGE_REF")
-		if ref == "" {
-			t.Fatal("FILAMENT_IMAGE_TAR needs FILAMENT_IMAGE_REF (the reference it is tagged with)")
-		}
-	} else {
-		// The product image (deploy/image, as make image builds it) for
-		// this machine's platform, with the binaries the agent pod runs.
-		bins := []string{"filament-agent", "filament", "filament-cni"}
-		binDir := filepath.Join(imgDir, "bin")
-		for _, b := range bins {
-			if _, err := kubenode.BuildStatic(binDir, "github.com/filament-net/filament/cmd/"+b, b); err != nil {
-				t.Fatal(err)
-			}
-		}
-		plat := ocispec.Platform{OS: "linux", Architecture: goruntime.GOARCH}
-		idx, err := image.Build(image.Options{Name: ref, Version: "node-test", Created: time.Unix(0, 0), Binaries: bins,
-			Platforms: []ocispec.Platform{plat}, Dirs: map[string]string{"linux/" + goruntime.GOARCH: binDir}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		layoutDir := filepath.Join(imgDir, "layout")
-		if err := image.WriteLayout(layoutDir, idx, ref); err != nil {
-			t.Fatal(err)
-		}
-		if err := image.WriteArchive(agentTar, layoutDir, time.Unix(0, 0)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cdir, err := os.MkdirTemp("/var/tmp", "filament-node-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() && os.Getenv("FILAMENT_KEEP_NODE") != "" {
-			t.Logf("kept %s", cdir)
-			return
-		}
-		os.RemoveAll(cdir)
-	})
+	// The product image (deploy/image, as make image builds it) for this
+	// machine's platform, with the binaries the agent pod runs.
+	agentTar, ref := productImage(t, imgDir, "ghcr.io/filament-net/filament:node-test", []string{"filament-agent", "filament", "filament-cni"})
+	cdir := nodeDir(t, "filament-node-")
 	ctd, err := kubenode.StartContainerd(cdir, dirs["cni-bin"], dirs["cni-conf"], netnsPath)
 	if errors.Is(err, kubenode.ErrMissing) && os.Getenv("FILAMENT_REQUIRE_PRIVILEGED") != "1" {
 		t.Skipf("skipped: %v", err)
@@ -279,11 +223,23 @@ func TestAgentPodInContainerd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uninstall: %v\nlogs: %s", err, logs(dirs["logs"]))
 	}
-	out, _ = exec.Command("ip", "-n", node, "-br", "link").CombinedOutput()
+	checkNodeClean(t, node, bpf, dirs)
+}
+
+// checkNodeClean: after an uninstall, the node's namespace has no
+// filament_* device and no route into the cluster pool, and no pin, CNI
+// file or state is left in the node's directories.
+func checkNodeClean(t *testing.T, node, bpf string, dirs map[string]string) {
+	t.Helper()
+	out, _ := exec.Command("ip", "-n", node, "-br", "link").CombinedOutput()
 	for _, d := range []string{"filament_host", "filament_net", "filament_vxlan"} {
 		if strings.Contains(string(out), d) {
-			t.Errorf("%s left in the node namespace:\n%s", d, out)
+			t.Errorf("%s left on the node:\n%s", d, out)
 		}
+	}
+	out, _ = exec.Command("ip", "-n", node, "route", "show", "table", "all").CombinedOutput()
+	if strings.Contains(string(out), "10.244.") {
+		t.Errorf("routes into the cluster pool left on the node:\n%s", out)
 	}
 	for _, p := range []string{filepath.Join(bpf, "filament"), filepath.Join(dirs["cni-bin"], "filament"),
 		filepath.Join(dirs["cni-conf"], "10-filament.conflist")} {
@@ -294,6 +250,59 @@ func TestAgentPodInContainerd(t *testing.T) {
 	if ents, _ := os.ReadDir(dirs["state"]); len(ents) != 0 {
 		t.Errorf("state dir holds %d entries after uninstall", len(ents))
 	}
+}
+
+// nodeDir makes a directory under /var/tmp (containerd's root must not be
+// on tmpfs: overlayfs refuses it), removed at cleanup unless the test
+// failed and FILAMENT_KEEP_NODE is set.
+func nodeDir(t *testing.T, prefix string) string {
+	t.Helper()
+	cdir, err := os.MkdirTemp("/var/tmp", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() && os.Getenv("FILAMENT_KEEP_NODE") != "" {
+			t.Logf("kept %s", cdir)
+			return
+		}
+		os.RemoveAll(cdir)
+	})
+	return cdir
+}
+
+// hostDirs makes a directory of the test with a subdirectory per name
+// (for hostPath volumes) and returns it and the subdirectories by name.
+func hostDirs(t *testing.T, names ...string) (string, map[string]string) {
+	t.Helper()
+	host := t.TempDir()
+	dirs := map[string]string{}
+	for _, v := range names {
+		dirs[v] = filepath.Join(host, v)
+		if err := os.MkdirAll(dirs[v], 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return host, dirs
+}
+
+// sharedBPFFS mounts a bpffs of the test's own at <host>/bpf (unmounted at
+// cleanup) as a shared mount: a HostToContainer source must be shared or
+// slave, as systemd makes /sys/fs/bpf, and / is private here.
+func sharedBPFFS(t *testing.T, host string) string {
+	t.Helper()
+	bpf := filepath.Join(host, "bpf")
+	if err := os.Mkdir(bpf, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", bpf, "bpf", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(bpf, unix.MNT_DETACH) })
+	if err := unix.Mount("", bpf, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	return bpf
 }
 
 // hostHasCap: capability cap is in this process's bounding set.

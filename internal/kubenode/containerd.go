@@ -122,15 +122,22 @@ func (c *Containerd) Stop() {
 		}
 	}
 	c.log.Close()
-	if b, err := os.ReadFile("/proc/self/mounts"); err == nil {
-		var under []string
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], c.Dir+"/") {
-				under = append(under, f[1])
-			}
+	unmountUnder(c.Dir)
+}
+
+// unmountUnder unmounts every mount below dir, the deepest first.
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	var under []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], dir+"/") {
+			under = append(under, f[1])
 		}
-		for i := len(under) - 1; i >= 0; i-- {
-			syscall.Unmount(under[i], syscall.MNT_DETACH)
-		}
+	}
+	for i := len(under) - 1; i >= 0; i-- {
+		syscall.Unmount(under[i], syscall.MNT_DETACH)
 	}
 }

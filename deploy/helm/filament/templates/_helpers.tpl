@@ -69,3 +69,30 @@ bracketed), the agent's --k8s-api-server.
 {{ $k.apiServerHost }}:{{ $k.apiServerPort }}
 {{- end -}}
 {{- end }}
+
+{{/* The uninstall containers' security context: the agent's, as it undoes the agent's work. */}}
+{{- define "filament.uninstallSecurity" -}}
+{{- if .Values.agent.privileged -}}
+privileged: true
+{{- else -}}
+privileged: false
+capabilities:
+  drop: [ALL]
+  add: [NET_ADMIN, SYS_ADMIN, BPF, NET_RAW]
+{{- end }}
+{{- end }}
+
+{{/* The uninstall containers' mounts: the node paths uninstall cleans. */}}
+{{- define "filament.uninstallMounts" -}}
+- name: bpf-maps
+  mountPath: /sys/fs/bpf
+  mountPropagation: HostToContainer
+- name: state
+  mountPath: /var/lib/filament
+- name: run
+  mountPath: /var/run/filament
+- name: cni-bin
+  mountPath: /host/cni-bin
+- name: cni-conf
+  mountPath: /host/cni-conf
+{{- end }}
