@@ -75,10 +75,6 @@ func TestMain(m *testing.M) {
 // in-process device supports (Config.DeviceCommand); that variant failed
 // once in a clean-clone run (no handshake in 10 s).
 func TestDevicesTalk(t *testing.T) {
-	t.Run("own-process", func(t *testing.T) { devicesTalk(t, true) })
-}
-
-func devicesTalk(t *testing.T, ownProcess bool) {
 	testutil.RequireRoot(t)
 	if _, err := os.Stat(runDir); errors.Is(err, os.ErrNotExist) {
 		t.Cleanup(func() { os.Remove(runDir) }) // the UAPI socket directory this test made (if empty)
@@ -100,25 +96,20 @@ func devicesTalk(t *testing.T, ownProcess bool) {
 		var d *Device
 		err := ns.WithNetNSPath("/var/run/netns/"+nsName, func(ns.NetNS) error {
 			var err error
-			cfg := Config{Name: dev, Port: Port, MTU: 1420, KeyPath: filepath.Join(dir, dev+".key")}
-			if ownProcess {
-				cfg.DeviceCommand = []string{os.Args[0], "-test.run=^$"}
-			}
-			d, err = Open(cfg)
+			d, err = Open(Config{Name: dev, Port: Port, MTU: 1420, KeyPath: filepath.Join(dir, dev+".key"),
+				DeviceCommand: []string{os.Args[0], "-test.run=^$"}})
 			return err
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(d.Close)
-		if ownProcess && d.Type == "userspace" && d.child == nil {
+		if d.Type == "userspace" && d.child == nil {
 			t.Fatal("the device runs in this process, not its own")
 		}
 		return d
 	}
-	if ownProcess {
-		t.Setenv("FILAMENT_WG_DEVICE_TEST", "1")
-	}
+	t.Setenv("FILAMENT_WG_DEVICE_TEST", "1")
 	a, b := open(nsA, "fwa"+suffix), open(nsB, "fwb"+suffix)
 	if a.Type != "userspace" && a.Type != "kernel" {
 		t.Fatalf("device type %q", a.Type)
