@@ -57,6 +57,13 @@ type Event struct {
 // range for each page, so pages much smaller cost it more CPU.
 var listPage int64 = 4096
 
+// A watch whose list fails lists again after listRetryMin, doubling the
+// wait after each further failure up to listRetryMax.
+const (
+	listRetryMin = 200 * time.Millisecond
+	listRetryMax = 5 * time.Second
+)
+
 // WatchOptions tune Watch.
 type WatchOptions struct {
 	// Revision, when non-zero, resumes after this revision instead of listing
@@ -105,6 +112,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 	// resync lists the prefix and reports the difference with known.
 	paged := true
 	resync := func() (int64, bool) {
+		retry := listRetryMin
 		for {
 			if o.Untracked && !send(Event{Type: EventResync}) {
 				return 0, false
@@ -138,8 +146,15 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 			paged = !errors.Is(err, rpctypes.ErrCompacted)
 			if err != nil {
 				// Listed again from the start (what was sent is sent
-				// again, or reported deleted if it went meanwhile).
-				time.Sleep(200 * time.Millisecond)
+				// again, or reported deleted if it went meanwhile),
+				// waiting longer after each failure: a store that keeps
+				// failing is not listed five times a second for ever.
+				select {
+				case <-ctx.Done():
+					return 0, false
+				case <-time.After(retry):
+				}
+				retry = min(2*retry, listRetryMax)
 				continue
 			}
 			for k := range known {

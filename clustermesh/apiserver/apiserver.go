@@ -112,7 +112,13 @@ func Run(ctx context.Context, c Config) error {
 	}
 	publish(ctx, lease.ID())
 	lease.OnRenew(publish)
-	go heartbeat(ctx, kv, c.ClusterName, clustermesh.HeartbeatInterval)
+	// Joined before kv closes (deferred above, so run after this).
+	beat := make(chan struct{})
+	go func() {
+		defer close(beat)
+		heartbeat(ctx, kv, c.ClusterName, clustermesh.HeartbeatInterval)
+	}()
+	defer func() { <-beat }()
 	if c.CacheRemotes != "" {
 		done := make(chan struct{})
 		go func() {
