@@ -50,7 +50,7 @@ generate: deps
 # that would need root fails instead of skipping (FILAMENT_REQUIRE_PRIVILEGED).
 # check-root comes first so that a non-root run fails before building anything.
 test: check-root deps build kube-apiserver kubelet hubble cyclonedx
-	@echo "== go test ./... (about 12 minutes on a 2-core machine)"
+	@echo "== go test ./... (about 18 minutes on a 2-core machine)"
 	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_KUBELET=$(KUBELET) FILAMENT_HUBBLE=$(HUBBLE) FILAMENT_CYCLONEDX=$(CYCLONEDX) $(GO) test -count=1 -timeout 20m ./...
 
 check-root:
@@ -77,7 +77,7 @@ kubelet:
 # test runs"). They are part of `make test` too (about four minutes); this
 # target runs only them.
 test-node: check-root deps build kube-apiserver kubelet
-	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_KUBELET=$(KUBELET) $(GO) test -count=1 -timeout 10m \
+	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_KUBELET=$(KUBELET) $(GO) test -count=1 -timeout 20m \
 		./deploy/kube/ ./internal/kubenode/ ./agent/uninstall/ ./agent/procsys/ ./agent/cniinstall/ ./agent/k8s/incluster/
 
 # The real hubble CLI for the observability work (issue 17), built from the

@@ -3,8 +3,11 @@ package uninstall
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -14,8 +17,8 @@ import (
 // socket file left behind, as a killed agent leaves it).
 func TestWaitAgentGone(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
-	if AgentRunning(sock) {
-		t.Fatal("no socket file: reported running")
+	if running, err := AgentRunning(sock); running {
+		t.Fatalf("no socket file: reported running (%v)", err)
 	}
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -36,7 +39,27 @@ func TestWaitAgentGone(t *testing.T) {
 	if err := WaitAgentGone(ctx2, sock, 50*time.Millisecond); err != nil {
 		t.Fatalf("after the listener closed: %v", err)
 	}
-	if AgentRunning(sock) {
-		t.Fatal("closed listener with its socket file left: reported running")
+	if running, err := AgentRunning(sock); running {
+		t.Fatalf("closed listener with its socket file left: reported running (%v)", err)
+	}
+}
+
+// Only a missing socket or a refused connection say no agent runs; any
+// other dial error (a full backlog, no permission) keeps the uninstall
+// waiting.
+func TestAgentGone(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		gone bool
+	}{
+		{&net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ENOENT}}, true},
+		{&net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}, true},
+		{&net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.EAGAIN}}, false},
+		{&net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.EACCES}}, false},
+		{fmt.Errorf("i/o timeout"), false},
+	} {
+		if got := agentGone(c.err); got != c.gone {
+			t.Errorf("%v: gone %v, want %v", c.err, got, c.gone)
+		}
 	}
 }

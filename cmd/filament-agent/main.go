@@ -70,7 +70,7 @@ func newCommand() *cobra.Command {
 			return wireguard.RunDevice(args[0], args[1], os.Stdin, os.Stdout)
 		},
 	})
-	cmd.AddCommand(installCNICommand(), mountBPFFSCommand(), uninstallCommand())
+	cmd.AddCommand(installCNICommand(), mountBPFFSCommand(), uninstallCommand(), idleCommand())
 	return cmd
 }
 

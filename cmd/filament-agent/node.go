@@ -71,6 +71,23 @@ func mountBPFFSCommand() *cobra.Command {
 	return cmd
 }
 
+// idleCommand waits for SIGTERM and does nothing else: the container of
+// the uninstall DaemonSet once its init container has cleaned the node (a
+// restart of it must not uninstall again, e.g. under a new agent).
+func idleCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "idle",
+		Short: "Wait for SIGTERM, doing nothing (the idle container of the uninstall DaemonSet)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return nil
+		},
+	}
+}
+
 // uninstallCommand removes what the agent left on the node once it is
 // stopped for good (after the DaemonSet is deleted, or on a systemd host
 // after `systemctl disable --now filament-agent`).
@@ -89,6 +106,9 @@ func uninstallCommand() *cobra.Command {
 				return fmt.Errorf("--cluster-pool %q: %w", pool, err)
 			}
 			c.ClusterPool, c.RunDir = p, filepath.Dir(socket)
+			if running, _ := uninstall.AgentRunning(socket); running && waitAgent > 0 {
+				fmt.Printf("waiting up to %s for the agent on %s to stop\n", waitAgent, socket)
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), waitAgent)
 			err = uninstall.WaitAgentGone(ctx, socket, time.Second)
 			cancel()

@@ -61,6 +61,15 @@ func manifestPath() string {
 	return "filament.yaml"
 }
 
+// uninstallManifestPath is the uninstall DaemonSet alone (render.sh's
+// deploy/kube/filament-uninstall.yaml), or FILAMENT_KUBE_UNINSTALL_MANIFEST.
+func uninstallManifestPath() string {
+	if p := os.Getenv("FILAMENT_KUBE_UNINSTALL_MANIFEST"); p != "" {
+		return p
+	}
+	return "filament-uninstall.yaml"
+}
+
 // readDocs splits a multi-document YAML file into objects, skipping
 // documents that hold only comments.
 func readDocs(t *testing.T, path string) []*unstructured.Unstructured {
@@ -369,7 +378,9 @@ func TestRenderedManifestsAcceptedByAPIServer(t *testing.T) {
 		t.Errorf("warnings on the CRDs: %q", w)
 	}
 
-	// Every other document, dry run: accepted, and without warnings.
+	// Every other document, and the uninstall DaemonSet, dry run:
+	// accepted, and without warnings.
+	others = append(others, readDocs(t, uninstallManifestPath())...)
 	for _, d := range others {
 		if err := c.create(ctx, d, true); err != nil {
 			t.Errorf("%s rejected: %v", describe(d), err)

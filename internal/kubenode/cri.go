@@ -2,6 +2,7 @@ package kubenode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -213,6 +214,10 @@ func (c *CRI) waitExit(ctx context.Context, id, name string) error {
 	}
 }
 
+// ErrExitStatus: an exec'd command ran and exited non-zero (as opposed to
+// a command that could not be run).
+var ErrExitStatus = errors.New("command failed")
+
 // Exec runs cmd in the container (as the kubelet runs exec probes).
 func (c *CRI) Exec(ctx context.Context, id string, cmd ...string) (string, error) {
 	r, err := c.RT.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 5})
@@ -221,7 +226,7 @@ func (c *CRI) Exec(ctx context.Context, id string, cmd ...string) (string, error
 	}
 	out := string(r.Stdout) + string(r.Stderr)
 	if r.ExitCode != 0 {
-		return out, fmt.Errorf("%q exited %d: %s", cmd, r.ExitCode, out)
+		return out, fmt.Errorf("%w: %q exited %d: %s", ErrExitStatus, cmd, r.ExitCode, out)
 	}
 	return out, nil
 }

@@ -2,6 +2,8 @@ package kubenode
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -57,11 +59,18 @@ type KubeletOptions struct {
 
 // Kubelet is a running kubelet.
 type Kubelet struct {
-	o      KubeletOptions
-	cmd    *exec.Cmd
-	log    *os.File
-	exited chan struct{}
+	o       KubeletOptions
+	cmd     *exec.Cmd
+	log     *os.File
+	exited  chan struct{}
+	sysctls map[string]string // as they were before it started
 }
+
+// kernelTunables are the machine-wide settings a kubelet without
+// protectKernelDefaults writes its own values into (they are not per
+// network namespace); Stop puts back what was there.
+var kernelTunables = []string{"kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"}
 
 // StartKubelet runs a kubelet with the configuration the test machines
 // need (docs/install.md: cgroup v1 with cgroupfs, swap allowed, no disk
@@ -121,7 +130,12 @@ serializeImagePulls: false
 	if err != nil {
 		return nil, err
 	}
-	k := &Kubelet{o: o, log: log, exited: make(chan struct{})}
+	k := &Kubelet{o: o, log: log, exited: make(chan struct{}), sysctls: map[string]string{}}
+	for _, p := range kernelTunables {
+		if b, err := os.ReadFile("/proc/sys/" + p); err == nil {
+			k.sysctls[p] = strings.TrimSpace(string(b))
+		}
+	}
 	k.cmd = exec.Command("nsenter", "--net="+o.NetNS, o.Binary, "--config", cfg, "--kubeconfig", kc,
 		"--root-dir", filepath.Join(o.Dir, "root"), "--cert-dir", filepath.Join(o.Dir, "certs"),
 		"--hostname-override", o.NodeName, "--node-ip", o.NodeIP, "--v", "2")
@@ -145,23 +159,34 @@ func (k *Kubelet) LogTail(n int) string {
 }
 
 // Stop kills the kubelet (its pods keep running in containerd, whose Stop
-// kills them), waits for it and unmounts what it mounted under Dir (the
-// pods' secret and projected volumes).
-func (k *Kubelet) Stop() {
+// kills them), waits for it, unmounts what it mounted under Dir (the pods'
+// secret and projected volumes) and puts back the kernel settings it
+// changed.
+func (k *Kubelet) Stop() error {
 	syscall.Kill(-k.cmd.Process.Pid, syscall.SIGKILL)
 	<-k.exited
 	k.log.Close()
 	unmountUnder(k.o.Dir)
+	var errs []error
+	for p, v := range k.sysctls {
+		if err := os.WriteFile("/proc/sys/"+p, []byte(v), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restoring %s=%s: %w", p, v, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // RemoveCgroups removes cgroup root (e.g. a kubelet's CgroupRoot) and
-// everything under it in every hierarchy under /sys/fs/cgroup; call it
+// everything under it in every hierarchy (CgroupHierarchies); call it
 // after the processes in them (containerd's pods) have gone.
 func RemoveCgroups(root string) error {
 	if root == "" || root == "/" {
 		return nil
 	}
-	hier, _ := filepath.Glob("/sys/fs/cgroup/*")
+	hier, err := CgroupHierarchies()
+	if err != nil {
+		return err
+	}
 	var errs []string
 	for _, h := range hier {
 		var dirs []string
@@ -192,6 +217,60 @@ func RemoveCgroups(root string) error {
 		return fmt.Errorf("cgroups left: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// CgroupHierarchies returns the mount point of each cgroup hierarchy (v1
+// controllers and the unified cgroup2), one per hierarchy: the kernel
+// mounts a co-mounted pair once, and links such as cpu -> cpu,cpuacct are
+// not mounts.
+func CgroupHierarchies() ([]string, error) {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return nil, err
+	}
+	var hier []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && (f[2] == "cgroup" || f[2] == "cgroup2") && !slices.Contains(hier, f[1]) {
+			hier = append(hier, f[1])
+		}
+	}
+	if len(hier) == 0 {
+		return nil, errors.New("no cgroup hierarchy mounted")
+	}
+	return hier, nil
+}
+
+// SandboxNetns returns the network namespace path of each pod sandbox
+// this containerd knows (from its verbose status: the runtime spec's
+// network namespace), for removal after the pods are gone.
+func (c *CRI) SandboxNetns(ctx context.Context) ([]string, error) {
+	r, err := c.RT.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	for _, sb := range r.Items {
+		st, err := c.RT.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.Id, Verbose: true})
+		if err != nil {
+			continue
+		}
+		var info struct {
+			RuntimeSpec struct {
+				Linux struct {
+					Namespaces []struct{ Type, Path string } `json:"namespaces"`
+				} `json:"linux"`
+			} `json:"runtimeSpec"`
+		}
+		if json.Unmarshal([]byte(st.Info["info"]), &info) != nil {
+			continue
+		}
+		for _, n := range info.RuntimeSpec.Linux.Namespaces {
+			if n.Type == "network" && n.Path != "" {
+				paths = append(paths, n.Path)
+			}
+		}
+	}
+	return paths, nil
 }
 
 // ContainerID returns the ID of the running container named name in the

@@ -79,6 +79,10 @@ privileged: false
 capabilities:
   drop: [ALL]
   add: [NET_ADMIN, SYS_ADMIN, BPF, NET_RAW]
+# The runtime's default AppArmor profile forbids deleting under /sys/fs
+# (the pins), as it forbids the agent's writes there.
+appArmorProfile:
+  type: Unconfined
 {{- end }}
 {{- end }}
 
