@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/kvstore"
@@ -70,6 +72,10 @@ func Run(ctx context.Context, dir string, local *kvstore.Client, lease func() in
 		<-r.done
 		delete(remotes, name)
 	}
+	// sweep: remove the copies of clusters no longer configured that this
+	// loop did not stop itself, i.e. removed while the apiserver was down
+	// or whose removal failed; done at start and after a failure.
+	sweep := true
 	for {
 		seen := map[string]bool{}
 		for _, f := range clustermesh.ScanRemotes(dir) {
@@ -98,12 +104,24 @@ func Run(ctx context.Context, dir string, local *kvstore.Client, lease func() in
 		for name, r := range remotes {
 			if !seen[name] {
 				stop(name, r)
-				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				if err := local.DeletePrefix(dctx, clustermesh.CachePrefix+name+"/"); err != nil {
-					slog.Warn("cluster mesh cache: removing a remote", "cluster", name, "err", err)
+				if removeCopy(ctx, local, name) {
+					slog.Info("cluster mesh cache: remote removed", "cluster", name)
+				} else {
+					sweep = true
 				}
-				cancel()
-				slog.Info("cluster mesh cache: remote removed", "cluster", name)
+			}
+		}
+		if sweep {
+			names, err := CachedClusters(ctx, local)
+			sweep = err != nil
+			for _, name := range names {
+				if !seen[name] {
+					if removeCopy(ctx, local, name) {
+						slog.Info("cluster mesh cache: removed the copy of a remote no longer configured", "cluster", name)
+					} else {
+						sweep = true
+					}
+				}
 			}
 		}
 		select {
@@ -114,6 +132,45 @@ func Run(ctx context.Context, dir string, local *kvstore.Client, lease func() in
 			return
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// removeCopy deletes everything cached of cluster name; false on failure
+// (logged).
+func removeCopy(ctx context.Context, local *kvstore.Client, name string) bool {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := local.DeletePrefix(dctx, clustermesh.CachePrefix+name+"/"); err != nil {
+		slog.Warn("cluster mesh cache: removing a remote", "cluster", name, "err", err)
+		return false
+	}
+	return true
+}
+
+// CachedClusters lists the clusters with anything under the cache prefix,
+// one keys-only read of one key per cluster (it skips past each cluster's
+// keys), however many keys each holds.
+func CachedClusters(ctx context.Context, local *kvstore.Client) ([]string, error) {
+	var names []string
+	from, end := clustermesh.CachePrefix, clientv3.GetPrefixRangeEnd(clustermesh.CachePrefix)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := local.Raw().Get(rctx, from, clientv3.WithRange(end), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+		cancel()
+		if err != nil {
+			return names, err
+		}
+		if len(r.Kvs) == 0 {
+			return names, nil
+		}
+		name, _, ok := strings.Cut(strings.TrimPrefix(string(r.Kvs[0].Key), clustermesh.CachePrefix), "/")
+		if !ok || name == "" {
+			// A key directly under the prefix: not a cluster's; skip it.
+			from = string(r.Kvs[0].Key) + "\x00"
+			continue
+		}
+		names = append(names, name)
+		from = clientv3.GetPrefixRangeEnd(clustermesh.CachePrefix + name + "/")
 	}
 }
 

@@ -132,3 +132,42 @@ func TestCacheServesRemote(t *testing.T) {
 		return st.Withdrawn && !has("node east/n1") && !has("svc east shop/api")
 	})
 }
+
+// A copy of a remote that is no longer configured (removed while the
+// apiserver was down) goes when the cache starts; keys of other clusters'
+// copies are listed by cluster, one read each, and a key directly under
+// the prefix is no cluster's and stays.
+func TestCacheRemovesStaleCopies(t *testing.T) {
+	home := apiservertest.Start(t, "home", 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	root, err := home.Connect(clustermesh.UserRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	for _, k := range []string{"a/1", "a/2", "a-x/1", "b/" + ipcache.Prefix + "b/10.9.0.1", ".odd"} {
+		if err := root.Put(ctx, clustermesh.CachePrefix+k, []byte("{}"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names, err := cache.CachedClusters(ctx, root)
+	if err != nil || fmt.Sprint(names) != "[a-x a b]" {
+		t.Fatalf("CachedClusters: %v %v, want [a-x a b]", names, err)
+	}
+	go cache.Run(ctx, t.TempDir(), root, func() int64 { return 0 })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		names, err := cache.CachedClusters(ctx, root)
+		if err == nil && len(names) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("copies of unconfigured clusters left: %v %v", names, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := root.Get(ctx, clustermesh.CachePrefix+".odd"); err != nil {
+		t.Errorf("the key directly under the prefix went: %v", err)
+	}
+}
