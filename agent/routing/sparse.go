@@ -39,6 +39,12 @@ type sparseState struct {
 	// index: pod CIDRs of every known node with at least MinCoverBits
 	// bits, by their /16, for overlap checks.
 	index map[netip.Prefix]map[nodeCIDR]bool
+	// byCIDR: the same CIDRs by themselves (masked) → their nodes, and
+	// lens: how many of them have each prefix length, so that finding the
+	// node of an address takes one lookup per length in use, not a walk of
+	// every node in its /16.
+	byCIDR map[netip.Prefix]map[string]bool
+	lens   [33]int
 }
 
 type nodeCIDR struct {
@@ -55,7 +61,7 @@ func (r *Router) SetSparse(need *sparse.Need, localCIDR netip.Prefix) {
 	defer r.mu.Unlock()
 	r.sp = &sparseState{need: need, localCIDR: localCIDR, compact: map[string]map[uint32]compactEntry{},
 		covers: map[string][]netip.Prefix{}, installed: map[netip.Addr]bool{}, clusterID: map[string]uint32{},
-		index: map[netip.Prefix]map[nodeCIDR]bool{}}
+		index: map[netip.Prefix]map[nodeCIDR]bool{}, byCIDR: map[netip.Prefix]map[string]bool{}}
 }
 
 // clusterOf is the cluster of a qualified remote node name ("" for a node
@@ -94,16 +100,29 @@ func (s *sparseState) indexNode(n node.Node, add bool) []string {
 				others = append(others, nc.node)
 			}
 		}
+		nc := nodeCIDR{n.Name, c}
 		if add {
 			if s.index[b] == nil {
 				s.index[b] = map[nodeCIDR]bool{}
 			}
-			s.index[b][nodeCIDR{n.Name, c}] = true
-		} else {
-			delete(s.index[b], nodeCIDR{n.Name, c})
+			if !s.index[b][nc] {
+				s.index[b][nc] = true
+				if s.byCIDR[c] == nil {
+					s.byCIDR[c] = map[string]bool{}
+				}
+				s.byCIDR[c][n.Name] = true
+				s.lens[c.Bits()]++
+			}
+		} else if s.index[b][nc] {
+			delete(s.index[b], nc)
 			if len(s.index[b]) == 0 {
 				delete(s.index, b)
 			}
+			delete(s.byCIDR[c], n.Name)
+			if len(s.byCIDR[c]) == 0 {
+				delete(s.byCIDR, c)
+			}
+			s.lens[c.Bits()]--
 		}
 	}
 	return others
@@ -337,12 +356,16 @@ func (r *Router) compactOwner(ip netip.Addr) (string, compactEntry, bool) {
 	if r.sp == nil || !ip.Is4() {
 		return "", compactEntry{}, false
 	}
-	for nc := range r.sp.index[bucket(netip.PrefixFrom(ip, 32))] {
-		if !nc.p.Contains(ip) {
+	// An address is held by at most one node (a change removes it from
+	// the previous holder first).
+	for bits := 32; bits >= MinCoverBits; bits-- {
+		if r.sp.lens[bits] == 0 {
 			continue
 		}
-		if ce, ok := r.sp.compact[nc.node][u32(ip)]; ok {
-			return nc.node, ce, true
+		for n := range r.sp.byCIDR[netip.PrefixFrom(ip, bits).Masked()] {
+			if ce, ok := r.sp.compact[n][u32(ip)]; ok {
+				return n, ce, true
+			}
 		}
 	}
 	return "", compactEntry{}, false
