@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filament-net/filament/internal/testutil"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
@@ -20,18 +21,7 @@ import (
 // skips).
 func hubbleCLI(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("FILAMENT_HUBBLE"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("FILAMENT_HUBBLE=%s: %v (make hubble builds it)", p, err)
-		}
-		return p
-	}
-	home, _ := os.UserHomeDir()
-	p := filepath.Join(home, ".cache", "filament", "hubble-v1.20.2")
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("skipped: no hubble CLI at %s (make hubble builds it from the module proxy)", p)
-	}
-	return p
+	return testutil.CachedTool(t, "FILAMENT_HUBBLE", "hubble-v1.20.2", "hubble")
 }
 
 // hubbleObserve runs `hubble observe -o json` with args against node's

@@ -260,8 +260,8 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KeyValue, int64, er
 
 // ListPages reads every key under prefix, in key order, in reads of at
 // most page keys all at the revision of the first (a consistent list that
-// never holds more than a page), calling each for every key until it
-// returns false; it returns that revision.
+// never holds more than a page; page 0: one read of them all), calling
+// each for every key until it returns false; it returns that revision.
 func (c *Client) ListPages(ctx context.Context, prefix string, page int64, each func(KeyValue) bool) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	from, rev := prefix, int64(0)
@@ -293,20 +293,6 @@ func (c *Client) ListPages(ctx context.Context, prefix string, page int64, each 
 			return rev, nil
 		}
 	}
-}
-
-// listOnce is ListPages in one read.
-func (c *Client) listOnce(ctx context.Context, prefix string, each func(KeyValue) bool) (int64, error) {
-	kvs, rev, err := c.List(ctx, prefix)
-	if err != nil {
-		return 0, err
-	}
-	for _, kv := range kvs {
-		if !each(kv) {
-			break
-		}
-	}
-	return rev, nil
 }
 
 // ErrBadList: a server's answer to a paged list broke the order of keys.

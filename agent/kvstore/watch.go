@@ -130,13 +130,11 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision})
 				return !stopped
 			}
-			var rev int64
-			var err error
-			if paged {
-				rev, err = c.ListPages(ctx, prefix, listPage, each)
-			} else {
-				rev, err = c.listOnce(ctx, prefix, each)
+			page := listPage
+			if !paged {
+				page = 0
 			}
+			rev, err := c.ListPages(ctx, prefix, page, each)
 			if stopped || ctx.Err() != nil {
 				return 0, false
 			}

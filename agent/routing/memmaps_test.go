@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/bpf"
 )
 
 // The in-memory maps count what they hold and, like the BPF ipcache,
@@ -56,5 +57,21 @@ func TestNewWithMaps(t *testing.T) {
 	}
 	if r.Mode() != Tunnel || r.dp != m {
 		t.Fatalf("router mode %q over %T", r.Mode(), r.dp)
+	}
+}
+
+// IPCacheMax is the ipcache's max_entries in the committed BPF object, so
+// that the simulations refuse where the kernel would.
+func TestIPCacheMaxIsTheBPFMap(t *testing.T) {
+	spec, err := bpf.LoadDatapath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := spec.Maps["ipcache"]
+	if !ok {
+		t.Fatal("no map ipcache in the datapath object")
+	}
+	if m.MaxEntries != IPCacheMax {
+		t.Fatalf("ipcache max_entries %d, IPCacheMax %d", m.MaxEntries, IPCacheMax)
 	}
 }

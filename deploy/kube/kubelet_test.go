@@ -642,8 +642,7 @@ func containerLogs(pattern string) string {
 	for _, dir := range dirs {
 		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 			if err == nil && !d.IsDir() {
-				s := kubenode.ReadLog(p)
-				b.WriteString("== " + p + "\n" + s[max(0, len(s)-3000):] + "\n")
+				b.WriteString("== " + p + "\n" + kubenode.ReadLog(p) + "\n")
 			}
 			return nil
 		})

@@ -170,7 +170,7 @@ func TestAgentPodInContainerd(t *testing.T) {
 		t.Cleanup(func() { cri.Remove(context.Background(), sandbox) })
 	}
 	if err != nil {
-		t.Fatalf("%v\nlogs: %s", err, logs(dirs["logs"]))
+		t.Fatalf("%v\nlogs: %s", err, containerLogs(dirs["logs"]))
 	}
 	// install-cni put the plugin and the conflist on the "node".
 	for _, f := range []string{filepath.Join(dirs["cni-bin"], "filament"), filepath.Join(dirs["cni-conf"], "10-filament.conflist")} {
@@ -187,11 +187,11 @@ func TestAgentPodInContainerd(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("startup probe: %v\nlogs: %s", err, logs(dirs["logs"]))
+			t.Fatalf("startup probe: %v\nlogs: %s", err, containerLogs(dirs["logs"]))
 		}
 		time.Sleep(time.Second)
 	}
-	if l := logs(dirs["logs"]); !strings.Contains(l, "remounted read-write") {
+	if l := containerLogs(dirs["logs"]); !strings.Contains(l, "remounted read-write") {
 		t.Errorf("the agent did not log its /proc/sys remount:\n%s", l)
 	}
 	out, _ := exec.Command("ip", "-n", node, "-br", "link").CombinedOutput()
@@ -221,7 +221,7 @@ func TestAgentPodInContainerd(t *testing.T) {
 		t.Cleanup(func() { cri.Remove(context.Background(), sb2) })
 	}
 	if err != nil {
-		t.Fatalf("uninstall: %v\nlogs: %s", err, logs(dirs["logs"]))
+		t.Fatalf("uninstall: %v\nlogs: %s", err, containerLogs(dirs["logs"]))
 	}
 	checkNodeClean(t, node, bpf, dirs)
 }
@@ -346,19 +346,4 @@ func argValue(args []string, flag string) string {
 		}
 	}
 	return ""
-}
-
-// logs returns every container log under dir.
-func logs(dir string) string {
-	var b strings.Builder
-	ents, _ := os.ReadDir(dir)
-	names := []string{}
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		b.WriteString("== " + n + "\n" + kubenode.ReadLog(filepath.Join(dir, n)))
-	}
-	return b.String()
 }

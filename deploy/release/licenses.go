@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	cdx "github.com/CycloneDX/cyclonedx-go"
 )
@@ -34,14 +35,15 @@ var reviewedLicenses = map[string]reviewedLicense{
 		SHA256: "a3b02225bcb80e2f466208dca787c847ae7d4587b0375979c33fb9cccecebe1a"},
 }
 
-// goModCache is the module cache the binaries were built from.
-func goModCache() (string, error) {
+// goModCache is the module cache the binaries were built from (asked of
+// the go command once per run).
+var goModCache = sync.OnceValues(func() (string, error) {
 	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMODCACHE: %w", err)
 	}
 	return strings.TrimSpace(string(out)), nil
-}
+})
 
 // completeLicenses gives each library of bom without a detected license
 // its reviewed one, after checking the license file in modCache against

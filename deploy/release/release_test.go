@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 
 	"github.com/filament-net/filament/deploy/image"
+	"github.com/filament-net/filament/internal/testutil"
 )
 
 var created = time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
@@ -213,18 +214,7 @@ func goVersionModules(t *testing.T, bin string) map[string]bool {
 // missing, the test fails), else make cyclonedx's cache (missing, skip).
 func cyclonedxTool(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("FILAMENT_CYCLONEDX"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("FILAMENT_CYCLONEDX=%s: %v (make cyclonedx installs it)", p, err)
-		}
-		return p
-	}
-	home, _ := os.UserHomeDir()
-	p := filepath.Join(home, ".cache", "filament", "cyclonedx-gomod-v1.10.0", "cyclonedx-gomod")
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("skipped: no cyclonedx-gomod at %s (make cyclonedx installs it from the module proxy)", p)
-	}
-	return p
+	return testutil.CachedTool(t, "FILAMENT_CYCLONEDX", "cyclonedx-gomod-v1.10.0/cyclonedx-gomod", "cyclonedx")
 }
 
 // TestSBOMMatchesBinary: the SBOM written for an artifact lists exactly the

@@ -102,16 +102,14 @@ func mergeSBOMs(artifact, kind, version string, created time.Time, parts []*cdx.
 // an artifact without binaries (manifests, chart) lists the image it deploys.
 func writeSBOM(o options, artifact, kind string, bins []string) error {
 	var parts []*cdx.BOM
-	modCache := ""
 	for _, b := range bins {
 		p, err := binarySBOM(o.cyclonedx, b, o.version)
 		if err != nil {
 			return err
 		}
-		if modCache == "" {
-			if modCache, err = goModCache(); err != nil {
-				return err
-			}
+		modCache, err := goModCache()
+		if err != nil {
+			return err
 		}
 		if err := completeLicenses(p, modCache, reviewedLicenses); err != nil {
 			return fmt.Errorf("SBOM of %s: %w", b, err)

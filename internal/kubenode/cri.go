@@ -2,6 +2,7 @@ package kubenode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -244,4 +245,64 @@ func (c *CRI) Remove(ctx context.Context, sandbox string) error {
 func ReadLog(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
+}
+
+// SandboxNetns returns the network namespace path of each pod sandbox
+// this containerd knows (from its verbose status: the runtime spec's
+// network namespace), for removal after the pods are gone.
+func (c *CRI) SandboxNetns(ctx context.Context) ([]string, error) {
+	r, err := c.RT.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	for _, sb := range r.Items {
+		st, err := c.RT.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.Id, Verbose: true})
+		if err != nil {
+			continue
+		}
+		var info struct {
+			RuntimeSpec struct {
+				Linux struct {
+					Namespaces []struct{ Type, Path string } `json:"namespaces"`
+				} `json:"linux"`
+			} `json:"runtimeSpec"`
+		}
+		if json.Unmarshal([]byte(st.Info["info"]), &info) != nil {
+			continue
+		}
+		for _, n := range info.RuntimeSpec.Linux.Namespaces {
+			if n.Type == "network" && n.Path != "" {
+				paths = append(paths, n.Path)
+			}
+		}
+	}
+	return paths, nil
+}
+
+// ContainerID returns the ID of the running container named name in the
+// kubelet's pod namespace/pod.
+func (c *CRI) ContainerID(ctx context.Context, namespace, pod, name string) (string, error) {
+	r, err := c.RT.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		State: &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
+		LabelSelector: map[string]string{"io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.name": pod,
+			"io.kubernetes.container.name": name}}})
+	if err != nil {
+		return "", err
+	}
+	if len(r.Containers) == 0 {
+		return "", fmt.Errorf("no running container %s in pod %s/%s", name, namespace, pod)
+	}
+	return r.Containers[0].Id, nil
+}
+
+// Sandboxes counts the ready pod sandboxes of pods in namespace.
+func (c *CRI) Sandboxes(ctx context.Context, namespace string) (int, error) {
+	r, err := c.RT.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
+		LabelSelector: map[string]string{"io.kubernetes.pod.namespace": namespace}}})
+	if err != nil {
+		return 0, err
+	}
+	return len(r.Items), nil
 }

@@ -1,8 +1,6 @@
 package kubenode
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,26 +12,14 @@ import (
 	"testing"
 	"time"
 
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"github.com/filament-net/filament/internal/testutil"
 )
 
-// KubeletBinary returns the cached kubelet ($FILAMENT_KUBELET or
-// ~/.cache/filament/kubelet-v1.37.1), skipping t when there is none.
+// KubeletBinary returns the cached kubelet ($FILAMENT_KUBELET, as make test
+// sets it, else ~/.cache/filament/kubelet-v1.37.1; testutil.CachedTool).
 func KubeletBinary(t testing.TB) string {
 	t.Helper()
-	p := os.Getenv("FILAMENT_KUBELET")
-	if p == "" {
-		home, _ := os.UserHomeDir()
-		p = filepath.Join(home, ".cache", "filament", "kubelet-v1.37.1")
-	}
-	if _, err := os.Stat(p); err != nil {
-		// make test builds it: there, a missing kubelet is a failure.
-		if os.Getenv("FILAMENT_REQUIRE_PRIVILEGED") == "1" {
-			t.Fatalf("no kubelet at %s (make kubelet builds it from the module proxy)", p)
-		}
-		t.Skipf("skipped: no kubelet at %s (make kubelet builds it from the module proxy)", p)
-	}
-	return p
+	return testutil.CachedTool(t, "FILAMENT_KUBELET", "kubelet-v1.37.1", "kubelet")
 }
 
 // KubeletOptions of one kubelet.
@@ -238,66 +224,6 @@ func CgroupHierarchies() ([]string, error) {
 		return nil, errors.New("no cgroup hierarchy mounted")
 	}
 	return hier, nil
-}
-
-// SandboxNetns returns the network namespace path of each pod sandbox
-// this containerd knows (from its verbose status: the runtime spec's
-// network namespace), for removal after the pods are gone.
-func (c *CRI) SandboxNetns(ctx context.Context) ([]string, error) {
-	r, err := c.RT.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
-	if err != nil {
-		return nil, err
-	}
-	var paths []string
-	for _, sb := range r.Items {
-		st, err := c.RT.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.Id, Verbose: true})
-		if err != nil {
-			continue
-		}
-		var info struct {
-			RuntimeSpec struct {
-				Linux struct {
-					Namespaces []struct{ Type, Path string } `json:"namespaces"`
-				} `json:"linux"`
-			} `json:"runtimeSpec"`
-		}
-		if json.Unmarshal([]byte(st.Info["info"]), &info) != nil {
-			continue
-		}
-		for _, n := range info.RuntimeSpec.Linux.Namespaces {
-			if n.Type == "network" && n.Path != "" {
-				paths = append(paths, n.Path)
-			}
-		}
-	}
-	return paths, nil
-}
-
-// ContainerID returns the ID of the running container named name in the
-// kubelet's pod namespace/pod.
-func (c *CRI) ContainerID(ctx context.Context, namespace, pod, name string) (string, error) {
-	r, err := c.RT.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
-		State: &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
-		LabelSelector: map[string]string{"io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.name": pod,
-			"io.kubernetes.container.name": name}}})
-	if err != nil {
-		return "", err
-	}
-	if len(r.Containers) == 0 {
-		return "", fmt.Errorf("no running container %s in pod %s/%s", name, namespace, pod)
-	}
-	return r.Containers[0].Id, nil
-}
-
-// Sandboxes counts the ready pod sandboxes of pods in namespace.
-func (c *CRI) Sandboxes(ctx context.Context, namespace string) (int, error) {
-	r, err := c.RT.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
-		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
-		LabelSelector: map[string]string{"io.kubernetes.pod.namespace": namespace}}})
-	if err != nil {
-		return 0, err
-	}
-	return len(r.Items), nil
 }
 
 // NetcheckRef is the workload image's reference.

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/filament-net/filament/internal/testutil"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -28,19 +29,12 @@ import (
 // Token is the admin (system:masters) bearer token.
 const Token = "filament-test-token"
 
-// Binary returns the cached kube-apiserver ($FILAMENT_KUBE_APISERVER or
-// ~/.cache/filament/kube-apiserver-v1.37.1), skipping t when there is none.
+// Binary returns the cached kube-apiserver ($FILAMENT_KUBE_APISERVER, as
+// make test sets it, else ~/.cache/filament/kube-apiserver-v1.37.1;
+// testutil.CachedTool).
 func Binary(t testing.TB) string {
 	t.Helper()
-	p := os.Getenv("FILAMENT_KUBE_APISERVER")
-	if p == "" {
-		home, _ := os.UserHomeDir()
-		p = filepath.Join(home, ".cache", "filament", "kube-apiserver-v1.37.1")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("skipped: no kube-apiserver at %s (make kube-apiserver builds it from the module proxy)", p)
-	}
-	return p
+	return testutil.CachedTool(t, "FILAMENT_KUBE_APISERVER", "kube-apiserver-v1.37.1", "kube-apiserver")
 }
 
 // Options of a server.

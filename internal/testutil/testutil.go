@@ -1,11 +1,12 @@
 // Package testutil owns what tests share: the one helper that skips a test
-// needing root or a kernel feature (naming what is missing), and a real
-// embedded etcd per test.
+// needing root or a kernel feature (naming what is missing), the lookup of
+// the tools `make` builds and caches, and a real embedded etcd per test.
 package testutil
 
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -32,6 +33,25 @@ func RequireRoot(t testing.TB) {
 func SkipMissingFeature(t testing.TB, feature string, err error) {
 	t.Helper()
 	t.Skipf("skipped: kernel feature %s is missing: %v", feature, err)
+}
+
+// CachedTool returns the path of a tool `make <target>` builds and caches:
+// $env when set (make test sets it: a missing file fails t), else
+// ~/.cache/filament/<file> (missing: t is skipped, saying how to build it).
+func CachedTool(t testing.TB, env, file, target string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s=%s: %v (make %s builds it)", env, p, err, target)
+		}
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	p := filepath.Join(home, ".cache", "filament", file)
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("skipped: no %s at %s (make %s builds it from the module proxy)", filepath.Base(file), p, target)
+	}
+	return p
 }
 
 // Etcd starts a real embedded etcd for t (stopped at cleanup) and returns its
