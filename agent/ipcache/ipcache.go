@@ -192,8 +192,8 @@ func (s *Sync) Prune(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, kv := range kvs {
-		var e Entry
-		if json.Unmarshal(kv.Value, &e) != nil || e.Node != s.node {
+		e, err := DecodeEntry(kv.Value)
+		if err != nil || e.Node != s.node {
 			continue
 		}
 		s.mu.Lock()
@@ -262,7 +262,7 @@ func (s *Sync) watch(ctx context.Context) {
 				delete(s.pending, ip)
 				s.hold.Clear(ip)
 			}
-			err := json.Unmarshal(ev.Value, &e)
+			e, err = DecodeEntry(ev.Value)
 			if err == nil {
 				err = e.Check(ip)
 			}

@@ -240,8 +240,11 @@ func (m *Manager) Lookup(ctx context.Context, cluster string, ip netip.Addr) (ip
 	if err != nil {
 		return ipcache.Entry{}, err
 	}
-	var e ipcache.Entry
-	if len(kv.Value) > ipcache.MaxValueLen || json.Unmarshal(kv.Value, &e) != nil || e.Check(ip) != nil {
+	if len(kv.Value) > ipcache.MaxValueLen {
+		return ipcache.Entry{}, fmt.Errorf("%w: %s in %s: unreadable", ErrNotHeld, ip, cluster)
+	}
+	e, err := ipcache.DecodeEntry(kv.Value)
+	if err != nil || e.Check(ip) != nil {
 		return ipcache.Entry{}, fmt.Errorf("%w: %s in %s: unreadable", ErrNotHeld, ip, cluster)
 	}
 	e.Node = cluster + "/" + e.Node
@@ -828,12 +831,12 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		}
 		return
 	}
-	var e ipcache.Entry
 	if len(ev.Value) > ipcache.MaxValueLen {
 		c.refuseListed(ip, fmt.Sprintf("ipcache entry %s: value of %d bytes (at most %d)", ip, len(ev.Value), ipcache.MaxValueLen))
 		return
 	}
-	if err := json.Unmarshal(ev.Value, &e); err != nil {
+	e, err := ipcache.DecodeEntry(ev.Value)
+	if err != nil {
 		c.refuseListed(ip, "")
 		return
 	}

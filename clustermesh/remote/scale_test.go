@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -403,6 +404,7 @@ func (a *simAgent) follow(b *testing.B, ctx context.Context, st *stepResult) {
 	debug.FreeOSMemory() // what the fill left behind is not counted
 	st.rssBefore = vmRSS(os.Getpid())
 	cpu0, etcd0 := procCPU(os.Getpid()), procCPU(st.etcdPid)
+	stopProfile := syncProfile(b, st)
 	start := time.Now()
 	go a.m.Run(ctx)
 	deadline := start.Add(10 * time.Minute)
@@ -427,6 +429,7 @@ func (a *simAgent) follow(b *testing.B, ctx context.Context, st *stepResult) {
 	st.sync = time.Since(start)
 	a.router.drained()
 	st.routerSync = time.Since(start)
+	stopProfile()
 	st.cpu, st.etcdCPU = procCPU(os.Getpid())-cpu0, procCPU(st.etcdPid)-etcd0
 	st.heap = heap() - before
 	st.rss = vmRSS(os.Getpid())
@@ -438,6 +441,29 @@ func (a *simAgent) follow(b *testing.B, ctx context.Context, st *stepResult) {
 	}
 	if a.router != nil {
 		st.ipc = a.router.maps.Stats()
+	}
+}
+
+// syncProfile starts a CPU profile of the initial sync alone (not the
+// fill nor the churn) when $FILAMENT_SYNC_CPUPROFILE names a directory:
+// one file per step, named after it. The returned func stops it.
+func syncProfile(b *testing.B, st *stepResult) func() {
+	dir := os.Getenv("FILAMENT_SYNC_CPUPROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("sync-%s-%dx%dx%d.prof", st.mode, st.clusters, st.nodes, st.eps)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -84,11 +85,33 @@ func RunChild() {
 		io.Copy(io.Discard, os.Stdin) // the parent closes it (or dies)
 		cancel()
 	}()
-	if err := apiserver.Run(ctx, cfg); err != nil && ctx.Err() == nil {
+	stop := childProfile()
+	err := apiserver.Run(ctx, cfg)
+	stop()
+	if err != nil && ctx.Err() == nil {
 		fmt.Fprintf(os.Stderr, "apiservertest child: %v\n", err)
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// childProfile profiles the child's CPU for its whole run when
+// $FILAMENT_APISERVERTEST_CPUPROFILE names a directory (a file per child,
+// by pid), for the scale benchmarks; the returned func stops it.
+func childProfile() func() {
+	dir := os.Getenv("FILAMENT_APISERVERTEST_CPUPROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("apiserver-%d.prof", os.Getpid())))
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "apiservertest child: cpu profile: %v\n", err)
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // Pid is the apiserver's process (this one unless StartProcess).
