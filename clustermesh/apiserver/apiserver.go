@@ -38,6 +38,10 @@ type Config struct {
 	// Embedded etcd.
 	DataDir, ClientURL, PeerURL string
 	UnsafeNoFsync               bool
+	// EtcdQuotaBytes bounds the embedded etcd's database (0: etcd's 2 GiB;
+	// embedded.ValidateQuota). A cache of a large mesh needs more: about
+	// 250 bytes per remote endpoint (docs/benchmarks.md).
+	EtcdQuotaBytes int64
 	// EtcdEndpoints of an external etcd cluster to use instead (its own TLS
 	// and users are its operator's; the root client certificate of the
 	// bundle is used to talk to it).
@@ -60,9 +64,15 @@ func Run(ctx context.Context, c Config) error {
 	if err := clustermesh.ValidateCluster(c.ClusterName, c.ClusterID); err != nil {
 		return err
 	}
+	if err := embedded.ValidateQuota(c.EtcdQuotaBytes); err != nil {
+		return err
+	}
+	if c.EtcdQuotaBytes != 0 && len(c.EtcdEndpoints) != 0 {
+		return fmt.Errorf("%w: an etcd quota is for the embedded etcd; an external etcd's is set by its operator (--quota-backend-bytes)", embedded.ErrQuota)
+	}
 	endpoints := c.EtcdEndpoints
 	if len(endpoints) == 0 {
-		ec := embedded.Config{Dir: c.DataDir, ClientURL: c.ClientURL, PeerURL: c.PeerURL, UnsafeNoFsync: c.UnsafeNoFsync}
+		ec := embedded.Config{Dir: c.DataDir, ClientURL: c.ClientURL, PeerURL: c.PeerURL, UnsafeNoFsync: c.UnsafeNoFsync, QuotaBytes: c.EtcdQuotaBytes}
 		if c.Bundle != "" {
 			ec.CertFile = filepath.Join(c.Bundle, "server.pem")
 			ec.KeyFile = filepath.Join(c.Bundle, "server-key.pem")

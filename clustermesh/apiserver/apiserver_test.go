@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/clustermesh/apiserver"
 	"github.com/filament-net/filament/clustermesh/apiserver/apiservertest"
@@ -158,6 +159,14 @@ func TestExternalEtcd(t *testing.T) {
 	err := apiserver.Run(context.Background(), apiserver.Config{ClusterName: "bad", ClusterID: 300, EtcdEndpoints: ep})
 	if !errors.Is(err, clustermesh.ErrInvalid) || !strings.Contains(err.Error(), "300") {
 		t.Fatalf("cluster ID 300: %v", err)
+	}
+	// So is a quota, which is for the embedded etcd only.
+	err = apiserver.Run(context.Background(), apiserver.Config{ClusterName: "q", ClusterID: 4, EtcdEndpoints: ep, EtcdQuotaBytes: 4 << 30})
+	if !errors.Is(err, embedded.ErrQuota) {
+		t.Fatalf("a quota with an external etcd: %v", err)
+	}
+	if _, err := kv.Get(context.Background(), clustermesh.ClusterConfigPrefix+"q"); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("cluster-config of a refused apiserver: %v", err)
 	}
 }
 

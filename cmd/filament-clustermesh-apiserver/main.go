@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/clustermesh/apiserver"
@@ -21,6 +22,7 @@ import (
 func main() {
 	var c apiserver.Config
 	var maxClusters int
+	var quota string
 	cmd := &cobra.Command{
 		Use:           "filament-clustermesh-apiserver",
 		Short:         "The cluster's etcd for Filament agents and remote clusters",
@@ -31,6 +33,16 @@ func main() {
 		RunE: func(*cobra.Command, []string) error {
 			if err := identity.SetMaxClusters(maxClusters); err != nil {
 				return err
+			}
+			if quota != "" {
+				q, err := resource.ParseQuantity(quota)
+				if err != nil {
+					return fmt.Errorf("--etcd-quota %q: %w", quota, err)
+				}
+				c.EtcdQuotaBytes = q.Value()
+				if c.EtcdQuotaBytes == 0 {
+					return fmt.Errorf("--etcd-quota %q: want a size such as 8Gi", quota)
+				}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -47,6 +59,7 @@ func main() {
 	f.BoolVar(&c.UnsafeNoFsync, "unsafe-no-fsync", false, "skip fsync (labs and tests only)")
 	f.IntVar(&maxClusters, "max-connected-clusters", 255, "identity layout of the mesh: 255 or 511 clusters")
 	f.StringVar(&c.CacheRemotes, "clustermesh-cache", "", "directory of remote cluster configs (the bundle's remotes/): follow those clusters and re-serve them to this cluster's agents (agents: --clustermesh-cache)")
+	f.StringVar(&quota, "etcd-quota", "", "largest database the embedded etcd may hold, e.g. 8Gi (64Mi-8Gi; default etcd's 2Gi); a cache of a large mesh needs about 250 bytes per remote endpoint")
 	f.StringSliceVar(&c.EtcdEndpoints, "etcd-endpoints", nil, "use this external etcd cluster instead of the embedded one")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "filament-clustermesh-apiserver:", err)

@@ -39,10 +39,33 @@ type Config struct {
 	UnsafeNoFsync bool
 	// StartTimeout bounds the wait for readiness (default 30 s).
 	StartTimeout time.Duration
+	// QuotaBytes is the most the database may hold (etcd's
+	// --quota-backend-bytes; ValidateQuota): past it etcd refuses every
+	// write until space is freed. 0: etcd's default, 2 GiB.
+	QuotaBytes int64
 	// TLS for clients (ClientURL must then be https://): the server's
 	// certificate and key, and the CA that client certificates must chain to
 	// (mutual TLS when set).
 	CertFile, KeyFile, ClientCAFile string
+}
+
+// Bounds of Config.QuotaBytes: etcd's suggested maximum, and a floor
+// below which a cluster's own state would not fit.
+const (
+	MinQuotaBytes = 64 << 20
+	MaxQuotaBytes = 8 << 30
+)
+
+// ErrQuota is wrapped by ValidateQuota's errors.
+var ErrQuota = errors.New("etcd quota")
+
+// ValidateQuota checks a database quota in bytes: 0 (etcd's default) or
+// within [MinQuotaBytes, MaxQuotaBytes].
+func ValidateQuota(b int64) error {
+	if b != 0 && (b < MinQuotaBytes || b > MaxQuotaBytes) {
+		return fmt.Errorf("%w: %d bytes: want 0 (etcd's default, 2 GiB) or 64 MiB to 8 GiB", ErrQuota, b)
+	}
+	return nil
 }
 
 // Server is a running embedded etcd.
@@ -55,6 +78,9 @@ type Server struct {
 func Start(c Config) (*Server, error) {
 	if c.Dir == "" {
 		return nil, fmt.Errorf("%w: data dir is empty", ErrStart)
+	}
+	if err := ValidateQuota(c.QuotaBytes); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
 	}
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: data dir: %v", ErrStart, err)
@@ -102,6 +128,7 @@ func Start(c Config) (*Server, error) {
 	// documents) instead of etcd's 128 operations and 1.5 MiB.
 	cfg.MaxTxnOps = MaxTxnOps
 	cfg.MaxRequestBytes = MaxRequestBytes
+	cfg.QuotaBackendBytes = c.QuotaBytes
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStart, err)
