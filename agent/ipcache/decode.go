@@ -11,7 +11,8 @@ import (
 // DecodeEntry decodes a stored entry exactly as json.Unmarshal into a zero
 // Entry would: the same Entry for every value json.Unmarshal accepts, an
 // error for every value it refuses. Values in the form the agents write
-// (json.Marshal of an Entry whose strings are printable ASCII) are read by
+// (json.Marshal of an Entry whose strings are printable ASCII other than
+// ", \, <, > and &, which it escapes) are read by
 // a scanner of that one form, which a cluster mesh of millions of entries
 // needs (encoding/json's reflection was a third of an agent's initial
 // sync); anything else — other key order, spaces, escapes, other bytes —

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/clustermesh/apiserver"
 	"github.com/filament-net/filament/internal/version"
 )
@@ -36,13 +38,13 @@ func main() {
 			}
 			if quota != "" {
 				q, err := resource.ParseQuantity(quota)
+				if err == nil && (q.Value() < embedded.MinQuotaBytes || q.Value() > embedded.MaxQuotaBytes) {
+					err = errors.New("want 64Mi to 8Gi")
+				}
 				if err != nil {
 					return fmt.Errorf("--etcd-quota %q: %w", quota, err)
 				}
 				c.EtcdQuotaBytes = q.Value()
-				if c.EtcdQuotaBytes == 0 {
-					return fmt.Errorf("--etcd-quota %q: want a size such as 8Gi", quota)
-				}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()

@@ -4,12 +4,15 @@
 package embedded
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -40,8 +43,11 @@ type Config struct {
 	// StartTimeout bounds the wait for readiness (default 30 s).
 	StartTimeout time.Duration
 	// QuotaBytes is the most the database may hold (etcd's
-	// --quota-backend-bytes; ValidateQuota): past it etcd refuses every
-	// write until space is freed. 0: etcd's default, 2 GiB.
+	// --quota-backend-bytes; ValidateQuota). A write past it raises etcd's
+	// NOSPACE alarm, which refuses every write and is kept in the database
+	// across restarts; Start disarms it when the database fits the quota
+	// it is given (a larger one, or after a defragmentation). 0: etcd's
+	// default, 2 GiB.
 	QuotaBytes int64
 	// TLS for clients (ClientURL must then be https://): the server's
 	// certificate and key, and the CA that client certificates must chain to
@@ -147,11 +153,43 @@ func Start(c Config) (*Server, error) {
 		e.Close()
 		return nil, fmt.Errorf("%w: not ready after %s", ErrStart, timeout)
 	}
+	clearNoSpace(e, c.QuotaBytes)
 	s := &Server{e: e}
 	for _, l := range e.Clients {
 		s.endpoints = append(s.endpoints, cu.Scheme+"://"+l.Addr().String())
 	}
 	return s, nil
+}
+
+// DefaultQuotaBytes is etcd's quota when Config.QuotaBytes is 0.
+const DefaultQuotaBytes = 2 << 30
+
+// clearNoSpace disarms a NOSPACE alarm an earlier run raised when the
+// database now fits quota; otherwise it says in one line why writes stay
+// refused.
+func clearNoSpace(e *embed.Etcd, quota int64) {
+	if quota == 0 {
+		quota = DefaultQuotaBytes
+	}
+	for _, a := range e.Server.Alarms() {
+		if a.Alarm != pb.AlarmType_NOSPACE {
+			continue
+		}
+		size := e.Server.Backend().Size()
+		if size >= quota {
+			slog.Error("the embedded etcd is full: every write is refused until its quota is raised (--etcd-quota, up to 8Gi) or its database is compacted and defragmented, then the process restarted",
+				"size", size, "quota", quota)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := e.Server.Alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_DEACTIVATE, MemberID: a.MemberID, Alarm: pb.AlarmType_NOSPACE})
+		cancel()
+		if err != nil {
+			slog.Error("the embedded etcd's database fits its quota again, but its NOSPACE alarm could not be disarmed", "size", size, "quota", quota, "err", err)
+			return
+		}
+		slog.Warn("the embedded etcd's NOSPACE alarm is disarmed: its database fits the quota again", "size", size, "quota", quota)
+	}
 }
 
 // Endpoints are the client URLs clients should dial (with the real port).
