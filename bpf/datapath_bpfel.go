@@ -270,7 +270,8 @@ const (
 	DatapathReasonREASON_CONTROL_PORT     DatapathReason = 12
 	DatapathReasonREASON_NO_PROXY         DatapathReason = 13
 	DatapathReasonREASON_PROXY_BYPASS     DatapathReason = 14
-	DatapathReasonREASON_MAX              DatapathReason = 15
+	DatapathReasonREASON_FORGED_SOURCE    DatapathReason = 15
+	DatapathReasonREASON_MAX              DatapathReason = 16
 )
 
 // Names of all BPF objects in the ELF.

@@ -45,6 +45,7 @@ const (
 	ReasonControlPort    = uint8(bpf.DatapathReasonREASON_CONTROL_PORT)
 	ReasonNoProxy        = uint8(bpf.DatapathReasonREASON_NO_PROXY)
 	ReasonProxyBypass    = uint8(bpf.DatapathReasonREASON_PROXY_BYPASS)
+	ReasonForgedSource   = uint8(bpf.DatapathReasonREASON_FORGED_SOURCE)
 	reasonMax            = uint32(bpf.DatapathReasonREASON_MAX)
 )
 
@@ -54,6 +55,24 @@ var reasonNames = [reasonMax]string{
 	"tunnel source not a known node", "service has no backend", "no free NodePort source port",
 	"encryption: node is not a peer (strict)", "node control port",
 	"L7 proxy not listening", "L7 rules apply but the flow did not go through the proxy",
+	"a pod's address on a packet not from that pod",
+}
+
+// incompatiblePins names the maps pinned in dir that spec's maps of the
+// same name cannot use (another type, key, value or size).
+func incompatiblePins(spec *ebpf.CollectionSpec, dir string) []string {
+	var out []string
+	for name, ms := range spec.Maps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if err != nil {
+			continue
+		}
+		if ms.Compatible(m) != nil {
+			out = append(out, name)
+		}
+		m.Close()
+	}
+	return out
 }
 
 // ReasonName is the text of a reason code.
@@ -185,11 +204,21 @@ func Load(c Config) (*Datapath, error) {
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
 	err = spec.LoadAndAssign(&d.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		slog.Warn("pinned maps do not match the new programs; replacing them", "dir", pinDir, "err", err)
-		for name := range spec.Maps {
+		// Only the maps that changed are replaced: a new drop reason
+		// (counters) must not cost every established flow its conntrack
+		// entry.
+		slog.Warn("pinned maps do not match the new programs; replacing those", "dir", pinDir, "err", err)
+		for _, name := range incompatiblePins(spec, pinDir) {
+			slog.Warn("pinned map replaced", "map", name)
 			os.Remove(filepath.Join(pinDir, name))
 		}
 		err = spec.LoadAndAssign(&d.objs, opts)
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			for name := range spec.Maps {
+				os.Remove(filepath.Join(pinDir, name))
+			}
+			err = spec.LoadAndAssign(&d.objs, opts)
+		}
 	}
 	if err != nil {
 		var ve *ebpf.VerifierError

@@ -63,6 +63,7 @@ var dropReasons = map[uint8]flow.DropReason{
 	datapath.ReasonNoEncryptPeer:  flow.DropReason_UNENCRYPTED_TRAFFIC,
 	datapath.ReasonControlPort:    flow.DropReason_POLICY_DENIED,
 	datapath.ReasonProxyBypass:    flow.DropReason_POLICY_DENIED,
+	datapath.ReasonForgedSource:   flow.DropReason_INVALID_SOURCE_IP,
 }
 
 // Flow turns a monitor event into a Hubble flow.

@@ -20,7 +20,8 @@ enum reason {
 	REASON_CONTROL_PORT = 12,   // a pod to a node's control port (gossip, metrics, ...) without a policy naming the port
 	REASON_NO_PROXY = 13,       // an L7 rule applies but the node's proxy is not listening
 	REASON_PROXY_BYPASS = 14,   // an L7 rule applies to a flow that reached the pod without the proxy
-	REASON_MAX = 15,
+	REASON_FORGED_SOURCE = 15,  // to a pod, from a pod's address, on a way that pod's packets never come
+	REASON_MAX = 16,
 };
 
 enum event_type {

@@ -129,6 +129,13 @@ int to_container(struct __sk_buff *skb)
 	}
 	__u32 saddr = p.saddr;
 	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
+	// A pod of this node as the source: only what came in on its own veth
+	// (or from the node's own sockets, ingress_ifindex 0: the L7 proxy's
+	// upstream connections carry their client's address). Anything else
+	// (another interface, a packet the tunnel passed up) would get that
+	// pod's identity without being from it.
+	if (src && skb->ingress_ifindex && skb->ingress_ifindex != src->ifindex)
+		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, dst->ep_id, 0, IDENTITY_WORLD, dst->identity, &p);
 	struct ipcache_value *remote = src ? 0 : lookup_ipcache(saddr);
 	__u32 src_id = src ? src->identity : (remote ? remote->identity : IDENTITY_WORLD);
 	__u16 src_ep = src ? src->ep_id : 0;

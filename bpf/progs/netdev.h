@@ -49,15 +49,59 @@ static __always_inline int wireguard_datagram(struct pkt *p)
 	return p->dport == port && p->sport == port;
 }
 
+// underlay_forged tells whether a packet that came in from the underlay
+// for a pod of this node has a source address no pod's packet to it can
+// have on this device, so that whoever sent it must not pass as that pod
+// (to_container would give it the pod's identity):
+//   - a pod of this node (its packets never leave the node);
+//   - a remote pod whose ipcache entry (its own, or its node's cover) has
+//     a tunnel endpoint, when this node runs the tunnel (such a pod's
+//     packets come encapsulated, to from_overlay) or WireGuard and the
+//     endpoint is a peer, or in strict mode not yet one (they come through
+//     the WireGuard device, or not at all).
+// Not refused here: a remote pod's packets in native routing without
+// encryption (they do arrive in the clear: that mode trusts the underlay),
+// and with IPsec, whose decrypted packets come back on this device (the
+// kernel's XFRM forward policies refuse clear ones from a peer's pod
+// CIDR). docs/architecture.md, "What the underlay is trusted with". It
+// returns the destination pod's endpoint when the packet is forged, else 0.
+static __always_inline struct endpoint_info *underlay_forged(struct pkt *p)
+{
+	__u32 daddr = p->daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (!dst)
+		return 0;
+	__u32 saddr = p->saddr;
+	if (bpf_map_lookup_elem(&endpoints, &saddr))
+		return dst;
+	// The ipcache (a longest-prefix lookup) only where its answer counts:
+	// native routing without WireGuard, the hot case here, skips it.
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || (!cfg->vxlan_ifindex && !cfg->wireguard_port))
+		return 0;
+	struct ipcache_value *v = lookup_ipcache(saddr);
+	if (!v || !v->tunnel_ip)
+		return 0;
+	if (cfg->vxlan_ifindex)
+		return dst;
+	if (encrypt_route(v->tunnel_ip) != -1)
+		return dst;
+	return 0;
+}
+
 // from_netdev: tc ingress of the node's underlay device. NodePort traffic
 // that did not come from a local socket is translated here: DNAT to a
 // backend, plus SNAT to this node when the backend is elsewhere so that the
 // reply returns through this node; the translation of a new connection is
-// reported (EVENT_TRANSLATED). Everything else passes untouched.
+// reported (EVENT_TRANSLATED). A packet for a pod of this node with a
+// forged pod source (underlay_forged) is dropped before anything else.
+// Everything else passes untouched.
 //
 // WireGuard's own datagrams (wireguard_datagram: one array load and two
-// compares) pass first, without the lookups below, none of which is theirs:
-// this program enforces no policy (the encryption device's socket
+// compares, after the forged-source check's one lookup of the destination,
+// which is the node's address) pass next, without the lookups below, none
+// of which is theirs: this program enforces no policy (the encryption device's socket
 // authenticates them, to_container checks what they carry); a NodePort
 // frontend on the WireGuard port could not be served anyway (the device's
 // socket owns it); a translated NodePort flow never uses it as its source
@@ -69,13 +113,20 @@ SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	if (parse(skb, &p) != REASON_FORWARDED)
+	// Every packet with an IPv4 header, whatever its protocol and even if
+	// the rest does not parse (a fragment the node may reassemble), is
+	// checked for a forged pod source first.
+	int r = parse(skb, &p);
+	struct endpoint_info *forged = underlay_forged(&p);
+	if (forged)
+		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, forged->ep_id, 0, IDENTITY_WORLD, forged->identity, &p);
+	if (r != REASON_FORWARDED)
 		return TC_ACT_OK;
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
 		return TC_ACT_OK;
 	if (wireguard_datagram(&p))
 		return TC_ACT_OK;
-	int r = lb_reverse(skb, &p);
+	r = lb_reverse(skb, &p);
 	if (r >= 0)
 		return r;
 	struct lb_nat *n = lb_nat_lookup(&p);
@@ -104,6 +155,12 @@ int from_netdev(struct __sk_buff *skb)
 	__u16 bport = b->port;
 	struct endpoint_info *bep = bpf_map_lookup_elem(&endpoints, &bip);
 	int local = bep != 0;
+	// A local backend sees the client's own address: never one of this
+	// node's pods (they reach a NodePort through the socket programs, not
+	// the underlay), which would pass as that pod.
+	__u32 saddr = p.saddr;
+	if (local && bpf_map_lookup_elem(&endpoints, &saddr))
+		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, bep->ep_id, 0, IDENTITY_WORLD, bep->identity, &p);
 	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
 	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
 	// A backend on another node goes through the encryption device when

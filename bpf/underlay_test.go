@@ -1,0 +1,149 @@
+package bpf
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+)
+
+// from_netdev refuses what comes from the underlay to a pod of this node
+// with the address of a pod that never sends that way: a pod of this node
+// always (whatever the protocol, on the WireGuard port, in a fragment, or
+// to a NodePort whose backend is here); a remote pod whose traffic comes
+// through the tunnel (tunnel mode) or the WireGuard device (its node a
+// peer, or strict mode), by its own entry or its node's cover. Native
+// routing without encryption, and IPsec (whose decrypted packets come
+// back on the device), take a remote pod's address as it comes; packets
+// to other addresses are not its business.
+func TestUnderlayForgedSource(t *testing.T) {
+	f := load(t)
+	const reasonForgedSource = 15
+	local2 := f.secondPod()
+	remotePod := net.IPv4(10, 9, 1, 5).To4()
+	coveredPod := net.IPv4(10, 9, 2, 7).To4()
+	node := net.IPv4(172, 30, 0, 9).To4()
+	ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(remotePod)}
+	if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: peerID, TunnelIp: ip4(node)}); err != nil {
+		t.Fatal(err)
+	}
+	ck := DatapathIpcacheKey{Prefixlen: 24, Ip: ip4(net.IPv4(10, 9, 2, 0))}
+	if err := f.objs.Ipcache.Put(&ck, &DatapathIpcacheValue{Identity: 0x20001, TunnelIp: ip4(node), Flags: 1}); err != nil {
+		t.Fatal(err)
+	}
+	const wgPort = 51871
+	setCfg := func(vxlan, encrypt uint32, wg uint16) {
+		k := uint32(0)
+		if err := f.objs.Config.Put(&k, &DatapathNodeConfig{VxlanIfindex: vxlan, Encrypt: encrypt, WireguardPort: wg}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	icmp := func(src, dst net.IP) []byte {
+		return serialize(t, eth(), ipv4(src, dst, layers.IPProtocolICMPv4),
+			&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0), Id: 77, Seq: 1})
+	}
+	// A first fragment too short for a TCP header (parse: invalid).
+	tinyFragment := func(src, dst net.IP) []byte {
+		ip := ipv4(src, dst, layers.IPProtocolTCP)
+		ip.Flags = layers.IPv4MoreFragments
+		return serialize(t, eth(), ip, gopacket.Payload([]byte{1, 2, 3, 4, 5, 6, 7, 8}))
+	}
+	nodeIP := net.IPv4(172, 30, 0, 1).To4()
+	f.lbService(1, nodeIP, 30080, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
+	nk, one := ip4(node), uint32(1)
+	drops := uint64(0)
+	for _, c := range []struct {
+		name           string
+		vxlan, encrypt uint32
+		wg             uint16
+		peer           bool
+		pkt            []byte
+		forged         bool
+	}{
+		{"native: a local pod's address, UDP", 0, 0, 0, false, udp(t, local2, podIP, 5000, 53), true},
+		{"native: a local pod's address, TCP SYN", 0, 0, 0, false, tcp(t, local2, podIP, 5000, 80, true, false), true},
+		{"native: a local pod's address, ICMP", 0, 0, 0, false, icmp(local2, podIP), true},
+		{"native: a local pod's address, a tiny first fragment", 0, 0, 0, false, tinyFragment(local2, podIP), true},
+		{"native: a local pod's address to a NodePort with a local backend", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 30080), true},
+		{"native: an outside address to a NodePort with a local backend", 0, 0, 0, false, udp(t, peerIP, nodeIP, 5000, 30080), false},
+		{"native: a local pod's address to the node, not to a pod", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 53), false},
+		{"native: the pod's own address to itself", 0, 0, 0, false, udp(t, podIP, podIP, 5000, 53), true},
+		{"native: an outside address", 0, 0, 0, false, udp(t, peerIP, podIP, 5000, 53), false},
+		{"native: a remote pod (trusted underlay)", 0, 0, 0, false, udp(t, remotePod, podIP, 5000, 53), false},
+		{"native: a covered remote pod (trusted underlay)", 0, 0, 0, false, udp(t, coveredPod, podIP, 5000, 53), false},
+		{"tunnel: a remote pod in the clear", 7, 0, 0, false, udp(t, remotePod, podIP, 5000, 53), true},
+		{"tunnel: a covered remote pod in the clear", 7, 0, 0, false, udp(t, coveredPod, podIP, 5000, 53), true},
+		{"tunnel: a remote pod in the clear, ICMP", 7, 0, 0, false, icmp(remotePod, podIP), true},
+		{"tunnel: an outside address", 7, 0, 0, false, udp(t, peerIP, podIP, 5000, 53), false},
+		{"WireGuard: a local pod's address on the WireGuard port", 0, 1, wgPort, false, udp(t, local2, podIP, wgPort, wgPort), true},
+		{"WireGuard: a real datagram to the node", 0, 1, wgPort, true, udp(t, node, nodeIP, wgPort, wgPort), false},
+		{"WireGuard: a remote pod of a peer in the clear", 0, 1, wgPort, true, udp(t, remotePod, podIP, 5000, 53), true},
+		{"WireGuard: a covered remote pod of a peer in the clear", 0, 1, wgPort, true, udp(t, coveredPod, podIP, 5000, 53), true},
+		{"WireGuard strict: a remote pod of a peer in the clear", 0, 3, wgPort, true, udp(t, remotePod, podIP, 5000, 53), true},
+		{"WireGuard strict: a remote pod of a node not yet a peer", 0, 3, wgPort, false, udp(t, remotePod, podIP, 5000, 53), true},
+		{"WireGuard: a remote pod of a node not a peer (not strict: in the clear)", 0, 1, wgPort, false, udp(t, remotePod, podIP, 5000, 53), false},
+		{"IPsec: a remote pod of a peer (decrypted packets come back on the device)", 0, 1, 0, true, udp(t, remotePod, podIP, 5000, 53), false},
+		{"IPsec: a local pod's address", 0, 1, 0, true, udp(t, local2, podIP, 5000, 53), true},
+	} {
+		setCfg(c.vxlan, c.encrypt, c.wg)
+		if c.peer {
+			if err := f.objs.EncryptPeers.Put(&nk, &one); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			f.objs.EncryptPeers.Delete(&nk)
+		}
+		r := f.run(f.objs.FromNetdev, c.pkt)
+		if c.forged {
+			drops++
+		}
+		if got := f.count(reasonForgedSource, dirIngress); (r == actShot) != c.forged || got != drops {
+			t.Errorf("%s: verdict %d, %d drops counted (want forged: %v, %d)", c.name, r, got, c.forged, drops)
+			drops = got
+		}
+	}
+}
+
+// to_container refuses a packet with a local pod's address that did not
+// come in on that pod's veth (another interface, or one the tunnel passed
+// up); the pod's own veth and the node's own sockets (ingress interface 0:
+// the L7 proxy's upstream connections) keep it.
+func TestToContainerForgedLocalSource(t *testing.T) {
+	f := load(t)
+	const reasonForgedSource = 15
+	local2 := f.secondPod()
+	f.rule(dirIngress, peerID, 17, 53, 24, false)
+	for i, c := range []struct {
+		name    string
+		ingress uint32
+		forged  bool
+	}{
+		{"from its own veth", 5, false},
+		{"from the node's own socket", 0, false},
+		{"from another interface", 9, true},
+	} {
+		ret, err := f.objs.ToContainer.Run(&ebpf.RunOptions{Data: udp(t, local2, podIP, uint16(5000+i), 53), Context: &skbIfCtx{IngressIfindex: c.ingress, Ifindex: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := f.count(reasonForgedSource, dirIngress)
+		if (ret == actShot) != c.forged || (n > 0) != c.forged {
+			t.Fatalf("%s: verdict %d, %d forged-source drops", c.name, ret, n)
+		}
+	}
+}
+
+// secondPod adds a second pod of this node (host veth ifindex 5, the
+// peer's identity) and returns its address.
+func (f *fixture) secondPod() net.IP {
+	f.t.Helper()
+	ip := net.IPv4(10, 0, 0, 3).To4()
+	k := ip4(ip)
+	if err := f.objs.Endpoints.Put(&k, &DatapathEndpointInfo{Ifindex: 5, Identity: peerID, EpId: 8}); err != nil {
+		f.t.Fatal(err)
+	}
+	return ip
+}
