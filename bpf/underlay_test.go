@@ -13,9 +13,10 @@ import (
 // from_netdev refuses what comes from the underlay to a pod of this node
 // with the address of a pod that never sends that way: a pod of this node
 // always (whatever the protocol, on the WireGuard port, in a fragment, or
-// to a NodePort whose backend is here); a remote pod whose traffic comes
-// through the tunnel (tunnel mode) or the WireGuard device (its node a
-// peer, or strict mode), by its own entry or its node's cover. Native
+// to a NodePort, whichever backend it gets); a remote pod whose traffic
+// comes through the tunnel (tunnel mode) or the WireGuard device (its node
+// a peer; in strict mode one not yet a peer too, reported as that), by its
+// own entry or its node's cover. Native
 // routing without encryption, and IPsec (whose decrypted packets come
 // back on the device), take a remote pod's address as it comes; packets
 // to other addresses are not its business.
@@ -51,42 +52,54 @@ func TestUnderlayForgedSource(t *testing.T) {
 		ip.Flags = layers.IPv4MoreFragments
 		return serialize(t, eth(), ip, gopacket.Payload([]byte{1, 2, 3, 4, 5, 6, 7, 8}))
 	}
+	// A non-first fragment (parse: not supported).
+	laterFragment := func(src, dst net.IP) []byte {
+		ip := ipv4(src, dst, layers.IPProtocolUDP)
+		ip.FragOffset = 100
+		return serialize(t, eth(), ip, gopacket.Payload([]byte{1, 2, 3, 4, 5, 6, 7, 8}))
+	}
 	nodeIP := net.IPv4(172, 30, 0, 1).To4()
 	f.lbService(1, nodeIP, 30080, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
+	f.lbService(2, nodeIP, 30081, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remotePod)), 8080))
 	nk, one := ip4(node), uint32(1)
-	drops := uint64(0)
+	const reasonNoEncryptPeer = 11
+	const F, P = reasonForgedSource, 0 // forged, passes
+	drops := map[uint32]uint64{}
 	for _, c := range []struct {
 		name           string
 		vxlan, encrypt uint32
 		wg             uint16
 		peer           bool
 		pkt            []byte
-		forged         bool
+		reason         uint32 // 0: passes
 	}{
-		{"native: a local pod's address, UDP", 0, 0, 0, false, udp(t, local2, podIP, 5000, 53), true},
-		{"native: a local pod's address, TCP SYN", 0, 0, 0, false, tcp(t, local2, podIP, 5000, 80, true, false), true},
-		{"native: a local pod's address, ICMP", 0, 0, 0, false, icmp(local2, podIP), true},
-		{"native: a local pod's address, a tiny first fragment", 0, 0, 0, false, tinyFragment(local2, podIP), true},
-		{"native: a local pod's address to a NodePort with a local backend", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 30080), true},
-		{"native: an outside address to a NodePort with a local backend", 0, 0, 0, false, udp(t, peerIP, nodeIP, 5000, 30080), false},
-		{"native: a local pod's address to the node, not to a pod", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 53), false},
-		{"native: the pod's own address to itself", 0, 0, 0, false, udp(t, podIP, podIP, 5000, 53), true},
-		{"native: an outside address", 0, 0, 0, false, udp(t, peerIP, podIP, 5000, 53), false},
-		{"native: a remote pod (trusted underlay)", 0, 0, 0, false, udp(t, remotePod, podIP, 5000, 53), false},
-		{"native: a covered remote pod (trusted underlay)", 0, 0, 0, false, udp(t, coveredPod, podIP, 5000, 53), false},
-		{"tunnel: a remote pod in the clear", 7, 0, 0, false, udp(t, remotePod, podIP, 5000, 53), true},
-		{"tunnel: a covered remote pod in the clear", 7, 0, 0, false, udp(t, coveredPod, podIP, 5000, 53), true},
-		{"tunnel: a remote pod in the clear, ICMP", 7, 0, 0, false, icmp(remotePod, podIP), true},
-		{"tunnel: an outside address", 7, 0, 0, false, udp(t, peerIP, podIP, 5000, 53), false},
-		{"WireGuard: a local pod's address on the WireGuard port", 0, 1, wgPort, false, udp(t, local2, podIP, wgPort, wgPort), true},
-		{"WireGuard: a real datagram to the node", 0, 1, wgPort, true, udp(t, node, nodeIP, wgPort, wgPort), false},
-		{"WireGuard: a remote pod of a peer in the clear", 0, 1, wgPort, true, udp(t, remotePod, podIP, 5000, 53), true},
-		{"WireGuard: a covered remote pod of a peer in the clear", 0, 1, wgPort, true, udp(t, coveredPod, podIP, 5000, 53), true},
-		{"WireGuard strict: a remote pod of a peer in the clear", 0, 3, wgPort, true, udp(t, remotePod, podIP, 5000, 53), true},
-		{"WireGuard strict: a remote pod of a node not yet a peer", 0, 3, wgPort, false, udp(t, remotePod, podIP, 5000, 53), true},
-		{"WireGuard: a remote pod of a node not a peer (not strict: in the clear)", 0, 1, wgPort, false, udp(t, remotePod, podIP, 5000, 53), false},
-		{"IPsec: a remote pod of a peer (decrypted packets come back on the device)", 0, 1, 0, true, udp(t, remotePod, podIP, 5000, 53), false},
-		{"IPsec: a local pod's address", 0, 1, 0, true, udp(t, local2, podIP, 5000, 53), true},
+		{"native: a local pod's address, UDP", 0, 0, 0, false, udp(t, local2, podIP, 5000, 53), F},
+		{"native: a local pod's address, TCP SYN", 0, 0, 0, false, tcp(t, local2, podIP, 5000, 80, true, false), F},
+		{"native: a local pod's address, ICMP", 0, 0, 0, false, icmp(local2, podIP), F},
+		{"native: a local pod's address, a tiny first fragment", 0, 0, 0, false, tinyFragment(local2, podIP), F},
+		{"native: a local pod's address to a NodePort with a local backend", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 30080), F},
+		{"native: a local pod's address to a NodePort with a remote backend", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 30081), F},
+		{"native: a local pod's address, a later fragment", 0, 0, 0, false, laterFragment(local2, podIP), F},
+		{"native: an outside address to a NodePort with a local backend", 0, 0, 0, false, udp(t, peerIP, nodeIP, 5000, 30080), P},
+		{"native: a local pod's address to the node, not to a pod", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 53), P},
+		{"native: the pod's own address to itself", 0, 0, 0, false, udp(t, podIP, podIP, 5000, 53), F},
+		{"native: an outside address", 0, 0, 0, false, udp(t, peerIP, podIP, 5000, 53), P},
+		{"native: a remote pod (trusted underlay)", 0, 0, 0, false, udp(t, remotePod, podIP, 5000, 53), P},
+		{"native: a covered remote pod (trusted underlay)", 0, 0, 0, false, udp(t, coveredPod, podIP, 5000, 53), P},
+		{"tunnel: a remote pod in the clear", 7, 0, 0, false, udp(t, remotePod, podIP, 5000, 53), F},
+		{"tunnel: a covered remote pod in the clear", 7, 0, 0, false, udp(t, coveredPod, podIP, 5000, 53), F},
+		{"tunnel: a remote pod in the clear, ICMP", 7, 0, 0, false, icmp(remotePod, podIP), F},
+		{"tunnel: an outside address", 7, 0, 0, false, udp(t, peerIP, podIP, 5000, 53), P},
+		{"tunnel: a remote pod to the node, not to a pod", 7, 0, 0, false, udp(t, remotePod, nodeIP, 5000, 53), P},
+		{"WireGuard: a local pod's address on the WireGuard port", 0, 1, wgPort, false, udp(t, local2, podIP, wgPort, wgPort), F},
+		{"WireGuard: a real datagram to the node", 0, 1, wgPort, true, udp(t, node, nodeIP, wgPort, wgPort), P},
+		{"WireGuard: a remote pod of a peer in the clear", 0, 1, wgPort, true, udp(t, remotePod, podIP, 5000, 53), F},
+		{"WireGuard: a covered remote pod of a peer in the clear", 0, 1, wgPort, true, udp(t, coveredPod, podIP, 5000, 53), F},
+		{"WireGuard strict: a remote pod of a peer in the clear", 0, 3, wgPort, true, udp(t, remotePod, podIP, 5000, 53), F},
+		{"WireGuard strict: a remote pod of a node not yet a peer (reported as such)", 0, 3, wgPort, false, udp(t, remotePod, podIP, 5000, 53), reasonNoEncryptPeer},
+		{"WireGuard: a remote pod of a node not a peer (not strict: in the clear)", 0, 1, wgPort, false, udp(t, remotePod, podIP, 5000, 53), P},
+		{"IPsec: a remote pod of a peer (decrypted packets come back on the device)", 0, 1, 0, true, udp(t, remotePod, podIP, 5000, 53), P},
+		{"IPsec: a local pod's address", 0, 1, 0, true, udp(t, local2, podIP, 5000, 53), F},
 	} {
 		setCfg(c.vxlan, c.encrypt, c.wg)
 		if c.peer {
@@ -97,12 +110,14 @@ func TestUnderlayForgedSource(t *testing.T) {
 			f.objs.EncryptPeers.Delete(&nk)
 		}
 		r := f.run(f.objs.FromNetdev, c.pkt)
-		if c.forged {
-			drops++
+		if c.reason != 0 {
+			drops[c.reason]++
 		}
-		if got := f.count(reasonForgedSource, dirIngress); (r == actShot) != c.forged || got != drops {
-			t.Errorf("%s: verdict %d, %d drops counted (want forged: %v, %d)", c.name, r, got, c.forged, drops)
-			drops = got
+		for _, reason := range []uint32{reasonForgedSource, reasonNoEncryptPeer} {
+			if got := f.count(reason, dirIngress); (r == actShot) != (c.reason != 0) || got != drops[reason] {
+				t.Errorf("%s: verdict %d, %d drops of reason %d counted (want reason %d, %d)", c.name, r, got, reason, c.reason, drops[reason])
+				drops[reason] = got
+			}
 		}
 	}
 }

@@ -42,6 +42,9 @@ func TestUnderlaySpoofsPodSource(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			l := labtest.UpRouting(t, 2, mode)
 			local := labtest.Pod(t, l, "n1", "local", "app=client")
+			// Forged by the external only, so that its drops are told
+			// apart from the underlay host's (events name the source).
+			local2 := labtest.Pod(t, l, "n1", "local2", "app=client")
 			remote := labtest.Pod(t, l, "n2", "remote", "app=client")
 			victim := labtest.Pod(t, l, "n1", "victim", "app=victim")
 			h := labtest.Host(t, l, "forger", "10.0.9.1")
@@ -70,8 +73,8 @@ spec:
 					t.Fatalf("forger: add %s: %v %s", ip, err, out)
 				}
 			}
-			if out, err := exec.Command("ip", "-n", ext.NetNS, "addr", "add", local.IP+"/32", "dev", "lo").CombinedOutput(); err != nil {
-				t.Fatalf("external forger: add %s: %v %s", local.IP, err, out)
+			if out, err := exec.Command("ip", "-n", ext.NetNS, "addr", "add", local2.IP+"/32", "dev", "lo").CombinedOutput(); err != nil {
+				t.Fatalf("external forger: add %s: %v %s", local2.IP, err, out)
 			}
 			extNS := lab.NetNSPath(ext.NetNS)
 			send := func(ns, from, payload string) {
@@ -87,7 +90,7 @@ spec:
 				})
 			}
 			// Controls: the real pods are admitted (so the sink and the
-			// policy work), the host as itself is not.
+			// policy work).
 			for _, c := range []struct{ ns, from, payload string }{
 				{lab.NetNSPath(local.NetNS), local.IP, "real-local"},
 				{lab.NetNSPath(remote.NetNS), remote.IP, "real-remote"},
@@ -104,7 +107,7 @@ spec:
 				{hostNS, local.IP, "forged-local", false},
 				{hostNS, remote.IP, "forged-remote", mode == "native"},
 				{extNS, ext.IP, "external-itself", true},
-				{extNS, local.IP, "external-forged-local", false},
+				{extNS, local2.IP, "external-forged-local", false},
 			}
 			// Each datagram is sent for 3 s; then the controls must have
 			// arrived and nothing else.
@@ -122,12 +125,12 @@ spec:
 						mode, n, f.from, f.payload, f.pass)
 				}
 			}
-			// Drop events are by source address: the host's and the
-			// external's forgeries of the local pod count together.
+			// Drop events are by source address: local's are the underlay
+			// host's (from_netdev), local2's the external's (to_container).
 			for _, d := range []struct {
 				from string
 				want bool
-			}{{h.IP, false}, {ext.IP, false}, {local.IP, true}, {remote.IP, mode == "tunnel"}} {
+			}{{h.IP, false}, {ext.IP, false}, {local.IP, true}, {local2.IP, true}, {remote.IP, mode == "tunnel"}} {
 				if n := drops.get(d.from); (n > 0) != d.want {
 					t.Errorf("%s mode: %d forged-source drop events on n1 from %s; want some: %v", mode, n, d.from, d.want)
 				}

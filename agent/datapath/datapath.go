@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,12 @@ func incompatiblePins(spec *ebpf.CollectionSpec, dir string) []string {
 			out = append(out, name)
 		}
 		m.Close()
+	}
+	// Conntrack entries carry the revision their policy was checked at: a
+	// new revision map starts again from 0 and could meet an old entry's
+	// revision, so they go with it.
+	if slices.Contains(out, "revision") && !slices.Contains(out, "conntrack") {
+		out = append(out, "conntrack")
 	}
 	return out
 }

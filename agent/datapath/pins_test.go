@@ -16,7 +16,8 @@ import (
 
 // A new agent whose programs changed one map (here: counters, as a new
 // drop reason does) replaces that pin only: the conntrack entries of
-// established flows, and every other pinned map, stay.
+// established flows, and every other pinned map, stay. Except for the
+// revision map, whose replacement takes conntrack with it.
 func TestIncompatiblePinReplacedAlone(t *testing.T) {
 	testutil.RequireRoot(t)
 	root := t.TempDir()
@@ -51,7 +52,6 @@ func TestIncompatiblePinReplacedAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dp2.Close()
 	var ce bpf.DatapathCtEntry
 	if err := dp2.Objects().Conntrack.Lookup(&ck, &ce); err != nil {
 		t.Fatalf("the conntrack entry did not survive the replacement of counters: %v", err)
@@ -59,5 +59,28 @@ func TestIncompatiblePinReplacedAlone(t *testing.T) {
 	info, err := dp2.Objects().Counters.Info()
 	if err != nil || info.MaxEntries == 2 {
 		t.Fatalf("counters not replaced: %+v %v", info, err)
+	}
+	dp2.Close()
+	// A new revision map starts again from 0: the conntrack entries, which
+	// carry the revision their policy was checked at, go with it.
+	rev := filepath.Join(filepath.Dir(pins[0]), "revision")
+	if err := os.Remove(rev); err != nil {
+		t.Fatal(err)
+	}
+	oldRev, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := oldRev.Pin(rev); err != nil {
+		t.Fatal(err)
+	}
+	oldRev.Close()
+	dp3, err := datapath.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp3.Close()
+	if err := dp3.Objects().Conntrack.Lookup(&ck, &ce); err == nil {
+		t.Fatal("a conntrack entry outlived the replacement of the revision map")
 	}
 }

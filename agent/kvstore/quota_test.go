@@ -32,6 +32,7 @@ func TestEmbeddedQuota(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(s.Close)
 		c := testutil.Connect(t, s.Endpoints())
 		return s, c
 	}
@@ -41,21 +42,24 @@ func TestEmbeddedQuota(t *testing.T) {
 	s, c := start(embedded.MinQuotaBytes)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	big := []byte(strings.Repeat("x", 16<<20))
+	// Writes of 1 MiB until etcd refuses one: the database is then within
+	// about 1 MiB of the quota.
+	mib := []byte(strings.Repeat("x", 1<<20))
 	var werr error
 	wrote := 0
-	for i := range 8 {
-		if werr = c.Put(ctx, fmt.Sprintf("filament/big/%d", i), big, 0); werr != nil {
+	for i := range 100 {
+		if werr = c.Put(ctx, fmt.Sprintf("filament/big/%d", i), mib, 0); werr != nil {
 			break
 		}
 		wrote++
 	}
-	if wrote == 0 || !noSpace(werr) {
-		t.Fatalf("%d writes of 16 MiB under a 64 MiB quota, then: %v", wrote, werr)
+	if wrote < 32 || !noSpace(werr) {
+		t.Fatalf("%d writes of 1 MiB under a 64 MiB quota, then: %v", wrote, werr)
 	}
-	t.Logf("%d writes of 16 MiB, then %v", wrote, werr)
-	// etcd keeps its alarm across a restart: with the same quota, even a
-	// small write is refused.
+	t.Logf("%d writes of 1 MiB, then %v", wrote, werr)
+	// etcd keeps its alarm across a restart: with the same quota (which
+	// the database no longer fits with an eighth free), even a small write
+	// is refused.
 	s.Close()
 	s, c = start(embedded.MinQuotaBytes)
 	if err := c.Put(ctx, "filament/small", []byte("x"), 0); !noSpace(err) {
@@ -63,8 +67,7 @@ func TestEmbeddedQuota(t *testing.T) {
 	}
 	// With a quota the database fits, the alarm is disarmed at start.
 	s.Close()
-	s, c = start(256 << 20)
-	defer s.Close()
+	_, c = start(256 << 20)
 	if err := c.Put(ctx, "filament/small", []byte("x"), 0); err != nil {
 		t.Fatalf("a small write after a restart with a larger quota: %v", err)
 	}

@@ -64,16 +64,20 @@ static __always_inline int wireguard_datagram(struct pkt *p)
 // and with IPsec, whose decrypted packets come back on this device (the
 // kernel's XFRM forward policies refuse clear ones from a peer's pod
 // CIDR). docs/architecture.md, "What the underlay is trusted with". It
-// returns the destination pod's endpoint when the packet is forged, else 0.
-static __always_inline struct endpoint_info *underlay_forged(struct pkt *p)
+// returns the reason to drop the packet for (REASON_FORGED_SOURCE, or
+// REASON_NO_ENCRYPT_PEER for a pod of a node that is not a peer yet under
+// strict mode: clear traffic of a rollout, not necessarily a forgery),
+// with *dstp the destination pod's endpoint; 0 when it passes.
+static __always_inline int underlay_forged(struct pkt *p, struct endpoint_info **dstp)
 {
 	__u32 daddr = p->daddr;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
 	if (!dst)
 		return 0;
+	*dstp = dst;
 	__u32 saddr = p->saddr;
 	if (bpf_map_lookup_elem(&endpoints, &saddr))
-		return dst;
+		return REASON_FORGED_SOURCE;
 	// The ipcache (a longest-prefix lookup) only where its answer counts:
 	// native routing without WireGuard, the hot case here, skips it.
 	__u32 zero = 0;
@@ -84,10 +88,11 @@ static __always_inline struct endpoint_info *underlay_forged(struct pkt *p)
 	if (!v || !v->tunnel_ip)
 		return 0;
 	if (cfg->vxlan_ifindex)
-		return dst;
-	if (encrypt_route(v->tunnel_ip) != -1)
-		return dst;
-	return 0;
+		return REASON_FORGED_SOURCE;
+	int enc = encrypt_route(v->tunnel_ip);
+	if (enc == 0)
+		return REASON_FORGED_SOURCE;
+	return enc == REASON_NO_ENCRYPT_PEER ? enc : 0;
 }
 
 // from_netdev: tc ingress of the node's underlay device. NodePort traffic
@@ -117,9 +122,10 @@ int from_netdev(struct __sk_buff *skb)
 	// the rest does not parse (a fragment the node may reassemble), is
 	// checked for a forged pod source first.
 	int r = parse(skb, &p);
-	struct endpoint_info *forged = underlay_forged(&p);
-	if (forged)
-		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, forged->ep_id, 0, IDENTITY_WORLD, forged->identity, &p);
+	struct endpoint_info *dst = 0;
+	int forged = underlay_forged(&p, &dst);
+	if (forged && dst)
+		return drop(skb, forged, DIR_INGRESS, dst->ep_id, 0, IDENTITY_WORLD, dst->identity, &p);
 	if (r != REASON_FORWARDED)
 		return TC_ACT_OK;
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
@@ -148,6 +154,13 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	if (p.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
 		return TC_ACT_OK; // not a flow we translated: the stack answers it
+	// Never a pod of this node as the client (they reach a NodePort
+	// through the socket programs, not the underlay): a local backend
+	// would take it as that pod, and a remote backend's replies would be
+	// sent into it. Refused before a backend (or an affinity) is chosen.
+	__u32 saddr = p.saddr;
+	if (bpf_map_lookup_elem(&endpoints, &saddr))
+		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	struct lb_backend *b = lb_pick(svc, p.saddr, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
 	if (!b)
 		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
@@ -155,12 +168,6 @@ int from_netdev(struct __sk_buff *skb)
 	__u16 bport = b->port;
 	struct endpoint_info *bep = bpf_map_lookup_elem(&endpoints, &bip);
 	int local = bep != 0;
-	// A local backend sees the client's own address: never one of this
-	// node's pods (they reach a NodePort through the socket programs, not
-	// the underlay), which would pass as that pod.
-	__u32 saddr = p.saddr;
-	if (local && bpf_map_lookup_elem(&endpoints, &saddr))
-		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, bep->ep_id, 0, IDENTITY_WORLD, bep->identity, &p);
 	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
 	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
 	// A backend on another node goes through the encryption device when

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -46,7 +47,8 @@ type Config struct {
 	// --quota-backend-bytes; ValidateQuota). A write past it raises etcd's
 	// NOSPACE alarm, which refuses every write and is kept in the database
 	// across restarts; Start disarms it when the database fits the quota
-	// it is given (a larger one, or after a defragmentation). 0: etcd's
+	// it is given with an eighth of it free (a larger quota, or after a
+	// defragmentation). 0: etcd's
 	// default, 2 GiB.
 	QuotaBytes int64
 	// TLS for clients (ClientURL must then be https://): the server's
@@ -78,6 +80,7 @@ func ValidateQuota(b int64) error {
 type Server struct {
 	e         *embed.Etcd
 	endpoints []string
+	close     sync.Once
 }
 
 // Start runs etcd and waits until it serves clients.
@@ -165,8 +168,9 @@ func Start(c Config) (*Server, error) {
 const DefaultQuotaBytes = 2 << 30
 
 // clearNoSpace disarms a NOSPACE alarm an earlier run raised when the
-// database now fits quota; otherwise it says in one line why writes stay
-// refused.
+// database now fits quota with an eighth of it free (etcd raises the alarm
+// as soon as a write would not fit, so a database just under the same
+// quota keeps it); otherwise it says in one line why writes stay refused.
 func clearNoSpace(e *embed.Etcd, quota int64) {
 	if quota == 0 {
 		quota = DefaultQuotaBytes
@@ -176,8 +180,8 @@ func clearNoSpace(e *embed.Etcd, quota int64) {
 			continue
 		}
 		size := e.Server.Backend().Size()
-		if size >= quota {
-			slog.Error("the embedded etcd is full: every write is refused until its quota is raised (--etcd-quota, up to 8Gi) or its database is compacted and defragmented, then the process restarted",
+		if size > quota/8*7 {
+			slog.Error("the embedded etcd is full: every write is refused until it restarts with a quota its database fits with an eighth free (--etcd-quota, up to 8Gi), or after its database is compacted and defragmented",
 				"size", size, "quota", quota)
 			return
 		}
@@ -195,7 +199,7 @@ func clearNoSpace(e *embed.Etcd, quota int64) {
 // Endpoints are the client URLs clients should dial (with the real port).
 func (s *Server) Endpoints() []string { return s.endpoints }
 
-// Close stops etcd.
+// Close stops etcd (once; later calls do nothing).
 func (s *Server) Close() {
-	s.e.Close()
+	s.close.Do(s.e.Close)
 }
