@@ -6,17 +6,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/filament-net/filament/agent/identity"
-	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/clustermesh/apiserver"
 	"github.com/filament-net/filament/internal/version"
 )
@@ -36,16 +33,11 @@ func main() {
 			if err := identity.SetMaxClusters(maxClusters); err != nil {
 				return err
 			}
-			if quota != "" {
-				q, err := resource.ParseQuantity(quota)
-				if err == nil && (q.Value() < embedded.MinQuotaBytes || q.Value() > embedded.MaxQuotaBytes) {
-					err = errors.New("want 64Mi to 8Gi")
-				}
-				if err != nil {
-					return fmt.Errorf("--etcd-quota %q: %w", quota, err)
-				}
-				c.EtcdQuotaBytes = q.Value()
+			q, err := parseQuota(quota)
+			if err != nil {
+				return err
 			}
+			c.EtcdQuotaBytes = q
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return apiserver.Run(ctx, c)
