@@ -162,3 +162,44 @@ func (f *fixture) secondPod() net.IP {
 	}
 	return ip
 }
+
+// to_container's fast path leaves a flow with a pod of this node to its
+// slow path when the packet came in on an interface (the pod's own
+// packets come through the stack only from its veth): an established
+// flow's exact packet from another interface is refused as forged, not
+// passed on its conntrack entry.
+func TestToContainerFastPathForgedLocalPeer(t *testing.T) {
+	f := load(t)
+	const reasonForgedSource = 15
+	other := uint32(otherInterface(t))
+	local2 := net.IPv4(10, 0, 0, 3).To4()
+	k := ip4(local2)
+	if err := f.objs.Endpoints.Put(&k, &DatapathEndpointInfo{Ifindex: other, Identity: peerID, EpId: 8}); err != nil {
+		t.Fatal(err)
+	}
+	f.rule(dirIngress, peerID, 17, 53, 24, false)
+	run := func(prog *ebpf.Program, ctx *skbIfCtx, pkt []byte) uint32 {
+		t.Helper()
+		ret, err := prog.Run(&ebpf.RunOptions{Data: pkt, Context: ctx})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ret
+	}
+	// The pod sends once, so that to_container knows its interface (its
+	// fast path needs that); the packet itself is dropped by its egress
+	// policy, which has no rule.
+	run(f.objs.FromContainer, &skbIfCtx{Ifindex: 1}, udp(t, podIP, peerIP, 6000, 53))
+	// local2 -> pod, delivered by from_container: the flow is established
+	// in conntrack at the pod's ingress.
+	if r := run(f.objs.FromContainer, &skbIfCtx{Ifindex: other}, udp(t, local2, podIP, 5000, 53)); r == actShot {
+		t.Fatalf("local2 -> pod: %d", r)
+	}
+	pkt := udp(t, local2, podIP, 5000, 53)
+	if r := run(f.objs.ToContainer, &skbIfCtx{IngressIfindex: other, Ifindex: 1}, pkt); r != actOK || f.count(reasonForgedSource, dirIngress) != 0 {
+		t.Fatalf("the flow's packet through the stack from local2's veth: %d", r)
+	}
+	if r := run(f.objs.ToContainer, &skbIfCtx{IngressIfindex: 77, Ifindex: 1}, pkt); r != actShot || f.count(reasonForgedSource, dirIngress) != 1 {
+		t.Fatalf("the flow's exact packet from another interface: verdict %d, %d forged-source drops", r, f.count(reasonForgedSource, dirIngress))
+	}
+}

@@ -43,6 +43,10 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 #define CT_F_REPLY 1    // a reply was seen
 #define CT_F_UPSTREAM 2 // opened by the L7 proxy's upstream socket: its replies go back to it
 #define CT_F_COVER 4    // admitted with a cover identity (IPCACHE_F_COVER): replies are judged with their own
+// The peer is a pod of this node: its packets reach to_container only
+// through the node's stack, from its own veth, which the slow path checks
+// (fast_ingress leaves them to it).
+#define CT_F_LOCAL_PEER 8
 
 static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
 {

@@ -123,6 +123,11 @@ static __always_inline int fast_ingress(struct __sk_buff *skb, struct pkt *p, __
 	}
 	if (!e || e->rev != rev || !e->expires || e->proxy_port || (e->flags & CT_F_UPSTREAM))
 		return -1;
+	// A flow with a pod of this node: its packets come here only through
+	// the stack, and the slow path checks they came in on its veth (a
+	// packet with the flow's tuple from another interface is forged).
+	if ((e->flags & CT_F_LOCAL_PEER) && skb->ingress_ifindex)
+		return -1;
 	if (bpf_jiffies64() - e->refreshed >= CT_REFRESH_JIFFIES)
 		return -1;
 	if (reply && (!(e->flags & CT_F_REPLY) || e->state != CT_STATE_ESTABLISHED))

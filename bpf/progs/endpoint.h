@@ -36,7 +36,8 @@ int from_container(struct __sk_buff *skb)
 
 	__u32 proxy;
 	__u8 cover = remote && (remote->flags & IPCACHE_F_COVER) ? CT_F_COVER : 0;
-	r = enforce(0, src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, cover, &proxy);
+	__u8 local_peer = dst ? CT_F_LOCAL_PEER : 0;
+	r = enforce(0, src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, cover | local_peer, &proxy);
 	// Egress L7: the proxy checks the destination's ingress too. Or a reply
 	// to the proxy's upstream connection (PROXY_UPSTREAM): to its socket,
 	// whatever the destination (the client here or on another node).
@@ -87,7 +88,7 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK; // the node routes it (through the encryption device when encrypt_route says so)
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.
-	r = enforce(0, dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0, 0, &proxy);
+	r = enforce(0, dst, DIR_INGRESS, src->identity, src->identity, dst_id, src->ep_id, &p, dst->ifindex, 0, CT_F_LOCAL_PEER, &proxy);
 	if (r == REASON_FORWARDED && proxy)
 		r = to_proxy(skb, &p, proxy, src->identity);
 	if (r != REASON_FORWARDED)
@@ -147,6 +148,8 @@ int to_container(struct __sk_buff *skb)
 	// address) is flagged: the pod's replies go back to the proxy's socket
 	// (from_container).
 	__u8 ct_flags = from_proxy ? CT_F_UPSTREAM : (remote && (remote->flags & IPCACHE_F_COVER) ? CT_F_COVER : 0);
+	if (src)
+		ct_flags |= CT_F_LOCAL_PEER;
 	r = enforce(0, dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0, ct_flags, &proxy);
 	if (r == REASON_FORWARDED && proxy && !from_proxy)
 		r = REASON_PROXY_BYPASS; // L7 rules apply: never around the proxy
