@@ -1,13 +1,11 @@
 package lab_test
 
 import (
-	"context"
 	"net"
 	"os/exec"
 	"testing"
 	"time"
 
-	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -35,27 +33,13 @@ func TestSpoofedSourceDropNamesEndpoint(t *testing.T) {
 		t.Fatalf("add the spoofed address: %v %s", err, out)
 	}
 
-	n, _ := l.Node("n1")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	events := make(chan types.Event, 256)
-	connected := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- client.New(n.Socket).MonitorConnected(ctx, 0, "drop", func() { close(connected) }, func(ev types.Event) {
-			select {
-			case events <- ev:
-			default:
-			}
-		})
-	}()
-	select {
-	case <-connected:
-	case err := <-done:
-		t.Fatalf("monitor: %v", err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("monitor never connected")
-	}
+	labtest.Monitor(t, l, "n1", "drop", func(ev types.Event) {
+		select {
+		case events <- ev:
+		default:
+		}
+	})
 
 	send := func() {
 		inNS(t, lab.NetNSPath(a.NetNS), func() error {

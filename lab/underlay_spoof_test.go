@@ -1,14 +1,12 @@
 package lab_test
 
 import (
-	"context"
 	"net"
 	"os/exec"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/lab"
@@ -160,39 +158,16 @@ func (c *tally) get(k string) int {
 	return c.n[k]
 }
 
-// forgedDrops follows node's drop events until cleanup.
+// forgedDrops counts node's drop events with the forged-source reason, by
+// source address, until cleanup.
 func forgedDrops(t *testing.T, l *lab.Lab, node string) *tally {
 	t.Helper()
-	n, err := l.Node(node)
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := newTally()
-	ctx, cancel := context.WithCancel(context.Background())
-	connected := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- client.New(n.Socket).MonitorConnected(ctx, 0, "drop", func() { close(connected) }, func(ev types.Event) {
-			if ev.Reason != datapath.ReasonName(datapath.ReasonForgedSource) {
-				return
-			}
+	labtest.Monitor(t, l, node, "drop", func(ev types.Event) {
+		if ev.Reason == datapath.ReasonName(datapath.ReasonForgedSource) {
 			d.add(ev.Src.Addr().String())
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
 		}
 	})
-	select {
-	case <-connected:
-	case err := <-done:
-		t.Fatalf("monitor: %v", err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("monitor never connected")
-	}
 	return d
 }
 
