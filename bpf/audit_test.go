@@ -25,9 +25,7 @@ func (f *fixture) setPolicyAudit(on bool) {
 	if on {
 		v.PolicyAudit = 1
 	}
-	if err := f.objs.Config.Put(&k, &v); err != nil {
-		f.t.Fatal(err)
-	}
+	putConfig(f.t, f.objs.Config, v)
 }
 
 // Policy audit mode: at an endpoint enforcing both directions with no

@@ -131,11 +131,8 @@ func benchNetdevWireGuard(b *testing.B, run func(*testing.B, *ebpf.Program, []by
 	defer f.objs.Close()
 	nodeIP := []byte{192, 168, 7, 1}
 	datagram := udpPacket(b, peerIP, nodeIP, 51871, 51871)
-	zero := uint32(0)
 	for _, port := range []uint16{0, 51871} {
-		if err := f.objs.Config.Put(&zero, &DatapathNodeConfig{WireguardPort: port}); err != nil {
-			b.Fatal(err)
-		}
+		putConfig(b, f.objs.Config, DatapathNodeConfig{WireguardPort: port})
 		b.Run(fmt.Sprintf("netdev-wireguard-datagram-port-%d", port), func(b *testing.B) { run(b, f.objs.FromNetdev, datagram) })
 	}
 	b.Run("netdev-other-udp-port-51871", func(b *testing.B) {
@@ -275,10 +272,7 @@ func benchFlowEvents(b *testing.B, pkt func(uint16, bool) []byte, run func(*test
 	}{{"connections", DatapathFlowEventsFLOW_EVENTS_CONNECTIONS}, {"off", DatapathFlowEventsFLOW_EVENTS_OFF}}
 	var ns [3][2]float64 // new connection, repeated SYN, established × connections, off
 	for mi, m := range modes {
-		zero := uint32(0)
-		if err := f.objs.Config.Put(&zero, &DatapathNodeConfig{FlowEvents: uint32(m.mode)}); err != nil {
-			b.Fatal(err)
-		}
+		putConfig(b, f.objs.Config, DatapathNodeConfig{FlowEvents: uint32(m.mode)})
 		clearConntrack(b, f.objs.Conntrack) // each mode's SYNs make their entries, none replaces one
 		drain()
 		b.Run("unenforced-new-connection-flow-events-"+m.name, func(b *testing.B) {
@@ -481,6 +475,7 @@ func loadB(b *testing.B) *benchFixture {
 	if err := LoadDatapathObjects(&f.objs, nil); err != nil {
 		b.Fatal(err)
 	}
+	putConfig(b, f.objs.Config, DatapathNodeConfig{})
 	k := ip4(podIP)
 	v := DatapathEndpointInfo{Ifindex: 1, Identity: podID, EpId: podEP, Flags: 3}
 	if err := f.objs.Endpoints.Put(&k, &v); err != nil {

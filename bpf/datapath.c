@@ -5,13 +5,15 @@
 //
 //   lib/      one concern each: common definitions, drop reasons and events,
 //             maps, parsing, conntrack, host sockets, policy, ipcache,
-//             encapsulation and encryption routing, load balancing, the L7
-//             proxy, the established fast path.
+//             encapsulation and encryption routing, native routing's
+//             forwarding by the FIB, load balancing, the L7 proxy, the
+//             established fast path.
 //   progs/    one attach point each:
 //     endpoint.h   from_container (tc ingress of a pod's host veth) and
 //                  to_container (its tc egress)
 //     overlay.h    from_overlay (tc ingress of the VXLAN device)
-//     netdev.h     from_netdev (tc ingress of the underlay device: NodePort)
+//     netdev.h     from_netdev (tc ingress of the underlay device: NodePort,
+//                  native routing's delivery to pods)
 //     wireguard.h  from_wireguard (tc ingress of the encryption device)
 //     socket.h     cgroup connect4, sendmsg4, recvmsg4, getpeername4
 //
@@ -29,6 +31,7 @@
 #include "lib/policy.h"
 #include "lib/ipcache.h"
 #include "lib/encap.h"
+#include "lib/fib.h"
 #include "lib/proxy.h"
 #include "lib/fastpath.h"
 

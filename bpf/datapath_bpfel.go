@@ -213,15 +213,15 @@ type DatapathLbSockValue struct {
 }
 
 type DatapathNodeConfig struct {
-	_             structs.HostLayout
-	VxlanIfindex  uint32
-	Encrypt       uint32
-	ControlPorts  [8]uint16
-	EncryptSnat   uint32
-	FlowEvents    uint32
-	PolicyAudit   uint32
-	WireguardPort uint16
-	Pad           uint16
+	_                structs.HostLayout
+	VxlanIfindex     uint32
+	Encrypt          uint32
+	ControlPorts     [8]uint16
+	EncryptSnat      uint32
+	FlowEvents       uint32
+	PolicyAudit      uint32
+	WireguardPort    uint16
+	KernelForwarding uint16
 }
 
 type DatapathPolicyKey struct {

@@ -53,6 +53,7 @@ func loadFuzz(f testing.TB) *fuzzFixture {
 		f.Fatalf("load: %v", err)
 	}
 	f.Cleanup(func() { x.objs.Close() })
+	putConfig(f, x.objs.Config, DatapathNodeConfig{})
 	put := func(m *ebpf.Map, k, v any) {
 		if err := m.Put(k, v); err != nil {
 			f.Fatal(err)
@@ -297,6 +298,50 @@ func FuzzToContainer(f *testing.F) {
 		src, dst, isIP := ipv4Addrs(frame)
 		if isIP && dst.Equal(fzPod) && !src.Equal(fzPeer) && !src.Equal(fzPod) && !src.Equal(fzOpen) {
 			t.Fatalf("a frame from unknown %v reached the enforcing pod: verdict %d", src, verdict)
+		}
+	})
+}
+
+// FuzzNativeDeliver: a frame from the underlay through from_netdev, in
+// native routing with the programs forwarding (native_deliver), addressed
+// to this host's MAC or to another. Only an IPv4 TCP or UDP packet to this
+// host, from the remote pod (the one address of the mesh in the ipcache)
+// to an endpoint, is delivered into it, and into the enforcing pod only on
+// the port its policy allows the remote pod.
+func FuzzNativeDeliver(f *testing.F) {
+	x := loadFuzz(f)
+	k := uint32(0)
+	if err := x.objs.Config.Put(&k, &DatapathNodeConfig{}); err != nil { // native, the programs forward
+		f.Fatal(err)
+	}
+	fuzzSeeds(f, func(fr []byte) { f.Add(true, fr); f.Add(false, fr) })
+	f.Add(true, tcpPacket(f, fzPeer, fzPod, 40000, fzPodPort, true, false))
+	f.Add(true, udpPacket(f, fzPeer, fzOpen, 40000, 53))
+	f.Fuzz(func(t *testing.T, forHost bool, frame []byte) {
+		if forHost && len(frame) >= 6 {
+			frame = append([]byte{0, 0, 0, 0, 0, 0}, frame[6:]...) // lo's MAC: the test run's frames arrive on it
+		}
+		verdict, ok := x.run(t, x.objs.FromNetdev, frame)
+		if !ok || verdict != actRedirect {
+			return
+		}
+		src, dst, isIP := ipv4Addrs(frame)
+		switch {
+		case !isIP:
+			t.Fatal("a frame that is not IPv4 was delivered")
+		case [6]byte(frame[:6]) != [6]byte{}:
+			t.Fatalf("a frame for MAC %x was delivered", frame[:6])
+		case frame[23] != 6 && frame[23] != 17:
+			t.Fatalf("protocol %d delivered", frame[23])
+		case !src.Equal(fzPeer):
+			t.Fatalf("a frame from %v was delivered to %v", src, dst)
+		case !dst.Equal(fzPod) && !dst.Equal(fzOpen):
+			t.Fatalf("delivered to %v, which is not an endpoint", dst)
+		case dst.Equal(fzPod):
+			ihl := int(frame[14]&0x0f) * 4
+			if frame[23] != 6 || len(frame) < 14+ihl+4 || binary.BigEndian.Uint16(frame[14+ihl+2:]) != fzPodPort {
+				t.Fatalf("delivered to the enforcing pod outside its allow (protocol %d)", frame[23])
+			}
 		}
 	})
 }

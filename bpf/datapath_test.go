@@ -57,6 +57,7 @@ func load(t *testing.T) *fixture {
 		t.Fatalf("load: %v", err)
 	}
 	t.Cleanup(func() { f.objs.Close() })
+	putConfig(t, f.objs.Config, DatapathNodeConfig{})
 	// The pod: egress and ingress enforced, on lo.
 	k := ip4(podIP)
 	v := DatapathEndpointInfo{Ifindex: 1, Identity: podID, EpId: podEP, Flags: 3}
@@ -71,6 +72,20 @@ func load(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// putConfig writes the node config for test runs, with kernel_forwarding
+// on: with it off, native routing's from_container would forward a remote
+// pod's packet with the FIB of whichever namespace runs the test (the
+// host's routes and forwarding settings). TestNativeForwarding turns it
+// off, in a network namespace of its own.
+func putConfig(tb testing.TB, m *ebpf.Map, v DatapathNodeConfig) {
+	tb.Helper()
+	v.KernelForwarding = 1
+	k := uint32(0)
+	if err := m.Put(&k, &v); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // allow adds a policy entry for the pod: dir, peer identity (0 = any),
@@ -347,11 +362,8 @@ func TestEncryptionStrictMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	setCfg := func(encrypt uint32) {
-		k := uint32(0)
 		v := DatapathNodeConfig{Encrypt: encrypt}
-		if err := f.objs.Config.Put(&k, &v); err != nil {
-			t.Fatal(err)
-		}
+		putConfig(t, f.objs.Config, v)
 	}
 	f.rule(dirEgress, peerID, 17, 53, 24, false) // the pod may send DNS to the remote pod
 	setCfg(3)                                    // on, strict

@@ -166,10 +166,7 @@ func TestEstablishedFlowFollowsIpcache(t *testing.T) {
 		}
 	}
 	setCfg := func(v DatapathNodeConfig) {
-		k := uint32(0)
-		if err := f.objs.Config.Put(&k, &v); err != nil {
-			t.Fatal(err)
-		}
+		putConfig(t, f.objs.Config, v)
 	}
 	f.rule(dirEgress, peerID, 17, 53, 24, false)
 	place(nodeA)

@@ -17,11 +17,8 @@ const (
 // setFlowEvents writes the node config's flow_events.
 func (f *fixture) setFlowEvents(mode DatapathFlowEvents) {
 	f.t.Helper()
-	k := uint32(0)
 	v := DatapathNodeConfig{FlowEvents: uint32(mode)}
-	if err := f.objs.Config.Put(&k, &v); err != nil {
-		f.t.Fatal(err)
-	}
+	putConfig(f.t, f.objs.Config, v)
 }
 
 // unenforce makes the pod's endpoint enforce neither direction.

@@ -37,10 +37,7 @@ func TestUnderlayForgedSource(t *testing.T) {
 	}
 	const wgPort = 51871
 	setCfg := func(vxlan, encrypt uint32, wg uint16) {
-		k := uint32(0)
-		if err := f.objs.Config.Put(&k, &DatapathNodeConfig{VxlanIfindex: vxlan, Encrypt: encrypt, WireguardPort: wg}); err != nil {
-			t.Fatal(err)
-		}
+		putConfig(t, f.objs.Config, DatapathNodeConfig{VxlanIfindex: vxlan, Encrypt: encrypt, WireguardPort: wg})
 	}
 	icmp := func(src, dst net.IP) []byte {
 		return serialize(t, eth(), ipv4(src, dst, layers.IPProtocolICMPv4),

@@ -22,9 +22,7 @@ func (f *fixture) setWireGuardPort(port uint16) {
 		f.t.Fatal(err)
 	}
 	v.WireguardPort = port
-	if err := f.objs.Config.Put(&k, &v); err != nil {
-		f.t.Fatal(err)
-	}
+	putConfig(f.t, f.objs.Config, v)
 }
 
 // runOut runs prog on pkt and returns its verdict and the packet as it

@@ -144,6 +144,19 @@ func BenchmarkPodThroughput(b *testing.B) {
 
 // iperf3 runs one 3 s TCP stream from client to serverIP and returns Gbit/s.
 func iperf(b *testing.B, client *exec.Cmd) float64 {
+	return iperfReceived(b, client).BitsPerSecond / 1e9
+}
+
+// iperfSum is iperf3's JSON summary of what a server received.
+type iperfSum struct {
+	BitsPerSecond float64 `json:"bits_per_second"`
+	Bytes         float64 `json:"bytes"`
+	Seconds       float64 `json:"seconds"`
+}
+
+// iperfReceived runs an iperf3 client (-J) and returns what its server
+// received.
+func iperfReceived(b *testing.B, client *exec.Cmd) iperfSum {
 	b.Helper()
 	out, err := client.Output()
 	if err != nil {
@@ -151,19 +164,21 @@ func iperf(b *testing.B, client *exec.Cmd) float64 {
 	}
 	var r struct {
 		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
+			SumReceived *iperfSum `json:"sum_received"`
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
 		b.Fatal(err)
 	}
-	return r.End.SumReceived.BitsPerSecond / 1e9
+	if r.End.SumReceived == nil || r.End.SumReceived.Seconds == 0 {
+		b.Fatalf("iperf3 reported nothing received: %s", out)
+	}
+	return *r.End.SumReceived
 }
 
 // BenchmarkCrossNodeThroughput: one TCP stream from a pod on n1 to a pod on
-// n2, tunnel and native, and encrypted with WireGuard (the kernel module
+// n2, tunnel and native (forwarded by the programs, and by the nodes' IP
+// forwarding: --native-forwarding kernel), and encrypted with WireGuard (the kernel module
 // where present, else the embedded userspace implementation), beside, in
 // the same run, plain veth throughput between two bare namespaces and the
 // kernel alone on the lab's shape of path (kernelPath: no agent, no
@@ -173,23 +188,9 @@ func BenchmarkCrossNodeThroughput(b *testing.B) {
 	// plain: the baseline's Gbit/s, each path's also reported as a share
 	// of it (when the baseline ran: not under a -bench naming one path).
 	var plain float64
-	report := func(b *testing.B, gbit float64) {
-		b.ReportMetric(gbit, "Gbit/s")
-		if plain > 0 {
-			b.ReportMetric(100*gbit/plain, "%plain-veth")
-		}
-		b.ReportMetric(0, "ns/op")
-	}
+	report := plainShare(&plain, "Gbit/s")
 	b.Run("baseline-plain-veth", func(b *testing.B) {
-		labtest.NetNS(b, "fbench-x")
-		labtest.NetNS(b, "fbench-y")
-		ipSteps(b, [][]string{
-			{"-n", "fbench-x", "link", "add", "v", "type", "veth", "peer", "name", "v", "netns", "fbench-y"},
-			{"-n", "fbench-x", "addr", "add", "10.99.9.1/24", "dev", "v"},
-			{"-n", "fbench-y", "addr", "add", "10.99.9.2/24", "dev", "v"},
-			{"-n", "fbench-x", "link", "set", "v", "up"},
-			{"-n", "fbench-y", "link", "set", "v", "up"},
-		})
+		plainVeth(b)
 		plain = bareIperf(b, "fbench-x", "fbench-y", "10.99.9.2")
 		report(b, plain)
 	})
@@ -199,13 +200,16 @@ func BenchmarkCrossNodeThroughput(b *testing.B) {
 			report(b, bareIperf(b, "fbench-p1", "fbench-p2", "10.98.2.2"))
 		})
 	}
-	for _, mode := range []string{"tunnel", "native", "tunnel+wireguard"} {
+	for _, mode := range []string{"tunnel", "native", "native+kernel-forwarding", "tunnel+wireguard"} {
 		b.Run(mode, func(b *testing.B) {
 			routing, args := mode, []string(nil)
-			if mode == "tunnel+wireguard" {
+			switch mode {
+			case "tunnel+wireguard":
 				routing, args = "tunnel", []string{"--encryption", "wireguard", "--encryption-strict"}
+			case "native+kernel-forwarding":
+				routing, args = "native", []string{"--native-forwarding", "kernel"}
 			}
-			l, srv := crossNodeIperf(b, routing, args...)
+			l, srv := crossNodeIperf(b, "", routing, args...)
 			var sum float64
 			for i := 0; i < b.N; i++ {
 				c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "3", "-J")
@@ -214,6 +218,94 @@ func BenchmarkCrossNodeThroughput(b *testing.B) {
 			report(b, sum/float64(b.N))
 		})
 	}
+}
+
+// plainShare reports a path's figure in unit and, once the baseline's is
+// in *plain (it ran first in the same run), its share of that as
+// %plain-veth.
+func plainShare(plain *float64, unit string) func(*testing.B, float64) {
+	return func(b *testing.B, v float64) {
+		b.ReportMetric(v, unit)
+		if *plain > 0 {
+			b.ReportMetric(100*v / *plain, "%plain-veth")
+		}
+		b.ReportMetric(0, "ns/op")
+	}
+}
+
+// plainVeth makes two bare namespaces, fbench-x (10.99.9.1) and fbench-y
+// (10.99.9.2), joined by one veth.
+func plainVeth(b *testing.B) {
+	b.Helper()
+	labtest.NetNS(b, "fbench-x")
+	labtest.NetNS(b, "fbench-y")
+	ipSteps(b, [][]string{
+		{"-n", "fbench-x", "link", "add", "v", "type", "veth", "peer", "name", "v", "netns", "fbench-y"},
+		{"-n", "fbench-x", "addr", "add", "10.99.9.1/24", "dev", "v"},
+		{"-n", "fbench-y", "addr", "add", "10.99.9.2/24", "dev", "v"},
+		{"-n", "fbench-x", "link", "set", "v", "up"},
+		{"-n", "fbench-y", "link", "set", "v", "up"},
+	})
+}
+
+// BenchmarkCrossNodePacketRate: small UDP datagrams (64-byte payloads,
+// iperf3 -u -b 0, one stream for 3 s) from a pod on n1 to a pod on n2 in
+// native routing, forwarded by the programs (the default) and by the
+// nodes' IP forwarding (--native-forwarding kernel), beside, in the same
+// run, the kernel alone on the lab's routed path (kernelPath) and one
+// plain veth: thousands of datagrams received a second. Every datagram is
+// a packet of its own, so what a path costs per packet shows here, where
+// TCP's 64 KB GSO packets (BenchmarkCrossNodeThroughput) hide it.
+func BenchmarkCrossNodePacketRate(b *testing.B) {
+	var plain float64
+	report := plainShare(&plain, "kpps")
+	udp := func(b *testing.B, cmd func() *exec.Cmd) float64 {
+		var sum float64
+		for i := 0; i < b.N; i++ {
+			sum += udpRate(b, cmd())
+		}
+		return sum / float64(b.N)
+	}
+	bare := func(b *testing.B, cliNS, srvNS, srvIP string) float64 {
+		srv := exec.Command("ip", "netns", "exec", srvNS, "iperf3", "-s", "-p", "5201")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { srv.Process.Kill(); srv.Wait() }()
+		time.Sleep(300 * time.Millisecond)
+		return udp(b, func() *exec.Cmd {
+			return exec.Command("ip", "netns", "exec", cliNS, "iperf3", "-c", srvIP, "-p", "5201", "-u", "-l", "64", "-b", "0", "-t", "3", "-J")
+		})
+	}
+	b.Run("baseline-plain-veth", func(b *testing.B) {
+		plainVeth(b)
+		plain = bare(b, "fbench-x", "fbench-y", "10.99.9.2")
+		report(b, plain)
+	})
+	b.Run("kernel-routing", func(b *testing.B) {
+		kernelPath(b, false)
+		report(b, bare(b, "fbench-p1", "fbench-p2", "10.98.2.2"))
+	})
+	for _, mode := range []string{"native", "native+kernel-forwarding"} {
+		b.Run(mode, func(b *testing.B) {
+			var args []string
+			if mode == "native+kernel-forwarding" {
+				args = []string{"--native-forwarding", "kernel"}
+			}
+			l, srv := crossNodeIperf(b, "", "native", args...)
+			report(b, udp(b, func() *exec.Cmd {
+				c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-u", "-l", "64", "-b", "0", "-t", "3", "-J")
+				return c
+			}))
+		})
+	}
+}
+
+// udpRate runs an iperf3 UDP client of 64-byte datagrams and returns the
+// thousands of datagrams a second its server received.
+func udpRate(b *testing.B, client *exec.Cmd) float64 {
+	r := iperfReceived(b, client)
+	return r.Bytes / 64 / r.Seconds / 1000
 }
 
 // ipSteps runs each step as `ip STEP...`, failing b on the first error.
@@ -298,22 +390,30 @@ func kernelPath(b *testing.B, vxlan bool) {
 }
 
 // crossNodeIperf brings up two nodes (routing, agent args), a client pod
-// on n1 and an iperf3 server pod on n2 under an ingress policy that admits
-// the client, and waits until the client reaches it. The server stops at
+// on n1 and an iperf3 server pod on n2 (port 5201) under an ingress policy
+// that admits the client on port (every port when ""), and waits until a
+// small transfer from the client goes through. The server stops at
 // cleanup.
-func crossNodeIperf(b *testing.B, routing string, args ...string) (*lab.Lab, *lab.Pod) {
-	b.Helper()
-	l := labtest.UpRouting(b, 2, routing, args...)
-	labtest.Pod(b, l, "n1", "client", "app=client")
-	srv := labtest.Pod(b, l, "n2", "server", "app=server")
-	labtest.ImportPolicy(b, l, "n2", serverPolicy(""))
+func crossNodeIperf(tb testing.TB, port, routing string, args ...string) (*lab.Lab, *lab.Pod) {
+	tb.Helper()
+	l := labtest.UpRouting(tb, 2, routing, args...)
+	labtest.Pod(tb, l, "n1", "client", "app=client")
+	srv := labtest.Pod(tb, l, "n2", "server", "app=server")
+	labtest.ImportPolicy(tb, l, "n2", serverPolicy(port))
 	sc, _ := l.PodCommand("server", "iperf3", "-s", "-p", "5201")
 	if err := sc.Start(); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	b.Cleanup(func() { sc.Process.Kill(); sc.Wait() })
-	if err := labtest.PingEventually(b, l, "client", srv.IP); err != nil {
-		b.Fatal(err)
+	tb.Cleanup(func() { sc.Process.Kill(); sc.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-n", "64K")
+		out, err := c.CombinedOutput()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("no transfer from the client to the server in 10 s: %v %s", err, out)
+		}
 	}
 	return l, srv
 }

@@ -209,7 +209,7 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		srvA.Start()
 		defer func() { srvA.Process.Kill(); srvA.Wait() }()
 
-		l, srv := crossNodeIperf(b, "tunnel", "--encryption", "wireguard", "--encryption-strict")
+		l, srv := crossNodeIperf(b, "", "tunnel", "--encryption", "wireguard", "--encryption-strict")
 		deadline := time.Now().Add(15 * time.Second)
 		for exec.Command("ip", "netns", "exec", s.ns[0], "ping", "-c", "1", "-W", "1", "10.98.0.2").Run() != nil {
 			if time.Now().After(deadline) {
@@ -291,7 +291,7 @@ func BenchmarkWireGuardThroughput(b *testing.B) {
 		b.ReportMetric(0, "ns/op")
 	})
 	b.Run("context-plain-tunnel", func(b *testing.B) {
-		l, srv := crossNodeIperf(b, "tunnel")
+		l, srv := crossNodeIperf(b, "", "tunnel")
 		c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-t", "3", "-J")
 		b.ReportMetric(iperf(b, c), "Gbit/s")
 		b.ReportMetric(0, "ns/op")

@@ -92,6 +92,11 @@ type Config struct {
 	NodeIP string `json:"nodeIP,omitempty"`
 	// Routing between nodes: tunnel (VXLAN) or native (routes).
 	Routing string `json:"routing"`
+	// NativeForwarding: in native routing without encryption, who forwards
+	// pod traffic between nodes: bpf (the programs, with the kernel's FIB:
+	// the nodes' IP forwarding and its netfilter hooks are skipped) or
+	// kernel (the nodes' IP forwarding routes it).
+	NativeForwarding string `json:"nativeForwarding"`
 	// ClusterMeshConfig is a directory of remote cluster configs (one
 	// <name>.yaml each, written by filament clustermesh connect); empty: none.
 	ClusterMeshConfig string `json:"clusterMeshConfig,omitempty"`
@@ -294,6 +299,7 @@ func Default() Config {
 		EnforcementMode:       "default",
 		DatapathAttach:        "auto",
 		FlowEvents:            "connections",
+		NativeForwarding:      "bpf",
 		ConntrackGCInterval:   Duration(30 * time.Second),
 		LBAlgorithm:           "random",
 		MaglevTableSize:       maglev.DefaultSize,
@@ -404,6 +410,9 @@ func (c Config) validateNode() error {
 	}
 	if c.Routing != "tunnel" && c.Routing != "native" {
 		return fmt.Errorf("%w: routing %q: want tunnel or native", ErrInvalid, c.Routing)
+	}
+	if c.NativeForwarding != "bpf" && c.NativeForwarding != "kernel" {
+		return fmt.Errorf("%w: nativeForwarding %q: want bpf or kernel", ErrInvalid, c.NativeForwarding)
 	}
 	if c.MemberlistPort < 0 || c.MemberlistPort > 65535 {
 		return fmt.Errorf("%w: memberlistPort %d: want 0-65535", ErrInvalid, c.MemberlistPort)

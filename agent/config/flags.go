@@ -26,6 +26,7 @@ var Flags = []Flag{
 	{"pod-cidr-size", "prefix length of each node's pod CIDR", func(c *Config) any { return &c.PodCIDRSize }},
 	{"node-ip", "this node's underlay IPv4 address (default: the first global IPv4 address)", func(c *Config) any { return &c.NodeIP }},
 	{"routing", "routing between nodes: tunnel (VXLAN) or native", func(c *Config) any { return &c.Routing }},
+	{"native-forwarding", "native routing without encryption: bpf (the programs forward pod traffic between nodes with the kernel's FIB, skipping the nodes' IP forwarding and netfilter) or kernel (the nodes route it)", func(c *Config) any { return &c.NativeForwarding }},
 	{"max-connected-clusters", "identity layout: 255 or 511 clusters (the same across the mesh)", func(c *Config) any { return &c.MaxConnectedClusters }},
 	{"memberlist-port", "UDP/TCP port for failure detection among agents (0 disables it)", func(c *Config) any { return &c.MemberlistPort }},
 	{"gossip-key-file", "the cluster's gossip key file (a bundle's gossip.key); needed with an external etcd and the memberlist port on", func(c *Config) any { return &c.GossipKeyFile }},

@@ -148,6 +148,9 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	if err := dp.SetPolicyAudit(a.cfg.PolicyAuditMode); err != nil {
 		return err
 	}
+	if err := dp.SetKernelForwarding(a.cfg.NativeForwarding == "kernel"); err != nil {
+		return err
+	}
 	if a.cfg.PolicyAuditMode {
 		slog.Warn("policy audit mode: what policy would drop passes and is reported as AUDIT flows; nothing is enforced")
 	}

@@ -596,6 +596,18 @@ func (d *Datapath) SetTunnel(vxlanIfIndex int) error {
 	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.VxlanIfindex = uint32(vxlanIfIndex) })
 }
 
+// SetKernelForwarding leaves native routing's pod traffic between nodes to
+// the kernel's IP forwarding (true) instead of the programs' FIB redirects
+// (bpf/lib/fib.h; the default).
+func (d *Datapath) SetKernelForwarding(on bool) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
+		v.KernelForwarding = 0
+		if on {
+			v.KernelForwarding = 1
+		}
+	})
+}
+
 // Encryption flags in the node config (bpf/lib/maps.h ENCRYPT_*).
 const (
 	encryptOn     = 1

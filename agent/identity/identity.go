@@ -29,7 +29,8 @@ var (
 const (
 	// LocalMin is the lowest per-cluster allocatable number.
 	LocalMin = 256
-	// LocalScopeFlag marks node-local identities (CIDR-derived), never published.
+	// LocalScopeFlag marks node-local identities (CIDR-derived), never
+	// published; bpf/lib/common.h has it as IDENTITY_LOCAL_SCOPE.
 	LocalScopeFlag NumericIdentity = 1 << 24
 )
 

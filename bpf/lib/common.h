@@ -20,6 +20,9 @@
 #define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
 #define IDENTITY_REMOTE_NODE 6
+#define IDENTITY_MAX_RESERVED 255
+// IDENTITY_LOCAL_SCOPE marks node-local identities (CIDRs of policies).
+#define IDENTITY_LOCAL_SCOPE (1 << 24)
 
 #define NSEC 1000000000ULL
 

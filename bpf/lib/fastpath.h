@@ -25,6 +25,7 @@
 #define FAST_PASS 1  // to the node's stack (routed, or through the encryption device)
 #define FAST_ENCAP 2 // through the VXLAN device to fast_out, VNI fast_identity
 #define FAST_LOCAL 3 // into the namespace behind host veth fast_out, MACs fast_mac
+#define FAST_ROUTE 4 // out of the device the FIB chooses (lib/fib.h), else to the stack
 
 static __always_inline struct ct_entry *fast_entry(struct pkt *p, __u16 ep_id, int *reply)
 {
@@ -78,6 +79,12 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		return bpf_redirect_peer(e->fast_out, 0);
 	}
+	if (e->fast_action == FAST_ROUTE) {
+		// The FIB on every packet (routes, neighbours and MTU stay the
+		// kernel's), cheaper than the forwarding it replaces.
+		int r = fib_redirect(skb, p);
+		return r >= 0 ? r : TC_ACT_OK;
+	}
 	return TC_ACT_OK;
 }
 
@@ -97,26 +104,25 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 // ingress entries are made for packets to it, its egress ones for packets
 // from it, source checked), so a packet the kernel routes here to any
 // other address finds none.
-static __always_inline int fast_ingress(struct __sk_buff *skb, struct pkt *p, __u32 rev)
+//
+// fast_ingress_ep is the same for endpoint ep_id, whoever knows it
+// (native_deliver, from the endpoints map, for a packet it delivers).
+static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p, __u32 rev, __u16 ep_id)
 {
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return -1;
 	if ((skb->mark & MARK_MAGIC_MASK) == MARK_PROXY_MAGIC)
 		return -1;
-	__u32 slot = skb->ifindex & (EP_SLOTS - 1);
-	struct ep_slot *s = bpf_map_lookup_elem(&ep_slots, &slot);
-	if (!s || s->ifindex != skb->ifindex)
-		return -1;
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
-		.proto = p->proto, .dir = DIR_INGRESS, .ep_id = s->ep_id,
+		.proto = p->proto, .dir = DIR_INGRESS, .ep_id = ep_id,
 	};
 	int reply = 0;
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
 	if (!e) {
 		struct ct_key r = {
 			.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
-			.proto = p->proto, .dir = DIR_EGRESS, .ep_id = s->ep_id,
+			.proto = p->proto, .dir = DIR_EGRESS, .ep_id = ep_id,
 		};
 		e = bpf_map_lookup_elem(&conntrack, &r);
 		reply = 1;
@@ -136,6 +142,15 @@ static __always_inline int fast_ingress(struct __sk_buff *skb, struct pkt *p, __
 	e->bytes += p->len;
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
+}
+
+static __always_inline int fast_ingress(struct __sk_buff *skb, struct pkt *p, __u32 rev)
+{
+	__u32 slot = skb->ifindex & (EP_SLOTS - 1);
+	struct ep_slot *s = bpf_map_lookup_elem(&ep_slots, &slot);
+	if (!s || s->ifindex != skb->ifindex)
+		return -1;
+	return fast_ingress_ep(skb, p, rev, s->ep_id);
 }
 
 // fast_remember caches, in the entry of p's flow at endpoint ep_id, that

@@ -127,7 +127,10 @@ struct node_config {
 	// node's), host order, 0 = none. from_netdev passes WireGuard's own
 	// datagrams (from and to this port) without its lookups.
 	__u16 wireguard_port;
-	__u16 pad;
+	// Native routing: 1 leaves pod traffic between nodes to the kernel's
+	// IP forwarding (the agent's --native-forwarding kernel), 0 forwards
+	// it with the FIB from the programs (lib/fib.h).
+	__u16 kernel_forwarding;
 };
 
 struct event {

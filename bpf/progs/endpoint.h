@@ -73,6 +73,10 @@ int from_container(struct __sk_buff *skb)
 			if (r != 0)
 				action = FAST_ENCAP, out = remote->tunnel_ip, vni = src->identity;
 		}
+		// Native routing to a pod or node of the mesh: out of the FIB's
+		// device, not through the node's IP forwarding.
+		if (fib_peer(remote) && fib_native())
+			action = FAST_ROUTE;
 		if (cache) {
 			fast_remember(&p, src->ep_id, skb->ifindex, rev, action, out, vni, 0);
 			// A NodePort translation set up meanwhile on another CPU
@@ -85,6 +89,11 @@ int from_container(struct __sk_buff *skb)
 		}
 		if (action == FAST_ENCAP)
 			return encap(skb, out, vni);
+		if (action == FAST_ROUTE) {
+			r = fib_redirect(skb, &p);
+			if (r >= 0)
+				return r;
+		}
 		return TC_ACT_OK; // the node routes it (through the encryption device when encrypt_route says so)
 	}
 	// A pod of this node: its ingress policy here, then straight into its namespace.

@@ -95,12 +95,57 @@ static __always_inline int underlay_forged(struct pkt *p, struct endpoint_info *
 	return enc == REASON_NO_ENCRYPT_PEER ? enc : 0;
 }
 
+// native_deliver takes p, a TCP or UDP packet from another node for dst, a
+// pod of this node, straight into the pod's namespace when this node
+// forwards native routing's traffic itself (fib_native) and p's source is
+// a pod or node of the mesh (fib_peer, the traffic the sending node's
+// programs forward): the pod's ingress policy here, with the source's
+// identity from the ipcache, as to_container would after the kernel routed
+// it (which it then no longer does). Anything else goes on to the stack
+// and to_container as before: the tunnel, encryption, the kernel's
+// forwarding asked for, a frame not addressed to this node, TTL 1 (the
+// kernel answers time-exceeded), and other sources (the world, replies to
+// what the pod sent through the stack, so that the node's conntrack sees
+// both directions; this node's own addresses, which the kernel refuses
+// from outside as martians).
+static __always_inline int native_deliver(struct __sk_buff *skb, struct pkt *p, struct endpoint_info *dst)
+{
+	if (!fib_native() || skb->pkt_type != 0 /* PACKET_HOST */)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+		return TC_ACT_OK;
+	__u32 saddr = p->saddr;
+	struct ipcache_value *remote = lookup_ipcache(saddr);
+	if (!fib_peer(remote))
+		return TC_ACT_OK;
+	if (fast_ingress_ep(skb, p, datapath_rev(), dst->ep_id) < 0) {
+		__u32 src_id = remote->identity;
+		__u8 ct_flags = (remote->flags & IPCACHE_F_COVER) ? CT_F_COVER : 0;
+		__u32 proxy;
+		int r = enforce(0, dst, DIR_INGRESS, src_id, src_id, dst->identity, 0, p, dst->ifindex, 0, ct_flags, &proxy);
+		if (r == REASON_FORWARDED && proxy)
+			r = REASON_PROXY_BYPASS; // l7_ingress steers what the proxy must see
+		if (r != REASON_FORWARDED)
+			return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, p);
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	}
+	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
+		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, 0, 0, dst->identity, p);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
 // from_netdev: tc ingress of the node's underlay device. NodePort traffic
 // that did not come from a local socket is translated here: DNAT to a
 // backend, plus SNAT to this node when the backend is elsewhere so that the
 // reply returns through this node; the translation of a new connection is
 // reported (EVENT_TRANSLATED). A packet for a pod of this node with a
-// forged pod source (underlay_forged) is dropped before anything else.
+// forged pod source (underlay_forged) is dropped before anything else; in
+// native routing with the programs forwarding, one from the mesh goes
+// into the pod (native_deliver) before the NodePort lookups.
 // Everything else passes untouched.
 //
 // WireGuard's own datagrams (wireguard_datagram: one array load and two
@@ -132,6 +177,16 @@ int from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (wireguard_datagram(&p))
 		return TC_ACT_OK;
+	// Native routing with the programs forwarding, a packet for a pod
+	// here: a pod's address is never a NodePort frontend nor the
+	// translated side of a flow that lb_reverse answers (a remote
+	// backend's replies go to this node's address; a pod here is never a
+	// NodePort client), so the NodePort lookups below are skipped. Its
+	// ingress L7 is steered, the rest delivered or passed up the stack.
+	if (dst && fib_native()) {
+		r = l7_ingress(skb, &p);
+		return r >= 0 ? r : native_deliver(skb, &p, dst);
+	}
 	r = lb_reverse(skb, &p);
 	if (r >= 0)
 		return r;
