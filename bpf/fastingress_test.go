@@ -281,3 +281,23 @@ func tcpFlags(t *testing.T, src, dst net.IP, sport, dport uint16, syn, ack, fin 
 	l4.SetNetworkLayerForChecksum(ip)
 	return serialize(t, eth(), ip, l4)
 }
+
+// A pod that has sent nothing yet (its veth's ep_slots hint unset, which
+// from_container writes) gets to_container's fast path from the second
+// packet of a flow to it: the slow path records the hint when the packet
+// leaves by the endpoint's own veth.
+func TestToContainerFastPathBeforeThePodSends(t *testing.T) {
+	f := load(t)
+	slot := uint32(1) // the test run's veth: lo, ifindex 1
+	if err := f.objs.EpSlots.Put(&slot, &DatapathEpSlot{}); err != nil {
+		t.Fatal(err)
+	}
+	f.rule(dirIngress, peerID, 17, 53, 24, false)
+	p := &ingressProbe{f: f, in: udp(t, peerIP, podIP, 5000, 53), src: peerIP, dst: podIP, sport: 5000, dport: 53, dir: dirIngress, proto: 17}
+	if r := f.run(f.objs.ToContainer, p.in); r != actOK {
+		t.Fatalf("first datagram: %d", r)
+	}
+	if r, fast := p.send(nil); r != actOK || !fast {
+		t.Fatalf("second datagram: verdict %d, fast path %v: want passed on the fast path", r, fast)
+	}
+}

@@ -137,6 +137,10 @@ int to_container(struct __sk_buff *skb)
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		return TC_ACT_OK; // not for a known endpoint: leave it to the kernel
 	}
+	// Leaving by the endpoint's own veth: the fast path's hint for it, so
+	// that a pod that has sent nothing yet gets the fast path too.
+	if (dst->ifindex == skb->ifindex)
+		fast_slot(skb->ifindex, dst->ep_id);
 	__u32 saddr = p.saddr;
 	struct endpoint_info *src = bpf_map_lookup_elem(&endpoints, &saddr);
 	// A pod of this node as the source: only what came in on its own veth
