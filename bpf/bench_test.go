@@ -125,7 +125,8 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 // the WireGuard ports, from a node to this node), with the node config's
 // wireguard_port unset (the full NodePort and L7 lookups, none of which
 // matches) and set (passed at once), and on a UDP datagram from another
-// port with it set (still the full lookups).
+// port with it set (still the full lookups); likewise a VXLAN datagram
+// without and with the tunnel.
 func benchNetdevWireGuard(b *testing.B, run func(*testing.B, *ebpf.Program, []byte) float64) {
 	f := loadB(b)
 	defer f.objs.Close()
@@ -138,6 +139,16 @@ func benchNetdevWireGuard(b *testing.B, run func(*testing.B, *ebpf.Program, []by
 	b.Run("netdev-other-udp-port-51871", func(b *testing.B) {
 		run(b, f.objs.FromNetdev, udpPacket(b, peerIP, nodeIP, 40000, 51871))
 	})
+	// A VXLAN datagram (to the overlay's port 8472 from a flow-hash port)
+	// without the tunnel (the full lookups) and with it (passed at once).
+	vxlan := udpPacket(b, peerIP, nodeIP, 54321, 8472)
+	for _, c := range []struct {
+		name  string
+		vxlan uint32
+	}{{"off", 0}, {"on", 99}} {
+		putConfig(b, f.objs.Config, DatapathNodeConfig{VxlanIfindex: c.vxlan})
+		b.Run("netdev-vxlan-datagram-tunnel-"+c.name, func(b *testing.B) { run(b, f.objs.FromNetdev, vxlan) })
+	}
 }
 
 // benchLocal: an established TCP flow between two pods of the node (1k

@@ -154,16 +154,17 @@ func TestNativeForwarding(t *testing.T) {
 	frame := func(dstMAC net.HardwareAddr, ip *layers.IPv4, l4 gopacket.SerializableLayer) []byte {
 		return serialize(t, &layers.Ethernet{SrcMAC: podMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}, ip, l4, gopacket.Payload([]byte("x")))
 	}
+	var frag layers.IPv4Flag // set: the packets built are first fragments
 	egress := func(dst net.IP, sport uint16, syn bool, ttl uint8) []byte {
 		ip := ipv4(podIP, dst, layers.IPProtocolTCP)
-		ip.TTL = ttl
+		ip.TTL, ip.Flags = ttl, frag
 		l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: 80, SYN: syn, ACK: !syn, Window: 1000}
 		l4.SetNetworkLayerForChecksum(ip)
 		return frame(hostMAC, ip, l4)
 	}
 	ingressFrom := func(src net.IP, dstMAC net.HardwareAddr, dport uint16, ttl uint8) []byte {
 		ip := ipv4(src, podIP, layers.IPProtocolUDP)
-		ip.TTL = ttl
+		ip.TTL, ip.Flags = ttl, frag
 		l4 := &layers.UDP{SrcPort: 4000, DstPort: layers.UDPPort(dport)}
 		l4.SetNetworkLayerForChecksum(ip)
 		return frame(dstMAC, ip, l4)
@@ -263,6 +264,10 @@ func TestNativeForwarding(t *testing.T) {
 	check("from the world", f.objs.FromNetdev, ingressFrom(worldHost, lo, 53, 64), actOK, nil, nil, 64)
 	check("from another node, TTL 1", f.objs.FromNetdev, ingressFrom(remotePod, lo, 53, 1), actOK, nil, nil, 1)
 	check("a frame for another host", f.objs.FromNetdev, ingress(hostMAC, 53), actOK, nil, nil, 64)
+	frag = layers.IPv4MoreFragments // the stack has the rest of the datagram
+	check("a first fragment: the stack", f.objs.FromContainer, egress(remotePod, 40008, true, 64), actOK, nil, nil, 64)
+	check("from another node, a first fragment: the stack", f.objs.FromNetdev, ingress(lo, 53), actOK, nil, nil, 64)
+	frag = 0
 	// The fast paths: with the allows gone but the revision not bumped,
 	// the established flows still pass on what their entries cached; once
 	// it is bumped (as the agent does after a policy change), they drop.
@@ -357,7 +362,6 @@ func BenchmarkNativeForwarding(b *testing.B) {
 	}
 	defer okProg.Close()
 	b.Run("baseline-return-ok-one-run", func(b *testing.B) { one(b, okProg, egress(false), actOK) })
-	const actRedirect = 7
 	for _, mode := range []struct {
 		name   string
 		kernel uint16

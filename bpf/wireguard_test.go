@@ -119,3 +119,61 @@ func TestNodePortSourcePortAvoidsWireGuardPort(t *testing.T) {
 		})
 	}
 }
+
+// In tunnel mode from_netdev passes datagrams to the overlay's UDP port
+// (8472, agent/routing VXLANPort) untouched, whatever they would match:
+// here a NodePort frontend on that port, which the same datagram is
+// translated to without the tunnel, as is a TCP segment to that port in
+// tunnel mode. And a NodePort flow to a backend that answers in the clear
+// is never translated from that port in tunnel mode, as it is, when free,
+// without the tunnel.
+func TestNetdevPassesVXLANDatagrams(t *testing.T) {
+	const vxlanPort = 8472
+	f := load(t)
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
+	f.lbService(1, nodeIP, vxlanPort, 17, lbFlagNodePort, backend)
+	f.lbService(2, nodeIP, vxlanPort, 6, lbFlagNodePort, backend)
+	translated := func(what string, pkt []byte) {
+		t.Helper()
+		ret, out := f.runOut(f.objs.FromNetdev, pkt)
+		if dst, port := destination(t, out); ret != actOK || !dst.Equal(podIP) || port != 8080 {
+			t.Fatalf("%s: verdict %d, to %s:%d, want translated to the backend %s", what, ret, dst, port, backend)
+		}
+	}
+	translated("a datagram to the overlay's port without the tunnel", udp(t, peerIP, nodeIP, 54321, vxlanPort))
+	putConfig(t, f.objs.Config, DatapathNodeConfig{VxlanIfindex: 99})
+	f.bump()
+	datagram := udp(t, peerIP, nodeIP, 54322, vxlanPort)
+	if ret, out := f.runOut(f.objs.FromNetdev, datagram); ret != actOK || !bytes.Equal(out, datagram) {
+		t.Fatalf("VXLAN datagram: verdict %d, left as %x, want %x untouched", ret, out, datagram)
+	}
+	translated("a TCP SYN to the overlay's port", tcp(t, peerIP, nodeIP, 54323, vxlanPort, true, false))
+
+	remote := net.IPv4(10, 9, 9, 9).To4() // no ipcache entry: its replies come in the clear
+	for _, c := range []struct {
+		name  string
+		vxlan uint32
+		keeps bool
+	}{{"no tunnel", 0, true}, {"tunnel", 99, false}} {
+		g := load(t)
+		putConfig(t, g.objs.Config, DatapathNodeConfig{VxlanIfindex: c.vxlan})
+		g.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
+		g.run(g.objs.FromNetdev, udp(t, peerIP, nodeIP, vxlanPort, 30090)) // the verdict is the FIB's; the translation is in lb_nats
+		var k DatapathLbNatKey
+		var v DatapathLbNat
+		found := false
+		for it := g.objs.LbNats.Iterate(); it.Next(&k, &v); {
+			if v.Reverse != 1 {
+				continue
+			}
+			found = true
+			if keeps := k.Dport == htons(vxlanPort); keeps != c.keeps {
+				t.Fatalf("%s: translated source port %d (client's %d), kept: %v, want %v", c.name, htons(k.Dport), vxlanPort, keeps, c.keeps)
+			}
+		}
+		if !found {
+			t.Fatalf("%s: no reverse translation", c.name)
+		}
+	}
+}

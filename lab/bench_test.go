@@ -304,6 +304,7 @@ func BenchmarkCrossNodePacketRate(b *testing.B) {
 // udpRate runs an iperf3 UDP client of 64-byte datagrams and returns the
 // thousands of datagrams a second its server received.
 func udpRate(b *testing.B, client *exec.Cmd) float64 {
+	b.Helper()
 	r := iperfReceived(b, client)
 	return r.Bytes / 64 / r.Seconds / 1000
 }
@@ -406,7 +407,9 @@ func crossNodeIperf(tb testing.TB, port, routing string, args ...string) (*lab.L
 	}
 	tb.Cleanup(func() { sc.Process.Kill(); sc.Wait() })
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c, _ := l.PodCommand("client", "iperf3", "-c", srv.IP, "-p", "5201", "-n", "64K")
+		// Each attempt bounded: a SYN sent before the policy or the peer's
+		// entry arrived would wait out its retransmissions.
+		c, _ := l.PodCommand("client", "timeout", "5", "iperf3", "-c", srv.IP, "-p", "5201", "-n", "64K", "--connect-timeout", "1000")
 		out, err := c.CombinedOutput()
 		if err == nil {
 			break

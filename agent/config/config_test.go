@@ -114,6 +114,8 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"podCIDRSize", func(c *Config) { c.PodCIDRSize = 30 }, []string{"podCIDRSize", "30"}},
 		{"nodeIP", func(c *Config) { c.NodeIP = "fd00::1" }, []string{"nodeIP", "fd00::1"}},
 		{"routing", func(c *Config) { c.Routing = "bgp" }, []string{"routing", "bgp"}},
+		{"nativeForwarding", func(c *Config) { c.NativeForwarding = "xdp" }, []string{"nativeForwarding", "xdp"}},
+		{"nativeForwarding empty", func(c *Config) { c.NativeForwarding = "" }, []string{"nativeForwarding", `""`}},
 		{"proxyPort", func(c *Config) { c.ProxyPort = 65535 }, []string{"proxyPort", "65535"}},
 		{"proxyBinary", func(c *Config) { c.ProxyBinary = "bin/filament-proxy" }, []string{"proxyBinary", "bin/filament-proxy"}},
 		{"clusterMeshConfig", func(c *Config) { c.ClusterMeshConfig = "remotes" }, []string{"clusterMeshConfig", `"remotes"`}},

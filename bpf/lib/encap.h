@@ -3,6 +3,9 @@
 // encryption device for a peer (strict mode: never in clear).
 #pragma once
 
+// VXLAN_PORT is the overlay's UDP port (agent/routing VXLANPort).
+#define VXLAN_PORT 8472
+
 // encap sends the packet to a pod on another node through the VXLAN device,
 // with the source's security identity as the VNI.
 static __always_inline int encap(struct __sk_buff *skb, __u32 tunnel_ip, __u32 identity)

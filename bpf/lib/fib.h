@@ -36,6 +36,14 @@ static __always_inline int fib_peer(struct ipcache_value *v)
 	return v->identity > IDENTITY_MAX_RESERVED && !(v->identity & IDENTITY_LOCAL_SCOPE);
 }
 
+// fib_fragment tells whether ip heads a fragment (more fragments follow,
+// or an offset): the stack takes all of a datagram's fragments, so that a
+// node that reassembles them has them all.
+static __always_inline int fib_fragment(struct iphdr *ip)
+{
+	return (ip->frag_off & bpf_htons(0x3fff)) != 0; // IP_MF | IP_OFFSET
+}
+
 // fib_redirect sends p, a pod's TCP or UDP packet for a pod or node of
 // the mesh, out of the device the kernel's FIB chooses, as the node's IP
 // forwarding would but without passing through it (nor its netfilter
@@ -43,8 +51,9 @@ static __always_inline int fib_peer(struct ipcache_value *v)
 // kernel's neighbour table resolve the next hop (and probe it, as its own
 // forwarding would). It returns the tc action, or -1 when the kernel must
 // forward the packet itself: not TCP or UDP (ICMP goes through the stack
-// both ways, so the node's conntrack sees both halves of an echo), TTL
-// about to run out, no unicast route, forwarding off on the pod's veth, or
+// both ways, so the node's conntrack sees both halves of an echo), a
+// fragment, TTL about to run out, no unicast route (or one through an IPv6
+// next hop), forwarding off on the pod's veth, or
 // a packet too big for the device (the kernel sends the ICMP errors).
 static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 {
@@ -53,7 +62,7 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
-	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+	if ((void *)(ip + 1) > data_end || ip->ttl <= 1 || fib_fragment(ip))
 		return -1;
 	struct bpf_fib_lookup f = {};
 	f.family = AF_INET;
@@ -67,7 +76,9 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 	// tot_len 0: the kernel checks the skb itself against the device's
 	// MTU, GSO included. The neighbour is bpf_redirect_neigh's to find.
 	long rc = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+	// (An IPv4 route through an IPv6 next hop comes back as AF_INET6:
+	// the stack's.)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || f.family != AF_INET)
 		return -1;
 	// TTL and protocol are one 16-bit word of the header's checksum.
 	__u16 old = *(__u16 *)&ip->ttl;

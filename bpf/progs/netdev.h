@@ -34,6 +34,23 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 	return lb_out(skb, p);
 }
 
+// vxlan_datagram tells whether p is a datagram for this node's VXLAN
+// socket in tunnel mode: UDP to VXLAN_PORT (its source port is the
+// sender's flow hash, any). from_netdev passes it untouched: its NodePort
+// and L7 lookups cannot match it (a NodePort on the overlay's port would
+// take every tunnel packet; a translated flow never uses the port as its
+// source port, below; no pod of this node has the node's address), and
+// from_overlay judges what it carries once the VXLAN device has opened
+// it.
+static __always_inline int vxlan_datagram(struct pkt *p)
+{
+	if (p->proto != IPPROTO_UDP || p->dport != bpf_htons(VXLAN_PORT))
+		return 0;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	return cfg && cfg->vxlan_ifindex;
+}
+
 // wireguard_datagram tells whether p is a datagram between two nodes'
 // WireGuard sockets: UDP from and to the node config's wireguard_port
 // (every node listens on the same port).
@@ -104,7 +121,8 @@ static __always_inline int underlay_forged(struct pkt *p, struct endpoint_info *
 // it (which it then no longer does). Anything else goes on to the stack
 // and to_container as before: the tunnel, encryption, the kernel's
 // forwarding asked for, a frame not addressed to this node, TTL 1 (the
-// kernel answers time-exceeded), and other sources (the world, replies to
+// kernel answers time-exceeded), a fragment (the stack has the others),
+// and other sources (the world, replies to
 // what the pod sent through the stack, so that the node's conntrack sees
 // both directions; this node's own addresses, which the kernel refuses
 // from outside as martians).
@@ -115,7 +133,7 @@ static __always_inline int native_deliver(struct __sk_buff *skb, struct pkt *p, 
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
-	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+	if ((void *)(ip + 1) > data_end || ip->ttl <= 1 || fib_fragment(ip))
 		return TC_ACT_OK;
 	__u32 saddr = p->saddr;
 	struct ipcache_value *remote = lookup_ipcache(saddr);
@@ -175,7 +193,7 @@ int from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
 		return TC_ACT_OK;
-	if (wireguard_datagram(&p))
+	if (wireguard_datagram(&p) || vxlan_datagram(&p))
 		return TC_ACT_OK;
 	// Native routing with the programs forwarding, a packet for a pod
 	// here: a pod's address is never a NodePort frontend nor the
@@ -245,6 +263,10 @@ int from_netdev(struct __sk_buff *skb)
 	// datagram, wireguard_datagram).
 	__u16 wg = cfg ? cfg->wireguard_port : 0;
 	if (!local && wg && nsport == bpf_htons(wg))
+		nsport = lb_snat_port(wg);
+	// Nor the overlay's port in tunnel mode (vxlan_datagram); the random
+	// ones never are (LB_SNAT_PORT_MIN is above it).
+	if (!local && cfg && cfg->vxlan_ifindex && nsport == bpf_htons(VXLAN_PORT))
 		nsport = lb_snat_port(wg);
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
 	int i, ok = 0;
