@@ -49,6 +49,33 @@ func destination(t *testing.T, frame []byte) (net.IP, uint16) {
 	return net.IP(frame[14+16 : 14+20]), binary.BigEndian.Uint16(frame[14+ihl+2:])
 }
 
+// translated checks that from_netdev translates pkt to backend.
+func (f *fixture) translated(what string, pkt []byte, backend netip.AddrPort) {
+	f.t.Helper()
+	ret, out := f.runOut(f.objs.FromNetdev, pkt)
+	if dst, port := destination(f.t, out); ret != actOK || !dst.Equal(net.IP(backend.Addr().AsSlice())) || port != backend.Port() {
+		f.t.Fatalf("%s: verdict %d, to %s:%d, want translated to the backend %s", what, ret, dst, port, backend)
+	}
+}
+
+// reverseNAT returns the one reverse NodePort translation's key.
+func (f *fixture) reverseNAT() DatapathLbNatKey {
+	f.t.Helper()
+	var k, found DatapathLbNatKey
+	var v DatapathLbNat
+	n := 0
+	for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+		if v.Reverse == 1 {
+			found = k
+			n++
+		}
+	}
+	if n != 1 {
+		f.t.Fatalf("%d reverse translations, want 1", n)
+	}
+	return found
+}
+
 // from_netdev passes WireGuard's own datagrams (UDP from and to the
 // configured port) untouched, whatever they would match: here a NodePort
 // frontend on that port, which a UDP datagram from another port, a TCP
@@ -60,13 +87,7 @@ func TestNetdevPassesWireGuardDatagrams(t *testing.T) {
 	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
 	f.lbService(1, nodeIP, wgPort, 17, lbFlagNodePort, backend)
 	f.lbService(2, nodeIP, wgPort, 6, lbFlagNodePort, backend)
-	translated := func(what string, pkt []byte) {
-		t.Helper()
-		ret, out := f.runOut(f.objs.FromNetdev, pkt)
-		if dst, port := destination(t, out); ret != actOK || !dst.Equal(podIP) || port != 8080 {
-			t.Fatalf("%s: verdict %d, to %s:%d, want translated to the backend %s", what, ret, dst, port, backend)
-		}
-	}
+	translated := func(what string, pkt []byte) { t.Helper(); f.translated(what, pkt, backend) }
 	datagram := udp(t, peerIP, nodeIP, wgPort, wgPort)
 	translated("a datagram between the WireGuard ports before the port is configured", datagram)
 	f.setWireGuardPort(wgPort)
@@ -98,23 +119,12 @@ func TestNodePortSourcePortAvoidsWireGuardPort(t *testing.T) {
 			// The verdict depends on the FIB of the test run; the
 			// translation is in lb_nats either way.
 			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, wgPort, 30090))
-			var k DatapathLbNatKey
-			var v DatapathLbNat
-			found := false
-			for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
-				if v.Reverse != 1 {
-					continue
-				}
-				found = true
-				if k.Saddr != ip4(remote) || k.Daddr != ip4(nodeIP) {
-					t.Fatalf("reverse entry %+v: want from the backend to this node", k)
-				}
-				if keeps := k.Dport == htons(wgPort); keeps != c.keepsWG {
-					t.Fatalf("translated source port %d (client's %d), keeps it: %v, want %v", htons(k.Dport), wgPort, keeps, c.keepsWG)
-				}
+			k := f.reverseNAT()
+			if k.Saddr != ip4(remote) || k.Daddr != ip4(nodeIP) {
+				t.Fatalf("reverse entry %+v: want from the backend to this node", k)
 			}
-			if !found {
-				t.Fatal("no reverse translation")
+			if keeps := k.Dport == htons(wgPort); keeps != c.keepsWG {
+				t.Fatalf("translated source port %d (client's %d), keeps it: %v, want %v", htons(k.Dport), wgPort, keeps, c.keepsWG)
 			}
 		})
 	}
@@ -134,13 +144,7 @@ func TestNetdevPassesVXLANDatagrams(t *testing.T) {
 	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
 	f.lbService(1, nodeIP, vxlanPort, 17, lbFlagNodePort, backend)
 	f.lbService(2, nodeIP, vxlanPort, 6, lbFlagNodePort, backend)
-	translated := func(what string, pkt []byte) {
-		t.Helper()
-		ret, out := f.runOut(f.objs.FromNetdev, pkt)
-		if dst, port := destination(t, out); ret != actOK || !dst.Equal(podIP) || port != 8080 {
-			t.Fatalf("%s: verdict %d, to %s:%d, want translated to the backend %s", what, ret, dst, port, backend)
-		}
-	}
+	translated := func(what string, pkt []byte) { t.Helper(); f.translated(what, pkt, backend) }
 	translated("a datagram to the overlay's port without the tunnel", udp(t, peerIP, nodeIP, 54321, vxlanPort))
 	putConfig(t, f.objs.Config, DatapathNodeConfig{VxlanIfindex: 99})
 	f.bump()
@@ -160,20 +164,8 @@ func TestNetdevPassesVXLANDatagrams(t *testing.T) {
 		putConfig(t, g.objs.Config, DatapathNodeConfig{VxlanIfindex: c.vxlan})
 		g.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
 		g.run(g.objs.FromNetdev, udp(t, peerIP, nodeIP, vxlanPort, 30090)) // the verdict is the FIB's; the translation is in lb_nats
-		var k DatapathLbNatKey
-		var v DatapathLbNat
-		found := false
-		for it := g.objs.LbNats.Iterate(); it.Next(&k, &v); {
-			if v.Reverse != 1 {
-				continue
-			}
-			found = true
-			if keeps := k.Dport == htons(vxlanPort); keeps != c.keeps {
-				t.Fatalf("%s: translated source port %d (client's %d), kept: %v, want %v", c.name, htons(k.Dport), vxlanPort, keeps, c.keeps)
-			}
-		}
-		if !found {
-			t.Fatalf("%s: no reverse translation", c.name)
+		if k := g.reverseNAT(); (k.Dport == htons(vxlanPort)) != c.keeps {
+			t.Fatalf("%s: translated source port %d (client's %d), want kept: %v", c.name, htons(k.Dport), vxlanPort, c.keeps)
 		}
 	}
 }
