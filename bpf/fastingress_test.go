@@ -300,4 +300,20 @@ func TestToContainerFastPathBeforeThePodSends(t *testing.T) {
 	if r, fast := p.send(nil); r != actOK || !fast {
 		t.Fatalf("second datagram: verdict %d, fast path %v: want passed on the fast path", r, fast)
 	}
+	// Leaving by another interface than the pod's veth: no hint for it.
+	other := otherInterface(t)
+	oslot := uint32(other) & (1<<16 - 1)
+	if err := f.objs.EpSlots.Put(&oslot, &DatapathEpSlot{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.objs.ToContainer.Run(&ebpf.RunOptions{Data: udp(t, peerIP, podIP, 5001, 53), Context: &skbIfCtx{Ifindex: uint32(other)}}); err != nil {
+		t.Fatal(err)
+	}
+	var s DatapathEpSlot
+	if err := f.objs.EpSlots.Lookup(&oslot, &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Ifindex == uint32(other) {
+		t.Fatalf("a packet to the pod leaving by interface %d made it the pod's veth: %+v", other, s)
+	}
 }

@@ -153,6 +153,18 @@ func TestNetdevPassesVXLANDatagrams(t *testing.T) {
 		t.Fatalf("VXLAN datagram: verdict %d, left as %x, want %x untouched", ret, out, datagram)
 	}
 	translated("a TCP SYN to the overlay's port", tcp(t, peerIP, nodeIP, 54323, vxlanPort, true, false))
+	// A datagram to a pod's port 8472 is the pod's: its ingress L7 rule
+	// on that port steers it to the proxy (none listens in a test run, so
+	// it is dropped as such), never passed around it.
+	k := DatapathPolicyKey{Prefixlen: 64 + 24, EpId: podEP, Dir: dirIngress, Identity: peerID, Proto: 17, Port: [2]uint8{vxlanPort >> 8, vxlanPort & 0xff}}
+	if err := f.objs.Policy.Put(&k, &DatapathPolicyValue{ProxyPort: 15001}); err != nil {
+		t.Fatal(err)
+	}
+	const reasonNoProxy = 13
+	before := f.count(reasonNoProxy, dirIngress)
+	if ret := f.run(f.objs.FromNetdev, udp(t, peerIP, podIP, 54324, vxlanPort)); ret != actShot || f.count(reasonNoProxy, dirIngress) != before+1 {
+		t.Fatalf("a datagram to the pod's port 8472 with an L7 rule: verdict %d, no-proxy drops %d -> %d: want steered to the proxy", ret, before, f.count(reasonNoProxy, dirIngress))
+	}
 
 	remote := net.IPv4(10, 9, 9, 9).To4() // no ipcache entry: its replies come in the clear
 	for _, c := range []struct {

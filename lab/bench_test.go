@@ -415,7 +415,7 @@ func crossNodeIperf(tb testing.TB, port, routing string, args ...string) (*lab.L
 			break
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("no transfer from the client to the server in 10 s: %v %s", err, out)
+			tb.Fatalf("no transfer from the client to the server in 10 s of attempts: %v %s", err, out)
 		}
 	}
 	return l, srv

@@ -36,9 +36,10 @@ static __always_inline int fib_peer(struct ipcache_value *v)
 	return v->identity > IDENTITY_MAX_RESERVED && !(v->identity & IDENTITY_LOCAL_SCOPE);
 }
 
-// fib_fragment tells whether ip heads a fragment (more fragments follow,
-// or an offset): the stack takes all of a datagram's fragments, so that a
-// node that reassembles them has them all.
+// fib_fragment tells whether ip is a fragment (more fragments follow, or
+// an offset; parse already refuses the latter): a first fragment goes to
+// the stack, so that a node that reassembles a datagram it receives has
+// all of its fragments.
 static __always_inline int fib_fragment(struct iphdr *ip)
 {
 	return (ip->frag_off & bpf_htons(0x3fff)) != 0; // IP_MF | IP_OFFSET

@@ -279,7 +279,8 @@ struct {
 
 // ep_slots: a hint from a host veth's ifindex (modulo the size) to the
 // endpoint behind it, written by from_container once the source address
-// has been checked; the fast path uses it to build the conntrack key
+// has been checked and by to_container for the endpoint whose own veth a
+// packet leaves by; the fast paths use it to build the conntrack key
 // without the endpoints lookup. A wrong or stale hint only misses.
 #define EP_SLOTS 65536
 struct ep_slot {

@@ -36,10 +36,11 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 
 // vxlan_datagram tells whether p is a datagram for this node's VXLAN
 // socket in tunnel mode: UDP to VXLAN_PORT (its source port is the
-// sender's flow hash, any). from_netdev passes it untouched: its NodePort
-// and L7 lookups cannot match it (a NodePort on the overlay's port would
-// take every tunnel packet; a translated flow never uses the port as its
-// source port, below; no pod of this node has the node's address), and
+// sender's flow hash, any), when it is not for a pod of this node (the
+// caller checks: a pod's port 8472 may have L7 rules). from_netdev passes
+// it untouched: its NodePort lookups cannot match it (a NodePort on the
+// overlay's port would take every tunnel packet; a translated flow never
+// uses the port as its source port, below), and
 // from_overlay judges what it carries once the VXLAN device has opened
 // it.
 static __always_inline int vxlan_datagram(struct pkt *p)
@@ -193,7 +194,7 @@ int from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
 		return TC_ACT_OK;
-	if (wireguard_datagram(&p) || vxlan_datagram(&p))
+	if (wireguard_datagram(&p) || (!dst && vxlan_datagram(&p)))
 		return TC_ACT_OK;
 	// Native routing with the programs forwarding, a packet for a pod
 	// here: a pod's address is never a NodePort frontend nor the
