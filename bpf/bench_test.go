@@ -46,14 +46,7 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 		return ns
 	}
 	run := func(b *testing.B, prog *ebpf.Program, data []byte) float64 { return runWant(b, prog, data, actOK) }
-	ok, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type: ebpf.SchedCLS, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ok.Close()
+	ok := returnOK(b)
 	b.Run("baseline-return-ok", func(b *testing.B) { run(b, ok, pkt(1, true)) })
 	// The same, one run at a time as new connections are timed: the test
 	// run's own overhead for a single repeat.
@@ -231,13 +224,34 @@ func benchReceive(b *testing.B, run func(*testing.B, *ebpf.Program, []byte) floa
 // judged new as well, but its entry would be replaced rather than made);
 // after, when set, runs after each round, untimed.
 func newConnections(b *testing.B, prog *ebpf.Program, pkt func(uint16, bool) []byte, after func()) float64 {
+	return timedRuns(b, prog, func(n int) []byte { return pkt(uint16(10000+n%50000), true) }, actOK, after)
+}
+
+// returnOK is a tc program that only returns TC_ACT_OK, the benchmarks'
+// baseline; it is closed when b ends.
+func returnOK(b *testing.B) *ebpf.Program {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	return p
+}
+
+// timedRuns times prog one run at a time, 200 runs a round, the n-th on
+// packet(n), each of which must return want; after, when set, runs after
+// each round, untimed.
+func timedRuns(b *testing.B, prog *ebpf.Program, packet func(n int) []byte, want uint32, after func()) float64 {
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		var sum time.Duration
 		for j := 0; j < 200; j++ {
-			ret, d, err := runRepeat(prog, pkt(uint16(10000+(i*200+j)%50000), true), 1)
-			if err != nil || ret != actOK {
-				b.Fatal(ret, err)
+			ret, d, err := runRepeat(prog, packet(i*200+j), 1)
+			if err != nil || ret != want {
+				b.Fatalf("verdict %d (%v), want %d", ret, err, want)
 			}
 			sum += d
 		}

@@ -49,6 +49,17 @@ func destination(t *testing.T, frame []byte) (net.IP, uint16) {
 	return net.IP(frame[14+16 : 14+20]), binary.BigEndian.Uint16(frame[14+ihl+2:])
 }
 
+// nodePorts makes UDP and TCP NodePort frontends on port of this node's
+// address (192.168.7.1), both to the pod's port 8080, and returns the
+// address and the backend.
+func (f *fixture) nodePorts(port uint16) (net.IP, netip.AddrPort) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
+	f.lbService(1, nodeIP, port, 17, lbFlagNodePort, backend)
+	f.lbService(2, nodeIP, port, 6, lbFlagNodePort, backend)
+	return nodeIP, backend
+}
+
 // translated checks that from_netdev translates pkt to backend.
 func (f *fixture) translated(what string, pkt []byte, backend netip.AddrPort) {
 	f.t.Helper()
@@ -83,10 +94,7 @@ func (f *fixture) reverseNAT() DatapathLbNatKey {
 // is configured, are all translated to (full processing).
 func TestNetdevPassesWireGuardDatagrams(t *testing.T) {
 	f := load(t)
-	nodeIP := net.IPv4(192, 168, 7, 1).To4()
-	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
-	f.lbService(1, nodeIP, wgPort, 17, lbFlagNodePort, backend)
-	f.lbService(2, nodeIP, wgPort, 6, lbFlagNodePort, backend)
+	nodeIP, backend := f.nodePorts(wgPort)
 	translated := func(what string, pkt []byte) { t.Helper(); f.translated(what, pkt, backend) }
 	datagram := udp(t, peerIP, nodeIP, wgPort, wgPort)
 	translated("a datagram between the WireGuard ports before the port is configured", datagram)
@@ -140,10 +148,7 @@ func TestNodePortSourcePortAvoidsWireGuardPort(t *testing.T) {
 func TestNetdevPassesVXLANDatagrams(t *testing.T) {
 	const vxlanPort = 8472
 	f := load(t)
-	nodeIP := net.IPv4(192, 168, 7, 1).To4()
-	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
-	f.lbService(1, nodeIP, vxlanPort, 17, lbFlagNodePort, backend)
-	f.lbService(2, nodeIP, vxlanPort, 6, lbFlagNodePort, backend)
+	nodeIP, backend := f.nodePorts(vxlanPort)
 	translated := func(what string, pkt []byte) { t.Helper(); f.translated(what, pkt, backend) }
 	translated("a datagram to the overlay's port without the tunnel", udp(t, peerIP, nodeIP, 54321, vxlanPort))
 	putConfig(t, f.objs.Config, DatapathNodeConfig{VxlanIfindex: 99})

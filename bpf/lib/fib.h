@@ -36,13 +36,19 @@ static __always_inline int fib_peer(struct ipcache_value *v)
 	return v->identity > IDENTITY_MAX_RESERVED && !(v->identity & IDENTITY_LOCAL_SCOPE);
 }
 
-// fib_fragment tells whether ip is a fragment (more fragments follow, or
-// an offset; parse already refuses the latter): a first fragment goes to
-// the stack, so that a node that reassembles a datagram it receives has
-// all of its fragments.
-static __always_inline int fib_fragment(struct iphdr *ip)
+// fib_ip returns the IPv4 header of a packet the programs may forward
+// themselves, 0 when it goes to the stack: TTL 1 or less (the kernel
+// answers time-exceeded), or a fragment (more fragments follow, or an
+// offset, which parse already refuses: a first fragment goes to the stack
+// so that a node that reassembles the datagram has all of it).
+static __always_inline struct iphdr *fib_ip(struct __sk_buff *skb)
 {
-	return (ip->frag_off & bpf_htons(0x3fff)) != 0; // IP_MF | IP_OFFSET
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end || ip->ttl <= 1 || (ip->frag_off & bpf_htons(0x3fff))) // IP_MF | IP_OFFSET
+		return 0;
+	return ip;
 }
 
 // fib_redirect sends p, a pod's TCP or UDP packet for a pod or node of
@@ -60,10 +66,8 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 {
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return -1;
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + ETH_HLEN;
-	if ((void *)(ip + 1) > data_end || ip->ttl <= 1 || fib_fragment(ip))
+	struct iphdr *ip = fib_ip(skb);
+	if (!ip)
 		return -1;
 	struct bpf_fib_lookup f = {};
 	f.family = AF_INET;

@@ -103,12 +103,11 @@ policy:;
 // ingress L7 rules apply, or when it is a reply to the proxy's upstream
 // connection (see l7_port). It returns -1 when they do not (the
 // packet goes on), else a tc verdict.
-static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
+//
+// l7_ingress_ep is the same for dst, the endpoint of p's destination, when
+// the caller has it.
+static __always_inline int l7_ingress_ep(struct __sk_buff *skb, struct pkt *p, struct endpoint_info *dst)
 {
-	__u32 daddr = p->daddr;
-	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
-	if (!dst)
-		return -1;
 	__u32 src_id = 0;
 	__u32 port = l7_port(skb, dst, p, &src_id);
 	if (!port)
@@ -120,4 +119,11 @@ static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
 		return drop(skb, r, DIR_INGRESS, dst->ep_id, 0, src_id, dst->identity, p);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
+}
+
+static __always_inline int l7_ingress(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 daddr = p->daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	return dst ? l7_ingress_ep(skb, p, dst) : -1;
 }

@@ -114,14 +114,15 @@ static __always_inline int underlay_forged(struct pkt *p, struct endpoint_info *
 }
 
 // native_deliver takes p, a TCP or UDP packet from another node for dst, a
-// pod of this node, straight into the pod's namespace when this node
-// forwards native routing's traffic itself (fib_native) and p's source is
+// pod of this node, straight into the pod's namespace when p's source is
 // a pod or node of the mesh (fib_peer, the traffic the sending node's
 // programs forward): the pod's ingress policy here, with the source's
 // identity from the ipcache, as to_container would after the kernel routed
-// it (which it then no longer does). Anything else goes on to the stack
-// and to_container as before: the tunnel, encryption, the kernel's
-// forwarding asked for, a frame not addressed to this node, TTL 1 (the
+// it (which it then no longer does). The caller checks that this node
+// forwards native routing's traffic itself (fib_native: not the tunnel,
+// encryption or the kernel's forwarding asked for). Anything else goes on
+// to the stack and to_container as before: a frame not addressed to this
+// node, TTL 1 (the
 // kernel answers time-exceeded), a fragment (the stack has the others),
 // and other sources (the world, replies to
 // what the pod sent through the stack, so that the node's conntrack sees
@@ -129,12 +130,7 @@ static __always_inline int underlay_forged(struct pkt *p, struct endpoint_info *
 // from outside as martians).
 static __always_inline int native_deliver(struct __sk_buff *skb, struct pkt *p, struct endpoint_info *dst)
 {
-	if (!fib_native() || skb->pkt_type != 0 /* PACKET_HOST */)
-		return TC_ACT_OK;
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + ETH_HLEN;
-	if ((void *)(ip + 1) > data_end || ip->ttl <= 1 || fib_fragment(ip))
+	if (skb->pkt_type != 0 /* PACKET_HOST */ || !fib_ip(skb))
 		return TC_ACT_OK;
 	__u32 saddr = p->saddr;
 	struct ipcache_value *remote = lookup_ipcache(saddr);
@@ -203,7 +199,7 @@ int from_netdev(struct __sk_buff *skb)
 	// NodePort client), so the NodePort lookups below are skipped. Its
 	// ingress L7 is steered, the rest delivered or passed up the stack.
 	if (dst && fib_native()) {
-		r = l7_ingress(skb, &p);
+		r = l7_ingress_ep(skb, &p, dst);
 		return r >= 0 ? r : native_deliver(skb, &p, dst);
 	}
 	r = lb_reverse(skb, &p);
@@ -262,12 +258,11 @@ int from_netdev(struct __sk_buff *skb)
 	__u16 nsport = p.sport;
 	// Never the WireGuard port (a reply to it could pass as WireGuard's
 	// datagram, wireguard_datagram).
-	__u16 wg = cfg ? cfg->wireguard_port : 0;
-	if (!local && wg && nsport == bpf_htons(wg))
-		nsport = lb_snat_port(wg);
 	// Nor the overlay's port in tunnel mode (vxlan_datagram); the random
 	// ones never are (LB_SNAT_PORT_MIN is above it).
-	if (!local && cfg && cfg->vxlan_ifindex && nsport == bpf_htons(VXLAN_PORT))
+	__u16 wg = cfg ? cfg->wireguard_port : 0;
+	if (!local && ((wg && nsport == bpf_htons(wg)) ||
+		       (cfg && cfg->vxlan_ifindex && nsport == bpf_htons(VXLAN_PORT))))
 		nsport = lb_snat_port(wg);
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
 	int i, ok = 0;
