@@ -45,16 +45,16 @@ spec:
 // kafkaBroker runs franz-go's fake Kafka cluster (kfake, one broker) in
 // this process, listening on ip:9092 in the pod namespace at path, with
 // topic1 and topic2; it returns the broker's address.
-func kafkaBroker(t testing.TB, path, ip string) string {
+func kafkaBroker(t testing.TB, path, ip string, opts ...kfake.Opt) string {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "topic1", "topic2"),
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(1, "topic1", "topic2"),
 		kfake.ListenFn(func(network, _ string) (ln net.Listener, err error) {
 			err = ns.WithNetNSPath(path, func(ns.NetNS) error {
 				ln, err = net.Listen("tcp4", ip+":9092")
 				return err
 			})
 			return ln, err
-		}))
+		})}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

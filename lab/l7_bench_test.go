@@ -96,21 +96,9 @@ func BenchmarkL7(b *testing.B) {
 		}
 		// FILAMENT_PROXY_PROFILE=FILE: a CPU profile of the proxy during
 		// the keep-alive run under the L7 rule (go tool pprof FILE).
-		var profiled chan struct{}
-		if out := os.Getenv("FILAMENT_PROXY_PROFILE"); out != "" && name == "L7 allow-all" {
-			profiled = make(chan struct{})
-			go func() {
-				defer close(profiled)
-				resp, err := px.client().Get("http://proxy/debug/pprof/profile?seconds=4")
-				if err != nil {
-					b.Logf("proxy profile: %v", err)
-					return
-				}
-				defer resp.Body.Close()
-				f, _ := os.Create(out)
-				io.Copy(f, resp.Body)
-				f.Close()
-			}()
+		var profiled <-chan struct{}
+		if name == "L7 allow-all" {
+			profiled = px.profile(b, 4)
 		}
 		cpu, sw := cpuSeconds(b, px.pid), contextSwitches(px.pid)
 		f.keepAlive = runWrk(b, l, dir, url, 64, 5, 0, "")
@@ -581,6 +569,34 @@ func must(r *http.Request, err error) *http.Request {
 
 // client is an HTTP client of the proxy's control socket (no timeout:
 // the records stream is long).
+// profile, when FILAMENT_PROXY_PROFILE names a file, writes a CPU profile
+// of the proxy's next seconds to it (go tool pprof FILE); the channel is
+// closed when it is written. Nil without the variable.
+func (p l7Proxy) profile(b *testing.B, seconds int) <-chan struct{} {
+	out := os.Getenv("FILAMENT_PROXY_PROFILE")
+	if out == "" {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := p.client().Get(fmt.Sprintf("http://proxy/debug/pprof/profile?seconds=%d", seconds))
+		if err != nil {
+			b.Logf("proxy profile: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(out)
+		if err != nil {
+			b.Logf("proxy profile: %v", err)
+			return
+		}
+		defer f.Close()
+		io.Copy(f, resp.Body)
+	}()
+	return done
+}
+
 func (p l7Proxy) client() *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", p.socket)

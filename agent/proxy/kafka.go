@@ -643,9 +643,9 @@ func (p *Proxy) serveKafka(dc *downConn) {
 	for {
 		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 		n, err := readKafkaSize(dc, maxKafkaRequest)
-		var frame []byte
+		var framed []byte
 		if err == nil {
-			frame, err = readBudgeted(dc, n, p.opts.IdleTimeout)
+			framed, err = readBudgeted(dc, n, p.opts.IdleTimeout)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -655,7 +655,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 		}
 		clear(kc.tried)
 		kc.resolveBy = time.Now().Add(kafkaResolveTimeout)
-		v := p.judgeKafka(dc, srcID, kc.scope, frame, kc.resolveID)
+		v := p.judgeKafka(dc, srcID, kc.scope, framed[4:], kc.resolveID)
 		kafkaRequestBudget.Release(int64(n)) // parsed and decided
 		if v.close {
 			return
@@ -686,10 +686,10 @@ func (p *Proxy) serveKafka(dc *downConn) {
 			<-kc.slots
 		}
 		if v.frame != nil {
-			frame = v.frame
+			framed = v.frame
 		}
 		up.SetWriteDeadline(time.Now().Add(p.opts.IdleTimeout))
-		if err := writeKafkaFrame(up, frame); err != nil {
+		if _, err := up.Write(framed); err != nil {
 			return
 		}
 	}
@@ -758,10 +758,11 @@ func (kc *kafkaConn) readUpstream() {
 	defer kc.close()
 	for {
 		kc.up.SetReadDeadline(time.Time{})
-		frame, err := readKafkaFrame(kc.up)
-		if err != nil || len(frame) < 4 {
+		framed, err := readKafkaFrame(kc.up)
+		if err != nil || len(framed) < 8 {
 			return
 		}
+		frame := framed[4:]
 		kc.mu.Lock()
 		var pd *kafkaPending
 		for _, x := range kc.queue {
@@ -775,7 +776,7 @@ func (kc *kafkaConn) readUpstream() {
 			kc.p.log.Debug("L7 proxy: Kafka response for no request", "dst", kc.dc.dst)
 			return
 		}
-		if pd.resp = kc.p.inspectKafkaResponse(kc.scope, pd, frame); pd.resp == nil {
+		if pd.resp = kc.p.inspectKafkaResponse(kc.scope, pd, framed); pd.resp == nil {
 			kc.mu.Unlock()
 			return
 		}
@@ -814,12 +815,11 @@ func (kc *kafkaConn) flush() error {
 // leaves out the topics the client may not see from the answer to a
 // request for every topic, caps the versions an ApiVersions response
 // offers at those the proxy parses (a client would else use versions it
-// must refuse), and returns the framed response for the client; nil: the
-// connection is closed.
-func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, frame []byte) []byte {
-	out := make([]byte, 4+len(frame))
-	binary.BigEndian.PutUint32(out, uint32(len(frame)))
-	copy(out[4:], frame)
+// must refuse), and returns the framed response for the client (out
+// itself when unchanged); nil: the connection is closed. out is the
+// broker's frame, size prefix included.
+func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, out []byte) []byte {
+	frame := out[4:]
 	if pd.merge != nil {
 		if m, ok := mergeKafka(frame, pd.version, pd.merge); ok {
 			out = m
@@ -871,8 +871,8 @@ func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, frame [
 	return out
 }
 
-// readKafkaFrame reads one size-prefixed frame, at most maxKafkaFrame
-// bytes, growing the buffer only as bytes arrive.
+// readKafkaFrame reads one frame of at most maxKafkaFrame bytes and
+// returns it with its size prefix, as it came.
 func readKafkaFrame(r io.Reader) ([]byte, error) {
 	n, err := readKafkaSize(r, maxKafkaFrame)
 	if err != nil {
@@ -895,8 +895,9 @@ func readKafkaSize(r io.Reader, limit int32) (int32, error) {
 }
 
 // readBudgeted reads a request body of n bytes once the request budget
-// has room for it (waiting at most wait); on success the caller releases
-// n after deciding the request.
+// has room for it (waiting at most wait), and returns the frame with its
+// size prefix; on success the caller releases n after deciding the
+// request.
 func readBudgeted(r io.Reader, n int32, wait time.Duration) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -910,20 +911,31 @@ func readBudgeted(r io.Reader, n int32, wait time.Duration) ([]byte, error) {
 	return b, err
 }
 
-// readKafkaBody reads n bytes, growing the buffer only as they arrive.
-func readKafkaBody(r io.Reader, n int32) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
-	if err == nil && len(b) < int(n) {
-		err = io.ErrUnexpectedEOF
-	}
-	return b, err
-}
+// kafkaEagerRead is how much of a frame's body is allocated before its
+// bytes arrive; beyond it the buffer grows (doubling) only as they do, so
+// a peer that announces a large frame and sends little holds little.
+const kafkaEagerRead = 1 << 20
 
-func writeKafkaFrame(w io.Writer, frame []byte) error {
-	out := make([]byte, 4, 4+len(frame))
-	binary.BigEndian.PutUint32(out, uint32(len(frame)))
-	_, err := w.Write(append(out, frame...))
-	return err
+// readKafkaBody reads a frame's body of n bytes and returns the frame with
+// its size prefix in front (forwarded as it is, in one write).
+func readKafkaBody(r io.Reader, n int32) ([]byte, error) {
+	size := 4 + int(n)
+	b := make([]byte, 4, min(size, 4+kafkaEagerRead))
+	binary.BigEndian.PutUint32(b, uint32(n))
+	for len(b) < size {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(size-len(b), cap(b)))
+		}
+		m, err := r.Read(b[len(b):min(cap(b), size)])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < size {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // kafkaVerdict is the decision on one request.
@@ -932,7 +944,8 @@ type kafkaVerdict struct {
 	forward bool
 	reply   []byte // the denial, when not forwarded
 	close   bool   // the connection is closed instead
-	// A request forwarded in part: what goes to the broker instead, and
+	// A request forwarded in part: what goes to the broker instead
+	// (framed), and
 	// the denial of the other part, for mergeKafka.
 	frame []byte
 	merge kmsg.Response
@@ -1057,7 +1070,7 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 	}
 	rec.Reason = "topics " + strings.Join(denied, ",") + " denied: " + reason
 	p.finishKafka(rec, Forwarded)
-	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr)[4:], merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed, q.unknownID)}
+	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr), merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed, q.unknownID)}
 }
 
 // denialCode is the error code of q's denial: TOPIC_AUTHORIZATION_FAILED

@@ -79,7 +79,10 @@ func FuzzKafkaRequest(f *testing.F) {
 		case v.forward:
 			out := frame
 			if v.frame != nil {
-				out = v.frame
+				if got := binary.BigEndian.Uint32(v.frame); int(got) != len(v.frame)-4 {
+					t.Fatalf("a forwarded part framed with size %d, has %d bytes", got, len(v.frame)-4)
+				}
+				out = v.frame[4:]
 			}
 			q, err := parseKafkaRequest(out, func([16]byte) (string, bool) { return "", false })
 			if err != nil {

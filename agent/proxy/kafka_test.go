@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,10 +9,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -31,12 +34,18 @@ type kafkaHarness struct {
 	broker netip.AddrPort
 }
 
-func newKafkaHarness(t *testing.T, rules ...PeerRules) *kafkaHarness {
+func newKafkaHarness(t testing.TB, rules ...PeerRules) *kafkaHarness {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "topic1", "topic2"),
+	return newKafkaHarnessOpts(t, nil, rules...)
+}
+
+// newKafkaHarnessOpts is newKafkaHarness with more broker options.
+func newKafkaHarnessOpts(t testing.TB, opts []kfake.Opt, rules ...PeerRules) *kafkaHarness {
+	t.Helper()
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(1, "topic1", "topic2"),
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 			return net.Listen(network, netip.AddrPortFrom(serverIP, 0).String())
-		}))
+		})}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,10 +192,11 @@ func (k *rawKafka) send(clientID string, reqs ...kmsg.Request) []kmsg.Response {
 	var resps []kmsg.Response
 	for i, r := range reqs {
 		k.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		frame, err := readKafkaFrame(k.c)
+		framed, err := readKafkaFrame(k.c)
 		if err != nil {
 			k.t.Fatalf("response %d: %v", i+1, err)
 		}
+		frame := framed[4:]
 		if corr := int32(binary.BigEndian.Uint32(frame)); corr != int32(i+1) {
 			k.t.Fatalf("response %d has correlation ID %d", i+1, corr)
 		}
@@ -443,10 +453,11 @@ func TestKafkaNewApiVersions(t *testing.T) {
 	req.Version = req.MaxVersion() + 1
 	k.c.Write(kafkaRequestFrame(req, 7, "c"))
 	k.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	frame, err := readKafkaFrame(k.c)
+	framed, err := readKafkaFrame(k.c)
 	if err != nil {
 		t.Fatal(err)
 	}
+	frame := framed[4:]
 	resp := kmsg.NewPtrApiVersionsResponse()
 	if err := resp.ReadFrom(frame[4:]); err != nil || binary.BigEndian.Uint32(frame) != 7 || resp.ErrorCode != kafkaUnsupportedVersion {
 		t.Fatalf("response %+v, %v", resp, err)
@@ -572,5 +583,35 @@ func TestKafkaPolicyChangeClosesConnection(t *testing.T) {
 	k.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := k.c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("read after the port's policy changed: %v, want the connection closed", err)
+	}
+}
+
+// TestReadKafkaBody: a frame comes back whole with its size prefix, read
+// in whatever pieces the peer sends; a peer that announces a large frame
+// and sends little makes the proxy hold about what it sent (at most the
+// eager first allocation), not what it announced.
+func TestReadKafkaBody(t *testing.T) {
+	body := make([]byte, 3*kafkaEagerRead+123)
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	got, err := readKafkaBody(iotest.OneByteReader(io.MultiReader(bytes.NewReader(body[:10]), iotest.HalfReader(bytes.NewReader(body[10:])))), int32(len(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := binary.BigEndian.Uint32(got); int(n) != len(body) || !bytes.Equal(got[4:], body) {
+		t.Fatalf("read %d bytes announcing %d, want %d bytes", len(got)-4, n, len(body))
+	}
+	if _, err := readKafkaBody(bytes.NewReader(body[:10]), 20); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("truncated: %v, want %v", err, io.ErrUnexpectedEOF)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := readKafkaBody(bytes.NewReader(body[:100]), maxKafkaFrame); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("announced %d bytes, sent 100: %v", maxKafkaFrame, err)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 2*kafkaEagerRead {
+		t.Fatalf("announced %d bytes and sent 100: %d bytes allocated", maxKafkaFrame, grew)
 	}
 }
