@@ -70,7 +70,10 @@ type Config struct {
 	// endpoints' addresses by ID; IPCache every known address's identity.
 	Policies  func() []policy.L7Policy
 	Endpoints func() map[uint16]Endpoint
-	IPCache   func() map[netip.Prefix]identity.NumericIdentity
+	// EndpointByIP is the local endpoint with an address (asked for each
+	// record).
+	EndpointByIP func(netip.Addr) (uint16, bool)
+	IPCache      func() map[netip.Prefix]identity.NumericIdentity
 	// Publish receives each request record as an "l7" monitor event, while
 	// Wanted says someone listens (records are not read otherwise).
 	Publish func(monitor.Event)
@@ -529,11 +532,24 @@ func (s *Supervisor) followRecords(ctx context.Context) error {
 		}()
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/v1/records", nil)
+	req.Header.Set("Accept", proxy.RecordsBinary)
 	resp, err := s.hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.Header.Get("Content-Type") == proxy.RecordsBinary {
+		rr := proxy.NewRecordReader(resp.Body)
+		for {
+			var r proxy.Record
+			if err := rr.Read(&r); err != nil {
+				return err
+			}
+			s.cfg.Publish(s.event(r))
+		}
+	}
+	// A proxy of a version before the binary form (it outlives agent
+	// upgrades) streams NDJSON.
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
@@ -556,12 +572,22 @@ func (s *Supervisor) event(r proxy.Record) monitor.Event {
 	if strings.HasPrefix(r.Protocol, "DNS/") {
 		ev.Protocol = strings.TrimPrefix(r.Protocol, "DNS/")
 	}
-	for id, ep := range s.cfg.Endpoints() {
-		switch ep.IP {
-		case r.Endpoint:
-			ev.Endpoint = id
-		case r.SrcIP, r.DstIP:
+	local := func(ip netip.Addr) (uint16, bool) {
+		if !ip.IsValid() || s.cfg.EndpointByIP == nil {
+			return 0, false
+		}
+		return s.cfg.EndpointByIP(ip)
+	}
+	if id, ok := local(r.Endpoint); ok {
+		ev.Endpoint = id
+	}
+	for _, peer := range []netip.Addr{r.SrcIP, r.DstIP} {
+		if peer == r.Endpoint {
+			continue
+		}
+		if id, ok := local(peer); ok {
 			ev.PeerEP = id
+			break
 		}
 	}
 	return ev

@@ -28,7 +28,8 @@ const stateFile = "config.json"
 //
 //	PUT /v1/config   replace the config (strict JSON; 400 naming the field)
 //	GET /v1/config   the config in force
-//	GET /v1/records  records as NDJSON until the client goes
+//	GET /v1/records  records as NDJSON until the client goes (binary with
+//	                 Accept: RecordsBinary)
 //	GET /v1/dns/learned  allowed DNS answers' addresses as NDJSON (Learned),
 //	                 for the agent: one follower at a time, each answer held
 //	                 until acknowledged
@@ -182,9 +183,20 @@ func (c *Control) getConfig(w http.ResponseWriter, _ *http.Request) {
 // docs/benchmarks.md, "Flows always on").
 const recordsLinger = 5 * time.Millisecond
 
+// records streams the records, in the binary form (RecordsBinary) when the
+// client asks for it, else as NDJSON.
 func (c *Control) records(w http.ResponseWriter, r *http.Request) {
 	ch, cancel := c.p.Subscribe()
 	defer cancel()
+	if r.Header.Get("Accept") == RecordsBinary {
+		var buf []byte
+		stream(w, r, ch, recordsLinger, RecordsBinary, func(rec Record) error {
+			buf = AppendRecord(buf[:0], &rec)
+			_, err := w.Write(buf)
+			return err
+		})
+		return
+	}
 	streamNDJSON(w, r, ch, recordsLinger)
 }
 
@@ -192,11 +204,16 @@ func (c *Control) records(w http.ResponseWriter, r *http.Request) {
 // goes or ch is closed. Each value is sent at once (linger 0), or with
 // those that follow it within linger.
 func streamNDJSON[T any](w http.ResponseWriter, r *http.Request, ch <-chan T, linger time.Duration) {
-	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	stream(w, r, ch, linger, "application/x-ndjson", func(v T) error { return enc.Encode(v) })
+}
+
+// stream is streamNDJSON with write writing each value, in contentType.
+func stream[T any](w http.ResponseWriter, r *http.Request, ch <-chan T, linger time.Duration, contentType string, write func(T) error) {
+	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	rc.Flush()
-	enc := json.NewEncoder(w)
 	timer := time.NewTimer(linger)
 	timer.Stop()
 	var flush <-chan time.Time // the pending flush's, nil when none is
@@ -205,7 +222,7 @@ func streamNDJSON[T any](w http.ResponseWriter, r *http.Request, ch <-chan T, li
 		case <-r.Context().Done():
 			return
 		case v, ok := <-ch:
-			if !ok || enc.Encode(v) != nil {
+			if !ok || write(v) != nil {
 				rc.Flush()
 				return
 			}

@@ -89,6 +89,17 @@ func TestControlAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	// And in the binary form, for the same requests.
+	breq, _ := http.NewRequest("GET", "http://proxy/v1/records", nil)
+	breq.Header.Set("Accept", RecordsBinary)
+	bresp, err := c.Do(breq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bresp.Body.Close()
+	if ct := bresp.Header.Get("Content-Type"); ct != RecordsBinary {
+		t.Fatalf("binary records stream of type %q", ct)
+	}
 	if got := h.curl("-o", "/dev/null", "-w", "%{http_code}", h.url("/api/x")); got != "200" {
 		t.Fatalf("allowed request: %s", got)
 	}
@@ -107,6 +118,7 @@ func TestControlAPI(t *testing.T) {
 	if len(recs) != 2 {
 		t.Fatalf("records: %v %v", recs, sc.Err())
 	}
+	readRecords(t, NewRecordReader(bresp.Body), recs) // the binary stream has the same records
 	want := Record{Direction: Ingress, Endpoint: serverIP, SrcIP: clientIP, DstIP: serverIP, DstPort: port,
 		SrcIdentity: clientID, DstIdentity: serverID, Protocol: "HTTP/1.1", Method: "GET", Host: h.addr, Path: "/api/x", Status: 200, Verdict: Forwarded}
 	r := recs[0]

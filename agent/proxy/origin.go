@@ -61,13 +61,13 @@ func (o *OriginMap) Origin(src, dst netip.AddrPort) (uint32, bool) {
 		return 0, false
 	}
 	var id uint32
-	if err := o.m.Lookup(&k, &id); err != nil {
-		return 0, false
+	err := o.m.LookupAndDelete(&k, &id) // one system call per connection or datagram
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		if err = o.m.Lookup(&k, &id); err == nil {
+			o.m.Delete(&k)
+		}
 	}
-	if err := o.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return id, true
-	}
-	return id, true
+	return id, err == nil
 }
 
 // Close closes the map.
