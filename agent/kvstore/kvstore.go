@@ -277,21 +277,24 @@ func (c *Client) ListPages(ctx context.Context, prefix string, page int64, each 
 		if rev == 0 {
 			rev = r.Header.Revision
 		}
-		for _, kv := range r.Kvs {
+		var last string
+		for i, kv := range r.Kvs {
 			// The server's answer is checked: each key after the last and
 			// inside the prefix (a server that repeated a page or wandered
 			// off would make the list endless).
-			if k := string(kv.Key); k < from || !strings.HasPrefix(k, prefix) {
-				return 0, fmt.Errorf("%w: list %s: key %q out of order or outside the prefix", ErrBadList, prefix, k)
+			v := fromKV(kv)
+			if v.Key < from || i > 0 && v.Key <= last || !strings.HasPrefix(v.Key, prefix) {
+				return 0, fmt.Errorf("%w: list %s: key %q out of order or outside the prefix", ErrBadList, prefix, v.Key)
 			}
-			if !each(fromKV(kv)) {
+			if !each(v) {
 				return rev, nil
 			}
-			from = string(kv.Key) + "\x00"
+			last = v.Key
 		}
 		if !r.More || len(r.Kvs) == 0 {
 			return rev, nil
 		}
+		from = last + "\x00"
 	}
 }
 

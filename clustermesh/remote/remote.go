@@ -303,7 +303,9 @@ type cluster struct {
 	ids    map[identity.NumericIdentity]identity.Identity
 	ips    *ipMirror
 	svcs   map[string]remoteService
-	src    source // where the current session reads (nil between sessions)
+	// nodeNames are the names nodeName made, by the node's own name.
+	nodeNames map[string]string
+	src       source // where the current session reads (nil between sessions)
 }
 
 // remoteService is a remote cluster's service and the hash of the value it
@@ -817,8 +819,17 @@ func (c *cluster) identityEvent(ev kvstore.Event, deleted bool) {
 }
 
 func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
-	ip, err := netip.ParseAddr(strings.TrimPrefix(ev.Key, ipcache.Prefix+c.name+"/"))
-	if err != nil {
+	// The key is ipcache.Prefix + c.name + "/" + the address (cut, not
+	// built: this runs for every entry).
+	rest, ok := strings.CutPrefix(ev.Key, ipcache.Prefix)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, c.name)
+	}
+	if ok {
+		rest, ok = strings.CutPrefix(rest, "/")
+	}
+	ip, err := netip.ParseAddr(rest)
+	if !ok || err != nil {
 		return
 	}
 	if deleted {
@@ -848,14 +859,31 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		c.refuseListed(ip, fmt.Sprintf("ipcache entry %s with identity %d outside cluster %d's range", ip, e.Identity, c.id))
 		return
 	}
-	e.Node = c.name + "/" + e.Node
 	c.mu.Lock()
+	e.Node = c.nodeName(e.Node)
 	changed := c.ips.put(e)
 	c.mu.Unlock()
 	if changed {
 		c.m.cb.Entry(e, false)
 		c.passedOn(1, false)
 	}
+}
+
+// maxNodeNames bounds the names nodeName keeps.
+const maxNodeNames = 4096
+
+// nodeName is a node of this cluster by its name in the mesh ("cluster/
+// node"), one string per node for its many entries; c.mu is held.
+func (c *cluster) nodeName(n string) string {
+	if full, ok := c.nodeNames[n]; ok {
+		return full
+	}
+	full := c.name + "/" + n
+	if c.nodeNames == nil || len(c.nodeNames) >= maxNodeNames {
+		c.nodeNames = map[string]string{} // a cluster renaming its nodes without end starts over
+	}
+	c.nodeNames[n] = full
+	return full
 }
 
 // refuseListed refuses a value of ip's key (counted, unless why is empty:
