@@ -567,8 +567,6 @@ func must(r *http.Request, err error) *http.Request {
 	return r
 }
 
-// client is an HTTP client of the proxy's control socket (no timeout:
-// the records stream is long).
 // profile, when FILAMENT_PROXY_PROFILE names a file, writes a CPU profile
 // of the proxy's next seconds to it (go tool pprof FILE); the channel is
 // closed when it is written. Nil without the variable.
@@ -597,6 +595,8 @@ func (p l7Proxy) profile(b *testing.B, seconds int) <-chan struct{} {
 	return done
 }
 
+// client is an HTTP client of the proxy's control socket (no timeout:
+// the records stream is long).
 func (p l7Proxy) client() *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", p.socket)

@@ -67,13 +67,13 @@ type Config struct {
 	OriginMap string
 
 	// Policies are the resolver's L7 policies; Endpoints the local
-	// endpoints' addresses by ID; IPCache every known address's identity.
-	Policies  func() []policy.L7Policy
-	Endpoints func() map[uint16]Endpoint
-	// EndpointByIP is the local endpoint with an address (asked for each
+	// endpoints' addresses by ID; IPCache every known address's identity;
+	// EndpointByIP the local endpoint with an address (asked for each
 	// record).
-	EndpointByIP func(netip.Addr) (uint16, bool)
+	Policies     func() []policy.L7Policy
+	Endpoints    func() map[uint16]Endpoint
 	IPCache      func() map[netip.Prefix]identity.NumericIdentity
+	EndpointByIP func(netip.Addr) (uint16, bool)
 	// Publish receives each request record as an "l7" monitor event, while
 	// Wanted says someone listens (records are not read otherwise).
 	Publish func(monitor.Event)

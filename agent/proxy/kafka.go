@@ -871,14 +871,16 @@ func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, out []b
 	return out
 }
 
-// readKafkaFrame reads one frame of at most maxKafkaFrame bytes and
-// returns it with its size prefix, as it came.
+// readKafkaFrame reads one frame of at most maxKafkaFrame bytes (a
+// broker's response: no budget is held for it, so the buffer grows only
+// as bytes arrive past the first kafkaEagerRead) and returns it with its
+// size prefix, as it came.
 func readKafkaFrame(r io.Reader) ([]byte, error) {
 	n, err := readKafkaSize(r, maxKafkaFrame)
 	if err != nil {
 		return nil, err
 	}
-	return readKafkaBody(r, n)
+	return readKafkaBody(r, n, kafkaEagerRead)
 }
 
 // readKafkaSize reads a frame's size, at most limit.
@@ -904,23 +906,24 @@ func readBudgeted(r io.Reader, n int32, wait time.Duration) ([]byte, error) {
 	if err := kafkaRequestBudget.Acquire(ctx, int64(n)); err != nil {
 		return nil, fmt.Errorf("%w: no room for a %d-byte request: %w", ErrKafkaFrame, n, err)
 	}
-	b, err := readKafkaBody(r, n)
+	b, err := readKafkaBody(r, n, int(n)) // the budget holds n already: allocated at once
 	if err != nil {
 		kafkaRequestBudget.Release(int64(n))
 	}
 	return b, err
 }
 
-// kafkaEagerRead is how much of a frame's body is allocated before its
+// kafkaEagerRead is how much of a response's body is allocated before its
 // bytes arrive; beyond it the buffer grows (doubling) only as they do, so
-// a peer that announces a large frame and sends little holds little.
-const kafkaEagerRead = 1 << 20
+// a broker that announces a large frame and sends little holds little.
+const kafkaEagerRead = 64 << 10
 
-// readKafkaBody reads a frame's body of n bytes and returns the frame with
-// its size prefix in front (forwarded as it is, in one write).
-func readKafkaBody(r io.Reader, n int32) ([]byte, error) {
+// readKafkaBody reads a frame's body of n bytes, allocating eager bytes
+// of it at once and the rest as it arrives, and returns the frame with its
+// size prefix in front (forwarded as it is, in one write).
+func readKafkaBody(r io.Reader, n int32, eager int) ([]byte, error) {
 	size := 4 + int(n)
-	b := make([]byte, 4, min(size, 4+kafkaEagerRead))
+	b := make([]byte, 4, min(size, 4+eager))
 	binary.BigEndian.PutUint32(b, uint32(n))
 	for len(b) < size {
 		if len(b) == cap(b) {
@@ -945,8 +948,7 @@ type kafkaVerdict struct {
 	reply   []byte // the denial, when not forwarded
 	close   bool   // the connection is closed instead
 	// A request forwarded in part: what goes to the broker instead
-	// (framed), and
-	// the denial of the other part, for mergeKafka.
+	// (framed), and the denial of the other part, for mergeKafka.
 	frame []byte
 	merge kmsg.Response
 	// visible filters the topics of the response to a Metadata request

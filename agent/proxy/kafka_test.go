@@ -587,27 +587,29 @@ func TestKafkaPolicyChangeClosesConnection(t *testing.T) {
 }
 
 // TestReadKafkaBody: a frame comes back whole with its size prefix, read
-// in whatever pieces the peer sends; a peer that announces a large frame
-// and sends little makes the proxy hold about what it sent (at most the
-// eager first allocation), not what it announced.
+// in whatever pieces the peer sends; a broker that announces a large
+// response and sends little makes the proxy hold about what it sent (at
+// most the eager first allocation), not what it announced.
 func TestReadKafkaBody(t *testing.T) {
-	body := make([]byte, 3*kafkaEagerRead+123)
+	body := make([]byte, 40*kafkaEagerRead+123)
 	for i := range body {
 		body[i] = byte(i * 7)
 	}
-	got, err := readKafkaBody(iotest.OneByteReader(io.MultiReader(bytes.NewReader(body[:10]), iotest.HalfReader(bytes.NewReader(body[10:])))), int32(len(body)))
-	if err != nil {
-		t.Fatal(err)
+	for _, eager := range []int{kafkaEagerRead, len(body)} {
+		got, err := readKafkaBody(iotest.OneByteReader(io.MultiReader(bytes.NewReader(body[:10]), iotest.HalfReader(bytes.NewReader(body[10:])))), int32(len(body)), eager)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := binary.BigEndian.Uint32(got); int(n) != len(body) || !bytes.Equal(got[4:], body) {
+			t.Fatalf("eager %d: read %d bytes announcing %d, want %d bytes", eager, len(got)-4, n, len(body))
+		}
 	}
-	if n := binary.BigEndian.Uint32(got); int(n) != len(body) || !bytes.Equal(got[4:], body) {
-		t.Fatalf("read %d bytes announcing %d, want %d bytes", len(got)-4, n, len(body))
-	}
-	if _, err := readKafkaBody(bytes.NewReader(body[:10]), 20); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := readKafkaBody(bytes.NewReader(body[:10]), 20, 20); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("truncated: %v, want %v", err, io.ErrUnexpectedEOF)
 	}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	if _, err := readKafkaBody(bytes.NewReader(body[:100]), maxKafkaFrame); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := readKafkaFrame(bytes.NewReader(append(binary.BigEndian.AppendUint32(nil, maxKafkaFrame), body[:100]...))); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("announced %d bytes, sent 100: %v", maxKafkaFrame, err)
 	}
 	runtime.ReadMemStats(&after)

@@ -96,6 +96,9 @@ type RecordReader struct {
 	r    *bufio.Reader
 	buf  []byte
 	seen map[string]string // interned short strings (verdicts, methods, protocols...)
+	// Skipped counts the records over maxRecordBytes, passed over (the
+	// proxy bounds its records well below: none is expected).
+	Skipped int
 }
 
 // NewRecordReader reads records from r.
@@ -103,19 +106,24 @@ func NewRecordReader(r io.Reader) *RecordReader {
 	return &RecordReader{r: bufio.NewReaderSize(r, 64<<10), seen: map[string]string{}}
 }
 
-// Read reads the next record into rec; io.EOF at the end of the stream, an
+// Read reads the next record into rec (passing over any longer than
+// maxRecordBytes, counted in Skipped); io.EOF at the end of the stream, an
 // error wrapping ErrRecord for one that cannot be read (the stream cannot
 // be read past it).
 func (rr *RecordReader) Read(rec *Record) error {
 	n, err := binary.ReadUvarint(rr.r)
+	for err == nil && n > maxRecordBytes {
+		if _, err = io.CopyN(io.Discard, rr.r, int64(n)); err != nil {
+			return fmt.Errorf("%w: %w", ErrRecord, io.ErrUnexpectedEOF)
+		}
+		rr.Skipped++
+		n, err = binary.ReadUvarint(rr.r)
+	}
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return io.EOF
 		}
 		return fmt.Errorf("%w: length: %w", ErrRecord, err)
-	}
-	if n > maxRecordBytes {
-		return fmt.Errorf("%w: %d bytes (at most %d)", ErrRecord, n, maxRecordBytes)
 	}
 	if uint64(cap(rr.buf)) < n {
 		rr.buf = make([]byte, n)
@@ -146,7 +154,9 @@ func (rr *RecordReader) decode(b []byte, rec *Record) error {
 	rec.Path = d.str(false)
 	rec.Status = int(d.varint())
 	rec.DNSRcode = d.str(true)
-	if n := d.length(); n > 0 {
+	if n := d.length(); n > maxRecordAnswers {
+		d.fail("too many DNS answers")
+	} else if n > 0 {
 		rec.DNSAnswers = make([]netip.Addr, n)
 		for i := range rec.DNSAnswers {
 			rec.DNSAnswers[i] = d.addr()
@@ -157,7 +167,9 @@ func (rr *RecordReader) decode(b []byte, rec *Record) error {
 	rec.Latency = time.Duration(d.varint())
 	rec.Verdict = d.str(true)
 	rec.Reason = d.str(false)
-	if n := d.length(); n > 0 {
+	if n := d.length(); n > maxRecordNotes {
+		d.fail("too many notes")
+	} else if n > 0 {
 		rec.Notes = make([]string, n)
 		for i := range rec.Notes {
 			rec.Notes[i] = d.str(false)

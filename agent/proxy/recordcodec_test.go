@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -60,10 +61,10 @@ func readRecords(t *testing.T, rr *RecordReader, want []Record) {
 	}
 }
 
-// TestRecordCodecHostile: a stream cut short, a length past the bound,
-// fields that do not fit their record, counts larger than what is left,
-// an address of another length, trailing bytes: each is an ErrRecord,
-// never a panic or a huge allocation.
+// TestRecordCodecHostile: a stream cut short, a length past the bound
+// with nothing after it, fields that do not fit their record, counts
+// larger than what is left or than the bounds, an address of another
+// length, trailing bytes: each is an ErrRecord, never a panic.
 func TestRecordCodecHostile(t *testing.T) {
 	r := fullRecord()
 	good := AppendRecord(nil, &r)
@@ -76,7 +77,8 @@ func TestRecordCodecHostile(t *testing.T) {
 		"too long":          binary.AppendUvarint(nil, maxRecordBytes+1),
 		"short body":        frame(body[:len(body)/2]),
 		"trailing bytes":    frame(append(append([]byte(nil), body...), 7)),
-		"huge count":        frame(append(binary.AppendVarint(nil, 1), bytes.Repeat([]byte{0xff}, 9)...)),
+		"unfinished varint": frame(append(binary.AppendVarint(nil, 1), bytes.Repeat([]byte{0xff}, 9)...)),
+		"too many answers":  frame(append(append(append(binary.AppendVarint(nil, 1), make([]byte, 14)...), binary.AppendUvarint(nil, maxRecordAnswers+1)...), make([]byte, maxRecordAnswers+1)...)),
 		"string past end":   frame(append(binary.AppendVarint(nil, 1), 100, 'a')),
 		"string one past":   frame(append(binary.AppendVarint(nil, 1), 2, 'a')),                            // found by FuzzRecordReader: a panic
 		"list past end":     frame(append(append(binary.AppendVarint(nil, 1), make([]byte, 14)...), 5, 0)), // 5 answers, 1 byte
@@ -87,6 +89,38 @@ func TestRecordCodecHostile(t *testing.T) {
 		if !errors.Is(err, ErrRecord) {
 			t.Errorf("%s: %v, want %v", name, err, ErrRecord)
 		}
+	}
+}
+
+// A record longer than a reader takes is passed over, counted, and the
+// stream goes on; the proxy's records are bounded well below that: a
+// request naming megabytes of topics gives a record cut to its bounds.
+func TestRecordBounds(t *testing.T) {
+	good := fullRecord()
+	stream := append(binary.AppendUvarint(nil, maxRecordBytes+1), make([]byte, maxRecordBytes+1)...)
+	stream = AppendRecord(stream, &good)
+	rr := NewRecordReader(bytes.NewReader(stream))
+	readRecords(t, rr, []Record{good})
+	if rr.Skipped != 1 {
+		t.Fatalf("skipped %d records, want 1", rr.Skipped)
+	}
+
+	huge := fullRecord()
+	huge.Path = strings.Repeat("topic,", 1<<20)
+	huge.Notes = slices.Repeat([]string{strings.Repeat("n", 1<<20)}, 100)
+	huge.DNSAnswers = slices.Repeat([]netip.Addr{netip.MustParseAddr("192.0.2.1")}, 10000)
+	b := huge.bounded()
+	if n := len(AppendRecord(nil, &b)); n > maxRecordBytes {
+		t.Fatalf("bounded record of %d bytes (a reader takes %d)", n, maxRecordBytes)
+	}
+	if !strings.HasSuffix(b.Path, "…") || len(b.Notes) != maxRecordNotes || len(b.DNSAnswers) != maxRecordAnswers || !strings.HasPrefix(huge.Path, b.Path[:100]) {
+		t.Fatalf("bounded: path of %d bytes, %d notes, %d answers", len(b.Path), len(b.Notes), len(b.DNSAnswers))
+	}
+	if len(huge.Notes[0]) != 1<<20 || len(huge.Notes) != 100 {
+		t.Fatal("bounding changed the record's own notes")
+	}
+	if small := fullRecord().bounded(); !reflect.DeepEqual(small, fullRecord()) {
+		t.Fatalf("a record within bounds changed:\n%+v", small)
 	}
 }
 
@@ -139,9 +173,10 @@ func BenchmarkRecordCodec(b *testing.B) {
 	b.Run("ndjson", func(b *testing.B) {
 		var buf bytes.Buffer
 		var out Record
+		enc := json.NewEncoder(&buf)
 		for range b.N {
 			buf.Reset()
-			if err := json.NewEncoder(&buf).Encode(&r); err != nil {
+			if err := enc.Encode(&r); err != nil {
 				b.Fatal(err)
 			}
 			if err := json.Unmarshal(bytes.TrimSuffix(buf.Bytes(), []byte("\n")), &out); err != nil {

@@ -47,6 +47,43 @@ type Record struct {
 	Notes       []string      `json:"notes,omitempty"`
 }
 
+// Bounds of a published record: a request can name more than a record
+// should carry (a Kafka request's topics, a long path), and a record
+// longer than a reader's bound (maxRecordBytes) would be lost whole. A
+// longer string is cut and ends in "…"; notes and DNS answers past their
+// bound are left out.
+const (
+	maxRecordString  = 16 << 10
+	maxRecordNotes   = 16
+	maxRecordAnswers = 256
+)
+
+// bounded is r within the bounds above (r's slices are not changed).
+func (r Record) bounded() Record {
+	cut := func(s string) string {
+		if len(s) <= maxRecordString {
+			return s
+		}
+		return s[:maxRecordString] + "…"
+	}
+	r.Method, r.Host, r.Path, r.Reason = cut(r.Method), cut(r.Host), cut(r.Path), cut(r.Reason)
+	if len(r.DNSAnswers) > maxRecordAnswers {
+		r.DNSAnswers = r.DNSAnswers[:maxRecordAnswers:maxRecordAnswers]
+	}
+	long := len(r.Notes) > maxRecordNotes
+	for _, n := range r.Notes {
+		long = long || len(n) > maxRecordString
+	}
+	if long {
+		notes := make([]string, 0, maxRecordNotes)
+		for _, n := range r.Notes[:min(len(r.Notes), maxRecordNotes)] {
+			notes = append(notes, cut(n))
+		}
+		r.Notes = notes
+	}
+	return r
+}
+
 // subscriberBuffer is how many records a subscriber may lag behind before
 // records are dropped for it.
 const subscriberBuffer = 1024
@@ -82,6 +119,9 @@ func (p *Proxy) Subscribe() (<-chan Record, func()) {
 func (h *hub) publish(r Record) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if len(h.subs) > 0 {
+		r = r.bounded()
+	}
 	for ch := range h.subs {
 		select {
 		case ch <- r:
