@@ -39,6 +39,7 @@ type Manager struct {
 
 	mu        sync.Mutex
 	endpoints map[uint16]*Endpoint
+	byIP      map[netip.Addr]uint16 // the endpoints by IPv4 address
 }
 
 // Config of a Manager.
@@ -71,7 +72,7 @@ func NewManager(c Config) (*Manager, error) {
 	if c.KVStoreTimeout <= 0 {
 		c.KVStoreTimeout = DefaultKVStoreTimeout
 	}
-	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, kvWait: c.KVStoreTimeout, podLabels: c.PodLabels, endpoints: map[uint16]*Endpoint{}}, nil
+	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, kvWait: c.KVStoreTimeout, podLabels: c.PodLabels, endpoints: map[uint16]*Endpoint{}, byIP: map[netip.Addr]uint16{}}, nil
 }
 
 // allocate takes the identity of ls within the manager's kvstore bound. An
@@ -222,7 +223,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 	if err := m.persist(ep); err != nil {
 		return fail(err)
 	}
-	m.endpoints[id] = ep
+	m.add(ep)
 	slog.Info("endpoint created", "id", id, "container", r.ContainerID, "ip", ip, "identity", uint32(ident.ID), "labels", ls.String())
 	return *ep, nil
 }
@@ -262,6 +263,9 @@ func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
 		return fmt.Errorf("endpoint %d: remove record: %w", ep.ID, err)
 	}
 	delete(m.endpoints, ep.ID)
+	if m.byIP[ep.IPv4] == ep.ID {
+		delete(m.byIP, ep.IPv4)
+	}
 	m.pool.Release(ep.IPv4)
 	if err := m.ids.Release(ctx, ep.Labels); err != nil {
 		slog.Warn("identity release failed; GC will collect it", "endpoint", ep.ID, "err", err)
@@ -292,16 +296,21 @@ func (m *Manager) Lookup(containerID, ifName string) (Endpoint, error) {
 	return *ep, nil
 }
 
-// ByIP returns the ID of the endpoint with IPv4 address ip.
+// add keeps ep; m.mu is held.
+func (m *Manager) add(ep *Endpoint) {
+	m.endpoints[ep.ID] = ep
+	if ep.IPv4.IsValid() {
+		m.byIP[ep.IPv4] = ep.ID
+	}
+}
+
+// ByIP returns the ID of the endpoint with IPv4 address ip (asked for
+// every L7 record and DNS answer: an index, not a scan).
 func (m *Manager) ByIP(ip netip.Addr) (uint16, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for id, ep := range m.endpoints {
-		if ep.IPv4 == ip {
-			return id, true
-		}
-	}
-	return 0, false
+	id, ok := m.byIP[ip]
+	return id, ok
 }
 
 // List returns every endpoint by ID.
@@ -370,7 +379,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 				return n, err
 			}
 		}
-		m.endpoints[ep.ID] = &ep
+		m.add(&ep)
 		n++
 	}
 	// Leftover temp files from a crash mid-write carry nothing committed.

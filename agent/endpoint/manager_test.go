@@ -3,6 +3,7 @@ package endpoint_test
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,6 +84,17 @@ func TestCreateDeleteRestore(t *testing.T) {
 	if a.IPv4 == b.IPv4 || a.Identity != b.Identity || a.ID == b.ID || a.Gateway.String() != "10.9.0.1" {
 		t.Fatalf("a %+v b %+v", a, b)
 	}
+	byIP := func(m *endpoint.Manager, ep endpoint.Endpoint, want bool) {
+		t.Helper()
+		if id, ok := m.ByIP(ep.IPv4); ok != want || ok && id != ep.ID {
+			t.Fatalf("ByIP(%s) = %d, %v; want %d, %v", ep.IPv4, id, ok, ep.ID, want)
+		}
+	}
+	byIP(e.m, a, true)
+	byIP(e.m, b, true)
+	if id, ok := e.m.ByIP(netip.Addr{}); ok {
+		t.Fatalf("ByIP of no address: %d", id)
+	}
 	if v, _ := a.Labels.Get("io.kubernetes.pod.namespace"); v != "default" {
 		t.Fatalf("namespace label missing: %v", a.Labels)
 	}
@@ -96,6 +108,7 @@ func TestCreateDeleteRestore(t *testing.T) {
 	if err != nil || got.IPv4 != a.IPv4 || got.Identity != a.Identity || got.State != endpoint.StateReady {
 		t.Fatalf("restored a: %+v %v", got, err)
 	}
+	byIP(e2.m, a, true)
 	if e2.pool.Used() != 2 {
 		t.Fatalf("restored pool uses %d", e2.pool.Used())
 	}
@@ -109,9 +122,12 @@ func TestCreateDeleteRestore(t *testing.T) {
 	if got, _ := e3.m.Lookup("b", "eth0"); got.State != endpoint.StateDisconnected {
 		t.Fatalf("b after its device vanished: %s", got.State)
 	}
+	byIP(e3.m, b, true) // disconnected, still its address's
 	if deleted, err := e3.m.DeleteByContainer(ctx, "b", "eth0"); err != nil || !deleted {
 		t.Fatalf("delete b: %v %v", deleted, err)
 	}
+	byIP(e3.m, b, false)
+	byIP(e3.m, a, true)
 	if deleted, err := e3.m.DeleteByContainer(ctx, "b", "eth0"); err != nil || deleted {
 		t.Fatalf("second delete of b: %v %v", deleted, err)
 	}
