@@ -164,7 +164,7 @@ func (a *Agent) l7Endpoints() map[uint16]l7.Endpoint {
 }
 
 func (a *Agent) ipcache() map[netip.Prefix]identity.NumericIdentity {
-	m, err := a.dp.IPCache()
+	m, err := a.dp.IPCacheSnapshot() // asked every second: listed again only after a write
 	if err != nil {
 		slog.Warn("ipcache for the L7 proxy", "err", err)
 	}

@@ -143,6 +143,17 @@ type Datapath struct {
 
 	lost atomic.Uint64 // EventsLost
 	rev  revision
+
+	// ipcGen counts the ipcache writes (this process makes them all);
+	// ipcSnap is IPCacheSnapshot's last listing and the count it was made
+	// at.
+	ipcGen  atomic.Uint64
+	ipcSnap atomic.Pointer[ipcacheSnapshot]
+}
+
+type ipcacheSnapshot struct {
+	gen uint64
+	m   map[netip.Prefix]identity.NumericIdentity
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -370,7 +381,9 @@ func (d *Datapath) putIPCache(p netip.Prefix, id identity.NumericIdentity, tunne
 	if tunnel.Is4() {
 		v.TunnelIp = ipv4(tunnel)
 	}
-	if err := d.objs.Ipcache.Put(&k, &v); err != nil {
+	err := d.objs.Ipcache.Put(&k, &v)
+	d.ipcGen.Add(1)
+	if err != nil {
 		return fmt.Errorf("ipcache: put %s: %w", p, err)
 	}
 	return d.bump()
@@ -382,7 +395,9 @@ const IPCacheFlagCover = 1
 // DeleteIPCache removes prefix; absent is not an error.
 func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
 	k := ipcacheKey(p)
-	if err := d.objs.Ipcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	err := d.objs.Ipcache.Delete(&k)
+	d.ipcGen.Add(1)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("ipcache: delete %s: %w", p, err)
 	}
 	return d.bump()
@@ -401,7 +416,26 @@ func (d *Datapath) LookupIPCache(a netip.Addr) (identity.NumericIdentity, bool) 
 	return identity.NumericIdentity(v.Identity), true
 }
 
-// IPCache lists the ipcache.
+// IPCacheSnapshot is IPCache for readers that ask often (the L7 proxy's
+// configuration, built every second): the last listing while no ipcache
+// write has been made since, else a new one. Listing the map takes two
+// system calls per entry, and a node with a large mesh or many learned
+// DNS addresses holds hundreds of thousands. The map is shared: callers
+// must not modify it.
+func (d *Datapath) IPCacheSnapshot() (map[netip.Prefix]identity.NumericIdentity, error) {
+	gen := d.ipcGen.Load() // before the listing: a write during it makes the next call list again
+	if s := d.ipcSnap.Load(); s != nil && s.gen == gen {
+		return s.m, nil
+	}
+	m, err := d.IPCache()
+	if err != nil {
+		return nil, err
+	}
+	d.ipcSnap.Store(&ipcacheSnapshot{gen: gen, m: m})
+	return m, nil
+}
+
+// IPCache lists the ipcache as it is in the kernel.
 func (d *Datapath) IPCache() (map[netip.Prefix]identity.NumericIdentity, error) {
 	out := map[netip.Prefix]identity.NumericIdentity{}
 	var k bpf.DatapathIpcacheKey

@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"os"
 	"testing"
@@ -161,3 +162,40 @@ func TestMapsSurviveReload(t *testing.T) {
 }
 
 func netipPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// The ipcache snapshot follows the agent's writes and is not listed again
+// without one: an entry written behind the datapath's back (here straight
+// into the map) shows only after the next write through it, while
+// IPCache lists the kernel's map every time.
+func TestIPCacheSnapshot(t *testing.T) {
+	dp := load(t)
+	a, b, c := netipPrefix("10.1.0.0/24"), netipPrefix("10.2.0.0/24"), netipPrefix("10.3.0.0/24")
+	if err := dp.UpsertIPCache(a, 70); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := dp.IPCacheSnapshot(); err != nil || len(got) != 1 || got[a] != 70 {
+		t.Fatalf("snapshot after a write: %v %v", got, err)
+	}
+	k := bpf.DatapathIpcacheKey{Prefixlen: 24, Ip: binary.NativeEndian.Uint32([]byte{10, 2, 0, 0})}
+	if err := dp.Objects().Ipcache.Put(&k, &bpf.DatapathIpcacheValue{Identity: 71}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dp.IPCacheSnapshot(); len(got) != 1 {
+		t.Fatalf("snapshot listed again without a write of the datapath's: %v", got)
+	}
+	if got, _ := dp.IPCache(); got[b] != 71 {
+		t.Fatalf("IPCache does not list the kernel's map: %v", got)
+	}
+	if err := dp.UpsertIPCache(c, 72); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dp.IPCacheSnapshot(); len(got) != 3 || got[b] != 71 || got[c] != 72 {
+		t.Fatalf("snapshot after another write: %v", got)
+	}
+	if err := dp.DeleteIPCache(a); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dp.IPCacheSnapshot(); len(got) != 2 || got[a] != 0 {
+		t.Fatalf("snapshot after a delete: %v", got)
+	}
+}
