@@ -169,7 +169,7 @@ backends: [{ip: `+b.IP+`, node: n2}]
 	out := labtest.UnderlayHost(t, l, "out", "172.30.1.50")
 	n1, _ := l.Node("c1/n1")
 	n1NS := lab.NetNSPath(n1.NetNS)
-	eventually(t, "the NodePort answers through the tunnel", func() bool {
+	firstContact(t, l, "the NodePort answers through the tunnel", func() bool {
 		return echoMarkerOK(out, n1.IP+":30090", "warm-up")
 	})
 	eventually(t, "c1/n1 itself reaches b through the tunnel", func() bool {
@@ -297,7 +297,7 @@ spec:
     toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
 `
 	labtest.ImportPolicy(t, l, "n1", pol)
-	eventually(t, "web reaches db through WireGuard", func() bool {
+	firstContact(t, l, "web reaches db through WireGuard", func() bool {
 		return reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432)
 	})
 	var webID uint32
@@ -487,7 +487,7 @@ func TestWireGuardDeviceProcessFollowsAgent(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel", wireguardStrict...)
 	labtest.Pod(t, l, "n1", "a", "app=a")
 	b := labtest.Pod(t, l, "n2", "b", "app=b")
-	eventually(t, "a pings b through WireGuard", func() bool { return pingOK(l, "a", b.IP) })
+	firstContact(t, l, "a pings b through WireGuard", func() bool { return pingOK(l, "a", b.IP) })
 	device := func() int {
 		n1, _ := l.Node("n1")
 		for _, pid := range childPIDs(n1.PID) {

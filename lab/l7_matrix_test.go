@@ -53,23 +53,10 @@ func TestL7IngressRoutingModes(t *testing.T) {
 					t.Logf("curl's last answer: %q", last)
 				}
 			}()
-			// It failed twice in ~400 runs with WireGuard (curl: no
-			// connection for 15 s, routes in place; cause not found): the
-			// nodes' state is logged when it takes over 12 s, and the
-			// wait is 45 s, so a slow start is told from a broken path.
-			start := time.Now()
-			described := false
-			eventuallyWithin(t, 45*time.Second, "GET /public/ from another node allowed through the proxy", func() bool {
+			firstContact(t, l, "GET /public/ from another node allowed through the proxy", func() bool {
 				last = curlCodes(t, l, "far", base+"/public/a")
-				if last != "200" && !described && time.Since(start) > 12*time.Second {
-					described = true
-					t.Logf("no answer after %v: %s", time.Since(start).Round(time.Second), labtest.Describe(t, l))
-				}
 				return last == "200"
 			})
-			if described {
-				t.Logf("first 200 after %v", time.Since(start).Round(100*time.Millisecond))
-			}
 			if got := curlCodes(t, l, "far", base+"/private", base+"/public/b"); got != "403 200" {
 				t.Errorf("GET /private then GET /public/b on one connection: %q, want \"403 200\"", got)
 			}

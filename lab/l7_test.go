@@ -215,7 +215,7 @@ spec:
 `)
 	for _, w := range []*lab.Pod{near, far} {
 		base := "http://" + w.IP
-		eventually(t, "GET /public/ to "+w.Name+" allowed through the client's proxy", func() bool {
+		firstContact(t, l, "GET /public/ to "+w.Name+" allowed through the client's proxy", func() bool {
 			return curlCodes(t, l, "client", base+"/public/a") == "200"
 		})
 		if got := curlCodes(t, l, "client", base+"/private", base+"/public/b"); got != "403 200" {

@@ -126,6 +126,9 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		"--node-ip", n.IP, "--routing", l.Routing,
 		"--cluster-pool", c.Pool, "--pod-cidr-size", strconv.Itoa(prefix),
 		"--bpf-root", l.bpffs(),
+		// Debug: the embedded WireGuard's own lines (handshakes) are in
+		// the agent's log, which a failed test shows.
+		"--log-level", "debug",
 		// Each agent runs in its own mount namespace (ip netns exec), so
 		// it can keep the embedded WireGuard's UAPI socket to itself.
 		"--wireguard-private-run-dir",

@@ -51,14 +51,15 @@ func newCommand() *cobra.Command {
 			// The embedded WireGuard device runs in a process of its own
 			// (this command again): its goroutines off the agent's.
 			if self, err := os.Executable(); err == nil {
-				final.WireGuardDeviceCommand = []string{self, wireguardDeviceCommand}
+				final.WireGuardDeviceCommand = []string{self, wireguardDeviceCommand, "--log-level", final.LogLevel}
 			}
 			return run(final)
 		},
 	}
 	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file (flags given explicitly override it)")
 	config.RegisterFlags(cmd.Flags(), &flags)
-	cmd.AddCommand(&cobra.Command{
+	deviceLogLevel := "info"
+	device := &cobra.Command{
 		Use:    wireguardDeviceCommand + " NAME MTU",
 		Short:  "run the agent's userspace WireGuard device (started by the agent itself)",
 		Hidden: true,
@@ -67,14 +68,25 @@ func newCommand() *cobra.Command {
 			// The agent stops it by closing stdin; a terminal's signals
 			// are the agent's to handle.
 			signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+			setLogging(deviceLogLevel)
 			return wireguard.RunDevice(args[0], args[1], os.Stdin, os.Stdout)
 		},
-	})
+	}
+	device.Flags().StringVar(&deviceLogLevel, "log-level", deviceLogLevel, "the agent's log level (debug: wireguard-go's own lines)")
+	cmd.AddCommand(device)
 	cmd.AddCommand(installCNICommand(), mountBPFFSCommand(), uninstallCommand(), idleCommand())
 	return cmd
 }
 
 const wireguardDeviceCommand = "wireguard-device"
+
+// setLogging logs text lines to stderr from level on (config.Config's
+// LogLevel, checked there).
+func setLogging(level string) {
+	var l slog.Level
+	l.UnmarshalText([]byte(level))
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})))
+}
 
 // run checks the configuration, sets up logging and runs the agent until
 // a signal.
@@ -83,9 +95,7 @@ func run(cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.LogLevel))
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	setLogging(cfg.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return agent.Run(ctx)

@@ -6,6 +6,8 @@
 package wireguard
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +39,30 @@ const (
 	Port       = 51871
 	Overhead   = 80
 )
+
+// Keepalive is each peer's persistent keepalive: it keeps a session (and
+// any NAT mapping on the way) warm, and the first one after a peer is
+// added starts the handshake before any packet needs it.
+const Keepalive = 25 * time.Second
+
+// PassiveDelay is how long the node that is not a pair's initiator (see
+// initiates) waits after adding the peer before it turns its keepalive on.
+// When both turned it on as they added each other, which they do within
+// milliseconds (the same kvstore event), their two initiations crossed
+// whenever each arrived after the other had sent its own: each side
+// answered the other's and refused the answer to its own, and no session
+// existed until WireGuard's retry 5 s later (2 of 30 lab starts on a
+// loaded machine). Waiting lets the initiator's handshake be answered;
+// when that one was lost (the peer was not yet added here), this node's
+// keepalive starts the handshake PassiveDelay later, where the initiator
+// would retry only after 5 s. It is longer than the usual gap between the
+// two nodes' adds (tens of milliseconds), so the two seldom coincide.
+const PassiveDelay = 250 * time.Millisecond
+
+// initiates reports whether the node whose public key is local turns its
+// keepalive on for remote as soon as it adds it: the lower of the two keys,
+// so exactly one of the pair does.
+func initiates(local, remote wgtypes.Key) bool { return bytes.Compare(local[:], remote[:]) < 0 }
 
 // ErrKey: the key file cannot be read or written safely.
 var ErrKey = errors.New("wireguard key")
@@ -132,6 +158,8 @@ type Device struct {
 	mu      sync.Mutex
 	key     wgtypes.Key
 	peers   map[wgtypes.Key]Peer
+	arming  map[wgtypes.Key]*time.Timer // passive peers whose keepalive is not on yet
+	closed  bool
 	wg      *wgctrl.Client
 	user    *device.Device
 	uapi    net.Listener
@@ -154,7 +182,7 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{cfg: cfg, key: key, peers: map[wgtypes.Key]Peer{}}
+	d := &Device{cfg: cfg, key: key, peers: map[wgtypes.Key]Peer{}, arming: map[wgtypes.Key]*time.Timer{}}
 	if l, err := netlink.LinkByName(cfg.Name); err == nil {
 		// A device left by an earlier agent: a kernel one is reused, a
 		// userspace one died with its process and is recreated.
@@ -234,9 +262,13 @@ func startUserspace(name string, mtu int) (*device.Device, net.Listener, error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("create TUN %s: %w", name, err)
 	}
-	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: func(f string, a ...any) {
-		slog.Debug("wireguard: " + fmt.Sprintf(f, a...))
-	}}
+	// wireguard-go's own lines (handshakes sent, received, refused) at
+	// debug level: a session that takes long to form is explained there.
+	logf := func(f string, a ...any) { slog.Debug("wireguard-go: " + fmt.Sprintf(f, a...)) }
+	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: logf}
+	if slog.Default().Enabled(context.Background(), slog.LevelDebug) {
+		logger.Verbosef = logf
+	}
 	dev := device.NewDevice(t, conn.NewDefaultBind(), logger)
 	f, err := ipc.UAPIOpen(name)
 	if err != nil {
@@ -282,6 +314,13 @@ func startUserspace(name string, mtu int) (*device.Device, net.Listener, error) 
 
 // Close removes the device (a kernel one stays for the next agent).
 func (d *Device) Close() {
+	d.mu.Lock()
+	d.closed = true
+	for k, t := range d.arming {
+		t.Stop()
+		delete(d.arming, k)
+	}
+	d.mu.Unlock()
 	if d.wg != nil {
 		d.wg.Close()
 	}
@@ -326,7 +365,9 @@ func prefixes(ps []netip.Prefix) []net.IPNet {
 }
 
 // SetPeer adds or updates one peer (its allowed IPs replaced); a peer with
-// the same name and another key (a rotation) is replaced.
+// the same name and another key (a rotation) is replaced. A new peer gets
+// its keepalive (Keepalive) at once when this node initiates (initiates),
+// else PassiveDelay later; an update leaves it as it is.
 func (d *Device) SetPeer(p Peer) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -334,21 +375,56 @@ func (d *Device) SetPeer(p Peer) error {
 	for k, old := range d.peers {
 		if old.Name == p.Name && k != p.PublicKey {
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
-			delete(d.peers, k)
+			d.forget(k)
 		}
 	}
-	ep := net.UDPAddrFromAddrPort(p.Endpoint)
-	keepalive := 25 * time.Second
-	cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Endpoint: ep, ReplaceAllowedIPs: true,
-		AllowedIPs: prefixes(p.AllowedIPs), PersistentKeepaliveInterval: &keepalive})
+	_, known := d.peers[p.PublicKey]
+	pc := wgtypes.PeerConfig{PublicKey: p.PublicKey, Endpoint: net.UDPAddrFromAddrPort(p.Endpoint), ReplaceAllowedIPs: true,
+		AllowedIPs: prefixes(p.AllowedIPs)}
+	first := !known && initiates(d.key.PublicKey(), p.PublicKey)
+	if first {
+		keepalive := Keepalive
+		pc.PersistentKeepaliveInterval = &keepalive
+	}
+	cfg.Peers = append(cfg.Peers, pc)
 	if err := d.wg.ConfigureDevice(d.cfg.Name, cfg); err != nil {
 		return fmt.Errorf("wireguard peer %s: %w", p.Name, err)
 	}
-	if _, known := d.peers[p.PublicKey]; !known {
-		slog.Info("wireguard peer added", "peer", p.Name, "endpoint", p.Endpoint)
+	if !known {
+		slog.Info("wireguard peer added", "peer", p.Name, "endpoint", p.Endpoint, "initiator", first)
+		if !first {
+			k := p.PublicKey
+			d.arming[k] = time.AfterFunc(PassiveDelay, func() { d.keepaliveOn(k) })
+		}
 	}
 	d.peers[p.PublicKey] = p
 	return nil
+}
+
+// keepaliveOn turns a passive peer's keepalive on (PassiveDelay after
+// SetPeer added it), unless it was removed or the device closed since.
+func (d *Device) keepaliveOn(k wgtypes.Key) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.arming[k]; !ok || d.closed {
+		return
+	}
+	delete(d.arming, k)
+	keepalive := Keepalive
+	err := d.wg.ConfigureDevice(d.cfg.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{
+		{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &keepalive}}})
+	if err != nil {
+		slog.Warn("wireguard peer keepalive", "peer", d.peers[k].Name, "err", err)
+	}
+}
+
+// forget drops peer k from d's books (d.mu held).
+func (d *Device) forget(k wgtypes.Key) {
+	delete(d.peers, k)
+	if t, ok := d.arming[k]; ok {
+		t.Stop()
+		delete(d.arming, k)
+	}
 }
 
 // RemovePeer removes the peer of that name.
@@ -359,7 +435,7 @@ func (d *Device) RemovePeer(name string) error {
 	for k, p := range d.peers {
 		if p.Name == name {
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
-			delete(d.peers, k)
+			d.forget(k)
 		}
 	}
 	if len(cfg.Peers) == 0 {

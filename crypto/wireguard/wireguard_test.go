@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -68,13 +69,22 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// Two devices in two namespaces, the userspace device (where the kernel
+// lab is two namespaces joined by a veth (192.0.2.1 and .2), each with a
+// device opened as the agent opens it, with an inner address (10.99.0.1
+// and .2) routed through it.
+type lab struct {
+	nsA, nsB string
+	a, b     *Device
+	dir      string
+}
+
+// newLab: two devices in two namespaces, the userspace device (where the kernel
 // has no WireGuard module) in a process of its own (Config.DeviceCommand),
 // as the agent runs it. Not in this process: two in-process devices in two
 // namespaces of one process, which is in neither, is not a set-up an
 // in-process device supports (Config.DeviceCommand); that variant failed
 // once in a clean-clone run (no handshake in 10 s).
-func TestDevicesTalk(t *testing.T) {
+func newLab(t *testing.T) *lab {
 	testutil.RequireRoot(t)
 	if _, err := os.Stat(runDir); errors.Is(err, os.ErrNotExist) {
 		t.Cleanup(func() { os.Remove(runDir) }) // the UAPI socket directory this test made (if empty)
@@ -119,31 +129,45 @@ func TestDevicesTalk(t *testing.T) {
 	run(t, "-n", nsB, "addr", "add", "10.99.0.2/32", "dev", b.Name())
 	run(t, "-n", nsA, "route", "add", "10.99.0.2/32", "dev", a.Name())
 	run(t, "-n", nsB, "route", "add", "10.99.0.1/32", "dev", b.Name())
-	peerOf := func(d *Device, name, ip, inner string) Peer {
-		return Peer{Name: name, PublicKey: d.PublicKey(), Endpoint: netip.AddrPortFrom(netip.MustParseAddr(ip), Port),
-			AllowedIPs: []netip.Prefix{netip.MustParsePrefix(inner)}}
+	return &lab{nsA: nsA, nsB: nsB, a: a, b: b, dir: dir}
+}
+
+// peerOf is d as a peer: its key, underlay address ip, inner prefix.
+func peerOf(d *Device, name, ip, inner string) Peer {
+	return Peer{Name: name, PublicKey: d.PublicKey(), Endpoint: netip.AddrPortFrom(netip.MustParseAddr(ip), Port),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix(inner)}}
+}
+
+// ping sends one echo from a to b's inner address a try, retried for up
+// to 10 s: a single packet (or the handshake behind it) may be lost or
+// late on a busy machine.
+func (l *lab) ping() error {
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var out []byte
+		if out, err = exec.Command("ip", "netns", "exec", l.nsA, "ping", "-c", "1", "-W", "1", "10.99.0.2").CombinedOutput(); err == nil {
+			return nil
+		}
+		err = fmt.Errorf("%v %s", err, out)
+		if time.Now().After(deadline) {
+			return err
+		}
 	}
+}
+
+// Traffic between the devices' inner addresses flows through the tunnel,
+// the peers report a handshake and bytes, and a key rotation followed by
+// the peer's update keeps it flowing.
+func TestDevicesTalk(t *testing.T) {
+	l := newLab(t)
+	a, b, nsA, dir := l.a, l.b, l.nsA, l.dir
 	if err := a.SetPeer(peerOf(b, "b", "192.0.2.2", "10.99.0.2/32")); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.SetPeer(peerOf(a, "a", "192.0.2.1", "10.99.0.1/32")); err != nil {
 		t.Fatal(err)
 	}
-	// One echo a try, retried for up to 10 s: a single packet (or the
-	// handshake behind it) may be lost or late on a busy machine.
-	ping := func() error {
-		var err error
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			var out []byte
-			if out, err = exec.Command("ip", "netns", "exec", nsA, "ping", "-c", "1", "-W", "1", "10.99.0.2").CombinedOutput(); err == nil {
-				return nil
-			}
-			err = fmt.Errorf("%v %s", err, out)
-			if time.Now().After(deadline) {
-				return err
-			}
-		}
-	}
+	ping := l.ping
 	if err := ping(); err != nil {
 		t.Fatalf("ping through the tunnel: %v", err)
 	}
@@ -202,5 +226,71 @@ func TestDevicesTalk(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Died not closed 10 s after the device's process was killed")
 		}
+	}
+}
+
+// Of two nodes adding each other, only the initiator (the lower public
+// key) starts a handshake as it adds the peer; the other turns its
+// keepalive on PassiveDelay later. When both started at once, the two
+// initiations crossed and no session formed for 5 s (WireGuard's retry).
+func TestOneInitiatorPerPair(t *testing.T) {
+	l := newLab(t)
+	active, passive, activeIP, passiveIP, activeIn, passiveIn := l.a, l.b, "192.0.2.1", "192.0.2.2", "10.99.0.1/32", "10.99.0.2/32"
+	if !initiates(l.a.PublicKey(), l.b.PublicKey()) {
+		active, passive, activeIP, passiveIP, activeIn, passiveIn = l.b, l.a, "192.0.2.2", "192.0.2.1", "10.99.0.2/32", "10.99.0.1/32"
+	}
+	if initiates(passive.PublicKey(), active.PublicKey()) || !initiates(active.PublicKey(), passive.PublicKey()) {
+		t.Fatal("initiates does not pick exactly one of the pair")
+	}
+	peer := func(d *Device) wgtypes.Peer {
+		t.Helper()
+		dev, err := d.wg.Device(d.Name())
+		if err != nil || len(dev.Peers) != 1 {
+			t.Fatalf("%s: %v, peers %+v", d.Name(), err, dev)
+		}
+		return dev.Peers[0]
+	}
+	// The passive side adds its peer first (the other does not know it
+	// yet): no keepalive and nothing sent, so no initiation of its own.
+	if err := passive.SetPeer(peerOf(active, "active", activeIP, activeIn)); err != nil {
+		t.Fatal(err)
+	}
+	if p := peer(passive); p.PersistentKeepaliveInterval != 0 || p.TransmitBytes != 0 {
+		t.Fatalf("the passive side started at once: keepalive %v, %d bytes sent", p.PersistentKeepaliveInterval, p.TransmitBytes)
+	}
+	// PassiveDelay later its keepalive is on, and its initiation sent.
+	deadline := time.Now().Add(10 * time.Second)
+	for p := peer(passive); p.PersistentKeepaliveInterval != Keepalive || p.TransmitBytes == 0; p = peer(passive) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the passive side's keepalive not on 10 s later: %v, %d bytes sent", p.PersistentKeepaliveInterval, p.TransmitBytes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The initiator starts as it adds the peer.
+	if err := active.SetPeer(peerOf(passive, "passive", passiveIP, passiveIn)); err != nil {
+		t.Fatal(err)
+	}
+	if p := peer(active); p.PersistentKeepaliveInterval != Keepalive || p.TransmitBytes == 0 {
+		t.Fatalf("the initiator did not start as it added its peer: keepalive %v, %d bytes sent", p.PersistentKeepaliveInterval, p.TransmitBytes)
+	}
+	if err := l.ping(); err != nil {
+		t.Fatalf("ping through the tunnel: %v", err)
+	}
+	// A passive peer removed before its keepalive was turned on is
+	// forgotten: nothing is configured for it later.
+	if err := passive.RemovePeer("active"); err != nil {
+		t.Fatal(err)
+	}
+	if err := passive.SetPeer(peerOf(active, "active", activeIP, activeIn)); err != nil {
+		t.Fatal(err)
+	}
+	if err := passive.RemovePeer("active"); err != nil {
+		t.Fatal(err)
+	}
+	passive.mu.Lock()
+	pending := len(passive.arming)
+	passive.mu.Unlock()
+	if pending != 0 {
+		t.Fatalf("%d keepalives pending for removed peers", pending)
 	}
 }
