@@ -45,10 +45,10 @@ func eventually(t *testing.T, what string, f func() bool) {
 // nodes through WireGuard. A new session is sometimes not formed at once
 // (about once in 200 starts in this lab: no answer for 15 s, peers and
 // routes in place, until WireGuard's own retry after its keepalive and
-// rekey timeouts), so it waits 45 s, logs the nodes' state (their
-// wireguard-go lines included: the lab's agents log at debug level) when
-// the first answer takes over 12 s, and the time it took: a slow start is
-// told from a broken path, which still fails.
+// rekey timeouts), so it waits 45 s. A first answer after over 12 s
+// passes, logged with the nodes' state (their wireguard-go lines
+// included: the lab's agents log at debug level) and the time it took;
+// a path that stays broken fails at 45 s.
 func firstContact(t *testing.T, l *lab.Lab, what string, f func() bool) {
 	t.Helper()
 	start := time.Now()

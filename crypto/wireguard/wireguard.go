@@ -158,7 +158,7 @@ type Device struct {
 	mu      sync.Mutex
 	key     wgtypes.Key
 	peers   map[wgtypes.Key]Peer
-	arming  map[wgtypes.Key]*time.Timer // passive peers whose keepalive is not on yet
+	arming  map[wgtypes.Key]*arm // passive peers whose keepalive is not on yet
 	closed  bool
 	wg      *wgctrl.Client
 	user    *device.Device
@@ -182,7 +182,7 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{cfg: cfg, key: key, peers: map[wgtypes.Key]Peer{}, arming: map[wgtypes.Key]*time.Timer{}}
+	d := &Device{cfg: cfg, key: key, peers: map[wgtypes.Key]Peer{}, arming: map[wgtypes.Key]*arm{}}
 	if l, err := netlink.LinkByName(cfg.Name); err == nil {
 		// A device left by an earlier agent: a kernel one is reused, a
 		// userspace one died with its process and is recreated.
@@ -316,8 +316,8 @@ func startUserspace(name string, mtu int) (*device.Device, net.Listener, error) 
 func (d *Device) Close() {
 	d.mu.Lock()
 	d.closed = true
-	for k, t := range d.arming {
-		t.Stop()
+	for k, a := range d.arming {
+		a.t.Stop()
 		delete(d.arming, k)
 	}
 	d.mu.Unlock()
@@ -379,10 +379,14 @@ func (d *Device) SetPeer(p Peer) error {
 		}
 	}
 	_, known := d.peers[p.PublicKey]
+	_, waiting := d.arming[p.PublicKey]
 	pc := wgtypes.PeerConfig{PublicKey: p.PublicKey, Endpoint: net.UDPAddrFromAddrPort(p.Endpoint), ReplaceAllowedIPs: true,
 		AllowedIPs: prefixes(p.AllowedIPs)}
 	first := !known && initiates(d.key.PublicKey(), p.PublicKey)
-	if first {
+	// The keepalive is set again on each update of a peer not waiting for
+	// it (both implementations send a keepalive only when it goes from
+	// off to on), so one that keepaliveOn failed to set is set later.
+	if first || known && !waiting {
 		keepalive := Keepalive
 		pc.PersistentKeepaliveInterval = &keepalive
 	}
@@ -393,20 +397,25 @@ func (d *Device) SetPeer(p Peer) error {
 	if !known {
 		slog.Info("wireguard peer added", "peer", p.Name, "endpoint", p.Endpoint, "initiator", first)
 		if !first {
-			k := p.PublicKey
-			d.arming[k] = time.AfterFunc(PassiveDelay, func() { d.keepaliveOn(k) })
+			k, a := p.PublicKey, &arm{}
+			a.t = time.AfterFunc(PassiveDelay, func() { d.keepaliveOn(k, a) })
+			d.arming[k] = a
 		}
 	}
 	d.peers[p.PublicKey] = p
 	return nil
 }
 
+// arm is a passive peer's pending keepaliveOn.
+type arm struct{ t *time.Timer }
+
 // keepaliveOn turns a passive peer's keepalive on (PassiveDelay after
-// SetPeer added it), unless it was removed or the device closed since.
-func (d *Device) keepaliveOn(k wgtypes.Key) {
+// SetPeer added it), unless it was removed (or removed and added again:
+// another arm) or the device closed since.
+func (d *Device) keepaliveOn(k wgtypes.Key, a *arm) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.arming[k]; !ok || d.closed {
+	if d.arming[k] != a || d.closed {
 		return
 	}
 	delete(d.arming, k)
@@ -414,15 +423,15 @@ func (d *Device) keepaliveOn(k wgtypes.Key) {
 	err := d.wg.ConfigureDevice(d.cfg.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{
 		{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &keepalive}}})
 	if err != nil {
-		slog.Warn("wireguard peer keepalive", "peer", d.peers[k].Name, "err", err)
+		slog.Warn("wireguard peer keepalive (set again with the peer's next update)", "peer", d.peers[k].Name, "err", err)
 	}
 }
 
 // forget drops peer k from d's books (d.mu held).
 func (d *Device) forget(k wgtypes.Key) {
 	delete(d.peers, k)
-	if t, ok := d.arming[k]; ok {
-		t.Stop()
+	if a, ok := d.arming[k]; ok {
+		a.t.Stop()
 		delete(d.arming, k)
 	}
 }
