@@ -163,12 +163,12 @@ func (a *Agent) l7Endpoints() map[uint16]l7.Endpoint {
 	return out
 }
 
-func (a *Agent) ipcache() map[netip.Prefix]identity.NumericIdentity {
-	m, err := a.dp.IPCacheSnapshot() // asked every second: listed again only after a write
+func (a *Agent) ipcache() (map[netip.Prefix]identity.NumericIdentity, uint64) {
+	m, gen, err := a.dp.IPCacheSnapshot() // asked every second: listed again only after a write
 	if err != nil {
 		slog.Warn("ipcache for the L7 proxy", "err", err)
 	}
-	return m
+	return m, gen
 }
 
 // proxyMetrics are the L7 proxy's metrics, when it runs.

@@ -48,6 +48,11 @@ type dnsNames struct {
 	goneMu sync.Mutex
 	gone   []uint16
 	wake   chan struct{}
+	// saveMu guards saved and savedWrites: the cache's Writes at its last
+	// save (run's, or the stop's).
+	saveMu      sync.Mutex
+	saved       bool
+	savedWrites uint64
 }
 
 // maxLearnedTTL bounds how long one answer keeps an address (a hostile
@@ -304,8 +309,18 @@ func (d *dnsNames) keep(a netip.Addr, open []datapath.Flow) bool {
 }
 
 func (d *dnsNames) save() {
+	// Not again while unchanged: listing and writing a cache of tens of
+	// thousands of names every 10 s was most of an idle agent's CPU.
+	d.saveMu.Lock()
+	defer d.saveMu.Unlock()
+	w := d.cache.Writes() // before the listing: a write during it is saved next time
+	if d.saved && w == d.savedWrites {
+		return
+	}
 	if err := d.cache.Save(d.path); err != nil {
 		slog.Warn("DNS name cache not saved", "path", d.path, "err", err)
+	} else {
+		d.saved, d.savedWrites = true, w
 	}
 	d.prunePins()
 }

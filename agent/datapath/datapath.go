@@ -421,18 +421,22 @@ func (d *Datapath) LookupIPCache(a netip.Addr) (identity.NumericIdentity, bool) 
 // write has been made since, else a new one. Listing the map takes two
 // system calls per entry, and a node with a large mesh or many learned
 // DNS addresses holds hundreds of thousands. The map is shared: callers
-// must not modify it.
-func (d *Datapath) IPCacheSnapshot() (map[netip.Prefix]identity.NumericIdentity, error) {
-	gen := d.ipcGen.Load() // before the listing: a write during it makes the next call list again
+// must not modify it. gen counts this process's ipcache writes before the
+// listing (never 0): the same gen, the same map. When the listing fails,
+// the last one is returned with its gen, and the error.
+func (d *Datapath) IPCacheSnapshot() (m map[netip.Prefix]identity.NumericIdentity, gen uint64, err error) {
+	gen = d.ipcGen.Load() + 1 // before the listing: a write during it makes the next call list again
 	if s := d.ipcSnap.Load(); s != nil && s.gen == gen {
-		return s.m, nil
+		return s.m, gen, nil
 	}
-	m, err := d.IPCache()
-	if err != nil {
-		return nil, err
+	if m, err = d.IPCache(); err != nil {
+		if s := d.ipcSnap.Load(); s != nil {
+			return s.m, s.gen, err // the last listing, rather than none
+		}
+		return nil, 0, err
 	}
 	d.ipcSnap.Store(&ipcacheSnapshot{gen: gen, m: m})
-	return m, nil
+	return m, gen, nil
 }
 
 // IPCache lists the ipcache as it is in the kernel.

@@ -173,14 +173,14 @@ func TestIPCacheSnapshot(t *testing.T) {
 	if err := dp.UpsertIPCache(a, 70); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := dp.IPCacheSnapshot(); err != nil || len(got) != 1 || got[a] != 70 {
+	if got, _, err := dp.IPCacheSnapshot(); err != nil || len(got) != 1 || got[a] != 70 {
 		t.Fatalf("snapshot after a write: %v %v", got, err)
 	}
 	k := bpf.DatapathIpcacheKey{Prefixlen: 24, Ip: binary.NativeEndian.Uint32([]byte{10, 2, 0, 0})}
 	if err := dp.Objects().Ipcache.Put(&k, &bpf.DatapathIpcacheValue{Identity: 71}); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := dp.IPCacheSnapshot(); len(got) != 1 {
+	if got, _, _ := dp.IPCacheSnapshot(); len(got) != 1 {
 		t.Fatalf("snapshot listed again without a write of the datapath's: %v", got)
 	}
 	if got, _ := dp.IPCache(); got[b] != 71 {
@@ -189,13 +189,13 @@ func TestIPCacheSnapshot(t *testing.T) {
 	if err := dp.UpsertIPCache(c, 72); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := dp.IPCacheSnapshot(); len(got) != 3 || got[b] != 71 || got[c] != 72 {
+	if got, _, _ := dp.IPCacheSnapshot(); len(got) != 3 || got[b] != 71 || got[c] != 72 {
 		t.Fatalf("snapshot after another write: %v", got)
 	}
 	if err := dp.DeleteIPCache(a); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := dp.IPCacheSnapshot(); len(got) != 2 || got[a] != 0 {
+	if got, _, _ := dp.IPCacheSnapshot(); len(got) != 2 || got[a] != 0 {
 		t.Fatalf("snapshot after a delete: %v", got)
 	}
 }

@@ -63,6 +63,9 @@ type Cache struct {
 	// lastSweep is the time of the last Expire (unix ns), the base of the
 	// held entries' next check.
 	lastSweep int64
+	// writes counts the calls that may have changed what List returns
+	// (Writes).
+	writes uint64
 }
 
 type name struct {
@@ -219,6 +222,7 @@ func (c *Cache) Update(ep uint16, qname string, addrs []netip.Addr, ttl time.Dur
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.writes++
 	if ttl < c.cfg.MinTTL {
 		ttl = c.cfg.MinTTL
 	}
@@ -332,6 +336,7 @@ func (e *entry) addEndpoint(ep uint16) {
 
 // remove drops e from the cache, and its name when e was the last entry.
 func (c *Cache) remove(e *entry, ch changes) {
+	c.writes++
 	if e.held {
 		heap.Remove(&c.held, e.idx)
 	} else {
@@ -500,6 +505,9 @@ func (c *Cache) Forget(eps ...uint16) (changed []string) {
 		for _, e := range n.entries {
 			before := len(e.eps)
 			e.eps = slices.DeleteFunc(e.eps, func(ep uint16) bool { return slices.Contains(eps, ep) })
+			if len(e.eps) != before {
+				c.writes++
+			}
 			if len(e.eps) == 0 && before > 0 {
 				gone = append(gone, e)
 			}
@@ -542,6 +550,15 @@ func (c *Cache) List() []Entry {
 		}
 	}
 	return out
+}
+
+// Writes counts the calls that may have changed what List returns (Update,
+// Forget, Expire and Load when they change an entry): while it stays the
+// same, so does List (the daemon saves the cache only after it moved).
+func (c *Cache) Writes() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes
 }
 
 // Len is the number of (name, address) entries.

@@ -522,3 +522,45 @@ func TestNames(t *testing.T) {
 	eq(t, "Names after api expired", c.Names(a, 0), []string{"www.example.com"})
 	eq(t, "index entries", len(c.byAddr), 2) // 10.0.0.1, 10.0.0.2 (www's); 10.0.0.9's names expired
 }
+
+// Writes moves with every change of what List returns and stays put
+// otherwise (the daemon saves the cache only after it moved).
+func TestWrites(t *testing.T) {
+	clk := newClock()
+	path := filepath.Join(t.TempDir(), "fqdn.json")
+	c := NewCache(Config{Now: clk.now})
+	step := func(what string, change func(), moves bool) {
+		t.Helper()
+		before, list := c.Writes(), c.List()
+		change()
+		after := c.Writes()
+		if moved := after != before; moved != moves {
+			t.Fatalf("%s: Writes %d -> %d, want moved %v", what, before, after, moves)
+		}
+		if !moves && !reflect.DeepEqual(list, c.List()) {
+			t.Fatalf("%s: List changed and Writes did not move", what)
+		}
+	}
+	step("update", func() { c.Update(1, "a.example.com", ips("10.0.0.1"), time.Minute) }, true)
+	step("update of another endpoint", func() { c.Update(2, "a.example.com", ips("10.0.0.1"), time.Minute) }, true)
+	step("reads", func() {
+		c.List()
+		c.Names(netip.MustParseAddr("10.0.0.1"), 1)
+		c.NextExpiry()
+		c.Endpoints()
+		c.Len()
+		if err := c.Save(path); err != nil {
+			t.Fatal(err)
+		}
+	}, false)
+	step("expire with nothing due", func() { c.Expire(nil) }, false)
+	step("forget of an endpoint that asked nothing", func() { c.Forget(9) }, false)
+	step("forget", func() { c.Forget(2) }, true)
+	clk.advance(2 * time.Minute)
+	step("expire", func() { c.Expire(nil) }, true)
+	step("load", func() {
+		if err := c.Load(path); err != nil {
+			t.Fatal(err)
+		}
+	}, true)
+}

@@ -128,6 +128,7 @@ func (c *Cache) reset() {
 }
 
 func (c *Cache) resetLocked() {
+	c.writes++
 	c.names = map[string]*name{}
 	c.byAddr = map[[4]byte][]*entry{}
 	c.live, c.held = entryHeap{}, entryHeap{}

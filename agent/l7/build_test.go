@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"encoding/json"
+	"maps"
 	"net/netip"
 	"testing"
 
@@ -64,4 +66,66 @@ func TestBuildMixedKindsInOneEntry(t *testing.T) {
 	if err := proxy.New(proxy.Options{}).SetConfig(cfg); err != nil {
 		t.Fatalf("the proxy refuses the built config: %v", err)
 	}
+}
+
+// The builder encodes the ipcache part again only when its generation or
+// the endpoints change (the same generation is promised to mean the same
+// map), the policies every time; it says changed when the proxy lacks
+// what it built.
+func TestBuilderReusesIPCachePart(t *testing.T) {
+	eps := map[uint16]Endpoint{1: {IP: netip.MustParseAddr("10.244.0.3"), Identity: 65793}}
+	var pols []policy.L7Policy
+	ipc := map[netip.Prefix]identity.NumericIdentity{netip.MustParsePrefix("10.1.0.1/32"): 70}
+	gen := uint64(1)
+	c := Config{
+		Policies:  func() []policy.L7Policy { return pols },
+		Endpoints: func() map[uint16]Endpoint { return maps.Clone(eps) },
+		IPCache:   func() (map[netip.Prefix]identity.NumericIdentity, uint64) { return ipc, gen },
+	}
+	var b builder
+	decode := func(body []byte) proxy.Config {
+		t.Helper()
+		var cfg proxy.Config
+		if err := json.Unmarshal(body, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	step := func(what string, wantChanged bool, wantIPCache int) proxy.Config {
+		t.Helper()
+		body, changed := b.build(c)
+		if changed != wantChanged {
+			t.Fatalf("%s: changed %v, want %v", what, changed, wantChanged)
+		}
+		cfg := decode(body)
+		if len(cfg.IPCache) != wantIPCache {
+			t.Fatalf("%s: %d ipcache entries, want %d: %+v", what, len(cfg.IPCache), wantIPCache, cfg.IPCache)
+		}
+		if changed {
+			b.pushed = true
+		}
+		return cfg
+	}
+	step("first", true, 2)
+	step("nothing changed", false, 2)
+	// Same generation, other content: not listed again (by its promise).
+	ipc = map[netip.Prefix]identity.NumericIdentity{netip.MustParsePrefix("10.1.0.1/32"): 70, netip.MustParsePrefix("10.1.0.2/32"): 71}
+	step("same generation", false, 2)
+	gen = 2
+	step("new generation", true, 3)
+	eps[2] = Endpoint{IP: netip.MustParseAddr("10.244.0.4"), Identity: 65794}
+	step("new endpoint", true, 4)
+	pols = []policy.L7Policy{{Endpoint: 1, Dir: policy.Ingress, Proto: 6, Port: 80, HTTP: []api.PortRuleHTTP{{Method: "GET"}}}}
+	if cfg := step("new policy", true, 4); len(cfg.Policies) != 1 {
+		t.Fatalf("policies %+v", cfg.Policies)
+	}
+	step("nothing changed again", false, 4)
+	b.pushed = false // the proxy was started again
+	step("proxy restarted", true, 4)
+	// Generation 0 (unknown): listed every time.
+	gen = 0
+	ipc[netip.MustParsePrefix("10.1.0.3/32")] = 72
+	step("unknown generation", true, 5)
+	delete(ipc, netip.MustParsePrefix("10.1.0.3/32"))
+	step("unknown generation, entry gone", true, 4)
 }

@@ -70,9 +70,14 @@ type Config struct {
 	// endpoints' addresses by ID; IPCache every known address's identity;
 	// EndpointByIP the local endpoint with an address (asked for each
 	// record).
+	// IPCache also returns a generation that changes whenever the map may
+	// differ from the one of the last call (0: unknown): while it and the
+	// endpoints stay the same, the configuration's ipcache part (every
+	// address the node knows: hundreds of thousands with many learned DNS
+	// names) is neither rebuilt nor encoded again.
 	Policies     func() []policy.L7Policy
 	Endpoints    func() map[uint16]Endpoint
-	IPCache      func() map[netip.Prefix]identity.NumericIdentity
+	IPCache      func() (map[netip.Prefix]identity.NumericIdentity, uint64)
 	EndpointByIP func(netip.Addr) (uint16, bool)
 	// Publish receives each request record as an "l7" monitor event, while
 	// Wanted says someone listens (records are not read otherwise).
@@ -329,21 +334,20 @@ func (s *Supervisor) healthy(ctx context.Context) bool {
 func (s *Supervisor) superviseAndConfigure(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var last []byte
+	var b builder
 	for {
 		if !s.healthy(ctx) && ctx.Err() == nil {
 			slog.Warn("L7 proxy not answering: starting it again")
 			if err := s.spawn(); err != nil {
 				slog.Error("L7 proxy", "err", err)
 			}
-			last = nil
+			b.pushed = false
 		}
-		cfg := s.build()
-		if b, _ := json.Marshal(cfg); !bytes.Equal(b, last) {
-			if err := s.push(ctx, b); err != nil {
+		if body, changed := b.build(s.cfg); changed {
+			if err := s.push(ctx, body); err != nil {
 				slog.Error("L7 proxy configuration not applied", "err", err)
 			} else {
-				last = b
+				b.pushed = true
 			}
 		}
 		select {
@@ -355,25 +359,62 @@ func (s *Supervisor) superviseAndConfigure(ctx context.Context) {
 	}
 }
 
-// build is the proxy configuration of now.
-func (s *Supervisor) build() proxy.Config {
-	cfg := Build(s.cfg.Policies(), s.cfg.Endpoints(), s.cfg.IPCache())
-	if s.cfg.FQDNs != nil {
-		for _, sel := range s.cfg.FQDNs() {
+// builder makes the proxy's configuration every second, from its parts:
+// the policies and FQDN rules (small; built and encoded each time) and the
+// ipcache (large; built and encoded again only when its generation or the
+// endpoints changed).
+type builder struct {
+	pushed bool   // the proxy has body
+	body   []byte // the last configuration built (JSON)
+	head   []byte // its policies and FQDN rules (JSON)
+
+	gen uint64 // the ipcache generation ipc was built from
+	eps map[uint16]Endpoint
+	ipc []proxy.IPCacheEntry
+}
+
+// build returns the configuration of now, and whether it differs from the
+// one the proxy has.
+func (b *builder) build(c Config) (body []byte, changed bool) {
+	eps := c.Endpoints()
+	ipc, gen := c.IPCache()
+	sameIPCache := b.ipc != nil && gen != 0 && gen == b.gen && maps.Equal(eps, b.eps)
+	if !sameIPCache {
+		b.ipc, b.gen, b.eps = IPCacheEntries(eps, ipc), gen, maps.Clone(eps)
+	}
+	cfg := proxy.Config{Policies: Policies(c.Policies(), eps)}
+	if c.FQDNs != nil {
+		for _, sel := range c.FQDNs() {
 			cfg.FQDNs = append(cfg.FQDNs, proxy.DNSRule(sel))
 		}
 		slices.SortFunc(cfg.FQDNs, func(a, b proxy.DNSRule) int {
 			return strings.Compare(a.MatchName+"\x00"+a.MatchPattern, b.MatchName+"\x00"+b.MatchPattern)
 		})
 	}
-	return cfg
+	head, _ := json.Marshal(cfg)
+	if sameIPCache && bytes.Equal(head, b.head) {
+		return b.body, !b.pushed
+	}
+	cfg.IPCache = b.ipc
+	body, _ = json.Marshal(cfg)
+	changed = !b.pushed || !bytes.Equal(body, b.body)
+	b.head, b.body = head, body
+	if changed {
+		b.pushed = false
+	}
+	return body, changed
 }
 
 // Build turns the resolver's L7 policies into the proxy's configuration:
 // one port policy per endpoint address, direction and port, with one peer
 // rule per identity (none: any peer).
 func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix]identity.NumericIdentity) proxy.Config {
-	cfg := proxy.Config{Policies: []proxy.PortPolicy{}, IPCache: []proxy.IPCacheEntry{}}
+	return proxy.Config{Policies: Policies(pols, eps), IPCache: IPCacheEntries(eps, ipc)}
+}
+
+// Policies is Build's port policies.
+func Policies(pols []policy.L7Policy, eps map[uint16]Endpoint) []proxy.PortPolicy {
+	cfg := proxy.Config{Policies: []proxy.PortPolicy{}}
 	index := map[string]int{}
 	for _, p := range pols {
 		ep, ok := eps[p.Endpoint]
@@ -429,24 +470,31 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 		}
 		cfg.Policies[i].Rules = append(cfg.Policies[i].Rules, pr)
 	}
+	return cfg.Policies
+}
+
+// IPCacheEntries is Build's ipcache: the local endpoints' addresses with
+// their identities, then every other prefix of ipc, sorted.
+func IPCacheEntries(eps map[uint16]Endpoint, ipc map[netip.Prefix]identity.NumericIdentity) []proxy.IPCacheEntry {
+	out := make([]proxy.IPCacheEntry, 0, len(eps)+len(ipc))
 	seen := map[netip.Prefix]bool{}
 	for _, ep := range eps {
 		p := netip.PrefixFrom(ep.IP, 32)
 		seen[p] = true
-		cfg.IPCache = append(cfg.IPCache, proxy.IPCacheEntry{Prefix: p, Identity: uint32(ep.Identity)})
+		out = append(out, proxy.IPCacheEntry{Prefix: p, Identity: uint32(ep.Identity)})
 	}
 	for p, id := range ipc {
 		if !seen[p] {
-			cfg.IPCache = append(cfg.IPCache, proxy.IPCacheEntry{Prefix: p, Identity: uint32(id)})
+			out = append(out, proxy.IPCacheEntry{Prefix: p, Identity: uint32(id)})
 		}
 	}
-	slices.SortFunc(cfg.IPCache, func(a, b proxy.IPCacheEntry) int {
+	slices.SortFunc(out, func(a, b proxy.IPCacheEntry) int {
 		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
 			return c
 		}
 		return a.Prefix.Bits() - b.Prefix.Bits()
 	})
-	return cfg
+	return out
 }
 
 // mixedKinds clears p's rules of the kinds other than kind and names them
