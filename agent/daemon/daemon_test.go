@@ -145,3 +145,16 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		t.Fatalf("New: %v, want %v", err, config.ErrInvalid)
 	}
 }
+
+// The node's ephemeral ports are checked against the NodePort SNAT range
+// (bpf/lib/lb.h LB_SNAT_PORT_MIN).
+func TestSNATOverlap(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		warn bool
+	}{{"32768\t60999\n", false}, {"1024 65535", true}, {"32768\t61000", true}, {"garbage", false}, {"", false}} {
+		if got := snatOverlap(c.in) != ""; got != c.warn {
+			t.Errorf("%q: warns %v, want %v", c.in, got, c.warn)
+		}
+	}
+}

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -21,6 +23,11 @@ func startLB(dp *datapath.Datapath, cfg config.Config, underlay netlink.Link) (*
 	if underlay != nil {
 		if _, err := dp.AttachNetdev(underlay.Attrs().Name, underlay.Attrs().Index); err != nil {
 			return nil, err
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if msg := snatOverlap(string(b)); msg != "" {
+			slog.Warn(msg)
 		}
 	}
 	h := &lbNetNS{dp: dp, cookies: map[uint16]uint64{}}
@@ -44,6 +51,22 @@ func startLB(dp *datapath.Datapath, cfg config.Config, underlay netlink.Link) (*
 	}
 	h.enabled = true
 	return h, nil
+}
+
+// NodePort flows to remote backends are translated from this node with a
+// source port of snatPortMin-65535 (bpf/lib/lb.h LB_SNAT_PORT_MIN), which
+// the node's own connections must not take.
+const snatPortMin = 61000
+
+// snatOverlap reads ip_local_port_range ("lo\thi") and says, in one line,
+// when the node's own connections may take a port of the NodePort SNAT
+// range ("" when they cannot, or the value is unreadable).
+func snatOverlap(portRange string) string {
+	var lo, hi int
+	if _, err := fmt.Sscan(portRange, &lo, &hi); err != nil || hi < snatPortMin {
+		return ""
+	}
+	return fmt.Sprintf("net.ipv4.ip_local_port_range %d-%d reaches the NodePort SNAT ports %d-65535: a connection of this node to a remote pod may take a translated flow's tuple; keep it below %d", lo, hi, snatPortMin, snatPortMin)
 }
 
 // lbNetNS registers each endpoint's network namespace with the socket

@@ -31,8 +31,15 @@
 
 #define LB_NAT_TIMEOUT_TCP (21600 * NSEC)
 #define LB_NAT_TIMEOUT_UDP (300 * NSEC)
-#define LB_SNAT_PORT_MIN 32768
-#define LB_SNAT_PORT_RANGE 28232 // up to 60999
+// A NodePort flow to a backend on another node is translated from this
+// node (its address, or the WireGuard gateway's) with a source port of
+// 61000-65535: above the kernel's default ephemeral range (32768-60999),
+// from which the node's own connections to the same backends take their
+// ports without knowing the NAT table, and the proxy's 20000-32767. With a
+// port of the client's, a connection of the node could get the tuple of a
+// translated flow, and its replies went to that flow's client.
+#define LB_SNAT_PORT_MIN 61000
+#define LB_SNAT_PORT_RANGE 4536 // up to 65535
 #define LB_SNAT_TRIES 8
 
 struct lb_key {

@@ -252,18 +252,13 @@ int from_netdev(struct __sk_buff *skb)
 		snat = cfg->encrypt_snat;
 	__u64 expires = bpf_ktime_get_ns() + lb_nat_timeout(p.proto);
 	// The reply's tuple must be unique: a local backend sees the client
-	// itself; a remote one sees this node and a source port kept from the
-	// client when free, else a random one.
+	// itself; a remote one sees this node and a random port of the SNAT
+	// range (LB_SNAT_PORT_MIN: never one the node's own connections take,
+	// never the overlay's port; never the WireGuard port, whose replies
+	// could pass as WireGuard's datagrams, wireguard_datagram).
 	__u32 nsaddr = local ? p.saddr : snat;
-	__u16 nsport = p.sport;
-	// Never the WireGuard port (a reply to it could pass as WireGuard's
-	// datagram, wireguard_datagram).
-	// Nor the overlay's port in tunnel mode (vxlan_datagram); the random
-	// ones never are (LB_SNAT_PORT_MIN is above it).
 	__u16 wg = cfg ? cfg->wireguard_port : 0;
-	if (!local && ((wg && nsport == bpf_htons(wg)) ||
-		       (cfg && cfg->vxlan_ifindex && nsport == bpf_htons(VXLAN_PORT))))
-		nsport = lb_snat_port(wg);
+	__u16 nsport = local ? p.sport : lb_snat_port(wg);
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
 	int i, ok = 0;
 	for (i = 0; i < LB_SNAT_TRIES; i++) {
