@@ -3,6 +3,7 @@ package bpf
 import (
 	"bytes"
 	"encoding/binary"
+	"math"
 	"net"
 	"net/netip"
 	"testing"
@@ -114,8 +115,9 @@ func TestNetdevPassesWireGuardDatagrams(t *testing.T) {
 // client's: the node's own connections to that backend take ports of the
 // kernel's ephemeral range (32768-60999), and one that got a translated
 // flow's tuple had its replies sent to that flow's client (seen in the lab:
-// the node's connection to a remote pod timed out). Nor is it ever the
-// WireGuard port: a reply to it would pass as a WireGuard datagram.
+// the node's connection to a remote pod timed out). Nor is it the
+// WireGuard port, whose replies would pass as WireGuard datagrams (the
+// default port lies below the range: a guard should either move).
 func TestNodePortSourcePortFromSNATRange(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
@@ -200,6 +202,50 @@ func TestNetdevPassesVXLANDatagrams(t *testing.T) {
 		g.run(g.objs.FromNetdev, udp(t, peerIP, nodeIP, vxlanPort, 30090)) // the verdict is the FIB's; the translation is in lb_nats
 		if k := g.reverseNAT(); htons(k.Dport) < 61000 {
 			t.Fatalf("%s: translated source port %d (client's %d), want one of the SNAT range", c.name, htons(k.Dport), vxlanPort)
+		}
+	}
+}
+
+// A translation that has expired gives its source port back: with every
+// port of the SNAT range held by an expired reverse entry of the backend,
+// a new NodePort flow is still translated (nothing sweeps lb_nats, so
+// otherwise a few thousand finished flows used the range up for good);
+// with every port held by a live one, the flow is dropped as having no
+// free port, never given one in use.
+func TestNodePortSNATPortsReused(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	const reasonLBNat = 10
+	for _, live := range []bool{false, true} {
+		f := load(t)
+		f.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
+		expires := uint64(1) // long past on the monotonic clock
+		if live {
+			expires = math.MaxUint64
+		}
+		for p := 61000; p <= 65535; p++ {
+			k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: 17}
+			v := DatapathLbNat{Expires: expires, Saddr: ip4(nodeIP), Daddr: ip4(net.IPv4(192, 168, 7, 50)), Sport: htons(30090), Dport: htons(uint16(p)), Reverse: 1}
+			if err := f.objs.LbNats.Put(&k, &v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := f.count(reasonLBNat, dirIngress)
+		f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, 40000, 30090)) // the verdict is the FIB's
+		translated := false
+		var k DatapathLbNatKey
+		var v DatapathLbNat
+		for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+			if v.Reverse == 1 && v.Daddr == ip4(peerIP) && v.Dport == htons(40000) {
+				translated = true
+			}
+		}
+		dropped := f.count(reasonLBNat, dirIngress) - before
+		if live && (translated || dropped != 1) {
+			t.Fatalf("every SNAT port live: translated %v, %d no-free-port drops; want dropped once", translated, dropped)
+		}
+		if !live && (!translated || dropped != 0) {
+			t.Fatalf("every SNAT port expired: translated %v, %d no-free-port drops; want translated", translated, dropped)
 		}
 	}
 }

@@ -35,9 +35,11 @@
 // node (its address, or the WireGuard gateway's) with a source port of
 // 61000-65535: above the kernel's default ephemeral range (32768-60999),
 // from which the node's own connections to the same backends take their
-// ports without knowing the NAT table, and the proxy's 20000-32767. With a
-// port of the client's, a connection of the node could get the tuple of a
-// translated flow, and its replies went to that flow's client.
+// ports without knowing the NAT table. With a port of the client's, a
+// connection of the node could get the tuple of a translated flow, and its
+// replies went to that flow's client. That is 4,536 live translations per
+// backend address, port and protocol from one node (lb_nat_claim reuses
+// expired ones); beyond, a new flow is dropped (REASON_LB_NAT).
 #define LB_SNAT_PORT_MIN 61000
 #define LB_SNAT_PORT_RANGE 4536 // up to 65535
 #define LB_SNAT_TRIES 8
@@ -366,4 +368,21 @@ static __always_inline int lb_nat_put(__u32 saddr, __u32 daddr, __u16 sport, __u
 {
 	struct lb_nat_key k = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport, .proto = proto};
 	return bpf_map_update_elem(&lb_nats, &k, v, flags);
+}
+
+// lb_nat_claim puts v under the tuple unless a live entry holds it; an
+// expired one is taken over. Nothing sweeps lb_nats (an entry goes when
+// the LRU needs room), so without that a translation long finished would
+// keep its source port from every later flow to the same backend, and
+// after a few thousand flows there would be none left to pick.
+static __always_inline int lb_nat_claim(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto,
+					struct lb_nat *v, __u64 now)
+{
+	struct lb_nat_key k = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport, .proto = proto};
+	if (bpf_map_update_elem(&lb_nats, &k, v, BPF_NOEXIST) == 0)
+		return 0;
+	struct lb_nat *old = bpf_map_lookup_elem(&lb_nats, &k);
+	if (old && old->expires >= now)
+		return -1;
+	return bpf_map_update_elem(&lb_nats, &k, v, BPF_ANY);
 }

@@ -250,7 +250,8 @@ int from_netdev(struct __sk_buff *skb)
 	__u32 snat = p.daddr;
 	if (enc == 0 && cfg && cfg->encrypt_snat)
 		snat = cfg->encrypt_snat;
-	__u64 expires = bpf_ktime_get_ns() + lb_nat_timeout(p.proto);
+	__u64 now = bpf_ktime_get_ns();
+	__u64 expires = now + lb_nat_timeout(p.proto);
 	// The reply's tuple must be unique: a local backend sees the client
 	// itself; a remote one sees this node and a random port of the SNAT
 	// range (LB_SNAT_PORT_MIN: never one the node's own connections take,
@@ -262,7 +263,7 @@ int from_netdev(struct __sk_buff *skb)
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
 	int i, ok = 0;
 	for (i = 0; i < LB_SNAT_TRIES; i++) {
-		if (lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_NOEXIST) == 0) {
+		if (lb_nat_claim(bip, nsaddr, bport, nsport, p.proto, &rev, now) == 0) {
 			ok = 1;
 			break;
 		}
