@@ -367,7 +367,8 @@ func prefixes(ps []netip.Prefix) []net.IPNet {
 // SetPeer adds or updates one peer (its allowed IPs replaced); a peer with
 // the same name and another key (a rotation) is replaced. A new peer gets
 // its keepalive (Keepalive) at once when this node initiates (initiates),
-// else PassiveDelay later; an update leaves it as it is.
+// else PassiveDelay later; an update sets it again unless it is still
+// waiting for that (no-op when it is on).
 func (d *Device) SetPeer(p Peer) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
