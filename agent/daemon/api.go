@@ -58,6 +58,7 @@ func (a *Agent) startMonitor(ctx context.Context) error {
 		}
 	})
 	a.every(ctx, "conntrack", time.Duration(a.cfg.ConntrackGCInterval), a.dp.GCConntrack)
+	a.every(ctx, "NodePort NAT", time.Duration(a.cfg.ConntrackGCInterval), a.dp.GCLBNAT)
 	return nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -146,9 +148,16 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	}
 }
 
-// The node's ephemeral ports are checked against the NodePort SNAT range
-// (bpf/lib/lb.h LB_SNAT_PORT_MIN).
+// The node's ephemeral ports are checked against the NodePort SNAT range,
+// whose start is the datapath's (bpf/lib/lb.h LB_SNAT_PORT_MIN).
 func TestSNATOverlap(t *testing.T) {
+	h, err := os.ReadFile("../../bpf/lib/lb.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := regexp.MustCompile(`(?m)^#define LB_SNAT_PORT_MIN (\d+)$`).FindSubmatch(h); m == nil || string(m[1]) != strconv.Itoa(snatPortMin) {
+		t.Fatalf("bpf/lib/lb.h's LB_SNAT_PORT_MIN is not snatPortMin (%d): %q", snatPortMin, m)
+	}
 	for _, c := range []struct {
 		in   string
 		warn bool

@@ -133,6 +133,31 @@ func TestConntrackGC(t *testing.T) {
 	}
 }
 
+// Expired NodePort translations are collected; live ones stay.
+func TestLBNATGC(t *testing.T) {
+	dp := load(t)
+	m := dp.Objects().LbNats
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	now := uint64(ts.Nano())
+	old := bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}
+	live := bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}
+	if err := m.Put(&old, &bpf.DatapathLbNat{Expires: now - 1, Reverse: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Put(&live, &bpf.DatapathLbNat{Expires: now + 60e9, Reverse: 1}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := dp.GCLBNAT()
+	if err != nil || n != 1 {
+		t.Fatalf("gc removed %d (%v), want 1", n, err)
+	}
+	var e bpf.DatapathLbNat
+	if m.Lookup(&old, &e) == nil || m.Lookup(&live, &e) != nil {
+		t.Fatal("gc removed the wrong entry")
+	}
+}
+
 // Maps are pinned: a second load (a restarted agent) sees the first one's entries.
 func TestMapsSurviveReload(t *testing.T) {
 	testutil.RequireRoot(t)

@@ -158,27 +158,41 @@ func (d *Datapath) ReadEvents(ctx context.Context, f func(monitor.Event)) error 
 	}
 }
 
-// GCConntrack deletes expired conntrack entries and returns how many it removed.
+// GCConntrack deletes the expired conntrack entries and returns how many.
 func (d *Datapath) GCConntrack() (int, error) {
-	now := monotonicNow()
-	var k bpf.DatapathCtKey
 	var v bpf.DatapathCtEntry
-	var expired []bpf.DatapathCtKey
-	it := d.objs.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		if v.Expires <= now {
-			expired = append(expired, k)
+	return gcExpired("conntrack", d.objs.Conntrack, new(bpf.DatapathCtKey), &v, func() uint64 { return v.Expires })
+}
+
+// GCLBNAT deletes the expired NodePort translations (lb_nats) and returns
+// how many. The datapath ignores an expired one and takes its tuple over
+// (lb_nat_claim); without this they would stay until the LRU needs room.
+func (d *Datapath) GCLBNAT() (int, error) {
+	var v bpf.DatapathLbNat
+	return gcExpired("lb_nats", d.objs.LbNats, new(bpf.DatapathLbNatKey), &v, func() uint64 { return v.Expires })
+}
+
+// gcExpired deletes the entries of map name (m) whose expiry, read from v
+// after each iteration step into k and v, has passed on the monotonic
+// clock, and returns how many.
+func gcExpired[K comparable](name string, m *ebpf.Map, k *K, v any, expires func() uint64) (int, error) {
+	now := monotonicNow()
+	var expired []K
+	it := m.Iterate()
+	for it.Next(k, v) {
+		if expires() <= now {
+			expired = append(expired, *k)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("conntrack: %w", err)
+		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	n := 0
 	for i := range expired {
-		if err := d.objs.Conntrack.Delete(&expired[i]); err == nil {
+		if err := m.Delete(&expired[i]); err == nil {
 			n++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("conntrack: delete: %w", err)
+			return n, fmt.Errorf("%s: delete: %w", name, err)
 		}
 	}
 	return n, nil

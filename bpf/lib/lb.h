@@ -371,10 +371,10 @@ static __always_inline int lb_nat_put(__u32 saddr, __u32 daddr, __u16 sport, __u
 }
 
 // lb_nat_claim puts v under the tuple unless a live entry holds it; an
-// expired one is taken over. Nothing sweeps lb_nats (an entry goes when
-// the LRU needs room), so without that a translation long finished would
-// keep its source port from every later flow to the same backend, and
-// after a few thousand flows there would be none left to pick.
+// expired one is taken over. The agent deletes expired entries only now
+// and then (GCLBNAT, with the conntrack sweep), so without that a
+// translation just finished would keep its source port from the next
+// flows to the same backend.
 static __always_inline int lb_nat_claim(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto,
 					struct lb_nat *v, __u64 now)
 {
