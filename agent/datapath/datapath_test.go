@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
@@ -105,56 +107,41 @@ func TestIncrementalMapWrites(t *testing.T) {
 	}
 }
 
-// Expired conntrack entries are collected; live ones stay.
+// Expired conntrack entries and NodePort translations are collected; live
+// ones stay.
 func TestConntrackGC(t *testing.T) {
 	dp := load(t)
-	ct := dp.Objects().Conntrack
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	now := uint64(ts.Nano())
-	old := bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}
-	live := bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}
-	if err := ct.Put(&old, &bpf.DatapathCtEntry{Expires: now - 1}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ct.Put(&live, &bpf.DatapathCtEntry{Expires: now + 60e9}); err != nil {
-		t.Fatal(err)
-	}
-	n, err := dp.GCConntrack()
-	if err != nil || n != 1 {
-		t.Fatalf("gc removed %d (%v), want 1", n, err)
-	}
-	var e bpf.DatapathCtEntry
-	if ct.Lookup(&old, &e) == nil || ct.Lookup(&live, &e) != nil {
-		t.Fatal("gc removed the wrong entry")
-	}
+	ct := dp.Objects().Conntrack
+	checkGC(t, "conntrack", ct, dp.GCConntrack,
+		bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}, &bpf.DatapathCtEntry{Expires: now - 1},
+		bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}, &bpf.DatapathCtEntry{Expires: now + 60e9})
 	if dp.ConntrackEntries() != 1 {
 		t.Fatalf("live entries: %d", dp.ConntrackEntries())
 	}
+	checkGC(t, "lb_nats", dp.Objects().LbNats, dp.GCLBNAT,
+		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}, &bpf.DatapathLbNat{Expires: now - 1, Reverse: 1},
+		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}, &bpf.DatapathLbNat{Expires: now + 60e9, Reverse: 1})
 }
 
-// Expired NodePort translations are collected; live ones stay.
-func TestLBNATGC(t *testing.T) {
-	dp := load(t)
-	m := dp.Objects().LbNats
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	now := uint64(ts.Nano())
-	old := bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}
-	live := bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}
-	if err := m.Put(&old, &bpf.DatapathLbNat{Expires: now - 1, Reverse: 1}); err != nil {
+// checkGC puts an expired and a live entry in m and requires gc to delete
+// the expired one only.
+func checkGC[K any](t *testing.T, name string, m *ebpf.Map, gc func() (int, error), old K, oldV any, live K, liveV any) {
+	t.Helper()
+	if err := m.Put(&old, oldV); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Put(&live, &bpf.DatapathLbNat{Expires: now + 60e9, Reverse: 1}); err != nil {
+	if err := m.Put(&live, liveV); err != nil {
 		t.Fatal(err)
 	}
-	n, err := dp.GCLBNAT()
+	n, err := gc()
 	if err != nil || n != 1 {
-		t.Fatalf("gc removed %d (%v), want 1", n, err)
+		t.Fatalf("%s: gc removed %d (%v), want 1", name, n, err)
 	}
-	var e bpf.DatapathLbNat
-	if m.Lookup(&old, &e) == nil || m.Lookup(&live, &e) != nil {
-		t.Fatal("gc removed the wrong entry")
+	if m.Lookup(&old, oldV) == nil || m.Lookup(&live, liveV) != nil {
+		t.Fatalf("%s: gc removed the wrong entry", name)
 	}
 }
 
