@@ -167,7 +167,8 @@ type DatapathLbNat struct {
 	Dport    uint16
 	TunnelIp uint32
 	Reverse  uint8
-	Pad      [3]uint8
+	State    uint8
+	Pad      [2]uint8
 	_        [4]byte
 }
 

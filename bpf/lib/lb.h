@@ -29,6 +29,13 @@
 #define LB_ALG_RANDOM 0
 #define LB_ALG_MAGLEV 1
 
+// A translation lives as long as its flow, by conntrack's states
+// (lb_nat_timeout): a TCP one that has seen no reply CT_TIMEOUT_SYN, an
+// answered one LB_NAT_TIMEOUT_TCP after its last packet, and from a FIN or
+// RST in either direction CT_TIMEOUT_CLOSE; a UDP one CT_TIMEOUT_UDP until
+// a reply, then LB_NAT_TIMEOUT_UDP. Both directions' entries move
+// together, so a flow that was never answered (a SYN flood from many
+// source ports) or has ended gives its SNAT port back within a minute.
 #define LB_NAT_TIMEOUT_TCP (21600 * NSEC)
 #define LB_NAT_TIMEOUT_UDP (300 * NSEC)
 // A NodePort flow to a backend on another node is translated from this
@@ -121,7 +128,8 @@ struct lb_nat {
 	__u16 dport;
 	__u32 tunnel_ip; // forward direction: the backend's node when tunnelled
 	__u8 reverse;    // 1: a reply being translated back to the client
-	__u8 pad[3];
+	__u8 state;      // CT_STATE_*, the same in both directions' entries
+	__u8 pad[2];
 };
 
 // Table size of Maglev; the agent sets it at load (a prime) and sizes the
@@ -311,13 +319,36 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, __u3
 	return 0;
 }
 
-static __always_inline __u64 lb_nat_timeout(__u8 proto)
+static __always_inline __u64 lb_nat_timeout(__u8 proto, __u8 state)
 {
-	return proto == IPPROTO_TCP ? LB_NAT_TIMEOUT_TCP : LB_NAT_TIMEOUT_UDP;
+	if (proto == IPPROTO_TCP) {
+		if (state == CT_STATE_CLOSING)
+			return CT_TIMEOUT_CLOSE;
+		return state == CT_STATE_ESTABLISHED ? LB_NAT_TIMEOUT_TCP : CT_TIMEOUT_SYN;
+	}
+	return state == CT_STATE_ESTABLISHED ? LB_NAT_TIMEOUT_UDP : CT_TIMEOUT_UDP;
+}
+
+// lb_nat_move puts entry n, and the other direction's entry of its flow
+// (keyed by n's rewritten tuple reversed), in state.
+static __always_inline void lb_nat_move(struct lb_nat *n, __u8 proto, __u8 state, __u64 now)
+{
+	__u64 expires = now + lb_nat_timeout(proto, state);
+	n->state = state;
+	n->expires = expires;
+	struct lb_nat_key k = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = proto};
+	struct lb_nat *o = bpf_map_lookup_elem(&lb_nats, &k);
+	if (o) {
+		o->state = state;
+		o->expires = expires;
+	}
 }
 
 // lb_nat_lookup returns the live NAT entry of p's tuple, refreshing it
-// (the clock is read only when there is one).
+// (the clock is read only when there is one). The first reply makes the
+// flow established and a TCP FIN or RST closes it, in both directions; a
+// client's SYN on the tuple of a closing flow opens it again as new (the
+// same client port, so the same translation).
 static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
@@ -327,7 +358,19 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
 	__u64 now = bpf_ktime_get_ns();
 	if (n->expires < now)
 		return 0;
-	n->expires = now + lb_nat_timeout(p->proto);
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))) {
+		if (n->state != CT_STATE_CLOSING) {
+			lb_nat_move(n, p->proto, CT_STATE_CLOSING, now);
+			return n;
+		}
+	} else if (n->reverse && n->state == CT_STATE_NEW) {
+		lb_nat_move(n, p->proto, CT_STATE_ESTABLISHED, now);
+		return n;
+	} else if (!n->reverse && n->state == CT_STATE_CLOSING && new_tcp(p)) {
+		lb_nat_move(n, p->proto, CT_STATE_NEW, now);
+		return n;
+	}
+	n->expires = now + lb_nat_timeout(p->proto, n->state);
 	return n;
 }
 

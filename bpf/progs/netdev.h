@@ -251,7 +251,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (enc == 0 && cfg && cfg->encrypt_snat)
 		snat = cfg->encrypt_snat;
 	__u64 now = bpf_ktime_get_ns();
-	__u64 expires = now + lb_nat_timeout(p.proto);
+	__u64 expires = now + lb_nat_timeout(p.proto, CT_STATE_NEW);
 	// The reply's tuple must be unique: a local backend sees the client
 	// itself; a remote one sees this node and a random port of the SNAT
 	// range (LB_SNAT_PORT_MIN: never one the node's own connections take,
