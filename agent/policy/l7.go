@@ -44,10 +44,22 @@ type L7Policy struct {
 
 // L7Policies lists the L7 policies of every endpoint: one per policy map
 // entry that sends flows through the proxy, sorted by endpoint, direction,
-// port and identity.
+// port and identity. It is walked again only after a change (finish).
 func (r *Resolver) L7Policies() []L7Policy {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.l7 == nil || r.l7Gen != r.gen {
+		r.l7, r.l7Gen = r.walkL7(), r.gen
+	}
+	if len(r.l7) == 0 {
+		return nil
+	}
+	return slices.Clone(r.l7)
+}
+
+// walkL7 is L7Policies' walk of every group; the caller holds r.mu.
+func (r *Resolver) walkL7() []L7Policy {
+	r.l7Walks++
 	rules := r.l7Rules()
 	var out []L7Policy
 	for _, ep := range r.endpoints {
@@ -81,6 +93,9 @@ func (r *Resolver) L7Policies() []L7Policy {
 		}
 		return int(a.Identity) - int(b.Identity)
 	})
+	if out == nil {
+		out = []L7Policy{}
+	}
 	return out
 }
 

@@ -231,3 +231,52 @@ func TestResolveKafka(t *testing.T) {
 		t.Fatalf("L7Policies:\n got %+v\nwant %+v", got, want)
 	}
 }
+
+// L7Policies walks the groups again only after a change: the L7
+// supervisor asks every second, and with toFQDNs every learned address is
+// a group, so an idle agent walked tens of thousands of groups a second.
+// Each kind of change is seen on the next ask.
+func TestL7PoliciesWalkedOnlyAfterAChange(t *testing.T) {
+	web := cid(1)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: web, Labels: rsLabels(t, "app=web")}},
+		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=db")}},
+	}
+	public := api.PortRuleHTTP{Method: "GET", Path: "/public/.*"}
+	pols := []api.Policy{rsPol("l7", api.Rule{EndpointSelector: rsSel("app=db"), Ingress: []api.IngressRule{
+		{FromEndpoints: rsSels("app=web"), ToPorts: httpPorts("80", public)},
+	}})}
+	r := w.build(ModeDefault, pols)
+	ask := func(what string, walks int, endpoints ...uint16) {
+		t.Helper()
+		before := r.l7Walks
+		got := r.L7Policies()
+		var eps []uint16
+		for _, p := range got {
+			eps = append(eps, p.Endpoint)
+		}
+		if r.l7Walks-before != walks || !reflect.DeepEqual(eps, endpoints) {
+			t.Fatalf("%s: %d walks, L7 policies of endpoints %v; want %d walks and %v", what, r.l7Walks-before, eps, walks, endpoints)
+		}
+	}
+	ask("first ask", 1, 1)
+	ask("asked again, nothing changed", 0, 1)
+	got := r.L7Policies()
+	got[0].Endpoint = 99 // a caller's change to its copy is not the resolver's
+	ask("after a caller changed its copy", 0, 1)
+
+	r.UpsertEndpoint(EndpointInfo{ID: 2, Labels: rsLabels(t, "app=db")})
+	ask("an endpoint added", 1, 1, 2)
+	r.UpsertEndpoint(EndpointInfo{ID: 2, Labels: rsLabels(t, "app=db")})
+	ask("the same endpoint again", 0, 1, 2)
+	r.DeleteEndpoint(1)
+	ask("an endpoint deleted", 1, 2)
+	r.UpsertIdentity(identity.Identity{ID: cid(3), Labels: rsLabels(t, "app=web")})
+	ask("a second web identity", 1, 2, 2)
+	r.DeleteIdentity(cid(3))
+	ask("that identity deleted", 1, 2)
+	pols[0].Rules[0].Ingress[0].ToPorts = rsPorts(api.ProtoTCP, "80")
+	r.SetPolicies(pols)
+	ask("the HTTP rules removed", 1)
+	ask("asked again", 0)
+}

@@ -274,9 +274,23 @@ type Resolver struct {
 	awsGroups  map[string][]netip.Prefix
 	fqdnSource FQDNSource // toFQDNs addresses for selectors first named
 
-	// Work counters, for tests: endpoints recomputed in full and (endpoint,
-	// direction, identity) groups recomputed.
-	endpointRecomputes, groupRecomputes int
+	// gen counts the changes to the endpoints' entries and the compiled
+	// policies (finish); l7 is L7Policies' answer at generation l7Gen, so
+	// the L7 supervisor's once-a-second ask walks every group (one per
+	// learned toFQDNs address) only after a change.
+	gen, l7Gen uint64
+	l7         []L7Policy
+
+	// Work counters, for tests: endpoints recomputed in full, (endpoint,
+	// direction, identity) groups recomputed, and L7Policies' walks.
+	endpointRecomputes, groupRecomputes, l7Walks int
+}
+
+// finish completes ch and counts the change: every mutation that can
+// touch an endpoint's entries or the compiled policies ends here.
+func (r *Resolver) finish(ch *Change) {
+	ch.finish()
+	r.gen++
 }
 
 // knownIdentity is an identity the resolver can select as a peer.
@@ -370,7 +384,7 @@ func (r *Resolver) SetPolicies(ps []api.Policy) Change {
 		}
 	}
 	r.applyChanged(&ch, changed)
-	ch.finish()
+	r.finish(&ch)
 	return ch
 }
 
@@ -447,7 +461,7 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 		// sections take the new prefixes and only their identities are
 		// evaluated, instead of recompiling the policies naming it.
 		r.addFQDNPrefixes(&ch, key, added)
-		ch.finish()
+		r.finish(&ch)
 		return ch
 	}
 	changed := map[string]bool{}
@@ -459,7 +473,7 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	if len(changed) > 0 {
 		r.applyChanged(&ch, changed)
 	}
-	ch.finish()
+	r.finish(&ch)
 	return ch
 }
 
@@ -699,7 +713,7 @@ func (r *Resolver) UpsertIdentity(id identity.Identity) Change {
 	for _, epID := range slices.Sorted(maps.Keys(r.endpoints)) {
 		r.recomputeIdentityGroups(&ch, r.endpoints[epID], id.ID)
 	}
-	ch.finish()
+	r.finish(&ch)
 	return ch
 }
 
@@ -716,7 +730,7 @@ func (r *Resolver) DeleteIdentity(id identity.NumericIdentity) Change {
 	for _, ep := range r.endpoints {
 		r.dropIdentityGroups(&ch, ep, id)
 	}
-	ch.finish()
+	r.finish(&ch)
 	return ch
 }
 
@@ -738,7 +752,7 @@ func (r *Resolver) UpsertEndpoint(info EndpointInfo) Change {
 	}
 	ep.info = info
 	r.recomputeEndpoint(&ch, ep)
-	ch.finish()
+	r.finish(&ch)
 	return ch
 }
 
@@ -760,7 +774,7 @@ func (r *Resolver) DeleteEndpoint(id uint16) Change {
 	if ep.ingressEnforced || ep.egressEnforced {
 		ch.enforcement(id, false, false)
 	}
-	ch.finish()
+	r.finish(&ch)
 	return ch
 }
 
