@@ -168,7 +168,8 @@ type DatapathLbNat struct {
 	TunnelIp uint32
 	Reverse  uint8
 	State    uint8
-	Pad      [2]uint8
+	Fin      uint8
+	Pad      uint8
 	_        [4]byte
 }
 

@@ -53,77 +53,93 @@ func (f *fixture) natLife(client net.IP, sport uint16) (fwd, rev time.Duration) 
 	return fwd, rev
 }
 
-// A NodePort translation lives as long as its flow, not 6 h from its first
-// packet whatever becomes of it. The attack: SYNs from many source ports
-// to a NodePort whose backend is on another node, never answered (or
-// connections opened and closed), each held one of the backend's 4,536
-// SNAT ports for 6 h, so about one SYN every 5 s took the NodePort away
-// from every client of this node for good. Now both directions' entries
-// of a TCP flow live 60 s until a reply, 6 h after an answered flow's last
-// packet, and 10 s from a FIN or RST in either direction (a SYN on the
-// same tuple opens it again); a UDP flow's 60 s until a reply, then 300 s.
+// A NodePort translation lives as long as its flow, not 6 h from its last
+// packet whatever becomes of it. The attack: SYNs from many (spoofed)
+// source ports to a NodePort whose backend is on another node each held
+// one of the backend's 4,536 SNAT ports for 6 h, answered by the backend
+// or not, so about one SYN every 5 s took the NodePort away from every
+// client of this node for good. Now both directions' entries of a TCP
+// flow live 60 s until the client answers the backend's SYN-ACK (a blind
+// ACK before any reply does not count), 6 h after an established flow's
+// last packet (a FIN from one side alone is a half-close), and 10 s once
+// both sides sent a FIN or either an RST; a SYN on the same tuple opens
+// it again. A UDP flow: 60 s until the client sends after a reply, then
+// 300 s.
 func TestNodePortNATLifetimes(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
 	const fe, be = 30090, 8080
-	within := func(t *testing.T, what string, fwd, rev, lo, hi time.Duration) {
-		t.Helper()
-		for _, d := range []struct {
-			dir  string
-			left time.Duration
-		}{{"forward", fwd}, {"reverse", rev}} {
-			if d.left <= lo || d.left > hi {
-				t.Fatalf("%s: the %s entry lives %v more, want (%v, %v]", what, d.dir, d.left, lo, hi)
-			}
-		}
-	}
 	const slack = 2 * time.Second
+	const (
+		new_    = 60 * time.Second
+		closing = 10 * time.Second
+	)
 	syn := func(l *layers.TCP) { l.SYN = true }
 	synAck := func(l *layers.TCP) { l.SYN, l.ACK = true, true }
 	ack := func(l *layers.TCP) { l.ACK = true }
 	fin := func(l *layers.TCP) { l.FIN, l.ACK = true, true }
 	rst := func(l *layers.TCP) { l.RST = true }
 
+	type step struct {
+		what    string
+		backend bool // sent by the backend (else by the client)
+		flags   func(*layers.TCP)
+		lo, hi  time.Duration // both entries' remaining life after it
+	}
+	est := []time.Duration{6*time.Hour - slack, 6 * time.Hour}
+	open := []step{
+		{"a SYN with no reply", false, syn, 0, new_},
+		{"a blind ACK before any reply", false, ack, 0, new_},
+		{"the backend's SYN-ACK, not yet answered", true, synAck, 0, new_},
+		{"the client's ACK", false, ack, est[0], est[1]},
+		{"the backend's data", true, ack, est[0], est[1]},
+	}
 	for _, c := range []struct {
 		name  string
-		close func(f *fixture, sport, nsport uint16) // a packet that ends the flow
+		steps []step
 	}{
-		{"client FIN", func(f *fixture, sport, _ uint16) {
-			f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, fin))
+		{"FIN from both sides", []step{
+			{"the client's FIN (a half-close)", false, fin, est[0], est[1]},
+			{"the backend's data after it", true, ack, est[0], est[1]},
+			{"the backend's FIN", true, fin, 0, closing},
+			{"the client's last ACK", false, ack, 0, closing},
 		}},
-		{"backend RST", func(f *fixture, _, nsport uint16) {
-			f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, rst))
+		{"backend RST", []step{
+			{"the backend's RST", true, rst, 0, closing},
+		}},
+		{"client RST", []step{
+			{"the client's RST", false, rst, 0, closing},
+			{"a late packet of the backend", true, ack, 0, closing},
 		}},
 	} {
 		t.Run("TCP "+c.name, func(t *testing.T) {
 			f := load(t)
 			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 			const sport = 40000
-			f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, syn)) // the verdict is the FIB's
-			fwd, rev := f.natLife(peerIP, sport)
-			within(t, "a SYN with no reply", fwd, rev, 0, 60*time.Second)
-			nsport := htons(f.reverseNAT().Dport)
-			f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, synAck))
-			fwd, rev = f.natLife(peerIP, sport)
-			within(t, "answered", fwd, rev, 6*time.Hour-slack, 6*time.Hour)
-			f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, ack))
-			fwd, rev = f.natLife(peerIP, sport)
-			within(t, "answered, then the client's ACK", fwd, rev, 6*time.Hour-slack, 6*time.Hour)
-			c.close(f, sport, nsport)
-			fwd, rev = f.natLife(peerIP, sport)
-			within(t, "after "+c.name, fwd, rev, 0, 10*time.Second)
-			// Packets of the ending flow keep it at 10 s.
-			f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, ack))
-			fwd, rev = f.natLife(peerIP, sport)
-			within(t, "a packet after "+c.name, fwd, rev, 0, 10*time.Second)
-			// The client opens a connection from the same port: new again,
-			// and answered, established again.
-			f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, syn))
-			fwd, rev = f.natLife(peerIP, sport)
-			within(t, "a SYN on the closing flow's tuple", fwd, rev, 10*time.Second, 60*time.Second)
-			f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, synAck))
-			fwd, rev = f.natLife(peerIP, sport)
-			within(t, "the new connection answered", fwd, rev, 6*time.Hour-slack, 6*time.Hour)
+			var nsport uint16
+			steps := append(append(append([]step{}, open...), c.steps...),
+				step{"a SYN on the closing flow's tuple", false, syn, closing, new_},
+				step{"its SYN-ACK", true, synAck, closing, new_},
+				step{"its ACK", false, ack, est[0], est[1]})
+			for i, s := range steps {
+				if s.backend {
+					f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, s.flags))
+				} else {
+					f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, s.flags)) // the verdict is the FIB's
+				}
+				if i == 0 {
+					nsport = htons(f.reverseNAT().Dport)
+				}
+				fwd, rev := f.natLife(peerIP, sport)
+				for _, d := range []struct {
+					dir  string
+					left time.Duration
+				}{{"forward", fwd}, {"reverse", rev}} {
+					if d.left <= s.lo || d.left > s.hi {
+						t.Fatalf("after %s (step %d): the %s entry lives %v more, want (%v, %v]", s.what, i, d.dir, d.left, s.lo, s.hi)
+					}
+				}
+			}
 		})
 	}
 
@@ -131,14 +147,107 @@ func TestNodePortNATLifetimes(t *testing.T) {
 		f := load(t)
 		f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 		const sport = 40001
-		f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
-		fwd, rev := f.natLife(peerIP, sport)
-		within(t, "a datagram with no reply", fwd, rev, 0, 60*time.Second)
-		f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
-		fwd, rev = f.natLife(peerIP, sport)
-		within(t, "a second datagram with no reply", fwd, rev, 0, 60*time.Second)
-		f.run(f.objs.FromNetdev, udp(t, remote, nodeIP, be, htons(f.reverseNAT().Dport)))
-		fwd, rev = f.natLife(peerIP, sport)
-		within(t, "answered", fwd, rev, 300*time.Second-slack, 300*time.Second)
+		var nsport uint16
+		for i, s := range []step{
+			{"a datagram with no reply", false, nil, 0, new_},
+			{"a second datagram with no reply", false, nil, 0, new_},
+			{"the backend's reply", true, nil, 0, new_},
+			{"the client's next datagram", false, nil, 300*time.Second - slack, 300 * time.Second},
+		} {
+			if s.backend {
+				f.run(f.objs.FromNetdev, udp(t, remote, nodeIP, be, nsport))
+			} else {
+				f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
+			}
+			if i == 0 {
+				nsport = htons(f.reverseNAT().Dport)
+			}
+			fwd, rev := f.natLife(peerIP, sport)
+			if fwd <= s.lo || fwd > s.hi || rev <= s.lo || rev > s.hi {
+				t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", s.what, fwd, rev, s.lo, s.hi)
+			}
+		}
 	})
+}
+
+// Half a translation translates nothing. The attack: a client keeps its
+// flow's forward entry alive with packets the backend never answers (RSTs
+// of a closed flow) until the reverse entry expires and its SNAT port is
+// taken by another client's flow; the stale forward entry then sent the
+// attacker's packets into that flow as if from the victim. Each entry now
+// counts only with its other direction's entry live and pointing back at
+// it: here the reverse entry is gone, then belongs to another client.
+func TestNodePortNATHalfFlowTranslatesNothing(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	victim := net.IPv4(192, 168, 7, 66).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	f := load(t)
+	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+	f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, sport, fe, true, false))
+	rk := f.reverseNAT()
+	var rv DatapathLbNat
+	if err := f.objs.LbNats.Lookup(&rk, &rv); err != nil {
+		t.Fatal(err)
+	}
+	// The client's segment leaves for the backend while the translation
+	// is whole (the verdict is the FIB's of the test run), and is left to
+	// the node's stack (not rewritten) once half of it is gone or taken.
+	send := func(what string, translated bool) {
+		t.Helper()
+		_, out := f.runOut(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, sport, fe, false, true))
+		dst, port := destination(t, out)
+		if got := dst.Equal(remote) && port == be; got != translated {
+			t.Fatalf("%s: the client's segment left for %s:%d; translated to the backend: %v, want %v", what, dst, port, got, translated)
+		}
+	}
+	send("the translation whole", true)
+	if err := f.objs.LbNats.Delete(&rk); err != nil {
+		t.Fatal(err)
+	}
+	send("the reverse entry gone", false)
+	taken := rv
+	taken.Daddr, taken.Dport = ip4(victim), htons(50000) // another client's flow on the same SNAT port
+	if err := f.objs.LbNats.Put(&rk, &taken); err != nil {
+		t.Fatal(err)
+	}
+	send("the reverse entry another client's", false)
+	if err := f.objs.LbNats.Put(&rk, &rv); err != nil {
+		t.Fatal(err)
+	}
+	send("the reverse entry back", true)
+}
+
+// A local backend sees the client's own tuple (DNAT only), so two
+// frontends reached from one client port collide there. A SYN to the
+// second frontend took the first flow's reverse entry, and that flow's
+// replies went out as the second frontend's; now it is refused (no free
+// tuple) while the first lives. The same frontend's SYN again (a
+// retransmission) still replaces its own entry.
+func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
+	const reasonLBNat = 10
+	f := load(t)
+	f.lbService(1, nodeIP, 30090, 6, lbFlagNodePort, backend)
+	f.lbService(2, nodeIP, 30091, 6, lbFlagNodePort, backend)
+	frontendOfReply := func() uint16 {
+		t.Helper()
+		k := DatapathLbNatKey{Saddr: ip4(podIP), Daddr: ip4(peerIP), Sport: htons(8080), Dport: htons(40000), Proto: 6}
+		var v DatapathLbNat
+		if err := f.objs.LbNats.Lookup(&k, &v); err != nil {
+			t.Fatalf("the reverse entry: %v", err)
+		}
+		return htons(v.Sport)
+	}
+	f.translated("the SYN to the first frontend", tcp(t, peerIP, nodeIP, 40000, 30090, true, false), backend)
+	before := f.count(reasonLBNat, dirIngress)
+	f.translated("the same SYN again", tcp(t, peerIP, nodeIP, 40000, 30090, true, false), backend)
+	if got := f.count(reasonLBNat, dirIngress) - before; got != 0 || frontendOfReply() != 30090 {
+		t.Fatalf("a retransmitted SYN: %d no-free-tuple drops, replies as frontend %d; want 0 and 30090", got, frontendOfReply())
+	}
+	f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, 40000, 30091, true, false))
+	if got := f.count(reasonLBNat, dirIngress) - before; got != 1 || frontendOfReply() != 30090 {
+		t.Fatalf("a SYN to the second frontend from the same client port: %d no-free-tuple drops, the first flow's replies go out as frontend %d; want 1 drop and 30090", got, frontendOfReply())
+	}
 }

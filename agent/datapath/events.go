@@ -177,6 +177,19 @@ func (d *Datapath) GCLBNAT() (int, error) {
 // clock, and returns how many.
 func gcExpired[K comparable](name string, m *ebpf.Map, k *K, v any, expires func() uint64) (int, error) {
 	now := monotonicNow()
+	expired, err := listExpired(m, k, v, expires, now)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	n, err := deleteExpired(m, expired, v, expires, now)
+	if err != nil {
+		return n, fmt.Errorf("%s: delete: %w", name, err)
+	}
+	return n, nil
+}
+
+// listExpired lists the keys of m whose entries expired by now.
+func listExpired[K comparable](m *ebpf.Map, k *K, v any, expires func() uint64, now uint64) ([]K, error) {
 	var expired []K
 	it := m.Iterate()
 	for it.Next(k, v) {
@@ -184,15 +197,24 @@ func gcExpired[K comparable](name string, m *ebpf.Map, k *K, v any, expires func
 			expired = append(expired, *k)
 		}
 	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("%s: %w", name, err)
-	}
+	return expired, it.Err()
+}
+
+// deleteExpired deletes the entries of keys that are still expired by
+// now. The datapath may have put a new flow under a key since the listing
+// (a NodePort translation takes an expired tuple over at once): looked up
+// again, a live entry stays. That narrows the window to the lookup and
+// the delete; it does not close it.
+func deleteExpired[K comparable](m *ebpf.Map, keys []K, v any, expires func() uint64, now uint64) (int, error) {
 	n := 0
-	for i := range expired {
-		if err := m.Delete(&expired[i]); err == nil {
+	for i := range keys {
+		if err := m.Lookup(&keys[i], v); err == nil && expires() > now {
+			continue
+		}
+		if err := m.Delete(&keys[i]); err == nil {
 			n++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("%s: delete: %w", name, err)
+			return n, err
 		}
 	}
 	return n, nil

@@ -29,13 +29,14 @@
 #define LB_ALG_RANDOM 0
 #define LB_ALG_MAGLEV 1
 
-// A translation lives as long as its flow, by conntrack's states
-// (lb_nat_timeout): a TCP one that has seen no reply CT_TIMEOUT_SYN, an
-// answered one LB_NAT_TIMEOUT_TCP after its last packet, and from a FIN or
-// RST in either direction CT_TIMEOUT_CLOSE; a UDP one CT_TIMEOUT_UDP until
-// a reply, then LB_NAT_TIMEOUT_UDP. Both directions' entries move
-// together, so a flow that was never answered (a SYN flood from many
-// source ports) or has ended gives its SNAT port back within a minute.
+// A translation lives as long as its flow (lb_nat_lookup moves its state,
+// both directions' entries together): CT_TIMEOUT_SYN (TCP) or
+// CT_TIMEOUT_UDP until the client has answered a reply of the backend
+// (TCP: the handshake's ACK after the SYN-ACK; a blind ACK is answered
+// with the backend's RST), LB_NAT_TIMEOUT_* after an established flow's
+// last packet, and CT_TIMEOUT_CLOSE once both sides sent a FIN or either
+// an RST. So a flood of SYNs from many (spoofed) source ports gives each
+// SNAT port back within a minute, even when the backend answers them.
 #define LB_NAT_TIMEOUT_TCP (21600 * NSEC)
 #define LB_NAT_TIMEOUT_UDP (300 * NSEC)
 // A NodePort flow to a backend on another node is translated from this
@@ -128,9 +129,16 @@ struct lb_nat {
 	__u16 dport;
 	__u32 tunnel_ip; // forward direction: the backend's node when tunnelled
 	__u8 reverse;    // 1: a reply being translated back to the client
-	__u8 state;      // CT_STATE_*, the same in both directions' entries
-	__u8 pad[2];
+	__u8 state;      // CT_STATE_* or LB_NAT_REPLIED, the same in both directions' entries
+	__u8 fin;        // LB_NAT_FIN_*: the sides that sent a FIN
+	__u8 pad;
 };
+
+// lb_nat.state beyond CT_STATE_*: the backend replied, the client has not
+// answered yet (CT_STATE_NEW's timeout).
+#define LB_NAT_REPLIED 3
+#define LB_NAT_FIN_CLIENT 1
+#define LB_NAT_FIN_BACKEND 2
 
 // Table size of Maglev; the agent sets it at load (a prime) and sizes the
 // lb_maglev values to match.
@@ -329,26 +337,43 @@ static __always_inline __u64 lb_nat_timeout(__u8 proto, __u8 state)
 	return state == CT_STATE_ESTABLISHED ? LB_NAT_TIMEOUT_UDP : CT_TIMEOUT_UDP;
 }
 
-// lb_nat_move puts entry n, and the other direction's entry of its flow
-// (keyed by n's rewritten tuple reversed), in state.
-static __always_inline void lb_nat_move(struct lb_nat *n, __u8 proto, __u8 state, __u64 now)
+// lb_nat_next is the state of a flow in state (with the FIN sides *fin)
+// after packet p of direction reverse (1: the backend's).
+static __always_inline __u8 lb_nat_next(struct pkt *p, int reverse, __u8 state, __u8 *fin)
 {
-	__u64 expires = now + lb_nat_timeout(proto, state);
-	n->state = state;
-	n->expires = expires;
-	struct lb_nat_key k = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = proto};
-	struct lb_nat *o = bpf_map_lookup_elem(&lb_nats, &k);
-	if (o) {
-		o->state = state;
-		o->expires = expires;
+	if (p->proto != IPPROTO_TCP) {
+		if (reverse && state == CT_STATE_NEW)
+			return LB_NAT_REPLIED;
+		if (!reverse && state == LB_NAT_REPLIED)
+			return CT_STATE_ESTABLISHED;
+		return state;
 	}
+	if (!reverse && state == CT_STATE_CLOSING && new_tcp(p)) {
+		// The client opens a connection again from the same port.
+		*fin = 0;
+		return CT_STATE_NEW;
+	}
+	if (p->tcp_flags & TCP_RST)
+		return CT_STATE_CLOSING;
+	if (p->tcp_flags & TCP_FIN) {
+		*fin |= reverse ? LB_NAT_FIN_BACKEND : LB_NAT_FIN_CLIENT;
+		if (*fin == (LB_NAT_FIN_CLIENT | LB_NAT_FIN_BACKEND))
+			return CT_STATE_CLOSING;
+	}
+	if (reverse && state == CT_STATE_NEW)
+		return LB_NAT_REPLIED;
+	if (!reverse && state == LB_NAT_REPLIED && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_ACK)
+		return CT_STATE_ESTABLISHED;
+	return state;
 }
 
-// lb_nat_lookup returns the live NAT entry of p's tuple, refreshing it
-// (the clock is read only when there is one). The first reply makes the
-// flow established and a TCP FIN or RST closes it, in both directions; a
-// client's SYN on the tuple of a closing flow opens it again as new (the
-// same client port, so the same translation).
+// lb_nat_lookup returns the live NAT entry of p's tuple and moves its flow
+// on (lb_nat_next; the clock is read only when there is an entry). An
+// entry counts only with its other direction's entry (keyed by its
+// rewritten tuple reversed) live and pointing back at it: each packet
+// refreshes both, and a lone survivor of a flow whose other half expired
+// and was taken by another flow translates nothing (it would send its
+// packets into that flow).
 static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
@@ -358,20 +383,28 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
 	__u64 now = bpf_ktime_get_ns();
 	if (n->expires < now)
 		return 0;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST))) {
-		if (n->state != CT_STATE_CLOSING) {
-			lb_nat_move(n, p->proto, CT_STATE_CLOSING, now);
-			return n;
-		}
-	} else if (n->reverse && n->state == CT_STATE_NEW) {
-		lb_nat_move(n, p->proto, CT_STATE_ESTABLISHED, now);
-		return n;
-	} else if (!n->reverse && n->state == CT_STATE_CLOSING && new_tcp(p)) {
-		lb_nat_move(n, p->proto, CT_STATE_NEW, now);
-		return n;
+	struct lb_nat_key ok = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = p->proto};
+	struct lb_nat *o = bpf_map_lookup_elem(&lb_nats, &ok);
+	if (!o || o->expires < now || o->reverse == n->reverse || o->saddr != k.daddr || o->daddr != k.saddr ||
+	    o->sport != k.dport || o->dport != k.sport)
+		return 0;
+	__u8 fin = n->fin;
+	__u8 state = lb_nat_next(p, n->reverse, n->state, &fin);
+	if (state != n->state || fin != n->fin) {
+		n->state = o->state = state;
+		n->fin = o->fin = fin;
 	}
-	n->expires = now + lb_nat_timeout(p->proto, n->state);
+	n->expires = o->expires = now + lb_nat_timeout(p->proto, state);
 	return n;
+}
+
+// lb_nat_reply tells whether p is a reply of a live NodePort translation,
+// without moving its flow (lb_reverse does, on the packet it translates).
+static __always_inline int lb_nat_reply(struct pkt *p)
+{
+	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
+	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
+	return n && n->reverse && n->expires >= bpf_ktime_get_ns();
 }
 
 // lb_out sends a translated reply out of the device the FIB chooses for its
@@ -392,6 +425,15 @@ static __always_inline int lb_out(struct __sk_buff *skb, struct pkt *p)
 	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 }
 
+// lb_reverse_entry translates p, a reply of a NodePort flow whose
+// (reverse) entry is n, back to the frontend and sends it to the client.
+static __always_inline int lb_reverse_entry(struct __sk_buff *skb, struct pkt *p, struct lb_nat *n)
+{
+	if (lb_rewrite(skb, p, n->saddr, n->daddr, n->sport, n->dport) < 0)
+		return TC_ACT_SHOT;
+	return lb_out(skb, p);
+}
+
 // lb_reverse translates a reply of a NodePort flow back to the frontend and
 // sends it to the client. It returns -1 when p is not such a reply.
 static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p)
@@ -401,9 +443,7 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p)
 	struct lb_nat *n = lb_nat_lookup(p);
 	if (!n || !n->reverse)
 		return -1;
-	if (lb_rewrite(skb, p, n->saddr, n->daddr, n->sport, n->dport) < 0)
-		return TC_ACT_SHOT;
-	return lb_out(skb, p);
+	return lb_reverse_entry(skb, p, n);
 }
 
 static __always_inline int lb_nat_put(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto,

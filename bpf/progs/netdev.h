@@ -202,10 +202,11 @@ int from_netdev(struct __sk_buff *skb)
 		r = l7_ingress_ep(skb, &p, dst);
 		return r >= 0 ? r : native_deliver(skb, &p, dst);
 	}
-	r = lb_reverse(skb, &p);
-	if (r >= 0)
-		return r;
+	// One lookup for both directions of a translated flow: a backend's
+	// reply goes back to its client, a client's packet to its backend.
 	struct lb_nat *n = lb_nat_lookup(&p);
+	if (n && n->reverse)
+		return lb_reverse_entry(skb, &p, n);
 	if (n) {
 		__u32 tunnel_ip = n->tunnel_ip;
 		__u32 daddr = n->daddr;
@@ -268,8 +269,14 @@ int from_netdev(struct __sk_buff *skb)
 			break;
 		}
 		if (local) {
-			// The same client tuple again (a retransmitted SYN): replace it.
-			ok = lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_ANY) == 0;
+			// The same client tuple again to this frontend (a SYN
+			// retransmitted or on a closed flow's tuple): replace it.
+			// Never another frontend's flow to this backend from the same
+			// client port: its translation stays.
+			struct lb_nat_key rk = {.saddr = bip, .daddr = nsaddr, .sport = bport, .dport = nsport, .proto = p.proto};
+			struct lb_nat *old = bpf_map_lookup_elem(&lb_nats, &rk);
+			if (old && old->saddr == p.daddr && old->sport == p.dport)
+				ok = lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_ANY) == 0;
 			break;
 		}
 		nsport = lb_snat_port(wg);

@@ -24,8 +24,7 @@ int from_wireguard(struct __sk_buff *skb)
 	p.sport = *(__u16 *)l4;
 	p.dport = *(__u16 *)(l4 + 2);
 	p.pport = p.dport;
-	struct lb_nat *n = lb_nat_lookup(&p);
-	if (!n || !n->reverse) {
+	if (!lb_nat_reply(&p)) {
 		// Ingress L7 of a pod here: to the proxy, before the kernel routes it.
 		int r = l7_ingress(skb, &p);
 		return r >= 0 ? r : TC_ACT_OK;
