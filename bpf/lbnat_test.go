@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -249,5 +250,66 @@ func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
 	f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, 40000, 30091, true, false))
 	if got := f.count(reasonLBNat, dirIngress) - before; got != 1 || frontendOfReply() != 30090 {
 		t.Fatalf("a SYN to the second frontend from the same client port: %d no-free-tuple drops, the first flow's replies go out as frontend %d; want 1 drop and 30090", got, frontendOfReply())
+	}
+}
+
+// A NodePort flow to a backend on a WireGuard peer, translated from the
+// node's WireGuard gateway address, takes its replies only through the
+// WireGuard device. The attack: from the underlay, in the clear, a
+// datagram with the backend's address to the gateway address and SNAT
+// port was translated back and sent to the client as the service's
+// answer (for UDP, say DNS, nothing else stood in the way). Now it is
+// dropped as a forged source and moves nothing. Without WireGuard the
+// reply to the node's address is translated as it comes (native routing:
+// the underlay is the backend's path; the tunnel sends it that way too).
+func TestNodePortReplyInClearToWireGuardGateway(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	gateway := net.IPv4(10, 200, 1, 1).To4()
+	backendPod := net.IPv4(10, 9, 1, 5).To4()
+	backendNode := net.IPv4(172, 30, 0, 9).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	const reasonForgedSource = 15
+	for _, c := range []struct {
+		name   string
+		cfg    DatapathNodeConfig
+		forged bool
+	}{
+		{"native", DatapathNodeConfig{}, false},
+		{"tunnel", DatapathNodeConfig{VxlanIfindex: 7}, false},
+		{"WireGuard", DatapathNodeConfig{Encrypt: 1, WireguardPort: wgPort, EncryptSnat: ip4(gateway)}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t)
+			putConfig(t, f.objs.Config, c.cfg)
+			ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(backendPod)}
+			if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: peerID, TunnelIp: ip4(backendNode)}); err != nil {
+				t.Fatal(err)
+			}
+			nk, one := ip4(backendNode), uint32(1)
+			if err := f.objs.EncryptPeers.Put(&nk, &one); err != nil {
+				t.Fatal(err)
+			}
+			f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(backendPod)), be))
+			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
+			rk := f.reverseNAT()
+			snat := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Daddr))
+			if c.forged != snat.Equal(gateway) {
+				t.Fatalf("translated from %s, want the gateway %s only with WireGuard", snat, gateway)
+			}
+			before := f.count(reasonForgedSource, dirIngress)
+			ret, out := f.runOut(f.objs.FromNetdev, udp(t, backendPod, snat, be, htons(rk.Dport)))
+			dst, port := destination(t, out)
+			translated := dst.Equal(peerIP) && port == sport
+			dropped := f.count(reasonForgedSource, dirIngress) - before
+			if c.forged && (ret != actShot || translated || dropped != 1) {
+				t.Fatalf("a reply in the clear: verdict %d, left for %s:%d, %d forged-source drops; want dropped as forged, not translated", ret, dst, port, dropped)
+			}
+			if !c.forged && (!translated || dropped != 0) {
+				t.Fatalf("a reply in the clear: left for %s:%d, %d forged-source drops; want translated to the client %s:%d", dst, port, dropped, peerIP, sport)
+			}
+			if fwd, rev := f.natLife(peerIP, sport); c.forged && (fwd > 60*time.Second || rev > 60*time.Second) {
+				t.Fatalf("the forged reply moved the flow: its entries live %v and %v more, want at most 60 s (no reply seen)", fwd, rev)
+			}
+		})
 	}
 }

@@ -204,6 +204,14 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	// One lookup for both directions of a translated flow: a backend's
 	// reply goes back to its client, a client's packet to its backend.
+	// A reply to the WireGuard gateway address (the SNAT of NodePort flows
+	// to backends on peers) comes only through the WireGuard device: one
+	// in the clear is not translated into the client's flow (nor moves
+	// its state), whoever sent it.
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (cfg && cfg->encrypt_snat && p.daddr == cfg->encrypt_snat && lb_nat_reply(&p))
+		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	struct lb_nat *n = lb_nat_lookup(&p);
 	if (n && n->reverse)
 		return lb_reverse_entry(skb, &p, n);
@@ -246,8 +254,6 @@ int from_netdev(struct __sk_buff *skb)
 	int enc = tunnel_ip ? encrypt_route(tunnel_ip) : -1;
 	if (enc == REASON_NO_ENCRYPT_PEER)
 		return drop(skb, enc, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	__u32 snat = p.daddr;
 	if (enc == 0 && cfg && cfg->encrypt_snat)
 		snat = cfg->encrypt_snat;
