@@ -112,6 +112,7 @@ func BenchmarkProgramPerPacket(b *testing.B) {
 	benchReceive(b, run)
 	benchFlowEvents(b, pkt, run)
 	benchNetdevWireGuard(b, run)
+	benchNodePortNAT(b)
 }
 
 // benchNetdevWireGuard: from_netdev on a WireGuard datagram (UDP between
