@@ -169,7 +169,7 @@ type DatapathLbNat struct {
 	Reverse  uint8
 	State    uint8
 	Fin      uint8
-	Pad      uint8
+	Path     uint8
 	_        [4]byte
 }
 

@@ -105,6 +105,12 @@ func TestNodePortNATLifetimes(t *testing.T) {
 			{"the backend's FIN", true, fin, 0, closing},
 			{"the client's last ACK", false, ack, 0, closing},
 		}},
+		{"a half-closed flow's port reused", []step{
+			{"the client's FIN (a half-close)", false, fin, est[0], est[1]},
+			{"the client's SYN from the same port (the old flow died unseen)", false, syn, est[0], est[1]},
+			{"the backend's FIN of the new connection (one side only)", true, fin, est[0], est[1]},
+			{"the client's FIN", false, fin, 0, closing},
+		}},
 		{"backend RST", []step{
 			{"the backend's RST", true, rst, 0, closing},
 		}},
@@ -243,6 +249,12 @@ func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
 	}
 	f.translated("the SYN to the first frontend", tcp(t, peerIP, nodeIP, 40000, 30090, true, false), backend)
 	before := f.count(reasonLBNat, dirIngress)
+	// The forward entry gone (as if expired), the same SYN is a new flow
+	// whose reverse tuple the first one's entry still holds.
+	fk := DatapathLbNatKey{Saddr: ip4(peerIP), Daddr: ip4(nodeIP), Sport: htons(40000), Dport: htons(30090), Proto: 6}
+	if err := f.objs.LbNats.Delete(&fk); err != nil {
+		t.Fatal(err)
+	}
 	f.translated("the same SYN again", tcp(t, peerIP, nodeIP, 40000, 30090, true, false), backend)
 	if got := f.count(reasonLBNat, dirIngress) - before; got != 0 || frontendOfReply() != 30090 {
 		t.Fatalf("a retransmitted SYN: %d no-free-tuple drops, replies as frontend %d; want 0 and 30090", got, frontendOfReply())
@@ -253,35 +265,38 @@ func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
 	}
 }
 
-// A NodePort flow to a backend on a WireGuard peer, translated from the
-// node's WireGuard gateway address, takes its replies only through the
-// WireGuard device. The attack: from the underlay, in the clear, a
-// datagram with the backend's address to the gateway address and SNAT
-// port was translated back and sent to the client as the service's
-// answer (for UDP, say DNS, nothing else stood in the way). Now it is
-// dropped as a forged source and moves nothing. Without WireGuard the
-// reply to the node's address is translated as it comes (native routing:
-// the underlay is the backend's path; the tunnel sends it that way too).
-func TestNodePortReplyInClearToWireGuardGateway(t *testing.T) {
+// A backend's replies are taken only the way they come: a local
+// backend's from its veth (from_container), a WireGuard peer's backend's,
+// translated from the node's gateway address, through the WireGuard
+// device; the others' from the underlay (native routing, and the tunnel,
+// whose backend's node routes them to this node's address). The attack:
+// from the underlay, in the clear, a datagram with the backend's address
+// to the translated tuple was translated back and sent to the client as
+// the service's answer (for UDP, say DNS, nothing else stood in the way),
+// with WireGuard on or a backend on this node. Now it is dropped as a
+// forged source and moves nothing.
+func TestNodePortRepliesOnlyTheirWay(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	gateway := net.IPv4(10, 200, 1, 1).To4()
-	backendPod := net.IPv4(10, 9, 1, 5).To4()
+	remotePod := net.IPv4(10, 9, 1, 5).To4()
 	backendNode := net.IPv4(172, 30, 0, 9).To4()
 	const fe, be, sport = 30090, 8080, 40000
 	const reasonForgedSource = 15
 	for _, c := range []struct {
-		name   string
-		cfg    DatapathNodeConfig
-		forged bool
+		name    string
+		cfg     DatapathNodeConfig
+		backend net.IP
+		forged  bool
 	}{
-		{"native", DatapathNodeConfig{}, false},
-		{"tunnel", DatapathNodeConfig{VxlanIfindex: 7}, false},
-		{"WireGuard", DatapathNodeConfig{Encrypt: 1, WireguardPort: wgPort, EncryptSnat: ip4(gateway)}, true},
+		{"native", DatapathNodeConfig{}, remotePod, false},
+		{"tunnel", DatapathNodeConfig{VxlanIfindex: 7}, remotePod, false},
+		{"WireGuard", DatapathNodeConfig{Encrypt: 1, WireguardPort: wgPort, EncryptSnat: ip4(gateway)}, remotePod, true},
+		{"a backend on this node", DatapathNodeConfig{}, podIP, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
 			putConfig(t, f.objs.Config, c.cfg)
-			ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(backendPod)}
+			ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(remotePod)}
 			if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: peerID, TunnelIp: ip4(backendNode)}); err != nil {
 				t.Fatal(err)
 			}
@@ -289,27 +304,66 @@ func TestNodePortReplyInClearToWireGuardGateway(t *testing.T) {
 			if err := f.objs.EncryptPeers.Put(&nk, &one); err != nil {
 				t.Fatal(err)
 			}
-			f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(backendPod)), be))
+			f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(c.backend)), be))
 			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
 			rk := f.reverseNAT()
-			snat := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Daddr))
-			if c.forged != snat.Equal(gateway) {
-				t.Fatalf("translated from %s, want the gateway %s only with WireGuard", snat, gateway)
+			to := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Daddr))
+			if wg := c.cfg.EncryptSnat != 0; wg != to.Equal(gateway) {
+				t.Fatalf("translated from %s, want the gateway %s only with WireGuard", to, gateway)
 			}
 			before := f.count(reasonForgedSource, dirIngress)
-			ret, out := f.runOut(f.objs.FromNetdev, udp(t, backendPod, snat, be, htons(rk.Dport)))
+			ret, out := f.runOut(f.objs.FromNetdev, udp(t, c.backend, to, be, htons(rk.Dport)))
 			dst, port := destination(t, out)
-			translated := dst.Equal(peerIP) && port == sport
+			translated := dst.Equal(peerIP) && port == sport && !c.backend.Equal(podIP) || c.backend.Equal(podIP) && ret != actShot
 			dropped := f.count(reasonForgedSource, dirIngress) - before
 			if c.forged && (ret != actShot || translated || dropped != 1) {
-				t.Fatalf("a reply in the clear: verdict %d, left for %s:%d, %d forged-source drops; want dropped as forged, not translated", ret, dst, port, dropped)
+				t.Fatalf("a reply from the underlay: verdict %d, left for %s:%d, %d forged-source drops; want dropped as forged, not translated", ret, dst, port, dropped)
 			}
 			if !c.forged && (!translated || dropped != 0) {
-				t.Fatalf("a reply in the clear: left for %s:%d, %d forged-source drops; want translated to the client %s:%d", dst, port, dropped, peerIP, sport)
+				t.Fatalf("a reply from the underlay: left for %s:%d, %d forged-source drops; want translated to the client %s:%d", dst, port, dropped, peerIP, sport)
 			}
 			if fwd, rev := f.natLife(peerIP, sport); c.forged && (fwd > 60*time.Second || rev > 60*time.Second) {
 				t.Fatalf("the forged reply moved the flow: its entries live %v and %v more, want at most 60 s (no reply seen)", fwd, rev)
 			}
 		})
+	}
+}
+
+// A flow to a backend on this node moves through its states with the
+// backend's packets seen at from_container (its replies' only way) and
+// the client's at from_netdev: established after the handshake, closing
+// after both FINs.
+func TestNodePortLocalBackendLifetime(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	f := load(t)
+	f.rule(dirEgress, peerID, 6, sport, 24, false) // the pod's egress admits its replies
+	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
+	for i, s := range []struct {
+		what    string
+		backend bool
+		flags   func(*layers.TCP)
+		lo, hi  time.Duration
+	}{
+		{"the client's SYN", false, func(l *layers.TCP) { l.SYN = true }, 0, time.Minute},
+		{"the backend's SYN-ACK", true, func(l *layers.TCP) { l.SYN, l.ACK = true, true }, 0, time.Minute},
+		{"the client's ACK", false, func(l *layers.TCP) { l.ACK = true }, 6*time.Hour - 2*time.Second, 6 * time.Hour},
+		{"the backend's FIN", true, func(l *layers.TCP) { l.FIN, l.ACK = true, true }, 6*time.Hour - 2*time.Second, 6 * time.Hour},
+		{"the client's FIN", false, func(l *layers.TCP) { l.FIN, l.ACK = true, true }, 0, 10 * time.Second},
+	} {
+		if s.backend {
+			// Translated back to the frontend (the verdict is the FIB's of
+			// the test run).
+			_, out := f.runOut(f.objs.FromContainer, tcpWith(t, podIP, peerIP, be, sport, s.flags))
+			if src, port := net.IP(out[14+12:14+16]), binary.BigEndian.Uint16(out[14+20:]); !src.Equal(nodeIP) || port != fe {
+				t.Fatalf("%s: left from_container from %s:%d, want translated to the frontend %s:%d", s.what, src, port, nodeIP, fe)
+			}
+		} else {
+			f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, s.flags))
+		}
+		fwd, rev := f.natLife(peerIP, sport)
+		if fwd <= s.lo || fwd > s.hi || rev <= s.lo || rev > s.hi {
+			t.Fatalf("after %s (step %d): the entries live %v and %v more, want (%v, %v]", s.what, i, fwd, rev, s.lo, s.hi)
+		}
 	}
 }

@@ -131,8 +131,20 @@ struct lb_nat {
 	__u8 reverse;    // 1: a reply being translated back to the client
 	__u8 state;      // CT_STATE_* or LB_NAT_REPLIED, the same in both directions' entries
 	__u8 fin;        // LB_NAT_FIN_*: the sides that sent a FIN
-	__u8 pad;
+	__u8 path;       // reverse entries: LB_PATH_*, the way the backend's replies come
 };
+
+// The way a backend's replies reach this node, in its reverse entry; the
+// caller of lb_nat_lookup says which way the packet came. A reply that
+// came another way is forged (lb_nat_foreign): a local backend's come only
+// from its veth (from_container), a WireGuard peer's backend's to the
+// gateway address only through the WireGuard device, the others from the
+// underlay (from_netdev, or from_overlay when the backend's node
+// encapsulates them).
+#define LB_PATH_UNDERLAY 0
+#define LB_PATH_LOCAL 1
+#define LB_PATH_WIREGUARD 2
+#define LB_FORGED -2 // lb_reverse: a reply that came the wrong way
 
 // lb_nat.state beyond CT_STATE_*: the backend replied, the client has not
 // answered yet (CT_STATE_NEW's timeout).
@@ -348,10 +360,11 @@ static __always_inline __u8 lb_nat_next(struct pkt *p, int reverse, __u8 state, 
 			return CT_STATE_ESTABLISHED;
 		return state;
 	}
-	if (!reverse && state == CT_STATE_CLOSING && new_tcp(p)) {
-		// The client opens a connection again from the same port.
+	if (!reverse && new_tcp(p)) {
+		// The client opens a connection from the same port: a closed
+		// one's FINs count no more, and a closing flow is new again.
 		*fin = 0;
-		return CT_STATE_NEW;
+		return state == CT_STATE_CLOSING ? CT_STATE_NEW : state;
 	}
 	if (p->tcp_flags & TCP_RST)
 		return CT_STATE_CLOSING;
@@ -367,14 +380,29 @@ static __always_inline __u8 lb_nat_next(struct pkt *p, int reverse, __u8 state, 
 	return state;
 }
 
-// lb_nat_lookup returns the live NAT entry of p's tuple and moves its flow
-// on (lb_nat_next; the clock is read only when there is an entry). An
-// entry counts only with its other direction's entry (keyed by its
-// rewritten tuple reversed) live and pointing back at it: each packet
-// refreshes both, and a lone survivor of a flow whose other half expired
-// and was taken by another flow translates nothing (it would send its
-// packets into that flow).
-static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
+// lb_nat_foreign tells whether n, found for a packet that came the way
+// from (LB_PATH_*), is a reverse entry whose replies never come that way:
+// such a packet is forged and must be dropped, not translated. WireGuard
+// is authenticated: it may carry what the underlay does.
+static __always_inline int lb_nat_foreign(struct lb_nat *n, __u8 from)
+{
+	if (!n->reverse)
+		return 0;
+	if (from == LB_PATH_WIREGUARD)
+		return n->path == LB_PATH_LOCAL;
+	return n->path != from;
+}
+
+// lb_nat_lookup returns the live NAT entry of p's tuple, which came the
+// way from (LB_PATH_*), and moves its flow on (lb_nat_next; the clock is
+// read only when there is an entry). An entry counts only with its other
+// direction's entry (keyed by its rewritten tuple reversed) live and
+// pointing back at it: each packet refreshes both, and a lone survivor of
+// a flow whose other half expired and was taken by another flow
+// translates nothing (it would send its packets into that flow). A
+// foreign entry (lb_nat_foreign) is returned untouched: the caller drops
+// the packet.
+static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
 	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
@@ -383,6 +411,8 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p)
 	__u64 now = bpf_ktime_get_ns();
 	if (n->expires < now)
 		return 0;
+	if (lb_nat_foreign(n, from))
+		return n;
 	struct lb_nat_key ok = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = p->proto};
 	struct lb_nat *o = bpf_map_lookup_elem(&lb_nats, &ok);
 	if (!o || o->expires < now || o->reverse == n->reverse || o->saddr != k.daddr || o->daddr != k.saddr ||
@@ -434,15 +464,20 @@ static __always_inline int lb_reverse_entry(struct __sk_buff *skb, struct pkt *p
 	return lb_out(skb, p);
 }
 
-// lb_reverse translates a reply of a NodePort flow back to the frontend and
-// sends it to the client. It returns -1 when p is not such a reply.
-static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p)
+// lb_reverse translates a reply of a NodePort flow, which came the way
+// from (LB_PATH_*), back to the frontend and sends it to the client. It
+// returns LB_FORGED for one that came another way than the backend's
+// replies do (the caller drops it as REASON_FORGED_SOURCE), -1 when p is
+// not such a reply.
+static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, __u8 from)
 {
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return -1;
-	struct lb_nat *n = lb_nat_lookup(p);
+	struct lb_nat *n = lb_nat_lookup(p, from);
 	if (!n || !n->reverse)
 		return -1;
+	if (lb_nat_foreign(n, from))
+		return LB_FORGED;
 	return lb_reverse_entry(skb, p, n);
 }
 

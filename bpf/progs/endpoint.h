@@ -57,7 +57,9 @@ int from_container(struct __sk_buff *skb)
 		// the NAT lookup (and is never cached).
 		int syn = new_tcp(&p);
 		if (!syn) {
-			r = lb_reverse(skb, &p);
+			r = lb_reverse(skb, &p, LB_PATH_LOCAL);
+			if (r == LB_FORGED)
+				return drop(skb, REASON_FORGED_SOURCE, DIR_EGRESS, src->ep_id, 0, src->identity, 0, &p);
 			if (r >= 0)
 				return r;
 		}

@@ -203,16 +203,14 @@ int from_netdev(struct __sk_buff *skb)
 		return r >= 0 ? r : native_deliver(skb, &p, dst);
 	}
 	// One lookup for both directions of a translated flow: a backend's
-	// reply goes back to its client, a client's packet to its backend.
-	// A reply to the WireGuard gateway address (the SNAT of NodePort flows
-	// to backends on peers) comes only through the WireGuard device: one
-	// in the clear is not translated into the client's flow (nor moves
-	// its state), whoever sent it.
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (cfg && cfg->encrypt_snat && p.daddr == cfg->encrypt_snat && lb_nat_reply(&p))
+	// reply goes back to its client, a client's packet to its backend. A
+	// reply whose backend's replies never come from the underlay (a local
+	// backend's, or one to the WireGuard gateway address) is not
+	// translated into the client's flow nor moves its state, whoever sent
+	// it.
+	struct lb_nat *n = lb_nat_lookup(&p, LB_PATH_UNDERLAY);
+	if (n && lb_nat_foreign(n, LB_PATH_UNDERLAY))
 		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
-	struct lb_nat *n = lb_nat_lookup(&p);
 	if (n && n->reverse)
 		return lb_reverse_entry(skb, &p, n);
 	if (n) {
@@ -254,6 +252,8 @@ int from_netdev(struct __sk_buff *skb)
 	int enc = tunnel_ip ? encrypt_route(tunnel_ip) : -1;
 	if (enc == REASON_NO_ENCRYPT_PEER)
 		return drop(skb, enc, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	__u32 snat = p.daddr;
 	if (enc == 0 && cfg && cfg->encrypt_snat)
 		snat = cfg->encrypt_snat;
@@ -267,7 +267,8 @@ int from_netdev(struct __sk_buff *skb)
 	__u32 nsaddr = local ? p.saddr : snat;
 	__u16 wg = cfg ? cfg->wireguard_port : 0;
 	__u16 nsport = local ? p.sport : lb_snat_port(wg);
-	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1};
+	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1,
+			     .path = local ? LB_PATH_LOCAL : (snat != p.daddr ? LB_PATH_WIREGUARD : LB_PATH_UNDERLAY)};
 	int i, ok = 0;
 	for (i = 0; i < LB_SNAT_TRIES; i++) {
 		if (lb_nat_claim(bip, nsaddr, bport, nsport, p.proto, &rev, now) == 0) {

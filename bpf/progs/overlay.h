@@ -30,7 +30,9 @@ int from_overlay(struct __sk_buff *skb)
 	if (!dst) {
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		// A remote backend's reply to a NodePort flow this node translated.
-		r = lb_reverse(skb, &p);
+		r = lb_reverse(skb, &p, LB_PATH_UNDERLAY);
+		if (r == LB_FORGED)
+			return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, src_id, 0, &p);
 		if (r >= 0)
 			return r;
 		return TC_ACT_OK;

@@ -37,6 +37,10 @@ int from_wireguard(struct __sk_buff *skb)
 	struct pkt q = {};
 	if (parse(skb, &q) != REASON_FORWARDED)
 		return TC_ACT_SHOT;
-	int r = lb_reverse(skb, &q);
-	return r >= 0 ? r : TC_ACT_SHOT;
+	int r = lb_reverse(skb, &q, LB_PATH_WIREGUARD);
+	if (r >= 0)
+		return r;
+	// A local backend's tuple through the tunnel, or a translation only
+	// half alive: nothing to send on.
+	return drop(skb, r == LB_FORGED ? REASON_FORGED_SOURCE : REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &q);
 }
