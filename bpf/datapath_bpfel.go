@@ -224,6 +224,7 @@ type DatapathNodeConfig struct {
 	PolicyAudit      uint32
 	WireguardPort    uint16
 	KernelForwarding uint16
+	HostSrc          uint32
 }
 
 type DatapathPolicyKey struct {

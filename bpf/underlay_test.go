@@ -10,10 +10,11 @@ import (
 	"github.com/gopacket/gopacket/layers"
 )
 
-// from_netdev refuses what comes from the underlay to a pod of this node
-// with the address of a pod that never sends that way: a pod of this node
-// always (whatever the protocol, on the WireGuard port, in a fragment, or
-// to a NodePort, whichever backend it gets); a remote pod whose traffic
+// from_netdev refuses what comes from the underlay with the address of a
+// pod that never sends that way: a pod of this node always (whatever the
+// protocol, on the WireGuard port, in a fragment, to a NodePort, whichever
+// backend it gets, to the node, or to be forwarded to another node's pod);
+// to a pod of this node, a remote pod whose traffic
 // comes through the tunnel (tunnel mode) or the WireGuard device (its node
 // a peer; in strict mode one not yet a peer too, reported as that), by its
 // own entry or its node's cover. Native
@@ -78,7 +79,10 @@ func TestUnderlayForgedSource(t *testing.T) {
 		{"native: a local pod's address to a NodePort with a remote backend", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 30081), F},
 		{"native: a local pod's address, a later fragment", 0, 0, 0, false, laterFragment(local2, podIP), F},
 		{"native: an outside address to a NodePort with a local backend", 0, 0, 0, false, udp(t, peerIP, nodeIP, 5000, 30080), P},
-		{"native: a local pod's address to the node, not to a pod", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 53), P},
+		{"native: a local pod's address to the node, not to a pod", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 53), F},
+		{"native: a local pod's address to a remote pod (to be forwarded)", 0, 0, 0, false, udp(t, local2, remotePod, 5000, 53), F},
+		{"tunnel: a local pod's address to a remote pod (to be forwarded)", 7, 0, 0, false, udp(t, local2, remotePod, 5000, 53), F},
+		{"tunnel: an outside address to a remote pod (forwarded as the world)", 7, 0, 0, false, udp(t, peerIP, remotePod, 5000, 53), P},
 		{"native: the pod's own address to itself", 0, 0, 0, false, udp(t, podIP, podIP, 5000, 53), F},
 		{"native: an outside address", 0, 0, 0, false, udp(t, peerIP, podIP, 5000, 53), P},
 		{"native: a remote pod (trusted underlay)", 0, 0, 0, false, udp(t, remotePod, podIP, 5000, 53), P},

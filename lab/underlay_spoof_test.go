@@ -75,18 +75,7 @@ spec:
 				t.Fatalf("external forger: add %s: %v %s", local2.IP, err, out)
 			}
 			extNS := lab.NetNSPath(ext.NetNS)
-			send := func(ns, from, payload string) {
-				inNS(t, ns, func() error {
-					c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(from)}, &net.UDPAddr{IP: net.ParseIP(victim.IP), Port: 7000})
-					if err != nil {
-						t.Errorf("send from %s: %v", from, err)
-						return nil
-					}
-					defer c.Close()
-					c.Write([]byte(payload))
-					return nil
-				})
-			}
+			send := func(ns, from, payload string) { sendUDP(t, ns, from, victim.IP, 7000, payload) }
 			// Controls: the real pods are admitted (so the sink and the
 			// policy work).
 			for _, c := range []struct{ ns, from, payload string }{
@@ -135,6 +124,25 @@ spec:
 			}
 		})
 	}
+}
+
+// sendUDP sends payload in one datagram from the namespace at path ns,
+// from address from ("": the kernel's choice), to to:port.
+func sendUDP(t *testing.T, ns, from, to string, port int, payload string) {
+	inNS(t, ns, func() error {
+		var laddr *net.UDPAddr
+		if from != "" {
+			laddr = &net.UDPAddr{IP: net.ParseIP(from)}
+		}
+		c, err := net.DialUDP("udp4", laddr, &net.UDPAddr{IP: net.ParseIP(to), Port: port})
+		if err != nil {
+			t.Errorf("send from %s: %v", from, err)
+			return nil
+		}
+		defer c.Close()
+		c.Write([]byte(payload))
+		return nil
+	})
 }
 
 // tally counts strings (payloads received, sources of drop events) from

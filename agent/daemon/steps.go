@@ -159,6 +159,9 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	}
 	if a.underlayLink != nil {
 		a.router.SetHostSource(a.nodeIP)
+		if err := dp.SetHostSource(a.nodeIP); err != nil {
+			return err
+		}
 	}
 	return nil
 }

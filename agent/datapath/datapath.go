@@ -621,6 +621,20 @@ func (d *Datapath) SetEncryptSNAT(a netip.Addr) error {
 	})
 }
 
+// SetHostSource sets the node's own address that its traffic to other
+// nodes' pods leaves from in tunnel mode (routing.Router.SetHostSource):
+// from_host speaks as remote-node for that source only, as the world for
+// anything else the node forwards into the tunnel (invalid: remote-node
+// for all, as before it was known).
+func (d *Datapath) SetHostSource(a netip.Addr) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
+		v.HostSrc = 0
+		if a.Is4() {
+			v.HostSrc = ipv4(a)
+		}
+	})
+}
+
 // SetWireGuardPort sets the UDP port the WireGuard device listens on (the
 // same on every node; 0: none): from_netdev passes datagrams from and to it
 // without its NodePort and L7 lookups, and NodePort translation never

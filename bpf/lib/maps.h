@@ -131,6 +131,11 @@ struct node_config {
 	// IP forwarding (the agent's --native-forwarding kernel), 0 forwards
 	// it with the FIB from the programs (lib/fib.h).
 	__u16 kernel_forwarding;
+	// Tunnel mode: the node's own address its traffic to other nodes' pods
+	// leaves from (the gateway routes' source), network order; from_host
+	// gives remote-node only to that source, the world to anything else
+	// forwarded into the tunnel. 0 = unknown: remote-node to all.
+	__u32 host_src;
 };
 
 struct event {

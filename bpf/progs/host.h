@@ -8,7 +8,12 @@
 // encapsulated like a pod's. The VNI is the identity the traffic speaks
 // for: a pod of this node when its address is the source (the L7 proxy
 // answering as the pod it stands in front of), the flow's source when the
-// proxy's upstream mark says so, else remote-node (the node itself).
+// proxy's upstream mark says so, remote-node when the source is the
+// node's own (host_src, the gateway routes' source), and the world for
+// anything else: traffic the node forwards for others (a host on the
+// underlay routing a remote pod's address through this node) does not
+// speak for the node. A local pod's address from the underlay never gets
+// here (from_netdev refuses it in tunnel mode).
 SEC("tc")
 int from_host(struct __sk_buff *skb)
 {
@@ -21,10 +26,14 @@ int from_host(struct __sk_buff *skb)
 	__u32 id = IDENTITY_REMOTE_NODE;
 	__u32 saddr = p.saddr;
 	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &saddr);
-	if (ep)
+	if (ep) {
 		id = ep->identity;
-	else
-		proxied(skb, &id);
+	} else if (!proxied(skb, &id)) {
+		__u32 zero = 0;
+		struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+		if (cfg && cfg->host_src && saddr != cfg->host_src)
+			id = IDENTITY_WORLD;
+	}
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	return encap(skb, remote->tunnel_ip, id);
 }

@@ -68,10 +68,12 @@ static __always_inline int wireguard_datagram(struct pkt *p)
 }
 
 // underlay_forged tells whether a packet that came in from the underlay
-// for a pod of this node has a source address no pod's packet to it can
-// have on this device, so that whoever sent it must not pass as that pod
-// (to_container would give it the pod's identity):
-//   - a pod of this node (its packets never leave the node);
+// has a source address no pod's packet can have on this device, so that
+// whoever sent it must not pass as that pod (to_container would give it
+// the pod's identity, and forwarded on, the next node or from_host):
+//   - whatever the destination, a pod of this node (its packets never
+//     come in from the underlay);
+// and for a pod of this node:
 //   - a remote pod whose ipcache entry (its own, or its node's cover) has
 //     a tunnel endpoint, when this node runs the tunnel (such a pod's
 //     packets come encapsulated, to from_overlay) or WireGuard and the
@@ -89,11 +91,17 @@ static __always_inline int wireguard_datagram(struct pkt *p)
 static __always_inline int underlay_forged(struct pkt *p, struct endpoint_info **dstp)
 {
 	__u32 daddr = p->daddr;
-	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
-	if (!dst)
-		return 0;
-	*dstp = dst;
 	__u32 saddr = p->saddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (!dst) {
+		// For the node or to be forwarded: a local pod's address is
+		// forged whatever the destination. Forwarded on, it would speak
+		// for that pod (the next node takes a native packet's identity
+		// from its address; from_host gives a local pod's address its
+		// identity in the VNI).
+		return bpf_map_lookup_elem(&endpoints, &saddr) ? REASON_FORGED_SOURCE : 0;
+	}
+	*dstp = dst;
 	if (bpf_map_lookup_elem(&endpoints, &saddr))
 		return REASON_FORGED_SOURCE;
 	// The ipcache (a longest-prefix lookup) only where its answer counts:
@@ -184,8 +192,8 @@ int from_netdev(struct __sk_buff *skb)
 	int r = parse(skb, &p);
 	struct endpoint_info *dst = 0;
 	int forged = underlay_forged(&p, &dst);
-	if (forged && dst)
-		return drop(skb, forged, DIR_INGRESS, dst->ep_id, 0, IDENTITY_WORLD, dst->identity, &p);
+	if (forged)
+		return drop(skb, forged, DIR_INGRESS, dst ? dst->ep_id : 0, 0, IDENTITY_WORLD, dst ? dst->identity : 0, &p);
 	if (r != REASON_FORWARDED)
 		return TC_ACT_OK;
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
@@ -231,13 +239,10 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	if (p.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
 		return TC_ACT_OK; // not a flow we translated: the stack answers it
-	// Never a pod of this node as the client (they reach a NodePort
-	// through the socket programs, not the underlay): a local backend
-	// would take it as that pod, and a remote backend's replies would be
-	// sent into it. Refused before a backend (or an affinity) is chosen.
-	__u32 saddr = p.saddr;
-	if (bpf_map_lookup_elem(&endpoints, &saddr))
-		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	// Never a pod of this node as the client: underlay_forged refused it
+	// above (they reach a NodePort through the socket programs; a local
+	// backend would take it as that pod, and a remote backend's replies
+	// would be sent into it), before a backend or an affinity is chosen.
 	struct lb_backend *b = lb_pick(svc, p.saddr, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
 	if (!b)
 		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
