@@ -133,7 +133,7 @@ type DatapathLbAffinityKey struct {
 	_      structs.HostLayout
 	Client uint64
 	Id     uint32
-	Pad    uint32
+	Net    uint32
 }
 
 type DatapathLbBackend struct {

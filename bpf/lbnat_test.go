@@ -367,3 +367,41 @@ func TestNodePortLocalBackendLifetime(t *testing.T) {
 		}
 	}
 }
+
+// NodePort affinity (by client address, at tc) and socket affinity (by
+// netns cookie) share lb_affinities; an address a.b.0.0 is the number of a
+// small cookie. The attack: a SYN from such an address to a NodePort with
+// ClientIP affinity that a pod's namespace also reaches set, or used,
+// that namespace's affinity (spoofed, no reply needed). Keys now say which
+// kind of client they name: the SYN leaves the namespace's entry as it was
+// and makes one of its own.
+func TestNodePortAffinityApartFromSockets(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	f := load(t)
+	f.lbService(1, nodeIP, 30090, 6, lbFlagNodePort|1 /* affinity */, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
+	var sv DatapathLbService
+	sk := DatapathLbKey{Vip: ip4(nodeIP), Port: htons(30090), Proto: 6}
+	if err := f.objs.LbServices.Lookup(&sk, &sv); err != nil {
+		t.Fatal(err)
+	}
+	sv.AffinityTimeout = 600
+	if err := f.objs.LbServices.Put(&sk, &sv); err != nil {
+		t.Fatal(err)
+	}
+	client := net.IPv4(5, 0, 0, 0).To4() // as a key: cookie 5
+	cookie := uint64(ip4(client))
+	nsKey := DatapathLbAffinityKey{Client: cookie, Id: 1}
+	nsVal := DatapathLbAffinity{LastUsed: 1, Backend: 7}
+	if err := f.objs.LbAffinities.Put(&nsKey, &nsVal); err != nil {
+		t.Fatal(err)
+	}
+	f.run(f.objs.FromNetdev, tcp(t, client, nodeIP, 40000, 30090, true, false))
+	var got DatapathLbAffinity
+	if err := f.objs.LbAffinities.Lookup(&nsKey, &got); err != nil || got != nsVal {
+		t.Fatalf("the namespace's affinity after a NodePort SYN from %s: %+v (%v), want %+v untouched", client, got, err, nsVal)
+	}
+	netKey := DatapathLbAffinityKey{Client: cookie, Id: 1, Net: 1}
+	if err := f.objs.LbAffinities.Lookup(&netKey, &got); err != nil || got.Backend != 1 {
+		t.Fatalf("the NodePort client's own affinity: %+v (%v), want one to backend 1", got, err)
+	}
+}

@@ -88,7 +88,11 @@ struct lb_member_key {
 struct lb_affinity_key {
 	__u64 client; // netns cookie (sockets) or client IPv4 (tc)
 	__u32 id;     // service
-	__u32 pad;
+	// 1: client is an address from the network (a NodePort at tc), 0: a
+	// netns cookie. Apart, since an address a.b.0.0 is the number of a
+	// small cookie: a SYN from it would set (or use) that namespace's
+	// affinity to a NodePort both reach.
+	__u32 net;
 };
 
 struct lb_affinity {
@@ -248,13 +252,14 @@ static __always_inline __u32 lb_hash(__u32 saddr, __u32 daddr, __u16 sport, __u1
 }
 
 // lb_pick chooses a backend of svc for a new connection: the client's
-// affinity when it still holds, else Maglev (by hash) or random.
-static __always_inline struct lb_backend *lb_pick(struct lb_service *svc, __u64 client, __u32 hash)
+// affinity when it still holds, else Maglev (by hash) or random. client is
+// a netns cookie (net 0) or an address from the network (net 1).
+static __always_inline struct lb_backend *lb_pick(struct lb_service *svc, __u64 client, __u32 net, __u32 hash)
 {
 	if (svc->count == 0)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	struct lb_affinity_key ak = {.client = client, .id = svc->id};
+	struct lb_affinity_key ak = {.client = client, .id = svc->id, .net = net};
 	if (svc->flags & LB_FLAG_AFFINITY) {
 		struct lb_affinity *a = bpf_map_lookup_elem(&lb_affinities, &ak);
 		if (a && now - a->last_used < (__u64)svc->affinity_timeout * NSEC) {

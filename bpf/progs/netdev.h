@@ -243,7 +243,7 @@ int from_netdev(struct __sk_buff *skb)
 	// above (they reach a NodePort through the socket programs; a local
 	// backend would take it as that pod, and a remote backend's replies
 	// would be sent into it), before a backend or an affinity is chosen.
-	struct lb_backend *b = lb_pick(svc, p.saddr, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
+	struct lb_backend *b = lb_pick(svc, p.saddr, 1, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
 	if (!b)
 		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	__u32 bip = b->ip;

@@ -62,7 +62,7 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 	if (!svc)
 		return 1;
 	__u64 client = bpf_get_netns_cookie(ctx);
-	struct lb_backend *b = lb_pick(svc, client, bpf_get_prandom_u32());
+	struct lb_backend *b = lb_pick(svc, client, 0, bpf_get_prandom_u32());
 	if (!b)
 		return 0;
 	__u32 bip = b->ip;
