@@ -208,10 +208,12 @@ type DatapathLbSockKey struct {
 }
 
 type DatapathLbSockValue struct {
-	_    structs.HostLayout
-	Vip  uint32
-	Port uint16
-	Pad  [2]uint8
+	_       structs.HostLayout
+	Vip     uint32
+	Port    uint16
+	Proto   uint8
+	Pad     uint8
+	Backend uint32
 }
 
 type DatapathNodeConfig struct {

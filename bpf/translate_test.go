@@ -179,6 +179,13 @@ func TestTranslatedNodePort(t *testing.T) {
 const sockHelperEnv = "FILAMENT_BPF_SOCK_CLIENT"
 
 func TestMain(m *testing.M) {
+	if v := os.Getenv(sockEchoEnv); v != "" {
+		if err := sockEcho(v); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if v := os.Getenv(sockHelperEnv); v != "" {
 		if err := sockClient(v); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -229,6 +236,37 @@ func netnsCookie(t *testing.T) uint64 {
 		t.Skipf("skipped: SO_NETNS_COOKIE: %v", err)
 	}
 	return c
+}
+
+// podCgroup registers the test's network namespace as the pod's (lb_netns)
+// and returns a new cgroup under root with progs attached by type, for a
+// child process to run in; all are removed when the test ends.
+func (f *fixture) podCgroup(root string, progs map[ebpf.AttachType]*ebpf.Program) *os.File {
+	t := f.t
+	t.Helper()
+	cookie := netnsCookie(t)
+	pod := ip4(podIP) // the namespace is the pod's
+	if err := f.objs.LbNetns.Put(&cookie, &pod); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(root, "filament-bpftest-")
+	if err != nil {
+		t.Skipf("skipped: a cgroup under %s: %v", root, err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	for typ, prog := range progs {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: typ, Program: prog})
+		if err != nil {
+			t.Fatalf("attach to %s: %v", dir, err)
+		}
+		t.Cleanup(func() { l.Close() })
+	}
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cg.Close() })
+	return cg
 }
 
 // cgroup2Root is where the cgroup v2 hierarchy is mounted.
@@ -289,35 +327,10 @@ func TestTranslatedSocket(t *testing.T) {
 			udpBE := netip.MustParseAddrPort(pc.LocalAddr().String())
 			f.lbService(1, vip, 7777, 6, 0, tcpBE)
 			f.lbService(2, vip, 7778, 17, 0, udpBE)
-			cookie := netnsCookie(t)
-			pod := ip4(podIP) // the namespace is the pod's
-			if err := f.objs.LbNetns.Put(&cookie, &pod); err != nil {
-				t.Fatal(err)
-			}
-
-			dir, err := os.MkdirTemp(root, "filament-bpftest-")
-			if err != nil {
-				t.Skipf("skipped: a cgroup under %s: %v", root, err)
-			}
-			defer os.Remove(dir)
-			for _, a := range []struct {
-				prog *ebpf.Program
-				typ  ebpf.AttachType
-			}{
-				{f.objs.SockConnect4, ebpf.AttachCGroupInet4Connect},
-				{f.objs.SockSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
-			} {
-				l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: a.typ, Program: a.prog})
-				if err != nil {
-					t.Fatalf("attach to %s: %v", dir, err)
-				}
-				defer l.Close()
-			}
-			cg, err := os.Open(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cg.Close()
+			cg := f.podCgroup(root, map[ebpf.AttachType]*ebpf.Program{
+				ebpf.AttachCGroupInet4Connect: f.objs.SockConnect4,
+				ebpf.AttachCGroupUDP4Sendmsg:  f.objs.SockSendmsg4,
+			})
 			r, err := newRingReader(f.objs.Events)
 			if err != nil {
 				t.Fatal(err)

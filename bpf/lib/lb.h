@@ -111,7 +111,9 @@ struct lb_sock_key {
 struct lb_sock_value {
 	__u32 vip;
 	__u16 port;
-	__u8 pad[2];
+	__u8 proto;
+	__u8 pad;
+	__u32 backend; // its ID: the reverse holds only while it is a member of the service
 };
 
 // NAT of one direction of a translated flow: a packet matching the key has

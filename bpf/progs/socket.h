@@ -72,7 +72,7 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 	// unconnected UDP socket's next datagram) is no new connection.
 	struct lb_sock_value *old = bpf_map_lookup_elem(&lb_sock_revnat, &sk);
 	int fresh = !old || old->vip != k.vip || old->port != k.port;
-	struct lb_sock_value sv = {.vip = k.vip, .port = k.port};
+	struct lb_sock_value sv = {.vip = k.vip, .port = k.port, .proto = proto, .backend = b->id};
 	bpf_map_update_elem(&lb_sock_revnat, &sk, &sv, BPF_ANY);
 	ctx->user_ip4 = bip;
 	ctx->user_port = bport;
@@ -88,17 +88,28 @@ SEC("cgroup/sendmsg4")
 int sock_sendmsg4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx); }
 
 // The reverse: a reply or peer address from a backend is shown as the
-// service address the application asked for.
+// service address the application asked for, while that backend is still
+// one of the service's. Once it is not (the service or the backend gone,
+// its address perhaps another pod's now), its datagrams show their own
+// address: a long-lived socket does not take them as the service's.
 static __always_inline int lb_sock_reverse(struct bpf_sock_addr *ctx)
 {
 	if (!lb_sock_netns(ctx))
 		return 1;
 	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = ctx->user_ip4, .port = (__u16)ctx->user_port};
 	struct lb_sock_value *sv = bpf_map_lookup_elem(&lb_sock_revnat, &sk);
-	if (sv) {
-		ctx->user_ip4 = sv->vip;
-		ctx->user_port = sv->port;
-	}
+	if (!sv)
+		return 1;
+	struct lb_key k = {.vip = sv->vip, .port = sv->port, .proto = sv->proto};
+	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
+	if (!svc)
+		return 1;
+	struct lb_member_key mk = {.id = svc->id, .backend = sv->backend};
+	struct lb_backend *b = bpf_map_lookup_elem(&lb_members, &mk);
+	if (!b || b->ip != sk.ip || b->port != sk.port)
+		return 1;
+	ctx->user_ip4 = sv->vip;
+	ctx->user_port = sv->port;
 	return 1;
 }
 
