@@ -405,3 +405,28 @@ func TestNodePortAffinityApartFromSockets(t *testing.T) {
 		t.Fatalf("the NodePort client's own affinity: %+v (%v), want one to backend 1", got, err)
 	}
 }
+
+// Entries of an agent from before reverse entries recorded their replies'
+// way (path 0 after an upgrade keeps the pinned map) are never taken as
+// foreign: a local backend's live flow keeps being translated back.
+func TestNodePortNATEntriesFromBeforePaths(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	f := load(t)
+	f.rule(dirEgress, peerID, 6, sport, 24, false)
+	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
+	f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, sport, fe, true, false))
+	rk := f.reverseNAT()
+	var rv DatapathLbNat
+	if err := f.objs.LbNats.Lookup(&rk, &rv); err != nil {
+		t.Fatal(err)
+	}
+	rv.Path, rv.State = 0, 0 // as the old agent wrote it
+	if err := f.objs.LbNats.Put(&rk, &rv); err != nil {
+		t.Fatal(err)
+	}
+	_, out := f.runOut(f.objs.FromContainer, tcp(t, podIP, peerIP, be, sport, true, true))
+	if src, port := net.IP(out[14+12:14+16]), binary.BigEndian.Uint16(out[14+20:]); !src.Equal(nodeIP) || port != fe {
+		t.Fatalf("the backend's reply on an entry from before paths left from %s:%d, want translated to the frontend %s:%d", src, port, nodeIP, fe)
+	}
+}

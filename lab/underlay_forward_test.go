@@ -71,14 +71,13 @@ spec:
 	for time.Now().Before(end) {
 		send(hostNS, h.IP, "forwarded-host")
 		send(hostNS, client.IP, "forwarded-forged-client")
-		sendTo(7001, hostNS, client.IP, "forwarded-forged-client-world")
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond)
 	for _, c := range []struct {
 		s *sink
 		p string
-	}{{got, "forwarded-host"}, {got, "forwarded-forged-client"}, {world, "forwarded-forged-client-world"}} {
+	}{{got, "forwarded-host"}, {got, "forwarded-forged-client"}} {
 		if n := c.s.count(c.p); n > 0 {
 			t.Errorf("%d datagrams %s, routed through n1, reached the victim on n2; want none", n, c.p)
 		}

@@ -157,11 +157,13 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	if a.router, err = routing.New(dp, a.cfg.Routing, a.cfg.NodeName); err != nil {
 		return err
 	}
+	hostSrc := netip.Addr{} // none: the config may hold an earlier run's
 	if a.underlayLink != nil {
+		hostSrc = a.nodeIP
 		a.router.SetHostSource(a.nodeIP)
-		if err := dp.SetHostSource(a.nodeIP); err != nil {
-			return err
-		}
+	}
+	if err := dp.SetHostSource(hostSrc); err != nil {
+		return err
 	}
 	return nil
 }

@@ -147,9 +147,10 @@ struct lb_nat {
 // gateway address only through the WireGuard device, the others from the
 // underlay (from_netdev, or from_overlay when the backend's node
 // encapsulates them).
-#define LB_PATH_UNDERLAY 0
-#define LB_PATH_LOCAL 1
-#define LB_PATH_WIREGUARD 2
+#define LB_PATH_UNKNOWN 0 // an entry of an agent before paths (upgrade): never foreign
+#define LB_PATH_UNDERLAY 1
+#define LB_PATH_LOCAL 2
+#define LB_PATH_WIREGUARD 3
 #define LB_FORGED -2 // lb_reverse: a reply that came the wrong way
 
 // lb_nat.state beyond CT_STATE_*: the backend replied, the client has not
@@ -393,7 +394,7 @@ static __always_inline __u8 lb_nat_next(struct pkt *p, int reverse, __u8 state, 
 // is authenticated: it may carry what the underlay does.
 static __always_inline int lb_nat_foreign(struct lb_nat *n, __u8 from)
 {
-	if (!n->reverse)
+	if (!n->reverse || n->path == LB_PATH_UNKNOWN)
 		return 0;
 	if (from == LB_PATH_WIREGUARD)
 		return n->path == LB_PATH_LOCAL;
