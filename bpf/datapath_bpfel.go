@@ -170,7 +170,7 @@ type DatapathLbNat struct {
 	State    uint8
 	Fin      uint8
 	Path     uint8
-	_        [4]byte
+	Expect   uint32
 }
 
 type DatapathLbNatKey struct {

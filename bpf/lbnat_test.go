@@ -430,3 +430,48 @@ func TestNodePortNATEntriesFromBeforePaths(t *testing.T) {
 		t.Fatalf("the backend's reply on an entry from before paths left from %s:%d, want translated to the frontend %s:%d", src, port, nodeIP, fe)
 	}
 }
+
+// An RST closes an established translation only near the sequence number
+// its receiver expects. The attack: with RSTs from the backend's address
+// to each of the node's 4,536 SNAT ports (the clear modes: the underlay
+// carries the backend's replies), every translation to that backend went
+// closing and an idle one was gone 10 s later; the endpoints themselves
+// ignore such RSTs. Blind ones, from either side, now leave the flow
+// established; the real one closes it.
+func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	f := load(t)
+	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+	seg := func(l *layers.TCP, seq, ack uint32, syn, ackf, rst bool) {
+		l.Seq, l.Ack, l.SYN, l.ACK, l.RST = seq, ack, syn, ackf, rst
+	}
+	client := func(seq, ack uint32, syn, ackf, rst bool) {
+		f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
+	}
+	var nsport uint16
+	backend := func(seq, ack uint32, syn, ackf, rst bool) {
+		f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
+	}
+	life := func(what string, lo, hi time.Duration) {
+		t.Helper()
+		fwd, rev := f.natLife(peerIP, sport)
+		if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
+			t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
+		}
+	}
+	est := 6*time.Hour - 2*time.Second
+	client(1000, 0, true, false, false)
+	nsport = htons(f.reverseNAT().Dport)
+	backend(5000, 1001, true, true, false)
+	client(1001, 5001, false, true, false)
+	backend(5001, 1001, false, true, false)
+	life("the handshake and the backend's data", est, 6*time.Hour)
+	backend(5001+1<<30, 0, false, false, true)
+	life("a blind RST from the backend's address", est, 6*time.Hour)
+	client(1001+1<<31, 0, false, false, true)
+	life("a blind RST from the client's address", est, 6*time.Hour)
+	backend(5001+1000, 0, false, false, true) // within the window: data in flight
+	life("the backend's RST", 0, 10*time.Second)
+}

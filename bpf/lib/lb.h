@@ -138,7 +138,19 @@ struct lb_nat {
 	__u8 state;      // CT_STATE_* or LB_NAT_REPLIED, the same in both directions' entries
 	__u8 fin;        // LB_NAT_FIN_*: the sides that sent a FIN
 	__u8 path;       // reverse entries: LB_PATH_*, the way the backend's replies come
+	// TCP: the sequence number the other side last acknowledged, i.e. what
+	// it expects next from this direction's sender (network order; 0:
+	// none seen). An RST of an established flow counts only near it.
+	__u32 expect;
 };
+
+// An RST closes an established translation only within LB_RST_WINDOW of
+// the sequence number its receiver expects (lb_nat.expect): one guessed
+// blindly passes about once in 2,048. One outside it is still translated
+// (the endpoint judges it) but leaves the flow established; a real RST
+// that far off (over 1 MiB in flight) leaves the port held until the flow's
+// timeout, as before RSTs counted at all.
+#define LB_RST_WINDOW (1U << 20)
 
 // The way a backend's replies reach this node, in its reverse entry; the
 // caller of lb_nat_lookup says which way the packet came. A reply that
@@ -426,6 +438,13 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 	if (!o || o->expires < now || o->reverse == n->reverse || o->saddr != k.daddr || o->daddr != k.saddr ||
 	    o->sport != k.dport || o->dport != k.sport)
 		return 0;
+	if (p->proto == IPPROTO_TCP) {
+		if ((p->tcp_flags & TCP_RST) && n->state == CT_STATE_ESTABLISHED && n->expect &&
+		    (__u32)(bpf_ntohl(p->seq) - bpf_ntohl(n->expect) + LB_RST_WINDOW) >= 2 * LB_RST_WINDOW)
+			return n;
+		if ((p->tcp_flags & TCP_ACK) && o->expect != p->ack)
+			o->expect = p->ack;
+	}
 	__u8 fin = n->fin;
 	__u8 state = lb_nat_next(p, n->reverse, n->state, &fin);
 	if (state != n->state || fin != n->fin) {

@@ -32,6 +32,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->len = skb->len;
 	p->sport = p->dport = p->pport = 0;
 	p->tcp_flags = 0;
+	p->seq = p->ack = 0;
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return REASON_FRAGMENT;
 	__u8 *l4 = (void *)ip + hlen;
@@ -42,6 +43,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->sport = *(__u16 *)l4;
 		p->dport = *(__u16 *)(l4 + 2);
 		p->tcp_flags = l4[13];
+		p->seq = *(__u32 *)(l4 + 4);
+		p->ack = *(__u32 *)(l4 + 8);
 		p->pport = p->dport;
 		break;
 	case IPPROTO_UDP:
