@@ -475,3 +475,53 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 	backend(5001+1000, 0, false, false, true) // within the window: data in flight
 	life("the backend's RST", 0, 10*time.Second)
 }
+
+// A translation never established and idle for 5 s gives its SNAT port to
+// a new flow, as an expired one does. The attack: unanswered SYNs from
+// many source ports, about 76 a second, held every SNAT port of a remote
+// backend for their 60 s. With every port held by such a translation a
+// new flow now gets one when they have been idle 5 s, and not before;
+// never one of an established flow, idle or not.
+func TestNodePortSNATIdleNewTakenOver(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	const reasonLBNat = 10
+	for _, c := range []struct {
+		name       string
+		state      uint8
+		left       time.Duration // of the holders' lives
+		translated bool
+	}{
+		{"new, idle 10 s", 0, 50 * time.Second, true},
+		{"replied to, idle 10 s", 3, 50 * time.Second, true},
+		{"new, idle 1 s", 0, 59 * time.Second, false},
+		{"established, 50 s left", 1, 50 * time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t)
+			f.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
+			expires := monotonic(t) + uint64(c.left)
+			for p := 61000; p <= 65535; p++ {
+				k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: 17}
+				v := DatapathLbNat{Expires: expires, Saddr: ip4(nodeIP), Daddr: ip4(net.IPv4(192, 168, 7, 50)), Sport: htons(30090), Dport: htons(uint16(p)), Reverse: 1, State: c.state, Path: 1}
+				if err := f.objs.LbNats.Put(&k, &v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := f.count(reasonLBNat, dirIngress)
+			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, 40000, 30090)) // the verdict is the FIB's
+			translated := false
+			var k DatapathLbNatKey
+			var v DatapathLbNat
+			for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+				if v.Reverse == 1 && v.Daddr == ip4(peerIP) && v.Dport == htons(40000) {
+					translated = true
+				}
+			}
+			dropped := f.count(reasonLBNat, dirIngress) - before
+			if translated != c.translated || (dropped == 1) == c.translated {
+				t.Fatalf("every SNAT port held (%s): translated %v, %d no-free-port drops; want translated %v", c.name, translated, dropped, c.translated)
+			}
+		})
+	}
+}
