@@ -436,80 +436,120 @@ func TestNodePortNATEntriesFromBeforePaths(t *testing.T) {
 // to each of the node's 4,536 SNAT ports (the clear modes: the underlay
 // carries the backend's replies), every translation to that backend went
 // closing and an idle one was gone 10 s later; the endpoints themselves
-// ignore such RSTs. Blind ones, from either side, now leave the flow
-// established; the real one closes it.
+// ignore such RSTs. Blind ones, and ones with the other side's numbers,
+// now leave the flow established; the real one closes it, also where the
+// sequence space wraps. A client's new connection on the tuple forgets the
+// old numbers, so a refusing RST (sequence 0) closes it.
 func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
 	const fe, be, sport = 30090, 8080, 40000
-	f := load(t)
-	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-	seg := func(l *layers.TCP, seq, ack uint32, syn, ackf, rst bool) {
-		l.Seq, l.Ack, l.SYN, l.ACK, l.RST = seq, ack, syn, ackf, rst
+	for _, c := range []struct {
+		name                 string
+		clientISN, serverISN uint32
+	}{
+		{"apart", 1000, 0x80000000},
+		{"the client's numbers wrap", 0xffffff00, 0x7fffff00},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t)
+			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+			seg := func(l *layers.TCP, seq, ack uint32, syn, ackf, rst bool) {
+				l.Seq, l.Ack, l.SYN, l.ACK, l.RST = seq, ack, syn, ackf, rst
+			}
+			client := func(seq, ack uint32, syn, ackf, rst bool) {
+				f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
+			}
+			var nsport uint16
+			backend := func(seq, ack uint32, syn, ackf, rst bool) {
+				f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
+			}
+			life := func(what string, lo, hi time.Duration) {
+				t.Helper()
+				fwd, rev := f.natLife(peerIP, sport)
+				if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
+					t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
+				}
+			}
+			est := 6*time.Hour - 2*time.Second
+			cs, ss := c.clientISN+1, c.serverISN+1 // the next numbers each side sends
+			client(c.clientISN, 0, true, false, false)
+			nsport = htons(f.reverseNAT().Dport)
+			backend(c.serverISN, cs, true, true, false)
+			client(cs, ss, false, true, false)
+			backend(ss, cs, false, true, false)
+			life("the handshake and the backend's data", est, 6*time.Hour)
+			backend(ss+1<<30, 0, false, false, true)
+			life("a blind RST from the backend's address", est, 6*time.Hour)
+			client(cs+1<<31, 0, false, false, true)
+			life("a blind RST from the client's address", est, 6*time.Hour)
+			client(ss, 0, false, false, true)
+			life("an RST from the client with the backend's number", est, 6*time.Hour)
+			backend(cs, 0, false, false, true)
+			life("an RST from the backend with the client's number", est, 6*time.Hour)
+			client(cs+0x200, 0, false, false, true) // data in flight; wraps in the second case
+			life("the client's RST", 0, 10*time.Second)
+
+			// The same client port again: established, then the backend
+			// has lost the connection and refuses the next one.
+			client(c.clientISN+5000, 0, true, false, false)
+			backend(c.serverISN+5000, c.clientISN+5001, true, true, false)
+			client(c.clientISN+5001, c.serverISN+5001, false, true, false)
+			life("the second connection established", est, 6*time.Hour)
+			client(c.clientISN+9000, 0, true, false, false)
+			backend(0, c.clientISN+9001, false, true, true)
+			life("the backend's refusing RST to a new connection on the tuple", 0, 10*time.Second)
+		})
 	}
-	client := func(seq, ack uint32, syn, ackf, rst bool) {
-		f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
-	}
-	var nsport uint16
-	backend := func(seq, ack uint32, syn, ackf, rst bool) {
-		f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
-	}
-	life := func(what string, lo, hi time.Duration) {
-		t.Helper()
-		fwd, rev := f.natLife(peerIP, sport)
-		if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
-			t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
-		}
-	}
-	est := 6*time.Hour - 2*time.Second
-	client(1000, 0, true, false, false)
-	nsport = htons(f.reverseNAT().Dport)
-	backend(5000, 1001, true, true, false)
-	client(1001, 5001, false, true, false)
-	backend(5001, 1001, false, true, false)
-	life("the handshake and the backend's data", est, 6*time.Hour)
-	backend(5001+1<<30, 0, false, false, true)
-	life("a blind RST from the backend's address", est, 6*time.Hour)
-	client(1001+1<<31, 0, false, false, true)
-	life("a blind RST from the client's address", est, 6*time.Hour)
-	backend(5001+1000, 0, false, false, true) // within the window: data in flight
-	life("the backend's RST", 0, 10*time.Second)
 }
 
-// A translation never established and idle for 5 s gives its SNAT port to
-// a new flow, as an expired one does. The attack: unanswered SYNs from
-// many source ports, about 76 a second, held every SNAT port of a remote
-// backend for their 60 s. With every port held by such a translation a
-// new flow now gets one when they have been idle 5 s, and not before;
-// never one of an established flow, idle or not.
+// A new flow that finds no free SNAT port takes over one held by a
+// translation never established and idle for 5 s, as it does an expired
+// one. The attack: unanswered SYNs from many source ports, about 76 a
+// second, held every SNAT port of a remote backend for their 60 s. A UDP
+// flow that was answered is never taken (its next answer, SIP's 200 OK
+// after a silent ring say, would go to the new flow's client), nor an
+// established one, idle or not.
 func TestNodePortSNATIdleNewTakenOver(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
 	const reasonLBNat = 10
 	for _, c := range []struct {
 		name       string
+		proto      uint8
 		state      uint8
-		left       time.Duration // of the holders' lives
+		idle       time.Duration // since the holders' last packet
 		translated bool
 	}{
-		{"new, idle 10 s", 0, 50 * time.Second, true},
-		{"replied to, idle 10 s", 3, 50 * time.Second, true},
-		{"new, idle 1 s", 0, 59 * time.Second, false},
-		{"established, 50 s left", 1, 50 * time.Second, false},
+		{"TCP new, idle 6 s", 6, 0, 6 * time.Second, true},
+		{"TCP new, idle 4 s", 6, 0, 4 * time.Second, false},
+		{"TCP replied to, idle 6 s", 6, 3, 6 * time.Second, true},
+		{"TCP established, 50 s left", 6, 1, 6*time.Hour - 50*time.Second, false},
+		{"UDP new, idle 6 s", 17, 0, 6 * time.Second, true},
+		{"UDP new, idle 4 s", 17, 0, 4 * time.Second, false},
+		{"UDP answered, idle 10 s", 17, 3, 10 * time.Second, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
-			f.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
-			expires := monotonic(t) + uint64(c.left)
+			f.lbService(1, nodeIP, 30090, c.proto, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
+			timeout := 60 * time.Second
+			if c.state == 1 {
+				timeout = 6 * time.Hour
+			}
+			expires := monotonic(t) + uint64(timeout-c.idle)
 			for p := 61000; p <= 65535; p++ {
-				k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: 17}
+				k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: c.proto}
 				v := DatapathLbNat{Expires: expires, Saddr: ip4(nodeIP), Daddr: ip4(net.IPv4(192, 168, 7, 50)), Sport: htons(30090), Dport: htons(uint16(p)), Reverse: 1, State: c.state, Path: 1}
 				if err := f.objs.LbNats.Put(&k, &v); err != nil {
 					t.Fatal(err)
 				}
 			}
 			before := f.count(reasonLBNat, dirIngress)
-			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, 40000, 30090)) // the verdict is the FIB's
+			pkt := udp(t, peerIP, nodeIP, 40000, 30090)
+			if c.proto == 6 {
+				pkt = tcp(t, peerIP, nodeIP, 40000, 30090, true, false)
+			}
+			f.run(f.objs.FromNetdev, pkt) // the verdict is the FIB's
 			translated := false
 			var k DatapathLbNatKey
 			var v DatapathLbNat

@@ -439,6 +439,10 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 	    o->sport != k.dport || o->dport != k.sport)
 		return 0;
 	if (p->proto == IPPROTO_TCP) {
+		// A client's new connection on the tuple: the old sequence
+		// numbers say nothing (a refusing RST has sequence 0).
+		if (!n->reverse && new_tcp(p) && (n->expect || o->expect))
+			n->expect = o->expect = 0;
 		if ((p->tcp_flags & TCP_RST) && n->state == CT_STATE_ESTABLISHED && n->expect &&
 		    (__u32)(bpf_ntohl(p->seq) - bpf_ntohl(n->expect) + LB_RST_WINDOW) >= 2 * LB_RST_WINDOW)
 			return n;
@@ -515,29 +519,35 @@ static __always_inline int lb_nat_put(__u32 saddr, __u32 daddr, __u16 sport, __u
 	return bpf_map_update_elem(&lb_nats, &k, v, flags);
 }
 
-// LB_NAT_IDLE_NEW: a translation whose client has not yet answered a
-// reply (new, or replied to) and that has seen no packet for this long
-// may be taken over by a new flow, as an expired one is.
+// LB_NAT_IDLE_NEW: a translation never established that has seen no
+// packet for this long may be taken over by a new flow that found no free
+// port (lb_nat_claim's steal).
 #define LB_NAT_IDLE_NEW (5 * NSEC)
 
 // lb_nat_claim puts v under the tuple unless a live entry holds it; an
-// expired one is taken over, and so is one never established that has
-// been idle for LB_NAT_IDLE_NEW (its flow, whose other half then
-// translates nothing, starts anew with its next SYN). The agent deletes
-// expired entries only now and then (GCLBNAT, with the conntrack sweep),
-// so without that a translation just finished would keep its source port
-// from the next flows to the same backend; without the idle rule, a flood
-// of unanswered SYNs from many source ports would hold every port of the
-// backend for their 60 s (about 76 SYNs a second; now about 900).
+// expired one is taken over. With steal (the last of a new flow's tries,
+// the others having found no free port), so is a TCP one never
+// established (new, or replied to) or a UDP one never answered, idle for
+// LB_NAT_IDLE_NEW: its flow, whose other half then translates nothing,
+// starts anew with its next SYN. The agent deletes expired entries only
+// now and then (GCLBNAT, with the conntrack sweep), so without the first
+// rule a translation just finished would keep its source port from the
+// next flows to the same backend; without the second, a flood of
+// unanswered SYNs from many source ports would hold every port of the
+// backend for their 60 s (about 76 SYNs a second; now about 900). A UDP
+// flow that was answered is never stolen (its next answer would go to the
+// new flow's client).
 static __always_inline int lb_nat_claim(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto,
-					struct lb_nat *v, __u64 now)
+					struct lb_nat *v, __u64 now, int steal)
 {
 	struct lb_nat_key k = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport, .proto = proto};
 	if (bpf_map_update_elem(&lb_nats, &k, v, BPF_NOEXIST) == 0)
 		return 0;
 	struct lb_nat *old = bpf_map_lookup_elem(&lb_nats, &k);
 	if (old && old->expires >= now) {
-		if (old->state != CT_STATE_NEW && old->state != LB_NAT_REPLIED)
+		if (!steal)
+			return -1;
+		if (old->state != CT_STATE_NEW && (old->state != LB_NAT_REPLIED || proto != IPPROTO_TCP))
 			return -1;
 		// Idle: its last packet set expires to that time + the timeout.
 		if (old->expires - now > lb_nat_timeout(proto, old->state) - LB_NAT_IDLE_NEW)

@@ -276,7 +276,9 @@ int from_netdev(struct __sk_buff *skb)
 			     .path = local ? LB_PATH_LOCAL : (snat != p.daddr ? LB_PATH_WIREGUARD : LB_PATH_UNDERLAY)};
 	int i, ok = 0;
 	for (i = 0; i < LB_SNAT_TRIES; i++) {
-		if (lb_nat_claim(bip, nsaddr, bport, nsport, p.proto, &rev, now) == 0) {
+		// The last try may take over an idle translation never
+		// established (lb_nat_claim): only when the others found none free.
+		if (lb_nat_claim(bip, nsaddr, bport, nsport, p.proto, &rev, now, i == LB_SNAT_TRIES - 1) == 0) {
 			ok = 1;
 			break;
 		}
