@@ -569,9 +569,14 @@ func rawError(raw []byte, rcode int) *dns.Msg {
 }
 
 // answerAddrs returns the IPv4 addresses an answer gives for name,
-// following its CNAME chain, and the lowest TTL along the way.
+// following its CNAME chain, and the lowest TTL along the way: each
+// address once, at most fqdn.DefaultMaxAddrsPerName of them (the cache's
+// own cap per name), found in one pass over the records. An answer is
+// the upstream's, possibly hostile: 64 KiB of records repeating one
+// address, or a long chain listed backwards, must cost neither the
+// proxy's CPU (each record's name lowered once, no pass per link) nor the
+// agent's (which looks up every address it is handed).
 func answerAddrs(a *dns.Msg, name string) ([]netip.Addr, uint32) {
-	names := map[string]bool{strings.ToLower(dns.Fqdn(name)): true}
 	var ttl uint32
 	first := true
 	lower := func(t uint32) {
@@ -579,26 +584,43 @@ func answerAddrs(a *dns.Msg, name string) ([]netip.Addr, uint32) {
 			ttl, first = t, false
 		}
 	}
-	// A chain is at most as long as the answer section.
-	for range len(a.Answer) {
-		grew := false
-		for _, rr := range a.Answer {
-			if c, ok := rr.(*dns.CNAME); ok && names[strings.ToLower(c.Hdr.Name)] && !names[strings.ToLower(c.Target)] {
-				names[strings.ToLower(c.Target)] = true
-				lower(c.Hdr.Ttl)
-				grew = true
+	// A name has one CNAME; the first one listed counts.
+	type link struct {
+		target string
+		ttl    uint32
+	}
+	cnames := map[string]link{}
+	for _, rr := range a.Answer {
+		if c, ok := rr.(*dns.CNAME); ok {
+			owner := strings.ToLower(c.Hdr.Name)
+			if _, had := cnames[owner]; !had {
+				cnames[owner] = link{strings.ToLower(c.Target), c.Hdr.Ttl}
 			}
 		}
-		if !grew {
+	}
+	names := map[string]bool{}
+	for n := strings.ToLower(dns.Fqdn(name)); !names[n]; {
+		names[n] = true
+		l, ok := cnames[n]
+		if !ok {
 			break
 		}
+		lower(l.ttl)
+		n = l.target
 	}
 	var out []netip.Addr
+	seen := map[netip.Addr]bool{}
 	for _, rr := range a.Answer {
+		if len(out) == fqdn.DefaultMaxAddrsPerName {
+			break
+		}
 		if r, ok := rr.(*dns.A); ok && names[strings.ToLower(r.Hdr.Name)] {
 			if ip, ok := netip.AddrFromSlice(r.A.To4()); ok {
-				out = append(out, ip)
 				lower(r.Hdr.Ttl)
+				if !seen[ip] {
+					seen[ip] = true
+					out = append(out, ip)
+				}
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filament-net/filament/agent/fqdn"
 	"github.com/miekg/dns"
 )
 
@@ -345,6 +347,35 @@ func TestAnswerAddrsFollowsChainOnly(t *testing.T) {
 	got, ttl := answerAddrs(a, "A.test.")
 	if !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.1")}) || ttl != 50 {
 		t.Errorf("answerAddrs = %v, %d; want [192.0.2.1], 50", got, ttl)
+	}
+}
+
+// A hostile upstream's answer hands on each address once and at most the
+// cache's cap per name: 64 KiB of A records repeating one address were
+// each handed to the agent (one ipcache lookup each), and distinct ones
+// beyond the cap only to be dropped there. A chain listed backwards is
+// followed to its end.
+func TestAnswerAddrsBounded(t *testing.T) {
+	a := &dns.Msg{}
+	for range 4000 {
+		a.Answer = append(a.Answer, &dns.A{Hdr: dns.RR_Header{Name: "a.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+	}
+	if got, _ := answerAddrs(a, "a.test."); len(got) != 1 {
+		t.Errorf("4,000 records of one address: %d addresses handed on, want 1", len(got))
+	}
+	a.Answer = nil
+	for i := range 3000 {
+		a.Answer = append(a.Answer, &dns.A{Hdr: dns.RR_Header{Name: "a.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(10, 0, byte(i>>8), byte(i))})
+	}
+	if got, _ := answerAddrs(a, "a.test."); len(got) != fqdn.DefaultMaxAddrsPerName {
+		t.Errorf("3,000 distinct addresses: %d handed on, want the cap %d", len(got), fqdn.DefaultMaxAddrsPerName)
+	}
+	a.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "n2000.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 9)}}
+	for i := 1999; i >= 0; i-- { // listed from the far end
+		a.Answer = append(a.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: fmt.Sprintf("n%d.test.", i), Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: uint32(100 + i)}, Target: fmt.Sprintf("n%d.test.", i+1)})
+	}
+	if got, ttl := answerAddrs(a, "n0.test."); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.9")}) || ttl != 60 {
+		t.Errorf("a chain of 2,000 listed backwards: %v, TTL %d; want [192.0.2.9], 60", got, ttl)
 	}
 }
 
