@@ -513,7 +513,6 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 func TestNodePortSNATIdleNewTakenOver(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
-	const reasonLBNat = 10
 	for _, c := range []struct {
 		name       string
 		proto      uint8
@@ -537,31 +536,43 @@ func TestNodePortSNATIdleNewTakenOver(t *testing.T) {
 				timeout = 6 * time.Hour
 			}
 			expires := monotonic(t) + uint64(timeout-c.idle)
-			for p := 61000; p <= 65535; p++ {
-				k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: c.proto}
-				v := DatapathLbNat{Expires: expires, Saddr: ip4(nodeIP), Daddr: ip4(net.IPv4(192, 168, 7, 50)), Sport: htons(30090), Dport: htons(uint16(p)), Reverse: 1, State: c.state, Path: 1}
-				if err := f.objs.LbNats.Put(&k, &v); err != nil {
-					t.Fatal(err)
-				}
-			}
-			before := f.count(reasonLBNat, dirIngress)
-			pkt := udp(t, peerIP, nodeIP, 40000, 30090)
-			if c.proto == 6 {
-				pkt = tcp(t, peerIP, nodeIP, 40000, 30090, true, false)
-			}
-			f.run(f.objs.FromNetdev, pkt) // the verdict is the FIB's
-			translated := false
-			var k DatapathLbNatKey
-			var v DatapathLbNat
-			for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
-				if v.Reverse == 1 && v.Daddr == ip4(peerIP) && v.Dport == htons(40000) {
-					translated = true
-				}
-			}
-			dropped := f.count(reasonLBNat, dirIngress) - before
+			translated, dropped := f.snatFull(nodeIP, remote, c.proto, DatapathLbNat{Expires: expires, State: c.state, Path: 1})
 			if translated != c.translated || (dropped == 1) == c.translated {
 				t.Fatalf("every SNAT port held (%s): translated %v, %d no-free-port drops; want translated %v", c.name, translated, dropped, c.translated)
 			}
 		})
 	}
+}
+
+// snatFull holds every SNAT port of a NodePort (nodeIP:30090, protocol
+// proto) to remote:8080 with a reverse entry like held (its addresses and
+// ports filled in), then sends a new flow from peerIP:40000 to it (the
+// verdict is the FIB's of the test run) and returns whether it was
+// translated and how many no-free-port drops it made.
+func (f *fixture) snatFull(nodeIP, remote net.IP, proto uint8, held DatapathLbNat) (translated bool, dropped uint64) {
+	t := f.t
+	t.Helper()
+	const reasonLBNat = 10
+	for p := 61000; p <= 65535; p++ {
+		k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: proto}
+		v := held
+		v.Saddr, v.Daddr, v.Sport, v.Dport, v.Reverse = ip4(nodeIP), ip4(net.IPv4(192, 168, 7, 50)), htons(30090), htons(uint16(p)), 1
+		if err := f.objs.LbNats.Put(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := f.count(reasonLBNat, dirIngress)
+	pkt := udp(t, peerIP, nodeIP, 40000, 30090)
+	if proto == 6 {
+		pkt = tcp(t, peerIP, nodeIP, 40000, 30090, true, false)
+	}
+	f.run(f.objs.FromNetdev, pkt)
+	var k DatapathLbNatKey
+	var v DatapathLbNat
+	for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+		if v.Reverse == 1 && v.Daddr == ip4(peerIP) && v.Dport == htons(40000) {
+			translated = true
+		}
+	}
+	return translated, f.count(reasonLBNat, dirIngress) - before
 }

@@ -215,7 +215,6 @@ func TestNetdevPassesVXLANDatagrams(t *testing.T) {
 func TestNodePortSNATPortsReused(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
-	const reasonLBNat = 10
 	for _, live := range []bool{false, true} {
 		f := load(t)
 		f.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
@@ -223,24 +222,7 @@ func TestNodePortSNATPortsReused(t *testing.T) {
 		if live {
 			expires = math.MaxUint64
 		}
-		for p := 61000; p <= 65535; p++ {
-			k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: 17}
-			v := DatapathLbNat{Expires: expires, Saddr: ip4(nodeIP), Daddr: ip4(net.IPv4(192, 168, 7, 50)), Sport: htons(30090), Dport: htons(uint16(p)), Reverse: 1}
-			if err := f.objs.LbNats.Put(&k, &v); err != nil {
-				t.Fatal(err)
-			}
-		}
-		before := f.count(reasonLBNat, dirIngress)
-		f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, 40000, 30090)) // the verdict is the FIB's
-		translated := false
-		var k DatapathLbNatKey
-		var v DatapathLbNat
-		for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
-			if v.Reverse == 1 && v.Daddr == ip4(peerIP) && v.Dport == htons(40000) {
-				translated = true
-			}
-		}
-		dropped := f.count(reasonLBNat, dirIngress) - before
+		translated, dropped := f.snatFull(nodeIP, remote, 17, DatapathLbNat{Expires: expires})
 		if live && (translated || dropped != 1) {
 			t.Fatalf("every SNAT port live: translated %v, %d no-free-port drops; want dropped once", translated, dropped)
 		}
