@@ -263,6 +263,48 @@ func TestDNSForgetsDeletedEndpoint(t *testing.T) {
 	}
 }
 
+// dnsWebLab is one node with dnsmasq in the app=dns pod answering
+// www.allowed.test with the address of an HTTP server outside the
+// cluster (web, 10.0.9.1; TTL 600 s), an app=client pod of each name
+// given, and dnsPolicy.
+func dnsWebLab(t *testing.T, clients ...string) (*lab.Lab, *lab.Pod, *lab.Host) {
+	t.Helper()
+	l := labtest.Up(t, 1, 0)
+	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
+	for _, c := range clients {
+		labtest.Pod(t, l, "n1", c, "app=client")
+	}
+	web := labtest.Host(t, l, "web", "10.0.9.1")
+	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
+	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 600, map[string]string{"www.allowed.test": web.IP})
+	labtest.ImportPolicy(t, l, "n1", dnsPolicy)
+	return l, dnsPod, web
+}
+
+// An answer allows its address only to the pod that asked: a twin pod
+// under the same policy that never looked the name up cannot connect to
+// the address (one pod's lookups, from a server it may choose, must not
+// widen another's egress), until it asks itself.
+func TestDNSAnswerAllowsOnlyTheAsker(t *testing.T) {
+	l, dnsPod, web := dnsWebLab(t, "client", "twin")
+	eventually(t, "the client resolves www.allowed.test through the proxy", func() bool {
+		status, addrs := dig(t, l, "client", dnsPod.IP, "www.allowed.test", false)
+		return status == "NOERROR" && len(addrs) == 1 && addrs[0] == web.IP
+	})
+	if got := curlCodes(t, l, "client", "http://"+web.IP+"/"); got != "200" {
+		t.Fatalf("GET %s from the pod that looked it up: %q, want 200", web.IP, got)
+	}
+	if got := curlCodes(t, l, "twin", "http://"+web.IP+"/"); got != "000" {
+		t.Errorf("GET %s from a pod that never looked it up: %q, want no connection", web.IP, got)
+	}
+	if status, addrs := dig(t, l, "twin", dnsPod.IP, "www.allowed.test", false); status != "NOERROR" || len(addrs) != 1 {
+		t.Fatalf("the twin's own lookup: %s %v", status, addrs)
+	}
+	if got := curlCodes(t, l, "twin", "http://"+web.IP+"/"); got != "200" {
+		t.Errorf("GET %s from the twin right after its own lookup: %q, want 200", web.IP, got)
+	}
+}
+
 // dnsLoad is one dnsperf run's figures.
 type dnsLoad struct {
 	qps            float64
@@ -320,13 +362,7 @@ func dnsperfRun(b testing.TB, l *lab.Lab, pod, server, qf string, secs, qps int)
 // answer NOERROR), and the names learned before the restart are still in
 // the cache and still allow their addresses afterwards (persisted).
 func TestDNSAcrossAgentRestart(t *testing.T) {
-	l := labtest.Up(t, 1, 0)
-	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
-	labtest.Pod(t, l, "n1", "client", "app=client")
-	web := labtest.Host(t, l, "web", "10.0.9.1")
-	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
-	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 600, map[string]string{"www.allowed.test": web.IP})
-	labtest.ImportPolicy(t, l, "n1", dnsPolicy)
+	l, dnsPod, web := dnsWebLab(t, "client")
 	eventually(t, "the lookup is answered through the proxy and its address allowed", func() bool {
 		status, _ := dig(t, l, "client", dnsPod.IP, "www.allowed.test", false)
 		return status == "NOERROR" && curlCodes(t, l, "client", "http://"+web.IP+"/") == "200"

@@ -79,10 +79,10 @@ func (a *Agent) startDNSNames(ctx context.Context) error {
 	return nil
 }
 
-// addrsFor registers a selector a policy names and returns its addresses
-// (none for a selector the cache cannot use). The resolver calls it under
-// its own lock.
-func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) []netip.Addr {
+// addrsFor registers a selector a policy names and returns its addresses,
+// each with the endpoints whose lookups gave it (none for a selector the
+// cache cannot use). The resolver calls it under its own lock.
+func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) map[netip.Addr][]uint16 {
 	d.selMu.Lock()
 	defer d.selMu.Unlock()
 	if _, ok := d.sels[key]; !ok {
@@ -94,7 +94,7 @@ func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) []netip.Addr {
 		}
 		d.sels = next
 	}
-	return d.cache.Addrs(key)
+	return d.cache.Learned(key)
 }
 
 // learn records allowed DNS answers and returns when their addresses are
@@ -200,7 +200,7 @@ func (d *dnsNames) apply(changed []string) {
 	}
 	d.selMu.Unlock()
 	for _, key := range keys {
-		d.a.engine.GroupChanged(key, d.cache.Addrs(key))
+		d.a.engine.FQDNChanged(key, d.cache.Learned(key))
 	}
 }
 

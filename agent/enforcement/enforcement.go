@@ -175,6 +175,16 @@ func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
 	}
 }
 
+// FQDNChanged applies the learned addresses of a toFQDNs selector, each
+// for the endpoints whose lookups gave it.
+func (e *Engine) FQDNChanged(key string, learned map[netip.Addr][]uint16) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.apply(e.res.SetFQDN(key, learned)); err != nil {
+		slog.Error("applying learned DNS addresses to the datapath", "selector", key, "err", err)
+	}
+}
+
 // Import stores policies and enforces them (api.Policies).
 func (e *Engine) Import(ps []api.Policy) (uint64, error) {
 	e.mu.Lock()

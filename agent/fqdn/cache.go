@@ -90,6 +90,37 @@ type selector struct {
 	m     *Matcher
 	names map[*name]struct{}
 	addrs map[[4]byte]int32 // how many of names have the address
+	// eps counts, per address, the entries of names that each endpoint
+	// asked for: what Learned gives the policy (an answer allows its
+	// address to the endpoints that asked, not to every endpoint).
+	eps map[[4]byte]map[uint16]int32
+}
+
+// countEps adds delta to the counts of the endpoints eps for addr, and
+// marks s changed when an (address, endpoint) pair comes or goes.
+func (s *selector) countEps(addr [4]byte, eps []uint16, delta int32, ch changes) {
+	m := s.eps[addr]
+	if m == nil {
+		if delta < 0 || len(eps) == 0 {
+			return
+		}
+		m = map[uint16]int32{}
+		s.eps[addr] = m
+	}
+	for _, ep := range eps {
+		n := m[ep] + delta
+		if n <= 0 {
+			delete(m, ep)
+		} else {
+			m[ep] = n
+		}
+		if (n <= 0 || n == delta) && ch != nil {
+			ch[s.key] = struct{}{}
+		}
+	}
+	if len(m) == 0 {
+		delete(s.eps, addr)
+	}
 }
 
 // NewCache returns an empty cache bounded by cfg.
@@ -168,7 +199,7 @@ func (c *Cache) SetSelectors(sels map[string]api.FQDNSelector) (changed []string
 		if _, ok := c.sels[k]; ok {
 			continue
 		}
-		s := &selector{key: k, m: m, names: map[*name]struct{}{}, addrs: map[[4]byte]int32{}}
+		s := &selector{key: k, m: m, names: map[*name]struct{}{}, addrs: map[[4]byte]int32{}, eps: map[[4]byte]map[uint16]int32{}}
 		c.sels[k] = s
 		for _, n := range c.names {
 			if m.matchNormalized(n.name) {
@@ -192,6 +223,7 @@ func (s *selector) link(n *name) {
 	n.sels = append(n.sels, s)
 	for _, e := range n.entries {
 		s.addrs[e.addr]++
+		s.countEps(e.addr, e.eps, 1, nil)
 	}
 }
 
@@ -269,7 +301,12 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 	if found {
 		e := n.entries[i]
 		for _, ep := range eps {
-			e.addEndpoint(ep)
+			if e.addEndpoint(ep) {
+				// Another endpoint asked: the address is its too.
+				for _, s := range n.sels {
+					s.countEps(addr, []uint16{ep}, 1, ch)
+				}
+			}
 		}
 		if expires > e.expires {
 			e.expires = expires
@@ -297,6 +334,7 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 		if s.addrs[addr]++; s.addrs[addr] == 1 {
 			ch[s.key] = struct{}{}
 		}
+		s.countEps(addr, e.eps, 1, ch)
 	}
 	for len(n.entries) > c.cfg.MaxAddrsPerName {
 		victim := n.entries[0]
@@ -328,10 +366,13 @@ func evictsBefore(a, b *entry) bool {
 	return a.seq < b.seq
 }
 
-func (e *entry) addEndpoint(ep uint16) {
-	if i, ok := slices.BinarySearch(e.eps, ep); !ok {
+// addEndpoint records that ep asked for e, and reports whether it is new.
+func (e *entry) addEndpoint(ep uint16) bool {
+	i, ok := slices.BinarySearch(e.eps, ep)
+	if !ok {
 		e.eps = slices.Insert(e.eps, i, ep)
 	}
+	return !ok
 }
 
 // remove drops e from the cache, and its name when e was the last entry.
@@ -356,6 +397,7 @@ func (c *Cache) remove(e *entry, ch changes) {
 			delete(s.addrs, e.addr)
 			ch[s.key] = struct{}{}
 		}
+		s.countEps(e.addr, e.eps, -1, ch)
 	}
 	e.n = nil
 	if len(n.entries) == 0 {
@@ -421,6 +463,24 @@ func (c *Cache) Addrs(key string) []netip.Addr {
 		out = append(out, netip.AddrFrom4(a))
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// Learned returns, for every address Addrs returns, the endpoints whose
+// lookups gave it (sorted): a toFQDNs selector allows an address only to
+// the endpoints that asked for a name it matches and got the address.
+// Unknown keys have none.
+func (c *Cache) Learned(key string) map[netip.Addr][]uint16 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.sels[key]
+	if !ok || len(s.eps) == 0 {
+		return nil
+	}
+	out := make(map[netip.Addr][]uint16, len(s.eps))
+	for a, m := range s.eps {
+		out[netip.AddrFrom4(a)] = slices.Sorted(maps.Keys(m))
+	}
 	return out
 }
 
@@ -504,9 +564,19 @@ func (c *Cache) Forget(eps ...uint16) (changed []string) {
 	for _, n := range c.names {
 		for _, e := range n.entries {
 			before := len(e.eps)
-			e.eps = slices.DeleteFunc(e.eps, func(ep uint16) bool { return slices.Contains(eps, ep) })
-			if len(e.eps) != before {
+			var dropped []uint16
+			e.eps = slices.DeleteFunc(e.eps, func(ep uint16) bool {
+				if slices.Contains(eps, ep) {
+					dropped = append(dropped, ep)
+					return true
+				}
+				return false
+			})
+			if len(dropped) > 0 {
 				c.writes++
+				for _, s := range n.sels {
+					s.countEps(e.addr, dropped, -1, ch)
+				}
 			}
 			if len(e.eps) == 0 && before > 0 {
 				gone = append(gone, e)

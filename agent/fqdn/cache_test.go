@@ -68,8 +68,13 @@ func TestSelectorsAndUpdate(t *testing.T) {
 	eq(t, "Update again", c.Update(1, "api.example.com.", ips("10.0.0.2"), time.Minute), []string(nil))
 	// A name no selector matches: stored, no change.
 	eq(t, "Update other", c.Update(1, "example.org", ips("10.0.0.9"), time.Minute), []string(nil))
-	// An address another matched name already has: the selector's set is the same.
-	eq(t, "Update www", c.Update(2, "www.example.com", ips("10.0.0.1"), time.Minute), []string(nil))
+	// An address another matched name already has, asked by the same
+	// endpoint: the selector's set is the same.
+	eq(t, "Update www", c.Update(1, "www.example.com", ips("10.0.0.1"), time.Minute), []string(nil))
+	// ... asked by another endpoint: the address is now that endpoint's
+	// too (an answer allows only the endpoints that asked).
+	eq(t, "Update www by 2", c.Update(2, "www.example.com", ips("10.0.0.1"), time.Minute), []string{kWild})
+	eq(t, "Learned", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {1, 2}, netip.MustParseAddr("10.0.0.2"): {1}})
 	eq(t, "Len", c.Len(), 4)
 	// IPv6, IPv4-mapped and invalid addresses are ignored.
 	eq(t, "Update v6 only", c.Update(2, "v6.example.com", ips("fd00::2", "::ffff:10.0.0.7"), time.Minute), []string(nil))
@@ -437,6 +442,7 @@ func checkInvariants(t testing.TB, c *Cache) {
 	}
 	for k, s := range c.sels {
 		want := map[[4]byte]int32{}
+		wantEps := map[[4]byte]map[uint16]int32{}
 		nn := 0
 		for _, n := range c.names {
 			match := s.m.Match(n.name)
@@ -447,11 +453,20 @@ func checkInvariants(t testing.TB, c *Cache) {
 				nn++
 				for _, e := range n.entries {
 					want[e.addr]++
+					for _, ep := range e.eps {
+						if wantEps[e.addr] == nil {
+							wantEps[e.addr] = map[uint16]int32{}
+						}
+						wantEps[e.addr][ep]++
+					}
 				}
 			}
 		}
 		if nn != len(s.names) || !reflect.DeepEqual(want, s.addrs) && (len(want) > 0 || len(s.addrs) > 0) {
 			t.Fatalf("selector %s: %d names (want %d), addrs %v want %v", k, len(s.names), nn, s.addrs, want)
+		}
+		if !reflect.DeepEqual(wantEps, s.eps) && (len(wantEps) > 0 || len(s.eps) > 0) {
+			t.Fatalf("selector %s: endpoints by address %v, want %v", k, s.eps, wantEps)
 		}
 	}
 }

@@ -61,8 +61,10 @@ func FuzzCacheUpdate(f *testing.F) {
 		keys := map[string]bool{}
 		for steps := 0; len(o.b) > 0 && steps < 200; steps++ {
 			before := map[string][]netip.Addr{}
+			learned := map[string]map[netip.Addr][]uint16{}
 			for k := range keys {
 				before[k] = c.Addrs(k)
+				learned[k] = c.Learned(k)
 			}
 			var changed []string
 			switch o.byte() % 5 {
@@ -123,7 +125,7 @@ func FuzzCacheUpdate(f *testing.F) {
 				t.Fatalf("changed keys not sorted: %v", changed)
 			}
 			checkInvariants(t, c)
-			checkSelectors(t, c, keys, before, changed)
+			checkSelectors(t, c, keys, before, learned, changed)
 			if (c.Len() == 0) != c.NextExpiry().IsZero() {
 				t.Fatalf("Len %d but NextExpiry %v", c.Len(), c.NextExpiry())
 			}
@@ -133,13 +135,24 @@ func FuzzCacheUpdate(f *testing.F) {
 
 // checkSelectors checks Addrs of every key against the listed entries and
 // that a key whose addresses changed is among changed.
-func checkSelectors(t *testing.T, c *Cache, keys map[string]bool, before map[string][]netip.Addr, changed []string) {
+func checkSelectors(t *testing.T, c *Cache, keys map[string]bool, before map[string][]netip.Addr, learned map[string]map[netip.Addr][]uint16, changed []string) {
 	t.Helper()
 	list := c.List()
 	for k := range before {
 		got := c.Addrs(k)
 		var want []netip.Addr
+		var wantL map[netip.Addr][]uint16
 		if keys[k] {
+			for _, e := range list {
+				if c.sels[k].m.Match(e.Name) {
+					if wantL == nil {
+						wantL = map[netip.Addr][]uint16{}
+					}
+					eps := append(wantL[e.Addr], e.Endpoints...)
+					slices.Sort(eps)
+					wantL[e.Addr] = slices.Compact(eps)
+				}
+			}
 			m := c.sels[k].m
 			for _, e := range list {
 				if m.Match(e.Name) {
@@ -157,6 +170,13 @@ func checkSelectors(t *testing.T, c *Cache, keys map[string]bool, before map[str
 		}
 		if !reflect.DeepEqual(got, before[k]) && !slices.Contains(changed, k) {
 			t.Fatalf("Addrs(%s) went from %v to %v but changed is %v", k, before[k], got, changed)
+		}
+		gotL := c.Learned(k)
+		if !reflect.DeepEqual(gotL, wantL) {
+			t.Fatalf("Learned(%s) = %v, want %v", k, gotL, wantL)
+		}
+		if !reflect.DeepEqual(gotL, learned[k]) && !slices.Contains(changed, k) {
+			t.Fatalf("Learned(%s) went from %v to %v but changed is %v", k, learned[k], gotL, changed)
 		}
 	}
 }

@@ -135,5 +135,6 @@ func (c *Cache) resetLocked() {
 	for _, s := range c.sels {
 		s.names = map[*name]struct{}{}
 		s.addrs = map[[4]byte]int32{}
+		s.eps = map[[4]byte]map[uint16]int32{}
 	}
 }

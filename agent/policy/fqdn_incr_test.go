@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -11,9 +12,9 @@ import (
 	"github.com/filament-net/filament/agent/policy/api"
 )
 
-// A toFQDNs selector's addresses change by DNS answers: the resolver adds
-// new ones incrementally (SetGroup, only additions) and recompiles on
-// removals. After every step, every endpoint's entries equal those of a
+// A toFQDNs selector's addresses change by DNS answers, each for the
+// endpoints that asked: the resolver adds new ones incrementally (SetFQDN,
+// only additions or endpoints' changes) and recompiles on removals. After every step, every endpoint's entries equal those of a
 // resolver built from scratch with the same addresses, CIDR identities
 // compared by their prefix (their numbers may differ).
 func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
@@ -39,24 +40,44 @@ func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
 		endpoints:  []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=client")}, {ID: 2, Labels: rsLabels(t, "app=other")}, {ID: 3, Labels: rsLabels(t, "app=client")}},
 	}
 	r := world.build(ModeDefault, pols)
-	sets := map[string][]netip.Addr{ka: nil, kb: nil}
+	sets := map[string]map[netip.Addr][]uint16{ka: nil, kb: nil}
 	rnd := rand.New(rand.NewPCG(1, 2))
-	for step := range 300 {
+	for step := range 400 {
 		key := ka
 		if rnd.IntN(3) == 0 {
 			key = kb
 		}
-		next := slices.Clone(sets[key])
-		switch {
-		case rnd.IntN(8) == 0 && len(next) > 0: // an expiry
-			next = slices.Delete(next, 0, 1+rnd.IntN(len(next)))
-		default: // an answer: one to three addresses, some already known elsewhere
+		next := maps.Clone(sets[key])
+		if next == nil {
+			next = map[netip.Addr][]uint16{}
+		}
+		addrs := slices.SortedFunc(maps.Keys(next), netip.Addr.Compare)
+		switch n := rnd.IntN(8); {
+		case n == 0 && len(addrs) > 0: // an expiry
+			for _, a := range addrs[:1+rnd.IntN(len(addrs))] {
+				delete(next, a)
+			}
+		case n == 1 && len(addrs) > 0: // an endpoint deleted: what it asked is forgotten
+			gone := uint16(1 + rnd.IntN(4))
+			for a, eps := range next {
+				if eps = slices.DeleteFunc(slices.Clone(eps), func(ep uint16) bool { return ep == gone }); len(eps) == 0 {
+					delete(next, a)
+				} else {
+					next[a] = eps
+				}
+			}
+		default: // an answer to one endpoint (4 is not one of this node's): one to three addresses, some known already
+			ep := uint16(1 + rnd.IntN(4))
 			for range 1 + rnd.IntN(3) {
-				next = append(next, netip.AddrFrom4([4]byte{192, 0, 2, byte(rnd.IntN(24))}))
+				a := netip.AddrFrom4([4]byte{192, 0, 2, byte(rnd.IntN(24))})
+				if !slices.Contains(next[a], ep) {
+					next[a] = append(slices.Clone(next[a]), ep)
+					slices.Sort(next[a])
+				}
 			}
 		}
 		sets[key] = next
-		r.SetGroup(key, next)
+		r.SetFQDN(key, next)
 
 		fresh := NewResolver(ModeDefault)
 		for _, id := range world.identities {
@@ -65,8 +86,8 @@ func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
 		for _, ep := range world.endpoints {
 			fresh.UpsertEndpoint(ep)
 		}
-		fresh.SetGroup(ka, sets[ka])
-		fresh.SetGroup(kb, sets[kb])
+		fresh.SetFQDN(ka, sets[ka])
+		fresh.SetFQDN(kb, sets[kb])
 		fresh.SetPolicies(pols)
 		for _, ep := range world.endpoints {
 			got, want := byPrefix(t, r, ep.ID), byPrefix(t, fresh, ep.ID)
@@ -98,4 +119,63 @@ func byPrefix(t *testing.T, r *Resolver, id uint16) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// The attack: a pod whose policy lets it look up any name at any server
+// (a server the attacker runs) asks for a name another pod's toFQDNs
+// match and is answered with the attacker's address. That answer must not
+// open the other pod's egress to the address: toFQDNs allow an address
+// only to the endpoints whose own lookups gave it, on the incremental
+// path (SetFQDN) and when a policy is compiled anew.
+func TestFQDNAnswerAllowsOnlyTheAsker(t *testing.T) {
+	trusted := api.FQDNSelector{MatchPattern: "*.corp.test"}
+	anything := api.FQDNSelector{MatchPattern: "*"}
+	kt, ka := api.FQDNKey(trusted), api.FQDNKey(anything)
+	dns := &api.L7Rules{DNS: []api.PortRuleDNS{{MatchPattern: "*"}}}
+	lookups := api.EgressRule{ToEntities: []api.Entity{api.EntityWorld},
+		ToPorts: []api.PortRule{{Ports: []api.PortProtocol{{Port: "53", Protocol: api.ProtoAny}}, Rules: dns}}}
+	pols := []api.Policy{
+		rsPol("victim", api.Rule{EndpointSelector: rsSel("app=client"), Egress: []api.EgressRule{
+			lookups, {ToFQDNs: []api.FQDNSelector{trusted}, ToPorts: rsPorts(api.ProtoTCP, "443")}}}),
+		rsPol("attacker", api.Rule{EndpointSelector: rsSel("app=scratch"), Egress: []api.EgressRule{
+			lookups, {ToFQDNs: []api.FQDNSelector{anything}, ToPorts: rsPorts(api.ProtoTCP, "443")}}}),
+	}
+	const client, scratch, client2 = 1, 2, 3
+	world := rsWorld{endpoints: []EndpointInfo{{ID: client, Labels: rsLabels(t, "app=client")},
+		{ID: scratch, Labels: rsLabels(t, "app=scratch")}, {ID: client2, Labels: rsLabels(t, "app=client")}}}
+	evil := netip.MustParseAddr("198.51.100.66")
+	reaches := func(r *Resolver, ep uint16) bool {
+		id, ok := r.CIDRIdentities()[netip.PrefixFrom(evil, 32)]
+		if !ok {
+			return false
+		}
+		allowed, _ := dpVerdict(mustEP(t, r, ep), Egress, id, 6, 443)
+		return allowed
+	}
+	check := func(step string, r *Resolver, want map[uint16]bool) {
+		t.Helper()
+		for _, ep := range []uint16{client, scratch, client2} {
+			if got := reaches(r, ep); got != want[ep] {
+				t.Errorf("%s: endpoint %d reaches %s:443 = %v, want %v", step, ep, evil, got, want[ep])
+			}
+		}
+	}
+	r := world.build(ModeDefault, pols)
+	// The attacker's lookup of evil.corp.test: both selectors match the
+	// name; only the attacker asked.
+	r.SetFQDN(ka, map[netip.Addr][]uint16{evil: {scratch}})
+	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}})
+	check("the attacker's answer", r, map[uint16]bool{scratch: true})
+	fresh := world.build(ModeDefault, nil)
+	fresh.SetFQDN(ka, map[netip.Addr][]uint16{evil: {scratch}})
+	fresh.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}})
+	fresh.SetPolicies(pols)
+	check("compiled after the attacker's answer", fresh, map[uint16]bool{scratch: true})
+	// The client asks the same name itself (from its own server): the
+	// address is its own, not its twin's.
+	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {client, scratch}})
+	check("the client's own answer", r, map[uint16]bool{client: true, scratch: true})
+	// The client is deleted (its lookups forgotten): the allow goes.
+	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}})
+	check("the client's lookups forgotten", r, map[uint16]bool{scratch: true})
 }

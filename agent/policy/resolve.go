@@ -271,8 +271,14 @@ type Resolver struct {
 	// awsGroups are the resolved addresses of toGroups/fromGroups
 	// selectors, by GroupKey; a selector without an entry (never resolved)
 	// selects nothing.
-	awsGroups  map[string][]netip.Prefix
-	fqdnSource FQDNSource // toFQDNs addresses for selectors first named
+	awsGroups map[string][]netip.Prefix
+	// fqdnLearned are the learned addresses of the toFQDNs selectors (by
+	// FQDNKey; awsGroups has their union), each with the endpoints whose
+	// lookups gave it (sorted): a section's toFQDNs allow an address only
+	// to those endpoints, so one pod's DNS answers (from a server it
+	// chose) never widen another pod's egress.
+	fqdnLearned map[string]map[netip.Prefix][]uint16
+	fqdnSource  FQDNSource // toFQDNs addresses for selectors first named
 
 	// gen counts the changes to the endpoints' entries and the compiled
 	// policies (finish); l7 is L7Policies' answer at generation l7Gen, so
@@ -327,6 +333,8 @@ func NewResolver(mode Mode) *Resolver {
 		cidrNext:   1,
 		endpoints:  map[uint16]*endpointState{},
 		awsGroups:  map[string][]netip.Prefix{},
+
+		fqdnLearned: map[string]map[netip.Prefix][]uint16{},
 	}
 	switch mode {
 	case ModeDefault, ModeAlways, ModeNever:
@@ -405,7 +413,7 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 			delete(r.compiled, k)
 			continue
 		}
-		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.fqdnSource)
+		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.fqdnLearned, r.fqdnSource)
 	}
 	r.rules = r.rules[:0]
 	r.warnings = r.warnings[:0]
@@ -456,14 +464,13 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 		return ch
 	}
 	r.awsGroups[key] = prefixes
-	if added, only := additions(old, prefixes); ok && len(old) > 0 && only && strings.HasPrefix(key, "fqdn:") {
-		// A toFQDNs selector that gained addresses (a DNS answer): its
-		// sections take the new prefixes and only their identities are
-		// evaluated, instead of recompiling the policies naming it.
-		r.addFQDNPrefixes(&ch, key, added)
-		r.finish(&ch)
-		return ch
-	}
+	r.recompileNaming(&ch, key)
+	r.finish(&ch)
+	return ch
+}
+
+// recompileNaming recompiles the policies naming the selector key.
+func (r *Resolver) recompileNaming(ch *Change, key string) {
 	changed := map[string]bool{}
 	for k, cp := range r.compiled {
 		if cp.groups[key] {
@@ -471,10 +478,133 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 		}
 	}
 	if len(changed) > 0 {
-		r.applyChanged(&ch, changed)
+		r.applyChanged(ch, changed)
+	}
+}
+
+// SetFQDN sets the learned addresses of a toFQDNs selector (by FQDNKey),
+// each with the endpoints whose lookups gave it, and recomputes only what
+// changed: when the addresses only grew (or only their endpoints
+// changed), the entries of the endpoints that gained or lost an address;
+// otherwise the policies naming the selector are recompiled.
+func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	next, union := fqdnPrefixes(learned)
+	old, had := r.fqdnLearned[key]
+	if had && maps.EqualFunc(old, next, slices.Equal) {
+		return ch
+	}
+	oldUnion := r.awsGroups[key]
+	r.fqdnLearned[key], r.awsGroups[key] = next, union
+	added, only := additions(oldUnion, union)
+	if !had || !only {
+		r.recompileNaming(&ch, key)
+		r.finish(&ch)
+		return ch
+	}
+	// The endpoints whose allowed addresses changed, and which.
+	touched := map[uint16][]netip.Prefix{}
+	for p, eps := range next {
+		for _, ep := range symmetricDiff(old[p], eps) {
+			touched[ep] = append(touched[ep], p)
+		}
+	}
+	for _, cp := range r.compiled {
+		if _, ok := cp.fqdnSels[key]; ok {
+			cp.prefixes = append(cp.prefixes, added...) // syncCIDRs wants every prefix a policy names
+		}
+	}
+	newIDs, removed := r.syncCIDRs(&ch)
+	for _, epID := range slices.Sorted(maps.Keys(r.endpoints)) {
+		ep := r.endpoints[epID]
+		for _, id := range removed {
+			r.dropIdentityGroups(&ch, ep, id)
+		}
+		// A new CIDR identity may be selected by other rules (a toCIDR
+		// around it): every endpoint takes it.
+		ids := slices.Clone(newIDs)
+		for _, p := range touched[epID] {
+			if id, ok := r.cidrs[p]; ok && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		for _, id := range ids {
+			r.recomputeIdentityGroups(&ch, ep, id)
+		}
 	}
 	r.finish(&ch)
 	return ch
+}
+
+// fqdnPrefixes turns learned addresses into /32 prefixes with their
+// endpoints (sorted, deduplicated; IPv4 only), and their union (sorted).
+func fqdnPrefixes(learned map[netip.Addr][]uint16) (map[netip.Prefix][]uint16, []netip.Prefix) {
+	out := make(map[netip.Prefix][]uint16, len(learned))
+	for a, eps := range learned {
+		if !a.Is4() || len(eps) == 0 {
+			continue
+		}
+		p := netip.PrefixFrom(a, 32)
+		e := append(slices.Clone(out[p]), eps...)
+		slices.Sort(e)
+		out[p] = slices.Compact(e)
+	}
+	return out, slices.SortedFunc(maps.Keys(out), comparePrefixes)
+}
+
+// symmetricDiff returns the values in exactly one of two sorted slices.
+func symmetricDiff(a, b []uint16) []uint16 {
+	var out []uint16
+	for _, x := range a {
+		if _, ok := slices.BinarySearch(b, x); !ok {
+			out = append(out, x)
+		}
+	}
+	for _, x := range b {
+		if _, ok := slices.BinarySearch(a, x); !ok {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// fqdnAllows reports whether section s's toFQDNs select identity id for
+// endpoint ep: a CIDR identity of an address that ep's own lookups gave
+// for a name one of them matches.
+func (r *Resolver) fqdnAllows(s *section, ep uint16, id identity.NumericIdentity) bool {
+	if len(s.fqdnKeys) == 0 || s.peers.any || s.peers.every || !id.IsLocal() {
+		return false
+	}
+	k := r.identities[id]
+	if k == nil {
+		return false
+	}
+	for _, key := range s.fqdnKeys {
+		if _, ok := slices.BinarySearch(r.fqdnLearned[key][k.prefix], ep); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// addFQDNSection adds section s to the groups of the CIDR identities its
+// toFQDNs select for endpoint ep (fqdnAllows).
+func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *section, ep uint16) {
+	if s.peers.any || s.peers.every {
+		return
+	}
+	for _, key := range s.fqdnKeys {
+		for p, eps := range r.fqdnLearned[key] {
+			if _, ok := slices.BinarySearch(eps, ep); !ok {
+				continue
+			}
+			if id, ok := r.cidrs[p]; ok {
+				addSection(groups, groupKey{s.dir, id}, s)
+			}
+		}
+	}
 }
 
 // additions returns the prefixes of new that old lacks, and whether new
@@ -492,58 +622,6 @@ func additions(old, new []netip.Prefix) (added []netip.Prefix, only bool) {
 		added = append(added, p)
 	}
 	return added, i == len(old)
-}
-
-// addFQDNPrefixes adds prefixes to the sections naming the toFQDNs
-// selector key, allocates their CIDR identities and recomputes, for every
-// endpoint, only the entries of those identities.
-func (r *Resolver) addFQDNPrefixes(ch *Change, key string, added []netip.Prefix) {
-	var secs []*section
-	for _, cp := range r.compiled {
-		if !cp.groups[key] {
-			continue
-		}
-		cp.prefixes = append(cp.prefixes, added...) // syncCIDRs wants every prefix a policy names
-		for _, cr := range cp.rules {
-			for _, s := range cr.sections {
-				// A section whose peers are every peer (toEntities all)
-				// took no prefixes when compiled, and takes none now.
-				if slices.Contains(s.fqdnKeys, key) && !s.peers.any && !s.peers.every {
-					secs = append(secs, s)
-				}
-			}
-		}
-	}
-	for _, s := range secs {
-		for _, p := range added {
-			s.peers.cidrs = append(s.peers.cidrs, cidrPeer{prefix: p})
-		}
-	}
-	newIDs, removed := r.syncCIDRs(ch) // addIdentity puts new identities in computed sections
-	ids := slices.Clone(newIDs)
-	for _, p := range added {
-		id := r.cidrs[p]
-		if slices.Contains(newIDs, id) {
-			continue
-		}
-		// A prefix another rule named already: its identity joins these
-		// sections' peers now.
-		ids = append(ids, id)
-		for _, s := range secs {
-			if s.computed {
-				s.cache[id] = struct{}{}
-			}
-		}
-	}
-	for _, epID := range slices.Sorted(maps.Keys(r.endpoints)) {
-		ep := r.endpoints[epID]
-		for _, id := range removed {
-			r.dropIdentityGroups(ch, ep, id)
-		}
-		for _, id := range ids {
-			r.recomputeIdentityGroups(ch, ep, id)
-		}
-	}
 }
 
 // hostPrefixes are the /32s of the IPv4 addresses, sorted, without
@@ -578,6 +656,7 @@ func (r *Resolver) ForgetGroup(key string) {
 		}
 	}
 	delete(r.awsGroups, key)
+	delete(r.fqdnLearned, key)
 }
 
 // GroupsInUse lists the toGroups/fromGroups selectors of the current
@@ -990,6 +1069,7 @@ func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 				for id := range r.peersOf(s) {
 					addSection(groups, groupKey{s.dir, id}, s)
 				}
+				r.addFQDNSection(groups, s, ep.info.ID)
 			}
 		}
 		for _, g := range groups {
@@ -1024,7 +1104,7 @@ func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id ide
 					if s.dir != dir {
 						continue
 					}
-					if _, ok := r.peersOf(s)[id]; ok {
+					if _, ok := r.peersOf(s)[id]; ok || r.fqdnAllows(s, ep.info.ID, id) {
 						if g == nil {
 							g = map[L4]MapValue{}
 						}
@@ -1303,28 +1383,31 @@ func (ps *peerSpec) matches(k *knownIdentity) bool {
 
 // compiler compiles one policy.
 type compiler struct {
-	cp        *compiledPolicy
-	key       string
-	rule      int
-	prefixes  map[netip.Prefix]bool
-	awsGroups map[string][]netip.Prefix
-	fqdnRef   RuleRef // the first section with toFQDNs
+	cp          *compiledPolicy
+	key         string
+	rule        int
+	prefixes    map[netip.Prefix]bool
+	awsGroups   map[string][]netip.Prefix
+	fqdnLearned map[string]map[netip.Prefix][]uint16
+	fqdnRef     RuleRef // the first section with toFQDNs
 	// fqdnSource gives a toFQDNs selector's addresses the first time a
-	// policy names it (they go into awsGroups).
+	// policy names it (they go into fqdnLearned, their union into
+	// awsGroups).
 	fqdnSource FQDNSource
 }
 
 // FQDNSource returns the addresses learned for a toFQDNs selector (by
-// FQDNKey). The resolver calls it under its lock, when a policy names a
-// selector it has no addresses for yet.
-type FQDNSource func(key string, sel api.FQDNSelector) []netip.Addr
+// FQDNKey), each with the endpoints whose lookups gave it. The resolver
+// calls it under its lock, when a policy names a selector it has no
+// addresses for yet.
+type FQDNSource func(key string, sel api.FQDNSelector) map[netip.Addr][]uint16
 
 // compilePolicy compiles p; toGroups/fromGroups become the resolved
 // addresses in awsGroups (by GroupKey).
-func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnSource FQDNSource) *compiledPolicy {
+func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnLearned map[string]map[netip.Prefix][]uint16, fqdnSource FQDNSource) *compiledPolicy {
 	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{},
 		fqdnSels: map[string]api.FQDNSelector{}, l7: map[string]*api.L7Rules{}}, key: p.Key(),
-		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, fqdnSource: fqdnSource}
+		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, fqdnLearned: fqdnLearned, fqdnSource: fqdnSource}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
 		c.rule = i
@@ -1497,17 +1580,17 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	}
 	for _, sel := range pf.fqdns {
 		// The addresses of the names learned from DNS answers the proxy
-		// allowed (none yet: selects nothing until then).
+		// allowed (none yet: selects nothing until then), each for the
+		// endpoints that asked (fqdnAllows, not the section's peers).
 		key := api.FQDNKey(sel)
 		c.cp.groups[key] = true
 		c.cp.fqdnSels[key] = sel
 		s.fqdnKeys = append(s.fqdnKeys, key)
-		if _, ok := c.awsGroups[key]; !ok && c.fqdnSource != nil {
-			c.awsGroups[key] = hostPrefixes(c.fqdnSource(key, sel))
+		if _, ok := c.fqdnLearned[key]; !ok && c.fqdnSource != nil {
+			c.fqdnLearned[key], c.awsGroups[key] = fqdnPrefixes(c.fqdnSource(key, sel))
 		}
 		for _, p := range c.awsGroups[key] {
-			c.prefixes[p] = true
-			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
+			c.prefixes[p] = true // a CIDR identity for each
 		}
 	}
 	// Ports are compiled after the peers, so that warnings come in field
@@ -1526,7 +1609,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	if ps.cluster {
 		ps.scan = true
 	}
-	if !hasPeers && !hasPorts || len(s.l4s) == 0 || ps.empty() {
+	if !hasPeers && !hasPorts || len(s.l4s) == 0 || ps.empty() && len(s.fqdnKeys) == 0 {
 		return nil
 	}
 	return s
