@@ -26,11 +26,16 @@ type Config struct {
 	// MinTTL: an answer's TTL below this is raised to it
 	// (--tofqdns-min-ttl); 0: none.
 	MinTTL time.Duration
-	// MaxAddrsPerName bounds the addresses of one name (default 1000): the
-	// name's oldest addresses (earliest expiry, then oldest insert) go first.
+	// MaxAddrsPerName bounds the addresses of one name that one endpoint
+	// asked for (default 1000): that endpoint's oldest addresses of the
+	// name (earliest expiry, then oldest insert) go first; another
+	// endpoint's answers for the same name never push them out.
 	MaxAddrsPerName int
 	// MaxEntries bounds the (name, address) entries of the whole cache
-	// (default 65536): when full, the entries that expire soonest go first.
+	// (default 65536): when full, the endpoint that asked for the most
+	// entries loses its soonest expiring ones (a sixty-fourth of its
+	// entries at least, so that a flood costs no sort per answer), so one
+	// endpoint's lookups never evict another's while it holds more.
 	MaxEntries int
 	// AliveRecheck is how long after an Expire that kept entries past their
 	// expiry (alive) NextExpiry asks for the next Expire (default 1s).
@@ -59,7 +64,10 @@ type Cache struct {
 	byAddr map[[4]byte][]*entry
 	live   entryHeap // entries not held, by (expires, seq)
 	held   entryHeap // entries kept past their expiry for a live connection
-	seq    uint64
+	// byEP indexes the entries by the endpoints that asked for them
+	// (MaxEntries takes from the endpoint with the most).
+	byEP map[uint16]map[*entry]struct{}
+	seq  uint64
 	// lastSweep is the time of the last Expire (unix ns), the base of the
 	// held entries' next check.
 	lastSweep int64
@@ -145,6 +153,7 @@ func NewCache(cfg Config) *Cache {
 		names:  map[string]*name{},
 		sels:   map[string]*selector{},
 		byAddr: map[[4]byte][]*entry{},
+		byEP:   map[uint16]map[*entry]struct{}{},
 	}
 }
 
@@ -275,6 +284,10 @@ func (c *Cache) Update(ep uint16, qname string, addrs []netip.Addr, ttl time.Dur
 		}
 		c.add(n, a.As4(), expires, eps[:], ch)
 	}
+	if n != nil {
+		c.capName(n, ep, ch)
+		c.capEntries(ch)
+	}
 	return ch.sorted()
 }
 
@@ -294,8 +307,8 @@ func (c *Cache) nameFor(nm string) *name {
 	return n
 }
 
-// add records addr for n until expires, asked by eps, then applies the
-// bounds.
+// add records addr for n until expires, asked by eps; the caller applies
+// the bounds (capName, capEntries).
 func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch changes) {
 	i, found := slices.BinarySearchFunc(n.entries, addr, func(e *entry, a [4]byte) int { return compareAddr(e.addr, a) })
 	if found {
@@ -303,6 +316,7 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 		for _, ep := range eps {
 			if e.addEndpoint(ep) {
 				// Another endpoint asked: the address is its too.
+				c.asked(e, ep)
 				for _, s := range n.sels {
 					s.countEps(addr, []uint16{ep}, 1, ch)
 				}
@@ -323,7 +337,9 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 	c.seq++
 	e := &entry{n: n, expires: expires, seq: c.seq, addr: addr}
 	for _, ep := range eps {
-		e.addEndpoint(ep)
+		if e.addEndpoint(ep) {
+			c.asked(e, ep)
+		}
 	}
 	n.entries = slices.Insert(n.entries, i, e)
 	if len(c.byAddr[addr]) < maxIndexedPerAddr {
@@ -336,22 +352,108 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 		}
 		s.countEps(addr, e.eps, 1, ch)
 	}
-	for len(n.entries) > c.cfg.MaxAddrsPerName {
-		victim := n.entries[0]
-		for _, x := range n.entries[1:] {
-			if evictsBefore(x, victim) {
-				victim = x
+}
+
+// asked and unasked keep byEP.
+func (c *Cache) asked(e *entry, ep uint16) {
+	m := c.byEP[ep]
+	if m == nil {
+		m = map[*entry]struct{}{}
+		c.byEP[ep] = m
+	}
+	m[e] = struct{}{}
+}
+
+func (c *Cache) unasked(e *entry, ep uint16) {
+	if m := c.byEP[ep]; m != nil {
+		delete(m, e)
+		if len(m) == 0 {
+			delete(c.byEP, ep)
+		}
+	}
+}
+
+// unask drops endpoint ep's ask of e; e goes when no endpoint asks for it
+// any more.
+func (c *Cache) unask(e *entry, ep uint16, ch changes) {
+	i, ok := slices.BinarySearch(e.eps, ep)
+	if !ok {
+		return
+	}
+	if len(e.eps) == 1 {
+		c.remove(e, ch)
+		return
+	}
+	c.writes++
+	e.eps = slices.Delete(e.eps, i, i+1)
+	c.unasked(e, ep)
+	for _, s := range e.n.sels {
+		s.countEps(e.addr, []uint16{ep}, -1, ch)
+	}
+}
+
+// capName keeps at most MaxAddrsPerName of the addresses of n that ep
+// asked for: its first in evictOrder go (from ep only; an entry another
+// endpoint asked for stays theirs).
+func (c *Cache) capName(n *name, ep uint16, ch changes) {
+	if n.dead {
+		return
+	}
+	var mine []*entry
+	for _, e := range n.entries {
+		if _, ok := slices.BinarySearch(e.eps, ep); ok {
+			mine = append(mine, e)
+		}
+	}
+	if len(mine) <= c.cfg.MaxAddrsPerName {
+		return
+	}
+	slices.SortFunc(mine, evictOrder)
+	for _, e := range mine[:len(mine)-c.cfg.MaxAddrsPerName] {
+		c.unask(e, ep, ch)
+	}
+}
+
+// capEntries keeps at most MaxEntries entries: while over, the endpoint
+// that asked for the most entries (the lowest ID of a tie) loses its
+// first in evictOrder, at least a sixty-fourth of its entries at a time
+// (a sort of its entries is then paid once per that many new ones).
+func (c *Cache) capEntries(ch changes) {
+	for c.size() > c.cfg.MaxEntries {
+		var heavy uint16
+		most := 0
+		for ep, m := range c.byEP {
+			if len(m) > most || len(m) == most && ep < heavy {
+				heavy, most = ep, len(m)
 			}
 		}
-		c.remove(victim, ch)
-	}
-	for c.size() > c.cfg.MaxEntries {
-		if c.live.Len() > 0 {
-			c.remove(c.live.s[0], ch)
-		} else {
-			c.remove(c.held.s[0], ch)
+		if most == 0 {
+			return // no entry without an endpoint is ever kept
+		}
+		mine := make([]*entry, 0, most)
+		for e := range c.byEP[heavy] {
+			mine = append(mine, e)
+		}
+		slices.SortFunc(mine, evictOrder)
+		k := min(len(mine), max(c.size()-c.cfg.MaxEntries, len(mine)/64))
+		for _, e := range mine[:k] {
+			c.unask(e, heavy, ch)
 		}
 	}
+}
+
+// evictOrder orders entries for the caps: evictsBefore, then by name and
+// address (a total order, so that eviction is deterministic).
+func evictOrder(a, b *entry) int {
+	switch {
+	case evictsBefore(a, b):
+		return -1
+	case evictsBefore(b, a):
+		return 1
+	case a.n.name != b.n.name:
+		return strings.Compare(a.n.name, b.n.name)
+	}
+	return compareAddr(a.addr, b.addr)
 }
 
 // evictsBefore orders the entries of a name for its cap: entries not held
@@ -382,6 +484,9 @@ func (c *Cache) remove(e *entry, ch changes) {
 		heap.Remove(&c.held, e.idx)
 	} else {
 		heap.Remove(&c.live, e.idx)
+	}
+	for _, ep := range e.eps {
+		c.unasked(e, ep)
 	}
 	n := e.n
 	if i, ok := slices.BinarySearchFunc(n.entries, e.addr, func(x *entry, a [4]byte) int { return compareAddr(x.addr, a) }); ok {
@@ -574,6 +679,9 @@ func (c *Cache) Forget(eps ...uint16) (changed []string) {
 			})
 			if len(dropped) > 0 {
 				c.writes++
+				for _, ep := range dropped {
+					c.unasked(e, ep)
+				}
 				for _, s := range n.sels {
 					s.countEps(e.addr, dropped, -1, ch)
 				}

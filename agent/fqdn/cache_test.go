@@ -250,8 +250,10 @@ func TestMaxEntries(t *testing.T) {
 			full = heap()
 		}
 	}
-	eq(t, "Len", c.Len(), max)
-	eq(t, "names", len(c.names), max)
+	// Full, less at most a batch (a sixty-fourth of one endpoint's).
+	if l := c.Len(); l > max || l < max-max/64 || len(c.names) != l {
+		t.Fatalf("Len %d, %d names: want at most %d, at least %d", l, len(c.names), max, max-max/64)
+	}
 	after := heap()
 	// Bounded: 80,000 more names past the cap add (next to) nothing; and
 	// the whole cache stays far below 1 KiB per entry.
@@ -268,7 +270,55 @@ func TestMaxEntries(t *testing.T) {
 		slices.ContainsFunc(l, func(e Entry) bool { return e.Name == "host-89999.example.com." }) {
 		t.Fatal("eviction did not take the soonest expiring entries")
 	}
-	eq(t, "Addrs all len", len(c.Addrs(kAll)), max)
+	eq(t, "Addrs all len", len(c.Addrs(kAll)), c.Len())
+	checkInvariants(t, c)
+}
+
+// The attack: one endpoint whose lookups are answered by a server it
+// chose floods the cache with long-lived names (and the name another
+// endpoint uses with many addresses). The other endpoint's entries, fewer
+// and sooner to expire, must stay: the full cache takes from the endpoint
+// with the most entries, and a name's cap counts each endpoint's
+// addresses apart.
+func TestOneEndpointCannotEvictAnother(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now, MaxEntries: 200, MaxAddrsPerName: 8})
+	if _, err := c.SetSelectors(sels(selWild, selAll)); err != nil {
+		t.Fatal(err)
+	}
+	const victim, attacker = 2, 1
+	c.Update(victim, "api.example.com", ips("10.0.0.1", "10.0.0.2"), time.Minute)
+	c.Update(victim, "www.example.com", ips("10.0.0.3"), time.Minute)
+	var flood []netip.Addr
+	for i := range 40 {
+		flood = append(flood, netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}))
+	}
+	c.Update(attacker, "api.example.com", flood, 24*time.Hour)
+	for i := range 1000 {
+		c.Update(attacker, fmt.Sprintf("n%d.example.com", i), []netip.Addr{netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})}, 24*time.Hour)
+		if c.Len() > 200 {
+			t.Fatalf("Len %d over the cap", c.Len())
+		}
+	}
+	want := map[netip.Addr][]uint16{}
+	for _, a := range ips("10.0.0.1", "10.0.0.2", "10.0.0.3") {
+		want[a] = []uint16{victim}
+	}
+	got := c.Learned(kWild)
+	for a, eps := range want {
+		if !slices.Equal(got[a], eps) {
+			t.Errorf("the victim's %s: endpoints %v, want %v (evicted by the attacker's lookups)", a, got[a], eps)
+		}
+	}
+	api := 0
+	for _, e := range c.List() {
+		if e.Name == "api.example.com." && slices.Contains(e.Endpoints, attacker) {
+			api++
+		}
+	}
+	if api > 8 {
+		t.Errorf("the attacker holds %d addresses of api.example.com, over the cap of 8", api)
+	}
 	checkInvariants(t, c)
 }
 
@@ -439,6 +489,29 @@ func checkInvariants(t testing.TB, c *Cache) {
 	}
 	if total != c.size() {
 		t.Fatalf("names hold %d entries, heaps %d", total, c.size())
+	}
+	asks := 0
+	for _, n := range c.names {
+		for _, e := range n.entries {
+			if len(e.eps) == 0 {
+				t.Fatalf("name %q entry %v: no endpoint", n.name, e.addr)
+			}
+			for _, ep := range e.eps {
+				if _, ok := c.byEP[ep][e]; !ok {
+					t.Fatalf("name %q entry %v: not indexed for endpoint %d", n.name, e.addr, ep)
+				}
+				asks++
+			}
+		}
+	}
+	for ep, m := range c.byEP {
+		if len(m) == 0 {
+			t.Fatalf("endpoint %d: an empty index", ep)
+		}
+		asks -= len(m)
+	}
+	if asks != 0 {
+		t.Fatalf("the endpoint index holds %d asks more than the entries", -asks)
 	}
 	for k, s := range c.sels {
 		want := map[[4]byte]int32{}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // ErrCorrupt is wrapped by Load's error for a file that is not a saved
@@ -117,6 +119,18 @@ func (c *Cache) Load(path string) error {
 		}
 		c.add(c.nameFor(e.Name), e.Addr.As4(), exp, e.Endpoints, ch)
 	}
+	for _, n := range c.names {
+		eps := map[uint16]bool{}
+		for _, e := range n.entries {
+			for _, ep := range e.eps {
+				eps[ep] = true
+			}
+		}
+		for _, ep := range slices.Sorted(maps.Keys(eps)) {
+			c.capName(n, ep, ch)
+		}
+	}
+	c.capEntries(ch)
 	return nil
 }
 
@@ -132,6 +146,7 @@ func (c *Cache) resetLocked() {
 	c.names = map[string]*name{}
 	c.byAddr = map[[4]byte][]*entry{}
 	c.live, c.held = entryHeap{}, entryHeap{}
+	c.byEP = map[uint16]map[*entry]struct{}{}
 	for _, s := range c.sels {
 		s.names = map[*name]struct{}{}
 		s.addrs = map[[4]byte]int32{}
