@@ -41,6 +41,10 @@ const (
 	// maxDNSInFlight bounds the UDP queries being answered at once; more
 	// are dropped and counted (the client retries).
 	maxDNSInFlight = 1024
+	// maxDNSInFlightPerSource bounds those of one source (address and
+	// identity): a pod whose queries go to a server that never answers
+	// (one it runs) holds an eighth of the node's, not all of them.
+	maxDNSInFlightPerSource = maxDNSInFlight / 8
 	// maxReplySockets bounds the sockets the proxy answers UDP clients
 	// from (one per server address the clients asked).
 	maxReplySockets = 256
@@ -100,6 +104,7 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 		pc.Close()
 	}
 	sem := make(chan struct{}, maxDNSInFlight)
+	perSource := newSourceLimit(maxDNSInFlightPerSource)
 	buf := make([]byte, dns.MaxMsgSize)
 	oob := make([]byte, 128)
 	for {
@@ -126,18 +131,24 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 			p.log.Debug("L7 proxy: DNS datagram without its original destination", "src", src)
 			continue
 		}
+		srcID := p.sourceIdentity(src, dst)
+		who := source{src.Addr(), srcID}
+		if !perSource.take(who) {
+			p.metrics.dnsShed.Inc()
+			continue
+		}
 		select {
 		case sem <- struct{}{}:
 		default:
+			perSource.give(who)
 			p.metrics.dnsShed.Inc()
 			continue
 		}
 		msg := append([]byte(nil), buf[:n]...)
 		go func() {
-			defer func() { <-sem }()
+			defer func() { <-sem; perSource.give(who) }()
 			ctx, cancel := context.WithTimeout(context.Background(), dnsUpstreamTimeout+p.opts.DNSHold+policyWait)
 			defer cancel()
-			srcID := p.sourceIdentity(src, dst)
 			out := p.dnsExchange(ctx, src, dst, srcID, "UDP", msg, func(ctx context.Context, q []byte) ([]byte, error) {
 				return p.forwardUDP(ctx, src, dst, srcID, q)
 			})

@@ -9,8 +9,12 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/filament-net/filament/agent/fqdn"
 	"github.com/miekg/dns"
@@ -27,13 +31,22 @@ type dnsHarness struct {
 	tcp     string // the proxy's TCP listener
 	server  netip.AddrPort
 	queries chan string // what the server was asked
+	// stalled counts the queries for stall*. names the server holds
+	// unanswered until the test ends.
+	stalled atomic.Int64
 }
 
 func newDNSHarness(t *testing.T, o Options) *dnsHarness {
 	t.Helper()
 	h := &dnsHarness{t: t, queries: make(chan string, 100)}
+	stall := make(chan struct{})
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		name := q.Question[0].Name
+		if strings.HasPrefix(name, "stall") {
+			h.stalled.Add(1)
+			<-stall
+			return
+		}
 		select {
 		case h.queries <- name:
 		default:
@@ -65,6 +78,7 @@ func newDNSHarness(t *testing.T, o Options) *dnsHarness {
 		go s.ActivateAndServe()
 		t.Cleanup(func() { s.Shutdown() })
 	}
+	t.Cleanup(func() { close(stall) }) // before the servers' shutdown
 	o.OriginalDstUDP = func(netip.AddrPort) netip.AddrPort { return h.server }
 	o.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return h.server, nil }
 	h.p = New(o)
@@ -171,6 +185,65 @@ func TestDNSAllowDenyAndLearn(t *testing.T) {
 	}
 	if rec.Verdict != Forwarded || rec.Host != "alias.allowed.test." || rec.Method != "A" || rec.DNSRcode != "NOERROR" {
 		t.Errorf("record %+v", rec)
+	}
+}
+
+// The attack: a pod floods the node's proxy with allowed queries to a
+// server that never answers (one it runs). Each holds one of the UDP
+// slots shared by every pod of the node until the upstream timeout; the
+// pod must not get them all: another source's query is still answered.
+func TestDNSOneSourceCannotTakeEverySlot(t *testing.T) {
+	h := newDNSHarness(t, Options{})
+	victim := netip.MustParseAddr("127.0.0.3")
+	cfg := h.p.Config()
+	cfg.Revision++
+	for _, pp := range slices.Clone(cfg.Policies) {
+		pp.Endpoint = victim
+		cfg.Policies = append(cfg.Policies, pp)
+	}
+	if err := h.p.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	to := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(h.udp))
+	shed := func() float64 {
+		var m dto.Metric
+		h.p.metrics.dnsShed.Write(&m)
+		return m.GetCounter().GetValue()
+	}
+	// Queries until the proxy sheds some (the flood holds what it may).
+	sent := 0
+	for ; sent < 4*maxDNSInFlight && shed() == 0; sent++ {
+		i := sent
+		q := new(dns.Msg)
+		q.SetQuestion(fmt.Sprintf("stall%d.allowed.test.", i), dns.TypeA)
+		b, _ := q.Pack()
+		if _, err := c.WriteToUDP(b, to); err != nil {
+			t.Fatal(err)
+		}
+		if i%64 == 63 { // let the proxy read them (the socket's buffer holds a few hundred)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if shed() == 0 {
+		t.Fatalf("the flood of %d queries shed none (%d at the server)", sent, h.stalled.Load())
+	}
+	t.Logf("%d of the flood's queries at the server, %v shed", h.stalled.Load(), shed())
+	// Another pod of the node, with the same DNS rules.
+	other := &dns.Client{Net: "udp", Timeout: 2 * time.Second,
+		Dialer: &net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(victim, 0))}}
+	q := new(dns.Msg)
+	q.SetQuestion("www.allowed.test.", dns.TypeA)
+	a, _, err := other.Exchange(q, h.udp)
+	if err != nil {
+		t.Fatalf("another source's query while one source floods: %v (the flood holds every slot)", err)
+	}
+	if a.Rcode != dns.RcodeSuccess || len(a.Answer) != 1 {
+		t.Errorf("another source's allowed query: %s %v", dns.RcodeToString[a.Rcode], a.Answer)
 	}
 }
 
