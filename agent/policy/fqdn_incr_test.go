@@ -179,3 +179,37 @@ func TestFQDNAnswerAllowsOnlyTheAsker(t *testing.T) {
 	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}})
 	check("the client's lookups forgotten", r, map[uint16]bool{scratch: true})
 }
+
+// toRequires constrain every peer of a section, its toFQDNs addresses
+// too: a learned address (a CIDR identity, without the required label)
+// is no more allowed than a toCIDR one in the same section.
+func TestFQDNRespectsToRequires(t *testing.T) {
+	sel := api.FQDNSelector{MatchPattern: "*.corp.test"}
+	key := api.FQDNKey(sel)
+	pols := []api.Policy{rsPol("req", api.Rule{EndpointSelector: rsSel("app=client"), Egress: []api.EgressRule{{
+		ToFQDNs: []api.FQDNSelector{sel}, ToCIDR: []string{"203.0.113.7/32"}, ToRequires: rsSels("env=prod"),
+		ToPorts: rsPorts(api.ProtoTCP, "443")}}})}
+	world := rsWorld{endpoints: []EndpointInfo{{ID: 1, Labels: rsLabels(t, "app=client")}}}
+	learned := netip.MustParseAddr("198.51.100.9")
+	for _, compiledAfter := range []bool{false, true} {
+		var r *Resolver
+		if compiledAfter {
+			r = world.build(ModeDefault, nil)
+			r.SetFQDN(key, map[netip.Addr][]uint16{learned: {1}})
+			r.SetPolicies(pols)
+		} else {
+			r = world.build(ModeDefault, pols)
+			r.SetFQDN(key, map[netip.Addr][]uint16{})
+			r.SetFQDN(key, map[netip.Addr][]uint16{learned: {1}})
+		}
+		for _, a := range []string{"198.51.100.9", "203.0.113.7"} {
+			id, ok := r.CIDRIdentities()[netip.PrefixFrom(netip.MustParseAddr(a), 32)]
+			if !ok {
+				t.Fatalf("no CIDR identity for %s", a)
+			}
+			if allowed, _ := dpVerdict(mustEP(t, r, 1), Egress, id, 6, 443); allowed {
+				t.Errorf("compiled after the answer %v: %s allowed though it lacks env=prod", compiledAfter, a)
+			}
+		}
+	}
+}

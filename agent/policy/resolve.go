@@ -578,7 +578,7 @@ func (r *Resolver) fqdnAllows(s *section, ep uint16, id identity.NumericIdentity
 		return false
 	}
 	k := r.identities[id]
-	if k == nil {
+	if k == nil || !s.peers.satisfiesRequires(k) {
 		return false
 	}
 	for _, key := range s.fqdnKeys {
@@ -600,7 +600,7 @@ func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *sectio
 			if _, ok := slices.BinarySearch(eps, ep); !ok {
 				continue
 			}
-			if id, ok := r.cidrs[p]; ok {
+			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) {
 				addSection(groups, groupKey{s.dir, id}, s)
 			}
 		}
@@ -1333,13 +1333,26 @@ func (c cidrPeer) selects(p netip.Prefix) bool {
 	return true
 }
 
-// matches reports whether the spec selects identity k as a concrete peer
-// (identity 0 is the any flag's business).
-func (ps *peerSpec) matches(k *knownIdentity) bool {
+// satisfiesRequires reports whether identity k (nil: none) has what
+// toRequires/fromRequires ask of every peer of the section, its toFQDNs
+// addresses included.
+func (ps *peerSpec) satisfiesRequires(k *knownIdentity) bool {
+	if k == nil {
+		return false
+	}
 	for _, req := range ps.requires {
 		if !req.Matches(k.labels) {
 			return false
 		}
+	}
+	return true
+}
+
+// matches reports whether the spec selects identity k as a concrete peer
+// (identity 0 is the any flag's business).
+func (ps *peerSpec) matches(k *knownIdentity) bool {
+	if !ps.satisfiesRequires(k) {
+		return false
 	}
 	if ps.every {
 		return true
