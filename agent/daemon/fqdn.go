@@ -42,12 +42,12 @@ type dnsNames struct {
 	// selMu calls the engine or the resolver.
 	selMu sync.Mutex
 	sels  map[string]api.FQDNSelector
-	// goneMu guards gone, the endpoints deleted since the cache last
-	// forgot theirs (forget; the endpoint manager's lock is held there,
-	// so the cache is changed later, under applyMu, before any learning).
-	goneMu sync.Mutex
-	gone   []uint16
-	wake   chan struct{}
+	// goneMu guards goneKeys, the selectors whose addresses changed when
+	// the cache forgot deleted endpoints (forget runs under the endpoint
+	// manager's lock: the policy follows later, under applyMu).
+	goneMu   sync.Mutex
+	goneKeys map[string]bool
+	wake     chan struct{}
 	// saveMu guards saved and savedWrites: the cache's Writes at its last
 	// save (run's, or the stop's).
 	saveMu      sync.Mutex
@@ -82,7 +82,7 @@ func (a *Agent) startDNSNames(ctx context.Context) error {
 // addrsFor registers a selector a policy names and returns its addresses,
 // each with the endpoints whose lookups gave it (none for a selector the
 // cache cannot use). The resolver calls it under its own lock.
-func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) map[netip.Addr][]uint16 {
+func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) (map[netip.Addr][]uint16, uint64) {
 	d.selMu.Lock()
 	defer d.selMu.Unlock()
 	if _, ok := d.sels[key]; !ok {
@@ -90,11 +90,11 @@ func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) map[netip.Addr][]u
 		next[key] = sel
 		if _, err := d.cache.SetSelectors(next); err != nil {
 			slog.Warn("toFQDNs selector not usable: it selects nothing", "selector", key, "err", err)
-			return nil
+			return nil, 0
 		}
 		d.sels = next
 	}
-	return d.cache.Learned(key)
+	return d.cache.LearnedAsOf(key)
 }
 
 // learn records allowed DNS answers and returns when their addresses are
@@ -106,7 +106,10 @@ func (d *dnsNames) addrsFor(key string, sel api.FQDNSelector) map[netip.Addr][]u
 func (d *dnsNames) learn(batch []proxy.Learned) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
-	changed := d.forgetGone() // before an endpoint ID deleted is learned for again
+	changed := d.forgetGone()
+	// An endpoint deleted after this (its ID maybe given to a new one
+	// before the batch is recorded) gets nothing recorded (UpdateAsOf).
+	gen := d.cache.Gen()
 	for _, x := range batch {
 		ep, ok := d.a.eps.ByIP(x.Endpoint)
 		if !ok || !d.cache.Wanted(x.Name) {
@@ -126,7 +129,7 @@ func (d *dnsNames) learn(batch []proxy.Learned) {
 		if len(addrs) == 0 {
 			continue
 		}
-		for _, k := range d.cache.Update(ep, x.Name, addrs, min(time.Duration(x.TTL)*time.Second, maxLearnedTTL)) {
+		for _, k := range d.cache.UpdateAsOf(gen, ep, x.Name, addrs, min(time.Duration(x.TTL)*time.Second, maxLearnedTTL)) {
 			changed[k] = true
 		}
 	}
@@ -136,11 +139,22 @@ func (d *dnsNames) learn(batch []proxy.Learned) {
 // forget has the cache forget the names endpoint id asked for, once it is
 // deleted: an address only it asked for leaves the toFQDNs selectors (not
 // kept until its TTL), and a new endpoint given the same ID does not
-// inherit its entries. It runs under the endpoint manager's lock, so the
-// cache follows in run (or the next learn), not here.
+// inherit its entries. It runs under the endpoint manager's lock, before
+// the ID is free: the cache forgets and the policy drops the ID from
+// every learned address here (neither takes that lock), and an answer or
+// an address read before does not bring it back (the cache's
+// generation); the other endpoints' changed selectors follow in run (or
+// the next learn).
 func (d *dnsNames) forget(id uint16) {
+	changed, gen := d.cache.ForgetGen(id)
+	d.a.engine.FQDNEndpointForgotten(id, gen)
 	d.goneMu.Lock()
-	d.gone = append(d.gone, id)
+	if d.goneKeys == nil {
+		d.goneKeys = map[string]bool{}
+	}
+	for _, k := range changed {
+		d.goneKeys[k] = true
+	}
 	d.goneMu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
@@ -172,18 +186,16 @@ func (d *dnsNames) forgetOthers(live []endpoint.Endpoint) {
 	}
 }
 
-// forgetGone forgets the deleted endpoints' names and returns the
-// selectors whose addresses changed; the caller holds applyMu.
+// forgetGone returns the selectors whose addresses changed when the
+// cache forgot deleted endpoints, for the caller (holding applyMu) to
+// apply.
 func (d *dnsNames) forgetGone() map[string]bool {
 	d.goneMu.Lock()
-	ids := d.gone
-	d.gone = nil
+	changed := d.goneKeys
+	d.goneKeys = nil
 	d.goneMu.Unlock()
-	changed := map[string]bool{}
-	if len(ids) > 0 {
-		for _, k := range d.cache.Forget(ids...) {
-			changed[k] = true
-		}
+	if changed == nil {
+		changed = map[string]bool{}
 	}
 	return changed
 }
@@ -200,7 +212,8 @@ func (d *dnsNames) apply(changed []string) {
 	}
 	d.selMu.Unlock()
 	for _, key := range keys {
-		d.a.engine.FQDNChanged(key, d.cache.Learned(key))
+		learned, gen := d.cache.LearnedAsOf(key)
+		d.a.engine.FQDNChanged(key, learned, gen)
 	}
 }
 

@@ -177,11 +177,22 @@ func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
 
 // FQDNChanged applies the learned addresses of a toFQDNs selector, each
 // for the endpoints whose lookups gave it.
-func (e *Engine) FQDNChanged(key string, learned map[netip.Addr][]uint16) {
+// gen is the name cache's generation they were read at.
+func (e *Engine) FQDNChanged(key string, learned map[netip.Addr][]uint16, gen uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.apply(e.res.SetFQDN(key, learned)); err != nil {
+	if err := e.apply(e.res.SetFQDN(key, learned, gen)); err != nil {
 		slog.Error("applying learned DNS addresses to the datapath", "selector", key, "err", err)
+	}
+}
+
+// FQDNEndpointForgotten drops a deleted endpoint's ID from the learned
+// addresses at once (the name cache forgot it at generation gen).
+func (e *Engine) FQDNEndpointForgotten(id uint16, gen uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.apply(e.res.ForgetFQDNEndpoint(id, gen)); err != nil {
+		slog.Error("applying a forgotten endpoint's DNS names to the datapath", "endpoint", id, "err", err)
 	}
 }
 

@@ -74,6 +74,13 @@ type Cache struct {
 	// writes counts the calls that may have changed what List returns
 	// (Writes).
 	writes uint64
+	// gen counts the Forget calls; forgotten has, per endpoint ID, the
+	// gen of its last: an answer resolved to an ID before it was
+	// forgotten (UpdateAsOf) is not recorded for it, and the policy drops
+	// an ID from addresses read before (LearnedAsOf), so that a new
+	// endpoint given a deleted one's ID never inherits its names.
+	gen       uint64
+	forgotten map[uint16]uint64
 }
 
 type name struct {
@@ -154,6 +161,8 @@ func NewCache(cfg Config) *Cache {
 		sels:   map[string]*selector{},
 		byAddr: map[[4]byte][]*entry{},
 		byEP:   map[uint16]map[*entry]struct{}{},
+
+		forgotten: map[uint16]uint64{},
 	}
 }
 
@@ -257,12 +266,22 @@ func (c *Cache) Wanted(qname string) bool {
 // ignored. An address already known for the name gets the later expiry.
 // Update returns the selector keys whose address set changed (sorted).
 func (c *Cache) Update(ep uint16, qname string, addrs []netip.Addr, ttl time.Duration) (changed []string) {
+	return c.UpdateAsOf(^uint64(0), ep, qname, addrs, ttl)
+}
+
+// UpdateAsOf is Update for an endpoint ID the caller resolved when Gen
+// was gen: nothing is recorded when ep was forgotten since (the endpoint
+// was deleted, and the ID may be another's now).
+func (c *Cache) UpdateAsOf(gen uint64, ep uint16, qname string, addrs []netip.Addr, ttl time.Duration) (changed []string) {
 	nm := Normalize(qname)
 	if !validName(nm, false) {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.forgotten[ep] > gen {
+		return nil
+	}
 	c.writes++
 	if ttl < c.cfg.MinTTL {
 		ttl = c.cfg.MinTTL
@@ -576,17 +595,30 @@ func (c *Cache) Addrs(key string) []netip.Addr {
 // the endpoints that asked for a name it matches and got the address.
 // Unknown keys have none.
 func (c *Cache) Learned(key string) map[netip.Addr][]uint16 {
+	m, _ := c.LearnedAsOf(key)
+	return m
+}
+
+// LearnedAsOf is Learned with the Gen it was read at.
+func (c *Cache) LearnedAsOf(key string) (learned map[netip.Addr][]uint16, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s, ok := c.sels[key]
 	if !ok || len(s.eps) == 0 {
-		return nil
+		return nil, c.gen
 	}
 	out := make(map[netip.Addr][]uint16, len(s.eps))
 	for a, m := range s.eps {
 		out[netip.AddrFrom4(a)] = slices.Sorted(maps.Keys(m))
 	}
-	return out
+	return out, c.gen
+}
+
+// Gen counts the Forget calls (see UpdateAsOf).
+func (c *Cache) Gen() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
 }
 
 // Expire removes the entries whose expiry has passed, except those for
@@ -662,8 +694,20 @@ func (c *Cache) Endpoints() []uint16 {
 // over the cache: an entry stays while another endpoint asked for it too.
 // It returns the changed selector keys (sorted).
 func (c *Cache) Forget(eps ...uint16) (changed []string) {
+	changed, _ = c.ForgetGen(eps...)
+	return changed
+}
+
+// ForgetGen is Forget, also returning the Gen it made: an ID resolved
+// before it is not recorded (UpdateAsOf), nor given addresses read before
+// it (LearnedAsOf).
+func (c *Cache) ForgetGen(eps ...uint16) (changed []string, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen++
+	for _, ep := range eps {
+		c.forgotten[ep] = c.gen
+	}
 	ch := changes{}
 	var gone []*entry
 	for _, n := range c.names {
@@ -694,7 +738,7 @@ func (c *Cache) Forget(eps ...uint16) (changed []string) {
 	for _, e := range gone {
 		c.remove(e, ch)
 	}
-	return ch.sorted()
+	return ch.sorted(), c.gen
 }
 
 // Entry is one (name, address) of the cache, as `filament fqdn cache list`

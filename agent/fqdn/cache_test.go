@@ -652,3 +652,27 @@ func TestWrites(t *testing.T) {
 		}
 	}, true)
 }
+
+// An answer resolved to an endpoint ID before the ID was forgotten (the
+// endpoint deleted; a new one may have the ID now) is not recorded for
+// it; one resolved after is.
+func TestUpdateAsOfForgotten(t *testing.T) {
+	c := NewCache(Config{Now: newClock().now})
+	if _, err := c.SetSelectors(sels(selWild)); err != nil {
+		t.Fatal(err)
+	}
+	c.Update(5, "a.example.com", ips("10.0.0.1"), time.Minute)
+	before := c.Gen()
+	changed, gen := c.ForgetGen(5)
+	eq(t, "ForgetGen changed", changed, []string{kWild})
+	if gen <= before || c.Gen() != gen {
+		t.Fatalf("generation %d after %d, Gen %d", gen, before, c.Gen())
+	}
+	eq(t, "UpdateAsOf before the forget", c.UpdateAsOf(before, 5, "b.example.com", ips("10.0.0.2"), time.Minute), []string(nil))
+	eq(t, "Len", c.Len(), 0)
+	eq(t, "UpdateAsOf after", c.UpdateAsOf(gen, 5, "b.example.com", ips("10.0.0.2"), time.Minute), []string{kWild})
+	learned, at := c.LearnedAsOf(kWild)
+	eq(t, "LearnedAsOf", learned, map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.2"): {5}})
+	eq(t, "LearnedAsOf gen", at, gen)
+	checkInvariants(t, c)
+}

@@ -77,7 +77,7 @@ func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
 			}
 		}
 		sets[key] = next
-		r.SetFQDN(key, next)
+		r.SetFQDN(key, next, 0)
 
 		fresh := NewResolver(ModeDefault)
 		for _, id := range world.identities {
@@ -86,8 +86,8 @@ func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
 		for _, ep := range world.endpoints {
 			fresh.UpsertEndpoint(ep)
 		}
-		fresh.SetFQDN(ka, sets[ka])
-		fresh.SetFQDN(kb, sets[kb])
+		fresh.SetFQDN(ka, sets[ka], 0)
+		fresh.SetFQDN(kb, sets[kb], 0)
 		fresh.SetPolicies(pols)
 		for _, ep := range world.endpoints {
 			got, want := byPrefix(t, r, ep.ID), byPrefix(t, fresh, ep.ID)
@@ -163,20 +163,20 @@ func TestFQDNAnswerAllowsOnlyTheAsker(t *testing.T) {
 	r := world.build(ModeDefault, pols)
 	// The attacker's lookup of evil.corp.test: both selectors match the
 	// name; only the attacker asked.
-	r.SetFQDN(ka, map[netip.Addr][]uint16{evil: {scratch}})
-	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}})
+	r.SetFQDN(ka, map[netip.Addr][]uint16{evil: {scratch}}, 0)
+	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}}, 0)
 	check("the attacker's answer", r, map[uint16]bool{scratch: true})
 	fresh := world.build(ModeDefault, nil)
-	fresh.SetFQDN(ka, map[netip.Addr][]uint16{evil: {scratch}})
-	fresh.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}})
+	fresh.SetFQDN(ka, map[netip.Addr][]uint16{evil: {scratch}}, 0)
+	fresh.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}}, 0)
 	fresh.SetPolicies(pols)
 	check("compiled after the attacker's answer", fresh, map[uint16]bool{scratch: true})
 	// The client asks the same name itself (from its own server): the
 	// address is its own, not its twin's.
-	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {client, scratch}})
+	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {client, scratch}}, 0)
 	check("the client's own answer", r, map[uint16]bool{client: true, scratch: true})
 	// The client is deleted (its lookups forgotten): the allow goes.
-	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}})
+	r.SetFQDN(kt, map[netip.Addr][]uint16{evil: {scratch}}, 0)
 	check("the client's lookups forgotten", r, map[uint16]bool{scratch: true})
 }
 
@@ -195,12 +195,12 @@ func TestFQDNRespectsToRequires(t *testing.T) {
 		var r *Resolver
 		if compiledAfter {
 			r = world.build(ModeDefault, nil)
-			r.SetFQDN(key, map[netip.Addr][]uint16{learned: {1}})
+			r.SetFQDN(key, map[netip.Addr][]uint16{learned: {1}}, 0)
 			r.SetPolicies(pols)
 		} else {
 			r = world.build(ModeDefault, pols)
-			r.SetFQDN(key, map[netip.Addr][]uint16{})
-			r.SetFQDN(key, map[netip.Addr][]uint16{learned: {1}})
+			r.SetFQDN(key, map[netip.Addr][]uint16{}, 0)
+			r.SetFQDN(key, map[netip.Addr][]uint16{learned: {1}}, 0)
 		}
 		for _, a := range []string{"198.51.100.9", "203.0.113.7"} {
 			id, ok := r.CIDRIdentities()[netip.PrefixFrom(netip.MustParseAddr(a), 32)]
@@ -211,5 +211,47 @@ func TestFQDNRespectsToRequires(t *testing.T) {
 				t.Errorf("compiled after the answer %v: %s allowed though it lacks env=prod", compiledAfter, a)
 			}
 		}
+	}
+}
+
+// A deleted endpoint's ID given to a new endpoint inherits none of the
+// addresses its lookups gave, not even from addresses the agent read from
+// the name cache before the cache forgot the ID and applies after.
+func TestFQDNReusedIDInheritsNothing(t *testing.T) {
+	sel := api.FQDNSelector{MatchPattern: "*.corp.test"}
+	key := api.FQDNKey(sel)
+	pols := []api.Policy{rsPol("p", api.Rule{EndpointSelector: rsSel("app=client"), Egress: []api.EgressRule{{
+		ToFQDNs: []api.FQDNSelector{sel}, ToPorts: rsPorts(api.ProtoTCP, "443")}}})}
+	world := rsWorld{endpoints: []EndpointInfo{{ID: 5, Labels: rsLabels(t, "app=client")}}}
+	r := world.build(ModeDefault, pols)
+	addr := netip.MustParseAddr("198.51.100.5")
+	old := map[netip.Addr][]uint16{addr: {5}}
+	r.SetFQDN(key, old, 0)
+	reaches := func() bool {
+		id, ok := r.CIDRIdentities()[netip.PrefixFrom(addr, 32)]
+		if !ok {
+			return false
+		}
+		allowed, _ := dpVerdict(mustEP(t, r, 5), Egress, id, 6, 443)
+		return allowed
+	}
+	if !reaches() {
+		t.Fatal("the endpoint that asked cannot reach the address")
+	}
+	// Deleted: the cache forgets its lookups (generation 1), the ID goes
+	// to a new endpoint.
+	r.DeleteEndpoint(5)
+	r.ForgetFQDNEndpoint(5, 1)
+	r.UpsertEndpoint(EndpointInfo{ID: 5, Labels: rsLabels(t, "app=client")})
+	if reaches() {
+		t.Error("the new endpoint with the deleted one's ID reaches its address")
+	}
+	r.SetFQDN(key, old, 0) // read before the forget, applied after
+	if reaches() {
+		t.Error("addresses read before the forget gave the new endpoint the deleted one's address")
+	}
+	r.SetFQDN(key, old, 1) // the new endpoint's own lookup
+	if !reaches() {
+		t.Error("the new endpoint's own lookup does not allow the address")
 	}
 }

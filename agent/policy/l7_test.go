@@ -193,7 +193,7 @@ func TestResolveDNSAndToFQDNs(t *testing.T) {
 	if got := web(); len(got) != 0 {
 		t.Fatalf("entries for port 80 before any name was learned: %v", got)
 	}
-	ch := r.SetFQDN(key, map[netip.Addr][]uint16{netip.MustParseAddr("192.0.2.7"): {1}})
+	ch := r.SetFQDN(key, map[netip.Addr][]uint16{netip.MustParseAddr("192.0.2.7"): {1}}, 0)
 	id, ok := ch.CIDRUpserts[netip.MustParsePrefix("192.0.2.7/32")]
 	if !ok {
 		t.Fatalf("no CIDR identity for the learned address: %v", ch)
@@ -207,7 +207,7 @@ func TestResolveDNSAndToFQDNs(t *testing.T) {
 	if !found {
 		t.Fatalf("no egress allow to the learned address on TCP 80: %v", mustEP(t, r, 1).Entries)
 	}
-	r.SetFQDN(key, nil)
+	r.SetFQDN(key, nil, 0)
 	if got := web(); len(got) != 0 {
 		t.Fatalf("entries for port 80 after the name expired: %v", got)
 	}

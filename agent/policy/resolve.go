@@ -279,6 +279,11 @@ type Resolver struct {
 	// chose) never widen another pod's egress.
 	fqdnLearned map[string]map[netip.Prefix][]uint16
 	fqdnSource  FQDNSource // toFQDNs addresses for selectors first named
+	// fqdnForgotten has, per endpoint ID whose lookups the name cache
+	// forgot (a deleted endpoint), the cache's generation then: addresses
+	// read from the cache before it are not given to that ID (a new
+	// endpoint may have it now).
+	fqdnForgotten map[uint16]uint64
 
 	// gen counts the changes to the endpoints' entries and the compiled
 	// policies (finish); l7 is L7Policies' answer at generation l7Gen, so
@@ -334,7 +339,8 @@ func NewResolver(mode Mode) *Resolver {
 		endpoints:  map[uint16]*endpointState{},
 		awsGroups:  map[string][]netip.Prefix{},
 
-		fqdnLearned: map[string]map[netip.Prefix][]uint16{},
+		fqdnLearned:   map[string]map[netip.Prefix][]uint16{},
+		fqdnForgotten: map[uint16]uint64{},
 	}
 	switch mode {
 	case ModeDefault, ModeAlways, ModeNever:
@@ -413,7 +419,7 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 			delete(r.compiled, k)
 			continue
 		}
-		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.fqdnLearned, r.fqdnSource)
+		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.fqdnLearned, r.fqdnSource, r.fqdnStale)
 	}
 	r.rules = r.rules[:0]
 	r.warnings = r.warnings[:0]
@@ -487,11 +493,14 @@ func (r *Resolver) recompileNaming(ch *Change, key string) {
 // changed: when the addresses only grew (or only their endpoints
 // changed), the entries of the endpoints that gained or lost an address;
 // otherwise the policies naming the selector are recompiled.
-func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16) Change {
+//
+// gen is the name cache's generation the addresses were read at: an
+// endpoint forgotten since (ForgetFQDNEndpoint) gets none of them.
+func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16, gen uint64) Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var ch Change
-	next, union := fqdnPrefixes(learned)
+	next, union := fqdnPrefixes(learned, r.fqdnStale(gen))
 	old, had := r.fqdnLearned[key]
 	if had && maps.EqualFunc(old, next, slices.Equal) {
 		return ch
@@ -539,19 +548,59 @@ func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16) Change {
 }
 
 // fqdnPrefixes turns learned addresses into /32 prefixes with their
-// endpoints (sorted, deduplicated; IPv4 only), and their union (sorted).
-func fqdnPrefixes(learned map[netip.Addr][]uint16) (map[netip.Prefix][]uint16, []netip.Prefix) {
+// endpoints (sorted, deduplicated, without those stale says; IPv4 only),
+// and their union (sorted).
+func fqdnPrefixes(learned map[netip.Addr][]uint16, stale func(uint16) bool) (map[netip.Prefix][]uint16, []netip.Prefix) {
 	out := make(map[netip.Prefix][]uint16, len(learned))
 	for a, eps := range learned {
-		if !a.Is4() || len(eps) == 0 {
+		if !a.Is4() {
 			continue
 		}
 		p := netip.PrefixFrom(a, 32)
-		e := append(slices.Clone(out[p]), eps...)
+		e := slices.Clone(out[p])
+		for _, ep := range eps {
+			if !stale(ep) {
+				e = append(e, ep)
+			}
+		}
+		if len(e) == 0 {
+			continue
+		}
 		slices.Sort(e)
 		out[p] = slices.Compact(e)
 	}
 	return out, slices.SortedFunc(maps.Keys(out), comparePrefixes)
+}
+
+// fqdnStale tells which endpoint IDs the name cache forgot after
+// generation gen.
+func (r *Resolver) fqdnStale(gen uint64) func(uint16) bool {
+	return func(ep uint16) bool { return r.fqdnForgotten[ep] > gen }
+}
+
+// ForgetFQDNEndpoint records that the name cache forgot endpoint id's
+// lookups at generation gen (the endpoint was deleted) and drops the ID
+// from every toFQDNs selector's addresses now, so that a new endpoint
+// given the ID inherits none, even from addresses read before (SetFQDN).
+func (r *Resolver) ForgetFQDNEndpoint(id uint16, gen uint64) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	if gen > r.fqdnForgotten[id] {
+		r.fqdnForgotten[id] = gen
+	}
+	for _, learned := range r.fqdnLearned {
+		for p, eps := range learned {
+			if i, ok := slices.BinarySearch(eps, id); ok {
+				learned[p] = slices.Delete(slices.Clone(eps), i, i+1)
+			}
+		}
+	}
+	if ep, ok := r.endpoints[id]; ok {
+		r.recomputeEndpoint(&ch, ep)
+	}
+	r.finish(&ch)
+	return ch
 }
 
 // symmetricDiff returns the values in exactly one of two sorted slices.
@@ -1402,6 +1451,7 @@ type compiler struct {
 	prefixes    map[netip.Prefix]bool
 	awsGroups   map[string][]netip.Prefix
 	fqdnLearned map[string]map[netip.Prefix][]uint16
+	fqdnStale   func(gen uint64) func(uint16) bool
 	fqdnRef     RuleRef // the first section with toFQDNs
 	// fqdnSource gives a toFQDNs selector's addresses the first time a
 	// policy names it (they go into fqdnLearned, their union into
@@ -1410,17 +1460,20 @@ type compiler struct {
 }
 
 // FQDNSource returns the addresses learned for a toFQDNs selector (by
-// FQDNKey), each with the endpoints whose lookups gave it. The resolver
-// calls it under its lock, when a policy names a selector it has no
-// addresses for yet.
-type FQDNSource func(key string, sel api.FQDNSelector) map[netip.Addr][]uint16
+// FQDNKey), each with the endpoints whose lookups gave it, and the name
+// cache's generation they were read at (SetFQDN). The resolver calls it
+// under its lock, when a policy names a selector it has no addresses for
+// yet.
+type FQDNSource func(key string, sel api.FQDNSelector) (map[netip.Addr][]uint16, uint64)
 
 // compilePolicy compiles p; toGroups/fromGroups become the resolved
 // addresses in awsGroups (by GroupKey).
-func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnLearned map[string]map[netip.Prefix][]uint16, fqdnSource FQDNSource) *compiledPolicy {
+func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnLearned map[string]map[netip.Prefix][]uint16,
+	fqdnSource FQDNSource, fqdnStale func(uint64) func(uint16) bool) *compiledPolicy {
 	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{},
 		fqdnSels: map[string]api.FQDNSelector{}, l7: map[string]*api.L7Rules{}}, key: p.Key(),
-		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, fqdnLearned: fqdnLearned, fqdnSource: fqdnSource}
+		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, fqdnLearned: fqdnLearned, fqdnSource: fqdnSource,
+		fqdnStale: fqdnStale}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
 		c.rule = i
@@ -1600,7 +1653,8 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		c.cp.fqdnSels[key] = sel
 		s.fqdnKeys = append(s.fqdnKeys, key)
 		if _, ok := c.fqdnLearned[key]; !ok && c.fqdnSource != nil {
-			c.fqdnLearned[key], c.awsGroups[key] = fqdnPrefixes(c.fqdnSource(key, sel))
+			learned, gen := c.fqdnSource(key, sel)
+			c.fqdnLearned[key], c.awsGroups[key] = fqdnPrefixes(learned, c.fqdnStale(gen))
 		}
 		for _, p := range c.awsGroups[key] {
 			c.prefixes[p] = true // a CIDR identity for each
