@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -265,9 +266,9 @@ func TestDNSForgetsDeletedEndpoint(t *testing.T) {
 
 // dnsWebLab is one node with dnsmasq in the app=dns pod answering
 // www.allowed.test with the address of an HTTP server outside the
-// cluster (web, 10.0.9.1; TTL 600 s), an app=client pod of each name
-// given, and dnsPolicy.
-func dnsWebLab(t *testing.T, clients ...string) (*lab.Lab, *lab.Pod, *lab.Host) {
+// cluster (web, 10.0.9.1; TTL ttl seconds), an app=client pod of each
+// name given, and dnsPolicy.
+func dnsWebLab(t *testing.T, ttl int, clients ...string) (*lab.Lab, *lab.Pod, *lab.Host) {
 	t.Helper()
 	l := labtest.Up(t, 1, 0)
 	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
@@ -276,7 +277,7 @@ func dnsWebLab(t *testing.T, clients ...string) (*lab.Lab, *lab.Pod, *lab.Host) 
 	}
 	web := labtest.Host(t, l, "web", "10.0.9.1")
 	serveHTTP(t, lab.NetNSPath(web.NetNS), 80)
-	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 600, map[string]string{"www.allowed.test": web.IP})
+	dnsServer(t, dnsPod.NetNS, dnsPod.IP, ttl, map[string]string{"www.allowed.test": web.IP})
 	labtest.ImportPolicy(t, l, "n1", dnsPolicy)
 	return l, dnsPod, web
 }
@@ -286,7 +287,7 @@ func dnsWebLab(t *testing.T, clients ...string) (*lab.Lab, *lab.Pod, *lab.Host) 
 // the address (one pod's lookups, from a server it may choose, must not
 // widen another's egress), until it asks itself.
 func TestDNSAnswerAllowsOnlyTheAsker(t *testing.T) {
-	l, dnsPod, web := dnsWebLab(t, "client", "twin")
+	l, dnsPod, web := dnsWebLab(t, 600, "client", "twin")
 	eventually(t, "the client resolves www.allowed.test through the proxy", func() bool {
 		status, addrs := dig(t, l, "client", dnsPod.IP, "www.allowed.test", false)
 		return status == "NOERROR" && len(addrs) == 1 && addrs[0] == web.IP
@@ -303,6 +304,63 @@ func TestDNSAnswerAllowsOnlyTheAsker(t *testing.T) {
 	if got := curlCodes(t, l, "twin", "http://"+web.IP+"/"); got != "200" {
 		t.Errorf("GET %s from the twin right after its own lookup: %q, want 200", web.IP, got)
 	}
+}
+
+// A connection opened while its address was allowed is not cut when the
+// name's TTL passes: the address stays allowed while it is open, for the
+// pod whose connection it is only. The twin pod, which looked the name up
+// too but has no connection, loses the address at the TTL; once the
+// connection ends, the client loses it as well.
+func TestDNSConnectionOutlivesTTL(t *testing.T) {
+	const ttl = 3
+	l, dnsPod, web := dnsWebLab(t, ttl, "client", "twin")
+	url := "http://" + web.IP + "/"
+	for _, pod := range []string{"client", "twin"} {
+		eventually(t, pod+" resolves www.allowed.test through the proxy", func() bool {
+			status, addrs := dig(t, l, pod, dnsPod.IP, "www.allowed.test", false)
+			return status == "NOERROR" && len(addrs) == 1 && addrs[0] == web.IP
+		})
+		if got := curlCodes(t, l, pod, url); got != "200" {
+			t.Fatalf("GET %s from %s right after its lookup: %q", url, pod, got)
+		}
+	}
+	// The client keeps one HTTP/1.1 connection busy across the TTL: a
+	// request every 3 s (the server closes a connection idle for 10 s),
+	// each answered on the same connection (bash's /dev/tcp: nothing but
+	// the connection).
+	const requests, every = 8, 3
+	cmd, err := l.PodCommand("client", "bash", "-c", fmt.Sprintf(
+		`exec 3<>/dev/tcp/%s/80 || exit 1; echo open; for i in $(seq %d); do printf 'GET / HTTP/1.1\r\nHost: web\r\n\r\n' >&3; sleep %d; done; timeout 3 cat <&3; exit 0`,
+		web.IP, requests, every))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	eventuallyWithin(t, 5*time.Second, "the client's connection open", func() bool { return strings.Contains(out.String(), "open") })
+	// The twin's allow goes at the TTL (once its own closed connections
+	// are gone from conntrack, 10 s after their FINs), though the client's
+	// connection to the same address is open (before 2026-12-02 it kept
+	// the address for every pod that had asked).
+	eventuallyWithin(t, ttl*time.Second+15*time.Second, "the twin's allow revoked at the TTL", func() bool {
+		return curlCodes(t, l, "twin", "--connect-timeout", "1", url) == "000"
+	})
+	if d := time.Since(start); d > requests*every*time.Second {
+		t.Fatalf("the twin's allow lasted %s, past the client's connection (%d s): the test proves nothing", d, requests*every)
+	}
+	err = <-done
+	if got := strings.Count(out.String(), "HTTP/1.1 200 "); err != nil || got != requests {
+		t.Fatalf("the client's connection across the TTL: %d of %d requests answered (%v)\n%s", got, requests, err, out.String())
+	}
+	eventuallyWithin(t, 25*time.Second, "the client's allow revoked once its connection ended", func() bool {
+		return curlCodes(t, l, "client", "--connect-timeout", "1", url) == "000"
+	})
 }
 
 // dnsLoad is one dnsperf run's figures.
@@ -362,7 +420,7 @@ func dnsperfRun(b testing.TB, l *lab.Lab, pod, server, qf string, secs, qps int)
 // answer NOERROR), and the names learned before the restart are still in
 // the cache and still allow their addresses afterwards (persisted).
 func TestDNSAcrossAgentRestart(t *testing.T) {
-	l, dnsPod, web := dnsWebLab(t, "client")
+	l, dnsPod, web := dnsWebLab(t, 600, "client")
 	eventually(t, "the lookup is answered through the proxy and its address allowed", func() bool {
 		status, _ := dig(t, l, "client", dnsPod.IP, "www.allowed.test", false)
 		return status == "NOERROR" && curlCodes(t, l, "client", "http://"+web.IP+"/") == "200"
@@ -433,4 +491,22 @@ func TestDNSPolicyRemoteServers(t *testing.T) {
 			t.Errorf("%s at %s over TCP: %s, want REFUSED", c.denied, c.server, status)
 		}
 	}
+}
+
+// syncBuffer is a buffer a command writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

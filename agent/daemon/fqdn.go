@@ -294,12 +294,21 @@ func (d *dnsNames) expire() {
 	}
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
-	d.apply(d.cache.Expire(func(a netip.Addr) bool { return d.keep(a, live[a]) }))
+	d.apply(d.cache.Expire(func(a netip.Addr, ep uint16) bool { return d.keep(a, ep, live[a]) }))
+	// A pin none of whose flows is open any more keeps nothing: the
+	// address's next expiry pins the flows open then.
+	for a, pin := range d.pins {
+		if !slices.ContainsFunc(live[a], func(f datapath.Flow) bool { return pin[f] }) {
+			delete(d.pins, a)
+		}
+	}
 }
 
-// keep tells whether the expired address a stays for its open flows; the
-// caller holds applyMu.
-func (d *dnsNames) keep(a netip.Addr, open []datapath.Flow) bool {
+// keep tells whether the expired address a stays for endpoint ep: while
+// one of ep's flows to it that were open when it first expired is (the
+// flows pinned then, of every endpoint; another endpoint's keep nothing
+// for ep). The caller holds applyMu.
+func (d *dnsNames) keep(a netip.Addr, ep uint16, open []datapath.Flow) bool {
 	pin, ok := d.pins[a]
 	if !ok {
 		if len(open) == 0 {
@@ -310,14 +319,12 @@ func (d *dnsNames) keep(a netip.Addr, open []datapath.Flow) bool {
 			pin[f] = true
 		}
 		d.pins[a] = pin
-		return true
 	}
 	for _, f := range open {
-		if pin[f] {
+		if f.Endpoint == ep && pin[f] {
 			return true
 		}
 	}
-	delete(d.pins, a)
 	return false
 }
 

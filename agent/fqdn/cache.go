@@ -621,33 +621,49 @@ func (c *Cache) Gen() uint64 {
 	return c.gen
 }
 
-// Expire removes the entries whose expiry has passed, except those for
-// which alive(addr) is true (an open connection to the address still uses
-// it: it stays until alive says otherwise on a later Expire). alive may be
-// nil (nothing is alive); it is called with the cache locked and must not
-// call the cache. Expire returns the changed selector keys (sorted).
-func (c *Cache) Expire(alive func(netip.Addr) bool) (changed []string) {
+// Expire removes the entries whose expiry has passed, except for the
+// endpoints ep for which alive(addr, ep) is true (an open connection of
+// that endpoint to the address still uses it: the entry stays, for those
+// endpoints only, until alive says otherwise on a later Expire; another
+// endpoint's connection keeps nothing for the endpoint that asked).
+// alive may be nil (nothing is alive); it is called with the cache locked
+// and must not call the cache. Expire returns the changed selector keys
+// (sorted).
+func (c *Cache) Expire(alive func(addr netip.Addr, ep uint16) bool) (changed []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.cfg.Now().UnixNano()
 	c.lastSweep = now
 	ch := changes{}
-	isAlive := func(e *entry) bool { return alive != nil && alive(netip.AddrFrom4(e.addr)) }
+	// keep drops the endpoints of e without a live connection to its
+	// address, and reports whether any is left (e is then still there).
+	keep := func(e *entry) bool {
+		var gone []uint16
+		for _, ep := range e.eps {
+			if alive == nil || !alive(netip.AddrFrom4(e.addr), ep) {
+				gone = append(gone, ep)
+			}
+		}
+		if len(gone) == len(e.eps) {
+			c.remove(e, ch)
+			return false
+		}
+		for _, ep := range gone {
+			c.unask(e, ep, ch)
+		}
+		return true
+	}
 	// Held entries first: those still alive stay, the others go.
 	for _, e := range slices.Clone(c.held.s) {
-		if !isAlive(e) {
-			c.remove(e, ch)
-		}
+		keep(e)
 	}
 	for c.live.Len() > 0 && c.live.s[0].expires <= now {
 		e := c.live.s[0]
-		if isAlive(e) {
+		if keep(e) {
 			heap.Remove(&c.live, e.idx)
 			e.held = true
 			heap.Push(&c.held, e)
-			continue
 		}
-		c.remove(e, ch)
 	}
 	return ch.sorted()
 }

@@ -173,8 +173,8 @@ func TestExpireAlive(t *testing.T) {
 	}
 	c.Update(1, "a.example.com", ips("10.0.0.1", "10.0.0.2"), time.Second)
 	c.Update(1, "b.example.com", ips("10.0.0.3"), time.Hour)
-	conns := map[netip.Addr]bool{netip.MustParseAddr("10.0.0.1"): true}
-	alive := func(a netip.Addr) bool { return conns[a] }
+	conns := map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {1}} // endpoint 1's connection
+	alive := func(a netip.Addr, ep uint16) bool { return slices.Contains(conns[a], ep) }
 
 	clk.advance(2 * time.Second)
 	eq(t, "Expire with a connection", c.Expire(alive), []string{kWild})
@@ -190,7 +190,10 @@ func TestExpireAlive(t *testing.T) {
 	c.Update(2, "a.example.com", ips("10.0.0.1"), time.Minute)
 	eq(t, "NextExpiry refreshed", c.NextExpiry(), clk.t.Add(time.Minute))
 	clk.advance(time.Minute)
-	eq(t, "Expire held again", c.Expire(alive), []string(nil))
+	// Held again, for endpoint 1 only: endpoint 2 has no connection to
+	// it, and endpoint 1's keeps nothing for endpoint 2.
+	eq(t, "Expire held again", c.Expire(alive), []string{kWild})
+	eq(t, "Learned held again", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {1}, netip.MustParseAddr("10.0.0.3"): {1}})
 
 	// The connection ends: the next Expire drops the address.
 	delete(conns, netip.MustParseAddr("10.0.0.1"))

@@ -91,7 +91,7 @@ func FuzzCacheUpdate(f *testing.F) {
 				}
 			case 1:
 				odd := o.byte()&1 == 1
-				changed = c.Expire(func(a netip.Addr) bool { return odd && a.As4()[3]&1 == 1 })
+				changed = c.Expire(func(a netip.Addr, ep uint16) bool { return odd && a.As4()[3]&1 == 1 && ep != 3 })
 			case 2:
 				m := map[string]api.FQDNSelector{}
 				for range o.byte() % 4 {
