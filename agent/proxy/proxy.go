@@ -80,8 +80,17 @@ type Options struct {
 	// DNSHold bounds how long an allowed DNS answer waits for the agent
 	// to confirm that its addresses are in the datapath; default 2 s.
 	DNSHold time.Duration
-	Logger  *slog.Logger
+	// MaxConnsPerSource bounds the connections one source (address and
+	// identity) holds open through the proxy; more are closed at once and
+	// counted. Default DefaultMaxConnsPerSource.
+	MaxConnsPerSource int
+	Logger            *slog.Logger
 }
+
+// DefaultMaxConnsPerSource is Options.MaxConnsPerSource's default: a
+// pod opening connections without end (each costs the proxy two sockets
+// and a goroutine) takes its own share, not the node's proxy.
+const DefaultMaxConnsPerSource = 4096
 
 // Proxy is the L7 proxy. Its zero value is not usable; use New.
 type Proxy struct {
@@ -99,6 +108,7 @@ type Proxy struct {
 	closing atomic.Bool
 	mu      sync.Mutex
 	conns   map[*downConn]struct{}
+	bySrc   map[source]int // conns by their source
 	lns     []net.Listener // Serve's
 	pcs     []*net.UDPConn // ServeDNS's
 
@@ -132,10 +142,14 @@ func New(o Options) *Proxy {
 	if o.DNSHold <= 0 {
 		o.DNSHold = defaultDNSHold
 	}
+	if o.MaxConnsPerSource <= 0 {
+		o.MaxConnsPerSource = DefaultMaxConnsPerSource
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	p := &Proxy{opts: o, log: o.Logger, metrics: newMetrics(), conns: map[*downConn]struct{}{}}
+	p := &Proxy{opts: o, log: o.Logger, metrics: newMetrics(), conns: map[*downConn]struct{}{},
+		bySrc: map[source]int{}}
 	p.hub = hub{subs: map[chan Record]struct{}{}, dropped: p.metrics.dropped}
 	empty, _ := compile(Config{})
 	p.cfg.Store(empty)
@@ -357,13 +371,23 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	if p.opts.Origins != nil {
 		dc.srcID, dc.hasSrcID = p.opts.Origins.Origin(src, dst)
 	}
+	dc.who = source{src.Addr(), dc.srcID}
+	if !dc.hasSrcID {
+		dc.who.id = p.cfg.Load().identity(src.Addr())
+	}
 	p.mu.Lock()
 	closing := p.closing.Load()
-	if !closing {
+	full := p.bySrc[dc.who] >= p.opts.MaxConnsPerSource
+	if !closing && !full {
 		p.conns[dc] = struct{}{}
+		p.bySrc[dc.who]++
 	}
 	p.mu.Unlock()
-	if closing {
+	if full && !closing {
+		p.metrics.connsRefused.Inc()
+		p.log.Debug("L7 proxy: connection refused: its source holds the most it may", "src", src, "identity", dc.who.id, "max", p.opts.MaxConnsPerSource)
+	}
+	if closing || full {
 		c.Close()
 		return
 	}
@@ -542,6 +566,9 @@ type downConn struct {
 	// srcID is the source's identity from the datapath, when it told.
 	srcID    uint32
 	hasSrcID bool
+	// who is the source counted against MaxConnsPerSource: the address
+	// and the datapath's identity, else the pushed ipcache's.
+	who source
 
 	prefix []byte // read by sniff, not yet by the server
 
@@ -584,7 +611,12 @@ func (c *downConn) Close() error {
 		h2.CloseIdleConnections()
 	}
 	c.p.mu.Lock()
-	delete(c.p.conns, c)
+	if _, ok := c.p.conns[c]; ok {
+		delete(c.p.conns, c)
+		if c.p.bySrc[c.who]--; c.p.bySrc[c.who] <= 0 {
+			delete(c.p.bySrc, c.who)
+		}
+	}
 	c.p.mu.Unlock()
 	return c.Conn.Close()
 }

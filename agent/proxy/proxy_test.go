@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 )
 
@@ -491,5 +492,72 @@ func TestRequestWaitsForItsPolicy(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("a request that came before its policy: %s, want 200 once the policy arrived", resp.Status)
+	}
+}
+
+// The attack: a pod opens connections through the node's proxy without
+// end (each costs the proxy two sockets and a goroutine). Past its share
+// (MaxConnsPerSource) its new connections are closed at once, while
+// another source's are served; a closed one frees its place.
+func TestConnsPerSourceBounded(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), Options{MaxConnsPerSource: 3})
+	dial := func(from netip.Addr) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))}
+		c, err := d.Dial("tcp4", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// served tells whether the proxy answers a request on c (a refused
+	// connection is closed without one).
+	served := func(c net.Conn) bool {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET /public/x HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
+			return false
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	var held []net.Conn
+	for i := range 3 {
+		c := dial(clientIP)
+		if !served(c) {
+			t.Fatalf("connection %d of the source, within its share: not served", i+1)
+		}
+		held = append(held, c)
+	}
+	if served(dial(clientIP)) {
+		t.Fatal("a fourth connection of the source was served (share 3)")
+	}
+	var m dto.Metric
+	h.p.metrics.connsRefused.Write(&m)
+	if m.GetCounter().GetValue() != 1 {
+		t.Errorf("refused connections counted %v, want 1", m.GetCounter().GetValue())
+	}
+	// Another source is served meanwhile (the host's address, allowed
+	// by no rule: its request is denied, but answered).
+	other := dial(netip.MustParseAddr("127.0.0.3"))
+	other.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(other, "GET /public/x HTTP/1.1\r\nHost: web\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(other), nil); err != nil {
+		t.Fatalf("another source's connection while the first holds its share: %v", err)
+	} else {
+		resp.Body.Close()
+	}
+	held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !served(dial(clientIP)) {
+		if time.Now().After(deadline) {
+			t.Fatal("a closed connection did not free its place")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

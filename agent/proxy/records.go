@@ -141,6 +141,9 @@ type metrics struct {
 	dnsQueries *prometheus.CounterVec
 	dnsHold    prometheus.Histogram
 	dnsShed    prometheus.Counter
+	// connsRefused counts the connections closed at accept because their
+	// source held MaxConnsPerSource.
+	connsRefused prometheus.Counter
 
 	kafkaRequests *prometheus.CounterVec
 }
@@ -175,11 +178,15 @@ func newMetrics() *metrics {
 		Name: "filament_proxy_dns_shed_total",
 		Help: "DNS datagrams dropped because too many queries were being answered at once.",
 	})
+	m.connsRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "filament_proxy_connections_refused_total",
+		Help: "Connections the L7 proxy closed at once because their source (address and identity) held the most it may.",
+	})
 	m.kafkaRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "filament_proxy_kafka_requests_total",
 		Help: "Kafka requests the L7 proxy handled, by verdict and API.",
 	}, []string{"verdict", "api"})
-	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.kafkaRequests,
+	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.connsRefused, m.kafkaRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

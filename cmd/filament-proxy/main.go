@@ -32,6 +32,7 @@ type options struct {
 	originMap                                 string
 	dnsReject                                 string
 	dnsHold                                   time.Duration
+	maxConnsPerSource                         int
 }
 
 func main() {
@@ -65,6 +66,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.originMap, "origin-map", "", "the datapath's pinned proxy_origin map: the source identity of each connection steered here (without it, the address decides)")
 	f.StringVar(&o.dnsReject, "dns-reject", "refused", "the answer to a DNS query no rule allows: refused or nxdomain")
 	f.DurationVar(&o.dnsHold, "dns-hold", 2*time.Second, "longest an allowed DNS answer waits for the agent to put its addresses in the datapath")
+	f.IntVar(&o.maxConnsPerSource, "max-conns-per-source", proxy.DefaultMaxConnsPerSource, "connections one source (address and identity) may hold open through the proxy; more are closed at once")
 	return cmd
 }
 
@@ -79,7 +81,7 @@ func run(o options) error {
 
 	popts := proxy.Options{
 		UpstreamMark: o.upstreamMark, ReadHeaderTimeout: o.readHeaderTimeout, IdleTimeout: o.idleTimeout, Logger: log,
-		DNSHold: o.dnsHold,
+		DNSHold: o.dnsHold, MaxConnsPerSource: o.maxConnsPerSource,
 	}
 	switch o.dnsReject {
 	case "refused":
