@@ -212,8 +212,10 @@ func (d *dnsNames) apply(changed []string) {
 	}
 	d.selMu.Unlock()
 	for _, key := range keys {
-		learned, gen := d.cache.LearnedAsOf(key)
-		d.a.engine.FQDNChanged(key, learned, gen)
+		changed, gen := d.cache.TakeDirty(key)
+		if len(changed) > 0 {
+			d.a.engine.FQDNUpdated(key, changed, gen)
+		}
 	}
 }
 

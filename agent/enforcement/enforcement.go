@@ -175,13 +175,12 @@ func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
 	}
 }
 
-// FQDNChanged applies the learned addresses of a toFQDNs selector, each
-// for the endpoints whose lookups gave it.
-// gen is the name cache's generation they were read at.
-func (e *Engine) FQDNChanged(key string, learned map[netip.Addr][]uint16, gen uint64) {
+// FQDNUpdated applies the changed learned addresses of a toFQDNs
+// selector (the name cache's TakeDirty, read at generation gen).
+func (e *Engine) FQDNUpdated(key string, changed map[netip.Addr][]uint16, gen uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.apply(e.res.SetFQDN(key, learned, gen)); err != nil {
+	if err := e.apply(e.res.UpdateFQDN(key, changed, gen)); err != nil {
 		slog.Error("applying learned DNS addresses to the datapath", "selector", key, "err", err)
 	}
 }

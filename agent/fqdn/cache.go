@@ -109,6 +109,9 @@ type selector struct {
 	// asked for: what Learned gives the policy (an answer allows its
 	// address to the endpoints that asked, not to every endpoint).
 	eps map[[4]byte]map[uint16]int32
+	// dirty are the addresses whose endpoints changed since the last
+	// TakeDirty (what the policy must update, not the whole set).
+	dirty map[[4]byte]struct{}
 }
 
 // countEps adds delta to the counts of the endpoints eps for addr, and
@@ -129,8 +132,11 @@ func (s *selector) countEps(addr [4]byte, eps []uint16, delta int32, ch changes)
 		} else {
 			m[ep] = n
 		}
-		if (n <= 0 || n == delta) && ch != nil {
-			ch[s.key] = struct{}{}
+		if n <= 0 || n == delta {
+			s.dirty[addr] = struct{}{}
+			if ch != nil {
+				ch[s.key] = struct{}{}
+			}
 		}
 	}
 	if len(m) == 0 {
@@ -217,7 +223,8 @@ func (c *Cache) SetSelectors(sels map[string]api.FQDNSelector) (changed []string
 		if _, ok := c.sels[k]; ok {
 			continue
 		}
-		s := &selector{key: k, m: m, names: map[*name]struct{}{}, addrs: map[[4]byte]int32{}, eps: map[[4]byte]map[uint16]int32{}}
+		s := &selector{key: k, m: m, names: map[*name]struct{}{}, addrs: map[[4]byte]int32{}, eps: map[[4]byte]map[uint16]int32{},
+			dirty: map[[4]byte]struct{}{}}
 		c.sels[k] = s
 		for _, n := range c.names {
 			if m.matchNormalized(n.name) {
@@ -612,6 +619,30 @@ func (c *Cache) LearnedAsOf(key string) (learned map[netip.Addr][]uint16, gen ui
 		out[netip.AddrFrom4(a)] = slices.Sorted(maps.Keys(m))
 	}
 	return out, c.gen
+}
+
+// TakeDirty returns the addresses of selector key whose endpoints changed
+// since the last TakeDirty, each with its endpoints now (none: no longer
+// the selector's), and the Gen it was read at; they are then no longer
+// dirty. A policy that has the selector's addresses keeps them up to date
+// with it, at the cost of what changed rather than of the whole set.
+func (c *Cache) TakeDirty(key string) (changed map[netip.Addr][]uint16, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.sels[key]
+	if !ok || len(s.dirty) == 0 {
+		return nil, c.gen
+	}
+	changed = make(map[netip.Addr][]uint16, len(s.dirty))
+	for a := range s.dirty {
+		var eps []uint16
+		if m := s.eps[a]; len(m) > 0 {
+			eps = slices.Sorted(maps.Keys(m))
+		}
+		changed[netip.AddrFrom4(a)] = eps
+	}
+	clear(s.dirty)
+	return changed, c.gen
 }
 
 // Gen counts the Forget calls (see UpdateAsOf).

@@ -59,6 +59,9 @@ func FuzzCacheUpdate(f *testing.F) {
 		c := NewCache(Config{Now: clk.now, MinTTL: 2 * time.Second, MaxAddrsPerName: 4, MaxEntries: 16, AliveRecheck: time.Second})
 		o := &fuzzOps{b: data}
 		keys := map[string]bool{}
+		// mirror is each selector's addresses as a policy keeps them:
+		// read whole once (Learned), then updated by TakeDirty alone.
+		mirror := map[string]map[netip.Addr][]uint16{}
 		for steps := 0; len(o.b) > 0 && steps < 200; steps++ {
 			before := map[string][]netip.Addr{}
 			learned := map[string]map[netip.Addr][]uint16{}
@@ -110,7 +113,15 @@ func FuzzCacheUpdate(f *testing.F) {
 					break
 				}
 				keys = map[string]bool{}
+				for k := range mirror {
+					if _, ok := m[k]; !ok {
+						delete(mirror, k)
+					}
+				}
 				for k := range m {
+					if _, ok := mirror[k]; !ok {
+						mirror[k] = c.Learned(k)
+					}
 					keys[k] = true
 					if _, ok := before[k]; !ok {
 						before[k] = nil
@@ -126,6 +137,27 @@ func FuzzCacheUpdate(f *testing.F) {
 			}
 			checkInvariants(t, c)
 			checkSelectors(t, c, keys, before, learned, changed)
+			for k, mk := range mirror {
+				d, _ := c.TakeDirty(k)
+				if mk == nil {
+					mk = map[netip.Addr][]uint16{}
+				}
+				for a, eps := range d {
+					if len(eps) == 0 {
+						delete(mk, a)
+					} else {
+						mk[a] = eps
+					}
+				}
+				mirror[k] = mk
+				want := c.Learned(k)
+				if len(want) == 0 && len(mk) == 0 {
+					continue
+				}
+				if !reflect.DeepEqual(mk, want) {
+					t.Fatalf("selector %s kept by TakeDirty: %v, Learned %v", k, mk, want)
+				}
+			}
 			if (c.Len() == 0) != c.NextExpiry().IsZero() {
 				t.Fatalf("Len %d but NextExpiry %v", c.Len(), c.NextExpiry())
 			}

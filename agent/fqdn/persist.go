@@ -151,5 +151,6 @@ func (c *Cache) resetLocked() {
 		s.names = map[*name]struct{}{}
 		s.addrs = map[[4]byte]int32{}
 		s.eps = map[[4]byte]map[uint16]int32{}
+		s.dirty = map[[4]byte]struct{}{}
 	}
 }

@@ -505,7 +505,7 @@ func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16, gen uint
 	if had && maps.EqualFunc(old, next, slices.Equal) {
 		return ch
 	}
-	oldUnion := r.awsGroups[key]
+	oldUnion := slices.SortedFunc(maps.Keys(old), comparePrefixes)
 	r.fqdnLearned[key], r.awsGroups[key] = next, union
 	added, only := additions(oldUnion, union)
 	if !had || !only {
@@ -520,19 +520,104 @@ func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16, gen uint
 			touched[ep] = append(touched[ep], p)
 		}
 	}
+	r.growFQDN(&ch, key, added, touched)
+	r.finish(&ch)
+	return ch
+}
+
+// UpdateFQDN updates the learned addresses of a toFQDNs selector (by
+// FQDNKey) a policy names: only those given, each with its endpoints now
+// (none: gone), read at the name cache's generation gen (the cache's
+// TakeDirty). The work is that of the change, not of the selector's whole
+// set: new addresses and endpoints recompute only the endpoints that
+// gained them (every endpoint for a new CIDR identity); an address gone
+// recompiles the policies naming the selector. A selector no policy
+// names is ignored (a policy that names it reads the whole set).
+func (r *Resolver) UpdateFQDN(key string, addrs map[netip.Addr][]uint16, gen uint64) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	cur, had := r.fqdnLearned[key]
+	if !had {
+		return ch
+	}
+	stale := r.fqdnStale(gen)
+	var added []netip.Prefix
+	gone := false
+	touched := map[uint16][]netip.Prefix{}
+	for a, eps := range addrs {
+		if !a.Is4() {
+			continue
+		}
+		p := netip.PrefixFrom(a, 32)
+		var next []uint16
+		for _, ep := range eps {
+			if !stale(ep) {
+				next = append(next, ep)
+			}
+		}
+		slices.Sort(next)
+		next = slices.Compact(next)
+		old := cur[p]
+		if slices.Equal(old, next) {
+			continue
+		}
+		for _, ep := range symmetricDiff(old, next) {
+			touched[ep] = append(touched[ep], p)
+		}
+		switch {
+		case len(next) == 0:
+			delete(cur, p)
+			gone = true
+		case len(old) == 0:
+			cur[p] = next
+			added = append(added, p)
+		default:
+			cur[p] = next
+		}
+	}
+	switch {
+	case gone:
+		r.awsGroups[key] = slices.SortedFunc(maps.Keys(cur), comparePrefixes)
+		r.recompileNaming(&ch, key)
+	case len(touched) > 0:
+		slices.SortFunc(added, comparePrefixes)
+		r.awsGroups[key] = append(r.awsGroups[key], added...) // the union, in no order
+		r.growFQDN(&ch, key, added, touched)
+	default:
+		return ch
+	}
+	r.finish(&ch)
+	return ch
+}
+
+// growFQDN applies, without recompiling, the prefixes newly learned for
+// the toFQDNs selector key (added, sorted) and the endpoints whose allowed
+// prefixes changed (touched): CIDR identities for the new prefixes, the
+// new identities' entries for every endpoint (a toCIDR around one may
+// select it) and the touched endpoints' entries of their changed
+// prefixes.
+func (r *Resolver) growFQDN(ch *Change, key string, added []netip.Prefix, touched map[uint16][]netip.Prefix) {
 	for _, cp := range r.compiled {
 		if _, ok := cp.fqdnSels[key]; ok {
 			cp.prefixes = append(cp.prefixes, added...) // syncCIDRs wants every prefix a policy names
 		}
 	}
-	newIDs, removed := r.syncCIDRs(&ch)
-	for _, epID := range slices.Sorted(maps.Keys(r.endpoints)) {
-		ep := r.endpoints[epID]
-		for _, id := range removed {
-			r.dropIdentityGroups(&ch, ep, id)
+	var newIDs []identity.NumericIdentity
+	for _, p := range added {
+		if _, ok := r.cidrs[p]; !ok {
+			newIDs = append(newIDs, r.allocCIDR(ch, p))
 		}
-		// A new CIDR identity may be selected by other rules (a toCIDR
-		// around it): every endpoint takes it.
+	}
+	eps := slices.Sorted(maps.Keys(touched))
+	if len(newIDs) > 0 {
+		eps = slices.Sorted(maps.Keys(r.endpoints))
+	}
+	for _, epID := range eps {
+		ep, ok := r.endpoints[epID]
+		if !ok {
+			continue
+		}
 		ids := slices.Clone(newIDs)
 		for _, p := range touched[epID] {
 			if id, ok := r.cidrs[p]; ok && !slices.Contains(ids, id) {
@@ -540,11 +625,9 @@ func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16, gen uint
 			}
 		}
 		for _, id := range ids {
-			r.recomputeIdentityGroups(&ch, ep, id)
+			r.recomputeIdentityGroups(ch, ep, id)
 		}
 	}
-	r.finish(&ch)
-	return ch
 }
 
 // fqdnPrefixes turns learned addresses into /32 prefixes with their
@@ -783,21 +866,7 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 	slices.SortFunc(newPrefixes, comparePrefixes)
 	slices.SortFunc(gone, comparePrefixes)
 	for _, p := range newPrefixes {
-		var n uint32
-		if len(r.cidrFree) > 0 {
-			n, r.cidrFree = r.cidrFree[0], r.cidrFree[1:]
-		} else {
-			n = r.cidrNext
-			r.cidrNext++
-		}
-		id := identity.LocalScopeFlag | identity.NumericIdentity(n)
-		r.cidrs[p] = id
-		r.addIdentity(&knownIdentity{id: id, labels: cidrLabels(p), prefix: p})
-		added = append(added, id)
-		if ch.CIDRUpserts == nil {
-			ch.CIDRUpserts = map[netip.Prefix]identity.NumericIdentity{}
-		}
-		ch.CIDRUpserts[p] = id
+		added = append(added, r.allocCIDR(ch, p))
 	}
 	for _, p := range gone {
 		id := r.cidrs[p]
@@ -810,6 +879,26 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 		r.cidrFree = slices.Insert(r.cidrFree, i, n)
 	}
 	return added, removed
+}
+
+// allocCIDR allocates the CIDR identity of prefix p (the lowest number
+// released, else a new one) and records it in ch.
+func (r *Resolver) allocCIDR(ch *Change, p netip.Prefix) identity.NumericIdentity {
+	var n uint32
+	if len(r.cidrFree) > 0 {
+		n, r.cidrFree = r.cidrFree[0], r.cidrFree[1:]
+	} else {
+		n = r.cidrNext
+		r.cidrNext++
+	}
+	id := identity.LocalScopeFlag | identity.NumericIdentity(n)
+	r.cidrs[p] = id
+	r.addIdentity(&knownIdentity{id: id, labels: cidrLabels(p), prefix: p})
+	if ch.CIDRUpserts == nil {
+		ch.CIDRUpserts = map[netip.Prefix]identity.NumericIdentity{}
+	}
+	ch.CIDRUpserts[p] = id
+	return id
 }
 
 // cidrLabels labels the CIDR identity of p.
@@ -1652,8 +1741,12 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		c.cp.groups[key] = true
 		c.cp.fqdnSels[key] = sel
 		s.fqdnKeys = append(s.fqdnKeys, key)
-		if _, ok := c.fqdnLearned[key]; !ok && c.fqdnSource != nil {
-			learned, gen := c.fqdnSource(key, sel)
+		if _, ok := c.fqdnLearned[key]; !ok {
+			var learned map[netip.Addr][]uint16
+			var gen uint64
+			if c.fqdnSource != nil {
+				learned, gen = c.fqdnSource(key, sel)
+			}
 			c.fqdnLearned[key], c.awsGroups[key] = fqdnPrefixes(learned, c.fqdnStale(gen))
 		}
 		for _, p := range c.awsGroups[key] {
