@@ -33,10 +33,10 @@ type dnsNames struct {
 	// (learn, expire, syncSelectors); it is taken before the enforcement
 	// engine's and the resolver's locks.
 	applyMu sync.Mutex
-	// pins are expired addresses kept for the flows to them that were
-	// open when they expired (flows opened since do not keep them); under
-	// applyMu.
-	pins map[netip.Addr]map[datapath.Flow]bool
+	// pins are expired addresses kept, each for one endpoint, for that
+	// endpoint's flows to it that were open when it expired for the
+	// endpoint (flows opened since do not keep it); under applyMu.
+	pins map[pinKey]map[datapath.Flow]bool
 	// selMu guards sels, the selectors registered with the cache. The
 	// resolver takes it (addrsFor) under its own lock: nothing holding
 	// selMu calls the engine or the resolver.
@@ -64,7 +64,7 @@ const maxLearnedTTL = 24 * time.Hour
 // the selector (so that restored names allow at once after a restart).
 func (a *Agent) startDNSNames(ctx context.Context) error {
 	d := &dnsNames{a: a, path: filepath.Join(a.cfg.StateDir, "fqdn-cache.json"), sels: map[string]api.FQDNSelector{},
-		pins: map[netip.Addr]map[datapath.Flow]bool{}, wake: make(chan struct{}, 1),
+		pins: map[pinKey]map[datapath.Flow]bool{}, wake: make(chan struct{}, 1),
 		cache: fqdn.NewCache(fqdn.Config{MinTTL: time.Duration(a.cfg.ToFQDNsMinTTL), MaxAddrsPerName: a.cfg.ToFQDNsMaxIPsPerName,
 			MaxEntries: a.cfg.ToFQDNsMaxEntries})}
 	if err := d.cache.Load(d.path); err != nil {
@@ -124,7 +124,7 @@ func (d *dnsNames) learn(batch []proxy.Learned) {
 				continue
 			}
 			addrs = append(addrs, a)
-			delete(d.pins, a) // answered again: not expired
+			delete(d.pins, pinKey{a, ep}) // answered again: not expired
 		}
 		if len(addrs) == 0 {
 			continue
@@ -212,8 +212,10 @@ func (d *dnsNames) apply(changed []string) {
 	}
 	d.selMu.Unlock()
 	for _, key := range keys {
-		changed, gen := d.cache.TakeDirty(key)
-		if len(changed) > 0 {
+		switch changed, whole, gen := d.cache.TakeDirty(key); {
+		case whole:
+			d.a.engine.FQDNReplaced(key, changed, gen)
+		case len(changed) > 0:
 			d.a.engine.FQDNUpdated(key, changed, gen)
 		}
 	}
@@ -270,6 +272,13 @@ func (d *dnsNames) syncSelectors() {
 		slog.Warn("toFQDNs selectors", "err", err)
 		return
 	}
+	for key := range inUse {
+		if _, ok := d.sels[key]; !ok {
+			// Registered anew: the policy takes its whole set (it may
+			// hold addresses the cache dropped meanwhile).
+			changed = append(changed, key)
+		}
+	}
 	var removed []string
 	for key := range d.sels {
 		if _, ok := inUse[key]; !ok {
@@ -299,28 +308,40 @@ func (d *dnsNames) expire() {
 	d.apply(d.cache.Expire(func(a netip.Addr, ep uint16) bool { return d.keep(a, ep, live[a]) }))
 	// A pin none of whose flows is open any more keeps nothing: the
 	// address's next expiry pins the flows open then.
-	for a, pin := range d.pins {
-		if !slices.ContainsFunc(live[a], func(f datapath.Flow) bool { return pin[f] }) {
-			delete(d.pins, a)
+	for k, pin := range d.pins {
+		if !slices.ContainsFunc(live[k.addr], func(f datapath.Flow) bool { return pin[f] }) {
+			delete(d.pins, k)
 		}
 	}
 }
 
+// pinKey is an expired address kept for one endpoint.
+type pinKey struct {
+	addr netip.Addr
+	ep   uint16
+}
+
 // keep tells whether the expired address a stays for endpoint ep: while
-// one of ep's flows to it that were open when it first expired is (the
-// flows pinned then, of every endpoint; another endpoint's keep nothing
-// for ep). The caller holds applyMu.
+// one of ep's flows to it that were open when it first expired for ep is
+// (pinned then; another endpoint's flows, or another name's expiry of the
+// same address, pin nothing for ep). The caller holds applyMu.
 func (d *dnsNames) keep(a netip.Addr, ep uint16, open []datapath.Flow) bool {
-	pin, ok := d.pins[a]
+	k := pinKey{a, ep}
+	pin, ok := d.pins[k]
 	if !ok {
-		if len(open) == 0 {
+		for _, f := range open {
+			if f.Endpoint == ep {
+				if pin == nil {
+					pin = map[datapath.Flow]bool{}
+				}
+				pin[f] = true
+			}
+		}
+		if pin == nil {
 			return false
 		}
-		pin = make(map[datapath.Flow]bool, len(open))
-		for _, f := range open {
-			pin[f] = true
-		}
-		d.pins[a] = pin
+		d.pins[k] = pin
+		return true
 	}
 	for _, f := range open {
 		if f.Endpoint == ep && pin[f] {
@@ -347,21 +368,23 @@ func (d *dnsNames) save() {
 	d.prunePins()
 }
 
-// prunePins forgets the pins of addresses the cache no longer has
-// (evicted while pinned).
+// prunePins forgets the pins of addresses the cache no longer has for
+// their endpoint (evicted while pinned).
 func (d *dnsNames) prunePins() {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	if len(d.pins) == 0 {
 		return
 	}
-	in := map[netip.Addr]bool{}
+	in := map[pinKey]bool{}
 	for _, e := range d.cache.List() {
-		in[e.Addr] = true
+		for _, ep := range e.Endpoints {
+			in[pinKey{e.Addr, ep}] = true
+		}
 	}
-	for a := range d.pins {
-		if !in[a] {
-			delete(d.pins, a)
+	for k := range d.pins {
+		if !in[k] {
+			delete(d.pins, k)
 		}
 	}
 }

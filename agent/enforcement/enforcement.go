@@ -185,6 +185,17 @@ func (e *Engine) FQDNUpdated(key string, changed map[netip.Addr][]uint16, gen ui
 	}
 }
 
+// FQDNReplaced replaces the learned addresses of a toFQDNs selector with
+// its whole set (the name cache's TakeDirty after the selector was
+// registered, read at generation gen).
+func (e *Engine) FQDNReplaced(key string, learned map[netip.Addr][]uint16, gen uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.apply(e.res.SetFQDN(key, learned, gen)); err != nil {
+		slog.Error("applying learned DNS addresses to the datapath", "selector", key, "err", err)
+	}
+}
+
 // FQDNEndpointForgotten drops a deleted endpoint's ID from the learned
 // addresses at once (the name cache forgot it at generation gen).
 func (e *Engine) FQDNEndpointForgotten(id uint16, gen uint64) {

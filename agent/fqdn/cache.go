@@ -110,8 +110,12 @@ type selector struct {
 	// address to the endpoints that asked, not to every endpoint).
 	eps map[[4]byte]map[uint16]int32
 	// dirty are the addresses whose endpoints changed since the last
-	// TakeDirty (what the policy must update, not the whole set).
+	// TakeDirty (what the policy must update, not the whole set); whole
+	// is set until the first TakeDirty of a selector (re)registered, which
+	// gives the whole set (a policy may hold addresses the cache dropped
+	// while the selector was not registered).
 	dirty map[[4]byte]struct{}
+	whole bool
 }
 
 // countEps adds delta to the counts of the endpoints eps for addr, and
@@ -224,7 +228,7 @@ func (c *Cache) SetSelectors(sels map[string]api.FQDNSelector) (changed []string
 			continue
 		}
 		s := &selector{key: k, m: m, names: map[*name]struct{}{}, addrs: map[[4]byte]int32{}, eps: map[[4]byte]map[uint16]int32{},
-			dirty: map[[4]byte]struct{}{}}
+			dirty: map[[4]byte]struct{}{}, whole: true}
 		c.sels[k] = s
 		for _, n := range c.names {
 			if m.matchNormalized(n.name) {
@@ -625,13 +629,27 @@ func (c *Cache) LearnedAsOf(key string) (learned map[netip.Addr][]uint16, gen ui
 // since the last TakeDirty, each with its endpoints now (none: no longer
 // the selector's), and the Gen it was read at; they are then no longer
 // dirty. A policy that has the selector's addresses keeps them up to date
-// with it, at the cost of what changed rather than of the whole set.
-func (c *Cache) TakeDirty(key string) (changed map[netip.Addr][]uint16, gen uint64) {
+// with it, at the cost of what changed rather than of the whole set. The
+// first TakeDirty of a selector (re)registered gives its whole set
+// instead (whole: replace, do not update).
+func (c *Cache) TakeDirty(key string) (changed map[netip.Addr][]uint16, whole bool, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s, ok := c.sels[key]
-	if !ok || len(s.dirty) == 0 {
-		return nil, c.gen
+	if !ok {
+		return nil, false, c.gen
+	}
+	if s.whole {
+		s.whole = false
+		clear(s.dirty)
+		changed = make(map[netip.Addr][]uint16, len(s.eps))
+		for a, m := range s.eps {
+			changed[netip.AddrFrom4(a)] = slices.Sorted(maps.Keys(m))
+		}
+		return changed, true, c.gen
+	}
+	if len(s.dirty) == 0 {
+		return nil, false, c.gen
 	}
 	changed = make(map[netip.Addr][]uint16, len(s.dirty))
 	for a := range s.dirty {
@@ -642,7 +660,7 @@ func (c *Cache) TakeDirty(key string) (changed map[netip.Addr][]uint16, gen uint
 		changed[netip.AddrFrom4(a)] = eps
 	}
 	clear(s.dirty)
-	return changed, c.gen
+	return changed, false, c.gen
 }
 
 // Gen counts the Forget calls (see UpdateAsOf).

@@ -138,8 +138,8 @@ func FuzzCacheUpdate(f *testing.F) {
 			checkInvariants(t, c)
 			checkSelectors(t, c, keys, before, learned, changed)
 			for k, mk := range mirror {
-				d, _ := c.TakeDirty(k)
-				if mk == nil {
+				d, whole, _ := c.TakeDirty(k)
+				if mk == nil || whole {
 					mk = map[netip.Addr][]uint16{}
 				}
 				for a, eps := range d {

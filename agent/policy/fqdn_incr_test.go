@@ -106,7 +106,7 @@ func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
 		fresh.SetFQDN(kb, sets[kb], 0)
 		fresh.SetPolicies(pols)
 		for _, ep := range world.endpoints {
-			got, want := byPrefix(t, r, ep.ID), byPrefix(t, fresh, ep.ID)
+			got, want := verdicts(t, r, ep.ID), verdicts(t, fresh, ep.ID)
 			if !slices.Equal(got, want) {
 				t.Fatalf("step %d (%s <- %v): endpoint %d:\nincremental %v\nfrom scratch %v", step, key, next, ep.ID, got, want)
 			}
@@ -114,26 +114,33 @@ func TestFQDNAdditionsMatchFullResolution(t *testing.T) {
 	}
 }
 
-// byPrefix lists an endpoint's entries with CIDR identities named by
-// their prefix, sorted.
-func byPrefix(t *testing.T, r *Resolver, id uint16) []string {
+// verdicts lists what the datapath decides for an endpoint's egress to
+// every address of 192.0.2.0/27 on the test's ports: the address's
+// identity is the CIDR identity of its longest prefix (the ipcache), else
+// world. Entries may differ where decisions do not (a selector's address
+// gone keeps its CIDR identity, allowed by nothing but what allows world,
+// until a recompile).
+func verdicts(t *testing.T, r *Resolver, id uint16) []string {
 	t.Helper()
 	ep := mustEP(t, r, id)
-	prefixes := map[identity.NumericIdentity]netip.Prefix{}
-	for p, cid := range r.CIDRIdentities() {
-		prefixes[cid] = p
-	}
+	cidrs := r.CIDRIdentities()
 	var out []string
-	for k, v := range ep.Entries {
-		peer := fmt.Sprint(k.Identity)
-		if p, ok := prefixes[k.Identity]; ok {
-			peer = p.String()
-		} else if k.Identity.IsLocal() {
-			t.Fatalf("endpoint %d: entry for local identity %d with no prefix", id, k.Identity)
+	for i := range 32 {
+		a := netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})
+		peer, best := identity.World, -1
+		for p, cid := range cidrs {
+			if p.Contains(a) && p.Bits() > best {
+				peer, best = cid, p.Bits()
+			}
 		}
-		out = append(out, fmt.Sprintf("%s %s %s deny=%v l7=%q", k.Dir, peer, k.L4, v.Deny, v.L7))
+		for _, l4 := range []struct {
+			proto uint8
+			port  uint16
+		}{{6, 22}, {6, 80}, {6, 443}, {17, 5000}, {6, 8080}, {6, 9000}} {
+			allowed, _ := dpVerdict(ep, Egress, peer, l4.proto, l4.port)
+			out = append(out, fmt.Sprintf("%s %d/%d %v", a, l4.proto, l4.port, allowed))
+		}
 	}
-	slices.Sort(out)
 	return out
 }
 
@@ -291,7 +298,7 @@ func BenchmarkFQDNAnswer(b *testing.B) {
 	for i := range n {
 		base[netip.AddrFrom4([4]byte{10, 8, byte(i >> 8), byte(i)})] = []uint16{uint16(i%20 + 1)}
 	}
-	for _, mode := range []string{"whole set (SetFQDN)", "what changed (UpdateFQDN)"} {
+	for _, mode := range []string{"whole set (SetFQDN)", "what changed (UpdateFQDN)", "one in, one out (UpdateFQDN)"} {
 		b.Run(mode, func(b *testing.B) {
 			r := world.build(ModeDefault, pols)
 			r.SetFQDN(key, base, 0)
@@ -301,12 +308,56 @@ func BenchmarkFQDNAnswer(b *testing.B) {
 				a := netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)})
 				i++
 				learned[a] = []uint16{uint16(i%20 + 1)}
-				if mode == "whole set (SetFQDN)" {
+				switch mode {
+				case "whole set (SetFQDN)":
 					r.SetFQDN(key, learned, 0)
-				} else {
+				case "what changed (UpdateFQDN)":
 					r.UpdateFQDN(key, map[netip.Addr][]uint16{a: learned[a]}, 0)
+				default: // the asking pod at its cap: each answer evicts one of its addresses
+					out := netip.AddrFrom4([4]byte{10, 8, byte(i >> 8), byte(i)})
+					delete(learned, out)
+					r.UpdateFQDN(key, map[netip.Addr][]uint16{a: learned[a], out: nil}, 0)
 				}
 			}
 		})
+	}
+}
+
+// A deleted endpoint's address, forgotten by the resolver and then
+// reported gone by the cache, leaves the selector: no address stays
+// (with its CIDR identity) for good, and one learned again is not doubled.
+func TestFQDNForgottenAddressLeaves(t *testing.T) {
+	sel := api.FQDNSelector{MatchPattern: "*.corp.test"}
+	key := api.FQDNKey(sel)
+	pols := []api.Policy{rsPol("p", api.Rule{EndpointSelector: rsSel("app=client"), Egress: []api.EgressRule{{
+		ToFQDNs: []api.FQDNSelector{sel}, ToPorts: rsPorts(api.ProtoTCP, "443")}}})}
+	world := rsWorld{endpoints: []EndpointInfo{{ID: 5, Labels: rsLabels(t, "app=client")}, {ID: 6, Labels: rsLabels(t, "app=client")}}}
+	r := world.build(ModeDefault, pols)
+	a := netip.MustParseAddr("198.51.100.5")
+	r.UpdateFQDN(key, map[netip.Addr][]uint16{a: {5}}, 0)
+	r.DeleteEndpoint(5)
+	r.ForgetFQDNEndpoint(5, 1)
+	r.UpdateFQDN(key, map[netip.Addr][]uint16{a: nil}, 1) // the cache: gone
+	if got, _ := r.GroupAddrs(key); len(got) != 0 {
+		t.Fatalf("addresses of the selector after its only endpoint was deleted: %v", got)
+	}
+	r.UpdateFQDN(key, map[netip.Addr][]uint16{a: {6}}, 1)
+	if got, _ := r.GroupAddrs(key); len(got) != 1 {
+		t.Fatalf("addresses after another endpoint learned it: %v, want it once", got)
+	}
+	// Many addresses gone: the policies are recompiled and their CIDR
+	// identities released (not kept for good).
+	for i := range maxFQDNGone + 10 {
+		b := netip.AddrFrom4([4]byte{10, 7, byte(i >> 8), byte(i)})
+		r.UpdateFQDN(key, map[netip.Addr][]uint16{b: {6}}, 1)
+		r.UpdateFQDN(key, map[netip.Addr][]uint16{b: nil}, 1)
+	}
+	if n := len(r.CIDRIdentities()); n > maxFQDNGone+2 {
+		t.Fatalf("%d CIDR identities after %d addresses came and went: gone ones are never released", n, maxFQDNGone+10)
+	}
+	for k, cp := range r.compiled {
+		if len(cp.prefixes) > 2*maxFQDNGone+2 {
+			t.Fatalf("policy %s names %d prefixes after %d addresses came and went", k, len(cp.prefixes), maxFQDNGone+10)
+		}
 	}
 }

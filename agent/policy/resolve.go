@@ -284,6 +284,9 @@ type Resolver struct {
 	// read from the cache before it are not given to that ID (a new
 	// endpoint may have it now).
 	fqdnForgotten map[uint16]uint64
+	// fqdnGone counts, per selector, the learned addresses gone since its
+	// policies were last compiled (UpdateFQDN).
+	fqdnGone map[string]int
 
 	// gen counts the changes to the endpoints' entries and the compiled
 	// policies (finish); l7 is L7Policies' answer at generation l7Gen, so
@@ -341,6 +344,7 @@ func NewResolver(mode Mode) *Resolver {
 
 		fqdnLearned:   map[string]map[netip.Prefix][]uint16{},
 		fqdnForgotten: map[uint16]uint64{},
+		fqdnGone:      map[string]int{},
 	}
 	switch mode {
 	case ModeDefault, ModeAlways, ModeNever:
@@ -477,6 +481,7 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 
 // recompileNaming recompiles the policies naming the selector key.
 func (r *Resolver) recompileNaming(ch *Change, key string) {
+	delete(r.fqdnGone, key)
 	changed := map[string]bool{}
 	for k, cp := range r.compiled {
 		if cp.groups[key] {
@@ -506,7 +511,7 @@ func (r *Resolver) SetFQDN(key string, learned map[netip.Addr][]uint16, gen uint
 		return ch
 	}
 	oldUnion := slices.SortedFunc(maps.Keys(old), comparePrefixes)
-	r.fqdnLearned[key], r.awsGroups[key] = next, union
+	r.fqdnLearned[key] = next
 	added, only := additions(oldUnion, union)
 	if !had || !only {
 		r.recompileNaming(&ch, key)
@@ -543,7 +548,6 @@ func (r *Resolver) UpdateFQDN(key string, addrs map[netip.Addr][]uint16, gen uin
 	}
 	stale := r.fqdnStale(gen)
 	var added []netip.Prefix
-	gone := false
 	touched := map[uint16][]netip.Prefix{}
 	for a, eps := range addrs {
 		if !a.Is4() {
@@ -558,8 +562,8 @@ func (r *Resolver) UpdateFQDN(key string, addrs map[netip.Addr][]uint16, gen uin
 		}
 		slices.Sort(next)
 		next = slices.Compact(next)
-		old := cur[p]
-		if slices.Equal(old, next) {
+		old, present := cur[p]
+		if present == (len(next) > 0) && slices.Equal(old, next) {
 			continue
 		}
 		for _, ep := range symmetricDiff(old, next) {
@@ -567,36 +571,47 @@ func (r *Resolver) UpdateFQDN(key string, addrs map[netip.Addr][]uint16, gen uin
 		}
 		switch {
 		case len(next) == 0:
-			delete(cur, p)
-			gone = true
-		case len(old) == 0:
+			if present {
+				delete(cur, p)
+				r.fqdnGone[key]++
+			}
+		case !present:
 			cur[p] = next
 			added = append(added, p)
 		default:
 			cur[p] = next
 		}
 	}
-	switch {
-	case gone:
-		r.awsGroups[key] = slices.SortedFunc(maps.Keys(cur), comparePrefixes)
-		r.recompileNaming(&ch, key)
-	case len(touched) > 0:
-		slices.SortFunc(added, comparePrefixes)
-		r.awsGroups[key] = append(r.awsGroups[key], added...) // the union, in no order
-		r.growFQDN(&ch, key, added, touched)
-	default:
+	if len(touched) == 0 && len(added) == 0 {
 		return ch
 	}
+	if r.fqdnGone[key] > maxFQDNGone && r.fqdnGone[key] > len(cur)/4 {
+		// Enough addresses gone whose CIDR identities only a recompile
+		// releases: recompile the policies naming the selector (a cost
+		// paid once per that many removals).
+		r.fqdnGone[key] = 0
+		r.recompileNaming(&ch, key)
+		r.finish(&ch)
+		return ch
+	}
+	slices.SortFunc(added, comparePrefixes)
+	r.growFQDN(&ch, key, added, touched)
 	r.finish(&ch)
 	return ch
 }
 
+// maxFQDNGone is how many learned addresses of a selector may be gone
+// (their endpoints' entries removed, their CIDR identities kept, allowed
+// to nobody by toFQDNs) before the policies naming it are recompiled to
+// release them (and a quarter of the selector's addresses at least).
+const maxFQDNGone = 1024
+
 // growFQDN applies, without recompiling, the prefixes newly learned for
 // the toFQDNs selector key (added, sorted) and the endpoints whose allowed
-// prefixes changed (touched): CIDR identities for the new prefixes, the
-// new identities' entries for every endpoint (a toCIDR around one may
-// select it) and the touched endpoints' entries of their changed
-// prefixes.
+// prefixes changed, gained or lost (touched): CIDR identities for the new
+// prefixes, the new identities' entries for every endpoint (a toCIDR
+// around one may select it) and the touched endpoints' entries of their
+// changed prefixes.
 func (r *Resolver) growFQDN(ch *Change, key string, added []netip.Prefix, touched map[uint16][]netip.Prefix) {
 	for _, cp := range r.compiled {
 		if _, ok := cp.fqdnSels[key]; ok {
@@ -672,10 +687,15 @@ func (r *Resolver) ForgetFQDNEndpoint(id uint16, gen uint64) Change {
 	if gen > r.fqdnForgotten[id] {
 		r.fqdnForgotten[id] = gen
 	}
-	for _, learned := range r.fqdnLearned {
+	for key, learned := range r.fqdnLearned {
 		for p, eps := range learned {
 			if i, ok := slices.BinarySearch(eps, id); ok {
-				learned[p] = slices.Delete(slices.Clone(eps), i, i+1)
+				if len(eps) == 1 {
+					delete(learned, p) // its CIDR identity goes at a recompile (UpdateFQDN)
+					r.fqdnGone[key]++
+				} else {
+					learned[p] = slices.Delete(slices.Clone(eps), i, i+1)
+				}
 			}
 		}
 	}
@@ -833,10 +853,13 @@ func (r *Resolver) NodeSelectorsInUse() map[string]api.EndpointSelector {
 }
 
 // GroupAddrs returns the resolved addresses of a selector (nil, false:
-// never resolved).
+// never resolved); a toFQDNs selector's are its learned addresses.
 func (r *Resolver) GroupAddrs(key string) ([]netip.Prefix, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if learned, ok := r.fqdnLearned[key]; ok {
+		return slices.SortedFunc(maps.Keys(learned), comparePrefixes), true
+	}
 	p, ok := r.awsGroups[key]
 	return p, ok
 }
@@ -1747,9 +1770,9 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			if c.fqdnSource != nil {
 				learned, gen = c.fqdnSource(key, sel)
 			}
-			c.fqdnLearned[key], c.awsGroups[key] = fqdnPrefixes(learned, c.fqdnStale(gen))
+			c.fqdnLearned[key], _ = fqdnPrefixes(learned, c.fqdnStale(gen))
 		}
-		for _, p := range c.awsGroups[key] {
+		for p := range c.fqdnLearned[key] {
 			c.prefixes[p] = true // a CIDR identity for each
 		}
 	}
