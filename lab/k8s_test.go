@@ -262,10 +262,11 @@ spec:
 		t.Fatal(err)
 	}
 	// The agents started before the kube-apiserver answered: an informer
-	// whose first lists failed retries with client-go's backoff (up to
-	// 30 s), so the first Service may take that long to arrive (seen once
-	// on a full `make test` run: not within 15 s).
-	eventuallyWithin(t, 45*time.Second, "other reaches db through the Service's ClusterIP", func() bool {
+	// whose first lists failed retries with client-go's backoff (30 s at
+	// most, with a jitter of up to as much again), so the first Service
+	// may take up to a minute to arrive (seen on full `make test` runs:
+	// not within 15 s, and once not within 45 s).
+	eventuallyWithin(t, 100*time.Second, "other reaches db through the Service's ClusterIP", func() bool {
 		return reach(t, lab.NetNSPath(other.NetNS), "tcp", "10.96.0.50", 5432)
 	})
 	found := false
