@@ -43,7 +43,9 @@ const (
 	maxDNSInFlight = 1024
 	// maxDNSInFlightPerSource bounds those of one source (address and
 	// identity): a pod whose queries go to a server that never answers
-	// (one it runs) holds an eighth of the node's, not all of them.
+	// (one it runs) holds an eighth of the node's, not all of them. When
+	// they are all held, a source with less than its share takes one of
+	// the source holding the most (slotShare).
 	maxDNSInFlightPerSource = maxDNSInFlight / 8
 	// maxReplySockets bounds the sockets the proxy answers UDP clients
 	// from (one per server address the clients asked).
@@ -103,8 +105,7 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 	if closing {
 		pc.Close()
 	}
-	sem := make(chan struct{}, maxDNSInFlight)
-	perSource := newSourceLimit(maxDNSInFlightPerSource)
+	slots := newSlotShare(maxDNSInFlight, maxDNSInFlightPerSource)
 	buf := make([]byte, dns.MaxMsgSize)
 	oob := make([]byte, 128)
 	for {
@@ -133,25 +134,25 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 		}
 		srcID := p.sourceIdentity(src, dst)
 		who := source{src.Addr(), srcID}
-		if !perSource.take(who) {
-			p.metrics.dnsShed.Inc()
-			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			perSource.give(who)
+		ctx, shed := context.WithCancelCause(context.Background())
+		sl, ok := slots.take(who, shed)
+		if !ok {
+			shed(nil)
 			p.metrics.dnsShed.Inc()
 			continue
 		}
 		msg := append([]byte(nil), buf[:n]...)
 		go func() {
-			defer func() { <-sem; perSource.give(who) }()
-			ctx, cancel := context.WithTimeout(context.Background(), dnsUpstreamTimeout+p.opts.DNSHold+policyWait)
+			defer func() { slots.give(who, sl); shed(nil) }()
+			ctx, cancel := context.WithTimeout(ctx, dnsUpstreamTimeout+p.opts.DNSHold+policyWait)
 			defer cancel()
 			out := p.dnsExchange(ctx, src, dst, srcID, "UDP", msg, func(ctx context.Context, q []byte) ([]byte, error) {
 				return p.forwardUDP(ctx, src, dst, srcID, q)
 			})
+			if errors.Is(context.Cause(ctx), errShed) {
+				p.metrics.dnsShed.Inc() // its slot went to another source: dropped
+				return
+			}
 			if out == nil {
 				return
 			}
@@ -233,7 +234,10 @@ func (p *Proxy) forwardUDP(ctx context.Context, src, dst netip.AddrPort, srcID u
 		}
 	}
 	conn.SetDeadline(upstreamDeadline(ctx))
+	// A cancelled exchange (its slot taken by another source) ends now.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	if _, err := conn.Write(q); err != nil {
+		stop()
 		conn.Close()
 		return nil, err
 	}
@@ -243,11 +247,16 @@ func (p *Proxy) forwardUDP(ctx context.Context, src, dst netip.AddrPort, srcID u
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
+			stop()
 			conn.Close()
 			return nil, err
 		}
 		if n >= 2 && buf[0] == q[0] && buf[1] == q[1] {
-			p.putUDP(key, conn)
+			if stop() {
+				p.putUDP(key, conn)
+			} else {
+				conn.Close() // its deadline is being moved: not for another exchange
+			}
 			return append([]byte(nil), buf[:n]...), nil
 		}
 	}

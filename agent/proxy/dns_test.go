@@ -234,17 +234,77 @@ func TestDNSOneSourceCannotTakeEverySlot(t *testing.T) {
 	}
 	t.Logf("%d of the flood's queries at the server, %v shed", h.stalled.Load(), shed())
 	// Another pod of the node, with the same DNS rules.
+	h.answeredFrom(victim, "while one source floods")
+}
+
+// answeredFrom checks that an allowed query from addr, during what
+// happens, is answered.
+func (h *dnsHarness) answeredFrom(addr netip.Addr, during string) {
+	h.t.Helper()
 	other := &dns.Client{Net: "udp", Timeout: 2 * time.Second,
-		Dialer: &net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(victim, 0))}}
+		Dialer: &net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0))}}
 	q := new(dns.Msg)
 	q.SetQuestion("www.allowed.test.", dns.TypeA)
 	a, _, err := other.Exchange(q, h.udp)
 	if err != nil {
-		t.Fatalf("another source's query while one source floods: %v (the flood holds every slot)", err)
+		h.t.Fatalf("another source's query %s: %v (the flood holds every slot)", during, err)
 	}
 	if a.Rcode != dns.RcodeSuccess || len(a.Answer) != 1 {
-		t.Errorf("another source's allowed query: %s %v", dns.RcodeToString[a.Rcode], a.Answer)
+		h.t.Errorf("another source's allowed query: %s %v", dns.RcodeToString[a.Rcode], a.Answer)
 	}
+}
+
+// The attack of TestDNSOneSourceCannotTakeEverySlot by several pods at
+// once: eight sources, each within its own bound, hold every UDP slot of
+// the node with queries a server never answers. A ninth source's query
+// is still answered: it takes the oldest slot of the source holding the
+// most, whose query is dropped.
+func TestDNSSourcesShareTheSlots(t *testing.T) {
+	h := newDNSHarness(t, Options{})
+	victim := netip.MustParseAddr("127.0.0.3")
+	var flooders []netip.Addr
+	for i := range maxDNSInFlight / maxDNSInFlightPerSource {
+		flooders = append(flooders, netip.AddrFrom4([4]byte{127, 0, 0, byte(10 + i)}))
+	}
+	cfg := h.p.Config()
+	cfg.Revision++
+	for _, pp := range slices.Clone(cfg.Policies) {
+		for _, a := range append([]netip.Addr{victim}, flooders...) {
+			pp.Endpoint = a
+			cfg.Policies = append(cfg.Policies, pp)
+		}
+	}
+	if err := h.p.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	to := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(h.udp))
+	for i, a := range flooders {
+		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for j := range maxDNSInFlightPerSource + 16 {
+			q := new(dns.Msg)
+			q.SetQuestion(fmt.Sprintf("stall%d-%d.allowed.test.", i, j), dns.TypeA)
+			b, _ := q.Pack()
+			if _, err := c.WriteToUDP(b, to); err != nil {
+				t.Fatal(err)
+			}
+			if j%64 == 63 {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+	// Every slot held: the server has as many queries as the node's slots.
+	deadline := time.Now().Add(10 * time.Second)
+	for h.stalled.Load() < maxDNSInFlight && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := h.stalled.Load(); n < maxDNSInFlight {
+		t.Fatalf("the flood holds %d slots at the server, want all %d", n, maxDNSInFlight)
+	}
+	h.answeredFrom(victim, "while eight sources flood")
 }
 
 // Answers are held until the follower acknowledges their addresses, and

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 )
 
@@ -14,36 +17,95 @@ type source struct {
 	id   uint32
 }
 
-// sourceLimit counts what each source holds of a shared resource and
-// refuses one more than max.
-type sourceLimit struct {
-	mu   sync.Mutex
-	max  int
-	held map[source]int
+// errShed is the cause of a query's context when another source took its
+// slot (slotShare).
+var errShed = errors.New("slot taken by a source holding less than its share")
+
+// slotShare is a pool of slots shared by sources (the node's in-flight
+// UDP queries). A source holds at most perSource. When every slot is
+// taken, a source holding less than its fair share (the slots over the
+// sources holding any, itself included) takes the oldest slot of the
+// source holding the most, and that slot's holder is cancelled (errShed):
+// sources that fill the pool together, each within its own bound, cannot
+// keep another source out. Cancelled holders take a while to return;
+// holders, cancelled or not, are at most twice the slots.
+type slotShare struct {
+	mu        sync.Mutex
+	max       int
+	perSource int
+	used      int // slots held, not counting cancelled holders
+	running   int // holders not returned, cancelled ones included
+	bySrc     map[source][]*slot
 }
 
-func newSourceLimit(max int) *sourceLimit {
-	return &sourceLimit{max: max, held: map[source]int{}}
+// slot is one source's hold on a slot.
+type slot struct {
+	cancel context.CancelCauseFunc
+	taken  bool // by another source: its holder no longer counts
 }
 
-// take counts one more for s, unless s holds max already.
-func (l *sourceLimit) take(s source) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.held[s] >= l.max {
-		return false
+func newSlotShare(max, perSource int) *slotShare {
+	return &slotShare{max: max, perSource: perSource, bySrc: map[source][]*slot{}}
+}
+
+// take gives who a slot, whose holder cancel stops should another source
+// take the slot over, or reports that who gets none.
+func (s *slotShare) take(who source, cancel context.CancelCauseFunc) (*slot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	held := len(s.bySrc[who])
+	if held >= s.perSource || s.running >= 2*s.max {
+		return nil, false
 	}
-	l.held[s]++
-	return true
+	if s.used >= s.max {
+		holders := len(s.bySrc)
+		if held == 0 {
+			holders++
+		}
+		if held >= s.max/holders {
+			return nil, false
+		}
+		var top source
+		n := 0
+		for src, sl := range s.bySrc {
+			if len(sl) > n {
+				top, n = src, len(sl)
+			}
+		}
+		if n <= held+1 {
+			return nil, false // nobody holds more than who would
+		}
+		oldest := s.bySrc[top][0]
+		s.drop(top, 0)
+		oldest.taken = true
+		oldest.cancel(errShed)
+	}
+	sl := &slot{cancel: cancel}
+	s.bySrc[who] = append(s.bySrc[who], sl)
+	s.used++
+	s.running++
+	return sl, true
 }
 
-// give counts one less for s (a take's end).
-func (l *sourceLimit) give(s source) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.held[s] <= 1 {
-		delete(l.held, s)
+// give returns who's slot sl (its holder is done).
+func (s *slotShare) give(who source, sl *slot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running--
+	if sl.taken {
 		return
 	}
-	l.held[s]--
+	if i := slices.Index(s.bySrc[who], sl); i >= 0 {
+		s.drop(who, i)
+	}
+}
+
+// drop removes who's i-th slot; s.mu is held.
+func (s *slotShare) drop(who source, i int) {
+	s.used--
+	if len(s.bySrc[who]) == 1 {
+		delete(s.bySrc, who)
+		return
+	}
+	s.bySrc[who] = slices.Delete(s.bySrc[who], i, i+1)
 }

@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+// slotShare's decisions, without sockets: a source within its bound
+// waits its turn while the pool is full unless it holds less than its
+// share, and then the oldest slot of the source holding the most is
+// taken (its holder cancelled), once.
+func TestSlotShare(t *testing.T) {
+	src := func(i byte) source { return source{netip.AddrFrom4([4]byte{10, 0, 0, i}), 7} }
+	type holder struct {
+		sl    *slot
+		cause func() error
+	}
+	s := newSlotShare(8, 4)
+	take := func(who source) (holder, bool) {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		sl, ok := s.take(who, cancel)
+		return holder{sl, func() error { return context.Cause(ctx) }}, ok
+	}
+	var a, b []holder
+	for range 4 {
+		h, ok := take(src(1))
+		if !ok {
+			t.Fatal("source 1 refused within its bound")
+		}
+		a = append(a, h)
+		if h, ok = take(src(2)); !ok {
+			t.Fatal("source 2 refused within its bound")
+		}
+		b = append(b, h)
+	}
+	if _, ok := take(src(1)); ok {
+		t.Fatal("source 1 got a fifth slot (its bound is 4)")
+	}
+	// Full. A third source holds less than 8/3: it takes source 1's oldest
+	// (the first of the sources holding the most).
+	c, ok := take(src(3))
+	if !ok {
+		t.Fatal("a third source got no slot of a pool two sources fill")
+	}
+	taken := 0
+	for i, h := range append(a, b...) {
+		if err := h.cause(); err != nil {
+			if !errors.Is(err, errShed) || (i != 0 && i != 4) {
+				t.Errorf("holder %d cancelled with %v", i, err)
+			}
+			taken++
+		}
+	}
+	if taken != 1 {
+		t.Fatalf("%d holders cancelled, want 1", taken)
+	}
+	// The third source again: 1 held < 8/3, the heaviest holds 4: another.
+	if _, ok := take(src(3)); !ok {
+		t.Fatal("the third source's second query refused")
+	}
+	// Now 2 < 8/3 still, but the heaviest holds 3 = 2+1: nothing to take.
+	if _, ok := take(src(3)); ok {
+		t.Fatal("the third source took a slot from a source holding only one more")
+	}
+	// A taken slot given back by its (cancelled) holder frees nothing.
+	for i, h := range append(a, b...) {
+		if h.cause() != nil {
+			s.give(src(byte(1+i/4)), h.sl)
+		}
+	}
+	if s.used != 8 || s.running != 8 {
+		t.Fatalf("after the cancelled holders returned: used %d, running %d, want 8 and 8", s.used, s.running)
+	}
+	// A slot given back is free for anyone.
+	s.give(src(3), c.sl)
+	if _, ok := take(src(2)); !ok {
+		t.Fatal("a freed slot was not taken")
+	}
+}
+
+// Whatever the takes and gives, the counts stay within their bounds.
+func TestSlotShareBounds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	s := newSlotShare(16, 6)
+	type hold struct {
+		who source
+		sl  *slot
+	}
+	var holds []hold
+	cancelled := 0
+	for range 20000 {
+		if len(holds) > 0 && rng.IntN(3) == 0 {
+			i := rng.IntN(len(holds))
+			s.give(holds[i].who, holds[i].sl)
+			holds = slices.Delete(holds, i, i+1)
+		} else {
+			who := source{netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(12))}), 0}
+			if sl, ok := s.take(who, func(error) { cancelled++ }); ok {
+				holds = append(holds, hold{who, sl})
+			}
+		}
+		n := 0
+		for _, sl := range s.bySrc {
+			if len(sl) > s.perSource || len(sl) == 0 {
+				t.Fatalf("a source holds %d slots (bound %d)", len(sl), s.perSource)
+			}
+			n += len(sl)
+		}
+		if n != s.used || s.used > s.max || s.running != len(holds) || s.running > 2*s.max {
+			t.Fatalf("used %d (held %d, max %d), running %d (holders %d, max %d)", s.used, n, s.max, s.running, len(holds), 2*s.max)
+		}
+	}
+	if cancelled == 0 {
+		t.Fatal("no slot was ever taken over: the run did not reach a full pool")
+	}
+	t.Logf("%d slots taken over", cancelled)
+}
