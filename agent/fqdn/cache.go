@@ -1,6 +1,7 @@
 package fqdn
 
 import (
+	"cmp"
 	"container/heap"
 	"fmt"
 	"maps"
@@ -31,9 +32,9 @@ type Config struct {
 	// name (earliest expiry, then oldest insert) go first; another
 	// endpoint's answers for the same name never push them out.
 	MaxAddrsPerName int
-	// MaxEntries bounds the (name, address) entries of the whole cache
-	// (default 65536): when full, the endpoint that asked for the most
-	// entries loses its soonest expiring ones (a sixty-fourth of its
+	// MaxEntries bounds the (name, address, endpoint) asks of the whole
+	// cache (default 65536): when full, the endpoint that asked for the
+	// most entries loses its soonest expiring ones (a sixty-fourth of its
 	// entries at least, so that a flood costs no sort per answer), so one
 	// endpoint's lookups never evict another's while it holds more.
 	MaxEntries int
@@ -46,10 +47,12 @@ type Config struct {
 
 // Cache is the agent's DNS name cache. It is safe for concurrent use.
 //
-// Each (name, address) entry has an expiry (the answer's TTL, raised to
-// MinTTL, the latest of the answers that carried it) and the endpoints that
-// asked. Entries whose expiry has passed leave on Expire unless an open
-// connection still uses the address (then they are "held" until it ends).
+// Each (name, address) entry has the endpoints that asked, each with its
+// own expiry (the TTL of the answers to that endpoint, raised to MinTTL,
+// the latest of them: an answer to one endpoint neither lengthens nor
+// shortens another's). An endpoint's ask whose expiry has passed leaves on
+// Expire unless an open connection of that endpoint still uses the address
+// (then it is "held" until it ends); the entry leaves with its last ask.
 // Each registered selector keeps the names it matches and a count per
 // address, so an Update matches only the new name against the selectors and
 // Addrs reads only that selector's addresses.
@@ -62,8 +65,8 @@ type Cache struct {
 	// byAddr indexes the entries by address (the names of a flow's
 	// addresses).
 	byAddr map[[4]byte][]*entry
-	live   entryHeap // entries not held, by (expires, seq)
-	held   entryHeap // entries kept past their expiry for a live connection
+	live   askHeap // asks not held, by (expires, seq)
+	held   askHeap // asks kept past their expiry for a live connection
 	// byEP indexes the entries by the endpoints that asked for them
 	// (MaxEntries takes from the endpoint with the most).
 	byEP map[uint16]map[*entry]struct{}
@@ -91,12 +94,20 @@ type name struct {
 }
 
 type entry struct {
-	n       *name
+	n    *name
+	eps  []uint16 // the endpoints that asked, sorted
+	asks []*ask   // theirs, in the order of eps
+	addr [4]byte
+}
+
+// ask is one endpoint's ask of an entry: its own expiry (an answer to
+// another endpoint neither lengthens nor shortens it).
+type ask struct {
+	e       *entry
 	expires int64  // unix ns
 	seq     uint64 // insertion order
-	eps     []uint16
-	idx     int // position in its heap
-	addr    [4]byte
+	idx     int    // position in its heap
+	ep      uint16
 	held    bool
 }
 
@@ -344,44 +355,73 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 	if found {
 		e := n.entries[i]
 		for _, ep := range eps {
-			if e.addEndpoint(ep) {
+			if c.addAsk(e, ep, expires) {
 				// Another endpoint asked: the address is its too.
-				c.asked(e, ep)
 				for _, s := range n.sels {
 					s.countEps(addr, []uint16{ep}, 1, ch)
 				}
 			}
 		}
-		if expires > e.expires {
-			e.expires = expires
-			if e.held {
-				heap.Remove(&c.held, e.idx)
-				e.held = false
-				heap.Push(&c.live, e)
-			} else {
-				heap.Fix(&c.live, e.idx)
-			}
-		}
 		return
 	}
-	c.seq++
-	e := &entry{n: n, expires: expires, seq: c.seq, addr: addr}
+	e := &entry{n: n, addr: addr}
 	for _, ep := range eps {
-		if e.addEndpoint(ep) {
-			c.asked(e, ep)
-		}
+		c.addAsk(e, ep, expires)
 	}
 	n.entries = slices.Insert(n.entries, i, e)
 	if len(c.byAddr[addr]) < maxIndexedPerAddr {
 		c.byAddr[addr] = append(c.byAddr[addr], e)
 	}
-	heap.Push(&c.live, e)
 	for _, s := range n.sels {
 		if s.addrs[addr]++; s.addrs[addr] == 1 {
 			ch[s.key] = struct{}{}
 		}
 		s.countEps(addr, e.eps, 1, ch)
 	}
+}
+
+// addAsk records that ep asked for e until expires: a new ask (reported),
+// or a later expiry for ep's own.
+func (c *Cache) addAsk(e *entry, ep uint16, expires int64) bool {
+	i, ok := slices.BinarySearch(e.eps, ep)
+	if ok {
+		a := e.asks[i]
+		if expires > a.expires {
+			a.expires = expires
+			if a.held {
+				heap.Remove(&c.held, a.idx)
+				a.held = false
+				heap.Push(&c.live, a)
+			} else {
+				heap.Fix(&c.live, a.idx)
+			}
+		}
+		return false
+	}
+	c.seq++
+	a := &ask{e: e, expires: expires, seq: c.seq, ep: ep}
+	e.eps = slices.Insert(e.eps, i, ep)
+	e.asks = slices.Insert(e.asks, i, a)
+	heap.Push(&c.live, a)
+	c.asked(e, ep)
+	return true
+}
+
+// dropAsk takes a out of its heap.
+func (c *Cache) dropAsk(a *ask) {
+	if a.held {
+		heap.Remove(&c.held, a.idx)
+	} else {
+		heap.Remove(&c.live, a.idx)
+	}
+}
+
+// askOf is ep's ask of e, nil when ep did not ask.
+func (e *entry) askOf(ep uint16) *ask {
+	if i, ok := slices.BinarySearch(e.eps, ep); ok {
+		return e.asks[i]
+	}
+	return nil
 }
 
 // asked and unasked keep byEP.
@@ -415,7 +455,9 @@ func (c *Cache) unask(e *entry, ep uint16, ch changes) {
 		return
 	}
 	c.writes++
+	c.dropAsk(e.asks[i])
 	e.eps = slices.Delete(e.eps, i, i+1)
+	e.asks = slices.Delete(e.asks, i, i+1)
 	c.unasked(e, ep)
 	for _, s := range e.n.sels {
 		s.countEps(e.addr, []uint16{ep}, -1, ch)
@@ -429,18 +471,18 @@ func (c *Cache) capName(n *name, ep uint16, ch changes) {
 	if n.dead {
 		return
 	}
-	var mine []*entry
+	var mine []*ask
 	for _, e := range n.entries {
-		if _, ok := slices.BinarySearch(e.eps, ep); ok {
-			mine = append(mine, e)
+		if a := e.askOf(ep); a != nil {
+			mine = append(mine, a)
 		}
 	}
 	if len(mine) <= c.cfg.MaxAddrsPerName {
 		return
 	}
 	slices.SortFunc(mine, evictOrder)
-	for _, e := range mine[:len(mine)-c.cfg.MaxAddrsPerName] {
-		c.unask(e, ep, ch)
+	for _, a := range mine[:len(mine)-c.cfg.MaxAddrsPerName] {
+		c.unask(a.e, ep, ch)
 	}
 }
 
@@ -460,35 +502,35 @@ func (c *Cache) capEntries(ch changes) {
 		if most == 0 {
 			return // no entry without an endpoint is ever kept
 		}
-		mine := make([]*entry, 0, most)
+		mine := make([]*ask, 0, most)
 		for e := range c.byEP[heavy] {
-			mine = append(mine, e)
+			mine = append(mine, e.askOf(heavy))
 		}
 		slices.SortFunc(mine, evictOrder)
 		k := min(len(mine), max(c.size()-c.cfg.MaxEntries, len(mine)/64))
-		for _, e := range mine[:k] {
-			c.unask(e, heavy, ch)
+		for _, a := range mine[:k] {
+			c.unask(a.e, heavy, ch)
 		}
 	}
 }
 
-// evictOrder orders entries for the caps: evictsBefore, then by name and
-// address (a total order, so that eviction is deterministic).
-func evictOrder(a, b *entry) int {
+// evictOrder orders one endpoint's asks for the caps: evictsBefore, then
+// by name and address (a total order, so that eviction is deterministic).
+func evictOrder(a, b *ask) int {
 	switch {
 	case evictsBefore(a, b):
 		return -1
 	case evictsBefore(b, a):
 		return 1
-	case a.n.name != b.n.name:
-		return strings.Compare(a.n.name, b.n.name)
+	case a.e.n.name != b.e.n.name:
+		return strings.Compare(a.e.n.name, b.e.n.name)
 	}
-	return compareAddr(a.addr, b.addr)
+	return compareAddr(a.e.addr, b.e.addr)
 }
 
-// evictsBefore orders the entries of a name for its cap: entries not held
-// before held ones, then earliest expiry, then oldest insert.
-func evictsBefore(a, b *entry) bool {
+// evictsBefore orders the asks for the caps: asks not held before held
+// ones, then earliest expiry, then oldest insert.
+func evictsBefore(a, b *ask) bool {
 	if a.held != b.held {
 		return !a.held
 	}
@@ -498,22 +540,11 @@ func evictsBefore(a, b *entry) bool {
 	return a.seq < b.seq
 }
 
-// addEndpoint records that ep asked for e, and reports whether it is new.
-func (e *entry) addEndpoint(ep uint16) bool {
-	i, ok := slices.BinarySearch(e.eps, ep)
-	if !ok {
-		e.eps = slices.Insert(e.eps, i, ep)
-	}
-	return !ok
-}
-
 // remove drops e from the cache, and its name when e was the last entry.
 func (c *Cache) remove(e *entry, ch changes) {
 	c.writes++
-	if e.held {
-		heap.Remove(&c.held, e.idx)
-	} else {
-		heap.Remove(&c.live, e.idx)
+	for _, a := range e.asks {
+		c.dropAsk(a)
 	}
 	for _, ep := range e.eps {
 		c.unasked(e, ep)
@@ -534,7 +565,7 @@ func (c *Cache) remove(e *entry, ch changes) {
 		}
 		s.countEps(e.addr, e.eps, -1, ch)
 	}
-	e.n = nil
+	e.n, e.eps, e.asks = nil, nil, nil
 	if len(n.entries) == 0 {
 		for _, s := range n.sels {
 			delete(s.names, n)
@@ -684,35 +715,22 @@ func (c *Cache) Expire(alive func(addr netip.Addr, ep uint16) bool) (changed []s
 	now := c.cfg.Now().UnixNano()
 	c.lastSweep = now
 	ch := changes{}
-	// keep drops the endpoints of e without a live connection to its
-	// address, and reports whether any is left (e is then still there).
-	keep := func(e *entry) bool {
-		var gone []uint16
-		for _, ep := range e.eps {
-			if alive == nil || !alive(netip.AddrFrom4(e.addr), ep) {
-				gone = append(gone, ep)
-			}
+	keep := func(a *ask) bool { return alive != nil && alive(netip.AddrFrom4(a.e.addr), a.ep) }
+	// Held asks first: those still alive stay, the others go.
+	for _, a := range slices.Clone(c.held.s) {
+		if !keep(a) {
+			c.unask(a.e, a.ep, ch)
 		}
-		if len(gone) == len(e.eps) {
-			c.remove(e, ch)
-			return false
-		}
-		for _, ep := range gone {
-			c.unask(e, ep, ch)
-		}
-		return true
-	}
-	// Held entries first: those still alive stay, the others go.
-	for _, e := range slices.Clone(c.held.s) {
-		keep(e)
 	}
 	for c.live.Len() > 0 && c.live.s[0].expires <= now {
-		e := c.live.s[0]
-		if keep(e) {
-			heap.Remove(&c.live, e.idx)
-			e.held = true
-			heap.Push(&c.held, e)
+		a := c.live.s[0]
+		if !keep(a) {
+			c.unask(a.e, a.ep, ch)
+			continue
 		}
+		heap.Remove(&c.live, a.idx)
+		a.held = true
+		heap.Push(&c.held, a)
 	}
 	return ch.sorted()
 }
@@ -774,34 +792,14 @@ func (c *Cache) ForgetGen(eps ...uint16) (changed []string, gen uint64) {
 		c.forgotten[ep] = c.gen
 	}
 	ch := changes{}
-	var gone []*entry
-	for _, n := range c.names {
-		for _, e := range n.entries {
-			before := len(e.eps)
-			var dropped []uint16
-			e.eps = slices.DeleteFunc(e.eps, func(ep uint16) bool {
-				if slices.Contains(eps, ep) {
-					dropped = append(dropped, ep)
-					return true
-				}
-				return false
-			})
-			if len(dropped) > 0 {
-				c.writes++
-				for _, ep := range dropped {
-					c.unasked(e, ep)
-				}
-				for _, s := range n.sels {
-					s.countEps(e.addr, dropped, -1, ch)
-				}
-			}
-			if len(e.eps) == 0 && before > 0 {
-				gone = append(gone, e)
-			}
+	var gone []*ask
+	for _, ep := range slices.Compact(slices.Sorted(slices.Values(eps))) {
+		for e := range c.byEP[ep] {
+			gone = append(gone, e.askOf(ep))
 		}
 	}
-	for _, e := range gone {
-		c.remove(e, ch)
+	for _, a := range gone {
+		c.unask(a.e, a.ep, ch)
 	}
 	return ch.sorted(), c.gen
 }
@@ -815,8 +813,9 @@ type Entry struct {
 	Endpoints []uint16   `json:"endpoints"`
 }
 
-// List returns one Entry per (name, address), sorted by name then address.
-// An entry kept past its expiry by alive shows its passed expiry.
+// List returns one Entry per (name, address) and expiry (the endpoints
+// whose asks end then), sorted by name, address and expiry. An ask kept
+// past its expiry by alive shows its passed expiry.
 func (c *Cache) List() []Entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -828,12 +827,15 @@ func (c *Cache) List() []Entry {
 	out := make([]Entry, 0, c.size())
 	for _, k := range keys {
 		for _, e := range c.names[k].entries {
-			out = append(out, Entry{
-				Name:      k,
-				Addr:      netip.AddrFrom4(e.addr),
-				Expires:   time.Unix(0, e.expires).UTC(),
-				Endpoints: slices.Clone(e.eps),
-			})
+			asks := slices.SortedStableFunc(slices.Values(e.asks), func(a, b *ask) int { return cmp.Compare(a.expires, b.expires) })
+			for i, a := range asks {
+				if i > 0 && a.expires == asks[i-1].expires {
+					last := &out[len(out)-1]
+					last.Endpoints = append(last.Endpoints, a.ep)
+					continue
+				}
+				out = append(out, Entry{Name: k, Addr: netip.AddrFrom4(e.addr), Expires: time.Unix(0, a.expires).UTC(), Endpoints: []uint16{a.ep}})
+			}
 		}
 	}
 	return out
@@ -848,7 +850,7 @@ func (c *Cache) Writes() uint64 {
 	return c.writes
 }
 
-// Len is the number of (name, address) entries.
+// Len is the number of (name, address, endpoint) asks.
 func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -858,28 +860,28 @@ func (c *Cache) Len() int {
 // size is Len with the lock held.
 func (c *Cache) size() int { return c.live.Len() + c.held.Len() }
 
-// entryHeap is a min-heap of entries by (expires, seq); each entry knows its
+// askHeap is a min-heap of asks by (expires, seq); each ask knows its
 // index.
-type entryHeap struct{ s []*entry }
+type askHeap struct{ s []*ask }
 
-func (h *entryHeap) Len() int { return len(h.s) }
-func (h *entryHeap) Less(i, j int) bool {
+func (h *askHeap) Len() int { return len(h.s) }
+func (h *askHeap) Less(i, j int) bool {
 	a, b := h.s[i], h.s[j]
 	if a.expires != b.expires {
 		return a.expires < b.expires
 	}
 	return a.seq < b.seq
 }
-func (h *entryHeap) Swap(i, j int) {
+func (h *askHeap) Swap(i, j int) {
 	h.s[i], h.s[j] = h.s[j], h.s[i]
 	h.s[i].idx, h.s[j].idx = i, j
 }
-func (h *entryHeap) Push(x any) {
-	e := x.(*entry)
+func (h *askHeap) Push(x any) {
+	e := x.(*ask)
 	e.idx = len(h.s)
 	h.s = append(h.s, e)
 }
-func (h *entryHeap) Pop() any {
+func (h *askHeap) Pop() any {
 	n := len(h.s) - 1
 	e := h.s[n]
 	h.s[n] = nil

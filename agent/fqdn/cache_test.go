@@ -75,11 +75,11 @@ func TestSelectorsAndUpdate(t *testing.T) {
 	// too (an answer allows only the endpoints that asked).
 	eq(t, "Update www by 2", c.Update(2, "www.example.com", ips("10.0.0.1"), time.Minute), []string{kWild})
 	eq(t, "Learned", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {1, 2}, netip.MustParseAddr("10.0.0.2"): {1}})
-	eq(t, "Len", c.Len(), 4)
+	eq(t, "Len (asks)", c.Len(), 5)
 	// IPv6, IPv4-mapped and invalid addresses are ignored.
 	eq(t, "Update v6 only", c.Update(2, "v6.example.com", ips("fd00::2", "::ffff:10.0.0.7"), time.Minute), []string(nil))
 	eq(t, "Update zero addr", c.Update(2, "v6.example.com", []netip.Addr{{}}, time.Minute), []string(nil))
-	eq(t, "Len after v6", c.Len(), 4)
+	eq(t, "Len after v6", c.Len(), 5)
 
 	// Adding selectors: the new ones with matching names are changed.
 	ch, err = c.SetSelectors(sels(selWild, selName, selAll, api.FQDNSelector{MatchName: "none.example.com"}))
@@ -151,17 +151,67 @@ func TestExpiry(t *testing.T) {
 	clk.advance(9 * time.Second)
 	eq(t, "Expire before MinTTL", c.Expire(nil), []string(nil))
 	eq(t, "Addrs", c.Addrs(kWild), ips("10.0.0.1", "10.0.0.2"))
-	// A later answer extends a.example.com; an earlier one does not shorten it.
+	// Other endpoints' answers give them their own expiry; an earlier
+	// answer to endpoint 1 does not shorten its own.
 	c.Update(2, "a.example.com", ips("10.0.0.1"), 20*time.Second)
 	c.Update(3, "a.example.com", ips("10.0.0.1"), 0)
-	eq(t, "List a", c.List()[0], Entry{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.1"), Expires: t0.Add(29 * time.Second).UTC(), Endpoints: []uint16{1, 2, 3}})
+	c.Update(1, "b.example.com", ips("10.0.0.2"), 0)
+	a1, b1 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	eq(t, "List", c.List(), []Entry{
+		{Name: "a.example.com.", Addr: a1, Expires: t0.Add(10 * time.Second).UTC(), Endpoints: []uint16{1}},
+		{Name: "a.example.com.", Addr: a1, Expires: t0.Add(19 * time.Second).UTC(), Endpoints: []uint16{3}},
+		{Name: "a.example.com.", Addr: a1, Expires: t0.Add(29 * time.Second).UTC(), Endpoints: []uint16{2}},
+		{Name: "b.example.com.", Addr: b1, Expires: t0.Add(30 * time.Second).UTC(), Endpoints: []uint16{1}},
+	})
+	clk.advance(2 * time.Second) // t0+11s: endpoint 1's ask of a went
+	eq(t, "Expire endpoint 1's a", c.Expire(nil), []string{kWild})
+	eq(t, "Learned", c.Learned(kWild), map[netip.Addr][]uint16{a1: {2, 3}, b1: {1}})
 
-	clk.advance(21 * time.Second) // t0+30s: both expired
-	eq(t, "NextExpiry passed", c.NextExpiry(), t0.Add(29*time.Second))
+	clk.advance(19 * time.Second) // t0+30s: all expired
+	eq(t, "NextExpiry passed", c.NextExpiry(), t0.Add(19*time.Second))
 	eq(t, "Expire all", c.Expire(nil), []string{kWild})
 	eq(t, "Len", c.Len(), 0)
 	eq(t, "Addrs after", c.Addrs(kWild), []netip.Addr(nil))
 	eq(t, "NextExpiry after", c.NextExpiry(), time.Time{})
+	checkInvariants(t, c)
+}
+
+// The attack: a pod whose rules let it ask a server of its own is
+// answered, for a name another pod looked up too, the same address with a
+// day-long TTL. The other pod's answer said a minute: its allow ends after
+// the minute, whatever the first pod was told (and the first keeps its
+// day). Before 2026-12-02 the entry's expiry was the latest answer's for
+// every endpoint that asked.
+func TestTTLIsEachEndpointsOwn(t *testing.T) {
+	clk := newClock()
+	c := NewCache(Config{Now: clk.now})
+	if _, err := c.SetSelectors(sels(selWild)); err != nil {
+		t.Fatal(err)
+	}
+	c.Update(1, "api.example.com", ips("10.0.0.1"), time.Minute)
+	c.Update(2, "api.example.com", ips("10.0.0.1"), 24*time.Hour)
+	eq(t, "Learned", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {1, 2}})
+	eq(t, "List", c.List(), []Entry{
+		{Name: "api.example.com.", Addr: netip.MustParseAddr("10.0.0.1"), Expires: clk.now().Add(time.Minute).UTC(), Endpoints: []uint16{1}},
+		{Name: "api.example.com.", Addr: netip.MustParseAddr("10.0.0.1"), Expires: clk.now().Add(24 * time.Hour).UTC(), Endpoints: []uint16{2}},
+	})
+	clk.advance(61 * time.Second)
+	eq(t, "NextExpiry", c.NextExpiry().IsZero(), false)
+	eq(t, "Expire changed", c.Expire(nil), []string{kWild})
+	eq(t, "Learned after endpoint 1's TTL", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {2}})
+	// Endpoint 1 asks again: its own new TTL, not endpoint 2's.
+	c.Update(1, "api.example.com", ips("10.0.0.1"), time.Minute)
+	clk.advance(61 * time.Second)
+	c.Expire(nil)
+	eq(t, "Learned after endpoint 1's second TTL", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {2}})
+	// A connection of endpoint 1 keeps its ask past its expiry, not
+	// endpoint 2's (which has not expired) nor the other way round.
+	c.Update(1, "api.example.com", ips("10.0.0.1"), time.Minute)
+	clk.advance(61 * time.Second)
+	c.Expire(func(netip.Addr, uint16) bool { return true })
+	eq(t, "Learned while endpoint 1's connection lives", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {1, 2}})
+	c.Expire(nil)
+	eq(t, "Learned after it ended", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {2}})
 	checkInvariants(t, c)
 }
 
@@ -186,8 +236,12 @@ func TestExpireAlive(t *testing.T) {
 	eq(t, "Expire still alive", c.Expire(alive), []string(nil))
 	eq(t, "Addrs still held", c.Addrs(kWild), ips("10.0.0.1", "10.0.0.3"))
 
-	// A new answer makes a held entry an ordinary one again.
+	// Another endpoint's answer gives it an ask of its own: endpoint 1's
+	// stays held (checked again AliveRecheck after the last Expire).
 	c.Update(2, "a.example.com", ips("10.0.0.1"), time.Minute)
+	eq(t, "NextExpiry one held", c.NextExpiry(), clk.t.Add(5*time.Second))
+	// A new answer to endpoint 1 makes its held ask an ordinary one again.
+	c.Update(1, "a.example.com", ips("10.0.0.1"), time.Minute)
 	eq(t, "NextExpiry refreshed", c.NextExpiry(), clk.t.Add(time.Minute))
 	clk.advance(time.Minute)
 	// Held again, for endpoint 1 only: endpoint 2 has no connection to
@@ -394,10 +448,12 @@ func TestSaveLoad(t *testing.T) {
 	if err := d.Load(path); err != nil {
 		t.Fatal(err)
 	}
-	// short.example.com expired; a.example.com keeps one address (the bound),
-	// the latest expiring.
+	// short.example.com expired; a.example.com keeps one address per
+	// endpoint (the bound): endpoint 1 the newest of its two, which expire
+	// together; each endpoint with its own expiry.
 	want := []Entry{
-		{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.2"), Expires: clk.t.Add(time.Hour - 2*time.Second).UTC(), Endpoints: []uint16{1, 2}},
+		{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.2"), Expires: clk.t.Add(time.Minute - 2*time.Second).UTC(), Endpoints: []uint16{1}},
+		{Name: "a.example.com.", Addr: netip.MustParseAddr("10.0.0.2"), Expires: clk.t.Add(time.Hour - 2*time.Second).UTC(), Endpoints: []uint16{2}},
 		{Name: "b.example.org.", Addr: netip.MustParseAddr("10.0.0.4"), Expires: clk.t.Add(time.Hour - 2*time.Second).UTC(), Endpoints: []uint16{4}},
 	}
 	eq(t, "List loaded", d.List(), want)
@@ -473,25 +529,41 @@ func checkInvariants(t testing.TB, c *Cache) {
 	}
 	total := 0
 	for k, n := range c.names {
-		if n.name != k || n.dead || len(n.entries) == 0 || len(n.entries) > c.cfg.MaxAddrsPerName || !validName(k, false) {
+		if n.name != k || n.dead || len(n.entries) == 0 || !validName(k, false) {
 			t.Fatalf("name %q: %d entries, dead %v", k, len(n.entries), n.dead)
 		}
-		total += len(n.entries)
+		perEP := map[uint16]int{}
+		for _, e := range n.entries {
+			for _, ep := range e.eps {
+				if perEP[ep]++; perEP[ep] > c.cfg.MaxAddrsPerName {
+					t.Fatalf("name %q: endpoint %d asked for %d addresses, more than MaxAddrsPerName %d", k, ep, perEP[ep], c.cfg.MaxAddrsPerName)
+				}
+			}
+		}
 		for i, e := range n.entries {
 			if e.n != n || (i > 0 && compareAddr(n.entries[i-1].addr, e.addr) >= 0) || len(e.eps) == 0 || !slices.IsSorted(e.eps) {
 				t.Fatalf("name %q entry %v out of order or without endpoints", k, e.addr)
 			}
-			h := &c.live
-			if e.held {
-				h = &c.held
+			if len(e.asks) != len(e.eps) {
+				t.Fatalf("name %q entry %v: %d asks for %d endpoints", k, e.addr, len(e.asks), len(e.eps))
 			}
-			if e.idx < 0 || e.idx >= len(h.s) || h.s[e.idx] != e {
-				t.Fatalf("name %q entry %v not at its heap index", k, e.addr)
+			for i, a := range e.asks {
+				h := &c.live
+				if a.held {
+					h = &c.held
+				}
+				if a.e != e || a.ep != e.eps[i] || a.idx < 0 || a.idx >= len(h.s) || h.s[a.idx] != a {
+					t.Fatalf("name %q entry %v: endpoint %d's ask not at its heap index", k, e.addr, e.eps[i])
+				}
+				if a.held && a.expires > c.lastSweep {
+					t.Fatalf("name %q entry %v: endpoint %d's ask held before its expiry", k, e.addr, a.ep)
+				}
 			}
+			total += len(e.asks)
 		}
 	}
 	if total != c.size() {
-		t.Fatalf("names hold %d entries, heaps %d", total, c.size())
+		t.Fatalf("names hold %d asks, heaps %d", total, c.size())
 	}
 	asks := 0
 	for _, n := range c.names {

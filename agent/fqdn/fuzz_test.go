@@ -62,6 +62,14 @@ func FuzzCacheUpdate(f *testing.F) {
 		// mirror is each selector's addresses as a policy keeps them:
 		// read whole once (Learned), then updated by TakeDirty alone.
 		mirror := map[string]map[netip.Addr][]uint16{}
+		// expiry is each (name, address, endpoint) ask's expiry as the
+		// answers to that endpoint alone set it.
+		type askKey struct {
+			name string
+			addr netip.Addr
+			ep   uint16
+		}
+		expiry := map[askKey]time.Time{}
 		for steps := 0; len(o.b) > 0 && steps < 200; steps++ {
 			before := map[string][]netip.Addr{}
 			learned := map[string]map[netip.Addr][]uint16{}
@@ -82,8 +90,17 @@ func FuzzCacheUpdate(f *testing.F) {
 						addrs = append(addrs, netip.AddrFrom4([4]byte{10, 0, a >> 4, a & 15}))
 					}
 				}
-				changed = c.Update(ep, name, addrs, time.Duration(int8(o.byte()))*time.Second)
+				ttl := time.Duration(int8(o.byte())) * time.Second
+				changed = c.Update(ep, name, addrs, ttl)
 				nm := Normalize(name)
+				if validName(nm, false) {
+					exp := clk.now().Add(max(ttl, 2*time.Second)).UTC()
+					for _, a := range addrs {
+						if k := (askKey{nm, a, ep}); a.Is4() && exp.After(expiry[k]) {
+							expiry[k] = exp
+						}
+					}
+				}
 				if !validName(nm, false) && changed != nil {
 					t.Fatalf("Update of the non-name %q changed %v", name, changed)
 				}
@@ -137,6 +154,23 @@ func FuzzCacheUpdate(f *testing.F) {
 			}
 			checkInvariants(t, c)
 			checkSelectors(t, c, keys, before, learned, changed)
+			// Each ask's expiry is its own endpoint's answers' (an ask gone
+			// starts anew when asked again).
+			listed := map[askKey]bool{}
+			for _, e := range c.List() {
+				for _, ep := range e.Endpoints {
+					k := askKey{e.Name, e.Addr, ep}
+					listed[k] = true
+					if !e.Expires.Equal(expiry[k]) {
+						t.Fatalf("%s %v endpoint %d expires %v, its answers said %v", e.Name, e.Addr, ep, e.Expires, expiry[k])
+					}
+				}
+			}
+			for k := range expiry {
+				if !listed[k] {
+					delete(expiry, k)
+				}
+			}
 			for k, mk := range mirror {
 				d, whole, _ := c.TakeDirty(k)
 				if mk == nil || whole {
