@@ -105,11 +105,14 @@ func TestNodePortNATLifetimes(t *testing.T) {
 			{"the backend's FIN", true, fin, 0, closing},
 			{"the client's last ACK", false, ack, 0, closing},
 		}},
-		{"a half-closed flow's port reused", []step{
+		{"a SYN on a half-closed flow", []step{
 			{"the client's FIN (a half-close)", false, fin, est[0], est[1]},
-			{"the client's SYN from the same port (the old flow died unseen)", false, syn, est[0], est[1]},
-			{"the backend's FIN of the new connection (one side only)", true, fin, est[0], est[1]},
-			{"the client's FIN", false, fin, 0, closing},
+			// Forged, or a client whose connection died unseen (the
+			// backend's challenge ACK and the client's RST close it
+			// first): a SYN on an established flow changes nothing.
+			{"a SYN from the client's port", false, syn, est[0], est[1]},
+			{"the backend's FIN (both sides have sent one)", true, fin, 0, closing},
+			{"the client's last ACK", false, ack, 0, closing},
 		}},
 		{"backend RST", []step{
 			{"the backend's RST", true, rst, 0, closing},
@@ -438,8 +441,8 @@ func TestNodePortNATEntriesFromBeforePaths(t *testing.T) {
 // closing and an idle one was gone 10 s later; the endpoints themselves
 // ignore such RSTs. Blind ones, and ones with the other side's numbers,
 // now leave the flow established; the real one closes it, also where the
-// sequence space wraps. A client's new connection on the tuple forgets the
-// old numbers, so a refusing RST (sequence 0) closes it.
+// sequence space wraps. A client's new connection on a closed tuple
+// forgets the old numbers, so a refusing RST (sequence 0) closes it.
 func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
@@ -454,16 +457,7 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
 			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-			seg := func(l *layers.TCP, seq, ack uint32, syn, ackf, rst bool) {
-				l.Seq, l.Ack, l.SYN, l.ACK, l.RST = seq, ack, syn, ackf, rst
-			}
-			client := func(seq, ack uint32, syn, ackf, rst bool) {
-				f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
-			}
-			var nsport uint16
-			backend := func(seq, ack uint32, syn, ackf, rst bool) {
-				f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, func(l *layers.TCP) { seg(l, seq, ack, syn, ackf, rst) }))
-			}
+			client, backend := natSegments(f, nodeIP, remote, fe, be, sport)
 			life := func(what string, lo, hi time.Duration) {
 				t.Helper()
 				fwd, rev := f.natLife(peerIP, sport)
@@ -474,7 +468,6 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 			est := 6*time.Hour - 2*time.Second
 			cs, ss := c.clientISN+1, c.serverISN+1 // the next numbers each side sends
 			client(c.clientISN, 0, true, false, false)
-			nsport = htons(f.reverseNAT().Dport)
 			backend(c.serverISN, cs, true, true, false)
 			client(cs, ss, false, true, false)
 			backend(ss, cs, false, true, false)
@@ -491,14 +484,102 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 			life("the client's RST", 0, 10*time.Second)
 
 			// The same client port again: established, then the backend
-			// has lost the connection and refuses the next one.
+			// has lost the connection and refuses the client's next SYN
+			// on the tuple. A SYN on an established flow clears nothing
+			// (a forged one would arm any RST), so the refusal is
+			// translated but the flow lives on, as it would had the
+			// backend gone silently; on a closed tuple it closes the new
+			// connection's translation.
 			client(c.clientISN+5000, 0, true, false, false)
 			backend(c.serverISN+5000, c.clientISN+5001, true, true, false)
 			client(c.clientISN+5001, c.serverISN+5001, false, true, false)
 			life("the second connection established", est, 6*time.Hour)
 			client(c.clientISN+9000, 0, true, false, false)
 			backend(0, c.clientISN+9001, false, true, true)
-			life("the backend's refusing RST to a new connection on the tuple", 0, 10*time.Second)
+			life("the backend's refusing RST to a SYN on the established tuple", est, 6*time.Hour)
+			client(c.clientISN+5001, 0, false, false, true)
+			life("the client's RST", 0, 10*time.Second)
+			client(c.clientISN+9000, 0, true, false, false)
+			backend(0, c.clientISN+9001, false, true, true)
+			life("the backend's refusing RST to a new connection on the closed tuple", 0, 10*time.Second)
+		})
+	}
+}
+
+// natSegments returns senders of TCP segments of one NodePort flow
+// through from_netdev: the client's (from peerIP:sport to the frontend
+// nodeIP:fe) and the backend's (from remote:be to the SNAT port the
+// client's first segment got).
+func natSegments(f *fixture, nodeIP, remote net.IP, fe, be, sport uint16) (client, backend func(seq, ack uint32, syn, ackf, rst bool)) {
+	seg := func(seq, ack uint32, syn, ackf, rst bool) func(*layers.TCP) {
+		return func(l *layers.TCP) { l.Seq, l.Ack, l.SYN, l.ACK, l.RST = seq, ack, syn, ackf, rst }
+	}
+	var nsport uint16
+	client = func(seq, ack uint32, syn, ackf, rst bool) {
+		f.run(f.objs.FromNetdev, tcpWith(f.t, peerIP, nodeIP, sport, fe, seg(seq, ack, syn, ackf, rst)))
+		if nsport == 0 {
+			nsport = htons(f.reverseNAT().Dport)
+		}
+	}
+	backend = func(seq, ack uint32, syn, ackf, rst bool) {
+		f.run(f.objs.FromNetdev, tcpWith(f.t, remote, nodeIP, be, nsport, seg(seq, ack, syn, ackf, rst)))
+	}
+	return client, backend
+}
+
+// The attacks on the RST check: an attacker who knows an established
+// flow's client address and port (not its sequence numbers) forges, from
+// the client's tuple, an ACK acknowledging a number of its choosing, or a
+// SYN (which cleared both sides' numbers), then an RST from the backend's
+// address at that number, or at any number after the SYN. Two packets
+// closed the translation (its SNAT port freed in 10 s, the client's
+// connection cut); now the ACK moves the number the backend's RST is
+// checked against forward by at most LB_RST_WINDOW, and a SYN on an
+// established flow clears nothing. A real receiver's ACK far ahead is
+// caught up with by its next ones.
+func TestNodePortNATForgedACKOrSYNArmsNoRST(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	const clientISN, serverISN = 0xffffff00, 0x7fffff00 // the client's numbers wrap
+	for _, c := range []struct {
+		name   string
+		attack func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32)
+		closes bool
+	}{
+		{"forged ACK, then the backend's RST at its number", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
+			client(cs, ss+1<<30, false, true, false)
+			backend(ss+1<<30, 0, false, false, true)
+		}, false},
+		{"forged SYN, then an RST from the backend", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
+			client(12345, 0, true, false, false)
+			backend(ss+1<<30, 0, false, false, true)
+		}, false},
+		{"forged SYN, then an RST from the client", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
+			client(12345, 0, true, false, false)
+			client(cs+1<<31, 0, false, false, true)
+		}, false},
+		{"the client acknowledges 3 MiB at once, again, then the backend's RST", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
+			client(cs, ss+3<<20, false, true, false)
+			client(cs, ss+3<<20, false, true, false)
+			backend(ss+3<<20, 0, false, false, true)
+		}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t)
+			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+			client, backend := natSegments(f, nodeIP, remote, fe, be, sport)
+			cs, ss := uint32(clientISN+1), uint32(serverISN+1)
+			client(clientISN, 0, true, false, false)
+			backend(serverISN, cs, true, true, false)
+			client(cs, ss, false, true, false)
+			backend(ss, cs, false, true, false)
+			c.attack(client, backend, cs, ss)
+			fwd, rev := f.natLife(peerIP, sport)
+			closed := fwd <= 10*time.Second && rev <= 10*time.Second
+			if closed != c.closes {
+				t.Fatalf("the entries live %v and %v more: closed %v, want %v", fwd, rev, closed, c.closes)
+			}
 		})
 	}
 }

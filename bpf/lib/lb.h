@@ -152,6 +152,14 @@ struct lb_nat {
 // timeout, as before RSTs counted at all.
 #define LB_RST_WINDOW (1U << 20)
 
+// An ACK moves the number its flow's other side is expected to send
+// (lb_nat.expect) forward only, by at most LB_ACK_STEP: a forged ACK
+// cannot set it to a number of the forger's choosing (a blind forger
+// walks it there 4 MiB per packet, about 512 packets when the number lies
+// ahead, before its RST). A real ACK further ahead (over 4 MiB
+// acknowledged at once) is caught up with by the next ones.
+#define LB_ACK_STEP (1U << 22)
+
 // The way a backend's replies reach this node, in its reverse entry; the
 // caller of lb_nat_lookup says which way the packet came. A reply that
 // came another way is forged (lb_nat_foreign): a local backend's come only
@@ -382,7 +390,10 @@ static __always_inline __u8 lb_nat_next(struct pkt *p, int reverse, __u8 state, 
 	}
 	if (!reverse && new_tcp(p)) {
 		// The client opens a connection from the same port: a closed
-		// one's FINs count no more, and a closing flow is new again.
+		// one's FINs count no more, and a closing flow is new again. A
+		// SYN on an established flow changes nothing (lb_nat_lookup).
+		if (state == CT_STATE_ESTABLISHED)
+			return state;
 		*fin = 0;
 		return state == CT_STATE_CLOSING ? CT_STATE_NEW : state;
 	}
@@ -440,14 +451,22 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 		return 0;
 	if (p->proto == IPPROTO_TCP) {
 		// A client's new connection on the tuple: the old sequence
-		// numbers say nothing (a refusing RST has sequence 0).
-		if (!n->reverse && new_tcp(p) && (n->expect || o->expect))
+		// numbers say nothing (a refusing RST has sequence 0). Not on an
+		// established flow: a SYN there is forged, or a client that lost
+		// the connection, which the backend's challenge ACK and the
+		// client's RST at its number close first.
+		if (!n->reverse && new_tcp(p) && n->state != CT_STATE_ESTABLISHED && (n->expect || o->expect))
 			n->expect = o->expect = 0;
 		if ((p->tcp_flags & TCP_RST) && n->state == CT_STATE_ESTABLISHED && n->expect &&
 		    (__u32)(bpf_ntohl(p->seq) - bpf_ntohl(n->expect) + LB_RST_WINDOW) >= 2 * LB_RST_WINDOW)
 			return n;
-		if ((p->tcp_flags & TCP_ACK) && o->expect != p->ack)
-			o->expect = p->ack;
+		if ((p->tcp_flags & TCP_ACK) && o->expect != p->ack) {
+			__u32 ahead = bpf_ntohl(p->ack) - bpf_ntohl(o->expect);
+			if (!o->expect || ahead <= LB_ACK_STEP)
+				o->expect = p->ack;
+			else if (ahead < 0x80000000U)
+				o->expect = bpf_htonl(bpf_ntohl(o->expect) + LB_ACK_STEP);
+		}
 	}
 	__u8 fin = n->fin;
 	__u8 state = lb_nat_next(p, n->reverse, n->state, &fin);
