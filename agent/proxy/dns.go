@@ -44,8 +44,9 @@ const (
 	// maxDNSInFlightPerSource bounds those of one source (address and
 	// identity): a pod whose queries go to a server that never answers
 	// (one it runs) holds an eighth of the node's, not all of them. When
-	// they are all held, a source with less than its share takes one of
-	// the source holding the most (slotShare).
+	// they are all held, a source with less than its share takes the
+	// oldest of the source holding the most, if it has waited
+	// minSlotTakeover (slotShare).
 	maxDNSInFlightPerSource = maxDNSInFlight / 8
 	// maxReplySockets bounds the sockets the proxy answers UDP clients
 	// from (one per server address the clients asked).
@@ -135,7 +136,7 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 		srcID := p.sourceIdentity(src, dst)
 		who := source{src.Addr(), srcID}
 		ctx, shed := context.WithCancelCause(context.Background())
-		sl, ok := slots.take(who, shed)
+		sl, ok := slots.take(who, shed, time.Now())
 		if !ok {
 			shed(nil)
 			p.metrics.dnsShed.Inc()
@@ -149,7 +150,7 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 			out := p.dnsExchange(ctx, src, dst, srcID, "UDP", msg, func(ctx context.Context, q []byte) ([]byte, error) {
 				return p.forwardUDP(ctx, src, dst, srcID, q)
 			})
-			if errors.Is(context.Cause(ctx), errShed) {
+			if shedded(ctx) {
 				p.metrics.dnsShed.Inc() // its slot went to another source: dropped
 				return
 			}
@@ -481,6 +482,9 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	if len(sides) == 0 {
 		cfg, sides = p.awaitSides(ctx, src, dst, func(*compiled) uint32 { return srcID }, proto)
 	}
+	if shedded(ctx) {
+		return nil
+	}
 	if len(sides) == 0 {
 		rec.Reason = "no L7 policy"
 		return p.dnsAnswer(rec, p.rejectReply(q), Denied)
@@ -513,6 +517,9 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 		len(a.Question) == 1 && (!strings.EqualFold(a.Question[0].Name, q.Question[0].Name) || a.Question[0].Qtype != q.Question[0].Qtype)) {
 		err = errors.New("the answer is not for the query")
 	}
+	if shedded(ctx) {
+		return nil
+	}
 	if err != nil {
 		rec.Reason = "upstream: " + err.Error()
 		return p.dnsAnswer(rec, errorReply(q, dns.RcodeServerFailure), Forwarded)
@@ -524,6 +531,9 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
 			p.metrics.dnsHold.Observe(held.Seconds())
 			rec.DNSHeld = held
+			if shedded(ctx) {
+				return nil
+			}
 			if !acked {
 				rec.Notes = append(rec.Notes, "released before the agent confirmed the addresses")
 			}
@@ -534,6 +544,11 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	binary.BigEndian.PutUint16(out, clientID) // the client's ID back
 	return p.finishDNS(rec, out, Forwarded)
 }
+
+// shedded tells whether the query of ctx lost its slot to another source
+// (slotShare): it gets no answer and no record, as a query shed on
+// arrival.
+func shedded(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errShed) }
 
 // dnsAnswer completes the record of an answer the proxy made itself.
 func (p *Proxy) dnsAnswer(rec Record, m *dns.Msg, verdict string) []byte {

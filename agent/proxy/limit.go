@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 )
 
 // source is who sent a query or opened a connection: its address and
@@ -25,10 +26,13 @@ var errShed = errors.New("slot taken by a source holding less than its share")
 // UDP queries). A source holds at most perSource. When every slot is
 // taken, a source holding less than its fair share (the slots over the
 // sources holding any, itself included) takes the oldest slot of the
-// source holding the most, and that slot's holder is cancelled (errShed):
-// sources that fill the pool together, each within its own bound, cannot
-// keep another source out. Cancelled holders take a while to return;
-// holders, cancelled or not, are at most twice the slots.
+// source holding the most, if that slot has been held for
+// minSlotTakeover, and that slot's holder is cancelled (errShed): sources
+// that fill the pool together with queries a server never answers, each
+// within its own bound, cannot keep another source out, and a source
+// sending datagrams it knows end at once (which keeps it below its share)
+// cannot cut the others' queries short. Cancelled holders take a while to
+// return; holders, cancelled or not, are at most twice the slots.
 type slotShare struct {
 	mu        sync.Mutex
 	max       int
@@ -38,9 +42,15 @@ type slotShare struct {
 	bySrc     map[source][]*slot
 }
 
+// minSlotTakeover is how long a slot is held before another source may
+// take it (an answered query's exchange takes milliseconds; a stalled one
+// the upstream timeout).
+const minSlotTakeover = time.Second
+
 // slot is one source's hold on a slot.
 type slot struct {
 	cancel context.CancelCauseFunc
+	since  time.Time
 	taken  bool // by another source: its holder no longer counts
 }
 
@@ -48,9 +58,9 @@ func newSlotShare(max, perSource int) *slotShare {
 	return &slotShare{max: max, perSource: perSource, bySrc: map[source][]*slot{}}
 }
 
-// take gives who a slot, whose holder cancel stops should another source
-// take the slot over, or reports that who gets none.
-func (s *slotShare) take(who source, cancel context.CancelCauseFunc) (*slot, bool) {
+// take gives who a slot at now, whose holder cancel stops should another
+// source take the slot over, or reports that who gets none.
+func (s *slotShare) take(who source, cancel context.CancelCauseFunc, now time.Time) (*slot, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	held := len(s.bySrc[who])
@@ -76,11 +86,14 @@ func (s *slotShare) take(who source, cancel context.CancelCauseFunc) (*slot, boo
 			return nil, false // nobody holds more than who would
 		}
 		oldest := s.bySrc[top][0]
+		if now.Sub(oldest.since) < minSlotTakeover {
+			return nil, false
+		}
 		s.drop(top, 0)
 		oldest.taken = true
 		oldest.cancel(errShed)
 	}
-	sl := &slot{cancel: cancel}
+	sl := &slot{cancel: cancel, since: now}
 	s.bySrc[who] = append(s.bySrc[who], sl)
 	s.used++
 	s.running++

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 )
 
 // slotShare's decisions, without sockets: a source within its bound
@@ -20,9 +21,10 @@ func TestSlotShare(t *testing.T) {
 		cause func() error
 	}
 	s := newSlotShare(8, 4)
+	now := time.Unix(1_800_000_000, 0)
 	take := func(who source) (holder, bool) {
 		ctx, cancel := context.WithCancelCause(context.Background())
-		sl, ok := s.take(who, cancel)
+		sl, ok := s.take(who, cancel, now)
 		return holder{sl, func() error { return context.Cause(ctx) }}, ok
 	}
 	var a, b []holder
@@ -40,8 +42,15 @@ func TestSlotShare(t *testing.T) {
 	if _, ok := take(src(1)); ok {
 		t.Fatal("source 1 got a fifth slot (its bound is 4)")
 	}
-	// Full. A third source holds less than 8/3: it takes source 1's oldest
-	// (the first of the sources holding the most).
+	// Full. A third source holds less than 8/3, but the slots are younger
+	// than minSlotTakeover: none is taken.
+	now = now.Add(minSlotTakeover / 2)
+	if _, ok := take(src(3)); ok {
+		t.Fatal("a third source took a slot held for less than minSlotTakeover")
+	}
+	// Later it takes source 1's oldest (the first of the sources holding
+	// the most).
+	now = now.Add(minSlotTakeover)
 	c, ok := take(src(3))
 	if !ok {
 		t.Fatal("a third source got no slot of a pool two sources fill")
@@ -86,6 +95,7 @@ func TestSlotShare(t *testing.T) {
 func TestSlotShareBounds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	s := newSlotShare(16, 6)
+	now := time.Unix(1_800_000_000, 0)
 	type hold struct {
 		who source
 		sl  *slot
@@ -99,7 +109,8 @@ func TestSlotShareBounds(t *testing.T) {
 			holds = slices.Delete(holds, i, i+1)
 		} else {
 			who := source{netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(12))}), 0}
-			if sl, ok := s.take(who, func(error) { cancelled++ }); ok {
+			now = now.Add(time.Duration(rng.IntN(300)) * time.Millisecond)
+			if sl, ok := s.take(who, func(error) { cancelled++ }, now); ok {
 				holds = append(holds, hold{who, sl})
 			}
 		}
@@ -118,4 +129,50 @@ func TestSlotShareBounds(t *testing.T) {
 		t.Fatal("no slot was ever taken over: the run did not reach a full pool")
 	}
 	t.Logf("%d slots taken over", cancelled)
+}
+
+// The attack on the takeover: a source keeps itself below its share by
+// sending datagrams it knows end at once (denied, malformed, answered by
+// its own server), each of which took the oldest slot of the busiest
+// source, so that every query of the others was cut short as soon as the
+// pool filled. Young slots are not taken.
+func TestSlotShareCheapDatagramsCutNothingShort(t *testing.T) {
+	src := func(i byte) source { return source{netip.AddrFrom4([4]byte{10, 0, 0, i}), 7} }
+	s := newSlotShare(64, 8)
+	now := time.Unix(1_800_000_000, 0)
+	cancelled := 0
+	type hold struct {
+		who source
+		sl  *slot
+	}
+	var held []hold
+	busy := func(who source) {
+		sl, ok := s.take(who, func(error) { cancelled++ }, now)
+		if !ok {
+			t.Fatalf("a busy source's query refused at %v", now)
+		}
+		held = append(held, hold{who, sl})
+	}
+	for i := range byte(8) {
+		for range 8 {
+			busy(src(i))
+		}
+	}
+	taken := 0
+	for range 10000 {
+		now = now.Add(time.Millisecond / 10)
+		if sl, ok := s.take(src(99), func(error) {}, now); ok {
+			taken++
+			s.give(src(99), sl)
+		}
+		// The busy sources' queries are answered and replaced as they go
+		// (each lives 6.4 ms here).
+		h := held[0]
+		held = held[1:]
+		s.give(h.who, h.sl)
+		busy(h.who)
+	}
+	if cancelled != 0 {
+		t.Fatalf("%d of the busy sources' queries cut short by %d cheap datagrams", cancelled, taken)
+	}
 }
