@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 )
@@ -268,6 +269,39 @@ func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
 	}
 }
 
+// The addresses of the reply-path tests: this node, its gateway (the
+// WireGuard SNAT address), a remote pod and its node.
+var (
+	replyNodeIP      = net.IPv4(192, 168, 7, 1).To4()
+	replyGateway     = net.IPv4(10, 200, 1, 1).To4()
+	replyRemotePod   = net.IPv4(10, 9, 1, 5).To4()
+	replyBackendNode = net.IPv4(172, 30, 0, 9).To4()
+)
+
+// natUDPFlow loads the datapath with cfg, a remote pod remotePod on the
+// WireGuard peer and tunnel node backendNode, a UDP NodePort frontend
+// nodeIP:fe to backend:be, and sends the client's first datagram (from
+// peerIP:sport) through from_netdev.
+func natUDPFlow(t *testing.T, cfg DatapathNodeConfig, nodeIP, remotePod, backendNode, backend net.IP, fe, be, sport uint16) *fixture {
+	t.Helper()
+	f := load(t)
+	putConfig(t, f.objs.Config, cfg)
+	ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(remotePod)}
+	if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: peerID, TunnelIp: ip4(backendNode)}); err != nil {
+		t.Fatal(err)
+	}
+	nk, one := ip4(backendNode), uint32(1)
+	if err := f.objs.EncryptPeers.Put(&nk, &one); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.Nodes.Put(&nk, &one); err != nil {
+		t.Fatal(err)
+	}
+	f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(backend)), be))
+	f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
+	return f
+}
+
 // A backend's replies are taken only the way they come: a local
 // backend's from its veth (from_container), a WireGuard peer's backend's,
 // translated from the node's gateway address, through the WireGuard
@@ -279,10 +313,7 @@ func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
 // with WireGuard on or a backend on this node. Now it is dropped as a
 // forged source and moves nothing.
 func TestNodePortRepliesOnlyTheirWay(t *testing.T) {
-	nodeIP := net.IPv4(192, 168, 7, 1).To4()
-	gateway := net.IPv4(10, 200, 1, 1).To4()
-	remotePod := net.IPv4(10, 9, 1, 5).To4()
-	backendNode := net.IPv4(172, 30, 0, 9).To4()
+	nodeIP, gateway, remotePod, backendNode := replyNodeIP, replyGateway, replyRemotePod, replyBackendNode
 	const fe, be, sport = 30090, 8080, 40000
 	const reasonForgedSource = 15
 	for _, c := range []struct {
@@ -297,18 +328,7 @@ func TestNodePortRepliesOnlyTheirWay(t *testing.T) {
 		{"a backend on this node", DatapathNodeConfig{}, podIP, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			f := load(t)
-			putConfig(t, f.objs.Config, c.cfg)
-			ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(remotePod)}
-			if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: peerID, TunnelIp: ip4(backendNode)}); err != nil {
-				t.Fatal(err)
-			}
-			nk, one := ip4(backendNode), uint32(1)
-			if err := f.objs.EncryptPeers.Put(&nk, &one); err != nil {
-				t.Fatal(err)
-			}
-			f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(c.backend)), be))
-			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
+			f := natUDPFlow(t, c.cfg, nodeIP, remotePod, backendNode, c.backend, fe, be, sport)
 			rk := f.reverseNAT()
 			to := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Daddr))
 			if wg := c.cfg.EncryptSnat != 0; wg != to.Equal(gateway) {
@@ -327,6 +347,81 @@ func TestNodePortRepliesOnlyTheirWay(t *testing.T) {
 			}
 			if fwd, rev := f.natLife(peerIP, sport); c.forged && (fwd > 60*time.Second || rev > 60*time.Second) {
 				t.Fatalf("the forged reply moved the flow: its entries live %v and %v more, want at most 60 s (no reply seen)", fwd, rev)
+			}
+		})
+	}
+}
+
+// TestNodePortRepliesOnlyTheirWay through the two other ways in: the
+// VXLAN device (from_overlay, which takes what the underlay does) and the
+// WireGuard device (from_wireguard, which takes what the underlay and a
+// WireGuard peer's backend send, authenticated). A local backend's tuple
+// never comes through either, nor a WireGuard peer's backend's through
+// the clear overlay: such a reply is dropped as a forged source and moves
+// nothing.
+func TestNodePortRepliesOnlyTheirWayTunnelledOrEncrypted(t *testing.T) {
+	nodeIP, gateway, remotePod, backendNode := replyNodeIP, replyGateway, replyRemotePod, replyBackendNode
+	const fe, be, sport = 30090, 8080, 40000
+	const reasonForgedSource = 15
+	tunnel := DatapathNodeConfig{VxlanIfindex: 7}
+	wg := DatapathNodeConfig{Encrypt: 1, WireguardPort: wgPort, EncryptSnat: ip4(gateway), VxlanIfindex: 7}
+	for _, c := range []struct {
+		name    string
+		cfg     DatapathNodeConfig
+		backend net.IP
+		via     string // "overlay" or "wireguard"
+		forged  bool
+	}{
+		{"a remote backend's reply through the overlay", tunnel, remotePod, "overlay", false},
+		{"a WireGuard peer's backend's reply through the clear overlay", wg, remotePod, "overlay", true},
+		{"a local backend's tuple through the overlay", tunnel, podIP, "overlay", true},
+		{"a WireGuard peer's backend's reply through WireGuard", wg, remotePod, "wireguard", false},
+		{"a local backend's tuple through WireGuard", wg, podIP, "wireguard", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := natUDPFlow(t, c.cfg, nodeIP, remotePod, backendNode, c.backend, fe, be, sport)
+			rk := f.reverseNAT()
+			from := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Saddr))
+			to := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Daddr))
+			if !from.Equal(c.backend) {
+				t.Fatalf("the reverse translation is from %s, want the backend %s", from, c.backend)
+			}
+			reply := udp(t, from, to, be, htons(rk.Dport))
+			before := f.count(reasonForgedSource, dirIngress)
+			var ret uint32
+			switch c.via {
+			case "overlay":
+				x := &fuzzFixture{objs: f.objs}
+				x.overlayRunner(t)
+				var p [8]byte
+				binary.NativeEndian.PutUint32(p[:], binary.BigEndian.Uint32(backendNode))
+				binary.NativeEndian.PutUint32(p[4:], peerID)
+				if err := x.params.Put(uint32(0), p[:]); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if ret, err = x.overlay.Run(&ebpf.RunOptions{Data: reply}); err != nil {
+					t.Fatal(err)
+				}
+				if ret >= 97 && ret <= 99 {
+					t.Fatalf("the overlay runner did not reach from_overlay: %d", ret)
+				}
+			case "wireguard":
+				ret = f.run(f.objs.FromWireguard, reply[14:]) // a layer 3 device: no MAC header
+			}
+			dropped := f.count(reasonForgedSource, dirIngress) - before
+			if c.forged && (ret != actShot || dropped != 1) {
+				t.Fatalf("verdict %d, %d forged-source drops; want dropped as forged", ret, dropped)
+			}
+			if !c.forged && dropped != 0 {
+				t.Fatalf("verdict %d, %d forged-source drops; want none", ret, dropped)
+			}
+			// The client's next datagram: after a reply the flow lives 5 min,
+			// after none 60 s.
+			f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, sport, fe))
+			fwd, rev := f.natLife(peerIP, sport)
+			if replied := fwd > 60*time.Second && rev > 60*time.Second; replied == c.forged {
+				t.Fatalf("after the client's next datagram the entries live %v and %v more: the reply counted %v, want %v", fwd, rev, replied, !c.forged)
 			}
 		})
 	}
