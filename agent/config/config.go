@@ -212,7 +212,7 @@ type Config struct {
 	// ToFQDNsMaxIPsPerName bounds the addresses kept per learned name
 	// (the oldest go first).
 	ToFQDNsMaxIPsPerName int `json:"tofqdnsMaxIPsPerName"`
-	// ToFQDNsMaxEntries bounds the (name, address, endpoint) entries of the node's
+	// ToFQDNsMaxEntries bounds the (name, address) entries of the node's
 	// DNS name cache (those that expire soonest go first).
 	ToFQDNsMaxEntries int `json:"tofqdnsMaxEntries"`
 	// DNSRejectResponse is the proxy's answer to a DNS query no rule

@@ -73,7 +73,7 @@ var Flags = []Flag{
 	{"proxy-binary", "the filament-proxy executable (default: next to the agent's, else on PATH)", func(c *Config) any { return &c.ProxyBinary }},
 	{"tofqdns-min-ttl", "learned DNS names stay allowed at least this long (a lower TTL is raised to it)", func(c *Config) any { return &c.ToFQDNsMinTTL }},
 	{"tofqdns-max-ips-per-hostname", "addresses kept per learned DNS name and endpoint (the endpoint's oldest go first)", func(c *Config) any { return &c.ToFQDNsMaxIPsPerName }},
-	{"tofqdns-max-entries", "(name, address, endpoint) entries of the node's DNS name cache (when full, the endpoint with the most loses those expiring soonest)", func(c *Config) any { return &c.ToFQDNsMaxEntries }},
+	{"tofqdns-max-entries", "(name, address) entries of the node's DNS name cache (when full, the endpoint with the most loses those expiring soonest)", func(c *Config) any { return &c.ToFQDNsMaxEntries }},
 	{"dns-reject-response", "the L7 proxy's answer to a DNS query no rule allows: refused or nxdomain", func(c *Config) any { return &c.DNSRejectResponse }},
 	{"encryption", "encrypt pod traffic between nodes: none, wireguard or ipsec", func(c *Config) any { return &c.Encryption }},
 	{"encryption-strict", "drop pod traffic to a node that is not an encryption peer yet instead of sending it in clear", func(c *Config) any { return &c.EncryptionStrict }},

@@ -32,9 +32,10 @@ type Config struct {
 	// name (earliest expiry, then oldest insert) go first; another
 	// endpoint's answers for the same name never push them out.
 	MaxAddrsPerName int
-	// MaxEntries bounds the (name, address, endpoint) asks of the whole
-	// cache (default 65536): when full, the endpoint that asked for the
-	// most entries loses its soonest expiring ones (a sixty-fourth of its
+	// MaxEntries bounds the (name, address) entries of the whole cache
+	// (default 65536; an entry many endpoints asked for counts once): when
+	// full, the endpoint that asked for the most entries loses its soonest
+	// expiring ones (a sixty-fourth of its
 	// entries at least, so that a flood costs no sort per answer), so one
 	// endpoint's lookups never evict another's while it holds more.
 	MaxEntries int
@@ -67,6 +68,8 @@ type Cache struct {
 	byAddr map[[4]byte][]*entry
 	live   askHeap // asks not held, by (expires, seq)
 	held   askHeap // asks kept past their expiry for a live connection
+	// entries counts the (name, address) entries (MaxEntries bounds it).
+	entries int
 	// byEP indexes the entries by the endpoints that asked for them
 	// (MaxEntries takes from the endpoint with the most).
 	byEP map[uint16]map[*entry]struct{}
@@ -285,7 +288,8 @@ func (c *Cache) Wanted(qname string) bool {
 // Update records an allowed answer: endpoint ep asked for qname and got
 // addrs with ttl. Only IPv4 addresses are kept (IPv4-mapped IPv6 ones are
 // not IPv4). An answer whose name is not a DNS name of at most 255 bytes is
-// ignored. An address already known for the name gets the later expiry.
+// ignored. An address ep already asked for under the name gets the later
+// expiry (ep's own: another endpoint's ask of it keeps its expiry).
 // Update returns the selector keys whose address set changed (sorted).
 func (c *Cache) Update(ep uint16, qname string, addrs []netip.Addr, ttl time.Duration) (changed []string) {
 	return c.UpdateAsOf(^uint64(0), ep, qname, addrs, ttl)
@@ -365,6 +369,7 @@ func (c *Cache) add(n *name, addr [4]byte, expires int64, eps []uint16, ch chang
 		return
 	}
 	e := &entry{n: n, addr: addr}
+	c.entries++
 	for _, ep := range eps {
 		c.addAsk(e, ep, expires)
 	}
@@ -543,6 +548,7 @@ func evictsBefore(a, b *ask) bool {
 // remove drops e from the cache, and its name when e was the last entry.
 func (c *Cache) remove(e *entry, ch changes) {
 	c.writes++
+	c.entries--
 	for _, a := range e.asks {
 		c.dropAsk(a)
 	}
@@ -804,7 +810,8 @@ func (c *Cache) ForgetGen(eps ...uint16) (changed []string, gen uint64) {
 	return ch.sorted(), c.gen
 }
 
-// Entry is one (name, address) of the cache, as `filament fqdn cache list`
+// Entry is one (name, address) of the cache and the endpoints whose asks
+// of it expire at Expires, as `filament fqdn cache list`
 // shows it and Save stores it.
 type Entry struct {
 	Name      string     `json:"name"`
@@ -850,7 +857,7 @@ func (c *Cache) Writes() uint64 {
 	return c.writes
 }
 
-// Len is the number of (name, address, endpoint) asks.
+// Len is the number of (name, address) entries.
 func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -858,7 +865,7 @@ func (c *Cache) Len() int {
 }
 
 // size is Len with the lock held.
-func (c *Cache) size() int { return c.live.Len() + c.held.Len() }
+func (c *Cache) size() int { return c.entries }
 
 // askHeap is a min-heap of asks by (expires, seq); each ask knows its
 // index.

@@ -75,11 +75,11 @@ func TestSelectorsAndUpdate(t *testing.T) {
 	// too (an answer allows only the endpoints that asked).
 	eq(t, "Update www by 2", c.Update(2, "www.example.com", ips("10.0.0.1"), time.Minute), []string{kWild})
 	eq(t, "Learned", c.Learned(kWild), map[netip.Addr][]uint16{netip.MustParseAddr("10.0.0.1"): {1, 2}, netip.MustParseAddr("10.0.0.2"): {1}})
-	eq(t, "Len (asks)", c.Len(), 5)
+	eq(t, "Len (entries, each counted once)", c.Len(), 4)
 	// IPv6, IPv4-mapped and invalid addresses are ignored.
 	eq(t, "Update v6 only", c.Update(2, "v6.example.com", ips("fd00::2", "::ffff:10.0.0.7"), time.Minute), []string(nil))
 	eq(t, "Update zero addr", c.Update(2, "v6.example.com", []netip.Addr{{}}, time.Minute), []string(nil))
-	eq(t, "Len after v6", c.Len(), 5)
+	eq(t, "Len after v6", c.Len(), 4)
 
 	// Adding selectors: the new ones with matching names are changed.
 	ch, err = c.SetSelectors(sels(selWild, selName, selAll, api.FQDNSelector{MatchName: "none.example.com"}))
@@ -527,7 +527,7 @@ func checkInvariants(t testing.TB, c *Cache) {
 	if c.size() > c.cfg.MaxEntries {
 		t.Fatalf("%d entries > MaxEntries %d", c.size(), c.cfg.MaxEntries)
 	}
-	total := 0
+	total, entries := 0, 0
 	for k, n := range c.names {
 		if n.name != k || n.dead || len(n.entries) == 0 || !validName(k, false) {
 			t.Fatalf("name %q: %d entries, dead %v", k, len(n.entries), n.dead)
@@ -560,10 +560,14 @@ func checkInvariants(t testing.TB, c *Cache) {
 				}
 			}
 			total += len(e.asks)
+			entries++
 		}
 	}
-	if total != c.size() {
-		t.Fatalf("names hold %d asks, heaps %d", total, c.size())
+	if total != c.live.Len()+c.held.Len() {
+		t.Fatalf("names hold %d asks, heaps %d", total, c.live.Len()+c.held.Len())
+	}
+	if entries != c.size() {
+		t.Fatalf("names hold %d entries, the count is %d", entries, c.size())
 	}
 	asks := 0
 	for _, n := range c.names {

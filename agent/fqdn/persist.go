@@ -145,7 +145,7 @@ func (c *Cache) resetLocked() {
 	c.writes++
 	c.names = map[string]*name{}
 	c.byAddr = map[[4]byte][]*entry{}
-	c.live, c.held = askHeap{}, askHeap{}
+	c.live, c.held, c.entries = askHeap{}, askHeap{}, 0
 	c.byEP = map[uint16]map[*entry]struct{}{}
 	for _, s := range c.sels {
 		s.names = map[*name]struct{}{}

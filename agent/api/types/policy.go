@@ -186,7 +186,8 @@ type AWSGroup struct {
 	Region              string            `json:"region,omitempty"`
 }
 
-// FQDNEntry is one (name, address) of the node's DNS name cache (GET
+// FQDNEntry is one (name, address) of the node's DNS name cache and the
+// endpoints whose asks of it expire at Expires (GET
 // /v1/fqdn/cache): learned from an answer the L7 proxy allowed, it is
 // what toFQDNs selectors match.
 type FQDNEntry struct {
