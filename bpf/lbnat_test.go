@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 )
@@ -626,38 +627,73 @@ func natSegments(f *fixture, nodeIP, remote net.IP, fe, be, sport uint16) (clien
 // flow's client address and port (not its sequence numbers) forges, from
 // the client's tuple, an ACK acknowledging a number of its choosing, or a
 // SYN (which cleared both sides' numbers), then an RST from the backend's
-// address at that number, or at any number after the SYN. Two packets
-// closed the translation (its SNAT port freed in 10 s, the client's
-// connection cut); now the ACK moves the number the backend's RST is
-// checked against forward by at most LB_RST_WINDOW, and a SYN on an
-// established flow clears nothing. A real receiver's ACK far ahead is
-// caught up with by its next ones.
+// address at that number, or at any number after the SYN; or a FIN from
+// each side. Two packets closed the translation (its SNAT port freed in
+// 10 s, the client's connection cut). Now a client's ACK counts only up to
+// what the backend sent, a SYN on an established flow clears nothing, and
+// a FIN counts only near its receiver's number, as an RST. The real
+// flows around them still close: a forged ACK within the backend's data in
+// flight does not keep its real RST out, a backend that took a new
+// connection of the client's port (having lost the old one unseen) starts
+// the numbers anew, and acknowledgements of much data at once count.
 func TestNodePortNATForgedACKOrSYNArmsNoRST(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
 	const fe, be, sport = 30090, 8080, 40000
 	const clientISN, serverISN = 0xffffff00, 0x7fffff00 // the client's numbers wrap
+	const mib = 1 << 20
+	type side func(seq, ack uint32, syn, ackf, rst bool)
 	for _, c := range []struct {
 		name   string
-		attack func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32)
+		run    func(client, backend side, fin func(client bool, seq uint32), data func(seq uint32, n int), cs, ss uint32)
 		closes bool
 	}{
-		{"forged ACK, then the backend's RST at its number", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
+		{"forged ACK, then the backend's RST at its number", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
 			client(cs, ss+1<<30, false, true, false)
 			backend(ss+1<<30, 0, false, false, true)
 		}, false},
-		{"forged SYN, then an RST from the backend", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
+		{"forged ACK just past the backend's data", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
+			client(cs, ss+2*mib, false, true, false)
+			backend(ss+2*mib, 0, false, false, true)
+		}, false},
+		{"forged SYN, then an RST from the backend", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
 			client(12345, 0, true, false, false)
 			backend(ss+1<<30, 0, false, false, true)
 		}, false},
-		{"forged SYN, then an RST from the client", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
+		{"forged SYN, then an RST from the client", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
 			client(12345, 0, true, false, false)
 			client(cs+1<<31, 0, false, false, true)
 		}, false},
-		{"the client acknowledges 3 MiB at once, again, then the backend's RST", func(client, backend func(seq, ack uint32, syn, ackf, rst bool), cs, ss uint32) {
-			client(cs, ss+3<<20, false, true, false)
-			client(cs, ss+3<<20, false, true, false)
-			backend(ss+3<<20, 0, false, false, true)
+		{"forged FINs from both sides", func(_, _ side, fin func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
+			fin(true, cs+1<<30)
+			fin(false, ss+1<<30)
+		}, false},
+		{"real FINs from both sides", func(_, _ side, fin func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
+			fin(true, cs)
+			fin(false, ss)
+		}, true},
+		{"the backend sends 3 MiB, the client acknowledges it at once, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
+			data(ss+3*mib-100, 100)
+			client(cs, ss+3*mib, false, true, false)
+			backend(ss+3*mib, 0, false, false, true)
+		}, true},
+		{"a forged ACK within the backend's data in flight, a real ACK behind it, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
+			data(ss+2*mib-100, 100)
+			client(cs, ss+2*mib, false, true, false) // forged, but the data is in flight
+			client(cs, ss+mib, false, true, false)   // the real one, behind
+			backend(ss+2*mib, 0, false, false, true)
+		}, true},
+		{"a forged ACK far ahead, real data and ACK, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
+			client(cs, ss+1<<30, false, true, false)
+			data(ss, 1000)
+			client(cs, ss+1000, false, true, false)
+			backend(ss+1000, 0, false, false, true)
+		}, true},
+		{"the backend takes a new connection of the client's port, then its RST", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
+			client(0x30000000, 0, true, false, false)
+			backend(0x50000000, 0x30000001, true, true, false)
+			client(0x30000001, 0x50000001, false, true, false)
+			backend(0x50000001, 0, false, false, true)
 		}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -669,7 +705,21 @@ func TestNodePortNATForgedACKOrSYNArmsNoRST(t *testing.T) {
 			backend(serverISN, cs, true, true, false)
 			client(cs, ss, false, true, false)
 			backend(ss, cs, false, true, false)
-			c.attack(client, backend, cs, ss)
+			fin := func(fromClient bool, seq uint32) {
+				set := func(l *layers.TCP) { l.Seq, l.FIN, l.ACK = seq, true, false }
+				if fromClient {
+					f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, set))
+				} else {
+					f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, htons(f.reverseNAT().Dport), set))
+				}
+			}
+			data := func(seq uint32, n int) {
+				ip := ipv4(remote, nodeIP, layers.IPProtocolTCP)
+				l4 := &layers.TCP{SrcPort: be, DstPort: layers.TCPPort(htons(f.reverseNAT().Dport)), Seq: seq, Ack: cs, ACK: true, Window: 1000}
+				l4.SetNetworkLayerForChecksum(ip)
+				f.run(f.objs.FromNetdev, serialize(t, eth(), ip, l4, gopacket.Payload(make([]byte, n))))
+			}
+			c.run(client, backend, fin, data, cs, ss)
 			fwd, rev := f.natLife(peerIP, sport)
 			closed := fwd <= 10*time.Second && rev <= 10*time.Second
 			if closed != c.closes {
