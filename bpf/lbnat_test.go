@@ -107,14 +107,11 @@ func TestNodePortNATLifetimes(t *testing.T) {
 			{"the backend's FIN", true, fin, 0, closing},
 			{"the client's last ACK", false, ack, 0, closing},
 		}},
-		{"a SYN on a half-closed flow", []step{
+		{"a half-closed flow's port reused", []step{
 			{"the client's FIN (a half-close)", false, fin, est[0], est[1]},
-			// Forged, or a client whose connection died unseen (the
-			// backend's challenge ACK and the client's RST close it
-			// first): a SYN on an established flow changes nothing.
-			{"a SYN from the client's port", false, syn, est[0], est[1]},
-			{"the backend's FIN (both sides have sent one)", true, fin, 0, closing},
-			{"the client's last ACK", false, ack, 0, closing},
+			{"the client's SYN from the same port (the old flow died unseen)", false, syn, est[0], est[1]},
+			{"the backend's FIN of the new connection (one side only)", true, fin, est[0], est[1]},
+			{"the client's FIN", false, fin, 0, closing},
 		}},
 		{"backend RST", []step{
 			{"the backend's RST", true, rst, 0, closing},
@@ -537,8 +534,8 @@ func TestNodePortNATEntriesFromBeforePaths(t *testing.T) {
 // closing and an idle one was gone 10 s later; the endpoints themselves
 // ignore such RSTs. Blind ones, and ones with the other side's numbers,
 // now leave the flow established; the real one closes it, also where the
-// sequence space wraps. A client's new connection on a closed tuple
-// forgets the old numbers, so a refusing RST (sequence 0) closes it.
+// sequence space wraps. A client's new connection on the tuple forgets the
+// old numbers, so a refusing RST (sequence 0) closes it.
 func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
@@ -580,24 +577,14 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 			life("the client's RST", 0, 10*time.Second)
 
 			// The same client port again: established, then the backend
-			// has lost the connection and refuses the client's next SYN
-			// on the tuple. A SYN on an established flow clears nothing
-			// (a forged one would arm any RST), so the refusal is
-			// translated but the flow lives on, as it would had the
-			// backend gone silently; on a closed tuple it closes the new
-			// connection's translation.
+			// has lost the connection and refuses the next one.
 			client(c.clientISN+5000, 0, true, false, false)
 			backend(c.serverISN+5000, c.clientISN+5001, true, true, false)
 			client(c.clientISN+5001, c.serverISN+5001, false, true, false)
 			life("the second connection established", est, 6*time.Hour)
 			client(c.clientISN+9000, 0, true, false, false)
 			backend(0, c.clientISN+9001, false, true, true)
-			life("the backend's refusing RST to a SYN on the established tuple", est, 6*time.Hour)
-			client(c.clientISN+5001, 0, false, false, true)
-			life("the client's RST", 0, 10*time.Second)
-			client(c.clientISN+9000, 0, true, false, false)
-			backend(0, c.clientISN+9001, false, true, true)
-			life("the backend's refusing RST to a new connection on the closed tuple", 0, 10*time.Second)
+			life("the backend's refusing RST to a new connection on the tuple", 0, 10*time.Second)
 		})
 	}
 }
@@ -623,20 +610,15 @@ func natSegments(f *fixture, nodeIP, remote net.IP, fe, be, sport uint16) (clien
 	return client, backend
 }
 
-// The attacks on the RST check: an attacker who knows an established
-// flow's client address and port (not its sequence numbers) forges, from
-// the client's tuple, an ACK acknowledging a number of its choosing, or a
-// SYN (which cleared both sides' numbers), then an RST from the backend's
-// address at that number, or at any number after the SYN; or a FIN from
-// each side. Two packets closed the translation (its SNAT port freed in
-// 10 s, the client's connection cut). Now a client's ACK counts only up to
-// what the backend sent, a SYN on an established flow clears nothing, and
-// a FIN counts only near its receiver's number, as an RST. The real
-// flows around them still close: a forged ACK within the backend's data in
-// flight does not keep its real RST out, a backend that took a new
-// connection of the client's port (having lost the old one unseen) starts
-// the numbers anew, and acknowledgements of much data at once count.
-func TestNodePortNATForgedACKOrSYNArmsNoRST(t *testing.T) {
+// Real flows that a stricter check of forged segments must still close
+// (the forged ACK, SYN and FIN attacks on NodePort translations are open:
+// docs/architecture.md, NodePort; two fixes tried on 2026-12-02 were
+// undone after reviews showed they broke some of these or opened
+// others): FINs from both sides; an RST after the client acknowledged
+// 3 MiB at once; the backend's RST after a stray ACK far ahead, its data
+// and the real ACK; an RST after the backend took a new connection of the
+// client's port.
+func TestNodePortNATRealFlowsClose(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
 	const fe, be, sport = 30090, 8080, 40000
@@ -644,57 +626,30 @@ func TestNodePortNATForgedACKOrSYNArmsNoRST(t *testing.T) {
 	const mib = 1 << 20
 	type side func(seq, ack uint32, syn, ackf, rst bool)
 	for _, c := range []struct {
-		name   string
-		run    func(client, backend side, fin func(client bool, seq uint32), data func(seq uint32, n int), cs, ss uint32)
-		closes bool
+		name string
+		run  func(client, backend side, fin func(client bool, seq uint32), data func(seq uint32, n int), cs, ss uint32)
 	}{
-		{"forged ACK, then the backend's RST at its number", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
-			client(cs, ss+1<<30, false, true, false)
-			backend(ss+1<<30, 0, false, false, true)
-		}, false},
-		{"forged ACK just past the backend's data", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
-			client(cs, ss+2*mib, false, true, false)
-			backend(ss+2*mib, 0, false, false, true)
-		}, false},
-		{"forged SYN, then an RST from the backend", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
-			client(12345, 0, true, false, false)
-			backend(ss+1<<30, 0, false, false, true)
-		}, false},
-		{"forged SYN, then an RST from the client", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
-			client(12345, 0, true, false, false)
-			client(cs+1<<31, 0, false, false, true)
-		}, false},
-		{"forged FINs from both sides", func(_, _ side, fin func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
-			fin(true, cs+1<<30)
-			fin(false, ss+1<<30)
-		}, false},
 		{"real FINs from both sides", func(_, _ side, fin func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
 			fin(true, cs)
 			fin(false, ss)
-		}, true},
+		}},
 		{"the backend sends 3 MiB, the client acknowledges it at once, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
 			data(ss+3*mib-100, 100)
 			client(cs, ss+3*mib, false, true, false)
 			backend(ss+3*mib, 0, false, false, true)
-		}, true},
-		{"a forged ACK within the backend's data in flight, a real ACK behind it, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
-			data(ss+2*mib-100, 100)
-			client(cs, ss+2*mib, false, true, false) // forged, but the data is in flight
-			client(cs, ss+mib, false, true, false)   // the real one, behind
-			backend(ss+2*mib, 0, false, false, true)
-		}, true},
-		{"a forged ACK far ahead, real data and ACK, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
+		}},
+		{"a stray ACK far ahead, real data and ACK, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
 			client(cs, ss+1<<30, false, true, false)
 			data(ss, 1000)
 			client(cs, ss+1000, false, true, false)
 			backend(ss+1000, 0, false, false, true)
-		}, true},
+		}},
 		{"the backend takes a new connection of the client's port, then its RST", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
 			client(0x30000000, 0, true, false, false)
 			backend(0x50000000, 0x30000001, true, true, false)
 			client(0x30000001, 0x50000001, false, true, false)
 			backend(0x50000001, 0, false, false, true)
-		}, true},
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
@@ -721,9 +676,8 @@ func TestNodePortNATForgedACKOrSYNArmsNoRST(t *testing.T) {
 			}
 			c.run(client, backend, fin, data, cs, ss)
 			fwd, rev := f.natLife(peerIP, sport)
-			closed := fwd <= 10*time.Second && rev <= 10*time.Second
-			if closed != c.closes {
-				t.Fatalf("the entries live %v and %v more: closed %v, want %v", fwd, rev, closed, c.closes)
+			if fwd > 10*time.Second || rev > 10*time.Second {
+				t.Fatalf("the entries live %v and %v more, want at most 10 s (closed)", fwd, rev)
 			}
 		})
 	}

@@ -133,10 +133,7 @@ struct lb_nat {
 	__u32 daddr;
 	__u16 sport;
 	__u16 dport;
-	// Forward entries: the backend's node when tunnelled. Reverse entries
-	// (TCP): the sequence number after the last the backend sent (network
-	// order; 0: none seen): a client's ACK counts only up to it.
-	__u32 tunnel_ip;
+	__u32 tunnel_ip; // forward direction: the backend's node when tunnelled
 	__u8 reverse;    // 1: a reply being translated back to the client
 	__u8 state;      // CT_STATE_* or LB_NAT_REPLIED, the same in both directions' entries
 	__u8 fin;        // LB_NAT_FIN_*: the sides that sent a FIN
@@ -154,18 +151,6 @@ struct lb_nat {
 // that far off (over 1 MiB in flight) leaves the port held until the flow's
 // timeout, as before RSTs counted at all.
 #define LB_RST_WINDOW (1U << 20)
-
-// A client's ACK moves the number the backend's RST is checked against
-// (the reverse entry's expect) only forward and only up to what the
-// backend sent (the reverse entry's tunnel_ip): a forged one from the
-// client's tuple can move it only within the backend's data in flight
-// (none on an idle flow), never to a number of the forger's choosing. A
-// FIN counts towards closing an established flow, as an RST does, only
-// within LB_RST_WINDOW of its receiver's expect.
-static __always_inline int lb_seq_near(__u32 seq, __u32 expect)
-{
-	return !expect || (__u32)(bpf_ntohl(seq) - bpf_ntohl(expect) + LB_RST_WINDOW) < 2 * LB_RST_WINDOW;
-}
 
 // The way a backend's replies reach this node, in its reverse entry; the
 // caller of lb_nat_lookup says which way the packet came. A reply that
@@ -397,10 +382,7 @@ static __always_inline __u8 lb_nat_next(struct pkt *p, int reverse, __u8 state, 
 	}
 	if (!reverse && new_tcp(p)) {
 		// The client opens a connection from the same port: a closed
-		// one's FINs count no more, and a closing flow is new again. A
-		// SYN on an established flow changes nothing (lb_nat_lookup).
-		if (state == CT_STATE_ESTABLISHED)
-			return state;
+		// one's FINs count no more, and a closing flow is new again.
 		*fin = 0;
 		return state == CT_STATE_CLOSING ? CT_STATE_NEW : state;
 	}
@@ -458,51 +440,17 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 		return 0;
 	if (p->proto == IPPROTO_TCP) {
 		// A client's new connection on the tuple: the old sequence
-		// numbers say nothing (a refusing RST has sequence 0). Not on an
-		// established flow: a SYN there is forged, or a client that lost
-		// the connection, which the backend's challenge ACK and the
-		// client's RST at its number close first.
-		if (!n->reverse && new_tcp(p) && n->state != CT_STATE_ESTABLISHED && (n->expect || o->expect))
+		// numbers say nothing (a refusing RST has sequence 0).
+		if (!n->reverse && new_tcp(p) && (n->expect || o->expect))
 			n->expect = o->expect = 0;
-		if ((p->tcp_flags & TCP_RST) && n->state == CT_STATE_ESTABLISHED && !lb_seq_near(p->seq, n->expect))
+		if ((p->tcp_flags & TCP_RST) && n->state == CT_STATE_ESTABLISHED && n->expect &&
+		    (__u32)(bpf_ntohl(p->seq) - bpf_ntohl(n->expect) + LB_RST_WINDOW) >= 2 * LB_RST_WINDOW)
 			return n;
-		if (n->reverse) {
-			// What the backend sent: a SYN-ACK starts its numbers (on an
-			// established flow the backend took a new connection of the
-			// client's port, having lost the old one unseen: the client's
-			// acknowledgements and both FINs start anew); other segments
-			// move them on by their data and FIN.
-			__u32 seq = bpf_ntohl(p->seq);
-			if (p->tcp_flags & TCP_SYN) {
-				if (n->state == CT_STATE_ESTABLISHED) {
-					n->expect = 0;
-					n->fin = o->fin = 0;
-				}
-				n->tunnel_ip = bpf_htonl(seq + 1);
-			} else {
-				__u32 hdr = ETH_HLEN + p->ihl + p->thl;
-				__u32 end = seq + (p->len > hdr ? p->len - hdr : 0) + ((p->tcp_flags & TCP_FIN) ? 1 : 0);
-				if (!n->tunnel_ip || (__s32)(end - bpf_ntohl(n->tunnel_ip)) > 0)
-					n->tunnel_ip = bpf_htonl(end);
-			}
-		}
-		if ((p->tcp_flags & TCP_ACK) && o->expect != p->ack) {
-			// A client's ACK (o is the backend's entry): forward, and not
-			// past what the backend sent. The backend's ACKs are taken as
-			// they come (forging them takes the backend's tuple: its
-			// address and this node's SNAT port).
-			__u32 ack = bpf_ntohl(p->ack);
-			if (n->reverse || !o->tunnel_ip ||
-			    ((__s32)(bpf_ntohl(o->tunnel_ip) - ack) >= 0 && (!o->expect || (__s32)(ack - bpf_ntohl(o->expect)) > 0)))
-				o->expect = p->ack;
-		}
+		if ((p->tcp_flags & TCP_ACK) && o->expect != p->ack)
+			o->expect = p->ack;
 	}
 	__u8 fin = n->fin;
-	__u8 flags = p->tcp_flags;
-	if ((flags & TCP_FIN) && p->proto == IPPROTO_TCP && n->state == CT_STATE_ESTABLISHED && !lb_seq_near(p->seq, n->expect))
-		p->tcp_flags &= ~TCP_FIN; // forged, or over 1 MiB in flight: not counted
 	__u8 state = lb_nat_next(p, n->reverse, n->state, &fin);
-	p->tcp_flags = flags;
 	if (state != n->state || fin != n->fin) {
 		n->state = o->state = state;
 		n->fin = o->fin = fin;
