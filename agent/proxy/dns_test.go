@@ -245,6 +245,17 @@ func (h *dnsHarness) flood(addr netip.Addr) {
 	if h.shed() == shed {
 		h.t.Fatalf("a flood of %d queries from %s shed none (%d at the server)", sent, addr, h.stalled.Load())
 	}
+	// The queries sent after the first shed are shed too, as the proxy
+	// reads them: wait until it has, so that a flood from another address
+	// after this one does not take them for its own.
+	for last := h.shed(); ; {
+		time.Sleep(50 * time.Millisecond)
+		if now := h.shed(); now == last {
+			break
+		} else {
+			last = now
+		}
+	}
 }
 
 // answeredFrom checks that an allowed query from addr, during what
@@ -291,12 +302,16 @@ func TestDNSSourcesShareTheSlots(t *testing.T) {
 	for _, a := range flooders {
 		h.flood(a) // each then holds its bound: together, every slot
 	}
+	// Every slot held: the server has as many stalled queries.
+	for h.stalled.Load() < maxDNSInFlight && time.Since(start) < dnsUpstreamTimeout/2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := h.stalled.Load(); n < maxDNSInFlight || time.Since(start) > dnsUpstreamTimeout/2 {
+		t.Skipf("machine too busy: after %v the flood holds %d of the %d slots (its first queries time out at %v)", time.Since(start), n, maxDNSInFlight, dnsUpstreamTimeout)
+	}
 	// The flood's slots may be taken once held for minSlotTakeover (before
 	// the upstream timeout frees them).
 	time.Sleep(time.Until(start.Add(minSlotTakeover + 100*time.Millisecond)))
-	if time.Since(start) > dnsUpstreamTimeout/2 {
-		t.Skipf("the flood took %v: its first queries may have timed out (machine too busy)", time.Since(start))
-	}
 	shed := h.shed()
 	h.answeredFrom(victim, "while eight sources flood")
 	// The query whose slot was taken is dropped, not answered nor

@@ -26,7 +26,8 @@ var errShed = errors.New("slot taken by a source holding less than its share")
 // UDP queries). A source holds at most perSource. When every slot is
 // taken, a source holding less than its fair share (the slots over the
 // sources holding any, itself included) takes the oldest slot of the
-// source holding the most, if that slot has been held for
+// source holding the most (of those, the one holding the oldest slot), if
+// that slot has been held for
 // minSlotTakeover, and that slot's holder is cancelled (errShed): sources
 // that fill the pool together with queries a server never answers, each
 // within its own bound, cannot keep another source out, and a source
@@ -78,7 +79,9 @@ func (s *slotShare) take(who source, cancel context.CancelCauseFunc, now time.Ti
 		var top source
 		n := 0
 		for src, sl := range s.bySrc {
-			if len(sl) > n {
+			// The source holding the most; of those, the one whose oldest
+			// slot is the oldest (map order must not pick a young one).
+			if len(sl) > n || len(sl) == n && sl[0].since.Before(s.bySrc[top][0].since) {
 				top, n = src, len(sl)
 			}
 		}
