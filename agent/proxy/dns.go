@@ -463,15 +463,15 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 			return nil
 		}
 		rec.Reason = "malformed query: " + err.Error()
-		return p.dnsAnswer(rec, rawError(raw, dns.RcodeFormatError), Denied)
+		return p.dnsAnswer(ctx, rec, rawError(raw, dns.RcodeFormatError), Denied)
 	}
 	switch {
 	case q.Response || len(q.Question) != 1:
 		rec.Reason = "not one question"
-		return p.dnsAnswer(rec, errorReply(q, dns.RcodeFormatError), Denied)
+		return p.dnsAnswer(ctx, rec, errorReply(q, dns.RcodeFormatError), Denied)
 	case q.Opcode != dns.OpcodeQuery:
 		rec.Reason = "not a query (opcode " + dns.OpcodeToString[q.Opcode] + ")"
-		return p.dnsAnswer(rec, errorReply(q, dns.RcodeNotImplemented), Denied)
+		return p.dnsAnswer(ctx, rec, errorReply(q, dns.RcodeNotImplemented), Denied)
 	}
 	name := fqdn.Normalize(q.Question[0].Name)
 	rec.Host, rec.Method = name, dns.TypeToString[q.Question[0].Qtype]
@@ -482,18 +482,15 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	if len(sides) == 0 {
 		cfg, sides = p.awaitSides(ctx, src, dst, func(*compiled) uint32 { return srcID }, proto)
 	}
-	if shedded(ctx) {
-		return nil
-	}
 	if len(sides) == 0 {
 		rec.Reason = "no L7 policy"
-		return p.dnsAnswer(rec, p.rejectReply(q), Denied)
+		return p.dnsAnswer(ctx, rec, p.rejectReply(q), Denied)
 	}
 	for _, sd := range sides {
 		if sd.kind != KindDNS || !sd.allowDNS(name) {
 			rec.Direction, rec.Endpoint = sd.direction, sd.endpoint
 			rec.Reason = "no " + sd.direction + " DNS rule matches"
-			return p.dnsAnswer(rec, p.rejectReply(q), Denied)
+			return p.dnsAnswer(ctx, rec, p.rejectReply(q), Denied)
 		}
 	}
 	rec.Direction, rec.Endpoint = sides[0].direction, sides[0].endpoint
@@ -506,7 +503,7 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	q.Id = clientID
 	if err != nil {
 		rec.Reason = "query not packed: " + err.Error()
-		return p.dnsAnswer(rec, errorReply(q, dns.RcodeFormatError), Denied)
+		return p.dnsAnswer(ctx, rec, errorReply(q, dns.RcodeFormatError), Denied)
 	}
 	out, err := forward(ctx, packed)
 	a := new(dns.Msg)
@@ -517,12 +514,9 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 		len(a.Question) == 1 && (!strings.EqualFold(a.Question[0].Name, q.Question[0].Name) || a.Question[0].Qtype != q.Question[0].Qtype)) {
 		err = errors.New("the answer is not for the query")
 	}
-	if shedded(ctx) {
-		return nil
-	}
 	if err != nil {
 		rec.Reason = "upstream: " + err.Error()
-		return p.dnsAnswer(rec, errorReply(q, dns.RcodeServerFailure), Forwarded)
+		return p.dnsAnswer(ctx, rec, errorReply(q, dns.RcodeServerFailure), Forwarded)
 	}
 	if a.Rcode == dns.RcodeSuccess {
 		addrs, ttl := answerAddrs(a, q.Question[0].Name)
@@ -531,9 +525,6 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
 			p.metrics.dnsHold.Observe(held.Seconds())
 			rec.DNSHeld = held
-			if shedded(ctx) {
-				return nil
-			}
 			if !acked {
 				rec.Notes = append(rec.Notes, "released before the agent confirmed the addresses")
 			}
@@ -542,7 +533,7 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	rec.DNSRcode = dns.RcodeToString[a.Rcode]
 	rec.Status = a.Rcode
 	binary.BigEndian.PutUint16(out, clientID) // the client's ID back
-	return p.finishDNS(rec, out, Forwarded)
+	return p.finishDNS(ctx, rec, out, Forwarded)
 }
 
 // shedded tells whether the query of ctx lost its slot to another source
@@ -551,16 +542,21 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 func shedded(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errShed) }
 
 // dnsAnswer completes the record of an answer the proxy made itself.
-func (p *Proxy) dnsAnswer(rec Record, m *dns.Msg, verdict string) []byte {
+func (p *Proxy) dnsAnswer(ctx context.Context, rec Record, m *dns.Msg, verdict string) []byte {
 	out, err := m.Pack()
 	if err != nil {
 		return nil
 	}
 	rec.Status, rec.DNSRcode = m.Rcode, dns.RcodeToString[m.Rcode]
-	return p.finishDNS(rec, out, verdict)
+	return p.finishDNS(ctx, rec, out, verdict)
 }
 
-func (p *Proxy) finishDNS(rec Record, out []byte, verdict string) []byte {
+// finishDNS records the answer out and returns it, unless the query lost
+// its slot meanwhile (shedded: then neither).
+func (p *Proxy) finishDNS(ctx context.Context, rec Record, out []byte, verdict string) []byte {
+	if shedded(ctx) {
+		return nil
+	}
 	rec.Verdict, rec.Latency = verdict, time.Since(rec.Time)
 	p.metrics.dnsQueries.WithLabelValues(verdict, rcodeLabel(rec.DNSRcode)).Inc()
 	p.hub.publish(rec)

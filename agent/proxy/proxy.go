@@ -371,10 +371,7 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	if p.opts.Origins != nil {
 		dc.srcID, dc.hasSrcID = p.opts.Origins.Origin(src, dst)
 	}
-	dc.who = source{src.Addr(), dc.srcID}
-	if !dc.hasSrcID {
-		dc.who.id = p.cfg.Load().identity(src.Addr())
-	}
+	dc.who = source{src.Addr(), dc.srcIdentity(p.cfg.Load())}
 	p.mu.Lock()
 	closing := p.closing.Load()
 	full := p.bySrc[dc.who] >= p.opts.MaxConnsPerSource
