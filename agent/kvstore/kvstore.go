@@ -263,35 +263,37 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KeyValue, int64, er
 // never holds more than a page; page 0: one read of them all), calling
 // each for every key until it returns false; it returns that revision.
 func (c *Client) ListPages(ctx context.Context, prefix string, page int64, each func(KeyValue) bool) (int64, error) {
+	return c.listPages(ctx, prefix, page, func(kv KeyValue, _ int64) bool { return each(kv) })
+}
+
+// listPages is ListPages that also passes on how many keys the list holds
+// in all, as the server counted them at its first page (a claim, not
+// checked: a hint for sizing, never a bound).
+func (c *Client) listPages(ctx context.Context, prefix string, page int64, each func(KeyValue, int64) bool) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
-	from, rev := prefix, int64(0)
+	from, rev, total := prefix, int64(0), int64(0)
+	var r rangePage
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		r, err := c.c.Get(ctx, from, opts...)
-		if err != nil {
+		if err := c.rangeOf(ctx, from, end, page, rev, &r); err != nil {
 			return 0, fmt.Errorf("kvstore: list %s: %w", prefix, err)
 		}
 		if rev == 0 {
-			rev = r.Header.Revision
+			rev, total = r.rev, max(r.count, 0)
 		}
 		var last string
-		for i, kv := range r.Kvs {
+		for i, v := range r.kvs {
 			// The server's answer is checked: each key after the last and
 			// inside the prefix (a server that repeated a page or wandered
 			// off would make the list endless).
-			v := fromKV(kv)
 			if v.Key < from || i > 0 && v.Key <= last || !strings.HasPrefix(v.Key, prefix) {
 				return 0, fmt.Errorf("%w: list %s: key %q out of order or outside the prefix", ErrBadList, prefix, v.Key)
 			}
-			if !each(v) {
+			if !each(v, total) {
 				return rev, nil
 			}
 			last = v.Key
 		}
-		if !r.More || len(r.Kvs) == 0 {
+		if !r.more || len(r.kvs) == 0 {
 			return rev, nil
 		}
 		from = last + "\x00"

@@ -129,6 +129,27 @@ func TestWatchResyncsAfterCompaction(t *testing.T) {
 	expect(t, ch, kvstore.EventUpsert, "filament/w/d", "4")
 }
 
+// A watch with TrimPrefix reports keys without it, listed or changed, and
+// the list's upserts carry etcd's count of the whole list.
+func TestWatchTrimPrefix(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	c.Put(x, "filament/copy/east/w/a", []byte("1"), 0)
+	c.Put(x, "filament/copy/east/w/b", []byte("2"), 0)
+	ch := c.Watch(x, "filament/copy/east/w/", kvstore.WatchOptions{TrimPrefix: "filament/copy/east/"})
+	if ev := expect(t, ch, kvstore.EventUpsert, "w/a", "1"); ev.Listed != 2 {
+		t.Errorf("a list of 2 keys: Listed %d", ev.Listed)
+	}
+	expect(t, ch, kvstore.EventUpsert, "w/b", "2")
+	expect(t, ch, kvstore.EventSynced, "", "")
+	c.Put(x, "filament/copy/east/w/c", []byte("3"), 0)
+	if ev := expect(t, ch, kvstore.EventUpsert, "w/c", "3"); ev.Listed != 0 {
+		t.Errorf("a change, not a list: Listed %d", ev.Listed)
+	}
+	c.Delete(x, "filament/copy/east/w/a")
+	expect(t, ch, kvstore.EventDelete, "w/a", "")
+}
+
 // ListPages reads a prefix in pages, all at the first page's revision (a
 // key written meanwhile is not listed), in key order, until told to stop.
 func TestListPages(t *testing.T) {

@@ -3,6 +3,7 @@ package kvstore
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -49,6 +50,10 @@ type Event struct {
 	// PrevLease is the lease the key was under before a delete seen by the
 	// watch stream (0 when unknown, as for deletes found by a resync).
 	PrevLease int64
+	// Listed, on an upsert of a list, is how many keys the whole list
+	// holds as the server counted them (a hint for sizing, not checked;
+	// 0 for the watch stream's changes).
+	Listed int64
 }
 
 // listPage is how many keys a watch's list reads at a time: a list of a
@@ -78,6 +83,10 @@ type WatchOptions struct {
 	// EventResync, and the caller removes what the list did not hold.
 	// Known is ignored.
 	Untracked bool
+	// TrimPrefix is cut from the front of every key reported (a caller
+	// reading another store's copy under a prefix of this one sees that
+	// store's keys). Known holds keys as stored, untrimmed.
+	TrimPrefix string
 }
 
 // Watch lists prefix (unless resuming), then streams its changes until ctx
@@ -102,6 +111,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 		}
 	}
 	send := func(ev Event) bool {
+		ev.Key = strings.TrimPrefix(ev.Key, o.TrimPrefix)
 		select {
 		case ch <- ev:
 			return true
@@ -122,19 +132,19 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 				present = map[string]bool{}
 			}
 			stopped := false
-			each := func(kv KeyValue) bool {
+			each := func(kv KeyValue, total int64) bool {
 				if known != nil {
 					present[kv.Key] = true
 					known[kv.Key] = true
 				}
-				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision})
+				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision, Listed: total})
 				return !stopped
 			}
 			page := listPage
 			if !paged {
 				page = 0
 			}
-			rev, err := c.ListPages(ctx, prefix, page, each)
+			rev, err := c.listPages(ctx, prefix, page, each)
 			if stopped || ctx.Err() != nil {
 				return 0, false
 			}

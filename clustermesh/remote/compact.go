@@ -119,6 +119,19 @@ func (m *ipMirror) len() int {
 	return len(m.entries)
 }
 
+// maxPresize bounds the room made ahead for a list (the count is the
+// remote's claim): a cluster of 100 nodes of 1,000 endpoints and some.
+const maxPresize = 1 << 17
+
+// expect makes room ahead for a list of n entries when the mirror is
+// empty (a first sync), so that it is not grown and rehashed an entry at
+// a time.
+func (m *ipMirror) expect(n int64) {
+	if n > 0 && len(m.entries) == 0 {
+		m.entries = make(map[uint32]compactIP, min(n, maxPresize))
+	}
+}
+
 // put records e, accepted: it says whether e changes what was passed on.
 func (m *ipMirror) put(e ipcache.Entry) bool {
 	k, sum := key4(e.IP), sumOf(e)

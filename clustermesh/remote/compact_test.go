@@ -61,6 +61,22 @@ func TestIPMirrorPut(t *testing.T) {
 	}
 }
 
+// A list's count is the remote's claim: room is made ahead only in an
+// empty mirror, and no more than maxPresize whatever the claim; a mirror
+// that holds entries keeps them.
+func TestIPMirrorExpect(t *testing.T) {
+	m := newIPMirror()
+	m.expect(1 << 62) // a lie: must not panic (the room is bounded)
+	e := entry("10.2.0.1", 0x20100, "c2/n1", "p1")
+	if !m.put(e) {
+		t.Fatal("put after expect not passed on")
+	}
+	m.expect(1000)
+	if _, ok := m.remove(e.IP); !ok {
+		t.Fatal("expect on a mirror holding entries dropped them")
+	}
+}
+
 // A session's first list keeps what it holds, repeated or changed, and
 // forgets the rest; a list that did not end leaves no marks for the next.
 func TestIPMirrorListing(t *testing.T) {

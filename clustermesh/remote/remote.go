@@ -860,6 +860,9 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		return
 	}
 	c.mu.Lock()
+	if ev.Listed > 0 && c.ips.len() == 0 {
+		c.ips.expect(ev.Listed)
+	}
 	e.Node = c.nodeName(e.Node)
 	changed := c.ips.put(e)
 	c.mu.Unlock()
@@ -1012,18 +1015,6 @@ func (v prefixed) Get(ctx context.Context, key string) (kvstore.KeyValue, error)
 }
 
 func (v prefixed) Watch(ctx context.Context, prefix string, o kvstore.WatchOptions) <-chan kvstore.Event {
-	in := v.kv.Watch(ctx, v.p+prefix, o)
-	out := make(chan kvstore.Event, 128)
-	go func() {
-		defer close(out)
-		for ev := range in {
-			ev.Key = strings.TrimPrefix(ev.Key, v.p)
-			select {
-			case out <- ev:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return out
+	o.TrimPrefix = v.p
+	return v.kv.Watch(ctx, v.p+prefix, o)
 }
