@@ -668,19 +668,30 @@ type Learned struct {
 }
 
 // maxPendingLearned bounds the answers kept while the agent does not
-// follow (it restarts): the oldest go first.
+// follow (it restarts) or lags behind: the oldest go first.
 const maxPendingLearned = 4096
 
 // learner hands learned addresses to the agent (one follower at a time)
-// and tells who waits for them when the agent has applied them.
+// and tells who waits for them when the agent has applied them. Answers
+// reach the follower in the order they were learned: what its channel
+// has no room for waits in pending, and goes on at the next
+// acknowledgement (the follower is reading again) or to the next
+// follower.
 type learner struct {
 	mu      sync.Mutex
 	seq     uint64
 	session uint64       // the follower's: acks of another session are not its
 	sub     chan Learned // nil: nobody follows
-	pending []Learned    // kept for the next follower
+	pending []*learnItem // not handed to a follower yet, oldest first
 	acked   uint64
 	ackCh   chan struct{} // closed (and replaced) at every ack
+}
+
+// learnItem is one answer on its way to the follower.
+type learnItem struct {
+	x       Learned
+	sent    bool // in a follower's channel
+	dropped bool // gone from pending unsent (it was full)
 }
 
 // learn hands x to the follower and waits until the agent acknowledges
@@ -691,26 +702,26 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 	l.mu.Lock()
 	l.seq++
 	x.Seq = l.seq
-	sent := false
-	if l.sub != nil {
-		select {
-		case l.sub <- x:
-			sent = true
-		default:
-		}
+	it := &learnItem{x: x}
+	if len(l.pending) >= maxPendingLearned {
+		l.pending[0].dropped = true
+		l.pending[0] = nil
+		l.pending = l.pending[1:]
 	}
-	if !sent {
-		if len(l.pending) >= maxPendingLearned {
-			l.pending = l.pending[1:]
-		}
-		l.pending = append(l.pending, x)
+	l.pending = append(l.pending, it)
+	l.handOn()
+	if l.sub == nil {
 		l.mu.Unlock()
 		return 0, false
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
-		if l.acked >= x.Seq {
+		if it.dropped {
+			l.mu.Unlock()
+			return time.Since(start), false
+		}
+		if it.sent && l.acked >= x.Seq {
 			l.mu.Unlock()
 			return time.Since(start), true
 		}
@@ -728,6 +739,27 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 		}
 		l.mu.Lock()
 	}
+}
+
+// handOn moves what is pending to the follower, in order, as far as its
+// channel has room; l.mu is held.
+func (l *learner) handOn() {
+	if l.sub == nil {
+		return
+	}
+	n := 0
+	for _, it := range l.pending {
+		select {
+		case l.sub <- it.x:
+			it.sent = true
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	clear(l.pending[:n])
+	l.pending = l.pending[n:]
 }
 
 // follow makes the caller the follower (ending the previous one's
@@ -750,14 +782,8 @@ func (l *learner) follow() (_ <-chan Learned, session uint64, stop func()) {
 		}
 		close(l.sub)
 	}
-	for _, x := range l.pending {
-		select {
-		case ch <- x:
-		default: // full: the oldest were sent
-		}
-	}
-	l.pending = nil
 	l.sub = ch
+	l.handOn()
 	l.session = rand.Uint64()
 	return ch, l.session, func() {
 		l.mu.Lock()
@@ -780,6 +806,7 @@ func (l *learner) ack(session, seq uint64) {
 	if seq > l.acked {
 		l.acked = seq
 	}
+	l.handOn() // the follower is reading: what waited goes on
 	if l.ackCh != nil {
 		close(l.ackCh)
 		l.ackCh = nil

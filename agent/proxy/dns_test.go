@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -386,6 +387,74 @@ func TestDNSLearnedKeptForNextFollower(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the answer given without a follower was not kept for the next one")
+	}
+}
+
+// A follower that falls behind by more than its channel holds (the agent
+// lags) gets the rest, in the order learned, once it reads and
+// acknowledges again; before, they waited for the next follower.
+func TestLearnerLaggingFollowerLosesNothing(t *testing.T) {
+	var l learner
+	ch, session, stop := l.follow()
+	defer stop()
+	total := maxPendingLearned + 100
+	for i := range total {
+		l.learn(context.Background(), Learned{Name: strconv.Itoa(i)}, 0)
+	}
+	var last uint64
+	for got := 0; got < total; {
+		select {
+		case x := <-ch:
+			if x.Seq != last+1 || x.Name != strconv.Itoa(int(x.Seq)-1) {
+				t.Fatalf("after %d came %d (%s): out of order", last, x.Seq, x.Name)
+			}
+			last = x.Seq
+			if got++; got%512 == 0 {
+				l.ack(session, last)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%d of %d learned answers reached the follower that read them all", got, total)
+		}
+	}
+}
+
+// An answer learned while the follower's channel is full is held until it
+// has reached the follower and been acknowledged itself: an earlier one's
+// acknowledgement, or room in the channel, does not release it.
+func TestLearnerHoldsUntilItsOwnAck(t *testing.T) {
+	var l learner
+	ch, session, stop := l.follow()
+	defer stop()
+	for range maxPendingLearned {
+		l.learn(context.Background(), Learned{}, 0)
+	}
+	done := make(chan bool, 1)
+	go func() {
+		_, acked := l.learn(context.Background(), Learned{Name: "late."}, 10*time.Second)
+		done <- acked
+	}()
+	waitNot := func(why string) {
+		t.Helper()
+		select {
+		case <-done:
+			t.Fatal(why)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	waitNot("released while it waited for room in the follower's channel")
+	l.ack(session, maxPendingLearned) // every earlier answer, none read yet
+	waitNot("released by the acknowledgement of the answers before it")
+	<-ch // room: it goes on at the next acknowledgement
+	l.ack(session, 1)
+	waitNot("released when it reached the follower, before its acknowledgement")
+	l.ack(session, maxPendingLearned+1)
+	select {
+	case acked := <-done:
+		if !acked {
+			t.Fatal("its own acknowledgement did not count")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not released after its own acknowledgement")
 	}
 }
 
