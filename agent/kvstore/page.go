@@ -6,6 +6,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
@@ -24,9 +25,6 @@ import (
 // form etcd writes (fields unknown to this decoder, another wire type, a
 // group) goes to the protobuf runtime instead, so an answer means what it
 // means to every other etcd client.
-
-// rangeMethod is etcd's KV.Range.
-const rangeMethod = "/etcdserverpb.KV/Range"
 
 // rangePage is one decoded page: the header's revision, whether more keys
 // follow, etcd's count of the whole range, and the page's keys.
@@ -170,36 +168,37 @@ func decodeKV(b []byte, kv *KeyValue) error {
 	return nil
 }
 
-// pageCodec decodes a Range answer into a *rangePage and leaves every
-// other message to gRPC's protobuf codec. Its name is that codec's, so
-// the server sees an ordinary call.
-type pageCodec struct{}
+// pageCodec decodes a Range answer into its page, leaving etcd's message
+// empty, and every other message with gRPC's protobuf codec. Its name is
+// that codec's, so the server sees an ordinary call.
+type pageCodec struct{ p *rangePage }
 
 func (pageCodec) Name() string { return protoCodec().Name() }
 
 func (pageCodec) Marshal(v any) (mem.BufferSlice, error) { return protoCodec().Marshal(v) }
 
-func (pageCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	p, ok := v.(*rangePage)
-	if !ok {
+func (c pageCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if _, ok := v.(*etcdserverpb.RangeResponse); !ok || c.p == nil {
 		return protoCodec().Unmarshal(data, v)
 	}
 	// One copy of the page, which its values share (gRPC reuses data's
 	// buffers once this returns). Copying each value out instead costs
 	// more on this machine's measure (a small allocation each, fresh
 	// memory each).
-	return p.decode(data.Materialize())
+	return c.p.decode(data.Materialize())
 }
 
 func protoCodec() encoding.CodecV2 { return encoding.GetCodecV2("proto") }
 
 // rangeOf reads one page of [from, end) at rev (0: the latest) into p.
-// The call goes through the client's connection, with its credentials
-// and interceptors, as its own Range calls do.
+// The call is the etcd client's own Range, with its credentials,
+// interceptors and retries (a Range is retried where a write would not
+// be: a leader change or a broken connection in the middle of a list does
+// not start the list again), only decoded into p.
 func (c *Client) rangeOf(ctx context.Context, from, end string, limit, rev int64, p *rangePage) error {
 	req := &etcdserverpb.RangeRequest{Key: []byte(from), RangeEnd: []byte(end), Limit: limit, Revision: rev}
-	err := c.c.ActiveConnection().Invoke(ctx, rangeMethod, req, p,
-		grpc.ForceCodecV2(pageCodec{}), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxRecvBytes))
+	_, err := clientv3.RetryKVClient(c.c).Range(ctx, req,
+		grpc.ForceCodecV2(pageCodec{p}), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxRecvBytes))
 	if err == nil {
 		return nil
 	}

@@ -108,6 +108,7 @@ type ipMirror struct {
 	nodes   nodeNames
 	listing bool // a session's first list is being read: put marks
 	marked  int  // entries with listedBit set (startListing walks only when some are)
+	room    int  // entries made room for ahead of a list (0: none)
 }
 
 func newIPMirror() *ipMirror { return &ipMirror{entries: map[uint32]compactIP{}} }
@@ -128,8 +129,23 @@ const maxPresize = 1 << 17
 // a time.
 func (m *ipMirror) expect(n int64) {
 	if n > 0 && len(m.entries) == 0 {
-		m.entries = make(map[uint32]compactIP, min(n, maxPresize))
+		m.room = int(min(n, maxPresize))
+		m.entries = make(map[uint32]compactIP, m.room)
 	}
+}
+
+// fit gives back the room made ahead when the list held much less than
+// its count said (a map never shrinks: a remote's false count would keep
+// it for the mirror's life).
+func (m *ipMirror) fit() {
+	if m.room > 0 && 2*len(m.entries) < m.room {
+		fit := make(map[uint32]compactIP, len(m.entries))
+		for k, c := range m.entries {
+			fit[k] = c
+		}
+		m.entries = fit
+	}
+	m.room = 0
 }
 
 // put records e, accepted: it says whether e changes what was passed on.
@@ -218,6 +234,7 @@ func (m *ipMirror) endListing() []ipcache.Entry {
 		m.nodes.unref(c.node)
 	}
 	m.listing, m.marked = false, 0
+	m.fit()
 	return gone
 }
 

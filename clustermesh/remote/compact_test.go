@@ -62,19 +62,38 @@ func TestIPMirrorPut(t *testing.T) {
 }
 
 // A list's count is the remote's claim: room is made ahead only in an
-// empty mirror, and no more than maxPresize whatever the claim; a mirror
-// that holds entries keeps them.
+// empty mirror, no more than maxPresize whatever the claim, and given
+// back when the list ends holding much less; a mirror that holds entries
+// keeps them.
 func TestIPMirrorExpect(t *testing.T) {
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
 	m := newIPMirror()
+	before := heap()
+	m.startListing()
 	m.expect(1 << 62) // a lie: must not panic (the room is bounded)
 	e := entry("10.2.0.1", 0x20100, "c2/n1", "p1")
 	if !m.put(e) {
 		t.Fatal("put after expect not passed on")
 	}
+	if during := heap() - before; during < 1<<20 {
+		t.Fatalf("room made ahead: %d bytes, expected some MiB (the test would not see it given back)", during)
+	}
+	if gone := m.endListing(); len(gone) != 0 || !m.has(e.IP) {
+		t.Fatalf("the list's entry not kept: gone %v", gone)
+	}
+	if after := int64(heap()) - int64(before); after > 256<<10 {
+		t.Errorf("a list of 1 entry that claimed 2^62 keeps %d bytes after it ended", after)
+	}
 	m.expect(1000)
 	if _, ok := m.remove(e.IP); !ok {
 		t.Fatal("expect on a mirror holding entries dropped them")
 	}
+	runtime.KeepAlive(m)
 }
 
 // A session's first list keeps what it holds, repeated or changed, and

@@ -453,12 +453,16 @@ func (c *cluster) checkTTL() {
 	due := c.live.due(time.Now())
 	if due {
 		c.live.withdrew()
-		c.status.Withdrawn = true
 	}
 	c.mu.Unlock()
 	if due {
 		slog.Warn("remote cluster lost, its heartbeat stale, for longer than its TTL: withdrawing its entries", "cluster", c.name, "ttl", c.m.ttl)
 		c.withdraw()
+		// The status says withdrawn once the entries are gone (a reader
+		// of it saw the flag before their deletions were passed on).
+		c.mu.Lock()
+		c.status.Withdrawn = true
+		c.mu.Unlock()
 		c.m.release(c)
 	}
 }
