@@ -674,24 +674,25 @@ const maxPendingLearned = 4096
 // learner hands learned addresses to the agent (one follower at a time)
 // and tells who waits for them when the agent has applied them. Answers
 // reach the follower in the order they were learned: what its channel
-// has no room for waits in pending, and goes on at the next
-// acknowledgement (the follower is reading again) or to the next
-// follower.
+// has no room for waits in pending and goes on at the next
+// acknowledgement (the follower is reading again). What a follower was
+// given and did not acknowledge goes again, first, to the next one (it
+// may never have been read or applied).
 type learner struct {
 	mu      sync.Mutex
 	seq     uint64
-	session uint64       // the follower's: acks of another session are not its
-	sub     chan Learned // nil: nobody follows
-	pending []*learnItem // not handed to a follower yet, oldest first
-	acked   uint64
-	ackCh   chan struct{} // closed (and replaced) at every ack
+	session uint64        // the follower's: acks of another session are not its
+	sub     chan Learned  // nil: nobody follows
+	pending []*learnItem  // not handed to the follower yet, oldest first
+	sent    []*learnItem  // handed to the follower, not acknowledged, oldest first
+	wake    chan struct{} // closed (and replaced) when a waiter may be done
 }
 
-// learnItem is one answer on its way to the follower.
+// learnItem is one answer on its way to the agent.
 type learnItem struct {
 	x       Learned
-	sent    bool // in a follower's channel
-	dropped bool // gone from pending unsent (it was full)
+	acked   bool // the agent applied it
+	dropped bool // pushed out unacknowledged (more than maxPendingLearned waited)
 }
 
 // learn hands x to the follower and waits until the agent acknowledges
@@ -703,11 +704,6 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 	l.seq++
 	x.Seq = l.seq
 	it := &learnItem{x: x}
-	if len(l.pending) >= maxPendingLearned {
-		l.pending[0].dropped = true
-		l.pending[0] = nil
-		l.pending = l.pending[1:]
-	}
 	l.pending = append(l.pending, it)
 	l.handOn()
 	if l.sub == nil {
@@ -717,18 +713,18 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
-		if it.dropped {
+		switch {
+		case it.acked:
+			l.mu.Unlock()
+			return time.Since(start), true
+		case it.dropped || l.sub == nil:
 			l.mu.Unlock()
 			return time.Since(start), false
 		}
-		if it.sent && l.acked >= x.Seq {
-			l.mu.Unlock()
-			return time.Since(start), true
+		if l.wake == nil {
+			l.wake = make(chan struct{})
 		}
-		if l.ackCh == nil {
-			l.ackCh = make(chan struct{})
-		}
-		ch := l.ackCh
+		ch := l.wake
 		l.mu.Unlock()
 		select {
 		case <-ch:
@@ -742,55 +738,83 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 }
 
 // handOn moves what is pending to the follower, in order, as far as its
-// channel has room; l.mu is held.
+// channel has room, and bounds what waits: more than maxPendingLearned
+// pending, or twice that given and unacknowledged, pushes out the
+// oldest. l.mu is held.
 func (l *learner) handOn() {
-	if l.sub == nil {
-		return
-	}
-	n := 0
-	for _, it := range l.pending {
-		select {
-		case l.sub <- it.x:
-			it.sent = true
-			n++
-			continue
-		default:
+	if l.sub != nil {
+		n := 0
+		for _, it := range l.pending {
+			select {
+			case l.sub <- it.x:
+				l.sent = append(l.sent, it)
+				n++
+				continue
+			default:
+			}
+			break
 		}
-		break
+		clear(l.pending[:n])
+		l.pending = l.pending[n:]
 	}
-	clear(l.pending[:n])
-	l.pending = l.pending[n:]
+	l.pending = l.bound(l.pending, maxPendingLearned)
+	// Given: a channel's worth, and as many read and being applied.
+	l.sent = l.bound(l.sent, 2*maxPendingLearned)
+}
+
+// bound drops the oldest of q beyond limit; l.mu is held.
+func (l *learner) bound(q []*learnItem, limit int) []*learnItem {
+	n := len(q) - limit
+	if n <= 0 {
+		return q
+	}
+	for _, it := range q[:n] {
+		it.dropped = true
+	}
+	clear(q[:n])
+	l.wakeAll()
+	return q[n:]
+}
+
+// wakeAll wakes every waiter to look at its answer again; l.mu is held.
+func (l *learner) wakeAll() {
+	if l.wake != nil {
+		close(l.wake)
+		l.wake = nil
+	}
+}
+
+// requeue puts what the follower was given and did not acknowledge back
+// in front of what is pending, for the next follower; l.mu is held.
+func (l *learner) requeue() {
+	l.pending = append(l.sent, l.pending...)
+	l.sent = nil
 }
 
 // follow makes the caller the follower (ending the previous one's
-// stream): the channel gives what the previous follower had not read and
-// what was kept, then each new answer. Its acknowledgements must name
-// the session.
+// stream): the channel gives what the previous follower was given and did
+// not acknowledge, what was kept, then each new answer. Its
+// acknowledgements must name the session.
 func (l *learner) follow() (_ <-chan Learned, session uint64, stop func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ch := make(chan Learned, maxPendingLearned)
 	if l.sub != nil {
-	drain:
-		for {
-			select {
-			case x := <-l.sub:
-				ch <- x
-			default:
-				break drain
-			}
-		}
 		close(l.sub)
 	}
+	l.requeue()
+	ch := make(chan Learned, maxPendingLearned)
 	l.sub = ch
-	l.handOn()
 	l.session = rand.Uint64()
+	l.handOn()
 	return ch, l.session, func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if l.sub == ch {
 			close(ch)
 			l.sub = nil
+			l.requeue()
+			l.handOn()
+			l.wakeAll() // answers are not held while nobody follows
 		}
 	}
 }
@@ -800,15 +824,19 @@ func (l *learner) follow() (_ <-chan Learned, session uint64, stop func()) {
 func (l *learner) ack(session, seq uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if session != l.session || seq > l.seq {
+	if session != l.session || l.sub == nil {
 		return
 	}
-	if seq > l.acked {
-		l.acked = seq
+	n := 0
+	for _, it := range l.sent {
+		if it.x.Seq > seq {
+			break
+		}
+		it.acked = true
+		n++
 	}
+	clear(l.sent[:n])
+	l.sent = l.sent[n:]
 	l.handOn() // the follower is reading: what waited goes on
-	if l.ackCh != nil {
-		close(l.ackCh)
-		l.ackCh = nil
-	}
+	l.wakeAll()
 }

@@ -401,19 +401,25 @@ func TestLearnerLaggingFollowerLosesNothing(t *testing.T) {
 	for i := range total {
 		l.learn(context.Background(), Learned{Name: strconv.Itoa(i)}, 0)
 	}
-	var last uint64
-	for got := 0; got < total; {
+	readAll(t, &l, ch, session, 0, uint64(total))
+}
+
+// readAll reads a follower's answers after the one numbered from up to
+// total, failing on a gap, acknowledging every 512 as the agent does in
+// batches.
+func readAll(t *testing.T, l *learner, ch <-chan Learned, session, from, total uint64) {
+	t.Helper()
+	for last := from; last < total; {
 		select {
 		case x := <-ch:
-			if x.Seq != last+1 || x.Name != strconv.Itoa(int(x.Seq)-1) {
-				t.Fatalf("after %d came %d (%s): out of order", last, x.Seq, x.Name)
+			if x.Seq != last+1 || x.Name != "" && x.Name != strconv.Itoa(int(x.Seq)-1) {
+				t.Fatalf("after %d came %d (%s): answers lost or out of order", last, x.Seq, x.Name)
 			}
-			last = x.Seq
-			if got++; got%512 == 0 {
+			if last = x.Seq; last%512 == 0 {
 				l.ack(session, last)
 			}
 		case <-time.After(2 * time.Second):
-			t.Fatalf("%d of %d learned answers reached the follower that read them all", got, total)
+			t.Fatalf("%d of %d learned answers reached the follower that read them all", last, total)
 		}
 	}
 }
@@ -455,6 +461,51 @@ func TestLearnerHoldsUntilItsOwnAck(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("not released after its own acknowledgement")
+	}
+}
+
+// With as many waiting as are kept, room in the follower's channel takes
+// the oldest on before anything is pushed out: nothing is lost that the
+// follower had room for.
+func TestLearnerFullQueueUsesRoomFirst(t *testing.T) {
+	var l learner
+	ch, session, stop := l.follow()
+	defer stop()
+	total := 2*maxPendingLearned + 10
+	for range 2 * maxPendingLearned { // the channel full, and as many waiting
+		l.learn(context.Background(), Learned{}, 0)
+	}
+	for range 10 {
+		<-ch // read, not yet acknowledged (the agent is applying them)
+	}
+	for range 10 {
+		l.learn(context.Background(), Learned{}, 0)
+	}
+	readAll(t, &l, ch, session, 10, uint64(total))
+}
+
+// What a follower was given and did not acknowledge (it went away with
+// answers read or unread) goes again, first and in order, to the next.
+func TestLearnerResendsUnacknowledged(t *testing.T) {
+	var l learner
+	a, _, stopA := l.follow()
+	l.learn(context.Background(), Learned{Name: "read."}, 0)
+	l.learn(context.Background(), Learned{Name: "unread."}, 0)
+	<-a // read, never acknowledged
+	stopA()
+	l.learn(context.Background(), Learned{Name: "away."}, 0)
+	b, session, stopB := l.follow()
+	defer stopB()
+	for _, want := range []string{"read.", "unread.", "away."} {
+		select {
+		case x := <-b:
+			if x.Name != want {
+				t.Fatalf("the next follower got %q, want %q", x.Name, want)
+			}
+			l.ack(session, x.Seq)
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%q not given to the next follower", want)
+		}
 	}
 }
 
