@@ -95,7 +95,53 @@ type Router struct {
 	hostSrc netip.Addr      // source of the node's own traffic to other nodes' pods (tunnel mode)
 	hostDev int             // the gateway device those routes go out of (tunnel mode)
 	entries map[netip.Addr]ipcache.Entry
-	sp      *sparseState // nil: every remote entry is written as its /32 (--remote-ipcache full)
+	held    map[string]map[netip.Addr]struct{} // entries' addresses by node (hold and drop keep both)
+	sp      *sparseState                       // nil: every remote entry is written as its /32 (--remote-ipcache full)
+}
+
+// hold keeps e as the entry of its address, indexed by its node (a node's
+// change looks at its own entries, not at every entry: at a mesh's sync,
+// when entries come before their nodes, that was entries × nodes).
+func (r *Router) hold(e ipcache.Entry) {
+	if old, ok := r.entries[e.IP]; ok && old.Node != e.Node {
+		r.unindex(old)
+	}
+	r.entries[e.IP] = e
+	if r.held == nil {
+		r.held = map[string]map[netip.Addr]struct{}{}
+	}
+	m := r.held[e.Node]
+	if m == nil {
+		m = map[netip.Addr]struct{}{}
+		r.held[e.Node] = m
+	}
+	m[e.IP] = struct{}{}
+}
+
+// drop forgets the entry held for ip, if any.
+func (r *Router) drop(ip netip.Addr) {
+	if old, ok := r.entries[ip]; ok {
+		delete(r.entries, ip)
+		r.unindex(old)
+	}
+}
+
+func (r *Router) unindex(e ipcache.Entry) {
+	if m := r.held[e.Node]; m != nil {
+		delete(m, e.IP)
+		if len(m) == 0 {
+			delete(r.held, e.Node)
+		}
+	}
+}
+
+// heldOf calls f for each entry held of node name (f may drop it).
+func (r *Router) heldOf(name string, f func(ipcache.Entry)) {
+	for ip := range r.held[name] {
+		if e, ok := r.entries[ip]; ok {
+			f(e)
+		}
+	}
 }
 
 // New prepares the node for mode: the VXLAN device and from_overlay in
@@ -340,11 +386,11 @@ func (r *Router) learnNode(n node.Node) {
 	if err := r.dp.UpsertNode(ip); err != nil {
 		slog.Error("nodes map", "node", n.Name, "err", err)
 	}
-	for _, e := range r.entries {
-		if e.Node == n.Name && r.entryOK(e) {
+	r.heldOf(n.Name, func(e ipcache.Entry) {
+		if r.entryOK(e) {
 			r.writeEntry(e)
 		}
-	}
+	})
 	if r.enc != nil && r.encryptTo(n, ip) {
 		return
 	}
@@ -385,11 +431,9 @@ func (r *Router) learnNode(n node.Node) {
 
 func (r *Router) forgetNode(n node.Node) {
 	if r.requireNode {
-		for _, e := range r.entries {
-			if e.Node == n.Name {
-				r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
-			}
-		}
+		r.heldOf(n.Name, func(e ipcache.Entry) {
+			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+		})
 	}
 	if ip := n.IP(); ip.IsValid() {
 		r.dp.DeleteNode(ip)
@@ -419,11 +463,11 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	}
 	p := netip.PrefixFrom(e.IP, 32)
 	if deleted {
-		delete(r.entries, e.IP)
+		r.drop(e.IP)
 		r.dp.DeleteIPCache(p)
 		return
 	}
-	r.entries[e.IP] = e
+	r.hold(e)
 	if r.down[e.Node] {
 		return
 	}
@@ -506,16 +550,13 @@ func (r *Router) SetNodeDown(name string, down bool) {
 		delete(r.down, name)
 	}
 	n, known := r.nodes[name]
-	for _, e := range r.entries {
-		if e.Node != name {
-			continue
-		}
+	r.heldOf(name, func(e ipcache.Entry) {
 		if down {
 			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
 		} else {
 			r.writeEntry(e)
 		}
-	}
+	})
 	if known {
 		if down {
 			r.forgetNode(n)

@@ -313,13 +313,13 @@ func (r *Router) toCompact(name string) {
 	if r.sp == nil || clusterOf(name) == "" {
 		return
 	}
-	for ip, e := range r.entries {
-		if e.Node == name && r.sparseEntry(e) {
-			delete(r.entries, ip)
+	r.heldOf(name, func(e ipcache.Entry) {
+		if r.sparseEntry(e) {
+			r.drop(e.IP)
 			r.putCompact(e)
-			r.sp.installed[ip] = true // it may be written: syncNode decides
+			r.sp.installed[e.IP] = true // it may be written: syncNode decides
 		}
-	}
+	})
 }
 
 // fromCompact moves node name's compact entries back to the held entries
@@ -331,7 +331,7 @@ func (r *Router) fromCompact(name string) {
 	}
 	for a, ce := range r.sp.compact[name] {
 		ip := addrOf(a)
-		r.entries[ip] = ipcache.Entry{IP: ip, Identity: ce.id, HostIP: addrOf(ce.host), Node: name}
+		r.hold(ipcache.Entry{IP: ip, Identity: ce.id, HostIP: addrOf(ce.host), Node: name})
 		delete(r.sp.installed, ip)
 	}
 	delete(r.sp.compact, name)
@@ -403,7 +403,7 @@ func (r *Router) sparseEntryChanged(e ipcache.Entry, deleted bool) bool {
 		return false
 	}
 	if old, had := r.entries[e.IP]; had {
-		delete(r.entries, e.IP)
+		r.drop(e.IP)
 		if old.Node != e.Node || !r.entryOK(old) {
 			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
 		}

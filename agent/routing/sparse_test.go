@@ -93,6 +93,7 @@ func distinguish(need *sparse.Need, id identity.NumericIdentity, on bool) sparse
 // need does not tell them apart; with the same tunnel endpoint.
 func check(t *testing.T, step string, r *Router, f, full *fakeMaps, need *sparse.Need, live map[netip.Addr]ipcache.Entry) {
 	t.Helper()
+	checkHeld(t, step, r)
 	for ip, e := range live {
 		if r.down[e.Node] {
 			// The full router keeps what the address had before it moved
@@ -116,6 +117,27 @@ func check(t *testing.T, step string, r *Router, f, full *fakeMaps, need *sparse
 		default:
 			t.Fatalf("%s: %s resolves to %+v, full to %+v (needed %v)", step, ip, v, w, need.Needed(w.id))
 		}
+	}
+}
+
+// checkHeld: the index of held entries by node is exactly the held
+// entries.
+func checkHeld(t *testing.T, step string, r *Router) {
+	t.Helper()
+	n := 0
+	for name, m := range r.held {
+		if len(m) == 0 {
+			t.Fatalf("%s: node %s indexed with no entries", step, name)
+		}
+		for ip := range m {
+			if e, ok := r.entries[ip]; !ok || e.Node != name {
+				t.Fatalf("%s: %s indexed under %s, held as %+v (%v)", step, ip, name, e, ok)
+			}
+			n++
+		}
+	}
+	if n != len(r.entries) {
+		t.Fatalf("%s: %d entries held, %d indexed", step, len(r.entries), n)
 	}
 }
 

@@ -314,8 +314,8 @@ func (s *simRouter) entry(e ipcache.Entry, deleted bool) {
 func (s *simRouter) flush() {
 	s.mu.Lock()
 	batch := s.pending
-	s.pending = make([]entryChange, 0, simRouterBatch) // not grown an entry at a time
 	if len(batch) > 0 {
+		s.pending = make([]entryChange, 0, simRouterBatch) // not grown an entry at a time
 		s.sent.Add(1)
 		s.ops <- func(r *routing.Router) {
 			for _, c := range batch {
