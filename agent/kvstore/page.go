@@ -47,11 +47,10 @@ func (p *rangePage) decode(b []byte) error {
 	}
 	// The protobuf runtime's answer, error included, is the page's.
 	var r etcdserverpb.RangeResponse
-	p.rev, p.more, p.count, p.kvs = 0, false, 0, p.kvs[:0]
 	if err := proto.Unmarshal(b, &r); err != nil {
 		return err
 	}
-	p.rev, p.more, p.count = r.GetHeader().GetRevision(), r.More, r.Count
+	p.rev, p.more, p.count, p.kvs = r.GetHeader().GetRevision(), r.More, r.Count, p.kvs[:0]
 	for _, kv := range r.Kvs {
 		p.kvs = append(p.kvs, fromKV(kv))
 	}

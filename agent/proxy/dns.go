@@ -744,15 +744,15 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 func (l *learner) handOn() {
 	if l.sub != nil {
 		n := 0
+	hand:
 		for _, it := range l.pending {
 			select {
 			case l.sub <- it.x:
 				l.sent = append(l.sent, it)
 				n++
-				continue
 			default:
+				break hand // no room
 			}
-			break
 		}
 		clear(l.pending[:n])
 		l.pending = l.pending[n:]

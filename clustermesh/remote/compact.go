@@ -3,6 +3,7 @@ package remote
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"maps"
 	"net/netip"
 
 	"github.com/filament-net/filament/agent/ipcache"
@@ -140,9 +141,7 @@ func (m *ipMirror) expect(n int64) {
 func (m *ipMirror) fit() {
 	if m.room > 0 && 2*len(m.entries) < m.room {
 		fit := make(map[uint32]compactIP, len(m.entries))
-		for k, c := range m.entries {
-			fit[k] = c
-		}
+		maps.Copy(fit, m.entries)
 		m.entries = fit
 	}
 	m.room = 0

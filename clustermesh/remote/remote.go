@@ -864,9 +864,7 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		return
 	}
 	c.mu.Lock()
-	if ev.Listed > 0 && c.ips.len() == 0 {
-		c.ips.expect(ev.Listed)
-	}
+	c.ips.expect(ev.Listed)
 	e.Node = c.nodeName(e.Node)
 	changed := c.ips.put(e)
 	c.mu.Unlock()
