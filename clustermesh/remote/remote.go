@@ -56,9 +56,12 @@ type Callbacks struct {
 
 // Status of one remote cluster.
 type Status struct {
-	Name        string    `json:"name"`
-	ClusterID   uint32    `json:"clusterID,omitempty"`
-	Configured  bool      `json:"configured"`
+	Name       string `json:"name"`
+	ClusterID  uint32 `json:"clusterID,omitempty"`
+	Configured bool   `json:"configured"`
+	// Pending: the config on disk is new, changed or removed since the
+	// agent last read the directory (it does every second).
+	Pending     bool      `json:"pending,omitempty"`
 	Connected   bool      `json:"connected"`
 	Ready       bool      `json:"ready"`
 	Withdrawn   bool      `json:"withdrawn,omitempty"`
@@ -202,13 +205,34 @@ func (m *Manager) scan(ctx context.Context) {
 	}
 }
 
-// Status lists every remote cluster by name.
+// Status lists every remote cluster by name, as the directory holds them
+// now: a config written (or changed, or removed) since the last scan shows
+// as Pending and not Ready until the next scan has read it, so a status
+// asked right after `clustermesh connect` does not answer for the configs
+// read before.
 func (m *Manager) Status() []Status {
+	files := clustermesh.ScanRemotes(m.dir)
+	sums := make(map[string][32]byte, len(files))
+	for _, f := range files {
+		sums[f.Name] = f.Sum
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]Status, 0, len(m.remotes))
-	for _, c := range m.remotes {
-		out = append(out, c.snapshot())
+	for name, c := range m.remotes {
+		st := c.snapshot()
+		switch sum, ok := sums[name]; {
+		case !ok:
+			st.Configured, st.Pending, st.Ready = false, true, false
+		case sum != c.sum:
+			st.Pending, st.Ready = true, false
+		}
+		out = append(out, st)
+	}
+	for _, f := range files {
+		if _, ok := m.remotes[f.Name]; !ok {
+			out = append(out, Status{Name: f.Name, Configured: true, Pending: true})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -478,3 +478,61 @@ func TestPartitionShortAndLong(t *testing.T) {
 }
 
 const clustermeshStale = clustermesh.HeartbeatStale
+
+// Status answers for the directory as it is now: a config written, changed
+// or removed since the manager last read it is Pending and not Ready, so
+// `filament clustermesh status --wait` right after a connect waits for the
+// new remote instead of answering for the ones read before (lab flake of
+// TestClusterMeshThreeClusters, 2026-12-02).
+func TestStatusShowsConfigsNotReadYet(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("east", "not: [a config")
+	write("west", "not: [a config either")
+	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{})
+	byName := func() map[string]remote.Status {
+		out := map[string]remote.Status{}
+		for _, st := range m.Status() {
+			out[st.Name] = st
+		}
+		return out
+	}
+	if st := byName(); len(st) != 2 || !st["east"].Pending || !st["east"].Configured || st["east"].Ready || st["east"].Connected {
+		t.Fatalf("before the first scan: %+v", st)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for st := byName(); st["east"].Pending || st["west"].Pending || st["east"].LastFailure == ""; st = byName() {
+		if time.Now().After(deadline) {
+			t.Fatalf("configs never read: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	<-done // no scan after this: what follows is what the directory says.
+	write("east", "changed: [still not a config")
+	write("north", "new")
+	if err := os.Remove(filepath.Join(dir, "west.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	st := byName()
+	if len(st) != 3 {
+		t.Fatalf("want east, north, west: %+v", st)
+	}
+	if e := st["east"]; !e.Pending || !e.Configured || e.Ready || e.LastFailure == "" {
+		t.Fatalf("changed config: %+v", e)
+	}
+	if n := st["north"]; !n.Pending || !n.Configured || n.Ready {
+		t.Fatalf("new config: %+v", n)
+	}
+	if w := st["west"]; !w.Pending || w.Configured || w.Ready {
+		t.Fatalf("removed config: %+v", w)
+	}
+}

@@ -466,6 +466,18 @@ func heartbeatColumn(r types.ClusterStatus) string {
 }
 
 // viaColumn: direct, or the cache and its own view of the remote.
+// configuredColumn: "pending" while the agent has yet to read a config
+// written, changed or removed on disk.
+func configuredColumn(r types.ClusterStatus) string {
+	switch {
+	case r.Pending && r.Configured:
+		return "pending"
+	case r.Pending:
+		return "removing"
+	}
+	return fmt.Sprint(r.Configured)
+}
+
 func viaColumn(r types.ClusterStatus) string {
 	if r.Via != "cache" {
 		return r.Via
@@ -611,7 +623,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 				}
 				ready := len(st) > 0
 				for _, r := range st {
-					ready = ready && r.Ready && r.Connected
+					ready = ready && r.Ready && r.Connected && !r.Pending
 				}
 				if ready || time.Now().After(deadline) {
 					if err := c.print(st, func(w *tabwriter.Writer) {
@@ -625,7 +637,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 							if fail != "" {
 								fail = r.FailureTime.Format(time.RFC3339) + " " + fail
 							}
-							fmt.Fprintf(w, "%s\t%d\t%s\t%v\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.ClusterID, viaColumn(r), r.Configured, r.Connected, r.Ready,
+							fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.ClusterID, viaColumn(r), configuredColumn(r), r.Connected, r.Ready,
 								r.Nodes, r.Endpoints, r.Identities, r.Services, r.Rejected, heartbeatColumn(r), ttlColumn(r), fail)
 						}
 					}); err != nil {

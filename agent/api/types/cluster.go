@@ -26,9 +26,12 @@ type Node struct {
 // ClusterStatus is one remote cluster the agent follows (GET
 // /v1/clustermesh).
 type ClusterStatus struct {
-	Name        string    `json:"name"`
-	ClusterID   uint32    `json:"clusterID,omitempty"`
-	Configured  bool      `json:"configured"`
+	Name       string `json:"name"`
+	ClusterID  uint32 `json:"clusterID,omitempty"`
+	Configured bool   `json:"configured"`
+	// Pending: the config on disk is new, changed or removed since the
+	// agent last read the directory (it does every second).
+	Pending     bool      `json:"pending,omitempty"`
 	Connected   bool      `json:"connected"`
 	Ready       bool      `json:"ready"`
 	Withdrawn   bool      `json:"withdrawn,omitempty"`
