@@ -345,22 +345,21 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		return
 	}
 	old, had := r.nodes[n.Name]
-	if had && !deleted && r.enc != nil && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs) {
-		// Same addresses (e.g. a rotated key): update in place, so its
-		// traffic is never without a route or a peer.
+	if had && !deleted && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs) {
+		// Same addresses and pod CIDRs, other bytes (a rotated key, a new
+		// signature, labels): update in place, so its traffic is never
+		// without an entry, a route or a peer (learnNode's writes all
+		// replace; IPsec's states and policies depend on the addresses
+		// only), and its covers and compact entries stay.
 		r.nodes[n.Name] = n
 		if !r.down[n.Name] {
 			r.learnNode(n)
 		}
 		return
 	}
-	// Same addresses and pod CIDRs: its covers and compact entries stay.
-	same := had && !deleted && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs)
 	var others []string
 	if had {
-		if !same {
-			others = r.sparseForget(old)
-		}
+		others = r.sparseForget(old)
 		r.forgetNode(old)
 	}
 	if deleted {
@@ -369,9 +368,7 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		return
 	}
 	r.nodes[n.Name] = n
-	if !same {
-		others = append(others, r.sparseLearn(n)...)
-	}
+	others = append(others, r.sparseLearn(n)...)
 	if !r.down[n.Name] {
 		r.learnNode(n)
 	}

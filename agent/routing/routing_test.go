@@ -2,8 +2,10 @@ package routing
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
+	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
 )
 
@@ -22,5 +24,65 @@ func TestInPodCIDRs(t *testing.T) {
 	}
 	if InPodCIDRs(netip.MustParseAddr("10.244.1.7"), node.Node{Name: "x", PodCIDRs: []string{"garbage"}}) {
 		t.Error("an unparsable pod CIDR contains an address")
+	}
+}
+
+// deletesMaps records the deletions a router makes in fakeMaps.
+type deletesMaps struct {
+	fakeMaps
+	deleted []string
+}
+
+func (d *deletesMaps) DeleteNode(ip netip.Addr) error {
+	d.deleted = append(d.deleted, "node "+ip.String())
+	return nil
+}
+
+func (d *deletesMaps) DeleteIPCache(p netip.Prefix) error {
+	d.deleted = append(d.deleted, "ipcache "+p.String())
+	return d.fakeMaps.DeleteIPCache(p)
+}
+
+// A node's record written again with the same addresses but other bytes
+// (a new ECDSA signature each time it is signed, as when a node back from
+// a kvstore partition writes its record under a new lease; or new labels)
+// changes nothing in the datapath: its entries, nodes-map slot and routes
+// stay in place throughout, never deleted and written again (lab flake of
+// TestKvstorePartitionedAgentKeepsItsPodsReachable: n1's ipcache lost the
+// pod on n2 for a moment).
+func TestNodeRecordRewrittenKeepsItsEntries(t *testing.T) {
+	inNetns(t)
+	d := &deletesMaps{fakeMaps: fakeMaps{ipc: map[netip.Prefix]fakeValue{}}}
+	r := &Router{dp: d, mode: Tunnel, self: "n1", nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{}}
+	r.RequireNodes()
+	n2 := node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}, Signature: "sig-1"}
+	r.NodeChanged(n2, false)
+	b := ipcache.Entry{IP: netip.MustParseAddr("10.244.1.2"), Identity: 65793, HostIP: netip.MustParseAddr("172.30.0.2"), Node: "n2"}
+	r.EntryChanged(b, false)
+	if _, ok := d.ipc[netip.PrefixFrom(b.IP, 32)]; !ok {
+		t.Fatal("the entry was never written")
+	}
+	for i, change := range []func(*node.Node){
+		func(n *node.Node) { n.Signature = "sig-2" },
+		func(n *node.Node) { n.Labels = map[string]string{"zone": "b"} },
+		func(n *node.Node) { n.Certificate = "another certificate" },
+	} {
+		change(&n2)
+		r.NodeChanged(n2, false)
+		if len(d.deleted) > 0 {
+			t.Fatalf("record change %d: the router deleted %v", i, d.deleted)
+		}
+		if _, ok := d.ipc[netip.PrefixFrom(b.IP, 32)]; !ok {
+			t.Fatalf("record change %d: the entry is gone", i)
+		}
+		if got := r.nodes["n2"]; got.Signature != n2.Signature || got.Certificate != n2.Certificate {
+			t.Fatalf("record change %d: the router keeps the old record %+v", i, got)
+		}
+	}
+	// A node that moves is still forgotten at its old address.
+	n2.IPs = []string{"172.30.0.9"}
+	r.NodeChanged(n2, false)
+	if !slices.Contains(d.deleted, "node 172.30.0.2") {
+		t.Fatalf("moved node: deletions %v", d.deleted)
 	}
 }
