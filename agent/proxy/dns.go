@@ -24,6 +24,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -681,11 +682,12 @@ const maxPendingLearned = 4096
 type learner struct {
 	mu      sync.Mutex
 	seq     uint64
-	session uint64        // the follower's: acks of another session are not its
-	sub     chan Learned  // nil: nobody follows
-	pending []*learnItem  // not handed to the follower yet, oldest first
-	sent    []*learnItem  // handed to the follower, not acknowledged, oldest first
-	wake    chan struct{} // closed (and replaced) when a waiter may be done
+	session uint64             // the follower's: acks of another session are not its
+	sub     chan Learned       // nil: nobody follows
+	pending []*learnItem       // not handed to the follower yet, oldest first
+	waiting map[netip.Addr]int // pending's answers by the endpoint that asked
+	sent    []*learnItem       // handed to the follower, not acknowledged, oldest first
+	wake    chan struct{}      // closed (and replaced) when a waiter may be done
 }
 
 // learnItem is one answer on its way to the agent.
@@ -705,6 +707,7 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 	x.Seq = l.seq
 	it := &learnItem{x: x}
 	l.pending = append(l.pending, it)
+	l.count(l.pending[len(l.pending)-1:], 1)
 	l.handOn()
 	if l.sub == nil {
 		l.mu.Unlock()
@@ -739,8 +742,8 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 
 // handOn moves what is pending to the follower, in order, as far as its
 // channel has room, and bounds what waits: more than maxPendingLearned
-// pending, or twice that given and unacknowledged, pushes out the
-// oldest. l.mu is held.
+// pending pushes out the busiest endpoint's oldest (boundPending), more
+// than twice that given and unacknowledged the oldest. l.mu is held.
 func (l *learner) handOn() {
 	if l.sub != nil {
 		n := 0
@@ -754,12 +757,51 @@ func (l *learner) handOn() {
 				break hand // no room
 			}
 		}
+		l.count(l.pending[:n], -1)
 		clear(l.pending[:n])
 		l.pending = l.pending[n:]
 	}
-	l.pending = l.bound(l.pending, maxPendingLearned)
+	l.boundPending()
 	// Given: a channel's worth, and as many read and being applied.
 	l.sent = l.bound(l.sent, 2*maxPendingLearned)
+}
+
+// count adds d to the waiting count of each item's endpoint; l.mu is held.
+func (l *learner) count(items []*learnItem, d int) {
+	if l.waiting == nil {
+		l.waiting = map[netip.Addr]int{}
+	}
+	for _, it := range items {
+		src := it.x.Endpoint
+		if l.waiting[src] += d; l.waiting[src] <= 0 {
+			delete(l.waiting, src)
+		}
+	}
+}
+
+// boundPending pushes out, while more than maxPendingLearned wait, the
+// oldest answer of the endpoint with the most waiting: a pod that floods
+// answers while the agent lags loses its own, not other pods'. l.mu is
+// held.
+func (l *learner) boundPending() {
+	if len(l.pending) <= maxPendingLearned {
+		return
+	}
+	for len(l.pending) > maxPendingLearned {
+		var hog netip.Addr
+		most := 0
+		for src, n := range l.waiting {
+			if n > most || n == most && src.Less(hog) {
+				hog, most = src, n
+			}
+		}
+		i := slices.IndexFunc(l.pending, func(it *learnItem) bool { return it.x.Endpoint == hog })
+		it := l.pending[i]
+		it.dropped = true
+		l.count(l.pending[i:i+1], -1)
+		l.pending = slices.Delete(l.pending, i, i+1)
+	}
+	l.wakeAll()
 }
 
 // bound drops the oldest of q beyond limit; l.mu is held.
@@ -787,6 +829,7 @@ func (l *learner) wakeAll() {
 // requeue puts what the follower was given and did not acknowledge back
 // in front of what is pending, for the next follower; l.mu is held.
 func (l *learner) requeue() {
+	l.count(l.sent, 1)
 	l.pending = append(l.sent, l.pending...)
 	l.sent = nil
 }

@@ -710,3 +710,48 @@ func TestUDPPoolSweep(t *testing.T) {
 		t.Fatalf("the fresh socket: %v", got)
 	}
 }
+
+// While the agent lags, a pod that floods answers pushes out its own
+// oldest waiting answers, not another pod's: the full queue takes from
+// the endpoint with the most waiting (the queue was one for all pods
+// before, oldest first).
+func TestLearnerFullQueueTakesFromTheBusiestSource(t *testing.T) {
+	var l learner
+	ch, session, stop := l.follow()
+	defer stop()
+	hog, quiet := netip.MustParseAddr("10.0.0.66"), netip.MustParseAddr("10.0.0.7")
+	for range maxPendingLearned { // the follower's channel full, nothing read
+		l.learn(context.Background(), Learned{Endpoint: hog}, 0)
+	}
+	l.learn(context.Background(), Learned{Endpoint: quiet, Name: "quiet."}, 0)
+	for range maxPendingLearned + 10 {
+		l.learn(context.Background(), Learned{Endpoint: hog}, 0)
+	}
+	got, quietSeen, last := 0, false, uint64(0)
+	for got < 2*maxPendingLearned {
+		select {
+		case x := <-ch:
+			got++
+			if x.Seq <= last {
+				t.Fatalf("%d after %d: out of order", x.Seq, last)
+			}
+			last = x.Seq
+			if x.Endpoint == quiet {
+				quietSeen = true
+			}
+			if got%512 == 0 {
+				l.ack(session, x.Seq)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%d answers reached the follower, want %d (the queue's bound)", got, 2*maxPendingLearned)
+		}
+	}
+	if !quietSeen {
+		t.Fatal("the quiet pod's answer was pushed out by the flooding pod's")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.waiting) != 0 || len(l.pending) != 0 {
+		t.Fatalf("after everything was read: waiting %v, %d pending", l.waiting, len(l.pending))
+	}
+}
