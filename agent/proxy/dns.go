@@ -779,28 +779,57 @@ func (l *learner) count(items []*learnItem, d int) {
 	}
 }
 
-// boundPending pushes out, while more than maxPendingLearned wait, the
-// oldest answer of the endpoint with the most waiting: a pod that floods
-// answers while the agent lags loses its own, not other pods'. l.mu is
-// held.
+// boundPending pushes out what waits beyond maxPendingLearned from the
+// endpoints with the most waiting, each one's oldest first, levelling the
+// largest counts down (ties: the oldest answers go): a pod that floods
+// answers while the agent lags loses its own, not other pods'. One pass
+// over pending, whatever the excess. l.mu is held.
 func (l *learner) boundPending() {
-	if len(l.pending) <= maxPendingLearned {
+	excess := len(l.pending) - maxPendingLearned
+	if excess <= 0 {
 		return
 	}
-	for len(l.pending) > maxPendingLearned {
-		var hog netip.Addr
-		most := 0
-		for src, n := range l.waiting {
-			if n > most || n == most && src.Less(hog) {
-				hog, most = src, n
-			}
+	over := func(level int) int { // what levelling every count down to level drops
+		n := 0
+		for _, c := range l.waiting {
+			n += max(c-level, 0)
 		}
-		i := slices.IndexFunc(l.pending, func(it *learnItem) bool { return it.x.Endpoint == hog })
-		it := l.pending[i]
-		it.dropped = true
-		l.count(l.pending[i:i+1], -1)
-		l.pending = slices.Delete(l.pending, i, i+1)
+		return n
 	}
+	// The highest level that drops at least excess (over(0) is them all).
+	lo, hi := 0, len(l.pending)
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if over(mid) >= excess {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	// Each count down to lo+1; then, oldest first, one more from as many
+	// of those at lo+1 as excess still asks for.
+	extra := excess - over(lo+1)
+	must := make(map[netip.Addr]int, len(l.waiting))
+	for src, c := range l.waiting {
+		must[src] = max(c-(lo+1), 0)
+	}
+	l.pending = slices.DeleteFunc(l.pending, func(it *learnItem) bool {
+		src := it.x.Endpoint
+		switch {
+		case must[src] > 0:
+			must[src]--
+		case extra > 0 && must[src] == 0 && l.waiting[src] == lo+1:
+			must[src] = -1 // its one more taken
+			extra--
+		default:
+			return false
+		}
+		it.dropped = true
+		if l.waiting[src]--; l.waiting[src] == 0 {
+			delete(l.waiting, src)
+		}
+		return true
+	})
 	l.wakeAll()
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -728,10 +729,12 @@ func TestLearnerFullQueueTakesFromTheBusiestSource(t *testing.T) {
 		l.learn(context.Background(), Learned{Endpoint: hog}, 0)
 	}
 	got, quietSeen, last := 0, false, uint64(0)
+	seen := map[uint64]bool{}
 	for got < 2*maxPendingLearned {
 		select {
 		case x := <-ch:
 			got++
+			seen[x.Seq] = true
 			if x.Seq <= last {
 				t.Fatalf("%d after %d: out of order", x.Seq, last)
 			}
@@ -749,9 +752,59 @@ func TestLearnerFullQueueTakesFromTheBusiestSource(t *testing.T) {
 	if !quietSeen {
 		t.Fatal("the quiet pod's answer was pushed out by the flooding pod's")
 	}
+	// The flooding pod's oldest waiting answers went (4,098 to 4,107).
+	for seq := uint64(maxPendingLearned + 2); seq < maxPendingLearned+12; seq++ {
+		if seen[seq] {
+			t.Fatalf("answer %d kept: the flooding pod's oldest waiting ones must go", seq)
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.waiting) != 0 || len(l.pending) != 0 {
 		t.Fatalf("after everything was read: waiting %v, %d pending", l.waiting, len(l.pending))
 	}
+}
+
+// checkWaiting: the learner's counts by endpoint are those of pending.
+func checkWaiting(t *testing.T, l *learner) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	want := map[netip.Addr]int{}
+	for _, it := range l.pending {
+		want[it.x.Endpoint]++
+	}
+	if !maps.Equal(want, l.waiting) {
+		t.Fatalf("waiting %v, pending holds %v", l.waiting, want)
+	}
+}
+
+// With every endpoint tied (one answer each), a full queue pushes out the
+// oldest answer, not the newest endpoint's by its address; what the
+// follower was given and did not acknowledge comes back into the counts
+// when it goes.
+func TestLearnerFullQueueTiesGoOldestFirst(t *testing.T) {
+	var l learner
+	ep := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}) }
+	for i := range maxPendingLearned { // nobody follows: all wait
+		l.learn(context.Background(), Learned{Endpoint: ep(i + 1)}, 0)
+	}
+	l.learn(context.Background(), Learned{Endpoint: netip.MustParseAddr("10.0.0.1"), Name: "low."}, 0)
+	checkWaiting(t, &l)
+	l.mu.Lock()
+	first, n := l.pending[0].x, len(l.pending)
+	lowKept := slices.ContainsFunc(l.pending, func(it *learnItem) bool { return it.x.Name == "low." })
+	l.mu.Unlock()
+	if n != maxPendingLearned || first.Seq != 2 || !lowKept {
+		t.Fatalf("%d waiting, the oldest now %d, the newest kept %v: want %d, 2 (answer 1 pushed out), true", n, first.Seq, lowKept, maxPendingLearned)
+	}
+	ch, _, stop := l.follow()
+	<-ch // read, never acknowledged
+	checkWaiting(t, &l)
+	stop()
+	checkWaiting(t, &l)
+	for range 3 * maxPendingLearned {
+		l.learn(context.Background(), Learned{Endpoint: ep(7)}, 0)
+	}
+	checkWaiting(t, &l)
 }

@@ -151,6 +151,14 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
+// viaName is where remotes are read: "direct" or "cache".
+func (m *Manager) viaName() string {
+	if m.via != nil {
+		return "cache"
+	}
+	return "direct"
+}
+
 func (m *Manager) scan(ctx context.Context) {
 	seen := map[string]bool{}
 	for _, file := range clustermesh.ScanRemotes(m.dir) {
@@ -171,11 +179,7 @@ func (m *Manager) scan(ctx context.Context) {
 			m.mu.Unlock()
 		}
 		cfg, err := clustermesh.LoadRemote(f)
-		via := "direct"
-		if m.via != nil {
-			via = "cache"
-		}
-		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true, TTL: m.ttl.String(), Via: via},
+		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true, TTL: m.ttl.String(), Via: m.viaName()},
 			live: liveness{ttl: m.ttl, staleAfter: clustermesh.HeartbeatStale}}
 		m.mu.Lock()
 		m.remotes[name] = c
@@ -231,7 +235,7 @@ func (m *Manager) Status() []Status {
 	}
 	for _, f := range files {
 		if _, ok := m.remotes[f.Name]; !ok {
-			out = append(out, Status{Name: f.Name, Configured: true, Pending: true})
+			out = append(out, Status{Name: f.Name, Configured: true, Pending: true, Via: m.viaName(), TTL: m.ttl.String()})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

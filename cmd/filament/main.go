@@ -465,7 +465,6 @@ func heartbeatColumn(r types.ClusterStatus) string {
 	return r.HeartbeatAge + " ago"
 }
 
-// viaColumn: direct, or the cache and its own view of the remote.
 // configuredColumn: "pending" while the agent has yet to read a config
 // written, changed or removed on disk.
 func configuredColumn(r types.ClusterStatus) string {
@@ -478,6 +477,7 @@ func configuredColumn(r types.ClusterStatus) string {
 	return fmt.Sprint(r.Configured)
 }
 
+// viaColumn: direct, or the cache and its own view of the remote.
 func viaColumn(r types.ClusterStatus) string {
 	if r.Via != "cache" {
 		return r.Via
