@@ -175,10 +175,19 @@ backends: [{ip: `+b.IP+`, node: n2}]
 	eventually(t, "c1/n1 itself reaches b through the tunnel", func() bool {
 		return echoMarkerOK(n1NS, b.IP+":7000", "warm-up")
 	})
+	// The capture's single attempts also go to c2's pod: its first
+	// WireGuard session, and each side's ipcache entry for the other's
+	// pod, before it.
+	pa := lab.NetNSPath(a.NetNS)
+	firstContact(t, l, "a reaches c in the other cluster", func() bool {
+		return echoMarkerOK(pa, c.IP+":7000", "warm-up")
+	})
+	eventually(t, "c1/n1 itself reaches c in the other cluster", func() bool {
+		return echoMarkerOK(n1NS, c.IP+":7000", "warm-up")
+	})
 	c1, _ := l.Cluster("c1")
 	stop := capture(t, fmt.Sprintf("flab-%s-%s-ul", l.Name, c1.Name))
 	const marker = "FILAMENT-PLAINTEXT-MARKER-7f3a"
-	pa := lab.NetNSPath(a.NetNS)
 	for range 5 {
 		echoMarker(t, pa, b.IP+":7000", marker)
 		echoMarker(t, pa, c.IP+":7000", marker)

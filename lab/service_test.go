@@ -178,9 +178,16 @@ func testServices(t *testing.T, routing string) {
 	// Session affinity by client: every connection of a client goes to one backend.
 	labtest.MustUpsertService(t, l, "n1", webDoc("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}",
 		web1.IP, "active", web2.IP, "active"))
-	eventually(t, "affinity configured", func() bool {
-		ss := labtest.Services(t, l, "n1")
-		return ss[0].AffinityTimeout == 60 && len(ss[0].Frontends[0].Backends) == 2 && ss[0].Frontends[0].Backends[1].Preferred
+	// On both nodes: each applies the service through its own watch, and
+	// n2's clients are tallied too.
+	eventually(t, "affinity configured on both nodes", func() bool {
+		for _, n := range []string{"n1", "n2"} {
+			ss := labtest.Services(t, l, n)
+			if ss[0].AffinityTimeout != 60 || len(ss[0].Frontends[0].Backends) != 2 || !ss[0].Frontends[0].Backends[1].Preferred {
+				return false
+			}
+		}
+		return true
 	})
 	for _, c := range clients {
 		got := labtest.Tally(lab.NetNSPath(c.NetNS), "10.96.0.10:80", 20)

@@ -305,11 +305,17 @@ func TestGossipKeyRotationInLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, step := range []string{"add", "use", "drop"} {
+	changes := func(n *lab.Node) int {
+		log, _ := os.ReadFile(n.LogFile)
+		return strings.Count(string(log), "gossip keys changed")
+	}
+	for i, step := range []string{"add", "use", "drop"} {
 		if out, err := labtest.NodeRun(t, l, "n1", "filament", "clustermesh", "rotate-gossip-key", "--step", step); err != nil {
 			t.Fatalf("rotate-gossip-key --step %s: %v %s", step, err, out)
 		}
-		time.Sleep(4 * time.Second) // agents re-read the file every 3 s
+		// Agents re-read the file every 3 s: each step applied by both
+		// before the next (two steps within one tick would be one change).
+		eventually(t, "both agents apply step "+step, func() bool { return changes(n1) >= i+1 && changes(n2) >= i+1 })
 		both("after step " + step)
 	}
 	after, _ := os.ReadFile(keyFile)
@@ -317,8 +323,7 @@ func TestGossipKeyRotationInLab(t *testing.T) {
 		t.Fatalf("key file after the rotation: %q (before %q)", after, before)
 	}
 	for _, n := range []*lab.Node{n1, n2} {
-		log, _ := os.ReadFile(n.LogFile)
-		if c := strings.Count(string(log), "gossip keys changed"); c != 3 {
+		if c := changes(n); c != 3 {
 			t.Errorf("agent of %s applied %d key changes, want 3", n.Name, c)
 		}
 	}
