@@ -2,9 +2,11 @@ package lab_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/internal/kubetest"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -59,11 +62,50 @@ func startKubeAPIServerFor(t testing.TB, l *lab.Lab, cluster string) *rest.Confi
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kubetest.Start(t, kubetest.Options{NetNS: l.KvstoreNS(cluster),
+	rc := kubetest.Start(t, kubetest.Options{NetNS: l.KvstoreNS(cluster),
 		IP: strings.TrimSuffix(strings.TrimPrefix(c.Kvstore, "https://"), ":2379"), Port: 6443,
 		EtcdServers: []string{c.Kvstore}, EtcdCA: filepath.Join(c.Bundle, "ca.pem"),
 		EtcdCert: filepath.Join(c.Bundle, "root.pem"), EtcdKey: filepath.Join(c.Bundle, "root-key.pem"),
 		ExtraArgs: []string{"--disable-admission-plugins", "ServiceAccount"}}).Config
+	// The CRDs are not installed yet: their informers wait for them.
+	waitKubeSynced(t, l, cluster, "ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies")
+	return rc
+}
+
+// waitKubeSynced waits until every agent of cluster has the first list of
+// each resource it follows but those in unless (its status's waiting
+// list). The agents start before the API server answers, and an informer
+// whose first lists failed retries with client-go's backoff (30 s at
+// most, with a jitter of up to as much again): until then a Pod object's
+// labels, and policy objects, have not reached the agent.
+func waitKubeSynced(t testing.TB, l *lab.Lab, cluster string, unless ...string) {
+	t.Helper()
+	for _, n := range l.Nodes {
+		if n.Cluster != cluster {
+			continue
+		}
+		var last string
+		synced := func() bool {
+			out, err := labtest.NodeRun(t, l, n.Name, "filament", "status", "-o", "json")
+			var st types.Status
+			if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Kubernetes == nil {
+				last = fmt.Sprintf("%v %s", err, out)
+				return false
+			}
+			last = strings.Join(st.Kubernetes.Waiting, ",")
+			for _, r := range st.Kubernetes.Waiting {
+				if !slices.Contains(unless, r) {
+					return false
+				}
+			}
+			return true
+		}
+		for deadline := time.Now().Add(100 * time.Second); !synced(); time.Sleep(500 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has not the first list of every Kubernetes resource after 100 s: waiting for %s", n.Name, last)
+			}
+		}
+	}
 }
 
 // applyYAML creates each document of path (or, with dryRun, has the
@@ -130,6 +172,7 @@ func kubeLab(t *testing.T) (*lab.Lab, dynamic.Interface, kubernetes.Interface) {
 	}
 	root, _ := filepath.Abs("..")
 	applyYAML(t, dyn, filepath.Join(root, "deploy", "kube", "crds.yaml"), false)
+	waitKubeSynced(t, l, l.Clusters[0].Name)
 	return l, dyn, cs
 }
 
@@ -147,15 +190,15 @@ func kubePod(t *testing.T, l *lab.Lab, cs kubernetes.Interface, node, name, app 
 
 // Kubernetes mode on a real kube-apiserver (built from the module proxy):
 // the CRD manifests in deploy/ are accepted; Pod objects bound to lab nodes
-// give CNI ADD the pods' labels; CiliumNetworkPolicy and NetworkPolicy
+// give CNI ADD the pods' labels, or the endpoint when they come after it; CiliumNetworkPolicy and NetworkPolicy
 // objects, as users write them, are enforced by the agents on real traffic
 // between lab pods, and deleting them lifts the enforcement; a label change
 // on a running pod changes its identity and what policy allows it.
 func TestKubernetesPoliciesEnforced(t *testing.T) {
 	l, dyn, cs := kubeLab(t)
 	root, _ := filepath.Abs("..")
-	// The example policies of the repository apply unchanged (dry run).
-	time.Sleep(2 * time.Second) // CRDs become served
+	// The example policies of the repository apply unchanged (dry run);
+	// the CRDs are served (the agents' informers have listed them).
 	applyYAML(t, dyn, filepath.Join(root, "docs", "examples", "allow-web-to-db.yaml"), true)
 
 	// Pod objects bound to lab nodes: CNI ADD (with K8S_POD_NAMESPACE and
@@ -172,6 +215,23 @@ func TestKubernetesPoliciesEnforced(t *testing.T) {
 			t.Fatalf("web's endpoint labels %s lack the service account", ep.Labels)
 		}
 	}
+	// A pod whose CNI ADD came before its Pod object reached the agent
+	// (the ADD waits 5 s, then takes the CNI labels) takes the object's
+	// labels when it arrives, not only at its next label change.
+	labtest.Pod(t, l, "n1", "late")
+	late := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "default", Labels: map[string]string{"app": "late"}},
+		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
+	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), late, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the late Pod object's labels reach its endpoint", func() bool {
+		for _, ep := range labtest.Endpoints(t, l, "n1") {
+			if ep.PodName == "late" {
+				return strings.Contains(ep.Labels.String(), "k8s:app=late")
+			}
+		}
+		return false
+	})
 	serve(t, lab.NetNSPath(db.NetNS), 5432)
 	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("no policy yet, but other cannot reach db")
@@ -261,12 +321,7 @@ spec:
 	if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(context.Background(), slice, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// The agents started before the kube-apiserver answered: an informer
-	// whose first lists failed retries with client-go's backoff (30 s at
-	// most, with a jitter of up to as much again), so the first Service
-	// may take up to a minute to arrive (seen on full `make test` runs:
-	// not within 15 s, and once not within 45 s).
-	eventuallyWithin(t, 100*time.Second, "other reaches db through the Service's ClusterIP", func() bool {
+	eventually(t, "other reaches db through the Service's ClusterIP", func() bool {
 		return reach(t, lab.NetNSPath(other.NetNS), "tcp", "10.96.0.50", 5432)
 	})
 	found := false

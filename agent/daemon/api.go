@@ -125,6 +125,9 @@ func (a *Agent) status(ctx context.Context) types.Status {
 			PinDir: datapath.PinDir(cfg.BPFRoot, cfg.ClusterName, cfg.NodeName), PolicyEntries: a.engine.PolicyEntries(),
 			ConntrackEntries: a.dp.ConntrackEntries()},
 	}
+	if a.kubeWatcher != nil {
+		st.Kubernetes = &types.KubernetesStatus{APIServer: a.kubeWatcher.APIServer(), Waiting: a.kubeWatcher.Waiting()}
+	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if _, err := a.kv.Get(hctx, kvstore.Prefix+"health"); err != nil && !errors.Is(err, kvstore.ErrNotFound) {

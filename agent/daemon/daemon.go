@@ -31,6 +31,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/k8s"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/l7"
 	"github.com/filament-net/filament/agent/monitor"
@@ -99,6 +100,7 @@ type Agent struct {
 	remoteNames     *remotenames.Names // names of covered remote pods (sparse remote ipcache)
 	clusterPolicies *policysync.Store
 	podLabels       func(ctx context.Context, namespace, pod string) ([]string, bool)
+	kubeWatcher     *k8s.Watcher
 	relabel         k8sPods
 	groups          cloudGroups
 	names           *dnsNames

@@ -360,7 +360,7 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.podLabels = kube.PodLabels
+	a.podLabels, a.kubeWatcher = kube.PodLabels, kube
 	return nil
 }
 
@@ -390,6 +390,9 @@ func (a *Agent) startEndpoints(ctx context.Context) error {
 	}
 	if n > 0 {
 		slog.Info("restored endpoints from the state dir", "count", n)
+	}
+	if a.kubeWatcher != nil {
+		a.kubeWatcher.Resync(ctx)
 	}
 	if n, err := a.ipsync.Prune(ctx); err != nil {
 		return fmt.Errorf("prune cluster ipcache: %w", err)

@@ -68,12 +68,20 @@ type Watcher struct {
 	policies Policies
 	pods     Pods
 	services Services
-	synced   []cache.InformerSynced
+	// apiServer is the API server's address; informers the resources
+	// followed, each with whether its first list has arrived.
+	apiServer string
+	informers []namedInformer
 
 	svcIndexer, sliceIndexer cache.Indexer
 
 	podIndexer, nsIndexer cache.Indexer
 	podSynced, nsSynced   cache.InformerSynced
+}
+
+type namedInformer struct {
+	resource string
+	synced   cache.InformerSynced
 }
 
 // ClientConfig is the agent's client configuration: from the kubeconfig
@@ -101,53 +109,34 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{policies: p, pods: pods, services: svcs}
+	w := &Watcher{policies: p, pods: pods, services: svcs, apiServer: cfg.Host}
 	typed := informers.NewSharedInformerFactory(cs, 10*time.Minute)
 	np := typed.Networking().V1().NetworkPolicies().Informer()
 	np.AddEventHandler(w.handler(networkPolicyDoc))
-	w.synced = append(w.synced, np.HasSynced)
+	w.follow("networkpolicies", np)
 	nsInf := typed.Core().V1().Namespaces().Informer()
 	w.nsIndexer, w.nsSynced = nsInf.GetIndexer(), nsInf.HasSynced
-	nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		UpdateFunc: func(oldObj, obj any) {
-			o, n := oldObj.(*corev1.Namespace), obj.(*corev1.Namespace)
-			if n.DeletionTimestamp != nil {
-				w.namespaceGone(n.Name)
-				return
-			}
-			if !maps.Equal(o.Labels, n.Labels) {
-				w.relabelNamespace(ctx, n.Name)
-			}
-		},
-		DeleteFunc: func(obj any) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if n, ok := obj.(*corev1.Namespace); ok {
-				w.namespaceGone(n.Name)
-			}
-		},
-	})
+	nsInf.AddEventHandler(w.namespaceHandler(ctx))
+	w.follow("namespaces", nsInf)
 	podFactory := informers.NewSharedInformerFactoryWithOptions(cs, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }))
 	podInf := podFactory.Core().V1().Pods().Informer()
 	w.podIndexer, w.podSynced = podInf.GetIndexer(), podInf.HasSynced
-	podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: func(oldObj, obj any) {
-		o, n := oldObj.(*corev1.Pod), obj.(*corev1.Pod)
-		if !maps.Equal(o.Labels, n.Labels) || o.Spec.ServiceAccountName != n.Spec.ServiceAccountName {
-			w.relabel(ctx, n)
-		}
-	}})
+	podInf.AddEventHandler(w.podHandler(ctx))
+	w.follow("pods", podInf)
 	dynf := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 10*time.Minute)
-	for gvr, kind := range map[schema.GroupVersionResource]string{CNP: api.KindCiliumNetworkPolicy, CCNP: api.KindCiliumClusterwideNetworkPolicy} {
+	for _, gvr := range []schema.GroupVersionResource{CNP, CCNP} {
+		kind := map[schema.GroupVersionResource]string{CNP: api.KindCiliumNetworkPolicy, CCNP: api.KindCiliumClusterwideNetworkPolicy}[gvr]
 		inf := dynf.ForResource(gvr).Informer()
 		inf.AddEventHandler(w.handler(ciliumDoc(kind)))
-		w.synced = append(w.synced, inf.HasSynced)
+		w.follow(gvr.Resource, inf)
 	}
 	if svcs != nil {
 		svcInf := typed.Core().V1().Services().Informer()
 		sliceInf := typed.Discovery().V1().EndpointSlices().Informer()
 		w.svcIndexer, w.sliceIndexer = svcInf.GetIndexer(), sliceInf.GetIndexer()
+		w.follow("services", svcInf)
+		w.follow("endpointslices", sliceInf)
 		onSvc := func(obj any) {
 			if s, ok := obj.(*corev1.Service); ok {
 				w.syncService(ctx, s.Namespace, s.Name)
@@ -177,6 +166,87 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	dynf.Start(ctx.Done())
 	slog.Info("following Kubernetes policies and this node's pods", "apiServer", cfg.Host, "node", node)
 	return w, nil
+}
+
+func (w *Watcher) follow(resource string, inf cache.SharedIndexInformer) {
+	w.informers = append(w.informers, namedInformer{resource, inf.HasSynced})
+}
+
+// APIServer is the address of the API server the watcher follows.
+func (w *Watcher) APIServer() string { return w.apiServer }
+
+// Waiting lists the resources whose first list has not arrived yet (the
+// API server has not answered, or a CRD is not installed); their objects
+// are not applied until it does. Empty once everything is followed.
+func (w *Watcher) Waiting() []string {
+	var out []string
+	for _, i := range w.informers {
+		if !i.synced() {
+			out = append(out, i.resource)
+		}
+	}
+	return out
+}
+
+// podHandler relabels a pod's endpoints when its labels or service
+// account change, and when the pod first reaches the cache: an endpoint
+// created while the API server did not answer (CNI labels), or restored
+// after labels changed while the agent was down, takes the pod's labels
+// then (relabelling endpoints whose labels already match does nothing).
+func (w *Watcher) podHandler(ctx context.Context) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if p, ok := obj.(*corev1.Pod); ok {
+				w.relabel(ctx, p)
+			}
+		},
+		UpdateFunc: func(oldObj, obj any) {
+			o, n := oldObj.(*corev1.Pod), obj.(*corev1.Pod)
+			if !maps.Equal(o.Labels, n.Labels) || o.Spec.ServiceAccountName != n.Spec.ServiceAccountName {
+				w.relabel(ctx, n)
+			}
+		},
+	}
+}
+
+// namespaceHandler relabels a namespace's pods when its labels change or
+// it first reaches the cache (its pods may have come first, without the
+// namespace's labels), and drops its policies when it is deleted.
+func (w *Watcher) namespaceHandler(ctx context.Context) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*corev1.Namespace); ok {
+				w.relabelNamespace(ctx, n.Name)
+			}
+		},
+		UpdateFunc: func(oldObj, obj any) {
+			o, n := oldObj.(*corev1.Namespace), obj.(*corev1.Namespace)
+			if n.DeletionTimestamp != nil {
+				w.namespaceGone(n.Name)
+				return
+			}
+			if !maps.Equal(o.Labels, n.Labels) {
+				w.relabelNamespace(ctx, n.Name)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if n, ok := obj.(*corev1.Namespace); ok {
+				w.namespaceGone(n.Name)
+			}
+		},
+	}
+}
+
+// Resync relabels the endpoints of every pod in the cache: the endpoint
+// manager calls it once it has restored the node's endpoints, since pods
+// that reached the cache before had no endpoints to relabel.
+func (w *Watcher) Resync(ctx context.Context) {
+	for _, obj := range w.podIndexer.List() {
+		w.relabel(ctx, obj.(*corev1.Pod))
+	}
 }
 
 // PodLabels returns the labels of pod namespace/name as endpoint labels

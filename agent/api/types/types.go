@@ -51,6 +51,16 @@ type Status struct {
 	Services    int            `json:"services"`
 	IPAM        IPAMStatus     `json:"ipam"`
 	Datapath    DatapathStatus `json:"datapath"`
+	// Kubernetes is set in Kubernetes mode.
+	Kubernetes *KubernetesStatus `json:"kubernetes,omitempty"`
+}
+
+// KubernetesStatus says which API server the agent follows and which
+// resources' first list has not arrived yet (their objects are not applied
+// until it does: the API server does not answer, or a CRD is missing).
+type KubernetesStatus struct {
+	APIServer string   `json:"apiServer"`
+	Waiting   []string `json:"waiting,omitempty"`
 }
 
 // DatapathStatus describes the node's eBPF datapath.
