@@ -70,7 +70,7 @@ func (w *ipcacheWatch) finish() (rounds, misses int) {
 }
 
 // Two clusters partitioned (the router between their underlays drops
-// everything both ways) with --clustermesh-ttl 10s. Shorter than the TTL:
+// everything both ways) with --clustermesh-ttl 20s. Shorter than the TTL:
 // each side sees the other lost, keeps every entry (no change passed on, no
 // policy map write, the remote pod never leaves the BPF ipcache) and an
 // established TCP connection across the partition carries data again after
@@ -79,7 +79,7 @@ func (w *ipcacheWatch) finish() (rounds, misses int) {
 // is back once (each entry re-added once, the service with one backend per
 // cluster) and clients return to it.
 func TestClusterMeshPartition(t *testing.T) {
-	const ttl = 10 * time.Second
+	const ttl = 20 * time.Second
 	l := labtest.UpClusters(t, 2, 1, "tunnel", "--clustermesh-ttl", ttl.String())
 	client := labtest.Pod(t, l, "c1/n1", "client")
 	web1 := labtest.Pod(t, l, "c1/n1", "api-c1", "app=api")

@@ -15,7 +15,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -285,21 +284,13 @@ func TestPolicyTruthTable(t *testing.T) {
 
 	labtest.ImportPolicy(t, l, "n1", truthPolicies)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var mu sync.Mutex
 	var events []types.Event
-	mctx, mcancel := context.WithCancel(ctx)
-	monDone := make(chan struct{})
-	go func() {
-		defer close(monDone)
-		client.New(n.Socket).Monitor(mctx, 0, "", func(ev types.Event) {
-			mu.Lock()
-			events = append(events, ev)
-			mu.Unlock()
-		})
-	}()
-	time.Sleep(300 * time.Millisecond) // let the monitor subscribe
+	labtest.Monitor(t, l, "n1", "", func(ev types.Event) {
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+	})
 
 	flows := []struct {
 		src, dst, proto string
@@ -374,22 +365,38 @@ func TestPolicyTruthTable(t *testing.T) {
 		}
 	}
 
-	time.Sleep(500 * time.Millisecond)
-	mcancel()
-	<-monDone
-	mu.Lock()
-	defer mu.Unlock()
+	// The drop events of the denied flows reach the monitor (5 s at most),
+	// and the allowed flows have none.
+	key := func(f int) string {
+		return fmt.Sprintf("%s>%s:%d/%s", ipOf[flows[f].src], ipOf[flows[f].dst], flows[f].port, strings.ToUpper(flows[f].proto))
+	}
 	dropped := map[string]bool{}
-	for _, ev := range events {
-		if ev.Type == "drop" {
-			dropped[fmt.Sprintf("%s>%s:%d/%s", ev.Src.Addr(), ev.Dst.Addr(), ev.Dst.Port(), ev.Protocol)] = true
-			if len(ev.SrcLabels) == 0 && ev.SrcIdentity > 255 {
-				t.Errorf("drop event without source labels: %+v", ev)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		mu.Lock()
+		dropped = map[string]bool{}
+		for _, ev := range events {
+			if ev.Type == "drop" {
+				dropped[fmt.Sprintf("%s>%s:%d/%s", ev.Src.Addr(), ev.Dst.Addr(), ev.Dst.Port(), ev.Protocol)] = true
 			}
 		}
+		mu.Unlock()
+		all := true
+		for i, f := range flows {
+			all = all && (f.allow || dropped[key(i)])
+		}
+		if all || time.Now().After(deadline) {
+			break
+		}
 	}
+	mu.Lock()
+	for _, ev := range events {
+		if ev.Type == "drop" && len(ev.SrcLabels) == 0 && ev.SrcIdentity > 255 {
+			t.Errorf("drop event without source labels: %+v", ev)
+		}
+	}
+	mu.Unlock()
 	for i, f := range flows {
-		key := fmt.Sprintf("%s>%s:%d/%s", ipOf[f.src], ipOf[f.dst], f.port, strings.ToUpper(f.proto))
+		key := key(i)
 		if !f.allow && !dropped[key] {
 			t.Errorf("no drop event in monitor for denied flow %s -> %s %s/%d", f.src, f.dst, f.proto, f.port)
 		}

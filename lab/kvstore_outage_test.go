@@ -132,12 +132,15 @@ func agentStatus(t *testing.T, l *lab.Lab, node string) types.Status {
 // retry, and checks the echo server answers.
 func connectOnce(path, ip string, port int) error {
 	return ns.WithNetNSPath(path, func(ns.NetNS) error {
-		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", ip, port), 500*time.Millisecond)
+		// 2 s: a SYN or segment lost once is sent again after 1 s, and a
+		// busy machine may stall the echo server for a moment; a path the
+		// datapath breaks fails every attempt.
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", ip, port), 2*time.Second)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(time.Second))
+		c.SetDeadline(time.Now().Add(2 * time.Second))
 		if _, err := c.Write([]byte("ping")); err != nil {
 			return err
 		}

@@ -214,27 +214,29 @@ func TestUntrackedWatchResync(t *testing.T) {
 func TestLeaseKeysVanish(t *testing.T) {
 	c := testutil.EtcdClient(t)
 	x := ctx(t)
-	l, err := c.GrantLease(x, time.Second)
+	// 3 s: long enough that a busy machine does not miss a keepalive
+	// (sent every third of the TTL), short enough to wait out.
+	l, err := c.GrantLease(x, 3*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Put(x, "filament/leased", []byte("v"), l.ID()); err != nil {
 		t.Fatal(err)
 	}
-	// Kept alive past several TTLs.
-	time.Sleep(2500 * time.Millisecond)
+	// Kept alive past its TTL.
+	time.Sleep(4500 * time.Millisecond)
 	if _, err := c.Get(x, "filament/leased"); err != nil {
 		t.Fatalf("key under a kept-alive lease vanished: %v", err)
 	}
 	// Abandoned like a dead node: gone after the TTL.
 	l.Abandon()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := c.Get(x, "filament/leased"); errors.Is(err, kvstore.ErrNotFound) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("key of an abandoned lease still there after 5s")
+			t.Fatal("key of an abandoned lease still there after 10s")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
