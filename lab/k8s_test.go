@@ -334,6 +334,68 @@ spec:
 	if !found {
 		t.Fatalf("service list on n2 lacks db with its backend: %+v", labtest.Services(t, l, "n2"))
 	}
+
+	// A NetworkPolicy named like the CiliumNetworkPolicy (default/
+	// db-from-other) neither replaces it nor, deleted, removes it: before,
+	// it replaced it (other shut out) and its deletion deleted the CNP's
+	// policy. A second NetworkPolicy made after the deletion is the
+	// barrier: the informer hands over one kind's events in order.
+	sameName := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "db-from-other", Namespace: "default"}, Spec: networkingv1.NetworkPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+		Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}}}},
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+	}}
+	if _, err := cs.NetworkingV1().NetworkPolicies("default").Create(context.Background(), sameName, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n1, _ := l.Node("n1")
+	eventually(t, "n1 refuses the NetworkPolicy named like the CNP", func() bool {
+		b, _ := os.ReadFile(n1.LogFile)
+		return strings.Contains(string(b), "a policy of another kind has the same namespace and name")
+	})
+	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("a NetworkPolicy named like the CiliumNetworkPolicy replaced it: other is shut out")
+	}
+	if err := cs.NetworkingV1().NetworkPolicies("default").Delete(context.Background(), "db-from-other", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	barrier := sameName.DeepCopy()
+	barrier.Name, barrier.ResourceVersion = "barrier", ""
+	barrier.Spec.PodSelector.MatchLabels = map[string]string{"app": "nothing"}
+	if _, err := cs.NetworkingV1().NetworkPolicies("default").Create(context.Background(), barrier, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "n1 holds the barrier NetworkPolicy", func() bool {
+		_, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/barrier")
+		return err == nil
+	})
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/db-from-other", "-o", "json"); err != nil || !strings.Contains(out, "CiliumNetworkPolicy") {
+		t.Fatalf("deleting the NetworkPolicy named like the CNP took the CNP's policy: %v %s", err, out)
+	}
+	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("deleting the NetworkPolicy named like the CiliumNetworkPolicy shut other out")
+	}
+
+	// A policy object deleted while n1's agent is down is not enforced
+	// after its restart (before, the stored policy stayed for good): with
+	// the CNP gone only the clusterwide policy (app=web) admits to db.
+	if err := l.StopAgent("n1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := dyn.Resource(schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}).
+		Namespace("default").Delete(context.Background(), "db-from-other", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(context.Background(), "n1"); err != nil {
+		t.Fatal(err)
+	}
+	waitKubeSynced(t, l, l.Clusters[0].Name)
+	eventually(t, "the CNP deleted while n1 was down no longer admits other", func() bool {
+		return !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432)
+	})
+	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("after n1's restart the clusterwide policy no longer admits web")
+	}
 }
 
 func writeTemp(t *testing.T, content string) string {

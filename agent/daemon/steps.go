@@ -356,7 +356,7 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 	if a.kube == nil {
 		return nil
 	}
-	kube, err := k8s.Start(ctx, a.kube, a.cfg.NodeName, a.engine, &a.relabel, a.services)
+	kube, err := k8s.Start(ctx, a.kube, a.cfg.NodeName, k8sPolicies{a.engine, a.policies}, &a.relabel, a.services)
 	if err != nil {
 		return err
 	}
@@ -440,6 +440,15 @@ func underlay(configured string) (netip.Addr, netlink.Link, int, error) {
 	// No underlay: a single node on its own.
 	return netip.MustParseAddr("127.0.0.1"), nil, 1500, nil
 }
+
+// k8sPolicies is the engine as the Kubernetes watcher uses it, with the
+// stored policies' scopes from the repository.
+type k8sPolicies struct {
+	*enforcement.Engine
+	repo *policy.Repository
+}
+
+func (p k8sPolicies) Scope(key string) (string, error) { return p.repo.Scope(key) }
 
 // k8sPods hands pod label changes to the endpoint manager once it exists.
 type k8sPods struct {

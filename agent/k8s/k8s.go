@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -39,11 +40,15 @@ import (
 	"github.com/filament-net/filament/agent/service"
 )
 
-// Policies is the policy engine as the watchers feed it.
+// Policies is the policy engine as the watchers feed it. Scope gives a
+// stored policy's scope: the policies of Kubernetes objects have
+// policy.ScopeAgent ("").
 type Policies interface {
 	Import(ps []api.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
+	Get(key string) (api.Policy, error)
 	List() []api.Policy
+	Scope(key string) (string, error)
 }
 
 // The Cilium policy resources.
@@ -72,6 +77,14 @@ type Watcher struct {
 	// followed, each with whether its first list has arrived.
 	apiServer string
 	informers []namedInformer
+	// life is Start's context: relabels made outside an event handler
+	// (PodLabels's re-check) run under it.
+	life context.Context
+
+	// policyMu orders the policy objects' handlers (three informers);
+	// policyCaches are their caches by kind.
+	policyMu     sync.Mutex
+	policyCaches map[string]cache.Indexer
 
 	svcIndexer, sliceIndexer cache.Indexer
 
@@ -109,10 +122,10 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{policies: p, pods: pods, services: svcs, apiServer: cfg.Host}
+	w := &Watcher{policies: p, pods: pods, services: svcs, apiServer: cfg.Host, life: ctx, policyCaches: map[string]cache.Indexer{}}
 	typed := informers.NewSharedInformerFactory(cs, 10*time.Minute)
 	np := typed.Networking().V1().NetworkPolicies().Informer()
-	np.AddEventHandler(w.handler(networkPolicyDoc))
+	w.followPolicies(ctx, api.KindNetworkPolicy, networkPolicyDoc, np)
 	w.follow("networkpolicies", np)
 	nsInf := typed.Core().V1().Namespaces().Informer()
 	w.nsIndexer, w.nsSynced = nsInf.GetIndexer(), nsInf.HasSynced
@@ -128,7 +141,7 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	for _, gvr := range []schema.GroupVersionResource{CNP, CCNP} {
 		kind := map[schema.GroupVersionResource]string{CNP: api.KindCiliumNetworkPolicy, CCNP: api.KindCiliumClusterwideNetworkPolicy}[gvr]
 		inf := dynf.ForResource(gvr).Informer()
-		inf.AddEventHandler(w.handler(ciliumDoc(kind)))
+		w.followPolicies(ctx, kind, ciliumDoc(kind), inf)
 		w.follow(gvr.Resource, inf)
 	}
 	if svcs != nil {
@@ -249,10 +262,19 @@ func (w *Watcher) Resync(ctx context.Context) {
 	}
 }
 
+// podRecheckAfter is how long after a CNI ADD's look at its pod the pod is
+// looked at again (see PodLabels).
+var podRecheckAfter = 2 * time.Second
+
 // PodLabels returns the labels of pod namespace/name as endpoint labels
 // (the pod's, its namespace's as io.cilium.k8s.namespace.labels.<k>, its
 // service account), waiting up to 5 s for the pod to reach the cache.
+// The pod is looked at again podRecheckAfter later and its endpoints
+// relabelled if it differs: the pod's arrival in the cache, or a label
+// change, between this look and the endpoint's creation found no endpoint
+// to relabel.
 func (w *Watcher) PodLabels(ctx context.Context, namespace, name string) ([]string, bool) {
+	defer w.recheck(namespace, name)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if w.podSynced() {
@@ -266,6 +288,20 @@ func (w *Watcher) PodLabels(ctx context.Context, namespace, name string) ([]stri
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func (w *Watcher) recheck(namespace, name string) {
+	if w.life == nil {
+		return
+	}
+	time.AfterFunc(podRecheckAfter, func() {
+		if w.life.Err() != nil {
+			return
+		}
+		if obj, ok, _ := w.podIndexer.GetByKey(namespace + "/" + name); ok {
+			w.relabel(w.life, obj.(*corev1.Pod))
+		}
+	})
 }
 
 func (w *Watcher) labelsOf(p *corev1.Pod) []string {
@@ -305,8 +341,10 @@ func (w *Watcher) relabel(ctx context.Context, p *corev1.Pod) {
 // namespaceGone removes the policy state of a namespace being deleted at
 // once, without waiting for its objects' deletions one by one.
 func (w *Watcher) namespaceGone(namespace string) {
+	w.policyMu.Lock()
+	defer w.policyMu.Unlock()
 	for _, p := range w.policies.List() {
-		if p.Namespace == namespace && !p.Clusterwide() {
+		if p.Namespace == namespace && !p.Clusterwide() && w.fromKubernetes(p.Key()) != "" {
 			if _, err := w.policies.Delete(p.Key()); err == nil {
 				slog.Info("namespace deleted: its policy removed", "policy", p.Key())
 			}
@@ -325,21 +363,44 @@ func (w *Watcher) relabelNamespace(ctx context.Context, namespace string) {
 // doc turns an object into the policy document the policy package parses.
 type doc func(obj any) ([]byte, error)
 
-func (w *Watcher) handler(toDoc doc) cache.ResourceEventHandlerFuncs {
+// followPolicies hands the policy objects of kind that inf follows to the
+// engine, and once inf has its first list removes the stored policies of
+// that kind whose objects are gone (deleted while the agent was down).
+func (w *Watcher) followPolicies(ctx context.Context, kind string, toDoc doc, inf cache.SharedIndexInformer) {
+	w.policyCaches[kind] = inf.GetIndexer()
+	inf.AddEventHandler(w.handler(kind, toDoc))
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			w.prune(kind)
+		}
+	}()
+}
+
+// fromKubernetes returns the kind of the stored policy with key if a
+// Kubernetes object gave it (scope policy.ScopeAgent), else "".
+func (w *Watcher) fromKubernetes(key string) string {
+	p, err := w.policies.Get(key)
+	if err != nil {
+		return ""
+	}
+	if sc, err := w.policies.Scope(key); err != nil || sc != "" {
+		return ""
+	}
+	return p.Kind
+}
+
+// handler applies the policy objects of one kind. A policy's key is its
+// namespace and name, so a NetworkPolicy and a CiliumNetworkPolicy of the
+// same namespace and name cannot both be enforced: the one stored first
+// stays, the other is refused with a warning (before, the later replaced
+// it, and deleting either removed both), and takes its place when it is
+// deleted. An object that does not parse leaves what was stored for it;
+// its deletion removes that (it was kept before).
+func (w *Watcher) handler(kind string, toDoc doc) cache.ResourceEventHandlerFuncs {
 	apply := func(obj any) {
-		b, err := toDoc(obj)
-		if err != nil {
-			slog.Warn("kubernetes policy skipped", "err", err)
-			return
-		}
-		ps, err := api.Parse(b)
-		if err != nil {
-			slog.Warn("kubernetes policy rejected", "err", err)
-			return
-		}
-		if _, err := w.policies.Import(ps); err != nil {
-			slog.Warn("kubernetes policy not imported", "err", err)
-		}
+		w.policyMu.Lock()
+		defer w.policyMu.Unlock()
+		w.applyLocked(kind, toDoc, obj)
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    apply,
@@ -348,18 +409,83 @@ func (w *Watcher) handler(toDoc doc) cache.ResourceEventHandlerFuncs {
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = t.Obj
 			}
-			b, err := toDoc(obj)
+			key, err := cache.MetaNamespaceKeyFunc(obj)
 			if err != nil {
 				return
 			}
-			ps, err := api.Parse(b)
-			if err != nil {
+			w.policyMu.Lock()
+			defer w.policyMu.Unlock()
+			if w.fromKubernetes(key) != kind {
+				return // stored from another object, or not at all
+			}
+			if _, err := w.policies.Delete(key); err != nil {
+				slog.Warn("kubernetes policy not deleted", "policy", key, "kind", kind, "err", err)
 				return
 			}
-			for _, p := range ps {
-				w.policies.Delete(p.Key())
-			}
+			w.promoteLocked(key)
 		},
+	}
+}
+
+func (w *Watcher) applyLocked(kind string, toDoc doc, obj any) {
+	key, err := cache.MetaNamespaceKeyFunc(obj)
+	if err != nil {
+		slog.Warn("kubernetes policy skipped", "kind", kind, "err", err)
+		return
+	}
+	if other := w.fromKubernetes(key); other != "" && other != kind {
+		slog.Warn("kubernetes policy not enforced: a policy of another kind has the same namespace and name (rename one)",
+			"policy", key, "kind", kind, "enforced", other)
+		return
+	}
+	b, err := toDoc(obj)
+	if err != nil {
+		slog.Warn("kubernetes policy skipped", "policy", key, "kind", kind, "err", err)
+		return
+	}
+	ps, err := api.Parse(b)
+	if err != nil {
+		slog.Warn("kubernetes policy rejected", "policy", key, "kind", kind, "err", err)
+		return
+	}
+	if _, err := w.policies.Import(ps); err != nil {
+		slog.Warn("kubernetes policy not imported", "policy", key, "kind", kind, "err", err)
+	}
+}
+
+// promoteLocked applies an object of another kind whose key a deleted
+// policy held, if there is one.
+func (w *Watcher) promoteLocked(key string) {
+	for _, kind := range slices.Sorted(maps.Keys(w.policyCaches)) {
+		if obj, ok, _ := w.policyCaches[kind].GetByKey(key); ok {
+			toDoc := networkPolicyDoc
+			if kind != api.KindNetworkPolicy {
+				toDoc = ciliumDoc(kind)
+			}
+			w.applyLocked(kind, toDoc, obj)
+			return
+		}
+	}
+}
+
+// prune removes the stored policies of kind that no object in its cache
+// gives: deleted while the agent was down, they had no delete event (and
+// were enforced on until 2026-12-03).
+func (w *Watcher) prune(kind string) {
+	w.policyMu.Lock()
+	defer w.policyMu.Unlock()
+	for _, p := range w.policies.List() {
+		key := p.Key()
+		if w.fromKubernetes(key) != kind {
+			continue
+		}
+		if _, ok, _ := w.policyCaches[kind].GetByKey(key); ok {
+			continue
+		}
+		if _, err := w.policies.Delete(key); err == nil {
+			slog.Info("kubernetes policy removed: its object is gone", "policy", key, "kind", kind)
+			w.promoteLocked(key)
+		}
 	}
 }
 

@@ -2,8 +2,11 @@ package k8s
 
 import (
 	"context"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,11 +35,22 @@ func TestPodLabelsCannotPoseAsAgentLabels(t *testing.T) {
 }
 
 // recordedPods is the endpoint manager as a test sees it: each relabel.
-type recordedPods struct{ calls []string }
+type recordedPods struct {
+	mu    sync.Mutex
+	calls []string
+}
 
 func (r *recordedPods) SetPodLabels(_ context.Context, namespace, pod string, labels []string) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.calls = append(r.calls, namespace+"/"+pod+" "+strings.Join(labels, ","))
 	return 1, nil
+}
+
+func (r *recordedPods) seen() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
 }
 
 // A pod whose endpoint was made before the pod reached the cache (the API
@@ -86,5 +100,35 @@ func TestWaitingNamesUnsyncedResources(t *testing.T) {
 	}}
 	if got := strings.Join(w.Waiting(), ","); got != "ciliumnetworkpolicies,services" {
 		t.Fatalf("waiting %q", got)
+	}
+}
+
+// A pod that reaches the cache (or changes) between a CNI ADD's look at it
+// and the endpoint's creation finds no endpoint to relabel then; the look
+// is made again shortly after, and relabels.
+func TestPodLookedAtAgainAfterCNIAdd(t *testing.T) {
+	defer func(d time.Duration) { podRecheckAfter = d }(podRecheckAfter)
+	podRecheckAfter = 10 * time.Millisecond
+	rec := &recordedPods{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &Watcher{pods: rec, life: ctx, podSynced: func() bool { return true },
+		nsIndexer:  cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+		podIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})}
+	done, stop := context.WithCancel(context.Background())
+	stop() // no wait: the pod is not in the cache
+	if _, ok := w.PodLabels(done, "default", "late"); ok {
+		t.Fatal("labels of a pod not in the cache")
+	}
+	w.podIndexer.Add(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "late", Labels: map[string]string{"app": "late"}}})
+	want := "default/late k8s:app=late,k8s:io.cilium.k8s.policy.serviceaccount=default"
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		calls := rec.seen()
+		if len(calls) == 1 && calls[0] == want {
+			return
+		}
+		if len(calls) > 0 || time.Now().After(deadline) {
+			t.Fatalf("relabels %q, want [%q]", calls, want)
+		}
 	}
 }

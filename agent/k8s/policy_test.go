@@ -1,32 +1,71 @@
 package k8s
 
 import (
+	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 	"testing"
 
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/policy/api"
 )
 
-// fakePolicies records what the watcher imports and deletes.
+// fakePolicies is a policy store that records what the watcher imports
+// and deletes; policies it imports have scope "" (policy.ScopeAgent),
+// others may be stored with a scope of their own.
 type fakePolicies struct {
 	imported []api.Policy
 	deleted  []string
+	stored   map[string]api.Policy
+	scopes   map[string]string
 }
 
 func (f *fakePolicies) Import(ps []api.Policy) (uint64, error) {
 	f.imported = append(f.imported, ps...)
+	for _, p := range ps {
+		f.store(p, "")
+	}
 	return 1, nil
+}
+
+func (f *fakePolicies) store(p api.Policy, scope string) {
+	if f.stored == nil {
+		f.stored, f.scopes = map[string]api.Policy{}, map[string]string{}
+	}
+	f.stored[p.Key()], f.scopes[p.Key()] = p, scope
 }
 
 func (f *fakePolicies) Delete(key string) (uint64, error) {
+	if _, ok := f.stored[key]; !ok {
+		return 0, fmt.Errorf("%q not stored", key)
+	}
 	f.deleted = append(f.deleted, key)
+	delete(f.stored, key)
 	return 1, nil
 }
 
-func (f *fakePolicies) List() []api.Policy { return f.imported }
+func (f *fakePolicies) Get(key string) (api.Policy, error) {
+	p, ok := f.stored[key]
+	if !ok {
+		return p, fmt.Errorf("%q not stored", key)
+	}
+	return p, nil
+}
+
+func (f *fakePolicies) Scope(key string) (string, error) {
+	if _, ok := f.stored[key]; !ok {
+		return "", fmt.Errorf("%q not stored", key)
+	}
+	return f.scopes[key], nil
+}
+
+func (f *fakePolicies) List() []api.Policy { return slices.Collect(maps.Values(f.stored)) }
 
 // l7Spec has HTTP rules with every field on an ingress and an egress port.
 const l7Spec = `
@@ -77,7 +116,7 @@ func TestCiliumObjectsKeepHTTPRules(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := &fakePolicies{}
-			h := (&Watcher{policies: f}).handler(ciliumDoc(c.kind))
+			h := (&Watcher{policies: f}).handler(c.kind, ciliumDoc(c.kind))
 			h.OnAdd(&u, false)
 			if len(f.imported) != 1 {
 				t.Fatalf("imported %d policies, want 1", len(f.imported))
@@ -124,8 +163,112 @@ spec:
 		t.Fatal(err)
 	}
 	f := &fakePolicies{}
-	(&Watcher{policies: f}).handler(ciliumDoc(api.KindCiliumNetworkPolicy)).OnAdd(&u, false)
+	(&Watcher{policies: f}).handler(api.KindCiliumNetworkPolicy, ciliumDoc(api.KindCiliumNetworkPolicy)).OnAdd(&u, false)
 	if len(f.imported) != 0 {
 		t.Fatalf("imported %+v, want the object rejected", f.imported)
+	}
+}
+
+// cnp is a CiliumNetworkPolicy object as the informer delivers it.
+func cnp(t *testing.T, namespace, name, spec string) *unstructured.Unstructured {
+	t.Helper()
+	var u unstructured.Unstructured
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: " + name + ", namespace: " + namespace + "}\n" + spec
+	if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+		t.Fatal(err)
+	}
+	return &u
+}
+
+const (
+	denyFromOther = "spec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingressDeny: [{fromEndpoints: [{matchLabels: {app: other}}]}]\n"
+	badSpec       = "spec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: \"/(?!a)\"}]}}]}]\n"
+)
+
+func policyWatcher(f *fakePolicies) *Watcher {
+	return &Watcher{policies: f, policyCaches: map[string]cache.Indexer{
+		api.KindNetworkPolicy:                  cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+		api.KindCiliumNetworkPolicy:            cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+		api.KindCiliumClusterwideNetworkPolicy: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+	}}
+}
+
+// A NetworkPolicy and a CiliumNetworkPolicy of the same namespace and name
+// (a Helm chart making both for one release): the later no longer replaces
+// the earlier, deleting the one not enforced removes nothing, and deleting
+// the enforced one puts the other in its place. Before, the CNP's deny
+// replaced the NetworkPolicy, and deleting the NetworkPolicy removed the
+// CNP's deny.
+func TestSameNameOfTwoKindsKeepEachOther(t *testing.T) {
+	f := &fakePolicies{}
+	w := policyWatcher(f)
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "default"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}}}
+	c := cnp(t, "default", "db", denyFromOther)
+	hNP, hCNP := w.handler(api.KindNetworkPolicy, networkPolicyDoc), w.handler(api.KindCiliumNetworkPolicy, ciliumDoc(api.KindCiliumNetworkPolicy))
+	w.policyCaches[api.KindCiliumNetworkPolicy].Add(c)
+	w.policyCaches[api.KindNetworkPolicy].Add(np)
+	hCNP.OnAdd(c, true)
+	hNP.OnAdd(np, true)
+	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindCiliumNetworkPolicy {
+		t.Fatalf("stored %+v %v, want the CiliumNetworkPolicy kept", p, err)
+	}
+	w.policyCaches[api.KindNetworkPolicy].Delete(np)
+	hNP.OnDelete(np)
+	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindCiliumNetworkPolicy || len(f.deleted) != 0 {
+		t.Fatalf("after the NetworkPolicy's deletion: stored %+v %v, deleted %q; want the CNP untouched", p, err, f.deleted)
+	}
+	// Both again; the CNP goes: the NetworkPolicy takes its place.
+	w.policyCaches[api.KindNetworkPolicy].Add(np)
+	hNP.OnAdd(np, false)
+	w.policyCaches[api.KindCiliumNetworkPolicy].Delete(c)
+	hCNP.OnDelete(c)
+	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindNetworkPolicy {
+		t.Fatalf("after the CNP's deletion: stored %+v %v, want the NetworkPolicy", p, err)
+	}
+}
+
+// An object updated to a spec the parser rejects keeps its last good
+// policy (nothing half-applied), and its deletion removes that policy
+// (before, the deletion parsed the bad spec, failed and kept it for good).
+func TestPolicyDeletedAfterABadUpdate(t *testing.T) {
+	f := &fakePolicies{}
+	w := policyWatcher(f)
+	h := w.handler(api.KindCiliumNetworkPolicy, ciliumDoc(api.KindCiliumNetworkPolicy))
+	good, bad := cnp(t, "default", "db", denyFromOther), cnp(t, "default", "db", badSpec)
+	h.OnAdd(good, false)
+	h.OnUpdate(good, bad)
+	if p, err := f.Get("default/db"); err != nil || len(p.Rules) != 1 || len(p.Rules[0].IngressDeny) != 1 {
+		t.Fatalf("after the bad update: %+v %v, want the good policy", p, err)
+	}
+	h.OnDelete(bad)
+	if _, err := f.Get("default/db"); err == nil || !reflect.DeepEqual(f.deleted, []string{"default/db"}) {
+		t.Fatalf("after the deletion: deleted %q, still stored: %v", f.deleted, err == nil)
+	}
+}
+
+// Policies whose objects were deleted while the agent was down are
+// removed once the kind's first list has arrived; policies of other kinds,
+// objects still there, and policies not from Kubernetes (scope cluster)
+// stay.
+func TestPolicyOfObjectGoneWhileDownIsPruned(t *testing.T) {
+	f := &fakePolicies{}
+	w := policyWatcher(f)
+	gone := cnp(t, "default", "gone", denyFromOther)
+	kept := cnp(t, "default", "kept", denyFromOther)
+	h := w.handler(api.KindCiliumNetworkPolicy, ciliumDoc(api.KindCiliumNetworkPolicy))
+	h.OnAdd(gone, false)
+	h.OnAdd(kept, false)
+	w.policyCaches[api.KindCiliumNetworkPolicy].Add(kept)
+	cli := f.stored["default/kept"]
+	cli.Name = "cli"
+	f.store(cli, "cluster")
+	w.prune(api.KindNetworkPolicy)
+	if len(f.deleted) != 0 {
+		t.Fatalf("pruning NetworkPolicies deleted %q", f.deleted)
+	}
+	w.prune(api.KindCiliumNetworkPolicy)
+	if !reflect.DeepEqual(f.deleted, []string{"default/gone"}) {
+		t.Fatalf("pruned %q, want [default/gone]", f.deleted)
 	}
 }
