@@ -127,6 +127,9 @@ func (a *Agent) status(ctx context.Context) types.Status {
 	}
 	if a.kubeWatcher != nil {
 		st.Kubernetes = &types.KubernetesStatus{APIServer: a.kubeWatcher.APIServer(), Waiting: a.kubeWatcher.Waiting()}
+		if msg, at := a.kubeWatcher.LastError(); msg != "" {
+			st.Kubernetes.LastError, st.Kubernetes.LastErrorTime = msg, &at
+		}
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -413,43 +413,67 @@ func (ep Endpoint) LabelStrings() []string { return ep.Labels.Strings() }
 // SetPodLabels gives the endpoints of pod namespace/name a new label set
 // (a label change in Kubernetes): a new identity is taken, the datapath
 // and policy follow through the hooks, and the old identity is released.
-// It returns the number of endpoints relabelled. podLabels come from the
-// Kubernetes API server (see CheckWorkloadLabel for what they may carry).
+// It returns the number of endpoints relabelled; an endpoint that fails
+// keeps its labels and the others are still relabelled (the first error is
+// returned). podLabels come from the Kubernetes API server (see
+// CheckWorkloadLabel for what they may carry). The kvstore is waited for
+// at most KVStoreTimeout per endpoint, as at a create: the manager's lock
+// is held meanwhile.
 func (m *Manager) SetPodLabels(ctx context.Context, namespace, pod string, podLabels []string) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := 0
+	var first error
 	for _, ep := range m.endpoints {
 		if ep.Namespace != namespace || ep.PodName != pod {
 			continue
 		}
-		ls, err := CreateRequest{ContainerID: ep.ContainerID, IfName: ep.IfName, NetNS: ep.NetNS, Namespace: namespace, Labels: podLabels}.validate(true)
-		if err != nil {
-			return n, err
+		switch err := m.relabelLocked(ctx, ep, podLabels); {
+		case err == nil:
+			n++
+		case errors.Is(err, errUnchanged):
+		case first == nil:
+			first = fmt.Errorf("endpoint %d: %w", ep.ID, err)
 		}
-		if ls.String() == ep.Labels.String() {
-			continue
-		}
-		ident, _, err := m.ids.Allocate(ctx, ls)
-		if err != nil {
-			return n, fmt.Errorf("identity for %s: %w", ls, err)
-		}
-		old := *ep
-		ep.Labels, ep.Identity = ls, ident.ID
-		if m.hooks != nil {
-			if err := m.hooks.EndpointUp(ctx, *ep); err != nil {
-				*ep = old
-				m.ids.Release(context.WithoutCancel(ctx), ls)
-				return n, err
-			}
-		}
-		if err := m.persist(ep); err != nil {
-			slog.Warn("could not persist a relabelled endpoint", "endpoint", ep.ID, "err", err)
-		}
-		if err := m.ids.Release(context.WithoutCancel(ctx), old.Labels); err != nil {
-			slog.Warn("could not release the old identity of a relabelled endpoint", "labels", old.Labels.String(), "err", err)
-		}
-		n++
 	}
-	return n, nil
+	return n, first
+}
+
+// errUnchanged: the endpoint already has the labels (relabelLocked).
+var errUnchanged = errors.New("labels unchanged")
+
+// relabelLocked gives ep podLabels (m.mu held); it returns errUnchanged
+// (counted as neither done nor failed by SetPodLabels) when they are its
+// labels already.
+func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []string) error {
+	ls, err := CreateRequest{ContainerID: ep.ContainerID, IfName: ep.IfName, NetNS: ep.NetNS, Namespace: ep.Namespace, Labels: podLabels}.validate(true)
+	if err != nil {
+		return err
+	}
+	if ls.String() == ep.Labels.String() {
+		return errUnchanged
+	}
+	ident, err := m.allocate(ctx, ls)
+	if err != nil {
+		return err
+	}
+	old := *ep
+	ep.Labels, ep.Identity = ls, ident.ID
+	if m.hooks != nil {
+		hctx, cancel := context.WithTimeout(ctx, m.kvWait)
+		err := m.hooks.EndpointUp(hctx, *ep)
+		cancel()
+		if err != nil {
+			*ep = old
+			m.ids.Release(context.WithoutCancel(ctx), ls)
+			return err
+		}
+	}
+	if err := m.persist(ep); err != nil {
+		slog.Warn("could not persist a relabelled endpoint", "endpoint", ep.ID, "err", err)
+	}
+	if err := m.ids.Release(context.WithoutCancel(ctx), old.Labels); err != nil {
+		slog.Warn("could not release the old identity of a relabelled endpoint", "labels", old.Labels.String(), "err", err)
+	}
+	return nil
 }

@@ -81,6 +81,13 @@ type Watcher struct {
 	// (PodLabels's re-check) run under it.
 	life context.Context
 
+	errMu     sync.Mutex
+	lastErr   string
+	lastErrAt time.Time
+
+	// relabelMu orders relabels (relabelKey).
+	relabelMu sync.Mutex
+
 	// policyMu orders the policy objects' handlers (three informers);
 	// policyCaches are their caches by kind.
 	policyMu     sync.Mutex
@@ -183,6 +190,21 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 
 func (w *Watcher) follow(resource string, inf cache.SharedIndexInformer) {
 	w.informers = append(w.informers, namedInformer{resource, inf.HasSynced})
+	inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+		w.errMu.Lock()
+		w.lastErr, w.lastErrAt = resource+": "+err.Error(), time.Now()
+		w.errMu.Unlock()
+		cache.DefaultWatchErrorHandler(ctx, r, err)
+	})
+}
+
+// LastError is the last error of a list or watch (naming its resource)
+// and when it came; "" when there was none. The informers retry on their
+// own: an error older than the last change seen is likely over.
+func (w *Watcher) LastError() (string, time.Time) {
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	return w.lastErr, w.lastErrAt
 }
 
 // APIServer is the address of the API server the watcher follows.
@@ -190,7 +212,9 @@ func (w *Watcher) APIServer() string { return w.apiServer }
 
 // Waiting lists the resources whose first list has not arrived yet (the
 // API server has not answered, or a CRD is not installed); their objects
-// are not applied until it does. Empty once everything is followed.
+// are not applied until it does. Empty once every first list has arrived
+// (their objects are handed to the handlers in order after that, and a
+// later loss of the API server does not show here: see LastError).
 func (w *Watcher) Waiting() []string {
 	var out []string
 	for _, i := range w.informers {
@@ -253,9 +277,9 @@ func (w *Watcher) namespaceHandler(ctx context.Context) cache.ResourceEventHandl
 	}
 }
 
-// Resync relabels the endpoints of every pod in the cache: the endpoint
-// manager calls it once it has restored the node's endpoints, since pods
-// that reached the cache before had no endpoints to relabel.
+// Resync relabels the endpoints of every pod in the cache: the agent calls
+// it once it has restored the node's endpoints, since pods that reached the
+// cache before had no endpoints to relabel.
 func (w *Watcher) Resync(ctx context.Context) {
 	for _, obj := range w.podIndexer.List() {
 		w.relabel(ctx, obj.(*corev1.Pod))
@@ -298,9 +322,7 @@ func (w *Watcher) recheck(namespace, name string) {
 		if w.life.Err() != nil {
 			return
 		}
-		if obj, ok, _ := w.podIndexer.GetByKey(namespace + "/" + name); ok {
-			w.relabel(w.life, obj.(*corev1.Pod))
-		}
+		w.relabelKey(w.life, namespace, name, 0)
 	})
 }
 
@@ -327,14 +349,40 @@ func (w *Watcher) labelsOf(p *corev1.Pod) []string {
 	return out
 }
 
+// relabelRetries bounds the retries of a relabel that failed (the kvstore
+// did not answer, say): after 1, 2, 4 ... 30 s, about 2.5 minutes in all.
+const relabelRetries = 8
+
+// relabelFirstRetry is the first retry's delay (shorter in tests).
+var relabelFirstRetry = time.Second
+
 func (w *Watcher) relabel(ctx context.Context, p *corev1.Pod) {
+	w.relabelKey(ctx, p.Namespace, p.Name, 0)
+}
+
+// relabelKey gives the endpoints of pod namespace/name the labels of the
+// pod and its namespace as the caches hold them when it runs, one relabel
+// at a time: the last to run applies the latest state, whichever event
+// (or Resync, or a re-check) started it. A failed relabel is tried again
+// later.
+func (w *Watcher) relabelKey(ctx context.Context, namespace, name string, attempt int) {
 	if w.pods == nil {
 		return
 	}
-	if n, err := w.pods.SetPodLabels(ctx, p.Namespace, p.Name, w.labelsOf(p)); err != nil {
-		slog.Warn("relabelling a pod's endpoints", "pod", p.Namespace+"/"+p.Name, "err", err)
+	w.relabelMu.Lock()
+	defer w.relabelMu.Unlock()
+	obj, ok, _ := w.podIndexer.GetByKey(namespace + "/" + name)
+	if !ok {
+		return
+	}
+	n, err := w.pods.SetPodLabels(ctx, namespace, name, w.labelsOf(obj.(*corev1.Pod)))
+	if err != nil {
+		slog.Warn("relabelling a pod's endpoints", "pod", namespace+"/"+name, "attempt", attempt+1, "err", err)
+		if attempt < relabelRetries && ctx.Err() == nil {
+			time.AfterFunc(min(relabelFirstRetry<<attempt, 30*time.Second), func() { w.relabelKey(ctx, namespace, name, attempt+1) })
+		}
 	} else if n > 0 {
-		slog.Info("pod labels changed: new identity", "pod", p.Namespace+"/"+p.Name, "endpoints", n)
+		slog.Info("pod labels changed: new identity", "pod", namespace+"/"+name, "endpoints", n)
 	}
 }
 
@@ -353,7 +401,11 @@ func (w *Watcher) namespaceGone(namespace string) {
 }
 
 func (w *Watcher) relabelNamespace(ctx context.Context, namespace string) {
-	for _, obj := range w.podIndexer.List() {
+	pods, err := w.podIndexer.ByIndex(cache.NamespaceIndex, namespace)
+	if err != nil { // no namespace index: look at every pod
+		pods = w.podIndexer.List()
+	}
+	for _, obj := range pods {
 		if p := obj.(*corev1.Pod); p.Namespace == namespace {
 			w.relabel(ctx, p)
 		}

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -38,12 +39,17 @@ func TestPodLabelsCannotPoseAsAgentLabels(t *testing.T) {
 type recordedPods struct {
 	mu    sync.Mutex
 	calls []string
+	fail  int // the first fail calls fail
 }
 
 func (r *recordedPods) SetPodLabels(_ context.Context, namespace, pod string, labels []string) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, namespace+"/"+pod+" "+strings.Join(labels, ","))
+	if r.fail > 0 {
+		r.fail--
+		return 0, errors.New("kvstore unreachable")
+	}
 	return 1, nil
 }
 
@@ -130,5 +136,56 @@ func TestPodLookedAtAgainAfterCNIAdd(t *testing.T) {
 		if len(calls) > 0 || time.Now().After(deadline) {
 			t.Fatalf("relabels %q, want [%q]", calls, want)
 		}
+	}
+}
+
+// A relabel applies the pod as the cache holds it when the relabel runs,
+// not the object its event carried: a Resync walking an old list, or a
+// handler that computed labels before the namespace arrived, cannot put
+// back labels already replaced.
+func TestRelabelAppliesTheCachedPod(t *testing.T) {
+	rec := &recordedPods{}
+	w := &Watcher{pods: rec, nsIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+		podIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})}
+	stale := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", Labels: map[string]string{"role": "admin"}}}
+	now := stale.DeepCopy()
+	now.Labels = map[string]string{"role": "user"}
+	w.podIndexer.Add(now)
+	w.relabel(context.Background(), stale)
+	want := "default/web k8s:io.cilium.k8s.policy.serviceaccount=default,k8s:role=user"
+	if got := rec.seen(); len(got) != 1 || got[0] != want {
+		t.Fatalf("relabels %q, want [%q]", got, want)
+	}
+	// A namespace's arrival relabels its pods (through the namespace index).
+	w.namespaceHandler(context.Background()).OnAdd(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, true)
+	if got := rec.seen(); len(got) != 2 || got[1] != want {
+		t.Fatalf("relabels after the namespace's add %q, want a second %q", got, want)
+	}
+	// A pod gone from the cache is not relabelled.
+	w.podIndexer.Delete(now)
+	w.relabel(context.Background(), stale)
+	if got := rec.seen(); len(got) != 2 {
+		t.Fatalf("a pod no longer cached was relabelled: %q", got)
+	}
+}
+
+// A relabel that fails (the kvstore did not answer) is tried again.
+func TestFailedRelabelIsRetried(t *testing.T) {
+	defer func(d time.Duration) { relabelFirstRetry = d }(relabelFirstRetry)
+	relabelFirstRetry = 10 * time.Millisecond
+	rec := &recordedPods{fail: 2}
+	w := &Watcher{pods: rec, nsIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+		podIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})}
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", Labels: map[string]string{"app": "web"}}}
+	w.podIndexer.Add(p)
+	w.podHandler(context.Background()).OnAdd(p, true)
+	for deadline := time.Now().Add(5 * time.Second); len(rec.seen()) < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("relabels %q: not tried again until it succeeded", rec.seen())
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := rec.seen(); len(got) != 3 {
+		t.Fatalf("relabels %q, want three (two failed, one done)", got)
 	}
 }

@@ -127,11 +127,14 @@ func (c *cli) statusCmd() *cobra.Command {
 				fmt.Fprintf(w, "Cluster:\t%s (ID %d), routing %s, node IP %s\n", s.ClusterName, s.ClusterID, s.Routing, s.NodeIP)
 				fmt.Fprintf(w, "Kvstore:\t%s, %s etcd at %s\n", kv, mode, strings.Join(s.Kvstore.Endpoints, ","))
 				if k := s.Kubernetes; k != nil {
-					state := "synced"
+					state := "every resource listed"
 					if len(k.Waiting) > 0 {
 						state = "waiting for the first list of " + strings.Join(k.Waiting, ", ")
 					}
 					fmt.Fprintf(w, "Kubernetes:\t%s, API server %s\n", state, k.APIServer)
+					if k.LastError != "" && k.LastErrorTime != nil {
+						fmt.Fprintf(w, "\tlast list/watch error %s ago (retried): %s\n", time.Since(*k.LastErrorTime).Round(time.Second), k.LastError)
+					}
 				}
 				fmt.Fprintf(w, "Pod CIDR:\t%s (gateway %s, %d/%d addresses used)\n", s.PodCIDR, s.Gateway, s.IPAM.Used, s.IPAM.Capacity)
 				fmt.Fprintf(w, "Endpoints:\t%d\n", s.Endpoints)

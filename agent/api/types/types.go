@@ -61,6 +61,10 @@ type Status struct {
 type KubernetesStatus struct {
 	APIServer string   `json:"apiServer"`
 	Waiting   []string `json:"waiting,omitempty"`
+	// LastError is the informers' last list or watch error (they retry
+	// on their own), at LastErrorTime.
+	LastError     string     `json:"lastError,omitempty"`
+	LastErrorTime *time.Time `json:"lastErrorTime,omitempty"`
 }
 
 // DatapathStatus describes the node's eBPF datapath.
