@@ -28,6 +28,7 @@ import (
 // Repository is the stored policy set.
 type Repository interface {
 	Import(ps []api.Policy) (uint64, error)
+	ImportScoped(scope string, ps []api.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
 	Get(key string) (api.Policy, error)
 	List() []api.Policy
@@ -211,6 +212,17 @@ func (e *Engine) Import(ps []api.Policy) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	rev, err := e.repo.Import(ps)
+	if err != nil {
+		return 0, err
+	}
+	return rev, e.apply(e.res.SetPolicies(e.repo.List()))
+}
+
+// ImportScoped is Import with the scope the policies get (policy.Scope*).
+func (e *Engine) ImportScoped(scope string, ps []api.Policy) (uint64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rev, err := e.repo.ImportScoped(scope, ps)
 	if err != nil {
 		return 0, err
 	}

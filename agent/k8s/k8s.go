@@ -11,7 +11,9 @@ package k8s
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -23,6 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -36,15 +39,16 @@ import (
 
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/k8s/incluster"
+	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/service"
 )
 
 // Policies is the policy engine as the watchers feed it. Scope gives a
 // stored policy's scope: the policies of Kubernetes objects have
-// policy.ScopeAgent ("").
+// policy.ScopeKubernetes.
 type Policies interface {
-	Import(ps []api.Policy) (uint64, error)
+	ImportScoped(scope string, ps []api.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
 	Get(key string) (api.Policy, error)
 	List() []api.Policy
@@ -85,8 +89,10 @@ type Watcher struct {
 	lastErr   string
 	lastErrAt time.Time
 
-	// relabelMu orders relabels (relabelKey).
+	// relabelMu orders relabels (relabelKey); retrying holds the pods with
+	// a retry pending.
 	relabelMu sync.Mutex
+	retrying  map[string]bool
 
 	// policyMu orders the policy objects' handlers (three informers);
 	// policyCaches are their caches by kind.
@@ -191,10 +197,13 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 func (w *Watcher) follow(resource string, inf cache.SharedIndexInformer) {
 	w.informers = append(w.informers, namedInformer{resource, inf.HasSynced})
 	inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+		defer cache.DefaultWatchErrorHandler(ctx, r, err)
+		if errors.Is(err, io.EOF) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+			return // a watch closed, or resumed from a list: routine
+		}
 		w.errMu.Lock()
 		w.lastErr, w.lastErrAt = resource+": "+err.Error(), time.Now()
 		w.errMu.Unlock()
-		cache.DefaultWatchErrorHandler(ctx, r, err)
 	})
 }
 
@@ -366,19 +375,28 @@ func (w *Watcher) relabel(ctx context.Context, p *corev1.Pod) {
 // (or Resync, or a re-check) started it. A failed relabel is tried again
 // later.
 func (w *Watcher) relabelKey(ctx context.Context, namespace, name string, attempt int) {
-	if w.pods == nil {
+	if w.pods == nil || ctx.Err() != nil {
 		return
 	}
+	key := namespace + "/" + name
 	w.relabelMu.Lock()
 	defer w.relabelMu.Unlock()
-	obj, ok, _ := w.podIndexer.GetByKey(namespace + "/" + name)
+	if attempt > 0 {
+		delete(w.retrying, key)
+	}
+	obj, ok, _ := w.podIndexer.GetByKey(key)
 	if !ok {
 		return
 	}
 	n, err := w.pods.SetPodLabels(ctx, namespace, name, w.labelsOf(obj.(*corev1.Pod)))
 	if err != nil {
-		slog.Warn("relabelling a pod's endpoints", "pod", namespace+"/"+name, "attempt", attempt+1, "err", err)
-		if attempt < relabelRetries && ctx.Err() == nil {
+		slog.Warn("relabelling a pod's endpoints", "pod", key, "attempt", attempt+1, "err", err)
+		// One retry pending per pod; labels the agent refuses stay refused.
+		if attempt < relabelRetries && !w.retrying[key] && !errors.Is(err, endpoint.ErrInvalid) {
+			if w.retrying == nil {
+				w.retrying = map[string]bool{}
+			}
+			w.retrying[key] = true
 			time.AfterFunc(min(relabelFirstRetry<<attempt, 30*time.Second), func() { w.relabelKey(ctx, namespace, name, attempt+1) })
 		}
 	} else if n > 0 {
@@ -392,7 +410,7 @@ func (w *Watcher) namespaceGone(namespace string) {
 	w.policyMu.Lock()
 	defer w.policyMu.Unlock()
 	for _, p := range w.policies.List() {
-		if p.Namespace == namespace && !p.Clusterwide() && w.fromKubernetes(p.Key()) != "" {
+		if sc, _ := w.policies.Scope(p.Key()); p.Namespace == namespace && !p.Clusterwide() && (sc == policy.ScopeKubernetes || sc == policy.ScopeAgent) {
 			if _, err := w.policies.Delete(p.Key()); err == nil {
 				slog.Info("namespace deleted: its policy removed", "policy", p.Key())
 			}
@@ -429,16 +447,24 @@ func (w *Watcher) followPolicies(ctx context.Context, kind string, toDoc doc, in
 }
 
 // fromKubernetes returns the kind of the stored policy with key if a
-// Kubernetes object gave it (scope policy.ScopeAgent), else "".
+// Kubernetes object gave it (scope policy.ScopeKubernetes), else "".
 func (w *Watcher) fromKubernetes(key string) string {
 	p, err := w.policies.Get(key)
 	if err != nil {
 		return ""
 	}
-	if sc, err := w.policies.Scope(key); err != nil || sc != "" {
+	if sc, err := w.policies.Scope(key); err != nil || sc != policy.ScopeKubernetes {
 		return ""
 	}
 	return p.Kind
+}
+
+// importedByHand reports whether the stored policy with key was imported
+// with the CLI (scope cluster or local): a Kubernetes object of the same
+// key does not replace it.
+func (w *Watcher) importedByHand(key string) bool {
+	sc, err := w.policies.Scope(key)
+	return err == nil && (sc == policy.ScopeCluster || sc == policy.ScopeLocal)
 }
 
 // handler applies the policy objects of one kind. A policy's key is its
@@ -471,10 +497,11 @@ func (w *Watcher) handler(kind string, toDoc doc) cache.ResourceEventHandlerFunc
 				return // stored from another object, or not at all
 			}
 			if _, err := w.policies.Delete(key); err != nil {
-				slog.Warn("kubernetes policy not deleted", "policy", key, "kind", kind, "err", err)
-				return
+				slog.Warn("kubernetes policy deleted with an error", "policy", key, "kind", kind, "err", err)
 			}
-			w.promoteLocked(key)
+			if _, err := w.policies.Get(key); err != nil { // gone, even if enforcing the change failed
+				w.promoteLocked(key)
+			}
 		},
 	}
 }
@@ -490,6 +517,11 @@ func (w *Watcher) applyLocked(kind string, toDoc doc, obj any) {
 			"policy", key, "kind", kind, "enforced", other)
 		return
 	}
+	if w.importedByHand(key) {
+		slog.Warn("kubernetes policy not enforced: a policy imported with the CLI has the same namespace and name (rename one)",
+			"policy", key, "kind", kind)
+		return
+	}
 	b, err := toDoc(obj)
 	if err != nil {
 		slog.Warn("kubernetes policy skipped", "policy", key, "kind", kind, "err", err)
@@ -500,7 +532,7 @@ func (w *Watcher) applyLocked(kind string, toDoc doc, obj any) {
 		slog.Warn("kubernetes policy rejected", "policy", key, "kind", kind, "err", err)
 		return
 	}
-	if _, err := w.policies.Import(ps); err != nil {
+	if _, err := w.policies.ImportScoped(policy.ScopeKubernetes, ps); err != nil {
 		slog.Warn("kubernetes policy not imported", "policy", key, "kind", kind, "err", err)
 	}
 }
@@ -534,8 +566,9 @@ func (w *Watcher) prune(kind string) {
 		if _, ok, _ := w.policyCaches[kind].GetByKey(key); ok {
 			continue
 		}
-		if _, err := w.policies.Delete(key); err == nil {
-			slog.Info("kubernetes policy removed: its object is gone", "policy", key, "kind", kind)
+		_, err := w.policies.Delete(key)
+		if _, gerr := w.policies.Get(key); gerr != nil {
+			slog.Info("kubernetes policy removed: its object is gone", "policy", key, "kind", kind, "err", err)
 			w.promoteLocked(key)
 		}
 	}

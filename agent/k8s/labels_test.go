@@ -118,15 +118,17 @@ func TestPodLookedAtAgainAfterCNIAdd(t *testing.T) {
 	rec := &recordedPods{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	w := &Watcher{pods: rec, life: ctx, podSynced: func() bool { return true },
+	// The cache is not synced at the look (so it finds nothing) and holds
+	// the pod at the re-check.
+	w := &Watcher{pods: rec, life: ctx, podSynced: func() bool { return false },
 		nsIndexer:  cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
 		podIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})}
-	done, stop := context.WithCancel(context.Background())
-	stop() // no wait: the pod is not in the cache
-	if _, ok := w.PodLabels(done, "default", "late"); ok {
-		t.Fatal("labels of a pod not in the cache")
-	}
 	w.podIndexer.Add(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "late", Labels: map[string]string{"app": "late"}}})
+	done, stop := context.WithCancel(context.Background())
+	stop() // no wait
+	if _, ok := w.PodLabels(done, "default", "late"); ok {
+		t.Fatal("labels of a pod from a cache not synced")
+	}
 	want := "default/late k8s:app=late,k8s:io.cilium.k8s.policy.serviceaccount=default"
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		calls := rec.seen()

@@ -17,8 +17,7 @@ import (
 )
 
 // fakePolicies is a policy store that records what the watcher imports
-// and deletes; policies it imports have scope "" (policy.ScopeAgent),
-// others may be stored with a scope of their own.
+// and deletes, with their scopes.
 type fakePolicies struct {
 	imported []api.Policy
 	deleted  []string
@@ -26,10 +25,10 @@ type fakePolicies struct {
 	scopes   map[string]string
 }
 
-func (f *fakePolicies) Import(ps []api.Policy) (uint64, error) {
+func (f *fakePolicies) ImportScoped(scope string, ps []api.Policy) (uint64, error) {
 	f.imported = append(f.imported, ps...)
 	for _, p := range ps {
-		f.store(p, "")
+		f.store(p, scope)
 	}
 	return 1, nil
 }
@@ -249,8 +248,8 @@ func TestPolicyDeletedAfterABadUpdate(t *testing.T) {
 
 // Policies whose objects were deleted while the agent was down are
 // removed once the kind's first list has arrived; policies of other kinds,
-// objects still there, and policies not from Kubernetes (scope cluster)
-// stay.
+// objects still there, and policies not from Kubernetes (scope cluster,
+// or none: imported before policies had scopes) stay.
 func TestPolicyOfObjectGoneWhileDownIsPruned(t *testing.T) {
 	f := &fakePolicies{}
 	w := policyWatcher(f)
@@ -263,6 +262,9 @@ func TestPolicyOfObjectGoneWhileDownIsPruned(t *testing.T) {
 	cli := f.stored["default/kept"]
 	cli.Name = "cli"
 	f.store(cli, "cluster")
+	legacy := cli
+	legacy.Name = "legacy" // imported before policies had scopes
+	f.store(legacy, "")
 	w.prune(api.KindNetworkPolicy)
 	if len(f.deleted) != 0 {
 		t.Fatalf("pruning NetworkPolicies deleted %q", f.deleted)
@@ -270,5 +272,28 @@ func TestPolicyOfObjectGoneWhileDownIsPruned(t *testing.T) {
 	w.prune(api.KindCiliumNetworkPolicy)
 	if !reflect.DeepEqual(f.deleted, []string{"default/gone"}) {
 		t.Fatalf("pruned %q, want [default/gone]", f.deleted)
+	}
+}
+
+// A Kubernetes object does not replace a policy of the same key imported
+// with the CLI (scope cluster or local), nor, deleted, remove it; a
+// policy without a scope (a Kubernetes object's, stored before the
+// Kubernetes scope) is taken over.
+func TestObjectDoesNotReplaceCLIPolicy(t *testing.T) {
+	f := &fakePolicies{}
+	w := policyWatcher(f)
+	h := w.handler(api.KindCiliumNetworkPolicy, ciliumDoc(api.KindCiliumNetworkPolicy))
+	c := cnp(t, "default", "db", denyFromOther)
+	local := api.Policy{Kind: api.KindCiliumNetworkPolicy, Namespace: "default", Name: "db"}
+	f.store(local, "local")
+	h.OnAdd(c, false)
+	h.OnDelete(c)
+	if sc, err := f.Scope("default/db"); err != nil || sc != "local" || len(f.imported) != 0 || len(f.deleted) != 0 {
+		t.Fatalf("the local policy: scope %q %v, imported %d, deleted %q", sc, err, len(f.imported), f.deleted)
+	}
+	f.store(local, "")
+	h.OnAdd(c, false)
+	if sc, _ := f.Scope("default/db"); sc != "kubernetes" || len(f.imported) != 1 {
+		t.Fatalf("an unscoped policy of the same key: scope %q after the object's add, imported %d", sc, len(f.imported))
 	}
 }

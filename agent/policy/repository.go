@@ -25,8 +25,12 @@ const (
 	// ScopeLocal: imported on this node only (an explicit choice, or a
 	// policy kept from before policies were the cluster's).
 	ScopeLocal = "local"
-	// ScopeAgent ("") : given by the agent itself (Kubernetes mode).
+	// ScopeAgent ("") : given by the agent itself (Kubernetes mode before
+	// 2026-12-03, or imported before policies had scopes).
 	ScopeAgent = ""
+	// ScopeKubernetes: a Kubernetes object's (Kubernetes mode); the agent
+	// removes it when the object goes, also while it was down.
+	ScopeKubernetes = "kubernetes"
 )
 
 // Repository holds the imported policies by key, with a revision that
@@ -84,8 +88,8 @@ func NewRepository(path string) (*Repository, error) {
 		if _, ok := r.policies[k]; !ok {
 			return nil, fmt.Errorf("load policy repository %s: scope %q of policy %q that is not stored", path, sc, k)
 		}
-		if sc != ScopeCluster && sc != ScopeLocal {
-			return nil, fmt.Errorf("load policy repository %s: policy %q: scope %q: want %s or %s", path, k, sc, ScopeCluster, ScopeLocal)
+		if sc != ScopeCluster && sc != ScopeLocal && sc != ScopeKubernetes {
+			return nil, fmt.Errorf("load policy repository %s: policy %q: scope %q: want %s, %s or %s", path, k, sc, ScopeCluster, ScopeLocal, ScopeKubernetes)
 		}
 		r.scopes[k] = sc
 	}
