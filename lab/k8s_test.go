@@ -237,11 +237,7 @@ func TestKubernetesPoliciesEnforced(t *testing.T) {
 		t.Fatal("no policy yet, but other cannot reach db")
 	}
 	// A Kubernetes NetworkPolicy: db admits only app=web on 5432.
-	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "default"}, Spec: networkingv1.NetworkPolicySpec{
-		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
-		Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}}}},
-		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
-	}}
+	np := dbFromWeb("db")
 	if _, err := cs.NetworkingV1().NetworkPolicies("default").Create(context.Background(), np, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -340,11 +336,7 @@ spec:
 	// it replaced it (other shut out) and its deletion deleted the CNP's
 	// policy. A second NetworkPolicy made after the deletion is the
 	// barrier: the informer hands over one kind's events in order.
-	sameName := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "db-from-other", Namespace: "default"}, Spec: networkingv1.NetworkPolicySpec{
-		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
-		Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}}}},
-		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
-	}}
+	sameName := dbFromWeb("db-from-other")
 	if _, err := cs.NetworkingV1().NetworkPolicies("default").Create(context.Background(), sameName, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -396,6 +388,15 @@ spec:
 	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("after n1's restart the clusterwide policy no longer admits web")
 	}
+}
+
+// dbFromWeb is NetworkPolicy default/name: app=db admits only app=web.
+func dbFromWeb(name string) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"}, Spec: networkingv1.NetworkPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+		Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}}}},
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+	}}
 }
 
 func writeTemp(t *testing.T, content string) string {

@@ -428,34 +428,30 @@ func (m *Manager) SetPodLabels(ctx context.Context, namespace, pod string, podLa
 		if ep.Namespace != namespace || ep.PodName != pod {
 			continue
 		}
-		switch err := m.relabelLocked(ctx, ep, podLabels); {
-		case err == nil:
-			n++
-		case errors.Is(err, errUnchanged):
-		case first == nil:
+		changed, err := m.relabelLocked(ctx, ep, podLabels)
+		if err != nil && first == nil {
 			first = fmt.Errorf("endpoint %d: %w", ep.ID, err)
+		}
+		if changed {
+			n++
 		}
 	}
 	return n, first
 }
 
-// errUnchanged: the endpoint already has the labels (relabelLocked).
-var errUnchanged = errors.New("labels unchanged")
-
-// relabelLocked gives ep podLabels (m.mu held); it returns errUnchanged
-// (counted as neither done nor failed by SetPodLabels) when they are its
-// labels already.
-func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []string) error {
+// relabelLocked gives ep podLabels (m.mu held) and reports whether they
+// changed its labels.
+func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []string) (bool, error) {
 	ls, err := CreateRequest{ContainerID: ep.ContainerID, IfName: ep.IfName, NetNS: ep.NetNS, Namespace: ep.Namespace, Labels: podLabels}.validate(true)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if ls.String() == ep.Labels.String() {
-		return errUnchanged
+		return false, nil
 	}
 	ident, err := m.allocate(ctx, ls)
 	if err != nil {
-		return err
+		return false, err
 	}
 	old := *ep
 	ep.Labels, ep.Identity = ls, ident.ID
@@ -466,7 +462,7 @@ func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []s
 		if err != nil {
 			*ep = old
 			m.ids.Release(context.WithoutCancel(ctx), ls)
-			return err
+			return false, err
 		}
 	}
 	if err := m.persist(ep); err != nil {
@@ -475,5 +471,5 @@ func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []s
 	if err := m.ids.Release(context.WithoutCancel(ctx), old.Labels); err != nil {
 		slog.Warn("could not release the old identity of a relabelled endpoint", "labels", old.Labels.String(), "err", err)
 	}
-	return nil
+	return true, nil
 }

@@ -27,7 +27,6 @@ import (
 
 // Repository is the stored policy set.
 type Repository interface {
-	Import(ps []api.Policy) (uint64, error)
 	ImportScoped(scope string, ps []api.Policy) (uint64, error)
 	Delete(key string) (uint64, error)
 	Get(key string) (api.Policy, error)
@@ -209,13 +208,7 @@ func (e *Engine) FQDNEndpointForgotten(id uint16, gen uint64) {
 
 // Import stores policies and enforces them (api.Policies).
 func (e *Engine) Import(ps []api.Policy) (uint64, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	rev, err := e.repo.Import(ps)
-	if err != nil {
-		return 0, err
-	}
-	return rev, e.apply(e.res.SetPolicies(e.repo.List()))
+	return e.ImportScoped(policy.ScopeAgent, ps)
 }
 
 // ImportScoped is Import with the scope the policies get (policy.Scope*).

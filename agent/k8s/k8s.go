@@ -95,9 +95,9 @@ type Watcher struct {
 	retrying  map[string]bool
 
 	// policyMu orders the policy objects' handlers (three informers);
-	// policyCaches are their caches by kind.
-	policyMu     sync.Mutex
-	policyCaches map[string]cache.Indexer
+	// policyKinds are their caches and documents by kind.
+	policyMu    sync.Mutex
+	policyKinds map[string]policyKind
 
 	svcIndexer, sliceIndexer cache.Indexer
 
@@ -108,6 +108,13 @@ type Watcher struct {
 type namedInformer struct {
 	resource string
 	synced   cache.InformerSynced
+}
+
+// policyKind is one kind of policy object: its informer's cache and how
+// an object becomes a policy document.
+type policyKind struct {
+	cache cache.Indexer
+	toDoc doc
 }
 
 // ClientConfig is the agent's client configuration: from the kubeconfig
@@ -135,7 +142,7 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{policies: p, pods: pods, services: svcs, apiServer: cfg.Host, life: ctx, policyCaches: map[string]cache.Indexer{}}
+	w := &Watcher{policies: p, pods: pods, services: svcs, apiServer: cfg.Host, life: ctx, policyKinds: map[string]policyKind{}}
 	typed := informers.NewSharedInformerFactory(cs, 10*time.Minute)
 	np := typed.Networking().V1().NetworkPolicies().Informer()
 	w.followPolicies(ctx, api.KindNetworkPolicy, networkPolicyDoc, np)
@@ -151,11 +158,13 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	podInf.AddEventHandler(w.podHandler(ctx))
 	w.follow("pods", podInf)
 	dynf := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 10*time.Minute)
-	for _, gvr := range []schema.GroupVersionResource{CNP, CCNP} {
-		kind := map[schema.GroupVersionResource]string{CNP: api.KindCiliumNetworkPolicy, CCNP: api.KindCiliumClusterwideNetworkPolicy}[gvr]
-		inf := dynf.ForResource(gvr).Informer()
-		w.followPolicies(ctx, kind, ciliumDoc(kind), inf)
-		w.follow(gvr.Resource, inf)
+	for _, r := range []struct {
+		gvr  schema.GroupVersionResource
+		kind string
+	}{{CNP, api.KindCiliumNetworkPolicy}, {CCNP, api.KindCiliumClusterwideNetworkPolicy}} {
+		inf := dynf.ForResource(r.gvr).Informer()
+		w.followPolicies(ctx, r.kind, ciliumDoc(r.kind), inf)
+		w.follow(r.gvr.Resource, inf)
 	}
 	if svcs != nil {
 		svcInf := typed.Core().V1().Services().Informer()
@@ -327,12 +336,7 @@ func (w *Watcher) recheck(namespace, name string) {
 	if w.life == nil {
 		return
 	}
-	time.AfterFunc(podRecheckAfter, func() {
-		if w.life.Err() != nil {
-			return
-		}
-		w.relabelKey(w.life, namespace, name, 0)
-	})
+	time.AfterFunc(podRecheckAfter, func() { w.relabelKey(w.life, namespace, name, 0) })
 }
 
 func (w *Watcher) labelsOf(p *corev1.Pod) []string {
@@ -410,7 +414,10 @@ func (w *Watcher) namespaceGone(namespace string) {
 	w.policyMu.Lock()
 	defer w.policyMu.Unlock()
 	for _, p := range w.policies.List() {
-		if sc, _ := w.policies.Scope(p.Key()); p.Namespace == namespace && !p.Clusterwide() && (sc == policy.ScopeKubernetes || sc == policy.ScopeAgent) {
+		if p.Namespace != namespace || p.Clusterwide() {
+			continue
+		}
+		if _, sc := w.stored(p.Key()); sc == policy.ScopeKubernetes || sc == policy.ScopeAgent {
 			if _, err := w.policies.Delete(p.Key()); err == nil {
 				slog.Info("namespace deleted: its policy removed", "policy", p.Key())
 			}
@@ -420,13 +427,12 @@ func (w *Watcher) namespaceGone(namespace string) {
 
 func (w *Watcher) relabelNamespace(ctx context.Context, namespace string) {
 	pods, err := w.podIndexer.ByIndex(cache.NamespaceIndex, namespace)
-	if err != nil { // no namespace index: look at every pod
-		pods = w.podIndexer.List()
+	if err != nil {
+		slog.Warn("pods of a namespace not relabelled", "namespace", namespace, "err", err)
+		return
 	}
 	for _, obj := range pods {
-		if p := obj.(*corev1.Pod); p.Namespace == namespace {
-			w.relabel(ctx, p)
-		}
+		w.relabel(ctx, obj.(*corev1.Pod))
 	}
 }
 
@@ -437,7 +443,7 @@ type doc func(obj any) ([]byte, error)
 // engine, and once inf has its first list removes the stored policies of
 // that kind whose objects are gone (deleted while the agent was down).
 func (w *Watcher) followPolicies(ctx context.Context, kind string, toDoc doc, inf cache.SharedIndexInformer) {
-	w.policyCaches[kind] = inf.GetIndexer()
+	w.policyKinds[kind] = policyKind{inf.GetIndexer(), toDoc}
 	inf.AddEventHandler(w.handler(kind, toDoc))
 	go func() {
 		if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
@@ -446,25 +452,24 @@ func (w *Watcher) followPolicies(ctx context.Context, kind string, toDoc doc, in
 	}()
 }
 
+// stored returns the kind and scope of the stored policy with key (kind
+// "" when none is stored).
+func (w *Watcher) stored(key string) (kind, scope string) {
+	p, err := w.policies.Get(key)
+	if err != nil {
+		return "", ""
+	}
+	scope, _ = w.policies.Scope(key)
+	return p.Kind, scope
+}
+
 // fromKubernetes returns the kind of the stored policy with key if a
 // Kubernetes object gave it (scope policy.ScopeKubernetes), else "".
 func (w *Watcher) fromKubernetes(key string) string {
-	p, err := w.policies.Get(key)
-	if err != nil {
-		return ""
+	if kind, scope := w.stored(key); scope == policy.ScopeKubernetes {
+		return kind
 	}
-	if sc, err := w.policies.Scope(key); err != nil || sc != policy.ScopeKubernetes {
-		return ""
-	}
-	return p.Kind
-}
-
-// importedByHand reports whether the stored policy with key was imported
-// with the CLI (scope cluster or local): a Kubernetes object of the same
-// key does not replace it.
-func (w *Watcher) importedByHand(key string) bool {
-	sc, err := w.policies.Scope(key)
-	return err == nil && (sc == policy.ScopeCluster || sc == policy.ScopeLocal)
+	return ""
 }
 
 // handler applies the policy objects of one kind. A policy's key is its
@@ -496,12 +501,7 @@ func (w *Watcher) handler(kind string, toDoc doc) cache.ResourceEventHandlerFunc
 			if w.fromKubernetes(key) != kind {
 				return // stored from another object, or not at all
 			}
-			if _, err := w.policies.Delete(key); err != nil {
-				slog.Warn("kubernetes policy deleted with an error", "policy", key, "kind", kind, "err", err)
-			}
-			if _, err := w.policies.Get(key); err != nil { // gone, even if enforcing the change failed
-				w.promoteLocked(key)
-			}
+			w.removeLocked(key, kind, "its object is deleted")
 		},
 	}
 }
@@ -512,12 +512,13 @@ func (w *Watcher) applyLocked(kind string, toDoc doc, obj any) {
 		slog.Warn("kubernetes policy skipped", "kind", kind, "err", err)
 		return
 	}
-	if other := w.fromKubernetes(key); other != "" && other != kind {
+	other, scope := w.stored(key)
+	if scope == policy.ScopeKubernetes && other != kind {
 		slog.Warn("kubernetes policy not enforced: a policy of another kind has the same namespace and name (rename one)",
 			"policy", key, "kind", kind, "enforced", other)
 		return
 	}
-	if w.importedByHand(key) {
+	if scope == policy.ScopeCluster || scope == policy.ScopeLocal {
 		slog.Warn("kubernetes policy not enforced: a policy imported with the CLI has the same namespace and name (rename one)",
 			"policy", key, "kind", kind)
 		return
@@ -537,16 +538,20 @@ func (w *Watcher) applyLocked(kind string, toDoc doc, obj any) {
 	}
 }
 
-// promoteLocked applies an object of another kind whose key a deleted
-// policy held, if there is one.
-func (w *Watcher) promoteLocked(key string) {
-	for _, kind := range slices.Sorted(maps.Keys(w.policyCaches)) {
-		if obj, ok, _ := w.policyCaches[kind].GetByKey(key); ok {
-			toDoc := networkPolicyDoc
-			if kind != api.KindNetworkPolicy {
-				toDoc = ciliumDoc(kind)
-			}
-			w.applyLocked(kind, toDoc, obj)
+// removeLocked deletes the stored policy with key (of kind) and, once it
+// is gone (even if enforcing the change failed), applies an object of
+// another kind that has the key, if there is one.
+func (w *Watcher) removeLocked(key, kind, why string) {
+	_, err := w.policies.Delete(key)
+	if _, gerr := w.policies.Get(key); gerr != nil {
+		slog.Info("kubernetes policy removed: "+why, "policy", key, "kind", kind, "err", err)
+	} else {
+		slog.Warn("kubernetes policy not removed", "policy", key, "kind", kind, "err", err)
+		return
+	}
+	for _, other := range slices.Sorted(maps.Keys(w.policyKinds)) {
+		if obj, ok, _ := w.policyKinds[other].cache.GetByKey(key); ok {
+			w.applyLocked(other, w.policyKinds[other].toDoc, obj)
 			return
 		}
 	}
@@ -563,14 +568,10 @@ func (w *Watcher) prune(kind string) {
 		if w.fromKubernetes(key) != kind {
 			continue
 		}
-		if _, ok, _ := w.policyCaches[kind].GetByKey(key); ok {
+		if _, ok, _ := w.policyKinds[kind].cache.GetByKey(key); ok {
 			continue
 		}
-		_, err := w.policies.Delete(key)
-		if _, gerr := w.policies.Get(key); gerr != nil {
-			slog.Info("kubernetes policy removed: its object is gone", "policy", key, "kind", kind, "err", err)
-			w.promoteLocked(key)
-		}
+		w.removeLocked(key, kind, "its object is gone")
 	}
 }
 

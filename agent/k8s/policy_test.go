@@ -185,11 +185,15 @@ const (
 )
 
 func policyWatcher(f *fakePolicies) *Watcher {
-	return &Watcher{policies: f, policyCaches: map[string]cache.Indexer{
-		api.KindNetworkPolicy:                  cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
-		api.KindCiliumNetworkPolicy:            cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
-		api.KindCiliumClusterwideNetworkPolicy: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
-	}}
+	w := &Watcher{policies: f, policyKinds: map[string]policyKind{}}
+	for _, kind := range []string{api.KindNetworkPolicy, api.KindCiliumNetworkPolicy, api.KindCiliumClusterwideNetworkPolicy} {
+		toDoc := networkPolicyDoc
+		if kind != api.KindNetworkPolicy {
+			toDoc = ciliumDoc(kind)
+		}
+		w.policyKinds[kind] = policyKind{cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}), toDoc}
+	}
+	return w
 }
 
 // A NetworkPolicy and a CiliumNetworkPolicy of the same namespace and name
@@ -205,22 +209,22 @@ func TestSameNameOfTwoKindsKeepEachOther(t *testing.T) {
 		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}}}
 	c := cnp(t, "default", "db", denyFromOther)
 	hNP, hCNP := w.handler(api.KindNetworkPolicy, networkPolicyDoc), w.handler(api.KindCiliumNetworkPolicy, ciliumDoc(api.KindCiliumNetworkPolicy))
-	w.policyCaches[api.KindCiliumNetworkPolicy].Add(c)
-	w.policyCaches[api.KindNetworkPolicy].Add(np)
+	w.policyKinds[api.KindCiliumNetworkPolicy].cache.Add(c)
+	w.policyKinds[api.KindNetworkPolicy].cache.Add(np)
 	hCNP.OnAdd(c, true)
 	hNP.OnAdd(np, true)
 	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindCiliumNetworkPolicy {
 		t.Fatalf("stored %+v %v, want the CiliumNetworkPolicy kept", p, err)
 	}
-	w.policyCaches[api.KindNetworkPolicy].Delete(np)
+	w.policyKinds[api.KindNetworkPolicy].cache.Delete(np)
 	hNP.OnDelete(np)
 	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindCiliumNetworkPolicy || len(f.deleted) != 0 {
 		t.Fatalf("after the NetworkPolicy's deletion: stored %+v %v, deleted %q; want the CNP untouched", p, err, f.deleted)
 	}
 	// Both again; the CNP goes: the NetworkPolicy takes its place.
-	w.policyCaches[api.KindNetworkPolicy].Add(np)
+	w.policyKinds[api.KindNetworkPolicy].cache.Add(np)
 	hNP.OnAdd(np, false)
-	w.policyCaches[api.KindCiliumNetworkPolicy].Delete(c)
+	w.policyKinds[api.KindCiliumNetworkPolicy].cache.Delete(c)
 	hCNP.OnDelete(c)
 	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindNetworkPolicy {
 		t.Fatalf("after the CNP's deletion: stored %+v %v, want the NetworkPolicy", p, err)
@@ -258,7 +262,7 @@ func TestPolicyOfObjectGoneWhileDownIsPruned(t *testing.T) {
 	h := w.handler(api.KindCiliumNetworkPolicy, ciliumDoc(api.KindCiliumNetworkPolicy))
 	h.OnAdd(gone, false)
 	h.OnAdd(kept, false)
-	w.policyCaches[api.KindCiliumNetworkPolicy].Add(kept)
+	w.policyKinds[api.KindCiliumNetworkPolicy].cache.Add(kept)
 	cli := f.stored["default/kept"]
 	cli.Name = "cli"
 	f.store(cli, "cluster")
