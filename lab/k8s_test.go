@@ -388,6 +388,44 @@ spec:
 	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("after n1's restart the clusterwide policy no longer admits web")
 	}
+
+	// A Service deleted while every agent of the cluster is down is
+	// removed once they are back (before, no agent had its delete event
+	// and the stored service was load-balanced for good, here and in the
+	// clusters that import it).
+	// (Once in seven runs this did not answer at the first try, right
+	// after n1's restart, for a reason not found; hence eventually.)
+	eventually(t, "web reaches db through the Service's ClusterIP", func() bool {
+		return reach(t, lab.NetNSPath(web.NetNS), "tcp", "10.96.0.50", 5432)
+	})
+	for _, n := range []string{"n1", "n2"} {
+		if err := l.StopAgent(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cs.CoreV1().Services("default").Delete(context.Background(), "db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"n1", "n2"} {
+		if err := l.StartAgent(context.Background(), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitKubeSynced(t, l, l.Clusters[0].Name)
+	eventually(t, "the Service deleted while every agent was down leaves the service list", func() bool {
+		for _, st := range labtest.Services(t, l, "n2") {
+			if st.Name == "db" {
+				return false
+			}
+		}
+		return true
+	})
+	if reach(t, lab.NetNSPath(web.NetNS), "tcp", "10.96.0.50", 5432) {
+		t.Fatal("the deleted Service's ClusterIP still reaches db")
+	}
+	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("web no longer reaches db itself")
+	}
 }
 
 // dbFromWeb is NetworkPolicy default/name: app=db admits only app=web.

@@ -686,7 +686,13 @@ func parseService(w http.ResponseWriter, r *http.Request) (*service.Service, boo
 	if err == nil {
 		var svc *service.Service
 		if svc, err = service.Parse(body); err == nil {
-			return svc, true
+			if _, ok := svc.Metadata.Annotations[service.SourceAnnotation]; !ok {
+				return svc, true
+			}
+			// The watchers remove the services with this mark whose
+			// Service object is gone; a user's service must not pass
+			// for one.
+			err = fmt.Errorf("%w: metadata.annotations[%s]: set only by the agents, on the services they store from Kubernetes Service objects", service.ErrInvalid, service.SourceAnnotation)
 		}
 	}
 	fail(w, err)

@@ -44,3 +44,28 @@ func TestValidateServiceStoresNothing(t *testing.T) {
 		t.Fatalf("upsert: %v, %d upserts", err, rec.upserts)
 	}
 }
+
+// A user's service may not carry the mark of a service made from a
+// Kubernetes Service object: the agents' watchers remove such services
+// when no Service object gives them, so it must not pass for one. Refused
+// with the annotation named, nothing stored.
+func TestUserServiceCannotClaimKubernetesSource(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	rec := &recordingServices{}
+	s := &api.Server{Services: rec}
+	if err := s.Serve(sock); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	c := client.New(sock)
+	ctx := context.Background()
+	doc := "metadata: {name: web, annotations: {filament.io/source: kubernetes}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n"
+	for what, call := range map[string]func(context.Context, []byte) (types.Service, error){"upsert": c.UpsertService, "validate": c.ValidateService} {
+		if _, err := call(ctx, []byte(doc)); !client.IsCode(err, types.CodeInvalid) || !strings.Contains(err.Error(), "metadata.annotations[filament.io/source]") {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	if rec.upserts != 0 {
+		t.Fatalf("%d upserts", rec.upserts)
+	}
+}

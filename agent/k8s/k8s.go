@@ -18,12 +18,10 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,7 +39,6 @@ import (
 	"github.com/filament-net/filament/agent/k8s/incluster"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policy/api"
-	"github.com/filament-net/filament/agent/service"
 )
 
 // Policies is the policy engine as the watchers feed it. Scope gives a
@@ -60,12 +57,6 @@ var (
 	CNP  = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
 	CCNP = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"}
 )
-
-// Services is the service manager as the service watcher feeds it.
-type Services interface {
-	Upsert(ctx context.Context, s *service.Service) error
-	Delete(ctx context.Context, namespace, name string) error
-}
 
 // Pods is the endpoint manager as the pod watcher feeds it.
 type Pods interface {
@@ -167,34 +158,7 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 		w.follow(r.gvr.Resource, inf)
 	}
 	if svcs != nil {
-		svcInf := typed.Core().V1().Services().Informer()
-		sliceInf := typed.Discovery().V1().EndpointSlices().Informer()
-		w.svcIndexer, w.sliceIndexer = svcInf.GetIndexer(), sliceInf.GetIndexer()
-		w.follow("services", svcInf)
-		w.follow("endpointslices", sliceInf)
-		onSvc := func(obj any) {
-			if s, ok := obj.(*corev1.Service); ok {
-				w.syncService(ctx, s.Namespace, s.Name)
-			}
-		}
-		svcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: onSvc, UpdateFunc: func(_, o any) { onSvc(o) },
-			DeleteFunc: func(obj any) {
-				if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-					obj = t.Obj
-				}
-				if s, ok := obj.(*corev1.Service); ok {
-					svcs.Delete(ctx, s.Namespace, s.Name)
-				}
-			}})
-		onSlice := func(obj any) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
-				w.syncService(ctx, es.Namespace, es.Labels[discoveryv1.LabelServiceName])
-			}
-		}
-		sliceInf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: onSlice, UpdateFunc: func(_, o any) { onSlice(o) }, DeleteFunc: onSlice})
+		w.followServices(ctx, cs, typed)
 	}
 	typed.Start(ctx.Done())
 	podFactory.Start(ctx.Done())
@@ -612,85 +576,6 @@ func ciliumDoc(kind string) doc {
 			}
 		}
 		return json.Marshal(d)
-	}
-}
-
-// syncService converts a Service and its EndpointSlices into the service
-// model (frontends, backends with state and node, the mesh annotations)
-// and stores it; services without a ClusterIP (headless, ExternalName)
-// are not load-balanced.
-func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
-	if name == "" {
-		return
-	}
-	obj, ok, _ := w.svcIndexer.GetByKey(namespace + "/" + name)
-	if !ok {
-		return
-	}
-	ks := obj.(*corev1.Service)
-	if ks.Spec.ClusterIP == "" || ks.Spec.ClusterIP == corev1.ClusterIPNone {
-		return
-	}
-	s := &service.Service{APIVersion: "filament.io/v1", Kind: "Service",
-		Metadata: service.Metadata{Name: ks.Name, Namespace: ks.Namespace, Annotations: ks.Annotations}}
-	s.Spec.ClusterIP = ks.Spec.ClusterIP
-	s.Spec.Type = "ClusterIP"
-	if ks.Spec.Type == corev1.ServiceTypeNodePort || ks.Spec.Type == corev1.ServiceTypeLoadBalancer {
-		s.Spec.Type = "NodePort"
-	}
-	if ks.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
-		s.Spec.SessionAffinity = "ClientIP"
-		if c := ks.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			s.Spec.SessionAffinityConfig = &service.SessionAffinityConfig{ClientIP: &service.ClientIPConfig{TimeoutSeconds: c.ClientIP.TimeoutSeconds}}
-		}
-	}
-	for _, p := range ks.Spec.Ports {
-		sp := service.Port{Name: p.Name, Protocol: string(p.Protocol), Port: uint16(p.Port), NodePort: uint16(p.NodePort)}
-		if p.TargetPort.IntValue() > 0 {
-			sp.TargetPort = uint16(p.TargetPort.IntValue())
-		}
-		s.Spec.Ports = append(s.Spec.Ports, sp)
-	}
-	seen := map[string]bool{}
-	for _, o := range w.sliceIndexer.List() {
-		es := o.(*discoveryv1.EndpointSlice)
-		if es.Namespace != namespace || es.Labels[discoveryv1.LabelServiceName] != name || es.AddressType != discoveryv1.AddressTypeIPv4 {
-			continue
-		}
-		ports := map[string]uint16{}
-		for _, p := range es.Ports {
-			if p.Port != nil && p.Name != nil && *p.Name != "" {
-				ports[*p.Name] = uint16(*p.Port)
-			}
-		}
-		for _, ep := range es.Endpoints {
-			state := service.StateActive
-			if c := ep.Conditions; c.Terminating != nil && *c.Terminating {
-				state = service.StateTerminating
-			} else if c.Ready != nil && !*c.Ready {
-				state = service.StateMaintenance
-			}
-			for _, a := range ep.Addresses {
-				if seen[a] {
-					continue
-				}
-				seen[a] = true
-				b := service.Backend{IP: a, State: state}
-				if ep.NodeName != nil {
-					b.Node = *ep.NodeName
-				}
-				if len(ports) > 0 && len(s.Spec.Ports) > 1 {
-					b.Ports = ports
-				} else if len(es.Ports) == 1 && es.Ports[0].Port != nil && len(s.Spec.Ports) == 1 {
-					s.Spec.Ports[0].TargetPort = uint16(*es.Ports[0].Port)
-				}
-				s.Backends = append(s.Backends, b)
-			}
-		}
-	}
-	slices.SortFunc(s.Backends, func(a, b service.Backend) int { return strings.Compare(a.IP, b.IP) })
-	if err := w.services.Upsert(ctx, s); err != nil {
-		slog.Warn("kubernetes service not stored", "service", namespace+"/"+name, "err", err)
 	}
 }
 

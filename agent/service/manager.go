@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/filament-net/filament/agent/datapath"
@@ -452,6 +453,84 @@ func (m *Manager) Delete(ctx context.Context, namespace, name string) error {
 		return nil
 	}
 	return m.cfg.KV.Delete(ctx, Prefix+m.cfg.Cluster+"/"+namespace+"/"+name)
+}
+
+// Stored is one of this cluster's services as the kvstore holds it.
+type Stored struct {
+	Namespace, Name string
+	// Source is the service's SourceAnnotation ("" when it has none).
+	Source string
+	// Revision is the kvstore's revision of the service (0 without a
+	// kvstore).
+	Revision int64
+}
+
+// Stored lists this cluster's services as the kvstore holds them now; a
+// stored value that does not parse is left out.
+func (m *Manager) Stored(ctx context.Context) ([]Stored, error) {
+	if m.cfg.KV == nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		out := make([]Stored, 0, len(m.local))
+		for _, s := range m.local {
+			out = append(out, Stored{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Source: s.Metadata.Annotations[SourceAnnotation]})
+		}
+		return out, nil
+	}
+	kvs, _, err := m.cfg.KV.List(ctx, Prefix+m.cfg.Cluster+"/")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Stored, 0, len(kvs))
+	for _, kv := range kvs {
+		s, err := Parse(kv.Value)
+		if err != nil {
+			continue
+		}
+		out = append(out, Stored{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Source: s.Metadata.Annotations[SourceAnnotation], Revision: kv.ModRevision})
+	}
+	return out, nil
+}
+
+// DeleteFrom removes namespace/name only if the stored service has source
+// as its SourceAnnotation and, when rev is not 0, is still at kvstore
+// revision rev; it reports whether it removed it. So a Kubernetes
+// Service's deletion leaves a service stored with the CLI, and a removal
+// decided on an older read leaves a service stored again since.
+func (m *Manager) DeleteFrom(ctx context.Context, namespace, name, source string, rev int64) (bool, error) {
+	if m.cfg.KV == nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		key := namespace + "/" + name
+		if s, ok := m.local[key]; !ok || s.Metadata.Annotations[SourceAnnotation] != source {
+			return false, nil
+		}
+		m.setLocalLocked(key, nil)
+		return true, nil
+	}
+	key := Prefix + m.cfg.Cluster + "/" + namespace + "/" + name
+	for range 3 {
+		kv, err := m.cfg.KV.Get(ctx, key)
+		if errors.Is(err, kvstore.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if rev != 0 && kv.ModRevision != rev {
+			return false, nil
+		}
+		if s, err := Parse(kv.Value); err != nil || s.Metadata.Annotations[SourceAnnotation] != source {
+			return false, nil
+		}
+		done, err := m.cfg.KV.Txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)},
+			[]clientv3.Op{clientv3.OpDelete(key)})
+		if err != nil || done || rev != 0 {
+			return done, err
+		}
+		// Stored again between the read and the delete: read it again.
+	}
+	return false, fmt.Errorf("service %s/%s: changed at every try to delete it", namespace, name)
 }
 
 // Get returns one service's status.

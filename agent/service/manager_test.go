@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/internal/testutil"
 )
 
 const fakeMaglevSize = 251
@@ -853,5 +854,67 @@ func TestManagerDatapathErrors(t *testing.T) {
 	upsert(t, m, npYAML)
 	if got := m.Errors(); got != 3 {
 		t.Errorf("Errors() = %d, want 3 (one per frontend)", got)
+	}
+}
+
+// DeleteFrom removes a stored service only if it has the given source
+// and, when a revision is given, is still at it: a Kubernetes Service's
+// removal leaves a service of the same name stored with the CLI, and a
+// removal decided on an older read leaves a service stored again since.
+// Stored lists each with its source and revision. Against etcd.
+func TestManagerDeleteFrom(t *testing.T) {
+	ctx := context.Background()
+	kv := testutil.EtcdClient(t)
+	m, err := New(ctx, Config{Cluster: "c1", NodeIPs: []netip.Addr{node1, node2}, KV: kv, Datapath: newFakeDP()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k8s := func(name, ip string) *Service {
+		return mustParse(t, fmt.Sprintf("metadata: {name: %s, annotations: {%s: %s}}\nspec: {clusterIP: %s, ports: [{port: 80}]}\n",
+			name, SourceAnnotation, SourceKubernetes, ip))
+	}
+	for _, s := range []*Service{k8s("web", "10.96.0.10"), k8s("db", "10.96.0.11"),
+		mustParse(t, "metadata: {name: cli}\nspec: {clusterIP: 10.96.0.12, ports: [{port: 80}]}\n")} {
+		if err := m.Upsert(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored, err := m.Stored(ctx)
+	if err != nil || len(stored) != 3 {
+		t.Fatalf("Stored: %+v %v", stored, err)
+	}
+	rev := map[string]int64{}
+	for _, s := range stored {
+		rev[s.Name] = s.Revision
+		if want := map[string]string{"web": SourceKubernetes, "db": SourceKubernetes, "cli": ""}[s.Name]; s.Source != want || s.Namespace != "default" || s.Revision == 0 {
+			t.Fatalf("Stored: %+v", s)
+		}
+	}
+	if done, err := m.DeleteFrom(ctx, "default", "cli", SourceKubernetes, 0); done || err != nil {
+		t.Fatalf("DeleteFrom of the CLI's service: %v %v", done, err)
+	}
+	// db is stored again after the read that decided its removal.
+	if err := m.Upsert(ctx, k8s("db", "10.96.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := m.DeleteFrom(ctx, "default", "db", SourceKubernetes, rev["db"]); done || err != nil {
+		t.Fatalf("DeleteFrom at an old revision: %v %v", done, err)
+	}
+	if done, err := m.DeleteFrom(ctx, "default", "web", SourceKubernetes, rev["web"]); !done || err != nil {
+		t.Fatalf("DeleteFrom at its revision: %v %v", done, err)
+	}
+	if done, err := m.DeleteFrom(ctx, "default", "web", SourceKubernetes, 0); done || err != nil {
+		t.Fatalf("DeleteFrom of a removed service: %v %v", done, err)
+	}
+	kvs, _, err := kv.List(ctx, Prefix+"c1/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, e := range kvs {
+		keys = append(keys, strings.TrimPrefix(e.Key, Prefix+"c1/"))
+	}
+	if want := []string{"default/cli", "default/db"}; !slices.Equal(keys, want) {
+		t.Fatalf("stored: %v, want %v", keys, want)
 	}
 }

@@ -55,6 +55,17 @@ const AnnotationFailover = "service.filament.io/failover"
 // FailoverGraded is the one value of AnnotationFailover.
 const FailoverGraded = "graded"
 
+// SourceAnnotation on a stored service says what made it; the agents'
+// Kubernetes watchers set it to SourceKubernetes on the services they
+// store from Service objects (and remove only those), and the API refuses
+// it on a service from a user. An annotation rather than a field: agents
+// from before it read stored services strictly, and ignore annotations
+// they do not know.
+const SourceAnnotation = "filament.io/source"
+
+// SourceKubernetes: made from a Kubernetes Service object.
+const SourceKubernetes = "kubernetes"
+
 // Service is one service of one cluster, in a Kubernetes-like shape.
 type Service struct {
 	APIVersion string   `json:"apiVersion,omitempty"`

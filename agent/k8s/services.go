@@ -1,0 +1,266 @@
+package k8s
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/filament-net/filament/agent/service"
+)
+
+// Services is the service manager as the service watcher feeds it. The
+// services stored from Service objects carry service.SourceAnnotation
+// (service.SourceKubernetes); DeleteFrom removes a stored service only if
+// it has that source (and, rev not 0, is still at that revision).
+type Services interface {
+	Upsert(ctx context.Context, s *service.Service) error
+	DeleteFrom(ctx context.Context, namespace, name, source string, rev int64) (bool, error)
+	Stored(ctx context.Context) ([]service.Stored, error)
+}
+
+// byService indexes EndpointSlices by their service's namespace/name.
+const byService = "service"
+
+// followServices follows Services and EndpointSlices into the service
+// manager and, once both have their first list, removes the stored
+// services whose object is gone (deleted while every agent was down).
+func (w *Watcher) followServices(ctx context.Context, cs kubernetes.Interface, typed informers.SharedInformerFactory) {
+	svcInf := typed.Core().V1().Services().Informer()
+	sliceInf := typed.Discovery().V1().EndpointSlices().Informer()
+	if err := sliceInf.AddIndexers(cache.Indexers{byService: sliceService}); err != nil {
+		panic(err) // only before the informer starts, as here
+	}
+	w.svcIndexer, w.sliceIndexer = svcInf.GetIndexer(), sliceInf.GetIndexer()
+	w.follow("services", svcInf)
+	w.follow("endpointslices", sliceInf)
+	svcInf.AddEventHandler(w.serviceHandler(ctx))
+	onSlice := func(obj any) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
+			w.syncService(ctx, es.Namespace, es.Labels[discoveryv1.LabelServiceName])
+		}
+	}
+	sliceInf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: onSlice, UpdateFunc: func(_, o any) { onSlice(o) }, DeleteFunc: onSlice})
+	exists := func(ctx context.Context, namespace, name string) (bool, error) {
+		s, err := cs.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return loadBalanced(s), nil
+	}
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), svcInf.HasSynced, sliceInf.HasSynced) {
+			w.pruneServices(ctx, exists)
+		}
+	}()
+}
+
+// serviceHandler stores a Service's service and removes it when the
+// Service is deleted or stops being load-balanced.
+func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if s, ok := obj.(*corev1.Service); ok {
+				w.syncService(ctx, s.Namespace, s.Name)
+			}
+		},
+		UpdateFunc: func(old, obj any) {
+			o, _ := old.(*corev1.Service)
+			s, ok := obj.(*corev1.Service)
+			if !ok {
+				return
+			}
+			if o != nil && loadBalanced(o) && !loadBalanced(s) {
+				// Made headless or ExternalName: nothing to load-balance
+				// any more (it stayed stored before).
+				w.removeService(ctx, s.Namespace, s.Name, 0, "its Service is no longer load-balanced")
+				return
+			}
+			w.syncService(ctx, s.Namespace, s.Name)
+		},
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if s, ok := obj.(*corev1.Service); ok {
+				w.removeService(ctx, s.Namespace, s.Name, 0, "its Service is deleted")
+			}
+		},
+	}
+}
+
+func sliceService(obj any) ([]string, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
+		return nil, nil
+	}
+	return []string{es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]}, nil
+}
+
+// loadBalanced: the Service has a ClusterIP (not headless, not
+// ExternalName).
+func loadBalanced(s *corev1.Service) bool {
+	return s.Spec.ClusterIP != "" && s.Spec.ClusterIP != corev1.ClusterIPNone
+}
+
+// removeService removes the stored service namespace/name if a Service
+// object made it (at revision rev, when not 0).
+func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev int64, why string) {
+	done, err := w.services.DeleteFrom(ctx, namespace, name, service.SourceKubernetes, rev)
+	switch {
+	case err != nil:
+		slog.Warn("kubernetes service not removed", "service", namespace+"/"+name, "why", why, "err", err)
+	case done:
+		slog.Info("kubernetes service removed: "+why, "service", namespace+"/"+name)
+	}
+}
+
+// pruneServices removes the stored services that a Service object made
+// and that no load-balanced Service object gives any more: deleted while
+// every agent of the cluster was down, they had no delete event, and
+// other clusters kept load-balancing to their backends (until
+// 2026-12-03). The cache may be behind a Service made just now (another
+// agent may have stored it already), so a service the cache lacks is
+// removed only if the API server itself has no such Service (exists),
+// and only at the revision listed before that question: one stored again
+// since stays.
+func (w *Watcher) pruneServices(ctx context.Context, exists func(ctx context.Context, namespace, name string) (bool, error)) {
+	var stored []service.Stored
+	for wait := time.Second; ; wait = min(wait*2, 30*time.Second) {
+		var err error
+		if stored, err = w.services.Stored(ctx); err == nil {
+			break
+		}
+		slog.Warn("kubernetes services: stored services not listed, trying again", "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+	for _, st := range stored {
+		if ctx.Err() != nil {
+			return
+		}
+		if st.Source != service.SourceKubernetes {
+			continue
+		}
+		key := st.Namespace + "/" + st.Name
+		if obj, ok, _ := w.svcIndexer.GetByKey(key); ok && loadBalanced(obj.(*corev1.Service)) {
+			continue
+		}
+		lb, err := exists(ctx, st.Namespace, st.Name)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				slog.Warn("kubernetes service not checked for removal", "service", key, "err", err)
+			}
+			continue
+		}
+		if !lb {
+			w.removeService(ctx, st.Namespace, st.Name, st.Revision, "its Service is gone")
+		}
+	}
+}
+
+// syncService converts a Service and its EndpointSlices into the service
+// model (frontends, backends with state and node, the mesh annotations)
+// and stores it; services without a ClusterIP (headless, ExternalName)
+// are not load-balanced.
+func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
+	if name == "" {
+		return
+	}
+	obj, ok, _ := w.svcIndexer.GetByKey(namespace + "/" + name)
+	if !ok {
+		return
+	}
+	ks := obj.(*corev1.Service)
+	if !loadBalanced(ks) {
+		return
+	}
+	// The object's annotations are the informer's: a copy gets the mark.
+	ann := maps.Clone(ks.Annotations)
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	ann[service.SourceAnnotation] = service.SourceKubernetes
+	s := &service.Service{APIVersion: "filament.io/v1", Kind: "Service",
+		Metadata: service.Metadata{Name: ks.Name, Namespace: ks.Namespace, Annotations: ann}}
+	s.Spec.ClusterIP = ks.Spec.ClusterIP
+	s.Spec.Type = "ClusterIP"
+	if ks.Spec.Type == corev1.ServiceTypeNodePort || ks.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		s.Spec.Type = "NodePort"
+	}
+	if ks.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		s.Spec.SessionAffinity = "ClientIP"
+		if c := ks.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			s.Spec.SessionAffinityConfig = &service.SessionAffinityConfig{ClientIP: &service.ClientIPConfig{TimeoutSeconds: c.ClientIP.TimeoutSeconds}}
+		}
+	}
+	for _, p := range ks.Spec.Ports {
+		sp := service.Port{Name: p.Name, Protocol: string(p.Protocol), Port: uint16(p.Port), NodePort: uint16(p.NodePort)}
+		if p.TargetPort.IntValue() > 0 {
+			sp.TargetPort = uint16(p.TargetPort.IntValue())
+		}
+		s.Spec.Ports = append(s.Spec.Ports, sp)
+	}
+	seen := map[string]bool{}
+	ess, _ := w.sliceIndexer.ByIndex(byService, namespace+"/"+name)
+	for _, o := range ess {
+		es := o.(*discoveryv1.EndpointSlice)
+		if es.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		ports := map[string]uint16{}
+		for _, p := range es.Ports {
+			if p.Port != nil && p.Name != nil && *p.Name != "" {
+				ports[*p.Name] = uint16(*p.Port)
+			}
+		}
+		for _, ep := range es.Endpoints {
+			state := service.StateActive
+			if c := ep.Conditions; c.Terminating != nil && *c.Terminating {
+				state = service.StateTerminating
+			} else if c.Ready != nil && !*c.Ready {
+				state = service.StateMaintenance
+			}
+			for _, a := range ep.Addresses {
+				if seen[a] {
+					continue
+				}
+				seen[a] = true
+				b := service.Backend{IP: a, State: state}
+				if ep.NodeName != nil {
+					b.Node = *ep.NodeName
+				}
+				if len(ports) > 0 && len(s.Spec.Ports) > 1 {
+					b.Ports = ports
+				} else if len(es.Ports) == 1 && es.Ports[0].Port != nil && len(s.Spec.Ports) == 1 {
+					s.Spec.Ports[0].TargetPort = uint16(*es.Ports[0].Port)
+				}
+				s.Backends = append(s.Backends, b)
+			}
+		}
+	}
+	slices.SortFunc(s.Backends, func(a, b service.Backend) int { return strings.Compare(a.IP, b.IP) })
+	if err := w.services.Upsert(ctx, s); err != nil {
+		slog.Warn("kubernetes service not stored", "service", namespace+"/"+name, "err", err)
+	}
+}

@@ -1,0 +1,170 @@
+package k8s
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/filament-net/filament/agent/service"
+)
+
+// storedServices is a service store as the kvstore keeps it: each service
+// with the revision of its last write.
+type storedServices struct {
+	svcs map[string]*service.Service
+	revs map[string]int64
+	rev  int64
+}
+
+func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
+	if f.svcs == nil {
+		f.svcs, f.revs = map[string]*service.Service{}, map[string]int64{}
+	}
+	f.rev++
+	key := s.Metadata.Namespace + "/" + s.Metadata.Name
+	f.svcs[key], f.revs[key] = s, f.rev
+	return nil
+}
+
+func (f *storedServices) DeleteFrom(_ context.Context, namespace, name, source string, rev int64) (bool, error) {
+	key := namespace + "/" + name
+	s, ok := f.svcs[key]
+	if !ok || s.Metadata.Annotations[service.SourceAnnotation] != source || (rev != 0 && f.revs[key] != rev) {
+		return false, nil
+	}
+	delete(f.svcs, key)
+	return true, nil
+}
+
+func (f *storedServices) Stored(context.Context) ([]service.Stored, error) {
+	var out []service.Stored
+	for key, s := range f.svcs {
+		out = append(out, service.Stored{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name,
+			Source: s.Metadata.Annotations[service.SourceAnnotation], Revision: f.revs[key]})
+	}
+	return out, nil
+}
+
+func (f *storedServices) keys() []string { return slices.Sorted(maps.Keys(f.svcs)) }
+
+func serviceWatcher(f *storedServices) *Watcher {
+	return &Watcher{services: f, svcIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+		sliceIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: sliceService})}
+}
+
+func clusterIPService(name, ip string) *corev1.Service {
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Annotations: map[string]string{"team": "a"}},
+		Spec: corev1.ServiceSpec{ClusterIP: ip, Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+}
+
+// A Service's service is stored with the Kubernetes source mark, and the
+// informer's object keeps its own annotations; its backends come from its
+// EndpointSlices only.
+func TestServiceStoredWithItsSource(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	ks := clusterIPService("web", "10.96.0.10")
+	w.svcIndexer.Add(ks)
+	port, name := int32(8080), "http"
+	for i, svc := range []string{"web", "other"} {
+		w.sliceIndexer.Add(&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: svc + "-1",
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc}}, AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{[]string{"10.0.0.5", "10.0.0.6"}[i]}}},
+			Ports:     []discoveryv1.EndpointPort{{Name: &name, Port: &port}}})
+	}
+	w.serviceHandler(context.Background()).OnAdd(ks, false)
+	s := f.svcs["default/web"]
+	if s == nil {
+		t.Fatalf("stored: %v", f.keys())
+	}
+	if s.Metadata.Annotations[service.SourceAnnotation] != service.SourceKubernetes || s.Metadata.Annotations["team"] != "a" {
+		t.Fatalf("stored annotations %v", s.Metadata.Annotations)
+	}
+	if _, ok := ks.Annotations[service.SourceAnnotation]; ok {
+		t.Fatal("the informer's Service object got the mark")
+	}
+	if len(s.Backends) != 1 || s.Backends[0].IP != "10.0.0.5" || s.Spec.Ports[0].TargetPort != 8080 {
+		t.Fatalf("backends %+v ports %+v", s.Backends, s.Spec.Ports)
+	}
+}
+
+// A Service made headless or ExternalName is removed (it stayed stored
+// and load-balanced before); its deletion removes it too, but neither
+// removes a service stored with the CLI under the same name.
+func TestServiceNoLongerLoadBalancedIsRemoved(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	ctx := context.Background()
+	h := w.serviceHandler(ctx)
+	web := clusterIPService("web", "10.96.0.10")
+	w.svcIndexer.Add(web)
+	h.OnAdd(web, false)
+	ext := web.DeepCopy()
+	ext.Spec.ClusterIP, ext.Spec.Type, ext.Spec.ExternalName = "", corev1.ServiceTypeExternalName, "example.com"
+	w.svcIndexer.Update(ext)
+	h.OnUpdate(web, ext)
+	if len(f.svcs) != 0 {
+		t.Fatalf("a Service made ExternalName stays stored: %v", f.keys())
+	}
+
+	f.Upsert(ctx, &service.Service{Metadata: service.Metadata{Namespace: "default", Name: "cli"}})
+	cli := clusterIPService("cli", "10.96.0.11")
+	h.OnDelete(cli)
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "default/cli", Obj: cli})
+	if f.svcs["default/cli"] == nil {
+		t.Fatal("a Service's deletion removed the service stored with the CLI under its name")
+	}
+	db := clusterIPService("db", "10.96.0.12")
+	w.svcIndexer.Add(db)
+	h.OnAdd(db, false)
+	w.svcIndexer.Delete(db)
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "default/db", Obj: db})
+	if f.svcs["default/db"] != nil {
+		t.Fatal("a deleted Service (final state unknown) stays stored")
+	}
+}
+
+// Once the caches have their first list, the stored services of Service
+// objects that are gone are removed: deleted while every agent was down,
+// no delete event came for them. One the cache lacks but the API server
+// has (made just now; another agent stored it) stays, one stored again
+// after the question stays, and so do the CLI's.
+func TestServiceGoneWhileDownIsPruned(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	ctx := context.Background()
+	for _, n := range []string{"kept", "gone", "late", "restored", "headless"} {
+		w.services.Upsert(ctx, &service.Service{Metadata: service.Metadata{Namespace: "default", Name: n,
+			Annotations: map[string]string{service.SourceAnnotation: service.SourceKubernetes}}})
+	}
+	w.services.Upsert(ctx, &service.Service{Metadata: service.Metadata{Namespace: "default", Name: "cli"}})
+	w.svcIndexer.Add(clusterIPService("kept", "10.96.0.10"))
+	w.svcIndexer.Add(clusterIPService("headless", corev1.ClusterIPNone))
+	var asked []string
+	exists := func(_ context.Context, namespace, name string) (bool, error) {
+		asked = append(asked, namespace+"/"+name)
+		switch name {
+		case "late":
+			return true, nil
+		case "restored":
+			// Another agent stores it again while this one asks.
+			f.Upsert(ctx, &service.Service{Metadata: service.Metadata{Namespace: "default", Name: "restored",
+				Annotations: map[string]string{service.SourceAnnotation: service.SourceKubernetes}}})
+		}
+		return false, nil
+	}
+	w.pruneServices(ctx, exists)
+	if got, want := f.keys(), []string{"default/cli", "default/kept", "default/late", "default/restored"}; !slices.Equal(got, want) {
+		t.Fatalf("stored after the prune: %v, want %v", got, want)
+	}
+	slices.Sort(asked)
+	if want := []string{"default/gone", "default/headless", "default/late", "default/restored"}; !slices.Equal(asked, want) {
+		t.Fatalf("asked the API server about %v, want %v", asked, want)
+	}
+}
