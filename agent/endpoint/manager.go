@@ -92,6 +92,17 @@ func (m *Manager) allocate(ctx context.Context, ls labels.Labels) (identity.Iden
 	return ident, err
 }
 
+// release drops this node's reference to the identity of ls, waiting for
+// the kvstore at most the manager's bound, even after ctx ends (the
+// manager's lock is held: an outage held it until the kvstore answered
+// again, until 2026-12-03). A release that fails keeps the reference: the
+// identity stays allocated, not taken from its other holders.
+func (m *Manager) release(ctx context.Context, ls labels.Labels) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
+	defer cancel()
+	return m.ids.Release(rctx, ls)
+}
+
 // kvUnreachable reports whether err says the kvstore could not be reached.
 func kvUnreachable(err error) bool {
 	switch status.Code(err) { // a gRPC status, wrapped or not
@@ -194,7 +205,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 		return fail(fmt.Errorf("identity for %s: %w", ls, err))
 	}
 	undo = append(undo, func() {
-		if err := m.ids.Release(context.WithoutCancel(ctx), ls); err != nil {
+		if err := m.release(ctx, ls); err != nil {
 			slog.Warn("could not release identity while undoing endpoint", "labels", ls.String(), "err", err)
 		}
 	})
@@ -267,7 +278,7 @@ func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
 		delete(m.byIP, ep.IPv4)
 	}
 	m.pool.Release(ep.IPv4)
-	if err := m.ids.Release(ctx, ep.Labels); err != nil {
+	if err := m.release(ctx, ep.Labels); err != nil {
 		slog.Warn("identity release failed; GC will collect it", "endpoint", ep.ID, "err", err)
 	}
 	slog.Info("endpoint deleted", "id", ep.ID, "container", ep.ContainerID, "ip", ep.IPv4)
@@ -461,14 +472,14 @@ func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []s
 		cancel()
 		if err != nil {
 			*ep = old
-			m.ids.Release(context.WithoutCancel(ctx), ls)
+			m.release(ctx, ls)
 			return false, err
 		}
 	}
 	if err := m.persist(ep); err != nil {
 		slog.Warn("could not persist a relabelled endpoint", "endpoint", ep.ID, "err", err)
 	}
-	if err := m.ids.Release(context.WithoutCancel(ctx), old.Labels); err != nil {
+	if err := m.release(ctx, old.Labels); err != nil {
 		slog.Warn("could not release the old identity of a relabelled endpoint", "labels", old.Labels.String(), "err", err)
 	}
 	return true, nil

@@ -71,3 +71,63 @@ func TestCreateDuringKVStoreOutage(t *testing.T) {
 		t.Fatalf("cancelled request: %v", err)
 	}
 }
+
+// stuckRelease allocates at once (an identity this node already holds
+// needs no kvstore) and releases only when the kvstore answers: never.
+type stuckRelease struct{}
+
+func (stuckRelease) Allocate(_ context.Context, ls labels.Labels) (identity.Identity, bool, error) {
+	return identity.Identity{ID: 1000, Labels: ls}, false, nil
+}
+func (stuckRelease) Release(ctx context.Context, _ labels.Labels) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A relabel or a delete whose identity release waits on an unreachable
+// kvstore gives up within the manager's bound, though its caller's
+// context has no deadline: it holds the manager's lock, which an outage
+// held until the kvstore answered again (every CNI ADD and DEL stuck).
+func TestReleaseDuringKVStoreOutageIsBounded(t *testing.T) {
+	dir := t.TempDir()
+	pool, _ := ipam.New("10.9.0.0/24")
+	m, err := endpoint.NewManager(endpoint.Config{StateDir: dir, Pool: pool, Identities: stuckRelease{},
+		Plumber: &fakePlumber{devices: map[string]bool{}}, KVStoreTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	netns := filepath.Join(dir, "netns")
+	os.WriteFile(netns, nil, 0o600)
+	ctx := context.Background()
+	if _, err := m.Create(ctx, endpoint.CreateRequest{ContainerID: "c", IfName: "eth0", NetNS: netns, Namespace: "default", PodName: "web", Labels: []string{"app=web"}}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		n, err := m.SetPodLabels(ctx, "default", "web", []string{"app=db"})
+		if err == nil && n != 1 {
+			err = errors.New("no endpoint relabelled")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("relabel: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a relabel still waits for the kvstore to release the old identity")
+	}
+	go func() {
+		_, err := m.DeleteByContainer(ctx, "c", "eth0")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil || len(m.List()) != 0 {
+			t.Fatalf("delete: %v, %d endpoints left", err, len(m.List()))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a delete still waits for the kvstore to release the identity")
+	}
+}

@@ -300,10 +300,9 @@ func (e *Engine) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
 		return err
 	}
 	if e.ipsync != nil {
-		if err := e.ipsync.Publish(context.Background(), ipcache.Entry{IP: ep.IPv4, Identity: ep.Identity, HostIP: e.nodeIP,
-			Namespace: ep.Namespace, Pod: ep.PodName}); err != nil {
-			return fmt.Errorf("publish endpoint %d in the cluster ipcache: %w", ep.ID, err)
-		}
+		// Written to the kvstore by the ipcache's writer: a kvstore
+		// outage does not hold this lock.
+		e.ipsync.Publish(ipcache.Entry{IP: ep.IPv4, Identity: ep.Identity, HostIP: e.nodeIP, Namespace: ep.Namespace, Pod: ep.PodName})
 	}
 	return nil
 }
@@ -333,9 +332,7 @@ func (e *Engine) EndpointDown(ep endpoint.Endpoint) {
 	e.dp.DeleteIPCache(netip.PrefixFrom(ep.IPv4, 32))
 	e.dp.Detach(ep.HostIfName)
 	if e.ipsync != nil {
-		if err := e.ipsync.Withdraw(context.Background(), ep.IPv4); err != nil {
-			slog.Warn("withdrawing endpoint from the cluster ipcache; it expires with the lease", "endpoint", ep.ID, "err", err)
-		}
+		e.ipsync.Withdraw(ep.IPv4)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"strings"
 	"sync"
@@ -78,8 +79,15 @@ type Sync struct {
 	cluster string
 	node    string
 
-	mu     sync.Mutex
-	local  map[netip.Addr]Entry
+	mu    sync.Mutex
+	local map[netip.Addr]Entry
+	// dirty are the local addresses whose kvstore key the writer has yet
+	// to make match local (an entry to put, or a key to delete), each
+	// with the generation of its last change; kick wakes the writer.
+	dirty map[netip.Addr]uint64
+	gen   uint64
+	kick  chan struct{}
+
 	remote map[netip.Addr]Entry
 	subs   []func(e Entry, deleted bool)
 	synced chan struct{}
@@ -97,18 +105,17 @@ func (s *Sync) key(ip netip.Addr) string { return Prefix + s.cluster + "/" + ip.
 // left for Publish to overwrite or Prune to remove.
 func New(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, cluster, node string) *Sync {
 	s := &Sync{kv: kv, lease: lease, cluster: cluster, node: node,
-		local: map[netip.Addr]Entry{}, remote: map[netip.Addr]Entry{}, synced: make(chan struct{}), pending: map[netip.Addr]bool{}}
-	lease.OnRenew(func(ctx context.Context, id int64) {
+		local: map[netip.Addr]Entry{}, remote: map[netip.Addr]Entry{}, synced: make(chan struct{}), pending: map[netip.Addr]bool{},
+		dirty: map[netip.Addr]uint64{}, kick: make(chan struct{}, 1)}
+	lease.OnRenew(func(context.Context, int64) {
+		// The writer puts every local entry again, under the new lease.
 		s.mu.Lock()
-		entries := make([]Entry, 0, len(s.local))
-		for _, e := range s.local {
-			entries = append(entries, e)
+		for ip := range s.local {
+			s.markLocked(ip)
 		}
 		s.mu.Unlock()
-		for _, e := range entries {
-			s.put(ctx, e, id)
-		}
 	})
+	go s.writer(ctx)
 	go s.watch(ctx)
 	select {
 	case <-s.synced:
@@ -166,43 +173,147 @@ func (s *Sync) put(ctx context.Context, e Entry, lease int64) error {
 	return s.kv.Put(ctx, s.key(e.IP), b, lease)
 }
 
-// Publish writes a local endpoint's entry.
-func (s *Sync) Publish(ctx context.Context, e Entry) error {
+// Publish records a local endpoint's entry for the writer to put in the
+// kvstore. It does not wait for the kvstore: the policy engine calls it
+// holding its lock, which a kvstore outage held until the kvstore
+// answered again (until 2026-12-03). A write that fails is tried again
+// until it succeeds or a later Publish or Withdraw of the address
+// replaces it.
+func (s *Sync) Publish(e Entry) {
 	e.Node = s.node
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.local[e.IP] = e
-	s.mu.Unlock()
-	return s.put(ctx, e, s.lease.ID())
+	s.markLocked(e.IP)
 }
 
-// Withdraw deletes a local endpoint's entry.
-func (s *Sync) Withdraw(ctx context.Context, ip netip.Addr) error {
+// Withdraw records that a local endpoint's entry is gone, for the writer
+// to delete from the kvstore (as Publish: no wait, tried until done).
+func (s *Sync) Withdraw(ip netip.Addr) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.local, ip)
-	s.mu.Unlock()
-	return s.kv.Delete(ctx, s.key(ip))
+	s.markLocked(ip)
 }
 
-// Prune deletes entries of this node that are not published any more
-// (endpoints deleted while the agent was down).
+// markLocked has the writer make ip's key match local; s.mu held.
+func (s *Sync) markLocked(ip netip.Addr) {
+	s.gen++
+	s.dirty[ip] = s.gen
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Writes is what the writer has yet to write: the local addresses whose
+// kvstore key does not match yet.
+func (s *Sync) Writes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.dirty)
+}
+
+// writeTimeout bounds one kvstore write of the writer; retryMin and
+// retryMax bound its wait after a round with a failed write.
+const (
+	writeTimeout = 5 * time.Second
+	retryMin     = time.Second
+	retryMax     = 30 * time.Second
+)
+
+// writer is the only writer of this node's keys: it makes each marked
+// address's key match local (put or delete), one address at a time, so a
+// write never overtakes a later one of the same address.
+func (s *Sync) writer(ctx context.Context) {
+	wait, failing := retryMin, false
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-retry:
+		}
+		retry = nil
+		err := s.flush(ctx)
+		switch {
+		case err == nil:
+			if failing {
+				slog.Info("cluster ipcache: this node's entries are written again")
+			}
+			wait, failing = retryMin, false
+		case ctx.Err() != nil:
+			return
+		default:
+			if !failing {
+				slog.Warn("cluster ipcache: writing this node's entries failed; trying again until the kvstore answers", "err", err)
+			}
+			failing = true
+			retry = time.After(wait)
+			wait = min(wait*2, retryMax)
+		}
+	}
+}
+
+// flush writes every marked address once; it returns the last error.
+func (s *Sync) flush(ctx context.Context) error {
+	s.mu.Lock()
+	marked := make(map[netip.Addr]uint64, len(s.dirty))
+	maps.Copy(marked, s.dirty)
+	s.mu.Unlock()
+	var last error
+	for ip := range marked {
+		s.mu.Lock()
+		e, ok := s.local[ip]
+		gen, still := s.dirty[ip]
+		s.mu.Unlock()
+		if !still {
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		var err error
+		if ok {
+			err = s.put(wctx, e, s.lease.ID())
+		} else {
+			err = s.kv.Delete(wctx, s.key(ip))
+		}
+		cancel()
+		if err != nil {
+			last = err
+			continue
+		}
+		s.mu.Lock()
+		if s.dirty[ip] == gen {
+			delete(s.dirty, ip)
+		}
+		s.mu.Unlock()
+	}
+	return last
+}
+
+// Prune has the writer delete the entries of this node that are not
+// published any more (endpoints deleted while the agent was down); it
+// returns how many it found.
 func (s *Sync) Prune(ctx context.Context) (int, error) {
 	kvs, _, err := s.kv.List(ctx, Prefix+s.cluster+"/")
 	if err != nil {
 		return 0, err
 	}
 	n := 0
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, kv := range kvs {
 		e, err := DecodeEntry(kv.Value)
 		if err != nil || e.Node != s.node {
 			continue
 		}
-		s.mu.Lock()
-		_, keep := s.local[e.IP]
-		s.mu.Unlock()
-		if !keep {
-			if err := s.kv.Delete(ctx, kv.Key); err != nil {
-				return n, err
-			}
+		ip, err := netip.ParseAddr(strings.TrimPrefix(kv.Key, Prefix+s.cluster+"/"))
+		if err != nil {
+			continue
+		}
+		if _, keep := s.local[ip]; !keep {
+			s.markLocked(ip)
 			n++
 		}
 	}

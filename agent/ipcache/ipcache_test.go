@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/internal/testutil"
 )
 
@@ -52,15 +53,11 @@ func TestHoldExpiredWhileReachable(t *testing.T) {
 	}
 	ip1, ip2 := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("10.1.0.2")
 	for _, ip := range []netip.Addr{ip1, ip2} {
-		if err := b.Publish(ctx, ipcache.Entry{IP: ip, Identity: 1000, HostIP: netip.MustParseAddr("172.30.0.2")}); err != nil {
-			t.Fatal(err)
-		}
+		b.Publish(ipcache.Entry{IP: ip, Identity: 1000, HostIP: netip.MustParseAddr("172.30.0.2")})
 		expect(ip.String() + " deleted=false")
 	}
 	// A deleted endpoint: withdrawn at once, reachable node or not.
-	if err := b.Withdraw(ctx, ip2); err != nil {
-		t.Fatal(err)
-	}
+	b.Withdraw(ip2)
 	expect(ip2.String() + " deleted=true")
 
 	// b's lease ends behind its back: nothing is withdrawn, b writes its
@@ -94,4 +91,77 @@ func TestHoldExpiredWhileReachable(t *testing.T) {
 	}
 	bAlive.Store(false)
 	expect(ip1.String() + " deleted=true")
+}
+
+// Publish and Withdraw do not wait for the kvstore (the policy engine
+// calls them holding its lock, which a kvstore outage held until it
+// answered again): during an outage they return at once, and once the
+// kvstore answers the node's keys match the last of each address's
+// changes (a published entry written, a withdrawn one deleted, a
+// replaced one with its last identity), under the node's lease.
+func TestPublishDoesNotWaitForTheKVStore(t *testing.T) {
+	dir, clientURL, peerURL := t.TempDir(), testutil.FreeURL(t), testutil.FreeURL(t)
+	start := func() *embedded.Server {
+		s, err := embedded.Start(embedded.Config{Dir: dir, ClientURL: clientURL, PeerURL: peerURL, UnsafeNoFsync: true})
+		if err != nil {
+			t.Fatalf("embedded etcd: %v", err)
+		}
+		return s
+	}
+	srv := start()
+	kv := testutil.Connect(t, srv.Endpoints())
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	lease, err := kv.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ipcache.New(ctx, kv, lease, "c1", "n1")
+	ip1, ip2, ip3 := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.1.0.3")
+	s.Publish(ipcache.Entry{IP: ip1, Identity: 1000})
+	s.Publish(ipcache.Entry{IP: ip2, Identity: 1000})
+	waitWrites(t, s)
+	srv.Close()
+	began := time.Now()
+	s.Publish(ipcache.Entry{IP: ip3, Identity: 1001})
+	s.Withdraw(ip2)
+	s.Publish(ipcache.Entry{IP: ip1, Identity: 1002})
+	if d := time.Since(began); d > time.Second {
+		t.Fatalf("Publish and Withdraw took %v with the kvstore down", d)
+	}
+	time.Sleep(2 * time.Second) // a failed round or two
+	if s.Writes() == 0 {
+		t.Fatal("nothing left to write while the kvstore is down")
+	}
+	srv = start()
+	defer srv.Close()
+	waitWrites(t, s)
+	kvs, _, err := kv.List(ctx, ipcache.Prefix+"c1/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]ipcache.Entry{}
+	for _, e := range kvs {
+		d, err := ipcache.DecodeEntry(e.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Lease != lease.ID() {
+			t.Errorf("%s under lease %x, want %x", e.Key, e.Lease, lease.ID())
+		}
+		got[d.IP.String()] = d
+	}
+	if len(got) != 2 || got["10.1.0.1"].Identity != 1002 || got["10.1.0.3"].Identity != 1001 || got["10.1.0.1"].Node != "n1" {
+		t.Fatalf("stored after the outage: %+v", got)
+	}
+}
+
+// waitWrites waits until s has written every change.
+func waitWrites(t *testing.T, s *ipcache.Sync) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); s.Writes() != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d writes still pending", s.Writes())
+		}
+	}
 }

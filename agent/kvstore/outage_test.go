@@ -2,8 +2,6 @@ package kvstore_test
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -12,22 +10,11 @@ import (
 	"github.com/filament-net/filament/internal/testutil"
 )
 
-// freeURL is an http URL on a loopback port free right now.
-func freeURL(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return fmt.Sprintf("http://%s", ln.Addr())
-}
-
 // A kvstore restart shorter than the lease TTL, but longer than the client
 // takes to give up on a keep-alive: the holder keeps its lease and its keys,
 // with no OnRenew, and reads work again soon after the restart.
 func TestLeaseKeptAcrossRestart(t *testing.T) {
-	dir, clientURL, peerURL := t.TempDir(), freeURL(t), freeURL(t)
+	dir, clientURL, peerURL := t.TempDir(), testutil.FreeURL(t), testutil.FreeURL(t)
 	start := func() *embedded.Server {
 		s, err := embedded.Start(embedded.Config{Dir: dir, ClientURL: clientURL, PeerURL: peerURL, UnsafeNoFsync: true})
 		if err != nil {

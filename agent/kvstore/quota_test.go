@@ -26,7 +26,7 @@ func TestEmbeddedQuota(t *testing.T) {
 			t.Fatalf("quota %d: %v", bad, err)
 		}
 	}
-	dir, clientURL, peerURL := t.TempDir(), freeURL(t), freeURL(t)
+	dir, clientURL, peerURL := t.TempDir(), testutil.FreeURL(t), testutil.FreeURL(t)
 	start := func(quota int64) (*embedded.Server, *kvstore.Client) {
 		s, err := embedded.Start(embedded.Config{Dir: dir, ClientURL: clientURL, PeerURL: peerURL, UnsafeNoFsync: true, QuotaBytes: quota})
 		if err != nil {

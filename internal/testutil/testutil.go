@@ -5,6 +5,8 @@ package testutil
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -88,4 +90,16 @@ func Connect(t testing.TB, endpoints []string) *kvstore.Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// FreeURL is an http URL on a loopback port free right now (an embedded
+// etcd restarted on the same URLs comes back where its clients look).
+func FreeURL(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return fmt.Sprintf("http://%s", ln.Addr())
 }
