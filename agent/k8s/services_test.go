@@ -94,9 +94,10 @@ func TestServiceStoredWithItsSource(t *testing.T) {
 	}
 }
 
-// A Service made headless or ExternalName is removed (it stayed stored
-// and load-balanced before); its deletion removes it too, but neither
-// removes a service stored with the CLI under the same name.
+// A Service changed to ExternalName is removed (it stayed stored and
+// load-balanced before); its deletion removes it too, but neither
+// removes a service stored with the CLI under the same name (one that no
+// Service event has replaced yet).
 func TestServiceNoLongerLoadBalancedIsRemoved(t *testing.T) {
 	f := &storedServices{}
 	w := serviceWatcher(f)
