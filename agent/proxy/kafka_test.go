@@ -617,3 +617,32 @@ func TestReadKafkaBody(t *testing.T) {
 		t.Fatalf("announced %d bytes and sent 100: %d bytes allocated", maxKafkaFrame, grew)
 	}
 }
+
+// TestKafkaBufs: a request buffer has the length asked for whatever
+// buffer it reuses (a parse reads no byte of an earlier, longer request),
+// and only buffers of the pools' sizes go back to them.
+func TestKafkaBufs(t *testing.T) {
+	for _, size := range []int{1, 4096, 4097, 1 << 20, 4 + maxKafkaRequest} {
+		b := getKafkaBuf(size)
+		if len(b) != size || cap(b) < size {
+			t.Fatalf("getKafkaBuf(%d): len %d cap %d", size, len(b), cap(b))
+		}
+		for i := range b {
+			b[i] = 0xff
+		}
+		putKafkaBuf(b)
+		if b := getKafkaBuf(size - size/2); len(b) != size-size/2 {
+			t.Fatalf("getKafkaBuf(%d) after a %d-byte one: len %d", size-size/2, size, len(b))
+		}
+	}
+	if c := kafkaBufClass(4 + maxKafkaRequest); c >= len(kafkaBufs) {
+		t.Fatalf("the largest request has no pool (class %d of %d)", c, len(kafkaBufs))
+	}
+	if b := getKafkaBuf(32 << 20); len(b) != 32<<20 {
+		t.Fatalf("a buffer past the pools: len %d", len(b))
+	}
+	putKafkaBuf(make([]byte, 5000)) // not a pool's size: dropped
+	if b := getKafkaBuf(5000); cap(b) != 8192 {
+		t.Fatalf("getKafkaBuf(5000): cap %d, want 8192 (a pool's)", cap(b))
+	}
+}
