@@ -226,12 +226,15 @@ func TestNetworkPolicyReachabilityMatrix(t *testing.T) {
 	}
 	ya, xa := pods[3], pods[0]
 	eventually(t, "x shut off again", func() bool { return !probeOnce(probe{ya, xa, 80, "tcp"}) })
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "x/networkpolicy/deny"); err != nil {
+		t.Fatalf("n1 does not hold namespace x's NetworkPolicy under x/networkpolicy/deny: %v %s", err, out)
+	}
 	if err := cs.CoreV1().Namespaces().Delete(ctx, "x", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, on := range []string{"n1", "n2"} {
 		eventually(t, "namespace x's policy gone from "+on, func() bool {
-			out, err := labtest.NodeRun(t, l, on, "filament", "policy", "get", "x/deny")
+			out, err := labtest.NodeRun(t, l, on, "filament", "policy", "get", "x/networkpolicy/deny")
 			return err != nil && strings.Contains(out, "not found")
 		})
 	}

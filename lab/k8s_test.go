@@ -188,6 +188,18 @@ func kubePod(t *testing.T, l *lab.Lab, cs kubernetes.Interface, node, name, app 
 	return labtest.Pod(t, l, node, name)
 }
 
+// dbFromWebCCNP is a CiliumClusterwideNetworkPolicy: db admits app=web on
+// 5432.
+const dbFromWebCCNP = `apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: db-from-web}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+`
+
 // Kubernetes mode on a real kube-apiserver (built from the module proxy):
 // the CRD manifests in deploy/ are accepted; Pod objects bound to lab nodes
 // give CNI ADD the pods' labels, or the endpoint when they come after it; CiliumNetworkPolicy and NetworkPolicy
@@ -289,15 +301,7 @@ spec:
 	}
 	// A CiliumClusterwideNetworkPolicy adds web (the allows of all policies
 	// selecting db add up).
-	applyYAML(t, dyn, writeTemp(t, `apiVersion: cilium.io/v2
-kind: CiliumClusterwideNetworkPolicy
-metadata: {name: db-from-web}
-spec:
-  endpointSelector: {matchLabels: {app: db}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: web}}]
-    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
-`), false)
+	applyYAML(t, dyn, writeTemp(t, dbFromWebCCNP), false)
 	eventually(t, "the CiliumClusterwideNetworkPolicy lets web in again", func() bool { return reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) })
 	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("other lost access when the clusterwide policy came")
@@ -332,22 +336,39 @@ spec:
 	}
 
 	// A NetworkPolicy named like the CiliumNetworkPolicy (default/
-	// db-from-other) neither replaces it nor, deleted, removes it: before,
-	// it replaced it (other shut out) and its deletion deleted the CNP's
-	// policy. A second NetworkPolicy made after the deletion is the
+	// db-from-other) is enforced beside it, under its own key, and its
+	// deletion leaves the CNP: before, it was refused (and earlier still
+	// it replaced the CNP, and its deletion deleted the CNP's policy). It
+	// admits web, so with the clusterwide policy deleted web gets in only
+	// through it. A second NetworkPolicy made after the deletion is the
 	// barrier: the informer hands over one kind's events in order.
 	sameName := dbFromWeb("db-from-other")
 	if _, err := cs.NetworkingV1().NetworkPolicies("default").Create(context.Background(), sameName, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	n1, _ := l.Node("n1")
-	eventually(t, "n1 refuses the NetworkPolicy named like the CNP", func() bool {
-		b, _ := os.ReadFile(n1.LogFile)
-		return strings.Contains(string(b), "a policy of another kind has the same namespace and name")
+	eventually(t, "n1 holds the NetworkPolicy named like the CNP", func() bool {
+		out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/networkpolicy/db-from-other", "-o", "json")
+		return err == nil && strings.Contains(out, "NetworkPolicy")
 	})
+	ccnp := dyn.Resource(schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"})
+	if err := ccnp.Delete(context.Background(), "db-from-web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "n1 drops the clusterwide policy", func() bool {
+		out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "db-from-web")
+		return err != nil && strings.Contains(out, "not found")
+	})
+	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
+		t.Fatal("the NetworkPolicy named like the CiliumNetworkPolicy is not enforced: web is shut out")
+	}
 	if !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("a NetworkPolicy named like the CiliumNetworkPolicy replaced it: other is shut out")
 	}
+	applyYAML(t, dyn, writeTemp(t, dbFromWebCCNP), false)
+	eventually(t, "n1 holds the clusterwide policy again", func() bool {
+		_, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "db-from-web")
+		return err == nil
+	})
 	if err := cs.NetworkingV1().NetworkPolicies("default").Delete(context.Background(), "db-from-other", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -358,9 +379,12 @@ spec:
 		t.Fatal(err)
 	}
 	eventually(t, "n1 holds the barrier NetworkPolicy", func() bool {
-		_, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/barrier")
+		_, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/networkpolicy/barrier")
 		return err == nil
 	})
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/networkpolicy/db-from-other"); err == nil {
+		t.Fatalf("the deleted NetworkPolicy named like the CNP is still held: %s", out)
+	}
 	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "get", "default/db-from-other", "-o", "json"); err != nil || !strings.Contains(out, "CiliumNetworkPolicy") {
 		t.Fatalf("deleting the NetworkPolicy named like the CNP took the CNP's policy: %v %s", err, out)
 	}

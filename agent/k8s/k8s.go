@@ -24,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -436,13 +437,13 @@ func (w *Watcher) fromKubernetes(key string) string {
 	return ""
 }
 
-// handler applies the policy objects of one kind. A policy's key is its
-// namespace and name, so a NetworkPolicy and a CiliumNetworkPolicy of the
-// same namespace and name cannot both be enforced: the one stored first
-// stays, the other is refused with a warning (before, the later replaced
-// it, and deleting either removed both), and takes its place when it is
-// deleted. An object that does not parse leaves what was stored for it;
-// its deletion removes that (it was kept before).
+// handler applies the policy objects of one kind. A policy's key has its
+// kind's (api.KeyOf), so a NetworkPolicy and a CiliumNetworkPolicy of the
+// same namespace and name are two policies, both enforced (until
+// 2026-12-04 they shared a key: one was refused, or, before that, the
+// later replaced the earlier and deleting either removed both). An object
+// that does not parse leaves what was stored for it; its deletion removes
+// that (it was kept before).
 func (w *Watcher) handler(kind string, toDoc doc) cache.ResourceEventHandlerFuncs {
 	apply := func(obj any) {
 		w.policyMu.Lock()
@@ -456,34 +457,38 @@ func (w *Watcher) handler(kind string, toDoc doc) cache.ResourceEventHandlerFunc
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = t.Obj
 			}
-			key, err := cache.MetaNamespaceKeyFunc(obj)
+			key, err := policyKey(kind, obj)
 			if err != nil {
 				return
 			}
 			w.policyMu.Lock()
 			defer w.policyMu.Unlock()
 			if w.fromKubernetes(key) != kind {
-				return // stored from another object, or not at all
+				return // stored from the CLI, or not at all
 			}
 			w.removeLocked(key, kind, "its object is deleted")
 		},
 	}
 }
 
+// policyKey is the key (api.KeyOf) of the policy a policy object of kind
+// gives.
+func policyKey(kind string, obj any) (string, error) {
+	m, err := apimeta.Accessor(obj)
+	if err != nil {
+		return "", err
+	}
+	return api.KeyOf(kind, m.GetNamespace(), m.GetName()), nil
+}
+
 func (w *Watcher) applyLocked(kind string, toDoc doc, obj any) {
-	key, err := cache.MetaNamespaceKeyFunc(obj)
+	key, err := policyKey(kind, obj)
 	if err != nil {
 		slog.Warn("kubernetes policy skipped", "kind", kind, "err", err)
 		return
 	}
-	other, scope := w.stored(key)
-	if scope == policy.ScopeKubernetes && other != kind {
-		slog.Warn("kubernetes policy not enforced: a policy of another kind has the same namespace and name (rename one)",
-			"policy", key, "kind", kind, "enforced", other)
-		return
-	}
-	if scope == policy.ScopeCluster || scope == policy.ScopeLocal {
-		slog.Warn("kubernetes policy not enforced: a policy imported with the CLI has the same namespace and name (rename one)",
+	if _, scope := w.stored(key); scope == policy.ScopeCluster || scope == policy.ScopeLocal {
+		slog.Warn("kubernetes policy not enforced: a policy imported with the CLI has the same kind, namespace and name (rename one)",
 			"policy", key, "kind", kind)
 		return
 	}
@@ -502,23 +507,13 @@ func (w *Watcher) applyLocked(kind string, toDoc doc, obj any) {
 	}
 }
 
-// removeLocked deletes the stored policy with key (of kind) and, once it
-// is gone (even if enforcing the change failed), applies an object of
-// another kind that has the key, if there is one.
+// removeLocked deletes the stored policy with key (of kind).
 func (w *Watcher) removeLocked(key, kind, why string) {
-	_, err := w.policies.Delete(key)
-	if _, gerr := w.policies.Get(key); gerr != nil {
-		slog.Info("kubernetes policy removed: "+why, "policy", key, "kind", kind, "err", err)
-	} else {
+	if _, err := w.policies.Delete(key); err != nil {
 		slog.Warn("kubernetes policy not removed", "policy", key, "kind", kind, "err", err)
 		return
 	}
-	for _, other := range slices.Sorted(maps.Keys(w.policyKinds)) {
-		if obj, ok, _ := w.policyKinds[other].cache.GetByKey(key); ok {
-			w.applyLocked(other, w.policyKinds[other].toDoc, obj)
-			return
-		}
-	}
+	slog.Info("kubernetes policy removed: "+why, "policy", key, "kind", kind)
 }
 
 // prune removes the stored policies of kind that no object in its cache
@@ -532,7 +527,11 @@ func (w *Watcher) prune(kind string) {
 		if w.fromKubernetes(key) != kind {
 			continue
 		}
-		if _, ok, _ := w.policyKinds[kind].cache.GetByKey(key); ok {
+		objKey := p.Name
+		if p.Namespace != "" {
+			objKey = p.Namespace + "/" + p.Name
+		}
+		if _, ok, _ := w.policyKinds[kind].cache.GetByKey(objKey); ok {
 			continue
 		}
 		w.removeLocked(key, kind, "its object is gone")

@@ -197,12 +197,12 @@ func policyWatcher(f *fakePolicies) *Watcher {
 }
 
 // A NetworkPolicy and a CiliumNetworkPolicy of the same namespace and name
-// (a Helm chart making both for one release): the later no longer replaces
-// the earlier, deleting the one not enforced removes nothing, and deleting
-// the enforced one puts the other in its place. Before, the CNP's deny
-// replaced the NetworkPolicy, and deleting the NetworkPolicy removed the
-// CNP's deny.
-func TestSameNameOfTwoKindsKeepEachOther(t *testing.T) {
+// (a Helm chart making both for one release) are two policies: both are
+// stored, whatever their order, and deleting one leaves the other. Until
+// 2026-12-04 they shared a key and one was refused (before that, the CNP's
+// deny replaced the NetworkPolicy, and deleting the NetworkPolicy removed
+// the CNP's deny).
+func TestSameNameOfTwoKindsBothEnforced(t *testing.T) {
 	f := &fakePolicies{}
 	w := policyWatcher(f)
 	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "default"},
@@ -213,21 +213,40 @@ func TestSameNameOfTwoKindsKeepEachOther(t *testing.T) {
 	w.policyKinds[api.KindNetworkPolicy].cache.Add(np)
 	hCNP.OnAdd(c, true)
 	hNP.OnAdd(np, true)
-	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindCiliumNetworkPolicy {
-		t.Fatalf("stored %+v %v, want the CiliumNetworkPolicy kept", p, err)
+	both := func(when string) {
+		t.Helper()
+		if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindCiliumNetworkPolicy {
+			t.Fatalf("%s: default/db is %+v %v, want the CiliumNetworkPolicy", when, p, err)
+		}
+		if p, err := f.Get("default/networkpolicy/db"); err != nil || p.Kind != api.KindNetworkPolicy {
+			t.Fatalf("%s: default/networkpolicy/db is %+v %v, want the NetworkPolicy", when, p, err)
+		}
 	}
+	both("both added")
 	w.policyKinds[api.KindNetworkPolicy].cache.Delete(np)
 	hNP.OnDelete(np)
-	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindCiliumNetworkPolicy || len(f.deleted) != 0 {
-		t.Fatalf("after the NetworkPolicy's deletion: stored %+v %v, deleted %q; want the CNP untouched", p, err, f.deleted)
+	if _, err := f.Get("default/db"); err != nil || !reflect.DeepEqual(f.deleted, []string{"default/networkpolicy/db"}) {
+		t.Fatalf("after the NetworkPolicy's deletion: deleted %q, CNP stored: %v; want only the NetworkPolicy gone", f.deleted, err)
 	}
-	// Both again; the CNP goes: the NetworkPolicy takes its place.
+	// Again, the other way round: the NetworkPolicy first, the CNP goes.
 	w.policyKinds[api.KindNetworkPolicy].cache.Add(np)
 	hNP.OnAdd(np, false)
+	hCNP.OnUpdate(c, c)
+	both("the NetworkPolicy added again")
 	w.policyKinds[api.KindCiliumNetworkPolicy].cache.Delete(c)
 	hCNP.OnDelete(c)
-	if p, err := f.Get("default/db"); err != nil || p.Kind != api.KindNetworkPolicy {
-		t.Fatalf("after the CNP's deletion: stored %+v %v, want the NetworkPolicy", p, err)
+	if _, err := f.Get("default/networkpolicy/db"); err != nil || !reflect.DeepEqual(f.deleted, []string{"default/networkpolicy/db", "default/db"}) {
+		t.Fatalf("after the CNP's deletion: deleted %q, NetworkPolicy stored: %v; want only the CNP gone", f.deleted, err)
+	}
+	// Pruning finds the NetworkPolicy's object under its namespace/name.
+	w.prune(api.KindNetworkPolicy)
+	if _, err := f.Get("default/networkpolicy/db"); err != nil {
+		t.Fatalf("prune removed the NetworkPolicy whose object is there: %v", err)
+	}
+	w.policyKinds[api.KindNetworkPolicy].cache.Delete(np)
+	w.prune(api.KindNetworkPolicy)
+	if _, err := f.Get("default/networkpolicy/db"); err == nil {
+		t.Fatal("prune kept the NetworkPolicy whose object is gone")
 	}
 }
 

@@ -84,9 +84,21 @@ func NewRepository(path string) (*Repository, error) {
 		}
 		r.policies[p.Key()] = p
 	}
+	// A repository written before 2026-12-04 has a NetworkPolicy's scope
+	// under its legacy key (namespace/name).
+	legacy := map[string]string{}
+	for k, p := range r.policies {
+		if lk := p.LegacyKey(); lk != k {
+			legacy[lk] = k
+		}
+	}
 	for k, sc := range f.Scopes {
 		if _, ok := r.policies[k]; !ok {
-			return nil, fmt.Errorf("load policy repository %s: scope %q of policy %q that is not stored", path, sc, k)
+			nk, moved := legacy[k]
+			if _, taken := f.Scopes[nk]; !moved || taken {
+				return nil, fmt.Errorf("load policy repository %s: scope %q of policy %q that is not stored", path, sc, k)
+			}
+			k = nk
 		}
 		if sc != ScopeCluster && sc != ScopeLocal && sc != ScopeKubernetes {
 			return nil, fmt.Errorf("load policy repository %s: policy %q: scope %q: want %s, %s or %s", path, k, sc, ScopeCluster, ScopeLocal, ScopeKubernetes)

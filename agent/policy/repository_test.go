@@ -176,7 +176,7 @@ func TestRepositoryPersistence(t *testing.T) {
 	}
 	check(t, "revision", reopened.Revision(), uint64(2))
 	check(t, "policies", reopened.List(), r.List())
-	np, _ := reopened.Get("default/np")
+	np, _ := reopened.Get("default/networkpolicy/np")
 	check(t, "default deny survives", np.Rules[0].IngressDefaultDeny(), true)
 
 	// The revision continues from the persisted one.
@@ -362,4 +362,38 @@ func TestRepositoryBadScopeInFile(t *testing.T) {
 func parseOne(t *testing.T, input string) api.Policy {
 	t.Helper()
 	return policies(t, input)[0]
+}
+
+// A repository written before NetworkPolicies had their own key
+// (2026-12-04) holds a NetworkPolicy's scope under namespace/name: it
+// loads, with the scope on the policy's key now. Before the change in
+// NewRepository the agent refused to start with it.
+func TestRepositoryLegacyNetworkPolicyScope(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policies.json")
+	r, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	np := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: ns}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n"
+	if _, err := r.ImportScoped(ScopeKubernetes, policies(t, np)); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	legacy := strings.Replace(string(data), `"ns/networkpolicy/np": "kubernetes"`, `"ns/np": "kubernetes"`, 1)
+	if legacy == string(data) {
+		t.Fatalf("no scope of ns/networkpolicy/np in %s", data)
+	}
+	os.WriteFile(path, []byte(legacy), 0o600)
+	r2, err := NewRepository(path)
+	if err != nil {
+		t.Fatalf("legacy repository refused: %v", err)
+	}
+	sc, err := r2.Scope("ns/networkpolicy/np")
+	check(t, "scope", sc, ScopeKubernetes)
+	check(t, "scope error", err, error(nil))
+	// A scope of a key no policy has, legacy or not, is still refused.
+	os.WriteFile(path, []byte(strings.Replace(legacy, `"ns/np": "kubernetes"`, `"ns/other": "kubernetes"`, 1)), 0o600)
+	if _, err := NewRepository(path); err == nil || !strings.Contains(err.Error(), "ns/other") {
+		t.Fatalf("scope of a policy not stored loaded: %v", err)
+	}
 }

@@ -1,7 +1,7 @@
 // Package policysync owns the cluster's policies outside Kubernetes: an
 // import is validated whole and stored in the kvstore in one transaction,
 // one key per policy under
-// filament/state/policies/v1/<cluster>/<namespace>/<name> (no lease), and
+// filament/state/policies/v1/<cluster>/<key> (no lease; see Prefix), and
 // every agent follows that prefix into its policy repository (its local
 // cache, persisted in the state dir, so an agent restarting while the
 // kvstore is down enforces the last policies it knew) and from there into
@@ -29,7 +29,10 @@ import (
 )
 
 // Prefix of the policies in the kvstore: <Prefix><cluster>/<key>, where key
-// is the policy's namespace/name (name alone for a cluster-wide policy).
+// is the policy's api.KeyOf (namespace/name, namespace/networkpolicy/name
+// for a NetworkPolicy, name alone for a cluster-wide policy). A
+// NetworkPolicy stored by an agent from before 2026-12-04 under
+// namespace/name is read there and moved to its key.
 const Prefix = kvstore.Prefix + "state/policies/v1/"
 
 var (
@@ -126,13 +129,28 @@ func (s *Store) resync(ctx context.Context) error {
 		return err
 	}
 	ps := make([]api.Policy, 0, len(kvs))
+	seen := map[string]bool{}
+	var legacy []legacyEntry
 	for _, kv := range kvs {
-		p, err := s.decode(kv)
+		p, old, err := s.decode(kv)
 		if err != nil {
 			slog.Warn("ignoring an invalid policy in the kvstore", "key", kv.Key, "err", err)
 			continue
 		}
+		if old {
+			legacy = append(legacy, legacyEntry{kv, p})
+			continue
+		}
 		ps = append(ps, p)
+		seen[p.Key()] = true
+	}
+	// A NetworkPolicy under its legacy key counts unless it is also
+	// stored under its key (imported again since).
+	for _, l := range legacy {
+		if !seen[l.p.Key()] {
+			ps = append(ps, l.p)
+			seen[l.p.Key()] = true
+		}
 	}
 	if _, err := s.cfg.Repo.ReplaceScope(policy.ScopeCluster, ps); err != nil {
 		return err
@@ -147,25 +165,65 @@ func (s *Store) resync(ctx context.Context) error {
 		s.changed = make(chan struct{})
 	}
 	s.mu.Unlock()
+	s.moveLegacy(ctx, legacy, kvs)
 	return nil
 }
 
+// legacyEntry is a NetworkPolicy stored under its legacy key
+// (namespace/name) by an agent from before 2026-12-04.
+type legacyEntry struct {
+	kv kvstore.KeyValue
+	p  api.Policy
+}
+
+// moveLegacy stores each NetworkPolicy found under its legacy key under
+// its key and deletes the legacy one, each in one transaction that does
+// nothing if either key changed since kvs was read (another agent moving
+// it too, or a user's import or delete). Where the key already holds the
+// policy, only the legacy entry goes. A failure is logged: the legacy
+// entry is read as before, and the next resync tries again.
+func (s *Store) moveLegacy(ctx context.Context, legacy []legacyEntry, kvs []kvstore.KeyValue) {
+	current := map[string]int64{}
+	for _, kv := range kvs {
+		current[kv.Key] = kv.ModRevision
+	}
+	for _, l := range legacy {
+		key := s.prefix + l.p.Key()
+		cmp := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(l.kv.Key), "=", l.kv.ModRevision),
+			clientv3.Compare(clientv3.ModRevision(key), "=", current[key])}
+		ops := []clientv3.Op{clientv3.OpDelete(l.kv.Key)}
+		if _, ok := current[key]; !ok {
+			ops = append(ops, clientv3.OpPut(key, string(l.kv.Value)))
+		}
+		resp, err := s.cfg.KV.Raw().Txn(ctx).If(cmp...).Then(ops...).Commit()
+		switch {
+		case err != nil:
+			slog.Warn("moving a NetworkPolicy to its own key", "from", l.kv.Key, "to", key, "err", err)
+		case resp.Succeeded:
+			slog.Info("NetworkPolicy moved to its own key (a NetworkPolicy and a CiliumNetworkPolicy of one name are two policies)",
+				"from", l.kv.Key, "to", key)
+		}
+	}
+}
+
 // decode reads one stored policy; it must be valid and stored under its
-// own key.
-func (s *Store) decode(kv kvstore.KeyValue) (api.Policy, error) {
-	var p api.Policy
+// own key or, for a NetworkPolicy, its legacy key (legacy true).
+func (s *Store) decode(kv kvstore.KeyValue) (p api.Policy, legacy bool, err error) {
 	dec := json.NewDecoder(bytes.NewReader(kv.Value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return p, err
+		return p, false, err
 	}
 	if _, err := api.Prepare([]api.Policy{p}); err != nil {
-		return p, err
+		return p, false, err
 	}
-	if want := s.prefix + p.Key(); kv.Key != want {
-		return p, fmt.Errorf("policy %q stored under %q", p.Key(), kv.Key)
+	switch kv.Key {
+	case s.prefix + p.Key():
+		return p, false, nil
+	case s.prefix + p.LegacyKey():
+		return p, true, nil
 	}
-	return p, nil
+	return p, false, fmt.Errorf("policy %q stored under %q", p.Key(), kv.Key)
 }
 
 // waitApplied blocks until the repository reflects kvstore revision rev

@@ -280,7 +280,7 @@ func (c *cli) policyCmd() *cobra.Command {
 	imp.Flags().BoolVar(&importLocal, "local", false, "enforce on this node only (default: every node of the cluster)")
 	cmd.AddCommand(imp)
 	get := &cobra.Command{
-		Use: "get [NAMESPACE/NAME]", Aliases: []string{"list"}, Short: "Show stored policies, or one", Args: cobra.MaximumNArgs(1),
+		Use: "get [KEY]", Aliases: []string{"list"}, Short: "Show stored policies, or one (KEY: NAMESPACE/NAME, NAMESPACE/networkpolicy/NAME for a NetworkPolicy, NAME for a clusterwide policy)", Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx()
 			defer cancel()
@@ -369,7 +369,7 @@ func (c *cli) policyCmd() *cobra.Command {
 	trace.Flags().StringArrayVar(&tr.HTTPHeaders, "http-header", nil, `... a header, "Name: value" (repeatable)`)
 	cmd.AddCommand(trace)
 	del := &cobra.Command{
-		Use: "delete NAMESPACE/NAME", Short: "Delete a policy from the cluster (every node)", Args: cobra.ExactArgs(1),
+		Use: "delete KEY", Short: "Delete a policy from the cluster (every node); KEY as in get: NAMESPACE/NAME, NAMESPACE/networkpolicy/NAME or NAME", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx()
 			defer cancel()

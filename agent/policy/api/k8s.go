@@ -59,7 +59,7 @@ const (
 // policy type sets that direction's enableDefaultDeny, so a listed type
 // without rules selects the pods with zero allowed peers.
 func parseNetworkPolicy(label string, obj map[string]any, src []byte) ([]Policy, error) {
-	v := &validator{doc: docLabel(label, obj, namespaceOf(obj))}
+	v := &validator{doc: docLabel(label, KindNetworkPolicy, obj, namespaceOf(obj))}
 	var doc k8sDocument
 	if !v.decode(obj, src, &doc) {
 		return nil, v.err()

@@ -41,7 +41,8 @@ spec:
 `
 	p := parseOne(t, input)
 	check(t, "Kind", p.Kind, KindNetworkPolicy)
-	check(t, "Key", p.Key(), "prod/web")
+	check(t, "Key", p.Key(), "prod/networkpolicy/web")
+	check(t, "LegacyKey", p.LegacyKey(), "prod/web")
 	check(t, "Source", p.Source, input)
 	if len(p.Rules) != 1 {
 		t.Fatalf("got %d rules, want 1", len(p.Rules))
@@ -140,7 +141,7 @@ func TestNetworkPolicyRejects(t *testing.T) {
 		want  string
 	}{
 		{"ipBlock with podSelector", np("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]\n"),
-			`policy "prod/np": spec.ingress[0].from[0].ipBlock: cannot be combined with podSelector or namespaceSelector`},
+			`policy "prod/networkpolicy/np": spec.ingress[0].from[0].ipBlock: cannot be combined with podSelector or namespaceSelector`},
 		{"empty peer", np("  podSelector: {}\n  egress: [{to: [{}]}]\n"),
 			`spec.egress[0].to[0]: needs podSelector, namespaceSelector or ipBlock`},
 		{"except outside cidr", np("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]\n"),
@@ -168,7 +169,7 @@ func TestNetworkPolicyRejects(t *testing.T) {
 		{"unknown field", np("  podselector: {}\n"),
 			`spec.podselector: unknown field (did you mean "podSelector"?)`},
 		{"missing spec", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\n",
-			`policy "default/np": spec: required`},
+			`policy "default/networkpolicy/np": spec: required`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

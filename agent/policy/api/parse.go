@@ -342,13 +342,13 @@ func itemSource(obj map[string]any) ([]byte, error) {
 }
 
 // docLabel names a document by its key once its name is known.
-func docLabel(label string, obj map[string]any, namespace string) string {
+func docLabel(label, kind string, obj map[string]any, namespace string) string {
 	meta, _ := obj["metadata"].(map[string]any)
 	name, _ := meta["name"].(string)
 	if name == "" {
 		return label
 	}
-	return fmt.Sprintf("policy %q", Policy{Namespace: namespace, Name: name}.Key())
+	return fmt.Sprintf("policy %q", KeyOf(kind, namespace, name))
 }
 
 // namespaceOf returns the namespace a namespaced document names, or the
@@ -473,7 +473,7 @@ func parseCilium(label, kind string, obj map[string]any, src []byte) ([]Policy, 
 	if kind != KindCiliumClusterwideNetworkPolicy {
 		sc.namespace = namespaceOf(obj)
 	}
-	v := &validator{doc: docLabel(label, obj, sc.namespace)}
+	v := &validator{doc: docLabel(label, kind, obj, sc.namespace)}
 	var doc ciliumDocument
 	if !v.decode(obj, src, &doc) {
 		return nil, v.err()

@@ -175,7 +175,7 @@ func TestParseMultiDocument(t *testing.T) {
 		keys = append(keys, p.Key())
 		sources = append(sources, p.Source)
 	}
-	check(t, "keys", keys, []string{"default/a", "ns1/b", "c"})
+	check(t, "keys", keys, []string{"default/a", "ns1/networkpolicy/b", "c"})
 	check(t, "sources", sources, []string{docA, docB, docC + "\n"})
 
 	t.Run("error names the line of a nameless document", func(t *testing.T) {
@@ -262,7 +262,7 @@ items:
 		if err != nil {
 			t.Fatal(err)
 		}
-		check(t, "keys", []string{ps[0].Key(), ps[1].Key()}, []string{"default/np", "ccnp"})
+		check(t, "keys", []string{ps[0].Key(), ps[1].Key()}, []string{"default/networkpolicy/np", "ccnp"})
 	})
 	t.Run("wrong kind in a typed list", func(t *testing.T) {
 		_, err := Parse([]byte(`apiVersion: cilium.io/v2

@@ -48,11 +48,31 @@ type Policy struct {
 	Source string `json:"source,omitempty"`
 }
 
-// Key identifies a policy in a Repository: `namespace/name` for namespaced
-// kinds and the bare `name` for a CiliumClusterwideNetworkPolicy (names never
-// contain '/', so the two cannot collide). A NetworkPolicy and a
-// CiliumNetworkPolicy of the same namespace and name share a key.
-func (p Policy) Key() string {
+// Key identifies a policy in a Repository and the kvstore (KeyOf its kind,
+// namespace and name).
+func (p Policy) Key() string { return KeyOf(p.Kind, p.Namespace, p.Name) }
+
+// KeyOf is the key of a policy: `namespace/name` for a
+// CiliumNetworkPolicy, `namespace/networkpolicy/name` for a NetworkPolicy
+// and the bare `name` for a CiliumClusterwideNetworkPolicy. Names and
+// namespaces never contain '/', so no two kinds share a key: a
+// NetworkPolicy and a CiliumNetworkPolicy of the same namespace and name
+// (a chart making both for one release) are two policies. Until
+// 2026-12-04 a NetworkPolicy's key was `namespace/name` (LegacyKey).
+func KeyOf(kind, namespace, name string) string {
+	switch {
+	case namespace == "":
+		return name
+	case kind == KindNetworkPolicy:
+		return namespace + "/networkpolicy/" + name
+	}
+	return namespace + "/" + name
+}
+
+// LegacyKey is p's key as agents before 2026-12-04 stored it: a
+// NetworkPolicy's was `namespace/name`, as a CiliumNetworkPolicy's is.
+// Their repositories and kvstore keys are read through it.
+func (p Policy) LegacyKey() string {
 	if p.Namespace == "" {
 		return p.Name
 	}

@@ -163,7 +163,7 @@ func TestParseReportsEveryProblem(t *testing.T) {
 		"---\n"+"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\nspec: {podSelector: {}, policyTypes: [Sideways]}\n",
 		`spec.ingress[0].fromCIDR[0]: "bad"`,
 		`spec.ingress[0].fromEntities[0]: "nope"`,
-		`policy "default/np": spec.policyTypes[0]: "Sideways"`)
+		`policy "default/networkpolicy/np": spec.policyTypes[0]: "Sideways"`)
 	var ve *ValidationError
 	if !errors.As(err, &ve) || ve.Document != `policy "default/bad"` || ve.Field != "spec.ingress[0].fromCIDR[0]" {
 		t.Errorf("errors.As = %+v, want the first problem as a *ValidationError", ve)
