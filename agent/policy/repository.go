@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/filament-net/filament/agent/policy/api"
@@ -190,7 +191,7 @@ func (r *Repository) Scope(key string) (string, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if _, ok := r.policies[key]; !ok {
-		return "", fmt.Errorf("%w: %q", ErrNotFound, key)
+		return "", r.notFound(key)
 	}
 	return r.scopes[key], nil
 }
@@ -209,7 +210,7 @@ func (r *Repository) Delete(key string) (revision uint64, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.policies[key]; !ok {
-		return 0, fmt.Errorf("%w: %q", ErrNotFound, key)
+		return 0, r.notFound(key)
 	}
 	next, scopes := maps.Clone(r.policies), maps.Clone(r.scopes)
 	delete(next, key)
@@ -279,9 +280,23 @@ func (r *Repository) Get(key string) (api.Policy, error) {
 	defer r.mu.RUnlock()
 	p, ok := r.policies[key]
 	if !ok {
-		return api.Policy{}, fmt.Errorf("%w: %q", ErrNotFound, key)
+		return api.Policy{}, r.notFound(key)
 	}
 	return p.DeepCopy(), nil
+}
+
+// notFound is the error for a key r lacks. A NetworkPolicy's key has its
+// kind in it (api.KeyOf); asked for namespace/name, the error names the
+// NetworkPolicy's key when one of that name is held, since namespace/name
+// was its key before. The caller holds r.mu.
+func (r *Repository) notFound(key string) error {
+	if ns, name, ok := strings.Cut(key, "/"); ok && !strings.Contains(name, "/") {
+		np := api.KeyOf(api.KindNetworkPolicy, ns, name)
+		if _, held := r.policies[np]; held {
+			return fmt.Errorf("%w: %q (a NetworkPolicy of that name is %q)", ErrNotFound, key, np)
+		}
+	}
+	return fmt.Errorf("%w: %q", ErrNotFound, key)
 }
 
 // List returns copies of all policies, sorted by key.

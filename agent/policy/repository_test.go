@@ -116,6 +116,34 @@ func TestRepositoryDeleteUnknown(t *testing.T) {
 	check(t, "revision after failed delete", r.Revision(), uint64(1))
 }
 
+// A NetworkPolicy asked for under namespace/name (its key before
+// 2026-12-04) is not found, and the error names its key now.
+func TestRepositoryNotFoundNamesNetworkPolicyKey(t *testing.T) {
+	r, _ := NewRepository("")
+	mustImport(t, r, policies(t, `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+`), 1)
+	for what, f := range map[string]func() error{
+		"Get":    func() error { _, err := r.Get("a/db"); return err },
+		"Delete": func() error { _, err := r.Delete("a/db"); return err },
+		"Scope":  func() error { _, err := r.Scope("a/db"); return err },
+	} {
+		if err := f(); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), `a NetworkPolicy of that name is "a/networkpolicy/db"`) {
+			t.Errorf("%s(a/db): err = %v, want ErrNotFound naming a/networkpolicy/db", what, err)
+		}
+	}
+	if _, err := r.Get("a/web"); err == nil || strings.Contains(err.Error(), "NetworkPolicy") {
+		t.Errorf("Get(a/web) = %v, want a plain not found", err)
+	}
+	if _, err := r.Get("a/networkpolicy/db"); err != nil {
+		t.Errorf("Get(a/networkpolicy/db): %v", err)
+	}
+}
+
 func TestRepositoryRejectedImportChangesNothing(t *testing.T) {
 	r, _ := NewRepository(filepath.Join(t.TempDir(), "policies.json"))
 	mustImport(t, r, policies(t, webPolicy("a", "web", 80)), 1)

@@ -344,6 +344,9 @@ func (s *Store) DeleteContext(ctx context.Context, key, sc string) (uint64, erro
 		if herr == nil && have == policy.ScopeLocal {
 			return 0, fmt.Errorf("%w: %q is not a cluster policy; it is node-local (delete it with --local)", policy.ErrNotFound, key)
 		}
+		if errors.Is(herr, policy.ErrNotFound) {
+			return 0, herr // names a NetworkPolicy's key when asked for its old one
+		}
 		return 0, fmt.Errorf("%w: %q", policy.ErrNotFound, key)
 	}
 	return s.waitApplied(ctx, resp.Header.Revision, "policy deleted")

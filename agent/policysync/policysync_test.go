@@ -316,6 +316,10 @@ func TestLegacyNetworkPolicyMovedAndKeptBesideCNP(t *testing.T) {
 	if p, err := n1.store.Get("default/networkpolicy/db"); err != nil || p.Kind != policyapi.KindNetworkPolicy {
 		t.Fatalf("n1 get default/networkpolicy/db: %v %+v", err, p)
 	}
+	// Deleting it under its old key fails, naming its key now.
+	if _, err := n1.store.DeleteContext(ctx(t), "default/db", ""); !errors.Is(err, policy.ErrNotFound) || !strings.Contains(err.Error(), `"default/networkpolicy/db"`) {
+		t.Fatalf("delete default/db: %v, want not found naming default/networkpolicy/db", err)
+	}
 	if _, err := n1.store.ImportContext(ctx(t), parse(t, doc("db", 80)), ""); err != nil {
 		t.Fatal(err)
 	}
