@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
@@ -91,7 +92,11 @@ type Manager struct {
 	status  map[string]Status
 	owners  map[string]string // claim (frontend, node port) -> service key
 	synced  chan struct{}
-	errors  int
+	// rev is the kvstore revision the watch has applied; advanced is
+	// closed (and replaced) whenever it moves.
+	rev      int64
+	advanced chan struct{}
+	errors   int
 }
 
 // New starts following the cluster's services; it returns once the
@@ -104,7 +109,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
-		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{})}
+		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{}),
+		advanced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
 		select {
@@ -124,28 +130,75 @@ func (m *Manager) watch(ctx context.Context) {
 	prefix := Prefix + m.cfg.Cluster + "/"
 	var once sync.Once
 	for ev := range m.cfg.KV.Watch(ctx, prefix, kvstore.WatchOptions{}) {
-		if ev.Type == kvstore.EventSynced {
-			once.Do(func() {
-				m.reconcile()
-				close(m.synced)
-			})
-			continue
+		m.apply1(ev, prefix, &once)
+		m.advance(ev.Revision)
+	}
+}
+
+// apply1 applies one event of the watch.
+func (m *Manager) apply1(ev kvstore.Event, prefix string, once *sync.Once) {
+	if ev.Type == kvstore.EventSynced {
+		once.Do(func() {
+			m.reconcile()
+			close(m.synced)
+		})
+		return
+	}
+	key := strings.TrimPrefix(ev.Key, prefix)
+	if ev.Type == kvstore.EventDelete {
+		m.setLocal(key, nil)
+		return
+	}
+	s, err := Parse(ev.Value)
+	if err == nil {
+		err = m.checkReserved(s)
+	}
+	if err != nil {
+		slog.Warn("ignoring an invalid service in the kvstore", "key", ev.Key, "err", err)
+		m.setLocal(key, nil)
+		return
+	}
+	m.setLocal(key, s)
+}
+
+// advance records that the watch applied the store up to rev.
+func (m *Manager) advance(rev int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if rev > m.rev {
+		m.rev = rev
+		close(m.advanced)
+		m.advanced = make(chan struct{})
+	}
+}
+
+// appliedWait bounds how long a write waits for the watch to apply it.
+const appliedWait = 5 * time.Second
+
+// waitApplied returns once the watch has applied revision rev (a write of
+// this manager's under its prefix: only those make events), or after appliedWait or ctx's end: the write is done
+// either way. So the writer's next step sees its own write: a frontend
+// just freed by a delete is free for the next Upsert (before, it was
+// refused as a conflict until the watch caught up), one just taken is
+// taken.
+func (m *Manager) waitApplied(ctx context.Context, rev int64) {
+	timeout := time.NewTimer(appliedWait)
+	defer timeout.Stop()
+	for {
+		m.mu.Lock()
+		done, ch := m.rev >= rev, m.advanced
+		m.mu.Unlock()
+		if done {
+			return
 		}
-		key := strings.TrimPrefix(ev.Key, prefix)
-		if ev.Type == kvstore.EventDelete {
-			m.setLocal(key, nil)
-			continue
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		case <-timeout.C:
+			slog.Warn("service write not yet seen by this agent's watch", "revision", rev, "waited", appliedWait)
+			return
 		}
-		s, err := Parse(ev.Value)
-		if err == nil {
-			err = m.checkReserved(s)
-		}
-		if err != nil {
-			slog.Warn("ignoring an invalid service in the kvstore", "key", ev.Key, "err", err)
-			m.setLocal(key, nil)
-			continue
-		}
-		m.setLocal(key, s)
 	}
 }
 
@@ -417,7 +470,12 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 		m.setLocalLocked(c.Metadata.Namespace+"/"+c.Metadata.Name, &c)
 		return nil
 	}
-	return m.cfg.KV.Put(ctx, m.key(s), data, 0)
+	r, err := m.cfg.KV.Raw().Put(ctx, m.key(s), string(data))
+	if err != nil {
+		return fmt.Errorf("kvstore: put %s: %w", m.key(s), err)
+	}
+	m.waitApplied(ctx, r.Header.Revision)
+	return nil
 }
 
 // checkReserved refuses a service whose frontend is a reserved address or
@@ -452,7 +510,16 @@ func (m *Manager) Delete(ctx context.Context, namespace, name string) error {
 		m.setLocal(namespace+"/"+name, nil)
 		return nil
 	}
-	return m.cfg.KV.Delete(ctx, Prefix+m.cfg.Cluster+"/"+namespace+"/"+name)
+	key := Prefix + m.cfg.Cluster + "/" + namespace + "/" + name
+	r, err := m.cfg.KV.Raw().Delete(ctx, key)
+	if err != nil {
+		return fmt.Errorf("kvstore: delete %s: %w", key, err)
+	}
+	if r.Deleted > 0 {
+		// (A delete of nothing makes no event to wait for.)
+		m.waitApplied(ctx, r.Header.Revision)
+	}
+	return nil
 }
 
 // Stored is one of this cluster's services as the kvstore holds it.
@@ -523,10 +590,17 @@ func (m *Manager) DeleteFrom(ctx context.Context, namespace, name, source string
 		if s, err := Parse(kv.Value); err != nil || s.Metadata.Annotations[SourceAnnotation] != source {
 			return false, nil
 		}
-		done, err := m.cfg.KV.Txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)},
-			[]clientv3.Op{clientv3.OpDelete(key)})
-		if err != nil || done || rev != 0 {
-			return done, err
+		r, err := m.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(key)).Commit()
+		if err != nil {
+			return false, fmt.Errorf("kvstore: txn: %w", err)
+		}
+		if r.Succeeded {
+			m.waitApplied(ctx, r.Header.Revision)
+			return true, nil
+		}
+		if rev != 0 {
+			return false, nil
 		}
 		// Stored again between the read and the delete: read it again.
 	}

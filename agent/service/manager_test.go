@@ -11,10 +11,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/internal/testutil"
 )
 
@@ -864,15 +866,8 @@ func TestManagerDatapathErrors(t *testing.T) {
 // Stored lists each with its source and revision. Against etcd.
 func TestManagerDeleteFrom(t *testing.T) {
 	ctx := context.Background()
-	kv := testutil.EtcdClient(t)
-	m, err := New(ctx, Config{Cluster: "c1", NodeIPs: []netip.Addr{node1, node2}, KV: kv, Datapath: newFakeDP()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k8s := func(name, ip string) *Service {
-		return mustParse(t, fmt.Sprintf("metadata: {name: %s, annotations: {%s: %s}}\nspec: {clusterIP: %s, ports: [{port: 80}]}\n",
-			name, SourceAnnotation, SourceKubernetes, ip))
-	}
+	m, kv := etcdManager(t)
+	k8s := func(name, ip string) *Service { return k8sService(t, name, ip) }
 	for _, s := range []*Service{k8s("web", "10.96.0.10"), k8s("db", "10.96.0.11"),
 		mustParse(t, "metadata: {name: cli}\nspec: {clusterIP: 10.96.0.12, ports: [{port: 80}]}\n")} {
 		if err := m.Upsert(ctx, s); err != nil {
@@ -917,4 +912,72 @@ func TestManagerDeleteFrom(t *testing.T) {
 	if want := []string{"default/cli", "default/db"}; !slices.Equal(keys, want) {
 		t.Fatalf("stored: %v, want %v", keys, want)
 	}
+}
+
+// A Service deleted and another made at once with its ClusterIP (the API
+// server may hand a freed address out again): the second is stored
+// although this manager's watch has not yet seen the deletion. Before,
+// the frontend still belonged to the deleted service in the manager's
+// view, and the second was refused as a conflict until its next event
+// (the informers' resync: 10 minutes); the CLI's delete likewise. And a
+// frontend just taken is taken for the next write.
+func TestManagerFrontendFreeRightAfterDeleteFrom(t *testing.T) {
+	ctx := context.Background()
+	m, _ := etcdManager(t)
+	k8s := func(name, ip string) *Service { return k8sService(t, name, ip) }
+	for r := range 60 {
+		i, cli := r%30, r >= 30
+		old, next := fmt.Sprintf("old-%d-%v", i, cli), fmt.Sprintf("new-%d-%v", i, cli)
+		if err := m.Upsert(ctx, k8s(old, "10.96.0.10")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { _, err := m.Get("default", old); return err == nil })
+		if cli { // the CLI's delete, 30 rounds
+			if err := m.Delete(ctx, "default", old); err != nil {
+				t.Fatalf("Delete %s: %v", old, err)
+			}
+		} else if done, err := m.DeleteFrom(ctx, "default", old, SourceKubernetes, 0); !done || err != nil {
+			t.Fatalf("DeleteFrom %s: %v %v", old, done, err)
+		}
+		if err := m.Upsert(ctx, k8s(next, "10.96.0.10")); err != nil {
+			t.Fatalf("round %d: the ClusterIP of a service just deleted is refused: %v", i, err)
+		}
+		// And the frontend just taken is taken: a third service with it
+		// is refused at once (before, it could be stored beside it).
+		if err := m.Upsert(ctx, k8s("third", "10.96.0.10")); !errors.Is(err, ErrConflict) {
+			t.Fatalf("round %d: a third service with a frontend just taken: %v, want ErrConflict", i, err)
+		}
+		if done, err := m.DeleteFrom(ctx, "default", next, SourceKubernetes, 0); !done || err != nil {
+			t.Fatalf("DeleteFrom %s: %v %v", next, done, err)
+		}
+		waitFor(t, func() bool { _, err := m.Get("default", next); return err != nil })
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// etcdManager is a manager of cluster c1 on a test etcd.
+func etcdManager(t *testing.T) (*Manager, *kvstore.Client) {
+	t.Helper()
+	kv := testutil.EtcdClient(t)
+	m, err := New(context.Background(), Config{Cluster: "c1", NodeIPs: []netip.Addr{node1, node2}, KV: kv, Datapath: newFakeDP()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, kv
+}
+
+// k8sService is service default/name on ip:80, stored from a Service object.
+func k8sService(t *testing.T, name, ip string) *Service {
+	return mustParse(t, fmt.Sprintf("metadata: {name: %s, annotations: {%s: %s}}\nspec: {clusterIP: %s, ports: [{port: 80}]}\n",
+		name, SourceAnnotation, SourceKubernetes, ip))
 }
