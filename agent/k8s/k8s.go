@@ -92,6 +92,11 @@ type Watcher struct {
 	policyKinds map[string]policyKind
 
 	svcIndexer, sliceIndexer cache.Indexer
+	// conflicted are the Services (namespace/name) whose service was
+	// refused because another stored service held its frontend; each
+	// removal of a stored service stores them again.
+	conflictMu sync.Mutex
+	conflicted map[string]bool
 
 	podIndexer, nsIndexer cache.Indexer
 	podSynced, nsSynced   cache.InformerSynced

@@ -129,6 +129,37 @@ func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev
 		slog.Warn("kubernetes service not removed", "service", namespace+"/"+name, "why", why, "err", err)
 	case done:
 		slog.Info("kubernetes service removed: "+why, "service", namespace+"/"+name)
+		w.retryConflicted(ctx)
+	}
+}
+
+// setConflicted marks (or unmarks) the Service namespace/name as refused
+// for a frontend another stored service holds.
+func (w *Watcher) setConflicted(key string, refused bool) {
+	w.conflictMu.Lock()
+	defer w.conflictMu.Unlock()
+	if !refused {
+		delete(w.conflicted, key)
+		return
+	}
+	if w.conflicted == nil {
+		w.conflicted = map[string]bool{}
+	}
+	w.conflicted[key] = true
+}
+
+// retryConflicted stores again the Services refused for a frontend
+// another stored service held: a removal may have freed it. Before, one
+// that took the ClusterIP of a Service deleted while every agent was down
+// was refused until its next event (the informer's resync: 10 minutes),
+// since the prune came after its first store.
+func (w *Watcher) retryConflicted(ctx context.Context) {
+	w.conflictMu.Lock()
+	keys := slices.Sorted(maps.Keys(w.conflicted))
+	w.conflictMu.Unlock()
+	for _, key := range keys {
+		ns, name, _ := strings.Cut(key, "/")
+		w.syncService(ctx, ns, name)
 	}
 }
 
@@ -187,14 +218,13 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 	if name == "" {
 		return
 	}
-	obj, ok, _ := w.svcIndexer.GetByKey(namespace + "/" + name)
-	if !ok {
+	key := namespace + "/" + name
+	obj, ok, _ := w.svcIndexer.GetByKey(key)
+	if !ok || !loadBalanced(obj.(*corev1.Service)) {
+		w.setConflicted(key, false)
 		return
 	}
 	ks := obj.(*corev1.Service)
-	if !loadBalanced(ks) {
-		return
-	}
 	// The object's annotations are the informer's: a copy gets the mark.
 	ann := maps.Clone(ks.Annotations)
 	if ann == nil {
@@ -260,7 +290,9 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 		}
 	}
 	slices.SortFunc(s.Backends, func(a, b service.Backend) int { return strings.Compare(a.IP, b.IP) })
-	if err := w.services.Upsert(ctx, s); err != nil {
-		slog.Warn("kubernetes service not stored", "service", namespace+"/"+name, "err", err)
+	err := w.services.Upsert(ctx, s)
+	w.setConflicted(key, errors.Is(err, service.ErrConflict))
+	if err != nil {
+		slog.Warn("kubernetes service not stored", "service", key, "err", err)
 	}
 }

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -26,8 +27,13 @@ func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
 	if f.svcs == nil {
 		f.svcs, f.revs = map[string]*service.Service{}, map[string]int64{}
 	}
-	f.rev++
 	key := s.Metadata.Namespace + "/" + s.Metadata.Name
+	for k, o := range f.svcs {
+		if k != key && o.Spec.ClusterIP != "" && o.Spec.ClusterIP == s.Spec.ClusterIP {
+			return fmt.Errorf("%w: %s belongs to service %s", service.ErrConflict, o.Spec.ClusterIP, k)
+		}
+	}
+	f.rev++
 	f.svcs[key], f.revs[key] = s, f.rev
 	return nil
 }
@@ -167,5 +173,34 @@ func TestServiceGoneWhileDownIsPruned(t *testing.T) {
 	slices.Sort(asked)
 	if want := []string{"default/gone", "default/headless", "default/late", "default/restored"}; !slices.Equal(asked, want) {
 		t.Fatalf("asked the API server about %v, want %v", asked, want)
+	}
+}
+
+// A Service that took the ClusterIP of one deleted while every agent was
+// down is refused while the stale service holds it, and stored once the
+// prune removes that (before, it waited for its next event: the
+// informer's resync, 10 minutes).
+func TestServiceRefusedForAStaleFrontendIsStoredAfterThePrune(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	ctx := context.Background()
+	stale := &service.Service{Metadata: service.Metadata{Namespace: "default", Name: "gone",
+		Annotations: map[string]string{service.SourceAnnotation: service.SourceKubernetes}}}
+	stale.Spec.ClusterIP = "10.96.0.10"
+	if err := f.Upsert(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	web := clusterIPService("web", "10.96.0.10")
+	w.svcIndexer.Add(web)
+	w.serviceHandler(ctx).OnAdd(web, true)
+	if f.svcs["default/web"] != nil {
+		t.Fatal("the fake stored two services on one ClusterIP")
+	}
+	w.pruneServices(ctx, func(context.Context, string, string) (bool, error) { return false, nil })
+	if want := []string{"default/web"}; !slices.Equal(f.keys(), want) {
+		t.Fatalf("stored after the prune: %v, want %v", f.keys(), want)
+	}
+	if len(w.conflicted) != 0 {
+		t.Fatalf("still marked refused: %v", w.conflicted)
 	}
 }
