@@ -121,8 +121,9 @@ func loadBalanced(s *corev1.Service) bool {
 }
 
 // removeService removes the stored service namespace/name if a Service
-// object made it (at revision rev, when not 0).
-func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev int64, why string) {
+// object made it (at revision rev, when not 0); the error is the
+// kvstore's (logged here).
+func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev int64, why string) error {
 	done, err := w.services.DeleteFrom(ctx, namespace, name, service.SourceKubernetes, rev)
 	switch {
 	case err != nil:
@@ -131,6 +132,7 @@ func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev
 		slog.Info("kubernetes service removed: "+why, "service", namespace+"/"+name)
 		w.retryConflicted(ctx)
 	}
+	return err
 }
 
 // setConflicted marks (or unmarks) the Service namespace/name as refused
@@ -174,39 +176,74 @@ func (w *Watcher) retryConflicted(ctx context.Context) {
 // since stays.
 func (w *Watcher) pruneServices(ctx context.Context, exists func(ctx context.Context, namespace, name string) (bool, error)) {
 	var stored []service.Stored
-	for wait := time.Second; ; wait = min(wait*2, 30*time.Second) {
+	for wait := pruneRetry; ; wait = min(wait*2, 30*time.Second) {
 		var err error
 		if stored, err = w.services.Stored(ctx); err == nil {
 			break
 		}
 		slog.Warn("kubernetes services: stored services not listed, trying again", "in", wait, "err", err)
-		select {
-		case <-ctx.Done():
+		if !sleepCtx(ctx, wait) {
 			return
-		case <-time.After(wait):
 		}
 	}
-	for _, st := range stored {
-		if ctx.Err() != nil {
-			return
-		}
-		if st.Source != service.SourceKubernetes {
-			continue
-		}
-		key := st.Namespace + "/" + st.Name
-		if obj, ok, _ := w.svcIndexer.GetByKey(key); ok && loadBalanced(obj.(*corev1.Service)) {
-			continue
-		}
-		lb, err := exists(ctx, st.Namespace, st.Name)
-		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				slog.Warn("kubernetes service not checked for removal", "service", key, "err", err)
+	// A check or removal that failed (API server or kvstore unreachable)
+	// is tried again, backing off, until it is done: before 2026-12-04 it
+	// waited for the agent's next start.
+	for wait := pruneRetry; len(stored) > 0; wait = min(wait*2, 30*time.Second) {
+		var failed []service.Stored
+		for _, st := range stored {
+			if ctx.Err() != nil {
+				return
 			}
-			continue
+			if !w.pruneOne(ctx, st, exists) {
+				failed = append(failed, st)
+			}
 		}
-		if !lb {
-			w.removeService(ctx, st.Namespace, st.Name, st.Revision, "its Service is gone")
+		if stored = failed; len(stored) > 0 {
+			slog.Warn("kubernetes services: some stored services not checked for removal, trying again", "services", len(stored), "in", wait)
+			if !sleepCtx(ctx, wait) {
+				return
+			}
 		}
+	}
+}
+
+// pruneRetry is the first wait before a failed step of the prune is tried
+// again (doubling to 30 s).
+var pruneRetry = time.Second
+
+// pruneOne removes st if a Service object made it and no load-balanced
+// Service gives it any more; it reports false if a call failed.
+func (w *Watcher) pruneOne(ctx context.Context, st service.Stored, exists func(ctx context.Context, namespace, name string) (bool, error)) bool {
+	if st.Source != service.SourceKubernetes {
+		return true
+	}
+	key := st.Namespace + "/" + st.Name
+	if obj, ok, _ := w.svcIndexer.GetByKey(key); ok && loadBalanced(obj.(*corev1.Service)) {
+		return true
+	}
+	lb, err := exists(ctx, st.Namespace, st.Name)
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			slog.Warn("kubernetes service not checked for removal", "service", key, "err", err)
+		}
+		return false
+	}
+	if lb {
+		return true
+	}
+	return w.removeService(ctx, st.Namespace, st.Name, st.Revision, "its Service is gone") == nil
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

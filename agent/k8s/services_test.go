@@ -2,10 +2,12 @@ package k8s
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -21,6 +23,8 @@ type storedServices struct {
 	svcs map[string]*service.Service
 	revs map[string]int64
 	rev  int64
+	// failDeletes fails that many DeleteFrom calls of a key.
+	failDeletes map[string]int
 }
 
 func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
@@ -40,6 +44,10 @@ func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
 
 func (f *storedServices) DeleteFrom(_ context.Context, namespace, name, source string, rev int64) (bool, error) {
 	key := namespace + "/" + name
+	if f.failDeletes[key] > 0 {
+		f.failDeletes[key]--
+		return false, errors.New("kvstore: unavailable")
+	}
 	s, ok := f.svcs[key]
 	if !ok || s.Metadata.Annotations[service.SourceAnnotation] != source || (rev != 0 && f.revs[key] != rev) {
 		return false, nil
@@ -202,5 +210,32 @@ func TestServiceRefusedForAStaleFrontendIsStoredAfterThePrune(t *testing.T) {
 	}
 	if len(w.conflicted) != 0 {
 		t.Fatalf("still marked refused: %v", w.conflicted)
+	}
+}
+
+// A prune step that fails (the API server's answer, the kvstore's
+// delete) is tried again until it is done: before, it waited for the
+// agent's next start.
+func TestServicePruneRetriesFailedSteps(t *testing.T) {
+	defer func(d time.Duration) { pruneRetry = d }(pruneRetry)
+	pruneRetry = time.Millisecond
+	f := &storedServices{failDeletes: map[string]int{"default/kv-down": 2}}
+	w := serviceWatcher(f)
+	ctx := context.Background()
+	for _, n := range []string{"api-down", "kv-down", "gone"} {
+		f.Upsert(ctx, &service.Service{Metadata: service.Metadata{Namespace: "default", Name: n,
+			Annotations: map[string]string{service.SourceAnnotation: service.SourceKubernetes}}})
+	}
+	apiFails := 3
+	exists := func(_ context.Context, _, name string) (bool, error) {
+		if name == "api-down" && apiFails > 0 {
+			apiFails--
+			return false, errors.New("connection refused")
+		}
+		return false, nil
+	}
+	w.pruneServices(ctx, exists)
+	if len(f.svcs) != 0 || apiFails != 0 || f.failDeletes["default/kv-down"] != 0 {
+		t.Fatalf("stored after the prune: %v (API failures left %d, kvstore failures left %v)", f.keys(), apiFails, f.failDeletes)
 	}
 }
