@@ -532,11 +532,7 @@ func (w *Watcher) prune(kind string) {
 		if w.fromKubernetes(key) != kind {
 			continue
 		}
-		objKey := p.Name
-		if p.Namespace != "" {
-			objKey = p.Namespace + "/" + p.Name
-		}
-		if _, ok, _ := w.policyKinds[kind].cache.GetByKey(objKey); ok {
+		if _, ok, _ := w.policyKinds[kind].cache.GetByKey(cache.NewObjectName(p.Namespace, p.Name).String()); ok {
 			continue
 		}
 		w.removeLocked(key, kind, "its object is gone")

@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -63,9 +62,7 @@ type Store struct {
 	cfg    Config
 	prefix string
 
-	mu      sync.Mutex
-	applied int64         // kvstore revision the repository reflects
-	changed chan struct{} // closed (and replaced) when applied moves
+	applied kvstore.Applied // the kvstore revision the repository reflects
 
 	// beforeCommit, when set (tests), runs just before the transaction
 	// with the import's context.
@@ -77,7 +74,7 @@ type Store struct {
 // once: until the kvstore answers, the repository's last known policies
 // stay enforced.
 func Start(ctx context.Context, cfg Config) (*Store, error) {
-	s := &Store{cfg: cfg, prefix: Prefix + cfg.Cluster + "/", changed: make(chan struct{})}
+	s := &Store{cfg: cfg, prefix: Prefix + cfg.Cluster + "/"}
 	if cfg.Migrate {
 		keys, err := cfg.Repo.AdoptUnscoped(policy.ScopeLocal)
 		if err != nil {
@@ -158,13 +155,7 @@ func (s *Store) resync(ctx context.Context) error {
 	if err := s.cfg.Apply(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	if rev > s.applied {
-		s.applied = rev
-		close(s.changed)
-		s.changed = make(chan struct{})
-	}
-	s.mu.Unlock()
+	s.applied.Advance(rev)
 	s.moveLegacy(ctx, legacy, kvs)
 	return nil
 }
@@ -229,19 +220,10 @@ func (s *Store) decode(kv kvstore.KeyValue) (p api.Policy, legacy bool, err erro
 // waitApplied blocks until the repository reflects kvstore revision rev
 // and returns the repository's revision.
 func (s *Store) waitApplied(ctx context.Context, rev int64, what string) (uint64, error) {
-	for {
-		s.mu.Lock()
-		done, changed := s.applied >= rev, s.changed
-		s.mu.Unlock()
-		if done {
-			return s.cfg.Repo.Revision(), nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%s in the cluster (kvstore revision %d) but not yet applied on this node: %w", what, rev, ctx.Err())
-		}
+	if err := s.applied.Wait(ctx, rev); err != nil {
+		return 0, fmt.Errorf("%s in the cluster (kvstore revision %d) but not yet applied on this node: %w", what, rev, err)
 	}
+	return s.cfg.Repo.Revision(), nil
 }
 
 // scope checks a scope given by a caller: "" or cluster, or local.

@@ -92,11 +92,9 @@ type Manager struct {
 	status  map[string]Status
 	owners  map[string]string // claim (frontend, node port) -> service key
 	synced  chan struct{}
-	// rev is the kvstore revision the watch has applied; advanced is
-	// closed (and replaced) whenever it moves.
-	rev      int64
-	advanced chan struct{}
-	errors   int
+	// watched is the kvstore revision the watch has applied.
+	watched kvstore.Applied
+	errors  int
 }
 
 // New starts following the cluster's services; it returns once the
@@ -109,8 +107,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
-		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{}),
-		advanced: make(chan struct{})}
+		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
 		select {
@@ -131,7 +128,7 @@ func (m *Manager) watch(ctx context.Context) {
 	var once sync.Once
 	for ev := range m.cfg.KV.Watch(ctx, prefix, kvstore.WatchOptions{}) {
 		m.apply1(ev, prefix, &once)
-		m.advance(ev.Revision)
+		m.watched.Advance(ev.Revision)
 	}
 }
 
@@ -161,44 +158,20 @@ func (m *Manager) apply1(ev kvstore.Event, prefix string, once *sync.Once) {
 	m.setLocal(key, s)
 }
 
-// advance records that the watch applied the store up to rev.
-func (m *Manager) advance(rev int64) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if rev > m.rev {
-		m.rev = rev
-		close(m.advanced)
-		m.advanced = make(chan struct{})
-	}
-}
-
 // appliedWait bounds how long a write waits for the watch to apply it.
 const appliedWait = 5 * time.Second
 
 // waitApplied returns once the watch has applied revision rev (a write of
-// this manager's under its prefix: only those make events), or after appliedWait or ctx's end: the write is done
-// either way. So the writer's next step sees its own write: a frontend
-// just freed by a delete is free for the next Upsert (before, it was
-// refused as a conflict until the watch caught up), one just taken is
-// taken.
+// this manager's under its prefix: only those make events), or after
+// appliedWait or ctx's end: the write is done either way. So the writer's
+// next step sees its own write: a frontend just freed by a delete is free
+// for the next Upsert (before, it was refused as a conflict until the
+// watch caught up), one just taken is taken.
 func (m *Manager) waitApplied(ctx context.Context, rev int64) {
-	timeout := time.NewTimer(appliedWait)
-	defer timeout.Stop()
-	for {
-		m.mu.Lock()
-		done, ch := m.rev >= rev, m.advanced
-		m.mu.Unlock()
-		if done {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return
-		case <-timeout.C:
-			slog.Warn("service write not yet seen by this agent's watch", "revision", rev, "waited", appliedWait)
-			return
-		}
+	wctx, cancel := context.WithTimeout(ctx, appliedWait)
+	defer cancel()
+	if err := m.watched.Wait(wctx, rev); err != nil && ctx.Err() == nil {
+		slog.Warn("service write not yet seen by this agent's watch", "revision", rev, "waited", appliedWait)
 	}
 }
 
