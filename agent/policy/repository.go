@@ -85,8 +85,9 @@ func NewRepository(path string) (*Repository, error) {
 		}
 		r.policies[p.Key()] = p
 	}
-	// A repository written before 2026-12-04 has a NetworkPolicy's scope
-	// under its legacy key (namespace/name).
+	// A NetworkPolicy's scope is under namespace/name (its legacy key)
+	// unless a policy of that key is stored too (fileScopes); a file
+	// written on 2026-12-04 has it under the policy's key.
 	legacy := map[string]string{}
 	for k, p := range r.policies {
 		if lk := p.LegacyKey(); lk != k {
@@ -235,7 +236,7 @@ func (r *Repository) persist(rev uint64, policies map[string]api.Policy, scopes 
 	if r.path == "" {
 		return nil
 	}
-	data, err := json.MarshalIndent(storeFile{Revision: rev, Policies: sorted(policies), Scopes: scopes}, "", "  ")
+	data, err := json.MarshalIndent(storeFile{Revision: rev, Policies: sorted(policies), Scopes: fileScopes(policies, scopes)}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("persist policy repository: %w", err)
 	}
@@ -271,6 +272,26 @@ func (r *Repository) persist(rev uint64, policies map[string]api.Policy, scopes 
 		d.Close()
 	}
 	return nil
+}
+
+// fileScopes is scopes as persisted: a NetworkPolicy's under
+// namespace/name (its LegacyKey), where agents from before 2026-12-04
+// look for it (they refuse to load a scope of a key they do not know, so
+// a rollback would not start), unless a policy of that key is stored too;
+// NewRepository maps it back.
+func fileScopes(policies map[string]api.Policy, scopes map[string]string) map[string]string {
+	out := make(map[string]string, len(scopes))
+	for k, sc := range scopes {
+		if p, ok := policies[k]; ok {
+			if lk := p.LegacyKey(); lk != k {
+				if _, taken := policies[lk]; !taken {
+					k = lk
+				}
+			}
+		}
+		out[k] = sc
+	}
+	return out
 }
 
 // Get returns a copy of the policy with key, or an error wrapping

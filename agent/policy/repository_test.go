@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -392,11 +393,13 @@ func parseOne(t *testing.T, input string) api.Policy {
 	return policies(t, input)[0]
 }
 
-// A repository written before NetworkPolicies had their own key
-// (2026-12-04) holds a NetworkPolicy's scope under namespace/name: it
-// loads, with the scope on the policy's key now. Before the change in
-// NewRepository the agent refused to start with it.
-func TestRepositoryLegacyNetworkPolicyScope(t *testing.T) {
+// A NetworkPolicy's scope is persisted under namespace/name, where agents
+// from before 2026-12-04 look for it (they refuse to load a file with a
+// scope of a key they do not know, so a rollback would not start), unless
+// a CiliumNetworkPolicy of that name is stored too (which older agents can
+// never load). Files in every form load, with the scope on the policy's
+// key.
+func TestRepositoryNetworkPolicyScopeFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policies.json")
 	r, err := NewRepository(path)
 	if err != nil {
@@ -406,21 +409,42 @@ func TestRepositoryLegacyNetworkPolicyScope(t *testing.T) {
 	if _, err := r.ImportScoped(ScopeKubernetes, policies(t, np)); err != nil {
 		t.Fatal(err)
 	}
+	scopes := func() map[string]string {
+		t.Helper()
+		var f struct{ Scopes map[string]string }
+		data, _ := os.ReadFile(path)
+		if err := json.Unmarshal(data, &f); err != nil {
+			t.Fatal(err)
+		}
+		return f.Scopes
+	}
+	check(t, "scopes in the file", scopes(), map[string]string{"ns/np": ScopeKubernetes})
+	reload := func(form string, want map[string]string) {
+		t.Helper()
+		r2, err := NewRepository(path)
+		if err != nil {
+			t.Fatalf("%s: repository refused: %v", form, err)
+		}
+		for k, sc := range want {
+			got, err := r2.Scope(k)
+			check(t, form+": scope of "+k, got, sc)
+			check(t, form+": scope error of "+k, err, error(nil))
+		}
+	}
+	reload("older agents' form", map[string]string{"ns/networkpolicy/np": ScopeKubernetes})
+	// A file written on 2026-12-04, with the scope under the policy's key.
 	data, _ := os.ReadFile(path)
-	legacy := strings.Replace(string(data), `"ns/networkpolicy/np": "kubernetes"`, `"ns/np": "kubernetes"`, 1)
-	if legacy == string(data) {
-		t.Fatalf("no scope of ns/networkpolicy/np in %s", data)
+	os.WriteFile(path, []byte(strings.Replace(string(data), `"ns/np": "kubernetes"`, `"ns/networkpolicy/np": "kubernetes"`, 1)), 0o600)
+	reload("policy's key", map[string]string{"ns/networkpolicy/np": ScopeKubernetes})
+	// Beside a CNP of its name, the NetworkPolicy's scope is under its key.
+	if _, err := r.ImportScoped(ScopeLocal, policies(t, webPolicy("ns", "np", 80))); err != nil {
+		t.Fatal(err)
 	}
-	os.WriteFile(path, []byte(legacy), 0o600)
-	r2, err := NewRepository(path)
-	if err != nil {
-		t.Fatalf("legacy repository refused: %v", err)
-	}
-	sc, err := r2.Scope("ns/networkpolicy/np")
-	check(t, "scope", sc, ScopeKubernetes)
-	check(t, "scope error", err, error(nil))
-	// A scope of a key no policy has, legacy or not, is still refused.
-	os.WriteFile(path, []byte(strings.Replace(legacy, `"ns/np": "kubernetes"`, `"ns/other": "kubernetes"`, 1)), 0o600)
+	check(t, "scopes in the file beside a CNP", scopes(), map[string]string{"ns/np": ScopeLocal, "ns/networkpolicy/np": ScopeKubernetes})
+	reload("beside a CNP", map[string]string{"ns/np": ScopeLocal, "ns/networkpolicy/np": ScopeKubernetes})
+	// A scope of a key no policy has, in any form, is still refused.
+	data, _ = os.ReadFile(path)
+	os.WriteFile(path, []byte(strings.Replace(string(data), `"ns/np": "local"`, `"ns/other": "local"`, 1)), 0o600)
 	if _, err := NewRepository(path); err == nil || !strings.Contains(err.Error(), "ns/other") {
 		t.Fatalf("scope of a policy not stored loaded: %v", err)
 	}

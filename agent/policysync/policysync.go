@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,15 +30,18 @@ import (
 )
 
 // Prefix of the policies in the kvstore: <Prefix><cluster>/<key>, where key
-// is the policy's api.KeyOf (namespace/name, namespace/networkpolicy/name
-// for a NetworkPolicy, name alone for a cluster-wide policy). A
-// NetworkPolicy stored by an agent from before 2026-12-04 under
-// namespace/name is read there and moved to its key.
+// is the policy's api.KeyOf (namespace/name, name alone for a
+// cluster-wide policy), except that a NetworkPolicy is stored under
+// namespace/name unless a CiliumNetworkPolicy of its name is (see entry).
 const Prefix = kvstore.Prefix + "state/policies/v1/"
 
 var (
 	// ErrTooLarge: the import does not fit in one kvstore transaction.
 	ErrTooLarge = errors.New("policy import too large for one kvstore transaction")
+	// errNotSent: the request ended before its transaction was sent.
+	errNotSent = errors.New("request ended before it was sent to the kvstore")
+	// ErrBusy: the policies a change depends on kept changing under it.
+	ErrBusy = errors.New("policies busy")
 	// ErrScope is wrapped by the error for an unknown scope or a policy
 	// changed through the wrong one (an invalid request).
 	ErrScope = fmt.Errorf("%w: scope", api.ErrInvalidPolicy)
@@ -125,29 +130,30 @@ func (s *Store) resync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ps := make([]api.Policy, 0, len(kvs))
-	seen := map[string]bool{}
-	var legacy []legacyEntry
+	won := map[string]entry{} // policy key -> the entry enforced
+	var lost []entry          // a NetworkPolicy's older entry under its other key
 	for _, kv := range kvs {
-		p, old, err := s.decode(kv)
+		p, err := s.decode(kv)
 		if err != nil {
 			slog.Warn("ignoring an invalid policy in the kvstore", "key", kv.Key, "err", err)
 			continue
 		}
-		if old {
-			legacy = append(legacy, legacyEntry{kv, p})
+		e := entry{kv, p}
+		prev, dup := won[p.Key()]
+		if !dup {
+			won[p.Key()] = e
 			continue
 		}
-		ps = append(ps, p)
-		seen[p.Key()] = true
-	}
-	// A NetworkPolicy under its legacy key counts unless it is also
-	// stored under its key (imported again since).
-	for _, l := range legacy {
-		if !seen[l.p.Key()] {
-			ps = append(ps, l.p)
-			seen[l.p.Key()] = true
+		if e.kv.ModRevision > prev.kv.ModRevision {
+			won[p.Key()], e, prev = e, prev, e
 		}
+		slog.Warn("a NetworkPolicy is stored under both of its keys (an older agent wrote one); the newer write is enforced and the older one removed",
+			"policy", p.Key(), "enforced", prev.kv.Key, "removed", e.kv.Key)
+		lost = append(lost, e)
+	}
+	ps := make([]api.Policy, 0, len(won))
+	for _, e := range won {
+		ps = append(ps, e.p)
 	}
 	if _, err := s.cfg.Repo.ReplaceScope(policy.ScopeCluster, ps); err != nil {
 		return err
@@ -156,65 +162,164 @@ func (s *Store) resync(ctx context.Context) error {
 		return err
 	}
 	s.applied.Advance(rev)
-	s.moveLegacy(ctx, legacy, kvs)
+	s.tidy(ctx, won, lost, kvs)
 	return nil
 }
 
-// legacyEntry is a NetworkPolicy stored under its legacy key
-// (namespace/name) by an agent from before 2026-12-04.
-type legacyEntry struct {
+// entry is one valid policy in the kvstore, stored where it belongs:
+// under its key (api.KeyOf), except a NetworkPolicy. Agents from before
+// 2026-12-04 read a NetworkPolicy only under namespace/name (its
+// LegacyKey) and ignore it anywhere else, so a NetworkPolicy is stored
+// there, where agents of every version enforce it (a rolling upgrade or a
+// rollback does not drop it), unless a CiliumNetworkPolicy of the same
+// namespace and name holds that key; then under its key,
+// namespace/networkpolicy/name (older agents, which could never hold both,
+// see only the CNP). A change that moves a CNP in or out of namespace/name
+// moves the NetworkPolicy in the same transaction; tidy puts right what
+// older agents change. The repository persists scopes by the same rule.
+type entry struct {
 	kv kvstore.KeyValue
 	p  api.Policy
 }
 
-// moveLegacy stores each NetworkPolicy found under its legacy key under
-// its key and deletes the legacy one, each in one transaction that does
-// nothing if either key changed since kvs was read (another agent moving
-// it too, or a user's import or delete). Where the key already holds the
-// policy, only the legacy entry goes. A failure is logged: the legacy
-// entry is read as before, and the next resync tries again.
-func (s *Store) moveLegacy(ctx context.Context, legacy []legacyEntry, kvs []kvstore.KeyValue) {
+// npKey is where a NetworkPolicy namespace/name is stored beside a CNP of
+// its name.
+func (s *Store) npKey(namespace, name string) string {
+	return s.prefix + api.KeyOf(api.KindNetworkPolicy, namespace, name)
+}
+
+// tidy puts each NetworkPolicy where it belongs (see entry) after a
+// resync: it removes the older of two entries of one NetworkPolicy and
+// moves one stored under namespace/networkpolicy/name back to
+// namespace/name when that key holds nothing. Each step is one
+// transaction that does nothing if a key it involves changed since kvs was
+// read; a key holding something that is not a valid policy is never
+// written. A failure is logged; the next resync tries again.
+func (s *Store) tidy(ctx context.Context, won map[string]entry, lost []entry, kvs []kvstore.KeyValue) {
 	current := map[string]int64{}
 	for _, kv := range kvs {
 		current[kv.Key] = kv.ModRevision
 	}
-	for _, l := range legacy {
-		key := s.prefix + l.p.Key()
-		cmp := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(l.kv.Key), "=", l.kv.ModRevision),
-			clientv3.Compare(clientv3.ModRevision(key), "=", current[key])}
-		ops := []clientv3.Op{clientv3.OpDelete(l.kv.Key)}
-		if _, ok := current[key]; !ok {
-			ops = append(ops, clientv3.OpPut(key, string(l.kv.Value)))
+	loser := map[string]entry{}
+	for _, e := range lost {
+		loser[e.p.Key()] = e
+	}
+	for _, k := range slices.Sorted(maps.Keys(won)) {
+		w := won[k]
+		if w.p.Kind != api.KindNetworkPolicy {
+			continue
 		}
-		resp, err := s.cfg.KV.Raw().Txn(ctx).If(cmp...).Then(ops...).Commit()
+		legacy, l := s.prefix+w.p.LegacyKey(), loser[k]
+		var ops []clientv3.Op
+		switch {
+		case w.kv.Key == legacy && l.kv.Key != "":
+			ops = []clientv3.Op{clientv3.OpDelete(l.kv.Key)}
+		case w.kv.Key != legacy && (l.kv.Key == legacy || current[legacy] == 0):
+			ops = []clientv3.Op{clientv3.OpPut(legacy, string(w.kv.Value)), clientv3.OpDelete(w.kv.Key)}
+		default:
+			continue // where it belongs, or beside a CNP (or an invalid entry) holding namespace/name
+		}
+		other := legacy
+		if w.kv.Key == legacy {
+			other = s.prefix + w.p.Key()
+		}
+		resp, err := s.cfg.KV.Raw().Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(w.kv.Key), "=", w.kv.ModRevision),
+			clientv3.Compare(clientv3.ModRevision(other), "=", current[other]),
+		).Then(ops...).Commit()
 		switch {
 		case err != nil:
-			slog.Warn("moving a NetworkPolicy to its own key", "from", l.kv.Key, "to", key, "err", err)
+			slog.Warn("storing a NetworkPolicy where agents of every version read it", "policy", k, "err", err)
 		case resp.Succeeded:
-			slog.Info("NetworkPolicy moved to its own key (a NetworkPolicy and a CiliumNetworkPolicy of one name are two policies)",
-				"from", l.kv.Key, "to", key)
+			slog.Info("NetworkPolicy stored under namespace/name, where agents of every version read it", "policy", k, "from", w.kv.Key)
 		}
 	}
 }
 
 // decode reads one stored policy; it must be valid and stored under its
-// own key or, for a NetworkPolicy, its legacy key (legacy true).
-func (s *Store) decode(kv kvstore.KeyValue) (p api.Policy, legacy bool, err error) {
+// own key or, for a NetworkPolicy, namespace/name.
+func (s *Store) decode(kv kvstore.KeyValue) (p api.Policy, err error) {
 	dec := json.NewDecoder(bytes.NewReader(kv.Value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return p, false, err
+		return p, err
 	}
 	if _, err := api.Prepare([]api.Policy{p}); err != nil {
-		return p, false, err
+		return p, err
 	}
-	switch kv.Key {
-	case s.prefix + p.Key():
-		return p, false, nil
-	case s.prefix + p.LegacyKey():
-		return p, true, nil
+	if kv.Key == s.prefix+p.Key() || p.Kind == api.KindNetworkPolicy && kv.Key == s.prefix+p.LegacyKey() {
+		return p, nil
 	}
-	return p, false, fmt.Errorf("policy %q stored under %q", p.Key(), kv.Key)
+	return p, fmt.Errorf("policy %q stored under %q", p.Key(), kv.Key)
+}
+
+// stored is one kvstore key as read: its ModRevision (0: absent), value
+// and, if the value is a valid policy stored where it may be, the policy.
+type stored struct {
+	rev   int64
+	value []byte
+	p     *api.Policy
+}
+
+// readKeys reads keys (in transactions of at most 100 reads).
+func (s *Store) readKeys(ctx context.Context, keys []string) (map[string]stored, error) {
+	out := make(map[string]stored, len(keys))
+	for chunk := range slices.Chunk(keys, 100) {
+		ops := make([]clientv3.Op, len(chunk))
+		for i, k := range chunk {
+			ops[i] = clientv3.OpGet(k)
+		}
+		resp, err := s.cfg.KV.Raw().Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range resp.Responses {
+			st := stored{}
+			if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
+				st.rev, st.value = kvs[0].ModRevision, kvs[0].Value
+				if p, err := s.decode(kvstore.KeyValue{Key: chunk[i], Value: st.value, ModRevision: st.rev}); err == nil {
+					st.p = &p
+				}
+			}
+			out[chunk[i]] = st
+		}
+	}
+	return out, nil
+}
+
+// guarded runs plan on the current values of the keys it names and
+// commits its operations in one transaction that does nothing if any of
+// those keys changed since they were read; it plans again (a few times) if
+// one did. plan returns the keys to read, and is called again with them read.
+func (s *Store) guarded(ctx context.Context, keys []string, plan func(map[string]stored) ([]clientv3.Op, error)) (*clientv3.TxnResponse, error) {
+	for attempt := 0; ; attempt++ {
+		st, err := s.readKeys(ctx, keys)
+		if err != nil {
+			return nil, err
+		}
+		ops, err := plan(st)
+		if err != nil || len(ops) == 0 {
+			return nil, err
+		}
+		cmps := make([]clientv3.Cmp, 0, len(keys))
+		for _, k := range keys {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st[k].rev))
+		}
+		if s.beforeCommit != nil {
+			s.beforeCommit(ctx)
+		}
+		// A request the client gave up on applies nothing.
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("%w: %w", errNotSent, err)
+		}
+		resp, err := s.cfg.KV.Raw().Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil || resp.Succeeded {
+			return resp, err
+		}
+		if attempt == 4 {
+			return nil, fmt.Errorf("%w: the policies changed under this request five times in a row; try again", ErrBusy)
+		}
+	}
 }
 
 // waitApplied blocks until the repository reflects kvstore revision rev
@@ -261,29 +366,81 @@ func (s *Store) ImportContext(ctx context.Context, ps []api.Policy, sc string) (
 		}
 		return rev, s.cfg.Apply()
 	}
-	ops := make([]clientv3.Op, 0, len(staged))
-	for _, p := range staged {
-		data, err := json.Marshal(p)
-		if err != nil {
-			return 0, err
-		}
-		ops = append(ops, clientv3.OpPut(s.prefix+p.Key(), string(data)))
-	}
-	if s.beforeCommit != nil {
-		s.beforeCommit(ctx)
-	}
-	// A request the client gave up on applies nothing.
-	if err := ctx.Err(); err != nil {
+	resp, err := s.guarded(ctx, s.importKeys(staged), func(st map[string]stored) ([]clientv3.Op, error) {
+		return s.importOps(staged, st)
+	})
+	if errors.Is(err, errNotSent) {
 		return 0, fmt.Errorf("policy import not applied: %w", err)
 	}
-	resp, err := s.cfg.KV.Raw().Txn(ctx).Then(ops...).Commit()
 	if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) || isTooLarge(err) {
-		return 0, fmt.Errorf("%w (%d policies, nothing stored): %v; import fewer at a time or raise the kvstore's --max-txn-ops/--max-request-bytes", ErrTooLarge, len(ops), err)
+		return 0, fmt.Errorf("%w (%d policies, nothing stored): %v; import fewer at a time or raise the kvstore's --max-txn-ops/--max-request-bytes", ErrTooLarge, len(staged), err)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("policy import: kvstore: %w", err)
 	}
+	if resp == nil { // nothing to import
+		return s.cfg.Repo.Revision(), nil
+	}
 	return s.waitApplied(ctx, resp.Header.Revision, "policy import stored")
+}
+
+// importKeys are the keys an import's placement depends on: for each
+// namespaced policy, namespace/name and namespace/networkpolicy/name.
+func (s *Store) importKeys(staged []api.Policy) []string {
+	var keys []string
+	for _, p := range staged {
+		if p.Namespace != "" {
+			keys = append(keys, s.prefix+p.LegacyKey(), s.npKey(p.Namespace, p.Name))
+		}
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// importOps stores staged where each belongs (see entry), given the
+// current values st of importKeys: a NetworkPolicy under namespace/name
+// unless a CNP holds it or comes with the import, a CNP over a NetworkPolicy stored under
+// namespace/name moving that one to namespace/networkpolicy/name.
+func (s *Store) importOps(staged []api.Policy, st map[string]stored) ([]clientv3.Op, error) {
+	importing := map[string]bool{} // policy keys the import stores
+	cnpAt := map[string]bool{}     // namespace/name keys a CNP holds after the import
+	for _, p := range staged {
+		importing[p.Key()] = true
+		if p.Namespace != "" && p.Kind != api.KindNetworkPolicy {
+			cnpAt[s.prefix+p.Key()] = true
+		}
+	}
+	for k, v := range st {
+		if v.p != nil && v.p.Kind != api.KindNetworkPolicy {
+			cnpAt[k] = true
+		}
+	}
+	puts := map[string]string{}
+	for _, p := range staged {
+		data, err := json.Marshal(p)
+		if err != nil {
+			return nil, err
+		}
+		key := s.prefix + p.Key()
+		if p.Kind != api.KindNetworkPolicy {
+			puts[key] = string(data)
+			if l := st[key]; p.Namespace != "" && l.p != nil && l.p.Kind == api.KindNetworkPolicy && !importing[l.p.Key()] {
+				if n := s.prefix + l.p.Key(); st[n].p == nil || st[n].rev < l.rev {
+					puts[n] = string(l.value)
+				}
+			}
+			continue
+		}
+		if legacy := s.prefix + p.LegacyKey(); !cnpAt[legacy] {
+			key = legacy // an older entry under its key goes in tidy
+		}
+		puts[key] = string(data)
+	}
+	ops := make([]clientv3.Op, 0, len(puts))
+	for _, k := range slices.Sorted(maps.Keys(puts)) {
+		ops = append(ops, clientv3.OpPut(k, puts[k]))
+	}
+	return ops, nil
 }
 
 // isTooLarge recognises the client's own refusal of a request over its
@@ -317,21 +474,68 @@ func (s *Store) DeleteContext(ctx context.Context, key, sc string) (uint64, erro
 		}
 		return rev, s.cfg.Apply()
 	}
-	k := s.prefix + key
-	resp, err := s.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), ">", 0)).Then(clientv3.OpDelete(k)).Commit()
+	keys, plan := s.deletePlan(key)
+	resp, err := s.guarded(ctx, keys, plan)
+	if errors.Is(err, policy.ErrNotFound) {
+		return 0, err
+	}
 	if err != nil {
 		return 0, fmt.Errorf("policy delete: kvstore: %w", err)
 	}
-	if !resp.Succeeded {
+	if resp == nil {
 		if herr == nil && have == policy.ScopeLocal {
 			return 0, fmt.Errorf("%w: %q is not a cluster policy; it is node-local (delete it with --local)", policy.ErrNotFound, key)
-		}
-		if errors.Is(herr, policy.ErrNotFound) {
-			return 0, herr // names a NetworkPolicy's key when asked for its old one
 		}
 		return 0, fmt.Errorf("%w: %q", policy.ErrNotFound, key)
 	}
 	return s.waitApplied(ctx, resp.Header.Revision, "policy deleted")
+}
+
+// deletePlan is the keys a delete of the cluster policy with key reads
+// and how it plans on them (no operations: not found):
+//   - namespace/networkpolicy/name deletes that key and namespace/name if
+//     it holds the NetworkPolicy;
+//   - namespace/name deletes the CNP there and moves a NetworkPolicy of the
+//     same name from namespace/networkpolicy/name to it (see entry); if it
+//     holds a NetworkPolicy, the answer is not found, naming its key;
+//   - any other key is deleted if stored.
+func (s *Store) deletePlan(key string) ([]string, func(map[string]stored) ([]clientv3.Op, error)) {
+	parts := strings.Split(key, "/")
+	switch {
+	case len(parts) == 3 && key == api.KeyOf(api.KindNetworkPolicy, parts[0], parts[2]):
+		k, legacy := s.prefix+key, s.prefix+parts[0]+"/"+parts[2]
+		return []string{legacy, k}, func(st map[string]stored) ([]clientv3.Op, error) {
+			var ops []clientv3.Op
+			if st[k].rev != 0 {
+				ops = append(ops, clientv3.OpDelete(k))
+			}
+			if l := st[legacy].p; l != nil && l.Key() == key {
+				ops = append(ops, clientv3.OpDelete(legacy))
+			}
+			return ops, nil
+		}
+	case len(parts) == 2:
+		k, n := s.prefix+key, s.npKey(parts[0], parts[1])
+		return []string{k, n}, func(st map[string]stored) ([]clientv3.Op, error) {
+			switch l := st[k]; {
+			case l.rev == 0:
+				return nil, nil
+			case l.p != nil && l.p.Kind == api.KindNetworkPolicy:
+				return nil, fmt.Errorf("%w: %q (a NetworkPolicy of that name is %q)", policy.ErrNotFound, key, l.p.Key())
+			}
+			if np := st[n]; np.p != nil {
+				return []clientv3.Op{clientv3.OpPut(k, string(np.value)), clientv3.OpDelete(n)}, nil
+			}
+			return []clientv3.Op{clientv3.OpDelete(k)}, nil
+		}
+	}
+	k := s.prefix + key
+	return []string{k}, func(st map[string]stored) ([]clientv3.Op, error) {
+		if st[k].rev == 0 {
+			return nil, nil
+		}
+		return []clientv3.Op{clientv3.OpDelete(k)}, nil
+	}
 }
 
 func scopeName(sc string) string {

@@ -2,13 +2,11 @@ package policysync_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -285,59 +283,4 @@ func TestMigrationAndCache(t *testing.T) {
 	if sc, err := cached.Scope("default/new"); err != nil || sc != policy.ScopeCluster {
 		t.Fatalf("local cache after the import: scope %q, %v", sc, err)
 	}
-}
-
-// A NetworkPolicy stored by an agent from before 2026-12-04 under
-// namespace/name is enforced and moved to its own key, where a
-// CiliumNetworkPolicy of the same name no longer replaces it: both are
-// stored and enforced. Before, the agent ignored the moved entry as
-// "stored under" a wrong key, and the CNP's import replaced the
-// NetworkPolicy.
-func TestLegacyNetworkPolicyMovedAndKeptBesideCNP(t *testing.T) {
-	kv := testutil.EtcdClient(t)
-	np := parse(t, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n")[0]
-	data, err := json.Marshal(np)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Raw().Put(ctx(t), policysync.Prefix+"c1/default/db", string(data)); err != nil {
-		t.Fatal(err)
-	}
-	n1 := startAgent(t, kv, "", false)
-	x := ctx(t)
-	for !slices.Equal(stored(t, kv), []string{"c1/default/networkpolicy/db"}) {
-		select {
-		case <-x.Done():
-			t.Fatalf("kvstore holds %q, want the NetworkPolicy moved to c1/default/networkpolicy/db", stored(t, kv))
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	n1.synced(t, kv)
-	if p, err := n1.store.Get("default/networkpolicy/db"); err != nil || p.Kind != policyapi.KindNetworkPolicy {
-		t.Fatalf("n1 get default/networkpolicy/db: %v %+v", err, p)
-	}
-	// Deleting it under its old key fails, naming its key now.
-	if _, err := n1.store.DeleteContext(ctx(t), "default/db", ""); !errors.Is(err, policy.ErrNotFound) || !strings.Contains(err.Error(), `"default/networkpolicy/db"`) {
-		t.Fatalf("delete default/db: %v, want not found naming default/networkpolicy/db", err)
-	}
-	if _, err := n1.store.ImportContext(ctx(t), parse(t, doc("db", 80)), ""); err != nil {
-		t.Fatal(err)
-	}
-	check := func(when string) {
-		t.Helper()
-		var kinds []string
-		for _, p := range n1.store.List() {
-			kinds = append(kinds, p.Key()+" "+p.Kind)
-		}
-		slices.Sort(kinds)
-		if want := []string{"default/db CiliumNetworkPolicy", "default/networkpolicy/db NetworkPolicy"}; !slices.Equal(kinds, want) {
-			t.Fatalf("%s: n1 enforces %q, want %q", when, kinds, want)
-		}
-	}
-	check("after the CNP's import")
-	// A restarted agent reads both from the kvstore.
-	n2 := startAgent(t, kv, "", false)
-	n2.synced(t, kv)
-	n1 = n2
-	check("on a new agent")
 }

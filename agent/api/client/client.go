@@ -190,7 +190,7 @@ func (c *Client) Policies(ctx context.Context) ([]types.Policy, error) {
 	return ps, c.do(ctx, http.MethodGet, "/v1/policies", nil, "", &ps)
 }
 
-// Policy gets one policy by key (namespace/name).
+// Policy gets one policy by key (types.Policy.Key).
 func (c *Client) Policy(ctx context.Context, key string) (types.PolicyView, error) {
 	var p types.PolicyView
 	return p, c.do(ctx, http.MethodGet, "/v1/policies/"+key, nil, "", &p)

@@ -26,11 +26,19 @@ type Policy struct {
 // outside one namespace.
 const KindCiliumClusterwideNetworkPolicy = "CiliumClusterwideNetworkPolicy"
 
-// Key identifies a policy to get or delete it by: namespace/name, or the
-// bare name of a CiliumClusterwideNetworkPolicy.
+// KindNetworkPolicy is the kind of a Kubernetes NetworkPolicy.
+const KindNetworkPolicy = "NetworkPolicy"
+
+// Key identifies a policy to get or delete it by: namespace/name for a
+// CiliumNetworkPolicy, namespace/networkpolicy/name for a NetworkPolicy
+// (so one of each may share a namespace and name), the bare name of a
+// CiliumClusterwideNetworkPolicy; as the agent's policy package keys them.
 func (p Policy) Key() string {
-	if p.Namespace == "" {
+	switch {
+	case p.Namespace == "":
 		return p.Name
+	case p.Kind == KindNetworkPolicy:
+		return p.Namespace + "/networkpolicy/" + p.Name
 	}
 	return p.Namespace + "/" + p.Name
 }
