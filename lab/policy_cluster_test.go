@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -57,4 +58,53 @@ func TestPolicyClusterWide(t *testing.T) {
 	eventually(t, "a -> b:7000 connects again", func() bool {
 		return reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, 7000)
 	})
+
+	// A NetworkPolicy and a CiliumNetworkPolicy of one name, imported with
+	// the CLI, are two policies on every node: the NetworkPolicy lets a
+	// reach b:7000, the CNP b:7001, both together both and nothing else
+	// (before 2026-12-04 the CNP's import replaced the NetworkPolicy, and
+	// a -> b:7000 was denied). Deleting the CNP leaves the NetworkPolicy.
+	serve(t, lab.NetNSPath(b.NetNS), 7001)
+	serve(t, lab.NetNSPath(b.NetNS), 7002)
+	ports := func() string {
+		var open []string
+		for _, port := range []int{7000, 7001, 7002} {
+			if reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, port) {
+				open = append(open, fmt.Sprint(port))
+			}
+		}
+		return strings.Join(open, " ")
+	}
+	waitPorts := func(what, want string) {
+		t.Helper()
+		last := ""
+		eventually(t, what+": a reaches b on "+want, func() bool {
+			if got := ports(); got != last {
+				t.Logf("%s: a reaches b on %q", what, got)
+				last = got
+			}
+			return last == want
+		})
+	}
+	labtest.ImportPolicy(t, l, "n1", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-7001}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: 7000, protocol: TCP}]
+`)
+	waitPorts("the NetworkPolicy alone", "7000")
+	labtest.ImportPolicy(t, l, "n2", onlyPort7001)
+	waitPorts("the NetworkPolicy and the CNP of its name", "7000 7001")
+	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "delete", "default/only-7001"); err != nil {
+		t.Fatalf("policy delete default/only-7001 (the CNP): %v %s", err, out)
+	}
+	waitPorts("the NetworkPolicy after the CNP's delete", "7000")
+	if out, err := labtest.NodeRun(t, l, "n2", "filament", "policy", "delete", "default/networkpolicy/only-7001"); err != nil {
+		t.Fatalf("policy delete default/networkpolicy/only-7001: %v %s", err, out)
+	}
+	waitPorts("no policy", "7000 7001 7002")
 }

@@ -245,7 +245,7 @@ func fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, endpoint.ErrNotFound), errors.Is(err, identity.ErrNotFound), errors.Is(err, policy.ErrNotFound), errors.Is(err, service.ErrNotFound):
 		status, code = http.StatusNotFound, types.CodeNotFound
-	case errors.Is(err, endpoint.ErrExists), errors.Is(err, service.ErrConflict):
+	case errors.Is(err, endpoint.ErrExists), errors.Is(err, service.ErrConflict), errors.Is(err, policysync.ErrUnreadable):
 		status, code = http.StatusConflict, types.CodeExists
 	case errors.Is(err, endpoint.ErrUnavailable), errors.Is(err, policysync.ErrBusy):
 		status, code = http.StatusServiceUnavailable, types.CodeUnavailable

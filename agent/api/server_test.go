@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/policy"
+	"github.com/filament-net/filament/agent/policysync"
 )
 
 // stubEndpoints fails Create with a chosen error.
@@ -74,6 +76,8 @@ func TestErrorMapping(t *testing.T) {
 		{ipam.ErrExhausted, http.StatusInsufficientStorage, "exhausted"},
 		{endpoint.ErrInvalid, http.StatusBadRequest, "invalid"},
 		{endpoint.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+		{fmt.Errorf("%w: again", policysync.ErrBusy), http.StatusServiceUnavailable, "unavailable"},
+		{fmt.Errorf("%w: x", policysync.ErrUnreadable), http.StatusConflict, "exists"},
 		{errors.New("boom"), http.StatusInternalServerError, "internal"},
 	}
 	for _, c := range cases {

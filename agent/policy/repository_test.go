@@ -442,9 +442,14 @@ func TestRepositoryNetworkPolicyScopeFile(t *testing.T) {
 	}
 	check(t, "scopes in the file beside a CNP", scopes(), map[string]string{"ns/np": ScopeLocal, "ns/networkpolicy/np": ScopeKubernetes})
 	reload("beside a CNP", map[string]string{"ns/np": ScopeLocal, "ns/networkpolicy/np": ScopeKubernetes})
+	// Without the CNP, back under namespace/name.
+	if _, err := r.Delete("ns/np"); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "scopes in the file after the CNP's delete", scopes(), map[string]string{"ns/np": ScopeKubernetes})
 	// A scope of a key no policy has, in any form, is still refused.
 	data, _ = os.ReadFile(path)
-	os.WriteFile(path, []byte(strings.Replace(string(data), `"ns/np": "local"`, `"ns/other": "local"`, 1)), 0o600)
+	os.WriteFile(path, []byte(strings.Replace(string(data), `"ns/np": "kubernetes"`, `"ns/other": "kubernetes"`, 1)), 0o600)
 	if _, err := NewRepository(path); err == nil || !strings.Contains(err.Error(), "ns/other") {
 		t.Fatalf("scope of a policy not stored loaded: %v", err)
 	}

@@ -75,8 +75,9 @@ func enforced(a *agent) []string {
 }
 
 // settle makes sure every step a has taken after what it has seen so far
-// is done: an unrelated import returns once a applied it, after anything a
-// did before it. The import is then deleted.
+// is done: an unrelated import returns once a applied it, and a's follow
+// loop runs one resync (its tidy included) at a time, so whatever a did on
+// what it saw before is done by then. The import is then deleted.
 func settle(t *testing.T, a *agent) {
 	t.Helper()
 	if _, err := a.store.ImportContext(ctx(t), parse(t, doc("settle", 1)), ""); err != nil {
@@ -263,4 +264,120 @@ func TestInvalidEntryBesideNetworkPolicy(t *testing.T) {
 			want(t, "stored", storedKinds(t, kv), wantStored)
 		})
 	}
+}
+
+// An import never overwrites a value this agent cannot read (a newer
+// agent's, or damaged) other than under the imported policy's own key: a
+// NetworkPolicy goes beside it, and a CNP that would move a NetworkPolicy
+// onto it is refused whole.
+func TestImportLeavesUnreadableEntries(t *testing.T) {
+	kv := testutil.EtcdClient(t)
+	if _, err := kv.Raw().Put(ctx(t), policysync.Prefix+"c1/default/db", `{"kind":"CiliumNetworkPolicy","fromTheFuture":1}`); err != nil {
+		t.Fatal(err)
+	}
+	putRaw(t, kv, "default/web", parse(t, npDoc("web", "a"))[0])
+	if _, err := kv.Raw().Put(ctx(t), policysync.Prefix+"c1/default/networkpolicy/web", "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	n1 := startAgent(t, kv, "", false)
+	if _, err := n1.store.ImportContext(ctx(t), parse(t, npDoc("db", "a")), ""); err != nil {
+		t.Fatal(err)
+	}
+	want(t, "stored after the NetworkPolicy's import", storedKinds(t, kv), []string{"default/db CiliumNetworkPolicy",
+		"default/networkpolicy/db NetworkPolicy", "default/networkpolicy/web ?", "default/web NetworkPolicy"})
+	_, err := n1.store.ImportContext(ctx(t), parse(t, doc("web", 80), doc("other", 81)), "")
+	if !errors.Is(err, policysync.ErrUnreadable) || !strings.Contains(err.Error(), "default/networkpolicy/web") {
+		t.Fatalf("CNP import that would move a NetworkPolicy onto an unreadable entry: %v, want ErrUnreadable naming default/networkpolicy/web", err)
+	}
+	want(t, "stored after the refused import", storedKinds(t, kv), []string{"default/db CiliumNetworkPolicy",
+		"default/networkpolicy/db NetworkPolicy", "default/networkpolicy/web ?", "default/web NetworkPolicy"})
+	want(t, "enforced", enforced(n1), []string{"default/networkpolicy/db NetworkPolicy a", "default/networkpolicy/web NetworkPolicy a"})
+}
+
+// An import plans on the keys it read and commits only if none it depends
+// on changed since: a CNP stored between the read and the commit makes it
+// plan again (the NetworkPolicy goes beside the CNP rather than over it),
+// and keys that keep changing end in ErrBusy with nothing stored.
+func TestImportPlansAgainWhenAKeyChanges(t *testing.T) {
+	kv := testutil.EtcdClient(t)
+	n1 := startAgent(t, kv, "", false)
+	cnp := parse(t, doc("db", 80))[0]
+	calls := 0
+	n1.store.SetBeforeCommit(func(context.Context) {
+		if calls++; calls == 1 {
+			putRaw(t, kv, "default/db", cnp)
+		}
+	})
+	if _, err := n1.store.ImportContext(ctx(t), parse(t, npDoc("db", "a")), ""); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 {
+		t.Fatalf("the import planned %d times, want 2", calls)
+	}
+	want(t, "stored", storedKinds(t, kv), []string{"default/db CiliumNetworkPolicy", "default/networkpolicy/db NetworkPolicy"})
+
+	n1.store.SetBeforeCommit(func(context.Context) { putRaw(t, kv, "default/busy", parse(t, doc("busy", 80))[0]) })
+	if _, err := n1.store.ImportContext(ctx(t), parse(t, doc("busy", 81), doc("quiet", 82)), ""); !errors.Is(err, policysync.ErrBusy) {
+		t.Fatalf("import under a key that keeps changing: %v, want ErrBusy", err)
+	}
+	want(t, "stored after the busy import", storedKinds(t, kv), []string{"default/busy CiliumNetworkPolicy", "default/db CiliumNetworkPolicy", "default/networkpolicy/db NetworkPolicy"})
+	n1.store.SetBeforeCommit(nil)
+}
+
+// An agent of 2026-12-04 (74a8631 to 766246c) moves every NetworkPolicy
+// from namespace/name to namespace/networkpolicy/name; a newer agent
+// moves it back once and then leaves it for a while, rather than the two
+// undoing each other's move without end.
+func TestNoEndlessMovesWithAnAgentOf20261204(t *testing.T) {
+	kv := testutil.EtcdClient(t)
+	putRaw(t, kv, "default/networkpolicy/db", parse(t, npDoc("db", "a"))[0])
+	legacy, moved := policysync.Prefix+"c1/default/db", policysync.Prefix+"c1/default/networkpolicy/db"
+	now, err := kv.Raw().Get(ctx(t), legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx(t))
+	defer stop()
+	events := kv.Raw().Watch(wctx, legacy, clientv3.WithRev(now.Header.Revision+1))
+	puts := make(chan int)
+	go func() {
+		n := 0
+		for w := range events {
+			for _, ev := range w.Events {
+				if ev.Type == clientv3.EventTypePut {
+					n++
+				}
+			}
+		}
+		puts <- n
+	}()
+	// The older agent's move, as it did it: on every change, each
+	// NetworkPolicy under namespace/name goes to its key.
+	olderMoves := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range kv.Raw().Watch(wctx, policysync.Prefix+"c1/", clientv3.WithPrefix()) {
+			r, err := kv.Raw().Get(wctx, legacy)
+			if err != nil || len(r.Kvs) == 0 {
+				continue
+			}
+			tx, err := kv.Raw().Txn(wctx).If(clientv3.Compare(clientv3.ModRevision(legacy), "=", r.Kvs[0].ModRevision)).
+				Then(clientv3.OpDelete(legacy), clientv3.OpPut(moved, string(r.Kvs[0].Value))).Commit()
+			if err == nil && tx.Succeeded {
+				olderMoves++
+			}
+		}
+	}()
+	n1 := startAgent(t, kv, "", false)
+	eventually(t, func() string { return "enforced: " + strings.Join(enforced(n1), ", ") },
+		func() bool { return len(enforced(n1)) == 1 })
+	time.Sleep(2 * time.Second) // moves without end would be hundreds by now
+	settle(t, n1)
+	stop()
+	<-done
+	if n := <-puts; n != 1 || olderMoves != 1 {
+		t.Fatalf("the newer agent moved the NetworkPolicy to namespace/name %d times and the older agent back %d times in 2 s, want once each", n, olderMoves)
+	}
+	want(t, "enforced", enforced(n1), []string{"default/networkpolicy/db NetworkPolicy a"})
 }

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -40,6 +41,9 @@ var (
 	ErrTooLarge = errors.New("policy import too large for one kvstore transaction")
 	// errNotSent: the request ended before its transaction was sent.
 	errNotSent = errors.New("request ended before it was sent to the kvstore")
+	// ErrUnreadable: a change would overwrite a kvstore entry this agent
+	// cannot read (a newer agent's, or damaged).
+	ErrUnreadable = errors.New("kvstore entry this agent cannot read")
 	// ErrBusy: the policies a change depends on kept changing under it.
 	ErrBusy = errors.New("policies busy")
 	// ErrScope is wrapped by the error for an unknown scope or a policy
@@ -69,6 +73,10 @@ type Store struct {
 
 	applied kvstore.Applied // the kvstore revision the repository reflects
 
+	// movedBack: when tidy last moved a NetworkPolicy (by key) back to
+	// namespace/name (used by the follow goroutine only).
+	movedBack map[string]time.Time
+
 	// beforeCommit, when set (tests), runs just before the transaction
 	// with the import's context.
 	beforeCommit func(ctx context.Context)
@@ -79,7 +87,7 @@ type Store struct {
 // once: until the kvstore answers, the repository's last known policies
 // stay enforced.
 func Start(ctx context.Context, cfg Config) (*Store, error) {
-	s := &Store{cfg: cfg, prefix: Prefix + cfg.Cluster + "/"}
+	s := &Store{cfg: cfg, prefix: Prefix + cfg.Cluster + "/", movedBack: map[string]time.Time{}}
 	if cfg.Migrate {
 		keys, err := cfg.Repo.AdoptUnscoped(policy.ScopeLocal)
 		if err != nil {
@@ -188,10 +196,16 @@ func (s *Store) npKey(namespace, name string) string {
 	return s.prefix + api.KeyOf(api.KindNetworkPolicy, namespace, name)
 }
 
+// moveBackEvery bounds how often tidy moves one NetworkPolicy back.
+const moveBackEvery = 10 * time.Minute
+
 // tidy puts each NetworkPolicy where it belongs (see entry) after a
 // resync: it removes the older of two entries of one NetworkPolicy and
 // moves one stored under namespace/networkpolicy/name back to
-// namespace/name when that key holds nothing. Each step is one
+// namespace/name when that key holds nothing, at most once per
+// NetworkPolicy in moveBackEvery: an agent of 2026-12-04 (74a8631 to
+// 766246c) moves every NetworkPolicy the other way, and the two would
+// otherwise undo each other's move in an endless loop. Each step is one
 // transaction that does nothing if a key it involves changed since kvs was
 // read; a key holding something that is not a valid policy is never
 // written. A failure is logged; the next resync tries again.
@@ -215,6 +229,9 @@ func (s *Store) tidy(ctx context.Context, won map[string]entry, lost []entry, kv
 		case w.kv.Key == legacy && l.kv.Key != "":
 			ops = []clientv3.Op{clientv3.OpDelete(l.kv.Key)}
 		case w.kv.Key != legacy && (l.kv.Key == legacy || current[legacy] == 0):
+			if at, ok := s.movedBack[k]; ok && time.Since(at) < moveBackEvery {
+				continue
+			}
 			ops = []clientv3.Op{clientv3.OpPut(legacy, string(w.kv.Value)), clientv3.OpDelete(w.kv.Key)}
 		default:
 			continue // where it belongs, or beside a CNP (or an invalid entry) holding namespace/name
@@ -232,6 +249,9 @@ func (s *Store) tidy(ctx context.Context, won map[string]entry, lost []entry, kv
 			slog.Warn("storing a NetworkPolicy where agents of every version read it", "policy", k, "err", err)
 		case resp.Succeeded:
 			slog.Info("NetworkPolicy stored under namespace/name, where agents of every version read it", "policy", k, "from", w.kv.Key)
+			if w.kv.Key != legacy {
+				s.movedBack[k] = time.Now()
+			}
 		}
 	}
 }
@@ -287,22 +307,29 @@ func (s *Store) readKeys(ctx context.Context, keys []string) (map[string]stored,
 	return out, nil
 }
 
-// guarded runs plan on the current values of the keys it names and
-// commits its operations in one transaction that does nothing if any of
-// those keys changed since they were read; it plans again (a few times) if
-// one did. plan returns the keys to read, and is called again with them read.
-func (s *Store) guarded(ctx context.Context, keys []string, plan func(map[string]stored) ([]clientv3.Op, error)) (*clientv3.TxnResponse, error) {
+// plan turns the current values of the keys a change reads into its
+// operations and the keys among them whose values the operations depend
+// on (no operations: nothing to do).
+type plan func(st map[string]stored) (ops []clientv3.Op, deps []string, err error)
+
+// guarded reads keys, plans on them and commits the plan's operations in
+// one transaction that does nothing if any key the plan depends on changed
+// since it was read; then it reads and plans again, five times at most,
+// after a short random pause. Only the keys depended on are compared: etcd
+// bounds a transaction's compares as it bounds its operations
+// (--max-txn-ops).
+func (s *Store) guarded(ctx context.Context, keys []string, p plan) (*clientv3.TxnResponse, error) {
 	for attempt := 0; ; attempt++ {
 		st, err := s.readKeys(ctx, keys)
 		if err != nil {
 			return nil, err
 		}
-		ops, err := plan(st)
+		ops, deps, err := p(st)
 		if err != nil || len(ops) == 0 {
 			return nil, err
 		}
-		cmps := make([]clientv3.Cmp, 0, len(keys))
-		for _, k := range keys {
+		cmps := make([]clientv3.Cmp, 0, len(deps))
+		for _, k := range deps {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st[k].rev))
 		}
 		if s.beforeCommit != nil {
@@ -319,6 +346,20 @@ func (s *Store) guarded(ctx context.Context, keys []string, plan func(map[string
 		if attempt == 4 {
 			return nil, fmt.Errorf("%w: the policies changed under this request five times in a row; try again", ErrBusy)
 		}
+		if err := sleepCtx(ctx, time.Duration(10+rand.IntN(40*(attempt+1)))*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("%w: %w", errNotSent, err)
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -366,9 +407,12 @@ func (s *Store) ImportContext(ctx context.Context, ps []api.Policy, sc string) (
 		}
 		return rev, s.cfg.Apply()
 	}
-	resp, err := s.guarded(ctx, s.importKeys(staged), func(st map[string]stored) ([]clientv3.Op, error) {
+	resp, err := s.guarded(ctx, s.importKeys(staged), func(st map[string]stored) ([]clientv3.Op, []string, error) {
 		return s.importOps(staged, st)
 	})
+	if errors.Is(err, ErrUnreadable) {
+		return 0, err
+	}
 	if errors.Is(err, errNotSent) {
 		return 0, fmt.Errorf("policy import not applied: %w", err)
 	}
@@ -399,39 +443,55 @@ func (s *Store) importKeys(staged []api.Policy) []string {
 
 // importOps stores staged where each belongs (see entry), given the
 // current values st of importKeys: a NetworkPolicy under namespace/name
-// unless a CNP holds it or comes with the import, a CNP over a NetworkPolicy stored under
-// namespace/name moving that one to namespace/networkpolicy/name.
-func (s *Store) importOps(staged []api.Policy, st map[string]stored) ([]clientv3.Op, error) {
+// unless a CNP holds it or comes with the import, or it holds a value this
+// agent cannot read; a CNP over a NetworkPolicy stored under
+// namespace/name moves that one to namespace/networkpolicy/name. A value
+// this agent cannot read is never overwritten except under the imported
+// policy's own key (ErrUnreadable).
+func (s *Store) importOps(staged []api.Policy, st map[string]stored) ([]clientv3.Op, []string, error) {
 	importing := map[string]bool{} // policy keys the import stores
-	cnpAt := map[string]bool{}     // namespace/name keys a CNP holds after the import
+	taken := map[string]bool{}     // namespace/name keys a NetworkPolicy must leave alone
 	for _, p := range staged {
 		importing[p.Key()] = true
 		if p.Namespace != "" && p.Kind != api.KindNetworkPolicy {
-			cnpAt[s.prefix+p.Key()] = true
+			taken[s.prefix+p.Key()] = true
 		}
 	}
 	for k, v := range st {
-		if v.p != nil && v.p.Kind != api.KindNetworkPolicy {
-			cnpAt[k] = true
+		if v.rev != 0 && (v.p == nil || v.p.Kind != api.KindNetworkPolicy) {
+			taken[k] = true
 		}
 	}
 	puts := map[string]string{}
+	var deps []string
 	for _, p := range staged {
 		data, err := json.Marshal(p)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		key := s.prefix + p.Key()
+		if p.Namespace == "" {
+			puts[key] = string(data)
+			continue
+		}
+		legacy := s.prefix + p.LegacyKey()
+		deps = append(deps, legacy)
 		if p.Kind != api.KindNetworkPolicy {
 			puts[key] = string(data)
-			if l := st[key]; p.Namespace != "" && l.p != nil && l.p.Kind == api.KindNetworkPolicy && !importing[l.p.Key()] {
-				if n := s.prefix + l.p.Key(); st[n].p == nil || st[n].rev < l.rev {
+			if l := st[key]; l.p != nil && l.p.Kind == api.KindNetworkPolicy && !importing[l.p.Key()] {
+				n := s.prefix + l.p.Key()
+				deps = append(deps, n)
+				switch {
+				case st[n].rev != 0 && st[n].p == nil:
+					return nil, nil, fmt.Errorf("%w: importing %s would move the NetworkPolicy %s stored under %s to %s, which holds a value this agent cannot read (a newer agent's?); nothing stored: delete that NetworkPolicy first or import from a newer agent",
+						ErrUnreadable, p.Key(), l.p.Key(), strings.TrimPrefix(key, s.prefix), strings.TrimPrefix(n, s.prefix))
+				case st[n].rev < l.rev:
 					puts[n] = string(l.value)
 				}
 			}
 			continue
 		}
-		if legacy := s.prefix + p.LegacyKey(); !cnpAt[legacy] {
+		if !taken[legacy] {
 			key = legacy // an older entry under its key goes in tidy
 		}
 		puts[key] = string(data)
@@ -440,7 +500,8 @@ func (s *Store) importOps(staged []api.Policy, st map[string]stored) ([]clientv3
 	for _, k := range slices.Sorted(maps.Keys(puts)) {
 		ops = append(ops, clientv3.OpPut(k, puts[k]))
 	}
-	return ops, nil
+	slices.Sort(deps)
+	return ops, slices.Compact(deps), nil
 }
 
 // isTooLarge recognises the client's own refusal of a request over its
@@ -499,12 +560,12 @@ func (s *Store) DeleteContext(ctx context.Context, key, sc string) (uint64, erro
 //     same name from namespace/networkpolicy/name to it (see entry); if it
 //     holds a NetworkPolicy, the answer is not found, naming its key;
 //   - any other key is deleted if stored.
-func (s *Store) deletePlan(key string) ([]string, func(map[string]stored) ([]clientv3.Op, error)) {
+func (s *Store) deletePlan(key string) ([]string, plan) {
 	parts := strings.Split(key, "/")
 	switch {
 	case len(parts) == 3 && key == api.KeyOf(api.KindNetworkPolicy, parts[0], parts[2]):
 		k, legacy := s.prefix+key, s.prefix+parts[0]+"/"+parts[2]
-		return []string{legacy, k}, func(st map[string]stored) ([]clientv3.Op, error) {
+		return []string{legacy, k}, func(st map[string]stored) ([]clientv3.Op, []string, error) {
 			var ops []clientv3.Op
 			if st[k].rev != 0 {
 				ops = append(ops, clientv3.OpDelete(k))
@@ -512,29 +573,29 @@ func (s *Store) deletePlan(key string) ([]string, func(map[string]stored) ([]cli
 			if l := st[legacy].p; l != nil && l.Key() == key {
 				ops = append(ops, clientv3.OpDelete(legacy))
 			}
-			return ops, nil
+			return ops, []string{legacy, k}, nil
 		}
 	case len(parts) == 2:
 		k, n := s.prefix+key, s.npKey(parts[0], parts[1])
-		return []string{k, n}, func(st map[string]stored) ([]clientv3.Op, error) {
+		return []string{k, n}, func(st map[string]stored) ([]clientv3.Op, []string, error) {
 			switch l := st[k]; {
 			case l.rev == 0:
-				return nil, nil
+				return nil, nil, nil
 			case l.p != nil && l.p.Kind == api.KindNetworkPolicy:
-				return nil, fmt.Errorf("%w: %q (a NetworkPolicy of that name is %q)", policy.ErrNotFound, key, l.p.Key())
+				return nil, nil, fmt.Errorf("%w: %q (a NetworkPolicy of that name is %q)", policy.ErrNotFound, key, l.p.Key())
 			}
 			if np := st[n]; np.p != nil {
-				return []clientv3.Op{clientv3.OpPut(k, string(np.value)), clientv3.OpDelete(n)}, nil
+				return []clientv3.Op{clientv3.OpPut(k, string(np.value)), clientv3.OpDelete(n)}, []string{k, n}, nil
 			}
-			return []clientv3.Op{clientv3.OpDelete(k)}, nil
+			return []clientv3.Op{clientv3.OpDelete(k)}, []string{k, n}, nil
 		}
 	}
 	k := s.prefix + key
-	return []string{k}, func(st map[string]stored) ([]clientv3.Op, error) {
+	return []string{k}, func(st map[string]stored) ([]clientv3.Op, []string, error) {
 		if st[k].rev == 0 {
-			return nil, nil
+			return nil, nil, nil
 		}
-		return []clientv3.Op{clientv3.OpDelete(k)}, nil
+		return []clientv3.Op{clientv3.OpDelete(k)}, []string{k}, nil
 	}
 }
 
