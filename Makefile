@@ -19,7 +19,7 @@ DEMO_MARK := /var/run/filament-lab/$(DEMO_LAB)/made-by-make-demo
 DEPS := clang-16:clang-16 llc-16:llvm-16 ip:iproute2 iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping jq:jq iptables-legacy-restore:iptables curl:curl wg:wireguard-tools nsenter:util-linux h2load:nghttp2-client wrk:wrk haproxy:haproxy dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf kcat:kcat chromium:chromium containerd:containerd runc:runc
 DEPS_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 
-.PHONY: kube-apiserver kubelet test-node hubble hubble-protos all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
+.PHONY: old-bin kube-apiserver kubelet test-node hubble hubble-protos all build generate test test-unit demo demo-down bench lint clean deps check-root fuzz
 
 all: build
 
@@ -49,9 +49,24 @@ generate: deps
 # The whole suite, privileged datapath tests included: needs root. A test
 # that would need root fails instead of skipping (FILAMENT_REQUIRE_PRIVILEGED).
 # check-root comes first so that a non-root run fails before building anything.
-test: check-root deps build kube-apiserver kubelet hubble cyclonedx
+test: check-root deps build kube-apiserver kubelet hubble cyclonedx old-bin
 	@echo "== go test ./... (about 18 minutes on a 2-core machine)"
-	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_KUBELET=$(KUBELET) FILAMENT_HUBBLE=$(HUBBLE) FILAMENT_CYCLONEDX=$(CYCLONEDX) $(GO) test -count=1 -timeout 20m ./...
+	FILAMENT_REQUIRE_PRIVILEGED=1 FILAMENT_BIN_DIR=$(CURDIR)/bin FILAMENT_OLD_BIN_DIR=$(OLD_BIN) FILAMENT_KUBE_APISERVER=$(KUBE_APISERVER) FILAMENT_KUBELET=$(KUBELET) FILAMENT_HUBBLE=$(HUBBLE) FILAMENT_CYCLONEDX=$(CYCLONEDX) $(GO) test -count=1 -timeout 20m ./...
+
+# Agent, CLI and CNI plugin of an older version, for the lab's mixed-version
+# tests (a cluster mid-upgrade): OLD_REF is the last commit before
+# NetworkPolicies had their own key. Built once from this repository's
+# history (git archive, so the work tree is untouched) into a cache
+# directory; without that commit in the clone (a shallow clone) it says so
+# and the tests skip, naming it.
+OLD_REF := 176f624
+OLD_BIN ?= $(HOME)/.cache/filament/filament-$(OLD_REF)
+old-bin:
+	@[ -x $(OLD_BIN)/filament-agent ] || { \
+		if ! git rev-parse -q --verify $(OLD_REF)^{commit} >/dev/null; then echo "== old-bin: commit $(OLD_REF) is not in this clone; the mixed-version tests will skip"; exit 0; fi; \
+		echo "== building filament $(OLD_REF) (mixed-version tests) into $(OLD_BIN)"; \
+		d=$$(mktemp -d) && git archive $(OLD_REF) | tar -x -C $$d && (cd $$d && $(GO) build -o $(OLD_BIN).tmp/ ./cmd/filament-agent ./cmd/filament ./cmd/filament-cni) && \
+		rm -rf $$d $(OLD_BIN) && mv $(OLD_BIN).tmp $(OLD_BIN); }
 
 check-root:
 	@if [ "$$(id -u)" != 0 ]; then echo "make $(MAKECMDGOALS) needs root (network namespaces, veths); use make test-unit" >&2; exit 1; fi

@@ -116,14 +116,17 @@ type Lab struct {
 	AgentArgs []string `json:"agentArgs,omitempty"`
 	// NodeAgentArgs replace AgentArgs for the nodes they name.
 	NodeAgentArgs map[string][]string `json:"nodeAgentArgs,omitempty"`
-	Routing       string              `json:"routing"`
-	PodPrefix     int                 `json:"podPrefixLen"`
-	Clusters      []Cluster           `json:"clusters"`
-	Created       string              `json:"created"`
-	Nodes         []Node              `json:"nodes"`
-	Pods          []Pod               `json:"pods"`
-	Externals     []External          `json:"externals,omitempty"`
-	Hosts         []Host              `json:"hosts,omitempty"`
+	// NodeBinDir replaces BinDir for the nodes it names (agent, CNI and
+	// CLI of another version: a cluster mid-upgrade).
+	NodeBinDir map[string]string `json:"nodeBinDir,omitempty"`
+	Routing    string            `json:"routing"`
+	PodPrefix  int               `json:"podPrefixLen"`
+	Clusters   []Cluster         `json:"clusters"`
+	Created    string            `json:"created"`
+	Nodes      []Node            `json:"nodes"`
+	Pods       []Pod             `json:"pods"`
+	Externals  []External        `json:"externals,omitempty"`
+	Hosts      []Host            `json:"hosts,omitempty"`
 	// ClusterMeshCache: each cluster's apiserver caches the clusters it is
 	// connected to (--clustermesh-cache <bundle>/remotes), for agents run
 	// with --clustermesh-cache.
@@ -146,6 +149,10 @@ type Options struct {
 	// NodeAgentArgs replace AgentArgs for the nodes they name (a mixed
 	// cluster, e.g. one node without encryption).
 	NodeAgentArgs map[string][]string
+	// NodeBinDir replaces BinDir for the nodes it names ("n2" or
+	// "c1/n2"): their agent, CNI plugin and CLI come from there (a cluster
+	// mid-upgrade, with some nodes on another version).
+	NodeBinDir map[string]string
 	// Routing between nodes: tunnel (default) or native.
 	Routing string
 	// Clusters: with more than one, cluster i is c<i> (ID i) with nodes

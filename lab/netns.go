@@ -55,7 +55,7 @@ func (l *Lab) NodeCommand(node string, argv ...string) (*exec.Cmd, error) {
 	} else {
 		cmd = netnsCommand(n.NetNS, argv...)
 	}
-	cmd.Env = append(os.Environ(), types.SocketEnv+"="+n.Socket, "PATH="+l.BinDir+":"+os.Getenv("PATH"), "FILAMENT_LAB_DIR="+l.dir)
+	cmd.Env = append(os.Environ(), types.SocketEnv+"="+n.Socket, "PATH="+l.binDir(n.Name)+":"+os.Getenv("PATH"), "FILAMENT_LAB_DIR="+l.dir)
 	if c, err := l.Cluster(n.Cluster); err == nil {
 		cmd.Env = append(cmd.Env, "FILAMENT_CLUSTERMESH_BUNDLE="+c.Bundle)
 	}

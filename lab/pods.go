@@ -51,10 +51,11 @@ func (n *Node) NetConf(labels []string) []byte {
 // runtime does: CNI_* in the environment, the config on stdin. It returns
 // stdout (the result or the error JSON) and the error of the run.
 func (l *Lab) CNI(n *Node, command, containerID, netns, ifName, cniArgs string, conf []byte) ([]byte, error) {
-	cmd := netnsCommand(n.NetNS, filepath.Join(l.BinDir, "filament-cni"))
+	bin := l.binDir(n.Name)
+	cmd := netnsCommand(n.NetNS, filepath.Join(bin, "filament-cni"))
 	cmd.Env = append(os.Environ(),
 		"CNI_COMMAND="+command, "CNI_CONTAINERID="+containerID, "CNI_NETNS="+netns,
-		"CNI_IFNAME="+ifName, "CNI_PATH="+l.BinDir, "CNI_ARGS="+cniArgs)
+		"CNI_IFNAME="+ifName, "CNI_PATH="+bin, "CNI_ARGS="+cniArgs)
 	cmd.Stdin = bytes.NewReader(conf)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

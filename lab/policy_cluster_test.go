@@ -21,6 +21,39 @@ spec:
     toPorts: [{ports: [{port: "7001", protocol: TCP}]}]
 `
 
+// onlyPort7000NP is a NetworkPolicy only-7001 (named like onlyPort7001)
+// letting app=a reach app=b on port 7000 only.
+const onlyPort7000NP = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-7001}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: 7000, protocol: TCP}]
+`
+
+// waitPorts waits until from reaches exactly the ports in want (space
+// separated) of ip among 7000-7002 over TCP, logging each change.
+func waitPorts(t *testing.T, from, ip, what, want string) {
+	t.Helper()
+	last := ""
+	eventually(t, what+": reaches "+ip+" on "+want, func() bool {
+		var open []string
+		for _, port := range []int{7000, 7001, 7002} {
+			if reach(t, from, "tcp", ip, port) {
+				open = append(open, fmt.Sprint(port))
+			}
+		}
+		if got := strings.Join(open, " "); got != last {
+			t.Logf("%s: reaches %s on %q", what, ip, got)
+			last = got
+		}
+		return last == want
+	})
+}
+
 // A policy is the cluster's, not the node's: imported on n1 it governs a
 // pod on n2 (a real connection is refused), n2 shows it, and deleting it
 // on n2 removes it from n1 too and the connection works again.
@@ -66,45 +99,17 @@ func TestPolicyClusterWide(t *testing.T) {
 	// a -> b:7000 was denied). Deleting the CNP leaves the NetworkPolicy.
 	serve(t, lab.NetNSPath(b.NetNS), 7001)
 	serve(t, lab.NetNSPath(b.NetNS), 7002)
-	ports := func() string {
-		var open []string
-		for _, port := range []int{7000, 7001, 7002} {
-			if reach(t, lab.NetNSPath(a.NetNS), "tcp", b.IP, port) {
-				open = append(open, fmt.Sprint(port))
-			}
-		}
-		return strings.Join(open, " ")
-	}
-	waitPorts := func(what, want string) {
-		t.Helper()
-		last := ""
-		eventually(t, what+": a reaches b on "+want, func() bool {
-			if got := ports(); got != last {
-				t.Logf("%s: a reaches b on %q", what, got)
-				last = got
-			}
-			return last == want
-		})
-	}
-	labtest.ImportPolicy(t, l, "n1", `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: only-7001}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  policyTypes: [Ingress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: a}}}]
-    ports: [{port: 7000, protocol: TCP}]
-`)
-	waitPorts("the NetworkPolicy alone", "7000")
+	expectPorts := func(what, want string) { t.Helper(); waitPorts(t, lab.NetNSPath(a.NetNS), b.IP, what, want) }
+	labtest.ImportPolicy(t, l, "n1", onlyPort7000NP)
+	expectPorts("the NetworkPolicy alone", "7000")
 	labtest.ImportPolicy(t, l, "n2", onlyPort7001)
-	waitPorts("the NetworkPolicy and the CNP of its name", "7000 7001")
+	expectPorts("the NetworkPolicy and the CNP of its name", "7000 7001")
 	if out, err := labtest.NodeRun(t, l, "n1", "filament", "policy", "delete", "default/only-7001"); err != nil {
 		t.Fatalf("policy delete default/only-7001 (the CNP): %v %s", err, out)
 	}
-	waitPorts("the NetworkPolicy after the CNP's delete", "7000")
+	expectPorts("the NetworkPolicy after the CNP's delete", "7000")
 	if out, err := labtest.NodeRun(t, l, "n2", "filament", "policy", "delete", "default/networkpolicy/only-7001"); err != nil {
 		t.Fatalf("policy delete default/networkpolicy/only-7001: %v %s", err, out)
 	}
-	waitPorts("no policy", "7000 7001 7002")
+	expectPorts("no policy", "7000 7001 7002")
 }

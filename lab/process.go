@@ -79,6 +79,14 @@ func waitServing(netns, addr, logPath, marker string, limit time.Duration, alive
 	}
 }
 
+// binDir is where node's binaries are.
+func (l *Lab) binDir(node string) string {
+	if d, ok := l.NodeBinDir[node]; ok {
+		return d
+	}
+	return l.BinDir
+}
+
 func (l *Lab) agentArgs(node string) []string {
 	if a, ok := l.NodeAgentArgs[node]; ok {
 		return a
@@ -116,7 +124,7 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 			return err
 		}
 	}
-	args := append([]string{filepath.Join(l.BinDir, "filament-agent"),
+	args := append([]string{filepath.Join(l.binDir(n.Name), "filament-agent"),
 		"--node-name", nodeName, "--cluster-name", c.Name, "--cluster-id", strconv.Itoa(int(c.ID)),
 		"--state-dir", n.StateDir, "--api-socket", n.Socket,
 		"--etcd-endpoints", c.Kvstore, "--etcd-ca", filepath.Join(c.Bundle, "ca.pem"),

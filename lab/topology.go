@@ -6,9 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,9 +33,11 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if o.PodPrefixLen < 24 || o.PodPrefixLen > 29 {
 		return nil, fmt.Errorf("%w: pod prefix length %d: want 24-29", ErrInvalid, o.PodPrefixLen)
 	}
-	for _, b := range []string{"filament-agent", "filament-cni", "filament"} {
-		if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
-			return nil, fmt.Errorf("%w: binary %s not found in %s (run make build)", ErrInvalid, b, o.BinDir)
+	for _, dir := range append([]string{o.BinDir}, slices.Collect(maps.Values(o.NodeBinDir))...) {
+		for _, b := range []string{"filament-agent", "filament-cni", "filament"} {
+			if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+				return nil, fmt.Errorf("%w: binary %s not found in %s (run make build)", ErrInvalid, b, dir)
+			}
 		}
 	}
 	unlock, err := lock(o.Name)
@@ -50,7 +54,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if o.Routing != "tunnel" && o.Routing != "native" {
 		return nil, fmt.Errorf("%w: --routing %q: want tunnel or native", ErrInvalid, o.Routing)
 	}
-	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, NodeAgentArgs: o.NodeAgentArgs, Routing: o.Routing, PodPrefix: o.PodPrefixLen, ClusterMeshCache: o.ClusterMeshCache, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
+	l := &Lab{Name: o.Name, BinDir: o.BinDir, AgentArgs: o.AgentArgs, NodeAgentArgs: o.NodeAgentArgs, NodeBinDir: o.NodeBinDir, Routing: o.Routing, PodPrefix: o.PodPrefixLen, ClusterMeshCache: o.ClusterMeshCache, Created: time.Now().UTC().Format(time.RFC3339), dir: labDir(o.Name)}
 	if err := l.save(); err != nil {
 		return nil, err
 	}

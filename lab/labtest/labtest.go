@@ -29,6 +29,22 @@ var (
 	buildErr  error
 )
 
+// OldBinDir returns $FILAMENT_OLD_BIN_DIR, the agent, CLI and CNI plugin of
+// an older version (make old-bin builds them; make test sets it), for a
+// node of a cluster mid-upgrade (lab.Options.NodeBinDir); t is skipped,
+// naming what is missing, without them.
+func OldBinDir(t testing.TB) string {
+	t.Helper()
+	d := os.Getenv("FILAMENT_OLD_BIN_DIR")
+	if d == "" {
+		t.Skip("skipped: FILAMENT_OLD_BIN_DIR unset: needs binaries of an older version (make old-bin builds them; make test sets it)")
+	}
+	if _, err := os.Stat(filepath.Join(d, "filament-agent")); err != nil {
+		t.Skipf("skipped: no older filament-agent in FILAMENT_OLD_BIN_DIR=%s (make old-bin builds it from this repository's history: %v)", d, err)
+	}
+	return d
+}
+
 // BinDir returns the directory with the project's binaries: $FILAMENT_BIN_DIR
 // (make test builds them there) or a fresh build of ./cmd/...
 func BinDir(t testing.TB) string {
