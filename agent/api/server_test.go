@@ -17,6 +17,7 @@ import (
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policysync"
+	"github.com/filament-net/filament/agent/service"
 )
 
 // stubEndpoints fails Create with a chosen error.
@@ -78,6 +79,7 @@ func TestErrorMapping(t *testing.T) {
 		{endpoint.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 		{fmt.Errorf("%w: again", policysync.ErrBusy), http.StatusServiceUnavailable, "unavailable"},
 		{fmt.Errorf("%w: x", policysync.ErrUnreadable), http.StatusConflict, "exists"},
+		{fmt.Errorf("%w: again", service.ErrBusy), http.StatusServiceUnavailable, "unavailable"},
 		{errors.New("boom"), http.StatusInternalServerError, "internal"},
 	}
 	for _, c := range cases {

@@ -27,6 +27,13 @@ func (a *Applied) Advance(rev int64) {
 	}
 }
 
+// Rev returns the revision applied so far.
+func (a *Applied) Rev() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rev
+}
+
 // Wait returns nil once rev is applied, or ctx's error when ctx ends
 // first.
 func (a *Applied) Wait(ctx context.Context, rev int64) error {

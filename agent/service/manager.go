@@ -28,6 +28,9 @@ var ErrNotFound = errors.New("service not found")
 // ErrConflict: a frontend is already taken by another service.
 var ErrConflict = errors.New("frontend already in use")
 
+// ErrBusy: the cluster's services kept changing under a store.
+var ErrBusy = errors.New("services busy")
+
 // Datapath is what the manager writes frontends to.
 type Datapath interface {
 	UpsertService(fe datapath.Frontend, s datapath.LBService) error
@@ -443,12 +446,64 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 		m.setLocalLocked(c.Metadata.Namespace+"/"+c.Metadata.Name, &c)
 		return nil
 	}
-	r, err := m.cfg.KV.Raw().Put(ctx, m.key(s), string(data))
-	if err != nil {
-		return fmt.Errorf("kvstore: put %s: %w", m.key(s), err)
+	return m.put(ctx, s, string(data))
+}
+
+// put stores s (data) in the kvstore once no other service holds one of
+// its frontends. A service taking a frontend it does not hold yet is
+// stored by a transaction that does nothing if any service of the cluster
+// changed after the revision this agent's check saw; then the agent
+// catches up and checks again (at most putAttempts times). So two agents
+// (or two requests on one) storing services on one frontend at once store
+// one of them: before 2026-12-04 each checked its own view and both were
+// stored. A change that keeps the frontends the service holds (backends,
+// mostly) is stored without the guard.
+func (m *Manager) put(ctx context.Context, s *Service, data string) error {
+	prefix, key := Prefix+m.cfg.Cluster+"/", m.key(s)
+	latest := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortDescend), clientv3.WithLimit(1)}
+	for attempt := 1; ; attempt++ {
+		seen := m.watched.Rev() // the view checked next reflects at least this
+		m.mu.Lock()
+		err, taking := m.conflictLocked(s), m.takingLocked(s)
+		m.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		txn := m.cfg.KV.Raw().Txn(ctx)
+		if taking {
+			txn = txn.If(clientv3.Compare(clientv3.ModRevision(prefix), "<", seen+1).WithPrefix())
+		}
+		r, err := txn.Then(clientv3.OpPut(key, data)).Else(clientv3.OpGet(prefix, latest...)).Commit()
+		if err != nil {
+			return fmt.Errorf("kvstore: put %s: %w", key, err)
+		}
+		if r.Succeeded {
+			m.waitApplied(ctx, r.Header.Revision)
+			return nil
+		}
+		if attempt == putAttempts {
+			return fmt.Errorf("%w: the cluster's services changed under this store %d times in a row; try again", ErrBusy, putAttempts)
+		}
+		if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			m.waitApplied(ctx, kvs[0].ModRevision)
+		}
 	}
-	m.waitApplied(ctx, r.Header.Revision)
-	return nil
+}
+
+// putAttempts bounds how often put checks again after another write.
+const putAttempts = 10
+
+// takingLocked reports whether s claims a frontend this agent's view does
+// not give it already. The caller holds m.mu.
+func (m *Manager) takingLocked(s *Service) bool {
+	me := s.Metadata.Namespace + "/" + s.Metadata.Name
+	for _, c := range claims(s) {
+		if m.owners[c] != me {
+			return true
+		}
+	}
+	return false
 }
 
 // checkReserved refuses a service whose frontend is a reserved address or

@@ -981,3 +981,47 @@ func k8sService(t *testing.T, name, ip string) *Service {
 	return mustParse(t, fmt.Sprintf("metadata: {name: %s, annotations: {%s: %s}}\nspec: {clusterIP: %s, ports: [{port: 80}]}\n",
 		name, SourceAnnotation, SourceKubernetes, ip))
 }
+
+// Two agents storing services with one ClusterIP at once: exactly one is
+// stored, whichever agent each Upsert runs on. Before, each agent checked
+// against its own view only, and both agents' services could be stored on
+// the same frontend.
+func TestManagersOnTwoAgentsConflict(t *testing.T) {
+	m1, kv := etcdManager(t)
+	m2, err := New(context.Background(), Config{Cluster: "c1", NodeIPs: []netip.Addr{node1, node2}, KV: kv, Datapath: newFakeDP()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := []*Manager{m1, m2}
+	for round := range 40 {
+		const n = 6
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			s := mustParse(t, fmt.Sprintf("metadata: {name: r%d-s%d}\nspec: {clusterIP: 10.96.%d.10, ports: [{port: 80}]}\n", round, i, round))
+			wg.Go(func() {
+				<-start
+				errs[i] = ms[i%2].Upsert(context.Background(), s)
+			})
+		}
+		close(start)
+		wg.Wait()
+		ok := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, ErrConflict):
+				t.Fatalf("round %d: Upsert: %v", round, err)
+			}
+		}
+		kvs, _, err := kv.List(context.Background(), Prefix+"c1/default/r"+fmt.Sprint(round)+"-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != 1 || len(kvs) != 1 {
+			t.Fatalf("round %d: %d Upserts succeeded and the kvstore holds %d services on 10.96.%d.10, want 1 and 1", round, ok, len(kvs), round)
+		}
+	}
+}
