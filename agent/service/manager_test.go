@@ -403,15 +403,7 @@ backends: [{ip: 10.0.0.%d}]`, i, i+1))
 		}
 		close(start)
 		wg.Wait()
-		ok := 0
-		for _, err := range errs {
-			switch {
-			case err == nil:
-				ok++
-			case !errors.Is(err, ErrConflict):
-				t.Fatalf("Upsert: %v", err)
-			}
-		}
+		ok := succeeded(t, errs)
 		if ok != 1 || len(m.List()) != 1 {
 			t.Fatalf("round %d: %d Upserts succeeded, List has %d, want 1 and 1", round, ok, len(m.List()))
 		}
@@ -965,6 +957,22 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
+// succeeded counts the nil errors of concurrent Upserts; any other than
+// nil or ErrConflict fails t.
+func succeeded(t *testing.T, errs []error) int {
+	t.Helper()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrConflict):
+			t.Fatalf("Upsert: %v", err)
+		}
+	}
+	return ok
+}
+
 // etcdManager is a manager of cluster c1 on a test etcd.
 func etcdManager(t *testing.T) (*Manager, *kvstore.Client) {
 	t.Helper()
@@ -1007,15 +1015,7 @@ func TestManagersOnTwoAgentsConflict(t *testing.T) {
 		}
 		close(start)
 		wg.Wait()
-		ok := 0
-		for _, err := range errs {
-			switch {
-			case err == nil:
-				ok++
-			case !errors.Is(err, ErrConflict):
-				t.Fatalf("round %d: Upsert: %v", round, err)
-			}
-		}
+		ok := succeeded(t, errs)
 		kvs, _, err := kv.List(context.Background(), Prefix+"c1/default/r"+fmt.Sprint(round)+"-")
 		if err != nil {
 			t.Fatal(err)
