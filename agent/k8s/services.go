@@ -268,6 +268,7 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 		ann = map[string]string{}
 	}
 	ann[service.SourceAnnotation] = service.SourceKubernetes
+	ann[service.UIDAnnotation] = string(ks.UID)
 	s := &service.Service{APIVersion: "filament.io/v1", Kind: "Service",
 		Metadata: service.Metadata{Name: ks.Name, Namespace: ks.Namespace, Annotations: ann}}
 	s.Spec.ClusterIP = ks.Spec.ClusterIP
@@ -332,4 +333,17 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 	if err != nil {
 		slog.Warn("kubernetes service not stored", "service", key, "err", err)
 	}
+	if errors.Is(err, service.ErrBusy) {
+		// Other services kept changing under the store: try again soon
+		// (with the Service as it is then) rather than at its next event.
+		time.AfterFunc(busyRetry, func() {
+			if ctx.Err() == nil {
+				w.syncService(ctx, namespace, name)
+			}
+		})
+	}
 }
+
+// busyRetry is how long a Service refused with service.ErrBusy waits
+// before it is stored again.
+var busyRetry = time.Second

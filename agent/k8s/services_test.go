@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,9 +26,18 @@ type storedServices struct {
 	rev  int64
 	// failDeletes fails that many DeleteFrom calls of a key.
 	failDeletes map[string]int
+	// busy answers that many Upserts of a key with service.ErrBusy.
+	busy map[string]int
+	mu   sync.Mutex
 }
 
 func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if k := s.Metadata.Namespace + "/" + s.Metadata.Name; f.busy[k] > 0 {
+		f.busy[k]--
+		return fmt.Errorf("%w: again", service.ErrBusy)
+	}
 	if f.svcs == nil {
 		f.svcs, f.revs = map[string]*service.Service{}, map[string]int64{}
 	}
@@ -43,6 +53,8 @@ func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
 }
 
 func (f *storedServices) DeleteFrom(_ context.Context, namespace, name, source string, rev int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	key := namespace + "/" + name
 	if f.failDeletes[key] > 0 {
 		f.failDeletes[key]--
@@ -57,6 +69,8 @@ func (f *storedServices) DeleteFrom(_ context.Context, namespace, name, source s
 }
 
 func (f *storedServices) Stored(context.Context) ([]service.Stored, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	var out []service.Stored
 	for key, s := range f.svcs {
 		out = append(out, service.Stored{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name,
@@ -65,7 +79,11 @@ func (f *storedServices) Stored(context.Context) ([]service.Stored, error) {
 	return out, nil
 }
 
-func (f *storedServices) keys() []string { return slices.Sorted(maps.Keys(f.svcs)) }
+func (f *storedServices) keys() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.svcs))
+}
 
 func serviceWatcher(f *storedServices) *Watcher {
 	return &Watcher{services: f, svcIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
@@ -237,5 +255,25 @@ func TestServicePruneRetriesFailedSteps(t *testing.T) {
 	w.pruneServices(ctx, exists)
 	if len(f.svcs) != 0 || apiFails != 0 || f.failDeletes["default/kv-down"] != 0 {
 		t.Fatalf("stored after the prune: %v (API failures left %d, kvstore failures left %v)", f.keys(), apiFails, f.failDeletes)
+	}
+}
+
+// A Service refused because other services kept changing under its store
+// (service.ErrBusy) is stored again shortly, not only at its next event.
+func TestServiceRefusedAsBusyIsStoredAgain(t *testing.T) {
+	defer func(d time.Duration) { busyRetry = d }(busyRetry)
+	busyRetry = time.Millisecond
+	f := &storedServices{busy: map[string]int{"default/web": 2}}
+	w := serviceWatcher(f)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ks := clusterIPService("web", "10.96.0.10")
+	w.svcIndexer.Add(ks)
+	w.serviceHandler(ctx).OnAdd(ks, false)
+	for deadline := time.Now().Add(10 * time.Second); !slices.Equal(f.keys(), []string{"default/web"}); {
+		if time.Now().After(deadline) {
+			t.Fatalf("stored: %v, want default/web once the store is no longer busy", f.keys())
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -98,6 +98,10 @@ type Manager struct {
 	// watched is the kvstore revision the watch has applied.
 	watched kvstore.Applied
 	errors  int
+
+	// beforePut, when set (tests), runs between put's check and its
+	// transaction.
+	beforePut func()
 }
 
 // New starts following the cluster's services; it returns once the
@@ -131,7 +135,12 @@ func (m *Manager) watch(ctx context.Context) {
 	var once sync.Once
 	for ev := range m.cfg.KV.Watch(ctx, prefix, kvstore.WatchOptions{}) {
 		m.apply1(ev, prefix, &once)
-		m.watched.Advance(ev.Revision)
+		// A list's entries come in key order, each with its own
+		// revision: the view reflects the list's revision only once the
+		// list is done (its deletions and EventSynced carry it).
+		if ev.Type != kvstore.EventUpsert || ev.Listed == 0 {
+			m.watched.Advance(ev.Revision)
+		}
 	}
 }
 
@@ -170,12 +179,14 @@ const appliedWait = 5 * time.Second
 // next step sees its own write: a frontend just freed by a delete is free
 // for the next Upsert (before, it was refused as a conflict until the
 // watch caught up), one just taken is taken.
-func (m *Manager) waitApplied(ctx context.Context, rev int64) {
+func (m *Manager) waitApplied(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithTimeout(ctx, appliedWait)
 	defer cancel()
-	if err := m.watched.Wait(wctx, rev); err != nil && ctx.Err() == nil {
+	err := m.watched.Wait(wctx, rev)
+	if err != nil && ctx.Err() == nil {
 		slog.Warn("service write not yet seen by this agent's watch", "revision", rev, "waited", appliedWait)
 	}
+	return err
 }
 
 func (m *Manager) setLocal(key string, s *Service) {
@@ -450,14 +461,20 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 }
 
 // put stores s (data) in the kvstore once no other service holds one of
-// its frontends. A service taking a frontend it does not hold yet is
-// stored by a transaction that does nothing if any service of the cluster
-// changed after the revision this agent's check saw; then the agent
-// catches up and checks again (at most putAttempts times). So two agents
-// (or two requests on one) storing services on one frontend at once store
-// one of them: before 2026-12-04 each checked its own view and both were
-// stored. A change that keeps the frontends the service holds (backends,
-// mostly) is stored without the guard.
+// its frontends, by a transaction that does nothing if what the agent's
+// check saw (its view, at least at revision seen) changed meanwhile:
+//   - a service taking a frontend its view does not give it yet: no
+//     service of the cluster changed after seen;
+//   - one keeping the frontends it holds (its backends changed, mostly):
+//     it is stored and unchanged since seen (so it still holds them);
+//   - one without frontends or node ports: no guard.
+//
+// Then the agent catches up and checks again (at most putAttempts times;
+// ErrBusy). A value already stored as it is is not written again (every
+// agent stores a Kubernetes Service's every change: one write, not one per
+// agent, and fewer changes for a guard to lose to). So two agents (or two
+// requests on one) storing services on one frontend at once store one of
+// them: before 2026-12-04 each checked its own view and all were stored.
 func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 	prefix, key := Prefix+m.cfg.Cluster+"/", m.key(s)
 	latest := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(),
@@ -470,23 +487,34 @@ func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 		if err != nil {
 			return err
 		}
-		txn := m.cfg.KV.Raw().Txn(ctx)
-		if taking {
-			txn = txn.If(clientv3.Compare(clientv3.ModRevision(prefix), "<", seen+1).WithPrefix())
+		var guard []clientv3.Cmp
+		switch {
+		case taking:
+			guard = []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(prefix), "<", seen+1).WithPrefix()}
+		case len(claims(s)) > 0:
+			guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), ">", 0), clientv3.Compare(clientv3.ModRevision(key), "<", seen+1)}
 		}
-		r, err := txn.Then(clientv3.OpPut(key, data)).Else(clientv3.OpGet(prefix, latest...)).Commit()
+		if m.beforePut != nil {
+			m.beforePut()
+		}
+		r, err := m.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", data)).
+			Else(clientv3.OpTxn(guard, []clientv3.Op{clientv3.OpPut(key, data)}, []clientv3.Op{clientv3.OpGet(prefix, latest...)})).Commit()
 		if err != nil {
 			return fmt.Errorf("kvstore: put %s: %w", key, err)
 		}
-		if r.Succeeded {
+		if r.Succeeded { // stored already, as it is
+			return nil
+		}
+		if inner := r.Responses[0].GetResponseTxn(); inner.Succeeded {
 			m.waitApplied(ctx, r.Header.Revision)
 			return nil
+		} else if kvs := inner.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && attempt < putAttempts {
+			if err := m.waitApplied(ctx, kvs[0].ModRevision); err != nil {
+				return fmt.Errorf("%w: this agent's view of the services is behind: %v; try again", ErrBusy, err)
+			}
 		}
 		if attempt == putAttempts {
 			return fmt.Errorf("%w: the cluster's services changed under this store %d times in a row; try again", ErrBusy, putAttempts)
-		}
-		if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-			m.waitApplied(ctx, kvs[0].ModRevision)
 		}
 	}
 }

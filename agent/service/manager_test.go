@@ -880,8 +880,11 @@ func TestManagerDeleteFrom(t *testing.T) {
 	if done, err := m.DeleteFrom(ctx, "default", "cli", SourceKubernetes, 0); done || err != nil {
 		t.Fatalf("DeleteFrom of the CLI's service: %v %v", done, err)
 	}
-	// db is stored again after the read that decided its removal.
-	if err := m.Upsert(ctx, k8s("db", "10.96.0.11")); err != nil {
+	// db is stored again after the read that decided its removal (made
+	// again: a new UID; a store of the same value writes nothing).
+	db := k8s("db", "10.96.0.11")
+	db.Metadata.Annotations[UIDAnnotation] = "made-again"
+	if err := m.Upsert(ctx, db); err != nil {
 		t.Fatal(err)
 	}
 	if done, err := m.DeleteFrom(ctx, "default", "db", SourceKubernetes, rev["db"]); done || err != nil {
@@ -1023,5 +1026,71 @@ func TestManagersOnTwoAgentsConflict(t *testing.T) {
 		if ok != 1 || len(kvs) != 1 {
 			t.Fatalf("round %d: %d Upserts succeeded and the kvstore holds %d services on 10.96.%d.10, want 1 and 1", round, ok, len(kvs), round)
 		}
+	}
+}
+
+// A service's store that keeps its frontends (a backend change) is not
+// written over a newer state: deleted on another agent after this agent's
+// check, and its ClusterIP taken by another service, it is refused, and
+// not stored again beside that one (before, the backend change stored it
+// unguarded, and two services held one ClusterIP).
+func TestManagerStoreKeepingFrontendsSeesNewerState(t *testing.T) {
+	ctx := context.Background()
+	m1, kv := etcdManager(t)
+	m2, err := New(ctx, Config{Cluster: "c1", NodeIPs: []netip.Addr{node1, node2}, KV: kv, Datapath: newFakeDP()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := mustParse(t, "metadata: {name: old}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\nbackends: [{ip: 10.0.0.1}]\n")
+	if err := m1.Upsert(ctx, x); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, err := m2.Get("default", "old"); return err == nil })
+	m1.beforePut = func() {
+		m1.beforePut = nil
+		if err := m2.Delete(ctx, "default", "old"); err != nil {
+			t.Error(err)
+		}
+		if err := m2.Upsert(ctx, mustParse(t, "metadata: {name: new}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n")); err != nil {
+			t.Error(err)
+		}
+	}
+	x2 := mustParse(t, "metadata: {name: old}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\nbackends: [{ip: 10.0.0.2}]\n")
+	if err := m1.Upsert(ctx, x2); !errors.Is(err, ErrConflict) {
+		t.Fatalf("old's backend change after old was deleted and its ClusterIP taken: %v, want ErrConflict", err)
+	}
+	kvs, _, err := kv.List(ctx, Prefix+"c1/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kvs) != 1 || !strings.HasSuffix(kvs[0].Key, "/default/new") {
+		t.Fatalf("stored: %d services (first %s), want new alone", len(kvs), kvs[0].Key)
+	}
+}
+
+// A store of the value already stored writes nothing (every agent stores
+// each Kubernetes Service's every change); a changed value is written.
+func TestManagerStoreOfSameValueWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	m, kv := etcdManager(t)
+	rev := func() int64 {
+		t.Helper()
+		e, err := kv.Get(ctx, Prefix+"c1/default/web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.ModRevision
+	}
+	web := k8sService(t, "web", "10.96.0.10")
+	if err := m.Upsert(ctx, web); err != nil {
+		t.Fatal(err)
+	}
+	first := rev()
+	if err := m.Upsert(ctx, k8sService(t, "web", "10.96.0.10")); err != nil || rev() != first {
+		t.Fatalf("the same value again: %v, revision %d, want %d (not written)", err, rev(), first)
+	}
+	web.Backends = []Backend{{IP: "10.0.0.9"}}
+	if err := m.Upsert(ctx, web); err != nil || rev() == first {
+		t.Fatalf("a changed value: %v, revision %d, want a new one", err, rev())
 	}
 }

@@ -63,6 +63,12 @@ const FailoverGraded = "graded"
 // they do not know.
 const SourceAnnotation = "filament.io/source"
 
+// UIDAnnotation on a service stored from a Kubernetes Service object is
+// the object's UID: a Service deleted and made again under its name is
+// stored again (a new value and revision) even when nothing else changed,
+// since a store of a value already stored writes nothing (Manager.put).
+const UIDAnnotation = "filament.io/uid"
+
 // SourceKubernetes: made from a Kubernetes Service object.
 const SourceKubernetes = "kubernetes"
 
