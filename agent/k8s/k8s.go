@@ -97,6 +97,14 @@ type Watcher struct {
 	// removal of a stored service stores them again.
 	conflictMu sync.Mutex
 	conflicted map[string]bool
+	// busy are the Services waiting to be stored again after
+	// service.ErrBusy (one timer each; under conflictMu).
+	busy map[string]bool
+	// storeMu orders the stores of syncService (run by the handlers, the
+	// prune's goroutine and busy timers) with removeService's deletes: a
+	// store that read a Service just before its delete event completes
+	// before that delete runs, never after it.
+	storeMu sync.Mutex
 
 	podIndexer, nsIndexer cache.Indexer
 	podSynced, nsSynced   cache.InformerSynced

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -124,7 +125,9 @@ func loadBalanced(s *corev1.Service) bool {
 // object made it (at revision rev, when not 0); the error is the
 // kvstore's (logged here).
 func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev int64, why string) error {
+	w.storeMu.Lock()
 	done, err := w.services.DeleteFrom(ctx, namespace, name, service.SourceKubernetes, rev)
+	w.storeMu.Unlock()
 	switch {
 	case err != nil:
 		slog.Warn("kubernetes service not removed", "service", namespace+"/"+name, "why", why, "err", err)
@@ -256,6 +259,8 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 		return
 	}
 	key := namespace + "/" + name
+	w.storeMu.Lock()
+	defer w.storeMu.Unlock()
 	obj, ok, _ := w.svcIndexer.GetByKey(key)
 	if !ok || !loadBalanced(obj.(*corev1.Service)) {
 		w.setConflicted(key, false)
@@ -334,16 +339,35 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 		slog.Warn("kubernetes service not stored", "service", key, "err", err)
 	}
 	if errors.Is(err, service.ErrBusy) {
-		// Other services kept changing under the store: try again soon
-		// (with the Service as it is then) rather than at its next event.
-		time.AfterFunc(busyRetry, func() {
-			if ctx.Err() == nil {
-				w.syncService(ctx, namespace, name)
-			}
-		})
+		w.retryBusy(ctx, namespace, name)
 	}
 }
 
-// busyRetry is how long a Service refused with service.ErrBusy waits
-// before it is stored again.
+// retryBusy stores the Service namespace/name again after busyRetry and a
+// random part of it (other services kept changing under its store:
+// rather than at its next event), with the Service as it is then; one
+// pending retry per Service.
+func (w *Watcher) retryBusy(ctx context.Context, namespace, name string) {
+	key := namespace + "/" + name
+	w.conflictMu.Lock()
+	defer w.conflictMu.Unlock()
+	if w.busy[key] {
+		return
+	}
+	if w.busy == nil {
+		w.busy = map[string]bool{}
+	}
+	w.busy[key] = true
+	time.AfterFunc(busyRetry+rand.N(busyRetry), func() {
+		w.conflictMu.Lock()
+		delete(w.busy, key)
+		w.conflictMu.Unlock()
+		if ctx.Err() == nil {
+			w.syncService(ctx, namespace, name)
+		}
+	})
+}
+
+// busyRetry is about how long a Service refused with service.ErrBusy
+// waits before it is stored again.
 var busyRetry = time.Second

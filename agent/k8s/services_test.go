@@ -27,13 +27,15 @@ type storedServices struct {
 	// failDeletes fails that many DeleteFrom calls of a key.
 	failDeletes map[string]int
 	// busy answers that many Upserts of a key with service.ErrBusy.
-	busy map[string]int
-	mu   sync.Mutex
+	busy    map[string]int
+	upserts int // Upsert calls
+	mu      sync.Mutex
 }
 
 func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.upserts++
 	if k := s.Metadata.Namespace + "/" + s.Metadata.Name; f.busy[k] > 0 {
 		f.busy[k]--
 		return fmt.Errorf("%w: again", service.ErrBusy)
@@ -259,21 +261,31 @@ func TestServicePruneRetriesFailedSteps(t *testing.T) {
 }
 
 // A Service refused because other services kept changing under its store
-// (service.ErrBusy) is stored again shortly, not only at its next event.
+// (service.ErrBusy) is stored again shortly, not only at its next event,
+// by one pending retry however many of its stores were refused.
 func TestServiceRefusedAsBusyIsStoredAgain(t *testing.T) {
 	defer func(d time.Duration) { busyRetry = d }(busyRetry)
-	busyRetry = time.Millisecond
-	f := &storedServices{busy: map[string]int{"default/web": 2}}
+	busyRetry = 5 * time.Millisecond
+	f := &storedServices{busy: map[string]int{"default/web": 3}}
 	w := serviceWatcher(f)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ks := clusterIPService("web", "10.96.0.10")
 	w.svcIndexer.Add(ks)
-	w.serviceHandler(ctx).OnAdd(ks, false)
+	h := w.serviceHandler(ctx)
+	for range 3 {
+		h.OnAdd(ks, false)
+	}
 	for deadline := time.Now().Add(10 * time.Second); !slices.Equal(f.keys(), []string{"default/web"}); {
 		if time.Now().After(deadline) {
 			t.Fatalf("stored: %v, want default/web once the store is no longer busy", f.keys())
 		}
 		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * busyRetry) // a second retry would have run by now
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.upserts != 4 {
+		t.Fatalf("%d stores, want 4: three refused and one retry", f.upserts)
 	}
 }

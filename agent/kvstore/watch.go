@@ -54,6 +54,9 @@ type Event struct {
 	// holds as the server counted them (a hint for sizing, not checked;
 	// 0 for the watch stream's changes).
 	Listed int64
+	// FromList: an upsert found by a list (its Revision is the key's
+	// own; the list's entries come in key order, not revision order).
+	FromList bool
 }
 
 // listPage is how many keys a watch's list reads at a time: a list of a
@@ -137,7 +140,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 					present[kv.Key] = true
 					known[kv.Key] = true
 				}
-				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision, Listed: total})
+				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision, Listed: total, FromList: true})
 				return !stopped
 			}
 			page := listPage

@@ -138,7 +138,7 @@ func (m *Manager) watch(ctx context.Context) {
 		// A list's entries come in key order, each with its own
 		// revision: the view reflects the list's revision only once the
 		// list is done (its deletions and EventSynced carry it).
-		if ev.Type != kvstore.EventUpsert || ev.Listed == 0 {
+		if !ev.FromList {
 			m.watched.Advance(ev.Revision)
 		}
 	}
@@ -497,24 +497,59 @@ func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 		if m.beforePut != nil {
 			m.beforePut()
 		}
-		r, err := m.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", data)).
-			Else(clientv3.OpTxn(guard, []clientv3.Op{clientv3.OpPut(key, data)}, []clientv3.Op{clientv3.OpGet(prefix, latest...)})).Commit()
+		own := clientv3.OpGet(key, clientv3.WithKeysOnly())
+		r, err := m.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", data)).Then(own).
+			Else(clientv3.OpTxn(guard, []clientv3.Op{clientv3.OpPut(key, data)}, []clientv3.Op{clientv3.OpGet(prefix, latest...), own})).Commit()
 		if err != nil {
 			return fmt.Errorf("kvstore: put %s: %w", key, err)
 		}
-		if r.Succeeded { // stored already, as it is
+		if r.Succeeded { // stored already, as it is: once this view has it too
+			if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				m.waitApplied(ctx, kvs[0].ModRevision)
+			}
 			return nil
 		}
-		if inner := r.Responses[0].GetResponseTxn(); inner.Succeeded {
+		inner := r.Responses[0].GetResponseTxn()
+		if inner.Succeeded {
 			m.waitApplied(ctx, r.Header.Revision)
 			return nil
-		} else if kvs := inner.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && attempt < putAttempts {
-			if err := m.waitApplied(ctx, kvs[0].ModRevision); err != nil {
-				return fmt.Errorf("%w: this agent's view of the services is behind: %v; try again", ErrBusy, err)
-			}
 		}
 		if attempt == putAttempts {
 			return fmt.Errorf("%w: the cluster's services changed under this store %d times in a row; try again", ErrBusy, putAttempts)
+		}
+		// Catch up with what failed the guard: the newest service's
+		// write, and the service's own delete (a keys-only read does not
+		// show deletes: wait until the view has dropped it).
+		if kvs := inner.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			err = m.waitApplied(ctx, kvs[0].ModRevision)
+		}
+		if err == nil && len(inner.Responses[1].GetResponseRange().Kvs) == 0 {
+			err = m.waitGone(ctx, s.Metadata.Namespace+"/"+s.Metadata.Name)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			return fmt.Errorf("%w: this agent's view of the services is behind: %v; try again", ErrBusy, err)
+		}
+	}
+}
+
+// waitGone returns once the view no longer has the service key (at most
+// appliedWait).
+func (m *Manager) waitGone(ctx context.Context, key string) error {
+	wctx, cancel := context.WithTimeout(ctx, appliedWait)
+	defer cancel()
+	for {
+		rev := m.watched.Rev()
+		m.mu.Lock()
+		_, held := m.local[key]
+		m.mu.Unlock()
+		if !held {
+			return nil
+		}
+		if err := m.watched.Wait(wctx, rev+1); err != nil {
+			return err
 		}
 	}
 }
