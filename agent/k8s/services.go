@@ -24,10 +24,11 @@ import (
 // Services is the service manager as the service watcher feeds it. The
 // services stored from Service objects carry service.SourceAnnotation
 // (service.SourceKubernetes); DeleteFrom removes a stored service only if
-// it has that source (and, rev not 0, is still at that revision).
+// it has that source (and, rev not 0, is still at that revision; uid not
+// "", is that object's or carries no UID).
 type Services interface {
 	Upsert(ctx context.Context, s *service.Service) error
-	DeleteFrom(ctx context.Context, namespace, name, source string, rev int64) (bool, error)
+	DeleteFrom(ctx context.Context, namespace, name, source string, rev int64, uid string) (bool, error)
 	Stored(ctx context.Context) ([]service.Stored, error)
 }
 
@@ -91,7 +92,7 @@ func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandler
 			if o != nil && loadBalanced(o) && !loadBalanced(s) {
 				// Made headless or ExternalName: nothing to load-balance
 				// any more (it stayed stored before).
-				w.removeService(ctx, s.Namespace, s.Name, 0, "its Service is no longer load-balanced")
+				w.removeService(ctx, s.Namespace, s.Name, 0, string(s.UID), "its Service is no longer load-balanced")
 				return
 			}
 			w.syncService(ctx, s.Namespace, s.Name)
@@ -101,7 +102,7 @@ func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandler
 				obj = t.Obj
 			}
 			if s, ok := obj.(*corev1.Service); ok {
-				w.removeService(ctx, s.Namespace, s.Name, 0, "its Service is deleted")
+				w.removeService(ctx, s.Namespace, s.Name, 0, string(s.UID), "its Service is deleted")
 			}
 		},
 	}
@@ -122,11 +123,12 @@ func loadBalanced(s *corev1.Service) bool {
 }
 
 // removeService removes the stored service namespace/name if a Service
-// object made it (at revision rev, when not 0); the error is the
-// kvstore's (logged here).
-func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev int64, why string) error {
+// object made it (at revision rev, when not 0; the object with uid, when
+// not "", so a lagging delete event of an object made again since leaves
+// the new one's); the error is the kvstore's (logged here).
+func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev int64, uid, why string) error {
 	w.storeMu.Lock()
-	done, err := w.services.DeleteFrom(ctx, namespace, name, service.SourceKubernetes, rev)
+	done, err := w.services.DeleteFrom(ctx, namespace, name, service.SourceKubernetes, rev, uid)
 	w.storeMu.Unlock()
 	switch {
 	case err != nil:
@@ -235,7 +237,7 @@ func (w *Watcher) pruneOne(ctx context.Context, st service.Stored, exists func(c
 	if lb {
 		return true
 	}
-	return w.removeService(ctx, st.Namespace, st.Name, st.Revision, "its Service is gone") == nil
+	return w.removeService(ctx, st.Namespace, st.Name, st.Revision, "", "its Service is gone") == nil
 }
 
 // sleepCtx waits d or until ctx ends; it reports whether ctx is still live.

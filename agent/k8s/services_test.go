@@ -54,7 +54,7 @@ func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
 	return nil
 }
 
-func (f *storedServices) DeleteFrom(_ context.Context, namespace, name, source string, rev int64) (bool, error) {
+func (f *storedServices) DeleteFrom(_ context.Context, namespace, name, source string, rev int64, uid string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	key := namespace + "/" + name
@@ -64,6 +64,9 @@ func (f *storedServices) DeleteFrom(_ context.Context, namespace, name, source s
 	}
 	s, ok := f.svcs[key]
 	if !ok || s.Metadata.Annotations[service.SourceAnnotation] != source || (rev != 0 && f.revs[key] != rev) {
+		return false, nil
+	}
+	if su := s.Metadata.Annotations[service.UIDAnnotation]; uid != "" && su != "" && su != uid {
 		return false, nil
 	}
 	delete(f.svcs, key)
@@ -287,5 +290,32 @@ func TestServiceRefusedAsBusyIsStoredAgain(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.upserts != 4 {
 		t.Fatalf("%d stores, want 4: three refused and one retry", f.upserts)
+	}
+}
+
+// A Service deleted and made again under its name, the new one already
+// stored (by another agent), is not removed by a lagging delete event of
+// the old object: the stored service's UID is the new object's. Before,
+// any delete event of the name removed it until its next store.
+func TestLaggingDeleteLeavesServiceMadeAgain(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	ctx := context.Background()
+	h := w.serviceHandler(ctx)
+	old := clusterIPService("web", "10.96.0.10")
+	old.UID = "first"
+	w.svcIndexer.Add(old)
+	h.OnAdd(old, false)
+	again := clusterIPService("web", "10.96.0.10")
+	again.UID = "second"
+	w.svcIndexer.Update(again)
+	h.OnUpdate(old, again) // another agent's store, as far as the kvstore is concerned
+	h.OnDelete(old)        // this agent's lagging delete event of the first object
+	if s := f.svcs["default/web"]; s == nil || s.Metadata.Annotations[service.UIDAnnotation] != "second" {
+		t.Fatalf("stored after the old object's delete event: %v, want the new object's service", f.keys())
+	}
+	h.OnDelete(again)
+	if len(f.keys()) != 0 {
+		t.Fatalf("stored after the new object's delete event: %v", f.keys())
 	}
 }

@@ -651,16 +651,22 @@ func (m *Manager) Stored(ctx context.Context) ([]Stored, error) {
 }
 
 // DeleteFrom removes namespace/name only if the stored service has source
-// as its SourceAnnotation and, when rev is not 0, is still at kvstore
-// revision rev; it reports whether it removed it. So a Kubernetes
-// Service's deletion leaves a service stored with the CLI, and a removal
-// decided on an older read leaves a service stored again since.
-func (m *Manager) DeleteFrom(ctx context.Context, namespace, name, source string, rev int64) (bool, error) {
+// as its SourceAnnotation, when rev is not 0 is still at kvstore revision
+// rev, and when uid is not "" has that UIDAnnotation or none; it reports
+// whether it removed it. So a Kubernetes Service's deletion leaves a
+// service stored with the CLI, a removal decided on an older read leaves
+// a service stored again since, and a lagging delete event of an object
+// leaves the service of one made again under its name.
+func (m *Manager) DeleteFrom(ctx context.Context, namespace, name, source string, rev int64, uid string) (bool, error) {
+	ours := func(s *Service) bool {
+		su := s.Metadata.Annotations[UIDAnnotation]
+		return s.Metadata.Annotations[SourceAnnotation] == source && (uid == "" || su == "" || su == uid)
+	}
 	if m.cfg.KV == nil {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		key := namespace + "/" + name
-		if s, ok := m.local[key]; !ok || s.Metadata.Annotations[SourceAnnotation] != source {
+		if s, ok := m.local[key]; !ok || !ours(s) {
 			return false, nil
 		}
 		m.setLocalLocked(key, nil)
@@ -678,7 +684,7 @@ func (m *Manager) DeleteFrom(ctx context.Context, namespace, name, source string
 		if rev != 0 && kv.ModRevision != rev {
 			return false, nil
 		}
-		if s, err := Parse(kv.Value); err != nil || s.Metadata.Annotations[SourceAnnotation] != source {
+		if s, err := Parse(kv.Value); err != nil || !ours(s) {
 			return false, nil
 		}
 		r, err := m.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).

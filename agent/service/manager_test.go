@@ -877,7 +877,7 @@ func TestManagerDeleteFrom(t *testing.T) {
 			t.Fatalf("Stored: %+v", s)
 		}
 	}
-	if done, err := m.DeleteFrom(ctx, "default", "cli", SourceKubernetes, 0); done || err != nil {
+	if done, err := m.DeleteFrom(ctx, "default", "cli", SourceKubernetes, 0, ""); done || err != nil {
 		t.Fatalf("DeleteFrom of the CLI's service: %v %v", done, err)
 	}
 	// db is stored again after the read that decided its removal (made
@@ -887,13 +887,13 @@ func TestManagerDeleteFrom(t *testing.T) {
 	if err := m.Upsert(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	if done, err := m.DeleteFrom(ctx, "default", "db", SourceKubernetes, rev["db"]); done || err != nil {
+	if done, err := m.DeleteFrom(ctx, "default", "db", SourceKubernetes, rev["db"], ""); done || err != nil {
 		t.Fatalf("DeleteFrom at an old revision: %v %v", done, err)
 	}
-	if done, err := m.DeleteFrom(ctx, "default", "web", SourceKubernetes, rev["web"]); !done || err != nil {
+	if done, err := m.DeleteFrom(ctx, "default", "web", SourceKubernetes, rev["web"], ""); !done || err != nil {
 		t.Fatalf("DeleteFrom at its revision: %v %v", done, err)
 	}
-	if done, err := m.DeleteFrom(ctx, "default", "web", SourceKubernetes, 0); done || err != nil {
+	if done, err := m.DeleteFrom(ctx, "default", "web", SourceKubernetes, 0, ""); done || err != nil {
 		t.Fatalf("DeleteFrom of a removed service: %v %v", done, err)
 	}
 	kvs, _, err := kv.List(ctx, Prefix+"c1/")
@@ -931,7 +931,7 @@ func TestManagerFrontendFreeRightAfterDeleteFrom(t *testing.T) {
 			if err := m.Delete(ctx, "default", old); err != nil {
 				t.Fatalf("Delete %s: %v", old, err)
 			}
-		} else if done, err := m.DeleteFrom(ctx, "default", old, SourceKubernetes, 0); !done || err != nil {
+		} else if done, err := m.DeleteFrom(ctx, "default", old, SourceKubernetes, 0, ""); !done || err != nil {
 			t.Fatalf("DeleteFrom %s: %v %v", old, done, err)
 		}
 		if err := m.Upsert(ctx, k8s(next, "10.96.0.10")); err != nil {
@@ -942,7 +942,7 @@ func TestManagerFrontendFreeRightAfterDeleteFrom(t *testing.T) {
 		if err := m.Upsert(ctx, k8s("third", "10.96.0.10")); !errors.Is(err, ErrConflict) {
 			t.Fatalf("round %d: a third service with a frontend just taken: %v, want ErrConflict", i, err)
 		}
-		if done, err := m.DeleteFrom(ctx, "default", next, SourceKubernetes, 0); !done || err != nil {
+		if done, err := m.DeleteFrom(ctx, "default", next, SourceKubernetes, 0, ""); !done || err != nil {
 			t.Fatalf("DeleteFrom %s: %v %v", next, done, err)
 		}
 		waitFor(t, func() bool { _, err := m.Get("default", next); return err != nil })
@@ -985,6 +985,30 @@ func twoManagers(t *testing.T) (*Manager, *Manager, *kvstore.Client) {
 		t.Fatal(err)
 	}
 	return m1, m2, kv
+}
+
+// A removal for a Kubernetes object removes only the service stored from
+// that object (its UID) or from one whose UID was not stored (an older
+// agent's store).
+func TestManagerDeleteFromNamesItsObject(t *testing.T) {
+	ctx := context.Background()
+	m, _ := etcdManager(t)
+	web := k8sService(t, "web", "10.96.0.10")
+	web.Metadata.Annotations[UIDAnnotation] = "second"
+	old := k8sService(t, "old", "10.96.0.11") // no UID: an older agent's
+	for _, s := range []*Service{web, old} {
+		if err := m.Upsert(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name, uid string
+		done      bool
+	}{{"web", "first", false}, {"web", "second", true}, {"old", "any", true}} {
+		if done, err := m.DeleteFrom(ctx, "default", c.name, SourceKubernetes, 0, c.uid); done != c.done || err != nil {
+			t.Fatalf("DeleteFrom %s for the object %s: %v %v, want %v", c.name, c.uid, done, err, c.done)
+		}
+	}
 }
 
 // etcdManager is a manager of cluster c1 on a test etcd.
