@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -93,8 +94,10 @@ type Manager struct {
 	applied map[string][]datapath.Frontend
 	byFE    map[datapath.Frontend]string // frontend -> key of the service applied there
 	status  map[string]Status
-	owners  map[string]string // claim (frontend, node port) -> service key
-	synced  chan struct{}
+	// owners: claim (frontend, node port) -> the keys of the services
+	// holding it (one, unless older agents stored two at once).
+	owners map[string]map[string]bool
+	synced chan struct{}
 	// watched is the kvstore revision the watch has applied.
 	watched kvstore.Applied
 	errors  int
@@ -114,7 +117,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
-		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]string{}, synced: make(chan struct{})}
+		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]map[string]bool{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
 		select {
@@ -199,7 +202,8 @@ func (m *Manager) setLocal(key string, s *Service) {
 func (m *Manager) setLocalLocked(key string, s *Service) {
 	if old, ok := m.local[key]; ok {
 		for _, c := range claims(old) {
-			if m.owners[c] == key {
+			delete(m.owners[c], key)
+			if len(m.owners[c]) == 0 {
 				delete(m.owners, c)
 			}
 		}
@@ -208,7 +212,10 @@ func (m *Manager) setLocalLocked(key string, s *Service) {
 		delete(m.local, key)
 	} else {
 		for _, c := range claims(s) {
-			m.owners[c] = key
+			if m.owners[c] == nil {
+				m.owners[c] = map[string]bool{}
+			}
+			m.owners[c][key] = true
 		}
 		for i := range s.Backends {
 			s.Backends[i].Cluster = m.cfg.Cluster
@@ -398,8 +405,10 @@ func (m *Manager) conflict(s *Service) error {
 func (m *Manager) conflictLocked(s *Service) error {
 	me := s.Metadata.Namespace + "/" + s.Metadata.Name
 	for _, c := range claims(s) {
-		if owner, ok := m.owners[c]; ok && owner != me {
-			return fmt.Errorf("%w: %s belongs to service %s", ErrConflict, c, owner)
+		// One already holding it keeps it (beside another that older
+		// agents stored at once, whichever the datapath serves).
+		if holders := m.owners[c]; len(holders) > 0 && !holders[me] {
+			return fmt.Errorf("%w: %s belongs to service %s", ErrConflict, c, slices.Sorted(maps.Keys(holders))[0])
 		}
 	}
 	return nil
@@ -562,7 +571,7 @@ const putAttempts = 10
 func (m *Manager) takingLocked(s *Service) bool {
 	me := s.Metadata.Namespace + "/" + s.Metadata.Name
 	for _, c := range claims(s) {
-		if m.owners[c] != me {
+		if !m.owners[c][me] {
 			return true
 		}
 	}

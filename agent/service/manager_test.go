@@ -1011,6 +1011,36 @@ func TestManagerDeleteFromNamesItsObject(t *testing.T) {
 	}
 }
 
+// Two services stored on one ClusterIP (by agents from before the store's
+// guard, racing): deleting one leaves the address held by the other, so a
+// third service is refused it. Before, the delete freed the address in
+// the agent's view and the third was stored beside the remaining one.
+func TestManagerAddressStaysHeldByTheOtherOfTwo(t *testing.T) {
+	ctx := context.Background()
+	m, kv := etcdManager(t)
+	for _, name := range []string{"a", "b"} {
+		data := fmt.Sprintf(`{"metadata":{"name":%q,"namespace":"default"},"spec":{"clusterIP":"10.96.0.10","ports":[{"port":80}]}}`, name)
+		if _, err := kv.Raw().Put(ctx, Prefix+"c1/default/"+name, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return len(m.List()) == 2 })
+	// Each keeps what it holds: a backend change of either is stored.
+	for _, name := range []string{"a", "b"} {
+		if err := m.Upsert(ctx, mustParse(t, "metadata: {name: "+name+"}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\nbackends: [{ip: 10.0.0.1}]\n")); err != nil {
+			t.Fatalf("a backend change of %s: %v", name, err)
+		}
+	}
+	// The view applied b last; deleting it is what freed the address.
+	if err := m.Delete(ctx, "default", "b"); err != nil {
+		t.Fatal(err)
+	}
+	third := mustParse(t, "metadata: {name: c}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n")
+	if err := m.Upsert(ctx, third); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "default/a") {
+		t.Fatalf("a third service on the address a still holds: %v, want ErrConflict naming default/a", err)
+	}
+}
+
 // etcdManager is a manager of cluster c1 on a test etcd.
 func etcdManager(t *testing.T) (*Manager, *kvstore.Client) {
 	t.Helper()
