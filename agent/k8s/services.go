@@ -92,7 +92,9 @@ func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandler
 			if o != nil && loadBalanced(o) && !loadBalanced(s) {
 				// Made headless or ExternalName: nothing to load-balance
 				// any more (it stayed stored before).
-				w.removeService(ctx, s.Namespace, s.Name, 0, string(s.UID), "its Service is no longer load-balanced")
+				// By name: a Service made again headless under its name (a
+				// relist after a missed delete) is still the one to remove.
+				w.removeService(ctx, s.Namespace, s.Name, 0, "", "its Service is no longer load-balanced")
 				return
 			}
 			w.syncService(ctx, s.Namespace, s.Name)
