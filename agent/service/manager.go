@@ -394,14 +394,8 @@ func (m *Manager) reconcile() {
 	}
 }
 
-// conflict finds another local service holding one of s's frontends.
-func (m *Manager) conflict(s *Service) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.conflictLocked(s)
-}
-
-// conflictLocked is conflict with m.mu held.
+// conflictLocked finds another local service holding one of s's
+// frontends. The caller holds m.mu.
 func (m *Manager) conflictLocked(s *Service) error {
 	me := s.Metadata.Namespace + "/" + s.Metadata.Name
 	for _, c := range claims(s) {
@@ -436,9 +430,6 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 		return err
 	}
 	if err := m.checkReserved(s); err != nil {
-		return err
-	}
-	if err := m.conflict(s); err != nil {
 		return err
 	}
 	for i := range s.Backends {
