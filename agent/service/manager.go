@@ -93,6 +93,10 @@ type Manager struct {
 	dead    map[string]bool                // cluster/node
 	applied map[string][]datapath.Frontend
 	byFE    map[datapath.Frontend]string // frontend -> key of the service applied there
+	// holders: frontend -> the keys of the services whose applied
+	// frontends include it (one, unless older agents stored two at once;
+	// the datapath serves the one byFE names).
+	holders map[datapath.Frontend]map[string]bool
 	status  map[string]Status
 	// owners: claim (frontend, node port) -> the keys of the services
 	// holding it (one, unless older agents stored two at once).
@@ -117,7 +121,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
-		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, status: map[string]Status{}, owners: map[string]map[string]bool{}, synced: make(chan struct{})}
+		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, holders: map[datapath.Frontend]map[string]bool{}, status: map[string]Status{}, owners: map[string]map[string]bool{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
 		select {
@@ -317,24 +321,44 @@ func (m *Manager) apply(key string) {
 	} else {
 		delete(m.status, key)
 	}
+	var serveOthers []string
 	for _, old := range m.applied[key] {
-		if !slices.Contains(want, old) {
+		if slices.Contains(want, old) {
+			continue
+		}
+		delete(m.holders[old], key)
+		if len(m.holders[old]) > 0 {
+			// Another service holds this frontend too: it stays in the
+			// datapath, serving that one.
 			if m.byFE[old] == key {
-				delete(m.byFE, old)
+				other := slices.Sorted(maps.Keys(m.holders[old]))[0]
+				m.byFE[old] = other
+				serveOthers = append(serveOthers, other)
 			}
-			if err := m.cfg.Datapath.DeleteService(old); err != nil {
-				m.errors++
-				slog.Error("removing a service frontend from the datapath", "frontend", old, "err", err)
-			}
+			continue
+		}
+		delete(m.holders, old)
+		delete(m.byFE, old)
+		if err := m.cfg.Datapath.DeleteService(old); err != nil {
+			m.errors++
+			slog.Error("removing a service frontend from the datapath", "frontend", old, "err", err)
 		}
 	}
 	for _, fe := range want {
 		m.byFE[fe] = key
+		if m.holders[fe] == nil {
+			m.holders[fe] = map[string]bool{}
+		}
+		m.holders[fe][key] = true
 	}
 	if len(want) == 0 {
 		delete(m.applied, key)
 	} else {
 		m.applied[key] = want
+	}
+	slices.Sort(serveOthers)
+	for _, other := range slices.Compact(serveOthers) {
+		m.apply(other)
 	}
 }
 

@@ -1183,3 +1183,49 @@ func TestManagerStoreAfterItsDeleteElsewhere(t *testing.T) {
 		t.Fatalf("stored web: %v %s", err, e.Value)
 	}
 }
+
+// Two services on one frontend (stored at once by older agents): deleting
+// either leaves the frontend in the datapath, serving the other. Before,
+// the delete removed the frontend from the datapath whichever service it
+// served, and the address went dark until the other's next change.
+func TestManagerSharedFrontendOutlivesEitherDelete(t *testing.T) {
+	fe := datapath.Frontend{IP: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: unix.IPPROTO_TCP}
+	backend := map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}
+	for _, gone := range []string{"a", "b"} {
+		t.Run("delete "+gone, func(t *testing.T) {
+			ctx := context.Background()
+			m, kv := etcdManager(t)
+			dp := m.cfg.Datapath.(*fakeDP)
+			for _, name := range []string{"a", "b"} {
+				data := fmt.Sprintf(`{"metadata":{"name":%q,"namespace":"default"},"spec":{"clusterIP":"10.96.0.10","ports":[{"port":80}]},"backends":[{"ip":%q}]}`, name, backend[name])
+				if _, err := kv.Raw().Put(ctx, Prefix+"c1/default/"+name, data); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, func() bool { return len(m.List()) == 2 })
+			if err := m.Delete(ctx, "default", gone); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return len(m.List()) == 1 })
+			kept := map[string]string{"a": "b", "b": "a"}[gone]
+			svcs, _ := dp.snapshot()
+			s, ok := svcs[fe]
+			if !ok {
+				t.Fatalf("after deleting %s the datapath has no 10.96.0.10:80; %s still holds it", gone, kept)
+			}
+			if len(s.Backends) != 1 || s.Backends[0].IP.String() != backend[kept] {
+				t.Fatalf("after deleting %s the datapath serves %v, want %s's backend %s", gone, s.Backends, kept, backend[kept])
+			}
+			if _, name, ok := m.At(netip.MustParseAddrPort("10.96.0.10:80"), "TCP"); !ok || name != kept {
+				t.Fatalf("At(10.96.0.10:80) = %q, %v; want %s", name, ok, kept)
+			}
+			if err := m.Delete(ctx, "default", kept); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return len(m.List()) == 0 })
+			if svcs, _ := dp.snapshot(); len(svcs) != 0 {
+				t.Fatalf("after deleting both the datapath still has %v", svcs)
+			}
+		})
+	}
+}
