@@ -100,6 +100,10 @@ type Watcher struct {
 	// busy are the Services waiting to be stored again after
 	// service.ErrBusy (one timer each; under conflictMu).
 	busy map[string]bool
+	// removing are the Services whose removal the kvstore failed,
+	// waiting to be tried again, with the UID of the object to remove
+	// (the latest failed; "" by name) (one timer each; under conflictMu).
+	removing map[string]string
 	// storeMu orders the stores of syncService (run by the handlers, the
 	// prune's goroutine and busy timers) with removeService's deletes: a
 	// store that read a Service just before its delete event completes

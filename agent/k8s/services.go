@@ -94,7 +94,7 @@ func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandler
 				// any more (it stayed stored before).
 				// By name: a Service made again headless under its name (a
 				// relist after a missed delete) is still the one to remove.
-				w.removeService(ctx, s.Namespace, s.Name, 0, "", "its Service is no longer load-balanced")
+				w.removeAndRetry(ctx, s.Namespace, s.Name, "", "its Service is no longer load-balanced", pruneRetry)
 				return
 			}
 			w.syncService(ctx, s.Namespace, s.Name)
@@ -104,7 +104,7 @@ func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandler
 				obj = t.Obj
 			}
 			if s, ok := obj.(*corev1.Service); ok {
-				w.removeService(ctx, s.Namespace, s.Name, 0, string(s.UID), "its Service is deleted")
+				w.removeAndRetry(ctx, s.Namespace, s.Name, string(s.UID), "its Service is deleted", pruneRetry)
 			}
 		},
 	}
@@ -140,6 +140,44 @@ func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev
 		w.retryConflicted(ctx)
 	}
 	return err
+}
+
+// removeAndRetry is removeService for an event (rev 0): a removal the
+// kvstore failed is tried again after wait (doubling to 30 s) until it is
+// done, or until a load-balanced Service of the name is back (which is
+// then stored, over what the failed removal left). One pending retry
+// per Service, which removes the object of the latest failed removal. Before 2026-12-04 the failure was logged only, and the
+// service stayed stored, load-balanced on every node, until an agent's
+// next start.
+func (w *Watcher) removeAndRetry(ctx context.Context, namespace, name, uid, why string, wait time.Duration) {
+	if w.removeService(ctx, namespace, name, 0, uid, why) == nil || ctx.Err() != nil {
+		return
+	}
+	key := namespace + "/" + name
+	w.conflictMu.Lock()
+	defer w.conflictMu.Unlock()
+	_, pending := w.removing[key]
+	if w.removing == nil {
+		w.removing = map[string]string{}
+	}
+	w.removing[key] = uid // the pending retry removes the latest
+	if pending {
+		return
+	}
+	time.AfterFunc(wait, func() {
+		w.conflictMu.Lock()
+		uid := w.removing[key]
+		delete(w.removing, key)
+		w.conflictMu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if obj, ok, _ := w.svcIndexer.GetByKey(key); ok && loadBalanced(obj.(*corev1.Service)) {
+			w.syncService(ctx, namespace, name)
+			return
+		}
+		w.removeAndRetry(ctx, namespace, name, uid, why, min(wait*2, 30*time.Second))
+	})
 }
 
 // setConflicted marks (or unmarks) the Service namespace/name as refused

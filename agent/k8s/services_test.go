@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/filament-net/filament/agent/service"
@@ -317,5 +318,81 @@ func TestLaggingDeleteLeavesServiceMadeAgain(t *testing.T) {
 	h.OnDelete(again)
 	if len(f.keys()) != 0 {
 		t.Fatalf("stored after the new object's delete event: %v", f.keys())
+	}
+}
+
+// A Service's delete that the kvstore failed is tried again until it is
+// done; one made again under its name meanwhile is stored, not removed.
+// Before, the failure was logged and the service stayed stored (and
+// load-balanced on every node) until an agent's next start.
+func TestServiceFailedRemovalIsTriedAgain(t *testing.T) {
+	defer func(d time.Duration) { pruneRetry = d }(pruneRetry)
+	pruneRetry = time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := &storedServices{failDeletes: map[string]int{"default/web": 3, "default/api": 2}}
+	w := serviceWatcher(f)
+	h := w.serviceHandler(ctx)
+	web, api := clusterIPService("web", "10.96.0.10"), clusterIPService("api", "10.96.0.11")
+	web.UID, api.UID = "web-1", "api-1"
+	for _, ks := range []*corev1.Service{web, api} {
+		w.svcIndexer.Add(ks)
+		h.OnAdd(ks, false)
+	}
+	// web is deleted; api is made headless, then made again.
+	w.svcIndexer.Delete(web)
+	h.OnDelete(web)
+	headless := api.DeepCopy()
+	headless.Spec.ClusterIP = corev1.ClusterIPNone
+	w.svcIndexer.Update(headless)
+	h.OnUpdate(api, headless)
+	for deadline := time.Now().Add(10 * time.Second); len(f.keys()) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("stored: %v, want none once the kvstore takes the deletes (failures left %v)", f.keys(), f.failDeletes)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// web's delete fails again, and web is made again before the retry.
+	f.failDeletes["default/web"] = 1
+	w.svcIndexer.Add(web)
+	h.OnAdd(web, false)
+	w.svcIndexer.Delete(web)
+	h.OnDelete(web)
+	again := clusterIPService("web", "10.96.0.12")
+	again.UID = "web-2"
+	w.svcIndexer.Add(again)
+	h.OnAdd(again, false)
+	time.Sleep(50 * time.Millisecond) // the retry has run by now
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s := f.svcs["default/web"]; s == nil || s.Spec.ClusterIP != "10.96.0.12" {
+		t.Fatalf("web made again: stored %v, want it on 10.96.0.12", s)
+	}
+}
+
+// Two failed removals of one name before the retry (the Service made
+// again and deleted again): the retry removes the latest object's
+// service, not only the first object's (whose UID no longer matches).
+func TestServiceRetriedRemovalIsTheLatest(t *testing.T) {
+	defer func(d time.Duration) { pruneRetry = d }(pruneRetry)
+	pruneRetry = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := &storedServices{failDeletes: map[string]int{"default/web": 2}}
+	w := serviceWatcher(f)
+	h := w.serviceHandler(ctx)
+	for _, uid := range []string{"web-1", "web-2"} {
+		ks := clusterIPService("web", "10.96.0.10")
+		ks.UID = types.UID(uid)
+		w.svcIndexer.Add(ks)
+		h.OnAdd(ks, false)
+		w.svcIndexer.Delete(ks)
+		h.OnDelete(ks)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(f.keys()) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("stored: %v, want none: both objects are deleted", f.keys())
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
