@@ -277,72 +277,92 @@ func proto(p string) uint8 {
 	return unix.IPPROTO_TCP
 }
 
-// apply computes the frontends of one service and writes them; m.mu held.
-func (m *Manager) apply(key string) {
+// lbEntry is one frontend's datapath entry of a service.
+type lbEntry struct {
+	fe  datapath.Frontend
+	lbs datapath.LBService
+	ok  bool // false: its table could not be made (counted and logged)
+}
+
+// entries computes the status and the datapath entries of the local
+// service key (ok false if there is none); m.mu held.
+func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	s := m.local[key]
-	var want []datapath.Frontend
-	if s != nil {
-		st := Status{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Type: s.Spec.Type, Options: s.Options(),
-			Algorithm: s.Algorithm(m.cfg.Algorithm), AffinityTimeout: s.AffinityTimeout(), Clusters: []string{m.cfg.Cluster}, Spec: s}
-		if st.Options.Global {
-			for c, r := range m.remote[key] {
-				if o := r.Options(); o.Global && o.Shared && c != m.cfg.Cluster {
-					st.Clusters = append(st.Clusters, c)
-				}
+	if s == nil {
+		return Status{}, nil, false
+	}
+	st = Status{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Type: s.Spec.Type, Options: s.Options(),
+		Algorithm: s.Algorithm(m.cfg.Algorithm), AffinityTimeout: s.AffinityTimeout(), Clusters: []string{m.cfg.Cluster}, Spec: s}
+	if st.Options.Global {
+		for c, r := range m.remote[key] {
+			if o := r.Options(); o.Global && o.Shared && c != m.cfg.Cluster {
+				st.Clusters = append(st.Clusters, c)
 			}
-			slices.Sort(st.Clusters[1:])
 		}
-		alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
-		for _, fe := range s.Frontends(m.cfg.NodeIPs) {
-			views := Select(s, m.remote[key], m.cfg.Cluster, fe, alive)
-			fst := FrontendStatus{Frontend: fe, Backends: views}
-			dfe := datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
-			want = append(want, dfe)
-			lbs := datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}
-			pref, table, err := m.table(st, views, &fst)
-			st.Frontends = append(st.Frontends, fst)
-			if err != nil {
-				m.errors++
-				slog.Error("maglev table", "service", key, "err", err)
+		slices.Sort(st.Clusters[1:])
+	}
+	alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
+	for _, fe := range s.Frontends(m.cfg.NodeIPs) {
+		views := Select(s, m.remote[key], m.cfg.Cluster, fe, alive)
+		fst := FrontendStatus{Frontend: fe, Backends: views}
+		e := lbEntry{fe: datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)},
+			lbs: datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}}
+		pref, table, err := m.table(st, views, &fst)
+		st.Frontends = append(st.Frontends, fst)
+		if err != nil {
+			m.errors++
+			slog.Error("maglev table", "service", key, "err", err)
+			ents = append(ents, e)
+			continue
+		}
+		for _, b := range pref {
+			e.lbs.Backends = append(e.lbs.Backends, datapath.LBBackend{IP: b.Addr(), Port: b.Port()})
+		}
+		if table != nil {
+			e.lbs.Algorithm, e.lbs.Maglev = datapath.AlgMaglev, table
+		}
+		e.ok = true
+		ents = append(ents, e)
+	}
+	return st, ents, true
+}
+
+// apply computes the frontends of one service and writes them; m.mu held.
+// A frontend another service holds too (older agents stored two at once)
+// stays in the datapath when this one lets it go, serving that one.
+func (m *Manager) apply(key string) {
+	var want []datapath.Frontend
+	if st, ents, ok := m.entries(key); ok {
+		for _, e := range ents {
+			want = append(want, e.fe)
+			if !e.ok {
 				continue
 			}
-			for _, b := range pref {
-				lbs.Backends = append(lbs.Backends, datapath.LBBackend{IP: b.Addr(), Port: b.Port()})
-			}
-			if table != nil {
-				lbs.Algorithm, lbs.Maglev = datapath.AlgMaglev, table
-			}
-			if err := m.cfg.Datapath.UpsertService(dfe, lbs); err != nil {
+			if err := m.cfg.Datapath.UpsertService(e.fe, e.lbs); err != nil {
 				m.errors++
-				slog.Error("writing a service frontend to the datapath", "service", key, "frontend", fe, "err", err)
+				slog.Error("writing a service frontend to the datapath", "service", key, "frontend", e.fe, "err", err)
 			}
 		}
 		m.status[key] = st
 	} else {
 		delete(m.status, key)
 	}
-	var serveOthers []string
 	for _, old := range m.applied[key] {
 		if slices.Contains(want, old) {
 			continue
 		}
 		delete(m.holders[old], key)
 		if len(m.holders[old]) > 0 {
-			// Another service holds this frontend too: it stays in the
-			// datapath, serving that one.
 			if m.byFE[old] == key {
 				other := slices.Sorted(maps.Keys(m.holders[old]))[0]
 				m.byFE[old] = other
-				serveOthers = append(serveOthers, other)
+				m.handOver(other, old)
 			}
 			continue
 		}
 		delete(m.holders, old)
 		delete(m.byFE, old)
-		if err := m.cfg.Datapath.DeleteService(old); err != nil {
-			m.errors++
-			slog.Error("removing a service frontend from the datapath", "frontend", old, "err", err)
-		}
+		m.unload(old)
 	}
 	for _, fe := range want {
 		m.byFE[fe] = key
@@ -356,9 +376,34 @@ func (m *Manager) apply(key string) {
 	} else {
 		m.applied[key] = want
 	}
-	slices.Sort(serveOthers)
-	for _, other := range slices.Compact(serveOthers) {
-		m.apply(other)
+}
+
+// handOver writes the entry of service key for frontend fe, which the
+// service served there until now let go; only that frontend (key's others
+// stay as they are). If key's entry cannot be written, the frontend is
+// removed rather than left serving the backends of the service that let
+// it go. m.mu held.
+func (m *Manager) handOver(key string, fe datapath.Frontend) {
+	_, ents, _ := m.entries(key)
+	for _, e := range ents {
+		if e.fe != fe || !e.ok {
+			continue
+		}
+		err := m.cfg.Datapath.UpsertService(fe, e.lbs)
+		if err == nil {
+			return
+		}
+		m.errors++
+		slog.Error("writing a service frontend to the datapath", "service", key, "frontend", fe, "err", err)
+	}
+	m.unload(fe)
+}
+
+// unload removes frontend fe from the datapath; m.mu held.
+func (m *Manager) unload(fe datapath.Frontend) {
+	if err := m.cfg.Datapath.DeleteService(fe); err != nil {
+		m.errors++
+		slog.Error("removing a service frontend from the datapath", "frontend", fe, "err", err)
 	}
 }
 

@@ -1229,3 +1229,55 @@ func TestManagerSharedFrontendOutlivesEitherDelete(t *testing.T) {
 		})
 	}
 }
+
+// The hand-over of a shared frontend writes only that frontend: the other
+// service's other frontends stay as the datapath had them. And a hand-over
+// the datapath refuses removes the frontend rather than leaving it serving
+// the backends of the service that let it go.
+func TestManagerSharedFrontendHandOver(t *testing.T) {
+	ctx := context.Background()
+	m, kv := etcdManager(t)
+	dp := m.cfg.Datapath.(*fakeDP)
+	put := func(name, ports, backend string) {
+		t.Helper()
+		data := fmt.Sprintf(`{"metadata":{"name":%q,"namespace":"default"},"spec":{"clusterIP":"10.96.0.10","ports":[%s]},"backends":[{"ip":%q}]}`, name, ports, backend)
+		if _, err := kv.Raw().Put(ctx, Prefix+"c1/default/"+name, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served := func(port uint16) string {
+		svcs, _ := dp.snapshot()
+		s, ok := svcs[datapath.Frontend{IP: netip.MustParseAddr("10.96.0.10"), Port: port, Proto: unix.IPPROTO_TCP}]
+		if !ok || len(s.Backends) != 1 {
+			return fmt.Sprint(s.Backends)
+		}
+		return s.Backends[0].IP.String()
+	}
+	both := `{"name":"http","port":80},{"name":"https","port":443}`
+	put("a", both, "10.0.0.1")
+	put("b", both, "10.0.0.2")
+	waitFor(t, func() bool { return served(80) == "10.0.0.2" && served(443) == "10.0.0.2" })
+	put("a", both, "10.0.0.3") // a is served on both now
+	waitFor(t, func() bool { return served(80) == "10.0.0.3" && served(443) == "10.0.0.3" })
+	put("a", `{"port":80}`, "10.0.0.4") // a lets 443 go: b serves it; 80 stays a's
+	waitFor(t, func() bool { return served(80) == "10.0.0.4" && served(443) == "10.0.0.2" })
+	if got := served(80); got != "10.0.0.4" {
+		t.Fatalf("10.96.0.10:80 serves %s after the hand-over of 443, want a's 10.0.0.4", got)
+	}
+
+	// b is served on 443, and the datapath refuses the hand-over of
+	// b's delete to a: the frontend goes, not left with b's backends.
+	put("a", both, "10.0.0.6")
+	put("b", `{"name":"https","port":443}`, "10.0.0.7")
+	waitFor(t, func() bool { return served(80) == "10.0.0.6" && served(443) == "10.0.0.7" })
+	dp.mu.Lock()
+	dp.fail = errors.New("map full")
+	dp.mu.Unlock()
+	if _, err := kv.Raw().Delete(ctx, Prefix+"c1/default/b"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(m.List()) == 1 })
+	if got := served(443); got != "[]" {
+		t.Fatalf("10.96.0.10:443 serves %s after b's delete and a refused hand-over, want no entry", got)
+	}
+}
