@@ -101,9 +101,9 @@ type Watcher struct {
 	// service.ErrBusy (one timer each; under conflictMu).
 	busy map[string]bool
 	// removing are the Services whose removal the kvstore failed,
-	// waiting to be tried again, with the UID of the object to remove
-	// (the latest failed; "" by name) (one timer each; under conflictMu).
-	removing map[string]string
+	// waiting to be tried again, with the UIDs of the objects to remove
+	// ("" by name) (one timer each; under conflictMu).
+	removing map[string]map[string]bool
 	// storeMu orders the stores of syncService (run by the handlers, the
 	// prune's goroutine and busy timers) with removeService's deletes: a
 	// store that read a Service just before its delete event completes

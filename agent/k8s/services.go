@@ -94,7 +94,7 @@ func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandler
 				// any more (it stayed stored before).
 				// By name: a Service made again headless under its name (a
 				// relist after a missed delete) is still the one to remove.
-				w.removeAndRetry(ctx, s.Namespace, s.Name, "", "its Service is no longer load-balanced", pruneRetry)
+				w.removeAndRetry(ctx, s.Namespace, s.Name, "", "its Service is no longer load-balanced")
 				return
 			}
 			w.syncService(ctx, s.Namespace, s.Name)
@@ -104,7 +104,7 @@ func (w *Watcher) serviceHandler(ctx context.Context) cache.ResourceEventHandler
 				obj = t.Obj
 			}
 			if s, ok := obj.(*corev1.Service); ok {
-				w.removeAndRetry(ctx, s.Namespace, s.Name, string(s.UID), "its Service is deleted", pruneRetry)
+				w.removeAndRetry(ctx, s.Namespace, s.Name, string(s.UID), "its Service is deleted")
 			}
 		},
 	}
@@ -130,53 +130,110 @@ func loadBalanced(s *corev1.Service) bool {
 // the new one's); the error is the kvstore's (logged here).
 func (w *Watcher) removeService(ctx context.Context, namespace, name string, rev int64, uid, why string) error {
 	w.storeMu.Lock()
-	done, err := w.services.DeleteFrom(ctx, namespace, name, service.SourceKubernetes, rev, uid)
+	done, err := w.removeServiceLocked(ctx, namespace, name, rev, uid, why)
 	w.storeMu.Unlock()
-	switch {
-	case err != nil:
-		slog.Warn("kubernetes service not removed", "service", namespace+"/"+name, "why", why, "err", err)
-	case done:
-		slog.Info("kubernetes service removed: "+why, "service", namespace+"/"+name)
+	if done {
 		w.retryConflicted(ctx)
 	}
 	return err
 }
 
-// removeAndRetry is removeService for an event (rev 0): a removal the
-// kvstore failed is tried again after wait (doubling to 30 s) until it is
-// done, or until a load-balanced Service of the name is back (which is
-// then stored, over what the failed removal left). One pending retry
-// per Service, which removes the object of the latest failed removal. Before 2026-12-04 the failure was logged only, and the
-// service stayed stored, load-balanced on every node, until an agent's
-// next start.
-func (w *Watcher) removeAndRetry(ctx context.Context, namespace, name, uid, why string, wait time.Duration) {
+// removeServiceLocked is removeService with storeMu held, but for the retry of
+// the conflicted Services, which the caller runs (after storeMu) if done.
+func (w *Watcher) removeServiceLocked(ctx context.Context, namespace, name string, rev int64, uid, why string) (bool, error) {
+	done, err := w.services.DeleteFrom(ctx, namespace, name, service.SourceKubernetes, rev, uid)
+	switch {
+	case err != nil:
+		slog.Warn("kubernetes service not removed", "service", namespace+"/"+name, "why", why, "err", err)
+	case done:
+		slog.Info("kubernetes service removed: "+why, "service", namespace+"/"+name)
+	}
+	return done, err
+}
+
+// removeAndRetry is removeService for an event (rev 0, the object uid, or
+// "" for by name): a removal the kvstore failed is tried again, backing
+// off from pruneRetry to 30 s, until it is done, or until a load-balanced
+// Service of the name is back (which is then stored, over what the failed
+// removals left, and tried again while that store fails). Each pending
+// name keeps every object whose removal failed (a Service made again and
+// deleted again before the retry: each is removed), in one timer per
+// name; the retry checks the informer and removes under storeMu, so a
+// Service made load-balanced again is stored, not removed after its
+// store. Before 2026-12-04 the failure was logged only, and the service
+// stayed stored, load-balanced on every node, until an agent's next
+// start.
+func (w *Watcher) removeAndRetry(ctx context.Context, namespace, name, uid, why string) {
 	if w.removeService(ctx, namespace, name, 0, uid, why) == nil || ctx.Err() != nil {
 		return
 	}
 	key := namespace + "/" + name
 	w.conflictMu.Lock()
 	defer w.conflictMu.Unlock()
-	_, pending := w.removing[key]
+	pending := w.removing[key] != nil
 	if w.removing == nil {
-		w.removing = map[string]string{}
+		w.removing = map[string]map[string]bool{}
 	}
-	w.removing[key] = uid // the pending retry removes the latest
-	if pending {
-		return
+	if !pending {
+		w.removing[key] = map[string]bool{}
 	}
+	w.removing[key][uid] = true
+	if !pending {
+		w.retryRemoval(ctx, namespace, name, why, pruneRetry)
+	}
+}
+
+// retryRemoval tries the pending removals of namespace/name again after
+// wait (see removeAndRetry); w.removing[namespace/name] stays set while a
+// timer is pending or running.
+func (w *Watcher) retryRemoval(ctx context.Context, namespace, name, why string, wait time.Duration) {
+	key := namespace + "/" + name
 	time.AfterFunc(wait, func() {
-		w.conflictMu.Lock()
-		uid := w.removing[key]
-		delete(w.removing, key)
-		w.conflictMu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
+		w.conflictMu.Lock()
+		uids := slices.Sorted(maps.Keys(w.removing[key]))
+		w.conflictMu.Unlock()
+		var removed, failed bool
+		var settled []string // done, or not this object's to remove
+		w.storeMu.Lock()
 		if obj, ok, _ := w.svcIndexer.GetByKey(key); ok && loadBalanced(obj.(*corev1.Service)) {
-			w.syncService(ctx, namespace, name)
-			return
+			err := w.syncLocked(ctx, namespace, name)
+			if failed = err != nil && !errors.Is(err, service.ErrConflict) && !errors.Is(err, service.ErrBusy); !failed {
+				settled = uids
+			}
+		} else {
+			for _, uid := range uids {
+				done, err := w.removeServiceLocked(ctx, namespace, name, 0, uid, why)
+				removed = removed || done
+				if err != nil {
+					failed = true
+				} else {
+					settled = append(settled, uid)
+				}
+			}
 		}
-		w.removeAndRetry(ctx, namespace, name, uid, why, min(wait*2, 30*time.Second))
+		w.storeMu.Unlock()
+		if removed {
+			w.retryConflicted(ctx)
+		}
+		w.conflictMu.Lock()
+		for _, uid := range settled {
+			delete(w.removing[key], uid)
+		}
+		again := len(w.removing[key]) > 0
+		if !again {
+			delete(w.removing, key)
+		}
+		w.conflictMu.Unlock()
+		if again {
+			next := min(wait*2, 30*time.Second)
+			if !failed { // only removals failed after this one read the set
+				next = pruneRetry
+			}
+			w.retryRemoval(ctx, namespace, name, why, next)
+		}
 	})
 }
 
@@ -300,13 +357,19 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 	if name == "" {
 		return
 	}
-	key := namespace + "/" + name
 	w.storeMu.Lock()
 	defer w.storeMu.Unlock()
+	w.syncLocked(ctx, namespace, name)
+}
+
+// syncLocked is syncService with storeMu held; the error is the store's
+// (logged here; nil when there is nothing to store).
+func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error {
+	key := namespace + "/" + name
 	obj, ok, _ := w.svcIndexer.GetByKey(key)
 	if !ok || !loadBalanced(obj.(*corev1.Service)) {
 		w.setConflicted(key, false)
-		return
+		return nil
 	}
 	ks := obj.(*corev1.Service)
 	// The object's annotations are the informer's: a copy gets the mark.
@@ -383,6 +446,7 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 	if errors.Is(err, service.ErrBusy) {
 		w.retryBusy(ctx, namespace, name)
 	}
+	return err
 }
 
 // retryBusy stores the Service namespace/name again after busyRetry and a

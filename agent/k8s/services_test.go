@@ -28,9 +28,11 @@ type storedServices struct {
 	// failDeletes fails that many DeleteFrom calls of a key.
 	failDeletes map[string]int
 	// busy answers that many Upserts of a key with service.ErrBusy.
-	busy    map[string]int
-	upserts int // Upsert calls
-	mu      sync.Mutex
+	busy map[string]int
+	// failUpserts fails that many Upserts of a key.
+	failUpserts map[string]int
+	upserts     int // Upsert calls
+	mu          sync.Mutex
 }
 
 func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
@@ -40,6 +42,10 @@ func (f *storedServices) Upsert(_ context.Context, s *service.Service) error {
 	if k := s.Metadata.Namespace + "/" + s.Metadata.Name; f.busy[k] > 0 {
 		f.busy[k]--
 		return fmt.Errorf("%w: again", service.ErrBusy)
+	}
+	if k := s.Metadata.Namespace + "/" + s.Metadata.Name; f.failUpserts[k] > 0 {
+		f.failUpserts[k]--
+		return errors.New("kvstore: unavailable")
 	}
 	if f.svcs == nil {
 		f.svcs, f.revs = map[string]*service.Service{}, map[string]int64{}
@@ -327,7 +333,7 @@ func TestLaggingDeleteLeavesServiceMadeAgain(t *testing.T) {
 // load-balanced on every node) until an agent's next start.
 func TestServiceFailedRemovalIsTriedAgain(t *testing.T) {
 	defer func(d time.Duration) { pruneRetry = d }(pruneRetry)
-	pruneRetry = time.Millisecond
+	pruneRetry = 20 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f := &storedServices{failDeletes: map[string]int{"default/web": 3, "default/api": 2}}
@@ -352,21 +358,19 @@ func TestServiceFailedRemovalIsTriedAgain(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	// web's delete fails again, and web is made again before the retry.
-	f.failDeletes["default/web"] = 1
-	w.svcIndexer.Add(web)
-	h.OnAdd(web, false)
-	w.svcIndexer.Delete(web)
-	h.OnDelete(web)
-	again := clusterIPService("web", "10.96.0.12")
-	again.UID = "web-2"
-	w.svcIndexer.Add(again)
-	h.OnAdd(again, false)
-	time.Sleep(50 * time.Millisecond) // the retry has run by now
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if s := f.svcs["default/web"]; s == nil || s.Spec.ClusterIP != "10.96.0.12" {
-		t.Fatalf("web made again: stored %v, want it on 10.96.0.12", s)
+	// api's removal (made headless) fails, and api is load-balanced again
+	// before the retry: the retry stores it rather than removing it by
+	// name.
+	f.failDeletes["default/api"] = 1
+	w.svcIndexer.Update(api)
+	h.OnUpdate(headless, api)
+	w.svcIndexer.Update(headless)
+	h.OnUpdate(api, headless)
+	w.svcIndexer.Update(api)
+	h.OnUpdate(headless, api)
+	time.Sleep(100 * time.Millisecond) // the retry has run by now
+	if !slices.Equal(f.keys(), []string{"default/api"}) {
+		t.Fatalf("stored: %v, want default/api, load-balanced again", f.keys())
 	}
 }
 
@@ -384,6 +388,39 @@ func TestServiceRetriedRemovalIsTheLatest(t *testing.T) {
 	for _, uid := range []string{"web-1", "web-2"} {
 		ks := clusterIPService("web", "10.96.0.10")
 		ks.UID = types.UID(uid)
+		w.svcIndexer.Add(ks)
+		h.OnAdd(ks, false)
+		w.svcIndexer.Delete(ks)
+		h.OnDelete(ks)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(f.keys()) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("stored: %v, want none: both objects are deleted", f.keys())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A Service deleted (its removal failed), made again (its store failed)
+// and deleted again (failed too): the retry removes the first object's
+// service, still stored. Before, the retry kept only the latest object,
+// whose UID the stored service does not carry, and the first stayed.
+func TestServiceRetriedRemovalsAreEveryObject(t *testing.T) {
+	defer func(d time.Duration) { pruneRetry = d }(pruneRetry)
+	pruneRetry = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := &storedServices{failDeletes: map[string]int{"default/web": 2}, failUpserts: map[string]int{}}
+	w := serviceWatcher(f)
+	h := w.serviceHandler(ctx)
+	for i, uid := range []string{"web-1", "web-2"} {
+		ks := clusterIPService("web", "10.96.0.10")
+		ks.UID = types.UID(uid)
+		if i == 1 {
+			f.mu.Lock()
+			f.failUpserts["default/web"] = 1
+			f.mu.Unlock()
+		}
 		w.svcIndexer.Add(ks)
 		h.OnAdd(ks, false)
 		w.svcIndexer.Delete(ks)
