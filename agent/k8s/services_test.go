@@ -374,62 +374,40 @@ func TestServiceFailedRemovalIsTriedAgain(t *testing.T) {
 	}
 }
 
-// Two failed removals of one name before the retry (the Service made
-// again and deleted again): the retry removes the latest object's
-// service, not only the first object's (whose UID no longer matches).
-func TestServiceRetriedRemovalIsTheLatest(t *testing.T) {
-	defer func(d time.Duration) { pruneRetry = d }(pruneRetry)
-	pruneRetry = 20 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f := &storedServices{failDeletes: map[string]int{"default/web": 2}}
-	w := serviceWatcher(f)
-	h := w.serviceHandler(ctx)
-	for _, uid := range []string{"web-1", "web-2"} {
-		ks := clusterIPService("web", "10.96.0.10")
-		ks.UID = types.UID(uid)
-		w.svcIndexer.Add(ks)
-		h.OnAdd(ks, false)
-		w.svcIndexer.Delete(ks)
-		h.OnDelete(ks)
-	}
-	for deadline := time.Now().Add(10 * time.Second); len(f.keys()) != 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("stored: %v, want none: both objects are deleted", f.keys())
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// A Service deleted (its removal failed), made again (its store failed)
-// and deleted again (failed too): the retry removes the first object's
-// service, still stored. Before, the retry kept only the latest object,
-// whose UID the stored service does not carry, and the first stayed.
+// A Service deleted (its removal failed), made again and deleted again
+// (failed too) before the retry: the retry removes whichever object's
+// service is stored, the first's when the second's store failed too.
+// Before, the retry kept only the latest object, whose UID the stored
+// service does not carry when its store failed, and the first stayed.
 func TestServiceRetriedRemovalsAreEveryObject(t *testing.T) {
 	defer func(d time.Duration) { pruneRetry = d }(pruneRetry)
 	pruneRetry = 20 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f := &storedServices{failDeletes: map[string]int{"default/web": 2}, failUpserts: map[string]int{}}
-	w := serviceWatcher(f)
-	h := w.serviceHandler(ctx)
-	for i, uid := range []string{"web-1", "web-2"} {
-		ks := clusterIPService("web", "10.96.0.10")
-		ks.UID = types.UID(uid)
-		if i == 1 {
-			f.mu.Lock()
-			f.failUpserts["default/web"] = 1
-			f.mu.Unlock()
-		}
-		w.svcIndexer.Add(ks)
-		h.OnAdd(ks, false)
-		w.svcIndexer.Delete(ks)
-		h.OnDelete(ks)
-	}
-	for deadline := time.Now().Add(10 * time.Second); len(f.keys()) != 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("stored: %v, want none: both objects are deleted", f.keys())
-		}
-		time.Sleep(time.Millisecond)
+	for _, storeFails := range []bool{false, true} {
+		t.Run(fmt.Sprintf("second store fails %v", storeFails), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			f := &storedServices{failDeletes: map[string]int{"default/web": 2}, failUpserts: map[string]int{}}
+			w := serviceWatcher(f)
+			h := w.serviceHandler(ctx)
+			for i, uid := range []string{"web-1", "web-2"} {
+				ks := clusterIPService("web", "10.96.0.10")
+				ks.UID = types.UID(uid)
+				if i == 1 && storeFails {
+					f.mu.Lock()
+					f.failUpserts["default/web"] = 1
+					f.mu.Unlock()
+				}
+				w.svcIndexer.Add(ks)
+				h.OnAdd(ks, false)
+				w.svcIndexer.Delete(ks)
+				h.OnDelete(ks)
+			}
+			for deadline := time.Now().Add(10 * time.Second); len(f.keys()) != 0; {
+				if time.Now().After(deadline) {
+					t.Fatalf("stored: %v, want none: both objects are deleted", f.keys())
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
 	}
 }
