@@ -166,6 +166,13 @@ func validRequest(req *http.Request) error {
 			}
 		}
 	}
+	// CONNECT takes host:port only (RFC 9112 3.2.3). ReadRequest keeps a
+	// path there as the URL's path, which path rules would match, and a
+	// server answering it 2xx would make the connection a tunnel for
+	// requests the proxy never sees.
+	if req.Method == http.MethodConnect && (req.URL.Host == "" || req.URL.Path != "" || req.URL.Scheme != "" || req.URL.RawQuery != "") {
+		return fmt.Errorf("CONNECT target %q: want host:port", req.RequestURI)
+	}
 	if e := req.Header.Get("Expect"); e != "" && !strings.EqualFold(e, "100-continue") {
 		return fmt.Errorf("%w %q", errExpect, e)
 	}
@@ -300,6 +307,18 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 	return upgrade
 }
 
+// upgradesTo reports whether the Upgrade value (a list of protocols,
+// each name[/version]) names protocol, in any case.
+func upgradesTo(upgrade, protocol string) bool {
+	for p := range strings.SplitSeq(upgrade, ",") {
+		name, _, _ := strings.Cut(textproto.TrimString(p), "/")
+		if strings.EqualFold(textproto.TrimString(name), protocol) {
+			return true
+		}
+	}
+	return false
+}
+
 // forwardH1 sends an allowed request upstream and its response back. It
 // returns the status the client got, whether both connections are still
 // in step for another request and whether the client connection must
@@ -310,11 +329,13 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 	// Hop-by-hop headers are this hop's. An upgrade is passed on, as
 	// the one Upgrade asked for, except to h2c: its HTTP/2 streams would
 	// pass the proxy unseen (the request goes on as HTTP/1.1).
-	if upgrade := removeHopHeaders(req.Header); upgrade != "" && !strings.EqualFold(upgrade, "h2c") {
+	// An Upgrade naming h2c among others is not passed on either (a
+	// server may pick it from the list), and HTTP2-Settings never is.
+	upgrade := removeHopHeaders(req.Header)
+	req.Header.Del("Http2-Settings")
+	if upgrade != "" && !upgradesTo(upgrade, "h2c") {
 		req.Header.Set("Connection", "Upgrade")
 		req.Header.Set("Upgrade", upgrade)
-	} else {
-		req.Header.Del("Http2-Settings")
 	}
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // Request.Write would add Go's

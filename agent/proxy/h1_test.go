@@ -302,6 +302,42 @@ func TestH1EdgeCases(t *testing.T) {
 		}
 	})
 
+	t.Run("an h2c among the upgrades goes on as HTTP/1.1", func(t *testing.T) {
+		c := h.dial()
+		io.WriteString(c, "GET /public/h2c HTTP/1.1\r\nHost: pods\r\nConnection: Upgrade\r\nUpgrade: websocket, H2C\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+		resp, body := readResponse(t, bufio.NewReader(c), "GET")
+		if resp.StatusCode != 200 || body != "plain" {
+			t.Errorf("upgrade to websocket or h2c: %d %q, want 200 \"plain\" (no tunnel)", resp.StatusCode, body)
+		}
+		c = h.dial()
+		io.WriteString(c, "GET /public/headers HTTP/1.1\r\nHost: pods\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+		_, body = readResponse(t, bufio.NewReader(c), "GET")
+		var got http.Header
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Get("Upgrade") != "websocket" || got.Get("Http2-Settings") != "" {
+			t.Errorf("upstream saw Upgrade %q and HTTP2-Settings %q, want websocket and none", got.Get("Upgrade"), got.Get("Http2-Settings"))
+		}
+	})
+
+	t.Run("a CONNECT to a path is refused", func(t *testing.T) {
+		// The path rule matches it, and a server answering it 2xx would
+		// make it a tunnel for requests the proxy never sees.
+		c := h.dial()
+		io.WriteString(c, "CONNECT /public/x HTTP/1.1\r\nHost: pods\r\n\r\n")
+		br := bufio.NewReader(c)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusBadRequest {
+			io.WriteString(c, "GET /private/x HTTP/1.1\r\nHost: pods\r\n\r\n")
+			t.Fatalf("CONNECT /public/x: %d, want 400 (through the tunnel GET /private/x would reach the server)", resp.StatusCode)
+		}
+	})
+
 	t.Run("an early answer is not held behind the body", func(t *testing.T) {
 		c := h.dial()
 		// The client waits for 100 Continue before it sends its body.
