@@ -42,6 +42,11 @@ func traceRequest(req types.TraceRequest, proto string) (*http.Request, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: httpPath %q: %v", errBadRequest, path, err)
 	}
+	// As the proxy decides on it (dot segments resolved, ...).
+	r0 := &http.Request{URL: u}
+	if err := proxy.NormalizePath(r0); err != nil {
+		return nil, fmt.Errorf("%w: httpPath %q: the proxy answers 400: %v", errBadRequest, path, err)
+	}
 	if !httpguts.ValidHostHeader(req.HTTPHost) {
 		return nil, fmt.Errorf("%w: httpHost %q: not a host", errBadRequest, req.HTTPHost)
 	}

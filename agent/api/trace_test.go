@@ -54,6 +54,7 @@ func TestTraceHTTPBadParameters(t *testing.T) {
 		{map[string]any{"httpMethod": ""}, ""}, // no request: fine
 		{map[string]any{"httpPath": "public/a"}, "httpPath"},
 		{map[string]any{"httpPath": "/a b"}, "httpPath"},
+		{map[string]any{"httpPath": "/public/..%2fa"}, "httpPath"}, // the proxy answers 400
 		{map[string]any{"httpHost": "a b"}, "httpHost"},
 		{map[string]any{"httpHeaders": []string{"X Bad: 1"}}, "httpHeaders[0]"},
 		{map[string]any{"httpHeaders": []string{"X-Ok: 1", "host: other"}}, "httpHeaders[1]"}, // the Host is httpHost
@@ -104,6 +105,11 @@ func TestTraceHTTPVerdict(t *testing.T) {
 	if h := got.HTTP; h == nil || h.Verdict != "denied" || h.Status != 403 || len(h.Sides) != 1 || h.Sides[0].Rule != nil ||
 		!strings.Contains(h.Reason, "ingress of dst: no HTTP rule matches") {
 		t.Fatalf("POST: %+v", got.HTTP)
+	}
+	// The path as the proxy decides on it: dot segments resolved.
+	got, _ = traceHTTP(t, srv, map[string]any{"httpMethod": "GET", "httpPath": "/public/%2e%2e/private"})
+	if h := got.HTTP; h == nil || h.Verdict != "denied" {
+		t.Fatalf("GET /public/%%2e%%2e/private: %+v, want denied", got.HTTP)
 	}
 	// The path defaults to "/", the method to GET.
 	got, _ = traceHTTP(t, srv, map[string]any{"httpHost": "db"})

@@ -110,6 +110,9 @@ func (p *Proxy) serveH1(dc *downConn) {
 		if err == nil {
 			err = validRequest(req)
 		}
+		if err == nil {
+			err = NormalizePath(req)
+		}
 		if err != nil {
 			p.badRequest(dc, err, lim.N <= 0)
 			return

@@ -338,6 +338,25 @@ func TestH1EdgeCases(t *testing.T) {
 		}
 	})
 
+	t.Run("paths are decided on as servers resolve them", func(t *testing.T) {
+		for path, want := range map[string]int{
+			"/public/../admin": 403, "/public/%2e%2e/admin": 403, "/public/..%2fadmin": 400,
+			"/public/..;/admin": 400, "/public/./a/../b": 200,
+		} {
+			c := h.dial()
+			io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: pods\r\n\r\n")
+			resp, body := readResponse(t, bufio.NewReader(c), "GET")
+			if resp.StatusCode != want {
+				t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+			} else if want == 200 {
+				if e := decodeEcho(t, body); e.Path != "/public/b" {
+					t.Errorf("GET %s reached the upstream as %q, want /public/b", path, e.Path)
+				}
+			}
+			c.Close()
+		}
+	})
+
 	t.Run("an early answer is not held behind the body", func(t *testing.T) {
 		c := h.dial()
 		// The client waits for 100 Continue before it sends its body.

@@ -714,6 +714,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no connection", http.StatusInternalServerError)
 		return
 	}
+	if err := NormalizePath(r); err != nil {
+		p.log.Debug("L7 proxy: bad request", "src", dc.src, "err", err)
+		http.Error(w, "Bad Request", http.StatusBadRequest)
+		return
+	}
 	recs, denied := p.judge(dc, r, start)
 	if denied {
 		p.finish(recs, start, p.deny(w, r, recs[len(recs)-1].Reason), Denied)
