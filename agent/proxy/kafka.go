@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
-	"golang.org/x/sync/semaphore"
 )
 
 // maxKafkaFrame bounds a Kafka response: a bigger one closes the
@@ -30,10 +29,12 @@ const maxKafkaFrame = 100 << 20
 // request is parsed whole before it is decided, and parsing can take many
 // times its size (arrays of small elements), so the requests being read
 // and parsed at once share kafkaRequestBudget bytes: a client waits for
-// room, up to its idle timeout.
+// room, up to its idle timeout. A source (address and identity) holds at
+// most a quarter of it, so one pod announcing requests it then sends
+// slowly (or never) cannot keep the others' requests waiting.
 const maxKafkaRequest = 8 << 20
 
-var kafkaRequestBudget = semaphore.NewWeighted(64 << 20)
+var kafkaRequestBudget = newByteShare(64<<20, 16<<20)
 
 // maxKafkaInFlight bounds the requests of one connection waiting for
 // their responses; the proxy reads no more requests until one is answered.
@@ -649,7 +650,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 		n, err := readKafkaSize(r, maxKafkaRequest)
 		var framed []byte
 		if err == nil {
-			framed, err = readBudgeted(r, n, p.opts.IdleTimeout)
+			framed, err = readBudgeted(r, dc.who, n, p.opts.IdleTimeout)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -676,7 +677,7 @@ func (kc *kafkaConn) serve(srcID uint32, n int32, framed []byte) bool {
 	clear(kc.tried)
 	kc.resolveBy = time.Now().Add(kafkaResolveTimeout)
 	v := p.judgeKafka(kc.dc, srcID, kc.scope, framed[4:], kc.resolveID)
-	kafkaRequestBudget.Release(int64(n)) // parsed and decided
+	kafkaRequestBudget.release(kc.dc.who, int64(n)) // parsed and decided
 	if v.close {
 		return false
 	}
@@ -916,17 +917,17 @@ func readKafkaSize(r io.Reader, limit int32) (int32, error) {
 // has room for it (waiting at most wait), and returns the frame with its
 // size prefix; on success the caller releases n after deciding the
 // request.
-func readBudgeted(r io.Reader, n int32, wait time.Duration) ([]byte, error) {
+func readBudgeted(r io.Reader, who source, n int32, wait time.Duration) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	if err := kafkaRequestBudget.Acquire(ctx, int64(n)); err != nil {
+	if err := kafkaRequestBudget.acquire(ctx, who, int64(n)); err != nil {
 		return nil, fmt.Errorf("%w: no room for a %d-byte request: %w", ErrKafkaFrame, n, err)
 	}
 	b := getKafkaBuf(4 + int(n)) // the budget holds n already: allocated at once
 	binary.BigEndian.PutUint32(b, uint32(n))
 	if _, err := io.ReadFull(r, b[4:]); err != nil {
 		putKafkaBuf(b)
-		kafkaRequestBudget.Release(int64(n))
+		kafkaRequestBudget.release(who, int64(n))
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}

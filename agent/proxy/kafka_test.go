@@ -646,3 +646,42 @@ func TestKafkaBufs(t *testing.T) {
 		t.Fatalf("getKafkaBuf(5000): cap %d, want 8192 (a pool's)", cap(b))
 	}
 }
+
+// One source announcing large requests on several connections and
+// sending nothing more holds its own share of the request budget, not
+// the whole: another source's requests go on. Before, eight such
+// connections (8 MiB each) held the node's 64 MiB, and every other
+// client's request waited until its idle timeout.
+func TestKafkaSlowRequestsHoldOnlyTheirShare(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{})
+	good := h.raw()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}, Timeout: 5 * time.Second}
+	for range 8 {
+		c, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write(binary.BigEndian.AppendUint32(nil, maxKafkaRequest)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the proxy has read the sizes
+	done := make(chan kmsg.Response, 1)
+	go func() {
+		good.c.SetDeadline(time.Now().Add(5 * time.Second))
+		framed := kafkaRequestFrame(metadataReq(12, "topic1"), 1, "c")
+		if _, err := good.c.Write(framed); err != nil {
+			done <- nil
+			return
+		}
+		if _, err := readKafkaFrame(good.c); err != nil {
+			done <- nil
+			return
+		}
+		done <- &kmsg.MetadataResponse{}
+	}()
+	if r := <-done; r == nil {
+		t.Fatal("another source's request got no answer while eight slow 8 MiB requests were announced")
+	}
+}

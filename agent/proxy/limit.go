@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // source is who sent a query or opened a connection: its address and
@@ -124,4 +126,66 @@ func (s *slotShare) drop(who source, i int) {
 		return
 	}
 	s.bySrc[who] = slices.Delete(s.bySrc[who], i, i+1)
+}
+
+// byteShare is a budget of bytes (semaphore) shared by sources, each of
+// which holds at most perSource of it at once: one source's connections
+// that announce large requests and then send them slowly hold their own
+// share, not the whole budget.
+type byteShare struct {
+	total     *semaphore.Weighted
+	perSource int64
+	mu        sync.Mutex
+	srcs      map[source]*sourceBytes
+}
+
+// sourceBytes is one source's share and how many callers use it.
+type sourceBytes struct {
+	sem   *semaphore.Weighted
+	users int
+}
+
+func newByteShare(total, perSource int64) *byteShare {
+	return &byteShare{total: semaphore.NewWeighted(total), perSource: perSource, srcs: map[source]*sourceBytes{}}
+}
+
+// acquire takes n bytes for who, from its share and then from the total,
+// waiting until ctx ends; on success the caller calls release(who, n).
+func (b *byteShare) acquire(ctx context.Context, who source, n int64) error {
+	b.mu.Lock()
+	s := b.srcs[who]
+	if s == nil {
+		s = &sourceBytes{sem: semaphore.NewWeighted(b.perSource)}
+		b.srcs[who] = s
+	}
+	s.users++
+	b.mu.Unlock()
+	err := s.sem.Acquire(ctx, n)
+	if err == nil {
+		if err = b.total.Acquire(ctx, n); err != nil {
+			s.sem.Release(n)
+		}
+	}
+	if err != nil {
+		b.leave(who, s)
+	}
+	return err
+}
+
+// release gives back n bytes who acquired.
+func (b *byteShare) release(who source, n int64) {
+	b.total.Release(n)
+	b.mu.Lock()
+	s := b.srcs[who]
+	b.mu.Unlock()
+	s.sem.Release(n)
+	b.leave(who, s)
+}
+
+func (b *byteShare) leave(who source, s *sourceBytes) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s.users--; s.users == 0 {
+		delete(b.srcs, who)
+	}
 }

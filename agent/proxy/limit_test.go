@@ -177,3 +177,38 @@ func TestSlotShareCheapDatagramsCutNothingShort(t *testing.T) {
 		t.Fatalf("%d of the busy sources' queries cut short by %d cheap datagrams", cancelled, taken)
 	}
 }
+
+// A source holds at most its share of a byteShare, the sources together
+// at most the total, and a source holding nothing is forgotten.
+func TestByteShare(t *testing.T) {
+	b := newByteShare(10, 4)
+	a, c := source{addr: netip.MustParseAddr("10.0.0.1")}, source{addr: netip.MustParseAddr("10.0.0.2")}
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	if err := b.acquire(short(), a, 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.acquire(short(), a, 1); err == nil {
+		t.Fatal("a source took more than its share")
+	}
+	for range 2 {
+		if err := b.acquire(short(), c, 3); err != nil {
+			t.Fatalf("another source was kept out: %v", err)
+		}
+		c.id++
+	}
+	if err := b.acquire(short(), c, 1); err == nil {
+		t.Fatal("the sources took more than the total")
+	}
+	b.release(a, 4)
+	c.id = 0
+	b.release(c, 3)
+	c.id = 1
+	b.release(c, 3)
+	if len(b.srcs) != 0 {
+		t.Fatalf("sources holding nothing are kept: %v", b.srcs)
+	}
+}
