@@ -44,6 +44,7 @@ const maxKafkaInFlight = 1024
 const (
 	kafkaTopicAuthorizationFailed   int16 = 29
 	kafkaUnknownTopicID             int16 = 100
+	kafkaFetchSessionIDNotFound     int16 = 70
 	kafkaClusterAuthorizationFailed int16 = 31
 	kafkaUnsupportedVersion         int16 = 35
 )
@@ -588,6 +589,9 @@ type kafkaPending struct {
 	// internal is the proxy's own request (resolveID): closed once its
 	// response is read; the response is never sent to the client.
 	internal chan struct{}
+	// opensSession: a Fetch opening a fetch session, whose ID the
+	// response gives (kafkaConn.sessions).
+	opensSession bool
 }
 
 // kafkaConn is a downstream Kafka connection being served.
@@ -610,6 +614,45 @@ type kafkaConn struct {
 	corr      int32
 	tried     map[[16]byte]bool
 	resolveBy time.Time
+
+	// sessions are the fetch sessions the broker opened on this
+	// connection (under mu): the only ones incremental Fetches may use.
+	sessions map[int32]bool
+}
+
+// maxKafkaSessions bounds the fetch sessions one connection keeps (a
+// client has one per broker connection); past it the oldest are
+// forgotten all at once.
+const maxKafkaSessions = 64
+
+// session reports whether the fetch session id was opened on kc.
+func (kc *kafkaConn) session(id int32) bool {
+	kc.mu.Lock()
+	defer kc.mu.Unlock()
+	return kc.sessions[id]
+}
+
+// learnSession notes the session a Fetch opening one got (its response,
+// framed); kc.mu held.
+func (kc *kafkaConn) learnSession(pd *kafkaPending, framed []byte) {
+	body := framed[8:]
+	if pd.version >= 12 { // flexible: the header's tagged fields first
+		var err error
+		if body, err = skipTags(body); err != nil {
+			return
+		}
+	}
+	if len(body) < 10 { // ThrottleMillis, ErrorCode, SessionID
+		return
+	}
+	id := int32(binary.BigEndian.Uint32(body[6:10]))
+	if id == 0 {
+		return
+	}
+	if kc.sessions == nil || len(kc.sessions) >= maxKafkaSessions {
+		kc.sessions = map[int32]bool{}
+	}
+	kc.sessions[id] = true
 }
 
 func (kc *kafkaConn) close() {
@@ -676,7 +719,7 @@ func (kc *kafkaConn) serve(srcID uint32, n int32, framed []byte) bool {
 	p := kc.p
 	clear(kc.tried)
 	kc.resolveBy = time.Now().Add(kafkaResolveTimeout)
-	v := p.judgeKafka(kc.dc, srcID, kc.scope, framed[4:], kc.resolveID)
+	v := p.judgeKafka(kc.dc, srcID, kc.scope, framed[4:], kc.resolveID, kc.session)
 	kafkaRequestBudget.release(kc.dc.who, int64(n)) // parsed and decided
 	if v.close {
 		return false
@@ -698,7 +741,9 @@ func (kc *kafkaConn) serve(srcID uint32, n int32, framed []byte) bool {
 	}
 	if !v.q.noResponse {
 		kc.mu.Lock()
-		kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, upstream: true, merge: v.merge, visible: v.visible})
+		fr, fetch := v.q.body.(*kmsg.FetchRequest)
+		kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, upstream: true, merge: v.merge, visible: v.visible,
+			opensSession: fetch && fr.Version >= 7 && fr.SessionEpoch == 0})
 		kc.mu.Unlock()
 	} else {
 		<-kc.slots
@@ -799,6 +844,9 @@ func (kc *kafkaConn) readUpstream() {
 		}
 		if pd.internal != nil {
 			close(pd.internal) // its topic IDs are learned
+		}
+		if pd.opensSession {
+			kc.learnSession(pd, framed)
 		}
 		err = kc.flush()
 		kc.mu.Unlock()
@@ -1021,8 +1069,9 @@ type kafkaVerdict struct {
 
 // judgeKafka decides a request frame (without its size) of dc's flow, and
 // records it; resolve, when not nil, is asked for the name of a topic ID
-// not learned yet.
-func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame []byte, resolve func([16]byte) bool) kafkaVerdict {
+// not learned yet; session tells the fetch sessions opened on the
+// connection (nil: none).
+func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame []byte, resolve func([16]byte) bool, session func(int32) bool) kafkaVerdict {
 	start := time.Now()
 	q, err := parseKafkaRequest(frame, func(id [16]byte) (string, bool) {
 		n, ok := p.kafkaIDs.name(scope, id)
@@ -1049,6 +1098,20 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 		rec.Reason = err.Error()
 		p.finishKafka(rec, Denied)
 		return kafkaVerdict{close: true}
+	}
+	// An incremental Fetch names no topics (or only those it adds): the
+	// topics it reads are its session's, decided when the session was
+	// opened. So it is taken only for a session opened on this
+	// connection, which a policy change closes; brokers key sessions by
+	// ID and epoch alone, and one opened before a topic's revocation, on
+	// another connection, would go on reading it.
+	if fr, ok := q.body.(*kmsg.FetchRequest); ok && fr.SessionID != 0 && fr.SessionEpoch > 0 && (session == nil || !session(fr.SessionID)) {
+		rec.Reason, rec.Status = fmt.Sprintf("fetch session %d not opened on this connection", fr.SessionID), int(kafkaFetchSessionIDNotFound)
+		p.finishKafka(rec, Denied)
+		r := kmsg.NewPtrFetchResponse()
+		r.SetVersion(q.version)
+		r.ErrorCode = kafkaFetchSessionIDNotFound
+		return kafkaVerdict{q: q, reply: kafkaResponseFrame(q, r)}
 	}
 	names := make([]string, len(q.topics))
 	for i, t := range q.topics {

@@ -72,7 +72,7 @@ func FuzzKafkaRequest(f *testing.F) {
 	dc := &downConn{p: p, src: netip.AddrPortFrom(clientIP, 40000), dst: dst}
 	scope := kafkaScopeOf(p.cfg.Load(), dst)
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		v := p.judgeKafka(dc, clientID, scope, frame, nil)
+		v := p.judgeKafka(dc, clientID, scope, frame, nil, nil)
 		switch {
 		case v.close:
 			return

@@ -685,3 +685,57 @@ func TestKafkaSlowRequestsHoldOnlyTheirShare(t *testing.T) {
 		t.Fatal("another source's request got no answer while eight slow 8 MiB requests were announced")
 	}
 }
+
+// A fetch session opened while a topic was allowed is not read again,
+// after the topic's revocation, by an incremental Fetch (which names no
+// topics) on a new connection: the proxy takes incremental Fetches only
+// for sessions opened through the same connection, and answers others
+// FETCH_SESSION_ID_NOT_FOUND (the client opens a full session, whose
+// topics are decided). Before, brokers key sessions by ID and epoch, and
+// the revoked topic's records kept coming.
+func TestKafkaFetchSessionOutlivesNoRevocation(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "produce"}, {Role: "consume"}}})
+	cl := h.client()
+	for _, topic := range []string{"topic1", "topic2"} {
+		if err := produce(t, cl, topic, "secret in "+topic); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fetch := func(id, epoch int32, topics ...string) *kmsg.FetchRequest {
+		r := kmsg.NewPtrFetchRequest()
+		r.Version, r.ReplicaID, r.MaxWaitMillis, r.MaxBytes = 12, -1, 10, 1<<20
+		r.SessionID, r.SessionEpoch = id, epoch
+		for _, topic := range topics {
+			ft := kmsg.NewFetchRequestTopic()
+			ft.Topic = topic
+			fp := kmsg.NewFetchRequestTopicPartition()
+			fp.PartitionMaxBytes, fp.LogStartOffset, fp.CurrentLeaderEpoch, fp.LastFetchedEpoch = 1<<20, -1, -1, -1
+			ft.Partitions = []kmsg.FetchRequestTopicPartition{fp}
+			r.Topics = append(r.Topics, ft)
+		}
+		return r
+	}
+	k := h.raw()
+	full := k.send("c", fetch(0, 0, "topic1", "topic2"))[0].(*kmsg.FetchResponse)
+	if full.ErrorCode != 0 || full.SessionID == 0 {
+		t.Fatalf("full fetch: error %d, session %d; want a session", full.ErrorCode, full.SessionID)
+	}
+	// An incremental Fetch on the connection that opened the session is
+	// taken.
+	if inc := k.send("c", fetch(full.SessionID, 1))[0].(*kmsg.FetchResponse); inc.ErrorCode != 0 {
+		t.Fatalf("incremental fetch of the connection's own session: error %d", inc.ErrorCode)
+	}
+	// topic2 is revoked: consume topic1 only (k is closed).
+	h.kafka(PeerRules{Kafka: []KafkaRule{{Role: "consume", Topic: "topic1"}}})
+	resp := h.raw().send("c", fetch(full.SessionID, 2))[0].(*kmsg.FetchResponse)
+	for _, rt := range resp.Topics {
+		for _, p := range rt.Partitions {
+			if rt.Topic == "topic2" && len(p.RecordBatches) > 0 {
+				t.Fatalf("topic2's records, revoked, read through the old session %d", full.SessionID)
+			}
+		}
+	}
+	if resp.ErrorCode != kafkaFetchSessionIDNotFound {
+		t.Fatalf("incremental fetch of a session opened elsewhere: error %d, want %d", resp.ErrorCode, kafkaFetchSessionIDNotFound)
+	}
+}
