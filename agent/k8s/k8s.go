@@ -38,6 +38,7 @@ import (
 
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/k8s/incluster"
+	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policy/api"
 )
@@ -332,7 +333,15 @@ func (w *Watcher) labelsOf(p *corev1.Pod) []string {
 	}
 	if obj, ok, _ := w.nsIndexer.GetByKey(p.Namespace); ok {
 		for k, v := range obj.(*corev1.Namespace).Labels {
-			out = append(out, "k8s:io.cilium.k8s.namespace.labels."+k+"="+v)
+			// A key too long to carry with the prefix (Kubernetes takes
+			// names up to 63 characters) is left out: no policy can
+			// select on it, and the pod's labels would be refused whole.
+			key := "io.cilium.k8s.namespace.labels." + k
+			if err := labels.ValidateKey(key); err != nil {
+				slog.Warn("ignoring a namespace label no endpoint can carry", "namespace", p.Namespace, "key", k, "err", err)
+				continue
+			}
+			out = append(out, "k8s:"+key+"="+v)
 		}
 	}
 	sa := p.Spec.ServiceAccountName
