@@ -82,6 +82,8 @@ var (
 	networkRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
 	ifNameRe      = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 	containerIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
+	// podNameRe: a Kubernetes object name (a DNS subdomain, at most 253).
+	podNameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 )
 
 // Validate checks the request and returns its label set (the pod's labels
@@ -113,6 +115,9 @@ func (r CreateRequest) validate(fromAPIServer bool) (labels.Labels, error) {
 		if err := checkLabel(l, fromAPIServer); err != nil {
 			return nil, err
 		}
+	}
+	if r.PodName != "" && !podNameRe.MatchString(r.PodName) {
+		return nil, fmt.Errorf("%w: podName %q: must be a Kubernetes object name (at most 253 lowercase alphanumerics, '-', '.')", ErrInvalid, r.PodName)
 	}
 	if r.Namespace != "" {
 		if err := labels.ValidateValue(r.Namespace); err != nil {

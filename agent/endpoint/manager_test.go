@@ -169,6 +169,9 @@ func TestCreateValidates(t *testing.T) {
 		"netns":       {ContainerID: "c", IfName: "eth0", NetNS: "/nonexistent/ns"},
 		"bad key!":    {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Labels: []string{"bad key!=x"}},
 		"namespace":   {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Namespace: "Not/Valid"},
+		// Published in the pod's ipcache entry, which other nodes refuse
+		// past 253 bytes: the pod would be unknown everywhere else.
+		"podName": {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Namespace: "default", PodName: strings.Repeat("p", 254)},
 	}
 	for field, r := range cases {
 		_, err := e.m.Create(ctx, r)

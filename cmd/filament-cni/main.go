@@ -266,8 +266,11 @@ func cmdGC(args *skel.CmdArgs) error {
 		if ep.Network != c.Name || valid[ep.ContainerID+"/"+ep.IfName] {
 			continue
 		}
-		if err := cl.DeleteEndpoint(x, ep.ID); err != nil && !client.IsCode(err, apitypes.CodeNotFound) {
-			return cniError(fmt.Sprintf("garbage-collect endpoint %d", ep.ID), err)
+		// By container and interface, not by the ID listed: IDs are
+		// reused at once, and a DEL and an ADD of other containers may
+		// have run since the list.
+		if err := cl.DeleteContainer(x, ep.ContainerID, ep.IfName); err != nil && !client.IsCode(err, apitypes.CodeNotFound) {
+			return cniError(fmt.Sprintf("garbage-collect endpoint %d (container %s, interface %s)", ep.ID, ep.ContainerID, ep.IfName), err)
 		}
 	}
 	return nil
