@@ -227,6 +227,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 	}
 	if m.hooks != nil {
 		if err := m.hooks.EndpointUp(ctx, *ep); err != nil {
+			m.hooks.EndpointDown(*ep) // what it wrote before failing
 			return fail(fmt.Errorf("datapath for endpoint %d: %w", id, err))
 		}
 		undo = append(undo, func() { m.hooks.EndpointDown(*ep) })
@@ -268,6 +269,15 @@ func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
 		m.hooks.EndpointDown(*ep)
 	}
 	if err := m.plumber.Teardown(ep.HostIfName); err != nil {
+		// The device stays, and so does the endpoint: enforced again
+		// until the DEL is tried again (not left without its programs).
+		if m.hooks != nil {
+			rctx, cancel := context.WithTimeout(ctx, m.kvWait)
+			if uerr := m.hooks.EndpointUp(rctx, *ep); uerr != nil {
+				slog.Error("endpoint's datapath not restored after a failed delete", "endpoint", ep.ID, "err", uerr)
+			}
+			cancel()
+		}
 		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
 	}
 	if err := os.Remove(m.path(ep.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -471,7 +481,15 @@ func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []s
 		err := m.hooks.EndpointUp(hctx, *ep)
 		cancel()
 		if err != nil {
+			// The failed update may have written part of the new state
+			// (or, failing late, taken the endpoint down): put the old one
+			// back, so the datapath has what the manager keeps.
 			*ep = old
+			rctx, cancel := context.WithTimeout(ctx, m.kvWait)
+			if rerr := m.hooks.EndpointUp(rctx, old); rerr != nil {
+				slog.Error("endpoint's datapath not restored after a failed relabel; the next relabel tries again", "endpoint", ep.ID, "err", rerr)
+			}
+			cancel()
 			m.release(ctx, ls)
 			return false, err
 		}

@@ -18,8 +18,9 @@ import (
 
 // fakePlumber records devices instead of touching the kernel.
 type fakePlumber struct {
-	devices map[string]bool
-	failOn  string
+	devices      map[string]bool
+	failOn       string
+	failTeardown bool
 }
 
 func (f *fakePlumber) Setup(_ context.Context, r endpoint.PlumbRequest) (endpoint.PlumbResult, error) {
@@ -29,8 +30,14 @@ func (f *fakePlumber) Setup(_ context.Context, r endpoint.PlumbRequest) (endpoin
 	f.devices[r.HostIfName] = true
 	return endpoint.PlumbResult{MAC: "02:00:00:00:00:01", HostIfIndex: len(f.devices)}, nil
 }
-func (f *fakePlumber) Teardown(name string) error { delete(f.devices, name); return nil }
-func (f *fakePlumber) Present(name string) bool   { return f.devices[name] }
+func (f *fakePlumber) Teardown(name string) error {
+	if f.failTeardown {
+		return errors.New("device busy")
+	}
+	delete(f.devices, name)
+	return nil
+}
+func (f *fakePlumber) Present(name string) bool { return f.devices[name] }
 
 type env struct {
 	m       *endpoint.Manager
@@ -42,6 +49,12 @@ type env struct {
 }
 
 func newEnv(t *testing.T, dir string, ep []string, plumber *fakePlumber) *env {
+	t.Helper()
+	return newEnvHooks(t, dir, ep, plumber, nil)
+}
+
+// newEnvHooks is newEnv with the datapath hooks h (nil: none).
+func newEnvHooks(t *testing.T, dir string, ep []string, plumber *fakePlumber, h endpoint.Hooks) *env {
 	t.Helper()
 	kv := testutil.Connect(t, ep)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -55,7 +68,7 @@ func newEnv(t *testing.T, dir string, ep []string, plumber *fakePlumber) *env {
 		t.Fatal(err)
 	}
 	pool, _ := ipam.New("10.9.0.0/24")
-	m, err := endpoint.NewManager(endpoint.Config{StateDir: dir, Pool: pool, Identities: ids, Plumber: plumber})
+	m, err := endpoint.NewManager(endpoint.Config{StateDir: dir, Pool: pool, Identities: ids, Plumber: plumber, Hooks: h})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,98 @@
+package endpoint_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/filament-net/filament/agent/endpoint"
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/internal/testutil"
+)
+
+// datapathHooks is the datapath as the hooks leave it: each endpoint up
+// with the identity of its last EndpointUp, or absent. A failing
+// EndpointUp has done its work before it fails (a map written, then the
+// next write refused), as the engine's can.
+type datapathHooks struct {
+	mu   sync.Mutex
+	up   map[uint16]identity.NumericIdentity
+	fail int // the next fail EndpointUp calls fail
+}
+
+func (d *datapathHooks) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.up[ep.ID] = ep.Identity
+	if d.fail > 0 {
+		d.fail--
+		return errors.New("map full")
+	}
+	return nil
+}
+
+func (d *datapathHooks) EndpointDown(ep endpoint.Endpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.up, ep.ID)
+}
+
+func (d *datapathHooks) state(id uint16) (identity.NumericIdentity, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ident, ok := d.up[id]
+	return ident, ok
+}
+
+// A failed datapath update leaves the datapath as the manager has the
+// endpoint: a refused relabel keeps the old identity there too (before,
+// the datapath kept what the failed update had written: the new identity,
+// released at once, or nothing, the pod unenforced), and a refused create
+// leaves nothing behind (before, the entries of the released address),
+// and a delete whose device could not be removed leaves the endpoint
+// enforced, as the manager still lists it (before, its programs were
+// detached and its pod ran unenforced until the DEL was tried again).
+func TestFailedDatapathUpdateLeavesItAsTheManagerHasIt(t *testing.T) {
+	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}}
+	plumber := &fakePlumber{devices: map[string]bool{}}
+	e := newEnvHooks(t, t.TempDir(), testutil.Etcd(t), plumber, d)
+	ctx := context.Background()
+	ep, err := e.m.Create(ctx, req(e, "web", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.fail = 1
+	d.mu.Unlock()
+	if _, err := e.m.SetPodLabels(ctx, "default", "web", []string{"k8s:app=admin"}); err == nil {
+		t.Fatal("relabel succeeded with the datapath refusing it")
+	}
+	got, _ := e.m.Get(ep.ID)
+	if ident, up := d.state(ep.ID); !up || ident != got.Identity || got.Identity != ep.Identity {
+		t.Fatalf("after a refused relabel the datapath has identity %d (up %v), the manager %d; want the old %d in both", ident, up, got.Identity, ep.Identity)
+	}
+
+	d.mu.Lock()
+	d.fail = 1
+	d.mu.Unlock()
+	if _, err := e.m.Create(ctx, req(e, "api", "app=api")); err == nil {
+		t.Fatal("create succeeded with the datapath refusing it")
+	}
+	d.mu.Lock()
+	if len(d.up) != 1 {
+		t.Fatalf("after a refused create the datapath has endpoints %v, want only %d", d.up, ep.ID)
+	}
+	d.mu.Unlock()
+
+	plumber.failTeardown = true
+	if err := e.m.Delete(ctx, ep.ID); err == nil {
+		t.Fatal("delete succeeded with its device left")
+	}
+	if _, err := e.m.Get(ep.ID); err != nil {
+		t.Fatalf("the manager dropped an endpoint whose delete failed: %v", err)
+	}
+	if ident, up := d.state(ep.ID); !up || ident != ep.Identity {
+		t.Fatalf("after a failed delete the datapath has identity %d (up %v), want %d: the endpoint is still listed", ident, up, ep.Identity)
+	}
+}
