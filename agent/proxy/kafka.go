@@ -36,6 +36,13 @@ const maxKafkaRequest = 8 << 20
 
 var kafkaRequestBudget = newByteShare(64<<20, 16<<20)
 
+// kafkaResponseBudget bounds the brokers' responses the proxy holds (read
+// and not yet written to their clients): 512 MiB, at most 128 MiB a
+// source. A response waits in the broker's socket for room, so a client
+// that does not read its responses holds its own share, not the node's
+// memory.
+var kafkaResponseBudget = newByteShare(512<<20, 128<<20)
+
 // maxKafkaInFlight bounds the requests of one connection waiting for
 // their responses; the proxy reads no more requests until one is answered.
 const maxKafkaInFlight = 1024
@@ -592,6 +599,8 @@ type kafkaPending struct {
 	// opensSession: a Fetch opening a fetch session, whose ID the
 	// response gives (kafkaConn.sessions).
 	opensSession bool
+	// held: what the broker's response holds of kafkaResponseBudget.
+	held int32
 }
 
 // kafkaConn is a downstream Kafka connection being served.
@@ -618,6 +627,14 @@ type kafkaConn struct {
 	// sessions are the fetch sessions the broker opened on this
 	// connection (under mu): the only ones incremental Fetches may use.
 	sessions map[int32]bool
+	// held is what the queue's responses hold of kafkaResponseBudget,
+	// released as they are written and at the end (under mu); ended: the
+	// connection ended, and its holdings were released.
+	held  int64
+	ended bool
+	// ctx ends with the connection.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // maxKafkaSessions bounds the fetch sessions one connection keeps (a
@@ -658,8 +675,13 @@ func (kc *kafkaConn) learnSession(pd *kafkaPending, framed []byte) {
 func (kc *kafkaConn) close() {
 	kc.once.Do(func() {
 		close(kc.done)
+		kc.cancel()
 		kc.dc.Close()
 		kc.up.Close()
+		kc.mu.Lock()
+		kafkaResponseBudget.release(kc.dc.who, kc.held)
+		kc.held, kc.ended = 0, true
+		kc.mu.Unlock()
 	})
 }
 
@@ -683,6 +705,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 	}
 	kc := &kafkaConn{p: p, dc: dc, up: up, scope: kafkaScopeOf(cfg, dc.dst), done: make(chan struct{}),
 		slots: make(chan struct{}, maxKafkaInFlight)}
+	kc.ctx, kc.cancel = context.WithCancel(context.Background())
 	defer kc.close()
 	go kc.readUpstream()
 	// A request's size is read with what follows it in one system call;
@@ -820,7 +843,7 @@ func (kc *kafkaConn) readUpstream() {
 	r := bufio.NewReaderSize(kc.up, 4<<10) // a response's size and body in one system call
 	for {
 		kc.up.SetReadDeadline(time.Time{})
-		framed, err := readKafkaFrame(r)
+		framed, err := kc.readResponse(r)
 		if err != nil || len(framed) < 8 {
 			return
 		}
@@ -832,6 +855,9 @@ func (kc *kafkaConn) readUpstream() {
 				pd = x
 				break
 			}
+		}
+		if pd != nil {
+			pd.held = int32(len(frame))
 		}
 		if pd == nil || int32(binary.BigEndian.Uint32(frame)) != pd.corr {
 			kc.mu.Unlock()
@@ -856,22 +882,46 @@ func (kc *kafkaConn) readUpstream() {
 	}
 }
 
-// flush writes the responses at the head of the queue that are known;
-// kc.mu is held.
+// readResponse reads the broker's next response frame once the response
+// budget has room for it (waiting as long as the connection lasts); what
+// it holds is kc.held until flush writes it.
+func (kc *kafkaConn) readResponse(r io.Reader) ([]byte, error) {
+	n, err := readKafkaSize(r, maxKafkaFrame)
+	if err != nil {
+		return nil, err
+	}
+	if err := kafkaResponseBudget.acquire(kc.ctx, kc.dc.who, int64(n)); err != nil {
+		return nil, err
+	}
+	kc.mu.Lock()
+	if kc.ended {
+		kc.mu.Unlock()
+		kafkaResponseBudget.release(kc.dc.who, int64(n))
+		return nil, net.ErrClosed
+	}
+	kc.held += int64(n)
+	kc.mu.Unlock()
+	return readKafkaBody(r, n, kafkaEagerRead)
+}
+
+// flush writes the responses at the head of the queue that are known,
+// releasing what the broker's hold of the response budget; kc.mu is held.
 func (kc *kafkaConn) flush() error {
 	for len(kc.queue) > 0 && kc.queue[0].resp != nil {
-		if kc.queue[0].internal != nil {
-			kc.queue[0] = nil
-			kc.queue = kc.queue[1:]
-			continue
+		pd := kc.queue[0]
+		if pd.internal == nil {
+			kc.dc.SetWriteDeadline(time.Now().Add(kc.p.opts.IdleTimeout))
+			if _, err := kc.dc.Write(pd.resp); err != nil {
+				return err
+			}
+			<-kc.slots
 		}
-		kc.dc.SetWriteDeadline(time.Now().Add(kc.p.opts.IdleTimeout))
-		if _, err := kc.dc.Write(kc.queue[0].resp); err != nil {
-			return err
+		if pd.upstream && !kc.ended {
+			kafkaResponseBudget.release(kc.dc.who, int64(pd.held))
+			kc.held -= int64(pd.held)
 		}
 		kc.queue[0] = nil
 		kc.queue = kc.queue[1:]
-		<-kc.slots
 	}
 	return nil
 }

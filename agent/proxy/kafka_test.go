@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -737,5 +738,60 @@ func TestKafkaFetchSessionOutlivesNoRevocation(t *testing.T) {
 	}
 	if resp.ErrorCode != kafkaFetchSessionIDNotFound {
 		t.Fatalf("incremental fetch of a session opened elsewhere: error %d, want %d", resp.ErrorCode, kafkaFetchSessionIDNotFound)
+	}
+}
+
+// Responses a client does not read hold the proxy's memory only up to its
+// source's share of the response budget: the broker's further responses
+// to that source wait in the broker's socket. Before, each connection
+// held a whole response (up to 100 MiB), so many connections of one pod
+// that never read could run the proxy out of memory.
+func TestKafkaUnreadResponsesHoldOnlyTheirShare(t *testing.T) {
+	const big = 32 << 20
+	uln, err := net.Listen("tcp", net.JoinHostPort(serverIP.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { uln.Close() })
+	var written atomic.Int32 // whole responses the broker wrote
+	go func() {
+		for {
+			c, err := uln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				frame, err := readKafkaFrame(c)
+				if err != nil || len(frame) < 12 {
+					return
+				}
+				resp := make([]byte, 4+big)
+				binary.BigEndian.PutUint32(resp, big)
+				copy(resp[4:8], frame[8:12]) // the request's correlation ID
+				if _, err := c.Write(resp); err == nil {
+					written.Add(1)
+				}
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	h := newHarnessTo(t, netip.MustParseAddrPort(uln.Addr().String()), Options{})
+	h.set(PortPolicy{Endpoint: serverIP, Direction: Ingress, Port: h.upstream.Port(), Protocol: "TCP", Kind: KindKafka, Rules: []PeerRules{{}}})
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}, Timeout: 5 * time.Second}
+	share := int32(kafkaResponseBudget.perSource / big)
+	for range share + 3 {
+		c, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write(kafkaRequestFrame(metadataReq(12, "topic1"), 1, "c")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	if n := written.Load(); n > share {
+		t.Fatalf("the proxy took %d responses of %d MiB for one source that reads none, want at most its share (%d)", n, big>>20, share)
 	}
 }

@@ -139,10 +139,12 @@ type byteShare struct {
 	srcs      map[source]*sourceBytes
 }
 
-// sourceBytes is one source's share and how many callers use it.
+// sourceBytes is one source's share: the bytes it holds and the callers
+// waiting for more.
 type sourceBytes struct {
-	sem   *semaphore.Weighted
-	users int
+	sem     *semaphore.Weighted
+	held    int64
+	waiting int
 }
 
 func newByteShare(total, perSource int64) *byteShare {
@@ -150,7 +152,8 @@ func newByteShare(total, perSource int64) *byteShare {
 }
 
 // acquire takes n bytes for who, from its share and then from the total,
-// waiting until ctx ends; on success the caller calls release(who, n).
+// waiting until ctx ends; on success who holds n more, which it gives back
+// with release, in one call or in several.
 func (b *byteShare) acquire(ctx context.Context, who source, n int64) error {
 	b.mu.Lock()
 	s := b.srcs[who]
@@ -158,7 +161,7 @@ func (b *byteShare) acquire(ctx context.Context, who source, n int64) error {
 		s = &sourceBytes{sem: semaphore.NewWeighted(b.perSource)}
 		b.srcs[who] = s
 	}
-	s.users++
+	s.waiting++
 	b.mu.Unlock()
 	err := s.sem.Acquire(ctx, n)
 	if err == nil {
@@ -166,26 +169,34 @@ func (b *byteShare) acquire(ctx context.Context, who source, n int64) error {
 			s.sem.Release(n)
 		}
 	}
-	if err != nil {
-		b.leave(who, s)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.waiting--
+	if err == nil {
+		s.held += n
 	}
+	b.forget(who, s)
 	return err
 }
 
-// release gives back n bytes who acquired.
+// release gives back n of the bytes who holds.
 func (b *byteShare) release(who source, n int64) {
+	if n == 0 {
+		return
+	}
 	b.total.Release(n)
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	s := b.srcs[who]
-	b.mu.Unlock()
 	s.sem.Release(n)
-	b.leave(who, s)
+	s.held -= n
+	b.forget(who, s)
 }
 
-func (b *byteShare) leave(who source, s *sourceBytes) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if s.users--; s.users == 0 {
+// forget drops who's share once it holds nothing and nobody waits; b.mu
+// held.
+func (b *byteShare) forget(who source, s *sourceBytes) {
+	if s.held == 0 && s.waiting == 0 {
 		delete(b.srcs, who)
 	}
 }
