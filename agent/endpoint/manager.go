@@ -272,7 +272,7 @@ func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
 		// The device stays, and so does the endpoint: enforced again
 		// until the DEL is tried again (not left without its programs).
 		if m.hooks != nil {
-			rctx, cancel := context.WithTimeout(ctx, m.kvWait)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
 			if uerr := m.hooks.EndpointUp(rctx, *ep); uerr != nil {
 				slog.Error("endpoint's datapath not restored after a failed delete", "endpoint", ep.ID, "err", uerr)
 			}
@@ -485,9 +485,10 @@ func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []s
 			// (or, failing late, taken the endpoint down): put the old one
 			// back, so the datapath has what the manager keeps.
 			*ep = old
-			rctx, cancel := context.WithTimeout(ctx, m.kvWait)
+			// Not the caller's context: its end may be what failed.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
 			if rerr := m.hooks.EndpointUp(rctx, old); rerr != nil {
-				slog.Error("endpoint's datapath not restored after a failed relabel; the next relabel tries again", "endpoint", ep.ID, "err", rerr)
+				slog.Error("endpoint's datapath not restored after a failed relabel (until its next relabel to other labels, or the agent's restart)", "endpoint", ep.ID, "err", rerr)
 			}
 			cancel()
 			m.release(ctx, ls)

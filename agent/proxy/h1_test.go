@@ -395,17 +395,7 @@ func TestH1EdgeCases(t *testing.T) {
 
 // An allowed CONNECT becomes a tunnel: the head, then bytes both ways.
 func TestConnectTunnel(t *testing.T) {
-	uln, err := net.Listen("tcp", net.JoinHostPort(serverIP.String(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { uln.Close() })
-	go func() {
-		c, err := uln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	up := rawUpstream(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		if _, err := http.ReadRequest(br); err != nil {
 			return
@@ -413,8 +403,8 @@ func TestConnectTunnel(t *testing.T) {
 		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
 		line, _ := br.ReadString('\n')
 		io.WriteString(c, "echo "+line)
-	}()
-	h := newHarnessTo(t, netip.MustParseAddrPort(uln.Addr().String()), Options{})
+	})
+	h := newHarnessTo(t, up, Options{})
 	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "CONNECT"}}})
 	c := h.dial()
 	io.WriteString(c, "CONNECT pods:443 HTTP/1.1\r\nHost: pods:443\r\n\r\n")

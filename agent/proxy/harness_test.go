@@ -201,3 +201,28 @@ func (h *harness) records() func(n int) []Record {
 		return out
 	}
 }
+
+// rawUpstream is an upstream on serverIP that runs serve on each
+// connection it accepts (in a goroutine of its own, the connection
+// closed after).
+func rawUpstream(t testing.TB, serve func(net.Conn)) netip.AddrPort {
+	t.Helper()
+	uln, err := net.Listen("tcp", net.JoinHostPort(serverIP.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { uln.Close() })
+	go func() {
+		for {
+			c, err := uln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(uln.Addr().String())
+}

@@ -43,6 +43,14 @@ var kafkaRequestBudget = newByteShare(64<<20, 16<<20)
 // memory.
 var kafkaResponseBudget = newByteShare(512<<20, 128<<20)
 
+// kafkaHoldTimeout bounds how long a request's bytes are awaited once the
+// request budget holds them, and how long a response held in the
+// response budget waits for its client to read it; then the connection
+// is closed. Clients send a request whole and read responses as they come
+// (Kafka's own request timeout is 30 s): sources that together fill a
+// budget hold it this long at most, not the idle timeout.
+var kafkaHoldTimeout = 30 * time.Second
+
 // maxKafkaInFlight bounds the requests of one connection waiting for
 // their responses; the proxy reads no more requests until one is answered.
 const maxKafkaInFlight = 1024
@@ -716,7 +724,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 		n, err := readKafkaSize(r, maxKafkaRequest)
 		var framed []byte
 		if err == nil {
-			framed, err = readBudgeted(r, dc.who, n, p.opts.IdleTimeout)
+			framed, err = readBudgeted(r, dc, n, p.opts.IdleTimeout)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -910,7 +918,11 @@ func (kc *kafkaConn) flush() error {
 	for len(kc.queue) > 0 && kc.queue[0].resp != nil {
 		pd := kc.queue[0]
 		if pd.internal == nil {
-			kc.dc.SetWriteDeadline(time.Now().Add(kc.p.opts.IdleTimeout))
+			wait := kc.p.opts.IdleTimeout
+			if pd.upstream {
+				wait = min(wait, kafkaHoldTimeout) // it holds the response budget
+			}
+			kc.dc.SetWriteDeadline(time.Now().Add(wait))
 			if _, err := kc.dc.Write(pd.resp); err != nil {
 				return err
 			}
@@ -1015,13 +1027,15 @@ func readKafkaSize(r io.Reader, limit int32) (int32, error) {
 // has room for it (waiting at most wait), and returns the frame with its
 // size prefix; on success the caller releases n after deciding the
 // request.
-func readBudgeted(r io.Reader, who source, n int32, wait time.Duration) ([]byte, error) {
+func readBudgeted(r io.Reader, dc *downConn, n int32, wait time.Duration) ([]byte, error) {
+	who := dc.who
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	if err := kafkaRequestBudget.acquire(ctx, who, int64(n)); err != nil {
 		return nil, fmt.Errorf("%w: no room for a %d-byte request: %w", ErrKafkaFrame, n, err)
 	}
-	b := getKafkaBuf(4 + int(n)) // the budget holds n already: allocated at once
+	dc.SetReadDeadline(time.Now().Add(kafkaHoldTimeout)) // the budget holds n: the bytes come now
+	b := getKafkaBuf(4 + int(n))                         // the budget holds n already: allocated at once
 	binary.BigEndian.PutUint32(b, uint32(n))
 	if _, err := io.ReadFull(r, b[4:]); err != nil {
 		putKafkaBuf(b)

@@ -748,35 +748,9 @@ func TestKafkaFetchSessionOutlivesNoRevocation(t *testing.T) {
 // that never read could run the proxy out of memory.
 func TestKafkaUnreadResponsesHoldOnlyTheirShare(t *testing.T) {
 	const big = 32 << 20
-	uln, err := net.Listen("tcp", net.JoinHostPort(serverIP.String(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { uln.Close() })
 	var written atomic.Int32 // whole responses the broker wrote
-	go func() {
-		for {
-			c, err := uln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				frame, err := readKafkaFrame(c)
-				if err != nil || len(frame) < 12 {
-					return
-				}
-				resp := make([]byte, 4+big)
-				binary.BigEndian.PutUint32(resp, big)
-				copy(resp[4:8], frame[8:12]) // the request's correlation ID
-				if _, err := c.Write(resp); err == nil {
-					written.Add(1)
-				}
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	h := newHarnessTo(t, netip.MustParseAddrPort(uln.Addr().String()), Options{})
+	up := bigKafkaBroker(t, big, &written)
+	h := newHarnessTo(t, up, Options{})
 	h.set(PortPolicy{Endpoint: serverIP, Direction: Ingress, Port: h.upstream.Port(), Protocol: "TCP", Kind: KindKafka, Rules: []PeerRules{{}}})
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}, Timeout: 5 * time.Second}
 	share := int32(kafkaResponseBudget.perSource / big)
@@ -794,4 +768,56 @@ func TestKafkaUnreadResponsesHoldOnlyTheirShare(t *testing.T) {
 	if n := written.Load(); n > share {
 		t.Fatalf("the proxy took %d responses of %d MiB for one source that reads none, want at most its share (%d)", n, big>>20, share)
 	}
+}
+
+// A request announced and not sent, and a response not read, hold their
+// budget for kafkaHoldTimeout, not the idle timeout (5 minutes): then the
+// connection is closed. So sources that together fill a budget hold it
+// that long at most.
+func TestKafkaBudgetHeldBriefly(t *testing.T) {
+	defer func(d time.Duration) { kafkaHoldTimeout = d }(kafkaHoldTimeout)
+	kafkaHoldTimeout = 300 * time.Millisecond
+	h := newKafkaHarness(t, PeerRules{})
+	k := h.raw()
+	if _, err := k.c.Write(binary.BigEndian.AppendUint32(nil, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if !k.closed() || time.Since(start) > 5*time.Second {
+		t.Fatalf("a request announced and never sent: connection still open after %v", time.Since(start))
+	}
+
+	// A broker answering 32 MiB to a client that reads nothing.
+	up := bigKafkaBroker(t, 32<<20, nil)
+	h2 := newHarnessTo(t, up, Options{})
+	h2.set(PortPolicy{Endpoint: serverIP, Direction: Ingress, Port: h2.upstream.Port(), Protocol: "TCP", Kind: KindKafka, Rules: []PeerRules{{}}})
+	c := h2.dial()
+	if _, err := c.Write(kafkaRequestFrame(metadataReq(12, "topic1"), 1, "c")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // not reading
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, c)
+	if errors.Is(err, os.ErrDeadlineExceeded) || n >= 4+32<<20 {
+		t.Fatalf("a response not read for 2 s: %d bytes then %v; want the connection closed before the whole response", n, err)
+	}
+}
+
+// bigKafkaBroker answers each connection's first request with a response
+// of size bytes (its correlation ID, then zeros), counting in written (if
+// not nil) those written whole.
+func bigKafkaBroker(t *testing.T, size int, written *atomic.Int32) netip.AddrPort {
+	return rawUpstream(t, func(c net.Conn) {
+		frame, err := readKafkaFrame(c)
+		if err != nil || len(frame) < 12 {
+			return
+		}
+		resp := make([]byte, 4+size)
+		binary.BigEndian.PutUint32(resp, uint32(size))
+		copy(resp[4:8], frame[8:12]) // the request's correlation ID
+		if _, err := c.Write(resp); err == nil && written != nil {
+			written.Add(1)
+		}
+		io.Copy(io.Discard, c)
+	})
 }

@@ -8,9 +8,10 @@ import (
 	"strings"
 )
 
-// errAmbiguousPath: a request path servers resolve in different ways
-// (an encoded slash or backslash, a backslash, a dot segment with
-// parameters); it is refused rather than decided on one reading.
+// errAmbiguousPath: a request path servers resolve in different ways (a
+// dot segment beside an encoded slash or backslash, or with parameters;
+// a backslash; an encoded NUL); it is refused rather than decided on one
+// reading.
 var errAmbiguousPath = errors.New("ambiguous request path")
 
 // NormalizePath puts req's path in the form path rules are decided on and
@@ -43,7 +44,9 @@ func NormalizePath(req *http.Request) error {
 }
 
 // normalEscapedPath normalizes an escaped absolute path (see
-// NormalizePath).
+// NormalizePath). Encoded slashes and backslashes stay encoded (APIs put
+// names holding them in paths), but a piece between them that is a dot
+// segment is refused: servers that decode them first would resolve it.
 func normalEscapedPath(ep string) (string, error) {
 	var b strings.Builder
 	for i := 0; i < len(ep); i++ {
@@ -60,8 +63,8 @@ func normalEscapedPath(ep string) (string, error) {
 		}
 		v := unhex(ep[i+1])<<4 | unhex(ep[i+2])
 		switch {
-		case v == '/' || v == '\\':
-			return "", fmt.Errorf("%w %q: an encoded slash or backslash", errAmbiguousPath, ep)
+		case v == 0:
+			return "", fmt.Errorf("%w %q: an encoded NUL", errAmbiguousPath, ep)
 		case unreserved(v):
 			b.WriteByte(v)
 		default:
@@ -69,17 +72,23 @@ func normalEscapedPath(ep string) (string, error) {
 		}
 		i += 2
 	}
-	out, err := removeDotSegments(b.String())
-	if err != nil {
-		return "", fmt.Errorf("%w %q: %w", errAmbiguousPath, ep, err)
+	out := removeDotSegments(b.String())
+	for seg := range strings.SplitSeq(out, "/") {
+		for p := range strings.SplitSeq(strings.ReplaceAll(seg, "%5C", "%2F"), "%2F") {
+			d, err := url.PathUnescape(p)
+			if err != nil {
+				return "", fmt.Errorf("request path %q: %w", ep, err)
+			}
+			if name, _, _ := strings.Cut(d, ";"); name == "." || name == ".." {
+				return "", fmt.Errorf("%w %q: a dot segment beside an encoded slash or with parameters, %q", errAmbiguousPath, ep, seg)
+			}
+		}
 	}
 	return out, nil
 }
 
-// removeDotSegments is RFC 3986 5.2.4 for an absolute path. A segment
-// that is a dot segment once its parameters (";...") are cut is refused:
-// some servers (Tomcat) resolve "/a/..;/b" to "/b".
-func removeDotSegments(p string) (string, error) {
+// removeDotSegments is RFC 3986 5.2.4 for an absolute path.
+func removeDotSegments(p string) string {
 	segs := strings.Split(p[1:], "/")
 	out := make([]string, 0, len(segs))
 	for i, s := range segs {
@@ -99,12 +108,9 @@ func removeDotSegments(p string) (string, error) {
 			}
 			continue
 		}
-		if name, _, ok := strings.Cut(s, ";"); ok && (name == "." || name == "..") {
-			return "", fmt.Errorf("a dot segment with parameters, %q", s)
-		}
 		out = append(out, s)
 	}
-	return "/" + strings.Join(out, "/"), nil
+	return "/" + strings.Join(out, "/")
 }
 
 func unreserved(c byte) bool {

@@ -25,6 +25,8 @@ func TestNormalizePath(t *testing.T) {
 		{"/a//b/", "/a//b/"},
 		{"/public/a;v=1", "/public/a;v=1"},
 		{"/public/...", "/public/..."},
+		{"/api/queues/%2f/q", "/api/queues/%2F/q"},
+		{"/projects/grp%2Fproj%5cx", "/projects/grp%2Fproj%5Cx"},
 	} {
 		u, err := url.ParseRequestURI(c.in)
 		if err != nil {
@@ -39,7 +41,8 @@ func TestNormalizePath(t *testing.T) {
 			t.Errorf("%s: decided on and sent as %q, want %q", c.in, got, c.want)
 		}
 	}
-	for _, in := range []string{"/public/..%2fadmin", "/public/%2F..", "/public/..%5cadmin", "/public/..;/admin", "/public/%2e%2e;x/admin", "/public/.;/a"} {
+	for _, in := range []string{"/public/..%2fadmin", "/public/%2F..", "/public/..%5cadmin", "/public/..;/admin", "/public/%2e%2e;x/admin", "/public/.;/a",
+		"/public/..%3B/admin", "/public/.%00/admin", "/public/a%2F.%2Fb"} {
 		u, err := url.ParseRequestURI(in)
 		if err != nil {
 			t.Fatal(err)

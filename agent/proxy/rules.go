@@ -120,6 +120,11 @@ func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 	if c.method != nil && !c.method.MatchString(req.Method) {
 		return false, nil
 	}
+	// A CONNECT makes the connection a tunnel the proxy does not look
+	// into: only a rule naming the method allows it.
+	if c.method == nil && req.Method == http.MethodConnect {
+		return false, nil
+	}
 	if c.path != nil && !c.path.MatchString(requestPath(req)) {
 		return false, nil
 	}

@@ -198,3 +198,21 @@ func TestMatch(t *testing.T) {
 		t.Errorf("bad rule: %v", err)
 	}
 }
+
+// A CONNECT turns the connection into a tunnel the proxy does not look
+// into, so only a rule naming the method lets it through: before, a rule
+// without a method allowed it whenever its path matched "/" (what a
+// CONNECT's host:port gives) and its host matched.
+func TestConnectNeedsItsMethodNamed(t *testing.T) {
+	connect := httptest.NewRequest("CONNECT", "api:80", nil)
+	connect.Host = "api"
+	for _, rules := range [][]HTTPRule{{{}}, {{Path: "/"}}, {{Host: "api", Path: "/.*"}}, {{Method: "GET|CONNECT|POST"}}} {
+		want := -1
+		if rules[0].Method != "" {
+			want = 0
+		}
+		if i, _, err := Match(rules, connect); i != want || err != nil {
+			t.Errorf("CONNECT api:80 under %+v: rule %d (%v), want %d", rules, i, err, want)
+		}
+	}
+}
