@@ -281,8 +281,15 @@ func entryOf(ep endpoint.Endpoint, pol policy.EndpointPolicy) (datapath.Endpoint
 func (e *Engine) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	// The endpoint joins e.endpoints after the policy change: apply sets
+	// the enforcement flags of endpoints the map holds already (a
+	// relabelled one), and a new one's entry is written with them below.
+	// Before 2026-12-04 a new endpoint that a policy enforced failed here
+	// (its flags set on a map entry not written yet); the CNI's next try
+	// passed only because the failed one had left it in the resolver.
+	err := e.apply(e.res.UpsertEndpoint(policy.EndpointInfo{ID: ep.ID, Identity: ep.Identity, Labels: e.identityLabels(ep)}))
 	e.endpoints[ep.ID] = ep
-	if err := e.apply(e.res.UpsertEndpoint(policy.EndpointInfo{ID: ep.ID, Identity: ep.Identity, Labels: e.identityLabels(ep)})); err != nil {
+	if err != nil {
 		return err
 	}
 	pol, _ := e.res.Endpoint(ep.ID)

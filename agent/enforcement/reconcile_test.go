@@ -2,6 +2,7 @@ package enforcement
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -52,8 +53,13 @@ func (f *fakeDP) UpsertEndpoint(e datapath.EndpointEntry) error {
 	f.endpoints[e.IP] = bpf.DatapathEndpointInfo{EpId: e.ID, Identity: uint32(e.Identity)}
 	return nil
 }
-func (f *fakeDP) SetEnforcement(netip.Addr, bool, bool) error { return nil }
-func (f *fakeDP) DeleteEndpoint(ip netip.Addr) error          { delete(f.endpoints, ip); return nil }
+func (f *fakeDP) SetEnforcement(ip netip.Addr, _, _ bool) error {
+	if _, ok := f.endpoints[ip]; !ok { // as the kernel's map: set on an entry
+		return fmt.Errorf("endpoints map: lookup %s: key does not exist", ip)
+	}
+	return nil
+}
+func (f *fakeDP) DeleteEndpoint(ip netip.Addr) error { delete(f.endpoints, ip); return nil }
 func (f *fakeDP) Endpoints() (map[netip.Addr]bpf.DatapathEndpointInfo, error) {
 	return maps.Clone(f.endpoints), nil
 }
