@@ -846,8 +846,36 @@ func (c *cluster) identityEvent(ev kvstore.Event, deleted bool) {
 		if err != nil {
 			return identity.Identity{}, fmt.Errorf("identity %d with invalid labels", n)
 		}
+		if err := c.ownLabels(ls); err != nil {
+			return identity.Identity{}, fmt.Errorf("identity %d: %w", n, err)
+		}
 		return identity.Identity{ID: id, Labels: ls}, nil
 	}, func(a, b identity.Identity) bool { return a.Labels.Equal(b.Labels) }, c.m.cb.Identity, nil)
+}
+
+// ownLabels checks that a remote identity's labels are its cluster's
+// endpoint labels: they carry the cluster's name (filament.io/cluster, and
+// the Cilium alias if at all) and no other, and no reserved or CIDR
+// label. Policies that name no cluster select the local cluster's
+// identities by that label, so an identity of this remote posing as the
+// local cluster's (or a third's, or as the host) would pass them.
+func (c *cluster) ownLabels(ls labels.Labels) error {
+	named := false
+	for _, l := range ls {
+		switch {
+		case l.Source == labels.SourceReserved || l.Source == labels.SourceCIDR:
+			return fmt.Errorf("label %s: a remote endpoint's identity has none of this source", l)
+		case l.Key == labels.KeyCluster || l.Key == labels.KeyCiliumCluster:
+			if l.Value != c.name {
+				return fmt.Errorf("label %s: not this remote's cluster, %s", l, c.name)
+			}
+			named = named || l.Key == labels.KeyCluster
+		}
+	}
+	if !named {
+		return fmt.Errorf("no label %s=%s", labels.KeyCluster, c.name)
+	}
+	return nil
 }
 
 func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {

@@ -37,6 +37,19 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 	bad := identity.Compose(5, 300)
 	kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, good), []byte("k8s:app=web;k8s:filament.io/cluster=east"), 0)
 	kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, bad), []byte("k8s:app=spoof;k8s:filament.io/cluster=west"), 0)
+	// In its range, but posing as another cluster's (this one's, local)
+	// or as a reserved identity: policies that name no cluster select
+	// the local cluster's by its label.
+	spoofs := map[identity.NumericIdentity]string{
+		identity.Compose(7, 301): "k8s:app=db-client;k8s:filament.io/cluster=local",
+		identity.Compose(7, 302): "k8s:filament.io/cluster=east;reserved:host",
+		identity.Compose(7, 303): "k8s:app=db-client",
+		identity.Compose(7, 304): "k8s:app=db-client;k8s:filament.io/cluster=east;k8s:io.cilium.k8s.policy.cluster=local",
+		identity.Compose(7, 305): "cidr:10.0.0.0/8;k8s:filament.io/cluster=east",
+	}
+	for id, ls := range spoofs {
+		kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id), []byte(ls), 0)
+	}
 	nb, _ := json.Marshal(node.Node{Name: "n1", Cluster: "east", IPs: []string{"172.30.7.1"}, PodCIDRs: []string{"10.7.0.0/24"}})
 	kv.Put(ctx, node.NodesPrefix+"east/n1", nb, 0)
 	for _, e := range []ipcache.Entry{{IP: netip.MustParseAddr("10.7.0.2"), Identity: good, Node: "n1"}, {IP: netip.MustParseAddr("10.7.0.3"), Identity: bad, Node: "n1"}} {
@@ -83,7 +96,12 @@ func TestFollowAndRejectOutOfRange(t *testing.T) {
 			has("svc east shop/api 10.7.0.2")
 	})
 	st := m.Status()[0]
-	if has(fmt.Sprintf("id %d", bad)) || has("ip 10.7.0.3 east/n1") || st.Rejected != 3 || st.Services != 1 || st.ClusterID != 7 || st.Nodes != 1 || st.Endpoints != 1 || st.Identities != 1 {
+	for id := range spoofs {
+		if has(fmt.Sprintf("id %d", id)) {
+			t.Errorf("identity %d taken with labels %s", id, spoofs[id])
+		}
+	}
+	if has(fmt.Sprintf("id %d", bad)) || has("ip 10.7.0.3 east/n1") || st.Rejected != 3+len(spoofs) || st.Services != 1 || st.ClusterID != 7 || st.Nodes != 1 || st.Endpoints != 1 || st.Identities != 1 {
 		t.Fatalf("out-of-range entries: got %v, status %+v", got, st)
 	}
 	// Deletions propagate.
