@@ -221,6 +221,9 @@ func (a *Agent) startPolicy(context.Context) error {
 	}
 	a.engine = enforcement.New(a.dp, a.res, a.policies, []netip.Addr{a.pool.Gateway(), a.nodeIP}, a.ids.Get)
 	a.engine.SetCluster(a.ipsync, a.router, a.nodeIP)
+	if own, err := netip.ParsePrefix(a.podCIDR); err == nil {
+		a.router.SetOwnPodCIDR(own)
+	}
 	if a.cfg.RemoteIPCache == "sparse" {
 		// Ingress reads the source identity from the ipcache unless it
 		// travels in the VNI (tunnel mode without encryption, whose

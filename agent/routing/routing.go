@@ -97,6 +97,16 @@ type Router struct {
 	entries map[netip.Addr]ipcache.Entry
 	held    map[string]map[netip.Addr]struct{} // entries' addresses by node (hold and drop keep both)
 	sp      *sparseState                       // nil: every remote entry is written as its /32 (--remote-ipcache full)
+	own     netip.Prefix                       // this node's pod CIDR: its pods' entries are the engine's
+}
+
+// SetOwnPodCIDR gives the router this node's pod CIDR: no other node's or
+// cluster's entry may claim an address in it (its pods' entries are the
+// policy engine's).
+func (r *Router) SetOwnPodCIDR(p netip.Prefix) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.own = p
 }
 
 // hold keeps e as the entry of its address, indexed by its node (a node's
@@ -455,6 +465,9 @@ func (r *Router) forgetNode(n node.Node) {
 func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.mayChange(e, deleted) {
+		return
+	}
 	if r.sparseEntryChanged(e, deleted) {
 		return
 	}
@@ -479,6 +492,44 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 		return
 	}
 	r.writeEntry(e)
+}
+
+// mayChange says whether e (a put, or a delete) may change the entry of
+// its address: none in this node's pod CIDR; a delete only the node holding it (a node's late delete
+// leaves the entry another node of its cluster holds now); a put from a
+// remote cluster's node not an address a node of another cluster (this
+// one, or a third) holds with an entry it may have. Before 2026-12-04 a
+// remote cluster could claim a local pod's address, and remove the local
+// entry with its own delete.
+func (r *Router) mayChange(e ipcache.Entry, deleted bool) bool {
+	if r.own.IsValid() && r.own.Contains(e.IP) {
+		if deleted {
+			r.drop(e.IP) // forgotten here; the datapath's entry is the engine's
+		} else {
+			slog.Warn("refused another node's ipcache entry for an address of this node's pod CIDR", "ip", e.IP, "node", e.Node)
+		}
+		return false
+	}
+	holder, valid, held := "", true, false
+	if old, had := r.entries[e.IP]; had {
+		holder, valid, held = old.Node, r.entryOK(old), true
+	} else if r.sp != nil {
+		holder, _, held = r.compactOwner(e.IP)
+	}
+	switch {
+	case !held || holder == e.Node:
+		return true
+	case deleted:
+		return false
+	}
+	c, hc := clusterOf(e.Node), clusterOf(holder)
+	// This cluster's entries are its own to change; another cluster's
+	// holder keeps the address unless its entry is one it may not have.
+	if c == "" || c == hc || hc != "" && !valid {
+		return true
+	}
+	slog.Warn("refused a remote cluster's ipcache entry for an address another cluster's node holds", "ip", e.IP, "node", e.Node, "holder", holder)
+	return false
 }
 
 // Entry is the accepted ipcache entry of another node's address.

@@ -86,3 +86,57 @@ func TestNodeRecordRewrittenKeepsItsEntries(t *testing.T) {
 		t.Fatalf("moved node: deletions %v", d.deleted)
 	}
 }
+
+// An address is its node's: another cluster's entry for an address a node
+// of this cluster (or of a third) holds neither replaces nor removes it,
+// and a node's late delete does not remove the entry another node of its
+// cluster holds now. Before, a remote cluster could claim a local pod's
+// address (its traffic tunnelled to the remote; with node authentication
+// on, the /32 deleted) and then delete the local entry with its own
+// delete.
+func TestEntryHeldByAnotherClusterStays(t *testing.T) {
+	d := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}}
+	r := &Router{dp: d, mode: Tunnel, self: "n1", nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{}}
+	ip := netip.MustParseAddr("10.244.1.2")
+	p := netip.PrefixFrom(ip, 32)
+	local := ipcache.Entry{IP: ip, Identity: 65793, HostIP: netip.MustParseAddr("172.30.0.2"), Node: "n2"}
+	r.EntryChanged(local, false)
+	spoof := ipcache.Entry{IP: ip, Identity: 7<<16 | 300, HostIP: netip.MustParseAddr("203.0.113.9"), Node: "east/ghost"}
+	r.EntryChanged(spoof, false)
+	if v := d.ipc[p]; v.id != local.Identity || v.tunnel != local.HostIP {
+		t.Fatalf("after a remote's claim the local pod's entry is %+v, want identity %d via %s", v, local.Identity, local.HostIP)
+	}
+	r.EntryChanged(spoof, true)
+	if v, ok := d.ipc[p]; !ok || v.id != local.Identity {
+		t.Fatalf("after a remote's delete the local pod's entry is %+v (%v)", v, ok)
+	}
+	if e, ok := r.Entry(ip); !ok || e.Node != "n2" {
+		t.Fatalf("the router holds %+v (%v) for the local pod", e, ok)
+	}
+	// Within a cluster an address may move; the old node's late delete
+	// leaves the new node's entry.
+	moved := local
+	moved.Node, moved.HostIP = "n3", netip.MustParseAddr("172.30.0.3")
+	r.EntryChanged(moved, false)
+	r.EntryChanged(local, true)
+	if v, ok := d.ipc[p]; !ok || v.tunnel != moved.HostIP {
+		t.Fatalf("after n2's late delete the entry is %+v (%v), want n3's", v, ok)
+	}
+	// The holder's own delete removes it.
+	r.EntryChanged(moved, true)
+	if _, ok := d.ipc[p]; ok {
+		t.Fatal("the holder's delete left the entry")
+	}
+	// This node's pods' entries are the engine's: no other node's or
+	// cluster's entry writes or deletes one.
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	mine := netip.MustParsePrefix("10.244.0.5/32")
+	d.ipc[mine] = fakeValue{id: 65800}
+	for _, claim := range []ipcache.Entry{{IP: mine.Addr(), Identity: 7<<16 | 300, Node: "east/ghost"}, {IP: mine.Addr(), Identity: 65801, Node: "n2"}} {
+		r.EntryChanged(claim, false)
+		r.EntryChanged(claim, true)
+		if v, ok := d.ipc[mine]; !ok || v.id != 65800 {
+			t.Fatalf("%s's claim on this node's pod: entry %+v (%v)", claim.Node, v, ok)
+		}
+	}
+}
