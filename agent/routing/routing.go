@@ -354,6 +354,14 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 	if n.Name == r.self {
 		return
 	}
+	if !deleted {
+		if why := r.claimsOthers(n); why != "" {
+			// Refused whole; one it had stays as it was until a record
+			// it may have comes (or its delete).
+			slog.Warn("refused a remote cluster's node record", "node", n.Name, "why", why)
+			return
+		}
+	}
 	old, had := r.nodes[n.Name]
 	if had && !deleted && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs) {
 		// Same addresses and pod CIDRs, other bytes (a rotated key, a new
@@ -383,6 +391,28 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		r.learnNode(n)
 	}
 	r.syncNodes(others)
+}
+
+// claimsOthers says why a remote cluster's node record claims what is
+// not its own ("" if it does not): a pod CIDR shorter than MinCoverBits
+// or overlapping this node's. A record's pod CIDRs are routed to and
+// become its WireGuard allowed IPs: until 2026-12-04 a remote could claim
+// 0.0.0.0/1, or this node's pods. (Overlaps with other nodes' pod CIDRs
+// and addresses are not checked: that needs an index by address.)
+func (r *Router) claimsOthers(n node.Node) string {
+	if clusterOf(n.Name) == "" {
+		return ""
+	}
+	for _, s := range n.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		if p.Bits() < MinCoverBits || r.own.IsValid() && r.own.Overlaps(p) {
+			return fmt.Sprintf("pod CIDR %s: shorter than /%d or overlapping this node's %s", p, MinCoverBits, r.own)
+		}
+	}
+	return ""
 }
 
 func (r *Router) learnNode(n node.Node) {
