@@ -495,10 +495,13 @@ func (r *Router) forgetNode(n node.Node) {
 func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.mayChange(e, deleted) {
+	// The compact store's holder of the address, looked up once (every
+	// remote entry comes this way: a mesh's sync is millions).
+	owner, _, owned := r.compactOwner(e.IP)
+	if !r.mayChange(e, deleted, owner, owned) {
 		return
 	}
-	if r.sparseEntryChanged(e, deleted) {
+	if r.sparseEntryChanged(e, deleted, owner, owned) {
 		return
 	}
 	p := netip.PrefixFrom(e.IP, 32)
@@ -525,13 +528,14 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 }
 
 // mayChange says whether e (a put, or a delete) may change the entry of
-// its address: none in this node's pod CIDR; a delete only the node holding it (a node's late delete
+// its address (owner: the compact store's holder, if owned): none in this
+// node's pod CIDR; a delete only the node holding it (a node's late delete
 // leaves the entry another node of its cluster holds now); a put from a
 // remote cluster's node not an address a node of another cluster (this
 // one, or a third) holds with an entry it may have. Before 2026-12-04 a
 // remote cluster could claim a local pod's address, and remove the local
 // entry with its own delete.
-func (r *Router) mayChange(e ipcache.Entry, deleted bool) bool {
+func (r *Router) mayChange(e ipcache.Entry, deleted bool, owner string, owned bool) bool {
 	if r.own.IsValid() && r.own.Contains(e.IP) {
 		if deleted {
 			r.drop(e.IP) // forgotten here; the datapath's entry is the engine's
@@ -543,8 +547,8 @@ func (r *Router) mayChange(e ipcache.Entry, deleted bool) bool {
 	holder, valid, held := "", true, false
 	if old, had := r.entries[e.IP]; had {
 		holder, valid, held = old.Node, r.entryOK(old), true
-	} else if r.sp != nil {
-		holder, _, held = r.compactOwner(e.IP)
+	} else if owned {
+		holder, held = owner, true
 	}
 	switch {
 	case !held || holder == e.Node:

@@ -371,14 +371,15 @@ func (r *Router) compactOwner(ip netip.Addr) (string, compactEntry, bool) {
 	return "", compactEntry{}, false
 }
 
-// sparseEntryChanged follows a remote entry in sparse mode; it reports
-// false when the entry is not the compact store's (the caller goes on).
-func (r *Router) sparseEntryChanged(e ipcache.Entry, deleted bool) bool {
+// sparseEntryChanged follows a remote entry in sparse mode (owner: the
+// compact store's holder of its address, if owned); it reports false
+// when the entry is not the compact store's (the caller goes on).
+func (r *Router) sparseEntryChanged(e ipcache.Entry, deleted bool, owner string, owned bool) bool {
 	if r.sp == nil {
 		return false
 	}
 	// Wherever the address was held before goes first.
-	if owner, _, ok := r.compactOwner(e.IP); ok {
+	if owned {
 		delete(r.sp.compact[owner], u32(e.IP))
 		if len(r.sp.compact[owner]) == 0 {
 			delete(r.sp.compact, owner)
