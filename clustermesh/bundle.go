@@ -115,11 +115,7 @@ type Cluster struct {
 // RemoteConfig is what an agent needs to read a remote cluster: one file
 // per remote in the agent's clustermesh config directory, named <name>.yaml.
 type RemoteConfig struct {
-	Name string `json:"name"`
-	// ID is the cluster ID the remote's bundle gave it: a remote whose
-	// cluster-config declares another is refused (0, in configs made
-	// before 2026-12-04: not checked).
-	ID        uint32   `json:"id,omitempty"`
+	Name      string   `json:"name"`
 	Endpoints []string `json:"endpoints"`
 	CA        string   `json:"ca"`   // PEM of the remote cluster's CA
 	Cert      string   `json:"cert"` // PEM of our read-only client certificate
@@ -188,7 +184,7 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 	}
 	remote, _ := os.ReadFile(filepath.Join(dir, UserRemote+".pem"))
 	remoteKey, _ := os.ReadFile(filepath.Join(dir, UserRemote+"-key.pem"))
-	if err := writeYAML(filepath.Join(dir, "remote.yaml"), RemoteConfig{Name: name, ID: id, Endpoints: c.Endpoints, CA: string(authority.PEM),
+	if err := writeYAML(filepath.Join(dir, "remote.yaml"), RemoteConfig{Name: name, Endpoints: c.Endpoints, CA: string(authority.PEM),
 		Cert: string(remote), Key: string(remoteKey)}, 0o600); err != nil {
 		return Cluster{}, err
 	}

@@ -622,9 +622,6 @@ func (c *cluster) check(ctx context.Context, kv source) (clustermesh.ClusterConf
 	if err := json.Unmarshal(cc.Value, &conf); err != nil || conf.Name != c.name {
 		return conf, fmt.Errorf("cluster-config of %s is not valid: %.200q", c.name, cc.Value)
 	}
-	if want := c.cfg.ID; want != 0 && conf.ID != want {
-		return conf, fmt.Errorf("refused: its cluster-config declares ID %d, its bundle gave it %d", conf.ID, want)
-	}
 	if why := c.m.claim(c, conf.Name, conf.ID); why != "" {
 		return conf, fmt.Errorf("refused: %s", why)
 	}

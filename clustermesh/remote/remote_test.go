@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
@@ -554,48 +552,5 @@ func TestStatusShowsConfigsNotReadYet(t *testing.T) {
 	}
 	if w := st["west"]; !w.Pending || w.Configured || w.Ready {
 		t.Fatalf("removed config: %+v", w)
-	}
-}
-
-// A remote whose cluster-config declares another ID than its bundle gave
-// it (the ID of a third cluster, say, to take that cluster's identity
-// range) is refused. Before, a remote picked its own ID at run time, and
-// the first to claim an ID kept it.
-func TestRemoteIDPinnedByItsBundle(t *testing.T) {
-	srv := apiservertest.Start(t, "east", 7)
-	dir := t.TempDir()
-	srv.WriteRemoteConfig(t, dir)
-	path := filepath.Join(dir, "east.yaml")
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rc clustermesh.RemoteConfig
-	if err := yaml.Unmarshal(raw, &rc); err != nil {
-		t.Fatal(err)
-	}
-	if rc.ID != 7 {
-		t.Fatalf("the bundle's remote config gives ID %d, want 7", rc.ID)
-	}
-	rc.ID = 9 // the ID this cluster was given; its cluster-config says 7
-	out, _ := yaml.Marshal(rc)
-	if err := os.WriteFile(path, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{})
-	go m.Run(ctx)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		st := m.Status()
-		if len(st) == 1 && strings.Contains(st[0].LastFailure, "ID 7") {
-			if st[0].Connected || st[0].Ready {
-				t.Fatalf("refused remote connected: %+v", st[0])
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("remote declaring ID 7 against its bundle's 9: status %+v", st)
-		}
 	}
 }
