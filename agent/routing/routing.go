@@ -394,11 +394,12 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 }
 
 // claimsOthers says why a remote cluster's node record claims what is
-// not its own ("" if it does not): a pod CIDR shorter than MinCoverBits
-// or overlapping this node's. A record's pod CIDRs are routed to and
-// become its WireGuard allowed IPs: until 2026-12-04 a remote could claim
-// 0.0.0.0/1, or this node's pods. (Overlaps with other nodes' pod CIDRs
-// and addresses are not checked: that needs an index by address.)
+// not its own ("" if it does not): a pod CIDR overlapping this node's. A
+// record's pod CIDRs are routed to and become its WireGuard allowed IPs:
+// until 2026-12-04 a remote could claim this node's pods. (Overlaps with
+// other nodes' pod CIDRs and addresses, and prefixes as wide as
+// 0.0.0.0/1, are not refused: pod CIDRs from /8 are valid, and the rest
+// needs an index by address.)
 func (r *Router) claimsOthers(n node.Node) string {
 	if clusterOf(n.Name) == "" {
 		return ""
@@ -408,8 +409,8 @@ func (r *Router) claimsOthers(n node.Node) string {
 		if err != nil {
 			continue
 		}
-		if p.Bits() < MinCoverBits || r.own.IsValid() && r.own.Overlaps(p) {
-			return fmt.Sprintf("pod CIDR %s: shorter than /%d or overlapping this node's %s", p, MinCoverBits, r.own)
+		if r.own.IsValid() && r.own.Overlaps(p) {
+			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own)
 		}
 	}
 	return ""

@@ -141,17 +141,22 @@ func TestEntryHeldByAnotherClusterStays(t *testing.T) {
 	}
 }
 
-// A remote cluster's node record claiming more than its own pod CIDRs
-// (a prefix shorter than MinCoverBits, or this node's) is refused whole:
-// it would be routed to and made its WireGuard peer's allowed IPs.
+// A remote cluster's node record claiming this node's pod CIDR is
+// refused whole: it would be routed to and made its WireGuard peer's
+// allowed IPs. A wide pod CIDR of its own is taken (pod CIDRs from /8
+// are valid).
 func TestRemoteNodeClaimingOthersRefused(t *testing.T) {
 	inNetns(t) // a refusal that fails would route the claimed prefixes
 	r := &Router{dp: &fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, mode: Tunnel, self: "n1", nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{}}
 	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	for _, cidrs := range [][]string{{"0.0.0.0/1", "128.0.0.0/1"}, {"10.7.0.0/24", "10.244.0.0/25"}} {
+	for _, cidrs := range [][]string{{"10.0.0.0/8"}, {"10.7.0.0/24", "10.244.0.0/25"}} {
 		r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"203.0.113.9"}, PodCIDRs: cidrs}, false)
 		if _, ok := r.nodes["east/evil"]; ok {
 			t.Fatalf("a remote node claiming %v was taken", cidrs)
 		}
+	}
+	r.NodeChanged(node.Node{Name: "east/wide", IPs: []string{"203.0.113.10"}, PodCIDRs: []string{"10.64.0.0/14"}}, false)
+	if _, ok := r.nodes["east/wide"]; !ok {
+		t.Fatal("a remote node with a /14 pod CIDR of its own was refused")
 	}
 }
