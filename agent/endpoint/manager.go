@@ -103,6 +103,17 @@ func (m *Manager) release(ctx context.Context, ls labels.Labels) error {
 	return m.ids.Release(rctx, ls)
 }
 
+// restore writes ep's datapath state again after a failed update (after,
+// say what failed), as release does on a context that is not the
+// caller's: its end may be what failed.
+func (m *Manager) restore(ctx context.Context, ep Endpoint, after string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
+	defer cancel()
+	if err := m.hooks.EndpointUp(rctx, ep); err != nil {
+		slog.Error("endpoint's datapath not restored after "+after, "endpoint", ep.ID, "err", err)
+	}
+}
+
 // kvUnreachable reports whether err says the kvstore could not be reached.
 func kvUnreachable(err error) bool {
 	switch status.Code(err) { // a gRPC status, wrapped or not
@@ -272,11 +283,7 @@ func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
 		// The device stays, and so does the endpoint: enforced again
 		// until the DEL is tried again (not left without its programs).
 		if m.hooks != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
-			if uerr := m.hooks.EndpointUp(rctx, *ep); uerr != nil {
-				slog.Error("endpoint's datapath not restored after a failed delete", "endpoint", ep.ID, "err", uerr)
-			}
-			cancel()
+			m.restore(ctx, *ep, "a failed delete")
 		}
 		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
 	}
@@ -485,12 +492,7 @@ func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []s
 			// (or, failing late, taken the endpoint down): put the old one
 			// back, so the datapath has what the manager keeps.
 			*ep = old
-			// Not the caller's context: its end may be what failed.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
-			if rerr := m.hooks.EndpointUp(rctx, old); rerr != nil {
-				slog.Error("endpoint's datapath not restored after a failed relabel (until its next relabel to other labels, or the agent's restart)", "endpoint", ep.ID, "err", rerr)
-			}
-			cancel()
+			m.restore(ctx, old, "a failed relabel (until its next relabel to other labels, or the agent's restart)")
 			m.release(ctx, ls)
 			return false, err
 		}
