@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -98,6 +99,10 @@ type Router struct {
 	held    map[string]map[netip.Addr]struct{} // entries' addresses by node (hold and drop keep both)
 	sp      *sparseState                       // nil: every remote entry is written as its /32 (--remote-ipcache full)
 	own     netip.Prefix                       // this node's pod CIDR: its pods' entries are the engine's
+	claims  claimIndex                         // the known nodes' addresses and pod CIDRs
+	// refused: remote node records refused for meeting another cluster's
+	// claims, tried again when a node's claims go.
+	refused map[string]node.Node
 }
 
 // SetOwnPodCIDR gives the router this node's pod CIDR: no other node's or
@@ -354,13 +359,40 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 	if n.Name == r.self {
 		return
 	}
-	if !deleted {
+	if r.nodeChanged(n, deleted) {
+		r.retryRefused()
+	}
+}
+
+// nodeChanged applies a node's record or delete; it says whether claims
+// were given up (a record replaced or deleted).
+func (r *Router) nodeChanged(n node.Node, deleted bool) bool {
+	switch {
+	case deleted:
+		delete(r.refused, n.Name)
+	case clusterOf(n.Name) != "":
 		if why := r.claimsOthers(n); why != "" {
-			// Refused whole; one it had stays as it was until a record
-			// it may have comes (or its delete).
+			// Refused whole, and kept to be tried again when what it
+			// met goes; one it had stays as it was until a record it
+			// may have comes (or its delete).
 			slog.Warn("refused a remote cluster's node record", "node", n.Name, "why", why)
-			return
+			if r.refused == nil {
+				r.refused = map[string]node.Node{}
+			}
+			r.refused[n.Name] = n
+			return false
 		}
+		delete(r.refused, n.Name)
+	default:
+		// A node of this cluster takes back what remote nodes claimed of
+		// its own.
+		r.claims.meets(n, func(name, what string) bool {
+			if clusterOf(name) != "" {
+				slog.Warn("a remote cluster's node gave way to a node of this cluster", "node", name, "to", n.Name, "shared", what)
+				r.evict(name)
+			}
+			return true
+		})
 	}
 	old, had := r.nodes[n.Name]
 	if had && !deleted && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs) {
@@ -373,36 +405,81 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 		if !r.down[n.Name] {
 			r.learnNode(n)
 		}
-		return
+		return false
 	}
 	var others []string
 	if had {
 		others = r.sparseForget(old)
 		r.forgetNode(old)
+		r.claims.remove(old)
 	}
 	if deleted {
 		delete(r.nodes, n.Name)
 		r.syncNodes(others)
-		return
+		return had
 	}
 	r.nodes[n.Name] = n
+	r.claims.add(n)
 	others = append(others, r.sparseLearn(n)...)
 	if !r.down[n.Name] {
 		r.learnNode(n)
 	}
 	r.syncNodes(others)
+	return had
+}
+
+// evict forgets remote node name for a node of this cluster that claims
+// what it held; its record is kept as refused.
+func (r *Router) evict(name string) {
+	old, ok := r.nodes[name]
+	if !ok {
+		return
+	}
+	others := r.sparseForget(old)
+	r.forgetNode(old)
+	r.claims.remove(old)
+	delete(r.nodes, name)
+	if r.refused == nil {
+		r.refused = map[string]node.Node{}
+	}
+	r.refused[name] = old
+	r.syncNodes(others)
+}
+
+// retryRefused takes the refused records that no longer meet another
+// cluster's claims (in name order, until none is taken).
+func (r *Router) retryRefused() {
+	for len(r.refused) > 0 {
+		taken := false
+		for _, name := range slices.Sorted(maps.Keys(r.refused)) {
+			n := r.refused[name]
+			if r.claimsOthers(n) == "" {
+				r.nodeChanged(n, false)
+				taken = true
+			}
+		}
+		if !taken {
+			return
+		}
+	}
 }
 
 // claimsOthers says why a remote cluster's node record claims what is
-// not its own ("" if it does not): a pod CIDR overlapping this node's. A
-// record's pod CIDRs are routed to and become its WireGuard allowed IPs:
-// until 2026-12-04 a remote could claim this node's pods. (Overlaps with
-// other nodes' pod CIDRs and addresses, and prefixes as wide as
-// 0.0.0.0/1, are not refused: pod CIDRs from /8 are valid, and the rest
-// needs an index by address.)
+// not its own ("" if it does not): this node's address or pod CIDR, or
+// the address or a pod CIDR of a node of another cluster (this one, or a
+// third), overlapping either way. A record's pod CIDRs are routed to and
+// become its WireGuard allowed IPs, its address a known node's: until
+// 2026-12-04 a remote could claim other nodes' pods, and its delete
+// removed a local node's address from the known nodes. (A prefix that
+// meets no node, as wide as 0.0.0.0/1, is not refused: pod CIDRs from /8
+// are valid.)
 func (r *Router) claimsOthers(n node.Node) string {
-	if clusterOf(n.Name) == "" {
+	c := clusterOf(n.Name)
+	if c == "" {
 		return ""
+	}
+	if ip := n.IP(); ip.IsValid() && ip == r.hostSrc {
+		return fmt.Sprintf("address %s is this node's", ip)
 	}
 	for _, s := range n.PodCIDRs {
 		p, err := netip.ParsePrefix(s)
@@ -413,7 +490,15 @@ func (r *Router) claimsOthers(n node.Node) string {
 			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own)
 		}
 	}
-	return ""
+	why := ""
+	r.claims.meets(n, func(name, what string) bool {
+		if clusterOf(name) == c {
+			return true
+		}
+		why = fmt.Sprintf("%s is node %s's", what, name)
+		return false
+	})
+	return why
 }
 
 func (r *Router) learnNode(n node.Node) {
@@ -468,7 +553,7 @@ func (r *Router) learnNode(n node.Node) {
 }
 
 func (r *Router) forgetNode(n node.Node) {
-	if r.requireNode {
+	if r.requireNode || clusterOf(n.Name) != "" {
 		r.heldOf(n.Name, func(e ipcache.Entry) {
 			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
 		})
@@ -592,7 +677,7 @@ func (r *Router) Entry(ip netip.Addr) (ipcache.Entry, bool) {
 func (r *Router) entryOK(e ipcache.Entry) bool {
 	n, known := r.nodes[e.Node]
 	if !known {
-		return !r.requireNode
+		return !r.requireNode && clusterOf(e.Node) == ""
 	}
 	return InPodCIDRs(e.IP, n)
 }

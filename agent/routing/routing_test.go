@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
 )
@@ -158,5 +159,84 @@ func TestRemoteNodeClaimingOthersRefused(t *testing.T) {
 	r.NodeChanged(node.Node{Name: "east/wide", IPs: []string{"203.0.113.10"}, PodCIDRs: []string{"10.64.0.0/14"}}, false)
 	if _, ok := r.nodes["east/wide"]; !ok {
 		t.Fatal("a remote node with a /14 pod CIDR of its own was refused")
+	}
+}
+
+// TestRemoteNodeCannotTakeWhatAnotherClusterHolds: a remote cluster's node
+// record whose address or pod CIDRs meet a node of another cluster (this
+// one or a third) is refused whole, its delete removes nothing, and an
+// entry naming it is not written; a node of this cluster takes back what a
+// remote node held, and a refused record is taken once what it met is
+// gone. Until 2026-12-04 only an overlap with this node's pod CIDR was
+// refused: a remote could route another node's pods to itself (and be
+// their WireGuard peer), and its delete removed a local node's address
+// from the known nodes (its tunnelled traffic dropped).
+func TestRemoteNodeCannotTakeWhatAnotherClusterHolds(t *testing.T) {
+	inNetns(t)
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}}
+	r := newRouter(f, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	addr := netip.MustParseAddr
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"10.244.1.0/24"}}, false)
+	r.NodeChanged(node.Node{Name: "west/w1", IPs: []string{"198.51.100.1"}, PodCIDRs: []string{"10.50.0.0/24"}}, false)
+	evil := func(ip, cidr string) node.Node {
+		return node.Node{Name: "east/evil", IPs: []string{ip}, PodCIDRs: []string{cidr}}
+	}
+	for _, n := range []node.Node{
+		evil("192.0.2.2", "10.60.0.0/24"),      // n2's address
+		evil("203.0.113.9", "10.244.1.0/24"),   // n2's pod CIDR
+		evil("203.0.113.9", "10.244.1.128/25"), // inside it
+		evil("203.0.113.9", "10.240.0.0/12"),   // around it
+		evil("203.0.113.9", "0.0.0.0/1"),       // around everything
+		evil("198.51.100.1", "10.60.0.0/24"),   // a third cluster's node's address
+		evil("203.0.113.9", "10.50.0.0/16"),    // and pod CIDR
+		evil("203.0.113.9", "10.50.0.7/32"),    // a pod of it
+	} {
+		r.NodeChanged(n, false)
+		if _, ok := r.nodes["east/evil"]; ok {
+			t.Fatalf("a remote node claiming %v %v was taken", n.IPs, n.PodCIDRs)
+		}
+		e := ipcache.Entry{IP: netip.MustParsePrefix(n.PodCIDRs[0]).Addr().Next(), Identity: identity.Compose(3, 300), HostIP: addr("203.0.113.9"), Node: "east/evil"}
+		r.EntryChanged(e, false)
+		if _, ok := f.ipc[netip.PrefixFrom(e.IP, 32)]; ok {
+			t.Fatalf("an entry of the refused node %v %v was written", n.IPs, n.PodCIDRs)
+		}
+		r.EntryChanged(e, true)
+		r.NodeChanged(n, true)
+		if !f.nodes[addr("192.0.2.2")] || !f.nodes[addr("198.51.100.1")] {
+			t.Fatalf("the delete of a refused record %v %v removed a known node: %v", n.IPs, n.PodCIDRs, f.nodes)
+		}
+	}
+	// A remote cluster's nodes may overlap each other.
+	r.NodeChanged(node.Node{Name: "west/w2", IPs: []string{"198.51.100.2"}, PodCIDRs: []string{"10.50.0.0/25"}}, false)
+	if _, ok := r.nodes["west/w2"]; !ok {
+		t.Fatal("a node overlapping one of its own cluster was refused")
+	}
+	// A node of this cluster takes its pod CIDR back from a remote node.
+	e1 := node.Node{Name: "east/e1", IPs: []string{"203.0.113.20"}, PodCIDRs: []string{"10.244.2.0/24"}}
+	r.NodeChanged(e1, false)
+	pod := ipcache.Entry{IP: addr("10.244.2.5"), Identity: identity.Compose(3, 301), HostIP: addr("203.0.113.20"), Node: "east/e1"}
+	r.EntryChanged(pod, false)
+	if _, ok := f.ipc[netip.MustParsePrefix("10.244.2.5/32")]; !ok {
+		t.Fatal("a remote node's entry was not written")
+	}
+	n3 := node.Node{Name: "n3", IPs: []string{"192.0.2.3"}, PodCIDRs: []string{"10.244.2.0/24"}}
+	r.NodeChanged(n3, false)
+	if _, ok := r.nodes["east/e1"]; ok {
+		t.Fatal("a remote node holding a local node's pod CIDR stayed")
+	}
+	if _, ok := f.ipc[netip.MustParsePrefix("10.244.2.5/32")]; ok {
+		t.Fatal("the evicted remote node's entry stayed in the datapath")
+	}
+	if !f.nodes[addr("192.0.2.3")] {
+		t.Fatal("the local node was not learned")
+	}
+	// Once the local node is gone, the remote record it met is taken.
+	r.NodeChanged(n3, true)
+	if _, ok := r.nodes["east/e1"]; !ok {
+		t.Fatal("a refused record was not taken once what it met was gone")
+	}
+	if _, ok := f.ipc[netip.MustParsePrefix("10.244.2.5/32")]; !ok {
+		t.Fatal("the taken node's entry was not written")
 	}
 }

@@ -24,10 +24,18 @@ type fakeValue struct {
 }
 
 // fakeMaps is the ipcache as a prefix table.
-type fakeMaps struct{ ipc map[netip.Prefix]fakeValue }
+type fakeMaps struct {
+	ipc   map[netip.Prefix]fakeValue
+	nodes map[netip.Addr]bool // the known-node addresses, when not nil
+}
 
-func (f *fakeMaps) UpsertNode(netip.Addr) error        { return nil }
-func (f *fakeMaps) DeleteNode(netip.Addr) error        { return nil }
+func (f *fakeMaps) UpsertNode(a netip.Addr) error {
+	if f.nodes != nil {
+		f.nodes[a] = true
+	}
+	return nil
+}
+func (f *fakeMaps) DeleteNode(a netip.Addr) error      { delete(f.nodes, a); return nil }
 func (f *fakeMaps) UpsertEncryptPeer(netip.Addr) error { return nil }
 func (f *fakeMaps) DeleteEncryptPeer(netip.Addr)       {}
 func (f *fakeMaps) UpsertIPCacheTunnel(p netip.Prefix, id identity.NumericIdentity, t netip.Addr) error {
@@ -180,10 +188,11 @@ func TestSparseRouter(t *testing.T) {
 		live[e.IP] = e
 		pr.EntryChanged(e, false)
 	}
-	// An entry before its node: its /32, as ever.
+	// An entry before its node: held, not written (a remote cluster's
+	// entry waits for its node).
 	entry("10.2.1.5", web)
-	if _, ok := f.ipc[netip.MustParsePrefix("10.2.1.5/32")]; !ok {
-		t.Fatal("an entry of a node not known yet is not written")
+	if _, ok := f.ipc[netip.MustParsePrefix("10.2.1.5/32")]; ok {
+		t.Fatal("a remote entry of a node not known yet was written")
 	}
 	pr.NodeChanged(n2, false)
 	entry("10.2.1.6", db)
@@ -211,9 +220,11 @@ func TestSparseRouter(t *testing.T) {
 	if f.slash32s() != 0 {
 		t.Fatalf("web's /32 stays after the policy went: %v", f.ipc)
 	}
-	// Another remote node claims an overlapping CIDR: neither gets a cover.
-	n3 := node.Node{Name: "c3/x", IPs: []string{"192.168.3.1"}, PodCIDRs: []string{"10.2.1.128/25"}}
-	e3 := ipcache.Entry{IP: netip.MustParseAddr("10.2.1.200"), Identity: identity.Compose(3, 400), HostIP: netip.MustParseAddr("192.168.3.1"), Node: "c3/x"}
+	// Another node of its cluster claims an overlapping CIDR: neither gets
+	// a cover (a node of another cluster is refused whole:
+	// TestRemoteNodeCannotTakeWhatAnotherClusterHolds).
+	n3 := node.Node{Name: "c2/x", IPs: []string{"192.168.3.1"}, PodCIDRs: []string{"10.2.1.128/25"}}
+	e3 := ipcache.Entry{IP: netip.MustParseAddr("10.2.1.200"), Identity: identity.Compose(2, 400), HostIP: netip.MustParseAddr("192.168.3.1"), Node: "c2/x"}
 	pr.NodeChanged(n3, false)
 	pr.EntryChanged(e3, false)
 	check(t, "overlap", r, f, full, need, live)

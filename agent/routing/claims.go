@@ -1,0 +1,126 @@
+package routing
+
+import (
+	"net/netip"
+
+	"github.com/filament-net/filament/agent/node"
+)
+
+// claimIndex holds what the known nodes claim, their addresses and pod
+// CIDRs, so that a node record meeting another cluster's claims is found
+// with a few map lookups rather than a walk of every node (a mesh's sync
+// brings tens of thousands of node records).
+type claimIndex struct {
+	addrs map[netip.Addr]map[string]bool   // node address → nodes
+	cidrs map[netip.Prefix]map[string]bool // masked pod CIDR → nodes
+	lens  [33]int                          // how many cidrs keys have each length
+	// narrow: the pod CIDRs of MinCoverBits bits or more by their /16,
+	// to find those inside a claimed prefix.
+	narrow map[netip.Prefix]map[netip.Prefix]bool
+}
+
+func addName(m map[string]bool, name string) map[string]bool {
+	if m == nil {
+		m = map[string]bool{}
+	}
+	m[name] = true
+	return m
+}
+
+func (x *claimIndex) add(n node.Node) {
+	if x.addrs == nil {
+		x.addrs = map[netip.Addr]map[string]bool{}
+		x.cidrs = map[netip.Prefix]map[string]bool{}
+		x.narrow = map[netip.Prefix]map[netip.Prefix]bool{}
+	}
+	if ip := n.IP(); ip.IsValid() {
+		x.addrs[ip] = addName(x.addrs[ip], n.Name)
+	}
+	for _, c := range cidrs(n) {
+		c = c.Masked()
+		if x.cidrs[c] == nil {
+			x.lens[c.Bits()]++
+			if c.Bits() >= MinCoverBits {
+				b := bucket(c)
+				if x.narrow[b] == nil {
+					x.narrow[b] = map[netip.Prefix]bool{}
+				}
+				x.narrow[b][c] = true
+			}
+		}
+		x.cidrs[c] = addName(x.cidrs[c], n.Name)
+	}
+}
+
+func (x *claimIndex) remove(n node.Node) {
+	if ip := n.IP(); ip.IsValid() && x.addrs[ip][n.Name] {
+		delete(x.addrs[ip], n.Name)
+		if len(x.addrs[ip]) == 0 {
+			delete(x.addrs, ip)
+		}
+	}
+	for _, c := range cidrs(n) {
+		c = c.Masked()
+		if !x.cidrs[c][n.Name] {
+			continue
+		}
+		delete(x.cidrs[c], n.Name)
+		if len(x.cidrs[c]) > 0 {
+			continue
+		}
+		delete(x.cidrs, c)
+		x.lens[c.Bits()]--
+		if c.Bits() >= MinCoverBits {
+			b := bucket(c)
+			delete(x.narrow[b], c)
+			if len(x.narrow[b]) == 0 {
+				delete(x.narrow, b)
+			}
+		}
+	}
+}
+
+// meets calls f for each node (other than n) whose address is n's or
+// whose pod CIDR overlaps one of n's, with what they share; f returns
+// false to stop.
+func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
+	each := func(names map[string]bool, what string) bool {
+		for name := range names {
+			if name != n.Name && !f(name, what) {
+				return false
+			}
+		}
+		return true
+	}
+	if ip := n.IP(); ip.IsValid() && !each(x.addrs[ip], "address "+ip.String()) {
+		return
+	}
+	for _, p := range cidrs(n) {
+		p = p.Masked()
+		// The claimed CIDRs holding p (p itself among them).
+		for bits := 0; bits <= p.Bits(); bits++ {
+			if x.lens[bits] == 0 {
+				continue
+			}
+			q := netip.PrefixFrom(p.Addr(), bits).Masked()
+			if !each(x.cidrs[q], "pod CIDR "+q.String()) {
+				return
+			}
+		}
+		// Those inside p: in p's /16, or, for a wider p, anywhere.
+		inside := x.narrow[bucket(p)]
+		if p.Bits() < MinCoverBits {
+			inside = nil
+			for q := range x.cidrs {
+				if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], "pod CIDR "+q.String()) {
+					return
+				}
+			}
+		}
+		for q := range inside {
+			if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], "pod CIDR "+q.String()) {
+				return
+			}
+		}
+	}
+}
