@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,10 @@ const (
 	// DefaultProxyPort is the L7 proxy's listener port.
 	DefaultProxyPort = 15001
 )
+
+// DefaultClusterMeshPodRanges: remote pod CIDRs may lie in the private
+// (RFC 1918) and shared (RFC 6598) ranges.
+var DefaultClusterMeshPodRanges = []string{"10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16"}
 
 // Duration is a time.Duration written as "15s" in YAML and JSON.
 type Duration time.Duration
@@ -104,6 +109,11 @@ type Config struct {
 	// been unreachable, its heartbeat stale, for this long (default 5m); 0
 	// keeps them for ever (traffic keeps flowing to what was known).
 	ClusterMeshTTL Duration `json:"clusterMeshTTL"`
+	// ClusterMeshPodRanges are where remote clusters' pod CIDRs may lie: a
+	// remote node record with a pod CIDR outside all of them is refused
+	// (it would be routed to that node). Default: the private and shared
+	// ranges (DefaultClusterMeshPodRanges); 0.0.0.0/0 allows any.
+	ClusterMeshPodRanges []string `json:"clusterMeshPodRanges"`
 	// ClusterMeshCache reads the remote clusters from the cache of this
 	// cluster's filament-clustermesh-apiserver (run with
 	// --clustermesh-cache) instead of connecting to each of them.
@@ -292,6 +302,7 @@ func Default() Config {
 		EmbeddedEtcd:          EmbeddedEtcd{ClientURL: DefaultEtcdClient, PeerURL: DefaultEtcdPeer},
 		LeaseTTL:              Duration(DefaultLeaseTTL),
 		ClusterMeshTTL:        Duration(DefaultClusterMeshTTL),
+		ClusterMeshPodRanges:  slices.Clone(DefaultClusterMeshPodRanges),
 		IdentityGCInterval:    Duration(DefaultGCInterval),
 		MTU:                   0,
 		LogLevel:              "info",
@@ -399,7 +410,26 @@ func (c Config) validateCluster() error {
 	if c.RemoteIPCache != "sparse" && c.RemoteIPCache != "full" {
 		return fmt.Errorf("%w: remoteIPCache %q: want sparse or full", ErrInvalid, c.RemoteIPCache)
 	}
+	if _, err := c.RemotePodRanges(); err != nil {
+		return err
+	}
 	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
+}
+
+// RemotePodRanges parses ClusterMeshPodRanges.
+func (c Config) RemotePodRanges() ([]netip.Prefix, error) {
+	if len(c.ClusterMeshPodRanges) == 0 {
+		return nil, fmt.Errorf("%w: clusterMeshPodRanges: empty (0.0.0.0/0 allows remote pod CIDRs anywhere)", ErrInvalid)
+	}
+	var out []netip.Prefix
+	for _, s := range c.ClusterMeshPodRanges {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || !p.Addr().Is4() || p.Masked() != p {
+			return nil, fmt.Errorf("%w: clusterMeshPodRanges %q: want an IPv4 CIDR written with its network address", ErrInvalid, s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func (c Config) validateNode() error {

@@ -112,6 +112,8 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"podCIDR", func(c *Config) { c.PodCIDR = "10.0.0.0/33" }, []string{"podCIDR", "10.0.0.0/33"}},
 		{"clusterPool", func(c *Config) { c.ClusterPool = "10.244.0.1/16" }, []string{"clusterPool", "10.244.0.1/16"}},
 		{"podCIDRSize", func(c *Config) { c.PodCIDRSize = 30 }, []string{"podCIDRSize", "30"}},
+		{"clusterMeshPodRanges", func(c *Config) { c.ClusterMeshPodRanges = []string{"10.0.0.0/8", "10.1.0.1/16"} }, []string{"clusterMeshPodRanges", "10.1.0.1/16"}},
+		{"clusterMeshPodRanges empty", func(c *Config) { c.ClusterMeshPodRanges = nil }, []string{"clusterMeshPodRanges", "empty"}},
 		{"nodeIP", func(c *Config) { c.NodeIP = "fd00::1" }, []string{"nodeIP", "fd00::1"}},
 		{"routing", func(c *Config) { c.Routing = "bgp" }, []string{"routing", "bgp"}},
 		{"nativeForwarding", func(c *Config) { c.NativeForwarding = "xdp" }, []string{"nativeForwarding", "xdp"}},

@@ -32,6 +32,7 @@ var Flags = []Flag{
 	{"gossip-key-file", "the cluster's gossip key file (a bundle's gossip.key); needed with an external etcd and the memberlist port on", func(c *Config) any { return &c.GossipKeyFile }},
 	{"clustermesh-config", "directory of remote cluster configs (one <name>.yaml each, from filament clustermesh connect)", func(c *Config) any { return &c.ClusterMeshConfig }},
 	{"clustermesh-ttl", "withdraw a lost remote cluster's entries once it has been unreachable, its heartbeat stale, for this long (0: keep them for ever)", func(c *Config) any { return &c.ClusterMeshTTL }},
+	{"clustermesh-pod-ranges", "ranges remote clusters' pod CIDRs may lie in; a remote node with a pod CIDR outside them is refused (0.0.0.0/0: anywhere)", func(c *Config) any { return &c.ClusterMeshPodRanges }},
 	{"clustermesh-cache", "read the remote clusters from this cluster's clustermesh-apiserver cache (one connection, to the local kvstore) instead of connecting to each", func(c *Config) any { return &c.ClusterMeshCache }},
 	{"remote-ipcache", "remote clusters' pods in the BPF ipcache: sparse (one entry per remote pod CIDR, a pod's /32 only where policy tells it apart) or full (every pod's /32)", func(c *Config) any { return &c.RemoteIPCache }},
 	{"policy-all-clusters", "peer selectors without a cluster label match every cluster of the mesh (default: only the local cluster)", func(c *Config) any { return &c.PolicyAllClusters }},

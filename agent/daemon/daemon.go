@@ -77,6 +77,7 @@ type Agent struct {
 	underlayLink netlink.Link
 	underlayMTU  int
 	podCIDR      string
+	fromPool     bool // podCIDR was allocated from the cluster pool
 	pool         *ipam.Pool
 	// datapath
 	dp     *datapath.Datapath

@@ -114,7 +114,7 @@ func (a *Agent) startAddresses(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		a.podCIDR = p.String()
+		a.podCIDR, a.fromPool = p.String(), true
 	}
 	if a.pool, err = ipam.New(a.podCIDR); err != nil {
 		return err
@@ -224,6 +224,14 @@ func (a *Agent) startPolicy(context.Context) error {
 	if own, err := netip.ParsePrefix(a.podCIDR); err == nil {
 		a.router.SetOwnPodCIDR(own)
 	}
+	if a.fromPool {
+		a.router.SetOwnPool(netip.MustParsePrefix(a.cfg.ClusterPool))
+	}
+	ranges, err := a.cfg.RemotePodRanges()
+	if err != nil {
+		return err
+	}
+	a.router.SetRemotePodRanges(ranges)
 	if a.cfg.RemoteIPCache == "sparse" {
 		// Ingress reads the source identity from the ipcache unless it
 		// travels in the VNI (tunnel mode without encryption, whose

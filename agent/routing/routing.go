@@ -99,6 +99,8 @@ type Router struct {
 	held    map[string]map[netip.Addr]struct{} // entries' addresses by node (hold and drop keep both)
 	sp      *sparseState                       // nil: every remote entry is written as its /32 (--remote-ipcache full)
 	own     netip.Prefix                       // this node's pod CIDR: its pods' entries are the engine's
+	pool    netip.Prefix                       // this cluster's pool (when pod CIDRs come from it): no remote pod CIDR in it
+	ranges  []netip.Prefix                     // where remote pod CIDRs may lie (none set: anywhere)
 	claims  claimIndex                         // the known nodes' addresses and pod CIDRs
 	// refused: remote node records refused for meeting another cluster's
 	// claims, tried again when a node's claims go.
@@ -112,6 +114,27 @@ func (r *Router) SetOwnPodCIDR(p netip.Prefix) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.own = p
+}
+
+// SetOwnPool gives the router the range this cluster's nodes' pod CIDRs
+// are allocated from: no remote node's pod CIDR may overlap it.
+func (r *Router) SetOwnPool(p netip.Prefix) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pool = p
+}
+
+// SetRemotePodRanges sets where remote clusters' pod CIDRs may lie: a
+// remote node record with a pod CIDR outside every range is refused.
+func (r *Router) SetRemotePodRanges(ranges []netip.Prefix) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ranges = slices.Clone(ranges)
+}
+
+// inRanges says whether p lies inside one of ranges.
+func inRanges(p netip.Prefix, ranges []netip.Prefix) bool {
+	return slices.ContainsFunc(ranges, func(q netip.Prefix) bool { return q.Bits() <= p.Bits() && q.Contains(p.Addr()) })
 }
 
 // hold keeps e as the entry of its address, indexed by its node (a node's
@@ -470,9 +493,10 @@ func (r *Router) retryRefused() {
 // third), overlapping either way. A record's pod CIDRs are routed to and
 // become its WireGuard allowed IPs, its address a known node's: until
 // 2026-12-04 a remote could claim other nodes' pods, and its delete
-// removed a local node's address from the known nodes. (A prefix that
-// meets no node, as wide as 0.0.0.0/1, is not refused: pod CIDRs from /8
-// are valid.)
+// removed a local node's address from the known nodes. Its pod CIDRs
+// must also lie outside this cluster's pool and inside the ranges remote
+// pods may have (a prefix meeting no node, as wide as 0.0.0.0/1, was
+// taken before: routed to the remote, with this node's own traffic to it).
 func (r *Router) claimsOthers(n node.Node) string {
 	c := clusterOf(n.Name)
 	if c == "" {
@@ -488,6 +512,12 @@ func (r *Router) claimsOthers(n node.Node) string {
 		}
 		if r.own.IsValid() && r.own.Overlaps(p) {
 			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own)
+		}
+		if r.pool.IsValid() && r.pool.Overlaps(p) {
+			return fmt.Sprintf("pod CIDR %s overlaps this cluster's pool %s", p, r.pool)
+		}
+		if len(r.ranges) > 0 && !inRanges(p, r.ranges) {
+			return fmt.Sprintf("pod CIDR %s is outside the ranges remote pods may have (--clustermesh-pod-ranges %v)", p, r.ranges)
 		}
 	}
 	why := ""

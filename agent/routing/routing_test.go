@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -238,5 +239,37 @@ func TestRemoteNodeCannotTakeWhatAnotherClusterHolds(t *testing.T) {
 	}
 	if _, ok := f.ipc[netip.MustParsePrefix("10.244.2.5/32")]; !ok {
 		t.Fatal("the taken node's entry was not written")
+	}
+}
+
+// TestRemotePodCIDRsOutsideTheirRangesRefused: a remote node's pod CIDRs
+// must lie in the ranges remote pods may have (--clustermesh-pod-ranges:
+// the private ranges by default) and outside this cluster's pool. Before,
+// a prefix meeting no known node, as wide as 0.0.0.0/1, was taken: routed
+// to the remote's node (and its WireGuard peer's allowed IPs), so the
+// node's own traffic to half the Internet went there.
+func TestRemotePodCIDRsOutsideTheirRangesRefused(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
+	r.SetRemotePodRanges([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.0.0/16")})
+	for _, c := range []string{"0.0.0.0/1", "8.8.8.0/24", "10.0.0.0/7", "10.244.9.0/24", "10.240.0.0/12", "172.16.0.0/24"} {
+		r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"203.0.113.9"}, PodCIDRs: []string{"10.60.0.0/24", c}}, false)
+		if _, ok := r.nodes["east/evil"]; ok {
+			t.Fatalf("a remote node claiming %s was taken", c)
+		}
+	}
+	for i, c := range []string{"10.60.0.0/24", "192.168.7.0/24"} {
+		name := fmt.Sprintf("east/ok%d", i)
+		r.NodeChanged(node.Node{Name: name, IPs: []string{fmt.Sprintf("203.0.113.%d", 20+i)}, PodCIDRs: []string{c}}, false)
+		if _, ok := r.nodes[name]; !ok {
+			t.Fatalf("a remote node with pod CIDR %s in the ranges was refused", c)
+		}
+	}
+	// A node of this cluster may have any pod CIDR.
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"172.20.0.0/24"}}, false)
+	if _, ok := r.nodes["n2"]; !ok {
+		t.Fatal("a node of this cluster outside the remote ranges was refused")
 	}
 }
