@@ -55,6 +55,28 @@ func Prefixes(name string) []string {
 		clustermesh.SyncedPrefix + name + "/"}
 }
 
+// limit is how many keys of prefix (one of Prefixes(name)) the cache
+// holds for one remote (clustermesh.MaxRemote*).
+func limit(name, prefix string) int {
+	if n, ok := limitOverride[prefix]; ok {
+		return n
+	}
+	switch prefix {
+	case node.NodesPrefix + name + "/":
+		return clustermesh.MaxRemoteNodes
+	case identity.IDPrefix:
+		return clustermesh.MaxRemoteIdentities
+	case ipcache.Prefix + name + "/":
+		return clustermesh.MaxRemoteEndpoints
+	case service.Prefix + name + "/":
+		return clustermesh.MaxRemoteServices
+	}
+	return clustermesh.MaxRemoteSynced
+}
+
+// limitOverride: bounds set by tests, by prefix.
+var limitOverride = map[string]int{}
+
 // Run follows the remote configs in dir (re-read every second) and copies
 // each remote into local until ctx ends. lease gives the apiserver's
 // current lease: the cached cluster-configs are put under it, so they
@@ -188,6 +210,7 @@ type remote struct {
 	// relist after a loss writes only what changed (agents see no event
 	// for the rest).
 	written map[string][32]byte
+	held    map[string]int // keys in written, by prefix
 }
 
 // unchanged reports whether key already holds value in the cache.
@@ -198,18 +221,36 @@ func (r *remote) unchanged(key string, value []byte) bool {
 	return ok && sum == sha256.Sum256(value)
 }
 
-// wrote records what key holds now (nil: deleted, or unknown).
-func (r *remote) wrote(key string, value []byte) {
+// wrote records what key (under prefix) holds now (nil: deleted, or
+// unknown).
+func (r *remote) wrote(prefix, key string, value []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.written == nil {
-		r.written = map[string][32]byte{}
+		r.written, r.held = map[string][32]byte{}, map[string]int{}
 	}
+	_, had := r.written[key]
 	if value == nil {
-		delete(r.written, key)
+		if had {
+			delete(r.written, key)
+			r.held[prefix]--
+		}
 	} else {
+		if !had {
+			r.held[prefix]++
+		}
 		r.written[key] = sha256.Sum256(value)
 	}
+}
+
+// full says whether key is new under prefix and the prefix holds its
+// bound of keys already (it returns how many).
+func (r *remote) full(prefix, key string) (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, had := r.written[key]
+	n := r.held[prefix]
+	return n, !had && n >= limit(r.name, prefix)
 }
 
 func (r *remote) key(k string) string { return clustermesh.CachePrefix + r.name + "/" + k }
@@ -371,20 +412,25 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				r.update(ctx, func(s *Status) { s.Rejected++ })
 				slog.Warn("cluster mesh cache: value too large", "cluster", r.name, "key", ev.Key, "bytes", len(ev.Value))
 				err = r.local.Delete(wctx, r.key(ev.Key))
-				r.wrote(ev.Key, nil)
+				r.wrote(prefix, ev.Key, nil)
 				break
 			}
 			if r.unchanged(ev.Key, ev.Value) {
 				break
 			}
+			if n, full := r.full(prefix, ev.Key); full {
+				r.update(ctx, func(s *Status) { s.Rejected++ })
+				slog.Warn("cluster mesh cache: the remote holds as many keys of this kind as it may", "cluster", r.name, "key", ev.Key, "held", n)
+				break
+			}
 			if err = r.local.Put(wctx, r.key(ev.Key), ev.Value, 0); err == nil {
-				r.wrote(ev.Key, ev.Value)
+				r.wrote(prefix, ev.Key, ev.Value)
 			} else {
-				r.wrote(ev.Key, nil)
+				r.wrote(prefix, ev.Key, nil)
 			}
 		case kvstore.EventDelete:
 			err = r.local.Delete(wctx, r.key(ev.Key))
-			r.wrote(ev.Key, nil)
+			r.wrote(prefix, ev.Key, nil)
 		case kvstore.EventSynced:
 			if first {
 				first = false
@@ -412,7 +458,7 @@ func (r *remote) dropUnseen(ctx context.Context, prefix string, seen map[string]
 			if err := r.local.Delete(ctx, kv.Key); err != nil {
 				return err
 			}
-			r.wrote(orig, nil)
+			r.wrote(prefix, orig, nil)
 		}
 	}
 	return nil

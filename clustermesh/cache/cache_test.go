@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -170,4 +171,76 @@ func TestCacheRemovesStaleCopies(t *testing.T) {
 	if _, err := root.Get(ctx, clustermesh.CachePrefix+".odd"); err != nil {
 		t.Errorf("the key directly under the prefix went: %v", err)
 	}
+}
+
+// TestCacheHoldsBoundedCounts: the cache copies at most so many keys of a
+// remote's prefix; what comes past the bound is refused and counted, a
+// held key's change is still copied, and a delete makes room. Before,
+// nothing bounded what a remote stored in the cache's etcd.
+func TestCacheHoldsBoundedCounts(t *testing.T) {
+	defer cache.SetLimit(ipcache.Prefix+"east/", 3)()
+	home := apiservertest.Start(t, "home", 1)
+	east := apiservertest.Start(t, "east", 7)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	put := func(i int, id identity.NumericIdentity) {
+		b, _ := json.Marshal(ipcache.Entry{IP: netip.AddrFrom4([4]byte{10, 7, 0, byte(i)}), Identity: id, Node: "n1"})
+		east.Agent.Put(ctx, fmt.Sprintf("%seast/10.7.0.%d", ipcache.Prefix, i), b, 0)
+	}
+	id := identity.Compose(7, 300)
+	for i := 1; i <= 5; i++ {
+		put(i, id)
+	}
+	root, err := home.Connect(clustermesh.UserRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	remotes := t.TempDir()
+	east.WriteRemoteConfig(t, remotes)
+	go cache.Run(ctx, remotes, root, func() int64 { return 0 })
+	cached := clustermesh.CachePrefix + "east/" + ipcache.Prefix + "east/"
+	wait := func(what string, cond func(keys []string, st cache.Status) bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			kvs, _, _ := home.Agent.List(ctx, cached)
+			var keys []string
+			for _, kv := range kvs {
+				keys = append(keys, strings.TrimPrefix(kv.Key, cached))
+			}
+			var st cache.Status
+			if v, err := home.Agent.Get(ctx, clustermesh.CachePrefix+"east/.status"); err == nil {
+				json.Unmarshal(v.Value, &st)
+			}
+			if cond(keys, st) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: cached %v, status %+v", what, keys, st)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	var held []string
+	wait("bounded", func(keys []string, st cache.Status) bool {
+		held = keys
+		return st.Rejected == 2 && len(keys) == 3
+	})
+	// A held key's change is copied at the bound.
+	id2 := identity.Compose(7, 301)
+	var i int
+	fmt.Sscanf(held[0], "10.7.0.%d", &i)
+	put(i, id2)
+	want := fmt.Sprintf(`"identity":%d`, id2)
+	wait("a held key changed", func([]string, cache.Status) bool {
+		v, err := home.Agent.Get(ctx, cached+held[0])
+		return err == nil && strings.Contains(string(v.Value), want)
+	})
+	// A delete makes room.
+	east.Agent.Delete(ctx, ipcache.Prefix+"east/"+held[0])
+	put(9, id)
+	wait("room after a delete", func(keys []string, _ cache.Status) bool {
+		return len(keys) == 3 && slices.Contains(keys, "10.7.0.9")
+	})
 }

@@ -783,7 +783,7 @@ func (c *cluster) service(s *service.Service, deleted bool) {
 // rejected (counted) rather than half applied.
 func (c *cluster) serviceEvent(ev kvstore.Event, deleted bool) {
 	key := strings.TrimPrefix(ev.Key, service.Prefix+c.name+"/")
-	mirror(c, func() map[string]remoteService { return c.svcs }, key, deleted, func() (remoteService, error) {
+	mirror(c, func() map[string]remoteService { return c.svcs }, limits.services, key, deleted, func() (remoteService, error) {
 		s, err := service.Parse(ev.Value)
 		if err != nil || s.Key() != key {
 			return remoteService{}, fmt.Errorf("service %s: %v", key, err)
@@ -800,7 +800,7 @@ func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 			c.m.cb.Forget(name)
 		}
 	}
-	mirror(c, func() map[string]node.Node { return c.nodes }, name, deleted, func() (node.Node, error) {
+	mirror(c, func() map[string]node.Node { return c.nodes }, limits.nodes, name, deleted, func() (node.Node, error) {
 		var n node.Node
 		if err := json.Unmarshal(ev.Value, &n); err != nil {
 			return n, errIgnored
@@ -838,7 +838,7 @@ func (c *cluster) identityEvent(ev kvstore.Event, deleted bool) {
 		return
 	}
 	id := identity.NumericIdentity(n)
-	mirror(c, func() map[identity.NumericIdentity]identity.Identity { return c.ids }, id, deleted, func() (identity.Identity, error) {
+	mirror(c, func() map[identity.NumericIdentity]identity.Identity { return c.ids }, 0, id, deleted, func() (identity.Identity, error) {
 		if !id.InClusterRange(c.id) {
 			return identity.Identity{}, fmt.Errorf("identity %d outside cluster %d's range", n, c.id)
 		}
@@ -920,6 +920,11 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		return
 	}
 	c.mu.Lock()
+	if n := c.ips.len(); n >= limits.endpoints && !c.ips.has(ip) {
+		c.mu.Unlock()
+		c.refuseListed(ip, fmt.Sprintf("ipcache entry %s: the cluster holds %d entries, at most %d", ip, n, limits.endpoints))
+		return
+	}
 	c.ips.expect(ev.Listed)
 	e.Node = c.nodeName(e.Node)
 	changed := c.ips.put(e)
@@ -929,6 +934,13 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		c.passedOn(1, false)
 	}
 }
+
+// limits bound what one remote cluster holds in an agent
+// (clustermesh.MaxRemote*): past a bound, a new key is rejected (counted
+// in status; taken if it comes again once there is room), while a held
+// key's changes and deletes are taken. Identities need none here (a
+// remote's lie in its cluster's range).
+var limits = struct{ nodes, endpoints, services int }{clustermesh.MaxRemoteNodes, clustermesh.MaxRemoteEndpoints, clustermesh.MaxRemoteServices}
 
 // maxNodeNames bounds the names nodeName keeps.
 const maxNodeNames = 4096
@@ -973,7 +985,7 @@ var (
 // unless equal says it is unchanged; one it refuses is
 // counted as rejected and changes nothing, unless the refusal wraps
 // errWithdraw, which also withdraws what the key held.
-func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted bool, decode func() (V, error),
+func mirror[K comparable, V any](c *cluster, items func() map[K]V, limit int, k K, deleted bool, decode func() (V, error),
 	equal func(a, b V) bool, emit func(v V, deleted bool), onDelete func()) {
 	if deleted {
 		c.mu.Lock()
@@ -1010,8 +1022,14 @@ func mirror[K comparable, V any](c *cluster, items func() map[K]V, k K, deleted 
 		return
 	}
 	c.mu.Lock()
-	if old, ok := items()[k]; ok && equal != nil && equal(old, v) {
+	old, ok := items()[k]
+	if ok && equal != nil && equal(old, v) {
 		c.mu.Unlock()
+		return
+	}
+	if n := len(items()); !ok && limit > 0 && n >= limit {
+		c.mu.Unlock()
+		c.reject(fmt.Sprintf("%v: the cluster holds %d of its kind, at most %d", k, n, limit))
 		return
 	}
 	items()[k] = v

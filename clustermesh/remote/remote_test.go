@@ -554,3 +554,97 @@ func TestStatusShowsConfigsNotReadYet(t *testing.T) {
 		t.Fatalf("removed config: %+v", w)
 	}
 }
+
+// TestRemoteHoldsBoundedCounts: a remote cluster holds at most so many
+// nodes, ipcache entries and services in an agent; what comes past the
+// bound is rejected (counted), a change of what it holds is still taken,
+// and a delete makes room. Before, nothing bounded them: a hostile (or
+// broken) remote writing entries without end ran every agent of the mesh
+// out of memory.
+func TestRemoteHoldsBoundedCounts(t *testing.T) {
+	defer remote.SetLimits(2, 3, 1)()
+	srv := apiservertest.Start(t, "east", 7)
+	kv := srv.Agent
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	id := identity.Compose(7, 300)
+	kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id), []byte("k8s:app=web;k8s:filament.io/cluster=east"), 0)
+	putNode := func(i int) {
+		b, _ := json.Marshal(node.Node{Name: fmt.Sprintf("n%d", i), Cluster: "east", IPs: []string{fmt.Sprintf("172.30.7.%d", i)}, PodCIDRs: []string{fmt.Sprintf("10.7.%d.0/24", i)}})
+		kv.Put(ctx, fmt.Sprintf("%seast/n%d", node.NodesPrefix, i), b, 0)
+	}
+	putEntry := func(i int, id identity.NumericIdentity) {
+		b, _ := json.Marshal(ipcache.Entry{IP: netip.AddrFrom4([4]byte{10, 7, 1, byte(i)}), Identity: id, Node: "n1"})
+		kv.Put(ctx, fmt.Sprintf("%seast/10.7.1.%d", ipcache.Prefix, i), b, 0)
+	}
+	for i := 1; i <= 3; i++ {
+		putNode(i)
+	}
+	for i := 1; i <= 5; i++ {
+		putEntry(i, id)
+	}
+	kv.Put(ctx, service.Prefix+"east/shop/api", []byte(svcDoc), 0)
+	kv.Put(ctx, service.Prefix+"east/shop/api2", []byte(strings.ReplaceAll(svcDoc, `"api"`, `"api2"`)), 0)
+
+	var mu sync.Mutex
+	entries := map[string]identity.NumericIdentity{}
+	dir := t.TempDir()
+	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{
+		Node:     func(node.Node, bool) {},
+		Identity: func(identity.Identity, bool) {},
+		Entry: func(e ipcache.Entry, d bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if d {
+				delete(entries, e.IP.String())
+			} else {
+				entries[e.IP.String()] = e.Identity
+			}
+		},
+		Service: func(string, *service.Service, bool) {},
+	})
+	go m.Run(ctx)
+	srv.WriteRemoteConfig(t, dir)
+	wait := func(what string, cond func(remote.Status) bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			st := m.Status()
+			if len(st) == 1 && st[0].Ready && cond(st[0]) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: status %+v", what, st)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	wait("bounded", func(st remote.Status) bool {
+		return st.Nodes == 2 && st.Endpoints == 3 && st.Services == 1 && st.Rejected == 1+2+1
+	})
+	// A change of a held entry is taken at the bound.
+	mu.Lock()
+	var held string
+	for ip := range entries {
+		held = ip
+	}
+	mu.Unlock()
+	id2 := identity.Compose(7, 301)
+	kv.Put(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id2), []byte("k8s:app=db;k8s:filament.io/cluster=east"), 0)
+	b, _ := json.Marshal(ipcache.Entry{IP: netip.MustParseAddr(held), Identity: id2, Node: "n1"})
+	kv.Put(ctx, ipcache.Prefix+"east/"+held, b, 0)
+	wait("a held entry changed", func(remote.Status) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return entries[held] == id2
+	})
+	// A delete makes room for a new entry.
+	kv.Delete(ctx, ipcache.Prefix+"east/"+held)
+	putEntry(9, id)
+	wait("room after a delete", func(remote.Status) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		_, ok := entries["10.7.1.9"]
+		return ok && len(entries) == 3
+	})
+}
