@@ -271,12 +271,16 @@ func (r *Router) dropCovers(name string) {
 // entries back to the held ones (written as /32s) before its record
 // changes or goes; it returns the nodes whose pod CIDRs overlapped it.
 func (r *Router) sparseForget(old node.Node) []string {
-	if r.sp == nil || clusterOf(old.Name) == "" {
+	if r.sp == nil {
 		return nil
 	}
+	// Every node's pod CIDRs were indexed (sparseLearn); a node of this
+	// cluster's too, and until 2026-12-04 those stayed after it went.
 	others := r.sp.indexNode(old, false)
-	r.dropCovers(old.Name)
-	r.fromCompact(old.Name)
+	if clusterOf(old.Name) != "" {
+		r.dropCovers(old.Name)
+		r.fromCompact(old.Name)
+	}
 	return others
 }
 

@@ -379,3 +379,20 @@ func FuzzSparseHostileCIDRs(f *testing.F) {
 		check(t, "hostile "+cidr, pr.sparse, sp, full, need, live)
 	})
 }
+
+// A node of this cluster that goes leaves no claim in the overlap index:
+// a remote node taking its pod CIDR later gets its cover. Before, a local
+// node's pod CIDRs stayed indexed after its delete, and such a remote
+// node's pods each needed a /32.
+func TestSparseLocalNodeGoneLeavesNoOverlap(t *testing.T) {
+	inNetns(t)
+	r, f := sparseRouter(sparse.NewNeed(1, false))
+	local := node.Node{Name: "n2", IPs: []string{"192.168.1.2"}, PodCIDRs: []string{"10.3.0.0/24"}}
+	r.NodeChanged(local, false)
+	r.NodeChanged(local, true)
+	r.NodeChanged(node.Node{Name: "c2/x", IPs: []string{"192.168.2.1"}, PodCIDRs: []string{"10.3.0.0/24"}}, false)
+	r.EntryChanged(ipcache.Entry{IP: netip.MustParseAddr("10.3.0.5"), Identity: identity.Compose(2, 300), HostIP: netip.MustParseAddr("192.168.2.1"), Node: "c2/x"}, false)
+	if v, ok := f.ipc[netip.MustParsePrefix("10.3.0.0/24")]; !ok || !v.cover {
+		t.Fatalf("no cover for a remote pod CIDR a gone local node had: %v", f.ipc)
+	}
+}
