@@ -319,8 +319,17 @@ func (a *Agent) startMesh(ctx context.Context) error {
 	if a.cfg.ClusterMeshConfig == "" {
 		return nil
 	}
+	// A remote's backends must be its own (its nodes' pod CIDRs and
+	// addresses, as the router took them).
+	a.services.SetRemoteOwner(a.router.Owns)
+	remoteNode := func(n node.Node, deleted bool) {
+		a.nodeChanged(n, deleted)
+		if cluster, _, ok := strings.Cut(n.Name, "/"); ok {
+			a.services.RemoteNodesChanged(cluster)
+		}
+	}
 	a.mesh = remote.NewManager(a.cfg.ClusterMeshConfig, a.cfg.ClusterName, a.cfg.ClusterID, time.Duration(a.cfg.ClusterMeshTTL), remote.Callbacks{
-		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.remoteEntry,
+		Node: remoteNode, Identity: a.engine.IdentityChanged, Entry: a.remoteEntry,
 		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
 	})
 	if a.cfg.ClusterMeshCache {

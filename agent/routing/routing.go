@@ -682,6 +682,33 @@ func (r *Router) mayChange(e ipcache.Entry, deleted bool, owner string, owned bo
 	return false
 }
 
+// Owns says whether ip is remote cluster's own: in a pod CIDR of one of
+// its nodes the router took, or one of those nodes' addresses.
+func (r *Router) Owns(cluster string, ip netip.Addr) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cluster == "" {
+		return false
+	}
+	ofCluster := func(names map[string]bool) bool {
+		for name := range names {
+			if clusterOf(name) == cluster {
+				return true
+			}
+		}
+		return false
+	}
+	if ofCluster(r.claims.addrs[ip]) {
+		return true
+	}
+	for bits := 0; bits <= 32; bits++ {
+		if r.claims.lens[bits] > 0 && ofCluster(r.claims.cidrs[netip.PrefixFrom(ip, bits).Masked()]) {
+			return true
+		}
+	}
+	return false
+}
+
 // Entry is the accepted ipcache entry of another node's address.
 func (r *Router) Entry(ip netip.Addr) (ipcache.Entry, bool) {
 	r.mu.Lock()

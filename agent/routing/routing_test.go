@@ -273,3 +273,24 @@ func TestRemotePodCIDRsOutsideTheirRangesRefused(t *testing.T) {
 		t.Fatal("a node of this cluster outside the remote ranges was refused")
 	}
 }
+
+// Owns: an address is a remote cluster's when one of its taken nodes has
+// it as address or pod CIDR (global services' remote backends).
+func TestOwns(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"10.244.1.0/24"}}, false)
+	r.NodeChanged(node.Node{Name: "west/w1", IPs: []string{"198.51.100.1"}, PodCIDRs: []string{"10.50.0.0/24"}}, false)
+	r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"203.0.113.9"}, PodCIDRs: []string{"10.244.1.0/24"}}, false) // refused
+	for _, c := range []struct {
+		cluster, ip string
+		want        bool
+	}{
+		{"west", "10.50.0.9", true}, {"west", "198.51.100.1", true}, {"west", "10.244.1.5", false}, {"west", "192.0.2.2", false},
+		{"east", "10.50.0.9", false}, {"east", "10.244.1.5", false}, {"", "10.244.1.5", false},
+	} {
+		if got := r.Owns(c.cluster, netip.MustParseAddr(c.ip)); got != c.want {
+			t.Errorf("Owns(%q, %s) = %v, want %v", c.cluster, c.ip, got, c.want)
+		}
+	}
+}

@@ -106,9 +106,93 @@ type Manager struct {
 	watched kvstore.Applied
 	errors  int
 
+	// owns says whether an address is a remote cluster's own (in one of
+	// its nodes' pod CIDRs, or one of its nodes' addresses); nil: any.
+	owns func(cluster string, ip netip.Addr) bool
+	// leftOut: by cluster, the keys of the services that have a backend
+	// of that cluster left out as not its own (applied again when the
+	// cluster's nodes change).
+	leftOut map[string]map[string]bool
+
 	// beforePut, when set (tests), runs between put's check and its
 	// transaction.
 	beforePut func()
+}
+
+// SetRemoteOwner makes owns decide which addresses a remote cluster's
+// backends may have: a backend of another address is left out (call
+// before remote services come).
+func (m *Manager) SetRemoteOwner(owns func(cluster string, ip netip.Addr) bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.owns = owns
+}
+
+// RemoteNodesChanged applies again the services with backends of cluster
+// left out as not its own: what the cluster owns may have changed.
+func (m *Manager) RemoteNodesChanged(cluster string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	keys := m.leftOut[cluster]
+	if len(keys) == 0 {
+		return
+	}
+	for _, key := range slices.Sorted(maps.Keys(keys)) {
+		m.apply(key)
+	}
+}
+
+// ownedRemotes is the remote services of key with only the backends
+// their clusters own (a service is copied only when it loses some), and
+// notes which clusters lost some; m.mu held.
+func (m *Manager) ownedRemotes(key string) map[string]*Service {
+	remotes := m.remote[key]
+	for c := range m.leftOut {
+		delete(m.leftOut[c], key)
+		if len(m.leftOut[c]) == 0 {
+			delete(m.leftOut, c)
+		}
+	}
+	if m.owns == nil || len(remotes) == 0 {
+		return remotes
+	}
+	var out map[string]*Service
+	for c, r := range remotes {
+		keep := r.Backends
+		for i, b := range r.Backends {
+			ip, err := netip.ParseAddr(b.IP)
+			if err == nil && m.owns(c, ip) {
+				if len(keep) < len(r.Backends) {
+					keep = append(keep, b)
+				}
+				continue
+			}
+			if len(keep) == len(r.Backends) {
+				keep = slices.Clone(r.Backends[:i])
+			}
+			slog.Warn("left out a remote cluster's backend that is not its own", "service", key, "cluster", c, "backend", b.IP)
+		}
+		if len(keep) == len(r.Backends) {
+			continue
+		}
+		if out == nil {
+			out = maps.Clone(remotes)
+		}
+		cp := *r
+		cp.Backends = keep
+		out[c] = &cp
+		if m.leftOut == nil {
+			m.leftOut = map[string]map[string]bool{}
+		}
+		if m.leftOut[c] == nil {
+			m.leftOut[c] = map[string]bool{}
+		}
+		m.leftOut[c][key] = true
+	}
+	if out == nil {
+		return remotes
+	}
+	return out
 }
 
 // New starts following the cluster's services; it returns once the
@@ -293,8 +377,9 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	}
 	st = Status{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Type: s.Spec.Type, Options: s.Options(),
 		Algorithm: s.Algorithm(m.cfg.Algorithm), AffinityTimeout: s.AffinityTimeout(), Clusters: []string{m.cfg.Cluster}, Spec: s}
+	remotes := m.ownedRemotes(key)
 	if st.Options.Global {
-		for c, r := range m.remote[key] {
+		for c, r := range remotes {
 			if o := r.Options(); o.Global && o.Shared && c != m.cfg.Cluster {
 				st.Clusters = append(st.Clusters, c)
 			}
@@ -303,7 +388,7 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	}
 	alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
 	for _, fe := range s.Frontends(m.cfg.NodeIPs) {
-		views := Select(s, m.remote[key], m.cfg.Cluster, fe, alive)
+		views := Select(s, remotes, m.cfg.Cluster, fe, alive)
 		fst := FrontendStatus{Frontend: fe, Backends: views}
 		e := lbEntry{fe: datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)},
 			lbs: datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}}

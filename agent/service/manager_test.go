@@ -1281,3 +1281,31 @@ func TestManagerSharedFrontendHandOver(t *testing.T) {
 		t.Fatalf("10.96.0.10:443 serves %s after b's delete and a refused hand-over, want no entry", got)
 	}
 }
+
+// A remote cluster's backend must be its own, an address in one of its
+// nodes' pod CIDRs or one of its nodes' addresses (the router's view):
+// another is left out of the datapath and the status until the cluster
+// owns it. Before, a remote's shared global service could send this
+// cluster's clients to any address: this cluster's pods, the node's
+// metadata service, an outside host.
+func TestManagerRemoteBackendsMustBeTheirClusters(t *testing.T) {
+	m, dp := newManager(t, "")
+	owned := map[string][]netip.Prefix{"c2": {netip.MustParsePrefix("10.2.1.0/24")}}
+	m.SetRemoteOwner(func(cluster string, ip netip.Addr) bool {
+		return slices.ContainsFunc(owned[cluster], func(p netip.Prefix) bool { return p.Contains(ip) })
+	})
+	upsert(t, m, strings.Replace(globalYAML, "AFFINITY", "none", 1))
+	r := remoteSvc(t, `service.cilium.io/global: "true"`)
+	r.Backends = append(r.Backends, Backend{IP: "10.0.1.7", Node: "m1"}, Backend{IP: "169.254.169.254", Node: "m1"}, Backend{IP: "192.0.2.50", Node: "m3"})
+	m.RemoteChanged("c2", r, false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+	st, _ := m.Get("default", "web")
+	if got := render(st.Frontends[0].Backends); !reflect.DeepEqual(got, []string{
+		"c1 10.0.1.1:8080 n1 active *", "c2 10.2.1.1:9090 m1 active *", "c2 10.2.1.2:9090 m2 terminating"}) {
+		t.Errorf("status backends %q", got)
+	}
+	// c2's node m3 (192.0.2.0/24) is learned: its backend comes in.
+	owned["c2"] = append(owned["c2"], netip.MustParsePrefix("192.0.2.0/24"))
+	m.RemoteNodesChanged("c2")
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090 192.0.2.50:9090]")
+}
