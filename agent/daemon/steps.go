@@ -308,9 +308,11 @@ func (a *Agent) startDetection(ctx context.Context) error {
 }
 
 // nodeChanged passes a node's change (a refused node as deleted) to the
-// router and to Hubble's peers.
+// router, to the services (a remote backend left out as not its
+// cluster's may be now) and to Hubble's peers.
 func (a *Agent) nodeChanged(n node.Node, deleted bool) {
 	a.router.NodeChanged(n, deleted)
+	a.services.NodesChanged()
 	a.peers.NodeChanged(n, deleted)
 }
 
@@ -322,14 +324,8 @@ func (a *Agent) startMesh(ctx context.Context) error {
 	// A remote's backends must be its own (its nodes' pod CIDRs and
 	// addresses, as the router took them).
 	a.services.SetRemoteOwner(a.router.Owns)
-	remoteNode := func(n node.Node, deleted bool) {
-		a.nodeChanged(n, deleted)
-		if cluster, _, ok := strings.Cut(n.Name, "/"); ok {
-			a.services.RemoteNodesChanged(cluster)
-		}
-	}
 	a.mesh = remote.NewManager(a.cfg.ClusterMeshConfig, a.cfg.ClusterName, a.cfg.ClusterID, time.Duration(a.cfg.ClusterMeshTTL), remote.Callbacks{
-		Node: remoteNode, Identity: a.engine.IdentityChanged, Entry: a.remoteEntry,
+		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.remoteEntry,
 		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
 	})
 	if a.cfg.ClusterMeshCache {

@@ -15,8 +15,10 @@ type claimIndex struct {
 	cidrs map[netip.Prefix]map[string]bool // masked pod CIDR → nodes
 	lens  [33]int                          // how many cidrs keys have each length
 	// narrow: the pod CIDRs of MinCoverBits bits or more by their /16,
-	// to find those inside a claimed prefix.
-	narrow map[netip.Prefix]map[netip.Prefix]bool
+	// to find those inside a claimed prefix; abucket: the addresses by
+	// their /16, likewise.
+	narrow  map[netip.Prefix]map[netip.Prefix]bool
+	abucket map[netip.Prefix]map[netip.Addr]bool
 }
 
 func addName(m map[string]bool, name string) map[string]bool {
@@ -32,11 +34,22 @@ func (x *claimIndex) add(n node.Node) {
 		x.addrs = map[netip.Addr]map[string]bool{}
 		x.cidrs = map[netip.Prefix]map[string]bool{}
 		x.narrow = map[netip.Prefix]map[netip.Prefix]bool{}
+		x.abucket = map[netip.Prefix]map[netip.Addr]bool{}
 	}
-	if ip := n.IP(); ip.IsValid() {
+	if ip := n.IP(); ip.Is4() {
+		if x.addrs[ip] == nil {
+			b := addrBucket(ip)
+			if x.abucket[b] == nil {
+				x.abucket[b] = map[netip.Addr]bool{}
+			}
+			x.abucket[b][ip] = true
+		}
 		x.addrs[ip] = addName(x.addrs[ip], n.Name)
 	}
 	for _, c := range cidrs(n) {
+		if !c.Addr().Is4() {
+			continue
+		}
 		c = c.Masked()
 		if x.cidrs[c] == nil {
 			x.lens[c.Bits()]++
@@ -57,6 +70,11 @@ func (x *claimIndex) remove(n node.Node) {
 		delete(x.addrs[ip], n.Name)
 		if len(x.addrs[ip]) == 0 {
 			delete(x.addrs, ip)
+			b := addrBucket(ip)
+			delete(x.abucket[b], ip)
+			if len(x.abucket[b]) == 0 {
+				delete(x.abucket, b)
+			}
 		}
 	}
 	for _, c := range cidrs(n) {
@@ -80,9 +98,26 @@ func (x *claimIndex) remove(n node.Node) {
 	}
 }
 
-// meets calls f for each node (other than n) whose address is n's or
-// whose pod CIDR overlaps one of n's, with what they share; f returns
-// false to stop.
+func addrBucket(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, MinCoverBits).Masked() }
+
+// around calls f with the nodes of each claimed pod CIDR holding p (p
+// itself among them; a /32 for an address) until f returns false.
+func (x *claimIndex) around(p netip.Prefix, f func(names map[string]bool, what string) bool) bool {
+	for bits := 0; bits <= p.Bits(); bits++ {
+		if x.lens[bits] == 0 {
+			continue
+		}
+		q := netip.PrefixFrom(p.Addr(), bits).Masked()
+		if !f(x.cidrs[q], "pod CIDR "+q.String()) {
+			return false
+		}
+	}
+	return true
+}
+
+// meets calls f for each node (other than n) whose address is n's or lies
+// in one of n's pod CIDRs, or whose pod CIDR overlaps one of n's or holds
+// n's address, with what they share; f returns false to stop.
 func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 	each := func(names map[string]bool, what string) bool {
 		for name := range names {
@@ -92,33 +127,48 @@ func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 		}
 		return true
 	}
-	if ip := n.IP(); ip.IsValid() && !each(x.addrs[ip], "address "+ip.String()) {
-		return
+	if ip := n.IP(); ip.Is4() {
+		if !each(x.addrs[ip], "address "+ip.String()) || !x.around(netip.PrefixFrom(ip, 32), each) {
+			return
+		}
 	}
 	for _, p := range cidrs(n) {
+		if !p.Addr().Is4() {
+			continue
+		}
 		p = p.Masked()
 		// The claimed CIDRs holding p (p itself among them).
-		for bits := 0; bits <= p.Bits(); bits++ {
-			if x.lens[bits] == 0 {
-				continue
-			}
-			q := netip.PrefixFrom(p.Addr(), bits).Masked()
-			if !each(x.cidrs[q], "pod CIDR "+q.String()) {
-				return
-			}
+		if !x.around(p, each) {
+			return
 		}
-		// Those inside p: in p's /16, or, for a wider p, anywhere.
-		inside := x.narrow[bucket(p)]
+		// The claimed CIDRs and addresses inside p: in p's /16, or, for
+		// a wider p, anywhere.
 		if p.Bits() < MinCoverBits {
-			inside = nil
 			for q := range x.cidrs {
 				if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], "pod CIDR "+q.String()) {
 					return
 				}
 			}
+			for a := range x.addrs {
+				if p.Contains(a) && !each(x.addrs[a], "address "+a.String()) {
+					return
+				}
+			}
+			continue
 		}
-		for q := range inside {
-			if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], "pod CIDR "+q.String()) {
+		longer := false
+		for bits := p.Bits() + 1; bits <= 32 && !longer; bits++ {
+			longer = x.lens[bits] > 0
+		}
+		if longer {
+			for q := range x.narrow[bucket(p)] {
+				if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], "pod CIDR "+q.String()) {
+					return
+				}
+			}
+		}
+		for a := range x.abucket[bucket(p)] {
+			if p.Contains(a) && !each(x.addrs[a], "address "+a.String()) {
 				return
 			}
 		}

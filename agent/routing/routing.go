@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -103,8 +102,9 @@ type Router struct {
 	ranges  []netip.Prefix                     // where remote pod CIDRs may lie (none set: anywhere)
 	claims  claimIndex                         // the known nodes' addresses and pod CIDRs
 	// refused: remote node records refused for meeting another cluster's
-	// claims, tried again when a node's claims go.
-	refused map[string]node.Node
+	// claims, tried again when claims they met go (refusedIdx: theirs).
+	refused    map[string]node.Node
+	refusedIdx claimIndex
 }
 
 // SetOwnPodCIDR gives the router this node's pod CIDR: no other node's or
@@ -382,40 +382,44 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 	if n.Name == r.self {
 		return
 	}
-	if r.nodeChanged(n, deleted) {
-		r.retryRefused()
-	}
+	r.retryRefused(r.nodeChanged(n, deleted))
 }
 
-// nodeChanged applies a node's record or delete; it says whether claims
-// were given up (a record replaced or deleted).
-func (r *Router) nodeChanged(n node.Node, deleted bool) bool {
+// nodeChanged applies a node's record or delete; it returns the records
+// whose claims were given up (the node's old record, remote nodes a node
+// of this cluster evicted).
+func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
+	var released []node.Node
 	switch {
 	case deleted:
-		delete(r.refused, n.Name)
+		r.unrefuse(n.Name)
 	case clusterOf(n.Name) != "":
-		if why := r.claimsOthers(n); why != "" {
-			// Refused whole, and kept to be tried again when what it
-			// met goes; one it had stays as it was until a record it
-			// may have comes (or its delete).
+		if why, retry := r.claimsOthers(n); why != "" {
+			// Refused whole; one meeting another node is kept to be tried
+			// again when what it met goes. One it had stays as it was
+			// until a record it may have comes (or its delete).
 			slog.Warn("refused a remote cluster's node record", "node", n.Name, "why", why)
-			if r.refused == nil {
-				r.refused = map[string]node.Node{}
+			r.unrefuse(n.Name)
+			if retry {
+				r.refuse(n)
 			}
-			r.refused[n.Name] = n
-			return false
+			return nil
 		}
-		delete(r.refused, n.Name)
+		r.unrefuse(n.Name)
 	default:
 		// A node of this cluster takes back what remote nodes claimed of
 		// its own.
+		var evict []string
 		r.claims.meets(n, func(name, what string) bool {
-			if clusterOf(name) != "" {
+			if clusterOf(name) != "" && !slices.Contains(evict, name) {
 				slog.Warn("a remote cluster's node gave way to a node of this cluster", "node", name, "to", n.Name, "shared", what)
-				r.evict(name)
+				evict = append(evict, name)
 			}
 			return true
 		})
+		for _, name := range evict {
+			released = append(released, r.evict(name))
+		}
 	}
 	old, had := r.nodes[n.Name]
 	if had && !deleted && old.IP() == n.IP() && slices.Equal(old.PodCIDRs, n.PodCIDRs) {
@@ -428,18 +432,22 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) bool {
 		if !r.down[n.Name] {
 			r.learnNode(n)
 		}
-		return false
+		return released
 	}
 	var others []string
 	if had {
 		others = r.sparseForget(old)
-		r.forgetNode(old)
+		// A replaced record's entries stay written while the new one is
+		// learned (those it may no longer have go after).
+		r.forgetNode(old, deleted)
 		r.claims.remove(old)
+		r.relearnSharers(old)
+		released = append(released, old)
 	}
 	if deleted {
 		delete(r.nodes, n.Name)
 		r.syncNodes(others)
-		return had
+		return released
 	}
 	r.nodes[n.Name] = n
 	r.claims.add(n)
@@ -447,63 +455,125 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) bool {
 	if !r.down[n.Name] {
 		r.learnNode(n)
 	}
+	if had {
+		r.heldOf(n.Name, func(e ipcache.Entry) {
+			if !r.entryOK(e) {
+				r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+			}
+		})
+	}
 	r.syncNodes(others)
-	return had
+	return released
 }
 
 // evict forgets remote node name for a node of this cluster that claims
-// what it held; its record is kept as refused.
-func (r *Router) evict(name string) {
-	old, ok := r.nodes[name]
-	if !ok {
-		return
-	}
+// what it held, and returns its record, kept as refused (unless a newer
+// record of it is refused already).
+func (r *Router) evict(name string) node.Node {
+	old := r.nodes[name]
 	others := r.sparseForget(old)
-	r.forgetNode(old)
+	r.forgetNode(old, true)
 	r.claims.remove(old)
+	r.relearnSharers(old)
 	delete(r.nodes, name)
+	if _, newer := r.refused[name]; !newer {
+		r.refuse(old)
+	}
+	r.syncNodes(others)
+	return old
+}
+
+// relearnSharers learns again the nodes holding the same pod CIDR or
+// address as old, which just went: its routes and known-node address
+// were theirs too (nodes of one cluster may overlap).
+func (r *Router) relearnSharers(old node.Node) {
+	var names []string
+	add := func(held map[string]bool) {
+		for name := range held {
+			if !slices.Contains(names, name) {
+				names = append(names, name)
+			}
+		}
+	}
+	if ip := old.IP(); ip.IsValid() {
+		add(r.claims.addrs[ip])
+	}
+	for _, c := range cidrs(old) {
+		add(r.claims.cidrs[c.Masked()])
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if n, ok := r.nodes[name]; ok && !r.down[name] {
+			r.learnNode(n)
+		}
+	}
+}
+
+// refuse keeps n's record as refused for meeting another node;
+// unrefuse forgets name's.
+func (r *Router) refuse(n node.Node) {
 	if r.refused == nil {
 		r.refused = map[string]node.Node{}
 	}
-	r.refused[name] = old
-	r.syncNodes(others)
+	r.refused[n.Name] = n
+	r.refusedIdx.add(n)
 }
 
-// retryRefused takes the refused records that no longer meet another
-// cluster's claims (in name order, until none is taken).
-func (r *Router) retryRefused() {
-	for len(r.refused) > 0 {
-		taken := false
-		for _, name := range slices.Sorted(maps.Keys(r.refused)) {
-			n := r.refused[name]
-			if r.claimsOthers(n) == "" {
-				r.nodeChanged(n, false)
-				taken = true
+func (r *Router) unrefuse(name string) {
+	if n, ok := r.refused[name]; ok {
+		r.refusedIdx.remove(n)
+		delete(r.refused, name)
+	}
+}
+
+// retryRefused takes the refused records that met what released gave up
+// and no longer meet another cluster's claims (in name order; what a
+// taken record gives up is looked at in turn). Only those records are
+// looked at, through their own claim index: a remote changing its nodes
+// does not make every refused record be tried again.
+func (r *Router) retryRefused(released []node.Node) {
+	for len(released) > 0 && len(r.refused) > 0 {
+		rel := released[0]
+		released = released[1:]
+		var names []string
+		r.refusedIdx.meets(rel, func(name, _ string) bool {
+			if !slices.Contains(names, name) {
+				names = append(names, name)
 			}
-		}
-		if !taken {
-			return
+			return true
+		})
+		slices.Sort(names)
+		for _, name := range names {
+			n, ok := r.refused[name]
+			if !ok {
+				continue
+			}
+			if why, _ := r.claimsOthers(n); why == "" {
+				released = append(released, r.nodeChanged(n, false)...)
+			}
 		}
 	}
 }
 
 // claimsOthers says why a remote cluster's node record claims what is
-// not its own ("" if it does not): this node's address or pod CIDR, or
-// the address or a pod CIDR of a node of another cluster (this one, or a
-// third), overlapping either way. A record's pod CIDRs are routed to and
-// become its WireGuard allowed IPs, its address a known node's: until
-// 2026-12-04 a remote could claim other nodes' pods, and its delete
-// removed a local node's address from the known nodes. Its pod CIDRs
-// must also lie outside this cluster's pool and inside the ranges remote
-// pods may have (a prefix meeting no node, as wide as 0.0.0.0/1, was
-// taken before: routed to the remote, with this node's own traffic to it).
-func (r *Router) claimsOthers(n node.Node) string {
+// not its own ("" if it does not), and whether it may be tried again when
+// other nodes' claims go: it meets the address or a pod CIDR of a node of
+// another cluster (this one, or a third), either way round (an address
+// in a pod CIDR too). A record's pod CIDRs are routed to and become its
+// WireGuard allowed IPs, its address a known node's: until 2026-12-04 a
+// remote could claim other nodes' pods, and its delete removed a local
+// node's address from the known nodes. Its pod CIDRs must also lie
+// outside this node's pod CIDR and this cluster's pool and inside the
+// ranges remote pods may have (a prefix meeting no node, as wide as
+// 0.0.0.0/1, was taken before: routed to the remote, with this node's
+// own traffic to it), and hold not this node's address.
+func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 	c := clusterOf(n.Name)
 	if c == "" {
-		return ""
+		return "", false
 	}
 	if ip := n.IP(); ip.IsValid() && ip == r.hostSrc {
-		return fmt.Sprintf("address %s is this node's", ip)
+		return fmt.Sprintf("address %s is this node's", ip), false
 	}
 	for _, s := range n.PodCIDRs {
 		p, err := netip.ParsePrefix(s)
@@ -511,16 +581,18 @@ func (r *Router) claimsOthers(n node.Node) string {
 			continue
 		}
 		if r.own.IsValid() && r.own.Overlaps(p) {
-			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own)
+			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own), false
+		}
+		if r.hostSrc.IsValid() && p.Contains(r.hostSrc) {
+			return fmt.Sprintf("pod CIDR %s holds this node's address", p), false
 		}
 		if r.pool.IsValid() && r.pool.Overlaps(p) {
-			return fmt.Sprintf("pod CIDR %s overlaps this cluster's pool %s", p, r.pool)
+			return fmt.Sprintf("pod CIDR %s overlaps this cluster's pool %s", p, r.pool), false
 		}
 		if len(r.ranges) > 0 && !inRanges(p, r.ranges) {
-			return fmt.Sprintf("pod CIDR %s is outside the ranges remote pods may have (--clustermesh-pod-ranges %v)", p, r.ranges)
+			return fmt.Sprintf("pod CIDR %s is outside the ranges remote pods may have (--clustermesh-pod-ranges %v)", p, r.ranges), false
 		}
 	}
-	why := ""
 	r.claims.meets(n, func(name, what string) bool {
 		if clusterOf(name) == c {
 			return true
@@ -528,7 +600,7 @@ func (r *Router) claimsOthers(n node.Node) string {
 		why = fmt.Sprintf("%s is node %s's", what, name)
 		return false
 	})
-	return why
+	return why, why != ""
 }
 
 func (r *Router) learnNode(n node.Node) {
@@ -582,26 +654,44 @@ func (r *Router) learnNode(n node.Node) {
 	}
 }
 
-func (r *Router) forgetNode(n node.Node) {
-	if r.requireNode || clusterOf(n.Name) != "" {
+// forgetNode undoes learnNode for n's record (and, with entries, withdraws
+// its entries where they need it known). What another node holds too
+// (the same address or pod CIDR; nodes of one cluster may overlap) is
+// left to relearnSharers.
+func (r *Router) forgetNode(n node.Node, entries bool) {
+	if entries && (r.requireNode || clusterOf(n.Name) != "") {
 		r.heldOf(n.Name, func(e ipcache.Entry) {
 			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
 		})
 	}
+	shared := func(names map[string]bool) bool {
+		for name := range names {
+			if name != n.Name {
+				return true
+			}
+		}
+		return false
+	}
 	if ip := n.IP(); ip.IsValid() {
-		r.dp.DeleteNode(ip)
 		if r.enc != nil {
 			r.enc.RemovePeer(n.Name)
-			r.dp.DeleteEncryptPeer(ip)
 		}
 		if r.xfrm != nil {
 			r.xfrm.RemovePeer(n, ip)
-			r.dp.DeleteEncryptPeer(ip)
+		}
+		if !shared(r.claims.addrs[ip]) {
+			r.dp.DeleteNode(ip)
+			if r.enc != nil || r.xfrm != nil {
+				r.dp.DeleteEncryptPeer(ip)
+			}
 		}
 	}
 	// Its pod CIDRs' routes, whichever way they went (native, encryption
 	// device, or the gateway device in tunnel mode).
 	for _, c := range cidrs(n) {
+		if shared(r.claims.cidrs[c.Masked()]) {
+			continue
+		}
 		netlink.RouteDel(encryptFallback(c))
 		netlink.RouteDel(&netlink.Route{Dst: ipnet(c)})
 	}
@@ -784,7 +874,7 @@ func (r *Router) SetNodeDown(name string, down bool) {
 	})
 	if known {
 		if down {
-			r.forgetNode(n)
+			r.forgetNode(n, false)
 		} else {
 			r.learnNode(n)
 		}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/node"
@@ -192,6 +194,10 @@ func TestRemoteNodeCannotTakeWhatAnotherClusterHolds(t *testing.T) {
 		evil("198.51.100.1", "10.60.0.0/24"),   // a third cluster's node's address
 		evil("203.0.113.9", "10.50.0.0/16"),    // and pod CIDR
 		evil("203.0.113.9", "10.50.0.7/32"),    // a pod of it
+		evil("10.244.1.9", "10.60.0.0/24"),     // an address in n2's pod CIDR
+		evil("203.0.113.9", "192.0.2.0/24"),    // a pod CIDR holding n2's address
+		evil("203.0.113.9", "198.51.100.1/32"), // or west's
+		evil("203.0.113.9", "192.0.0.0/8"),     // wider than /16
 	} {
 		r.NodeChanged(n, false)
 		if _, ok := r.nodes["east/evil"]; ok {
@@ -292,5 +298,89 @@ func TestOwns(t *testing.T) {
 		if got := r.Owns(c.cluster, netip.MustParseAddr(c.ip)); got != c.want {
 			t.Errorf("Owns(%q, %s) = %v, want %v", c.cluster, c.ip, got, c.want)
 		}
+	}
+}
+
+// Review of the claims change: a remote node's record replaced by another
+// (a new address) keeps its pods' entries written throughout; nodes of
+// one remote cluster sharing a pod CIDR keep its route when one goes; an
+// eviction does not put back an older record over a newer refused one,
+// and what it gives up is tried again for the records it blocked.
+func TestRemoteNodeClaimsReview(t *testing.T) {
+	inNetns(t)
+	// An interface the native routes' gateways are on.
+	dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "under0"}, PeerName: "under1"}
+	if err := netlink.LinkAdd(dummy); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrAdd(dummy, &netlink.Addr{IPNet: ipnet(netip.MustParsePrefix("203.0.113.1/24"))}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"under0", "under1"} {
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}}
+	r := newRouter(f, Native, "n1")
+	addr := netip.MustParseAddr
+	e1 := node.Node{Name: "east/e1", IPs: []string{"203.0.113.20"}, PodCIDRs: []string{"10.60.0.0/24"}}
+	r.NodeChanged(e1, false)
+	pod := ipcache.Entry{IP: addr("10.60.0.5"), Identity: identity.Compose(3, 301), HostIP: addr("203.0.113.20"), Node: "east/e1"}
+	r.EntryChanged(pod, false)
+	e1.IPs = []string{"203.0.113.21"}
+	f.deletes = nil
+	r.NodeChanged(e1, false)
+	if slices.Contains(f.deletes, netip.MustParsePrefix("10.60.0.5/32")) {
+		t.Fatal("a remote node's new address withdrew its pods' entries on the way")
+	}
+	route := func(cidr string) netip.Addr {
+		rs, _ := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: ipnet(netip.MustParsePrefix(cidr))}, netlink.RT_FILTER_DST)
+		if len(rs) == 0 || rs[0].Gw == nil {
+			return netip.Addr{}
+		}
+		a, _ := netip.AddrFromSlice(rs[0].Gw.To4())
+		return a
+	}
+	// e2 shares e1's pod CIDR (the route goes through the last learned);
+	// e2 goes: the route goes through e1.
+	e2 := node.Node{Name: "east/e2", IPs: []string{"203.0.113.22"}, PodCIDRs: []string{"10.60.0.0/24"}}
+	r.NodeChanged(e2, false)
+	r.NodeChanged(e2, true)
+	if got := route("10.60.0.0/24"); got != addr("203.0.113.21") {
+		t.Fatalf("route to a pod CIDR two nodes of a cluster share, after one went: via %v, want e1's", got)
+	}
+	// West's w1 is refused (it meets east's e1); a newer w1 record is
+	// refused too; a local node evicts e1: the newer w1 is taken.
+	w1 := node.Node{Name: "west/w1", IPs: []string{"203.0.113.30"}, PodCIDRs: []string{"10.60.0.0/25"}}
+	r.NodeChanged(w1, false)
+	w1b := w1
+	w1b.PodCIDRs = []string{"10.60.0.0/26"}
+	r.NodeChanged(w1b, false)
+	if _, ok := r.nodes["west/w1"]; ok {
+		t.Fatal("a record meeting another cluster's node was taken")
+	}
+	r.NodeChanged(node.Node{Name: "n3", IPs: []string{"203.0.113.3"}, PodCIDRs: []string{"10.60.0.128/25"}}, false)
+	if _, ok := r.nodes["east/e1"]; ok {
+		t.Fatal("a local node did not evict the remote node holding its pod CIDR")
+	}
+	if got, ok := r.nodes["west/w1"]; !ok || !slices.Equal(got.PodCIDRs, w1b.PodCIDRs) {
+		t.Fatalf("after the eviction west/w1 is %+v (taken: %v), want its newer record", got, ok)
+	}
+	// w1 holds 10.60.0.0/26; its newer record meets n3 and is refused;
+	// a local node evicts w1: the refused record kept is the newer one.
+	w1c := w1b
+	w1c.PodCIDRs = []string{"10.60.0.128/26"}
+	r.NodeChanged(w1c, false)
+	r.NodeChanged(node.Node{Name: "n4", IPs: []string{"203.0.113.4"}, PodCIDRs: []string{"10.60.0.0/26"}}, false)
+	if _, ok := r.nodes["west/w1"]; ok {
+		t.Fatal("a local node did not evict west/w1")
+	}
+	if got := r.refused["west/w1"]; !slices.Equal(got.PodCIDRs, w1c.PodCIDRs) {
+		t.Fatalf("the refused record kept for west/w1 is %v, want its newer one", got.PodCIDRs)
 	}
 }

@@ -25,8 +25,9 @@ type fakeValue struct {
 
 // fakeMaps is the ipcache as a prefix table.
 type fakeMaps struct {
-	ipc   map[netip.Prefix]fakeValue
-	nodes map[netip.Addr]bool // the known-node addresses, when not nil
+	ipc     map[netip.Prefix]fakeValue
+	nodes   map[netip.Addr]bool // the known-node addresses, when not nil
+	deletes []netip.Prefix      // ipcache deletes, in order
 }
 
 func (f *fakeMaps) UpsertNode(a netip.Addr) error {
@@ -46,7 +47,11 @@ func (f *fakeMaps) UpsertIPCacheCover(p netip.Prefix, id identity.NumericIdentit
 	f.ipc[p] = fakeValue{id, t, true}
 	return nil
 }
-func (f *fakeMaps) DeleteIPCache(p netip.Prefix) error { delete(f.ipc, p); return nil }
+func (f *fakeMaps) DeleteIPCache(p netip.Prefix) error {
+	delete(f.ipc, p)
+	f.deletes = append(f.deletes, p)
+	return nil
+}
 
 // lookup is the datapath's longest-prefix match.
 func (f *fakeMaps) lookup(a netip.Addr) (fakeValue, bool) {

@@ -128,14 +128,16 @@ func (m *Manager) SetRemoteOwner(owns func(cluster string, ip netip.Addr) bool) 
 	m.owns = owns
 }
 
-// RemoteNodesChanged applies again the services with backends of cluster
-// left out as not its own: what the cluster owns may have changed.
-func (m *Manager) RemoteNodesChanged(cluster string) {
+// NodesChanged applies again the services with remote backends left out
+// as not their clusters' own: what the clusters own may have changed (a
+// node's change anywhere can move a claim, and nothing is done while no
+// backend is left out).
+func (m *Manager) NodesChanged() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	keys := m.leftOut[cluster]
-	if len(keys) == 0 {
-		return
+	keys := map[string]bool{}
+	for _, ks := range m.leftOut {
+		maps.Copy(keys, ks)
 	}
 	for _, key := range slices.Sorted(maps.Keys(keys)) {
 		m.apply(key)

@@ -1306,6 +1306,6 @@ func TestManagerRemoteBackendsMustBeTheirClusters(t *testing.T) {
 	}
 	// c2's node m3 (192.0.2.0/24) is learned: its backend comes in.
 	owned["c2"] = append(owned["c2"], netip.MustParsePrefix("192.0.2.0/24"))
-	m.RemoteNodesChanged("c2")
+	m.NodesChanged()
 	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090 192.0.2.50:9090]")
 }
