@@ -312,7 +312,7 @@ func (a *Agent) startDetection(ctx context.Context) error {
 // cluster's may be now) and to Hubble's peers.
 func (a *Agent) nodeChanged(n node.Node, deleted bool) {
 	a.router.NodeChanged(n, deleted)
-	a.services.NodesChanged()
+	a.services.NodesChanged(a.router.TakeChangedClusters())
 	a.peers.NodeChanged(n, deleted)
 }
 

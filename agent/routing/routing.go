@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -105,6 +106,9 @@ type Router struct {
 	// claims, tried again when claims they met go (refusedIdx: theirs).
 	refused    map[string]node.Node
 	refusedIdx claimIndex
+	// changed: remote clusters whose taken nodes' addresses or pod CIDRs
+	// changed since TakeChangedClusters last asked.
+	changed map[string]bool
 }
 
 // SetOwnPodCIDR gives the router this node's pod CIDR: no other node's or
@@ -434,6 +438,9 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 		}
 		return released
 	}
+	if c := clusterOf(n.Name); c != "" && (had || !deleted) {
+		r.markChanged(c)
+	}
 	var others []string
 	if had {
 		others = r.sparseForget(old)
@@ -471,6 +478,7 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 // record of it is refused already).
 func (r *Router) evict(name string) node.Node {
 	old := r.nodes[name]
+	r.markChanged(clusterOf(name))
 	others := r.sparseForget(old)
 	r.forgetNode(old, true)
 	r.claims.remove(old)
@@ -481,6 +489,24 @@ func (r *Router) evict(name string) node.Node {
 	}
 	r.syncNodes(others)
 	return old
+}
+
+func (r *Router) markChanged(cluster string) {
+	if r.changed == nil {
+		r.changed = map[string]bool{}
+	}
+	r.changed[cluster] = true
+}
+
+// TakeChangedClusters returns the remote clusters whose taken nodes'
+// addresses or pod CIDRs changed since it was last called (so what
+// Owns says of them may have), and forgets them.
+func (r *Router) TakeChangedClusters() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := slices.Sorted(maps.Keys(r.changed))
+	r.changed = nil
+	return out
 }
 
 // relearnSharers learns again the nodes holding the same pod CIDR or

@@ -384,3 +384,24 @@ func TestRemoteNodeClaimsReview(t *testing.T) {
 		t.Fatalf("the refused record kept for west/w1 is %v, want its newer one", got.PodCIDRs)
 	}
 }
+
+// TakeChangedClusters names the remote clusters whose taken nodes changed
+// (their own records, evictions, retries), for the services' ownership.
+func TestTakeChangedClusters(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	w1 := node.Node{Name: "west/w1", IPs: []string{"198.51.100.1"}, PodCIDRs: []string{"10.50.0.0/24"}}
+	r.NodeChanged(w1, false)
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"10.244.1.0/24"}}, false)
+	if got := r.TakeChangedClusters(); !slices.Equal(got, []string{"west"}) {
+		t.Fatalf("changed %v, want [west]", got)
+	}
+	r.NodeChanged(w1, false) // the same record
+	if got := r.TakeChangedClusters(); len(got) != 0 {
+		t.Fatalf("changed %v after the same record", got)
+	}
+	r.NodeChanged(node.Node{Name: "n3", IPs: []string{"192.0.2.3"}, PodCIDRs: []string{"10.50.0.0/24"}}, false)
+	if got := r.TakeChangedClusters(); !slices.Equal(got, []string{"west"}) {
+		t.Fatalf("changed %v after an eviction, want [west]", got)
+	}
+}

@@ -109,10 +109,11 @@ type Manager struct {
 	// owns says whether an address is a remote cluster's own (in one of
 	// its nodes' pod CIDRs, or one of its nodes' addresses); nil: any.
 	owns func(cluster string, ip netip.Addr) bool
-	// leftOut: by cluster, the keys of the services that have a backend
-	// of that cluster left out as not its own (applied again when the
-	// cluster's nodes change).
+	// leftOut: by service key, the remote backends (cluster/address) left
+	// out as not their clusters' own at its last apply (logged once).
 	leftOut map[string]map[string]bool
+	// remoteKeys: by cluster, the keys of its services in remote.
+	remoteKeys map[string]map[string]bool
 
 	// beforePut, when set (tests), runs between put's check and its
 	// transaction.
@@ -128,16 +129,23 @@ func (m *Manager) SetRemoteOwner(owns func(cluster string, ip netip.Addr) bool) 
 	m.owns = owns
 }
 
-// NodesChanged applies again the services with remote backends left out
-// as not their clusters' own: what the clusters own may have changed (a
-// node's change anywhere can move a claim, and nothing is done while no
-// backend is left out).
-func (m *Manager) NodesChanged() {
+// NodesChanged applies again the services with backends of the given
+// remote clusters: what those clusters own changed (their nodes came,
+// changed or went, or gave way to this cluster's), so a backend left out
+// may be theirs now, and one taken may no longer be.
+func (m *Manager) NodesChanged(clusters []string) {
+	if len(clusters) == 0 {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	keys := map[string]bool{}
-	for _, ks := range m.leftOut {
-		maps.Copy(keys, ks)
+	for _, c := range clusters {
+		for key := range m.remoteKeys[c] {
+			if m.local[key] != nil {
+				keys[key] = true
+			}
+		}
 	}
 	for _, key := range slices.Sorted(maps.Keys(keys)) {
 		m.apply(key)
@@ -145,20 +153,17 @@ func (m *Manager) NodesChanged() {
 }
 
 // ownedRemotes is the remote services of key with only the backends
-// their clusters own (a service is copied only when it loses some), and
-// notes which clusters lost some; m.mu held.
+// their clusters own (a service is copied only when it loses some); a
+// backend newly left out is logged; m.mu held.
 func (m *Manager) ownedRemotes(key string) map[string]*Service {
 	remotes := m.remote[key]
-	for c := range m.leftOut {
-		delete(m.leftOut[c], key)
-		if len(m.leftOut[c]) == 0 {
-			delete(m.leftOut, c)
-		}
-	}
+	was := m.leftOut[key]
+	delete(m.leftOut, key)
 	if m.owns == nil || len(remotes) == 0 {
 		return remotes
 	}
 	var out map[string]*Service
+	now := map[string]bool{}
 	for c, r := range remotes {
 		keep := r.Backends
 		for i, b := range r.Backends {
@@ -172,7 +177,10 @@ func (m *Manager) ownedRemotes(key string) map[string]*Service {
 			if len(keep) == len(r.Backends) {
 				keep = slices.Clone(r.Backends[:i])
 			}
-			slog.Warn("left out a remote cluster's backend that is not its own", "service", key, "cluster", c, "backend", b.IP)
+			if !was[c+"/"+b.IP] {
+				slog.Warn("left out a remote cluster's backend that is not its own", "service", key, "cluster", c, "backend", b.IP)
+			}
+			now[c+"/"+b.IP] = true
 		}
 		if len(keep) == len(r.Backends) {
 			continue
@@ -183,13 +191,12 @@ func (m *Manager) ownedRemotes(key string) map[string]*Service {
 		cp := *r
 		cp.Backends = keep
 		out[c] = &cp
+	}
+	if len(now) > 0 {
 		if m.leftOut == nil {
 			m.leftOut = map[string]map[string]bool{}
 		}
-		if m.leftOut[c] == nil {
-			m.leftOut[c] = map[string]bool{}
-		}
-		m.leftOut[c][key] = true
+		m.leftOut[key] = now
 	}
 	if out == nil {
 		return remotes
@@ -325,10 +332,21 @@ func (m *Manager) RemoteChanged(cluster string, s *Service, deleted bool) {
 		if len(m.remote[key]) == 0 {
 			delete(m.remote, key)
 		}
+		delete(m.remoteKeys[cluster], key)
+		if len(m.remoteKeys[cluster]) == 0 {
+			delete(m.remoteKeys, cluster)
+		}
 	} else {
 		if m.remote[key] == nil {
 			m.remote[key] = map[string]*Service{}
 		}
+		if m.remoteKeys == nil {
+			m.remoteKeys = map[string]map[string]bool{}
+		}
+		if m.remoteKeys[cluster] == nil {
+			m.remoteKeys[cluster] = map[string]bool{}
+		}
+		m.remoteKeys[cluster][key] = true
 		for i := range s.Backends {
 			s.Backends[i].Cluster = cluster
 		}
@@ -375,6 +393,7 @@ type lbEntry struct {
 func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	s := m.local[key]
 	if s == nil {
+		delete(m.leftOut, key)
 		return Status{}, nil, false
 	}
 	st = Status{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Type: s.Spec.Type, Options: s.Options(),

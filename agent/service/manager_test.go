@@ -1304,8 +1304,15 @@ func TestManagerRemoteBackendsMustBeTheirClusters(t *testing.T) {
 		"c1 10.0.1.1:8080 n1 active *", "c2 10.2.1.1:9090 m1 active *", "c2 10.2.1.2:9090 m2 terminating"}) {
 		t.Errorf("status backends %q", got)
 	}
-	// c2's node m3 (192.0.2.0/24) is learned: its backend comes in.
+	// c2's node m3 (192.0.2.0/24) is learned: its backend comes in (a
+	// change of another cluster's nodes changes nothing).
 	owned["c2"] = append(owned["c2"], netip.MustParsePrefix("192.0.2.0/24"))
-	m.NodesChanged()
+	m.NodesChanged([]string{"c3"})
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+	m.NodesChanged([]string{"c2"})
 	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090 192.0.2.50:9090]")
+	// c2 loses the node holding 10.2.1.0/24: its backend there goes.
+	owned["c2"] = owned["c2"][1:]
+	m.NodesChanged([]string{"c2"})
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 192.0.2.50:9090]")
 }

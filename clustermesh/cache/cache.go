@@ -221,8 +221,7 @@ func (r *remote) unchanged(key string, value []byte) bool {
 	return ok && sum == sha256.Sum256(value)
 }
 
-// wrote records what key (under prefix) holds now (nil: deleted, or
-// unknown).
+// wrote records what key (under prefix) holds now (nil: deleted).
 func (r *remote) wrote(prefix, key string, value []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -241,6 +240,15 @@ func (r *remote) wrote(prefix, key string, value []byte) {
 		}
 		r.written[key] = sha256.Sum256(value)
 	}
+}
+
+// unknown records that key (under prefix) may hold anything: counted, and
+// never unchanged (no value hashes to zero).
+func (r *remote) unknown(prefix, key string) {
+	r.wrote(prefix, key, []byte{})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.written[key] = [32]byte{}
 }
 
 // full says whether key is new under prefix and the prefix holds its
@@ -421,12 +429,17 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 			if n, full := r.full(prefix, ev.Key); full {
 				r.update(ctx, func(s *Status) { s.Rejected++ })
 				slog.Warn("cluster mesh cache: the remote holds as many keys of this kind as it may", "cluster", r.name, "key", ev.Key, "held", n)
+				// A value left from before (an earlier process's) is not
+				// served stale.
+				err = r.local.Delete(wctx, r.key(ev.Key))
 				break
 			}
 			if err = r.local.Put(wctx, r.key(ev.Key), ev.Value, 0); err == nil {
 				r.wrote(prefix, ev.Key, ev.Value)
 			} else {
-				r.wrote(prefix, ev.Key, nil)
+				// It may be in the cache (written, or from before): still
+				// counted, and written again when it next comes.
+				r.unknown(prefix, ev.Key)
 			}
 		case kvstore.EventDelete:
 			err = r.local.Delete(wctx, r.key(ev.Key))
