@@ -1311,7 +1311,12 @@ func TestManagerRemoteBackendsMustBeTheirClusters(t *testing.T) {
 	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
 	m.NodesChanged([]string{"c2"})
 	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090 192.0.2.50:9090]")
-	// c2 loses the node holding 10.2.1.0/24: its backend there goes.
+	// c2's service now has only backends of its own; then c2 loses the
+	// node holding 10.2.1.0/24: its backend there goes.
+	r = remoteSvc(t, `service.cilium.io/global: "true"`)
+	r.Backends = append(r.Backends, Backend{IP: "192.0.2.50", Node: "m3"})
+	m.RemoteChanged("c2", r, false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090 192.0.2.50:9090]")
 	owned["c2"] = owned["c2"][1:]
 	m.NodesChanged([]string{"c2"})
 	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 192.0.2.50:9090]")
