@@ -598,7 +598,12 @@ func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 	if c == "" {
 		return "", false
 	}
-	if ip := n.IP(); ip.IsValid() && ip == r.hostSrc {
+	if !n.IP().Is4() {
+		// Never routed to, while its claims would hold other clusters'
+		// records off.
+		return "no IPv4 address", false
+	}
+	if ip := n.IP(); ip == r.hostSrc {
 		return fmt.Sprintf("address %s is this node's", ip), false
 	}
 	for _, s := range n.PodCIDRs {

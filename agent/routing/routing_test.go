@@ -186,18 +186,19 @@ func TestRemoteNodeCannotTakeWhatAnotherClusterHolds(t *testing.T) {
 		return node.Node{Name: "east/evil", IPs: []string{ip}, PodCIDRs: []string{cidr}}
 	}
 	for _, n := range []node.Node{
-		evil("192.0.2.2", "10.60.0.0/24"),      // n2's address
-		evil("203.0.113.9", "10.244.1.0/24"),   // n2's pod CIDR
-		evil("203.0.113.9", "10.244.1.128/25"), // inside it
-		evil("203.0.113.9", "10.240.0.0/12"),   // around it
-		evil("203.0.113.9", "0.0.0.0/1"),       // around everything
-		evil("198.51.100.1", "10.60.0.0/24"),   // a third cluster's node's address
-		evil("203.0.113.9", "10.50.0.0/16"),    // and pod CIDR
-		evil("203.0.113.9", "10.50.0.7/32"),    // a pod of it
-		evil("10.244.1.9", "10.60.0.0/24"),     // an address in n2's pod CIDR
-		evil("203.0.113.9", "192.0.2.0/24"),    // a pod CIDR holding n2's address
-		evil("203.0.113.9", "198.51.100.1/32"), // or west's
-		evil("203.0.113.9", "192.0.0.0/8"),     // wider than /16
+		evil("192.0.2.2", "10.60.0.0/24"),                       // n2's address
+		evil("203.0.113.9", "10.244.1.0/24"),                    // n2's pod CIDR
+		evil("203.0.113.9", "10.244.1.128/25"),                  // inside it
+		evil("203.0.113.9", "10.240.0.0/12"),                    // around it
+		evil("203.0.113.9", "0.0.0.0/1"),                        // around everything
+		evil("198.51.100.1", "10.60.0.0/24"),                    // a third cluster's node's address
+		evil("203.0.113.9", "10.50.0.0/16"),                     // and pod CIDR
+		evil("203.0.113.9", "10.50.0.7/32"),                     // a pod of it
+		evil("10.244.1.9", "10.60.0.0/24"),                      // an address in n2's pod CIDR
+		evil("203.0.113.9", "192.0.2.0/24"),                     // a pod CIDR holding n2's address
+		evil("203.0.113.9", "198.51.100.1/32"),                  // or west's
+		evil("203.0.113.9", "192.0.0.0/8"),                      // wider than /16
+		{Name: "east/evil", PodCIDRs: []string{"10.60.0.0/24"}}, // no address: never routed, its claims held
 	} {
 		r.NodeChanged(n, false)
 		if _, ok := r.nodes["east/evil"]; ok {
