@@ -41,6 +41,18 @@ var kafkaRoles = map[string][]int16{
 		kafkaJoinGroup, kafkaHeartbeat, kafkaLeaveGroup, kafkaSyncGroup, kafkaApiVersions, kafkaConsumerGroupHeartbeat},
 }
 
+// kafkaRoleAPIs are the API keys of either role: what a client producing
+// or consuming sends.
+var kafkaRoleAPIs = func() map[int16]bool {
+	m := map[int16]bool{}
+	for _, keys := range kafkaRoles {
+		for _, k := range keys {
+			m[k] = true
+		}
+	}
+	return m
+}()
+
 // kafkaAPIKeys maps a policy's API key names (kmsg's names in lower case,
 // and Cilium's "offsets" for ListOffsets) to keys.
 var kafkaAPIKeys = func() map[string]int16 {
@@ -85,6 +97,16 @@ func compileKafkaRule(field string, r KafkaRule) (kafkaRule, error) {
 			return out, fmt.Errorf("%w: %s.apiKey %q: not a Kafka API", ErrInvalid, field, r.APIKey)
 		}
 		out.keys = map[int16]bool{k: true}
+	}
+	if out.keys == nil && r.Topic != "" {
+		// A rule with a topic but neither role nor apiKey allows what a
+		// client producing or consuming sends, as Cilium's did, not the
+		// cluster's other APIs: topic-less ones (EndTxn, ListGroups,
+		// DeleteGroups, the ACL and quota APIs...), which the topic
+		// cannot restrict, nor the administration of the topic itself
+		// (CreateTopics, DeleteTopics, DeleteRecords; an apiKey rule
+		// allows them). Until 2026-12-04 such a rule allowed every API.
+		out.keys = kafkaRoleAPIs
 	}
 	if !out.anyVersion {
 		v, err := strconv.ParseInt(r.APIVersion, 10, 16)

@@ -821,3 +821,63 @@ func bigKafkaBroker(t *testing.T, size int, written *atomic.Int32) netip.AddrPor
 		io.Copy(io.Discard, c)
 	})
 }
+
+// TestKafkaTopicRuleAllowsNoClusterAPIs: a rule naming only a topic (no
+// role, no apiKey) lets through what a client producing or consuming
+// that topic sends (ApiVersions, Metadata of every topic, the group APIs,
+// Produce), and not the cluster's other APIs: a pod allowed topic1 must
+// not end transactions, list or delete groups, read the cluster's
+// description, or delete the topic.
+func TestKafkaTopicRuleAllowsNoClusterAPIs(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Topic: "topic1"}}})
+	recs := h.records()
+	k := h.raw()
+	endTxn := kmsg.NewPtrEndTxnRequest()
+	endTxn.TransactionalID, endTxn.ProducerID = "txn", 1
+	deleteGroups := kmsg.NewPtrDeleteGroupsRequest()
+	deleteGroups.Groups = []string{"group1"}
+	deleteTopics := kmsg.NewPtrDeleteTopicsRequest()
+	deleteTopics.Version, deleteTopics.TopicNames = 3, []string{"topic1"}
+	denied := []kmsg.Request{endTxn, kmsg.NewPtrListGroupsRequest(), kmsg.NewPtrDescribeClusterRequest(), deleteTopics, deleteGroups}
+	allowed := []kmsg.Request{kmsg.NewPtrApiVersionsRequest(), metadataReq(12), kmsg.NewPtrFindCoordinatorRequest(),
+		produceReq("topic1", [16]byte{})}
+	// The denials that have a top-level error field answer with it; the
+	// last (DeleteGroups has none) closes the connection, so it goes last.
+	resps := k.send("c", append(slices.Clone(allowed), denied[:4]...)...)
+	for i, r := range resps[len(allowed):] {
+		code := int16(-1)
+		switch r := r.(type) {
+		case *kmsg.EndTxnResponse:
+			code = r.ErrorCode
+		case *kmsg.ListGroupsResponse:
+			code = r.ErrorCode
+		case *kmsg.DescribeClusterResponse:
+			code = r.ErrorCode
+		case *kmsg.DeleteTopicsResponse:
+			if len(r.Topics) == 1 && r.Topics[0].ErrorCode == kafkaTopicAuthorizationFailed {
+				continue
+			}
+		}
+		if code != kafkaClusterAuthorizationFailed {
+			t.Errorf("%s under a topic-only rule: error %d, want CLUSTER_AUTHORIZATION_FAILED", kmsg.NameForKey(denied[i].Key()), code)
+		}
+	}
+	got := map[string]string{}
+	for _, r := range recs(len(resps)) {
+		got[r.Method] = r.Verdict
+	}
+	for _, q := range allowed {
+		if n := kmsg.NameForKey(q.Key()); got[n] != Forwarded {
+			t.Errorf("%s under a topic-only rule: %v, want forwarded", n, got[n])
+		}
+	}
+	if _, err := k.c.Write(kafkaRequestFrame(deleteGroups, 99, "c")); err != nil {
+		t.Fatal(err)
+	}
+	if r := recs(1)[0]; r.Method != "DeleteGroups" || r.Verdict != Denied {
+		t.Errorf("DeleteGroups under a topic-only rule: %+v, want denied", r)
+	}
+	if !k.closed() {
+		t.Error("a denied DeleteGroups (no error field to set) left the connection open")
+	}
+}
