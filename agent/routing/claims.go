@@ -100,15 +100,16 @@ func (x *claimIndex) remove(n node.Node) {
 
 func addrBucket(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, MinCoverBits).Masked() }
 
-// around calls f with the nodes of each claimed pod CIDR holding p (p
-// itself among them; a /32 for an address) until f returns false.
-func (x *claimIndex) around(p netip.Prefix, f func(names map[string]bool, what string) bool) bool {
+// around calls f with the nodes of each claimed pod CIDR q holding p (p
+// itself among them; a /32 for an address) until f returns false, and
+// tells whether it went through.
+func (x *claimIndex) around(p netip.Prefix, f func(names map[string]bool, q netip.Prefix) bool) bool {
 	for bits := 0; bits <= p.Bits(); bits++ {
 		if x.lens[bits] == 0 {
 			continue
 		}
 		q := netip.PrefixFrom(p.Addr(), bits).Masked()
-		if !f(x.cidrs[q], "pod CIDR "+q.String()) {
+		if !f(x.cidrs[q], q) {
 			return false
 		}
 	}
@@ -119,16 +120,29 @@ func (x *claimIndex) around(p netip.Prefix, f func(names map[string]bool, what s
 // in one of n's pod CIDRs, or whose pod CIDR overlaps one of n's or holds
 // n's address, with what they share; f returns false to stop.
 func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
-	each := func(names map[string]bool, what string) bool {
+	// eachOf calls f for names but n's, q the claim they hold (an
+	// address as a /32 when addr); what is formatted only for a call.
+	eachOf := func(names map[string]bool, q netip.Prefix, addr bool) bool {
 		for name := range names {
-			if name != n.Name && !f(name, what) {
+			if name == n.Name {
+				continue
+			}
+			what := "pod CIDR " + q.String()
+			if addr {
+				what = "address " + q.Addr().String()
+			}
+			if !f(name, what) {
 				return false
 			}
 		}
 		return true
 	}
+	each := func(names map[string]bool, q netip.Prefix) bool { return eachOf(names, q, false) }
+	eachAddr := func(names map[string]bool, a netip.Addr) bool {
+		return eachOf(names, netip.PrefixFrom(a, 32), true)
+	}
 	if ip := n.IP(); ip.Is4() {
-		if !each(x.addrs[ip], "address "+ip.String()) || !x.around(netip.PrefixFrom(ip, 32), each) {
+		if !eachAddr(x.addrs[ip], ip) || !x.around(netip.PrefixFrom(ip, 32), each) {
 			return
 		}
 	}
@@ -145,12 +159,12 @@ func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 		// a wider p, anywhere.
 		if p.Bits() < MinCoverBits {
 			for q := range x.cidrs {
-				if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], "pod CIDR "+q.String()) {
+				if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], q) {
 					return
 				}
 			}
 			for a := range x.addrs {
-				if p.Contains(a) && !each(x.addrs[a], "address "+a.String()) {
+				if p.Contains(a) && !eachAddr(x.addrs[a], a) {
 					return
 				}
 			}
@@ -162,13 +176,13 @@ func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 		}
 		if longer {
 			for q := range x.narrow[bucket(p)] {
-				if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], "pod CIDR "+q.String()) {
+				if q.Bits() > p.Bits() && p.Contains(q.Addr()) && !each(x.cidrs[q], q) {
 					return
 				}
 			}
 		}
 		for a := range x.abucket[bucket(p)] {
-			if p.Contains(a) && !each(x.addrs[a], "address "+a.String()) {
+			if p.Contains(a) && !eachAddr(x.addrs[a], a) {
 				return
 			}
 		}

@@ -822,12 +822,11 @@ func (r *Router) Owns(cluster string, ip netip.Addr) bool {
 	if ofCluster(r.claims.addrs[ip]) {
 		return true
 	}
-	for bits := 0; bits <= 32; bits++ {
-		if r.claims.lens[bits] > 0 && ofCluster(r.claims.cidrs[netip.PrefixFrom(ip, bits).Masked()]) {
-			return true
-		}
-	}
-	return false
+	// around stops (false) at the first pod CIDR holding ip that one of
+	// the cluster's nodes claims.
+	return !r.claims.around(netip.PrefixFrom(ip, 32), func(names map[string]bool, _ netip.Prefix) bool {
+		return !ofCluster(names)
+	})
 }
 
 // Entry is the accepted ipcache entry of another node's address.
