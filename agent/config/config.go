@@ -112,7 +112,10 @@ type Config struct {
 	// ClusterMeshPodRanges are where remote clusters' pod CIDRs may lie: a
 	// remote node record with a pod CIDR outside all of them is refused
 	// (it would be routed to that node). Default: the private and shared
-	// ranges (DefaultClusterMeshPodRanges); 0.0.0.0/0 allows any.
+	// ranges (DefaultClusterMeshPodRanges); 0.0.0.0/0 allows any. An
+	// entry CLUSTER=CIDR pins a range to a remote: that remote's pod
+	// CIDRs must lie in its pinned ranges, and no other remote's may meet
+	// them (RemotePodRanges).
 	ClusterMeshPodRanges []string `json:"clusterMeshPodRanges"`
 	// ClusterMeshCache reads the remote clusters from the cache of this
 	// cluster's filament-clustermesh-apiserver (run with
@@ -410,26 +413,48 @@ func (c Config) validateCluster() error {
 	if c.RemoteIPCache != "sparse" && c.RemoteIPCache != "full" {
 		return fmt.Errorf("%w: remoteIPCache %q: want sparse or full", ErrInvalid, c.RemoteIPCache)
 	}
-	if _, err := c.RemotePodRanges(); err != nil {
+	if _, _, err := c.RemotePodRanges(); err != nil {
 		return err
 	}
 	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
 }
 
-// RemotePodRanges parses ClusterMeshPodRanges.
-func (c Config) RemotePodRanges() ([]netip.Prefix, error) {
+// RemotePodRanges parses ClusterMeshPodRanges: the ranges of the remote
+// clusters not pinned, and the pinned ones' (an entry CLUSTER=CIDR): a
+// pinned cluster's pod CIDRs must lie in its own ranges, and no other
+// remote's may meet them.
+func (c Config) RemotePodRanges() (ranges []netip.Prefix, pinned map[string][]netip.Prefix, err error) {
 	if len(c.ClusterMeshPodRanges) == 0 {
-		return nil, fmt.Errorf("%w: clusterMeshPodRanges: empty (0.0.0.0/0 allows remote pod CIDRs anywhere)", ErrInvalid)
+		return nil, nil, fmt.Errorf("%w: clusterMeshPodRanges: empty (0.0.0.0/0 allows remote pod CIDRs anywhere)", ErrInvalid)
 	}
-	var out []netip.Prefix
+	owner := map[netip.Prefix]string{}
 	for _, s := range c.ClusterMeshPodRanges {
-		p, err := netip.ParsePrefix(s)
-		if err != nil || !p.Addr().Is4() || p.Masked() != p {
-			return nil, fmt.Errorf("%w: clusterMeshPodRanges %q: want an IPv4 CIDR written with its network address", ErrInvalid, s)
+		name, cidr, pin := strings.Cut(s, "=")
+		if !pin {
+			cidr = s
+		} else if !clusterName.MatchString(name) || name == c.ClusterName {
+			return nil, nil, fmt.Errorf("%w: clusterMeshPodRanges %q: want CLUSTER=CIDR naming a remote cluster (%q is not one)", ErrInvalid, s, name)
 		}
-		out = append(out, p)
+		p, err := netip.ParsePrefix(cidr)
+		if err != nil || !p.Addr().Is4() || p.Masked() != p {
+			return nil, nil, fmt.Errorf("%w: clusterMeshPodRanges %q: want an IPv4 CIDR written with its network address", ErrInvalid, s)
+		}
+		if !pin {
+			ranges = append(ranges, p)
+			continue
+		}
+		for q, other := range owner {
+			if other != name && q.Overlaps(p) {
+				return nil, nil, fmt.Errorf("%w: clusterMeshPodRanges %q: overlaps %s, pinned to cluster %s", ErrInvalid, s, q, other)
+			}
+		}
+		owner[p] = name
+		if pinned == nil {
+			pinned = map[string][]netip.Prefix{}
+		}
+		pinned[name] = append(pinned[name], p)
 	}
-	return out, nil
+	return ranges, pinned, nil
 }
 
 func (c Config) validateNode() error {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,6 +115,10 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"podCIDRSize", func(c *Config) { c.PodCIDRSize = 30 }, []string{"podCIDRSize", "30"}},
 		{"clusterMeshPodRanges", func(c *Config) { c.ClusterMeshPodRanges = []string{"10.0.0.0/8", "10.1.0.1/16"} }, []string{"clusterMeshPodRanges", "10.1.0.1/16"}},
 		{"clusterMeshPodRanges empty", func(c *Config) { c.ClusterMeshPodRanges = nil }, []string{"clusterMeshPodRanges", "empty"}},
+		{"clusterMeshPodRanges pin name", func(c *Config) { c.ClusterMeshPodRanges = []string{"West=10.2.0.0/16"} }, []string{"clusterMeshPodRanges", "West=10.2.0.0/16"}},
+		{"clusterMeshPodRanges pin self", func(c *Config) { c.ClusterMeshPodRanges = []string{c.ClusterName + "=10.2.0.0/16"} }, []string{"clusterMeshPodRanges", "=10.2.0.0/16"}},
+		{"clusterMeshPodRanges pin cidr", func(c *Config) { c.ClusterMeshPodRanges = []string{"west=10.2.0.1/16"} }, []string{"clusterMeshPodRanges", "west=10.2.0.1/16"}},
+		{"clusterMeshPodRanges pins overlap", func(c *Config) { c.ClusterMeshPodRanges = []string{"west=10.2.0.0/16", "east=10.2.128.0/24"} }, []string{"clusterMeshPodRanges", "east=10.2.128.0/24", "west"}},
 		{"nodeIP", func(c *Config) { c.NodeIP = "fd00::1" }, []string{"nodeIP", "fd00::1"}},
 		{"routing", func(c *Config) { c.Routing = "bgp" }, []string{"routing", "bgp"}},
 		{"nativeForwarding", func(c *Config) { c.NativeForwarding = "xdp" }, []string{"nativeForwarding", "xdp"}},
@@ -240,5 +245,23 @@ func TestGoodValuesPass(t *testing.T) {
 	c.ClusterMeshTTL = 0
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// CLUSTER=CIDR entries pin ranges to remotes; the others are for the
+// remotes not pinned (none when every entry is a pin).
+func TestRemotePodRangesPinned(t *testing.T) {
+	c := Default()
+	c.ClusterMeshPodRanges = []string{"10.0.0.0/8", "west=10.2.0.0/16", "west=192.168.8.0/24", "north=10.3.0.0/16"}
+	ranges, pinned, err := c.RemotePodRanges()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ranges) != "[10.0.0.0/8]" || fmt.Sprint(pinned) != "map[north:[10.3.0.0/16] west:[10.2.0.0/16 192.168.8.0/24]]" {
+		t.Fatalf("ranges %v, pinned %v", ranges, pinned)
+	}
+	c.ClusterMeshPodRanges = []string{"west=10.2.0.0/16"}
+	if ranges, pinned, err = c.RemotePodRanges(); err != nil || ranges != nil || len(pinned) != 1 {
+		t.Fatalf("pins only: ranges %v, pinned %v, %v", ranges, pinned, err)
 	}
 }

@@ -227,11 +227,11 @@ func (a *Agent) startPolicy(context.Context) error {
 	if a.fromPool {
 		a.router.SetOwnPool(netip.MustParsePrefix(a.cfg.ClusterPool))
 	}
-	ranges, err := a.cfg.RemotePodRanges()
+	ranges, pinned, err := a.cfg.RemotePodRanges()
 	if err != nil {
 		return err
 	}
-	a.router.SetRemotePodRanges(ranges)
+	a.router.SetRemotePodRanges(ranges, pinned)
 	if a.cfg.RemoteIPCache == "sparse" {
 		// Ingress reads the source identity from the ipcache unless it
 		// travels in the VNI (tunnel mode without encryption, whose

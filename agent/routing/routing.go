@@ -101,7 +101,11 @@ type Router struct {
 	own     netip.Prefix                       // this node's pod CIDR: its pods' entries are the engine's
 	pool    netip.Prefix                       // this cluster's pool (when pod CIDRs come from it): no remote pod CIDR in it
 	ranges  []netip.Prefix                     // where remote pod CIDRs may lie (none set: anywhere)
-	claims  claimIndex                         // the known nodes' addresses and pod CIDRs
+	// pinned: named remotes' own ranges; rangesSet: ranges or pins set
+	// (SetRemotePodRanges).
+	pinned    map[string][]netip.Prefix
+	rangesSet bool
+	claims    claimIndex // the known nodes' addresses and pod CIDRs
 	// refused: remote node records refused for meeting another cluster's
 	// claims, tried again when claims they met go (refusedIdx: theirs).
 	refused    map[string]node.Node
@@ -130,10 +134,42 @@ func (r *Router) SetOwnPool(p netip.Prefix) {
 
 // SetRemotePodRanges sets where remote clusters' pod CIDRs may lie: a
 // remote node record with a pod CIDR outside every range is refused.
-func (r *Router) SetRemotePodRanges(ranges []netip.Prefix) {
+// Pinned are ranges of named remote clusters: such a cluster's pod CIDRs
+// must lie in its own, and no other remote's may meet them (ranges is
+// then for the clusters not named; nil with pins: none). With neither,
+// remote pod CIDRs may lie anywhere.
+func (r *Router) SetRemotePodRanges(ranges []netip.Prefix, pinned map[string][]netip.Prefix) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ranges = slices.Clone(ranges)
+	r.pinned = maps.Clone(pinned)
+	r.rangesSet = len(ranges) > 0 || len(pinned) > 0
+}
+
+// outsideRanges says why a pod CIDR p of remote cluster c lies where it
+// may not ("" if it may): outside c's pinned ranges, or, for a cluster
+// without pins, outside the ranges or meeting another cluster's pins.
+func (r *Router) outsideRanges(c string, p netip.Prefix) string {
+	if !r.rangesSet {
+		return ""
+	}
+	if pins, ok := r.pinned[c]; ok {
+		if !inRanges(p, pins) {
+			return fmt.Sprintf("pod CIDR %s is outside cluster %s's pinned ranges %v (--clustermesh-pod-ranges)", p, c, pins)
+		}
+		return ""
+	}
+	if !inRanges(p, r.ranges) {
+		return fmt.Sprintf("pod CIDR %s is outside the ranges remote pods may have (--clustermesh-pod-ranges %v)", p, r.ranges)
+	}
+	for other, pins := range r.pinned {
+		for _, q := range pins {
+			if q.Overlaps(p) {
+				return fmt.Sprintf("pod CIDR %s meets cluster %s's pinned range %s", p, other, q)
+			}
+		}
+	}
+	return ""
 }
 
 // inRanges says whether p lies inside one of ranges.
@@ -620,8 +656,8 @@ func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 		if r.pool.IsValid() && r.pool.Overlaps(p) {
 			return fmt.Sprintf("pod CIDR %s overlaps this cluster's pool %s", p, r.pool), false
 		}
-		if len(r.ranges) > 0 && !inRanges(p, r.ranges) {
-			return fmt.Sprintf("pod CIDR %s is outside the ranges remote pods may have (--clustermesh-pod-ranges %v)", p, r.ranges), false
+		if why := r.outsideRanges(c, p); why != "" {
+			return why, false
 		}
 	}
 	r.claims.meets(n, func(name, what string) bool {

@@ -260,7 +260,7 @@ func TestRemotePodCIDRsOutsideTheirRangesRefused(t *testing.T) {
 	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
 	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
 	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
-	r.SetRemotePodRanges([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.0.0/16")})
+	r.SetRemotePodRanges([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.0.0/16")}, nil)
 	for _, c := range []string{"0.0.0.0/1", "8.8.8.0/24", "10.0.0.0/7", "10.244.9.0/24", "10.240.0.0/12", "172.16.0.0/24"} {
 		r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"203.0.113.9"}, PodCIDRs: []string{"10.60.0.0/24", c}}, false)
 		if _, ok := r.nodes["east/evil"]; ok {
@@ -278,6 +278,64 @@ func TestRemotePodCIDRsOutsideTheirRangesRefused(t *testing.T) {
 	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"172.20.0.0/24"}}, false)
 	if _, ok := r.nodes["n2"]; !ok {
 		t.Fatal("a node of this cluster outside the remote ranges was refused")
+	}
+}
+
+// TestPinnedPodRangesStopSquatting: a remote squatting on the pod CIDR of
+// another remote whose nodes are gone (lost, or not synced yet after a
+// restart) took it, and the rightful remote's nodes were then refused.
+// With the rightful remote's ranges pinned (--clustermesh-pod-ranges
+// west=CIDR), no other remote may hold a pod CIDR in them, whichever
+// comes first, and west may hold pod CIDRs only there.
+func TestPinnedPodRangesStopSquatting(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.SetRemotePodRanges([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+		map[string][]netip.Prefix{"west": {netip.MustParsePrefix("10.50.0.0/16")}, "north": {netip.MustParsePrefix("192.168.8.0/24")}})
+	taken := func(name string) bool { _, ok := r.nodes[name]; return ok }
+	// The squatter comes first (west not synced yet): refused, inside or
+	// over west's range.
+	for i, c := range []string{"10.50.3.0/24", "10.50.0.0/16", "10.48.0.0/12", "192.168.8.0/25"} {
+		name := fmt.Sprintf("east/squat%d", i)
+		r.NodeChanged(node.Node{Name: name, IPs: []string{fmt.Sprintf("203.0.113.%d", 10+i)}, PodCIDRs: []string{c}}, false)
+		if taken(name) {
+			t.Errorf("a remote node of east claiming %s, in west's or north's pinned ranges, was taken", c)
+		}
+	}
+	r.NodeChanged(node.Node{Name: "west/w1", IPs: []string{"198.51.100.1"}, PodCIDRs: []string{"10.50.3.0/24"}}, false)
+	if !taken("west/w1") {
+		t.Fatal("west's node in its pinned range was refused")
+	}
+	// West may not hold pod CIDRs outside its pins, even in the ranges
+	// of unpinned remotes.
+	r.NodeChanged(node.Node{Name: "west/w2", IPs: []string{"198.51.100.2"}, PodCIDRs: []string{"10.60.0.0/24"}}, false)
+	if taken("west/w2") {
+		t.Error("west's node outside its pinned range was taken")
+	}
+	// North's pinned range lies outside the unpinned ranges: allowed to
+	// north only.
+	r.NodeChanged(node.Node{Name: "north/x1", IPs: []string{"198.51.100.3"}, PodCIDRs: []string{"192.168.8.0/26"}}, false)
+	if !taken("north/x1") {
+		t.Error("north's node in its pinned range (outside the unpinned ranges) was refused")
+	}
+	// An unpinned remote elsewhere in the ranges is taken as before.
+	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.30"}, PodCIDRs: []string{"10.60.0.0/24"}}, false)
+	if !taken("east/e1") {
+		t.Error("east's node outside every pin, in the ranges, was refused")
+	}
+	// West lost: its node deleted; the squatter's record again is still
+	// refused (without pins it would now be taken).
+	r.NodeChanged(node.Node{Name: "west/w1"}, true)
+	r.NodeChanged(node.Node{Name: "east/squat0", IPs: []string{"203.0.113.10"}, PodCIDRs: []string{"10.50.3.0/24"}}, false)
+	if taken("east/squat0") {
+		t.Error("after west's loss, east's record in west's pinned range was taken")
+	}
+	// Pins only: a remote not pinned may hold nothing.
+	r.SetRemotePodRanges(nil, map[string][]netip.Prefix{"west": {netip.MustParsePrefix("10.50.0.0/16")}})
+	r.NodeChanged(node.Node{Name: "east/e2", IPs: []string{"203.0.113.31"}, PodCIDRs: []string{"10.61.0.0/24"}}, false)
+	if taken("east/e2") {
+		t.Error("with pins only, a remote not pinned was taken")
 	}
 }
 
