@@ -117,6 +117,9 @@ type Config struct {
 	// CIDRs must lie in its pinned ranges, and no other remote's may meet
 	// them (RemotePodRanges).
 	ClusterMeshPodRanges []string `json:"clusterMeshPodRanges"`
+	// ClusterMeshClusterIDs pin remotes' cluster IDs (CLUSTER=ID each): a
+	// pinned remote must have its ID and no other remote may have it.
+	ClusterMeshClusterIDs []string `json:"clusterMeshClusterIDs,omitempty"`
 	// ClusterMeshCache reads the remote clusters from the cache of this
 	// cluster's filament-clustermesh-apiserver (run with
 	// --clustermesh-cache) instead of connecting to each of them.
@@ -416,6 +419,9 @@ func (c Config) validateCluster() error {
 	if _, _, err := c.RemotePodRanges(); err != nil {
 		return err
 	}
+	if _, err := c.RemoteClusterIDs(); err != nil {
+		return err
+	}
 	return notNegative("clusterMeshTTL", c.ClusterMeshTTL)
 }
 
@@ -455,6 +461,31 @@ func (c Config) RemotePodRanges() (ranges []netip.Prefix, pinned map[string][]ne
 		pinned[name] = append(pinned[name], p)
 	}
 	return ranges, pinned, nil
+}
+
+// RemoteClusterIDs parses ClusterMeshClusterIDs: remote name → pinned ID.
+func (c Config) RemoteClusterIDs() (map[string]uint32, error) {
+	var out map[string]uint32
+	byID := map[uint32]string{}
+	for _, s := range c.ClusterMeshClusterIDs {
+		name, v, ok := strings.Cut(s, "=")
+		id, err := strconv.ParseUint(v, 10, 32)
+		switch {
+		case !ok || !clusterName.MatchString(name) || name == c.ClusterName:
+			return nil, fmt.Errorf("%w: clusterMeshClusterIDs %q: want CLUSTER=ID naming a remote cluster", ErrInvalid, s)
+		case err != nil || id < 1 || id > uint64(c.MaxConnectedClusters) || uint32(id) == c.ClusterID:
+			return nil, fmt.Errorf("%w: clusterMeshClusterIDs %q: want an ID 1-%d other than this cluster's (%d)", ErrInvalid, s, c.MaxConnectedClusters, c.ClusterID)
+		case out[name] != 0:
+			return nil, fmt.Errorf("%w: clusterMeshClusterIDs %q: %s is pinned twice", ErrInvalid, s, name)
+		case byID[uint32(id)] != "":
+			return nil, fmt.Errorf("%w: clusterMeshClusterIDs %q: ID %d is pinned to %s", ErrInvalid, s, id, byID[uint32(id)])
+		}
+		if out == nil {
+			out = map[string]uint32{}
+		}
+		out[name], byID[uint32(id)] = uint32(id), name
+	}
+	return out, nil
 }
 
 func (c Config) validateNode() error {

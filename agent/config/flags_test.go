@@ -35,7 +35,8 @@ func TestFlagsTable(t *testing.T) {
 	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
 	RegisterFlags(fs, &flags)
 	if err := fs.Parse([]string{"--node-name=from-flag", "--lease-ttl=3s", "--etcd-endpoints=https://a:2379,https://b:2379",
-		"--memberlist-port=0", "--socket-lb=false", "--maglev-table-size=251", "--flow-events=off", "--policy-audit-mode"}); err != nil {
+		"--memberlist-port=0", "--socket-lb=false", "--maglev-table-size=251", "--flow-events=off", "--policy-audit-mode",
+		"--clustermesh-cluster-ids=west=2,east=3"}); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "agent.yaml")
@@ -49,7 +50,8 @@ func TestFlagsTable(t *testing.T) {
 	ApplyFlags(fs, &final, &flags)
 	if final.NodeName != "from-flag" || final.ClusterName != "from-file" || time.Duration(final.LeaseTTL) != 3*time.Second ||
 		!slices.Equal(final.Etcd.Endpoints, []string{"https://a:2379", "https://b:2379"}) || final.MemberlistPort != 0 ||
-		final.SocketLB || final.MaglevTableSize != 251 || final.Routing != Default().Routing || final.FlowEvents != "off" || !final.PolicyAuditMode {
+		final.SocketLB || final.MaglevTableSize != 251 || final.Routing != Default().Routing || final.FlowEvents != "off" || !final.PolicyAuditMode ||
+		!slices.Equal(final.ClusterMeshClusterIDs, []string{"west=2", "east=3"}) {
 		t.Errorf("precedence: %+v", final)
 	}
 	if err := fs.Parse([]string{"--lease-ttl=soon"}); err == nil {

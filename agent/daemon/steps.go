@@ -328,6 +328,11 @@ func (a *Agent) startMesh(ctx context.Context) error {
 		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.remoteEntry,
 		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
 	})
+	pins, err := a.cfg.RemoteClusterIDs()
+	if err != nil {
+		return err
+	}
+	a.mesh.PinClusterIDs(pins)
 	if a.cfg.ClusterMeshCache {
 		a.mesh.ViaCache(a.kv)
 	}

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -111,9 +112,25 @@ type Manager struct {
 	// the remote clusters (clustermesh/cache): remotes are read there, under
 	// clustermesh.CachePrefix, instead of from their own apiservers.
 	via *kvstore.Client
+	// pinned are remotes' cluster IDs fixed by this agent's config
+	// (PinClusterIDs), and the names by ID.
+	pinned   map[string]uint32
+	pinnedBy map[uint32]string
 
 	mu      sync.Mutex
 	remotes map[string]*cluster
+}
+
+// PinClusterIDs fixes remotes' cluster IDs (call before Run): a pinned
+// remote must have its ID, and no other remote may have it. Unpinned, a
+// remote picks its own ID, the first to claim one holding it: one could
+// take a legitimate remote's ID while that remote was lost or before it
+// synced after a restart, and the legitimate one was refused.
+func (m *Manager) PinClusterIDs(pins map[string]uint32) {
+	m.pinned, m.pinnedBy = maps.Clone(pins), map[uint32]string{}
+	for name, id := range pins {
+		m.pinnedBy[id] = name
+	}
 }
 
 // NewManager follows the remote configs in dir; ttl > 0 withdraws a lost
@@ -293,6 +310,12 @@ func (m *Manager) claim(self *cluster, name string, id uint32) string {
 	}
 	if id == m.localID {
 		return fmt.Sprintf("cluster ID %d of %s is the local cluster's (%s)", id, name, m.localName)
+	}
+	if want, ok := m.pinned[name]; ok && want != id {
+		return fmt.Sprintf("cluster ID %d of %s is not its pinned ID %d (--clustermesh-cluster-ids)", id, name, want)
+	}
+	if owner, ok := m.pinnedBy[id]; ok && owner != name {
+		return fmt.Sprintf("cluster ID %d of %s is pinned to remote cluster %s (--clustermesh-cluster-ids)", id, name, owner)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

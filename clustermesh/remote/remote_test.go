@@ -648,3 +648,51 @@ func TestRemoteHoldsBoundedCounts(t *testing.T) {
 		return ok && len(entries) == 3
 	})
 }
+
+// TestPinnedClusterIDs: a remote picks its own cluster ID, first come
+// first served, so a remote claiming a legitimate remote's ID before it
+// (after an agent's restart, or while it is lost) held the ID and the
+// legitimate remote was refused. With IDs pinned (--clustermesh-cluster-ids
+// east=7), only east may have 7, and east only 7.
+func TestPinnedClusterIDs(t *testing.T) {
+	squat := apiservertest.Start(t, "squat", 7)
+	east := apiservertest.Start(t, "east", 7)
+	wrong := apiservertest.Start(t, "west", 9) // pinned to 8
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{
+		Node: func(node.Node, bool) {}, Identity: func(identity.Identity, bool) {},
+		Entry: func(ipcache.Entry, bool) {}, Service: func(string, *service.Service, bool) {},
+	})
+	m.PinClusterIDs(map[string]uint32{"east": 7, "west": 8})
+	go m.Run(ctx)
+	status := func(name string) remote.Status {
+		for _, s := range m.Status() {
+			if s.Name == name {
+				return s
+			}
+		}
+		return remote.Status{}
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s; status %+v", what, m.Status())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// The squatter first: refused, naming the pin.
+	squat.WriteRemoteConfig(t, dir)
+	waitFor("squat refused", func() bool { return strings.Contains(status("squat").LastFailure, "pinned") })
+	east.WriteRemoteConfig(t, dir)
+	waitFor("east followed", func() bool { return status("east").Ready })
+	wrong.WriteRemoteConfig(t, dir)
+	waitFor("west refused", func() bool { return strings.Contains(status("west").LastFailure, "pinned") })
+	if s := status("squat"); s.Ready {
+		t.Fatalf("the squatter is followed: %+v", s)
+	}
+}
