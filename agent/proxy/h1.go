@@ -59,16 +59,35 @@ func putWriter(bw *bufio.Writer) {
 // left in it, so that an idle connection holds no buffer.
 type h1Upstream struct {
 	conn net.Conn
+	// lim is what br reads from: the connection, bounded while a
+	// response head is read (headLimit).
+	lim  io.LimitedReader
 	br   *bufio.Reader
 	used bool // a request went out on it already
+}
+
+func newH1Upstream(conn net.Conn) *h1Upstream {
+	return &h1Upstream{conn: conn, lim: io.LimitedReader{R: conn, N: math.MaxInt64}}
 }
 
 func (u *h1Upstream) reader() *bufio.Reader {
 	if u.br == nil {
 		u.br = readerPool.Get().(*bufio.Reader)
-		u.br.Reset(u.conn)
+		u.br.Reset(&u.lim)
 	}
 	return u.br
+}
+
+// headLimit bounds what the connection gives until the response's final
+// head is read (on) or from then on not (off): a server a pod may reach
+// answering with a head without end ran the proxy out of memory until
+// 2026-12-04. Interim responses count against the same bound.
+func (u *h1Upstream) headLimit(on bool) {
+	if on {
+		u.lim.N = maxHeaderBytes
+	} else {
+		u.lim.N = math.MaxInt64
+	}
 }
 
 func (u *h1Upstream) idle() {
@@ -222,6 +241,11 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {
 		req.Close = true // HTTP/1.0: one request per connection
 	}
+	// Hop-by-hop headers, and those Connection names, are this hop's:
+	// gone before the decision, so a header a rule required, added or
+	// replaced is not removed after it (Connection: X-Tenant did so until
+	// 2026-12-04).
+	upgrade := removeHopHeaders(req.Header)
 	recs, denied := p.judge(dc, req, start)
 	bw := getWriter(dc.Conn)
 	defer putWriter(bw)
@@ -231,7 +255,7 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		p.finish(recs, start, http.StatusForbidden, Denied)
 		return bw.Flush() == nil && keep && !req.Close, false
 	}
-	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req)
+	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req, upgrade)
 	verdict := Forwarded
 	switch {
 	case errors.Is(err, errClientGone):
@@ -328,13 +352,13 @@ func upgradesTo(upgrade, protocol string) bool {
 // close at once; or, with nothing written to the client, errUpstream (the
 // upstream could not be reached or gave no response), errRequestBody (the
 // client's body was malformed) or errClientGone.
-func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request) (status int, keep, closeNow bool, err error) {
-	// Hop-by-hop headers are this hop's. An upgrade is passed on, as
-	// the one Upgrade asked for, except to h2c: its HTTP/2 streams would
-	// pass the proxy unseen (the request goes on as HTTP/1.1).
-	// An Upgrade naming h2c among others is not passed on either (a
-	// server may pick it from the list), and HTTP2-Settings never is.
-	upgrade := removeHopHeaders(req.Header)
+func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, upgrade string) (status int, keep, closeNow bool, err error) {
+	// Hop-by-hop headers were removed (h1Request); upgrade is the one
+	// the client asked for. It is passed on, except to h2c: its HTTP/2
+	// streams would pass the proxy unseen (the request goes on as
+	// HTTP/1.1). An Upgrade naming h2c among others is not passed on
+	// either (a server may pick it from the list), and HTTP2-Settings
+	// never is.
 	req.Header.Del("Http2-Settings")
 	if upgrade != "" && !upgradesTo(upgrade, "h2c") {
 		req.Header.Set("Connection", "Upgrade")
@@ -374,7 +398,8 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 		dc.dropUpstream()
 		<-written
 	}
-	resp, err := readUpstream(up.reader(), req, bw)
+	up.headLimit(true)
+	resp, err := readUpstream(up, req, bw)
 	if err != nil {
 		stopBody()
 		if errors.Is(err, errClientGone) {
@@ -441,6 +466,7 @@ func (p *Proxy) roundTripNoBody(dc *downConn, req *http.Request, bw *bufio.Write
 		if err == nil {
 			// Not a byte of response: the upstream had closed the
 			// connection before it saw the request.
+			up.headLimit(true)
 			_, err = up.reader().Peek(1)
 		}
 		if err != nil {
@@ -450,7 +476,7 @@ func (p *Proxy) roundTripNoBody(dc *downConn, req *http.Request, bw *bufio.Write
 			dc.dropUpstream()
 			continue
 		}
-		resp, err := readUpstream(up.br, req, bw)
+		resp, err := readUpstream(up, req, bw)
 		if err != nil && !errors.Is(err, errClientGone) {
 			p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
 			err = fmt.Errorf("%w: %w", errUpstream, err)
@@ -465,8 +491,15 @@ func (p *Proxy) roundTripNoBody(dc *downConn, req *http.Request, bw *bufio.Write
 func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, resp *http.Response, canTunnel bool) (status int, keep, closeNow bool, err error) {
 	status = resp.StatusCode
 	up := dc.upstream()
+	// A 2xx to CONNECT has no content (RFC 9110 9.3.6): one framed as
+	// having some is a server answering CONNECT as any request, which
+	// goes on parsing HTTP on the connection, so it is passed on as a
+	// response and the connection closed, not made a tunnel the client's
+	// next requests would pass unseen (until 2026-12-04 it was).
+	connect2xx := req.Method == http.MethodConnect && status/100 == 2
+	framed := resp.Header.Get("Content-Length") != "" || len(resp.TransferEncoding) > 0
 	if upgraded := status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") != "" ||
-		req.Method == http.MethodConnect && status/100 == 2; upgraded {
+		connect2xx && !framed; upgraded {
 		if !canTunnel {
 			return status, false, true, writeHead(bw, resp)
 		}
@@ -490,7 +523,8 @@ func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer
 	// close of the connection (Response.Write makes it so). Otherwise the
 	// upstream's wish to close is its connection's, not the client's.
 	closeNow = resp.ContentLength < 0 && !chunked(resp.TransferEncoding)
-	upClose := resp.Close
+	upClose := resp.Close || connect2xx
+	closeNow = closeNow || connect2xx
 	resp.Close = req.Close || closeNow
 	resp.Body = &flushingBody{ReadCloser: resp.Body, src: up.br, dst: bw}
 	if err := resp.Write(bufWriter{bw}); err != nil {
@@ -526,14 +560,21 @@ func isIdempotent(method string) bool {
 var errClientGone = errors.New("client connection failed")
 
 // readUpstream reads the upstream's response to req, passing interim 1xx
-// responses (other than 101) on to an HTTP/1.1 client.
-func readUpstream(ubr *bufio.Reader, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+// responses (other than 101) on to an HTTP/1.1 client. The heads are
+// bounded together (headLimit, set by the caller before the response's
+// first byte is read): past the bound the response fails (a 502).
+func readUpstream(up *h1Upstream, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+	ubr := up.reader()
 	for {
 		resp, err := http.ReadResponse(ubr, req)
 		if err != nil {
+			if up.lim.N <= 0 {
+				err = fmt.Errorf("response head larger than %d bytes: %w", maxHeaderBytes, err)
+			}
 			return nil, err
 		}
 		if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
+			up.headLimit(false)
 			return resp, nil
 		}
 		if !req.ProtoAtLeast(1, 1) {
@@ -631,7 +672,7 @@ func (c *downConn) upstreamH1() (*h1Upstream, error) {
 		conn.Close()
 		return nil, net.ErrClosed
 	}
-	c.up = &h1Upstream{conn: conn}
+	c.up = newH1Upstream(conn)
 	return c.up, nil
 }
 

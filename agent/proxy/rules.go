@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"regexp"
-	"slices"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -25,8 +24,8 @@ type HTTPRule struct {
 	Method string `json:"method,omitempty"`
 	Path   string `json:"path,omitempty"`
 	Host   string `json:"host,omitempty"`
-	// Headers are "Name" (the header is present) or "Name: value" (one
-	// of its values equals value).
+	// Headers are "Name" (the header is present) or "Name: value" (the
+	// request has one copy of it, with that value).
 	Headers []string `json:"headers,omitempty"`
 	// HeaderMatches require a header value and say what to do when the
 	// request does not have it.
@@ -57,6 +56,9 @@ type rule struct {
 	method, path, host *regexp.Regexp
 	headers            []headerCond
 	matches            []HeaderMatch
+	// connect: the method, as written, names CONNECT (a pattern that
+	// merely matches it, ".*", does not allow it).
+	connect bool
 }
 
 type headerCond struct {
@@ -68,7 +70,7 @@ type headerCond struct {
 // compileRule checks r and compiles it; errors name the field under
 // prefix (e.g. "rules.http[1]").
 func compileRule(prefix string, r HTTPRule) (*rule, error) {
-	c := &rule{}
+	c := &rule{connect: strings.Contains(r.Method, http.MethodConnect)}
 	var err error
 	for _, f := range []struct {
 		name string
@@ -121,8 +123,9 @@ func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 		return false, nil
 	}
 	// A CONNECT makes the connection a tunnel the proxy does not look
-	// into: only a rule naming the method allows it.
-	if c.method == nil && req.Method == http.MethodConnect {
+	// into: only a rule naming the method allows it (until 2026-12-04 a
+	// pattern matching any method, ".*", did).
+	if req.Method == http.MethodConnect && !c.connect {
 		return false, nil
 	}
 	if c.path != nil && !c.path.MatchString(requestPath(req)) {
@@ -134,14 +137,18 @@ func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 			return false, nil
 		}
 	}
+	// A header's value is matched only when the request has one copy of
+	// it: servers read several copies differently (the first, the last,
+	// all joined), so one copy holding the value would be no cover for
+	// another (until 2026-12-04 any copy matched).
 	for _, h := range c.headers {
 		vals, present := req.Header[h.name]
-		if !present || h.hasValue && !slices.Contains(vals, h.value) {
+		if !present || h.hasValue && !onlyValue(vals, h.value) {
 			return false, nil
 		}
 	}
 	for _, m := range c.matches {
-		if slices.Contains(req.Header[m.Name], m.Value) {
+		if onlyValue(req.Header[m.Name], m.Value) {
 			continue
 		}
 		if m.Mismatch == "" {
@@ -151,6 +158,9 @@ func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 	}
 	return true, acts
 }
+
+// onlyValue reports whether vals is one copy with value v.
+func onlyValue(vals []string, v string) bool { return len(vals) == 1 && vals[0] == v }
 
 // Apply runs the mismatch actions of a matched rule on req and returns a
 // note per action for the record.

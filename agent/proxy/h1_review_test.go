@@ -1,0 +1,188 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Attacks found by the review of 2026-12-04, each checked to pass the
+// proxy before its fix.
+
+// TestUpstreamHeadBounded: a server a pod may reach (outside the cluster,
+// or a pod of its own) answered with a head that never ends; the proxy
+// read it without bound, the node's proxy running out of memory. Now a
+// response head past maxHeaderBytes (interim ones included) is a 502.
+func TestUpstreamHeadBounded(t *testing.T) {
+	for name, head := range map[string]string{
+		"headers":  "HTTP/1.1 200 OK\r\n",
+		"status":   "HTTP/1.1 200 ",
+		"interims": "",
+	} {
+		t.Run(name, func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn) {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, head)
+				line := "X-A: " + strings.Repeat("a", 1000) + "\r\n"
+				if name == "status" {
+					line = strings.Repeat("a", 1024)
+				}
+				for i := 0; ; i++ { // until the proxy gives up
+					if name == "interims" && i%64 == 0 {
+						line = "HTTP/1.1 103 Early Hints\r\nLink: </" + strings.Repeat("a", 1000) + ">\r\n\r\n"
+					}
+					if _, err := io.WriteString(c, line); err != nil {
+						return
+					}
+				}
+			})
+			h := newHarnessTo(t, up, Options{})
+			h.ingress(PeerRules{HTTP: []HTTPRule{{}}})
+			c := h.dial()
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(c)
+			for {
+				resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+				if err != nil {
+					t.Fatalf("no final response: %v", err)
+				}
+				if resp.StatusCode/100 == 1 {
+					continue
+				}
+				if resp.StatusCode != http.StatusBadGateway {
+					t.Fatalf("a response head without end: status %d, want 502", resp.StatusCode)
+				}
+				return
+			}
+		})
+	}
+}
+
+// TestHeaderRuleNeedsTheOnlyCopy: a rule pinning a header's value
+// (headers "X-Tenant: a", or headerMatches with REPLACE) matched when any
+// copy had the value, and the other copies went on: servers that take the
+// first copy (Go's Header.Get) saw the client's own value.
+func TestHeaderRuleNeedsTheOnlyCopy(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{
+		{Path: "/pinned", Headers: []string{"X-Tenant: a"}},
+		{Path: "/replaced", HeaderMatches: []HeaderMatch{{Name: "X-Tenant", Value: "a", Mismatch: MismatchReplace}}},
+	}})
+	c := h.dial()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /pinned HTTP/1.1\r\nHost: svc\r\nX-Tenant: b\r\nX-Tenant: a\r\n\r\n")
+	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("two copies of a pinned header: status %d (%q), want 403", resp.StatusCode, body)
+	}
+	io.WriteString(c, "GET /pinned HTTP/1.1\r\nHost: svc\r\nX-Tenant: a\r\n\r\n")
+	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != http.StatusOK {
+		t.Errorf("the one pinned copy: status %d (%q), want 200", resp.StatusCode, body)
+	}
+	io.WriteString(c, "GET /replaced HTTP/1.1\r\nHost: svc\r\nX-Tenant: b\r\nX-Tenant: a\r\n\r\n")
+	resp, body := readResponse(t, br, "GET")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("REPLACE: status %d (%q)", resp.StatusCode, body)
+	}
+	if got := decodeEcho(t, body).Header["X-Tenant"]; len(got) != 1 || got[0] != "a" {
+		t.Errorf("REPLACE with two copies sent: the server got X-Tenant %q, want [a]", got)
+	}
+}
+
+// TestConnectionCannotStripPolicyHeaders: headers named in Connection
+// were removed after the decision, so a header a rule required, added or
+// replaced never reached the server.
+func TestConnectionCannotStripPolicyHeaders(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{
+		{Path: "/pinned", Headers: []string{"X-Tenant: a"}},
+		{Path: "/added", HeaderMatches: []HeaderMatch{{Name: "X-Tenant", Value: "a", Mismatch: MismatchAdd}}},
+	}})
+	c := h.dial()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /pinned HTTP/1.1\r\nHost: svc\r\nConnection: X-Tenant\r\nX-Tenant: a\r\n\r\n")
+	resp, body := readResponse(t, br, "GET")
+	if resp.StatusCode == http.StatusOK && len(decodeEcho(t, body).Header["X-Tenant"]) == 0 {
+		t.Error("a request allowed for its X-Tenant reached the server without it (Connection: X-Tenant)")
+	}
+	io.WriteString(c, "GET /added HTTP/1.1\r\nHost: svc\r\nConnection: X-Tenant\r\n\r\n")
+	resp, body = readResponse(t, br, "GET")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("ADD: status %d (%q)", resp.StatusCode, body)
+	}
+	if got := decodeEcho(t, body).Header["X-Tenant"]; len(got) != 1 || got[0] != "a" {
+		t.Errorf("ADD under Connection: X-Tenant: the server got X-Tenant %q, want [a]", got)
+	}
+}
+
+// TestConnectNeedsItsLiteralMethod: a method pattern matching anything
+// (".*") allowed CONNECT, and a web server answering it 200 with a body
+// (a catch-all handler) made the connection a tunnel: the next request
+// reached the server unseen.
+func TestConnectNeedsItsLiteralMethod(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Path: "+req.URL.RequestURI()+"\r\n\r\nok")
+		}
+	})
+	h := newHarnessTo(t, up, Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: ".*", Path: "/(public.*)?"}}})
+	recs := h.records()
+	c := h.dial()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\n")
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("CONNECT under method .*: status %d, want 403", resp.StatusCode)
+	}
+	if r := recs(1)[0]; r.Method != "CONNECT" || r.Verdict != Denied {
+		t.Errorf("CONNECT under method .*: %+v, want denied", r)
+	}
+
+	// A rule naming CONNECT allows it; a 2xx with a body is no tunnel.
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "CONNECT"}, {Method: "GET", Path: "/public.*"}}})
+	c = h.dial()
+	br = bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\nGET /admin HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != http.StatusOK || body != "ok" {
+		t.Fatalf("CONNECT answered 200 with a body: %d %q", resp.StatusCode, body)
+	}
+	// The connection is closed (or the next request decided): /admin
+	// must not reach the server through a tunnel.
+	if resp, err := http.ReadResponse(br, &http.Request{Method: "GET"}); err == nil && resp.Header.Get("X-Path") == "/admin" {
+		t.Error("after a 2xx with a body to CONNECT, GET /admin went through unseen")
+	}
+}
+
+// TestRequestTargetNotAPath: a target that is no path ("x:../../admin",
+// which Go parses as an opaque URL) skipped normalisation and went on as
+// "../../admin?.css", matched by rules not anchored at "/".
+func TestRequestTargetNotAPath(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Path: ".*\\.css"}}})
+	c := h.dial()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET x:../../admin?.css HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("GET x:../../admin?.css: status %d (%q), want 400", resp.StatusCode, body)
+	}
+}
