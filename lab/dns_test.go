@@ -306,6 +306,46 @@ func TestDNSAnswerAllowsOnlyTheAsker(t *testing.T) {
 	}
 }
 
+// A DNS server a pod may reach (one it runs, or a zone mapping names to
+// any address, as nip.io does) answered an allowed name with the cloud
+// metadata address or loopback, and toFQDNs allowed it to the pod. Such
+// addresses are never learned: the answer reaches the pod, no allow.
+func TestDNSSpecialAddressesNotLearned(t *testing.T) {
+	l := labtest.Up(t, 1, 0)
+	dnsPod := labtest.Pod(t, l, "n1", "dns", "app=dns")
+	labtest.Pod(t, l, "n1", "client", "app=client")
+	web := labtest.Host(t, l, "web", "10.0.9.1")
+	special := map[string]string{"meta.allowed.test": "169.254.169.254", "lo.allowed.test": "127.0.0.1",
+		"zero.allowed.test": "0.0.0.0", "mcast.allowed.test": "224.0.0.251", "bcast.allowed.test": "255.255.255.255"}
+	records := map[string]string{"www.allowed.test": web.IP}
+	for n, a := range special {
+		records[n] = a
+	}
+	dnsServer(t, dnsPod.NetNS, dnsPod.IP, 600, records)
+	labtest.ImportPolicy(t, l, "n1", dnsPolicy)
+	eventually(t, "the client resolves www.allowed.test through the proxy", func() bool {
+		status, addrs := dig(t, l, "client", dnsPod.IP, "www.allowed.test", false)
+		return status == "NOERROR" && len(addrs) == 1 && addrs[0] == web.IP
+	})
+	for name, addr := range special {
+		if status, addrs := dig(t, l, "client", dnsPod.IP, name, false); status != "NOERROR" || len(addrs) != 1 || addrs[0] != addr {
+			t.Errorf("%s: %s %v, want the server's answer %s passed on", name, status, addrs, addr)
+		}
+	}
+	learned := map[string]bool{}
+	for _, e := range fqdnCache(t, l, "n1") {
+		learned[e.Addr.String()] = true
+	}
+	if !learned[web.IP] {
+		t.Fatalf("www.allowed.test's address not learned: %v", learned)
+	}
+	for name, addr := range special {
+		if learned[addr] {
+			t.Errorf("%s's address %s was learned (toFQDNs allows it to the pod)", name, addr)
+		}
+	}
+}
+
 // A connection opened while its address was allowed is not cut when the
 // name's TTL passes: the address stays allowed while it is open, for the
 // pod whose connection it is only. The twin pod, which looked the name up

@@ -287,7 +287,7 @@ func (c *Cache) Wanted(qname string) bool {
 
 // Update records an allowed answer: endpoint ep asked for qname and got
 // addrs with ttl. Only IPv4 addresses are kept (IPv4-mapped IPv6 ones are
-// not IPv4). An answer whose name is not a DNS name of at most 255 bytes is
+// not IPv4), and not special-purpose ones (Learnable). An answer whose name is not a DNS name of at most 255 bytes is
 // ignored. An address ep already asked for under the name gets the later
 // expiry (ep's own: another endpoint's ask of it keeps its expiry).
 // Update returns the selector keys whose address set changed (sorted).
@@ -321,8 +321,8 @@ func (c *Cache) UpdateAsOf(gen uint64, ep uint16, qname string, addrs []netip.Ad
 	var n *name
 	eps := [1]uint16{ep}
 	for _, a := range addrs {
-		if !a.Is4() {
-			continue
+		if !Learnable(a) {
+			continue // IPv6, or special-purpose (loopback, the metadata service...)
 		}
 		if n == nil || n.dead {
 			n = c.nameFor(nm)

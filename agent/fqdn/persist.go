@@ -114,8 +114,8 @@ func (c *Cache) Load(path string) error {
 	ch := changes{}
 	for _, e := range sc.Entries {
 		exp := e.Expires.UnixNano()
-		if exp <= now {
-			continue
+		if exp <= now || !Learnable(e.Addr) {
+			continue // expired, or saved before special addresses were refused
 		}
 		c.add(c.nameFor(e.Name), e.Addr.As4(), exp, e.Endpoints, ch)
 	}

@@ -1,0 +1,32 @@
+package fqdn
+
+import "net/netip"
+
+// special are IPv4 ranges no DNS answer makes a toFQDNs address: this
+// network (0/8), loopback, link-local (cloud metadata services answer at
+// 169.254.169.254), multicast, and the reserved range with the limited
+// broadcast address. A server a pod may reach (one it runs, or a zone
+// that maps names to any address) could otherwise have a toFQDNs rule
+// allow the pod to reach them.
+var special = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+}
+
+// Learnable reports whether a DNS answer's address may be learned: an
+// IPv4 unicast address outside the special ranges (an IPv4-mapped IPv6
+// address is not IPv4).
+func Learnable(a netip.Addr) bool {
+	if !a.Is4() {
+		return false
+	}
+	for _, p := range special {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
+}
