@@ -385,7 +385,7 @@ func (p *Proxy) serveDNSTCP(dc *downConn) {
 			return
 		}
 		dc.SetReadDeadline(time.Now().Add(p.opts.ReadHeaderTimeout))
-		q, err := readTCPMessage(io.MultiReader(bytes.NewReader(l[:]), dc))
+		q, err := readTCPMessage(io.MultiReader(bytes.NewReader(l[:]), dc), maxDNSQuery)
 		if err != nil {
 			return
 		}
@@ -422,19 +422,33 @@ func exchangeTCP(up net.Conn, q []byte) ([]byte, error) {
 		return nil, err
 	}
 	for {
-		a, err := readTCPMessage(up)
+		a, err := readTCPMessage(up, dns.MaxMsgSize)
 		if err != nil || len(a) >= 2 && a[0] == q[0] && a[1] == q[1] {
 			return a, err
 		}
 	}
 }
 
-func readTCPMessage(r io.Reader) ([]byte, error) {
+// maxDNSQuery bounds a query a client sends over TCP: one question, its
+// OPT record and padding come to a few hundred bytes. Until 2026-12-04 a
+// client's length prefix of 65,535 took a buffer that size, held for the
+// read-header timeout, on each of its connections.
+const maxDNSQuery = 4 << 10
+
+// errDNSTooLarge: a TCP message announced larger than its bound.
+var errDNSTooLarge = errors.New("DNS message too large")
+
+// readTCPMessage reads one length-prefixed message of at most limit bytes.
+func readTCPMessage(r io.Reader, limit int) ([]byte, error) {
 	var l [2]byte
 	if _, err := io.ReadFull(r, l[:]); err != nil {
 		return nil, err
 	}
-	b := make([]byte, binary.BigEndian.Uint16(l[:]))
+	n := int(binary.BigEndian.Uint16(l[:]))
+	if n > limit {
+		return nil, fmt.Errorf("%w: %d bytes", errDNSTooLarge, n)
+	}
+	b := make([]byte, n)
 	_, err := io.ReadFull(r, b)
 	return b, err
 }
