@@ -513,9 +513,7 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	// proxy's (the client knows its own: an accomplice off the path
 	// would have only the port to guess).
 	clientID := q.Id
-	q.Id = dns.Id()
-	packed, err := q.Pack()
-	q.Id = clientID
+	packed, err := upstreamQuery(q).Pack()
 	if err != nil {
 		rec.Reason = "query not packed: " + err.Error()
 		return p.dnsAnswer(ctx, rec, errorReply(q, dns.RcodeFormatError), Denied)
@@ -549,6 +547,29 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	rec.Status = a.Rcode
 	binary.BigEndian.PutUint16(out, clientID) // the client's ID back
 	return p.finishDNS(ctx, rec, out, Forwarded)
+}
+
+// upstreamQuery is what the server is asked for q: its question and query
+// flags, an OPT record of the proxy's with the client's UDP size and DO
+// bit, and (for IXFR) the SOA that says which version the client has, with
+// an ID of the proxy's. Until 2026-12-04 the client's whole message went
+// on: records in its other sections and EDNS options (client subnet,
+// anything) that no rule had looked at.
+func upstreamQuery(q *dns.Msg) *dns.Msg {
+	fwd := &dns.Msg{MsgHdr: dns.MsgHdr{Id: dns.Id(), Opcode: dns.OpcodeQuery, RecursionDesired: q.RecursionDesired,
+		CheckingDisabled: q.CheckingDisabled, AuthenticatedData: q.AuthenticatedData}, Question: q.Question}
+	if q.Question[0].Qtype == dns.TypeIXFR {
+		for _, rr := range q.Ns {
+			if rr.Header().Rrtype == dns.TypeSOA {
+				fwd.Ns = []dns.RR{rr}
+				break
+			}
+		}
+	}
+	if opt := q.IsEdns0(); opt != nil {
+		fwd.SetEdns0(max(opt.UDPSize(), dns.MinMsgSize), opt.Do())
+	}
+	return fwd
 }
 
 // shedded tells whether the query of ctx lost its slot to another source

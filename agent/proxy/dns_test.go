@@ -34,6 +34,8 @@ type dnsHarness struct {
 	tcp     string // the proxy's TCP listener
 	server  netip.AddrPort
 	queries chan string // what the server was asked
+	// last is the last query the server got, whole.
+	last atomic.Pointer[dns.Msg]
 	// stalled counts the queries for stall*. names the server holds
 	// unanswered until the test ends.
 	stalled atomic.Int64
@@ -45,6 +47,7 @@ func newDNSHarness(t *testing.T, o Options) *dnsHarness {
 	stall := make(chan struct{})
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		name := q.Question[0].Name
+		h.last.Store(q.Copy())
 		if strings.HasPrefix(name, "stall") {
 			h.stalled.Add(1)
 			<-stall
@@ -827,5 +830,58 @@ func TestDNSTCPQueryTooLargeClosed(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatal("a TCP query announced at 65,535 bytes was waited for, its buffer held")
+	}
+}
+
+// The client's query went on whole: records in its answer, authority and
+// additional sections and its EDNS options (client subnet, anything)
+// reached the server, though only the question was decided on. The
+// server now gets the question, the header's query flags and an OPT
+// record of the proxy's (UDP size and DO bit only).
+func TestDNSForwardsOnlyTheQuestion(t *testing.T) {
+	h := newDNSHarness(t, Options{})
+	q := new(dns.Msg)
+	q.SetQuestion("sections.allowed.test.", dns.TypeA)
+	q.CheckingDisabled = true
+	txt := func(s string) dns.RR {
+		rr, err := dns.NewRR("smuggled.example. 60 IN TXT \"" + s + "\"")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rr
+	}
+	q.Answer, q.Ns, q.Extra = []dns.RR{txt("answer")}, []dns.RR{txt("authority")}, []dns.RR{txt("additional")}
+	q.SetEdns0(1232, true)
+	opt := q.IsEdns0()
+	opt.Option = append(opt.Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.ParseIP("203.0.113.0").To4()},
+		&dns.EDNS0_LOCAL{Code: 65001, Data: []byte("exfiltrated")})
+	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second,
+		Dialer: &net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0))}}
+	a, _, err := c.Exchange(q, h.udp)
+	if err != nil || a.Rcode != dns.RcodeSuccess {
+		t.Fatalf("query: %v %v", a, err)
+	}
+	got := h.last.Load()
+	if got == nil || len(got.Question) != 1 || got.Question[0].Name != "sections.allowed.test." {
+		t.Fatalf("the server got %v", got)
+	}
+	if len(got.Answer) != 0 || len(got.Ns) != 0 {
+		t.Errorf("the server got the client's answer/authority records: %v %v", got.Answer, got.Ns)
+	}
+	extra := 0
+	for _, rr := range got.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra++
+		}
+	}
+	if extra != 0 {
+		t.Errorf("the server got the client's additional records: %v", got.Extra)
+	}
+	o := got.IsEdns0()
+	if o == nil || o.UDPSize() != 1232 || !o.Do() || len(o.Option) != 0 {
+		t.Errorf("the server's OPT: %v, want UDP size 1232, DO, no options", o)
+	}
+	if !got.RecursionDesired || !got.CheckingDisabled {
+		t.Errorf("the query's flags were not kept: RD %v CD %v", got.RecursionDesired, got.CheckingDisabled)
 	}
 }
