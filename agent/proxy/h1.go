@@ -255,6 +255,15 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		p.finish(recs, start, http.StatusForbidden, Denied)
 		return bw.Flush() == nil && keep && !req.Close, false
 	}
+	held, ok := holdHead(dc.who, req)
+	if !ok {
+		p.log.Debug("L7 proxy: request refused: its source holds its share of request heads", "src", dc.src, "identity", dc.who.id)
+		writeStatus(bw, http.StatusServiceUnavailable, "Too many requests in flight\n", true)
+		p.finish(recs, start, http.StatusServiceUnavailable, Error)
+		bw.Flush()
+		return false, false
+	}
+	defer headBudget.release(dc.who, held)
 	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req, upgrade)
 	verdict := Forwarded
 	switch {

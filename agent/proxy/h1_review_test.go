@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -185,4 +187,88 @@ func TestRequestTargetNotAPath(t *testing.T) {
 	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("GET x:../../admin?.css: status %d (%q), want 400", resp.StatusCode, body)
 	}
+}
+
+// TestHeadsHeldBounded: a pod's requests held while their server answers
+// slowly (one it controls, or one that never answers) kept their parsed
+// heads, up to 1 MiB each, on each of its 4,096 connections (and 250
+// streams of each HTTP/2 one): gigabytes of the node's proxy. The heads
+// of requests in flight now share a budget, of which a source holds at
+// most its share; past it a request gets 503, and the budget comes back
+// as requests end.
+func TestHeadsHeldBounded(t *testing.T) {
+	old := headBudget
+	headBudget = newByteShare(1<<20, 40<<10)
+	t.Cleanup(func() { headBudget = old })
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		w.Write([]byte("done"))
+	}), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{}}})
+	big := strings.Repeat("b", 16<<10)
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+		t.Run(proto, func(t *testing.T) {
+			var protocols http.Protocols
+			if proto == "HTTP/2" {
+				protocols.SetUnencryptedHTTP2(true)
+			} else {
+				protocols.SetHTTP1(true)
+			}
+			tr := &http.Transport{Protocols: &protocols, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return clientDialer().DialContext(ctx, "tcp", h.addr)
+			}}
+			defer tr.CloseIdleConnections()
+			get := func(path string) (int, error) {
+				req, _ := http.NewRequest("GET", h.url(path), nil)
+				req.Header.Set("X-Big", big)
+				resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Do(req)
+				if err != nil {
+					return 0, err
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode, nil
+			}
+			release = make(chan struct{})
+			once = sync.Once{}
+			codes := make(chan int, 2)
+			for range 2 { // 2 × 16 KiB held: within the 40 KiB share
+				go func() { c, _ := get("/slow"); codes <- c }()
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for headBudget.heldBy(source{clientIP, clientID}) < 32<<10 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the two slow requests do not hold their heads: %d bytes held", headBudget.heldBy(source{clientIP, clientID}))
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if c, err := get("/fast"); c != http.StatusServiceUnavailable {
+				t.Errorf("a third request past the source's share: %d %v, want 503", c, err)
+			}
+			once.Do(func() { close(release) })
+			for range 2 {
+				if c := <-codes; c != http.StatusOK {
+					t.Errorf("a slow request within the share: %d, want 200", c)
+				}
+			}
+			if c, err := get("/fast"); c != http.StatusOK {
+				t.Errorf("a request once the share is back: %d %v, want 200", c, err)
+			}
+		})
+	}
+}
+
+// heldBy is what who holds of b.
+func (b *byteShare) heldBy(who source) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s := b.srcs[who]; s != nil {
+		return s.held
+	}
+	return 0
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -179,6 +180,28 @@ func (b *byteShare) acquire(ctx context.Context, who source, n int64) error {
 	return err
 }
 
+// tryAcquire takes n bytes for who if its share and the total have room
+// now, without waiting.
+func (b *byteShare) tryAcquire(who source, n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.srcs[who]
+	if s == nil {
+		s = &sourceBytes{sem: semaphore.NewWeighted(b.perSource)}
+		b.srcs[who] = s
+	}
+	ok := s.sem.TryAcquire(n)
+	if ok && !b.total.TryAcquire(n) {
+		s.sem.Release(n)
+		ok = false
+	}
+	if ok {
+		s.held += n
+	}
+	b.forget(who, s)
+	return ok
+}
+
 // release gives back n of the bytes who holds.
 func (b *byteShare) release(who source, n int64) {
 	if n == 0 {
@@ -199,4 +222,31 @@ func (b *byteShare) forget(who source, s *sourceBytes) {
 	if s.held == 0 && s.waiting == 0 {
 		delete(b.srcs, who)
 	}
+}
+
+// headBudget bounds the request heads held by requests in flight (what
+// headSize counts), node-wide and per source: a pod's requests waiting
+// on a server that answers slowly (one it controls, or one that never
+// answers) kept their heads, up to 1 MiB each, on each of its 4,096
+// connections and 250 streams of each HTTP/2 one, until 2026-12-04.
+// Past its share a request is answered 503.
+var headBudget = newByteShare(256<<20, 16<<20)
+
+// headSize is what a request's head is counted as: its method, target,
+// host and headers, as written (4 bytes of framing each).
+func headSize(r *http.Request) int64 {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Host) + 16
+	for k, vv := range r.Header {
+		for _, v := range vv {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return int64(n)
+}
+
+// holdHead takes the head of r for who from headBudget, without waiting;
+// false: the source holds its share (or the node its budget).
+func holdHead(who source, r *http.Request) (n int64, ok bool) {
+	n = headSize(r)
+	return n, headBudget.tryAcquire(who, n)
 }

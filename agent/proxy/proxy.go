@@ -724,6 +724,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.finish(recs, start, p.deny(w, r, recs[len(recs)-1].Reason), Denied)
 		return
 	}
+	held, ok := holdHead(dc.who, r)
+	if !ok {
+		p.log.Debug("L7 proxy: request refused: its source holds its share of request heads", "src", dc.src, "identity", dc.who.id)
+		status := http.StatusServiceUnavailable
+		if isGRPC(r) {
+			status = grpcError(w, 14, "too many requests in flight from this source") // UNAVAILABLE
+		} else {
+			http.Error(w, "Too many requests in flight", status)
+		}
+		p.finish(recs, start, status, Error)
+		return
+	}
+	defer headBudget.release(dc.who, held)
 	s := &reqState{conn: dc}
 	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
