@@ -97,6 +97,7 @@ func traceHTTP(res policy.TraceResult, req *http.Request) (*types.TraceHTTP, err
 		return out, nil
 	}
 	req = req.Clone(req.Context())
+	proxy.DecisionHeaders(req.Header) // what the proxy's rules see: no hop-by-hop headers but the upgrade
 	for _, sd := range res.L7 {
 		rules := make([]proxy.HTTPRule, len(sd.Rules))
 		for i, r := range sd.Rules {

@@ -4,16 +4,22 @@ import "net/netip"
 
 // special are IPv4 ranges no DNS answer makes a toFQDNs address: this
 // network (0/8), loopback, link-local (cloud metadata services answer at
-// 169.254.169.254), multicast, and the reserved range with the limited
-// broadcast address. A server a pod may reach (one it runs, or a zone
-// that maps names to any address) could otherwise have a toFQDNs rule
-// allow the pod to reach them.
+// 169.254.169.254), multicast, the reserved range with the limited
+// broadcast address, and the cloud platform addresses outside them. A
+// server a pod may reach (one it runs, or a zone that maps names to any
+// address) could otherwise have a toFQDNs rule allow the pod to reach
+// them.
 var special = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("224.0.0.0/4"),
 	netip.MustParsePrefix("240.0.0.0/4"),
+	// Cloud platform endpoints outside the link-local range: Azure's
+	// WireServer and Alibaba Cloud's metadata service (inside
+	// 100.64.0.0/10, which pods may use, so only the address).
+	netip.MustParsePrefix("168.63.129.16/32"),
+	netip.MustParsePrefix("100.100.100.200/32"),
 }
 
 // Learnable reports whether a DNS answer's address may be learned: an

@@ -241,11 +241,7 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {
 		req.Close = true // HTTP/1.0: one request per connection
 	}
-	// Hop-by-hop headers, and those Connection names, are this hop's:
-	// gone before the decision, so a header a rule required, added or
-	// replaced is not removed after it (Connection: X-Tenant did so until
-	// 2026-12-04).
-	upgrade := removeHopHeaders(req.Header)
+	upgrade := DecisionHeaders(req.Header)
 	recs, denied := p.judge(dc, req, start)
 	bw := getWriter(dc.Conn)
 	defer putWriter(bw)
@@ -263,8 +259,14 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		bw.Flush()
 		return false, false
 	}
-	defer headBudget.release(dc.who, held)
-	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req, upgrade)
+	// The head is held until the response's head is in (not through a
+	// streamed body or a tunnel).
+	headDone := func() {
+		headBudget.release(dc.who, held)
+		held = 0
+	}
+	defer headDone()
+	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req, upgrade, headDone)
 	verdict := Forwarded
 	switch {
 	case errors.Is(err, errClientGone):
@@ -343,6 +345,22 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 	return upgrade
 }
 
+// DecisionHeaders removes from a request's headers h what is this hop's
+// (the hop-by-hop headers and those Connection names) before the request
+// is decided, so that `Connection: X-Tenant` cannot remove after the
+// decision a header a rule required, added or replaced (it did until
+// 2026-12-04); an upgrade the client asked for stays visible to rules as
+// `Connection: Upgrade` and its Upgrade header. It returns that upgrade
+// ("" when none). Policy trace prepares its request with it too.
+func DecisionHeaders(h http.Header) (upgrade string) {
+	upgrade = removeHopHeaders(h)
+	if upgrade != "" {
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", upgrade)
+	}
+	return upgrade
+}
+
 // upgradesTo reports whether the Upgrade value (a list of protocols,
 // each name[/version]) names protocol, in any case.
 func upgradesTo(upgrade, protocol string) bool {
@@ -361,17 +379,17 @@ func upgradesTo(upgrade, protocol string) bool {
 // close at once; or, with nothing written to the client, errUpstream (the
 // upstream could not be reached or gave no response), errRequestBody (the
 // client's body was malformed) or errClientGone.
-func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, upgrade string) (status int, keep, closeNow bool, err error) {
-	// Hop-by-hop headers were removed (h1Request); upgrade is the one
-	// the client asked for. It is passed on, except to h2c: its HTTP/2
-	// streams would pass the proxy unseen (the request goes on as
-	// HTTP/1.1). An Upgrade naming h2c among others is not passed on
-	// either (a server may pick it from the list), and HTTP2-Settings
-	// never is.
+func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, upgrade string, headDone func()) (status int, keep, closeNow bool, err error) {
+	// Hop-by-hop headers were removed but the upgrade (DecisionHeaders);
+	// upgrade is the one the client asked for. It is passed on, except to
+	// h2c: its HTTP/2 streams would pass the proxy unseen (the request
+	// goes on as HTTP/1.1). An Upgrade naming h2c among others is not
+	// passed on either (a server may pick it from the list), and
+	// HTTP2-Settings never is.
 	req.Header.Del("Http2-Settings")
-	if upgrade != "" && !upgradesTo(upgrade, "h2c") {
-		req.Header.Set("Connection", "Upgrade")
-		req.Header.Set("Upgrade", upgrade)
+	if upgradesTo(upgrade, "h2c") {
+		req.Header.Del("Connection")
+		req.Header.Del("Upgrade")
 	}
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // Request.Write would add Go's
@@ -382,6 +400,7 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 			dc.dropUpstream()
 			return 0, false, false, err
 		}
+		headDone()
 		return p.forwardResponse(dc, br, bw, req, resp, true)
 	}
 	// A body is written by a goroutine of its own while the response is
@@ -423,6 +442,7 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 		p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
 		return 0, false, false, fmt.Errorf("%w: %w", errUpstream, err)
 	}
+	headDone()
 	status, keep, closeNow, err = p.forwardResponse(dc, br, bw, req, resp, false)
 	if err != nil || !body.done.Load() {
 		// The response is through before the body: the rest of the body
@@ -501,14 +521,16 @@ func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer
 	status = resp.StatusCode
 	up := dc.upstream()
 	// A 2xx to CONNECT has no content (RFC 9110 9.3.6): one framed as
-	// having some is a server answering CONNECT as any request, which
-	// goes on parsing HTTP on the connection, so it is passed on as a
-	// response and the connection closed, not made a tunnel the client's
-	// next requests would pass unseen (until 2026-12-04 it was).
+	// having some (even Content-Length: 0, what a web server sends for an
+	// empty 200), or another 2xx than 200 (a 204 has no framing at all),
+	// is taken as a server answering CONNECT as any request, which goes on
+	// parsing HTTP on the connection: it is passed on as a response and
+	// the connection closed, not made a tunnel the client's next requests
+	// would pass unseen (until 2026-12-04 it was).
 	connect2xx := req.Method == http.MethodConnect && status/100 == 2
 	framed := resp.Header.Get("Content-Length") != "" || len(resp.TransferEncoding) > 0
 	if upgraded := status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") != "" ||
-		connect2xx && !framed; upgraded {
+		connect2xx && status == http.StatusOK && !framed; upgraded {
 		if !canTunnel {
 			return status, false, true, writeHead(bw, resp)
 		}

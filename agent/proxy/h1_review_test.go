@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -130,15 +131,8 @@ func TestConnectionCannotStripPolicyHeaders(t *testing.T) {
 // (a catch-all handler) made the connection a tunnel: the next request
 // reached the server unseen.
 func TestConnectNeedsItsLiteralMethod(t *testing.T) {
-	up := rawUpstream(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Path: "+req.URL.RequestURI()+"\r\n\r\nok")
-		}
+	up := answerEvery(t, func(uri string) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Path: " + uri + "\r\n\r\nok"
 	})
 	h := newHarnessTo(t, up, Options{})
 	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: ".*", Path: "/(public.*)?"}}})
@@ -213,15 +207,7 @@ func TestHeadsHeldBounded(t *testing.T) {
 	big := strings.Repeat("b", 16<<10)
 	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
 		t.Run(proto, func(t *testing.T) {
-			var protocols http.Protocols
-			if proto == "HTTP/2" {
-				protocols.SetUnencryptedHTTP2(true)
-			} else {
-				protocols.SetHTTP1(true)
-			}
-			tr := &http.Transport{Protocols: &protocols, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return clientDialer().DialContext(ctx, "tcp", h.addr)
-			}}
+			tr := h.transport(proto)
 			defer tr.CloseIdleConnections()
 			get := func(path string) (int, error) {
 				req, _ := http.NewRequest("GET", h.url(path), nil)
@@ -271,4 +257,124 @@ func (b *byteShare) heldBy(who source) int64 {
 		return s.held
 	}
 	return 0
+}
+
+// TestUpstreamHeadBoundedH2: the HTTP/2 path's upstream transport took
+// response heads up to net/http's default, 10 MiB a stream.
+func TestUpstreamHeadBoundedH2(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Big", strings.Repeat("b", 2<<20))
+		w.Write([]byte("big"))
+	}), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{}}})
+	tr := h.transport("HTTP/2")
+	tr.MaxResponseHeaderBytes = 64 << 20
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get(h.url("/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("a 2 MiB response head over HTTP/2: status %d, want 502", resp.StatusCode)
+	}
+}
+
+// TestUpgradeRuleSeesUpgrade: removing the hop-by-hop headers before the
+// decision must leave the upgrade a client asks for visible to rules
+// ("Upgrade: websocket"), as it was before.
+func TestUpgradeRuleSeesUpgrade(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil || req.Header.Get("Upgrade") != "websocket" {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		time.Sleep(time.Second)
+	})
+	h := newHarnessTo(t, up, Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Headers: []string{"Upgrade: websocket"}}}})
+	c := h.dial()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("an upgrade under a rule requiring Upgrade: websocket: %v %v, want 101", resp, err)
+	}
+	if headBudget.heldBy(source{clientIP, clientID}) != 0 {
+		t.Error("a tunnel holds its request's head")
+	}
+}
+
+// TestConnect204IsNoTunnel: a 204 to CONNECT (what a handler answering
+// every request with an empty 204 sends: no framing at all) made a tunnel
+// the client's next requests passed unseen.
+func TestConnect204IsNoTunnel(t *testing.T) {
+	up := answerEvery(t, func(uri string) string { return "HTTP/1.1 204 No Content\r\nX-Path: " + uri + "\r\n\r\n" })
+	h := newHarnessTo(t, up, Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{Method: "CONNECT"}, {Method: "GET", Path: "/public.*"}}})
+	c := h.dial()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\nGET /admin HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, _ := readResponse(t, br, "CONNECT"); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("CONNECT answered 204: %d", resp.StatusCode)
+	}
+	if resp, err := http.ReadResponse(br, &http.Request{Method: "GET"}); err == nil && resp.Header.Get("X-Path") == "/admin" {
+		t.Error("after a 204 to CONNECT, GET /admin went through unseen")
+	}
+}
+
+// TestHeadHeldUntilResponseHead: a request's hold of the head budget ends
+// when its response's head is in, not with a streamed body.
+func TestHeadHeldUntilResponseHead(t *testing.T) {
+	body := make(chan struct{})
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-body
+	}), Options{})
+	t.Cleanup(func() { close(body) })
+	h.ingress(PeerRules{HTTP: []HTTPRule{{}}})
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+		tr := h.transport(proto)
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr}).Get(h.url("/stream"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if held := headBudget.heldBy(source{clientIP, clientID}); held != 0 {
+			t.Errorf("%s: a response streaming its body: its request's head (%d bytes) still held", proto, held)
+		}
+	}
+}
+
+// answerEvery is an upstream that answers each request on a connection
+// with the response resp gives for its target.
+func answerEvery(t *testing.T, resp func(uri string) string) netip.AddrPort {
+	return rawUpstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.WriteString(c, resp(req.URL.RequestURI()))
+		}
+	})
+}
+
+// transport is a client transport from the client pod to the proxy
+// speaking proto: "HTTP/1.1" or "HTTP/2" (h2c with prior knowledge).
+func (h *harness) transport(proto string) *http.Transport {
+	var protocols http.Protocols
+	if proto == "HTTP/2" {
+		protocols.SetUnencryptedHTTP2(true)
+	} else {
+		protocols.SetHTTP1(true)
+	}
+	return &http.Transport{Protocols: &protocols, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return clientDialer().DialContext(ctx, "tcp", h.addr)
+	}}
 }

@@ -11,22 +11,24 @@ import (
 
 // Kafka API keys the proxy treats by name.
 const (
-	kafkaProduce         int16 = 0
-	kafkaFetch           int16 = 1
-	kafkaListOffsets     int16 = 2
-	kafkaMetadata        int16 = 3
-	kafkaOffsetCommit    int16 = 8
-	kafkaOffsetFetch     int16 = 9
-	kafkaFindCoordinator int16 = 10
-	kafkaJoinGroup       int16 = 11
-	kafkaHeartbeat       int16 = 12
-	kafkaLeaveGroup      int16 = 13
-	kafkaSyncGroup       int16 = 14
-	kafkaApiVersions     int16 = 18
-	kafkaCreateTopics    int16 = 19
-	kafkaDeleteTopics    int16 = 20
-	kafkaDeleteRecords   int16 = 21
-	kafkaInitProducerID  int16 = 22
+	kafkaProduce          int16 = 0
+	kafkaFetch            int16 = 1
+	kafkaListOffsets      int16 = 2
+	kafkaMetadata         int16 = 3
+	kafkaOffsetCommit     int16 = 8
+	kafkaOffsetFetch      int16 = 9
+	kafkaFindCoordinator  int16 = 10
+	kafkaJoinGroup        int16 = 11
+	kafkaHeartbeat        int16 = 12
+	kafkaLeaveGroup       int16 = 13
+	kafkaSyncGroup        int16 = 14
+	kafkaSaslHandshake    int16 = 17
+	kafkaApiVersions      int16 = 18
+	kafkaCreateTopics     int16 = 19
+	kafkaDeleteTopics     int16 = 20
+	kafkaDeleteRecords    int16 = 21
+	kafkaInitProducerID   int16 = 22
+	kafkaSaslAuthenticate int16 = 36
 
 	kafkaConsumerGroupHeartbeat int16 = 68
 )
@@ -42,9 +44,11 @@ var kafkaRoles = map[string][]int16{
 }
 
 // kafkaRoleAPIs are the API keys of either role: what a client producing
-// or consuming sends.
+// or consuming sends, with SASL's handshake and authentication (a client
+// of a broker that asks for them sends nothing else before; they allow
+// nothing by themselves).
 var kafkaRoleAPIs = func() map[int16]bool {
-	m := map[int16]bool{}
+	m := map[int16]bool{kafkaSaslHandshake: true, kafkaSaslAuthenticate: true}
 	for _, keys := range kafkaRoles {
 		for _, k := range keys {
 			m[k] = true
@@ -100,7 +104,7 @@ func compileKafkaRule(field string, r KafkaRule) (kafkaRule, error) {
 	}
 	if out.keys == nil && r.Topic != "" {
 		// A rule with a topic but neither role nor apiKey allows what a
-		// client producing or consuming sends, as Cilium's did, not the
+		// client producing or consuming sends (and SASL), not the
 		// cluster's other APIs: topic-less ones (EndTxn, ListGroups,
 		// DeleteGroups, the ACL and quota APIs...), which the topic
 		// cannot restrict, nor the administration of the topic itself

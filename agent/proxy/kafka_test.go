@@ -881,3 +881,20 @@ func TestKafkaTopicRuleAllowsNoClusterAPIs(t *testing.T) {
 		t.Error("a denied DeleteGroups (no error field to set) left the connection open")
 	}
 }
+
+// A topic-only rule lets SASL's handshake through (a client of a broker
+// that asks for SASL sends nothing else first).
+func TestKafkaTopicRuleAllowsSASL(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Topic: "topic1"}}})
+	recs := h.records()
+	hs := kmsg.NewPtrSASLHandshakeRequest()
+	hs.Mechanism = "PLAIN"
+	// kfake without SASL configured closes the connection: only the
+	// proxy's verdict is looked at.
+	if _, err := h.raw().c.Write(kafkaRequestFrame(hs, 1, "c")); err != nil {
+		t.Fatal(err)
+	}
+	if r := recs(1)[0]; r.Method != "SASLHandshake" || r.Verdict != Forwarded {
+		t.Errorf("SASL handshake under a topic-only rule: %+v, want forwarded", r)
+	}
+}

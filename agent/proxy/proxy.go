@@ -159,13 +159,18 @@ func New(o Options) *Proxy {
 	h2.SetUnencryptedHTTP2(true)
 	p.h2 = p.server(&h2)
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:        rewrite,
-		Transport:      roundTripper{},
-		FlushInterval:  0, // responses of unknown length (gRPC, chunked, event streams) are still flushed per write
-		ModifyResponse: func(r *http.Response) error { stateOf(r.Request).status = r.StatusCode; return nil },
-		BufferPool:     copyBuffers{}, // else a new 32 KiB buffer per response
-		ErrorHandler:   p.upstreamError,
-		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+		Rewrite:       rewrite,
+		Transport:     roundTripper{},
+		FlushInterval: 0, // responses of unknown length (gRPC, chunked, event streams) are still flushed per write
+		ModifyResponse: func(r *http.Response) error {
+			s := stateOf(r.Request)
+			s.status = r.StatusCode
+			s.headDone() // the response's head is in: the request's is no longer held
+			return nil
+		},
+		BufferPool:   copyBuffers{}, // else a new 32 KiB buffer per response
+		ErrorHandler: p.upstreamError,
+		ErrorLog:     slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 	}
 	return p
 }
@@ -648,6 +653,9 @@ func (c *downConn) transport() (*http.Transport, error) {
 			DisableCompression:  true, // pass bodies as they are
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     c.p.opts.IdleTimeout,
+			// As HTTP/1.x's (headLimit): net/http's default is 10 MiB a
+			// response, for each of a connection's streams.
+			MaxResponseHeaderBytes: maxHeaderBytes,
 		}
 	}
 	return c.h2, nil
@@ -672,6 +680,15 @@ type reqState struct {
 	conn   *downConn
 	status int
 	failed bool // the upstream could not be reached: the proxy answered
+	// held is what the request holds of headBudget until its response's
+	// head is in (headDone).
+	held int64
+}
+
+// headDone gives back the request's hold of headBudget (once).
+func (s *reqState) headDone() {
+	headBudget.release(s.conn.who, s.held)
+	s.held = 0
 }
 
 func stateOf(r *http.Request) *reqState {
@@ -736,8 +753,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.finish(recs, start, status, Error)
 		return
 	}
-	defer headBudget.release(dc.who, held)
-	s := &reqState{conn: dc}
+	s := &reqState{conn: dc, held: held}
+	defer s.headDone()
 	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
 	p.rp.ServeHTTP(w, out)

@@ -642,6 +642,13 @@ func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 	if ip := n.IP(); ip == r.hostSrc {
 		return fmt.Sprintf("address %s is this node's", ip), false
 	}
+	for other, pins := range r.pinned {
+		// An address in another remote's pins would meet its pod CIDRs
+		// and hold them off (claims.meets).
+		if other != c && inRanges(netip.PrefixFrom(n.IP(), 32), pins) {
+			return fmt.Sprintf("address %s is in cluster %s's pinned ranges %v", n.IP(), other, pins), false
+		}
+	}
 	for _, s := range n.PodCIDRs {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {

@@ -307,6 +307,12 @@ func TestPinnedPodRangesStopSquatting(t *testing.T) {
 	if !taken("west/w1") {
 		t.Fatal("west's node in its pinned range was refused")
 	}
+	// Nor an address inside west's range: it would meet west's pod CIDRs
+	// there and hold them off.
+	r.NodeChanged(node.Node{Name: "east/squat9", IPs: []string{"10.50.9.5"}, PodCIDRs: []string{"10.61.0.0/24"}}, false)
+	if taken("east/squat9") {
+		t.Error("a remote node of east with its address in west's pinned range was taken")
+	}
 	// West may not hold pod CIDRs outside its pins, even in the ranges
 	// of unpinned remotes.
 	r.NodeChanged(node.Node{Name: "west/w2", IPs: []string{"198.51.100.2"}, PodCIDRs: []string{"10.60.0.0/24"}}, false)
