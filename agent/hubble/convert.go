@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -68,6 +69,7 @@ var dropReasons = map[uint8]flow.DropReason{
 
 // Flow turns a monitor event into a Hubble flow.
 func (m Meta) Flow(ev monitor.Event) *flow.Flow {
+	ev.L7 = validL7(ev.L7)
 	f := &flow.Flow{
 		Time:     timestamppb.New(ev.Time),
 		NodeName: m.node(),
@@ -215,6 +217,33 @@ func tcpFlags(ev monitor.Event) *flow.TCPFlags {
 		PSH: b&monitor.TCPFlagPSH != 0, ACK: b&monitor.TCPFlagACK != 0, URG: b&monitor.TCPFlagURG != 0,
 		ECE: b&monitor.TCPFlagECE != 0, CWR: b&monitor.TCPFlagCWR != 0,
 	}
+}
+
+// validL7 is r with its strings valid UTF-8 (each run of bytes that are
+// not replaced by U+FFFD): they are a workload's (a Kafka topic, a query
+// string), and proto3 strings must be UTF-8, so until 2026-12-04 one such
+// flow failed every GetFlows (and the relay's, and the web page's) whose
+// window held it.
+func validL7(r *monitor.L7) *monitor.L7 {
+	if r == nil {
+		return nil
+	}
+	valid := func(s string) string {
+		if utf8.ValidString(s) {
+			return s
+		}
+		return strings.ToValidUTF8(s, "\uFFFD")
+	}
+	out := *r
+	out.Protocol, out.Method, out.Host, out.Path, out.Verdict = valid(r.Protocol), valid(r.Method), valid(r.Host), valid(r.Path), valid(r.Verdict)
+	out.DNSRcode = valid(r.DNSRcode)
+	if len(r.Notes) > 0 {
+		out.Notes = make([]string, len(r.Notes))
+		for i, n := range r.Notes {
+			out.Notes[i] = valid(n)
+		}
+	}
+	return &out
 }
 
 func layer7(ev monitor.Event) *flow.Layer7 {

@@ -386,3 +386,33 @@ func TestInterceptors(t *testing.T) {
 		t.Errorf("a stream after the first ended: %v", err)
 	}
 }
+
+// A workload's bytes that are not UTF-8 (a Kafka topic "\xff", a query
+// string with 0xff; the proxy records denied requests too) made the flow
+// impossible to encode as protobuf (proto3 strings are UTF-8): every
+// GetFlows whose window held it ended with an error, the relay's and the
+// web page's too, until newer flows pushed it out. They now reach clients
+// with the invalid bytes replaced.
+func TestInvalidUTF8FromWorkloads(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	evs := events(time.Now())
+	kafka := evs[3]
+	kafka.L7 = &monitor.L7{Protocol: "Kafka", Method: "Metadata\xfe", Path: "topic\xff", Status: 29, Verdict: "denied"}
+	http := evs[3]
+	http.L7 = &monitor.L7{Protocol: "HTTP/1.1", Method: "GET", Host: "web", Path: "/?q=\xff\xfe", Status: 403, Verdict: "denied"}
+	dns := evs[4]
+	dns.L7 = &monitor.L7{Protocol: "DNS/UDP", Method: "A", Host: "x\xff.allowed.test.", Verdict: "forwarded"}
+	for _, ev := range []monitor.Event{kafka, http, dns, evs[0]} {
+		s.Record(ev)
+	}
+	got, err := getFlows(t, c, &observer.GetFlowsRequest{})
+	if err != nil || len(got) != 4 {
+		t.Fatalf("flows after invalid UTF-8 from a workload: %d, %v", len(got), err)
+	}
+	if k := got[0].L7.GetKafka(); k == nil || k.Topic != "topic\uFFFD" {
+		t.Errorf("Kafka flow: %v", got[0].L7)
+	}
+	if h := got[1].L7.GetHttp(); h == nil || !strings.HasSuffix(h.Url, "/?q=\uFFFD") {
+		t.Errorf("HTTP flow: %v", got[1].L7)
+	}
+}

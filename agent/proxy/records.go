@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -193,9 +194,20 @@ func newMetrics() *metrics {
 
 // observe counts r in the metrics and hands it to the subscribers.
 func (p *Proxy) observe(r Record) {
-	p.metrics.requests.WithLabelValues(r.Verdict, methodLabel(r.Method), strconv.Itoa(r.Status)).Inc()
+	p.metrics.requests.WithLabelValues(r.Verdict, methodLabel(r.Method), codeLabel(r.Status)).Inc()
 	p.metrics.duration.Observe(r.Latency.Seconds())
 	p.hub.publish(r)
+}
+
+// codeLabel keeps the label set bounded: an HTTP status is the upstream's,
+// a server a pod may run, which may answer any three digits. HTTP's
+// registered statuses and the proxy's 499 are kept, and the small codes
+// of DNS (rcodes) and Kafka (-1..127) records; others are "other".
+func codeLabel(s int) string {
+	if s >= -1 && s < 128 || s == statusClientGone || http.StatusText(s) != "" {
+		return strconv.Itoa(s)
+	}
+	return "other"
 }
 
 // methodLabel keeps the label set bounded: clients choose methods.

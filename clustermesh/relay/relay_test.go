@@ -468,3 +468,37 @@ func TestRelayDistrustsNodes(t *testing.T) {
 		t.Errorf("a bad filter: %v, want InvalidArgument from the relay", err)
 	}
 }
+
+// Another site open in the operator's browser could send blind requests
+// to the relay's page (no-cors GETs of /api/flows?follow=1 pass the Host
+// check) and hold every follow slot, so the page showed nothing. A
+// request a browser marks as another site's, or from another origin, is
+// refused.
+func TestCrossSiteRequestsRefused(t *testing.T) {
+	h := LoopbackHosts(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	for _, c := range []struct {
+		header, value string
+		want          int
+	}{
+		{"Sec-Fetch-Site", "cross-site", http.StatusForbidden},
+		{"Sec-Fetch-Site", "same-site", http.StatusForbidden},
+		{"Origin", "https://evil.example", http.StatusForbidden},
+		{"Origin", "null", http.StatusForbidden},
+		{"Sec-Fetch-Site", "same-origin", http.StatusNoContent},
+		{"Sec-Fetch-Site", "none", http.StatusNoContent},
+		{"Origin", "http://localhost:4246", http.StatusNoContent},
+		{"Origin", "http://127.0.0.1:4246", http.StatusForbidden}, // another origin than localhost:4246
+		{"", "", http.StatusNoContent},                            // curl, hubble: no browser headers
+	} {
+		r := httptest.NewRequest("GET", "/api/flows?follow=1", nil)
+		r.Host = "localhost:4246"
+		if c.header != "" {
+			r.Header.Set(c.header, c.value)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != c.want {
+			t.Errorf("%s: %s: %d, want %d", c.header, c.value, w.Code, c.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 
@@ -24,9 +25,23 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 
 // LoopbackHosts refuses requests whose Host is not a loopback address or
 // localhost (any port): a web page elsewhere cannot rebind its name to the
-// relay's loopback address and read the mesh's flows (DNS rebinding).
+// relay's loopback address and read the mesh's flows (DNS rebinding). It
+// also refuses what a browser marks as another site's request
+// (Sec-Fetch-Site other than same-origin or none) or sends from another
+// origin: another site open in the operator's browser could otherwise
+// hold the page's follow slots with blind requests (until 2026-12-04).
 func LoopbackHosts(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+			http.Error(w, "the relay answers its own page only", http.StatusForbidden)
+			return
+		}
+		if origin := r.Header.Get("Origin"); origin != "" {
+			if u, err := url.Parse(origin); err != nil || u.Host != r.Host || u.Scheme != "http" && u.Scheme != "https" {
+				http.Error(w, "the relay answers its own page only", http.StatusForbidden)
+				return
+			}
+		}
 		host := r.Host
 		if hp, _, err := net.SplitHostPort(host); err == nil {
 			host = hp

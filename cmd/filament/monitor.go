@@ -13,9 +13,13 @@ import (
 // datapath tracks echo by identifier (the request's in the source port
 // field, the reply's in the destination's), so an ICMP event shows the echo
 // type and identifier, or only the addresses for other ICMP types.
+//
+// Its strings hold a workload's bytes (L7 methods, hosts, paths, Kafka
+// topics and client IDs): control and other non-printing characters are
+// escaped (printable), so that none reaches the operator's terminal raw.
 func formatEvent(ev types.Event) string {
 	if ev.L7 != nil {
-		return formatL7(ev)
+		return printable(formatL7(ev))
 	}
 	what := "DROP (" + ev.Reason + ")"
 	switch {

@@ -135,3 +135,23 @@ func TestFormatEventDNS(t *testing.T) {
 		t.Fatalf("denied query: %s", got)
 	}
 }
+
+// A workload's bytes (a Kafka topic or client ID with ESC sequences, a
+// CR, C1 controls, bidi overrides) reached the operator's terminal raw:
+// they could erase a DENIED line or forge others. They are escaped as
+// filament observe escapes them.
+func TestFormatEventEscapesWorkloadBytes(t *testing.T) {
+	ev := types.Event{Time: time.Now(), Type: "l7", Direction: "ingress", Endpoint: 3, Protocol: "TCP",
+		Src: netip.MustParseAddrPort("10.244.0.3:40000"), Dst: netip.MustParseAddrPort("10.244.0.2:9092"),
+		L7: &types.L7{Protocol: "Kafka", Method: "Produce", Path: "t\x1b[2K\r\x1b[1Aforged\u009b1A\u202e", Status: 29, Verdict: "denied",
+			Notes: []string{"client ID \x1b]52;c;ZXZpbA==\x07"}}}
+	got := formatEvent(ev)
+	for _, bad := range []string{"\x1b", "\r", "\x07", "\u009b", "\u202e"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("monitor line holds %q raw: %q", bad, got)
+		}
+	}
+	if !strings.Contains(got, `t\x1b[2K\x0d\x1b[1Aforged`) {
+		t.Errorf("monitor line: %q, want the topic escaped", got)
+	}
+}

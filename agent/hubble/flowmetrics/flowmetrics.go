@@ -106,8 +106,12 @@ func (m *Metrics) Observe(f *flowpb.Flow) {
 			m.dnsResps.WithLabelValues(rcode).Inc()
 		}
 	case *flowpb.Layer7_Kafka:
-		api := m.apiKeys.value(r.Kafka.GetApiKey(), 64)
-		m.kafka.WithLabelValues(m.topics.value(r.Kafka.GetTopic(), 249), api, kafkaError(r.Kafka.GetErrorCode())).Inc()
+		api := m.apiKeys.value(r.Kafka.GetApiKey(), 64, true)
+		// A denied request's topic is the pod's choice, not a topic the
+		// policy let it use: it takes no slot (until 2026-12-04 a pod's
+		// denied requests could take them all).
+		topic := m.topics.value(r.Kafka.GetTopic(), 249, f.GetVerdict() != flowpb.Verdict_DROPPED)
+		m.kafka.WithLabelValues(topic, api, kafkaError(r.Kafka.GetErrorCode())).Inc()
 		m.kafkaDur.WithLabelValues(api).Observe(latency)
 	}
 }
@@ -229,9 +233,10 @@ func kafkaError(code int32) string {
 	return strconv.Itoa(int(code))
 }
 
-// capped keeps the first max distinct values it is given; later ones, and
-// values too long or not of Kafka's name characters, are Other ("" stays
-// "": a request without a topic).
+// capped keeps the first max distinct values it is given to take; later
+// ones, those not to take and not kept already, and values too long or
+// not of Kafka's name characters, are Other ("" stays "": a request
+// without a topic).
 type capped struct {
 	mu   sync.Mutex
 	max  int
@@ -240,7 +245,7 @@ type capped struct {
 
 func newCapped(max int) *capped { return &capped{max: max, seen: map[string]struct{}{}} }
 
-func (c *capped) value(v string, maxLen int) string {
+func (c *capped) value(v string, maxLen int, take bool) string {
 	if v == "" {
 		return ""
 	}
@@ -252,7 +257,7 @@ func (c *capped) value(v string, maxLen int) string {
 	if _, ok := c.seen[v]; ok {
 		return v
 	}
-	if len(c.seen) >= c.max {
+	if !take || len(c.seen) >= c.max {
 		return Other
 	}
 	c.seen[v] = struct{}{}

@@ -192,3 +192,30 @@ func TestHostileLabelsBounded(t *testing.T) {
 		t.Errorf("no other series: %v", got["hubble_kafka_requests_total"])
 	}
 }
+
+// A pod's denied Kafka requests, naming topics of its choice, took the
+// topic label's slots (the first MaxKafkaTopics names, kept for good):
+// every real topic was "other" after. Only requests the proxy let
+// through take a slot.
+func TestDeniedKafkaTopicsTakeNoSlot(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	kafka := func(topic, verdict string) *flowpb.Flow {
+		return flowOf(monitor.Event{Type: "l7", Direction: "ingress", Src: client, Dst: web, Protocol: "TCP",
+			L7: &monitor.L7{Protocol: "Kafka", Method: "Produce", Path: topic, Status: 29, Verdict: verdict}})
+	}
+	for i := range MaxKafkaTopics * 2 {
+		m.Observe(kafka(fmt.Sprintf("junk-%d", i), "denied"))
+	}
+	m.Observe(kafka("orders", "forwarded"))
+	m.Observe(kafka("orders", "denied")) // a known topic keeps its name
+	got := series(t, reg)["hubble_kafka_requests_total"]
+	if got["api_key=Produce,error_code=29,topic=orders"] != 2 {
+		t.Errorf("hubble_kafka_requests_total: %v, want topic=orders counted twice", got)
+	}
+	for s := range got {
+		if strings.Contains(s, "junk") {
+			t.Errorf("a denied request's topic has a series: %s", s)
+		}
+	}
+}
