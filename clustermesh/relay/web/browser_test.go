@@ -14,6 +14,7 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+	"github.com/filament-net/filament/clustermesh/relay"
 	"github.com/filament-net/filament/clustermesh/relay/web/webtest"
 )
 
@@ -34,10 +35,12 @@ func TestPageInBrowser(t *testing.T) {
 	path := webtest.LookChromium(t)
 	m := newTestMesh(t)
 	m.record(time.Now().Add(-time.Minute))
-	srv := httptest.NewServer(Handler(Config{Observer: m.client, Status: func(context.Context) (any, error) {
+	// Served as filament-relay serves it: behind LoopbackHosts, whose
+	// cross-site checks the page's own requests must pass.
+	srv := httptest.NewServer(relay.LoopbackHosts(Handler(Config{Observer: m.client, Status: func(context.Context) (any, error) {
 		return map[string]any{"clusters": []map[string]any{
 			{"name": "c1", "nodes": 1, "synced": true}, {"name": "c2", "nodes": 1, "synced": true}}}, nil
-	}}))
+	}})))
 	defer srv.Close() // after the browser is gone: a live stream ends with it
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
