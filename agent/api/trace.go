@@ -82,6 +82,9 @@ func traceRequest(req types.TraceRequest, proto string) (*http.Request, error) {
 // (egress of the source, then ingress of the destination, the first
 // side's header actions applied before the next).
 func traceHTTP(res policy.TraceResult, req *http.Request) (*types.TraceHTTP, error) {
+	// What the proxy's rules see: no hop-by-hop headers but the upgrade.
+	req = req.Clone(req.Context())
+	proxy.DecisionHeaders(req.Header)
 	out := &types.TraceHTTP{Method: req.Method, Path: req.URL.RequestURI(), Host: req.Host, Verdict: policy.VerdictAllowed}
 	for name, vals := range req.Header {
 		for _, v := range vals {
@@ -96,8 +99,6 @@ func traceHTTP(res policy.TraceResult, req *http.Request) (*types.TraceHTTP, err
 		out.Reason = "no HTTP rules apply: the flow does not go through the proxy"
 		return out, nil
 	}
-	req = req.Clone(req.Context())
-	proxy.DecisionHeaders(req.Header) // what the proxy's rules see: no hop-by-hop headers but the upgrade
 	for _, sd := range res.L7 {
 		rules := make([]proxy.HTTPRule, len(sd.Rules))
 		for i, r := range sd.Rules {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -86,6 +87,9 @@ func (n Node) Check() error {
 	if n.Name == "" {
 		return fmt.Errorf("%w: no name", ErrInvalidRecord)
 	}
+	if !ValidName(n.Name) {
+		return fmt.Errorf("%w: name %q: want a DNS label", ErrInvalidRecord, n.Name)
+	}
 	for i, s := range n.IPs {
 		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
 			return fmt.Errorf("%w: %s: ips[%d] %q: want an IPv4 address", ErrInvalidRecord, n.Name, i, s)
@@ -98,6 +102,15 @@ func (n Node) Check() error {
 	}
 	return nil
 }
+
+// nameRE is a node's name: a DNS label, as the agent's --node-name.
+var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether s may name a node (a DNS label). A remote
+// cluster's node names come from its etcd keys: one that is not a name
+// (not UTF-8, control characters) reached Hubble's peer service, which
+// could not encode it, until 2026-12-04.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
 
 // decodeRecord reads the record stored under name and checks it.
 func decodeRecord(b []byte, name string, n *Node) error {

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
+	"net/textproto"
 	"strings"
 	"sync"
 	"testing"
@@ -387,5 +389,40 @@ func TestCodeLabelBounded(t *testing.T) {
 		if got := codeLabel(code); got != want {
 			t.Errorf("codeLabel(%d) = %q, want %q", code, got, want)
 		}
+	}
+}
+
+// TestInterimHeadsBoundedH2: over HTTP/2 the interim (1xx) heads of a
+// response were not bounded (the reverse proxy's hook that passes them on
+// turns the transport's own bound off): a pod's server could send 103s
+// without end.
+func TestInterimHeadsBoundedH2(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < 4<<10 && r.Context().Err() == nil; i++ { // 4 MiB of interim heads
+			w.Header().Set("Link", "</"+strings.Repeat("a", 1000)+">")
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		w.Header().Del("Link")
+		w.Write([]byte("done"))
+	}), Options{})
+	h.ingress(PeerRules{HTTP: []HTTPRule{{}}})
+	tr := h.transport("HTTP/2")
+	defer tr.CloseIdleConnections()
+	interims := 0
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error {
+		interims++
+		return nil
+	}})
+	req, _ := http.NewRequestWithContext(ctx, "GET", h.url("/"), nil)
+	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Do(req)
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("4 MiB of interim heads passed (%d interims), then 200", interims)
+		}
+	}
+	if interims > 2<<10 {
+		t.Errorf("%d interim heads of 1 KiB passed the proxy, want at most about 1 MiB of them", interims)
 	}
 }

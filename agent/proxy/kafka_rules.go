@@ -36,19 +36,22 @@ const (
 // kafkaRoles are the API keys of CiliumNetworkPolicy's Kafka roles, and
 // InitProducerID for produce (idempotent producing, the default of
 // current clients, Kafka 3.0 and franz-go, cannot start without it) and
-// ConsumerGroupHeartbeat for consume (KIP-848's consumer groups, Kafka 4.0).
+// ConsumerGroupHeartbeat for consume (KIP-848's consumer groups, Kafka 4.0),
+// and for both SASL's handshake and authentication: a client of a broker
+// that asks for SASL sends nothing else first, and they allow nothing by
+// themselves (until 2026-12-04 a SASL client under a role rule was denied
+// before it could authenticate).
 var kafkaRoles = map[string][]int16{
-	"produce": {kafkaProduce, kafkaMetadata, kafkaApiVersions, kafkaInitProducerID},
+	"produce": {kafkaProduce, kafkaMetadata, kafkaApiVersions, kafkaInitProducerID, kafkaSaslHandshake, kafkaSaslAuthenticate},
 	"consume": {kafkaFetch, kafkaListOffsets, kafkaMetadata, kafkaOffsetCommit, kafkaOffsetFetch, kafkaFindCoordinator,
-		kafkaJoinGroup, kafkaHeartbeat, kafkaLeaveGroup, kafkaSyncGroup, kafkaApiVersions, kafkaConsumerGroupHeartbeat},
+		kafkaJoinGroup, kafkaHeartbeat, kafkaLeaveGroup, kafkaSyncGroup, kafkaApiVersions, kafkaConsumerGroupHeartbeat,
+		kafkaSaslHandshake, kafkaSaslAuthenticate},
 }
 
 // kafkaRoleAPIs are the API keys of either role: what a client producing
-// or consuming sends, with SASL's handshake and authentication (a client
-// of a broker that asks for them sends nothing else before; they allow
-// nothing by themselves).
+// or consuming sends.
 var kafkaRoleAPIs = func() map[int16]bool {
-	m := map[int16]bool{kafkaSaslHandshake: true, kafkaSaslAuthenticate: true}
+	m := map[int16]bool{}
 	for _, keys := range kafkaRoles {
 		for _, k := range keys {
 			m[k] = true

@@ -898,3 +898,17 @@ func TestKafkaTopicRuleAllowsSASL(t *testing.T) {
 		t.Errorf("SASL handshake under a topic-only rule: %+v, want forwarded", r)
 	}
 }
+
+// A role rule lets SASL's handshake through too.
+func TestKafkaRoleRuleAllowsSASL(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "produce", Topic: "topic1"}}})
+	recs := h.records()
+	hs := kmsg.NewPtrSASLHandshakeRequest()
+	hs.Mechanism = "PLAIN"
+	if _, err := h.raw().c.Write(kafkaRequestFrame(hs, 1, "c")); err != nil {
+		t.Fatal(err)
+	}
+	if r := recs(1)[0]; r.Method != "SASLHandshake" || r.Verdict != Forwarded {
+		t.Errorf("SASL handshake under a produce rule: %+v, want forwarded", r)
+	}
+}

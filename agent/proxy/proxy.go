@@ -12,11 +12,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"slices"
 	"strings"
 	"sync"
@@ -705,7 +708,46 @@ func (roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.RoundTrip(r)
+	// Interim (1xx) heads are bounded together, as over HTTP/1.x: with
+	// the reverse proxy's hook that passes them on, the HTTP/2 transport
+	// bounds none of them, and a pod's server could send them without
+	// end (until 2026-12-04). Past the bound the request is cancelled
+	// (a composed hook's error is not the transport's to see).
+	ctx, cancel := context.WithCancelCause(r.Context())
+	interim := 0
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
+		for k, vv := range h {
+			for _, v := range vv {
+				interim += len(k) + len(v) + 4
+			}
+		}
+		if interim > maxHeaderBytes {
+			cancel(errInterimTooLarge)
+		}
+		return nil
+	}}
+	resp, err := t.RoundTrip(r.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	if err != nil {
+		cancel(err)
+		return nil, err
+	}
+	resp.Body = cancelOnClose{resp.Body, cancel}
+	return resp, nil
+}
+
+// errInterimTooLarge: a response's interim heads passed maxHeaderBytes.
+var errInterimTooLarge = errors.New("interim response heads too large")
+
+// cancelOnClose ends a round trip's context with its response body.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (c cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel(nil)
+	return err
 }
 
 // rewrite sends the request to the original destination unchanged: the

@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -402,10 +403,22 @@ func cut(as []arrival, req *observer.GetFlowsRequest) []arrival {
 	return out
 }
 
+// nodeStatus is a node status event. Its message may be a node's own
+// error text (a node of a connected cluster, hostile as any remote's
+// data): it is made valid UTF-8 and bounded, since one that was not ended
+// the whole merged stream (the message could not be encoded) until
+// 2026-12-04.
 func nodeStatus(state relaypb.NodeState, msg string, nodes ...string) *observer.GetFlowsResponse {
+	if len(msg) > maxStatusMessage {
+		msg = msg[:maxStatusMessage]
+	}
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
 	return &observer.GetFlowsResponse{Time: timestamppb.Now(), ResponseTypes: &observer.GetFlowsResponse_NodeStatus{
 		NodeStatus: &relaypb.NodeStatusEvent{StateChange: state, NodeNames: nodes, Message: msg}}}
 }
+
+// maxStatusMessage bounds a node status event's message.
+const maxStatusMessage = 1024
 
 // nodeAnswer is one node's answer to a unary call.
 type nodeAnswer[T any] struct {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/filament-net/filament/agent/hubble"
@@ -495,10 +497,42 @@ func TestCrossSiteRequestsRefused(t *testing.T) {
 		if c.header != "" {
 			r.Header.Set(c.header, c.value)
 		}
+		// The API refuses another site's requests even marked as a
+		// navigation.
+		r.Header.Set("Sec-Fetch-Mode", "navigate")
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		if w.Code != c.want {
 			t.Errorf("%s: %s: %d, want %d", c.header, c.value, w.Code, c.want)
 		}
+	}
+}
+
+// A node of a connected cluster answering with an error text that is not
+// UTF-8 made the relay's node status event impossible to encode, and the
+// whole merged stream ended (at each retry, with follow). The message is
+// made valid and bounded.
+func TestNodeStatusMessageEncodes(t *testing.T) {
+	r := nodeStatus(relaypb.NodeState_NODE_UNAVAILABLE, "rpc error: "+strings.Repeat("\xff", 4096), "east/n1")
+	if _, err := proto.Marshal(r); err != nil {
+		t.Fatalf("a node status with a hostile message: %v", err)
+	}
+	if m := r.GetNodeStatus().GetMessage(); len(m) > 3*maxStatusMessage {
+		t.Errorf("message of %d bytes", len(m))
+	}
+}
+
+// A link from another site (a wiki, a dashboard) to the page itself is
+// followed.
+func TestCrossSiteLinkToPage(t *testing.T) {
+	h := LoopbackHosts(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Host = "localhost:4246"
+	r.Header.Set("Sec-Fetch-Site", "cross-site")
+	r.Header.Set("Sec-Fetch-Mode", "navigate")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusNoContent {
+		t.Errorf("a navigation from another site to the page: %d", w.Code)
 	}
 }

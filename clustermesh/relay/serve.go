@@ -32,7 +32,11 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 // hold the page's follow slots with blind requests (until 2026-12-04).
 func LoopbackHosts(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		// A link from another site to the page itself is followed (a
+		// navigation to / loads the page, whose own requests are then
+		// same-origin); nothing else of another site's is answered.
+		navigation := r.Method == http.MethodGet && r.URL.Path == "/" && r.Header.Get("Sec-Fetch-Mode") == "navigate"
+		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" && !navigation {
 			http.Error(w, "the relay answers its own page only", http.StatusForbidden)
 			return
 		}

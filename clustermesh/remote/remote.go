@@ -816,7 +816,8 @@ func (c *cluster) serviceEvent(ev kvstore.Event, deleted bool) {
 }
 
 func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
-	name := c.name + "/" + strings.TrimPrefix(ev.Key, node.NodesPrefix+c.name+"/")
+	key := strings.TrimPrefix(ev.Key, node.NodesPrefix+c.name+"/")
+	name := c.name + "/" + key
 	// A refused node was never passed on; its refusal goes with its record.
 	forget := func() {
 		if c.m.cb.Forget != nil {
@@ -825,8 +826,14 @@ func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 	}
 	mirror(c, func() map[string]node.Node { return c.nodes }, limits.nodes, name, deleted, func() (node.Node, error) {
 		var n node.Node
+		if !node.ValidName(key) {
+			return n, fmt.Errorf("node %q of %s: not a node name (a DNS label)", key, c.name)
+		}
 		if err := json.Unmarshal(ev.Value, &n); err != nil {
 			return n, errIgnored
+		}
+		if n.Name != key {
+			return n, fmt.Errorf("node %s: a record of %q under its key", name, n.Name)
 		}
 		if err := n.Check(); err != nil {
 			return n, fmt.Errorf("node %s: %v", name, err)

@@ -696,3 +696,55 @@ func TestPinnedClusterIDs(t *testing.T) {
 		t.Fatalf("the squatter is followed: %+v", s)
 	}
 }
+
+// TestRemoteNodeNamesChecked: a remote node's name came from its etcd
+// key unchecked. A key "east/\xff" made a name that is not UTF-8: the
+// Hubble peer service could not encode it, and every relay's peer list
+// stopped there. A name must be a DNS label and the record's own.
+func TestRemoteNodeNamesChecked(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	kv := srv.Agent
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	got := map[string]bool{}
+	dir := t.TempDir()
+	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{
+		Node:     func(n node.Node, d bool) { mu.Lock(); got[n.Name] = !d; mu.Unlock() },
+		Identity: func(identity.Identity, bool) {}, Entry: func(ipcache.Entry, bool) {}, Service: func(string, *service.Service, bool) {},
+	})
+	go m.Run(ctx)
+	srv.WriteRemoteConfig(t, dir)
+	put := func(key, name, ip string) {
+		b, _ := json.Marshal(node.Node{Name: name, Cluster: "east", IPs: []string{ip}})
+		kv.Put(ctx, node.NodesPrefix+"east/"+key, b, 0)
+	}
+	put("\xff", "\xff", "172.30.7.1")
+	put("a\x1bb", "a\x1bb", "172.30.7.2")
+	put("Upper", "Upper", "172.30.7.3")
+	put("other", "n9", "172.30.7.4") // under another node's key
+	put("n1", "n1", "172.30.7.5")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		ok := got["east/n1"]
+		mu.Unlock()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the valid node never came; status %+v", m.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for name := range got {
+		if name != "east/n1" {
+			t.Errorf("node %q taken", name)
+		}
+	}
+	if st := m.Status()[0]; st.Rejected < 4 || st.Nodes != 1 {
+		t.Errorf("status %+v, want 4 rejected and 1 node", st)
+	}
+}
