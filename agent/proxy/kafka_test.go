@@ -882,33 +882,22 @@ func TestKafkaTopicRuleAllowsNoClusterAPIs(t *testing.T) {
 	}
 }
 
-// A topic-only rule lets SASL's handshake through (a client of a broker
-// that asks for SASL sends nothing else first).
-func TestKafkaTopicRuleAllowsSASL(t *testing.T) {
-	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Topic: "topic1"}}})
-	recs := h.records()
-	hs := kmsg.NewPtrSASLHandshakeRequest()
-	hs.Mechanism = "PLAIN"
-	// kfake without SASL configured closes the connection: only the
-	// proxy's verdict is looked at.
-	if _, err := h.raw().c.Write(kafkaRequestFrame(hs, 1, "c")); err != nil {
-		t.Fatal(err)
-	}
-	if r := recs(1)[0]; r.Method != "SASLHandshake" || r.Verdict != Forwarded {
-		t.Errorf("SASL handshake under a topic-only rule: %+v, want forwarded", r)
-	}
-}
-
-// A role rule lets SASL's handshake through too.
-func TestKafkaRoleRuleAllowsSASL(t *testing.T) {
-	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "produce", Topic: "topic1"}}})
-	recs := h.records()
-	hs := kmsg.NewPtrSASLHandshakeRequest()
-	hs.Mechanism = "PLAIN"
-	if _, err := h.raw().c.Write(kafkaRequestFrame(hs, 1, "c")); err != nil {
-		t.Fatal(err)
-	}
-	if r := recs(1)[0]; r.Method != "SASLHandshake" || r.Verdict != Forwarded {
-		t.Errorf("SASL handshake under a produce rule: %+v, want forwarded", r)
+// Rules naming a topic, with a role or none, let SASL's handshake through
+// (a client of a broker that asks for SASL sends nothing else first).
+func TestKafkaRulesAllowSASL(t *testing.T) {
+	for name, rule := range map[string]KafkaRule{"topic-only": {Topic: "topic1"}, "produce": {Role: "produce", Topic: "topic1"},
+		"consume": {Role: "consume", Topic: "topic1"}} {
+		h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{rule}})
+		recs := h.records()
+		hs := kmsg.NewPtrSASLHandshakeRequest()
+		hs.Mechanism = "PLAIN"
+		// kfake without SASL configured closes the connection: only the
+		// proxy's verdict is looked at.
+		if _, err := h.raw().c.Write(kafkaRequestFrame(hs, 1, "c")); err != nil {
+			t.Fatal(err)
+		}
+		if r := recs(1)[0]; r.Method != "SASLHandshake" || r.Verdict != Forwarded {
+			t.Errorf("SASL handshake under a %s rule: %+v, want forwarded", name, r)
+		}
 	}
 }
