@@ -707,11 +707,17 @@ type Learned struct {
 // follow (it restarts) or lags behind: the oldest go first.
 const maxPendingLearned = 4096
 
+// maxGivenLearned bounds the answers handed to the follower and not yet
+// acknowledged: two of the agent's batches, so it reads one while it
+// applies the other; what waits beyond is in pending, given out fairly.
+const maxGivenLearned = 2048
+
 // learner hands learned addresses to the agent (one follower at a time)
-// and tells who waits for them when the agent has applied them. Answers
-// reach the follower in the order they were learned: what its channel
-// has no room for waits in pending and goes on at the next
-// acknowledgement (the follower is reading again). What a follower was
+// and tells who waits for them when the agent has applied them. At most
+// maxGivenLearned are given and not acknowledged; the rest wait in
+// pending and go on at the next acknowledgement (the follower is reading
+// again), each endpoint's in the order learned and the endpoints' in
+// turn (handOn). What a follower was
 // given and did not acknowledge goes again, first, to the next one (it
 // may never have been read or applied).
 type learner struct {
@@ -721,7 +727,7 @@ type learner struct {
 	sub     chan Learned       // nil: nobody follows
 	pending []*learnItem       // not handed to the follower yet, oldest first
 	waiting map[netip.Addr]int // pending's answers by the endpoint that asked
-	sent    []*learnItem       // handed to the follower, not acknowledged, oldest first
+	sent    []*learnItem       // handed to the follower, not acknowledged, in the order given
 	wake    chan struct{}      // closed (and replaced) when a waiter may be done
 }
 
@@ -729,6 +735,7 @@ type learner struct {
 type learnItem struct {
 	x       Learned
 	acked   bool // the agent applied it
+	given   bool // handed to a follower (in sent, not pending)
 	dropped bool // pushed out unacknowledged (more than maxPendingLearned waited)
 }
 
@@ -775,30 +782,57 @@ func (l *learner) learn(ctx context.Context, x Learned, wait time.Duration) (hel
 	}
 }
 
-// handOn moves what is pending to the follower, in order, as far as its
-// channel has room, and bounds what waits: more than maxPendingLearned
-// pending pushes out the busiest endpoint's oldest (boundPending), more
-// than twice that given and unacknowledged the oldest. l.mu is held.
+// handOn gives what is pending to the follower as far as the answers
+// given and not acknowledged stay within maxGivenLearned, fairly: each
+// waiting endpoint's oldest first, then each one's second, and so on (of
+// one rank, the oldest answers first), so a pod flooding answers while
+// the agent lags delays another pod's by one answer, not by its backlog.
+// More than maxPendingLearned pending pushes out the busiest endpoints'
+// oldest (boundPending). l.mu is held.
 func (l *learner) handOn() {
-	if l.sub != nil {
+	if room := maxGivenLearned - len(l.sent); l.sub != nil && room > 0 && len(l.pending) > 0 {
+		give := l.pending[:min(room, len(l.pending))]
+		if len(l.waiting) > 1 {
+			give = fairFirst(l.pending, len(give))
+		}
 		n := 0
 	hand:
-		for _, it := range l.pending {
+		for _, it := range give {
 			select {
 			case l.sub <- it.x:
+				it.given = true
 				l.sent = append(l.sent, it)
 				n++
-			default:
-				break hand // no room
+			default: // no room: the follower acknowledged answers it has not read
+				break hand
 			}
 		}
-		l.count(l.pending[:n], -1)
-		clear(l.pending[:n])
-		l.pending = l.pending[n:]
+		l.count(give[:n], -1)
+		l.pending = slices.DeleteFunc(l.pending, func(it *learnItem) bool { return it.given })
 	}
 	l.boundPending()
-	// Given: a channel's worth, and as many read and being applied.
-	l.sent = l.bound(l.sent, 2*maxPendingLearned)
+}
+
+// fairFirst returns the first n of q (oldest first) in the order the
+// follower gets them: by rank within the item's endpoint (its oldest 0,
+// its next 1, ...), then by age.
+func fairFirst(q []*learnItem, n int) []*learnItem {
+	rank := make([]int, len(q))
+	seen := map[netip.Addr]int{}
+	for i, it := range q {
+		rank[i] = seen[it.x.Endpoint]
+		seen[it.x.Endpoint]++
+	}
+	idx := make([]int, len(q))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return rank[a] - rank[b] })
+	out := make([]*learnItem, n)
+	for i := range out {
+		out[i] = q[idx[i]]
+	}
+	return out
 }
 
 // count adds d to the waiting count of each item's endpoint; l.mu is held.
@@ -868,20 +902,6 @@ func (l *learner) boundPending() {
 	l.wakeAll()
 }
 
-// bound drops the oldest of q beyond limit; l.mu is held.
-func (l *learner) bound(q []*learnItem, limit int) []*learnItem {
-	n := len(q) - limit
-	if n <= 0 {
-		return q
-	}
-	for _, it := range q[:n] {
-		it.dropped = true
-	}
-	clear(q[:n])
-	l.wakeAll()
-	return q[n:]
-}
-
 // wakeAll wakes every waiter to look at its answer again; l.mu is held.
 func (l *learner) wakeAll() {
 	if l.wake != nil {
@@ -893,6 +913,9 @@ func (l *learner) wakeAll() {
 // requeue puts what the follower was given and did not acknowledge back
 // in front of what is pending, for the next follower; l.mu is held.
 func (l *learner) requeue() {
+	for _, it := range l.sent {
+		it.given = false
+	}
 	l.count(l.sent, 1)
 	l.pending = append(l.sent, l.pending...)
 	l.sent = nil
@@ -909,7 +932,7 @@ func (l *learner) follow() (_ <-chan Learned, session uint64, stop func()) {
 		close(l.sub)
 	}
 	l.requeue()
-	ch := make(chan Learned, maxPendingLearned)
+	ch := make(chan Learned, maxGivenLearned)
 	l.sub = ch
 	l.session = rand.Uint64()
 	l.handOn()
@@ -926,21 +949,20 @@ func (l *learner) follow() (_ <-chan Learned, session uint64, stop func()) {
 	}
 }
 
-// ack records that the follower of session applied every answer up to
-// seq (an ack of another session, a follower gone, changes nothing).
+// ack records that the follower of session applied every answer it was
+// given up to and including the one numbered seq (the last of its batch;
+// answers are given in the order handOn chose, not by number). An ack of
+// another session, of an answer not given, or with the follower gone
+// changes nothing.
 func (l *learner) ack(session, seq uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if session != l.session || l.sub == nil {
 		return
 	}
-	n := 0
-	for _, it := range l.sent {
-		if it.x.Seq > seq {
-			break
-		}
+	n := slices.IndexFunc(l.sent, func(it *learnItem) bool { return it.x.Seq == seq }) + 1
+	for _, it := range l.sent[:n] {
 		it.acked = true
-		n++
 	}
 	clear(l.sent[:n])
 	l.sent = l.sent[n:]

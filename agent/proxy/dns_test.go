@@ -395,8 +395,8 @@ func TestDNSLearnedKeptForNextFollower(t *testing.T) {
 	}
 }
 
-// A follower that falls behind by more than its channel holds (the agent
-// lags) gets the rest, in the order learned, once it reads and
+// A follower that falls behind by more than it is given at once (the
+// agent lags) gets the rest, in the order learned, once it reads and
 // acknowledges again; before, they waited for the next follower.
 func TestLearnerLaggingFollowerLosesNothing(t *testing.T) {
 	var l learner
@@ -429,14 +429,14 @@ func readAll(t *testing.T, l *learner, ch <-chan Learned, session, from, total u
 	}
 }
 
-// An answer learned while the follower's channel is full is held until it
-// has reached the follower and been acknowledged itself: an earlier one's
-// acknowledgement, or room in the channel, does not release it.
+// An answer learned while the follower holds as many as it is given is
+// held until it has reached the follower and been acknowledged itself: an
+// earlier one's acknowledgement, or room, does not release it.
 func TestLearnerHoldsUntilItsOwnAck(t *testing.T) {
 	var l learner
 	ch, session, stop := l.follow()
 	defer stop()
-	for range maxPendingLearned {
+	for range maxGivenLearned {
 		l.learn(context.Background(), Learned{}, 0)
 	}
 	done := make(chan bool, 1)
@@ -452,13 +452,13 @@ func TestLearnerHoldsUntilItsOwnAck(t *testing.T) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	waitNot("released while it waited for room in the follower's channel")
-	l.ack(session, maxPendingLearned) // every earlier answer, none read yet
+	waitNot("released while it waited for room")
+	l.ack(session, maxGivenLearned) // every earlier answer, none read yet
 	waitNot("released by the acknowledgement of the answers before it")
 	<-ch // room: it goes on at the next acknowledgement
 	l.ack(session, 1)
 	waitNot("released when it reached the follower, before its acknowledgement")
-	l.ack(session, maxPendingLearned+1)
+	l.ack(session, maxGivenLearned+1)
 	select {
 	case acked := <-done:
 		if !acked {
@@ -469,20 +469,21 @@ func TestLearnerHoldsUntilItsOwnAck(t *testing.T) {
 	}
 }
 
-// With as many waiting as are kept, room in the follower's channel takes
-// the oldest on before anything is pushed out: nothing is lost that the
-// follower had room for.
+// With as many waiting as are kept, room made by the follower's
+// acknowledgement takes the oldest on before anything is pushed out:
+// nothing is lost that the follower had room for.
 func TestLearnerFullQueueUsesRoomFirst(t *testing.T) {
 	var l learner
 	ch, session, stop := l.follow()
 	defer stop()
-	total := 2*maxPendingLearned + 10
-	for range 2 * maxPendingLearned { // the channel full, and as many waiting
+	total := maxGivenLearned + maxPendingLearned + 10
+	for range maxGivenLearned + maxPendingLearned { // as many given as may be, and as many waiting
 		l.learn(context.Background(), Learned{}, 0)
 	}
-	for range 10 {
-		<-ch // read, not yet acknowledged (the agent is applying them)
+	for range 9 {
+		<-ch
 	}
+	l.ack(session, (<-ch).Seq) // ten read and applied
 	for range 10 {
 		l.learn(context.Background(), Learned{}, 0)
 	}
@@ -725,39 +726,40 @@ func TestLearnerFullQueueTakesFromTheBusiestSource(t *testing.T) {
 	ch, session, stop := l.follow()
 	defer stop()
 	hog, quiet := netip.MustParseAddr("10.0.0.66"), netip.MustParseAddr("10.0.0.7")
-	for range maxPendingLearned { // the follower's channel full, nothing read
+	for range maxGivenLearned + maxPendingLearned { // as many given as may be and as many waiting, nothing read
 		l.learn(context.Background(), Learned{Endpoint: hog}, 0)
 	}
 	l.learn(context.Background(), Learned{Endpoint: quiet, Name: "quiet."}, 0)
-	for range maxPendingLearned + 10 {
+	for range 10 {
 		l.learn(context.Background(), Learned{Endpoint: hog}, 0)
 	}
+	want := maxGivenLearned + maxPendingLearned
 	got, quietSeen, last := 0, false, uint64(0)
 	seen := map[uint64]bool{}
-	for got < 2*maxPendingLearned {
+	for got < want {
 		select {
 		case x := <-ch:
 			got++
 			seen[x.Seq] = true
-			if x.Seq <= last {
-				t.Fatalf("%d after %d: out of order", x.Seq, last)
-			}
-			last = x.Seq
 			if x.Endpoint == quiet {
 				quietSeen = true
+			} else if x.Seq <= last {
+				t.Fatalf("%d after %d: one pod's answers out of order", x.Seq, last)
+			} else {
+				last = x.Seq
 			}
 			if got%512 == 0 {
 				l.ack(session, x.Seq)
 			}
 		case <-time.After(2 * time.Second):
-			t.Fatalf("%d answers reached the follower, want %d (the queue's bound)", got, 2*maxPendingLearned)
+			t.Fatalf("%d answers reached the follower, want %d (the bounds)", got, want)
 		}
 	}
 	if !quietSeen {
 		t.Fatal("the quiet pod's answer was pushed out by the flooding pod's")
 	}
-	// The flooding pod's oldest waiting answers went (4,098 to 4,107).
-	for seq := uint64(maxPendingLearned + 2); seq < maxPendingLearned+12; seq++ {
+	// The flooding pod's oldest waiting answers went (2,049 to 2,059).
+	for seq := uint64(maxGivenLearned + 1); seq < maxGivenLearned+12; seq++ {
 		if seen[seq] {
 			t.Fatalf("answer %d kept: the flooding pod's oldest waiting ones must go", seq)
 		}
@@ -883,5 +885,54 @@ func TestDNSForwardsOnlyTheQuestion(t *testing.T) {
 	}
 	if !got.RecursionDesired || !got.CheckingDisabled {
 		t.Errorf("the query's flags were not kept: RD %v CD %v", got.RecursionDesired, got.CheckingDisabled)
+	}
+}
+
+// A pod flooding allowed answers while the agent lags must not make
+// another pod's answer wait behind all of its own: the agent applies
+// answers in batches, and a quiet pod's one answer waited behind the
+// 4,096 of the flood's in the follower's channel (and every one of the
+// flood's waiting before it), past --dns-hold (its first connection then
+// raced the datapath). It is now given after at most what the agent
+// holds already and one answer of each other waiting pod.
+func TestLearnerFloodDoesNotDelayOthers(t *testing.T) {
+	var l learner
+	ch, session, stop := l.follow()
+	defer stop()
+	hog, quiet := netip.MustParseAddr("10.0.0.66"), netip.MustParseAddr("10.0.0.7")
+	for range 3000 { // the agent lags: nothing read yet
+		l.learn(context.Background(), Learned{Endpoint: hog}, 0)
+	}
+	l.learn(context.Background(), Learned{Endpoint: quiet, Name: "quiet."}, 0)
+	got, lastHog := 0, uint64(0)
+	for {
+		// The agent reads a batch of up to 1,024 and acknowledges its last.
+		var batch []Learned
+		for len(batch) < 1024 {
+			select {
+			case x := <-ch:
+				batch = append(batch, x)
+				continue
+			case <-time.After(100 * time.Millisecond):
+			}
+			break
+		}
+		if len(batch) == 0 {
+			t.Fatalf("the quiet pod's answer never reached the follower (%d did)", got)
+		}
+		for _, x := range batch {
+			got++
+			if x.Endpoint == quiet {
+				if got > maxGivenLearned+2 {
+					t.Fatalf("the quiet pod's answer came %dth, behind the flood's; want within the %d given before it and one of the flood's", got, maxGivenLearned)
+				}
+				return
+			}
+			if x.Seq <= lastHog {
+				t.Fatalf("the flooding pod's answer %d after its %d: one pod's answers out of order", x.Seq, lastHog)
+			}
+			lastHog = x.Seq
+		}
+		l.ack(session, batch[len(batch)-1].Seq)
 	}
 }
