@@ -43,8 +43,9 @@ var kafkaRequestBudget = newByteShare(64<<20, 16<<20)
 // memory.
 var kafkaResponseBudget = newByteShare(512<<20, 128<<20)
 
-// kafkaHoldTimeout bounds how long a request's bytes are awaited once the
-// request budget holds them, and how long a response held in the
+// kafkaHoldTimeout bounds how long a request waits for room in the
+// request budget, how long its bytes are awaited once the budget holds
+// them, and how long a response held in the
 // response budget waits for its client to read it; then the connection
 // is closed. Clients send a request whole and read responses as they come
 // (Kafka's own request timeout is 30 s): sources that together fill a
@@ -724,7 +725,7 @@ func (p *Proxy) serveKafka(dc *downConn) {
 		n, err := readKafkaSize(r, maxKafkaRequest)
 		var framed []byte
 		if err == nil {
-			framed, err = readBudgeted(r, dc, n, p.opts.IdleTimeout)
+			framed, err = readBudgeted(r, dc, n, kafkaHoldTimeout)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {

@@ -803,6 +803,32 @@ func TestKafkaBudgetHeldBriefly(t *testing.T) {
 	}
 }
 
+// A request waiting for room in the request budget waits as long as its
+// client would (Kafka's request timeout), not the idle timeout: before,
+// a connection whose request found the budget full (other sources
+// filling it) stayed, with its goroutine and its place in the budget's
+// queue, for 5 minutes, whether or not its client was still there.
+func TestKafkaBudgetWaitBrief(t *testing.T) {
+	defer func(d time.Duration) { kafkaHoldTimeout = d }(kafkaHoldTimeout)
+	kafkaHoldTimeout = 300 * time.Millisecond
+	for i := range 4 { // four other sources hold the whole budget
+		other := source{addr: netip.AddrFrom4([4]byte{10, 9, 9, byte(i)}), id: 12345}
+		if err := kafkaRequestBudget.acquire(context.Background(), other, 16<<20); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { kafkaRequestBudget.release(other, 16<<20) })
+	}
+	h := newKafkaHarness(t, PeerRules{})
+	k := h.raw()
+	if _, err := k.c.Write(binary.BigEndian.AppendUint32(nil, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if !k.closed() || time.Since(start) > 5*time.Second {
+		t.Fatalf("a request waiting for room: connection still open after %v", time.Since(start))
+	}
+}
+
 // bigKafkaBroker answers each connection's first request with a response
 // of size bytes (its correlation ID, then zeros), counting in written (if
 // not nil) those written whole.
