@@ -137,7 +137,9 @@ func (p *Proxy) serveH1(dc *downConn) {
 			return
 		}
 		lim.N = math.MaxInt64
-		dc.SetReadDeadline(time.Time{})
+		// A body is read within the idle timeout (a forwarded one's
+		// reads move it on, flushingBody; a tunnel clears it).
+		dc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 		keep, closeNow := p.h1Request(dc, br, req)
 		dc.setBusy(false)
 		if !keep {
@@ -414,7 +416,7 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 	written := make(chan error, 1)
 	// Flush what is written upstream before waiting for more of the body,
 	// so that a slow or streamed body is not held back.
-	body := &flushingBody{ReadCloser: req.Body, src: br}
+	body := &flushingBody{ReadCloser: req.Body, src: br, conn: dc.Conn, idle: p.opts.IdleTimeout}
 	req.Body = body
 	go func() { written <- writeRequest(up, req, body) }()
 	// stopBody ends the body's writer: its read of the client is cut short
@@ -629,9 +631,22 @@ type flushingBody struct {
 	readErr error
 	done    atomic.Bool // the body was read to its end
 	stopped atomic.Bool // stopBody cut it short: its error is not the client's
+	// conn, idle: a client's body is cut off after idle without a byte
+	// (between ¾ and all of it: conn's read deadline is moved at most
+	// every quarter); idle 0: not.
+	conn  net.Conn
+	idle  time.Duration
+	moved time.Time
 }
 
 func (b *flushingBody) Read(p []byte) (int, error) {
+	if now := time.Now(); b.idle > 0 && now.Sub(b.moved) >= b.idle/4 {
+		b.moved = now
+		b.conn.SetReadDeadline(now.Add(b.idle))
+		if b.stopped.Load() {
+			b.conn.SetReadDeadline(now) // stopBody's deadline, set before, stays
+		}
+	}
 	if b.src != nil && b.src.Buffered() == 0 && b.dst != nil && b.dst.Buffered() > 0 {
 		if err := b.dst.Flush(); err != nil {
 			return 0, err
@@ -665,6 +680,7 @@ func (w bufWriter) WriteByte(c byte) error            { return w.bw.WriteByte(c)
 // tunnel copies bytes both ways after an allowed upgrade, until either
 // side ends; then both are closed.
 func (p *Proxy) tunnel(dc *downConn, br *bufio.Reader, up *h1Upstream) {
+	dc.SetReadDeadline(time.Time{}) // a body before the upgrade had the idle timeout
 	ubr := up.reader()
 	done := make(chan struct{})
 	go func() {

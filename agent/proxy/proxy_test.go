@@ -358,6 +358,40 @@ func TestSlowloris(t *testing.T) {
 	}
 }
 
+// A client that sends a request's head and then stalls in its body is
+// cut off after the idle timeout, whether the request is forwarded (its
+// body streamed upstream) or denied (its body drained): before, the proxy
+// cleared the read deadline once the head was read, and the connection,
+// its goroutines and its upstream connection were held for as long as
+// the client kept it open.
+func TestStalledBodyClosed(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{IdleTimeout: time.Second})
+	h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Method: "POST", Path: "/public/.*"}}})
+	for _, path := range []string{"/public/slow", "/denied"} {
+		c := h.dial()
+		defer c.Close()
+		io.WriteString(c, "POST "+path+" HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatalf("%s: a body stalled after 10 of 100 bytes: connection not closed by the proxy after %v: %v", path, time.Since(start), err)
+		}
+	}
+	// A body that keeps coming, slower than the idle timeout in all but
+	// not between its bytes, is not cut off.
+	c := h.dial()
+	defer c.Close()
+	io.WriteString(c, "POST /public/trickle HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n")
+	for _, b := range "abcdef" {
+		time.Sleep(400 * time.Millisecond)
+		io.WriteString(c, string(b))
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if resp, _ := readResponse(t, bufio.NewReader(c), "POST"); resp.StatusCode != 200 {
+		t.Fatalf("a trickled body: %s", resp.Status)
+	}
+}
+
 // Both sides' policies must allow: the client's egress and the server's
 // ingress; a flow with neither is denied.
 func TestEgressAndIngress(t *testing.T) {
