@@ -551,46 +551,79 @@ func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
 	return kafkaScope{addr: dst.Addr().Unmap()}
 }
 
-type kafkaIDKey struct {
-	scope kafkaScope
-	id    [16]byte
-}
-
 // kafkaTopicIDs are the topic names of IDs learned from Metadata responses
 // the proxy forwarded: a client may fetch by ID on another connection than
-// the one it asked for metadata on (franz-go does).
+// the one it asked for metadata on (franz-go does). The table holds
+// maxKafkaTopicIDs in all; when full, room is made in a scope holding at
+// least its even share (the new ID's own if it does), so one server
+// answering with IDs without end pushes out its own, not the brokers'.
 type kafkaTopicIDs struct {
-	mu    sync.Mutex
-	names map[kafkaIDKey]string
+	mu     sync.Mutex
+	scopes map[kafkaScope]map[[16]byte]string
+	n      int
 }
 
 func (m *kafkaTopicIDs) name(scope kafkaScope, id [16]byte) (string, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n, ok := m.names[kafkaIDKey{scope, id}]
+	n, ok := m.scopes[scope][id]
 	return n, ok
 }
 
-// learn remembers the topic IDs of a Metadata response; when the table is
-// full an arbitrary entry makes room.
+// len is the number of IDs held.
+func (m *kafkaTopicIDs) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n
+}
+
+// learn remembers the topic IDs of a Metadata response.
 func (m *kafkaTopicIDs) learn(scope kafkaScope, r *kmsg.MetadataResponse) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.names == nil {
-		m.names = map[kafkaIDKey]string{}
+	if m.scopes == nil {
+		m.scopes = map[kafkaScope]map[[16]byte]string{}
 	}
 	for _, t := range r.Topics {
 		if t.Topic == nil || t.TopicID == ([16]byte{}) || t.ErrorCode != 0 {
 			continue
 		}
-		k := kafkaIDKey{scope, t.TopicID}
-		if _, ok := m.names[k]; !ok && len(m.names) >= maxKafkaTopicIDs {
-			for old := range m.names {
-				delete(m.names, old)
+		ids := m.scopes[scope]
+		if _, ok := ids[t.TopicID]; !ok {
+			if m.n >= maxKafkaTopicIDs {
+				m.evict(scope)
+			}
+			if ids = m.scopes[scope]; ids == nil {
+				ids = map[[16]byte]string{}
+				m.scopes[scope] = ids
+			}
+			m.n++
+		}
+		ids[t.TopicID] = *t.Topic
+	}
+}
+
+// evict drops one ID of a scope holding at least its even share of the
+// table: scope's own if it does; m.mu is held.
+func (m *kafkaTopicIDs) evict(scope kafkaScope) {
+	share := m.n / max(len(m.scopes), 1)
+	from := scope
+	if len(m.scopes[scope]) < max(share, 1) {
+		for s, ids := range m.scopes {
+			if len(ids) >= share {
+				from = s
 				break
 			}
 		}
-		m.names[k] = *t.Topic
+	}
+	ids := m.scopes[from]
+	for id := range ids {
+		delete(ids, id)
+		m.n--
+		break
+	}
+	if len(ids) == 0 {
+		delete(m.scopes, from)
 	}
 }
 

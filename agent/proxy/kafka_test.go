@@ -927,3 +927,37 @@ func TestKafkaRulesAllowSASL(t *testing.T) {
 		}
 	}
 }
+
+// A server a pod may reach (a world address it controls) answering
+// Metadata with 100,000 topic IDs pushed every other broker's IDs out of
+// the proxy's one table (each then asked for again by the proxy, per
+// request). A full table now makes room in the scopes holding the most.
+func TestKafkaTopicIDsFloodEvictsItsOwn(t *testing.T) {
+	var m kafkaTopicIDs
+	broker := kafkaScope{identity: 1234}
+	hostile := kafkaScope{addr: netip.MustParseAddr("203.0.113.9")}
+	meta := func(first, n int) *kmsg.MetadataResponse {
+		r := kmsg.NewPtrMetadataResponse()
+		for i := first; i < first+n; i++ {
+			t := kmsg.NewMetadataResponseTopic()
+			t.Topic = kmsg.StringPtr("t" + strconv.Itoa(i))
+			binary.BigEndian.PutUint64(t.TopicID[8:], uint64(i+1))
+			r.Topics = append(r.Topics, t)
+		}
+		return r
+	}
+	m.learn(broker, meta(0, 100))
+	for i := range 11 {
+		m.learn(hostile, meta(1000+i*10_000, 10_000))
+	}
+	for i := range 100 {
+		var id [16]byte
+		binary.BigEndian.PutUint64(id[8:], uint64(i+1))
+		if n, ok := m.name(broker, id); !ok || n != "t"+strconv.Itoa(i) {
+			t.Fatalf("the broker's topic %d: %q %v after another scope's flood; want it kept", i, n, ok)
+		}
+	}
+	if got := m.len(); got > maxKafkaTopicIDs {
+		t.Fatalf("%d IDs held, bound %d", got, maxKafkaTopicIDs)
+	}
+}
