@@ -74,7 +74,7 @@ func (a *Agent) startAPI(ctx context.Context) error {
 		Groups: a.groups.states, Extra: a.extraMetrics(),
 	})
 	if a.cfg.PrometheusListen != "" {
-		msrv := &http.Server{Addr: a.cfg.PrometheusListen, Handler: metricsHandler, ReadHeaderTimeout: 10 * time.Second}
+		msrv := metricsServer(a.cfg.PrometheusListen, metricsHandler)
 		a.goroutine(func() {
 			if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				slog.Error("prometheus listener stopped", "err", err)
@@ -207,4 +207,14 @@ func (a *Agent) applyPolicies() error {
 	err := a.engine.LoadPolicies()
 	a.proxyChanged()
 	return err
+}
+
+// metricsServer is the Prometheus listener's server: it is on the network
+// (from other nodes, and pods through a second node address), so a
+// connection left idle, a request trickled or a response never read is
+// closed (before, only the head's read was bounded: one idle keep-alive
+// connection was held for good).
+func metricsServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
 }

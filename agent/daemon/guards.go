@@ -67,29 +67,40 @@ func followGossipKeys(ctx context.Context, d *node.Detector, path string, keys g
 
 // controlPorts are the node's control-plane ports pods may not reach on a
 // node address unless their egress policy names the port: gossip, the
-// metrics listener, the overlay, and an embedded etcd's listeners.
+// proxy, the metrics and Hubble listeners, the overlay, and the kvstore's
+// ports (an embedded etcd's listeners; an external kvstore's endpoints,
+// which may be on a node's address, as the chart's clustermesh-apiserver
+// on the host network is).
 func controlPorts(cfg config.Config) []uint16 {
 	var ports []uint16
 	add := func(p int) {
-		if p > 0 && p < 65536 && len(ports) < datapath.MaxControlPorts && !slices.Contains(ports, uint16(p)) {
+		switch {
+		case p <= 0 || p >= 65536 || slices.Contains(ports, uint16(p)):
+		case len(ports) == datapath.MaxControlPorts:
+			slog.Warn("control port not protected: the datapath protects only the first ones", "port", p, "max", datapath.MaxControlPorts)
+		default:
 			ports = append(ports, uint16(p))
 		}
 	}
 	add(cfg.MemberlistPort)
 	add(cfg.ProxyPort)
+	urls := cfg.Etcd.Endpoints
+	if len(urls) == 0 {
+		urls = []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL}
+	}
+	for _, u := range urls {
+		if pu, err := url.Parse(u); err == nil {
+			p, _ := strconv.Atoi(pu.Port())
+			add(p)
+		}
+	}
 	if cfg.Routing == routing.Tunnel {
 		add(routing.VXLANPort)
 	}
-	if _, port, err := net.SplitHostPort(cfg.PrometheusListen); err == nil {
-		p, _ := strconv.Atoi(port)
-		add(p)
-	}
-	if len(cfg.Etcd.Endpoints) == 0 {
-		for _, u := range []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL} {
-			if pu, err := url.Parse(u); err == nil {
-				p, _ := strconv.Atoi(pu.Port())
-				add(p)
-			}
+	for _, l := range []string{cfg.PrometheusListen, cfg.HubbleListen} {
+		if _, port, err := net.SplitHostPort(l); err == nil {
+			p, _ := strconv.Atoi(port)
+			add(p)
 		}
 	}
 	return ports

@@ -116,6 +116,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, conf *tls.Config) e
 // Hubble API's bounds on clients.
 func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register func(*grpc.Server)) error {
 	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(maxStreams), grpc.MaxRecvMsgSize(maxRequest),
+		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.ChainUnaryInterceptor(recoverUnary), grpc.ChainStreamInterceptor(recoverStream, limitStreams(maxServerStreams)),
 		// The relay pings every 30 s to notice a node gone silent.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true})}
@@ -134,6 +135,10 @@ func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register 
 	}
 	return nil
 }
+
+// handshakeTimeout bounds a new connection's TLS and HTTP/2 handshakes
+// (gRPC's default is 120 s): the TCP listener is on the network.
+var handshakeTimeout = 10 * time.Second
 
 // A client's bounds: concurrent calls per connection, request size; and
 // the server's: streams (GetFlows, Notify) open at once over all clients.

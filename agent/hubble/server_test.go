@@ -416,3 +416,30 @@ func TestInvalidUTF8FromWorkloads(t *testing.T) {
 		t.Errorf("HTTP flow: %v", got[1].L7)
 	}
 }
+
+// A connection that never completes its handshake (no TLS ClientHello,
+// no HTTP/2 preface) is closed after handshakeTimeout: gRPC's default
+// held each for 120 s, and a pod reaching the Hubble listener could hold
+// tens of thousands of them.
+func TestSilentConnectionClosed(t *testing.T) {
+	defer func(d time.Duration) { handshakeTimeout = d }(handshakeTimeout)
+	handshakeTimeout = 300 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go ServeGRPC(ctx, ln, nil, func(*grpc.Server) {})
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.Copy(io.Discard, c)
+	if err != nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("a connection sending nothing: %v after %v; want closed by the server", err, time.Since(start))
+	}
+}
