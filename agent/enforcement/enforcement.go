@@ -149,12 +149,20 @@ func (e *Engine) apply(c policy.Change) (err error) {
 			}
 		}
 	}
+	held := e.clusterHolds(len(c.CIDRUpserts) + len(c.CIDRDeletes))
 	for p, id := range c.CIDRUpserts {
+		if held(p) {
+			slog.Debug("a policy's CIDR names the cluster's addresses: their own identities stay", "cidr", p)
+			continue
+		}
 		if err := e.dp.UpsertIPCache(p, id); err != nil {
 			return err
 		}
 	}
 	for _, p := range c.CIDRDeletes {
+		if held(p) {
+			continue // never written, or a pod's or node's entry since
+		}
 		if err := e.dp.DeleteIPCache(p); err != nil {
 			return err
 		}
@@ -163,6 +171,33 @@ func (e *Engine) apply(c policy.Change) (err error) {
 		e.router.Reneed(need, false)
 	}
 	return nil
+}
+
+// clusterHolds returns whether a policy's CIDR prefix is the cluster's
+// (a local endpoint's or this node's address, or what the router says
+// is: a pod CIDR of a known node, a node's address, but the node
+// addresses toNodes selectors name), so that its CIDR
+// identity is not written over the pods' and nodes' entries nor deletes
+// them: a tenant's namespaced policy may name any address. n: how many
+// prefixes will be asked about (the endpoints' addresses are indexed
+// only for some). e.mu is held.
+func (e *Engine) clusterHolds(n int) func(netip.Prefix) bool {
+	if n == 0 {
+		return nil
+	}
+	own := map[netip.Addr]bool{}
+	for _, a := range e.hostIPs {
+		own[a] = true
+	}
+	for _, ep := range e.endpoints {
+		own[ep.IPv4] = true
+	}
+	return func(p netip.Prefix) bool {
+		held := p.Bits() == 32 && own[p.Addr()] || e.router != nil && e.router.ClusterHolds(p)
+		// A toNodes selector selects nodes by the CIDR identities of their
+		// addresses (the operator's node selection, not a pod's address).
+		return held && !e.res.NodeSelected(p)
+	}
 }
 
 // GroupChanged applies the resolved addresses of a toGroups/fromGroups
@@ -372,16 +407,21 @@ func (e *Engine) Reconcile() (removed int, err error) {
 			removed++
 		}
 	}
-	// ipcache: endpoints, host addresses and CIDR identities.
+	// ipcache: CIDR identities but the cluster's addresses, endpoints,
+	// host addresses (and the router's, below).
 	wantIP := map[netip.Prefix]identity.NumericIdentity{}
+	cidrs := e.res.CIDRIdentities()
+	held := e.clusterHolds(len(cidrs))
+	for p, id := range cidrs {
+		if !held(p) {
+			wantIP[p] = id
+		}
+	}
 	for _, ep := range e.endpoints {
 		wantIP[netip.PrefixFrom(ep.IPv4, 32)] = ep.Identity
 	}
 	for _, a := range e.hostIPs {
 		wantIP[netip.PrefixFrom(a, 32)] = identity.Host
-	}
-	for p, id := range e.res.CIDRIdentities() {
-		wantIP[p] = id
 	}
 	var remote map[netip.Prefix]ipcache.Entry
 	if e.router != nil {

@@ -161,3 +161,64 @@ func TestReconcile(t *testing.T) {
 		t.Errorf("links %v, want only filweb", dp.links)
 	}
 }
+
+// A policy's toCIDR naming a pod's or this node's address (a tenant's
+// namespaced policy may name any address) must not take that address's
+// ipcache entry: before, its CIDR identity replaced the pod's identity
+// (and tunnel endpoint) on every node, and the policy's delete removed
+// the pod's entry; reconcile ranked CIDR identities above endpoints.
+func TestPolicyCIDRCannotTakeClusterAddresses(t *testing.T) {
+	dp := newFakeDP()
+	repo, err := policy.NewRepository("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostIP := netip.MustParseAddr("172.30.0.1")
+	e := New(dp, policy.NewResolver(policy.ModeDefault), repo, []netip.Addr{hostIP}, nil)
+	if err := e.LoadPolicies(); err != nil {
+		t.Fatal(err)
+	}
+	web := endpoint.Endpoint{ID: 1, IPv4: netip.MustParseAddr("10.244.0.2"), Identity: 300,
+		Labels: labels.Labels{{Source: "k8s", Key: "app", Value: "web"}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: "default"}},
+		MAC:    "02:00:00:00:00:01", HostMAC: "02:00:00:00:00:02", HostIfName: "filweb", HostIfIndex: 7}
+	if err := e.EndpointUp(context.Background(), web); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Reconcile(); err != nil { // as at the agent's start: the host's entries
+		t.Fatal(err)
+	}
+	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: x, namespace: tenant}
+spec:
+  endpointSelector: {}
+  egress: [{toCIDR: ["10.244.0.2/32", "172.30.0.1/32", "192.0.2.0/24"]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ImportScoped("kubernetes", ps); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		if id := dp.ipcache[netip.PrefixFrom(web.IPv4, 32)]; id != 300 {
+			t.Errorf("%s: the pod's address has identity %d, want its own 300", when, id)
+		}
+		if id := dp.ipcache[netip.PrefixFrom(hostIP, 32)]; id != identity.Host {
+			t.Errorf("%s: this node's address has identity %d, want host", when, id)
+		}
+	}
+	check("policy applied")
+	if _, ok := dp.ipcache[netip.MustParsePrefix("192.0.2.0/24")]; !ok {
+		t.Error("the policy's world CIDR was not written")
+	}
+	if _, err := e.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	check("after a reconcile")
+	if _, err := e.Delete(ps[0].Key()); err != nil {
+		t.Fatal(err)
+	}
+	check("policy deleted")
+}

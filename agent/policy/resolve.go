@@ -852,6 +852,20 @@ func (r *Resolver) NodeSelectorsInUse() map[string]api.EndpointSelector {
 	return out
 }
 
+// NodeSelected says whether p is one of the addresses a toNodes/fromNodes
+// selector in use resolved to: a node's address that such a selector
+// gives a CIDR identity in the ipcache, as it must to select it.
+func (r *Resolver) NodeSelected(p netip.Prefix) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key, addrs := range r.awsGroups {
+		if strings.HasPrefix(key, "nodes:") && slices.Contains(addrs, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // GroupAddrs returns the resolved addresses of a selector (nil, false:
 // never resolved); a toFQDNs selector's are its learned addresses.
 func (r *Resolver) GroupAddrs(key string) ([]netip.Prefix, bool) {

@@ -872,6 +872,24 @@ func (r *Router) Owns(cluster string, ip netip.Addr) bool {
 	})
 }
 
+// ClusterHolds says whether prefix p is the cluster's: inside this node's
+// pod CIDR or a known node's, or a node's address. A policy's CIDR
+// identity must not take such a key (or cover a pod there more
+// specifically than its cover): the pods' and nodes' entries are their
+// identities.
+func (r *Router) ClusterHolds(p netip.Prefix) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p = p.Masked()
+	if r.own.IsValid() && r.own.Bits() <= p.Bits() && r.own.Contains(p.Addr()) {
+		return true
+	}
+	if p.Bits() == 32 && (p.Addr() == r.hostSrc || len(r.claims.addrs[p.Addr()]) > 0) {
+		return true
+	}
+	return !r.claims.around(p, func(names map[string]bool, _ netip.Prefix) bool { return len(names) == 0 })
+}
+
 // Entry is the accepted ipcache entry of another node's address.
 func (r *Router) Entry(ip netip.Addr) (ipcache.Entry, bool) {
 	r.mu.Lock()

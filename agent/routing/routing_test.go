@@ -470,3 +470,23 @@ func TestTakeChangedClusters(t *testing.T) {
 		t.Fatalf("changed %v after an eviction, want [west]", got)
 	}
 }
+
+// ClusterHolds: what a policy's CIDR identity may not take in the
+// ipcache (a pod CIDR of this node or a known node, anything inside one,
+// a node's address) and what it may (a wider prefix, world addresses).
+func TestClusterHolds(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}}, false)
+	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.30"}, PodCIDRs: []string{"10.60.0.0/24"}}, false)
+	for p, want := range map[string]bool{
+		"10.244.0.9/32": true, "10.244.0.0/24": true, "10.244.1.17/32": true, "10.244.1.0/25": true,
+		"10.60.0.5/32": true, "10.60.0.0/24": true, "172.30.0.2/32": true, "203.0.113.30/32": true,
+		"10.244.0.0/16": false, "10.0.0.0/8": false, "192.0.2.0/24": false, "172.30.0.9/32": false, "10.61.0.1/32": false,
+	} {
+		if got := r.ClusterHolds(netip.MustParsePrefix(p)); got != want {
+			t.Errorf("ClusterHolds(%s) = %v, want %v", p, got, want)
+		}
+	}
+}
