@@ -86,22 +86,23 @@ spec:
   ingress: [{toPorts: [{ports: [{port: "80", protocol: TCP}]}]}]
 `
 
-// After a restart the pinned maps hold what an earlier agent left: the
-// reconcile removes what nobody wants (a vanished endpoint, its ipcache
-// and policy entries, its link pin) and writes back what is missing or
-// wrong, without root.
-func TestReconcile(t *testing.T) {
+// newWebEngine is an engine over a fake datapath with the policies of
+// doc (none if empty), this node's address and endpoint web up.
+func newWebEngine(t *testing.T, doc string) (*fakeDP, *Engine, endpoint.Endpoint, netip.Addr) {
+	t.Helper()
 	dp := newFakeDP()
 	repo, err := policy.NewRepository("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := api.Parse([]byte(webPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repo.Import(ps); err != nil {
-		t.Fatal(err)
+	if doc != "" {
+		ps, err := api.Parse([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := repo.Import(ps); err != nil {
+			t.Fatal(err)
+		}
 	}
 	hostIP := netip.MustParseAddr("172.30.0.1")
 	e := New(dp, policy.NewResolver(policy.ModeDefault), repo, []netip.Addr{hostIP}, nil)
@@ -114,6 +115,15 @@ func TestReconcile(t *testing.T) {
 	if err := e.EndpointUp(context.Background(), web); err != nil {
 		t.Fatal(err)
 	}
+	return dp, e, web, hostIP
+}
+
+// After a restart the pinned maps hold what an earlier agent left: the
+// reconcile removes what nobody wants (a vanished endpoint, its ipcache
+// and policy entries, its link pin) and writes back what is missing or
+// wrong, without root.
+func TestReconcile(t *testing.T) {
+	dp, e, web, hostIP := newWebEngine(t, webPolicy)
 	want := maps.Clone(dp.policy)
 	if len(want) == 0 {
 		t.Fatal("the policy selecting web wrote no entries")
@@ -168,22 +178,7 @@ func TestReconcile(t *testing.T) {
 // (and tunnel endpoint) on every node, and the policy's delete removed
 // the pod's entry; reconcile ranked CIDR identities above endpoints.
 func TestPolicyCIDRCannotTakeClusterAddresses(t *testing.T) {
-	dp := newFakeDP()
-	repo, err := policy.NewRepository("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostIP := netip.MustParseAddr("172.30.0.1")
-	e := New(dp, policy.NewResolver(policy.ModeDefault), repo, []netip.Addr{hostIP}, nil)
-	if err := e.LoadPolicies(); err != nil {
-		t.Fatal(err)
-	}
-	web := endpoint.Endpoint{ID: 1, IPv4: netip.MustParseAddr("10.244.0.2"), Identity: 300,
-		Labels: labels.Labels{{Source: "k8s", Key: "app", Value: "web"}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: "default"}},
-		MAC:    "02:00:00:00:00:01", HostMAC: "02:00:00:00:00:02", HostIfName: "filweb", HostIfIndex: 7}
-	if err := e.EndpointUp(context.Background(), web); err != nil {
-		t.Fatal(err)
-	}
+	dp, e, web, hostIP := newWebEngine(t, "")
 	if _, err := e.Reconcile(); err != nil { // as at the agent's start: the host's entries
 		t.Fatal(err)
 	}
