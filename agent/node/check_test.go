@@ -20,6 +20,12 @@ func TestRecordCheck(t *testing.T) {
 		{`{"name":"evil","podCIDRs":["fd00::/64"]}`, "evil", `podCIDRs[0] "fd00::/64"`},
 		{`{"name":"n3","ips":["172.30.0.3"]}`, "n2", `record of "n3" under the key of "n2"`},
 		{`{"ips":["172.30.0.3"]}`, "", "no name"},
+		// Every node of the mesh rewrites a route, an allowed IP and
+		// XFRM policies per pod CIDR at each change of the record: a
+		// record with 100,000 of them cost every node that much, under
+		// the router's lock, at each rewrite.
+		{`{"name":"n9","ips":["172.30.0.9"],"podCIDRs":[` + strings.TrimSuffix(strings.Repeat(`"10.9.0.0/32",`, MaxPodCIDRs+1), ",") + `]}`, "n9", "podCIDRs: 17"},
+		{`{"name":"n9","ips":[` + strings.TrimSuffix(strings.Repeat(`"10.9.0.1",`, MaxIPs+1), ",") + `]}`, "n9", "ips: 17"},
 	} {
 		var n Node
 		err := decodeRecord([]byte(c.value), c.key, &n)

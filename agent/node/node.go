@@ -81,14 +81,30 @@ func (n Node) IP() netip.Addr {
 // the kvstore.
 var ErrInvalidRecord = errors.New("invalid node record")
 
+// MaxIPs and MaxPodCIDRs bound a node record's lists: every node that
+// learns a record writes a route, a WireGuard allowed IP and IPsec
+// policies for each pod CIDR at each change (Kubernetes gives a node at
+// most two pod CIDRs).
+const (
+	MaxIPs      = 16
+	MaxPodCIDRs = 16
+)
+
 // Check vets a node record read from a kvstore (anyone with write access
-// wrote it): a name, IPv4 addresses and IPv4 pod CIDRs only.
+// wrote it): a name, at most MaxIPs IPv4 addresses and MaxPodCIDRs IPv4
+// pod CIDRs only.
 func (n Node) Check() error {
 	if n.Name == "" {
 		return fmt.Errorf("%w: no name", ErrInvalidRecord)
 	}
 	if !ValidName(n.Name) {
 		return fmt.Errorf("%w: name %q: want a DNS label", ErrInvalidRecord, n.Name)
+	}
+	if len(n.IPs) > MaxIPs {
+		return fmt.Errorf("%w: %s: ips: %d, at most %d", ErrInvalidRecord, n.Name, len(n.IPs), MaxIPs)
+	}
+	if len(n.PodCIDRs) > MaxPodCIDRs {
+		return fmt.Errorf("%w: %s: podCIDRs: %d, at most %d", ErrInvalidRecord, n.Name, len(n.PodCIDRs), MaxPodCIDRs)
 	}
 	for i, s := range n.IPs {
 		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {

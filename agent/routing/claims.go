@@ -19,6 +19,9 @@ type claimIndex struct {
 	// their /16, likewise.
 	narrow  map[netip.Prefix]map[netip.Prefix]bool
 	abucket map[netip.Prefix]map[netip.Addr]bool
+	// keys: WireGuard public keys → nodes (a peer is its key: a record
+	// publishing another node's key would take over its peer).
+	keys map[string]map[string]bool
 }
 
 func addName(m map[string]bool, name string) map[string]bool {
@@ -35,6 +38,10 @@ func (x *claimIndex) add(n node.Node) {
 		x.cidrs = map[netip.Prefix]map[string]bool{}
 		x.narrow = map[netip.Prefix]map[netip.Prefix]bool{}
 		x.abucket = map[netip.Prefix]map[netip.Addr]bool{}
+		x.keys = map[string]map[string]bool{}
+	}
+	if k := n.WireGuardKey; k != "" {
+		x.keys[k] = addName(x.keys[k], n.Name)
 	}
 	if ip := n.IP(); ip.Is4() {
 		if x.addrs[ip] == nil {
@@ -66,6 +73,11 @@ func (x *claimIndex) add(n node.Node) {
 }
 
 func (x *claimIndex) remove(n node.Node) {
+	if k := n.WireGuardKey; k != "" && x.keys[k][n.Name] {
+		if delete(x.keys[k], n.Name); len(x.keys[k]) == 0 {
+			delete(x.keys, k)
+		}
+	}
 	if ip := n.IP(); ip.IsValid() && x.addrs[ip][n.Name] {
 		delete(x.addrs[ip], n.Name)
 		if len(x.addrs[ip]) == 0 {
@@ -118,7 +130,8 @@ func (x *claimIndex) around(p netip.Prefix, f func(names map[string]bool, q neti
 
 // meets calls f for each node (other than n) whose address is n's or lies
 // in one of n's pod CIDRs, or whose pod CIDR overlaps one of n's or holds
-// n's address, with what they share; f returns false to stop.
+// n's address, or whose WireGuard key is n's, with what they share; f
+// returns false to stop.
 func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 	// eachOf calls f for names but n's, q the claim they hold (an
 	// address as a /32 when addr); what is formatted only for a call.
@@ -140,6 +153,11 @@ func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 	each := func(names map[string]bool, q netip.Prefix) bool { return eachOf(names, q, false) }
 	eachAddr := func(names map[string]bool, a netip.Addr) bool {
 		return eachOf(names, netip.PrefixFrom(a, 32), true)
+	}
+	for name := range x.keys[n.WireGuardKey] {
+		if name != n.Name && n.WireGuardKey != "" && !f(name, "WireGuard key") {
+			return
+		}
 	}
 	if ip := n.IP(); ip.Is4() {
 		if !eachAddr(x.addrs[ip], ip) || !x.around(netip.PrefixFrom(ip, 32), each) {

@@ -434,19 +434,13 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 	case deleted:
 		r.unrefuse(n.Name)
 	case clusterOf(n.Name) != "":
-		if why, retry := r.claimsOthers(n); why != "" {
-			// Refused whole; one meeting another node is kept to be tried
-			// again when what it met goes. One it had stays as it was
-			// until a record it may have comes (or its delete).
-			slog.Warn("refused a remote cluster's node record", "node", n.Name, "why", why)
-			r.unrefuse(n.Name)
-			if retry {
-				r.refuse(n)
-			}
+		if r.refuseClaims(n) {
 			return nil
 		}
-		r.unrefuse(n.Name)
 	default:
+		if r.refuseClaims(n) {
+			return nil
+		}
 		// A node of this cluster takes back what remote nodes claimed of
 		// its own.
 		var evict []string
@@ -617,6 +611,66 @@ func (r *Router) retryRefused(released []node.Node) {
 	}
 }
 
+// refuseClaims refuses n if it claims what is not its own (claimsOthers):
+// refused whole; one meeting another node is kept to be tried again when
+// what it met goes. One it had stays as it was until a record it may have
+// comes (or its delete).
+func (r *Router) refuseClaims(n node.Node) bool {
+	why, retry := r.claimsOthers(n)
+	r.unrefuse(n.Name)
+	if why == "" {
+		return false
+	}
+	if clusterOf(n.Name) != "" {
+		slog.Warn("refused a remote cluster's node record", "node", n.Name, "why", why)
+	} else {
+		slog.Warn("refused a node record of this cluster", "node", n.Name, "why", why)
+	}
+	if retry {
+		r.refuse(n)
+	}
+	return true
+}
+
+// localClaimsOthers says why a node record of this cluster claims what is
+// not its own ("" if it does not), and whether it may be tried again when
+// other nodes' claims go: this node's address, a pod CIDR meeting this
+// node's, holding its address or outside this cluster's pool (when pod
+// CIDRs come from it), or the address, a pod CIDR or the WireGuard key of
+// another node of this cluster (remote nodes give way to it). Every
+// record is signed by its node, which proves whose it is, not that what
+// it claims is its own: until 2026-12-04 a node of this cluster could
+// claim another node's pods, this node's, or 0.0.0.0/0, and every node
+// routed and encrypted that traffic to it.
+func (r *Router) localClaimsOthers(n node.Node) (why string, retry bool) {
+	if ip := n.IP(); ip.IsValid() && ip == r.hostSrc {
+		return fmt.Sprintf("address %s is this node's", ip), false
+	}
+	for _, s := range n.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		if r.own.IsValid() && r.own.Overlaps(p) {
+			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own), false
+		}
+		if r.hostSrc.IsValid() && p.Contains(r.hostSrc) {
+			return fmt.Sprintf("pod CIDR %s holds this node's address", p), false
+		}
+		if r.pool.IsValid() && (p.Bits() < r.pool.Bits() || !r.pool.Contains(p.Addr())) {
+			return fmt.Sprintf("pod CIDR %s is outside this cluster's pool %s", p, r.pool), false
+		}
+	}
+	r.claims.meets(n, func(name, what string) bool {
+		if clusterOf(name) != "" {
+			return true
+		}
+		why = fmt.Sprintf("%s is node %s's", what, name)
+		return false
+	})
+	return why, why != ""
+}
+
 // claimsOthers says why a remote cluster's node record claims what is
 // not its own ("" if it does not), and whether it may be tried again when
 // other nodes' claims go: it meets the address or a pod CIDR of a node of
@@ -632,7 +686,7 @@ func (r *Router) retryRefused(released []node.Node) {
 func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 	c := clusterOf(n.Name)
 	if c == "" {
-		return "", false
+		return r.localClaimsOthers(n)
 	}
 	if !n.IP().Is4() {
 		// Never routed to, while its claims would hold other clusters'

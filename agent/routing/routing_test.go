@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -274,8 +275,10 @@ func TestRemotePodCIDRsOutsideTheirRangesRefused(t *testing.T) {
 			t.Fatalf("a remote node with pod CIDR %s in the ranges was refused", c)
 		}
 	}
-	// A node of this cluster may have any pod CIDR.
-	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"172.20.0.0/24"}}, false)
+	// The remote ranges are not a node of this cluster's: it may have any
+	// pod CIDR of its pool.
+	r.SetRemotePodRanges([]netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, nil)
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"10.244.20.0/24"}}, false)
 	if _, ok := r.nodes["n2"]; !ok {
 		t.Fatal("a node of this cluster outside the remote ranges was refused")
 	}
@@ -488,5 +491,68 @@ func TestClusterHolds(t *testing.T) {
 		if got := r.ClusterHolds(netip.MustParsePrefix(p)); got != want {
 			t.Errorf("ClusterHolds(%s) = %v, want %v", p, got, want)
 		}
+	}
+}
+
+// A node record of this cluster (any node holding the agents' etcd
+// credentials writes one, signed with its own certificate) claims only
+// what is its own: before, only remote clusters' records were vetted, so
+// a rogue node could claim another node's pods or pod CIDR, this node's
+// pods, or 0.0.0.0/0 (every node routed and encrypted that traffic to
+// it, and RouteReplace replaced the pod's or the default route). A
+// WireGuard key is a claim too: a remote cluster's node publishing a
+// local node's public key took over that node's peer (allowed IPs,
+// endpoint) on every node of this cluster.
+func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
+	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
+	taken := func(name string) bool { _, ok := r.nodes[name]; return ok }
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}, WireGuardKey: "K2"}, false)
+	if !taken("n2") {
+		t.Fatal("n2 refused")
+	}
+	for name, n := range map[string]node.Node{
+		"another node's pod":         {IPs: []string{"172.30.0.3"}, PodCIDRs: []string{"10.244.1.5/32"}},
+		"another node's pod CIDR":    {IPs: []string{"172.30.0.4"}, PodCIDRs: []string{"10.244.1.0/24"}},
+		"this node's pods":           {IPs: []string{"172.30.0.5"}, PodCIDRs: []string{"10.244.0.7/32"}},
+		"everything":                 {IPs: []string{"172.30.0.6"}, PodCIDRs: []string{"0.0.0.0/0"}},
+		"outside the pool":           {IPs: []string{"172.30.0.7"}, PodCIDRs: []string{"192.168.0.0/24"}},
+		"another node's address":     {IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.3.0/24"}},
+		"this node's address":        {IPs: []string{"172.30.0.1"}, PodCIDRs: []string{"10.244.4.0/24"}},
+		"another node's key":         {IPs: []string{"172.30.0.8"}, PodCIDRs: []string{"10.244.5.0/24"}, WireGuardKey: "K2"},
+		"a pod CIDR with an address": {IPs: []string{"172.30.0.9"}, PodCIDRs: []string{"172.30.0.0/24"}},
+	} {
+		n.Name = "rogue" + strconv.Itoa(len(r.nodes)+len(r.refused))
+		r.NodeChanged(n, false)
+		if taken(n.Name) {
+			t.Errorf("a local record claiming %s (%v, %v) was taken", name, n.PodCIDRs, n.IPs)
+		}
+	}
+	r.NodeChanged(node.Node{Name: "n3", IPs: []string{"172.30.0.10"}, PodCIDRs: []string{"10.244.6.0/24"}, WireGuardKey: "K3"}, false)
+	if !taken("n3") {
+		t.Fatal("a node claiming its own was refused")
+	}
+	// A remote node publishing a local node's key is refused; a remote
+	// node holding a key a local node then publishes gives way.
+	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}, WireGuardKey: "K2"}, false)
+	if taken("east/e1") {
+		t.Error("a remote node publishing local node n2's WireGuard key was taken")
+	}
+	r.NodeChanged(node.Node{Name: "east/e2", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.60.1.0/24"}, WireGuardKey: "K9"}, false)
+	r.NodeChanged(node.Node{Name: "n4", IPs: []string{"172.30.0.11"}, PodCIDRs: []string{"10.244.7.0/24"}, WireGuardKey: "K9"}, false)
+	if !taken("n4") || taken("east/e2") {
+		t.Errorf("a local node publishing a key a remote node held: local taken %v, remote still taken %v", taken("n4"), taken("east/e2"))
+	}
+	// A refused record meeting a node is taken once that node goes.
+	r.NodeChanged(node.Node{Name: "n5", IPs: []string{"172.30.0.12"}, PodCIDRs: []string{"10.244.6.0/24"}}, false)
+	if taken("n5") {
+		t.Fatal("a record claiming n3's pod CIDR was taken")
+	}
+	r.NodeChanged(node.Node{Name: "n3"}, true)
+	if !taken("n5") {
+		t.Error("a refused record was not taken once the node whose pod CIDR it met went")
 	}
 }
