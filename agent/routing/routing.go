@@ -10,6 +10,7 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"net"
@@ -632,6 +633,29 @@ func (r *Router) refuseClaims(n node.Node) bool {
 	return true
 }
 
+// podCIDRs yields n's pod CIDRs that parse.
+func (r *Router) podCIDRs(n node.Node) iter.Seq[netip.Prefix] {
+	return func(yield func(netip.Prefix) bool) {
+		for _, s := range n.PodCIDRs {
+			if p, err := netip.ParsePrefix(s); err == nil && !yield(p) {
+				return
+			}
+		}
+	}
+}
+
+// meetsThisNode says why pod CIDR p of another node is this node's ("" if
+// it is not): it overlaps this node's pod CIDR or holds its address.
+func (r *Router) meetsThisNode(p netip.Prefix) string {
+	if r.own.IsValid() && r.own.Overlaps(p) {
+		return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own)
+	}
+	if r.hostSrc.IsValid() && p.Contains(r.hostSrc) {
+		return fmt.Sprintf("pod CIDR %s holds this node's address", p)
+	}
+	return ""
+}
+
 // localClaimsOthers says why a node record of this cluster claims what is
 // not its own ("" if it does not), and whether it may be tried again when
 // other nodes' claims go: this node's address, a pod CIDR meeting this
@@ -646,16 +670,9 @@ func (r *Router) localClaimsOthers(n node.Node) (why string, retry bool) {
 	if ip := n.IP(); ip.IsValid() && ip == r.hostSrc {
 		return fmt.Sprintf("address %s is this node's", ip), false
 	}
-	for _, s := range n.PodCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			continue
-		}
-		if r.own.IsValid() && r.own.Overlaps(p) {
-			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own), false
-		}
-		if r.hostSrc.IsValid() && p.Contains(r.hostSrc) {
-			return fmt.Sprintf("pod CIDR %s holds this node's address", p), false
+	for p := range r.podCIDRs(n) {
+		if why := r.meetsThisNode(p); why != "" {
+			return why, false
 		}
 		if r.pool.IsValid() && (p.Bits() < r.pool.Bits() || !r.pool.Contains(p.Addr())) {
 			return fmt.Sprintf("pod CIDR %s is outside this cluster's pool %s", p, r.pool), false
@@ -703,16 +720,9 @@ func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 			return fmt.Sprintf("address %s is in cluster %s's pinned ranges %v", n.IP(), other, pins), false
 		}
 	}
-	for _, s := range n.PodCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			continue
-		}
-		if r.own.IsValid() && r.own.Overlaps(p) {
-			return fmt.Sprintf("pod CIDR %s overlaps this node's %s", p, r.own), false
-		}
-		if r.hostSrc.IsValid() && p.Contains(r.hostSrc) {
-			return fmt.Sprintf("pod CIDR %s holds this node's address", p), false
+	for p := range r.podCIDRs(n) {
+		if why := r.meetsThisNode(p); why != "" {
+			return why, false
 		}
 		if r.pool.IsValid() && r.pool.Overlaps(p) {
 			return fmt.Sprintf("pod CIDR %s overlaps this cluster's pool %s", p, r.pool), false
