@@ -129,3 +129,33 @@ func TestBuilderReusesIPCachePart(t *testing.T) {
 	delete(ipc, netip.MustParsePrefix("10.1.0.3/32"))
 	step("unknown generation, entry gone", true, 4)
 }
+
+// An HTTP rule the proxy cannot take (a header value with a control
+// character, stored before the API refused it) is left out, failing
+// closed for its peer, and the proxy takes the rest of the node's
+// configuration: before, the proxy refused it whole and every
+// namespace's L7 and DNS rules on the node stayed as they were.
+func TestBuildLeavesOutRulesTheProxyRefuses(t *testing.T) {
+	eps := map[uint16]Endpoint{
+		1: {IP: netip.MustParseAddr("10.244.0.3"), Identity: 65793},
+		2: {IP: netip.MustParseAddr("10.244.0.4"), Identity: 65794},
+	}
+	pols := []policy.L7Policy{
+		{Endpoint: 1, Dir: policy.Ingress, Proto: 6, Port: 80, Identity: 0, Refs: []string{"tenant/bad"},
+			HTTP: []api.PortRuleHTTP{{HeaderMatches: []api.HeaderMatch{{Name: "X-A", Value: "a\x01b"}}}}},
+		{Endpoint: 2, Dir: policy.Ingress, Proto: 6, Port: 80, Identity: 0, Refs: []string{"other/good"},
+			HTTP: []api.PortRuleHTTP{{Method: "GET"}}},
+	}
+	cfg := Build(pols, eps, nil)
+	if err := proxy.New(proxy.Options{}).SetConfig(cfg); err != nil {
+		t.Fatalf("the proxy refuses the built config: %v", err)
+	}
+	for _, p := range cfg.Policies {
+		switch {
+		case p.Endpoint == eps[1].IP && len(p.Rules) != 0:
+			t.Errorf("the bad rule's port keeps peer rules %+v; want none (nothing through)", p.Rules)
+		case p.Endpoint == eps[2].IP && (len(p.Rules) != 1 || len(p.Rules[0].HTTP) != 1):
+			t.Errorf("the good rule's port: %+v", p.Rules)
+		}
+	}
+}

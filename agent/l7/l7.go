@@ -460,7 +460,18 @@ func Policies(pols []policy.L7Policy, eps map[uint16]Endpoint) []proxy.PortPolic
 			pr.Remotes = []uint32{uint32(p.Identity)}
 		}
 		for _, h := range p.HTTP {
-			pr.HTTP = append(pr.HTTP, HTTPRule(h))
+			// A rule the proxy would refuse (the API validates the same,
+			// but a policy stored by an older agent was not) is left out,
+			// not the node's whole configuration with it.
+			r := HTTPRule(h)
+			if err := proxy.CheckHTTPRule(r); err != nil {
+				slog.Warn("an HTTP rule the L7 proxy cannot take is left out", "endpoint", ip, "port", p.Port, "rules", strings.Join(p.Refs, ", "), "err", err)
+				continue
+			}
+			pr.HTTP = append(pr.HTTP, r)
+		}
+		if len(p.HTTP) > 0 && len(pr.HTTP) == 0 && len(p.DNS)+len(p.Kafka) == 0 {
+			continue // none left: nothing through (fail closed)
 		}
 		for _, d := range p.DNS {
 			pr.DNS = append(pr.DNS, proxy.DNSRule(d))

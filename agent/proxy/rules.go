@@ -67,6 +67,13 @@ type headerCond struct {
 	hasValue bool
 }
 
+// CheckHTTPRule says whether the proxy takes r (nil) or refuses it, and
+// with it the whole configuration.
+func CheckHTTPRule(r HTTPRule) error {
+	_, err := compileRule("http", r)
+	return err
+}
+
 // compileRule checks r and compiles it; errors name the field under
 // prefix (e.g. "rules.http[1]").
 func compileRule(prefix string, r HTTPRule) (*rule, error) {

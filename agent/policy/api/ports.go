@@ -4,6 +4,7 @@ package api
 
 import (
 	"cmp"
+	"golang.org/x/net/http/httpguts"
 	"regexp"
 	"slices"
 	"strconv"
@@ -179,6 +180,9 @@ func (v *validator) l7(p fieldPath, pr *PortRule) {
 			if !headerName.MatchString(m.Name) {
 				v.addf(mp.child("name"), "%q is not an HTTP header name", m.Name)
 			}
+			if !httpguts.ValidHeaderFieldValue(m.Value) {
+				v.addf(mp.child("value"), "%q is not an HTTP header value", m.Value)
+			}
 			if m.Mismatch != "" && !slices.Contains(HeaderMismatchActions, m.Mismatch) {
 				v.addf(mp.child("mismatch"), "%q is not one of %s", m.Mismatch, strings.Join(HeaderMismatchActions, ", "))
 			}
@@ -231,7 +235,12 @@ func (v *validator) regex(p fieldPath, expr string) {
 	if expr == "" {
 		return
 	}
-	if _, err := regexp.Compile(expr); err != nil {
+	// As the proxy compiles it: anchored (which nests it once more).
+	_, err := regexp.Compile(expr)
+	if err == nil {
+		_, err = regexp.Compile("^(?:" + expr + ")$")
+	}
+	if err != nil {
 		v.addf(p, "%q is not a valid regular expression: %v", expr, err)
 	}
 }

@@ -71,6 +71,12 @@ func TestParseRejects(t *testing.T) {
 			[]string{`spec.ingress[0].toPorts[0].ports[0].port: "0" (all ports) needs a protocol other than ANY`}},
 		{"bad protocol", cnp(sel + "  ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCPX}]}]}]\n"),
 			[]string{`spec.ingress[0].toPorts[0].ports[0].protocol: "TCPX" is not one of TCP, UDP, SCTP, ICMP, ICMPv6, ANY`}},
+		// The proxy refused the node's whole L7 configuration for these
+		// (every namespace's rules on the node stayed as they were).
+		{"header value with a control character", cnp(sel + "  ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{headerMatches: [{name: X-A, value: \"a\\u0001b\"}]}]}}]}]\n"),
+			[]string{`spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].value: "a\x01b" is not an HTTP header value`}},
+		{"regex too deep once anchored", cnp(sel + "  ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: \"" + strings.Repeat("(", 999) + "a" + strings.Repeat(")", 999) + "\"}]}}]}]\n"),
+			[]string{`spec.ingress[0].toPorts[0].rules.http[0].path`, `is not a valid regular expression`}},
 		{"bad entity", cnp(sel + "  egress: [{toEntities: [wrld]}]\n"),
 			[]string{`spec.egress[0].toEntities[0]: "wrld" is not one of world, cluster`}},
 		{"missing name", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {namespace: x}\nspec: {endpointSelector: {}}\n",
