@@ -134,7 +134,14 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 			p.log.Debug("L7 proxy: DNS datagram without its original destination", "src", src)
 			continue
 		}
-		srcID := p.sourceIdentity(src, dst)
+		srcID, steered := p.sourceIdentity(src, dst)
+		if !steered && len(p.cfg.Load().sidesOf(src, dst, srcID, "UDP")) == 0 {
+			// Sent to the proxy's port directly, with any source address
+			// (UDP needs no handshake): no slot, no wait for a policy (a
+			// steered flow's may come a moment after it).
+			p.metrics.dnsUnsteered.Inc()
+			continue
+		}
 		who := source{src.Addr(), srcID}
 		ctx, shed := context.WithCancelCause(context.Background())
 		sl, ok := slots.take(who, shed, time.Now())
@@ -165,15 +172,18 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 	}
 }
 
-// sourceIdentity is the identity of a datagram's source: the datapath's
+// sourceIdentity is the identity of a datagram's source, and whether the
+// datapath steered it (its origin map knows it; without the map every
+// datagram is taken as steered): the datapath's
 // word for it, else the ipcache's for its address.
-func (p *Proxy) sourceIdentity(src, dst netip.AddrPort) uint32 {
-	if p.opts.Origins != nil {
-		if id, ok := p.opts.Origins.Origin(src, dst); ok {
-			return id
-		}
+func (p *Proxy) sourceIdentity(src, dst netip.AddrPort) (id uint32, steered bool) {
+	if p.opts.Origins == nil {
+		return p.cfg.Load().identity(src.Addr()), true // nothing tells: taken as steered
 	}
-	return p.cfg.Load().identity(src.Addr())
+	if id, ok := p.opts.Origins.Origin(src, dst); ok {
+		return id, true
+	}
+	return p.cfg.Load().identity(src.Addr()), false
 }
 
 // transparentReply sends an answer to the client from the address it

@@ -936,3 +936,41 @@ func TestLearnerFloodDoesNotDelayOthers(t *testing.T) {
 		l.ack(session, batch[len(batch)-1].Seq)
 	}
 }
+
+// steeredOnly is the datapath's origin map holding the flows of one
+// source address.
+type steeredOnly struct{ addr netip.Addr }
+
+func (s steeredOnly) Origin(src, _ netip.AddrPort) (uint32, bool) {
+	return clientID, src.Addr() == s.addr
+}
+
+// Datagrams sent to the proxy's port directly (from the underlay, any
+// source address: UDP needs no handshake), not steered to it by the
+// datapath, get no slot and no wait for a policy: before, each one held
+// a slot for the 2 s a steered flow may wait for its policy, and a
+// little more than a thousand spoofed sources shed every pod's DNS on
+// the node.
+func TestDNSUnsteeredDatagramsHoldNoSlot(t *testing.T) {
+	h := newDNSHarness(t, Options{Origins: steeredOnly{clientIP}})
+	to := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(h.udp))
+	q := new(dns.Msg)
+	q.SetQuestion("www.allowed.test.", dns.TypeA)
+	b, _ := q.Pack()
+	n := maxDNSInFlight + 200
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)})
+		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.WriteToUDP(b, to)
+		c.Close()
+	}
+	h.answeredFrom(clientIP, "after datagrams the datapath did not steer")
+	var m dto.Metric
+	h.p.metrics.dnsUnsteered.Write(&m)
+	if got := m.GetCounter().GetValue(); got == 0 {
+		t.Errorf("unsteered datagrams counted %v", got)
+	}
+}

@@ -142,6 +142,8 @@ type metrics struct {
 	dnsQueries *prometheus.CounterVec
 	dnsHold    prometheus.Histogram
 	dnsShed    prometheus.Counter
+	// dnsUnsteered: datagrams the datapath did not steer, dropped.
+	dnsUnsteered prometheus.Counter
 	// connsRefused counts the connections closed at accept because their
 	// source held MaxConnsPerSource.
 	connsRefused prometheus.Counter
@@ -179,6 +181,10 @@ func newMetrics() *metrics {
 		Name: "filament_proxy_dns_shed_total",
 		Help: "DNS datagrams dropped because too many queries were being answered at once.",
 	})
+	m.dnsUnsteered = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "filament_proxy_dns_unsteered_total",
+		Help: "DNS datagrams that reached the proxy's port without the datapath steering them (sent to it directly), dropped.",
+	})
 	m.connsRefused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "filament_proxy_connections_refused_total",
 		Help: "Connections the L7 proxy closed at once because their source (address and identity) held the most it may.",
@@ -187,7 +193,7 @@ func newMetrics() *metrics {
 		Name: "filament_proxy_kafka_requests_total",
 		Help: "Kafka requests the L7 proxy handled, by verdict and API.",
 	}, []string{"verdict", "api"})
-	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.connsRefused, m.kafkaRequests,
+	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.dnsUnsteered, m.connsRefused, m.kafkaRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
