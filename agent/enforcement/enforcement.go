@@ -40,6 +40,7 @@ type Datapath interface {
 	PolicyEntries() (map[policy.MapKey]bool, error)
 	UpsertEndpoint(e datapath.EndpointEntry) error
 	SetEnforcement(ip netip.Addr, ingress, egress bool) error
+	Enforcement(ip netip.Addr) (ingress, egress bool, err error)
 	DeleteEndpoint(ip netip.Addr) error
 	Endpoints() (map[netip.Addr]bpf.DatapathEndpointInfo, error)
 	UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) error
@@ -140,6 +141,14 @@ func (e *Engine) apply(c policy.Change) (err error) {
 		}
 	}
 	if _, err := e.dp.ApplyPolicy(c.Upserts, c.Deletes); err != nil {
+		// Fail closed: enforcement the change turns on is turned on (the
+		// allows missing, its endpoints deny), none is turned off.
+		for id, ep := range c.Enforcement {
+			if local, ok := e.endpoints[id]; ok && (ep.IngressEnforced || ep.EgressEnforced) {
+				in, out, _ := e.dp.Enforcement(local.IPv4)
+				e.dp.SetEnforcement(local.IPv4, ep.IngressEnforced || in, ep.EgressEnforced || out)
+			}
+		}
 		return err
 	}
 	for id, ep := range c.Enforcement {

@@ -2,6 +2,7 @@ package enforcement
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -26,6 +27,11 @@ type fakeDP struct {
 	// Revision holds: open now, and the most open at a write of the
 	// policy map (a policy change is written under a hold).
 	held, heldAtPolicy int
+	// policyErr fails every policy write; ingress: the ingress
+	// enforcement flag set per endpoint address.
+	policyErr error
+	ingress   map[netip.Addr]bool
+	egress    map[netip.Addr]bool
 }
 
 func newFakeDP() *fakeDP {
@@ -39,6 +45,9 @@ func (f *fakeDP) HoldRevision() func() error {
 }
 
 func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.MapKey) (int, error) {
+	if f.policyErr != nil {
+		return 0, f.policyErr
+	}
 	f.heldAtPolicy = max(f.heldAtPolicy, f.held)
 	for _, k := range del {
 		delete(f.policy, k)
@@ -53,11 +62,18 @@ func (f *fakeDP) UpsertEndpoint(e datapath.EndpointEntry) error {
 	f.endpoints[e.IP] = bpf.DatapathEndpointInfo{EpId: e.ID, Identity: uint32(e.Identity)}
 	return nil
 }
-func (f *fakeDP) SetEnforcement(ip netip.Addr, _, _ bool) error {
+func (f *fakeDP) SetEnforcement(ip netip.Addr, ingress, egress bool) error {
 	if _, ok := f.endpoints[ip]; !ok { // as the kernel's map: set on an entry
 		return fmt.Errorf("endpoints map: lookup %s: key does not exist", ip)
 	}
+	if f.ingress == nil {
+		f.ingress, f.egress = map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	}
+	f.ingress[ip], f.egress[ip] = ingress, egress
 	return nil
+}
+func (f *fakeDP) Enforcement(ip netip.Addr) (bool, bool, error) {
+	return f.ingress[ip], f.egress[ip], nil
 }
 func (f *fakeDP) DeleteEndpoint(ip netip.Addr) error { delete(f.endpoints, ip); return nil }
 func (f *fakeDP) Endpoints() (map[netip.Addr]bpf.DatapathEndpointInfo, error) {
@@ -216,4 +232,27 @@ spec:
 		t.Fatal(err)
 	}
 	check("policy deleted")
+}
+
+// A policy whose entries the datapath cannot write (its map full) still
+// turns enforcement on for the endpoints it selects, so they fail closed
+// (their allows missing): before, the engine returned at the failed write
+// and the endpoints stayed unenforced, every peer allowed, while the
+// resolver took the policy as applied.
+func TestPolicyWriteFailureFailsClosed(t *testing.T) {
+	dp, e, web, _ := newWebEngine(t, "")
+	if dp.ingress[web.IPv4] {
+		t.Fatal("web enforced before any policy")
+	}
+	dp.policyErr = errors.New("policy map: put: no space left on device")
+	ps, err := api.Parse([]byte(webPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Import(ps); err == nil {
+		t.Fatal("an import whose entries could not be written succeeded")
+	}
+	if !dp.ingress[web.IPv4] {
+		t.Error("the policy's write failed and web was left unenforced: every peer allowed")
+	}
 }
