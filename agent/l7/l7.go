@@ -464,8 +464,10 @@ func Policies(pols []policy.L7Policy, eps map[uint16]Endpoint) []proxy.PortPolic
 			// but a policy stored by an older agent was not) is left out,
 			// not the node's whole configuration with it.
 			r := HTTPRule(h)
-			if err := proxy.CheckHTTPRule(r); err != nil {
-				slog.Warn("an HTTP rule the L7 proxy cannot take is left out", "endpoint", ip, "port", p.Port, "rules", strings.Join(p.Refs, ", "), "err", err)
+			if first, err := checkHTTPRule(r); err != nil {
+				if first {
+					slog.Warn("an HTTP rule the L7 proxy cannot take is left out", "endpoint", ip, "port", p.Port, "rules", strings.Join(p.Refs, ", "), "err", err)
+				}
 				continue
 			}
 			pr.HTTP = append(pr.HTTP, r)
@@ -482,6 +484,34 @@ func Policies(pols []policy.L7Policy, eps map[uint16]Endpoint) []proxy.PortPolic
 		cfg.Policies[i].Rules = append(cfg.Policies[i].Rules, pr)
 	}
 	return cfg.Policies
+}
+
+// ruleChecks remembers the proxy's verdict on each HTTP rule seen, by the
+// rule's JSON: Policies runs every second, and compiling every rule's
+// expressions (and warning of a refused one) each time is work done again
+// for nothing. Emptied when it holds maxRuleChecks.
+var ruleChecks struct {
+	mu sync.Mutex
+	m  map[string]error
+}
+
+const maxRuleChecks = 4096
+
+// checkHTTPRule is proxy.CheckHTTPRule, remembered; first: r was not seen
+// before.
+func checkHTTPRule(r proxy.HTTPRule) (first bool, err error) {
+	b, _ := json.Marshal(r)
+	ruleChecks.mu.Lock()
+	defer ruleChecks.mu.Unlock()
+	if err, ok := ruleChecks.m[string(b)]; ok {
+		return false, err
+	}
+	if ruleChecks.m == nil || len(ruleChecks.m) >= maxRuleChecks {
+		ruleChecks.m = map[string]error{}
+	}
+	err = proxy.CheckHTTPRule(r)
+	ruleChecks.m[string(b)] = err
+	return true, err
 }
 
 // IPCacheEntries is Build's ipcache: the local endpoints' addresses with

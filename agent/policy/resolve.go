@@ -859,7 +859,7 @@ func (r *Resolver) NodeSelected(p netip.Prefix) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for key, addrs := range r.awsGroups {
-		if strings.HasPrefix(key, "nodes:") && slices.Contains(addrs, p) {
+		if api.IsNodeSelectorKey(key) && slices.Contains(addrs, p) {
 			return true
 		}
 	}

@@ -155,7 +155,7 @@ func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 		return eachOf(names, netip.PrefixFrom(a, 32), true)
 	}
 	for name := range x.keys[n.WireGuardKey] {
-		if name != n.Name && n.WireGuardKey != "" && !f(name, "WireGuard key") {
+		if name != n.Name && !f(name, "WireGuard key") { // no key: none indexed under ""
 			return
 		}
 	}

@@ -10,7 +10,6 @@ package routing
 import (
 	"errors"
 	"fmt"
-	"iter"
 	"log/slog"
 	"maps"
 	"net"
@@ -434,14 +433,9 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 	switch {
 	case deleted:
 		r.unrefuse(n.Name)
-	case clusterOf(n.Name) != "":
-		if r.refuseClaims(n) {
-			return nil
-		}
-	default:
-		if r.refuseClaims(n) {
-			return nil
-		}
+	case r.refuseClaims(n):
+		return nil
+	case clusterOf(n.Name) == "":
 		// A node of this cluster takes back what remote nodes claimed of
 		// its own.
 		var evict []string
@@ -633,17 +627,6 @@ func (r *Router) refuseClaims(n node.Node) bool {
 	return true
 }
 
-// podCIDRs yields n's pod CIDRs that parse.
-func (r *Router) podCIDRs(n node.Node) iter.Seq[netip.Prefix] {
-	return func(yield func(netip.Prefix) bool) {
-		for _, s := range n.PodCIDRs {
-			if p, err := netip.ParsePrefix(s); err == nil && !yield(p) {
-				return
-			}
-		}
-	}
-}
-
 // meetsThisNode says why pod CIDR p of another node is this node's ("" if
 // it is not): it overlaps this node's pod CIDR or holds its address.
 func (r *Router) meetsThisNode(p netip.Prefix) string {
@@ -670,7 +653,7 @@ func (r *Router) localClaimsOthers(n node.Node) (why string, retry bool) {
 	if ip := n.IP(); ip.IsValid() && ip == r.hostSrc {
 		return fmt.Sprintf("address %s is this node's", ip), false
 	}
-	for p := range r.podCIDRs(n) {
+	for _, p := range cidrs(n) {
 		if why := r.meetsThisNode(p); why != "" {
 			return why, false
 		}
@@ -720,7 +703,7 @@ func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 			return fmt.Sprintf("address %s is in cluster %s's pinned ranges %v", n.IP(), other, pins), false
 		}
 	}
-	for p := range r.podCIDRs(n) {
+	for _, p := range cidrs(n) {
 		if why := r.meetsThisNode(p); why != "" {
 			return why, false
 		}

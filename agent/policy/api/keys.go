@@ -32,11 +32,17 @@ func GroupKey(g AWSGroup) string {
 	return fmt.Sprintf("region=%s;ids=%s;names=%s;tags=%s", g.Region, strings.Join(ids, ","), strings.Join(names, ","), strings.Join(tags, ","))
 }
 
+// nodeSelectorPrefix starts every NodeSelectorKey.
+const nodeSelectorPrefix = "nodes:"
+
 // NodeSelectorKey is the canonical form of a toNodes/fromNodes selector.
 func NodeSelectorKey(s EndpointSelector) string {
 	b, _ := json.Marshal(s)
-	return "nodes:" + string(b)
+	return nodeSelectorPrefix + string(b)
 }
+
+// IsNodeSelectorKey says whether a selector key is a NodeSelectorKey.
+func IsNodeSelectorKey(key string) bool { return strings.HasPrefix(key, nodeSelectorPrefix) }
 
 // FQDNKey is the canonical form of a toFQDNs selector: its kind and its
 // name or pattern in lower case with one trailing dot.
