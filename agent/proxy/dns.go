@@ -180,7 +180,7 @@ func (p *Proxy) sourceIdentity(src, dst netip.AddrPort) (id uint32, steered bool
 	if p.opts.Origins == nil {
 		return p.cfg.Load().identity(src.Addr()), true // nothing tells: taken as steered
 	}
-	if id, ok := p.opts.Origins.Origin(src, dst); ok {
+	if id, ok := p.opts.Origins.Origin(src, dst, true); ok {
 		return id, true
 	}
 	return p.cfg.Load().identity(src.Addr()), false

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -941,7 +942,7 @@ func TestLearnerFloodDoesNotDelayOthers(t *testing.T) {
 // source address.
 type steeredOnly struct{ addr netip.Addr }
 
-func (s steeredOnly) Origin(src, _ netip.AddrPort) (uint32, bool) {
+func (s steeredOnly) Origin(src, _ netip.AddrPort, _ bool) (uint32, bool) {
 	return clientID, src.Addr() == s.addr
 }
 
@@ -972,5 +973,76 @@ func TestDNSUnsteeredDatagramsHoldNoSlot(t *testing.T) {
 	h.p.metrics.dnsUnsteered.Write(&m)
 	if got := m.GetCounter().GetValue(); got == 0 {
 		t.Errorf("unsteered datagrams counted %v", got)
+	}
+}
+
+// tupleOrigins is the datapath's origin map as the proxy reads it: one
+// entry per tuple, gone after a connection's read.
+type tupleOrigins struct {
+	mu sync.Mutex
+	m  map[[2]netip.AddrPort]uint32
+}
+
+func (o *tupleOrigins) Origin(src, dst netip.AddrPort, datagram bool) (uint32, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	id, ok := o.m[[2]netip.AddrPort{src, dst}]
+	if !datagram {
+		delete(o.m, [2]netip.AddrPort{src, dst})
+	}
+	return id, ok
+}
+
+// glibc and musl send a name's A and AAAA queries from one socket at
+// once; the datapath writes the tuple's origin for each, the second write
+// landing on the first. When the proxy's policy lags the datapath's, both
+// wait for it: before, the first read took the entry, and the second
+// query, found unsteered with no policy, was dropped (the resolver waited
+// its timeout, 5 s).
+func TestDNSParallelQueriesOfOneSocketBothSteered(t *testing.T) {
+	o := &tupleOrigins{m: map[[2]netip.AddrPort]uint32{}}
+	h := newDNSHarness(t, Options{Origins: o})
+	cfg := h.p.Config()
+	lagging := cfg
+	lagging.Revision, lagging.Policies = 2, nil
+	if err := h.p.SetConfig(lagging); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := netip.MustParseAddrPort(c.LocalAddr().String())
+	o.mu.Lock()
+	o.m[[2]netip.AddrPort{src, h.server}] = clientID
+	o.mu.Unlock()
+	to := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(h.udp))
+	for _, typ := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		q := new(dns.Msg)
+		q.SetQuestion("www.allowed.test.", typ)
+		b, _ := q.Pack()
+		if _, err := c.WriteToUDP(b, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the agent's config follows
+	cfg.Revision = 3
+	if err := h.p.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := map[uint16]bool{}
+	buf := make([]byte, dns.MaxMsgSize)
+	for len(got) < 2 {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("answers %v, then: %v", got, err)
+		}
+		a := new(dns.Msg)
+		if err := a.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		got[a.Question[0].Qtype] = true
 	}
 }

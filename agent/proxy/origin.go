@@ -12,8 +12,14 @@ import (
 // Origins tells the identity of a connection's source as the datapath knew
 // it when it steered the connection to the proxy (the VNI of a flow from
 // another node, a pod's own identity), by the connection's tuple.
+//
+// A connection's entry is read once, at accept, and removed. A datagram's
+// is left in place: the datapath rewrites it for every datagram of the
+// tuple, and several may be in flight before the proxy reads the first
+// (glibc and musl send a name's A and AAAA queries from one socket at
+// once); the map's LRU order retires it.
 type Origins interface {
-	Origin(src, dst netip.AddrPort) (identity uint32, ok bool)
+	Origin(src, dst netip.AddrPort, datagram bool) (identity uint32, ok bool)
 }
 
 // OriginMap reads the datapath's pinned proxy_origin map (bpf/lib/maps.h).
@@ -53,15 +59,17 @@ func netOrder(port uint16) uint16 {
 	return binary.NativeEndian.Uint16(b[:])
 }
 
-// Origin looks the connection up and removes its entry (read once, at
-// accept).
-func (o *OriginMap) Origin(src, dst netip.AddrPort) (uint32, bool) {
+// Origin looks the tuple up, removing a connection's entry (see Origins).
+func (o *OriginMap) Origin(src, dst netip.AddrPort, datagram bool) (uint32, bool) {
 	k, ok := keyOf(src, dst)
 	if !ok {
 		return 0, false
 	}
 	var id uint32
-	err := o.m.LookupAndDelete(&k, &id) // one system call per connection or datagram
+	if datagram {
+		return id, o.m.Lookup(&k, &id) == nil
+	}
+	err := o.m.LookupAndDelete(&k, &id) // one system call per connection
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		if err = o.m.Lookup(&k, &id); err == nil {
 			o.m.Delete(&k)

@@ -377,7 +377,7 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	}
 	dc := &downConn{Conn: c, p: p, src: src, dst: dst}
 	if p.opts.Origins != nil {
-		dc.srcID, dc.hasSrcID = p.opts.Origins.Origin(src, dst)
+		dc.srcID, dc.hasSrcID = p.opts.Origins.Origin(src, dst, false)
 	}
 	dc.who = source{src.Addr(), dc.srcIdentity(p.cfg.Load())}
 	p.mu.Lock()
