@@ -3,6 +3,8 @@ package routing
 import (
 	"net/netip"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/filament-net/filament/agent/node"
 )
 
@@ -19,9 +21,23 @@ type claimIndex struct {
 	// their /16, likewise.
 	narrow  map[netip.Prefix]map[netip.Prefix]bool
 	abucket map[netip.Prefix]map[netip.Addr]bool
-	// keys: WireGuard public keys → nodes (a peer is its key: a record
-	// publishing another node's key would take over its peer).
+	// keys: WireGuard public keys (wgKey) → nodes (a peer is its key: a
+	// record publishing another node's key would take over its peer).
 	keys map[string]map[string]bool
+}
+
+// wgKey is n's WireGuard public key as the key it decodes to (base64
+// skips line breaks, so a string compare would miss another spelling of
+// a key), "" for none or one that does not parse (never a peer).
+func wgKey(n node.Node) string {
+	if n.WireGuardKey == "" {
+		return ""
+	}
+	k, err := wgtypes.ParseKey(n.WireGuardKey)
+	if err != nil {
+		return ""
+	}
+	return k.String()
 }
 
 func addName(m map[string]bool, name string) map[string]bool {
@@ -40,7 +56,7 @@ func (x *claimIndex) add(n node.Node) {
 		x.abucket = map[netip.Prefix]map[netip.Addr]bool{}
 		x.keys = map[string]map[string]bool{}
 	}
-	if k := n.WireGuardKey; k != "" {
+	if k := wgKey(n); k != "" {
 		x.keys[k] = addName(x.keys[k], n.Name)
 	}
 	if ip := n.IP(); ip.Is4() {
@@ -73,7 +89,7 @@ func (x *claimIndex) add(n node.Node) {
 }
 
 func (x *claimIndex) remove(n node.Node) {
-	if k := n.WireGuardKey; k != "" && x.keys[k][n.Name] {
+	if k := wgKey(n); k != "" && x.keys[k][n.Name] {
 		if delete(x.keys[k], n.Name); len(x.keys[k]) == 0 {
 			delete(x.keys, k)
 		}
@@ -154,7 +170,7 @@ func (x *claimIndex) meets(n node.Node, f func(name, what string) bool) {
 	eachAddr := func(names map[string]bool, a netip.Addr) bool {
 		return eachOf(names, netip.PrefixFrom(a, 32), true)
 	}
-	for name := range x.keys[n.WireGuardKey] {
+	for name := range x.keys[wgKey(n)] {
 		if name != n.Name && !f(name, "WireGuard key") { // no key: none indexed under ""
 			return
 		}

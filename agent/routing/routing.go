@@ -456,8 +456,14 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 		// signature, labels): update in place, so its traffic is never
 		// without an entry, a route or a peer (learnNode's writes all
 		// replace; IPsec's states and policies depend on the addresses
-		// only), and its covers and compact entries stay.
+		// only), and its covers and compact entries stay. A rotated key
+		// moves its claim, and what met the old key may be taken.
 		r.nodes[n.Name] = n
+		if wgKey(old) != wgKey(n) {
+			r.claims.remove(old)
+			r.claims.add(n)
+			released = append(released, old)
+		}
 		if !r.down[n.Name] {
 			r.learnNode(n)
 		}

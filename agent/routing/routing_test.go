@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
@@ -510,7 +511,8 @@ func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
 	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
 	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
 	taken := func(name string) bool { _, ok := r.nodes[name]; return ok }
-	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}, WireGuardKey: "K2"}, false)
+	K2, K3, K9 := testKey(t), testKey(t), testKey(t)
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}, WireGuardKey: K2}, false)
 	if !taken("n2") {
 		t.Fatal("n2 refused")
 	}
@@ -522,7 +524,7 @@ func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
 		"outside the pool":           {IPs: []string{"172.30.0.7"}, PodCIDRs: []string{"192.168.0.0/24"}},
 		"another node's address":     {IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.3.0/24"}},
 		"this node's address":        {IPs: []string{"172.30.0.1"}, PodCIDRs: []string{"10.244.4.0/24"}},
-		"another node's key":         {IPs: []string{"172.30.0.8"}, PodCIDRs: []string{"10.244.5.0/24"}, WireGuardKey: "K2"},
+		"another node's key":         {IPs: []string{"172.30.0.8"}, PodCIDRs: []string{"10.244.5.0/24"}, WireGuardKey: K2},
 		"a pod CIDR with an address": {IPs: []string{"172.30.0.9"}, PodCIDRs: []string{"172.30.0.0/24"}},
 	} {
 		n.Name = "rogue" + strconv.Itoa(len(r.nodes)+len(r.refused))
@@ -531,18 +533,18 @@ func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
 			t.Errorf("a local record claiming %s (%v, %v) was taken", name, n.PodCIDRs, n.IPs)
 		}
 	}
-	r.NodeChanged(node.Node{Name: "n3", IPs: []string{"172.30.0.10"}, PodCIDRs: []string{"10.244.6.0/24"}, WireGuardKey: "K3"}, false)
+	r.NodeChanged(node.Node{Name: "n3", IPs: []string{"172.30.0.10"}, PodCIDRs: []string{"10.244.6.0/24"}, WireGuardKey: K3}, false)
 	if !taken("n3") {
 		t.Fatal("a node claiming its own was refused")
 	}
 	// A remote node publishing a local node's key is refused; a remote
 	// node holding a key a local node then publishes gives way.
-	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}, WireGuardKey: "K2"}, false)
+	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}, WireGuardKey: K2}, false)
 	if taken("east/e1") {
 		t.Error("a remote node publishing local node n2's WireGuard key was taken")
 	}
-	r.NodeChanged(node.Node{Name: "east/e2", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.60.1.0/24"}, WireGuardKey: "K9"}, false)
-	r.NodeChanged(node.Node{Name: "n4", IPs: []string{"172.30.0.11"}, PodCIDRs: []string{"10.244.7.0/24"}, WireGuardKey: "K9"}, false)
+	r.NodeChanged(node.Node{Name: "east/e2", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.60.1.0/24"}, WireGuardKey: K9}, false)
+	r.NodeChanged(node.Node{Name: "n4", IPs: []string{"172.30.0.11"}, PodCIDRs: []string{"10.244.7.0/24"}, WireGuardKey: K9}, false)
 	if !taken("n4") || taken("east/e2") {
 		t.Errorf("a local node publishing a key a remote node held: local taken %v, remote still taken %v", taken("n4"), taken("east/e2"))
 	}
@@ -554,5 +556,45 @@ func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
 	r.NodeChanged(node.Node{Name: "n3"}, true)
 	if !taken("n5") {
 		t.Error("a refused record was not taken once the node whose pod CIDR it met went")
+	}
+}
+
+func testKey(t *testing.T) string {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey().String()
+}
+
+// A WireGuard key is claimed as the key it decodes to, and a rotated key
+// moves the claim. Before, the index compared the published strings:
+// another spelling of a node's key (base64 skips line breaks) took over
+// its peer, and a key rotated in place (same addresses and pod CIDRs)
+// was never indexed, so another node could publish it, while the old
+// key stayed claimed and held off the record it met.
+func TestWireGuardKeyClaimsCanonicalAndRotated(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
+	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
+	taken := func(name string) bool { _, ok := r.nodes[name]; return ok }
+	old, rotated := testKey(t), testKey(t)
+	n2 := node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}, WireGuardKey: old}
+	r.NodeChanged(n2, false)
+	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}, WireGuardKey: old[:20] + "\r\n" + old[20:]}, false)
+	if !taken("n2") || taken("east/e1") {
+		t.Fatalf("another spelling of n2's key: n2 taken %v, the remote taken %v", taken("n2"), taken("east/e1"))
+	}
+	n2.WireGuardKey = rotated
+	r.NodeChanged(n2, false)
+	if !taken("east/e1") {
+		t.Error("n2 rotated its key, and the record that met the old one was not taken")
+	}
+	r.NodeChanged(node.Node{Name: "east/e2", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.60.1.0/24"}, WireGuardKey: rotated}, false)
+	if taken("east/e2") {
+		t.Error("a remote node publishing n2's rotated key was taken")
 	}
 }
