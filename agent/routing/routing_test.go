@@ -505,12 +505,7 @@ func TestClusterHolds(t *testing.T) {
 // local node's public key took over that node's peer (allowed IPs,
 // endpoint) on every node of this cluster.
 func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
-	inNetns(t)
-	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
-	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
-	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
-	taken := func(name string) bool { _, ok := r.nodes[name]; return ok }
+	r, taken := vettingRouter(t)
 	K2, K3, K9 := testKey(t), testKey(t), testKey(t)
 	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}, WireGuardKey: K2}, false)
 	if !taken("n2") {
@@ -559,6 +554,17 @@ func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
 	}
 }
 
+// vettingRouter is node n1's router (172.30.0.1, pod CIDR 10.244.0.0/24
+// of the pool 10.244.0.0/16), and taken tells whether it took a node.
+func vettingRouter(t *testing.T) (r *Router, taken func(name string) bool) {
+	inNetns(t)
+	r = newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
+	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
+	return r, func(name string) bool { _, ok := r.nodes[name]; return ok }
+}
+
 func testKey(t *testing.T) string {
 	t.Helper()
 	k, err := wgtypes.GeneratePrivateKey()
@@ -575,12 +581,7 @@ func testKey(t *testing.T) string {
 // was never indexed, so another node could publish it, while the old
 // key stayed claimed and held off the record it met.
 func TestWireGuardKeyClaimsCanonicalAndRotated(t *testing.T) {
-	inNetns(t)
-	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
-	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
-	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
-	taken := func(name string) bool { _, ok := r.nodes[name]; return ok }
+	r, taken := vettingRouter(t)
 	old, rotated := testKey(t), testKey(t)
 	n2 := node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}, WireGuardKey: old}
 	r.NodeChanged(n2, false)
