@@ -425,6 +425,9 @@ func (a *Agent) startEndpoints(ctx context.Context) error {
 	} else if removed > 0 {
 		slog.Info("removed leftover datapath entries", "count", removed)
 	}
+	// Policies' CIDR identities follow the cluster's nodes (the mesh's
+	// come after this reconcile).
+	a.every(ctx, "policy CIDR recheck", 2*time.Second, a.engine.RecheckCIDRs)
 	if a.names != nil {
 		a.names.forgetOthers(eps.List())
 	}

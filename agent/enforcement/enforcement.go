@@ -52,6 +52,22 @@ type Datapath interface {
 	HoldRevision() (release func() error)
 }
 
+// Router is what the engine asks of the router that follows the other
+// nodes (agent/routing.Router; a fake in tests).
+type Router interface {
+	Mode() string
+	// ClusterHolds says whether a prefix is the cluster's (a node's
+	// address, inside a known pod CIDR).
+	ClusterHolds(p netip.Prefix) bool
+	// Wanted is every remote entry it writes; Rewrite writes p's again.
+	Wanted() map[netip.Prefix]ipcache.Entry
+	Rewrite(p netip.Prefix)
+	// GiveBack writes the router's entry for p, or deletes p when it has
+	// none.
+	GiveBack(p netip.Prefix)
+	Reneed(d sparse.Diff, install bool)
+}
+
 // Engine joins the resolver and the datapath.
 type Engine struct {
 	dp   Datapath
@@ -66,8 +82,11 @@ type Engine struct {
 
 	// Cluster-wide state (nil on a node without it).
 	ipsync *ipcache.Sync
-	router *routing.Router
+	router Router
 	nodeIP netip.Addr
+	// cidrs: the policies' CIDR identities the engine wrote (the rest are
+	// the cluster's, clusterHolds), as RecheckCIDRs keeps them.
+	cidrs map[netip.Prefix]identity.NumericIdentity
 
 	// Sparse remote ipcache (nil: full): the need follows every change
 	// and the router writes the /32s it asks for.
@@ -104,7 +123,7 @@ func (e *Engine) EnsureCover(cluster uint32, name string) {
 
 // SetCluster makes the engine publish local endpoints in the cluster
 // ipcache and keep the router's remote entries at reconcile.
-func (e *Engine) SetCluster(s *ipcache.Sync, r *routing.Router, nodeIP netip.Addr) {
+func (e *Engine) SetCluster(s *ipcache.Sync, r Router, nodeIP netip.Addr) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.ipsync, e.router, e.nodeIP = s, r, nodeIP
@@ -114,7 +133,8 @@ func (e *Engine) SetCluster(s *ipcache.Sync, r *routing.Router, nodeIP netip.Add
 // and lookup finds an identity's labels.
 func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Addr,
 	lookup func(identity.NumericIdentity) (identity.Identity, error)) *Engine {
-	return &Engine{dp: dp, res: res, repo: repo, lookup: lookup, endpoints: map[uint16]endpoint.Endpoint{}, hostIPs: hostIPs}
+	return &Engine{dp: dp, res: res, repo: repo, lookup: lookup, endpoints: map[uint16]endpoint.Endpoint{}, hostIPs: hostIPs,
+		cidrs: map[netip.Prefix]identity.NumericIdentity{}}
 }
 
 // Resolver exposes the resolver (trace, status).
@@ -162,24 +182,86 @@ func (e *Engine) apply(c policy.Change) (err error) {
 	for p, id := range c.CIDRUpserts {
 		if held(p) {
 			slog.Debug("a policy's CIDR names the cluster's addresses: their own identities stay", "cidr", p)
+			e.giveBack(p)
 			continue
 		}
 		if err := e.dp.UpsertIPCache(p, id); err != nil {
 			return err
 		}
+		e.cidrs[p] = id
 	}
 	for _, p := range c.CIDRDeletes {
 		if held(p) {
-			continue // never written, or a pod's or node's entry since
+			e.giveBack(p) // a pod's or node's entry, if any, is its own
+			continue
 		}
 		if err := e.dp.DeleteIPCache(p); err != nil {
 			return err
 		}
+		delete(e.cidrs, p)
 	}
 	if !need.Empty() {
 		e.router.Reneed(need, false)
 	}
 	return nil
+}
+
+// giveBack hands CIDR prefix p, if the engine wrote it, back to the
+// cluster: a local endpoint's or this node's entry, or the router's, or
+// none. e.mu is held.
+func (e *Engine) giveBack(p netip.Prefix) {
+	if _, wrote := e.cidrs[p]; !wrote {
+		return
+	}
+	delete(e.cidrs, p)
+	if p.Bits() == 32 {
+		for _, ep := range e.endpoints {
+			if ep.IPv4 == p.Addr() {
+				e.dp.UpsertIPCache(p, ep.Identity)
+				return
+			}
+		}
+		for _, a := range e.hostIPs {
+			if a == p.Addr() {
+				e.dp.UpsertIPCache(p, identity.Host)
+				return
+			}
+		}
+	}
+	if e.router != nil {
+		e.router.GiveBack(p)
+		return
+	}
+	e.dp.DeleteIPCache(p)
+}
+
+// RecheckCIDRs keeps the policies' CIDR identities off the cluster's
+// addresses as the cluster changes (the agent runs it every few
+// seconds): a prefix the cluster holds now is given back (a node came,
+// with the pod CIDR it lies in: at the agent's start the mesh's nodes
+// come after the policies), one it no longer holds is written (its node
+// went). It returns how many it changed.
+func (e *Engine) RecheckCIDRs() (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	cidrs := e.res.CIDRIdentities()
+	held := e.clusterHolds(len(cidrs))
+	changed := 0
+	for p, id := range cidrs {
+		w, wrote := e.cidrs[p]
+		switch h := held(p); {
+		case h && wrote:
+			e.giveBack(p)
+			changed++
+		case !h && (!wrote || w != id):
+			if err := e.dp.UpsertIPCache(p, id); err != nil {
+				return changed, err
+			}
+			e.cidrs[p] = id
+			changed++
+		}
+	}
+	return changed, nil
 }
 
 // clusterHolds returns whether a policy's CIDR prefix is the cluster's
@@ -421,9 +503,11 @@ func (e *Engine) Reconcile() (removed int, err error) {
 	wantIP := map[netip.Prefix]identity.NumericIdentity{}
 	cidrs := e.res.CIDRIdentities()
 	held := e.clusterHolds(len(cidrs))
+	clear(e.cidrs)
 	for p, id := range cidrs {
 		if !held(p) {
 			wantIP[p] = id
+			e.cidrs[p] = id
 		}
 	}
 	for _, ep := range e.endpoints {

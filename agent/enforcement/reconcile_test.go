@@ -12,9 +12,11 @@ import (
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/agent/policy"
 	"github.com/filament-net/filament/agent/policy/api"
+	"github.com/filament-net/filament/agent/sparse"
 	"github.com/filament-net/filament/bpf"
 )
 
@@ -254,5 +256,106 @@ func TestPolicyWriteFailureFailsClosed(t *testing.T) {
 	}
 	if !dp.ingress[web.IPv4] {
 		t.Error("the policy's write failed and web was left unenforced: every peer allowed")
+	}
+}
+
+// fakeRouter is the router as the engine sees it: the prefixes the
+// cluster's nodes hold (their pod CIDRs, whose pods' entries the router
+// writes as entries of dp) and nothing else.
+type fakeRouter struct {
+	dp    *fakeDP
+	pods  map[netip.Prefix]bool                     // pod CIDRs of known nodes
+	entry map[netip.Prefix]identity.NumericIdentity // the pods' entries it writes
+}
+
+func (r *fakeRouter) Mode() string { return "tunnel" }
+func (r *fakeRouter) ClusterHolds(p netip.Prefix) bool {
+	for c := range r.pods {
+		if c.Bits() <= p.Bits() && c.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+func (r *fakeRouter) Wanted() map[netip.Prefix]ipcache.Entry { return nil }
+func (r *fakeRouter) Rewrite(p netip.Prefix)                 { r.GiveBack(p) }
+func (r *fakeRouter) GiveBack(p netip.Prefix) {
+	if id, ok := r.entry[p]; ok {
+		r.dp.ipcache[p] = id
+		return
+	}
+	delete(r.dp.ipcache, p)
+}
+func (r *fakeRouter) Reneed(sparse.Diff, bool) {}
+
+// A policy's CIDR identity is kept off the cluster's addresses as the
+// cluster changes, not only when the policy is applied: before, a CIDR
+// inside a node's pod CIDR written before that node was known (at the
+// agent's start, before the mesh's sync) stayed over its pods, and one
+// held when applied was never written once its node went. And the
+// engine deletes what it wrote, held since or not: before, its delete
+// was skipped as the cluster's and the CIDR entry stayed over the pods.
+func TestPolicyCIDRFollowsTheCluster(t *testing.T) {
+	dp, e, _, hostIP := newWebEngine(t, "")
+	r := &fakeRouter{dp: dp, pods: map[netip.Prefix]bool{}, entry: map[netip.Prefix]identity.NumericIdentity{}}
+	e.SetCluster(nil, r, hostIP)
+	if _, err := e.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	inside := netip.MustParsePrefix("10.60.0.0/28") // in east's pod CIDR 10.60.0.0/24
+	pod := netip.MustParsePrefix("10.60.0.5/32")
+	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: x, namespace: tenant}
+spec:
+  endpointSelector: {}
+  egress: [{toCIDR: ["10.60.0.0/28", "10.60.0.5/32"]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ImportScoped("kubernetes", ps); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := dp.ipcache[inside]; !ok {
+		t.Fatal("a CIDR no node holds was not written")
+	}
+	// east's node comes: its pod 10.60.0.5's entry is written.
+	r.pods[netip.MustParsePrefix("10.60.0.0/24")] = true
+	r.entry[pod] = 5000
+	dp.ipcache[pod] = 5000
+	if _, err := e.RecheckCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := dp.ipcache[inside]; ok {
+		t.Error("a CIDR inside a pod CIDR stayed over its pods once their node came")
+	}
+	if id := dp.ipcache[pod]; id != 5000 {
+		t.Errorf("the pod's address has identity %d, want its own 5000", id)
+	}
+	// The node goes: the CIDRs are the policy's again.
+	clear(r.pods)
+	clear(r.entry)
+	delete(dp.ipcache, pod)
+	if _, err := e.RecheckCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []netip.Prefix{inside, pod} {
+		if _, ok := dp.ipcache[p]; !ok {
+			t.Errorf("%s was not written once its node went", p)
+		}
+	}
+	// The node comes back; the policy goes before a recheck: what the
+	// engine wrote goes with it, the pod's entry is the router's.
+	r.pods[netip.MustParsePrefix("10.60.0.0/24")] = true
+	r.entry[pod] = 5000
+	if _, err := e.Delete(ps[0].Key()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := dp.ipcache[inside]; ok {
+		t.Error("the policy's CIDR entry stayed after its delete")
+	}
+	if id := dp.ipcache[pod]; id != 5000 {
+		t.Errorf("after the delete the pod's address has identity %d, want its own 5000", id)
 	}
 }

@@ -486,21 +486,39 @@ func (r *Router) sparseWanted(out map[netip.Prefix]ipcache.Entry) {
 func (r *Router) Rewrite(p netip.Prefix) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.rewrite(p)
+}
+
+// GiveBack writes p's entry as Rewrite does, or deletes p when the router
+// has none (a policy's CIDR entry given back to the cluster).
+func (r *Router) GiveBack(p netip.Prefix) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.rewrite(p) {
+		r.dp.DeleteIPCache(p)
+	}
+}
+
+// rewrite writes p's entry, if the router has one, and tells whether it
+// had. r.mu is held.
+func (r *Router) rewrite(p netip.Prefix) bool {
 	if r.sp != nil {
 		for name, cs := range r.sp.covers {
 			if slices.Contains(cs, p) {
 				r.dp.UpsertIPCacheCover(p, sparse.Cover(r.sp.clusterID[clusterOf(name)]), r.tunnelOf(r.nodes[name].IP()))
-				return
+				return true
 			}
 		}
 		if _, ce, ok := r.compactOwner(p.Addr()); ok && p.Bits() == 32 && r.sp.installed[p.Addr()] {
 			r.dp.UpsertIPCacheTunnel(p, ce.id, r.tunnelOf(addrOf(ce.host)))
-			return
+			return true
 		}
 	}
 	if e, ok := r.entries[p.Addr()]; ok && p.Bits() == 32 && r.entryOK(e) && !r.down[e.Node] {
 		r.writeEntry(e)
+		return true
 	}
+	return false
 }
 
 // Stats counts the remote entries: held compactly, written as /32s of
