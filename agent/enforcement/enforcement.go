@@ -266,8 +266,8 @@ func (e *Engine) RecheckCIDRs() (int, error) {
 
 // clusterHolds returns whether a policy's CIDR prefix is the cluster's
 // (a local endpoint's or this node's address, or what the router says
-// is: a pod CIDR of a known node, a node's address, but the node
-// addresses toNodes selectors name), so that its CIDR
+// is: a pod CIDR of a known node, a node's address, but the other
+// nodes' addresses toNodes selectors name), so that its CIDR
 // identity is not written over the pods' and nodes' entries nor deletes
 // them: a tenant's namespaced policy may name any address. n: how many
 // prefixes will be asked about (the endpoints' addresses are indexed
@@ -284,10 +284,15 @@ func (e *Engine) clusterHolds(n int) func(netip.Prefix) bool {
 		own[ep.IPv4] = true
 	}
 	return func(p netip.Prefix) bool {
-		held := p.Bits() == 32 && own[p.Addr()] || e.router != nil && e.router.ClusterHolds(p)
-		// A toNodes selector selects nodes by the CIDR identities of their
-		// addresses (the operator's node selection, not a pod's address).
-		return held && !e.res.NodeSelected(p)
+		if p.Bits() == 32 && own[p.Addr()] {
+			// This node's addresses are host (toNodes does not select
+			// them: toEntities host does), its endpoints' their own.
+			return true
+		}
+		// A toNodes selector selects other nodes by the CIDR identities of
+		// their addresses (the operator's node selection, not a pod's
+		// address).
+		return e.router != nil && e.router.ClusterHolds(p) && !e.res.NodeSelected(p)
 	}
 }
 

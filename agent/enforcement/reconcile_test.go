@@ -359,3 +359,49 @@ spec:
 		t.Errorf("after the delete the pod's address has identity %d, want its own 5000", id)
 	}
 }
+
+// A toNodes selector that names this node keeps this node's addresses
+// the host identity, as a reconcile writes them: before, the policy's
+// apply wrote a CIDR identity over them (a tenant's toNodes: [{}] took
+// `host` from every pod's policies on every node) and the next reconcile
+// wrote host back. Another node's address does get its CIDR identity:
+// that is how toNodes selects it.
+func TestNodeSelectorKeepsThisNodeHost(t *testing.T) {
+	dp, e, _, hostIP := newWebEngine(t, "")
+	other := netip.MustParseAddr("172.30.0.2")
+	r := &fakeRouter{dp: dp, pods: map[netip.Prefix]bool{netip.PrefixFrom(other, 32): true}, entry: map[netip.Prefix]identity.NumericIdentity{}}
+	e.SetCluster(nil, r, hostIP)
+	if _, err := e.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: x, namespace: tenant}
+spec:
+  endpointSelector: {}
+  egress: [{toNodes: [{}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ImportScoped("kubernetes", ps); err != nil {
+		t.Fatal(err)
+	}
+	for key := range e.res.NodeSelectorsInUse() {
+		e.GroupChanged(key, []netip.Addr{hostIP, other})
+	}
+	check := func(when string) {
+		t.Helper()
+		if id := dp.ipcache[netip.PrefixFrom(hostIP, 32)]; id != identity.Host {
+			t.Errorf("%s: this node's address has identity %d, want host", when, id)
+		}
+		if id := dp.ipcache[netip.PrefixFrom(other, 32)]; !id.IsLocal() {
+			t.Errorf("%s: the other node's address has identity %d, want its CIDR identity", when, id)
+		}
+	}
+	check("node selector resolved")
+	if _, err := e.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	check("after a reconcile")
+}
