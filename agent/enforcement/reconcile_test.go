@@ -200,19 +200,13 @@ func TestPolicyCIDRCannotTakeClusterAddresses(t *testing.T) {
 	if _, err := e.Reconcile(); err != nil { // as at the agent's start: the host's entries
 		t.Fatal(err)
 	}
-	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+	ps := importTenant(t, e, `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: x, namespace: tenant}
 spec:
   endpointSelector: {}
   egress: [{toCIDR: ["10.244.0.2/32", "172.30.0.1/32", "192.0.2.0/24"]}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.ImportScoped("kubernetes", ps); err != nil {
-		t.Fatal(err)
-	}
+`)
 	check := func(when string) {
 		t.Helper()
 		if id := dp.ipcache[netip.PrefixFrom(web.IPv4, 32)]; id != 300 {
@@ -304,19 +298,13 @@ func TestPolicyCIDRFollowsTheCluster(t *testing.T) {
 	}
 	inside := netip.MustParsePrefix("10.60.0.0/28") // in east's pod CIDR 10.60.0.0/24
 	pod := netip.MustParsePrefix("10.60.0.5/32")
-	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+	ps := importTenant(t, e, `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: x, namespace: tenant}
 spec:
   endpointSelector: {}
   egress: [{toCIDR: ["10.60.0.0/28", "10.60.0.5/32"]}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.ImportScoped("kubernetes", ps); err != nil {
-		t.Fatal(err)
-	}
+`)
 	if _, ok := dp.ipcache[inside]; !ok {
 		t.Fatal("a CIDR no node holds was not written")
 	}
@@ -374,19 +362,13 @@ func TestNodeSelectorKeepsThisNodeHost(t *testing.T) {
 	if _, err := e.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
-	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+	importTenant(t, e, `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: x, namespace: tenant}
 spec:
   endpointSelector: {}
   egress: [{toNodes: [{}]}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.ImportScoped("kubernetes", ps); err != nil {
-		t.Fatal(err)
-	}
+`)
 	for key := range e.res.NodeSelectorsInUse() {
 		e.GroupChanged(key, []netip.Addr{hostIP, other})
 	}
@@ -404,4 +386,18 @@ spec:
 		t.Fatal(err)
 	}
 	check("after a reconcile")
+}
+
+// importTenant imports the policies of doc as a namespace's (Kubernetes
+// scope).
+func importTenant(t *testing.T, e *Engine, doc string) []api.Policy {
+	t.Helper()
+	ps, err := api.Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ImportScoped("kubernetes", ps); err != nil {
+		t.Fatal(err)
+	}
+	return ps
 }
