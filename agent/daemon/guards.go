@@ -82,27 +82,37 @@ func controlPorts(cfg config.Config) []uint16 {
 			ports = append(ports, uint16(p))
 		}
 	}
+	// The node's own first (a kvstore of many ports does not crowd them
+	// out), the metrics listener's last.
 	add(cfg.MemberlistPort)
 	add(cfg.ProxyPort)
-	urls := cfg.Etcd.Endpoints
-	if len(urls) == 0 {
-		urls = []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL}
-	}
-	for _, u := range urls {
-		if pu, err := url.Parse(u); err == nil {
-			p, _ := strconv.Atoi(pu.Port())
-			add(p)
-		}
-	}
 	if cfg.Routing == routing.Tunnel {
 		add(routing.VXLANPort)
 	}
-	for _, l := range []string{cfg.PrometheusListen, cfg.HubbleListen} {
+	addListen := func(l string) {
 		if _, port, err := net.SplitHostPort(l); err == nil {
 			p, _ := strconv.Atoi(port)
 			add(p)
 		}
 	}
+	addListen(cfg.HubbleListen)
+	urls := cfg.Etcd.Endpoints
+	if len(urls) == 0 {
+		urls = []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL}
+	}
+	for _, u := range urls {
+		pu, err := url.Parse(u)
+		if err != nil {
+			continue
+		}
+		if pu.Port() == "" {
+			slog.Warn("kvstore endpoint without a port: not a control port (name its port to keep pods off it on node addresses)", "endpoint", u)
+			continue
+		}
+		p, _ := strconv.Atoi(pu.Port())
+		add(p)
+	}
+	addListen(cfg.PrometheusListen)
 	return ports
 }
 

@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/config"
+	"github.com/filament-net/filament/agent/routing"
 )
 
 // Every listener of the node's control plane is a control port pods may
@@ -21,6 +23,27 @@ func TestControlPortsCoverEveryListener(t *testing.T) {
 	cfg.ProxyPort = 15001
 	got := controlPorts(cfg)
 	for _, p := range []uint16{2379, 32379, 4244, 7946, 15001} {
+		if !slices.Contains(got, p) {
+			t.Errorf("port %d not a control port: %v", p, got)
+		}
+	}
+}
+
+// An external kvstore of many ports does not crowd the node's own
+// control ports out of the datapath's eight: before, its ports came
+// before the overlay's, and a kvstore of six distinct ports left VXLAN
+// (pods forging encapsulated traffic, with any identity in its VNI)
+// unprotected.
+func TestControlPortsKvstoreDoesNotCrowdOut(t *testing.T) {
+	var cfg config.Config
+	for p := 2379; p < 2385; p++ {
+		cfg.Etcd.Endpoints = append(cfg.Etcd.Endpoints, fmt.Sprintf("https://etcd-%d.example:%d", p, p))
+	}
+	cfg.Routing = routing.Tunnel
+	cfg.MemberlistPort, cfg.ProxyPort = 7946, 15001
+	cfg.PrometheusListen, cfg.HubbleListen = ":9962", ":4244"
+	got := controlPorts(cfg)
+	for _, p := range []uint16{routing.VXLANPort, 7946, 15001, 4244, 2379} {
 		if !slices.Contains(got, p) {
 			t.Errorf("port %d not a control port: %v", p, got)
 		}
