@@ -33,7 +33,8 @@ const stateFile = "config.json"
 //	GET /v1/dns/learned  allowed DNS answers' addresses as NDJSON (Learned),
 //	                 for the agent: one follower at a time, each answer held
 //	                 until acknowledged
-//	POST /v1/dns/ack {"seq": N}: every answer up to N is in the datapath
+//	POST /v1/dns/ack {"session": S, "seq": N}: the answers given to
+//	                 follower S up to the one numbered N are in the datapath
 //	GET /metrics     Prometheus
 //	GET /healthz     ok
 //
