@@ -204,6 +204,11 @@ type Registry struct {
 	// detection still reaches it; pending are those records.
 	hold    *kvstore.Hold[string]
 	pending map[string]bool
+	// ctx is the registry's (it ends with the agent); retrying: a failed
+	// publish of a change is being tried again; again: another failed
+	// while it was, so the retrier goes on after its success.
+	ctx             context.Context
+	retrying, again bool
 }
 
 func (r *Registry) key(n Node) string { return NodesPrefix + n.Cluster + "/" + n.Name }
@@ -216,7 +221,7 @@ func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, 
 	if self.Health == "" {
 		self.Health = "ok"
 	}
-	r := &Registry{kv: kv, lease: lease, self: self, nodes: map[string]Node{}, unreachable: map[string]bool{}, synced: make(chan struct{}), pending: map[string]bool{}}
+	r := &Registry{kv: kv, lease: lease, self: self, nodes: map[string]Node{}, unreachable: map[string]bool{}, synced: make(chan struct{}), pending: map[string]bool{}, ctx: ctx}
 	if len(sign) > 0 {
 		r.sign = sign[0]
 	}
@@ -254,12 +259,54 @@ func (r *Registry) publish(ctx context.Context, lease int64) error {
 }
 
 // UpdateSelf changes this node's record and publishes it (e.g. a rotated
-// WireGuard key).
+// WireGuard key). When the publish fails the change stays, and it is
+// published again in the background (1 s doubling up to 30 s) until it
+// is in; the error is returned all the same.
 func (r *Registry) UpdateSelf(ctx context.Context, f func(*Node)) error {
 	r.mu.Lock()
 	f(&r.self)
 	r.mu.Unlock()
-	return r.publish(ctx, r.lease.ID())
+	err := r.publish(ctx, r.lease.ID())
+	if err != nil {
+		r.retryPublish()
+	}
+	return err
+}
+
+// retryPublish publishes the record again until it is in (one retrier at
+// a time: each try publishes the newest record).
+func (r *Registry) retryPublish() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.retrying {
+		r.again = true
+		return
+	}
+	r.retrying = true
+	go func() {
+		wait := time.Second
+		for {
+			select {
+			case <-r.ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			err := r.publish(r.ctx, r.lease.ID())
+			if err == nil {
+				r.mu.Lock()
+				again := r.again
+				r.retrying, r.again = again, false
+				r.mu.Unlock()
+				if again {
+					continue // published, perhaps before the newest change
+				}
+				slog.Info("published this node's changed record after a failure")
+				return
+			}
+			slog.Warn("could not publish this node's changed record; trying again", "in", wait, "err", err)
+			wait = min(2*wait, 30*time.Second)
+		}
+	}()
 }
 
 // Subscribe calls f for every node that appears, changes or goes (this

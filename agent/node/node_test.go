@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,5 +147,49 @@ func TestStoredRecordHasNoReachability(t *testing.T) {
 	}
 	if l := r.List(); len(l) != 1 || !l[0].Reachable {
 		t.Fatalf("list: %+v", l)
+	}
+}
+
+// A change of this node's record whose publish fails (the kvstore out of
+// reach a moment, as during a rotation) is published again until it is
+// in: before, it waited for the lease to be granted again, and peers
+// kept the old WireGuard key while this node used the new one (its
+// traffic dropped) for as long as the lease lived.
+func TestUpdateSelfRetriedAfterFailure(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kv := testutil.Connect(t, ep)
+	lease, err := kv.GrantLease(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Abandon()
+	var failing atomic.Bool
+	sign := func(*node.Node) error {
+		if failing.Load() {
+			return errors.New("signer unavailable")
+		}
+		return nil
+	}
+	r, err := node.NewRegistry(ctx, kv, lease, node.Node{Name: "a", Cluster: "c1", IPs: []string{"172.30.0.9"}}, sign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failing.Store(true)
+	if err := r.UpdateSelf(ctx, func(n *node.Node) { n.WireGuardKey = "rotated" }); err == nil {
+		t.Fatal("a failed publish reported success")
+	}
+	failing.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := kv.Get(ctx, node.NodesPrefix+"c1/a")
+		if err == nil && strings.Contains(string(got.Value), `"wireguardPublicKey":"rotated"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the changed record was not published again: %s (%v)", got.Value, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
