@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -122,15 +123,7 @@ func TestRegistry(t *testing.T) {
 // Reachability is this agent's local view: it is listed (node list) but
 // never written to the cluster's record, whatever its value.
 func TestStoredRecordHasNoReachability(t *testing.T) {
-	ep := testutil.Etcd(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	kv := testutil.Connect(t, ep)
-	lease, err := kv.GrantLease(ctx, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lease.Abandon()
+	ctx, kv, lease := leased(t, 5*time.Second)
 	r, err := node.NewRegistry(ctx, kv, lease, node.Node{Name: "a", Cluster: "c1", IPs: []string{"172.30.0.9"}, Reachable: true})
 	if err != nil {
 		t.Fatal(err)
@@ -156,15 +149,7 @@ func TestStoredRecordHasNoReachability(t *testing.T) {
 // kept the old WireGuard key while this node used the new one (its
 // traffic dropped) for as long as the lease lived.
 func TestUpdateSelfRetriedAfterFailure(t *testing.T) {
-	ep := testutil.Etcd(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	kv := testutil.Connect(t, ep)
-	lease, err := kv.GrantLease(ctx, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lease.Abandon()
+	ctx, kv, lease := leased(t, 30*time.Second)
 	var failing atomic.Bool
 	sign := func(*node.Node) error {
 		if failing.Load() {
@@ -192,4 +177,20 @@ func TestUpdateSelfRetriedAfterFailure(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// leased is a kvstore client of a test etcd and a lease of ttl, both
+// ended with the test, and a context that ends with it.
+func leased(t *testing.T, ttl time.Duration) (context.Context, *kvstore.Client, *kvstore.Lease) {
+	t.Helper()
+	ep := testutil.Etcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	kv := testutil.Connect(t, ep)
+	lease, err := kv.GrantLease(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lease.Abandon)
+	return ctx, kv, lease
 }
