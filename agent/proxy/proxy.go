@@ -168,6 +168,9 @@ func New(o Options) *Proxy {
 		ModifyResponse: func(r *http.Response) error {
 			s := stateOf(r.Request)
 			s.status = r.StatusCode
+			if s.body != nil {
+				s.body.answered()
+			}
 			s.headDone() // the response's head is in: the request's is no longer held
 			return nil
 		},
@@ -686,12 +689,49 @@ type reqState struct {
 	// held is what the request holds of headBudget until its response's
 	// head is in (headDone).
 	held int64
+	// body: an HTTP/2 stream's body, timed until the response's head is
+	// in (nil for others).
+	body *streamBody
 }
 
 // headDone gives back the request's hold of headBudget (once).
 func (s *reqState) headDone() {
 	headBudget.release(s.conn.who, s.held)
 	s.held = 0
+}
+
+// streamBody is an HTTP/2 stream's request body, cut off after idle
+// without a byte from the client (between ¾ and all of it: the stream's
+// read deadline is moved at most every quarter) until the upstream has
+// answered the head; from then on the stream is a live exchange (a gRPC
+// bidirectional stream may be quiet for long) and is not timed.
+// net/http's server has no per-stream timeout of its own.
+type streamBody struct {
+	io.ReadCloser
+	rc *http.ResponseController
+	mu sync.Mutex // idle, moved: a read and the answer race
+	// idle 0: answered, no longer timed.
+	idle  time.Duration
+	moved time.Time
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if now := time.Now(); b.idle > 0 && now.Sub(b.moved) >= b.idle/4 {
+		b.moved = now
+		b.rc.SetReadDeadline(now.Add(b.idle))
+	}
+	b.mu.Unlock()
+	return b.ReadCloser.Read(p)
+}
+
+// answered stops timing the body (a read may be waiting: its deadline
+// goes too).
+func (b *streamBody) answered() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.idle = 0
+	b.rc.SetReadDeadline(time.Time{})
 }
 
 func stateOf(r *http.Request) *reqState {
@@ -799,6 +839,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.headDone()
 	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
+	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 {
+		rc := http.NewResponseController(w)
+		if rc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout)) == nil {
+			s.body = &streamBody{ReadCloser: r.Body, rc: rc, idle: p.opts.IdleTimeout, moved: time.Now()}
+			out.Body = s.body
+		}
+	}
 	p.rp.ServeHTTP(w, out)
 	verdict := Forwarded
 	if s.failed {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -596,5 +597,58 @@ func TestConnsPerSourceBounded(t *testing.T) {
 			t.Fatal("a closed connection did not free its place")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// An HTTP/2 stream's request body that stalls before the upstream
+// answers is cut off after the idle timeout, as an HTTP/1.x body is:
+// before, net/http's server has no per-stream timeout, and the stream
+// held its goroutines and upstream stream for as long as the client
+// kept the connection. Once the upstream has answered the head, the
+// stream is a live exchange (a gRPC bidirectional stream, quiet for a
+// while) and is not cut.
+func TestStalledH2BodyCut(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/public/stream" {
+			w.WriteHeader(200)
+			http.NewResponseController(w).Flush()
+		}
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprint(w, len(b))
+	}), Options{IdleTimeout: time.Second})
+	h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Method: "POST", Path: "/public/.*"}}})
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protocols, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return clientDialer().DialContext(ctx, "tcp", h.addr)
+	}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 15 * time.Second}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte("0123456789")) // then nothing
+	resp, err := c.Post(h.url("/public/slow"), "application/octet-stream", pr)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || err != nil && strings.Contains(err.Error(), "Client.Timeout") {
+		t.Fatalf("a stream's body stalled after 10 bytes was not cut off by the proxy: %v", err)
+	}
+	// Answered first, then quiet for twice the idle timeout: kept.
+	pr, pw = io.Pipe()
+	go func() {
+		pw.Write([]byte("a"))
+		time.Sleep(2 * time.Second)
+		pw.Write([]byte("b"))
+		pw.Close()
+	}()
+	resp, err = c.Post(h.url("/public/stream"), "application/octet-stream", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "2" {
+		t.Fatalf("a stream quiet after its answer's head: %q, %v", b, err)
 	}
 }
