@@ -191,14 +191,9 @@ func (e *Engine) apply(c policy.Change) (err error) {
 		e.cidrs[p] = id
 	}
 	for _, p := range c.CIDRDeletes {
-		if held(p) {
-			e.giveBack(p) // a pod's or node's entry, if any, is its own
-			continue
-		}
-		if err := e.dp.DeleteIPCache(p); err != nil {
+		if err := e.dropCIDR(p, held(p)); err != nil {
 			return err
 		}
-		delete(e.cidrs, p)
 	}
 	if !need.Empty() {
 		e.router.Reneed(need, false)
@@ -213,26 +208,49 @@ func (e *Engine) giveBack(p netip.Prefix) {
 	if _, wrote := e.cidrs[p]; !wrote {
 		return
 	}
+	if err := e.giveBackWritten(p); err != nil {
+		slog.Warn("a policy's CIDR entry not given back to the cluster; trying again", "cidr", p, "err", err)
+		return // still the engine's: the next recheck tries again
+	}
 	delete(e.cidrs, p)
+}
+
+func (e *Engine) giveBackWritten(p netip.Prefix) error {
 	if p.Bits() == 32 {
 		for _, ep := range e.endpoints {
 			if ep.IPv4 == p.Addr() {
-				e.dp.UpsertIPCache(p, ep.Identity)
-				return
+				return e.dp.UpsertIPCache(p, ep.Identity)
 			}
 		}
 		for _, a := range e.hostIPs {
 			if a == p.Addr() {
-				e.dp.UpsertIPCache(p, identity.Host)
-				return
+				return e.dp.UpsertIPCache(p, identity.Host)
 			}
 		}
 	}
 	if e.router != nil {
 		e.router.GiveBack(p)
-		return
+		return nil
 	}
-	e.dp.DeleteIPCache(p)
+	return e.dp.DeleteIPCache(p)
+}
+
+// dropCIDR removes CIDR prefix p the policies no longer name, if the
+// engine wrote it (held: the cluster holds it now, and gets it back).
+// e.mu is held.
+func (e *Engine) dropCIDR(p netip.Prefix, held bool) error {
+	if _, wrote := e.cidrs[p]; !wrote {
+		return nil // never written, or a pod's or node's entry since
+	}
+	if held {
+		e.giveBack(p)
+		return nil
+	}
+	if err := e.dp.DeleteIPCache(p); err != nil {
+		return err
+	}
+	delete(e.cidrs, p)
+	return nil
 }
 
 // RecheckCIDRs keeps the policies' CIDR identities off the cluster's
@@ -240,13 +258,22 @@ func (e *Engine) giveBack(p netip.Prefix) {
 // seconds): a prefix the cluster holds now is given back (a node came,
 // with the pod CIDR it lies in: at the agent's start the mesh's nodes
 // come after the policies), one it no longer holds is written (its node
-// went). It returns how many it changed.
+// went), and one the policies no longer name is removed (a change that
+// failed part-way left it). It returns how many it changed.
 func (e *Engine) RecheckCIDRs() (int, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cidrs := e.res.CIDRIdentities()
-	held := e.clusterHolds(len(cidrs))
+	held := e.clusterHolds(len(cidrs) + len(e.cidrs))
 	changed := 0
+	for p := range e.cidrs {
+		if _, named := cidrs[p]; !named {
+			if err := e.dropCIDR(p, held(p)); err != nil {
+				return changed, err
+			}
+			changed++
+		}
+	}
 	for p, id := range cidrs {
 		w, wrote := e.cidrs[p]
 		switch h := held(p); {
@@ -468,6 +495,7 @@ func (e *Engine) EndpointDown(ep endpoint.Endpoint) {
 	}
 	e.dp.DeleteEndpoint(ep.IPv4)
 	e.dp.DeleteIPCache(netip.PrefixFrom(ep.IPv4, 32))
+	delete(e.cidrs, netip.PrefixFrom(ep.IPv4, 32)) // a policy's CIDR naming it: the next recheck writes it
 	e.dp.Detach(ep.HostIfName)
 	if e.ipsync != nil {
 		e.ipsync.Withdraw(ep.IPv4)
@@ -526,6 +554,7 @@ func (e *Engine) Reconcile() (removed int, err error) {
 		remote = e.router.Wanted()
 		for p, ent := range remote {
 			wantIP[p] = ent.Identity
+			delete(e.cidrs, p) // the router's entry, not the policy's
 		}
 	}
 	haveIP, err := e.dp.IPCache()

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/filament-net/filament/agent/datapath"
@@ -200,13 +201,7 @@ func TestPolicyCIDRCannotTakeClusterAddresses(t *testing.T) {
 	if _, err := e.Reconcile(); err != nil { // as at the agent's start: the host's entries
 		t.Fatal(err)
 	}
-	ps := importTenant(t, e, `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: x, namespace: tenant}
-spec:
-  endpointSelector: {}
-  egress: [{toCIDR: ["10.244.0.2/32", "172.30.0.1/32", "192.0.2.0/24"]}]
-`)
+	ps := importTenant(t, e, toCIDRPolicy("10.244.0.2/32", "172.30.0.1/32", "192.0.2.0/24"))
 	check := func(when string) {
 		t.Helper()
 		if id := dp.ipcache[netip.PrefixFrom(web.IPv4, 32)]; id != 300 {
@@ -298,13 +293,7 @@ func TestPolicyCIDRFollowsTheCluster(t *testing.T) {
 	}
 	inside := netip.MustParsePrefix("10.60.0.0/28") // in east's pod CIDR 10.60.0.0/24
 	pod := netip.MustParsePrefix("10.60.0.5/32")
-	ps := importTenant(t, e, `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: x, namespace: tenant}
-spec:
-  endpointSelector: {}
-  egress: [{toCIDR: ["10.60.0.0/28", "10.60.0.5/32"]}]
-`)
+	ps := importTenant(t, e, toCIDRPolicy("10.60.0.0/28", "10.60.0.5/32"))
 	if _, ok := dp.ipcache[inside]; !ok {
 		t.Fatal("a CIDR no node holds was not written")
 	}
@@ -400,4 +389,67 @@ func importTenant(t *testing.T, e *Engine, doc string) []api.Policy {
 		t.Fatal(err)
 	}
 	return ps
+}
+
+// What the engine wrote and the resolver no longer has goes at the next
+// recheck: before, a policy change that failed part-way (its policy map
+// full) skipped its CIDR deletes, and the prefix kept its freed identity
+// number, which the resolver hands to the next new prefix (another
+// tenant's toCIDR would then also allow the stale one).
+func TestRecheckRemovesCIDRsAFailedChangeLeft(t *testing.T) {
+	dp, e, _, _ := newWebEngine(t, "")
+	world := netip.MustParsePrefix("192.0.2.0/24")
+	ps := importTenant(t, e, toCIDRPolicy("192.0.2.0/24"))
+	if _, ok := dp.ipcache[world]; !ok {
+		t.Fatal("the policy's CIDR was not written")
+	}
+	dp.policyErr = errors.New("policy map: put: no space left on device")
+	if _, err := e.Delete(ps[0].Key()); err == nil {
+		t.Fatal("a delete whose change could not be written succeeded")
+	}
+	dp.policyErr = nil
+	if _, err := e.RecheckCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := dp.ipcache[world]; ok {
+		t.Errorf("the deleted policy's CIDR stayed, identity %d", id)
+	}
+}
+
+// An endpoint that comes and goes on an address a policy's CIDR names
+// leaves the CIDR's entry written again by the next recheck: before, the
+// endpoint's delete removed the entry and the engine still took it as
+// written.
+func TestEndpointGoneGivesItsAddressBackToTheCIDR(t *testing.T) {
+	dp, e, web, _ := newWebEngine(t, "")
+	p := netip.MustParsePrefix("10.244.0.9/32")
+	importTenant(t, e, toCIDRPolicy("10.244.0.9/32"))
+	want, ok := dp.ipcache[p]
+	if !ok {
+		t.Fatal("the policy's CIDR was not written")
+	}
+	ep := web
+	ep.ID, ep.IPv4, ep.HostIfName, ep.HostIfIndex = 2, p.Addr(), "filother", 8
+	if err := e.EndpointUp(context.Background(), ep); err != nil {
+		t.Fatal(err)
+	}
+	e.EndpointDown(ep)
+	if _, err := e.RecheckCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := dp.ipcache[p]; !ok || got != want {
+		t.Errorf("after the endpoint went the CIDR's entry is %d (%v), want %d", got, ok, want)
+	}
+}
+
+// toCIDRPolicy is a namespace's policy letting every pod of it reach
+// cidrs.
+func toCIDRPolicy(cidrs ...string) string {
+	return `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: x, namespace: tenant}
+spec:
+  endpointSelector: {}
+  egress: [{toCIDR: ["` + strings.Join(cidrs, `", "`) + `"]}]
+`
 }
