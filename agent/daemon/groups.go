@@ -128,28 +128,15 @@ func (c cloudGroups) states() map[string]int {
 
 // followNodeSelectors gives every toNodes/fromNodes selector of the
 // policies the addresses of the cluster's nodes whose labels it matches,
-// whenever nodes or policies change (checked every second).
-func followNodeSelectors(ctx context.Context, list func() []node.Node, res *policy.Resolver, engine *enforcement.Engine) {
+// whenever nodes or policies change (checked every second); took says
+// whether the router took a node's record (this node's is taken).
+func followNodeSelectors(ctx context.Context, list func() []node.Node, took func(name string) bool, res *policy.Resolver, engine *enforcement.Engine) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		nodes := list()
 		for key, sel := range res.NodeSelectorsInUse() {
-			var addrs []netip.Addr
-			for _, n := range nodes {
-				var ls labels.Labels
-				for k, v := range n.Labels {
-					ls = append(ls, labels.Label{Source: "node", Key: k, Value: v})
-				}
-				if sel.Matches(ls) {
-					for _, ip := range n.IPs {
-						if a, err := netip.ParseAddr(ip); err == nil {
-							addrs = append(addrs, a)
-						}
-					}
-				}
-			}
-			engine.GroupChanged(key, addrs)
+			engine.GroupChanged(key, nodeSelectorAddrs(nodes, took, sel))
 		}
 		select {
 		case <-ctx.Done():
@@ -157,4 +144,27 @@ func followNodeSelectors(ctx context.Context, list func() []node.Node, res *poli
 		case <-t.C:
 		}
 	}
+}
+
+// nodeSelectorAddrs are the addresses sel selects: the address of each
+// node the router took whose labels sel matches. Only that address was
+// vetted as the node's own (a record's other addresses were not: until
+// 2026-12-04 a node publishing another node's pods' addresses among its
+// own had a tenant's toNodes selector give those pods CIDR identities on
+// every node, and refused records counted too).
+func nodeSelectorAddrs(nodes []node.Node, took func(name string) bool, sel api.EndpointSelector) []netip.Addr {
+	var addrs []netip.Addr
+	for _, n := range nodes {
+		if !n.IP().IsValid() || !took(n.Name) {
+			continue
+		}
+		var ls labels.Labels
+		for k, v := range n.Labels {
+			ls = append(ls, labels.Label{Source: "node", Key: k, Value: v})
+		}
+		if sel.Matches(ls) {
+			addrs = append(addrs, n.IP())
+		}
+	}
+	return addrs
 }

@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/config"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/policy/api"
 	"github.com/filament-net/filament/agent/routing"
 )
 
@@ -58,5 +61,24 @@ func TestMetricsServerBounded(t *testing.T) {
 	if s.ReadHeaderTimeout <= 0 || s.ReadTimeout <= 0 || s.WriteTimeout <= 0 || s.IdleTimeout <= 0 || s.MaxHeaderBytes <= 0 || s.MaxHeaderBytes > 64<<10 {
 		t.Fatalf("unbounded: read head %v, read %v, write %v, idle %v, head bytes %d",
 			s.ReadHeaderTimeout, s.ReadTimeout, s.WriteTimeout, s.IdleTimeout, s.MaxHeaderBytes)
+	}
+}
+
+// A node selector selects the address of each node the router took, and
+// no other: before, every address of every record counted, so a node
+// publishing another node's pods' addresses among its own (or a refused
+// record) had a tenant's toNodes: [{}] give those pods CIDR identities
+// on every node.
+func TestNodeSelectorOnlyTakenNodesOwnAddress(t *testing.T) {
+	nodes := []node.Node{
+		{Name: "n1", IPs: []string{"172.30.0.1"}},
+		{Name: "n2", IPs: []string{"172.30.0.2", "10.244.1.7"}},
+		{Name: "rogue", IPs: []string{"10.244.1.8"}},
+	}
+	took := func(name string) bool { return name != "rogue" }
+	got := nodeSelectorAddrs(nodes, took, api.EndpointSelector{})
+	want := []netip.Addr{netip.MustParseAddr("172.30.0.1"), netip.MustParseAddr("172.30.0.2")}
+	if !slices.Equal(got, want) {
+		t.Errorf("toNodes: [{}] selects %v, want %v", got, want)
 	}
 }

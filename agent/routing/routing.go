@@ -925,6 +925,15 @@ func (r *Router) Owns(cluster string, ip netip.Addr) bool {
 	})
 }
 
+// Took says whether the router took node name's record (vetted, not
+// refused); this node's own counts as taken.
+func (r *Router) Took(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.nodes[name]
+	return ok || name == r.self
+}
+
 // ClusterHolds says whether prefix p is the cluster's: inside this node's
 // pod CIDR or a known node's, or a node's address. A policy's CIDR
 // identity must not take such a key (or cover a pod there more
