@@ -4,7 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -13,17 +16,34 @@ import (
 // it when it steered the connection to the proxy (the VNI of a flow from
 // another node, a pod's own identity), by the connection's tuple.
 //
-// A connection's entry is read once, at accept, and removed. A datagram's
-// is left in place: the datapath rewrites it for every datagram of the
-// tuple, and several may be in flight before the proxy reads the first
-// (glibc and musl send a name's A and AAAA queries from one socket at
-// once); the map's LRU order retires it.
+// An entry is read once and removed: a connection's at accept, a
+// datagram's at its read. A datagram's origin is also kept here for a
+// second: several datagrams of a tuple may be in flight when the proxy
+// reads the first (glibc and musl send a name's A and AAAA queries from
+// one socket at once), the datapath's writes of the entry landing on one
+// another.
 type Origins interface {
 	Origin(src, dst netip.AddrPort, datagram bool) (identity uint32, ok bool)
 }
 
 // OriginMap reads the datapath's pinned proxy_origin map (bpf/lib/maps.h).
-type OriginMap struct{ m *ebpf.Map }
+type OriginMap struct {
+	m *ebpf.Map
+	// recent: datagrams' origins read in the last recentOrigin, at most
+	// maxRecentOrigins.
+	mu     sync.Mutex
+	recent map[originKey]seenOrigin
+}
+
+type seenOrigin struct {
+	id uint32
+	at time.Time
+}
+
+const (
+	recentOrigin     = time.Second
+	maxRecentOrigins = 4096
+)
 
 // OpenOriginMap opens the pinned map at path.
 func OpenOriginMap(path string) (*OriginMap, error) {
@@ -31,7 +51,7 @@ func OpenOriginMap(path string) (*OriginMap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy origin map %s: %w", path, err)
 	}
-	return &OriginMap{m}, nil
+	return &OriginMap{m: m}, nil
 }
 
 // originKey is struct proxy_origin_key: addresses and ports as they are in
@@ -66,16 +86,39 @@ func (o *OriginMap) Origin(src, dst netip.AddrPort, datagram bool) (uint32, bool
 		return 0, false
 	}
 	var id uint32
-	if datagram {
-		return id, o.m.Lookup(&k, &id) == nil
-	}
-	err := o.m.LookupAndDelete(&k, &id) // one system call per connection
+	err := o.m.LookupAndDelete(&k, &id) // one system call per connection or datagram
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		if err = o.m.Lookup(&k, &id); err == nil {
 			o.m.Delete(&k)
 		}
 	}
+	if datagram {
+		return o.seen(k, id, err == nil)
+	}
 	return id, err == nil
+}
+
+// seen keeps a datagram's origin read now (found), or gives the one read
+// for its tuple in the last recentOrigin.
+func (o *OriginMap) seen(k originKey, id uint32, found bool) (uint32, bool) {
+	now := time.Now()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !found {
+		s, ok := o.recent[k]
+		return s.id, ok && now.Sub(s.at) < recentOrigin
+	}
+	if len(o.recent) >= maxRecentOrigins {
+		maps.DeleteFunc(o.recent, func(_ originKey, s seenOrigin) bool { return now.Sub(s.at) >= recentOrigin })
+		if len(o.recent) >= maxRecentOrigins {
+			clear(o.recent) // a flood of tuples: the next reads find the map's
+		}
+	}
+	if o.recent == nil {
+		o.recent = map[originKey]seenOrigin{}
+	}
+	o.recent[k] = seenOrigin{id, now}
+	return id, true
 }
 
 // Close closes the map.

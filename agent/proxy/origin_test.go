@@ -18,7 +18,7 @@ func TestOriginReadOnce(t *testing.T) {
 	if err != nil {
 		testutil.SkipMissingFeature(t, "BPF LRU hash maps", err)
 	}
-	o := &OriginMap{m}
+	o := &OriginMap{m: m}
 	defer o.Close()
 	src, dst := netip.MustParseAddrPort("10.244.0.3:40000"), netip.MustParseAddrPort("10.244.0.4:53")
 	k, _ := keyOf(src, dst)
@@ -35,6 +35,16 @@ func TestOriginReadOnce(t *testing.T) {
 		if id, ok := o.Origin(src, dst, true); !ok || id != 65793 {
 			t.Fatalf("datagram %d: origin %d, %v; want 65793", i, id, ok)
 		}
+	}
+	// The map's entry is gone all the same: resolvers take a new source
+	// port for each query, and entries left in place filled the LRU map
+	// and pushed out the origins of TCP connections not yet accepted.
+	var id uint32
+	if err := m.Lookup(&k, &id); err == nil {
+		t.Fatal("a datagram's origin was left in the datapath's map")
+	}
+	if err := m.Put(&k, uint32(65793)); err != nil {
+		t.Fatal(err)
 	}
 	if id, ok := o.Origin(src, dst, false); !ok || id != 65793 {
 		t.Fatalf("origin %d, %v; want 65793", id, ok)
