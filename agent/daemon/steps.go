@@ -224,12 +224,8 @@ func (a *Agent) startPolicy(context.Context) error {
 	if own, err := netip.ParsePrefix(a.podCIDR); err == nil {
 		a.router.SetOwnPodCIDR(own)
 	}
-	if a.fromPool && !a.cfg.KubernetesMode() {
-		// Other nodes' pod CIDRs must lie in the pool this node's came
-		// from. Not in Kubernetes mode: there a node falls back to the
-		// pool only when its Node object has no pod CIDR, and the others'
-		// come from theirs, wherever the cluster's CIDR is.
-		a.router.SetOwnPool(netip.MustParsePrefix(a.cfg.ClusterPool))
+	if a.fromPool {
+		a.router.SetOwnPool(netip.MustParsePrefix(a.cfg.ClusterPool), !a.cfg.KubernetesMode())
 	}
 	ranges, pinned, err := a.cfg.RemotePodRanges()
 	if err != nil {

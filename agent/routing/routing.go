@@ -90,17 +90,18 @@ type Router struct {
 	// identities for addresses.
 	requireNode bool
 
-	mu      sync.Mutex
-	nodes   map[string]node.Node
-	down    map[string]bool // nodes failure detection declared dead
-	hostSrc netip.Addr      // source of the node's own traffic to other nodes' pods (tunnel mode)
-	hostDev int             // the gateway device those routes go out of (tunnel mode)
-	entries map[netip.Addr]ipcache.Entry
-	held    map[string]map[netip.Addr]struct{} // entries' addresses by node (hold and drop keep both)
-	sp      *sparseState                       // nil: every remote entry is written as its /32 (--remote-ipcache full)
-	own     netip.Prefix                       // this node's pod CIDR: its pods' entries are the engine's
-	pool    netip.Prefix                       // this cluster's pool (when pod CIDRs come from it): no remote pod CIDR in it
-	ranges  []netip.Prefix                     // where remote pod CIDRs may lie (none set: anywhere)
+	mu        sync.Mutex
+	nodes     map[string]node.Node
+	down      map[string]bool // nodes failure detection declared dead
+	hostSrc   netip.Addr      // source of the node's own traffic to other nodes' pods (tunnel mode)
+	hostDev   int             // the gateway device those routes go out of (tunnel mode)
+	entries   map[netip.Addr]ipcache.Entry
+	held      map[string]map[netip.Addr]struct{} // entries' addresses by node (hold and drop keep both)
+	sp        *sparseState                       // nil: every remote entry is written as its /32 (--remote-ipcache full)
+	own       netip.Prefix                       // this node's pod CIDR: its pods' entries are the engine's
+	pool      netip.Prefix                       // this cluster's pool (when pod CIDRs come from it): no remote pod CIDR in it
+	poolLocal bool                               // local nodes' pod CIDRs must lie in pool
+	ranges    []netip.Prefix                     // where remote pod CIDRs may lie (none set: anywhere)
 	// pinned: named remotes' own ranges; rangesSet: ranges or pins set
 	// (SetRemotePodRanges).
 	pinned    map[string][]netip.Prefix
@@ -124,12 +125,15 @@ func (r *Router) SetOwnPodCIDR(p netip.Prefix) {
 	r.own = p
 }
 
-// SetOwnPool gives the router the range this cluster's nodes' pod CIDRs
-// are allocated from: no remote node's pod CIDR may overlap it.
-func (r *Router) SetOwnPool(p netip.Prefix) {
+// SetOwnPool gives the router the range this node's pod CIDR was
+// allocated from: no remote node's pod CIDR may overlap it, and, when
+// local, every node of this cluster's must lie in it (not in Kubernetes
+// mode, where a node takes the pool only when its Node object has no pod
+// CIDR, and the others' Node objects say theirs).
+func (r *Router) SetOwnPool(p netip.Prefix, local bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.pool = p
+	r.pool, r.poolLocal = p, local
 }
 
 // SetRemotePodRanges sets where remote clusters' pod CIDRs may lie: a
@@ -663,7 +667,7 @@ func (r *Router) localClaimsOthers(n node.Node) (why string, retry bool) {
 		if why := r.meetsThisNode(p); why != "" {
 			return why, false
 		}
-		if r.pool.IsValid() && (p.Bits() < r.pool.Bits() || !r.pool.Contains(p.Addr())) {
+		if r.pool.IsValid() && r.poolLocal && (p.Bits() < r.pool.Bits() || !r.pool.Contains(p.Addr())) {
 			return fmt.Sprintf("pod CIDR %s is outside this cluster's pool %s", p, r.pool), false
 		}
 	}

@@ -261,7 +261,7 @@ func TestRemotePodCIDRsOutsideTheirRangesRefused(t *testing.T) {
 	inNetns(t)
 	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
 	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
+	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"), true)
 	r.SetRemotePodRanges([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.0.0/16")}, nil)
 	for _, c := range []string{"0.0.0.0/1", "8.8.8.0/24", "10.0.0.0/7", "10.244.9.0/24", "10.240.0.0/12", "172.16.0.0/24"} {
 		r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"203.0.113.9"}, PodCIDRs: []string{"10.60.0.0/24", c}}, false)
@@ -560,7 +560,7 @@ func vettingRouter(t *testing.T) (r *Router, taken func(name string) bool) {
 	inNetns(t)
 	r = newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
 	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"))
+	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"), true)
 	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
 	return r, func(name string) bool { _, ok := r.nodes[name]; return ok }
 }
@@ -597,5 +597,25 @@ func TestWireGuardKeyClaimsCanonicalAndRotated(t *testing.T) {
 	r.NodeChanged(node.Node{Name: "east/e2", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.60.1.0/24"}, WireGuardKey: rotated}, false)
 	if taken("east/e2") {
 		t.Error("a remote node publishing n2's rotated key was taken")
+	}
+}
+
+// In Kubernetes mode a node that took the pool (its Node object had no
+// pod CIDR) does not hold the others to it, as their Node objects give
+// theirs; the pool stays closed to remote clusters' nodes. Before, the
+// pool rule held every node of the cluster outside the pool off for good.
+func TestPoolNotLocalInKubernetesMode(t *testing.T) {
+	inNetns(t)
+	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"), false)
+	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.96.3.0/24"}}, false)
+	if !r.Took("n2") {
+		t.Error("a node whose Node object gives a pod CIDR outside the fallback pool was refused")
+	}
+	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.244.9.0/24"}}, false)
+	if r.Took("east/e1") {
+		t.Error("a remote node claiming part of this cluster's pool was taken")
 	}
 }
