@@ -128,15 +128,15 @@ func (c cloudGroups) states() map[string]int {
 
 // followNodeSelectors gives every toNodes/fromNodes selector of the
 // policies the addresses of the cluster's nodes whose labels it matches,
-// whenever nodes or policies change (checked every second); took says
-// whether the router took a node's record (this node's is taken).
-func followNodeSelectors(ctx context.Context, list func() []node.Node, took func(name string) bool, res *policy.Resolver, engine *enforcement.Engine) {
+// whenever nodes or policies change (checked every second); taken gives
+// the record of a node the router took (this node's own is).
+func followNodeSelectors(ctx context.Context, list func() []node.Node, taken func(n node.Node) (node.Node, bool), res *policy.Resolver, engine *enforcement.Engine) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		nodes := list()
 		for key, sel := range res.NodeSelectorsInUse() {
-			engine.GroupChanged(key, nodeSelectorAddrs(nodes, took, sel))
+			engine.GroupChanged(key, nodeSelectorAddrs(nodes, taken, sel))
 		}
 		select {
 		case <-ctx.Done():
@@ -147,15 +147,17 @@ func followNodeSelectors(ctx context.Context, list func() []node.Node, took func
 }
 
 // nodeSelectorAddrs are the addresses sel selects: the address of each
-// node the router took whose labels sel matches. Only that address was
-// vetted as the node's own (a record's other addresses were not: until
+// node's record the router took (not the registry's newest, which it may
+// have refused) whose labels sel matches. Only that address was vetted
+// as the node's own (a record's other addresses were not: until
 // 2026-12-04 a node publishing another node's pods' addresses among its
 // own had a tenant's toNodes selector give those pods CIDR identities on
 // every node, and refused records counted too).
-func nodeSelectorAddrs(nodes []node.Node, took func(name string) bool, sel api.EndpointSelector) []netip.Addr {
+func nodeSelectorAddrs(nodes []node.Node, taken func(n node.Node) (node.Node, bool), sel api.EndpointSelector) []netip.Addr {
 	var addrs []netip.Addr
 	for _, n := range nodes {
-		if !n.IP().IsValid() || !took(n.Name) {
+		n, ok := taken(n)
+		if !ok || !n.IP().IsValid() {
 			continue
 		}
 		var ls labels.Labels
@@ -167,4 +169,13 @@ func nodeSelectorAddrs(nodes []node.Node, took func(name string) bool, sel api.E
 		}
 	}
 	return addrs
+}
+
+// takenNode is the record of n the router took; this node's own record
+// is its own.
+func (a *Agent) takenNode(n node.Node) (node.Node, bool) {
+	if n.Name == a.cfg.NodeName {
+		return n, true
+	}
+	return a.router.Taken(n.Name)
 }

@@ -73,11 +73,19 @@ func TestNodeSelectorOnlyTakenNodesOwnAddress(t *testing.T) {
 	nodes := []node.Node{
 		{Name: "n1", IPs: []string{"172.30.0.1"}},
 		{Name: "n2", IPs: []string{"172.30.0.2", "10.244.1.7"}},
+		{Name: "n3", IPs: []string{"10.244.1.9"}}, // a newer record, refused
 		{Name: "rogue", IPs: []string{"10.244.1.8"}},
 	}
-	took := func(name string) bool { return name != "rogue" }
-	got := nodeSelectorAddrs(nodes, took, api.EndpointSelector{})
-	want := []netip.Addr{netip.MustParseAddr("172.30.0.1"), netip.MustParseAddr("172.30.0.2")}
+	router := map[string]node.Node{"n2": nodes[1], "n3": {Name: "n3", IPs: []string{"172.30.0.3"}}}
+	taken := func(n node.Node) (node.Node, bool) {
+		if n.Name == "n1" {
+			return n, true
+		}
+		t, ok := router[n.Name]
+		return t, ok
+	}
+	got := nodeSelectorAddrs(nodes, taken, api.EndpointSelector{})
+	want := []netip.Addr{netip.MustParseAddr("172.30.0.1"), netip.MustParseAddr("172.30.0.2"), netip.MustParseAddr("172.30.0.3")}
 	if !slices.Equal(got, want) {
 		t.Errorf("toNodes: [{}] selects %v, want %v", got, want)
 	}

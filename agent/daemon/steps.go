@@ -389,7 +389,7 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 // policies use.
 func (a *Agent) startGroups(ctx context.Context) error {
 	a.groups = a.startCloudGroups(ctx)
-	a.goroutine(func() { followNodeSelectors(ctx, a.reg.List, a.router.Took, a.res, a.engine) })
+	a.goroutine(func() { followNodeSelectors(ctx, a.reg.List, a.takenNode, a.res, a.engine) })
 	return nil
 }
 

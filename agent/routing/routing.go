@@ -929,13 +929,13 @@ func (r *Router) Owns(cluster string, ip netip.Addr) bool {
 	})
 }
 
-// Took says whether the router took node name's record (vetted, not
-// refused); this node's own counts as taken.
-func (r *Router) Took(name string) bool {
+// Taken is the record of node name the router took (vetted), if any: a
+// newer record it refused leaves the one it had.
+func (r *Router) Taken(name string) (node.Node, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	_, ok := r.nodes[name]
-	return ok || name == r.self
+	n, ok := r.nodes[name]
+	return n, ok
 }
 
 // ClusterHolds says whether prefix p is the cluster's: inside this node's

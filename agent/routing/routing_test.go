@@ -611,11 +611,24 @@ func TestPoolNotLocalInKubernetesMode(t *testing.T) {
 	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"), false)
 	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
 	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.96.3.0/24"}}, false)
-	if !r.Took("n2") {
+	if _, ok := r.Taken("n2"); !ok {
 		t.Error("a node whose Node object gives a pod CIDR outside the fallback pool was refused")
 	}
 	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.244.9.0/24"}}, false)
-	if r.Took("east/e1") {
+	if _, ok := r.Taken("east/e1"); ok {
 		t.Error("a remote node claiming part of this cluster's pool was taken")
+	}
+}
+
+// Taken is the record the router took: a newer one it refused (here
+// claiming this node's pods' range as its address) leaves it, so what
+// reads it (node selectors) never sees the refused claim.
+func TestTakenKeepsTheVettedRecord(t *testing.T) {
+	r, _ := vettingRouter(t)
+	n2 := node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}}
+	r.NodeChanged(n2, false)
+	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.1"}, PodCIDRs: []string{"10.244.1.0/24"}}, false)
+	if got, ok := r.Taken("n2"); !ok || got.IP() != n2.IP() {
+		t.Errorf("after a refused record Taken gives %v (%v), want the vetted %v", got.IPs, ok, n2.IPs)
 	}
 }
