@@ -700,38 +700,56 @@ func (s *reqState) headDone() {
 	s.held = 0
 }
 
-// streamBody is an HTTP/2 stream's request body, cut off after idle
-// without a byte from the client (between ¾ and all of it: the stream's
-// read deadline is moved at most every quarter) until the upstream has
-// answered the head; from then on the stream is a live exchange (a gRPC
-// bidirectional stream may be quiet for long) and is not timed.
-// net/http's server has no per-stream timeout of its own.
+// streamBody is an HTTP/2 stream's request body, cut off when a read
+// waits idle without a byte from the client (the stream's read deadline,
+// set for each read and cleared after it: an upstream that stops reading
+// a while cuts nothing), until the upstream has answered the head; from
+// then on the stream is a live exchange and is not timed. gRPC calls are
+// not timed at all: a server answers a client stream's head with its
+// first message, which may come long after. net/http's server has no
+// per-stream timeout of its own.
 type streamBody struct {
 	io.ReadCloser
 	rc *http.ResponseController
-	mu sync.Mutex // idle, moved: a read and the answer race
-	// idle 0: answered, no longer timed.
-	idle  time.Duration
-	moved time.Time
+	mu sync.Mutex // idle: a read, the answer and the handler's end race
+	// idle 0: answered, or the handler returned (the controller is no
+	// longer the stream's): not timed.
+	idle time.Duration
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
+	b.arm(true)
+	n, err := b.ReadCloser.Read(p)
+	b.arm(false)
+	return n, err
+}
+
+// arm sets the read deadline for a read (on) or clears it after one.
+func (b *streamBody) arm(on bool) {
 	b.mu.Lock()
-	if now := time.Now(); b.idle > 0 && now.Sub(b.moved) >= b.idle/4 {
-		b.moved = now
-		b.rc.SetReadDeadline(now.Add(b.idle))
+	defer b.mu.Unlock()
+	if b.idle == 0 {
+		return
 	}
-	b.mu.Unlock()
-	return b.ReadCloser.Read(p)
+	var d time.Time
+	if on {
+		d = time.Now().Add(b.idle)
+	}
+	b.rc.SetReadDeadline(d)
 }
 
 // answered stops timing the body (a read may be waiting: its deadline
 // goes too).
 func (b *streamBody) answered() {
+	b.arm(false)
+	b.stop()
+}
+
+// stop stops timing the body without touching the stream.
+func (b *streamBody) stop() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.idle = 0
-	b.rc.SetReadDeadline(time.Time{})
 }
 
 func stateOf(r *http.Request) *reqState {
@@ -839,14 +857,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.headDone()
 	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
-	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 {
-		rc := http.NewResponseController(w)
-		if rc.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout)) == nil {
-			s.body = &streamBody{ReadCloser: r.Body, rc: rc, idle: p.opts.IdleTimeout, moved: time.Now()}
-			out.Body = s.body
-		}
+	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 && !isGRPC(r) {
+		s.body = &streamBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: p.opts.IdleTimeout}
+		out.Body = s.body
 	}
 	p.rp.ServeHTTP(w, out)
+	if s.body != nil {
+		s.body.stop() // the stream is the server's again: a late read leaves it alone
+	}
 	verdict := Forwarded
 	if s.failed {
 		verdict = Error

@@ -628,27 +628,36 @@ func TestStalledH2BodyCut(t *testing.T) {
 	defer pw.Close()
 	go pw.Write([]byte("0123456789")) // then nothing
 	resp, err := c.Post(h.url("/public/slow"), "application/octet-stream", pr)
-	if err == nil {
-		_, err = io.ReadAll(resp.Body)
-		resp.Body.Close()
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || err != nil && strings.Contains(err.Error(), "Client.Timeout") {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || err != nil && strings.Contains(err.Error(), "Client.Timeout"):
 		t.Fatalf("a stream's body stalled after 10 bytes was not cut off by the proxy: %v", err)
+	case err == nil:
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("a stream's body stalled: %s, want the stream reset or 502", resp.Status)
+		}
 	}
-	// Answered first, then quiet for twice the idle timeout: kept.
-	pr, pw = io.Pipe()
-	go func() {
-		pw.Write([]byte("a"))
-		time.Sleep(2 * time.Second)
-		pw.Write([]byte("b"))
-		pw.Close()
-	}()
-	resp, err = c.Post(h.url("/public/stream"), "application/octet-stream", pr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "2" {
-		t.Fatalf("a stream quiet after its answer's head: %q, %v", b, err)
+	// Answered first, then quiet for twice the idle timeout: kept; and a
+	// gRPC call, whose server answers at its end: not timed.
+	for _, tc := range []struct{ path, contentType string }{
+		{"/public/stream", "application/octet-stream"},
+		{"/public/grpc-like", "application/grpc"},
+	} {
+		pr, pw = io.Pipe()
+		go func() {
+			pw.Write([]byte("a"))
+			time.Sleep(2 * time.Second)
+			pw.Write([]byte("b"))
+			pw.Close()
+		}()
+		resp, err = c.Post(h.url(tc.path), tc.contentType, pr)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.path, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != "2" {
+			t.Errorf("%s, quiet for twice the idle timeout: %q, %v", tc.path, b, err)
+		}
 	}
 }
