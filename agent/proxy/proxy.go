@@ -741,8 +741,12 @@ func (b *streamBody) arm(on bool) {
 // answered stops timing the body (a read may be waiting: its deadline
 // goes too).
 func (b *streamBody) answered() {
-	b.arm(false)
-	b.stop()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.idle != 0 {
+		b.rc.SetReadDeadline(time.Time{})
+		b.idle = 0
+	}
 }
 
 // stop stops timing the body without touching the stream.
