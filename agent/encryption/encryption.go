@@ -155,7 +155,7 @@ func (e *Encryption) Rotate(ctx context.Context, reg *node.Registry) (string, er
 		return "", err
 	}
 	if err := reg.UpdateSelf(ctx, func(n *node.Node) { n.WireGuardKey = pub.String() }); err != nil {
-		return "", fmt.Errorf("publish the new key: %w", err)
+		return "", fmt.Errorf("publish the new key (in use; published again in the background until it is in): %w", err)
 	}
 	return pub.String(), nil
 }

@@ -230,7 +230,8 @@ func NewRegistry(ctx context.Context, kv *kvstore.Client, lease *kvstore.Lease, 
 	}
 	lease.OnRenew(func(ctx context.Context, id int64) {
 		if err := r.publish(ctx, id); err != nil {
-			slog.Error("could not publish the node record again", "err", err)
+			slog.Error("could not publish the node record again; trying again", "err", err)
+			r.retryPublish()
 		}
 	})
 	go r.watch(ctx)
@@ -273,6 +274,10 @@ func (r *Registry) UpdateSelf(ctx context.Context, f func(*Node)) error {
 	return err
 }
 
+// publishTimeout bounds each retry of a publish (it holds pubMu: the
+// next change's publish waits for it).
+const publishTimeout = 10 * time.Second
+
 // retryPublish publishes the record again until it is in (one retrier at
 // a time: each try publishes the newest record).
 func (r *Registry) retryPublish() {
@@ -291,7 +296,9 @@ func (r *Registry) retryPublish() {
 				return
 			case <-time.After(wait):
 			}
-			err := r.publish(r.ctx, r.lease.ID())
+			ctx, cancel := context.WithTimeout(r.ctx, publishTimeout)
+			err := r.publish(ctx, r.lease.ID())
+			cancel()
 			if err == nil {
 				r.mu.Lock()
 				again := r.again
