@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"sync"
 	"time"
@@ -30,13 +29,20 @@ type Origins interface {
 type OriginMap struct {
 	m *ebpf.Map
 	// recent: datagrams' origins read in the last recentOrigin, at most
-	// maxRecentOrigins.
+	// maxRecentOrigins; order: their tuples as read, oldest first (an
+	// entry read again is queued again, its older place skipped).
 	mu     sync.Mutex
 	recent map[originKey]seenOrigin
+	order  []queuedOrigin
 }
 
 type seenOrigin struct {
 	id uint32
+	at time.Time
+}
+
+type queuedOrigin struct {
+	k  originKey
 	at time.Time
 }
 
@@ -108,16 +114,19 @@ func (o *OriginMap) seen(k originKey, id uint32, found bool) (uint32, bool) {
 		s, ok := o.recent[k]
 		return s.id, ok && now.Sub(s.at) < recentOrigin
 	}
-	if len(o.recent) >= maxRecentOrigins {
-		maps.DeleteFunc(o.recent, func(_ originKey, s seenOrigin) bool { return now.Sub(s.at) >= recentOrigin })
-		if len(o.recent) >= maxRecentOrigins {
-			clear(o.recent) // a flood of tuples: the next reads find the map's
+	// The oldest go: those past recentOrigin, and more while full.
+	for len(o.order) > 0 && (now.Sub(o.order[0].at) >= recentOrigin || len(o.recent) >= maxRecentOrigins || len(o.order) > 2*maxRecentOrigins) {
+		q := o.order[0]
+		o.order = o.order[1:]
+		if s, ok := o.recent[q.k]; ok && s.at.Equal(q.at) {
+			delete(o.recent, q.k)
 		}
 	}
 	if o.recent == nil {
 		o.recent = map[originKey]seenOrigin{}
 	}
 	o.recent[k] = seenOrigin{id, now}
+	o.order = append(o.order, queuedOrigin{k, now})
 	return id, true
 }
 

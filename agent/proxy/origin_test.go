@@ -53,3 +53,27 @@ func TestOriginReadOnce(t *testing.T) {
 		t.Fatalf("a connection's origin read twice: %d", id)
 	}
 }
+
+// The datagram origins kept are bounded, the oldest going first, without
+// a walk of them all per datagram (before: a full table was scanned at
+// each read, then cleared, others' origins with it).
+func TestRecentOriginsBounded(t *testing.T) {
+	o := &OriginMap{}
+	key := func(i int) originKey { return originKey{Saddr: uint32(i), Sport: 53} }
+	for i := range maxRecentOrigins + 10 {
+		o.seen(key(i), uint32(i), true)
+		o.seen(key(0), 0, true) // one tuple read again and again
+	}
+	if n := len(o.recent); n > maxRecentOrigins {
+		t.Fatalf("%d origins kept, at most %d", n, maxRecentOrigins)
+	}
+	if len(o.order) > 2*maxRecentOrigins+1 {
+		t.Fatalf("%d queued", len(o.order))
+	}
+	if id, ok := o.seen(key(maxRecentOrigins+9), 0, false); !ok || id != uint32(maxRecentOrigins+9) {
+		t.Errorf("the newest origin: %d, %v", id, ok)
+	}
+	if _, ok := o.seen(key(1), 0, false); ok {
+		t.Error("the oldest origin was kept past the bound")
+	}
+}
