@@ -170,6 +170,13 @@ func (e *Engine) apply(c policy.Change) (err error) {
 				e.dp.SetEnforcement(local.IPv4, ep.IngressEnforced || in, ep.EgressEnforced || out)
 			}
 		}
+		// Its CIDR deletes all the same: the resolver freed their identity
+		// numbers, which the next new prefix takes (the recheck removes
+		// what fails here).
+		held := e.clusterHolds(len(c.CIDRDeletes))
+		for _, p := range c.CIDRDeletes {
+			e.dropCIDR(p, held(p))
+		}
 		return err
 	}
 	for id, ep := range c.Enforcement {

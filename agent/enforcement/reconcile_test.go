@@ -33,8 +33,10 @@ type fakeDP struct {
 	// policyErr fails every policy write; ingress: the ingress
 	// enforcement flag set per endpoint address.
 	policyErr error
-	ingress   map[netip.Addr]bool
-	egress    map[netip.Addr]bool
+	// ipcacheErr fails every ipcache delete.
+	ipcacheErr error
+	ingress    map[netip.Addr]bool
+	egress     map[netip.Addr]bool
 }
 
 func newFakeDP() *fakeDP {
@@ -86,7 +88,13 @@ func (f *fakeDP) UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) erro
 	f.ipcache[p] = id
 	return nil
 }
-func (f *fakeDP) DeleteIPCache(p netip.Prefix) error { delete(f.ipcache, p); return nil }
+func (f *fakeDP) DeleteIPCache(p netip.Prefix) error {
+	if f.ipcacheErr != nil {
+		return f.ipcacheErr
+	}
+	delete(f.ipcache, p)
+	return nil
+}
 func (f *fakeDP) IPCache() (map[netip.Prefix]identity.NumericIdentity, error) {
 	return maps.Clone(f.ipcache), nil
 }
@@ -408,11 +416,21 @@ func TestRecheckRemovesCIDRsAFailedChangeLeft(t *testing.T) {
 		t.Fatal("a delete whose change could not be written succeeded")
 	}
 	dp.policyErr = nil
+	if id, ok := dp.ipcache[world]; ok {
+		t.Errorf("the deleted policy's CIDR stayed after the failed change, identity %d", id)
+	}
+	// Its delete failed too: the recheck removes it.
+	ps = importTenant(t, e, toCIDRPolicy("192.0.2.0/24"))
+	dp.ipcacheErr = errors.New("ipcache: delete: busy")
+	if _, err := e.Delete(ps[0].Key()); err == nil {
+		t.Fatal("a delete whose change could not be written succeeded")
+	}
+	dp.ipcacheErr = nil
 	if _, err := e.RecheckCIDRs(); err != nil {
 		t.Fatal(err)
 	}
 	if id, ok := dp.ipcache[world]; ok {
-		t.Errorf("the deleted policy's CIDR stayed, identity %d", id)
+		t.Errorf("the deleted policy's CIDR stayed after a recheck, identity %d", id)
 	}
 }
 
