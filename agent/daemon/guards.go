@@ -12,11 +12,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/filament-net/filament/agent/config"
 	"github.com/filament-net/filament/agent/datapath"
-	"github.com/filament-net/filament/agent/enforcement"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/crypto/gossipkey"
@@ -158,48 +155,4 @@ func serviceGuards(cp map[netip.Addr]string, own []netip.Addr, nodes func() []no
 		return ""
 	}
 	return reserved, controlPlane
-}
-
-// hostAddrs are this node's addresses: the primary one and the pods'
-// gateway first, then every other IPv4 address of its interfaces but
-// loopback and multicast (a docker0, a second interface, a node-local
-// DNS cache's link-local address), sorted.
-func hostAddrs(gateway, nodeIP netip.Addr) ([]netip.Addr, error) {
-	as, err := netlink.AddrList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return nil, fmt.Errorf("node addresses: %w", err)
-	}
-	var others []netip.Addr
-	for _, a := range as {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if ip = ip.Unmap(); !ok || !ip.Is4() || ip.IsLoopback() || ip.IsMulticast() || ip.IsUnspecified() ||
-			ip == gateway || ip == nodeIP || slices.Contains(others, ip) {
-			continue
-		}
-		others = append(others, ip)
-	}
-	slices.SortFunc(others, netip.Addr.Compare)
-	return append([]netip.Addr{gateway, nodeIP}, others...), nil
-}
-
-// followHostAddrs keeps the engine's host addresses those of the node's
-// interfaces (checked every few seconds): until 2026-12-04 only the
-// primary address and the gateway were host, the node's other addresses
-// world, and listeners bound to all addresses open to pods there past
-// the control-port check.
-func followHostAddrs(ctx context.Context, gateway, nodeIP netip.Addr, engine *enforcement.Engine) {
-	t := time.NewTicker(3 * time.Second)
-	defer t.Stop()
-	for {
-		if addrs, err := hostAddrs(gateway, nodeIP); err != nil {
-			slog.Warn("node addresses not read", "err", err)
-		} else {
-			engine.SetHostIPs(addrs) // writes only what changed (or failed before)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }

@@ -219,11 +219,7 @@ func (a *Agent) startPolicy(context.Context) error {
 	for _, id := range a.ids.List() {
 		a.res.UpsertIdentity(id)
 	}
-	own, err := hostAddrs(a.pool.Gateway(), a.nodeIP)
-	if err != nil {
-		return err
-	}
-	a.engine = enforcement.New(a.dp, a.res, a.policies, own, a.ids.Get)
+	a.engine = enforcement.New(a.dp, a.res, a.policies, []netip.Addr{a.pool.Gateway(), a.nodeIP}, a.ids.Get)
 	a.engine.SetCluster(a.ipsync, a.router, a.nodeIP)
 	if own, err := netip.ParsePrefix(a.podCIDR); err == nil {
 		a.router.SetOwnPodCIDR(own)
@@ -432,7 +428,6 @@ func (a *Agent) startEndpoints(ctx context.Context) error {
 	// Policies' CIDR identities follow the cluster's nodes (the mesh's
 	// come after this reconcile).
 	a.every(ctx, "policy CIDR recheck", 2*time.Second, a.engine.RecheckCIDRs)
-	a.goroutine(func() { followHostAddrs(ctx, a.pool.Gateway(), a.nodeIP, a.engine) })
 	if a.names != nil {
 		a.names.forgetOthers(eps.List())
 	}

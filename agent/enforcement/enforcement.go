@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 
 	"github.com/filament-net/filament/agent/datapath"
@@ -444,32 +443,6 @@ func entryOf(ep endpoint.Endpoint, pol policy.EndpointPolicy) (datapath.Endpoint
 
 // EndpointUp implements endpoint.Hooks: policy entries first, then the
 // endpoint and its ipcache entry, then the programs on its veth.
-// SetHostIPs makes addrs this node's addresses (identity host), as the
-// node's interfaces change; an address that is no longer the node's
-// goes (a policy's CIDR naming it is written at the next recheck).
-func (e *Engine) SetHostIPs(addrs []netip.Addr) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, a := range e.hostIPs {
-		if !slices.Contains(addrs, a) {
-			e.dp.DeleteIPCache(netip.PrefixFrom(a, 32))
-		}
-	}
-	var now []netip.Addr
-	for _, a := range addrs {
-		if !slices.Contains(e.hostIPs, a) {
-			p := netip.PrefixFrom(a, 32)
-			if err := e.dp.UpsertIPCache(p, identity.Host); err != nil {
-				slog.Error("a node address's host entry; trying again", "addr", a, "err", err)
-				continue
-			}
-			delete(e.cidrs, p) // host's now
-		}
-		now = append(now, a)
-	}
-	e.hostIPs = now
-}
-
 func (e *Engine) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

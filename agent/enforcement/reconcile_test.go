@@ -471,36 +471,3 @@ spec:
   egress: [{toCIDR: ["` + strings.Join(cidrs, `", "`) + `"]}]
 `
 }
-
-// Every address of the node is host, as it comes and goes (a docker0, a
-// second interface, a node-local DNS cache's): before, only the node's
-// primary address and its pods' gateway were, and a listener bound to
-// all addresses (the proxy's, a metrics listener) was open to pods on
-// the others, their identity world, past the control-port check.
-func TestHostAddressesFollowTheNode(t *testing.T) {
-	dp, e, _, hostIP := newWebEngine(t, "")
-	second := netip.MustParseAddr("172.17.0.1")
-	p := netip.PrefixFrom(second, 32)
-	importTenant(t, e, toCIDRPolicy("172.17.0.1/32"))
-	cidrID := dp.ipcache[p]
-	e.SetHostIPs([]netip.Addr{hostIP, second})
-	if id := dp.ipcache[p]; id != identity.Host {
-		t.Fatalf("a second address of the node has identity %d, want host", id)
-	}
-	if _, err := e.Reconcile(); err != nil {
-		t.Fatal(err)
-	}
-	if id := dp.ipcache[p]; id != identity.Host {
-		t.Errorf("after a reconcile the second address has identity %d, want host", id)
-	}
-	e.SetHostIPs([]netip.Addr{hostIP})
-	if id := dp.ipcache[netip.PrefixFrom(hostIP, 32)]; id != identity.Host {
-		t.Errorf("the primary address has identity %d, want host", id)
-	}
-	if _, err := e.RecheckCIDRs(); err != nil {
-		t.Fatal(err)
-	}
-	if id := dp.ipcache[p]; id != cidrID {
-		t.Errorf("the address gone from the node has identity %d, want the policy's CIDR identity %d", id, cidrID)
-	}
-}
