@@ -76,4 +76,7 @@ func TestRecentOriginsBounded(t *testing.T) {
 	if _, ok := o.seen(key(1), 0, false); ok {
 		t.Error("the oldest origin was kept past the bound")
 	}
+	if id, ok := o.seen(key(100), 0, false); !ok || id != 100 {
+		t.Errorf("an origin younger than the bound went with the oldest: %d, %v", id, ok)
+	}
 }

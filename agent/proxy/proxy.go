@@ -704,10 +704,14 @@ func (s *reqState) headDone() {
 // waits idle without a byte from the client (the stream's read deadline,
 // set for each read and cleared after it: an upstream that stops reading
 // a while cuts nothing), until the upstream has answered the head; from
-// then on the stream is a live exchange and is not timed. gRPC calls are
-// not timed at all: a server answers a client stream's head with its
-// first message, which may come long after. net/http's server has no
-// per-stream timeout of its own.
+// then on the stream is a live exchange and is not timed. A gRPC call's
+// body waits grpcBodyIdle times as long: a server answers a client
+// stream's head with its first message, which may come long after (the
+// content type is the client's word, so it is bounded all the same).
+// net/http's server has no per-stream timeout of its own.
+// grpcBodyIdle: a gRPC call's body may wait that many idle timeouts.
+const grpcBodyIdle = 4
+
 type streamBody struct {
 	io.ReadCloser
 	rc *http.ResponseController
@@ -861,14 +865,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.headDone()
 	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
-	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 && !isGRPC(r) {
-		s.body = &streamBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: p.opts.IdleTimeout}
+	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 {
+		idle := p.opts.IdleTimeout
+		if isGRPC(r) {
+			idle *= grpcBodyIdle
+		}
+		s.body = &streamBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: idle}
 		out.Body = s.body
+		defer s.body.stop() // the stream is the server's again: a late read leaves it alone
 	}
 	p.rp.ServeHTTP(w, out)
-	if s.body != nil {
-		s.body.stop() // the stream is the server's again: a late read leaves it alone
-	}
 	verdict := Forwarded
 	if s.failed {
 		verdict = Error

@@ -624,17 +624,23 @@ func TestStalledH2BodyCut(t *testing.T) {
 	}}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 15 * time.Second}
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	go pw.Write([]byte("0123456789")) // then nothing
-	resp, err := c.Post(h.url("/public/slow"), "application/octet-stream", pr)
-	switch {
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || err != nil && strings.Contains(err.Error(), "Client.Timeout"):
-		t.Fatalf("a stream's body stalled after 10 bytes was not cut off by the proxy: %v", err)
-	case err == nil:
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadGateway {
-			t.Fatalf("a stream's body stalled: %s, want the stream reset or 502", resp.Status)
+	// A gRPC call's body waits four idle timeouts, no more: its content
+	// type is the client's word.
+	for _, contentType := range []string{"application/octet-stream", "application/grpc"} {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		go pw.Write([]byte("0123456789")) // then nothing
+		resp, err := c.Post(h.url("/public/slow"), contentType, pr)
+		switch {
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || err != nil && strings.Contains(err.Error(), "Client.Timeout"):
+			t.Fatalf("%s: a stream's body stalled after 10 bytes was not cut off by the proxy: %v", contentType, err)
+		case err == nil:
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			grpcStatus := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status")
+			if contentType == "application/grpc" && grpcStatus != "14" || contentType != "application/grpc" && resp.StatusCode != http.StatusBadGateway {
+				t.Fatalf("%s: a stream's body stalled: %s (grpc-status %q), want the stream reset, 502 or UNAVAILABLE", contentType, resp.Status, grpcStatus)
+			}
 		}
 	}
 	// Answered first, then quiet for twice the idle timeout: kept; and a
@@ -643,14 +649,14 @@ func TestStalledH2BodyCut(t *testing.T) {
 		{"/public/stream", "application/octet-stream"},
 		{"/public/grpc-like", "application/grpc"},
 	} {
-		pr, pw = io.Pipe()
+		pr, pw := io.Pipe()
 		go func() {
 			pw.Write([]byte("a"))
 			time.Sleep(2 * time.Second)
 			pw.Write([]byte("b"))
 			pw.Close()
 		}()
-		resp, err = c.Post(h.url(tc.path), tc.contentType, pr)
+		resp, err := c.Post(h.url(tc.path), tc.contentType, pr)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.path, err)
 		}
