@@ -134,9 +134,9 @@ func followNodeSelectors(ctx context.Context, list func() []node.Node, taken fun
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		nodes := list()
+		nodes := takenRecords(list(), taken)
 		for key, sel := range res.NodeSelectorsInUse() {
-			engine.GroupChanged(key, nodeSelectorAddrs(nodes, taken, sel))
+			engine.GroupChanged(key, nodeSelectorAddrs(nodes, sel))
 		}
 		select {
 		case <-ctx.Done():
@@ -146,18 +146,29 @@ func followNodeSelectors(ctx context.Context, list func() []node.Node, taken fun
 	}
 }
 
+// takenRecords are the records the router took of nodes (not the
+// registry's newest, which it may have refused), read once for every
+// selector.
+func takenRecords(nodes []node.Node, taken func(n node.Node) (node.Node, bool)) []node.Node {
+	var out []node.Node
+	for _, n := range nodes {
+		if n, ok := taken(n); ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // nodeSelectorAddrs are the addresses sel selects: the address of each
-// node's record the router took (not the registry's newest, which it may
-// have refused) whose labels sel matches. Only that address was vetted
-// as the node's own (a record's other addresses were not: until
-// 2026-12-04 a node publishing another node's pods' addresses among its
-// own had a tenant's toNodes selector give those pods CIDR identities on
-// every node, and refused records counted too).
-func nodeSelectorAddrs(nodes []node.Node, taken func(n node.Node) (node.Node, bool), sel api.EndpointSelector) []netip.Addr {
+// of the taken records (takenRecords) whose labels sel matches. Only that
+// address was vetted as the node's own (a record's other addresses were
+// not: until 2026-12-04 a node publishing another node's pods' addresses
+// among its own had a tenant's toNodes selector give those pods CIDR
+// identities on every node, and refused records counted too).
+func nodeSelectorAddrs(nodes []node.Node, sel api.EndpointSelector) []netip.Addr {
 	var addrs []netip.Addr
 	for _, n := range nodes {
-		n, ok := taken(n)
-		if !ok || !n.IP().IsValid() {
+		if !n.IP().IsValid() {
 			continue
 		}
 		var ls labels.Labels

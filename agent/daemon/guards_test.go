@@ -84,7 +84,7 @@ func TestNodeSelectorOnlyTakenNodesOwnAddress(t *testing.T) {
 		t, ok := router[n.Name]
 		return t, ok
 	}
-	got := nodeSelectorAddrs(nodes, taken, api.EndpointSelector{})
+	got := nodeSelectorAddrs(takenRecords(nodes, taken), api.EndpointSelector{})
 	want := []netip.Addr{netip.MustParseAddr("172.30.0.1"), netip.MustParseAddr("172.30.0.2"), netip.MustParseAddr("172.30.0.3")}
 	if !slices.Equal(got, want) {
 		t.Errorf("toNodes: [{}] selects %v, want %v", got, want)

@@ -700,6 +700,9 @@ func (s *reqState) headDone() {
 	s.held = 0
 }
 
+// grpcBodyIdle: a gRPC call's body may wait that many idle timeouts.
+const grpcBodyIdle = 4
+
 // streamBody is an HTTP/2 stream's request body, cut off when a read
 // waits idle without a byte from the client (the stream's read deadline,
 // set for each read and cleared after it: an upstream that stops reading
@@ -709,9 +712,6 @@ func (s *reqState) headDone() {
 // stream's head with its first message, which may come long after (the
 // content type is the client's word, so it is bounded all the same).
 // net/http's server has no per-stream timeout of its own.
-// grpcBodyIdle: a gRPC call's body may wait that many idle timeouts.
-const grpcBodyIdle = 4
-
 type streamBody struct {
 	io.ReadCloser
 	rc *http.ResponseController

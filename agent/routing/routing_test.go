@@ -605,11 +605,8 @@ func TestWireGuardKeyClaimsCanonicalAndRotated(t *testing.T) {
 // theirs; the pool stays closed to remote clusters' nodes. Before, the
 // pool rule held every node of the cluster outside the pool off for good.
 func TestPoolNotLocalInKubernetesMode(t *testing.T) {
-	inNetns(t)
-	r := newRouter(&fakeMaps{ipc: map[netip.Prefix]fakeValue{}}, Tunnel, "n1")
-	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r, _ := vettingRouter(t)
 	r.SetOwnPool(netip.MustParsePrefix("10.244.0.0/16"), false)
-	r.SetHostSource(netip.MustParseAddr("172.30.0.1"))
 	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.96.3.0/24"}}, false)
 	if _, ok := r.Taken("n2"); !ok {
 		t.Error("a node whose Node object gives a pod CIDR outside the fallback pool was refused")
