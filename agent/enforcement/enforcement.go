@@ -87,6 +87,11 @@ type Engine struct {
 	// cidrs: the policies' CIDR identities the engine wrote (the rest are
 	// the cluster's, clusterHolds), as RecheckCIDRs keeps them.
 	cidrs map[netip.Prefix]identity.NumericIdentity
+	// policyStale: a policy map write failed part-way, so the map may
+	// hold entries the resolver dropped (keyed by identity numbers it has
+	// freed for the next new prefix) and lack some it added; the next
+	// change or recheck writes the whole policy (syncPolicy).
+	policyStale bool
 
 	// Sparse remote ipcache (nil: full): the need follows every change
 	// and the router writes the /32s it asks for.
@@ -160,7 +165,14 @@ func (e *Engine) apply(c policy.Change) (err error) {
 			e.router.Reneed(need, true)
 		}
 	}
-	if _, err := e.dp.ApplyPolicy(c.Upserts, c.Deletes); err != nil {
+	if e.policyStale {
+		// The map is not what the resolver last had: the change's delta
+		// is not enough, the whole policy is written (the change with it).
+		_, err = e.syncPolicy()
+	} else if _, err = e.dp.ApplyPolicy(c.Upserts, c.Deletes); err != nil {
+		e.policyStale = true
+	}
+	if err != nil {
 		// Fail closed: enforcement the change turns on is turned on (the
 		// allows missing, its endpoints deny), none is turned off.
 		for id, ep := range c.Enforcement {
@@ -270,6 +282,19 @@ func (e *Engine) dropCIDR(p netip.Prefix, held bool) error {
 func (e *Engine) RecheckCIDRs() (int, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.policyStale {
+		// No CIDR entry is written while the policy map may hold a freed
+		// identity number's stale allows: the new prefix holding it
+		// would get them.
+		release := e.dp.HoldRevision()
+		_, err := e.syncPolicy()
+		if rerr := release(); err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return 0, fmt.Errorf("writing the policy after a failed write: %w", err)
+		}
+	}
 	cidrs := e.res.CIDRIdentities()
 	held := e.clusterHolds(len(cidrs) + len(e.cidrs))
 	changed := 0
@@ -591,9 +616,29 @@ func (e *Engine) Reconcile() (removed int, err error) {
 		}
 	}
 	// Policy.
+	e.policyStale = true // the pinned map is an earlier agent's
+	n, err := e.syncPolicy()
+	return removed + n, err
+}
+
+// syncPolicy makes the policy map hold exactly the resolver's entries
+// and sets every endpoint's enforcement flags from it: at start over an
+// earlier agent's pinned map, and after a write that failed part-way
+// (policyStale). Where the map is stale every wanted entry is written,
+// not only those whose verdict differs: the map's listing gives only the
+// verdict, and an entry's L7 part (its proxy port) may be what failed.
+// An endpoint's flags that cannot be set are logged, not retried: a
+// failed change only ever turned enforcement on (apply), so what is
+// left is an endpoint denying what it may allow. It returns how many
+// entries it removed. e.mu is held.
+func (e *Engine) syncPolicy() (removed int, err error) {
+	// The resolver's endpoints, not only e.endpoints: one coming up joins
+	// those after its policy change (EndpointUp).
 	wantPol := map[policy.MapKey]policy.MapValue{}
-	for id := range e.endpoints {
+	flags := map[uint16]policy.EndpointPolicy{}
+	for _, id := range e.res.EndpointIDs() {
 		if pol, ok := e.res.Endpoint(id); ok {
+			flags[id] = pol
 			for k, v := range pol.Entries {
 				wantPol[k] = v
 			}
@@ -601,24 +646,29 @@ func (e *Engine) Reconcile() (removed int, err error) {
 	}
 	havePol, err := e.dp.PolicyEntries()
 	if err != nil {
-		return removed, err
+		return 0, err
 	}
 	var del []policy.MapKey
-	up := map[policy.MapKey]policy.MapValue{}
 	for k := range havePol {
 		if _, ok := wantPol[k]; !ok {
 			del = append(del, k)
 		}
 	}
-	for k, v := range wantPol {
-		if deny, ok := havePol[k]; !ok || deny != v.Deny {
-			up[k] = v
+	if _, err := e.dp.ApplyPolicy(wantPol, del); err != nil {
+		return 0, err
+	}
+	e.policyStale = false
+	for id, pol := range flags {
+		ep, ok := e.endpoints[id]
+		if !ok {
+			continue // its entry is written with its flags (EndpointUp)
+		}
+		ip := ep.IPv4
+		if err := e.dp.SetEnforcement(ip, pol.IngressEnforced, pol.EgressEnforced); err != nil {
+			slog.Warn("an endpoint's enforcement flags not set from the policy", "endpoint", id, "ip", ip, "err", err)
 		}
 	}
-	if _, err := e.dp.ApplyPolicy(up, del); err != nil {
-		return removed, err
-	}
-	return removed + len(del), nil
+	return len(del), nil
 }
 
 // PolicyEntries counts the desired policy entries (metrics).

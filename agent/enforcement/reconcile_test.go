@@ -35,8 +35,10 @@ type fakeDP struct {
 	policyErr error
 	// ipcacheErr fails every ipcache delete.
 	ipcacheErr error
-	ingress    map[netip.Addr]bool
-	egress     map[netip.Addr]bool
+	// l7: the L7 lists of the policy entries that have one.
+	l7      map[policy.MapKey]string
+	ingress map[netip.Addr]bool
+	egress  map[netip.Addr]bool
 }
 
 func newFakeDP() *fakeDP {
@@ -59,6 +61,10 @@ func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.
 	}
 	for k, v := range up {
 		f.policy[k] = v.Deny
+		if f.l7 == nil {
+			f.l7 = map[policy.MapKey]string{}
+		}
+		f.l7[k] = v.L7
 	}
 	return len(up) + len(del), nil
 }
@@ -470,4 +476,142 @@ spec:
   endpointSelector: {}
   egress: [{toCIDR: ["` + strings.Join(cidrs, `", "`) + `"]}]
 `
+}
+
+// stalePolicy is web's egress policy to 192.0.2.0/24 and, kept by a
+// second policy, to 203.0.113.0/24.
+const stalePolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: old, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress: [{toCIDR: ["192.0.2.0/24"]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: keep, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress: [{toCIDR: ["203.0.113.0/24"]}]
+`
+
+// A policy change whose policy map write failed leaves no stale allow
+// once writes work again: before, its deletes never reached the map, the
+// resolver freed the deleted CIDR's identity number, and the next new
+// prefix took it with web's old allow on it (here another namespace's
+// toCIDR made web able to reach 198.51.100.0/24 with no policy allowing
+// it). The next change, or the next recheck, writes the whole policy.
+func TestFailedPolicyWriteLeavesNoStaleAllow(t *testing.T) {
+	for _, heal := range []string{"next change", "recheck"} {
+		t.Run(heal, func(t *testing.T) {
+			dp, e, web, _ := newWebEngine(t, stalePolicy)
+			old := e.res.CIDRIdentities()[netip.MustParsePrefix("192.0.2.0/24")]
+			found := false
+			for k := range dp.policy {
+				found = found || (k.Endpoint == web.ID && k.Dir == policy.Egress && k.Identity == old)
+			}
+			if !found {
+				t.Fatalf("web has no egress entry for 192.0.2.0/24 (identity %d): %v", old, dp.policy)
+			}
+			dp.policyErr = errors.New("policy map: delete: busy")
+			if _, err := e.Delete("default/old"); err == nil {
+				t.Fatal("a delete whose change could not be written succeeded")
+			}
+			dp.policyErr = nil
+			other := netip.MustParsePrefix("198.51.100.0/24")
+			if heal == "next change" {
+				importTenant(t, e, toCIDRPolicy(other.String()))
+			} else {
+				// The resolver takes the prefix with no write yet (as
+				// an import whose write failed leaves it).
+				dp.policyErr = errors.New("policy map: put: no space left on device")
+				ps, _ := api.Parse([]byte(toCIDRPolicy(other.String())))
+				if _, err := e.ImportScoped("kubernetes", ps); err == nil {
+					t.Fatal("an import whose change could not be written succeeded")
+				}
+				dp.policyErr = nil
+				if _, err := e.RecheckCIDRs(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			id, ok := dp.ipcache[other]
+			if !ok {
+				t.Fatalf("%s not written", other)
+			}
+			for k := range dp.policy {
+				if k.Endpoint == web.ID && k.Identity == id {
+					t.Errorf("web's policy allows %s (identity %d, %s): no policy names it for web", other, id, k)
+				}
+			}
+			want := map[policy.MapKey]bool{}
+			for ep := range e.endpoints {
+				pol, _ := e.res.Endpoint(ep)
+				for k, v := range pol.Entries {
+					want[k] = v.Deny
+				}
+			}
+			if !maps.Equal(dp.policy, want) {
+				t.Errorf("policy map after the failure healed:\n%v\nwant\n%v", dp.policy, want)
+			}
+		})
+	}
+}
+
+// A change whose write failed is written whole even where only an
+// entry's L7 part changed: a port that gained HTTP rules kept its plain
+// allow (no proxy) until a restart before.
+func TestFailedPolicyWriteL7Written(t *testing.T) {
+	dp, e, web, _ := newWebEngine(t, webPolicy)
+	dp.policyErr = errors.New("policy map: put: busy")
+	ps, err := api.Parse([]byte(strings.Replace(webPolicy, `protocol: TCP}]}]`,
+		`protocol: TCP}], rules: {http: [{method: GET}]}}]`, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Import(ps); err == nil {
+		t.Fatal("an import whose change could not be written succeeded")
+	}
+	dp.policyErr = nil
+	if _, err := e.RecheckCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for k, l7 := range dp.l7 {
+		if k.Endpoint == web.ID && k.Dir == policy.Ingress && dp.policy[k] == false {
+			n++
+			if l7 == "" {
+				t.Errorf("web's ingress allow %s has no L7 rules after the failed write healed", k)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("web has no ingress allow")
+	}
+}
+
+// An endpoint coming up while the policy map is stale gets its entries:
+// the whole policy written then is the resolver's, the new endpoint's
+// included (it joins the engine's endpoints after its change).
+func TestEndpointUpWhileStaleGetsItsEntries(t *testing.T) {
+	dp, e, web, _ := newWebEngine(t, webPolicy)
+	dp.policyErr = errors.New("policy map: put: busy")
+	ps, _ := api.Parse([]byte(stalePolicy))
+	if _, err := e.Import(ps); err == nil {
+		t.Fatal("an import whose change could not be written succeeded")
+	}
+	dp.policyErr = nil
+	ep := web
+	ep.ID, ep.IPv4, ep.HostIfName, ep.HostIfIndex = 2, netip.MustParseAddr("10.244.0.3"), "filweb2", 8
+	if err := e.EndpointUp(context.Background(), ep); err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := e.res.Endpoint(ep.ID)
+	if len(pol.Entries) == 0 {
+		t.Fatal("the resolver gives the new endpoint no entries")
+	}
+	for k := range pol.Entries {
+		if _, ok := dp.policy[k]; !ok {
+			t.Errorf("the new endpoint's entry %s is not in the map", k)
+		}
+	}
 }

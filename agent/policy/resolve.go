@@ -1032,6 +1032,13 @@ func (r *Resolver) DeleteEndpoint(id uint16) Change {
 	return ch
 }
 
+// EndpointIDs lists the endpoints the resolver has, in no order.
+func (r *Resolver) EndpointIDs() []uint16 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Collect(maps.Keys(r.endpoints))
+}
+
 // Endpoint returns a copy of the desired policy of a local endpoint.
 func (r *Resolver) Endpoint(id uint16) (EndpointPolicy, bool) {
 	r.mu.Lock()
