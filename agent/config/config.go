@@ -537,7 +537,7 @@ func (c Config) validateNode() error {
 
 func (c Config) validateStore() error {
 	for i, ep := range c.Etcd.Endpoints {
-		if err := httpURL(fmt.Sprintf("etcd.endpoints[%d]", i), ep); err != nil {
+		if err := kvstoreURL(fmt.Sprintf("etcd.endpoints[%d]", i), ep); err != nil {
 			return err
 		}
 	}
@@ -555,10 +555,10 @@ func (c Config) validateStore() error {
 	if _, err := c.Etcd.TLSConfig(); err != nil {
 		return fmt.Errorf("%w: etcd: %v", ErrInvalid, err)
 	}
-	if err := httpURL("embeddedEtcd.clientURL", c.EmbeddedEtcd.ClientURL); err != nil {
+	if err := kvstoreURL("embeddedEtcd.clientURL", c.EmbeddedEtcd.ClientURL); err != nil {
 		return err
 	}
-	if err := httpURL("embeddedEtcd.peerURL", c.EmbeddedEtcd.PeerURL); err != nil {
+	if err := kvstoreURL("embeddedEtcd.peerURL", c.EmbeddedEtcd.PeerURL); err != nil {
 		return err
 	}
 	return atLeastASecond("leaseTTL", c.LeaseTTL)
@@ -741,6 +741,19 @@ func httpURL(field, s string) error {
 	}
 	if u.Hostname() == "" {
 		return fmt.Errorf("%w: %s %q: no host", ErrInvalid, field, s)
+	}
+	return nil
+}
+
+// kvstoreURL is httpURL naming its port: the kvstore's ports are control
+// ports the datapath keeps pods off on node addresses, and a URL without
+// one leaves the port the client dials unknown (and unprotected).
+func kvstoreURL(field, s string) error {
+	if err := httpURL(field, s); err != nil {
+		return err
+	}
+	if u, _ := url.Parse(s); u.Port() == "" {
+		return fmt.Errorf("%w: %s %q: no port: name the kvstore's port (e.g. :2379)", ErrInvalid, field, s)
 	}
 	return nil
 }

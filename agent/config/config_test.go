@@ -141,6 +141,8 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"etcd.endpoints scheme", func(c *Config) { c.Etcd.Endpoints = []string{"https://a:2379", "unix://x"} }, []string{"etcd.endpoints[1]", "unix://x"}},
 		{"etcd.endpoints no host", func(c *Config) { c.Etcd.Endpoints = []string{"http://:2379"} }, []string{"etcd.endpoints[0]", "http://:2379"}},
 		{"etcd.endpoints port", func(c *Config) { c.Etcd.Endpoints = []string{"http://a:70000"} }, []string{"etcd.endpoints[0]", "70000"}},
+		{"etcd.endpoints no port", func(c *Config) { c.Etcd.Endpoints = []string{"https://a:2379", "http://10.0.0.1"} }, []string{"etcd.endpoints[1]", "http://10.0.0.1", "no port"}},
+		{"embeddedEtcd.peerURL no port", func(c *Config) { c.EmbeddedEtcd.PeerURL = "http://127.0.0.1" }, []string{"embeddedEtcd.peerURL", "no port"}},
 		{"etcd.dialTimeout", func(c *Config) { c.Etcd.DialTimeout = -time.Second }, []string{"etcd.dialTimeout", "-1s"}},
 		{"etcd.password", func(c *Config) { c.Etcd.Password = "secret" }, []string{"etcd.password"}},
 		{"etcd.caFile missing", func(c *Config) { c.Etcd.CAFile = missing }, []string{"etcd.caFile", missing}},

@@ -106,8 +106,7 @@ func controlPorts(cfg config.Config) []uint16 {
 			continue
 		}
 		if pu.Port() == "" {
-			slog.Warn("kvstore endpoint without a port: not a control port (name its port to keep pods off it on node addresses)", "endpoint", u)
-			continue
+			continue // refused by the config's check (kvstoreURL)
 		}
 		p, _ := strconv.Atoi(pu.Port())
 		add(p)
