@@ -113,6 +113,38 @@ func TestForgedGossipFromPod(t *testing.T) {
 	if !reach(t, podNS, "tcp", n1.IP, 7000) {
 		t.Error("pod cannot reach an ordinary port of its node: the check cannot tell ports apart")
 	}
+	// So are the node's other addresses (a second interface's, a bridge's
+	// such as docker0): their identity is the world, yet a listener on a
+	// control port there is the node's. Before 2026-12-05 the pod reached
+	// it (an external kvstore on the host network listens on every
+	// address).
+	const second = "198.18.7.1"
+	if out, err := exec.Command("ip", "-n", n1.NetNS, "addr", "add", second+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v: %s", err, out)
+	}
+	var secondLn net.Listener
+	if err := inNS(t, lab.NetNSPath(n1.NetNS), func() (err error) {
+		secondLn, err = net.Listen("tcp4", net.JoinHostPort(second, "7946"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer secondLn.Close()
+	go func() {
+		for {
+			c, err := secondLn.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if dials(t, podNS, second, 7946) {
+		t.Errorf("pod reaches a control port (7946) on another address of its node (%s)", second)
+	}
+	if !reach(t, podNS, "tcp", second, 7000) {
+		t.Errorf("pod cannot reach an ordinary port on another address of its node (%s:7000)", second)
+	}
 
 	// Five forged deaths of n2, the last at the highest incarnation, to
 	// both nodes.

@@ -5,6 +5,8 @@
 // into the pod's namespace (native_deliver, in progs/netdev.h). Both only
 // when the node neither tunnels nor encrypts (fib_native) and the agent
 // has not asked for the kernel's forwarding (--native-forwarding kernel).
+// And which destinations the node delivers to itself (local_control, for
+// the control ports).
 #pragma once
 
 #ifndef AF_INET
@@ -97,4 +99,26 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 	// destination) in ipv4_dst.
 	struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = f.ipv4_dst};
 	return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
+}
+
+// local_control sets p->to_local when p, a pod's packet leaving through
+// its veth (skb) for no local endpoint, goes to a control port of an
+// address this node's kernel delivers to itself: a second interface's, a
+// bridge's (docker0), whatever identity the ipcache gives it (the world,
+// a policy's CIDR). The FIB says so (a local or broadcast route: not
+// forwarded); only packets to a control port ask it.
+static __always_inline void local_control(struct __sk_buff *skb, struct pkt *p)
+{
+	p->to_local = 0;
+	if (!control_port(p))
+		return;
+	struct bpf_fib_lookup f = {};
+	f.family = AF_INET;
+	f.l4_protocol = p->proto;
+	f.sport = p->sport;
+	f.dport = p->dport;
+	f.ipv4_src = p->saddr;
+	f.ipv4_dst = p->daddr;
+	f.ifindex = skb->ifindex;
+	p->to_local = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_NOT_FWDED;
 }

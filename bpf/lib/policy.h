@@ -32,11 +32,13 @@ static __always_inline int control_port(struct pkt *p)
 	return 0;
 }
 
-// to_node tells whether daddr, whose identity is peer, is a node's own
-// address: this node's (host), another's (remote-node), or a known node's.
-static __always_inline int to_node(__u32 peer, __u32 daddr)
+// to_node tells whether p's destination daddr, whose identity is peer,
+// is a node's own address: this node's (host, or any address the kernel
+// delivers locally, p->to_local), another's (remote-node), or a known
+// node's.
+static __always_inline int to_node(struct pkt *p, __u32 peer, __u32 daddr)
 {
-	return peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr);
+	return p->to_local || peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr);
 }
 
 // policy_verdict is the decision of endpoint ep's policy in direction dir
@@ -71,7 +73,7 @@ static __always_inline int policy_verdict(struct endpoint_info *ep, __u8 dir, __
 	}
 	if (deny)
 		return REASON_POLICY_DENY_RULE;
-	if (daddr && !named && control_port(p) && to_node(peer, daddr))
+	if (daddr && !named && control_port(p) && to_node(p, peer, daddr))
 		return REASON_CONTROL_PORT;
 	if (!enforced || found) {
 		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)

@@ -37,6 +37,8 @@ int from_container(struct __sk_buff *skb)
 	__u32 proxy;
 	__u8 cover = remote && (remote->flags & IPCACHE_F_COVER) ? CT_F_COVER : 0;
 	__u8 local_peer = dst ? CT_F_LOCAL_PEER : 0;
+	if (!dst)
+		local_control(skb, &p);
 	r = enforce(0, src, DIR_EGRESS, dst_id, src->identity, dst_id, dst_ep, &p, skb->ifindex, dst ? 0 : daddr, cover | local_peer, &proxy);
 	// Egress L7: the proxy checks the destination's ingress too. Or a reply
 	// to the proxy's upstream connection (PROXY_UPSTREAM): to its socket,
