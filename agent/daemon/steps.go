@@ -377,12 +377,25 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 	if a.kube == nil {
 		return nil
 	}
-	kube, err := k8s.Start(ctx, a.kube, a.cfg.NodeName, k8sPolicies{a.engine, a.policies}, &a.relabel, a.services)
+	kube, err := k8s.Start(ctx, a.kube, a.cfg.NodeName, k8sPolicies{a.engine, a.policies}, &a.relabel, a.services, a.podNamespace)
 	if err != nil {
 		return err
 	}
 	a.podLabels, a.kubeWatcher = kube.PodLabels, kube
 	return nil
+}
+
+// podNamespace is the namespace of the cluster's pod at ip (the
+// cluster's ipcache).
+func (a *Agent) podNamespace(ip netip.Addr) (string, bool) {
+	if a.ipsync == nil {
+		return "", false
+	}
+	e, ok := a.ipsync.Lookup(ip)
+	if !ok || e.Namespace == "" {
+		return "", false
+	}
+	return e.Namespace, true
 }
 
 // startGroups follows the cloud groups and the node selectors the

@@ -320,6 +320,18 @@ func (s *Sync) Prune(ctx context.Context) (int, error) {
 	return n, nil
 }
 
+// Lookup returns the entry of ip: this node's endpoint's, or another
+// node's of the cluster.
+func (s *Sync) Lookup(ip netip.Addr) (Entry, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.local[ip]; ok {
+		return e, true
+	}
+	e, ok := s.remote[ip]
+	return e, ok
+}
+
 // Remote returns the entries of other nodes.
 func (s *Sync) Remote() []Entry {
 	s.mu.Lock()

@@ -56,6 +56,15 @@ func TestHoldExpiredWhileReachable(t *testing.T) {
 		b.Publish(ipcache.Entry{IP: ip, Identity: 1000, HostIP: netip.MustParseAddr("172.30.0.2")})
 		expect(ip.String() + " deleted=false")
 	}
+	// Lookup: another node's entry (a) and this node's own (b).
+	for name, s := range map[string]*ipcache.Sync{"a": a, "b": b} {
+		if e, ok := s.Lookup(ip1); !ok || e.Identity != 1000 {
+			t.Errorf("%s: Lookup(%s) = %+v, %v", name, ip1, e, ok)
+		}
+		if e, ok := s.Lookup(netip.MustParseAddr("10.1.0.9")); ok {
+			t.Errorf("%s: Lookup of an unknown address found %+v", name, e)
+		}
+	}
 	// A deleted endpoint: withdrawn at once, reachable node or not.
 	b.Withdraw(ip2)
 	expect(ip2.String() + " deleted=true")

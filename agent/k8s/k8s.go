@@ -93,6 +93,9 @@ type Watcher struct {
 	policyKinds map[string]policyKind
 
 	svcIndexer, sliceIndexer cache.Indexer
+	// podNamespace says which namespace a cluster pod's address is in
+	// (false: no pod of the cluster known there); nil: not checked.
+	podNamespace func(netip.Addr) (string, bool)
 	// conflicted are the Services (namespace/name) whose service was
 	// refused because another stored service held its frontend; each
 	// removal of a stored service stores them again.
@@ -143,7 +146,12 @@ func ClientConfig(kubeconfig, apiServer string) (*rest.Config, error) {
 
 // Start connects with cfg and starts the informers (policies; the pods of
 // node and the namespaces); it returns at once.
-func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods Pods, svcs Services) (*Watcher, error) {
+//
+// podNamespace names the namespace of a cluster pod's address (the
+// cluster's ipcache): an EndpointSlice's address that is another
+// namespace's pod is not made a backend.
+func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods Pods, svcs Services,
+	podNamespace func(netip.Addr) (string, bool)) (*Watcher, error) {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -152,7 +160,8 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{policies: p, pods: pods, services: svcs, apiServer: cfg.Host, life: ctx, policyKinds: map[string]policyKind{}}
+	w := &Watcher{policies: p, pods: pods, services: svcs, podNamespace: podNamespace, apiServer: cfg.Host, life: ctx,
+		policyKinds: map[string]policyKind{}}
 	typed := informers.NewSharedInformerFactory(cs, 10*time.Minute)
 	np := typed.Networking().V1().NetworkPolicies().Informer()
 	w.followPolicies(ctx, api.KindNetworkPolicy, networkPolicyDoc, np)

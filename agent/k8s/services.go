@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -424,6 +425,10 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 					continue
 				}
 				seen[a] = true
+				if why := w.foreignPod(namespace, a); why != "" {
+					slog.Warn("an EndpointSlice's address left out", "service", key, "slice", es.Name, "address", a, "reason", why)
+					continue
+				}
 				b := service.Backend{IP: a, State: state}
 				if ep.NodeName != nil {
 					b.Node = *ep.NodeName
@@ -447,6 +452,27 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 		w.retryBusy(ctx, namespace, name)
 	}
 	return err
+}
+
+// foreignPod says why address a of an EndpointSlice of a Service in
+// namespace is not made a backend ("" if it is): it is a pod of another
+// namespace. Slices are written by hand too (Kubernetes's
+// CVE-2021-25740), and whatever the slice's targetRef says, the address
+// would make that namespace's Service, a NodePort from any node, a way
+// to the other namespace's pod. Addresses no pod of the cluster holds (a
+// node's, for host-network pods; one outside the cluster) stay.
+func (w *Watcher) foreignPod(namespace, a string) string {
+	if w.podNamespace == nil {
+		return ""
+	}
+	ip, err := netip.ParseAddr(a)
+	if err != nil {
+		return ""
+	}
+	if ns, ok := w.podNamespace(ip); ok && ns != namespace {
+		return "a pod of namespace " + ns
+	}
+	return ""
 }
 
 // retryBusy stores the Service namespace/name again after busyRetry and a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -409,5 +410,41 @@ func TestServiceRetriedRemovalsAreEveryObject(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 		})
+	}
+}
+
+// A hand-written EndpointSlice cannot make a Service of one namespace a
+// way into another namespace's pods (Kubernetes's CVE-2021-25740): an
+// address that is a pod of another namespace is left out, with a slice
+// targetRef claiming that namespace or none; the namespace's own pods,
+// and addresses that are no known pod (a node's, one outside the
+// cluster), stay.
+func TestSliceCannotNameAnotherNamespacesPod(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	w.podNamespace = func(a netip.Addr) (string, bool) {
+		ns, ok := map[string]string{"10.0.0.5": "default", "10.0.1.9": "payments", "10.0.1.10": "payments"}[a.String()]
+		return ns, ok
+	}
+	ks := clusterIPService("web", "10.96.0.10")
+	w.svcIndexer.Add(ks)
+	w.sliceIndexer.Add(&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-1",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "web"}}, AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{
+			{Addresses: []string{"10.0.0.5", "10.0.1.9"}},
+			{Addresses: []string{"10.0.1.10"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "web-x"}},
+			{Addresses: []string{"172.30.0.3", "192.0.2.8"}},
+		}})
+	w.serviceHandler(context.Background()).OnAdd(ks, false)
+	s := f.svcs["default/web"]
+	if s == nil {
+		t.Fatalf("stored: %v", f.keys())
+	}
+	var got []string
+	for _, b := range s.Backends {
+		got = append(got, b.IP)
+	}
+	if want := []string{"10.0.0.5", "172.30.0.3", "192.0.2.8"}; !slices.Equal(got, want) {
+		t.Errorf("backends %v, want %v (another namespace's pods left out)", got, want)
 	}
 }
