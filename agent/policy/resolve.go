@@ -265,6 +265,9 @@ type Resolver struct {
 	cidrs    map[netip.Prefix]identity.NumericIdentity
 	cidrFree []uint32 // released CIDR identity numbers, ascending
 	cidrNext uint32   // the lowest number never allocated
+	// nodeIDs are the CIDR identities of node selectors' addresses
+	// (knownIdentity.node).
+	nodeIDs map[identity.NumericIdentity]struct{}
 
 	endpoints map[uint16]*endpointState
 
@@ -312,6 +315,10 @@ type knownIdentity struct {
 	id     identity.NumericIdentity
 	labels labels.Labels
 	prefix netip.Prefix // of a CIDR identity
+	// node: a CIDR identity a node selector in use gives a node's address
+	// (nodeSelectedLocked): for every other rule it is the remote node it
+	// was (peerSpec.matches).
+	node bool
 }
 
 // groupKey groups an endpoint's entries: the deny precedence of the
@@ -338,6 +345,7 @@ func NewResolver(mode Mode) *Resolver {
 		identities: map[identity.NumericIdentity]*knownIdentity{},
 		byLabel:    map[string]map[identity.NumericIdentity]struct{}{},
 		cidrs:      map[netip.Prefix]identity.NumericIdentity{},
+		nodeIDs:    map[identity.NumericIdentity]struct{}{},
 		cidrNext:   1,
 		endpoints:  map[uint16]*endpointState{},
 		awsGroups:  map[string][]netip.Prefix{},
@@ -474,9 +482,35 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 		return ch
 	}
 	r.awsGroups[key] = prefixes
-	r.recompileNaming(&ch, key)
+	if api.IsNodeSelectorKey(key) {
+		r.renode(&ch)
+	} else {
+		r.recompileNaming(&ch, key)
+	}
 	r.finish(&ch)
 	return ch
+}
+
+// renode follows a node selector's new addresses: the CIDR identities
+// they are (and were) change how every policy selects them
+// (matchesNode), so every policy is recompiled, the node selectors'
+// first (they allocate the new addresses' identities).
+func (r *Resolver) renode(ch *Change) {
+	clear(r.nodeIDs)
+	for p, id := range r.cidrs {
+		if k := r.identities[id]; k != nil {
+			if k.node = r.nodeSelectedLocked(p); k.node {
+				r.nodeIDs[id] = struct{}{}
+			}
+		}
+	}
+	changed := map[string]bool{}
+	for k := range r.compiled {
+		changed[k] = true
+	}
+	if len(changed) > 0 {
+		r.applyChanged(ch, changed)
+	}
 }
 
 // recompileNaming recompiles the policies naming the selector key.
@@ -858,6 +892,11 @@ func (r *Resolver) NodeSelectorsInUse() map[string]api.EndpointSelector {
 func (r *Resolver) NodeSelected(p netip.Prefix) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.nodeSelectedLocked(p)
+}
+
+// nodeSelectedLocked is NodeSelected with r.mu held.
+func (r *Resolver) nodeSelectedLocked(p netip.Prefix) bool {
 	for key, addrs := range r.awsGroups {
 		if api.IsNodeSelectorKey(key) && slices.Contains(addrs, p) {
 			return true
@@ -930,7 +969,7 @@ func (r *Resolver) allocCIDR(ch *Change, p netip.Prefix) identity.NumericIdentit
 	}
 	id := identity.LocalScopeFlag | identity.NumericIdentity(n)
 	r.cidrs[p] = id
-	r.addIdentity(&knownIdentity{id: id, labels: cidrLabels(p), prefix: p})
+	r.addIdentity(&knownIdentity{id: id, labels: cidrLabels(p), prefix: p, node: r.nodeSelectedLocked(p)})
 	if ch.CIDRUpserts == nil {
 		ch.CIDRUpserts = map[netip.Prefix]identity.NumericIdentity{}
 	}
@@ -1112,6 +1151,9 @@ func (r *Resolver) Warnings() []string {
 // select it.
 func (r *Resolver) addIdentity(k *knownIdentity) {
 	r.identities[k.id] = k
+	if k.node {
+		r.nodeIDs[k.id] = struct{}{}
+	}
 	for _, l := range k.labels {
 		lk := l.Key + "\x00" + l.Value
 		if r.byLabel[lk] == nil {
@@ -1131,6 +1173,7 @@ func (r *Resolver) addIdentity(k *knownIdentity) {
 // removeIdentity forgets k and removes it from every computed peer set.
 func (r *Resolver) removeIdentity(k *knownIdentity) {
 	delete(r.identities, k.id)
+	delete(r.nodeIDs, k.id)
 	for _, l := range k.labels {
 		lk := l.Key + "\x00" + l.Value
 		delete(r.byLabel[lk], k.id)
@@ -1183,6 +1226,12 @@ func (r *Resolver) computePeers(ps *peerSpec) map[identity.NumericIdentity]struc
 	if ps.world || len(ps.cidrs) > 0 {
 		try(r.identities[identity.World])
 		for _, id := range r.cidrs {
+			try(r.identities[id])
+		}
+	} else if len(ps.selectors) > 0 || slices.Contains(ps.reserved, identity.RemoteNode) {
+		// The node selectors' CIDR identities, which they select as the
+		// remote node (matchesNode).
+		for id := range r.nodeIDs {
 			try(r.identities[id])
 		}
 	}
@@ -1501,6 +1550,7 @@ type peerSelector struct {
 type cidrPeer struct {
 	prefix netip.Prefix
 	except []netip.Prefix
+	node   bool // a node selector's address (toNodes/fromNodes)
 }
 
 func (c cidrPeer) selects(p netip.Prefix) bool {
@@ -1540,6 +1590,8 @@ func (ps *peerSpec) matches(k *knownIdentity) bool {
 		return true
 	}
 	switch {
+	case k.id.IsLocal() && k.node:
+		return ps.matchesNode(k)
 	case k.id.IsLocal():
 		if ps.world {
 			return true
@@ -1570,6 +1622,32 @@ func (ps *peerSpec) matches(k *knownIdentity) bool {
 	}
 	for _, s := range ps.selectors {
 		if (s.reserved || !k.id.IsReserved()) && s.sel.Matches(k.labels) {
+			return true
+		}
+	}
+	return false
+}
+
+// remoteNodeLabels are the labels of the remote-node identity.
+var remoteNodeLabels = labels.Labels{{Source: labels.SourceReserved, Key: string(api.EntityRemoteNode)}}
+
+// matchesNode reports whether the spec selects k, the CIDR identity a
+// node selector gives a node's address: node selectors select it by its
+// prefix, every other rule as the remote node it would be without them
+// (remote-node, cluster, a selector of its reserved label; not world nor
+// a CIDR), so that one namespace's node selector changes no other
+// policy's verdicts.
+func (ps *peerSpec) matchesNode(k *knownIdentity) bool {
+	if ps.cluster || slices.Contains(ps.reserved, identity.RemoteNode) {
+		return true
+	}
+	for _, c := range ps.cidrs {
+		if c.node && c.selects(k.prefix) {
+			return true
+		}
+	}
+	for _, s := range ps.selectors {
+		if s.reserved && s.sel.Matches(remoteNodeLabels) {
 			return true
 		}
 	}
@@ -1768,7 +1846,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		c.cp.nodeSels[key] = sel
 		for _, p := range c.awsGroups[key] { // none until the agent has matched nodes
 			c.prefixes[p] = true
-			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
+			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p, node: true})
 		}
 	}
 	if pf.services > 0 {

@@ -1602,3 +1602,76 @@ spec:
 		t.Fatal("the scraper cannot reach the matched node")
 	}
 }
+
+// A node selector in one namespace's policy changes no other policy's
+// verdict for the nodes it names: their addresses get CIDR identities
+// (so that the selector can select them), but for every other rule they
+// stay the remote nodes they were: `remote-node` and `cluster` select
+// them, `world` and CIDR rules do not. Before 2026-12-05 a tenant's
+// `toNodes: [{}]` made another namespace's `toEntities: [remote-node]`
+// allow stop matching the nodes and its world and CIDR allows start
+// reaching them.
+func TestNodeSelectorLeavesOtherPoliciesVerdicts(t *testing.T) {
+	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: nodes, namespace: a}
+spec:
+  endpointSelector: {}
+  egress: [{toNodes: [{}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: b}
+spec:
+  endpointSelector: {}
+  egress:
+  - toEntities: [remote-node]
+    toPorts: [{ports: [{port: "9100", protocol: TCP}]}]
+  - toEntities: [cluster]
+    toPorts: [{ports: [{port: "9200", protocol: TCP}]}]
+  - toEntities: [world]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - toCIDR: [172.30.0.0/16]
+    toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(ModeDefault)
+	r.UpsertEndpoint(EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "k8s:app=x", "k8s:io.kubernetes.pod.namespace=a")})
+	r.UpsertEndpoint(EndpointInfo{ID: 2, Identity: cid(2), Labels: rsLabels(t, "k8s:app=y", "k8s:io.kubernetes.pod.namespace=b")})
+	r.SetPolicies(ps)
+	var key string
+	for k := range r.NodeSelectorsInUse() {
+		key = k
+	}
+	node := netip.MustParsePrefix("172.30.0.2/32")
+	r.SetGroup(key, []netip.Addr{node.Addr()})
+	id := r.CIDRIdentities()[node]
+	if id == 0 {
+		t.Fatal("no CIDR identity for the selected node")
+	}
+	if ok, _ := dpVerdict(mustEP(t, r, 1), Egress, id, 6, 80); !ok {
+		t.Error("namespace a's node selector does not select the node")
+	}
+	for _, c := range []struct {
+		port uint16
+		want bool
+	}{{9100, true}, {9200, true}, {443, false}, {22, false}} {
+		if ok, _ := dpVerdict(mustEP(t, r, 2), Egress, id, 6, c.port); ok != c.want {
+			t.Errorf("namespace b to the node on %d: allowed %v, want %v (as to the remote node without a's selector)", c.port, ok, c.want)
+		}
+	}
+	// The selector gone, the node is the remote node again for everyone.
+	ps2, _ := api.Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: b}
+spec:
+  endpointSelector: {}
+  egress: [{toEntities: [world], toPorts: [{ports: [{port: "443", protocol: TCP}]}]}]
+`))
+	r.SetPolicies(ps2)
+	if _, ok := r.CIDRIdentities()[node]; ok {
+		t.Error("the node's CIDR identity stayed after its selector went")
+	}
+}
