@@ -251,7 +251,8 @@ func fail(w http.ResponseWriter, err error) {
 		status, code = http.StatusServiceUnavailable, types.CodeUnavailable
 	case errors.Is(err, ipam.ErrExhausted), errors.Is(err, identity.ErrExhausted):
 		status, code = http.StatusInsufficientStorage, types.CodeExhausted
-	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policyapi.ErrInvalidPolicy), errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
+	case errors.Is(err, endpoint.ErrInvalid), errors.Is(err, labels.ErrInvalid), errors.Is(err, policyapi.ErrInvalidPolicy), errors.Is(err, policy.ErrBudget),
+		errors.Is(err, service.ErrInvalid), errors.Is(err, errBadRequest):
 		status, code = http.StatusBadRequest, types.CodeInvalid
 	case errors.Is(err, errTooLarge), errors.Is(err, policysync.ErrTooLarge):
 		status, code = http.StatusRequestEntityTooLarge, types.CodeTooLarge

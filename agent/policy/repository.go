@@ -120,7 +120,9 @@ func (r *Repository) Import(ps []api.Policy) (revision uint64, err error) {
 	return r.ImportScoped(ScopeAgent, ps)
 }
 
-// ImportScoped is Import with the scope the imported policies get.
+// ImportScoped is Import with the scope the imported policies get. An
+// import that would take a namespace past its budgets (checkBudgets) is
+// refused whole (ErrBudget).
 func (r *Repository) ImportScoped(scope string, ps []api.Policy) (revision uint64, err error) {
 	staged, err := api.Prepare(ps)
 	if err != nil {
@@ -135,6 +137,9 @@ func (r *Repository) ImportScoped(scope string, ps []api.Policy) (revision uint6
 	for _, p := range staged {
 		next[p.Key()] = p
 		setScope(scopes, p.Key(), scope)
+	}
+	if err := checkBudgets(next, staged); err != nil {
+		return 0, err
 	}
 	return r.commit(next, scopes)
 }

@@ -1,0 +1,113 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/filament-net/filament/agent/policy/api"
+)
+
+// Namespace budgets: what one namespace's policies may make every node
+// hold in the maps it shares with every other namespace (and, for the
+// ipcache, with the mesh). Clusterwide policies are the operator's and
+// are not bounded.
+const (
+	// MaxNamespacePrefixes bounds the distinct CIDR prefixes (toCIDR,
+	// fromCIDR, toCIDRSet and fromCIDRSet with their excepts) a
+	// namespace's policies name: each is an ipcache entry on every node.
+	MaxNamespacePrefixes = 4096
+	// MaxNamespaceCIDRPorts bounds, summed over a namespace's policy
+	// sections, each section's CIDR prefixes times its ports: the policy
+	// map entries each selected endpoint gets from them. A port range
+	// counts as 32 (what it compiles to at most), a port of protocol ANY
+	// as 3, a section without ports as 1.
+	MaxNamespaceCIDRPorts = 65536
+)
+
+// ErrBudget: an import would take a namespace past a budget.
+var ErrBudget = errors.New("namespace policy budget exceeded")
+
+// checkBudgets checks the namespaces of staged against their budgets in
+// next (the policy set after the import).
+func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
+	touched := map[string]bool{}
+	for _, p := range staged {
+		if p.Namespace != "" {
+			touched[p.Namespace] = true
+		}
+	}
+	if len(touched) == 0 {
+		return nil
+	}
+	type use struct {
+		prefixes  map[netip.Prefix]bool
+		cidrPorts int
+	}
+	uses := map[string]*use{}
+	for ns := range touched {
+		uses[ns] = &use{prefixes: map[netip.Prefix]bool{}}
+	}
+	for _, p := range next {
+		u := uses[p.Namespace]
+		if u == nil {
+			continue
+		}
+		for _, rule := range p.Rules {
+			count := func(cidrs []string, sets []api.CIDRRule, ports []api.PortRule) {
+				n := 0
+				add := func(s string) {
+					if pr, err := api.ParseCIDR(s); err == nil {
+						u.prefixes[pr] = true
+						n++
+					}
+				}
+				for _, c := range cidrs {
+					add(c)
+				}
+				for _, c := range sets {
+					add(c.CIDR)
+					for _, e := range c.Except {
+						add(e)
+					}
+				}
+				u.cidrPorts += n * portEntries(ports)
+			}
+			for _, in := range append(rule.Ingress[:len(rule.Ingress):len(rule.Ingress)], rule.IngressDeny...) {
+				count(in.FromCIDR, in.FromCIDRSet, in.ToPorts)
+			}
+			for _, out := range append(rule.Egress[:len(rule.Egress):len(rule.Egress)], rule.EgressDeny...) {
+				count(out.ToCIDR, out.ToCIDRSet, out.ToPorts)
+			}
+		}
+	}
+	for ns, u := range uses {
+		if len(u.prefixes) > MaxNamespacePrefixes {
+			return fmt.Errorf("%w: namespace %q: its policies would name %d CIDR prefixes (at most %d per namespace)",
+				ErrBudget, ns, len(u.prefixes), MaxNamespacePrefixes)
+		}
+		if u.cidrPorts > MaxNamespaceCIDRPorts {
+			return fmt.Errorf("%w: namespace %q: its policies' CIDR prefixes times ports would be %d (at most %d per namespace)",
+				ErrBudget, ns, u.cidrPorts, MaxNamespaceCIDRPorts)
+		}
+	}
+	return nil
+}
+
+// portEntries is what a section's ports count for the budget.
+func portEntries(prs []api.PortRule) int {
+	n := 0
+	for _, pr := range prs {
+		for _, pp := range pr.Ports {
+			k := 1
+			if pp.EndPort != 0 {
+				k = 32
+			}
+			if pp.Protocol == api.ProtoAny || pp.Protocol == "" {
+				k *= 3
+			}
+			n += k
+		}
+	}
+	return max(n, 1)
+}
