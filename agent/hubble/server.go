@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -167,18 +169,50 @@ func recovered(method string, err *error) {
 	}
 }
 
-// limitStreams refuses a stream when max are open (ResourceExhausted).
+// limitStreams refuses a stream when max of its client's are open
+// (ResourceExhausted). A client is its certificate's common name (the
+// names the TLS listener admits: this cluster's relay, a connected
+// cluster's), or "" without TLS (the unix socket's local clients): one
+// client holding all of its streams does not lock the others out. The
+// pools are as many as the names the listener admits, plus one.
 func limitStreams(max int) grpc.StreamServerInterceptor {
-	slots := make(chan struct{}, max)
+	var mu sync.Mutex
+	open := map[string]int{}
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		select {
-		case slots <- struct{}{}:
-			defer func() { <-slots }()
-			return h(srv, ss)
-		default:
+		client := streamClient(ss)
+		mu.Lock()
+		if open[client] >= max {
+			mu.Unlock()
 			return status.Errorf(codes.ResourceExhausted, "%d streams open: try later", max)
 		}
+		open[client]++
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			if open[client]--; open[client] == 0 {
+				delete(open, client)
+			}
+			mu.Unlock()
+		}()
+		return h(srv, ss)
 	}
+}
+
+// streamClient is the common name of the certificate ss's client
+// presented ("" without one).
+func streamClient(ss grpc.ServerStream) string {
+	if ss == nil {
+		return ""
+	}
+	p, ok := grpcpeer.FromContext(ss.Context())
+	if !ok {
+		return ""
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return ""
+	}
+	return ti.State.PeerCertificates[0].Subject.CommonName
 }
 
 // GetFlows sends the flows held that pass the request's filters (the

@@ -2,18 +2,24 @@ package hubble
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/filament-net/filament/agent/hubble/filter"
@@ -442,4 +448,52 @@ func TestSilentConnectionClosed(t *testing.T) {
 	if err != nil || time.Since(start) > 5*time.Second {
 		t.Fatalf("a connection sending nothing: %v after %v; want closed by the server", err, time.Since(start))
 	}
+}
+
+// clientStream is a server stream of a client whose certificate has the
+// common name cn ("": no TLS, as on the agent's unix socket).
+type clientStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s clientStream) Context() context.Context { return s.ctx }
+
+func streamOf(cn string) grpc.ServerStream {
+	ctx := context.Background()
+	if cn != "" {
+		ctx = grpcpeer.NewContext(ctx, &grpcpeer.Peer{AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{
+			PeerCertificates: []*x509.Certificate{{Subject: pkix.Name{CommonName: cn}}}}}})
+	}
+	return clientStream{ctx: ctx}
+}
+
+// Each client name has its own pool of streams: a connected cluster's
+// relay (hubble-remote) holding all of its streams does not lock this
+// cluster's relay, nor local clients, out. Before 2026-12-05 the 256
+// streams were one pool for every client.
+func TestStreamPoolPerClient(t *testing.T) {
+	info := &grpc.StreamServerInfo{FullMethod: "/observer.Observer/GetFlows"}
+	limit := limitStreams(2)
+	release := make(chan struct{})
+	var open sync.WaitGroup
+	for range 2 {
+		in := make(chan struct{})
+		open.Add(1)
+		go func() {
+			defer open.Done()
+			limit(nil, streamOf("hubble-remote"), info, func(any, grpc.ServerStream) error { close(in); <-release; return nil })
+		}()
+		<-in
+	}
+	if err := limit(nil, streamOf("hubble-remote"), info, func(any, grpc.ServerStream) error { return nil }); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a stream past the remote relay's bound: %v", err)
+	}
+	for _, cn := range []string{"hubble-relay", ""} {
+		if err := limit(nil, streamOf(cn), info, func(any, grpc.ServerStream) error { return nil }); err != nil {
+			t.Errorf("client %q locked out by another client's streams: %v", cn, err)
+		}
+	}
+	close(release)
+	open.Wait()
 }
