@@ -7,11 +7,13 @@ package encryption
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/config"
@@ -35,6 +37,23 @@ type Encryption struct {
 type ipsecPeers struct {
 	local ipsec.Local
 	keys  []ipsec.Key
+	// install and uninstall: ipsec.Install and ipsec.Uninstall (fakes in
+	// tests).
+	install   func(ipsec.Local, ipsec.Peer, []ipsec.Key) error
+	uninstall func(ipsec.Local, ipsec.Peer, []ipsec.Key)
+
+	mu sync.Mutex
+	// tags: the peer address holding each wire SPI sender tag
+	// (ipsec.Tag). A second address of a tag is refused: its inbound
+	// states would be the first's, and its removal would delete them.
+	tags map[uint32]netip.Addr
+}
+
+// ErrTagTaken: a peer's wire SPI sender tag is another peer's.
+var ErrTagTaken = errors.New("ipsec: the node's SPI sender tag is another node's")
+
+func newIPsecPeers(local ipsec.Local, keys []ipsec.Key) *ipsecPeers {
+	return &ipsecPeers{local: local, keys: keys, install: ipsec.Install, uninstall: ipsec.Uninstall, tags: map[uint32]netip.Addr{}}
 }
 
 func (x *ipsecPeers) peer(n node.Node, ip netip.Addr) ipsec.Peer {
@@ -48,11 +67,29 @@ func (x *ipsecPeers) peer(n node.Node, ip netip.Addr) ipsec.Peer {
 }
 
 func (x *ipsecPeers) AddPeer(n node.Node, ip netip.Addr) error {
-	return ipsec.Install(x.local, x.peer(n, ip), x.keys)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	tag := ipsec.Tag(ip)
+	if owner, ok := x.tags[tag]; ok && owner != ip {
+		return fmt.Errorf("%w: %s and %s share the low 28 bits of their addresses (tag %#07x): node %s refused",
+			ErrTagTaken, ip, owner, tag, n.Name)
+	}
+	if err := x.install(x.local, x.peer(n, ip), x.keys); err != nil {
+		return err
+	}
+	x.tags[tag] = ip
+	return nil
 }
 
 func (x *ipsecPeers) RemovePeer(n node.Node, ip netip.Addr) {
-	ipsec.Uninstall(x.local, x.peer(n, ip), x.keys)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	tag := ipsec.Tag(ip)
+	if owner, ok := x.tags[tag]; ok && owner != ip {
+		return // refused: the tag's inbound states are the other node's
+	}
+	x.uninstall(x.local, x.peer(n, ip), x.keys)
+	delete(x.tags, tag)
 }
 
 // Start opens the WireGuard device (peers follow the node
@@ -106,7 +143,7 @@ func Start(cfg config.Config, dp *datapath.Datapath, router *routing.Router, und
 		if p, err := netip.ParsePrefix(podCIDR); err == nil {
 			local.PodCIDRs = []netip.Prefix{p}
 		}
-		router.SetIPsec(&ipsecPeers{local: local, keys: keys})
+		router.SetIPsec(newIPsecPeers(local, keys))
 		e.ipsec = true
 	}
 	if e.wg == nil {

@@ -214,6 +214,14 @@ func state(src, dst netip.Addr, k Key) *netlink.XfrmState {
 
 // wireSPI is the SPI on the wire for traffic sent by src with key SPI spi.
 func wireSPI(spi uint8, src netip.Addr) uint32 {
+	return uint32(spi)<<28 | Tag(src)
+}
+
+// Tag is the 28-bit sender tag of the node at src in its wire SPIs: the
+// low 28 bits of an IPv4 address, 28 bits of a hash of an IPv6 one. Two
+// peers of one tag would share their inbound states at every node (the
+// agent refuses the second).
+func Tag(src netip.Addr) uint32 {
 	src = src.Unmap()
 	var tag uint32
 	if src.Is4() {
@@ -224,7 +232,7 @@ func wireSPI(spi uint8, src netip.Addr) uint32 {
 		sum := sha256.Sum256(b[:])
 		tag = binary.BigEndian.Uint32(sum[:4]) >> 4
 	}
-	return uint32(spi)<<28 | tag&(1<<28-1)
+	return tag & (1<<28 - 1)
 }
 
 // directionKey returns the key bytes for traffic from src to dst: a copy of
