@@ -373,6 +373,32 @@ spec:
 	if !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432) {
 		t.Fatal("web no longer reaches db")
 	}
+
+	// The admin revokes n2's certificate (the real CLI): n1 reads the CA's
+	// revocation list and refuses n2, which is no longer its WireGuard
+	// peer, so under strict mode web (on n2) no longer reaches db.
+	n2, _ := l.Node("n2")
+	out, err := exec.Command(filepath.Join(labtest.BinDir(t), "filament"), "clustermesh", "revoke-node-cert",
+		"--bundle", c.Bundle, "--cert", filepath.Join(filepath.Dir(n2.StateDir), "node.pem")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("revoke-node-cert: %v %s", err, out)
+	}
+	eventually(t, "n1 refuses n2 as revoked", func() bool {
+		for _, r := range encryptStatus(t, l, "n1").Refused {
+			if r.Node == "n2" && strings.Contains(r.Reason, "revoked") {
+				return true
+			}
+		}
+		return false
+	})
+	for _, p := range encryptStatus(t, l, "n1").Peers {
+		if p.Name == "n2" {
+			t.Fatal("n1 keeps the revoked n2 as a WireGuard peer")
+		}
+	}
+	eventually(t, "web (on the revoked n2) no longer reaches db", func() bool {
+		return !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432)
+	})
 }
 
 // IPsec mode on a kernel without ESP: the agent refuses to start with one

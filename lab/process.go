@@ -144,6 +144,11 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		"--node-ca", filepath.Join(c.Bundle, "ca.pem"),
 		// The Hubble API for the cluster's relay (mutual TLS, node certificate).
 		"--hubble-listen", net.JoinHostPort(n.IP, strconv.Itoa(HubblePort))}, l.agentArgs(n.Name)...)
+	if l.binDir(n.Name) == l.BinDir {
+		// The CA's revocation list (absent until a revocation); an older
+		// agent of an upgrade test lacks the flag.
+		args = append(args, "--node-crl", filepath.Join(c.Bundle, "node-crl.pem"))
+	}
 	cmd := netnsCommand(n.NetNS, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -251,6 +251,10 @@ type Config struct {
 	NodeCert string `json:"nodeCert"`
 	NodeKey  string `json:"nodeKey"`
 	NodeCA   string `json:"nodeCA"`
+	// NodeCRL is the CA's revocation list of node certificates (PEM,
+	// `filament clustermesh revoke-node-cert`), read again when it
+	// changes; absent: nothing revoked yet. Needs NodeCA.
+	NodeCRL string `json:"nodeCRL,omitempty"`
 	// AWSRegion turns on AWS groups (toGroups/fromGroups) and EC2 node
 	// metadata ("" = from AWS_REGION or the shared config, else off);
 	// AWSEndpoint overrides the EC2 endpoint (tests).
@@ -638,6 +642,14 @@ func (c Config) validateSecurity() error {
 	for _, f := range []struct{ field, path string }{{"nodeCert", c.NodeCert}, {"nodeKey", c.NodeKey}, {"nodeCA", c.NodeCA}} {
 		if err := existingFile(f.field, f.path); err != nil {
 			return err
+		}
+	}
+	if c.NodeCRL != "" {
+		if c.NodeCA == "" {
+			return fmt.Errorf("%w: nodeCRL %q: needs nodeCA (node authentication)", ErrInvalid, c.NodeCRL)
+		}
+		if !filepath.IsAbs(c.NodeCRL) {
+			return fmt.Errorf("%w: nodeCRL %q: must be an absolute path", ErrInvalid, c.NodeCRL)
 		}
 	}
 	return nil

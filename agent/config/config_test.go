@@ -179,6 +179,8 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"nodeKey missing", func(c *Config) { c.NodeCert, c.NodeKey, c.NodeCA = file, missing, file }, []string{"nodeKey", missing}},
 		{"nodeCA missing", func(c *Config) { c.NodeCert, c.NodeKey, c.NodeCA = file, file, missing }, []string{"nodeCA", missing}},
 		{"nodeCA alone", func(c *Config) { c.NodeCA = file }, []string{"nodeCert, nodeKey and nodeCA"}},
+		{"nodeCRL without nodeCA", func(c *Config) { c.NodeCRL = "/etc/filament/crl.pem" }, []string{"nodeCRL", "nodeCA"}},
+		{"nodeCRL relative", func(c *Config) { c.NodeCert, c.NodeKey, c.NodeCA, c.NodeCRL = file, file, file, "crl.pem" }, []string{"nodeCRL", "crl.pem", "absolute"}},
 		{"awsRegion", func(c *Config) { c.AWSRegion = "US East" }, []string{"awsRegion", "US East"}},
 		{"awsEndpoint", func(c *Config) { c.AWSEndpoint = "moto:5000" }, []string{"awsEndpoint", "moto:5000"}},
 		{"awsIMDSEndpoint", func(c *Config) { c.AWSIMDSEndpoint = "ftp://169.254.169.254" }, []string{"awsIMDSEndpoint", "ftp://169.254.169.254"}},

@@ -92,6 +92,7 @@ var Flags = []Flag{
 	{"node-cert", "this node's certificate from the cluster's CA (PEM): sign the node record and accept only authenticated nodes", func(c *Config) any { return &c.NodeCert }},
 	{"node-key", "the key of --node-cert (PEM)", func(c *Config) any { return &c.NodeKey }},
 	{"node-ca", "the CA that issues this cluster's node certificates (PEM)", func(c *Config) any { return &c.NodeCA }},
+	{"node-crl", "the CA's revocation list of node certificates (PEM; read again when it changes; absent: none revoked)", func(c *Config) any { return &c.NodeCRL }},
 	{"wireguard-private-run-dir", "mount a private tmpfs on /var/run/wireguard (labs: several agents, each in its own mount namespace, on one machine)", func(c *Config) any { return &c.WireGuardPrivateRunDir }},
 }
 

@@ -286,25 +286,43 @@ func (a *Agent) startDetection(ctx context.Context) error {
 		a.reg.HoldExpired(4 * time.Duration(cfg.LeaseTTL))
 		a.ipsync.HoldExpired(a.reg.Reachable, 4*time.Duration(cfg.LeaseTTL))
 	}
-	a.reg.Subscribe(func(n node.Node, deleted bool) {
-		if n.Name != cfg.NodeName && !deleted && !a.auth.Accept(cfg.ClusterName, n) {
-			a.nodeChanged(n, true) // refused: no peer, no routes, no entries
-			return
+	a.reg.Subscribe(a.vetNode)
+	// A node certificate revoked since: every node is vetted again.
+	a.every(ctx, "node revocation list", 10*time.Second, func() (int, error) {
+		changed, err := a.auth.ReloadCRL()
+		if !changed || err != nil {
+			return 0, err
 		}
-		if deleted {
-			a.auth.Forget(n.Name)
+		nodes := a.reg.List()
+		for _, n := range nodes {
+			a.vetNode(n, false)
 		}
-		a.nodeChanged(n, deleted)
-		if a.detector != nil && n.Name != cfg.NodeName {
-			if deleted {
-				a.detector.Forget(n.IP())
-			} else {
-				a.detector.Join(n.IP())
-			}
-		}
+		return len(nodes), nil
 	})
 	a.ipsync.Subscribe(a.router.EntryChanged)
 	return nil
+}
+
+// vetNode follows a change of a node of this cluster: one that node
+// authentication refuses goes as deleted (no peer, no routes, no
+// entries).
+func (a *Agent) vetNode(n node.Node, deleted bool) {
+	self := n.Name == a.cfg.NodeName
+	if !self && !deleted && !a.auth.Accept(a.cfg.ClusterName, n) {
+		a.nodeChanged(n, true)
+		return
+	}
+	if deleted {
+		a.auth.Forget(n.Name)
+	}
+	a.nodeChanged(n, deleted)
+	if a.detector != nil && !self {
+		if deleted {
+			a.detector.Forget(n.IP())
+		} else {
+			a.detector.Join(n.IP())
+		}
+	}
 }
 
 // nodeChanged passes a node's change (a refused node as deleted) to the

@@ -7,6 +7,8 @@ package encryption
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/config"
@@ -225,6 +228,13 @@ type NodeAuth struct {
 	signer   *nodeauth.Signer
 	caPEM    []byte
 	refusals *nodeauth.Refusals
+
+	// The cluster CA's revocation list (nodeCRL): the revoked node
+	// certificates of this cluster, read again when the file changes.
+	crlPath  string
+	crlMu    sync.Mutex
+	crlStamp string
+	revoked  atomic.Pointer[nodeauth.Revoked]
 }
 
 func StartNodeAuth(cfg config.Config, router *routing.Router) (*NodeAuth, error) {
@@ -245,9 +255,48 @@ func StartNodeAuth(cfg config.Config, router *routing.Router) (*NodeAuth, error)
 	if a.caPEM, err = os.ReadFile(cfg.NodeCA); err != nil {
 		return nil, fmt.Errorf("nodeCA: %w", err)
 	}
-	a.enabled, a.signer = true, s
+	a.enabled, a.signer, a.crlPath = true, s, cfg.NodeCRL
+	if _, err := a.ReloadCRL(); err != nil {
+		return nil, err
+	}
 	router.RequireNodes()
 	return a, nil
+}
+
+// ReloadCRL reads the revocation list again if its file's content
+// changed (absent: nothing revoked) and says whether the
+// revoked set changed: then every node is to be vetted again. A list that
+// does not verify against the CA is refused, the last one kept.
+func (a *NodeAuth) ReloadCRL() (bool, error) {
+	if !a.enabled || a.crlPath == "" {
+		return false, nil
+	}
+	a.crlMu.Lock()
+	defer a.crlMu.Unlock()
+	var stamp string
+	data, err := os.ReadFile(a.crlPath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		stamp = "absent"
+	case err != nil:
+		return false, fmt.Errorf("nodeCRL: %w", err)
+	default:
+		sum := sha256.Sum256(data)
+		stamp = hex.EncodeToString(sum[:])
+	}
+	if stamp == a.crlStamp {
+		return false, nil
+	}
+	var r *nodeauth.Revoked
+	if data != nil {
+		if r, err = nodeauth.ParseRevoked(data, a.caPEM); err != nil {
+			return false, fmt.Errorf("nodeCRL %s: %w", a.crlPath, err)
+		}
+	}
+	a.revoked.Store(r)
+	a.crlStamp = stamp
+	slog.Info("node revocation list read", "path", a.crlPath, "revoked", r.Len())
+	return true, nil
 }
 
 func (a *NodeAuth) Sign() []func(*node.Node) error {
@@ -268,6 +317,9 @@ func (a *NodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error
 		name = cluster + "/" + n.Name
 	}
 	err := nodeauth.Verify(n, caPEM)
+	if err == nil && cluster == local {
+		err = a.revoked.Load().Check(n)
+	}
 	if err != nil {
 		slog.Warn("refused a node", "node", name, "err", err)
 	}

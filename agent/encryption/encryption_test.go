@@ -3,11 +3,15 @@ package encryption
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/crypto/ca"
 	"github.com/filament-net/filament/crypto/ipsec"
+	"github.com/filament-net/filament/crypto/nodeauth"
 )
 
 // A node whose address shares its low 28 bits with a peer's (the wire
@@ -58,4 +62,84 @@ func TestIPsecPeerTagCollisionRefused(t *testing.T) {
 	if !slices.Equal(installed, []string{c.String(), b.String()}) {
 		t.Errorf("installed %v", installed)
 	}
+}
+
+// A node whose certificate the CA revokes is refused once the agent
+// reads the revocation list, which it reads again when the file changes;
+// a list the CA did not sign is refused and the last one kept. Before
+// 2026-12-05 node certificates (five years) could not be revoked.
+func TestNodeAuthRevocationList(t *testing.T) {
+	c1, _ := ca.New("c1")
+	other, _ := ca.New("c1")
+	sign := func(name string) node.Node {
+		pair, err := nodeauth.Issue(c1, "c1", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		if err := ca.WritePair(dir, "node", pair); err != nil {
+			t.Fatal(err)
+		}
+		s, err := nodeauth.LoadSigner(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := node.Node{Name: name, Cluster: "c1", ClusterID: 1, IPs: []string{"172.30.1.1"}}
+		if err := s.Sign(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	n1, n2 := sign("n1"), sign("n2")
+	path := filepath.Join(t.TempDir(), "crl.pem")
+	a := &NodeAuth{enabled: true, caPEM: c1.PEM, crlPath: path, refusals: nodeauth.NewRefusals()}
+	if changed, err := a.ReloadCRL(); err != nil || !changed {
+		t.Fatalf("no list yet: %v, %v", changed, err)
+	}
+	if !a.Accept("c1", n1) || !a.Accept("c1", n2) {
+		t.Fatal("nodes refused with nothing revoked")
+	}
+	crl, err := c1.Revoke(nil, []byte(n1.Certificate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, crl, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := a.ReloadCRL(); err != nil || !changed {
+		t.Fatalf("the list written: %v, %v", changed, err)
+	}
+	if changed, _ := a.ReloadCRL(); changed {
+		t.Error("the same list read again counts as a change (every node vetted again for nothing)")
+	}
+	if a.Accept("c1", n1) {
+		t.Error("a node whose certificate is revoked is accepted")
+	}
+	if !a.Accept("c1", n2) {
+		t.Error("another node is refused")
+	}
+	if a.Refused() != 1 {
+		t.Errorf("refused: %d", a.Refused())
+	}
+	// A list of another CA (un-revoking n1) is refused; n1 stays refused.
+	forged, err := other.Revoke(nil, mustIssue(t, other))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(path, forged, 0o644)
+	if _, err := a.ReloadCRL(); err == nil {
+		t.Error("a list another CA signed was read")
+	}
+	if a.Accept("c1", n1) {
+		t.Error("a forged list un-revoked the node")
+	}
+}
+
+func mustIssue(t *testing.T, authority *ca.CA) []byte {
+	t.Helper()
+	p, err := nodeauth.Issue(authority, "c1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Cert
 }

@@ -5,12 +5,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -697,6 +699,48 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 	}
 	issue.Flags().StringVar(&nodeName, "node", "", "node name (as the agent's --node-name)")
 	issue.Flags().StringVar(&outDir, "out", "", "directory for node.pem and node-key.pem")
-	cmd.AddCommand(enable, connect, disconnect, status, issue, c.rotateGossipKeyCmd(need))
+	var certFile string
+	revoke := &cobra.Command{
+		Use: "revoke-node-cert --cert FILE", Args: cobra.NoArgs,
+		Short: "Revoke a node certificate of this cluster's CA: adds it to the CA's revocation list, node-crl.pem in the bundle (give it to every agent as --node-crl)",
+		RunE: func(*cobra.Command, []string) error {
+			dir, err := need()
+			if err != nil {
+				return err
+			}
+			if certFile == "" {
+				return fmt.Errorf("--cert is required")
+			}
+			certPEM, err := os.ReadFile(certFile)
+			if err != nil {
+				return fmt.Errorf("--cert: %w", err)
+			}
+			authority, err := ca.Load(dir)
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(dir, "node-crl.pem")
+			old, err := os.ReadFile(path)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			crl, err := authority.Revoke(old, certPEM)
+			if err != nil {
+				return fmt.Errorf("--cert %s: %w", certFile, err)
+			}
+			tmp := path + ".tmp"
+			if err := os.WriteFile(tmp, crl, 0o644); err != nil {
+				return err
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				return err
+			}
+			return c.print(map[string]string{"crl": path}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Revoked %s: %s (agents with --node-crl %s refuse the node within 10 s)\n", certFile, path, path)
+			})
+		},
+	}
+	revoke.Flags().StringVar(&certFile, "cert", "", "the node certificate to revoke (PEM, as issue-node-cert wrote it)")
+	cmd.AddCommand(enable, connect, disconnect, status, issue, revoke, c.rotateGossipKeyCmd(need))
 	return cmd
 }

@@ -139,3 +139,62 @@ func WritePair(dir, name string, p Pair) error {
 	}
 	return os.WriteFile(filepath.Join(dir, name+"-key.pem"), p.Key, 0o600)
 }
+
+// Revoke returns the CA's certificate revocation list (PEM) with the
+// certificate certPEM added to crlPEM's entries (crlPEM empty: none yet;
+// it must be this CA's), its number one more. The list is valid for a
+// year from now; agents read it as long as its signature verifies.
+func (c *CA) Revoke(crlPEM, certPEM []byte) ([]byte, error) {
+	cb, _ := pem.Decode(certPEM)
+	if cb == nil || cb.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%w: no PEM certificate to revoke", ErrCA)
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: certificate to revoke: %v", ErrCA, err)
+	}
+	if cert.IsCA {
+		return nil, fmt.Errorf("%w: the certificate to revoke is a CA's (%s), not one it issued", ErrCA, cert.Subject.CommonName)
+	}
+	if err := cert.CheckSignatureFrom(c.Cert); err != nil {
+		return nil, fmt.Errorf("%w: the certificate to revoke is not this CA's: %v", ErrCA, err)
+	}
+	tmpl := &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: time.Now(), NextUpdate: time.Now().AddDate(1, 0, 0)}
+	if len(crlPEM) > 0 {
+		old, err := ParseCRL(crlPEM, c.Cert)
+		if err != nil {
+			return nil, err
+		}
+		tmpl.Number = new(big.Int).Add(old.Number, big.NewInt(1))
+		for _, e := range old.RevokedCertificateEntries {
+			if e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
+				return crlPEM, nil // revoked already
+			}
+			tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, e)
+		}
+	}
+	tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+		x509.RevocationListEntry{SerialNumber: cert.SerialNumber, RevocationTime: time.Now()})
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, c.Cert, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: revocation list: %v", ErrCA, err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
+}
+
+// ParseCRL reads a revocation list (PEM) and checks that issuer signed
+// it.
+func ParseCRL(crlPEM []byte, issuer *x509.Certificate) (*x509.RevocationList, error) {
+	b, _ := pem.Decode(crlPEM)
+	if b == nil || b.Type != "X509 CRL" {
+		return nil, fmt.Errorf("%w: no PEM revocation list (X509 CRL)", ErrCA)
+	}
+	l, err := x509.ParseRevocationList(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: revocation list: %v", ErrCA, err)
+	}
+	if err := l.CheckSignatureFrom(issuer); err != nil {
+		return nil, fmt.Errorf("%w: the revocation list is not signed by the CA: %v", ErrCA, err)
+	}
+	return l, nil
+}

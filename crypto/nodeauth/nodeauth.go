@@ -202,3 +202,52 @@ func (r *Refusals) Count() int {
 	defer r.mu.Unlock()
 	return len(r.m)
 }
+
+// Revoked are the serial numbers of the node certificates the cluster's
+// CA has revoked (its revocation list).
+type Revoked struct{ serials map[string]bool }
+
+// ParseRevoked reads the CA's revocation list (PEM), refusing one the CA
+// in caPEM did not sign.
+func ParseRevoked(crlPEM, caPEM []byte) (*Revoked, error) {
+	b, _ := pem.Decode(caPEM)
+	if b == nil {
+		return nil, fmt.Errorf("%w: no PEM CA certificate", ErrRefused)
+	}
+	issuer, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: CA certificate: %v", ErrRefused, err)
+	}
+	l, err := ca.ParseCRL(crlPEM, issuer)
+	if err != nil {
+		return nil, err
+	}
+	r := &Revoked{serials: map[string]bool{}}
+	for _, e := range l.RevokedCertificateEntries {
+		r.serials[e.SerialNumber.String()] = true
+	}
+	return r, nil
+}
+
+// Len is how many certificates are revoked.
+func (r *Revoked) Len() int {
+	if r == nil {
+		return 0
+	}
+	return len(r.serials)
+}
+
+// Check refuses record n when its certificate is revoked (r nil: none is).
+func (r *Revoked) Check(n node.Node) error {
+	if r.Len() == 0 {
+		return nil
+	}
+	cert, err := parseCert(n.Certificate)
+	if err != nil {
+		return fmt.Errorf("%w: %s/%s: certificate: %v", ErrRefused, n.Cluster, n.Name, err)
+	}
+	if r.serials[cert.SerialNumber.String()] {
+		return fmt.Errorf("%w: %s/%s: certificate %s is revoked", ErrRefused, n.Cluster, n.Name, cert.SerialNumber)
+	}
+	return nil
+}

@@ -118,3 +118,72 @@ func TestRefusals(t *testing.T) {
 		t.Fatal("a cleared refusal stayed")
 	}
 }
+
+// A node certificate the CA revoked refuses the node's records; the
+// others still verify. The list must be the cluster CA's: one signed by
+// another CA, or altered, is refused, so whoever can write where agents
+// read it cannot revoke (nor un-revoke) a node.
+func TestRevoked(t *testing.T) {
+	c1, _ := ca.New("c1")
+	other, _ := ca.New("c1")
+	bad, good := signer(t, c1, "c1", "n1"), signer(t, c1, "c1", "n2")
+	nb, ng := record("n1"), record("n2")
+	if err := bad.Sign(&nb); err != nil {
+		t.Fatal(err)
+	}
+	if err := good.Sign(&ng); err != nil {
+		t.Fatal(err)
+	}
+	crl, err := c1.Revoke(nil, []byte(nb.Certificate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ParseRevoked(crl, c1.PEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(nb); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("a revoked node's record: %v", err)
+	}
+	if err := r.Check(ng); err != nil {
+		t.Errorf("another node's record: %v", err)
+	}
+	// Revoking again changes nothing; another certificate is added.
+	if again, err := c1.Revoke(crl, []byte(nb.Certificate)); err != nil || string(again) != string(crl) {
+		t.Errorf("revoking twice: %v", err)
+	}
+	both, err := c1.Revoke(crl, []byte(ng.Certificate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ParseRevoked(both, c1.PEM); err != nil || r.Len() != 2 || r.Check(nb) == nil || r.Check(ng) == nil {
+		t.Errorf("two revoked: %v, %d", err, r.Len())
+	}
+	// Not the cluster's CA's.
+	forged, err := other.Revoke(nil, mustCert(t, other))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseRevoked(forged, c1.PEM); err == nil {
+		t.Error("a list another CA signed was taken")
+	}
+	altered := []byte(strings.Replace(string(crl), "A", "B", 1))
+	if _, err := ParseRevoked(altered, c1.PEM); err == nil {
+		t.Error("an altered list was taken")
+	}
+	if _, err := other.Revoke(nil, []byte(nb.Certificate)); err == nil {
+		t.Error("a CA revoked another CA's certificate")
+	}
+	if _, err := c1.Revoke(nil, c1.PEM); err == nil {
+		t.Error("a CA revoked itself")
+	}
+}
+
+func mustCert(t *testing.T, authority *ca.CA) []byte {
+	t.Helper()
+	p, err := Issue(authority, "c1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Cert
+}
