@@ -92,6 +92,10 @@ type Engine struct {
 	// freed for the next new prefix) and lack some it added; the next
 	// change or recheck writes the whole policy (syncPolicy).
 	policyStale bool
+	// capped: the endpoints whose policy has more than maxEntries
+	// entries: none of them is written and they deny everything (capShare).
+	capped     map[uint16]bool
+	maxEntries int
 
 	// Sparse remote ipcache (nil: full): the need follows every change
 	// and the router writes the /32s it asks for.
@@ -139,7 +143,77 @@ func (e *Engine) SetCluster(s *ipcache.Sync, r Router, nodeIP netip.Addr) {
 func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Addr,
 	lookup func(identity.NumericIdentity) (identity.Identity, error)) *Engine {
 	return &Engine{dp: dp, res: res, repo: repo, lookup: lookup, endpoints: map[uint16]endpoint.Endpoint{}, hostIPs: hostIPs,
-		cidrs: map[netip.Prefix]identity.NumericIdentity{}}
+		cidrs: map[netip.Prefix]identity.NumericIdentity{}, capped: map[uint16]bool{}, maxEntries: MaxEndpointEntries}
+}
+
+// MaxEndpointEntries bounds the policy map entries of one endpoint (the
+// map, 1M entries, is shared by every endpoint of the node): what label
+// selectors and entities times ports make, beyond the CIDR rules'
+// namespace budgets (policy.MaxNamespace*). It is the name cache's
+// bound (fqdn.DefaultMaxEntries), so that toFQDNs on one port never
+// takes an endpoint over it; Cilium's per-endpoint maps hold 16,384.
+const MaxEndpointEntries = 65536
+
+// capShare makes c keep the endpoints whose policy has more entries than
+// their share (maxEntries) out of the map: an endpoint going over has
+// every entry of its policy deleted and is enforced both ways (it denies
+// everything: fail closed), one over gets none of c's upserts, and one
+// coming back within its share gets its whole policy written with its
+// flags. e.mu is held.
+func (e *Engine) capShare(c *policy.Change) {
+	touched := map[uint16]bool{}
+	for k := range c.Upserts {
+		touched[k.Endpoint] = true
+	}
+	for _, k := range c.Deletes {
+		touched[k.Endpoint] = true
+	}
+	for id := range c.Enforcement {
+		touched[id] = true
+	}
+	for id := range touched {
+		n := e.res.EntryCount(id)
+		over, was := n > e.maxEntries, e.capped[id]
+		switch {
+		case over:
+			if !was {
+				slog.Warn("an endpoint's policy is over its share of the policy map: it denies everything until its policy fits",
+					"endpoint", id, "entries", n, "max", e.maxEntries)
+				e.capped[id] = true
+				pol, _ := e.res.Endpoint(id)
+				for k := range pol.Entries {
+					c.Deletes = append(c.Deletes, k)
+				}
+			}
+			for k := range c.Upserts {
+				if k.Endpoint == id {
+					delete(c.Upserts, k)
+				}
+			}
+			setEnforcement(c, id, policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true})
+		case was:
+			delete(e.capped, id)
+			pol, ok := e.res.Endpoint(id)
+			if !ok {
+				continue // gone
+			}
+			slog.Info("an endpoint's policy fits its share of the policy map again", "endpoint", id, "entries", n)
+			for k, v := range pol.Entries {
+				if c.Upserts == nil {
+					c.Upserts = map[policy.MapKey]policy.MapValue{}
+				}
+				c.Upserts[k] = v
+			}
+			setEnforcement(c, id, policy.EndpointPolicy{IngressEnforced: pol.IngressEnforced, EgressEnforced: pol.EgressEnforced})
+		}
+	}
+}
+
+func setEnforcement(c *policy.Change, id uint16, p policy.EndpointPolicy) {
+	if c.Enforcement == nil {
+		c.Enforcement = map[uint16]policy.EndpointPolicy{}
+	}
+	c.Enforcement[id] = p
 }
 
 // Resolver exposes the resolver (trace, status).
@@ -165,6 +239,7 @@ func (e *Engine) apply(c policy.Change) (err error) {
 			e.router.Reneed(need, true)
 		}
 	}
+	e.capShare(&c)
 	if e.policyStale {
 		// The map is not what the resolver last had: the change's delta
 		// is not enough, the whole policy is written (the change with it).
@@ -483,6 +558,9 @@ func (e *Engine) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
 		return err
 	}
 	pol, _ := e.res.Endpoint(ep.ID)
+	if e.capped[ep.ID] {
+		pol.IngressEnforced, pol.EgressEnforced = true, true
+	}
 	entry, err := entryOf(ep, pol)
 	if err != nil {
 		return err
@@ -637,11 +715,20 @@ func (e *Engine) syncPolicy() (removed int, err error) {
 	wantPol := map[policy.MapKey]policy.MapValue{}
 	flags := map[uint16]policy.EndpointPolicy{}
 	for _, id := range e.res.EndpointIDs() {
-		if pol, ok := e.res.Endpoint(id); ok {
-			flags[id] = pol
-			for k, v := range pol.Entries {
-				wantPol[k] = v
-			}
+		pol, ok := e.res.Endpoint(id)
+		if !ok {
+			continue
+		}
+		if len(pol.Entries) > e.maxEntries {
+			// Over its share (capShare): nothing of it, enforced both ways.
+			e.capped[id] = true
+			flags[id] = policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+			continue
+		}
+		delete(e.capped, id)
+		flags[id] = pol
+		for k, v := range pol.Entries {
+			wantPol[k] = v
 		}
 	}
 	havePol, err := e.dp.PolicyEntries()

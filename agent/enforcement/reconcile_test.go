@@ -71,6 +71,10 @@ func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.
 func (f *fakeDP) PolicyEntries() (map[policy.MapKey]bool, error) { return maps.Clone(f.policy), nil }
 func (f *fakeDP) UpsertEndpoint(e datapath.EndpointEntry) error {
 	f.endpoints[e.IP] = bpf.DatapathEndpointInfo{EpId: e.ID, Identity: uint32(e.Identity)}
+	if f.ingress == nil {
+		f.ingress, f.egress = map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	}
+	f.ingress[e.IP], f.egress[e.IP] = e.IngressEnforced, e.EgressEnforced
 	return nil
 }
 func (f *fakeDP) SetEnforcement(ip netip.Addr, ingress, egress bool) error {
@@ -613,5 +617,88 @@ func TestEndpointUpWhileStaleGetsItsEntries(t *testing.T) {
 		if _, ok := dp.policy[k]; !ok {
 			t.Errorf("the new endpoint's entry %s is not in the map", k)
 		}
+	}
+}
+
+// manyPorts is a policy of namespace ns selecting every endpoint of it,
+// egress to n /32s on n ports each.
+func manyPorts(ns string, n int) string {
+	var cidrs, ports []string
+	for i := range n {
+		cidrs = append(cidrs, fmt.Sprintf(`"192.0.2.%d/32"`, i+1))
+		ports = append(ports, fmt.Sprintf(`{port: "%d", protocol: TCP}`, 1000+i))
+	}
+	return `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: many, namespace: ` + ns + `}
+spec:
+  endpointSelector: {}
+  egress: [{toCIDR: [` + strings.Join(cidrs, ", ") + `], toPorts: [{ports: [` + strings.Join(ports, ", ") + `]}]}]
+`
+}
+
+// An endpoint whose policy would take more than its share of the policy
+// map (the map is shared by every endpoint of the node) gets none of its
+// entries written and denies everything, both ways; the others' entries
+// are written as before. Once its policy fits again its entries and flags
+// are its policy's. Before 2026-12-05 one namespace's policy could fill
+// the shared map (identities or prefixes times ports per endpoint), and
+// every later write of every namespace failed.
+func TestEndpointOverItsShareIsolated(t *testing.T) {
+	dp, e, web, _ := newWebEngine(t, "")
+	e.maxEntries = 10
+	other := web
+	other.ID, other.IPv4, other.HostIfName, other.HostIfIndex = 2, netip.MustParseAddr("10.244.0.3"), "filother", 8
+	other.Labels = labels.Labels{{Source: "k8s", Key: "app", Value: "x"}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: "tenant"}}
+	if err := e.EndpointUp(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	entriesOf := func(id uint16) int {
+		n := 0
+		for k := range dp.policy {
+			if k.Endpoint == id {
+				n++
+			}
+		}
+		return n
+	}
+	importTenant(t, e, manyPorts("tenant", 2)) // 4 entries for other: within its share
+	if entriesOf(other.ID) != 4 {
+		t.Fatalf("other has %d entries, want 4", entriesOf(other.ID))
+	}
+	importTenant(t, e, toCIDRPolicy("198.51.100.0/24")) // web's namespace is not tenant's
+	ps := importTenant(t, e, manyPorts("tenant", 4))    // 16 entries: over
+	if n := entriesOf(other.ID); n != 0 {
+		t.Errorf("the endpoint over its share has %d entries in the map", n)
+	}
+	if !dp.ingress[other.IPv4] || !dp.egress[other.IPv4] {
+		t.Error("the endpoint over its share is not enforced both ways (it would allow everything)")
+	}
+	if _, err := e.RecheckCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	if n := entriesOf(other.ID); n != 0 {
+		t.Errorf("after a recheck the endpoint over its share has %d entries", n)
+	}
+	// Back within its share.
+	if _, err := e.Delete(ps[0].Key()); err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := e.res.Endpoint(other.ID)
+	if n := entriesOf(other.ID); n != len(pol.Entries) || n == 0 {
+		t.Errorf("back within its share: %d entries in the map, the policy has %d", n, len(pol.Entries))
+	}
+	if dp.ingress[other.IPv4] != pol.IngressEnforced || dp.egress[other.IPv4] != pol.EgressEnforced {
+		t.Errorf("back within its share: flags %v/%v, the policy's %v/%v", dp.ingress[other.IPv4], dp.egress[other.IPv4], pol.IngressEnforced, pol.EgressEnforced)
+	}
+	// An endpoint that comes up over its share is isolated from its start.
+	importTenant(t, e, manyPorts("tenant", 4))
+	third := other
+	third.ID, third.IPv4, third.HostIfName, third.HostIfIndex = 3, netip.MustParseAddr("10.244.0.4"), "filthird", 9
+	if err := e.EndpointUp(context.Background(), third); err != nil {
+		t.Fatal(err)
+	}
+	if n := entriesOf(third.ID); n != 0 || !dp.ingress[third.IPv4] || !dp.egress[third.IPv4] {
+		t.Errorf("a new endpoint over its share: %d entries, enforced %v/%v", n, dp.ingress[third.IPv4], dp.egress[third.IPv4])
 	}
 }

@@ -1078,6 +1078,20 @@ func (r *Resolver) EndpointIDs() []uint16 {
 	return slices.Collect(maps.Keys(r.endpoints))
 }
 
+// EntryCount is how many policy map entries endpoint id's policy has
+// (0: unknown endpoint), without copying them.
+func (r *Resolver) EntryCount(id uint16) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	if ep := r.endpoints[id]; ep != nil {
+		for _, g := range ep.groups {
+			n += len(g)
+		}
+	}
+	return n
+}
+
 // Endpoint returns a copy of the desired policy of a local endpoint.
 func (r *Resolver) Endpoint(id uint16) (EndpointPolicy, bool) {
 	r.mu.Lock()
