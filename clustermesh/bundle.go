@@ -135,6 +135,11 @@ func RemotesDir(bundle string) string { return filepath.Join(bundle, "remotes") 
 // the cluster uses it: --gossip-key-file).
 func GossipKeyFile(bundle string) string { return filepath.Join(bundle, gossipkey.FileName) }
 
+// NodeCRLFile is the CA's revocation list of node certificates in bundle
+// (filament clustermesh revoke-node-cert writes it; agents read it:
+// --node-crl).
+func NodeCRLFile(bundle string) string { return filepath.Join(bundle, "node-crl.pem") }
+
 // Enable creates a cluster's bundle in dir: the CA, certificates for the
 // apiserver (valid for ips), the admin (root), the cluster's agents and
 // remote readers, cluster.yaml and remote.yaml (the config other clusters

@@ -147,7 +147,7 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 	if l.binDir(n.Name) == l.BinDir {
 		// The CA's revocation list (absent until a revocation); an older
 		// agent of an upgrade test lacks the flag.
-		args = append(args, "--node-crl", filepath.Join(c.Bundle, "node-crl.pem"))
+		args = append(args, "--node-crl", clustermesh.NodeCRLFile(c.Bundle))
 	}
 	cmd := netnsCommand(n.NetNS, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
@@ -171,11 +172,12 @@ func (e *Engine) capShare(c *policy.Change) {
 	for id := range c.Enforcement {
 		touched[id] = true
 	}
+	over := map[uint16]bool{}
 	for id := range touched {
 		n := e.res.EntryCount(id)
-		over, was := n > e.maxEntries, e.capped[id]
-		switch {
-		case over:
+		switch was := e.capped[id]; {
+		case n > e.maxEntries:
+			over[id] = true
 			if !was {
 				slog.Warn("an endpoint's policy is over its share of the policy map: it denies everything until its policy fits",
 					"endpoint", id, "entries", n, "max", e.maxEntries)
@@ -183,11 +185,6 @@ func (e *Engine) capShare(c *policy.Change) {
 				pol, _ := e.res.Endpoint(id)
 				for k := range pol.Entries {
 					c.Deletes = append(c.Deletes, k)
-				}
-			}
-			for k := range c.Upserts {
-				if k.Endpoint == id {
-					delete(c.Upserts, k)
 				}
 			}
 			setEnforcement(c, id, policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true})
@@ -206,6 +203,9 @@ func (e *Engine) capShare(c *policy.Change) {
 			}
 			setEnforcement(c, id, policy.EndpointPolicy{IngressEnforced: pol.IngressEnforced, EgressEnforced: pol.EgressEnforced})
 		}
+	}
+	if len(over) > 0 {
+		maps.DeleteFunc(c.Upserts, func(k policy.MapKey, _ policy.MapValue) bool { return over[k.Endpoint] })
 	}
 }
 

@@ -31,22 +31,14 @@ var ErrBudget = errors.New("namespace policy budget exceeded")
 // checkBudgets checks the namespaces of staged against their budgets in
 // next (the policy set after the import).
 func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
-	touched := map[string]bool{}
+	uses := map[string]*budgetUse{}
 	for _, p := range staged {
 		if p.Namespace != "" {
-			touched[p.Namespace] = true
+			uses[p.Namespace] = &budgetUse{prefixes: map[netip.Prefix]bool{}}
 		}
 	}
-	if len(touched) == 0 {
+	if len(uses) == 0 {
 		return nil
-	}
-	type use struct {
-		prefixes  map[netip.Prefix]bool
-		cidrPorts int
-	}
-	uses := map[string]*use{}
-	for ns := range touched {
-		uses[ns] = &use{prefixes: map[netip.Prefix]bool{}}
 	}
 	for _, p := range next {
 		u := uses[p.Namespace]
@@ -54,30 +46,15 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 			continue
 		}
 		for _, rule := range p.Rules {
-			count := func(cidrs []string, sets []api.CIDRRule, ports []api.PortRule) {
-				n := 0
-				add := func(s string) {
-					if pr, err := api.ParseCIDR(s); err == nil {
-						u.prefixes[pr] = true
-						n++
-					}
+			for _, rs := range [][]api.IngressRule{rule.Ingress, rule.IngressDeny} {
+				for _, in := range rs {
+					u.section(in.FromCIDR, in.FromCIDRSet, in.ToPorts)
 				}
-				for _, c := range cidrs {
-					add(c)
-				}
-				for _, c := range sets {
-					add(c.CIDR)
-					for _, e := range c.Except {
-						add(e)
-					}
-				}
-				u.cidrPorts += n * portEntries(ports)
 			}
-			for _, in := range append(rule.Ingress[:len(rule.Ingress):len(rule.Ingress)], rule.IngressDeny...) {
-				count(in.FromCIDR, in.FromCIDRSet, in.ToPorts)
-			}
-			for _, out := range append(rule.Egress[:len(rule.Egress):len(rule.Egress)], rule.EgressDeny...) {
-				count(out.ToCIDR, out.ToCIDRSet, out.ToPorts)
+			for _, rs := range [][]api.EgressRule{rule.Egress, rule.EgressDeny} {
+				for _, out := range rs {
+					u.section(out.ToCIDR, out.ToCIDRSet, out.ToPorts)
+				}
 			}
 		}
 	}
@@ -92,6 +69,34 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 		}
 	}
 	return nil
+}
+
+// budgetUse is what a namespace's policies use of its budgets.
+type budgetUse struct {
+	prefixes  map[netip.Prefix]bool
+	cidrPorts int
+}
+
+// section counts a policy section's CIDR prefixes (excepts included) and
+// its prefixes times ports.
+func (u *budgetUse) section(cidrs []string, sets []api.CIDRRule, ports []api.PortRule) {
+	n := 0
+	add := func(s string) {
+		if pr, err := api.ParseCIDR(s); err == nil {
+			u.prefixes[pr] = true
+			n++
+		}
+	}
+	for _, c := range cidrs {
+		add(c)
+	}
+	for _, c := range sets {
+		add(c.CIDR)
+		for _, e := range c.Except {
+			add(e)
+		}
+	}
+	u.cidrPorts += n * portEntries(ports)
 }
 
 // portEntries is what a section's ports count for the budget.

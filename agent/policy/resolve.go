@@ -493,8 +493,8 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 
 // renode follows a node selector's new addresses: the CIDR identities
 // they are (and were) change how every policy selects them
-// (matchesNode), so every policy is recompiled, the node selectors'
-// first (they allocate the new addresses' identities).
+// (matchesNode), so every policy is recompiled (a new address's identity
+// is allocated with its flag, allocCIDR).
 func (r *Resolver) renode(ch *Change) {
 	clear(r.nodeIDs)
 	for p, id := range r.cidrs {

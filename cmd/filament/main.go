@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -719,7 +718,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			path := filepath.Join(dir, "node-crl.pem")
+			path := clustermesh.NodeCRLFile(dir)
 			old, err := os.ReadFile(path)
 			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
