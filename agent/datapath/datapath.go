@@ -526,12 +526,31 @@ func (d *Datapath) PolicyWrites() uint64 {
 
 // PolicyEntries lists the policy map.
 func (d *Datapath) PolicyEntries() (map[policy.MapKey]bool, error) {
-	out := map[policy.MapKey]bool{}
+	vs, err := d.PolicyValues()
+	out := make(map[policy.MapKey]bool, len(vs))
+	for k, v := range vs {
+		out[k] = v.Deny
+	}
+	return out, err
+}
+
+// PolicyState is what the policy map holds of an entry's value: its
+// verdict and whether the flow goes through the L7 proxy.
+type PolicyState struct{ Deny, Proxy bool }
+
+// StateOf is the PolicyState ApplyPolicy writes for v.
+func StateOf(v policy.MapValue) PolicyState {
+	return PolicyState{Deny: v.Deny, Proxy: v.L7 != "" && !v.Deny}
+}
+
+// PolicyValues lists the policy map with each entry's PolicyState.
+func (d *Datapath) PolicyValues() (map[policy.MapKey]PolicyState, error) {
+	out := map[policy.MapKey]PolicyState{}
 	var k bpf.DatapathPolicyKey
 	var v bpf.DatapathPolicyValue
 	it := d.objs.Policy.Iterate()
 	for it.Next(&k, &v) {
-		out[fromPolicyKey(k)] = v.Deny != 0
+		out[fromPolicyKey(k)] = PolicyState{Deny: v.Deny != 0, Proxy: v.ProxyPort != 0}
 	}
 	return out, it.Err()
 }

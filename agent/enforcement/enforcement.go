@@ -7,12 +7,14 @@ package enforcement
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/endpoint"
@@ -38,7 +40,7 @@ type Repository interface {
 // attachments (agent/datapath), or a fake in tests.
 type Datapath interface {
 	ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, deletes []policy.MapKey) (int, error)
-	PolicyEntries() (map[policy.MapKey]bool, error)
+	PolicyValues() (map[policy.MapKey]datapath.PolicyState, error)
 	UpsertEndpoint(e datapath.EndpointEntry) error
 	SetEnforcement(ip netip.Addr, ingress, egress bool) error
 	Enforcement(ip netip.Addr) (ingress, egress bool, err error)
@@ -88,11 +90,22 @@ type Engine struct {
 	// cidrs: the policies' CIDR identities the engine wrote (the rest are
 	// the cluster's, clusterHolds), as RecheckCIDRs keeps them.
 	cidrs map[netip.Prefix]identity.NumericIdentity
+	// reconciled: Reconcile ran. Before it the pinned maps are an
+	// earlier agent's, keyed by its CIDR identity numbers, and enforced
+	// whole: changes reach only the resolver, and Reconcile writes this
+	// agent's policy over them whole (a new prefix written before would
+	// take the earlier agent's entries of the number it gets).
+	reconciled bool
 	// policyStale: a policy map write failed part-way, so the map may
 	// hold entries the resolver dropped (keyed by identity numbers it has
-	// freed for the next new prefix) and lack some it added; the next
-	// change or recheck writes the whole policy (syncPolicy).
-	policyStale bool
+	// freed for the next new prefix) or old values; no CIDR entry is
+	// written until syncPolicy has deleted and rewritten them.
+	// The recheck writes a stale map again every time, and tries again
+	// the entries a full map refused (policyMissing: nothing stale) from
+	// retryAt on, backing off by retryWait.
+	policyStale, policyMissing bool
+	retryAt                    time.Time
+	retryWait                  time.Duration
 	// capped: the endpoints whose policy has more than maxEntries
 	// entries: none of them is written and they deny everything (capShare).
 	capped     map[uint16]bool
@@ -239,36 +252,61 @@ func (e *Engine) apply(c policy.Change) (err error) {
 			e.router.Reneed(need, true)
 		}
 	}
+	if !e.reconciled {
+		// The earlier agent's maps stay whole until Reconcile writes
+		// this agent's policy whole.
+		if !need.Empty() {
+			e.router.Reneed(need, false)
+		}
+		return nil
+	}
 	e.capShare(&c)
+	var errs []error
 	if e.policyStale {
 		// The map is not what the resolver last had: the change's delta
 		// is not enough, the whole policy is written (the change with it).
 		_, err = e.syncPolicy()
 	} else if _, err = e.dp.ApplyPolicy(c.Upserts, c.Deletes); err != nil {
+		// Written in part: what is stale is deleted and rewritten now, so
+		// that the change's CIDR entries can be written (a full map
+		// leaves only entries missing, denies of capped endpoints).
 		e.policyStale = true
+		_, serr := e.syncPolicy()
+		err = errors.Join(err, serr)
 	}
 	if err != nil {
+		errs = append(errs, err)
+	}
+	if e.policyStale {
 		// Fail closed: enforcement the change turns on is turned on (the
 		// allows missing, its endpoints deny), none is turned off.
 		for id, ep := range c.Enforcement {
 			if local, ok := e.endpoints[id]; ok && (ep.IngressEnforced || ep.EgressEnforced) {
 				in, out, _ := e.dp.Enforcement(local.IPv4)
-				e.dp.SetEnforcement(local.IPv4, ep.IngressEnforced || in, ep.EgressEnforced || out)
+				if serr := e.dp.SetEnforcement(local.IPv4, ep.IngressEnforced || in, ep.EgressEnforced || out); serr != nil {
+					errs = append(errs, serr)
+				}
 			}
 		}
 		// Its CIDR deletes all the same: the resolver freed their identity
 		// numbers, which the next new prefix takes (the recheck removes
-		// what fails here).
+		// what fails here); its new CIDR entries wait for the map.
 		held := e.clusterHolds(len(c.CIDRDeletes))
 		for _, p := range c.CIDRDeletes {
-			e.dropCIDR(p, held(p))
+			if derr := e.dropCIDR(p, held(p)); derr != nil {
+				errs = append(errs, derr)
+			}
 		}
-		return err
+		return errors.Join(errs...)
 	}
 	for id, ep := range c.Enforcement {
 		if local, ok := e.endpoints[id]; ok {
-			if err := e.dp.SetEnforcement(local.IPv4, ep.IngressEnforced, ep.EgressEnforced); err != nil {
-				return err
+			in, out := ep.IngressEnforced, ep.EgressEnforced
+			if e.capped[id] {
+				in, out = true, true
+			}
+			if serr := e.dp.SetEnforcement(local.IPv4, in, out); serr != nil {
+				errs = append(errs, serr)
 			}
 		}
 	}
@@ -279,20 +317,21 @@ func (e *Engine) apply(c policy.Change) (err error) {
 			e.giveBack(p)
 			continue
 		}
-		if err := e.dp.UpsertIPCache(p, id); err != nil {
-			return err
+		if uerr := e.dp.UpsertIPCache(p, id); uerr != nil {
+			errs = append(errs, uerr) // the recheck writes it
+			continue
 		}
 		e.cidrs[p] = id
 	}
 	for _, p := range c.CIDRDeletes {
-		if err := e.dropCIDR(p, held(p)); err != nil {
-			return err
+		if derr := e.dropCIDR(p, held(p)); derr != nil {
+			errs = append(errs, derr)
 		}
 	}
 	if !need.Empty() {
 		e.router.Reneed(need, false)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // giveBack hands CIDR prefix p, if the engine wrote it, back to the
@@ -353,21 +392,23 @@ func (e *Engine) dropCIDR(p netip.Prefix, held bool) error {
 // with the pod CIDR it lies in: at the agent's start the mesh's nodes
 // come after the policies), one it no longer holds is written (its node
 // went), and one the policies no longer name is removed (a change that
-// failed part-way left it). It returns how many it changed.
+// failed part-way left it). A policy map a write failed on is written
+// again first (entries a full map refused: backing off). It returns how many prefixes it changed.
 func (e *Engine) RecheckCIDRs() (int, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.policyStale {
-		// No CIDR entry is written while the policy map may hold a freed
-		// identity number's stale allows: the new prefix holding it
-		// would get them.
+	if !e.reconciled {
+		return 0, nil
+	}
+	var errs []error
+	if e.policyStale || (e.policyMissing && !time.Now().Before(e.retryAt)) {
 		release := e.dp.HoldRevision()
 		_, err := e.syncPolicy()
 		if rerr := release(); err == nil {
 			err = rerr
 		}
 		if err != nil {
-			return 0, fmt.Errorf("writing the policy after a failed write: %w", err)
+			errs = append(errs, fmt.Errorf("writing the policy after a failed write: %w", err))
 		}
 	}
 	cidrs := e.res.CIDRIdentities()
@@ -376,7 +417,8 @@ func (e *Engine) RecheckCIDRs() (int, error) {
 	for p := range e.cidrs {
 		if _, named := cidrs[p]; !named {
 			if err := e.dropCIDR(p, held(p)); err != nil {
-				return changed, err
+				errs = append(errs, err)
+				continue
 			}
 			changed++
 		}
@@ -387,15 +429,26 @@ func (e *Engine) RecheckCIDRs() (int, error) {
 		case h && wrote:
 			e.giveBack(p)
 			changed++
-		case !h && (!wrote || w != id):
+		case !h && wrote && w != id && e.policyStale:
+			// Its number was freed (the map may hold its stale entries,
+			// or another prefix's): world until the map is written.
+			if err := e.dropCIDR(p, false); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			changed++
+		case !h && (!wrote || w != id) && !e.policyStale:
+			// (Stale: the map may hold a freed number's allows, which
+			// the prefix would get.)
 			if err := e.dp.UpsertIPCache(p, id); err != nil {
-				return changed, err
+				errs = append(errs, err)
+				continue
 			}
 			e.cidrs[p] = id
 			changed++
 		}
 	}
-	return changed, nil
+	return changed, errors.Join(errs...)
 }
 
 // clusterHolds returns whether a policy's CIDR prefix is the cluster's
@@ -613,10 +666,22 @@ func (e *Engine) EndpointDown(ep endpoint.Endpoint) {
 }
 
 // Reconcile makes the pinned maps match the desired state after a restart:
-// entries nobody wants any more are removed, missing ones written.
+// entries nobody wants any more are removed, missing ones written. Until
+// it runs, changes reach only the resolver (reconciled). The ipcache
+// entries that are not wanted or hold another identity go first, then
+// the policy is written whole, then the ipcache's missing entries: a
+// prefix resolves to the earlier agent's number only while its entries
+// are the earlier agent's, and to this agent's once they are written.
 func (e *Engine) Reconcile() (removed int, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	release := e.dp.HoldRevision()
+	defer func() {
+		if rerr := release(); err == nil {
+			err = rerr
+		}
+	}()
+	e.reconciled = true
 	// Endpoints.
 	want := map[netip.Addr]bool{}
 	hostIfs := map[string]bool{}
@@ -655,9 +720,11 @@ func (e *Engine) Reconcile() (removed int, err error) {
 	}
 	for _, ep := range e.endpoints {
 		wantIP[netip.PrefixFrom(ep.IPv4, 32)] = ep.Identity
+		delete(e.cidrs, netip.PrefixFrom(ep.IPv4, 32))
 	}
 	for _, a := range e.hostIPs {
 		wantIP[netip.PrefixFrom(a, 32)] = identity.Host
+		delete(e.cidrs, netip.PrefixFrom(a, 32))
 	}
 	var remote map[netip.Prefix]ipcache.Entry
 	if e.router != nil {
@@ -672,16 +739,36 @@ func (e *Engine) Reconcile() (removed int, err error) {
 		return removed, err
 	}
 	for p, id := range haveIP {
-		if w, ok := wantIP[p]; !ok {
-			e.dp.DeleteIPCache(p)
-			removed++
-		} else if w != id {
-			if _, isRemote := remote[p]; isRemote {
-				e.router.Rewrite(p)
-			} else {
-				e.dp.UpsertIPCache(p, w)
+		if w, ok := wantIP[p]; !ok || w != id {
+			if err := e.dp.DeleteIPCache(p); err != nil {
+				return removed, err
+			}
+			delete(haveIP, p)
+			if !ok {
+				removed++
 			}
 		}
+	}
+	// Policy.
+	e.policyStale = true // the pinned map is an earlier agent's
+	n, perr := e.syncPolicy()
+	removed += n
+	if perr != nil && !e.policyStale {
+		// Entries a full map refused: their endpoints fail closed and
+		// the recheck tries again; the agent runs.
+		slog.Warn("policy entries not written at start; tried again", "err", perr)
+		perr = nil
+	}
+	if e.policyStale {
+		// The policy map may hold the earlier agent's entries: the
+		// policies' prefixes stay world until the recheck writes it.
+		for p := range e.cidrs {
+			if _, ok := haveIP[p]; ok {
+				e.dp.DeleteIPCache(p)
+			}
+			delete(wantIP, p)
+		}
+		clear(e.cidrs)
 	}
 	for p, id := range wantIP {
 		if _, ok := haveIP[p]; ok {
@@ -690,25 +777,23 @@ func (e *Engine) Reconcile() (removed int, err error) {
 		if _, isRemote := remote[p]; isRemote {
 			e.router.Rewrite(p)
 		} else if err := e.dp.UpsertIPCache(p, id); err != nil {
-			return removed, err
+			return removed, errors.Join(perr, err)
 		}
 	}
-	// Policy.
-	e.policyStale = true // the pinned map is an earlier agent's
-	n, err := e.syncPolicy()
-	return removed + n, err
+	return removed, perr
 }
 
-// syncPolicy makes the policy map hold exactly the resolver's entries
-// and sets every endpoint's enforcement flags from it: at start over an
-// earlier agent's pinned map, and after a write that failed part-way
-// (policyStale). Where the map is stale every wanted entry is written,
-// not only those whose verdict differs: the map's listing gives only the
-// verdict, and an entry's L7 part (its proxy port) may be what failed.
-// An endpoint's flags that cannot be set are logged, not retried: a
-// failed change only ever turned enforcement on (apply), so what is
-// left is an endpoint denying what it may allow. It returns how many
-// entries it removed. e.mu is held.
+// syncPolicy makes the policy map hold the resolver's entries and sets
+// every endpoint's enforcement flags from it: at start over an earlier
+// agent's pinned map, and after a write that failed part-way. Entries
+// nobody wants are deleted and those whose value differs rewritten
+// first (neither needs room in the map): after that nothing in the map
+// is stale (policyStale off) and CIDR entries may be written. Missing
+// entries are added after, denies before allows; those a full map
+// refuses are tried again later (policyMissing), and an endpoint missing
+// a deny has its entries deleted and denies everything (capped: fail
+// closed, as one over its share). It returns how many entries it
+// deleted. e.mu is held.
 func (e *Engine) syncPolicy() (removed int, err error) {
 	// The resolver's endpoints, not only e.endpoints: one coming up joins
 	// those after its policy change (EndpointUp).
@@ -731,20 +816,50 @@ func (e *Engine) syncPolicy() (removed int, err error) {
 			wantPol[k] = v
 		}
 	}
-	havePol, err := e.dp.PolicyEntries()
+	have, err := e.dp.PolicyValues()
 	if err != nil {
+		e.policyStale = true
 		return 0, err
 	}
 	var del []policy.MapKey
-	for k := range havePol {
+	for k := range have {
 		if _, ok := wantPol[k]; !ok {
 			del = append(del, k)
 		}
 	}
-	if _, err := e.dp.ApplyPolicy(wantPol, del); err != nil {
+	update := map[policy.MapKey]policy.MapValue{}
+	add := [2]map[policy.MapKey]policy.MapValue{{}, {}} // denies, allows
+	for k, v := range wantPol {
+		switch h, ok := have[k]; {
+		case ok && h == datapath.StateOf(v):
+		case ok:
+			update[k] = v
+		case v.Deny:
+			add[0][k] = v
+		default:
+			add[1][k] = v
+		}
+	}
+	if _, err := e.dp.ApplyPolicy(update, del); err != nil {
+		e.policyStale = true
 		return 0, err
 	}
 	e.policyStale = false
+	var addErr error
+	for _, m := range add {
+		if _, err := e.dp.ApplyPolicy(m, nil); err != nil {
+			addErr = err
+		}
+	}
+	e.policyMissing = addErr != nil
+	if addErr != nil {
+		e.backoff()
+		if err := e.capMissingDenies(add[0], flags); err != nil {
+			addErr = errors.Join(addErr, err)
+		}
+	} else {
+		e.retryAt, e.retryWait = time.Time{}, 0
+	}
 	for id, pol := range flags {
 		ep, ok := e.endpoints[id]
 		if !ok {
@@ -755,7 +870,47 @@ func (e *Engine) syncPolicy() (removed int, err error) {
 			slog.Warn("an endpoint's enforcement flags not set from the policy", "endpoint", id, "ip", ip, "err", err)
 		}
 	}
-	return len(del), nil
+	return len(del), addErr
+}
+
+// capMissingDenies caps (capShare) the endpoints that a deny of denies
+// could not be added for: without it their other entries (an allow of
+// any peer) may allow what it denies. Their entries are deleted and
+// flags (what syncPolicy sets) enforces them both ways. e.mu is held.
+func (e *Engine) capMissingDenies(denies map[policy.MapKey]policy.MapValue, flags map[uint16]policy.EndpointPolicy) error {
+	have, err := e.dp.PolicyValues()
+	missing := map[uint16]bool{}
+	for k := range denies {
+		if _, ok := have[k]; !ok || err != nil {
+			missing[k.Endpoint] = true
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	var del []policy.MapKey
+	for id := range missing {
+		slog.Warn("the policy map refused an endpoint's deny: it denies everything until it is written",
+			"endpoint", id, "err", err)
+		e.capped[id] = true
+		flags[id] = policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+		pol, _ := e.res.Endpoint(id)
+		for k := range pol.Entries {
+			del = append(del, k)
+		}
+	}
+	if _, err := e.dp.ApplyPolicy(nil, del); err != nil {
+		e.policyStale = true // its allows may be in
+		return err
+	}
+	return nil
+}
+
+// backoff sets when a failed policy write is tried again: 2 s, doubling
+// to a minute. e.mu is held.
+func (e *Engine) backoff() {
+	e.retryWait = min(max(2*e.retryWait, 2*time.Second), time.Minute)
+	e.retryAt = time.Now().Add(e.retryWait)
 }
 
 // PolicyEntries counts the desired policy entries (metrics).

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/filament-net/filament/agent/datapath"
 	"github.com/filament-net/filament/agent/endpoint"
@@ -30,9 +31,12 @@ type fakeDP struct {
 	// Revision holds: open now, and the most open at a write of the
 	// policy map (a policy change is written under a hold).
 	held, heldAtPolicy int
-	// policyErr fails every policy write; ingress: the ingress
-	// enforcement flag set per endpoint address.
+	// policyErr fails every policy write; capacity (0: none) is the
+	// policy map's size, past which adding a key fails as the kernel's
+	// does (deletes and rewrites of a key it holds do not); ingress: the
+	// ingress enforcement flag set per endpoint address.
 	policyErr error
+	capacity  int
 	// ipcacheErr fails every ipcache delete.
 	ipcacheErr error
 	// l7: the L7 lists of the policy entries that have one.
@@ -60,6 +64,9 @@ func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.
 		delete(f.policy, k)
 	}
 	for k, v := range up {
+		if _, ok := f.policy[k]; !ok && f.capacity > 0 && len(f.policy) >= f.capacity {
+			return 0, errors.New("policy map: put: argument list too long")
+		}
 		f.policy[k] = v.Deny
 		if f.l7 == nil {
 			f.l7 = map[policy.MapKey]string{}
@@ -68,7 +75,13 @@ func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.
 	}
 	return len(up) + len(del), nil
 }
-func (f *fakeDP) PolicyEntries() (map[policy.MapKey]bool, error) { return maps.Clone(f.policy), nil }
+func (f *fakeDP) PolicyValues() (map[policy.MapKey]datapath.PolicyState, error) {
+	out := map[policy.MapKey]datapath.PolicyState{}
+	for k, deny := range f.policy {
+		out[k] = datapath.PolicyState{Deny: deny, Proxy: f.l7[k] != "" && !deny}
+	}
+	return out, nil
+}
 func (f *fakeDP) UpsertEndpoint(e datapath.EndpointEntry) error {
 	f.endpoints[e.IP] = bpf.DatapathEndpointInfo{EpId: e.ID, Identity: uint32(e.Identity)}
 	if f.ingress == nil {
@@ -150,6 +163,9 @@ func newWebEngine(t *testing.T, doc string) (*fakeDP, *Engine, endpoint.Endpoint
 		Labels: labels.Labels{{Source: "k8s", Key: "app", Value: "web"}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: "default"}},
 		MAC:    "02:00:00:00:00:01", HostMAC: "02:00:00:00:00:02", HostIfName: "filweb", HostIfIndex: 7}
 	if err := e.EndpointUp(context.Background(), web); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Reconcile(); err != nil { // as at the agent's start
 		t.Fatal(err)
 	}
 	return dp, e, web, hostIP
@@ -700,5 +716,167 @@ func TestEndpointOverItsShareIsolated(t *testing.T) {
 	}
 	if n := entriesOf(third.ID); n != 0 || !dp.ingress[third.IPv4] || !dp.egress[third.IPv4] {
 		t.Errorf("a new endpoint over its share: %d entries, enforced %v/%v", n, dp.ingress[third.IPv4], dp.egress[third.IPv4])
+	}
+}
+
+// egressAllowed is the datapath's verdict (bpf/lib/policy.h) on ep's new
+// flow to a peer of identity id, on any port: the peer's deny or the any
+// entry's deny drop it; its allow or the any entry's allow, or egress not
+// enforced, pass it.
+func egressAllowed(dp *fakeDP, ep endpoint.Endpoint, id identity.NumericIdentity) bool {
+	var allow, deny bool
+	for k, d := range dp.policy {
+		if k.Endpoint != ep.ID || k.Dir != policy.Egress || (k.Identity != id && k.Identity != 0) {
+			continue
+		}
+		deny, allow = deny || d, allow || !d
+	}
+	return !deny && (allow || !dp.egress[ep.IPv4])
+}
+
+// resolve is the identity the ipcache gives addr (its longest prefix),
+// world where none holds it.
+func resolve(dp *fakeDP, addr netip.Addr) identity.NumericIdentity {
+	best, id := -1, identity.World
+	for p, v := range dp.ipcache {
+		if p.Contains(addr) && p.Bits() > best {
+			best, id = p.Bits(), v
+		}
+	}
+	return id
+}
+
+// worldPolicy lets web reach every peer: the any entry (toEntities all)
+// or world's (toEntities world).
+func worldPolicy(entity string) string {
+	return `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: out, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress: [{toEntities: [` + entity + `]}]
+`
+}
+
+// A toCIDR deny that a full policy map cannot take fails closed: before
+// 2026-12-05 the failed write marked the map stale, every recheck
+// returned before writing the deny's CIDR entry, and the address stayed
+// world, which web's allow passed, for as long as the map was full.
+// Now what is stale is deleted at once (deletes need no room), the CIDR
+// entry is written, and web, missing a deny, denies everything until
+// the map takes it; its entries are written once there is room.
+func TestFullPolicyMapFailsClosed(t *testing.T) {
+	for _, entity := range []string{"all", "world"} {
+		t.Run(entity, func(t *testing.T) {
+			dp, e, web, _ := newWebEngine(t, worldPolicy(entity))
+			target := netip.MustParseAddr("192.0.2.7")
+			if !egressAllowed(dp, web, resolve(dp, target)) {
+				t.Fatal("web cannot reach the world before the deny")
+			}
+			dp.capacity = len(dp.policy) // full
+			ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egressDeny: [{toCIDR: ["192.0.2.0/24"]}]
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Import(ps); err == nil {
+				t.Fatal("an import a full map refused succeeded")
+			}
+			for i := range 2 {
+				if id := resolve(dp, target); egressAllowed(dp, web, id) {
+					t.Errorf("recheck %d: web reaches %s (identity %d) that a policy denies, the map full", i, target, id)
+				}
+				e.RecheckCIDRs()
+			}
+			// Room again: the deny and web's allows are written.
+			dp.capacity = 0
+			e.retryAt = time.Time{}
+			if _, err := e.RecheckCIDRs(); err != nil {
+				t.Fatal(err)
+			}
+			if id := resolve(dp, target); egressAllowed(dp, web, id) {
+				t.Errorf("with room: web reaches %s (identity %d)", target, id)
+			}
+			if !egressAllowed(dp, web, resolve(dp, netip.MustParseAddr("198.51.100.1"))) {
+				t.Error("with room: web's allow of the world is not written back")
+			}
+			pol, _ := e.res.Endpoint(web.ID)
+			for k, v := range pol.Entries {
+				if d, ok := dp.policy[k]; !ok || d != v.Deny {
+					t.Errorf("with room: web's entry %s is %v (%v), want deny %v", k, d, ok, v.Deny)
+				}
+			}
+		})
+	}
+}
+
+// After a restart the pinned policy map is the earlier agent's, keyed by
+// its CIDR identity numbers, which this agent's resolver hands out
+// again, to other prefixes: before 2026-12-05 the policies loaded at
+// start wrote their CIDR entries before the reconcile wrote this
+// agent's policy, and a tenant's new prefix took web's old allow with
+// the number. Now nothing is written before the reconcile, which writes
+// the policy before the ipcache's new entries.
+func TestRestartKeepsEarlierAgentsNumbersApart(t *testing.T) {
+	dp, e1, web, hostIP := newWebEngine(t, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: old, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress: [{toCIDR: ["192.0.2.0/24"]}]
+`)
+	old := e1.res.CIDRIdentities()[netip.MustParsePrefix("192.0.2.0/24")]
+	if !egressAllowed(dp, web, old) {
+		t.Fatal("the earlier agent's web cannot reach 192.0.2.0/24")
+	}
+	// The new agent: web reaches the host only; a tenant reaches
+	// 198.51.100.0/24.
+	repo, err := policy.NewRepository("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for scope, doc := range map[string]string{policy.ScopeAgent: strings.Replace(worldPolicy("host"), "name: out", "name: web", 1),
+		"kubernetes": toCIDRPolicy("198.51.100.0/24")} {
+		ps, err := api.Parse([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := repo.ImportScoped(scope, ps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e2 := New(dp, policy.NewResolver(policy.ModeDefault), repo, []netip.Addr{hostIP}, nil)
+	target := netip.MustParseAddr("198.51.100.1")
+	check := func(when string) {
+		t.Helper()
+		if id := resolve(dp, target); egressAllowed(dp, web, id) {
+			t.Errorf("%s: web reaches %s (identity %d): no policy of this agent allows it", when, target, id)
+		}
+	}
+	if err := e2.LoadPolicies(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e2.res.CIDRIdentities()[netip.MustParsePrefix("198.51.100.0/24")]; n != old {
+		t.Fatalf("the new agent gave the tenant's prefix %d, not the earlier agent's %d: the test's premise", n, old)
+	}
+	check("policies loaded")
+	if err := e2.EndpointUp(context.Background(), web); err != nil {
+		t.Fatal(err)
+	}
+	check("web restored")
+	if _, err := e2.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	check("reconciled")
+	if id := resolve(dp, target); id != old {
+		t.Errorf("after the reconcile %s has identity %d, want the tenant's CIDR identity %d", target, id, old)
+	}
+	if dp.heldAtPolicy == 0 || dp.held != 0 {
+		t.Errorf("reconcile wrote the policy without holding the revision (%d), or left a hold open (%d)", dp.heldAtPolicy, dp.held)
 	}
 }
