@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -145,6 +146,25 @@ func TestForgedGossipFromPod(t *testing.T) {
 	if !reach(t, podNS, "tcp", second, 7000) {
 		t.Errorf("pod cannot reach an ordinary port on another address of its node (%s:7000)", second)
 	}
+	// And its broadcast and multicast addresses: a socket on every
+	// address of the node (0.0.0.0: the VXLAN device's on 8472, here
+	// one on the Hubble port's number, which is TCP at the node's
+	// address) gets a pod's datagram to 255.255.255.255 or 224.0.0.1
+	// (all hosts), whatever route the FIB has for them: here a default
+	// route, as real nodes have (with none the lookup finds no route,
+	// which counts as local). Before 2026-12-05 the FIB check passed them.
+	if out, err := exec.Command("ip", "-n", n1.NetNS, "route", "add", "default", "via", n2.IP).CombinedOutput(); err != nil {
+		t.Fatalf("ip route add default: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "-n", n1.NetNS, "route", "del", "default").Run()
+	for _, dst := range []string{"255.255.255.255", "224.0.0.1"} {
+		if datagramReaches(t, n1, podNS, dst, lab.HubblePort) {
+			t.Errorf("pod's datagram to %s:%d (a control port) reached a socket of its node", dst, lab.HubblePort)
+		}
+		if !datagramReaches(t, n1, podNS, dst, 7001) {
+			t.Errorf("pod's datagram to %s:7001 did not reach its node: the check cannot tell ports apart", dst)
+		}
+	}
 
 	// Five forged deaths of n2, the last at the highest incarnation, to
 	// both nodes.
@@ -180,6 +200,57 @@ func TestForgedGossipFromPod(t *testing.T) {
 	}
 	if dials(t, podNS, n1.IP, 7946) {
 		t.Error("the policy for app=prober opened the gossip port to another pod")
+	}
+}
+
+// datagramReaches tells whether a UDP datagram sent from the pod's
+// namespace to dst:port (broadcast allowed) reaches a socket on 0.0.0.0
+// of that port in node's namespace.
+func datagramReaches(t *testing.T, node *lab.Node, podNS, dst string, port int) bool {
+	t.Helper()
+	var pc net.PacketConn
+	if err := inNS(t, lab.NetNSPath(node.NetNS), func() (err error) {
+		pc, err = net.ListenPacket("udp4", net.JoinHostPort("0.0.0.0", strconv.Itoa(port)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	msg := "probe " + dst
+	if err := inNS(t, podNS, func() error {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}}
+		s, err := lc.ListenPacket(context.Background(), "udp4", ":0")
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		for range 3 {
+			if _, err := s.WriteTo([]byte(msg), &net.UDPAddr{IP: net.ParseIP(dst), Port: port}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("send to %s:%d: %v", dst, port, err)
+	}
+	pc.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+	buf := make([]byte, 64)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			return false
+		}
+		if string(buf[:n]) == msg {
+			return true
+		}
 	}
 }
 

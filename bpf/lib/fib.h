@@ -101,17 +101,36 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 	return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
 }
 
+// local_dest tells whether daddr (network order) is an address every node
+// delivers to itself whatever its routes: the limited broadcast, a
+// multicast group (224.0.0.1, all hosts, is joined on every interface,
+// and a socket on 0.0.0.0 gets the groups the node joined), 0.0.0.0/8
+// and loopback's 127.0.0.0/8.
+static __always_inline int local_dest(__u32 daddr)
+{
+	__u32 a = bpf_ntohl(daddr);
+	return a == 0xffffffff || (a >> 28) == 0xe || (a >> 24) == 0 || (a >> 24) == 127;
+}
+
 // local_control sets p->to_local when p, a pod's packet leaving through
 // its veth (skb) for no local endpoint, goes to a control port of an
 // address this node's kernel delivers to itself: a second interface's, a
-// bridge's (docker0), whatever identity the ipcache gives it (the world,
-// a policy's CIDR). The FIB says so (a local or broadcast route: not
-// forwarded); only packets to a control port ask it.
+// bridge's (docker0), a broadcast or multicast address (local_dest),
+// whatever identity the ipcache gives it (the world, a policy's CIDR).
+// The FIB says so for the unicast ones (a local or broadcast route: not
+// forwarded); only packets to a control port ask it. The lookup resolves
+// the next hop too (BPF_FIB_LOOKUP_SKIP_NEIGH is 6.3's): any answer but
+// a route that forwards (or refuses) it, forwarding off on the veth or an
+// error among them, counts as local (fail closed).
 static __always_inline void local_control(struct __sk_buff *skb, struct pkt *p)
 {
 	p->to_local = 0;
 	if (!control_port(p))
 		return;
+	if (local_dest(p->daddr)) {
+		p->to_local = 1;
+		return;
+	}
 	struct bpf_fib_lookup f = {};
 	f.family = AF_INET;
 	f.l4_protocol = p->proto;
@@ -120,5 +139,16 @@ static __always_inline void local_control(struct __sk_buff *skb, struct pkt *p)
 	f.ipv4_src = p->saddr;
 	f.ipv4_dst = p->daddr;
 	f.ifindex = skb->ifindex;
-	p->to_local = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_NOT_FWDED;
+	long r = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	switch (r) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+	case BPF_FIB_LKUP_RET_UNSUPP_LWT:
+	case BPF_FIB_LKUP_RET_BLACKHOLE:
+	case BPF_FIB_LKUP_RET_UNREACHABLE:
+	case BPF_FIB_LKUP_RET_PROHIBIT:
+		return;
+	}
+	p->to_local = 1;
 }
