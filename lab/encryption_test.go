@@ -20,7 +20,9 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/filament-net/filament/agent/api/types"
+	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/crypto/ipsec"
+	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/internal/testutil"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
@@ -399,6 +401,26 @@ spec:
 	eventually(t, "web (on the revoked n2) no longer reaches db", func() bool {
 		return !reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432)
 	})
+	// The agents publish the list for remote clusters, and put it back
+	// when a holder of the kvstore's credentials overwrites it.
+	key := node.CRLPrefix + c.Name
+	published := func() bool {
+		r, err := nodeauth.ParseRevoked([]byte(kvstoreRead(t, l, rogueNS, key)), caPEM(t, c.Bundle))
+		return err == nil && r.Len() == 1
+	}
+	eventually(t, "the revocation list published in the kvstore", published)
+	kvstoreWrite(t, l, rogueNS, map[string]any{key: "not a list"})
+	eventually(t, "the overwritten list put back", published)
+}
+
+// caPEM is the cluster CA's certificate in bundle.
+func caPEM(t *testing.T, bundle string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(bundle, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // IPsec mode on a kernel without ESP: the agent refuses to start with one

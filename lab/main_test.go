@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -25,6 +26,13 @@ func TestMain(m *testing.M) {
 	if kvs := os.Getenv("FILAMENT_KV_PUT"); kvs != "" {
 		if err := kvPut(kvs); err != nil {
 			fmt.Fprintln(os.Stderr, "kv put:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if key := os.Getenv("FILAMENT_KV_GET"); key != "" {
+		if err := kvGet(key); err != nil {
+			fmt.Fprintln(os.Stderr, "kv get:", err)
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -54,10 +62,8 @@ func kvPut(kvs string) error {
 	if err := json.Unmarshal([]byte(kvs), &m); err != nil {
 		return err
 	}
-	bundle := os.Getenv("FILAMENT_SIM_BUNDLE")
 	ctx := context.Background()
-	kv, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{os.Getenv("FILAMENT_SIM_ETCD")},
-		CAFile: bundle + "/ca.pem", CertFile: bundle + "/agent.pem", KeyFile: bundle + "/agent-key.pem"})
+	kv, err := simConnect(ctx)
 	if err != nil {
 		return err
 	}
@@ -68,6 +74,34 @@ func kvPut(kvs string) error {
 		}
 	}
 	return nil
+}
+
+// kvGet prints key's value (nothing when absent) from $FILAMENT_SIM_ETCD
+// with the agent credentials in $FILAMENT_SIM_BUNDLE.
+func kvGet(key string) error {
+	ctx := context.Background()
+	kv, err := simConnect(ctx)
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	got, err := kv.Get(ctx, key)
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(got.Value)
+	return err
+}
+
+// simConnect connects to $FILAMENT_SIM_ETCD with the agent credentials
+// in $FILAMENT_SIM_BUNDLE.
+func simConnect(ctx context.Context) (*kvstore.Client, error) {
+	bundle := os.Getenv("FILAMENT_SIM_BUNDLE")
+	return kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{os.Getenv("FILAMENT_SIM_ETCD")},
+		CAFile: bundle + "/ca.pem", CertFile: bundle + "/agent.pem", KeyFile: bundle + "/agent-key.pem"})
 }
 
 // simWriter connects to $FILAMENT_SIM_ETCD with the agent credentials in

@@ -337,6 +337,20 @@ func kvstoreWrite(t *testing.T, l *lab.Lab, netns string, kvs map[string]any) {
 	}
 }
 
+// kvstoreRead reads key from the cluster's kvstore with the agents'
+// credentials, from namespace netns ("" when absent).
+func kvstoreRead(t *testing.T, l *lab.Lab, netns, key string) string {
+	t.Helper()
+	c := l.Clusters[0]
+	get := exec.Command("ip", "netns", "exec", netns, os.Args[0])
+	get.Env = append(os.Environ(), "FILAMENT_KV_GET="+key, "FILAMENT_SIM_ETCD="+c.Kvstore, "FILAMENT_SIM_BUNDLE="+c.Bundle)
+	out, err := get.Output()
+	if err != nil {
+		t.Fatalf("kvstore read %s: %v", key, err)
+	}
+	return string(out)
+}
+
 // Records a hostile kvstore writer makes cannot crash the agents (an
 // ipcache entry without an address, or with an IPv6 one, and a node record
 // with an IPv6 address did) nor claim an identity for an address outside

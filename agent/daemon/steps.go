@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -290,6 +291,9 @@ func (a *Agent) startDetection(ctx context.Context) error {
 	// A node certificate revoked since: every node is vetted again.
 	a.every(ctx, "node revocation list", 10*time.Second, func() (int, error) {
 		changed, err := a.auth.ReloadCRL()
+		if perr := a.publishCRL(ctx); err == nil {
+			err = perr
+		}
 		if !changed || err != nil {
 			return 0, err
 		}
@@ -300,6 +304,37 @@ func (a *Agent) startDetection(ctx context.Context) error {
 		return len(nodes), nil
 	})
 	a.ipsync.Subscribe(a.router.EntryChanged)
+	return nil
+}
+
+// publishCRL keeps the revocation list this agent read in the cluster's
+// kvstore for remote clusters (node.CRLPrefix): written when the stored
+// one is missing, unreadable or earlier (a node holding the kvstore's
+// credentials may delete it or put an earlier one back; the agents put
+// theirs back within 10 s, and remote agents never take an earlier one
+// than they have).
+func (a *Agent) publishCRL(ctx context.Context) error {
+	pemData, mine := a.auth.LocalCRL()
+	if pemData == nil {
+		return nil
+	}
+	key := node.CRLPrefix + a.cfg.ClusterName
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	stored, err := a.kv.Get(cctx, key)
+	switch {
+	case errors.Is(err, kvstore.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("reading the published revocation list: %w", err)
+	default:
+		if theirs, err := a.auth.ParseCRL(stored.Value); err == nil && !mine.Newer(theirs) {
+			return nil
+		}
+	}
+	if err := a.kv.Put(cctx, key, pemData, 0); err != nil {
+		return fmt.Errorf("publishing the revocation list: %w", err)
+	}
+	slog.Info("node revocation list published for remote clusters", "key", key, "revoked", mine.Len())
 	return nil
 }
 
@@ -344,7 +379,7 @@ func (a *Agent) startMesh(ctx context.Context) error {
 	a.services.SetRemoteOwner(a.router.Owns)
 	a.mesh = remote.NewManager(a.cfg.ClusterMeshConfig, a.cfg.ClusterName, a.cfg.ClusterID, time.Duration(a.cfg.ClusterMeshTTL), remote.Callbacks{
 		Node: a.nodeChanged, Identity: a.engine.IdentityChanged, Entry: a.remoteEntry,
-		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Forget: a.auth.Forget,
+		Service: a.services.RemoteChanged, Authenticate: a.auth.Remote(), Revocations: a.auth.Revocations(), Forget: a.auth.Forget,
 	})
 	pins, err := a.cfg.RemoteClusterIDs()
 	if err != nil {

@@ -234,11 +234,17 @@ type NodeAuth struct {
 	crlPath  string
 	crlMu    sync.Mutex
 	crlStamp string
+	crlPEM   []byte // the list read (nil: none)
 	revoked  atomic.Pointer[nodeauth.Revoked]
+
+	// Remote clusters' lists (RemoteCRL), by cluster: the latest each
+	// one's CA signed that this agent has read.
+	remoteMu sync.Mutex
+	remote   map[string]*nodeauth.Revoked
 }
 
 func StartNodeAuth(cfg config.Config, router *routing.Router) (*NodeAuth, error) {
-	a := &NodeAuth{refusals: nodeauth.NewRefusals()}
+	a := &NodeAuth{refusals: nodeauth.NewRefusals(), remote: map[string]*nodeauth.Revoked{}}
 	if cfg.NodeCert == "" {
 		if cfg.Encryption != "none" {
 			slog.Warn("node authentication is off (no --node-cert): every node in the kvstore becomes an encryption peer")
@@ -294,9 +300,51 @@ func (a *NodeAuth) ReloadCRL() (bool, error) {
 		}
 	}
 	a.revoked.Store(r)
-	a.crlStamp = stamp
+	a.crlStamp, a.crlPEM = stamp, data
 	slog.Info("node revocation list read", "path", a.crlPath, "revoked", r.Len())
 	return true, nil
+}
+
+// ParseCRL reads a revocation list of this cluster's CA.
+func (a *NodeAuth) ParseCRL(crlPEM []byte) (*nodeauth.Revoked, error) {
+	return nodeauth.ParseRevoked(crlPEM, a.caPEM)
+}
+
+// LocalCRL is the revocation list read (PEM; nil: none) and its
+// entries, for publishing (node.CRLPrefix).
+func (a *NodeAuth) LocalCRL() ([]byte, *nodeauth.Revoked) {
+	a.crlMu.Lock()
+	defer a.crlMu.Unlock()
+	return a.crlPEM, a.revoked.Load()
+}
+
+// RemoteCRL takes a remote cluster's revocation list as published in its
+// kvstore, if its CA (caPEM) signed it and it is later than the last one
+// taken (an earlier list, or none, is what a writer of that kvstore
+// could put there to unrevoke a node: ignored). It says whether the
+// revoked set changed: the cluster's nodes are then vetted again.
+func (a *NodeAuth) RemoteCRL(cluster string, caPEM, crlPEM []byte) (bool, error) {
+	if !a.enabled {
+		return false, nil
+	}
+	r, err := nodeauth.ParseRevoked(crlPEM, caPEM)
+	if err != nil {
+		return false, fmt.Errorf("revocation list of cluster %s: %w", cluster, err)
+	}
+	a.remoteMu.Lock()
+	defer a.remoteMu.Unlock()
+	if !r.Newer(a.remote[cluster]) {
+		return false, nil
+	}
+	a.remote[cluster] = r
+	slog.Info("a remote cluster's node revocation list read", "cluster", cluster, "revoked", r.Len())
+	return true, nil
+}
+
+func (a *NodeAuth) remoteRevoked(cluster string) *nodeauth.Revoked {
+	a.remoteMu.Lock()
+	defer a.remoteMu.Unlock()
+	return a.remote[cluster]
 }
 
 func (a *NodeAuth) Sign() []func(*node.Node) error {
@@ -317,8 +365,12 @@ func (a *NodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error
 		name = cluster + "/" + n.Name
 	}
 	err := nodeauth.Verify(n, caPEM)
-	if err == nil && cluster == local {
+	switch {
+	case err != nil:
+	case cluster == local:
 		err = a.revoked.Load().Check(n)
+	default:
+		err = a.remoteRevoked(cluster).Check(n)
 	}
 	if err != nil {
 		slog.Warn("refused a node", "node", name, "err", err)
@@ -341,6 +393,15 @@ func (a *NodeAuth) Remote() func(cluster string, caPEM []byte, n node.Node) erro
 		return nil
 	}
 	return func(cluster string, caPEM []byte, n node.Node) error { return a.check("", cluster, caPEM, n) }
+}
+
+// Revocations takes remote clusters' revocation lists (RemoteCRL; nil
+// when node authentication is off).
+func (a *NodeAuth) Revocations() func(cluster string, caPEM, crlPEM []byte) (bool, error) {
+	if !a.enabled {
+		return nil
+	}
+	return a.RemoteCRL
 }
 
 // Refused is how many nodes are refused now.

@@ -25,6 +25,9 @@ import (
 const (
 	NodesPrefix    = kvstore.Prefix + "state/nodes/v1/"
 	PodCIDRsPrefix = kvstore.Prefix + "state/podcidrs/v1/"
+	// CRLPrefix + <cluster> is the cluster CA's revocation list of node
+	// certificates (PEM), published by its agents for remote clusters.
+	CRLPrefix = kvstore.Prefix + "state/node-crl/v1/"
 )
 
 var (

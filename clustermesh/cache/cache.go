@@ -52,7 +52,7 @@ type Status struct {
 // Prefixes are the keys of remote cluster name that the cache copies.
 func Prefixes(name string) []string {
 	return []string{node.NodesPrefix + name + "/", identity.IDPrefix, ipcache.Prefix + name + "/", service.Prefix + name + "/",
-		clustermesh.SyncedPrefix + name + "/"}
+		clustermesh.SyncedPrefix + name + "/", node.CRLPrefix + name}
 }
 
 // limit is how many keys of prefix (one of Prefixes(name)) the cache

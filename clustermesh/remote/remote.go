@@ -50,6 +50,12 @@ type Callbacks struct {
 	// unqualified) against the remote cluster's CA; a refused node is not
 	// passed on, and one refused after it was accepted is withdrawn.
 	Authenticate func(cluster string, caPEM []byte, n node.Node) error
+	// Revocations, when set, is given the revocation list the remote
+	// cluster publishes (node.CRLPrefix + its name) before its nodes are
+	// read and whenever it changes, with the cluster's CA; when it says
+	// the revoked set changed, the cluster's node records are vetted
+	// again (Authenticate) and those it refuses now withdrawn.
+	Revocations func(cluster string, caPEM, crlPEM []byte) (changed bool, err error)
 	// Forget, when set, is told every node record deleted from a remote
 	// cluster (name qualified), refused or not: its refusal goes too.
 	Forget func(name string)
@@ -351,9 +357,14 @@ type cluster struct {
 	live   liveness
 	id     uint32
 	nodes  map[string]node.Node
-	ids    map[identity.NumericIdentity]identity.Identity
-	ips    *ipMirror
-	svcs   map[string]remoteService
+	// rawNodes: the node records as read, by key, for vetting again
+	// (a revocation list changed); nodeMu keeps that and the node
+	// events in order.
+	rawNodes map[string][]byte
+	nodeMu   sync.Mutex
+	ids      map[identity.NumericIdentity]identity.Identity
+	ips      *ipMirror
+	svcs     map[string]remoteService
 	// nodeNames are the names nodeName made, by the node's own name.
 	nodeNames map[string]string
 	src       source // where the current session reads (nil between sessions)
@@ -549,7 +560,7 @@ func (c *cluster) session(ctx context.Context) (connected bool, err error) {
 	c.mu.Lock()
 	if c.status.Withdrawn || c.nodes == nil {
 		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, newIPMirror()
-		c.svcs = map[string]remoteService{}
+		c.svcs, c.rawNodes = map[string]remoteService{}, map[string][]byte{}
 	}
 	c.ips.startListing()
 	c.id = conf.ID
@@ -577,6 +588,15 @@ func (c *cluster) session(ctx context.Context) (connected bool, err error) {
 	// first list applied. A remote backend in the load balancer before
 	// the route to it takes new connections whose packets go nowhere
 	// (each client then waits for a SYN retransmit, a second).
+	if c.m.cb.Revocations != nil {
+		// The list first: a node it revokes is not taken meanwhile.
+		gctx, gcancel := context.WithTimeout(wctx, 10*time.Second)
+		if got, err := kv.Get(gctx, node.CRLPrefix+c.name); err == nil {
+			c.crlEvent(got.Value)
+		}
+		gcancel()
+		spawn(func() { c.followCRL(wctx, kv) })
+	}
 	routes := map[string]func(kvstore.Event, bool){
 		node.NodesPrefix + c.name + "/": c.nodeEvent,
 		identity.IDPrefix:               c.identityEvent,
@@ -770,6 +790,7 @@ func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
 				delete(c.nodes, name)
 			}
 		}
+		maps.DeleteFunc(c.rawNodes, func(k string, _ []byte) bool { return !seen[k] })
 	case prefix == identity.IDPrefix:
 		for id, x := range c.ids {
 			if !seen[prefix+strconv.FormatUint(uint64(id), 10)] {
@@ -815,7 +836,56 @@ func (c *cluster) serviceEvent(ev kvstore.Event, deleted bool) {
 	}, func(a, b remoteService) bool { return a.sum == b.sum }, func(x remoteService, deleted bool) { c.service(x.s, deleted) }, nil)
 }
 
+// followCRL follows the cluster's revocation list (a deleted one, or
+// one not later than the last taken, changes nothing: Revocations).
+func (c *cluster) followCRL(ctx context.Context, kv source) {
+	key := node.CRLPrefix + c.name
+	for ev := range kv.Watch(ctx, key, kvstore.WatchOptions{}) {
+		if ev.Key == key && ev.Type == kvstore.EventUpsert {
+			c.crlEvent(ev.Value)
+		}
+	}
+}
+
+// crlEvent takes the cluster's revocation list and, when the revoked set
+// changed, vets its node records again.
+func (c *cluster) crlEvent(v []byte) {
+	changed, err := c.m.cb.Revocations(c.name, []byte(c.cfg.CA), v)
+	if err != nil {
+		c.reject(err.Error())
+		return
+	}
+	if !changed {
+		return
+	}
+	c.nodeMu.Lock()
+	defer c.nodeMu.Unlock()
+	c.mu.Lock()
+	raw := maps.Clone(c.rawNodes)
+	c.mu.Unlock()
+	for k, v := range raw {
+		c.nodeEventLocked(kvstore.Event{Type: kvstore.EventUpsert, Key: k, Value: v}, false)
+	}
+}
+
 func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
+	c.nodeMu.Lock()
+	defer c.nodeMu.Unlock()
+	c.mu.Lock()
+	if c.rawNodes == nil {
+		c.rawNodes = map[string][]byte{}
+	}
+	if deleted {
+		delete(c.rawNodes, ev.Key)
+	} else {
+		c.rawNodes[ev.Key] = ev.Value
+	}
+	c.mu.Unlock()
+	c.nodeEventLocked(ev, deleted)
+}
+
+// nodeEventLocked applies a node record's change; c.nodeMu is held.
+func (c *cluster) nodeEventLocked(ev kvstore.Event, deleted bool) {
 	key := strings.TrimPrefix(ev.Key, node.NodesPrefix+c.name+"/")
 	name := c.name + "/" + key
 	// A refused node was never passed on; its refusal goes with its record.
@@ -1074,7 +1144,7 @@ func (c *cluster) withdraw() {
 	c.mu.Lock()
 	nodes, ids, ips, svcs := c.nodes, c.ids, c.ips, c.svcs
 	c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, newIPMirror()
-	c.svcs = map[string]remoteService{}
+	c.svcs, c.rawNodes = map[string]remoteService{}, map[string][]byte{}
 	c.mu.Unlock()
 	for _, s := range svcs {
 		c.service(s.s, true)

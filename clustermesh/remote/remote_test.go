@@ -748,3 +748,79 @@ func TestRemoteNodeNamesChecked(t *testing.T) {
 		t.Errorf("status %+v, want 4 rejected and 1 node", st)
 	}
 }
+
+// A remote cluster's revocation list (node.CRLPrefix) is read before its
+// nodes, so a node it revokes is never taken, and a later list withdraws
+// the nodes it revokes. Before 2026-12-05 only the local cluster's list
+// was checked: a remote cluster's revoked node stayed a peer everywhere
+// else.
+func TestRemoteRevocationListWithdrawsNodes(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	kv := srv.Agent
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, name := range []string{"n1", "n2"} {
+		nb, _ := json.Marshal(node.Node{Name: name, Cluster: "east", IPs: []string{"172.30.7.1"}})
+		kv.Put(ctx, node.NodesPrefix+"east/"+name, nb, 0)
+	}
+	kv.Put(ctx, node.CRLPrefix+"east", []byte("n1"), 0)
+	// The fake list is the revoked names; a list never shrinks here.
+	var mu sync.Mutex
+	revoked := map[string]bool{}
+	live := map[string]bool{}
+	everN1 := false
+	dir := t.TempDir()
+	m := remote.NewManager(dir, "local", 1, 0, remote.Callbacks{
+		Node: func(n node.Node, deleted bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			live[n.Name] = !deleted
+			everN1 = everN1 || n.Name == "east/n1"
+		},
+		Identity: func(identity.Identity, bool) {}, Entry: func(ipcache.Entry, bool) {},
+		Authenticate: func(cluster string, _ []byte, n node.Node) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if revoked[n.Name] {
+				return fmt.Errorf("%s/%s is revoked", cluster, n.Name)
+			}
+			return nil
+		},
+		Revocations: func(cluster string, _ []byte, crl []byte) (bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			changed := false
+			for _, name := range strings.Split(string(crl), ",") {
+				changed = changed || !revoked[name]
+				revoked[name] = true
+			}
+			return changed, nil
+		},
+	})
+	go m.Run(ctx)
+	srv.WriteRemoteConfig(t, dir)
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			mu.Lock()
+			ok := cond()
+			mu.Unlock()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s; nodes %v, status %+v", what, live, m.Status())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	wait("n2 taken", func() bool { return live["east/n2"] })
+	mu.Lock()
+	if everN1 {
+		t.Error("a node the cluster's list revokes was taken before the list was read")
+	}
+	mu.Unlock()
+	kv.Put(ctx, node.CRLPrefix+"east", []byte("n1,n2"), 0)
+	wait("n2 withdrawn once its certificate is revoked", func() bool { return !live["east/n2"] })
+}

@@ -17,6 +17,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"slices"
 	"strings"
@@ -204,8 +205,12 @@ func (r *Refusals) Count() int {
 }
 
 // Revoked are the serial numbers of the node certificates the cluster's
-// CA has revoked (its revocation list).
-type Revoked struct{ serials map[string]bool }
+// CA has revoked (its revocation list), and the list's number (each list
+// the CA signs has a higher one: ca.Revoke).
+type Revoked struct {
+	serials map[string]bool
+	number  *big.Int
+}
 
 // ParseRevoked reads the CA's revocation list (PEM), refusing one the CA
 // in caPEM did not sign.
@@ -222,11 +227,22 @@ func ParseRevoked(crlPEM, caPEM []byte) (*Revoked, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Revoked{serials: map[string]bool{}}
+	if l.Number == nil {
+		return nil, fmt.Errorf("%w: the revocation list has no number", ErrRefused)
+	}
+	r := &Revoked{serials: map[string]bool{}, number: l.Number}
 	for _, e := range l.RevokedCertificateEntries {
 		r.serials[e.SerialNumber.String()] = true
 	}
 	return r, nil
+}
+
+// Newer tells whether r is a later list of the CA than old (nil: none):
+// an earlier one, validly signed, is not taken over a later one, so
+// that whoever can write where lists are published cannot unrevoke a
+// certificate with it.
+func (r *Revoked) Newer(old *Revoked) bool {
+	return r != nil && (old == nil || r.number.Cmp(old.number) > 0)
 }
 
 // Len is how many certificates are revoked.
