@@ -89,6 +89,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	local   map[string]*Service
+	nsSlots map[string]int                 // namespace -> the lb_slots its local services hold (checkBudget)
 	remote  map[string]map[string]*Service // key -> cluster -> service
 	dead    map[string]bool                // cluster/node
 	applied map[string][]datapath.Frontend
@@ -213,7 +214,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := ValidAlgorithm(cfg.Algorithm); err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, local: map[string]*Service{}, remote: map[string]map[string]*Service{},
+	m := &Manager{cfg: cfg, local: map[string]*Service{}, nsSlots: map[string]int{}, remote: map[string]map[string]*Service{},
 		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, holders: map[datapath.Frontend]map[string]bool{}, status: map[string]Status{}, owners: map[string]map[string]bool{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
@@ -298,6 +299,10 @@ func (m *Manager) setLocal(key string, s *Service) {
 // setLocalLocked is setLocal with m.mu held.
 func (m *Manager) setLocalLocked(key string, s *Service) {
 	if old, ok := m.local[key]; ok {
+		ns := old.Metadata.Namespace
+		if m.nsSlots[ns] -= slots(old, len(m.cfg.NodeIPs)); m.nsSlots[ns] <= 0 {
+			delete(m.nsSlots, ns)
+		}
 		for _, c := range claims(old) {
 			delete(m.owners[c], key)
 			if len(m.owners[c]) == 0 {
@@ -318,6 +323,7 @@ func (m *Manager) setLocalLocked(key string, s *Service) {
 			s.Backends[i].Cluster = m.cfg.Cluster
 		}
 		m.local[key] = s
+		m.nsSlots[s.Metadata.Namespace] += slots(s, len(m.cfg.NodeIPs))
 	}
 	m.apply(key)
 }
@@ -605,6 +611,9 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 		return err
 	}
 	if err := m.checkReserved(s); err != nil {
+		return err
+	}
+	if err := m.checkBudget(s); err != nil {
 		return err
 	}
 	for i := range s.Backends {

@@ -341,6 +341,9 @@ func (s *Service) Validate() error {
 	default:
 		return invalid("spec.loadBalancerAlgorithm %q: want random or maglev", s.Spec.LoadBalancerAlgorithm)
 	}
+	if len(s.Backends) > MaxBackends {
+		return invalid("backends: %d, at most %d", len(s.Backends), MaxBackends)
+	}
 	addrs := map[string]bool{}
 	for i, b := range s.Backends {
 		f := fmt.Sprintf("backends[%d]", i)

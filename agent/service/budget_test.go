@@ -1,0 +1,70 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// manyBackends is service ns/name on clusterIP cip with ports ports (a
+// nodePort each when nodePort) and n backends.
+func manyBackends(ns, name, cip string, ports, n int, nodePort bool) *Service {
+	s := &Service{}
+	s.Metadata.Name, s.Metadata.Namespace, s.Spec.ClusterIP = name, ns, cip
+	for i := range ports {
+		p := Port{Name: fmt.Sprintf("p%d", i), Port: uint16(80 + i)}
+		if nodePort {
+			s.Spec.Type, p.NodePort = "NodePort", uint16(30000+i)
+		}
+		s.Spec.Ports = append(s.Spec.Ports, p)
+	}
+	base := netip.MustParseAddr("10.0.0.1")
+	for range n {
+		s.Backends = append(s.Backends, Backend{IP: base.String()})
+		base = base.Next()
+	}
+	return s
+}
+
+// A namespace's services together hold at most MaxNamespaceSlots of
+// the node's load-balancer slots (lb_slots, shared by every service of
+// the node): one past it is refused whole, naming the namespace and the
+// bound, and the namespace's other services, and other namespaces', are
+// as they were. Before 2026-12-05 nothing bounded them: one tenant's
+// Service with many ports and hand-written backends filled the map, and
+// every later service write of every namespace failed.
+func TestNamespaceServiceBudget(t *testing.T) {
+	m, _ := newManager(t, "random")
+	ctx := context.Background()
+	if err := m.Upsert(ctx, manyBackends("tenant", "a", "10.96.1.1", 2, 20000, false)); err != nil {
+		t.Fatal(err)
+	}
+	err := m.Upsert(ctx, manyBackends("tenant", "b", "10.96.1.2", 2, 20000, false))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), `"tenant"`) || !strings.Contains(fmt.Sprint(err), "65536") {
+		t.Fatalf("a namespace's services over its slots: %v", err)
+	}
+	if _, ok := m.local["tenant/b"]; ok {
+		t.Error("the refused service was stored")
+	}
+	if _, ok := m.local["tenant/a"]; !ok {
+		t.Error("the namespace's other service went")
+	}
+	if err := m.Upsert(ctx, manyBackends("other", "c", "10.96.1.3", 2, 20000, false)); err != nil {
+		t.Errorf("another namespace's service refused: %v", err)
+	}
+	// The service's own earlier version does not count against it.
+	if err := m.Upsert(ctx, manyBackends("tenant", "a", "10.96.1.1", 2, 30000, false)); err != nil {
+		t.Errorf("a service replaced within the namespace's slots refused: %v", err)
+	}
+	// NodePort frontends hold slots on each of the node's addresses (2).
+	if err := m.Upsert(ctx, manyBackends("np", "d", "10.96.1.4", 1, 22000, true)); err == nil {
+		t.Error("a NodePort service of 22,000 backends on three frontends (66,000 slots) was stored")
+	}
+	// One frontend's count is 16 bits in the datapath.
+	if err := manyBackends("big", "e", "10.96.1.5", 1, 65536, false).Validate(); err == nil || !strings.Contains(err.Error(), "backends") {
+		t.Errorf("a service of 65,536 backends: %v", err)
+	}
+}
