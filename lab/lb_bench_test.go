@@ -129,8 +129,10 @@ func addServices(b *testing.B, c *apiclient.Client, from, to int, backends []net
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				doc := fmt.Sprintf(`{"metadata":{"name":"s%d","namespace":"bench"},"spec":{"clusterIP":"%s","ports":[{"port":80,"targetPort":8080}]},"backends":[{"ip":"%s"},{"ip":"%s"}]}`,
-					i, vip(96, i), backends[0].Addr(), backends[1].Addr())
+				// 10,000 a namespace: a namespace's services hold at most
+				// service.MaxNamespaceSlots.
+				doc := fmt.Sprintf(`{"metadata":{"name":"s%d","namespace":"bench%d"},"spec":{"clusterIP":"%s","ports":[{"port":80,"targetPort":8080}]},"backends":[{"ip":"%s"},{"ip":"%s"}]}`,
+					i, i/10000, vip(96, i), backends[0].Addr(), backends[1].Addr())
 				if _, err := c.UpsertService(ctx, []byte(doc)); err != nil {
 					mu.Lock()
 					firstErr = err
