@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -107,9 +108,13 @@ type Engine struct {
 	retryAt                    time.Time
 	retryWait                  time.Duration
 	// capped: the endpoints whose policy has more than maxEntries
-	// entries: none of them is written and they deny everything (capShare).
-	capped     map[uint16]bool
-	maxEntries int
+	// entries, or would take their namespace's endpoints past
+	// maxNamespace together: none of them is written and they deny
+	// everything (capShare). nsOf: the endpoints' namespaces.
+	capped       map[uint16]bool
+	maxEntries   int
+	maxNamespace int
+	nsOf         map[uint16]string
 
 	// Sparse remote ipcache (nil: full): the need follows every change
 	// and the router writes the /32s it asks for.
@@ -157,7 +162,8 @@ func (e *Engine) SetCluster(s *ipcache.Sync, r Router, nodeIP netip.Addr) {
 func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Addr,
 	lookup func(identity.NumericIdentity) (identity.Identity, error)) *Engine {
 	return &Engine{dp: dp, res: res, repo: repo, lookup: lookup, endpoints: map[uint16]endpoint.Endpoint{}, hostIPs: hostIPs,
-		cidrs: map[netip.Prefix]identity.NumericIdentity{}, capped: map[uint16]bool{}, maxEntries: MaxEndpointEntries}
+		cidrs: map[netip.Prefix]identity.NumericIdentity{}, capped: map[uint16]bool{}, maxEntries: MaxEndpointEntries,
+		maxNamespace: MaxNamespaceEntries, nsOf: map[uint16]string{}}
 }
 
 // MaxEndpointEntries bounds the policy map entries of one endpoint (the
@@ -167,6 +173,13 @@ func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Add
 // bound (fqdn.DefaultMaxEntries), so that toFQDNs on one port never
 // takes an endpoint over it; Cilium's per-endpoint maps hold 16,384.
 const MaxEndpointEntries = 65536
+
+// MaxNamespaceEntries bounds the policy map entries of one namespace's
+// endpoints on a node together (a quarter of the map): the endpoints
+// there first keep theirs, one that would take the namespace past it is
+// capped as one over its share is. Endpoints of no namespace (the
+// operator's) are not counted.
+const MaxNamespaceEntries = 262144
 
 // capShare makes c keep the endpoints whose policy has more entries than
 // their share (maxEntries) out of the map: an endpoint going over has
@@ -186,14 +199,19 @@ func (e *Engine) capShare(c *policy.Change) {
 		touched[id] = true
 	}
 	over := map[uint16]bool{}
-	for id := range touched {
+	// Lowest ID first, each against its namespace's endpoints decided
+	// already and those the change does not touch.
+	decided := map[uint16]bool{}
+	for _, id := range slices.Sorted(maps.Keys(touched)) {
 		n := e.res.EntryCount(id)
+		fits := n <= e.maxEntries && e.nsRoom(id, n, func(j uint16) bool { return !touched[j] || decided[j] })
+		decided[id] = true
 		switch was := e.capped[id]; {
-		case n > e.maxEntries:
+		case !fits:
 			over[id] = true
 			if !was {
-				slog.Warn("an endpoint's policy is over its share of the policy map: it denies everything until its policy fits",
-					"endpoint", id, "entries", n, "max", e.maxEntries)
+				slog.Warn("an endpoint's policy is over its share of the policy map, or its namespace's: it denies everything until its policy fits",
+					"endpoint", id, "entries", n, "max", e.maxEntries, "namespace", e.nsOf[id], "namespaceMax", e.maxNamespace)
 				e.capped[id] = true
 				pol, _ := e.res.Endpoint(id)
 				for k := range pol.Entries {
@@ -220,6 +238,23 @@ func (e *Engine) capShare(c *policy.Change) {
 	if len(over) > 0 {
 		maps.DeleteFunc(c.Upserts, func(k policy.MapKey, _ policy.MapValue) bool { return over[k.Endpoint] })
 	}
+}
+
+// nsRoom says whether endpoint id's n entries fit in its namespace's
+// budget next to its namespace's other endpoints that are written (not
+// capped) and that count says to count. e.mu is held.
+func (e *Engine) nsRoom(id uint16, n int, count func(uint16) bool) bool {
+	ns := e.nsOf[id]
+	if ns == "" {
+		return true
+	}
+	use := n
+	for j, o := range e.nsOf {
+		if j != id && o == ns && !e.capped[j] && count(j) {
+			use += e.res.EntryCount(j)
+		}
+	}
+	return use <= e.maxNamespace
 }
 
 func setEnforcement(c *policy.Change, id uint16, p policy.EndpointPolicy) {
@@ -605,6 +640,7 @@ func (e *Engine) EndpointUp(_ context.Context, ep endpoint.Endpoint) error {
 	// Before 2026-12-04 a new endpoint that a policy enforced failed here
 	// (its flags set on a map entry not written yet); the CNI's next try
 	// passed only because the failed one had left it in the resolver.
+	e.nsOf[ep.ID] = ep.Namespace
 	err := e.apply(e.res.UpsertEndpoint(policy.EndpointInfo{ID: ep.ID, Identity: ep.Identity, Labels: e.identityLabels(ep)}))
 	e.endpoints[ep.ID] = ep
 	if err != nil {
@@ -653,7 +689,18 @@ func (e *Engine) EndpointDown(ep endpoint.Endpoint) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.endpoints, ep.ID)
-	if err := e.apply(e.res.DeleteEndpoint(ep.ID)); err != nil {
+	ns := e.nsOf[ep.ID]
+	delete(e.nsOf, ep.ID)
+	c := e.res.DeleteEndpoint(ep.ID)
+	// Its namespace's capped endpoints are looked at again: the room it
+	// leaves may be theirs (capShare).
+	for id, o := range e.nsOf {
+		if o == ns && ns != "" && e.capped[id] {
+			setEnforcement(&c, id, policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true})
+		}
+	}
+	delete(e.capped, ep.ID)
+	if err := e.apply(c); err != nil {
 		slog.Error("removing endpoint policy", "endpoint", ep.ID, "err", err)
 	}
 	e.dp.DeleteEndpoint(ep.IPv4)
@@ -799,16 +846,34 @@ func (e *Engine) syncPolicy() (removed int, err error) {
 	// those after its policy change (EndpointUp).
 	wantPol := map[policy.MapKey]policy.MapValue{}
 	flags := map[uint16]policy.EndpointPolicy{}
-	for _, id := range e.res.EndpointIDs() {
+	// Those written now first (they keep their room), by ID, as capShare
+	// decides.
+	ids := e.res.EndpointIDs()
+	slices.SortFunc(ids, func(a, b uint16) int {
+		if e.capped[a] != e.capped[b] {
+			if e.capped[a] {
+				return 1
+			}
+			return -1
+		}
+		return int(a) - int(b)
+	})
+	nsUse := map[string]int{}
+	for _, id := range ids {
 		pol, ok := e.res.Endpoint(id)
 		if !ok {
 			continue
 		}
-		if len(pol.Entries) > e.maxEntries {
-			// Over its share (capShare): nothing of it, enforced both ways.
+		n, ns := len(pol.Entries), e.nsOf[id]
+		if n > e.maxEntries || (ns != "" && nsUse[ns]+n > e.maxNamespace) {
+			// Over its share or its namespace's (capShare): nothing of
+			// it, enforced both ways.
 			e.capped[id] = true
 			flags[id] = policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
 			continue
+		}
+		if ns != "" {
+			nsUse[ns] += n
 		}
 		delete(e.capped, id)
 		flags[id] = pol

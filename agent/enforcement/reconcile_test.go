@@ -669,15 +669,7 @@ func TestEndpointOverItsShareIsolated(t *testing.T) {
 	if err := e.EndpointUp(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
-	entriesOf := func(id uint16) int {
-		n := 0
-		for k := range dp.policy {
-			if k.Endpoint == id {
-				n++
-			}
-		}
-		return n
-	}
+	entriesOf := func(id uint16) int { return countEntries(dp, id) }
 	importTenant(t, e, manyPorts("tenant", 2)) // 4 entries for other: within its share
 	if entriesOf(other.ID) != 4 {
 		t.Fatalf("other has %d entries, want 4", entriesOf(other.ID))
@@ -879,4 +871,70 @@ spec:
 	if dp.heldAtPolicy == 0 || dp.held != 0 {
 		t.Errorf("reconcile wrote the policy without holding the revision (%d), or left a hold open (%d)", dp.heldAtPolicy, dp.held)
 	}
+}
+
+// A namespace's endpoints together hold at most maxNamespace entries of
+// the node's policy map: an endpoint that would take its namespace past
+// it gets none written and denies everything (the ones there first keep
+// theirs), others' namespaces are unaffected, and once one of the
+// namespace's endpoints goes the capped one gets its entries. A
+// reconcile keeps the same endpoints capped. Before 2026-12-05 only one
+// endpoint's share was bounded: sixteen of a tenant's endpoints at
+// their share filled the 1M map.
+func TestNamespaceEndpointsBudget(t *testing.T) {
+	dp, e, web, _ := newWebEngine(t, webPolicy) // web: default's
+	e.maxEntries, e.maxNamespace = 10, 15
+	importTenant(t, e, manyPorts("tenant", 2)) // 4 entries each tenant endpoint
+	var eps []endpoint.Endpoint
+	for i := range 4 {
+		ep := web
+		// Highest ID first: the last up (the lowest ID) is capped, and a
+		// reconcile keeps it so rather than going by ID.
+		ep.ID, ep.IPv4 = uint16(13-i), netip.AddrFrom4([4]byte{10, 244, 0, byte(10 + i)})
+		ep.HostIfName, ep.HostIfIndex, ep.Namespace = fmt.Sprintf("filt%d", i), 20+i, "tenant"
+		ep.Labels = labels.Labels{{Source: "k8s", Key: "app", Value: "x"}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: "tenant"}}
+		if err := e.EndpointUp(context.Background(), ep); err != nil {
+			t.Fatal(err)
+		}
+		eps = append(eps, ep)
+	}
+	entriesOf := func(id uint16) int { return countEntries(dp, id) }
+	check := func(when string, c endpoint.Endpoint, others ...endpoint.Endpoint) {
+		t.Helper()
+		for _, ep := range others {
+			if n := entriesOf(ep.ID); n != 4 {
+				t.Errorf("%s: endpoint %d has %d entries, want its 4", when, ep.ID, n)
+			}
+		}
+		if n := entriesOf(c.ID); n != 0 || !dp.ingress[c.IPv4] || !dp.egress[c.IPv4] {
+			t.Errorf("%s: the endpoint past its namespace's budget has %d entries, enforced %v/%v", when, n, dp.ingress[c.IPv4], dp.egress[c.IPv4])
+		}
+		if entriesOf(web.ID) == 0 {
+			t.Errorf("%s: another namespace's endpoint lost its entries", when)
+		}
+	}
+	check("fourth up", eps[3], eps[0], eps[1], eps[2])
+	if _, err := e.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	check("reconciled", eps[3], eps[0], eps[1], eps[2])
+	e.EndpointDown(eps[0])
+	if n := entriesOf(eps[3].ID); n != 4 {
+		t.Errorf("with room again the capped endpoint has %d entries, want 4", n)
+	}
+	pol, _ := e.res.Endpoint(eps[3].ID)
+	if dp.egress[eps[3].IPv4] != pol.EgressEnforced || dp.ingress[eps[3].IPv4] != pol.IngressEnforced {
+		t.Error("with room again the capped endpoint's flags are not its policy's")
+	}
+}
+
+// countEntries is how many policy map entries endpoint id has.
+func countEntries(dp *fakeDP, id uint16) int {
+	n := 0
+	for k := range dp.policy {
+		if k.Endpoint == id {
+			n++
+		}
+	}
+	return n
 }
