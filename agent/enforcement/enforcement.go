@@ -199,13 +199,15 @@ func (e *Engine) capShare(c *policy.Change) {
 		touched[id] = true
 	}
 	over := map[uint16]bool{}
-	// Lowest ID first, each against its namespace's endpoints decided
-	// already and those the change does not touch.
-	decided := map[uint16]bool{}
+	// Lowest ID first, each against its namespace's written endpoints
+	// the change does not touch and those decided already.
+	nsUse := e.nsUse(touched)
 	for _, id := range slices.Sorted(maps.Keys(touched)) {
-		n := e.res.EntryCount(id)
-		fits := n <= e.maxEntries && e.nsRoom(id, n, func(j uint16) bool { return !touched[j] || decided[j] })
-		decided[id] = true
+		n, ns := e.res.EntryCount(id), e.nsOf[id]
+		fits := n <= e.maxEntries && (ns == "" || nsUse[ns]+n <= e.maxNamespace)
+		if fits && ns != "" {
+			nsUse[ns] += n
+		}
 		switch was := e.capped[id]; {
 		case !fits:
 			over[id] = true
@@ -240,21 +242,25 @@ func (e *Engine) capShare(c *policy.Change) {
 	}
 }
 
-// nsRoom says whether endpoint id's n entries fit in its namespace's
-// budget next to its namespace's other endpoints that are written (not
-// capped) and that count says to count. e.mu is held.
-func (e *Engine) nsRoom(id uint16, n int, count func(uint16) bool) bool {
-	ns := e.nsOf[id]
-	if ns == "" {
-		return true
-	}
-	use := n
-	for j, o := range e.nsOf {
-		if j != id && o == ns && !e.capped[j] && count(j) {
-			use += e.res.EntryCount(j)
+// nsUse sums, by namespace, the entries of the written (not capped)
+// endpoints that are not in skip; only for the namespaces of skip's
+// endpoints. e.mu is held.
+func (e *Engine) nsUse(skip map[uint16]bool) map[string]int {
+	use := map[string]int{}
+	for id := range skip {
+		if ns := e.nsOf[id]; ns != "" {
+			use[ns] = 0
 		}
 	}
-	return use <= e.maxNamespace
+	if len(use) == 0 {
+		return use
+	}
+	for j, ns := range e.nsOf {
+		if _, ok := use[ns]; ok && !e.capped[j] && !skip[j] {
+			use[ns] += e.res.EntryCount(j)
+		}
+	}
+	return use
 }
 
 func setEnforcement(c *policy.Change, id uint16, p policy.EndpointPolicy) {
