@@ -724,16 +724,18 @@ func TestRemoteNodeNamesChecked(t *testing.T) {
 	put("Upper", "Upper", "172.30.7.3")
 	put("other", "n9", "172.30.7.4") // under another node's key
 	put("n1", "n1", "172.30.7.5")
+	// Until the valid node and the four refusals are in (a list sorts
+	// the keys: n1 may come before "other" and "\xff").
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		mu.Lock()
 		ok := got["east/n1"]
 		mu.Unlock()
-		if ok {
+		if st := m.Status(); ok && len(st) == 1 && st[0].Rejected >= 4 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the valid node never came; status %+v", m.Status())
+			t.Fatalf("the valid node and four refusals never came; status %+v", m.Status())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
