@@ -47,7 +47,7 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	}
 	lns := []listener{{ln, nil}}
 	if a.cfg.HubbleListen != "" {
-		conf, err := hubble.ServerTLS(a.cfg.NodeCert, a.cfg.NodeKey, a.cfg.NodeCA, a.cfg.HubbleTLSClientNames)
+		conf, err := hubble.ServerTLS(a.cfg.NodeCert, a.cfg.NodeKey, a.cfg.NodeCA, a.cfg.HubbleTLSClientNames, a.auth.CheckCert)
 		if err != nil {
 			ln.Close()
 			return err

@@ -8,6 +8,7 @@ package encryption
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -382,6 +383,15 @@ func (a *NodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error
 // Accept vets a node of the local cluster.
 func (a *NodeAuth) Accept(local string, n node.Node) bool {
 	return a.check(local, local, a.caPEM, n) == nil
+}
+
+// CheckCert refuses a certificate the cluster CA's revocation list
+// revokes (the Hubble listener's clients: a relay's certificate).
+func (a *NodeAuth) CheckCert(cert *x509.Certificate) error {
+	if a == nil {
+		return nil
+	}
+	return a.revoked.Load().CheckCert(cert)
 }
 
 // Forget drops a node's refusal (its record is gone).

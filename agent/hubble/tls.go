@@ -15,7 +15,7 @@ var ErrTLS = errors.New("hubble TLS")
 // ServerTLS is the TCP listener's mutual TLS: the node's certificate, and
 // clients whose certificate chains to the cluster's CA (caFile) and whose
 // common name is one of names (the relay's, a connected cluster's).
-func ServerTLS(certFile, keyFile, caFile string, names []string) (*tls.Config, error) {
+func ServerTLS(certFile, keyFile, caFile string, names []string, revoked func(*x509.Certificate) error) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: node certificate: %v", ErrTLS, err)
@@ -33,6 +33,11 @@ func ServerTLS(certFile, keyFile, caFile string, names []string) (*tls.Config, e
 			}
 			if cn := chains[0][0].Subject.CommonName; !slices.Contains(names, cn) {
 				return fmt.Errorf("%w: client %q may not read flows (serving %v)", ErrTLS, cn, names)
+			}
+			if revoked != nil {
+				if err := revoked(chains[0][0]); err != nil {
+					return fmt.Errorf("%w: client %q: %v", ErrTLS, chains[0][0].Subject.CommonName, err)
+				}
 			}
 			return nil
 		},

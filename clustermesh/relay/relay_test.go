@@ -93,7 +93,7 @@ func startNodeAs(t *testing.T, c cluster, node string, meta hubble.Meta, evs ...
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), []string{"hubble-relay", "hubble-remote"})
+	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), []string{"hubble-relay", "hubble-remote"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

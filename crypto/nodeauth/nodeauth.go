@@ -253,6 +253,15 @@ func (r *Revoked) Len() int {
 	return len(r.serials)
 }
 
+// CheckCert refuses a certificate the list revokes (r nil: none is): a
+// node's, or another client's of the CA (a relay's).
+func (r *Revoked) CheckCert(cert *x509.Certificate) error {
+	if r.Len() > 0 && r.serials[cert.SerialNumber.String()] {
+		return fmt.Errorf("%w: certificate %s (%s) is revoked", ErrRefused, cert.SerialNumber, cert.Subject.CommonName)
+	}
+	return nil
+}
+
 // Check refuses record n when its certificate is revoked (r nil: none is).
 func (r *Revoked) Check(n node.Node) error {
 	if r.Len() == 0 {
