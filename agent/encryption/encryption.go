@@ -239,9 +239,11 @@ type NodeAuth struct {
 	revoked  atomic.Pointer[nodeauth.Revoked]
 
 	// Remote clusters' lists (RemoteCRL), by cluster: the latest each
-	// one's CA signed that this agent has read.
-	remoteMu sync.Mutex
-	remote   map[string]*nodeauth.Revoked
+	// one's CA signed that this agent has read, kept in remoteDir (one
+	// file a cluster) so that a restart starts from them.
+	remoteMu  sync.Mutex
+	remote    map[string]*nodeauth.Revoked
+	remoteDir string
 }
 
 func StartNodeAuth(cfg config.Config, router *routing.Router) (*NodeAuth, error) {
@@ -263,6 +265,7 @@ func StartNodeAuth(cfg config.Config, router *routing.Router) (*NodeAuth, error)
 		return nil, fmt.Errorf("nodeCA: %w", err)
 	}
 	a.enabled, a.signer, a.crlPath = true, s, cfg.NodeCRL
+	a.remoteDir = filepath.Join(cfg.StateDir, "remote-crl")
 	if _, err := a.ReloadCRL(); err != nil {
 		return nil, err
 	}
@@ -334,18 +337,52 @@ func (a *NodeAuth) RemoteCRL(cluster string, caPEM, crlPEM []byte) (bool, error)
 	}
 	a.remoteMu.Lock()
 	defer a.remoteMu.Unlock()
-	if !r.Newer(a.remote[cluster]) {
+	if !r.Newer(a.remoteLocked(cluster, caPEM)) {
 		return false, nil
 	}
 	a.remote[cluster] = r
 	slog.Info("a remote cluster's node revocation list read", "cluster", cluster, "revoked", r.Len())
+	if a.remoteDir != "" && node.ValidName(cluster) {
+		if err := writeFileAtomic(filepath.Join(a.remoteDir, cluster+".pem"), crlPEM); err != nil {
+			slog.Warn("a remote cluster's node revocation list not kept for the next start", "cluster", cluster, "err", err)
+		}
+	}
 	return true, nil
 }
 
-func (a *NodeAuth) remoteRevoked(cluster string) *nodeauth.Revoked {
+// remoteLocked is the list taken for cluster, or the one kept from an
+// earlier start if caPEM signed it. a.remoteMu is held.
+func (a *NodeAuth) remoteLocked(cluster string, caPEM []byte) *nodeauth.Revoked {
+	if r, ok := a.remote[cluster]; ok || a.remoteDir == "" || !node.ValidName(cluster) {
+		return r
+	}
+	var r *nodeauth.Revoked
+	if data, err := os.ReadFile(filepath.Join(a.remoteDir, cluster+".pem")); err == nil {
+		if r, err = nodeauth.ParseRevoked(data, caPEM); err != nil {
+			slog.Warn("a remote cluster's kept node revocation list refused", "cluster", cluster, "err", err)
+			r = nil
+		}
+	}
+	a.remote[cluster] = r
+	return r
+}
+
+func (a *NodeAuth) remoteRevoked(cluster string, caPEM []byte) *nodeauth.Revoked {
 	a.remoteMu.Lock()
 	defer a.remoteMu.Unlock()
-	return a.remote[cluster]
+	return a.remoteLocked(cluster, caPEM)
+}
+
+// writeFileAtomic writes data to path through a temporary file.
+func writeFileAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 func (a *NodeAuth) Sign() []func(*node.Node) error {
@@ -371,7 +408,7 @@ func (a *NodeAuth) check(local, cluster string, caPEM []byte, n node.Node) error
 	case cluster == local:
 		err = a.revoked.Load().Check(n)
 	default:
-		err = a.remoteRevoked(cluster).Check(n)
+		err = a.remoteRevoked(cluster, caPEM).Check(n)
 	}
 	if err != nil {
 		slog.Warn("refused a node", "node", name, "err", err)

@@ -95,3 +95,41 @@ func signedNode(t *testing.T, authority *ca.CA, cluster, name string) node.Node 
 	}
 	return n
 }
+
+// A remote cluster's list taken is kept in the state dir: after a
+// restart the agent refuses the nodes it revokes before that cluster's
+// stored list is read (a holder of that cluster's kvstore credentials
+// may have deleted it, or put an earlier one back), and takes no
+// earlier list over it. Before, a restarted agent took the remote's
+// revoked nodes until its agents published the list again.
+func TestRemoteRevocationListKeptAcrossRestart(t *testing.T) {
+	east, _ := ca.New("east")
+	e1 := signedNode(t, east, "east", "n1")
+	dir := t.TempDir()
+	start := func() *NodeAuth {
+		return &NodeAuth{enabled: true, refusals: nodeauth.NewRefusals(), remote: map[string]*nodeauth.Revoked{}, remoteDir: dir}
+	}
+	crl1, err := east.Revoke(nil, mustIssue(t, east))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl2, err := east.Revoke(crl1, []byte(e1.Certificate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := start().RemoteCRL("east", east.PEM, crl2); err != nil || !changed {
+		t.Fatalf("east's list: %v, %v", changed, err)
+	}
+	a := start() // restarted
+	if a.Remote()("east", east.PEM, e1) == nil {
+		t.Error("after a restart a node the remote's list revokes was accepted")
+	}
+	if changed, _ := a.RemoteCRL("east", east.PEM, crl1); changed {
+		t.Error("after a restart an earlier list was taken over the kept one")
+	}
+	// A kept list another CA signed (the file altered) is not taken.
+	other, _ := ca.New("east")
+	if a := start(); a.Remote()("east", other.PEM, signedNode(t, other, "east", "n1")) != nil {
+		t.Error("a kept list checked against another CA refused that CA's node")
+	}
+}
