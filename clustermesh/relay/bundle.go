@@ -2,12 +2,15 @@ package relay
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/filament-net/filament/agent/hubble"
 	"github.com/filament-net/filament/clustermesh"
+	"github.com/filament-net/filament/crypto/nodeauth"
 )
 
 // BundleCredentials reads the relay's credentials from the cluster's
@@ -31,6 +34,7 @@ func BundleCredentials(dir string) (string, Credentials, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	local.VerifyPeerCertificate = notRevoked(caPEM, clustermesh.NodeCRLFile(dir))
 	return c.Name, func(cluster string) (*tls.Config, error) {
 		if cluster == c.Name {
 			return local, nil
@@ -41,6 +45,29 @@ func BundleCredentials(dir string) (string, Credentials, error) {
 		}
 		return clientTLS([]byte(rc.CA), cluster, func() (tls.Certificate, error) { return tls.X509KeyPair([]byte(rc.Cert), []byte(rc.Key)) })
 	}, nil
+}
+
+// notRevoked refuses a node's server certificate that the CA's
+// revocation list in crlFile revokes (read at each connection; absent:
+// none is; one the CA did not sign: every connection is refused).
+func notRevoked(caPEM []byte, crlFile string) func([][]byte, [][]*x509.Certificate) error {
+	return func(_ [][]byte, chains [][]*x509.Certificate) error {
+		if len(chains) == 0 || len(chains[0]) == 0 {
+			return fmt.Errorf("%w: no verified server certificate", ErrConfig)
+		}
+		data, err := os.ReadFile(crlFile)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: revocation list: %v", ErrConfig, err)
+		}
+		r, err := nodeauth.ParseRevoked(data, caPEM)
+		if err != nil {
+			return fmt.Errorf("%w: revocation list %s: %v", ErrConfig, crlFile, err)
+		}
+		return r.CheckCert(chains[0][0])
+	}
 }
 
 // clientTLS is a mutual TLS client configuration: roots from caPEM, the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -534,5 +535,61 @@ func TestCrossSiteLinkToPage(t *testing.T) {
 	h.ServeHTTP(w, r)
 	if w.Code != http.StatusNoContent {
 		t.Errorf("a navigation from another site to the page: %d", w.Code)
+	}
+}
+
+// The relay refuses a node of its cluster whose certificate the CA's
+// revocation list in the bundle revokes (the agents' peer lists leave
+// such a node out; this holds where an agent is not given the list),
+// and connects to the others. Before 2026-12-05 it checked the CA only.
+func TestBundleCredentialsRefuseRevokedNode(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := clustermesh.Enable(dir, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := func() *x509.Certificate {
+		p, err := nodeauth.Issue(authority, "c1", "n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := pem.Decode(p.Cert)
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	good, revoked := leaf(), leaf()
+	crl, err := authority.Revoke(nil, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: revoked.Raw}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, creds, err := BundleCredentials(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := creds("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conf.VerifyPeerCertificate == nil {
+		t.Fatal("the relay's TLS checks no revocation")
+	}
+	verify := func(c *x509.Certificate) error { return conf.VerifyPeerCertificate(nil, [][]*x509.Certificate{{c}}) }
+	if err := verify(revoked); err != nil {
+		t.Fatalf("no list yet: %v", err)
+	}
+	if err := os.WriteFile(clustermesh.NodeCRLFile(dir), crl, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify(revoked); err == nil {
+		t.Error("the relay connects to a node whose certificate is revoked")
+	}
+	if err := verify(good); err != nil {
+		t.Errorf("another node refused: %v", err)
 	}
 }
