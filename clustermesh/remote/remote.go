@@ -770,6 +770,12 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 // dropUnseen deletes state of prefix whose keys were not in the first list
 // of a session (they vanished while the cluster was out of reach).
 func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
+	if strings.HasPrefix(prefix, node.NodesPrefix) {
+		// In order with a revocation list's second look at the records
+		// (crlEvent), which would take a dropped one back.
+		c.nodeMu.Lock()
+		defer c.nodeMu.Unlock()
+	}
 	c.mu.Lock()
 	var nodes []node.Node
 	var ids []identity.Identity
