@@ -35,15 +35,22 @@ func slots(s *Service, nodeIPs int) int {
 // checkBudget refuses s when its namespace's services, s instead of its
 // earlier version, would hold more than MaxNamespaceSlots.
 func (m *Manager) checkBudget(s *Service) error {
-	ns, key := s.Metadata.Namespace, s.Metadata.Namespace+"/"+s.Metadata.Name
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.budgetLocked(s.Metadata.Namespace+"/"+s.Metadata.Name, s)
+}
+
+// budgetLocked is checkBudget for s stored under key (its earlier version
+// there does not count), with m.mu held. The kvstore's watch checks each
+// service it reads with it too.
+func (m *Manager) budgetLocked(key string, s *Service) error {
+	ns := s.Metadata.Namespace
 	nodeIPs := len(m.cfg.NodeIPs)
 	need := slots(s, nodeIPs)
-	m.mu.Lock()
 	use := m.nsSlots[ns]
 	if old, ok := m.local[key]; ok {
 		use -= slots(old, nodeIPs)
 	}
-	m.mu.Unlock()
 	if use+need > MaxNamespaceSlots {
 		return invalid("namespace %q: its services would hold %d load-balancer slots on each node (this one %d), at most %d",
 			ns, use+need, need, MaxNamespaceSlots)

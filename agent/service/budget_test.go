@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -66,5 +67,49 @@ func TestNamespaceServiceBudget(t *testing.T) {
 	// One frontend's count is 16 bits in the datapath.
 	if err := manyBackends("big", "e", "10.96.1.5", 1, 65536, false).Validate(); err == nil || !strings.Contains(err.Error(), "backends") {
 		t.Errorf("a service of 65,536 backends: %v", err)
+	}
+}
+
+// A service written to the kvstore directly (by a holder of its
+// credentials, not through an agent's Upsert) is held to the same
+// namespace budget when the agents read it: one that would take its
+// namespace past it is ignored, and the namespace's services read before
+// it stay. Until 2026-12-05 only Upsert checked, so such a write could
+// fill every node's lb_slots.
+func TestNamespaceServiceBudgetOfStoredServices(t *testing.T) {
+	ctx := context.Background()
+	m, kv := etcdManager(t)
+	put := func(s *Service) {
+		t.Helper()
+		b, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := kv.Put(ctx, m.key(s), b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := func(key string) bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		_, ok := m.local[key]
+		return ok
+	}
+	put(manyBackends("tenant", "a", "10.96.1.1", 2, 20000, false))
+	waitFor(t, func() bool { return stored("tenant/a") })
+	put(manyBackends("tenant", "b", "10.96.1.2", 2, 20000, false))
+	put(manyBackends("other", "c", "10.96.1.3", 1, 10, false))
+	waitFor(t, func() bool { return stored("other/c") })
+	if stored("tenant/b") {
+		t.Error("a stored service past its namespace's budget was taken")
+	}
+	if !stored("tenant/a") {
+		t.Error("the namespace's earlier service went")
+	}
+	m.mu.Lock()
+	use := m.nsSlots["tenant"]
+	m.mu.Unlock()
+	if use != 40000 {
+		t.Errorf("tenant holds %d slots, want 40000 (a's)", use)
 	}
 }

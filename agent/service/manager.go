@@ -268,7 +268,17 @@ func (m *Manager) apply1(ev kvstore.Event, prefix string, once *sync.Once) {
 		m.setLocal(key, nil)
 		return
 	}
-	m.setLocal(key, s)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.budgetLocked(key, s); err != nil {
+		// Written past Upsert's check (by a holder of the kvstore's
+		// credentials): the namespace's services read before it keep
+		// their slots.
+		slog.Warn("ignoring a service in the kvstore past its namespace's budget", "key", ev.Key, "err", err)
+		m.setLocalLocked(key, nil)
+		return
+	}
+	m.setLocalLocked(key, s)
 }
 
 // appliedWait bounds how long a write waits for the watch to apply it.
