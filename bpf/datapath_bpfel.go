@@ -300,6 +300,7 @@ const (
 	DatapathMapLbServices        = "lb_services"
 	DatapathMapLbSlots           = "lb_slots"
 	DatapathMapLbSockRevnat      = "lb_sock_revnat"
+	DatapathMapNodeLocalAddrs    = "node_local_addrs"
 	DatapathMapNodes             = "nodes"
 	DatapathMapPolicy            = "policy"
 	DatapathMapProxyOrigin       = "proxy_origin"
@@ -400,27 +401,28 @@ type DatapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
-	Config       *ebpf.MapSpec `ebpf:"config"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	EncryptPeers *ebpf.MapSpec `ebpf:"encrypt_peers"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EpSlots      *ebpf.MapSpec `ebpf:"ep_slots"`
-	EventLosses  *ebpf.MapSpec `ebpf:"event_losses"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
-	LbAffinities *ebpf.MapSpec `ebpf:"lb_affinities"`
-	LbMaglev     *ebpf.MapSpec `ebpf:"lb_maglev"`
-	LbMembers    *ebpf.MapSpec `ebpf:"lb_members"`
-	LbNats       *ebpf.MapSpec `ebpf:"lb_nats"`
-	LbNetns      *ebpf.MapSpec `ebpf:"lb_netns"`
-	LbServices   *ebpf.MapSpec `ebpf:"lb_services"`
-	LbSlots      *ebpf.MapSpec `ebpf:"lb_slots"`
-	LbSockRevnat *ebpf.MapSpec `ebpf:"lb_sock_revnat"`
-	Nodes        *ebpf.MapSpec `ebpf:"nodes"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
-	ProxyOrigin  *ebpf.MapSpec `ebpf:"proxy_origin"`
-	Revision     *ebpf.MapSpec `ebpf:"revision"`
+	Config         *ebpf.MapSpec `ebpf:"config"`
+	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	EncryptPeers   *ebpf.MapSpec `ebpf:"encrypt_peers"`
+	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
+	EpSlots        *ebpf.MapSpec `ebpf:"ep_slots"`
+	EventLosses    *ebpf.MapSpec `ebpf:"event_losses"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
+	LbAffinities   *ebpf.MapSpec `ebpf:"lb_affinities"`
+	LbMaglev       *ebpf.MapSpec `ebpf:"lb_maglev"`
+	LbMembers      *ebpf.MapSpec `ebpf:"lb_members"`
+	LbNats         *ebpf.MapSpec `ebpf:"lb_nats"`
+	LbNetns        *ebpf.MapSpec `ebpf:"lb_netns"`
+	LbServices     *ebpf.MapSpec `ebpf:"lb_services"`
+	LbSlots        *ebpf.MapSpec `ebpf:"lb_slots"`
+	LbSockRevnat   *ebpf.MapSpec `ebpf:"lb_sock_revnat"`
+	NodeLocalAddrs *ebpf.MapSpec `ebpf:"node_local_addrs"`
+	Nodes          *ebpf.MapSpec `ebpf:"nodes"`
+	Policy         *ebpf.MapSpec `ebpf:"policy"`
+	ProxyOrigin    *ebpf.MapSpec `ebpf:"proxy_origin"`
+	Revision       *ebpf.MapSpec `ebpf:"revision"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -475,27 +477,28 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
-	Config       *ebpf.Map `ebpf:"config"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	EncryptPeers *ebpf.Map `ebpf:"encrypt_peers"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EpSlots      *ebpf.Map `ebpf:"ep_slots"`
-	EventLosses  *ebpf.Map `ebpf:"event_losses"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Ipcache      *ebpf.Map `ebpf:"ipcache"`
-	LbAffinities *ebpf.Map `ebpf:"lb_affinities"`
-	LbMaglev     *ebpf.Map `ebpf:"lb_maglev"`
-	LbMembers    *ebpf.Map `ebpf:"lb_members"`
-	LbNats       *ebpf.Map `ebpf:"lb_nats"`
-	LbNetns      *ebpf.Map `ebpf:"lb_netns"`
-	LbServices   *ebpf.Map `ebpf:"lb_services"`
-	LbSlots      *ebpf.Map `ebpf:"lb_slots"`
-	LbSockRevnat *ebpf.Map `ebpf:"lb_sock_revnat"`
-	Nodes        *ebpf.Map `ebpf:"nodes"`
-	Policy       *ebpf.Map `ebpf:"policy"`
-	ProxyOrigin  *ebpf.Map `ebpf:"proxy_origin"`
-	Revision     *ebpf.Map `ebpf:"revision"`
+	Config         *ebpf.Map `ebpf:"config"`
+	Conntrack      *ebpf.Map `ebpf:"conntrack"`
+	Counters       *ebpf.Map `ebpf:"counters"`
+	EncryptPeers   *ebpf.Map `ebpf:"encrypt_peers"`
+	Endpoints      *ebpf.Map `ebpf:"endpoints"`
+	EpSlots        *ebpf.Map `ebpf:"ep_slots"`
+	EventLosses    *ebpf.Map `ebpf:"event_losses"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Ipcache        *ebpf.Map `ebpf:"ipcache"`
+	LbAffinities   *ebpf.Map `ebpf:"lb_affinities"`
+	LbMaglev       *ebpf.Map `ebpf:"lb_maglev"`
+	LbMembers      *ebpf.Map `ebpf:"lb_members"`
+	LbNats         *ebpf.Map `ebpf:"lb_nats"`
+	LbNetns        *ebpf.Map `ebpf:"lb_netns"`
+	LbServices     *ebpf.Map `ebpf:"lb_services"`
+	LbSlots        *ebpf.Map `ebpf:"lb_slots"`
+	LbSockRevnat   *ebpf.Map `ebpf:"lb_sock_revnat"`
+	NodeLocalAddrs *ebpf.Map `ebpf:"node_local_addrs"`
+	Nodes          *ebpf.Map `ebpf:"nodes"`
+	Policy         *ebpf.Map `ebpf:"policy"`
+	ProxyOrigin    *ebpf.Map `ebpf:"proxy_origin"`
+	Revision       *ebpf.Map `ebpf:"revision"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -517,6 +520,7 @@ func (m *DatapathMaps) Close() error {
 		m.LbServices,
 		m.LbSlots,
 		m.LbSockRevnat,
+		m.NodeLocalAddrs,
 		m.Nodes,
 		m.Policy,
 		m.ProxyOrigin,

@@ -123,23 +123,7 @@ func TestForgedGossipFromPod(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", n1.NetNS, "addr", "add", second+"/32", "dev", "lo").CombinedOutput(); err != nil {
 		t.Fatalf("ip addr add: %v: %s", err, out)
 	}
-	var secondLn net.Listener
-	if err := inNS(t, lab.NetNSPath(n1.NetNS), func() (err error) {
-		secondLn, err = net.Listen("tcp4", net.JoinHostPort(second, "7946"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer secondLn.Close()
-	go func() {
-		for {
-			c, err := secondLn.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	defer acceptOn(t, lab.NetNSPath(n1.NetNS), net.JoinHostPort(second, "7946")).Close()
 	if dials(t, podNS, second, 7946) {
 		t.Errorf("pod reaches a control port (7946) on another address of its node (%s)", second)
 	}
@@ -164,6 +148,32 @@ func TestForgedGossipFromPod(t *testing.T) {
 		if !datagramReaches(t, n1, podNS, dst, 7001) {
 			t.Errorf("pod's datagram to %s:7001 did not reach its node: the check cannot tell ports apart", dst)
 		}
+	}
+
+	// And another node's other addresses: n1 routes 198.18.7.2, an
+	// address of n2's loopback, to n2 (its default route), where a
+	// listener on a control port is n2's. n2 lists the address in its
+	// record and n1 closes the port there; before 2026-12-05 the pod
+	// reached it (only a node's underlay address was known).
+	const otherSecond = "198.18.7.2"
+	if out, err := exec.Command("ip", "-n", n2.NetNS, "addr", "add", otherSecond+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v: %s", err, out)
+	}
+	defer acceptOn(t, lab.NetNSPath(n2.NetNS), net.JoinHostPort(otherSecond, "7946")).Close()
+	serve(t, lab.NetNSPath(n2.NetNS), 7000)
+	if !reach(t, podNS, "tcp", otherSecond, 7000) {
+		t.Fatalf("pod cannot reach an ordinary port on another address of n2 (%s:7000): the route the attack needs is missing", otherSecond)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for dials(t, podNS, otherSecond, 7946) {
+		if time.Now().After(deadline) {
+			t.Errorf("pod reaches a control port (7946) on another address of another node (n2's %s)", otherSecond)
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if !reach(t, podNS, "tcp", otherSecond, 7000) {
+		t.Errorf("pod cannot reach an ordinary port on another address of n2 (%s:7000) after n1 learned it", otherSecond)
 	}
 
 	// Five forged deaths of n2, the last at the highest incarnation, to
@@ -201,6 +211,29 @@ func TestForgedGossipFromPod(t *testing.T) {
 	if dials(t, podNS, n1.IP, 7946) {
 		t.Error("the policy for app=prober opened the gossip port to another pod")
 	}
+}
+
+// acceptOn listens on TCP addr in the namespace at path and accepts (and
+// closes) every connection until the listener is closed.
+func acceptOn(t *testing.T, path, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := inNS(t, path, func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
 }
 
 // datagramReaches tells whether a UDP datagram sent from the pod's

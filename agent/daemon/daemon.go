@@ -153,6 +153,7 @@ func (a *Agent) steps() []step {
 		{"datapath", a.startDatapath},
 		{"encryption", a.startEncryption},
 		{"node", a.startNode},
+		{"node addresses", a.startHostAddrs},
 		{"policy", a.startPolicy},
 		{"dns names", a.startDNSNames},
 		{"services", a.startServices},

@@ -18,6 +18,7 @@ import (
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/agent/endpoint/veth"
 	"github.com/filament-net/filament/agent/enforcement"
+	"github.com/filament-net/filament/agent/hostaddrs"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/ipcache"
@@ -208,6 +209,23 @@ func (a *Agent) startNode(ctx context.Context) error {
 	return nil
 }
 
+// startHostAddrs publishes this node's other addresses in its record and
+// keeps them current (agent/hostaddrs), so that the other nodes close
+// their control ports to pods.
+func (a *Agent) startHostAddrs(ctx context.Context) error {
+	ex := hostaddrs.Exclude{NodeIPs: []netip.Addr{a.nodeIP}}
+	if p, err := netip.ParsePrefix(a.podCIDR); err == nil {
+		ex.PodCIDR = p
+	}
+	a.goroutine(func() {
+		hostaddrs.Follow(ctx, ex, 30*time.Second, func(addrs []netip.Addr) {
+			err := a.reg.UpdateSelf(ctx, func(n *node.Node) { n.LocalAddrs = hostaddrs.Strings(addrs) })
+			slog.Info("node addresses published", "addrs", addrs, "err", err)
+		})
+	})
+	return nil
+}
+
 // startPolicy loads the stored policies into the resolver and the
 // enforcement engine.
 func (a *Agent) startPolicy(context.Context) error {
@@ -288,6 +306,9 @@ func (a *Agent) startDetection(ctx context.Context) error {
 		a.ipsync.HoldExpired(a.reg.Reachable, 4*time.Duration(cfg.LeaseTTL))
 	}
 	a.reg.Subscribe(a.vetNode)
+	// The cluster's nodes are learned: other addresses an earlier agent
+	// wrote for nodes gone since go.
+	a.router.PruneLocalAddrs()
 	// A node certificate revoked since: every node is vetted again.
 	a.every(ctx, "node revocation list", 10*time.Second, func() (int, error) {
 		changed, err := a.auth.ReloadCRL()

@@ -808,6 +808,36 @@ func (d *Datapath) DeleteNode(ip netip.Addr) error {
 	return d.bump()
 }
 
+// UpsertNodeLocalAddr marks ip as another address of a known node (its
+// control ports are closed to pods as at its underlay address).
+func (d *Datapath) UpsertNodeLocalAddr(ip netip.Addr) error {
+	k, v := ipv4(ip), uint32(1)
+	if err := d.objs.NodeLocalAddrs.Put(&k, &v); err != nil {
+		return fmt.Errorf("node_local_addrs map: put %s: %w", ip, err)
+	}
+	return d.bump()
+}
+
+// DeleteNodeLocalAddr forgets another address of a node.
+func (d *Datapath) DeleteNodeLocalAddr(ip netip.Addr) error {
+	k := ipv4(ip)
+	if err := d.objs.NodeLocalAddrs.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("node_local_addrs map: delete %s: %w", ip, err)
+	}
+	return d.bump()
+}
+
+// NodeLocalAddrs lists the nodes' other addresses.
+func (d *Datapath) NodeLocalAddrs() (map[netip.Addr]bool, error) {
+	out := map[netip.Addr]bool{}
+	var k, v uint32
+	it := d.objs.NodeLocalAddrs.Iterate()
+	for it.Next(&k, &v) {
+		out[addrFrom(k)] = true
+	}
+	return out, it.Err()
+}
+
 // Nodes lists the known node addresses.
 func (d *Datapath) Nodes() (map[netip.Addr]bool, error) {
 	out := map[netip.Addr]bool{}

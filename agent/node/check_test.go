@@ -9,7 +9,7 @@ import (
 // A node record with an IPv6 address crashed every agent that learned it
 // (found while writing the fuzz targets); records are checked on the way in.
 func TestRecordCheck(t *testing.T) {
-	good := `{"name":"n2","ips":["172.30.0.2"],"podCIDRs":["10.244.1.0/24"]}`
+	good := `{"name":"n2","ips":["172.30.0.2"],"podCIDRs":["10.244.1.0/24"],"localAddrs":["198.18.7.2","192.168.1.5"]}`
 	var n Node
 	if err := decodeRecord([]byte(good), "n2", &n); err != nil {
 		t.Fatalf("good record: %v", err)
@@ -26,6 +26,17 @@ func TestRecordCheck(t *testing.T) {
 		// the router's lock, at each rewrite.
 		{`{"name":"n9","ips":["172.30.0.9"],"podCIDRs":[` + strings.TrimSuffix(strings.Repeat(`"10.9.0.0/32",`, MaxPodCIDRs+1), ",") + `]}`, "n9", "podCIDRs: 17"},
 		{`{"name":"n9","ips":[` + strings.TrimSuffix(strings.Repeat(`"10.9.0.1",`, MaxIPs+1), ",") + `]}`, "n9", "ips: 17"},
+		// Other addresses: each is an entry of every node's
+		// node_local_addrs map, and only unicast addresses a node can
+		// have (loopback's and link-local ones every node has).
+		{`{"name":"n9","localAddrs":[` + strings.TrimSuffix(strings.Repeat(`"10.9.0.1",`, MaxLocalAddrs+1), ",") + `]}`, "n9", "localAddrs: 17"},
+		{`{"name":"n9","localAddrs":["127.0.0.1"]}`, "n9", `localAddrs[0] "127.0.0.1"`},
+		{`{"name":"n9","localAddrs":["10.0.0.1","169.254.1.1"]}`, "n9", `localAddrs[1] "169.254.1.1"`},
+		{`{"name":"n9","localAddrs":["224.0.0.1"]}`, "n9", `localAddrs[0] "224.0.0.1"`},
+		{`{"name":"n9","localAddrs":["255.255.255.255"]}`, "n9", `localAddrs[0] "255.255.255.255"`},
+		{`{"name":"n9","localAddrs":["0.1.2.3"]}`, "n9", `localAddrs[0] "0.1.2.3"`},
+		{`{"name":"n9","localAddrs":["fd00::1"]}`, "n9", `localAddrs[0] "fd00::1"`},
+		{`{"name":"n9","localAddrs":["10.0.0.0/8"]}`, "n9", `localAddrs[0] "10.0.0.0/8"`},
 	} {
 		var n Node
 		err := decodeRecord([]byte(c.value), c.key, &n)

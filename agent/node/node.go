@@ -54,6 +54,13 @@ type Node struct {
 	// record with its key (crypto/nodeauth), when nodes authenticate.
 	Certificate string `json:"certificate,omitempty"`
 	Signature   string `json:"signature,omitempty"`
+	// LocalAddrs are the node's other addresses, those its kernel
+	// delivers to itself besides IPs (a second interface's, a loopback
+	// address, a bridge's): other nodes close the control ports there to
+	// their pods too (agent/hostaddrs gathers them). Outside the record's
+	// signature (crypto/nodeauth), so agents from before the field still
+	// verify records that carry it.
+	LocalAddrs []string `json:"localAddrs,omitempty"`
 	// Reachable is this agent's view from failure detection: listed by
 	// the API, never stored (see Record).
 	Reachable bool `json:"reachable"`
@@ -87,15 +94,18 @@ var ErrInvalidRecord = errors.New("invalid node record")
 // MaxIPs and MaxPodCIDRs bound a node record's lists: every node that
 // learns a record writes a route, a WireGuard allowed IP and IPsec
 // policies for each pod CIDR at each change (Kubernetes gives a node at
-// most two pod CIDRs).
+// most two pod CIDRs). MaxLocalAddrs bounds its other addresses (each an
+// entry of every node's node_local_addrs map).
 const (
-	MaxIPs      = 16
-	MaxPodCIDRs = 16
+	MaxIPs        = 16
+	MaxPodCIDRs   = 16
+	MaxLocalAddrs = 16
 )
 
 // Check vets a node record read from a kvstore (anyone with write access
 // wrote it): a name, at most MaxIPs IPv4 addresses and MaxPodCIDRs IPv4
-// pod CIDRs only.
+// pod CIDRs only, at most MaxLocalAddrs other addresses, each an IPv4
+// unicast address (not loopback's, link-local or unspecified).
 func (n Node) Check() error {
 	if n.Name == "" {
 		return fmt.Errorf("%w: no name", ErrInvalidRecord)
@@ -119,7 +129,34 @@ func (n Node) Check() error {
 			return fmt.Errorf("%w: %s: podCIDRs[%d] %q: want an IPv4 prefix", ErrInvalidRecord, n.Name, i, s)
 		}
 	}
+	if len(n.LocalAddrs) > MaxLocalAddrs {
+		return fmt.Errorf("%w: %s: localAddrs: %d, at most %d", ErrInvalidRecord, n.Name, len(n.LocalAddrs), MaxLocalAddrs)
+	}
+	for i, s := range n.LocalAddrs {
+		if a, err := netip.ParseAddr(s); err != nil || !LocalAddrOK(a) {
+			return fmt.Errorf("%w: %s: localAddrs[%d] %q: want an IPv4 unicast address", ErrInvalidRecord, n.Name, i, s)
+		}
+	}
 	return nil
+}
+
+// LocalAddrOK says whether a may be among a node's other addresses: IPv4
+// unicast, not loopback's (127/8, which every node has), link-local or
+// unspecified (0/8).
+func LocalAddrOK(a netip.Addr) bool {
+	return a.Is4() && a.IsGlobalUnicast() && !a.IsLoopback() && a.As4()[0] != 0 && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// ParsedLocalAddrs are n's other addresses (LocalAddrs) that parse and
+// pass LocalAddrOK.
+func (n Node) ParsedLocalAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range n.LocalAddrs {
+		if a, err := netip.ParseAddr(s); err == nil && LocalAddrOK(a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // nameRE is a node's name: a DNS label, as the agent's --node-name.

@@ -61,6 +61,12 @@ func (m *MemMaps) DeleteNode(ip netip.Addr) error {
 	return nil
 }
 
+func (m *MemMaps) UpsertNodeLocalAddr(netip.Addr) error { return nil }
+func (m *MemMaps) DeleteNodeLocalAddr(netip.Addr) error { return nil }
+func (m *MemMaps) NodeLocalAddrs() (map[netip.Addr]bool, error) {
+	return map[netip.Addr]bool{}, nil
+}
+
 func (m *MemMaps) UpsertEncryptPeer(netip.Addr) error { return nil }
 func (m *MemMaps) DeleteEncryptPeer(netip.Addr)       {}
 

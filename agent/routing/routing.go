@@ -73,6 +73,10 @@ type Maps interface {
 	UpsertIPCacheTunnel(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr) error
 	UpsertIPCacheCover(p netip.Prefix, id identity.NumericIdentity, tunnel netip.Addr) error
 	DeleteIPCache(p netip.Prefix) error
+	// The nodes' other addresses (localaddrs.go).
+	UpsertNodeLocalAddr(ip netip.Addr) error
+	DeleteNodeLocalAddr(ip netip.Addr) error
+	NodeLocalAddrs() (map[netip.Addr]bool, error)
 }
 
 // Router keeps routes, the tunnel and remote ipcache entries current.
@@ -92,6 +96,7 @@ type Router struct {
 
 	mu        sync.Mutex
 	nodes     map[string]node.Node
+	local     localAddrs      // the nodes' other addresses (localaddrs.go)
 	down      map[string]bool // nodes failure detection declared dead
 	hostSrc   netip.Addr      // source of the node's own traffic to other nodes' pods (tunnel mode)
 	hostDev   int             // the gateway device those routes go out of (tunnel mode)
@@ -463,6 +468,7 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 		// only), and its covers and compact entries stay. A rotated key
 		// moves its claim, and what met the old key may be taken.
 		r.nodes[n.Name] = n
+		r.setLocalAddrs(n.Name, &n)
 		if wgKey(old) != wgKey(n) {
 			r.claims.remove(old)
 			r.claims.add(n)
@@ -488,10 +494,12 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 	}
 	if deleted {
 		delete(r.nodes, n.Name)
+		r.setLocalAddrs(n.Name, nil)
 		r.syncNodes(others)
 		return released
 	}
 	r.nodes[n.Name] = n
+	r.setLocalAddrs(n.Name, &n)
 	r.claims.add(n)
 	others = append(others, r.sparseLearn(n)...)
 	if !r.down[n.Name] {
@@ -519,6 +527,7 @@ func (r *Router) evict(name string) node.Node {
 	r.claims.remove(old)
 	r.relearnSharers(old)
 	delete(r.nodes, name)
+	r.setLocalAddrs(name, nil)
 	if _, newer := r.refused[name]; !newer {
 		r.refuse(old)
 	}

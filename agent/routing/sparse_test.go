@@ -2,6 +2,7 @@ package routing
 
 import (
 	"fmt"
+	"maps"
 	"math/rand"
 	"net/netip"
 	"runtime"
@@ -28,6 +29,18 @@ type fakeMaps struct {
 	ipc     map[netip.Prefix]fakeValue
 	nodes   map[netip.Addr]bool // the known-node addresses, when not nil
 	deletes []netip.Prefix      // ipcache deletes, in order
+	local   map[netip.Addr]bool // node_local_addrs, when not nil
+}
+
+func (f *fakeMaps) UpsertNodeLocalAddr(a netip.Addr) error {
+	if f.local != nil {
+		f.local[a] = true
+	}
+	return nil
+}
+func (f *fakeMaps) DeleteNodeLocalAddr(a netip.Addr) error { delete(f.local, a); return nil }
+func (f *fakeMaps) NodeLocalAddrs() (map[netip.Addr]bool, error) {
+	return maps.Clone(f.local), nil
 }
 
 func (f *fakeMaps) UpsertNode(a netip.Addr) error {

@@ -247,6 +247,18 @@ struct {
 	__type(value, __u32);
 } nodes SEC(".maps");
 
+// node_local_addrs: the known nodes' other addresses (those their
+// kernels deliver to themselves besides their underlay address: a second
+// interface's, a loopback address), from their records. Only the control
+// ports' check reads it: the identity of such an address stays what the
+// ipcache says.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} node_local_addrs SEC(".maps");
+
 // encrypt_peers: underlay addresses of the nodes traffic is encrypted to
 // (authenticated WireGuard peers); the kernel routes their pod CIDRs
 // through the encryption device.

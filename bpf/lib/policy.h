@@ -35,10 +35,12 @@ static __always_inline int control_port(struct pkt *p)
 // to_node tells whether p's destination daddr, whose identity is peer,
 // is a node's own address: this node's (host, or any address the kernel
 // delivers locally, p->to_local), another's (remote-node), or a known
-// node's.
+// node's (its underlay address, or another address of it its record
+// lists).
 static __always_inline int to_node(struct pkt *p, __u32 peer, __u32 daddr)
 {
-	return p->to_local || peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr);
+	return p->to_local || peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr) ||
+	       bpf_map_lookup_elem(&node_local_addrs, &daddr);
 }
 
 // policy_verdict is the decision of endpoint ep's policy in direction dir

@@ -92,9 +92,13 @@ func (s *Signer) Subject() string {
 }
 
 // canonical is what a signature covers: the record as published, without
-// the signature and the local-only reachability.
+// the signature, the local-only reachability and the node's other
+// addresses (LocalAddrs: added after signing was, so an agent from before
+// it, which drops the field when it reads a record, still verifies the
+// signature; what a forged list can do is close control ports to pods
+// on up to node.MaxLocalAddrs more addresses).
 func canonical(n node.Node) []byte {
-	n.Signature, n.Reachable = "", false
+	n.Signature, n.Reachable, n.LocalAddrs = "", false, nil
 	b, _ := json.Marshal(n)
 	return b
 }

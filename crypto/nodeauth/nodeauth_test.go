@@ -60,6 +60,31 @@ func TestVerify(t *testing.T) {
 	if err := Verify(stored, c1.PEM); err != nil {
 		t.Fatalf("the stored record was refused: %v", err)
 	}
+	// The node's other addresses are outside the signature: an agent from
+	// before the field reads a record that carries them without it, and
+	// must still verify it (a rolling upgrade with node authentication).
+	withAddrs := record("n1")
+	withAddrs.LocalAddrs = []string{"198.18.7.2"}
+	if err := good.Sign(&withAddrs); err != nil {
+		t.Fatal(err)
+	}
+	var older struct {
+		node.Node
+		LocalAddrs json.RawMessage `json:"localAddrs"` // takes the field: the embedded one stays unset
+
+	}
+	if err := json.Unmarshal(withAddrs.Record(), &older); err != nil {
+		t.Fatal(err)
+	}
+	if older.Node.LocalAddrs != nil {
+		t.Fatal("the older agent's view kept the field")
+	}
+	if err := Verify(withAddrs, c1.PEM); err != nil {
+		t.Fatalf("a record with other addresses was refused: %v", err)
+	}
+	if err := Verify(older.Node, c1.PEM); err != nil {
+		t.Fatalf("the record as an agent without the field reads it was refused: %v", err)
+	}
 	refused := func(what string, m node.Node, caPEM []byte, reason string) {
 		t.Helper()
 		err := Verify(m, caPEM)

@@ -19,6 +19,9 @@ type Node struct {
 	// record with its key, when nodes authenticate.
 	Certificate string `json:"certificate,omitempty"`
 	Signature   string `json:"signature,omitempty"`
+	// LocalAddrs are the node's other addresses (its control ports are
+	// closed to pods there too).
+	LocalAddrs []string `json:"localAddrs,omitempty"`
 	// Reachable is this agent's view from failure detection.
 	Reachable bool `json:"reachable"`
 }

@@ -1,0 +1,79 @@
+package routing
+
+import (
+	"log/slog"
+	"net/netip"
+
+	"github.com/filament-net/filament/agent/node"
+)
+
+// localAddrs follows the accepted nodes' other addresses (their records'
+// LocalAddrs) into the datapath's node_local_addrs map, which only the
+// control ports' check reads: a pod's new flow to a control port of such
+// an address is refused unless its policy names the port, as at a
+// node's underlay address. An address is in the map while an accepted
+// node lists it (counted: nodes may list the same one).
+type localAddrs struct {
+	of    map[string][]netip.Addr // node name -> the addresses written for it
+	count map[netip.Addr]int
+	full  bool // a write was refused (map full): logged once
+}
+
+// setLocalAddrs makes n's other addresses (nil n: none) those of node
+// name, writing and deleting map entries as their counts reach and leave
+// zero. Called wherever the router takes or forgets a node's record.
+func (r *Router) setLocalAddrs(name string, n *node.Node) {
+	la := &r.local
+	if la.of == nil {
+		la.of, la.count = map[string][]netip.Addr{}, map[netip.Addr]int{}
+	}
+	var now []netip.Addr
+	if n != nil {
+		now = n.ParsedLocalAddrs()
+		if len(now) > node.MaxLocalAddrs {
+			now = now[:node.MaxLocalAddrs]
+		}
+	}
+	old := la.of[name]
+	for _, a := range now {
+		if la.count[a]++; la.count[a] == 1 {
+			if err := r.dp.UpsertNodeLocalAddr(a); err != nil && !la.full {
+				la.full = true
+				slog.Error("node_local_addrs: a node's other address not written: pods are not kept off its control ports (logged once)", "node", name, "addr", a, "err", err)
+			}
+		}
+	}
+	for _, a := range old {
+		if la.count[a]--; la.count[a] <= 0 {
+			delete(la.count, a)
+			if err := r.dp.DeleteNodeLocalAddr(a); err != nil {
+				slog.Warn("node_local_addrs: delete", "node", name, "addr", a, "err", err)
+			}
+		}
+	}
+	if len(now) == 0 {
+		delete(la.of, name)
+	} else {
+		la.of[name] = now
+	}
+}
+
+// PruneLocalAddrs deletes the node_local_addrs entries no node the
+// router holds lists (an earlier agent's, for nodes gone since). Call it
+// once the cluster's nodes are learned.
+func (r *Router) PruneLocalAddrs() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	have, err := r.dp.NodeLocalAddrs()
+	if err != nil {
+		slog.Warn("node_local_addrs: list", "err", err)
+		return
+	}
+	for a := range have {
+		if r.local.count[a] == 0 {
+			if err := r.dp.DeleteNodeLocalAddr(a); err != nil {
+				slog.Warn("node_local_addrs: delete", "addr", a, "err", err)
+			}
+		}
+	}
+}
