@@ -111,6 +111,9 @@ type Agent struct {
 	// peers are the nodes Hubble's Peer service announces (every node
 	// known, from the start: the node and mesh steps feed it).
 	peers *hubble.Peers
+	// hubbleSrv is the Hubble API's server (nil: Hubble off), whose
+	// revoked clients' open calls end when the revocation list changes.
+	hubbleSrv atomic.Pointer[hubble.Server]
 	// proxy is the L7 proxy's supervisor once it runs (hooks read it
 	// from other goroutines).
 	proxyRef atomic.Pointer[l7.Supervisor]

@@ -29,11 +29,12 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	s, err := hubble.New(hubble.Config{
 		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt, Names: a.dnsNamesOf, Service: a.serviceAt},
 		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
-		OnFlow: flowmetrics.New(a.flowMetrics).Observe, DatapathLost: a.dp.EventsLost,
+		OnFlow: flowmetrics.New(a.flowMetrics).Observe, DatapathLost: a.dp.EventsLost, Revoked: a.auth.CheckCert,
 	})
 	if err != nil {
 		return err
 	}
+	a.hubbleSrv.Store(s)
 	if err := a.startFlowExport(ctx, s, a.flowMetrics); err != nil {
 		return err
 	}

@@ -318,6 +318,9 @@ func (a *Agent) startDetection(ctx context.Context) error {
 		if !changed || err != nil {
 			return 0, err
 		}
+		if hs := a.hubbleSrv.Load(); hs != nil {
+			hs.RecheckRevoked()
+		}
 		nodes := a.reg.List()
 		for _, n := range nodes {
 			a.vetNode(n, false)

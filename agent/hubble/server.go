@@ -3,6 +3,7 @@ package hubble
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,7 +51,9 @@ type Server struct {
 	queueLost atomic.Uint64
 	// datapathLost is Config.DatapathLost (nil: none).
 	datapathLost func() uint64
-	onFlow       func(*flowpb.Flow)
+	// revoked ends revoked clients' calls (revoke.go).
+	revoked *revocations
+	onFlow  func(*flowpb.Flow)
 }
 
 // Config configures a Server.
@@ -68,6 +71,10 @@ type Config struct {
 	// report (its events ring was full), reported to following clients
 	// as lost events (PERF_EVENT_RING_BUFFER); it must be cheap.
 	DatapathLost func() uint64
+	// Revoked, when set, tells whether a TLS client's certificate is
+	// revoked (the CA's revocation list): checked at each call, and for
+	// the calls open at each RecheckRevoked.
+	Revoked func(*x509.Certificate) error
 }
 
 // New returns a server with an empty ring.
@@ -80,7 +87,7 @@ func New(c Config) (*Server, error) {
 		return nil, err
 	}
 	return &Server{meta: c.Meta, ring: ring, started: time.Now(), version: c.Version, address: c.Address, peers: c.Peers, onFlow: c.OnFlow,
-		datapathLost: c.DatapathLost}, nil
+		datapathLost: c.DatapathLost, revoked: newRevocations(c.Revoked)}, nil
 }
 
 // Record turns an event into a flow and writes it to the ring.
@@ -110,13 +117,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, conf *tls.Config) e
 	return ServeGRPC(ctx, ln, conf, func(g *grpc.Server) {
 		observer.RegisterObserverServer(g, s)
 		peer.RegisterPeerServer(g, s)
-	})
+	}, grpc.ChainUnaryInterceptor(s.revoked.unary), grpc.ChainStreamInterceptor(s.revoked.stream))
 }
 
 // ServeGRPC serves what register registers, and health checks, on ln
 // until ctx ends (over TLS with conf when it is not nil), with the
-// Hubble API's bounds on clients.
-func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register func(*grpc.Server)) error {
+// Hubble API's bounds on clients (and extra's options, interceptors
+// chained after its own).
+func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register func(*grpc.Server), extra ...grpc.ServerOption) error {
 	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(maxStreams), grpc.MaxRecvMsgSize(maxRequest),
 		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.ChainUnaryInterceptor(recoverUnary), grpc.ChainStreamInterceptor(recoverStream, limitStreams(maxServerStreams)),
@@ -125,7 +133,7 @@ func ServeGRPC(ctx context.Context, ln net.Listener, conf *tls.Config, register 
 	if conf != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(conf)))
 	}
-	g := grpc.NewServer(opts...)
+	g := grpc.NewServer(append(opts, extra...)...)
 	register(g)
 	registerHealth(g)
 	go func() {

@@ -2,8 +2,6 @@ package hubble_test
 
 import (
 	"crypto/tls"
-	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,21 +17,7 @@ import (
 // same name. Before 2026-12-05 it checked the CA and the name only: a
 // revoked certificate read every node's flows for its five years.
 func TestServerTLSRefusesRevokedClient(t *testing.T) {
-	authority, err := ca.New("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	srv, err := authority.Issue("node", true, []net.IP{net.ParseIP("127.0.0.1")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.WritePair(dir, "node", srv); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), authority.PEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	authority, dir := hubble.NodeTLSFixture(t)
 	good, _ := authority.Issue("hubble-relay", false, nil, nil)
 	leaked, _ := authority.Issue("hubble-relay", false, nil, nil)
 	crl, err := authority.Revoke(nil, leaked.Cert)
