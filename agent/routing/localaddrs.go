@@ -3,6 +3,7 @@ package routing
 import (
 	"log/slog"
 	"net/netip"
+	"slices"
 
 	"github.com/filament-net/filament/agent/node"
 )
@@ -29,9 +30,19 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 	}
 	var now []netip.Addr
 	if n != nil {
-		now = n.ParsedLocalAddrs()
-		if len(now) > node.MaxLocalAddrs {
-			now = now[:node.MaxLocalAddrs]
+		for _, a := range n.ParsedLocalAddrs() {
+			if len(now) == node.MaxLocalAddrs {
+				break
+			}
+			if r.inPodCIDR(a) {
+				// A pod's address (listed by a holder of the kvstore's
+				// credentials) would close those ports of that pod.
+				slog.Warn("node_local_addrs: a node lists an address in a pod CIDR as its own; left out", "node", name, "addr", a)
+				continue
+			}
+			if !slices.Contains(now, a) {
+				now = append(now, a)
+			}
 		}
 	}
 	old := la.of[name]
@@ -56,6 +67,20 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 	} else {
 		la.of[name] = now
 	}
+}
+
+// inPodCIDR says whether a is in this node's pod CIDR, this cluster's
+// pool or a taken node's pod CIDR (one map lookup per prefix length).
+func (r *Router) inPodCIDR(a netip.Addr) bool {
+	if (r.own.IsValid() && r.own.Contains(a)) || (r.pool.IsValid() && r.pool.Contains(a)) {
+		return true
+	}
+	for bits := 0; bits <= 32; bits++ {
+		if len(r.claims.cidrs[netip.PrefixFrom(a, bits).Masked()]) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // PruneLocalAddrs deletes the node_local_addrs entries no node the

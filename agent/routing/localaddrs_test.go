@@ -51,6 +51,13 @@ func TestNodeLocalAddrs(t *testing.T) {
 	r.NodeChanged(n2, false)
 	r.NodeChanged(n2, true)
 	have("198.18.0.1")
+	// Pods' addresses (this node's pod CIDR, another node's, its own) are
+	// left out, and a list's duplicates count once.
+	r.NodeChanged(node.Node{Name: "n5", IPs: []string{"192.0.2.5"}, PodCIDRs: []string{"10.244.5.0/24"},
+		LocalAddrs: []string{"10.244.0.7", "10.244.2.9", "10.244.5.1", "198.18.5.5", "198.18.5.5"}}, false)
+	have("198.18.0.1", "198.18.5.5")
+	r.NodeChanged(node.Node{Name: "n5"}, true)
+	have("198.18.0.1")
 	// A remote node refused for claiming n3's address adds nothing.
 	r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"192.0.2.3"}, PodCIDRs: []string{"10.60.0.0/24"}, LocalAddrs: []string{"198.18.66.6"}}, false)
 	have("198.18.0.1")

@@ -499,8 +499,8 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 		return released
 	}
 	r.nodes[n.Name] = n
-	r.setLocalAddrs(n.Name, &n)
 	r.claims.add(n)
+	r.setLocalAddrs(n.Name, &n)
 	others = append(others, r.sparseLearn(n)...)
 	if !r.down[n.Name] {
 		r.learnNode(n)
