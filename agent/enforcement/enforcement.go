@@ -111,9 +111,13 @@ type Engine struct {
 	// entries, or would take their namespace's endpoints past
 	// maxNamespace together: none of them is written and they deny
 	// everything (capShare). nsOf: the endpoints' namespaces.
+	// smallEntries, maxLarge: namespaced endpoints of more than
+	// smallEntries entries ("large") hold at most maxLarge together.
 	capped       map[uint16]bool
 	maxEntries   int
 	maxNamespace int
+	smallEntries int
+	maxLarge     int
 	nsOf         map[uint16]string
 
 	// Sparse remote ipcache (nil: full): the need follows every change
@@ -163,7 +167,7 @@ func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Add
 	lookup func(identity.NumericIdentity) (identity.Identity, error)) *Engine {
 	return &Engine{dp: dp, res: res, repo: repo, lookup: lookup, endpoints: map[uint16]endpoint.Endpoint{}, hostIPs: hostIPs,
 		cidrs: map[netip.Prefix]identity.NumericIdentity{}, capped: map[uint16]bool{}, maxEntries: MaxEndpointEntries,
-		maxNamespace: MaxNamespaceEntries, nsOf: map[uint16]string{}}
+		maxNamespace: MaxNamespaceEntries, smallEntries: SmallEndpointEntries, maxLarge: MaxLargeEntries, nsOf: map[uint16]string{}}
 }
 
 // MaxEndpointEntries bounds the policy map entries of one endpoint (the
@@ -180,6 +184,48 @@ const MaxEndpointEntries = 65536
 // capped as one over its share is. Endpoints of no namespace (the
 // operator's) are not counted.
 const MaxNamespaceEntries = 262144
+
+// SmallEndpointEntries and MaxLargeEntries keep a reserve of the policy
+// map (1M entries) for endpoints of ordinary policies: namespaced
+// endpoints of more than SmallEndpointEntries entries hold at most
+// MaxLargeEntries together (seven eighths of the map), so the last
+// eighth, 131,072 entries, is left to endpoints of at most 1,024 entries
+// (128 of them at least), whatever large policies tenants of several
+// namespaces write, each within its namespace's budget. One that would
+// take the large ones past it is capped as one over its share.
+const (
+	SmallEndpointEntries = 1024
+	MaxLargeEntries      = 1<<20 - 1<<17
+)
+
+// shares are the policy map's room as capShare and syncPolicy hand it
+// out: the entries of each namespace's written endpoints, and of the
+// large ones.
+type shares struct {
+	ns    map[string]int
+	large int
+}
+
+// fit says whether an endpoint of namespace ns with n entries fits its
+// share, its namespace's and the large endpoints' room, and takes the
+// room when it does.
+func (e *Engine) fit(sh *shares, ns string, n int) bool {
+	if n > e.maxEntries {
+		return false
+	}
+	if ns == "" {
+		return true
+	}
+	large := n > e.smallEntries
+	if sh.ns[ns]+n > e.maxNamespace || (large && sh.large+n > e.maxLarge) {
+		return false
+	}
+	sh.ns[ns] += n
+	if large {
+		sh.large += n
+	}
+	return true
+}
 
 // capShare makes c keep the endpoints whose policy has more entries than
 // their share (maxEntries) out of the map: an endpoint going over has
@@ -201,13 +247,10 @@ func (e *Engine) capShare(c *policy.Change) {
 	over := map[uint16]bool{}
 	// Lowest ID first, each against its namespace's written endpoints
 	// the change does not touch and those decided already.
-	nsUse := e.nsUse(touched)
+	sh := e.usage(touched)
 	for _, id := range slices.Sorted(maps.Keys(touched)) {
 		n, ns := e.res.EntryCount(id), e.nsOf[id]
-		fits := n <= e.maxEntries && (ns == "" || nsUse[ns]+n <= e.maxNamespace)
-		if fits && ns != "" {
-			nsUse[ns] += n
-		}
+		fits := e.fit(&sh, ns, n)
 		switch was := e.capped[id]; {
 		case !fits:
 			over[id] = true
@@ -242,25 +285,32 @@ func (e *Engine) capShare(c *policy.Change) {
 	}
 }
 
-// nsUse sums, by namespace, the entries of the written (not capped)
-// endpoints that are not in skip; only for the namespaces of skip's
-// endpoints. e.mu is held.
-func (e *Engine) nsUse(skip map[uint16]bool) map[string]int {
-	use := map[string]int{}
+// usage sums the entries of the written (not capped) namespaced
+// endpoints that are not in skip: by namespace (only skip's endpoints'
+// namespaces), and of the large ones. e.mu is held.
+func (e *Engine) usage(skip map[uint16]bool) shares {
+	sh := shares{ns: map[string]int{}}
 	for id := range skip {
 		if ns := e.nsOf[id]; ns != "" {
-			use[ns] = 0
+			sh.ns[ns] = 0
 		}
 	}
-	if len(use) == 0 {
-		return use
+	if len(sh.ns) == 0 {
+		return sh
 	}
 	for j, ns := range e.nsOf {
-		if _, ok := use[ns]; ok && !e.capped[j] && !skip[j] {
-			use[ns] += e.res.EntryCount(j)
+		if ns == "" || e.capped[j] || skip[j] {
+			continue
+		}
+		n := e.res.EntryCount(j)
+		if _, ok := sh.ns[ns]; ok {
+			sh.ns[ns] += n
+		}
+		if n > e.smallEntries {
+			sh.large += n
 		}
 	}
-	return use
+	return sh
 }
 
 func setEnforcement(c *policy.Change, id uint16, p policy.EndpointPolicy) {
@@ -696,12 +746,14 @@ func (e *Engine) EndpointDown(ep endpoint.Endpoint) {
 	defer e.mu.Unlock()
 	delete(e.endpoints, ep.ID)
 	ns := e.nsOf[ep.ID]
+	large := ns != "" && !e.capped[ep.ID] && e.res.EntryCount(ep.ID) > e.smallEntries
 	delete(e.nsOf, ep.ID)
 	c := e.res.DeleteEndpoint(ep.ID)
-	// Its namespace's capped endpoints are looked at again: the room it
-	// leaves may be theirs (capShare).
+	// Its namespace's capped endpoints are looked at again, every capped
+	// one when it was a written large one: the room it leaves may be
+	// theirs (capShare).
 	for id, o := range e.nsOf {
-		if o == ns && ns != "" && e.capped[id] {
+		if ns != "" && e.capped[id] && (o == ns || large) {
 			setEnforcement(&c, id, policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true})
 		}
 	}
@@ -864,22 +916,19 @@ func (e *Engine) syncPolicy() (removed int, err error) {
 		}
 		return int(a) - int(b)
 	})
-	nsUse := map[string]int{}
+	sh := shares{ns: map[string]int{}}
 	for _, id := range ids {
 		pol, ok := e.res.Endpoint(id)
 		if !ok {
 			continue
 		}
 		n, ns := len(pol.Entries), e.nsOf[id]
-		if n > e.maxEntries || (ns != "" && nsUse[ns]+n > e.maxNamespace) {
+		if !e.fit(&sh, ns, n) {
 			// Over its share or its namespace's (capShare): nothing of
 			// it, enforced both ways.
 			e.capped[id] = true
 			flags[id] = policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
 			continue
-		}
-		if ns != "" {
-			nsUse[ns] += n
 		}
 		delete(e.capped, id)
 		flags[id] = pol

@@ -938,3 +938,57 @@ func countEntries(dp *fakeDP, id uint16) int {
 	}
 	return n
 }
+
+// Large endpoints of every namespace together leave the policy map a
+// reserve: an endpoint of more than smallEntries entries that would take
+// them past maxLarge is capped (as one over its share), so endpoints of
+// ordinary policies, of any namespace, still get theirs written when
+// tenants' large policies (each within its namespace's budget) would
+// fill the map. Until 2026-12-05 four namespaces at their budget filled
+// it, and every later endpoint of every namespace denied everything.
+func TestLargeEndpointsLeaveAReserve(t *testing.T) {
+	dp, e, web, _ := newWebEngine(t, webPolicy) // web: default's, 1 entry
+	e.maxEntries, e.maxNamespace = 10, 100
+	e.smallEntries, e.maxLarge = 3, 8
+	dp.capacity = 10 // the map: web's entry, two large endpoints and room for one more small
+	up := func(id uint16, ns, app string) endpoint.Endpoint {
+		t.Helper()
+		ep := web
+		ep.ID, ep.IPv4 = id, netip.AddrFrom4([4]byte{10, 244, 0, byte(id)})
+		ep.HostIfName, ep.HostIfIndex, ep.Namespace = fmt.Sprintf("fil%d", id), 20+int(id), ns
+		ep.Labels = labels.Labels{{Source: "k8s", Key: "app", Value: app}, {Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: ns}}
+		if err := e.EndpointUp(context.Background(), ep); err != nil {
+			t.Fatal(err)
+		}
+		return ep
+	}
+	var large []endpoint.Endpoint
+	for i, ns := range []string{"t1", "t2", "t3"} {
+		importTenant(t, e, manyPorts(ns, 2)) // 4 entries each endpoint of ns
+		large = append(large, up(uint16(10+i), ns, "x"))
+	}
+	if n := countEntries(dp, large[2].ID); n != 0 || !dp.ingress[large[2].IPv4] || !dp.egress[large[2].IPv4] {
+		t.Errorf("the third large endpoint (past the large ones' room) has %d entries, enforced %v/%v", n, dp.ingress[large[2].IPv4], dp.egress[large[2].IPv4])
+	}
+	for _, ep := range large[:2] {
+		if n := countEntries(dp, ep.ID); n != 4 {
+			t.Errorf("large endpoint %d has %d entries, want its 4", ep.ID, n)
+		}
+	}
+	// An ordinary endpoint of another namespace still gets its entry.
+	small := up(20, "default", "web")
+	if n := countEntries(dp, small.ID); n != 1 {
+		t.Errorf("an ordinary endpoint has %d entries after the large ones, want its 1", n)
+	}
+	if _, err := e.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if countEntries(dp, large[2].ID) != 0 || countEntries(dp, small.ID) != 1 || countEntries(dp, large[0].ID) != 4 {
+		t.Error("a reconcile changed which endpoints are written")
+	}
+	// A large endpoint's going makes room for the capped one.
+	e.EndpointDown(large[0])
+	if n := countEntries(dp, large[2].ID); n != 4 {
+		t.Errorf("with room again the capped large endpoint has %d entries, want 4", n)
+	}
+}
