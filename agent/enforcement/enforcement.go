@@ -285,6 +285,27 @@ func (e *Engine) capShare(c *policy.Change) {
 	}
 }
 
+// recheckCapped gives the capped endpoints that fit now (another's
+// policy shrank: a change touches only the endpoints it changes) their
+// entries and flags, through capShare; nothing is written when none
+// fits. e.mu is held.
+func (e *Engine) recheckCapped() error {
+	if len(e.capped) == 0 {
+		return nil
+	}
+	sh := e.usage(e.capped)
+	var c policy.Change
+	for _, id := range slices.Sorted(maps.Keys(e.capped)) {
+		if e.fit(&sh, e.nsOf[id], e.res.EntryCount(id)) {
+			setEnforcement(&c, id, policy.EndpointPolicy{IngressEnforced: true, EgressEnforced: true})
+		}
+	}
+	if len(c.Enforcement) == 0 {
+		return nil
+	}
+	return e.apply(c)
+}
+
 // usage sums the entries of the written (not capped) namespaced
 // endpoints that are not in skip: by namespace (only skip's endpoints'
 // namespaces), and of the large ones. e.mu is held.
@@ -501,6 +522,9 @@ func (e *Engine) RecheckCIDRs() (int, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("writing the policy after a failed write: %w", err))
 		}
+	}
+	if err := e.recheckCapped(); err != nil {
+		errs = append(errs, fmt.Errorf("writing capped endpoints that fit now: %w", err))
 	}
 	cidrs := e.res.CIDRIdentities()
 	held := e.clusterHolds(len(cidrs) + len(e.cidrs))

@@ -950,7 +950,7 @@ func TestLargeEndpointsLeaveAReserve(t *testing.T) {
 	dp, e, web, _ := newWebEngine(t, webPolicy) // web: default's, 1 entry
 	e.maxEntries, e.maxNamespace = 10, 100
 	e.smallEntries, e.maxLarge = 3, 8
-	dp.capacity = 10 // the map: web's entry, two large endpoints and room for one more small
+	dp.capacity = 11 // the map: two large endpoints and room for three small ones
 	up := func(id uint16, ns, app string) endpoint.Endpoint {
 		t.Helper()
 		ep := web
@@ -990,5 +990,23 @@ func TestLargeEndpointsLeaveAReserve(t *testing.T) {
 	e.EndpointDown(large[0])
 	if n := countEntries(dp, large[2].ID); n != 4 {
 		t.Errorf("with room again the capped large endpoint has %d entries, want 4", n)
+	}
+	// Room made by another's policy shrinking is found at the next
+	// recheck (the change touches only that endpoint).
+	large = append(large, up(13, "t4", "x"))
+	importTenant(t, e, manyPorts("t4", 2))
+	if n := countEntries(dp, large[3].ID); n != 0 {
+		t.Fatalf("the fourth large endpoint has %d entries before the room", n)
+	}
+	importTenant(t, e, manyPorts("t2", 1)) // t2's endpoint: 1 entry, no longer large
+	if _, err := e.RecheckCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countEntries(dp, large[3].ID); n != 4 {
+		t.Errorf("after another's policy shrank and a recheck, the capped endpoint has %d entries, want 4", n)
+	}
+	pol, _ := e.res.Endpoint(large[3].ID)
+	if dp.egress[large[3].IPv4] != pol.EgressEnforced || dp.ingress[large[3].IPv4] != pol.IngressEnforced {
+		t.Error("the endpoint written at the recheck does not have its policy's flags")
 	}
 }
