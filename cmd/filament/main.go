@@ -434,7 +434,7 @@ func (c *cli) monitorCmd() *cobra.Command {
 func (c *cli) nodeCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Aliases: []string{"nodes"}, Short: "List the cluster's nodes"}
 	cmd.AddCommand(&cobra.Command{
-		Use: "list", Short: "List the cluster's nodes with their addresses, pod CIDRs and reachability", Args: cobra.NoArgs,
+		Use: "list", Short: "List the cluster's nodes with their addresses (underlay and other), pod CIDRs and reachability", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			ctx, cancel := c.ctx()
 			defer cancel()
@@ -443,7 +443,7 @@ func (c *cli) nodeCmd() *cobra.Command {
 				return err
 			}
 			return c.print(nodes, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tCLUSTER\tNODE IP\tPOD CIDRS\tROUTING\tREACHABLE\tLABELS")
+				fmt.Fprintln(w, "NAME\tCLUSTER\tNODE IP\tPOD CIDRS\tOTHER ADDRESSES\tROUTING\tREACHABLE\tLABELS")
 				for _, n := range nodes {
 					reach := "yes"
 					if !n.Reachable {
@@ -453,7 +453,11 @@ func (c *cli) nodeCmd() *cobra.Command {
 					for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
 						ls = append(ls, k+"="+n.Labels[k])
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Cluster, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), n.Routing, reach, strings.Join(ls, ","))
+					other := strings.Join(n.LocalAddrs, ",")
+					if other == "" {
+						other = "-"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Cluster, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), other, n.Routing, reach, strings.Join(ls, ","))
 				}
 			})
 		},
