@@ -129,19 +129,28 @@ func Follow(ctx context.Context, ex Exclude, interval time.Duration, publish fun
 			return
 		case _, ok := <-events:
 			if !ok {
-				events = nil
+				events = nil // netlink closes it when ctx ends
+				continue
 			}
 			// Let a burst of changes settle into one read.
 			time.Sleep(100 * time.Millisecond)
-		drain:
-			for {
-				select {
-				case <-events:
-				default:
-					break drain
-				}
-			}
+			events = drain(events)
 		case <-tick.C:
+		}
+	}
+}
+
+// drain empties events without blocking; it returns nil once events is
+// closed (a closed channel is always ready: reading it again would spin).
+func drain(events chan netlink.AddrUpdate) chan netlink.AddrUpdate {
+	for {
+		select {
+		case _, ok := <-events:
+			if !ok {
+				return nil
+			}
+		default:
+			return events
 		}
 	}
 }

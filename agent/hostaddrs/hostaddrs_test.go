@@ -113,3 +113,35 @@ func TestFollow(t *testing.T) {
 		t.Fatalf("published %v, want %v", published, want)
 	}
 }
+
+// Draining a closed events channel (netlink closes it when the context
+// ends) ends: a closed channel is always ready, and before 2026-12-05
+// the drain read it forever, so an agent stopping while an address
+// event was being handled never finished its shutdown (a lab run's
+// TestWireGuardDeviceProcessFollowsAgent).
+func TestDrainStopsAtClose(t *testing.T) {
+	ch := make(chan netlink.AddrUpdate, 4)
+	ch <- netlink.AddrUpdate{}
+	ch <- netlink.AddrUpdate{}
+	done := make(chan chan netlink.AddrUpdate)
+	go func() { done <- drain(ch) }()
+	select {
+	case got := <-done:
+		if got == nil || len(ch) != 0 {
+			t.Fatalf("drain of an open channel: %v, %d left", got, len(ch))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain of an open channel did not return")
+	}
+	ch <- netlink.AddrUpdate{}
+	close(ch)
+	go func() { done <- drain(ch) }()
+	select {
+	case got := <-done:
+		if got != nil {
+			t.Fatal("drain of a closed channel kept it")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain of a closed channel spins")
+	}
+}
