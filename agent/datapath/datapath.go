@@ -763,11 +763,7 @@ func (d *Datapath) eventLosses() (uint64, error) {
 
 // UpsertEncryptPeer marks the node at ip as an encryption peer.
 func (d *Datapath) UpsertEncryptPeer(ip netip.Addr) error {
-	k, v := ipv4(ip), uint32(1)
-	if err := d.objs.EncryptPeers.Put(&k, &v); err != nil {
-		return fmt.Errorf("encrypt peers: put %s: %w", ip, err)
-	}
-	return d.bump()
+	return d.addAddr(d.objs.EncryptPeers, "encrypt peers", ip)
 }
 
 // DeleteEncryptPeer forgets an encryption peer.
@@ -780,69 +776,59 @@ func (d *Datapath) DeleteEncryptPeer(ip netip.Addr) {
 }
 
 // EncryptPeers lists the encryption peers.
-func (d *Datapath) EncryptPeers() (map[netip.Addr]bool, error) {
-	out := map[netip.Addr]bool{}
-	var k, v uint32
-	it := d.objs.EncryptPeers.Iterate()
-	for it.Next(&k, &v) {
-		out[addrFrom(k)] = true
-	}
-	return out, it.Err()
-}
+func (d *Datapath) EncryptPeers() (map[netip.Addr]bool, error) { return addrsOf(d.objs.EncryptPeers) }
 
 // UpsertNode marks ip as a node of the cluster (accepted tunnel source).
-func (d *Datapath) UpsertNode(ip netip.Addr) error {
-	k, v := ipv4(ip), uint32(1)
-	if err := d.objs.Nodes.Put(&k, &v); err != nil {
-		return fmt.Errorf("nodes map: put %s: %w", ip, err)
-	}
-	return d.bump()
-}
+func (d *Datapath) UpsertNode(ip netip.Addr) error { return d.addAddr(d.objs.Nodes, "nodes map", ip) }
 
 // DeleteNode forgets a node address.
 func (d *Datapath) DeleteNode(ip netip.Addr) error {
-	k := ipv4(ip)
-	if err := d.objs.Nodes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("nodes map: delete %s: %w", ip, err)
-	}
-	return d.bump()
+	return d.removeAddr(d.objs.Nodes, "nodes map", ip)
 }
+
+// Nodes lists the known node addresses.
+func (d *Datapath) Nodes() (map[netip.Addr]bool, error) { return addrsOf(d.objs.Nodes) }
 
 // UpsertNodeLocalAddr marks ip as another address of a known node (its
 // control ports are closed to pods as at its underlay address).
 func (d *Datapath) UpsertNodeLocalAddr(ip netip.Addr) error {
-	k, v := ipv4(ip), uint32(1)
-	if err := d.objs.NodeLocalAddrs.Put(&k, &v); err != nil {
-		return fmt.Errorf("node_local_addrs map: put %s: %w", ip, err)
-	}
-	return d.bump()
+	return d.addAddr(d.objs.NodeLocalAddrs, "node_local_addrs map", ip)
 }
 
 // DeleteNodeLocalAddr forgets another address of a node.
 func (d *Datapath) DeleteNodeLocalAddr(ip netip.Addr) error {
-	k := ipv4(ip)
-	if err := d.objs.NodeLocalAddrs.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("node_local_addrs map: delete %s: %w", ip, err)
-	}
-	return d.bump()
+	return d.removeAddr(d.objs.NodeLocalAddrs, "node_local_addrs map", ip)
 }
 
 // NodeLocalAddrs lists the nodes' other addresses.
 func (d *Datapath) NodeLocalAddrs() (map[netip.Addr]bool, error) {
-	out := map[netip.Addr]bool{}
-	var k, v uint32
-	it := d.objs.NodeLocalAddrs.Iterate()
-	for it.Next(&k, &v) {
-		out[addrFrom(k)] = true
-	}
-	return out, it.Err()
+	return addrsOf(d.objs.NodeLocalAddrs)
 }
 
-// Nodes lists the known node addresses.
-func (d *Datapath) Nodes() (map[netip.Addr]bool, error) {
+// addAddr and removeAddr write a set of addresses (a hash of IPv4
+// address → 1: nodes, node_local_addrs, encrypt_peers) and bump the
+// revision; a missing address is no error to remove.
+func (d *Datapath) addAddr(m *ebpf.Map, name string, ip netip.Addr) error {
+	k, v := ipv4(ip), uint32(1)
+	if err := m.Put(&k, &v); err != nil {
+		return fmt.Errorf("%s: put %s: %w", name, ip, err)
+	}
+	return d.bump()
+}
+
+func (d *Datapath) removeAddr(m *ebpf.Map, name string, ip netip.Addr) error {
+	k := ipv4(ip)
+	if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("%s: delete %s: %w", name, ip, err)
+	}
+	return d.bump()
+}
+
+// addrsOf lists a set of addresses.
+func addrsOf(m *ebpf.Map) (map[netip.Addr]bool, error) {
 	out := map[netip.Addr]bool{}
 	var k, v uint32
-	it := d.objs.Nodes.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		out[addrFrom(k)] = true
 	}

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -212,15 +211,10 @@ func streamClient(ss grpc.ServerStream) string {
 	if ss == nil {
 		return ""
 	}
-	p, ok := grpcpeer.FromContext(ss.Context())
-	if !ok {
-		return ""
+	if c := clientCert(ss.Context()); c != nil {
+		return c.Subject.CommonName
 	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return ""
-	}
-	return ti.State.PeerCertificates[0].Subject.CommonName
+	return ""
 }
 
 // GetFlows sends the flows held that pass the request's filters (the

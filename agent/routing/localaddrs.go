@@ -30,10 +30,9 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 	}
 	var now []netip.Addr
 	if n != nil {
+		// (node.Check bounds the list: every record is checked on the
+		// way in.)
 		for _, a := range n.ParsedLocalAddrs() {
-			if len(now) == node.MaxLocalAddrs {
-				break
-			}
 			if r.inPodCIDR(a) {
 				// A pod's address (listed by a holder of the kvstore's
 				// credentials) would close those ports of that pod.
