@@ -168,9 +168,11 @@ type DatapathLbNat struct {
 	TunnelIp uint32
 	Reverse  uint8
 	State    uint8
-	Fin      uint8
+	Flags    uint8
 	Path     uint8
-	Expect   uint32
+	Acked    uint32
+	End      uint32
+	Resync   uint32
 }
 
 type DatapathLbNatKey struct {

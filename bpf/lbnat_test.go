@@ -77,67 +77,61 @@ func TestNodePortNATLifetimes(t *testing.T) {
 		new_    = 60 * time.Second
 		closing = 10 * time.Second
 	)
-	syn := func(l *layers.TCP) { l.SYN = true }
-	synAck := func(l *layers.TCP) { l.SYN, l.ACK = true, true }
-	ack := func(l *layers.TCP) { l.ACK = true }
-	fin := func(l *layers.TCP) { l.FIN, l.ACK = true, true }
-	rst := func(l *layers.TCP) { l.RST = true }
-
 	type step struct {
 		what    string
 		backend bool // sent by the backend (else by the client)
-		flags   func(*layers.TCP)
+		seg     natSeg
 		lo, hi  time.Duration // both entries' remaining life after it
 	}
+	// The client's numbers start at 1001, the backend's at 5001.
 	est := []time.Duration{6*time.Hour - slack, 6 * time.Hour}
 	open := []step{
-		{"a SYN with no reply", false, syn, 0, new_},
-		{"a blind ACK before any reply", false, ack, 0, new_},
-		{"the backend's SYN-ACK, not yet answered", true, synAck, 0, new_},
-		{"the client's ACK", false, ack, est[0], est[1]},
-		{"the backend's data", true, ack, est[0], est[1]},
+		{"a SYN with no reply", false, natSeg{seq: 1000, syn: true}, 0, new_},
+		{"a blind ACK before any reply", false, natSeg{seq: 1001, ack: 77, ackf: true}, 0, new_},
+		{"the backend's SYN-ACK, not yet answered", true, natSeg{seq: 5000, ack: 1001, syn: true, ackf: true}, 0, new_},
+		{"the client's ACK", false, natSeg{seq: 1001, ack: 5001, ackf: true}, est[0], est[1]},
+		{"the backend's data", true, natSeg{seq: 5001, ack: 1001, ackf: true, data: 100}, est[0], est[1]},
 	}
 	for _, c := range []struct {
 		name  string
 		steps []step
 	}{
 		{"FIN from both sides", []step{
-			{"the client's FIN (a half-close)", false, fin, est[0], est[1]},
-			{"the backend's data after it", true, ack, est[0], est[1]},
-			{"the backend's FIN", true, fin, 0, closing},
-			{"the client's last ACK", false, ack, 0, closing},
+			{"the client's FIN (a half-close)", false, natSeg{seq: 1001, ack: 5101, ackf: true, fin: true}, est[0], est[1]},
+			{"the backend's data after it", true, natSeg{seq: 5101, ack: 1002, ackf: true, data: 10}, est[0], est[1]},
+			{"the backend's FIN", true, natSeg{seq: 5111, ack: 1002, ackf: true, fin: true}, 0, closing},
+			{"the client's last ACK", false, natSeg{seq: 1002, ack: 5112, ackf: true}, 0, closing},
 		}},
 		{"a half-closed flow's port reused", []step{
-			{"the client's FIN (a half-close)", false, fin, est[0], est[1]},
-			{"the client's SYN from the same port (the old flow died unseen)", false, syn, est[0], est[1]},
-			{"the backend's FIN of the new connection (one side only)", true, fin, est[0], est[1]},
-			{"the client's FIN", false, fin, 0, closing},
+			{"the client's FIN (a half-close)", false, natSeg{seq: 1001, ack: 5101, ackf: true, fin: true}, est[0], est[1]},
+			{"the client's SYN from the same port (the old flow died unseen)", false, natSeg{seq: 90000, syn: true}, est[0], est[1]},
+			{"the backend's SYN-ACK of the new connection", true, natSeg{seq: 70000, ack: 90001, syn: true, ackf: true}, est[0], est[1]},
+			{"the client's ACK of it", false, natSeg{seq: 90001, ack: 70001, ackf: true}, est[0], est[1]},
+			{"the backend's FIN of the new connection (one side only)", true, natSeg{seq: 70001, ack: 90001, ackf: true, fin: true}, est[0], est[1]},
+			{"the client's FIN", false, natSeg{seq: 90001, ack: 70002, ackf: true, fin: true}, 0, closing},
 		}},
 		{"backend RST", []step{
-			{"the backend's RST", true, rst, 0, closing},
+			{"the backend's RST", true, natSeg{seq: 5101, rst: true}, 0, closing},
 		}},
 		{"client RST", []step{
-			{"the client's RST", false, rst, 0, closing},
-			{"a late packet of the backend", true, ack, 0, closing},
+			{"the client's RST", false, natSeg{seq: 1001, rst: true}, 0, closing},
+			{"a late packet of the backend", true, natSeg{seq: 5101, ack: 1001, ackf: true}, 0, closing},
 		}},
 	} {
 		t.Run("TCP "+c.name, func(t *testing.T) {
 			f := load(t)
 			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 			const sport = 40000
-			var nsport uint16
+			client, backend := natPeers(f, nodeIP, remote, fe, be, sport) // the verdicts are the FIB's
 			steps := append(append(append([]step{}, open...), c.steps...),
-				step{"a SYN on the closing flow's tuple", false, syn, closing, new_},
-				step{"its SYN-ACK", true, synAck, closing, new_},
-				step{"its ACK", false, ack, est[0], est[1]})
+				step{"a SYN on the closing flow's tuple", false, natSeg{seq: 200000, syn: true}, closing, new_},
+				step{"its SYN-ACK", true, natSeg{seq: 300000, ack: 200001, syn: true, ackf: true}, closing, new_},
+				step{"its ACK", false, natSeg{seq: 200001, ack: 300001, ackf: true}, est[0], est[1]})
 			for i, s := range steps {
 				if s.backend {
-					f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, nsport, s.flags))
+					backend(s.seg)
 				} else {
-					f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, s.flags)) // the verdict is the FIB's
-				}
-				if i == 0 {
-					nsport = htons(f.reverseNAT().Dport)
+					client(s.seg)
 				}
 				fwd, rev := f.natLife(peerIP, sport)
 				for _, d := range []struct {
@@ -158,10 +152,10 @@ func TestNodePortNATLifetimes(t *testing.T) {
 		const sport = 40001
 		var nsport uint16
 		for i, s := range []step{
-			{"a datagram with no reply", false, nil, 0, new_},
-			{"a second datagram with no reply", false, nil, 0, new_},
-			{"the backend's reply", true, nil, 0, new_},
-			{"the client's next datagram", false, nil, 300*time.Second - slack, 300 * time.Second},
+			{"a datagram with no reply", false, natSeg{}, 0, new_},
+			{"a second datagram with no reply", false, natSeg{}, 0, new_},
+			{"the backend's reply", true, natSeg{}, 0, new_},
+			{"the client's next datagram", false, natSeg{}, 300*time.Second - slack, 300 * time.Second},
 		} {
 			if s.backend {
 				f.run(f.objs.FromNetdev, udp(t, remote, nodeIP, be, nsport))
@@ -441,11 +435,11 @@ func TestNodePortLocalBackendLifetime(t *testing.T) {
 		flags   func(*layers.TCP)
 		lo, hi  time.Duration
 	}{
-		{"the client's SYN", false, func(l *layers.TCP) { l.SYN = true }, 0, time.Minute},
-		{"the backend's SYN-ACK", true, func(l *layers.TCP) { l.SYN, l.ACK = true, true }, 0, time.Minute},
-		{"the client's ACK", false, func(l *layers.TCP) { l.ACK = true }, 6*time.Hour - 2*time.Second, 6 * time.Hour},
-		{"the backend's FIN", true, func(l *layers.TCP) { l.FIN, l.ACK = true, true }, 6*time.Hour - 2*time.Second, 6 * time.Hour},
-		{"the client's FIN", false, func(l *layers.TCP) { l.FIN, l.ACK = true, true }, 0, 10 * time.Second},
+		{"the client's SYN", false, func(l *layers.TCP) { l.Seq, l.SYN = 1000, true }, 0, time.Minute},
+		{"the backend's SYN-ACK", true, func(l *layers.TCP) { l.Seq, l.Ack, l.SYN, l.ACK = 5000, 1001, true, true }, 0, time.Minute},
+		{"the client's ACK", false, func(l *layers.TCP) { l.Seq, l.Ack, l.ACK = 1001, 5001, true }, 6*time.Hour - 2*time.Second, 6 * time.Hour},
+		{"the backend's FIN", true, func(l *layers.TCP) { l.Seq, l.Ack, l.FIN, l.ACK = 5001, 1001, true, true }, 6*time.Hour - 2*time.Second, 6 * time.Hour},
+		{"the client's FIN", false, func(l *layers.TCP) { l.Seq, l.Ack, l.FIN, l.ACK = 1001, 5002, true, true }, 0, 10 * time.Second},
 	} {
 		if s.backend {
 			// Translated back to the frontend (the verdict is the FIB's of
@@ -527,15 +521,15 @@ func TestNodePortNATEntriesFromBeforePaths(t *testing.T) {
 	}
 }
 
-// An RST closes an established translation only near the sequence number
-// its receiver expects. The attack: with RSTs from the backend's address
+// An RST closes an established translation only at exactly the number
+// its receiver acknowledged last or the one after the last its sender sent. The attack: with RSTs from the backend's address
 // to each of the node's 4,536 SNAT ports (the clear modes: the underlay
 // carries the backend's replies), every translation to that backend went
 // closing and an idle one was gone 10 s later; the endpoints themselves
 // ignore such RSTs. Blind ones, and ones with the other side's numbers,
 // now leave the flow established; the real one closes it, also where the
-// sequence space wraps. A client's new connection on the tuple forgets the
-// old numbers, so a refusing RST (sequence 0) closes it.
+// sequence space wraps. The backend's refusal of a client's new connection
+// on the tuple (an RST acknowledging its SYN) closes it.
 func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
@@ -573,8 +567,14 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 			life("an RST from the client with the backend's number", est, 6*time.Hour)
 			backend(cs, 0, false, false, true)
 			life("an RST from the backend with the client's number", est, 6*time.Hour)
-			client(cs+0x200, 0, false, false, true) // data in flight; wraps in the second case
-			life("the client's RST", 0, 10*time.Second)
+			withData, _ := natPeers(f, nodeIP, remote, fe, be, sport)
+			withData(natSeg{seq: cs, ack: ss, ackf: true, data: 0x200}) // not yet acknowledged; wraps in the second case
+			client(cs+0x1ff, 0, false, false, true)
+			life("an RST one short of the client's next number", est, 6*time.Hour)
+			client(cs+0x201, 0, false, false, true)
+			life("an RST one past the client's next number", est, 6*time.Hour)
+			client(cs+0x200, 0, false, false, true)
+			life("the client's RST at its next number", 0, 10*time.Second)
 
 			// The same client port again: established, then the backend
 			// has lost the connection and refuses the next one.
@@ -610,11 +610,8 @@ func natSegments(f *fixture, nodeIP, remote net.IP, fe, be, sport uint16) (clien
 	return client, backend
 }
 
-// Real flows that a stricter check of forged segments must still close
-// (the forged ACK, SYN and FIN attacks on NodePort translations are open:
-// docs/architecture.md, NodePort; two fixes tried on 2026-12-02 were
-// undone after reviews showed they broke some of these or opened
-// others): FINs from both sides; an RST after the client acknowledged
+// Real flows that the check of forged segments (lb_nat_tcp) must still
+// close: FINs from both sides; an RST after the client acknowledged
 // 3 MiB at once; the backend's RST after a stray ACK far ahead, its data
 // and the real ACK; an RST after the backend took a new connection of the
 // client's port.
@@ -755,4 +752,184 @@ func (f *fixture) snatFull(nodeIP, remote net.IP, proto uint8, held DatapathLbNa
 		}
 	}
 	return translated, f.count(reasonLBNat, dirIngress) - before
+}
+
+// natSeg is one TCP segment of a NodePort flow: its numbers, flags and
+// payload size.
+type natSeg struct {
+	seq, ack            uint32
+	syn, ackf, fin, rst bool
+	data                int
+}
+
+// natPeers returns senders of segments of one NodePort flow through
+// from_netdev: the client's (from peerIP:sport to the frontend nodeIP:fe)
+// and the backend's (from remote:be to the SNAT port the client's first
+// segment got).
+func natPeers(f *fixture, nodeIP, remote net.IP, fe, be, sport uint16) (client, backend func(natSeg)) {
+	var nsport uint16
+	send := func(src, dst net.IP, sp, dp uint16, s natSeg) {
+		ip := ipv4(src, dst, layers.IPProtocolTCP)
+		l4 := &layers.TCP{SrcPort: layers.TCPPort(sp), DstPort: layers.TCPPort(dp), Seq: s.seq, Ack: s.ack,
+			SYN: s.syn, ACK: s.ackf, FIN: s.fin, RST: s.rst, Window: 1000}
+		l4.SetNetworkLayerForChecksum(ip)
+		f.run(f.objs.FromNetdev, serialize(f.t, eth(), ip, l4, gopacket.Payload(make([]byte, s.data))))
+	}
+	client = func(s natSeg) {
+		send(peerIP, nodeIP, sport, fe, s)
+		if nsport == 0 {
+			nsport = htons(f.reverseNAT().Dport)
+		}
+	}
+	backend = func(s natSeg) { send(remote, nodeIP, be, nsport, s) }
+	return client, backend
+}
+
+// Segments forged from a NodePort client's address and port (known to an
+// attacker who sees or guesses them), and from the backend's address to
+// this node's SNAT ports, leave an established translation established:
+// only the flow's own numbers close it. The attacks, each of which closed
+// the flow (10 s later its translation was gone and the connection with
+// it): an ACK from the client's tuple acknowledging a number of the
+// attacker's choice, then an RST from the backend's address at that
+// number; a SYN from the client's tuple (which cleared the numbers the
+// RST check compared with), then an RST at any number; FINs from both
+// sides at any numbers; a SYN, then the backend's refusing RST (the real
+// backend still holds the connection and answers the SYN with an ACK of
+// its numbers); a SYN, the backend's ACK, a forged SYN-ACK and the
+// client's ACK of it (a new connection on the tuple, as if the backend
+// had lost the old one), then an RST at those numbers. After each the
+// flow's real FINs still close it.
+func TestNodePortNATForgedSegmentsLeaveFlowsOpen(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	const clientISN, serverISN = 0xffffff00, 0x7fffff00 // the client's numbers wrap
+	cs, ss := uint32(clientISN+1), uint32(serverISN+1)
+	// After the handshake the client sends 100 bytes and the backend 200.
+	cEnd, sEnd := cs+100, ss+200
+	for _, c := range []struct {
+		name string
+		run  func(client, backend func(natSeg))
+	}{
+		{"an ACK of the attacker's number, an RST from the backend's address at it", func(client, backend func(natSeg)) {
+			x := ss + 0x12345678
+			client(natSeg{seq: cEnd, ack: x, ackf: true})
+			backend(natSeg{seq: x, rst: true})
+			backend(natSeg{seq: x, ack: cEnd, ackf: true, rst: true})
+		}},
+		{"a SYN from the client's tuple, RSTs at any number", func(client, backend func(natSeg)) {
+			client(natSeg{seq: 777, syn: true})
+			client(natSeg{seq: 0, rst: true})
+			client(natSeg{seq: 778, rst: true})
+			backend(natSeg{seq: 0, rst: true})
+		}},
+		{"FINs from both sides", func(client, backend func(natSeg)) {
+			client(natSeg{seq: cEnd + 1<<20, ack: sEnd + 1<<20, ackf: true, fin: true})
+			backend(natSeg{seq: sEnd + 1<<29, ack: cEnd, ackf: true, fin: true})
+			client(natSeg{seq: 5, fin: true})
+			backend(natSeg{seq: 5, fin: true})
+		}},
+		{"a SYN, the backend's ACK, a refusing RST", func(client, backend func(natSeg)) {
+			client(natSeg{seq: 777, syn: true})
+			backend(natSeg{seq: sEnd, ack: cEnd, ackf: true}) // what the real backend answers
+			backend(natSeg{seq: 0, ack: 778, ackf: true, rst: true})
+		}},
+		{"a SYN, the backend's ACK, a forged handshake, an RST at its numbers", func(client, backend func(natSeg)) {
+			client(natSeg{seq: 777, syn: true})
+			backend(natSeg{seq: sEnd, ack: cEnd, ackf: true})
+			backend(natSeg{seq: 5000, ack: 778, syn: true, ackf: true})
+			client(natSeg{seq: 778, ack: 5001, ackf: true})
+			client(natSeg{seq: 778, rst: true})
+			backend(natSeg{seq: 5001, rst: true})
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t)
+			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+			client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
+			life := func(what string, lo, hi time.Duration) {
+				t.Helper()
+				fwd, rev := f.natLife(peerIP, sport)
+				if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
+					t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
+				}
+			}
+			est := 6*time.Hour - 2*time.Second
+			client(natSeg{seq: clientISN, syn: true})
+			backend(natSeg{seq: serverISN, ack: cs, syn: true, ackf: true})
+			client(natSeg{seq: cs, ack: ss, ackf: true})
+			client(natSeg{seq: cs, ack: ss, ackf: true, data: 100})
+			backend(natSeg{seq: ss, ack: cEnd, ackf: true, data: 200})
+			client(natSeg{seq: cEnd, ack: sEnd, ackf: true})
+			life("the handshake and data both ways", est, 6*time.Hour)
+			c.run(client, backend)
+			life(c.name, est, 6*time.Hour)
+			client(natSeg{seq: cEnd, ack: sEnd, ackf: true, fin: true})
+			backend(natSeg{seq: sEnd, ack: cEnd + 1, ackf: true, fin: true})
+			client(natSeg{seq: cEnd + 1, ack: sEnd + 1, ackf: true})
+			life("the real FINs", 0, 10*time.Second)
+		})
+	}
+}
+
+// An established translation of an agent from before the flows' numbers
+// were kept (after an upgrade: flags without LB_NAT_SEQ_*, acked what the
+// older agent kept) stays established through RSTs at other numbers, takes
+// each side's numbers from its next segment, and closes with its real
+// FINs; an RST at the number the older agent kept closes it too.
+func TestNodePortNATEntriesFromBeforeNumbers(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	const fe, be, sport = 30090, 8080, 40000
+	for _, closeWithRST := range []bool{false, true} {
+		f := load(t)
+		f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+		client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
+		client(natSeg{seq: 1000, syn: true})
+		backend(natSeg{seq: 5000, ack: 1001, syn: true, ackf: true})
+		client(natSeg{seq: 1001, ack: 5001, ackf: true})
+		// As the older agent left them: 300 bytes of the client's and 500
+		// of the backend's acknowledged since.
+		var k DatapathLbNatKey
+		var v DatapathLbNat
+		var keys []DatapathLbNatKey
+		var vals []DatapathLbNat
+		for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+			v.Flags, v.End, v.Resync = 0, 0, 0
+			v.Acked = 1301
+			if v.Reverse == 1 {
+				v.Acked = 5501
+			}
+			keys, vals = append(keys, k), append(vals, v)
+		}
+		for i := range keys {
+			if err := f.objs.LbNats.Put(&keys[i], &vals[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		life := func(what string, lo, hi time.Duration) {
+			t.Helper()
+			fwd, rev := f.natLife(peerIP, sport)
+			if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
+				t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
+			}
+		}
+		est := 6*time.Hour - 2*time.Second
+		client(natSeg{seq: 0x12345678, rst: true})
+		backend(natSeg{seq: 0x9abcdef0, rst: true})
+		life("blind RSTs on an older agent's translation", est, 6*time.Hour)
+		if closeWithRST {
+			backend(natSeg{seq: 5501, rst: true})
+			life("the backend's RST at what the older agent kept", 0, 10*time.Second)
+			continue
+		}
+		backend(natSeg{seq: 5501, ack: 1301, ackf: true, data: 100})
+		client(natSeg{seq: 1301, ack: 5601, ackf: true})
+		client(natSeg{seq: 0x12345678, rst: true})
+		life("a blind RST once the numbers are known", est, 6*time.Hour)
+		client(natSeg{seq: 1301, ack: 5601, ackf: true, fin: true})
+		backend(natSeg{seq: 5601, ack: 1302, ackf: true, fin: true})
+		life("the real FINs", 0, 10*time.Second)
+	}
 }

@@ -220,12 +220,17 @@ func Load(c Config) (*Datapath, error) {
 	}
 	d := &Datapath{pinDir: pinDir, attach: c.Attach, maglevSize: c.MaglevSize, proxyPort: c.ProxyPort, nodeDevs: map[string]bool{}}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	var oldNATs *ebpf.Map // lb_nats of the old layout, copied once the new one is loaded
 	err = spec.LoadAndAssign(&d.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Only the maps that changed are replaced: a new drop reason
 		// (counters) must not cost every established flow its conntrack
 		// entry.
 		slog.Warn("pinned maps do not match the new programs; replacing those", "dir", pinDir, "err", err)
+		if old := oldLBNats(pinDir); old != nil {
+			oldNATs = old
+			defer old.Close()
+		}
 		for _, name := range incompatiblePins(spec, pinDir) {
 			slog.Warn("pinned map replaced", "map", name)
 			os.Remove(filepath.Join(pinDir, name))
@@ -244,6 +249,9 @@ func Load(c Config) (*Datapath, error) {
 			return nil, fmt.Errorf("load datapath programs: %+v", ve)
 		}
 		return nil, fmt.Errorf("load datapath programs: %w", err)
+	}
+	if oldNATs != nil {
+		migrateLBNats(oldNATs, d.objs.LbNats)
 	}
 	if err := d.readRevision(); err != nil {
 		d.Close()

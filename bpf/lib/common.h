@@ -58,6 +58,7 @@ struct pkt {
 	__u8 ihl; // IPv4 header length in bytes
 	__u8 reply; // conntrack found it in the reply direction (set by enforce)
 	__u8 to_local; // to a control port of an address of this node (set by from_container)
+	__u8 tcp_doff; // TCP header length in bytes
 	__u32 len;
 	__u32 seq; // TCP sequence number, network order
 	__u32 ack; // TCP acknowledgement number, network order

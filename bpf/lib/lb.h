@@ -136,21 +136,33 @@ struct lb_nat {
 	__u32 tunnel_ip; // forward direction: the backend's node when tunnelled
 	__u8 reverse;    // 1: a reply being translated back to the client
 	__u8 state;      // CT_STATE_* or LB_NAT_REPLIED, the same in both directions' entries
-	__u8 fin;        // LB_NAT_FIN_*: the sides that sent a FIN
+	__u8 flags;      // LB_NAT_FIN_*, LB_NAT_SEQ_*, LB_NAT_RESYNC_*: the same in both entries
 	__u8 path;       // reverse entries: LB_PATH_*, the way the backend's replies come
-	// TCP: the sequence number the other side last acknowledged, i.e. what
-	// it expects next from this direction's sender (network order; 0:
-	// none seen). An RST of an established flow counts only near it.
-	__u32 expect;
+	// TCP, of this direction's sender (host order; lb_nat_tcp): the
+	// highest of its numbers the other side acknowledged (what the other
+	// side expects next; the only field before 2026-12-05, "expect", in
+	// network order), the number after the last it sent (SYN and FIN
+	// count one), and the number after a new connection's SYN (client) or
+	// SYN-ACK (backend) on the tuple of an established flow, until the
+	// client acknowledges the backend's answer (LB_NAT_RESYNC_*).
+	__u32 acked;
+	__u32 end;
+	__u32 resync;
 };
 
-// An RST closes an established translation only within LB_RST_WINDOW of
-// the sequence number its receiver expects (lb_nat.expect): one guessed
-// blindly passes about once in 2,048. One outside it is still translated
-// (the endpoint judges it) but leaves the flow established; a real RST
-// that far off (over 1 MiB in flight) leaves the port held until the flow's
-// timeout, as before RSTs counted at all.
-#define LB_RST_WINDOW (1U << 20)
+// A TCP segment moves a translation's numbers, and its FIN or RST closes
+// it, only when it fits the flow (lb_nat_tcp): its sequence number within
+// LB_SEQ_SLACK before and LB_SEQ_AHEAD after what its receiver
+// acknowledged, its acknowledgement within LB_SEQ_SLACK before what its
+// sender's side last had acknowledged and no further than what the other
+// side sent. An RST counts only at exactly the number its receiver
+// acknowledged last or the one after the last its sender sent (RFC 5961's
+// rule for endpoints: a receiver answers any other in its window with an
+// ACK, to which the sender that lost the connection answers with an RST at
+// exactly that number, which this node sees pass). One guessed blindly
+// passes about once in 2^31.
+#define LB_SEQ_SLACK (1U << 20)
+#define LB_SEQ_AHEAD (64U << 20)
 
 // The way a backend's replies reach this node, in its reverse entry; the
 // caller of lb_nat_lookup says which way the packet came. A reply that
@@ -168,8 +180,17 @@ struct lb_nat {
 // lb_nat.state beyond CT_STATE_*: the backend replied, the client has not
 // answered yet (CT_STATE_NEW's timeout).
 #define LB_NAT_REPLIED 3
+// lb_nat.flags: the sides that sent a FIN that fit the flow; the sides
+// whose numbers are known (the client's from its SYN, the backend's from
+// its SYN-ACK; an entry of an agent from before 2026-12-05 knows neither
+// and takes each side's from its next segment); a new connection on an
+// established flow's tuple, its SYN seen, then the backend's SYN-ACK.
 #define LB_NAT_FIN_CLIENT 1
 #define LB_NAT_FIN_BACKEND 2
+#define LB_NAT_SEQ_CLIENT 4
+#define LB_NAT_SEQ_BACKEND 8
+#define LB_NAT_RESYNC_SYN 16
+#define LB_NAT_RESYNC_SYNACK 32
 
 // Table size of Maglev; the agent sets it at load (a prime) and sizes the
 // lb_maglev values to match.
@@ -369,33 +390,136 @@ static __always_inline __u64 lb_nat_timeout(__u8 proto, __u8 state)
 	return state == CT_STATE_ESTABLISHED ? LB_NAT_TIMEOUT_UDP : CT_TIMEOUT_UDP;
 }
 
-// lb_nat_next is the state of a flow in state (with the FIN sides *fin)
-// after packet p of direction reverse (1: the backend's).
-static __always_inline __u8 lb_nat_next(struct pkt *p, int reverse, __u8 state, __u8 *fin)
+// lb_nat_next is the state of a UDP flow in state after a datagram of
+// direction reverse (1: the backend's).
+static __always_inline __u8 lb_nat_next(int reverse, __u8 state)
 {
-	if (p->proto != IPPROTO_TCP) {
-		if (reverse && state == CT_STATE_NEW)
-			return LB_NAT_REPLIED;
-		if (!reverse && state == LB_NAT_REPLIED)
-			return CT_STATE_ESTABLISHED;
-		return state;
-	}
-	if (!reverse && new_tcp(p)) {
-		// The client opens a connection from the same port: a closed
-		// one's FINs count no more, and a closing flow is new again.
-		*fin = 0;
-		return state == CT_STATE_CLOSING ? CT_STATE_NEW : state;
-	}
-	if (p->tcp_flags & TCP_RST)
-		return CT_STATE_CLOSING;
-	if (p->tcp_flags & TCP_FIN) {
-		*fin |= reverse ? LB_NAT_FIN_BACKEND : LB_NAT_FIN_CLIENT;
-		if (*fin == (LB_NAT_FIN_CLIENT | LB_NAT_FIN_BACKEND))
-			return CT_STATE_CLOSING;
-	}
 	if (reverse && state == CT_STATE_NEW)
 		return LB_NAT_REPLIED;
-	if (!reverse && state == LB_NAT_REPLIED && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_ACK)
+	if (!reverse && state == LB_NAT_REPLIED)
+		return CT_STATE_ESTABLISHED;
+	return state;
+}
+
+// lb_seq_in tells whether x lies in [lo, hi] of the sequence space.
+static __always_inline int lb_seq_in(__u32 x, __u32 lo, __u32 hi)
+{
+	return x - lo <= hi - lo;
+}
+
+// lb_seq_after tells whether a comes after b in the sequence space.
+static __always_inline int lb_seq_after(__u32 a, __u32 b)
+{
+	return (__s32)(a - b) > 0;
+}
+
+// lb_nat_tcp is the state of a TCP flow after segment p, whose direction's
+// entry is n and the other's o; it moves their numbers and *flags (the
+// caller writes both entries' state and flags). What moves it:
+//   - the client's SYN opens the flow anew when it is new (not a
+//     retransmission) or closing; on an established flow it is noted
+//     (LB_NAT_RESYNC_SYN), since the backend may have lost the connection
+//     unseen: the backend's SYN-ACK of it is noted too, and the client's
+//     ACK of that makes the new connection's numbers the flow's. Any
+//     segment of the backend that fits the old numbers (its answer to the
+//     SYN when it still holds the connection) forgets the notes.
+//   - the backend's SYN-ACK of the client's SYN: replied; the client's ACK
+//     of it: established. Nothing else of either side moves a new or
+//     replied flow.
+//   - an RST (LB_SEQ_* above): closing. The backend's refusal of the SYN
+//     (its acknowledgement that number + 1) counts too.
+//   - any other segment that fits (LB_SEQ_*) moves its side's numbers;
+//     FINs of both sides that fit: closing.
+static __always_inline __u8 lb_nat_tcp(struct pkt *p, struct lb_nat *n, struct lb_nat *o, __u8 *flags)
+{
+	__u8 f = *flags, state = n->state, tf = p->tcp_flags;
+	int client = !n->reverse, has_ack = tf & TCP_ACK;
+	__u8 mine = client ? LB_NAT_SEQ_CLIENT : LB_NAT_SEQ_BACKEND;
+	__u8 theirs = client ? LB_NAT_SEQ_BACKEND : LB_NAT_SEQ_CLIENT;
+	struct lb_nat *c = client ? n : o, *b = client ? o : n;
+	__u32 seq = bpf_ntohl(p->seq), ack = bpf_ntohl(p->ack);
+
+	if (tf & TCP_SYN) {
+		if (client && !has_ack) {
+			int again = (f & mine) && c->end == seq + 1;
+			if (state == CT_STATE_CLOSING || (state == CT_STATE_NEW && !again)) {
+				c->end = seq + 1;
+				c->acked = seq;
+				*flags = LB_NAT_SEQ_CLIENT;
+				return CT_STATE_NEW;
+			}
+			if (state == CT_STATE_ESTABLISHED && !again) {
+				c->resync = seq + 1;
+				*flags = (f & ~LB_NAT_RESYNC_SYNACK) | LB_NAT_RESYNC_SYN;
+			}
+			return state;
+		}
+		if (!client && has_ack) {
+			if (state == CT_STATE_NEW || state == LB_NAT_REPLIED) {
+				if ((f & LB_NAT_SEQ_CLIENT) && ack != c->end)
+					return state;
+				c->end = c->acked = ack;
+				b->end = seq + 1;
+				b->acked = seq;
+				*flags = f | LB_NAT_SEQ_CLIENT | LB_NAT_SEQ_BACKEND;
+				return LB_NAT_REPLIED;
+			}
+			if ((f & LB_NAT_RESYNC_SYN) && ack == c->resync) {
+				b->resync = seq + 1;
+				*flags = f | LB_NAT_RESYNC_SYNACK;
+			}
+		}
+		return state;
+	}
+	if (tf & TCP_RST) {
+		int fits;
+		if (f & mine)
+			fits = seq == n->acked || seq == n->end;
+		else if (client || state != CT_STATE_NEW)
+			fits = seq == n->acked; // an older agent's entry: what it kept
+		else
+			fits = has_ack && (f & LB_NAT_SEQ_CLIENT) && ack == c->end; // a refused connection
+		if (!client && has_ack && (f & LB_NAT_RESYNC_SYN) && ack == c->resync)
+			fits = 1; // a refused new connection on the tuple
+		return fits ? CT_STATE_CLOSING : state;
+	}
+	if (state == CT_STATE_NEW)
+		return state;
+	__u32 hdr = ETH_HLEN + p->ihl + p->tcp_doff;
+	__u32 end = seq + (p->len > hdr ? p->len - hdr : 0) + ((tf & TCP_FIN) ? 1 : 0);
+	if (client && (f & LB_NAT_RESYNC_SYNACK) && has_ack && seq == c->resync && ack == b->resync) {
+		// The client took the backend's answer to its new connection:
+		// that connection's numbers are the flow's from now on.
+		c->acked = seq;
+		c->end = end;
+		b->end = b->acked = ack;
+		*flags = LB_NAT_SEQ_CLIENT | LB_NAT_SEQ_BACKEND | ((tf & TCP_FIN) ? LB_NAT_FIN_CLIENT : 0);
+		return CT_STATE_ESTABLISHED;
+	}
+	if (f & mine) {
+		if (!lb_seq_in(seq, n->acked - LB_SEQ_SLACK, n->acked + LB_SEQ_AHEAD))
+			return state;
+		if (has_ack && (f & theirs) && !lb_seq_in(ack, o->acked - LB_SEQ_SLACK, o->end))
+			return state;
+	} else {
+		// An older agent's entry: this side's numbers from this segment.
+		if (!n->acked)
+			n->acked = seq;
+		n->end = seq;
+		f |= mine;
+	}
+	if (lb_seq_after(end, n->end))
+		n->end = end;
+	if (has_ack && (f & theirs) && lb_seq_after(ack, o->acked))
+		o->acked = ack;
+	if (!client)
+		f &= ~(LB_NAT_RESYNC_SYN | LB_NAT_RESYNC_SYNACK);
+	if (tf & TCP_FIN)
+		f |= client ? LB_NAT_FIN_CLIENT : LB_NAT_FIN_BACKEND;
+	*flags = f;
+	if ((f & (LB_NAT_FIN_CLIENT | LB_NAT_FIN_BACKEND)) == (LB_NAT_FIN_CLIENT | LB_NAT_FIN_BACKEND))
+		return CT_STATE_CLOSING;
+	if (client && state == LB_NAT_REPLIED && has_ack && ack == b->end)
 		return CT_STATE_ESTABLISHED;
 	return state;
 }
@@ -438,22 +562,11 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 	if (!o || o->expires < now || o->reverse == n->reverse || o->saddr != k.daddr || o->daddr != k.saddr ||
 	    o->sport != k.dport || o->dport != k.sport)
 		return 0;
-	if (p->proto == IPPROTO_TCP) {
-		// A client's new connection on the tuple: the old sequence
-		// numbers say nothing (a refusing RST has sequence 0).
-		if (!n->reverse && new_tcp(p) && (n->expect || o->expect))
-			n->expect = o->expect = 0;
-		if ((p->tcp_flags & TCP_RST) && n->state == CT_STATE_ESTABLISHED && n->expect &&
-		    (__u32)(bpf_ntohl(p->seq) - bpf_ntohl(n->expect) + LB_RST_WINDOW) >= 2 * LB_RST_WINDOW)
-			return n;
-		if ((p->tcp_flags & TCP_ACK) && o->expect != p->ack)
-			o->expect = p->ack;
-	}
-	__u8 fin = n->fin;
-	__u8 state = lb_nat_next(p, n->reverse, n->state, &fin);
-	if (state != n->state || fin != n->fin) {
+	__u8 flags = n->flags;
+	__u8 state = p->proto == IPPROTO_TCP ? lb_nat_tcp(p, n, o, &flags) : lb_nat_next(n->reverse, n->state);
+	if (state != n->state || flags != n->flags) {
 		n->state = o->state = state;
-		n->fin = o->fin = fin;
+		n->flags = o->flags = flags;
 	}
 	n->expires = o->expires = now + lb_nat_timeout(p->proto, state);
 	return n;

@@ -31,7 +31,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->ihl = hlen;
 	p->len = skb->len;
 	p->sport = p->dport = p->pport = 0;
-	p->tcp_flags = 0;
+	p->tcp_flags = p->tcp_doff = 0;
 	p->seq = p->ack = 0;
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return REASON_FRAGMENT;
@@ -43,6 +43,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->sport = *(__u16 *)l4;
 		p->dport = *(__u16 *)(l4 + 2);
 		p->tcp_flags = l4[13];
+		p->tcp_doff = (l4[12] >> 4) * 4;
 		p->seq = *(__u32 *)(l4 + 4);
 		p->ack = *(__u32 *)(l4 + 8);
 		p->pport = p->dport;

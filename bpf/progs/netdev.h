@@ -272,7 +272,10 @@ int from_netdev(struct __sk_buff *skb)
 	__u32 nsaddr = local ? p.saddr : snat;
 	__u16 wg = cfg ? cfg->wireguard_port : 0;
 	__u16 nsport = local ? p.sport : lb_snat_port(wg);
+	// A TCP flow knows the client's numbers from its SYN (lb_nat_tcp).
+	__u8 nflags = p.proto == IPPROTO_TCP ? LB_NAT_SEQ_CLIENT : 0;
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1,
+			     .flags = nflags,
 			     .path = local ? LB_PATH_LOCAL : (snat != p.daddr ? LB_PATH_WIREGUARD : LB_PATH_UNDERLAY)};
 	int i, ok = 0;
 	for (i = 0; i < LB_SNAT_TRIES; i++) {
@@ -300,7 +303,8 @@ int from_netdev(struct __sk_buff *skb)
 	// A local backend's replies on this tuple go through lb_reverse from now on.
 	if (bep)
 		fast_forget(bip, nsaddr, bport, nsport, p.proto, bep->ep_id);
-	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip};
+	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip,
+			     .flags = nflags, .acked = bpf_ntohl(p.seq), .end = bpf_ntohl(p.seq) + 1};
 	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd, BPF_ANY);
 	// Reported once per connection (its later packets take the NAT entry
 	// above): the client to the backend, at the backend's ingress.
