@@ -581,9 +581,15 @@ static __always_inline int lb_nat_reply(struct pkt *p)
 	return n && n->reverse && n->expires >= bpf_ktime_get_ns();
 }
 
-// lb_out sends a translated reply out of the device the FIB chooses for its
-// destination, resolving the neighbour; a local source address would be
-// dropped as martian if it went back up the stack.
+// lb_out sends a translated packet out of the device the FIB chooses for
+// its destination, resolving the neighbour; a local source address would
+// be dropped as martian if it went back up the stack. The FIB checks the
+// length the device will send against its MTU: for a GSO skb (segments
+// GRO merged on the way in, segmented again on the way out) that is one
+// segment, not skb->len (which refused every merged reply and stalled
+// bulk downloads from a backend on another node); the kernel's own check
+// (tot_len 0) is no use here, as it counts the Ethernet header tc sees
+// against an L3 device's MTU (WireGuard's) and refused full-size packets.
 static __always_inline int lb_out(struct __sk_buff *skb, struct pkt *p)
 {
 	struct bpf_fib_lookup fib = {};
@@ -592,6 +598,8 @@ static __always_inline int lb_out(struct __sk_buff *skb, struct pkt *p)
 	fib.ipv4_dst = p->daddr;
 	fib.l4_protocol = p->proto;
 	fib.tot_len = skb->len - ETH_HLEN;
+	if (skb->gso_size)
+		fib.tot_len = p->ihl + (p->proto == IPPROTO_TCP ? p->tcp_doff : 8) + skb->gso_size;
 	fib.ifindex = skb->ifindex;
 	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
