@@ -56,6 +56,19 @@ func (f *fixture) natLife(client net.IP, sport uint16) (fwd, rev time.Duration) 
 	return fwd, rev
 }
 
+// natLifeIn returns a check that both entries of the translation of
+// client port sport (from peerIP) live more than lo and at most hi from
+// now, after what was sent.
+func (f *fixture) natLifeIn(sport uint16) func(what string, lo, hi time.Duration) {
+	return func(what string, lo, hi time.Duration) {
+		f.t.Helper()
+		fwd, rev := f.natLife(peerIP, sport)
+		if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
+			f.t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
+		}
+	}
+}
+
 // A NodePort translation lives as long as its flow, not 6 h from its last
 // packet whatever becomes of it. The attack: SYNs from many (spoofed)
 // source ports to a NodePort whose backend is on another node each held
@@ -544,70 +557,42 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
 			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-			client, backend := natSegments(f, nodeIP, remote, fe, be, sport)
-			life := func(what string, lo, hi time.Duration) {
-				t.Helper()
-				fwd, rev := f.natLife(peerIP, sport)
-				if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
-					t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
-				}
-			}
+			client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
+			life := f.natLifeIn(sport)
 			est := 6*time.Hour - 2*time.Second
 			cs, ss := c.clientISN+1, c.serverISN+1 // the next numbers each side sends
-			client(c.clientISN, 0, true, false, false)
-			backend(c.serverISN, cs, true, true, false)
-			client(cs, ss, false, true, false)
-			backend(ss, cs, false, true, false)
+			client(natSeg{seq: c.clientISN, syn: true})
+			backend(natSeg{seq: c.serverISN, ack: cs, syn: true, ackf: true})
+			client(natSeg{seq: cs, ack: ss, ackf: true})
+			backend(natSeg{seq: ss, ack: cs, ackf: true})
 			life("the handshake and the backend's data", est, 6*time.Hour)
-			backend(ss+1<<30, 0, false, false, true)
+			backend(natSeg{seq: ss + 1<<30, rst: true})
 			life("a blind RST from the backend's address", est, 6*time.Hour)
-			client(cs+1<<31, 0, false, false, true)
+			client(natSeg{seq: cs + 1<<31, rst: true})
 			life("a blind RST from the client's address", est, 6*time.Hour)
-			client(ss, 0, false, false, true)
+			client(natSeg{seq: ss, rst: true})
 			life("an RST from the client with the backend's number", est, 6*time.Hour)
-			backend(cs, 0, false, false, true)
+			backend(natSeg{seq: cs, rst: true})
 			life("an RST from the backend with the client's number", est, 6*time.Hour)
-			withData, _ := natPeers(f, nodeIP, remote, fe, be, sport)
-			withData(natSeg{seq: cs, ack: ss, ackf: true, data: 0x200}) // not yet acknowledged; wraps in the second case
-			client(cs+0x1ff, 0, false, false, true)
+			client(natSeg{seq: cs, ack: ss, ackf: true, data: 0x200}) // not yet acknowledged; wraps in the second case
+			client(natSeg{seq: cs + 0x1ff, rst: true})
 			life("an RST one short of the client's next number", est, 6*time.Hour)
-			client(cs+0x201, 0, false, false, true)
+			client(natSeg{seq: cs + 0x201, rst: true})
 			life("an RST one past the client's next number", est, 6*time.Hour)
-			client(cs+0x200, 0, false, false, true)
+			client(natSeg{seq: cs + 0x200, rst: true})
 			life("the client's RST at its next number", 0, 10*time.Second)
 
 			// The same client port again: established, then the backend
 			// has lost the connection and refuses the next one.
-			client(c.clientISN+5000, 0, true, false, false)
-			backend(c.serverISN+5000, c.clientISN+5001, true, true, false)
-			client(c.clientISN+5001, c.serverISN+5001, false, true, false)
+			client(natSeg{seq: c.clientISN + 5000, syn: true})
+			backend(natSeg{seq: c.serverISN + 5000, ack: c.clientISN + 5001, syn: true, ackf: true})
+			client(natSeg{seq: c.clientISN + 5001, ack: c.serverISN + 5001, ackf: true})
 			life("the second connection established", est, 6*time.Hour)
-			client(c.clientISN+9000, 0, true, false, false)
-			backend(0, c.clientISN+9001, false, true, true)
+			client(natSeg{seq: c.clientISN + 9000, syn: true})
+			backend(natSeg{seq: 0, ack: c.clientISN + 9001, ackf: true, rst: true})
 			life("the backend's refusing RST to a new connection on the tuple", 0, 10*time.Second)
 		})
 	}
-}
-
-// natSegments returns senders of TCP segments of one NodePort flow
-// through from_netdev: the client's (from peerIP:sport to the frontend
-// nodeIP:fe) and the backend's (from remote:be to the SNAT port the
-// client's first segment got).
-func natSegments(f *fixture, nodeIP, remote net.IP, fe, be, sport uint16) (client, backend func(seq, ack uint32, syn, ackf, rst bool)) {
-	seg := func(seq, ack uint32, syn, ackf, rst bool) func(*layers.TCP) {
-		return func(l *layers.TCP) { l.Seq, l.Ack, l.SYN, l.ACK, l.RST = seq, ack, syn, ackf, rst }
-	}
-	var nsport uint16
-	client = func(seq, ack uint32, syn, ackf, rst bool) {
-		f.run(f.objs.FromNetdev, tcpWith(f.t, peerIP, nodeIP, sport, fe, seg(seq, ack, syn, ackf, rst)))
-		if nsport == 0 {
-			nsport = htons(f.reverseNAT().Dport)
-		}
-	}
-	backend = func(seq, ack uint32, syn, ackf, rst bool) {
-		f.run(f.objs.FromNetdev, tcpWith(f.t, remote, nodeIP, be, nsport, seg(seq, ack, syn, ackf, rst)))
-	}
-	return client, backend
 }
 
 // Real flows that the check of forged segments (lb_nat_tcp) must still
@@ -621,57 +606,43 @@ func TestNodePortNATRealFlowsClose(t *testing.T) {
 	const fe, be, sport = 30090, 8080, 40000
 	const clientISN, serverISN = 0xffffff00, 0x7fffff00 // the client's numbers wrap
 	const mib = 1 << 20
-	type side func(seq, ack uint32, syn, ackf, rst bool)
+	type side func(natSeg)
 	for _, c := range []struct {
 		name string
-		run  func(client, backend side, fin func(client bool, seq uint32), data func(seq uint32, n int), cs, ss uint32)
+		run  func(client, backend side, cs, ss uint32)
 	}{
-		{"real FINs from both sides", func(_, _ side, fin func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
-			fin(true, cs)
-			fin(false, ss)
+		{"real FINs from both sides", func(client, backend side, cs, ss uint32) {
+			client(natSeg{seq: cs, fin: true})
+			backend(natSeg{seq: ss, fin: true})
 		}},
-		{"the backend sends 3 MiB, the client acknowledges it at once, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
-			data(ss+3*mib-100, 100)
-			client(cs, ss+3*mib, false, true, false)
-			backend(ss+3*mib, 0, false, false, true)
+		{"the backend sends 3 MiB, the client acknowledges it at once, the backend's RST", func(client, backend side, cs, ss uint32) {
+			backend(natSeg{seq: ss + 3*mib - 100, ack: cs, ackf: true, data: 100})
+			client(natSeg{seq: cs, ack: ss + 3*mib, ackf: true})
+			backend(natSeg{seq: ss + 3*mib, rst: true})
 		}},
-		{"a stray ACK far ahead, real data and ACK, the backend's RST", func(client, backend side, _ func(bool, uint32), data func(uint32, int), cs, ss uint32) {
-			client(cs, ss+1<<30, false, true, false)
-			data(ss, 1000)
-			client(cs, ss+1000, false, true, false)
-			backend(ss+1000, 0, false, false, true)
+		{"a stray ACK far ahead, real data and ACK, the backend's RST", func(client, backend side, cs, ss uint32) {
+			client(natSeg{seq: cs, ack: ss + 1<<30, ackf: true})
+			backend(natSeg{seq: ss, ack: cs, ackf: true, data: 1000})
+			client(natSeg{seq: cs, ack: ss + 1000, ackf: true})
+			backend(natSeg{seq: ss + 1000, rst: true})
 		}},
-		{"the backend takes a new connection of the client's port, then its RST", func(client, backend side, _ func(bool, uint32), _ func(uint32, int), cs, ss uint32) {
-			client(0x30000000, 0, true, false, false)
-			backend(0x50000000, 0x30000001, true, true, false)
-			client(0x30000001, 0x50000001, false, true, false)
-			backend(0x50000001, 0, false, false, true)
+		{"the backend takes a new connection of the client's port, then its RST", func(client, backend side, cs, ss uint32) {
+			client(natSeg{seq: 0x30000000, syn: true})
+			backend(natSeg{seq: 0x50000000, ack: 0x30000001, syn: true, ackf: true})
+			client(natSeg{seq: 0x30000001, ack: 0x50000001, ackf: true})
+			backend(natSeg{seq: 0x50000001, rst: true})
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
 			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-			client, backend := natSegments(f, nodeIP, remote, fe, be, sport)
+			client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
 			cs, ss := uint32(clientISN+1), uint32(serverISN+1)
-			client(clientISN, 0, true, false, false)
-			backend(serverISN, cs, true, true, false)
-			client(cs, ss, false, true, false)
-			backend(ss, cs, false, true, false)
-			fin := func(fromClient bool, seq uint32) {
-				set := func(l *layers.TCP) { l.Seq, l.FIN, l.ACK = seq, true, false }
-				if fromClient {
-					f.run(f.objs.FromNetdev, tcpWith(t, peerIP, nodeIP, sport, fe, set))
-				} else {
-					f.run(f.objs.FromNetdev, tcpWith(t, remote, nodeIP, be, htons(f.reverseNAT().Dport), set))
-				}
-			}
-			data := func(seq uint32, n int) {
-				ip := ipv4(remote, nodeIP, layers.IPProtocolTCP)
-				l4 := &layers.TCP{SrcPort: be, DstPort: layers.TCPPort(htons(f.reverseNAT().Dport)), Seq: seq, Ack: cs, ACK: true, Window: 1000}
-				l4.SetNetworkLayerForChecksum(ip)
-				f.run(f.objs.FromNetdev, serialize(t, eth(), ip, l4, gopacket.Payload(make([]byte, n))))
-			}
-			c.run(client, backend, fin, data, cs, ss)
+			client(natSeg{seq: clientISN, syn: true})
+			backend(natSeg{seq: serverISN, ack: cs, syn: true, ackf: true})
+			client(natSeg{seq: cs, ack: ss, ackf: true})
+			backend(natSeg{seq: ss, ack: cs, ackf: true})
+			c.run(client, backend, cs, ss)
 			fwd, rev := f.natLife(peerIP, sport)
 			if fwd > 10*time.Second || rev > 10*time.Second {
 				t.Fatalf("the entries live %v and %v more, want at most 10 s (closed)", fwd, rev)
@@ -848,13 +819,7 @@ func TestNodePortNATForgedSegmentsLeaveFlowsOpen(t *testing.T) {
 			f := load(t)
 			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 			client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
-			life := func(what string, lo, hi time.Duration) {
-				t.Helper()
-				fwd, rev := f.natLife(peerIP, sport)
-				if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
-					t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
-				}
-			}
+			life := f.natLifeIn(sport)
 			est := 6*time.Hour - 2*time.Second
 			client(natSeg{seq: clientISN, syn: true})
 			backend(natSeg{seq: serverISN, ack: cs, syn: true, ackf: true})
@@ -908,13 +873,7 @@ func TestNodePortNATEntriesFromBeforeNumbers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		life := func(what string, lo, hi time.Duration) {
-			t.Helper()
-			fwd, rev := f.natLife(peerIP, sport)
-			if fwd <= lo || fwd > hi || rev <= lo || rev > hi {
-				t.Fatalf("after %s: the entries live %v and %v more, want (%v, %v]", what, fwd, rev, lo, hi)
-			}
-		}
+		life := f.natLifeIn(sport)
 		est := 6*time.Hour - 2*time.Second
 		client(natSeg{seq: 0x12345678, rst: true})
 		backend(natSeg{seq: 0x9abcdef0, rst: true})

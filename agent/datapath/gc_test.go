@@ -13,7 +13,7 @@ import (
 // over) stays; one still expired goes.
 func TestSweepKeepsEntriesRenewedSinceListing(t *testing.T) {
 	testutil.RequireRoot(t)
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 16, ValueSize: lbNatValueSize, MaxEntries: 8})
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 16, ValueSize: uint32(lbNatValueSize), MaxEntries: 8})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/filament-net/filament/bpf"
 )
 
 // NodePort translations (lb_nats) of an agent from before 2026-12-05 have a
@@ -15,10 +17,10 @@ import (
 // grew by the TCP numbers lb_nat_tcp keeps; an upgrade copies the live
 // translations into the new map instead of dropping them (their flows'
 // connections would break at the next packet).
-const (
-	oldLBNatValueSize = 32
-	lbNatValueSize    = 40
-)
+const oldLBNatValueSize = 32
+
+// lbNatValueSize is the current layout's (40 bytes).
+var lbNatValueSize = binary.Size(bpf.DatapathLbNat{})
 
 // convertOldLBNat returns the value of the current layout for v, an lb_nats
 // value of the old layout: "expect" becomes acked (host order); the flags

@@ -45,9 +45,6 @@ func TestConvertOldLBNat(t *testing.T) {
 	if _, err := convertOldLBNat(make([]byte, lbNatValueSize)); err == nil {
 		t.Fatal("a value of the current layout converted")
 	}
-	if n := binary.Size(bpf.DatapathLbNat{}); n != lbNatValueSize {
-		t.Fatalf("lb_nat is %d bytes, lbNatValueSize says %d", n, lbNatValueSize)
-	}
 }
 
 // An agent upgraded over the change of lb_nats' layout copies the earlier
