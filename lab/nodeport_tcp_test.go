@@ -23,17 +23,21 @@ import (
 	"github.com/filament-net/filament/lab/labtest"
 )
 
-const bulkService = `apiVersion: filament.io/v1
+// remoteNodePort is a NodePort service shop/name (clusterIP, port to
+// targetPort, nodePort) whose one backend is ip on n2.
+func remoteNodePort(name, clusterIP string, port, targetPort, nodePort int, ip string) string {
+	return fmt.Sprintf(`apiVersion: filament.io/v1
 kind: Service
-metadata: {name: bulk, namespace: shop}
+metadata: {name: %s, namespace: shop}
 spec:
   type: NodePort
-  clusterIP: 10.96.0.20
+  clusterIP: %s
   ports:
-  - {name: tcp, port: 80, targetPort: 8080, nodePort: 30081}
+  - {name: tcp, port: %d, targetPort: %d, nodePort: %d}
 backends:
 - {ip: %s, node: n2, state: active}
-`
+`, name, clusterIP, port, targetPort, nodePort, ip)
+}
 
 // bulkConn serves one connection of TestNodePortRealTCPFlowsClose's
 // clients after its first line: "get N" sends N bytes and closes; "put"
@@ -155,7 +159,7 @@ func testNodePortRealTCP(t *testing.T, routing string, agentArgs ...string) {
 	l := labtest.UpRouting(t, 2, routing, agentArgs...)
 	web := labtest.Pod(t, l, "n2", "bulk", "app=bulk")
 	labtest.Serve(t, lab.NetNSPath(web.NetNS), 8080, bulkConn, func(b []byte) []byte { return b })
-	labtest.MustUpsertService(t, l, "n1", fmt.Sprintf(bulkService, web.IP))
+	labtest.MustUpsertService(t, l, "n1", remoteNodePort("bulk", "10.96.0.20", 80, 8080, 30081, web.IP))
 	eventually(t, "service on n1", func() bool {
 		ss := labtest.Services(t, l, "n1")
 		return len(ss) == 1 && len(ss[0].Frontends) > 0 && len(ss[0].Frontends[0].Backends) == 1
