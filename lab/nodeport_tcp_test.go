@@ -86,7 +86,7 @@ func bulkConn(c net.Conn) {
 	}
 }
 
-// natFlow is what n1's lb_nats holds for one client port: each
+// natFlow is what a node's lb_nats holds for one client port: each
 // direction's state and remaining life (-1 when the entry is missing).
 type natFlow struct {
 	fwdState, revState uint8
@@ -129,18 +129,20 @@ func natFlowOf(t *testing.T, nats *ebpf.Map, client net.IP, port int) natFlow {
 }
 
 // A real TCP flow (the kernel's own: window scaling, SACK, segments merged
-// by GRO on the way in) through a NodePort whose backend is on
-// another node carries megabytes both ways and is seen closing when it
-// closes, so its SNAT port goes free 10 s later rather than 6 h after its
-// last packet. The translation tracks both sides' sequence numbers
-// (lb_nat_tcp) and counts a FIN or RST only when it fits them: had it
-// lost a real flow's numbers, the flow would stay established here (a
-// tracker that takes nothing more than 16 bytes ahead fails three of the
-// four cases). Each case checks the flow established midway, then closes
-// it as applications do: FINs after a download or an upload, an RST from
-// either side; in tunnel and native routing and through WireGuard.
-// Downloads stalled after about 500 KB in all three before lb_out let
-// GRO-merged replies through (it refused any skb longer than the MTU).
+// by GRO or sent as one GSO packet) through a NodePort carries megabytes
+// both ways and is seen closing when it closes, so its translation (and,
+// for a backend on another node, its SNAT port) goes 10 s later rather
+// than 6 h after its last packet. The translation tracks both sides'
+// sequence numbers (lb_nat_tcp) and counts a FIN or RST only when it fits
+// them: had it lost a real flow's numbers, the flow would stay
+// established here (a tracker that takes nothing more than 16 bytes ahead
+// fails three of the four cases). Each case checks the flow established
+// midway, then closes it as applications do: FINs after a download or an
+// upload, an RST from either side; through n1's NodePort (the backend on
+// n2) and n2's (a local backend), in tunnel and native routing and
+// through WireGuard. Downloads stalled after about 500 KB in all of these
+// before lb_out let replies longer than the MTU through as the segments
+// they stand for.
 func TestNodePortRealTCPFlowsClose(t *testing.T) {
 	for _, v := range []struct {
 		name, routing string
@@ -160,22 +162,36 @@ func testNodePortRealTCP(t *testing.T, routing string, agentArgs ...string) {
 	web := labtest.Pod(t, l, "n2", "bulk", "app=bulk")
 	labtest.Serve(t, lab.NetNSPath(web.NetNS), 8080, bulkConn, func(b []byte) []byte { return b })
 	labtest.MustUpsertService(t, l, "n1", remoteNodePort("bulk", "10.96.0.20", 80, 8080, 30081, web.IP))
-	eventually(t, "service on n1", func() bool {
-		ss := labtest.Services(t, l, "n1")
-		return len(ss) == 1 && len(ss[0].Frontends) > 0 && len(ss[0].Frontends[0].Backends) == 1
-	})
-	nats, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, "n1"), "lb_nats"), nil)
+	for _, on := range []string{"n1", "n2"} {
+		eventually(t, "service on "+on, func() bool {
+			ss := labtest.Services(t, l, on)
+			return len(ss) == 1 && len(ss[0].Frontends) > 0 && len(ss[0].Frontends[0].Backends) == 1
+		})
+	}
+	clientIP := net.ParseIP("172.30.0.50")
+	out := labtest.UnderlayHost(t, l, "out", clientIP.String())
+	for _, via := range []struct{ name, node string }{
+		{"backend on another node", "n1"}, // DNAT and SNAT, then to n2
+		{"local backend", "n2"},           // DNAT only
+	} {
+		t.Run(via.name, func(t *testing.T) { nodePortRealTCPCases(t, l, via.node, out, clientIP) })
+	}
+}
+
+// nodePortRealTCPCases runs TestNodePortRealTCPFlowsClose's flows from the
+// namespace at out (address clientIP) through node's NodePort, checking
+// node's lb_nats.
+func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP net.IP) {
+	nats, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, node), "lb_nats"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nats.Close()
-	clientIP := net.ParseIP("172.30.0.50")
-	out := labtest.UnderlayHost(t, l, "out", clientIP.String())
-	n1, err := l.Node("n1")
+	n, err := l.Node(node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	frontend := n1.IP + ":30081"
+	frontend := n.IP + ":30081"
 	// The first exchange (WireGuard's first handshake may take a while).
 	firstContact(t, l, "a first download through the NodePort", func() bool {
 		var got int64
