@@ -584,10 +584,10 @@ static __always_inline int lb_nat_reply(struct pkt *p)
 // lb_out sends a translated packet out of the device the FIB chooses for
 // its destination, resolving the neighbour; a local source address would
 // be dropped as martian if it went back up the stack. The FIB checks the
-// length the device will send against its MTU: for a GSO skb (segments
-// GRO merged on the way in, segmented again on the way out) that is one
-// segment, not skb->len (which refused every merged reply and stalled
-// bulk downloads from a backend on another node); the kernel's own check
+// length the device will send against its MTU: for a GSO skb (merged by
+// GRO on the way in, or one GSO packet of a local backend; segmented on
+// the way out) that is one segment, not skb->len (which refused them and
+// stalled bulk downloads through every NodePort); the kernel's own check
 // (tot_len 0) is no use here, as it counts the Ethernet header tc sees
 // against an L3 device's MTU (WireGuard's) and refused full-size packets.
 static __always_inline int lb_out(struct __sk_buff *skb, struct pkt *p)
