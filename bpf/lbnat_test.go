@@ -133,9 +133,8 @@ func TestNodePortNATLifetimes(t *testing.T) {
 	} {
 		t.Run("TCP "+c.name, func(t *testing.T) {
 			f := load(t)
-			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 			const sport = 40000
-			client, backend := natPeers(f, nodeIP, remote, fe, be, sport) // the verdicts are the FIB's
+			client, backend := f.nodePortFlow(nodeIP, remote, fe, be, sport) // the verdicts are the FIB's
 			steps := append(append(append([]step{}, open...), c.steps...),
 				step{"a SYN on the closing flow's tuple", false, natSeg{seq: 200000, syn: true}, closing, new_},
 				step{"its SYN-ACK", true, natSeg{seq: 300000, ack: 200001, syn: true, ackf: true}, closing, new_},
@@ -556,14 +555,11 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
-			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-			client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
+			client, backend := f.nodePortFlow(nodeIP, remote, fe, be, sport)
 			life := f.natLifeIn(sport)
 			est := 6*time.Hour - 2*time.Second
 			cs, ss := c.clientISN+1, c.serverISN+1 // the next numbers each side sends
-			client(natSeg{seq: c.clientISN, syn: true})
-			backend(natSeg{seq: c.serverISN, ack: cs, syn: true, ackf: true})
-			client(natSeg{seq: cs, ack: ss, ackf: true})
+			natHandshake(client, backend, c.clientISN, c.serverISN)
 			backend(natSeg{seq: ss, ack: cs, ackf: true})
 			life("the handshake and the backend's data", est, 6*time.Hour)
 			backend(natSeg{seq: ss + 1<<30, rst: true})
@@ -584,9 +580,7 @@ func TestNodePortNATRSTNeedsItsSequence(t *testing.T) {
 
 			// The same client port again: established, then the backend
 			// has lost the connection and refuses the next one.
-			client(natSeg{seq: c.clientISN + 5000, syn: true})
-			backend(natSeg{seq: c.serverISN + 5000, ack: c.clientISN + 5001, syn: true, ackf: true})
-			client(natSeg{seq: c.clientISN + 5001, ack: c.serverISN + 5001, ackf: true})
+			natHandshake(client, backend, c.clientISN+5000, c.serverISN+5000)
 			life("the second connection established", est, 6*time.Hour)
 			client(natSeg{seq: c.clientISN + 9000, syn: true})
 			backend(natSeg{seq: 0, ack: c.clientISN + 9001, ackf: true, rst: true})
@@ -627,20 +621,15 @@ func TestNodePortNATRealFlowsClose(t *testing.T) {
 			backend(natSeg{seq: ss + 1000, rst: true})
 		}},
 		{"the backend takes a new connection of the client's port, then its RST", func(client, backend side, cs, ss uint32) {
-			client(natSeg{seq: 0x30000000, syn: true})
-			backend(natSeg{seq: 0x50000000, ack: 0x30000001, syn: true, ackf: true})
-			client(natSeg{seq: 0x30000001, ack: 0x50000001, ackf: true})
+			natHandshake(client, backend, 0x30000000, 0x50000000)
 			backend(natSeg{seq: 0x50000001, rst: true})
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
-			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-			client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
+			client, backend := f.nodePortFlow(nodeIP, remote, fe, be, sport)
 			cs, ss := uint32(clientISN+1), uint32(serverISN+1)
-			client(natSeg{seq: clientISN, syn: true})
-			backend(natSeg{seq: serverISN, ack: cs, syn: true, ackf: true})
-			client(natSeg{seq: cs, ack: ss, ackf: true})
+			natHandshake(client, backend, clientISN, serverISN)
 			backend(natSeg{seq: ss, ack: cs, ackf: true})
 			c.run(client, backend, cs, ss)
 			fwd, rev := f.natLife(peerIP, sport)
@@ -733,6 +722,21 @@ type natSeg struct {
 	data                int
 }
 
+// nodePortFlow makes nodeIP:fe a TCP NodePort whose one backend is
+// remote:be and returns natPeers' senders of the flow of client port sport.
+func (f *fixture) nodePortFlow(nodeIP, remote net.IP, fe, be, sport uint16) (client, backend func(natSeg)) {
+	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+	return natPeers(f, nodeIP, remote, fe, be, sport)
+}
+
+// natHandshake opens a connection on a NodePort flow: the client's SYN at
+// cISN, the backend's SYN-ACK at sISN, the client's ACK of it.
+func natHandshake(client, backend func(natSeg), cISN, sISN uint32) {
+	client(natSeg{seq: cISN, syn: true})
+	backend(natSeg{seq: sISN, ack: cISN + 1, syn: true, ackf: true})
+	client(natSeg{seq: cISN + 1, ack: sISN + 1, ackf: true})
+}
+
 // natPeers returns senders of segments of one NodePort flow through
 // from_netdev: the client's (from peerIP:sport to the frontend nodeIP:fe)
 // and the backend's (from remote:be to the SNAT port the client's first
@@ -817,13 +821,10 @@ func TestNodePortNATForgedSegmentsLeaveFlowsOpen(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
-			f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-			client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
+			client, backend := f.nodePortFlow(nodeIP, remote, fe, be, sport)
 			life := f.natLifeIn(sport)
 			est := 6*time.Hour - 2*time.Second
-			client(natSeg{seq: clientISN, syn: true})
-			backend(natSeg{seq: serverISN, ack: cs, syn: true, ackf: true})
-			client(natSeg{seq: cs, ack: ss, ackf: true})
+			natHandshake(client, backend, clientISN, serverISN)
 			client(natSeg{seq: cs, ack: ss, ackf: true, data: 100})
 			backend(natSeg{seq: ss, ack: cEnd, ackf: true, data: 200})
 			client(natSeg{seq: cEnd, ack: sEnd, ackf: true})
@@ -849,11 +850,8 @@ func TestNodePortNATEntriesFromBeforeNumbers(t *testing.T) {
 	const fe, be, sport = 30090, 8080, 40000
 	for _, closeWithRST := range []bool{false, true} {
 		f := load(t)
-		f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
-		client, backend := natPeers(f, nodeIP, remote, fe, be, sport)
-		client(natSeg{seq: 1000, syn: true})
-		backend(natSeg{seq: 5000, ack: 1001, syn: true, ackf: true})
-		client(natSeg{seq: 1001, ack: 5001, ackf: true})
+		client, backend := f.nodePortFlow(nodeIP, remote, fe, be, sport)
+		natHandshake(client, backend, 1000, 5000)
 		// As the older agent left them: 300 bytes of the client's and 500
 		// of the backend's acknowledged since.
 		var k DatapathLbNatKey

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
 	"github.com/filament-net/filament/bpf"
@@ -43,8 +42,7 @@ backends:
 // clients after its first line: "get N" sends N bytes and closes; "put"
 // reads to the client's FIN, answers with the count and closes; "abort N"
 // sends N bytes and resets the connection after the client's next line;
-// "stream" sends until the
-// client goes away.
+// "stream" sends until the client goes away.
 func bulkConn(c net.Conn) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(60 * time.Second))
@@ -194,18 +192,14 @@ func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP n
 	frontend := n.IP + ":30081"
 	// The first exchange (WireGuard's first handshake may take a while).
 	firstContact(t, l, "a first download through the NodePort", func() bool {
-		var got int64
-		err := ns.WithNetNSPath(out, func(ns.NetNS) error {
-			c, err := net.DialTimeout("tcp4", frontend, 2*time.Second)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			fmt.Fprintf(c, "get 1000\n")
-			got, err = io.Copy(io.Discard, c)
-			return err
-		})
+		c, err := labtest.Open(out, frontend)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		fmt.Fprintf(c, "get 1000\n")
+		got, err := io.Copy(io.Discard, c)
 		return err == nil && got == 1000
 	})
 
@@ -270,18 +264,12 @@ func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP n
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var conn *net.TCPConn
-			err := ns.WithNetNSPath(out, func(ns.NetNS) error {
-				d, err := net.DialTimeout("tcp4", frontend, 3*time.Second)
-				if err == nil {
-					conn = d.(*net.TCPConn)
-				}
-				return err
-			})
+			oc, err := labtest.Open(out, frontend)
 			if err != nil {
 				t.Fatalf("dial %s from outside: %v", frontend, err)
 			}
-			defer conn.Close()
+			defer oc.Close()
+			conn := oc.Conn.(*net.TCPConn)
 			conn.SetDeadline(time.Now().Add(30 * time.Second))
 			port := conn.LocalAddr().(*net.TCPAddr).Port
 			mid := func() {
