@@ -278,7 +278,9 @@ const (
 	DatapathReasonREASON_NO_PROXY         DatapathReason = 13
 	DatapathReasonREASON_PROXY_BYPASS     DatapathReason = 14
 	DatapathReasonREASON_FORGED_SOURCE    DatapathReason = 15
-	DatapathReasonREASON_MAX              DatapathReason = 16
+	DatapathReasonREASON_FRAG_NEEDED      DatapathReason = 16
+	DatapathReasonREASON_NO_ROUTE         DatapathReason = 17
+	DatapathReasonREASON_MAX              DatapathReason = 18
 )
 
 // Names of all BPF objects in the ELF.

@@ -197,6 +197,7 @@ func TestNodePortNATHalfFlowTranslatesNothing(t *testing.T) {
 	remote := net.IPv4(10, 9, 9, 9).To4()
 	victim := net.IPv4(192, 168, 7, 66).To4()
 	const fe, be, sport = 30090, 8080, 40000
+	backendRoute(t, remote)
 	f := load(t)
 	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 	f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, sport, fe, true, false))
@@ -206,8 +207,8 @@ func TestNodePortNATHalfFlowTranslatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The client's segment leaves for the backend while the translation
-	// is whole (the verdict is the FIB's of the test run), and is left to
-	// the node's stack (not rewritten) once half of it is gone or taken.
+	// is whole, and is left to the node's stack (not rewritten) once half
+	// of it is gone or taken.
 	send := func(what string, translated bool) {
 		t.Helper()
 		_, out := f.runOut(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, sport, fe, false, true))

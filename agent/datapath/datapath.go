@@ -47,6 +47,8 @@ const (
 	ReasonNoProxy        = uint8(bpf.DatapathReasonREASON_NO_PROXY)
 	ReasonProxyBypass    = uint8(bpf.DatapathReasonREASON_PROXY_BYPASS)
 	ReasonForgedSource   = uint8(bpf.DatapathReasonREASON_FORGED_SOURCE)
+	ReasonFragNeeded     = uint8(bpf.DatapathReasonREASON_FRAG_NEEDED)
+	ReasonNoRoute        = uint8(bpf.DatapathReasonREASON_NO_ROUTE)
 	reasonMax            = uint32(bpf.DatapathReasonREASON_MAX)
 )
 
@@ -57,6 +59,8 @@ var reasonNames = [reasonMax]string{
 	"encryption: node is not a peer (strict)", "node control port",
 	"L7 proxy not listening", "L7 rules apply but the flow did not go through the proxy",
 	"a pod's address on a packet not from that pod",
+	"NodePort packet too big for the path (ICMP fragmentation needed sent when DF is set)",
+	"no route for a translated NodePort packet",
 }
 
 // incompatiblePins names the maps pinned in dir that spec's maps of the

@@ -65,6 +65,8 @@ var dropReasons = map[uint8]flow.DropReason{
 	datapath.ReasonControlPort:    flow.DropReason_POLICY_DENIED,
 	datapath.ReasonProxyBypass:    flow.DropReason_POLICY_DENIED,
 	datapath.ReasonForgedSource:   flow.DropReason_INVALID_SOURCE_IP,
+	datapath.ReasonFragNeeded:     flow.DropReason_FIB_LOOKUP_FAILED,
+	datapath.ReasonNoRoute:        flow.DropReason_FIB_LOOKUP_FAILED,
 }
 
 // Flow turns a monitor event into a Hubble flow.

@@ -581,29 +581,114 @@ static __always_inline int lb_nat_reply(struct pkt *p)
 	return n && n->reverse && n->expires >= bpf_ktime_get_ns();
 }
 
-// lb_out sends a translated packet out of the device the FIB chooses for
-// its destination, resolving the neighbour; a local source address would
-// be dropped as martian if it went back up the stack. The FIB checks the
-// length the device will send against its MTU: for a GSO skb (merged by
-// GRO on the way in, or one GSO packet of a local backend; segmented on
+// lb_fib asks the FIB for the way out of a packet from saddr to daddr
+// (p's translation: the caller may ask before rewriting p). The FIB checks
+// the length the device will send against its MTU: for a GSO skb (merged
+// by GRO on the way in, or one GSO packet of a local backend; segmented on
 // the way out) that is one segment, not skb->len (which refused them and
 // stalled bulk downloads through every NodePort); the kernel's own check
 // (tot_len 0) is no use here, as it counts the Ethernet header tc sees
 // against an L3 device's MTU (WireGuard's) and refused full-size packets.
+// It returns the FIB's BPF_FIB_LKUP_RET_* with *fib filled (the device,
+// or the MTU the packet does not fit).
+static __always_inline int lb_fib(struct __sk_buff *skb, struct pkt *p, __u32 saddr, __u32 daddr,
+				  struct bpf_fib_lookup *fib)
+{
+	fib->family = 2; // AF_INET
+	fib->ipv4_src = saddr;
+	fib->ipv4_dst = daddr;
+	fib->l4_protocol = p->proto;
+	fib->tot_len = skb->len - ETH_HLEN;
+	if (skb->gso_size)
+		fib->tot_len = p->ihl + (p->proto == IPPROTO_TCP ? p->tcp_doff : 8) + skb->gso_size;
+	fib->ifindex = skb->ifindex;
+	return bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+}
+
+// lb_fib_refused drops a NodePort packet the FIB refused (rc), reported:
+// too big for the way out (REASON_FRAG_NEEDED) or no way out.
+static __always_inline int lb_fib_refused(struct __sk_buff *skb, struct pkt *p, int rc)
+{
+	int reason = rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? REASON_FRAG_NEEDED : REASON_NO_ROUTE;
+	return drop(skb, reason, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, p);
+}
+
+// An ICMP "fragmentation needed" as lb_too_big sends it: its IPv4 header,
+// the ICMP header with the next hop's MTU, and the refused packet's IPv4
+// header (without options) and first 8 bytes.
+struct frag_needed {
+	struct iphdr ip;
+	__u8 type;
+	__u8 code;
+	__u16 csum;
+	__u16 unused;
+	__u16 mtu;
+	__u8 quote[28];
+};
+
+static __always_inline __u16 csum_fold32(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+// lb_too_big refuses p, a client's packet of a NodePort flow (not yet
+// translated) that does not fit the path to its backend (mtu, the FIB's),
+// reported as REASON_FRAG_NEEDED. With DF set it answers as the kernel's
+// forwarding would: ICMP "fragmentation needed" naming mtu, from the
+// frontend's address (the one the client sent to) and quoting the packet
+// as the client sent it, back out of the device the packet came in on, so
+// that the client learns the path's MTU. The packet itself becomes the
+// answer (cut to its first bytes, then rewritten). Without DF it is only
+// dropped: fragmenting is the kernel's job, which a translated packet
+// never reaches. So is one with IP options or a GSO skb (never seen here:
+// TCP's segments follow the backend's MSS). The answer is small (70 bytes
+// for a refused packet of over 1,280), so a forged source gains nothing
+// by it.
+static __always_inline int lb_too_big(struct __sk_buff *skb, struct pkt *p, __u32 mtu)
+{
+	int r = drop(skb, REASON_FRAG_NEEDED, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, p);
+	struct frag_needed m = {};
+	__u8 macs[12];
+	if (p->ihl != sizeof(struct iphdr) || skb->gso_size || mtu < 68 || mtu > 0xffff)
+		return r;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, m.quote, sizeof(m.quote)) < 0 || bpf_skb_load_bytes(skb, 0, macs, 12) < 0)
+		return r;
+	struct iphdr *q = (void *)m.quote;
+	if (!(q->frag_off & bpf_htons(0x4000))) // IP_DF
+		return r;
+	m.ip.version = 4;
+	m.ip.ihl = 5;
+	m.ip.tos = 0xc0; // as the kernel's ICMP errors: internetwork control
+	m.ip.tot_len = bpf_htons(sizeof(m));
+	m.ip.ttl = 64;
+	m.ip.protocol = IPPROTO_ICMP;
+	m.ip.saddr = p->daddr;
+	m.ip.daddr = p->saddr;
+	m.ip.check = csum_fold32(bpf_csum_diff(0, 0, (__be32 *)&m.ip, sizeof(m.ip), 0));
+	m.type = 3; // destination unreachable
+	m.code = 4; // fragmentation needed and DF set
+	m.mtu = bpf_htons(mtu);
+	m.csum = csum_fold32(bpf_csum_diff(0, 0, (__be32 *)&m.type, sizeof(m) - sizeof(m.ip), 0));
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(m), 0) < 0)
+		return r;
+	if (bpf_skb_store_bytes(skb, 0, macs + 6, 6, 0) < 0 || bpf_skb_store_bytes(skb, 6, macs, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &m, sizeof(m), 0) < 0)
+		return r;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+// lb_out sends a translated packet out of the device the FIB chooses for
+// its destination (lb_fib), resolving the neighbour; a local source
+// address would be dropped as martian if it went back up the stack. One
+// the FIB refuses is dropped, reported (lb_fib_refused).
 static __always_inline int lb_out(struct __sk_buff *skb, struct pkt *p)
 {
 	struct bpf_fib_lookup fib = {};
-	fib.family = 2; // AF_INET
-	fib.ipv4_src = p->saddr;
-	fib.ipv4_dst = p->daddr;
-	fib.l4_protocol = p->proto;
-	fib.tot_len = skb->len - ETH_HLEN;
-	if (skb->gso_size)
-		fib.tot_len = p->ihl + (p->proto == IPPROTO_TCP ? p->tcp_doff : 8) + skb->gso_size;
-	fib.ifindex = skb->ifindex;
-	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	int rc = lb_fib(skb, p, p->saddr, p->daddr, &fib);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return TC_ACT_SHOT;
+		return lb_fib_refused(skb, p, rc);
 	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 }
 

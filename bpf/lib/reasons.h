@@ -21,7 +21,9 @@ enum reason {
 	REASON_NO_PROXY = 13,       // an L7 rule applies but the node's proxy is not listening
 	REASON_PROXY_BYPASS = 14,   // an L7 rule applies to a flow that reached the pod without the proxy
 	REASON_FORGED_SOURCE = 15,  // to a pod, from a pod's address, on a way that pod's packets never come
-	REASON_MAX = 16,
+	REASON_FRAG_NEEDED = 16,    // a NodePort packet too big for the path the FIB chose (ICMP fragmentation needed sent back when DF is set)
+	REASON_NO_ROUTE = 17,       // the FIB has no way out for a translated NodePort packet
+	REASON_MAX = 18,
 };
 
 enum event_type {

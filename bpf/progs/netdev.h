@@ -10,28 +10,42 @@ static __always_inline __u16 lb_snat_port(__u16 avoid)
 }
 
 // from_netdev: tc ingress of the node's underlay device (NodePort), and
-// lb_forward, which sends a translated packet on.
+// lb_forward, which translates a client's packet and sends it on.
 #pragma once
 
-// lb_forward sends a translated NodePort packet to its backend: up the
-// stack to a pod of this node, through the tunnel to the backend's node, or
-// out of the device the FIB chooses (native routing).
-static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u32 tunnel_ip, int local)
+// lb_forward rewrites p, a client's packet of a NodePort flow, to
+// saddr:sport -> daddr:dport and sends it to its backend: up the stack to
+// a pod of this node, through the tunnel to the backend's node, or out of
+// the device the FIB chooses (native routing, or WireGuard's device). The
+// FIB is asked before p is rewritten, so that a packet too big for that
+// device is answered as the client sent it (lb_too_big).
+static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u32 saddr, __u32 daddr, __u16 sport,
+				      __u16 dport, __u32 tunnel_ip, int local)
 {
-	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
-	if (local)
-		return TC_ACT_OK;
-	if (tunnel_ip) {
+	struct bpf_fib_lookup fib = {};
+	int via_fib = !local;
+	if (!local && tunnel_ip) {
 		__u32 zero = 0;
 		struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
 		// Translated from the gateway: the backend's node is an
 		// encryption peer, and the FIB sends it through the device.
-		if (cfg && cfg->encrypt_snat && p->saddr == cfg->encrypt_snat)
-			return lb_out(skb, p);
-		if (cfg && cfg->vxlan_ifindex)
-			return encap(skb, tunnel_ip, IDENTITY_WORLD);
+		via_fib = !cfg || (cfg->encrypt_snat && saddr == cfg->encrypt_snat) || !cfg->vxlan_ifindex;
 	}
-	return lb_out(skb, p);
+	if (via_fib) {
+		int rc = lb_fib(skb, p, saddr, daddr, &fib);
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+			return lb_too_big(skb, p, fib.mtu_result);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+			return lb_fib_refused(skb, p, rc);
+	}
+	if (lb_rewrite(skb, p, saddr, daddr, sport, dport) < 0)
+		return TC_ACT_SHOT;
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	if (via_fib)
+		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+	if (local)
+		return TC_ACT_OK;
+	return encap(skb, tunnel_ip, IDENTITY_WORLD);
 }
 
 // vxlan_datagram tells whether p is a datagram for this node's VXLAN
@@ -225,9 +239,7 @@ int from_netdev(struct __sk_buff *skb)
 		__u32 tunnel_ip = n->tunnel_ip;
 		__u32 daddr = n->daddr;
 		int local = bpf_map_lookup_elem(&endpoints, &daddr) != 0;
-		if (lb_rewrite(skb, &p, n->saddr, n->daddr, n->sport, n->dport) < 0)
-			return TC_ACT_SHOT;
-		return lb_forward(skb, &p, tunnel_ip, local);
+		return lb_forward(skb, &p, n->saddr, n->daddr, n->sport, n->dport, tunnel_ip, local);
 	}
 	struct lb_key k = {.vip = p.daddr, .port = p.dport, .proto = p.proto};
 	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
@@ -314,7 +326,5 @@ int from_netdev(struct __sk_buff *skb)
 	if (flow_event(bep && (bep->flags & EP_INGRESS_ENFORCED)))
 		emit_translated(DIR_INGRESS, bep ? bep->ep_id : 0, 0, lookup_identity(p.saddr),
 				bep ? bep->identity : (where ? where->identity : IDENTITY_WORLD), &t, p.daddr, p.dport);
-	if (lb_rewrite(skb, &p, nsaddr, bip, nsport, bport) < 0)
-		return TC_ACT_SHOT;
-	return lb_forward(skb, &p, local ? 0 : tunnel_ip, local);
+	return lb_forward(skb, &p, nsaddr, bip, nsport, bport, local ? 0 : tunnel_ip, local);
 }

@@ -75,7 +75,7 @@ func Serve(t testing.TB, path string, port int, onConn func(net.Conn), reply fun
 			}
 		}()
 		go func() {
-			buf := make([]byte, 64)
+			buf := make([]byte, 64<<10)
 			for {
 				n, a, err := pc.ReadFrom(buf)
 				if err != nil {
