@@ -10,14 +10,16 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // backendRoute runs the rest of the test in a network namespace of its
-// own (inNetns) with a route to dst's /24 out of its device out0 (MTU
-// 1,400), so that the FIB lets a NodePort packet translated to dst out.
-func backendRoute(t *testing.T, dst net.IP) {
+// own (inNetns, returned) with a route to each of dsts' /24 out of its
+// device out0 (MTU 1,400), so that the FIB lets a NodePort packet
+// translated to one out.
+func backendRoute(t testing.TB, dsts ...net.IP) netns.NsHandle {
 	t.Helper()
-	out, _ := inNetns(t)
+	out, ns := inNetns(t)
 	link, err := netlink.LinkByIndex(out)
 	if err != nil {
 		t.Fatal(err)
@@ -25,10 +27,13 @@ func backendRoute(t *testing.T, dst net.IP) {
 	if err := netlink.LinkSetMTU(link, 1400); err != nil {
 		t.Fatal(err)
 	}
-	r := &netlink.Route{LinkIndex: out, Dst: &net.IPNet{IP: dst.Mask(net.CIDRMask(24, 32)), Mask: net.CIDRMask(24, 32)}, Gw: nodeA}
-	if err := netlink.RouteAdd(r); err != nil {
-		t.Fatal(err)
+	for _, dst := range dsts {
+		r := &netlink.Route{LinkIndex: out, Dst: &net.IPNet{IP: dst.Mask(net.CIDRMask(24, 32)), Mask: net.CIDRMask(24, 32)}, Gw: nodeA}
+		if err := netlink.RouteAdd(r); err != nil {
+			t.Fatal(err)
+		}
 	}
+	return ns
 }
 
 // udpSized is a UDP datagram with payload bytes of payload, DF set or not.
