@@ -108,6 +108,24 @@ const (
 	DatapathFlowEventsFLOW_EVENTS_OFF         DatapathFlowEvents = 2
 )
 
+type DatapathFragKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Saddr   uint32
+	Daddr   uint32
+	Id      uint16
+	Proto   uint8
+	Pad     uint8
+}
+
+type DatapathFragPorts struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+	Pport uint16
+	Pad   uint16
+}
+
 type DatapathIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -295,6 +313,7 @@ const (
 	DatapathMapEpSlots           = "ep_slots"
 	DatapathMapEventLosses       = "event_losses"
 	DatapathMapEvents            = "events"
+	DatapathMapFrags             = "frags"
 	DatapathMapIpcache           = "ipcache"
 	DatapathMapLbAffinities      = "lb_affinities"
 	DatapathMapLbMaglev          = "lb_maglev"
@@ -413,6 +432,7 @@ type DatapathMapSpecs struct {
 	EpSlots        *ebpf.MapSpec `ebpf:"ep_slots"`
 	EventLosses    *ebpf.MapSpec `ebpf:"event_losses"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
 	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
 	LbAffinities   *ebpf.MapSpec `ebpf:"lb_affinities"`
 	LbMaglev       *ebpf.MapSpec `ebpf:"lb_maglev"`
@@ -489,6 +509,7 @@ type DatapathMaps struct {
 	EpSlots        *ebpf.Map `ebpf:"ep_slots"`
 	EventLosses    *ebpf.Map `ebpf:"event_losses"`
 	Events         *ebpf.Map `ebpf:"events"`
+	Frags          *ebpf.Map `ebpf:"frags"`
 	Ipcache        *ebpf.Map `ebpf:"ipcache"`
 	LbAffinities   *ebpf.Map `ebpf:"lb_affinities"`
 	LbMaglev       *ebpf.Map `ebpf:"lb_maglev"`
@@ -515,6 +536,7 @@ func (m *DatapathMaps) Close() error {
 		m.EpSlots,
 		m.EventLosses,
 		m.Events,
+		m.Frags,
 		m.Ipcache,
 		m.LbAffinities,
 		m.LbMaglev,

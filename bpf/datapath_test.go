@@ -258,9 +258,12 @@ func TestParsingEdgeCases(t *testing.T) {
 		t.Fatalf("invalid drops counted: %d", f.count(reasonInvalid, dirEgress))
 	}
 
-	// Fragments: the first (with ports) is judged; later ones are dropped.
+	// Fragments: the first (with ports) is judged; a later one whose first
+	// was never seen is dropped (TestFragmentsFollowTheirFirst: those
+	// whose first was).
 	first := ipv4(podIP, peerIP, layers.IPProtocolUDP)
 	first.Flags = layers.IPv4MoreFragments
+	first.Id = 7
 	u := &layers.UDP{SrcPort: 1, DstPort: 80}
 	u.SetNetworkLayerForChecksum(first)
 	f.rule(dirEgress, peerID, 17, 80, 24, false)
@@ -269,8 +272,9 @@ func TestParsingEdgeCases(t *testing.T) {
 	}
 	later := ipv4(podIP, peerIP, layers.IPProtocolUDP)
 	later.FragOffset = 4
+	later.Id = 8
 	if r := f.run(f.objs.FromContainer, serialize(t, eth(), later, gopacket.Payload(make([]byte, 32)))); r != actShot || f.count(reasonFragment, dirEgress) != 1 {
-		t.Fatalf("non-first fragment: %d", r)
+		t.Fatalf("non-first fragment of no first seen: %d", r)
 	}
 
 	// Unknown protocol: judged on protocol only.

@@ -36,6 +36,20 @@ func backendRoute(t testing.TB, dsts ...net.IP) netns.NsHandle {
 	return ns
 }
 
+// routedUDPNodePort loads the programs with a UDP NodePort frontend fe on
+// this node's address (returned) whose one backend, port be, is on another
+// node (remote, returned) that the FIB routes out of a device of MTU 1,400
+// (backendRoute).
+func routedUDPNodePort(t *testing.T, fe, be uint16) (f *fixture, nodeIP, remote net.IP) {
+	t.Helper()
+	nodeIP = net.IPv4(192, 168, 7, 1).To4()
+	remote = net.IPv4(10, 9, 9, 9).To4()
+	backendRoute(t, remote)
+	f = load(t)
+	f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+	return f, nodeIP, remote
+}
+
 // udpSized is a UDP datagram with payload bytes of payload, DF set or not.
 func udpSized(t *testing.T, src, dst net.IP, sport, dport uint16, payload int, df bool) []byte {
 	t.Helper()
@@ -70,12 +84,8 @@ func onesComplement(b []byte) uint16 {
 // route is dropped as REASON_NO_ROUTE. Before, lb_out dropped all of these
 // without a word (TC_ACT_SHOT, no event, no ICMP).
 func TestNodePortTooBigAnswered(t *testing.T) {
-	nodeIP := net.IPv4(192, 168, 7, 1).To4()
-	remote := net.IPv4(10, 9, 9, 9).To4()
 	const fe, be = 30095, 8080
-	backendRoute(t, remote)
-	f := load(t)
-	f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+	f, nodeIP, remote := routedUDPNodePort(t, fe, be)
 	tooBig := func() uint64 { return f.count(uint32(DatapathReasonREASON_FRAG_NEEDED), dirIngress) }
 
 	in := udpSized(t, peerIP, nodeIP, 40000, fe, 1400-28+1, true)

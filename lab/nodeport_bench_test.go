@@ -35,7 +35,7 @@ spec:
   ingress:
   - fromEntities: [world]
 `)
-			labtest.MustUpsertService(b, l, "n1", remoteNodePort("iperf", "10.96.0.30", 5201, 5201, 30201, srv.IP))
+			labtest.MustUpsertService(b, l, "n1", remoteNodePort("iperf", "10.96.0.30", "TCP", 5201, 5201, 30201, srv.IP))
 			out := labtest.UnderlayHost(b, l, "out", "172.30.0.50")
 			// n1's NodePort (the backend on n2) and n2's (a local backend).
 			outside := func(node string, extra ...string) *exec.Cmd {

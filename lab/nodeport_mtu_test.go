@@ -2,7 +2,6 @@ package lab_test
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"syscall"
 	"testing"
@@ -33,21 +32,7 @@ func TestNodePortTooBigForThePath(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel", "--encryption", "wireguard", "--encryption-strict")
 	echo := labtest.Pod(t, l, "n2", "echo", "app=echo")
 	labtest.Serve(t, lab.NetNSPath(echo.NetNS), 8080, func(c net.Conn) { c.Close() }, func(b []byte) []byte { return b })
-	labtest.MustUpsertService(t, l, "n1", fmt.Sprintf(`apiVersion: filament.io/v1
-kind: Service
-metadata: {name: echo, namespace: shop}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.21
-  ports:
-  - {name: udp, port: 80, targetPort: 8080, nodePort: 30082, protocol: UDP}
-backends:
-- {ip: %s, node: n2, state: active}
-`, echo.IP))
-	eventually(t, "service on n1", func() bool {
-		ss := labtest.Services(t, l, "n1")
-		return len(ss) == 1 && len(ss[0].Frontends) > 0 && len(ss[0].Frontends[0].Backends) == 1
-	})
+	upsertNodePort(t, l, remoteNodePort("echo", "10.96.0.21", "UDP", 80, 8080, 30082, echo.IP), "n1")
 	n1, err := l.Node("n1")
 	if err != nil {
 		t.Fatal(err)

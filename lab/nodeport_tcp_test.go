@@ -22,9 +22,10 @@ import (
 	"github.com/filament-net/filament/lab/labtest"
 )
 
-// remoteNodePort is a NodePort service shop/name (clusterIP, port to
-// targetPort, nodePort) whose one backend is ip on n2.
-func remoteNodePort(name, clusterIP string, port, targetPort, nodePort int, ip string) string {
+// remoteNodePort is a NodePort service shop/name (clusterIP, one port of
+// protocol proto: port to targetPort, nodePort) whose one backend is ip on
+// n2.
+func remoteNodePort(name, clusterIP, proto string, port, targetPort, nodePort int, ip string) string {
 	return fmt.Sprintf(`apiVersion: filament.io/v1
 kind: Service
 metadata: {name: %s, namespace: shop}
@@ -32,10 +33,34 @@ spec:
   type: NodePort
   clusterIP: %s
   ports:
-  - {name: tcp, port: %d, targetPort: %d, nodePort: %d}
+  - {name: p, port: %d, targetPort: %d, nodePort: %d, protocol: %s}
 backends:
 - {ip: %s, node: n2, state: active}
-`, name, clusterIP, port, targetPort, nodePort, ip)
+`, name, clusterIP, port, targetPort, nodePort, proto, ip)
+}
+
+// upsertNodePort upserts a service of one backend (remoteNodePort) through
+// n1 and waits until each of nodes serves it.
+func upsertNodePort(t *testing.T, l *lab.Lab, doc string, nodes ...string) {
+	t.Helper()
+	labtest.MustUpsertService(t, l, "n1", doc)
+	for _, on := range nodes {
+		eventually(t, "service on "+on, func() bool {
+			ss := labtest.Services(t, l, on)
+			return len(ss) == 1 && len(ss[0].Frontends) > 0 && len(ss[0].Frontends[0].Backends) == 1
+		})
+	}
+}
+
+// nodePortModes are the lab's ways between nodes that NodePort tests run
+// in: tunnel and native routing, and WireGuard (strict) over the tunnel.
+var nodePortModes = []struct {
+	name, routing string
+	args          []string
+}{
+	{"tunnel", "tunnel", nil},
+	{"native", "native", nil},
+	{"wireguard", "tunnel", []string{"--encryption", "wireguard", "--encryption-strict"}},
 }
 
 // bulkConn serves one connection of TestNodePortRealTCPFlowsClose's
@@ -142,15 +167,8 @@ func natFlowOf(t *testing.T, nats *ebpf.Map, client net.IP, port int) natFlow {
 // before lb_out let replies longer than the MTU through as the segments
 // they stand for.
 func TestNodePortRealTCPFlowsClose(t *testing.T) {
-	for _, v := range []struct {
-		name, routing string
-		args          []string
-	}{
-		{"tunnel", "tunnel", nil},
-		{"native", "native", nil},
-		// Replies come out of WireGuard's device.
-		{"wireguard", "tunnel", []string{"--encryption", "wireguard", "--encryption-strict"}},
-	} {
+	// With WireGuard, replies come out of WireGuard's device.
+	for _, v := range nodePortModes {
 		t.Run(v.name, func(t *testing.T) { testNodePortRealTCP(t, v.routing, v.args...) })
 	}
 }
@@ -159,13 +177,7 @@ func testNodePortRealTCP(t *testing.T, routing string, agentArgs ...string) {
 	l := labtest.UpRouting(t, 2, routing, agentArgs...)
 	web := labtest.Pod(t, l, "n2", "bulk", "app=bulk")
 	labtest.Serve(t, lab.NetNSPath(web.NetNS), 8080, bulkConn, func(b []byte) []byte { return b })
-	labtest.MustUpsertService(t, l, "n1", remoteNodePort("bulk", "10.96.0.20", 80, 8080, 30081, web.IP))
-	for _, on := range []string{"n1", "n2"} {
-		eventually(t, "service on "+on, func() bool {
-			ss := labtest.Services(t, l, on)
-			return len(ss) == 1 && len(ss[0].Frontends) > 0 && len(ss[0].Frontends[0].Backends) == 1
-		})
-	}
+	upsertNodePort(t, l, remoteNodePort("bulk", "10.96.0.20", "TCP", 80, 8080, 30081, web.IP), "n1", "n2")
 	clientIP := net.ParseIP("172.30.0.50")
 	out := labtest.UnderlayHost(t, l, "out", clientIP.String())
 	for _, via := range []struct{ name, node string }{

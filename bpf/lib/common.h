@@ -59,6 +59,8 @@ struct pkt {
 	__u8 reply; // conntrack found it in the reply direction (set by enforce)
 	__u8 to_local; // to a control port of an address of this node (set by from_container)
 	__u8 tcp_doff; // TCP header length in bytes
+	__u8 frag; // a fragment after the first: its ports are its first's, it has no L4 header (parse)
+	__u8 pad[3];
 	__u32 len;
 	__u32 seq; // TCP sequence number, network order
 	__u32 ack; // TCP acknowledgement number, network order

@@ -335,8 +335,25 @@ static __always_inline struct lb_backend *lb_pick(struct lb_service *svc, __u64 
 #define IP_SRC_OFF (ETH_HLEN + 12)
 #define IP_DST_OFF (ETH_HLEN + 16)
 
+// lb_rewrite_addr sets the address at off from old to new, fixing the
+// IPv4 checksum, and the L4 checksum at csum_off unless it is 0.
+static __always_inline int lb_rewrite_addr(struct __sk_buff *skb, __u32 off, __u32 old, __u32 new, __u32 csum_off,
+					   __u64 flags)
+{
+	if (old == new)
+		return 0;
+	if (csum_off && bpf_l4_csum_replace(skb, csum_off, old, new, flags | 4) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, 4) < 0 || bpf_skb_store_bytes(skb, off, &new, 4, 0) < 0)
+		return -1;
+	return 0;
+}
+
 // lb_rewrite sets the packet's addresses and ports to those of n,
-// fixing the IPv4 and TCP/UDP checksums.
+// fixing the IPv4 and TCP/UDP checksums. A fragment after the first
+// (p->frag) has neither ports nor the L4 checksum, which its first
+// fragment's rewrite fixed for the whole datagram: only its addresses
+// change.
 static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, __u32 saddr, __u32 daddr,
 				      __u16 sport, __u16 dport)
 {
@@ -351,24 +368,17 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, __u3
 	} else {
 		return -1;
 	}
-	if (saddr != p->saddr) {
-		if (bpf_l4_csum_replace(skb, csum_off, p->saddr, saddr, flags | 4) < 0 ||
-		    bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->saddr, saddr, 4) < 0 ||
-		    bpf_skb_store_bytes(skb, IP_SRC_OFF, &saddr, 4, 0) < 0)
-			return -1;
-	}
-	if (daddr != p->daddr) {
-		if (bpf_l4_csum_replace(skb, csum_off, p->daddr, daddr, flags | 4) < 0 ||
-		    bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->daddr, daddr, 4) < 0 ||
-		    bpf_skb_store_bytes(skb, IP_DST_OFF, &daddr, 4, 0) < 0)
-			return -1;
-	}
-	if (sport != p->sport) {
+	if (p->frag)
+		csum_off = 0;
+	if (lb_rewrite_addr(skb, IP_SRC_OFF, p->saddr, saddr, csum_off, flags) < 0 ||
+	    lb_rewrite_addr(skb, IP_DST_OFF, p->daddr, daddr, csum_off, flags) < 0)
+		return -1;
+	if (!p->frag && sport != p->sport) {
 		if (bpf_l4_csum_replace(skb, csum_off, p->sport, sport, (flags & BPF_F_MARK_MANGLED_0) | 2) < 0 ||
 		    bpf_skb_store_bytes(skb, l4, &sport, 2, 0) < 0)
 			return -1;
 	}
-	if (dport != p->dport) {
+	if (!p->frag && dport != p->dport) {
 		if (bpf_l4_csum_replace(skb, csum_off, p->dport, dport, (flags & BPF_F_MARK_MANGLED_0) | 2) < 0 ||
 		    bpf_skb_store_bytes(skb, l4 + 2, &dport, 2, 0) < 0)
 			return -1;
@@ -651,7 +661,7 @@ static __always_inline int lb_too_big(struct __sk_buff *skb, struct pkt *p, __u3
 	int r = drop(skb, REASON_FRAG_NEEDED, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, p);
 	struct frag_needed m = {};
 	__u8 macs[12];
-	if (p->ihl != sizeof(struct iphdr) || skb->gso_size || mtu < 68 || mtu > 0xffff)
+	if (p->ihl != sizeof(struct iphdr) || p->frag || skb->gso_size || mtu < 68 || mtu > 0xffff)
 		return r;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, m.quote, sizeof(m.quote)) < 0 || bpf_skb_load_bytes(skb, 0, macs, 12) < 0)
 		return r;

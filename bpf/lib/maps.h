@@ -223,6 +223,39 @@ struct {
 	__type(value, __u32);
 } proxy_origin SEC(".maps");
 
+// frags: the ports of a UDP or ICMP datagram that arrives in fragments,
+// by the device it passes (the hook's skb->ifindex), its source,
+// destination, IPv4 identification and protocol, from its first fragment
+// (the only one with the L4 header), for the others (parse). parse records
+// a first fragment before the program judges its source, so the device is
+// in the key: a pod that forges another's address writes only entries of
+// its own veth, which the other's fragments never read. An LRU: a
+// datagram's entry is needed for as long as its fragments arrive
+// (milliseconds); a flood of first fragments evicts others' entries (their
+// later fragments are then dropped, as all were before 2026-12-05).
+struct frag_key {
+	__u32 ifindex;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__u16 sport;
+	__u16 dport;
+	__u16 pport;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16 * 1024);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+} frags SEC(".maps");
+
 // counters: key = reason * 2 + direction.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -1,7 +1,37 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-// Packet parsing: Ethernet, IPv4 (options honoured, fragments refused),
-// TCP/UDP/SCTP ports, ICMP type and echo identifier.
+// Packet parsing: Ethernet, IPv4 (options honoured; the fragments of UDP
+// and ICMP datagrams followed), TCP/UDP/SCTP ports, ICMP type and echo
+// identifier.
 #pragma once
+
+// parse_frag gives p, a fragment after the first (ip's), the ports its
+// datagram's first fragment recorded (parse), and marks it p->frag; it
+// returns REASON_FRAGMENT when no first fragment was seen (it is out of
+// order, or lost, or the datagram is TCP's, whose segments are never
+// followed in fragments).
+static __always_inline int parse_frag(struct __sk_buff *skb, struct pkt *p, struct iphdr *ip)
+{
+	struct frag_key k = {.ifindex = skb->ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol};
+	struct frag_ports *v = bpf_map_lookup_elem(&frags, &k);
+	if (!v)
+		return REASON_FRAGMENT;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->pport = v->pport;
+	p->frag = 1;
+	return REASON_FORWARDED;
+}
+
+// parse_first_frag records the ports of p, the first fragment (ip's) of a
+// UDP or ICMP datagram, for its other fragments (parse_frag).
+static __always_inline void parse_first_frag(struct __sk_buff *skb, struct pkt *p, struct iphdr *ip)
+{
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP)
+		return;
+	struct frag_key k = {.ifindex = skb->ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol};
+	struct frag_ports v = {.sport = p->sport, .dport = p->dport, .pport = p->pport};
+	bpf_map_update_elem(&frags, &k, &v, BPF_ANY);
+}
 
 // parse reads Ethernet, IPv4 and the L4 ports; it returns a reason other
 // than REASON_FORWARDED for packets it cannot accept, and -1 for non-IP
@@ -33,8 +63,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->sport = p->dport = p->pport = 0;
 	p->tcp_flags = p->tcp_doff = 0;
 	p->seq = p->ack = 0;
+	p->frag = 0;
 	if (ip->frag_off & bpf_htons(0x1fff))
-		return REASON_FRAGMENT;
+		return parse_frag(skb, p, ip);
 	__u8 *l4 = (void *)ip + hlen;
 	switch (ip->protocol) {
 	case IPPROTO_TCP:
@@ -71,5 +102,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	default:
 		break;
 	}
+	if (ip->frag_off & bpf_htons(0x2000)) // IP_MF: the first fragment
+		parse_first_frag(skb, p, ip);
 	return REASON_FORWARDED;
 }

@@ -12,9 +12,14 @@
 // of 127.0.0.1. The mark sends it to the
 // local table, so the kernel delivers it here although its destination is
 // not a local address. A reply to an upstream connection that is gone is
-// dropped, never delivered to the client.
+// dropped, never delivered to the client. A fragment after the first is
+// refused (REASON_FRAGMENT): the kernel's reassembly forgets the socket a
+// fragment was assigned, so a datagram through the proxy must fit one
+// packet.
 static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u32 port, __u32 src_id)
 {
+	if (p->frag)
+		return REASON_FRAGMENT;
 	struct bpf_sock *sk = tuple_owner(skb, p);
 	if (!sk) {
 		if (port == PROXY_UPSTREAM)

@@ -10,7 +10,7 @@ enum reason {
 	REASON_POLICY_DENY_RULE = 2, // a deny rule matched
 	REASON_CT_MISSING = 3,      // TCP packet of no known connection and not a SYN
 	REASON_INVALID = 4,         // truncated or malformed headers
-	REASON_FRAGMENT = 5,        // non-first IPv4 fragment (not supported)
+	REASON_FRAGMENT = 5,        // a later IPv4 fragment whose first was not seen (or of TCP, or to the L7 proxy)
 	REASON_UNSUPPORTED_L3 = 6,  // IPv6 and other non-IPv4 traffic from a pod
 	REASON_BAD_SOURCE = 7,      // source address is not the endpoint's
 	REASON_TUNNEL_SOURCE = 8,   // encapsulated packet from an address that is not a known node
