@@ -60,8 +60,13 @@ struct pkt {
 	__u8 to_local; // to a control port of an address of this node (set by from_container)
 	__u8 tcp_doff; // TCP header length in bytes
 	__u8 frag; // a fragment after the first: its ports are its first's, it has no L4 header (parse)
-	__u8 pad[3];
+	__u8 inner_proto; // an ICMP error quoting a TCP or UDP packet: its protocol (0: not one), below its tuple
+	__u8 pad[2];
 	__u32 len;
 	__u32 seq; // TCP sequence number, network order
 	__u32 ack; // TCP acknowledgement number, network order
+	__u32 inner_saddr;
+	__u32 inner_daddr;
+	__u16 inner_sport;
+	__u16 inner_dport;
 };

@@ -119,6 +119,31 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	return CT_NEW;
 }
 
+// ct_related tells whether p, an ICMP error quoting a TCP or UDP packet
+// (p->inner_proto), is about a live flow of endpoint ep_id and goes back
+// to the quoted packet's sender: the quoted packet is the flow's in its
+// own direction (dir ^ 1: an error coming in about what the endpoint
+// sent, or going out about what it received) or in its reply direction
+// (dir: an error about a reply).
+static __always_inline int ct_related(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now)
+{
+	if (!p->inner_proto || p->inner_saddr != p->daddr)
+		return 0;
+	struct ct_key k = {
+		.saddr = p->inner_saddr, .daddr = p->inner_daddr, .sport = p->inner_sport, .dport = p->inner_dport,
+		.proto = p->inner_proto, .dir = dir ^ 1, .ep_id = ep_id,
+	};
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && e->expires > now)
+		return 1;
+	struct ct_key r = {
+		.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport, .dport = p->inner_sport,
+		.proto = p->inner_proto, .dir = dir, .ep_id = ep_id,
+	};
+	e = bpf_map_lookup_elem(&conntrack, &r);
+	return e && e->expires > now;
+}
+
 // ct_create starts the entry of p's new flow, with the CT_F_* flags; its
 // policy was checked at revision rev.
 static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy, __u8 flags,

@@ -33,6 +33,26 @@ static __always_inline void parse_first_frag(struct __sk_buff *skb, struct pkt *
 	bpf_map_update_elem(&frags, &k, &v, BPF_ANY);
 }
 
+// parse_icmp_error reads the tuple of the packet an ICMP error (its
+// message at in) quotes, when it is TCP or UDP with a plain IPv4 header,
+// for the flow the error is about (ct_related).
+static __always_inline void parse_icmp_error(struct pkt *p, __u8 *in, void *data_end)
+{
+	struct iphdr *q = (void *)in;
+	if ((void *)(q + 1) > data_end || q->version != 4 || q->ihl != 5)
+		return;
+	if (q->protocol != IPPROTO_TCP && q->protocol != IPPROTO_UDP)
+		return;
+	__u8 *ports = in + sizeof(*q);
+	if (ports + 4 > (__u8 *)data_end)
+		return;
+	p->inner_saddr = q->saddr;
+	p->inner_daddr = q->daddr;
+	p->inner_sport = *(__u16 *)ports;
+	p->inner_dport = *(__u16 *)(ports + 2);
+	p->inner_proto = q->protocol;
+}
+
 // parse reads Ethernet, IPv4 and the L4 ports; it returns a reason other
 // than REASON_FORWARDED for packets it cannot accept, and -1 for non-IP
 // traffic that passes untouched (ARP).
@@ -64,6 +84,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->tcp_flags = p->tcp_doff = 0;
 	p->seq = p->ack = 0;
 	p->frag = 0;
+	p->inner_proto = 0;
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return parse_frag(skb, p, ip);
 	__u8 *l4 = (void *)ip + hlen;
@@ -98,6 +119,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			p->sport = *(__u16 *)(l4 + 4);
 		else if (l4[0] == 0)
 			p->dport = *(__u16 *)(l4 + 4);
+		else if (l4[0] == 3 || l4[0] == 11 || l4[0] == 12) // unreachable, time exceeded, parameter problem
+			parse_icmp_error(p, l4 + 8, data_end);
 		break;
 	default:
 		break;

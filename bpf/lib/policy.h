@@ -163,6 +163,13 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		}
 		return REASON_FORWARDED;
 	}
+	// An ICMP error about a live flow of the endpoint passes as that
+	// flow's (conntrack's RELATED), whatever the policy says of ICMP;
+	// it makes no entry of its own.
+	if (p->inner_proto && ct_related(p, ep->ep_id, dir, now)) {
+		p->reply = 1;
+		return REASON_FORWARDED;
+	}
 	if (skb && upstream_reply(skb, p)) {
 		*proxy = PROXY_UPSTREAM;
 		p->reply = 1;
