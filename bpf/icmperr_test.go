@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 	"testing"
@@ -59,4 +60,59 @@ func TestICMPErrorOfTrackedFlow(t *testing.T) {
 	if r := f.run(f.objs.FromContainer, icmpError(t, podIP, peerIP, peerIP, podIP, 5001, 53)); r != actShot {
 		t.Errorf("the pod's port unreachable about no datagram it received: %d, want dropped", r)
 	}
+}
+
+// A backend's ICMP error about a NodePort flow's translated datagram goes
+// to the client translated back, as the kernel's NAT would: from the
+// frontend to the client, quoting the datagram as the client sent it
+// (its IPv4 header byte for byte, checksum included, and its ports), with
+// a right ICMP checksum. An error quoting a tuple no translation knows is
+// left to the stack untouched.
+func TestNodePortICMPErrorTranslatedBack(t *testing.T) {
+	const fe, be = 30097, 9999
+	f, nodeIP, remote := routedUDPNodePort(t, fe, be)
+	sent := udp(t, peerIP, nodeIP, 40000, fe)
+	ret, fwd := f.runOut(f.objs.FromNetdev, sent)
+	if dst, port := destination(t, fwd); ret != actRedirect || !dst.Equal(remote) || port != be {
+		t.Fatalf("the client's datagram: verdict %d, to %s:%d", ret, dst, port)
+	}
+	snat := net.IP(append([]byte(nil), fwd[14+12:14+16]...))
+	snatPort := binary.BigEndian.Uint16(fwd[14+20:])
+	quoted := append([]byte(nil), fwd[14:14+28]...)
+	in := serialize(t, eth(), ipv4(remote, snat, layers.IPProtocolICMPv4),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quoted))
+	ret, out := f.runOut(f.objs.FromNetdev, in)
+	if ret != actRedirect || len(out) != len(in) {
+		t.Fatalf("the backend's port unreachable: verdict %d, %d bytes; want redirected, %d", ret, len(out), len(in))
+	}
+	if src, dst := net.IP(out[14+12:14+16]), net.IP(out[14+16:14+20]); !src.Equal(nodeIP) || !dst.Equal(peerIP) {
+		t.Errorf("the error goes from %s to %s, want from the frontend %s to the client %s", src, dst, nodeIP, peerIP)
+	}
+	if s := onesComplement(out[14:34]); s != 0xffff {
+		t.Errorf("the error's IPv4 checksum is wrong (sum %#x)", s)
+	}
+	if s := onesComplement(out[34:]); s != 0xffff {
+		t.Errorf("the error's ICMP checksum is wrong (sum %#x)", s)
+	}
+	q := out[14+20+8:]
+	if want := sent[14 : 14+20]; !bytes.Equal(q[:20], want) {
+		t.Errorf("the error quotes the IPv4 header % x, want the client's % x", q[:20], want)
+	}
+	if want := sent[14+20 : 14+20+4]; !bytes.Equal(q[20:24], want) {
+		t.Errorf("the error quotes the ports % x, want the client's % x", q[20:24], want)
+	}
+
+	other := serialize(t, eth(), ipv4(remote, snat, layers.IPProtocolICMPv4),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quotedWithPort(quoted, snatPort+1)))
+	if ret, out := f.runOut(f.objs.FromNetdev, other); ret != actOK || !bytes.Equal(out, other) {
+		t.Errorf("an error about no translated flow: verdict %d, changed %v; want passed untouched", ret, !bytes.Equal(out, other))
+	}
+}
+
+// quotedWithPort is a copy of quoted (an IPv4 header and 8 bytes of UDP)
+// with source port sport.
+func quotedWithPort(quoted []byte, sport uint16) []byte {
+	q := append([]byte(nil), quoted...)
+	binary.BigEndian.PutUint16(q[20:], sport)
+	return q
 }

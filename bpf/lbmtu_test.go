@@ -39,12 +39,12 @@ func backendRoute(t testing.TB, dsts ...net.IP) netns.NsHandle {
 // routedUDPNodePort loads the programs with a UDP NodePort frontend fe on
 // this node's address (returned) whose one backend, port be, is on another
 // node (remote, returned) that the FIB routes out of a device of MTU 1,400
-// (backendRoute).
+// (backendRoute), as it does the client (peerIP).
 func routedUDPNodePort(t *testing.T, fe, be uint16) (f *fixture, nodeIP, remote net.IP) {
 	t.Helper()
 	nodeIP = net.IPv4(192, 168, 7, 1).To4()
 	remote = net.IPv4(10, 9, 9, 9).To4()
-	backendRoute(t, remote)
+	backendRoute(t, remote, peerIP)
 	f = load(t)
 	f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 	return f, nodeIP, remote

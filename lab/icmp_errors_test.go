@@ -151,3 +151,35 @@ func onesSum(b []byte) uint16 {
 	}
 	return uint16(sum)
 }
+
+// TestNodePortPortUnreachable sends a UDP datagram from a host outside the
+// cluster through a NodePort to a backend port where nothing listens: the
+// backend's port unreachable, about the translated datagram, must reach
+// the client translated back (from the frontend, quoting the datagram as
+// the client sent it), as the kernel's NAT would, so the client's socket
+// fails at once (ECONNREFUSED): through n1's NodePort (backend on n2: DNAT
+// and SNAT) and n2's (a local backend), in tunnel and native routing and
+// through WireGuard. Before, the error went to n1's own stack (remote backend) or to the
+// client untranslated (local backend), which matched no socket of the
+// client's: it waited.
+func TestNodePortPortUnreachable(t *testing.T) {
+	for _, v := range nodePortModes {
+		t.Run(v.name, func(t *testing.T) {
+			l := labtest.UpRouting(t, 2, v.routing, v.args...)
+			quiet := labtest.Pod(t, l, "n2", "quiet", "app=quiet")
+			upsertNodePort(t, l, remoteNodePort("quiet", "10.96.0.23", "UDP", 80, 9999, 30084, quiet.IP), "n1", "n2")
+			out := labtest.UnderlayHost(t, l, "out", "172.30.0.50")
+			for _, via := range []string{"n1", "n2"} {
+				n, err := l.Node(via)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var last error
+				firstContact(t, l, "port unreachable through "+via+"'s NodePort", func() bool {
+					last = refused(t, out, n.IP+":30084")
+					return errors.Is(last, syscall.ECONNREFUSED)
+				})
+			}
+		})
+	}
+}

@@ -711,13 +711,82 @@ static __always_inline int lb_reverse_entry(struct __sk_buff *skb, struct pkt *p
 	return lb_out(skb, p);
 }
 
+// The offsets of an ICMP error's fields (outer IPv4 header without
+// options): its checksum, and the quoted IPv4 header's checksum,
+// addresses and ports.
+#define ICMP_CSUM_OFF (ETH_HLEN + 20 + 2)
+#define ICMP_IN_OFF (ETH_HLEN + 20 + 8)
+#define ICMP_IN_CSUM_OFF (ICMP_IN_OFF + 10)
+#define ICMP_IN_SRC_OFF (ICMP_IN_OFF + 12)
+#define ICMP_IN_DST_OFF (ICMP_IN_OFF + 16)
+#define ICMP_IN_PORTS_OFF (ICMP_IN_OFF + 20)
+
+// lb_icmp_word sets the quoted packet's field at off (size 2 or 4) from
+// old to new, keeping the ICMP checksum right.
+static __always_inline int lb_icmp_word(struct __sk_buff *skb, __u32 off, __u32 old, __u32 new, __u32 size)
+{
+	if (old == new)
+		return 0;
+	if (bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, old, new, size) < 0 || bpf_skb_store_bytes(skb, off, &new, size, 0) < 0)
+		return -1;
+	return 0;
+}
+
+// lb_icmp_reverse translates p, an ICMP error about a NodePort flow's
+// translated packet (it quotes what went to the backend, and goes back to
+// that packet's sender: this node, or the client for a local backend),
+// into the client's: from the frontend to the client, quoting the packet
+// as the client sent it (addresses, ports and the quoted header's
+// checksum; the quoted L4 checksum is left as it was, which no receiver
+// checks in an error), and sends it to the client, as the kernel's NAT
+// would. The flow's state does not move. It returns -1 when p is not
+// such an error, LB_FORGED when it came another way than the backend's
+// replies (from).
+static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p, __u8 from)
+{
+	if (!p->inner_proto || p->ihl != 20 || p->daddr != p->inner_saddr)
+		return -1;
+	struct lb_nat_key k = {.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport,
+			       .dport = p->inner_sport, .proto = p->inner_proto};
+	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
+	if (!n || !n->reverse || n->expires < bpf_ktime_get_ns())
+		return -1;
+	if (lb_nat_foreign(n, from))
+		return LB_FORGED;
+	__u32 client = n->daddr, frontend = n->saddr;
+	__u16 cport = n->dport, fport = n->sport;
+	__u16 old_csum = 0, new_csum = 0;
+	if (bpf_skb_load_bytes(skb, ICMP_IN_CSUM_OFF, &old_csum, 2) < 0)
+		return TC_ACT_SHOT;
+	if (p->inner_saddr != client && (bpf_l3_csum_replace(skb, ICMP_IN_CSUM_OFF, p->inner_saddr, client, 4) < 0 ||
+					 lb_icmp_word(skb, ICMP_IN_SRC_OFF, p->inner_saddr, client, 4) < 0))
+		return TC_ACT_SHOT;
+	if (p->inner_daddr != frontend && (bpf_l3_csum_replace(skb, ICMP_IN_CSUM_OFF, p->inner_daddr, frontend, 4) < 0 ||
+					   lb_icmp_word(skb, ICMP_IN_DST_OFF, p->inner_daddr, frontend, 4) < 0))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, ICMP_IN_CSUM_OFF, &new_csum, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, old_csum, new_csum, 2) < 0 ||
+	    lb_icmp_word(skb, ICMP_IN_PORTS_OFF, p->inner_sport, cport, 2) < 0 ||
+	    lb_icmp_word(skb, ICMP_IN_PORTS_OFF + 2, p->inner_dport, fport, 2) < 0)
+		return TC_ACT_SHOT;
+	if (lb_rewrite_addr(skb, IP_SRC_OFF, p->saddr, frontend, 0, 0) < 0 ||
+	    lb_rewrite_addr(skb, IP_DST_OFF, p->daddr, client, 0, 0) < 0)
+		return TC_ACT_SHOT;
+	p->saddr = frontend;
+	p->daddr = client;
+	return lb_out(skb, p);
+}
+
 // lb_reverse translates a reply of a NodePort flow, which came the way
-// from (LB_PATH_*), back to the frontend and sends it to the client. It
-// returns LB_FORGED for one that came another way than the backend's
-// replies do (the caller drops it as REASON_FORGED_SOURCE), -1 when p is
-// not such a reply.
+// from (LB_PATH_*), back to the frontend and sends it to the client; an
+// ICMP error about the flow too (lb_icmp_reverse). It returns LB_FORGED
+// for one that came another way than the backend's replies do (the
+// caller drops it as REASON_FORGED_SOURCE), -1 when p is not such a
+// reply.
 static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, __u8 from)
 {
+	if (p->proto == IPPROTO_ICMP)
+		return lb_icmp_reverse(skb, p, from);
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return -1;
 	struct lb_nat *n = lb_nat_lookup(p, from);

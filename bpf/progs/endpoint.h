@@ -65,9 +65,11 @@ int from_container(struct __sk_buff *skb)
 			if (r >= 0)
 				return r;
 		}
-		// Cached for the flow's next packets unless it is a SYN or a
-		// NodePort translation knows its tuple (lb_reverse must see them).
-		int cache = !syn && !lb_nat_known(&p);
+		// Cached for the flow's next packets unless it is a SYN, a
+		// NodePort translation knows its tuple, or it is an ICMP error
+		// (lb_reverse must see them: a later error may be about a
+		// translated flow).
+		int cache = !syn && !lb_nat_known(&p) && !p.inner_proto;
 		__u8 action = FAST_PASS;
 		__u32 out = 0, vni = 0;
 		if (remote && remote->tunnel_ip) {

@@ -210,6 +210,15 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, forged, DIR_INGRESS, dst ? dst->ep_id : 0, 0, IDENTITY_WORLD, dst ? dst->identity : 0, &p);
 	if (r != REASON_FORWARDED)
 		return TC_ACT_OK;
+	if (p.proto == IPPROTO_ICMP && !dst) {
+		// A remote backend's ICMP error about a NodePort flow (native
+		// routing: it comes from the underlay) goes to the flow's
+		// client, translated.
+		r = lb_icmp_reverse(skb, &p, LB_PATH_UNDERLAY);
+		if (r == LB_FORGED)
+			return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+		return r >= 0 ? r : TC_ACT_OK;
+	}
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
 		return TC_ACT_OK;
 	if (wireguard_datagram(&p) || (!dst && vxlan_datagram(&p)))
