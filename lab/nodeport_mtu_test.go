@@ -25,9 +25,11 @@ import (
 // forwarding would answer it: ICMP "fragmentation needed" from the
 // NodePort's address, naming the path's MTU, so that the client learns it;
 // n1 reports the drop (one event per refused datagram); a datagram of the
-// size learned goes through. One without DF, which the datapath cannot
-// fragment, is dropped and reported. Before, lb_out dropped both without
-// an ICMP or an event: the client waited and never learned why.
+// size learned goes through, and so does a bigger one that the client's
+// kernel then cuts into fragments of that size. One without DF, sent
+// before the client learned the MTU, which the datapath cannot fragment,
+// is dropped and reported. Before, lb_out dropped both without an ICMP or
+// an event: the client waited and never learned why.
 func TestNodePortTooBigForThePath(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel", "--encryption", "wireguard", "--encryption-strict")
 	echo := labtest.Pod(t, l, "n2", "echo", "app=echo")
@@ -71,14 +73,14 @@ func TestNodePortTooBigForThePath(t *testing.T) {
 			}
 			pmtu := unix.IP_PMTUDISC_DO
 			if !df {
-				pmtu = unix.IP_PMTUDISC_DONT
+				pmtu = unix.IP_PMTUDISC_DONT // and fragmented to the path MTU the route knows
 			}
 			raw.Control(func(fd uintptr) { derr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, pmtu) })
 			if derr != nil {
 				return derr
 			}
 			c.SetDeadline(time.Now().Add(wait))
-			b := make([]byte, 2048)
+			b := make([]byte, 8192)
 			if _, err = c.Write(b[:size]); err == nil {
 				got, err = c.Read(b)
 			}
@@ -119,5 +121,12 @@ func TestNodePortTooBigForThePath(t *testing.T) {
 	eventually(t, "n1's drop event for the datagram with DF", func() bool { return tooBig.get("172.30.0.50") == 2 })
 	if got, err, _ := exchange(mtu-28, true, 3*time.Second); err != nil || got != mtu-28 {
 		t.Errorf("a %d-byte datagram (the path MTU learned): %d bytes back, %v", mtu-28, got, err)
+	}
+	// Now the client's kernel cuts a datagram without DF to the path MTU
+	// it learned: the fragments fit WireGuard's device, are translated
+	// (the later ones followed by their first's ports), and so is the
+	// echo, which comes back in fragments through WireGuard.
+	if got, err, _ := exchange(4000, false, 3*time.Second); err != nil || got != 4000 {
+		t.Errorf("a 4,000-byte datagram in fragments of the path MTU learned: %d bytes back, %v", got, err)
 	}
 }

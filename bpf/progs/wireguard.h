@@ -37,6 +37,13 @@ int from_wireguard(struct __sk_buff *skb)
 	struct iphdr *ip = data;
 	if ((void *)(ip + 1) > data_end || ip->version != 4)
 		return TC_ACT_OK;
+	if (ip->frag_off & bpf_htons(0x1fff)) {
+		// A later fragment (no ports in it): of a NodePort reply when
+		// its first fragment was one (from_wireguard_nat's parse
+		// recorded it, Fragments in lib/parse.h).
+		struct frag_key k = {.ifindex = skb->ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol};
+		return bpf_map_lookup_elem(&frags, &k) ? from_wireguard_nat(skb) : TC_ACT_OK;
+	}
 	if (ip->protocol == IPPROTO_ICMP) {
 		// An ICMP error about a NodePort flow (lb_icmp_reverse): the
 		// packet it quotes went to the backend, so that packet's reply
