@@ -9,9 +9,15 @@
 // returns REASON_FRAGMENT when no first fragment was seen (it is out of
 // order, or lost, or the datagram is TCP's, whose segments are never
 // followed in fragments).
-static __always_inline int parse_frag(struct __sk_buff *skb, struct pkt *p, struct iphdr *ip)
+static __always_inline struct frag_key frag_key_of(struct __sk_buff *skb, struct iphdr *ip)
 {
 	struct frag_key k = {.ifindex = skb->ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol};
+	return k;
+}
+
+static __always_inline int parse_frag(struct __sk_buff *skb, struct pkt *p, struct iphdr *ip)
+{
+	struct frag_key k = frag_key_of(skb, ip);
 	struct frag_ports *v = bpf_map_lookup_elem(&frags, &k);
 	if (!v)
 		return REASON_FRAGMENT;
@@ -28,22 +34,26 @@ static __always_inline void parse_first_frag(struct __sk_buff *skb, struct pkt *
 {
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP)
 		return;
-	struct frag_key k = {.ifindex = skb->ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol};
+	struct frag_key k = frag_key_of(skb, ip);
 	struct frag_ports v = {.sport = p->sport, .dport = p->dport, .pport = p->pport};
 	bpf_map_update_elem(&frags, &k, &v, BPF_ANY);
 }
 
-// parse_icmp_error reads the tuple of the packet an ICMP error (its
-// message at in) quotes, when it is TCP or UDP with a plain IPv4 header,
-// for the flow the error is about (ct_related).
-static __always_inline void parse_icmp_error(struct pkt *p, __u8 *in, void *data_end)
+// parse_icmp_error reads the tuple of the packet an ICMP error (the ICMP
+// message at icmp: destination unreachable, time exceeded, parameter
+// problem) quotes, when it is TCP or UDP with a plain IPv4 header, for the
+// flow the error is about (ct_related, lb_icmp_reverse); p->inner_proto
+// stays 0 for anything else.
+static __always_inline void parse_icmp_error(struct pkt *p, __u8 *icmp, void *data_end)
 {
-	struct iphdr *q = (void *)in;
+	if ((void *)(icmp + 8) > data_end || (icmp[0] != 3 && icmp[0] != 11 && icmp[0] != 12))
+		return;
+	struct iphdr *q = (void *)(icmp + 8);
 	if ((void *)(q + 1) > data_end || q->version != 4 || q->ihl != 5)
 		return;
 	if (q->protocol != IPPROTO_TCP && q->protocol != IPPROTO_UDP)
 		return;
-	__u8 *ports = in + sizeof(*q);
+	__u8 *ports = (__u8 *)(q + 1);
 	if (ports + 4 > (__u8 *)data_end)
 		return;
 	p->inner_saddr = q->saddr;
@@ -119,8 +129,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			p->sport = *(__u16 *)(l4 + 4);
 		else if (l4[0] == 0)
 			p->dport = *(__u16 *)(l4 + 4);
-		else if (l4[0] == 3 || l4[0] == 11 || l4[0] == 12) // unreachable, time exceeded, parameter problem
-			parse_icmp_error(p, l4 + 8, data_end);
+		else
+			parse_icmp_error(p, l4, data_end);
 		break;
 	default:
 		break;

@@ -41,22 +41,20 @@ int from_wireguard(struct __sk_buff *skb)
 		// A later fragment (no ports in it): of a NodePort reply when
 		// its first fragment was one (from_wireguard_nat's parse
 		// recorded it, Fragments in lib/parse.h).
-		struct frag_key k = {.ifindex = skb->ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol};
+		struct frag_key k = frag_key_of(skb, ip);
 		return bpf_map_lookup_elem(&frags, &k) ? from_wireguard_nat(skb) : TC_ACT_OK;
 	}
 	if (ip->protocol == IPPROTO_ICMP) {
 		// An ICMP error about a NodePort flow (lb_icmp_reverse): the
 		// packet it quotes went to the backend, so that packet's reply
 		// tuple is a live translation's.
-		__u8 *icmp = (__u8 *)(ip + 1);
-		struct iphdr *q = (void *)(icmp + 8);
-		__u8 *qp = (__u8 *)(q + 1);
-		if (ip->ihl != 5 || qp + 4 > (__u8 *)data_end || q->ihl != 5)
+		struct pkt e = {};
+		if (ip->ihl != 5)
 			return TC_ACT_OK;
-		if (icmp[0] != 3 && icmp[0] != 11 && icmp[0] != 12)
-			return TC_ACT_OK;
-		struct pkt r = {.saddr = q->daddr, .daddr = q->saddr, .sport = *(__u16 *)(qp + 2), .dport = *(__u16 *)qp, .proto = q->protocol};
-		if (!lb_nat_reply(&r))
+		parse_icmp_error(&e, (__u8 *)(ip + 1), data_end);
+		struct pkt r = {.saddr = e.inner_daddr, .daddr = e.inner_saddr, .sport = e.inner_dport, .dport = e.inner_sport,
+				.proto = e.inner_proto};
+		if (!e.inner_proto || !lb_nat_reply(&r))
 			return TC_ACT_OK;
 		return from_wireguard_nat(skb);
 	}
