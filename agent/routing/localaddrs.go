@@ -9,11 +9,13 @@ import (
 )
 
 // localAddrs follows the accepted nodes' other addresses (their records'
-// LocalAddrs) into the datapath's node_local_addrs map, which only the
-// control ports' check reads: a pod's new flow to a control port of such
-// an address is refused unless its policy names the port, as at a
-// node's underlay address. An address is in the map while an accepted
-// node lists it (counted: nodes may list the same one).
+// LocalAddrs, and the pod gateway of each of their pod CIDRs, its first
+// address, which the node holds on filament_host) into the datapath's
+// node_local_addrs map, which only the control ports' check reads: a
+// pod's new flow to a control port of such an address is refused unless
+// its policy names the port, as at a node's underlay address. An address
+// is in the map while an accepted node lists it (counted: nodes may list
+// the same one).
 type localAddrs struct {
 	of    map[string][]netip.Addr // node name -> the addresses written for it
 	count map[netip.Addr]int
@@ -41,6 +43,18 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 			}
 			if !slices.Contains(now, a) {
 				now = append(now, a)
+			}
+		}
+		// The gateways are the node's own (ipam: a pod CIDR's first
+		// address), in its pod CIDR yet never a pod's. Until 2026-12-05
+		// they were left out with the rest of the pod CIDRs, and in
+		// native routing a pod reached another node's control ports at
+		// its gateway (TestPodCannotReachControlPortsOnAnotherNodesGateway).
+		for _, s := range n.PodCIDRs {
+			if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
+				if gw := p.Masked().Addr().Next(); !slices.Contains(now, gw) {
+					now = append(now, gw)
+				}
 			}
 		}
 	}
