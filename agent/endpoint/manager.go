@@ -379,17 +379,20 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 			slog.Error("skipping endpoint whose address cannot be claimed", "file", f, "err", err)
 			continue
 		}
+		before := ep
+		// The claimed labels go before the identity is taken: it is the
+		// kept labels' (until 2026-12-05 the forged set's number stayed,
+		// the host's for a lone reserved:host).
+		ep.Labels = dropClaimedLabels(ep)
 		ident, _, err := m.ids.Allocate(ctx, ep.Labels)
 		if err != nil {
 			m.pool.Release(ep.IPv4)
 			return n, fmt.Errorf("restore endpoint %d identity: %w", ep.ID, err)
 		}
-		before := ep
 		if ident.ID != ep.Identity {
 			slog.Warn("endpoint identity changed across restart", "endpoint", ep.ID, "old", uint32(ep.Identity), "new", uint32(ident.ID))
 			ep.Identity = ident.ID
 		}
-		ep.Labels = dropClaimedLabels(ep)
 		if ep.Network == "" { // a record from before endpoints knew their network
 			ep.Network = DefaultNetwork
 		}
@@ -421,9 +424,11 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 // dropClaimedLabels returns the labels of a restored record without those
 // its workload could claim before labels were checked (reserved:, cidr:,
 // the namespace and cluster keys): only the namespace label of the
-// endpoint's own namespace is the agent's.
+// endpoint's own namespace is the agent's, and it is added when the
+// record lacks it (as a create adds it), so namespaced policies still
+// select the endpoint.
 func dropClaimedLabels(ep Endpoint) labels.Labels {
-	out := make(labels.Labels, 0, len(ep.Labels))
+	out := make(labels.Labels, 0, len(ep.Labels)+1)
 	for _, l := range ep.Labels {
 		own := l.Source == labels.SourceK8s && l.Key == labels.KeyNamespace && l.Value == ep.Namespace
 		if err := checkLabel(l, true); err != nil && !own {
@@ -431,6 +436,11 @@ func dropClaimedLabels(ep Endpoint) labels.Labels {
 			continue
 		}
 		out = append(out, l)
+	}
+	if ep.Namespace != "" {
+		if with, err := out.With(labels.Label{Source: labels.SourceK8s, Key: labels.KeyNamespace, Value: ep.Namespace}); err == nil {
+			out = with
+		}
 	}
 	return out
 }

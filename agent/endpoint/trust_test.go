@@ -99,4 +99,49 @@ func TestRestoreDropsClaimedAgentLabels(t *testing.T) {
 	if got.Identity.IsReserved() || got.Labels.String() != "k8s:app=web;k8s:io.kubernetes.pod.namespace=default" {
 		t.Fatalf("restored %s with identity %d", got.Labels, got.Identity)
 	}
+	// The identity is the kept labels', not the claimed set's: until
+	// 2026-12-05 Restore allocated the identity before dropping the
+	// claimed labels, so the endpoint kept the number of the forged set
+	// (its labels were what policy selectors see on every node).
+	if got.Identity != created.Identity {
+		t.Fatalf("restored with identity %d, want %d (that of %s)", got.Identity, created.Identity, got.Labels)
+	}
+}
+
+// A record whose only label is one its workload may not set
+// (reserved:host, which alone is the host's identity) is not restored as
+// the host (until 2026-12-05 it was: identity 1, written to the ipcache
+// and the endpoints map for the pod's address).
+func TestRestoreClaimedReservedLabelAlone(t *testing.T) {
+	dir := t.TempDir()
+	etcd := testutil.Etcd(t)
+	e := newEnv(t, dir, etcd, &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	created, err := e.m.Create(ctx, req(e, "old", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "endpoints", fmt.Sprintf("%d.json", created.ID))
+	raw, _ := os.ReadFile(f)
+	var rec map[string]any
+	json.Unmarshal(raw, &rec)
+	rec["labels"] = []map[string]string{{"source": "reserved", "key": "host"}}
+	rec["identity"] = 1
+	raw, _ = json.Marshal(rec)
+	os.WriteFile(f, raw, 0o600)
+	e2 := newEnv(t, dir, etcd, e.plumber)
+	if _, err := e2.m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e2.m.Get(created.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Identity.IsReserved() {
+		t.Fatalf("restored %q with reserved identity %d", got.Labels, got.Identity)
+	}
+	// It keeps its namespace's label (namespaced policies select it).
+	if got.Labels.String() != "k8s:io.kubernetes.pod.namespace=default" {
+		t.Fatalf("restored with labels %q", got.Labels)
+	}
 }
