@@ -321,6 +321,58 @@ func TestICMPEchoTracked(t *testing.T) {
 	}
 }
 
+// An allowed ICMP type's conntrack entry stands for that type's exchange
+// only. Found 2026-12-05 by reading the datapath: every ICMP message
+// but echo had the tuple (0, 0), as did an echo request of identifier 0,
+// so after one such allowed message every other ICMP type between the
+// two passed as established both ways (redirects, errors quoting any
+// flow), past the policy and its deny rules.
+func TestICMPTypesTrackedApart(t *testing.T) {
+	f := load(t)                                // both directions enforced
+	f.rule(dirEgress, peerID, 1, 8, 24, false)  // echo request
+	f.rule(dirEgress, peerID, 1, 13, 24, false) // timestamp request
+	icmp := func(src, dst net.IP, typ, code uint8, id uint16) []byte {
+		return serialize(t, eth(), ipv4(src, dst, layers.IPProtocolICMPv4),
+			&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(typ, code), Id: id, Seq: 1})
+	}
+	if r := f.run(f.objs.FromContainer, icmp(podIP, peerIP, 8, 0, 0)); r != actOK {
+		t.Fatalf("echo request of identifier 0: %d", r)
+	}
+	if r := f.run(f.objs.FromContainer, icmp(podIP, peerIP, 13, 0, 0)); r != actOK {
+		t.Fatalf("timestamp request: %d", r)
+	}
+	for _, c := range []struct {
+		name     string
+		prog     *ebpf.Program
+		src, dst net.IP
+		typ      uint8
+	}{
+		{"a redirect from the pod", f.objs.FromContainer, podIP, peerIP, 5},
+		{"a source quench from the pod", f.objs.FromContainer, podIP, peerIP, 4},
+		{"a timestamp reply from the pod", f.objs.FromContainer, podIP, peerIP, 14},
+		{"an echo reply from the pod", f.objs.FromContainer, podIP, peerIP, 0},
+		{"a redirect to the pod", f.objs.ToContainer, peerIP, podIP, 5},
+		{"a timestamp request to the pod", f.objs.ToContainer, peerIP, podIP, 13},
+		{"an echo request to the pod", f.objs.ToContainer, peerIP, podIP, 8},
+	} {
+		if r := f.run(c.prog, icmp(c.src, c.dst, c.typ, 0, 0)); r != actShot {
+			t.Errorf("%s (type %d, no rule): %d, want dropped", c.name, c.typ, r)
+		}
+	}
+	// An error about no flow is judged as ICMP, not as the pod's
+	// allowed messages.
+	if r := f.run(f.objs.FromContainer, icmpError(t, podIP, peerIP, peerIP, podIP, 5000, 53)); r != actShot {
+		t.Errorf("the pod's port unreachable about no flow: %d, want dropped", r)
+	}
+	// The replies to what the pod sent still pass.
+	if r := f.run(f.objs.ToContainer, icmp(peerIP, podIP, 0, 0, 0)); r != actOK {
+		t.Errorf("the echo reply (identifier 0): %d, want passed", r)
+	}
+	if r := f.run(f.objs.ToContainer, icmp(peerIP, podIP, 14, 0, 0)); r != actOK {
+		t.Errorf("the timestamp reply: %d, want passed", r)
+	}
+}
+
 // Events: a drop and a policy verdict reach the ring buffer.
 func TestEventsRingBuffer(t *testing.T) {
 	f := load(t)

@@ -83,6 +83,41 @@ static __always_inline int new_tcp(struct pkt *p)
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 }
 
+// icmp_tag is the port that names ICMP type t (a request's, for a
+// request and its reply) in a conntrack tuple: never 0, distinct per type.
+#define icmp_tag(t) bpf_htons(0xff00 | (t))
+
+// icmp_request is the request type of ICMP reply type t (echo, timestamp,
+// information, address mask), or t itself.
+static __always_inline __u8 icmp_request(__u8 t)
+{
+	switch (t) {
+	case 0:
+		return 8;
+	case 14:
+	case 16:
+	case 18:
+		return t - 1;
+	}
+	return t;
+}
+
+// ct_icmp_fits tells whether entry e, found for p, stands for p's ICMP
+// type (anything else fits): the same type as the flow's first packet
+// (e->pport) in its direction, the reply type of that request in the
+// reverse one. With icmp_tuple's tags only the message of a type and its
+// reply can meet in one tuple; this tells them apart when an identifier
+// equals a tag.
+static __always_inline int ct_icmp_fits(struct ct_entry *e, struct pkt *p, int reply)
+{
+	if (p->proto != IPPROTO_ICMP)
+		return 1;
+	if (!reply)
+		return e->pport == p->pport;
+	__u8 t = bpf_ntohs(p->pport);
+	return t != icmp_request(t) && bpf_htons(icmp_request(t)) == e->pport;
+}
+
 // ct_lookup finds the connection of p in the scope of endpoint ep_id and
 // direction dir: the same direction (established: *proxy is its L7 proxy
 // port) or the reverse (reply: *proxy is PROXY_UPSTREAM when the
@@ -98,7 +133,7 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-	if (e && e->expires > now) {
+	if (e && e->expires > now && ct_icmp_fits(e, p, 0)) {
 		ct_update(e, p, now, 0);
 		*proxy = e->proxy_port;
 		*entry = e;
@@ -109,7 +144,7 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 		.proto = p->proto, .dir = dir ^ 1, .ep_id = ep_id,
 	};
 	e = bpf_map_lookup_elem(&conntrack, &r);
-	if (e && e->expires > now) {
+	if (e && e->expires > now && ct_icmp_fits(e, p, 1)) {
 		ct_update(e, p, now, 1);
 		if (e->flags & CT_F_UPSTREAM)
 			*proxy = PROXY_UPSTREAM;

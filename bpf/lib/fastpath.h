@@ -35,14 +35,15 @@ static __always_inline struct ct_entry *fast_entry(struct pkt *p, __u16 ep_id, i
 	};
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
 	*reply = 0;
-	if (e)
+	if (e && ct_icmp_fits(e, p, 0))
 		return e;
 	struct ct_key r = {
 		.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
 		.proto = p->proto, .dir = DIR_INGRESS, .ep_id = ep_id,
 	};
 	*reply = 1;
-	return bpf_map_lookup_elem(&conntrack, &r);
+	e = bpf_map_lookup_elem(&conntrack, &r);
+	return e && ct_icmp_fits(e, p, 1) ? e : NULL;
 }
 
 // fast_egress forwards p when its flow's entry caches it: it returns the
@@ -119,12 +120,16 @@ static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p,
 	};
 	int reply = 0;
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && !ct_icmp_fits(e, p, 0))
+		e = NULL;
 	if (!e) {
 		struct ct_key r = {
 			.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
 			.proto = p->proto, .dir = DIR_EGRESS, .ep_id = ep_id,
 		};
 		e = bpf_map_lookup_elem(&conntrack, &r);
+		if (e && !ct_icmp_fits(e, p, 1))
+			e = NULL;
 		reply = 1;
 	}
 	if (!e || e->rev != rev || !e->expires || e->proxy_port || (e->flags & CT_F_UPSTREAM))

@@ -63,6 +63,40 @@ static __always_inline void parse_icmp_error(struct pkt *p, __u8 *icmp, void *da
 	p->inner_proto = q->protocol;
 }
 
+// icmp_tuple gives p, an ICMP message at icmp, its conntrack ports, so that
+// an entry stands for one type's exchange only: a request of a query type
+// (echo 8, timestamp 13, information 15, address mask 17) is (id,
+// tag(its type)), its reply (tag(the request's type), id), which is the
+// request's tuple reversed; any other type t is (tag(t), tag(t)).
+// ct_icmp_fits then checks the types of a match (an identifier equal to a
+// tag would make a request's tuple its reply's). Until 2026-12-05 every
+// type but echo was (0, 0), as was an echo of identifier 0, so one allowed
+// ICMP message let every other type pass as established both ways
+// (TestICMPTypesTrackedApart).
+static __always_inline void icmp_tuple(struct pkt *p, __u8 *icmp)
+{
+	__u8 t = icmp[0];
+	__u16 id = *(__u16 *)(icmp + 4);
+	switch (t) {
+	case 8:
+	case 13:
+	case 15:
+	case 17:
+		p->sport = id;
+		p->dport = icmp_tag(t);
+		break;
+	case 0:
+	case 14:
+	case 16:
+	case 18:
+		p->sport = icmp_tag(icmp_request(t));
+		p->dport = id;
+		break;
+	default:
+		p->sport = p->dport = icmp_tag(t);
+	}
+}
+
 // parse reads Ethernet, IPv4 and the L4 ports; it returns a reason other
 // than REASON_FORWARDED for packets it cannot accept, and -1 for non-IP
 // traffic that passes untouched (ARP).
@@ -122,15 +156,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (l4 + 8 > (__u8 *)data_end)
 			return REASON_INVALID;
 		p->pport = bpf_htons(l4[0]);
-		// Echo request (8) and reply (0) are tracked by identifier: the
-		// request as (id, 0), the reply as (0, id), so that a reply matches
-		// its request reversed and a request never passes as a reply.
-		if (l4[0] == 8)
-			p->sport = *(__u16 *)(l4 + 4);
-		else if (l4[0] == 0)
-			p->dport = *(__u16 *)(l4 + 4);
-		else
-			parse_icmp_error(p, l4, data_end);
+		icmp_tuple(p, l4);
+		parse_icmp_error(p, l4, data_end);
 		break;
 	default:
 		break;
