@@ -244,6 +244,11 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		req.Close = true // HTTP/1.0: one request per connection
 	}
 	upgrade := DecisionHeaders(req.Header)
+	// A chunked body's trailers are not judged, so they do not go on:
+	// servers that merge trailers into headers would take one as a header
+	// the rules removed or replaced (until 2026-12-05 they were forwarded,
+	// TestTrailersNotForwarded). Envoy drops them too by default.
+	req.Trailer = nil
 	recs, denied := p.judge(dc, req, start)
 	bw := getWriter(dc.Conn)
 	defer putWriter(bw)

@@ -824,6 +824,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = s.conn.dst.String()
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	pr.Out.Trailer = nil // request trailers are not judged (as in h1Request)
 	for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		if v, ok := pr.In.Header[h]; ok {
 			pr.Out.Header[h] = v
