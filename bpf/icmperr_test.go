@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -115,4 +116,80 @@ func quotedWithPort(quoted []byte, sport uint16) []byte {
 	q := append([]byte(nil), quoted...)
 	binary.BigEndian.PutUint16(q[20:], sport)
 	return q
+}
+
+// An ICMP error about a NodePort flow is translated back to the client
+// only when a pod did not forge it: from a local backend's veth it must
+// come from the backend itself, and from elsewhere it must come from the
+// backend or from an address that is no pod's (a node, a router on the
+// underlay, the world: the kernel's NAT translates those too). Found
+// 2026-12-05 by reading the datapath: any pod could send a NodePort
+// flow's client an error from the frontend (a port unreachable refusing
+// its UDP flow, a fragmentation needed lowering its path MTU), needing
+// only the flow's tuple, or for a remote backend only a sweep of the SNAT
+// ports.
+func TestNodePortICMPErrorFromAPodNotTranslated(t *testing.T) {
+	const reasonForgedSource = 15
+	t.Run("remote backend", func(t *testing.T) {
+		const fe, be = 30098, 9999
+		f, nodeIP, remote := routedUDPNodePort(t, fe, be)
+		attacker := net.IPv4(10, 9, 9, 50).To4() // another node's pod
+		ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(attacker)}
+		if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: 0x10300}); err != nil {
+			t.Fatal(err)
+		}
+		ret, fwd := f.runOut(f.objs.FromNetdev, udp(t, peerIP, nodeIP, 40001, fe))
+		if ret != actRedirect {
+			t.Fatalf("the client's datagram: verdict %d", ret)
+		}
+		snat := net.IP(append([]byte(nil), fwd[14+12:14+16]...))
+		quoted := append([]byte(nil), fwd[14:14+28]...)
+		errorFrom := func(src net.IP) []byte {
+			return serialize(t, eth(), ipv4(src, snat, layers.IPProtocolICMPv4),
+				&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quoted))
+		}
+		before := f.count(reasonForgedSource, dirIngress)
+		if ret, out := f.runOut(f.objs.FromNetdev, errorFrom(attacker)); ret != actShot {
+			t.Errorf("an error from another pod: verdict %d, to %s; want dropped", ret, net.IP(out[14+16:14+20]))
+		}
+		if n := f.count(reasonForgedSource, dirIngress) - before; n != 1 {
+			t.Errorf("%d forged-source drops, want 1", n)
+		}
+		router := net.IPv4(198, 51, 100, 1).To4() // no ipcache entry: the world
+		for _, src := range []net.IP{remote, router} {
+			ret, out := f.runOut(f.objs.FromNetdev, errorFrom(src))
+			if dst := net.IP(out[14+16 : 14+20]); ret != actRedirect || !dst.Equal(peerIP) {
+				t.Errorf("an error from %s: verdict %d, to %s; want translated to the client %s", src, ret, dst, peerIP)
+			}
+		}
+	})
+	t.Run("local backend", func(t *testing.T) {
+		f := load(t)
+		f.unenforce()
+		attacker := net.IPv4(10, 0, 0, 3).To4() // another pod of the node
+		k := ip4(attacker)
+		v := DatapathEndpointInfo{Ifindex: 1, Identity: 0x10300, EpId: podEP + 1}
+		if err := f.objs.Endpoints.Put(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+		nodeIP := net.IPv4(192, 168, 7, 1).To4()
+		f.lbService(1, nodeIP, 30099, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
+		if ret := f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, 51000, 30099)); ret != actOK {
+			t.Fatalf("the client's datagram: %d", ret)
+		}
+		before := f.count(reasonForgedSource, dirEgress)
+		_, out := f.runOut(f.objs.FromContainer, icmpError(t, attacker, peerIP, peerIP, podIP, 51000, 8080))
+		if src := net.IP(out[14+12 : 14+16]); src.Equal(nodeIP) {
+			t.Errorf("another pod's error about the flow left translated, from the frontend %s", src)
+		}
+		if n := f.count(reasonForgedSource, dirEgress) - before; n != 1 {
+			t.Errorf("%d forged-source drops, want 1", n)
+		}
+		// The backend's own error is translated (the verdict depends on
+		// the test run's FIB, lb_out; the rewrite is in the packet).
+		_, out = f.runOut(f.objs.FromContainer, icmpError(t, podIP, peerIP, peerIP, podIP, 51000, 8080))
+		if src := net.IP(out[14+12 : 14+16]); !src.Equal(nodeIP) {
+			t.Errorf("the backend's error left from %s, want the frontend %s", src, nodeIP)
+		}
+	})
 }

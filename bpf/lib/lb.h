@@ -741,7 +741,29 @@ static __always_inline int lb_icmp_word(struct __sk_buff *skb, __u32 off, __u32 
 // checks in an error), and sends it to the client, as the kernel's NAT
 // would. The flow's state does not move. It returns -1 when p is not
 // such an error, LB_FORGED when it came another way than the backend's
-// replies (from).
+// replies (from) or a pod other than the backend sent it (lb_icmp_forged).
+// lb_icmp_forged tells whether p, an ICMP error about a NodePort flow to
+// backend p->inner_daddr that came the way from, was sent by a pod that is
+// not the backend: from a local backend's veth only the backend sends one
+// (no router between), and from elsewhere any sender but a pod (a node,
+// a router on the underlay, the world: the kernel's NAT translates those
+// too) or the backend. A pod's address is anti-spoofed at its node, so
+// its errors carry it. Until 2026-12-05 the sender was not checked, and
+// any pod could refuse a NodePort client's UDP flow or lower its path
+// MTU (TestNodePortICMPErrorFromAPodNotTranslated).
+static __always_inline int lb_icmp_forged(struct pkt *p, __u8 from)
+{
+	if (p->saddr == p->inner_daddr)
+		return 0;
+	if (from == LB_PATH_LOCAL)
+		return 1;
+	struct ipcache_key k = {.prefixlen = 32, .ip = p->saddr};
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	if (!v)
+		return 0;
+	return v->identity > IDENTITY_MAX_RESERVED && !(v->identity & IDENTITY_LOCAL_SCOPE);
+}
+
 static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p, __u8 from)
 {
 	if (!p->inner_proto || p->ihl != 20 || p->daddr != p->inner_saddr)
@@ -751,7 +773,7 @@ static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p,
 	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
 	if (!n || !n->reverse || n->expires < bpf_ktime_get_ns())
 		return -1;
-	if (lb_nat_foreign(n, from))
+	if (lb_nat_foreign(n, from) || lb_icmp_forged(p, from))
 		return LB_FORGED;
 	__u32 client = n->daddr, frontend = n->saddr;
 	__u16 cport = n->dport, fport = n->sport;
