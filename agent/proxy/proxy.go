@@ -87,8 +87,21 @@ type Options struct {
 	// identity) holds open through the proxy; more are closed at once and
 	// counted. Default DefaultMaxConnsPerSource.
 	MaxConnsPerSource int
-	Logger            *slog.Logger
+	// MaxStreamsPerSource bounds the HTTP/2 requests one source has in
+	// flight through the proxy at once, over all its connections; more
+	// are answered 503 (gRPC: UNAVAILABLE) and counted. Default
+	// DefaultMaxStreamsPerSource.
+	MaxStreamsPerSource int
+	Logger              *slog.Logger
 }
+
+// DefaultMaxStreamsPerSource is Options.MaxStreamsPerSource's default.
+// Each stream costs the proxy two goroutines and, while its request body
+// is copied upstream, a buffer of up to 512 KiB (net/http's HTTP/2
+// transport): with only the connections bounded, one pod could hold
+// 250 streams on each of its 4,096 connections (found 2026-12-05,
+// TestStreamsPerSourceBounded).
+const DefaultMaxStreamsPerSource = 1024
 
 // DefaultMaxConnsPerSource is Options.MaxConnsPerSource's default: a
 // pod opening connections without end (each costs the proxy two sockets
@@ -112,6 +125,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	conns   map[*downConn]struct{}
 	bySrc   map[source]int // conns by their source
+	streams map[source]int // HTTP/2 requests in flight by their source
 	lns     []net.Listener // Serve's
 	pcs     []*net.UDPConn // ServeDNS's
 
@@ -148,11 +162,14 @@ func New(o Options) *Proxy {
 	if o.MaxConnsPerSource <= 0 {
 		o.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
+	if o.MaxStreamsPerSource <= 0 {
+		o.MaxStreamsPerSource = DefaultMaxStreamsPerSource
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	p := &Proxy{opts: o, log: o.Logger, metrics: newMetrics(), conns: map[*downConn]struct{}{},
-		bySrc: map[source]int{}}
+		bySrc: map[source]int{}, streams: map[source]int{}}
 	p.hub = hub{subs: map[chan Record]struct{}{}, dropped: p.metrics.dropped}
 	empty, _ := compile(Config{})
 	p.cfg.Store(empty)
@@ -845,6 +862,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Bad Request", http.StatusBadRequest)
 		return
 	}
+	if !p.takeStream(dc.who) {
+		p.metrics.streamsRefused.Inc()
+		p.log.Debug("L7 proxy: request refused: its source has the most HTTP/2 requests in flight it may", "src", dc.src, "identity", dc.who.id, "max", p.opts.MaxStreamsPerSource)
+		if isGRPC(r) {
+			grpcError(w, 14, "too many requests in flight from this source") // UNAVAILABLE
+		} else {
+			http.Error(w, "Too many requests in flight", http.StatusServiceUnavailable)
+		}
+		return
+	}
+	defer p.giveStream(dc.who)
 	recs, denied := p.judge(dc, r, start)
 	if denied {
 		p.finish(recs, start, p.deny(w, r, recs[len(recs)-1].Reason), Denied)
@@ -885,6 +913,26 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Nothing was written: the stream is reset rather than answered
 		// with an empty 200 for a request that never reached the upstream.
 		panic(http.ErrAbortHandler)
+	}
+}
+
+// takeStream counts an HTTP/2 request of source who in flight, unless
+// who has MaxStreamsPerSource in flight already; giveStream ends it.
+func (p *Proxy) takeStream(who source) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.streams[who] >= p.opts.MaxStreamsPerSource {
+		return false
+	}
+	p.streams[who]++
+	return true
+}
+
+func (p *Proxy) giveStream(who source) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.streams[who]--; p.streams[who] <= 0 {
+		delete(p.streams, who)
 	}
 }
 

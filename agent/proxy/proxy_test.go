@@ -617,11 +617,7 @@ func TestStalledH2BodyCut(t *testing.T) {
 		fmt.Fprint(w, len(b))
 	}), Options{IdleTimeout: time.Second})
 	h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Method: "POST", Path: "/public/.*"}}})
-	var protocols http.Protocols
-	protocols.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: &protocols, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return clientDialer().DialContext(ctx, "tcp", h.addr)
-	}}
+	tr := h.transport("HTTP/2")
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 15 * time.Second}
 	// A gRPC call's body waits four idle timeouts, no more: its content
@@ -665,5 +661,64 @@ func TestStalledH2BodyCut(t *testing.T) {
 		if err != nil || string(b) != "2" {
 			t.Errorf("%s, quiet for twice the idle timeout: %q, %v", tc.path, b, err)
 		}
+	}
+}
+
+// The attack: a pod holds HTTP/2 requests open (bodies never ended) on
+// its connections, 250 streams each, every one a handler, a transport
+// stream and a body buffer of up to 512 KiB in the proxy. Past its share
+// (MaxStreamsPerSource) over all its connections, its next request is
+// answered 503 at once; a finished one frees its place. Before
+// 2026-12-05 only connections were bounded.
+func TestStreamsPerSourceBounded(t *testing.T) {
+	arrived, release := make(chan struct{}, 8), make(chan struct{})
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/public/hold" {
+			arrived <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}), Options{MaxStreamsPerSource: 2})
+	tr := h.transport("HTTP/2")
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	get := func(path string) int {
+		t.Helper()
+		resp, err := c.Get(h.url(path))
+		if err != nil {
+			t.Errorf("GET %s: %v", path, err)
+			return 0
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	done := make(chan int, 2)
+	for range 2 {
+		go func() { done <- get("/public/hold") }()
+	}
+	for range 2 {
+		select {
+		case <-arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the held requests did not reach the server")
+		}
+	}
+	if code := get("/public/x"); code != http.StatusServiceUnavailable {
+		t.Errorf("a third request in flight of the source (share 2): %d, want 503", code)
+	}
+	var m dto.Metric
+	h.p.metrics.streamsRefused.Write(&m)
+	if m.GetCounter().GetValue() != 1 {
+		t.Errorf("refused streams counted %v, want 1", m.GetCounter().GetValue())
+	}
+	close(release)
+	for range 2 {
+		if code := <-done; code != http.StatusOK {
+			t.Errorf("a held request: %d, want 200", code)
+		}
+	}
+	if code := get("/public/x"); code != http.StatusOK {
+		t.Errorf("a request after the held ones ended: %d, want 200", code)
 	}
 }

@@ -147,6 +147,9 @@ type metrics struct {
 	// connsRefused counts the connections closed at accept because their
 	// source held MaxConnsPerSource.
 	connsRefused prometheus.Counter
+	// streamsRefused counts the HTTP/2 requests answered 503 because
+	// their source had MaxStreamsPerSource in flight.
+	streamsRefused prometheus.Counter
 
 	kafkaRequests *prometheus.CounterVec
 }
@@ -189,11 +192,15 @@ func newMetrics() *metrics {
 		Name: "filament_proxy_connections_refused_total",
 		Help: "Connections the L7 proxy closed at once because their source (address and identity) held the most it may.",
 	})
+	m.streamsRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "filament_proxy_http2_streams_refused_total",
+		Help: "HTTP/2 requests the L7 proxy answered 503 (gRPC: UNAVAILABLE) because their source (address and identity) had the most in flight it may.",
+	})
 	m.kafkaRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "filament_proxy_kafka_requests_total",
 		Help: "Kafka requests the L7 proxy handled, by verdict and API.",
 	}, []string{"verdict", "api"})
-	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.dnsUnsteered, m.connsRefused, m.kafkaRequests,
+	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.dnsUnsteered, m.connsRefused, m.streamsRefused, m.kafkaRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -32,7 +32,7 @@ type options struct {
 	originMap                                 string
 	dnsReject                                 string
 	dnsHold                                   time.Duration
-	maxConnsPerSource                         int
+	maxConnsPerSource, maxStreamsPerSource    int
 }
 
 func main() {
@@ -67,6 +67,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.dnsReject, "dns-reject", "refused", "the answer to a DNS query no rule allows: refused or nxdomain")
 	f.DurationVar(&o.dnsHold, "dns-hold", 2*time.Second, "longest an allowed DNS answer waits for the agent to put its addresses in the datapath")
 	f.IntVar(&o.maxConnsPerSource, "max-conns-per-source", proxy.DefaultMaxConnsPerSource, "connections one source (address and identity) may hold open through the proxy; more are closed at once")
+	f.IntVar(&o.maxStreamsPerSource, "max-streams-per-source", proxy.DefaultMaxStreamsPerSource, "HTTP/2 requests one source (address and identity) may have in flight through the proxy; more are answered 503 (gRPC: UNAVAILABLE)")
 	return cmd
 }
 
@@ -81,7 +82,7 @@ func run(o options) error {
 
 	popts := proxy.Options{
 		UpstreamMark: o.upstreamMark, ReadHeaderTimeout: o.readHeaderTimeout, IdleTimeout: o.idleTimeout, Logger: log,
-		DNSHold: o.dnsHold, MaxConnsPerSource: o.maxConnsPerSource,
+		DNSHold: o.dnsHold, MaxConnsPerSource: o.maxConnsPerSource, MaxStreamsPerSource: o.maxStreamsPerSource,
 	}
 	switch o.dnsReject {
 	case "refused":
