@@ -301,7 +301,9 @@ func (p *Proxy) store(c *compiled) {
 		if kafka && !slices.Equal(old.portPolicies(dc.src, dc.dst), c.portPolicies(dc.src, dc.dst)) {
 			p.log.Debug("L7 proxy: Kafka connection closed: its policy changed", "src", dc.src, "dst", dc.dst)
 			dc.Close()
+			continue
 		}
+		p.endRevoked(c, dc)
 	}
 }
 
@@ -604,6 +606,66 @@ type downConn struct {
 	http2  bool            // served by the HTTP/2 server
 	kafka  bool            // served as Kafka
 	closed bool
+	// live are the allowed HTTP requests in flight (a tunnel's upgrade
+	// request until the tunnel ends), each with what ends it: judged
+	// again when a config is stored (endRevoked).
+	live map[*http.Request]func()
+}
+
+// holdLive notes r, an allowed request (not changed after this call),
+// in flight until release; end ends it should a later config deny it.
+func (c *downConn) holdLive(r *http.Request, end func()) (release func()) {
+	c.mu.Lock()
+	if c.live == nil {
+		c.live = map[*http.Request]func(){}
+	}
+	c.live[r] = end
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		delete(c.live, r)
+		c.mu.Unlock()
+	}
+}
+
+// endRevoked ends the requests in flight on dc that cfg's L7 policy for
+// their flow now denies: an allow lasts as long as the policy that gave
+// it, as the datapath ends an L4 flow a change denies. A flow with no L7
+// policy left is the datapath's to judge (an L4 allow, or none). Until
+// 2026-12-05 only Kafka connections were closed on a change, and a
+// tunnel (WebSocket) or a streamed response allowed under a rule since
+// removed ran on (TestRevokedPolicyEndsRequestsInFlight).
+func (p *Proxy) endRevoked(cfg *compiled, dc *downConn) {
+	dc.mu.Lock()
+	if len(dc.live) == 0 {
+		dc.mu.Unlock()
+		return
+	}
+	type held struct {
+		r   *http.Request
+		end func()
+	}
+	live := make([]held, 0, len(dc.live))
+	for r, end := range dc.live {
+		live = append(live, held{r, end})
+	}
+	dc.mu.Unlock()
+	sides := cfg.sides(dc.src, dc.dst, dc.srcIdentity(cfg))
+	if len(sides) == 0 {
+		return
+	}
+	for _, h := range live {
+		r := h.r.Clone(context.Background()) // the side's actions change it
+		for _, sd := range sides {
+			ok, acts := sd.allow(r)
+			if !ok {
+				p.log.Debug("L7 proxy: request in flight ended: the policy no longer allows it", "src", dc.src, "dst", dc.dst, "method", r.Method, "path", requestPath(r), "direction", sd.direction)
+				h.end()
+				break
+			}
+			Apply(r, acts)
+		}
+	}
 }
 
 // srcIdentity is the identity of the connection's source: the datapath's
@@ -892,7 +954,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s := &reqState{conn: dc, held: held}
 	defer s.headDone()
-	out := r.WithContext(context.WithValue(r.Context(), stateKey{}, s))
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer dc.holdLive(r, cancel)() // a later config may deny it: the stream is reset
+	out := r.WithContext(context.WithValue(ctx, stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
 	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 {
 		idle := p.opts.IdleTimeout

@@ -1,0 +1,109 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// A request's allow lasts as long as the policy that gave it: when a new
+// config denies a request still in flight (an upgraded connection's
+// tunnel, a streamed response), its connection (HTTP/1.x) or stream
+// (HTTP/2) is ended, as the datapath ends an L4 flow a change denies. A
+// change that still allows it leaves it alone. Found 2026-12-05 by
+// reading the proxy: only Kafka connections were closed on a change, and
+// a WebSocket allowed under a rule since removed ran on.
+func TestRevokedPolicyEndsRequestsInFlight(t *testing.T) {
+	still := []HTTPRule{{Method: "GET", Path: "/public/.*"}, {Method: "GET", Path: "/other"}}
+	revoked := []HTTPRule{{Method: "GET", Path: "/other"}}
+
+	t.Run("tunnel", func(t *testing.T) {
+		h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			for {
+				line, err := brw.ReadString('\n')
+				if err != nil {
+					return
+				}
+				io.WriteString(conn, "echo "+line)
+			}
+		}), Options{})
+		c := h.dial()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET /public/ws HTTP/1.1\r\nHost: pods\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		br := bufio.NewReader(c)
+		if resp, err := http.ReadResponse(br, &http.Request{Method: "GET"}); err != nil || resp.StatusCode != 101 {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		echo := func() bool {
+			if _, err := io.WriteString(c, "ping\n"); err != nil {
+				return false
+			}
+			line, err := br.ReadString('\n')
+			return err == nil && line == "echo ping\n"
+		}
+		if !echo() {
+			t.Fatal("the tunnel does not carry bytes")
+		}
+		h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: still})
+		if !echo() {
+			t.Fatal("a change that still allows the upgrade ended its tunnel")
+		}
+		h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: revoked})
+		if echo() {
+			t.Error("the tunnel goes on after its rule was removed")
+		}
+	})
+
+	t.Run("HTTP/2 stream", func(t *testing.T) {
+		h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rc := http.NewResponseController(w)
+			for {
+				if _, err := io.WriteString(w, "tick\n"); err != nil {
+					return
+				}
+				rc.Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}), Options{})
+		tr := h.transport("HTTP/2")
+		defer tr.CloseIdleConnections()
+		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		resp, err := c.Get(h.url("/public/events"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		br := bufio.NewReader(resp.Body)
+		ticks := func(n int) bool {
+			for range n {
+				if line, err := br.ReadString('\n'); err != nil || line != "tick\n" {
+					return false
+				}
+			}
+			return true
+		}
+		if !ticks(2) {
+			t.Fatal("the stream does not carry its response")
+		}
+		h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: still})
+		if !ticks(10) {
+			t.Fatal("a change that still allows the request ended its stream")
+		}
+		h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: revoked})
+		if ticks(100) { // 5 s of ticks
+			t.Error("the stream goes on after its rule was removed")
+		}
+	})
+}
