@@ -14,26 +14,51 @@ const MaxNamespaceSlots = 65536
 // 16 bits in the datapath.
 const MaxBackends = 65535
 
-// slots is how many lb_slots entries s holds on a node of nodeIPs.
-func slots(s *Service, nodeIPs int) int {
+// MaxNamespaceFrontends bounds the frontends (lb_services entries, 65,536
+// per node, shared by every service of the node: a port's ClusterIP, and
+// its NodePort on each of the node's addresses) one namespace's services
+// of this cluster hold on a node, backends or none: a quarter of the map.
+const MaxNamespaceFrontends = 16384
+
+// MaxNamespaceMaglev bounds the frontends of Maglev services (each a
+// Maglev table in lb_maglev, 1,024 per node) one namespace's services
+// hold on a node: a quarter of the map.
+const MaxNamespaceMaglev = 256
+
+// usage is what a namespace's services hold of a node's load-balancer
+// maps: lb_slots entries, lb_services entries and Maglev tables.
+type usage struct{ slots, frontends, maglev int }
+
+func (u usage) add(v usage, sign int) usage {
+	return usage{u.slots + sign*v.slots, u.frontends + sign*v.frontends, u.maglev + sign*v.maglev}
+}
+
+// use is what s holds on a node of nodeIPs addresses whose default
+// algorithm is alg.
+func use(s *Service, nodeIPs int, alg string) usage {
 	per := len(s.Backends)
 	if o, err := s.options(); err == nil && o.Failover == FailoverGraded {
 		per = max(per, GradedSlots)
 	}
-	n := 0
+	fe := 0
 	for _, p := range s.Spec.Ports {
 		if s.Spec.ClusterIP != "" {
-			n += per
+			fe++
 		}
 		if p.NodePort != 0 {
-			n += per * nodeIPs
+			fe += nodeIPs
 		}
 	}
-	return n
+	u := usage{slots: per * fe, frontends: fe}
+	if s.Algorithm(alg) == "maglev" {
+		u.maglev = fe
+	}
+	return u
 }
 
 // checkBudget refuses s when its namespace's services, s instead of its
-// earlier version, would hold more than MaxNamespaceSlots.
+// earlier version, would hold more than MaxNamespaceSlots,
+// MaxNamespaceFrontends or MaxNamespaceMaglev.
 func (m *Manager) checkBudget(s *Service) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -45,15 +70,25 @@ func (m *Manager) checkBudget(s *Service) error {
 // service it reads with it too.
 func (m *Manager) budgetLocked(key string, s *Service) error {
 	ns := s.Metadata.Namespace
-	nodeIPs := len(m.cfg.NodeIPs)
-	need := slots(s, nodeIPs)
-	use := m.nsSlots[ns]
+	need := m.use(s)
+	have := m.nsUse[ns]
 	if old, ok := m.local[key]; ok {
-		use -= slots(old, nodeIPs)
+		have = have.add(m.use(old), -1)
 	}
-	if use+need > MaxNamespaceSlots {
+	all := have.add(need, 1)
+	switch {
+	case all.slots > MaxNamespaceSlots:
 		return invalid("namespace %q: its services would hold %d load-balancer slots on each node (this one %d), at most %d",
-			ns, use+need, need, MaxNamespaceSlots)
+			ns, all.slots, need.slots, MaxNamespaceSlots)
+	case all.frontends > MaxNamespaceFrontends:
+		return invalid("namespace %q: its services would hold %d frontends on each node (this one %d), at most %d",
+			ns, all.frontends, need.frontends, MaxNamespaceFrontends)
+	case all.maglev > MaxNamespaceMaglev:
+		return invalid("namespace %q: its services would hold %d Maglev frontends on each node (this one %d), at most %d",
+			ns, all.maglev, need.maglev, MaxNamespaceMaglev)
 	}
 	return nil
 }
+
+// use is what s holds on this node.
+func (m *Manager) use(s *Service) usage { return use(s, len(m.cfg.NodeIPs), m.cfg.Algorithm) }

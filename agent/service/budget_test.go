@@ -107,9 +107,54 @@ func TestNamespaceServiceBudgetOfStoredServices(t *testing.T) {
 		t.Error("the namespace's earlier service went")
 	}
 	m.mu.Lock()
-	use := m.nsSlots["tenant"]
+	use := m.nsUse["tenant"].slots
 	m.mu.Unlock()
 	if use != 40000 {
 		t.Errorf("tenant holds %d slots, want 40000 (a's)", use)
 	}
+}
+
+// A frontend holds an lb_services entry (65,536 per node, shared by every
+// service of the node) whatever its backends, and a Maglev frontend a
+// Maglev table (lb_maglev, 1,024 per node): a namespace's services hold at
+// most MaxNamespaceFrontends and MaxNamespaceMaglev of them. Found
+// 2026-12-05 by reading the service manager: the budget counted only
+// slots (one per backend per frontend), so a tenant's Services with many
+// ports and no backends, or ~1,024 one-backend Maglev frontends, filled
+// the node's maps and every other namespace's new frontends failed.
+func TestNamespaceFrontendBudget(t *testing.T) {
+	ctx := context.Background()
+	m, _ := newManager(t, "random")
+	if err := m.Upsert(ctx, manyBackends("tenant", "a", "10.96.2.1", 10000, 0, false)); err != nil {
+		t.Fatal(err)
+	}
+	err := m.Upsert(ctx, manyBackends("tenant", "b", "10.96.2.2", 10000, 0, false))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), `"tenant"`) || !strings.Contains(fmt.Sprint(err), "frontends") {
+		t.Fatalf("a namespace's services over its frontends: %v", err)
+	}
+	if err := m.Upsert(ctx, manyBackends("other", "c", "10.96.2.3", 10000, 0, false)); err != nil {
+		t.Errorf("another namespace's service refused: %v", err)
+	}
+	// NodePort frontends count on each of the node's addresses (2).
+	if err := m.Upsert(ctx, manyBackends("np", "d", "10.96.2.4", 6000, 0, true)); err == nil {
+		t.Error("a NodePort service of 6,000 ports (18,000 frontends) was stored")
+	}
+
+	mg, _ := newManager(t, "maglev")
+	if err := mg.Upsert(ctx, manyBackends("tenant", "a", "10.96.3.1", 200, 1, false)); err != nil {
+		t.Fatal(err)
+	}
+	err = mg.Upsert(ctx, manyBackends("tenant", "b", "10.96.3.2", 100, 1, false))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), "Maglev") {
+		t.Fatalf("a namespace's Maglev frontends over its share: %v", err)
+	}
+	// A service of the random algorithm holds no Maglev table.
+	if err := mg.Upsert(ctx, withAlgorithm(manyBackends("tenant", "c", "10.96.3.3", 100, 1, false), "random")); err != nil {
+		t.Errorf("a random-algorithm service refused for Maglev tables: %v", err)
+	}
+}
+
+func withAlgorithm(s *Service, alg string) *Service {
+	s.Spec.LoadBalancerAlgorithm = alg
+	return s
 }

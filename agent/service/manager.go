@@ -89,7 +89,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	local   map[string]*Service
-	nsSlots map[string]int                 // namespace -> the lb_slots its local services hold (checkBudget)
+	nsUse   map[string]usage               // namespace -> what its local services hold of the LB maps (checkBudget)
 	remote  map[string]map[string]*Service // key -> cluster -> service
 	dead    map[string]bool                // cluster/node
 	applied map[string][]datapath.Frontend
@@ -214,7 +214,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := ValidAlgorithm(cfg.Algorithm); err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, local: map[string]*Service{}, nsSlots: map[string]int{}, remote: map[string]map[string]*Service{},
+	m := &Manager{cfg: cfg, local: map[string]*Service{}, nsUse: map[string]usage{}, remote: map[string]map[string]*Service{},
 		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, holders: map[datapath.Frontend]map[string]bool{}, status: map[string]Status{}, owners: map[string]map[string]bool{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
@@ -310,8 +310,8 @@ func (m *Manager) setLocal(key string, s *Service) {
 func (m *Manager) setLocalLocked(key string, s *Service) {
 	if old, ok := m.local[key]; ok {
 		ns := old.Metadata.Namespace
-		if m.nsSlots[ns] -= slots(old, len(m.cfg.NodeIPs)); m.nsSlots[ns] <= 0 {
-			delete(m.nsSlots, ns)
+		if m.nsUse[ns] = m.nsUse[ns].add(m.use(old), -1); m.nsUse[ns] == (usage{}) {
+			delete(m.nsUse, ns)
 		}
 		for _, c := range claims(old) {
 			delete(m.owners[c], key)
@@ -333,7 +333,7 @@ func (m *Manager) setLocalLocked(key string, s *Service) {
 			s.Backends[i].Cluster = m.cfg.Cluster
 		}
 		m.local[key] = s
-		m.nsSlots[s.Metadata.Namespace] += slots(s, len(m.cfg.NodeIPs))
+		m.nsUse[s.Metadata.Namespace] = m.nsUse[s.Metadata.Namespace].add(m.use(s), 1)
 	}
 	m.apply(key)
 }
