@@ -330,7 +330,8 @@ type groupKey struct {
 
 type endpointState struct {
 	info                            EndpointInfo
-	rules                           []*compiledRule // selecting rules, in order
+	rules                           []*compiledRule            // selecting rules, in order
+	requires                        [2][]*api.EndpointSelector // requiresOf(rules): what every allowed peer must match, by direction
 	ingressEnforced, egressEnforced bool
 	groups                          map[groupKey]map[L4]MapValue
 }
@@ -767,6 +768,9 @@ func (r *Resolver) fqdnAllows(s *section, ep uint16, id identity.NumericIdentity
 	if k == nil || !s.peers.satisfiesRequires(k) {
 		return false
 	}
+	if e := r.endpoints[ep]; e != nil && !satisfies(e.allowRequires(s), k) {
+		return false
+	}
 	for _, key := range s.fqdnKeys {
 		if _, ok := slices.BinarySearch(r.fqdnLearned[key][k.prefix], ep); ok {
 			return true
@@ -777,16 +781,17 @@ func (r *Resolver) fqdnAllows(s *section, ep uint16, id identity.NumericIdentity
 
 // addFQDNSection adds section s to the groups of the CIDR identities its
 // toFQDNs select for endpoint ep (fqdnAllows).
-func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *section, ep uint16) {
+func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *section, ep *endpointState) {
 	if s.peers.any || s.peers.every {
 		return
 	}
+	reqs := ep.allowRequires(s)
 	for _, key := range s.fqdnKeys {
 		for p, eps := range r.fqdnLearned[key] {
-			if _, ok := slices.BinarySearch(eps, ep); !ok {
+			if _, ok := slices.BinarySearch(eps, ep.info.ID); !ok {
 				continue
 			}
-			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) {
+			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) && satisfies(reqs, r.identities[id]) {
 				addSection(groups, groupKey{s.dir, id}, s)
 			}
 		}
@@ -1294,10 +1299,21 @@ func (r *Resolver) enforcement(rules []*compiledRule) (in, eg bool) {
 	return in, eg
 }
 
+// allowRequires are the requirements every peer of section s must match
+// for ep: its direction's, for an allow; none for a deny (a requirement
+// narrows what is allowed, never what is denied).
+func (ep *endpointState) allowRequires(s *section) []*api.EndpointSelector {
+	if s.deny {
+		return nil
+	}
+	return ep.requires[s.dir]
+}
+
 // recomputeEndpoint recomputes everything of ep and records the difference.
 func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 	r.endpointRecomputes++
 	ep.rules = r.selectingRules(ep.info.Labels)
+	ep.requires = requiresOf(ep.rules)
 	in, eg := r.enforcement(ep.rules)
 	if in != ep.ingressEnforced || eg != ep.egressEnforced {
 		ch.enforcement(ep.info.ID, in, eg)
@@ -1308,13 +1324,23 @@ func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 	if r.mode != ModeNever {
 		for _, cr := range ep.rules {
 			for _, s := range cr.sections {
-				if s.peers.any {
+				reqs := ep.allowRequires(s)
+				if s.peers.any && len(reqs) == 0 {
 					addSection(groups, groupKey{s.dir, 0}, s)
+				} else if s.peers.any {
+					// Every peer the requirements let through, one by one.
+					for id, k := range r.identities {
+						if satisfies(reqs, k) {
+							addSection(groups, groupKey{s.dir, id}, s)
+						}
+					}
 				}
 				for id := range r.peersOf(s) {
-					addSection(groups, groupKey{s.dir, id}, s)
+					if satisfies(reqs, r.identities[id]) {
+						addSection(groups, groupKey{s.dir, id}, s)
+					}
 				}
-				r.addFQDNSection(groups, s, ep.info.ID)
+				r.addFQDNSection(groups, s, ep)
 			}
 		}
 		for _, g := range groups {
@@ -1349,7 +1375,15 @@ func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id ide
 					if s.dir != dir {
 						continue
 					}
-					if _, ok := r.peersOf(s)[id]; ok || r.fqdnAllows(s, ep.info.ID, id) {
+					reqs := ep.allowRequires(s)
+					_, ok := r.peersOf(s)[id]
+					if ok && !satisfies(reqs, r.identities[id]) {
+						ok = false
+					}
+					if !ok && s.peers.any && len(reqs) > 0 {
+						ok = satisfies(reqs, r.identities[id])
+					}
+					if ok || r.fqdnAllows(s, ep.info.ID, id) {
 						if g == nil {
 							g = map[L4]MapValue{}
 						}
@@ -1515,6 +1549,41 @@ type compiledRule struct {
 	selector                              *api.EndpointSelector // nil: selects no endpoint
 	ingressDefaultDeny, egressDefaultDeny bool
 	sections                              []*section
+	// requires are the rule's fromRequires (Ingress) and toRequires
+	// (Egress), of its allow and deny sections: they constrain every
+	// allow of the endpoints the rule selects, in that direction, whatever
+	// rule the allow is in (requiresOf).
+	requires [2][]*api.EndpointSelector
+}
+
+// requiresOf gathers the requirements of rules (an endpoint's selecting
+// rules), by direction. Until 2026-12-05 a requirement constrained only
+// the peers of its own section, so a policy requiring env=prod of every
+// peer did not narrow another policy's allow (TestRequiresApplyAcrossRules).
+func requiresOf(rules []*compiledRule) (out [2][]*api.EndpointSelector) {
+	for _, cr := range rules {
+		for d := range out {
+			out[d] = append(out[d], cr.requires[d]...)
+		}
+	}
+	return out
+}
+
+// satisfies reports whether identity k (nil: none) matches every
+// requirement of reqs (none: any k).
+func satisfies(reqs []*api.EndpointSelector, k *knownIdentity) bool {
+	if len(reqs) == 0 {
+		return true
+	}
+	if k == nil {
+		return false
+	}
+	for _, req := range reqs {
+		if !req.Matches(k.labels) {
+			return false
+		}
+	}
+	return true
 }
 
 func (cr *compiledRule) selects(ls labels.Labels) bool {
@@ -1718,6 +1787,9 @@ func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnLearn
 		}{{"ingress", false, rule.Ingress}, {"ingressDeny", true, rule.IngressDeny}} {
 			for j := range sec.rs {
 				in := &sec.rs[j]
+				for k := range in.FromRequires {
+					cr.requires[Ingress] = append(cr.requires[Ingress], &in.FromRequires[k])
+				}
 				s := c.section(Ingress, sec.name, j, sec.deny, peerFields{
 					endpoints: in.FromEndpoints, requires: in.FromRequires, cidr: in.FromCIDR,
 					cidrSet: in.FromCIDRSet, entities: in.FromEntities, groups: in.FromGroups, nodes: in.FromNodes,
@@ -1734,6 +1806,9 @@ func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnLearn
 		}{{"egress", false, rule.Egress}, {"egressDeny", true, rule.EgressDeny}} {
 			for j := range sec.rs {
 				out := &sec.rs[j]
+				for k := range out.ToRequires {
+					cr.requires[Egress] = append(cr.requires[Egress], &out.ToRequires[k])
+				}
 				s := c.section(Egress, sec.name, j, sec.deny, peerFields{
 					endpoints: out.ToEndpoints, requires: out.ToRequires, cidr: out.ToCIDR,
 					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: out.ToGroups, nodes: out.ToNodes,

@@ -129,15 +129,23 @@ func (r *Resolver) traceSide(ep labels.Labels, dir Direction, peer *knownIdentit
 		enforced = in
 	}
 	peerGroup, anyGroup := map[L4]MapValue{}, map[L4]MapValue{}
+	reqs := requiresOf(rules)[dir]
 	for _, cr := range rules {
 		for _, s := range cr.sections {
 			if s.dir != dir {
 				continue
 			}
-			if s.peers.any {
+			// As the resolver: an allow's peers must meet every rule's
+			// requirements; an any-peer allow under requirements is the
+			// peer's own entry.
+			ok := s.deny || satisfies(reqs, peer)
+			switch {
+			case s.peers.any && (s.deny || len(reqs) == 0):
 				addSection1(anyGroup, s)
+			case s.peers.any && ok:
+				addSection1(peerGroup, s)
 			}
-			if s.peers.matches(peer) {
+			if ok && s.peers.matches(peer) {
 				addSection1(peerGroup, s)
 			}
 		}

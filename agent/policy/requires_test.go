@@ -1,0 +1,94 @@
+package policy
+
+import (
+	"testing"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/policy/api"
+)
+
+// fromRequires and toRequires of any rule selecting an endpoint constrain
+// every allow of that endpoint in that direction, whatever rule the allow
+// is in (Cilium: requirements "stay in effect no matter what would
+// otherwise be allowed by the other rules"); deny rules are not narrowed.
+// Found 2026-12-05 by reading the resolver: a requirement applied only
+// to its own section, so Cilium's documented pair (one policy requiring
+// env=prod, another allowing role=frontend) let env=dev frontends in.
+// The datapath's entries (dpVerdict), the incremental path (an identity
+// learned after the policies) and policy trace agree.
+func TestRequiresApplyAcrossRules(t *testing.T) {
+	var (
+		feProd = cid(1) // role=frontend env=prod
+		feDev  = cid(2) // role=frontend env=dev
+		beProd = cid(3) // role=backend env=prod
+		late   = cid(4) // role=frontend env=dev, learned last
+	)
+	w := rsWorld{
+		identities: []identity.Identity{
+			{ID: feProd, Labels: rsLabels(t, "k8s:role=frontend,k8s:env=prod")},
+			{ID: feDev, Labels: rsLabels(t, "k8s:role=frontend,k8s:env=dev")},
+			{ID: beProd, Labels: rsLabels(t, "k8s:role=backend,k8s:env=prod")},
+		},
+		endpoints: []EndpointInfo{{ID: 7, Identity: beProd, Labels: rsLabels(t, "k8s:role=backend,k8s:env=prod")}},
+	}
+	ps := []api.Policy{
+		rsPol("require-prod", api.Rule{EndpointSelector: rsSel("role=backend"),
+			Ingress: []api.IngressRule{{FromRequires: rsSels("env=prod")}},
+			Egress:  []api.EgressRule{{ToRequires: rsSels("env=prod")}}}),
+		rsPol("allow-frontend", api.Rule{EndpointSelector: rsSel("role=backend"),
+			Ingress: []api.IngressRule{{FromEndpoints: rsSels("role=frontend"), ToPorts: rsPorts(api.ProtoTCP, "80")}},
+			Egress:  []api.EgressRule{{ToEndpoints: rsSels("role=frontend"), ToPorts: rsPorts(api.ProtoTCP, "80")}}}),
+		rsPol("any-on-81", api.Rule{EndpointSelector: rsSel("role=backend"),
+			Ingress: []api.IngressRule{{ToPorts: rsPorts(api.ProtoTCP, "81")}}}),
+		rsPol("deny-dev-82", api.Rule{EndpointSelector: rsSel("role=backend"),
+			Ingress:     []api.IngressRule{{FromEntities: []api.Entity{api.EntityAll}, ToPorts: rsPorts(api.ProtoTCP, "82")}},
+			IngressDeny: []api.IngressRule{{FromEndpoints: rsSels("env=dev"), ToPorts: rsPorts(api.ProtoTCP, "82")}}}),
+	}
+	r := w.build(ModeDefault, ps)
+	r.UpsertIdentity(identity.Identity{ID: late, Labels: rsLabels(t, "k8s:role=frontend,k8s:env=dev")})
+	p := mustEP(t, r, 7)
+	for _, c := range []struct {
+		name string
+		dir  Direction
+		peer identity.NumericIdentity
+		port uint16
+		want bool
+	}{
+		{"ingress from a prod frontend", Ingress, feProd, 80, true},
+		{"ingress from a dev frontend", Ingress, feDev, 80, false},
+		{"ingress from a dev frontend learned later", Ingress, late, 80, false},
+		{"egress to a prod frontend", Egress, feProd, 80, true},
+		{"egress to a dev frontend", Egress, feDev, 80, false},
+		{"any peer on 81: prod", Ingress, beProd, 81, true},
+		{"any peer on 81: dev", Ingress, feDev, 81, false},
+		{"any peer on 81: dev, learned later", Ingress, late, 81, false},
+		{"any peer on 81: the world", Ingress, identity.World, 81, false},
+		{"deny of dev on 82 stands", Ingress, feDev, 82, false},
+		{"all on 82: prod", Ingress, feProd, 82, true},
+	} {
+		if got, _ := dpVerdict(p, c.dir, c.peer, 6, c.port); got != c.want {
+			t.Errorf("%s: allowed %v, want %v", c.name, got, c.want)
+		}
+	}
+	// A fresh resolver built with the late identity from the start has
+	// the same entries.
+	w.identities = append(w.identities, identity.Identity{ID: late, Labels: rsLabels(t, "k8s:role=frontend,k8s:env=dev")})
+	if diff := sameState(w.build(ModeDefault, ps), r); diff != "" {
+		t.Errorf("incremental and fresh differ: %s", diff)
+	}
+	// Policy trace says the same.
+	for _, c := range []struct {
+		src  string
+		port uint16
+		want string
+	}{
+		{"role=frontend,env=prod", 80, VerdictAllowed},
+		{"role=frontend,env=dev", 80, VerdictDenied},
+		{"role=frontend,env=dev", 81, VerdictDenied},
+		{"role=db,env=prod", 81, VerdictAllowed},
+	} {
+		if got := r.Trace(rsLabels(t, c.src), rsLabels(t, "role=backend,env=prod"), 6, c.port); got.Verdict != c.want {
+			t.Errorf("trace %s -> backend:%d = %v (%s), want %v", c.src, c.port, got.Verdict, got.Reason, c.want)
+		}
+	}
+}
