@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -87,6 +88,10 @@ type lb struct {
 // ErrMaglevSize: a Maglev table does not match the loaded table size.
 var ErrMaglevSize = errors.New("maglev table size mismatch")
 
+// ErrTooManyBackends: a frontend has more backends than the datapath's
+// 16-bit count holds.
+var ErrTooManyBackends = errors.New("too many backends")
+
 func (d *Datapath) lbInit() error {
 	d.lb = lb{services: map[Frontend]*lbState{}, nextSvc: 1, backendIDs: map[netip.AddrPort]uint32{}, nextBE: 1}
 	// Keep the IDs of frontends written by an earlier agent so their
@@ -131,6 +136,10 @@ func (d *Datapath) backendID(ap netip.AddrPort) uint32 {
 func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 	if s.Algorithm == AlgMaglev && len(s.Backends) > 0 && uint32(len(s.Maglev)) != d.maglevSize {
 		return fmt.Errorf("%w: %s has %d slots, the datapath %d", ErrMaglevSize, fe, len(s.Maglev), d.maglevSize)
+	}
+	if len(s.Backends) > math.MaxUint16 {
+		// The count is 16 bits: more would wrap (service.Select bounds them).
+		return fmt.Errorf("%w: %s has %d backends, at most %d", ErrTooManyBackends, fe, len(s.Backends), math.MaxUint16)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

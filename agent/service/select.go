@@ -2,6 +2,7 @@ package service
 
 import (
 	"net/netip"
+	"slices"
 )
 
 // BackendView is one backend of one frontend as the agent sees it.
@@ -77,6 +78,23 @@ func Select(local *Service, remotes map[string]*Service, localCluster string, fe
 		}
 	}
 	sortBackends(out)
+	if len(out) > MaxBackends {
+		// The datapath counts a frontend's backends in 16 bits: the local
+		// cluster's stay (Validate bounds them), then remote clusters' in
+		// order, the rest are left out (until 2026-12-05 the count
+		// wrapped, TestSelectBoundedByMaxBackends).
+		kept := slices.DeleteFunc(slices.Clone(out), func(v BackendView) bool { return v.Cluster != localCluster })
+		for _, v := range out {
+			if len(kept) == MaxBackends {
+				break
+			}
+			if v.Cluster != localCluster {
+				kept = append(kept, v)
+			}
+		}
+		out = kept
+		sortBackends(out)
+	}
 	var localUsable, remoteUsable int
 	for _, v := range out {
 		if usable(v) {

@@ -468,3 +468,31 @@ func TestPreferred(t *testing.T) {
 		t.Errorf("Preferred(nil) = %v, want nil", got)
 	}
 }
+
+// A frontend's backends are at most MaxBackends (the datapath's count is
+// 16 bits): the local cluster's first, then remote clusters' in order of
+// cluster and address, the rest left out. Found 2026-12-05 by reading the
+// datapath writer: a remote cluster's global service of 65,535 backends
+// beside one local backend made a count of 0, and the frontend lost its
+// local backend too.
+func TestSelectBoundedByMaxBackends(t *testing.T) {
+	local := mkSvc(t, annGlobal, httpPort, be("10.0.1.1", "n1", ""))
+	var many []Backend
+	base := netip.MustParseAddr("10.2.0.1")
+	for range MaxBackends {
+		many = append(many, Backend{IP: base.String(), Node: "m1"})
+		base = base.Next()
+	}
+	remote := mkSvc(t, annGlobal, httpPort, many...)
+	fe := local.Frontends(nil)[0]
+	got := Select(local, map[string]*Service{"c2": remote}, "c1", fe, nil)
+	if len(got) != MaxBackends {
+		t.Fatalf("%d backends, want %d", len(got), MaxBackends)
+	}
+	if got[0].Cluster != "c1" || got[0].Addr.Addr() != netip.MustParseAddr("10.0.1.1") {
+		t.Errorf("the local backend was left out: first is %v", got[0])
+	}
+	if last := got[len(got)-1]; last.Addr.Addr() != netip.MustParseAddr("10.2.255.254") {
+		t.Errorf("the remote backends kept are not the first by address: last %v", last)
+	}
+}
