@@ -78,7 +78,7 @@ func parseNetworkPolicy(label string, obj map[string]any, src []byte) ([]Policy,
 		return nil, v.err()
 	}
 	return finish(Policy{Kind: KindNetworkPolicy, Namespace: m.Namespace, Name: m.Name, Labels: m.Labels,
-		Annotations: m.Annotations, Rules: []Rule{doc.Spec.toRule()}, Source: string(src)})
+		Annotations: m.Annotations, Rules: []Rule{doc.Spec.toRule(m.Namespace)}, Source: string(src)})
 }
 
 // directions returns the policy types, defaulted like Kubernetes does.
@@ -180,8 +180,8 @@ func (v *validator) k8sPort(p fieldPath, port k8sPort) {
 	}
 }
 
-// toRule converts a validated spec.
-func (s *k8sSpec) toRule() Rule {
+// toRule converts a validated spec of a policy of namespace ns.
+func (s *k8sSpec) toRule(ns string) Rule {
 	ingress, egress := s.directions()
 	sel := prefixed(&s.PodSelector, labels.SourceK8s+":")
 	r := Rule{
@@ -190,7 +190,7 @@ func (s *k8sSpec) toRule() Rule {
 	}
 	for _, k := range s.Ingress {
 		in := IngressRule{ToPorts: k8sPorts(k.Ports)}
-		in.FromEndpoints, in.FromCIDRSet = k8sPeers(k.From)
+		in.FromEndpoints, in.FromCIDRSet = k8sPeers(k.From, ns)
 		if len(k.From) == 0 {
 			in.FromEntities = []Entity{EntityAll}
 		}
@@ -198,7 +198,7 @@ func (s *k8sSpec) toRule() Rule {
 	}
 	for _, k := range s.Egress {
 		out := EgressRule{ToPorts: k8sPorts(k.Ports)}
-		out.ToEndpoints, out.ToCIDRSet = k8sPeers(k.To)
+		out.ToEndpoints, out.ToCIDRSet = k8sPeers(k.To, ns)
 		if len(k.To) == 0 {
 			out.ToEntities = []Entity{EntityAll}
 		}
@@ -207,7 +207,12 @@ func (s *k8sSpec) toRule() Rule {
 	return r
 }
 
-func k8sPeers(peers []k8sPeer) (sels []EndpointSelector, cidrs []CIDRRule) {
+// k8sPeers converts the peers of a policy of namespace ns. A podSelector
+// without a namespaceSelector selects pods of ns only, whatever keys it
+// names (as Cilium sets the namespace): until 2026-12-05 one naming the
+// namespace key counted as scoped by itself and could select other
+// namespaces' pods (TestNetworkPolicyPodSelectorStaysInItsNamespace).
+func k8sPeers(peers []k8sPeer, ns string) (sels []EndpointSelector, cidrs []CIDRRule) {
 	for _, p := range peers {
 		if p.IPBlock != nil {
 			cidrs = append(cidrs, CIDRRule{CIDR: p.IPBlock.CIDR, Except: slices.Clone(p.IPBlock.Except)})
@@ -216,6 +221,9 @@ func k8sPeers(peers []k8sPeer) (sels []EndpointSelector, cidrs []CIDRRule) {
 		var sel EndpointSelector
 		if p.PodSelector != nil {
 			sel = prefixed(p.PodSelector, labels.SourceK8s+":")
+			if p.NamespaceSelector == nil {
+				sel.restrictTo(ns)
+			}
 		}
 		if p.NamespaceSelector != nil {
 			ns := prefixed(p.NamespaceSelector, labels.SourceK8s+":"+namespaceLabelPrefix)

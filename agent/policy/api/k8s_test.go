@@ -177,3 +177,26 @@ func TestNetworkPolicyRejects(t *testing.T) {
 		})
 	}
 }
+
+// A peer with a podSelector and no namespaceSelector selects pods of the
+// policy's own namespace only, even when the podSelector names the
+// namespace key (Cilium sets it to the policy's namespace likewise).
+// Found 2026-12-05 by reading the parser: such a selector counted as
+// scoped by itself, so `matchExpressions: [{key:
+// io.kubernetes.pod.namespace, operator: Exists}]` selected every
+// namespace's pods, and `matchLabels: {io.kubernetes.pod.namespace:
+// kube-system}` kube-system's.
+func TestNetworkPolicyPodSelectorStaysInItsNamespace(t *testing.T) {
+	for _, peer := range []string{
+		"{podSelector: {matchExpressions: [{key: io.kubernetes.pod.namespace, operator: Exists}]}}",
+		"{podSelector: {matchLabels: {io.kubernetes.pod.namespace: kube-system}}}",
+	} {
+		p := parseOne(t, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: a}\n"+
+			"spec: {podSelector: {}, ingress: [{from: ["+peer+"]}], egress: [{to: ["+peer+"]}]}\n")
+		for _, sel := range []EndpointSelector{p.Rules[0].Ingress[0].FromEndpoints[0], p.Rules[0].Egress[0].ToEndpoints[0]} {
+			check(t, peer+" selects a pod of a", sel.Matches(mustLabels(t, "k8s:io.kubernetes.pod.namespace=a")), true)
+			check(t, peer+" selects a pod of kube-system", sel.Matches(mustLabels(t, "k8s:io.kubernetes.pod.namespace=kube-system")), false)
+			check(t, peer+" selects a pod of b", sel.Matches(mustLabels(t, "k8s:io.kubernetes.pod.namespace=b")), false)
+		}
+	}
+}
