@@ -34,6 +34,11 @@ func (v *validator) portRule(p fieldPath, pr *PortRule, deny bool) {
 		v.portProtocol(p.child("ports").index(i), pp)
 	}
 	if deny {
+		for i, pp := range pr.Ports {
+			if _, numeric := PortNumber(pp.Port); !numeric && pp.Port != "" {
+				v.addf(p.child("ports").index(i).child("port"), "named port %q in a deny rule: named ports are not resolved yet, so it would deny nothing", pp.Port)
+			}
+		}
 		if pr.Rules != nil {
 			v.addf(p.child("rules"), "L7 rules are not allowed in a deny rule")
 		}

@@ -198,9 +198,23 @@ func (v *validator) ingress(p fieldPath, r *IngressRule, deny bool) {
 	v.cidrs(p.child("fromCIDR"), r.FromCIDR)
 	v.cidrSets(p.child("fromCIDRSet"), r.FromCIDRSet)
 	v.entities(p.child("fromEntities"), r.FromEntities)
+	if deny {
+		v.denyEntities(p.child("fromEntities"), r.FromEntities)
+	}
 	v.groups(p.child("fromGroups"), r.FromGroups)
 	v.selectors(p.child("fromNodes"), r.FromNodes)
 	v.ports(p, r.ToPorts, r.ICMPs, deny)
+}
+
+// denyEntities refuses in a deny rule the entities that select nothing
+// yet: such a rule would deny nothing (fail open; until 2026-12-05 it was
+// imported with a warning). Named ports and toServices likewise.
+func (v *validator) denyEntities(p fieldPath, es []Entity) {
+	for i, e := range es {
+		if e == EntityKubeAPIServer {
+			v.addf(p.index(i), "%s in a deny rule: the entity selects nothing yet, so it would deny nothing", e)
+		}
+	}
 }
 
 func (v *validator) egress(p fieldPath, r *EgressRule, deny bool) {
@@ -209,6 +223,12 @@ func (v *validator) egress(p fieldPath, r *EgressRule, deny bool) {
 	v.cidrs(p.child("toCIDR"), r.ToCIDR)
 	v.cidrSets(p.child("toCIDRSet"), r.ToCIDRSet)
 	v.entities(p.child("toEntities"), r.ToEntities)
+	if deny {
+		v.denyEntities(p.child("toEntities"), r.ToEntities)
+		if len(r.ToServices) > 0 {
+			v.addf(p.child("toServices"), "not allowed in a deny rule (services are not resolved yet, so it would deny nothing)")
+		}
+	}
 	v.groups(p.child("toGroups"), r.ToGroups)
 	v.selectors(p.child("toNodes"), r.ToNodes)
 	for i, s := range r.ToServices {

@@ -95,6 +95,14 @@ func TestParseRejects(t *testing.T) {
 			[]string{`spec.ingressDeny[0].toPorts[0].rules: L7 rules are not allowed in a deny rule`}},
 		{"deny with toFQDNs", cnp(sel + "  egressDeny: [{toFQDNs: [{matchName: example.com}]}]\n"),
 			[]string{`spec.egressDeny[0].toFQDNs: not allowed in a deny rule`}},
+		// What selects nothing yet would deny nothing (fail open): refused in
+		// deny rules (until 2026-12-05 imported with a warning).
+		{"deny with a named port", cnp(sel + "  egressDeny: [{toPorts: [{ports: [{port: http}]}]}]\n"),
+			[]string{`spec.egressDeny[0].toPorts[0].ports[0].port: named port "http" in a deny rule: named ports are not resolved yet, so it would deny nothing`}},
+		{"deny with toServices", cnp(sel + "  egressDeny: [{toServices: [{k8sService: {serviceName: s, namespace: default}}]}]\n"),
+			[]string{`spec.egressDeny[0].toServices: not allowed in a deny rule (services are not resolved yet, so it would deny nothing)`}},
+		{"deny with kube-apiserver", cnp(sel + "  ingressDeny: [{fromEntities: [kube-apiserver]}]\n"),
+			[]string{`spec.ingressDeny[0].fromEntities[0]: kube-apiserver in a deny rule: the entity selects nothing yet, so it would deny nothing`}},
 		{"rule selects nothing", cnp("  ingress: [{fromEntities: [world]}]\n"),
 			[]string{`spec.endpointSelector: required`}},
 		{"both selectors", cnp(sel + "  nodeSelector: {}\n"),
