@@ -160,8 +160,18 @@ func (m *Manager) ownedRemotes(key string) map[string]*Service {
 	remotes := m.remote[key]
 	was := m.leftOut[key]
 	delete(m.leftOut, key)
-	if m.owns == nil || len(remotes) == 0 {
+	if m.owns == nil && m.cfg.ControlPlane == nil || len(remotes) == 0 {
 		return remotes
+	}
+	// A backend on a control-plane address (the kvstore's) is left out
+	// whoever claims it, as a local service's is refused (until
+	// 2026-12-05 remote backends were not checked,
+	// TestManagerRemoteBackendOnControlPlaneLeftOut).
+	ours := func(c string, ip netip.Addr) bool {
+		if m.cfg.ControlPlane != nil && m.cfg.ControlPlane(ip) != "" {
+			return false
+		}
+		return m.owns == nil || m.owns(c, ip)
 	}
 	var out map[string]*Service
 	now := map[string]bool{}
@@ -169,7 +179,7 @@ func (m *Manager) ownedRemotes(key string) map[string]*Service {
 		keep := r.Backends
 		for i, b := range r.Backends {
 			ip, err := netip.ParseAddr(b.IP)
-			if err == nil && m.owns(c, ip) {
+			if err == nil && ours(c, ip) {
 				if len(keep) < len(r.Backends) {
 					keep = append(keep, b)
 				}

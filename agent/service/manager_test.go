@@ -1321,3 +1321,32 @@ func TestManagerRemoteBackendsMustBeTheirClusters(t *testing.T) {
 	m.NodesChanged([]string{"c2"})
 	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 192.0.2.50:9090]")
 }
+
+// A remote cluster's backend on a control-plane address (the kvstore's)
+// is left out like one that is not the cluster's, even when the router
+// takes the address as that cluster's (a remote node record naming it).
+// Found 2026-12-05 by reading the service manager: only local services'
+// backends were checked, so a remote could send this cluster's NodePort
+// clients to its kvstore from a node's address.
+func TestManagerRemoteBackendOnControlPlaneLeftOut(t *testing.T) {
+	dp := newFakeDP()
+	kv := netip.MustParseAddr("192.0.2.99")
+	m, err := New(context.Background(), Config{Cluster: "c1", NodeIPs: []netip.Addr{node1}, Datapath: dp,
+		ControlPlane: func(a netip.Addr) string {
+			if a == kv {
+				return "the cluster's kvstore"
+			}
+			return ""
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetRemoteOwner(func(cluster string, ip netip.Addr) bool {
+		return cluster == "c2" && (netip.MustParsePrefix("10.2.1.0/24").Contains(ip) || ip == kv)
+	})
+	upsert(t, m, strings.Replace(globalYAML, "AFFINITY", "none", 1))
+	r := remoteSvc(t, `service.cilium.io/global: "true"`)
+	r.Backends = append(r.Backends, Backend{IP: kv.String(), Node: "m9"})
+	m.RemoteChanged("c2", r, false)
+	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+}
