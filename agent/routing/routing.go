@@ -85,6 +85,13 @@ type Router struct {
 	mode string
 	self string
 
+	// remoteNodeIPs are the remote clusters' node addresses written to
+	// the nodes map, at most maxRemoteNodes (MaxRemoteNodeEntries); past
+	// it a remote node is not written (logged once: remoteNodesFull).
+	remoteNodeIPs   map[netip.Addr]bool
+	maxRemoteNodes  int
+	remoteNodesFull bool
+
 	enc Encryption
 	// encSrc is the source of the node's own traffic through enc.
 	encSrc netip.Addr
@@ -265,7 +272,34 @@ func New(dp *datapath.Datapath, mode, self string) (*Router, error) {
 }
 
 func newRouter(dp Maps, mode, self string) *Router {
-	return &Router{dp: dp, mode: mode, self: self, nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{}}
+	return &Router{dp: dp, mode: mode, self: self, nodes: map[string]node.Node{}, down: map[string]bool{}, entries: map[netip.Addr]ipcache.Entry{},
+		remoteNodeIPs: map[netip.Addr]bool{}, maxRemoteNodes: MaxRemoteNodeEntries}
+}
+
+// MaxRemoteNodeEntries bounds the nodes map entries (65,536 per node)
+// remote clusters' nodes hold together: three quarters, so the rest stays
+// for this cluster's nodes whatever the remotes publish. Until 2026-12-05
+// the map held 16,384, exactly one remote's bound (clustermesh.MaxRemoteNodes):
+// one remote could fill it, and a new local node's tunnel traffic was
+// dropped (TestRemoteNodesLeaveRoomForLocalOnes).
+const MaxRemoteNodeEntries = 49152
+
+// writeNode writes n's address ip to the nodes map, unless n is a remote
+// cluster's and the remote nodes hold their bound.
+func (r *Router) writeNode(n node.Node, ip netip.Addr) {
+	if clusterOf(n.Name) != "" && !r.remoteNodeIPs[ip] {
+		if len(r.remoteNodeIPs) >= r.maxRemoteNodes {
+			if !r.remoteNodesFull {
+				r.remoteNodesFull = true
+				slog.Error("nodes map: remote clusters' nodes hold their share; a remote node is not written (its tunnelled traffic is dropped), logged once", "node", n.Name, "max", r.maxRemoteNodes)
+			}
+			return
+		}
+		r.remoteNodeIPs[ip] = true
+	}
+	if err := r.dp.UpsertNode(ip); err != nil {
+		slog.Error("nodes map", "node", n.Name, "err", err)
+	}
 }
 
 // SetHostSource makes addr (the node's underlay address) the source of
@@ -748,9 +782,7 @@ func (r *Router) learnNode(n node.Node) {
 	if !ip.IsValid() {
 		return
 	}
-	if err := r.dp.UpsertNode(ip); err != nil {
-		slog.Error("nodes map", "node", n.Name, "err", err)
-	}
+	r.writeNode(n, ip)
 	r.heldOf(n.Name, func(e ipcache.Entry) {
 		if r.entryOK(e) {
 			r.writeEntry(e)
@@ -821,6 +853,7 @@ func (r *Router) forgetNode(n node.Node, entries bool) {
 		}
 		if !shared(r.claims.addrs[ip]) {
 			r.dp.DeleteNode(ip)
+			delete(r.remoteNodeIPs, ip)
 			if r.enc != nil || r.xfrm != nil {
 				r.dp.DeleteEncryptPeer(ip)
 			}

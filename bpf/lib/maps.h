@@ -271,11 +271,14 @@ struct {
 	__type(value, struct node_config);
 } config SEC(".maps");
 
-// nodes: underlay addresses of the cluster's known nodes; encapsulated
-// traffic is accepted only from these.
+// nodes: underlay addresses of the known nodes (this cluster's and remote
+// clusters'); encapsulated traffic is accepted only from these. Remote
+// nodes hold at most three quarters (routing.MaxRemoteNodeEntries); until
+// 2026-12-05 the map held 16,384, fewer than a mesh of 255 clusters of 100
+// nodes has.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, __u32);
 } nodes SEC(".maps");
