@@ -26,6 +26,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/time/rate"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
@@ -35,8 +36,30 @@ import (
 	"github.com/filament-net/filament/clustermesh"
 )
 
-// MaxValue bounds a value the cache copies.
+// MaxValue bounds a value the cache copies (an ipcache value:
+// ipcache.MaxValueLen, as agents take).
 const MaxValue = 1 << 20
+
+// What one remote may put in this cluster's etcd (the cache's etcd is the
+// cluster's own kvstore: past its quota etcd refuses every write of the
+// cluster): at most maxRemoteBytes of values held, written at most at
+// writeRate bytes a second after a burst of writeBurst (an initial sync of
+// a remote of 100,000 endpoints is about 25 MiB). Until 2026-12-05 only
+// the number of keys and 1 MiB a value were bounded
+// (TestCacheHoldsBoundedBytes). Variables for tests.
+var (
+	maxRemoteBytes         = 512 << 20
+	writeRate      float64 = 1 << 20
+	writeBurst             = 256 << 20
+)
+
+// maxValue is the largest value the cache copies under prefix.
+func maxValue(name, prefix string) int {
+	if prefix == ipcache.Prefix+name+"/" {
+		return ipcache.MaxValueLen
+	}
+	return MaxValue
+}
 
 // Status is the cache's view of one remote (written as JSON to
 // clustermesh.CacheStatusKey; agents show it beside their own).
@@ -117,7 +140,7 @@ func Run(ctx context.Context, dir string, local *kvstore.Client, lease func() in
 			rctx, cancel := context.WithCancel(ctx)
 			r := &running{sum: f.Sum, cancel: cancel, done: make(chan struct{})}
 			remotes[name] = r
-			c := &remote{name: name, cfg: cfg, local: local, lease: lease}
+			c := &remote{name: name, cfg: cfg, local: local, lease: lease, rate: rate.NewLimiter(rate.Limit(writeRate), writeBurst)}
 			go func() {
 				defer close(r.done)
 				c.run(rctx)
@@ -211,6 +234,10 @@ type remote struct {
 	// for the rest).
 	written map[string][32]byte
 	held    map[string]int // keys in written, by prefix
+	sizes   map[string]int // the size of each value in written
+	bytes   int            // their sum (maxRemoteBytes)
+	// rate bounds how fast the remote's values are written (writeRate).
+	rate *rate.Limiter
 }
 
 // unchanged reports whether key already holds value in the cache.
@@ -228,7 +255,12 @@ func (r *remote) wrote(prefix, key string, value []byte) {
 	if r.written == nil {
 		r.written, r.held = map[string][32]byte{}, map[string]int{}
 	}
+	if r.sizes == nil {
+		r.sizes = map[string]int{}
+	}
 	_, had := r.written[key]
+	r.bytes -= r.sizes[key]
+	delete(r.sizes, key)
 	if value == nil {
 		if had {
 			delete(r.written, key)
@@ -239,7 +271,17 @@ func (r *remote) wrote(prefix, key string, value []byte) {
 			r.held[prefix]++
 		}
 		r.written[key] = sha256.Sum256(value)
+		r.sizes[key] = len(value)
+		r.bytes += len(value)
 	}
+}
+
+// overBudget says whether key holding n bytes instead of what it holds
+// would take the remote past maxRemoteBytes (it returns the bytes held).
+func (r *remote) overBudget(key string, n int) (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes, r.bytes-r.sizes[key]+n > maxRemoteBytes
 }
 
 // unknown records that key (under prefix) may hold anything: counted, and
@@ -416,7 +458,7 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 			if first {
 				seen[ev.Key] = true
 			}
-			if len(ev.Value) > MaxValue {
+			if len(ev.Value) > maxValue(r.name, prefix) {
 				r.update(ctx, func(s *Status) { s.Rejected++ })
 				slog.Warn("cluster mesh cache: value too large", "cluster", r.name, "key", ev.Key, "bytes", len(ev.Value))
 				err = r.local.Delete(wctx, r.key(ev.Key))
@@ -433,6 +475,16 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				// served stale.
 				err = r.local.Delete(wctx, r.key(ev.Key))
 				break
+			}
+			if n, over := r.overBudget(ev.Key, len(ev.Value)); over {
+				r.update(ctx, func(s *Status) { s.Rejected++ })
+				slog.Warn("cluster mesh cache: the remote holds as many bytes as it may", "cluster", r.name, "key", ev.Key, "held", n, "max", maxRemoteBytes)
+				err = r.local.Delete(wctx, r.key(ev.Key))
+				r.wrote(prefix, ev.Key, nil)
+				break
+			}
+			if r.rate.WaitN(ctx, min(len(ev.Value), r.rate.Burst())) != nil {
+				break // ctx ended
 			}
 			if err = r.local.Put(wctx, r.key(ev.Key), ev.Value, 0); err == nil {
 				r.wrote(prefix, ev.Key, ev.Value)

@@ -13,3 +13,11 @@ func SetLimit(prefix string, n int) func() {
 		}
 	}
 }
+
+// SetBudget sets the bytes one remote may hold in the cache and the rate
+// it may write them at (bytes a second, burst), until the returned func.
+func SetBudget(bytes int, perSecond float64, burst int) func() {
+	ob, or, obu := maxRemoteBytes, writeRate, writeBurst
+	maxRemoteBytes, writeRate, writeBurst = bytes, perSecond, burst
+	return func() { maxRemoteBytes, writeRate, writeBurst = ob, or, obu }
+}
