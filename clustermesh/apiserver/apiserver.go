@@ -22,8 +22,12 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/clustermesh/cache"
 )
@@ -167,7 +171,13 @@ func setupAuth(ctx context.Context, c *clientv3.Client) error {
 		// Agents: filament/ read-write but for the cache, read-only.
 		clustermesh.UserAgent: {{kvstore.Prefix, clustermesh.CachePrefix, rw}, {cacheEnd, clientv3.GetPrefixRangeEnd(kvstore.Prefix), rw},
 			prefix(clustermesh.CachePrefix, ro)},
-		clustermesh.UserRemote: {prefix(clustermesh.StatePrefix, ro), prefix(clustermesh.ClusterConfigPrefix, ro), prefix(clustermesh.SyncedPrefix, ro)},
+		// Remotes: what they follow (nodes, identities, endpoints,
+		// services, the node CRL), cluster-config and sync canaries; not
+		// this cluster's policies, group results, pod CIDR leases or
+		// identity references (until 2026-12-05 all of filament/state/).
+		clustermesh.UserRemote: {prefix(node.NodesPrefix, ro), prefix(identity.IDPrefix, ro), prefix(ipcache.Prefix, ro),
+			prefix(service.Prefix, ro), prefix(node.CRLPrefix, ro),
+			prefix(clustermesh.ClusterConfigPrefix, ro), prefix(clustermesh.SyncedPrefix, ro)},
 	}
 	for role, grants := range roles {
 		if _, err := c.RoleAdd(ctx, role); ignoreExists(err) != nil {

@@ -63,6 +63,27 @@ func TestAuthAndClusterConfig(t *testing.T) {
 	if _, err := remote.Get(ctx, "filament/other"); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Errorf("remote read outside state: %v", err)
 	}
+	// Nor the state remotes do not follow: this cluster's policies, cloud
+	// group results, pod CIDR leases, identity references (until
+	// 2026-12-05 the remote user read all of filament/state/).
+	for _, key := range []string{"filament/state/policies/v1/east/default/p", "filament/state/groups/v1/east/results/x",
+		"filament/state/podcidrs/v1/east/10.0.0.0_24", "filament/state/identities/v1/value/x/n1"} {
+		if err := agent.Put(ctx, key, []byte("{}"), 0); err != nil {
+			t.Fatalf("agent write of %s: %v", key, err)
+		}
+		if _, err := remote.Get(ctx, key); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("remote read of %s: %v, want permission denied", key, err)
+		}
+	}
+	for _, key := range []string{"filament/state/identities/v1/id/70000", "filament/state/ip/v1/east/10.0.0.5",
+		"filament/state/services/v1/east/default/s", "filament/state/node-crl/v1/east"} {
+		if err := agent.Put(ctx, key, []byte("{}"), 0); err != nil {
+			t.Fatalf("agent write of %s: %v", key, err)
+		}
+		if _, err := remote.Get(ctx, key); err != nil {
+			t.Errorf("remote read of %s: %v", key, err)
+		}
+	}
 	// Credentials issued by another cluster's CA are refused.
 	other := t.TempDir()
 	if _, err := clustermesh.Enable(other, "west", 8, nil); err != nil {
