@@ -911,6 +911,12 @@ func (c *cluster) nodeEventLocked(ev kvstore.Event, deleted bool) {
 		if n.Name != key {
 			return n, fmt.Errorf("node %s: a record of %q under its key", name, n.Name)
 		}
+		// Its cluster is the remote's (node authentication reads the
+		// certificate's name from it: until 2026-12-05 a record naming
+		// another cluster was taken, TestRemoteNodeNamesChecked).
+		if n.Cluster != c.name {
+			return n, fmt.Errorf("node %s: a record of cluster %q", name, n.Cluster)
+		}
 		if err := n.Check(); err != nil {
 			return n, fmt.Errorf("node %s: %v", name, err)
 		}

@@ -724,18 +724,23 @@ func TestRemoteNodeNamesChecked(t *testing.T) {
 	put("Upper", "Upper", "172.30.7.3")
 	put("other", "n9", "172.30.7.4") // under another node's key
 	put("n1", "n1", "172.30.7.5")
-	// Until the valid node and the four refusals are in (a list sorts
+	// A record naming another cluster (its certificate's name, which node
+	// authentication reads from the record, would be that cluster's):
+	// until 2026-12-05 taken.
+	b, _ := json.Marshal(node.Node{Name: "n2", Cluster: "west", IPs: []string{"172.30.7.6"}})
+	kv.Put(ctx, node.NodesPrefix+"east/n2", b, 0)
+	// Until the valid node and the five refusals are in (a list sorts
 	// the keys: n1 may come before "other" and "\xff").
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		mu.Lock()
 		ok := got["east/n1"]
 		mu.Unlock()
-		if st := m.Status(); ok && len(st) == 1 && st[0].Rejected >= 4 {
+		if st := m.Status(); ok && len(st) == 1 && st[0].Rejected >= 5 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the valid node and four refusals never came; status %+v", m.Status())
+			t.Fatalf("the valid node and five refusals never came; status %+v", m.Status())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -746,8 +751,8 @@ func TestRemoteNodeNamesChecked(t *testing.T) {
 			t.Errorf("node %q taken", name)
 		}
 	}
-	if st := m.Status()[0]; st.Rejected < 4 || st.Nodes != 1 {
-		t.Errorf("status %+v, want 4 rejected and 1 node", st)
+	if st := m.Status()[0]; st.Rejected < 5 || st.Nodes != 1 {
+		t.Errorf("status %+v, want 5 rejected and 1 node", st)
 	}
 }
 
