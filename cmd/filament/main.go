@@ -55,9 +55,12 @@ func (c *cli) ctx() (context.Context, context.CancelFunc) {
 func (c *cli) print(v any, table func(w *tabwriter.Writer)) error {
 	switch c.output {
 	case "json":
-		enc := json.NewEncoder(c.out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = c.out.Write(append(jsonSafe(b), '\n'))
+		return err
 	case "yaml":
 		b, err := yaml.Marshal(v)
 		if err != nil {
@@ -414,12 +417,13 @@ func (c *cli) monitorCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			enc := json.NewEncoder(c.out)
 			// On stderr, so that -o json stays one event per line.
 			connected := func() { fmt.Fprintln(cmd.ErrOrStderr(), "Listening for events (Ctrl-C to stop)") }
 			return c.client().MonitorConnected(ctx, ep, typ, connected, func(ev types.Event) {
 				if c.output == "json" {
-					enc.Encode(ev)
+					if b, err := json.Marshal(ev); err == nil {
+						c.out.Write(append(jsonSafe(b), '\n'))
+					}
 					return
 				}
 				fmt.Fprintln(c.out, formatEvent(ev))

@@ -237,7 +237,7 @@ func (p *flowPrinter) flow(res *observer.GetFlowsResponse) error {
 		return err
 	}
 	line.WriteByte('\n')
-	_, err = p.out.Write(line.Bytes())
+	_, err = p.out.Write(jsonSafe(line.Bytes()))
 	return err
 }
 

@@ -47,9 +47,9 @@ func traceTable(w *tabwriter.Writer, r types.TraceResult) {
 		}
 	}
 	if h := r.HTTP; h != nil {
-		req := h.Method + " " + h.Path
+		req := printable(h.Method) + " " + printable(h.Path)
 		if h.Host != "" {
-			req += " (host " + h.Host + ")"
+			req += " (host " + printable(h.Host) + ")"
 		}
 		verdict := h.Verdict
 		if h.Status != 0 {
@@ -71,7 +71,7 @@ func httpRuleText(h types.TraceHTTPRule) string {
 	var parts []string
 	for _, f := range [][2]string{{"method", h.Method}, {"path", h.Path}, {"host", h.Host}} {
 		if f[1] != "" {
-			parts = append(parts, f[0]+"="+f[1])
+			parts = append(parts, f[0]+"="+printable(f[1])) // a tenant's regex: any bytes
 		}
 	}
 	for _, hd := range h.Headers {
