@@ -473,7 +473,7 @@ func parseCilium(label, kind string, obj map[string]any, src []byte) ([]Policy, 
 	if kind != KindCiliumClusterwideNetworkPolicy {
 		sc.namespace = namespaceOf(obj)
 	}
-	v := &validator{doc: docLabel(label, kind, obj, sc.namespace)}
+	v := &validator{doc: docLabel(label, kind, obj, sc.namespace), strict: true}
 	var doc ciliumDocument
 	if !v.decode(obj, src, &doc) {
 		return nil, v.err()

@@ -35,7 +35,7 @@ func (v *validator) portRule(p fieldPath, pr *PortRule, deny bool) {
 	}
 	if deny {
 		for i, pp := range pr.Ports {
-			if _, numeric := PortNumber(pp.Port); !numeric && pp.Port != "" {
+			if _, numeric := PortNumber(pp.Port); v.strict && !numeric && pp.Port != "" {
 				v.addf(p.child("ports").index(i).child("port"), "named port %q in a deny rule: named ports are not resolved yet, so it would deny nothing", pp.Port)
 			}
 		}

@@ -61,6 +61,11 @@ func (p fieldPath) key(k string) fieldPath { return fieldPath(fmt.Sprintf("%s[%q
 type validator struct {
 	doc  string
 	errs []error
+	// strict: a document being imported, not a policy already stored. A
+	// deny rule naming what selects nothing yet is refused only then: one
+	// stored before 2026-12-05 (accepted with a warning) still loads, or
+	// the agent holding it would not start.
+	strict bool
 }
 
 func (v *validator) addf(p fieldPath, format string, args ...any) {
@@ -198,7 +203,7 @@ func (v *validator) ingress(p fieldPath, r *IngressRule, deny bool) {
 	v.cidrs(p.child("fromCIDR"), r.FromCIDR)
 	v.cidrSets(p.child("fromCIDRSet"), r.FromCIDRSet)
 	v.entities(p.child("fromEntities"), r.FromEntities)
-	if deny {
+	if deny && v.strict {
 		v.denyEntities(p.child("fromEntities"), r.FromEntities)
 	}
 	v.groups(p.child("fromGroups"), r.FromGroups)
@@ -223,7 +228,7 @@ func (v *validator) egress(p fieldPath, r *EgressRule, deny bool) {
 	v.cidrs(p.child("toCIDR"), r.ToCIDR)
 	v.cidrSets(p.child("toCIDRSet"), r.ToCIDRSet)
 	v.entities(p.child("toEntities"), r.ToEntities)
-	if deny {
+	if deny && v.strict {
 		v.denyEntities(p.child("toEntities"), r.ToEntities)
 		if len(r.ToServices) > 0 {
 			v.addf(p.child("toServices"), "not allowed in a deny rule (services are not resolved yet, so it would deny nothing)")

@@ -212,3 +212,17 @@ func TestPolicyValidate(t *testing.T) {
 		t.Error("DeepCopy shares ports with the original")
 	}
 }
+
+// A policy stored before 2026-12-05 with a deny rule that selects nothing
+// yet (accepted then, with a warning) still validates when it is read
+// back, so the agent holding it starts; only an import refuses one.
+func TestStoredDenyRuleSelectingNothingStillLoads(t *testing.T) {
+	p := Policy{Kind: KindCiliumNetworkPolicy, Namespace: "default", Name: "old", Rules: []Rule{{
+		EndpointSelector: &EndpointSelector{},
+		EgressDeny:       []EgressRule{{ToPorts: []PortRule{{Ports: []PortProtocol{{Port: "http", Protocol: ProtoTCP}}}}}},
+		IngressDeny:      []IngressRule{{FromEntities: []Entity{EntityKubeAPIServer}}},
+	}}}
+	if _, err := Prepare([]Policy{p}); err != nil {
+		t.Fatalf("a stored policy of before: %v", err)
+	}
+}
