@@ -276,9 +276,7 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	// forwardH1 changes req's headers: a copy of what was judged is held,
 	// and a later config that denies it closes the connection (a tunnel
 	// or a streamed response with it).
-	judged := &http.Request{Method: req.Method, URL: req.URL, Host: req.Host, Header: req.Header.Clone(),
-		Proto: req.Proto, ProtoMajor: req.ProtoMajor, ProtoMinor: req.ProtoMinor}
-	defer dc.holdLive(judged, func() { dc.Close() })()
+	defer dc.holdLive(judgedCopy(req, req.Header.Clone()), func() { dc.Close() })()
 	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req, upgrade, headDone)
 	verdict := Forwarded
 	switch {

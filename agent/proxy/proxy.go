@@ -628,6 +628,14 @@ func (c *downConn) holdLive(r *http.Request, end func()) (release func()) {
 	}
 }
 
+// judgedCopy is what endRevoked judges again of request r with header h:
+// r's method, target, host, protocol and h, no body or trailers (the
+// server goroutine writes a request's trailers as they come).
+func judgedCopy(r *http.Request, h http.Header) *http.Request {
+	return &http.Request{Method: r.Method, URL: r.URL, Host: r.Host, Header: h,
+		Proto: r.Proto, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor}
+}
+
 // endRevoked ends the requests in flight on dc that cfg's L7 policy for
 // their flow now denies: an allow lasts as long as the policy that gave
 // it, as the datapath ends an L4 flow a change denies. A flow with no L7
@@ -956,7 +964,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.headDone()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	defer dc.holdLive(r, cancel)() // a later config may deny it: the stream is reset
+	// A later config may deny it: the stream is reset. What was judged is
+	// held, not r, whose trailers the server writes as they come.
+	defer dc.holdLive(judgedCopy(r, r.Header), cancel)()
 	out := r.WithContext(context.WithValue(ctx, stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
 	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 {
