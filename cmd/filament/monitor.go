@@ -72,12 +72,28 @@ func formatL7(ev types.Event) string {
 		ev.Src, ev.SrcIdentity, strings.Join(ev.SrcLabels, ","), ev.Dst, ev.DstIdentity, strings.Join(ev.DstLabels, ","))
 }
 
+// icmpDesc reads the conntrack ports the datapath gives an ICMP message
+// (parse.h icmp_tuple): a query's request (id, 0xff00|type), its reply
+// (0xff00|request type, id), any other type (0xff00|type twice); agents
+// before 2026-12-05 gave echo (id, 0) and (0, id), the rest (0, 0).
 func icmpDesc(src, dst netip.AddrPort) string {
+	const tag = 0xff00
+	s, d := src.Port(), dst.Port()
 	switch {
-	case src.Port() != 0 && dst.Port() == 0:
-		return fmt.Sprintf("ICMP type 8 code 0 (echo request, id %d)", src.Port())
-	case dst.Port() != 0 && src.Port() == 0:
-		return fmt.Sprintf("ICMP type 0 code 0 (echo reply, id %d)", dst.Port())
+	case s == d && s&tag == tag:
+		return fmt.Sprintf("ICMP type %d", s&0xff)
+	case d&tag == tag && d&0xff == 8:
+		return fmt.Sprintf("ICMP type 8 code 0 (echo request, id %d)", s)
+	case s&tag == tag && s&0xff == 8:
+		return fmt.Sprintf("ICMP type 0 code 0 (echo reply, id %d)", d)
+	case d&tag == tag:
+		return fmt.Sprintf("ICMP type %d (request, id %d)", d&0xff, s)
+	case s&tag == tag:
+		return fmt.Sprintf("ICMP type %d (reply, id %d)", s&0xff+1, d)
+	case s != 0 && d == 0:
+		return fmt.Sprintf("ICMP type 8 code 0 (echo request, id %d)", s)
+	case d != 0 && s == 0:
+		return fmt.Sprintf("ICMP type 0 code 0 (echo reply, id %d)", d)
 	}
 	return "ICMP (not echo)"
 }

@@ -31,6 +31,20 @@ func TestFormatEventICMPShowsTypeNotPorts(t *testing.T) {
 	if got := formatEvent(ev); !strings.Contains(got, "ICMP (not echo) 10.0.1.2 identity") {
 		t.Fatalf("other ICMP: %s", got)
 	}
+	// The datapath's tuples since 2026-12-05 (parse.h icmp_tuple): echo
+	// request (id, 0xff08), reply (0xff08, id), other types (0xff00|t twice).
+	for _, c := range []struct{ src, dst, want string }{
+		{"10.0.0.1:4660", "10.0.1.2:65288", "ICMP type 8 code 0 (echo request, id 4660) 10.0.0.1 identity"},
+		{"10.0.1.2:65288", "10.0.0.1:4660", "ICMP type 0 code 0 (echo reply, id 4660) 10.0.1.2 identity"},
+		{"10.0.1.2:65285", "10.0.0.1:65285", "ICMP type 5 10.0.1.2 identity"},
+		{"10.0.0.1:7", "10.0.1.2:65293", "ICMP type 13 (request, id 7) 10.0.0.1 identity"},
+		{"10.0.1.2:65293", "10.0.0.1:7", "ICMP type 14 (reply, id 7) 10.0.1.2 identity"},
+	} {
+		ev.Src, ev.Dst = netip.MustParseAddrPort(c.src), netip.MustParseAddrPort(c.dst)
+		if got := formatEvent(ev); !strings.Contains(got, c.want) || strings.Contains(got, ":652") {
+			t.Errorf("%s -> %s: %s, want %q", c.src, c.dst, got, c.want)
+		}
+	}
 	ev.Protocol, ev.Src, ev.Dst = "TCP", netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("10.0.1.2:80")
 	if got := formatEvent(ev); !strings.Contains(got, "TCP 10.0.0.1:40000 identity") || !strings.Contains(got, "-> 10.0.1.2:80 identity") {
 		t.Fatalf("TCP keeps its ports: %s", got)
