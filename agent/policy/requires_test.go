@@ -8,9 +8,11 @@ import (
 )
 
 // fromRequires and toRequires of any rule selecting an endpoint constrain
-// every allow of that endpoint in that direction, whatever rule the allow
-// is in (Cilium: requirements "stay in effect no matter what would
-// otherwise be allowed by the other rules"); deny rules are not narrowed.
+// every allow of that endpoint in that direction by endpoint selector or
+// wildcard, whatever rule the allow is in (Cilium: requirements "stay in
+// effect no matter what would otherwise be allowed by the other rules";
+// it adds them to endpoint selectors, not to entities or CIDRs); deny
+// rules are not narrowed.
 // Found 2026-12-05 by reading the resolver: a requirement applied only
 // to its own section, so Cilium's documented pair (one policy requiring
 // env=prod, another allowing role=frontend) let env=dev frontends in.
@@ -40,6 +42,9 @@ func TestRequiresApplyAcrossRules(t *testing.T) {
 			Egress:  []api.EgressRule{{ToEndpoints: rsSels("role=frontend"), ToPorts: rsPorts(api.ProtoTCP, "80")}}}),
 		rsPol("any-on-81", api.Rule{EndpointSelector: rsSel("role=backend"),
 			Ingress: []api.IngressRule{{ToPorts: rsPorts(api.ProtoTCP, "81")}}}),
+		rsPol("entities", api.Rule{EndpointSelector: rsSel("role=backend"),
+			Egress:  []api.EgressRule{{ToEntities: []api.Entity{api.EntityWorld}, ToPorts: rsPorts(api.ProtoTCP, "443")}},
+			Ingress: []api.IngressRule{{FromEntities: []api.Entity{api.EntityHost}, ToPorts: rsPorts(api.ProtoTCP, "22")}}}),
 		rsPol("deny-dev-82", api.Rule{EndpointSelector: rsSel("role=backend"),
 			Ingress:     []api.IngressRule{{FromEntities: []api.Entity{api.EntityAll}, ToPorts: rsPorts(api.ProtoTCP, "82")}},
 			IngressDeny: []api.IngressRule{{FromEndpoints: rsSels("env=dev"), ToPorts: rsPorts(api.ProtoTCP, "82")}}}),
@@ -65,6 +70,10 @@ func TestRequiresApplyAcrossRules(t *testing.T) {
 		{"any peer on 81: the world", Ingress, identity.World, 81, false},
 		{"deny of dev on 82 stands", Ingress, feDev, 82, false},
 		{"all on 82: prod", Ingress, feProd, 82, true},
+		// As in Cilium, requirements narrow endpoint selectors and the
+		// wildcard, not entities, CIDRs or toFQDNs.
+		{"egress to the world by entity", Egress, identity.World, 443, true},
+		{"ingress from the host by entity", Ingress, identity.Host, 22, true},
 	} {
 		if got, _ := dpVerdict(p, c.dir, c.peer, 6, c.port); got != c.want {
 			t.Errorf("%s: allowed %v, want %v", c.name, got, c.want)

@@ -768,9 +768,6 @@ func (r *Resolver) fqdnAllows(s *section, ep uint16, id identity.NumericIdentity
 	if k == nil || !s.peers.satisfiesRequires(k) {
 		return false
 	}
-	if e := r.endpoints[ep]; e != nil && !satisfies(e.allowRequires(s), k) {
-		return false
-	}
 	for _, key := range s.fqdnKeys {
 		if _, ok := slices.BinarySearch(r.fqdnLearned[key][k.prefix], ep); ok {
 			return true
@@ -785,13 +782,12 @@ func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *sectio
 	if s.peers.any || s.peers.every {
 		return
 	}
-	reqs := ep.allowRequires(s)
 	for _, key := range s.fqdnKeys {
 		for p, eps := range r.fqdnLearned[key] {
 			if _, ok := slices.BinarySearch(eps, ep.info.ID); !ok {
 				continue
 			}
-			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) && satisfies(reqs, r.identities[id]) {
+			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) {
 				addSection(groups, groupKey{s.dir, id}, s)
 			}
 		}
@@ -1336,7 +1332,7 @@ func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 					}
 				}
 				for id := range r.peersOf(s) {
-					if satisfies(reqs, r.identities[id]) {
+					if k := r.identities[id]; satisfies(reqs, k) || s.unconstrained(k) {
 						addSection(groups, groupKey{s.dir, id}, s)
 					}
 				}
@@ -1377,7 +1373,7 @@ func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id ide
 					}
 					reqs := ep.allowRequires(s)
 					_, ok := r.peersOf(s)[id]
-					if ok && !satisfies(reqs, r.identities[id]) {
+					if k := r.identities[id]; ok && !satisfies(reqs, k) && !s.unconstrained(k) {
 						ok = false
 					}
 					if !ok && s.peers.any && len(reqs) > 0 {
@@ -1551,8 +1547,9 @@ type compiledRule struct {
 	sections                              []*section
 	// requires are the rule's fromRequires (Ingress) and toRequires
 	// (Egress), of its allow and deny sections: they constrain every
-	// allow of the endpoints the rule selects, in that direction, whatever
-	// rule the allow is in (requiresOf).
+	// allow by endpoint selector or wildcard of the endpoints the rule
+	// selects, in that direction, whatever rule the allow is in
+	// (requiresOf; not entities, CIDRs or toFQDNs: section.unconstrained).
 	requires [2][]*api.EndpointSelector
 }
 
@@ -1598,6 +1595,11 @@ type section struct {
 	l4s   []L4
 	l7    map[L4]string // L7Ref key of the HTTP rules on an exact TCP port
 	peers peerSpec
+	// plain are its peers named by entity, CIDR or node selector (nil:
+	// none): the other rules' requirements do not narrow those, as in
+	// Cilium, where requirements join the endpoint selectors and the
+	// wildcard only (unconstrained).
+	plain *peerSpec
 	// fqdnKeys are the toFQDNs selectors (FQDNKeys) among its peers.
 	fqdnKeys []string
 
@@ -1983,7 +1985,17 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	if !hasPeers && !hasPorts || len(s.l4s) == 0 || ps.empty() && len(s.fqdnKeys) == 0 {
 		return nil
 	}
+	if !ps.any && !ps.every && (len(ps.reserved) > 0 || ps.world || ps.cluster || len(ps.cidrs) > 0) {
+		s.plain = &peerSpec{reserved: ps.reserved, world: ps.world, cluster: ps.cluster, cidrs: ps.cidrs, requires: ps.requires, scan: true}
+	}
 	return s
+}
+
+// unconstrained reports whether s's entity, CIDR or node-selector peers
+// (not its endpoint selectors) select identity k, which the other rules'
+// requirements then leave alone.
+func (s *section) unconstrained(k *knownIdentity) bool {
+	return s.plain != nil && k != nil && s.plain.matches(k)
 }
 
 // empty reports whether the spec can select no peer at all.

@@ -138,7 +138,7 @@ func (r *Resolver) traceSide(ep labels.Labels, dir Direction, peer *knownIdentit
 			// As the resolver: an allow's peers must meet every rule's
 			// requirements; an any-peer allow under requirements is the
 			// peer's own entry.
-			ok := s.deny || satisfies(reqs, peer)
+			ok := s.deny || satisfies(reqs, peer) || s.unconstrained(peer)
 			switch {
 			case s.peers.any && (s.deny || len(reqs) == 0):
 				addSection1(anyGroup, s)
