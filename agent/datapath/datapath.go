@@ -224,7 +224,8 @@ func Load(c Config) (*Datapath, error) {
 	}
 	d := &Datapath{pinDir: pinDir, attach: c.Attach, maglevSize: c.MaglevSize, proxyPort: c.ProxyPort, nodeDevs: map[string]bool{}}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
-	var oldNATs *ebpf.Map // lb_nats of the old layout, copied once the new one is loaded
+	var oldNATs *ebpf.Map  // lb_nats of the old layout, copied once the new one is loaded
+	var oldNodes *ebpf.Map // nodes of an earlier size, likewise
 	err = spec.LoadAndAssign(&d.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Only the maps that changed are replaced: a new drop reason
@@ -233,6 +234,10 @@ func Load(c Config) (*Datapath, error) {
 		slog.Warn("pinned maps do not match the new programs; replacing those", "dir", pinDir, "err", err)
 		if old := oldLBNats(pinDir); old != nil {
 			oldNATs = old
+			defer old.Close()
+		}
+		if old := oldResized(pinDir, "nodes", spec); old != nil {
+			oldNodes = old
 			defer old.Close()
 		}
 		for _, name := range incompatiblePins(spec, pinDir) {
@@ -256,6 +261,9 @@ func Load(c Config) (*Datapath, error) {
 	}
 	if oldNATs != nil {
 		migrateLBNats(oldNATs, d.objs.LbNats)
+	}
+	if oldNodes != nil {
+		copyEntries("nodes", oldNodes, d.objs.Nodes)
 	}
 	if err := d.readRevision(); err != nil {
 		d.Close()

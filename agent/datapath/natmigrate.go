@@ -73,3 +73,40 @@ func migrateLBNats(old, m *ebpf.Map) {
 	}
 	slog.Info("NodePort translations of the earlier agent copied to the new layout", "copied", n, "failed", failed)
 }
+
+// oldResized opens the pinned map name of dir when only its size differs
+// from spec's (nil otherwise): its entries are copied into the new map
+// with copyEntries once it is loaded. The nodes map grew from 16,384 to
+// 65,536 on 2026-12-05; without the copy the known nodes' tunnelled
+// traffic was dropped until the agent learned them again
+// (TestOldNodesMapKept).
+func oldResized(dir, name string, spec *ebpf.CollectionSpec) *ebpf.Map {
+	ms, ok := spec.Maps[name]
+	if !ok {
+		return nil
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+	if err != nil {
+		return nil
+	}
+	if m.Type() != ms.Type || m.KeySize() != ms.KeySize || m.ValueSize() != ms.ValueSize || m.MaxEntries() == ms.MaxEntries {
+		m.Close()
+		return nil
+	}
+	return m
+}
+
+// copyEntries copies old's entries into m, as many as fit.
+func copyEntries(name string, old, m *ebpf.Map) {
+	var k, v []byte
+	n, failed := 0, 0
+	it := old.Iterate()
+	for it.Next(&k, &v) {
+		if err := m.Put(k, v); err != nil {
+			failed++
+			continue
+		}
+		n++
+	}
+	slog.Info("pinned map resized: entries kept", "map", name, "kept", n, "failed", failed)
+}

@@ -50,20 +50,29 @@ func TestConvertOldLBNat(t *testing.T) {
 // An agent upgraded over the change of lb_nats' layout copies the earlier
 // agent's live NodePort translations instead of dropping them (their
 // connections broke at their next packet).
-func TestOldNodePortTranslationsKept(t *testing.T) {
+// unpinnedAfterLoad loads the datapath once in a bpffs of its own, then
+// removes the pin of map name (for a test to pin an earlier agent's map
+// there); it returns the config to load again and the pin's path.
+func unpinnedAfterLoad(t *testing.T, name string) (Config, string) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	root := t.TempDir()
-	defer unix.Unmount(root, unix.MNT_DETACH)
+	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
 	cfg := Config{BPFRoot: root, Node: "t", MaglevSize: maglev.DefaultSize}
 	dp, err := Load(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dp.Close()
-	pin := filepath.Join(PinDir(root, "default", "t"), "lb_nats")
+	pin := filepath.Join(PinDir(root, "default", "t"), name)
 	if err := os.Remove(pin); err != nil {
 		t.Fatal(err)
 	}
+	return cfg, pin
+}
+
+func TestOldNodePortTranslationsKept(t *testing.T) {
+	cfg, pin := unpinnedAfterLoad(t, "lb_nats")
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: oldLBNatValueSize, MaxEntries: 262144})
 	if err != nil {
 		t.Fatal(err)
