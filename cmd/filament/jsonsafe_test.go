@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
+	"sigs.k8s.io/yaml"
 )
 
 // hostileText holds what a terminal acts on though JSON encoders leave it
@@ -18,7 +20,7 @@ const hostileText = "a\u009d0;pwned\u009cb\u009b2Jc\u202ed\x7fe"
 // rawControls reports the first character of s a terminal would act on.
 func rawControls(s string) string {
 	for _, r := range s {
-		if r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0x202e {
+		if r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0x202e || r >= 0x2066 && r <= 0x2069 || r == 0xe0041 {
 			return string(r)
 		}
 	}
@@ -45,8 +47,77 @@ func TestJSONOutputsEscapeTerminalControls(t *testing.T) {
 		t.Errorf("listing -o json printed %q raw: %q", r, buf.String())
 	}
 
-	buf.Reset()
-	p, err := newFlowPrinter("json", &buf, &buf)
+	buf = observeHostile(t, "json")
+	if !strings.Contains(buf.String(), `\u009d`) {
+		t.Errorf("observe -o json: %q", buf.String())
+	}
+}
+
+// The -o yaml outputs (listings, observe) and policy get's YAML escape
+// what a terminal would act on too, and read back as the same values.
+// Found 2026-12-05 by reading the CLI: YAML encoders count bidi overrides
+// printable and wrote them raw, quoted or not.
+func TestYAMLOutputsEscapeTerminalControls(t *testing.T) {
+	v := map[string]any{
+		"topic":               hostileText,
+		hostileText:           []any{"plain", hostileText, "true", "0x1f", 3, 1.5, true, nil},
+		"nested":              map[string]any{"x": "\u2066isolate\u2069", "y": "\U000e0041tag"},
+		"long " + hostileText: strings.Repeat("w ", 100) + hostileText,
+	}
+	want, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, y []byte) {
+		t.Helper()
+		if r := rawControls(string(y)); r != "" {
+			t.Errorf("%s printed %q raw: %q", what, r, y)
+		}
+		j, err := yaml.YAMLToJSON(y)
+		if err != nil {
+			t.Fatalf("%s: %q does not read back: %v", what, y, err)
+		}
+		var a, b any
+		json.Unmarshal(j, &a)
+		json.Unmarshal(want, &b)
+		if !reflect.DeepEqual(a, b) {
+			t.Errorf("%s reads back as %s, want %s", what, j, want)
+		}
+	}
+	var buf bytes.Buffer
+	c := &cli{out: &buf, output: "yaml"}
+	if err := c.print(v, nil); err != nil {
+		t.Fatal(err)
+	}
+	check("listing -o yaml", buf.Bytes())
+
+	// Without such a character the output is sigs.k8s.io/yaml's, unchanged.
+	plain := map[string]any{"a": []any{"b", 1, "true"}, "c": map[string]any{"d": "é"}}
+	got, err := yamlSafe(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old, _ := yaml.Marshal(plain); string(got) != string(old) {
+		t.Errorf("plain YAML %q, want %q", got, old)
+	}
+
+	buf = observeHostile(t, "yaml")
+	var back struct {
+		Flow struct {
+			NodeName string `json:"node_name"`
+		}
+	}
+	if err := yaml.Unmarshal(bytes.TrimPrefix(buf.Bytes(), []byte("---\n")), &back); err != nil || back.Flow.NodeName != hostileText {
+		t.Errorf("observe -o yaml %q reads back as %q (%v)", buf.String(), back.Flow.NodeName, err)
+	}
+}
+
+// observeHostile is observe's output in format of a flow whose node name is
+// hostileText, checked for what a terminal acts on.
+func observeHostile(t *testing.T, format string) bytes.Buffer {
+	t.Helper()
+	var buf bytes.Buffer
+	p, err := newFlowPrinter(format, &buf, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,9 +126,7 @@ func TestJSONOutputsEscapeTerminalControls(t *testing.T) {
 		t.Fatal(err)
 	}
 	if r := rawControls(buf.String()); r != "" {
-		t.Errorf("observe -o json printed %q raw: %q", r, buf.String())
+		t.Errorf("observe -o %s printed %q raw: %q", format, r, buf.String())
 	}
-	if !strings.Contains(buf.String(), `\u009d`) {
-		t.Errorf("observe -o json: %q", buf.String())
-	}
+	return buf
 }

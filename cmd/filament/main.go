@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/api/types"
@@ -62,7 +61,7 @@ func (c *cli) print(v any, table func(w *tabwriter.Writer)) error {
 		_, err = c.out.Write(append(jsonSafe(b), '\n'))
 		return err
 	case "yaml":
-		b, err := yaml.Marshal(v)
+		b, err := yamlSafe(v)
 		if err != nil {
 			return err
 		}
@@ -294,7 +293,7 @@ func (c *cli) policyCmd() *cobra.Command {
 					return err
 				}
 				return c.print(p, func(w *tabwriter.Writer) {
-					b, _ := yaml.Marshal(p)
+					b, _ := yamlSafe(p)
 					w.Write(b)
 				})
 			}

@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/api/client"
 	"github.com/filament-net/filament/agent/config"
@@ -225,7 +224,7 @@ func (p *flowPrinter) flow(res *observer.GetFlowsResponse) error {
 		return err
 	}
 	if p.format == "yaml" {
-		y, err := yaml.JSONToYAML(b)
+		y, err := jsonToYAMLSafe(b)
 		if err != nil {
 			return err
 		}
