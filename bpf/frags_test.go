@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"testing"
 
@@ -136,5 +137,39 @@ func TestFragmentPortsNotForgedFromAnotherVeth(t *testing.T) {
 	}
 	if n := f.count(reasonDenied, dirEgress); n != 2 {
 		t.Errorf("%d policy-denied drops, want 2 (the victim's two fragments)", n)
+	}
+}
+
+// A first fragment arriving on the VXLAN device from an outer source that
+// is no known node records nothing: from_overlay recorded its ports before
+// it checked the tunnel source, so a host able to send VXLAN to the node
+// could have the real later fragments of a datagram judged with its ports
+// (found 2026-12-05 by reading from_overlay; a denial of service).
+func TestOverlayFragmentFromUnknownSourceNotRecorded(t *testing.T) {
+	x := loadFuzz(t)
+	first := fragment(t, fzPeer, fzPod, layers.IPProtocolUDP, 700, 0, &layers.UDP{SrcPort: 4000, DstPort: 81}, make([]byte, 32))
+	for _, c := range []struct {
+		outer  uint32
+		reason uint32
+		kept   bool
+	}{{binary.BigEndian.Uint32(fzNode) + 1, reasonTunnelSource, false}, {binary.BigEndian.Uint32(fzNode), reasonDenied, true}} {
+		var p [8]byte
+		binary.NativeEndian.PutUint32(p[:], c.outer)
+		binary.NativeEndian.PutUint32(p[4:], fzPeerID)
+		if err := x.params.Put(uint32(0), p[:]); err != nil {
+			t.Fatal(err)
+		}
+		before := x.count(t, c.reason)
+		if v, _ := x.run(t, x.overlay, first); v != actShot || x.count(t, c.reason) != before+1 {
+			t.Fatalf("outer %#x: verdict %d, reason %d counted %d -> %d", c.outer, v, c.reason, before, x.count(t, c.reason))
+		}
+		var k DatapathFragKey
+		n := 0
+		for it := x.objs.Frags.Iterate(); it.Next(&k, new(DatapathFragPorts)); {
+			n++
+		}
+		if kept := n > 0; kept != c.kept {
+			t.Errorf("outer %#x: %d fragment entries recorded, want any: %v", c.outer, n, c.kept)
+		}
 	}
 }

@@ -97,10 +97,10 @@ static __always_inline void icmp_tuple(struct pkt *p, __u8 *icmp)
 	}
 }
 
-// parse reads Ethernet, IPv4 and the L4 ports; it returns a reason other
-// than REASON_FORWARDED for packets it cannot accept, and -1 for non-IP
-// traffic that passes untouched (ARP).
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+// parse_rec is parse; a first fragment's ports are recorded for its later
+// fragments only when record is set (from_overlay records only what a
+// known node sent).
+static __always_inline int parse_rec(struct __sk_buff *skb, struct pkt *p, int record)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -162,7 +162,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	default:
 		break;
 	}
-	if (ip->frag_off & bpf_htons(0x2000)) // IP_MF: the first fragment
+	if (record && (ip->frag_off & bpf_htons(0x2000))) // IP_MF: the first fragment
 		parse_first_frag(skb, p, ip);
 	return REASON_FORWARDED;
+}
+
+// parse reads Ethernet, IPv4 and the L4 ports; it returns a reason other
+// than REASON_FORWARDED for packets it cannot accept, and -1 for non-IP
+// traffic that passes untouched (ARP).
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	return parse_rec(skb, p, 1);
 }

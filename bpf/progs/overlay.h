@@ -14,8 +14,11 @@ int from_overlay(struct __sk_buff *skb)
 		return drop(skb, REASON_INVALID, DIR_INGRESS, 0, 0, 0, 0, &p);
 	__u32 outer = bpf_htonl(key.remote_ipv4);
 	__u32 src_id = key.tunnel_id;
-	int r = parse(skb, &p);
-	if (!bpf_map_lookup_elem(&nodes, &outer)) {
+	// Parsed before the source check for the drop's event, but a first
+	// fragment's ports are recorded only when a known node sent it.
+	int known = bpf_map_lookup_elem(&nodes, &outer) != 0;
+	int r = parse_rec(skb, &p, known);
+	if (!known) {
 		p.len = skb->len;
 		return drop(skb, REASON_TUNNEL_SOURCE, DIR_INGRESS, 0, 0, src_id, 0, &p);
 	}
