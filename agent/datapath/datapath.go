@@ -515,7 +515,7 @@ func (d *Datapath) ApplyPolicy(upserts map[policy.MapKey]policy.MapValue, delete
 		if v.Deny {
 			bv.Deny = 1
 		}
-		if k.L4.PrefixLen == 24 {
+		if StateOf(k, v).Named {
 			bv.Flags = policyFlagPort
 		}
 		if v.L7 != "" && !v.Deny {
@@ -555,12 +555,14 @@ func (d *Datapath) PolicyEntries() (map[policy.MapKey]bool, error) {
 }
 
 // PolicyState is what the policy map holds of an entry's value: its
-// verdict and whether the flow goes through the L7 proxy.
-type PolicyState struct{ Deny, Proxy bool }
+// verdict, whether the flow goes through the L7 proxy, and whether the
+// entry names its peer's port exactly (policyFlagPort: it opens the
+// nodes' control ports on that port).
+type PolicyState struct{ Deny, Proxy, Named bool }
 
-// StateOf is the PolicyState ApplyPolicy writes for v.
-func StateOf(v policy.MapValue) PolicyState {
-	return PolicyState{Deny: v.Deny, Proxy: v.L7 != "" && !v.Deny}
+// StateOf is the PolicyState ApplyPolicy writes for k and v.
+func StateOf(k policy.MapKey, v policy.MapValue) PolicyState {
+	return PolicyState{Deny: v.Deny, Proxy: v.L7 != "" && !v.Deny, Named: k.L4.PrefixLen == 24 && !v.Wide}
 }
 
 // PolicyValues lists the policy map with each entry's PolicyState.
@@ -570,7 +572,7 @@ func (d *Datapath) PolicyValues() (map[policy.MapKey]PolicyState, error) {
 	var v bpf.DatapathPolicyValue
 	it := d.objs.Policy.Iterate()
 	for it.Next(&k, &v) {
-		out[fromPolicyKey(k)] = PolicyState{Deny: v.Deny != 0, Proxy: v.ProxyPort != 0}
+		out[fromPolicyKey(k)] = PolicyState{Deny: v.Deny != 0, Proxy: v.ProxyPort != 0, Named: v.Flags&policyFlagPort != 0}
 	}
 	return out, it.Err()
 }

@@ -211,3 +211,25 @@ func TestIPCacheSnapshot(t *testing.T) {
 		t.Fatalf("snapshot after a delete: %v", got)
 	}
 }
+
+// An entry of an exact port opens the nodes' control ports on it
+// (POLICY_F_PORT) unless it is Wide (an any-peer allow written per peer);
+// the state read back says which, so a start-up reconcile rewrites an
+// entry whose flag is stale.
+func TestWideEntryDoesNotNameItsPort(t *testing.T) {
+	dp := load(t)
+	key := func(id identity.NumericIdentity) policy.MapKey {
+		return policy.MapKey{Endpoint: 1, Dir: policy.Egress, Identity: id, L4: policy.L4{PrefixLen: 24, Proto: 6, Port: 7946}}
+	}
+	named, wide := key(identity.Host), key(identity.RemoteNode)
+	if _, err := dp.ApplyPolicy(map[policy.MapKey]policy.MapValue{named: {}, wide: {Wide: true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := dp.PolicyValues()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !vs[named].Named || vs[wide].Named || vs[named] != datapath.StateOf(named, policy.MapValue{}) || vs[wide] != datapath.StateOf(wide, policy.MapValue{Wide: true}) {
+		t.Errorf("named %+v, wide %+v: want only the first to name its port, as StateOf says", vs[named], vs[wide])
+	}
+}

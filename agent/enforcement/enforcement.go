@@ -975,7 +975,7 @@ func (e *Engine) syncPolicy() (removed int, err error) {
 	add := [2]map[policy.MapKey]policy.MapValue{{}, {}} // denies, allows
 	for k, v := range wantPol {
 		switch h, ok := have[k]; {
-		case ok && h == datapath.StateOf(v):
+		case ok && h == datapath.StateOf(k, v):
 		case ok:
 			update[k] = v
 		case v.Deny:

@@ -41,6 +41,7 @@ type fakeDP struct {
 	ipcacheErr error
 	// l7: the L7 lists of the policy entries that have one.
 	l7      map[policy.MapKey]string
+	wide    map[policy.MapKey]bool
 	ingress map[netip.Addr]bool
 	egress  map[netip.Addr]bool
 }
@@ -72,13 +73,17 @@ func (f *fakeDP) ApplyPolicy(up map[policy.MapKey]policy.MapValue, del []policy.
 			f.l7 = map[policy.MapKey]string{}
 		}
 		f.l7[k] = v.L7
+		if f.wide == nil {
+			f.wide = map[policy.MapKey]bool{}
+		}
+		f.wide[k] = v.Wide
 	}
 	return len(up) + len(del), nil
 }
 func (f *fakeDP) PolicyValues() (map[policy.MapKey]datapath.PolicyState, error) {
 	out := map[policy.MapKey]datapath.PolicyState{}
 	for k, deny := range f.policy {
-		out[k] = datapath.PolicyState{Deny: deny, Proxy: f.l7[k] != "" && !deny}
+		out[k] = datapath.PolicyState{Deny: deny, Proxy: f.l7[k] != "" && !deny, Named: k.L4.PrefixLen == 24 && !f.wide[k]}
 	}
 	return out, nil
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -98,6 +99,68 @@ func TestRequiresApplyAcrossRules(t *testing.T) {
 	} {
 		if got := r.Trace(rsLabels(t, c.src), rsLabels(t, "role=backend,env=prod"), 6, c.port); got.Verdict != c.want {
 			t.Errorf("trace %s -> backend:%d = %v (%s), want %v", c.src, c.port, got.Verdict, got.Reason, c.want)
+		}
+	}
+}
+
+// An any-peer allow expanded under requirements gives each identity that
+// meets them an entry of its own; those entries are Wide, so they do not
+// open the nodes' control ports (only an allow naming the peer and the
+// exact port does, MapValue.Wide and the datapath's POLICY_F_PORT). Found
+// 2026-12-05: a requirement the host meets (NotIn, DoesNotExist) made a
+// ports-only allow on 7946 open the host's memberlist port to the pod.
+func TestExpandedAnyPeerDoesNotNameControlPorts(t *testing.T) {
+	be := cid(3)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: be, Labels: rsLabels(t, "k8s:role=backend,k8s:env=prod")}},
+		endpoints:  []EndpointInfo{{ID: 7, Identity: be, Labels: rsLabels(t, "k8s:role=backend,k8s:env=prod")}},
+	}
+	notQuarantined := []api.EndpointSelector{{MatchExpressions: []api.SelectorRequirement{{Key: "env", Operator: api.OpNotIn, Values: []string{"quarantine"}}}}}
+	tcp := func(port uint16) L4 { return L4{PrefixLen: 24, Proto: 6, Port: port} }
+	for _, c := range []struct {
+		name     string
+		ps       []api.Policy
+		port     uint16
+		wantWide bool
+	}{
+		{"ports only, another rule's requirement", []api.Policy{
+			rsPol("not-quarantined", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToRequires: notQuarantined}}}),
+			rsPol("any-on-7946", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToPorts: rsPorts(api.ProtoTCP, "7946")}}}),
+		}, 7946, true},
+		{"ports only, the section's own requirement", []api.Policy{
+			rsPol("own", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToRequires: notQuarantined, ToPorts: rsPorts(api.ProtoTCP, "7946")}}}),
+		}, 7946, true},
+		{"entity all", []api.Policy{
+			rsPol("not-quarantined", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToRequires: notQuarantined}}}),
+			rsPol("all-on-7946", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityAll}, ToPorts: rsPorts(api.ProtoTCP, "7946")}}}),
+		}, 7946, true},
+		{"the host named too", []api.Policy{
+			rsPol("not-quarantined", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToRequires: notQuarantined}}}),
+			rsPol("any-on-7946", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToPorts: rsPorts(api.ProtoTCP, "7946")}}}),
+			rsPol("host-on-7946", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityHost}, ToPorts: rsPorts(api.ProtoTCP, "7946")}}}),
+		}, 7946, false},
+	} {
+		r := w.build(ModeDefault, c.ps)
+		check := func(how string, r *Resolver) {
+			t.Helper()
+			v, ok := mustEP(t, r, 7).Entries[MapKey{Endpoint: 7, Dir: Egress, Identity: identity.Host, L4: tcp(c.port)}]
+			if !ok || v.Deny || v.Wide != c.wantWide {
+				t.Errorf("%s (%s): the host's entry on %d: %+v (present %v), want an allow, wide %v", c.name, how, c.port, v, ok, c.wantWide)
+			}
+		}
+		check("fresh", r)
+		// An identity learned later (recomputeIdentityGroups) gets what a
+		// fresh resolver gives it.
+		late := identity.Identity{ID: cid(4), Labels: rsLabels(t, "k8s:role=frontend,k8s:env=prod")}
+		r.UpsertIdentity(late)
+		if v := mustEP(t, r, 7).Entries[MapKey{Endpoint: 7, Dir: Egress, Identity: late.ID, L4: tcp(c.port)}]; !v.Wide {
+			t.Errorf("%s: the later identity's entry %+v, want wide", c.name, v)
+		}
+		w2 := w
+		w2.identities = append(slices.Clone(w.identities), late)
+		check("fresh, with the later identity", w2.build(ModeDefault, c.ps))
+		if diff := sameState(w2.build(ModeDefault, c.ps), r); diff != "" {
+			t.Errorf("%s: incremental and fresh differ: %s", c.name, diff)
 		}
 	}
 }

@@ -151,6 +151,11 @@ type MapValue struct {
 	// L7 names the HTTP rule lists that apply (L7Ref keys, sorted, joined
 	// by "\n"); empty when the allow needs no proxy.
 	L7 string
+	// Wide marks an allow of a peer that no rule names: an any-peer allow
+	// (ports without peers, or the entity all) written per identity
+	// because requirements narrow it. It does not open the nodes' control
+	// ports to the peer, as the any entry it stands for never did.
+	Wide bool
 }
 
 // RuleRef names one section of one rule of a policy.
@@ -788,7 +793,7 @@ func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *sectio
 				continue
 			}
 			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) {
-				addSection(groups, groupKey{s.dir, id}, s)
+				addSection(groups, groupKey{s.dir, id}, s, false)
 			}
 		}
 	}
@@ -1322,18 +1327,18 @@ func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 			for _, s := range cr.sections {
 				reqs := ep.allowRequires(s)
 				if s.peers.any && len(reqs) == 0 {
-					addSection(groups, groupKey{s.dir, 0}, s)
+					addSection(groups, groupKey{s.dir, 0}, s, false)
 				} else if s.peers.any {
 					// Every peer the requirements let through, one by one.
 					for id, k := range r.identities {
 						if satisfies(reqs, k) {
-							addSection(groups, groupKey{s.dir, id}, s)
+							addSection(groups, groupKey{s.dir, id}, s, true)
 						}
 					}
 				}
 				for id := range r.peersOf(s) {
 					if k := r.identities[id]; satisfies(reqs, k) || s.unconstrained(k) {
-						addSection(groups, groupKey{s.dir, id}, s)
+						addSection(groups, groupKey{s.dir, id}, s, s.peers.every)
 					}
 				}
 				r.addFQDNSection(groups, s, ep)
@@ -1376,14 +1381,16 @@ func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id ide
 					if k := r.identities[id]; ok && !satisfies(reqs, k) && !s.unconstrained(k) {
 						ok = false
 					}
+					wide := ok && s.peers.every
 					if !ok && s.peers.any && len(reqs) > 0 {
 						ok = satisfies(reqs, r.identities[id])
+						wide = true
 					}
 					if ok || r.fqdnAllows(s, ep.info.ID, id) {
 						if g == nil {
 							g = map[L4]MapValue{}
 						}
-						addSection1(g, s)
+						addSection1(g, s, wide)
 					}
 				}
 			}
@@ -1429,28 +1436,32 @@ func diffGroup(ch *Change, ep uint16, gk groupKey, old, new map[L4]MapValue) {
 	}
 }
 
-func addSection(groups map[groupKey]map[L4]MapValue, gk groupKey, s *section) {
+func addSection(groups map[groupKey]map[L4]MapValue, gk groupKey, s *section, wide bool) {
 	g := groups[gk]
 	if g == nil {
 		g = make(map[L4]MapValue, len(s.l4s))
 		groups[gk] = g
 	}
-	addSection1(g, s)
+	addSection1(g, s, wide)
 }
 
-// addSection1 merges the entries of section s into a group. Sections are
-// added in rule order; a deny replaces an allow, otherwise the first entry
-// stays, with the L7 rules of both allows OR'd (an allow without L7 rules
-// lets every request through).
-func addSection1(g map[L4]MapValue, s *section) {
+// addSection1 merges the entries of section s into a group; wide says the
+// section is an any-peer allow written for this peer (MapValue.Wide).
+// Sections are added in rule order; a deny replaces an allow, otherwise
+// the first entry stays, with the L7 rules of both allows OR'd (an allow
+// without L7 rules lets every request through), wide only if both are.
+func addSection1(g map[L4]MapValue, s *section, wide bool) {
 	for _, l4 := range s.l4s {
-		v := MapValue{Deny: s.deny, Rule: s.ref, L7: s.l7[l4]}
+		v := MapValue{Deny: s.deny, Rule: s.ref, L7: s.l7[l4], Wide: wide && !s.deny}
 		old, ok := g[l4]
 		switch {
 		case !ok || (v.Deny && !old.Deny):
 			g[l4] = v
-		case !v.Deny && !old.Deny && old.L7 != v.L7:
-			old.L7 = mergeL7(old.L7, v.L7)
+		case !v.Deny && !old.Deny:
+			if old.L7 != v.L7 {
+				old.L7 = mergeL7(old.L7, v.L7)
+			}
+			old.Wide = old.Wide && v.Wide
 			g[l4] = old
 		}
 	}

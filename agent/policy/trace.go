@@ -141,12 +141,12 @@ func (r *Resolver) traceSide(ep labels.Labels, dir Direction, peer *knownIdentit
 			ok := s.deny || satisfies(reqs, peer) || s.unconstrained(peer)
 			switch {
 			case s.peers.any && (s.deny || len(reqs) == 0):
-				addSection1(anyGroup, s)
+				addSection1(anyGroup, s, false)
 			case s.peers.any && ok:
-				addSection1(peerGroup, s)
+				addSection1(peerGroup, s, true)
 			}
 			if ok && s.peers.matches(peer) {
-				addSection1(peerGroup, s)
+				addSection1(peerGroup, s, s.peers.every)
 			}
 		}
 	}
