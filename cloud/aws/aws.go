@@ -52,43 +52,6 @@ type Group struct {
 	Region             string            `json:"region,omitempty"`
 }
 
-// keyEscaper percent-escapes the characters that separate the parts of a
-// Key, so that no two different groups share one (AWS allows '=' in tags and
-// ',' and ';' in security group names). Values without them are unchanged.
-var keyEscaper = strings.NewReplacer("%", "%25", ",", "%2C", ";", "%3B", "=", "%3D")
-
-// Key is a canonical string for g (sorted fields), stable across processes:
-// used as a map and kvstore key. It has the form
-//
-//	region=<region>;ids=<id>,...;names=<name>,...;tags=<key>=<value>,...
-//
-// with each list sorted, which is the form policy/api.GroupKey gives the same
-// selector, so the two can be used interchangeably. Unlike that one, the
-// characters '%', ',', ';' and '=' inside a value are percent-escaped, so
-// different groups always have different keys. Duplicates are kept (as
-// policy/api.GroupKey does), and an empty Region is kept empty: the key does
-// not depend on the resolver's default region. The key may contain '/'
-// (tag keys often do).
-func (g Group) Key() string {
-	esc := func(vs []string) string {
-		out := make([]string, len(vs))
-		for i, v := range vs {
-			out[i] = keyEscaper.Replace(v)
-		}
-		slices.Sort(out)
-		return strings.Join(out, ",")
-	}
-	tags := make([]string, 0, len(g.Labels))
-	for k, v := range g.Labels {
-		tags = append(tags, keyEscaper.Replace(k)+"="+keyEscaper.Replace(v))
-	}
-	slices.Sort(tags)
-	return "region=" + keyEscaper.Replace(g.Region) +
-		";ids=" + esc(g.SecurityGroupIDs) +
-		";names=" + esc(g.SecurityGroupNames) +
-		";tags=" + strings.Join(tags, ",")
-}
-
 // empty reports whether g selects nothing in particular.
 func (g Group) empty() bool {
 	return len(g.Labels) == 0 && len(g.SecurityGroupIDs) == 0 && len(g.SecurityGroupNames) == 0

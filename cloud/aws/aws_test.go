@@ -33,61 +33,6 @@ import (
 // MOTO_ENABLE_AMI_VALIDATION is set.
 const testImage = "ami-0123456789abcdef0"
 
-func TestGroupKey(t *testing.T) {
-	a := Group{
-		Labels:             map[string]string{"app": "shop", "env": "prod", "team": "pay"},
-		SecurityGroupIDs:   []string{"sg-2", "sg-1", "sg-3"},
-		SecurityGroupNames: []string{"web", "db"},
-		Region:             "us-east-1",
-	}
-	b := Group{
-		Labels:             map[string]string{"team": "pay", "env": "prod", "app": "shop"},
-		SecurityGroupIDs:   []string{"sg-3", "sg-1", "sg-2"},
-		SecurityGroupNames: []string{"db", "web"},
-		Region:             "us-east-1",
-	}
-	want := "region=us-east-1;ids=sg-1,sg-2,sg-3;names=db,web;tags=app=shop,env=prod,team=pay"
-	for i := 0; i < 20; i++ { // map iteration order varies between runs
-		if got := a.Key(); got != want {
-			t.Fatalf("Key() = %q, want %q", got, want)
-		}
-		if b.Key() != want {
-			t.Fatalf("Key() depends on order: %q", b.Key())
-		}
-	}
-	if (Group{}).Key() != (Group{Labels: map[string]string{}, SecurityGroupIDs: []string{}}).Key() {
-		t.Error("nil and empty fields give different keys")
-	}
-
-	distinct := []Group{
-		{},
-		{Region: "us-east-1"},
-		{SecurityGroupIDs: []string{"sg-1"}},
-		{SecurityGroupIDs: []string{"sg-1"}, Region: "eu-west-1"},
-		{SecurityGroupIDs: []string{"sg-1", "sg-2"}},
-		{SecurityGroupNames: []string{"sg-1"}},
-		{SecurityGroupNames: []string{"a,b"}},
-		{SecurityGroupNames: []string{"a", "b"}},
-		{SecurityGroupNames: []string{"a;ids=b"}},
-		{SecurityGroupNames: []string{"a"}, SecurityGroupIDs: []string{"b"}},
-		{Labels: map[string]string{"sg-1": ""}},
-		{Labels: map[string]string{"a": "b"}},
-		{Labels: map[string]string{"a": "b", "c": "d"}},
-		{Labels: map[string]string{"a": "b,c=d"}},
-		{Labels: map[string]string{"a=b": "c"}},
-		{Labels: map[string]string{"a": "b=c"}},
-		{Labels: map[string]string{"a": "b%2Cc=d"}},
-	}
-	seen := map[string]int{}
-	for i, g := range distinct {
-		k := g.Key()
-		if j, ok := seen[k]; ok {
-			t.Errorf("groups %d (%+v) and %d (%+v) share key %q", j, distinct[j], i, g, k)
-		}
-		seen[k] = i
-	}
-}
-
 // TestFilterEscaping: EC2 wildcards in names and values match literally.
 func TestFilterEscaping(t *testing.T) {
 	f := filter("tag:k", `a*b?c\d`, "plain")

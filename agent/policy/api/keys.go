@@ -2,8 +2,6 @@ package api
 
 import (
 	"encoding/json"
-	"fmt"
-	"maps"
 	"slices"
 	"strings"
 
@@ -20,16 +18,33 @@ func (s *EndpointSelector) NamesReserved() bool {
 	return false
 }
 
+// groupKeyEscaper percent-escapes the characters that separate the parts
+// of a GroupKey (AWS allows ',', ';' and '=' in tags and group names), so
+// that different selectors never share a key; values without them are
+// unchanged.
+var groupKeyEscaper = strings.NewReplacer("%", "%25", ",", "%2C", ";", "%3B", "=", "%3D")
+
 // GroupKey is the canonical form of an AWS group selector (sorted), the
-// same for equal selectors however they are written.
+// same for equal selectors however they are written and different for
+// different ones (the separators inside values escaped; until 2026-12-06
+// they were not, and {env: "prod,tier=db"} shared the key of {env: prod,
+// tier: db}).
 func GroupKey(g AWSGroup) string {
-	ids := slices.Sorted(slices.Values(g.SecurityGroupsIDs))
-	names := slices.Sorted(slices.Values(g.SecurityGroupsNames))
-	var tags []string
-	for _, k := range slices.Sorted(maps.Keys(g.Labels)) {
-		tags = append(tags, k+"="+g.Labels[k])
+	esc := func(vs []string) string {
+		out := make([]string, len(vs))
+		for i, v := range vs {
+			out[i] = groupKeyEscaper.Replace(v)
+		}
+		slices.Sort(out)
+		return strings.Join(out, ",")
 	}
-	return fmt.Sprintf("region=%s;ids=%s;names=%s;tags=%s", g.Region, strings.Join(ids, ","), strings.Join(names, ","), strings.Join(tags, ","))
+	tags := make([]string, 0, len(g.Labels))
+	for k, v := range g.Labels {
+		tags = append(tags, groupKeyEscaper.Replace(k)+"="+groupKeyEscaper.Replace(v))
+	}
+	slices.Sort(tags)
+	return "region=" + groupKeyEscaper.Replace(g.Region) + ";ids=" + esc(g.SecurityGroupsIDs) +
+		";names=" + esc(g.SecurityGroupsNames) + ";tags=" + strings.Join(tags, ",")
 }
 
 // nodeSelectorPrefix starts every NodeSelectorKey.
