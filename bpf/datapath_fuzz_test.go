@@ -373,6 +373,55 @@ func TestOverlayRunner(t *testing.T) {
 	}
 }
 
+// With encryption on, VXLAN from an encryption peer's address is dropped
+// as forged (a peer sends through the WireGuard device, so the outer
+// source of such a datagram is not the peer: anyone on the underlay who
+// can forge it would speak as the VNI's identity), and under strict mode
+// VXLAN from a node that is not a peer is dropped too; without strict
+// mode a node that is not a peer yet still speaks VXLAN. Found 2026-12-06
+// by reading from_overlay: it checked only that the outer source was a
+// known node, so tunnel mode with WireGuard, strict included, accepted a
+// forged VXLAN datagram with any identity.
+func TestOverlayRefusesClearFromEncryptionPeers(t *testing.T) {
+	x := loadFuzz(t)
+	const reasonForgedSource, reasonNoEncryptPeer = 15, 11
+	node := binary.BigEndian.Uint32(fzNode)
+	var p [8]byte
+	binary.NativeEndian.PutUint32(p[:], node)
+	binary.NativeEndian.PutUint32(p[4:], fzPeerID)
+	if err := x.params.Put(uint32(0), p[:]); err != nil {
+		t.Fatal(err)
+	}
+	frame := tcpPacket(t, fzPeer, fzPod, 40000, 80, true, false)
+	nk, one := ip4(fzNode), uint32(1)
+	for _, c := range []struct {
+		name    string
+		encrypt uint32
+		peer    bool
+		want    uint32
+		reason  uint32
+	}{
+		{"encryption off", 0, false, actRedirect, reasonForwarded},
+		{"on, the node a peer", 1, true, actShot, reasonForgedSource},
+		{"strict, the node a peer", 3, true, actShot, reasonForgedSource},
+		{"strict, the node not a peer yet", 3, false, actShot, reasonNoEncryptPeer},
+		{"on, the node not a peer yet", 1, false, actRedirect, reasonForwarded},
+	} {
+		putConfig(t, x.objs.Config, DatapathNodeConfig{Encrypt: c.encrypt})
+		if c.peer {
+			if err := x.objs.EncryptPeers.Put(&nk, &one); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			x.objs.EncryptPeers.Delete(&nk)
+		}
+		before := x.count(t, c.reason)
+		if v, _ := x.run(t, x.overlay, frame); v != c.want || x.count(t, c.reason) != before+1 {
+			t.Errorf("%s: verdict %d (want %d), reason %d counted %d -> %d", c.name, v, c.want, c.reason, before, x.count(t, c.reason))
+		}
+	}
+}
+
 func (x *fuzzFixture) count(t *testing.T, reason uint32) uint64 {
 	key := reason*2 + dirIngress
 	var per []DatapathCounter

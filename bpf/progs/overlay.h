@@ -3,8 +3,10 @@
 #pragma once
 
 // from_overlay: tc ingress of the VXLAN device. Only known nodes may send
-// encapsulated traffic; the VNI carries the source identity, and the
-// destination pod's ingress policy is enforced with it before delivery.
+// encapsulated traffic, and with encryption on only nodes that are not
+// encryption peers (and none under strict mode); the VNI carries the
+// source identity, and the destination pod's ingress policy is enforced
+// with it before delivery.
 SEC("tc")
 int from_overlay(struct __sk_buff *skb)
 {
@@ -21,6 +23,17 @@ int from_overlay(struct __sk_buff *skb)
 	if (!known) {
 		p.len = skb->len;
 		return drop(skb, REASON_TUNNEL_SOURCE, DIR_INGRESS, 0, 0, src_id, 0, &p);
+	}
+	// With encryption on, a peer's traffic comes through the encryption
+	// device, never as VXLAN: VXLAN from a peer's address is forged (the
+	// outer source is not authenticated, and the VNI would be taken as the
+	// identity), and under strict mode no VXLAN is accepted at all.
+	int enc = encrypt_route(outer);
+	if (enc == 0)
+		enc = REASON_FORGED_SOURCE;
+	if (enc > 0) {
+		p.len = skb->len;
+		return drop(skb, enc, DIR_INGRESS, 0, 0, src_id, 0, &p);
 	}
 	if (r < 0) {
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
