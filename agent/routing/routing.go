@@ -884,9 +884,17 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 		return
 	}
 	p := netip.PrefixFrom(e.IP, 32)
+	// Only a /32 this router wrote is deleted: the address may hold
+	// another writer's (this node's host entry, a policy's CIDR
+	// identity), which a refused entry never replaced. Until 2026-12-06 a
+	// remote's entry of an unknown node at such an address deleted it
+	// (TestForeignSlash32sNotDeleted).
+	wrote := owned || r.wrote(e.IP)
 	if deleted {
 		r.drop(e.IP)
-		r.dp.DeleteIPCache(p)
+		if wrote {
+			r.dp.DeleteIPCache(p)
+		}
 		return
 	}
 	r.hold(e)
@@ -900,10 +908,19 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 		if n, known := r.nodes[e.Node]; known {
 			slog.Warn("refused an ipcache entry outside its node's pod CIDRs", "ip", e.IP, "node", e.Node, "podCIDRs", n.PodCIDRs)
 		}
-		r.dp.DeleteIPCache(p)
+		if wrote {
+			r.dp.DeleteIPCache(p)
+		}
 		return
 	}
 	r.writeEntry(e)
+}
+
+// wrote says whether the datapath holds the entry held for ip, as this
+// router wrote it: its node not down and the entry one it may have.
+func (r *Router) wrote(ip netip.Addr) bool {
+	old, had := r.entries[ip]
+	return had && !r.down[old.Node] && r.entryOK(old)
 }
 
 // mayChange says whether e (a put, or a delete) may change the entry of
@@ -1064,10 +1081,16 @@ func (r *Router) SetNodeDown(name string, down bool) {
 		delete(r.down, name)
 	}
 	n, known := r.nodes[name]
+	// Only the entries the node may have were written, and are again:
+	// until 2026-12-06 a node whose entries were held back (refused, or
+	// not known where nodes are required) had them all written when
+	// failure detection saw it come back.
 	r.heldOf(name, func(e ipcache.Entry) {
-		if down {
+		switch {
+		case !r.entryOK(e):
+		case down:
 			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
-		} else {
+		default:
 			r.writeEntry(e)
 		}
 	})
