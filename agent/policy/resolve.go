@@ -770,7 +770,9 @@ func (r *Resolver) fqdnAllows(s *section, ep uint16, id identity.NumericIdentity
 		return false
 	}
 	k := r.identities[id]
-	if k == nil || !s.peers.satisfiesRequires(k) {
+	// Never a node's address, though a node selector gave it a CIDR
+	// identity (TestFQDNNeverAllowsANode).
+	if k == nil || k.node || !s.peers.satisfiesRequires(k) {
 		return false
 	}
 	for _, key := range s.fqdnKeys {
@@ -792,7 +794,7 @@ func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *sectio
 			if _, ok := slices.BinarySearch(eps, ep.info.ID); !ok {
 				continue
 			}
-			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) {
+			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) && !r.identities[id].node {
 				addSection(groups, groupKey{s.dir, id}, s, false)
 			}
 		}

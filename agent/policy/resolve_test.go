@@ -1612,19 +1612,7 @@ spec:
 // allow stop matching the nodes and its world and CIDR allows start
 // reaching them.
 func TestNodeSelectorLeavesOtherPoliciesVerdicts(t *testing.T) {
-	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: nodes, namespace: a}
-spec:
-  endpointSelector: {}
-  egress: [{toNodes: [{}]}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b, namespace: b}
-spec:
-  endpointSelector: {}
-  egress:
+	_, r := nodesAndB(t, `
   - toEntities: [remote-node]
     toPorts: [{ports: [{port: "9100", protocol: TCP}]}]
   - toEntities: [cluster]
@@ -1633,18 +1621,8 @@ spec:
     toPorts: [{ports: [{port: "443", protocol: TCP}]}]
   - toCIDR: [172.30.0.0/16]
     toPorts: [{ports: [{port: "22", protocol: TCP}]}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := NewResolver(ModeDefault)
-	r.UpsertEndpoint(EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "k8s:app=x", "k8s:io.kubernetes.pod.namespace=a")})
-	r.UpsertEndpoint(EndpointInfo{ID: 2, Identity: cid(2), Labels: rsLabels(t, "k8s:app=y", "k8s:io.kubernetes.pod.namespace=b")})
-	r.SetPolicies(ps)
-	var key string
-	for k := range r.NodeSelectorsInUse() {
-		key = k
-	}
+`)
+	key := nodeKeyOf(r)
 	node := netip.MustParsePrefix("172.30.0.2/32")
 	r.SetGroup(key, []netip.Addr{node.Addr()})
 	id := r.CIDRIdentities()[node]
@@ -1674,4 +1652,41 @@ spec:
 	if _, ok := r.CIDRIdentities()[node]; ok {
 		t.Error("the node's CIDR identity stayed after its selector went")
 	}
+}
+
+// nodesAndB is a resolver with endpoint 1 in namespace a, whose policy
+// selects every node (toNodes), and endpoint 2 in namespace b, whose
+// policy has the egress rules egressYAML (a YAML list, indented two
+// spaces); and the policies.
+func nodesAndB(t *testing.T, egressYAML string) ([]api.Policy, *Resolver) {
+	t.Helper()
+	ps, err := api.Parse([]byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: nodes, namespace: a}
+spec:
+  endpointSelector: {}
+  egress: [{toNodes: [{}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: b}
+spec:
+  endpointSelector: {}
+  egress:` + egressYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(ModeDefault)
+	r.UpsertEndpoint(EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "k8s:app=x", "k8s:io.kubernetes.pod.namespace=a")})
+	r.UpsertEndpoint(EndpointInfo{ID: 2, Identity: cid(2), Labels: rsLabels(t, "k8s:app=y", "k8s:io.kubernetes.pod.namespace=b")})
+	r.SetPolicies(ps)
+	return ps, r
+}
+
+// nodeKeyOf is the key of the (one) node selector r's policies use.
+func nodeKeyOf(r *Resolver) (key string) {
+	for k := range r.NodeSelectorsInUse() {
+		key = k
+	}
+	return key
 }
