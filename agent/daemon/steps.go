@@ -235,9 +235,6 @@ func (a *Agent) startPolicy(context.Context) error {
 	}
 	a.res = policy.NewResolver(policy.Mode(a.cfg.EnforcementMode))
 	a.res.SetClusterScope(a.cfg.ClusterName, a.cfg.PolicyAllClusters)
-	for _, id := range a.ids.List() {
-		a.res.UpsertIdentity(id)
-	}
 	a.engine = enforcement.New(a.dp, a.res, a.policies, []netip.Addr{a.pool.Gateway(), a.nodeIP}, a.ids.Get)
 	a.engine.SetCluster(a.ipsync, a.router, a.nodeIP)
 	if own, err := netip.ParsePrefix(a.podCIDR); err == nil {
@@ -264,6 +261,11 @@ func (a *Agent) startPolicy(context.Context) error {
 		}
 		a.router.SetSparse(need, local)
 	}
+	// Every identity known now, then every change: until 2026-12-06 the
+	// resolver was filled here and subscribed at the endpoints step, and
+	// the identities of the steps between never reached it
+	// (TestSubscribeListMissesNothing).
+	a.ids.SubscribeList(a.engine.IdentityChanged)
 	return nil
 }
 
@@ -487,7 +489,6 @@ func (a *Agent) startGroups(ctx context.Context) error {
 // ipcache entries of endpoints gone while the agent was down and removes
 // leftover datapath entries.
 func (a *Agent) startEndpoints(ctx context.Context) error {
-	a.ids.Subscribe(a.engine.IdentityChanged)
 	eps, err := endpoint.NewManager(endpoint.Config{StateDir: a.cfg.StateDir, Pool: a.pool, Identities: a.ids, Plumber: veth.New(),
 		Hooks: hooks{a.engine, a.lbHooks, a.proxyChanged, a.endpointGone}, MTU: a.cfg.MTU, PodLabels: a.podLabels})
 	if err != nil {

@@ -66,6 +66,10 @@ type Allocator struct {
 
 	smu  sync.Mutex
 	subs []func(id Identity, deleted bool)
+	// dmu orders deliveries: the watch holds it from a cache change to
+	// its notification, SubscribeList from its listing to its
+	// subscription.
+	dmu sync.Mutex
 }
 
 // Subscribe calls f (from the watch goroutine) for every identity of the
@@ -74,6 +78,19 @@ func (a *Allocator) Subscribe(f func(id Identity, deleted bool)) {
 	a.smu.Lock()
 	defer a.smu.Unlock()
 	a.subs = append(a.subs, f)
+}
+
+// SubscribeList calls f for every identity the cache holds now (List,
+// reserved ones included, as upserts), then, as Subscribe, for every
+// change after: nothing missed between the two, nothing older delivered
+// after something newer.
+func (a *Allocator) SubscribeList(f func(id Identity, deleted bool)) {
+	a.dmu.Lock()
+	defer a.dmu.Unlock()
+	for _, id := range a.List() {
+		f(id, false)
+	}
+	a.Subscribe(f)
 }
 
 func (a *Allocator) notify(id Identity, deleted bool) {
@@ -128,12 +145,14 @@ func (a *Allocator) watch(ctx context.Context) {
 				continue
 			}
 			id := NumericIdentity(n)
+			a.dmu.Lock()
 			a.cacheSet(id, ev.Type == kvstore.EventUpsert, string(ev.Value))
 			if ev.Type == kvstore.EventDelete {
 				a.notify(Identity{ID: id}, true)
 			} else if got, err := a.Get(id); err == nil {
 				a.notify(got, false)
 			}
+			a.dmu.Unlock()
 		}
 	}
 }

@@ -222,3 +222,77 @@ func BenchmarkAllocate(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
 	})
 }
+
+// SubscribeList hands a subscriber every identity the cache holds, then
+// every change after, with none missed in between: the agent's policy
+// resolver was filled from List at one start step and subscribed eight
+// steps later, so an identity created, changed or deleted meanwhile (a
+// new pod's, or a freed number given to another label set) never reached
+// it until the next change of that number. Found 2026-12-06 by reading
+// the agent's start steps.
+func TestSubscribeListMissesNothing(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a, _ := newAllocator(t, ep, "n1")
+	b, _ := newAllocator(t, ep, "n2")
+	ctx := context.Background()
+	before, _, err := b.Allocate(ctx, mustLabels(t, "app=before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, err := a.Get(before.ID); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first identity never reached the other allocator")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var mu sync.Mutex
+	seen := map[identity.NumericIdentity]bool{} // id -> present, as the subscriber saw it
+	done := make(chan struct{})
+	var during []identity.NumericIdentity
+	go func() {
+		defer close(done)
+		for i := 0; i < 20; i++ {
+			ls := mustLabels(t, fmt.Sprintf("app=during%d", i))
+			id, _, err := b.Allocate(ctx, ls)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			during = append(during, id.ID)
+			if i%3 == 0 {
+				b.Release(ctx, ls)
+			}
+		}
+	}()
+	a.SubscribeList(func(id identity.Identity, deleted bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[id.ID] = !deleted
+	})
+	<-done
+	want := map[identity.NumericIdentity]bool{}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		want = map[identity.NumericIdentity]bool{}
+		for _, id := range a.List() {
+			want[id.ID] = true
+		}
+		mu.Lock()
+		got := map[identity.NumericIdentity]bool{}
+		for id, present := range seen {
+			if present {
+				got[id] = true
+			}
+		}
+		mu.Unlock()
+		if fmt.Sprint(got) == fmt.Sprint(want) && want[before.ID] && len(want) == len(identity.Reserved())+1+20-7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the subscriber holds %v, the cache %v (first %d, during %v)", got, want, before.ID, during)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
