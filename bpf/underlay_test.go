@@ -57,6 +57,12 @@ func TestUnderlayForgedSource(t *testing.T) {
 		return serialize(t, eth(), ip, gopacket.Payload([]byte{1, 2, 3, 4, 5, 6, 7, 8}))
 	}
 	nodeIP := net.IPv4(172, 30, 0, 1).To4()
+	// This node's own address, identity host in the ipcache as the agent
+	// writes it.
+	hk := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(nodeIP)}
+	if err := f.objs.Ipcache.Put(&hk, &DatapathIpcacheValue{Identity: 1}); err != nil {
+		t.Fatal(err)
+	}
 	f.lbService(1, nodeIP, 30080, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
 	f.lbService(2, nodeIP, 30081, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remotePod)), 8080))
 	nk, one := ip4(node), uint32(1)
@@ -79,6 +85,11 @@ func TestUnderlayForgedSource(t *testing.T) {
 		{"native: a local pod's address to a NodePort with a remote backend", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 30081), F},
 		{"native: a local pod's address, a later fragment", 0, 0, 0, false, laterFragment(local2, podIP), F},
 		{"native: an outside address to a NodePort with a local backend", 0, 0, 0, false, udp(t, peerIP, nodeIP, 5000, 30080), P},
+		// Found 2026-12-06: a translation claimed for the node's own
+		// address took the backend's replies to the node's own
+		// connections with it (kubelet's probes), as if to a client.
+		{"native: this node's own address to a NodePort with a local backend", 0, 0, 0, false, udp(t, nodeIP, nodeIP, 45000, 30080), F},
+		{"tunnel: this node's own address to a NodePort with a remote backend", 7, 0, 0, false, udp(t, nodeIP, nodeIP, 45000, 30081), F},
 		{"native: a local pod's address to the node, not to a pod", 0, 0, 0, false, udp(t, local2, nodeIP, 5000, 53), F},
 		{"native: a local pod's address to a remote pod (to be forwarded)", 0, 0, 0, false, udp(t, local2, remotePod, 5000, 53), F},
 		{"tunnel: a local pod's address to a remote pod (to be forwarded)", 7, 0, 0, false, udp(t, local2, remotePod, 5000, 53), F},

@@ -264,6 +264,13 @@ int from_netdev(struct __sk_buff *skb)
 	// above (they reach a NodePort through the socket programs; a local
 	// backend would take it as that pod, and a remote backend's replies
 	// would be sent into it), before a backend or an affinity is chosen.
+	// Nor this node's own address (identity host: only a forgery comes
+	// from the underlay with it): the translation claimed for it would
+	// take a local backend's replies to the node's own connections with
+	// the same ports, kubelet's probes among them.
+	struct ipcache_value *client = lookup_ipcache(p.saddr);
+	if (client && client->identity == IDENTITY_HOST)
+		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	struct lb_backend *b = lb_pick(svc, p.saddr, 1, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
 	if (!b)
 		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
