@@ -311,13 +311,13 @@ func (w *Watcher) PodLabels(ctx context.Context, namespace, name string) ([]stri
 	defer w.recheck(namespace, name)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if w.podSynced() {
+		if w.podSynced() && w.nsCached(namespace) {
 			if obj, ok, _ := w.podIndexer.GetByKey(namespace + "/" + name); ok {
 				return w.labelsOf(obj.(*corev1.Pod)), true
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			slog.Warn("pod not in the Kubernetes cache; using the CNI labels", "pod", namespace+"/"+name)
+			slog.Warn("pod or its namespace not in the Kubernetes cache; using the CNI labels", "pod", namespace+"/"+name)
 			return nil, false
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -329,6 +329,12 @@ func (w *Watcher) recheck(namespace, name string) {
 		return
 	}
 	time.AfterFunc(podRecheckAfter, func() { w.relabelKey(w.life, namespace, name, 0) })
+}
+
+// nsCached says whether namespace is in the namespaces' cache.
+func (w *Watcher) nsCached(namespace string) bool {
+	_, ok, _ := w.nsIndexer.GetByKey(namespace)
+	return ok
 }
 
 func (w *Watcher) labelsOf(p *corev1.Pod) []string {
@@ -389,7 +395,11 @@ func (w *Watcher) relabelKey(ctx context.Context, namespace, name string, attemp
 		delete(w.retrying, key)
 	}
 	obj, ok, _ := w.podIndexer.GetByKey(key)
-	if !ok {
+	// Not before its namespace is cached: its labels would lack the
+	// namespace's, and a restored endpoint would lose them until the
+	// namespace came (its arrival relabels its pods). Until 2026-12-06 a
+	// restarted agent whose pods' list came first did that.
+	if !ok || !w.nsCached(namespace) {
 		return
 	}
 	n, err := w.pods.SetPodLabels(ctx, namespace, name, w.labelsOf(obj.(*corev1.Pod)))

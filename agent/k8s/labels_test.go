@@ -82,21 +82,29 @@ func TestPodReachingTheCacheRelabelsItsEndpoints(t *testing.T) {
 	ctx := context.Background()
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "db", Labels: map[string]string{"app": "db"}}}
 	w.podIndexer.Add(p)
+	// Not before its namespace is in the cache too: found 2026-12-06, a
+	// restarted agent whose pods' list came before the namespaces' took
+	// every restored endpoint's namespace labels away until then (deny
+	// rules on namespace labels stopped matching).
 	w.podHandler(ctx).OnAdd(p, true)
-	want := "team-a/db k8s:app=db,k8s:io.cilium.k8s.policy.serviceaccount=default"
-	if len(rec.calls) != 1 || rec.calls[0] != want {
-		t.Fatalf("relabels after the pod's add: %q, want [%q]", rec.calls, want)
+	if len(rec.calls) != 0 {
+		t.Fatalf("relabels after the pod's add, its namespace not cached: %q", rec.calls)
+	}
+	w.Resync(ctx)
+	if len(rec.calls) != 0 {
+		t.Fatalf("relabels after Resync, the namespace not cached: %q", rec.calls)
 	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a", Labels: map[string]string{"team": "a"}}}
 	w.nsIndexer.Add(ns)
 	w.namespaceHandler(ctx).OnAdd(ns, true)
-	want = "team-a/db k8s:app=db,k8s:io.cilium.k8s.namespace.labels.team=a,k8s:io.cilium.k8s.policy.serviceaccount=default"
-	if len(rec.calls) != 2 || rec.calls[1] != want {
-		t.Fatalf("relabels after the namespace's add: %q, want a second %q", rec.calls, want)
+	want := "team-a/db k8s:app=db,k8s:io.cilium.k8s.namespace.labels.team=a,k8s:io.cilium.k8s.policy.serviceaccount=default"
+	if len(rec.calls) != 1 || rec.calls[0] != want {
+		t.Fatalf("relabels after the namespace's add: %q, want [%q]", rec.calls, want)
 	}
+	w.podHandler(ctx).OnAdd(p, true)
 	w.Resync(ctx)
-	if len(rec.calls) != 3 || rec.calls[2] != want {
-		t.Fatalf("relabels after Resync: %q, want a third %q", rec.calls, want)
+	if len(rec.calls) != 3 || rec.calls[1] != want || rec.calls[2] != want {
+		t.Fatalf("relabels after the pod's add and Resync: %q, want two more %q", rec.calls, want)
 	}
 	// An update that changes neither labels nor service account does not.
 	q := p.DeepCopy()
@@ -105,6 +113,13 @@ func TestPodReachingTheCacheRelabelsItsEndpoints(t *testing.T) {
 	if len(rec.calls) != 3 {
 		t.Fatalf("an annotation change relabelled: %q", rec.calls)
 	}
+}
+
+// withNamespace is an indexer of namespaces holding name (no labels).
+func withNamespace(name string) cache.Indexer {
+	i := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	i.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	return i
 }
 
 // Waiting names each resource whose first list has not arrived.
@@ -131,7 +146,7 @@ func TestPodLookedAtAgainAfterCNIAdd(t *testing.T) {
 	// The cache is not synced at the look (so it finds nothing) and holds
 	// the pod at the re-check.
 	w := &Watcher{pods: rec, life: ctx, podSynced: func() bool { return false },
-		nsIndexer:  cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+		nsIndexer:  withNamespace("default"),
 		podIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})}
 	w.podIndexer.Add(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "late", Labels: map[string]string{"app": "late"}}})
 	done, stop := context.WithCancel(context.Background())
@@ -157,7 +172,7 @@ func TestPodLookedAtAgainAfterCNIAdd(t *testing.T) {
 // back labels already replaced.
 func TestRelabelAppliesTheCachedPod(t *testing.T) {
 	rec := &recordedPods{}
-	w := &Watcher{pods: rec, nsIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+	w := &Watcher{pods: rec, nsIndexer: withNamespace("default"),
 		podIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})}
 	stale := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", Labels: map[string]string{"role": "admin"}}}
 	now := stale.DeepCopy()
@@ -186,7 +201,7 @@ func TestFailedRelabelIsRetried(t *testing.T) {
 	defer func(d time.Duration) { relabelFirstRetry = d }(relabelFirstRetry)
 	relabelFirstRetry = 10 * time.Millisecond
 	rec := &recordedPods{fail: 2}
-	w := &Watcher{pods: rec, nsIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
+	w := &Watcher{pods: rec, nsIndexer: withNamespace("default"),
 		podIndexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})}
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", Labels: map[string]string{"app": "web"}}}
 	w.podIndexer.Add(p)
