@@ -23,6 +23,12 @@ const (
 	// counts as 32 (what it compiles to at most), a port of protocol ANY
 	// as 3, a section without ports as 1.
 	MaxNamespaceCIDRPorts = 65536
+	// MaxNamespaceGroups bounds the distinct cloud group selectors
+	// (toGroups, fromGroups; by api.GroupKey) a namespace's policies
+	// name: each is a request every node publishes in the kvstore and a
+	// query the elected resolver makes to the cloud's API on every
+	// refresh, one after the other for every tenant.
+	MaxNamespaceGroups = 64
 )
 
 // ErrBudget: an import would take a namespace past a budget.
@@ -34,7 +40,7 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 	uses := map[string]*budgetUse{}
 	for _, p := range staged {
 		if p.Namespace != "" {
-			uses[p.Namespace] = &budgetUse{prefixes: map[netip.Prefix]bool{}}
+			uses[p.Namespace] = &budgetUse{prefixes: map[netip.Prefix]bool{}, groups: map[string]bool{}}
 		}
 	}
 	if len(uses) == 0 {
@@ -49,11 +55,13 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 			for _, rs := range [][]api.IngressRule{rule.Ingress, rule.IngressDeny} {
 				for _, in := range rs {
 					u.section(in.FromCIDR, in.FromCIDRSet, in.ToPorts)
+					u.cloudGroups(in.FromGroups)
 				}
 			}
 			for _, rs := range [][]api.EgressRule{rule.Egress, rule.EgressDeny} {
 				for _, out := range rs {
 					u.section(out.ToCIDR, out.ToCIDRSet, out.ToPorts)
+					u.cloudGroups(out.ToGroups)
 				}
 			}
 		}
@@ -62,6 +70,10 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 		if len(u.prefixes) > MaxNamespacePrefixes {
 			return fmt.Errorf("%w: namespace %q: its policies would name %d CIDR prefixes (at most %d per namespace)",
 				ErrBudget, ns, len(u.prefixes), MaxNamespacePrefixes)
+		}
+		if len(u.groups) > MaxNamespaceGroups {
+			return fmt.Errorf("%w: namespace %q: its policies would name %d cloud groups (at most %d per namespace)",
+				ErrBudget, ns, len(u.groups), MaxNamespaceGroups)
 		}
 		if u.cidrPorts > MaxNamespaceCIDRPorts {
 			return fmt.Errorf("%w: namespace %q: its policies' CIDR prefixes times ports would be %d (at most %d per namespace)",
@@ -75,6 +87,16 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 type budgetUse struct {
 	prefixes  map[netip.Prefix]bool
 	cidrPorts int
+	groups    map[string]bool // by api.GroupKey
+}
+
+// cloudGroups counts a section's cloud group selectors.
+func (u *budgetUse) cloudGroups(gs []api.Groups) {
+	for _, g := range gs {
+		if g.AWS != nil {
+			u.groups[api.GroupKey(*g.AWS)] = true
+		}
+	}
 }
 
 // section counts a policy section's CIDR prefixes (excepts included) and

@@ -76,3 +76,48 @@ func TestNamespaceBudgets(t *testing.T) {
 		t.Errorf("a clusterwide policy: %v", err)
 	}
 }
+
+// groupsPolicy is a namespace's policy naming n distinct AWS groups (by
+// tag) in toGroups.
+func groupsPolicy(namespace, name string, n int) string {
+	var gs []string
+	for i := range n {
+		gs = append(gs, fmt.Sprintf(`{aws: {labels: {app: g%d}}}`, i))
+	}
+	return fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: %s, namespace: %s}
+spec:
+  endpointSelector: {}
+  egress: [{toGroups: [%s]}]
+`, name, namespace, strings.Join(gs, ", "))
+}
+
+// A namespace's policies name at most MaxNamespaceGroups distinct cloud
+// groups: each is a selector every node publishes in the kvstore and the
+// elected resolver asks the cloud's API about on every refresh, one after
+// the other, for every tenant. Found 2026-12-06 by reading the budgets:
+// they counted CIDRs only, so one policy of thousands of toGroups
+// selectors flooded the kvstore with every node's requests, throttled the
+// account's EC2 API and held every other tenant's groups unresolved.
+func TestNamespaceGroupsBudget(t *testing.T) {
+	r, err := NewRepository("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ImportScoped(ScopeKubernetes, policies(t, groupsPolicy("a", "p1", MaxNamespaceGroups))); err != nil {
+		t.Fatal(err)
+	}
+	rev := r.Revision()
+	_, err = r.ImportScoped(ScopeKubernetes, policies(t, groupsPolicy("a", "p2", MaxNamespaceGroups+1)))
+	if !errors.Is(err, ErrBudget) || !strings.Contains(err.Error(), `namespace "a"`) || !strings.Contains(err.Error(), "groups") {
+		t.Fatalf("an import past the namespace's groups: %v", err)
+	}
+	if r.Revision() != rev || len(r.List()) != 1 {
+		t.Fatalf("the refused import changed the repository: revision %d → %d", rev, r.Revision())
+	}
+	// The same groups in a second policy count once.
+	if _, err := r.ImportScoped(ScopeKubernetes, policies(t, groupsPolicy("a", "p3", MaxNamespaceGroups))); err != nil {
+		t.Errorf("the same groups again: %v", err)
+	}
+}
