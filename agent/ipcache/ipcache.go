@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -89,7 +90,7 @@ type Sync struct {
 	kick  chan struct{}
 
 	remote map[netip.Addr]Entry
-	subs   []func(e Entry, deleted bool)
+	subs   []*subscriber
 	synced chan struct{}
 	// hold keeps the entries of a node whose lease ended while failure
 	// detection still reaches it; pending are those entries (their
@@ -146,18 +147,47 @@ func (s *Sync) release(ip netip.Addr) {
 	}
 	delete(s.pending, ip)
 	delete(s.remote, ip)
-	subs := append([]func(Entry, bool){}, s.subs...)
+	subs := slices.Clone(s.subs)
 	s.mu.Unlock()
 	slog.Info("withdrawing a held ipcache entry", "ip", ip, "node", e.Node)
-	for _, f := range subs {
-		f(e, true)
+	for _, sb := range subs {
+		sb.deliver(e, true)
 	}
 }
 
-// Subscribe calls f for each remote entry now known and every later change.
+// subscriber is one Subscribe's function; changes that come while its
+// replay of the entries known runs are queued behind it.
+type subscriber struct {
+	f         func(e Entry, deleted bool)
+	mu        sync.Mutex
+	replaying bool
+	queued    []change
+}
+
+type change struct {
+	e       Entry
+	deleted bool
+}
+
+func (sb *subscriber) deliver(e Entry, deleted bool) {
+	sb.mu.Lock()
+	if sb.replaying {
+		sb.queued = append(sb.queued, change{e, deleted})
+		sb.mu.Unlock()
+		return
+	}
+	sb.mu.Unlock()
+	sb.f(e, deleted)
+}
+
+// Subscribe calls f for each remote entry now known and then every later
+// change, in that order: a change that comes during the replay is handed
+// over after it (until 2026-12-06 it could come before, and the replay's
+// older value stayed: TestSubscribeReplayNotAfterNewer).
 func (s *Sync) Subscribe(f func(e Entry, deleted bool)) {
+	sb := &subscriber{f: f, replaying: true}
 	s.mu.Lock()
-	s.subs = append(s.subs, f)
+	s.subs = append(s.subs, sb)
 	entries := make([]Entry, 0, len(s.remote))
 	for _, e := range s.remote {
 		entries = append(entries, e)
@@ -165,6 +195,20 @@ func (s *Sync) Subscribe(f func(e Entry, deleted bool)) {
 	s.mu.Unlock()
 	for _, e := range entries {
 		f(e, false)
+	}
+	for {
+		sb.mu.Lock()
+		q := sb.queued
+		sb.queued = nil
+		if len(q) == 0 {
+			sb.replaying = false
+			sb.mu.Unlock()
+			return
+		}
+		sb.mu.Unlock()
+		for _, c := range q {
+			f(c.e, c.deleted)
+		}
 	}
 }
 
@@ -410,10 +454,10 @@ func (s *Sync) watch(ctx context.Context) {
 				s.remote[ip] = e
 			}
 		}
-		subs := append([]func(Entry, bool){}, s.subs...)
+		subs := slices.Clone(s.subs)
 		s.mu.Unlock()
-		for _, f := range subs {
-			f(e, deleted)
+		for _, sb := range subs {
+			sb.deliver(e, deleted)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
 	"github.com/filament-net/filament/internal/testutil"
 )
@@ -19,22 +20,9 @@ import (
 // because their node's lease ended stay while the node is reachable (and
 // are written again under its new lease), and go once it is seen down.
 func TestHoldExpiredWhileReachable(t *testing.T) {
-	ep := testutil.Etcd(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	kvA, kvB := testutil.Connect(t, ep), testutil.Connect(t, ep)
-	leaseA, err := kvA.GrantLease(ctx, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaseB, err := kvB.GrantLease(ctx, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, kvA, leaseB, a, b := syncPair(t)
 	renewed := make(chan int64, 1)
 	leaseB.OnRenew(func(_ context.Context, id int64) { renewed <- id })
-	a := ipcache.New(ctx, kvA, leaseA, "c1", "a")
-	b := ipcache.New(ctx, kvB, leaseB, "c1", "b")
 	var bAlive atomic.Bool
 	bAlive.Store(true)
 	a.HoldExpired(func(n string) bool { return n == "b" && bAlive.Load() }, time.Minute)
@@ -173,4 +161,17 @@ func waitWrites(t *testing.T, s *ipcache.Sync) {
 			t.Fatalf("%d writes still pending", s.Writes())
 		}
 	}
+}
+
+// syncPair is the Syncs of two agents, a and b, of cluster c1 on one
+// etcd, with a's client and b's lease; ctx ends with the test.
+func syncPair(t *testing.T) (ctx context.Context, kvA *kvstore.Client, leaseB *kvstore.Lease, a, b *ipcache.Sync) {
+	ep := testutil.Etcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	kvA, kvB := testutil.Connect(t, ep), testutil.Connect(t, ep)
+	leaseB = testutil.GrantLease(t, ctx, kvB, 5*time.Second)
+	a = ipcache.New(ctx, kvA, testutil.GrantLease(t, ctx, kvA, 5*time.Second), "c1", "a")
+	b = ipcache.New(ctx, kvB, leaseB, "c1", "b")
+	return ctx, kvA, leaseB, a, b
 }

@@ -92,6 +92,16 @@ func Connect(t testing.TB, endpoints []string) *kvstore.Client {
 	return c
 }
 
+// GrantLease grants a lease of ttl on kv, failing the test if it cannot.
+func GrantLease(t testing.TB, ctx context.Context, kv *kvstore.Client, ttl time.Duration) *kvstore.Lease {
+	t.Helper()
+	l, err := kv.GrantLease(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 // FreeURL is an http URL on a loopback port free right now (an embedded
 // etcd restarted on the same URLs comes back where its clients look).
 func FreeURL(t testing.TB) string {
