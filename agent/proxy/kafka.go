@@ -545,11 +545,20 @@ type kafkaScope struct {
 }
 
 func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
-	if id := cfg.identity(dst.Addr()); isWorkload(id) {
+	// An allocated identity only: a cover identity (cluster-local number
+	// below identity.LocalMin) stands for every pod of a remote cluster
+	// (until 2026-12-06 its pods shared one scope with its brokers:
+	// TestKafkaScopeOfCoverIsTheAddress).
+	if id := cfg.identity(dst.Addr()); isWorkload(id) && id&localNumberMask >= minLocalNumber {
 		return kafkaScope{identity: id}
 	}
 	return kafkaScope{addr: dst.Addr().Unmap()}
 }
+
+const (
+	localNumberMask = 0xffff // agent/identity LocalMax
+	minLocalNumber  = 256    // agent/identity LocalMin: below, no allocator hands one out
+)
 
 // kafkaTopicIDs are the topic names of IDs learned from Metadata responses
 // the proxy forwarded: a client may fetch by ID on another connection than

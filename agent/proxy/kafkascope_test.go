@@ -1,0 +1,32 @@
+package proxy
+
+import (
+	"net/netip"
+	"testing"
+)
+
+// Topic IDs are learned per broker cluster identity only where that
+// identity is one workload's: a remote cluster's cover identity (sparse
+// remote ipcache: every pod of the cluster not told apart) stands for all
+// its pods, so one of them answering Metadata must not name IDs for the
+// real brokers; such addresses are scoped one by one, as the world's are.
+// Found 2026-12-06 by reading kafkaScopeOf: a pod of a remote cluster
+// could map a secret topic's ID to an allowed name for the brokers of its
+// cluster.
+func TestKafkaScopeOfCoverIsTheAddress(t *testing.T) {
+	cfg, err := compile(Config{IPCache: []IPCacheEntry{
+		{Prefix: netip.MustParsePrefix("10.9.0.0/16"), Identity: 3<<16 | 1},   // cluster 3's cover
+		{Prefix: netip.MustParsePrefix("10.9.7.7/32"), Identity: 3<<16 | 300}, // one of its pods told apart
+		{Prefix: netip.MustParsePrefix("10.9.7.8/32"), Identity: 3<<16 | 300}, // another of the same identity
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := func(s string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), 9092) }
+	if a, b := kafkaScopeOf(cfg, ap("10.9.0.5")), kafkaScopeOf(cfg, ap("10.9.0.6")); a == b {
+		t.Errorf("two pods under the cover share the scope %+v", a)
+	}
+	if a, b := kafkaScopeOf(cfg, ap("10.9.7.7")), kafkaScopeOf(cfg, ap("10.9.7.8")); a != b || a.identity != 3<<16|300 {
+		t.Errorf("two brokers of one identity: scopes %+v and %+v, want the identity's", a, b)
+	}
+}
