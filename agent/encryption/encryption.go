@@ -31,10 +31,11 @@ import (
 
 // Encryption is the node's transparent encryption as the agent wires it.
 type Encryption struct {
-	mode   string
-	strict bool
-	wg     *wireguard.Device
-	ipsec  bool
+	mode     string
+	strict   bool
+	wg       *wireguard.Device
+	ipsec    bool
+	rotateMu sync.Mutex // Rotate: the device's key and the published one change together
 }
 
 // ipsecPeers installs XFRM states and policies toward each peer node.
@@ -191,6 +192,11 @@ func (e *Encryption) Rotate(ctx context.Context, reg *node.Registry) (string, er
 	if e.wg == nil {
 		return "", fmt.Errorf("encryption is %s: no key to rotate", e.mode)
 	}
+	// One rotation at a time: two at once could leave the device on one
+	// key and the published record on the other (every peer's handshake
+	// failing until the next rotation).
+	e.rotateMu.Lock()
+	defer e.rotateMu.Unlock()
 	pub, err := e.wg.Rotate()
 	if err != nil {
 		return "", err

@@ -29,6 +29,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // Device name, port and the MTU WireGuard takes from the underlay's
@@ -105,16 +107,14 @@ func trimSpace(b []byte) []byte {
 	return b
 }
 
-// writeKey replaces the key file atomically, 0600.
+// writeKey replaces the key file atomically, 0600: through a temporary
+// file of its own (until 2026-12-06 a fixed "<key>.tmp", whose existing
+// mode was kept: TestKeyWrittenPrivately).
 func writeKey(path string, k wgtypes.Key) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("%w: %v", ErrKey, err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
-		return fmt.Errorf("%w: %v", ErrKey, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return fmt.Errorf("%w: %v", ErrKey, err)
 	}
 	return nil
@@ -465,11 +465,12 @@ func (d *Device) Rotate() (wgtypes.Key, error) {
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
+	// The file and the device change in the same order as rotations do.
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if err := writeKey(d.cfg.KeyPath, k); err != nil {
 		return wgtypes.Key{}, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if err := d.wg.ConfigureDevice(d.cfg.Name, wgtypes.Config{PrivateKey: &k}); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("rotate %s key: %w", d.cfg.Name, err)
 	}

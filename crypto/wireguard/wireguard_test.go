@@ -42,6 +42,38 @@ func TestKeyFile(t *testing.T) {
 	}
 }
 
+// A key is written through a temporary file of its own, 0600 whatever
+// lies beside the key: found 2026-12-06, writeKey used one fixed
+// "<key>.tmp" name, whose existing mode os.WriteFile kept, so a stale
+// world-readable one made the rotated key file readable (and the agent
+// then refused it at its next start), and two rotations at once shared
+// the file.
+func TestKeyWrittenPrivately(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "wg", "private.key")
+	if _, err := LoadOrCreateKey(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".tmp", []byte("stale"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path+".tmp", 0o644)
+	k, _ := wgtypes.GeneratePrivateKey()
+	if err := writeKey(path, k); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file after a write: %v, mode %o, want 0600", err, st.Mode().Perm())
+	}
+	if got, err := LoadOrCreateKey(path); err != nil || got != k {
+		t.Fatalf("the written key reads back as %v (%v)", got, err)
+	}
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*tmp*"))
+	if len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
 func run(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
