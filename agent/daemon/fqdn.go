@@ -164,13 +164,15 @@ func (d *dnsNames) forget(id uint16) {
 
 // forgetOthers forgets, once the endpoints are restored at start, the
 // names of endpoints not among them: deleted while the agent was down, or
-// before the cache was last saved (every 10 s) when the agent crashed.
-// A restored cache must not hand such names to a new endpoint given the
-// same ID.
+// before the cache was last saved (every 10 s) when the agent crashed;
+// and those of endpoints made after the save (fqdn.KeptAcrossRestart: an
+// ID freed and given again since). A restored cache must not hand such
+// names to a new endpoint given the same ID.
 func (d *dnsNames) forgetOthers(live []endpoint.Endpoint) {
+	saved := d.cache.SavedAt()
 	keep := map[uint16]bool{}
 	for _, ep := range live {
-		keep[ep.ID] = true
+		keep[ep.ID] = fqdn.KeptAcrossRestart(saved, ep.Created)
 	}
 	var gone []uint16
 	for _, id := range d.cache.Endpoints() {

@@ -58,11 +58,12 @@ type Config struct {
 // address, so an Update matches only the new name against the selectors and
 // Addrs reads only that selector's addresses.
 type Cache struct {
-	mu    sync.Mutex
-	cfg   Config
-	names map[string]*name
-	sels  map[string]*selector
-	order []*selector // sels, for matching new names without a map walk
+	mu      sync.Mutex
+	cfg     Config
+	savedAt time.Time // of the file Load read (SavedAt)
+	names   map[string]*name
+	sels    map[string]*selector
+	order   []*selector // sels, for matching new names without a map walk
 	// byAddr indexes the entries by address (the names of a flow's
 	// addresses).
 	byAddr map[[4]byte][]*entry

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/filament-net/filament/internal/atomicfile"
 )
@@ -21,14 +22,35 @@ var ErrCorrupt = errors.New("corrupt fqdn cache file")
 const fileVersion = 1
 
 type savedCache struct {
-	Version int     `json:"version"`
-	Entries []Entry `json:"entries"`
+	Version int `json:"version"`
+	// Saved is when the file was written (wall clock; absent in files of
+	// agents before 2026-12-06): KeptAcrossRestart.
+	Saved   time.Time `json:"saved,omitzero"`
+	Entries []Entry   `json:"entries"`
+}
+
+// KeptAcrossRestart says whether a restored cache's names of an endpoint
+// made at created stay its own: only when it was made before the second
+// of the save (saved; zero: not recorded, kept). An endpoint made after
+// may have the ID of one deleted after the save (IDs are reused lowest
+// first), whose names the file still lists; until 2026-12-06 an agent
+// that crashed in the 10 s between saves handed them to it.
+func KeptAcrossRestart(saved, created time.Time) bool {
+	return saved.IsZero() || created.Before(saved.Truncate(time.Second))
+}
+
+// SavedAt is when the file Load read was saved (zero if not recorded, or
+// nothing was loaded).
+func (c *Cache) SavedAt() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.savedAt
 }
 
 // Save writes the cache's entries to path (JSON, mode 0600) atomically: a
 // temporary file in the same directory, synced, then renamed over path.
 func (c *Cache) Save(path string) error {
-	b, err := json.Marshal(savedCache{Version: fileVersion, Entries: c.List()})
+	b, err := json.Marshal(savedCache{Version: fileVersion, Saved: time.Now().UTC(), Entries: c.List()})
 	if err != nil {
 		return fmt.Errorf("fqdn cache: %w", err)
 	}
@@ -87,6 +109,7 @@ func (c *Cache) Load(path string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.resetLocked()
+	c.savedAt = sc.Saved
 	now := c.cfg.Now().UnixNano()
 	ch := changes{}
 	for _, e := range sc.Entries {
