@@ -27,6 +27,7 @@ import (
 	"github.com/filament-net/filament/crypto/ipsec"
 	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/crypto/wireguard"
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // Encryption is the node's transparent encryption as the agent wires it.
@@ -384,11 +385,7 @@ func writeFileAtomic(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, data, 0o600)
 }
 
 func (a *NodeAuth) Sign() []func(*node.Node) error {

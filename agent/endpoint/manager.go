@@ -22,6 +22,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
 	"github.com/filament-net/filament/agent/labels"
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // Manager owns the endpoints of one node.
@@ -139,12 +140,7 @@ func (m *Manager) persist(ep *Endpoint) error {
 	if err != nil {
 		return err
 	}
-	tmp := m.path(ep.ID) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("persist endpoint %d: %w", ep.ID, err)
-	}
-	if err := os.Rename(tmp, m.path(ep.ID)); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Write(m.path(ep.ID), b, 0o600); err != nil {
 		return fmt.Errorf("persist endpoint %d: %w", ep.ID, err)
 	}
 	return nil
@@ -415,7 +411,8 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 	}
 	// Leftover temp files from a crash mid-write carry nothing committed.
 	tmps, _ := filepath.Glob(filepath.Join(m.dir, "*.json.tmp"))
-	for _, t := range tmps {
+	newer, _ := filepath.Glob(filepath.Join(m.dir, ".*.json.tmp*")) // atomicfile's
+	for _, t := range append(tmps, newer...) {
 		os.Remove(t)
 	}
 	return n, nil

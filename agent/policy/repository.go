@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/filament-net/filament/agent/policy/api"
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // ErrNotFound is wrapped by the error for a key the repository lacks.
@@ -249,32 +250,8 @@ func (r *Repository) persist(rev uint64, policies map[string]api.Policy, scopes 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("persist policy repository: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(r.path)+".*.tmp")
-	if err != nil {
+	if err := atomicfile.Write(r.path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("persist policy repository: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}()
-	_, err = tmp.Write(append(data, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), r.path)
-	}
-	if err != nil {
-		return fmt.Errorf("persist policy repository: %w", err)
-	}
-	// Make the rename durable; the data already is.
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // maxConfigBytes bounds a PUT /v1/config body.
@@ -106,31 +108,7 @@ func saveConfig(stateDir string, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(stateDir, stateFile+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // after the rename, a no-op
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), filepath.Join(stateDir, stateFile)); err != nil {
-		return err
-	}
-	d, err := os.Open(stateDir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(filepath.Join(stateDir, stateFile), b, 0o600)
 }
 
 // decodeStrict decodes exactly one JSON value with no unknown fields.

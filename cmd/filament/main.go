@@ -27,6 +27,7 @@ import (
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/crypto/ca"
 	"github.com/filament-net/filament/crypto/nodeauth"
+	"github.com/filament-net/filament/internal/atomicfile"
 	"github.com/filament-net/filament/internal/version"
 )
 
@@ -734,11 +735,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--cert %s: %w", certFile, err)
 			}
-			tmp := path + ".tmp"
-			if err := os.WriteFile(tmp, crl, 0o644); err != nil {
-				return err
-			}
-			if err := os.Rename(tmp, path); err != nil {
+			if err := atomicfile.Write(path, crl, 0o644); err != nil {
 				return err
 			}
 			return c.print(map[string]string{"crl": path}, func(w *tabwriter.Writer) {

@@ -14,8 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // FileName is the gossip key file's name in a cluster bundle.
@@ -111,22 +112,10 @@ func Ensure(path string) error {
 }
 
 func write(path string, ks Keys) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
+	if err := atomicfile.Write(path, ks.Format(), 0o600); err != nil {
 		return fmt.Errorf("gossip key file: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(ks.Format()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("gossip key file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("gossip key file: %w", err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
-		return fmt.Errorf("gossip key file: %w", err)
-	}
-	return os.Rename(tmp.Name(), path)
+	return nil
 }
 
 // Rotation steps.
