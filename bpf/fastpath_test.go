@@ -87,11 +87,12 @@ func TestEstablishedFlowFollowsPolicyRevision(t *testing.T) {
 	if r := f.run(f.objs.ToContainer, reply); r != actShot {
 		t.Fatalf("reply after the allow went: %d", r)
 	}
-	// Allowed again: the revoked flow stays over (its entry expired at the
-	// revocation, so that no later revision, the counter wrapping, can
-	// find it checked); a new connection of the same tuple goes.
-	if e := f.ctEntry(podIP, peerIP, 40000, 80, 6, dirEgress, podEP); e.Expires != 0 || e.FastAction != 0 {
-		t.Fatalf("the revoked flow's entry: %+v, want expired with nothing cached", e)
+	// Allowed again: the revoked connection stays over (its entry marked
+	// revoked at the revocation, whatever a later revision says); a new
+	// connection of the same tuple goes.
+	const ctRevoked = 16
+	if e := f.ctEntry(podIP, peerIP, 40000, 80, 6, dirEgress, podEP); e.Flags&ctRevoked == 0 || e.FastAction != 0 {
+		t.Fatalf("the revoked flow's entry: %+v, want marked revoked with nothing cached", e)
 	}
 	f.rule(dirEgress, peerID, 6, 80, 24, false)
 	f.bump()
@@ -341,5 +342,102 @@ func TestEstablishedLocalDelivery(t *testing.T) {
 	denied := f.count(reasonDenied, dirIngress)
 	if r := f.run(f.objs.FromContainer, ack); r != actShot || f.count(reasonDenied, dirIngress) != denied+1 {
 		t.Fatalf("established after the destination's ingress allow went: verdict %d", r)
+	}
+}
+
+// enforceOnly makes the pod's endpoint enforce the given flags only
+// (1: ingress, 2: egress).
+func (f *fixture) enforceOnly(flags uint8) {
+	f.t.Helper()
+	k := ip4(podIP)
+	var v DatapathEndpointInfo
+	if err := f.objs.Endpoints.Lookup(&k, &v); err != nil {
+		f.t.Fatal(err)
+	}
+	v.Flags = flags
+	if err := f.objs.Endpoints.Put(&k, &v); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// A flow the policy revoked stays revoked whichever side sends next, also
+// when the other direction is not enforced: found 2026-12-06 by reading
+// enforce, the revoked entry only expired, so the peer's next packet in
+// the unenforced direction made a new entry of its own, on which the
+// pod's packets then passed as replies, past the policy and its deny
+// rules. A new TCP connection is judged anew (and passes when allowed
+// again).
+func TestRevokedFlowStaysRevoked(t *testing.T) {
+	t.Run("egress revoked, ingress not enforced", func(t *testing.T) {
+		f := load(t)
+		f.enforceOnly(2)
+		f.rule(dirEgress, peerID, 17, 53, 24, false)
+		out, in := udp(t, podIP, peerIP, 5000, 53), udp(t, peerIP, podIP, 53, 5000)
+		if f.run(f.objs.FromContainer, out) != actOK || f.run(f.objs.ToContainer, in) != actOK || f.run(f.objs.FromContainer, out) != actOK {
+			t.Fatal("the allowed flow did not pass")
+		}
+		f.rule(dirEgress, peerID, 17, 53, 24, true) // a deny rule over the allow
+		f.bump()
+		if r := f.run(f.objs.FromContainer, out); r != actShot {
+			t.Fatalf("the pod's datagram under the deny rule: %d", r)
+		}
+		f.staysDropped(t, hop{"the peer's datagram", f.objs.ToContainer, in}, hop{"the pod's datagram", f.objs.FromContainer, out})
+		// Allowed again: a datagram flow goes on (it has no opening packet
+		// to start anew with).
+		f.deleteRule(dirEgress, peerID, 17, 53, 24)
+		f.rule(dirEgress, peerID, 17, 53, 24, false)
+		f.bump()
+		if f.run(f.objs.FromContainer, out) != actOK || f.run(f.objs.ToContainer, in) != actOK {
+			t.Error("the datagram flow, allowed again, does not pass")
+		}
+	})
+	t.Run("ingress revoked, egress not enforced", func(t *testing.T) {
+		f := load(t)
+		f.enforceOnly(1)
+		f.rule(dirIngress, peerID, 6, 80, 24, false)
+		for _, c := range []struct {
+			prog *ebpf.Program
+			pkt  []byte
+		}{
+			{f.objs.ToContainer, tcp(t, peerIP, podIP, 50000, 80, true, false)},
+			{f.objs.FromContainer, tcp(t, podIP, peerIP, 80, 50000, true, true)},
+			{f.objs.ToContainer, tcp(t, peerIP, podIP, 50000, 80, false, true)},
+		} {
+			if r := f.run(c.prog, c.pkt); r != actOK {
+				t.Fatalf("handshake: %d", r)
+			}
+		}
+		f.deleteRule(dirIngress, peerID, 6, 80, 24)
+		f.bump()
+		in, out := tcp(t, peerIP, podIP, 50000, 80, false, true), tcp(t, podIP, peerIP, 80, 50000, false, true)
+		if r := f.run(f.objs.ToContainer, in); r != actShot {
+			t.Fatalf("the peer's segment after the allow went: %d", r)
+		}
+		f.staysDropped(t, hop{"the pod's segment", f.objs.FromContainer, out}, hop{"the peer's segment", f.objs.ToContainer, in})
+		// Allowed again: a new connection passes.
+		f.rule(dirIngress, peerID, 6, 80, 24, false)
+		f.bump()
+		if r := f.run(f.objs.ToContainer, tcp(t, peerIP, podIP, 50001, 80, true, false)); r != actOK {
+			t.Fatalf("a new connection, allowed again: %d", r)
+		}
+	})
+}
+
+// hop is a packet sent through a program.
+type hop struct {
+	what string
+	prog *ebpf.Program
+	pkt  []byte
+}
+
+// staysDropped sends the hops in turn, twice, and wants every one dropped.
+func (f *fixture) staysDropped(t *testing.T, hops ...hop) {
+	t.Helper()
+	for i := 0; i < 2; i++ {
+		for _, h := range hops {
+			if r := f.run(h.prog, h.pkt); r != actShot {
+				t.Errorf("%s after the revocation (round %d): verdict %d, want dropped", h.what, i, r)
+			}
+		}
 	}
 }

@@ -43,6 +43,12 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 #define CT_F_REPLY 1    // a reply was seen
 #define CT_F_UPSTREAM 2 // opened by the L7 proxy's upstream socket: its replies go back to it
 #define CT_F_COVER 4    // admitted with a cover identity (IPCACHE_F_COVER): replies are judged with their own
+// CT_F_REVOKED: the policy revoked the flow; the entry stays (refreshed by
+// its packets like any) so that its packets, either way, are dropped (TCP)
+// or judged again in the flow's direction (others; enforce), instead of
+// the other side's next packet starting a flow of its own in a direction
+// not enforced, on which the revoked side's packets would pass as replies.
+#define CT_F_REVOKED 16
 // The peer is a pod of this node: its packets reach to_container only
 // through the node's stack, from its own veth, which the slow path checks
 // (fast_ingress leaves them to it).
@@ -169,14 +175,14 @@ static __always_inline int ct_related(struct pkt *p, __u16 ep_id, __u8 dir, __u6
 		.proto = p->inner_proto, .dir = dir ^ 1, .ep_id = ep_id,
 	};
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-	if (e && e->expires > now)
+	if (e && e->expires > now && !(e->flags & CT_F_REVOKED))
 		return 1;
 	struct ct_key r = {
 		.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport, .dport = p->inner_sport,
 		.proto = p->inner_proto, .dir = dir, .ep_id = ep_id,
 	};
 	e = bpf_map_lookup_elem(&conntrack, &r);
-	return e && e->expires > now;
+	return e && e->expires > now && !(e->flags & CT_F_REVOKED);
 }
 
 // ct_create starts the entry of p's new flow, with the CT_F_* flags; its

@@ -132,7 +132,7 @@ static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p,
 			e = NULL;
 		reply = 1;
 	}
-	if (!e || e->rev != rev || !e->expires || e->proxy_port || (e->flags & CT_F_UPSTREAM))
+	if (!e || e->rev != rev || !e->expires || e->proxy_port || (e->flags & (CT_F_UPSTREAM | CT_F_REVOKED)))
 		return -1;
 	// A flow with a pod of this node: its packets come here only through
 	// the stack, and the slow path checks they came in on its veth (a

@@ -137,7 +137,13 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	int ct = ct_lookup(p, ep->ep_id, dir, now, proxy, &e);
 	if (ct != CT_NEW) {
 		p->reply = ct == CT_REPLY;
-		if (e && e->rev != rev) {
+		// A revoked TCP connection is over, either way (a new one starts
+		// with its SYN, judged as new); a revoked flow of another
+		// protocol is judged again at each packet, in its own direction,
+		// and goes on only when the policy allows it again.
+		if (e && (e->flags & CT_F_REVOKED) && p->proto == IPPROTO_TCP)
+			return REASON_CT_MISSING;
+		if (e && (e->rev != rev || (e->flags & CT_F_REVOKED))) {
 			__u8 fdir = p->reply ? dir ^ 1 : dir;
 			__u8 fenforced = ep->flags & (fdir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
 			// A reply is judged with the identity the flow was admitted
@@ -152,13 +158,17 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 			int r = policy_verdict(ep, fdir, fenforced, fpeer, p, e->pport, p->reply ? 0 : daddr, &unused);
 			if (r != REASON_FORWARDED && !((r == REASON_POLICY_DENIED || r == REASON_POLICY_DENY_RULE) && policy_audit())) {
 				// (audit mode: what policy would drop stays, as when it
-				// was let in.) The flow is over: its entry expires and its
-				// cache goes, so no later revision (the counter wraps)
-				// can find it checked.
-				e->expires = 0;
+				// was let in.) The flow is revoked: its cache goes, and
+				// its entry stays marked, so that its every packet, either
+				// way, is judged again (until 2026-12-06 the entry
+				// expired, and the other side's next packet in a
+				// direction not enforced started a flow on which this
+				// side's passed as replies: TestRevokedFlowStaysRevoked).
+				e->flags |= CT_F_REVOKED;
 				e->fast_action = 0;
 				return r;
 			}
+			e->flags &= ~CT_F_REVOKED;
 			e->rev = rev;
 		}
 		return REASON_FORWARDED;
