@@ -371,6 +371,9 @@ func (a *Agent) vetNode(n node.Node, deleted bool) {
 	self := n.Name == a.cfg.NodeName
 	if !self && !deleted && !a.auth.Accept(a.cfg.ClusterName, n) {
 		a.nodeChanged(n, true)
+		if a.detector != nil {
+			a.detector.Forget(n.IP())
+		}
 		return
 	}
 	if deleted {

@@ -24,9 +24,19 @@ type Detector struct {
 	port   int
 	notify func(name string, alive bool)
 
-	mu     sync.Mutex
-	joined map[string]bool
+	mu sync.Mutex
+	// wanted are the addresses Join was asked for and Forget has not
+	// dropped; joining marks those with a join under way.
+	wanted  map[string]bool
+	joining map[string]bool
+	stop    chan struct{}
 }
+
+// rejoinInterval is how often a detector joins again the wanted nodes
+// that are not alive members: memberlist probes no node it declared dead,
+// so after a partition of the gossip alone (no record changed, no join
+// asked) both sides would stay dead to each other for good.
+var rejoinInterval = 5 * time.Second
 
 type events struct{ d *Detector }
 
@@ -46,7 +56,7 @@ func NewDetector(name string, ip netip.Addr, port int, keys [][]byte, notify fun
 	if err != nil {
 		return nil, fmt.Errorf("memberlist gossip keys: %w", err)
 	}
-	d := &Detector{port: port, notify: notify, joined: map[string]bool{}, keys: kr}
+	d := &Detector{port: port, notify: notify, wanted: map[string]bool{}, joining: map[string]bool{}, keys: kr, stop: make(chan struct{})}
 	c := memberlist.DefaultLANConfig()
 	c.Keyring = kr
 	c.GossipVerifyIncoming = true
@@ -73,7 +83,33 @@ func NewDetector(name string, ip netip.Addr, port int, keys [][]byte, notify fun
 		return nil, fmt.Errorf("memberlist on %s:%d: %w", ip, port, err)
 	}
 	d.ml = ml
+	go d.rejoin(rejoinInterval)
 	return d, nil
+}
+
+// rejoin joins again, every interval, the wanted nodes that are not alive
+// members (TestShortPartitionHeals).
+func (d *Detector) rejoin(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		alive := map[string]bool{}
+		for _, m := range d.ml.Members() {
+			alive[m.Address()] = true
+		}
+		d.mu.Lock()
+		for addr := range d.wanted {
+			if !alive[addr] {
+				d.joinLocked(addr)
+			}
+		}
+		d.mu.Unlock()
+	}
 }
 
 // SetKeys replaces the gossip keys: keys[0] becomes primary, keys no
@@ -100,32 +136,50 @@ func (d *Detector) SetKeys(keys [][]byte) error {
 	return nil
 }
 
-// Join contacts a node found in the registry (once per address).
+// Join contacts a node found in the registry, and keeps contacting it
+// while it is not an alive member, until Forget.
 func (d *Detector) Join(ip netip.Addr) {
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(d.port))
 	d.mu.Lock()
-	if d.joined[addr] {
-		d.mu.Unlock()
+	defer d.mu.Unlock()
+	if d.wanted[addr] {
+		return // joined, or joined again by rejoin
+	}
+	d.wanted[addr] = true
+	d.joinLocked(addr)
+}
+
+// joinLocked starts a join of addr unless one is under way; d.mu held.
+func (d *Detector) joinLocked(addr string) {
+	if d.joining[addr] {
 		return
 	}
-	d.joined[addr] = true
-	d.mu.Unlock()
+	d.joining[addr] = true
 	go func() {
-		if _, err := d.ml.Join([]string{addr}); err != nil {
-			d.mu.Lock()
-			delete(d.joined, addr)
-			d.mu.Unlock()
-		}
+		d.ml.Join([]string{addr})
+		d.mu.Lock()
+		delete(d.joining, addr)
+		d.mu.Unlock()
 	}()
 }
 
-// Forget allows a later Join of ip again (the node left the registry).
+// Forget stops contacting ip (the node left the registry); a later Join
+// contacts it again.
 func (d *Detector) Forget(ip netip.Addr) {
 	d.mu.Lock()
-	delete(d.joined, net.JoinHostPort(ip.String(), strconv.Itoa(d.port)))
+	delete(d.wanted, net.JoinHostPort(ip.String(), strconv.Itoa(d.port)))
 	d.mu.Unlock()
 }
 
 // Close stops without announcing a leave: to the others this looks like a
 // crash, and a restarted agent that comes back is seen alive again.
-func (d *Detector) Close() { d.ml.Shutdown() }
+func (d *Detector) Close() {
+	d.mu.Lock()
+	select {
+	case <-d.stop:
+	default:
+		close(d.stop)
+	}
+	d.mu.Unlock()
+	d.ml.Shutdown()
+}

@@ -137,3 +137,45 @@ func TestGossipKeyRotation(t *testing.T) {
 		t.Error("k2 is not primary after the rotation")
 	}
 }
+
+// A partition of the gossip shorter than the registry's leases (no record
+// changes, so nothing asks for a join) heals: each detector joins again,
+// every rejoinInterval, the nodes it was asked to join that are not alive
+// members. Found 2026-12-06 by reading the detector: once both sides had
+// declared each other dead, memberlist probed them no more, and Join was
+// once per address for good, so a few seconds' outage (a link flap, a
+// flood of the gossip port) kept the nodes' routes and backends
+// withdrawn until an agent restarted.
+func TestShortPartitionHeals(t *testing.T) {
+	defer func(d time.Duration) { rejoinInterval = d }(rejoinInterval)
+	rejoinInterval = 500 * time.Millisecond
+	k, other := mustKey(t), mustKey(t)
+	ds, ss := detectors(t, []string{"n1", "n2"}, [][][]byte{{k}, {k}})
+	ds[0].Join(addr(1))
+	both := func(alive bool) func() bool {
+		return func() bool {
+			a, _ := ss[0].get("n2")
+			b, _ := ss[1].get("n1")
+			return a == alive && b == alive
+		}
+	}
+	waitFor(t, "n1 and n2 to see each other", both(true))
+	if err := ds[1].SetKeys([][]byte{other}); err != nil { // n2 cut off from the gossip
+		t.Fatal(err)
+	}
+	waitFor(t, "n1 and n2 to declare each other dead", both(false))
+	time.Sleep(3 * time.Second)                        // the news of the deaths told and done
+	if err := ds[1].SetKeys([][]byte{k}); err != nil { // healed
+		t.Fatal(err)
+	}
+	waitFor(t, "n1 and n2 to see each other again", both(true))
+}
+
+func mustKey(t *testing.T) []byte {
+	t.Helper()
+	k, err := gossipkey.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
