@@ -19,6 +19,7 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/internal/replay"
 )
 
 // Prefix of the IP entries.
@@ -90,7 +91,7 @@ type Sync struct {
 	kick  chan struct{}
 
 	remote map[netip.Addr]Entry
-	subs   []*subscriber
+	subs   []*replay.Sub[Entry]
 	synced chan struct{}
 	// hold keeps the entries of a node whose lease ended while failure
 	// detection still reaches it; pending are those entries (their
@@ -151,33 +152,8 @@ func (s *Sync) release(ip netip.Addr) {
 	s.mu.Unlock()
 	slog.Info("withdrawing a held ipcache entry", "ip", ip, "node", e.Node)
 	for _, sb := range subs {
-		sb.deliver(e, true)
+		sb.Deliver(e, true)
 	}
-}
-
-// subscriber is one Subscribe's function; changes that come while its
-// replay of the entries known runs are queued behind it.
-type subscriber struct {
-	f         func(e Entry, deleted bool)
-	mu        sync.Mutex
-	replaying bool
-	queued    []change
-}
-
-type change struct {
-	e       Entry
-	deleted bool
-}
-
-func (sb *subscriber) deliver(e Entry, deleted bool) {
-	sb.mu.Lock()
-	if sb.replaying {
-		sb.queued = append(sb.queued, change{e, deleted})
-		sb.mu.Unlock()
-		return
-	}
-	sb.mu.Unlock()
-	sb.f(e, deleted)
 }
 
 // Subscribe calls f for each remote entry now known and then every later
@@ -185,7 +161,7 @@ func (sb *subscriber) deliver(e Entry, deleted bool) {
 // over after it (until 2026-12-06 it could come before, and the replay's
 // older value stayed: TestSubscribeReplayNotAfterNewer).
 func (s *Sync) Subscribe(f func(e Entry, deleted bool)) {
-	sb := &subscriber{f: f, replaying: true}
+	sb := replay.New(f)
 	s.mu.Lock()
 	s.subs = append(s.subs, sb)
 	entries := make([]Entry, 0, len(s.remote))
@@ -193,23 +169,7 @@ func (s *Sync) Subscribe(f func(e Entry, deleted bool)) {
 		entries = append(entries, e)
 	}
 	s.mu.Unlock()
-	for _, e := range entries {
-		f(e, false)
-	}
-	for {
-		sb.mu.Lock()
-		q := sb.queued
-		sb.queued = nil
-		if len(q) == 0 {
-			sb.replaying = false
-			sb.mu.Unlock()
-			return
-		}
-		sb.mu.Unlock()
-		for _, c := range q {
-			f(c.e, c.deleted)
-		}
-	}
+	sb.Replay(entries)
 }
 
 func (s *Sync) put(ctx context.Context, e Entry, lease int64) error {
@@ -457,7 +417,7 @@ func (s *Sync) watch(ctx context.Context) {
 		subs := slices.Clone(s.subs)
 		s.mu.Unlock()
 		for _, sb := range subs {
-			sb.deliver(e, deleted)
+			sb.Deliver(e, deleted)
 		}
 	}
 }

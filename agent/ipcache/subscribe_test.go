@@ -8,6 +8,7 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/internal/testutil"
 )
 
 // A subscriber gets the entries known when it subscribes, then every
@@ -22,49 +23,24 @@ func TestSubscribeReplayNotAfterNewer(t *testing.T) {
 	x := netip.MustParseAddr("10.1.0.1")
 	host := netip.MustParseAddr("172.30.0.2")
 	b.Publish(ipcache.Entry{IP: x, Identity: 1000, HostIP: host})
-	waitFor(t, func() bool { e, ok := a.Lookup(x); return ok && e.Identity == 1000 })
+	testutil.Eventually(t, func() bool { e, ok := a.Lookup(x); return ok && e.Identity == 1000 })
 
 	var mu sync.Mutex
 	var last identity.NumericIdentity
-	calls := 0
-	release := make(chan struct{})
-	go func() {
-		// The replay's first call is blocked; meanwhile x changes.
-		waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return calls > 0 })
+	testutil.SubscribeDuringChange(t, a.Subscribe, func() {
 		b.Publish(ipcache.Entry{IP: x, Identity: 2000, HostIP: host})
-		waitFor(t, func() bool { e, ok := a.Lookup(x); return ok && e.Identity == 2000 })
-		time.Sleep(100 * time.Millisecond) // the watch's delivery to the subscriber, if it is not held
-		close(release)
-	}()
-	a.Subscribe(func(e ipcache.Entry, deleted bool) {
+		testutil.Eventually(t, func() bool { e, ok := a.Lookup(x); return ok && e.Identity == 2000 })
+	}, func(e ipcache.Entry, deleted bool) {
 		mu.Lock()
-		calls++
-		first := calls == 1
-		mu.Unlock()
-		if first {
-			<-release
-		}
-		mu.Lock()
+		defer mu.Unlock()
 		if e.IP == x && !deleted {
 			last = e.Identity
 		}
-		mu.Unlock()
 	})
-	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return calls >= 2 })
 	time.Sleep(100 * time.Millisecond)
 	mu.Lock()
 	defer mu.Unlock()
 	if last != 2000 {
 		t.Fatalf("the subscriber's last value for %s is identity %d, the kvstore's 2000", x, last)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Error("timed out")
-			return
-		}
 	}
 }

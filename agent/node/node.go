@@ -13,12 +13,14 @@ import (
 	"log/slog"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/internal/replay"
 )
 
 // Key prefixes.
@@ -237,7 +239,7 @@ type Registry struct {
 	mu          sync.Mutex
 	nodes       map[string]Node
 	unreachable map[string]bool
-	subs        []func(n Node, deleted bool)
+	subs        []*replay.Sub[Node]
 	synced      chan struct{}
 	sign        func(*Node) error
 	// hold keeps the record of a node whose lease ended while failure
@@ -356,19 +358,21 @@ func (r *Registry) retryPublish() {
 	}()
 }
 
-// Subscribe calls f for every node that appears, changes or goes (this
-// node included), after the initial sync too; call it before relying on events.
+// Subscribe calls f for every node known now, then for every node that
+// appears, changes or goes (this node included), in that order: a change
+// during the replay is handed over after it (until 2026-12-06 it could
+// come first, and the replay's older record stay: a node deleted during a
+// starting agent's replay was learned again; TestRegistrySubscribeReplayFirst).
 func (r *Registry) Subscribe(f func(n Node, deleted bool)) {
+	sb := replay.New(f)
 	r.mu.Lock()
-	r.subs = append(r.subs, f)
+	r.subs = append(r.subs, sb)
 	nodes := make([]Node, 0, len(r.nodes))
 	for _, n := range r.nodes {
 		nodes = append(nodes, n)
 	}
 	r.mu.Unlock()
-	for _, n := range nodes {
-		f(n, false)
-	}
+	sb.Replay(nodes)
 }
 
 func (r *Registry) watch(ctx context.Context) {
@@ -419,13 +423,13 @@ func (r *Registry) watch(ctx context.Context) {
 				continue
 			}
 		}
-		subs := append([]func(Node, bool){}, r.subs...)
+		subs := slices.Clone(r.subs)
 		r.mu.Unlock()
 		if n.Name == "" {
 			continue
 		}
-		for _, f := range subs {
-			f(n, deleted)
+		for _, sb := range subs {
+			sb.Deliver(n, deleted)
 		}
 	}
 }
@@ -462,11 +466,11 @@ func (r *Registry) release(name string) {
 	}
 	delete(r.pending, name)
 	delete(r.nodes, name)
-	subs := append([]func(Node, bool){}, r.subs...)
+	subs := slices.Clone(r.subs)
 	r.mu.Unlock()
 	slog.Info("removing the held record of a node", "node", name)
-	for _, f := range subs {
-		f(n, true)
+	for _, sb := range subs {
+		sb.Deliver(n, true)
 	}
 }
 

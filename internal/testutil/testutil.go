@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,4 +113,43 @@ func FreeURL(t testing.TB) string {
 	}
 	defer ln.Close()
 	return fmt.Sprintf("http://%s", ln.Addr())
+}
+
+// Eventually waits up to 10 s for cond, failing the test if it never holds.
+func Eventually(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Error("timed out")
+			return
+		}
+	}
+}
+
+// SubscribeDuringChange subscribes f through subscribe with its first call
+// (the start of a replay of what is known) held until change has run (a
+// change of what is subscribed to, which change waits to see applied) and
+// the change had time to be delivered: a test that the replay's older
+// values do not come after the change.
+func SubscribeDuringChange[T any](t testing.TB, subscribe func(func(v T, deleted bool)), change func(), f func(v T, deleted bool)) {
+	t.Helper()
+	var mu sync.Mutex
+	calls := 0
+	release := make(chan struct{})
+	go func() {
+		Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return calls > 0 })
+		change()
+		time.Sleep(100 * time.Millisecond) // the watch's delivery, if it is not held
+		close(release)
+	}()
+	subscribe(func(v T, deleted bool) {
+		mu.Lock()
+		calls++
+		first := calls == 1
+		mu.Unlock()
+		if first {
+			<-release
+		}
+		f(v, deleted)
+	})
 }
