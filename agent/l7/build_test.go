@@ -2,8 +2,10 @@ package l7
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -157,5 +159,41 @@ func TestBuildLeavesOutRulesTheProxyRefuses(t *testing.T) {
 		case p.Endpoint == eps[2].IP && (len(p.Rules) != 1 || len(p.Rules[0].HTTP) != 1):
 			t.Errorf("the good rule's port: %+v", p.Rules)
 		}
+	}
+}
+
+// One set of rules over many identities is one peer rule listing them,
+// not a copy per identity: found 2026-12-06 by reading Policies, one
+// tenant's large rules.http over many identities (toEntities: cluster, or
+// toFQDNs) took the configuration past the proxy's 64 MiB, which the
+// proxy refused whole, and every tenant's L7 policy on the node froze at
+// its last accepted version. Identities with other rules, and the any
+// peer, keep rules of their own.
+func TestPoliciesShareRulesAcrossIdentities(t *testing.T) {
+	eps := map[uint16]Endpoint{1: {IP: netip.MustParseAddr("10.244.0.3"), Identity: 65793}}
+	big := make([]api.PortRuleHTTP, 2000)
+	for i := range big {
+		big[i] = api.PortRuleHTTP{Method: "GET", Path: fmt.Sprintf("/p%d/.*", i)}
+	}
+	var pols []policy.L7Policy
+	pols = append(pols, policy.L7Policy{Endpoint: 1, Dir: policy.Ingress, Proto: 6, Port: 80, Refs: []string{"t/any"}, HTTP: big[:1]})
+	for id := 0; id < 500; id++ {
+		pols = append(pols, policy.L7Policy{Endpoint: 1, Dir: policy.Ingress, Proto: 6, Port: 80, Identity: identity.NumericIdentity(70000 + id), Refs: []string{"t/big"}, HTTP: big})
+	}
+	pols = append(pols, policy.L7Policy{Endpoint: 1, Dir: policy.Ingress, Proto: 6, Port: 80, Identity: 90000, Refs: []string{"t/big", "t/other"}, HTTP: big[:2]})
+	ps := Policies(pols, eps)
+	if len(ps) != 1 || len(ps[0].Rules) != 3 {
+		t.Fatalf("port policies %d, peer rules %d; want 1 and 3 (the any peer, the 500 sharing, the other)", len(ps), len(ps[0].Rules))
+	}
+	r := ps[0].Rules
+	if r[0].Remotes != nil || len(r[1].Remotes) != 500 || len(r[1].HTTP) != len(big) || !slices.Equal(r[2].Remotes, []uint32{90000}) || len(r[2].HTTP) != 2 {
+		t.Errorf("peer rules: any %v; shared %d remotes, %d rules; other %v, %d rules", r[0].Remotes, len(r[1].Remotes), len(r[1].HTTP), r[2].Remotes, len(r[2].HTTP))
+	}
+	cfg := Build(pols, eps, nil)
+	if err := proxy.New(proxy.Options{}).SetConfig(cfg); err != nil {
+		t.Fatalf("the proxy refuses the built config: %v", err)
+	}
+	if b, _ := json.Marshal(cfg); len(b) > 1<<20 {
+		t.Errorf("the configuration is %d bytes for one set of rules", len(b))
 	}
 }

@@ -407,7 +407,8 @@ func (b *builder) build(c Config) (body []byte, changed bool) {
 
 // Build turns the resolver's L7 policies into the proxy's configuration:
 // one port policy per endpoint address, direction and port, with one peer
-// rule per identity (none: any peer).
+// rule per set of rules, listing the identities it applies to (none: any
+// peer).
 func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix]identity.NumericIdentity) proxy.Config {
 	return proxy.Config{Policies: Policies(pols, eps), IPCache: IPCacheEntries(eps, ipc)}
 }
@@ -416,6 +417,14 @@ func Build(pols []policy.L7Policy, eps map[uint16]Endpoint, ipc map[netip.Prefix
 func Policies(pols []policy.L7Policy, eps map[uint16]Endpoint) []proxy.PortPolicy {
 	cfg := proxy.Config{Policies: []proxy.PortPolicy{}}
 	index := map[string]int{}
+	// The peer rule of each port policy and set of rules (Refs) that
+	// identities are listed in: one copy of the rules however many
+	// identities they apply to. Until 2026-12-06 each identity had its own
+	// copy, and one tenant's rules over many identities took the
+	// configuration past the proxy's 64 MiB, which the proxy then refused
+	// whole, freezing every tenant's L7 policy on the node
+	// (TestPoliciesShareRulesAcrossIdentities).
+	shared := map[string]int{}
 	for _, p := range pols {
 		ep, ok := eps[p.Endpoint]
 		if !ok {
@@ -455,6 +464,12 @@ func Policies(pols []policy.L7Policy, eps map[uint16]Endpoint) []proxy.PortPolic
 				continue
 			}
 		}
+		sharedKey := key + "\x00" + strings.Join(p.Refs, "\n")
+		if j, ok := shared[sharedKey]; ok && p.Identity != 0 {
+			r := &cfg.Policies[i].Rules[j]
+			r.Remotes = append(r.Remotes, uint32(p.Identity))
+			continue
+		}
 		pr := proxy.PeerRules{HTTP: []proxy.HTTPRule{}}
 		if p.Identity != 0 {
 			pr.Remotes = []uint32{uint32(p.Identity)}
@@ -480,6 +495,9 @@ func Policies(pols []policy.L7Policy, eps map[uint16]Endpoint) []proxy.PortPolic
 		}
 		for _, k := range p.Kafka {
 			pr.Kafka = append(pr.Kafka, proxy.KafkaRule(k))
+		}
+		if p.Identity != 0 {
+			shared[sharedKey] = len(cfg.Policies[i].Rules)
 		}
 		cfg.Policies[i].Rules = append(cfg.Policies[i].Rules, pr)
 	}
