@@ -441,3 +441,30 @@ func (f *fixture) staysDropped(t *testing.T, hops ...hop) {
 		}
 	}
 }
+
+// A reply judged again after a bump (with the identity the flow was
+// admitted with) does not stand for the flow's own direction: the pod's
+// next packet is judged with the peer's identity now. Found 2026-12-06
+// by reading enforce: the reply's check marked the entry checked at the
+// new revision, so when a relabelled peer (quarantined, or a new pod
+// given the old one's address) spoke first, the pod's packets to it
+// never met the policy again.
+func TestReplyCheckDoesNotStandForTheFlow(t *testing.T) {
+	f := load(t)
+	f.rule(dirEgress, peerID, 17, 53, 24, false)
+	out, in := udp(t, podIP, peerIP, 5000, 53), udp(t, peerIP, podIP, 53, 5000)
+	if f.run(f.objs.FromContainer, out) != actOK || f.run(f.objs.ToContainer, in) != actOK || f.run(f.objs.FromContainer, out) != actOK {
+		t.Fatal("the allowed flow did not pass")
+	}
+	ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(peerIP)}
+	if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: 0x10999}); err != nil {
+		t.Fatal(err)
+	}
+	f.bump()
+	if r := f.run(f.objs.ToContainer, in); r != actOK {
+		t.Fatalf("the peer's datagram first (judged as the flow was admitted): %d", r)
+	}
+	if r := f.run(f.objs.FromContainer, out); r != actShot {
+		t.Fatalf("the pod's datagram to the relabelled peer: %d, want dropped", r)
+	}
+}

@@ -139,10 +139,14 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		p->reply = ct == CT_REPLY;
 		// A revoked TCP connection is over, either way (a new one starts
 		// with its SYN, judged as new); a revoked flow of another
-		// protocol is judged again at each packet, in its own direction,
-		// and goes on only when the policy allows it again.
-		if (e && (e->flags & CT_F_REVOKED) && p->proto == IPPROTO_TCP)
-			return REASON_CT_MISSING;
+		// protocol drops its replies and judges its own direction's
+		// packets again, going on only when the policy allows them.
+		if (e && (e->flags & CT_F_REVOKED)) {
+			if (p->proto == IPPROTO_TCP)
+				return REASON_CT_MISSING;
+			if (p->reply)
+				return REASON_POLICY_DENIED;
+		}
 		if (e && (e->rev != rev || (e->flags & CT_F_REVOKED))) {
 			__u8 fdir = p->reply ? dir ^ 1 : dir;
 			__u8 fenforced = ep->flags & (fdir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
@@ -169,7 +173,14 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 				return r;
 			}
 			e->flags &= ~CT_F_REVOKED;
-			e->rev = rev;
+			// A reply's check (with the identity the flow was admitted
+			// with) does not stand for the flow's own direction, whose
+			// next packet is judged with the peer's identity now: until
+			// 2026-12-06 it did, so a relabelled peer speaking first
+			// kept the pod's packets to it from the policy
+			// (TestReplyCheckDoesNotStandForTheFlow).
+			if (!p->reply)
+				e->rev = rev;
 		}
 		return REASON_FORWARDED;
 	}
