@@ -186,9 +186,14 @@ func cidrKey(cluster string, p netip.Prefix) string {
 }
 
 // AllocatePodCIDR gives node a /size block of pool, cluster-wide unique: the
-// block it already holds if any (a restarted node gets its CIDR back), else
-// the first free one, claimed with create-if-absent so concurrent joins
-// never share a block. Claims outlive the node's lease.
+// block it already holds if any (a restarted node gets its CIDR back, of
+// the size it was claimed with), else the first one meeting no claim,
+// claimed with create-if-absent so concurrent joins never share a block.
+// Claims outlive the node's lease. Until 2026-12-06 a claim counted as
+// taken only by its exact string: after the block size changed, a node
+// claimed a block over its neighbours' (TestPodCIDRsNeverOverlap). Left:
+// two nodes asking for blocks of different sizes at the same moment can
+// still claim overlapping ones.
 func AllocatePodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node string, pool netip.Prefix, size int) (netip.Prefix, error) {
 	if !pool.Addr().Is4() || pool.Masked() != pool || size < pool.Bits() || size > 29 {
 		return netip.Prefix{}, fmt.Errorf("%w: pool %s with blocks of /%d", ErrInvalid, pool, size)
@@ -197,15 +202,31 @@ func AllocatePodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node stri
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	taken := map[string]bool{}
+	// The claims (any size), and those of smaller blocks than asked.
+	taken, finer := map[netip.Prefix]bool{}, []netip.Prefix{}
 	for _, e := range kvs {
-		p := strings.ReplaceAll(strings.TrimPrefix(e.Key, PodCIDRsPrefix+cluster+"/"), "_", "/")
-		if string(e.Value) == node {
-			if got, err := netip.ParsePrefix(p); err == nil && pool.Contains(got.Addr()) && got.Bits() == size {
-				return got, nil
+		got, err := netip.ParsePrefix(strings.ReplaceAll(strings.TrimPrefix(e.Key, PodCIDRsPrefix+cluster+"/"), "_", "/"))
+		if err != nil {
+			continue
+		}
+		if string(e.Value) == node && pool.Contains(got.Addr()) && got.Bits() >= pool.Bits() {
+			if got.Bits() != size {
+				slog.Warn("this node keeps the pod CIDR it holds, of another size than podCIDRSize", "podCIDR", got, "podCIDRSize", size)
+			}
+			return got, nil
+		}
+		taken[got.Masked()] = true
+		if got.Bits() > size {
+			finer = append(finer, got)
+		}
+	}
+	overlaps := func(p netip.Prefix) bool {
+		for b := 0; b <= size; b++ { // a claim holding p (or p)
+			if taken[netip.PrefixFrom(p.Addr(), b).Masked()] {
+				return true
 			}
 		}
-		taken[p] = true
+		return slices.ContainsFunc(finer, func(q netip.Prefix) bool { return p.Contains(q.Addr()) })
 	}
 	n := 1 << (size - pool.Bits())
 	base := pool.Addr().As4()
@@ -214,7 +235,7 @@ func AllocatePodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node stri
 	for i := 0; i < n; i++ {
 		v := start + uint32(i)*step
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), size)
-		if taken[p.String()] {
+		if overlaps(p) {
 			continue
 		}
 		err := kv.CreateIfAbsent(ctx, cidrKey(cluster, p), []byte(node), 0)

@@ -194,3 +194,36 @@ func leased(t *testing.T, ttl time.Duration) (context.Context, *kvstore.Client, 
 	t.Cleanup(lease.Abandon)
 	return ctx, kv, lease
 }
+
+// A block never overlaps another node's claim, whatever its size, and a
+// node holding a block of another size than asked keeps it (its pods keep
+// their addresses). Found 2026-12-06 by reading AllocatePodCIDR: a claim
+// counted as taken only by its exact string, so after podCIDRSize went
+// from 24 to 23 a restarted node claimed a /23 over its neighbour's /24.
+func TestPodCIDRsNeverOverlap(t *testing.T) {
+	ep := testutil.Etcd(t)
+	kv := testutil.Connect(t, ep)
+	ctx := context.Background()
+	pool := netip.MustParsePrefix("10.0.0.0/16")
+	n1, err := node.AllocatePodCIDR(ctx, kv, "c1", "n1", pool, 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := node.AllocatePodCIDR(ctx, kv, "c1", "n2", pool, 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n3, err := node.AllocatePodCIDR(ctx, kv, "c1", "n3", pool, 23)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []netip.Prefix{n1, n2} {
+		if n3.Overlaps(p) {
+			t.Errorf("n3's /23 %s overlaps %s", n3, p)
+		}
+	}
+	again, err := node.AllocatePodCIDR(ctx, kv, "c1", "n1", pool, 23)
+	if err != nil || again != n1 {
+		t.Errorf("n1 asking for a /23 got %s (%v), want its %s kept", again, err, n1)
+	}
+}
