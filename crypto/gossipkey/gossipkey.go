@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -126,11 +127,26 @@ const (
 )
 
 // Rotate applies one rotation step to the key file at path and returns
-// the resulting keys.
+// the resulting keys. The steps go in order: the last one done is kept
+// beside the file (path + ".step"), and a step out of order is refused:
+// until 2026-12-06 a repeated use swapped the keys back, and an add then a
+// drop, or a use run twice then a drop, kept the old (perhaps leaked) key
+// and dropped the new one, each reported done (TestRotationStepsInOrder).
+// A file without a step record (an older CLI's) takes any step.
 func Rotate(path, step string) (Keys, error) {
 	ks, err := Load(path)
 	if err != nil {
 		return nil, err
+	}
+	last, err := os.ReadFile(path + ".step")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("gossip key file: %w", err)
+	}
+	if next(step) == "" {
+		return nil, fmt.Errorf("%w: rotation step %q: want add, use or drop", ErrInvalid, step)
+	}
+	if want := map[string]string{StepUse: StepAdd, StepDrop: StepUse, StepAdd: StepDrop}[step]; len(last) > 0 && string(last) != want {
+		return nil, fmt.Errorf("%w: step %s: the last step done was %s; the next is %s", ErrInvalid, step, last, next(string(last)))
 	}
 	switch step {
 	case StepAdd:
@@ -150,5 +166,16 @@ func Rotate(path, step string) (Keys, error) {
 	default:
 		return nil, fmt.Errorf("%w: rotation step %q: want add, use or drop", ErrInvalid, step)
 	}
-	return ks, write(path, ks)
+	if err := write(path, ks); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(path+".step", []byte(step), 0o600); err != nil {
+		return nil, fmt.Errorf("gossip key file: %w", err)
+	}
+	return ks, nil
+}
+
+// next is the step that follows step.
+func next(step string) string {
+	return map[string]string{StepAdd: StepUse, StepUse: StepDrop, StepDrop: StepAdd}[step]
 }

@@ -91,3 +91,35 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The steps go in order whatever is retried: a use run twice, or a drop
+// right after an add, is refused, and the key that stays after drop is
+// the one added. Found 2026-12-06 by reading Rotate: a second use swapped
+// the keys back and drop then kept the old key (the one a rotation is
+// for retiring, perhaps leaked), reported done.
+func TestRotationStepsInOrder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	if err := Ensure(path); err != nil {
+		t.Fatal(err)
+	}
+	added, err := Rotate(path, StepAdd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Rotate(path, StepDrop); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "next is use") {
+		t.Errorf("drop right after add: %v, want refused", err)
+	}
+	if _, err := Rotate(path, StepUse); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Rotate(path, StepUse); !errors.Is(err, ErrInvalid) {
+		t.Errorf("use twice: %v, want refused", err)
+	}
+	dropped, err := Rotate(path, StepDrop)
+	if err != nil || len(dropped) != 1 || !bytes.Equal(dropped[0], added[1]) {
+		t.Fatalf("drop: %v; the key kept is not the one added", err)
+	}
+	if _, err := Rotate(path, StepAdd); err != nil {
+		t.Errorf("a new rotation after drop: %v", err)
+	}
+}
