@@ -334,9 +334,13 @@ const (
 	DatapathProgFromOverlay      = "from_overlay"
 	DatapathProgFromWireguard    = "from_wireguard"
 	DatapathProgSockConnect4     = "sock_connect4"
+	DatapathProgSockConnect6     = "sock_connect6"
 	DatapathProgSockGetpeername4 = "sock_getpeername4"
+	DatapathProgSockGetpeername6 = "sock_getpeername6"
 	DatapathProgSockRecvmsg4     = "sock_recvmsg4"
+	DatapathProgSockRecvmsg6     = "sock_recvmsg6"
 	DatapathProgSockSendmsg4     = "sock_sendmsg4"
+	DatapathProgSockSendmsg6     = "sock_sendmsg6"
 	DatapathProgToContainer      = "to_container"
 	DatapathVarMaglevSize        = "maglev_size"
 	DatapathVarUnusedCe          = "unused_ce"
@@ -414,9 +418,13 @@ type DatapathProgramSpecs struct {
 	FromOverlay      *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	FromWireguard    *ebpf.ProgramSpec `ebpf:"from_wireguard"`
 	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
+	SockConnect6     *ebpf.ProgramSpec `ebpf:"sock_connect6"`
 	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
+	SockGetpeername6 *ebpf.ProgramSpec `ebpf:"sock_getpeername6"`
 	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6     *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
 	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
+	SockSendmsg6     *ebpf.ProgramSpec `ebpf:"sock_sendmsg6"`
 	ToContainer      *ebpf.ProgramSpec `ebpf:"to_container"`
 }
 
@@ -596,9 +604,13 @@ type DatapathPrograms struct {
 	FromOverlay      *ebpf.Program `ebpf:"from_overlay"`
 	FromWireguard    *ebpf.Program `ebpf:"from_wireguard"`
 	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
+	SockConnect6     *ebpf.Program `ebpf:"sock_connect6"`
 	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
+	SockGetpeername6 *ebpf.Program `ebpf:"sock_getpeername6"`
 	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6     *ebpf.Program `ebpf:"sock_recvmsg6"`
 	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
+	SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
 	ToContainer      *ebpf.Program `ebpf:"to_container"`
 }
 
@@ -610,9 +622,13 @@ func (p *DatapathPrograms) Close() error {
 		p.FromOverlay,
 		p.FromWireguard,
 		p.SockConnect4,
+		p.SockConnect6,
 		p.SockGetpeername4,
+		p.SockGetpeername6,
 		p.SockRecvmsg4,
+		p.SockRecvmsg6,
 		p.SockSendmsg4,
+		p.SockSendmsg6,
 		p.ToContainer,
 	)
 }

@@ -75,19 +75,12 @@ func TestSocketReverseOnlyForMembers(t *testing.T) {
 		}
 	}()
 	be := netip.MustParseAddrPort(pc.LocalAddr().String())
-	f.lbService(1, vip, 7779, 17, 0, be)
-	mk := DatapathLbMemberKey{Id: 1, Backend: 1}
-	a := be.Addr().As4()
-	if err := f.objs.LbMembers.Put(&mk, &DatapathLbBackend{Ip: ip4(a[:]), Port: htons(be.Port()), Id: 1}); err != nil {
-		t.Fatal(err)
-	}
+	mk := f.memberService(vip, 7779, 17, be)
 	cg := f.podCgroup(root, map[ebpf.AttachType]*ebpf.Program{
 		ebpf.AttachCGroupUDP4Sendmsg: f.objs.SockSendmsg4,
 		ebpf.AttachCGroupUDP4Recvmsg: f.objs.SockRecvmsg4,
 	})
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s:7779", sockEchoEnv, vip))
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	cmd := inCgroup(cg, sockEchoEnv, fmt.Sprintf("%s:7779", vip))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -122,4 +115,26 @@ func TestSocketReverseOnlyForMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	ask("the backend no longer a member", be.String())
+}
+
+// memberService is service 1, frontend vip:port of proto, with backend be
+// (backend 1) a member; it returns the member's key.
+func (f *fixture) memberService(vip net.IP, port uint16, proto uint8, be netip.AddrPort) DatapathLbMemberKey {
+	f.t.Helper()
+	f.lbService(1, vip, port, proto, 0, be)
+	mk := DatapathLbMemberKey{Id: 1, Backend: 1}
+	a := be.Addr().As4()
+	if err := f.objs.LbMembers.Put(&mk, &DatapathLbBackend{Ip: ip4(a[:]), Port: htons(be.Port()), Id: 1}); err != nil {
+		f.t.Fatal(err)
+	}
+	return mk
+}
+
+// inCgroup is the test binary as a helper (TestMain: env=value) in cgroup
+// cg.
+func inCgroup(cg *os.File, env, value string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env+"="+value)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	return cmd
 }

@@ -186,6 +186,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if v := os.Getenv(sockMappedEnv); v != "" {
+		if err := sockMapped(v); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if v := os.Getenv(sockHelperEnv); v != "" {
 		if err := sockClient(v); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -304,26 +311,12 @@ func TestTranslatedSocket(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			f := load(t)
 			f.setFlowEvents(m.mode)
-			ln, err := net.Listen("tcp4", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
-				}
-			}()
+			tcpBE := closingListener(t)
 			pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer pc.Close()
-			tcpBE := netip.MustParseAddrPort(ln.Addr().String())
 			udpBE := netip.MustParseAddrPort(pc.LocalAddr().String())
 			f.lbService(1, vip, 7777, 6, 0, tcpBE)
 			f.lbService(2, vip, 7778, 17, 0, udpBE)
@@ -415,4 +408,25 @@ func TestNodePortReplyTranslatedSYNNot(t *testing.T) {
 	if src, port := source(t, out); ret != actOK || !src.Equal(podIP) || port != 8080 {
 		t.Fatalf("pod's SYN: verdict %d, left from %s:%d, want %s:8080 untranslated", ret, src, port, podIP)
 	}
+}
+
+// closingListener is a TCP listener on loopback that accepts and closes
+// every connection until the test ends; it returns its address.
+func closingListener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
 }

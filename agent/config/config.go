@@ -212,7 +212,8 @@ type Config struct {
 	// MaglevTableSize is the Maglev table size (a prime, 251-131071).
 	MaglevTableSize uint32 `json:"maglevTableSize"`
 	// SocketLB attaches the socket-level load balancer (cgroup connect4,
-	// sendmsg4, recvmsg4, getpeername4) for pods and the node.
+	// sendmsg4, recvmsg4, getpeername4, and their IPv6 twins for
+	// dual-stack sockets' v4-mapped addresses) for pods and the node.
 	SocketLB bool `json:"socketLB"`
 	// CgroupRoot is the cgroup v2 directory the socket programs attach to
 	// ("" = the cgroup2 mount).

@@ -333,7 +333,8 @@ func EnsureCgroup2(path string) (string, error) {
 }
 
 // AttachSocketLB attaches the socket programs (connect4, sendmsg4,
-// recvmsg4, getpeername4) to the cgroup at path with pinned links; a
+// recvmsg4, getpeername4, and their IPv6 twins for dual-stack sockets'
+// v4-mapped addresses) to the cgroup at path with pinned links; a
 // restarted agent swaps the programs in place.
 func (d *Datapath) AttachSocketLB(cgroupPath string) error {
 	dir := filepath.Join(d.pinDir, "cgroup")
@@ -349,6 +350,10 @@ func (d *Datapath) AttachSocketLB(cgroupPath string) error {
 		{"sendmsg4", d.objs.SockSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
 		{"recvmsg4", d.objs.SockRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
 		{"getpeername4", d.objs.SockGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+		{"connect6", d.objs.SockConnect6, ebpf.AttachCGroupInet6Connect},
+		{"sendmsg6", d.objs.SockSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+		{"recvmsg6", d.objs.SockRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
+		{"getpeername6", d.objs.SockGetpeername6, ebpf.AttachCgroupInet6GetPeername},
 	} {
 		pin := filepath.Join(dir, a.name)
 		if old, err := link.LoadPinnedLink(pin, nil); err == nil {

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // cgroup connect4/sendmsg4 (translate a frontend to a backend once, at
 // connect or send, and report it: EVENT_TRANSLATED) and recvmsg4/getpeername4 (show the service address
-// back), for sockets of the namespaces this node registered.
+// back), for sockets of the namespaces this node registered; their IPv6
+// twins for dual-stack sockets' v4-mapped addresses.
 #pragma once
 
 // lb_sock_netns returns the lb_netns entry of the socket's namespace (the
@@ -41,12 +42,24 @@ static __always_inline __u8 lb_sock_proto(struct bpf_sock_addr *ctx)
 // connections (the kvstore); keep in sync with agent/kvstore ControlMark.
 #define CONTROL_MARK 0x0f1a0000
 
-// lb_sock_translate rewrites the destination of a socket operation that
-// targets a frontend. It returns 0 to refuse (a frontend without backends).
-// The agent's own control-plane sockets are never translated, so no
-// service can take its kvstore connection away.
-static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
+// lb_sock_mapped4 tells whether an IPv6 hook's address is v4-mapped
+// (::ffff:a.b.c.d): a dual-stack socket (Java's default) reaching an IPv4
+// service, which the kernel takes down the IPv4 path without running the
+// IPv4 hooks. The IPv6 hooks translate those (v6 set), and nothing else.
+static __always_inline int lb_sock_mapped4(struct bpf_sock_addr *ctx)
 {
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff);
+}
+
+// lb_sock_translate rewrites the destination of a socket operation that
+// targets a frontend (v6: an IPv6 hook's v4-mapped address). It returns 0
+// to refuse (a frontend without backends). The agent's own control-plane
+// sockets are never translated, so no service can take its kvstore
+// connection away.
+static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx, int v6)
+{
+	if (v6 && !lb_sock_mapped4(ctx))
+		return 1;
 	struct bpf_sock *sock = ctx->sk;
 	if (sock && sock->mark == CONTROL_MARK)
 		return 1;
@@ -57,7 +70,8 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 	__u8 proto = lb_sock_proto(ctx);
 	if (!proto)
 		return 1;
-	struct lb_key k = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port, .proto = proto};
+	__u32 vip = v6 ? ctx->user_ip6[3] : ctx->user_ip4;
+	struct lb_key k = {.vip = vip, .port = (__u16)ctx->user_port, .proto = proto};
 	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
 	if (!svc)
 		return 1;
@@ -74,7 +88,10 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 	int fresh = !old || old->vip != k.vip || old->port != k.port;
 	struct lb_sock_value sv = {.vip = k.vip, .port = k.port, .proto = proto, .backend = b->id};
 	bpf_map_update_elem(&lb_sock_revnat, &sk, &sv, BPF_ANY);
-	ctx->user_ip4 = bip;
+	if (v6)
+		ctx->user_ip6[3] = bip;
+	else
+		ctx->user_ip4 = bip;
 	ctx->user_port = bport;
 	if (fresh)
 		lb_sock_event(caddr, &k, bip, bport);
@@ -82,21 +99,30 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx)
 }
 
 SEC("cgroup/connect4")
-int sock_connect4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx); }
+int sock_connect4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx, 0); }
 
 SEC("cgroup/sendmsg4")
-int sock_sendmsg4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx); }
+int sock_sendmsg4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx, 0); }
+
+SEC("cgroup/connect6")
+int sock_connect6(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx, 1); }
+
+SEC("cgroup/sendmsg6")
+int sock_sendmsg6(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx, 1); }
 
 // The reverse: a reply or peer address from a backend is shown as the
 // service address the application asked for, while that backend is still
 // one of the service's. Once it is not (the service or the backend gone,
 // its address perhaps another pod's now), its datagrams show their own
 // address: a long-lived socket does not take them as the service's.
-static __always_inline int lb_sock_reverse(struct bpf_sock_addr *ctx)
+static __always_inline int lb_sock_reverse(struct bpf_sock_addr *ctx, int v6)
 {
+	if (v6 && !lb_sock_mapped4(ctx))
+		return 1;
 	if (!lb_sock_netns(ctx))
 		return 1;
-	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = ctx->user_ip4, .port = (__u16)ctx->user_port};
+	__u32 ip = v6 ? ctx->user_ip6[3] : ctx->user_ip4;
+	struct lb_sock_key sk = {.cookie = bpf_get_socket_cookie(ctx), .ip = ip, .port = (__u16)ctx->user_port};
 	struct lb_sock_value *sv = bpf_map_lookup_elem(&lb_sock_revnat, &sk);
 	if (!sv)
 		return 1;
@@ -108,13 +134,22 @@ static __always_inline int lb_sock_reverse(struct bpf_sock_addr *ctx)
 	struct lb_backend *b = bpf_map_lookup_elem(&lb_members, &mk);
 	if (!b || b->ip != sk.ip || b->port != sk.port)
 		return 1;
-	ctx->user_ip4 = sv->vip;
+	if (v6)
+		ctx->user_ip6[3] = sv->vip;
+	else
+		ctx->user_ip4 = sv->vip;
 	ctx->user_port = sv->port;
 	return 1;
 }
 
 SEC("cgroup/recvmsg4")
-int sock_recvmsg4(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx); }
+int sock_recvmsg4(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx, 0); }
 
 SEC("cgroup/getpeername4")
-int sock_getpeername4(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx); }
+int sock_getpeername4(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx, 0); }
+
+SEC("cgroup/recvmsg6")
+int sock_recvmsg6(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx, 1); }
+
+SEC("cgroup/getpeername6")
+int sock_getpeername6(struct bpf_sock_addr *ctx) { return lb_sock_reverse(ctx, 1); }
