@@ -563,3 +563,27 @@ func TestProxyUpstreamTupleNotForgeable(t *testing.T) {
 		})
 	}
 }
+
+// The proxy's upstream connection speaking for a peer with a node-local
+// CIDR identity (fromCIDR, fromGroups; bit 24) carries it in the mark
+// under its own magic (0xFB), and to_container judges the flow with that
+// identity; under the proxy's magic (0xFA) the low 24 bits are a cluster
+// identity. Found 2026-12-06 by reading the proxy: such identities were
+// carried as world, so ingress L7 from a fromCIDR peer was allowed by the
+// proxy and then dropped at the pod.
+func TestProxyUpstreamLocalScopeIdentity(t *testing.T) {
+	const cidrID = 1<<24 | 7
+	f := load(t)
+	f.rule(dirIngress, cidrID, 6, 80, 24, false)
+	for _, c := range []struct {
+		mark uint32
+		want uint32
+	}{{0xFB000000 | 7, actOK}, {0xFA000000 | 2, actShot}, {0xFA000000 | 7, actShot}} {
+		ret, err := f.objs.ToContainer.Run(&ebpf.RunOptions{
+			Data: tcp(t, peerIP, podIP, uint16(50000+c.mark&0xff), 80, true, false), Context: &sysSkBuff{Mark: c.mark},
+		})
+		if err != nil || ret != c.want {
+			t.Errorf("SYN with mark %#x: verdict %d (%v), want %d", c.mark, ret, err, c.want)
+		}
+	}
+}

@@ -37,11 +37,24 @@ import (
 // policy and carries across nodes and clusters.
 const UpstreamMarkMagic uint32 = 0xFA000000
 
+// UpstreamMarkLocalMagic is the top byte of an upstream connection's mark
+// on behalf of a source with a node-local CIDR identity (bit 24 set; the
+// low 24 bits are the rest): the datapath judges the flow at the pod with
+// that identity (until 2026-12-06 it was carried as world, and ingress L7
+// from fromCIDR peers was dropped at the pod), and a flow leaving the node
+// carries the world.
+const UpstreamMarkLocalMagic uint32 = 0xFB000000
+
+// localScopeFlag is agent/identity LocalScopeFlag.
+const localScopeFlag = 1 << 24
+
 // UpstreamMark is the socket mark of an upstream connection on behalf of a
-// source with identity id. Identities beyond 24 bits (local-scope CIDR
-// identities, sources outside the cluster) are carried as world.
+// source with identity id; identities beyond 25 bits are carried as world.
 func UpstreamMark(id uint32) uint32 {
-	if id > 0xFFFFFF {
+	switch {
+	case id&localScopeFlag != 0 && id < 2*localScopeFlag:
+		return UpstreamMarkLocalMagic | id&0xFFFFFF
+	case id > 0xFFFFFF:
 		id = WorldIdentity
 	}
 	return UpstreamMarkMagic | id&0xFFFFFF

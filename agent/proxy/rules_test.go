@@ -167,8 +167,10 @@ func TestIPCacheLongestPrefix(t *testing.T) {
 	}
 }
 
+// A node-local CIDR identity (bit 24) has a magic of its own; anything
+// wider is the world (TestProxyUpstreamLocalScopeIdentity in bpf).
 func TestUpstreamMark(t *testing.T) {
-	for id, want := range map[uint32]uint32{1: 0xFA000001, 0x12345: 0xFA012345, 0xFFFFFF: 0xFAFFFFFF, 1<<24 | 7: 0xFA000002} {
+	for id, want := range map[uint32]uint32{1: 0xFA000001, 0x12345: 0xFA012345, 0xFFFFFF: 0xFAFFFFFF, 1<<24 | 7: 0xFB000007, 1<<25 | 7: 0xFA000002} {
 		if got := UpstreamMark(id); got != want {
 			t.Errorf("UpstreamMark(%#x) = %#x, want %#x", id, got, want)
 		}

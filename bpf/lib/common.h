@@ -30,9 +30,11 @@
 // (fwmark 0x200, table 2005: local 0.0.0.0/0) delivers it locally whatever
 // its destination. MARK_PROXY_MAGIC in the top byte of a socket mark is
 // the proxy's upstream connection; the low 24 bits carry the identity of
-// the flow's original source.
+// the flow's original source (MARK_PROXY_LOCAL_MAGIC: a node-local CIDR
+// identity, bit 24 set, of which they are the rest).
 #define MARK_TO_PROXY 0x200
 #define MARK_PROXY_MAGIC 0xFA000000
+#define MARK_PROXY_LOCAL_MAGIC 0xFB000000
 #define MARK_MAGIC_MASK 0xFF000000
 
 // PROXY_UPSTREAM, where a proxy port is expected (beyond every port): the

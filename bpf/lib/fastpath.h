@@ -112,7 +112,7 @@ static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p,
 {
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return -1;
-	if ((skb->mark & MARK_MAGIC_MASK) == MARK_PROXY_MAGIC)
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_PROXY_MAGIC || (skb->mark & MARK_MAGIC_MASK) == MARK_PROXY_LOCAL_MAGIC)
 		return -1;
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,

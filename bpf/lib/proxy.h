@@ -56,9 +56,12 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u32 
 // *src_id is then the identity of the flow's original source.
 static __always_inline int proxied(struct __sk_buff *skb, __u32 *src_id)
 {
-	if ((skb->mark & MARK_MAGIC_MASK) != MARK_PROXY_MAGIC)
+	__u32 magic = skb->mark & MARK_MAGIC_MASK;
+	if (magic != MARK_PROXY_MAGIC && magic != MARK_PROXY_LOCAL_MAGIC)
 		return 0;
 	*src_id = skb->mark & ~MARK_MAGIC_MASK;
+	if (magic == MARK_PROXY_LOCAL_MAGIC)
+		*src_id |= IDENTITY_LOCAL_SCOPE;
 	return 1;
 }
 

@@ -28,7 +28,11 @@ int from_host(struct __sk_buff *skb)
 	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &saddr);
 	if (ep) {
 		id = ep->identity;
-	} else if (!proxied(skb, &id)) {
+	} else if (proxied(skb, &id)) {
+		// A node-local identity does not leave the node: the world.
+		if (id & IDENTITY_LOCAL_SCOPE)
+			id = IDENTITY_WORLD;
+	} else {
 		__u32 zero = 0;
 		struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
 		if (cfg && cfg->host_src && saddr != cfg->host_src)
