@@ -6,6 +6,7 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/node"
 )
 
 // The router deletes from the datapath only the /32s it wrote. An entry it
@@ -43,5 +44,34 @@ func TestForeignSlash32sNotDeleted(t *testing.T) {
 	r.SetNodeDown("ghost", false)
 	if v, ok := f.ipc[netip.PrefixFrom(ghost.IP, 32)]; ok {
 		t.Errorf("a node not known, back up, had its held entry written: %+v", v)
+	}
+}
+
+// Nor when the node of a refused entry goes, or its record changes: found
+// 2026-12-06 by rereading the fix above, forgetting a node deleted every
+// entry held of it, written or not.
+func TestForeignSlash32sNotDeletedWithTheirNode(t *testing.T) {
+	inNetns(t)
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}}
+	hostIP := netip.MustParsePrefix("172.30.0.1/32")
+	f.ipc[hostIP] = fakeValue{identity.Host, netip.Addr{}, false}
+	r := newRouter(f, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	east := node.Node{Name: "east/n1", IPs: []string{"203.0.113.9"}, PodCIDRs: []string{"10.8.1.0/24"}}
+	r.NodeChanged(east, false)
+	pod := ipcache.Entry{IP: netip.MustParseAddr("10.8.1.5"), Identity: identity.Compose(7, 300), HostIP: netip.MustParseAddr("203.0.113.9"), Node: "east/n1"}
+	r.EntryChanged(pod, false)
+	r.EntryChanged(ipcache.Entry{IP: hostIP.Addr(), Identity: identity.Compose(7, 300), HostIP: netip.MustParseAddr("203.0.113.9"), Node: "east/n1"}, false)
+	if _, ok := f.ipc[netip.PrefixFrom(pod.IP, 32)]; !ok {
+		t.Fatal("the node's own pod's entry was not written")
+	}
+	east.IPs = []string{"203.0.113.10"} // a changed record
+	r.NodeChanged(east, false)
+	r.NodeChanged(east, true) // and gone
+	if v, ok := f.ipc[hostIP]; !ok || v.tunnel.IsValid() {
+		t.Errorf("this node's host entry after the remote node went: %+v (present %v)", v, ok)
+	}
+	if _, ok := f.ipc[netip.PrefixFrom(pod.IP, 32)]; ok {
+		t.Error("the node's own pod's entry stayed after the node went")
 	}
 }

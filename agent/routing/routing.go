@@ -540,8 +540,10 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 		r.learnNode(n)
 	}
 	if had {
+		// Those the new record no longer allows, if the old one did
+		// (written then).
 		r.heldOf(n.Name, func(e ipcache.Entry) {
-			if !r.entryOK(e) {
+			if !r.entryOK(e) && InPodCIDRs(e.IP, old) && !r.down[n.Name] {
 				r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
 			}
 		})
@@ -831,9 +833,13 @@ func (r *Router) learnNode(n node.Node) {
 // (the same address or pod CIDR; nodes of one cluster may overlap) is
 // left to relearnSharers.
 func (r *Router) forgetNode(n node.Node, entries bool) {
-	if entries && (r.requireNode || clusterOf(n.Name) != "") {
+	if entries && (r.requireNode || clusterOf(n.Name) != "") && !r.down[n.Name] {
+		// Only those written (n's record is still r.nodes'): a refused
+		// one's address may hold another writer's /32.
 		r.heldOf(n.Name, func(e ipcache.Entry) {
-			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+			if r.entryOK(e) {
+				r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+			}
 		})
 	}
 	shared := func(names map[string]bool) bool {
