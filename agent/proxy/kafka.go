@@ -556,8 +556,12 @@ func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
 }
 
 const (
-	localNumberMask = 0xffff // agent/identity LocalMax
-	minLocalNumber  = 256    // agent/identity LocalMin: below, no allocator hands one out
+	// localNumberMask is the cluster-local number's bits in the layout of
+	// 511 clusters (15 bits; 16 in the default layout, whose 16th bit is
+	// then ignored): a cover identity (local number 1) is below
+	// minLocalNumber in both.
+	localNumberMask = 0x7fff
+	minLocalNumber  = 256 // agent/identity LocalMin: below, no allocator hands one out
 )
 
 // kafkaTopicIDs are the topic names of IDs learned from Metadata responses

@@ -16,6 +16,7 @@ import (
 func TestKafkaScopeOfCoverIsTheAddress(t *testing.T) {
 	cfg, err := compile(Config{IPCache: []IPCacheEntry{
 		{Prefix: netip.MustParsePrefix("10.9.0.0/16"), Identity: 3<<16 | 1},   // cluster 3's cover
+		{Prefix: netip.MustParsePrefix("10.7.0.0/16"), Identity: 3<<15 | 1},   // with 511 clusters (cluster ID from bit 15)
 		{Prefix: netip.MustParsePrefix("10.9.7.7/32"), Identity: 3<<16 | 300}, // one of its pods told apart
 		{Prefix: netip.MustParsePrefix("10.9.7.8/32"), Identity: 3<<16 | 300}, // another of the same identity
 	}})
@@ -25,6 +26,9 @@ func TestKafkaScopeOfCoverIsTheAddress(t *testing.T) {
 	ap := func(s string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), 9092) }
 	if a, b := kafkaScopeOf(cfg, ap("10.9.0.5")), kafkaScopeOf(cfg, ap("10.9.0.6")); a == b {
 		t.Errorf("two pods under the cover share the scope %+v", a)
+	}
+	if a, b := kafkaScopeOf(cfg, ap("10.7.0.5")), kafkaScopeOf(cfg, ap("10.7.0.6")); a == b {
+		t.Errorf("two pods under a cover of the 511-cluster layout share the scope %+v", a)
 	}
 	if a, b := kafkaScopeOf(cfg, ap("10.9.7.7")), kafkaScopeOf(cfg, ap("10.9.7.8")); a != b || a.identity != 3<<16|300 {
 		t.Errorf("two brokers of one identity: scopes %+v and %+v, want the identity's", a, b)
