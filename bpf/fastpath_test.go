@@ -381,7 +381,12 @@ func TestRevokedFlowStaysRevoked(t *testing.T) {
 		if r := f.run(f.objs.FromContainer, out); r != actShot {
 			t.Fatalf("the pod's datagram under the deny rule: %d", r)
 		}
-		f.staysDropped(t, hop{"the peer's datagram", f.objs.ToContainer, in}, hop{"the pod's datagram", f.objs.FromContainer, out})
+		// The peer's datagram is a flow of its own (ingress is not
+		// enforced), which does not carry the pod's.
+		if r := f.run(f.objs.ToContainer, in); r != actOK {
+			t.Errorf("the peer's datagram, a flow of its own direction: %d", r)
+		}
+		f.staysDropped(t, hop{"the pod's datagram", f.objs.FromContainer, out}, hop{"the pod's datagram again", f.objs.FromContainer, out})
 		// Allowed again: a datagram flow goes on (it has no opening packet
 		// to start anew with).
 		f.deleteRule(dirEgress, peerID, 17, 53, 24)
@@ -390,6 +395,32 @@ func TestRevokedFlowStaysRevoked(t *testing.T) {
 		if f.run(f.objs.FromContainer, out) != actOK || f.run(f.objs.ToContainer, in) != actOK {
 			t.Error("the datagram flow, allowed again, does not pass")
 		}
+	})
+	t.Run("egress revoked, the peer still allowed in", func(t *testing.T) {
+		// Both enforced; the pod and its peer use one UDP port each way
+		// (7946, say); the egress allow goes, the ingress one stays: the
+		// peer's datagrams still come in, the pod's no longer go out.
+		// Found 2026-12-06 by rereading the tombstone: the peer's were
+		// taken as the revoked flow's replies and dropped, each one
+		// keeping the tombstone alive.
+		f := load(t)
+		f.rule(dirEgress, peerID, 17, 7946, 24, false)
+		f.rule(dirIngress, peerID, 17, 7946, 24, false)
+		out, in := udp(t, podIP, peerIP, 7946, 7946), udp(t, peerIP, podIP, 7946, 7946)
+		if f.run(f.objs.FromContainer, out) != actOK || f.run(f.objs.ToContainer, in) != actOK {
+			t.Fatal("the allowed flow did not pass")
+		}
+		f.deleteRule(dirEgress, peerID, 17, 7946, 24)
+		f.bump()
+		if r := f.run(f.objs.FromContainer, out); r != actShot {
+			t.Fatalf("the pod's datagram after its allow went: %d", r)
+		}
+		for i := 0; i < 2; i++ {
+			if r := f.run(f.objs.ToContainer, in); r != actOK {
+				t.Errorf("the peer's datagram, still allowed in (%d): %d", i, r)
+			}
+		}
+		f.staysDropped(t, hop{"the pod's datagram", f.objs.FromContainer, out})
 	})
 	t.Run("ingress revoked, egress not enforced", func(t *testing.T) {
 		f := load(t)

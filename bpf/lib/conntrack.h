@@ -44,8 +44,9 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 #define CT_F_UPSTREAM 2 // opened by the L7 proxy's upstream socket: its replies go back to it
 #define CT_F_COVER 4    // admitted with a cover identity (IPCACHE_F_COVER): replies are judged with their own
 // CT_F_REVOKED: the policy revoked the flow; the entry stays (refreshed by
-// its packets like any) so that its packets, either way, are dropped (TCP;
-// others' replies) or judged again in the flow's direction (enforce), instead of
+// its packets like any) so that its packets, either way, are dropped (TCP)
+// or judged again, as the flow's own or its replies as a flow of their
+// own direction (enforce), instead of
 // the other side's next packet starting a flow of its own in a direction
 // not enforced, on which the revoked side's packets would pass as replies.
 #define CT_F_REVOKED 16

@@ -135,18 +135,24 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	p->reply = 0; // p may come from another endpoint's enforce (local delivery)
 	struct ct_entry *e = 0;
 	int ct = ct_lookup(p, ep->ep_id, dir, now, proxy, &e);
+	// A reply of a revoked flow (not TCP: that connection is over) is
+	// judged as a flow of its own, in its own direction: the other side
+	// may still be allowed to reach this endpoint (a symmetric UDP port,
+	// 7946 both ways, whose egress allow went). Its entry, found before
+	// the tombstone from then on, does not carry the revoked side, whose
+	// own packets meet their tombstone first.
+	if (ct == CT_REPLY && e && (e->flags & CT_F_REVOKED) && p->proto != IPPROTO_TCP) {
+		ct = CT_NEW;
+		*proxy = 0;
+	}
 	if (ct != CT_NEW) {
 		p->reply = ct == CT_REPLY;
 		// A revoked TCP connection is over, either way (a new one starts
 		// with its SYN, judged as new); a revoked flow of another
-		// protocol drops its replies and judges its own direction's
-		// packets again, going on only when the policy allows them.
-		if (e && (e->flags & CT_F_REVOKED)) {
-			if (p->proto == IPPROTO_TCP)
-				return REASON_CT_MISSING;
-			if (p->reply)
-				return REASON_POLICY_DENIED;
-		}
+		// protocol judges its own direction's packets again, going on
+		// only when the policy allows them (its replies: above).
+		if (e && (e->flags & CT_F_REVOKED) && p->proto == IPPROTO_TCP)
+			return REASON_CT_MISSING;
 		if (e && (e->rev != rev || (e->flags & CT_F_REVOKED))) {
 			__u8 fdir = p->reply ? dir ^ 1 : dir;
 			__u8 fenforced = ep->flags & (fdir == DIR_INGRESS ? EP_INGRESS_ENFORCED : EP_EGRESS_ENFORCED);
