@@ -220,6 +220,15 @@ func deleteExpired[K comparable](m *ebpf.Map, keys []K, v any, expires func() ui
 	return n, nil
 }
 
+// ctRevoked is bpf/lib/conntrack.h CT_F_REVOKED: the entry of a flow the
+// policy revoked, kept so that its packets stay judged; no live flow.
+const ctRevoked = 16
+
+// live says whether v is a live flow's entry at now.
+func live(v *bpf.DatapathCtEntry, now uint64) bool {
+	return v.Expires > now && v.Flags&ctRevoked == 0
+}
+
 // ConntrackEntries counts live conntrack entries.
 func (d *Datapath) ConntrackEntries() int {
 	now := monotonicNow()
@@ -228,7 +237,7 @@ func (d *Datapath) ConntrackEntries() int {
 	n := 0
 	it := d.objs.Conntrack.Iterate()
 	for it.Next(&k, &v) {
-		if v.Expires > now {
+		if live(&v, now) {
 			n++
 		}
 	}
@@ -252,7 +261,7 @@ func (d *Datapath) EgressFlows() (map[netip.Addr][]Flow, error) {
 	out := map[netip.Addr][]Flow{}
 	it := d.objs.Conntrack.Iterate()
 	for it.Next(&k, &v) {
-		if v.Expires > now && k.Dir == 0 { // DIR_EGRESS
+		if live(&v, now) && k.Dir == 0 { // DIR_EGRESS (a revoked flow uses no address)
 			dst := addrFrom(k.Daddr)
 			out[dst] = append(out[dst], Flow{Src: netip.AddrPortFrom(addrFrom(k.Saddr), k.Sport), Dst: netip.AddrPortFrom(dst, k.Dport),
 				Proto: k.Proto, Endpoint: k.EpId})

@@ -128,3 +128,23 @@ func TestSetFlowEventsRefusesUnknownMode(t *testing.T) {
 		}
 	}
 }
+
+// A revoked flow's entry (kept so its packets stay judged) is no live
+// flow: not counted, and no destination learned DNS addresses are kept
+// for. Found 2026-12-06 by rereading the tombstone.
+func TestRevokedEntryNotLive(t *testing.T) {
+	now := uint64(1000)
+	for _, c := range []struct {
+		v    bpf.DatapathCtEntry
+		want bool
+	}{
+		{bpf.DatapathCtEntry{Expires: now + 1}, true},
+		{bpf.DatapathCtEntry{Expires: now}, false},
+		{bpf.DatapathCtEntry{Expires: now + 1, Flags: ctRevoked}, false},
+		{bpf.DatapathCtEntry{Expires: now + 1, Flags: 1}, true},
+	} {
+		if got := live(&c.v, now); got != c.want {
+			t.Errorf("entry %+v: live %v, want %v", c.v, got, c.want)
+		}
+	}
+}
