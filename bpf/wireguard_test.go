@@ -231,3 +231,47 @@ func TestNodePortSNATPortsReused(t *testing.T) {
 		}
 	}
 }
+
+// A NodePort translation to a remote backend made before the backend's
+// node became an encryption peer went as VXLAN, which that node now drops
+// as forged (from_overlay); the translation is made again, through the
+// encryption device, with the client's next packet. Found 2026-12-06 by
+// rereading the VXLAN refusal: a UDP client that kept sending kept the
+// stale translation, and its flow dead, for good.
+func TestNodePortTranslationRedoneAfterPeering(t *testing.T) {
+	f := load(t)
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	remote := net.IPv4(10, 9, 9, 9).To4()
+	node := net.IPv4(172, 30, 0, 9).To4()
+	gw := net.IPv4(10, 244, 0, 1).To4()
+	ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(remote)}
+	if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: peerID, TunnelIp: ip4(node)}); err != nil {
+		t.Fatal(err)
+	}
+	putConfig(t, f.objs.Config, DatapathNodeConfig{VxlanIfindex: 1, Encrypt: 1, EncryptSnat: ip4(gw)})
+	f.lbService(1, nodeIP, 30100, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
+	d := udp(t, peerIP, nodeIP, 40000, 30100)
+	fwd := DatapathLbNatKey{Saddr: ip4(peerIP), Daddr: ip4(nodeIP), Sport: htons(40000), Dport: htons(30100), Proto: 17}
+	source := func() net.IP {
+		t.Helper()
+		var v DatapathLbNat
+		if err := f.objs.LbNats.Lookup(&fwd, &v); err != nil {
+			t.Fatalf("the client's translation: %v", err)
+		}
+		b := make([]byte, 4)
+		binary.NativeEndian.PutUint32(b, v.Saddr)
+		return net.IP(b)
+	}
+	f.run(f.objs.FromNetdev, d)
+	if s := source(); !s.Equal(nodeIP) {
+		t.Fatalf("before the peering: translated from %s, want the node's %s (VXLAN)", s, nodeIP)
+	}
+	nk, one := ip4(node), uint32(1)
+	if err := f.objs.EncryptPeers.Put(&nk, &one); err != nil {
+		t.Fatal(err)
+	}
+	f.run(f.objs.FromNetdev, d) // (its FIB lookup has no route here; the translation is what counts)
+	if s := source(); !s.Equal(gw) {
+		t.Fatalf("after the peering: translated from %s, want the gateway %s (through the device)", s, gw)
+	}
+}

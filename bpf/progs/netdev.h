@@ -13,6 +13,18 @@ static __always_inline __u16 lb_snat_port(__u16 avoid)
 // lb_forward, which translates a client's packet and sends it on.
 #pragma once
 
+// lb_nat_before_peering tells whether n, a client's translation to a
+// remote backend, goes as VXLAN (not from the encryption gateway) while
+// the backend's node is an encryption peer now.
+static __always_inline int lb_nat_before_peering(struct lb_nat *n)
+{
+	if (!n->tunnel_ip || encrypt_route(n->tunnel_ip) != 0)
+		return 0;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	return cfg && cfg->vxlan_ifindex && !(cfg->encrypt_snat && n->saddr == cfg->encrypt_snat);
+}
+
 // lb_forward rewrites p, a client's packet of a NodePort flow, to
 // saddr:sport -> daddr:dport and sends it to its backend: up the stack to
 // a pod of this node, through the tunnel to the backend's node, or out of
@@ -244,6 +256,19 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	if (n && n->reverse)
 		return lb_reverse_entry(skb, &p, n);
+	if (n && lb_nat_before_peering(n)) {
+		// Made (as VXLAN) before the backend's node became an encryption
+		// peer, which refuses VXLAN from this node now (from_overlay): both
+		// halves go, and the packet makes a translation through the
+		// device below (a TCP connection's next segment, no SYN, ends
+		// it). Until 2026-12-06 a UDP client that kept sending kept the
+		// stale translation, its flow dead (TestNodePortTranslationRedoneAfterPeering).
+		struct lb_nat_key fk = {.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport, .proto = p.proto};
+		struct lb_nat_key rk = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = p.proto};
+		bpf_map_delete_elem(&lb_nats, &rk);
+		bpf_map_delete_elem(&lb_nats, &fk);
+		n = 0;
+	}
 	if (n) {
 		__u32 tunnel_ip = n->tunnel_ip;
 		__u32 daddr = n->daddr;

@@ -16,19 +16,20 @@ int from_overlay(struct __sk_buff *skb)
 		return drop(skb, REASON_INVALID, DIR_INGRESS, 0, 0, 0, 0, &p);
 	__u32 outer = bpf_htonl(key.remote_ipv4);
 	__u32 src_id = key.tunnel_id;
-	// Parsed before the source check for the drop's event, but a first
-	// fragment's ports are recorded only when a known node sent it.
-	int known = bpf_map_lookup_elem(&nodes, &outer) != 0;
-	int r = parse_rec(skb, &p, known);
-	if (!known) {
-		p.len = skb->len;
-		return drop(skb, REASON_TUNNEL_SOURCE, DIR_INGRESS, 0, 0, src_id, 0, &p);
-	}
 	// With encryption on, a peer's traffic comes through the encryption
 	// device, never as VXLAN: VXLAN from a peer's address is forged (the
 	// outer source is not authenticated, and the VNI would be taken as the
 	// identity), and under strict mode no VXLAN is accepted at all.
-	int enc = encrypt_route(outer);
+	int known = bpf_map_lookup_elem(&nodes, &outer) != 0;
+	int enc = known ? encrypt_route(outer) : -1;
+	// Parsed before the source checks for the drop's event, but a first
+	// fragment's ports are recorded only when a node that may send VXLAN
+	// sent it.
+	int r = parse_rec(skb, &p, known && enc < 0);
+	if (!known) {
+		p.len = skb->len;
+		return drop(skb, REASON_TUNNEL_SOURCE, DIR_INGRESS, 0, 0, src_id, 0, &p);
+	}
 	if (enc == 0)
 		enc = REASON_FORGED_SOURCE;
 	if (enc > 0) {
