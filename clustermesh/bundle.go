@@ -23,6 +23,7 @@ import (
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/crypto/ca"
 	"github.com/filament-net/filament/crypto/gossipkey"
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // Key prefixes a remote cluster may read.
@@ -247,11 +248,7 @@ func writeYAML(path string, v any, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, mode)
 }
 
 // LoadCluster reads a bundle's cluster.yaml.
@@ -316,11 +313,7 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 			if err := os.MkdirAll(f.dir, 0o700); err != nil {
 				return a, b, err
 			}
-			tmp := filepath.Join(f.dir, "."+x.name+".tmp")
-			if err := os.WriteFile(tmp, data, 0o600); err != nil {
-				return a, b, err
-			}
-			if err := os.Rename(tmp, filepath.Join(f.dir, x.name+".yaml")); err != nil {
+			if err := atomicfile.Write(filepath.Join(f.dir, x.name+".yaml"), data, 0o600); err != nil {
 				return a, b, err
 			}
 		}
