@@ -10,7 +10,9 @@ package gossipkey
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -138,15 +140,24 @@ func Rotate(path, step string) (Keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	last, err := os.ReadFile(path + ".step")
+	record, err := os.ReadFile(path + ".step")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("gossip key file: %w", err)
 	}
 	if next(step) == "" {
 		return nil, fmt.Errorf("%w: rotation step %q: want add, use or drop", ErrInvalid, step)
 	}
-	if want := map[string]string{StepUse: StepAdd, StepDrop: StepUse, StepAdd: StepDrop}[step]; len(last) > 0 && string(last) != want {
-		return nil, fmt.Errorf("%w: step %s: the last step done was %s; the next is %s", ErrInvalid, step, last, next(string(last)))
+	if len(record) > 0 {
+		// The record names the step and the key file it left: a file
+		// changed since (by hand, a new bundle, or a step whose record was
+		// not written) leaves the order unknown.
+		last, sum, _ := strings.Cut(string(record), " ")
+		if sum != fileSum(ks) {
+			return nil, fmt.Errorf("%w: step %s: %s changed since step %s was recorded in %s.step; check its keys, then remove that file", ErrInvalid, step, path, last, path)
+		}
+		if want := map[string]string{StepUse: StepAdd, StepDrop: StepUse, StepAdd: StepDrop}[step]; last != want {
+			return nil, fmt.Errorf("%w: step %s: the last step done was %s; the next is %s", ErrInvalid, step, last, next(last))
+		}
 	}
 	switch step {
 	case StepAdd:
@@ -169,10 +180,16 @@ func Rotate(path, step string) (Keys, error) {
 	if err := write(path, ks); err != nil {
 		return nil, err
 	}
-	if err := atomicfile.Write(path+".step", []byte(step), 0o600); err != nil {
+	if err := atomicfile.Write(path+".step", []byte(step+" "+fileSum(ks)), 0o600); err != nil {
 		return nil, fmt.Errorf("gossip key file: %w", err)
 	}
 	return ks, nil
+}
+
+// fileSum identifies the key file holding ks (its SHA-256, hex).
+func fileSum(ks Keys) string {
+	sum := sha256.Sum256(ks.Format())
+	return hex.EncodeToString(sum[:])
 }
 
 // next is the step that follows step.

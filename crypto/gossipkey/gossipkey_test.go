@@ -122,4 +122,16 @@ func TestRotationStepsInOrder(t *testing.T) {
 	if _, err := Rotate(path, StepAdd); err != nil {
 		t.Errorf("a new rotation after drop: %v", err)
 	}
+	// The key file changed behind the record (a step whose record was not
+	// written, a file edited or replaced): the order is not guessed.
+	if _, err := Rotate(path, StepUse); err != nil {
+		t.Fatal(err)
+	}
+	ks, _ := Load(path)
+	if err := write(path, Keys{ks[1], ks[0]}); err != nil { // as if use ran and its record did not
+		t.Fatal(err)
+	}
+	if _, err := Rotate(path, StepUse); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "changed since") {
+		t.Errorf("use with the key file changed since the record: %v, want refused", err)
+	}
 }
