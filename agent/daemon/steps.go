@@ -372,7 +372,7 @@ func (a *Agent) vetNode(n node.Node, deleted bool) {
 	if !self && !deleted && !a.auth.Accept(a.cfg.ClusterName, n) {
 		a.nodeChanged(n, true)
 		if a.detector != nil {
-			a.detector.Forget(n.IP())
+			a.detector.Forget(n.Name)
 		}
 		return
 	}
@@ -382,9 +382,9 @@ func (a *Agent) vetNode(n node.Node, deleted bool) {
 	a.nodeChanged(n, deleted)
 	if a.detector != nil && !self {
 		if deleted {
-			a.detector.Forget(n.IP())
+			a.detector.Forget(n.Name)
 		} else {
-			a.detector.Join(n.IP())
+			a.detector.Join(n.Name, n.IP())
 		}
 	}
 }

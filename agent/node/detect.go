@@ -25,11 +25,12 @@ type Detector struct {
 	notify func(name string, alive bool)
 
 	mu sync.Mutex
-	// wanted are the addresses Join was asked for and Forget has not
-	// dropped; joining marks those with a join under way.
-	wanted  map[string]bool
+	// wanted are the address of each node Join was asked for and Forget
+	// has not dropped; joining marks the addresses with a join under way.
+	wanted  map[string]string
 	joining map[string]bool
 	stop    chan struct{}
+	stopped bool
 }
 
 // rejoinInterval is how often a detector joins again the wanted nodes
@@ -56,7 +57,7 @@ func NewDetector(name string, ip netip.Addr, port int, keys [][]byte, notify fun
 	if err != nil {
 		return nil, fmt.Errorf("memberlist gossip keys: %w", err)
 	}
-	d := &Detector{port: port, notify: notify, wanted: map[string]bool{}, joining: map[string]bool{}, keys: kr, stop: make(chan struct{})}
+	d := &Detector{port: port, notify: notify, wanted: map[string]string{}, joining: map[string]bool{}, keys: kr, stop: make(chan struct{})}
 	c := memberlist.DefaultLANConfig()
 	c.Keyring = kr
 	c.GossipVerifyIncoming = true
@@ -103,7 +104,7 @@ func (d *Detector) rejoin(interval time.Duration) {
 			alive[m.Address()] = true
 		}
 		d.mu.Lock()
-		for addr := range d.wanted {
+		for _, addr := range d.wanted {
 			if !alive[addr] {
 				d.joinLocked(addr)
 			}
@@ -136,22 +137,24 @@ func (d *Detector) SetKeys(keys [][]byte) error {
 	return nil
 }
 
-// Join contacts a node found in the registry, and keeps contacting it
-// while it is not an alive member, until Forget.
-func (d *Detector) Join(ip netip.Addr) {
+// Join contacts node name, found in the registry at ip, and keeps
+// contacting it (at its latest address) while it is not an alive member,
+// until Forget.
+func (d *Detector) Join(name string, ip netip.Addr) {
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(d.port))
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.wanted[addr] {
+	if d.wanted[name] == addr {
 		return // joined, or joined again by rejoin
 	}
-	d.wanted[addr] = true
+	d.wanted[name] = addr
 	d.joinLocked(addr)
 }
 
-// joinLocked starts a join of addr unless one is under way; d.mu held.
+// joinLocked starts a join of addr unless one is under way or the
+// detector is closed; d.mu held.
 func (d *Detector) joinLocked(addr string) {
-	if d.joining[addr] {
+	if d.joining[addr] || d.stopped {
 		return
 	}
 	d.joining[addr] = true
@@ -163,11 +166,11 @@ func (d *Detector) joinLocked(addr string) {
 	}()
 }
 
-// Forget stops contacting ip (the node left the registry); a later Join
-// contacts it again.
-func (d *Detector) Forget(ip netip.Addr) {
+// Forget stops contacting node name (it left the registry, or was
+// refused); a later Join contacts it again.
+func (d *Detector) Forget(name string) {
 	d.mu.Lock()
-	delete(d.wanted, net.JoinHostPort(ip.String(), strconv.Itoa(d.port)))
+	delete(d.wanted, name)
 	d.mu.Unlock()
 }
 
@@ -175,9 +178,8 @@ func (d *Detector) Forget(ip netip.Addr) {
 // crash, and a restarted agent that comes back is seen alive again.
 func (d *Detector) Close() {
 	d.mu.Lock()
-	select {
-	case <-d.stop:
-	default:
+	if !d.stopped {
+		d.stopped = true
 		close(d.stop)
 	}
 	d.mu.Unlock()
