@@ -387,6 +387,19 @@ func TestRevokedFlowStaysRevoked(t *testing.T) {
 			t.Errorf("the peer's datagram, a flow of its own direction: %d", r)
 		}
 		f.staysDropped(t, hop{"the pod's datagram", f.objs.FromContainer, out}, hop{"the pod's datagram again", f.objs.FromContainer, out})
+		// The pod silent past its flow's timeout, the peer's flow going on:
+		// the peer's entry carries none of the pod's datagrams either
+		// (found rereading the reply rule the same day).
+		tomb := DatapathCtKey{Saddr: ip4(podIP), Daddr: ip4(peerIP), Sport: htons(5000), Dport: htons(53), Proto: 17, Dir: dirEgress, EpId: podEP}
+		if err := f.objs.Conntrack.Delete(&tomb); err != nil {
+			t.Fatal(err)
+		}
+		if r := f.run(f.objs.ToContainer, in); r != actOK {
+			t.Errorf("the peer's datagram, its flow going on: %d", r)
+		}
+		if r := f.run(f.objs.FromContainer, out); r != actShot {
+			t.Errorf("the pod's datagram after its tombstone expired: %d, want dropped (the deny rule)", r)
+		}
 		// Allowed again: a datagram flow goes on (it has no opening packet
 		// to start anew with).
 		f.deleteRule(dirEgress, peerID, 17, 53, 24)

@@ -50,6 +50,11 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 // the other side's next packet starting a flow of its own in a direction
 // not enforced, on which the revoked side's packets would pass as replies.
 #define CT_F_REVOKED 16
+// CT_F_NO_CARRY: made for a revoked flow's reply, as a flow of its own
+// direction: it carries no packet of the other side as its reply (those
+// are judged as flows of their own too), so the revoked side does not
+// pass on it once its tombstone expires.
+#define CT_F_NO_CARRY 32
 // The peer is a pod of this node: its packets reach to_container only
 // through the node's stack, from its own veth, which the slow path checks
 // (fast_ingress leaves them to it).

@@ -65,7 +65,7 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 	if (bpf_jiffies64() - e->refreshed >= CT_REFRESH_JIFFIES)
 		return -1;
 	// Packets that would change the entry (ct_update) take the slow path.
-	if (reply && (!(e->flags & CT_F_REPLY) || e->state != CT_STATE_ESTABLISHED))
+	if (reply && (!(e->flags & CT_F_REPLY) || e->state != CT_STATE_ESTABLISHED || (e->flags & CT_F_NO_CARRY)))
 		return -1;
 	if (e->fast_action == FAST_LOCAL && bpf_skb_store_bytes(skb, 0, e->fast_mac, 12, 0) < 0)
 		return -1; // the slow path drops it
@@ -141,7 +141,7 @@ static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p,
 		return -1;
 	if (bpf_jiffies64() - e->refreshed >= CT_REFRESH_JIFFIES)
 		return -1;
-	if (reply && (!(e->flags & CT_F_REPLY) || e->state != CT_STATE_ESTABLISHED))
+	if (reply && (!(e->flags & CT_F_REPLY) || e->state != CT_STATE_ESTABLISHED || (e->flags & CT_F_NO_CARRY)))
 		return -1;
 	e->packets++;
 	e->bytes += p->len;

@@ -141,9 +141,16 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	// 7946 both ways, whose egress allow went). Its entry, found before
 	// the tombstone from then on, does not carry the revoked side, whose
 	// own packets meet their tombstone first.
-	if (ct == CT_REPLY && e && (e->flags & CT_F_REVOKED) && p->proto != IPPROTO_TCP) {
+	// (Not a proxy upstream connection's: a reply to one that is gone
+	// is dropped, never delivered to the client.) A reply on such an
+	// entry made for a revoked flow (CT_F_NO_CARRY) is judged the same
+	// way.
+	__u8 no_carry = 0;
+	if (ct == CT_REPLY && e && (e->flags & (CT_F_REVOKED | CT_F_NO_CARRY)) && !(e->flags & CT_F_UPSTREAM) &&
+	    p->proto != IPPROTO_TCP) {
 		ct = CT_NEW;
 		*proxy = 0;
+		no_carry = CT_F_NO_CARRY;
 	}
 	if (ct != CT_NEW) {
 		p->reply = ct == CT_REPLY;
@@ -210,12 +217,12 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 		// Audit mode: the connection passes (no proxy), reported once
 		// with the reason it would have been dropped for.
 		*proxy = 0;
-		ct_create(p, ep->ep_id, dir, peer, now, 0, ct_flags, rev);
+		ct_create(p, ep->ep_id, dir, peer, now, 0, ct_flags | no_carry, rev);
 		emit_at(now, EVENT_POLICY_VERDICT, reason, dir, ep->ep_id, peer_ep, src_id, dst_id, p, ifindex, EVENT_F_AUDIT);
 		return REASON_FORWARDED;
 	}
 	if (reason == REASON_FORWARDED) {
-		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags, rev);
+		ct_create(p, ep->ep_id, dir, peer, now, *proxy, ct_flags | no_carry, rev);
 		// Sent to the L7 proxy: redirected (EVENT_F_PROXY); not the
 		// proxy's own upstream connection, which the proxy opened.
 		__u8 flags = *proxy && !(ct_flags & CT_F_UPSTREAM) ? EVENT_F_PROXY : 0;
