@@ -549,7 +549,7 @@ func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
 	// below identity.LocalMin) stands for every pod of a remote cluster
 	// (until 2026-12-06 its pods shared one scope with its brokers:
 	// TestKafkaScopeOfCoverIsTheAddress).
-	if id := cfg.identity(dst.Addr()); isWorkload(id) && id&localNumberMask >= minLocalNumber {
+	if id := cfg.identity(dst.Addr()); isWorkload(id) && id&localNumberMask != coverLocal {
 		return kafkaScope{identity: id}
 	}
 	return kafkaScope{addr: dst.Addr().Unmap()}
@@ -558,10 +558,12 @@ func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
 const (
 	// localNumberMask is the cluster-local number's bits in the layout of
 	// 511 clusters (15 bits; 16 in the default layout, whose 16th bit is
-	// then ignored): a cover identity (local number 1) is below
-	// minLocalNumber in both.
+	// then ignored), and coverLocal a cover identity's local number
+	// (agent/sparse) in both: a default layout's workload of local number
+	// 0x8001 is taken for a cover too (scoped by address: more lookups,
+	// no other verdict).
 	localNumberMask = 0x7fff
-	minLocalNumber  = 256 // agent/identity LocalMin: below, no allocator hands one out
+	coverLocal      = 1
 )
 
 // kafkaTopicIDs are the topic names of IDs learned from Metadata responses

@@ -151,8 +151,8 @@ func Rotate(path, step string) (Keys, error) {
 		// The record names the step and the key file it left: a file
 		// changed since (by hand, a new bundle, or a step whose record was
 		// not written) leaves the order unknown.
-		last, sum, _ := strings.Cut(string(record), " ")
-		if sum != fileSum(ks) {
+		last, sum, withSum := strings.Cut(string(record), " ")
+		if withSum && sum != fileSum(ks) {
 			return nil, fmt.Errorf("%w: step %s: %s changed since step %s was recorded in %s.step; check its keys, then remove that file", ErrInvalid, step, path, last, path)
 		}
 		if want := map[string]string{StepUse: StepAdd, StepDrop: StepUse, StepAdd: StepDrop}[step]; last != want {

@@ -124,14 +124,21 @@ func TestRotationStepsInOrder(t *testing.T) {
 	}
 	// The key file changed behind the record (a step whose record was not
 	// written, a file edited or replaced): the order is not guessed.
-	if _, err := Rotate(path, StepUse); err != nil {
-		t.Fatal(err)
-	}
 	ks, _ := Load(path)
 	if err := write(path, Keys{ks[1], ks[0]}); err != nil { // as if use ran and its record did not
 		t.Fatal(err)
 	}
 	if _, err := Rotate(path, StepUse); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "changed since") {
 		t.Errorf("use with the key file changed since the record: %v, want refused", err)
+	}
+	// A record of the step alone (the first form) keeps the order check.
+	if err := os.WriteFile(path+".step", []byte(StepAdd), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Rotate(path, StepDrop); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "next is use") {
+		t.Errorf("drop after a step-only add record: %v, want refused as out of order", err)
+	}
+	if _, err := Rotate(path, StepUse); err != nil {
+		t.Errorf("use after a step-only add record: %v", err)
 	}
 }
