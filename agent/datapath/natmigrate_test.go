@@ -71,25 +71,35 @@ func unpinnedAfterLoad(t *testing.T, name string) (Config, string) {
 	return cfg, pin
 }
 
-func TestOldNodePortTranslationsKept(t *testing.T) {
-	cfg, pin := unpinnedAfterLoad(t, "lb_nats")
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: oldLBNatValueSize, MaxEntries: 262144})
+// upgradeFrom loads the datapath over an earlier agent's map name, made
+// from spec and filled by fill, pinned where the map goes; the returned
+// datapath is closed when the test ends.
+func upgradeFrom(t *testing.T, name string, spec *ebpf.MapSpec, fill func(*ebpf.Map) error) *Datapath {
+	t.Helper()
+	cfg, pin := unpinnedAfterLoad(t, name)
+	old, err := ebpf.NewMap(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := bpf.DatapathLbNatKey{Saddr: 0x0a000009, Daddr: 0x0a00000a, Sport: 1, Dport: 2, Proto: 6}
-	if err := old.Put(&k, oldLBNat(1<<62, 0, 1, 1, 0, 4000)); err != nil {
+	if err := fill(old); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Pin(pin); err != nil {
 		t.Fatal(err)
 	}
 	old.Close()
-	dp2, err := Load(cfg)
+	dp, err := Load(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dp2.Close()
+	t.Cleanup(func() { dp.Close() })
+	return dp
+}
+
+func TestOldNodePortTranslationsKept(t *testing.T) {
+	k := bpf.DatapathLbNatKey{Saddr: 0x0a000009, Daddr: 0x0a00000a, Sport: 1, Dport: 2, Proto: 6}
+	dp2 := upgradeFrom(t, "lb_nats", &ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: oldLBNatValueSize, MaxEntries: 262144},
+		func(old *ebpf.Map) error { return old.Put(&k, oldLBNat(1<<62, 0, 1, 1, 0, 4000)) })
 	var v bpf.DatapathLbNat
 	if err := dp2.Objects().LbNats.Lookup(&k, &v); err != nil {
 		t.Fatalf("the earlier agent's translation after the upgrade: %v", err)

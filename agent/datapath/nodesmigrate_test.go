@@ -11,24 +11,9 @@ import (
 // the known nodes is not dropped while the new agent learns them again.
 // Found rereading the change that grew the map.
 func TestOldNodesMapKept(t *testing.T) {
-	cfg, pin := unpinnedAfterLoad(t, "nodes")
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16384})
-	if err != nil {
-		t.Fatal(err)
-	}
 	k, v := uint32(0x0200001e), uint32(1)
-	if err := old.Put(&k, &v); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Pin(pin); err != nil {
-		t.Fatal(err)
-	}
-	old.Close()
-	dp2, err := Load(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp2.Close()
+	dp2 := upgradeFrom(t, "nodes", &ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16384},
+		func(old *ebpf.Map) error { return old.Put(&k, &v) })
 	if got := dp2.Objects().Nodes.MaxEntries(); got != 65536 {
 		t.Fatalf("nodes map of %d entries after the upgrade, want 65536", got)
 	}

@@ -155,7 +155,7 @@ func Rotate(path, step string) (Keys, error) {
 		if withSum && sum != fileSum(ks) {
 			return nil, fmt.Errorf("%w: step %s: %s changed since step %s was recorded in %s.step; check its keys, then remove that file", ErrInvalid, step, path, last, path)
 		}
-		if want := map[string]string{StepUse: StepAdd, StepDrop: StepUse, StepAdd: StepDrop}[step]; last != want {
+		if next(last) != step {
 			return nil, fmt.Errorf("%w: step %s: the last step done was %s; the next is %s", ErrInvalid, step, last, next(last))
 		}
 	}
