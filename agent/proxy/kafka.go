@@ -536,12 +536,13 @@ func kafkaResponseFrame(q *kafkaRequest, resp kmsg.Response) []byte {
 const maxKafkaTopicIDs = 100_000
 
 // kafkaScope is whose Metadata responses name a topic ID: the brokers of
-// one cluster identity, or one address for brokers outside the cluster
-// (world and CIDR identities cover servers that are no broker of ours, one
-// of which must not name IDs for the others).
+// one cluster identity, or one address and port for brokers outside the
+// cluster (world and CIDR identities cover servers that are no broker of
+// ours, one of which must not name IDs for the others; nor another port of
+// the same address: a load balancer or a NAT'd host fronts many servers).
 type kafkaScope struct {
 	identity uint32
-	addr     netip.Addr
+	addr     netip.AddrPort
 }
 
 func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
@@ -552,7 +553,9 @@ func kafkaScopeOf(cfg *compiled, dst netip.AddrPort) kafkaScope {
 	if id := cfg.identity(dst.Addr()); isWorkload(id) && id&localNumberMask != coverLocal {
 		return kafkaScope{identity: id}
 	}
-	return kafkaScope{addr: dst.Addr().Unmap()}
+	// Until 2026-12-06 the address alone
+	// (TestKafkaScopeOfOutsideServerIsAddressAndPort).
+	return kafkaScope{addr: netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())}
 }
 
 const (

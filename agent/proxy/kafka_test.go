@@ -935,7 +935,7 @@ func TestKafkaRulesAllowSASL(t *testing.T) {
 func TestKafkaTopicIDsFloodEvictsItsOwn(t *testing.T) {
 	var m kafkaTopicIDs
 	broker := kafkaScope{identity: 1234}
-	hostile := kafkaScope{addr: netip.MustParseAddr("203.0.113.9")}
+	hostile := kafkaScope{addr: netip.MustParseAddrPort("203.0.113.9:9092")}
 	meta := func(first, n int) *kmsg.MetadataResponse {
 		r := kmsg.NewPtrMetadataResponse()
 		for i := first; i < first+n; i++ {

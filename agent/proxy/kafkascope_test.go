@@ -34,3 +34,23 @@ func TestKafkaScopeOfCoverIsTheAddress(t *testing.T) {
 		t.Errorf("two brokers of one identity: scopes %+v and %+v, want the identity's", a, b)
 	}
 }
+
+// A server outside the cluster is scoped by its address and port: one
+// address may front several services (a load balancer, a NAT'd host), and
+// a server on another port of it must not name topic IDs for the brokers
+// on 9092. Found 2026-12-06 by reading kafkaScopeOf (the scope was the
+// address alone).
+func TestKafkaScopeOfOutsideServerIsAddressAndPort(t *testing.T) {
+	cfg, err := compile(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broker := kafkaScopeOf(cfg, netip.MustParseAddrPort("203.0.113.9:9092"))
+	other := kafkaScopeOf(cfg, netip.MustParseAddrPort("203.0.113.9:19092"))
+	if broker == other {
+		t.Errorf("two ports of one outside address share the scope %+v", broker)
+	}
+	if again := kafkaScopeOf(cfg, netip.MustParseAddrPort("[::ffff:203.0.113.9]:9092")); again != broker {
+		t.Errorf("the v4-mapped form of the broker's address: scope %+v, want %+v", again, broker)
+	}
+}
