@@ -132,11 +132,8 @@ func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
 	if err := ensureRoute(); err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, socket: Socket(cfg.StateDir), kick: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
-	s.hc = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", s.socket)
-	}}}
-	if s.healthy(ctx) {
+	s := newSupervisor(cfg)
+	if s.answers(ctx) {
 		slog.Info("L7 proxy already running: adopted", "socket", s.socket)
 	} else if err := s.spawn(); err != nil {
 		return nil, err
@@ -149,6 +146,14 @@ func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
 		go func() { defer s.wg.Done(); s.followLearned(ctx) }()
 	}
 	return s, nil
+}
+
+func newSupervisor(cfg Config) *Supervisor {
+	s := &Supervisor{cfg: cfg, socket: Socket(cfg.StateDir), kick: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+	s.hc = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", s.socket)
+	}}}
+	return s
 }
 
 // followLearned follows the addresses of the DNS answers the proxy
@@ -284,6 +289,13 @@ func (s *Supervisor) spawn() error {
 		return err
 	}
 	defer logf.Close()
+	// A proxy that stopped answering may still hold the port (a second
+	// one could not bind it) and would go on with its last configuration,
+	// out of reach: it is stopped first (until 2026-12-06 it was left
+	// running, TestSupervisorReplacesAStuckProxyWhole).
+	if err := s.stopHolder(); err != nil {
+		return err
+	}
 	os.Remove(s.socket)
 	// --transparent-source: the datapath this agent loads returns the
 	// replies of upstream connections from a client's address to the proxy.
@@ -315,6 +327,53 @@ func (s *Supervisor) spawn() error {
 	return fmt.Errorf("L7 proxy not answering on %s 5 s after its start (see %s)", s.socket, filepath.Join(s.cfg.StateDir, "proxy.log"))
 }
 
+// missesBeforeRestart is how many health checks in a row a proxy may miss
+// (each waits a second) before it is stopped and started again: a busy
+// proxy may miss one, and restarting it resets every connection it holds.
+const missesBeforeRestart = 3
+
+// answers says whether the proxy answers one of missesBeforeRestart
+// health checks.
+func (s *Supervisor) answers(ctx context.Context) bool {
+	for i := 0; i < missesBeforeRestart && ctx.Err() == nil; i++ {
+		if s.healthy(ctx) {
+			return true
+		}
+	}
+	return false
+}
+
+// stopHolder stops the proxy holding the state dir's lock, if one does:
+// SIGTERM, then SIGKILL when it has not let go 7 s later (its shutdown
+// gives connections 5 s).
+func (s *Supervisor) stopHolder() error {
+	pid, err := proxy.Holder(s.cfg.StateDir)
+	if err != nil {
+		time.Sleep(100 * time.Millisecond) // a proxy starting: its pid comes next
+		if pid, err = proxy.Holder(s.cfg.StateDir); err != nil {
+			return err
+		}
+	}
+	if pid == 0 {
+		return nil
+	}
+	for _, step := range []struct {
+		sig  syscall.Signal
+		wait time.Duration
+	}{{syscall.SIGTERM, 7 * time.Second}, {syscall.SIGKILL, 3 * time.Second}} {
+		slog.Warn("L7 proxy not answering: stopping it", "pid", pid, "signal", step.sig)
+		if err := syscall.Kill(pid, step.sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("stop the L7 proxy (pid %d): %w", pid, err)
+		}
+		for end := time.Now().Add(step.wait); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+			if held, err := proxy.Holder(s.cfg.StateDir); err == nil && held == 0 {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("the L7 proxy (pid %d) still holds %s after SIGKILL", pid, proxy.LockFile(s.cfg.StateDir))
+}
+
 func (s *Supervisor) healthy(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -329,17 +388,23 @@ func (s *Supervisor) healthy(ctx context.Context) bool {
 }
 
 // superviseAndConfigure checks the proxy every second (starting it again
-// when it is gone) and pushes the configuration when it changed, when
+// when it missed missesBeforeRestart checks in a row) and pushes the configuration when it changed, when
 // asked, or when the proxy was started again.
 func (s *Supervisor) superviseAndConfigure(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	var b builder
+	misses := 0
 	for {
-		if !s.healthy(ctx) && ctx.Err() == nil {
-			slog.Warn("L7 proxy not answering: starting it again")
-			if err := s.spawn(); err != nil {
-				slog.Error("L7 proxy", "err", err)
+		if s.healthy(ctx) {
+			misses = 0
+		} else if ctx.Err() == nil {
+			if misses++; misses >= missesBeforeRestart {
+				slog.Warn("L7 proxy not answering: starting it again", "missed", misses)
+				if err := s.spawn(); err != nil {
+					slog.Error("L7 proxy", "err", err)
+				}
+				misses = 0
 			}
 			b.pushed = false
 		}

@@ -111,6 +111,17 @@ func run(o options) error {
 		defer om.Close()
 		popts.Origins = om
 	}
+	// One proxy per state dir: a second one exits here, before it binds
+	// or touches the control socket; the agent finds the running one by
+	// the lock to stop it before it starts another.
+	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
+	}
+	release, err := proxy.Lock(o.stateDir)
+	if err != nil {
+		return err
+	}
+	defer release()
 	p := proxy.New(popts)
 	control, err := proxy.NewControl(p, o.stateDir)
 	if err != nil {
