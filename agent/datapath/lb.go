@@ -67,6 +67,11 @@ type LBService struct {
 	// Maglev is the lookup table (indexes into Backends) when Algorithm
 	// is AlgMaglev; its length must be the datapath's Maglev size.
 	Maglev []int32
+	// Keep are the backends, besides Backends, whose live NodePort flows
+	// keep their translation: those the service still lists in another
+	// state (terminating, maintenance, on a dead node). A translation to
+	// any other backend is deleted, both halves.
+	Keep []LBBackend
 }
 
 func htons(p uint16) uint16 { return p<<8 | p>>8 }
@@ -75,6 +80,10 @@ type lbState struct {
 	id      uint32
 	slots   int
 	members map[uint32]bool
+	// keep are the backends whose NodePort flows live on (Backends and
+	// Keep of the last write; after a restart, the members read back).
+	keep     map[netip.AddrPort]bool
+	nodePort bool
 }
 
 // lb is the datapath's shadow of what it wrote to the service maps.
@@ -102,7 +111,7 @@ func (d *Datapath) lbInit() error {
 	it := d.objs.LbServices.Iterate()
 	for it.Next(&k, &v) {
 		fe := Frontend{IP: addrFrom(k.Vip), Port: htons(k.Port), Proto: k.Proto}
-		st := &lbState{id: v.Id, slots: int(v.Count), members: map[uint32]bool{}}
+		st := &lbState{id: v.Id, slots: int(v.Count), members: map[uint32]bool{}, keep: map[netip.AddrPort]bool{}, nodePort: v.Flags&lbFlagNodePort != 0}
 		d.lb.services[fe], byID[v.Id] = st, st
 		d.lb.nextSvc = max(d.lb.nextSvc, v.Id+1)
 	}
@@ -115,6 +124,7 @@ func (d *Datapath) lbInit() error {
 		d.lb.nextBE = max(d.lb.nextBE, b.Id+1)
 		if st := byID[mk.Id]; st != nil {
 			st.members[mk.Backend] = true
+			st.keep[ap] = true
 		}
 	}
 	return errors.Join(it.Err(), mit.Err())
@@ -148,6 +158,10 @@ func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 		st = &lbState{id: d.lb.nextSvc, members: map[uint32]bool{}}
 		d.lb.nextSvc++
 		d.lb.services[fe] = st
+	}
+	keep := map[netip.AddrPort]bool{}
+	for _, b := range slices.Concat(s.Backends, s.Keep) {
+		keep[netip.AddrPortFrom(b.IP, b.Port)] = true
 	}
 	members := map[uint32]bool{}
 	for i, b := range s.Backends {
@@ -196,7 +210,60 @@ func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 	if s.Algorithm != AlgMaglev || len(s.Backends) == 0 {
 		d.objs.LbMaglev.Delete(&st.id)
 	}
-	st.slots, st.members = len(s.Backends), members
+	gone := map[netip.AddrPort]bool{}
+	for ap := range st.keep {
+		if !keep[ap] {
+			gone[ap] = true
+		}
+	}
+	wasNodePort := st.nodePort
+	st.slots, st.members, st.keep, st.nodePort = len(s.Backends), members, keep, s.NodePort
+	if len(gone) > 0 && (wasNodePort || s.NodePort) {
+		// After the slots: no new flow picks them any more.
+		if err := d.forgetFlows(fe, gone); err != nil {
+			return fmt.Errorf("lb nats: %s: %w", fe, err)
+		}
+	}
+	return nil
+}
+
+// forgetFlows deletes the NodePort translations of frontend fe (both
+// halves of each flow) whose backend is in gone, or all of them when gone
+// is nil: a backend the service no longer lists may be gone, its address
+// given to another pod, which would receive the flow's packets and answer
+// as the service. Until 2026-12-06 they lived on while their client kept
+// sending (TestNodePortTranslationsOfGoneBackendsForgotten). d.mu held.
+func (d *Datapath) forgetFlows(fe Frontend, gone map[netip.AddrPort]bool) error {
+	fk := fe.key()
+	match := func(k *bpf.DatapathLbNatKey, v *bpf.DatapathLbNat) bool {
+		return v.Reverse == 0 && k.Daddr == fk.Vip && k.Dport == fk.Port && k.Proto == fk.Proto &&
+			(gone == nil || gone[netip.AddrPortFrom(addrFrom(v.Daddr), htons(v.Dport))])
+	}
+	var k bpf.DatapathLbNatKey
+	var v bpf.DatapathLbNat
+	var fwd []bpf.DatapathLbNatKey
+	it := d.objs.LbNats.Iterate()
+	for it.Next(&k, &v) {
+		if match(&k, &v) {
+			fwd = append(fwd, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for i := range fwd {
+		// Looked up again: the tuple may have become a new flow's since,
+		// to a backend that stays.
+		if err := d.objs.LbNats.Lookup(&fwd[i], &v); err != nil || !match(&fwd[i], &v) {
+			continue
+		}
+		rev := bpf.DatapathLbNatKey{Saddr: v.Daddr, Daddr: v.Saddr, Sport: v.Dport, Dport: v.Sport, Proto: fk.Proto}
+		for _, key := range []*bpf.DatapathLbNatKey{&fwd[i], &rev} {
+			if err := d.objs.LbNats.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
@@ -222,6 +289,11 @@ func (d *Datapath) DeleteService(fe Frontend) error {
 	}
 	d.objs.LbMaglev.Delete(&st.id)
 	delete(d.lb.services, fe)
+	if st.nodePort {
+		if err := d.forgetFlows(fe, nil); err != nil {
+			return fmt.Errorf("lb nats: %s: %w", fe, err)
+		}
+	}
 	return nil
 }
 

@@ -450,6 +450,17 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 		for _, b := range pref {
 			e.lbs.Backends = append(e.lbs.Backends, datapath.LBBackend{IP: b.Addr(), Port: b.Port()})
 		}
+		// Every backend listed, in any state, keeps its NodePort flows;
+		// the datapath forgets the flows of the others.
+		inPref := make(map[netip.AddrPort]bool, len(pref))
+		for _, b := range pref {
+			inPref[b] = true
+		}
+		for _, v := range views {
+			if !inPref[v.Addr] {
+				e.lbs.Keep = append(e.lbs.Keep, datapath.LBBackend{IP: v.Addr.Addr(), Port: v.Addr.Port()})
+			}
+		}
 		if table != nil {
 			e.lbs.Algorithm, e.lbs.Maglev = datapath.AlgMaglev, table
 		}

@@ -183,8 +183,10 @@ func TestManagerUpsert(t *testing.T) {
 		"10.96.0.10:80/tcp [10.0.1.1:8080 10.0.1.2:8080]")
 	svcs, _ := dp.snapshot()
 	fe := datapath.Frontend{IP: netip.MustParseAddr("10.96.0.10"), Port: 80, Proto: unix.IPPROTO_TCP}
+	// The terminating backend takes no new flows and keeps its own.
 	wantLB := datapath.LBService{Backends: []datapath.LBBackend{
-		{IP: netip.MustParseAddr("10.0.1.1"), Port: 8080}, {IP: netip.MustParseAddr("10.0.1.2"), Port: 8080}}}
+		{IP: netip.MustParseAddr("10.0.1.1"), Port: 8080}, {IP: netip.MustParseAddr("10.0.1.2"), Port: 8080}},
+		Keep: []datapath.LBBackend{{IP: netip.MustParseAddr("10.0.1.3"), Port: 8080}}}
 	if !reflect.DeepEqual(svcs[fe], wantLB) {
 		t.Errorf("%s = %+v, want %+v", fe, svcs[fe], wantLB)
 	}

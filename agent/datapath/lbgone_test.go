@@ -1,0 +1,123 @@
+package datapath_test
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/datapath"
+	"github.com/filament-net/filament/bpf"
+)
+
+var udpFE = datapath.Frontend{IP: netip.MustParseAddr("172.16.0.1"), Port: 30053, Proto: unix.IPPROTO_UDP}
+
+func udpTo(t *testing.T, fe datapath.Frontend, client netip.AddrPort) []byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: client.Addr().AsSlice(), DstIP: fe.IP.AsSlice()}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(client.Port()), DstPort: layers.UDPPort(fe.Port)}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload("q")); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// translatedTo sends one datagram of client's flow to fe through
+// from_netdev and returns the backend its translation names (invalid:
+// none).
+func translatedTo(t *testing.T, dp *datapath.Datapath, fe datapath.Frontend, client netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	objs := dp.Objects()
+	if _, err := objs.FromNetdev.Run(&ebpf.RunOptions{Data: udpTo(t, fe, client)}); err != nil {
+		t.Fatal(err)
+	}
+	return natOf(t, dp, fe, client)
+}
+
+func natOf(t *testing.T, dp *datapath.Datapath, fe datapath.Frontend, client netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	c, f := client.Addr().As4(), fe.IP.As4()
+	key := bpf.DatapathLbNatKey{Saddr: nat(c), Daddr: nat(f), Sport: htons(client.Port()), Dport: htons(fe.Port), Proto: fe.Proto}
+	var v bpf.DatapathLbNat
+	if err := dp.Objects().LbNats.Lookup(&key, &v); err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(addrOf(v.Daddr), htons(v.Dport))
+}
+
+// A NodePort translation outlived its backend's removal from the service:
+// a UDP client that kept sending stayed pinned to the address, and a pod
+// later given that address received its datagrams and answered as the
+// service. Found 2026-12-06 by reading the tc LB (the socket path checks
+// membership; the tc one did not). A backend the service still lists
+// (terminating, maintenance, on a dead node) keeps its flows; one it no
+// longer lists loses them; a deleted frontend loses all of its.
+func TestNodePortTranslationsOfGoneBackendsForgotten(t *testing.T) {
+	dp := load(t)
+	a := netip.MustParseAddrPort("10.1.0.1:53")
+	b := netip.MustParseAddrPort("10.1.0.2:53")
+	write := func(backends []netip.AddrPort, keep ...netip.AddrPort) {
+		t.Helper()
+		s := datapath.LBService{NodePort: true}
+		for _, x := range backends {
+			s.Backends = append(s.Backends, datapath.LBBackend{IP: x.Addr(), Port: x.Port()})
+		}
+		for _, x := range keep {
+			s.Keep = append(s.Keep, datapath.LBBackend{IP: x.Addr(), Port: x.Port()})
+		}
+		if err := dp.UpsertService(udpFE, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One client pinned to each backend.
+	write([]netip.AddrPort{a})
+	onA := netip.MustParseAddrPort("198.51.100.7:40001")
+	if got := translatedTo(t, dp, udpFE, onA); got != a {
+		t.Fatalf("first flow translated to %v, want %v", got, a)
+	}
+	write([]netip.AddrPort{b}, a) // a terminating: listed, no new flows
+	onB := netip.MustParseAddrPort("198.51.100.7:40002")
+	if got := translatedTo(t, dp, udpFE, onB); got != b {
+		t.Fatalf("second flow translated to %v, want %v", got, b)
+	}
+	if got := translatedTo(t, dp, udpFE, onA); got != a {
+		t.Fatalf("a flow of a backend the service still lists moved to %v", got)
+	}
+
+	write([]netip.AddrPort{b}) // a deleted
+	if got := natOf(t, dp, udpFE, onA); got == a {
+		t.Fatalf("the translation to %v stays after the service stopped listing it", a)
+	}
+	if got := translatedTo(t, dp, udpFE, onA); got != b {
+		t.Fatalf("the gone backend's client's next datagram translated to %v, want %v", got, b)
+	}
+	if got := natOf(t, dp, udpFE, onB); got != b {
+		t.Fatalf("a flow of a backend still there lost its translation (%v)", got)
+	}
+
+	if err := dp.DeleteService(udpFE); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []netip.AddrPort{onA, onB} {
+		if got := natOf(t, dp, udpFE, c); got.IsValid() {
+			t.Errorf("the deleted frontend's flow from %v still translates to %v", c, got)
+		}
+	}
+	// Both halves went: nothing of the frontend's flows is left.
+	var k bpf.DatapathLbNatKey
+	var v bpf.DatapathLbNat
+	n := 0
+	for it := dp.Objects().LbNats.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n != 0 {
+		t.Errorf("%d NodePort translation entries left after the frontend went", n)
+	}
+}
