@@ -58,6 +58,11 @@ type Config struct {
 	Source Source
 	// Interval between refreshes (default 5 min).
 	Interval time.Duration
+	// ForgetAfter is how long the leader keeps the result of a group no
+	// agent asks for any more before deleting it (default 1 min): a
+	// request gone for a moment (an agent's lease lost and granted
+	// again, a policy replaced) keeps it.
+	ForgetAfter time.Duration
 	// Apply receives each group's addresses whenever they change.
 	Apply func(key string, addrs []netip.Addr)
 }
@@ -98,6 +103,9 @@ func (m *Manager) base() string { return Prefix + m.cfg.Cluster + "/" }
 func New(ctx context.Context, cfg Config) *Manager {
 	if cfg.Interval <= 0 {
 		cfg.Interval = 5 * time.Minute
+	}
+	if cfg.ForgetAfter <= 0 {
+		cfg.ForgetAfter = time.Minute
 	}
 	m := &Manager{cfg: cfg, wanted: map[string]api.AWSGroup{}, results: map[string]Result{},
 		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{})}
@@ -208,6 +216,7 @@ func (m *Manager) followResults(ctx context.Context) {
 			continue
 		}
 		if ev.Type == kvstore.EventDelete {
+			m.forgotten(strings.TrimPrefix(ev.Key, prefix))
 			continue
 		}
 		var r Result
@@ -228,6 +237,30 @@ func (m *Manager) followResults(ctx context.Context) {
 	}
 }
 
+// forgotten follows the deletion of the result stored under h (a group
+// no agent asks for any more): the group is applied as no addresses.
+func (m *Manager) forgotten(h string) {
+	m.mu.Lock()
+	var key string
+	for k := range m.results {
+		if hash(k) == h {
+			key = k
+			break
+		}
+	}
+	if key == "" {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.results, key)
+	_, had := m.applied[key]
+	delete(m.applied, key)
+	m.mu.Unlock()
+	if had && m.cfg.Apply != nil {
+		m.cfg.Apply(key, nil)
+	}
+}
+
 // lead takes part in the election and, while leader, refreshes.
 func (m *Manager) lead(ctx context.Context) {
 	// Only with the stored results loaded: a new leader whose first
@@ -239,7 +272,8 @@ func (m *Manager) lead(ctx context.Context) {
 	}
 	leaderKey := m.base() + "leader"
 	var lastRefreshMark string
-	next := map[string]time.Time{} // group -> when to resolve it next
+	next := map[string]time.Time{}        // group -> when to resolve it next
+	unrequested := map[string]time.Time{} // group with a result -> since when nobody asks for it
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -274,16 +308,16 @@ func (m *Manager) lead(ctx context.Context) {
 			lastRefreshMark = string(mark.Value)
 			clear(next) // on demand: everything now
 		}
-		m.resolveDue(ctx, next)
+		m.resolveDue(ctx, next, unrequested)
 	}
 }
 
 // requested is the union of every agent's requests.
-func (m *Manager) requested(ctx context.Context) map[string]api.AWSGroup {
+func (m *Manager) requested(ctx context.Context) (map[string]api.AWSGroup, error) {
 	kvs, _, err := m.cfg.KV.List(ctx, m.base()+"requests/")
 	out := map[string]api.AWSGroup{}
 	if err != nil {
-		return out
+		return nil, err
 	}
 	for _, kv := range kvs {
 		var g api.AWSGroup
@@ -291,15 +325,57 @@ func (m *Manager) requested(ctx context.Context) map[string]api.AWSGroup {
 			out[api.GroupKey(g)] = g
 		}
 	}
-	return out
+	return out, nil
 }
 
 // resolveDue resolves the groups whose time has come; failures keep the
 // last good set and retry with exponential backoff (1 s doubling, up to
-// the interval).
-func (m *Manager) resolveDue(ctx context.Context, next map[string]time.Time) {
+// the interval). A group nobody asks for is no longer due (asked for
+// again, it is resolved at once: its result may be old), and its result
+// is deleted once nobody asked for it for ForgetAfter. Until 2026-12-06
+// results stayed for good and a group asked for again waited for its
+// interval, its old addresses applied meanwhile
+// (TestUnrequestedGroupsForgotten).
+func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]time.Time) {
 	now := time.Now()
-	for key, g := range m.requested(ctx) {
+	wanted, err := m.requested(ctx)
+	if err != nil {
+		return // never taken for "nobody asks"
+	}
+	for key := range next {
+		if _, ok := wanted[key]; !ok {
+			delete(next, key)
+		}
+	}
+	m.mu.Lock()
+	stored := slices.Collect(maps.Keys(m.results))
+	m.mu.Unlock()
+	for _, key := range stored {
+		if _, ok := wanted[key]; ok {
+			delete(unrequested, key)
+			continue
+		}
+		since, ok := unrequested[key]
+		if !ok {
+			unrequested[key] = now
+			continue
+		}
+		if now.Sub(since) < m.cfg.ForgetAfter {
+			continue
+		}
+		if err := m.cfg.KV.Delete(ctx, m.base()+"results/"+hash(key)); err != nil {
+			slog.Warn("deleting the result of a group nobody asks for", "group", key, "err", err)
+			continue
+		}
+		delete(unrequested, key)
+		slog.Info("forgot a cloud group nobody asks for", "group", key, "unrequested", now.Sub(since).Round(time.Second))
+	}
+	for key := range unrequested {
+		if !slices.Contains(stored, key) {
+			delete(unrequested, key)
+		}
+	}
+	for key, g := range wanted {
 		if t, ok := next[key]; ok && now.Before(t) {
 			continue
 		}

@@ -111,7 +111,7 @@ type agent struct {
 
 // start runs a Manager for node name against etcd at eps; withSource says
 // whether it has a (fake) Source.
-func start(t *testing.T, eps []string, name string, withSource bool) *agent {
+func start(t *testing.T, eps []string, name string, withSource bool, opts ...func(*Config)) *agent {
 	t.Helper()
 	kv := testutil.Connect(t, eps)
 	gctx, gcancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -132,6 +132,9 @@ func start(t *testing.T, eps []string, name string, withSource bool) *agent {
 	if withSource {
 		a.src = newFake()
 		cfg.Source = a.src
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	a.m = New(ctx, cfg)
 	return a
@@ -531,4 +534,54 @@ func TestRequestsRepublishedAfterLeaseLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitApplied(t, key, parse("10.0.0.2"), c)
+}
+
+// A group no agent asks for any more is forgotten: its stored result goes
+// after a grace (every agent applies it as no addresses), and asked for
+// again, within the grace or after it, it is resolved anew at once, never
+// served from what it was. Until 2026-12-06 results were never deleted
+// and the leader resolved a group asked for again only when its interval
+// (5 minutes by default) came round, so a later policy naming it got the
+// old addresses meanwhile.
+func TestUnrequestedGroupsForgotten(t *testing.T) {
+	eps := testutil.Etcd(t)
+	ctx := tctx(t)
+	a := start(t, eps, "a", true, func(c *Config) { c.ForgetAfter = 2 * time.Second })
+	c := start(t, eps, "c", false)
+	key, g := group("sg-1")
+	a.src.set(key, "10.0.0.1")
+	waitLeader(t, a)
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
+	waitApplied(t, key, parse("10.0.0.1"), a, c)
+
+	// Let go of and asked for again within the grace: resolved anew.
+	c.m.SetWanted(ctx, nil)
+	a.src.set(key, "10.0.0.2")
+	time.Sleep(1500 * time.Millisecond) // the leader has seen it unrequested
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
+	waitApplied(t, key, parse("10.0.0.2"), a, c)
+
+	// Let go of for longer than the grace: the result goes everywhere.
+	c.m.SetWanted(ctx, nil)
+	eventually(t, 15*time.Second, "the result deleted from the kvstore", func() (bool, string) {
+		kvs, _, err := c.kv.List(ctx, Prefix+cluster+"/results/")
+		return err == nil && len(kvs) == 0, fmt.Sprintf("%d results (%v)", len(kvs), err)
+	})
+	waitApplied(t, key, nil, a, c)
+	for _, x := range []*agent{a, c} {
+		if r, ok := x.m.Result(key); ok {
+			t.Errorf("%s still holds the forgotten group's result %+v", x.name, r)
+		}
+	}
+
+	// Asked for again: the new set, never the old one first.
+	a.src.set(key, "10.0.0.3")
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
+	waitApplied(t, key, parse("10.0.0.3"), a, c)
+	for _, x := range []*agent{a, c} {
+		h := x.applied.history(key)
+		if last := h[len(h)-2]; len(last) != 0 {
+			t.Errorf("%s applied %v between the forgetting and the new set (history %v)", x.name, last, h)
+		}
+	}
 }
