@@ -32,7 +32,7 @@ type DatapathCtEntry struct {
 	Rev          uint32
 	Pport        uint16
 	FastAction   uint8
-	Pad          uint8
+	Fin          uint8
 	FastRev      uint32
 	FastIfindex  uint32
 	FastOut      uint32

@@ -204,8 +204,17 @@ func TestToContainerFastPathExceptions(t *testing.T) {
 		if r := f.run(f.objs.ToContainer, fin); r != actOK {
 			t.Fatalf("FIN in: %d", r)
 		}
+		// The slow path's ct_update saw it: one side closed
+		// (TestHalfClosedConnectionKeepsItsEntry), then the other.
+		if e := p.entry(); e.Fin != 1 || e.State == 2 {
+			t.Fatalf("the peer's FIN (the slow path's ct_update): fin %d, state %d; want fin 1, not closing", e.Fin, e.State)
+		}
+		back := tcpFlags(t, podIP, peerIP, 80, 50000, false, true, true)
+		if r := f.run(f.objs.FromContainer, back); r != actOK {
+			t.Fatalf("FIN out: %d", r)
+		}
 		if e := p.entry(); e.State != 2 {
-			t.Fatalf("FIN did not close the entry (the slow path's ct_update): state %d", e.State)
+			t.Fatalf("both FINs did not close the entry (the slow path's ct_update): state %d", e.State)
 		}
 	})
 	t.Run("first reply", func(t *testing.T) {

@@ -60,6 +60,16 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 // (fast_ingress leaves them to it).
 #define CT_F_LOCAL_PEER 8
 
+// ct_entry.fin: the flow's own side sent a FIN, its replying side did. A
+// FIN closes one direction only: a half-closed connection lives on (ssh
+// host cmd </dev/null: the client's FIN first, the output maybe minutes
+// later); the entry is closing (CT_TIMEOUT_CLOSE) once both sides sent
+// theirs, or at an RST. Until 2026-12-06 any FIN made it closing, and a
+// half-closed connection idle 10 s lost its entry
+// (TestHalfClosedConnectionKeepsItsEntry).
+#define CT_FIN_OWN 1
+#define CT_FIN_REPLY 2
+
 static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
 {
 	__sync_fetch_and_add(&e->packets, 1);
@@ -67,10 +77,19 @@ static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 n
 	if (reply && !(e->flags & CT_F_REPLY))
 		e->flags |= CT_F_REPLY;
 	if (p->proto == IPPROTO_TCP) {
-		if (p->tcp_flags & (TCP_FIN | TCP_RST))
+		__u8 side = reply ? CT_FIN_REPLY : CT_FIN_OWN;
+		if (p->tcp_flags & TCP_RST) {
 			e->state = CT_STATE_CLOSING;
-		else if (e->state == CT_STATE_NEW && reply)
+		} else if (p->tcp_flags & TCP_FIN) {
+			if (!(e->fin & side))
+				e->fin |= side;
+			if (e->fin == (CT_FIN_OWN | CT_FIN_REPLY))
+				e->state = CT_STATE_CLOSING;
+			else if (e->state == CT_STATE_NEW && reply)
+				e->state = CT_STATE_ESTABLISHED;
+		} else if (e->state == CT_STATE_NEW && reply) {
 			e->state = CT_STATE_ESTABLISHED;
+		}
 	} else if (reply) {
 		e->state = CT_STATE_ESTABLISHED;
 	}
@@ -202,8 +221,10 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 	};
 	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer, .proxy_port = proxy, .flags = flags};
 	e.state = CT_STATE_NEW;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))
 		e.state = CT_STATE_CLOSING;
+	else if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FIN))
+		e.fin = CT_FIN_OWN;
 	e.expires = now + ct_timeout(p, e.state);
 	e.refreshed = bpf_jiffies64();
 	e.rev = rev;

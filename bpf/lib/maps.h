@@ -77,7 +77,10 @@ struct ct_entry {
 	// from_container's cached forwarding of the endpoint's packets on this
 	// flow (fastpath.h): valid while fast_rev is the datapath revision.
 	__u8 fast_action; // FAST_*, 0: none cached
-	__u8 pad;
+	// CT_FIN_*: which sides of a TCP connection sent a FIN (a byte of its
+	// own: written without touching flags, which other paths set). Was
+	// padding, zero, before 2026-12-06.
+	__u8 fin;
 	__u32 fast_rev;
 	__u32 fast_ifindex;  // the sending endpoint's host veth (anti-spoofing)
 	__u32 fast_out;      // FAST_ENCAP: the tunnel endpoint (network order); FAST_LOCAL: the destination's host veth
