@@ -29,8 +29,13 @@ type Detector struct {
 	// has not dropped; joining marks the addresses with a join under way.
 	wanted  map[string]string
 	joining map[string]bool
-	stop    chan struct{}
-	stopped bool
+	// unseen are the wanted nodes memberlist has not reported alive yet,
+	// with when Join first asked for them; declared those of them
+	// declared dead for it (firstContactTimeout).
+	unseen   map[string]time.Time
+	declared map[string]bool
+	stop     chan struct{}
+	stopped  bool
 }
 
 // rejoinInterval is how often a detector joins again the wanted nodes
@@ -39,9 +44,13 @@ type Detector struct {
 // asked) both sides would stay dead to each other for good.
 var rejoinInterval = 5 * time.Second
 
+// firstContactTimeout is how long a node Join was asked for may stay
+// unseen by memberlist (never an alive member) before it is declared dead.
+var firstContactTimeout = 3 * rejoinInterval
+
 type events struct{ d *Detector }
 
-func (e events) NotifyJoin(n *memberlist.Node)   { e.d.notify(n.Name, true) }
+func (e events) NotifyJoin(n *memberlist.Node)   { e.d.seen(n.Name); e.d.notify(n.Name, true) }
 func (e events) NotifyLeave(n *memberlist.Node)  { e.d.notify(n.Name, false) }
 func (e events) NotifyUpdate(n *memberlist.Node) {}
 
@@ -57,7 +66,8 @@ func NewDetector(name string, ip netip.Addr, port int, keys [][]byte, notify fun
 	if err != nil {
 		return nil, fmt.Errorf("memberlist gossip keys: %w", err)
 	}
-	d := &Detector{port: port, notify: notify, wanted: map[string]string{}, joining: map[string]bool{}, keys: kr, stop: make(chan struct{})}
+	d := &Detector{port: port, notify: notify, wanted: map[string]string{}, joining: map[string]bool{}, keys: kr, stop: make(chan struct{}),
+		unseen: map[string]time.Time{}, declared: map[string]bool{}}
 	c := memberlist.DefaultLANConfig()
 	c.Keyring = kr
 	c.GossipVerifyIncoming = true
@@ -99,9 +109,9 @@ func (d *Detector) rejoin(interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		alive := map[string]bool{}
+		alive, members := map[string]bool{}, map[string]bool{}
 		for _, m := range d.ml.Members() {
-			alive[m.Address()] = true
+			alive[m.Address()], members[m.Name] = true, true
 		}
 		d.mu.Lock()
 		for _, addr := range d.wanted {
@@ -109,8 +119,33 @@ func (d *Detector) rejoin(interval time.Duration) {
 				d.joinLocked(addr)
 			}
 		}
+		var silent []string
+		for name, since := range d.unseen {
+			if members[name] {
+				// Joined while Join was noting it unseen.
+				delete(d.unseen, name)
+				delete(d.declared, name)
+				continue
+			}
+			if !d.declared[name] && time.Since(since) >= firstContactTimeout {
+				d.declared[name] = true
+				silent = append(silent, name)
+			}
+		}
 		d.mu.Unlock()
+		for _, name := range silent {
+			d.notify(name, false)
+		}
 	}
+}
+
+// seen notes that memberlist reported node name alive: from then on its
+// liveness is memberlist's.
+func (d *Detector) seen(name string) {
+	d.mu.Lock()
+	delete(d.unseen, name)
+	delete(d.declared, name)
+	d.mu.Unlock()
 }
 
 // SetKeys replaces the gossip keys: keys[0] becomes primary, keys no
@@ -142,13 +177,32 @@ func (d *Detector) SetKeys(keys [][]byte) error {
 // until Forget.
 func (d *Detector) Join(name string, ip netip.Addr) {
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(d.port))
+	// Asked before d.mu: memberlist calls NotifyJoin (seen, which takes
+	// d.mu) with its own lock held.
+	member := d.isMember(name)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.wanted[name] == addr {
 		return // joined, or joined again by rejoin
 	}
+	if _, known := d.wanted[name]; !known && !member {
+		// Memberlist reports only the members it has known: a node that
+		// never answers would count as alive for good (until 2026-12-06,
+		// TestNeverSeenNodeDeclaredDead).
+		d.unseen[name] = time.Now()
+	}
 	d.wanted[name] = addr
 	d.joinLocked(addr)
+}
+
+// isMember says whether memberlist knows node name as an alive member.
+func (d *Detector) isMember(name string) bool {
+	for _, m := range d.ml.Members() {
+		if m.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // joinLocked starts a join of addr unless one is under way or the
@@ -171,6 +225,8 @@ func (d *Detector) joinLocked(addr string) {
 func (d *Detector) Forget(name string) {
 	d.mu.Lock()
 	delete(d.wanted, name)
+	delete(d.unseen, name)
+	delete(d.declared, name)
 	d.mu.Unlock()
 }
 

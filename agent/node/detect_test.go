@@ -179,3 +179,39 @@ func mustKey(t *testing.T) []byte {
 	}
 	return k
 }
+
+// A node failure detection never saw alive (its agent down already when
+// this one started) is declared dead once it did not answer for
+// firstContactTimeout, and alive when it comes: until 2026-12-06 it
+// counted as alive for good (its backends usable, its routes kept, its
+// record held as a reachable node's), since memberlist reports only
+// members it has known.
+func TestNeverSeenNodeDeclaredDead(t *testing.T) {
+	defer func(r, f time.Duration) { rejoinInterval, firstContactTimeout = r, f }(rejoinInterval, firstContactTimeout)
+	rejoinInterval, firstContactTimeout = 200*time.Millisecond, time.Second
+	k := mustKey(t)
+	ds, ss := detectors(t, []string{"n1"}, [][][]byte{{k}})
+	port := ds[0].port
+	ds[0].Join("n2", addr(1)) // nothing listens there yet
+	waitFor(t, "n1 to declare the silent n2 dead", func() bool {
+		alive, known := ss[0].get("n2")
+		return known && !alive
+	})
+	// n2's agent starts: seen alive.
+	s2 := &seen{alive: map[string]bool{}}
+	d2, err := NewDetector("n2", addr(1), port, [][]byte{k}, s2.notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d2.Close)
+	waitFor(t, "n1 to see n2 alive once it answers", func() bool {
+		alive, _ := ss[0].get("n2")
+		return alive
+	})
+	// A node forgotten and asked for again is given its time anew.
+	ds[0].Forget("n3")
+	ds[0].Join("n3", addr(2))
+	if _, known := ss[0].get("n3"); known {
+		t.Error("n3 declared at once, before its first contact could answer")
+	}
+}
