@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -41,6 +42,10 @@ type Manager struct {
 	mu        sync.Mutex
 	endpoints map[uint16]*Endpoint
 	byIP      map[netip.Addr]uint16 // the endpoints by IPv4 address
+	// lastID is the endpoint ID handed out last (after a restart, the
+	// highest restored): IDs go round from it, so a deleted endpoint's
+	// comes back only after all the others.
+	lastID uint16
 }
 
 // Config of a Manager.
@@ -146,9 +151,19 @@ func (m *Manager) persist(ep *Endpoint) error {
 	return nil
 }
 
+// freeID is the next free endpoint ID after the last one handed out,
+// round all 65,535 (0 is none). Flows the agent records after the
+// datapath reported them are named by endpoint ID: until 2026-12-06 the
+// lowest free ID was taken, and a deleted pod's last flows could carry
+// the name of the pod created next (TestEndpointIDsNotReusedAtOnce).
 func (m *Manager) freeID() (uint16, error) {
-	for id := uint16(1); id != 0; id++ {
+	id := m.lastID
+	for range math.MaxUint16 {
+		if id++; id == 0 {
+			id = 1
+		}
 		if _, used := m.endpoints[id]; !used {
+			m.lastID = id
 			return id, nil
 		}
 	}
@@ -323,6 +338,7 @@ func (m *Manager) Lookup(containerID, ifName string) (Endpoint, error) {
 // add keeps ep; m.mu is held.
 func (m *Manager) add(ep *Endpoint) {
 	m.endpoints[ep.ID] = ep
+	m.lastID = max(m.lastID, ep.ID)
 	if ep.IPv4.IsValid() {
 		m.byIP[ep.IPv4] = ep.ID
 	}

@@ -250,3 +250,29 @@ func TestSetPodLabels(t *testing.T) {
 		t.Fatalf("restored %+v, want identity %d", r, got.Identity)
 	}
 }
+
+// A deleted endpoint's ID is not handed out again at once: flows the
+// datapath reported for the old pod and the agent records later (its
+// monitor queue lagging) are named by the endpoint ID, and with the
+// lowest free ID reused, the old pod's last flows carried the new pod's
+// name and namespace (found 2026-12-06 by reading). IDs now go round all
+// 65,535 before one comes back.
+func TestEndpointIDsNotReusedAtOnce(t *testing.T) {
+	ep := testutil.Etcd(t)
+	e := newEnv(t, t.TempDir(), ep, &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	seen := map[uint16]string{}
+	for _, cid := range []string{"a", "b", "c", "d"} {
+		x, err := e.m.Create(ctx, req(e, cid, "app=web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if was, ok := seen[x.ID]; ok {
+			t.Fatalf("endpoint %s got ID %d, endpoint %s's, deleted just before", cid, x.ID, was)
+		}
+		seen[x.ID] = cid
+		if _, err := e.m.DeleteByContainer(ctx, cid, "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
