@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/internal/replay"
 )
@@ -185,27 +187,53 @@ func cidrKey(cluster string, p netip.Prefix) string {
 	return PodCIDRsPrefix + cluster + "/" + strings.ReplaceAll(p.String(), "/", "_")
 }
 
+// podCIDRListed runs between AllocatePodCIDR's list and its claim (tests).
+var podCIDRListed = func() {}
+
 // AllocatePodCIDR gives node a /size block of pool, cluster-wide unique: the
 // block it already holds if any (a restarted node gets its CIDR back, of
 // the size it was claimed with), else the first one meeting no claim,
-// claimed with create-if-absent so concurrent joins never share a block.
-// Claims outlive the node's lease. Until 2026-12-06 a claim counted as
-// taken only by its exact string: after the block size changed, a node
-// claimed a block over its neighbours' (TestPodCIDRsNeverOverlap). Left:
-// two nodes asking for blocks of different sizes at the same moment can
-// still claim overlapping ones.
+// claimed only if the claims are as listed (claimPodCIDR), so concurrent
+// joins never share nor overlap a block. Claims outlive the node's lease.
+// Until 2026-12-06 a claim counted as taken only by its exact string:
+// after the block size changed, a node claimed a block over its
+// neighbours' (TestPodCIDRsNeverOverlap).
 func AllocatePodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node string, pool netip.Prefix, size int) (netip.Prefix, error) {
 	if !pool.Addr().Is4() || pool.Masked() != pool || size < pool.Bits() || size > 29 {
 		return netip.Prefix{}, fmt.Errorf("%w: pool %s with blocks of /%d", ErrInvalid, pool, size)
 	}
-	kvs, _, err := kv.List(ctx, PodCIDRsPrefix+cluster+"/")
+	for range maxPodCIDRTries {
+		p, err := claimPodCIDR(ctx, kv, cluster, node, pool, size)
+		if !errors.Is(err, errClaimsChanged) {
+			return p, err
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("pod CIDR of %s: the claims kept changing over %d tries", node, maxPodCIDRTries)
+}
+
+// maxPodCIDRTries bounds AllocatePodCIDR's tries while other nodes claim.
+const maxPodCIDRTries = 64
+
+// errClaimsChanged: another claim landed after the list (try again).
+var errClaimsChanged = errors.New("pod CIDR claims changed")
+
+// claimPodCIDR is one try of AllocatePodCIDR: the claims are listed, and
+// the first free block claimed only if no claim was made or changed since
+// the list (a transaction on the list's revision over the whole prefix),
+// else errClaimsChanged. Until 2026-12-06 create-if-absent guarded the
+// block's own key only, and two nodes asking for blocks of different sizes
+// at the same moment could claim overlapping ones
+// (TestConcurrentClaimsOfOtherSizesNeverOverlap).
+func claimPodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node string, pool netip.Prefix, size int) (netip.Prefix, error) {
+	prefix := PodCIDRsPrefix + cluster + "/"
+	kvs, rev, err := kv.List(ctx, prefix)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
 	// The claims (any size), and those of smaller blocks than asked.
 	taken, finer := map[netip.Prefix]bool{}, []netip.Prefix{}
 	for _, e := range kvs {
-		got, err := netip.ParsePrefix(strings.ReplaceAll(strings.TrimPrefix(e.Key, PodCIDRsPrefix+cluster+"/"), "_", "/"))
+		got, err := netip.ParsePrefix(strings.ReplaceAll(strings.TrimPrefix(e.Key, prefix), "_", "/"))
 		if err != nil {
 			continue
 		}
@@ -228,6 +256,7 @@ func AllocatePodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node stri
 		}
 		return slices.ContainsFunc(finer, func(q netip.Prefix) bool { return p.Contains(q.Addr()) })
 	}
+	podCIDRListed()
 	n := 1 << (size - pool.Bits())
 	base := pool.Addr().As4()
 	start := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
@@ -238,13 +267,18 @@ func AllocatePodCIDR(ctx context.Context, kv *kvstore.Client, cluster, node stri
 		if overlaps(p) {
 			continue
 		}
-		err := kv.CreateIfAbsent(ctx, cidrKey(cluster, p), []byte(node), 0)
-		if err == nil {
-			return p, nil
-		}
-		if !errors.Is(err, kvstore.ErrExists) {
+		key := cidrKey(cluster, p)
+		ok, err := kv.Txn(ctx, []clientv3.Cmp{
+			clientv3.Compare(clientv3.ModRevision(prefix), "<", rev+1).WithPrefix(),
+			clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+		}, []clientv3.Op{clientv3.OpPut(key, node)})
+		if err != nil {
 			return netip.Prefix{}, err
 		}
+		if !ok {
+			return netip.Prefix{}, errClaimsChanged
+		}
+		return p, nil
 	}
 	return netip.Prefix{}, fmt.Errorf("%w: all %d blocks of /%d in %s are taken", ErrPoolExhausted, n, size, pool)
 }

@@ -227,3 +227,38 @@ func TestPodCIDRsNeverOverlap(t *testing.T) {
 		t.Errorf("n1 asking for a /23 got %s (%v), want its %s kept", again, err, n1)
 	}
 }
+
+// Two nodes asking for blocks of different sizes at the same moment:
+// another node's claim landing between this one's list of the claims and
+// its own claim is seen (the claim is a transaction on the list's
+// revision), never overlapped. Until 2026-12-06 create-if-absent guarded
+// only the block's own key, so a /20 claimed meanwhile over 10.0.0.0 did
+// not stop a /24 at 10.0.0.0.
+func TestConcurrentClaimsOfOtherSizesNeverOverlap(t *testing.T) {
+	ep := testutil.Etcd(t)
+	kv := testutil.Connect(t, ep)
+	ctx := context.Background()
+	pool := netip.MustParsePrefix("10.0.0.0/16")
+	var other netip.Prefix
+	ran := false // the hook runs in the other node's allocation too
+	defer node.SetPodCIDRListed(func() {
+		if ran {
+			return
+		}
+		ran = true
+		var err error
+		if other, err = node.AllocatePodCIDR(ctx, kv, "c1", "wide", pool, 20); err != nil {
+			t.Error(err)
+		}
+	})()
+	mine, err := node.AllocatePodCIDR(ctx, kv, "c1", "narrow", pool, 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !other.IsValid() {
+		t.Fatal("the other node's claim did not run")
+	}
+	if mine.Overlaps(other) {
+		t.Errorf("the /24 %s overlaps the /20 %s claimed between its list and its claim", mine, other)
+	}
+}
