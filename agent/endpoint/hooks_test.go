@@ -3,6 +3,10 @@ package endpoint_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -94,5 +98,57 @@ func TestFailedDatapathUpdateLeavesItAsTheManagerHasIt(t *testing.T) {
 	}
 	if ident, up := d.state(ep.ID); !up || ident != ep.Identity {
 		t.Fatalf("after a failed delete the datapath has identity %d (up %v), want %d: the endpoint is still listed", ident, up, ep.Identity)
+	}
+}
+
+// An identity renumbered after the node's lease was lost (its old number
+// taken by another label set meanwhile: identity.Allocator.OnRenumber)
+// moves the node's endpoints of that label set to the new number, in the
+// datapath and in their records; other endpoints, that number's new
+// label set's included, stay. Until 2026-12-06 they kept the old number,
+// which every node resolved to the other label set, until they changed.
+func TestRenumberMovesTheLabelSetsEndpoints(t *testing.T) {
+	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}}
+	dir := t.TempDir()
+	etcd := testutil.Etcd(t)
+	e := newEnvHooks(t, dir, etcd, &fakePlumber{devices: map[string]bool{}}, d)
+	ctx := context.Background()
+	web, err := e.m.Create(ctx, req(e, "web", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := e.m.Create(ctx, req(e, "db", "app=db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const renumbered = identity.NumericIdentity(0x10_0999)
+	ls, err := e.ids.WithCluster(web.Labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stranger with the same number but other labels is not moved.
+	other, _ := e.ids.WithCluster(db.Labels)
+	if n := e.m.Renumber(ctx, other, web.Identity, renumbered); n != 0 {
+		t.Fatalf("renumbering another label set moved %d endpoints", n)
+	}
+	if n := e.m.Renumber(ctx, ls, web.Identity, renumbered); n != 1 {
+		t.Fatalf("renumbered %d endpoints, want 1", n)
+	}
+	if got, _ := e.m.Get(web.ID); got.Identity != renumbered {
+		t.Errorf("the endpoint has identity %d, want %d", got.Identity, renumbered)
+	}
+	if ident, up := d.state(web.ID); !up || ident != renumbered {
+		t.Errorf("the datapath has identity %d (up %v), want %d", ident, up, renumbered)
+	}
+	if got, _ := e.m.Get(db.ID); got.Identity != db.Identity {
+		t.Errorf("another label set's endpoint moved to %d", got.Identity)
+	}
+	// The record holds the new number (a restart keeps it).
+	b, err := os.ReadFile(filepath.Join(dir, "endpoints", fmt.Sprintf("%d.json", web.ID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), fmt.Sprintf(`"identity": %d`, renumbered)) {
+		t.Errorf("the record after the renumbering: %s", b)
 	}
 }

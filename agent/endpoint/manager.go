@@ -78,7 +78,60 @@ func NewManager(c Config) (*Manager, error) {
 	if c.KVStoreTimeout <= 0 {
 		c.KVStoreTimeout = DefaultKVStoreTimeout
 	}
-	return &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, kvWait: c.KVStoreTimeout, podLabels: c.PodLabels, endpoints: map[uint16]*Endpoint{}, byIP: map[netip.Addr]uint16{}}, nil
+	m := &Manager{dir: dir, pool: c.Pool, ids: c.Identities, plumber: c.Plumber, hooks: c.Hooks, mtu: c.MTU, kvWait: c.KVStoreTimeout, podLabels: c.PodLabels, endpoints: map[uint16]*Endpoint{}, byIP: map[netip.Addr]uint16{}}
+	if r, ok := c.Identities.(renumberer); ok {
+		r.OnRenumber(func(ls labels.Labels, old, new identity.NumericIdentity) {
+			m.Renumber(context.Background(), ls, old, new)
+		})
+	}
+	return m, nil
+}
+
+// renumberer is an identity allocator that may change a label set's
+// number after the node's lease was lost (identity.Allocator).
+type renumberer interface {
+	OnRenumber(f func(ls labels.Labels, old, new identity.NumericIdentity))
+	WithCluster(ls labels.Labels) (labels.Labels, error)
+}
+
+// Renumber moves the endpoints of label set ls (with the cluster label)
+// from identity old to new, in the datapath and in their records, and
+// returns how many moved: the allocator gave ls another number after the
+// node's lease was lost, old being another label set's now. Until
+// 2026-12-06 the endpoints kept old, which every node resolved to that
+// other label set, until they changed (TestRenumberMovesTheLabelSetsEndpoints).
+// A failed datapath update is logged; the endpoint keeps the new number
+// (the old one is not its label set's any more).
+func (m *Manager) Renumber(ctx context.Context, ls labels.Labels, old, new identity.NumericIdentity) int {
+	r, ok := m.ids.(renumberer)
+	if !ok {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, ep := range m.endpoints {
+		if ep.Identity != old {
+			continue
+		}
+		if w, err := r.WithCluster(ep.Labels); err != nil || w.String() != ls.String() {
+			continue
+		}
+		ep.Identity = new
+		n++
+		if m.hooks != nil {
+			hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
+			if err := m.hooks.EndpointUp(hctx, *ep); err != nil {
+				slog.Error("endpoint's datapath not moved to its renumbered identity", "endpoint", ep.ID, "old", uint32(old), "new", uint32(new), "err", err)
+			}
+			cancel()
+		}
+		if err := m.persist(ep); err != nil {
+			slog.Warn("could not persist a renumbered endpoint", "endpoint", ep.ID, "err", err)
+		}
+		slog.Warn("endpoint moved to its label set's new identity", "endpoint", ep.ID, "old", uint32(old), "new", uint32(new))
+	}
+	return n
 }
 
 // allocate takes the identity of ls within the manager's kvstore bound. An

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,8 +43,9 @@ func valueKeyPrefix(canonical string) string {
 func idKey(n NumericIdentity) string { return IDPrefix + strconv.FormatUint(uint64(n), 10) }
 
 type ref struct {
-	id    NumericIdentity
-	count int
+	id     NumericIdentity
+	count  int
+	labels labels.Labels // with the cluster label
 }
 
 // Allocator gives label sets cluster-wide numeric identities. Each node runs
@@ -64,8 +66,9 @@ type Allocator struct {
 	byLabel map[string]NumericIdentity
 	synced  chan struct{}
 
-	smu  sync.Mutex
-	subs []func(id Identity, deleted bool)
+	smu       sync.Mutex
+	subs      []func(id Identity, deleted bool)
+	renumbers []func(ls labels.Labels, old, new NumericIdentity)
 	// dmu orders deliveries: the watch holds it from a cache change to
 	// its notification, SubscribeList from its listing to its
 	// subscription.
@@ -91,6 +94,17 @@ func (a *Allocator) SubscribeList(f func(id Identity, deleted bool)) {
 		f(id, false)
 	}
 	a.Subscribe(f)
+}
+
+// OnRenumber calls f when this node's number for label set ls (with the
+// cluster label) changed from old to new: after the node's lease was lost,
+// the number was freed by another node's GC and taken by another label set
+// before this node wrote its references again. The node's endpoints of ls
+// still carry old, which every node now resolves to that other label set.
+func (a *Allocator) OnRenumber(f func(ls labels.Labels, old, new NumericIdentity)) {
+	a.smu.Lock()
+	defer a.smu.Unlock()
+	a.renumbers = append(a.renumbers, f)
 }
 
 func (a *Allocator) notify(id Identity, deleted bool) {
@@ -200,11 +214,11 @@ func (a *Allocator) Allocate(ctx context.Context, ls labels.Labels) (id Identity
 		r.count++
 		return Identity{ID: r.id, Labels: ls}, false, nil
 	}
-	n, isNew, err := a.acquire(ctx, key)
+	n, isNew, err := a.acquire(ctx, key, 0)
 	if err != nil {
 		return Identity{}, false, err
 	}
-	a.refs[key] = &ref{id: n, count: 1}
+	a.refs[key] = &ref{id: n, count: 1, labels: ls}
 	a.cacheSet(n, true, key)
 	return Identity{ID: n, Labels: ls}, isNew, nil
 }
@@ -213,8 +227,11 @@ func (a *Allocator) Allocate(ctx context.Context, ls labels.Labels) (id Identity
 // Invariant kept by every transaction: at any revision, all references of a
 // label set carry the same number, and that number's id key holds the label
 // set. A reference is only written (a) copying a reference that still
-// exists unchanged, or (b) when no reference exists at all.
-func (a *Allocator) acquire(ctx context.Context, canonical string) (NumericIdentity, bool, error) {
+// exists unchanged, or (b) when no reference exists at all. want, when
+// not 0, is the number this node held for the label set before (its lease
+// lost): with no reference anywhere it is taken first, while its id key
+// still holds the label set or is free.
+func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericIdentity) (NumericIdentity, bool, error) {
 	vprefix := valueKeyPrefix(canonical)
 	myRef := vprefix + a.node
 	noRefs := clientv3.Compare(clientv3.CreateRevision(vprefix), "=", 0).WithPrefix()
@@ -248,8 +265,32 @@ func (a *Allocator) acquire(ctx context.Context, canonical string) (NumericIdent
 			}
 			continue
 		}
-		// (b) No reference anywhere: reuse the number still recorded for the
-		// label set, or claim a free one.
+		// (b) No reference anywhere: take back the number held before,
+		// reuse the number still recorded for the label set, or claim a
+		// free one.
+		if want != 0 && !tried[want] {
+			tried[want] = true
+			num := strconv.FormatUint(uint64(want), 10)
+			ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+				clientv3.Compare(clientv3.Value(idKey(want)), "=", canonical), noRefs,
+			}, []clientv3.Op{clientv3.OpPut(myRef, num, lease)})
+			if err != nil {
+				return 0, false, err
+			}
+			if ok {
+				return want, false, nil
+			}
+			ok, err = a.kv.Txn(ctx, []clientv3.Cmp{
+				clientv3.Compare(clientv3.CreateRevision(idKey(want)), "=", 0), noRefs,
+			}, []clientv3.Op{clientv3.OpPut(idKey(want), canonical), clientv3.OpPut(myRef, num, lease)})
+			if err != nil {
+				return 0, false, err
+			}
+			if ok {
+				return want, true, nil
+			}
+			continue
+		}
 		a.cmu.RLock()
 		id, known := a.byLabel[canonical]
 		a.cmu.RUnlock()
@@ -369,18 +410,38 @@ func (a *Allocator) GC(ctx context.Context) (int, error) {
 
 // reacquire runs after the node's lease was lost and granted again: the
 // references vanished with the old lease and are written again.
+// Each label set takes its number back if nobody took it meanwhile;
+// otherwise it gets another, and the renumber subscribers are told (after
+// a.mu is let go: they update endpoints, whose manager allocates under
+// its own lock). Until 2026-12-06 the lowest free number was taken and
+// the change only logged (TestLeaseLossKeepsOrRenumbers).
 func (a *Allocator) reacquire(ctx context.Context, _ int64) {
+	type change struct {
+		ls       labels.Labels
+		old, new NumericIdentity
+	}
+	var changes []change
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	for key, r := range a.refs {
-		id, _, err := a.acquire(ctx, key)
+		id, _, err := a.acquire(ctx, key, r.id)
 		if err != nil {
 			slog.Error("could not take back identity reference after lease loss", "labels", key, "err", err)
 			continue
 		}
 		if id != r.id {
-			slog.Warn("identity number changed after lease loss", "labels", key, "old", uint32(r.id), "new", uint32(id))
+			slog.Warn("identity number changed after lease loss: another label set took it; the node's endpoints move to the new one", "labels", key, "old", uint32(r.id), "new", uint32(id))
+			changes = append(changes, change{r.labels, r.id, id})
 			r.id = id
+			a.cacheSet(id, true, key)
+		}
+	}
+	a.mu.Unlock()
+	a.smu.Lock()
+	subs := slices.Clone(a.renumbers)
+	a.smu.Unlock()
+	for _, c := range changes {
+		for _, f := range subs {
+			f(c.ls, c.old, c.new)
 		}
 	}
 }

@@ -296,3 +296,90 @@ func TestSubscribeListMissesNothing(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// waitGone waits until a's cache no longer holds number n.
+func waitGone(t *testing.T, a *identity.Allocator, n identity.NumericIdentity) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := a.Get(n); errors.Is(err, identity.ErrNotFound) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("identity %d still cached", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// After the node's lease was lost (its references gone with it) and
+// another node's GC freed the number, the node takes the same number back
+// when it is still free, and when another label set took it meanwhile,
+// takes another and tells its renumber subscribers, whose endpoints
+// carried the old number (which every node now resolves to the other
+// label set). Until 2026-12-06 it took the lowest free number and only
+// logged the change; the node's endpoints, BPF maps and ipcache entries
+// kept the old one until they changed.
+func TestLeaseLossKeepsOrRenumbers(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a, _ := newAllocator(t, ep, "lost")
+	b, _ := newAllocator(t, ep, "other")
+	kv := testutil.Connect(t, ep)
+	ctx := context.Background()
+	type change struct {
+		ls       string
+		old, new identity.NumericIdentity
+	}
+	var mu sync.Mutex
+	var changes []change
+	a.OnRenumber(func(ls labels.Labels, old, new identity.NumericIdentity) {
+		mu.Lock()
+		changes = append(changes, change{ls.String(), old, new})
+		mu.Unlock()
+	})
+	loseRefs := func(ls labels.Labels, n identity.NumericIdentity) {
+		t.Helper()
+		w, _ := a.WithCluster(ls)
+		if err := kv.Delete(ctx, identity.RefKey(w.String(), "lost")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.GC(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, a, n)
+		waitGone(t, b, n)
+	}
+
+	// A lower number freed meanwhile: the old one is still taken back.
+	x, _, _ := b.Allocate(ctx, mustLabels(t, "app=x"))
+	web, _, _ := a.Allocate(ctx, mustLabels(t, "app=web"))
+	if err := b.Release(ctx, mustLabels(t, "app=x")); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, a, x.ID)
+	loseRefs(mustLabels(t, "app=web"), web.ID)
+	a.Reacquire(ctx)
+	if got, _, _ := a.Allocate(ctx, mustLabels(t, "app=web")); got.ID != web.ID {
+		t.Errorf("app=web after the lease loss: %d, want its number %d back", got.ID, web.ID)
+	}
+	if got, err := a.Get(web.ID); err != nil || got.Labels.String() != web.Labels.String() {
+		t.Errorf("number %d after the lease loss: %v %v", web.ID, got, err)
+	}
+
+	// The number taken by another label set meanwhile: renumbered, told.
+	db, _, _ := a.Allocate(ctx, mustLabels(t, "app=db"))
+	loseRefs(mustLabels(t, "app=db"), db.ID)
+	thief, _, _ := b.Allocate(ctx, mustLabels(t, "app=thief"))
+	if thief.ID != db.ID {
+		t.Fatalf("the other label set got %d, not the freed %d (test setup)", thief.ID, db.ID)
+	}
+	a.Reacquire(ctx)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(changes) != 1 || changes[0].old != db.ID || changes[0].new == db.ID || changes[0].ls != db.Labels.String() {
+		t.Fatalf("renumbered: %+v; want app=db from %d to another number, once", changes, db.ID)
+	}
+	if got, _ := a.Get(changes[0].new); got.Labels.String() != db.Labels.String() {
+		t.Errorf("the new number %d holds %v", changes[0].new, got.Labels)
+	}
+}
