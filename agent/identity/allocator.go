@@ -46,6 +46,10 @@ type ref struct {
 	id     NumericIdentity
 	count  int
 	labels labels.Labels // with the cluster label
+	// unsure: a release's delete of the reference failed, and may have
+	// been applied (its answer lost): the reference is written again
+	// before the count is trusted.
+	unsure bool
 }
 
 // Allocator gives label sets cluster-wide numeric identities. Each node runs
@@ -211,6 +215,23 @@ func (a *Allocator) Allocate(ctx context.Context, ls labels.Labels) (id Identity
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.refs[key]; ok {
+		if r.unsure {
+			// Until 2026-12-06 the count was trusted, and the number,
+			// with no reference behind it, could be freed by another
+			// node's GC and given to another label set
+			// (TestUnsureReleaseWritesTheReferenceAgain).
+			n, _, err := a.acquire(ctx, key, r.id)
+			if err != nil {
+				return Identity{}, false, err
+			}
+			if n != r.id {
+				old := r.id
+				r.id = n
+				a.cacheSet(n, true, key)
+				go a.renumbered(ls, old, n) // the caller may hold its endpoints' lock
+			}
+			r.unsure = false
+		}
 		r.count++
 		return Identity{ID: r.id, Labels: ls}, false, nil
 	}
@@ -368,6 +389,7 @@ func (a *Allocator) Release(ctx context.Context, ls labels.Labels) error {
 		return nil
 	}
 	if err := a.kv.Delete(ctx, valueKeyPrefix(key)+a.node); err != nil {
+		r.unsure = true
 		return err
 	}
 	delete(a.refs, key)
@@ -436,13 +458,18 @@ func (a *Allocator) reacquire(ctx context.Context, _ int64) {
 		}
 	}
 	a.mu.Unlock()
+	for _, c := range changes {
+		a.renumbered(c.ls, c.old, c.new)
+	}
+}
+
+// renumbered tells the renumber subscribers; a.mu not held.
+func (a *Allocator) renumbered(ls labels.Labels, old, new NumericIdentity) {
 	a.smu.Lock()
 	subs := slices.Clone(a.renumbers)
 	a.smu.Unlock()
-	for _, c := range changes {
-		for _, f := range subs {
-			f(c.ls, c.old, c.new)
-		}
+	for _, f := range subs {
+		f(ls, old, new)
 	}
 }
 

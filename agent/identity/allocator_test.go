@@ -383,3 +383,31 @@ func TestLeaseLossKeepsOrRenumbers(t *testing.T) {
 		t.Errorf("the new number %d holds %v", changes[0].new, got.Labels)
 	}
 }
+
+// A release whose delete of the reference failed may have been applied
+// (its answer lost): the next allocation of the label set on the node
+// writes the reference again instead of trusting its local count, so the
+// number is not left unreferenced for another node's GC to free and give
+// to another label set. Found 2026-12-06 by reading Release.
+func TestUnsureReleaseWritesTheReferenceAgain(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a, _ := newAllocator(t, ep, "n1")
+	kv := testutil.Connect(t, ep)
+	ctx := context.Background()
+	web := mustLabels(t, "app=web")
+	first, _, _ := a.Allocate(ctx, web)
+	a.Allocate(ctx, web) // two endpoints
+	// The release of one: its delete went through, its answer was lost.
+	w, _ := a.WithCluster(web)
+	if err := kv.Delete(ctx, identity.RefKey(w.String(), "n1")); err != nil {
+		t.Fatal(err)
+	}
+	a.MarkUnsure(w.String())
+	again, _, err := a.Allocate(ctx, web)
+	if err != nil || again.ID != first.ID {
+		t.Fatalf("allocation after the unsure release: %v %v, want %d", again.ID, err, first.ID)
+	}
+	if _, err := kv.Get(ctx, identity.RefKey(w.String(), "n1")); err != nil {
+		t.Fatalf("the reference was not written again: %v", err)
+	}
+}
