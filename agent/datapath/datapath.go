@@ -284,6 +284,10 @@ func (d *Datapath) Close() error { return d.objs.Close() }
 // reads the source identity of the connections steered to it there.
 func (d *Datapath) OriginMapPath() string { return filepath.Join(d.pinDir, bpf.DatapathMapProxyOrigin) }
 
+// IPCacheMapPath is where the ipcache is pinned: the L7 proxy reads
+// destinations' identities from it.
+func (d *Datapath) IPCacheMapPath() string { return filepath.Join(d.pinDir, bpf.DatapathMapIpcache) }
+
 // Remove unpins everything of the node (used when a node is torn down).
 func (d *Datapath) Remove() error { return os.RemoveAll(d.pinDir) }
 

@@ -65,6 +65,9 @@ type Config struct {
 	// OriginMap is the datapath's pinned proxy_origin map ("" = none: the
 	// proxy then knows sources by address only).
 	OriginMap string
+	// IPCacheMap is the datapath's pinned ipcache ("" = none: the proxy
+	// decides upstream sources with the ipcache pushed to it).
+	IPCacheMap string
 
 	// Policies are the resolver's L7 policies; Endpoints the local
 	// endpoints' addresses by ID; IPCache every known address's identity;
@@ -302,6 +305,9 @@ func (s *Supervisor) spawn() error {
 	args := []string{"--listen", "0.0.0.0:" + strconv.Itoa(int(s.cfg.Port)), "--control-socket", s.socket, "--state-dir", s.cfg.StateDir, "--transparent-source"}
 	if s.cfg.OriginMap != "" {
 		args = append(args, "--origin-map", s.cfg.OriginMap)
+	}
+	if s.cfg.IPCacheMap != "" {
+		args = append(args, "--ipcache-map", s.cfg.IPCacheMap)
 	}
 	if s.cfg.DNSReject != "" {
 		args = append(args, "--dns-reject", s.cfg.DNSReject)

@@ -85,6 +85,11 @@ type Options struct {
 	// Origins, when set, gives the source identity the datapath knew for
 	// a connection (else the pushed ipcache decides by address).
 	Origins Origins
+	// IPCache, when set, gives a destination's identity as the datapath
+	// knows it now (its pinned ipcache), which decides an upstream
+	// connection's source before the ipcache the agent pushes, up to a
+	// second older.
+	IPCache Identities
 	// OriginalDstUDP, when set, says where a DNS datagram from src was
 	// going, and answers go out from the socket ServeDNS reads (tests;
 	// else the datagram's IP_ORIGDSTADDR says, and answers leave from that

@@ -27,11 +27,24 @@ import (
 // destination outside the pods (the host, another node, the world) would
 // send its replies to the client's address through the node's own stack
 // or a masquerade, past the datapath's steering: it gets the node's.
+//
+// The destination's identity is the datapath's own (Options.IPCache) when
+// the proxy has it: until 2026-12-06 only the pushed ipcache, up to a
+// second old, decided, and a new pod it did not hold yet was dialled from
+// the node's address, which its node judges (native routing: identity by
+// source address) as remote-node, a peer policies often allow, instead of
+// the client (TestUpstreamSourceFromTheDatapathsIPCache).
 func (p *Proxy) upstreamSource(cfg *compiled, src, dst netip.Addr) netip.Addr {
 	if !p.opts.TransparentSource {
 		return netip.Addr{}
 	}
-	return transparentSource(src, dst, cfg.identity(dst))
+	id := cfg.identity(dst)
+	if p.opts.IPCache != nil {
+		if live, ok := p.opts.IPCache.Identity(dst); ok {
+			id = live
+		}
+	}
+	return transparentSource(src, dst, id)
 }
 
 // transparentSource is upstreamSource's decision for a destination of
