@@ -200,6 +200,7 @@ func (a *Agent) startNode(ctx context.Context) error {
 	reg, err := node.NewRegistry(ctx, a.kv, a.lease, node.Node{
 		Name: a.cfg.NodeName, Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, IPs: []string{a.nodeIP.String()},
 		PodCIDRs: []string{a.podCIDR}, Routing: a.cfg.Routing, WireGuardKey: a.enc.PublicKey(), Labels: ec2NodeLabels(ctx, a.cfg),
+		Gossip: a.cfg.MemberlistPort != 0,
 	}, a.auth.Sign()...)
 	if err != nil {
 		return err
@@ -384,7 +385,7 @@ func (a *Agent) vetNode(n node.Node, deleted bool) {
 		if deleted {
 			a.detector.Forget(n.Name)
 		} else {
-			a.detector.Join(n.Name, n.IP())
+			a.detector.Join(n.Name, n.IP(), n.Gossip)
 		}
 	}
 }

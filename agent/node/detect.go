@@ -24,7 +24,10 @@ type Detector struct {
 	port   int
 	notify func(name string, alive bool)
 
-	mu sync.Mutex
+	// nmu orders notifications (events); never held while asking
+	// memberlist anything (it calls NotifyJoin with its own lock held).
+	nmu sync.Mutex
+	mu  sync.Mutex
 	// wanted are the address of each node Join was asked for and Forget
 	// has not dropped; joining marks the addresses with a join under way.
 	wanted  map[string]string
@@ -50,8 +53,22 @@ var firstContactTimeout = 3 * rejoinInterval
 
 type events struct{ d *Detector }
 
-func (e events) NotifyJoin(n *memberlist.Node)   { e.d.seen(n.Name); e.d.notify(n.Name, true) }
-func (e events) NotifyLeave(n *memberlist.Node)  { e.d.notify(n.Name, false) }
+// Notifications go out under d.nmu, the rejoin loop's declarations of
+// silent nodes too: a node's join seen while a declaration of its silence
+// was on its way out comes after it, never before.
+func (e events) NotifyJoin(n *memberlist.Node) {
+	e.d.nmu.Lock()
+	defer e.d.nmu.Unlock()
+	e.d.seen(n.Name)
+	e.d.notify(n.Name, true)
+}
+
+func (e events) NotifyLeave(n *memberlist.Node) {
+	e.d.nmu.Lock()
+	defer e.d.nmu.Unlock()
+	e.d.notify(n.Name, false)
+}
+
 func (e events) NotifyUpdate(n *memberlist.Node) {}
 
 // NewDetector listens on ip:port; notify is called when a node is seen
@@ -113,6 +130,7 @@ func (d *Detector) rejoin(interval time.Duration) {
 		for _, m := range d.ml.Members() {
 			alive[m.Address()], members[m.Name] = true, true
 		}
+		d.nmu.Lock()
 		d.mu.Lock()
 		for _, addr := range d.wanted {
 			if !alive[addr] {
@@ -136,6 +154,7 @@ func (d *Detector) rejoin(interval time.Duration) {
 		for _, name := range silent {
 			d.notify(name, false)
 		}
+		d.nmu.Unlock()
 	}
 }
 
@@ -174,22 +193,29 @@ func (d *Detector) SetKeys(keys [][]byte) error {
 
 // Join contacts node name, found in the registry at ip, and keeps
 // contacting it (at its latest address) while it is not an alive member,
-// until Forget.
-func (d *Detector) Join(name string, ip netip.Addr) {
+// until Forget. gossip says the node's record says it runs failure
+// detection: if memberlist never sees it alive, it is declared dead after
+// firstContactTimeout (a node that does not say so, detection off or an
+// agent from before the record said it, counts as alive: turning
+// detection on rolls out node by node).
+func (d *Detector) Join(name string, ip netip.Addr, gossip bool) {
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(d.port))
 	// Asked before d.mu: memberlist calls NotifyJoin (seen, which takes
 	// d.mu) with its own lock held.
 	member := d.isMember(name)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.wanted[name] == addr {
-		return // joined, or joined again by rejoin
-	}
-	if _, known := d.wanted[name]; !known && !member {
+	if !gossip {
+		delete(d.unseen, name)
+		delete(d.declared, name)
+	} else if _, known := d.unseen[name]; !known && !member && !d.declared[name] && d.wanted[name] == "" {
 		// Memberlist reports only the members it has known: a node that
 		// never answers would count as alive for good (until 2026-12-06,
 		// TestNeverSeenNodeDeclaredDead).
 		d.unseen[name] = time.Now()
+	}
+	if d.wanted[name] == addr {
+		return // joined, or joined again by rejoin
 	}
 	d.wanted[name] = addr
 	d.joinLocked(addr)

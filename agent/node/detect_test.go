@@ -81,7 +81,7 @@ func TestForgedGossipIgnored(t *testing.T) {
 	keys := [][]byte{k}
 	ds, ss := detectors(t, []string{"n1", "n2"}, [][][]byte{keys, keys})
 	n1, s1, s2 := ds[0], ss[0], ss[1]
-	n1.Join("n2", addr(1))
+	n1.Join("n2", addr(1), true)
 	waitFor(t, "n1 and n2 to see each other", func() bool {
 		a, _ := s1.get("n2")
 		b, _ := s2.get("n1")
@@ -108,13 +108,13 @@ func TestGossipKeyRotation(t *testing.T) {
 	k2, _ := gossipkey.New()
 	ds, ss := detectors(t, []string{"n1", "n2", "n3"}, [][][]byte{{k1}, {k1}, {k2}})
 	n1, n2, s1, s2, s3 := ds[0], ds[1], ss[0], ss[1], ss[2]
-	n1.Join("n2", addr(1))
+	n1.Join("n2", addr(1), true)
 	waitFor(t, "n1 and n2 to see each other", func() bool {
 		a, _ := s1.get("n2")
 		b, _ := s2.get("n1")
 		return a && b
 	})
-	n1.Join("n3", addr(2))
+	n1.Join("n3", addr(2), true)
 	time.Sleep(time.Second)
 	if _, known := s1.get("n3"); known {
 		t.Error("n1 admitted n3, which has another key")
@@ -151,7 +151,7 @@ func TestShortPartitionHeals(t *testing.T) {
 	rejoinInterval = 500 * time.Millisecond
 	k, other := mustKey(t), mustKey(t)
 	ds, ss := detectors(t, []string{"n1", "n2"}, [][][]byte{{k}, {k}})
-	ds[0].Join("n2", addr(1))
+	ds[0].Join("n2", addr(1), true)
 	both := func(alive bool) func() bool {
 		return func() bool {
 			a, _ := ss[0].get("n2")
@@ -192,7 +192,7 @@ func TestNeverSeenNodeDeclaredDead(t *testing.T) {
 	k := mustKey(t)
 	ds, ss := detectors(t, []string{"n1"}, [][][]byte{{k}})
 	port := ds[0].port
-	ds[0].Join("n2", addr(1)) // nothing listens there yet
+	ds[0].Join("n2", addr(1), true) // nothing listens there yet
 	waitFor(t, "n1 to declare the silent n2 dead", func() bool {
 		alive, known := ss[0].get("n2")
 		return known && !alive
@@ -210,8 +210,17 @@ func TestNeverSeenNodeDeclaredDead(t *testing.T) {
 	})
 	// A node forgotten and asked for again is given its time anew.
 	ds[0].Forget("n3")
-	ds[0].Join("n3", addr(2))
+	ds[0].Join("n3", addr(2), true)
 	if _, known := ss[0].get("n3"); known {
 		t.Error("n3 declared at once, before its first contact could answer")
+	}
+	// A node whose record does not say it runs detection (detection off
+	// there, or an agent from before the record said it: turning
+	// detection on rolls out node by node) is never declared for its
+	// silence.
+	ds[0].Join("n4", addr(3), false)
+	time.Sleep(3 * firstContactTimeout)
+	if _, known := ss[0].get("n4"); known {
+		t.Error("n4, whose record does not say it runs detection, was declared dead for its silence")
 	}
 }

@@ -65,6 +65,12 @@ type Node struct {
 	// signature (crypto/nodeauth), so agents from before the field still
 	// verify records that carry it.
 	LocalAddrs []string `json:"localAddrs,omitempty"`
+	// Gossip says the node runs failure detection (memberlist): a node
+	// that says so and never answers is declared dead (agent/node
+	// Detector.Join); one that does not (detection off, or an agent from
+	// before the field) counts as alive until memberlist sees it. Outside
+	// the record's signature, as LocalAddrs.
+	Gossip bool `json:"gossip,omitempty"`
 	// Reachable is this agent's view from failure detection: listed by
 	// the API, never stored (see Record).
 	Reachable bool `json:"reachable"`

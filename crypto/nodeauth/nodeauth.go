@@ -96,9 +96,11 @@ func (s *Signer) Subject() string {
 // addresses (LocalAddrs: added after signing was, so an agent from before
 // it, which drops the field when it reads a record, still verifies the
 // signature; what a forged list can do is close control ports to pods
-// on up to node.MaxLocalAddrs more addresses).
+// on up to node.MaxLocalAddrs more addresses), and whether it runs
+// failure detection (Gossip, added later too: a forged one has a silent
+// node declared dead, or not, by the others' detectors).
 func canonical(n node.Node) []byte {
-	n.Signature, n.Reachable, n.LocalAddrs = "", false, nil
+	n.Signature, n.Reachable, n.LocalAddrs, n.Gossip = "", false, nil, false
 	b, _ := json.Marshal(n)
 	return b
 }

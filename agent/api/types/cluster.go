@@ -22,6 +22,8 @@ type Node struct {
 	// LocalAddrs are the node's other addresses (its control ports are
 	// closed to pods there too).
 	LocalAddrs []string `json:"localAddrs,omitempty"`
+	// Gossip: the node runs failure detection.
+	Gossip bool `json:"gossip,omitempty"`
 	// Reachable is this agent's view from failure detection.
 	Reachable bool `json:"reachable"`
 }
