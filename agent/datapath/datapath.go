@@ -145,6 +145,12 @@ type Datapath struct {
 	nodeDevs   map[string]bool // devices of the node itself (overlay, underlay), not endpoints
 	proxyPort  uint16
 
+	// forget deletes NodePort translations of gone backends (lb.go);
+	// closed ends its goroutine.
+	forget    forgetter
+	closed    chan struct{}
+	closeOnce sync.Once
+
 	lost atomic.Uint64 // EventsLost
 	rev  revision
 
@@ -222,7 +228,8 @@ func Load(c Config) (*Datapath, error) {
 			m.Pinning = ebpf.PinByName
 		}
 	}
-	d := &Datapath{pinDir: pinDir, attach: c.Attach, maglevSize: c.MaglevSize, proxyPort: c.ProxyPort, nodeDevs: map[string]bool{}}
+	d := &Datapath{pinDir: pinDir, attach: c.Attach, maglevSize: c.MaglevSize, proxyPort: c.ProxyPort, nodeDevs: map[string]bool{},
+		closed: make(chan struct{})}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
 	var oldNATs *ebpf.Map  // lb_nats of the old layout, copied once the new one is loaded
 	var oldNodes *ebpf.Map // nodes of an earlier size, likewise
@@ -278,7 +285,14 @@ func Load(c Config) (*Datapath, error) {
 
 // Close releases the programs and maps held by this process; pins and
 // attached links stay, so traffic keeps flowing until the next agent takes over.
-func (d *Datapath) Close() error { return d.objs.Close() }
+func (d *Datapath) Close() error {
+	d.closeOnce.Do(func() {
+		if d.closed != nil {
+			close(d.closed)
+		}
+	})
+	return d.objs.Close()
+}
 
 // OriginMapPath is where the proxy_origin map is pinned: the L7 proxy
 // reads the source identity of the connections steered to it there.

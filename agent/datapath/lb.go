@@ -4,12 +4,16 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -220,24 +224,124 @@ func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 	st.slots, st.members, st.keep, st.nodePort = len(s.Backends), members, keep, s.NodePort
 	if len(gone) > 0 && (wasNodePort || s.NodePort) {
 		// After the slots: no new flow picks them any more.
-		if err := d.forgetFlows(fe, gone); err != nil {
-			return fmt.Errorf("lb nats: %s: %w", fe, err)
-		}
+		d.forget.queue(d, fe, gone)
 	}
 	return nil
 }
 
-// forgetFlows deletes the NodePort translations of frontend fe (both
-// halves of each flow) whose backend is in gone, or all of them when gone
-// is nil: a backend the service no longer lists may be gone, its address
-// given to another pod, which would receive the flow's packets and answer
-// as the service. Until 2026-12-06 they lived on while their client kept
-// sending (TestNodePortTranslationsOfGoneBackendsForgotten). d.mu held.
-func (d *Datapath) forgetFlows(fe Frontend, gone map[netip.AddrPort]bool) error {
-	fk := fe.key()
+// forgetter deletes, in a goroutine of its own, the NodePort translations
+// of backends a service no longer lists (UpsertService) and of frontends
+// gone (DeleteService): a backend the service no longer lists may be gone,
+// its address given to another pod, which would receive the flow's
+// packets and answer as the service. Until 2026-12-06 they lived on while
+// their client kept sending
+// (TestNodePortTranslationsOfGoneBackendsForgotten). One walk of lb_nats
+// serves every change queued meanwhile, without the datapath's or the
+// service manager's locks held; a failed walk is tried again a second
+// later.
+type forgetter struct {
+	walk sync.Mutex // held for a whole ForgetPendingFlows
+	mu   sync.Mutex
+	// pending: per frontend, the backends whose flows go (nil: all).
+	pending map[Frontend]map[netip.AddrPort]bool
+	kick    chan struct{}
+	started bool
+}
+
+// queue adds fe's backends gone (nil: all its flows) and wakes the walk.
+func (f *forgetter) queue(d *Datapath, fe Frontend, gone map[netip.AddrPort]bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pending == nil {
+		f.pending = map[Frontend]map[netip.AddrPort]bool{}
+	}
+	f.merge(fe, gone)
+	if !f.started {
+		f.started, f.kick = true, make(chan struct{}, 1)
+		go f.run(d)
+	}
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// merge adds gone to fe's pending set; f.mu held.
+func (f *forgetter) merge(fe Frontend, gone map[netip.AddrPort]bool) {
+	cur, ok := f.pending[fe]
+	switch {
+	case ok && cur == nil: // all already
+	case gone == nil:
+		f.pending[fe] = nil
+	default:
+		if cur == nil {
+			cur = map[netip.AddrPort]bool{}
+			f.pending[fe] = cur
+		}
+		maps.Copy(cur, gone)
+	}
+}
+
+func (f *forgetter) run(d *Datapath) {
+	for {
+		select {
+		case <-d.closed:
+			return
+		case <-f.kick:
+		}
+		if err := d.ForgetPendingFlows(); err != nil {
+			slog.Warn("NodePort translations of gone backends not all deleted; trying again", "err", err)
+			time.AfterFunc(time.Second, func() {
+				select {
+				case f.kick <- struct{}{}:
+				default:
+				}
+			})
+		}
+	}
+}
+
+// ForgetPendingFlows runs the queued deletions now (the forgetter's
+// goroutine; tests), after any walk under way. What could not be done
+// stays queued.
+func (d *Datapath) ForgetPendingFlows() error {
+	f := &d.forget
+	f.walk.Lock()
+	defer f.walk.Unlock()
+	f.mu.Lock()
+	pending := f.pending
+	f.pending = nil
+	f.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	err := d.forgetFlows(pending)
+	if err != nil {
+		f.mu.Lock()
+		if f.pending == nil {
+			f.pending = map[Frontend]map[netip.AddrPort]bool{}
+		}
+		for fe, gone := range pending {
+			f.merge(fe, gone)
+		}
+		f.mu.Unlock()
+	}
+	return err
+}
+
+// forgetFlows deletes, in one walk of lb_nats, the translations of each
+// frontend of pending to its backends there (all of them for nil): the
+// forward entry (the client's tuple) and its reverse one when it points
+// back at it (lb_nat_lookup's own check: an expired flow's reverse key may
+// be another live flow's now, of this or another frontend).
+func (d *Datapath) forgetFlows(pending map[Frontend]map[netip.AddrPort]bool) error {
 	match := func(k *bpf.DatapathLbNatKey, v *bpf.DatapathLbNat) bool {
-		return v.Reverse == 0 && k.Daddr == fk.Vip && k.Dport == fk.Port && k.Proto == fk.Proto &&
-			(gone == nil || gone[netip.AddrPortFrom(addrFrom(v.Daddr), htons(v.Dport))])
+		if v.Reverse != 0 {
+			return false
+		}
+		fe := Frontend{IP: addrFrom(k.Daddr), Port: htons(k.Dport), Proto: k.Proto}
+		gone, ok := pending[fe]
+		return ok && (gone == nil || gone[netip.AddrPortFrom(addrFrom(v.Daddr), htons(v.Dport))])
 	}
 	var k bpf.DatapathLbNatKey
 	var v bpf.DatapathLbNat
@@ -251,17 +355,24 @@ func (d *Datapath) forgetFlows(fe Frontend, gone map[netip.AddrPort]bool) error 
 	if err := it.Err(); err != nil {
 		return err
 	}
+	var rv bpf.DatapathLbNat
 	for i := range fwd {
+		fk := &fwd[i]
 		// Looked up again: the tuple may have become a new flow's since,
 		// to a backend that stays.
-		if err := d.objs.LbNats.Lookup(&fwd[i], &v); err != nil || !match(&fwd[i], &v) {
+		if err := d.objs.LbNats.Lookup(fk, &v); err != nil || !match(fk, &v) {
 			continue
 		}
-		rev := bpf.DatapathLbNatKey{Saddr: v.Daddr, Daddr: v.Saddr, Sport: v.Dport, Dport: v.Sport, Proto: fk.Proto}
-		for _, key := range []*bpf.DatapathLbNatKey{&fwd[i], &rev} {
-			if err := d.objs.LbNats.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return err
-			}
+		rk := bpf.DatapathLbNatKey{Saddr: v.Daddr, Daddr: v.Saddr, Sport: v.Dport, Dport: v.Sport, Proto: fk.Proto}
+		if err := d.objs.LbNats.Delete(fk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		if err := d.objs.LbNats.Lookup(&rk, &rv); err != nil || rv.Reverse != 1 ||
+			rv.Saddr != fk.Daddr || rv.Daddr != fk.Saddr || rv.Sport != fk.Dport || rv.Dport != fk.Sport {
+			continue
+		}
+		if err := d.objs.LbNats.Delete(&rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
 		}
 	}
 	return nil
@@ -290,9 +401,7 @@ func (d *Datapath) DeleteService(fe Frontend) error {
 	d.objs.LbMaglev.Delete(&st.id)
 	delete(d.lb.services, fe)
 	if st.nodePort {
-		if err := d.forgetFlows(fe, nil); err != nil {
-			return fmt.Errorf("lb nats: %s: %w", fe, err)
-		}
+		d.forget.queue(d, fe, nil)
 	}
 	return nil
 }

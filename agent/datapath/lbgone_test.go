@@ -75,6 +75,9 @@ func TestNodePortTranslationsOfGoneBackendsForgotten(t *testing.T) {
 		if err := dp.UpsertService(udpFE, s); err != nil {
 			t.Fatal(err)
 		}
+		if err := dp.ForgetPendingFlows(); err != nil { // the walk the write queued
+			t.Fatal(err)
+		}
 	}
 	// One client pinned to each backend.
 	write([]netip.AddrPort{a})
@@ -105,6 +108,9 @@ func TestNodePortTranslationsOfGoneBackendsForgotten(t *testing.T) {
 	if err := dp.DeleteService(udpFE); err != nil {
 		t.Fatal(err)
 	}
+	if err := dp.ForgetPendingFlows(); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []netip.AddrPort{onA, onB} {
 		if got := natOf(t, dp, udpFE, c); got.IsValid() {
 			t.Errorf("the deleted frontend's flow from %v still translates to %v", c, got)
@@ -119,5 +125,45 @@ func TestNodePortTranslationsOfGoneBackendsForgotten(t *testing.T) {
 	}
 	if n != 0 {
 		t.Errorf("%d NodePort translation entries left after the frontend went", n)
+	}
+}
+
+// A gone flow's reverse key may be another live flow's now (its own
+// expired, then claimed by a flow of another frontend to the same backend
+// from the same SNAT port): forgetting the gone flow leaves it, as
+// lb_nat_lookup only takes a reverse entry pointing back at its forward
+// one. Found 2026-12-06 by the change's review.
+func TestForgetLeavesAnotherFlowsReverseEntry(t *testing.T) {
+	dp := load(t)
+	m := dp.Objects().LbNats
+	n4 := func(s string) uint32 { return nat(netip.MustParseAddr(s).As4()) }
+	client, fe, other := "198.51.100.7", "172.16.0.1", "172.16.0.2"
+	backend, snat := "10.1.0.1", "172.16.0.1"
+	if err := dp.UpsertService(udpFE, datapath.LBService{NodePort: true, Backends: []datapath.LBBackend{{IP: netip.MustParseAddr(backend), Port: 53}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The gone flow's forward entry (client's tuple -> backend via SNAT
+	// port 40000), whose reverse key another frontend's flow holds.
+	fwd := bpf.DatapathLbNatKey{Saddr: n4(client), Daddr: n4(fe), Sport: htons(5000), Dport: htons(udpFE.Port), Proto: unix.IPPROTO_UDP}
+	if err := m.Put(&fwd, &bpf.DatapathLbNat{Expires: 1, Saddr: n4(snat), Daddr: n4(backend), Sport: htons(40000), Dport: htons(53)}); err != nil {
+		t.Fatal(err)
+	}
+	rev := bpf.DatapathLbNatKey{Saddr: n4(backend), Daddr: n4(snat), Sport: htons(53), Dport: htons(40000), Proto: unix.IPPROTO_UDP}
+	theirs := bpf.DatapathLbNat{Expires: 1 << 62, Reverse: 1, Saddr: n4(other), Daddr: n4("203.0.113.5"), Sport: htons(30099), Dport: htons(6000)}
+	if err := m.Put(&rev, &theirs); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.DeleteService(udpFE); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.ForgetPendingFlows(); err != nil {
+		t.Fatal(err)
+	}
+	var v bpf.DatapathLbNat
+	if err := m.Lookup(&fwd, &v); err == nil {
+		t.Error("the gone frontend's forward entry stays")
+	}
+	if err := m.Lookup(&rev, &v); err != nil {
+		t.Errorf("another frontend's live reverse entry was deleted with the gone flow: %v", err)
 	}
 }
