@@ -47,8 +47,10 @@ type ref struct {
 	count  int
 	labels labels.Labels // with the cluster label
 	// unsure: a release's delete of the reference failed, and may have
-	// been applied (its answer lost): the reference is written again
-	// before the count is trusted.
+	// been applied (its answer lost; count is then 0), or writing it
+	// again after a lease loss failed: the reference is written again
+	// before the count is trusted, or deleted again by GC when nothing
+	// holds it.
 	unsure bool
 }
 
@@ -389,7 +391,8 @@ func (a *Allocator) Release(ctx context.Context, ls labels.Labels) error {
 		return nil
 	}
 	if err := a.kv.Delete(ctx, valueKeyPrefix(key)+a.node); err != nil {
-		r.unsure = true
+		// The endpoint goes anyway: nothing holds the label set here now.
+		r.count, r.unsure = 0, true
 		return err
 	}
 	delete(a.refs, key)
@@ -409,6 +412,7 @@ func (a *Allocator) collect(ctx context.Context, id NumericIdentity, canonical s
 // (for example those of dead nodes whose leases expired). It is safe to run
 // on several nodes at once.
 func (a *Allocator) GC(ctx context.Context) (int, error) {
+	a.settleUnsure(ctx)
 	kvs, _, err := a.kv.List(ctx, IDPrefix)
 	if err != nil {
 		return 0, err
@@ -430,6 +434,45 @@ func (a *Allocator) GC(ctx context.Context) (int, error) {
 	return n, nil
 }
 
+// settleUnsure deals with this node's unsure references (ref.unsure):
+// one nothing holds is deleted again, one still held written again (the
+// same number while free, else renumbered).
+func (a *Allocator) settleUnsure(ctx context.Context) {
+	type change struct {
+		ls       labels.Labels
+		old, new NumericIdentity
+	}
+	var changes []change
+	a.mu.Lock()
+	for key, r := range a.refs {
+		if !r.unsure {
+			continue
+		}
+		if r.count == 0 {
+			if err := a.kv.Delete(ctx, valueKeyPrefix(key)+a.node); err != nil {
+				continue
+			}
+			delete(a.refs, key)
+			a.collect(ctx, r.id, key)
+			continue
+		}
+		id, _, err := a.acquire(ctx, key, r.id)
+		if err != nil {
+			continue
+		}
+		if id != r.id {
+			changes = append(changes, change{r.labels, r.id, id})
+			r.id = id
+			a.cacheSet(id, true, key)
+		}
+		r.unsure = false
+	}
+	a.mu.Unlock()
+	for _, c := range changes {
+		a.renumbered(c.ls, c.old, c.new)
+	}
+}
+
 // reacquire runs after the node's lease was lost and granted again: the
 // references vanished with the old lease and are written again.
 // Each label set takes its number back if nobody took it meanwhile;
@@ -445,9 +488,13 @@ func (a *Allocator) reacquire(ctx context.Context, _ int64) {
 	var changes []change
 	a.mu.Lock()
 	for key, r := range a.refs {
+		if r.count == 0 {
+			continue // released (unsure): GC deletes it again
+		}
 		id, _, err := a.acquire(ctx, key, r.id)
 		if err != nil {
-			slog.Error("could not take back identity reference after lease loss", "labels", key, "err", err)
+			slog.Error("could not take back identity reference after lease loss; trying again at the next identity GC", "labels", key, "err", err)
+			r.unsure = true
 			continue
 		}
 		if id != r.id {

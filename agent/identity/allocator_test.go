@@ -388,7 +388,9 @@ func TestLeaseLossKeepsOrRenumbers(t *testing.T) {
 // (its answer lost): the next allocation of the label set on the node
 // writes the reference again instead of trusting its local count, so the
 // number is not left unreferenced for another node's GC to free and give
-// to another label set. Found 2026-12-06 by reading Release.
+// to another label set; with no allocation, the node's GC deletes the
+// reference again, so it does not hold the number for good. Found
+// 2026-12-06 by reading Release.
 func TestUnsureReleaseWritesTheReferenceAgain(t *testing.T) {
 	ep := testutil.Etcd(t)
 	a, _ := newAllocator(t, ep, "n1")
@@ -396,18 +398,34 @@ func TestUnsureReleaseWritesTheReferenceAgain(t *testing.T) {
 	ctx := context.Background()
 	web := mustLabels(t, "app=web")
 	first, _, _ := a.Allocate(ctx, web)
-	a.Allocate(ctx, web) // two endpoints
-	// The release of one: its delete went through, its answer was lost.
+	// Its release: the delete went through, its answer was lost.
 	w, _ := a.WithCluster(web)
-	if err := kv.Delete(ctx, identity.RefKey(w.String(), "n1")); err != nil {
+	ref := identity.RefKey(w.String(), "n1")
+	if err := kv.Delete(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
-	a.MarkUnsure(w.String())
+	a.ReleaseFailed(w.String())
 	again, _, err := a.Allocate(ctx, web)
 	if err != nil || again.ID != first.ID {
 		t.Fatalf("allocation after the unsure release: %v %v, want %d", again.ID, err, first.ID)
 	}
-	if _, err := kv.Get(ctx, identity.RefKey(w.String(), "n1")); err != nil {
+	if _, err := kv.Get(ctx, ref); err != nil {
 		t.Fatalf("the reference was not written again: %v", err)
+	}
+	if n := a.Holds(web); n != 1 {
+		t.Errorf("holds %d after one allocation, want 1", n)
+	}
+
+	// A release whose delete failed, not applied, and nothing allocating
+	// after: GC deletes the reference, and the identity goes.
+	a.ReleaseFailed(w.String())
+	if _, err := a.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, ref); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Errorf("the reference of a failed release stays after GC: %v", err)
+	}
+	if _, err := kv.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, first.ID)); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Errorf("the identity nothing holds stays after GC: %v", err)
 	}
 }

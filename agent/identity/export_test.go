@@ -9,10 +9,11 @@ func (a *Allocator) Reacquire(ctx context.Context) { a.reacquire(ctx, 0) }
 // RefKey is node's reference key of the label set canonical.
 func RefKey(canonical, node string) string { return valueKeyPrefix(canonical) + node }
 
-// MarkUnsure marks this node's reference of the label set canonical as a
-// failed release leaves it.
-func (a *Allocator) MarkUnsure(canonical string) {
+// ReleaseFailed leaves this node's reference of the label set canonical
+// as a release whose delete failed does.
+func (a *Allocator) ReleaseFailed(canonical string) {
 	a.mu.Lock()
-	a.refs[canonical].unsure = true
+	r := a.refs[canonical]
+	r.count, r.unsure = 0, true
 	a.mu.Unlock()
 }
