@@ -222,17 +222,13 @@ func (a *Allocator) Allocate(ctx context.Context, ls labels.Labels) (id Identity
 			// with no reference behind it, could be freed by another
 			// node's GC and given to another label set
 			// (TestUnsureReleaseWritesTheReferenceAgain).
-			n, _, err := a.acquire(ctx, key, r.id)
+			c, err := a.retake(ctx, key, r)
 			if err != nil {
 				return Identity{}, false, err
 			}
-			if n != r.id {
-				old := r.id
-				r.id = n
-				a.cacheSet(n, true, key)
-				go a.renumbered(ls, old, n) // the caller may hold its endpoints' lock
+			if c != nil {
+				go a.tell([]renumbering{*c}) // the caller may hold its endpoints' lock
 			}
-			r.unsure = false
 		}
 		r.count++
 		return Identity{ID: r.id, Labels: ls}, false, nil
@@ -438,11 +434,7 @@ func (a *Allocator) GC(ctx context.Context) (int, error) {
 // one nothing holds is deleted again, one still held written again (the
 // same number while free, else renumbered).
 func (a *Allocator) settleUnsure(ctx context.Context) {
-	type change struct {
-		ls       labels.Labels
-		old, new NumericIdentity
-	}
-	var changes []change
+	var changes []renumbering
 	a.mu.Lock()
 	for key, r := range a.refs {
 		if !r.unsure {
@@ -456,18 +448,42 @@ func (a *Allocator) settleUnsure(ctx context.Context) {
 			a.collect(ctx, r.id, key)
 			continue
 		}
-		id, _, err := a.acquire(ctx, key, r.id)
-		if err != nil {
-			continue
+		if c, err := a.retake(ctx, key, r); err == nil && c != nil {
+			changes = append(changes, *c)
 		}
-		if id != r.id {
-			changes = append(changes, change{r.labels, r.id, id})
-			r.id = id
-			a.cacheSet(id, true, key)
-		}
-		r.unsure = false
 	}
 	a.mu.Unlock()
+	a.tell(changes)
+}
+
+// renumbering is a label set's number changed (OnRenumber).
+type renumbering struct {
+	ls       labels.Labels
+	old, new NumericIdentity
+}
+
+// retake writes this node's reference of key (held as r) again, the same
+// number while free; it returns the renumbering when the number changed.
+// a.mu held.
+func (a *Allocator) retake(ctx context.Context, key string, r *ref) (*renumbering, error) {
+	id, _, err := a.acquire(ctx, key, r.id)
+	if err != nil {
+		r.unsure = true
+		return nil, err
+	}
+	r.unsure = false
+	if id == r.id {
+		return nil, nil
+	}
+	slog.Warn("identity number changed: another label set took it; the node's endpoints move to the new one", "labels", key, "old", uint32(r.id), "new", uint32(id))
+	c := &renumbering{r.labels, r.id, id}
+	r.id = id
+	a.cacheSet(id, true, key)
+	return c, nil
+}
+
+// tell passes changes to the renumber subscribers; a.mu not held.
+func (a *Allocator) tell(changes []renumbering) {
 	for _, c := range changes {
 		a.renumbered(c.ls, c.old, c.new)
 	}
@@ -481,33 +497,23 @@ func (a *Allocator) settleUnsure(ctx context.Context) {
 // its own lock). Until 2026-12-06 the lowest free number was taken and
 // the change only logged (TestLeaseLossKeepsOrRenumbers).
 func (a *Allocator) reacquire(ctx context.Context, _ int64) {
-	type change struct {
-		ls       labels.Labels
-		old, new NumericIdentity
-	}
-	var changes []change
+	var changes []renumbering
 	a.mu.Lock()
 	for key, r := range a.refs {
 		if r.count == 0 {
 			continue // released (unsure): GC deletes it again
 		}
-		id, _, err := a.acquire(ctx, key, r.id)
+		c, err := a.retake(ctx, key, r)
 		if err != nil {
 			slog.Error("could not take back identity reference after lease loss; trying again at the next identity GC", "labels", key, "err", err)
-			r.unsure = true
 			continue
 		}
-		if id != r.id {
-			slog.Warn("identity number changed after lease loss: another label set took it; the node's endpoints move to the new one", "labels", key, "old", uint32(r.id), "new", uint32(id))
-			changes = append(changes, change{r.labels, r.id, id})
-			r.id = id
-			a.cacheSet(id, true, key)
+		if c != nil {
+			changes = append(changes, *c)
 		}
 	}
 	a.mu.Unlock()
-	for _, c := range changes {
-		a.renumbered(c.ls, c.old, c.new)
-	}
+	a.tell(changes)
 }
 
 // renumbered tells the renumber subscribers; a.mu not held.
