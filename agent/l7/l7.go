@@ -339,11 +339,19 @@ func (s *Supervisor) spawn() error {
 const missesBeforeRestart = 3
 
 // answers says whether the proxy answers one of missesBeforeRestart
-// health checks.
+// health checks a second apart (a proxy the previous agent just started
+// may hold its lock before its control socket answers).
 func (s *Supervisor) answers(ctx context.Context) bool {
 	for i := 0; i < missesBeforeRestart && ctx.Err() == nil; i++ {
+		start := time.Now()
 		if s.healthy(ctx) {
 			return true
+		}
+		if i < missesBeforeRestart-1 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second - time.Since(start)):
+			}
 		}
 	}
 	return false

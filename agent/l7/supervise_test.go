@@ -135,14 +135,18 @@ func TestSupervisorReplacesAStuckProxyWhole(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if now := s.pidOf(t); now != first {
-		deadline := time.Now().Add(5 * time.Second)
-		for !errors.Is(syscall.Kill(first, 0), syscall.ESRCH) {
-			if time.Now().After(deadline) {
-				t.Fatalf("a second proxy (pid %d) answers while the first (pid %d) still runs", now, first)
-			}
-			time.Sleep(100 * time.Millisecond)
+	// The stuck one was stopped and replaced: another answers, the first
+	// is gone.
+	now := s.pidOf(t)
+	if now == first {
+		t.Fatalf("the stuck proxy (pid %d) answers again: it was never replaced", first)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for !errors.Is(syscall.Kill(first, 0), syscall.ESRCH) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a second proxy (pid %d) answers while the first (pid %d) still runs", now, first)
 		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
