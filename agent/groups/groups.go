@@ -238,7 +238,11 @@ func (m *Manager) followResults(ctx context.Context) {
 }
 
 // forgotten follows the deletion of the result stored under h (a group
-// no agent asks for any more): the group is applied as no addresses.
+// no agent asks for any more): the group is applied as no addresses. An
+// agent that wants the group itself keeps what it has: its request met
+// the leader's delete (listed before it), and the leader resolves the
+// group again in its next round; applied as none meanwhile, a deny rule
+// naming it would lapse for that second.
 func (m *Manager) forgotten(h string) {
 	m.mu.Lock()
 	var key string
@@ -248,7 +252,7 @@ func (m *Manager) forgotten(h string) {
 			break
 		}
 	}
-	if key == "" {
+	if _, wanted := m.wanted[key]; key == "" || wanted {
 		m.mu.Unlock()
 		return
 	}

@@ -585,3 +585,24 @@ func TestUnrequestedGroupsForgotten(t *testing.T) {
 		}
 	}
 }
+
+// An agent that wants a group keeps its addresses when the result is
+// deleted under it: the leader's delete of a group nobody asked for met
+// this agent's new request (the leader lists the requests before it
+// deletes), and applied as no addresses, a deny rule naming the group
+// would lapse until the leader's next round. Found 2026-12-06 by the
+// change's review.
+func TestWantedGroupKeptWhenItsResultIsDeleted(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	ctx := tctx(t)
+	if err := follower.kv.Delete(ctx, Prefix+cluster+"/results/"+hash(key)); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, nil, leader) // the leader does not want it
+	if got, _ := follower.applied.last(key); !slices.Equal(got, parse("10.0.0.1", "10.0.0.2")) {
+		t.Errorf("the agent wanting the group applied %v after its result was deleted, want its addresses kept", got)
+	}
+	if _, ok := follower.m.Result(key); !ok {
+		t.Error("the agent wanting the group dropped its result")
+	}
+}
