@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -75,6 +76,10 @@ type Allocator struct {
 	smu       sync.Mutex
 	subs      []func(id Identity, deleted bool)
 	renumbers []func(ls labels.Labels, old, new NumericIdentity)
+	// qmu guards the renumberings waiting for delivery (tell).
+	qmu        sync.Mutex
+	queue      []renumbering
+	delivering bool
 	// dmu orders deliveries: the watch holds it from a cache change to
 	// its notification, SubscribeList from its listing to its
 	// subscription.
@@ -227,7 +232,7 @@ func (a *Allocator) Allocate(ctx context.Context, ls labels.Labels) (id Identity
 				return Identity{}, false, err
 			}
 			if c != nil {
-				go a.tell([]renumbering{*c}) // the caller may hold its endpoints' lock
+				a.tell([]renumbering{*c})
 			}
 		}
 		r.count++
@@ -433,28 +438,39 @@ func (a *Allocator) GC(ctx context.Context) (int, error) {
 // settleUnsure deals with this node's unsure references (ref.unsure):
 // one nothing holds is deleted again, one still held written again (the
 // same number while free, else renumbered).
+//
+// a.mu is held meanwhile (Allocate and Release wait), so each kvstore call
+// is bounded by settleTimeout and the first failure ends the round: the
+// kvstore being out is what makes references unsure.
 func (a *Allocator) settleUnsure(ctx context.Context) {
-	var changes []renumbering
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	for key, r := range a.refs {
 		if !r.unsure {
 			continue
 		}
+		cctx, cancel := context.WithTimeout(ctx, settleTimeout)
+		var err error
 		if r.count == 0 {
-			if err := a.kv.Delete(ctx, valueKeyPrefix(key)+a.node); err != nil {
-				continue
+			if err = a.kv.Delete(cctx, valueKeyPrefix(key)+a.node); err == nil {
+				delete(a.refs, key)
+				a.collect(cctx, r.id, key)
 			}
-			delete(a.refs, key)
-			a.collect(ctx, r.id, key)
-			continue
+		} else {
+			var c *renumbering
+			if c, err = a.retake(cctx, key, r); c != nil {
+				a.tell([]renumbering{*c})
+			}
 		}
-		if c, err := a.retake(ctx, key, r); err == nil && c != nil {
-			changes = append(changes, *c)
+		cancel()
+		if err != nil {
+			return
 		}
 	}
-	a.mu.Unlock()
-	a.tell(changes)
 }
+
+// settleTimeout bounds each kvstore call of settleUnsure.
+const settleTimeout = 2 * time.Second
 
 // renumbering is a label set's number changed (OnRenumber).
 type renumbering struct {
@@ -482,9 +498,36 @@ func (a *Allocator) retake(ctx context.Context, key string, r *ref) (*renumberin
 	return c, nil
 }
 
-// tell passes changes to the renumber subscribers; a.mu not held.
+// tell queues changes for the renumber subscribers, in the order the
+// numbers changed (callers hold a.mu, which orders them), and one
+// goroutine delivers them: the subscribers take their endpoints' lock,
+// which an Allocate caller may hold.
 func (a *Allocator) tell(changes []renumbering) {
-	for _, c := range changes {
+	if len(changes) == 0 {
+		return
+	}
+	a.qmu.Lock()
+	defer a.qmu.Unlock()
+	a.queue = append(a.queue, changes...)
+	if !a.delivering {
+		a.delivering = true
+		go a.deliver()
+	}
+}
+
+// deliver hands the queued renumberings to the subscribers, oldest first,
+// until the queue is empty.
+func (a *Allocator) deliver() {
+	for {
+		a.qmu.Lock()
+		if len(a.queue) == 0 {
+			a.delivering = false
+			a.qmu.Unlock()
+			return
+		}
+		c := a.queue[0]
+		a.queue = a.queue[1:]
+		a.qmu.Unlock()
 		a.renumbered(c.ls, c.old, c.new)
 	}
 }
@@ -492,12 +535,11 @@ func (a *Allocator) tell(changes []renumbering) {
 // reacquire runs after the node's lease was lost and granted again: the
 // references vanished with the old lease and are written again.
 // Each label set takes its number back if nobody took it meanwhile;
-// otherwise it gets another, and the renumber subscribers are told (after
-// a.mu is let go: they update endpoints, whose manager allocates under
-// its own lock). Until 2026-12-06 the lowest free number was taken and
+// otherwise it gets another, and the renumber subscribers are told, in
+// order, from a goroutine of their own (tell: they update endpoints, whose
+// manager allocates under its own lock). Until 2026-12-06 the lowest free number was taken and
 // the change only logged (TestLeaseLossKeepsOrRenumbers).
 func (a *Allocator) reacquire(ctx context.Context, _ int64) {
-	var changes []renumbering
 	a.mu.Lock()
 	for key, r := range a.refs {
 		if r.count == 0 {
@@ -509,11 +551,10 @@ func (a *Allocator) reacquire(ctx context.Context, _ int64) {
 			continue
 		}
 		if c != nil {
-			changes = append(changes, *c)
+			a.tell([]renumbering{*c})
 		}
 	}
 	a.mu.Unlock()
-	a.tell(changes)
 }
 
 // renumbered tells the renumber subscribers; a.mu not held.

@@ -374,6 +374,16 @@ func TestLeaseLossKeepsOrRenumbers(t *testing.T) {
 		t.Fatalf("the other label set got %d, not the freed %d (test setup)", thief.ID, db.ID)
 	}
 	a.Reacquire(ctx)
+	// Delivered from a goroutine of their own.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := len(changes)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a second one would show too
 	mu.Lock()
 	defer mu.Unlock()
 	if len(changes) != 1 || changes[0].old != db.ID || changes[0].new == db.ID || changes[0].ls != db.Labels.String() {
