@@ -291,7 +291,20 @@ func (d *Datapath) Close() error {
 			close(d.closed)
 		}
 	})
+	// A walk of lb_nats under way ends first (forgetter).
+	d.forget.walk.Lock()
+	defer d.forget.walk.Unlock()
 	return d.objs.Close()
+}
+
+// isClosed says whether Close ran.
+func (d *Datapath) isClosed() bool {
+	select {
+	case <-d.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // OriginMapPath is where the proxy_origin map is pinned: the L7 proxy

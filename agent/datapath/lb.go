@@ -308,6 +308,9 @@ func (d *Datapath) ForgetPendingFlows() error {
 	f := &d.forget
 	f.walk.Lock()
 	defer f.walk.Unlock()
+	if d.isClosed() {
+		return nil
+	}
 	f.mu.Lock()
 	pending := f.pending
 	f.pending = nil
@@ -327,6 +330,14 @@ func (d *Datapath) ForgetPendingFlows() error {
 		f.mu.Unlock()
 	}
 	return err
+}
+
+// keeps says whether frontend fe, as written now, keeps backend b's flows.
+func (d *Datapath) keeps(fe Frontend, b netip.AddrPort) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.lb.services[fe]
+	return ok && st.keep[b]
 }
 
 // forgetFlows deletes, in one walk of lb_nats, the translations of each
@@ -359,8 +370,13 @@ func (d *Datapath) forgetFlows(pending map[Frontend]map[netip.AddrPort]bool) err
 	for i := range fwd {
 		fk := &fwd[i]
 		// Looked up again: the tuple may have become a new flow's since,
-		// to a backend that stays.
+		// to a backend that stays; and the backend may be the frontend's
+		// again (a readiness flap, a frontend made again) since it was
+		// queued.
 		if err := d.objs.LbNats.Lookup(fk, &v); err != nil || !match(fk, &v) {
+			continue
+		}
+		if d.keeps(Frontend{IP: addrFrom(fk.Daddr), Port: htons(fk.Dport), Proto: fk.Proto}, netip.AddrPortFrom(addrFrom(v.Daddr), htons(v.Dport))) {
 			continue
 		}
 		rk := bpf.DatapathLbNatKey{Saddr: v.Daddr, Daddr: v.Saddr, Sport: v.Dport, Dport: v.Sport, Proto: fk.Proto}
