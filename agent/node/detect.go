@@ -37,8 +37,11 @@ type Detector struct {
 	// declared dead for it (firstContactTimeout).
 	unseen   map[string]time.Time
 	declared map[string]bool
-	stop     chan struct{}
-	stopped  bool
+	// quiet are the wanted nodes whose record says they run no failure
+	// detection: they count as alive.
+	quiet   map[string]bool
+	stop    chan struct{}
+	stopped bool
 }
 
 // rejoinInterval is how often a detector joins again the wanted nodes
@@ -66,7 +69,12 @@ func (e events) NotifyJoin(n *memberlist.Node) {
 func (e events) NotifyLeave(n *memberlist.Node) {
 	e.d.nmu.Lock()
 	defer e.d.nmu.Unlock()
-	e.d.notify(n.Name, false)
+	e.d.mu.Lock()
+	quiet := e.d.quiet[n.Name]
+	e.d.mu.Unlock()
+	if !quiet { // a node that says it runs no detection counts as alive
+		e.d.notify(n.Name, false)
+	}
 }
 
 func (e events) NotifyUpdate(n *memberlist.Node) {}
@@ -84,7 +92,7 @@ func NewDetector(name string, ip netip.Addr, port int, keys [][]byte, notify fun
 		return nil, fmt.Errorf("memberlist gossip keys: %w", err)
 	}
 	d := &Detector{port: port, notify: notify, wanted: map[string]string{}, joining: map[string]bool{}, keys: kr, stop: make(chan struct{}),
-		unseen: map[string]time.Time{}, declared: map[string]bool{}}
+		unseen: map[string]time.Time{}, declared: map[string]bool{}, quiet: map[string]bool{}}
 	c := memberlist.DefaultLANConfig()
 	c.Keyring = kr
 	c.GossipVerifyIncoming = true
@@ -208,17 +216,42 @@ func (d *Detector) Join(name string, ip netip.Addr, gossip bool) {
 	if !gossip {
 		delete(d.unseen, name)
 		delete(d.declared, name)
-	} else if _, known := d.unseen[name]; !known && !member && !d.declared[name] && d.wanted[name] == "" {
-		// Memberlist reports only the members it has known: a node that
-		// never answers would count as alive for good (until 2026-12-06,
-		// TestNeverSeenNodeDeclaredDead).
-		d.unseen[name] = time.Now()
+		if !d.quiet[name] {
+			// Declared dead before (silent, or memberlist lost it when it
+			// turned detection off), it counts as alive now.
+			d.quiet[name] = true
+			if !member {
+				go d.quietAlive(name)
+			}
+		}
+	} else {
+		wasQuiet := d.quiet[name]
+		delete(d.quiet, name)
+		if _, known := d.unseen[name]; !known && !member && !d.declared[name] && (d.wanted[name] == "" || wasQuiet) {
+			// Memberlist reports only the members it has known: a node
+			// that never answers would count as alive for good (until
+			// 2026-12-06, TestNeverSeenNodeDeclaredDead).
+			d.unseen[name] = time.Now()
+		}
 	}
 	if d.wanted[name] == addr {
 		return // joined, or joined again by rejoin
 	}
 	d.wanted[name] = addr
 	d.joinLocked(addr)
+}
+
+// quietAlive tells that node name, whose record says it runs no
+// detection, is alive, unless it says otherwise again by then.
+func (d *Detector) quietAlive(name string) {
+	d.nmu.Lock()
+	defer d.nmu.Unlock()
+	d.mu.Lock()
+	quiet := d.quiet[name]
+	d.mu.Unlock()
+	if quiet {
+		d.notify(name, true)
+	}
 }
 
 // isMember says whether memberlist knows node name as an alive member.
@@ -253,6 +286,7 @@ func (d *Detector) Forget(name string) {
 	delete(d.wanted, name)
 	delete(d.unseen, name)
 	delete(d.declared, name)
+	delete(d.quiet, name)
 	d.mu.Unlock()
 }
 

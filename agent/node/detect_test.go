@@ -220,7 +220,24 @@ func TestNeverSeenNodeDeclaredDead(t *testing.T) {
 	// silence.
 	ds[0].Join("n4", addr(3), false)
 	time.Sleep(3 * firstContactTimeout)
-	if _, known := ss[0].get("n4"); known {
+	if alive, known := ss[0].get("n4"); known && !alive {
 		t.Error("n4, whose record does not say it runs detection, was declared dead for its silence")
 	}
+	// n3, declared dead for its silence, turns detection off (its record
+	// says so now): it counts as alive again. Turned on again, silent:
+	// declared dead again.
+	waitFor(t, "the silent n3 declared dead", func() bool {
+		alive, known := ss[0].get("n3")
+		return known && !alive
+	})
+	ds[0].Join("n3", addr(2), false)
+	waitFor(t, "n3, detection off, counted alive again", func() bool {
+		alive, _ := ss[0].get("n3")
+		return alive
+	})
+	ds[0].Join("n3", addr(2), true)
+	waitFor(t, "n3, detection on and silent, declared dead again", func() bool {
+		alive, known := ss[0].get("n3")
+		return known && !alive
+	})
 }
