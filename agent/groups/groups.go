@@ -81,11 +81,15 @@ type Manager struct {
 	cfg Config
 
 	// pub serialises publishing the requests (SetWanted, lease renewal).
-	pub      sync.Mutex
-	mu       sync.Mutex
-	wanted   map[string]api.AWSGroup
-	results  map[string]Result
-	applied  map[string][]netip.Addr
+	pub     sync.Mutex
+	mu      sync.Mutex
+	wanted  map[string]api.AWSGroup
+	results map[string]Result
+	applied map[string][]netip.Addr
+	// orphaned: groups this agent wants whose result was deleted, kept
+	// until a new one comes or orphanGrace passes.
+	orphaned map[string]bool
+	ctx      context.Context
 	leader   string
 	isLeader bool
 	kick     chan struct{}
@@ -108,7 +112,8 @@ func New(ctx context.Context, cfg Config) *Manager {
 		cfg.ForgetAfter = time.Minute
 	}
 	m := &Manager{cfg: cfg, wanted: map[string]api.AWSGroup{}, results: map[string]Result{},
-		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{})}
+		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{}),
+		orphaned: map[string]bool{}, ctx: ctx}
 	if cfg.Lease != nil {
 		// Requests live under the lease: when etcd lost it and a new one
 		// was granted, they are gone and must be written again.
@@ -225,6 +230,7 @@ func (m *Manager) followResults(ctx context.Context) {
 		}
 		m.mu.Lock()
 		m.results[r.Key] = r
+		delete(m.orphaned, r.Key)
 		prev, had := m.applied[r.Key]
 		apply := r.Resolved && (!had || !slices.Equal(prev, r.Addrs))
 		if apply {
@@ -252,10 +258,29 @@ func (m *Manager) forgotten(h string) {
 			break
 		}
 	}
-	if _, wanted := m.wanted[key]; key == "" || wanted {
+	if key == "" {
 		m.mu.Unlock()
 		return
 	}
+	if _, wanted := m.wanted[key]; wanted {
+		// Kept while the leader resolves it again: this agent's
+		// requests are written again (one may have failed), and with no
+		// new result within orphanGrace the group goes as for any agent.
+		m.orphaned[key] = true
+		m.mu.Unlock()
+		if m.cfg.Lease != nil && m.ctx.Err() == nil {
+			go m.republish(m.ctx, m.cfg.Lease.ID())
+		}
+		time.AfterFunc(orphanGrace, func() { m.orphanExpired(key) })
+		return
+	}
+	m.dropLocked(key)
+}
+
+// dropLocked forgets group key and applies it as no addresses; it lets
+// m.mu go.
+func (m *Manager) dropLocked(key string) {
+	delete(m.orphaned, key)
 	delete(m.results, key)
 	_, had := m.applied[key]
 	delete(m.applied, key)
@@ -263,6 +288,20 @@ func (m *Manager) forgotten(h string) {
 	if had && m.cfg.Apply != nil {
 		m.cfg.Apply(key, nil)
 	}
+}
+
+// orphanGrace is how long an agent keeps a group it wants after its
+// result was deleted, waiting for the leader to resolve it again.
+var orphanGrace = 30 * time.Second
+
+// orphanExpired forgets group key if no result came since its deletion.
+func (m *Manager) orphanExpired(key string) {
+	m.mu.Lock()
+	if !m.orphaned[key] {
+		m.mu.Unlock()
+		return
+	}
+	m.dropLocked(key)
 }
 
 // lead takes part in the election and, while leader, refreshes.

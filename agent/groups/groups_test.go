@@ -593,6 +593,8 @@ func TestUnrequestedGroupsForgotten(t *testing.T) {
 // would lapse until the leader's next round. Found 2026-12-06 by the
 // change's review.
 func TestWantedGroupKeptWhenItsResultIsDeleted(t *testing.T) {
+	defer func(g time.Duration) { orphanGrace = g }(orphanGrace)
+	orphanGrace = 3 * time.Second
 	_, leader, follower, key := pair(t)
 	ctx := tctx(t)
 	if err := follower.kv.Delete(ctx, Prefix+cluster+"/results/"+hash(key)); err != nil {
@@ -605,4 +607,7 @@ func TestWantedGroupKeptWhenItsResultIsDeleted(t *testing.T) {
 	if _, ok := follower.m.Result(key); !ok {
 		t.Error("the agent wanting the group dropped its result")
 	}
+	// No new result within the grace (the leader here resolves it only
+	// hourly): the group goes there too, rather than stay for good.
+	waitApplied(t, key, nil, follower)
 }
