@@ -131,6 +131,13 @@ func (a *Agent) status(ctx context.Context) types.Status {
 			st.Kubernetes.LastError, st.Kubernetes.LastErrorTime = msg, &at
 		}
 	}
+	if p := a.proxyRef.Load(); p != nil {
+		applied, since, err := p.ConfigStatus()
+		st.Proxy = &types.ProxyStatus{Applied: applied}
+		if err != nil {
+			st.Proxy.LastError, st.Proxy.ErrorSince = err.Error(), &since
+		}
+	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if _, err := a.kv.Get(hctx, kvstore.Prefix+"health"); err != nil && !errors.Is(err, kvstore.ErrNotFound) {

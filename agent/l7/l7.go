@@ -115,6 +115,32 @@ type Supervisor struct {
 
 	mu    sync.Mutex
 	child *os.Process
+	// pushErr is the last push's refusal (nil: the proxy has the current
+	// configuration), since pushErrAt.
+	pushErr   error
+	pushErrAt time.Time
+}
+
+// ConfigStatus says whether the proxy has the current configuration, and
+// else why not and since when.
+func (s *Supervisor) ConfigStatus() (applied bool, since time.Time, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pushErr == nil, s.pushErrAt, s.pushErr
+}
+
+// pushed records a push's outcome.
+func (s *Supervisor) pushed(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.pushErr = nil
+		return
+	}
+	if s.pushErr == nil {
+		s.pushErrAt = time.Now()
+	}
+	s.pushErr = err
 }
 
 // Socket is the proxy's control socket under stateDir.
@@ -423,11 +449,13 @@ func (s *Supervisor) superviseAndConfigure(ctx context.Context) {
 			b.pushed = false
 		}
 		if body, changed := b.build(s.cfg); changed {
-			if err := s.push(ctx, body); err != nil {
+			err := s.push(ctx, body)
+			if err != nil {
 				slog.Error("L7 proxy configuration not applied", "err", err)
 			} else {
 				b.pushed = true
 			}
+			s.pushed(err)
 		}
 		select {
 		case <-ctx.Done():

@@ -72,7 +72,11 @@ func fakeProxy(args []string) error {
 	mux.HandleFunc("GET /pid", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, strconv.Itoa(os.Getpid()))
 	})
-	mux.HandleFunc("PUT /v1/config", func(w http.ResponseWriter, r *http.Request) {})
+	mux.HandleFunc("PUT /v1/config", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := os.Stat(filepath.Join(stateDir, "refuse")); err == nil {
+			http.Error(w, "config: larger than 64 MiB", http.StatusRequestEntityTooLarge)
+		}
+	})
 	return http.Serve(cln, mux)
 }
 
@@ -83,6 +87,44 @@ func fakeProxy(args []string) error {
 // changes never reached it). Found 2026-12-06 by reading the supervisor.
 func TestSupervisorReplacesAStuckProxyWhole(t *testing.T) {
 	dir := t.TempDir()
+	s, first := supervised(t, dir)
+
+	stall := filepath.Join(dir, "stall")
+	if err := os.WriteFile(stall, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(8 * time.Second)
+	os.Remove(stall)
+
+	// Some proxy must answer on the control socket again, and only one
+	// proxy may be left.
+	deadline := time.Now().Add(20 * time.Second)
+	for !s.healthy(context.Background()) {
+		if time.Now().After(deadline) {
+			alive := syscall.Kill(first, 0) == nil
+			t.Fatalf("no proxy answers on the control socket 20 s after the stall ended (the first proxy, pid %d, alive: %v)", first, alive)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The stuck one was stopped and replaced: another answers, the first
+	// is gone.
+	now := s.pidOf(t)
+	if now == first {
+		t.Fatalf("the stuck proxy (pid %d) answers again: it was never replaced", first)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for !errors.Is(syscall.Kill(first, 0), syscall.ESRCH) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a second proxy (pid %d) answers while the first (pid %d) still runs", now, first)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// supervised starts a fake proxy in dir and supervises it until the test
+// ends; it returns the supervisor and the proxy's pid.
+func supervised(t *testing.T, dir string) (*Supervisor, int) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -117,37 +159,34 @@ func TestSupervisorReplacesAStuckProxyWhole(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); s.superviseAndConfigure(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	return s, first
+}
 
-	stall := filepath.Join(dir, "stall")
-	if err := os.WriteFile(stall, nil, 0o600); err != nil {
+// A configuration the proxy refuses (past its 64 MiB bound, say) leaves
+// it on its last accepted one; the supervisor says so (filament status)
+// until one is taken. Before 2026-12-06 only the log said it.
+func TestSupervisorReportsARefusedConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "refuse"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(8 * time.Second)
-	os.Remove(stall)
-
-	// Some proxy must answer on the control socket again, and only one
-	// proxy may be left.
-	deadline := time.Now().Add(20 * time.Second)
-	for !s.healthy(context.Background()) {
-		if time.Now().After(deadline) {
-			alive := syscall.Kill(first, 0) == nil
-			t.Fatalf("no proxy answers on the control socket 20 s after the stall ended (the first proxy, pid %d, alive: %v)", first, alive)
+	s, _ := supervised(t, dir)
+	waitStatus := func(want bool) {
+		t.Helper()
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			applied, since, err := s.ConfigStatus()
+			if applied == want && (want || (err != nil && !since.IsZero())) {
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("configuration status: applied %v (%v since %v), want applied %v", applied, err, since, want)
+			}
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
-	// The stuck one was stopped and replaced: another answers, the first
-	// is gone.
-	now := s.pidOf(t)
-	if now == first {
-		t.Fatalf("the stuck proxy (pid %d) answers again: it was never replaced", first)
-	}
-	deadline = time.Now().Add(5 * time.Second)
-	for !errors.Is(syscall.Kill(first, 0), syscall.ESRCH) {
-		if time.Now().After(deadline) {
-			t.Fatalf("a second proxy (pid %d) answers while the first (pid %d) still runs", now, first)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitStatus(false)
+	os.Remove(filepath.Join(dir, "refuse"))
+	s.Changed() // pushed again at the next round
+	waitStatus(true)
 }
 
 func (s *Supervisor) pidOf(t *testing.T) int {

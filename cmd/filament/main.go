@@ -145,6 +145,11 @@ func (c *cli) statusCmd() *cobra.Command {
 				fmt.Fprintf(w, "Identities:\t%d\n", s.Identities)
 				fmt.Fprintf(w, "Policies:\t%d (revision %d)\n", s.Policies, s.PolicyRev)
 				fmt.Fprintf(w, "Services:\t%d\n", s.Services)
+				if p := s.Proxy; p != nil && p.Applied {
+					fmt.Fprintf(w, "L7 proxy:\tconfigured\n")
+				} else if p != nil {
+					fmt.Fprintf(w, "L7 proxy:\tNOT CONFIGURED for %s, on its last accepted configuration: %s\n", time.Since(*p.ErrorSince).Round(time.Second), p.LastError)
+				}
 				fmt.Fprintf(w, "Datapath:\tenforcement %s, attach %s, %d policy entries, %d connections tracked, pinned at %s\n",
 					enforcementModeText(s.Datapath), s.Datapath.Attach, s.Datapath.PolicyEntries, s.Datapath.ConntrackEntries, s.Datapath.PinDir)
 				fmt.Fprintf(w, "Version:\t%s, up %s\n", s.Version, time.Duration(s.Uptime))

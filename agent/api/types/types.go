@@ -53,6 +53,19 @@ type Status struct {
 	Datapath    DatapathStatus `json:"datapath"`
 	// Kubernetes is set in Kubernetes mode.
 	Kubernetes *KubernetesStatus `json:"kubernetes,omitempty"`
+	// Proxy is set while the L7 proxy runs.
+	Proxy *ProxyStatus `json:"proxy,omitempty"`
+}
+
+// ProxyStatus says whether the L7 proxy has the agent's configuration:
+// a configuration it refused (past its 64 MiB bound, say) leaves it on the
+// last one it took, shown here with the refusal and since when.
+type ProxyStatus struct {
+	Applied bool `json:"applied"`
+	// LastError is the refusal of the current configuration, since
+	// ErrorSince (Applied false).
+	LastError  string     `json:"lastError,omitempty"`
+	ErrorSince *time.Time `json:"errorSince,omitempty"`
 }
 
 // KubernetesStatus says which API server the agent follows and which
