@@ -366,9 +366,17 @@ const missesBeforeRestart = 3
 
 // answers says whether the proxy answers one of missesBeforeRestart
 // health checks a second apart (a proxy the previous agent just started
-// may hold its lock before its control socket answers).
+// may hold its lock before its control socket answers). With no proxy
+// holding the lock there is nothing to wait for: one check.
 func (s *Supervisor) answers(ctx context.Context) bool {
-	for i := 0; i < missesBeforeRestart && ctx.Err() == nil; i++ {
+	if s.healthy(ctx) {
+		return true
+	}
+	if pid, err := proxy.Holder(s.cfg.StateDir); err == nil && pid == 0 {
+		return false
+	}
+	time.Sleep(time.Second)
+	for i := 1; i < missesBeforeRestart && ctx.Err() == nil; i++ {
 		start := time.Now()
 		if s.healthy(ctx) {
 			return true
