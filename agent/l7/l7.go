@@ -369,26 +369,25 @@ const missesBeforeRestart = 3
 // may hold its lock before its control socket answers). With no proxy
 // holding the lock there is nothing to wait for: one check.
 func (s *Supervisor) answers(ctx context.Context) bool {
-	if s.healthy(ctx) {
-		return true
-	}
-	if pid, err := proxy.Holder(s.cfg.StateDir); err == nil && pid == 0 {
-		return false
-	}
-	time.Sleep(time.Second)
-	for i := 1; i < missesBeforeRestart && ctx.Err() == nil; i++ {
+	for i := 0; ; i++ {
 		start := time.Now()
 		if s.healthy(ctx) {
 			return true
 		}
-		if i < missesBeforeRestart-1 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second - time.Since(start)):
+		if i == missesBeforeRestart-1 || ctx.Err() != nil {
+			return false
+		}
+		if i == 0 {
+			if pid, err := proxy.Holder(s.cfg.StateDir); err == nil && pid == 0 {
+				return false
 			}
 		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second - time.Since(start)):
+		}
 	}
-	return false
 }
 
 // stopHolder stops the proxy holding the state dir's lock, if one does:
