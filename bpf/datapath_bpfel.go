@@ -38,7 +38,7 @@ type DatapathCtEntry struct {
 	FastOut      uint32
 	FastIdentity uint32
 	FastMac      [12]uint8
-	_            [4]byte
+	Isn          uint32
 }
 
 type DatapathCtKey struct {
@@ -307,6 +307,7 @@ const (
 const (
 	DatapathMapConfig            = "config"
 	DatapathMapConntrack         = "conntrack"
+	DatapathMapConntrackNew      = "conntrack_new"
 	DatapathMapCounters          = "counters"
 	DatapathMapEncryptPeers      = "encrypt_peers"
 	DatapathMapEndpoints         = "endpoints"
@@ -434,6 +435,7 @@ type DatapathProgramSpecs struct {
 type DatapathMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
+	ConntrackNew   *ebpf.MapSpec `ebpf:"conntrack_new"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	EncryptPeers   *ebpf.MapSpec `ebpf:"encrypt_peers"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
@@ -511,6 +513,7 @@ func (o *DatapathObjects) Close() error {
 type DatapathMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
+	ConntrackNew   *ebpf.Map `ebpf:"conntrack_new"`
 	Counters       *ebpf.Map `ebpf:"counters"`
 	EncryptPeers   *ebpf.Map `ebpf:"encrypt_peers"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
@@ -538,6 +541,7 @@ func (m *DatapathMaps) Close() error {
 	return _DatapathClose(
 		m.Config,
 		m.Conntrack,
+		m.ConntrackNew,
 		m.Counters,
 		m.EncryptPeers,
 		m.Endpoints,

@@ -149,9 +149,11 @@ func (x *fuzzFixture) overlayRunner(f testing.TB) {
 func (x *fuzzFixture) run(t *testing.T, prog *ebpf.Program, frame []byte) (verdict uint32, ok bool) {
 	t.Helper()
 	var k DatapathCtKey
-	for x.objs.Conntrack.NextKey(nil, &k) == nil {
-		if err := x.objs.Conntrack.Delete(&k); err != nil {
-			t.Fatal(err)
+	for _, m := range []*ebpf.Map{x.objs.Conntrack, x.objs.ConntrackNew} {
+		for m.NextKey(nil, &k) == nil {
+			if err := m.Delete(&k); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	ret, err := prog.Run(&ebpf.RunOptions{Data: frame})

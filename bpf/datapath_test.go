@@ -51,27 +51,47 @@ type fixture struct {
 
 func load(t *testing.T) *fixture {
 	t.Helper()
+	return loadSpec(t, nil)
+}
+
+// loadSpec is load with the collection's spec changed by edit first (nil:
+// as built), e.g. a map made smaller.
+func loadSpec(t *testing.T, edit func(*ebpf.CollectionSpec)) *fixture {
+	t.Helper()
 	testutil.RequireRoot(t)
 	f := &fixture{t: t}
-	if err := LoadDatapathObjects(&f.objs, nil); err != nil {
+	spec, err := LoadDatapath()
+	if err != nil {
+		t.Fatalf("spec: %v", err)
+	}
+	if edit != nil {
+		edit(spec)
+	}
+	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {
 		t.Fatalf("load: %v", err)
 	}
 	t.Cleanup(func() { f.objs.Close() })
 	putConfig(t, f.objs.Config, DatapathNodeConfig{})
-	// The pod: egress and ingress enforced, on lo.
-	k := ip4(podIP)
-	v := DatapathEndpointInfo{Ifindex: 1, Identity: podID, EpId: podEP, Flags: 3}
-	copy(v.Mac[:], podMAC)
-	copy(v.HostMac[:], hostMAC)
-	if err := f.objs.Endpoints.Put(&k, &v); err != nil {
-		t.Fatal(err)
-	}
+	f.putPod(3) // egress and ingress enforced
 	ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(peerIP)}
 	iv := DatapathIpcacheValue{Identity: peerID}
 	if err := f.objs.Ipcache.Put(&ik, &iv); err != nil {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// putPod writes the pod's endpoint, on lo, with the EP_* flags (1:
+// ingress enforced, 2: egress).
+func (f *fixture) putPod(flags uint8) {
+	f.t.Helper()
+	k := ip4(podIP)
+	v := DatapathEndpointInfo{Ifindex: 1, Identity: podID, EpId: podEP, Flags: flags}
+	copy(v.Mac[:], podMAC)
+	copy(v.HostMac[:], hostMAC)
+	if err := f.objs.Endpoints.Put(&k, &v); err != nil {
+		f.t.Fatal(err)
+	}
 }
 
 // putConfig writes the node config for test runs, with kernel_forwarding
@@ -146,9 +166,19 @@ func tcp(t *testing.T, src, dst net.IP, sport, dport uint16, syn, ack bool) []by
 
 func tcpPacket(t testing.TB, src, dst net.IP, sport, dport uint16, syn, ack bool) []byte {
 	ip := ipv4(src, dst, layers.IPProtocolTCP)
-	l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: syn, ACK: ack, Window: 1000}
+	l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: syn, ACK: ack, Window: 1000, Ack: ackNumber(ack)}
 	l4.SetNetworkLayerForChecksum(ip)
 	return serialize(t, eth(), ip, l4, gopacket.Payload([]byte("x")))
+}
+
+// ackNumber is the number the test packets with ACK set acknowledge:
+// every side's sequence numbers start at 0, so an opener's ACK
+// acknowledges the SYN-ACK (0 + 1) and establishes the connection (ct_settle).
+func ackNumber(ack bool) uint32 {
+	if ack {
+		return 1
+	}
+	return 0
 }
 
 func udp(t *testing.T, src, dst net.IP, sport, dport uint16) []byte {
@@ -467,7 +497,7 @@ func TestProxyUpstreamReply(t *testing.T) {
 		t.Helper()
 		k := DatapathCtKey{Saddr: ip4(peerIP), Daddr: ip4(podIP), Sport: htons(sport), Dport: htons(80), Proto: 6, Dir: dirIngress, EpId: podEP}
 		var e DatapathCtEntry
-		if err := f.objs.Conntrack.Lookup(&k, &e); err != nil {
+		if err := f.ctMap(k).Lookup(&k, &e); err != nil {
 			t.Fatalf("conntrack entry of port %d: %v", sport, err)
 		}
 		return e.Flags

@@ -84,7 +84,7 @@ func (p *ingressProbe) edit(change func(*DatapathCtEntry)) {
 	e := p.entry()
 	change(&e)
 	k := p.key()
-	if err := p.f.objs.Conntrack.Put(&k, &e); err != nil {
+	if err := p.f.ctMap(k).Put(&k, &e); err != nil {
 		p.f.t.Fatal(err)
 	}
 }
@@ -286,7 +286,7 @@ func TestToContainerFastPathExceptions(t *testing.T) {
 // tcpFlags is tcp with FIN as well.
 func tcpFlags(t *testing.T, src, dst net.IP, sport, dport uint16, syn, ack, fin bool) []byte {
 	ip := ipv4(src, dst, layers.IPProtocolTCP)
-	l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: syn, ACK: ack, FIN: fin, Window: 1000}
+	l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: syn, ACK: ack, FIN: fin, Window: 1000, Ack: ackNumber(ack)}
 	l4.SetNetworkLayerForChecksum(ip)
 	return serialize(t, eth(), ip, l4)
 }

@@ -39,10 +39,20 @@ func (f *fixture) ctEntry(src, dst net.IP, sport, dport uint16, proto, dir uint8
 	f.t.Helper()
 	k := DatapathCtKey{Saddr: ip4(src), Daddr: ip4(dst), Sport: htons(sport), Dport: htons(dport), Proto: proto, Dir: dir, EpId: ep}
 	var v DatapathCtEntry
-	if err := f.objs.Conntrack.Lookup(&k, &v); err != nil {
+	if err := f.ctMap(k).Lookup(&k, &v); err != nil {
 		f.t.Fatalf("conntrack entry %v:%d -> %v:%d: %v", src, sport, dst, dport, err)
 	}
 	return v
+}
+
+// ctMap is the table holding k's entry: conntrack, or conntrack_new for
+// a flow not established yet (conntrack when neither has it).
+func (f *fixture) ctMap(k DatapathCtKey) *ebpf.Map {
+	var v DatapathCtEntry
+	if f.objs.Conntrack.Lookup(&k, &v) != nil && f.objs.ConntrackNew.Lookup(&k, &v) == nil {
+		return f.objs.ConntrackNew
+	}
+	return f.objs.Conntrack
 }
 
 func (f *fixture) deleteRule(dir uint8, peer uint32, proto uint8, port uint16, l4bits uint32) {
@@ -319,6 +329,11 @@ func TestEstablishedLocalDelivery(t *testing.T) {
 	}
 	if r := f.run(f.objs.FromContainer, tcp(t, podIP, dstIP, 40000, 80, true, false)); r != actRedirect {
 		t.Fatalf("SYN to the local pod: %d", r)
+	}
+	// Its SYN-ACK back to the pod: the pod's ACK of it establishes the
+	// flow (ct_settle), and only an established flow's entry is cached.
+	if r := f.run(f.objs.ToContainer, tcp(t, dstIP, podIP, 80, 40000, true, true)); r != actOK {
+		t.Fatalf("SYN-ACK from the local pod: %d", r)
 	}
 	ack := tcp(t, podIP, dstIP, 40000, 80, false, true)
 	if r := f.run(f.objs.FromContainer, ack); r != actRedirect {

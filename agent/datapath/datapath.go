@@ -638,7 +638,7 @@ func (d *Datapath) Counters() ([]Counter, error) {
 // the maps that grow (counted by iteration).
 func (d *Datapath) MapPressure() map[string]float64 {
 	out := map[string]float64{}
-	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "conntrack": d.objs.Conntrack,
+	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "conntrack": d.objs.Conntrack, "conntrack_new": d.objs.ConntrackNew,
 		"lb_services": d.objs.LbServices, "lb_nat": d.objs.LbNats} {
 		n := 0
 		k := make([]byte, m.KeySize())

@@ -121,6 +121,13 @@ func TestConntrackGC(t *testing.T) {
 	if dp.ConntrackEntries() != 1 {
 		t.Fatalf("live entries: %d", dp.ConntrackEntries())
 	}
+	// Flows not established yet (conntrack_new) are swept and counted too.
+	checkGC(t, "conntrack_new", dp.Objects().ConntrackNew, dp.GCConntrack,
+		bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 6, Proto: 6}, &bpf.DatapathCtEntry{Expires: now - 1},
+		bpf.DatapathCtKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 7, Proto: 6}, &bpf.DatapathCtEntry{Expires: now + 60e9})
+	if dp.ConntrackEntries() != 2 {
+		t.Fatalf("live entries of both tables: %d, want 2", dp.ConntrackEntries())
+	}
 	checkGC(t, "lb_nats", dp.Objects().LbNats, dp.GCLBNAT,
 		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}, &bpf.DatapathLbNat{Expires: now - 1, Reverse: 1},
 		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}, &bpf.DatapathLbNat{Expires: now + 60e9, Reverse: 1})

@@ -158,11 +158,18 @@ func (d *Datapath) ReadEvents(ctx context.Context, f func(monitor.Event)) error 
 	}
 }
 
-// GCConntrack deletes the expired conntrack entries and returns how many.
+// GCConntrack deletes the expired conntrack entries, established
+// (conntrack) and not yet (conntrack_new), and returns how many.
 func (d *Datapath) GCConntrack() (int, error) {
 	var v bpf.DatapathCtEntry
-	return gcExpired("conntrack", d.objs.Conntrack, new(bpf.DatapathCtKey), &v, func() uint64 { return v.Expires })
+	n, err := gcExpired("conntrack", d.objs.Conntrack, new(bpf.DatapathCtKey), &v, func() uint64 { return v.Expires })
+	m, err2 := gcExpired("conntrack_new", d.objs.ConntrackNew, new(bpf.DatapathCtKey), &v, func() uint64 { return v.Expires })
+	return n + m, errors.Join(err, err2)
 }
+
+// ctTables are the two conntrack tables: established flows' entries, then
+// those of flows not established yet (bpf/lib/conntrack.h, ct_settle).
+func (d *Datapath) ctTables() []*ebpf.Map { return []*ebpf.Map{d.objs.Conntrack, d.objs.ConntrackNew} }
 
 // GCLBNAT deletes the expired NodePort translations (lb_nats) and returns
 // how many. The datapath ignores an expired one and takes its tuple over
@@ -235,10 +242,12 @@ func (d *Datapath) ConntrackEntries() int {
 	var k bpf.DatapathCtKey
 	var v bpf.DatapathCtEntry
 	n := 0
-	it := d.objs.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		if live(&v, now) {
-			n++
+	for _, m := range d.ctTables() {
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			if live(&v, now) {
+				n++
+			}
 		}
 	}
 	return n
@@ -259,16 +268,18 @@ func (d *Datapath) EgressFlows() (map[netip.Addr][]Flow, error) {
 	var k bpf.DatapathCtKey
 	var v bpf.DatapathCtEntry
 	out := map[netip.Addr][]Flow{}
-	it := d.objs.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		if live(&v, now) && k.Dir == 0 { // DIR_EGRESS (a revoked flow uses no address)
-			dst := addrFrom(k.Daddr)
-			out[dst] = append(out[dst], Flow{Src: netip.AddrPortFrom(addrFrom(k.Saddr), k.Sport), Dst: netip.AddrPortFrom(dst, k.Dport),
-				Proto: k.Proto, Endpoint: k.EpId})
+	for _, m := range d.ctTables() {
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			if live(&v, now) && k.Dir == 0 { // DIR_EGRESS (a revoked flow uses no address)
+				dst := addrFrom(k.Daddr)
+				out[dst] = append(out[dst], Flow{Src: netip.AddrPortFrom(addrFrom(k.Saddr), k.Sport), Dst: netip.AddrPortFrom(dst, k.Dport),
+					Proto: k.Proto, Endpoint: k.EpId})
+			}
 		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("conntrack: %w", err)
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("conntrack: %w", err)
+		}
 	}
 	return out, nil
 }

@@ -59,6 +59,10 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 // through the node's stack, from its own veth, which the slow path checks
 // (fast_ingress leaves them to it).
 #define CT_F_LOCAL_PEER 8
+// CT_F_HANDSHAKE: opened by a TCP SYN: the entry moves from conntrack_new
+// to conntrack only at the opener's ACK of the other side's SYN-ACK
+// (ct_settle).
+#define CT_F_HANDSHAKE 64
 
 // ct_entry.fin: the flow's own side sent a FIN, its replying side did. A
 // FIN closes one direction only: a half-closed connection lives on (ssh
@@ -149,6 +153,72 @@ static __always_inline int ct_icmp_fits(struct ct_entry *e, struct pkt *p, int r
 	return t != icmp_request(t) && bpf_htons(icmp_request(t)) == e->pport;
 }
 
+// Two tables hold the entries (Conntrack in docs/architecture.md): a
+// flow starts in conntrack_new and moves to conntrack once established,
+// so that a flood of flows never established (forged SYNs, datagrams
+// nobody answers) evicts only entries of its own kind from their LRU,
+// never an established flow's (whose next segment would then be dropped
+// where its direction is enforced). Established means:
+// - a TCP connection opened by a SYN (CT_F_HANDSHAKE): the opener's ACK
+//   of the other side's SYN-ACK, the number checked (isn + 1), so a
+//   source that cannot see the SYN-ACK (a forged one) cannot complete it;
+// - a TCP flow picked up without its SYN (an entry lost, an agent
+//   upgrade): a reply that is no RST (a segment nobody has a connection
+//   for is answered with one);
+// - any other flow: a reply.
+// An entry waiting in conntrack_new lives at most CT_TIMEOUT_SYN after its
+// last packet. Until 2026-12-06 every flow had one LRU, and about 260,000
+// forged SYNs or datagrams to any pod the world may reach evicted other
+// pods' idle connections (TestConntrackFloodSparesEstablishedFlows).
+
+// ct_find is the entry of key k: conntrack's, else conntrack_new's (*fresh
+// set), else NULL.
+static __always_inline struct ct_entry *ct_find(struct ct_key *k, int *fresh)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, k);
+	*fresh = 0;
+	if (e)
+		return e;
+	*fresh = 1;
+	return bpf_map_lookup_elem(&conntrack_new, k);
+}
+
+// ct_settle is for entry e of key k in conntrack_new, just updated by p
+// (reply: in the reply direction): it moves the entry to conntrack when p
+// establishes the flow (above), else bounds its life; it returns the
+// entry to use from now on.
+static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_entry *e, struct pkt *p, int reply, __u64 now)
+{
+	int move = reply;
+	if (p->proto == IPPROTO_TCP) {
+		__u8 f = p->tcp_flags;
+		if (f & TCP_RST)
+			move = 0;
+		else if (!(e->flags & CT_F_HANDSHAKE))
+			move = reply;
+		else if (reply) {
+			if ((f & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+				e->isn = p->seq;
+			move = 0;
+		} else
+			move = (e->flags & CT_F_REPLY) && (f & (TCP_SYN | TCP_ACK)) == TCP_ACK &&
+			       bpf_ntohl(p->ack) == bpf_ntohl(e->isn) + 1;
+	}
+	if (!move) {
+		__u64 most = now + CT_TIMEOUT_SYN;
+		if (e->expires > most)
+			e->expires = most;
+		return e;
+	}
+	struct ct_entry c = *e;
+	c.fast_action = 0; // cached by a slow path nothing read it after
+	if (bpf_map_update_elem(&conntrack, k, &c, BPF_ANY))
+		return e;
+	bpf_map_delete_elem(&conntrack_new, k);
+	struct ct_entry *m = bpf_map_lookup_elem(&conntrack, k);
+	return m ? m : e;
+}
+
 // ct_lookup finds the connection of p in the scope of endpoint ep_id and
 // direction dir: the same direction (established: *proxy is its L7 proxy
 // port) or the reverse (reply: *proxy is PROXY_UPSTREAM when the
@@ -159,13 +229,16 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 {
 	if (new_tcp(p))
 		return CT_NEW;
+	int fresh;
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
-	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	struct ct_entry *e = ct_find(&k, &fresh);
 	if (e && e->expires > now && ct_icmp_fits(e, p, 0)) {
 		ct_update(e, p, now, 0);
+		if (fresh)
+			e = ct_settle(&k, e, p, 0, now);
 		*proxy = e->proxy_port;
 		*entry = e;
 		return CT_ESTABLISHED;
@@ -174,9 +247,11 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 		.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
 		.proto = p->proto, .dir = dir ^ 1, .ep_id = ep_id,
 	};
-	e = bpf_map_lookup_elem(&conntrack, &r);
+	e = ct_find(&r, &fresh);
 	if (e && e->expires > now && ct_icmp_fits(e, p, 1)) {
 		ct_update(e, p, now, 1);
+		if (fresh)
+			e = ct_settle(&r, e, p, 1, now);
 		if (e->flags & CT_F_UPSTREAM)
 			*proxy = PROXY_UPSTREAM;
 		*entry = e;
@@ -199,19 +274,22 @@ static __always_inline int ct_related(struct pkt *p, __u16 ep_id, __u8 dir, __u6
 		.saddr = p->inner_saddr, .daddr = p->inner_daddr, .sport = p->inner_sport, .dport = p->inner_dport,
 		.proto = p->inner_proto, .dir = dir ^ 1, .ep_id = ep_id,
 	};
-	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	int fresh;
+	struct ct_entry *e = ct_find(&k, &fresh);
 	if (e && e->expires > now && !(e->flags & CT_F_REVOKED))
 		return 1;
 	struct ct_key r = {
 		.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport, .dport = p->inner_sport,
 		.proto = p->inner_proto, .dir = dir, .ep_id = ep_id,
 	};
-	e = bpf_map_lookup_elem(&conntrack, &r);
+	e = ct_find(&r, &fresh);
 	return e && e->expires > now && !(e->flags & CT_F_REVOKED);
 }
 
 // ct_create starts the entry of p's new flow, with the CT_F_* flags; its
-// policy was checked at revision rev.
+// policy was checked at revision rev. It goes to conntrack_new (ct_settle
+// moves it), and an entry of the tuple in conntrack (a closed connection's)
+// is deleted.
 static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy, __u8 flags,
 				      __u32 rev)
 {
@@ -220,6 +298,8 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
 	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer, .proxy_port = proxy, .flags = flags};
+	if (new_tcp(p))
+		e.flags |= CT_F_HANDSHAKE;
 	e.state = CT_STATE_NEW;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))
 		e.state = CT_STATE_CLOSING;
@@ -229,5 +309,7 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 	e.refreshed = bpf_jiffies64();
 	e.rev = rev;
 	e.pport = p->pport;
-	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+	if (bpf_map_lookup_elem(&conntrack, &k)) // a lookup takes no lock, a delete does
+		bpf_map_delete_elem(&conntrack, &k);
+	bpf_map_update_elem(&conntrack_new, &k, &e, BPF_ANY);
 }

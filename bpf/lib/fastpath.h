@@ -27,6 +27,19 @@
 #define FAST_LOCAL 3 // into the namespace behind host veth fast_out, MACs fast_mac
 #define FAST_ROUTE 4 // out of the device the FIB chooses (lib/fib.h), else to the stack
 
+// fast_unsettled is the entry of key k (p's, reply: in its reply
+// direction) in conntrack_new when the fast path may take p on it: never
+// a TCP connection's before its handshake's ACK, which the slow path
+// checks (ct_settle), so a flow not established yet takes the fast path
+// only if it is not TCP or was picked up without its SYN (a one-way UDP
+// stream, say: nothing ever answers it). Looked at only when conntrack
+// has neither direction, so established flows pay nothing for it.
+static __always_inline struct ct_entry *fast_unsettled(struct ct_key *k, struct pkt *p, int reply)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack_new, k);
+	return e && !(e->flags & CT_F_HANDSHAKE) && ct_icmp_fits(e, p, reply) ? e : NULL;
+}
+
 static __always_inline struct ct_entry *fast_entry(struct pkt *p, __u16 ep_id, int *reply)
 {
 	struct ct_key k = {
@@ -43,7 +56,14 @@ static __always_inline struct ct_entry *fast_entry(struct pkt *p, __u16 ep_id, i
 	};
 	*reply = 1;
 	e = bpf_map_lookup_elem(&conntrack, &r);
-	return e && ct_icmp_fits(e, p, 1) ? e : NULL;
+	if (e && ct_icmp_fits(e, p, 1))
+		return e;
+	*reply = 0;
+	e = fast_unsettled(&k, p, 0);
+	if (e)
+		return e;
+	*reply = 1;
+	return fast_unsettled(&r, p, 1);
 }
 
 // fast_egress forwards p when its flow's entry caches it: it returns the
@@ -131,6 +151,14 @@ static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p,
 		if (e && !ct_icmp_fits(e, p, 1))
 			e = NULL;
 		reply = 1;
+		if (!e) {
+			reply = 0;
+			e = fast_unsettled(&k, p, 0);
+		}
+		if (!e) {
+			reply = 1;
+			e = fast_unsettled(&r, p, 1);
+		}
 	}
 	if (!e || e->rev != rev || !e->expires || e->proxy_port || (e->flags & (CT_F_UPSTREAM | CT_F_REVOKED)))
 		return -1;
@@ -215,7 +243,8 @@ static __always_inline void fast_forget(__u32 saddr, __u32 daddr, __u16 sport, _
 			.saddr = daddr, .daddr = saddr, .sport = dport, .dport = sport,
 			.proto = proto, .dir = DIR_INGRESS, .ep_id = ep_id,
 		};
-		e = bpf_map_lookup_elem(&conntrack, &r);
+		int fresh;
+		e = ct_find(&r, &fresh);
 		if (e)
 			e->fast_action = 0;
 	}

@@ -86,6 +86,11 @@ struct ct_entry {
 	__u32 fast_out;      // FAST_ENCAP: the tunnel endpoint (network order); FAST_LOCAL: the destination's host veth
 	__u32 fast_identity; // FAST_ENCAP: the source identity (the VNI)
 	__u8 fast_mac[12];   // FAST_LOCAL: the destination pod's MAC, then its host side's
+	// The replying side's initial sequence number (network order), from
+	// its SYN-ACK, while the entry is in conntrack_new: the opener's ACK
+	// of it moves the entry to conntrack (ct_settle). Was tail padding,
+	// zero, before 2026-12-06.
+	__u32 isn;
 };
 
 struct counter {
@@ -205,6 +210,17 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 } conntrack SEC(".maps");
+
+// conntrack_new: the entries of flows not established yet (conntrack.h,
+// ct_settle), in an LRU of their own so that a flood of flows nobody
+// answers or completes evicts only its own kind, never an established
+// flow's entry in conntrack.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64 * 1024);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+} conntrack_new SEC(".maps");
 
 // proxy_origin: the source identity of each connection steered to the L7
 // proxy, by the connection's tuple as the proxy's socket sees it (remote

@@ -87,14 +87,15 @@ static __always_inline __u32 l7_port(struct __sk_buff *skb, struct endpoint_info
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = DIR_INGRESS, .ep_id = ep->ep_id,
 	};
-	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	int fresh;
+	struct ct_entry *e = ct_find(&k, &fresh);
 	if (e)
 		return e->proxy_port;
 	struct ct_key r = {
 		.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
 		.proto = p->proto, .dir = DIR_EGRESS, .ep_id = ep->ep_id,
 	};
-	if (bpf_map_lookup_elem(&conntrack, &r))
+	if (ct_find(&r, &fresh))
 		return 0;
 	if (upstream_reply(skb, p))
 		return PROXY_UPSTREAM;
