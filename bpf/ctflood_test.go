@@ -41,6 +41,7 @@ func TestConntrackFloodSparesEstablishedFlows(t *testing.T) {
 	// to the peer is established and idle.
 	f.rule(dirIngress, 0, 6, 80, 24, false)
 	f.rule(dirIngress, 0, 17, 53, 24, false)
+	f.rule(dirIngress, 0, 1, 8, 24, false) // echo requests: the pod answers every one
 	f.rule(dirEgress, peerID, 6, 443, 24, false)
 	const isn = 7000
 	for i, h := range []hop{
@@ -53,13 +54,17 @@ func TestConntrackFloodSparesEstablishedFlows(t *testing.T) {
 		}
 	}
 	// The flood: three times conntrack's size of flows from forged
-	// sources. A third are SYNs nobody completes, a third are SYNs the
+	// sources. A quarter are SYNs nobody completes, a quarter SYNs the
 	// pod answers and the forger "completes" blind (a wrong number), a
-	// third are UDP datagrams the pod never answers.
+	// quarter UDP datagrams the pod never answers, a quarter echo
+	// requests the pod answers.
 	n := 3 * floodCapacity
 	for i := 0; i < n; i++ {
 		src, sport := floodSource(i)
-		switch i % 3 {
+		switch i % 4 {
+		case 3:
+			f.run(f.objs.ToContainer, echo(t, src, podIP, 8, sport))
+			f.run(f.objs.FromContainer, echo(t, podIP, src, 0, sport))
 		case 0:
 			f.run(f.objs.ToContainer, tcpSeq(t, src, podIP, sport, 80, true, false, 1, 0))
 		case 1:
@@ -89,6 +94,12 @@ func TestConntrackFloodSparesEstablishedFlows(t *testing.T) {
 	if held != 0 {
 		t.Errorf("%d flood flows hold conntrack entries (want 0: none was established)", held)
 	}
+}
+
+// echo is an ICMP echo request (typ 8) or reply (0) of identifier id.
+func echo(t *testing.T, src, dst net.IP, typ uint8, id uint16) []byte {
+	return serialize(t, eth(), ipv4(src, dst, layers.IPProtocolICMPv4),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(typ, 0), Id: id, Seq: 1})
 }
 
 // inTable tells which table holds the entry of src:sport -> dst:dport at
@@ -135,11 +146,30 @@ func TestConntrackSettles(t *testing.T) {
 		if now, e := monotonic(t), f.ctEntry(peerIP, podIP, 50000, 80, 6, dirIngress, podEP); e.Expires < now+10*minute {
 			t.Errorf("established: expires in %d s, want the TCP timeout", (e.Expires-now)/1e9)
 		}
-		// A new connection on the tuple (after this one closed) starts
-		// over in conntrack_new: the old entry goes.
+		// A stray SYN on the tuple (a duplicate, or forged) makes the
+		// entry anew, in conntrack_new; the pod, which holds the
+		// connection, answers with a challenge ACK, which only a side
+		// holding a connection sends: the entry is back in conntrack
+		// (else the connection would have lived on there, its idle life
+		// 60 s).
 		f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 500, 0))
 		if w := where(); w != "conntrack_new" {
 			t.Fatalf("a new SYN on the tuple: entry in %q, want conntrack_new only", w)
+		}
+		f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, 50000, false, true, 90001, 11))
+		if w := where(); w != "conntrack" {
+			t.Fatalf("after the pod's challenge ACK: entry in %q, want conntrack", w)
+		}
+	})
+	t.Run("ICMP never: every pod answers an echo", func(t *testing.T) {
+		f := floodFixture(t)
+		f.rule(dirEgress, peerID, 1, 8, 24, false)
+		f.run(f.objs.FromContainer, echo(t, podIP, peerIP, 8, 77))
+		if r := f.run(f.objs.ToContainer, echo(t, peerIP, podIP, 0, 77)); r != actOK {
+			t.Fatalf("echo reply: %d", r)
+		}
+		if w := f.inTable(podIP, peerIP, 77, 0xff08, 1, dirEgress); w != "conntrack_new" {
+			t.Fatalf("an answered echo's entry is in %q, want conntrack_new", w)
 		}
 	})
 	t.Run("UDP at its first reply", func(t *testing.T) {

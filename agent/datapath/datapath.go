@@ -79,9 +79,13 @@ func incompatiblePins(spec *ebpf.CollectionSpec, dir string) []string {
 	}
 	// Conntrack entries carry the revision their policy was checked at: a
 	// new revision map starts again from 0 and could meet an old entry's
-	// revision, so they go with it.
-	if slices.Contains(out, "revision") && !slices.Contains(out, "conntrack") {
-		out = append(out, "conntrack")
+	// revision, so they go with it (both tables).
+	if slices.Contains(out, "revision") {
+		for _, ct := range []string{"conntrack", "conntrack_new"} {
+			if !slices.Contains(out, ct) {
+				out = append(out, ct)
+			}
+		}
 	}
 	return out
 }

@@ -167,9 +167,11 @@ func (d *Datapath) GCConntrack() (int, error) {
 	return n + m, errors.Join(err, err2)
 }
 
-// ctTables are the two conntrack tables: established flows' entries, then
-// those of flows not established yet (bpf/lib/conntrack.h, ct_settle).
-func (d *Datapath) ctTables() []*ebpf.Map { return []*ebpf.Map{d.objs.Conntrack, d.objs.ConntrackNew} }
+// ctTables are the two conntrack tables: the entries of flows not
+// established yet, then established flows' (bpf/lib/conntrack.h,
+// ct_settle). In that order, the one an entry moves in: a flow that moves
+// between the two walks is seen twice rather than missed.
+func (d *Datapath) ctTables() []*ebpf.Map { return []*ebpf.Map{d.objs.ConntrackNew, d.objs.Conntrack} }
 
 // GCLBNAT deletes the expired NodePort translations (lb_nats) and returns
 // how many. The datapath ignores an expired one and takes its tuple over

@@ -162,10 +162,16 @@ static __always_inline int ct_icmp_fits(struct ct_entry *e, struct pkt *p, int r
 // - a TCP connection opened by a SYN (CT_F_HANDSHAKE): the opener's ACK
 //   of the other side's SYN-ACK, the number checked (isn + 1), so a
 //   source that cannot see the SYN-ACK (a forged one) cannot complete it;
+//   or a reply that is a plain ACK (no SYN, no RST), which only a side
+//   holding the connection sends: a stray or forged SYN on an
+//   established connection's tuple, which makes its entry anew, is
+//   answered with one (a challenge ACK) and the entry moves back;
 // - a TCP flow picked up without its SYN (an entry lost, an agent
 //   upgrade): a reply that is no RST (a segment nobody has a connection
 //   for is answered with one);
-// - any other flow: a reply.
+// - UDP and other protocols: a reply;
+// - ICMP: never (every pod answers an echo, forged or not; its flows
+//   live 30 s).
 // An entry waiting in conntrack_new lives at most CT_TIMEOUT_SYN after its
 // last packet. Until 2026-12-06 every flow had one LRU, and about 260,000
 // forged SYNs or datagrams to any pod the world may reach evicted other
@@ -189,7 +195,7 @@ static __always_inline struct ct_entry *ct_find(struct ct_key *k, int *fresh)
 // entry to use from now on.
 static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_entry *e, struct pkt *p, int reply, __u64 now)
 {
-	int move = reply;
+	int move = reply && p->proto != IPPROTO_ICMP;
 	if (p->proto == IPPROTO_TCP) {
 		__u8 f = p->tcp_flags;
 		if (f & TCP_RST)
@@ -199,7 +205,7 @@ static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_en
 		else if (reply) {
 			if ((f & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
 				e->isn = p->seq;
-			move = 0;
+			move = (f & (TCP_SYN | TCP_ACK)) == TCP_ACK;
 		} else
 			move = (e->flags & CT_F_REPLY) && (f & (TCP_SYN | TCP_ACK)) == TCP_ACK &&
 			       bpf_ntohl(p->ack) == bpf_ntohl(e->isn) + 1;
@@ -214,9 +220,14 @@ static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_en
 	c.fast_action = 0; // cached by a slow path nothing read it after
 	if (bpf_map_update_elem(&conntrack, k, &c, BPF_ANY))
 		return e;
-	bpf_map_delete_elem(&conntrack_new, k);
+	// Deleted from conntrack_new only once found in conntrack: e stays
+	// the entry (and the key in conntrack_new) if another CPU's ct_create
+	// took the copy away meanwhile.
 	struct ct_entry *m = bpf_map_lookup_elem(&conntrack, k);
-	return m ? m : e;
+	if (!m)
+		return e;
+	bpf_map_delete_elem(&conntrack_new, k);
+	return m;
 }
 
 // ct_lookup finds the connection of p in the scope of endpoint ep_id and
