@@ -269,6 +269,13 @@ type DatapathPolicyValue struct {
 	Cookie    uint32
 }
 
+type DatapathProxyBackend struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
 type DatapathProxyOriginKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -327,6 +334,7 @@ const (
 	DatapathMapNodeLocalAddrs    = "node_local_addrs"
 	DatapathMapNodes             = "nodes"
 	DatapathMapPolicy            = "policy"
+	DatapathMapProxyFrontends    = "proxy_frontends"
 	DatapathMapProxyOrigin       = "proxy_origin"
 	DatapathMapRevision          = "revision"
 	DatapathProgFromContainer    = "from_container"
@@ -365,6 +373,7 @@ const (
 	DatapathVarUnusedLbsk        = "unused_lbsk"
 	DatapathVarUnusedLbsok       = "unused_lbsok"
 	DatapathVarUnusedLbsov       = "unused_lbsov"
+	DatapathVarUnusedPb          = "unused_pb"
 	DatapathVarUnusedPk          = "unused_pk"
 	DatapathVarUnusedPok         = "unused_pok"
 	DatapathVarUnusedPv          = "unused_pv"
@@ -455,6 +464,7 @@ type DatapathMapSpecs struct {
 	NodeLocalAddrs *ebpf.MapSpec `ebpf:"node_local_addrs"`
 	Nodes          *ebpf.MapSpec `ebpf:"nodes"`
 	Policy         *ebpf.MapSpec `ebpf:"policy"`
+	ProxyFrontends *ebpf.MapSpec `ebpf:"proxy_frontends"`
 	ProxyOrigin    *ebpf.MapSpec `ebpf:"proxy_origin"`
 	Revision       *ebpf.MapSpec `ebpf:"revision"`
 }
@@ -485,6 +495,7 @@ type DatapathVariableSpecs struct {
 	UnusedLbsk       *ebpf.VariableSpec `ebpf:"unused_lbsk"`
 	UnusedLbsok      *ebpf.VariableSpec `ebpf:"unused_lbsok"`
 	UnusedLbsov      *ebpf.VariableSpec `ebpf:"unused_lbsov"`
+	UnusedPb         *ebpf.VariableSpec `ebpf:"unused_pb"`
 	UnusedPk         *ebpf.VariableSpec `ebpf:"unused_pk"`
 	UnusedPok        *ebpf.VariableSpec `ebpf:"unused_pok"`
 	UnusedPv         *ebpf.VariableSpec `ebpf:"unused_pv"`
@@ -533,6 +544,7 @@ type DatapathMaps struct {
 	NodeLocalAddrs *ebpf.Map `ebpf:"node_local_addrs"`
 	Nodes          *ebpf.Map `ebpf:"nodes"`
 	Policy         *ebpf.Map `ebpf:"policy"`
+	ProxyFrontends *ebpf.Map `ebpf:"proxy_frontends"`
 	ProxyOrigin    *ebpf.Map `ebpf:"proxy_origin"`
 	Revision       *ebpf.Map `ebpf:"revision"`
 }
@@ -561,6 +573,7 @@ func (m *DatapathMaps) Close() error {
 		m.NodeLocalAddrs,
 		m.Nodes,
 		m.Policy,
+		m.ProxyFrontends,
 		m.ProxyOrigin,
 		m.Revision,
 	)
@@ -592,6 +605,7 @@ type DatapathVariables struct {
 	UnusedLbsk       *ebpf.Variable `ebpf:"unused_lbsk"`
 	UnusedLbsok      *ebpf.Variable `ebpf:"unused_lbsok"`
 	UnusedLbsov      *ebpf.Variable `ebpf:"unused_lbsov"`
+	UnusedPb         *ebpf.Variable `ebpf:"unused_pb"`
 	UnusedPk         *ebpf.Variable `ebpf:"unused_pk"`
 	UnusedPok        *ebpf.Variable `ebpf:"unused_pok"`
 	UnusedPv         *ebpf.Variable `ebpf:"unused_pv"`

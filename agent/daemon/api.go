@@ -154,7 +154,7 @@ func (a *Agent) startProxy(ctx context.Context) error {
 		return nil
 	}
 	s, err := l7.Start(ctx, l7.Config{Binary: a.cfg.ProxyBinary, StateDir: filepath.Join(a.cfg.StateDir, "proxy"),
-		Port: uint16(a.cfg.ProxyPort), OriginMap: a.dp.OriginMapPath(), IPCacheMap: a.dp.IPCacheMapPath(), Policies: a.res.L7Policies, Endpoints: a.l7Endpoints, EndpointByIP: a.eps.ByIP, IPCache: a.ipcache, Publish: a.hub.Publish,
+		Port: uint16(a.cfg.ProxyPort), OriginMap: a.dp.OriginMapPath(), IPCacheMap: a.dp.IPCacheMapPath(), FrontendMap: a.dp.FrontendMapPath(), Policies: a.res.L7Policies, Endpoints: a.l7Endpoints, EndpointByIP: a.eps.ByIP, IPCache: a.ipcache, Publish: a.hub.Publish,
 		Wanted: func() bool { return a.hub.Wants("l7") }, Learn: a.names.learn, DNSReject: a.cfg.DNSRejectResponse,
 		FQDNs: func() []policyapi.FQDNSelector { return slices.Collect(maps.Values(a.res.FQDNSelectorsInUse())) }})
 	if err != nil {

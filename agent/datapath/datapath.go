@@ -315,6 +315,13 @@ func (d *Datapath) isClosed() bool {
 // reads the source identity of the connections steered to it there.
 func (d *Datapath) OriginMapPath() string { return filepath.Join(d.pinDir, bpf.DatapathMapProxyOrigin) }
 
+// FrontendMapPath is where proxy_frontends is pinned: the L7 proxy reads
+// there the backend of each NodePort connection steered to it
+// untranslated.
+func (d *Datapath) FrontendMapPath() string {
+	return filepath.Join(d.pinDir, bpf.DatapathMapProxyFrontends)
+}
+
 // IPCacheMapPath is where the ipcache is pinned: the L7 proxy reads
 // destinations' identities from it.
 func (d *Datapath) IPCacheMapPath() string { return filepath.Join(d.pinDir, bpf.DatapathMapIpcache) }

@@ -68,6 +68,10 @@ type Config struct {
 	// IPCacheMap is the datapath's pinned ipcache ("" = none: the proxy
 	// decides upstream sources with the ipcache pushed to it).
 	IPCacheMap string
+	// FrontendMap is the datapath's pinned proxy_frontends ("" = none:
+	// NodePort connections to local backends with L7 rules are not
+	// steered to the proxy by a datapath without it).
+	FrontendMap string
 
 	// Policies are the resolver's L7 policies; Endpoints the local
 	// endpoints' addresses by ID; IPCache every known address's identity;
@@ -334,6 +338,9 @@ func (s *Supervisor) spawn() error {
 	}
 	if s.cfg.IPCacheMap != "" {
 		args = append(args, "--ipcache-map", s.cfg.IPCacheMap)
+	}
+	if s.cfg.FrontendMap != "" {
+		args = append(args, "--frontend-map", s.cfg.FrontendMap)
 	}
 	if s.cfg.DNSReject != "" {
 		args = append(args, "--dns-reject", s.cfg.DNSReject)

@@ -85,6 +85,11 @@ type Options struct {
 	// Origins, when set, gives the source identity the datapath knew for
 	// a connection (else the pushed ipcache decides by address).
 	Origins Origins
+	// Frontends, when set, gives the backend of a NodePort connection
+	// the datapath steered here untranslated: the connection is the
+	// client's to that backend (policy, records, the upstream dial),
+	// answered from the frontend's address (the socket's own).
+	Frontends Frontends
 	// IPCache, when set, gives a destination's identity as the datapath
 	// knows it now (its pinned ipcache), which decides an upstream
 	// connection's source before the ipcache the agent pushes, up to a
@@ -415,10 +420,17 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 		c.Close()
 		return
 	}
-	dc := &downConn{Conn: c, p: p, src: src, dst: dst}
+	var srcID uint32
+	var hasSrcID bool
 	if p.opts.Origins != nil {
-		dc.srcID, dc.hasSrcID = p.opts.Origins.Origin(src, dst, false)
+		srcID, hasSrcID = p.opts.Origins.Origin(src, dst, false)
 	}
+	if p.opts.Frontends != nil {
+		if b, ok := p.opts.Frontends.Backend(src, dst); ok {
+			dst = b
+		}
+	}
+	dc := &downConn{Conn: c, p: p, src: src, dst: dst, srcID: srcID, hasSrcID: hasSrcID}
 	dc.who = source{src.Addr(), dc.srcIdentity(p.cfg.Load())}
 	p.mu.Lock()
 	closing := p.closing.Load()

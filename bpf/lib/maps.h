@@ -242,6 +242,25 @@ struct {
 	__type(value, __u32);
 } proxy_origin SEC(".maps");
 
+// proxy_frontends: the backend from_netdev gave each NodePort connection
+// it steered to the L7 proxy untranslated (a local backend with ingress
+// L7 rules: nodeport_l7), by the connection's tuple as the proxy's
+// socket sees it (the client, and the frontend: this node's address and
+// the NodePort). The proxy reads it (and deletes it) at accept, answers
+// from the frontend and dials the backend.
+struct proxy_backend {
+	__u32 addr;  // network order
+	__u16 port;  // network order
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64 * 1024);
+	__type(key, struct proxy_origin_key);
+	__type(value, struct proxy_backend);
+} proxy_frontends SEC(".maps");
+
 // frags: the ports of a UDP or ICMP datagram that arrives in fragments,
 // by the device it passes (the hook's skb->ifindex), its source,
 // destination, IPv4 identification and protocol, from its first fragment
@@ -376,6 +395,7 @@ const struct policy_key *unused_pk __attribute__((unused));
 const struct policy_value *unused_pv __attribute__((unused));
 const struct ct_key *unused_ck __attribute__((unused));
 const struct proxy_origin_key *unused_pok __attribute__((unused));
+const struct proxy_backend *unused_pb __attribute__((unused));
 const struct ct_entry *unused_ce __attribute__((unused));
 const struct counter *unused_counter __attribute__((unused));
 const struct event *unused_event __attribute__((unused));

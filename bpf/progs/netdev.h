@@ -187,6 +187,41 @@ static __always_inline int native_deliver(struct __sk_buff *skb, struct pkt *p, 
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+// nodeport_l7 hands p, the SYN of a new NodePort connection (to the
+// frontend, untranslated) given backend bip:bport, a pod of this node
+// (bep), to the node's L7 proxy when the pod's ingress L7 rules take
+// the connection (l7_port, judged as the translated packet: the client's
+// identity, the backend's port; a deny leaves it to the translation and
+// to_container): the proxy's socket answers from the frontend's address,
+// so the replies need no translation, and the backend is left for it in
+// proxy_frontends. It returns -1 when the rules do not take it, else a
+// tc verdict. A remote backend's node steers the tunnelled connection
+// itself; UDP is translated as before (to_container drops a datagram
+// its pod's L7 rules should see).
+static __always_inline int nodeport_l7(struct __sk_buff *skb, struct pkt *p, struct endpoint_info *bep, __u32 bip, __u16 bport)
+{
+	if (p->proto != IPPROTO_TCP)
+		return -1;
+	struct pkt t = *p;
+	t.daddr = bip;
+	t.dport = bport;
+	t.pport = bport;
+	__u32 src_id = 0;
+	__u32 port = l7_port(skb, bep, &t, &src_id);
+	if (!port || port == PROXY_UPSTREAM)
+		return -1;
+	if (!src_id)
+		src_id = lookup_identity(p->saddr);
+	struct proxy_origin_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport};
+	struct proxy_backend b = {.addr = bip, .port = bport};
+	bpf_map_update_elem(&proxy_frontends, &k, &b, BPF_ANY);
+	int r = to_proxy(skb, p, port, src_id);
+	if (r != REASON_FORWARDED)
+		return drop(skb, r, DIR_INGRESS, bep->ep_id, 0, src_id, bep->identity, &t);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
 // from_netdev: tc ingress of the node's underlay device. NodePort traffic
 // that did not come from a local socket is translated here: DNAT to a
 // backend, plus SNAT to this node when the backend is elsewhere so that the
@@ -302,6 +337,11 @@ int from_netdev(struct __sk_buff *skb)
 	__u32 bip = b->ip;
 	__u16 bport = b->port;
 	struct endpoint_info *bep = bpf_map_lookup_elem(&endpoints, &bip);
+	if (bep) {
+		r = nodeport_l7(skb, &p, bep, bip, bport);
+		if (r >= 0)
+			return r;
+	}
 	int local = bep != 0;
 	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
 	__u32 tunnel_ip = where ? where->tunnel_ip : 0;

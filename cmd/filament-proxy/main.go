@@ -29,7 +29,7 @@ type options struct {
 	transparent, upstreamMark                 bool
 	transparentSource                         bool
 	readHeaderTimeout, idleTimeout            time.Duration
-	originMap, ipcacheMap                     string
+	originMap, ipcacheMap, frontendMap        string
 	dnsReject                                 string
 	dnsHold                                   time.Duration
 	maxConnsPerSource, maxStreamsPerSource    int
@@ -63,6 +63,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client may take to send request headers")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "keep-alive connections idle this long are closed")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.frontendMap, "frontend-map", "", "the datapath's pinned proxy_frontends map: the backend of each NodePort connection steered here untranslated (without it, such a connection is taken as going to the frontend)")
 	f.StringVar(&o.ipcacheMap, "ipcache-map", "", "the datapath's pinned ipcache: a destination's identity as the datapath knows it now, which decides an upstream connection's source (without it, the ipcache the agent pushes)")
 	f.StringVar(&o.originMap, "origin-map", "", "the datapath's pinned proxy_origin map: the source identity of each connection steered here (without it, the address decides)")
 	f.StringVar(&o.dnsReject, "dns-reject", "refused", "the answer to a DNS query no rule allows: refused or nxdomain")
@@ -111,6 +112,14 @@ func run(o options) error {
 		}
 		defer im.Close()
 		popts.IPCache = im
+	}
+	if o.frontendMap != "" {
+		fm, err := proxy.OpenFrontendMap(o.frontendMap)
+		if err != nil {
+			return fmt.Errorf("--frontend-map: %w", err)
+		}
+		defer fm.Close()
+		popts.Frontends = fm
 	}
 	if o.originMap != "" {
 		om, err := proxy.OpenOriginMap(o.originMap)
