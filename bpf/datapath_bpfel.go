@@ -270,10 +270,11 @@ type DatapathPolicyValue struct {
 }
 
 type DatapathProxyBackend struct {
-	_    structs.HostLayout
-	Addr uint32
-	Port uint16
-	Pad  uint16
+	_         structs.HostLayout
+	Addr      uint32
+	Port      uint16
+	ProxyPort uint16
+	At        uint64
 }
 
 type DatapathProxyOriginKey struct {

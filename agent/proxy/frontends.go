@@ -32,11 +32,13 @@ func OpenFrontendMap(path string) (*FrontendMap, error) {
 }
 
 // proxyBackend is struct proxy_backend: the address and port in network
-// order, read as host integers.
+// order, read as host integers (then the proxy's port and the time of
+// the SYN, which the datapath uses).
 type proxyBackend struct {
 	Addr uint32
 	Port uint16
 	_    uint16
+	_    uint64
 }
 
 // Backend looks the tuple up, removing its entry.

@@ -70,7 +70,7 @@ func TestNodePortConnectionGoesToItsBackend(t *testing.T) {
 // struct proxy_backend holds the address and port as the packet has them
 // (network order), read here as host integers.
 func TestBackendAddrFromTheMapsBytes(t *testing.T) {
-	raw := []byte{10, 0, 0, 2, 0x1f, 0x90, 0, 0} // 10.0.0.2, port 8080
+	raw := []byte{10, 0, 0, 2, 0x1f, 0x90} // 10.0.0.2, port 8080
 	b := proxyBackend{Addr: binary.NativeEndian.Uint32(raw[:4]), Port: binary.NativeEndian.Uint16(raw[4:6])}
 	if got, want := backendAddr(b), netip.MustParseAddrPort("10.0.0.2:8080"); got != want {
 		t.Fatalf("backend %v, want %v", got, want)

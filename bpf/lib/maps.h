@@ -249,9 +249,10 @@ struct {
 // the NodePort). The proxy reads it (and deletes it) at accept, answers
 // from the frontend and dials the backend.
 struct proxy_backend {
-	__u32 addr;  // network order
-	__u16 port;  // network order
-	__u16 pad;
+	__u32 addr;       // network order
+	__u16 port;       // network order
+	__u16 proxy_port; // the proxy's listener (host order)
+	__u64 at;         // CLOCK_MONOTONIC ns of the SYN that made it
 };
 
 struct {

@@ -187,6 +187,25 @@ static __always_inline int native_deliver(struct __sk_buff *skb, struct pkt *p, 
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+// nodeport_to_proxy hands p, a SYN to a NodePort frontend, to the node's
+// L7 proxy (to_proxy, listener b->proxy_port, source identity src_id),
+// and leaves b, the backend, for the proxy in proxy_frontends under p's
+// tuple; the entry goes again when the proxy cannot take p. ep_id and
+// ep_identity name the backend in a drop's event.
+static __always_inline int nodeport_to_proxy(struct __sk_buff *skb, struct pkt *p, struct proxy_backend *b, __u32 src_id,
+					     __u16 ep_id, __u32 ep_identity)
+{
+	struct proxy_origin_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport};
+	bpf_map_update_elem(&proxy_frontends, &k, b, BPF_ANY);
+	int r = to_proxy(skb, p, b->proxy_port, src_id);
+	if (r != REASON_FORWARDED) {
+		bpf_map_delete_elem(&proxy_frontends, &k);
+		return drop(skb, r, DIR_INGRESS, ep_id, 0, src_id, ep_identity, p);
+	}
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
 // nodeport_l7 hands p, the SYN of a new NodePort connection (to the
 // frontend, untranslated) given backend bip:bport, a pod of this node
 // (bep), to the node's L7 proxy when the pod's ingress L7 rules take
@@ -200,7 +219,7 @@ static __always_inline int native_deliver(struct __sk_buff *skb, struct pkt *p, 
 // its pod's L7 rules should see).
 static __always_inline int nodeport_l7(struct __sk_buff *skb, struct pkt *p, struct endpoint_info *bep, __u32 bip, __u16 bport)
 {
-	if (p->proto != IPPROTO_TCP)
+	if (!new_tcp(p))
 		return -1;
 	struct pkt t = *p;
 	t.daddr = bip;
@@ -212,14 +231,30 @@ static __always_inline int nodeport_l7(struct __sk_buff *skb, struct pkt *p, str
 		return -1;
 	if (!src_id)
 		src_id = lookup_identity(p->saddr);
+	struct proxy_backend b = {.addr = bip, .port = bport, .proxy_port = port, .at = bpf_ktime_get_ns()};
+	return nodeport_to_proxy(skb, p, &b, src_id, bep->ep_id, bep->identity);
+}
+
+// nodeport_l7_again hands p, a SYN to a NodePort frontend, to the proxy
+// when a SYN of its tuple went there less than CT_TIMEOUT_SYN ago and the
+// proxy has not taken the connection yet (its proxy_frontends entry is
+// there): a retransmitted SYN goes where the first went, with the
+// backend it was given, whatever the policy or the backends say now
+// (the proxy holds the half-open connection; translated, the client
+// would meet a second SYN-ACK and lose it). It returns -1 otherwise.
+static __always_inline int nodeport_l7_again(struct __sk_buff *skb, struct pkt *p)
+{
+	if (!new_tcp(p))
+		return -1;
 	struct proxy_origin_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport};
-	struct proxy_backend b = {.addr = bip, .port = bport};
-	bpf_map_update_elem(&proxy_frontends, &k, &b, BPF_ANY);
-	int r = to_proxy(skb, p, port, src_id);
-	if (r != REASON_FORWARDED)
-		return drop(skb, r, DIR_INGRESS, bep->ep_id, 0, src_id, bep->identity, &t);
-	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
-	return TC_ACT_OK;
+	struct proxy_backend *e = bpf_map_lookup_elem(&proxy_frontends, &k);
+	if (!e)
+		return -1;
+	struct proxy_backend b = *e;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - b.at >= CT_TIMEOUT_SYN)
+		return -1;
+	return nodeport_to_proxy(skb, p, &b, lookup_identity(p->saddr), 0, 0);
 }
 
 // from_netdev: tc ingress of the node's underlay device. NodePort traffic
@@ -331,6 +366,9 @@ int from_netdev(struct __sk_buff *skb)
 	struct ipcache_value *client = lookup_ipcache(p.saddr);
 	if (client && client->identity == IDENTITY_HOST)
 		return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
+	r = nodeport_l7_again(skb, &p);
+	if (r >= 0)
+		return r;
 	struct lb_backend *b = lb_pick(svc, p.saddr, 1, lb_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
 	if (!b)
 		return drop(skb, REASON_NO_BACKEND, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
