@@ -193,3 +193,95 @@ func TestNodePortICMPErrorFromAPodNotTranslated(t *testing.T) {
 		}
 	})
 }
+
+// fragNeeded is an ICMP fragmentation needed (MTU 1400) from src to dst
+// quoting quoted (an IPv4 header and 8 bytes).
+func fragNeeded(t *testing.T, src, dst net.IP, quoted []byte) []byte {
+	t.Helper()
+	return serialize(t, eth(), ipv4(src, dst, layers.IPProtocolICMPv4),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: 1400}, gopacket.Payload(quoted))
+}
+
+// checkICMPToBackend checks out, an ICMP error from_netdev sent on, as the
+// backend's: to backend, from router, quoting backend:bport -> to:toPort,
+// its checksums right.
+func checkICMPToBackend(t *testing.T, out []byte, router, backend net.IP, bport uint16, to net.IP, toPort uint16) {
+	t.Helper()
+	if src, dst := net.IP(out[14+12:14+16]), net.IP(out[14+16:14+20]); !src.Equal(router) || !dst.Equal(backend) {
+		t.Errorf("the error goes from %s to %s, want from the router %s to the backend %s", src, dst, router, backend)
+	}
+	if s := onesComplement(out[14:34]); s != 0xffff {
+		t.Errorf("the error's IPv4 checksum is wrong (sum %#x)", s)
+	}
+	if s := onesComplement(out[34:]); s != 0xffff {
+		t.Errorf("the error's ICMP checksum is wrong (sum %#x)", s)
+	}
+	q := out[14+20+8:]
+	if s := onesComplement(q[:20]); s != 0xffff {
+		t.Errorf("the quoted IPv4 header's checksum is wrong (sum %#x)", s)
+	}
+	qsrc, qdst := net.IP(q[12:16]), net.IP(q[16:20])
+	qs, qd := binary.BigEndian.Uint16(q[20:]), binary.BigEndian.Uint16(q[22:])
+	if !qsrc.Equal(backend) || qs != bport || !qdst.Equal(to) || qd != toPort {
+		t.Errorf("the error quotes %s:%d -> %s:%d, want the reply as the backend sent it, %s:%d -> %s:%d", qsrc, qs, qdst, qd, backend, bport, to, toPort)
+	}
+}
+
+// An ICMP error from the underlay about a NodePort flow's reply (a router
+// on the way to the client lowering the path MTU; what it quotes is the
+// reply as this node sent it, from the frontend) goes to the backend
+// translated: to the backend, quoting the reply as the backend sent it,
+// so that its kernel learns the path MTU. Until 2026-12-06 it went to the
+// node's stack untranslated. One a pod sends (no client, no router) is
+// dropped as forged.
+func TestNodePortICMPErrorAboutAReplyGoesToTheBackend(t *testing.T) {
+	router := net.IPv4(198, 51, 100, 1).To4()
+	t.Run("local backend", func(t *testing.T) {
+		const fe, be, cport = 30099, 9999, 40000
+		nodeIP := net.IPv4(192, 168, 7, 1).To4()
+		f := load(t)
+		f.rule(dirIngress, peerID, 17, be, 24, false)
+		f.rule(dirEgress, peerID, 17, cport, 24, false)
+		f.lbService(1, nodeIP, fe, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
+		f.translated("the client's datagram", udp(t, peerIP, nodeIP, cport, fe), netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
+		_, reply := f.runOut(f.objs.FromContainer, udp(t, podIP, peerIP, be, cport))
+		if src, port := net.IP(reply[14+12:14+16]), binary.BigEndian.Uint16(reply[14+20:]); !src.Equal(nodeIP) || port != fe {
+			t.Fatalf("the backend's reply left from %s:%d, want the frontend", src, port)
+		}
+		ret, out := f.runOut(f.objs.FromNetdev, fragNeeded(t, router, nodeIP, reply[14:14+28]))
+		if ret != actOK {
+			t.Fatalf("the router's fragmentation needed: verdict %d, want passed on to the local backend", ret)
+		}
+		checkICMPToBackend(t, out, router, podIP, be, peerIP, cport)
+		// A pod (not the client) sending the same error: forged.
+		podElsewhere := net.IPv4(10, 0, 9, 9).To4()
+		ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(podElsewhere)}
+		if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: 0x10300}); err != nil {
+			t.Fatal(err)
+		}
+		f.bump()
+		const reasonForgedSource = 15
+		if ret := f.run(f.objs.FromNetdev, fragNeeded(t, podElsewhere, nodeIP, reply[14:14+28])); ret != actShot || f.count(reasonForgedSource, dirIngress) != 1 {
+			t.Fatalf("the same error from a pod: verdict %d, want dropped as forged", ret)
+		}
+	})
+	t.Run("remote backend", func(t *testing.T) {
+		const fe, be, cport = 30097, 9999, 40000
+		f, nodeIP, remote := routedUDPNodePort(t, fe, be)
+		ret, fwd := f.runOut(f.objs.FromNetdev, udp(t, peerIP, nodeIP, cport, fe))
+		if dst, port := destination(t, fwd); ret != actRedirect || !dst.Equal(remote) || port != be {
+			t.Fatalf("the client's datagram: verdict %d, to %s:%d", ret, dst, port)
+		}
+		snat := net.IP(append([]byte(nil), fwd[14+12:14+16]...))
+		snatPort := binary.BigEndian.Uint16(fwd[14+20:])
+		ret, reply := f.runOut(f.objs.FromNetdev, udp(t, remote, snat, be, snatPort))
+		if src, port := net.IP(reply[14+12:14+16]), binary.BigEndian.Uint16(reply[14+20:]); ret != actRedirect || !src.Equal(nodeIP) || port != fe {
+			t.Fatalf("the backend's reply: verdict %d, from %s:%d, want redirected from the frontend", ret, src, port)
+		}
+		ret, out := f.runOut(f.objs.FromNetdev, fragNeeded(t, router, nodeIP, reply[14:14+28]))
+		if ret != actRedirect {
+			t.Fatalf("the router's fragmentation needed: verdict %d, want redirected to the backend", ret)
+		}
+		checkICMPToBackend(t, out, router, remote, be, snat, snatPort)
+	})
+}

@@ -764,6 +764,30 @@ static __always_inline int lb_icmp_forged(struct pkt *p, __u8 from)
 	return v->identity > IDENTITY_MAX_RESERVED && !(v->identity & IDENTITY_LOCAL_SCOPE);
 }
 
+// lb_icmp_requote rewrites the packet p, an ICMP error, quotes to
+// saddr:sport -> daddr:dport, keeping the quoted header's checksum and the
+// ICMP checksum right (the quoted L4 checksum is left as it was, which no
+// receiver checks in an error).
+static __always_inline int lb_icmp_requote(struct __sk_buff *skb, struct pkt *p, __u32 saddr, __u16 sport, __u32 daddr,
+					   __u16 dport)
+{
+	__u16 old_csum = 0, new_csum = 0;
+	if (bpf_skb_load_bytes(skb, ICMP_IN_CSUM_OFF, &old_csum, 2) < 0)
+		return -1;
+	if (p->inner_saddr != saddr && (bpf_l3_csum_replace(skb, ICMP_IN_CSUM_OFF, p->inner_saddr, saddr, 4) < 0 ||
+					lb_icmp_word(skb, ICMP_IN_SRC_OFF, p->inner_saddr, saddr, 4) < 0))
+		return -1;
+	if (p->inner_daddr != daddr && (bpf_l3_csum_replace(skb, ICMP_IN_CSUM_OFF, p->inner_daddr, daddr, 4) < 0 ||
+					lb_icmp_word(skb, ICMP_IN_DST_OFF, p->inner_daddr, daddr, 4) < 0))
+		return -1;
+	if (bpf_skb_load_bytes(skb, ICMP_IN_CSUM_OFF, &new_csum, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, old_csum, new_csum, 2) < 0 ||
+	    lb_icmp_word(skb, ICMP_IN_PORTS_OFF, p->inner_sport, sport, 2) < 0 ||
+	    lb_icmp_word(skb, ICMP_IN_PORTS_OFF + 2, p->inner_dport, dport, 2) < 0)
+		return -1;
+	return 0;
+}
+
 static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p, __u8 from)
 {
 	if (!p->inner_proto || p->ihl != 20 || p->daddr != p->inner_saddr)
@@ -776,20 +800,7 @@ static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p,
 	if (lb_nat_foreign(n, from) || lb_icmp_forged(p, from))
 		return LB_FORGED;
 	__u32 client = n->daddr, frontend = n->saddr;
-	__u16 cport = n->dport, fport = n->sport;
-	__u16 old_csum = 0, new_csum = 0;
-	if (bpf_skb_load_bytes(skb, ICMP_IN_CSUM_OFF, &old_csum, 2) < 0)
-		return TC_ACT_SHOT;
-	if (p->inner_saddr != client && (bpf_l3_csum_replace(skb, ICMP_IN_CSUM_OFF, p->inner_saddr, client, 4) < 0 ||
-					 lb_icmp_word(skb, ICMP_IN_SRC_OFF, p->inner_saddr, client, 4) < 0))
-		return TC_ACT_SHOT;
-	if (p->inner_daddr != frontend && (bpf_l3_csum_replace(skb, ICMP_IN_CSUM_OFF, p->inner_daddr, frontend, 4) < 0 ||
-					   lb_icmp_word(skb, ICMP_IN_DST_OFF, p->inner_daddr, frontend, 4) < 0))
-		return TC_ACT_SHOT;
-	if (bpf_skb_load_bytes(skb, ICMP_IN_CSUM_OFF, &new_csum, 2) < 0 ||
-	    bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, old_csum, new_csum, 2) < 0 ||
-	    lb_icmp_word(skb, ICMP_IN_PORTS_OFF, p->inner_sport, cport, 2) < 0 ||
-	    lb_icmp_word(skb, ICMP_IN_PORTS_OFF + 2, p->inner_dport, fport, 2) < 0)
+	if (lb_icmp_requote(skb, p, client, n->dport, frontend, n->sport) < 0)
 		return TC_ACT_SHOT;
 	if (lb_rewrite_addr(skb, IP_SRC_OFF, p->saddr, frontend, 0, 0) < 0 ||
 	    lb_rewrite_addr(skb, IP_DST_OFF, p->daddr, client, 0, 0) < 0)

@@ -60,6 +60,55 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 	return encap(skb, tunnel_ip, IDENTITY_WORLD);
 }
 
+// lb_icmp_forward translates p, an ICMP error from the underlay about a
+// NodePort flow's reply (it quotes what this node sent the client: from
+// the frontend; a router on the way to the client lowering the path MTU,
+// or the client refusing a datagram), into the backend's: to the
+// backend, quoting the reply as the backend sent it (to the client for a
+// local backend, to this node's SNAT address and port for a remote one),
+// its source left as it was, and sends it the way the flow's packets go
+// (through the stack to a local backend, through the tunnel, the FIB or
+// the encryption device to a remote one). The flow's state does not
+// move. It returns -1 when p is not such an error, LB_FORGED when a pod
+// sent it (lb_icmp_forged: only the client or a host that is no pod
+// sends one). Until 2026-12-06 such an error went to the stack
+// untranslated, so a backend behind a client's smaller path MTU never
+// learned it (TestNodePortICMPErrorAboutAReplyGoesToTheBackend).
+static __always_inline int lb_icmp_forward(struct __sk_buff *skb, struct pkt *p)
+{
+	if (!p->inner_proto || p->ihl != 20 || p->daddr != p->inner_saddr)
+		return -1;
+	struct lb_nat_key k = {.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport,
+			       .dport = p->inner_sport, .proto = p->inner_proto};
+	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
+	if (!n || n->reverse || n->expires < bpf_ktime_get_ns())
+		return -1;
+	if (lb_icmp_forged(p, LB_PATH_UNDERLAY))
+		return LB_FORGED;
+	__u32 backend = n->daddr, to = n->saddr, tunnel_ip = n->tunnel_ip;
+	if (lb_icmp_requote(skb, p, backend, n->dport, to, n->sport) < 0 ||
+	    lb_rewrite_addr(skb, IP_DST_OFF, p->daddr, backend, 0, 0) < 0)
+		return TC_ACT_SHOT;
+	p->daddr = backend;
+	if (bpf_map_lookup_elem(&endpoints, &backend)) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	int via_fib = !tunnel_ip || !cfg || (cfg->encrypt_snat && to == cfg->encrypt_snat) || !cfg->vxlan_ifindex;
+	if (!via_fib) {
+		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+		return encap(skb, tunnel_ip, IDENTITY_WORLD);
+	}
+	struct bpf_fib_lookup fib = {};
+	int rc = lb_fib(skb, p, p->saddr, backend, &fib);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return lb_fib_refused(skb, p, rc);
+	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
+	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+}
+
 // vxlan_datagram tells whether p is a datagram for this node's VXLAN
 // socket in tunnel mode: UDP to VXLAN_PORT (its source port is the
 // sender's flow hash, any), when it is not for a pod of this node (the
@@ -297,6 +346,10 @@ int from_netdev(struct __sk_buff *skb)
 		// routing: it comes from the underlay) goes to the flow's
 		// client, translated.
 		r = lb_icmp_reverse(skb, &p, LB_PATH_UNDERLAY);
+		// Or a router's (or the client's) error about a NodePort
+		// flow's reply goes to its backend, translated.
+		if (r == -1)
+			r = lb_icmp_forward(skb, &p);
 		if (r == LB_FORGED)
 			return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 		return r >= 0 ? r : TC_ACT_OK;
