@@ -86,15 +86,7 @@ func TestNodePortICMPErrorTranslatedBack(t *testing.T) {
 	if ret != actRedirect || len(out) != len(in) {
 		t.Fatalf("the backend's port unreachable: verdict %d, %d bytes; want redirected, %d", ret, len(out), len(in))
 	}
-	if src, dst := net.IP(out[14+12:14+16]), net.IP(out[14+16:14+20]); !src.Equal(nodeIP) || !dst.Equal(peerIP) {
-		t.Errorf("the error goes from %s to %s, want from the frontend %s to the client %s", src, dst, nodeIP, peerIP)
-	}
-	if s := onesComplement(out[14:34]); s != 0xffff {
-		t.Errorf("the error's IPv4 checksum is wrong (sum %#x)", s)
-	}
-	if s := onesComplement(out[34:]); s != 0xffff {
-		t.Errorf("the error's ICMP checksum is wrong (sum %#x)", s)
-	}
+	checkICMPHeaders(t, out, nodeIP, peerIP)
 	q := out[14+20+8:]
 	if want := sent[14 : 14+20]; !bytes.Equal(q[:20], want) {
 		t.Errorf("the error quotes the IPv4 header % x, want the client's % x", q[:20], want)
@@ -202,13 +194,12 @@ func fragNeeded(t *testing.T, src, dst net.IP, quoted []byte) []byte {
 		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: 1400}, gopacket.Payload(quoted))
 }
 
-// checkICMPToBackend checks out, an ICMP error from_netdev sent on, as the
-// backend's: to backend, from router, quoting backend:bport -> to:toPort,
-// its checksums right.
-func checkICMPToBackend(t *testing.T, out []byte, router, backend net.IP, bport uint16, to net.IP, toPort uint16) {
+// checkICMPHeaders checks that out, an ICMP error (Ethernet frame), goes
+// from src to dst with its IPv4 and ICMP checksums right.
+func checkICMPHeaders(t *testing.T, out []byte, src, dst net.IP) {
 	t.Helper()
-	if src, dst := net.IP(out[14+12:14+16]), net.IP(out[14+16:14+20]); !src.Equal(router) || !dst.Equal(backend) {
-		t.Errorf("the error goes from %s to %s, want from the router %s to the backend %s", src, dst, router, backend)
+	if s, d := net.IP(out[14+12:14+16]), net.IP(out[14+16:14+20]); !s.Equal(src) || !d.Equal(dst) {
+		t.Errorf("the error goes from %s to %s, want from %s to %s", s, d, src, dst)
 	}
 	if s := onesComplement(out[14:34]); s != 0xffff {
 		t.Errorf("the error's IPv4 checksum is wrong (sum %#x)", s)
@@ -216,6 +207,14 @@ func checkICMPToBackend(t *testing.T, out []byte, router, backend net.IP, bport 
 	if s := onesComplement(out[34:]); s != 0xffff {
 		t.Errorf("the error's ICMP checksum is wrong (sum %#x)", s)
 	}
+}
+
+// checkICMPToBackend checks out, an ICMP error from_netdev sent on, as the
+// backend's: to backend, from router, quoting backend:bport -> to:toPort,
+// its checksums right.
+func checkICMPToBackend(t *testing.T, out []byte, router, backend net.IP, bport uint16, to net.IP, toPort uint16) {
+	t.Helper()
+	checkICMPHeaders(t, out, router, backend)
 	q := out[14+20+8:]
 	if s := onesComplement(q[:20]); s != 0xffff {
 		t.Errorf("the quoted IPv4 header's checksum is wrong (sum %#x)", s)
