@@ -190,8 +190,22 @@ func TestNodePortICMPErrorFromAPodNotTranslated(t *testing.T) {
 // quoting quoted (an IPv4 header and 8 bytes).
 func fragNeeded(t *testing.T, src, dst net.IP, quoted []byte) []byte {
 	t.Helper()
+	return fragNeededMTU(t, src, dst, quoted, 1400)
+}
+
+// fragNeededMTU is fragNeeded naming mtu.
+func fragNeededMTU(t *testing.T, src, dst net.IP, quoted []byte, mtu uint16) []byte {
+	t.Helper()
 	return serialize(t, eth(), ipv4(src, dst, layers.IPProtocolICMPv4),
-		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: 1400}, gopacket.Payload(quoted))
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: mtu}, gopacket.Payload(quoted))
+}
+
+// untouched checks that from_netdev passes pkt on unchanged.
+func (f *fixture) untouched(what string, pkt []byte) {
+	f.t.Helper()
+	if ret, out := f.runOut(f.objs.FromNetdev, pkt); ret != actOK || !bytes.Equal(out, pkt) {
+		f.t.Errorf("%s: verdict %d, changed %v; want passed on untouched (to the node's stack)", what, ret, !bytes.Equal(out, pkt))
+	}
 }
 
 // checkICMPHeaders checks that out, an ICMP error (Ethernet frame), goes
@@ -252,6 +266,17 @@ func TestNodePortICMPErrorAboutAReplyGoesToTheBackend(t *testing.T) {
 			t.Fatalf("the router's fragmentation needed: verdict %d, want passed on to the local backend", ret)
 		}
 		checkICMPToBackend(t, out, router, podIP, be, peerIP, cport)
+		// The client's own port unreachable about the reply: translated
+		// too (it is no pod's forgery: the client sends it).
+		unreach := serialize(t, eth(), ipv4(peerIP, nodeIP, layers.IPProtocolICMPv4),
+			&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(reply[14:14+28]))
+		if ret, out := f.runOut(f.objs.FromNetdev, unreach); ret != actOK {
+			t.Fatalf("the client's port unreachable: verdict %d", ret)
+		} else {
+			checkICMPToBackend(t, out, peerIP, podIP, be, peerIP, cport)
+		}
+		// A fragmentation needed below 1280 bytes is left to the stack.
+		f.untouched("fragmentation needed naming 576 bytes", fragNeededMTU(t, router, nodeIP, reply[14:14+28], 576))
 		// A pod (not the client) sending the same error: forged.
 		podElsewhere := net.IPv4(10, 0, 9, 9).To4()
 		ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(podElsewhere)}
@@ -282,5 +307,12 @@ func TestNodePortICMPErrorAboutAReplyGoesToTheBackend(t *testing.T) {
 			t.Fatalf("the router's fragmentation needed: verdict %d, want redirected to the backend", ret)
 		}
 		checkICMPToBackend(t, out, router, remote, be, snat, snatPort)
+		// The forward half alone (its reverse tuple gone, as when another
+		// flow took it): nothing is translated.
+		rk := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(snat), Sport: htons(be), Dport: htons(snatPort), Proto: 17}
+		if err := f.objs.LbNats.Delete(&rk); err != nil {
+			t.Fatal(err)
+		}
+		f.untouched("an error about a flow whose reverse half is gone", fragNeeded(t, router, nodeIP, reply[14:14+28]))
 	})
 }

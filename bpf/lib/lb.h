@@ -556,6 +556,20 @@ static __always_inline int lb_nat_foreign(struct lb_nat *n, __u8 from)
 // translates nothing (it would send its packets into that flow). A
 // foreign entry (lb_nat_foreign) is returned untouched: the caller drops
 // the packet.
+// lb_nat_other returns the other half of n, the live entry of key k: the
+// entry keyed by n's rewritten tuple reversed, when it is live, of the
+// other direction and points back at k; else NULL (n is a lone survivor
+// of a flow whose other half expired or was taken by another flow).
+static __always_inline struct lb_nat *lb_nat_other(struct lb_nat *n, struct lb_nat_key *k, __u64 now)
+{
+	struct lb_nat_key ok = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = k->proto};
+	struct lb_nat *o = bpf_map_lookup_elem(&lb_nats, &ok);
+	if (!o || o->expires < now || o->reverse == n->reverse || o->saddr != k->daddr || o->daddr != k->saddr ||
+	    o->sport != k->dport || o->dport != k->sport)
+		return 0;
+	return o;
+}
+
 static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
@@ -567,10 +581,8 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 		return 0;
 	if (lb_nat_foreign(n, from))
 		return n;
-	struct lb_nat_key ok = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = p->proto};
-	struct lb_nat *o = bpf_map_lookup_elem(&lb_nats, &ok);
-	if (!o || o->expires < now || o->reverse == n->reverse || o->saddr != k.daddr || o->daddr != k.saddr ||
-	    o->sport != k.dport || o->dport != k.sport)
+	struct lb_nat *o = lb_nat_other(n, &k, now);
+	if (!o)
 		return 0;
 	__u8 flags = n->flags;
 	__u8 state = p->proto == IPPROTO_TCP ? lb_nat_tcp(p, n, o, &flags) : lb_nat_next(n->reverse, n->state);
@@ -795,7 +807,8 @@ static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p,
 	struct lb_nat_key k = {.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport,
 			       .dport = p->inner_sport, .proto = p->inner_proto};
 	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
-	if (!n || !n->reverse || n->expires < bpf_ktime_get_ns())
+	__u64 now = bpf_ktime_get_ns();
+	if (!n || !n->reverse || n->expires < now || !lb_nat_other(n, &k, now))
 		return -1;
 	if (lb_nat_foreign(n, from) || lb_icmp_forged(p, from))
 		return LB_FORGED;

@@ -74,6 +74,18 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 // sends one). Until 2026-12-06 such an error went to the stack
 // untranslated, so a backend behind a client's smaller path MTU never
 // learned it (TestNodePortICMPErrorAboutAReplyGoesToTheBackend).
+//
+// Both halves of the translation must be live and point at each other
+// (lb_nat_other: a lone forward entry whose reverse tuple another flow
+// took would send the error into that flow). A flow translated from the
+// encryption gateway address has the error sent from that address too
+// (the peer's WireGuard takes from this node only its own addresses); one
+// made before the backend's node became a peer (lb_nat_before_peering)
+// is not translated (the tunnel would carry it in clear). A fragmentation
+// needed naming an MTU below 1280 is not translated (none of this
+// cluster's paths is that small; a forged one would make the backend
+// send every NodePort client of a remote backend's flows through this
+// node packets of 552 bytes: its path MTU is towards this node).
 static __always_inline int lb_icmp_forward(struct __sk_buff *skb, struct pkt *p)
 {
 	if (!p->inner_proto || p->ihl != 20 || p->daddr != p->inner_saddr)
@@ -81,22 +93,33 @@ static __always_inline int lb_icmp_forward(struct __sk_buff *skb, struct pkt *p)
 	struct lb_nat_key k = {.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport,
 			       .dport = p->inner_sport, .proto = p->inner_proto};
 	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
-	if (!n || n->reverse || n->expires < bpf_ktime_get_ns())
+	__u64 now = bpf_ktime_get_ns();
+	if (!n || n->reverse || n->expires < now || !lb_nat_other(n, &k, now) || lb_nat_before_peering(n))
+		return -1;
+	__u8 tc[2];
+	__u16 mtu;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 20, tc, 2) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN + 20 + 6, &mtu, 2) < 0)
+		return -1;
+	if (tc[0] == 3 && tc[1] == 4 && bpf_ntohs(mtu) < 1280)
 		return -1;
 	if (lb_icmp_forged(p, LB_PATH_UNDERLAY))
 		return LB_FORGED;
 	__u32 backend = n->daddr, to = n->saddr, tunnel_ip = n->tunnel_ip;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	int gateway = cfg && cfg->encrypt_snat && to == cfg->encrypt_snat;
 	if (lb_icmp_requote(skb, p, backend, n->dport, to, n->sport) < 0 ||
-	    lb_rewrite_addr(skb, IP_DST_OFF, p->daddr, backend, 0, 0) < 0)
+	    lb_rewrite_addr(skb, IP_DST_OFF, p->daddr, backend, 0, 0) < 0 ||
+	    (gateway && lb_rewrite_addr(skb, IP_SRC_OFF, p->saddr, to, 0, 0) < 0))
 		return TC_ACT_SHOT;
 	p->daddr = backend;
+	if (gateway)
+		p->saddr = to;
 	if (bpf_map_lookup_elem(&endpoints, &backend)) {
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		return TC_ACT_OK;
 	}
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	int via_fib = !tunnel_ip || !cfg || (cfg->encrypt_snat && to == cfg->encrypt_snat) || !cfg->vxlan_ifindex;
+	int via_fib = !tunnel_ip || !cfg || gateway || !cfg->vxlan_ifindex;
 	if (!via_fib) {
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 		return encap(skb, tunnel_ip, IDENTITY_WORLD);
