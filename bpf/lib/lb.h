@@ -751,9 +751,10 @@ static __always_inline int lb_icmp_word(struct __sk_buff *skb, __u32 off, __u32 
 // as the client sent it (addresses, ports and the quoted header's
 // checksum; the quoted L4 checksum is left as it was, which no receiver
 // checks in an error), and sends it to the client, as the kernel's NAT
-// would. The flow's state does not move. It returns -1 when p is not
-// such an error, LB_FORGED when it came another way than the backend's
-// replies (from) or a pod other than the backend sent it (lb_icmp_forged).
+// would; n is lb_icmp_nat's entry for p. The flow's state does not move.
+// It returns -1 when p is not such an error, LB_FORGED when it came
+// another way than the backend's replies (from) or a pod other than the
+// backend sent it (lb_icmp_forged).
 // lb_icmp_forged tells whether p, an ICMP error about a NodePort flow to
 // backend p->inner_daddr that came the way from, was sent by a pod that is
 // not the backend: from a local backend's veth only the backend sends one
@@ -800,15 +801,29 @@ static __always_inline int lb_icmp_requote(struct __sk_buff *skb, struct pkt *p,
 	return 0;
 }
 
-static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p, __u8 from)
+// lb_icmp_nat returns the translation of the NodePort flow p, an ICMP
+// error to the quoted packet's sender (outer IPv4 header without
+// options), is about: the live entry keyed by the quoted tuple reversed,
+// whose other half is live and points back at it (lb_nat_other); else
+// NULL. A reverse entry: the error quotes what went to the backend
+// (lb_icmp_reverse); a forward one: what went to the client
+// (lb_icmp_forward, bpf/progs/netdev.h).
+static __always_inline struct lb_nat *lb_icmp_nat(struct pkt *p)
 {
 	if (!p->inner_proto || p->ihl != 20 || p->daddr != p->inner_saddr)
-		return -1;
+		return 0;
 	struct lb_nat_key k = {.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport,
 			       .dport = p->inner_sport, .proto = p->inner_proto};
 	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
 	__u64 now = bpf_ktime_get_ns();
-	if (!n || !n->reverse || n->expires < now || !lb_nat_other(n, &k, now))
+	if (!n || n->expires < now || !lb_nat_other(n, &k, now))
+		return 0;
+	return n;
+}
+
+static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p, struct lb_nat *n, __u8 from)
+{
+	if (!n || !n->reverse)
 		return -1;
 	if (lb_nat_foreign(n, from) || lb_icmp_forged(p, from))
 		return LB_FORGED;
@@ -832,7 +847,7 @@ static __always_inline int lb_icmp_reverse(struct __sk_buff *skb, struct pkt *p,
 static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, __u8 from)
 {
 	if (p->proto == IPPROTO_ICMP)
-		return lb_icmp_reverse(skb, p, from);
+		return lb_icmp_reverse(skb, p, lb_icmp_nat(p), from);
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return -1;
 	struct lb_nat *n = lb_nat_lookup(p, from);

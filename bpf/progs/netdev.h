@@ -75,9 +75,9 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 // untranslated, so a backend behind a client's smaller path MTU never
 // learned it (TestNodePortICMPErrorAboutAReplyGoesToTheBackend).
 //
-// Both halves of the translation must be live and point at each other
-// (lb_nat_other: a lone forward entry whose reverse tuple another flow
-// took would send the error into that flow). A flow translated from the
+// n is lb_icmp_nat's entry for p, a forward one: both halves of the
+// translation live and pointing at each other (a lone forward entry whose
+// reverse tuple another flow took would send the error into that flow). A flow translated from the
 // encryption gateway address has the error sent from that address too
 // (the peer's WireGuard takes from this node only its own addresses); one
 // made before the backend's node became a peer (lb_nat_before_peering)
@@ -86,15 +86,9 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 // cluster's paths is that small; a forged one would make the backend
 // send every NodePort client of a remote backend's flows through this
 // node packets of 552 bytes: its path MTU is towards this node).
-static __always_inline int lb_icmp_forward(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int lb_icmp_forward(struct __sk_buff *skb, struct pkt *p, struct lb_nat *n)
 {
-	if (!p->inner_proto || p->ihl != 20 || p->daddr != p->inner_saddr)
-		return -1;
-	struct lb_nat_key k = {.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport,
-			       .dport = p->inner_sport, .proto = p->inner_proto};
-	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
-	__u64 now = bpf_ktime_get_ns();
-	if (!n || n->reverse || n->expires < now || !lb_nat_other(n, &k, now) || lb_nat_before_peering(n))
+	if (!n || n->reverse || lb_nat_before_peering(n))
 		return -1;
 	__u8 tc[2];
 	__u16 mtu;
@@ -368,11 +362,12 @@ int from_netdev(struct __sk_buff *skb)
 		// A remote backend's ICMP error about a NodePort flow (native
 		// routing: it comes from the underlay) goes to the flow's
 		// client, translated.
-		r = lb_icmp_reverse(skb, &p, LB_PATH_UNDERLAY);
+		struct lb_nat *n = lb_icmp_nat(&p);
+		r = lb_icmp_reverse(skb, &p, n, LB_PATH_UNDERLAY);
 		// Or a router's (or the client's) error about a NodePort
 		// flow's reply goes to its backend, translated.
 		if (r == -1)
-			r = lb_icmp_forward(skb, &p);
+			r = lb_icmp_forward(skb, &p, n);
 		if (r == LB_FORGED)
 			return drop(skb, REASON_FORGED_SOURCE, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 		return r >= 0 ? r : TC_ACT_OK;
