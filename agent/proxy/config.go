@@ -317,6 +317,18 @@ func (c *compiled) sidesOf(src, dst netip.AddrPort, srcID uint32, protocol strin
 	return out
 }
 
+// hasPolicy tells whether a port policy applies to a TCP connection from
+// src to dst (sidesOf's keys). A NodePort connection steered here
+// untranslated (to a node's address, from outside the cluster) never
+// has one until its backend takes dst's place.
+func (c *compiled) hasPolicy(src, dst netip.AddrPort) bool {
+	if c == nil {
+		return false
+	}
+	return c.kinds[policyKey{src.Addr().Unmap(), Egress, dst.Port(), "TCP"}] != "" ||
+		c.kinds[policyKey{dst.Addr().Unmap(), Ingress, dst.Port(), "TCP"}] != ""
+}
+
 // wantsName tells whether a toFQDNs selector matches name (its answers'
 // addresses are learned).
 func (c *compiled) wantsName(name string) bool {

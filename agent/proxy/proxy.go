@@ -425,7 +425,9 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	if p.opts.Origins != nil {
 		srcID, hasSrcID = p.opts.Origins.Origin(src, dst, false)
 	}
-	if p.opts.Frontends != nil {
+	// The datapath's map is read (a system call) only for a connection
+	// no policy names: a NodePort one's tuple has the frontend in it.
+	if p.opts.Frontends != nil && !p.cfg.Load().hasPolicy(src, dst) {
 		if b, ok := p.opts.Frontends.Backend(src, dst); ok {
 			dst = b
 		}
