@@ -328,6 +328,7 @@ const (
 	DatapathMapLbMaglev          = "lb_maglev"
 	DatapathMapLbMembers         = "lb_members"
 	DatapathMapLbNats            = "lb_nats"
+	DatapathMapLbNatsNew         = "lb_nats_new"
 	DatapathMapLbNetns           = "lb_netns"
 	DatapathMapLbServices        = "lb_services"
 	DatapathMapLbSlots           = "lb_slots"
@@ -458,6 +459,7 @@ type DatapathMapSpecs struct {
 	LbMaglev       *ebpf.MapSpec `ebpf:"lb_maglev"`
 	LbMembers      *ebpf.MapSpec `ebpf:"lb_members"`
 	LbNats         *ebpf.MapSpec `ebpf:"lb_nats"`
+	LbNatsNew      *ebpf.MapSpec `ebpf:"lb_nats_new"`
 	LbNetns        *ebpf.MapSpec `ebpf:"lb_netns"`
 	LbServices     *ebpf.MapSpec `ebpf:"lb_services"`
 	LbSlots        *ebpf.MapSpec `ebpf:"lb_slots"`
@@ -538,6 +540,7 @@ type DatapathMaps struct {
 	LbMaglev       *ebpf.Map `ebpf:"lb_maglev"`
 	LbMembers      *ebpf.Map `ebpf:"lb_members"`
 	LbNats         *ebpf.Map `ebpf:"lb_nats"`
+	LbNatsNew      *ebpf.Map `ebpf:"lb_nats_new"`
 	LbNetns        *ebpf.Map `ebpf:"lb_netns"`
 	LbServices     *ebpf.Map `ebpf:"lb_services"`
 	LbSlots        *ebpf.Map `ebpf:"lb_slots"`
@@ -567,6 +570,7 @@ func (m *DatapathMaps) Close() error {
 		m.LbMaglev,
 		m.LbMembers,
 		m.LbNats,
+		m.LbNatsNew,
 		m.LbNetns,
 		m.LbServices,
 		m.LbSlots,

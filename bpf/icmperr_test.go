@@ -310,9 +310,7 @@ func TestNodePortICMPErrorAboutAReplyGoesToTheBackend(t *testing.T) {
 		// The forward half alone (its reverse tuple gone, as when another
 		// flow took it): nothing is translated.
 		rk := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(snat), Sport: htons(be), Dport: htons(snatPort), Proto: 17}
-		if err := f.objs.LbNats.Delete(&rk); err != nil {
-			t.Fatal(err)
-		}
+		f.natDelete(rk)
 		f.untouched("an error about a flow whose reverse half is gone", fragNeeded(t, router, nodeIP, reply[14:14+28]))
 	})
 }

@@ -33,15 +33,65 @@ func monotonic(t *testing.T) uint64 {
 	return uint64(ts.Nano())
 }
 
+// natEach calls fn with every NodePort translation and the table holding
+// it: established flows' (lb_nats), then new ones' (lb_nats_new).
+func (f *fixture) natEach(fn func(m *ebpf.Map, k DatapathLbNatKey, v DatapathLbNat)) {
+	f.t.Helper()
+	for _, m := range []*ebpf.Map{f.objs.LbNats, f.objs.LbNatsNew} {
+		var k DatapathLbNatKey
+		var v DatapathLbNat
+		var keys []DatapathLbNatKey
+		var vals []DatapathLbNat
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			keys, vals = append(keys, k), append(vals, v)
+		}
+		if err := it.Err(); err != nil {
+			f.t.Fatal(err)
+		}
+		for i := range keys {
+			fn(m, keys[i], vals[i])
+		}
+	}
+}
+
+// natEntry returns the NodePort translation of k and the table holding
+// it (lb_nats before lb_nats_new, as the datapath looks); it fails the
+// test when neither does.
+func (f *fixture) natEntry(k DatapathLbNatKey) (*ebpf.Map, DatapathLbNat) {
+	f.t.Helper()
+	var v DatapathLbNat
+	for _, m := range []*ebpf.Map{f.objs.LbNats, f.objs.LbNatsNew} {
+		if m.Lookup(&k, &v) == nil {
+			return m, v
+		}
+	}
+	f.t.Fatalf("no translation of %+v", k)
+	return nil, v
+}
+
+// natDelete deletes k's translation from both tables; it fails the test
+// when neither had one.
+func (f *fixture) natDelete(k DatapathLbNatKey) {
+	f.t.Helper()
+	n := 0
+	for _, m := range []*ebpf.Map{f.objs.LbNats, f.objs.LbNatsNew} {
+		if m.Delete(&k) == nil {
+			n++
+		}
+	}
+	if n == 0 {
+		f.t.Fatalf("no translation of %+v to delete", k)
+	}
+}
+
 // natLife returns how long from now each direction's entry of the one
 // NodePort translation of client port sport still lives.
 func (f *fixture) natLife(client net.IP, sport uint16) (fwd, rev time.Duration) {
 	f.t.Helper()
 	now := monotonic(f.t)
-	var k DatapathLbNatKey
-	var v DatapathLbNat
 	nf, nr := 0, 0
-	for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+	f.natEach(func(_ *ebpf.Map, k DatapathLbNatKey, v DatapathLbNat) {
 		left := time.Duration(int64(v.Expires - now))
 		switch {
 		case v.Reverse == 0 && k.Saddr == ip4(client) && k.Sport == htons(sport):
@@ -49,7 +99,7 @@ func (f *fixture) natLife(client net.IP, sport uint16) (fwd, rev time.Duration) 
 		case v.Reverse == 1 && v.Daddr == ip4(client) && v.Dport == htons(sport):
 			rev, nr = left, nr+1
 		}
-	}
+	})
 	if nf != 1 || nr != 1 {
 		f.t.Fatalf("%d forward and %d reverse translations of client port %d, want one each", nf, nr, sport)
 	}
@@ -202,10 +252,7 @@ func TestNodePortNATHalfFlowTranslatesNothing(t *testing.T) {
 	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
 	f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, sport, fe, true, false))
 	rk := f.reverseNAT()
-	var rv DatapathLbNat
-	if err := f.objs.LbNats.Lookup(&rk, &rv); err != nil {
-		t.Fatal(err)
-	}
+	m, rv := f.natEntry(rk)
 	// The client's segment leaves for the backend while the translation
 	// is whole, and is left to the node's stack (not rewritten) once half
 	// of it is gone or taken.
@@ -218,17 +265,15 @@ func TestNodePortNATHalfFlowTranslatesNothing(t *testing.T) {
 		}
 	}
 	send("the translation whole", true)
-	if err := f.objs.LbNats.Delete(&rk); err != nil {
-		t.Fatal(err)
-	}
+	f.natDelete(rk)
 	send("the reverse entry gone", false)
 	taken := rv
 	taken.Daddr, taken.Dport = ip4(victim), htons(50000) // another client's flow on the same SNAT port
-	if err := f.objs.LbNats.Put(&rk, &taken); err != nil {
+	if err := m.Put(&rk, &taken); err != nil {
 		t.Fatal(err)
 	}
 	send("the reverse entry another client's", false)
-	if err := f.objs.LbNats.Put(&rk, &rv); err != nil {
+	if err := m.Put(&rk, &rv); err != nil {
 		t.Fatal(err)
 	}
 	send("the reverse entry back", true)
@@ -249,11 +294,7 @@ func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
 	f.lbService(2, nodeIP, 30091, 6, lbFlagNodePort, backend)
 	frontendOfReply := func() uint16 {
 		t.Helper()
-		k := DatapathLbNatKey{Saddr: ip4(podIP), Daddr: ip4(peerIP), Sport: htons(8080), Dport: htons(40000), Proto: 6}
-		var v DatapathLbNat
-		if err := f.objs.LbNats.Lookup(&k, &v); err != nil {
-			t.Fatalf("the reverse entry: %v", err)
-		}
+		_, v := f.natEntry(DatapathLbNatKey{Saddr: ip4(podIP), Daddr: ip4(peerIP), Sport: htons(8080), Dport: htons(40000), Proto: 6})
 		return htons(v.Sport)
 	}
 	f.translated("the SYN to the first frontend", tcp(t, peerIP, nodeIP, 40000, 30090, true, false), backend)
@@ -261,9 +302,7 @@ func TestNodePortLocalBackendTupleNotTaken(t *testing.T) {
 	// The forward entry gone (as if expired), the same SYN is a new flow
 	// whose reverse tuple the first one's entry still holds.
 	fk := DatapathLbNatKey{Saddr: ip4(peerIP), Daddr: ip4(nodeIP), Sport: htons(40000), Dport: htons(30090), Proto: 6}
-	if err := f.objs.LbNats.Delete(&fk); err != nil {
-		t.Fatal(err)
-	}
+	f.natDelete(fk)
 	f.translated("the same SYN again", tcp(t, peerIP, nodeIP, 40000, 30090, true, false), backend)
 	if got := f.count(reasonLBNat, dirIngress) - before; got != 0 || frontendOfReply() != 30090 {
 		t.Fatalf("a retransmitted SYN: %d no-free-tuple drops, replies as frontend %d; want 0 and 30090", got, frontendOfReply())
@@ -520,12 +559,9 @@ func TestNodePortNATEntriesFromBeforePaths(t *testing.T) {
 	f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
 	f.run(f.objs.FromNetdev, tcp(t, peerIP, nodeIP, sport, fe, true, false))
 	rk := f.reverseNAT()
-	var rv DatapathLbNat
-	if err := f.objs.LbNats.Lookup(&rk, &rv); err != nil {
-		t.Fatal(err)
-	}
+	m, rv := f.natEntry(rk)
 	rv.Path, rv.State = 0, 0 // as the old agent wrote it
-	if err := f.objs.LbNats.Put(&rk, &rv); err != nil {
+	if err := m.Put(&rk, &rv); err != nil {
 		t.Fatal(err)
 	}
 	_, out := f.runOut(f.objs.FromContainer, tcp(t, podIP, peerIP, be, sport, true, true))
@@ -666,28 +702,37 @@ func TestNodePortSNATIdleNewTakenOver(t *testing.T) {
 		{"UDP new, idle 4 s", 17, 0, 4 * time.Second, false},
 		{"UDP answered, idle 10 s", 17, 3, 10 * time.Second, false},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			f := load(t)
-			f.lbService(1, nodeIP, 30090, c.proto, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
-			timeout := 60 * time.Second
-			if c.state == 1 {
-				timeout = 6 * time.Hour
-			}
-			expires := monotonic(t) + uint64(timeout-c.idle)
-			translated, dropped := f.snatFull(nodeIP, remote, c.proto, DatapathLbNat{Expires: expires, State: c.state, Path: 1})
-			if translated != c.translated || (dropped == 1) == c.translated {
-				t.Fatalf("every SNAT port held (%s): translated %v, %d no-free-port drops; want translated %v", c.name, translated, dropped, c.translated)
-			}
-		})
+		// The holders in either table: lb_nats_new, where a new flow's
+		// translation is, or lb_nats (an earlier agent's, or a flow
+		// established and then opened again by a SYN).
+		for _, table := range []string{"lb_nats_new", "lb_nats"} {
+			t.Run(c.name+" in "+table, func(t *testing.T) {
+				f := load(t)
+				f.lbService(1, nodeIP, 30090, c.proto, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
+				timeout := 60 * time.Second
+				if c.state == 1 {
+					timeout = 6 * time.Hour
+				}
+				expires := monotonic(t) + uint64(timeout-c.idle)
+				m := f.objs.LbNatsNew
+				if table == "lb_nats" {
+					m = f.objs.LbNats
+				}
+				translated, dropped := f.snatFull(m, nodeIP, remote, c.proto, DatapathLbNat{Expires: expires, State: c.state, Path: 1})
+				if translated != c.translated || (dropped == 1) == c.translated {
+					t.Fatalf("every SNAT port held (%s, in %s): translated %v, %d no-free-port drops; want translated %v", c.name, table, translated, dropped, c.translated)
+				}
+			})
+		}
 	}
 }
 
 // snatFull holds every SNAT port of a NodePort (nodeIP:30090, protocol
 // proto) to remote:8080 with a reverse entry like held (its addresses and
-// ports filled in), then sends a new flow from peerIP:40000 to it (the
+// ports filled in) in table m, then sends a new flow from peerIP:40000 to it (the
 // verdict is the FIB's of the test run) and returns whether it was
 // translated and how many no-free-port drops it made.
-func (f *fixture) snatFull(nodeIP, remote net.IP, proto uint8, held DatapathLbNat) (translated bool, dropped uint64) {
+func (f *fixture) snatFull(m *ebpf.Map, nodeIP, remote net.IP, proto uint8, held DatapathLbNat) (translated bool, dropped uint64) {
 	t := f.t
 	t.Helper()
 	const reasonLBNat = 10
@@ -695,7 +740,7 @@ func (f *fixture) snatFull(nodeIP, remote net.IP, proto uint8, held DatapathLbNa
 		k := DatapathLbNatKey{Saddr: ip4(remote), Daddr: ip4(nodeIP), Sport: htons(8080), Dport: htons(uint16(p)), Proto: proto}
 		v := held
 		v.Saddr, v.Daddr, v.Sport, v.Dport, v.Reverse = ip4(nodeIP), ip4(net.IPv4(192, 168, 7, 50)), htons(30090), htons(uint16(p)), 1
-		if err := f.objs.LbNats.Put(&k, &v); err != nil {
+		if err := m.Put(&k, &v); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -705,13 +750,11 @@ func (f *fixture) snatFull(nodeIP, remote net.IP, proto uint8, held DatapathLbNa
 		pkt = tcp(t, peerIP, nodeIP, 40000, 30090, true, false)
 	}
 	f.run(f.objs.FromNetdev, pkt)
-	var k DatapathLbNatKey
-	var v DatapathLbNat
-	for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+	f.natEach(func(_ *ebpf.Map, k DatapathLbNatKey, v DatapathLbNat) {
 		if v.Reverse == 1 && v.Daddr == ip4(peerIP) && v.Dport == htons(40000) {
 			translated = true
 		}
-	}
+	})
 	return translated, f.count(reasonLBNat, dirIngress) - before
 }
 
@@ -855,23 +898,16 @@ func TestNodePortNATEntriesFromBeforeNumbers(t *testing.T) {
 		natHandshake(client, backend, 1000, 5000)
 		// As the older agent left them: 300 bytes of the client's and 500
 		// of the backend's acknowledged since.
-		var k DatapathLbNatKey
-		var v DatapathLbNat
-		var keys []DatapathLbNatKey
-		var vals []DatapathLbNat
-		for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+		f.natEach(func(m *ebpf.Map, k DatapathLbNatKey, v DatapathLbNat) {
 			v.Flags, v.End, v.Resync = 0, 0, 0
 			v.Acked = 1301
 			if v.Reverse == 1 {
 				v.Acked = 5501
 			}
-			keys, vals = append(keys, k), append(vals, v)
-		}
-		for i := range keys {
-			if err := f.objs.LbNats.Put(&keys[i], &vals[i]); err != nil {
+			if err := m.Put(&k, &v); err != nil {
 				t.Fatal(err)
 			}
-		}
+		})
 		life := f.natLifeIn(sport)
 		est := 6*time.Hour - 2*time.Second
 		client(natSeg{seq: 0x12345678, rst: true})

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket/layers"
 )
 
@@ -37,11 +38,9 @@ func TestNodePortLocalBackendWithL7GoesToTheProxy(t *testing.T) {
 	}
 	noTranslation := func(what string) {
 		t.Helper()
-		var nk DatapathLbNatKey
-		var nv DatapathLbNat
-		if f.objs.LbNats.Iterate().Next(&nk, &nv) {
+		f.natEach(func(_ *ebpf.Map, nk DatapathLbNatKey, _ DatapathLbNat) {
 			t.Fatalf("%s: a translation was made (%+v): the proxy's connection needs none", what, nk)
-		}
+		})
 	}
 	// No proxy listens: steered, the SYN is dropped as such, and leaves
 	// no entry behind.
@@ -84,7 +83,7 @@ func TestNodePortLocalBackendWithL7GoesToTheProxy(t *testing.T) {
 	} else if dst, port := destination(t, out); !dst.Equal(podIP) || port != be {
 		t.Fatalf("a SYN whose entry is a minute old: to %s:%d, want translated to the backend", dst, port)
 	}
-	f.objs.LbNats.Delete(&DatapathLbNatKey{Saddr: ip4(peerIP), Daddr: ip4(nodeIP), Sport: htons(sport + 1), Dport: htons(fe), Proto: 6})
+	f.natDelete(DatapathLbNatKey{Saddr: ip4(peerIP), Daddr: ip4(nodeIP), Sport: htons(sport + 1), Dport: htons(fe), Proto: 6})
 	// A deny for the client wins: no proxy, the flow is translated and
 	// to_container drops it.
 	if err := f.objs.Policy.Put(&k, &DatapathPolicyValue{Deny: 1}); err != nil {

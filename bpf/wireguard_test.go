@@ -73,15 +73,14 @@ func (f *fixture) translated(what string, pkt []byte, backend netip.AddrPort) {
 // reverseNAT returns the one reverse NodePort translation's key.
 func (f *fixture) reverseNAT() DatapathLbNatKey {
 	f.t.Helper()
-	var k, found DatapathLbNatKey
-	var v DatapathLbNat
+	var found DatapathLbNatKey
 	n := 0
-	for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+	f.natEach(func(_ *ebpf.Map, k DatapathLbNatKey, v DatapathLbNat) {
 		if v.Reverse == 1 {
 			found = k
 			n++
 		}
-	}
+	})
 	if n != 1 {
 		f.t.Fatalf("%d reverse translations, want 1", n)
 	}
@@ -133,14 +132,12 @@ func TestNodePortSourcePortFromSNATRange(t *testing.T) {
 			seen := map[uint16]bool{}
 			for i := range uint16(16) {
 				// The verdict depends on the FIB of the test run; the
-				// translation is in lb_nats either way.
+				// translation is made either way.
 				f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, c.sport+i, 30090))
 			}
-			var k DatapathLbNatKey
-			var v DatapathLbNat
-			for it := f.objs.LbNats.Iterate(); it.Next(&k, &v); {
+			f.natEach(func(_ *ebpf.Map, k DatapathLbNatKey, v DatapathLbNat) {
 				if v.Reverse == 0 {
-					continue
+					return
 				}
 				if k.Saddr != ip4(remote) || k.Daddr != ip4(nodeIP) {
 					t.Fatalf("reverse entry %+v: want from the backend to this node", k)
@@ -150,7 +147,7 @@ func TestNodePortSourcePortFromSNATRange(t *testing.T) {
 					t.Fatalf("translated source port %d (the client's from %d): want 61000-65535, never the WireGuard port", p, c.sport)
 				}
 				seen[p] = true
-			}
+			})
 			if len(seen) != 16 {
 				t.Fatalf("%d distinct translated ports for 16 flows, want 16", len(seen))
 			}
@@ -215,14 +212,18 @@ func TestNetdevPassesVXLANDatagrams(t *testing.T) {
 func TestNodePortSNATPortsReused(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
-	for _, live := range []bool{false, true} {
+	for i, live := range []bool{false, true, false, true} {
 		f := load(t)
 		f.lbService(1, nodeIP, 30090, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), 8080))
 		expires := uint64(1) // long past on the monotonic clock
 		if live {
 			expires = math.MaxUint64
 		}
-		translated, dropped := f.snatFull(nodeIP, remote, 17, DatapathLbNat{Expires: expires})
+		m := f.objs.LbNatsNew // the holders in either table
+		if i >= 2 {
+			m = f.objs.LbNats
+		}
+		translated, dropped := f.snatFull(m, nodeIP, remote, 17, DatapathLbNat{Expires: expires})
 		if live && (translated || dropped != 1) {
 			t.Fatalf("every SNAT port live: translated %v, %d no-free-port drops; want dropped once", translated, dropped)
 		}
@@ -254,10 +255,7 @@ func TestNodePortTranslationRedoneAfterPeering(t *testing.T) {
 	fwd := DatapathLbNatKey{Saddr: ip4(peerIP), Daddr: ip4(nodeIP), Sport: htons(40000), Dport: htons(30100), Proto: 17}
 	source := func() net.IP {
 		t.Helper()
-		var v DatapathLbNat
-		if err := f.objs.LbNats.Lookup(&fwd, &v); err != nil {
-			t.Fatalf("the client's translation: %v", err)
-		}
+		_, v := f.natEntry(fwd)
 		b := make([]byte, 4)
 		binary.NativeEndian.PutUint32(b, v.Saddr)
 		return net.IP(b)

@@ -109,7 +109,7 @@ func bulkConn(c net.Conn) {
 	}
 }
 
-// natFlow is what a node's lb_nats holds for one client port: each
+// natFlow is what a node's translation tables hold for one client port: each
 // direction's state and remaining life (-1 when the entry is missing).
 type natFlow struct {
 	fwdState, revState uint8
@@ -120,8 +120,9 @@ func (f natFlow) String() string {
 	return fmt.Sprintf("forward state %d for %s, reverse state %d for %s", f.fwdState, f.fwdLife.Round(time.Second), f.revState, f.revLife.Round(time.Second))
 }
 
-// natFlowOf reads the translation of client:port from nats.
-func natFlowOf(t *testing.T, nats *ebpf.Map, client net.IP, port int) natFlow {
+// natFlowOf reads the translation of client:port from nats, a node's
+// translation tables (lb_nats and lb_nats_new).
+func natFlowOf(t *testing.T, nats []*ebpf.Map, client net.IP, port int) natFlow {
 	t.Helper()
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
@@ -135,18 +136,20 @@ func natFlowOf(t *testing.T, nats *ebpf.Map, client net.IP, port int) natFlow {
 	f := natFlow{fwdLife: -1, revLife: -1}
 	var k bpf.DatapathLbNatKey
 	var v bpf.DatapathLbNat
-	it := nats.Iterate()
-	for it.Next(&k, &v) {
-		left := time.Duration(int64(v.Expires - now))
-		switch {
-		case v.Reverse == 0 && k.Saddr == addr && k.Sport == sport:
-			f.fwdState, f.fwdLife = v.State, left
-		case v.Reverse == 1 && v.Daddr == addr && v.Dport == sport:
-			f.revState, f.revLife = v.State, left
+	for _, m := range nats {
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			left := time.Duration(int64(v.Expires - now))
+			switch {
+			case v.Reverse == 0 && k.Saddr == addr && k.Sport == sport:
+				f.fwdState, f.fwdLife = v.State, left
+			case v.Reverse == 1 && v.Daddr == addr && v.Dport == sport:
+				f.revState, f.revLife = v.State, left
+			}
 		}
-	}
-	if err := it.Err(); err != nil {
-		t.Fatalf("lb_nats: %v", err)
+		if err := it.Err(); err != nil {
+			t.Fatalf("NodePort translations: %v", err)
+		}
 	}
 	return f
 }
@@ -192,11 +195,15 @@ func testNodePortRealTCP(t *testing.T, routing string, agentArgs ...string) {
 // namespace at out (address clientIP) through node's NodePort, checking
 // node's lb_nats.
 func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP net.IP) {
-	nats, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, node), "lb_nats"), nil)
-	if err != nil {
-		t.Fatal(err)
+	var nats []*ebpf.Map
+	for _, name := range []string{"lb_nats", "lb_nats_new"} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, node), name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		nats = append(nats, m)
 	}
-	defer nats.Close()
 	n, err := l.Node(node)
 	if err != nil {
 		t.Fatal(err)

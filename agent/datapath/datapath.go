@@ -650,7 +650,7 @@ func (d *Datapath) Counters() ([]Counter, error) {
 func (d *Datapath) MapPressure() map[string]float64 {
 	out := map[string]float64{}
 	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "conntrack": d.objs.Conntrack, "conntrack_new": d.objs.ConntrackNew,
-		"lb_services": d.objs.LbServices, "lb_nat": d.objs.LbNats} {
+		"lb_services": d.objs.LbServices, "lb_nat": d.objs.LbNats, "lb_nat_new": d.objs.LbNatsNew} {
 		n := 0
 		k := make([]byte, m.KeySize())
 		v := make([]byte, m.ValueSize())

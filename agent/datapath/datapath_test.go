@@ -131,6 +131,10 @@ func TestConntrackGC(t *testing.T) {
 	checkGC(t, "lb_nats", dp.Objects().LbNats, dp.GCLBNAT,
 		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 4, Proto: 6}, &bpf.DatapathLbNat{Expires: now - 1, Reverse: 1},
 		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 5, Proto: 6}, &bpf.DatapathLbNat{Expires: now + 60e9, Reverse: 1})
+	// Translations of flows not established yet (lb_nats_new) too.
+	checkGC(t, "lb_nats_new", dp.Objects().LbNatsNew, dp.GCLBNAT,
+		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 6, Proto: 6}, &bpf.DatapathLbNat{Expires: now - 1, Reverse: 1},
+		bpf.DatapathLbNatKey{Saddr: 1, Daddr: 2, Sport: 3, Dport: 7, Proto: 6}, &bpf.DatapathLbNat{Expires: now + 60e9, Reverse: 1})
 }
 
 // checkGC puts an expired and a live entry in m and requires gc to delete

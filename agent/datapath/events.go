@@ -173,13 +173,22 @@ func (d *Datapath) GCConntrack() (int, error) {
 // between the two walks is seen twice rather than missed.
 func (d *Datapath) ctTables() []*ebpf.Map { return []*ebpf.Map{d.objs.ConntrackNew, d.objs.Conntrack} }
 
-// GCLBNAT deletes the expired NodePort translations (lb_nats) and returns
-// how many. The datapath ignores an expired one and takes its tuple over
-// (lb_nat_claim); without this they would stay until the LRU needs room.
+// GCLBNAT deletes the expired NodePort translations, of established flows
+// (lb_nats) and not yet (lb_nats_new), and returns how many. The datapath
+// ignores an expired one and takes its tuple over (lb_nat_claim); without
+// this they would stay until the LRU needs room.
 func (d *Datapath) GCLBNAT() (int, error) {
 	var v bpf.DatapathLbNat
-	return gcExpired("lb_nats", d.objs.LbNats, new(bpf.DatapathLbNatKey), &v, func() uint64 { return v.Expires })
+	n, err := gcExpired("lb_nats", d.objs.LbNats, new(bpf.DatapathLbNatKey), &v, func() uint64 { return v.Expires })
+	m, err2 := gcExpired("lb_nats_new", d.objs.LbNatsNew, new(bpf.DatapathLbNatKey), &v, func() uint64 { return v.Expires })
+	return n + m, errors.Join(err, err2)
 }
+
+// natTables are the two NodePort translation tables: flows not
+// established yet, then established flows' (bpf/lib/lb.h,
+// lb_nat_settle). In that order, the one an entry moves in: a flow that
+// moves between the two walks is seen twice rather than missed.
+func (d *Datapath) natTables() []*ebpf.Map { return []*ebpf.Map{d.objs.LbNatsNew, d.objs.LbNats} }
 
 // gcExpired deletes the entries of map name (m) whose expiry, read from v
 // after each iteration step into k and v, has passed on the monotonic

@@ -340,11 +340,12 @@ func (d *Datapath) keeps(fe Frontend, b netip.AddrPort) bool {
 	return ok && st.keep[b]
 }
 
-// forgetFlows deletes, in one walk of lb_nats, the translations of each
-// frontend of pending to its backends there (all of them for nil): the
-// forward entry (the client's tuple) and its reverse one when it points
-// back at it (lb_nat_lookup's own check: an expired flow's reverse key may
-// be another live flow's now, of this or another frontend).
+// forgetFlows deletes, in one walk of the translation tables (natTables),
+// the translations of each frontend of pending to its backends there (all
+// of them for nil): the forward entry (the client's tuple) and its
+// reverse one, in either table, when it points back at it (lb_nat_lookup's
+// own check: an expired flow's reverse key may be another live flow's
+// now, of this or another frontend).
 func (d *Datapath) forgetFlows(pending map[Frontend]map[netip.AddrPort]bool) error {
 	match := func(k *bpf.DatapathLbNatKey, v *bpf.DatapathLbNat) bool {
 		if v.Reverse != 0 {
@@ -357,38 +358,44 @@ func (d *Datapath) forgetFlows(pending map[Frontend]map[netip.AddrPort]bool) err
 	var k bpf.DatapathLbNatKey
 	var v bpf.DatapathLbNat
 	var fwd []bpf.DatapathLbNatKey
-	it := d.objs.LbNats.Iterate()
-	for it.Next(&k, &v) {
-		if match(&k, &v) {
-			fwd = append(fwd, k)
+	for _, m := range d.natTables() {
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			if match(&k, &v) {
+				fwd = append(fwd, k)
+			}
 		}
-	}
-	if err := it.Err(); err != nil {
-		return err
+		if err := it.Err(); err != nil {
+			return err
+		}
 	}
 	var rv bpf.DatapathLbNat
 	for i := range fwd {
 		fk := &fwd[i]
-		// Looked up again: the tuple may have become a new flow's since,
-		// to a backend that stays; and the backend may be the frontend's
-		// again (a readiness flap, a frontend made again) since it was
-		// queued.
-		if err := d.objs.LbNats.Lookup(fk, &v); err != nil || !match(fk, &v) {
-			continue
-		}
-		if d.keeps(Frontend{IP: addrFrom(fk.Daddr), Port: htons(fk.Dport), Proto: fk.Proto}, netip.AddrPortFrom(addrFrom(v.Daddr), htons(v.Dport))) {
-			continue
-		}
-		rk := bpf.DatapathLbNatKey{Saddr: v.Daddr, Daddr: v.Saddr, Sport: v.Dport, Dport: v.Sport, Proto: fk.Proto}
-		if err := d.objs.LbNats.Delete(fk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
-		}
-		if err := d.objs.LbNats.Lookup(&rk, &rv); err != nil || rv.Reverse != 1 ||
-			rv.Saddr != fk.Daddr || rv.Daddr != fk.Saddr || rv.Sport != fk.Dport || rv.Dport != fk.Sport {
-			continue
-		}
-		if err := d.objs.LbNats.Delete(&rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
+		for _, m := range d.natTables() {
+			// Looked up again: the tuple may have become a new flow's
+			// since, to a backend that stays; and the backend may be the
+			// frontend's again (a readiness flap, a frontend made again)
+			// since it was queued.
+			if err := m.Lookup(fk, &v); err != nil || !match(fk, &v) {
+				continue
+			}
+			if d.keeps(Frontend{IP: addrFrom(fk.Daddr), Port: htons(fk.Dport), Proto: fk.Proto}, netip.AddrPortFrom(addrFrom(v.Daddr), htons(v.Dport))) {
+				continue
+			}
+			rk := bpf.DatapathLbNatKey{Saddr: v.Daddr, Daddr: v.Saddr, Sport: v.Dport, Dport: v.Sport, Proto: fk.Proto}
+			if err := m.Delete(fk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+			for _, rm := range d.natTables() {
+				if err := rm.Lookup(&rk, &rv); err != nil || rv.Reverse != 1 ||
+					rv.Saddr != fk.Daddr || rv.Daddr != fk.Saddr || rv.Sport != fk.Dport || rv.Dport != fk.Sport {
+					continue
+				}
+				if err := rm.Delete(&rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return err
+				}
+			}
 		}
 	}
 	return nil

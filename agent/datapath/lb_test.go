@@ -44,15 +44,17 @@ type flow struct {
 func pick(t *testing.T, dp *datapath.Datapath, flows []flow) []netip.Addr {
 	t.Helper()
 	objs := dp.Objects()
-	var k bpf.DatapathLbNatKey
-	var keys []bpf.DatapathLbNatKey
-	it := objs.LbNats.Iterate()
-	var v bpf.DatapathLbNat
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
-	}
-	for _, k := range keys {
-		objs.LbNats.Delete(&k)
+	for _, m := range natTables(dp) {
+		var k bpf.DatapathLbNatKey
+		var keys []bpf.DatapathLbNatKey
+		it := m.Iterate()
+		var v bpf.DatapathLbNat
+		for it.Next(&k, &v) {
+			keys = append(keys, k)
+		}
+		for _, k := range keys {
+			m.Delete(&k)
+		}
 	}
 	out := make([]netip.Addr, len(flows))
 	for i, f := range flows {
@@ -61,9 +63,9 @@ func pick(t *testing.T, dp *datapath.Datapath, flows []flow) []netip.Addr {
 		}
 		c, fe := f.client.As4(), nodePortFE.IP.As4()
 		key := bpf.DatapathLbNatKey{Saddr: nat(c), Daddr: nat(fe), Sport: htons(f.sport), Dport: htons(nodePortFE.Port), Proto: unix.IPPROTO_TCP}
-		var val bpf.DatapathLbNat
-		if err := objs.LbNats.Lookup(&key, &val); err != nil {
-			t.Fatalf("flow %v: no NAT entry: %v", f, err)
+		val, ok := natLookup(dp, key)
+		if !ok {
+			t.Fatalf("flow %v: no NAT entry", f)
 		}
 		out[i] = addrOf(val.Daddr)
 	}

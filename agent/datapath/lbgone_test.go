@@ -45,11 +45,28 @@ func natOf(t *testing.T, dp *datapath.Datapath, fe datapath.Frontend, client net
 	t.Helper()
 	c, f := client.Addr().As4(), fe.IP.As4()
 	key := bpf.DatapathLbNatKey{Saddr: nat(c), Daddr: nat(f), Sport: htons(client.Port()), Dport: htons(fe.Port), Proto: fe.Proto}
-	var v bpf.DatapathLbNat
-	if err := dp.Objects().LbNats.Lookup(&key, &v); err != nil {
+	v, ok := natLookup(dp, key)
+	if !ok {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(addrOf(v.Daddr), htons(v.Dport))
+}
+
+// natTables are the datapath's NodePort translation tables: established
+// flows' (lb_nats), then new ones' (lb_nats_new).
+func natTables(dp *datapath.Datapath) []*ebpf.Map {
+	return []*ebpf.Map{dp.Objects().LbNats, dp.Objects().LbNatsNew}
+}
+
+// natLookup returns the translation of key, from either table.
+func natLookup(dp *datapath.Datapath, key bpf.DatapathLbNatKey) (bpf.DatapathLbNat, bool) {
+	var v bpf.DatapathLbNat
+	for _, m := range natTables(dp) {
+		if m.Lookup(&key, &v) == nil {
+			return v, true
+		}
+	}
+	return v, false
 }
 
 // A NodePort translation outlived its backend's removal from the service:
@@ -120,8 +137,10 @@ func TestNodePortTranslationsOfGoneBackendsForgotten(t *testing.T) {
 	var k bpf.DatapathLbNatKey
 	var v bpf.DatapathLbNat
 	n := 0
-	for it := dp.Objects().LbNats.Iterate(); it.Next(&k, &v); {
-		n++
+	for _, m := range natTables(dp) {
+		for it := m.Iterate(); it.Next(&k, &v); {
+			n++
+		}
 	}
 	if n != 0 {
 		t.Errorf("%d NodePort translation entries left after the frontend went", n)

@@ -213,7 +213,7 @@ static __always_inline void fast_remember(struct pkt *p, __u16 ep_id, __u32 ifin
 static __always_inline int lb_nat_known(struct pkt *p)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
-	return bpf_map_lookup_elem(&lb_nats, &k) != 0;
+	return bpf_map_lookup_elem(&lb_nats, &k) != 0 || bpf_map_lookup_elem(&lb_nats_new, &k) != 0;
 }
 
 // fast_slot records that host veth ifindex belongs to endpoint ep_id.

@@ -251,6 +251,18 @@ struct {
 	__type(value, struct lb_nat);
 } lb_nats SEC(".maps");
 
+// Translations of NodePort flows not established yet (a TCP flow before
+// the client's ACK of the backend's SYN-ACK, a UDP flow before the
+// client's datagram after a reply; lb_nat_lookup settles both halves into
+// lb_nats then): a flood of SYNs or datagrams nobody completes evicts
+// only its own kind, never an established flow's translation.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_nat_key);
+	__type(value, struct lb_nat);
+} lb_nats_new SEC(".maps");
+
 // Network namespaces whose sockets this node translates (cookie -> 1).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -547,41 +559,91 @@ static __always_inline int lb_nat_foreign(struct lb_nat *n, __u8 from)
 	return n->path != from;
 }
 
-// lb_nat_lookup returns the live NAT entry of p's tuple, which came the
-// way from (LB_PATH_*), and moves its flow on (lb_nat_next; the clock is
-// read only when there is an entry). An entry counts only with its other
-// direction's entry (keyed by its rewritten tuple reversed) live and
-// pointing back at it: each packet refreshes both, and a lone survivor of
-// a flow whose other half expired and was taken by another flow
-// translates nothing (it would send its packets into that flow). A
-// foreign entry (lb_nat_foreign) is returned untouched: the caller drops
-// the packet.
+// lb_nat_now reads the clock once: *now is 0 until then.
+static __always_inline __u64 lb_nat_now(__u64 *now)
+{
+	if (!*now)
+		*now = bpf_ktime_get_ns();
+	return *now;
+}
+
+// lb_nat_find returns the live entry of k: lb_nats' (established flows),
+// else lb_nats_new's, telling which in *fresh (1: lb_nats_new). The clock
+// is read (lb_nat_now) only when there is an entry.
+static __always_inline struct lb_nat *lb_nat_find(struct lb_nat_key *k, __u64 *now, int *fresh)
+{
+	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, k);
+	if (n && n->expires >= lb_nat_now(now)) {
+		*fresh = 0;
+		return n;
+	}
+	n = bpf_map_lookup_elem(&lb_nats_new, k);
+	if (!n || n->expires < lb_nat_now(now))
+		return 0;
+	*fresh = 1;
+	return n;
+}
+
+// lb_nat_delete deletes k's entries, in both tables.
+static __always_inline void lb_nat_delete(struct lb_nat_key *k)
+{
+	bpf_map_delete_elem(&lb_nats_new, k);
+	bpf_map_delete_elem(&lb_nats, k);
+}
+
 // lb_nat_other returns the other half of n, the live entry of key k: the
 // entry keyed by n's rewritten tuple reversed, when it is live, of the
 // other direction and points back at k; else NULL (n is a lone survivor
 // of a flow whose other half expired or was taken by another flow).
-static __always_inline struct lb_nat *lb_nat_other(struct lb_nat *n, struct lb_nat_key *k, __u64 now)
+// *fresh tells its table as lb_nat_find does.
+static __always_inline struct lb_nat *lb_nat_other(struct lb_nat *n, struct lb_nat_key *k, __u64 *now, int *fresh)
 {
 	struct lb_nat_key ok = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = k->proto};
-	struct lb_nat *o = bpf_map_lookup_elem(&lb_nats, &ok);
-	if (!o || o->expires < now || o->reverse == n->reverse || o->saddr != k->daddr || o->daddr != k->saddr ||
-	    o->sport != k->dport || o->dport != k->sport)
+	struct lb_nat *o = lb_nat_find(&ok, now, fresh);
+	if (!o || o->reverse == n->reverse || o->saddr != k->daddr || o->daddr != k->saddr || o->sport != k->dport ||
+	    o->dport != k->sport)
 		return 0;
 	return o;
 }
 
+// lb_nat_settle moves the halves of an established flow still in
+// lb_nats_new (n, key k, when fresh; o, the other half, when ofresh) to
+// lb_nats, and returns k's entry there (n when a copy failed: what was
+// not copied stays where it is, and lb_nat_find takes either).
+static __always_inline struct lb_nat *lb_nat_settle(struct lb_nat_key *k, struct lb_nat *n, int fresh, struct lb_nat *o,
+						     int ofresh)
+{
+	struct lb_nat_key ok = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = k->proto};
+	struct lb_nat nv = *n, ov = *o;
+	if (ofresh && bpf_map_update_elem(&lb_nats, &ok, &ov, BPF_ANY) == 0)
+		bpf_map_delete_elem(&lb_nats_new, &ok);
+	if (!fresh || bpf_map_update_elem(&lb_nats, k, &nv, BPF_ANY) != 0)
+		return n;
+	bpf_map_delete_elem(&lb_nats_new, k);
+	struct lb_nat *m = bpf_map_lookup_elem(&lb_nats, k);
+	return m ? m : n;
+}
+
+// lb_nat_lookup returns the live NAT entry of p's tuple, which came the
+// way from (LB_PATH_*), and moves its flow on (lb_nat_next, lb_nat_tcp;
+// an established flow's halves settle into lb_nats). An entry counts only
+// with its other direction's entry (keyed by its rewritten tuple
+// reversed) live and pointing back at it: each packet refreshes both, and
+// a lone survivor of a flow whose other half expired and was taken by
+// another flow translates nothing (it would send its packets into that
+// flow). A foreign entry (lb_nat_foreign) is returned untouched: the
+// caller drops the packet.
 static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
-	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
+	__u64 now = 0;
+	int fresh = 0, ofresh = 0;
+	struct lb_nat *n = lb_nat_find(&k, &now, &fresh);
 	if (!n)
-		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	if (n->expires < now)
 		return 0;
 	if (lb_nat_foreign(n, from))
 		return n;
-	struct lb_nat *o = lb_nat_other(n, &k, now);
+	struct lb_nat *o = lb_nat_other(n, &k, &now, &ofresh);
 	if (!o)
 		return 0;
 	__u8 flags = n->flags;
@@ -591,6 +653,8 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 		n->flags = o->flags = flags;
 	}
 	n->expires = o->expires = now + lb_nat_timeout(p->proto, state);
+	if ((fresh || ofresh) && state == CT_STATE_ESTABLISHED)
+		return lb_nat_settle(&k, n, fresh, o, ofresh);
 	return n;
 }
 
@@ -599,8 +663,10 @@ static __always_inline struct lb_nat *lb_nat_lookup(struct pkt *p, __u8 from)
 static __always_inline int lb_nat_reply(struct pkt *p)
 {
 	struct lb_nat_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .proto = p->proto};
-	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
-	return n && n->reverse && n->expires >= bpf_ktime_get_ns();
+	__u64 now = 0;
+	int fresh;
+	struct lb_nat *n = lb_nat_find(&k, &now, &fresh);
+	return n && n->reverse;
 }
 
 // lb_fib asks the FIB for the way out of a packet from saddr to daddr
@@ -814,9 +880,10 @@ static __always_inline struct lb_nat *lb_icmp_nat(struct pkt *p)
 		return 0;
 	struct lb_nat_key k = {.saddr = p->inner_daddr, .daddr = p->inner_saddr, .sport = p->inner_dport,
 			       .dport = p->inner_sport, .proto = p->inner_proto};
-	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, &k);
-	__u64 now = bpf_ktime_get_ns();
-	if (!n || n->expires < now || !lb_nat_other(n, &k, now))
+	__u64 now = 0;
+	int fresh;
+	struct lb_nat *n = lb_nat_find(&k, &now, &fresh);
+	if (!n || !lb_nat_other(n, &k, &now, &fresh))
 		return 0;
 	return n;
 }
@@ -858,11 +925,17 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, __u8
 	return lb_reverse_entry(skb, p, n);
 }
 
+// lb_nat_put puts v under the tuple, a new flow's translation: in
+// lb_nats_new, and out of lb_nats (an entry there, expired or a lone half,
+// would hide it from lb_nat_find).
 static __always_inline int lb_nat_put(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto,
-				      struct lb_nat *v, __u64 flags)
+				      struct lb_nat *v)
 {
 	struct lb_nat_key k = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport, .proto = proto};
-	return bpf_map_update_elem(&lb_nats, &k, v, flags);
+	if (bpf_map_update_elem(&lb_nats_new, &k, v, BPF_ANY) != 0)
+		return -1;
+	bpf_map_delete_elem(&lb_nats, &k);
+	return 0;
 }
 
 // LB_NAT_IDLE_NEW: a translation never established that has seen no
@@ -870,34 +943,49 @@ static __always_inline int lb_nat_put(__u32 saddr, __u32 daddr, __u16 sport, __u
 // port (lb_nat_claim's steal).
 #define LB_NAT_IDLE_NEW (5 * NSEC)
 
-// lb_nat_claim puts v under the tuple unless a live entry holds it; an
-// expired one is taken over. With steal (the last of a new flow's tries,
-// the others having found no free port), so is a TCP one never
+// lb_nat_held tells whether old, an entry of a tuple a new flow of proto
+// wants, keeps it: when live, unless steal and it is a TCP one never
 // established (new, or replied to) or a UDP one never answered, idle for
-// LB_NAT_IDLE_NEW: its flow, whose other half then translates nothing,
-// starts anew with its next SYN. The agent deletes expired entries only
-// now and then (GCLBNAT, with the conntrack sweep), so without the first
-// rule a translation just finished would keep its source port from the
-// next flows to the same backend; without the second, a flood of
-// unanswered SYNs from many source ports would hold every port of the
-// backend for their 60 s (about 76 SYNs a second; now about 900). A UDP
-// flow that was answered is never stolen (its next answer would go to the
-// new flow's client).
+// LB_NAT_IDLE_NEW.
+static __always_inline int lb_nat_held(struct lb_nat *old, __u8 proto, __u64 now, int steal)
+{
+	if (!old || old->expires < now)
+		return 0;
+	if (!steal)
+		return 1;
+	if (old->state != CT_STATE_NEW && (old->state != LB_NAT_REPLIED || proto != IPPROTO_TCP))
+		return 1;
+	// Idle: its last packet set expires to that time + the timeout.
+	return old->expires - now > lb_nat_timeout(proto, old->state) - LB_NAT_IDLE_NEW;
+}
+
+// lb_nat_claim puts v under the tuple (in lb_nats_new) unless a live
+// entry, in either table, holds it (lb_nat_held); an expired one is taken
+// over. With steal (the last of a new flow's tries, the others having
+// found no free port), so is a TCP one never established or a UDP one
+// never answered, idle for LB_NAT_IDLE_NEW: its flow, whose other half
+// then translates nothing, starts anew with its next SYN. The agent
+// deletes expired entries only now and then (GCLBNAT, with the conntrack
+// sweep), so without the first rule a translation just finished would
+// keep its source port from the next flows to the same backend; without
+// the second, a flood of unanswered SYNs from many source ports would
+// hold every port of the backend for their 60 s (about 76 SYNs a second;
+// now about 900). A UDP flow that was answered is never stolen (its next
+// answer would go to the new flow's client).
 static __always_inline int lb_nat_claim(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto,
 					struct lb_nat *v, __u64 now, int steal)
 {
 	struct lb_nat_key k = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport, .proto = proto};
-	if (bpf_map_update_elem(&lb_nats, &k, v, BPF_NOEXIST) == 0)
-		return 0;
 	struct lb_nat *old = bpf_map_lookup_elem(&lb_nats, &k);
-	if (old && old->expires >= now) {
-		if (!steal)
-			return -1;
-		if (old->state != CT_STATE_NEW && (old->state != LB_NAT_REPLIED || proto != IPPROTO_TCP))
-			return -1;
-		// Idle: its last packet set expires to that time + the timeout.
-		if (old->expires - now > lb_nat_timeout(proto, old->state) - LB_NAT_IDLE_NEW)
+	if (lb_nat_held(old, proto, now, steal))
+		return -1;
+	int in_lb_nats = old != 0;
+	if (bpf_map_update_elem(&lb_nats_new, &k, v, BPF_NOEXIST) != 0) {
+		if (lb_nat_held(bpf_map_lookup_elem(&lb_nats_new, &k), proto, now, steal) ||
+		    bpf_map_update_elem(&lb_nats_new, &k, v, BPF_ANY) != 0)
 			return -1;
 	}
-	return bpf_map_update_elem(&lb_nats, &k, v, BPF_ANY);
+	if (in_lb_nats)
+		bpf_map_delete_elem(&lb_nats, &k);
+	return 0;
 }

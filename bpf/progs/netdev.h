@@ -406,8 +406,8 @@ int from_netdev(struct __sk_buff *skb)
 		// stale translation, its flow dead (TestNodePortTranslationRedoneAfterPeering).
 		struct lb_nat_key fk = {.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport, .proto = p.proto};
 		struct lb_nat_key rk = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = p.proto};
-		bpf_map_delete_elem(&lb_nats, &rk);
-		bpf_map_delete_elem(&lb_nats, &fk);
+		lb_nat_delete(&rk);
+		lb_nat_delete(&fk);
 		n = 0;
 	}
 	if (n) {
@@ -493,9 +493,11 @@ int from_netdev(struct __sk_buff *skb)
 			// Never another frontend's flow to this backend from the same
 			// client port: its translation stays.
 			struct lb_nat_key rk = {.saddr = bip, .daddr = nsaddr, .sport = bport, .dport = nsport, .proto = p.proto};
-			struct lb_nat *old = bpf_map_lookup_elem(&lb_nats, &rk);
+			__u64 t = now;
+			int fresh;
+			struct lb_nat *old = lb_nat_find(&rk, &t, &fresh);
 			if (old && old->saddr == p.daddr && old->sport == p.dport)
-				ok = lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev, BPF_ANY) == 0;
+				ok = lb_nat_put(bip, nsaddr, bport, nsport, p.proto, &rev) == 0;
 			break;
 		}
 		nsport = lb_snat_port(wg);
@@ -507,7 +509,7 @@ int from_netdev(struct __sk_buff *skb)
 		fast_forget(bip, nsaddr, bport, nsport, p.proto, bep->ep_id);
 	struct lb_nat fwd = {.expires = expires, .saddr = nsaddr, .daddr = bip, .sport = nsport, .dport = bport, .tunnel_ip = local ? 0 : tunnel_ip,
 			     .flags = nflags, .acked = bpf_ntohl(p.seq), .end = bpf_ntohl(p.seq) + 1};
-	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd, BPF_ANY);
+	lb_nat_put(p.saddr, p.daddr, p.sport, p.dport, p.proto, &fwd);
 	// Reported once per connection (its later packets take the NAT entry
 	// above): the client to the backend, at the backend's ingress.
 	struct pkt t = p;
