@@ -314,3 +314,82 @@ func TestNodePortICMPErrorAboutAReplyGoesToTheBackend(t *testing.T) {
 		f.untouched("an error about a flow whose reverse half is gone", fragNeeded(t, router, nodeIP, reply[14:14+28]))
 	})
 }
+
+// TestNodePortICMPErrorAboutAReplyGoesToTheBackend through the ways its
+// lab test and its first cases do not take: a remote backend on a
+// WireGuard peer (the flow translated from the node's gateway address,
+// the error sent to the backend from that address, out of the FIB's
+// device: the route to the peer's pods is the WireGuard device's), and
+// TCP flows, whose quoted header is a segment's (ports and sequence
+// number), to a local and a remote backend.
+func TestNodePortICMPErrorAboutAReplyWireGuardAndTCP(t *testing.T) {
+	router := net.IPv4(198, 51, 100, 1).To4()
+	t.Run("remote backend through WireGuard", func(t *testing.T) {
+		nodeIP, gateway, remotePod, backendNode := replyNodeIP, replyGateway, replyRemotePod, replyBackendNode
+		const fe, be, cport = 30096, 8080, 40000
+		backendRoute(t, remotePod, peerIP)
+		cfg := DatapathNodeConfig{Encrypt: 1, WireguardPort: wgPort, EncryptSnat: ip4(gateway)}
+		f := natUDPFlow(t, cfg, nodeIP, remotePod, backendNode, remotePod, fe, be, cport)
+		rk := f.reverseNAT()
+		snat := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Daddr))
+		if !snat.Equal(gateway) {
+			t.Fatalf("translated from %s, want the gateway %s", snat, gateway)
+		}
+		// The backend's reply, through the WireGuard device (a layer 3
+		// device: no MAC header), to the client.
+		if ret := f.run(f.objs.FromWireguard, udp(t, remotePod, gateway, be, htons(rk.Dport))[14:]); ret == actShot {
+			t.Fatalf("the backend's reply through WireGuard: dropped")
+		}
+		// What this node sent the client, as a router quotes it.
+		quote := udp(t, nodeIP, peerIP, fe, cport)[14 : 14+28]
+		ret, out := f.runOut(f.objs.FromNetdev, fragNeeded(t, router, nodeIP, quote))
+		if ret != actRedirect {
+			t.Fatalf("the router's fragmentation needed: verdict %d, want redirected to the backend", ret)
+		}
+		// From the gateway (the peer's WireGuard takes only this node's
+		// own addresses from it), quoting the reply as the backend sent it.
+		checkICMPToBackend(t, out, gateway, remotePod, be, gateway, htons(rk.Dport))
+	})
+	t.Run("TCP, local backend", func(t *testing.T) {
+		const fe, be, cport = 30095, 8080, 40000
+		nodeIP := net.IPv4(192, 168, 7, 1).To4()
+		f := load(t)
+		f.rule(dirEgress, peerID, 6, cport, 24, false)
+		f.lbService(1, nodeIP, fe, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
+		f.run(f.objs.FromNetdev, tcpSeq(t, peerIP, nodeIP, cport, fe, true, false, 1000, 0))
+		_, synack := f.runOut(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, be, cport, true, true, 5000, 1001))
+		if src, port := net.IP(synack[14+12:14+16]), binary.BigEndian.Uint16(synack[14+20:]); !src.Equal(nodeIP) || port != fe {
+			t.Fatalf("the backend's SYN-ACK left from %s:%d, want the frontend", src, port)
+		}
+		f.run(f.objs.FromNetdev, tcpSeq(t, peerIP, nodeIP, cport, fe, false, true, 1001, 5001))
+		ret, out := f.runOut(f.objs.FromNetdev, fragNeeded(t, router, nodeIP, synack[14:14+28]))
+		if ret != actOK {
+			t.Fatalf("the router's fragmentation needed: verdict %d, want passed on to the local backend", ret)
+		}
+		checkICMPToBackend(t, out, router, podIP, be, peerIP, cport)
+		if seq := binary.BigEndian.Uint32(out[14+20+8+20+4:]); seq != 5000 {
+			t.Errorf("the quoted segment's sequence number is %d, want the SYN-ACK's 5000", seq)
+		}
+	})
+	t.Run("TCP, remote backend", func(t *testing.T) {
+		const fe, be, cport = 30094, 8080, 40000
+		nodeIP := net.IPv4(192, 168, 7, 1).To4()
+		remote := net.IPv4(10, 9, 9, 9).To4()
+		backendRoute(t, remote, peerIP)
+		f := load(t)
+		client, backend := f.nodePortFlow(nodeIP, remote, fe, be, cport)
+		natHandshake(client, backend, 1000, 5000)
+		rk := f.reverseNAT()
+		snat := net.IP(binary.NativeEndian.AppendUint32(nil, rk.Daddr))
+		// The backend's data, as this node sent it on to the client.
+		ret, reply := f.runOut(f.objs.FromNetdev, tcpSeq(t, remote, snat, be, htons(rk.Dport), false, true, 5001, 1001))
+		if src, port := net.IP(reply[14+12:14+16]), binary.BigEndian.Uint16(reply[14+20:]); ret != actRedirect || !src.Equal(nodeIP) || port != fe {
+			t.Fatalf("the backend's segment: verdict %d, from %s:%d, want redirected from the frontend", ret, src, port)
+		}
+		ret, out := f.runOut(f.objs.FromNetdev, fragNeeded(t, router, nodeIP, reply[14:14+28]))
+		if ret != actRedirect {
+			t.Fatalf("the router's fragmentation needed: verdict %d, want redirected to the backend", ret)
+		}
+		checkICMPToBackend(t, out, router, remote, be, snat, htons(rk.Dport))
+	})
+}
