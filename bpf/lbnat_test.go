@@ -643,8 +643,9 @@ func TestNodePortNATRealFlowsClose(t *testing.T) {
 		run  func(client, backend side, cs, ss uint32)
 	}{
 		{"real FINs from both sides", func(client, backend side, cs, ss uint32) {
-			client(natSeg{seq: cs, fin: true})
-			backend(natSeg{seq: ss, fin: true})
+			// (A segment of a synchronised connection carries an ACK.)
+			client(natSeg{seq: cs, ack: ss, ackf: true, fin: true})
+			backend(natSeg{seq: ss, ack: cs + 1, ackf: true, fin: true})
 		}},
 		{"the backend sends 3 MiB, the client acknowledges it at once, the backend's RST", func(client, backend side, cs, ss uint32) {
 			backend(natSeg{seq: ss + 3*mib - 100, ack: cs, ackf: true, data: 100})
@@ -817,8 +818,11 @@ func natPeers(f *fixture, nodeIP, remote net.IP, fe, be, sport uint16) (client, 
 // backend still holds the connection and answers the SYN with an ACK of
 // its numbers); a SYN, the backend's ACK, a forged SYN-ACK and the
 // client's ACK of it (a new connection on the tuple, as if the backend
-// had lost the old one), then an RST at those numbers. After each the
-// flow's real FINs still close it.
+// had lost the old one), then an RST at those numbers; a segment without
+// ACK (which no side of a synchronised connection sends) inside the
+// window, which moved its side's end to the forger's number, then an RST
+// there (found 2026-12-06 by reading). After each the flow's real FINs
+// still close it.
 func TestNodePortNATForgedSegmentsLeaveFlowsOpen(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
@@ -836,6 +840,16 @@ func TestNodePortNATForgedSegmentsLeaveFlowsOpen(t *testing.T) {
 			client(natSeg{seq: cEnd, ack: x, ackf: true})
 			backend(natSeg{seq: x, rst: true})
 			backend(natSeg{seq: x, ack: cEnd, ackf: true, rst: true})
+		}},
+		{"segments without ACK inside the window, an RST at their end", func(client, backend func(natSeg)) {
+			// A blind forger's lucky guesses (about one in 64 falls in the
+			// window): a segment that carries no ACK skipped the check of
+			// its acknowledgement and moved its side's end to a number
+			// the forger chose.
+			client(natSeg{seq: cEnd + 1000, data: 10})
+			client(natSeg{seq: cEnd + 1010, rst: true})
+			backend(natSeg{seq: sEnd + 1000, data: 10})
+			backend(natSeg{seq: sEnd + 1010, rst: true})
 		}},
 		{"a SYN from the client's tuple, RSTs at any number", func(client, backend func(natSeg)) {
 			client(natSeg{seq: 777, syn: true})

@@ -450,8 +450,8 @@ static __always_inline int lb_seq_after(__u32 a, __u32 b)
 //     replied flow.
 //   - an RST (LB_SEQ_* above): closing. The backend's refusal of the SYN
 //     (its acknowledgement that number + 1) counts too.
-//   - any other segment that fits (LB_SEQ_*) moves its side's numbers;
-//     FINs of both sides that fit: closing.
+//   - any other segment that fits (LB_SEQ_*) and carries an ACK moves
+//     its side's numbers; FINs of both sides that fit: closing.
 static __always_inline __u8 lb_nat_tcp(struct pkt *p, struct lb_nat *n, struct lb_nat *o, __u8 *flags)
 {
 	__u8 f = *flags, state = n->state, tf = p->tcp_flags;
@@ -505,7 +505,13 @@ static __always_inline __u8 lb_nat_tcp(struct pkt *p, struct lb_nat *n, struct l
 			fits = 1; // a refused new connection on the tuple
 		return fits ? CT_STATE_CLOSING : state;
 	}
-	if (state == CT_STATE_NEW)
+	// Nothing else moves a new flow; and every segment of a synchronised
+	// connection but an RST carries an ACK: one without (forged: its
+	// acknowledgement goes unchecked below) moves nothing. Until
+	// 2026-12-06 it moved its side's end, and a blind forger whose
+	// segment fell in the window (about one guess in 64) closed the flow
+	// with an RST at the end it chose (TestNodePortNATForgedSegmentsLeaveFlowsOpen).
+	if (state == CT_STATE_NEW || !has_ack)
 		return state;
 	__u32 hdr = ETH_HLEN + p->ihl + p->tcp_doff;
 	__u32 end = seq + (p->len > hdr ? p->len - hdr : 0) + ((tf & TCP_FIN) ? 1 : 0);
