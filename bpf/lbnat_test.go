@@ -55,14 +55,15 @@ func (f *fixture) natEach(fn func(m *ebpf.Map, k DatapathLbNatKey, v DatapathLbN
 	}
 }
 
-// natEntry returns the NodePort translation of k and the table holding
-// it (lb_nats before lb_nats_new, as the datapath looks); it fails the
-// test when neither does.
+// natEntry returns the live NodePort translation of k and the table
+// holding it (lb_nats before lb_nats_new, as the datapath looks); it fails
+// the test when neither does.
 func (f *fixture) natEntry(k DatapathLbNatKey) (*ebpf.Map, DatapathLbNat) {
 	f.t.Helper()
 	var v DatapathLbNat
+	now := monotonic(f.t)
 	for _, m := range []*ebpf.Map{f.objs.LbNats, f.objs.LbNatsNew} {
-		if m.Lookup(&k, &v) == nil {
+		if m.Lookup(&k, &v) == nil && v.Expires >= now {
 			return m, v
 		}
 	}

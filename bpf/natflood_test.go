@@ -28,13 +28,14 @@ func natFloodFixture(t *testing.T) *fixture {
 func TestNodePortNATFloodSparesEstablishedFlows(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	remote := net.IPv4(10, 9, 9, 9).To4()
-	const local, far, be = 30090, 30091, 8080
+	const local, far, udpLocal, be = 30090, 30091, 30092, 8080
 	const lport, rport = 40000, 40001
 	backendRoute(t, remote)
 	f := natFloodFixture(t)
 	f.rule(dirEgress, peerID, 6, lport, 24, false) // the pod's egress admits its replies
 	f.lbService(1, nodeIP, local, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
 	f.lbService(2, nodeIP, far, 6, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(remote)), be))
+	f.lbService(3, nodeIP, udpLocal, 17, lbFlagNodePort, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), be))
 
 	// An established flow to the backend on another node (its reply comes
 	// to this node's SNAT port)...
@@ -45,16 +46,38 @@ func TestNodePortNATFloodSparesEstablishedFlows(t *testing.T) {
 	f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, be, lport, true, true, 9000, 2001))
 	f.run(f.objs.FromNetdev, tcpSeq(t, peerIP, nodeIP, lport, local, false, true, 2001, 9001))
 
-	// The flood: three times lb_nats' size of SYNs from forged sources to
-	// the local backend's NodePort (two entries each), half of them
-	// answered by the pod and "completed" blind (a wrong number).
+	// The flood: three times lb_nats' size of flows from forged sources
+	// to the local backend's NodePorts (two entries each): SYNs, a third
+	// of them answered by the pod and "completed" blind (a wrong number),
+	// and a third unanswered datagrams.
 	for i := 0; i < 3*natFloodCapacity; i++ {
 		src, sport := floodSource(i)
+		if i%3 == 2 {
+			f.run(f.objs.FromNetdev, udp(t, src, nodeIP, sport, udpLocal))
+			continue
+		}
 		f.run(f.objs.FromNetdev, tcpSeq(t, src, nodeIP, sport, local, true, false, 1, 0))
-		if i%2 == 1 {
+		if i%3 == 1 {
 			f.run(f.objs.FromContainer, tcpSeq(t, podIP, src, be, sport, true, true, 5000, 2))
 			f.run(f.objs.FromNetdev, tcpSeq(t, src, nodeIP, sport, local, false, true, 2, 0xdeadbeef))
 		}
+	}
+	// The flood made its translations (in lb_nats_new, when there is one).
+	made := 0
+	for _, m := range []*ebpf.Map{f.objs.LbNats, f.objs.LbNatsNew} {
+		if m == nil {
+			continue
+		}
+		var k DatapathLbNatKey
+		var v DatapathLbNat
+		for it := m.Iterate(); it.Next(&k, &v); {
+			if k.Saddr&0xff == 198 || k.Daddr&0xff == 198 {
+				made++
+			}
+		}
+	}
+	if made < natFloodCapacity/2 {
+		t.Fatalf("the flood left %d translations, want the tables full of them: the flood was not translated", made)
 	}
 
 	// Both idle flows' next segments are still translated.
@@ -121,8 +144,21 @@ func TestNodePortNATSettles(t *testing.T) {
 	in("the backend's SYN-ACK", sport, "lb_nats_new")
 	client(natSeg{seq: 1001, ack: 0x5000, ackf: true})
 	in("an ACK of a number the backend never sent (blind)", sport, "lb_nats_new")
+	// One half in each table (as when a move copied one half and not the
+	// other): the flow is whole, and the client's ACK moves the other.
+	_, _, rk := f.natTablesOf(sport)
+	var rv DatapathLbNat
+	if err := f.objs.LbNatsNew.Lookup(&rk, &rv); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.LbNats.Put(&rk, &rv); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.LbNatsNew.Delete(&rk); err != nil {
+		t.Fatal(err)
+	}
 	client(natSeg{seq: 1001, ack: 5001, ackf: true})
-	in("the client's ACK of the SYN-ACK", sport, "lb_nats")
+	in("the client's ACK of the SYN-ACK (the reverse half in lb_nats already)", sport, "lb_nats")
 	backend(natSeg{seq: 5001, ack: 1001, ackf: true, data: 100})
 	in("the backend's data", sport, "lb_nats")
 	_, out := f.runOut(f.objs.FromNetdev, tcpSeq(t, peerIP, nodeIP, sport, fe, false, true, 1001, 5101))
@@ -136,7 +172,7 @@ func TestNodePortNATSettles(t *testing.T) {
 	in("a datagram", usport, "lb_nats_new")
 	f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, usport, udpFE))
 	in("another datagram, no reply yet", usport, "lb_nats_new")
-	_, _, rk := f.natTablesOf(usport)
+	_, _, rk = f.natTablesOf(usport)
 	f.run(f.objs.FromNetdev, udp(t, remote, nodeIP, be, htons(rk.Dport)))
 	in("the backend's reply", usport, "lb_nats_new")
 	f.run(f.objs.FromNetdev, udp(t, peerIP, nodeIP, usport, udpFE))

@@ -114,14 +114,15 @@ func bulkConn(c net.Conn) {
 type natFlow struct {
 	fwdState, revState uint8
 	fwdLife, revLife   time.Duration
+	settled            bool // both halves in lb_nats (the established flows' table)
 }
 
 func (f natFlow) String() string {
-	return fmt.Sprintf("forward state %d for %s, reverse state %d for %s", f.fwdState, f.fwdLife.Round(time.Second), f.revState, f.revLife.Round(time.Second))
+	return fmt.Sprintf("forward state %d for %s, reverse state %d for %s, both in lb_nats %v", f.fwdState, f.fwdLife.Round(time.Second), f.revState, f.revLife.Round(time.Second), f.settled)
 }
 
 // natFlowOf reads the translation of client:port from nats, a node's
-// translation tables (lb_nats and lb_nats_new).
+// translation tables (lb_nats_new, then lb_nats, whose entries win).
 func natFlowOf(t *testing.T, nats []*ebpf.Map, client net.IP, port int) natFlow {
 	t.Helper()
 	var ts unix.Timespec
@@ -136,21 +137,23 @@ func natFlowOf(t *testing.T, nats []*ebpf.Map, client net.IP, port int) natFlow 
 	f := natFlow{fwdLife: -1, revLife: -1}
 	var k bpf.DatapathLbNatKey
 	var v bpf.DatapathLbNat
-	for _, m := range nats {
+	fwdIn, revIn := -1, -1
+	for i, m := range nats {
 		it := m.Iterate()
 		for it.Next(&k, &v) {
 			left := time.Duration(int64(v.Expires - now))
 			switch {
 			case v.Reverse == 0 && k.Saddr == addr && k.Sport == sport:
-				f.fwdState, f.fwdLife = v.State, left
+				f.fwdState, f.fwdLife, fwdIn = v.State, left, i
 			case v.Reverse == 1 && v.Daddr == addr && v.Dport == sport:
-				f.revState, f.revLife = v.State, left
+				f.revState, f.revLife, revIn = v.State, left, i
 			}
 		}
 		if err := it.Err(); err != nil {
 			t.Fatalf("NodePort translations: %v", err)
 		}
 	}
+	f.settled = fwdIn == len(nats)-1 && revIn == len(nats)-1
 	return f
 }
 
@@ -196,7 +199,9 @@ func testNodePortRealTCP(t *testing.T, routing string, agentArgs ...string) {
 // node's lb_nats.
 func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP net.IP) {
 	var nats []*ebpf.Map
-	for _, name := range []string{"lb_nats", "lb_nats_new"} {
+	// lb_nats last: its entry, when both have one, is the flow's (as the
+	// datapath looks).
+	for _, name := range []string{"lb_nats_new", "lb_nats"} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, node), name), nil)
 		if err != nil {
 			t.Fatal(err)
@@ -293,8 +298,8 @@ func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP n
 			port := conn.LocalAddr().(*net.TCPAddr).Port
 			mid := func() {
 				f := natFlowOf(t, nats, clientIP, port)
-				if f.fwdState != 1 || f.revState != 1 || f.fwdLife < time.Hour || f.revLife < time.Hour {
-					t.Fatalf("midway through the flow from port %d: %s; want both established for 6 h", port, f)
+				if f.fwdState != 1 || f.revState != 1 || f.fwdLife < time.Hour || f.revLife < time.Hour || !f.settled {
+					t.Fatalf("midway through the flow from port %d: %s; want both established for 6 h, in lb_nats", port, f)
 				}
 			}
 			c.run(t, conn, mid)

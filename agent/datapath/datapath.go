@@ -295,7 +295,7 @@ func (d *Datapath) Close() error {
 			close(d.closed)
 		}
 	})
-	// A walk of lb_nats under way ends first (forgetter).
+	// A walk of the NodePort translations under way ends first (forgetter).
 	d.forget.walk.Lock()
 	defer d.forget.walk.Unlock()
 	return d.objs.Close()

@@ -575,7 +575,11 @@ static __always_inline __u64 lb_nat_now(__u64 *now)
 
 // lb_nat_find returns the live entry of k: lb_nats' (established flows),
 // else lb_nats_new's, telling which in *fresh (1: lb_nats_new). The clock
-// is read (lb_nat_now) only when there is an entry.
+// is read (lb_nat_now) only when there is an entry. A miss in both asks
+// lb_nats once more: lb_nat_settle, on another CPU, may have moved the
+// entry between the two lookups (copied to lb_nats after the first,
+// deleted from lb_nats_new before the second); only a new flow's first
+// packet pays for it.
 static __always_inline struct lb_nat *lb_nat_find(struct lb_nat_key *k, __u64 *now, int *fresh)
 {
 	struct lb_nat *n = bpf_map_lookup_elem(&lb_nats, k);
@@ -584,9 +588,16 @@ static __always_inline struct lb_nat *lb_nat_find(struct lb_nat_key *k, __u64 *n
 		return n;
 	}
 	n = bpf_map_lookup_elem(&lb_nats_new, k);
+	if (n) {
+		if (n->expires < lb_nat_now(now))
+			return 0;
+		*fresh = 1;
+		return n;
+	}
+	n = bpf_map_lookup_elem(&lb_nats, k);
 	if (!n || n->expires < lb_nat_now(now))
 		return 0;
-	*fresh = 1;
+	*fresh = 0;
 	return n;
 }
 
@@ -614,20 +625,25 @@ static __always_inline struct lb_nat *lb_nat_other(struct lb_nat *n, struct lb_n
 
 // lb_nat_settle moves the halves of an established flow still in
 // lb_nats_new (n, key k, when fresh; o, the other half, when ofresh) to
-// lb_nats, and returns k's entry there (n when a copy failed: what was
-// not copied stays where it is, and lb_nat_find takes either).
+// lb_nats, and returns k's entry to use from now on. Each half is copied
+// first and deleted from lb_nats_new only once its copy is found in
+// lb_nats (lb_nat_find looks there again after a miss in both); a half
+// whose copy failed, or was taken meanwhile, stays where it is, found as
+// before.
 static __always_inline struct lb_nat *lb_nat_settle(struct lb_nat_key *k, struct lb_nat *n, int fresh, struct lb_nat *o,
 						     int ofresh)
 {
 	struct lb_nat_key ok = {.saddr = n->daddr, .daddr = n->saddr, .sport = n->dport, .dport = n->sport, .proto = k->proto};
 	struct lb_nat nv = *n, ov = *o;
-	if (ofresh && bpf_map_update_elem(&lb_nats, &ok, &ov, BPF_ANY) == 0)
+	if (ofresh && bpf_map_update_elem(&lb_nats, &ok, &ov, BPF_ANY) == 0 && bpf_map_lookup_elem(&lb_nats, &ok))
 		bpf_map_delete_elem(&lb_nats_new, &ok);
 	if (!fresh || bpf_map_update_elem(&lb_nats, k, &nv, BPF_ANY) != 0)
 		return n;
-	bpf_map_delete_elem(&lb_nats_new, k);
 	struct lb_nat *m = bpf_map_lookup_elem(&lb_nats, k);
-	return m ? m : n;
+	if (!m)
+		return n;
+	bpf_map_delete_elem(&lb_nats_new, k);
+	return m;
 }
 
 // lb_nat_lookup returns the live NAT entry of p's tuple, which came the
@@ -991,7 +1007,14 @@ static __always_inline int lb_nat_claim(__u32 saddr, __u32 daddr, __u16 sport, _
 		    bpf_map_update_elem(&lb_nats_new, &k, v, BPF_ANY) != 0)
 			return -1;
 	}
-	if (in_lb_nats)
+	// The expired or stolen entry of lb_nats goes (it would hide the new
+	// one from lb_nat_find once live again), unless a flow's half just
+	// settled there (live, established) on another CPU.
+	if (in_lb_nats) {
+		old = bpf_map_lookup_elem(&lb_nats, &k);
+		if (old && lb_nat_held(old, proto, now, 0) && old->state == CT_STATE_ESTABLISHED)
+			return 0;
 		bpf_map_delete_elem(&lb_nats, &k);
+	}
 	return 0;
 }
