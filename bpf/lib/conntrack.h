@@ -73,8 +73,51 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 // (TestHalfClosedConnectionKeepsItsEntry).
 #define CT_FIN_OWN 1
 #define CT_FIN_REPLY 2
+// CT_ACK_KNOWN (in ct_entry.fin): isn holds the acknowledgement number
+// (network order) of the endpoint's own last TCP segment on the flow,
+// what it expects next from its peer. An RST from outside the endpoint
+// (anything but its own veth) then changes the entry only at exactly that
+// number (RFC 5961's test, which the endpoint's kernel applies too: it
+// answers any other in its window with an ACK, and a peer that really
+// lost the connection answers that with an RST at exactly that number);
+// the endpoint's own RST at any. Set when the entry moves to conntrack
+// (ct_settle: the number is known from the handshake) and by every
+// segment of the endpoint's with an ACK there (ct_local_ack, the fast
+// path's fast_egress); carried into a new entry a SYN makes on a live
+// established connection's tuple (ct_create), cleared by a SYN-ACK (a
+// new connection's numbers). Until 2026-12-06 an RST at any number made
+// an established entry closing: anyone able to send a segment with the
+// flow's tuple cut an idle connection 10 s later
+// (TestConntrackBlindRSTLeavesConnectionsOpen). Zero in an earlier
+// agent's entries: their RSTs count at any number until the endpoint's
+// next segment on the flow.
+#define CT_ACK_KNOWN 4
 
-static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply)
+// ct_rst_counts tells whether p, a TCP RST on e's flow, ends it: sent by
+// the endpoint itself (local: from its veth), or at exactly the number it
+// acknowledged last when that is known (CT_ACK_KNOWN).
+static __always_inline int ct_rst_counts(struct ct_entry *e, struct pkt *p, int local)
+{
+	return local || !(e->fin & CT_ACK_KNOWN) || p->seq == e->isn;
+}
+
+// ct_local_ack records the acknowledgement of p, the endpoint's own
+// segment on e's flow (in conntrack), as the number an RST from outside
+// must carry (CT_ACK_KNOWN). The endpoint's own numbers are taken as
+// they come (its kernel sends them in order).
+static __always_inline void ct_local_ack(struct ct_entry *e, struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST)) != TCP_ACK)
+		return;
+	if (e->isn != p->ack)
+		e->isn = p->ack;
+	if (!(e->fin & CT_ACK_KNOWN))
+		e->fin |= CT_ACK_KNOWN;
+}
+
+// ct_update moves entry e on by p, a packet of its flow (reply: in the
+// reply direction; local: sent by the endpoint, from its veth).
+static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply, int local)
 {
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, p->len);
@@ -83,11 +126,12 @@ static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 n
 	if (p->proto == IPPROTO_TCP) {
 		__u8 side = reply ? CT_FIN_REPLY : CT_FIN_OWN;
 		if (p->tcp_flags & TCP_RST) {
-			e->state = CT_STATE_CLOSING;
+			if (ct_rst_counts(e, p, local))
+				e->state = CT_STATE_CLOSING;
 		} else if (p->tcp_flags & TCP_FIN) {
 			if (!(e->fin & side))
 				e->fin |= side;
-			if (e->fin == (CT_FIN_OWN | CT_FIN_REPLY))
+			if ((e->fin & (CT_FIN_OWN | CT_FIN_REPLY)) == (CT_FIN_OWN | CT_FIN_REPLY))
 				e->state = CT_STATE_CLOSING;
 			else if (e->state == CT_STATE_NEW && reply)
 				e->state = CT_STATE_ESTABLISHED;
@@ -190,10 +234,15 @@ static __always_inline struct ct_entry *ct_find(struct ct_key *k, int *fresh)
 }
 
 // ct_settle is for entry e of key k in conntrack_new, just updated by p
-// (reply: in the reply direction): it moves the entry to conntrack when p
-// establishes the flow (above), else bounds its life; it returns the
-// entry to use from now on.
-static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_entry *e, struct pkt *p, int reply, __u64 now)
+// (reply: in the reply direction; local: the endpoint's own): it moves
+// the entry to conntrack when p establishes the flow (above), else bounds
+// its life; it returns the entry to use from now on, *fresh cleared when
+// it moved. The moved entry knows the endpoint's last acknowledgement
+// (CT_ACK_KNOWN) when p is the endpoint's own ACK, or the opener's ACK of
+// a handshake the endpoint answered (the SYN-ACK acknowledged what that
+// ACK's sequence number is).
+static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_entry *e, struct pkt *p, int reply, __u64 now,
+						   int local, int *fresh)
 {
 	int move = reply && p->proto != IPPROTO_ICMP;
 	if (p->proto == IPPROTO_TCP) {
@@ -203,8 +252,11 @@ static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_en
 		else if (!(e->flags & CT_F_HANDSHAKE))
 			move = reply;
 		else if (reply) {
-			if ((f & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+			if ((f & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
 				e->isn = p->seq;
+				if (e->fin & CT_ACK_KNOWN)
+					e->fin &= ~CT_ACK_KNOWN; // a new connection's numbers
+			}
 			move = (f & (TCP_SYN | TCP_ACK)) == TCP_ACK;
 		} else
 			move = (e->flags & CT_F_REPLY) && (f & (TCP_SYN | TCP_ACK)) == TCP_ACK &&
@@ -218,6 +270,15 @@ static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_en
 	}
 	struct ct_entry c = *e;
 	c.fast_action = 0; // cached by a slow path nothing read it after
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_ACK)) {
+		if (local) {
+			c.isn = p->ack;
+			c.fin |= CT_ACK_KNOWN;
+		} else if ((e->flags & CT_F_HANDSHAKE) && !reply) {
+			c.isn = p->seq;
+			c.fin |= CT_ACK_KNOWN;
+		}
+	}
 	if (bpf_map_update_elem(&conntrack, k, &c, BPF_ANY))
 		return e;
 	// Deleted from conntrack_new only once found in conntrack: e stays
@@ -227,6 +288,7 @@ static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_en
 	if (!m)
 		return e;
 	bpf_map_delete_elem(&conntrack_new, k);
+	*fresh = 0;
 	return m;
 }
 
@@ -245,11 +307,14 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
+	int local = dir == DIR_EGRESS; // from the endpoint's veth (from_container)
 	struct ct_entry *e = ct_find(&k, &fresh);
 	if (e && e->expires > now && ct_icmp_fits(e, p, 0)) {
-		ct_update(e, p, now, 0);
+		ct_update(e, p, now, 0, local);
 		if (fresh)
-			e = ct_settle(&k, e, p, 0, now);
+			e = ct_settle(&k, e, p, 0, now, local, &fresh);
+		if (!fresh && local)
+			ct_local_ack(e, p);
 		*proxy = e->proxy_port;
 		*entry = e;
 		return CT_ESTABLISHED;
@@ -260,9 +325,11 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	};
 	e = ct_find(&r, &fresh);
 	if (e && e->expires > now && ct_icmp_fits(e, p, 1)) {
-		ct_update(e, p, now, 1);
+		ct_update(e, p, now, 1, local);
 		if (fresh)
-			e = ct_settle(&r, e, p, 1, now);
+			e = ct_settle(&r, e, p, 1, now, local, &fresh);
+		if (!fresh && local)
+			ct_local_ack(e, p);
 		if (e->flags & CT_F_UPSTREAM)
 			*proxy = PROXY_UPSTREAM;
 		*entry = e;
@@ -320,7 +387,18 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 	e.refreshed = bpf_jiffies64();
 	e.rev = rev;
 	e.pport = p->pport;
-	if (bpf_map_lookup_elem(&conntrack, &k)) // a lookup takes no lock, a delete does
+	struct ct_entry *old = bpf_map_lookup_elem(&conntrack, &k);
+	if (old) { // a lookup takes no lock, a delete does
+		// A SYN on a live established connection's tuple (stray, forged,
+		// or a new connection whose peer lost the old one unseen): RSTs
+		// from outside still need the old connection's number until a
+		// SYN-ACK says a new connection answered (CT_ACK_KNOWN).
+		if (p->proto == IPPROTO_TCP && old->state == CT_STATE_ESTABLISHED && old->expires > now &&
+		    (old->fin & CT_ACK_KNOWN)) {
+			e.isn = old->isn;
+			e.fin |= CT_ACK_KNOWN;
+		}
 		bpf_map_delete_elem(&conntrack, &k);
+	}
 	bpf_map_update_elem(&conntrack_new, &k, &e, BPF_ANY);
 }

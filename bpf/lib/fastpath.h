@@ -93,6 +93,11 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 	// rarely race on two CPUs, and a lost increment only under-counts.
 	e->packets++;
 	e->bytes += p->len;
+	// The endpoint's own acknowledgement, the number an RST from outside
+	// must carry (CT_ACK_KNOWN, conntrack.h; SYN, FIN and RST take the
+	// slow path).
+	if (p->proto == IPPROTO_TCP && (e->fin & CT_ACK_KNOWN) && (p->tcp_flags & TCP_ACK) && e->isn != p->ack)
+		e->isn = p->ack;
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	if (e->fast_action == FAST_ENCAP)
 		return encap(skb, e->fast_out, e->fast_identity);

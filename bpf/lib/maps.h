@@ -88,8 +88,10 @@ struct ct_entry {
 	__u8 fast_mac[12];   // FAST_LOCAL: the destination pod's MAC, then its host side's
 	// The replying side's initial sequence number (network order), from
 	// its SYN-ACK, while the entry is in conntrack_new: the opener's ACK
-	// of it moves the entry to conntrack (ct_settle). Was tail padding,
-	// zero, before 2026-12-06.
+	// of it moves the entry to conntrack (ct_settle). In conntrack, with
+	// CT_ACK_KNOWN in fin: the endpoint's own last acknowledgement
+	// (network order), what an RST from outside must carry
+	// (conntrack.h). Was tail padding, zero, before 2026-12-06.
 	__u32 isn;
 };
 

@@ -1,0 +1,155 @@
+package bpf
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/layers"
+)
+
+// tcpRST is an RST (with ACK when ack) from src to dst at seq.
+func tcpRST(t *testing.T, src, dst net.IP, sport, dport uint16, seq, ackNo uint32, ack bool) []byte {
+	ip := ipv4(src, dst, layers.IPProtocolTCP)
+	l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), RST: true, ACK: ack, Seq: seq, Ack: ackNo}
+	l4.SetNetworkLayerForChecksum(ip)
+	return serialize(t, eth(), ip, l4)
+}
+
+// ctLife is how long from now the pod's conntrack entry of src:sport ->
+// dst:dport (TCP, direction dir) still lives, in either table; it fails
+// the test when there is none.
+func (f *fixture) ctLife(src, dst net.IP, sport, dport uint16, dir uint8) time.Duration {
+	f.t.Helper()
+	k := DatapathCtKey{Saddr: ip4(src), Daddr: ip4(dst), Sport: htons(sport), Dport: htons(dport), Proto: 6, Dir: dir, EpId: podEP}
+	var v DatapathCtEntry
+	if f.objs.Conntrack.Lookup(&k, &v) != nil && f.objs.ConntrackNew.Lookup(&k, &v) != nil {
+		f.t.Fatalf("no conntrack entry of %s:%d -> %s:%d", src, sport, dst, dport)
+	}
+	return time.Duration(int64(v.Expires - monotonic(f.t)))
+}
+
+// An RST from outside the pod closes an established connection's
+// conntrack entry only at exactly the number the pod acknowledged last
+// (what it expects next: RFC 5961's test, which the pod's own kernel
+// applies too); the pod's own RST, from its veth, at any number. The
+// attack: anyone able to send a segment with the flow's tuple (no number
+// needed) sent an RST, the entry's life fell to 10 s, and an idle
+// connection's next segment was dropped where its direction is enforced
+// (found 2026-12-06 by reading). Also: a forged SYN on the tuple of a
+// connection the peer opened (which makes its entry anew, judged as
+// new), then an RST at any number.
+func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
+	const established = 6*time.Hour - 2*time.Second
+	const closing = 10 * time.Second
+	// opened is a connection the pod opened to the peer's port 443 from
+	// port sport (numbers: the pod's from 100, the peer's from 7000) and
+	// the pod's first data segment (acknowledging 7001); accepted is one
+	// the peer opened to the pod's port 80 from port sport (the peer's
+	// from 10, the pod's from 9000) and the pod's answer (acknowledging 11).
+	opened := func(f *fixture, sport uint16) {
+		for i, h := range []hop{
+			{"SYN", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, true, false, 100, 0)},
+			{"SYN-ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 443, sport, true, true, 7000, 101)},
+			{"ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, false, true, 101, 7001)},
+			{"data", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, false, true, 101, 7001)},
+		} {
+			if r := f.run(h.prog, h.pkt); r != actOK {
+				t.Fatalf("opened, step %d (%s): %d", i, h.what, r)
+			}
+		}
+	}
+	accepted := func(f *fixture, sport uint16) {
+		for i, h := range []hop{
+			{"SYN", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, sport, 80, true, false, 10, 0)},
+			{"SYN-ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, sport, true, true, 9000, 11)},
+			{"ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, sport, 80, false, true, 11, 9001)},
+		} {
+			if r := f.run(h.prog, h.pkt); r != actOK {
+				t.Fatalf("accepted, step %d (%s): %d", i, h.what, r)
+			}
+		}
+	}
+	load := func(t *testing.T) *fixture {
+		f := floodFixture(t)
+		f.rule(dirEgress, peerID, 6, 443, 24, false)
+		f.rule(dirIngress, peerID, 6, 80, 24, false)
+		return f
+	}
+	for _, c := range []struct {
+		name string
+		run  func(f *fixture) time.Duration // the entry's life after it
+		want time.Duration                  // more than this (established), or at most closing
+	}{
+		{"the pod opened it: blind RSTs from the peer", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 0x12345678, 0, false))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7000, 101, true))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7002, 101, true))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, established},
+		{"the peer opened it: blind RSTs from the peer", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 50000, 80, 0x12345678, 0, false))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 50000, 80, 12, 9001, true))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, established},
+		{"the peer opened it: a forged SYN on its tuple, then an RST at any number", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 0x5555, 0))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 50000, 80, 0x5556, 0, false))
+			// The pod, which holds the connection, answers the SYN with an
+			// ACK of its numbers (a challenge ACK).
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, 50000, false, true, 9001, 11))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, established},
+		{"the peer's RST at exactly what the pod acknowledged last", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7001, 0, false))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the peer's RST after its data, at what the pod acknowledged of it", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, false, true, 11, 9001))
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, 50000, false, true, 9001, 311))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 50000, 80, 311, 9001, true))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, 0},
+		{"the pod acknowledged more on the fast path: an RST at its old number", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			if e := f.ctEntry(podIP, peerIP, 40000, 443, 6, dirEgress, podEP); e.FastAction == 0 {
+				t.Fatalf("the connection's forwarding is not cached: its next segments would not take the fast path")
+			}
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, false, true, 101, 7501))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7001, 0, false))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, established},
+		{"the pod acknowledged more on the fast path: an RST at its new number", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, false, true, 101, 7501))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7501, 0, false))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the pod's own RST, at any number", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			f.run(f.objs.FromContainer, tcpRST(t, podIP, peerIP, 40000, 443, 0x777, 0, false))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the peer refuses the pod's SYN", func(f *fixture) time.Duration {
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, true, false, 100, 0))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 0, 101, true))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t)
+			life := c.run(f)
+			if c.want > 0 && life <= c.want {
+				t.Fatalf("the entry lives %v more, want over %v (established): the RST closed it", life, c.want)
+			}
+			if c.want == 0 && life > closing {
+				t.Fatalf("the entry lives %v more, want at most %v (closing): the real RST did not close it", life, closing)
+			}
+		})
+	}
+}
