@@ -146,17 +146,18 @@ func TestConntrackSettles(t *testing.T) {
 		if now, e := monotonic(t), f.ctEntry(peerIP, podIP, 50000, 80, 6, dirIngress, podEP); e.Expires < now+10*minute {
 			t.Errorf("established: expires in %d s, want the TCP timeout", (e.Expires-now)/1e9)
 		}
-		// A stray SYN on the tuple (a duplicate, or forged) makes the
-		// entry anew, in conntrack_new; the pod, which holds the
-		// connection, answers with a challenge ACK, which only a side
-		// holding a connection sends: the entry is back in conntrack
-		// (else the connection would have lived on there, its idle life
-		// 60 s).
+		// A stray SYN on the tuple (a duplicate, or forged) leaves the
+		// established entry in conntrack (ct_create; until 2026-12-06 it
+		// made the entry anew in conntrack_new, and only the pod's
+		// challenge ACK moved it back); the pod's challenge ACK passes as
+		// the connection's.
 		f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 500, 0))
-		if w := where(); w != "conntrack_new" {
-			t.Fatalf("a new SYN on the tuple: entry in %q, want conntrack_new only", w)
+		if w := where(); w != "conntrack" {
+			t.Fatalf("a new SYN on the tuple: entry in %q, want conntrack still", w)
 		}
-		f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, 50000, false, true, 90001, 11))
+		if r := f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, 50000, false, true, 90001, 11)); r != actOK {
+			t.Fatalf("the pod's challenge ACK: verdict %d", r)
+		}
 		if w := where(); w != "conntrack" {
 			t.Fatalf("after the pod's challenge ACK: entry in %q, want conntrack", w)
 		}

@@ -5,8 +5,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 )
+
+// fixTCPChecksum recomputes the TCP checksum of frame (Ethernet, IPv4
+// without options, TCP) after a change of its header.
+func fixTCPChecksum(t *testing.T, frame []byte) []byte {
+	t.Helper()
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	l4, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if ip == nil || l4 == nil {
+		t.Fatal("not an IPv4 TCP frame")
+	}
+	l4.SetNetworkLayerForChecksum(ip)
+	return serialize(t, eth(), ip, l4)
+}
+
+// tcpData is an ACK segment from src to dst at seq, acknowledging ackNo,
+// with n bytes of data, and FIN when fin.
+func tcpData(t *testing.T, src, dst net.IP, sport, dport uint16, seq, ackNo uint32, n int, fin bool) []byte {
+	ip := ipv4(src, dst, layers.IPProtocolTCP)
+	l4 := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), ACK: true, FIN: fin, Seq: seq, Ack: ackNo, Window: 1000}
+	l4.SetNetworkLayerForChecksum(ip)
+	return serialize(t, eth(), ip, l4, gopacket.Payload(make([]byte, n)))
+}
 
 // tcpRST is an RST (with ACK when ack) from src to dst at seq.
 func tcpRST(t *testing.T, src, dst net.IP, sport, dport uint16, seq, ackNo uint32, ack bool) []byte {
@@ -103,6 +127,20 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, 50000, false, true, 9001, 11))
 			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
 		}, established},
+		{"the peer opened it: one forged SYN with RST at any number", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			syn := tcpRST(t, peerIP, podIP, 50000, 80, 0x4444, 0, false)
+			syn[14+20+13] |= 0x02 // SYN as well
+			f.run(f.objs.ToContainer, fixTCPChecksum(t, syn))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, established},
+		{"the peer opened it: two forged SYNs, the second within the pod's rate limit of challenge ACKs", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 0x5555, 0))
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, 50000, false, true, 9001, 11))
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 0x6666, 0))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, established},
 		{"the peer's RST at exactly what the pod acknowledged last", func(f *fixture) time.Duration {
 			opened(f, 40000)
 			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7001, 0, false))
@@ -128,6 +166,39 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 			opened(f, 40000)
 			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, false, true, 101, 7501))
 			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7501, 0, false))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the peer's data, then its RST after it, before the pod acknowledged the data", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 50000, 80, 11, 9001, 100, false))
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 50000, 80, 111, 9001, 50, false))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 50000, 80, 161, 9001, true))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, 0},
+		{"forged data away from the pod's number, then an RST after it", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 50000, 80, 5000, 9001, 100, false))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 50000, 80, 5100, 9001, true))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, established},
+		{"the peer's FIN, then its RST at the FIN's own number", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 443, 40000, 7001, 101, 0, true))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7001, 0, false))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the pod opens a new connection on its tuple: the new connection's RST", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, true, false, 50000, 0))
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 443, 40000, true, true, 0x90000000, 50001))
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, false, true, 50001, 0x90000001))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 0x90000001, 0, false))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the pod opens a new connection on its tuple: the peer refuses it", func(f *fixture) time.Duration {
+			opened(f, 40000)
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, true, false, 50000, 0))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 0, 50001, true))
 			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
 		}, 0},
 		{"the pod's own RST, at any number", func(f *fixture) time.Duration {

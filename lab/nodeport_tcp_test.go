@@ -190,25 +190,18 @@ func testNodePortRealTCP(t *testing.T, routing string, agentArgs ...string) {
 		{"backend on another node", "n1"}, // DNAT and SNAT, then to n2
 		{"local backend", "n2"},           // DNAT only
 	} {
-		t.Run(via.name, func(t *testing.T) { nodePortRealTCPCases(t, l, via.node, out, clientIP) })
+		t.Run(via.name, func(t *testing.T) { nodePortRealTCPCases(t, l, via.node, "n2", out, clientIP) })
 	}
 }
 
 // nodePortRealTCPCases runs TestNodePortRealTCPFlowsClose's flows from the
 // namespace at out (address clientIP) through node's NodePort, checking
-// node's lb_nats.
-func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP net.IP) {
-	var nats []*ebpf.Map
+// node's translation tables and backendNode's conntrack.
+func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, backendNode, out string, clientIP net.IP) {
 	// lb_nats last: its entry, when both have one, is the flow's (as the
 	// datapath looks).
-	for _, name := range []string{"lb_nats_new", "lb_nats"} {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, node), name), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		nats = append(nats, m)
-	}
+	nats := pinnedMaps(t, l, node, "lb_nats_new", "lb_nats")
+	cts := pinnedMaps(t, l, backendNode, "conntrack_new", "conntrack")
 	n, err := l.Node(node)
 	if err != nil {
 		t.Fatal(err)
@@ -318,6 +311,63 @@ func nodePortRealTCPCases(t *testing.T, l *lab.Lab, node, out string, clientIP n
 				time.Sleep(100 * time.Millisecond)
 			}
 			t.Logf("port %d: %s", port, f)
+			// The backend pod's conntrack saw it close too: its RST is
+			// checked against the pod's numbers (ct_rst_counts), which it
+			// must have followed; had it not, the entry would stay
+			// established for 6 h.
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				open := openBackendFlows(t, cts, 8080)
+				if len(open) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after the flow from port %d ended, the backend's conntrack still holds established flows to port 8080: %v", port, open)
+				}
+			}
 		})
 	}
+}
+
+// openBackendFlows lists the live TCP conntrack entries (tables cts) of
+// flows into port that are not closing.
+func openBackendFlows(t *testing.T, cts []*ebpf.Map, port int) []string {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	now := uint64(ts.Nano())
+	var be [2]byte
+	binary.BigEndian.PutUint16(be[:], uint16(port))
+	dport := binary.NativeEndian.Uint16(be[:])
+	var out []string
+	for _, m := range cts {
+		var k bpf.DatapathCtKey
+		var v bpf.DatapathCtEntry
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			if k.Proto == 6 && k.Dport == dport && v.Expires > now && v.State != 2 {
+				out = append(out, fmt.Sprintf("%+v state %d for %s", k, v.State, time.Duration(v.Expires-now).Round(time.Second)))
+			}
+		}
+		if err := it.Err(); err != nil {
+			t.Fatalf("conntrack: %v", err)
+		}
+	}
+	return out
+}
+
+// pinnedMaps opens node's pinned maps names, closed when t ends.
+func pinnedMaps(t *testing.T, l *lab.Lab, node string, names ...string) []*ebpf.Map {
+	t.Helper()
+	var out []*ebpf.Map
+	for _, name := range names {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(labtest.PinDir(l, node), name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		out = append(out, m)
+	}
+	return out
 }

@@ -64,7 +64,7 @@ struct pkt {
 	__u8 frag; // a fragment after the first: its ports are its first's, it has no L4 header (parse)
 	__u8 inner_proto; // an ICMP error quoting a TCP or UDP packet: its protocol (0: not one), below its tuple
 	__u8 pad[2];
-	__u32 len;
+	__u32 len; // the frame's length (Ethernet header included), without padding after the IPv4 packet
 	__u32 seq; // TCP sequence number, network order
 	__u32 ack; // TCP acknowledgement number, network order
 	__u32 inner_saddr;
@@ -72,3 +72,4 @@ struct pkt {
 	__u16 inner_sport;
 	__u16 inner_dport;
 };
+

@@ -73,46 +73,89 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 // (TestHalfClosedConnectionKeepsItsEntry).
 #define CT_FIN_OWN 1
 #define CT_FIN_REPLY 2
-// CT_ACK_KNOWN (in ct_entry.fin): isn holds the acknowledgement number
-// (network order) of the endpoint's own last TCP segment on the flow,
-// what it expects next from its peer. An RST from outside the endpoint
-// (anything but its own veth) then changes the entry only at exactly that
-// number (RFC 5961's test, which the endpoint's kernel applies too: it
-// answers any other in its window with an ACK, and a peer that really
-// lost the connection answers that with an RST at exactly that number);
-// the endpoint's own RST at any. Set when the entry moves to conntrack
-// (ct_settle: the number is known from the handshake) and by every
-// segment of the endpoint's with an ACK there (ct_local_ack, the fast
-// path's fast_egress); carried into a new entry a SYN makes on a live
-// established connection's tuple (ct_create), cleared by a SYN-ACK (a
-// new connection's numbers). Until 2026-12-06 an RST at any number made
-// an established entry closing: anyone able to send a segment with the
-// flow's tuple cut an idle connection 10 s later
+// CT_ACK_KNOWN (in ct_entry.fin): isn holds (network order) the next
+// number the endpoint expects from its peer as far as this node saw: the
+// acknowledgement of the endpoint's own last TCP segment on the flow,
+// moved past the peer's data and FIN that start exactly there. An RST
+// from outside the endpoint (anything but its own veth) then changes the
+// entry only at exactly that number (RFC 5961's test, which the
+// endpoint's kernel applies too: it answers any other in its window with
+// an ACK, and a peer that really lost the connection answers that with an
+// RST at exactly that number), or the one before it after the peer's FIN;
+// the endpoint's own RST at any. Known when the entry moves to conntrack
+// (ct_settle: the number is known from the handshake), then moved by the
+// endpoint's segments (ct_local_ack, on the fast path too) and the peer's
+// (ct_peer_data, likewise). A SYN on a live established connection's
+// tuple leaves that entry as it is (ct_create); one admitted otherwise
+// makes a new entry that keeps the number until the endpoint's SYN-ACK
+// says a new connection answered. Until 2026-12-06 an RST at any number
+// made an established entry closing: anyone able to send a segment with
+// the flow's tuple cut an idle connection 10 s later
 // (TestConntrackBlindRSTLeavesConnectionsOpen). Zero in an earlier
 // agent's entries: their RSTs count at any number until the endpoint's
 // next segment on the flow.
 #define CT_ACK_KNOWN 4
+// CT_ACK_RESYNC: the endpoint sent a SYN on the tuple of the established
+// connection this entry is (ct_create kept it): its next ACK, of a new
+// connection's SYN-ACK, sets the number whatever it is, and until then
+// an RST from outside counts at any number (the peer's refusal of that
+// SYN: the old connection is gone for the endpoint).
+#define CT_ACK_RESYNC 8
 
-// ct_rst_counts tells whether p, a TCP RST on e's flow, ends it: sent by
-// the endpoint itself (local: from its veth), or at exactly the number it
-// acknowledged last when that is known (CT_ACK_KNOWN).
-static __always_inline int ct_rst_counts(struct ct_entry *e, struct pkt *p, int local)
+// ct_seq_after tells whether a comes after b in the sequence space
+// (network order both).
+static __always_inline int ct_seq_after(__u32 a, __u32 b)
 {
-	return local || !(e->fin & CT_ACK_KNOWN) || p->seq == e->isn;
+	return (__s32)(bpf_ntohl(a) - bpf_ntohl(b)) > 0;
 }
 
-// ct_local_ack records the acknowledgement of p, the endpoint's own
-// segment on e's flow (in conntrack), as the number an RST from outside
-// must carry (CT_ACK_KNOWN). The endpoint's own numbers are taken as
-// they come (its kernel sends them in order).
+// ct_rst_counts tells whether p, a TCP RST on e's flow from side (CT_FIN_*
+// of its sender), ends it: sent by the endpoint itself (local: from its
+// veth); or, when the endpoint's number is known (CT_ACK_KNOWN), at
+// exactly that number (isn), or at the one before it once the sender's
+// FIN was counted there (the endpoint's kernel takes that too, in
+// CLOSE_WAIT).
+static __always_inline int ct_rst_counts(struct ct_entry *e, struct pkt *p, int local, __u8 side)
+{
+	// Also while the endpoint opens a new connection on the tuple
+	// (CT_ACK_RESYNC: its own SYN, the old connection gone for it): the
+	// peer's refusal answers that SYN's number, which is not kept.
+	if (local || (e->fin & (CT_ACK_KNOWN | CT_ACK_RESYNC)) != CT_ACK_KNOWN || p->seq == e->isn)
+		return 1;
+	return (e->fin & side) && bpf_ntohl(p->seq) + 1 == bpf_ntohl(e->isn);
+}
+
+// ct_local_ack moves e's number (CT_ACK_KNOWN) by p, the endpoint's own
+// segment on the flow (in conntrack): to its acknowledgement when later
+// (the endpoint's segments may reach here out of order), or whatever it
+// is for its SYN-ACK or its first ACK after its own SYN on the tuple
+// (CT_ACK_RESYNC): a new connection's numbers.
 static __always_inline void ct_local_ack(struct ct_entry *e, struct pkt *p)
 {
-	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST)) != TCP_ACK)
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_ACK | TCP_RST)) != TCP_ACK)
 		return;
-	if (e->isn != p->ack)
+	__u8 f = e->fin;
+	if ((p->tcp_flags & TCP_SYN) || (f & CT_ACK_RESYNC) || !(f & CT_ACK_KNOWN) || ct_seq_after(p->ack, e->isn))
 		e->isn = p->ack;
-	if (!(e->fin & CT_ACK_KNOWN))
-		e->fin |= CT_ACK_KNOWN;
+	if ((f & (CT_ACK_KNOWN | CT_ACK_RESYNC)) != CT_ACK_KNOWN)
+		e->fin = (f & ~CT_ACK_RESYNC) | CT_ACK_KNOWN;
+}
+
+// ct_peer_data moves e's number by p, a segment from outside on the flow:
+// one that starts exactly there (the next the endpoint expects) moves it
+// past its data and FIN, so that the peer's RST right after them (close
+// with unread input, SO_LINGER 0: at the number after its last, before
+// the endpoint acknowledged them) counts. A blind forger must guess the
+// number exactly, as for an RST.
+static __always_inline void ct_peer_data(struct ct_entry *e, struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP || !(e->fin & CT_ACK_KNOWN) || p->seq != e->isn ||
+	    (p->tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST)) != TCP_ACK)
+		return;
+	__u32 hdr = ETH_HLEN + p->ihl + p->tcp_doff;
+	__u32 n = (p->len > hdr ? p->len - hdr : 0) + ((p->tcp_flags & TCP_FIN) ? 1 : 0);
+	if (n)
+		e->isn = bpf_htonl(bpf_ntohl(p->seq) + n);
 }
 
 // ct_update moves entry e on by p, a packet of its flow (reply: in the
@@ -126,7 +169,7 @@ static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 n
 	if (p->proto == IPPROTO_TCP) {
 		__u8 side = reply ? CT_FIN_REPLY : CT_FIN_OWN;
 		if (p->tcp_flags & TCP_RST) {
-			if (ct_rst_counts(e, p, local))
+			if (ct_rst_counts(e, p, local, side))
 				e->state = CT_STATE_CLOSING;
 		} else if (p->tcp_flags & TCP_FIN) {
 			if (!(e->fin & side))
@@ -153,13 +196,15 @@ static __always_inline __u32 datapath_rev(void)
 	return rev ? *rev : 0;
 }
 
-// new_tcp tells whether p opens a TCP connection (SYN without ACK): it is
-// judged as new even when an entry for its tuple remains (a closed
-// connection's, kept for CT_TIMEOUT_CLOSE), so a policy change applies to
-// a connection that reuses the tuple.
+// new_tcp tells whether p opens a TCP connection (SYN without ACK, RST or
+// FIN): it is judged as new even when an entry for its tuple remains (a
+// closed connection's, kept for CT_TIMEOUT_CLOSE), so a policy change
+// applies to a connection that reuses the tuple. A SYN with RST or FIN
+// (which no TCP sends) is judged as a segment of the tuple's flow: until
+// 2026-12-06 one such packet made the entry anew, closing.
 static __always_inline int new_tcp(struct pkt *p)
 {
-	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN;
 }
 
 // icmp_tag is the port that names ICMP type t (a request's, for a
@@ -207,9 +252,9 @@ static __always_inline int ct_icmp_fits(struct ct_entry *e, struct pkt *p, int r
 //   of the other side's SYN-ACK, the number checked (isn + 1), so a
 //   source that cannot see the SYN-ACK (a forged one) cannot complete it;
 //   or a reply that is a plain ACK (no SYN, no RST), which only a side
-//   holding the connection sends: a stray or forged SYN on an
-//   established connection's tuple, which makes its entry anew, is
-//   answered with one (a challenge ACK) and the entry moves back;
+//   holding the connection sends: a SYN on an established connection's
+//   tuple that made its entry anew (ct_create) is answered with one (a
+//   challenge ACK) and the entry moves back;
 // - a TCP flow picked up without its SYN (an entry lost, an agent
 //   upgrade): a reply that is no RST (a segment nobody has a connection
 //   for is answered with one);
@@ -254,8 +299,8 @@ static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_en
 		else if (reply) {
 			if ((f & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
 				e->isn = p->seq;
-				if (e->fin & CT_ACK_KNOWN)
-					e->fin &= ~CT_ACK_KNOWN; // a new connection's numbers
+				if (local && (e->fin & CT_ACK_KNOWN))
+					e->fin &= ~CT_ACK_KNOWN; // the endpoint answered a new connection
 			}
 			move = (f & (TCP_SYN | TCP_ACK)) == TCP_ACK;
 		} else
@@ -302,40 +347,38 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 {
 	if (new_tcp(p))
 		return CT_NEW;
-	int fresh;
+	int fresh, reply = 0;
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
-	int local = dir == DIR_EGRESS; // from the endpoint's veth (from_container)
 	struct ct_entry *e = ct_find(&k, &fresh);
-	if (e && e->expires > now && ct_icmp_fits(e, p, 0)) {
-		ct_update(e, p, now, 0, local);
-		if (fresh)
-			e = ct_settle(&k, e, p, 0, now, local, &fresh);
-		if (!fresh && local)
-			ct_local_ack(e, p);
+	if (!e || e->expires <= now || !ct_icmp_fits(e, p, 0)) {
+		// The reply direction: k becomes the reverse key.
+		k.saddr = p->daddr;
+		k.daddr = p->saddr;
+		k.sport = p->dport;
+		k.dport = p->sport;
+		k.dir = dir ^ 1;
+		reply = 1;
+		e = ct_find(&k, &fresh);
+		if (!e || e->expires <= now || !ct_icmp_fits(e, p, 1))
+			return CT_NEW;
+	}
+	int local = dir == DIR_EGRESS; // from the endpoint's veth (from_container)
+	ct_update(e, p, now, reply, local);
+	if (fresh)
+		e = ct_settle(&k, e, p, reply, now, local, &fresh);
+	if (!fresh)
+		local ? ct_local_ack(e, p) : ct_peer_data(e, p);
+	*entry = e;
+	if (!reply) {
 		*proxy = e->proxy_port;
-		*entry = e;
 		return CT_ESTABLISHED;
 	}
-	struct ct_key r = {
-		.saddr = p->daddr, .daddr = p->saddr, .sport = p->dport, .dport = p->sport,
-		.proto = p->proto, .dir = dir ^ 1, .ep_id = ep_id,
-	};
-	e = ct_find(&r, &fresh);
-	if (e && e->expires > now && ct_icmp_fits(e, p, 1)) {
-		ct_update(e, p, now, 1, local);
-		if (fresh)
-			e = ct_settle(&r, e, p, 1, now, local, &fresh);
-		if (!fresh && local)
-			ct_local_ack(e, p);
-		if (e->flags & CT_F_UPSTREAM)
-			*proxy = PROXY_UPSTREAM;
-		*entry = e;
-		return CT_REPLY;
-	}
-	return CT_NEW;
+	if (e->flags & CT_F_UPSTREAM)
+		*proxy = PROXY_UPSTREAM;
+	return CT_REPLY;
 }
 
 // ct_related tells whether p, an ICMP error quoting a TCP or UDP packet
@@ -364,10 +407,29 @@ static __always_inline int ct_related(struct pkt *p, __u16 ep_id, __u8 dir, __u6
 	return e && e->expires > now && !(e->flags & CT_F_REVOKED);
 }
 
+// CT_F_VERDICT: the flags that record how a flow was admitted (a SYN on
+// an established connection's tuple keeps that entry only when its own
+// verdict gives the same, ct_create).
+#define CT_F_VERDICT (CT_F_UPSTREAM | CT_F_COVER | CT_F_LOCAL_PEER | CT_F_NO_CARRY | CT_F_REVOKED)
+
 // ct_create starts the entry of p's new flow, with the CT_F_* flags; its
 // policy was checked at revision rev. It goes to conntrack_new (ct_settle
 // moves it), and an entry of the tuple in conntrack (a closed connection's)
-// is deleted.
+// is deleted. A SYN on the tuple of a live established connection whose
+// endpoint's number is known (CT_ACK_KNOWN), admitted as that connection
+// was (the peer's identity, the proxy port, CT_F_VERDICT), leaves its
+// entry as it is and makes none: a stray or forged SYN (the endpoint
+// answers it with an ACK of the connection, which passes as its reply),
+// or a new connection whose peer lost the old one unseen (the endpoint's
+// SYN-ACK and the rest pass on the entry, judged at the revision it has).
+// Until 2026-12-06 the SYN made the entry anew in conntrack_new: a
+// forged SYN, then an RST at any number, made an idle connection's entry
+// closing; two forged SYNs within the endpoint's rate limit of challenge
+// ACKs left it there, new, for 60 s
+// (TestConntrackBlindRSTLeavesConnectionsOpen). Otherwise the entry made
+// keeps the old one's number while it is live and established, for RSTs
+// from outside (CT_ACK_KNOWN), until a SYN-ACK says a new connection
+// answered.
 static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer, __u64 now, __u16 proxy, __u8 flags,
 				      __u32 rev)
 {
@@ -375,6 +437,15 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto, .dir = dir, .ep_id = ep_id,
 	};
+	struct ct_entry *old = bpf_map_lookup_elem(&conntrack, &k);
+	int known = old && p->proto == IPPROTO_TCP && old->state == CT_STATE_ESTABLISHED && old->expires > now &&
+		    (old->fin & CT_ACK_KNOWN);
+	if (known && new_tcp(p) && old->peer_identity == peer && old->proxy_port == proxy &&
+	    (old->flags & CT_F_VERDICT) == (flags & CT_F_VERDICT)) {
+		if (dir == DIR_EGRESS && !(old->fin & CT_ACK_RESYNC))
+			old->fin |= CT_ACK_RESYNC; // the endpoint's own SYN
+		return;
+	}
 	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer, .proxy_port = proxy, .flags = flags};
 	if (new_tcp(p))
 		e.flags |= CT_F_HANDSHAKE;
@@ -387,14 +458,8 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 	e.refreshed = bpf_jiffies64();
 	e.rev = rev;
 	e.pport = p->pport;
-	struct ct_entry *old = bpf_map_lookup_elem(&conntrack, &k);
 	if (old) { // a lookup takes no lock, a delete does
-		// A SYN on a live established connection's tuple (stray, forged,
-		// or a new connection whose peer lost the old one unseen): RSTs
-		// from outside still need the old connection's number until a
-		// SYN-ACK says a new connection answered (CT_ACK_KNOWN).
-		if (p->proto == IPPROTO_TCP && old->state == CT_STATE_ESTABLISHED && old->expires > now &&
-		    (old->fin & CT_ACK_KNOWN)) {
+		if (known) {
 			e.isn = old->isn;
 			e.fin |= CT_ACK_KNOWN;
 		}

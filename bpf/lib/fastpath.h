@@ -96,8 +96,8 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 	// The endpoint's own acknowledgement, the number an RST from outside
 	// must carry (CT_ACK_KNOWN, conntrack.h; SYN, FIN and RST take the
 	// slow path).
-	if (p->proto == IPPROTO_TCP && (e->fin & CT_ACK_KNOWN) && (p->tcp_flags & TCP_ACK) && e->isn != p->ack)
-		e->isn = p->ack;
+	if (p->proto == IPPROTO_TCP && (e->fin & CT_ACK_KNOWN) && e->isn != p->ack)
+		ct_local_ack(e, p);
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	if (e->fast_action == FAST_ENCAP)
 		return encap(skb, e->fast_out, e->fast_identity);
@@ -178,6 +178,10 @@ static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p,
 		return -1;
 	e->packets++;
 	e->bytes += p->len;
+	// A segment from outside that starts at the endpoint's number moves
+	// it past its data (CT_ACK_KNOWN, ct_peer_data).
+	if (p->proto == IPPROTO_TCP && p->seq == e->isn)
+		ct_peer_data(e, p);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
 }

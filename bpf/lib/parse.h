@@ -123,7 +123,14 @@ static __always_inline int parse_rec(struct __sk_buff *skb, struct pkt *p, int r
 	p->daddr = ip->daddr;
 	p->proto = ip->protocol;
 	p->ihl = hlen;
+	// The frame's length without what follows the IPv4 packet (a short
+	// frame arrives padded to Ethernet's minimum at a device's tc
+	// ingress: a pure ACK would count 6 bytes of data, ct_peer_data,
+	// lb_nat_tcp). A total length of 0 (BIG TCP, over 64 KiB) leaves it.
 	p->len = skb->len;
+	__u32 l3 = bpf_ntohs(ip->tot_len);
+	if (l3 && l3 + ETH_HLEN < p->len)
+		p->len = l3 + ETH_HLEN;
 	p->sport = p->dport = p->pport = 0;
 	p->tcp_flags = p->tcp_doff = 0;
 	p->seq = p->ack = 0;
@@ -174,3 +181,4 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	return parse_rec(skb, p, 1);
 }
+
