@@ -76,7 +76,7 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 			{"SYN", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, true, false, 100, 0)},
 			{"SYN-ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 443, sport, true, true, 7000, 101)},
 			{"ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, false, true, 101, 7001)},
-			{"data", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, false, true, 101, 7001)},
+			{"data", f.objs.FromContainer, tcpData(t, podIP, peerIP, sport, 443, 101, 7001, 10, false)},
 		} {
 			if r := f.run(h.prog, h.pkt); r != actOK {
 				t.Fatalf("opened, step %d (%s): %d", i, h.what, r)
@@ -141,6 +141,22 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 0x6666, 0))
 			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
 		}, established},
+		{"the peer relabelled since: two forged SYNs (judged anew), then an RST at any number", func(f *fixture) time.Duration {
+			accepted(f, 50000)
+			// The peer's identity now differs from the one the connection
+			// was admitted with: a SYN on the tuple makes the entry anew
+			// (new in conntrack_new, 60 s), keeping the pod's number.
+			const relabelled = uint32(0x10201)
+			ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(peerIP)}
+			if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: relabelled}); err != nil {
+				t.Fatal(err)
+			}
+			f.rule(dirIngress, relabelled, 6, 80, 24, false)
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 0x5555, 0))
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 50000, 80, true, false, 0x6666, 0))
+			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 50000, 80, 0x6667, 0, false))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, closing},
 		{"the peer's RST at exactly what the pod acknowledged last", func(f *fixture) time.Duration {
 			opened(f, 40000)
 			f.run(f.objs.ToContainer, tcpRST(t, peerIP, podIP, 443, 40000, 7001, 0, false))
@@ -216,7 +232,7 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 			f := load(t)
 			life := c.run(f)
 			if c.want > 0 && life <= c.want {
-				t.Fatalf("the entry lives %v more, want over %v (established): the RST closed it", life, c.want)
+				t.Fatalf("the entry lives %v more, want over %v (not closing): the RST closed it", life, c.want)
 			}
 			if c.want == 0 && life > closing {
 				t.Fatalf("the entry lives %v more, want at most %v (closing): the real RST did not close it", life, closing)

@@ -159,7 +159,8 @@ static __always_inline void ct_peer_data(struct ct_entry *e, struct pkt *p)
 }
 
 // ct_update moves entry e on by p, a packet of its flow (reply: in the
-// reply direction; local: sent by the endpoint, from its veth).
+// reply direction; local: sent by the endpoint, from its veth, or by
+// another pod of this node or the node's own stack: ct_lookup's trusted).
 static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 now, int reply, int local)
 {
 	__sync_fetch_and_add(&e->packets, 1);
@@ -342,7 +343,7 @@ static __always_inline struct ct_entry *ct_settle(struct ct_key *k, struct ct_en
 // port) or the reverse (reply: *proxy is PROXY_UPSTREAM when the
 // connection is the L7 proxy's upstream one). A SYN opening a connection
 // is always new. *entry is the entry found (unset for CT_NEW).
-static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, __u32 *proxy,
+static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now, int trusted, __u32 *proxy,
 				     struct ct_entry **entry)
 {
 	if (new_tcp(p))
@@ -366,7 +367,7 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 			return CT_NEW;
 	}
 	int local = dir == DIR_EGRESS; // from the endpoint's veth (from_container)
-	ct_update(e, p, now, reply, local);
+	ct_update(e, p, now, reply, local || trusted);
 	if (fresh)
 		e = ct_settle(&k, e, p, reply, now, local, &fresh);
 	if (!fresh)
@@ -458,12 +459,22 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 	e.refreshed = bpf_jiffies64();
 	e.rev = rev;
 	e.pport = p->pport;
-	if (old) { // a lookup takes no lock, a delete does
-		if (known) {
-			e.isn = old->isn;
-			e.fin |= CT_ACK_KNOWN;
-		}
-		bpf_map_delete_elem(&conntrack, &k);
+	struct ct_entry *carry = known ? old : 0;
+	if (!carry && new_tcp(p)) {
+		// A SYN again on a tuple whose entry an earlier SYN made anew
+		// keeping the number: it keeps it too (else a second forged SYN,
+		// then an RST at any number, would close it).
+		struct ct_entry *n = bpf_map_lookup_elem(&conntrack_new, &k);
+		if (n && n->expires > now && (n->fin & CT_ACK_KNOWN))
+			carry = n;
 	}
+	if (carry) {
+		e.isn = carry->isn;
+		e.fin |= CT_ACK_KNOWN;
+		if (dir == DIR_EGRESS)
+			e.fin |= CT_ACK_RESYNC; // the endpoint's own SYN: the peer's refusal counts
+	}
+	if (old) // a lookup takes no lock, a delete does
+		bpf_map_delete_elem(&conntrack, &k);
 	bpf_map_update_elem(&conntrack_new, &k, &e, BPF_ANY);
 }

@@ -134,7 +134,11 @@ static __always_inline int enforce(struct __sk_buff *skb, struct endpoint_info *
 	*proxy = 0;
 	p->reply = 0; // p may come from another endpoint's enforce (local delivery)
 	struct ct_entry *e = 0;
-	int ct = ct_lookup(p, ep->ep_id, dir, now, proxy, &e);
+	// A packet from the endpoint's own veth (egress), or from another pod
+	// of this node's veth or the node's own stack (CT_F_LOCAL_PEER, the
+	// callers checked it): its RST counts at any number (ct_rst_counts).
+	int trusted = dir == DIR_EGRESS || (ct_flags & CT_F_LOCAL_PEER);
+	int ct = ct_lookup(p, ep->ep_id, dir, now, trusted, proxy, &e);
 	// A reply of a revoked flow (not TCP: that connection is over) is
 	// judged as a flow of its own, in its own direction: the other side
 	// may still be allowed to reach this endpoint (a symmetric UDP port,

@@ -424,8 +424,8 @@ int from_netdev(struct __sk_buff *skb)
 		r = l7_ingress(skb, &p);
 		return r >= 0 ? r : TC_ACT_OK;
 	}
-	if (p.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
-		return TC_ACT_OK; // not a flow we translated: the stack answers it
+	if (p.proto == IPPROTO_TCP && !new_tcp(&p))
+		return TC_ACT_OK; // not a flow we translated (a SYN with ACK, RST or FIN opens none): the stack answers it
 	// Never a pod of this node as the client: underlay_forged refused it
 	// above (they reach a NodePort through the socket programs; a local
 	// backend would take it as that pod, and a remote backend's replies
