@@ -362,8 +362,16 @@ func TestLeaseLossKeepsOrRenumbers(t *testing.T) {
 	if got, _, _ := a.Allocate(ctx, mustLabels(t, "app=web")); got.ID != web.ID {
 		t.Errorf("app=web after the lease loss: %d, want its number %d back", got.ID, web.ID)
 	}
-	if got, err := a.Get(web.ID); err != nil || got.Labels.String() != web.Labels.String() {
-		t.Errorf("number %d after the lease loss: %v %v", web.ID, got, err)
+	// The cache learns it from the watch: eventually.
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		got, err := a.Get(web.ID)
+		if err == nil && got.Labels.String() == web.Labels.String() {
+			break
+		}
+		if time.Now().After(end) {
+			t.Errorf("number %d after the lease loss: %v %v", web.ID, got, err)
+			break
+		}
 	}
 
 	// The number taken by another label set meanwhile: renumbered, told.
