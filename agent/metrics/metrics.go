@@ -34,6 +34,9 @@ type Sources struct {
 	ServiceErrors func() int
 	// NodesRefused: nodes refused by node authentication.
 	NodesRefused func() int
+	// RemoteIPCacheRefused: writes of remote clusters' ipcache entries
+	// refused past their share of the map.
+	RemoteIPCacheRefused func() uint64
 	// Groups: cloud groups by state ("resolved", "error", "unresolved").
 	Groups func() map[string]int
 }
@@ -53,6 +56,7 @@ var (
 	services     = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
 	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing).", []string{"state"}, nil)
 	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
+	remoteIPCRef = prometheus.NewDesc("filament_remote_ipcache_refused_total", "Writes of remote clusters' ipcache entries refused because they held their share of the BPF ipcache (three quarters; the rest stays for this cluster).", nil, nil)
 	svcErrors    = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
 )
 
@@ -61,7 +65,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc, remoteIPCRef} {
 		ch <- d
 	}
 }
@@ -114,6 +118,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.s.EventsLost != nil {
 		ch <- prometheus.MustNewConstMetric(eventsLost, prometheus.CounterValue, float64(c.s.EventsLost()))
+	}
+	if c.s.RemoteIPCacheRefused != nil {
+		ch <- prometheus.MustNewConstMetric(remoteIPCRef, prometheus.CounterValue, float64(c.s.RemoteIPCacheRefused()))
 	}
 	if c.s.DatapathEventsLost != nil {
 		ch <- prometheus.MustNewConstMetric(dpLost, prometheus.CounterValue, float64(c.s.DatapathEventsLost()))

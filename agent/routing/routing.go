@@ -92,6 +92,17 @@ type Router struct {
 	maxRemoteNodes  int
 	remoteNodesFull bool
 
+	// remoteKeys are the ipcache keys written for remote clusters'
+	// entries (their /32s and covers), at most maxRemoteIPCache
+	// (MaxRemoteIPCacheEntries when 0); past it a key is refused
+	// (remoteRefusals, logged once: remoteIPCacheFull) and kept in
+	// remoteRefused, written when a remote key goes (ipcachebudget.go).
+	remoteKeys        map[ipcKey]struct{}
+	remoteRefused     map[ipcKey]struct{}
+	maxRemoteIPCache  int
+	remoteRefusals    uint64
+	remoteIPCacheFull bool
+
 	enc Encryption
 	// encSrc is the source of the node's own traffic through enc.
 	encSrc netip.Addr
@@ -462,6 +473,7 @@ func (r *Router) Mode() string { return r.mode }
 func (r *Router) NodeChanged(n node.Node, deleted bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.refill() // before the unlock: a remote key that went frees a place
 	if n.Name == r.self {
 		return
 	}
@@ -544,7 +556,7 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 		// (written then).
 		r.heldOf(n.Name, func(e ipcache.Entry) {
 			if !r.entryOK(e) && InPodCIDRs(e.IP, old) && !r.down[n.Name] {
-				r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+				r.deleteIPCache(netip.PrefixFrom(e.IP, 32))
 			}
 		})
 	}
@@ -838,7 +850,7 @@ func (r *Router) forgetNode(n node.Node, entries bool) {
 		// one's address may hold another writer's /32.
 		r.heldOf(n.Name, func(e ipcache.Entry) {
 			if r.entryOK(e) {
-				r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+				r.deleteIPCache(netip.PrefixFrom(e.IP, 32))
 			}
 		})
 	}
@@ -880,6 +892,7 @@ func (r *Router) forgetNode(n node.Node, entries bool) {
 func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.refill() // before the unlock: a remote key that went frees a place
 	// The compact store's holder of the address, looked up once (every
 	// remote entry comes this way: a mesh's sync is millions).
 	owner, _, owned := r.compactOwner(e.IP)
@@ -899,7 +912,7 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	if deleted {
 		r.drop(e.IP)
 		if wrote {
-			r.dp.DeleteIPCache(p)
+			r.deleteIPCache(p)
 		}
 		return
 	}
@@ -915,7 +928,7 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 			slog.Warn("refused an ipcache entry outside its node's pod CIDRs", "ip", e.IP, "node", e.Node, "podCIDRs", n.PodCIDRs)
 		}
 		if wrote {
-			r.dp.DeleteIPCache(p)
+			r.deleteIPCache(p)
 		}
 		return
 	}
@@ -1068,7 +1081,16 @@ func (r *Router) writeEntry(e ipcache.Entry) {
 	if r.mode == Tunnel || r.enc != nil || r.xfrm != nil {
 		tunnel = e.HostIP
 	}
-	if err := r.dp.UpsertIPCacheTunnel(netip.PrefixFrom(e.IP, 32), e.Identity, tunnel); err != nil {
+	p := netip.PrefixFrom(e.IP, 32)
+	write := func() error { return r.dp.UpsertIPCacheTunnel(p, e.Identity, tunnel) }
+	var err error
+	if clusterOf(e.Node) != "" {
+		err = r.putRemote(p, write)
+	} else {
+		r.putLocal(p)
+		err = write()
+	}
+	if err != nil && !errors.Is(err, errRemoteBudget) {
 		slog.Error("remote ipcache entry", "ip", e.IP, "err", err)
 	}
 }
@@ -1078,6 +1100,7 @@ func (r *Router) writeEntry(e ipcache.Entry) {
 func (r *Router) SetNodeDown(name string, down bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.refill() // before the unlock: a remote key that went frees a place
 	if r.down[name] == down || name == r.self {
 		return
 	}
@@ -1095,7 +1118,7 @@ func (r *Router) SetNodeDown(name string, down bool) {
 		switch {
 		case !r.entryOK(e):
 		case down:
-			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+			r.deleteIPCache(netip.PrefixFrom(e.IP, 32))
 		default:
 			r.writeEntry(e)
 		}
@@ -1127,5 +1150,6 @@ func (r *Router) Wanted() map[netip.Prefix]ipcache.Entry {
 		}
 	}
 	r.sparseWanted(out)
+	r.withoutRefused(out)
 	return out
 }

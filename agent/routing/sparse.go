@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -209,12 +210,13 @@ func (r *Router) syncCompact(name string, ip netip.Addr, ce compactEntry, phase 
 	want := !r.down[name] && r.wantSlash32(name, ip, ce)
 	switch {
 	case want && phase&phaseInstall != 0:
-		if err := r.dp.UpsertIPCacheTunnel(netip.PrefixFrom(ip, 32), ce.id, r.tunnelOf(addrOf(ce.host))); err != nil {
+		p := netip.PrefixFrom(ip, 32)
+		if err := r.putRemote(p, func() error { return r.dp.UpsertIPCacheTunnel(p, ce.id, r.tunnelOf(addrOf(ce.host))) }); err != nil && !errors.Is(err, errRemoteBudget) {
 			slog.Error("remote ipcache entry", "ip", ip, "err", err)
 		}
 		s.installed[ip] = true
 	case !want && s.installed[ip] && phase&phaseRemove != 0:
-		r.dp.DeleteIPCache(netip.PrefixFrom(ip, 32))
+		r.deleteIPCache(netip.PrefixFrom(ip, 32))
 		delete(s.installed, ip)
 	}
 }
@@ -229,7 +231,7 @@ func (r *Router) syncNode(name string) {
 	cover := sparse.Cover(s.clusterID[clusterOf(name)])
 	for _, c := range want {
 		if !slices.Contains(have, c) {
-			if err := r.dp.UpsertIPCacheCover(c, cover, r.tunnelOf(n.IP())); err != nil {
+			if err := r.putRemote(c, func() error { return r.dp.UpsertIPCacheCover(c, cover, r.tunnelOf(n.IP())) }); err != nil && !errors.Is(err, errRemoteBudget) {
 				slog.Error("remote pod CIDR cover entry", "node", name, "cidr", c, "err", err)
 			}
 		}
@@ -241,7 +243,7 @@ func (r *Router) syncNode(name string) {
 	}
 	for _, c := range have {
 		if !slices.Contains(want, c) {
-			r.dp.DeleteIPCache(c)
+			r.deleteIPCache(c)
 		}
 	}
 	if len(want) == 0 {
@@ -263,7 +265,7 @@ func (r *Router) dropCovers(name string) {
 		r.syncCompact(name, addrOf(a), ce, phaseInstall)
 	}
 	for _, c := range have {
-		r.dp.DeleteIPCache(c)
+		r.deleteIPCache(c)
 	}
 }
 
@@ -389,7 +391,7 @@ func (r *Router) sparseEntryChanged(e ipcache.Entry, deleted bool, owner string,
 			delete(r.sp.compact, owner)
 		}
 		if (deleted || owner != e.Node) && r.sp.installed[e.IP] {
-			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+			r.deleteIPCache(netip.PrefixFrom(e.IP, 32))
 			delete(r.sp.installed, e.IP)
 		}
 	}
@@ -410,7 +412,7 @@ func (r *Router) sparseEntryChanged(e ipcache.Entry, deleted bool, owner string,
 	if old, had := r.entries[e.IP]; had {
 		r.drop(e.IP)
 		if old.Node != e.Node || !r.entryOK(old) {
-			r.dp.DeleteIPCache(netip.PrefixFrom(e.IP, 32))
+			r.deleteIPCache(netip.PrefixFrom(e.IP, 32))
 		}
 	}
 	r.putCompact(e)
@@ -425,6 +427,7 @@ func (r *Router) sparseEntryChanged(e ipcache.Entry, deleted bool, owner string,
 func (r *Router) Reneed(d sparse.Diff, install bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.refill() // before the unlock: a remote key that went frees a place
 	if r.sp == nil || d.Empty() {
 		return
 	}
@@ -494,8 +497,9 @@ func (r *Router) Rewrite(p netip.Prefix) {
 func (r *Router) GiveBack(p netip.Prefix) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.refill() // before the unlock: a remote key that went frees a place
 	if !r.rewrite(p) {
-		r.dp.DeleteIPCache(p)
+		r.deleteIPCache(p)
 	}
 }
 
@@ -505,12 +509,14 @@ func (r *Router) rewrite(p netip.Prefix) bool {
 	if r.sp != nil {
 		for name, cs := range r.sp.covers {
 			if slices.Contains(cs, p) {
-				r.dp.UpsertIPCacheCover(p, sparse.Cover(r.sp.clusterID[clusterOf(name)]), r.tunnelOf(r.nodes[name].IP()))
+				r.putRemote(p, func() error {
+					return r.dp.UpsertIPCacheCover(p, sparse.Cover(r.sp.clusterID[clusterOf(name)]), r.tunnelOf(r.nodes[name].IP()))
+				})
 				return true
 			}
 		}
 		if _, ce, ok := r.compactOwner(p.Addr()); ok && p.Bits() == 32 && r.sp.installed[p.Addr()] {
-			r.dp.UpsertIPCacheTunnel(p, ce.id, r.tunnelOf(addrOf(ce.host)))
+			r.putRemote(p, func() error { return r.dp.UpsertIPCacheTunnel(p, ce.id, r.tunnelOf(addrOf(ce.host))) })
 			return true
 		}
 	}
