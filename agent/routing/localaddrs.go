@@ -2,6 +2,7 @@ package routing
 
 import (
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -15,12 +16,31 @@ import (
 // pod's new flow to a control port of such an address is refused unless
 // its policy names the port, as at a node's underlay address. An address
 // is in the map while an accepted node lists it (counted: nodes may list
-// the same one).
+// the same one). Addresses only remote clusters' nodes list hold at most
+// maxRemote entries together (MaxRemoteLocalAddrs when 0); past it a
+// remote node's address is left out (the node is kept in short) and
+// written when a remote address goes.
 type localAddrs struct {
 	of    map[string][]netip.Addr // node name -> the addresses written for it
 	count map[netip.Addr]int
-	full  bool // a write was refused (map full): logged once
+	local map[netip.Addr]int // of count, the listers of this cluster
+	// remoteHeld: the addresses written that no node of this cluster lists.
+	remoteHeld int
+	maxRemote  int
+	short      map[string]bool // remote nodes with addresses left out for the bound
+	refilling  bool
+	full       bool // a write was refused (map full): logged once
+	remoteFull bool // a remote address was left out for the bound: logged once
 }
+
+// MaxRemoteLocalAddrs bounds the node_local_addrs entries (65,536) that
+// only remote clusters' nodes list: three quarters, so the rest stays for
+// this cluster's nodes. Until 2026-12-06 nothing bounded them: remote
+// nodes (49,152 in the nodes map, each listing up to 16 other addresses
+// and its pod gateways) could fill the map, and a new local node's other
+// addresses were not written, its control ports then open to every pod
+// at them (TestRemoteLocalAddrsLeaveRoomForLocalOnes).
+const MaxRemoteLocalAddrs = 49152
 
 // setLocalAddrs makes n's other addresses (nil n: none) those of node
 // name, writing and deleting map entries as their counts reach and leave
@@ -28,8 +48,13 @@ type localAddrs struct {
 func (r *Router) setLocalAddrs(name string, n *node.Node) {
 	la := &r.local
 	if la.of == nil {
-		la.of, la.count = map[string][]netip.Addr{}, map[netip.Addr]int{}
+		la.of, la.count, la.local, la.short = map[string][]netip.Addr{}, map[netip.Addr]int{}, map[netip.Addr]int{}, map[string]bool{}
 	}
+	maxRemote := la.maxRemote
+	if maxRemote == 0 {
+		maxRemote = MaxRemoteLocalAddrs
+	}
+	remote := clusterOf(name) != ""
 	var now []netip.Addr
 	if n != nil {
 		// (node.Check bounds the list: every record is checked on the
@@ -59,26 +84,89 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 		}
 	}
 	old := la.of[name]
+	var kept []netip.Addr
+	short := false
+	// New addresses first, then those gone: a shared address is never out
+	// in between.
 	for _, a := range now {
-		if la.count[a]++; la.count[a] == 1 {
+		if slices.Contains(old, a) {
+			kept = append(kept, a)
+			continue
+		}
+		if remote && la.count[a] == 0 && la.remoteHeld >= maxRemote {
+			short = true
+			if !la.remoteFull {
+				la.remoteFull = true
+				slog.Error("node_local_addrs: remote clusters' nodes hold their share; a remote node's other address is not written (pods are not kept off its control ports there) until another goes, logged once",
+					"node", name, "addr", a, "max", maxRemote)
+			}
+			continue
+		}
+		kept = append(kept, a)
+		la.count[a]++
+		switch {
+		case remote && la.count[a] == 1:
+			la.remoteHeld++
+		case !remote:
+			if la.local[a]++; la.local[a] == 1 && la.count[a] > 1 {
+				la.remoteHeld-- // only remote nodes listed it
+			}
+		}
+		if la.count[a] == 1 {
 			if err := r.dp.UpsertNodeLocalAddr(a); err != nil && !la.full {
 				la.full = true
 				slog.Error("node_local_addrs: a node's other address not written: pods are not kept off its control ports (logged once)", "node", name, "addr", a, "err", err)
 			}
 		}
 	}
+	freed := false
 	for _, a := range old {
-		if la.count[a]--; la.count[a] <= 0 {
+		if slices.Contains(kept, a) {
+			continue
+		}
+		la.count[a]--
+		if !remote {
+			if la.local[a]--; la.local[a] <= 0 {
+				delete(la.local, a)
+				if la.count[a] > 0 {
+					la.remoteHeld++ // only remote nodes list it now
+				}
+			}
+		} else if la.count[a] <= 0 {
+			la.remoteHeld--
+			freed = true
+		}
+		if la.count[a] <= 0 {
 			delete(la.count, a)
 			if err := r.dp.DeleteNodeLocalAddr(a); err != nil {
 				slog.Warn("node_local_addrs: delete", "node", name, "addr", a, "err", err)
 			}
 		}
 	}
-	if len(now) == 0 {
+	if len(kept) == 0 {
 		delete(la.of, name)
 	} else {
-		la.of[name] = now
+		la.of[name] = kept
+	}
+	if short {
+		la.short[name] = true
+	} else {
+		delete(la.short, name)
+	}
+	if freed && len(la.short) > 0 && !la.refilling {
+		// The remote nodes left short take the places freed.
+		la.refilling = true
+		for _, other := range slices.Sorted(maps.Keys(la.short)) {
+			if la.remoteHeld >= maxRemote {
+				break
+			}
+			if on, ok := r.nodes[other]; ok {
+				r.setLocalAddrs(other, &on)
+			} else {
+				delete(la.short, other)
+			}
+		}
+		la.refilling = false
 	}
 }
 

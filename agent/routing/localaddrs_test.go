@@ -75,3 +75,70 @@ func TestNodeLocalAddrs(t *testing.T) {
 	r.NodeChanged(n3, true)
 	have("10.60.0.1")
 }
+
+// Remote clusters' nodes hold at most maxRemoteLocal entries of
+// node_local_addrs together, so the rest stays for this cluster's nodes:
+// their other addresses keep pods off their control ports whatever the
+// remotes publish. An address a node of this cluster also lists is this
+// cluster's. Found 2026-12-06 by reading the map's size against the mesh
+// limits: remote nodes (49,152 in the nodes map, each listing up to 16
+// other addresses and its pod gateways) could fill the map's 65,536, and a
+// new local node's other addresses were then not written (its control
+// ports open to every pod at them).
+func TestRemoteLocalAddrsLeaveRoomForLocalOnes(t *testing.T) {
+	inNetns(t)
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}, local: map[netip.Addr]bool{}}
+	r := newRouter(f, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.local.maxRemote = 4
+	remote := func(i int, addrs ...string) node.Node {
+		return node.Node{Name: "east/e" + string(rune('0'+i)), IPs: []string{"203.0.113." + string(rune('0'+i))},
+			PodCIDRs: []string{"10.6" + string(rune('0'+i)) + ".0.0/24"}, LocalAddrs: addrs}
+	}
+	e1 := remote(1, "198.18.1.1", "198.18.1.2") // and gateway 10.61.0.1
+	e2 := remote(2, "198.18.2.1", "198.18.0.9") // and 10.62.0.1
+	e3 := remote(3, "198.18.3.1")               // and 10.63.0.1
+	for _, n := range []node.Node{e1, e2, e3} {
+		r.NodeChanged(n, false)
+	}
+	remoteHeld := func() int {
+		n := 0
+		for a := range f.local {
+			if !netip.MustParsePrefix("10.244.0.0/16").Contains(a) && a != netip.MustParseAddr("198.18.0.9") && a != netip.MustParseAddr("198.18.7.7") {
+				n++
+			}
+		}
+		return n
+	}
+	if got := len(f.local); got != 4 {
+		t.Fatalf("node_local_addrs holds %d remote addresses, want 4 (the bound): %v", got, f.local)
+	}
+	// A node of this cluster is written whatever the remotes hold, and an
+	// address it shares with a remote node is its own.
+	n2 := node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"10.244.1.0/24"}, LocalAddrs: []string{"198.18.7.7", "198.18.0.9"}}
+	r.NodeChanged(n2, false)
+	for _, a := range []string{"198.18.7.7", "198.18.0.9", "10.244.1.1"} {
+		if !f.local[netip.MustParseAddr(a)] {
+			t.Fatalf("local node's %s not written with the remote nodes at their bound: %v", a, f.local)
+		}
+	}
+	// A remote node that goes frees its places: first for the addresses
+	// left out before (e3's), then for the next that comes.
+	r.NodeChanged(e1, true)
+	for _, a := range []string{"198.18.3.1", "10.63.0.1"} {
+		if !f.local[netip.MustParseAddr(a)] {
+			t.Errorf("remote node's %s, left out for the bound, not written after another went: %v", a, f.local)
+		}
+	}
+	r.NodeChanged(e2, true)
+	e4 := remote(4, "198.18.4.1")
+	r.NodeChanged(e4, false)
+	for _, a := range []string{"198.18.4.1", "10.64.0.1"} {
+		if !f.local[netip.MustParseAddr(a)] {
+			t.Errorf("remote node's %s not written after others left their places: %v", a, f.local)
+		}
+	}
+	if got := remoteHeld(); got > 4 {
+		t.Errorf("remote nodes hold %d entries, past the bound: %v", got, f.local)
+	}
+}
