@@ -240,3 +240,60 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 		})
 	}
 }
+
+// Another pod of this node aborting right after its data (close with
+// unread input, SO_LINGER 0): its RST comes past what the pod has
+// acknowledged, and the segments before it took the fast path, which
+// delivers the pods' segments to each other without the receiving pod's
+// entry, so that entry's number did not follow them. The RST of a pod of
+// this node, from its own veth, counts at any number, as the pod's own
+// does (CT_F_LOCAL_PEER); without that the receiving pod's entry stayed
+// established for 6 h (found by the second review of the RST check,
+// 2026-12-06; this test came after).
+func TestConntrackLocalPeersRSTAfterFastPathData(t *testing.T) {
+	const (
+		clientEP    = uint16(8)
+		clientID    = uint32(0x10300)
+		actRedirect = 7
+		closing     = 10 * time.Second
+	)
+	clientIP := net.IPv4(10, 0, 0, 3).To4()
+	f := load(t)
+	k := ip4(clientIP)
+	if err := f.objs.Endpoints.Put(&k, &DatapathEndpointInfo{Ifindex: 1, Identity: clientID, EpId: clientEP, Flags: 3}); err != nil {
+		t.Fatal(err)
+	}
+	put := func(ep uint16, dir uint8, peer uint32) {
+		pk := DatapathPolicyKey{Prefixlen: 88, EpId: ep, Dir: dir, Identity: peer, Proto: 6, Port: [2]uint8{0, 80}}
+		if err := f.objs.Policy.Put(&pk, &DatapathPolicyValue{Flags: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(clientEP, dirEgress, podID)
+	put(podEP, dirIngress, clientID)
+	for i, h := range []hop{
+		{"SYN", f.objs.FromContainer, tcpSeq(t, clientIP, podIP, 50000, 80, true, false, 10, 0)},
+		{"SYN-ACK", f.objs.FromContainer, tcpSeq(t, podIP, clientIP, 80, 50000, true, true, 9000, 11)},
+		{"ACK", f.objs.FromContainer, tcpSeq(t, clientIP, podIP, 50000, 80, false, true, 11, 9001)},
+		{"data", f.objs.FromContainer, tcpData(t, clientIP, podIP, 50000, 80, 11, 9001, 100, false)},
+	} {
+		if r := f.run(h.prog, h.pkt); r != actRedirect {
+			t.Fatalf("step %d (%s): %d, want delivered to the other pod", i, h.what, r)
+		}
+	}
+	if e := f.ctEntry(clientIP, podIP, 50000, 80, 6, dirEgress, clientEP); e.FastAction == 0 {
+		t.Fatal("the connection's forwarding is not cached: its next segments would not take the fast path")
+	}
+	before := f.ctEntry(clientIP, podIP, 50000, 80, 6, dirIngress, podEP).Isn
+	if r := f.run(f.objs.FromContainer, tcpData(t, clientIP, podIP, 50000, 80, 111, 9001, 50, false)); r != actRedirect {
+		t.Fatalf("data on the fast path: %d", r)
+	}
+	if after := f.ctEntry(clientIP, podIP, 50000, 80, 6, dirIngress, podEP).Isn; after != before {
+		t.Fatalf("the receiving pod's number moved on the fast path (%d to %d): this test no longer makes the case it is about", before, after)
+	}
+	// The client aborts: its RST at the number after all its data.
+	f.run(f.objs.FromContainer, tcpRST(t, clientIP, podIP, 50000, 80, 161, 9001, true))
+	if life := f.ctLife(clientIP, podIP, 50000, 80, dirIngress); life > closing {
+		t.Fatalf("the receiving pod's entry lives %v more, want at most %v (closing): the other pod's RST did not close it", life, closing)
+	}
+}
