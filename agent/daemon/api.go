@@ -71,7 +71,8 @@ func (a *Agent) startAPI(ctx context.Context) error {
 		Endpoints: func() int { return len(a.eps.List()) }, Identities: func() int { return len(a.ids.List()) },
 		PolicyEntries: a.engine.PolicyEntries, PolicyWrites: a.dp.PolicyWrites, EventsLost: a.hub.Lost, DatapathEventsLost: a.dp.EventsLost,
 		Services: a.services.Count, ServiceErrors: a.services.Errors, NodesRefused: a.auth.Refused,
-		RemoteIPCacheRefused: a.router.RemoteIPCacheRefused, Groups: a.groups.states, Extra: a.extraMetrics(),
+		RemoteIPCacheRefused:  a.router.RemoteIPCacheRefused,
+		RemoteBackendsLeftOut: a.services.RemoteBackendsLeftOut, Groups: a.groups.states, Extra: a.extraMetrics(),
 	})
 	if a.cfg.PrometheusListen != "" {
 		msrv := metricsServer(a.cfg.PrometheusListen, metricsHandler)

@@ -37,6 +37,9 @@ type Sources struct {
 	// RemoteIPCacheRefused: writes of remote clusters' ipcache entries
 	// refused past their share of the map.
 	RemoteIPCacheRefused func() uint64
+	// RemoteBackendsLeftOut: remote clusters' backends the frontends of
+	// global services leave out now, past their share.
+	RemoteBackendsLeftOut func() int
 	// Groups: cloud groups by state ("resolved", "error", "unresolved").
 	Groups func() map[string]int
 }
@@ -57,6 +60,7 @@ var (
 	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing).", []string{"state"}, nil)
 	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
 	remoteIPCRef = prometheus.NewDesc("filament_remote_ipcache_refused_total", "Writes of remote clusters' ipcache entries refused because they held their share of the BPF ipcache (three quarters; the rest stays for this cluster).", nil, nil)
+	remoteBELeft = prometheus.NewDesc("filament_remote_service_backends_left_out", "Remote clusters' backends of global services this node's frontends leave out now, because remote backends hold their share of the load-balancer maps (a quarter).", nil, nil)
 	svcErrors    = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
 )
 
@@ -65,7 +69,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc, remoteIPCRef} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc, remoteIPCRef, remoteBELeft} {
 		ch <- d
 	}
 }
@@ -105,6 +109,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(polEntries, c.s.PolicyEntries)
 	gauge(services, c.s.Services)
 	gauge(nodesRefused, c.s.NodesRefused)
+	gauge(remoteBELeft, c.s.RemoteBackendsLeftOut)
 	if c.s.Groups != nil {
 		for state, n := range c.s.Groups() {
 			ch <- prometheus.MustNewConstMetric(groupsDesc, prometheus.GaugeValue, float64(n), state)

@@ -18,14 +18,15 @@ func TestExposition(t *testing.T) {
 				{Reason: datapath.ReasonPolicyDenied, Direction: policy.Ingress, Packets: 3, Bytes: 180},
 			}, nil
 		},
-		MapPressure:          func() map[string]float64 { return map[string]float64{"policy": 0.25} },
-		Endpoints:            func() int { return 4 },
-		Identities:           func() int { return 9 },
-		Services:             func() int { return 3 },
-		ServiceErrors:        func() int { return 1 },
-		Groups:               func() map[string]int { return map[string]int{"error": 2} },
-		DatapathEventsLost:   func() uint64 { return 17 },
-		RemoteIPCacheRefused: func() uint64 { return 5 },
+		MapPressure:           func() map[string]float64 { return map[string]float64{"policy": 0.25} },
+		Endpoints:             func() int { return 4 },
+		Identities:            func() int { return 9 },
+		Services:              func() int { return 3 },
+		ServiceErrors:         func() int { return 1 },
+		Groups:                func() map[string]int { return map[string]int{"error": 2} },
+		DatapathEventsLost:    func() uint64 { return 17 },
+		RemoteIPCacheRefused:  func() uint64 { return 5 },
+		RemoteBackendsLeftOut: func() int { return 6 },
 	})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -42,6 +43,7 @@ func TestExposition(t *testing.T) {
 		`filament_cloud_groups{state="error"} 2`,
 		`filament_datapath_events_lost_total 17`,
 		`filament_remote_ipcache_refused_total 5`,
+		`filament_remote_service_backends_left_out 6`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("missing %q in\n%s", want, body)

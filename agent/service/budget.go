@@ -6,8 +6,8 @@ package service
 // its NodePort on each of the node's addresses) holds one slot per
 // backend, a graded frontend GradedSlots at least. A service that would
 // take its namespace past it is refused whole, naming the namespace and
-// the bound; remote clusters' backends of a global service are bounded
-// by the mesh's own limits (clustermesh.MaxRemote*), not here.
+// the bound; remote clusters' backends of global services are bounded
+// together by MaxRemoteBackends, not here.
 const MaxNamespaceSlots = 65536
 
 // MaxBackends bounds one service's backends: a frontend's slot count is

@@ -116,6 +116,20 @@ type Manager struct {
 	// remoteKeys: by cluster, the keys of its services in remote.
 	remoteKeys map[string]map[string]bool
 
+	// remoteUses: what each frontend lists of remote clusters' backends,
+	// remoteTotal their sum, at most maxRemoteBackends (MaxRemoteBackends
+	// when 0); remoteLeft: those left out for it, remoteShort the services
+	// leaving some out (applied again when remote backends go:
+	// remoteFreed, refilling). remotebudget.go.
+	remoteUses        map[feUse]remoteUse
+	remoteTotal       int
+	remoteLeft        int
+	remoteShort       map[string]bool
+	maxRemoteBackends int
+	remoteFreed       bool
+	refilling         bool
+	remoteFull        bool // logged once
+
 	// beforePut, when set (tests), runs between put's check and its
 	// transaction.
 	beforePut func()
@@ -420,6 +434,7 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	s := m.local[key]
 	if s == nil {
 		delete(m.leftOut, key)
+		delete(m.remoteShort, key)
 		return Status{}, nil, false
 	}
 	st = Status{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Type: s.Spec.Type, Options: s.Options(),
@@ -434,8 +449,25 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 		slices.Sort(st.Clusters[1:])
 	}
 	alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
+	short := false
+	defer func() {
+		if short {
+			m.remoteShort[key] = true
+		} else {
+			delete(m.remoteShort, key)
+		}
+	}()
 	for _, fe := range s.Frontends(m.cfg.NodeIPs) {
-		views := Select(s, remotes, m.cfg.Cluster, fe, alive)
+		u := feUse{key, datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}}
+		views, leftOut := selectBounded(s, remotes, m.cfg.Cluster, fe, alive, m.remoteRoom(u))
+		listed := 0
+		for _, v := range views {
+			if v.Cluster != m.cfg.Cluster {
+				listed++
+			}
+		}
+		m.setRemoteUse(u, remoteUse{listed, leftOut})
+		short = short || leftOut > 0
 		fst := FrontendStatus{Frontend: fe, Backends: views}
 		e := lbEntry{fe: datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)},
 			lbs: datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}}
@@ -494,6 +526,7 @@ func (m *Manager) apply(key string) {
 		if slices.Contains(want, old) {
 			continue
 		}
+		m.setRemoteUse(feUse{key, old}, remoteUse{})
 		delete(m.holders[old], key)
 		if len(m.holders[old]) > 0 {
 			if m.byFE[old] == key {
@@ -519,6 +552,7 @@ func (m *Manager) apply(key string) {
 	} else {
 		m.applied[key] = want
 	}
+	m.refillRemote()
 }
 
 // handOver writes the entry of service key for frontend fe, which the

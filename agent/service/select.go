@@ -46,7 +46,14 @@ func matchPort(s *Service, p Port) (Port, bool) {
 // backends are listed but never preferred: they keep the connections they
 // have and take no new ones.
 func Select(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive) []BackendView {
-	var out []BackendView
+	out, _ := selectBounded(local, remotes, localCluster, fe, alive, MaxBackends)
+	return out
+}
+
+// selectBounded is Select listing at most remoteMax remote clusters'
+// backends (in order of cluster and address); leftOut counts those left
+// out for that bound (not for MaxBackends).
+func selectBounded(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive, remoteMax int) (out []BackendView, leftOut int) {
 	add := func(s *Service, cluster string, p Port) {
 		for _, b := range s.Backends {
 			ip, err := netip.ParseAddr(b.IP)
@@ -78,18 +85,30 @@ func Select(local *Service, remotes map[string]*Service, localCluster string, fe
 		}
 	}
 	sortBackends(out)
-	if len(out) > MaxBackends {
+	remoteN := 0
+	for _, v := range out {
+		if v.Cluster != localCluster {
+			remoteN++
+		}
+	}
+	remoteMax = max(remoteMax, 0)
+	if len(out) > MaxBackends || remoteN > remoteMax {
 		// The datapath counts a frontend's backends in 16 bits: the local
 		// cluster's stay (Validate bounds them), then remote clusters' in
-		// order, the rest are left out (until 2026-12-05 the count
-		// wrapped, TestSelectBoundedByMaxBackends).
+		// order up to remoteMax, the rest are left out (until 2026-12-05
+		// the count wrapped, TestSelectBoundedByMaxBackends).
 		kept := slices.DeleteFunc(slices.Clone(out), func(v BackendView) bool { return v.Cluster != localCluster })
+		room := min(MaxBackends-len(kept), remoteMax)
+		if remoteN > room && room == remoteMax {
+			leftOut = remoteN - room
+		}
 		for _, v := range out {
-			if len(kept) == MaxBackends {
+			if room == 0 {
 				break
 			}
 			if v.Cluster != localCluster {
 				kept = append(kept, v)
+				room--
 			}
 		}
 		out = kept
@@ -126,7 +145,7 @@ func Select(local *Service, remotes map[string]*Service, localCluster string, fe
 			out[i].Preferred = true
 		}
 	}
-	return out
+	return out, leftOut
 }
 
 // Preferred returns the addresses of the preferred backends, in order.

@@ -1,0 +1,113 @@
+package service
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// remoteWith is a remote cluster's global service "name" (default
+// namespace) with n backends at 10.<b>.x.y, all active.
+func remoteWith(t *testing.T, name string, b, n int) *Service {
+	t.Helper()
+	var bs strings.Builder
+	for i := range n {
+		fmt.Fprintf(&bs, "- {ip: 10.%d.%d.%d, node: m1}\n", b, i/250, i%250+1)
+	}
+	return mustParse(t, `
+metadata:
+  name: `+name+`
+  annotations: {service.cilium.io/global: "true"}
+spec:
+  clusterIP: 10.100.0.10
+  ports:
+  - {name: http, port: 8000, targetPort: 9090}
+backends:
+`+bs.String())
+}
+
+// localGlobal is this cluster's global service "name" at clusterIP ip with
+// one backend.
+func localGlobal(t *testing.T, m *Manager, name, ip string) {
+	t.Helper()
+	upsert(t, m, `
+metadata:
+  name: `+name+`
+  annotations: {service.cilium.io/global: "true"}
+spec:
+  clusterIP: `+ip+`
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+backends:
+- {ip: 10.0.1.1, node: n1}
+`)
+}
+
+// Remote clusters' backends of global services hold at most
+// maxRemoteBackends of a node's load-balancer maps together, so the rest
+// stays for this cluster's services: a remote publishing the largest
+// services it may (65,535 backends each) behind a few of this cluster's
+// global services cannot fill lb_slots and lb_members (262,144 each),
+// after which every later service write of every namespace failed. A
+// frontend keeps its local backends whatever the remotes hold, and a
+// remote backend that goes frees its place for those left out before.
+// Found 2026-12-06 by reading the mesh's limits against the maps.
+func TestRemoteBackendsLeaveRoomForLocalOnes(t *testing.T) {
+	m, dp := newManager(t, "")
+	m.maxRemoteBackends = 10
+	localGlobal(t, m, "a", "10.96.0.1")
+	localGlobal(t, m, "b", "10.96.0.2")
+	m.RemoteChanged("c2", remoteWith(t, "a", 2, 8), false)
+	m.RemoteChanged("c2", remoteWith(t, "b", 3, 8), false)
+	count := func() (remote int, local map[string]int) {
+		local = map[string]int{}
+		svcs, _ := dp.snapshot()
+		for fe, s := range svcs {
+			for _, b := range s.Backends {
+				if b.IP.As4()[1] == 0 {
+					local[fe.String()]++
+				} else {
+					remote++
+				}
+			}
+		}
+		return remote, local
+	}
+	r, l := count()
+	if r != 10 {
+		t.Fatalf("remote backends in the datapath: %d, want 10 (the bound)", r)
+	}
+	if len(l) != 2 || l["10.96.0.1:80/tcp"] != 1 || l["10.96.0.2:80/tcp"] != 1 {
+		t.Fatalf("local backends: %v, want one in each frontend", l)
+	}
+	if got := m.RemoteBackendsLeftOut(); got == 0 {
+		t.Error("no remote backend counted as left out")
+	}
+	// A third local global service gets its own backend, and no remote.
+	localGlobal(t, m, "c", "10.96.0.3")
+	m.RemoteChanged("c2", remoteWith(t, "c", 4, 3), false)
+	if r, l = count(); r != 10 || l["10.96.0.3:80/tcp"] != 1 {
+		t.Fatalf("after a third service: %d remote backends, local %v", r, l)
+	}
+	// a's remote backends go: the places go to those left out before
+	// (b's first, then c's, in order of service).
+	m.RemoteChanged("c2", remoteWith(t, "a", 2, 0), true)
+	svcs, _ := dp.snapshot()
+	for fe, n := range map[string]int{"10.96.0.1:80/tcp": 1, "10.96.0.2:80/tcp": 9, "10.96.0.3:80/tcp": 3} {
+		found := false
+		for f, s := range svcs {
+			if f.String() == fe {
+				found = true
+				if len(s.Backends) != n {
+					t.Errorf("%s holds %d backends after a's remote ones went, want %d", fe, len(s.Backends), n)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s not in the datapath", fe)
+		}
+	}
+	if r, _ = count(); r != 10 {
+		t.Errorf("remote backends after a's went: %d, want 10 (the bound)", r)
+	}
+}
