@@ -10,10 +10,12 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -284,8 +286,66 @@ func LoadRemote(path string) (RemoteConfig, error) {
 	return r, nil
 }
 
+// PeersFile lists the clusters connected to read this one, a name a line,
+// which Connect adds and Disconnect removes: the apiserver keeps an etcd
+// user of its own for each (RemoteUser), and deletes a gone peer's,
+// ending its open watches. One file, so that it fits in a Kubernetes
+// Secret beside the bundle's others.
+func PeersFile(bundle string) string { return filepath.Join(bundle, "remote-peers") }
+
+// RemoteUser is the etcd user, and the common name of its certificate,
+// that connected cluster peer reads this one with.
+func RemoteUser(peer string) string { return UserRemote + "-" + peer }
+
+// ScanPeers lists the clusters of the bundle's PeersFile (none when it is
+// missing); a line that is not a cluster name is an error naming it.
+func ScanPeers(bundle string) ([]string, error) {
+	b, err := os.ReadFile(PeersFile(bundle))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for i, line := range strings.Split(string(b), "\n") {
+		name := strings.TrimSpace(line)
+		if name == "" {
+			continue
+		}
+		if err := ValidateCluster(name, 1); err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", PeersFile(bundle), i+1, err)
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+// setPeer adds cluster name to the bundle's PeersFile, or removes it.
+func setPeer(bundle, name string, on bool) error {
+	names, err := ScanPeers(bundle)
+	if err != nil {
+		return err
+	}
+	names = slices.DeleteFunc(names, func(n string) bool { return n == name })
+	if on {
+		names = append(names, name)
+	}
+	if len(names) == 0 {
+		if err := os.Remove(PeersFile(bundle)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	slices.Sort(names)
+	return atomicfile.Write(PeersFile(bundle), []byte(strings.Join(names, "\n")+"\n"), 0o600)
+}
+
 // Connect exchanges configs between two bundles both ways: each cluster's
-// agents can then read the other.
+// agents can then read the other, with a certificate of the other's CA
+// issued to it alone (RemoteUser; listed in the other's PeersFile).
 func Connect(local, peer string) (Cluster, Cluster, error) {
 	a, err := LoadCluster(local)
 	if err != nil {
@@ -303,9 +363,16 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 			return a, b, err
 		}
 	}
-	for _, x := range []struct{ from, to, name string }{{peer, local, b.Name}, {local, peer, a.Name}} {
-		// The agents' read-only etcd credentials, and the relay's.
-		for _, f := range []struct{ file, dir string }{{"remote.yaml", RemotesDir(x.to)}, {HubbleRemote + ".yaml", HubbleRemotesDir(x.to)}} {
+	for _, x := range []struct {
+		from, to, name string
+		reader         Cluster
+	}{{peer, local, b.Name, a}, {local, peer, a.Name, b}} {
+		// The agents' read-only etcd credentials, the reader's own.
+		if err := issueRemote(x.from, x.reader.Name, filepath.Join(RemotesDir(x.to), x.name+".yaml")); err != nil {
+			return a, b, err
+		}
+		// The relay's.
+		for _, f := range []struct{ file, dir string }{{HubbleRemote + ".yaml", HubbleRemotesDir(x.to)}} {
 			data, err := os.ReadFile(filepath.Join(x.from, f.file))
 			if err != nil {
 				return a, b, fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -321,7 +388,35 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 	return a, b, nil
 }
 
-// Disconnect removes the configs between two bundles both ways.
+// issueRemote lists reader in bundle's PeersFile and writes to path the
+// config reader's agents read bundle's cluster with: its endpoints, its CA
+// and a client certificate of that CA issued to reader alone
+// (RemoteUser).
+func issueRemote(bundle, reader, path string) error {
+	c, err := LoadCluster(bundle)
+	if err != nil {
+		return err
+	}
+	authority, err := ca.Load(bundle)
+	if err != nil {
+		return err
+	}
+	pair, err := authority.Issue(RemoteUser(reader), false, nil, nil)
+	if err != nil {
+		return err
+	}
+	if err := setPeer(bundle, reader, true); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	return writeYAML(path, RemoteConfig{Name: c.Name, Endpoints: c.Endpoints, CA: string(authority.PEM), Cert: string(pair.Cert), Key: string(pair.Key)}, 0o600)
+}
+
+// Disconnect removes the configs between two bundles both ways, and each
+// from the other's PeersFile (its apiserver then deletes the other's etcd
+// user).
 func Disconnect(local, peer string) error {
 	a, err := LoadCluster(local)
 	if err != nil {
@@ -332,6 +427,9 @@ func Disconnect(local, peer string) error {
 		return err
 	}
 	for _, x := range []struct{ bundle, name string }{{local, b.Name}, {peer, a.Name}} {
+		if err := setPeer(x.bundle, x.name, false); err != nil {
+			return err
+		}
 		os.Remove(filepath.Join(RemotesDir(x.bundle), x.name+".yaml"))
 		os.Remove(filepath.Join(HubbleRemotesDir(x.bundle), x.name+".yaml"))
 	}

@@ -21,6 +21,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
@@ -75,8 +76,10 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Errorf("%w: an etcd quota is for the embedded etcd; an external etcd's is set by its operator (--quota-backend-bytes)", embedded.ErrQuota)
 	}
 	endpoints := c.EtcdEndpoints
+	st := newStreams()
 	if len(endpoints) == 0 {
-		ec := embedded.Config{Dir: c.DataDir, ClientURL: c.ClientURL, PeerURL: c.PeerURL, UnsafeNoFsync: c.UnsafeNoFsync, QuotaBytes: c.EtcdQuotaBytes}
+		ec := embedded.Config{Dir: c.DataDir, ClientURL: c.ClientURL, PeerURL: c.PeerURL, UnsafeNoFsync: c.UnsafeNoFsync, QuotaBytes: c.EtcdQuotaBytes,
+			GRPCServerOptions: []grpc.ServerOption{grpc.ChainStreamInterceptor(st.intercept)}}
 		if c.Bundle != "" {
 			ec.CertFile = filepath.Join(c.Bundle, "server.pem")
 			ec.KeyFile = filepath.Join(c.Bundle, "server-key.pem")
@@ -104,6 +107,16 @@ func Run(ctx context.Context, c Config) error {
 		if err := setupAuth(ctx, kv.Raw()); err != nil {
 			return err
 		}
+		if err := syncPeers(ctx, kv.Raw(), c.Bundle, st); err != nil {
+			return err
+		}
+		// Joined before kv closes (deferred above, so run after this).
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			followPeers(ctx, kv.Raw(), c.Bundle, st)
+		}()
+		defer func() { <-done }()
 	}
 	lease, err := kv.GrantLease(ctx, 15*time.Second)
 	if err != nil {

@@ -277,3 +277,105 @@ func TestAgentsReadOnlyCache(t *testing.T) {
 		}
 	}
 }
+
+// A cluster disconnected from this one loses its read access within
+// seconds: each connected cluster reads with a certificate of its own
+// (etcd user remote-<its name>), the apiserver follows the bundle's list
+// of peers, deletes a gone peer's user and ends its open watches (etcd
+// checks a watch's permission only when it is made). Found 2026-12-06 as
+// listed in docs/architecture.md: every peer was handed the same remote
+// certificate, so a disconnected cluster (or anyone who once held its
+// remotes/) kept reading this one's nodes, identities, endpoints and
+// services for the certificate's lifetime (5 years).
+func TestDisconnectedPeerLosesAccess(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	west, north := t.TempDir(), t.TempDir()
+	for _, p := range []struct {
+		dir, name string
+		id        uint32
+	}{{west, "west", 8}, {north, "north", 9}} {
+		if _, err := clustermesh.Enable(p.dir, p.name, p.id, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := clustermesh.Connect(srv.Bundle, p.dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	if err := srv.Agent.Put(ctx, "filament/state/nodes/v1/east/n1", []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	peer := func(dir string) *kvstore.Client {
+		t.Helper()
+		rc, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(dir), "east.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Endpoints = []string{srv.Endpoint}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c, err := kvstore.Connect(cctx, rc.KVStore())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	readable := func(c *kvstore.Client) error {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		_, err := c.Get(rctx, "filament/state/nodes/v1/east/n1")
+		return err
+	}
+	w, n := peer(west), peer(north)
+	// The apiserver takes the peers within a second or two.
+	deadline := time.Now().Add(10 * time.Second)
+	for readable(w) != nil || readable(n) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("connected peers cannot read: west %v, north %v", readable(w), readable(n))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watch := w.Raw().Watch(wctx, "filament/state/nodes/v1/", clientv3.WithPrefix())
+	if err := srv.Agent.Put(ctx, "filament/state/nodes/v1/east/n2", []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-watch; r.Err() != nil || len(r.Events) != 1 {
+		t.Fatalf("west's watch before the disconnect: %+v %v", r.Events, r.Err())
+	}
+
+	if err := clustermesh.Disconnect(srv.Bundle, west); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for readable(w) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("a disconnected peer still reads this cluster's state 10 s after the disconnect")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Its open watch ends (the client does not get the write after it).
+	if err := srv.Agent.Put(ctx, "filament/state/nodes/v1/east/n3", []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(10 * time.Second)
+	for done := false; !done; {
+		select {
+		case r, ok := <-watch:
+			for _, ev := range r.Events {
+				if strings.HasSuffix(string(ev.Kv.Key), "/n3") {
+					t.Fatal("a disconnected peer's open watch still got a write after the disconnect")
+				}
+			}
+			done = !ok || r.Canceled || r.Err() != nil
+		case <-timeout:
+			t.Fatal("a disconnected peer's open watch was not ended")
+		}
+	}
+	// The other peer reads on.
+	if err := readable(n); err != nil {
+		t.Fatalf("a peer still connected lost access: %v", err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // ErrStart is wrapped by every start failure.
@@ -55,6 +56,9 @@ type Config struct {
 	// certificate and key, and the CA that client certificates must chain to
 	// (mutual TLS when set).
 	CertFile, KeyFile, ClientCAFile string
+	// GRPCServerOptions are added to the etcd gRPC server's (interceptors:
+	// grpc.ChainStreamInterceptor, grpc.ChainUnaryInterceptor).
+	GRPCServerOptions []grpc.ServerOption
 }
 
 // Bounds of Config.QuotaBytes: etcd's suggested maximum, and a floor
@@ -120,6 +124,7 @@ func Start(c Config) (*Server, error) {
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = c.Name + "=" + pu.String()
 	cfg.UnsafeNoFsync = c.UnsafeNoFsync
+	cfg.GRPCAdditionalServerOptions = c.GRPCServerOptions
 	if c.CertFile != "" || c.KeyFile != "" {
 		if cu.Scheme != "https" {
 			return nil, fmt.Errorf("%w: client URL %q must be https:// when a certificate is given", ErrStart, c.ClientURL)

@@ -1,0 +1,167 @@
+package apiserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/filament-net/filament/clustermesh"
+)
+
+// peerUserPrefix starts the etcd user of each connected cluster
+// (clustermesh.RemoteUser).
+var peerUserPrefix = clustermesh.UserRemote + "-"
+
+// PeersInterval is how often the apiserver reads the bundle's list of
+// peers (clustermesh.PeersFile).
+const PeersInterval = time.Second
+
+// streams are the open gRPC streams (watches) of connected clusters' users,
+// so that a peer whose user goes loses its watches at once: etcd checks a
+// watch's permission only when it is made.
+type streams struct {
+	mu   sync.Mutex
+	next uint64
+	open map[string]map[uint64]context.CancelFunc // user -> stream -> its end
+}
+
+func newStreams() *streams { return &streams{open: map[string]map[uint64]context.CancelFunc{}} }
+
+// certUser is the common name of the verified client certificate of a
+// call's connection (etcd's user for it), "" without one.
+func certUser(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	return ti.State.VerifiedChains[0][0].Subject.CommonName
+}
+
+// ctxStream is a server stream whose context ends when its peer's user
+// goes.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s ctxStream) Context() context.Context { return s.ctx }
+
+// intercept follows each stream of a connected cluster's user while it is
+// open (registered before etcd checks its permission, so a user deleted
+// after that check still finds it).
+func (s *streams) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	user := certUser(ss.Context())
+	if !strings.HasPrefix(user, peerUserPrefix) {
+		return handler(srv, ss)
+	}
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	s.mu.Lock()
+	s.next++
+	id := s.next
+	if s.open[user] == nil {
+		s.open[user] = map[uint64]context.CancelFunc{}
+	}
+	s.open[user][id] = cancel
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.open[user], id)
+		if len(s.open[user]) == 0 {
+			delete(s.open, user)
+		}
+		s.mu.Unlock()
+	}()
+	return handler(srv, ctxStream{ss, ctx})
+}
+
+// keep ends the open streams of every connected cluster's user not in
+// users.
+func (s *streams) keep(users map[string]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for user, m := range s.open {
+		if users[user] {
+			continue
+		}
+		for _, cancel := range m {
+			cancel()
+		}
+		slog.Info("ended the open watches of a cluster no longer connected", "user", user, "streams", len(m))
+	}
+}
+
+// syncPeers makes etcd's users of connected clusters those of the bundle's
+// list (clustermesh.PeersFile): a new peer's user is added (read-only, the
+// remote role), a gone peer's deleted, and its open streams ended.
+func syncPeers(ctx context.Context, c *clientv3.Client, bundle string, st *streams) error {
+	names, err := clustermesh.ScanPeers(bundle)
+	if err != nil {
+		return fmt.Errorf("connected clusters (%s): %w", clustermesh.PeersFile(bundle), err)
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		want[clustermesh.RemoteUser(n)] = true
+	}
+	have, err := c.UserList(ctx)
+	if err != nil {
+		return fmt.Errorf("etcd users: %w", err)
+	}
+	for _, u := range have.Users {
+		if strings.HasPrefix(u, peerUserPrefix) && !want[u] {
+			if _, err := c.UserDelete(ctx, u); err != nil {
+				return fmt.Errorf("etcd user %s: %w", u, err)
+			}
+			slog.Info("a cluster no longer connected lost its etcd user", "user", u)
+		}
+	}
+	// After the deletes: a stream made before one is ended here, one made
+	// after it is refused by etcd.
+	st.keep(want)
+	for u := range want {
+		if slices.Contains(have.Users, u) {
+			continue
+		}
+		if _, err := c.UserAddWithOptions(ctx, u, "", &clientv3.UserAddOptions{NoPassword: true}); ignoreExists(err) != nil {
+			return fmt.Errorf("etcd user %s: %w", u, err)
+		}
+		if _, err := c.UserGrantRole(ctx, u, clustermesh.UserRemote); err != nil {
+			return fmt.Errorf("etcd user %s role %s: %w", u, clustermesh.UserRemote, err)
+		}
+		slog.Info("a connected cluster got its etcd user", "user", u)
+	}
+	return nil
+}
+
+// followPeers runs syncPeers every PeersInterval until ctx ends (errors
+// logged once until it succeeds again).
+func followPeers(ctx context.Context, c *clientv3.Client, bundle string, st *streams) {
+	t := time.NewTicker(PeersInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := syncPeers(ctx, c, bundle, st)
+		if err != nil && !failing && ctx.Err() == nil {
+			slog.Warn("following the connected clusters", "err", err)
+		}
+		failing = err != nil
+	}
+}
