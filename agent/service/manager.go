@@ -116,12 +116,12 @@ type Manager struct {
 	// remoteKeys: by cluster, the keys of its services in remote.
 	remoteKeys map[string]map[string]bool
 
-	// remoteUses: what each frontend lists of remote clusters' backends,
-	// remoteTotal their sum, at most maxRemoteBackends (MaxRemoteBackends
+	// remoteUses: what each frontend's datapath entry lists of remote
+	// clusters' backends, remoteTotal their sum, at most maxRemoteBackends (MaxRemoteBackends
 	// when 0); remoteLeft: those left out for it, remoteShort the services
 	// leaving some out (applied again when remote backends go:
 	// remoteFreed, refilling). remotebudget.go.
-	remoteUses        map[feUse]remoteUse
+	remoteUses        map[datapath.Frontend]remoteUse
 	remoteTotal       int
 	remoteLeft        int
 	remoteShort       map[string]bool
@@ -423,9 +423,10 @@ func proto(p string) uint8 {
 
 // lbEntry is one frontend's datapath entry of a service.
 type lbEntry struct {
-	fe  datapath.Frontend
-	lbs datapath.LBService
-	ok  bool // false: its table could not be made (counted and logged)
+	fe     datapath.Frontend
+	lbs    datapath.LBService
+	ok     bool      // false: its table could not be made (counted and logged)
+	remote remoteUse // what it lists of remote backends (recorded once written)
 }
 
 // entries computes the status and the datapath entries of the local
@@ -451,25 +452,31 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
 	short := false
 	defer func() {
+		if m.remoteShort == nil {
+			m.remoteShort = map[string]bool{}
+		}
 		if short {
 			m.remoteShort[key] = true
 		} else {
 			delete(m.remoteShort, key)
 		}
 	}()
-	for _, fe := range s.Frontends(m.cfg.NodeIPs) {
-		u := feUse{key, datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}}
-		views, leftOut := selectBounded(s, remotes, m.cfg.Cluster, fe, alive, m.remoteRoom(u))
+	fes := s.Frontends(m.cfg.NodeIPs)
+	room := m.remoteRoom(key, fes)
+	for _, fe := range fes {
+		dfe := datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
+		had := m.remoteUses[dfe].listed // this entry replaces it
+		views, leftOut := selectBounded(s, remotes, m.cfg.Cluster, fe, alive, room+had)
 		listed := 0
 		for _, v := range views {
 			if v.Cluster != m.cfg.Cluster {
 				listed++
 			}
 		}
-		m.setRemoteUse(u, remoteUse{listed, leftOut})
+		room -= listed - had
 		short = short || leftOut > 0
 		fst := FrontendStatus{Frontend: fe, Backends: views}
-		e := lbEntry{fe: datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)},
+		e := lbEntry{fe: dfe, remote: remoteUse{key, listed, leftOut},
 			lbs: datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}}
 		pref, table, err := m.table(st, views, &fst)
 		st.Frontends = append(st.Frontends, fst)
@@ -516,6 +523,8 @@ func (m *Manager) apply(key string) {
 			if err := m.cfg.Datapath.UpsertService(e.fe, e.lbs); err != nil {
 				m.errors++
 				slog.Error("writing a service frontend to the datapath", "service", key, "frontend", e.fe, "err", err)
+			} else {
+				m.setRemoteUse(e.fe, e.remote)
 			}
 		}
 		m.status[key] = st
@@ -526,7 +535,6 @@ func (m *Manager) apply(key string) {
 		if slices.Contains(want, old) {
 			continue
 		}
-		m.setRemoteUse(feUse{key, old}, remoteUse{})
 		delete(m.holders[old], key)
 		if len(m.holders[old]) > 0 {
 			if m.byFE[old] == key {
@@ -568,6 +576,7 @@ func (m *Manager) handOver(key string, fe datapath.Frontend) {
 		}
 		err := m.cfg.Datapath.UpsertService(fe, e.lbs)
 		if err == nil {
+			m.setRemoteUse(fe, e.remote)
 			return
 		}
 		m.errors++
@@ -578,6 +587,7 @@ func (m *Manager) handOver(key string, fe datapath.Frontend) {
 
 // unload removes frontend fe from the datapath; m.mu held.
 func (m *Manager) unload(fe datapath.Frontend) {
+	m.setRemoteUse(fe, remoteUse{})
 	if err := m.cfg.Datapath.DeleteService(fe); err != nil {
 		m.errors++
 		slog.Error("removing a service frontend from the datapath", "frontend", fe, "err", err)

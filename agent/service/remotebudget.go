@@ -22,15 +22,13 @@ import (
 // namespace failed (TestRemoteBackendsLeaveRoomForLocalOnes).
 const MaxRemoteBackends = 65536
 
-// feUse names one frontend of one local service.
-type feUse struct {
-	key string
-	fe  datapath.Frontend
+// remoteUse is what one frontend's datapath entry lists of remote
+// clusters' backends (written by service key), and how many it left out
+// for the bound.
+type remoteUse struct {
+	key             string
+	listed, leftOut int
 }
-
-// remoteUse is what one frontend lists of remote clusters' backends, and
-// how many it left out for the bound.
-type remoteUse struct{ listed, leftOut int }
 
 func (m *Manager) remoteBudget() int {
 	if m.maxRemoteBackends > 0 {
@@ -39,33 +37,47 @@ func (m *Manager) remoteBudget() int {
 	return MaxRemoteBackends
 }
 
-// remoteRoom is how many remote backends frontend u may list: the bound
-// less what the other frontends list. m.mu held.
-func (m *Manager) remoteRoom(u feUse) int {
-	return m.remoteBudget() - (m.remoteTotal - m.remoteUses[u].listed)
+// remoteRoom is how many more remote backends service key may list than
+// the datapath holds now, its frontends being fes: the bound less what
+// the datapath's entries list, plus what those of key's frontends that go
+// with this change list (applied ones not in fes that only key holds: a
+// port or address changed; their entries are removed after). m.mu held.
+func (m *Manager) remoteRoom(key string, fes []Frontend) int {
+	room := m.remoteBudget() - m.remoteTotal
+	for _, old := range m.applied[key] {
+		if len(m.holders[old]) != 1 || !m.holders[old][key] {
+			continue
+		}
+		if !slices.ContainsFunc(fes, func(fe Frontend) bool {
+			return old == datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
+		}) {
+			room += m.remoteUses[old].listed
+		}
+	}
+	return room
 }
 
-// setRemoteUse records what frontend u lists now (zero: nothing, and
-// forgotten). m.mu held.
-func (m *Manager) setRemoteUse(u feUse, now remoteUse) {
+// setRemoteUse records what the datapath's entry of fe lists now, once
+// written (zero: removed). m.mu held.
+func (m *Manager) setRemoteUse(fe datapath.Frontend, now remoteUse) {
 	if m.remoteUses == nil {
-		m.remoteUses, m.remoteShort = map[feUse]remoteUse{}, map[string]bool{}
+		m.remoteUses, m.remoteShort = map[datapath.Frontend]remoteUse{}, map[string]bool{}
 	}
-	old := m.remoteUses[u]
+	old := m.remoteUses[fe]
 	m.remoteTotal += now.listed - old.listed
 	m.remoteLeft += now.leftOut - old.leftOut
 	if now.listed < old.listed {
 		m.remoteFreed = true
 	}
-	if now == (remoteUse{}) {
-		delete(m.remoteUses, u)
+	if now.listed == 0 && now.leftOut == 0 {
+		delete(m.remoteUses, fe)
 	} else {
-		m.remoteUses[u] = now
+		m.remoteUses[fe] = now
 	}
 	if now.leftOut > 0 && !m.remoteFull {
 		m.remoteFull = true
 		slog.Error("services: remote clusters' backends hold their share of the load-balancer maps; a frontend lists fewer of them until others go, logged once",
-			"service", u.key, "frontend", u.fe, "left out", now.leftOut, "max", m.remoteBudget())
+			"service", now.key, "frontend", fe, "left out", now.leftOut, "max", m.remoteBudget())
 	}
 }
 

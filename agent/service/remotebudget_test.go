@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -109,5 +110,90 @@ func TestRemoteBackendsLeaveRoomForLocalOnes(t *testing.T) {
 	}
 	if r, _ = count(); r != 10 {
 		t.Errorf("remote backends after a's went: %d, want 10 (the bound)", r)
+	}
+	if got := m.RemoteBackendsLeftOut(); got != 1 {
+		t.Errorf("left out after the refill: %d, want 1 (c's third)", got)
+	}
+}
+
+// remoteListed counts the remote backends (10.x with x > 0) each frontend
+// of the datapath lists, by frontend.
+func remoteListed(dp *fakeDP) (total int, by map[string]int) {
+	by = map[string]int{}
+	svcs, _ := dp.snapshot()
+	for fe, s := range svcs {
+		for _, b := range s.Backends {
+			if b.IP.As4()[1] != 0 {
+				by[fe.String()]++
+				total++
+			}
+		}
+	}
+	return total, by
+}
+
+// The bound follows what the datapath's entries list through the
+// changes a node sees: re-applying every service (a node's liveness) at
+// the bound takes nothing from anyone; a service whose port changes keeps
+// its share (its old frontend's places are its own); a NodePort service
+// counts each of its frontends; a local service deleted frees its places
+// for the services left short. Found by the review of the bound: a port
+// change handed the service's share to a neighbour.
+func TestRemoteBackendsBudgetFollowsChanges(t *testing.T) {
+	m, dp := newManager(t, "")
+	m.maxRemoteBackends = 12
+	localGlobal(t, m, "b", "10.96.0.2")
+	m.RemoteChanged("c2", remoteWith(t, "b", 3, 8), false)
+	localGlobal(t, m, "a", "10.96.0.1")
+	m.RemoteChanged("c2", remoteWith(t, "a", 2, 8), false)
+	if total, by := remoteListed(dp); total != 12 || by["10.96.0.2:80/tcp"] != 8 || by["10.96.0.1:80/tcp"] != 4 {
+		t.Fatalf("remote backends listed: %d %v, want b 8 and a 4", total, by)
+	}
+	m.NodeAlive("c1", "n1", false)
+	m.NodeAlive("c1", "n1", true)
+	if total, by := remoteListed(dp); total != 12 || by["10.96.0.2:80/tcp"] != 8 || by["10.96.0.1:80/tcp"] != 4 {
+		t.Fatalf("after every service was applied again: %d %v, want b 8 and a 4", total, by)
+	}
+	// b's port changes: its new frontend lists what its old one did.
+	upsert(t, m, `
+metadata:
+  name: b
+  annotations: {service.cilium.io/global: "true"}
+spec:
+  clusterIP: 10.96.0.2
+  ports:
+  - {name: http, port: 81, targetPort: 8080}
+backends:
+- {ip: 10.0.1.1, node: n1}
+`)
+	if total, by := remoteListed(dp); total != 12 || by["10.96.0.2:81/tcp"] != 8 || by["10.96.0.1:80/tcp"] != 4 {
+		t.Fatalf("after b's port changed: %d %v, want b 8 (on its new port) and a 4", total, by)
+	}
+	// A NodePort service: a frontend per node address besides its
+	// ClusterIP, each counting; deleted, its places go to a.
+	upsert(t, m, `
+metadata:
+  name: b
+  annotations: {service.cilium.io/global: "true"}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.2
+  ports:
+  - {name: http, port: 81, targetPort: 8080, nodePort: 30081}
+backends:
+- {ip: 10.0.1.1, node: n1}
+`)
+	total, by := remoteListed(dp)
+	if total != 12 || by["10.96.0.1:80/tcp"] != 4 {
+		t.Fatalf("with b a NodePort service: %d %v, want 12 with a's 4", total, by)
+	}
+	if err := m.Delete(context.Background(), "default", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if total, by := remoteListed(dp); total != 8 || by["10.96.0.1:80/tcp"] != 8 {
+		t.Fatalf("after b was deleted: %d %v, want a's 8", total, by)
+	}
+	if got := m.RemoteBackendsLeftOut(); got != 0 {
+		t.Errorf("left out with room for all: %d", got)
 	}
 }

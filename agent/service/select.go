@@ -99,8 +99,8 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 		// the count wrapped, TestSelectBoundedByMaxBackends).
 		kept := slices.DeleteFunc(slices.Clone(out), func(v BackendView) bool { return v.Cluster != localCluster })
 		room := min(MaxBackends-len(kept), remoteMax)
-		if remoteN > room && room == remoteMax {
-			leftOut = remoteN - room
+		if remoteMax < MaxBackends-len(kept) && remoteN > remoteMax {
+			leftOut = remoteN - remoteMax // for the bound alone
 		}
 		for _, v := range out {
 			if room == 0 {
