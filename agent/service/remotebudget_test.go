@@ -27,18 +27,25 @@ backends:
 `+bs.String())
 }
 
-// localGlobal is this cluster's global service "name" at clusterIP ip with
-// one backend.
-func localGlobal(t *testing.T, m *Manager, name, ip string) {
+// localGlobal is this cluster's global service "name" at clusterIP ip
+// with one backend, on port 80 unless a ports entry is given.
+func localGlobal(t *testing.T, m *Manager, name, ip string, port ...string) {
 	t.Helper()
+	p, typ := "{name: http, port: 80, targetPort: 8080}", ""
+	if len(port) > 0 {
+		p = port[0]
+	}
+	if strings.Contains(p, "nodePort") {
+		typ = "\n  type: NodePort"
+	}
 	upsert(t, m, `
 metadata:
   name: `+name+`
   annotations: {service.cilium.io/global: "true"}
-spec:
+spec:`+typ+`
   clusterIP: `+ip+`
   ports:
-  - {name: http, port: 80, targetPort: 8080}
+  - `+p+`
 backends:
 - {ip: 10.0.1.1, node: n1}
 `)
@@ -146,43 +153,21 @@ func TestRemoteBackendsBudgetFollowsChanges(t *testing.T) {
 	m.RemoteChanged("c2", remoteWith(t, "b", 3, 8), false)
 	localGlobal(t, m, "a", "10.96.0.1")
 	m.RemoteChanged("c2", remoteWith(t, "a", 2, 8), false)
-	if total, by := remoteListed(dp); total != 12 || by["10.96.0.2:80/tcp"] != 8 || by["10.96.0.1:80/tcp"] != 4 {
-		t.Fatalf("remote backends listed: %d %v, want b 8 and a 4", total, by)
-	}
-	m.NodeAlive("c1", "n1", false)
-	m.NodeAlive("c1", "n1", true)
-	if total, by := remoteListed(dp); total != 12 || by["10.96.0.2:80/tcp"] != 8 || by["10.96.0.1:80/tcp"] != 4 {
-		t.Fatalf("after every service was applied again: %d %v, want b 8 and a 4", total, by)
+	for _, step := range []string{"at first", "after every service was applied again"} {
+		if total, by := remoteListed(dp); total != 12 || by["10.96.0.2:80/tcp"] != 8 || by["10.96.0.1:80/tcp"] != 4 {
+			t.Fatalf("%s: remote backends listed: %d %v, want b 8 and a 4", step, total, by)
+		}
+		m.NodeAlive("c1", "n1", false)
+		m.NodeAlive("c1", "n1", true)
 	}
 	// b's port changes: its new frontend lists what its old one did.
-	upsert(t, m, `
-metadata:
-  name: b
-  annotations: {service.cilium.io/global: "true"}
-spec:
-  clusterIP: 10.96.0.2
-  ports:
-  - {name: http, port: 81, targetPort: 8080}
-backends:
-- {ip: 10.0.1.1, node: n1}
-`)
+	localGlobal(t, m, "b", "10.96.0.2", "{name: http, port: 81, targetPort: 8080}")
 	if total, by := remoteListed(dp); total != 12 || by["10.96.0.2:81/tcp"] != 8 || by["10.96.0.1:80/tcp"] != 4 {
 		t.Fatalf("after b's port changed: %d %v, want b 8 (on its new port) and a 4", total, by)
 	}
 	// A NodePort service: a frontend per node address besides its
 	// ClusterIP, each counting; deleted, its places go to a.
-	upsert(t, m, `
-metadata:
-  name: b
-  annotations: {service.cilium.io/global: "true"}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.2
-  ports:
-  - {name: http, port: 81, targetPort: 8080, nodePort: 30081}
-backends:
-- {ip: 10.0.1.1, node: n1}
-`)
+	localGlobal(t, m, "b", "10.96.0.2", "{name: http, port: 81, targetPort: 8080, nodePort: 30081}")
 	total, by := remoteListed(dp)
 	if total != 12 || by["10.96.0.1:80/tcp"] != 4 {
 		t.Fatalf("with b a NodePort service: %d %v, want 12 with a's 4", total, by)
