@@ -84,9 +84,11 @@ func (r *Router) deleteIPCache(p netip.Prefix) {
 }
 
 // refill writes refused remote keys the router still wants while the
-// remote keys are under their bound (call before r.mu is released, after
-// a change that may have deleted some). r.mu is held.
+// remote keys are under their bound, and the remote nodes' other
+// addresses left out likewise (call before r.mu is released, after a
+// change that may have deleted some). r.mu is held.
 func (r *Router) refill() {
+	r.refillLocalAddrs()
 	for k := range r.remoteRefused {
 		if len(r.remoteKeys) >= r.remoteBudget() {
 			return

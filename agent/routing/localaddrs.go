@@ -28,9 +28,9 @@ type localAddrs struct {
 	remoteHeld int
 	maxRemote  int
 	short      map[string]bool // remote nodes with addresses left out for the bound
-	refilling  bool
-	full       bool // a write was refused (map full): logged once
-	remoteFull bool // a remote address was left out for the bound: logged once
+	freed      bool            // a remote place was freed since the last refill
+	full       bool            // a write was refused (map full): logged once
+	remoteFull bool            // a remote address was left out for the bound: logged once
 }
 
 // MaxRemoteLocalAddrs bounds the node_local_addrs entries (65,536) that
@@ -50,10 +50,7 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 	if la.of == nil {
 		la.of, la.count, la.local, la.short = map[string][]netip.Addr{}, map[netip.Addr]int{}, map[netip.Addr]int{}, map[string]bool{}
 	}
-	maxRemote := la.maxRemote
-	if maxRemote == 0 {
-		maxRemote = MaxRemoteLocalAddrs
-	}
+	maxRemote := la.bound()
 	remote := clusterOf(name) != ""
 	var now []netip.Addr
 	if n != nil {
@@ -110,6 +107,7 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 		case !remote:
 			if la.local[a]++; la.local[a] == 1 && la.count[a] > 1 {
 				la.remoteHeld-- // only remote nodes listed it
+				la.freed = true
 			}
 		}
 		if la.count[a] == 1 {
@@ -119,7 +117,7 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 			}
 		}
 	}
-	freed := false
+	var orphaned []netip.Addr // only remote nodes list them now, past the bound
 	for _, a := range old {
 		if slices.Contains(kept, a) {
 			continue
@@ -129,12 +127,18 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 			if la.local[a]--; la.local[a] <= 0 {
 				delete(la.local, a)
 				if la.count[a] > 0 {
+					if la.remoteHeld >= maxRemote {
+						// Remote nodes listed it beside this cluster's,
+						// free of the bound: it goes, theirs are short.
+						orphaned = append(orphaned, a)
+						continue
+					}
 					la.remoteHeld++ // only remote nodes list it now
 				}
 			}
 		} else if la.count[a] <= 0 {
 			la.remoteHeld--
-			freed = true
+			la.freed = true
 		}
 		if la.count[a] <= 0 {
 			delete(la.count, a)
@@ -153,20 +157,49 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 	} else {
 		delete(la.short, name)
 	}
-	if freed && len(la.short) > 0 && !la.refilling {
-		// The remote nodes left short take the places freed.
-		la.refilling = true
-		for _, other := range slices.Sorted(maps.Keys(la.short)) {
-			if la.remoteHeld >= maxRemote {
-				break
-			}
-			if on, ok := r.nodes[other]; ok {
-				r.setLocalAddrs(other, &on)
-			} else {
-				delete(la.short, other)
+	for _, a := range orphaned {
+		for other, list := range la.of {
+			if i := slices.Index(list, a); i >= 0 {
+				la.of[other] = slices.Delete(list, i, i+1)
+				if len(la.of[other]) == 0 {
+					delete(la.of, other)
+				}
+				la.short[other] = true
 			}
 		}
-		la.refilling = false
+		delete(la.count, a)
+		if err := r.dp.DeleteNodeLocalAddr(a); err != nil {
+			slog.Warn("node_local_addrs: delete", "addr", a, "err", err)
+		}
+	}
+}
+
+func (la *localAddrs) bound() int {
+	if la.maxRemote > 0 {
+		return la.maxRemote
+	}
+	return MaxRemoteLocalAddrs
+}
+
+// refillLocalAddrs gives the places remote addresses freed to the remote
+// nodes left short, in order of name, while there is room. Called when a
+// change is complete (Router.refill), not in the middle of one: an
+// evicted node's pod CIDR is not yet its evicter's there. r.mu is held.
+func (r *Router) refillLocalAddrs() {
+	la := &r.local
+	if !la.freed || len(la.short) == 0 {
+		return
+	}
+	la.freed = false
+	for _, name := range slices.Sorted(maps.Keys(la.short)) {
+		if la.remoteHeld >= la.bound() {
+			return
+		}
+		if n, ok := r.nodes[name]; ok {
+			r.setLocalAddrs(name, &n)
+		} else {
+			delete(la.short, name)
+		}
 	}
 }
 

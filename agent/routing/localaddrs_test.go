@@ -142,3 +142,70 @@ func TestRemoteLocalAddrsLeaveRoomForLocalOnes(t *testing.T) {
 		t.Errorf("remote nodes hold %d entries, past the bound: %v", got, f.local)
 	}
 }
+
+// The remote nodes' share holds through addresses they list beside this
+// cluster's nodes (free of the bound while a local node lists them), and
+// the places freed go to remote nodes left short only once a change is
+// complete. Found by the review of the bound: a remote node listing every
+// local node's addresses kept them past its share when the local nodes
+// left; a local node taking over a remote address freed a place nobody
+// was given; and a refill in the middle of an eviction wrote an address
+// of the evicting node's pod CIDR.
+func TestRemoteLocalAddrsBoundThroughSharingAndEviction(t *testing.T) {
+	inNetns(t)
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}, local: map[netip.Addr]bool{}}
+	r := newRouter(f, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.local.maxRemote = 2
+	has := func(a string) bool { return f.local[netip.MustParseAddr(a)] }
+	// A local node's address, listed by a remote node too; the remote
+	// node's own address and gateway fill the share.
+	n2 := node.Node{Name: "n2", IPs: []string{"192.0.2.2"}, PodCIDRs: []string{"10.244.1.0/24"}, LocalAddrs: []string{"198.18.7.7"}}
+	r.NodeChanged(n2, false)
+	copier := node.Node{Name: "east/c", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.61.0.0/24"}, LocalAddrs: []string{"198.18.7.7", "198.18.1.1"}}
+	r.NodeChanged(copier, false)
+	if !has("198.18.1.1") || !has("10.61.0.1") || !has("198.18.7.7") {
+		t.Fatalf("node_local_addrs %v", f.local)
+	}
+	// The local node goes: its address would be the remote node's third.
+	r.NodeChanged(n2, true)
+	if has("198.18.7.7") {
+		t.Errorf("a local node's address stayed for a remote node past its share: %v", f.local)
+	}
+	if r.local.remoteHeld != 2 {
+		t.Errorf("remote nodes hold %d, want 2 (the bound)", r.local.remoteHeld)
+	}
+	// A local node takes over one of the remote node's addresses: the
+	// place freed goes to a remote node left short.
+	short := node.Node{Name: "east/s", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.62.0.0/24"}, LocalAddrs: []string{"198.18.2.2"}}
+	r.NodeChanged(short, false)
+	if has("198.18.2.2") || has("10.62.0.1") {
+		t.Fatalf("a remote node past the share was written: %v", f.local)
+	}
+	r.NodeChanged(node.Node{Name: "n3", IPs: []string{"192.0.2.3"}, PodCIDRs: []string{"10.244.3.0/24"}, LocalAddrs: []string{"198.18.1.1"}}, false)
+	// (east/c, short since its copy went, comes first by name.)
+	if !has("198.18.7.7") || r.local.remoteHeld != 2 {
+		t.Errorf("the place a local node's takeover freed went to nobody: remote nodes hold %d, %v", r.local.remoteHeld, f.local)
+	}
+
+	// Eviction: east/v lists an address in east/r's pod CIDR (left out as
+	// a pod's) and is short; a local node claiming that range evicts r.
+	// The refill after it must not write v's address, now in the local
+	// node's pod CIDR.
+	f2 := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}, local: map[netip.Addr]bool{}}
+	r2 := newRouter(f2, Tunnel, "n1")
+	r2.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r2.local.maxRemote = 2
+	r2.NodeChanged(node.Node{Name: "east/r", IPs: []string{"203.0.113.5"}, PodCIDRs: []string{"10.60.0.0/24"}, LocalAddrs: []string{"198.18.5.5"}}, false)
+	r2.NodeChanged(node.Node{Name: "east/v", IPs: []string{"203.0.113.6"}, PodCIDRs: []string{"10.66.0.0/24"}, LocalAddrs: []string{"198.18.6.6", "10.60.0.5"}}, false)
+	r2.NodeChanged(node.Node{Name: "n4", IPs: []string{"192.0.2.4"}, PodCIDRs: []string{"10.60.0.0/25"}}, false)
+	if _, ok := r2.nodes["east/r"]; ok {
+		t.Fatal("the remote node was not evicted")
+	}
+	if f2.local[netip.MustParseAddr("10.60.0.5")] {
+		t.Errorf("a pod address of the evicting node's pod CIDR was written for a remote node: %v", f2.local)
+	}
+	if !f2.local[netip.MustParseAddr("198.18.6.6")] {
+		t.Errorf("the remote node left short did not get the places the evicted one freed: %v", f2.local)
+	}
+}
