@@ -7,7 +7,9 @@
 package clustermesh
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -286,61 +288,82 @@ func LoadRemote(path string) (RemoteConfig, error) {
 	return r, nil
 }
 
-// PeersFile lists the clusters connected to read this one, a name a line,
-// which Connect adds and Disconnect removes: the apiserver keeps an etcd
-// user of its own for each (RemoteUser), and deletes a gone peer's,
-// ending its open watches. One file, so that it fits in a Kubernetes
-// Secret beside the bundle's others.
+// PeersFile lists the clusters connected to read this one, a line each:
+// the cluster's name and the token of its user, which Connect sets and
+// Disconnect removes. The apiserver keeps an etcd user of its own for
+// each (RemoteUser), and deletes a gone peer's, ending its open watches.
+// The token is new at each connect, so that a certificate issued before
+// (to a cluster disconnected since, or to an earlier cluster of the same
+// name) names a user that no longer exists. One file, so that it fits in
+// a Kubernetes Secret beside the bundle's others.
 func PeersFile(bundle string) string { return filepath.Join(bundle, "remote-peers") }
 
-// RemoteUser is the etcd user, and the common name of its certificate,
-// that connected cluster peer reads this one with.
-func RemoteUser(peer string) string { return UserRemote + "-" + peer }
+// Peer is a connected cluster of PeersFile.
+type Peer struct{ Name, Token string }
 
-// ScanPeers lists the clusters of the bundle's PeersFile (none when it is
-// missing); a line that is not a cluster name is an error naming it.
-func ScanPeers(bundle string) ([]string, error) {
-	b, err := os.ReadFile(PeersFile(bundle))
+// RemoteUser is the etcd user, and the common name of its certificate,
+// that connected cluster p reads this one with.
+func (p Peer) RemoteUser() string { return UserRemote + "-" + p.Name + "-" + p.Token }
+
+// peerToken is a Peer's token: 16 lowercase hexadecimal digits.
+var peerToken = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// IsPeerUser says whether etcd user u is one a Peer's RemoteUser could be
+// (the apiserver deletes those of no peer, and no other user).
+func IsPeerUser(u string) bool {
+	rest, ok := strings.CutPrefix(u, UserRemote+"-")
+	i := strings.LastIndexByte(rest, '-')
+	return ok && i > 0 && ValidateCluster(rest[:i], 1) == nil && peerToken.MatchString(rest[i+1:])
+}
+
+// ScanPeers reads a PeersFile (none when it is missing); a line that is
+// not a cluster name and a token is an error naming the file and line.
+func ScanPeers(file string) ([]Peer, error) {
+	b, err := os.ReadFile(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []Peer
 	for i, line := range strings.Split(string(b), "\n") {
-		name := strings.TrimSpace(line)
-		if name == "" {
+		f := strings.Fields(line)
+		if len(f) == 0 {
 			continue
 		}
-		if err := ValidateCluster(name, 1); err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", PeersFile(bundle), i+1, err)
+		if len(f) != 2 || !peerToken.MatchString(f[1]) {
+			return nil, fmt.Errorf("%w: %s line %d: want a cluster name and a token of 16 hexadecimal digits, got %q", ErrInvalid, file, i+1, line)
 		}
-		if !slices.Contains(out, name) {
-			out = append(out, name)
+		if err := ValidateCluster(f[0], 1); err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", file, i+1, err)
 		}
+		if slices.ContainsFunc(out, func(p Peer) bool { return p.Name == f[0] }) {
+			return nil, fmt.Errorf("%w: %s line %d: cluster %s listed twice", ErrInvalid, file, i+1, f[0])
+		}
+		out = append(out, Peer{f[0], f[1]})
 	}
 	return out, nil
 }
 
-// setPeer adds cluster name to the bundle's PeersFile, or removes it.
-func setPeer(bundle, name string, on bool) error {
-	names, err := ScanPeers(bundle)
+// setPeer sets cluster name's token in the bundle's PeersFile ("": it
+// goes).
+func setPeer(bundle, name, token string) error {
+	peers, err := ScanPeers(PeersFile(bundle))
 	if err != nil {
 		return err
 	}
-	names = slices.DeleteFunc(names, func(n string) bool { return n == name })
-	if on {
-		names = append(names, name)
+	peers = slices.DeleteFunc(peers, func(p Peer) bool { return p.Name == name })
+	if token != "" {
+		peers = append(peers, Peer{name, token})
 	}
-	if len(names) == 0 {
-		if err := os.Remove(PeersFile(bundle)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		return nil
+	slices.SortFunc(peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+	var b strings.Builder
+	for _, p := range peers {
+		fmt.Fprintf(&b, "%s %s\n", p.Name, p.Token)
 	}
-	slices.Sort(names)
-	return atomicfile.Write(PeersFile(bundle), []byte(strings.Join(names, "\n")+"\n"), 0o600)
+	// Written even when empty: a file of no peers.
+	return atomicfile.Write(PeersFile(bundle), []byte(b.String()), 0o600)
 }
 
 // Connect exchanges configs between two bundles both ways: each cluster's
@@ -360,6 +383,15 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 	}
 	for _, dir := range []string{local, peer} { // bundles made before the relay
 		if err := ensureRelayCert(dir); err != nil {
+			return a, b, err
+		}
+	}
+	// Both CAs first: a pair is connected both ways or not at all.
+	for _, dir := range []string{local, peer} {
+		if _, err := ca.Load(dir); err != nil {
+			return a, b, fmt.Errorf("%w: %s: its CA (and key) are needed to issue the other cluster's certificate: %v", ErrInvalid, dir, err)
+		}
+		if _, err := ScanPeers(PeersFile(dir)); err != nil {
 			return a, b, err
 		}
 	}
@@ -401,17 +433,24 @@ func issueRemote(bundle, reader, path string) error {
 	if err != nil {
 		return err
 	}
-	pair, err := authority.Issue(RemoteUser(reader), false, nil, nil)
-	if err != nil {
+	var tok [8]byte
+	if _, err := rand.Read(tok[:]); err != nil {
 		return err
 	}
-	if err := setPeer(bundle, reader, true); err != nil {
+	p := Peer{reader, hex.EncodeToString(tok[:])}
+	pair, err := authority.Issue(p.RemoteUser(), false, nil, nil)
+	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	return writeYAML(path, RemoteConfig{Name: c.Name, Endpoints: c.Endpoints, CA: string(authority.PEM), Cert: string(pair.Cert), Key: string(pair.Key)}, 0o600)
+	// The config first, then the listing: a user is never made for a
+	// certificate nobody was given.
+	if err := writeYAML(path, RemoteConfig{Name: c.Name, Endpoints: c.Endpoints, CA: string(authority.PEM), Cert: string(pair.Cert), Key: string(pair.Key)}, 0o600); err != nil {
+		return err
+	}
+	return setPeer(bundle, reader, p.Token)
 }
 
 // Disconnect removes the configs between two bundles both ways, and each
@@ -426,8 +465,13 @@ func Disconnect(local, peer string) error {
 	if err != nil {
 		return err
 	}
+	for _, dir := range []string{local, peer} { // both or neither
+		if _, err := ScanPeers(PeersFile(dir)); err != nil {
+			return err
+		}
+	}
 	for _, x := range []struct{ bundle, name string }{{local, b.Name}, {peer, a.Name}} {
-		if err := setPeer(x.bundle, x.name, false); err != nil {
+		if err := setPeer(x.bundle, x.name, ""); err != nil {
 			return err
 		}
 		os.Remove(filepath.Join(RemotesDir(x.bundle), x.name+".yaml"))

@@ -51,6 +51,9 @@ type Config struct {
 	// and users are its operator's; the root client certificate of the
 	// bundle is used to talk to it).
 	EtcdEndpoints []string
+	// PeersFile lists the clusters connected to read this one, each with
+	// an etcd user of its own (clustermesh.PeersFile; empty: the bundle's).
+	PeersFile string
 	// CacheRemotes, when set, is a directory of remote configs (the
 	// bundle's remotes/): the apiserver follows those clusters and
 	// re-serves them under filament/cache/ (clustermesh/cache).
@@ -107,14 +110,20 @@ func Run(ctx context.Context, c Config) error {
 		if err := setupAuth(ctx, kv.Raw()); err != nil {
 			return err
 		}
-		if err := syncPeers(ctx, kv.Raw(), c.Bundle, st); err != nil {
-			return err
+		peers := c.PeersFile
+		if peers == "" {
+			peers = clustermesh.PeersFile(c.Bundle)
+		}
+		if err := syncPeers(ctx, kv.Raw(), peers, st); err != nil {
+			// Tried again every second (another replica may be making
+			// the same users; the file may be mended).
+			slog.Warn("following the connected clusters", "err", err)
 		}
 		// Joined before kv closes (deferred above, so run after this).
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			followPeers(ctx, kv.Raw(), c.Bundle, st)
+			followPeers(ctx, kv.Raw(), peers, st)
 		}()
 		defer func() { <-done }()
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,6 +131,23 @@ func TestConnectExchangesConfigs(t *testing.T) {
 	}
 	if _, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(a), "b.yaml")); err == nil {
 		t.Fatal("config left after disconnect")
+	}
+	// A peers file that is not a name and a token a line is refused,
+	// naming the file and line, and nothing is half-connected.
+	if err := os.WriteFile(clustermesh.PeersFile(a), []byte("b 0123456789abcdef\nc nottoken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := clustermesh.Connect(a, b); !errors.Is(err, clustermesh.ErrInvalid) || !strings.Contains(err.Error(), "remote-peers line 2") {
+		t.Fatalf("connect with a bad peers file: %v", err)
+	}
+	if _, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(a), "b.yaml")); err == nil {
+		t.Fatal("connect with a bad peers file wrote a config")
+	}
+	for u, want := range map[string]bool{"remote-b-0123456789abcdef": true, "remote-my-cluster-0123456789abcdef": true,
+		"remote": false, "remote-b": false, "remote-b-0123": false, "remote--0123456789abcdef": false, "agent": false} {
+		if clustermesh.IsPeerUser(u) != want {
+			t.Errorf("IsPeerUser(%q) = %v", u, !want)
+		}
 	}
 	if err := clustermesh.ValidateCluster("Bad_Name", 1); err == nil {
 		t.Fatal("bad name accepted")
@@ -339,11 +357,14 @@ func TestDisconnectedPeerLosesAccess(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	watch := w.Raw().Watch(wctx, "filament/state/nodes/v1/", clientv3.WithPrefix())
+	northWatch := n.Raw().Watch(wctx, "filament/state/nodes/v1/", clientv3.WithPrefix())
 	if err := srv.Agent.Put(ctx, "filament/state/nodes/v1/east/n2", []byte("{}"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-watch; r.Err() != nil || len(r.Events) != 1 {
-		t.Fatalf("west's watch before the disconnect: %+v %v", r.Events, r.Err())
+	for who, ch := range map[string]clientv3.WatchChan{"west": watch, "north": northWatch} {
+		if r := <-ch; r.Err() != nil || len(r.Events) != 1 {
+			t.Fatalf("%s's watch before the disconnect: %+v %v", who, r.Events, r.Err())
+		}
 	}
 
 	if err := clustermesh.Disconnect(srv.Bundle, west); err != nil {
@@ -374,8 +395,36 @@ func TestDisconnectedPeerLosesAccess(t *testing.T) {
 			t.Fatal("a disconnected peer's open watch was not ended")
 		}
 	}
-	// The other peer reads on.
+	// The other peer reads on, its open watch too.
 	if err := readable(n); err != nil {
 		t.Fatalf("a peer still connected lost access: %v", err)
+	}
+	select {
+	case r := <-northWatch:
+		if r.Err() != nil || len(r.Events) != 1 || !strings.HasSuffix(string(r.Events[0].Kv.Key), "/n3") {
+			t.Fatalf("a connected peer's open watch after another's disconnect: %+v %v", r.Events, r.Err())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a connected peer's open watch did not get a write after another's disconnect")
+	}
+	// Another cluster named west connects: the certificate the
+	// disconnected one kept names a user that does not come back.
+	west2 := t.TempDir()
+	if _, err := clustermesh.Enable(west2, "west", 10, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := clustermesh.Connect(srv.Bundle, west2); err != nil {
+		t.Fatal(err)
+	}
+	w2 := peer(west2)
+	deadline = time.Now().Add(10 * time.Second)
+	for readable(w2) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new west cannot read: %v", readable(w2))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if readable(w) == nil {
+		t.Error("the disconnected west's certificate reads again once another cluster of its name connected")
 	}
 }

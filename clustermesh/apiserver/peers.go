@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -104,26 +105,33 @@ func (s *streams) keep(users map[string]bool) {
 	}
 }
 
-// syncPeers makes etcd's users of connected clusters those of the bundle's
-// list (clustermesh.PeersFile): a new peer's user is added (read-only, the
-// remote role), a gone peer's deleted, and its open streams ended.
-func syncPeers(ctx context.Context, c *clientv3.Client, bundle string, st *streams) error {
-	names, err := clustermesh.ScanPeers(bundle)
+// syncPeers makes etcd's users of connected clusters those of the peers
+// file (clustermesh.PeersFile): a new peer's user is added (read-only,
+// the remote role), a gone peer's deleted (and no other user: only names
+// a peer's could be, clustermesh.IsPeerUser), and the open streams of
+// every user no longer listed are ended, whatever else failed.
+func syncPeers(ctx context.Context, c *clientv3.Client, file string, st *streams) error {
+	peers, err := clustermesh.ScanPeers(file)
 	if err != nil {
-		return fmt.Errorf("connected clusters (%s): %w", clustermesh.PeersFile(bundle), err)
+		return fmt.Errorf("connected clusters: %w", err)
 	}
 	want := map[string]bool{}
-	for _, n := range names {
-		want[clustermesh.RemoteUser(n)] = true
+	for _, p := range peers {
+		want[p.RemoteUser()] = true
 	}
 	have, err := c.UserList(ctx)
 	if err != nil {
 		return fmt.Errorf("etcd users: %w", err)
 	}
+	// Before the deletes too: then no gone peer's watch sees a write its
+	// reads would be refused.
+	st.keep(want)
+	var errs []error
 	for _, u := range have.Users {
-		if strings.HasPrefix(u, peerUserPrefix) && !want[u] {
+		if clustermesh.IsPeerUser(u) && !want[u] {
 			if _, err := c.UserDelete(ctx, u); err != nil {
-				return fmt.Errorf("etcd user %s: %w", u, err)
+				errs = append(errs, fmt.Errorf("etcd user %s: %w", u, err))
+				continue
 			}
 			slog.Info("a cluster no longer connected lost its etcd user", "user", u)
 		}
@@ -136,19 +144,22 @@ func syncPeers(ctx context.Context, c *clientv3.Client, bundle string, st *strea
 			continue
 		}
 		if _, err := c.UserAddWithOptions(ctx, u, "", &clientv3.UserAddOptions{NoPassword: true}); ignoreExists(err) != nil {
-			return fmt.Errorf("etcd user %s: %w", u, err)
+			errs = append(errs, fmt.Errorf("etcd user %s: %w", u, err))
+			continue
 		}
 		if _, err := c.UserGrantRole(ctx, u, clustermesh.UserRemote); err != nil {
-			return fmt.Errorf("etcd user %s role %s: %w", u, clustermesh.UserRemote, err)
+			errs = append(errs, fmt.Errorf("etcd user %s role %s: %w", u, clustermesh.UserRemote, err))
+			continue
 		}
 		slog.Info("a connected cluster got its etcd user", "user", u)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // followPeers runs syncPeers every PeersInterval until ctx ends (errors
-// logged once until it succeeds again).
-func followPeers(ctx context.Context, c *clientv3.Client, bundle string, st *streams) {
+// logged once until it succeeds again; a bad peers file leaves the users
+// as they were).
+func followPeers(ctx context.Context, c *clientv3.Client, file string, st *streams) {
 	t := time.NewTicker(PeersInterval)
 	defer t.Stop()
 	failing := false
@@ -158,7 +169,7 @@ func followPeers(ctx context.Context, c *clientv3.Client, bundle string, st *str
 			return
 		case <-t.C:
 		}
-		err := syncPeers(ctx, c, bundle, st)
+		err := syncPeers(ctx, c, file, st)
 		if err != nil && !failing && ctx.Err() == nil {
 			slog.Warn("following the connected clusters", "err", err)
 		}
