@@ -875,6 +875,12 @@ func (e *Engine) Reconcile() (removed int, err error) {
 			delete(haveIP, p)
 			if !ok {
 				removed++
+				if e.router != nil {
+					// The router may have written p since Wanted (a
+					// remote entry that came, or took a place freed):
+					// it writes it again if it has it.
+					e.router.Rewrite(p)
+				}
 			}
 		}
 	}

@@ -77,8 +77,14 @@ func (r *Router) putLocal(p netip.Prefix) {
 }
 
 // deleteIPCache deletes p from the datapath; a remote key's place is free
-// again. r.mu is held.
+// again. A key refused for the share was never written: whatever the
+// datapath holds there is another writer's, and stays. r.mu is held.
 func (r *Router) deleteIPCache(p netip.Prefix) {
+	k := keyOf(p)
+	if _, refused := r.remoteRefused[k]; refused {
+		delete(r.remoteRefused, k)
+		return
+	}
 	r.dp.DeleteIPCache(p)
 	r.putLocal(p)
 }

@@ -82,31 +82,71 @@ func TestRemoteIPCacheEntriesLeaveRoomForLocalOnes(t *testing.T) {
 			if v, ok := f.ipc[netip.PrefixFrom(wpod.IP, 32)]; ok {
 				t.Fatalf("%s has its /32 (%+v) with the remote keys at their bound", wpod.IP, v)
 			}
-			// The east pods go: their places go to what was refused.
-			for _, e := range eastPods {
-				r.EntryChanged(e, true)
-			}
-			r.NodeChanged(east, true)
-			if v, ok := f.ipc[netip.PrefixFrom(wpod.IP, 32)]; !ok || v.id != wpod.Identity || v.tunnel != wpod.HostIP {
-				t.Fatalf("%s after the east pods went: %+v (found %v), want its entry through %s", wpod.IP, v, ok, wpod.HostIP)
-			}
-			if n := remoteKeysIn(f, "10.2.0.0/16"); n != 0 {
-				t.Fatalf("%d east keys after east went", n)
-			}
-			if got := r.RemoteIPCacheRefused(); got == 0 {
-				t.Error("no refused remote entry counted")
-			}
 			// What the reconciler wants holds no more remote keys than
-			// the bound.
+			// the bound while some are refused.
 			n := 0
 			for p := range r.Wanted() {
 				if !netip.MustParsePrefix("10.1.0.0/16").Overlaps(p) {
 					n++
 				}
 			}
-			if n > 6 {
-				t.Errorf("Wanted holds %d remote keys, past the bound", n)
+			if n != 6 {
+				t.Errorf("Wanted holds %d remote keys with some refused, want 6 (the bound)", n)
+			}
+			// The east pods go: their places go to what was refused.
+			for _, e := range eastPods {
+				r.EntryChanged(e, true)
+			}
+			if v, ok := f.ipc[netip.PrefixFrom(wpod.IP, 32)]; !ok || v.id != wpod.Identity || v.tunnel != wpod.HostIP {
+				t.Fatalf("%s after the east pods went: %+v (found %v), want its entry through %s", wpod.IP, v, ok, wpod.HostIP)
+			}
+			r.NodeChanged(east, true)
+			if n := remoteKeysIn(f, "10.2.0.0/16"); n != 0 {
+				t.Fatalf("%d east keys after east went", n)
+			}
+			if got := r.RemoteIPCacheRefused(); got == 0 {
+				t.Error("no refused remote entry counted")
 			}
 		})
+	}
+}
+
+// Past the remote share: a policy's CIDR entry given back at an address
+// whose remote entry is refused goes all the same (it stayed, untracked,
+// found by the review of the share); an address that moves to a node that
+// is down loses the other node's entry, and its place (it stayed, and
+// counted for good).
+func TestRemoteIPCacheShareGiveBackAndDownNodes(t *testing.T) {
+	inNetns(t)
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}}
+	r := newRouter(f, Tunnel, "n1")
+	r.maxRemoteIPCache = 1
+	east := node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.2.1.0/24"}}
+	east2 := node.Node{Name: "east/e2", IPs: []string{"203.0.113.3"}, PodCIDRs: []string{"10.2.1.0/24"}}
+	west := node.Node{Name: "west/w1", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.3.1.0/24"}}
+	for _, n := range []node.Node{east, west} {
+		r.NodeChanged(n, false)
+	}
+	r.EntryChanged(podEntry(east.Name, 2, 1, 1, 7, "203.0.113.1"), false)
+	// A policy's CIDR entry at a west pod's address, written before west
+	// was known; west's pod is refused; the engine gives the prefix back.
+	wp := podEntry(west.Name, 3, 1, 1, 8, "203.0.113.2")
+	p := netip.PrefixFrom(wp.IP, 32)
+	f.ipc[p] = fakeValue{id: identity.NumericIdentity(1<<24 | 9)}
+	r.EntryChanged(wp, false)
+	r.GiveBack(p)
+	if v, ok := f.ipc[p]; ok {
+		t.Fatalf("the policy's entry at %s stayed after it was given back: %+v", p, v)
+	}
+	// East's pod moves to a node of east that is down: e1's entry goes,
+	// and its place goes to west's pod.
+	r.NodeChanged(east2, false)
+	r.SetNodeDown(east2.Name, true)
+	r.EntryChanged(podEntry(east2.Name, 2, 1, 1, 7, "203.0.113.3"), false)
+	if v, ok := f.ipc[netip.MustParsePrefix("10.2.1.1/32")]; ok {
+		t.Errorf("the entry of a node the address left stayed: %+v", v)
+	}
+	if v, ok := f.ipc[p]; !ok || v.id != wp.Identity {
+		t.Errorf("west's pod did not take the place freed: %+v (%v)", v, ok)
 	}
 }

@@ -918,6 +918,12 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	}
 	r.hold(e)
 	if r.down[e.Node] {
+		// Its node's entries are withdrawn: so is the one another node
+		// had for the address (until 2026-12-06 it stayed, and counted
+		// against the remote share for good).
+		if wrote {
+			r.deleteIPCache(p)
+		}
 		return
 	}
 	if !r.entryOK(e) {

@@ -498,8 +498,15 @@ func (r *Router) GiveBack(p netip.Prefix) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	defer r.refill() // before the unlock: a remote key that went frees a place
-	if !r.rewrite(p) {
-		r.deleteIPCache(p)
+	had := r.rewrite(p)
+	// The router's entry past the remote share (refused): the policy's
+	// entry goes all the same (the address resolves as if neither had
+	// one), and the router's is written when there is room.
+	if _, refused := r.remoteRefused[keyOf(p)]; !had || refused {
+		r.dp.DeleteIPCache(p)
+		if !had {
+			r.putLocal(p)
+		}
 	}
 }
 
