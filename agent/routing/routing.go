@@ -908,7 +908,12 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	// identity), which a refused entry never replaced. Until 2026-12-06 a
 	// remote's entry of an unknown node at such an address deleted it
 	// (TestForeignSlash32sNotDeleted).
-	wrote := owned || r.wrote(e.IP)
+	// A compact entry's /32 is written only when installed (and the
+	// compact store's own change may have removed it just now).
+	wrote := owned && r.sp.installed[e.IP] || r.wrote(e.IP)
+	if owned {
+		delete(r.sp.installed, e.IP) // the /32 is the full path's from here (deleted below, or written anew)
+	}
 	if deleted {
 		r.drop(e.IP)
 		if wrote {

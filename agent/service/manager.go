@@ -569,6 +569,16 @@ func (m *Manager) apply(key string) {
 // removed rather than left serving the backends of the service that let
 // it go. m.mu held.
 func (m *Manager) handOver(key string, fe datapath.Frontend) {
+	// Only fe is written: whether key leaves remote backends out stays
+	// what its last apply found.
+	short, had := m.remoteShort[key]
+	defer func() {
+		if had {
+			m.remoteShort[key] = short
+		} else {
+			delete(m.remoteShort, key)
+		}
+	}()
 	_, ents, _ := m.entries(key)
 	for _, e := range ents {
 		if e.fe != fe || !e.ok {
@@ -587,8 +597,9 @@ func (m *Manager) handOver(key string, fe datapath.Frontend) {
 
 // unload removes frontend fe from the datapath; m.mu held.
 func (m *Manager) unload(fe datapath.Frontend) {
-	m.setRemoteUse(fe, remoteUse{})
-	if err := m.cfg.Datapath.DeleteService(fe); err != nil {
+	if err := m.cfg.Datapath.DeleteService(fe); err == nil {
+		m.setRemoteUse(fe, remoteUse{})
+	} else {
 		m.errors++
 		slog.Error("removing a service frontend from the datapath", "frontend", fe, "err", err)
 	}

@@ -99,8 +99,8 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 		// the count wrapped, TestSelectBoundedByMaxBackends).
 		kept := slices.DeleteFunc(slices.Clone(out), func(v BackendView) bool { return v.Cluster != localCluster })
 		room := min(MaxBackends-len(kept), remoteMax)
-		if remoteMax < MaxBackends-len(kept) && remoteN > remoteMax {
-			leftOut = remoteN - remoteMax // for the bound alone
+		if fit := min(remoteN, MaxBackends-len(kept)); fit > remoteMax {
+			leftOut = fit - remoteMax // for the bound, not for MaxBackends
 		}
 		for _, v := range out {
 			if room == 0 {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,10 +16,6 @@ import (
 
 	"github.com/filament-net/filament/clustermesh"
 )
-
-// peerUserPrefix starts the etcd user of each connected cluster
-// (clustermesh.RemoteUser).
-var peerUserPrefix = clustermesh.UserRemote + "-"
 
 // PeersInterval is how often the apiserver reads the bundle's list of
 // peers (clustermesh.PeersFile).
@@ -65,7 +60,7 @@ func (s ctxStream) Context() context.Context { return s.ctx }
 // after that check still finds it).
 func (s *streams) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	user := certUser(ss.Context())
-	if !strings.HasPrefix(user, peerUserPrefix) {
+	if !clustermesh.IsPeerUser(user) {
 		return handler(srv, ss)
 	}
 	ctx, cancel := context.WithCancel(ss.Context())
