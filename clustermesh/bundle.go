@@ -404,26 +404,24 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 			return a, b, err
 		}
 		// The relay's.
-		for _, f := range []struct{ file, dir string }{{HubbleRemote + ".yaml", HubbleRemotesDir(x.to)}} {
-			data, err := os.ReadFile(filepath.Join(x.from, f.file))
-			if err != nil {
-				return a, b, fmt.Errorf("%w: %v", ErrInvalid, err)
-			}
-			if err := os.MkdirAll(f.dir, 0o700); err != nil {
-				return a, b, err
-			}
-			if err := atomicfile.Write(filepath.Join(f.dir, x.name+".yaml"), data, 0o600); err != nil {
-				return a, b, err
-			}
+		data, err := os.ReadFile(filepath.Join(x.from, HubbleRemote+".yaml"))
+		if err != nil {
+			return a, b, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if err := os.MkdirAll(HubbleRemotesDir(x.to), 0o700); err != nil {
+			return a, b, err
+		}
+		if err := atomicfile.Write(filepath.Join(HubbleRemotesDir(x.to), x.name+".yaml"), data, 0o600); err != nil {
+			return a, b, err
 		}
 	}
 	return a, b, nil
 }
 
-// issueRemote lists reader in bundle's PeersFile and writes to path the
-// config reader's agents read bundle's cluster with: its endpoints, its CA
-// and a client certificate of that CA issued to reader alone
-// (RemoteUser).
+// issueRemote writes to path the config reader's agents read bundle's
+// cluster with (its endpoints, its CA and a client certificate of that CA
+// issued to reader alone: Peer.RemoteUser), then lists reader in bundle's
+// PeersFile.
 func issueRemote(bundle, reader, path string) error {
 	c, err := LoadCluster(bundle)
 	if err != nil {

@@ -87,10 +87,7 @@ func TestNodeLocalAddrs(t *testing.T) {
 // ports open to every pod at them).
 func TestRemoteLocalAddrsLeaveRoomForLocalOnes(t *testing.T) {
 	inNetns(t)
-	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}, local: map[netip.Addr]bool{}}
-	r := newRouter(f, Tunnel, "n1")
-	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	r.local.maxRemote = 4
+	r, f := localAddrsRouter(4)
 	remote := func(i int, addrs ...string) node.Node {
 		return node.Node{Name: "east/e" + string(rune('0'+i)), IPs: []string{"203.0.113." + string(rune('0'+i))},
 			PodCIDRs: []string{"10.6" + string(rune('0'+i)) + ".0.0/24"}, LocalAddrs: addrs}
@@ -153,10 +150,7 @@ func TestRemoteLocalAddrsLeaveRoomForLocalOnes(t *testing.T) {
 // of the evicting node's pod CIDR.
 func TestRemoteLocalAddrsBoundThroughSharingAndEviction(t *testing.T) {
 	inNetns(t)
-	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}, local: map[netip.Addr]bool{}}
-	r := newRouter(f, Tunnel, "n1")
-	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	r.local.maxRemote = 2
+	r, f := localAddrsRouter(2)
 	has := func(a string) bool { return f.local[netip.MustParseAddr(a)] }
 	// A local node's address, listed by a remote node too; the remote
 	// node's own address and gateway fill the share.
@@ -192,10 +186,7 @@ func TestRemoteLocalAddrsBoundThroughSharingAndEviction(t *testing.T) {
 	// a pod's) and is short; a local node claiming that range evicts r.
 	// The refill after it must not write v's address, now in the local
 	// node's pod CIDR.
-	f2 := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}, local: map[netip.Addr]bool{}}
-	r2 := newRouter(f2, Tunnel, "n1")
-	r2.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
-	r2.local.maxRemote = 2
+	r2, f2 := localAddrsRouter(2)
 	r2.NodeChanged(node.Node{Name: "east/r", IPs: []string{"203.0.113.5"}, PodCIDRs: []string{"10.60.0.0/24"}, LocalAddrs: []string{"198.18.5.5"}}, false)
 	r2.NodeChanged(node.Node{Name: "east/v", IPs: []string{"203.0.113.6"}, PodCIDRs: []string{"10.66.0.0/24"}, LocalAddrs: []string{"198.18.6.6", "10.60.0.5"}}, false)
 	r2.NodeChanged(node.Node{Name: "n4", IPs: []string{"192.0.2.4"}, PodCIDRs: []string{"10.60.0.0/25"}}, false)
@@ -208,4 +199,14 @@ func TestRemoteLocalAddrsBoundThroughSharingAndEviction(t *testing.T) {
 	if !f2.local[netip.MustParseAddr("198.18.6.6")] {
 		t.Errorf("the remote node left short did not get the places the evicted one freed: %v", f2.local)
 	}
+}
+
+// localAddrsRouter is a router of node n1 (pod CIDR 10.244.0.0/24) over
+// fake maps, its remote nodes' share of node_local_addrs maxRemote.
+func localAddrsRouter(maxRemote int) (*Router, *fakeMaps) {
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}, local: map[netip.Addr]bool{}}
+	r := newRouter(f, Tunnel, "n1")
+	r.SetOwnPodCIDR(netip.MustParsePrefix("10.244.0.0/24"))
+	r.local.maxRemote = maxRemote
+	return r, f
 }

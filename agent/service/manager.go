@@ -435,7 +435,6 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	s := m.local[key]
 	if s == nil {
 		delete(m.leftOut, key)
-		delete(m.remoteShort, key)
 		return Status{}, nil, false
 	}
 	st = Status{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name, Type: s.Spec.Type, Options: s.Options(),
@@ -450,21 +449,10 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 		slices.Sort(st.Clusters[1:])
 	}
 	alive := func(cluster, node string) bool { return !m.dead[cluster+"/"+node] }
-	short := false
-	defer func() {
-		if m.remoteShort == nil {
-			m.remoteShort = map[string]bool{}
-		}
-		if short {
-			m.remoteShort[key] = true
-		} else {
-			delete(m.remoteShort, key)
-		}
-	}()
 	fes := s.Frontends(m.cfg.NodeIPs)
 	room := m.remoteRoom(key, fes)
 	for _, fe := range fes {
-		dfe := datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
+		dfe := fe.entryKey()
 		had := m.remoteUses[dfe].listed // this entry replaces it
 		views, leftOut := selectBounded(s, remotes, m.cfg.Cluster, fe, alive, room+had)
 		listed := 0
@@ -474,7 +462,6 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 			}
 		}
 		room -= listed - had
-		short = short || leftOut > 0
 		fst := FrontendStatus{Frontend: fe, Backends: views}
 		e := lbEntry{fe: dfe, remote: remoteUse{key, listed, leftOut},
 			lbs: datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}}
@@ -514,9 +501,11 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 // stays in the datapath when this one lets it go, serving that one.
 func (m *Manager) apply(key string) {
 	var want []datapath.Frontend
+	short := false // it leaves remote backends out (applied again when room frees)
 	if st, ents, ok := m.entries(key); ok {
 		for _, e := range ents {
 			want = append(want, e.fe)
+			short = short || e.remote.leftOut > 0
 			if !e.ok {
 				continue
 			}
@@ -530,6 +519,14 @@ func (m *Manager) apply(key string) {
 		m.status[key] = st
 	} else {
 		delete(m.status, key)
+	}
+	if short {
+		if m.remoteShort == nil {
+			m.remoteShort = map[string]bool{}
+		}
+		m.remoteShort[key] = true
+	} else {
+		delete(m.remoteShort, key)
 	}
 	for _, old := range m.applied[key] {
 		if slices.Contains(want, old) {
@@ -569,16 +566,6 @@ func (m *Manager) apply(key string) {
 // removed rather than left serving the backends of the service that let
 // it go. m.mu held.
 func (m *Manager) handOver(key string, fe datapath.Frontend) {
-	// Only fe is written: whether key leaves remote backends out stays
-	// what its last apply found.
-	short, had := m.remoteShort[key]
-	defer func() {
-		if had {
-			m.remoteShort[key] = short
-		} else {
-			delete(m.remoteShort, key)
-		}
-	}()
 	_, ents, _ := m.entries(key)
 	for _, e := range ents {
 		if e.fe != fe || !e.ok {

@@ -22,6 +22,11 @@ import (
 // namespace failed (TestRemoteBackendsLeaveRoomForLocalOnes).
 const MaxRemoteBackends = 65536
 
+// entryKey is fe as the datapath keys its entry.
+func (fe Frontend) entryKey() datapath.Frontend {
+	return datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
+}
+
 // remoteUse is what one frontend's datapath entry lists of remote
 // clusters' backends (written by service key), and how many it left out
 // for the bound.
@@ -48,9 +53,7 @@ func (m *Manager) remoteRoom(key string, fes []Frontend) int {
 		if len(m.holders[old]) != 1 || !m.holders[old][key] {
 			continue
 		}
-		if !slices.ContainsFunc(fes, func(fe Frontend) bool {
-			return old == datapath.Frontend{IP: fe.IP, Port: fe.Port, Proto: proto(fe.Protocol)}
-		}) {
+		if !slices.ContainsFunc(fes, func(fe Frontend) bool { return old == fe.entryKey() }) {
 			room += m.remoteUses[old].listed
 		}
 	}
@@ -61,7 +64,7 @@ func (m *Manager) remoteRoom(key string, fes []Frontend) int {
 // written (zero: removed). m.mu held.
 func (m *Manager) setRemoteUse(fe datapath.Frontend, now remoteUse) {
 	if m.remoteUses == nil {
-		m.remoteUses, m.remoteShort = map[datapath.Frontend]remoteUse{}, map[string]bool{}
+		m.remoteUses = map[datapath.Frontend]remoteUse{}
 	}
 	old := m.remoteUses[fe]
 	m.remoteTotal += now.listed - old.listed
