@@ -1,6 +1,9 @@
 package bpf
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 const (
 	ctStateEstablished = 1 // CT_STATE_ESTABLISHED
@@ -22,39 +25,136 @@ func TestHalfClosedConnectionKeepsItsEntry(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := load(t)
 			f.rule(dirEgress, peerID, 6, 80, 24, false)
-			out := func(syn, ack, fin bool) []byte { return tcpFlags(t, podIP, peerIP, 40000, 80, syn, ack, fin) }
-			in := func(syn, ack, fin bool) []byte { return tcpFlags(t, peerIP, podIP, 80, 40000, syn, ack, fin) }
+			// Each side's next sequence number after the handshake (the
+			// pod's from 100, the peer's from 7000).
+			seq := map[string]uint32{"pod": 101, "peer": 7001}
+			// send is side's segment of n bytes at its number, with FIN
+			// when fin, acknowledging all the other side sent.
+			send := func(side string, n int, fin bool) (hop, []byte) {
+				h := hop{side + "'s segment", f.objs.FromContainer, nil}
+				var pkt []byte
+				if side == "pod" {
+					pkt = tcpData(t, podIP, peerIP, 40000, 80, seq["pod"], seq["peer"], n, fin)
+				} else {
+					h.prog = f.objs.ToContainer
+					pkt = tcpData(t, peerIP, podIP, 80, 40000, seq["peer"], seq["pod"], n, fin)
+				}
+				seq[side] += uint32(n)
+				if fin {
+					seq[side]++
+				}
+				return h, pkt
+			}
 			for i, h := range []hop{
-				{"SYN", f.objs.FromContainer, out(true, false, false)},
-				{"SYN-ACK", f.objs.ToContainer, in(true, true, false)},
-				{"ACK", f.objs.FromContainer, out(false, true, false)},
+				{"SYN", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 80, true, false, 100, 0)},
+				{"SYN-ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 80, 40000, true, true, 7000, 101)},
+				{"ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 80, false, true, 101, 7001)},
 			} {
 				if r := f.run(h.prog, h.pkt); r != actOK {
 					t.Fatalf("handshake step %d (%s): %d", i, h.what, r)
 				}
 			}
-			fin := map[string]hop{
-				"pod":  {"the pod's FIN", f.objs.FromContainer, out(false, true, true)},
-				"peer": {"the peer's FIN", f.objs.ToContainer, in(false, true, true)},
-			}
 			state := func() uint8 { return f.ctEntry(podIP, peerIP, 40000, 80, 6, dirEgress, podEP).State }
-			if r := f.run(fin[c.first].prog, fin[c.first].pkt); r != actOK {
-				t.Fatalf("%s: %d", fin[c.first].what, r)
+			step := func(what, side string, n int, fin bool) {
+				h, pkt := send(side, n, fin)
+				if r := f.run(h.prog, pkt); r != actOK {
+					t.Fatalf("%s (%s): %d", what, h.what, r)
+				}
 			}
+			step("the first FIN", c.first, 0, true)
 			if s := state(); s != ctStateEstablished {
-				t.Errorf("after %s alone the entry is in state %d, want established (%d): half closed, not over", fin[c.first].what, s, ctStateEstablished)
+				t.Errorf("after the %s's FIN alone the entry is in state %d, want established (%d): half closed, not over", c.first, s, ctStateEstablished)
 			}
 			// The other side goes on sending, then closes too.
-			data := map[string]hop{"pod": {"data", f.objs.FromContainer, out(false, true, false)}, "peer": {"data", f.objs.ToContainer, in(false, true, false)}}
-			if r := f.run(data[c.then].prog, data[c.then].pkt); r != actOK {
-				t.Fatalf("the %s's data after the other side's FIN: %d", c.then, r)
-			}
-			if r := f.run(fin[c.then].prog, fin[c.then].pkt); r != actOK {
-				t.Fatalf("%s: %d", fin[c.then].what, r)
-			}
+			step("data after the other side's FIN", c.then, 10, false)
+			step("the second FIN", c.then, 0, true)
 			if s := state(); s != ctStateClosing {
 				t.Errorf("after both FINs the entry is in state %d, want closing (%d)", s, ctStateClosing)
 			}
+		})
+	}
+}
+
+// A FIN from outside the pod counts (closes the peer's side) only at
+// exactly the number the pod expects next, as far as this node saw (the
+// pod's last acknowledgement moved past the peer's data that starts
+// there: CT_ACK_KNOWN); the pod's own FIN at any number. The attack: a
+// pod half-closes its connection (its FIN sent, the answer still to come,
+// perhaps minutes later); anyone able to send a segment with the flow's
+// tuple, knowing no number, sent a FIN, the entry turned closing (10 s),
+// and the idle connection's next segment was dropped where its direction
+// is enforced. Likewise a blind FIN first, then the pod's own half-close
+// (found 2026-12-06 by reading; listed open in docs/architecture.md).
+func TestConntrackBlindFINLeavesHalfClosedConnectionsOpen(t *testing.T) {
+	const established = 6*time.Hour - 2*time.Second
+	// The pod's FIN on a connection it opened (ctOpened: its data sent,
+	// its next number 111, the peer's 7001) or accepted (ctAccepted: the
+	// pod's next 9001, the peer's 11).
+	podFINOpened := func(f *fixture) {
+		f.run(f.objs.FromContainer, tcpData(t, podIP, peerIP, 40000, 443, 111, 7001, 0, true))
+	}
+	peerOpened := func(f *fixture, seq uint32, n int) {
+		f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 443, 40000, seq, 112, n, true))
+	}
+	for _, c := range []struct {
+		name string
+		run  func(f *fixture) time.Duration // the entry's life after it
+		want time.Duration                  // more than this (established), or 0: at most closing
+	}{
+		{"the pod half-closed: blind FINs from the peer", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			podFINOpened(f)
+			peerOpened(f, 0x12345678, 0)
+			peerOpened(f, 7002, 0)
+			peerOpened(f, 7000, 0)
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, established},
+		{"a blind FIN from the peer, then the pod half-closes", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			peerOpened(f, 0x12345678, 0)
+			podFINOpened(f)
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, established},
+		{"the pod half-closed: forged data with a FIN away from the number", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			podFINOpened(f)
+			peerOpened(f, 5000, 100)
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, established},
+		{"the peer opened it, the pod half-closed: a blind FIN from the peer", func(f *fixture) time.Duration {
+			ctAccepted(t, f, 50000)
+			f.run(f.objs.FromContainer, tcpData(t, podIP, peerIP, 80, 50000, 9001, 11, 0, true))
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 50000, 80, 0x5555, 9002, 0, true))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, established},
+		{"the pod half-closed, then the peer's FIN at the number", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			podFINOpened(f)
+			peerOpened(f, 7001, 0)
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the pod half-closed, then the peer's data and its FIN after it, not yet acknowledged", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			podFINOpened(f)
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 443, 40000, 7001, 112, 100, false))
+			peerOpened(f, 7101, 50)
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the peer's FIN at the number, then the pod's at any", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			peerOpened(f, 7001, 0)
+			f.run(f.objs.FromContainer, tcpData(t, podIP, peerIP, 40000, 443, 0x777, 7002, 0, true))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
+		{"the peer opened it: its FIN at the number, then the pod's", func(f *fixture) time.Duration {
+			ctAccepted(t, f, 50000)
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 50000, 80, 11, 9001, 0, true))
+			f.run(f.objs.FromContainer, tcpData(t, podIP, peerIP, 80, 50000, 9001, 12, 0, true))
+			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
+		}, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			wantCTLife(t, c.run(ctFixture(t)), c.want, "FIN")
 		})
 	}
 }

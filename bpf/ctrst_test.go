@@ -53,6 +53,61 @@ func (f *fixture) ctLife(src, dst net.IP, sport, dport uint16, dir uint8) time.D
 	return time.Duration(int64(v.Expires - monotonic(f.t)))
 }
 
+// ctOpened makes a connection the pod opened to the peer's port 443 from
+// port sport (numbers: the pod's from 100, the peer's from 7000) and
+// sends the pod's first data segment (10 bytes, acknowledging 7001).
+func ctOpened(t *testing.T, f *fixture, sport uint16) {
+	t.Helper()
+	for i, h := range []hop{
+		{"SYN", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, true, false, 100, 0)},
+		{"SYN-ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 443, sport, true, true, 7000, 101)},
+		{"ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, false, true, 101, 7001)},
+		{"data", f.objs.FromContainer, tcpData(t, podIP, peerIP, sport, 443, 101, 7001, 10, false)},
+	} {
+		if r := f.run(h.prog, h.pkt); r != actOK {
+			t.Fatalf("opened, step %d (%s): %d", i, h.what, r)
+		}
+	}
+}
+
+// ctAccepted makes a connection the peer opened to the pod's port 80
+// from port sport (the peer's numbers from 10, the pod's from 9000).
+func ctAccepted(t *testing.T, f *fixture, sport uint16) {
+	t.Helper()
+	for i, h := range []hop{
+		{"SYN", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, sport, 80, true, false, 10, 0)},
+		{"SYN-ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, sport, true, true, 9000, 11)},
+		{"ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, sport, 80, false, true, 11, 9001)},
+	} {
+		if r := f.run(h.prog, h.pkt); r != actOK {
+			t.Fatalf("accepted, step %d (%s): %d", i, h.what, r)
+		}
+	}
+}
+
+// ctFixture is the datapath with the pod allowed to reach the peer's
+// port 443 and the peer the pod's port 80.
+func ctFixture(t *testing.T) *fixture {
+	f := floodFixture(t)
+	f.rule(dirEgress, peerID, 6, 443, 24, false)
+	f.rule(dirIngress, peerID, 6, 80, 24, false)
+	return f
+}
+
+// wantCTLife fails t unless an entry's life fits want: more than want
+// (established: the forged segments, of kind what, left it open), or, for
+// want 0, at most CT_TIMEOUT_CLOSE (the real ones closed it).
+func wantCTLife(t *testing.T, life, want time.Duration, what string) {
+	t.Helper()
+	const closing = 10 * time.Second
+	if want > 0 && life <= want {
+		t.Fatalf("the entry lives %v more, want over %v (not closing): a forged %s closed the connection", life, want, what)
+	}
+	if want == 0 && life > closing {
+		t.Fatalf("the entry lives %v more, want at most %v (closing): the real %s did not close it", life, closing, what)
+	}
+}
+
 // An RST from outside the pod closes an established connection's
 // conntrack entry only at exactly the number the pod acknowledged last
 // (what it expects next: RFC 5961's test, which the pod's own kernel
@@ -66,40 +121,9 @@ func (f *fixture) ctLife(src, dst net.IP, sport, dport uint16, dir uint8) time.D
 func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 	const established = 6*time.Hour - 2*time.Second
 	const closing = 10 * time.Second
-	// opened is a connection the pod opened to the peer's port 443 from
-	// port sport (numbers: the pod's from 100, the peer's from 7000) and
-	// the pod's first data segment (acknowledging 7001); accepted is one
-	// the peer opened to the pod's port 80 from port sport (the peer's
-	// from 10, the pod's from 9000) and the pod's answer (acknowledging 11).
-	opened := func(f *fixture, sport uint16) {
-		for i, h := range []hop{
-			{"SYN", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, true, false, 100, 0)},
-			{"SYN-ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 443, sport, true, true, 7000, 101)},
-			{"ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, sport, 443, false, true, 101, 7001)},
-			{"data", f.objs.FromContainer, tcpData(t, podIP, peerIP, sport, 443, 101, 7001, 10, false)},
-		} {
-			if r := f.run(h.prog, h.pkt); r != actOK {
-				t.Fatalf("opened, step %d (%s): %d", i, h.what, r)
-			}
-		}
-	}
-	accepted := func(f *fixture, sport uint16) {
-		for i, h := range []hop{
-			{"SYN", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, sport, 80, true, false, 10, 0)},
-			{"SYN-ACK", f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 80, sport, true, true, 9000, 11)},
-			{"ACK", f.objs.ToContainer, tcpSeq(t, peerIP, podIP, sport, 80, false, true, 11, 9001)},
-		} {
-			if r := f.run(h.prog, h.pkt); r != actOK {
-				t.Fatalf("accepted, step %d (%s): %d", i, h.what, r)
-			}
-		}
-	}
-	load := func(t *testing.T) *fixture {
-		f := floodFixture(t)
-		f.rule(dirEgress, peerID, 6, 443, 24, false)
-		f.rule(dirIngress, peerID, 6, 80, 24, false)
-		return f
-	}
+	opened := func(f *fixture, sport uint16) { ctOpened(t, f, sport) }
+	accepted := func(f *fixture, sport uint16) { ctAccepted(t, f, sport) }
+	load := ctFixture
 	for _, c := range []struct {
 		name string
 		run  func(f *fixture) time.Duration // the entry's life after it
@@ -229,14 +253,7 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 		}, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			f := load(t)
-			life := c.run(f)
-			if c.want > 0 && life <= c.want {
-				t.Fatalf("the entry lives %v more, want over %v (not closing): the RST closed it", life, c.want)
-			}
-			if c.want == 0 && life > closing {
-				t.Fatalf("the entry lives %v more, want at most %v (closing): the real RST did not close it", life, closing)
-			}
+			wantCTLife(t, c.run(load(t)), c.want, "RST")
 		})
 	}
 }
@@ -249,8 +266,18 @@ func TestConntrackBlindRSTLeavesConnectionsOpen(t *testing.T) {
 // this node, from its own veth, counts at any number, as the pod's own
 // does (CT_F_LOCAL_PEER); without that the receiving pod's entry stayed
 // established for 6 h (found by the second review of the RST check,
-// 2026-12-06; this test came after).
+// 2026-12-06; this test came after). Likewise its FIN after such data
+// (the FIN check, ct_fin_counts): the connection closed by both FINs.
 func TestConntrackLocalPeersRSTAfterFastPathData(t *testing.T) {
+	for _, ending := range []string{"RST", "FINs"} {
+		t.Run(ending, func(t *testing.T) { localPeersEndAfterFastPathData(t, ending) })
+	}
+}
+
+// localPeersEndAfterFastPathData is TestConntrackLocalPeersRSTAfterFastPathData
+// with the client's connection ended by ending: "RST" (its abort) or
+// "FINs" (its FIN, then the pod's).
+func localPeersEndAfterFastPathData(t *testing.T, ending string) {
 	const (
 		clientEP    = uint16(8)
 		clientID    = uint32(0x10300)
@@ -291,9 +318,16 @@ func TestConntrackLocalPeersRSTAfterFastPathData(t *testing.T) {
 	if after := f.ctEntry(clientIP, podIP, 50000, 80, 6, dirIngress, podEP).Isn; after != before {
 		t.Fatalf("the receiving pod's number moved on the fast path (%d to %d): this test no longer makes the case it is about", before, after)
 	}
-	// The client aborts: its RST at the number after all its data.
-	f.run(f.objs.FromContainer, tcpRST(t, clientIP, podIP, 50000, 80, 161, 9001, true))
+	if ending == "RST" {
+		// The client aborts: its RST at the number after all its data.
+		f.run(f.objs.FromContainer, tcpRST(t, clientIP, podIP, 50000, 80, 161, 9001, true))
+	} else {
+		// The client closes at the number after all its data, the pod
+		// (acknowledging it) too.
+		f.run(f.objs.FromContainer, tcpData(t, clientIP, podIP, 50000, 80, 161, 9001, 0, true))
+		f.run(f.objs.FromContainer, tcpData(t, podIP, clientIP, 80, 50000, 9001, 162, 0, true))
+	}
 	if life := f.ctLife(clientIP, podIP, 50000, 80, dirIngress); life > closing {
-		t.Fatalf("the receiving pod's entry lives %v more, want at most %v (closing): the other pod's RST did not close it", life, closing)
+		t.Fatalf("the receiving pod's entry lives %v more, want at most %v (closing): the other pod's %s did not close it", life, closing, ending)
 	}
 }

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"math/bits"
 	"net"
 	"testing"
 
@@ -200,7 +201,10 @@ func TestToContainerFastPathExceptions(t *testing.T) {
 	t.Run("state changes", func(t *testing.T) {
 		f := load(t)
 		p := accepted(t, f)
-		fin := tcpFlags(t, peerIP, podIP, 50000, 80, false, true, true)
+		// The peer's FIN at the number the pod expects next (one from
+		// outside counts only there: ct_fin_counts).
+		next := bits.ReverseBytes32(p.entry().Isn) // network order
+		fin := tcpData(t, peerIP, podIP, 50000, 80, next, 1, 0, true)
 		if r := f.run(f.objs.ToContainer, fin); r != actOK {
 			t.Fatalf("FIN in: %d", r)
 		}

@@ -125,6 +125,23 @@ static __always_inline int ct_rst_counts(struct ct_entry *e, struct pkt *p, int 
 	return (e->fin & side) && bpf_ntohl(p->seq) + 1 == bpf_ntohl(e->isn);
 }
 
+// ct_fin_counts tells whether p, a TCP FIN on e's flow, closes its
+// sender's side: sent by the endpoint itself or another pod of this node
+// (local), or, when the endpoint's number is known (CT_ACK_KNOWN, no
+// CT_ACK_RESYNC), from a segment that starts at exactly that number (the
+// next the endpoint expects: its data, then the FIN). A FIN elsewhere is
+// passed on (the endpoint's kernel judges it) and counts nothing: until
+// 2026-12-06 one at any number did, and with the endpoint's own FIN a
+// blind forger made a half-closed connection's entry closing
+// (TestConntrackBlindFINLeavesHalfClosedConnectionsOpen). A peer's FIN
+// that reaches the node ahead of data before it (reordered, or after a
+// loss) is not counted when the endpoint acknowledges it later: the
+// entry then ends at the endpoint's RST or its timeout.
+static __always_inline int ct_fin_counts(struct ct_entry *e, struct pkt *p, int local)
+{
+	return local || (e->fin & (CT_ACK_KNOWN | CT_ACK_RESYNC)) != CT_ACK_KNOWN || p->seq == e->isn;
+}
+
 // ct_local_ack moves e's number (CT_ACK_KNOWN) by p, the endpoint's own
 // segment on the flow (in conntrack): to its acknowledgement when later
 // (the endpoint's segments may reach here out of order), or whatever it
@@ -173,7 +190,7 @@ static __always_inline void ct_update(struct ct_entry *e, struct pkt *p, __u64 n
 			if (ct_rst_counts(e, p, local, side))
 				e->state = CT_STATE_CLOSING;
 		} else if (p->tcp_flags & TCP_FIN) {
-			if (!(e->fin & side))
+			if (!(e->fin & side) && ct_fin_counts(e, p, local))
 				e->fin |= side;
 			if ((e->fin & (CT_FIN_OWN | CT_FIN_REPLY)) == (CT_FIN_OWN | CT_FIN_REPLY))
 				e->state = CT_STATE_CLOSING;
