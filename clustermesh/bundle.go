@@ -7,6 +7,7 @@
 package clustermesh
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -21,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -366,10 +368,74 @@ func setPeer(bundle, name, token string) error {
 	return atomicfile.Write(PeersFile(bundle), []byte(b.String()), 0o600)
 }
 
+// lockBundles holds an exclusive lock (flock) on each bundle directory of
+// dirs until unlock is called: Connect and Disconnect read and rewrite a
+// bundle's PeersFile, and two of them at once on one bundle (two
+// operators, two commands) lost one's change. The directories are locked
+// in the order of their device and inode (two commands locking the same
+// pair never wait on each other crosswise), a directory named twice
+// (another path to it) once.
+func lockBundles(dirs ...string) (unlock func(), err error) {
+	type held struct {
+		f  *os.File
+		id [2]uint64
+	}
+	var hs []held
+	unlock = func() {
+		for _, h := range hs {
+			h.f.Close() // closing the only descriptor releases its lock
+		}
+	}
+	for _, d := range dirs {
+		f, err := os.Open(d)
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("%w: bundle %s: %v", ErrInvalid, d, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			f.Close()
+			unlock()
+			return nil, fmt.Errorf("bundle %s: %w", d, err)
+		}
+		id := [2]uint64{uint64(st.Dev), st.Ino}
+		if slices.ContainsFunc(hs, func(h held) bool { return h.id == id }) {
+			f.Close()
+			continue
+		}
+		hs = append(hs, held{f, id})
+	}
+	slices.SortFunc(hs, func(a, b held) int {
+		if c := cmp.Compare(a.id[0], b.id[0]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.id[1], b.id[1])
+	})
+	for i, h := range hs {
+		for {
+			err = unix.Flock(int(h.f.Fd()), unix.LOCK_EX)
+			if err != unix.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("bundle %s: lock: %w", hs[i].f.Name(), err)
+		}
+	}
+	return unlock, nil
+}
+
 // Connect exchanges configs between two bundles both ways: each cluster's
 // agents can then read the other, with a certificate of the other's CA
-// issued to it alone (RemoteUser; listed in the other's PeersFile).
+// issued to it alone (RemoteUser; listed in the other's PeersFile). It
+// holds both bundles' locks (lockBundles) throughout.
 func Connect(local, peer string) (Cluster, Cluster, error) {
+	unlock, err := lockBundles(local, peer)
+	if err != nil {
+		return Cluster{}, Cluster{}, err
+	}
+	defer unlock()
 	a, err := LoadCluster(local)
 	if err != nil {
 		return a, Cluster{}, err
@@ -453,8 +519,13 @@ func issueRemote(bundle, reader, path string) error {
 
 // Disconnect removes the configs between two bundles both ways, and each
 // from the other's PeersFile (its apiserver then deletes the other's etcd
-// user).
+// user). It holds both bundles' locks (lockBundles) throughout.
 func Disconnect(local, peer string) error {
+	unlock, err := lockBundles(local, peer)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	a, err := LoadCluster(local)
 	if err != nil {
 		return err

@@ -1,0 +1,73 @@
+package clustermesh
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// Connects and disconnects of one bundle run at the same time (two
+// operators, or `connect --to b --to c` beside another) each change the
+// bundle's PeersFile by reading and rewriting it; without a lock one
+// rewrite lost the other's peer, whose etcd user the apiserver then never
+// made (its agents could not read this cluster) or never deleted (a
+// disconnected cluster kept reading it).
+func TestConcurrentConnectsKeepEveryPeer(t *testing.T) {
+	hub := t.TempDir()
+	if _, err := Enable(hub, "hub", 1, []net.IP{net.ParseIP("10.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	spokes := make([]string, n)
+	for i := range spokes {
+		spokes[i] = t.TempDir()
+		if _, err := Enable(spokes[i], fmt.Sprintf("spoke%d", i), uint32(i+2), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Half connected first, to be disconnected while the others connect.
+	for _, s := range spokes[:n/2] {
+		if _, _, err := Connect(hub, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i, s := range spokes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i < n/2 {
+				errs <- Disconnect(hub, s)
+				return
+			}
+			_, _, err := Connect(s, hub)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	peers, err := ScanPeers(PeersFile(hub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, p := range peers {
+		got[p.Name] = true
+	}
+	for i := range spokes {
+		name := fmt.Sprintf("spoke%d", i)
+		_, statErr := os.Stat(filepath.Join(RemotesDir(hub), name+".yaml"))
+		if want := i >= n/2; got[name] != want || (statErr == nil) != want {
+			t.Errorf("%s: listed in the hub's peers %v, its config in the hub %v; want both %v (peers: %v)", name, got[name], statErr == nil, want, peers)
+		}
+	}
+}
