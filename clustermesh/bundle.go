@@ -56,9 +56,9 @@ const (
 	UserRemote = "remote"
 	// HubbleRelay is the client certificate the cluster's Hubble relay
 	// presents to the nodes (not an etcd user); HubbleRemote the one a
-	// connected cluster's relay presents (hubble-remote.yaml, given at
-	// connect into that cluster's hubble-remotes/, which its agents never
-	// read: only its relay reads this cluster's flows).
+	// connected cluster's relay presented before 2026-12-06 (the same
+	// for every connected cluster, served while the nodes list the name;
+	// connect now gives each its own: Peer.RelayUser).
 	HubbleRelay  = "hubble-relay"
 	HubbleRemote = "hubble-remote"
 )
@@ -213,40 +213,23 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 }
 
 // ensureRelayCert issues the Hubble relay's client certificate
-// (hubble-relay.pem) and connected clusters' relays' (hubble-remote.yaml)
-// unless the bundle has them.
+// (hubble-relay.pem) unless the bundle has it. (Connected clusters'
+// relays get one each at connect: Peer.RelayUser. Bundles made before
+// 2026-12-06 also hold hubble-remote.yaml, the one certificate connect
+// gave every connected cluster then; nothing reads it now.)
 func ensureRelayCert(dir string) error {
-	_, errRelay := os.Stat(filepath.Join(dir, HubbleRelay+".pem"))
-	_, errRemote := os.Stat(filepath.Join(dir, HubbleRemote+".yaml"))
-	if errRelay == nil && errRemote == nil {
+	if _, err := os.Stat(filepath.Join(dir, HubbleRelay+".pem")); err == nil {
 		return nil
 	}
 	authority, err := ca.Load(dir)
 	if err != nil {
 		return err
 	}
-	c, err := LoadCluster(dir)
-	if err != nil && errRemote != nil {
+	pair, err := authority.Issue(HubbleRelay, false, nil, nil)
+	if err != nil {
 		return err
 	}
-	if errRelay != nil {
-		pair, err := authority.Issue(HubbleRelay, false, nil, nil)
-		if err != nil {
-			return err
-		}
-		if err := ca.WritePair(dir, HubbleRelay, pair); err != nil {
-			return err
-		}
-	}
-	if errRemote != nil {
-		pair, err := authority.Issue(HubbleRemote, false, nil, nil)
-		if err != nil {
-			return err
-		}
-		return writeYAML(filepath.Join(dir, HubbleRemote+".yaml"),
-			HubbleRemoteConfig{Name: c.Name, CA: string(authority.PEM), Cert: string(pair.Cert), Key: string(pair.Key)}, 0o600)
-	}
-	return nil
+	return ca.WritePair(dir, HubbleRelay, pair)
 }
 
 func writeYAML(path string, v any, mode os.FileMode) error {
@@ -307,15 +290,37 @@ type Peer struct{ Name, Token string }
 // that connected cluster p reads this one with.
 func (p Peer) RemoteUser() string { return UserRemote + "-" + p.Name + "-" + p.Token }
 
+// RelayUser is the common name of the client certificate connected
+// cluster p's Hubble relay reads this cluster's nodes with
+// (hubble-remote-<name>-<token>, issued at connect into p's
+// hubble-remotes/, which p's agents never read): a node serves it while
+// p is listed in the PeersFile it is given (--hubble-peers), so that a
+// disconnected cluster's relay no longer reads this cluster's flows.
+func (p Peer) RelayUser() string { return HubbleRemote + "-" + p.Name + "-" + p.Token }
+
+// PeerOfRelayUser is the peer whose RelayUser cn would be (ok false: cn
+// is no such name).
+func PeerOfRelayUser(cn string) (Peer, bool) { return peerNamed(HubbleRemote, cn) }
+
 // peerToken is a Peer's token: 16 lowercase hexadecimal digits.
 var peerToken = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
 // IsPeerUser says whether etcd user u is one a Peer's RemoteUser could be
 // (the apiserver deletes those of no peer, and no other user).
 func IsPeerUser(u string) bool {
-	rest, ok := strings.CutPrefix(u, UserRemote+"-")
+	_, ok := peerNamed(UserRemote, u)
+	return ok
+}
+
+// peerNamed is the peer whose name cn is: kind-<cluster>-<token> (ok
+// false: cn is no such name).
+func peerNamed(kind, cn string) (Peer, bool) {
+	rest, ok := strings.CutPrefix(cn, kind+"-")
 	i := strings.LastIndexByte(rest, '-')
-	return ok && i > 0 && ValidateCluster(rest[:i], 1) == nil && peerToken.MatchString(rest[i+1:])
+	if !ok || i <= 0 || ValidateCluster(rest[:i], 1) != nil || !peerToken.MatchString(rest[i+1:]) {
+		return Peer{}, false
+	}
+	return Peer{rest[:i], rest[i+1:]}, true
 }
 
 // ScanPeers reads a PeersFile (none when it is missing); a line that is
@@ -465,30 +470,22 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 		from, to, name string
 		reader         Cluster
 	}{{peer, local, b.Name, a}, {local, peer, a.Name, b}} {
-		// The agents' read-only etcd credentials, the reader's own.
-		if err := issueRemote(x.from, x.reader.Name, filepath.Join(RemotesDir(x.to), x.name+".yaml")); err != nil {
-			return a, b, err
-		}
-		// The relay's.
-		data, err := os.ReadFile(filepath.Join(x.from, HubbleRemote+".yaml"))
-		if err != nil {
-			return a, b, fmt.Errorf("%w: %v", ErrInvalid, err)
-		}
-		if err := os.MkdirAll(HubbleRemotesDir(x.to), 0o700); err != nil {
-			return a, b, err
-		}
-		if err := atomicfile.Write(filepath.Join(HubbleRemotesDir(x.to), x.name+".yaml"), data, 0o600); err != nil {
+		// The agents' read-only etcd credentials and the relay's, the
+		// reader's own.
+		if err := issueRemote(x.from, x.reader.Name, x.to); err != nil {
 			return a, b, err
 		}
 	}
 	return a, b, nil
 }
 
-// issueRemote writes to path the config reader's agents read bundle's
-// cluster with (its endpoints, its CA and a client certificate of that CA
-// issued to reader alone: Peer.RemoteUser), then lists reader in bundle's
-// PeersFile.
-func issueRemote(bundle, reader, path string) error {
+// issueRemote writes into bundle to the configs reader's cluster reads
+// bundle's cluster with: its agents' (remotes/<cluster>.yaml: its
+// endpoints, its CA and a client certificate of that CA issued to reader
+// alone, Peer.RemoteUser) and its Hubble relay's
+// (hubble-remotes/<cluster>.yaml: Peer.RelayUser, the same token); then
+// lists reader in bundle's PeersFile.
+func issueRemote(bundle, reader, to string) error {
 	c, err := LoadCluster(bundle)
 	if err != nil {
 		return err
@@ -506,12 +503,23 @@ func issueRemote(bundle, reader, path string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	relay, err := authority.Issue(p.RelayUser(), false, nil, nil)
+	if err != nil {
 		return err
 	}
-	// The config first, then the listing: a user is never made for a
+	for _, d := range []string{RemotesDir(to), HubbleRemotesDir(to)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	// The configs first, then the listing: a user is never made for a
 	// certificate nobody was given.
-	if err := writeYAML(path, RemoteConfig{Name: c.Name, Endpoints: c.Endpoints, CA: string(authority.PEM), Cert: string(pair.Cert), Key: string(pair.Key)}, 0o600); err != nil {
+	if err := writeYAML(filepath.Join(RemotesDir(to), c.Name+".yaml"),
+		RemoteConfig{Name: c.Name, Endpoints: c.Endpoints, CA: string(authority.PEM), Cert: string(pair.Cert), Key: string(pair.Key)}, 0o600); err != nil {
+		return err
+	}
+	if err := writeYAML(filepath.Join(HubbleRemotesDir(to), c.Name+".yaml"),
+		HubbleRemoteConfig{Name: c.Name, CA: string(authority.PEM), Cert: string(relay.Cert), Key: string(relay.Key)}, 0o600); err != nil {
 		return err
 	}
 	return setPeer(bundle, reader, p.Token)

@@ -71,3 +71,27 @@ func TestConcurrentConnectsKeepEveryPeer(t *testing.T) {
 		}
 	}
 }
+
+// A relay certificate's common name is a peer's only when it is
+// hubble-remote-<valid cluster name>-<16 hex digits>.
+func TestPeerOfRelayUser(t *testing.T) {
+	for cn, want := range map[string]Peer{
+		"hubble-remote-b-0123456789abcdef":          {"b", "0123456789abcdef"},
+		"hubble-remote-my-cluster-0123456789abcdef": {"my-cluster", "0123456789abcdef"},
+		"hubble-remote":                    {},
+		"hubble-remote-b":                  {},
+		"hubble-remote-b-0123":             {},
+		"hubble-remote--0123456789abcdef":  {},
+		"hubble-remote-B-0123456789abcdef": {},
+		"remote-b-0123456789abcdef":        {},
+		"hubble-relay":                     {},
+	} {
+		p, ok := PeerOfRelayUser(cn)
+		if ok != (want != Peer{}) || p != want {
+			t.Errorf("PeerOfRelayUser(%q) = %v %v, want %v", cn, p, ok, want)
+		}
+		if ok && p.RelayUser() != cn {
+			t.Errorf("%q: RelayUser gives %q back", cn, p.RelayUser())
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/crypto/nodeauth"
@@ -132,6 +133,60 @@ func TestHubbleRelay(t *testing.T) {
 		if out, err := direct(cert); err == nil {
 			t.Errorf("the node served flows to a client with certificate %q: %s", cert, out)
 		}
+	}
+
+	// A disconnected cluster's relay reads no more: c1 keeps a copy of
+	// the relay certificate c2 gave it (a cluster disconnected because it
+	// is not trusted any more keeps what it was given). Until 2026-12-06
+	// that certificate was c2's one hubble-remote, served by c2's nodes
+	// for its five years; now it is c1's own (hubble-remote-c1-<token>),
+	// served while c2's bundle lists c1, and its open streams end.
+	rc, err := clustermesh.LoadHubbleRemote(c1.Bundle, "c2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := t.TempDir()
+	for f, data := range map[string]string{"ca.pem": rc.CA, "relay.pem": rc.Cert, "relay-key.pem": rc.Key} {
+		if err := os.WriteFile(filepath.Join(kept, f), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n2, _ := l.Node("c2/n1")
+	keptArgs := func(args ...string) []string {
+		return append(append([]string{hubble}, args...), "--server", net.JoinHostPort(n2.IP, fmt.Sprint(lab.HubblePort)),
+			"--tls", "--tls-ca-cert-files", filepath.Join(kept, "ca.pem"), "--tls-server-name", nodeauth.ServerName("c2", "n1"),
+			"--tls-client-cert-file", filepath.Join(kept, "relay.pem"), "--tls-client-key-file", filepath.Join(kept, "relay-key.pem"))
+	}
+	if out, err := labtest.NodeRun(t, l, "c1/n1", keptArgs("observe", "--last", "1", "--timeout", "5s")...); err != nil {
+		t.Fatalf("c1's relay certificate refused by c2's node while connected: %v %s", err, out)
+	}
+	follow, err := l.NodeCommand("c1/n1", keptArgs("observe", "--follow")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var followed syncBuffer
+	follow.Stdout, follow.Stderr = &followed, &followed
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() { ended <- follow.Wait() }()
+	t.Cleanup(func() { follow.Process.Kill() })
+	select {
+	case err := <-ended:
+		t.Fatalf("hubble observe --follow with c1's relay certificate ended while connected: %v %s", err, followed.String())
+	case <-time.After(2 * time.Second):
+	}
+	if out, err := labtest.NodeRun(t, l, "c2/n1", "filament", "clustermesh", "disconnect", "--from", c1.Bundle); err != nil {
+		t.Fatalf("disconnect: %v %s", err, out)
+	}
+	select {
+	case <-ended:
+	case <-time.After(15 * time.Second):
+		t.Errorf("the disconnected cluster's open hubble observe --follow on c2's node still runs 15 s after the disconnect")
+	}
+	if out, err := labtest.NodeRun(t, l, "c1/n1", keptArgs("observe", "--last", "1", "--timeout", "5s")...); err == nil {
+		t.Errorf("c2's node served flows to the disconnected cluster's relay certificate: %s", out)
 	}
 }
 

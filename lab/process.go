@@ -145,9 +145,10 @@ func (l *Lab) startAgent(ctx context.Context, n *Node) error {
 		// The Hubble API for the cluster's relay (mutual TLS, node certificate).
 		"--hubble-listen", net.JoinHostPort(n.IP, strconv.Itoa(HubblePort))}, l.agentArgs(n.Name)...)
 	if l.binDir(n.Name) == l.BinDir {
-		// The CA's revocation list (absent until a revocation); an older
-		// agent of an upgrade test lacks the flag.
-		args = append(args, "--node-crl", clustermesh.NodeCRLFile(c.Bundle))
+		// The CA's revocation list (absent until a revocation) and the
+		// connected clusters whose relays read this node's flows; an
+		// older agent of an upgrade test lacks the flags.
+		args = append(args, "--node-crl", clustermesh.NodeCRLFile(c.Bundle), "--hubble-peers", clustermesh.PeersFile(c.Bundle))
 	}
 	cmd := netnsCommand(n.NetNS, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

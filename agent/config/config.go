@@ -195,6 +195,11 @@ type Config struct {
 	// relays (hubble-remote, the certificate this cluster gave them at
 	// connect).
 	HubbleTLSClientNames []string `json:"hubbleTLSClientNames"`
+	// HubblePeers is the cluster's clustermesh bundle's list of connected
+	// clusters (remote-peers): a connected cluster's relay certificate
+	// (hubble-remote-<cluster>-<token>, issued at connect) is served
+	// while that cluster is listed with that token ("": none is served).
+	HubblePeers string `json:"hubblePeers,omitempty"`
 	// HubbleFlows is the size of the node's flow ring.
 	HubbleFlows int `json:"hubbleFlows"`
 	// HubbleExportFile is a file the node's flows are written to, one JSON
@@ -527,6 +532,9 @@ func (c Config) validateNode() error {
 	}
 	if c.HubbleListen != "" && c.NodeCert == "" {
 		return fmt.Errorf("%w: hubbleListen %q: needs nodeCert, nodeKey and nodeCA (the API is served over mutual TLS only)", ErrInvalid, c.HubbleListen)
+	}
+	if c.HubblePeers != "" && !filepath.IsAbs(c.HubblePeers) {
+		return fmt.Errorf("%w: hubblePeers %q: must be an absolute path", ErrInvalid, c.HubblePeers)
 	}
 	if c.HubbleListen != "" && len(c.HubbleTLSClientNames) == 0 {
 		return fmt.Errorf("%w: hubbleTLSClientNames: empty: no client could use hubbleListen", ErrInvalid)

@@ -1,13 +1,18 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -26,10 +31,11 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	}
 	sock := a.cfg.HubbleSocketPath()
 	a.flowMetrics = prometheus.NewRegistry()
+	clients := hubble.Clients{Names: a.cfg.HubbleTLSClientNames, PeersFile: a.cfg.HubblePeers, Revoked: a.auth.CheckCert}
 	s, err := hubble.New(hubble.Config{
 		Meta:     hubble.Meta{NodeName: a.cfg.NodeName, ClusterName: a.cfg.ClusterName, Pod: a.podOf, PodAt: a.podAt, Names: a.dnsNamesOf, Service: a.serviceAt},
 		Capacity: a.cfg.HubbleFlows, Address: "unix://" + sock, Version: version.Version, Peers: a.peers,
-		OnFlow: flowmetrics.New(a.flowMetrics).Observe, DatapathLost: a.dp.EventsLost, Revoked: a.auth.CheckCert,
+		OnFlow: flowmetrics.New(a.flowMetrics).Observe, DatapathLost: a.dp.EventsLost, Revoked: clients.Check,
 	})
 	if err != nil {
 		return err
@@ -48,7 +54,7 @@ func (a *Agent) startHubble(ctx context.Context) error {
 	}
 	lns := []listener{{ln, nil}}
 	if a.cfg.HubbleListen != "" {
-		conf, err := hubble.ServerTLS(a.cfg.NodeCert, a.cfg.NodeKey, a.cfg.NodeCA, a.cfg.HubbleTLSClientNames, a.auth.CheckCert)
+		conf, err := hubble.ServerTLS(a.cfg.NodeCert, a.cfg.NodeKey, a.cfg.NodeCA, clients)
 		if err != nil {
 			ln.Close()
 			return err
@@ -60,6 +66,9 @@ func (a *Agent) startHubble(ctx context.Context) error {
 		}
 		a.peers.SetPort(tcp.Addr().(*net.TCPAddr).Port)
 		lns = append(lns, listener{tcp, conf})
+	}
+	if a.cfg.HubblePeers != "" {
+		a.goroutine(func() { followHubblePeers(ctx, a.cfg.HubblePeers, s) })
 	}
 	events, lost, stop := a.hub.SubscribeCounted(monitor.Filter{})
 	a.onStop("hubble flows", stop)
@@ -114,4 +123,36 @@ func (a *Agent) dnsNamesOf(ip netip.Addr, ep uint16) []string {
 		return nil
 	}
 	return a.names.cache.Names(ip, ep)
+}
+
+// HubblePeersInterval is how often the agent reads the list of connected
+// clusters (--hubble-peers) for a change.
+const HubblePeersInterval = time.Second
+
+// followHubblePeers reads the list of connected clusters (file) every
+// HubblePeersInterval until ctx ends, and when it changed ends the open
+// calls of the relays it no longer admits (s.RecheckRevoked): new ones
+// are checked against the file at their handshake and call.
+func followHubblePeers(ctx context.Context, file string, s *hubble.Server) {
+	t := time.NewTicker(HubblePeersInterval)
+	defer t.Stop()
+	last, _ := os.ReadFile(file)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b, err := os.ReadFile(file)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			continue // Clients.Check refuses the relays meanwhile
+		}
+		if bytes.Equal(b, last) {
+			continue
+		}
+		last = b
+		if n := s.RecheckRevoked(); n > 0 {
+			slog.Info("hubble API: the calls of relays no longer admitted ended", "calls", n, "peers", file)
+		}
+	}
 }

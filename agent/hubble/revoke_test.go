@@ -68,7 +68,7 @@ func TestRevokedClientsStreamsEnd(t *testing.T) {
 		return nil
 	}
 	conf, err := ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"),
-		[]string{"hubble-relay"}, check)
+		Clients{Names: []string{"hubble-relay"}, Revoked: check})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,9 +70,10 @@ type Config struct {
 	// report (its events ring was full), reported to following clients
 	// as lost events (PERF_EVENT_RING_BUFFER); it must be cheap.
 	DatapathLost func() uint64
-	// Revoked, when set, tells whether a TLS client's certificate is
-	// revoked (the CA's revocation list): checked at each call, and for
-	// the calls open at each RecheckRevoked.
+	// Revoked, when set, tells whether a TLS client may no longer use
+	// the API (its certificate revoked by the CA's list, its cluster
+	// disconnected: Clients.Check): checked at each call, and for the
+	// calls open at each RecheckRevoked.
 	Revoked func(*x509.Certificate) error
 }
 

@@ -6,16 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 )
 
 // ErrTLS wraps the errors of loading the API's TLS configuration.
 var ErrTLS = errors.New("hubble TLS")
 
 // ServerTLS is the TCP listener's mutual TLS: the node's certificate, and
-// clients whose certificate chains to the cluster's CA (caFile) and whose
-// common name is one of names (the relay's, a connected cluster's).
-func ServerTLS(certFile, keyFile, caFile string, names []string, revoked func(*x509.Certificate) error) (*tls.Config, error) {
+// clients whose certificate chains to the cluster's CA (caFile) and that
+// clients admits (Clients.Check: the relay's, a connected cluster's).
+func ServerTLS(certFile, keyFile, caFile string, clients Clients) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: node certificate: %v", ErrTLS, err)
@@ -31,15 +30,7 @@ func ServerTLS(certFile, keyFile, caFile string, names []string, revoked func(*x
 			if len(chains) == 0 || len(chains[0]) == 0 {
 				return fmt.Errorf("%w: no verified client certificate", ErrTLS)
 			}
-			if cn := chains[0][0].Subject.CommonName; !slices.Contains(names, cn) {
-				return fmt.Errorf("%w: client %q may not read flows (serving %v)", ErrTLS, cn, names)
-			}
-			if revoked != nil {
-				if err := revoked(chains[0][0]); err != nil {
-					return fmt.Errorf("%w: client %q: %v", ErrTLS, chains[0][0].Subject.CommonName, err)
-				}
-			}
-			return nil
+			return clients.Check(chains[0][0])
 		},
 	}, nil
 }

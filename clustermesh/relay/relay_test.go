@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +95,7 @@ func startNodeAs(t *testing.T, c cluster, node string, meta hubble.Meta, evs ...
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), []string{"hubble-relay", "hubble-remote"}, nil)
+	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), hubble.Clients{Names: []string{"hubble-relay", "hubble-remote"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,11 +288,13 @@ func TestBundleCredentialsRefusesBadNames(t *testing.T) {
 	if err != nil {
 		t.Fatalf("c2 after connect: %v", err)
 	}
-	// The relay's certificate for c2 is c2's hubble-remote one, not the
-	// agents' remote reader.
+	// The relay's certificate for c2 is the one c2 issued to c1's relay
+	// (listed in c2's remote-peers), not the agents' remote reader.
 	leaf, err := x509.ParseCertificate(conf.Certificates[0].Certificate[0])
-	if err != nil || leaf.Subject.CommonName != clustermesh.HubbleRemote {
-		t.Errorf("certificate for c2: %v %v", leaf.Subject, err)
+	p, ok := clustermesh.PeerOfRelayUser(leaf.Subject.CommonName)
+	peers, _ := clustermesh.ScanPeers(clustermesh.PeersFile(peerDir))
+	if err != nil || !ok || p.Name != "c1" || !slices.Contains(peers, p) {
+		t.Errorf("certificate for c2: %v %v (c2's peers %v)", leaf.Subject, err, peers)
 	}
 	for _, bad := range []string{"../c1", "", "C1/../../etc", "c2/../c2"} {
 		if _, err := creds(bad); !errors.Is(err, ErrConfig) {
