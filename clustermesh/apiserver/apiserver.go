@@ -54,6 +54,12 @@ type Config struct {
 	// PeersFile lists the clusters connected to read this one, each with
 	// an etcd user of its own (clustermesh.PeersFile; empty: the bundle's).
 	PeersFile string
+	// RetireSharedRemote deletes the one etcd user (clustermesh.UserRemote)
+	// every cluster connected before 2026-12-06 reads this one with, and
+	// ends its open watches: a cluster disconnected since keeps its
+	// certificate, which only this ends. Connect those clusters again
+	// first (each then has a user of its own); false keeps the user.
+	RetireSharedRemote bool
 	// CacheRemotes, when set, is a directory of remote configs (the
 	// bundle's remotes/): the apiserver follows those clusters and
 	// re-serves them under filament/cache/ (clustermesh/cache).
@@ -107,14 +113,15 @@ func Run(ctx context.Context, c Config) error {
 	}
 	defer kv.Close()
 	if c.Bundle != "" {
-		if err := setupAuth(ctx, kv.Raw()); err != nil {
+		if err := setupAuth(ctx, kv.Raw(), !c.RetireSharedRemote); err != nil {
 			return err
 		}
 		peers := c.PeersFile
 		if peers == "" {
 			peers = clustermesh.PeersFile(c.Bundle)
 		}
-		if err := syncPeers(ctx, kv.Raw(), peers, st); err != nil {
+		ps := peerSync{file: peers, shared: !c.RetireSharedRemote, streams: st}
+		if err := ps.sync(ctx, kv.Raw()); err != nil {
 			// Tried again every second (another replica may be making
 			// the same users; the file may be mended).
 			slog.Warn("following the connected clusters", "err", err)
@@ -123,7 +130,7 @@ func Run(ctx context.Context, c Config) error {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			followPeers(ctx, kv.Raw(), peers, st)
+			ps.follow(ctx, kv.Raw())
 		}()
 		defer func() { <-done }()
 	}
@@ -179,7 +186,7 @@ func ignoreExists(err error) error {
 // setupAuth creates the users and roles and enables authentication;
 // repeated on every start, it changes nothing the second time. Clients are
 // authenticated by the common name of their certificate.
-func setupAuth(ctx context.Context, c *clientv3.Client) error {
+func setupAuth(ctx context.Context, c *clientv3.Client, sharedRemote bool) error {
 	type grant struct {
 		key, end string // the range [key, end)
 		perm     clientv3.PermissionType
@@ -222,7 +229,11 @@ func setupAuth(ctx context.Context, c *clientv3.Client) error {
 			}
 		}
 	}
-	for _, u := range []struct{ user, role string }{{clustermesh.UserRoot, "root"}, {clustermesh.UserAgent, clustermesh.UserAgent}, {clustermesh.UserRemote, clustermesh.UserRemote}} {
+	users := []struct{ user, role string }{{clustermesh.UserRoot, "root"}, {clustermesh.UserAgent, clustermesh.UserAgent}}
+	if sharedRemote { // else the role only, the peers' users have it (peerSync deletes the user)
+		users = append(users, struct{ user, role string }{clustermesh.UserRemote, clustermesh.UserRemote})
+	}
+	for _, u := range users {
 		if _, err := c.UserAddWithOptions(ctx, u.user, "", &clientv3.UserAddOptions{NoPassword: true}); ignoreExists(err) != nil {
 			return fmt.Errorf("etcd user %s: %w", u.user, err)
 		}

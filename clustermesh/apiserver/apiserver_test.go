@@ -381,20 +381,7 @@ func TestDisconnectedPeerLosesAccess(t *testing.T) {
 	if err := srv.Agent.Put(ctx, "filament/state/nodes/v1/east/n3", []byte("{}"), 0); err != nil {
 		t.Fatal(err)
 	}
-	timeout := time.After(10 * time.Second)
-	for done := false; !done; {
-		select {
-		case r, ok := <-watch:
-			for _, ev := range r.Events {
-				if strings.HasSuffix(string(ev.Kv.Key), "/n3") {
-					t.Fatal("a disconnected peer's open watch still got a write after the disconnect")
-				}
-			}
-			done = !ok || r.Canceled || r.Err() != nil
-		case <-timeout:
-			t.Fatal("a disconnected peer's open watch was not ended")
-		}
-	}
+	watchEnds(t, watch, "/n3", "a disconnected peer's")
 	// The other peer reads on, its open watch too.
 	if err := readable(n); err != nil {
 		t.Fatalf("a peer still connected lost access: %v", err)
@@ -426,5 +413,91 @@ func TestDisconnectedPeerLosesAccess(t *testing.T) {
 	}
 	if readable(w) == nil {
 		t.Error("the disconnected west's certificate reads again once another cluster of its name connected")
+	}
+}
+
+// Clusters connected before 2026-12-06 share one etcd user (remote),
+// whose certificate a cluster disconnected since keeps: only retiring
+// that user (--retire-shared-remote, once the others connected again)
+// ends such a cluster's reads and its open watches. A connected
+// cluster's own user reads on.
+func TestRetiredSharedRemoteLosesAccess(t *testing.T) {
+	srv := apiservertest.Start(t, "east", 7)
+	west := t.TempDir()
+	if _, err := clustermesh.Enable(west, "west", 8, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := clustermesh.Connect(srv.Bundle, west); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := srv.Agent.Put(ctx, "filament/state/nodes/v1/east/n1", []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	readable := func(c *kvstore.Client) error {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		_, err := c.Get(rctx, "filament/state/nodes/v1/east/n1")
+		return err
+	}
+	eventuallyReadable := func(what string, c *kvstore.Client, want bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for (readable(c) == nil) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: readable %v, want %v", what, readable(c) == nil, want)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	shared, err := srv.Connect(clustermesh.UserRemote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shared.Close()
+	rc, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(west), "east.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Endpoints = []string{srv.Endpoint}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	own, err := kvstore.Connect(cctx, rc.KVStore())
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	eventuallyReadable("the shared user, kept (the default)", shared, true)
+	eventuallyReadable("west's own user", own, true)
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watch := shared.Raw().Watch(wctx, "filament/state/nodes/v1/", clientv3.WithPrefix())
+
+	srv.RestartWith(t, func(c *apiserver.Config) { c.RetireSharedRemote = true })
+	eventuallyReadable("the shared user, retired", shared, false)
+	eventuallyReadable("west's own user, the shared one retired", own, true)
+	if err := srv.Agent.Put(ctx, "filament/state/nodes/v1/east/n2", []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	watchEnds(t, watch, "/n2", "the retired shared user's")
+}
+
+// watchEnds fails t unless watch (whose's open watch) ends within 10 s
+// without delivering the write of the key ending in suffix.
+func watchEnds(t *testing.T, watch clientv3.WatchChan, suffix, whose string) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for done := false; !done; {
+		select {
+		case r, ok := <-watch:
+			for _, ev := range r.Events {
+				if strings.HasSuffix(string(ev.Kv.Key), suffix) {
+					t.Fatalf("%s open watch still got a write after its access ended", whose)
+				}
+			}
+			done = !ok || r.Canceled || r.Err() != nil
+		case <-timeout:
+			t.Fatalf("%s open watch was not ended", whose)
+		}
 	}
 }

@@ -60,7 +60,7 @@ func (s ctxStream) Context() context.Context { return s.ctx }
 // after that check still finds it).
 func (s *streams) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	user := certUser(ss.Context())
-	if !clustermesh.IsPeerUser(user) {
+	if !readerUser(user) {
 		return handler(srv, ss)
 	}
 	ctx, cancel := context.WithCancel(ss.Context())
@@ -84,6 +84,11 @@ func (s *streams) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerI
 	return handler(srv, ctxStream{ss, ctx})
 }
 
+// readerUser says whether etcd user u is one a connected cluster reads
+// this one with: a peer's own (clustermesh.IsPeerUser) or the one shared
+// by clusters connected before those (clustermesh.UserRemote).
+func readerUser(u string) bool { return u == clustermesh.UserRemote || clustermesh.IsPeerUser(u) }
+
 // keep ends the open streams of every connected cluster's user not in
 // users.
 func (s *streams) keep(users map[string]bool) {
@@ -100,17 +105,30 @@ func (s *streams) keep(users map[string]bool) {
 	}
 }
 
-// syncPeers makes etcd's users of connected clusters those of the peers
-// file (clustermesh.PeersFile): a new peer's user is added (read-only,
-// the remote role), a gone peer's deleted (and no other user: only names
-// a peer's could be, clustermesh.IsPeerUser), and the open streams of
-// every user no longer listed are ended, whatever else failed.
-func syncPeers(ctx context.Context, c *clientv3.Client, file string, st *streams) error {
-	peers, err := clustermesh.ScanPeers(file)
+// peerSync keeps etcd's users of connected clusters those of the peers
+// file (clustermesh.PeersFile), and the shared clustermesh.UserRemote
+// while shared.
+type peerSync struct {
+	file    string
+	shared  bool
+	streams *streams
+}
+
+// sync makes etcd's users of connected clusters those of the peers file:
+// a new peer's user is added (read-only, the remote role), a gone peer's
+// deleted (and no other user: only names a peer's could be,
+// clustermesh.IsPeerUser, and the shared one when not kept), and the
+// open streams of every user no longer wanted are ended, whatever else
+// failed.
+func (ps peerSync) sync(ctx context.Context, c *clientv3.Client) error {
+	peers, err := clustermesh.ScanPeers(ps.file)
 	if err != nil {
 		return fmt.Errorf("connected clusters: %w", err)
 	}
 	want := map[string]bool{}
+	if ps.shared {
+		want[clustermesh.UserRemote] = true
+	}
 	for _, p := range peers {
 		want[p.RemoteUser()] = true
 	}
@@ -118,12 +136,13 @@ func syncPeers(ctx context.Context, c *clientv3.Client, file string, st *streams
 	if err != nil {
 		return fmt.Errorf("etcd users: %w", err)
 	}
+	st := ps.streams
 	// Before the deletes too: then no gone peer's watch sees a write its
 	// reads would be refused.
 	st.keep(want)
 	var errs []error
 	for _, u := range have.Users {
-		if clustermesh.IsPeerUser(u) && !want[u] {
+		if readerUser(u) && !want[u] {
 			if _, err := c.UserDelete(ctx, u); err != nil {
 				errs = append(errs, fmt.Errorf("etcd user %s: %w", u, err))
 				continue
@@ -135,8 +154,8 @@ func syncPeers(ctx context.Context, c *clientv3.Client, file string, st *streams
 	// after it is refused by etcd.
 	st.keep(want)
 	for u := range want {
-		if slices.Contains(have.Users, u) {
-			continue
+		if slices.Contains(have.Users, u) || u == clustermesh.UserRemote {
+			continue // the shared user is setupAuth's
 		}
 		if _, err := c.UserAddWithOptions(ctx, u, "", &clientv3.UserAddOptions{NoPassword: true}); ignoreExists(err) != nil {
 			errs = append(errs, fmt.Errorf("etcd user %s: %w", u, err))
@@ -151,10 +170,10 @@ func syncPeers(ctx context.Context, c *clientv3.Client, file string, st *streams
 	return errors.Join(errs...)
 }
 
-// followPeers runs syncPeers every PeersInterval until ctx ends (errors
-// logged once until it succeeds again; a bad peers file leaves the users
-// as they were).
-func followPeers(ctx context.Context, c *clientv3.Client, file string, st *streams) {
+// follow runs sync every PeersInterval until ctx ends (errors logged once
+// until it succeeds again; a bad peers file leaves the users as they
+// were).
+func (ps peerSync) follow(ctx context.Context, c *clientv3.Client) {
 	t := time.NewTicker(PeersInterval)
 	defer t.Stop()
 	failing := false
@@ -164,7 +183,7 @@ func followPeers(ctx context.Context, c *clientv3.Client, file string, st *strea
 			return
 		case <-t.C:
 		}
-		err := syncPeers(ctx, c, file, st)
+		err := ps.sync(ctx, c)
 		if err != nil && !failing && ctx.Err() == nil {
 			slog.Warn("following the connected clusters", "err", err)
 		}

@@ -215,6 +215,15 @@ func (s *Server) Restart(t testing.TB) {
 	s.run(t)
 }
 
+// RestartWith is Restart with the apiserver's config changed by edit
+// first.
+func (s *Server) RestartWith(t testing.TB, edit func(*apiserver.Config)) {
+	t.Helper()
+	s.Stop()
+	edit(&s.cfg)
+	s.run(t)
+}
+
 // Connect opens a client with the bundle's certificate for user.
 func (s *Server) Connect(user string) (*kvstore.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
