@@ -127,6 +127,28 @@ func TestConntrackBlindFINLeavesHalfClosedConnectionsOpen(t *testing.T) {
 			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 50000, 80, 0x5555, 9002, 0, true))
 			return f.ctLife(peerIP, podIP, 50000, 80, dirIngress)
 		}, established},
+		{"a FIN not counted left the entry established: a new connection on its tuple starts with no side's FIN", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			podFINOpened(f)
+			peerOpened(f, 7050, 0) // the peer's FIN ahead of data this node did not see: not counted
+			// The pod opens a new connection on the tuple (the entry is
+			// kept: established, same verdict), and the peer half-closes
+			// it at once.
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, true, false, 50000, 0))
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 443, 40000, true, true, 0x90000000, 50001))
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, false, true, 50001, 0x90000001))
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 443, 40000, 0x90000001, 50001, 0, true))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, established},
+		{"a blind FIN while the pod opens a new connection on the tuple", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, true, false, 50000, 0))
+			peerOpened(f, 7001, 0) // the old connection's number: the new one's is not known yet
+			if e := f.ctEntry(podIP, peerIP, 40000, 443, 6, dirEgress, podEP); e.Fin&3 != 0 {
+				t.Errorf("a FIN from outside while the pod's new SYN waits for its answer counted: fin %#x", e.Fin)
+			}
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, established},
 		{"the pod half-closed, then the peer's FIN at the number", func(f *fixture) time.Duration {
 			ctOpened(t, f, 40000)
 			podFINOpened(f)

@@ -127,19 +127,24 @@ static __always_inline int ct_rst_counts(struct ct_entry *e, struct pkt *p, int 
 
 // ct_fin_counts tells whether p, a TCP FIN on e's flow, closes its
 // sender's side: sent by the endpoint itself or another pod of this node
-// (local), or, when the endpoint's number is known (CT_ACK_KNOWN, no
-// CT_ACK_RESYNC), from a segment that starts at exactly that number (the
-// next the endpoint expects: its data, then the FIN). A FIN elsewhere is
-// passed on (the endpoint's kernel judges it) and counts nothing: until
-// 2026-12-06 one at any number did, and with the endpoint's own FIN a
-// blind forger made a half-closed connection's entry closing
-// (TestConntrackBlindFINLeavesHalfClosedConnectionsOpen). A peer's FIN
-// that reaches the node ahead of data before it (reordered, or after a
-// loss) is not counted when the endpoint acknowledges it later: the
-// entry then ends at the endpoint's RST or its timeout.
+// (local); or, when the endpoint's number is known (CT_ACK_KNOWN), from a
+// segment that starts at exactly that number (the next the endpoint
+// expects: its data, then the FIN), and none while the endpoint opens a
+// new connection on the tuple (CT_ACK_RESYNC: the number is the old
+// connection's). A FIN elsewhere is passed on (the endpoint's kernel
+// judges it) and counts nothing: until 2026-12-06 one at any number did,
+// and with the endpoint's own FIN a blind forger made a half-closed
+// connection's entry closing
+// (TestConntrackBlindFINLeavesHalfClosedConnectionsOpen). A peer's real
+// FIN whose segment does not start there (it came ahead of data before
+// it, or a retransmission joined it to data seen already) is not counted
+// when the endpoint acknowledges it later: the entry then ends at an RST
+// or its timeout.
 static __always_inline int ct_fin_counts(struct ct_entry *e, struct pkt *p, int local)
 {
-	return local || (e->fin & (CT_ACK_KNOWN | CT_ACK_RESYNC)) != CT_ACK_KNOWN || p->seq == e->isn;
+	if (local || !(e->fin & CT_ACK_KNOWN))
+		return 1;
+	return !(e->fin & CT_ACK_RESYNC) && p->seq == e->isn;
 }
 
 // ct_local_ack moves e's number (CT_ACK_KNOWN) by p, the endpoint's own
@@ -152,10 +157,20 @@ static __always_inline void ct_local_ack(struct ct_entry *e, struct pkt *p)
 	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_ACK | TCP_RST)) != TCP_ACK)
 		return;
 	__u8 f = e->fin;
-	if ((p->tcp_flags & TCP_SYN) || (f & CT_ACK_RESYNC) || !(f & CT_ACK_KNOWN) || ct_seq_after(p->ack, e->isn))
+	if ((p->tcp_flags & TCP_SYN) || (f & CT_ACK_RESYNC)) {
+		// A new connection on the tuple (the endpoint's SYN-ACK, or its
+		// ACK after its own SYN): its numbers, and no side's FIN yet (an
+		// entry left established by a FIN not counted would otherwise
+		// hand the old connection's to it, and its first FIN would make
+		// it closing).
 		e->isn = p->ack;
-	if ((f & (CT_ACK_KNOWN | CT_ACK_RESYNC)) != CT_ACK_KNOWN)
-		e->fin = (f & ~CT_ACK_RESYNC) | CT_ACK_KNOWN;
+		e->fin = (f & ~(CT_ACK_RESYNC | CT_FIN_OWN | CT_FIN_REPLY)) | CT_ACK_KNOWN;
+		return;
+	}
+	if (!(f & CT_ACK_KNOWN) || ct_seq_after(p->ack, e->isn))
+		e->isn = p->ack;
+	if (!(f & CT_ACK_KNOWN))
+		e->fin = f | CT_ACK_KNOWN;
 }
 
 // ct_peer_data moves e's number by p, a segment from outside on the flow:
