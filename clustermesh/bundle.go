@@ -425,7 +425,7 @@ func lockBundles(dirs ...string) (unlock func(), err error) {
 		}
 		if err != nil {
 			unlock()
-			return nil, fmt.Errorf("bundle %s: lock: %w", hs[i].f.Name(), err)
+			return nil, fmt.Errorf("bundle %s: lock (the bundle must be on a local file system): %w", hs[i].f.Name(), err)
 		}
 	}
 	return unlock, nil

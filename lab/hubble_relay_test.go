@@ -135,6 +135,15 @@ func TestHubbleRelay(t *testing.T) {
 		}
 	}
 
+	// Connected again while the relay runs: c1's relay has a new
+	// certificate, and c2's node refuses the one its connection
+	// presented; the relay connects anew and reads c2's node again.
+	connect(t, l, "c1/n1", "c2")
+	eventually(t, "the relay reads c2's node again after another connect", func() bool {
+		out, err := relay("observe", "-o", "json", "--last", "1000", "--node-name", "c2/n1")
+		return err == nil && len(parseFlows(t, out)) > 0
+	})
+
 	// A disconnected cluster's relay reads no more: c1 keeps a copy of
 	// the relay certificate c2 gave it (a cluster disconnected because it
 	// is not trusted any more keeps what it was given). Until 2026-12-06
@@ -182,6 +191,9 @@ func TestHubbleRelay(t *testing.T) {
 	}
 	select {
 	case <-ended:
+		if !strings.Contains(followed.String(), "PermissionDenied") {
+			t.Errorf("the disconnected cluster's hubble observe --follow ended, not refused (want PermissionDenied): %s", followed.String())
+		}
 	case <-time.After(15 * time.Second):
 		t.Errorf("the disconnected cluster's open hubble observe --follow on c2's node still runs 15 s after the disconnect")
 	}

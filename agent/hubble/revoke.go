@@ -57,14 +57,17 @@ func (r *revocations) begin(ctx context.Context) (context.Context, *openCall, er
 	if r == nil || r.check == nil || cert == nil {
 		return ctx, nil, nil
 	}
-	if err := r.check(cert); err != nil {
-		return nil, nil, status.Errorf(codes.PermissionDenied, "client %q: %v", cert.Subject.CommonName, err)
-	}
+	// Registered before the check: a recheck between them (the list
+	// changed) ends the call; checked before, it could miss it.
 	ctx, cancel := context.WithCancel(ctx)
 	c := &openCall{cert: cert, cancel: cancel}
 	r.mu.Lock()
 	r.open[c] = struct{}{}
 	r.mu.Unlock()
+	if err := r.check(cert); err != nil {
+		r.end(c)
+		return nil, nil, status.Errorf(codes.PermissionDenied, "client %q: %v", cert.Subject.CommonName, err)
+	}
 	return ctx, c, nil
 }
 

@@ -150,7 +150,10 @@ func TestServerTLSServesConnectedClustersRelaysOnly(t *testing.T) {
 	if !served(bOld) || !served(cRelay) {
 		t.Fatal("a connected cluster's relay certificate was refused")
 	}
-	shared, _ := authority.Issue(clustermesh.HubbleRemote, false, nil, nil)
+	shared, err := authority.Issue(clustermesh.HubbleRemote, false, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !served(shared) {
 		t.Error("the shared hubble-remote certificate of clusters connected before was refused")
 	}
@@ -170,9 +173,21 @@ func TestServerTLSServesConnectedClustersRelaysOnly(t *testing.T) {
 	if !served(relayOf(b)) {
 		t.Error("b's new relay certificate was refused")
 	}
-	forged, _ := authority.Issue("hubble-remote-b-0123456789abcdef", false, nil, nil)
+	forged, err := authority.Issue("hubble-remote-b-0123456789abcdef", false, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if served(forged) {
 		t.Error("a relay certificate of b with a token not listed was served")
+	}
+	// The etcd certificate c's agents read this cluster with (its own
+	// user, the same token) is no relay's.
+	rc, err := clustermesh.LoadRemote(filepath.Join(clustermesh.RemotesDir(c), "a.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served(ca.Pair{Cert: []byte(rc.Cert), Key: []byte(rc.Key)}) {
+		t.Error("a connected cluster's etcd reader certificate was served as a relay's")
 	}
 	// No list given: no connected cluster's own certificate. The shared
 	// name left out of Names: that one refused, the clusters' own served.

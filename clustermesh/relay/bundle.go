@@ -17,8 +17,9 @@ import (
 // clustermesh bundle: for its own nodes the cluster's CA and the relay's
 // certificate (hubble-relay.pem); for a connected cluster's nodes that
 // cluster's CA and the relay certificate it gave at connect
-// (hubble-remotes/<cluster>.yaml, read at each connection, so that
-// connect and disconnect take effect).
+// (hubble-remotes/<cluster>.yaml, read at each connection and
+// handshake, so that connect and disconnect take effect; a node that
+// refuses the relay's certificate gets a connection made anew).
 func BundleCredentials(dir string) (string, Credentials, error) {
 	c, err := clustermesh.LoadCluster(dir)
 	if err != nil {
@@ -71,7 +72,9 @@ func notRevoked(caPEM []byte, crlFile string) func([][]byte, [][]*x509.Certifica
 }
 
 // clientTLS is a mutual TLS client configuration: roots from caPEM, the
-// certificate cert loads.
+// certificate cert loads (again at each handshake: a node's connection
+// made anew, after a restart or a refusal, presents the current one; the
+// one loaded now when loading fails then).
 func clientTLS(caPEM []byte, where string, cert func() (tls.Certificate, error)) (*tls.Config, error) {
 	roots, err := hubble.PoolOf(caPEM, where)
 	if err != nil {
@@ -81,5 +84,11 @@ func clientTLS(caPEM []byte, where string, cert func() (tls.Certificate, error))
 	if err != nil {
 		return nil, fmt.Errorf("%w: client certificate (%s): %v", ErrConfig, where, err)
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{pair}}, nil
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{pair},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if now, err := cert(); err == nil {
+				return &now, nil
+			}
+			return &pair, nil
+		}}, nil
 }

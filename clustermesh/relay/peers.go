@@ -19,9 +19,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	"github.com/filament-net/filament/agent/hubble/pb/peer"
@@ -194,10 +196,59 @@ func (r *Relay) connect(name, address string) *member {
 	p.serverName = nodeauth.ServerName(cluster, node)
 	conf = conf.Clone()
 	conf.ServerName = p.serverName
+	// A node that refuses a call (PermissionDenied: the certificate this
+	// connection presented is no longer served, e.g. another connect
+	// issued this relay a new one) gets a connection made anew, with
+	// the credentials read again.
+	refused := func(err error) {
+		if status.Code(err) == codes.PermissionDenied {
+			r.redial(p)
+		}
+	}
 	p.conn, p.err = grpc.NewClient(address, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
 		// A node gone silent (its host down) is noticed within a minute.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}))
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			refused(err)
+			return err
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			s, err := streamer(ctx, desc, cc, method, opts...)
+			if err != nil {
+				refused(err)
+				return nil, err
+			}
+			return refusalStream{s, refused}, nil
+		}))
 	return p
+}
+
+// refusalStream passes a stream's receive errors to refused.
+type refusalStream struct {
+	grpc.ClientStream
+	refused func(error)
+}
+
+func (s refusalStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	s.refused(err)
+	return err
+}
+
+// redial replaces member p, while it is still the relay's for its node,
+// with one connected anew (its credentials read again).
+func (r *Relay) redial(p *member) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.peers[p.name] != p {
+		return
+	}
+	p.close()
+	n := r.connect(p.name, p.address)
+	n.seen = p.seen
+	r.peers[p.name] = n
+	slog.Info("relay: node refused the relay's certificate; connecting again", "node", p.name, "err", n.err)
 }
 
 func (p *member) close() {
