@@ -84,6 +84,13 @@ func startNodeServer(t *testing.T, c cluster, node string, evs ...monitor.Event)
 // what meta says (a hostile node's claims).
 func startNodeAs(t *testing.T, c cluster, node string, meta hubble.Meta, evs ...monitor.Event) (string, *hubble.Server) {
 	t.Helper()
+	return startNodeWith(t, c, node, meta, hubble.Clients{Names: []string{"hubble-relay", "hubble-remote"}}, evs...)
+}
+
+// startNodeWith is startNodeAs serving the TLS clients clients admits
+// (at the handshake and at each call).
+func startNodeWith(t *testing.T, c cluster, node string, meta hubble.Meta, clients hubble.Clients, evs ...monitor.Event) (string, *hubble.Server) {
+	t.Helper()
 	dir := t.TempDir()
 	pair, err := nodeauth.Issue(c.ca, c.name, node)
 	if err != nil {
@@ -95,11 +102,11 @@ func startNodeAs(t *testing.T, c cluster, node string, meta hubble.Meta, evs ...
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), hubble.Clients{Names: []string{"hubble-relay", "hubble-remote"}})
+	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), clients)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := hubble.New(hubble.Config{Meta: meta})
+	s, err := hubble.New(hubble.Config{Meta: meta, Revoked: clients.Check})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,5 +601,63 @@ func TestBundleCredentialsRefuseRevokedNode(t *testing.T) {
 	}
 	if err := verify(good); err != nil {
 		t.Errorf("another node refused: %v", err)
+	}
+}
+
+// Connected again, the relay has a new certificate for the other
+// cluster's nodes, which refuse the one its open connection presented
+// (PermissionDenied at each call): the relay connects anew, with the
+// certificate read again, and reads the node without being told of it
+// again.
+func TestRelayConnectsAnewWhenRefused(t *testing.T) {
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	if _, err := clustermesh.Enable(dir1, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clustermesh.Enable(dir2, "c2", 2, []net.IP{net.ParseIP("127.0.0.2")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := clustermesh.Connect(dir1, dir2); err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.Load(dir2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2 := cluster{name: "c2", ca: authority}
+	t0 := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
+	addr, _ := startNodeWith(t, c2, "n1", hubble.Meta{NodeName: "n1", ClusterName: "c2"},
+		hubble.Clients{Names: []string{clustermesh.HubbleRelay}, PeersFile: clustermesh.PeersFile(dir2)}, drop(t0, 1))
+	_, creds, err := BundleCredentials(dir1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.apply(&peer.ChangeNotification{Name: "c2/n1", Address: addr}, 1)
+	c := serveRelay(t, r)
+	flows := func() int {
+		n := 0
+		for _, resp := range collect(t, c, &observer.GetFlowsRequest{}) {
+			if resp.GetFlow() != nil {
+				n++
+			}
+		}
+		return n
+	}
+	if n := flows(); n != 1 {
+		t.Fatalf("connected: %d flows of c2/n1, want 1", n)
+	}
+	if _, _, err := clustermesh.Connect(dir1, dir2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for flows() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("connected again: the relay does not read c2/n1 10 s later (it kept the connection its node refuses)")
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
