@@ -56,9 +56,12 @@ type Config struct {
 	PeersFile string
 	// RetireSharedRemote deletes the one etcd user (clustermesh.UserRemote)
 	// every cluster connected before 2026-12-06 reads this one with, and
-	// ends its open watches: a cluster disconnected since keeps its
+	// ends its open watches (the embedded etcd's; an external etcd's go
+	// on until they end): a cluster disconnected since keeps its
 	// certificate, which only this ends. Connect those clusters again
-	// first (each then has a user of its own); false keeps the user.
+	// first (each then has a user of its own). It must stay set: a start
+	// without it makes the user again, and every such certificate reads
+	// again.
 	RetireSharedRemote bool
 	// CacheRemotes, when set, is a directory of remote configs (the
 	// bundle's remotes/): the apiserver follows those clusters and
@@ -230,8 +233,14 @@ func setupAuth(ctx context.Context, c *clientv3.Client, sharedRemote bool) error
 		}
 	}
 	users := []struct{ user, role string }{{clustermesh.UserRoot, "root"}, {clustermesh.UserAgent, clustermesh.UserAgent}}
-	if sharedRemote { // else the role only, the peers' users have it (peerSync deletes the user)
+	if sharedRemote {
 		users = append(users, struct{ user, role string }{clustermesh.UserRemote, clustermesh.UserRemote})
+	} else if _, err := c.UserDelete(ctx, clustermesh.UserRemote); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) &&
+		!errors.Is(err, rpctypes.ErrGRPCUserNotFound) {
+		// Retired: the role only (the peers' users have it); the user
+		// goes here too, whatever the peers file says (peerSync, which
+		// ends its watches, stops at a bad file).
+		return fmt.Errorf("etcd user %s (retired): %w", clustermesh.UserRemote, err)
 	}
 	for _, u := range users {
 		if _, err := c.UserAddWithOptions(ctx, u.user, "", &clientv3.UserAddOptions{NoPassword: true}); ignoreExists(err) != nil {

@@ -89,6 +89,15 @@ func (s *streams) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerI
 // by clusters connected before those (clustermesh.UserRemote).
 func readerUser(u string) bool { return u == clustermesh.UserRemote || clustermesh.IsPeerUser(u) }
 
+// end ends the open streams of user.
+func (s *streams) end(user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, cancel := range s.open[user] {
+		cancel()
+	}
+}
+
 // keep ends the open streams of every connected cluster's user not in
 // users.
 func (s *streams) keep(users map[string]bool) {
@@ -123,6 +132,9 @@ type peerSync struct {
 func (ps peerSync) sync(ctx context.Context, c *clientv3.Client) error {
 	peers, err := clustermesh.ScanPeers(ps.file)
 	if err != nil {
+		if !ps.shared { // retired whatever the file says (setupAuth deleted the user)
+			ps.streams.end(clustermesh.UserRemote)
+		}
 		return fmt.Errorf("connected clusters: %w", err)
 	}
 	want := map[string]bool{}

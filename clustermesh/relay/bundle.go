@@ -44,7 +44,13 @@ func BundleCredentials(dir string) (string, Credentials, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: no relay credentials for cluster %q (not connected?): %v", ErrConfig, cluster, err)
 		}
-		return clientTLS([]byte(rc.CA), cluster, func() (tls.Certificate, error) { return tls.X509KeyPair([]byte(rc.Cert), []byte(rc.Key)) })
+		return clientTLS([]byte(rc.CA), cluster, func() (tls.Certificate, error) {
+			now, err := clustermesh.LoadHubbleRemote(dir, cluster) // the file again at each handshake
+			if err != nil {
+				return tls.Certificate{}, err
+			}
+			return tls.X509KeyPair([]byte(now.Cert), []byte(now.Key))
+		})
 	}, nil
 }
 

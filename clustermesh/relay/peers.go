@@ -8,6 +8,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -53,6 +54,7 @@ type Config struct {
 type member struct {
 	name       string // cluster/node
 	address    string
+	cert       []byte           // the relay's certificate (DER) when connected
 	serverName string           // what its certificate must name
 	conn       *grpc.ClientConn // nil when err is set
 	err        error            // why the relay cannot read it
@@ -194,12 +196,15 @@ func (r *Relay) connect(name, address string) *member {
 		return p
 	}
 	p.serverName = nodeauth.ServerName(cluster, node)
+	if len(conf.Certificates) > 0 && len(conf.Certificates[0].Certificate) > 0 {
+		p.cert = conf.Certificates[0].Certificate[0]
+	}
 	conf = conf.Clone()
 	conf.ServerName = p.serverName
 	// A node that refuses a call (PermissionDenied: the certificate this
 	// connection presented is no longer served, e.g. another connect
-	// issued this relay a new one) gets a connection made anew, with
-	// the credentials read again.
+	// issued this relay a new one) gets a connection made anew when the
+	// relay's credentials for it changed since (redial).
 	refused := func(err error) {
 		if status.Code(err) == codes.PermissionDenied {
 			r.redial(p)
@@ -237,8 +242,17 @@ func (s refusalStream) RecvMsg(m any) error {
 }
 
 // redial replaces member p, while it is still the relay's for its node,
-// with one connected anew (its credentials read again).
+// with one connected anew, when the relay's certificate for its cluster
+// is no longer the one p's connection presented (a node refusing the
+// same certificate again gets no new connection: no reconnect at every
+// refused call).
 func (r *Relay) redial(p *member) {
+	cluster, _, _ := strings.Cut(p.name, "/")
+	conf, err := r.cfg.Credentials(cluster)
+	if err != nil || len(conf.Certificates) == 0 || len(conf.Certificates[0].Certificate) == 0 ||
+		bytes.Equal(conf.Certificates[0].Certificate[0], p.cert) {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.peers[p.name] != p {

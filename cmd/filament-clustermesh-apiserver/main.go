@@ -53,7 +53,7 @@ func main() {
 	f.BoolVar(&c.UnsafeNoFsync, "unsafe-no-fsync", false, "skip fsync (labs and tests only)")
 	f.IntVar(&maxClusters, "max-connected-clusters", 255, "identity layout of the mesh: 255 or 511 clusters")
 	f.StringVar(&c.PeersFile, "remote-peers", "", "the clusters connected to read this one, each with an etcd user of its own (filament clustermesh connect writes it; default: the bundle's remote-peers)")
-	f.BoolVar(&c.RetireSharedRemote, "retire-shared-remote", false, "delete the one etcd user (remote) of clusters connected before 2026-12-06 and end its watches, so that such a cluster disconnected since reads no more (connect the others again first: each then has its own user)")
+	f.BoolVar(&c.RetireSharedRemote, "retire-shared-remote", false, "delete the one etcd user (remote) of clusters connected before 2026-12-06 and end its watches, so that such a cluster disconnected since reads no more (connect the others again first: each then has its own user; keep it set: a start without it makes the user again; with --etcd-endpoints open watches go on until they end)")
 	f.StringVar(&c.CacheRemotes, "clustermesh-cache", "", "directory of remote cluster configs (the bundle's remotes/): follow those clusters and re-serve them to this cluster's agents (agents: --clustermesh-cache)")
 	f.StringVar(&quota, "etcd-quota", "", "largest database the embedded etcd may hold, e.g. 8Gi (64Mi-8Gi; default etcd's 2Gi); a cache of a large mesh needs about 250 bytes per remote endpoint")
 	f.StringSliceVar(&c.EtcdEndpoints, "etcd-endpoints", nil, "use this external etcd cluster instead of the embedded one")
