@@ -149,6 +149,14 @@ func TestConntrackBlindFINLeavesHalfClosedConnectionsOpen(t *testing.T) {
 			}
 			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
 		}, established},
+		{"the pod's FIN on its first ACK of a new connection on the tuple (Fast Open), then the peer's", func(f *fixture) time.Duration {
+			ctOpened(t, f, 40000)
+			f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 40000, 443, true, false, 50000, 0))
+			f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 443, 40000, true, true, 0x90000000, 50001))
+			f.run(f.objs.FromContainer, tcpData(t, podIP, peerIP, 40000, 443, 50001, 0x90000001, 5, true))
+			f.run(f.objs.ToContainer, tcpData(t, peerIP, podIP, 443, 40000, 0x90000001, 50007, 0, true))
+			return f.ctLife(podIP, peerIP, 40000, 443, dirEgress)
+		}, 0},
 		{"the pod half-closed, then the peer's FIN at the number", func(f *fixture) time.Duration {
 			ctOpened(t, f, 40000)
 			podFINOpened(f)

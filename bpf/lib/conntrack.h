@@ -148,11 +148,11 @@ static __always_inline int ct_fin_counts(struct ct_entry *e, struct pkt *p, int 
 }
 
 // ct_local_ack moves e's number (CT_ACK_KNOWN) by p, the endpoint's own
-// segment on the flow (in conntrack): to its acknowledgement when later
-// (the endpoint's segments may reach here out of order), or whatever it
-// is for its SYN-ACK or its first ACK after its own SYN on the tuple
-// (CT_ACK_RESYNC): a new connection's numbers.
-static __always_inline void ct_local_ack(struct ct_entry *e, struct pkt *p)
+// segment on the flow (in conntrack; side: its CT_FIN_* side): to its
+// acknowledgement when later (the endpoint's segments may reach here out
+// of order), or whatever it is for its SYN-ACK or its first ACK after its
+// own SYN on the tuple (CT_ACK_RESYNC): a new connection's numbers.
+static __always_inline void ct_local_ack(struct ct_entry *e, struct pkt *p, __u8 side)
 {
 	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_ACK | TCP_RST)) != TCP_ACK)
 		return;
@@ -162,9 +162,12 @@ static __always_inline void ct_local_ack(struct ct_entry *e, struct pkt *p)
 		// ACK after its own SYN): its numbers, and no side's FIN yet (an
 		// entry left established by a FIN not counted would otherwise
 		// hand the old connection's to it, and its first FIN would make
-		// it closing).
+		// it closing); but its own, when this segment carries it
+		// (ct_update counted it just now: a Fast Open client's data and
+		// FIN on that ACK).
 		e->isn = p->ack;
-		e->fin = (f & ~(CT_ACK_RESYNC | CT_FIN_OWN | CT_FIN_REPLY)) | CT_ACK_KNOWN;
+		e->fin = (f & ~(CT_ACK_RESYNC | CT_FIN_OWN | CT_FIN_REPLY)) | CT_ACK_KNOWN |
+			 ((p->tcp_flags & TCP_FIN) ? side : 0);
 		return;
 	}
 	if (!(f & CT_ACK_KNOWN) || ct_seq_after(p->ack, e->isn))
@@ -403,7 +406,7 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 	if (fresh)
 		e = ct_settle(&k, e, p, reply, now, local, &fresh);
 	if (!fresh)
-		local ? ct_local_ack(e, p) : ct_peer_data(e, p);
+		local ? ct_local_ack(e, p, reply ? CT_FIN_REPLY : CT_FIN_OWN) : ct_peer_data(e, p);
 	*entry = e;
 	if (!reply) {
 		*proxy = e->proxy_port;

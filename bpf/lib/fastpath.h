@@ -97,7 +97,7 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 	// must carry (CT_ACK_KNOWN, conntrack.h; SYN, FIN and RST take the
 	// slow path).
 	if (p->proto == IPPROTO_TCP && (e->fin & CT_ACK_KNOWN) && e->isn != p->ack)
-		ct_local_ack(e, p);
+		ct_local_ack(e, p, 0); // no FIN here
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	if (e->fast_action == FAST_ENCAP)
 		return encap(skb, e->fast_out, e->fast_identity);
