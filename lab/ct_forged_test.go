@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,8 +113,11 @@ spec:
 				t.Fatalf("the server read %q", s.req)
 			}
 			// Forged segments from the server's address and port to the
-			// client's, at numbers nobody knows.
+			// client's, at numbers nobody knows; the pod's kernel must get
+			// them (TCP InSegs; the connection is idle otherwise), or the
+			// test proves nothing.
 			port := conn.LocalAddr().(*net.TCPAddr).Port
+			before := tcpInSegs(t, client.NetNS)
 			if err := inNS(t, lab.NetNSPath(forger.NetNS), func() error {
 				raw, err := net.ListenPacket("ip4:tcp", server.IP)
 				if err != nil {
@@ -138,6 +142,9 @@ spec:
 			}); err != nil {
 				t.Fatalf("forging: %v", err)
 			}
+			if got := tcpInSegs(t, client.NetNS) - before; got < 20 {
+				t.Fatalf("the pod received %d TCP segments while 20 were forged to it: they do not reach it", got)
+			}
 			// Idle past a closing entry's 10 s, then the answer.
 			time.Sleep(12 * time.Second)
 			s.send <- "answer"
@@ -151,4 +158,36 @@ spec:
 			}
 		})
 	}
+}
+
+// tcpInSegs is the TCP segments the kernel of network namespace netns
+// (its name) received so far (InSegs of /proc/net/snmp).
+func tcpInSegs(t *testing.T, netns string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", netns, "cat", "/proc/net/snmp").Output()
+	if err != nil {
+		t.Fatalf("/proc/net/snmp in %s: %v", netns, err)
+	}
+	var head []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, name := range head {
+			if name == "InSegs" && i < len(f) {
+				n, err := strconv.Atoi(f[i])
+				if err != nil {
+					t.Fatalf("InSegs %q: %v", f[i], err)
+				}
+				return n
+			}
+		}
+	}
+	t.Fatalf("no Tcp InSegs in /proc/net/snmp of %s", netns)
+	return 0
 }

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -54,7 +55,7 @@ type Config struct {
 type member struct {
 	name       string // cluster/node
 	address    string
-	cert       []byte           // the relay's certificate (DER) when connected
+	presented  atomic.Value     // []byte: the certificate (DER) its connection last presented
 	serverName string           // what its certificate must name
 	conn       *grpc.ClientConn // nil when err is set
 	err        error            // why the relay cannot read it
@@ -196,10 +197,20 @@ func (r *Relay) connect(name, address string) *member {
 		return p
 	}
 	p.serverName = nodeauth.ServerName(cluster, node)
-	if len(conf.Certificates) > 0 && len(conf.Certificates[0].Certificate) > 0 {
-		p.cert = conf.Certificates[0].Certificate[0]
-	}
 	conf = conf.Clone()
+	// Which certificate the connection presents, noted at each handshake
+	// (the relay's may change under it: redial compares).
+	if get := conf.GetClientCertificate; get != nil {
+		conf.GetClientCertificate = func(i *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := get(i)
+			if err == nil && c != nil && len(c.Certificate) > 0 {
+				p.presented.Store(c.Certificate[0])
+			}
+			return c, err
+		}
+	} else if len(conf.Certificates) > 0 && len(conf.Certificates[0].Certificate) > 0 {
+		p.presented.Store(conf.Certificates[0].Certificate[0])
+	}
 	conf.ServerName = p.serverName
 	// A node that refuses a call (PermissionDenied: the certificate this
 	// connection presented is no longer served, e.g. another connect
@@ -249,8 +260,11 @@ func (s refusalStream) RecvMsg(m any) error {
 func (r *Relay) redial(p *member) {
 	cluster, _, _ := strings.Cut(p.name, "/")
 	conf, err := r.cfg.Credentials(cluster)
-	if err != nil || len(conf.Certificates) == 0 || len(conf.Certificates[0].Certificate) == 0 ||
-		bytes.Equal(conf.Certificates[0].Certificate[0], p.cert) {
+	if err != nil {
+		return
+	}
+	was, _ := p.presented.Load().([]byte)
+	if now := presentable(conf); now == nil || bytes.Equal(now, was) {
 		return
 	}
 	r.mu.Lock()
@@ -263,6 +277,21 @@ func (r *Relay) redial(p *member) {
 	n.seen = p.seen
 	r.peers[p.name] = n
 	slog.Info("relay: node refused the relay's certificate; connecting again", "node", p.name, "err", n.err)
+}
+
+// presentable is the certificate (DER) a connection made with conf would
+// present now (nil: none).
+func presentable(conf *tls.Config) []byte {
+	if conf.GetClientCertificate != nil {
+		if c, err := conf.GetClientCertificate(&tls.CertificateRequestInfo{}); err == nil && c != nil && len(c.Certificate) > 0 {
+			return c.Certificate[0]
+		}
+		return nil
+	}
+	if len(conf.Certificates) > 0 && len(conf.Certificates[0].Certificate) > 0 {
+		return conf.Certificates[0].Certificate[0]
+	}
+	return nil
 }
 
 func (p *member) close() {

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -657,6 +658,76 @@ func TestRelayConnectsAnewWhenRefused(t *testing.T) {
 	for flows() != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("connected again: the relay does not read c2/n1 10 s later (it kept the connection its node refuses)")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// The relay's own certificate re-issued (hubble-relay.pem) and the old
+// one refused by the cluster's node (revoked): the relay's open
+// connection presented the old one, so it connects anew with the new one
+// and reads the node again.
+func TestRelayConnectsAnewWithItsNewCertificate(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := clustermesh.Enable(dir, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := tls.LoadX509KeyPair(filepath.Join(dir, clustermesh.HubbleRelay+".pem"), filepath.Join(dir, clustermesh.HubbleRelay+"-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldLeaf, err := x509.ParseCertificate(old.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refuseOld atomic.Bool
+	revoked := func(c *x509.Certificate) error {
+		if refuseOld.Load() && c.SerialNumber.Cmp(oldLeaf.SerialNumber) == 0 {
+			return errors.New("revoked")
+		}
+		return nil
+	}
+	t0 := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
+	addr, _ := startNodeWith(t, cluster{name: "c1", ca: authority}, "n1", hubble.Meta{NodeName: "n1", ClusterName: "c1"},
+		hubble.Clients{Names: []string{clustermesh.HubbleRelay}, Revoked: revoked}, drop(t0, 1))
+	_, creds, err := BundleCredentials(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: addr}, 1)
+	c := serveRelay(t, r)
+	flows := func() int {
+		n := 0
+		for _, resp := range collect(t, c, &observer.GetFlowsRequest{}) {
+			if resp.GetFlow() != nil {
+				n++
+			}
+		}
+		return n
+	}
+	if n := flows(); n != 1 {
+		t.Fatalf("before the new certificate: %d flows, want 1", n)
+	}
+	pair, err := authority.Issue(clustermesh.HubbleRelay, false, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WritePair(dir, clustermesh.HubbleRelay, pair); err != nil {
+		t.Fatal(err)
+	}
+	refuseOld.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for flows() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the relay does not read its own cluster's node with its new certificate 10 s later")
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
