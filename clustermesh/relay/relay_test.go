@@ -629,38 +629,14 @@ func TestRelayConnectsAnewWhenRefused(t *testing.T) {
 	t0 := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
 	addr, _ := startNodeWith(t, c2, "n1", hubble.Meta{NodeName: "n1", ClusterName: "c2"},
 		hubble.Clients{Names: []string{clustermesh.HubbleRelay}, PeersFile: clustermesh.PeersFile(dir2)}, drop(t0, 1))
-	_, creds, err := BundleCredentials(dir1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.apply(&peer.ChangeNotification{Name: "c2/n1", Address: addr}, 1)
-	c := serveRelay(t, r)
-	flows := func() int {
-		n := 0
-		for _, resp := range collect(t, c, &observer.GetFlowsRequest{}) {
-			if resp.GetFlow() != nil {
-				n++
-			}
-		}
-		return n
-	}
+	flows := relayOf(t, dir1, "c2/n1", addr)
 	if n := flows(); n != 1 {
 		t.Fatalf("connected: %d flows of c2/n1, want 1", n)
 	}
 	if _, _, err := clustermesh.Connect(dir1, dir2); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for flows() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("connected again: the relay does not read c2/n1 10 s later (it kept the connection its node refuses)")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	readsAgain(t, flows, "connected again: the relay does not read c2/n1 10 s later (it kept the connection its node refuses)")
 }
 
 // The relay's own certificate re-issued (hubble-relay.pem) and the old
@@ -694,25 +670,7 @@ func TestRelayConnectsAnewWithItsNewCertificate(t *testing.T) {
 	t0 := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
 	addr, _ := startNodeWith(t, cluster{name: "c1", ca: authority}, "n1", hubble.Meta{NodeName: "n1", ClusterName: "c1"},
 		hubble.Clients{Names: []string{clustermesh.HubbleRelay}, Revoked: revoked}, drop(t0, 1))
-	_, creds, err := BundleCredentials(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: addr}, 1)
-	c := serveRelay(t, r)
-	flows := func() int {
-		n := 0
-		for _, resp := range collect(t, c, &observer.GetFlowsRequest{}) {
-			if resp.GetFlow() != nil {
-				n++
-			}
-		}
-		return n
-	}
+	flows := relayOf(t, dir, "c1/n1", addr)
 	if n := flows(); n != 1 {
 		t.Fatalf("before the new certificate: %d flows, want 1", n)
 	}
@@ -724,10 +682,41 @@ func TestRelayConnectsAnewWithItsNewCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	refuseOld.Store(true)
+	readsAgain(t, flows, "the relay does not read its own cluster's node with its new certificate 10 s later")
+}
+
+// relayOf serves a relay of the cluster of bundle dir told of node name
+// at addr, and returns a count of the flows a GetFlows through it gives.
+func relayOf(t *testing.T, dir, name, addr string) func() int {
+	t.Helper()
+	cluster, creds, err := BundleCredentials(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: cluster, Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.apply(&peer.ChangeNotification{Name: name, Address: addr}, 1)
+	c := serveRelay(t, r)
+	return func() int {
+		n := 0
+		for _, resp := range collect(t, c, &observer.GetFlowsRequest{}) {
+			if resp.GetFlow() != nil {
+				n++
+			}
+		}
+		return n
+	}
+}
+
+// readsAgain fails t with why unless flows gives 1 within 10 s.
+func readsAgain(t *testing.T, flows func() int, why string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for flows() != 1 {
 		if time.Now().After(deadline) {
-			t.Fatal("the relay does not read its own cluster's node with its new certificate 10 s later")
+			t.Fatal(why)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
