@@ -68,7 +68,7 @@ func (a *Agent) startHubble(ctx context.Context) error {
 		lns = append(lns, listener{tcp, conf})
 	}
 	if a.cfg.HubblePeers != "" {
-		a.goroutine(func() { followHubblePeers(ctx, a.cfg.HubblePeers, s) })
+		a.every(ctx, "hubble peers", HubblePeersInterval, hubblePeersChanged(a.cfg.HubblePeers, s))
 	}
 	events, lost, stop := a.hub.SubscribeCounted(monitor.Filter{})
 	a.onStop("hubble flows", stop)
@@ -129,30 +129,22 @@ func (a *Agent) dnsNamesOf(ip netip.Addr, ep uint16) []string {
 // clusters (--hubble-peers) for a change.
 const HubblePeersInterval = time.Second
 
-// followHubblePeers reads the list of connected clusters (file) every
-// HubblePeersInterval until ctx ends, and when it changed ends the open
-// calls of the relays it no longer admits (s.RecheckRevoked): new ones
-// are checked against the file at their handshake and call.
-func followHubblePeers(ctx context.Context, file string, s *hubble.Server) {
-	t := time.NewTicker(HubblePeersInterval)
-	defer t.Stop()
+// hubblePeersChanged is a step run every HubblePeersInterval (Agent.every):
+// it reads the list of connected clusters (file), and when it changed
+// ends the open calls of the relays it no longer admits
+// (s.RecheckRevoked); new ones are checked against the file at their
+// handshake and call.
+func hubblePeersChanged(file string, s *hubble.Server) func() (int, error) {
 	last, _ := os.ReadFile(file)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	return func() (int, error) {
 		b, err := os.ReadFile(file)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			continue // Clients.Check refuses the relays meanwhile
-		}
-		if bytes.Equal(b, last) {
-			continue
+		if (err != nil && !errors.Is(err, fs.ErrNotExist)) || bytes.Equal(b, last) {
+			return 0, nil // unreadable: Clients.Check refuses the relays meanwhile
 		}
 		last = b
 		if n := s.RecheckRevoked(); n > 0 {
 			slog.Info("hubble API: the calls of relays no longer admitted ended", "calls", n, "peers", file)
 		}
+		return 0, nil
 	}
 }

@@ -554,14 +554,7 @@ func TestCrossSiteLinkToPage(t *testing.T) {
 // such a node out; this holds where an agent is not given the list),
 // and connects to the others. Before 2026-12-05 it checked the CA only.
 func TestBundleCredentialsRefuseRevokedNode(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := clustermesh.Enable(dir, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, authority := bundle(t, "c1", 1, "127.0.0.1")
 	leaf := func() *x509.Certificate {
 		p, err := nodeauth.Issue(authority, "c1", "n1")
 		if err != nil {
@@ -611,18 +604,9 @@ func TestBundleCredentialsRefuseRevokedNode(t *testing.T) {
 // certificate read again, and reads the node without being told of it
 // again.
 func TestRelayConnectsAnewWhenRefused(t *testing.T) {
-	dir1, dir2 := t.TempDir(), t.TempDir()
-	if _, err := clustermesh.Enable(dir1, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := clustermesh.Enable(dir2, "c2", 2, []net.IP{net.ParseIP("127.0.0.2")}); err != nil {
-		t.Fatal(err)
-	}
+	dir1, _ := bundle(t, "c1", 1, "127.0.0.1")
+	dir2, authority := bundle(t, "c2", 2, "127.0.0.2")
 	if _, _, err := clustermesh.Connect(dir1, dir2); err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.Load(dir2)
-	if err != nil {
 		t.Fatal(err)
 	}
 	c2 := cluster{name: "c2", ca: authority}
@@ -644,14 +628,7 @@ func TestRelayConnectsAnewWhenRefused(t *testing.T) {
 // connection presented the old one, so it connects anew with the new one
 // and reads the node again.
 func TestRelayConnectsAnewWithItsNewCertificate(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := clustermesh.Enable(dir, "c1", 1, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, authority := bundle(t, "c1", 1, "127.0.0.1")
 	old, err := tls.LoadX509KeyPair(filepath.Join(dir, clustermesh.HubbleRelay+".pem"), filepath.Join(dir, clustermesh.HubbleRelay+"-key.pem"))
 	if err != nil {
 		t.Fatal(err)
@@ -720,4 +697,19 @@ func readsAgain(t *testing.T, flows func() int, why string) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// bundle is a new clustermesh bundle of cluster name (ID id, apiserver at
+// ip) and its CA.
+func bundle(t *testing.T, name string, id uint32, ip string) (string, *ca.CA) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := clustermesh.Enable(dir, name, id, []net.IP{net.ParseIP(ip)}); err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, authority
 }
