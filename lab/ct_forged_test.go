@@ -118,30 +118,12 @@ spec:
 			// test proves nothing.
 			port := conn.LocalAddr().(*net.TCPAddr).Port
 			before := tcpInSegs(t, client.NetNS)
-			if err := inNS(t, lab.NetNSPath(forger.NetNS), func() error {
-				raw, err := net.ListenPacket("ip4:tcp", server.IP)
-				if err != nil {
-					return err
-				}
-				defer raw.Close()
-				for range 20 {
-					seg := &layers.TCP{SrcPort: 7000, DstPort: layers.TCPPort(port), Seq: rand.Uint32(), Ack: rand.Uint32(), Window: 1000,
-						FIN: forged == "FIN", RST: forged == "RST", ACK: true}
-					if err := seg.SetNetworkLayerForChecksum(&layers.IPv4{SrcIP: net.ParseIP(server.IP).To4(), DstIP: net.ParseIP(client.IP).To4(), Protocol: layers.IPProtocolTCP}); err != nil {
-						return err
-					}
-					buf := gopacket.NewSerializeBuffer()
-					if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, seg); err != nil {
-						return err
-					}
-					if _, err := raw.WriteTo(buf.Bytes(), &net.IPAddr{IP: net.ParseIP(client.IP)}); err != nil {
-						return err
-					}
-				}
-				return nil
-			}); err != nil {
-				t.Fatalf("forging: %v", err)
+			var segs []*layers.TCP
+			for range 20 {
+				segs = append(segs, &layers.TCP{SrcPort: 7000, DstPort: layers.TCPPort(port), Seq: rand.Uint32(), Ack: rand.Uint32(), Window: 1000,
+					FIN: forged == "FIN", RST: forged == "RST", ACK: true})
 			}
+			forgeTCP(t, lab.NetNSPath(forger.NetNS), server.IP, client.IP, segs...)
 			if got := tcpInSegs(t, client.NetNS) - before; got < 20 {
 				t.Fatalf("the pod received %d TCP segments while 20 were forged to it: they do not reach it", got)
 			}
@@ -157,6 +139,34 @@ spec:
 				}
 			}
 		})
+	}
+}
+
+// forgeTCP sends segs from the namespace at path with the source address
+// src (which that namespace must hold) to dst, through a raw socket.
+func forgeTCP(t *testing.T, path, src, dst string, segs ...*layers.TCP) {
+	t.Helper()
+	if err := inNS(t, path, func() error {
+		raw, err := net.ListenPacket("ip4:tcp", src)
+		if err != nil {
+			return err
+		}
+		defer raw.Close()
+		for _, seg := range segs {
+			if err := seg.SetNetworkLayerForChecksum(&layers.IPv4{SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4(), Protocol: layers.IPProtocolTCP}); err != nil {
+				return err
+			}
+			buf := gopacket.NewSerializeBuffer()
+			if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, seg); err != nil {
+				return err
+			}
+			if _, err := raw.WriteTo(buf.Bytes(), &net.IPAddr{IP: net.ParseIP(dst)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("forging from %s: %v", src, err)
 	}
 }
 

@@ -55,7 +55,7 @@ const (
 var reasonNames = [reasonMax]string{
 	"forwarded", "policy denied", "policy deny rule", "no conntrack entry",
 	"invalid packet", "fragment of no first fragment seen (or of TCP)", "unsupported L3 protocol", "source address not of the endpoint",
-	"tunnel source not a known node", "service has no backend", "NodePort translation unavailable (no free source port, or half of it gone)",
+	"tunnel source not a known node", "service has no backend", "NodePort translation unavailable (no free source port, a local backend's live connection on the tuple, or half of it gone)",
 	"encryption: node is not a peer (strict)", "node control port",
 	"L7 proxy not listening", "L7 rules apply but the flow did not go through the proxy",
 	"a pod's address on a packet not from that pod",

@@ -981,6 +981,42 @@ static __always_inline int lb_nat_held(struct lb_nat *old, __u8 proto, __u64 now
 	return old->expires - now > lb_nat_timeout(proto, old->state) - LB_NAT_IDLE_NEW;
 }
 
+// lb_tuple_in_use tells whether the tuple a local backend (endpoint
+// ep_id, bip:bport) would see for a NodePort client saddr:sport (DNAT
+// only: the client's own address and port) is a live established
+// connection of that endpoint already: the client's to it, or its own
+// from bport to the client. Such a tuple gets no translation, whose
+// reverse entry would take the connection's packets from the backend and
+// send them out as the frontend's (lb_reverse). Until 2026-12-06 it got
+// one: a peer that may come to a node address in the clear (another
+// node, a remote pod in native routing) talks to backends directly too,
+// and a sweep of SYNs forged from its address to the NodePort cut its
+// connections (TestNodePortSweepLeavesDirectConnectionsAlone). Only
+// conntrack is read, not conntrack_new: a flow not established yet (a
+// NodePort flow's own first packets among them, whose translation may be
+// replaced or taken over) does not hold its tuple. A closing TCP entry
+// (both FINs or an RST) or a revoked one (that connection is over) does
+// not either.
+static __always_inline int lb_tuple_in_use(__u16 ep_id, __u32 saddr, __u32 bip, __u16 sport, __u16 bport, __u8 proto,
+					   __u64 now)
+{
+	struct ct_key k = {.saddr = saddr, .daddr = bip, .sport = sport, .dport = bport, .proto = proto, .dir = DIR_INGRESS,
+			   .ep_id = ep_id};
+	int i;
+	for (i = 0; i < 2; i++) {
+		struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+		if (e && e->expires > now &&
+		    !(proto == IPPROTO_TCP && (e->state == CT_STATE_CLOSING || (e->flags & CT_F_REVOKED))))
+			return 1;
+		k.saddr = bip;
+		k.daddr = saddr;
+		k.sport = bport;
+		k.dport = sport;
+		k.dir = DIR_EGRESS;
+	}
+	return 0;
+}
+
 // lb_nat_claim puts v under the tuple (in lb_nats_new) unless a live
 // entry, in either table, holds it (lb_nat_held); an expired one is taken
 // over. With steal (the last of a new flow's tries, the others having

@@ -15,7 +15,7 @@ enum reason {
 	REASON_BAD_SOURCE = 7,      // source address is not the endpoint's
 	REASON_TUNNEL_SOURCE = 8,   // encapsulated packet from an address that is not a known node
 	REASON_NO_BACKEND = 9,      // a service frontend with no backend to take the connection
-	REASON_LB_NAT = 10,         // a NodePort translation could not be set up (no free source port), or a reply came for one half gone
+	REASON_LB_NAT = 10,         // a NodePort translation could not be set up (no free source port, or a local backend's live connection holds the tuple), or a reply came for one half gone
 	REASON_NO_ENCRYPT_PEER = 11, // strict encryption: the destination's node is not an encryption peer yet
 	REASON_CONTROL_PORT = 12,   // a pod to a node's control port (gossip, metrics, ...) without a policy naming the port
 	REASON_NO_PROXY = 13,       // an L7 rule applies but the node's proxy is not listening

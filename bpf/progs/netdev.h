@@ -476,6 +476,10 @@ int from_netdev(struct __sk_buff *skb)
 	__u16 nsport = local ? p.sport : lb_snat_port(wg);
 	// A TCP flow knows the client's numbers from its SYN (lb_nat_tcp).
 	__u8 nflags = p.proto == IPPROTO_TCP ? LB_NAT_SEQ_CLIENT : 0;
+	// Never on the tuple of a live connection of a local backend's: its
+	// packets would go out as the frontend's (lb_tuple_in_use).
+	if (bep && lb_tuple_in_use(bep->ep_id, p.saddr, bip, p.sport, bport, p.proto, now))
+		return drop(skb, REASON_LB_NAT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	struct lb_nat rev = {.expires = expires, .saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport, .reverse = 1,
 			     .flags = nflags,
 			     .path = local ? LB_PATH_LOCAL : (snat != p.daddr ? LB_PATH_WIREGUARD : LB_PATH_UNDERLAY)};
