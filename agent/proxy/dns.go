@@ -25,7 +25,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -482,11 +481,17 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	cfg := p.cfg.Load()
 	rec := Record{Time: start, SrcIP: src.Addr(), SrcPort: src.Port(), DstIP: dst.Addr(), DstPort: dst.Port(),
 		SrcIdentity: srcID, DstIdentity: cfg.identity(dst.Addr()), Protocol: "DNS/" + proto}
+	if len(raw) < 12 {
+		return nil // not even a header to answer
+	}
+	// Its shape first (dnswire.go): records no query carries are never
+	// parsed, nor a message larger than any query.
+	if err := queryShape(raw); err != nil {
+		rec.Reason = "malformed query: " + err.Error()
+		return p.dnsAnswer(ctx, rec, rawError(raw, dns.RcodeFormatError), Denied)
+	}
 	q := new(dns.Msg)
 	if err := q.Unpack(raw); err != nil {
-		if len(raw) < 12 {
-			return nil
-		}
 		rec.Reason = "malformed query: " + err.Error()
 		return p.dnsAnswer(ctx, rec, rawError(raw, dns.RcodeFormatError), Denied)
 	}
@@ -529,20 +534,19 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 		return p.dnsAnswer(ctx, rec, errorReply(q, dns.RcodeFormatError), Denied)
 	}
 	out, err := forward(ctx, packed)
-	a := new(dns.Msg)
+	// Read on the wire (dnswire.go), never parsed whole: the answer is the
+	// server's, possibly hostile, and is held while its addresses are
+	// learned.
+	var a dnsReply
 	if err == nil {
-		err = a.Unpack(out)
-	}
-	if err == nil && (!a.Response || len(a.Question) > 1 || len(a.Question) == 0 && a.Rcode == dns.RcodeSuccess ||
-		len(a.Question) == 1 && (!strings.EqualFold(a.Question[0].Name, q.Question[0].Name) || a.Question[0].Qtype != q.Question[0].Qtype)) {
-		err = errors.New("the answer is not for the query")
+		a, err = readAnswer(out, packed)
 	}
 	if err != nil {
 		rec.Reason = "upstream: " + err.Error()
 		return p.dnsAnswer(ctx, rec, errorReply(q, dns.RcodeServerFailure), Forwarded)
 	}
-	if a.Rcode == dns.RcodeSuccess {
-		addrs, ttl := answerAddrs(a, q.Question[0].Name)
+	if a.rcode == dns.RcodeSuccess {
+		addrs, ttl := a.addrs, a.ttl
 		rec.DNSAnswers, rec.DNSTTL = addrs, ttl
 		if len(addrs) > 0 && p.cfg.Load().wantsName(name) {
 			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
@@ -553,8 +557,8 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 			}
 		}
 	}
-	rec.DNSRcode = dns.RcodeToString[a.Rcode]
-	rec.Status = a.Rcode
+	rec.DNSRcode = dns.RcodeToString[a.rcode]
+	rec.Status = a.rcode
 	binary.BigEndian.PutUint16(out, clientID) // the client's ID back
 	return p.finishDNS(ctx, rec, out, Forwarded)
 }
@@ -643,65 +647,6 @@ func rawError(raw []byte, rcode int) *dns.Msg {
 	m := new(dns.Msg)
 	m.Id, m.Response, m.Rcode = binary.BigEndian.Uint16(raw), true, rcode
 	return m
-}
-
-// answerAddrs returns the IPv4 addresses an answer gives for name,
-// following its CNAME chain, and the lowest TTL along the way: each
-// address once, at most fqdn.DefaultMaxAddrsPerName of them (the cache's
-// own cap per name), found in one pass over the records. An answer is
-// the upstream's, possibly hostile: 64 KiB of records repeating one
-// address, or a long chain listed backwards, must cost neither the
-// proxy's CPU (each record's name lowered once, no pass per link) nor the
-// agent's (which looks up every address it is handed).
-func answerAddrs(a *dns.Msg, name string) ([]netip.Addr, uint32) {
-	var ttl uint32
-	first := true
-	lower := func(t uint32) {
-		if first || t < ttl {
-			ttl, first = t, false
-		}
-	}
-	// A name has one CNAME; the first one listed counts.
-	type link struct {
-		target string
-		ttl    uint32
-	}
-	cnames := map[string]link{}
-	for _, rr := range a.Answer {
-		if c, ok := rr.(*dns.CNAME); ok {
-			owner := strings.ToLower(c.Hdr.Name)
-			if _, had := cnames[owner]; !had {
-				cnames[owner] = link{strings.ToLower(c.Target), c.Hdr.Ttl}
-			}
-		}
-	}
-	names := map[string]bool{}
-	for n := strings.ToLower(dns.Fqdn(name)); !names[n]; {
-		names[n] = true
-		l, ok := cnames[n]
-		if !ok {
-			break
-		}
-		lower(l.ttl)
-		n = l.target
-	}
-	var out []netip.Addr
-	seen := map[netip.Addr]bool{}
-	for _, rr := range a.Answer {
-		if len(out) == fqdn.DefaultMaxAddrsPerName {
-			break
-		}
-		if r, ok := rr.(*dns.A); ok && names[strings.ToLower(r.Hdr.Name)] {
-			if ip, ok := netip.AddrFromSlice(r.A.To4()); ok {
-				lower(r.Hdr.Ttl)
-				if !seen[ip] {
-					seen[ip] = true
-					out = append(out, ip)
-				}
-			}
-		}
-	}
-	return out, ttl
 }
 
 // Learned is one allowed answer's addresses, for the agent.

@@ -2,9 +2,13 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -88,12 +92,147 @@ func FuzzDNSExchange(f *testing.F) {
 			}
 			return
 		}
-		m := new(dns.Msg)
-		if err := m.Unpack(out); err != nil {
-			t.Fatalf("the answer does not parse: %v", err)
+		// The proxy's own answers parse; a server's is passed on as it
+		// came, its framing read (readAnswer), the data of records other
+		// than A and CNAME not looked at.
+		var h dns.MsgHdr
+		if forwarded && len(out) >= 12 {
+			h.Id, h.Response = binary.BigEndian.Uint16(out), out[2]&0x80 != 0
+		} else {
+			m := new(dns.Msg)
+			if err := m.Unpack(out); err != nil {
+				t.Fatalf("the proxy's answer does not parse: %v", err)
+			}
+			h = m.MsgHdr
 		}
-		if m.Id != uint16(query[0])<<8|uint16(query[1]) || !m.Response {
-			t.Fatalf("answer ID %d response %v for a query with ID %x%x", m.Id, m.Response, query[0], query[1])
+		if h.Id != uint16(query[0])<<8|uint16(query[1]) || !h.Response {
+			t.Fatalf("answer ID %d response %v for a query with ID %x%x", h.Id, h.Response, query[0], query[1])
 		}
 	})
+}
+
+// FuzzReadAnswer checks readAnswer, which reads an upstream's answer on
+// the wire, against miekg/dns's parse of the same bytes (the way answers
+// were read until 2026-12-06): where both read the message, they agree on
+// whether it answers the query, its rcode, and the addresses and TTL it
+// gives the question's name through its CNAME chain.
+func FuzzReadAnswer(f *testing.F) {
+	q := new(dns.Msg)
+	q.SetQuestion("www.allowed.test.", dns.TypeA)
+	query, err := q.Pack()
+	if err != nil {
+		f.Fatal(err)
+	}
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return r
+	}
+	for _, answer := range [][]dns.RR{
+		{rr("www.allowed.test. 60 IN A 192.0.2.1")},
+		{rr("WWW.allowed.test. 50 IN CNAME b.test."), rr("b.test. 40 IN CNAME c.test."), rr("c.test. 30 IN A 192.0.2.2"), rr("x.test. 5 IN A 192.0.2.3")},
+		{rr("www.allowed.test. 50 IN CNAME www.allowed.test."), rr("www.allowed.test. 10 IN A 192.0.2.4"), rr("www.allowed.test. 10 IN A 192.0.2.4")},
+	} {
+		a := new(dns.Msg)
+		a.SetReply(q)
+		a.Answer = answer
+		a.Ns = []dns.RR{rr("allowed.test. 60 IN SOA ns.test. host.test. 1 2 3 4 5")}
+		a.SetEdns0(1232, false)
+		for _, compress := range []bool{false, true} {
+			a.Compress = compress
+			b, err := a.Pack()
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, out []byte) {
+		if len(out) > 4096 {
+			return // miekg/dns's parse of a large message can take long (TestDNSPointerBombsStaySmall)
+		}
+		if len(out) >= 2 {
+			out[0], out[1] = query[0], query[1]
+		}
+		got, err := readAnswer(out, query)
+		a := new(dns.Msg)
+		if a.Unpack(out) != nil || err != nil && !errors.Is(err, errNotForQuery) {
+			return // one of them does not read it
+		}
+		if qd, an, ns, ar := dnsCounts(out); len(a.Question) != qd || len(a.Answer) != an || len(a.Ns) != ns || len(a.Extra) != ar {
+			return // miekg/dns takes fewer records than the header counts
+		}
+		notFor := !a.Response || len(a.Question) > 1 || len(a.Question) == 0 && a.Rcode == dns.RcodeSuccess ||
+			len(a.Question) == 1 && (!strings.EqualFold(a.Question[0].Name, q.Question[0].Name) || a.Question[0].Qtype != q.Question[0].Qtype)
+		if notFor != errors.Is(err, errNotForQuery) {
+			t.Fatalf("not for the query: readAnswer %v, miekg/dns %v (%v)", err, notFor, a)
+		}
+		if notFor {
+			return
+		}
+		if got.rcode != a.Rcode {
+			t.Fatalf("rcode %d, miekg/dns %d", got.rcode, a.Rcode)
+		}
+		if a.Rcode != dns.RcodeSuccess {
+			return
+		}
+		addrs, ttl := miekgAnswerAddrs(a, q.Question[0].Name)
+		if !slices.Equal(got.addrs, addrs) || len(addrs) > 0 && got.ttl != ttl {
+			t.Fatalf("addresses %v TTL %d, miekg/dns %v %d (%v)", got.addrs, got.ttl, addrs, ttl, a)
+		}
+	})
+}
+
+// miekgAnswerAddrs is how the addresses were read from an answer parsed
+// with miekg/dns until 2026-12-06 (readAnswer's reference).
+func miekgAnswerAddrs(a *dns.Msg, name string) ([]netip.Addr, uint32) {
+	var ttl uint32
+	first := true
+	lower := func(t uint32) {
+		if first || t < ttl {
+			ttl, first = t, false
+		}
+	}
+	type link struct {
+		target string
+		ttl    uint32
+	}
+	cnames := map[string]link{}
+	for _, rr := range a.Answer {
+		if c, ok := rr.(*dns.CNAME); ok {
+			owner := strings.ToLower(c.Hdr.Name)
+			if _, had := cnames[owner]; !had {
+				cnames[owner] = link{strings.ToLower(c.Target), c.Hdr.Ttl}
+			}
+		}
+	}
+	names := map[string]bool{}
+	for n := strings.ToLower(dns.Fqdn(name)); !names[n]; {
+		names[n] = true
+		l, ok := cnames[n]
+		if !ok {
+			break
+		}
+		lower(l.ttl)
+		n = l.target
+	}
+	var out []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for _, rr := range a.Answer {
+		if len(out) == fqdn.DefaultMaxAddrsPerName {
+			break
+		}
+		if r, ok := rr.(*dns.A); ok && names[strings.ToLower(r.Hdr.Name)] {
+			if ip, ok := netip.AddrFromSlice(r.A.To4()); ok {
+				lower(r.Hdr.Ttl)
+				if !seen[ip] {
+					seen[ip] = true
+					out = append(out, ip)
+				}
+			}
+		}
+	}
+	return out, ttl
 }

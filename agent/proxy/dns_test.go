@@ -1,15 +1,19 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -611,6 +615,30 @@ func TestDNSTCPSeveralQueries(t *testing.T) {
 	}
 }
 
+// answerAddrs is readAnswer's addresses and TTL for a successful answer
+// with records rrs to a query for name (type A).
+func answerAddrs(t *testing.T, rrs []dns.RR, name string) ([]netip.Addr, uint32) {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(name, dns.TypeA)
+	a := new(dns.Msg)
+	a.SetReply(q)
+	a.Answer = rrs
+	query, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := readAnswer(out, query)
+	if err != nil || r.rcode != dns.RcodeSuccess {
+		t.Fatalf("readAnswer: %v, rcode %d", err, r.rcode)
+	}
+	return r.addrs, r.ttl
+}
+
 func TestAnswerAddrsFollowsChainOnly(t *testing.T) {
 	rr := func(s string) dns.RR {
 		r, err := dns.NewRR(s)
@@ -619,15 +647,15 @@ func TestAnswerAddrsFollowsChainOnly(t *testing.T) {
 		}
 		return r
 	}
-	a := &dns.Msg{Answer: []dns.RR{
+	answer := []dns.RR{
 		rr("b.test. 50 IN CNAME c.test."),
 		rr("a.test. 100 IN CNAME b.test."),
-		rr("c.test. 200 IN A 192.0.2.1"),
+		rr("C.test. 200 IN A 192.0.2.1"),
 		rr("c.test. 10 IN AAAA 2001:db8::1"),
 		rr("x.test. 5 IN A 192.0.2.2"),
 		rr("c.test. 300 IN CNAME a.test."), // a loop
-	}}
-	got, ttl := answerAddrs(a, "A.test.")
+	}
+	got, ttl := answerAddrs(t, answer, "A.test.")
 	if !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.1")}) || ttl != 50 {
 		t.Errorf("answerAddrs = %v, %d; want [192.0.2.1], 50", got, ttl)
 	}
@@ -639,25 +667,25 @@ func TestAnswerAddrsFollowsChainOnly(t *testing.T) {
 // beyond the cap only to be dropped there. A chain listed backwards is
 // followed to its end.
 func TestAnswerAddrsBounded(t *testing.T) {
-	a := &dns.Msg{}
+	var answer []dns.RR
 	for range 4000 {
-		a.Answer = append(a.Answer, &dns.A{Hdr: dns.RR_Header{Name: "a.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+		answer = append(answer, &dns.A{Hdr: dns.RR_Header{Name: "a.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
 	}
-	if got, _ := answerAddrs(a, "a.test."); len(got) != 1 {
+	if got, _ := answerAddrs(t, answer, "a.test."); len(got) != 1 {
 		t.Errorf("4,000 records of one address: %d addresses handed on, want 1", len(got))
 	}
-	a.Answer = nil
+	answer = nil
 	for i := range 3000 {
-		a.Answer = append(a.Answer, &dns.A{Hdr: dns.RR_Header{Name: "a.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(10, 0, byte(i>>8), byte(i))})
+		answer = append(answer, &dns.A{Hdr: dns.RR_Header{Name: "a.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(10, 0, byte(i>>8), byte(i))})
 	}
-	if got, _ := answerAddrs(a, "a.test."); len(got) != fqdn.DefaultMaxAddrsPerName {
+	if got, _ := answerAddrs(t, answer, "a.test."); len(got) != fqdn.DefaultMaxAddrsPerName {
 		t.Errorf("3,000 distinct addresses: %d handed on, want the cap %d", len(got), fqdn.DefaultMaxAddrsPerName)
 	}
-	a.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "n2000.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 9)}}
+	answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "n2000.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 9)}}
 	for i := 1999; i >= 0; i-- { // listed from the far end
-		a.Answer = append(a.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: fmt.Sprintf("n%d.test.", i), Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: uint32(100 + i)}, Target: fmt.Sprintf("n%d.test.", i+1)})
+		answer = append(answer, &dns.CNAME{Hdr: dns.RR_Header{Name: fmt.Sprintf("n%d.test.", i), Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: uint32(100 + i)}, Target: fmt.Sprintf("n%d.test.", i+1)})
 	}
-	if got, ttl := answerAddrs(a, "n0.test."); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.9")}) || ttl != 60 {
+	if got, ttl := answerAddrs(t, answer, "n0.test."); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.9")}) || ttl != 60 {
 		t.Errorf("a chain of 2,000 listed backwards: %v, TTL %d; want [192.0.2.9], 60", got, ttl)
 	}
 }
@@ -840,26 +868,48 @@ func TestDNSTCPQueryTooLargeClosed(t *testing.T) {
 // additional sections and its EDNS options (client subnet, anything)
 // reached the server, though only the question was decided on. The
 // server now gets the question, the header's query flags and an OPT
-// record of the proxy's (UDP size and DO bit only).
+// record of the proxy's (UDP size and DO bit only). Since 2026-12-06 a
+// query with records no query carries (answers, an authority record but
+// IXFR's SOA, additional ones but an OPT and a signature) is refused
+// before it is parsed (FORMERR, as Unbound answers them:
+// TestDNSPointerBombsStaySmall).
 func TestDNSForwardsOnlyTheQuestion(t *testing.T) {
 	h := newDNSHarness(t, Options{})
-	q := new(dns.Msg)
-	q.SetQuestion("sections.allowed.test.", dns.TypeA)
-	q.CheckingDisabled = true
-	txt := func(s string) dns.RR {
+	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second,
+		Dialer: &net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0))}}
+	txt := func(s string) []dns.RR {
 		rr, err := dns.NewRR("smuggled.example. 60 IN TXT \"" + s + "\"")
 		if err != nil {
 			t.Fatal(err)
 		}
-		return rr
+		return []dns.RR{rr}
 	}
-	q.Answer, q.Ns, q.Extra = []dns.RR{txt("answer")}, []dns.RR{txt("authority")}, []dns.RR{txt("additional")}
+	for _, sec := range []string{"answer", "authority", "additional"} {
+		q := new(dns.Msg)
+		q.SetQuestion("sections.allowed.test.", dns.TypeA)
+		switch sec {
+		case "answer":
+			q.Answer = txt(sec)
+		case "authority":
+			q.Ns = txt(sec)
+		default:
+			q.Extra = txt(sec)
+		}
+		a, _, err := c.Exchange(q, h.udp)
+		if err != nil || a.Rcode != dns.RcodeFormatError {
+			t.Errorf("a query with a TXT record in its %s section: %v %v, want FORMERR", sec, a, err)
+		}
+	}
+	if got := h.last.Load(); got != nil {
+		t.Fatalf("the server got %v", got)
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("sections.allowed.test.", dns.TypeA)
+	q.CheckingDisabled = true
 	q.SetEdns0(1232, true)
 	opt := q.IsEdns0()
 	opt.Option = append(opt.Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.ParseIP("203.0.113.0").To4()},
 		&dns.EDNS0_LOCAL{Code: 65001, Data: []byte("exfiltrated")})
-	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second,
-		Dialer: &net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0))}}
 	a, _, err := c.Exchange(q, h.udp)
 	if err != nil || a.Rcode != dns.RcodeSuccess {
 		t.Fatalf("query: %v %v", a, err)
@@ -1044,5 +1094,105 @@ func TestDNSParallelQueriesOfOneSocketBothSteered(t *testing.T) {
 			t.Fatal(err)
 		}
 		got[a.Question[0].Qtype] = true
+	}
+}
+
+// dnsBomb is m packed, then, in its section sec (1 answer, 3
+// additional), a TXT record owned by a 255-octet name of \001 bytes and a
+// HIP record whose rendezvous servers are pointers to that name, up to
+// about size bytes: miekg/dns writes each pointer out as 1,020 characters
+// of text, so the message grows about 500-fold when parsed whole. m has
+// no records after section sec.
+func dnsBomb(t *testing.T, m *dns.Msg, sec, size int) []byte {
+	t.Helper()
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary.BigEndian.PutUint16(b[4+2*sec:], binary.BigEndian.Uint16(b[4+2*sec:])+2)
+	name := len(b)
+	for _, n := range []int{63, 63, 63, 61} {
+		b = append(b, byte(n))
+		b = append(b, bytes.Repeat([]byte{1}, n)...)
+	}
+	b = append(b, 0)
+	b = binary.BigEndian.AppendUint16(b, dns.TypeTXT)
+	b = append(b, 0, 1, 0, 0, 0, 60, 0, 1, 0) // IN, TTL 60, an empty string
+	b = append(b, 0xC0|byte(name>>8), byte(name))
+	b = binary.BigEndian.AppendUint16(b, dns.TypeHIP)
+	b = append(b, 0, 1, 0, 0, 0, 60)
+	n := (size - len(b) - 2 - 5) / 2
+	b = binary.BigEndian.AppendUint16(b, uint16(5+2*n))
+	b = append(b, 1, 2, 0, 0, 0xAA) // a HIT of one byte, algorithm 2, no key
+	for range n {
+		b = append(b, 0xC0|byte(name>>8), byte(name))
+	}
+	return b
+}
+
+// A query or an answer made of compression pointers to a long name of
+// escaped bytes is never parsed whole: a client's 64 KiB datagram (or 4
+// KiB over TCP) took 34 MB (2 MB) of the proxy's memory parsed, held
+// while the query waited for its server, and a server's 64 KiB answer 34
+// MB, held while the agent learned its addresses (found 2026-12-06 by a
+// review). Such a query is refused (FORMERR: its records are none a query
+// carries); such an answer is read for its addresses only.
+func TestDNSPointerBombsStaySmall(t *testing.T) {
+	p := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := p.SetConfig(Config{IPCache: ipcache, FQDNs: []DNSRule{{MatchPattern: "*.allowed.test"}}, Policies: []PortPolicy{{Endpoint: clientIP, Direction: Egress, Port: 53, Protocol: "UDP", Kind: KindDNS,
+		Rules: []PeerRules{{DNS: []DNSRule{{MatchPattern: "*.allowed.test"}}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	learned, session, stop := p.learner.follow()
+	defer stop()
+	var got atomic.Pointer[Learned]
+	go func() {
+		for x := range learned {
+			got.Store(&x)
+			p.learner.ack(session, x.Seq)
+		}
+	}()
+	src, dst := netip.AddrPortFrom(clientIP, 40000), netip.AddrPortFrom(serverIP, 53)
+	// exchange is the bytes the proxy allocates for one exchange of query,
+	// answered by the server with answer (nil: no server), and its answer's
+	// ID and rcode.
+	exchange := func(query, answer []byte) (uint64, uint16, int) {
+		t.Helper()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		out := p.dnsExchange(context.Background(), src, dst, clientID, "UDP", query, func(_ context.Context, fq []byte) ([]byte, error) {
+			if answer == nil {
+				return nil, errors.New("no server")
+			}
+			return append([]byte{fq[0], fq[1]}, answer[2:]...), nil
+		})
+		runtime.ReadMemStats(&after)
+		if len(out) < 12 {
+			t.Fatalf("an answer of %d bytes", len(out))
+		}
+		return after.TotalAlloc - before.TotalAlloc, binary.BigEndian.Uint16(out), int(out[3] & 0x0F)
+	}
+	const most = 1 << 20
+	q := new(dns.Msg)
+	q.SetQuestion("www.allowed.test.", dns.TypeA)
+	q.Id = 0xb0b
+	for _, size := range []int{4 << 10, 65000} {
+		used, id, rcode := exchange(dnsBomb(t, q, 3, size), nil)
+		if used > most || id != 0xb0b || rcode != dns.RcodeFormatError {
+			t.Errorf("a query of %d bytes of pointers: %d bytes allocated, answered ID %#x %s; want at most %d, FORMERR", size, used, id, dns.RcodeToString[rcode], most)
+		}
+	}
+	// The answer: the address of www.allowed.test, then the bomb.
+	query, _ := q.Pack()
+	a := new(dns.Msg)
+	a.SetReply(q)
+	a.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "www.allowed.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 7)}}
+	used, _, rcode := exchange(query, dnsBomb(t, a, 1, 65000))
+	if used > most || rcode != dns.RcodeSuccess {
+		t.Errorf("an answer of 65,000 bytes of pointers: %d bytes allocated, %s; want at most %d, NOERROR", used, dns.RcodeToString[rcode], most)
+	}
+	if x := got.Load(); x == nil || !slices.Equal(x.Addrs, []netip.Addr{netip.MustParseAddr("192.0.2.7")}) {
+		t.Errorf("learned %+v, want 192.0.2.7 for www.allowed.test", x)
 	}
 }
