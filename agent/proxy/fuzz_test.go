@@ -309,18 +309,23 @@ func h2Requests(reqs [][2]string) []byte {
 	b.WriteString(h2Preface)
 	fr := http2.NewFramer(&b, nil)
 	fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
 	id := uint32(1)
 	for i, r := range reqs {
-		hb.Reset()
-		for _, f := range [][2]string{{":method", r[0]}, {":scheme", "http"}, {":authority", "pods"}, {":path", r[1]}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
 		if i > 0 && r != reqs[i-1] {
 			id += 2
 		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		h2Headers(fr, id, [][2]string{{":method", r[0]}, {":scheme", "http"}, {":authority", "pods"}, {":path", r[1]}})
 	}
 	return b.Bytes()
+}
+
+// h2Headers writes a HEADERS frame of stream id with fields (name, value),
+// ending the stream.
+func h2Headers(fr *http2.Framer, id uint32, fields [][2]string) {
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range fields {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
 }

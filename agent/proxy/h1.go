@@ -197,6 +197,9 @@ func validRequest(req *http.Request) error {
 	if req.Method == http.MethodConnect && (req.URL.Host == "" || req.URL.Path != "" || req.URL.Scheme != "" || req.URL.RawQuery != "") {
 		return fmt.Errorf("CONNECT target %q: want host:port", req.RequestURI)
 	}
+	if err := requestTarget(req); err != nil {
+		return err
+	}
 	if e := req.Header.Get("Expect"); e != "" && !strings.EqualFold(e, "100-continue") {
 		return fmt.Errorf("%w %q", errExpect, e)
 	}
@@ -204,6 +207,32 @@ func validRequest(req *http.Request) error {
 		req.Header.Del("Expect") // HTTP/1.0 knows no 100 Continue
 	}
 	return nil
+}
+
+// requestTarget refuses a request target of none of HTTP/1.1's forms
+// (RFC 9112 3.2) but CONNECT's (validRequest checks it): a path from "/"
+// (origin-form), an http or https URL with a host and a path empty or
+// from "/" (absolute-form), or "*" for OPTIONS. Go's parser takes more:
+// "x:../../admin/secret?.css" as an opaque URL, "x:/admin/secret?.css" as
+// a URL of scheme x. Such a target skipped the path's normalisation, was
+// matched whole by path rules and went on as it came; a server taking
+// whatever follows the method as its path served /admin/secret to a rule
+// of `.*\.css` (until 2026-12-06, found by a review:
+// TestRequestTargetNotAPathReachesNoServer).
+func requestTarget(req *http.Request) error {
+	u := req.URL
+	switch {
+	case req.Method == http.MethodConnect:
+		return nil
+	case req.RequestURI == "*" && req.Method == http.MethodOptions:
+		return nil
+	case u.Opaque == "" && u.Scheme == "" && u.Host == "" && strings.HasPrefix(u.EscapedPath(), "/"):
+		return nil
+	case u.Opaque == "" && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" &&
+		(u.EscapedPath() == "" || strings.HasPrefix(u.EscapedPath(), "/")):
+		return nil
+	}
+	return fmt.Errorf("request target %q: not a path, an http URL, or * for OPTIONS", req.RequestURI)
 }
 
 // badRequest answers a request that could not be parsed; the connection
@@ -422,6 +451,16 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 		return 0, false, false, fmt.Errorf("%w: %w", errUpstream, err)
 	}
 	up.used = true
+	// A request with a body is the last on its upstream connection: a
+	// server that does not read a body it expects none for (Python's
+	// http.server on a GET, a handler that ignores it) reads what it left
+	// as the next request, one no rule saw. Until 2026-12-06 the
+	// connection was reused, and GET /public/a with "GET /admin/secret
+	// ..." as its body had the server serve /admin/secret
+	// (TestBodyNotReadByServerIsNoRequest). The server is told so.
+	if !req.Close && len(req.Header["Connection"]) == 0 {
+		req.Header["Connection"] = []string{"close"}
+	}
 	written := make(chan error, 1)
 	// Flush what is written upstream before waiting for more of the body,
 	// so that a slow or streamed body is not held back.
@@ -463,9 +502,9 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 		return status, false, closeNow, err
 	}
 	if err := <-written; err != nil {
-		dc.dropUpstream()
 		keep = false
 	}
+	dc.dropUpstream()
 	return status, keep, closeNow, nil
 }
 

@@ -964,6 +964,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Bad Request", http.StatusBadRequest)
 		return
 	}
+	// A host header beside :authority must say the same (RFC 9113 8.3.1):
+	// :authority (r.Host) is what rules judge and what goes upstream. Until
+	// 2026-12-06 a host header of another name was judged by Host rules
+	// (TestHostRulesJudgeTheHostSent).
+	if hv, ok := r.Header["Host"]; ok {
+		if len(hv) != 1 || !strings.EqualFold(hv[0], r.Host) {
+			p.log.Debug("L7 proxy: bad request: a host header other than :authority", "src", dc.src, "host", hv, "authority", r.Host)
+			http.Error(w, "Bad Request", http.StatusBadRequest)
+			return
+		}
+		delete(r.Header, "Host")
+	}
 	if !p.takeStream(dc.who) {
 		p.metrics.streamsRefused.Inc()
 		p.log.Debug("L7 proxy: request refused: its source has the most HTTP/2 requests in flight it may", "src", dc.src, "identity", dc.who.id, "max", p.opts.MaxStreamsPerSource)

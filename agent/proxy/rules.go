@@ -148,14 +148,20 @@ func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 	// it: servers read several copies differently (the first, the last,
 	// all joined), so one copy holding the value would be no cover for
 	// another (until 2026-12-04 any copy matched).
+	//
+	// A header under a name with "_" for "-" (X_Tenant for X-Tenant) is
+	// another copy: CGI, WSGI and Rack servers read both as HTTP_X_TENANT
+	// (until 2026-12-06 it was not looked at, and "X_Tenant: b" beside
+	// "X-Tenant: a" passed a rule wanting a; TestUnderscoreHeaderIsACopy).
 	for _, h := range c.headers {
-		vals, present := req.Header[h.name]
-		if !present || h.hasValue && !onlyValue(vals, h.value) {
+		vals, present := headerValues(req, h.name)
+		if !present || h.hasValue && (!onlyValue(vals, h.value) || underscoreCopy(req.Header, h.name)) {
 			return false, nil
 		}
 	}
 	for _, m := range c.matches {
-		if onlyValue(req.Header[m.Name], m.Value) {
+		vals, _ := headerValues(req, m.Name)
+		if onlyValue(vals, m.Value) && !underscoreCopy(req.Header, m.Name) {
 			continue
 		}
 		if m.Mismatch == "" {
@@ -166,6 +172,62 @@ func (c *rule) match(req *http.Request) (ok bool, acts []HeaderMatch) {
 	return true, acts
 }
 
+// headerValues is the request's copies of header name (canonical). Host
+// is the request's host (req.Host: net/http keeps it out of the header
+// map, and it is what goes upstream), present when not empty.
+func headerValues(req *http.Request, name string) ([]string, bool) {
+	if name == "Host" {
+		return []string{req.Host}, req.Host != ""
+	}
+	vals, ok := req.Header[name]
+	return vals, ok
+}
+
+// underscoreCopy reports whether h has a header other than name (canonical)
+// that servers folding "_" into "-" read as name (foldedCopy).
+func underscoreCopy(h http.Header, name string) bool {
+	for k := range h {
+		if foldedCopy(k, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// removeUnderscoreCopies deletes h's headers that servers folding "_"
+// into "-" read as name (foldedCopy).
+func removeUnderscoreCopies(h http.Header, name string) {
+	for k := range h {
+		if foldedCopy(k, name) {
+			delete(h, k)
+		}
+	}
+}
+
+// foldedCopy reports whether header names k and name differ but one of
+// them has "_" and they read the same with "_" taken for "-" and ASCII
+// case ignored (CGI's HTTP_X_TENANT for both X-Tenant and X_Tenant).
+func foldedCopy(k, name string) bool {
+	if k == name || len(k) != len(name) || !strings.Contains(k, "_") && !strings.Contains(name, "_") {
+		return false
+	}
+	fold := func(c byte) byte {
+		if c == '_' {
+			return '-'
+		}
+		if 'A' <= c && c <= 'Z' {
+			return c + 'a' - 'A'
+		}
+		return c
+	}
+	for i := 0; i < len(k); i++ {
+		if fold(k[i]) != fold(name[i]) {
+			return false
+		}
+	}
+	return true
+}
+
 // onlyValue reports whether vals is one copy with value v.
 func onlyValue(vals []string, v string) bool { return len(vals) == 1 && vals[0] == v }
 
@@ -173,12 +235,22 @@ func onlyValue(vals []string, v string) bool { return len(vals) == 1 && vals[0] 
 // note per action for the record.
 func Apply(req *http.Request, acts []HeaderMatch) (notes []string) {
 	for _, m := range acts {
-		switch m.Mismatch {
-		case MismatchAdd:
+		if m.Mismatch != MismatchLog {
+			removeUnderscoreCopies(req.Header, m.Name)
+		}
+		switch {
+		case m.Name == "Host" && m.Mismatch != MismatchLog:
+			// The request's host is one value (req.Host, what goes
+			// upstream): ADD and REPLACE set it, DELETE empties it.
+			req.Host = m.Value
+			if m.Mismatch == MismatchDelete {
+				req.Host = ""
+			}
+		case m.Mismatch == MismatchAdd:
 			req.Header.Add(m.Name, m.Value)
-		case MismatchDelete:
+		case m.Mismatch == MismatchDelete:
 			req.Header.Del(m.Name)
-		case MismatchReplace:
+		case m.Mismatch == MismatchReplace:
 			req.Header.Set(m.Name, m.Value)
 		}
 		notes = append(notes, m.Note())
