@@ -172,8 +172,8 @@ func validRequest(req *http.Request) error {
 	if req.ProtoMajor != 1 {
 		return fmt.Errorf("unsupported protocol version %s", req.Proto)
 	}
-	// ReadRequest keeps the first Host header in req.Host, the one
-	// decided on and the only one Request.Write sends on.
+	// ReadRequest refuses a second Host header and keeps the one in
+	// req.Host, the one decided on and the only one Request.Write sends.
 	switch {
 	case req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != "CONNECT":
 		return errors.New("missing required Host header")
@@ -457,10 +457,11 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 	// as the next request, one no rule saw. Until 2026-12-06 the
 	// connection was reused, and GET /public/a with "GET /admin/secret
 	// ..." as its body had the server serve /admin/secret
-	// (TestBodyNotReadByServerIsNoRequest). The server is told so.
-	if !req.Close && len(req.Header["Connection"]) == 0 {
-		req.Header["Connection"] = []string{"close"}
-	}
+	// (TestBodyNotReadByServerIsNoRequest). The server is told so, and
+	// asked for no upgrade (this path makes no tunnel: forwardResponse's
+	// canTunnel; with "Connection: Upgrade" kept the close was not said).
+	req.Header.Del("Upgrade")
+	req.Header["Connection"] = []string{"close"}
 	written := make(chan error, 1)
 	// Flush what is written upstream before waiting for more of the body,
 	// so that a slow or streamed body is not held back.

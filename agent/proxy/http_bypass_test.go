@@ -62,6 +62,9 @@ func TestBodyNotReadByServerIsNoRequest(t *testing.T) {
 	for _, c := range []struct{ name, head string }{
 		{"GET, Content-Length", fmt.Sprintf("GET /public/a HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled)},
 		{"POST, chunked", fmt.Sprintf("POST /public/a HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled)},
+		// From the review of the fix: an upgrade kept "Connection: Upgrade"
+		// and the close was not said.
+		{"GET, an upgrade, Content-Length", fmt.Sprintf("GET /public/a HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := len(seen())
@@ -103,8 +106,58 @@ func TestRequestTargetNotAPathReachesNoServer(t *testing.T) {
 		}
 		conn.Close()
 	}
+	// HTTP/2's :path likewise (from the review: it went on as
+	// "/admin/secret?.css").
+	for _, target := range []string{"x:/admin/secret?.css", "x:../../admin/secret?.css"} {
+		if status := h.h2Once(t, [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", target}}); status != "400" {
+			t.Errorf("HTTP/2 :path %s: %s, want 400", target, status)
+		}
+	}
 	if got := seen(); len(got) > 0 {
 		t.Errorf("the server got %q", got)
+	}
+	// A Host DELETE is refused (a request keeps its host).
+	if _, _, err := Match([]HTTPRule{{HeaderMatches: []HeaderMatch{{Name: "host", Value: "a.svc", Mismatch: MismatchDelete}}}}, &http.Request{}); err == nil {
+		t.Error("a headerMatches DELETE of Host compiled")
+	}
+}
+
+// h2Once sends one HTTP/2 request of header fields (prior knowledge, on
+// a connection of its own) and returns its response's :status (or
+// "reset CODE").
+func (h *harness) h2Once(t *testing.T, fields [][2]string) string {
+	t.Helper()
+	conn := h.dial()
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var b bytes.Buffer
+	b.WriteString(h2Preface)
+	fr := http2.NewFramer(&b, nil)
+	fr.WriteSettings()
+	h2Headers(fr, 1, fields)
+	if _, err := conn.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	return h2Status(t, conn, 1)
+}
+
+// h2Status reads frames from conn up to stream id's response head or
+// reset and returns its :status (or "reset CODE").
+func h2Status(t *testing.T, conn net.Conn, id uint32) string {
+	t.Helper()
+	rf := http2.NewFramer(io.Discard, conn)
+	rf.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	for {
+		f, err := rf.ReadFrame()
+		if err != nil {
+			t.Fatalf("HTTP/2 stream %d: %v", id, err)
+		}
+		if mh, ok := f.(*http2.MetaHeadersFrame); ok && mh.StreamID == id {
+			return mh.PseudoValue("status")
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == id {
+			return "reset " + rst.ErrCode.String()
+		}
 	}
 }
 
@@ -199,36 +252,12 @@ func TestHostRulesJudgeTheHostSent(t *testing.T) {
 		{"allowed.svc", "allowed.svc", "200"},
 		{"admin.svc", "", "403"},
 	} {
-		conn := h.dial()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		var b bytes.Buffer
-		b.WriteString(h2Preface)
-		fr := http2.NewFramer(&b, nil)
-		fr.WriteSettings()
 		fields := [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", c.authority}, {":path", "/x"}}
 		if c.host != "" {
 			fields = append(fields, [2]string{"host", c.host})
 		}
-		h2Headers(fr, 1, fields)
-		conn.Write(b.Bytes())
-		rf := http2.NewFramer(io.Discard, conn)
-		rf.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		status := ""
-		for status == "" {
-			f, err := rf.ReadFrame()
-			if err != nil {
-				t.Fatalf(":authority %s, host %q: %v", c.authority, c.host, err)
-			}
-			if mh, ok := f.(*http2.MetaHeadersFrame); ok && mh.StreamID == 1 {
-				status = mh.PseudoValue("status")
-			}
-			if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
-				status = "reset " + rst.ErrCode.String()
-			}
-		}
-		if status != c.want {
+		if status := h.h2Once(t, fields); status != c.want {
 			t.Errorf("HTTP/2 :authority %s, host %q: %s, want %s", c.authority, c.host, status, c.want)
 		}
-		conn.Close()
 	}
 }

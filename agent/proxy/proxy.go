@@ -959,6 +959,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no connection", http.StatusInternalServerError)
 		return
 	}
+	if err := requestTarget(r); err != nil {
+		p.log.Debug("L7 proxy: bad request", "src", dc.src, "err", err)
+		http.Error(w, "Bad Request", http.StatusBadRequest)
+		return
+	}
 	if err := NormalizePath(r); err != nil {
 		p.log.Debug("L7 proxy: bad request", "src", dc.src, "err", err)
 		http.Error(w, "Bad Request", http.StatusBadRequest)

@@ -117,6 +117,9 @@ func compileRule(prefix string, r HTTPRule) (*rule, error) {
 			return nil, fmt.Errorf("%w: %s.mismatch %q: want LOG, ADD, DELETE or REPLACE", ErrInvalid, field, m.Mismatch)
 		}
 		m.Name = http.CanonicalHeaderKey(m.Name)
+		if m.Name == "Host" && m.Mismatch == MismatchDelete {
+			return nil, fmt.Errorf("%w: %s.mismatch DELETE of Host: a request keeps its host (ADD or REPLACE set it)", ErrInvalid, field)
+		}
 		c.matches = append(c.matches, m)
 	}
 	return c, nil
@@ -241,11 +244,9 @@ func Apply(req *http.Request, acts []HeaderMatch) (notes []string) {
 		switch {
 		case m.Name == "Host" && m.Mismatch != MismatchLog:
 			// The request's host is one value (req.Host, what goes
-			// upstream): ADD and REPLACE set it, DELETE empties it.
+			// upstream): ADD and REPLACE set it (a DELETE is refused when
+			// the rule is compiled).
 			req.Host = m.Value
-			if m.Mismatch == MismatchDelete {
-				req.Host = ""
-			}
 		case m.Mismatch == MismatchAdd:
 			req.Header.Add(m.Name, m.Value)
 		case m.Mismatch == MismatchDelete:

@@ -191,6 +191,9 @@ func (v *validator) l7(p fieldPath, pr *PortRule) {
 			if m.Mismatch != "" && !slices.Contains(HeaderMismatchActions, m.Mismatch) {
 				v.addf(mp.child("mismatch"), "%q is not one of %s", m.Mismatch, strings.Join(HeaderMismatchActions, ", "))
 			}
+			if strings.EqualFold(m.Name, "Host") && m.Mismatch == "DELETE" {
+				v.addf(mp.child("mismatch"), "DELETE of Host: a request keeps its host (ADD or REPLACE set it)")
+			}
 		}
 	}
 	if len(r.HTTP) > 0 {

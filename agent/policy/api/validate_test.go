@@ -126,6 +126,8 @@ func TestParseRejects(t *testing.T) {
 		{"http header match action", cnp(sel + "  ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{headerMatches: [{name: X-A, value: b, mismatch: DROP}, {name: \"bad name\"}]}]}}]}]\n"),
 			[]string{`spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch: "DROP" is not one of LOG, ADD, DELETE, REPLACE`,
 				`spec.ingress[0].toPorts[0].rules.http[0].headerMatches[1].name: "bad name" is not an HTTP header name`}},
+		{"http header match deleting Host", cnp(sel + "  ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{headerMatches: [{name: host, value: a.svc, mismatch: DELETE}]}]}}]}]\n"),
+			[]string{`spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch: DELETE of Host: a request keeps its host (ADD or REPLACE set it)`}},
 		{"http on a port range", cnp(sel + "  ingress: [{toPorts: [{ports: [{port: \"80\", endPort: 90, protocol: TCP}, {port: \"0\", protocol: TCP}], rules: {http: [{method: GET}]}}]}]\n"),
 			[]string{`spec.ingress[0].toPorts[0].ports[0].port: "80": HTTP rules need one numeric port`,
 				`spec.ingress[0].toPorts[0].ports[1].port: "0": HTTP rules need one numeric port`}},
