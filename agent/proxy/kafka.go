@@ -62,7 +62,9 @@ const (
 	kafkaUnknownTopicID             int16 = 100
 	kafkaFetchSessionIDNotFound     int16 = 70
 	kafkaClusterAuthorizationFailed int16 = 31
-	kafkaUnsupportedVersion         int16 = 35
+	// TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+	kafkaTransactionalIDAuthorizationFailed int16 = 53
+	kafkaUnsupportedVersion                 int16 = 35
 )
 
 // ErrKafkaFrame is a Kafka request or response the proxy cannot parse.
@@ -102,6 +104,9 @@ type kafkaRequest struct {
 	topics       []kafkaTopic // every topic it names; one unknown for APIs whose topics are not read
 	allTopics    bool         // a Metadata request for every topic
 	noResponse   bool         // Produce with acks=0
+	// transactional: an InitProducerID naming a transactional.id, which
+	// fences that ID's producer (kafkaRule.matchesAPI).
+	transactional bool
 }
 
 // unknownID tells whether q names topic id without the proxy knowing its
@@ -166,6 +171,9 @@ func parseKafkaRequest(frame []byte, names func([16]byte) (string, bool)) (*kafk
 		return q, fmt.Errorf("%w: %s v%d: %w", ErrKafkaFrame, kmsg.NameForKey(q.key), q.version, err)
 	}
 	q.topics, q.noResponse = requestTopics(q.body, names)
+	if ip, ok := q.body.(*kmsg.InitProducerIDRequest); ok && ip.TransactionalID != nil {
+		q.transactional = true
+	}
 	if m, ok := q.body.(*kmsg.MetadataRequest); ok && (m.Topics == nil || m.Version == 0 && len(m.Topics) == 0) {
 		q.allTopics = true
 	}
@@ -1318,10 +1326,14 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 }
 
 // denialCode is the error code of q's denial: TOPIC_AUTHORIZATION_FAILED
-// for a request that names topics, else CLUSTER_AUTHORIZATION_FAILED.
+// for a request that names topics, TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+// for a transactional InitProducerID, else CLUSTER_AUTHORIZATION_FAILED.
 func denialCode(q *kafkaRequest) int16 {
 	if _, ok := q.body.(*kmsg.FindCoordinatorRequest); ok {
 		return kafkaClusterAuthorizationFailed
+	}
+	if q.transactional {
+		return kafkaTransactionalIDAuthorizationFailed
 	}
 	if len(q.topics) > 0 {
 		return kafkaTopicAuthorizationFailed

@@ -82,6 +82,7 @@ type kafkaRule struct {
 	anyVersion bool
 	clientID   string // "": any
 	topic      string // "": any
+	apiKey     bool   // keys named by apiKey (not a role, not a topic-only rule)
 }
 
 func compileKafkaRule(field string, r KafkaRule) (kafkaRule, error) {
@@ -103,7 +104,7 @@ func compileKafkaRule(field string, r KafkaRule) (kafkaRule, error) {
 		if !ok {
 			return out, fmt.Errorf("%w: %s.apiKey %q: not a Kafka API", ErrInvalid, field, r.APIKey)
 		}
-		out.keys = map[int16]bool{k: true}
+		out.keys, out.apiKey = map[int16]bool{k: true}, true
 	}
 	if out.keys == nil && r.Topic != "" {
 		// A rule with a topic but neither role nor apiKey allows what a
@@ -129,8 +130,16 @@ func compileKafkaRule(field string, r KafkaRule) (kafkaRule, error) {
 }
 
 // matchesAPI tells whether the rule allows a request's API, version and
-// client ID, whatever its topics.
+// client ID, whatever its topics. A transactional InitProducerID (one
+// naming a transactional.id) fences that ID's producer, aborting its open
+// transaction on topics of any name: only a rule naming the API (apiKey)
+// or allowing every API allows it, not a role's or a topic-only rule's
+// InitProducerID, which is an idempotent producer's (until 2026-12-06 it
+// was: TestKafkaTransactionalInitProducerIDNeedsItsAPI).
 func (r kafkaRule) matchesAPI(q *kafkaRequest) bool {
+	if q.transactional && r.keys != nil && !r.apiKey {
+		return false
+	}
 	return (r.keys == nil || r.keys[q.key]) && (r.anyVersion || r.version == q.version) &&
 		(r.clientID == "" || r.clientID == q.clientID)
 }

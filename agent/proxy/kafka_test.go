@@ -961,3 +961,47 @@ func TestKafkaTopicIDsFloodEvictsItsOwn(t *testing.T) {
 		t.Fatalf("%d IDs held, bound %d", got, maxKafkaTopicIDs)
 	}
 }
+
+// A transactional InitProducerID (one naming a transactional.id) fences
+// that ID's producer: the broker aborts its open transaction, on topics
+// of any name, raises its epoch and hands the asker its producer ID. The
+// produce role (and a topic-only rule) allowed it, as the start of
+// idempotent producing, so a pod allowed to produce to topic1 could abort
+// and fence any producer whose transactional.id it knew (found 2026-12-06
+// by a review). A transactional one now needs a rule that names the API
+// (apiKey: initproducerid) or allows every API: under a role or
+// topic-only rule it is answered TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
+// An idempotent producer's (no transactional.id) is still the produce
+// role's.
+func TestKafkaTransactionalInitProducerIDNeedsItsAPI(t *testing.T) {
+	initPID := func(txn *string) *kmsg.InitProducerIDRequest {
+		r := kmsg.NewPtrInitProducerIDRequest()
+		r.Version = 4
+		r.TransactionalID = txn
+		r.TransactionTimeoutMillis = 60000
+		r.ProducerID, r.ProducerEpoch = -1, -1
+		return r
+	}
+	const txnAuthFailed = 53 // TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+	for _, c := range []struct {
+		name             string
+		rule             KafkaRule
+		idempotent, txnl int16 // error codes
+	}{
+		{"role produce, topic1", KafkaRule{Role: "produce", Topic: "topic1"}, 0, txnAuthFailed},
+		{"topic1 only", KafkaRule{Topic: "topic1"}, 0, txnAuthFailed},
+		{"role produce", KafkaRule{Role: "produce"}, 0, txnAuthFailed},
+		{"apiKey initproducerid", KafkaRule{APIKey: "initproducerid"}, 0, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{c.rule}})
+			resps := h.raw().send("attacker", initPID(nil), initPID(kmsg.StringPtr("victim-txn")))
+			if got := resps[0].(*kmsg.InitProducerIDResponse).ErrorCode; got != c.idempotent {
+				t.Errorf("an idempotent producer's InitProducerID: error %d, want %d", got, c.idempotent)
+			}
+			if got := resps[1].(*kmsg.InitProducerIDResponse).ErrorCode; got != c.txnl {
+				t.Errorf("a transactional InitProducerID: error %d, want %d", got, c.txnl)
+			}
+		})
+	}
+}
