@@ -161,9 +161,6 @@ func FuzzReadAnswer(f *testing.F) {
 		if a.Unpack(out) != nil || err != nil && !errors.Is(err, errNotForQuery) {
 			return // one of them does not read it
 		}
-		if qd, an, ns, ar := dnsCounts(out); len(a.Question) != qd || len(a.Answer) != an || len(a.Ns) != ns || len(a.Extra) != ar {
-			return // miekg/dns takes fewer records than the header counts
-		}
 		notFor := !a.Response || len(a.Question) > 1 || len(a.Question) == 0 && a.Rcode == dns.RcodeSuccess ||
 			len(a.Question) == 1 && (!strings.EqualFold(a.Question[0].Name, q.Question[0].Name) || a.Question[0].Qtype != q.Question[0].Qtype)
 		if notFor != errors.Is(err, errNotForQuery) {

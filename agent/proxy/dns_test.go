@@ -1196,3 +1196,63 @@ func TestDNSPointerBombsStaySmall(t *testing.T) {
 		t.Errorf("learned %+v, want 192.0.2.7 for www.allowed.test", x)
 	}
 }
+
+// readAnswer's edges, from the review of the wire reader: an answer's
+// counts larger than the records that follow are read as miekg/dns reads
+// them (a header-only REFUSED that counts its question, a truncated
+// answer cut at a record: until the mend both were SERVFAIL), and a name
+// of more than 126 compression pointers is refused (a chain of 16,000,
+// read for each of thousands of records, took 117 ms of the proxy's CPU).
+func TestReadAnswerEdges(t *testing.T) {
+	q := new(dns.Msg)
+	q.SetQuestion("www.allowed.test.", dns.TypeA)
+	query, _ := q.Pack()
+	refused := []byte{query[0], query[1], 0x81, 0x85, 0, 1, 0, 0, 0, 0, 0, 0} // QR RD RA, REFUSED, 1 question, none there
+	if r, err := readAnswer(refused, query); err != nil || r.rcode != dns.RcodeRefused {
+		t.Errorf("a header-only REFUSED counting its question: %v, rcode %d; want REFUSED", err, r.rcode)
+	}
+	a := new(dns.Msg)
+	a.SetReply(q)
+	a.Truncated = true
+	a.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "www.allowed.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)}}
+	full, _ := a.Pack()
+	binary.BigEndian.PutUint16(full[6:], 5) // five answers counted, one there
+	if r, err := readAnswer(full, query); err != nil || !slices.Equal(r.addrs, []netip.Addr{netip.MustParseAddr("192.0.2.1")}) {
+		t.Errorf("a truncated answer cut at a record: %v, %v; want 192.0.2.1", err, r.addrs)
+	}
+	// chain is an answer whose one A record is owned by a name reached
+	// through n pointers, each to the one before, down to the question's
+	// name.
+	chain := func(n int) []byte {
+		a := new(dns.Msg)
+		a.SetReply(q)
+		b, _ := a.Pack()
+		binary.BigEndian.PutUint16(b[6:], 2) // a TXT record holding the chain, then the A record
+		b = append(b, 0xC0, 12)              // the TXT record's owner: the question's name
+		b = binary.BigEndian.AppendUint16(b, dns.TypeTXT)
+		b = append(b, 0, 1, 0, 0, 0, 60)
+		b = binary.BigEndian.AppendUint16(b, uint16(2*n))
+		prev := 12
+		for range n {
+			at := len(b)
+			b = append(b, 0xC0|byte(prev>>8), byte(prev))
+			prev = at
+		}
+		b = append(b, 0xC0|byte(prev>>8), byte(prev))
+		b = binary.BigEndian.AppendUint16(b, dns.TypeA)
+		b = append(b, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 9)
+		return b
+	}
+	if r, err := readAnswer(chain(100), query); err != nil || len(r.addrs) != 1 {
+		t.Errorf("a name of 101 pointers: %v, %v; want its address", err, r.addrs)
+	}
+	if _, err := readAnswer(chain(200), query); !errors.Is(err, errDNSWire) {
+		t.Errorf("a name of 201 pointers: %v, want refused", err)
+	}
+	two := new(dns.Msg)
+	two.Question = []dns.Question{q.Question[0], q.Question[0]}
+	b, _ := two.Pack()
+	if err := queryShape(b); !errors.Is(err, errDNSWire) {
+		t.Errorf("a query of two questions: %v, want refused before it is parsed", err)
+	}
+}

@@ -30,12 +30,16 @@ var errDNSWire = errors.New("malformed DNS message")
 // dnsName reads the name at off in msg: its wire form (length-prefixed
 // labels, ending with the root's 0), ASCII lower-cased, pointers followed,
 // appended to dst[:0]; and the offset after the name where it appears.
-// A name is at most 255 octets, and pointers go strictly backwards, so a
-// loop or a pointer chain cannot make it longer or slower than that.
+// A name is at most 255 octets and follows at most maxDNSPointers
+// pointers, each strictly backwards, so neither a loop nor a chain of
+// pointers makes it longer or slower to read than that (a chain of
+// 16,000 pointers, read for each of 2,800 records, took 117 ms until the
+// bound, found by the review of this reader).
 func dnsName(msg []byte, off int, dst []byte) ([]byte, int, error) {
 	dst = dst[:0]
 	next := -1
 	limit := off // a pointer must point before the label it is in
+	hops := 0
 	for {
 		if off >= len(msg) {
 			return nil, 0, fmt.Errorf("%w: a name runs past the end", errDNSWire)
@@ -74,12 +78,20 @@ func dnsName(msg []byte, off int, dst []byte) ([]byte, int, error) {
 			if to >= limit {
 				return nil, 0, fmt.Errorf("%w: a pointer that does not point backwards", errDNSWire)
 			}
+			if hops++; hops > maxDNSPointers {
+				return nil, 0, fmt.Errorf("%w: a name of more than %d pointers", errDNSWire, maxDNSPointers)
+			}
 			off, limit = to, to
 		default:
 			return nil, 0, fmt.Errorf("%w: a label of reserved type", errDNSWire)
 		}
 	}
 }
+
+// maxDNSPointers bounds the compression pointers one name follows: a
+// name of 255 octets has at most 127 labels, each of which a pointer may
+// start (miekg/dns allows 126).
+const maxDNSPointers = 126
 
 // dnsRecord is a resource record's fixed part: its owner name (at the
 // offset it starts), type, TTL, and its data's bounds in the message.
@@ -129,7 +141,7 @@ func dnsCounts(msg []byte) (qd, an, ns, ar int) {
 }
 
 // queryShape checks raw (12 bytes or more), a client's query, before it
-// is parsed: at most maxDNSQuery bytes, no answers, in authority at most
+// is parsed: at most maxDNSQuery bytes, one question, no answers, in authority at most
 // an SOA (IXFR says with it which version the client has) and in
 // additional at most an OPT and a signature (TSIG, SIG(0)), each readable.
 // upstreamQuery passes on nothing else of a query anyway.
@@ -139,6 +151,8 @@ func queryShape(raw []byte) error {
 	}
 	qd, an, ns, ar := dnsCounts(raw)
 	switch {
+	case qd != 1:
+		return fmt.Errorf("%w: a query of %d questions", errDNSWire, qd)
 	case an > 0:
 		return fmt.Errorf("%w: a query with %d answer records", errDNSWire, an)
 	case ns > 1 || ar > 2:
@@ -201,18 +215,23 @@ func readAnswer(out, query []byte) (dnsReply, error) {
 	if err != nil {
 		return r, err
 	}
+	// The header's counts are read as miekg/dns reads them: as many as
+	// follow, up to the count. A section ends at the message's end (a
+	// truncated answer cut at a record, an error answer of a header only
+	// that still counts its question).
 	qd, an, ns, ar := dnsCounts(out)
-	r.rcode = int(out[3] & 0x0F)
-	off := 12
-	if qd > 1 || out[2]&0x80 == 0 {
+	rcode := int(out[3] & 0x0F)
+	r.rcode = rcode
+	if out[2]&0x80 == 0 {
 		return r, errNotForQuery
 	}
-	if qd == 1 {
+	off, questions := 12, 0
+	for ; questions < qd && off < len(out); questions++ {
 		name, typ, end, err := dnsQuestionAt(out, off, buf[:])
 		if err != nil {
 			return r, err
 		}
-		if string(name) != string(qname) || typ != qtype {
+		if questions > 0 || string(name) != string(qname) || typ != qtype {
 			return r, errNotForQuery
 		}
 		off = end
@@ -226,7 +245,9 @@ func readAnswer(out, query []byte) (dnsReply, error) {
 		ttl    uint32
 	}
 	cnames := map[uint64]link{}
-	for i := range an + ns + ar {
+	read := 0 // records read
+	for ; read < an+ns+ar && off < len(out); read++ {
+		i := read
 		rec, err := dnsRecordAt(out, off, buf[:])
 		if err != nil {
 			return r, err
@@ -246,11 +267,11 @@ func readAnswer(out, query []byte) (dnsReply, error) {
 				cnames[maphash.Bytes(nameSeed, owner)] = link{maphash.Bytes(nameSeed, target), rec.ttl}
 			}
 		case i >= an+ns && rec.rtype == dns.TypeOPT:
-			r.rcode |= int(rec.ttl>>24) << 4
+			r.rcode = rcode | int(rec.ttl>>24)<<4 // the last OPT's, as miekg/dns reads it
 		}
 		off = rec.next
 	}
-	if qd == 0 && r.rcode == dns.RcodeSuccess {
+	if questions == 0 && r.rcode == dns.RcodeSuccess {
 		return r, errNotForQuery
 	}
 	if r.rcode != dns.RcodeSuccess {
@@ -275,7 +296,7 @@ func readAnswer(out, query []byte) (dnsReply, error) {
 	// Second pass: the chain's A records.
 	seen := map[netip.Addr]bool{}
 	off = answers
-	for range an {
+	for range min(an, read) {
 		if len(r.addrs) == fqdn.DefaultMaxAddrsPerName {
 			break
 		}
