@@ -91,3 +91,69 @@ func TestNodePortSweepLeavesDirectConnectionsAlone(t *testing.T) {
 	f.translated("another client port's SYN", tcpSeq(t, peerIP, nodeIP, 41003, 30090, true, false, 1, 0), backend)
 	f.translated("another client port's datagram", udp(t, peerIP, nodeIP, 41004, 30091), backend)
 }
+
+// A NodePort flow's own conntrack entry does not hold its tuple: from the
+// review of the check above, a NodePort connection whose FIN conntrack
+// did not count (its segment not at the followed number) is left
+// established for 6 h after its translation closed, and the client's next
+// connection from that port was refused. from_netdev marks the packets it
+// translates to a local backend (MARK_NODEPORT_MAGIC), to_container flags
+// the entry they make CT_F_NODEPORT, and the check passes such entries;
+// the peer's own SYN on the tuple takes the flag away again.
+func TestNodePortFlowsOwnEntryHoldsNoTuple(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080)
+	const reasonLBNat = 10
+	const ctFNodePort = 128
+	f := load(t)
+	f.unenforce()
+	f.lbService(1, nodeIP, 30090, 6, lbFlagNodePort, backend)
+	// The translated packet leaves from_netdev marked.
+	var ctx struct { // the whole struct __sk_buff, of which mark is the third field
+		sysSkBuff
+		Rest [180]byte
+	}
+	ret, err := f.objs.FromNetdev.Run(&ebpf.RunOptions{Data: tcpSeq(t, peerIP, nodeIP, 41005, 30090, true, false, 10, 0), Context: &sysSkBuff{}, ContextOut: &ctx})
+	if err != nil || ret != actOK || ctx.Mark != 0xFC000000 {
+		t.Fatalf("a SYN translated to the local backend: verdict %d (%v), mark %#x; want %#x", ret, err, ctx.Mark, 0xFC000000)
+	}
+	marked := func(pkt []byte) uint32 {
+		t.Helper()
+		ret, err := f.objs.ToContainer.Run(&ebpf.RunOptions{Data: pkt, Context: &sysSkBuff{Mark: 0xFC000000}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ret
+	}
+	// The connection: SYN, SYN-ACK, ACK (the client's numbers from 10, the
+	// pod's from 9000).
+	if r := marked(tcpSeq(t, peerIP, podIP, 41005, 8080, true, false, 10, 0)); r != actOK {
+		t.Fatalf("the translated SYN into the pod: %d", r)
+	}
+	f.run(f.objs.FromContainer, tcpSeq(t, podIP, peerIP, 8080, 41005, true, true, 9000, 11))
+	f.translated("the client's ACK", tcpSeq(t, peerIP, nodeIP, 41005, 30090, false, true, 11, 9001), backend)
+	if r := marked(tcpSeq(t, peerIP, podIP, 41005, 8080, false, true, 11, 9001)); r != actOK {
+		t.Fatalf("the translated ACK into the pod: %d", r)
+	}
+	if e := f.ctEntry(peerIP, podIP, 41005, 8080, 6, dirIngress, podEP); e.State != 1 || e.Flags&ctFNodePort == 0 {
+		t.Fatalf("the NodePort connection's entry: state %d flags %#x; want established, CT_F_NODEPORT", e.State, e.Flags)
+	}
+	// Its translation gone (closed, 10 s later deleted), the entry still
+	// established: the client's next connection from that port.
+	f.natEach(func(_ *ebpf.Map, k DatapathLbNatKey, _ DatapathLbNat) { f.natDelete(k) })
+	before := f.count(reasonLBNat, dirIngress)
+	f.translated("the client's next SYN from that port", tcpSeq(t, peerIP, nodeIP, 41005, 30090, true, false, 5000, 0), backend)
+	if got := f.count(reasonLBNat, dirIngress) - before; got != 0 {
+		t.Errorf("%d REASON_LB_NAT drops, want 0", got)
+	}
+	// The peer's own SYN to the pod on that tuple (a direct connection)
+	// takes the flag away: the tuple is held against NodePort SYNs again.
+	f.natEach(func(_ *ebpf.Map, k DatapathLbNatKey, _ DatapathLbNat) { f.natDelete(k) })
+	f.run(f.objs.ToContainer, tcpSeq(t, peerIP, podIP, 41005, 8080, true, false, 77, 0))
+	if e := f.ctEntry(peerIP, podIP, 41005, 8080, 6, dirIngress, podEP); e.Flags&ctFNodePort != 0 {
+		t.Errorf("after the peer's own SYN the entry keeps CT_F_NODEPORT (flags %#x)", e.Flags)
+	}
+	if r := f.run(f.objs.FromNetdev, tcpSeq(t, peerIP, nodeIP, 41005, 30090, true, false, 6000, 0)); r != actShot || f.count(reasonLBNat, dirIngress)-before != 1 {
+		t.Errorf("a NodePort SYN on the direct connection's tuple: verdict %d, %d REASON_LB_NAT drops; want dropped, 1", r, f.count(reasonLBNat, dirIngress)-before)
+	}
+}

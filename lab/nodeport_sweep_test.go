@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/filament-net/filament/bpf"
 	"github.com/filament-net/filament/lab"
 	"github.com/filament-net/filament/lab/labtest"
 )
@@ -99,4 +101,38 @@ func TestNodePortSweepLeavesDirectConnectionsAlone(t *testing.T) {
 	eventually(t, "n2 counts the forged SYNs' drops", func() bool {
 		return metric(t, l, "n2", "filament_drop_packets_total{", `reason="NodePort translation unavailable`) >= 3
 	})
+
+	// A real NodePort connection (from the forger's own address): its
+	// entry in the pod's conntrack is flagged as the NodePort flow's
+	// (CT_F_NODEPORT, from the mark from_netdev puts on the packets it
+	// translates, through n2's stack), n1's direct one is not.
+	np, err := labtest.Open(forger, n2.IP+":30082")
+	if err != nil {
+		t.Fatalf("a NodePort connection: %v", err)
+	}
+	defer np.Close()
+	np.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(np, "three")
+	if got, err := bufio.NewReader(np).ReadString('\n'); err != nil || got != "three\n" {
+		t.Fatalf("the NodePort connection's echo: %q %v", got, err)
+	}
+	flags := map[string]uint8{}
+	for _, m := range pinnedMaps(t, l, "n2", "conntrack") {
+		var k bpf.DatapathCtKey
+		var v bpf.DatapathCtEntry
+		for it := m.Iterate(); it.Next(&k, &v); {
+			var src [4]byte
+			binary.NativeEndian.PutUint32(src[:], k.Saddr)
+			if k.Proto == 6 && k.Dir == 1 {
+				flags[net.IP(src[:]).String()] = v.Flags
+			}
+		}
+	}
+	const ctFNodePort = 128
+	if f, ok := flags["172.30.0.51"]; !ok || f&ctFNodePort == 0 {
+		t.Errorf("the NodePort connection's conntrack entry on n2: %v (flags %#x), want CT_F_NODEPORT", ok, f)
+	}
+	if f, ok := flags[n1.IP]; !ok || f&ctFNodePort != 0 {
+		t.Errorf("n1's direct connection's conntrack entry on n2: %v (flags %#x), want no CT_F_NODEPORT", ok, f)
+	}
 }

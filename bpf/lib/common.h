@@ -36,6 +36,12 @@
 #define MARK_PROXY_MAGIC 0xFA000000
 #define MARK_PROXY_LOCAL_MAGIC 0xFB000000
 #define MARK_MAGIC_MASK 0xFF000000
+// A client's packet of a NodePort flow that from_netdev translated to a
+// backend of this node (lb_forward), on its way up the stack to the pod's
+// veth: to_container flags the connection entry it makes CT_F_NODEPORT.
+// The mark goes with the packet into the pod's namespace no further (the
+// veth scrubs it).
+#define MARK_NODEPORT_MAGIC 0xFC000000
 
 // PROXY_UPSTREAM, where a proxy port is expected (beyond every port): the
 // packet is a reply to the L7 proxy's upstream connection, which has the

@@ -63,6 +63,11 @@ static __always_inline __u64 ct_timeout(struct pkt *p, __u8 state)
 // to conntrack only at the opener's ACK of the other side's SYN-ACK
 // (ct_settle).
 #define CT_F_HANDSHAKE 64
+// CT_F_NODEPORT: made by a NodePort flow's translated packet
+// (MARK_NODEPORT_MAGIC): the flow's tuple is the client's own, and the
+// entry does not hold it against that client's next NodePort flow
+// (lb_tuple_in_use), whatever state it was left in.
+#define CT_F_NODEPORT 128
 
 // ct_entry.fin: the flow's own side sent a FIN, its replying side did. A
 // FIN closes one direction only: a half-closed connection lives on (ssh
@@ -480,6 +485,10 @@ static __always_inline void ct_create(struct pkt *p, __u16 ep_id, __u8 dir, __u3
 	    (old->flags & CT_F_VERDICT) == (flags & CT_F_VERDICT)) {
 		if (dir == DIR_EGRESS && !(old->fin & CT_ACK_RESYNC))
 			old->fin |= CT_ACK_RESYNC; // the endpoint's own SYN
+		// Whose tuple it is now: a NodePort flow's SYN (translated) or
+		// a direct one's (lb_tuple_in_use).
+		if ((old->flags ^ flags) & CT_F_NODEPORT)
+			old->flags ^= CT_F_NODEPORT;
 		return;
 	}
 	struct ct_entry e = {.packets = 1, .bytes = p->len, .peer_identity = peer, .proxy_port = proxy, .flags = flags};

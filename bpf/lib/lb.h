@@ -992,11 +992,12 @@ static __always_inline int lb_nat_held(struct lb_nat *old, __u8 proto, __u64 now
 // node, a remote pod in native routing) talks to backends directly too,
 // and a sweep of SYNs forged from its address to the NodePort cut its
 // connections (TestNodePortSweepLeavesDirectConnectionsAlone). Only
-// conntrack is read, not conntrack_new: a flow not established yet (a
-// NodePort flow's own first packets among them, whose translation may be
-// replaced or taken over) does not hold its tuple. A closing TCP entry
-// (both FINs or an RST) or a revoked one (that connection is over) does
-// not either.
+// conntrack is read, not conntrack_new: a flow not established yet does
+// not hold its tuple. Nor does a NodePort flow's own entry (CT_F_NODEPORT:
+// the client's next flow on its port, after a close whose FIN conntrack
+// did not count or a translation the LRU evicted, is translated again),
+// a closing TCP entry (both FINs or an RST) or a revoked one (that
+// connection is over).
 static __always_inline int lb_tuple_in_use(__u16 ep_id, __u32 saddr, __u32 bip, __u16 sport, __u16 bport, __u8 proto,
 					   __u64 now)
 {
@@ -1005,7 +1006,7 @@ static __always_inline int lb_tuple_in_use(__u16 ep_id, __u32 saddr, __u32 bip, 
 	int i;
 	for (i = 0; i < 2; i++) {
 		struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-		if (e && e->expires > now &&
+		if (e && e->expires > now && !(e->flags & CT_F_NODEPORT) &&
 		    !(proto == IPPROTO_TCP && (e->state == CT_STATE_CLOSING || (e->flags & CT_F_REVOKED))))
 			return 1;
 		k.saddr = bip;

@@ -169,6 +169,8 @@ int to_container(struct __sk_buff *skb)
 	__u8 ct_flags = from_proxy ? CT_F_UPSTREAM : (remote && (remote->flags & IPCACHE_F_COVER) ? CT_F_COVER : 0);
 	if (src)
 		ct_flags |= CT_F_LOCAL_PEER;
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_NODEPORT_MAGIC)
+		ct_flags |= CT_F_NODEPORT; // translated by from_netdev (lb_forward)
 	r = enforce(0, dst, DIR_INGRESS, src_id, src_id, dst->identity, src_ep, &p, skb->ifindex, 0, ct_flags, &proxy);
 	if (r == REASON_FORWARDED && proxy && !from_proxy)
 		r = REASON_PROXY_BYPASS; // L7 rules apply: never around the proxy

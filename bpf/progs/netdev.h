@@ -55,8 +55,10 @@ static __always_inline int lb_forward(struct __sk_buff *skb, struct pkt *p, __u3
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	if (via_fib)
 		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
-	if (local)
+	if (local) {
+		skb->mark = MARK_NODEPORT_MAGIC; // to_container: CT_F_NODEPORT
 		return TC_ACT_OK;
+	}
 	return encap(skb, tunnel_ip, IDENTITY_WORLD);
 }
 
