@@ -1243,11 +1243,11 @@ func TestReadAnswerEdges(t *testing.T) {
 		b = append(b, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 9)
 		return b
 	}
-	if r, err := readAnswer(chain(100), query); err != nil || len(r.addrs) != 1 {
-		t.Errorf("a name of 101 pointers: %v, %v; want its address", err, r.addrs)
+	if r, err := readAnswer(chain(125), query); err != nil || len(r.addrs) != 1 {
+		t.Errorf("a name of 126 pointers: %v, %v; want its address", err, r.addrs)
 	}
-	if _, err := readAnswer(chain(200), query); !errors.Is(err, errDNSWire) {
-		t.Errorf("a name of 201 pointers: %v, want refused", err)
+	if _, err := readAnswer(chain(126), query); !errors.Is(err, errDNSWire) {
+		t.Errorf("a name of 127 pointers: %v, want refused", err)
 	}
 	two := new(dns.Msg)
 	two.Question = []dns.Question{q.Question[0], q.Question[0]}

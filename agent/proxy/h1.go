@@ -580,6 +580,16 @@ func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer
 	// would pass unseen (until 2026-12-04 it was).
 	connect2xx := req.Method == http.MethodConnect && status/100 == 2
 	framed := resp.Header.Get("Content-Length") != "" || len(resp.TransferEncoding) > 0
+	// A 101 nobody asked for (no Upgrade went upstream: none asked, or a
+	// request with a body, whose Upgrade is not passed on) is no response
+	// to pass on: the server speaks something else from here (found by
+	// review: after the body path dropped Upgrade, such a 101 went to the
+	// client as a response and the connection stayed open).
+	if status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") == "" {
+		dc.dropUpstream()
+		writeStatus(bw, http.StatusBadGateway, "Upstream switched protocols unasked\n", true)
+		return http.StatusBadGateway, false, true, bw.Flush()
+	}
 	if upgraded := status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") != "" ||
 		connect2xx && status == http.StatusOK && !framed; upgraded {
 		if !canTunnel {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -259,5 +260,32 @@ func TestHostRulesJudgeTheHostSent(t *testing.T) {
 		if status := h.h2Once(t, fields); status != c.want {
 			t.Errorf("HTTP/2 :authority %s, host %q: %s, want %s", c.authority, c.host, status, c.want)
 		}
+	}
+}
+
+// A 101 to a request that sent no Upgrade upstream (none asked; or a
+// request with a body, whose Upgrade is not passed on) went to the client
+// as a response, the connection kept open while the server spoke another
+// protocol (found 2026-12-06 by the review of the body fix): it is now
+// answered 502 and the connection closed.
+func TestUnaskedSwitchIsNoResponse(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\nnot HTTP any more")
+		}
+	})
+	h := newHarnessTo(t, up, Options{})
+	for _, req := range []string{
+		"GET /public/a HTTP/1.1\r\nHost: svc\r\n\r\n",
+		"GET /public/a HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: x\r\nContent-Length: 2\r\n\r\nhi",
+	} {
+		conn := h.dial()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, req)
+		raw, _ := io.ReadAll(conn)
+		if !strings.HasPrefix(string(raw), "HTTP/1.1 502") || strings.Contains(string(raw), "not HTTP") {
+			t.Errorf("%q: the client got %q, want 502 and a close", req, raw)
+		}
+		conn.Close()
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -452,12 +453,38 @@ func kafkaDenialResponse(body kmsg.Request, topLevel int16, unknown func([16]byt
 			c.Key, c.NodeID, c.ErrorCode = k, -1, kafkaClusterAuthorizationFailed
 			r.Coordinators = append(r.Coordinators, c)
 		}
+	case *kmsg.AddPartitionsToTxnRequest:
+		r := resp.(*kmsg.AddPartitionsToTxnResponse)
+		if req.Version >= 4 {
+			r.ErrorCode = topLevel
+			break
+		}
+		// v0-3 have errors per partition only: a response with none
+		// reads as every partition added (found by review: the top-level
+		// code set below is not encoded before v4).
+		for _, t := range req.Topics {
+			rt := kmsg.NewAddPartitionsToTxnResponseTopic()
+			rt.Topic = t.Topic
+			for _, p := range t.Partitions {
+				rp := kmsg.NewAddPartitionsToTxnResponseTopicPartition()
+				rp.Partition, rp.ErrorCode = p, tErr
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			r.Topics = append(r.Topics, rt)
+		}
 	default:
 		f := reflect.ValueOf(resp).Elem().FieldByName("ErrorCode")
 		if !f.IsValid() || f.Kind() != reflect.Int16 {
 			return nil
 		}
+		// A top-level error code some versions do not encode would make
+		// the denial read as a success: such a response is none (the
+		// connection is closed instead).
+		without := resp.AppendTo(nil)
 		f.SetInt(int64(topLevel))
+		if bytes.Equal(without, resp.AppendTo(nil)) {
+			return nil
+		}
 	}
 	return resp
 }

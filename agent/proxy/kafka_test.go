@@ -1005,3 +1005,41 @@ func TestKafkaTransactionalInitProducerIDNeedsItsAPI(t *testing.T) {
 		})
 	}
 }
+
+// A denied AddPartitionsToTxn of versions 0-3 was answered with a
+// top-level error code those versions do not encode: the client read "no
+// error" and took its partitions as added (found 2026-12-06 by review).
+// It now gets each partition's error; v4 and later the top-level one.
+func TestKafkaDeniedAddPartitionsToTxnSaysSo(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Topic: "topic1"}}})
+	for _, v := range []int16{0, 3, 4} {
+		r := kmsg.NewPtrAddPartitionsToTxnRequest()
+		r.Version = v
+		if v < 4 {
+			r.TransactionalID, r.ProducerID = "txn", 1
+			rt := kmsg.NewAddPartitionsToTxnRequestTopic()
+			rt.Topic, rt.Partitions = "topic2", []int32{0, 1}
+			r.Topics = append(r.Topics, rt)
+		} else {
+			tx := kmsg.NewAddPartitionsToTxnRequestTransaction()
+			tx.TransactionalID, tx.ProducerID = "txn", 1
+			rt := kmsg.NewAddPartitionsToTxnRequestTransactionTopic()
+			rt.Topic, rt.Partitions = "topic2", []int32{0}
+			tx.Topics = append(tx.Topics, rt)
+			r.Transactions = append(r.Transactions, tx)
+		}
+		resp := h.raw().send("c", r)[0].(*kmsg.AddPartitionsToTxnResponse)
+		var codes []int16
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				codes = append(codes, p.ErrorCode)
+			}
+		}
+		switch {
+		case v < 4 && !slices.Equal(codes, []int16{kafkaTopicAuthorizationFailed, kafkaTopicAuthorizationFailed}):
+			t.Errorf("v%d: partition errors %v, want TOPIC_AUTHORIZATION_FAILED for both", v, codes)
+		case v >= 4 && resp.ErrorCode == 0:
+			t.Errorf("v%d: top-level error 0, want a denial", v)
+		}
+	}
+}

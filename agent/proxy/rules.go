@@ -117,8 +117,8 @@ func compileRule(prefix string, r HTTPRule) (*rule, error) {
 			return nil, fmt.Errorf("%w: %s.mismatch %q: want LOG, ADD, DELETE or REPLACE", ErrInvalid, field, m.Mismatch)
 		}
 		m.Name = http.CanonicalHeaderKey(m.Name)
-		if m.Name == "Host" && m.Mismatch == MismatchDelete {
-			return nil, fmt.Errorf("%w: %s.mismatch DELETE of Host: a request keeps its host (ADD or REPLACE set it)", ErrInvalid, field)
+		if m.Name == "Host" && m.Mismatch != "" && m.Mismatch != MismatchLog && (m.Mismatch == MismatchDelete || m.Value == "") {
+			return nil, fmt.Errorf("%w: %s.mismatch %s of Host to %q: a request keeps a host (ADD or REPLACE set one)", ErrInvalid, field, m.Mismatch, m.Value)
 		}
 		c.matches = append(c.matches, m)
 	}
@@ -244,8 +244,8 @@ func Apply(req *http.Request, acts []HeaderMatch) (notes []string) {
 		switch {
 		case m.Name == "Host" && m.Mismatch != MismatchLog:
 			// The request's host is one value (req.Host, what goes
-			// upstream): ADD and REPLACE set it (a DELETE is refused when
-			// the rule is compiled).
+			// upstream): ADD and REPLACE set it (a DELETE, or an empty
+			// value, is refused when the rule is compiled).
 			req.Host = m.Value
 		case m.Mismatch == MismatchAdd:
 			req.Header.Add(m.Name, m.Value)

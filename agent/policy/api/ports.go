@@ -191,8 +191,11 @@ func (v *validator) l7(p fieldPath, pr *PortRule) {
 			if m.Mismatch != "" && !slices.Contains(HeaderMismatchActions, m.Mismatch) {
 				v.addf(mp.child("mismatch"), "%q is not one of %s", m.Mismatch, strings.Join(HeaderMismatchActions, ", "))
 			}
-			if strings.EqualFold(m.Name, "Host") && m.Mismatch == "DELETE" {
-				v.addf(mp.child("mismatch"), "DELETE of Host: a request keeps its host (ADD or REPLACE set it)")
+			// Only on import: a policy stored before 2026-12-06 still loads
+			// (the proxy drops the rule), or the agent would not start.
+			if v.strict && strings.EqualFold(m.Name, "Host") && m.Mismatch != "" && m.Mismatch != "LOG" &&
+				(m.Mismatch == "DELETE" || m.Value == "") {
+				v.addf(mp.child("mismatch"), "%s of Host to %q: a request keeps a host (ADD or REPLACE set one)", m.Mismatch, m.Value)
 			}
 		}
 	}
