@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -221,21 +220,21 @@ func tcpFlags(ev monitor.Event) *flow.TCPFlags {
 	}
 }
 
-// validL7 is r with its strings valid UTF-8 (each run of bytes that are
-// not replaced by U+FFFD): they are a workload's (a Kafka topic, a query
-// string), and proto3 strings must be UTF-8, so until 2026-12-04 one such
-// flow failed every GetFlows (and the relay's, and the web page's) whose
-// window held it.
+// validL7 is r with its strings made printable (monitor.Printable: bytes
+// that are not UTF-8 escaped as \xNN, characters that are neither graphic
+// nor the space as \xNN or \uNNNN): they are a workload's (a Kafka topic,
+// a query string, an HTTP/2 method). proto3 strings must be UTF-8, so
+// until 2026-12-04 one such flow failed every GetFlows (and the relay's,
+// and the web page's) whose window held it; and until 2026-12-06 control
+// and format characters went on as they came, to `hubble observe -o
+// json` (U+009B is a terminal's CSI) and to the web page, whose service
+// map showed a topic's "\nFORWARDED ×4200" as a line of its own
+// (TestControlCharactersFromWorkloadsEscaped).
 func validL7(r *monitor.L7) *monitor.L7 {
 	if r == nil {
 		return nil
 	}
-	valid := func(s string) string {
-		if utf8.ValidString(s) {
-			return s
-		}
-		return strings.ToValidUTF8(s, "\uFFFD")
-	}
+	valid := monitor.Printable
 	out := *r
 	out.Protocol, out.Method, out.Host, out.Path, out.Verdict = valid(r.Protocol), valid(r.Method), valid(r.Host), valid(r.Path), valid(r.Verdict)
 	out.DNSRcode = valid(r.DNSRcode)

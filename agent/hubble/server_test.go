@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -398,7 +399,8 @@ func TestInterceptors(t *testing.T) {
 // impossible to encode as protobuf (proto3 strings are UTF-8): every
 // GetFlows whose window held it ended with an error, the relay's and the
 // web page's too, until newer flows pushed it out. They now reach clients
-// with the invalid bytes replaced.
+// with the invalid bytes escaped (\xff; U+FFFD until 2026-12-06, when the
+// escaping of control characters took them in).
 func TestInvalidUTF8FromWorkloads(t *testing.T) {
 	s, c := newTestServer(t, 0)
 	evs := events(time.Now())
@@ -415,10 +417,10 @@ func TestInvalidUTF8FromWorkloads(t *testing.T) {
 	if err != nil || len(got) != 4 {
 		t.Fatalf("flows after invalid UTF-8 from a workload: %d, %v", len(got), err)
 	}
-	if k := got[0].L7.GetKafka(); k == nil || k.Topic != "topic\uFFFD" {
+	if k := got[0].L7.GetKafka(); k == nil || k.Topic != `topic\xff` || k.ApiKey != `Metadata\xfe` {
 		t.Errorf("Kafka flow: %v", got[0].L7)
 	}
-	if h := got[1].L7.GetHttp(); h == nil || !strings.HasSuffix(h.Url, "/?q=\uFFFD") {
+	if h := got[1].L7.GetHttp(); h == nil || !strings.HasSuffix(h.Url, `/?q=\xff\xfe`) {
 		t.Errorf("HTTP flow: %v", got[1].L7)
 	}
 }
@@ -496,4 +498,42 @@ func TestStreamPoolPerClient(t *testing.T) {
 	}
 	close(release)
 	open.Wait()
+}
+
+// A workload's strings reached Hubble clients with their control and
+// format characters as they came: a Kafka topic, an HTTP query string or
+// an HTTP/2 method holding C1 controls (U+009B is a terminal's CSI),
+// backspaces, newlines or a right-to-left override went raw to `hubble
+// observe -o json` and to the web page, whose service map then showed a
+// made-up "FORWARDED ×4200" line (found 2026-12-06 by a review). They
+// are now escaped (\x08, \x9b, \u202e): clients show them as text.
+func TestControlCharactersFromWorkloadsEscaped(t *testing.T) {
+	s, c := newTestServer(t, 0)
+	evs := events(time.Now())
+	kafka := evs[3]
+	kafka.L7 = &monitor.L7{Protocol: "Kafka", Method: "Produce", Path: "orders ×1\nFORWARDED ×4200\b\u009b2J\u202e", Status: 29, Verdict: "denied"}
+	http := evs[3]
+	http.L7 = &monitor.L7{Protocol: "HTTP/2", Method: "GE\u009bT", Host: "web", Path: "/?x=\u202egnp.exe\u009b2J", Status: 403, Verdict: "denied"}
+	for _, ev := range []monitor.Event{kafka, http} {
+		s.Record(ev)
+	}
+	got, err := getFlows(t, c, &observer.GetFlowsRequest{})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("flows: %d, %v", len(got), err)
+	}
+	k, h := got[0].L7.GetKafka(), got[1].L7.GetHttp()
+	if k == nil || h == nil {
+		t.Fatalf("flows: %v, %v", got[0].L7, got[1].L7)
+	}
+	for _, s := range []string{k.Topic, h.Method, h.Url} {
+		for _, r := range s {
+			if r != ' ' && !unicode.IsGraphic(r) {
+				t.Errorf("%q reaches clients with %U", s, r)
+				break
+			}
+		}
+	}
+	if want := `orders ×1\x0aFORWARDED ×4200\x08\x9b2J\u202e`; k.Topic != want {
+		t.Errorf("topic %q, want %q", k.Topic, want)
+	}
 }

@@ -1,8 +1,12 @@
 package monitor
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/filament-net/filament/agent/identity"
 )
@@ -75,3 +79,32 @@ type L7 struct {
 	DNSAnswers []netip.Addr `json:"dnsAnswers,omitempty"`
 	DNSTTL     uint32       `json:"dnsTTL,omitempty"`
 }
+
+// Printable is s, a workload's string (an L7 record's method, path, host,
+// topic) for a view: its bytes that are not UTF-8 escaped as \xNN, and
+// its characters that are neither graphic nor the space as \xNN or
+// \uNNNN, so that what a terminal or a page would act on (a C1 CSI, a
+// right-to-left override, a newline) is shown as text.
+func Printable(s string) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case !notShown(r):
+			b.WriteRune(r)
+		case r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
+}
+
+// notShown tells whether r is a character a view would not show as
+// itself: neither graphic nor the space.
+func notShown(r rune) bool { return r != ' ' && !unicode.IsGraphic(r) }

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -33,6 +31,7 @@ import (
 	"github.com/filament-net/filament/agent/hubble/pb/relay"
 	"github.com/filament-net/filament/agent/hubble/query"
 	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/monitor"
 )
 
 // hubbleServer is the node's Hubble API: the unix socket the agent
@@ -410,21 +409,5 @@ func tcpFlags(fl *flow.TCPFlags) string {
 	return strings.Join(set, ", ")
 }
 
-// printable escapes what a terminal would act on: control and other
-// non-graphic characters, and bytes that are not UTF-8.
-func printable(s string) string {
-	var b strings.Builder
-	for i, r := range s {
-		switch {
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r == ' ' || unicode.IsGraphic(r):
-			b.WriteRune(r)
-		case r < 0x100:
-			fmt.Fprintf(&b, `\x%02x`, r)
-		default:
-			fmt.Fprintf(&b, `\u%04x`, r)
-		}
-	}
-	return b.String()
-}
+// printable escapes what a terminal would act on (monitor.Printable).
+var printable = monitor.Printable

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	flowpb "github.com/filament-net/filament/agent/hubble/pb/flow"
 )
@@ -27,9 +28,26 @@ const Other = "other"
 // Caps on the distinct values of the labels that have no fixed set: the
 // first values seen keep their own series, later ones count as Other.
 const (
-	MaxKafkaTopics  = 100
-	MaxKafkaAPIKeys = 64
+	MaxKafkaTopics = 100
+	// MaxKafkaAPIKeys holds every API name of kmsg's table (kafkaAPINames,
+	// about 96), the only values that take one.
+	MaxKafkaAPIKeys = 128
 )
+
+// kafkaAPINames are the Kafka API names (kmsg's): the proxy names a
+// request's API with them. Until 2026-12-06 any value took one of 64
+// slots, and a pod's denied requests of as many APIs after a restart
+// left Produce and Fetch counted as "other"
+// (TestKafkaAPILabelKeepsRealAPIs).
+var kafkaAPINames = func() map[string]bool {
+	m := map[string]bool{}
+	for k := range int16(1000) {
+		if kmsg.RequestForKey(k) != nil {
+			m[kmsg.NameForKey(k)] = true
+		}
+	}
+	return m
+}()
 
 // Metrics are the flow metrics registered with one registry.
 type Metrics struct {
@@ -106,7 +124,7 @@ func (m *Metrics) Observe(f *flowpb.Flow) {
 			m.dnsResps.WithLabelValues(rcode).Inc()
 		}
 	case *flowpb.Layer7_Kafka:
-		api := m.apiKeys.value(r.Kafka.GetApiKey(), 64, true)
+		api := m.apiKeys.value(r.Kafka.GetApiKey(), 64, kafkaAPINames[r.Kafka.GetApiKey()])
 		// A denied request's topic is the pod's choice, not a topic the
 		// policy let it use: it takes no slot (until 2026-12-04 a pod's
 		// denied requests could take them all).
