@@ -584,11 +584,11 @@ func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer
 	// request with a body, whose Upgrade is not passed on) is no response
 	// to pass on: the server speaks something else from here (found by
 	// review: after the body path dropped Upgrade, such a 101 went to the
-	// client as a response and the connection stayed open).
+	// client as a response and the connection stayed open): the client
+	// gets 502, as when the upstream fails.
 	if status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") == "" {
 		dc.dropUpstream()
-		writeStatus(bw, http.StatusBadGateway, "Upstream switched protocols unasked\n", true)
-		return http.StatusBadGateway, false, true, bw.Flush()
+		return 0, false, false, fmt.Errorf("%w: a 101 to a request that asked for no upgrade", errUpstream)
 	}
 	if upgraded := status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") != "" ||
 		connect2xx && status == http.StatusOK && !framed; upgraded {

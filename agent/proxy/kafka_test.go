@@ -1043,3 +1043,24 @@ func TestKafkaDeniedAddPartitionsToTxnSaysSo(t *testing.T) {
 		}
 	}
 }
+
+// A denial whose top-level error code the request's version does not
+// encode closes the connection rather than answer what reads as success
+// (DescribeLogDirs before v3 has none; from v3 it does).
+func TestKafkaDenialWithoutItsErrorFieldCloses(t *testing.T) {
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Topic: "topic1"}}})
+	v3 := kmsg.NewPtrDescribeLogDirsRequest()
+	v3.Version = 3
+	if resp := h.raw().send("c", v3)[0].(*kmsg.DescribeLogDirsResponse); resp.ErrorCode == 0 {
+		t.Errorf("DescribeLogDirs v3 denied: error code 0, want a denial")
+	}
+	v2 := kmsg.NewPtrDescribeLogDirsRequest()
+	v2.Version = 2
+	k := h.raw()
+	if _, err := k.c.Write(kafkaRequestFrame(v2, 1, "c")); err != nil {
+		t.Fatal(err)
+	}
+	if !k.closed() {
+		t.Error("DescribeLogDirs v2 denied: the connection is open, want it closed (v2 has no error code to say so)")
+	}
+}

@@ -117,8 +117,12 @@ func compileRule(prefix string, r HTTPRule) (*rule, error) {
 			return nil, fmt.Errorf("%w: %s.mismatch %q: want LOG, ADD, DELETE or REPLACE", ErrInvalid, field, m.Mismatch)
 		}
 		m.Name = http.CanonicalHeaderKey(m.Name)
-		if m.Name == "Host" && m.Mismatch != "" && m.Mismatch != MismatchLog && (m.Mismatch == MismatchDelete || m.Value == "") {
-			return nil, fmt.Errorf("%w: %s.mismatch %s of Host to %q: a request keeps a host (ADD or REPLACE set one)", ErrInvalid, field, m.Mismatch, m.Value)
+		switch {
+		case m.Name != "Host":
+		case m.Mismatch == MismatchDelete:
+			return nil, fmt.Errorf("%w: %s.mismatch: DELETE of Host: a request keeps its host", ErrInvalid, field)
+		case (m.Mismatch == MismatchAdd || m.Mismatch == MismatchReplace) && (m.Value == "" || !httpguts.ValidHostHeader(m.Value)):
+			return nil, fmt.Errorf("%w: %s.value: %s of Host needs a host, not %q", ErrInvalid, field, m.Mismatch, m.Value)
 		}
 		c.matches = append(c.matches, m)
 	}

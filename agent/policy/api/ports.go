@@ -193,9 +193,13 @@ func (v *validator) l7(p fieldPath, pr *PortRule) {
 			}
 			// Only on import: a policy stored before 2026-12-06 still loads
 			// (the proxy drops the rule), or the agent would not start.
-			if v.strict && strings.EqualFold(m.Name, "Host") && m.Mismatch != "" && m.Mismatch != "LOG" &&
-				(m.Mismatch == "DELETE" || m.Value == "") {
-				v.addf(mp.child("mismatch"), "%s of Host to %q: a request keeps a host (ADD or REPLACE set one)", m.Mismatch, m.Value)
+			if v.strict && strings.EqualFold(m.Name, "Host") {
+				switch {
+				case m.Mismatch == "DELETE":
+					v.addf(mp.child("mismatch"), "DELETE of Host: a request keeps its host")
+				case (m.Mismatch == "ADD" || m.Mismatch == "REPLACE") && (m.Value == "" || !httpguts.ValidHostHeader(m.Value)):
+					v.addf(mp.child("value"), "%s of Host needs a host, not %q", m.Mismatch, m.Value)
+				}
 			}
 		}
 	}
