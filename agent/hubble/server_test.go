@@ -506,7 +506,7 @@ func TestStreamPoolPerClient(t *testing.T) {
 // backspaces, newlines or a right-to-left override went raw to `hubble
 // observe -o json` and to the web page, whose service map then showed a
 // made-up "FORWARDED ×4200" line (found 2026-12-06 by a review). They
-// are now escaped (\x08, \x9b, \u202e): clients show them as text.
+// are now escaped (\x08, \u009b, \u202e): clients show them as text.
 func TestControlCharactersFromWorkloadsEscaped(t *testing.T) {
 	s, c := newTestServer(t, 0)
 	evs := events(time.Now())
@@ -533,7 +533,7 @@ func TestControlCharactersFromWorkloadsEscaped(t *testing.T) {
 			}
 		}
 	}
-	if want := `orders ×1\x0aFORWARDED ×4200\x08\x9b2J\u202e`; k.Topic != want {
+	if want := `orders ×1\x0aFORWARDED ×4200\x08\u009b2J\u202e`; k.Topic != want {
 		t.Errorf("topic %q, want %q", k.Topic, want)
 	}
 }

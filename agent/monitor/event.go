@@ -82,9 +82,12 @@ type L7 struct {
 
 // Printable is s, a workload's string (an L7 record's method, path, host,
 // topic) for a view: its bytes that are not UTF-8 escaped as \xNN, and
-// its characters that are neither graphic nor the space as \xNN or
-// \uNNNN, so that what a terminal or a page would act on (a C1 CSI, a
-// right-to-left override, a newline) is shown as text.
+// its characters that are neither graphic nor the space as \xNN (ASCII),
+// \uNNNN or \UNNNNNNNN, so that what a terminal or a page would act on
+// (a C1 CSI, a right-to-left override, a newline) is shown as text. Each
+// escape has one reading (a \xNN above 7f is a byte that is not UTF-8,
+// the longer forms are fixed-width), so a string without backslashes can
+// be read back exactly (FuzzPrintable).
 func Printable(s string) string {
 	if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 {
 		return s
@@ -96,10 +99,12 @@ func Printable(s string) string {
 			fmt.Fprintf(&b, `\x%02x`, s[i])
 		case !notShown(r):
 			b.WriteRune(r)
-		case r < 0x100:
+		case r < utf8.RuneSelf:
 			fmt.Fprintf(&b, `\x%02x`, r)
-		default:
+		case r <= 0xFFFF:
 			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			fmt.Fprintf(&b, `\U%08x`, r)
 		}
 	}
 	return b.String()

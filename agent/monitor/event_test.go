@@ -1,0 +1,85 @@
+package monitor
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"unicode"
+	"unicode/utf8"
+)
+
+// readBack undoes Printable for a string that had no backslash: \xNN is
+// the byte NN, \uNNNN and \UNNNNNNNN the character.
+func readBack(t *testing.T, s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		if s[i] != '\\' {
+			b.WriteByte(s[i])
+			i++
+			continue
+		}
+		width := map[byte]int{'x': 2, 'u': 4, 'U': 8}[s[i+1]]
+		if width == 0 || i+2+width > len(s) {
+			t.Fatalf("%q: escape at %d has no reading", s, i)
+		}
+		n, err := strconv.ParseUint(s[i+2:i+2+width], 16, 32)
+		if err != nil {
+			t.Fatalf("%q: escape at %d: %v", s, i, err)
+		}
+		if s[i+1] == 'x' {
+			b.WriteByte(byte(n))
+		} else {
+			b.WriteRune(rune(n))
+		}
+		i += 2 + width
+	}
+	return b.String()
+}
+
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{
+		"/public/a b":   "/public/a b",
+		"a\tb\nc":       `a\x09b\x0ac`,
+		"\u009b2J":      `\u009b2J`,
+		"\xc2\x9b":      `\u009b`,
+		"\x9b":          `\x9b`,
+		"\u202egnp.exe": `\u202egnp.exe`,
+		"\U000e0001a":   `\U000e0001a`,
+		"\ue0001a":      `\ue0001a`,
+		"\ufffd \xff":   "\ufffd " + `\xff`,
+		"é\x00":         `é\x00`,
+	} {
+		if got := Printable(in); got != want {
+			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// FuzzPrintable: whatever a workload sends, the view's string is UTF-8
+// with nothing but graphic characters and spaces, a string that was
+// already so is unchanged, and one without backslashes reads back
+// exactly (no two such strings show alike).
+func FuzzPrintable(f *testing.F) {
+	for _, s := range []string{"", "GET", "a\x1b[2Jb", "\u009b", "\xc2", "\U000e0001a", "\ue0001a", "\ufffd\xef\xbf", "x\u202e\u2066y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := Printable(s)
+		if !utf8.ValidString(got) {
+			t.Fatalf("Printable(%q) = %q: not UTF-8", s, got)
+		}
+		for _, r := range got {
+			if r != ' ' && !unicode.IsGraphic(r) {
+				t.Fatalf("Printable(%q) = %q holds %U", s, got, r)
+			}
+		}
+		if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 && got != s {
+			t.Fatalf("Printable(%q) = %q: a printable string changed", s, got)
+		}
+		if !strings.Contains(s, `\`) {
+			if back := readBack(t, got); back != s {
+				t.Fatalf("Printable(%q) = %q reads back as %q", s, got, back)
+			}
+		}
+	})
+}
