@@ -227,6 +227,7 @@ func (p *Proxy) server(protocols *http.Protocols) *http.Server {
 		ReadHeaderTimeout: p.opts.ReadHeaderTimeout,
 		IdleTimeout:       p.opts.IdleTimeout,
 		Protocols:         protocols,
+		HTTP2:             h2Bounds(),
 		// OPTIONS * is a request like any other: decided by the rules,
 		// not answered 200 by net/http.
 		DisableGeneralOptionsHandler: true,
@@ -234,6 +235,23 @@ func (p *Proxy) server(protocols *http.Protocols) *http.Server {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c.(*downConn))
 		},
+	}
+}
+
+// h2Bounds are the HTTP/2 settings of both sides of the proxy: frames
+// of 16 KiB at most (net/http's server allocates a frame whole from its
+// header and keeps the buffer with the connection: at its default of
+// 1 MiB, a client's 9 bytes held a megabyte, TestH2FrameHeaderHoldsNoMegabyte),
+// and 64 KiB received ahead a stream, 1 MiB a connection (the defaults,
+// 4 MiB a stream for the transport and 1 MiB for the server, let a client
+// that keeps its window shut have the proxy hold 4 MiB of each answer,
+// TestH2ShutWindowHoldsLittleOfEachAnswer): a source's streams
+// (MaxStreamsPerSource) hold 64 KiB each of bodies or answers at most.
+func h2Bounds() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		MaxReadFrameSize:              16 << 10,
+		MaxReceiveBufferPerStream:     64 << 10,
+		MaxReceiveBufferPerConnection: 1 << 20,
 	}
 }
 
@@ -631,12 +649,16 @@ type downConn struct {
 
 	prefix []byte // read by sniff, not yet by the server
 
-	mu     sync.Mutex
-	up     *h1Upstream     // HTTP/1.x
-	h2     *http.Transport // HTTP/2
-	busy   bool            // in an HTTP/1.x request
-	http2  bool            // served by the HTTP/2 server
-	kafka  bool            // served as Kafka
+	mu sync.Mutex
+	up *h1Upstream     // HTTP/1.x
+	h2 *http.Transport // HTTP/2
+	// h2Ups are the transport's upstream connections, closed with this
+	// one (the transport pools a connection that a dial cancelled with
+	// its request still makes, after the last CloseIdleConnections).
+	h2Ups  map[*h2Upstream]struct{}
+	busy   bool // in an HTTP/1.x request
+	http2  bool // served by the HTTP/2 server
+	kafka  bool // served as Kafka
 	closed bool
 	// live are the allowed HTTP requests in flight (a tunnel's upgrade
 	// request until the tunnel ends), each with what ends it: judged
@@ -729,13 +751,17 @@ func (c *downConn) Read(b []byte) (int, error) {
 func (c *downConn) Close() error {
 	c.mu.Lock()
 	c.closed = true
-	up, h2 := c.up, c.h2
+	up, h2, ups := c.up, c.h2, c.h2Ups
+	c.h2Ups = nil
 	c.mu.Unlock()
 	if up != nil {
 		up.conn.Close() // its reader is serveH1's (dropUpstream gives it back)
 	}
 	if h2 != nil {
 		h2.CloseIdleConnections()
+	}
+	for u := range ups {
+		u.Conn.Close()
 	}
 	c.p.mu.Lock()
 	if _, ok := c.p.conns[c]; ok {
@@ -781,6 +807,7 @@ func (c *downConn) transport() (*http.Transport, error) {
 			// As HTTP/1.x's (headLimit): net/http's default is 10 MiB a
 			// response, for each of a connection's streams.
 			MaxResponseHeaderBytes: maxHeaderBytes,
+			HTTP2:                  h2Bounds(),
 		}
 	}
 	return c.h2, nil
@@ -790,7 +817,38 @@ func (c *downConn) transport() (*http.Transport, error) {
 // transport asks for, marked with the source's identity, from the
 // source's address when transparent (upstreamSource).
 func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	return c.p.dialUpstream(ctx, "tcp", c.src.Addr(), c.dst, c.srcIdentity(c.p.cfg.Load()))
+	conn, err := c.p.dialUpstream(ctx, "tcp", c.src.Addr(), c.dst, c.srcIdentity(c.p.cfg.Load()))
+	if err != nil {
+		return nil, err
+	}
+	u := &h2Upstream{Conn: conn, dc: c}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		// Until 2026-12-07 such a connection stayed open for the idle
+		// timeout, counted nowhere (TestH2UpstreamConnsCloseWithTheClient).
+		conn.Close()
+		return nil, net.ErrClosed
+	}
+	if c.h2Ups == nil {
+		c.h2Ups = map[*h2Upstream]struct{}{}
+	}
+	c.h2Ups[u] = struct{}{}
+	return u, nil
+}
+
+// h2Upstream is an upstream connection of a client connection's HTTP/2
+// transport, known to the client connection until it closes.
+type h2Upstream struct {
+	net.Conn
+	dc *downConn
+}
+
+func (u *h2Upstream) Close() error {
+	u.dc.mu.Lock()
+	delete(u.dc.h2Ups, u)
+	u.dc.mu.Unlock()
+	return u.Conn.Close()
 }
 
 // statusClientGone is the records' status of a request whose client went
@@ -1027,7 +1085,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out.Body = s.body
 		defer s.body.stop() // the stream is the server's again: a late read leaves it alone
 	}
+	served := false
+	defer func() {
+		if !served {
+			// ReverseProxy ends a handler whose answer's copy was cut
+			// (the client or the server reset the stream, a new config
+			// ended it) with a panic, going on past this: the request is
+			// recorded still, as one whose client went, as HTTP/1.x's
+			// is. Until 2026-12-07 it left no record and no metric
+			// (TestH2CutAnswerRecorded).
+			p.finish(recs, start, statusClientGone, Forwarded)
+		}
+	}()
 	p.rp.ServeHTTP(w, out)
+	served = true
 	verdict := Forwarded
 	if s.failed {
 		verdict = Error
