@@ -1699,6 +1699,15 @@ func (ps *peerSpec) matches(k *knownIdentity) bool {
 				return true
 			}
 		}
+		// A CIDR identity carries reserved:world: a selector naming it
+		// selects the prefix as world (until 2026-12-07 one namespace's
+		// toCIDR took its prefix out of another's reserved:world
+		// selectors, TestWorldSelectorSelectsCIDRIdentities).
+		for _, s := range ps.selectors {
+			if s.reserved && s.sel.Matches(k.labels) {
+				return true
+			}
+		}
 		return false
 	case k.id == identity.World:
 		if ps.world {

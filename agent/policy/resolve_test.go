@@ -283,8 +283,8 @@ func TestResolvePeers(t *testing.T) {
 			want: []identity.NumericIdentity{web1, web2, db}},
 		{name: "selector naming reserved:host", in: &api.IngressRule{FromEndpoints: rsSels("reserved:host="), ToPorts: tcp80},
 			want: []identity.NumericIdentity{identity.Host}},
-		{name: "reserved:world selects world, not CIDR identities", in: &api.IngressRule{FromEndpoints: rsSels("reserved:world="), ToPorts: tcp80},
-			want: []identity.NumericIdentity{identity.World}},
+		{name: "reserved:world selects world and the CIDR identities", in: &api.IngressRule{FromEndpoints: rsSels("reserved:world="), ToPorts: tcp80},
+			want: []identity.NumericIdentity{identity.World, cidr10, cidr192}},
 		{name: "expression selector", in: &api.IngressRule{FromEndpoints: []api.EndpointSelector{{MatchExpressions: []api.SelectorRequirement{
 			{Key: "env", Operator: api.OpIn, Values: []string{"prod"}}}}}, ToPorts: tcp80},
 			want: []identity.NumericIdentity{web2, db}},
