@@ -264,9 +264,13 @@ func (s *Store) decode(kv kvstore.KeyValue) (p api.Policy, err error) {
 	if err := dec.Decode(&p); err != nil {
 		return p, err
 	}
-	if _, err := api.Prepare([]api.Policy{p}); err != nil {
+	// Prepared again: the form a policy takes may have changed since it
+	// was stored (TestStoredNetworkPolicyPeersKeptInTheirNamespace).
+	prepared, err := api.Prepare([]api.Policy{p})
+	if err != nil {
 		return p, err
 	}
+	p = prepared[0]
 	if kv.Key == s.prefix+p.Key() || p.Kind == api.KindNetworkPolicy && kv.Key == s.prefix+p.LegacyKey() {
 		return p, nil
 	}

@@ -1,5 +1,7 @@
 package api
 
+import "slices"
+
 // normalize brings p into the internal form described in the package
 // comment. It is idempotent and modifies p's maps and slices in place.
 func (p *Policy) normalize() {
@@ -12,6 +14,33 @@ func (p *Policy) normalize() {
 	}
 	for i := range p.Rules {
 		p.Rules[i].normalize(ns)
+		if p.Kind == KindNetworkPolicy {
+			p.Rules[i].keepPodSelectorsIn(ns)
+		}
+	}
+}
+
+// keepPodSelectorsIn keeps a NetworkPolicy's podSelector peers (a
+// selector without namespaceSelector: no `namespace Exists` requirement)
+// in namespace ns, as k8sPeers makes them. A policy stored before
+// 2026-12-05, whose podSelector named the namespace key, went on
+// selecting other namespaces' pods after the upgrade (found by a review,
+// TestStoredNetworkPolicyPeersKeptInTheirNamespace).
+func (r *Rule) keepPodSelectorsIn(ns string) {
+	keep := func(sels []EndpointSelector) {
+		for i := range sels {
+			if !slices.ContainsFunc(sels[i].MatchExpressions, func(e SelectorRequirement) bool {
+				return e.Key == podNamespaceKey && e.Operator == OpExists
+			}) {
+				sels[i].restrictTo(ns)
+			}
+		}
+	}
+	for _, in := range r.Ingress {
+		keep(in.FromEndpoints)
+	}
+	for _, out := range r.Egress {
+		keep(out.ToEndpoints)
 	}
 }
 
