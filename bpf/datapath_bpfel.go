@@ -247,6 +247,8 @@ type DatapathNodeConfig struct {
 	WireguardPort    uint16
 	KernelForwarding uint16
 	HostSrc          uint32
+	KvstorePorts     uint16
+	_                [2]byte
 }
 
 type DatapathPolicyKey struct {

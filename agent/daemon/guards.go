@@ -70,15 +70,21 @@ func followGossipKeys(ctx context.Context, d *node.Detector, path string, keys g
 // proxy, the metrics and Hubble listeners, the overlay, and the kvstore's
 // ports (an embedded etcd's listeners; an external kvstore's endpoints,
 // which may be on a node's address, as the chart's clustermesh-apiserver
-// on the host network is).
-func controlPorts(cfg config.Config) []uint16 {
-	var ports []uint16
+// on the host network is). kvstore has bit i set when ports[i] is the
+// kvstore's alone: a NodePort may translate to it on a node's address
+// (the chart's clustermesh-apiserver serves remote clusters so), to no
+// other control port there.
+func controlPorts(cfg config.Config) (ports []uint16, kvstore uint16) {
+	inKvstore := false
 	add := func(p int) {
 		switch {
 		case p <= 0 || p >= 65536 || slices.Contains(ports, uint16(p)):
 		case len(ports) == datapath.MaxControlPorts:
 			slog.Warn("control port not protected: the datapath protects only the first ones", "port", p, "max", datapath.MaxControlPorts)
 		default:
+			if inKvstore {
+				kvstore |= 1 << len(ports)
+			}
 			ports = append(ports, uint16(p))
 		}
 	}
@@ -97,6 +103,9 @@ func controlPorts(cfg config.Config) []uint16 {
 	}
 	addListen(cfg.HubbleListen)
 	urls := cfg.Etcd.Endpoints
+	// An external kvstore's ports (a clustermesh-apiserver's), not an
+	// embedded etcd's: nothing reaches that one through a NodePort.
+	inKvstore = len(urls) > 0
 	if len(urls) == 0 {
 		urls = []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL}
 	}
@@ -111,8 +120,9 @@ func controlPorts(cfg config.Config) []uint16 {
 		p, _ := strconv.Atoi(pu.Port())
 		add(p)
 	}
+	inKvstore = false
 	addListen(cfg.PrometheusListen)
-	return ports
+	return ports, kvstore
 }
 
 // controlPlaneAddrs are the addresses of the kvstore this agent uses

@@ -24,7 +24,7 @@ func TestControlPortsCoverEveryListener(t *testing.T) {
 	cfg.HubbleListen = "10.0.0.1:4244"
 	cfg.MemberlistPort = 7946
 	cfg.ProxyPort = 15001
-	got := controlPorts(cfg)
+	got, _ := controlPorts(cfg)
 	for _, p := range []uint16{2379, 32379, 4244, 7946, 15001} {
 		if !slices.Contains(got, p) {
 			t.Errorf("port %d not a control port: %v", p, got)
@@ -45,7 +45,7 @@ func TestControlPortsKvstoreDoesNotCrowdOut(t *testing.T) {
 	cfg.Routing = routing.Tunnel
 	cfg.MemberlistPort, cfg.ProxyPort = 7946, 15001
 	cfg.PrometheusListen, cfg.HubbleListen = ":9962", ":4244"
-	got := controlPorts(cfg)
+	got, _ := controlPorts(cfg)
 	for _, p := range []uint16{routing.VXLANPort, 7946, 15001, 4244, 2379} {
 		if !slices.Contains(got, p) {
 			t.Errorf("port %d not a control port: %v", p, got)
@@ -88,5 +88,28 @@ func TestNodeSelectorOnlyTakenNodesOwnAddress(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("172.30.0.1"), netip.MustParseAddr("172.30.0.2"), netip.MustParseAddr("172.30.0.3")}
 	if !slices.Equal(got, want) {
 		t.Errorf("toNodes: [{}] selects %v, want %v", got, want)
+	}
+}
+
+// A NodePort may translate to an external kvstore's port on a node's
+// address (the chart's clustermesh-apiserver on the host network serves
+// remote clusters so), never to the node's other control ports, nor to
+// an embedded etcd's, nor to a port the kvstore shares with another.
+func TestControlPortsKvstoreMarked(t *testing.T) {
+	var cfg config.Config
+	cfg.Routing = routing.Tunnel
+	cfg.MemberlistPort, cfg.ProxyPort = 7946, 15001
+	cfg.PrometheusListen, cfg.HubbleListen = ":9962", ":4244"
+	cfg.Etcd.Endpoints = []string{"https://10.0.0.5:2379", "https://10.0.0.6:7946"}
+	ports, kv := controlPorts(cfg)
+	for i, p := range ports {
+		if want := p == 2379; (kv&(1<<i) != 0) != want {
+			t.Errorf("port %d: marked the kvstore's %v, want %v (%v, %b)", p, kv&(1<<i) != 0, want, ports, kv)
+		}
+	}
+	cfg.Etcd.Endpoints = nil
+	cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL = "http://10.0.0.5:2379", "http://10.0.0.5:2380"
+	if ports, kv := controlPorts(cfg); kv != 0 {
+		t.Errorf("an embedded etcd's ports marked: %v, %b", ports, kv)
 	}
 }

@@ -680,14 +680,17 @@ func (d *Datapath) setConfig(f func(*bpf.DatapathNodeConfig)) error {
 }
 
 // SetControlPorts sets the nodes' control ports (TCP and UDP) that pods
-// reach on a node address only when their egress policy names the port.
-func (d *Datapath) SetControlPorts(ports []uint16) error {
+// reach on a node address only when their egress policy names the port,
+// and no NodePort translates to there; bit i of kvstore marks ports[i]
+// as the kvstore's, which a NodePort may translate to.
+func (d *Datapath) SetControlPorts(ports []uint16, kvstore uint16) error {
 	if len(ports) > MaxControlPorts {
 		return fmt.Errorf("control ports: %d given, at most %d", len(ports), MaxControlPorts)
 	}
 	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
 		v.ControlPorts = [MaxControlPorts]uint16{}
 		copy(v.ControlPorts[:], ports)
+		v.KvstorePorts = kvstore
 	})
 }
 

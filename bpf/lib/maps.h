@@ -146,6 +146,9 @@ struct node_config {
 	// gives remote-node only to that source, the world to anything else
 	// forwarded into the tunnel. 0 = unknown: remote-node to all.
 	__u32 host_src;
+	// Bit i: control_ports[i] is the kvstore's, which a NodePort may
+	// translate to on a node's address (nodeport_to_control).
+	__u16 kvstore_ports;
 };
 
 struct event {

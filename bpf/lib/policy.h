@@ -43,6 +43,38 @@ static __always_inline int to_node(struct pkt *p, __u32 peer, __u32 daddr)
 	       bpf_map_lookup_elem(&node_local_addrs, &daddr);
 }
 
+// nodeport_to_control tells whether a NodePort translation to bip:bport
+// (network order; a backend that is no pod of this node, whose identity
+// is identity) would reach a node's control port: a node's own address
+// (to_node) on one of the control ports but the kvstore's
+// (node_config.kvstore_ports: the chart's clustermesh-apiserver serves
+// remote clusters as a NodePort from the host network). The translated
+// packet leaves from this node's address, which the other node trusts:
+// a Service naming another node's address and its VXLAN port made this
+// node carry a world client's VXLAN, with any identity in its VNI, into
+// that node's tunnel (and its gossip, proxy and metrics ports were open
+// the same way) until 2026-12-07 (TestNodePortToNodeControlPort).
+static __always_inline int nodeport_to_control(__u8 proto, __u32 bip, __u16 bport, __u32 identity)
+{
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 0;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return 0;
+	__u16 port = bpf_ntohs(bport);
+	int i, found = 0;
+#pragma unroll
+	for (i = 0; i < CONTROL_PORTS; i++) {
+		if (cfg->control_ports[i] && cfg->control_ports[i] == port && !(cfg->kvstore_ports & (1 << i)))
+			found = 1;
+	}
+	if (!found)
+		return 0;
+	return identity == IDENTITY_HOST || identity == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &bip) ||
+	       bpf_map_lookup_elem(&node_local_addrs, &bip);
+}
+
 // policy_verdict is the decision of endpoint ep's policy in direction dir
 // (enforced or not) for a flow of p's protocol and policy port pport whose
 // other side has identity peer: REASON_FORWARDED or the drop reason. With

@@ -455,6 +455,9 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	int local = bep != 0;
 	struct ipcache_value *where = local ? 0 : lookup_ipcache(bip);
+	// Never to a node's control port (a Service naming a node's address).
+	if (!local && nodeport_to_control(p.proto, bip, bport, where ? where->identity : 0))
+		return drop(skb, REASON_CONTROL_PORT, DIR_INGRESS, 0, 0, IDENTITY_WORLD, 0, &p);
 	__u32 tunnel_ip = where ? where->tunnel_ip : 0;
 	// A backend on another node goes through the encryption device when
 	// that node is a peer (never in clear under strict mode).

@@ -1,0 +1,117 @@
+package lab_test
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/filament-net/filament/lab"
+	"github.com/filament-net/filament/lab/labtest"
+)
+
+const vxlanNodePort = `apiVersion: filament.io/v1
+kind: Service
+metadata: {name: tunnel, namespace: tenant}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.60
+  ports:
+  - {name: vx, port: 80, targetPort: 8472, nodePort: 30082, protocol: UDP}
+backends:
+- {ip: %s, node: n2, state: active}
+`
+
+const udpFromA = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "7000", protocol: UDP}]}]
+`
+
+// A Service whose backend is another node's address on its VXLAN port
+// (a tenant's hand-written EndpointSlice can name a node's address: a
+// host-network backend) made n1 carry a world host's datagram, sent to
+// its NodePort, to n2's VXLAN socket from n1's own address, which n2
+// trusts as a node's: the attacker's VNI became the source identity, and
+// pod b, whose policy admits only app=a, took a datagram as a's. The
+// NodePort translation now refuses a node's address on a control port
+// (nodeport_to_control) and counts the drop.
+func TestNodePortToNodeControlPort(t *testing.T) {
+	l := labtest.UpRouting(t, 2, "tunnel")
+	a := labtest.Pod(t, l, "n1", "a", "app=a")
+	b := labtest.Pod(t, l, "n2", "b", "app=b")
+	labtest.ImportPolicy(t, l, "n2", udpFromA)
+	n1, _ := l.Node("n1")
+	n2, _ := l.Node("n2")
+
+	got := make(chan string, 16)
+	var pc net.PacketConn
+	if err := ns.WithNetNSPath(lab.NetNSPath(b.NetNS), func(ns.NetNS) error {
+		var err error
+		pc, err = net.ListenPacket("udp4", ":7000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			got <- fmt.Sprintf("%s from %s", buf[:n], from)
+		}
+	}()
+	// The policy works: a's own datagrams arrive, the attacker's own do not.
+	eventually(t, "a's datagram reaches b", func() bool {
+		sendUDP(t, lab.NetNSPath(a.NetNS), "", b.IP, 7000, "real")
+		select {
+		case <-got:
+			return true
+		case <-time.After(300 * time.Millisecond):
+			return false
+		}
+	})
+
+	labtest.MustUpsertService(t, l, "n1", fmt.Sprintf(vxlanNodePort, n2.IP))
+	eventually(t, "the NodePort on n1", func() bool {
+		for _, s := range labtest.Services(t, l, "n1") {
+			if s.Name == "tunnel" && len(s.Frontends) > 1 {
+				return true
+			}
+		}
+		return false
+	})
+	vni := uint32(labtest.Endpoints(t, l, "n1")[0].Identity)
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.ParseIP(a.IP).To4(), DstIP: net.ParseIP(b.IP).To4()}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: 7000}
+	udp.SetNetworkLayerForChecksum(ip)
+	inner := serialize(t,
+		&layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 8}, EthernetType: layers.EthernetTypeIPv4},
+		ip, udp, gopacket.Payload("forged"))
+	vx := serialize(t, &layers.VXLAN{ValidIDFlag: true, VNI: vni}, gopacket.Payload(inner))
+
+	attacker := labtest.UnderlayHost(t, l, "evil", "172.30.0.201")
+	before := dropCount(t, l, "n1", "node control port")
+	for i := 0; i < 5; i++ {
+		sendUDP(t, attacker, "", n1.IP, 30082, string(vx))
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("b took the attacker's VXLAN through n1's NodePort as a's: %q", m)
+	case <-time.After(2 * time.Second):
+	}
+	eventually(t, "the NodePort translation to n2's VXLAN port counted as a drop", func() bool {
+		return dropCount(t, l, "n1", "node control port") >= before+5
+	})
+}
