@@ -84,17 +84,20 @@ type L7 struct {
 // topic) for a view: its bytes that are not UTF-8 escaped as \xNN, and
 // its characters that are neither graphic nor the space as \xNN (ASCII),
 // \uNNNN or \UNNNNNNNN, so that what a terminal or a page would act on
-// (a C1 CSI, a right-to-left override, a newline) is shown as text. Each
-// escape has one reading (a \xNN above 7f is a byte that is not UTF-8,
-// the longer forms are fixed-width), so a string without backslashes can
-// be read back exactly (FuzzPrintable).
+// (a C1 CSI, a right-to-left override, a newline) is shown as text, and
+// a backslash as \\. Each escape has one reading (a \xNN above 7f is a
+// byte that is not UTF-8, the longer forms are fixed-width) and a
+// workload cannot write one as text, so every string reads back exactly
+// (FuzzPrintable).
 func Printable(s string) string {
-	if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 {
+	if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 && !strings.Contains(s, `\`) {
 		return s
 	}
 	var b strings.Builder
 	for i, r := range s {
 		switch {
+		case r == '\\':
+			b.WriteString(`\\`)
 		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
 			fmt.Fprintf(&b, `\x%02x`, s[i])
 		case !notShown(r):
