@@ -768,7 +768,7 @@ func (c *downConn) upstreamH1() (*h1Upstream, error) {
 	if up != nil {
 		return up, nil
 	}
-	conn, err := c.dial(context.Background(), "", "")
+	conn, err := c.dialUp(context.Background())
 	if err != nil {
 		return nil, err
 	}

@@ -813,11 +813,17 @@ func (c *downConn) transport() (*http.Transport, error) {
 	return c.h2, nil
 }
 
-// dial connects to the original destination, whatever address the
+// dialUp connects to the original destination, whatever address the
 // transport asks for, marked with the source's identity, from the
 // source's address when transparent (upstreamSource).
+func (c *downConn) dialUp(ctx context.Context) (net.Conn, error) {
+	return c.p.dialUpstream(ctx, "tcp", c.src.Addr(), c.dst, c.srcIdentity(c.p.cfg.Load()))
+}
+
+// dial is the HTTP/2 transport's dialUp: its connections are kept in
+// h2Ups and closed with this one.
 func (c *downConn) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	conn, err := c.p.dialUpstream(ctx, "tcp", c.src.Addr(), c.dst, c.srcIdentity(c.p.cfg.Load()))
+	conn, err := c.dialUp(ctx)
 	if err != nil {
 		return nil, err
 	}
