@@ -79,12 +79,11 @@ func NewRepository(path string) (*Repository, error) {
 	}
 	for _, p := range f.Policies {
 		// Prepared again: the form a policy takes may have changed since
-		// it was stored (TestStoredNetworkPolicyPeersKeptInTheirNamespace).
-		prepared, err := api.Prepare([]api.Policy{p})
+		// it was stored (api.Reload).
+		p, err = api.Reload(p)
 		if err != nil {
 			return nil, fmt.Errorf("load policy repository %s: %w", path, err)
 		}
-		p = prepared[0]
 		if _, dup := r.policies[p.Key()]; dup {
 			return nil, fmt.Errorf("load policy repository %s: policy %q stored twice", path, p.Key())
 		}

@@ -265,12 +265,10 @@ func (s *Store) decode(kv kvstore.KeyValue) (p api.Policy, err error) {
 		return p, err
 	}
 	// Prepared again: the form a policy takes may have changed since it
-	// was stored (TestStoredNetworkPolicyPeersKeptInTheirNamespace).
-	prepared, err := api.Prepare([]api.Policy{p})
-	if err != nil {
+	// was stored (api.Reload).
+	if p, err = api.Reload(p); err != nil {
 		return p, err
 	}
-	p = prepared[0]
 	if kv.Key == s.prefix+p.Key() || p.Kind == api.KindNetworkPolicy && kv.Key == s.prefix+p.LegacyKey() {
 		return p, nil
 	}

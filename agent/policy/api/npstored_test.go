@@ -42,3 +42,45 @@ func TestStoredNetworkPolicyPeersKeptInTheirNamespace(t *testing.T) {
 		t.Error("its namespaceSelector peer was narrowed to its own namespace")
 	}
 }
+
+// A podSelector of `namespace Exists` alone was stored before 2026-12-05
+// as a namespaceSelector peer is: only the policy's source tells them
+// apart, and Reload makes a stored NetworkPolicy's rules again from it
+// (found by a review of the test above). A source that does not parse
+// to the stored policy leaves its rules as stored.
+func TestStoredNetworkPolicyRulesMadeAgainFromSource(t *testing.T) {
+	src := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np, namespace: a}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {app: db}
+        matchExpressions: [{key: io.kubernetes.pod.namespace, operator: Exists}]
+`
+	stored := Policy{Kind: KindNetworkPolicy, Namespace: "a", Name: "np", Source: src, Rules: []Rule{{
+		EndpointSelector: &EndpointSelector{MatchLabels: map[string]string{podNamespaceKey: "a"}},
+		Ingress: []IngressRule{{FromEndpoints: []EndpointSelector{{MatchLabels: map[string]string{"k8s:app": "db"},
+			MatchExpressions: []SelectorRequirement{{Key: podNamespaceKey, Operator: OpExists}}}}}},
+	}}}
+	inB, _ := labels.ParseList("k8s:app=db", "k8s:io.kubernetes.pod.namespace=b")
+	inA, _ := labels.ParseList("k8s:app=db", "k8s:io.kubernetes.pod.namespace=a")
+	p, err := Reload(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel := p.Rules[0].Ingress[0].FromEndpoints[0]; sel.Matches(inB) || !sel.Matches(inA) {
+		t.Errorf("reloaded peer %+v: selects namespace b's pod %v, namespace a's %v; want a's only", sel, sel.Matches(inB), sel.Matches(inA))
+	}
+	other := stored.DeepCopy()
+	other.Namespace = "c" // the source names another namespace: the stored rules stay
+	p, err = Reload(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel := p.Rules[0].Ingress[0].FromEndpoints[0]; !sel.Matches(inB) {
+		t.Errorf("a policy whose source is not its own had its rules replaced: %+v", sel)
+	}
+}
