@@ -103,9 +103,7 @@ func controlPorts(cfg config.Config) (ports []uint16, kvstore uint16) {
 	}
 	addListen(cfg.HubbleListen)
 	urls := cfg.Etcd.Endpoints
-	// An external kvstore's ports (a clustermesh-apiserver's), not an
-	// embedded etcd's: nothing reaches that one through a NodePort.
-	inKvstore = len(urls) > 0
+	external := len(urls) > 0
 	if len(urls) == 0 {
 		urls = []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL}
 	}
@@ -118,6 +116,12 @@ func controlPorts(cfg config.Config) (ports []uint16, kvstore uint16) {
 			continue // refused by the config's check (kvstoreURL)
 		}
 		p, _ := strconv.Atoi(pu.Port())
+		// An external kvstore's port that speaks TLS (a
+		// clustermesh-apiserver's with its bundle), not an embedded
+		// etcd's (nothing reaches that one through a NodePort), nor a
+		// plain one's: a NodePort to that would give its etcd to any
+		// client, and to pods through another node's NodePort.
+		inKvstore = external && pu.Scheme == "https"
 		add(p)
 	}
 	inKvstore = false

@@ -91,10 +91,11 @@ func TestNodeSelectorOnlyTakenNodesOwnAddress(t *testing.T) {
 	}
 }
 
-// A NodePort may translate to an external kvstore's port on a node's
+// A NodePort may translate to an external kvstore's TLS port on a node's
 // address (the chart's clustermesh-apiserver on the host network serves
 // remote clusters so), never to the node's other control ports, nor to
-// an embedded etcd's, nor to a port the kvstore shares with another.
+// an embedded etcd's or a plain one's, nor to a port the kvstore shares
+// with another.
 func TestControlPortsKvstoreMarked(t *testing.T) {
 	var cfg config.Config
 	cfg.Routing = routing.Tunnel
@@ -106,6 +107,10 @@ func TestControlPortsKvstoreMarked(t *testing.T) {
 		if want := p == 2379; (kv&(1<<i) != 0) != want {
 			t.Errorf("port %d: marked the kvstore's %v, want %v (%v, %b)", p, kv&(1<<i) != 0, want, ports, kv)
 		}
+	}
+	cfg.Etcd.Endpoints = []string{"http://10.0.0.5:2379"}
+	if ports, kv := controlPorts(cfg); kv != 0 {
+		t.Errorf("a plain kvstore's port marked: %v, %b", ports, kv)
 	}
 	cfg.Etcd.Endpoints = nil
 	cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL = "http://10.0.0.5:2379", "http://10.0.0.5:2380"
