@@ -1075,6 +1075,20 @@ func (r *Router) entryOK(e ipcache.Entry) bool {
 	return InPodCIDRs(e.IP, n)
 }
 
+// entryTunnel is the tunnel endpoint and encryption peer of e's traffic:
+// its node's address when the node is known (the entry's hostIP only
+// when it is not, node authentication off). Until 2026-12-07 the hostIP
+// was taken as it came: the entries' writers share the kvstore's
+// credentials, and one naming another node's pod with a host that is no
+// encryption peer had that pod's traffic sent there as clear VXLAN
+// (TestEntryTunnelledOnlyToItsNode).
+func (r *Router) entryTunnel(e ipcache.Entry) netip.Addr {
+	if n, known := r.nodes[e.Node]; known {
+		return n.IP()
+	}
+	return e.HostIP
+}
+
 // InPodCIDRs says whether ip lies in one of n's pod CIDRs.
 func InPodCIDRs(ip netip.Addr, n node.Node) bool {
 	for _, c := range n.PodCIDRs {
@@ -1090,7 +1104,7 @@ func (r *Router) writeEntry(e ipcache.Entry) {
 	// peer its traffic must go to.
 	var tunnel netip.Addr
 	if r.mode == Tunnel || r.enc != nil || r.xfrm != nil {
-		tunnel = e.HostIP
+		tunnel = r.entryTunnel(e)
 	}
 	p := netip.PrefixFrom(e.IP, 32)
 	write := func() error { return r.dp.UpsertIPCacheTunnel(p, e.Identity, tunnel) }

@@ -350,8 +350,8 @@ func (r *Router) putCompact(e ipcache.Entry) {
 		r.sp.compact[e.Node] = m
 	}
 	host := uint32(0)
-	if e.HostIP.Is4() {
-		host = u32(e.HostIP)
+	if h := r.entryTunnel(e); h.Is4() {
+		host = u32(h)
 	}
 	m[u32(e.IP)] = compactEntry{id: e.Identity, host: host}
 }
