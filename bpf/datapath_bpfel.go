@@ -249,6 +249,7 @@ type DatapathNodeConfig struct {
 	HostSrc          uint32
 	KvstorePorts     uint16
 	_                [2]byte
+	NodeIp           uint32
 }
 
 type DatapathPolicyKey struct {

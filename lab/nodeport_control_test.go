@@ -115,3 +115,69 @@ func TestNodePortToNodeControlPort(t *testing.T) {
 		return dropCount(t, l, "n1", "node control port") >= before+5
 	})
 }
+
+const denyWebEgress = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-web}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress: [{toEntities: [all]}]
+  egressDeny: [{toEndpoints: [{matchLabels: {app: web}}]}]
+`
+
+// A pod whose egress denies app=web reaches no web pod through another
+// node's NodePort either: until 2026-12-07 its connection to n2's
+// address and node port was judged as to n2 (remote-node, the node
+// port, allowed), and n2 translated it to the web pod; only this node's
+// own NodePort was translated at the pod's socket. Another pod, denied
+// nothing, reaches the service at both nodes' addresses and sees the
+// node's address as its peer.
+func TestPodToOtherNodesNodePortJudgedAsTheBackend(t *testing.T) {
+	for _, routing := range []string{"native", "tunnel"} {
+		t.Run(routing, func(t *testing.T) {
+			l := labtest.UpRouting(t, 2, routing)
+			a := labtest.Pod(t, l, "n1", "a", "app=a")
+			c := labtest.Pod(t, l, "n1", "c", "app=c")
+			web := labtest.Pod(t, l, "n2", "web", "app=web")
+			labtest.ServeName(t, lab.NetNSPath(web.NetNS), 8080, "web")
+			labtest.ImportPolicy(t, l, "n1", denyWebEgress)
+			labtest.MustUpsertService(t, l, "n1", fmt.Sprintf(`apiVersion: filament.io/v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.61
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30090}
+backends:
+- {ip: %s, node: n2, state: active}
+`, web.IP))
+			n1, _ := l.Node("n1")
+			n2, _ := l.Node("n2")
+			for _, on := range []string{"n1", "n2"} {
+				eventually(t, "the service on "+on, func() bool {
+					ss := labtest.Services(t, l, on)
+					return len(ss) == 1 && len(ss[0].Frontends) > 1
+				})
+			}
+			for _, node := range []string{n1.IP, n2.IP} {
+				addr := node + ":30090"
+				eventually(t, "c reaches web at "+addr, func() bool {
+					name, err := labtest.Who(lab.NetNSPath(c.NetNS), addr)
+					return err == nil && name == "web"
+				})
+				if name, err := labtest.Who(lab.NetNSPath(a.NetNS), addr); err == nil {
+					t.Errorf("a, whose egress denies app=web, reached %q at %s", name, addr)
+				}
+			}
+			conn, err := labtest.Open(lab.NetNSPath(c.NetNS), n2.IP+":30090")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if got := conn.RemoteAddr().String(); got != n2.IP+":30090" {
+				t.Errorf("c's peer at n2's NodePort is %s, want %s:30090", got, n2.IP)
+			}
+		})
+	}
+}

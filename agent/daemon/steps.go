@@ -167,6 +167,9 @@ func (a *Agent) startDatapath(ctx context.Context) error {
 	if err := dp.SetHostSource(hostSrc); err != nil {
 		return err
 	}
+	if err := dp.SetNodeIP(a.nodeIP); err != nil {
+		return err
+	}
 	return nil
 }
 

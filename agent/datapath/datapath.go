@@ -721,6 +721,17 @@ func (d *Datapath) SetHostSource(a netip.Addr) error {
 	})
 }
 
+// SetNodeIP sets the node's address, whose NodePort frontends stand for
+// every node of the cluster's at a pod's socket (invalid: none).
+func (d *Datapath) SetNodeIP(a netip.Addr) error {
+	return d.setConfig(func(v *bpf.DatapathNodeConfig) {
+		v.NodeIp = 0
+		if a.Is4() {
+			v.NodeIp = ipv4(a)
+		}
+	})
+}
+
 // SetWireGuardPort sets the UDP port the WireGuard device listens on (the
 // same on every node; 0: none): from_netdev passes datagrams from and to it
 // without its NodePort and L7 lookups, and NodePort translation never
@@ -845,8 +856,21 @@ func (d *Datapath) DeleteEncryptPeer(ip netip.Addr) {
 // EncryptPeers lists the encryption peers.
 func (d *Datapath) EncryptPeers() (map[netip.Addr]bool, error) { return addrsOf(d.objs.EncryptPeers) }
 
-// UpsertNode marks ip as a node of the cluster (accepted tunnel source).
-func (d *Datapath) UpsertNode(ip netip.Addr) error { return d.addAddr(d.objs.Nodes, "nodes map", ip) }
+// UpsertNode marks ip as a known node's (accepted tunnel source), of this
+// cluster when ofCluster.
+func (d *Datapath) UpsertNode(ip netip.Addr, ofCluster bool) error {
+	v := uint32(nodeKnown)
+	if ofCluster {
+		v |= nodeOfCluster
+	}
+	return d.putAddr(d.objs.Nodes, "nodes map", ip, v)
+}
+
+// The nodes map's values (NODE_F_* in bpf/lib/maps.h).
+const (
+	nodeKnown     = 1
+	nodeOfCluster = 2 // a node of this cluster: its NodePorts are this node's (lb_sock_nodeport)
+)
 
 // DeleteNode forgets a node address.
 func (d *Datapath) DeleteNode(ip netip.Addr) error {
@@ -876,7 +900,11 @@ func (d *Datapath) NodeLocalAddrs() (map[netip.Addr]bool, error) {
 // address → 1: nodes, node_local_addrs, encrypt_peers) and bump the
 // revision; a missing address is no error to remove.
 func (d *Datapath) addAddr(m *ebpf.Map, name string, ip netip.Addr) error {
-	k, v := ipv4(ip), uint32(1)
+	return d.putAddr(m, name, ip, 1)
+}
+
+func (d *Datapath) putAddr(m *ebpf.Map, name string, ip netip.Addr, v uint32) error {
+	k := ipv4(ip)
 	if err := m.Put(&k, &v); err != nil {
 		return fmt.Errorf("%s: put %s: %w", name, ip, err)
 	}

@@ -66,7 +66,7 @@ var ErrMode = errors.New("routing mode must be tunnel or native")
 // Maps are the datapath maps the router writes (agent/datapath; a fake in
 // tests).
 type Maps interface {
-	UpsertNode(ip netip.Addr) error
+	UpsertNode(ip netip.Addr, ofCluster bool) error
 	DeleteNode(ip netip.Addr) error
 	UpsertEncryptPeer(ip netip.Addr) error
 	DeleteEncryptPeer(ip netip.Addr)
@@ -308,7 +308,7 @@ func (r *Router) writeNode(n node.Node, ip netip.Addr) {
 		}
 		r.remoteNodeIPs[ip] = true
 	}
-	if err := r.dp.UpsertNode(ip); err != nil {
+	if err := r.dp.UpsertNode(ip, clusterOf(n.Name) == ""); err != nil {
 		slog.Error("nodes map", "node", n.Name, "err", err)
 	}
 }

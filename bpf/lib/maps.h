@@ -105,6 +105,10 @@ struct counter {
 
 #define CONTROL_PORTS 8
 
+// nodes map values
+#define NODE_F_KNOWN 1
+#define NODE_F_CLUSTER 2 // a node of this cluster (its NodePorts are this node's)
+
 // node_config.flow_events: which forwarded connections (and service
 // translations, which count as the client's egress, or for NodePort the
 // local backend's ingress) are reported on the events ring (drops always
@@ -149,6 +153,10 @@ struct node_config {
 	// Bit i: control_ports[i] is the kvstore's, which a NodePort may
 	// translate to on a node's address (nodeport_to_control).
 	__u16 kvstore_ports;
+	// The node's address (network order; 0 = unknown): its NodePort
+	// frontends stand for every node of the cluster's at a pod's socket
+	// (lb_sock_nodeport).
+	__u32 node_ip;
 };
 
 struct event {
@@ -316,7 +324,8 @@ struct {
 } config SEC(".maps");
 
 // nodes: underlay addresses of the known nodes (this cluster's and remote
-// clusters'); encapsulated traffic is accepted only from these. Remote
+// clusters'); encapsulated traffic is accepted only from these. The value
+// is NODE_F_KNOWN, with NODE_F_CLUSTER for a node of this cluster. Remote
 // nodes hold at most three quarters (routing.MaxRemoteNodeEntries); until
 // 2026-12-05 the map held 16,384, fewer than a mesh of 255 clusters of 100
 // nodes has.

@@ -51,6 +51,30 @@ static __always_inline int lb_sock_mapped4(struct bpf_sock_addr *ctx)
 	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff);
 }
 
+// lb_sock_nodeport is the NodePort service a pod's socket reaches at k:
+// another node of this cluster's address (the nodes map says so) and a
+// node port of this node's (every node of the cluster has the same), or
+// 0. Translated here, the pod's egress policy judges the backend, as
+// for this node's own NodePorts; until 2026-12-07 it judged the other
+// node (remote-node, the node port), which then translated the flow, so
+// an egress deny of the backend did not hold (found by a review; Cilium
+// translates such NodePorts at the socket too).
+static __always_inline struct lb_service *lb_sock_nodeport(struct lb_key *k)
+{
+	__u32 *n = bpf_map_lookup_elem(&nodes, &k->vip);
+	if (!n || !(*n & NODE_F_CLUSTER))
+		return 0;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->node_ip)
+		return 0;
+	struct lb_key own = {.vip = cfg->node_ip, .port = k->port, .proto = k->proto};
+	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &own);
+	if (!svc || !(svc->flags & LB_FLAG_NODEPORT))
+		return 0;
+	return svc;
+}
+
 // lb_sock_translate rewrites the destination of a socket operation that
 // targets a frontend (v6: an IPv6 hook's v4-mapped address). It returns 0
 // to refuse (a frontend without backends). The agent's own control-plane
@@ -73,6 +97,8 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	__u32 vip = v6 ? ctx->user_ip6[3] : ctx->user_ip4;
 	struct lb_key k = {.vip = vip, .port = (__u16)ctx->user_port, .proto = proto};
 	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
+	if (!svc)
+		svc = lb_sock_nodeport(&k);
 	if (!svc)
 		return 1;
 	__u64 client = bpf_get_netns_cookie(ctx);
@@ -128,6 +154,8 @@ static __always_inline int lb_sock_reverse(struct bpf_sock_addr *ctx, int v6)
 		return 1;
 	struct lb_key k = {.vip = sv->vip, .port = sv->port, .proto = sv->proto};
 	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
+	if (!svc)
+		svc = lb_sock_nodeport(&k);
 	if (!svc)
 		return 1;
 	struct lb_member_key mk = {.id = svc->id, .backend = sv->backend};
