@@ -878,13 +878,23 @@ func (r *Router) forgetNode(n node.Node, entries bool) {
 		}
 	}
 	// Its pod CIDRs' routes, whichever way they went (native, encryption
-	// device, or the gateway device in tunnel mode).
+	// device, or the gateway device in tunnel mode). With encryption an
+	// unreachable route stays: without it the CIDR's traffic took the
+	// default route out in clear, strict mode included (its entries
+	// withdrawn, the programs take its pods for the world's); until
+	// 2026-12-07 so with IPsec (TestForgottenIPsecPeerNotRoutedInClear).
 	for _, c := range cidrs(n) {
 		if shared(r.claims.cidrs[c.Masked()]) {
 			continue
 		}
-		netlink.RouteDel(encryptFallback(c))
 		netlink.RouteDel(&netlink.Route{Dst: ipnet(c)})
+		if r.enc != nil || r.xfrm != nil {
+			if err := netlink.RouteReplace(encryptFallback(c)); err != nil {
+				slog.Error("unreachable route to a forgotten peer's pod CIDR", "node", n.Name, "cidr", c, "err", err)
+			}
+		} else {
+			netlink.RouteDel(encryptFallback(c))
+		}
 	}
 }
 
