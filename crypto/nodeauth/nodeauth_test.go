@@ -3,6 +3,7 @@ package nodeauth
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -211,4 +212,28 @@ func mustCert(t *testing.T, authority *ca.CA) []byte {
 		t.Fatal(err)
 	}
 	return p.Cert
+}
+
+// A node key others may read is refused, naming the file and its mode,
+// as the WireGuard key is: until 2026-12-07 any mode was taken, so a key
+// left readable by every local user signed this node's records for
+// whoever read it (found by a review).
+func TestLoadSignerRefusesReadableKey(t *testing.T) {
+	c1, _ := ca.New("c1")
+	a, _ := Issue(c1, "c1", "n1")
+	dir := t.TempDir()
+	ca.WritePair(dir, "a", a)
+	key := filepath.Join(dir, "a-key.pem")
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604} {
+		os.Chmod(key, mode)
+		if _, err := LoadSigner(filepath.Join(dir, "a.pem"), key); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("a node key of mode %o: %v, want refused naming it", mode, err)
+		}
+	}
+	for _, mode := range []os.FileMode{0o600, 0o400} {
+		os.Chmod(key, mode)
+		if _, err := LoadSigner(filepath.Join(dir, "a.pem"), key); err != nil {
+			t.Errorf("a node key of mode %o: %v", mode, err)
+		}
+	}
 }
