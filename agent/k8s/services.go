@@ -373,10 +373,17 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 		return nil
 	}
 	ks := obj.(*corev1.Service)
-	// The object's annotations are the informer's: a copy gets the mark.
-	ann := maps.Clone(ks.Annotations)
-	if ann == nil {
-		ann = map[string]string{}
+	// Only the annotations the service model reads, and the mark: every
+	// other one is a tenant's bytes, up to 256 KiB a Service, which the
+	// kvstore would keep (until 2026-12-07 all were copied, and each
+	// change of one made a new revision of that size: a namespace could
+	// fill the cluster's etcd to its quota,
+	// TestServiceKeepsOnlyHonouredAnnotations).
+	ann := map[string]string{}
+	for _, k := range service.Honoured {
+		if v, ok := ks.Annotations[k]; ok {
+			ann[k] = v
+		}
 	}
 	ann[service.SourceAnnotation] = service.SourceKubernetes
 	ann[service.UIDAnnotation] = string(ks.UID)

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,8 +109,9 @@ func clusterIPService(name, ip string) *corev1.Service {
 		Spec: corev1.ServiceSpec{ClusterIP: ip, Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
 }
 
-// A Service's service is stored with the Kubernetes source mark, and the
-// informer's object keeps its own annotations; its backends come from its
+// A Service's service is stored with the Kubernetes source mark (and no
+// annotation the service model does not read), and the informer's object
+// keeps its own annotations; its backends come from its
 // EndpointSlices only.
 func TestServiceStoredWithItsSource(t *testing.T) {
 	f := &storedServices{}
@@ -128,7 +130,7 @@ func TestServiceStoredWithItsSource(t *testing.T) {
 	if s == nil {
 		t.Fatalf("stored: %v", f.keys())
 	}
-	if s.Metadata.Annotations[service.SourceAnnotation] != service.SourceKubernetes || s.Metadata.Annotations["team"] != "a" {
+	if _, team := s.Metadata.Annotations["team"]; s.Metadata.Annotations[service.SourceAnnotation] != service.SourceKubernetes || team {
 		t.Fatalf("stored annotations %v", s.Metadata.Annotations)
 	}
 	if _, ok := ks.Annotations[service.SourceAnnotation]; ok {
@@ -446,5 +448,39 @@ func TestSliceCannotNameAnotherNamespacesPod(t *testing.T) {
 	}
 	if want := []string{"10.0.0.5", "172.30.0.3", "192.0.2.8"}; !slices.Equal(got, want) {
 		t.Errorf("backends %v, want %v (another namespace's pods left out)", got, want)
+	}
+}
+
+// A Service's stored service keeps only the annotations the service model
+// reads (and the agent's marks): until 2026-12-07 every annotation was
+// copied into the kvstore, up to 256 KiB a Service, and each change of
+// one made a new value of that size, so a namespace rewriting one could
+// fill the cluster's etcd to its quota (found by a review).
+func TestServiceKeepsOnlyHonouredAnnotations(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	ks := clusterIPService("web", "10.96.0.10")
+	ks.Annotations["tenant.example/blob"] = strings.Repeat("x", 250<<10)
+	ks.Annotations[service.AnnotationGlobal] = "true"
+	ks.Annotations[service.AnnotationFailover] = service.FailoverGraded
+	w.svcIndexer.Add(ks)
+	ctx := context.Background()
+	w.syncService(ctx, "default", "web")
+	s := f.svcs["default/web"]
+	if s == nil {
+		t.Fatal("not stored")
+	}
+	want := map[string]string{service.AnnotationGlobal: "true", service.AnnotationFailover: service.FailoverGraded,
+		service.SourceAnnotation: service.SourceKubernetes, service.UIDAnnotation: string(ks.UID)}
+	if !maps.Equal(s.Metadata.Annotations, want) {
+		t.Errorf("stored annotations %v, want %v", maps.Keys(s.Metadata.Annotations), want)
+	}
+	before := f.upserts
+	ks2 := ks.DeepCopy()
+	ks2.Annotations["tenant.example/blob"] = strings.Repeat("y", 250<<10)
+	w.svcIndexer.Update(ks2)
+	w.syncService(ctx, "default", "web")
+	if got := f.svcs["default/web"]; !maps.Equal(got.Metadata.Annotations, want) {
+		t.Errorf("after a change of an annotation no agent reads: %d upserts, annotations %v", f.upserts-before, got.Metadata.Annotations)
 	}
 }

@@ -52,6 +52,11 @@ const (
 // Absent, the Cilium annotations keep their exact meaning.
 const AnnotationFailover = "service.filament.io/failover"
 
+// Honoured lists every annotation the service model reads: the only ones
+// a service stored from a Kubernetes Service object keeps.
+var Honoured = []string{AnnotationGlobal, AnnotationShared, AnnotationAffinity,
+	AnnotationGlobalLegacy, AnnotationSharedLegacy, AnnotationAffinityLegacy, AnnotationFailover}
+
 // FailoverGraded is the one value of AnnotationFailover.
 const FailoverGraded = "graded"
 
