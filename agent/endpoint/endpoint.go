@@ -111,6 +111,9 @@ func (r CreateRequest) validate(fromAPIServer bool) (labels.Labels, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: labels: %v", ErrInvalid, err)
 	}
+	if n := len(ls.String()); len(ls) > MaxLabels || n > MaxLabelBytes {
+		return nil, fmt.Errorf("%w: labels: %d labels, %d bytes: at most %d labels and %d bytes", ErrInvalid, len(ls), n, MaxLabels, MaxLabelBytes)
+	}
 	for _, l := range ls {
 		if err := checkLabel(l, fromAPIServer); err != nil {
 			return nil, err
@@ -129,6 +132,18 @@ func (r CreateRequest) validate(fromAPIServer bool) (labels.Labels, error) {
 	}
 	return ls, nil
 }
+
+// A workload's label set is bounded: it becomes an identity every agent
+// stores and matches every selector against, and the kvstore keeps each
+// set it ever had for its history (Kubernetes bounds each label, not
+// their number: a pod may carry ten thousand within its object's 1.5 MB).
+// Until 2026-12-07 nothing bounded it, and a pod relabelled in a loop
+// filled the cluster's etcd to its quota with 2 MB identities
+// (TestLabelSetBounded).
+const (
+	MaxLabels     = 256
+	MaxLabelBytes = 32 << 10
+)
 
 // Who may set which label. A workload (whatever calls CNI ADD or POST
 // /v1/endpoints) claims labels of the sources k8s, container and unspec.
