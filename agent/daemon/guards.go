@@ -107,6 +107,12 @@ func controlPorts(cfg config.Config) (ports []uint16, kvstore uint16) {
 	if len(urls) == 0 {
 		urls = []string{cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL}
 	}
+	// An external kvstore's port that speaks TLS at every endpoint naming
+	// it (a clustermesh-apiserver's with its bundle), not an embedded
+	// etcd's (nothing reaches that one through a NodePort), nor a plain
+	// one's: a NodePort to that would give its etcd to any client.
+	plain := map[int]bool{}
+	var kvPorts []int
 	for _, u := range urls {
 		pu, err := url.Parse(u)
 		if err != nil {
@@ -116,12 +122,11 @@ func controlPorts(cfg config.Config) (ports []uint16, kvstore uint16) {
 			continue // refused by the config's check (kvstoreURL)
 		}
 		p, _ := strconv.Atoi(pu.Port())
-		// An external kvstore's port that speaks TLS (a
-		// clustermesh-apiserver's with its bundle), not an embedded
-		// etcd's (nothing reaches that one through a NodePort), nor a
-		// plain one's: a NodePort to that would give its etcd to any
-		// client, and to pods through another node's NodePort.
-		inKvstore = external && pu.Scheme == "https"
+		kvPorts = append(kvPorts, p)
+		plain[p] = plain[p] || !external || pu.Scheme != "https"
+	}
+	for _, p := range kvPorts {
+		inKvstore = !plain[p]
 		add(p)
 	}
 	inKvstore = false

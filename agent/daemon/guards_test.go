@@ -108,9 +108,11 @@ func TestControlPortsKvstoreMarked(t *testing.T) {
 			t.Errorf("port %d: marked the kvstore's %v, want %v (%v, %b)", p, kv&(1<<i) != 0, want, ports, kv)
 		}
 	}
-	cfg.Etcd.Endpoints = []string{"http://10.0.0.5:2379"}
-	if ports, kv := controlPorts(cfg); kv != 0 {
-		t.Errorf("a plain kvstore's port marked: %v, %b", ports, kv)
+	for _, eps := range [][]string{{"http://10.0.0.5:2379"}, {"https://10.0.0.5:2379", "http://10.0.0.6:2379"}, {"http://10.0.0.6:2379", "https://10.0.0.5:2379"}} {
+		cfg.Etcd.Endpoints = eps
+		if ports, kv := controlPorts(cfg); kv != 0 {
+			t.Errorf("%v: a plain kvstore's port marked: %v, %b", eps, ports, kv)
+		}
 	}
 	cfg.Etcd.Endpoints = nil
 	cfg.EmbeddedEtcd.ClientURL, cfg.EmbeddedEtcd.PeerURL = "http://10.0.0.5:2379", "http://10.0.0.5:2380"
