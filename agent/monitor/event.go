@@ -89,14 +89,22 @@ type L7 struct {
 // byte that is not UTF-8, the longer forms are fixed-width) and a
 // workload cannot write one as text, so every string reads back exactly
 // (FuzzPrintable).
-func Printable(s string) string {
-	if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 && !strings.Contains(s, `\`) {
+func Printable(s string) string { return escape(s, true) }
+
+// Terminal is s with what a terminal would act on escaped as Printable
+// escapes it, its backslashes left as they are: for text a server made
+// printable already (a Hubble server's flows, whose backslashes would
+// otherwise show doubled) and a policy's own text.
+func Terminal(s string) string { return escape(s, false) }
+
+func escape(s string, backslash bool) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 && (!backslash || !strings.Contains(s, `\`)) {
 		return s
 	}
 	var b strings.Builder
 	for i, r := range s {
 		switch {
-		case r == '\\':
+		case r == '\\' && backslash:
 			b.WriteString(`\\`)
 		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
 			fmt.Fprintf(&b, `\x%02x`, s[i])

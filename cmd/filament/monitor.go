@@ -19,7 +19,7 @@ import (
 // escaped (printable), so that none reaches the operator's terminal raw.
 func formatEvent(ev types.Event) string {
 	if ev.L7 != nil {
-		return printable(formatL7(ev))
+		return printableRaw(formatL7(ev))
 	}
 	what := "DROP (" + ev.Reason + ")"
 	switch {

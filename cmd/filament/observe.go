@@ -409,5 +409,12 @@ func tcpFlags(fl *flow.TCPFlags) string {
 	return strings.Join(set, ", ")
 }
 
-// printable escapes what a terminal would act on (monitor.Printable).
-var printable = monitor.Printable
+// printable escapes what a terminal would act on (monitor.Terminal: the
+// flows' strings come escaped by the server, monitor.Printable, and a
+// second pass doubled their backslashes).
+var printable = monitor.Terminal
+
+// printableRaw escapes a workload's bytes as they came (the agent's
+// monitor events): backslashes too, so that no text passes for an escape
+// (monitor.Printable).
+var printableRaw = monitor.Printable

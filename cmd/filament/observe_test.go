@@ -85,6 +85,16 @@ func TestCompactFlow(t *testing.T) {
 	if got := printable("a\tb\u202ec\xffd é"); got != `a\x09b\u202ec\xffd é` {
 		t.Errorf("printable: %q", got)
 	}
+	// A flow's strings come escaped by the server (monitor.Printable: a
+	// backslash as \\): a second pass leaves backslashes alone (until
+	// 2026-12-07 it doubled them, a review found); the agent's monitor
+	// events, raw, are escaped backslashes and all.
+	if got := printable(`orders\x1bX\\y /api/\d+`); got != `orders\x1bX\\y /api/\d+` {
+		t.Errorf("printable of a server's escaped text: %q", got)
+	}
+	if got := printableRaw("/x\u009b and `/x\\u009b`"); got != `/x\u009b and `+"`"+`/x\\u009b`+"`" {
+		t.Errorf("printableRaw: %q", got)
+	}
 }
 
 func TestFlowPrinterOutputs(t *testing.T) {
