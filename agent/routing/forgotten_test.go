@@ -80,3 +80,53 @@ func TestForgottenIPsecPeerNotRoutedInClear(t *testing.T) {
 		}
 	}
 }
+
+// The unreachable route a forgotten peer's pod CIDR keeps gives way to a
+// node given a wider CIDR around it (the kernel takes the longest prefix
+// whatever the metric): found 2026-12-07 by a review, a node whose /24
+// became a /23, and a /24 forgotten inside a /22 a new node got, stayed
+// unreachable.
+func TestForgottenFallbackGivesWayToAWiderCIDR(t *testing.T) {
+	inNetns(t)
+	under := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "up1"}
+	if err := netlink.LinkAdd(under); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrAdd(under, &netlink.Addr{IPNet: ipnet(netip.MustParsePrefix("172.30.0.1/24"))}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"up0", "up1"} {
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}}
+	r := newRouter(f, Native, "n1")
+	r.RequireNodes()
+	r.SetIPsec(nopIPsec{})
+	via := func(a string) string {
+		rs, err := netlink.RouteGet(net.ParseIP(a))
+		if err != nil {
+			return "nowhere (" + err.Error() + ")"
+		}
+		return rs[0].Gw.String()
+	}
+	n2 := node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.2.0/24"}}
+	r.NodeChanged(n2, false)
+	n2.PodCIDRs = []string{"10.244.2.0/23"}
+	r.NodeChanged(n2, false)
+	if got := via("10.244.2.7"); got != "172.30.0.2" {
+		t.Errorf("n2's /24 become a /23: its pod routed via %s, want n2", got)
+	}
+	n4 := node.Node{Name: "n4", IPs: []string{"172.30.0.4"}, PodCIDRs: []string{"10.244.8.0/24"}}
+	r.NodeChanged(n4, false)
+	r.NodeChanged(n4, true)
+	r.NodeChanged(node.Node{Name: "n5", IPs: []string{"172.30.0.5"}, PodCIDRs: []string{"10.244.8.0/22"}}, false)
+	if got := via("10.244.8.9"); got != "172.30.0.5" {
+		t.Errorf("a /24 forgotten inside n5's /22: its address routed via %s, want n5", got)
+	}
+}

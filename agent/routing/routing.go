@@ -430,6 +430,30 @@ func encryptFallback(c netip.Prefix) *netlink.Route {
 	return &netlink.Route{Dst: ipnet(c), Type: unix.RTN_UNREACHABLE, Priority: encryptFallbackMetric}
 }
 
+// clearFallbacksInside removes the unreachable routes forgetNode left
+// for pod CIDRs strictly inside c that no node holds now: the kernel takes
+// the longest prefix whatever the metric, so one left for a /24 kept
+// a /23 given out later unreachable (TestForgottenFallbackGivesWayToAWiderCIDR).
+func (r *Router) clearFallbacksInside(c netip.Prefix) {
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Type: unix.RTN_UNREACHABLE, Priority: encryptFallbackMetric},
+		netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PRIORITY)
+	if err != nil {
+		return
+	}
+	for _, rt := range rs {
+		if rt.Dst == nil {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(rt.Dst.IP.To4())
+		bits, _ := rt.Dst.Mask.Size()
+		p := netip.PrefixFrom(a, bits)
+		if !ok || bits <= c.Bits() || !c.Contains(a) || len(r.claims.cidrs[p]) > 0 {
+			continue
+		}
+		netlink.RouteDel(&rt)
+	}
+}
+
 // encryptTo makes n a WireGuard peer: its pod CIDRs are its allowed IPs
 // and are routed through the device; the programs send its pods' traffic
 // there. A node without a key is not a peer (strict mode drops traffic to it).
@@ -802,6 +826,9 @@ func (r *Router) learnNode(n node.Node) {
 			r.writeEntry(e)
 		}
 	})
+	for _, c := range cidrs(n) {
+		r.clearFallbacksInside(c.Masked())
+	}
 	if r.enc != nil && r.encryptTo(n, ip) {
 		return
 	}
