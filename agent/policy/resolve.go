@@ -1836,7 +1836,7 @@ func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnLearn
 				s := c.section(Egress, sec.name, j, sec.deny, peerFields{
 					endpoints: out.ToEndpoints, requires: out.ToRequires, cidr: out.ToCIDR,
 					cidrSet: out.ToCIDRSet, entities: out.ToEntities, groups: out.ToGroups, nodes: out.ToNodes,
-					services: len(out.ToServices), fqdns: out.ToFQDNs,
+					services: len(out.ToServices), servicesSet: out.ToServices != nil, fqdns: out.ToFQDNs,
 				}, out.ToPorts, out.ICMPs)
 				if s != nil {
 					cr.sections = append(cr.sections, s)
@@ -1863,6 +1863,7 @@ type peerFields struct {
 	groups              []api.Groups
 	nodes               []api.EndpointSelector
 	services            int
+	servicesSet         bool // toServices present, empty or not
 	fqdns               []api.FQDNSelector
 }
 
@@ -1877,9 +1878,12 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	s := &section{dir: dir, deny: deny, ref: RuleRef{Policy: c.key, Rule: c.rule, Section: fmt.Sprintf("%s[%d]", name, j)}}
 	ps := &s.peers
 	// A peer field present but empty (non-nil) selects nothing and keeps
-	// the section from meaning "every peer", as in Cilium.
+	// the section from meaning "every peer", as in Cilium: toGroups,
+	// toServices and toFQDNs too (until 2026-12-07 an empty one, a
+	// template's list that rendered empty, left a ports-only section that
+	// allowed every peer on them, TestEmptyPeerFieldsSelectNothing).
 	hasPeers := pf.endpoints != nil || pf.cidr != nil || pf.cidrSet != nil || pf.entities != nil || pf.nodes != nil ||
-		len(pf.groups)+pf.services+len(pf.fqdns) > 0
+		pf.groups != nil || pf.servicesSet || pf.fqdns != nil
 	hasPorts := len(prs)+len(icmps) > 0
 
 	for i := range pf.endpoints {

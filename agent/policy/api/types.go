@@ -139,7 +139,7 @@ type IngressRule struct {
 	FromCIDR      []string           `json:"fromCIDR,omitzero"`
 	FromCIDRSet   []CIDRRule         `json:"fromCIDRSet,omitzero"`
 	FromEntities  []Entity           `json:"fromEntities,omitzero"`
-	FromGroups    []Groups           `json:"fromGroups,omitempty"`
+	FromGroups    []Groups           `json:"fromGroups,omitzero"`
 	// FromNodes selects nodes by their labels (e.g. EC2 zone, instance
 	// type): traffic from their addresses.
 	FromNodes []EndpointSelector `json:"fromNodes,omitzero"`
@@ -155,11 +155,11 @@ type EgressRule struct {
 	ToCIDR      []string           `json:"toCIDR,omitzero"`
 	ToCIDRSet   []CIDRRule         `json:"toCIDRSet,omitzero"`
 	ToEntities  []Entity           `json:"toEntities,omitzero"`
-	ToGroups    []Groups           `json:"toGroups,omitempty"`
+	ToGroups    []Groups           `json:"toGroups,omitzero"`
 	// ToNodes selects nodes by their labels: traffic to their addresses.
 	ToNodes    []EndpointSelector `json:"toNodes,omitzero"`
-	ToServices []Service          `json:"toServices,omitempty"`
-	ToFQDNs    []FQDNSelector     `json:"toFQDNs,omitempty"`
+	ToServices []Service          `json:"toServices,omitzero"`
+	ToFQDNs    []FQDNSelector     `json:"toFQDNs,omitzero"`
 	ToPorts    []PortRule         `json:"toPorts,omitempty"`
 	ICMPs      []ICMPRule         `json:"icmps,omitempty"`
 }
