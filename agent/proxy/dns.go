@@ -548,7 +548,15 @@ func (p *Proxy) dnsExchange(ctx context.Context, src, dst netip.AddrPort, srcID 
 	if a.rcode == dns.RcodeSuccess {
 		addrs, ttl := a.addrs, a.ttl
 		rec.DNSAnswers, rec.DNSTTL = addrs, ttl
-		if len(addrs) > 0 && p.cfg.Load().wantsName(name) {
+		// Learned for the client only when its own egress DNS rules
+		// allowed the query (sides[0], sidesOf's first): a server's
+		// ingress rule alone decides nothing of what its clients may
+		// reach. Until 2026-12-07 a pod answering with a DNS rule of
+		// its own on its ingress (any port) taught any address to a
+		// client whose toFQDNs named the question
+		// (TestIngressDNSRuleTeachesTheClientNothing).
+		clientAsked := sides[0].direction == Egress && sides[0].endpoint == src.Addr().Unmap()
+		if len(addrs) > 0 && clientAsked && p.cfg.Load().wantsName(name) {
 			held, acked := p.learner.learn(ctx, Learned{Endpoint: src.Addr(), Name: name, Addrs: addrs, TTL: ttl}, p.opts.DNSHold)
 			p.metrics.dnsHold.Observe(held.Seconds())
 			rec.DNSHeld = held
