@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -135,6 +136,21 @@ func (r *Repository) ImportScoped(scope string, ps []api.Policy) (revision uint6
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(staged) == 0 {
+		return r.revision, nil
+	}
+	// The policies as stored already, of that scope (a Kubernetes
+	// informer's resync, an event that changed nothing the policy keeps):
+	// nothing to write. Until 2026-12-07 each such import rewrote and
+	// synced the whole file and bumped the revision, on every node, for
+	// every event of any namespace's policy (TestSameImportWritesNothing).
+	if !slices.ContainsFunc(staged, func(p api.Policy) bool {
+		old, ok := r.policies[p.Key()]
+		cur, scoped := r.scopes[p.Key()]
+		if !scoped {
+			cur = ScopeAgent
+		}
+		return !ok || cur != scope || !reflect.DeepEqual(old, p)
+	}) {
 		return r.revision, nil
 	}
 	next, scopes := maps.Clone(r.policies), maps.Clone(r.scopes)
