@@ -85,4 +85,16 @@ func TestSocketTranslatesClusterNodesNodePorts(t *testing.T) {
 			t.Errorf("%s: %v, peer %q, want translated with peer %s", c.to, err, got, c.want)
 		}
 	}
+	// The node's own sockets (its namespace registered with no pod
+	// address) are not translated at another node's address: no egress
+	// policy judges them, and a Service's node port must not take the
+	// node's gossip or WireGuard datagrams to another node.
+	cookie, host := netnsCookie(t), uint32(0)
+	if err := f.objs.LbNetns.Put(&cookie, &host); err != nil {
+		t.Fatal(err)
+	}
+	to := netip.AddrPortFrom(netip.AddrFrom4([4]byte(other)), 30080)
+	if out, err := inCgroup(cg, sockPeerEnv, to.String()).CombinedOutput(); err == nil {
+		t.Errorf("the node's own socket to %s translated (peer %s)", to, strings.TrimSpace(string(out)))
+	}
 }

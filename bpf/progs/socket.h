@@ -97,7 +97,10 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	__u32 vip = v6 ? ctx->user_ip6[3] : ctx->user_ip4;
 	struct lb_key k = {.vip = vip, .port = (__u16)ctx->user_port, .proto = proto};
 	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, &k);
-	if (!svc)
+	// Pods' sockets only: the node's own are judged by no egress policy,
+	// and its gossip or WireGuard datagrams to another node must not be
+	// taken by a Service whose node port is their port.
+	if (!svc && caddr)
 		svc = lb_sock_nodeport(&k);
 	if (!svc)
 		return 1;
