@@ -111,8 +111,8 @@ func (r CreateRequest) validate(fromAPIServer bool) (labels.Labels, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: labels: %v", ErrInvalid, err)
 	}
-	if n := len(ls.String()); len(ls) > MaxLabels || n > MaxLabelBytes {
-		return nil, fmt.Errorf("%w: labels: %d labels, %d bytes: at most %d labels and %d bytes", ErrInvalid, len(ls), n, MaxLabels, MaxLabelBytes)
+	if n, size := ownLabels(ls); n > MaxLabels || size > MaxLabelBytes {
+		return nil, fmt.Errorf("%w: labels: %d labels, %d bytes: at most %d labels and %d bytes", ErrInvalid, n, size, MaxLabels, MaxLabelBytes)
 	}
 	for _, l := range ls {
 		if err := checkLabel(l, fromAPIServer); err != nil {
@@ -144,6 +144,21 @@ const (
 	MaxLabels     = 256
 	MaxLabelBytes = 32 << 10
 )
+
+// ownLabels counts the workload's own labels in ls and their bytes in
+// canonical form: not those the agent derives from the API server (the
+// namespace's labels, the service account), which the namespace's admin
+// writes, so that a namespace of many labels keeps no pod of it out.
+func ownLabels(ls labels.Labels) (n, size int) {
+	for _, l := range ls {
+		if strings.HasPrefix(l.Key, kubeDerivedPrefix) {
+			continue
+		}
+		n++
+		size += len(l.String()) + 1
+	}
+	return n, size
+}
 
 // Who may set which label. A workload (whatever calls CNI ADD or POST
 // /v1/endpoints) claims labels of the sources k8s, container and unspec.

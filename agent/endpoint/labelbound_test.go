@@ -35,3 +35,19 @@ func TestLabelSetBounded(t *testing.T) {
 		}
 	}
 }
+
+// The namespace's labels (derived from the API server, written by the
+// namespace's admin) are not the workload's and do not count: a namespace
+// of 250 labels keeps no pod of 10 labels out (found by a review).
+func TestLabelBoundCountsTheWorkloadsOwn(t *testing.T) {
+	ls := []string{}
+	for i := 0; i < 10; i++ {
+		ls = append(ls, fmt.Sprintf("k8s:app%d=v", i))
+	}
+	for i := 0; i < 250; i++ {
+		ls = append(ls, fmt.Sprintf("k8s:io.cilium.k8s.namespace.labels.%s.example.com/n%d=v", strings.Repeat("t", 150), i))
+	}
+	if _, err := (CreateRequest{ContainerID: "c1", IfName: "eth0", NetNS: "/proc/1/ns/net", Namespace: "team-a", Labels: ls}).validate(true); err != nil {
+		t.Errorf("10 labels of the pod's and 250 of its namespace's: %v", err)
+	}
+}

@@ -92,6 +92,13 @@ type Router struct {
 	maxRemoteNodes  int
 	remoteNodesFull bool
 
+	// leftFallbacks are the pod CIDRs whose unreachable routes forgetNode
+	// left (with encryption), read from the kernel once (an earlier
+	// agent's too) and then kept here: clearFallbacksInside looks them up
+	// without a route dump per node learned.
+	leftFallbacks     map[netip.Prefix]bool
+	leftFallbacksRead bool
+
 	// remoteKeys are the ipcache keys written for remote clusters'
 	// entries (their /32s and covers), at most maxRemoteIPCache
 	// (MaxRemoteIPCacheEntries when 0); past it a key is refused
@@ -435,22 +442,31 @@ func encryptFallback(c netip.Prefix) *netlink.Route {
 // the longest prefix whatever the metric, so one left for a /24 kept
 // a /23 given out later unreachable (TestForgottenFallbackGivesWayToAWiderCIDR).
 func (r *Router) clearFallbacksInside(c netip.Prefix) {
-	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Type: unix.RTN_UNREACHABLE, Priority: encryptFallbackMetric},
-		netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PRIORITY)
-	if err != nil {
-		return
+	if !r.leftFallbacksRead {
+		r.leftFallbacksRead = true
+		if r.leftFallbacks == nil {
+			r.leftFallbacks = map[netip.Prefix]bool{}
+		}
+		rs, _ := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Type: unix.RTN_UNREACHABLE, Priority: encryptFallbackMetric},
+			netlink.RT_FILTER_TYPE|netlink.RT_FILTER_PRIORITY)
+		for _, rt := range rs {
+			if rt.Dst == nil {
+				continue
+			}
+			if a, ok := netip.AddrFromSlice(rt.Dst.IP.To4()); ok {
+				bits, _ := rt.Dst.Mask.Size()
+				r.leftFallbacks[netip.PrefixFrom(a, bits)] = true
+			}
+		}
 	}
-	for _, rt := range rs {
-		if rt.Dst == nil {
+	for p := range r.leftFallbacks {
+		if p.Bits() <= c.Bits() || !c.Contains(p.Addr()) {
 			continue
 		}
-		a, ok := netip.AddrFromSlice(rt.Dst.IP.To4())
-		bits, _ := rt.Dst.Mask.Size()
-		p := netip.PrefixFrom(a, bits)
-		if !ok || bits <= c.Bits() || !c.Contains(a) || len(r.claims.cidrs[p]) > 0 {
-			continue
+		if len(r.claims.cidrs[p]) == 0 {
+			netlink.RouteDel(encryptFallback(p))
 		}
-		netlink.RouteDel(&rt)
+		delete(r.leftFallbacks, p) // held by a node: its own route now
 	}
 }
 
@@ -919,6 +935,10 @@ func (r *Router) forgetNode(n node.Node, entries bool) {
 			if err := netlink.RouteReplace(encryptFallback(c)); err != nil {
 				slog.Error("unreachable route to a forgotten peer's pod CIDR", "node", n.Name, "cidr", c, "err", err)
 			}
+			if r.leftFallbacks == nil {
+				r.leftFallbacks = map[netip.Prefix]bool{}
+			}
+			r.leftFallbacks[c.Masked()] = true
 		} else {
 			netlink.RouteDel(encryptFallback(c))
 		}

@@ -84,3 +84,23 @@ spec:
 		t.Errorf("a policy whose source is not its own had its rules replaced: %+v", sel)
 	}
 }
+
+// A toFQDNs of `[]` was stored before 2026-12-07 without the field (its
+// JSON tag omitted empty lists), which allowed every peer on the rule's
+// ports: a Cilium policy's rules are made again from its source on load
+// too (found by a review).
+func TestStoredEmptyPeerFieldMadeAgainFromSource(t *testing.T) {
+	ps, err := Parse([]byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toFQDNs: []\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := ps[0].DeepCopy()
+	old.Rules[0].Egress[0].ToFQDNs = nil // as an older agent stored it
+	p, err := Reload(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Rules[0].Egress[0].ToFQDNs == nil {
+		t.Error("the reloaded rule lost its empty toFQDNs: it allows every peer on 443")
+	}
+}

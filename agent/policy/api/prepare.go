@@ -31,18 +31,20 @@ func Prepare(ps []Policy) ([]Policy, error) {
 }
 
 // Reload is Prepare for a policy read back from where it was stored (the
-// agent's file, the kvstore): a NetworkPolicy's rules are made again from
-// its source, as an import makes them now, when the source parses to that
-// one policy of the same namespace; otherwise its stored rules are kept
+// agent's file, the kvstore): its rules are made again from its source,
+// as an import makes them now, when the source parses to that one policy
+// (same kind, namespace and name); otherwise its stored rules are kept
 // and held to what normalize does now. The form a policy takes can change
 // between versions: a NetworkPolicy stored before 2026-12-05 whose
 // podSelector named the namespace key selected other namespaces' pods,
 // and one whose podSelector was `namespace Exists` is stored like a
 // namespaceSelector peer, which only its source tells apart
-// (TestStoredNetworkPolicyPeersKeptInTheirNamespace).
+// (TestStoredNetworkPolicyPeersKeptInTheirNamespace); a toFQDNs, toGroups
+// or toServices of `[]` was stored before 2026-12-07 without the field,
+// which allowed every peer (TestStoredEmptyPeerFieldMadeAgainFromSource).
 func Reload(p Policy) (Policy, error) {
-	if p.Kind == KindNetworkPolicy && p.Source != "" {
-		if ps, err := Parse([]byte(p.Source)); err == nil && len(ps) == 1 && ps[0].Kind == KindNetworkPolicy &&
+	if p.Source != "" {
+		if ps, err := Parse([]byte(p.Source)); err == nil && len(ps) == 1 && ps[0].Kind == p.Kind &&
 			ps[0].Name == p.Name && ps[0].Namespace == p.Namespace {
 			p = p.DeepCopy()
 			p.Rules = ps[0].Rules
