@@ -250,8 +250,6 @@ type DatapathNodeConfig struct {
 	KvstorePorts     uint16
 	_                [2]byte
 	NodeIp           uint32
-	_                [4]byte
-	ProxyCgroup      uint64
 }
 
 type DatapathPolicyKey struct {
@@ -357,7 +355,6 @@ const (
 	DatapathProgSockRecvmsg6     = "sock_recvmsg6"
 	DatapathProgSockSendmsg4     = "sock_sendmsg4"
 	DatapathProgSockSendmsg6     = "sock_sendmsg6"
-	DatapathProgSockSetsockopt   = "sock_setsockopt"
 	DatapathProgToContainer      = "to_container"
 	DatapathVarMaglevSize        = "maglev_size"
 	DatapathVarUnusedCe          = "unused_ce"
@@ -443,7 +440,6 @@ type DatapathProgramSpecs struct {
 	SockRecvmsg6     *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
 	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
 	SockSendmsg6     *ebpf.ProgramSpec `ebpf:"sock_sendmsg6"`
-	SockSetsockopt   *ebpf.ProgramSpec `ebpf:"sock_setsockopt"`
 	ToContainer      *ebpf.ProgramSpec `ebpf:"to_container"`
 }
 
@@ -641,7 +637,6 @@ type DatapathPrograms struct {
 	SockRecvmsg6     *ebpf.Program `ebpf:"sock_recvmsg6"`
 	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
 	SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
-	SockSetsockopt   *ebpf.Program `ebpf:"sock_setsockopt"`
 	ToContainer      *ebpf.Program `ebpf:"to_container"`
 }
 
@@ -660,7 +655,6 @@ func (p *DatapathPrograms) Close() error {
 		p.SockRecvmsg6,
 		p.SockSendmsg4,
 		p.SockSendmsg6,
-		p.SockSetsockopt,
 		p.ToContainer,
 	)
 }

@@ -193,13 +193,6 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	if v := os.Getenv(sockMarkEnv); v != "" {
-		if err := sockMark(v); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
 	if v := os.Getenv(sockPeerEnv); v != "" {
 		if err := sockPeer(v); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -42,15 +42,6 @@ func startLB(dp *datapath.Datapath, cfg config.Config, underlay netlink.Link) (*
 	if err := dp.AttachSocketLB(root); err != nil {
 		return nil, err
 	}
-	// The proxy is the agent's child, in its cgroup: no other process of
-	// the node's namespace may mark its sockets as the proxy's upstream.
-	id, err := datapath.OwnCgroupID(root)
-	if err != nil {
-		slog.Warn("the datapath's socket marks are not kept to the agent's cgroup (any process of the node's namespace with CAP_NET_RAW may set them)", "err", err)
-	}
-	if err := dp.SetProxyCgroup(id); err != nil {
-		return nil, err
-	}
 	cookie, err := datapath.NetNSCookie()
 	if err != nil {
 		return nil, err

@@ -538,8 +538,7 @@ func EnsureCgroup2(path string) (string, error) {
 
 // AttachSocketLB attaches the socket programs (connect4, sendmsg4,
 // recvmsg4, getpeername4, and their IPv6 twins for dual-stack sockets'
-// v4-mapped addresses; setsockopt, which keeps the datapath's marks to
-// the agent's cgroup) to the cgroup at path with pinned links; a
+// v4-mapped addresses) to the cgroup at path with pinned links; a
 // restarted agent swaps the programs in place.
 func (d *Datapath) AttachSocketLB(cgroupPath string) error {
 	dir := filepath.Join(d.pinDir, "cgroup")
@@ -559,10 +558,6 @@ func (d *Datapath) AttachSocketLB(cgroupPath string) error {
 		{"sendmsg6", d.objs.SockSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 		{"recvmsg6", d.objs.SockRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
 		{"getpeername6", d.objs.SockGetpeername6, ebpf.AttachCgroupInet6GetPeername},
-		// Not the load balancer's, but on the same hierarchy and the same
-		// registered namespaces: the datapath's marks kept to the agent's
-		// cgroup (sock_setsockopt, SetProxyCgroup).
-		{"setsockopt", d.objs.SockSetsockopt, ebpf.AttachCGroupSetsockopt},
 	} {
 		pin := filepath.Join(dir, a.name)
 		if old, err := link.LoadPinnedLink(pin, nil); err == nil {
@@ -584,32 +579,6 @@ func (d *Datapath) AttachSocketLB(cgroupPath string) error {
 		l.Close()
 	}
 	return nil
-}
-
-// OwnCgroupID is the cgroup v2 ID of this process's cgroup, under the
-// hierarchy mounted at root.
-func OwnCgroupID(root string) (uint64, error) {
-	data, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if path, ok := strings.CutPrefix(line, "0::"); ok {
-			var st unix.Stat_t
-			if err := unix.Stat(filepath.Join(root, path), &st); err != nil {
-				return 0, fmt.Errorf("%w: this process's cgroup %s: %v", ErrCgroup2, path, err)
-			}
-			return st.Ino, nil
-		}
-	}
-	return 0, fmt.Errorf("%w: no cgroup v2 line in /proc/self/cgroup", ErrCgroup2)
-}
-
-// SetProxyCgroup sets the cgroup (v2 ID) whose processes, the agent and
-// its proxy, may mark sockets of the node's namespace with the datapath's
-// marks (0: any process).
-func (d *Datapath) SetProxyCgroup(id uint64) error {
-	return d.setConfig(func(v *bpf.DatapathNodeConfig) { v.ProxyCgroup = id })
 }
 
 // AttachNetdev puts from_netdev (NodePort translation) on the tc ingress

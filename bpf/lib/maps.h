@@ -157,10 +157,6 @@ struct node_config {
 	// frontends stand for every node of the cluster's at a pod's socket
 	// (lb_sock_nodeport).
 	__u32 node_ip;
-	// The cgroup (v2 ID) of the agent and its proxy, the only processes
-	// of the node's namespace that may mark sockets as the proxy's
-	// upstream (sock_setsockopt); 0 = unknown, none refused.
-	__u64 proxy_cgroup;
 };
 
 struct event {

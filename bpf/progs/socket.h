@@ -127,38 +127,6 @@ static __always_inline int lb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	return 1;
 }
 
-// sock_setsockopt refuses a socket of the node's own namespace (a
-// host-network pod's) SO_MARK in the datapath's marks (MARK_PROXY_MAGIC,
-// MARK_PROXY_LOCAL_MAGIC, MARK_NODEPORT_MAGIC in the top byte) unless its
-// process is in the agent's and proxy's cgroup: Linux 5.17 and later let
-// CAP_NET_RAW alone set a mark, which container runtimes give by default,
-// and a connection marked as the proxy's upstream reached a pod's L7 port
-// unjudged and as any identity it named (found 2026-12-07 by a review,
-// TestSetsockoptRefusesDatapathMarks). A datagram's mark given in a
-// control message (sendmsg) is not seen here.
-#define SOL_SOCKET_ 1
-#define SO_MARK_ 36
-SEC("cgroup/setsockopt")
-int sock_setsockopt(struct bpf_sockopt *ctx)
-{
-	if (ctx->level != SOL_SOCKET_ || ctx->optname != SO_MARK_)
-		return 1;
-	__u32 *reg = lb_sock_netns(ctx);
-	if (!reg || *reg)
-		return 1; // a pod's namespace: the veth clears its marks
-	__u32 *v = ctx->optval;
-	if ((void *)(v + 1) > ctx->optval_end)
-		return 1;
-	__u32 magic = *v & 0xFF000000;
-	if (magic != MARK_PROXY_MAGIC && magic != MARK_PROXY_LOCAL_MAGIC && magic != MARK_NODEPORT_MAGIC)
-		return 1;
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg || !cfg->proxy_cgroup || bpf_get_current_cgroup_id() == cfg->proxy_cgroup)
-		return 1;
-	return 0;
-}
-
 SEC("cgroup/connect4")
 int sock_connect4(struct bpf_sock_addr *ctx) { return lb_sock_translate(ctx, 0); }
 
