@@ -363,6 +363,19 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 	w.syncLocked(ctx, namespace, name)
 }
 
+// maxStoredAnnotations bounds the bytes of a Service's annotations a
+// stored service keeps whole (kubectl's last-applied-configuration and
+// Helm's fit; a tenant's 256 KiB do not).
+const maxStoredAnnotations = 16 << 10
+
+func annotationBytes(a map[string]string) int {
+	n := 0
+	for k, v := range a {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
 // syncLocked is syncService with storeMu held; the error is the store's
 // (logged here; nil when there is nothing to store).
 func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error {
@@ -373,16 +386,25 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 		return nil
 	}
 	ks := obj.(*corev1.Service)
-	// Only the annotations the service model reads, and the mark: every
-	// other one is a tenant's bytes, up to 256 KiB a Service, which the
-	// kvstore would keep (until 2026-12-07 all were copied, and each
-	// change of one made a new revision of that size: a namespace could
-	// fill the cluster's etcd to its quota,
+	// The object's annotations (a copy gets the mark) while they are
+	// small, as agents have always stored them (agents of two versions
+	// during an upgrade then store the same value, not each its own);
+	// past maxStoredAnnotations only those the service model reads: the
+	// rest is a tenant's bytes, up to 256 KiB a Service, which the
+	// kvstore would keep (until 2026-12-07 all were copied whatever their
+	// size, and each change of one made a new revision of that size: a
+	// namespace could fill the cluster's etcd to its quota,
 	// TestServiceKeepsOnlyHonouredAnnotations).
-	ann := map[string]string{}
-	for _, k := range service.Honoured {
-		if v, ok := ks.Annotations[k]; ok {
-			ann[k] = v
+	ann := maps.Clone(ks.Annotations)
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	if annotationBytes(ann) > maxStoredAnnotations {
+		ann = map[string]string{}
+		for _, k := range service.Honoured {
+			if v, ok := ks.Annotations[k]; ok {
+				ann[k] = v
+			}
 		}
 	}
 	ann[service.SourceAnnotation] = service.SourceKubernetes
