@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -80,6 +81,19 @@ type Store struct {
 	// beforeCommit, when set (tests), runs just before the transaction
 	// with the import's context.
 	beforeCommit func(ctx context.Context)
+
+	// decoded are the policies read, by key, with the revision they were
+	// read at: a resync decodes (and api.Reload parses the source of)
+	// only what changed since, not every policy at every watch burst.
+	decodedMu sync.Mutex
+	decoded   map[string]decodedAt
+	decodes   int // decode calls (tests)
+}
+
+type decodedAt struct {
+	rev int64
+	p   api.Policy
+	err error
 }
 
 // Start adopts policies of an older per-node repository as node-local (if
@@ -140,8 +154,9 @@ func (s *Store) resync(ctx context.Context) error {
 	}
 	won := map[string]entry{} // policy key -> the entry enforced
 	var lost []entry          // a NetworkPolicy's older entry under its other key
+	s.forgetDecoded(kvs)
 	for _, kv := range kvs {
-		p, err := s.decode(kv)
+		p, err := s.decodeCached(kv)
 		if err != nil {
 			slog.Warn("ignoring an invalid policy in the kvstore", "key", kv.Key, "err", err)
 			continue
@@ -256,6 +271,40 @@ func (s *Store) tidy(ctx context.Context, won map[string]entry, lost []entry, kv
 	}
 }
 
+// decodeCached is decode, once per key and revision.
+func (s *Store) decodeCached(kv kvstore.KeyValue) (api.Policy, error) {
+	s.decodedMu.Lock()
+	d, ok := s.decoded[kv.Key]
+	s.decodedMu.Unlock()
+	if ok && kv.ModRevision != 0 && d.rev == kv.ModRevision {
+		return d.p.DeepCopy(), d.err
+	}
+	p, err := s.decode(kv)
+	s.decodedMu.Lock()
+	s.decodes++
+	if s.decoded == nil {
+		s.decoded = map[string]decodedAt{}
+	}
+	s.decoded[kv.Key] = decodedAt{kv.ModRevision, p.DeepCopy(), err}
+	s.decodedMu.Unlock()
+	return p, err
+}
+
+// forgetDecoded keeps only the decoded policies of keys still stored.
+func (s *Store) forgetDecoded(kvs []kvstore.KeyValue) {
+	keep := make(map[string]bool, len(kvs))
+	for _, kv := range kvs {
+		keep[kv.Key] = true
+	}
+	s.decodedMu.Lock()
+	defer s.decodedMu.Unlock()
+	for k := range s.decoded {
+		if !keep[k] {
+			delete(s.decoded, k)
+		}
+	}
+}
+
 // decode reads one stored policy; it must be valid and stored under its
 // own key or, for a NetworkPolicy, namespace/name.
 func (s *Store) decode(kv kvstore.KeyValue) (p api.Policy, err error) {
@@ -299,7 +348,7 @@ func (s *Store) readKeys(ctx context.Context, keys []string) (map[string]stored,
 			st := stored{}
 			if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
 				st.rev, st.value = kvs[0].ModRevision, kvs[0].Value
-				if p, err := s.decode(kvstore.KeyValue{Key: chunk[i], Value: st.value, ModRevision: st.rev}); err == nil {
+				if p, err := s.decodeCached(kvstore.KeyValue{Key: chunk[i], Value: st.value, ModRevision: st.rev}); err == nil {
 					st.p = &p
 				}
 			}
