@@ -25,6 +25,7 @@ import (
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/routing"
 	"github.com/filament-net/filament/crypto/ipsec"
+	"github.com/filament-net/filament/crypto/keyfile"
 	"github.com/filament-net/filament/crypto/nodeauth"
 	"github.com/filament-net/filament/crypto/wireguard"
 	"github.com/filament-net/filament/internal/atomicfile"
@@ -137,7 +138,7 @@ func Start(cfg config.Config, dp *datapath.Datapath, router *routing.Router, und
 		if err := ipsec.Probe(); err != nil {
 			return nil, fmt.Errorf("encryption ipsec refused: %w", err)
 		}
-		data, err := os.ReadFile(cfg.IPsecKeyFile)
+		data, err := keyfile.Read(cfg.IPsecKeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("ipsecKeyFile: %w", err)
 		}

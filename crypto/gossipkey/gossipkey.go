@@ -19,6 +19,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/filament-net/filament/crypto/keyfile"
 	"github.com/filament-net/filament/internal/atomicfile"
 )
 
@@ -65,14 +66,10 @@ func Parse(b []byte) (Keys, error) {
 // Load reads and parses the key file at path; it must not be readable by
 // others than its owner.
 func Load(path string) (Keys, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("gossip key file: %w", err)
+	b, err := keyfile.Read(path)
+	if errors.Is(err, keyfile.ErrExposed) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%w: %s is readable by others (mode %v); want 0600", ErrInvalid, path, st.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("gossip key file: %w", err)
 	}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/crypto/ca"
+	"github.com/filament-net/filament/crypto/keyfile"
 )
 
 // ErrRefused wraps every reason a node record is not accepted.
@@ -60,14 +61,7 @@ func LoadSigner(certFile, keyFile string) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
-	st, err := os.Stat(keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("node key: %w", err)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("node key %s has mode %o; it must be readable by its owner only (0600 or 0400)", keyFile, st.Mode().Perm())
-	}
-	keyPEM, err := os.ReadFile(keyFile)
+	keyPEM, err := keyfile.Read(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("node key: %w", err)
 	}

@@ -30,6 +30,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/filament-net/filament/crypto/keyfile"
 	"github.com/filament-net/filament/internal/atomicfile"
 )
 
@@ -72,7 +73,7 @@ var ErrKey = errors.New("wireguard key")
 // LoadOrCreateKey reads the private key at path, creating one (mode 0600)
 // when there is none. A key file readable by others is refused.
 func LoadOrCreateKey(path string) (wgtypes.Key, error) {
-	data, err := os.ReadFile(path)
+	data, err := keyfile.Read(path)
 	if errors.Is(err, os.ErrNotExist) {
 		k, err := wgtypes.GeneratePrivateKey()
 		if err != nil {
@@ -84,14 +85,7 @@ func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 		return k, nil
 	}
 	if err != nil {
-		return wgtypes.Key{}, fmt.Errorf("%w: %v", ErrKey, err)
-	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return wgtypes.Key{}, fmt.Errorf("%w: %v", ErrKey, err)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return wgtypes.Key{}, fmt.Errorf("%w: %s has mode %o; the private key must be 0600", ErrKey, path, st.Mode().Perm())
+		return wgtypes.Key{}, fmt.Errorf("%w: %w", ErrKey, err)
 	}
 	k, err := wgtypes.ParseKey(string(trimSpace(data)))
 	if err != nil {
