@@ -378,22 +378,7 @@ func TestOwns(t *testing.T) {
 func TestRemoteNodeClaimsReview(t *testing.T) {
 	inNetns(t)
 	// An interface the native routes' gateways are on.
-	dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "under0"}, PeerName: "under1"}
-	if err := netlink.LinkAdd(dummy); err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.AddrAdd(dummy, &netlink.Addr{IPNet: ipnet(netip.MustParsePrefix("203.0.113.1/24"))}); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"under0", "under1"} {
-		l, err := netlink.LinkByName(name)
-		if err == nil {
-			err = netlink.LinkSetUp(l)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	underlay(t, "203.0.113.1/24")
 	f := &fakeMaps{ipc: map[netip.Prefix]fakeValue{}, nodes: map[netip.Addr]bool{}}
 	r := newRouter(f, Native, "n1")
 	addr := netip.MustParseAddr
