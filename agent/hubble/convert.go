@@ -220,30 +220,38 @@ func tcpFlags(ev monitor.Event) *flow.TCPFlags {
 	}
 }
 
-// validL7 is r with its strings made printable (monitor.Printable: bytes
-// that are not UTF-8 escaped as \xNN, characters that are neither graphic
-// nor the space as \xNN or \uNNNN): they are a workload's (a Kafka topic,
-// a query string, an HTTP/2 method). proto3 strings must be UTF-8, so
-// until 2026-12-04 one such flow failed every GetFlows (and the relay's,
-// and the web page's) whose window held it; and until 2026-12-06 control
-// and format characters went on as they came, to `hubble observe -o
-// json` (U+009B is a terminal's CSI) and to the web page, whose service
-// map showed a topic's "\nFORWARDED ×4200" as a line of its own
-// (TestControlCharactersFromWorkloadsEscaped).
+// Bounds of a flow's L7 strings, escaped (escaping can make a string
+// four times longer): a request's strings reach 16 KiB each in its
+// record, and the flow ring holds thousands of flows.
+const (
+	maxFlowWord = 64      // protocol, method, verdict, DNS rcode
+	maxFlowHost = 512     // an HTTP host, a DNS name (253 bytes at most)
+	maxFlowPath = 2 << 10 // an HTTP path and query, Kafka topics
+)
+
+// validL7 is r with its strings made printable (monitor.PrintableCut:
+// bytes that are not UTF-8 escaped as \xNN, characters that are neither
+// graphic nor the space as \xNN or \uNNNN) and cut to the bounds above:
+// they are a workload's (a Kafka topic, a query string, an HTTP/2
+// method). proto3 strings must be UTF-8, so until 2026-12-04 one such
+// flow failed every GetFlows (and the relay's, and the web page's) whose
+// window held it; until 2026-12-06 control and format characters went on
+// as they came, to `hubble observe -o json` (U+009B is a terminal's CSI)
+// and to the web page, whose service map showed a topic's "\nFORWARDED
+// ×4200" as a line of its own (TestControlCharactersFromWorkloadsEscaped);
+// and until 2026-12-07 a flow kept them whole, so a pod's 4,095 requests
+// of 16 KiB query strings of 0xff bytes held over 300 MiB in the ring
+// (TestHostileL7FlowsBounded). Notes are left out: flows do not show
+// them.
 func validL7(r *monitor.L7) *monitor.L7 {
 	if r == nil {
 		return nil
 	}
-	valid := monitor.Printable
+	cut := monitor.PrintableCut
 	out := *r
-	out.Protocol, out.Method, out.Host, out.Path, out.Verdict = valid(r.Protocol), valid(r.Method), valid(r.Host), valid(r.Path), valid(r.Verdict)
-	out.DNSRcode = valid(r.DNSRcode)
-	if len(r.Notes) > 0 {
-		out.Notes = make([]string, len(r.Notes))
-		for i, n := range r.Notes {
-			out.Notes[i] = valid(n)
-		}
-	}
+	out.Protocol, out.Method, out.Verdict, out.DNSRcode = cut(r.Protocol, maxFlowWord), cut(r.Method, maxFlowWord), cut(r.Verdict, maxFlowWord), cut(r.DNSRcode, maxFlowWord)
+	out.Host, out.Path = cut(r.Host, maxFlowHost), cut(r.Path, maxFlowPath)
+	out.Notes = nil
 	return &out
 }
 

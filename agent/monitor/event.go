@@ -1,7 +1,6 @@
 package monitor
 
 import (
-	"fmt"
 	"net/netip"
 	"strings"
 	"time"
@@ -89,36 +88,75 @@ type L7 struct {
 // byte that is not UTF-8, the longer forms are fixed-width) and a
 // workload cannot write one as text, so every string reads back exactly
 // (FuzzPrintable).
-func Printable(s string) string { return escape(s, true) }
+func Printable(s string) string { return escape(s, true, 0) }
+
+// PrintableCut is Printable(s) in at most max bytes (max > len("…")):
+// past it the string is cut between two characters or escapes, never
+// inside one, and ends in "…". For stores that keep many of a workload's
+// strings (a node's flows): escaping can make a string four times longer.
+func PrintableCut(s string, max int) string { return escape(s, true, max) }
 
 // Terminal is s with what a terminal would act on escaped as Printable
 // escapes it, its backslashes left as they are: for text a server made
 // printable already (a Hubble server's flows, whose backslashes would
 // otherwise show doubled) and a policy's own text.
-func Terminal(s string) string { return escape(s, false) }
+func Terminal(s string) string { return escape(s, false, 0) }
 
-func escape(s string, backslash bool) string {
+const cutMark = "…"
+
+// escape is s with the escapes above (backslashes too with backslash),
+// in at most max bytes when max > 0 (cut, ending in cutMark).
+func escape(s string, backslash bool, max int) string {
 	if utf8.ValidString(s) && strings.IndexFunc(s, notShown) < 0 && (!backslash || !strings.Contains(s, `\`)) {
-		return s
-	}
-	var b strings.Builder
-	for i, r := range s {
-		switch {
-		case r == '\\' && backslash:
-			b.WriteString(`\\`)
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case !notShown(r):
-			b.WriteRune(r)
-		case r < utf8.RuneSelf:
-			fmt.Fprintf(&b, `\x%02x`, r)
-		case r <= 0xFFFF:
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
-			fmt.Fprintf(&b, `\U%08x`, r)
+		if max <= 0 || len(s) <= max {
+			return s
 		}
 	}
+	var b strings.Builder
+	if max > 0 {
+		b.Grow(min(len(s), max))
+	} else {
+		b.Grow(len(s))
+	}
+	var piece [10]byte
+	fit := 0 // the last boundary between pieces that leaves room for cutMark
+	for i, r := range s {
+		p := piece[:0]
+		switch {
+		case r == '\\' && backslash:
+			p = append(p, '\\', '\\')
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			p = hexEscape(p, 'x', uint32(s[i]), 2)
+		case !notShown(r):
+			p = utf8.AppendRune(p, r)
+		case r < utf8.RuneSelf:
+			p = hexEscape(p, 'x', uint32(r), 2)
+		case r <= 0xFFFF:
+			p = hexEscape(p, 'u', uint32(r), 4)
+		default:
+			p = hexEscape(p, 'U', uint32(r), 8)
+		}
+		if max > 0 {
+			if b.Len() <= max-len(cutMark) {
+				fit = b.Len()
+			}
+			if b.Len()+len(p) > max {
+				return b.String()[:fit] + cutMark
+			}
+		}
+		b.Write(p)
+	}
 	return b.String()
+}
+
+// hexEscape appends \ kind and v's low digits hexadecimal digits to p.
+func hexEscape(p []byte, kind byte, v uint32, digits int) []byte {
+	const hex = "0123456789abcdef"
+	p = append(p, '\\', kind)
+	for i := digits - 1; i >= 0; i-- {
+		p = append(p, hex[v>>(4*i)&0xf])
+	}
+	return p
 }
 
 // notShown tells whether r is a character a view would not show as

@@ -91,5 +91,36 @@ func FuzzPrintable(f *testing.F) {
 		if back := readBack(t, got); back != s {
 			t.Fatalf("Printable(%q) = %q reads back as %q", s, got, back)
 		}
+		// Cut: never longer than asked, never inside an escape or a
+		// character, whole when it fits.
+		max := 4 + len(s)%40
+		cut := PrintableCut(s, max)
+		switch {
+		case len(cut) > max || !utf8.ValidString(cut):
+			t.Fatalf("PrintableCut(%q, %d) = %q: too long or not UTF-8", s, max, cut)
+		case len(got) <= max && cut != got:
+			t.Fatalf("PrintableCut(%q, %d) = %q, want %q whole", s, max, cut, got)
+		case len(got) > max:
+			kept, ok := strings.CutSuffix(cut, "…")
+			if !ok || !strings.HasPrefix(got, kept) || !strings.HasPrefix(s, readBack(t, kept)) {
+				t.Fatalf("PrintableCut(%q, %d) = %q: not a cut of %q", s, max, cut, got)
+			}
+		}
+	})
+}
+
+// BenchmarkPrintable escapes a 16 KiB string of control bytes (the most a
+// proxy record's string holds), whole and cut as flows keep it.
+func BenchmarkPrintable(b *testing.B) {
+	s := strings.Repeat("\x01", 16<<10)
+	b.Run("whole", func(b *testing.B) {
+		for b.Loop() {
+			Printable(s)
+		}
+	})
+	b.Run("cut-2KiB", func(b *testing.B) {
+		for b.Loop() {
+			PrintableCut(s, 2<<10)
+		}
 	})
 }
