@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/clustermesh"
 	"github.com/filament-net/filament/clustermesh/apiserver/apiservertest"
@@ -23,15 +24,10 @@ import (
 // a value were bounded.
 func TestCacheHoldsBoundedBytes(t *testing.T) {
 	defer cache.SetBudget(25<<10, 2<<10, 16<<10)() // 25 KiB held, 2 KiB/s after 16 KiB
-	home := apiservertest.Start(t, "home", 1)
+	home, root := homeRoot(t)
 	east := apiservertest.Start(t, "east", 7)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	root, err := home.Connect(clustermesh.UserRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
 	// An ipcache value over what agents take.
 	east.Agent.Put(ctx, ipcache.Prefix+"east/10.7.0.1", []byte(`{"pad":"`+strings.Repeat("x", ipcache.MaxValueLen)+`"}`), 0)
 	// Node records of 6 KiB: 16 KiB pass at once, the rest at 2 KiB/s, and
@@ -71,4 +67,61 @@ func TestCacheHoldsBoundedBytes(t *testing.T) {
 	if _, err := home.Agent.Get(ctx, clustermesh.CachePrefix+"east/"+ipcache.Prefix+"east/10.7.0.1"); err == nil {
 		t.Error("an ipcache value over ipcache.MaxValueLen was copied")
 	}
+}
+
+// A key's bytes count toward a remote's budget and its rate, and a key
+// longer than any a remote's agents write is not copied: until
+// 2026-12-07 only values were counted, so keys of 60 MiB with empty
+// values passed every bound and about 140 filled this cluster's etcd.
+func TestCacheCountsKeyBytes(t *testing.T) {
+	defer cache.SetBudget(25<<10, 64<<10, 64<<10)() // 25 KiB held, no wait
+	home, root := homeRoot(t)
+	east := apiservertest.Start(t, "east", 7)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// 40 node keys of 1,000 bytes with empty values, and two over
+	// clustermesh.MaxRemoteKey.
+	for i := range 40 {
+		name := fmt.Sprintf("n%02d-%s", i, strings.Repeat("k", 1000-len(node.NodesPrefix+"east/")-4))
+		east.Agent.Put(ctx, node.NodesPrefix+"east/"+name, nil, 0)
+	}
+	for i := range 2 {
+		east.Agent.Put(ctx, fmt.Sprintf("%seast/long%d-%s", node.NodesPrefix, i, strings.Repeat("l", clustermesh.MaxRemoteKey)), nil, 0)
+	}
+	remotes := t.TempDir()
+	east.WriteRemoteConfig(t, remotes)
+	go cache.Run(ctx, remotes, root, func() int64 { return 0 })
+	cachedNodes := clustermesh.CachePrefix + "east/" + node.NodesPrefix + "east/"
+	var kvs []kvstore.KeyValue
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		kvs, _, _ = home.Agent.List(ctx, cachedNodes)
+		if len(kvs) >= 20 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // what was going to be copied is by now
+	kvs, _, _ = home.Agent.List(ctx, cachedNodes)
+	if len(kvs) < 20 || len(kvs) > 25 {
+		t.Errorf("%d keys of 1,000 bytes copied, want 20-25 (a budget of 25 KiB)", len(kvs))
+	}
+	for _, kv := range kvs {
+		if strings.Contains(kv.Key, "/long") {
+			t.Errorf("a key of %d bytes copied", len(kv.Key))
+		}
+	}
+}
+
+// homeRoot starts the apiserver of the cache's own cluster, home (ID 1),
+// and connects to it as root (closed at cleanup).
+func homeRoot(t *testing.T) (*apiservertest.Server, *kvstore.Client) {
+	t.Helper()
+	home := apiservertest.Start(t, "home", 1)
+	root, err := home.Connect(clustermesh.UserRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	return home, root
 }

@@ -36,9 +36,9 @@ import (
 	"github.com/filament-net/filament/clustermesh"
 )
 
-// MaxValue bounds a value the cache copies (an ipcache value:
-// ipcache.MaxValueLen, as agents take).
-const MaxValue = 1 << 20
+// MaxValue bounds a value the cache copies (clustermesh.MaxRemoteValue;
+// smaller for the kinds agents bound more tightly: maxValue).
+const MaxValue = clustermesh.MaxRemoteValue
 
 // What one remote may put in this cluster's etcd (the cache's etcd is the
 // cluster's own kvstore: past its quota etcd refuses every write of the
@@ -55,8 +55,13 @@ var (
 
 // maxValue is the largest value the cache copies under prefix.
 func maxValue(name, prefix string) int {
-	if prefix == ipcache.Prefix+name+"/" {
+	switch prefix {
+	case ipcache.Prefix + name + "/":
 		return ipcache.MaxValueLen
+	case node.NodesPrefix + name + "/":
+		return clustermesh.MaxRemoteNodeValue
+	case identity.IDPrefix:
+		return clustermesh.MaxRemoteIdentityValue
 	}
 	return MaxValue
 }
@@ -271,8 +276,8 @@ func (r *remote) wrote(prefix, key string, value []byte) {
 			r.held[prefix]++
 		}
 		r.written[key] = sha256.Sum256(value)
-		r.sizes[key] = len(value)
-		r.bytes += len(value)
+		r.sizes[key] = len(key) + len(value)
+		r.bytes += len(key) + len(value)
 	}
 }
 
@@ -396,6 +401,9 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	if len(cc.Value) > MaxValue || json.Unmarshal(cc.Value, &conf) != nil || conf.Name != r.name {
 		return false, fmt.Errorf("cluster-config of %s is not valid: %.200q", r.name, cc.Value)
 	}
+	if err := identity.ValidateClusterID(conf.ID); err != nil {
+		return false, fmt.Errorf("cluster-config of %s: %w", r.name, err)
+	}
 	wctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -451,10 +459,22 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 	seen := map[string]bool{}
 	first := true
 	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+		if (ev.Type == kvstore.EventUpsert || ev.Type == kvstore.EventDelete) && !strings.HasPrefix(ev.Key, prefix) {
+			continue // a server's event outside the prefix watched
+		}
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		var err error
 		switch ev.Type {
 		case kvstore.EventUpsert:
+			// A key longer than any a remote's agents write (until
+			// 2026-12-07 keys were neither bounded nor counted: keys of
+			// 60 MiB with empty values filled this cluster's etcd,
+			// TestCacheCountsKeyBytes).
+			if len(ev.Key) > clustermesh.MaxRemoteKey {
+				r.update(ctx, func(s *Status) { s.Rejected++ })
+				slog.Warn("cluster mesh cache: key too long", "cluster", r.name, "key", ev.Key[:64], "bytes", len(ev.Key))
+				break
+			}
 			if first {
 				seen[ev.Key] = true
 			}
@@ -476,18 +496,25 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				err = r.local.Delete(wctx, r.key(ev.Key))
 				break
 			}
-			if n, over := r.overBudget(ev.Key, len(ev.Value)); over {
+			if n, over := r.overBudget(ev.Key, len(ev.Key)+len(ev.Value)); over {
 				r.update(ctx, func(s *Status) { s.Rejected++ })
 				slog.Warn("cluster mesh cache: the remote holds as many bytes as it may", "cluster", r.name, "key", ev.Key, "held", n, "max", maxRemoteBytes)
 				err = r.local.Delete(wctx, r.key(ev.Key))
 				r.wrote(prefix, ev.Key, nil)
 				break
 			}
-			if r.rate.WaitN(ctx, min(len(ev.Value), r.rate.Burst())) != nil {
+			if r.rate.WaitN(ctx, min(len(ev.Key)+len(ev.Value), r.rate.Burst())) != nil {
 				break // ctx ended
 			}
 			if err = r.local.Put(wctx, r.key(ev.Key), ev.Value, 0); err == nil {
-				r.wrote(prefix, ev.Key, ev.Value)
+				// An empty value is held too (nil tells wrote a delete:
+				// until 2026-12-07 empty values were counted neither in
+				// keys nor in bytes).
+				v := ev.Value
+				if v == nil {
+					v = []byte{}
+				}
+				r.wrote(prefix, ev.Key, v)
 			} else {
 				// It may be in the cache (written, or from before): still
 				// counted, and written again when it next comes.

@@ -139,14 +139,9 @@ func TestCacheServesRemote(t *testing.T) {
 // copies are listed by cluster, one read each, and a key directly under
 // the prefix is no cluster's and stays.
 func TestCacheRemovesStaleCopies(t *testing.T) {
-	home := apiservertest.Start(t, "home", 1)
+	_, root := homeRoot(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	root, err := home.Connect(clustermesh.UserRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
 	for _, k := range []string{"a/1", "a/2", "a-x/1", "b/" + ipcache.Prefix + "b/10.9.0.1", ".odd"} {
 		if err := root.Put(ctx, clustermesh.CachePrefix+k, []byte("{}"), 0); err != nil {
 			t.Fatal(err)

@@ -367,7 +367,12 @@ type cluster struct {
 	svcs     map[string]remoteService
 	// nodeNames are the names nodeName made, by the node's own name.
 	nodeNames map[string]string
-	src       source // where the current session reads (nil between sessions)
+	// held is the size of each node record's, identity's and service's
+	// value taken this session, by key, and heldSum their sum, within
+	// maxRemoteBytes (admit).
+	held    map[string]int
+	heldSum int
+	src     source // where the current session reads (nil between sessions)
 }
 
 // remoteService is a remote cluster's service and the hash of the value it
@@ -561,6 +566,7 @@ func (c *cluster) session(ctx context.Context) (connected bool, err error) {
 	if c.status.Withdrawn || c.nodes == nil {
 		c.nodes, c.ids, c.ips = map[string]node.Node{}, map[identity.NumericIdentity]identity.Identity{}, newIPMirror()
 		c.svcs, c.rawNodes = map[string]remoteService{}, map[string][]byte{}
+		c.held, c.heldSum = map[string]int{}, 0
 	}
 	c.ips.startListing()
 	c.id = conf.ID
@@ -665,6 +671,11 @@ func (c *cluster) check(ctx context.Context, kv source) (clustermesh.ClusterConf
 	if err := json.Unmarshal(cc.Value, &conf); err != nil || conf.Name != c.name {
 		return conf, fmt.Errorf("cluster-config of %s is not valid: %.200q", c.name, cc.Value)
 	}
+	// An ID out of range (0 stood for no claim: taken whenever every
+	// other remote held one, until 2026-12-07) is refused.
+	if err := identity.ValidateClusterID(conf.ID); err != nil {
+		return conf, fmt.Errorf("cluster-config of %s: %w", c.name, err)
+	}
 	if why := c.m.claim(c, conf.Name, conf.ID); why != "" {
 		return conf, fmt.Errorf("refused: %s", why)
 	}
@@ -752,6 +763,7 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 		case kvstore.EventSynced:
 			if first || untracked {
 				c.dropUnseen(prefix, seen)
+				c.releaseUnseen(prefix, seen)
 				seen = nil
 			}
 			if first {
@@ -759,12 +771,89 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 				synced <- prefix
 			}
 		default:
+			deleted := ev.Type == kvstore.EventDelete
+			if deleted {
+				c.release(ev.Key)
+			} else if !untracked {
+				// (ipEvent bounds the entries' values itself, and parses
+				// no address from a long key.)
+				if why := c.admit(prefix, ev.Key, ev.Value); why != "" {
+					c.reject(why)
+					c.release(ev.Key)
+					apply(ev, true) // what the key held goes
+					break
+				}
+			}
 			if first && seen != nil {
 				seen[ev.Key] = true
 			}
-			apply(ev, ev.Type == kvstore.EventDelete)
+			apply(ev, deleted)
 		}
 	}
+}
+
+// maxRemoteBytes is clustermesh.MaxRemoteBytes (a variable for tests).
+var maxRemoteBytes = clustermesh.MaxRemoteBytes
+
+// valueBound is the largest value under prefix a remote may hold.
+func (c *cluster) valueBound(prefix string) int {
+	switch prefix {
+	case node.NodesPrefix + c.name + "/":
+		return clustermesh.MaxRemoteNodeValue
+	case identity.IDPrefix:
+		return clustermesh.MaxRemoteIdentityValue
+	}
+	return clustermesh.MaxRemoteValue
+}
+
+// admit tells why a node record, identity or service at key under
+// prefix is refused ("" when it is taken: its key's and value's bytes
+// then count toward the remote's maxRemoteBytes, whether or not the
+// record itself is valid).
+func (c *cluster) admit(prefix, key string, value []byte) string {
+	if len(key) > clustermesh.MaxRemoteKey {
+		return fmt.Sprintf("key %.64q…: %d bytes, at most %d", key, len(key), clustermesh.MaxRemoteKey)
+	}
+	if max := c.valueBound(prefix); len(value) > max {
+		return fmt.Sprintf("%s: a value of %d bytes, at most %d", key, len(value), max)
+	}
+	n := len(key) + len(value)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held == nil {
+		c.held = map[string]int{}
+	}
+	if c.heldSum-c.held[key]+n > maxRemoteBytes {
+		return fmt.Sprintf("%s: the remote holds %d bytes of node records, identities and services, at most %d", key, c.heldSum, maxRemoteBytes)
+	}
+	c.heldSum += n - c.held[key]
+	c.held[key] = n
+	return ""
+}
+
+// release gives back what key held of the remote's bytes.
+func (c *cluster) release(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.heldSum -= c.held[key]
+	delete(c.held, key)
+}
+
+// releaseUnseen gives back the bytes of the keys under prefix the first
+// list did not hold (seen nil: none are counted, the ipcache entries).
+func (c *cluster) releaseUnseen(prefix string, seen map[string]bool) {
+	if seen == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	maps.DeleteFunc(c.held, func(k string, n int) bool {
+		if strings.HasPrefix(k, prefix) && !seen[k] {
+			c.heldSum -= n
+			return true
+		}
+		return false
+	})
 }
 
 // dropUnseen deletes state of prefix whose keys were not in the first list
@@ -856,6 +945,10 @@ func (c *cluster) followCRL(ctx context.Context, kv source) {
 // crlEvent takes the cluster's revocation list and, when the revoked set
 // changed, vets its node records again.
 func (c *cluster) crlEvent(v []byte) {
+	if len(v) > clustermesh.MaxRemoteValue {
+		c.reject(fmt.Sprintf("the revocation list of %s: %d bytes, at most %d", c.name, len(v), clustermesh.MaxRemoteValue))
+		return
+	}
 	changed, err := c.m.cb.Revocations(c.name, []byte(c.cfg.CA), v)
 	if err != nil {
 		c.reject(err.Error())
@@ -881,7 +974,9 @@ func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 	if c.rawNodes == nil {
 		c.rawNodes = map[string][]byte{}
 	}
-	if deleted {
+	// Only a record under a node's name is kept to be vetted again (a
+	// remote's records under other keys were all kept until 2026-12-07).
+	if deleted || !node.ValidName(strings.TrimPrefix(ev.Key, node.NodesPrefix+c.name+"/")) {
 		delete(c.rawNodes, ev.Key)
 	} else {
 		c.rawNodes[ev.Key] = ev.Value
