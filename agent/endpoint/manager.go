@@ -232,6 +232,9 @@ func (m *Manager) findLocked(containerID, ifName string) *Endpoint {
 	return nil
 }
 
+// ownNetNS is the agent's network namespace, the node's.
+const ownNetNS = "/proc/self/ns/net"
+
 // Create makes a new endpoint. It either completes or leaves nothing behind:
 // address, identity reference and devices are undone on any failure.
 func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error) {
@@ -248,8 +251,15 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 	if r.Network == "" {
 		r.Network = DefaultNetwork
 	}
-	if _, err := os.Stat(r.NetNS); err != nil {
+	st, err := os.Stat(r.NetNS)
+	if err != nil {
 		return Endpoint{}, fmt.Errorf("%w: netns %q: %v", ErrInvalid, r.NetNS, err)
+	}
+	// The node's own namespace (the agent's) is no pod's: an endpoint
+	// there put its routes (a default route among them) and its socket
+	// load-balancing registration on the node until 2026-12-07.
+	if own, err := os.Stat(ownNetNS); err == nil && os.SameFile(st, own) {
+		return Endpoint{}, fmt.Errorf("%w: netns %q is the node's own network namespace", ErrInvalid, r.NetNS)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -180,15 +180,20 @@ func TestCreateValidates(t *testing.T) {
 		"containerID": {ContainerID: "", IfName: "eth0", NetNS: e.netns},
 		"ifName":      {ContainerID: "c", IfName: "this-name-is-too-long", NetNS: e.netns},
 		"netns":       {ContainerID: "c", IfName: "eth0", NetNS: "/nonexistent/ns"},
-		"bad key!":    {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Labels: []string{"bad key!=x"}},
-		"namespace":   {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Namespace: "Not/Valid"},
+		// The node's own namespace (the agent's): the pod's routes, its
+		// default route among them, and its socket LB registration went
+		// to the node until 2026-12-07.
+		"netns ":    {ContainerID: "c", IfName: "eth9", NetNS: "/proc/self/ns/net"},
+		"netns  ":   {ContainerID: "c", IfName: "eth9", NetNS: "/proc/thread-self/ns/net"},
+		"bad key!":  {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Labels: []string{"bad key!=x"}},
+		"namespace": {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Namespace: "Not/Valid"},
 		// Published in the pod's ipcache entry, which other nodes refuse
 		// past 253 bytes: the pod would be unknown everywhere else.
 		"podName": {ContainerID: "c", IfName: "eth0", NetNS: e.netns, Namespace: "default", PodName: strings.Repeat("p", 254)},
 	}
 	for field, r := range cases {
 		_, err := e.m.Create(ctx, r)
-		if !errors.Is(err, endpoint.ErrInvalid) || !contains(err.Error(), field) {
+		if !errors.Is(err, endpoint.ErrInvalid) || !contains(err.Error(), strings.TrimSpace(field)) {
 			t.Errorf("%s: want ErrInvalid naming it, got %v", field, err)
 		}
 	}
