@@ -152,3 +152,54 @@ func TestRenumberMovesTheLabelSetsEndpoints(t *testing.T) {
 		t.Errorf("the record after the renumbering: %s", b)
 	}
 }
+
+// One endpoint whose datapath cannot be restored does not stop the
+// restore: until 2026-12-07 its error ended Restore, which the agent takes
+// as fatal, so the node crash-looped (no new pods, no policy updates for
+// any) and the address and identity taken for the record were left. It is
+// now restored disconnected (its datapath tried again at the next start,
+// its DEL still cleans it up) and the others are restored.
+func TestRestoreGoesOnPastADatapathFailure(t *testing.T) {
+	dir := t.TempDir()
+	ep := testutil.Etcd(t)
+	plumber := &fakePlumber{devices: map[string]bool{}}
+	e := newEnv(t, dir, ep, plumber)
+	ctx := context.Background()
+	a, err := e.m.Create(ctx, req(e, "a", "app=a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.m.Create(ctx, req(e, "b", "app=b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}, fail: 1}
+	e2 := newEnvHooks(t, dir, ep, plumber, d)
+	n, err := e2.m.Restore(ctx)
+	if err != nil {
+		t.Fatalf("restore stopped at a datapath failure: %v", err)
+	}
+	if n != 2 {
+		t.Fatalf("%d endpoints restored, want 2", n)
+	}
+	states := map[endpoint.State]int{}
+	for _, id := range []uint16{a.ID, b.ID} {
+		got, err := e2.m.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		states[got.State]++
+	}
+	if states[endpoint.StateReady] != 1 || states[endpoint.StateDisconnected] != 1 {
+		t.Fatalf("states %v, want one ready and the failed one disconnected", states)
+	}
+	// Its DEL still cleans it up.
+	for _, cid := range []string{"a", "b"} {
+		if _, err := e2.m.DeleteByContainer(ctx, cid, "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e2.pool.Used() != 0 {
+		t.Fatalf("%d addresses left after both DELs", e2.pool.Used())
+	}
+}
