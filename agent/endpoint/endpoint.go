@@ -35,9 +35,7 @@ type State string
 
 const (
 	StateReady State = "ready"
-	// StateDisconnected: restored from the state dir but its interface is
-	// gone, or its datapath could not be restored (tried again at the next
-	// start).
+	// StateDisconnected: restored from the state dir but its interface is gone.
 	StateDisconnected State = "disconnected"
 )
 

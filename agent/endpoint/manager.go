@@ -476,15 +476,8 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 			ep.State = StateDisconnected
 		}
 		if ep.State == StateReady && m.hooks != nil {
-			// One endpoint's failure does not stop the node's restore
-			// (until 2026-12-07 it ended it, and the agent with it): the
-			// endpoint is taken disconnected, what the failed try wrote
-			// taken back (its pod's packets find no endpoint: dropped),
-			// tried again at the next start, cleaned up by its DEL.
 			if err := m.hooks.EndpointUp(ctx, ep); err != nil {
-				slog.Error("endpoint's datapath not restored; taken as disconnected", "endpoint", ep.ID, "container", ep.ContainerID, "err", err)
-				m.hooks.EndpointDown(ep)
-				ep.State = StateDisconnected
+				return n, fmt.Errorf("restore endpoint %d datapath: %w", ep.ID, err)
 			}
 		}
 		if ep.Identity != before.Identity || ep.State != before.State || ep.Network != before.Network || !ep.Labels.Equal(before.Labels) {
