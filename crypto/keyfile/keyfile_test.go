@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/filament-net/filament/internal/testutil"
 )
 
 func TestReadRefusesExposedFiles(t *testing.T) {
@@ -34,4 +37,29 @@ func TestReadRefusesExposedFiles(t *testing.T) {
 	if _, err := Read(dir); err == nil {
 		t.Error("a directory was read as a key file")
 	}
+}
+
+// A FIFO at the path is refused, not waited on; a file another user owns
+// (who could change the key) is refused whatever its mode.
+func TestReadRefusesFIFOsAndOthersFiles(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a FIFO: %v, want refused as no regular file", err)
+	}
+	t.Run("owner", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		path := filepath.Join(t.TempDir(), "key")
+		if err := os.WriteFile(path, []byte("secret"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, 12345, 12345); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Read(path); !errors.Is(err, ErrExposed) || !strings.Contains(err.Error(), "12345") {
+			t.Errorf("a key of user 12345: %v, want ErrExposed naming the owner", err)
+		}
+	})
 }
