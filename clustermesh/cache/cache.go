@@ -36,6 +36,10 @@ import (
 	"github.com/filament-net/filament/clustermesh"
 )
 
+// maxAnyClusterID is the largest cluster ID of either identity layout
+// (identity.SetMaxClusters: 255 or 511).
+const maxAnyClusterID = 511
+
 // MaxValue bounds a value the cache copies (clustermesh.MaxRemoteValue;
 // smaller for the kinds agents bound more tightly: maxValue).
 const MaxValue = clustermesh.MaxRemoteValue
@@ -401,8 +405,11 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	if len(cc.Value) > MaxValue || json.Unmarshal(cc.Value, &conf) != nil || conf.Name != r.name {
 		return false, fmt.Errorf("cluster-config of %s is not valid: %.200q", r.name, cc.Value)
 	}
-	if err := identity.ValidateClusterID(conf.ID); err != nil {
-		return false, fmt.Errorf("cluster-config of %s: %w", r.name, err)
+	// Within the larger layout's range (its agents check their own: the
+	// chart runs the apiserver with the default layout whatever the
+	// mesh's).
+	if conf.ID < 1 || conf.ID > maxAnyClusterID {
+		return false, fmt.Errorf("cluster-config of %s: %w: cluster ID must be 1-%d, got %d", r.name, identity.ErrClusterID, maxAnyClusterID, conf.ID)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
