@@ -13,40 +13,56 @@ static __always_inline struct policy_value *policy_lookup(__u16 ep_id, __u8 dir,
 	return bpf_map_lookup_elem(&policy, &k);
 }
 
-// control_port tells whether p goes to one of the nodes' control ports.
-static __always_inline int control_port(struct pkt *p)
+// control_ports_at tells whether port (network order) of a TCP or UDP
+// flow is one of the nodes' control ports; with except_kvstore, one but
+// the kvstore's (node_config.kvstore_ports).
+static __always_inline int control_ports_at(__u8 proto, __u16 port, int except_kvstore)
 {
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 0;
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return 0;
-	__u16 port = bpf_ntohs(p->dport);
-	int i;
+	__u16 hport = bpf_ntohs(port);
+	int i, found = 0;
 #pragma unroll
 	for (i = 0; i < CONTROL_PORTS; i++) {
-		if (cfg->control_ports[i] && cfg->control_ports[i] == port)
-			return 1;
+		if (cfg->control_ports[i] && cfg->control_ports[i] == hport &&
+		    !(except_kvstore && (cfg->kvstore_ports & (1 << i))))
+			found = 1;
 	}
-	return 0;
+	return found;
+}
+
+// control_port tells whether p goes to one of the nodes' control ports.
+static __always_inline int control_port(struct pkt *p)
+{
+	return control_ports_at(p->proto, p->dport, 0);
+}
+
+// node_addr tells whether addr, whose identity is identity, is a node's
+// own address: this node's (host), another's (remote-node), or a known
+// node's (its underlay address, or another address of it its record
+// lists).
+static __always_inline int node_addr(__u32 identity, __u32 addr)
+{
+	return identity == IDENTITY_HOST || identity == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &addr) ||
+	       bpf_map_lookup_elem(&node_local_addrs, &addr);
 }
 
 // to_node tells whether p's destination daddr, whose identity is peer,
-// is a node's own address: this node's (host, or any address the kernel
-// delivers locally, p->to_local), another's (remote-node), or a known
-// node's (its underlay address, or another address of it its record
-// lists).
+// is a node's own address (node_addr) or any address the kernel delivers
+// locally (p->to_local).
 static __always_inline int to_node(struct pkt *p, __u32 peer, __u32 daddr)
 {
-	return p->to_local || peer == IDENTITY_HOST || peer == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &daddr) ||
-	       bpf_map_lookup_elem(&node_local_addrs, &daddr);
+	return p->to_local || node_addr(peer, daddr);
 }
 
 // nodeport_to_control tells whether a NodePort translation to bip:bport
 // (network order; a backend that is no pod of this node, whose identity
 // is identity) would reach a node's control port: a node's own address
-// (to_node) on one of the control ports but the kvstore's
+// (node_addr) on one of the control ports but the kvstore's
 // (node_config.kvstore_ports: the chart's clustermesh-apiserver serves
 // remote clusters as a NodePort from the host network). The translated
 // packet leaves from this node's address, which the other node trusts:
@@ -56,23 +72,7 @@ static __always_inline int to_node(struct pkt *p, __u32 peer, __u32 daddr)
 // the same way) until 2026-12-07 (TestNodePortToNodeControlPort).
 static __always_inline int nodeport_to_control(__u8 proto, __u32 bip, __u16 bport, __u32 identity)
 {
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return 0;
-	__u32 zero = 0;
-	struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg)
-		return 0;
-	__u16 port = bpf_ntohs(bport);
-	int i, found = 0;
-#pragma unroll
-	for (i = 0; i < CONTROL_PORTS; i++) {
-		if (cfg->control_ports[i] && cfg->control_ports[i] == port && !(cfg->kvstore_ports & (1 << i)))
-			found = 1;
-	}
-	if (!found)
-		return 0;
-	return identity == IDENTITY_HOST || identity == IDENTITY_REMOTE_NODE || bpf_map_lookup_elem(&nodes, &bip) ||
-	       bpf_map_lookup_elem(&node_local_addrs, &bip);
+	return control_ports_at(proto, bport, 1) && node_addr(identity, bip);
 }
 
 // policy_verdict is the decision of endpoint ep's policy in direction dir
