@@ -309,7 +309,8 @@ const (
 	DatapathReasonREASON_FORGED_SOURCE    DatapathReason = 15
 	DatapathReasonREASON_FRAG_NEEDED      DatapathReason = 16
 	DatapathReasonREASON_NO_ROUTE         DatapathReason = 17
-	DatapathReasonREASON_MAX              DatapathReason = 18
+	DatapathReasonREASON_FOREIGN_VNI      DatapathReason = 18
+	DatapathReasonREASON_MAX              DatapathReason = 19
 )
 
 // Names of all BPF objects in the ELF.

@@ -49,6 +49,7 @@ const (
 	ReasonForgedSource   = uint8(bpf.DatapathReasonREASON_FORGED_SOURCE)
 	ReasonFragNeeded     = uint8(bpf.DatapathReasonREASON_FRAG_NEEDED)
 	ReasonNoRoute        = uint8(bpf.DatapathReasonREASON_NO_ROUTE)
+	ReasonForeignVNI     = uint8(bpf.DatapathReasonREASON_FOREIGN_VNI)
 	reasonMax            = uint32(bpf.DatapathReasonREASON_MAX)
 )
 
@@ -61,6 +62,7 @@ var reasonNames = [reasonMax]string{
 	"a pod's address on a packet not from that pod",
 	"NodePort packet too big for the path (ICMP fragmentation needed sent when DF is set)",
 	"no route for a translated NodePort packet",
+	"tunnel identity not of the sending node's cluster",
 }
 
 // incompatiblePins names the maps pinned in dir that spec's maps of the
@@ -856,14 +858,25 @@ func (d *Datapath) DeleteEncryptPeer(ip netip.Addr) {
 // EncryptPeers lists the encryption peers.
 func (d *Datapath) EncryptPeers() (map[netip.Addr]bool, error) { return addrsOf(d.objs.EncryptPeers) }
 
-// UpsertNode marks ip as a known node's (accepted tunnel source), of this
-// cluster when ofCluster.
-func (d *Datapath) UpsertNode(ip netip.Addr, ofCluster bool) error {
+// UpsertNode marks ip as a known node's (accepted tunnel source): of this
+// cluster when ofCluster, else of remote cluster remoteCluster, which
+// bounds the identities it may send as a VNI to its cluster's
+// (remote_vni_ok; 0: unbounded, as before 2026-12-07).
+func (d *Datapath) UpsertNode(ip netip.Addr, ofCluster bool, remoteCluster uint32) error {
+	return d.putAddr(d.objs.Nodes, "nodes map", ip, nodeValue(ofCluster, remoteCluster))
+}
+
+// nodeValue is a nodes map value (bpf/lib/maps.h: NODE_F_*, and a remote
+// cluster's ID and the identity layout's shift).
+func nodeValue(ofCluster bool, remoteCluster uint32) uint32 {
 	v := uint32(nodeKnown)
-	if ofCluster {
+	switch {
+	case ofCluster:
 		v |= nodeOfCluster
+	case remoteCluster != 0:
+		v |= (remoteCluster&0x1ff)<<8 | (identity.ClusterIDShift&0x1f)<<24
 	}
-	return d.putAddr(d.objs.Nodes, "nodes map", ip, v)
+	return v
 }
 
 // The nodes map's values (NODE_F_* in bpf/lib/maps.h).

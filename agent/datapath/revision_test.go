@@ -56,7 +56,7 @@ func TestChangesBumpRevision(t *testing.T) {
 		{"config", func() error { return dp.SetFlowEvents(datapath.FlowEventsOff) }},
 		{"encryption peer", func() error { return dp.UpsertEncryptPeer(node) }},
 		{"encryption peer delete", func() error { dp.DeleteEncryptPeer(node); return nil }},
-		{"node", func() error { return dp.UpsertNode(node, true) }},
+		{"node", func() error { return dp.UpsertNode(node, true, 0) }},
 		{"node delete", func() error { return dp.DeleteNode(node) }},
 		{"endpoint delete", func() error { return dp.DeleteEndpoint(ep) }},
 	}
@@ -72,7 +72,7 @@ func TestChangesBumpRevision(t *testing.T) {
 	// Held: the changes made under a hold are one bump, at the release.
 	held := pinned(dp)
 	release := dp.HoldRevision()
-	if err := dp.UpsertNode(node, true); err != nil {
+	if err := dp.UpsertNode(node, true, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := dp.UpsertEncryptPeer(node); err != nil {
@@ -101,7 +101,7 @@ func TestChangesBumpRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dp2.Close()
-	if err := dp2.UpsertNode(node, true); err != nil {
+	if err := dp2.UpsertNode(node, true, 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := pinned(dp2); got != last+1 {

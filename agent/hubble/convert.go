@@ -66,6 +66,7 @@ var dropReasons = map[uint8]flow.DropReason{
 	datapath.ReasonForgedSource:   flow.DropReason_INVALID_SOURCE_IP,
 	datapath.ReasonFragNeeded:     flow.DropReason_FIB_LOOKUP_FAILED,
 	datapath.ReasonNoRoute:        flow.DropReason_FIB_LOOKUP_FAILED,
+	datapath.ReasonForeignVNI:     flow.DropReason_INVALID_IDENTITY,
 }
 
 // Flow turns a monitor event into a Hubble flow.

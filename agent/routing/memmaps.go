@@ -47,7 +47,7 @@ func NewWithMaps(maps Maps, mode, self string) (*Router, error) {
 	return newRouter(maps, mode, self), nil
 }
 
-func (m *MemMaps) UpsertNode(ip netip.Addr, _ bool) error {
+func (m *MemMaps) UpsertNode(ip netip.Addr, _ bool, _ uint32) error {
 	m.mu.Lock()
 	m.nodes[ip] = true
 	m.mu.Unlock()

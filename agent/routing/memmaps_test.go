@@ -29,7 +29,7 @@ func TestMemMapsCapacity(t *testing.T) {
 	if err := m.UpsertIPCacheTunnel(netip.MustParsePrefix("10.2.0.1/32"), id+1, tun); err != nil {
 		t.Fatalf("rewriting a held prefix in a full map: %v", err)
 	}
-	m.UpsertNode(tun, true)
+	m.UpsertNode(tun, true, 0)
 	want := IPCacheStats{Entries: 3, Covers: 1, Slash32s: 2, Peak: 3, Refused: 1, Nodes: 1}
 	if got := m.Stats(); got != want {
 		t.Fatalf("stats %+v, want %+v", got, want)

@@ -66,7 +66,7 @@ var ErrMode = errors.New("routing mode must be tunnel or native")
 // Maps are the datapath maps the router writes (agent/datapath; a fake in
 // tests).
 type Maps interface {
-	UpsertNode(ip netip.Addr, ofCluster bool) error
+	UpsertNode(ip netip.Addr, ofCluster bool, remoteCluster uint32) error
 	DeleteNode(ip netip.Addr) error
 	UpsertEncryptPeer(ip netip.Addr) error
 	DeleteEncryptPeer(ip netip.Addr)
@@ -315,7 +315,14 @@ func (r *Router) writeNode(n node.Node, ip netip.Addr) {
 		}
 		r.remoteNodeIPs[ip] = true
 	}
-	if err := r.dp.UpsertNode(ip, clusterOf(n.Name) == ""); err != nil {
+	// A remote cluster's node may send only its cluster's identities as
+	// a VNI (its ID is the one its remote claimed: clustermesh/remote,
+	// which always sets it; without one the node's VNIs are unbounded).
+	remote := clusterOf(n.Name) != ""
+	if remote && n.ClusterID == 0 {
+		slog.Warn("nodes map: a remote cluster's node without its cluster ID; its VNIs are not bounded to its cluster", "node", n.Name)
+	}
+	if err := r.dp.UpsertNode(ip, !remote, n.ClusterID); err != nil {
 		slog.Error("nodes map", "node", n.Name, "err", err)
 	}
 }

@@ -43,7 +43,7 @@ func (f *fakeMaps) NodeLocalAddrs() (map[netip.Addr]bool, error) {
 	return maps.Clone(f.local), nil
 }
 
-func (f *fakeMaps) UpsertNode(a netip.Addr, _ bool) error {
+func (f *fakeMaps) UpsertNode(a netip.Addr, _ bool, _ uint32) error {
 	if f.nodes != nil {
 		f.nodes[a] = true
 	}

@@ -108,6 +108,12 @@ struct counter {
 // nodes map values
 #define NODE_F_KNOWN 1
 #define NODE_F_CLUSTER 2 // a node of this cluster (its NodePorts are this node's)
+// A remote cluster's node: its cluster ID in bits 8-16 and the identity
+// layout's cluster shift in bits 24-28 (identity.ClusterIDShift), which
+// bound the identities it may send as a VNI (remote_vni_ok); 0 for both
+// in a value an agent from before 2026-12-07 wrote.
+#define NODE_CLUSTER_ID(v) (((v) >> 8) & 0x1ff)
+#define NODE_CLUSTER_SHIFT(v) (((v) >> 24) & 0x1f)
 
 // node_config.flow_events: which forwarded connections (and service
 // translations, which count as the client's egress, or for NodePort the
@@ -325,7 +331,8 @@ struct {
 
 // nodes: underlay addresses of the known nodes (this cluster's and remote
 // clusters'); encapsulated traffic is accepted only from these. The value
-// is NODE_F_KNOWN, with NODE_F_CLUSTER for a node of this cluster. Remote
+// is NODE_F_KNOWN, with NODE_F_CLUSTER for a node of this cluster, or a
+// remote cluster's ID and identity layout (NODE_CLUSTER_ID). Remote
 // nodes hold at most three quarters (routing.MaxRemoteNodeEntries); until
 // 2026-12-05 the map held 16,384, fewer than a mesh of 255 clusters of 100
 // nodes has.

@@ -23,7 +23,8 @@ enum reason {
 	REASON_FORGED_SOURCE = 15,  // to a pod, from a pod's address, on a way that pod's packets never come
 	REASON_FRAG_NEEDED = 16,    // a NodePort packet too big for the path the FIB chose (ICMP fragmentation needed sent back when DF is set)
 	REASON_NO_ROUTE = 17,       // the FIB has no way out for a translated NodePort packet
-	REASON_MAX = 18,
+	REASON_FOREIGN_VNI = 18,    // a remote cluster's node sent an identity of no pod of its cluster as the VNI
+	REASON_MAX = 19,
 };
 
 enum event_type {

@@ -2,6 +2,27 @@
 // from_overlay: tc ingress of the VXLAN device.
 #pragma once
 
+// remote_vni_ok tells whether a node whose nodes map value is node may
+// send identity id as a VNI. This cluster's nodes may send any; a remote
+// cluster's node only its own cluster's identities, the world's (a client
+// of its NodePort) and remote-node's (its own traffic): until 2026-12-07 a
+// node of a remote cluster (a compromised cluster of the mesh) could send
+// this cluster's identities, an admin pod's, and pass this cluster's
+// policies as that pod (TestRemoteClusterNodeSendsOnlyItsIdentities). A
+// value without the remote's cluster (an older agent's, until the agent
+// writes its nodes again) is taken as before.
+static __always_inline int remote_vni_ok(__u32 node, __u32 id)
+{
+	if (node & NODE_F_CLUSTER)
+		return 1;
+	__u32 cluster = NODE_CLUSTER_ID(node), shift = NODE_CLUSTER_SHIFT(node);
+	if (!cluster || !shift)
+		return 1;
+	if (id == IDENTITY_WORLD || id == IDENTITY_REMOTE_NODE)
+		return 1;
+	return (id >> shift) == cluster && (id & ((1U << shift) - 1)) > IDENTITY_MAX_RESERVED;
+}
+
 // from_overlay: tc ingress of the VXLAN device. Only known nodes may send
 // encapsulated traffic, and with encryption on only nodes that are not
 // encryption peers (and none under strict mode); the VNI carries the
@@ -20,7 +41,9 @@ int from_overlay(struct __sk_buff *skb)
 	// device, never as VXLAN: VXLAN from a peer's address is forged (the
 	// outer source is not authenticated, and the VNI would be taken as the
 	// identity), and under strict mode no VXLAN is accepted at all.
-	int known = bpf_map_lookup_elem(&nodes, &outer) != 0;
+	__u32 *nv = bpf_map_lookup_elem(&nodes, &outer);
+	int known = nv != 0;
+	__u32 node = nv ? *nv : 0;
 	int enc = known ? encrypt_route(outer) : -1;
 	// Parsed before the source checks for the drop's event, but a first
 	// fragment's ports are recorded only when a node that may send VXLAN
@@ -35,6 +58,10 @@ int from_overlay(struct __sk_buff *skb)
 	if (enc > 0) {
 		p.len = skb->len;
 		return drop(skb, enc, DIR_INGRESS, 0, 0, src_id, 0, &p);
+	}
+	if (!remote_vni_ok(node, src_id)) {
+		p.len = skb->len;
+		return drop(skb, REASON_FOREIGN_VNI, DIR_INGRESS, 0, 0, src_id, 0, &p);
 	}
 	if (r < 0) {
 		count(REASON_FORWARDED, DIR_INGRESS, skb->len);

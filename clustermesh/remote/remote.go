@@ -1021,6 +1021,12 @@ func (c *cluster) nodeEventLocked(ev kvstore.Event, deleted bool) {
 				return n, fmt.Errorf("%w: node %s: %v", errWithdraw, name, err)
 			}
 		}
+		// Its cluster ID is the one its remote claimed, whatever the
+		// record says: the datapath takes from the node only that
+		// cluster's identities as a VNI (bpf remote_vni_ok).
+		c.mu.Lock()
+		n.ClusterID = c.id
+		c.mu.Unlock()
 		n.Name, n.Reachable = name, true
 		return n, nil
 	}, equalNodes, c.m.cb.Node, forget)
