@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sort"
@@ -76,11 +77,22 @@ const retryAfter = 5 * time.Second
 // time may be (a later time is taken as its arrival's, so a node cannot
 // push other nodes' flows out of --last with future times).
 const (
-	maxFlows     = 1 << 20
-	maxHeld      = 1 << 18
-	readTimeout  = 30 * time.Second
-	maxClockSkew = 5 * time.Second
+	maxFlows = 1 << 20
+	maxHeld  = 1 << 18
+	// maxOtherResponses bounds the responses that are no flow (lost
+	// events) the relay reads from a node for one call without follow
+	// (until 2026-12-07 it read them without end: only flows counted).
+	maxOtherResponses = 1024
+	// maxNodeMessage bounds one message from a node (a flow: its L7
+	// strings are cut to 2 KiB, its labels are the two endpoints').
+	maxNodeMessage = 1 << 20
+	readTimeout    = 30 * time.Second
+	maxClockSkew   = 5 * time.Second
 )
+
+// errNodeAnswer: a node's answer passed a bound of the relay's (the node
+// is reported unavailable for the call).
+var errNodeAnswer = errors.New("a node's answer out of the relay's bounds")
 
 // merge is one GetFlows call's state.
 type merge struct {
@@ -324,6 +336,7 @@ func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, ite
 	if want == 0 {
 		want = maxFlows
 	}
+	other := 0
 	for flows := uint64(0); req.Follow || flows < want; {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -334,6 +347,11 @@ func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, ite
 		}
 		if resp.GetNodeStatus() != nil {
 			continue
+		}
+		if resp.GetFlow() == nil && !req.Follow {
+			if other++; other > maxOtherResponses {
+				return fmt.Errorf("%w: more than %d responses that are no flow", errNodeAnswer, maxOtherResponses)
+			}
 		}
 		now := time.Now()
 		resp.NodeName = p.name

@@ -222,6 +222,12 @@ func (r *Relay) connect(name, address string) *member {
 		}
 	}
 	p.conn, p.err = grpc.NewClient(address, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
+		// A node's messages are bounded well below what the relay's own
+		// clients take (gRPC's 4 MiB): until 2026-12-07 one hostile
+		// node's flow of nearly 4 MiB, larger still once the relay
+		// wrote its name in, ended every query through the relay
+		// (TestRelayBoundsWhatANodeSends).
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxNodeMessage)),
 		// A node gone silent (its host down) is noticed within a minute.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {

@@ -92,21 +92,7 @@ func startNodeAs(t *testing.T, c cluster, node string, meta hubble.Meta, evs ...
 // (at the handshake and at each call).
 func startNodeWith(t *testing.T, c cluster, node string, meta hubble.Meta, clients hubble.Clients, evs ...monitor.Event) (string, *hubble.Server) {
 	t.Helper()
-	dir := t.TempDir()
-	pair, err := nodeauth.Issue(c.ca, c.name, node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.WritePair(dir, "node", pair); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.ca.PEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), clients)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := nodeTLS(t, c, node, clients)
 	s, err := hubble.New(hubble.Config{Meta: meta, Revoked: clients.Check})
 	if err != nil {
 		t.Fatal(err)
@@ -122,6 +108,28 @@ func startNodeWith(t *testing.T, c cluster, node string, meta hubble.Meta, clien
 	t.Cleanup(cancel)
 	go s.Serve(ctx, ln, conf)
 	return ln.Addr().String(), s
+}
+
+// nodeTLS is node's server TLS config (its certificate from c's CA),
+// admitting clients.
+func nodeTLS(t *testing.T, c cluster, node string, clients hubble.Clients) *tls.Config {
+	t.Helper()
+	dir := t.TempDir()
+	pair, err := nodeauth.Issue(c.ca, c.name, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WritePair(dir, "node", pair); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.ca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := hubble.ServerTLS(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem"), filepath.Join(dir, "ca.pem"), clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conf
 }
 
 func drop(at time.Time, port uint16) monitor.Event {
@@ -712,4 +720,95 @@ func bundle(t *testing.T, name string, id uint32, ip string) (string, *ca.CA) {
 		t.Fatal(err)
 	}
 	return dir, authority
+}
+
+// hostileNode answers GetFlows with what send sends (a node of a
+// compromised cluster).
+type hostileNode struct {
+	observer.UnimplementedObserverServer
+	send func(observer.Observer_GetFlowsServer) error
+}
+
+func (h hostileNode) GetFlows(_ *observer.GetFlowsRequest, st observer.Observer_GetFlowsServer) error {
+	return h.send(st)
+}
+
+// A node's answers are bounded in bytes and in count: until 2026-12-07
+// the relay read a node's messages up to gRPC's 4 MiB each and held every
+// response that was no flow, so one hostile node's flow of nearly 4 MiB
+// (larger still once the relay wrote its node name in) ended every query
+// through the relay with ResourceExhausted at the client, and its stream
+// of lost events for `--last 1` was all held. The node is now reported
+// unavailable and the other node's flows still come.
+func TestRelayBoundsWhatANodeSends(t *testing.T) {
+	c1 := newCluster(t, "c1", "hubble-relay")
+	now := time.Now()
+	a := startNode(t, c1, "n1", drop(now.Add(-time.Second), 1))
+	clients := hubble.Clients{Names: []string{"hubble-relay", "hubble-remote"}}
+	serve := func(node string, send func(observer.Observer_GetFlowsServer) error) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		go hubble.ServeGRPC(ctx, ln, nodeTLS(t, c1, node, clients), func(g *grpc.Server) {
+			observer.RegisterObserverServer(g, hostileNode{send: send})
+		})
+		return ln.Addr().String()
+	}
+	big := serve("n2", func(st observer.Observer_GetFlowsServer) error {
+		f := &flowpb.Flow{Time: timestamppb.New(now.Add(-2 * time.Second)), Summary: strings.Repeat("x", 4<<20-64)}
+		return st.Send(&observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f}, Time: f.Time})
+	})
+	var sentLost atomic.Int64
+	lost := serve("n3", func(st observer.Observer_GetFlowsServer) error {
+		for range 20000 {
+			if err := st.Send(&observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_LostEvents{LostEvents: &observer.LostEvent{NumEventsLost: 1}}}); err != nil {
+				return err
+			}
+			sentLost.Add(1)
+		}
+		return nil
+	})
+	creds := func(string) (*tls.Config, error) { return c1.clientTLS(t), nil }
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: a}, 1)
+	r.apply(&peer.ChangeNotification{Name: "c1/n2", Address: big}, 1)
+	c := serveRelay(t, r)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Number: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows, unavailable := 0, false
+	for {
+		resp, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("a node's flow of nearly 4 MiB ended the query: %v", err)
+		}
+		if resp.GetFlow() != nil {
+			flows++
+		}
+		if ns := resp.GetNodeStatus(); ns != nil && ns.StateChange == relaypb.NodeState_NODE_UNAVAILABLE && slices.Contains(ns.NodeNames, "c1/n2") {
+			unavailable = true
+		}
+	}
+	if flows != 1 || !unavailable {
+		t.Errorf("%d flows, c1/n2 reported unavailable %v; want n1's flow and n2 unavailable", flows, unavailable)
+	}
+
+	r.apply(&peer.ChangeNotification{Name: "c1/n2", Type: peer.ChangeNotificationType_PEER_DELETED}, 1)
+	r.apply(&peer.ChangeNotification{Name: "c1/n3", Address: lost}, 1)
+	got := collect(t, c, &observer.GetFlowsRequest{Number: 1})
+	if len(got) > 2*maxOtherResponses {
+		t.Errorf("%d responses passed on for the last flow (the node sent %d lost events), want at most %d", len(got), sentLost.Load(), 2*maxOtherResponses)
+	}
 }
