@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/filament-net/filament/agent/hubble/filter"
 	"github.com/filament-net/filament/agent/hubble/pb/observer"
 	relaypb "github.com/filament-net/filament/agent/hubble/pb/relay"
+	"github.com/filament-net/filament/agent/monitor"
 )
 
 // Merging: the flows held when a request comes (its backlog) are gathered
@@ -481,9 +483,10 @@ func (r *Relay) ServerStatus(ctx context.Context, _ *observer.ServerStatusReques
 			continue
 		}
 		connected++
-		out.NumFlows += a.v.NumFlows
-		out.MaxFlows += a.v.MaxFlows
-		out.SeenFlows += a.v.SeenFlows
+		// Added without wrapping: a node's counts are its own claims.
+		out.NumFlows = satAdd(out.NumFlows, a.v.NumFlows)
+		out.MaxFlows = satAdd(out.MaxFlows, a.v.MaxFlows)
+		out.SeenFlows = satAdd(out.SeenFlows, a.v.SeenFlows)
 		out.UptimeNs = max(out.UptimeNs, a.v.UptimeNs)
 	}
 	if connected == 0 && unavailable == 0 {
@@ -492,6 +495,17 @@ func (r *Relay) ServerStatus(ctx context.Context, _ *observer.ServerStatusReques
 	out.NumConnectedNodes = wrapperspb.UInt32(connected)
 	out.NumUnavailableNodes = wrapperspb.UInt32(unavailable)
 	return out, nil
+}
+
+// maxVersion bounds a node's version string as the relay passes it on.
+const maxVersion = 128
+
+// satAdd is a+b, or the largest uint64 past it.
+func satAdd(a, b uint64) uint64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxUint64
 }
 
 // GetNodes lists every node the relay knows, connected or not.
@@ -504,7 +518,9 @@ func (r *Relay) GetNodes(ctx context.Context, _ *observer.GetNodesRequest) (*obs
 			Tls: &observer.TLS{Enabled: true, ServerName: a.p.serverName}}
 		if a.err == nil && len(a.v.Nodes) > 0 {
 			got := a.v.Nodes[0]
-			n.State, n.Version, n.UptimeNs = relaypb.NodeState_NODE_CONNECTED, got.Version, got.UptimeNs
+			// A node's version is its own text: made printable and cut
+			// (it reaches `hubble list nodes` on a terminal).
+			n.State, n.Version, n.UptimeNs = relaypb.NodeState_NODE_CONNECTED, monitor.PrintableCut(got.Version, maxVersion), got.UptimeNs
 			n.NumFlows, n.MaxFlows, n.SeenFlows = got.NumFlows, got.MaxFlows, got.SeenFlows
 		}
 		out.Nodes = append(out.Nodes, n)

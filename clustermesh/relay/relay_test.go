@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -726,7 +727,17 @@ func bundle(t *testing.T, name string, id uint32, ip string) (string, *ca.CA) {
 // compromised cluster).
 type hostileNode struct {
 	observer.UnimplementedObserverServer
-	send func(observer.Observer_GetFlowsServer) error
+	send   func(observer.Observer_GetFlowsServer) error
+	status *observer.ServerStatusResponse
+	nodes  *observer.GetNodesResponse
+}
+
+func (h hostileNode) ServerStatus(context.Context, *observer.ServerStatusRequest) (*observer.ServerStatusResponse, error) {
+	return h.status, nil
+}
+
+func (h hostileNode) GetNodes(context.Context, *observer.GetNodesRequest) (*observer.GetNodesResponse, error) {
+	return h.nodes, nil
 }
 
 func (h hostileNode) GetFlows(_ *observer.GetFlowsRequest, st observer.Observer_GetFlowsServer) error {
@@ -744,18 +755,8 @@ func TestRelayBoundsWhatANodeSends(t *testing.T) {
 	c1 := newCluster(t, "c1", "hubble-relay")
 	now := time.Now()
 	a := startNode(t, c1, "n1", drop(now.Add(-time.Second), 1))
-	clients := hubble.Clients{Names: []string{"hubble-relay", "hubble-remote"}}
 	serve := func(node string, send func(observer.Observer_GetFlowsServer) error) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		go hubble.ServeGRPC(ctx, ln, nodeTLS(t, c1, node, clients), func(g *grpc.Server) {
-			observer.RegisterObserverServer(g, hostileNode{send: send})
-		})
-		return ln.Addr().String()
+		return serveHostile(t, c1, node, hostileNode{send: send})
 	}
 	big := serve("n2", func(st observer.Observer_GetFlowsServer) error {
 		f := &flowpb.Flow{Time: timestamppb.New(now.Add(-2 * time.Second)), Summary: strings.Repeat("x", 4<<20-64)}
@@ -810,5 +811,58 @@ func TestRelayBoundsWhatANodeSends(t *testing.T) {
 	got := collect(t, c, &observer.GetFlowsRequest{Number: 1})
 	if len(got) > 2*maxOtherResponses {
 		t.Errorf("%d responses passed on for the last flow (the node sent %d lost events), want at most %d", len(got), sentLost.Load(), 2*maxOtherResponses)
+	}
+}
+
+// serveHostile serves h as node of c (its certificate) and returns its
+// address.
+func serveHostile(t *testing.T, c cluster, node string, h hostileNode) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go hubble.ServeGRPC(ctx, ln, nodeTLS(t, c, node, hubble.Clients{Names: []string{"hubble-relay", "hubble-remote"}}), func(g *grpc.Server) {
+		observer.RegisterObserverServer(g, h)
+	})
+	return ln.Addr().String()
+}
+
+// A node's status and node list are its own claims: until 2026-12-07 a
+// node's flow counts were added as they came (one node's 2^64-1 wrapped
+// the relay's totals to what it liked) and its version went on with
+// control characters to `hubble list nodes`.
+func TestRelayNodeStatusBounded(t *testing.T) {
+	c1 := newCluster(t, "c1", "hubble-relay")
+	a := startNode(t, c1, "n1", drop(time.Now(), 1))
+	h := serveHostile(t, c1, "n2", hostileNode{
+		status: &observer.ServerStatusResponse{NumFlows: math.MaxUint64, MaxFlows: math.MaxUint64, SeenFlows: math.MaxUint64},
+		nodes:  &observer.GetNodesResponse{Nodes: []*observer.Node{{Name: "n2", Version: "\x1b]0;pwned\x07\x1b[2J" + strings.Repeat("v", 4096)}}},
+	})
+	creds := func(string) (*tls.Config, error) { return c1.clientTLS(t), nil }
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: a}, 1)
+	r.apply(&peer.ChangeNotification{Name: "c1/n2", Address: h}, 1)
+	c := serveRelay(t, r)
+	st, err := c.ServerStatus(context.Background(), &observer.ServerStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.NumFlows != math.MaxUint64 || st.MaxFlows != math.MaxUint64 || st.SeenFlows != math.MaxUint64 {
+		t.Errorf("totals %d/%d/%d, want them held at the largest (not wrapped)", st.NumFlows, st.MaxFlows, st.SeenFlows)
+	}
+	nodes, err := c.GetNodes(context.Background(), &observer.GetNodesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes.Nodes {
+		if strings.ContainsAny(n.Version, "\x1b\x07") || len(n.Version) > 128 {
+			t.Errorf("node %s's version passed on as %.40q… (%d bytes)", n.Name, n.Version, len(n.Version))
+		}
 	}
 }
