@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -772,14 +773,7 @@ func TestRelayBoundsWhatANodeSends(t *testing.T) {
 		}
 		return nil
 	})
-	creds := func(string) (*tls.Config, error) { return c1.clientTLS(t), nil }
-	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: a}, 1)
-	r.apply(&peer.ChangeNotification{Name: "c1/n2", Address: big}, 1)
-	c := serveRelay(t, r)
+	r, c := relayOf1(t, c1, a, big)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Number: 10})
@@ -841,14 +835,7 @@ func TestRelayNodeStatusBounded(t *testing.T) {
 		status: &observer.ServerStatusResponse{NumFlows: math.MaxUint64, MaxFlows: math.MaxUint64, SeenFlows: math.MaxUint64},
 		nodes:  &observer.GetNodesResponse{Nodes: []*observer.Node{{Name: "n2", Version: "\x1b]0;pwned\x07\x1b[2J" + strings.Repeat("v", 4096)}}},
 	})
-	creds := func(string) (*tls.Config, error) { return c1.clientTLS(t), nil }
-	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: "c1", Credentials: creds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.apply(&peer.ChangeNotification{Name: "c1/n1", Address: a}, 1)
-	r.apply(&peer.ChangeNotification{Name: "c1/n2", Address: h}, 1)
-	c := serveRelay(t, r)
+	_, c := relayOf1(t, c1, a, h)
 	st, err := c.ServerStatus(context.Background(), &observer.ServerStatusRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -865,4 +852,19 @@ func TestRelayNodeStatusBounded(t *testing.T) {
 			t.Errorf("node %s's version passed on as %.40q… (%d bytes)", n.Name, n.Version, len(n.Version))
 		}
 	}
+}
+
+// relayOf1 is a relay of cluster c (its credentials) knowing nodes c/n1,
+// c/n2, ... at addrs, served; it returns the relay and a client of it.
+func relayOf1(t *testing.T, c cluster, addrs ...string) (*Relay, observer.ObserverClient) {
+	t.Helper()
+	creds := func(string) (*tls.Config, error) { return c.clientTLS(t), nil }
+	r, err := New(Config{PeerTarget: "unix:///nowhere", Cluster: c.name, Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range addrs {
+		r.apply(&peer.ChangeNotification{Name: fmt.Sprintf("%s/n%d", c.name, i+1), Address: a}, 1)
+	}
+	return r, serveRelay(t, r)
 }
