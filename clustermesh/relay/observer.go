@@ -52,14 +52,16 @@ type arrival struct {
 // A follow also reads the nodes that join while it runs, and reads a node
 // whose stream failed again (at most every retryAfter, from then on).
 func (r *Relay) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStreamingServer[observer.GetFlowsResponse]) error {
-	// A filter the nodes would refuse is refused here, once.
-	if _, err := filter.Compile(req.Whitelist, req.Blacklist); err != nil {
+	// A filter the nodes would refuse is refused here, once; the nodes'
+	// flows are checked against it again (a node's answer is its own).
+	fs, err := filter.Compile(req.Whitelist, req.Blacklist)
+	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	req.Number = min(req.Number, maxFlows)
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	m := &merge{r: r, req: req, stream: stream, ctx: ctx, items: make(chan arrival, mergeBuffer),
+	m := &merge{r: r, req: req, fs: fs, stream: stream, ctx: ctx, items: make(chan arrival, mergeBuffer),
 		ended: make(chan ended), reading: map[*member]time.Time{}, backlog: true}
 	if err := m.scan(); err != nil {
 		return err
@@ -100,6 +102,7 @@ var errNodeAnswer = errors.New("a node's answer out of the relay's bounds")
 type merge struct {
 	r      *Relay
 	req    *observer.GetFlowsRequest
+	fs     filter.Set // req's filters
 	stream grpc.ServerStreamingServer[observer.GetFlowsResponse]
 	ctx    context.Context
 	items  chan arrival
@@ -176,7 +179,7 @@ func (m *merge) scan() error {
 		}
 		m.running++
 		go func() {
-			err := readNode(m.ctx, p, req, m.items)
+			err := readNode(m.ctx, p, req, m.fs, m.items)
 			select {
 			case m.ended <- ended{p, err}:
 			case <-m.ctx.Done():
@@ -324,7 +327,7 @@ func (m *merge) flush(all bool) error {
 // What a node says of itself is taken as its: its name is the one it was
 // verified as, its flows' times at most maxClockSkew ahead, and node
 // statuses are the relay's to give, not a node's.
-func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, items chan<- arrival) error {
+func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, fs filter.Set, items chan<- arrival) error {
 	if !req.Follow {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, readTimeout)
@@ -358,11 +361,21 @@ func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, ite
 		now := time.Now()
 		resp.NodeName = p.name
 		if f := resp.GetFlow(); f != nil {
-			flows++
 			f.NodeName = p.name
 			if f.GetTime().AsTime().After(now.Add(maxClockSkew)) {
 				f.Time = timestamppb.New(now)
 			}
+			// A flow the request's filters or times do not pass is the
+			// node's own doing (until 2026-12-07 passed on: a node of
+			// another cluster filled `--last N --node-name c1/n1`,
+			// TestRelayAppliesFiltersToNodesAnswers).
+			if !fs.Pass(f) || outside(f.GetTime(), req.Since, req.Until) {
+				if other++; other > maxOtherResponses && !req.Follow {
+					return fmt.Errorf("%w: more than %d flows the request does not select", errNodeAnswer, maxOtherResponses)
+				}
+				continue
+			}
+			flows++
 			resp.Time = f.Time
 		}
 		if resp.GetTime().AsTime().After(now.Add(maxClockSkew)) {
@@ -375,6 +388,13 @@ func readNode(ctx context.Context, p *member, req *observer.GetFlowsRequest, ite
 		}
 	}
 	return nil
+}
+
+// outside tells whether t lies before since or after until (either nil:
+// unbounded on that side).
+func outside(t, since, until *timestamppb.Timestamp) bool {
+	at := t.AsTime()
+	return since != nil && at.Before(since.AsTime()) || until != nil && at.After(until.AsTime())
 }
 
 // sortByTime sorts responses by their time (stable: a node's order kept).

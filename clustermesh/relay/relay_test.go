@@ -868,3 +868,33 @@ func relayOf1(t *testing.T, c cluster, addrs ...string) (*Relay, observer.Observ
 	}
 	return r, serveRelay(t, r)
 }
+
+// The relay applies a request's filters to what each node sends: until
+// 2026-12-07 it passed on whatever a node answered, so a node of another
+// cluster that ignored the filters and dated its flows a few seconds
+// ahead filled `--last 1 --node-name c1/n1` with its own.
+func TestRelayAppliesFiltersToNodesAnswers(t *testing.T) {
+	c1 := newCluster(t, "c1", "hubble-relay")
+	now := time.Now()
+	a := startNode(t, c1, "n1", drop(now.Add(-time.Second), 1))
+	h := serveHostile(t, c1, "n2", hostileNode{send: func(st observer.Observer_GetFlowsServer) error {
+		for i := range 5 {
+			f := &flowpb.Flow{Time: timestamppb.New(now.Add(4 * time.Second)), NodeName: "c1/n1", L4: &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{DestinationPort: uint32(100 + i)}}}}
+			if err := st.Send(&observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f}, Time: f.Time}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}})
+	_, c := relayOf1(t, c1, a, h)
+	got := collect(t, c, &observer.GetFlowsRequest{Number: 1, Whitelist: []*flowpb.FlowFilter{{NodeName: []string{"c1/n1"}}}})
+	var ports []uint32
+	for _, resp := range got {
+		if f := resp.GetFlow(); f != nil {
+			ports = append(ports, f.GetL4().GetTCP().GetDestinationPort())
+		}
+	}
+	if !equal(ports, []uint32{1}) {
+		t.Errorf("--last 1 --node-name c1/n1: ports %v, want c1/n1's flow (port 1)", ports)
+	}
+}
