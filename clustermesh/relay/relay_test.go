@@ -898,3 +898,41 @@ func TestRelayAppliesFiltersToNodesAnswers(t *testing.T) {
 		t.Errorf("--last 1 --node-name c1/n1: ports %v, want c1/n1's flow (port 1)", ports)
 	}
 }
+
+// A call without follow is answered within the caller's deadline, a node
+// that sends nothing reported unavailable: until 2026-12-07 the relay
+// waited 30 s for every node, past the web page's 20 s.
+func TestRelayAnswersWithinTheCallersDeadline(t *testing.T) {
+	c1 := newCluster(t, "c1", "hubble-relay")
+	a := startNode(t, c1, "n1", drop(time.Now(), 1))
+	silent := serveHostile(t, c1, "n2", hostileNode{send: func(st observer.Observer_GetFlowsServer) error {
+		<-st.Context().Done()
+		return nil
+	}})
+	_, c := relayOf1(t, c1, a, silent)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Number: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows, unavailable := 0, false
+	for {
+		resp, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("a silent node held the call past its deadline: %v", err)
+		}
+		if resp.GetFlow() != nil {
+			flows++
+		}
+		if ns := resp.GetNodeStatus(); ns != nil && ns.StateChange == relaypb.NodeState_NODE_UNAVAILABLE && slices.Contains(ns.NodeNames, "c1/n2") {
+			unavailable = true
+		}
+	}
+	if flows != 1 || !unavailable {
+		t.Errorf("%d flows, the silent node reported unavailable %v; want n1's flow and n2 unavailable", flows, unavailable)
+	}
+}
