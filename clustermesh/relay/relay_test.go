@@ -774,27 +774,9 @@ func TestRelayBoundsWhatANodeSends(t *testing.T) {
 		return nil
 	})
 	r, c := relayOf1(t, c1, a, big)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Number: 10})
+	flows, unavailable, err := flowsBesides(c, 20*time.Second, "c1/n2")
 	if err != nil {
-		t.Fatal(err)
-	}
-	flows, unavailable := 0, false
-	for {
-		resp, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("a node's flow of nearly 4 MiB ended the query: %v", err)
-		}
-		if resp.GetFlow() != nil {
-			flows++
-		}
-		if ns := resp.GetNodeStatus(); ns != nil && ns.StateChange == relaypb.NodeState_NODE_UNAVAILABLE && slices.Contains(ns.NodeNames, "c1/n2") {
-			unavailable = true
-		}
+		t.Fatalf("a node's flow of nearly 4 MiB ended the query: %v", err)
 	}
 	if flows != 1 || !unavailable {
 		t.Errorf("%d flows, c1/n2 reported unavailable %v; want n1's flow and n2 unavailable", flows, unavailable)
@@ -910,29 +892,37 @@ func TestRelayAnswersWithinTheCallersDeadline(t *testing.T) {
 		return nil
 	}})
 	_, c := relayOf1(t, c1, a, silent)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	flows, unavailable, err := flowsBesides(c, 4*time.Second, "c1/n2")
+	if err != nil {
+		t.Fatalf("a silent node held the call past its deadline: %v", err)
+	}
+	if flows != 1 || !unavailable {
+		t.Errorf("%d flows, the silent node reported unavailable %v; want n1's flow and n2 unavailable", flows, unavailable)
+	}
+}
+
+// flowsBesides asks c for the last 10 flows within timeout and counts the
+// flows it answers, and whether node was reported unavailable.
+func flowsBesides(c observer.ObserverClient, timeout time.Duration, node string) (flows int, unavailable bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	st, err := c.GetFlows(ctx, &observer.GetFlowsRequest{Number: 10})
 	if err != nil {
-		t.Fatal(err)
+		return 0, false, err
 	}
-	flows, unavailable := 0, false
 	for {
 		resp, err := st.Recv()
 		if errors.Is(err, io.EOF) {
-			break
+			return flows, unavailable, nil
 		}
 		if err != nil {
-			t.Fatalf("a silent node held the call past its deadline: %v", err)
+			return flows, unavailable, err
 		}
 		if resp.GetFlow() != nil {
 			flows++
 		}
-		if ns := resp.GetNodeStatus(); ns != nil && ns.StateChange == relaypb.NodeState_NODE_UNAVAILABLE && slices.Contains(ns.NodeNames, "c1/n2") {
+		if ns := resp.GetNodeStatus(); ns != nil && ns.StateChange == relaypb.NodeState_NODE_UNAVAILABLE && slices.Contains(ns.NodeNames, node) {
 			unavailable = true
 		}
-	}
-	if flows != 1 || !unavailable {
-		t.Errorf("%d flows, the silent node reported unavailable %v; want n1's flow and n2 unavailable", flows, unavailable)
 	}
 }
