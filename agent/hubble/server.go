@@ -226,16 +226,8 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	var since, until time.Time
-	if req.Since != nil {
-		since = req.Since.AsTime()
-	}
-	if req.Until != nil {
-		until = req.Until.AsTime()
-	}
 	pass := func(f *flowpb.Flow) bool {
-		t := f.GetTime().AsTime()
-		return (since.IsZero() || !t.Before(since)) && (until.IsZero() || !t.After(until)) && fs.Pass(f)
+		return filter.InWindow(f.GetTime().AsTime(), req.Since, req.Until) && fs.Pass(f)
 	}
 	send := func(f *flowpb.Flow) error {
 		return stream.Send(&observer.GetFlowsResponse{ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f}, NodeName: f.NodeName, Time: f.Time})
@@ -312,7 +304,7 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 		if err := grown(flowpb.LostEventSource_PERF_EVENT_RING_BUFFER, s.datapathLosses(), &dpLost); err != nil {
 			return err
 		}
-		if !until.IsZero() && f.GetTime().AsTime().After(until) {
+		if req.Until != nil && !filter.InWindow(f.GetTime().AsTime(), nil, req.Until) {
 			return nil // past the window: the stream ends, as Hubble's
 		}
 		if pass(f) {

@@ -16,9 +16,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	k8slabels "k8s.io/apimachinery/pkg/labels"
 
 	"github.com/filament-net/filament/agent/hubble/pb/flow"
@@ -488,4 +490,21 @@ func Parse(s string) ([]*flow.FlowFilter, error) {
 		out = append(out, ff)
 	}
 	return out, nil
+}
+
+// InWindow tells whether t lies within a request's since and until (both
+// ends included; either nil or the zero time: unbounded on that side).
+// A node's server and the relay select flows by it alike.
+func InWindow(t time.Time, since, until *timestamppb.Timestamp) bool {
+	if since != nil {
+		if s := since.AsTime(); !s.IsZero() && t.Before(s) {
+			return false
+		}
+	}
+	if until != nil {
+		if u := until.AsTime(); !u.IsZero() && t.After(u) {
+			return false
+		}
+	}
+	return true
 }
