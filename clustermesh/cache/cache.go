@@ -41,7 +41,7 @@ import (
 const maxAnyClusterID = 511
 
 // MaxValue bounds a value the cache copies (clustermesh.MaxRemoteValue;
-// smaller for the kinds agents bound more tightly: maxValue).
+// smaller for the kinds agents bound more tightly: ValueBound).
 const MaxValue = clustermesh.MaxRemoteValue
 
 // What one remote may put in this cluster's etcd (the cache's etcd is the
@@ -57,8 +57,9 @@ var (
 	writeBurst             = 256 << 20
 )
 
-// maxValue is the largest value the cache copies under prefix.
-func maxValue(name, prefix string) int {
+// ValueBound is the largest value of remote name under prefix (one of
+// Prefixes(name)) the cache copies and agents take (clustermesh/remote).
+func ValueBound(name, prefix string) int {
 	switch prefix {
 	case ipcache.Prefix + name + "/":
 		return ipcache.MaxValueLen
@@ -485,7 +486,7 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 			if first {
 				seen[ev.Key] = true
 			}
-			if len(ev.Value) > maxValue(r.name, prefix) {
+			if len(ev.Value) > ValueBound(r.name, prefix) {
 				r.update(ctx, func(s *Status) { s.Rejected++ })
 				slog.Warn("cluster mesh cache: value too large", "cluster", r.name, "key", ev.Key, "bytes", len(ev.Value))
 				err = r.local.Delete(wctx, r.key(ev.Key))

@@ -795,17 +795,6 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 // maxRemoteBytes is clustermesh.MaxRemoteBytes (a variable for tests).
 var maxRemoteBytes = clustermesh.MaxRemoteBytes
 
-// valueBound is the largest value under prefix a remote may hold.
-func (c *cluster) valueBound(prefix string) int {
-	switch prefix {
-	case node.NodesPrefix + c.name + "/":
-		return clustermesh.MaxRemoteNodeValue
-	case identity.IDPrefix:
-		return clustermesh.MaxRemoteIdentityValue
-	}
-	return clustermesh.MaxRemoteValue
-}
-
 // admit tells why a node record, identity or service at key under
 // prefix is refused ("" when it is taken: its key's and value's bytes
 // then count toward the remote's maxRemoteBytes, whether or not the
@@ -814,7 +803,7 @@ func (c *cluster) admit(prefix, key string, value []byte) string {
 	if len(key) > clustermesh.MaxRemoteKey {
 		return fmt.Sprintf("key %.64q…: %d bytes, at most %d", key, len(key), clustermesh.MaxRemoteKey)
 	}
-	if max := c.valueBound(prefix); len(value) > max {
+	if max := cache.ValueBound(c.name, prefix); len(value) > max {
 		return fmt.Sprintf("%s: a value of %d bytes, at most %d", key, len(value), max)
 	}
 	n := len(key) + len(value)
