@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -92,6 +93,16 @@ type WatchOptions struct {
 	TrimPrefix string
 }
 
+// trackedKeys is how many keys the process's tracked watches hold in
+// their sets (TrackedKeys).
+var trackedKeys atomic.Int64
+
+// TrackedKeys is how many keys the process's tracked watches remember in
+// all (each to report its deletion after a resync); untracked watches
+// remember none. Memory that a store's writer, not this process, decides:
+// a watch of another cluster's keys is untracked.
+func TrackedKeys() int64 { return trackedKeys.Load() }
+
 // Watch lists prefix (unless resuming), then streams its changes until ctx
 // ends, when the channel is closed. If etcd has compacted the revision the
 // watch needs, it lists again and reports the difference against what it has
@@ -111,6 +122,20 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 		known = make(map[string]bool, len(o.Known))
 		for _, k := range o.Known {
 			known[k] = true
+		}
+		trackedKeys.Add(int64(len(known)))
+		defer func() { trackedKeys.Add(-int64(len(known))) }()
+	}
+	track := func(k string) {
+		if known != nil && !known[k] {
+			known[k] = true
+			trackedKeys.Add(1)
+		}
+	}
+	forget := func(k string) {
+		if known[k] {
+			delete(known, k)
+			trackedKeys.Add(-1)
 		}
 	}
 	send := func(ev Event) bool {
@@ -138,7 +163,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 			each := func(kv KeyValue, total int64) bool {
 				if known != nil {
 					present[kv.Key] = true
-					known[kv.Key] = true
+					track(kv.Key)
 				}
 				stopped = !send(Event{Type: EventUpsert, Key: kv.Key, Value: kv.Value, Revision: kv.ModRevision, Listed: total, FromList: true})
 				return !stopped
@@ -170,7 +195,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 			}
 			for k := range known {
 				if !present[k] {
-					delete(known, k)
+					forget(k)
 					if !send(Event{Type: EventDelete, Key: k, Revision: rev}) {
 						return 0, false
 					}
@@ -205,12 +230,10 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 					if e.PrevKv != nil {
 						ev.PrevLease = e.PrevKv.Lease
 					}
-					delete(known, ev.Key)
+					forget(ev.Key)
 				} else {
 					ev.Type = EventUpsert
-					if known != nil {
-						known[ev.Key] = true
-					}
+					track(ev.Key)
 				}
 				if !send(ev) {
 					cancel()

@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -113,15 +114,46 @@ func TestCacheCountsKeyBytes(t *testing.T) {
 	}
 }
 
+// The keys the cache refuses are not remembered by its watches: until
+// 2026-12-07 every key a remote wrote under a copied prefix stayed in the
+// watch's set of keys (to report its deletion after a resync), past
+// every bound on what is copied, and in the first list's set of keys
+// seen.
+func TestCacheRefusedKeysNotRemembered(t *testing.T) {
+	defer cache.SetLimit(node.NodesPrefix+"east/", 3)()
+	_, root := homeRoot(t)
+	east := apiservertest.Start(t, "east", 7)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 2000
+	apiservertest.PutEmpty(t, east.Root(t), n, func(i int) string { return fmt.Sprintf("%seast/x%d", node.NodesPrefix, i) })
+	before := kvstore.TrackedKeys()
+	remotes := t.TempDir()
+	east.WriteRemoteConfig(t, remotes)
+	go cache.Run(ctx, remotes, root, func() int64 { return 0 })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var st cache.Status
+		if v, err := root.Get(ctx, clustermesh.CacheStatusKey("east")); err == nil {
+			json.Unmarshal(v.Value, &st)
+		}
+		if st.Ready && st.Rejected >= n-3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("east not copied: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d := kvstore.TrackedKeys() - before; d > n/4 {
+		t.Errorf("the cache's watches remember %d keys of east's, which wrote %d node keys (3 copied)", d, n)
+	}
+}
+
 // homeRoot starts the apiserver of the cache's own cluster, home (ID 1),
 // and connects to it as root (closed at cleanup).
 func homeRoot(t *testing.T) (*apiservertest.Server, *kvstore.Client) {
 	t.Helper()
 	home := apiservertest.Start(t, "home", 1)
-	root, err := home.Connect(clustermesh.UserRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { root.Close() })
-	return home, root
+	return home, home.Root(t)
 }

@@ -461,12 +461,19 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	}
 }
 
-// copy lists and watches prefix of the remote into the cache; its first
-// list also removes cached keys the remote no longer has.
+// copy lists and watches prefix of the remote into the cache; each list
+// also removes cached keys the remote no longer has (the first signals
+// synced).
+//
+// The watch is untracked: a tracked one keeps a set of every key the
+// remote writes, refused ones too, with no bound on their number (until
+// 2026-12-07, TestCacheRefusedKeysNotRemembered). Each list (an
+// EventResync, the keys, an EventSynced) is compared with the cache
+// instead, through a set of the keys it holds (bounded by limit).
 func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, synced chan<- struct{}) {
-	seen := map[string]bool{}
+	var seen keySet // the keys held after a list's upserts (nil: not listing)
 	first := true
-	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{}) {
+	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{Untracked: true}) {
 		if (ev.Type == kvstore.EventUpsert || ev.Type == kvstore.EventDelete) && !strings.HasPrefix(ev.Key, prefix) {
 			continue // a server's event outside the prefix watched
 		}
@@ -483,9 +490,6 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				slog.Warn("cluster mesh cache: key too long", "cluster", r.name, "key", ev.Key[:64], "bytes", len(ev.Key))
 				break
 			}
-			if first {
-				seen[ev.Key] = true
-			}
 			if len(ev.Value) > ValueBound(r.name, prefix) {
 				r.update(ctx, func(s *Status) { s.Rejected++ })
 				slog.Warn("cluster mesh cache: value too large", "cluster", r.name, "key", ev.Key, "bytes", len(ev.Value))
@@ -494,6 +498,7 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				break
 			}
 			if r.unchanged(ev.Key, ev.Value) {
+				seen.add(ev.Key)
 				break
 			}
 			if n, full := r.full(prefix, ev.Key); full {
@@ -528,13 +533,19 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				// counted, and written again when it next comes.
 				r.unknown(prefix, ev.Key)
 			}
+			seen.add(ev.Key)
 		case kvstore.EventDelete:
 			err = r.local.Delete(wctx, r.key(ev.Key))
 			r.wrote(prefix, ev.Key, nil)
+		case kvstore.EventResync:
+			seen = keySet{}
 		case kvstore.EventSynced:
+			if seen != nil {
+				err = r.dropUnseen(wctx, prefix, seen)
+				seen = nil
+			}
 			if first {
 				first = false
-				err = r.dropUnseen(wctx, prefix, seen)
 				synced <- struct{}{}
 			}
 		}
@@ -545,9 +556,19 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 	}
 }
 
-// dropUnseen deletes the cached keys under prefix that the first list did
-// not have (gone while the cache did not follow).
-func (r *remote) dropUnseen(ctx context.Context, prefix string, seen map[string]bool) error {
+// keySet is a set of keys; adding to the nil set does nothing.
+type keySet map[string]bool
+
+func (s keySet) add(k string) {
+	if s != nil {
+		s[k] = true
+	}
+}
+
+// dropUnseen deletes the cached keys under prefix that a list did not have
+// (gone while the cache did not follow, or while a compacted watch listed
+// again), or had but refused.
+func (r *remote) dropUnseen(ctx context.Context, prefix string, seen keySet) error {
 	kvs, _, err := r.local.List(ctx, r.key(prefix))
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/node"
 	"github.com/filament-net/filament/agent/service"
 	"github.com/filament-net/filament/clustermesh"
@@ -53,18 +54,7 @@ func TestRemoteHoldsBoundedBytes(t *testing.T) {
 	m := quietManager(dir)
 	go m.Run(ctx)
 	srv.WriteRemoteConfig(t, dir)
-	deadline := time.Now().Add(20 * time.Second)
-	var st remote.Status
-	for {
-		if all := m.Status(); len(all) == 1 && all[0].Ready {
-			st = all[0]
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("east not ready: %+v", m.Status())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	st := waitReady(t, m)
 	if n := remote.RawNodes(m, "east"); n != 0 {
 		t.Errorf("%d node records held as read, want none (none is under a node's name and within its bound)", n)
 	}
@@ -88,11 +78,7 @@ func TestRemoteClusterIDOutOfRangeRefused(t *testing.T) {
 			srv := apiservertest.Start(t, "east", 7)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			root, err := srv.Connect(clustermesh.UserRoot)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer root.Close()
+			root := srv.Root(t)
 			b, _ := json.Marshal(clustermesh.ClusterConfig{Name: "east", ID: id})
 			if err := root.Put(ctx, clustermesh.ClusterConfigPrefix+"east", b, 0); err != nil {
 				t.Fatal(err)
@@ -116,6 +102,48 @@ func TestRemoteClusterIDOutOfRangeRefused(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// A remote's keys that an agent refuses are not remembered by its
+// watches: until 2026-12-07 every key a remote wrote under a watched
+// prefix (node records past the byte budget, keys under the heartbeat's
+// and the revocation list's names) stayed in the watch's set of keys to
+// report its deletion after a resync, with no bound on their number.
+func TestRemoteRefusedKeysNotRemembered(t *testing.T) {
+	defer remote.SetByteBudget(1 << 10)()
+	srv := apiservertest.Start(t, "east", 7)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	root := srv.Root(t)
+	const n = 2000
+	apiservertest.PutEmpty(t, root, n, func(i int) string { return fmt.Sprintf("%seast/x%d", node.NodesPrefix, i) })
+	apiservertest.PutEmpty(t, root, n, func(i int) string { return fmt.Sprintf("%sjunk%d", clustermesh.HeartbeatKey("east"), i) })
+	apiservertest.PutEmpty(t, root, n, func(i int) string { return fmt.Sprintf("%seastjunk%d", node.CRLPrefix, i) })
+	before := kvstore.TrackedKeys()
+	dir := t.TempDir()
+	m := quietManager(dir)
+	go m.Run(ctx)
+	srv.WriteRemoteConfig(t, dir)
+	waitReady(t, m)
+	if d := kvstore.TrackedKeys() - before; d > n/4 {
+		t.Errorf("the agent's watches remember %d keys of east's, which wrote %d keys of little bytes under each of three prefixes (a budget of 1 KiB)", d, n)
+	}
+}
+
+// waitReady waits up to 20 s for m's one remote to be ready, and returns
+// its status.
+func waitReady(t *testing.T, m *remote.Manager) remote.Status {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if all := m.Status(); len(all) == 1 && all[0].Ready {
+			return all[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %+v", m.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

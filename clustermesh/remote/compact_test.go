@@ -14,6 +14,7 @@ import (
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/kvstore"
+	"github.com/filament-net/filament/clustermesh"
 )
 
 func entry(ip string, id uint32, node, pod string) ipcache.Entry {
@@ -339,5 +340,37 @@ func TestRefusedValueKeepsEntryInList(t *testing.T) {
 	}
 	if c.ips.len() != 3 || c.status.Rejected != 2 {
 		t.Fatalf("%d entries held, %d rejected; want 3, 2", c.ips.len(), c.status.Rejected)
+	}
+}
+
+// Identities, node records and services are watched untracked too (a
+// tracked watch remembered every key a remote wrote): a list after a
+// compaction removes the identities it no longer holds, and a refused
+// key in it takes nothing with it but its own.
+func TestFollowResyncDropsUnlisted(t *testing.T) {
+	var got []string
+	m := NewManager(t.TempDir(), "local", 1, 0, Callbacks{Identity: func(x identity.Identity, deleted bool) {
+		got = append(got, fmt.Sprintf("%d %v", x.ID-identity.Compose(7, 0), deleted))
+	}})
+	c := &cluster{m: m, name: "east", id: 7, ips: newIPMirror(), ids: map[identity.NumericIdentity]identity.Identity{}}
+	id := func(n uint32) kvstore.Event {
+		return kvstore.Event{Type: kvstore.EventUpsert, Key: fmt.Sprintf("%s%d", identity.IDPrefix, identity.Compose(7, n)),
+			Value: []byte(fmt.Sprintf("k8s:app=a%d;k8s:filament.io/cluster=east", n))}
+	}
+	over := id(303)
+	over.Value = append(over.Value, strings.Repeat("x", clustermesh.MaxRemoteIdentityValue)...)
+	src := scripted{t: t, evs: []kvstore.Event{
+		{Type: kvstore.EventResync}, id(300), id(301), id(302), {Type: kvstore.EventSynced},
+		// Compacted: listed again, 301 gone meanwhile, 303 refused.
+		{Type: kvstore.EventResync}, id(300), id(302), over, {Type: kvstore.EventSynced},
+	}}
+	synced := make(chan string, 2)
+	c.follow(context.Background(), src, identity.IDPrefix, c.identityEvent, synced)
+	want := []string{"300 false", "301 false", "302 false", "301 true"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("passed on %q, want %q", got, want)
+	}
+	if len(synced) != 1 || len(c.ids) != 2 || len(c.held) != 2 {
+		t.Fatalf("%d synced signals, %d identities, %d keys' bytes held; want 1, 2, 2", len(synced), len(c.ids), len(c.held))
 	}
 }

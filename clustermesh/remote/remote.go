@@ -714,10 +714,12 @@ func (c *cluster) probe(ctx context.Context, kv source, results chan<- error) {
 	}
 }
 
-// followHeartbeat follows the remote's heartbeat key.
+// followHeartbeat follows the remote's heartbeat key (untracked: the
+// watch is of the keys the name begins, which the remote may write
+// without end).
 func (c *cluster) followHeartbeat(ctx context.Context, kv source) {
 	key := clustermesh.HeartbeatKey(c.name)
-	for ev := range kv.Watch(ctx, key, kvstore.WatchOptions{}) {
+	for ev := range kv.Watch(ctx, key, kvstore.WatchOptions{Untracked: true}) {
 		if ev.Type == kvstore.EventUpsert && ev.Key == key {
 			c.heartbeatEvent(ev.Value, time.Now())
 		}
@@ -738,30 +740,33 @@ func (c *cluster) heartbeatEvent(value []byte, now time.Time) {
 	c.mu.Unlock()
 }
 
-// follow lists and watches prefix, applying each change; the first
-// EventSynced removes entries the list no longer holds (after a withdrawal
-// there are none).
+// follow lists and watches prefix, applying each change; each list's
+// EventSynced removes entries the list no longer holds (after a
+// withdrawal there are none), and the first signals synced.
 //
-// The ipcache entries are watched untracked: the compact mirror marks what
-// each list holds itself (a set of keys, in the session and in the watch,
-// would cost more than the mirror), so a resync after a compaction (an
-// EventResync, the list, an EventSynced) removes what the list did not
-// hold, as the first list does.
+// Every prefix is watched untracked: the watch keeps no set of the keys it
+// reported, which would hold every key the remote writes, refused ones
+// too, with no bound on their number (until 2026-12-07,
+// TestRemoteRefusedKeysNotRemembered). Each list (an EventResync, the
+// keys, an EventSynced) is compared with what was taken instead: the
+// compact mirror marks the ipcache entries each list holds, and a set of
+// the keys taken (bounded by the remote's limits) serves the others.
 func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply func(kvstore.Event, bool), synced chan<- string) {
-	untracked := prefix == ipcache.Prefix+c.name+"/"
-	var seen map[string]bool
-	if !untracked {
-		seen = map[string]bool{}
-	}
+	mirrored := prefix == ipcache.Prefix+c.name+"/"
+	var seen map[string]bool // the keys taken in a list (nil: not listing)
 	first := true
-	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{Untracked: untracked}) {
+	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{Untracked: true}) {
 		switch ev.Type {
 		case kvstore.EventResync: // a list (again, if one broke off)
-			c.mu.Lock()
-			c.ips.startListing()
-			c.mu.Unlock()
+			if mirrored {
+				c.mu.Lock()
+				c.ips.startListing()
+				c.mu.Unlock()
+			} else {
+				seen = map[string]bool{}
+			}
 		case kvstore.EventSynced:
-			if first || untracked {
+			if mirrored || seen != nil {
 				c.dropUnseen(prefix, seen)
 				c.releaseUnseen(prefix, seen)
 				seen = nil
@@ -774,7 +779,7 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 			deleted := ev.Type == kvstore.EventDelete
 			if deleted {
 				c.release(ev.Key)
-			} else if !untracked {
+			} else if !mirrored {
 				// (ipEvent bounds the entries' values itself, and parses
 				// no address from a long key.)
 				if why := c.admit(prefix, ev.Key, ev.Value); why != "" {
@@ -784,7 +789,7 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 					break
 				}
 			}
-			if first && seen != nil {
+			if seen != nil && !deleted {
 				seen[ev.Key] = true
 			}
 			apply(ev, deleted)
@@ -845,8 +850,9 @@ func (c *cluster) releaseUnseen(prefix string, seen map[string]bool) {
 	})
 }
 
-// dropUnseen deletes state of prefix whose keys were not in the first list
-// of a session (they vanished while the cluster was out of reach).
+// dropUnseen deletes state of prefix whose keys were not in a list (they
+// vanished while the cluster was out of reach, or while a compacted
+// watch listed again).
 func (c *cluster) dropUnseen(prefix string, seen map[string]bool) {
 	if strings.HasPrefix(prefix, node.NodesPrefix) {
 		// In order with a revocation list's second look at the records
@@ -921,10 +927,11 @@ func (c *cluster) serviceEvent(ev kvstore.Event, deleted bool) {
 }
 
 // followCRL follows the cluster's revocation list (a deleted one, or
-// one not later than the last taken, changes nothing: Revocations).
+// one not later than the last taken, changes nothing: Revocations;
+// untracked, as the heartbeat).
 func (c *cluster) followCRL(ctx context.Context, kv source) {
 	key := node.CRLPrefix + c.name
-	for ev := range kv.Watch(ctx, key, kvstore.WatchOptions{}) {
+	for ev := range kv.Watch(ctx, key, kvstore.WatchOptions{Untracked: true}) {
 		if ev.Key == key && ev.Type == kvstore.EventUpsert {
 			c.crlEvent(ev.Value)
 		}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"sigs.k8s.io/yaml"
 
 	"github.com/filament-net/filament/agent/kvstore"
@@ -230,6 +231,33 @@ func (s *Server) Connect(user string) (*kvstore.Client, error) {
 	defer cancel()
 	return kvstore.Connect(ctx, kvstore.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 2 * time.Second,
 		CAFile: filepath.Join(s.Bundle, "ca.pem"), CertFile: filepath.Join(s.Bundle, user+".pem"), KeyFile: filepath.Join(s.Bundle, user+"-key.pem")})
+}
+
+// Root connects as the etcd root user, or fails t; the client is closed
+// at t's cleanup.
+func (s *Server) Root(t testing.TB) *kvstore.Client {
+	t.Helper()
+	c, err := s.Connect(clustermesh.UserRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// PutEmpty writes n keys, named by key, with empty values, a hundred to a
+// transaction, or fails t.
+func PutEmpty(t testing.TB, kv *kvstore.Client, n int, key func(int) string) {
+	t.Helper()
+	for i := 0; i < n; i += 100 {
+		var ops []clientv3.Op
+		for j := i; j < min(i+100, n); j++ {
+			ops = append(ops, clientv3.OpPut(key(j), ""))
+		}
+		if _, err := kv.Txn(context.Background(), nil, ops); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // Stop ends the apiserver (idempotent).
