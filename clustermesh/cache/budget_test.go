@@ -118,7 +118,9 @@ func TestCacheCountsKeyBytes(t *testing.T) {
 // 2026-12-07 every key a remote wrote under a copied prefix stayed in the
 // watch's set of keys (to report its deletion after a resync), past
 // every bound on what is copied, and in the first list's set of keys
-// seen.
+// seen. Nor does each refusal write the status to this cluster's etcd or
+// a warning to the log, as until 2026-12-07 (2,000 refusals, 2,000
+// writes).
 func TestCacheRefusedKeysNotRemembered(t *testing.T) {
 	defer cache.SetLimit(node.NodesPrefix+"east/", 3)()
 	_, root := homeRoot(t)
@@ -128,6 +130,7 @@ func TestCacheRefusedKeysNotRemembered(t *testing.T) {
 	const n = 2000
 	apiservertest.PutEmpty(t, east.Root(t), n, func(i int) string { return fmt.Sprintf("%seast/x%d", node.NodesPrefix, i) })
 	before := kvstore.TrackedKeys()
+	warnings := apiservertest.CountWarnings(t)
 	remotes := t.TempDir()
 	east.WriteRemoteConfig(t, remotes)
 	go cache.Run(ctx, remotes, root, func() int64 { return 0 })
@@ -147,6 +150,18 @@ func TestCacheRefusedKeysNotRemembered(t *testing.T) {
 	}
 	if d := kvstore.TrackedKeys() - before; d > n/4 {
 		t.Errorf("the cache's watches remember %d keys of east's, which wrote %d node keys (3 copied)", d, n)
+	}
+	// The refusals are counted in the status, written at most once a
+	// second, and logged up to a rate.
+	raw, err := root.Raw().Get(ctx, clustermesh.CacheStatusKey("east"))
+	if err != nil || len(raw.Kvs) != 1 {
+		t.Fatalf("status: %v %v", raw, err)
+	}
+	if v := raw.Kvs[0].Version; v > 20 {
+		t.Errorf("the status was written %d times, want at most 20 (once a second at most for the refusals)", v)
+	}
+	if w := warnings(); w > 100 {
+		t.Errorf("%d warnings logged for %d refused keys, want at most 100 (a burst, then one a second)", w, n-3)
 	}
 }
 

@@ -150,7 +150,8 @@ func Run(ctx context.Context, dir string, local *kvstore.Client, lease func() in
 			rctx, cancel := context.WithCancel(ctx)
 			r := &running{sum: f.Sum, cancel: cancel, done: make(chan struct{})}
 			remotes[name] = r
-			c := &remote{name: name, cfg: cfg, local: local, lease: lease, rate: rate.NewLimiter(rate.Limit(writeRate), writeBurst)}
+			c := &remote{name: name, cfg: cfg, local: local, lease: lease, rate: rate.NewLimiter(rate.Limit(writeRate), writeBurst),
+				warn: clustermesh.NewRefusalWarnings()}
 			go func() {
 				defer close(r.done)
 				c.run(rctx)
@@ -248,6 +249,42 @@ type remote struct {
 	bytes   int            // their sum (maxRemoteBytes)
 	// rate bounds how fast the remote's values are written (writeRate).
 	rate *rate.Limiter
+	// A refusal is counted in status, which is written for it at most
+	// once a second (rejectedAt; pending: a count not written yet), and
+	// logged through warn.
+	rejectedAt time.Time
+	pending    bool
+	warn       *clustermesh.Warnings
+}
+
+// reject counts a refused key, logs why (msg and args, as slog.Warn) up
+// to warn's rate, and writes the status unless it was written for a
+// refusal less than a second ago: a remote's refusals are as many as the
+// keys it writes, and until 2026-12-07 each one was a write to this
+// cluster's etcd (TestCacheRefusedKeysNotRemembered).
+func (r *remote) reject(ctx context.Context, msg string, args ...any) {
+	r.warn.Warn(msg, append([]any{"cluster", r.name}, args...)...)
+	r.mu.Lock()
+	r.status.Rejected++
+	write := time.Since(r.rejectedAt) >= time.Second
+	if write {
+		r.rejectedAt = time.Now()
+	}
+	r.pending = !write
+	r.mu.Unlock()
+	if write {
+		r.update(ctx, func(*Status) {})
+	}
+}
+
+// flushRejected writes the status if a refusal's count is not written yet.
+func (r *remote) flushRejected(ctx context.Context) {
+	r.mu.Lock()
+	p := r.pending
+	r.mu.Unlock()
+	if p {
+		r.update(ctx, func(*Status) {})
+	}
 }
 
 // unchanged reports whether key already holds value in the cache.
@@ -319,6 +356,7 @@ func (r *remote) key(k string) string { return clustermesh.CachePrefix + r.name 
 func (r *remote) update(ctx context.Context, f func(*Status)) {
 	r.mu.Lock()
 	f(&r.status)
+	r.pending = false
 	b, _ := json.Marshal(r.status)
 	r.mu.Unlock()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -445,6 +483,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 			return true, nil
 		case <-tick.C:
 		}
+		r.flushRejected(ctx)
 		hctx, hcancel := context.WithTimeout(ctx, 3*time.Second)
 		_, err := kv.Get(hctx, clustermesh.ClusterConfigPrefix+r.name)
 		hcancel()
@@ -486,13 +525,11 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 			// 60 MiB with empty values filled this cluster's etcd,
 			// TestCacheCountsKeyBytes).
 			if len(ev.Key) > clustermesh.MaxRemoteKey {
-				r.update(ctx, func(s *Status) { s.Rejected++ })
-				slog.Warn("cluster mesh cache: key too long", "cluster", r.name, "key", ev.Key[:64], "bytes", len(ev.Key))
+				r.reject(ctx, "cluster mesh cache: key too long", "key", ev.Key[:64], "bytes", len(ev.Key))
 				break
 			}
 			if len(ev.Value) > ValueBound(r.name, prefix) {
-				r.update(ctx, func(s *Status) { s.Rejected++ })
-				slog.Warn("cluster mesh cache: value too large", "cluster", r.name, "key", ev.Key, "bytes", len(ev.Value))
+				r.reject(ctx, "cluster mesh cache: value too large", "key", ev.Key, "bytes", len(ev.Value))
 				err = r.local.Delete(wctx, r.key(ev.Key))
 				r.wrote(prefix, ev.Key, nil)
 				break
@@ -502,16 +539,14 @@ func (r *remote) copy(ctx context.Context, kv *kvstore.Client, prefix string, sy
 				break
 			}
 			if n, full := r.full(prefix, ev.Key); full {
-				r.update(ctx, func(s *Status) { s.Rejected++ })
-				slog.Warn("cluster mesh cache: the remote holds as many keys of this kind as it may", "cluster", r.name, "key", ev.Key, "held", n)
+				r.reject(ctx, "cluster mesh cache: the remote holds as many keys of this kind as it may", "key", ev.Key, "held", n)
 				// A value left from before (an earlier process's) is not
 				// served stale.
 				err = r.local.Delete(wctx, r.key(ev.Key))
 				break
 			}
 			if n, over := r.overBudget(ev.Key, len(ev.Key)+len(ev.Value)); over {
-				r.update(ctx, func(s *Status) { s.Rejected++ })
-				slog.Warn("cluster mesh cache: the remote holds as many bytes as it may", "cluster", r.name, "key", ev.Key, "held", n, "max", maxRemoteBytes)
+				r.reject(ctx, "cluster mesh cache: the remote holds as many bytes as it may", "key", ev.Key, "held", n, "max", maxRemoteBytes)
 				err = r.local.Delete(wctx, r.key(ev.Key))
 				r.wrote(prefix, ev.Key, nil)
 				break

@@ -110,6 +110,9 @@ func TestRemoteClusterIDOutOfRangeRefused(t *testing.T) {
 // prefix (node records past the byte budget, keys under the heartbeat's
 // and the revocation list's names) stayed in the watch's set of keys to
 // report its deletion after a resync, with no bound on their number.
+//
+// Nor is each refusal logged: until 2026-12-07 every refused key was a
+// warning in every agent's log, as often as the remote wrote one.
 func TestRemoteRefusedKeysNotRemembered(t *testing.T) {
 	defer remote.SetByteBudget(1 << 10)()
 	srv := apiservertest.Start(t, "east", 7)
@@ -121,13 +124,21 @@ func TestRemoteRefusedKeysNotRemembered(t *testing.T) {
 	apiservertest.PutEmpty(t, root, n, func(i int) string { return fmt.Sprintf("%sjunk%d", clustermesh.HeartbeatKey("east"), i) })
 	apiservertest.PutEmpty(t, root, n, func(i int) string { return fmt.Sprintf("%seastjunk%d", node.CRLPrefix, i) })
 	before := kvstore.TrackedKeys()
+	warnings := apiservertest.CountWarnings(t)
 	dir := t.TempDir()
 	m := quietManager(dir)
 	go m.Run(ctx)
 	srv.WriteRemoteConfig(t, dir)
-	waitReady(t, m)
+	st := waitReady(t, m)
 	if d := kvstore.TrackedKeys() - before; d > n/4 {
 		t.Errorf("the agent's watches remember %d keys of east's, which wrote %d keys of little bytes under each of three prefixes (a budget of 1 KiB)", d, n)
+	}
+	// Each refusal is counted, and logged up to a rate.
+	if st.Rejected < n-50 {
+		t.Errorf("%d refusals counted, want about %d", st.Rejected, n)
+	}
+	if w := warnings(); w > 100 {
+		t.Errorf("%d warnings logged for %d refused keys, want at most 100 (a burst, then one a second)", w, st.Rejected)
 	}
 }
 

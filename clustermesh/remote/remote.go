@@ -203,7 +203,7 @@ func (m *Manager) scan(ctx context.Context) {
 		}
 		cfg, err := clustermesh.LoadRemote(f)
 		c = &cluster{m: m, name: name, sum: sum, cfg: cfg, status: Status{Name: name, Configured: true, TTL: m.ttl.String(), Via: m.viaName()},
-			live: liveness{ttl: m.ttl, staleAfter: clustermesh.HeartbeatStale}}
+			live: liveness{ttl: m.ttl, staleAfter: clustermesh.HeartbeatStale}, warn: clustermesh.NewRefusalWarnings()}
 		m.mu.Lock()
 		m.remotes[name] = c
 		m.mu.Unlock()
@@ -373,6 +373,9 @@ type cluster struct {
 	held    map[string]int
 	heldSum int
 	src     source // where the current session reads (nil between sessions)
+	// warn logs the refusals (reject) up to a rate: the remote decides
+	// how many there are.
+	warn *clustermesh.Warnings
 }
 
 // remoteService is a remote cluster's service and the hash of the value it
@@ -1038,7 +1041,7 @@ func (c *cluster) reject(what string) {
 	c.mu.Lock()
 	c.status.Rejected++
 	c.mu.Unlock()
-	slog.Warn("rejected an entry of a remote cluster", "cluster", c.name, "entry", what)
+	c.warn.Warn("rejected an entry of a remote cluster", "cluster", c.name, "entry", what)
 }
 
 func (c *cluster) identityEvent(ev kvstore.Event, deleted bool) {

@@ -9,11 +9,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -259,6 +261,27 @@ func PutEmpty(t testing.TB, kv *kvstore.Client, n int, key func(int) string) {
 		}
 	}
 }
+
+// CountWarnings sends the process's log to a counter until t's cleanup
+// and returns how many warnings (or worse) it has had so far.
+func CountWarnings(t testing.TB) func() int64 {
+	old := slog.Default()
+	var n atomic.Int64
+	slog.SetDefault(slog.New(counting{&n}))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	return n.Load
+}
+
+// counting is a slog handler that counts warnings and drops everything.
+type counting struct{ n *atomic.Int64 }
+
+func (c counting) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (c counting) Handle(context.Context, slog.Record) error {
+	c.n.Add(1)
+	return nil
+}
+func (c counting) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c counting) WithGroup(string) slog.Handler      { return c }
 
 // Stop ends the apiserver (idempotent).
 func (s *Server) Stop() {
