@@ -37,6 +37,10 @@ const (
 	StateReady State = "ready"
 	// StateDisconnected: restored from the state dir but its interface is gone.
 	StateDisconnected State = "disconnected"
+	// StateHeld: restored, but its datapath could not be set up: its host
+	// device is held down (no packet passes between the pod and the node)
+	// until a later start sets it up, or its DEL removes it.
+	StateHeld State = "held"
 )
 
 // Endpoint is one pod interface on this node.
@@ -228,6 +232,9 @@ type Plumber interface {
 	Teardown(hostIfName string) error
 	// Present reports whether the endpoint's host-side device exists.
 	Present(hostIfName string) bool
+	// SetUp sets the endpoint's host-side device up, or down (no packet
+	// passes between the pod and the node).
+	SetUp(hostIfName string, up bool) error
 }
 
 // Identities is what the manager needs of the identity allocator.

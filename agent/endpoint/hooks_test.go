@@ -152,3 +152,86 @@ func TestRenumberMovesTheLabelSetsEndpoints(t *testing.T) {
 		t.Errorf("the record after the renumbering: %s", b)
 	}
 }
+
+// One endpoint whose datapath cannot be restored does not stop the
+// restore, and its pod gets no packet through: until 2026-12-07 its error
+// ended Restore, which the agent takes as fatal, so the node crash-looped
+// (no new pods, no policy updates for any). Its host device is now held
+// down before what the failed try wrote is taken back (taking the
+// programs off a device left up let the pod through unenforced: tried and
+// taken back the same day), and the next restore that sets its datapath
+// up brings the device up again.
+func TestRestoreHoldsAFailedEndpointDown(t *testing.T) {
+	dir := t.TempDir()
+	ep := testutil.Etcd(t)
+	plumber := &fakePlumber{devices: map[string]bool{}}
+	e := newEnv(t, dir, ep, plumber)
+	ctx := context.Background()
+	a, err := e.m.Create(ctx, req(e, "a", "app=a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.m.Create(ctx, req(e, "b", "app=b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}, fail: 1}
+	e2 := newEnvHooks(t, dir, ep, plumber, d)
+	n, err := e2.m.Restore(ctx)
+	if err != nil {
+		t.Fatalf("restore stopped at a datapath failure: %v", err)
+	}
+	if n != 2 {
+		t.Fatalf("%d endpoints restored, want 2", n)
+	}
+	var held endpoint.Endpoint
+	for _, id := range []uint16{a.ID, b.ID} {
+		got, err := e2.m.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, up := d.state(id)
+		switch got.State {
+		case endpoint.StateHeld:
+			held = got
+			if !plumber.down[got.HostIfName] || up {
+				t.Errorf("held endpoint %d: device down %v, datapath up %v; want down, taken back", id, plumber.down[got.HostIfName], up)
+			}
+		case endpoint.StateReady:
+			if plumber.down[got.HostIfName] || !up {
+				t.Errorf("ready endpoint %d: device down %v, datapath up %v", id, plumber.down[got.HostIfName], up)
+			}
+		default:
+			t.Errorf("endpoint %d %s", id, got.State)
+		}
+	}
+	if held.ID == 0 {
+		t.Fatal("no endpoint held after a datapath failure")
+	}
+	// The next start sets it up and brings its device up.
+	d3 := &datapathHooks{up: map[uint16]identity.NumericIdentity{}}
+	e3 := newEnvHooks(t, dir, ep, plumber, d3)
+	if _, err := e3.m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e3.m.Get(held.ID); got.State != endpoint.StateReady || plumber.down[held.HostIfName] {
+		t.Fatalf("after a restore that set it up: %s, device down %v", got.State, plumber.down[held.HostIfName])
+	}
+	// A device that cannot be held down ends the restore, as before.
+	d4 := &datapathHooks{up: map[uint16]identity.NumericIdentity{}, fail: 1}
+	plumber.failDown = true
+	e4 := newEnvHooks(t, dir, ep, plumber, d4)
+	if _, err := e4.m.Restore(ctx); err == nil {
+		t.Fatal("restore went on past an endpoint it could neither set up nor hold down")
+	}
+	plumber.failDown = false
+	// Their DELs clean them up.
+	for _, cid := range []string{"a", "b"} {
+		if _, err := e3.m.DeleteByContainer(ctx, cid, "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e3.pool.Used() != 0 {
+		t.Fatalf("%d addresses left after both DELs", e3.pool.Used())
+	}
+}

@@ -476,8 +476,8 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 			ep.State = StateDisconnected
 		}
 		if ep.State == StateReady && m.hooks != nil {
-			if err := m.hooks.EndpointUp(ctx, ep); err != nil {
-				return n, fmt.Errorf("restore endpoint %d datapath: %w", ep.ID, err)
+			if err := m.restoreDatapath(ctx, &ep); err != nil {
+				return n, err
 			}
 		}
 		if ep.Identity != before.Identity || ep.State != before.State || ep.Network != before.Network || !ep.Labels.Equal(before.Labels) {
@@ -495,6 +495,32 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		os.Remove(t)
 	}
 	return n, nil
+}
+
+// restoreDatapath sets a restored endpoint's datapath up and its device
+// up (it may have been held down). One that cannot be set up is held:
+// its device is set down before what the failed try wrote is taken back,
+// so that its pod gets no packet through rather than through without its
+// programs, and the restore goes on (until 2026-12-07 it ended there,
+// and the agent's start with it: the node crash-looped,
+// TestRestoreHoldsAFailedEndpointDown). Only a device that cannot be
+// held down either ends the restore.
+func (m *Manager) restoreDatapath(ctx context.Context, ep *Endpoint) error {
+	err := m.hooks.EndpointUp(ctx, *ep)
+	if err == nil {
+		if err := m.plumber.SetUp(ep.HostIfName, true); err != nil {
+			slog.Error("restored endpoint's device not set up", "endpoint", ep.ID, "device", ep.HostIfName, "err", err)
+		}
+		return nil
+	}
+	if derr := m.plumber.SetUp(ep.HostIfName, false); derr != nil {
+		return fmt.Errorf("restore endpoint %d datapath: %w (and its device %s could not be held down: %v)", ep.ID, err, ep.HostIfName, derr)
+	}
+	m.hooks.EndpointDown(*ep)
+	ep.State = StateHeld
+	slog.Error("endpoint's datapath not restored: its device is held down until a restart sets it up or its DEL removes it",
+		"endpoint", ep.ID, "container", ep.ContainerID, "device", ep.HostIfName, "err", err)
+	return nil
 }
 
 // dropClaimedLabels returns the labels of a restored record without those

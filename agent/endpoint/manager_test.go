@@ -19,8 +19,10 @@ import (
 // fakePlumber records devices instead of touching the kernel.
 type fakePlumber struct {
 	devices      map[string]bool
+	down         map[string]bool // devices set down
 	failOn       string
 	failTeardown bool
+	failDown     bool // SetUp(_, false) fails
 }
 
 func (f *fakePlumber) Setup(_ context.Context, r endpoint.PlumbRequest) (endpoint.PlumbResult, error) {
@@ -38,6 +40,16 @@ func (f *fakePlumber) Teardown(name string) error {
 	return nil
 }
 func (f *fakePlumber) Present(name string) bool { return f.devices[name] }
+func (f *fakePlumber) SetUp(name string, up bool) error {
+	if !up && f.failDown {
+		return errors.New("device busy")
+	}
+	if f.down == nil {
+		f.down = map[string]bool{}
+	}
+	f.down[name] = !up
+	return nil
+}
 
 type env struct {
 	m       *endpoint.Manager

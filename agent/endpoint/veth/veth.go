@@ -193,6 +193,23 @@ func (p *Plumber) Present(hostIfName string) bool {
 	return err == nil
 }
 
+// SetUp implements endpoint.Plumber.
+func (p *Plumber) SetUp(hostIfName string, up bool) error {
+	link, err := netlink.LinkByName(hostIfName)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", hostIfName, err)
+	}
+	if up {
+		err = netlink.LinkSetUp(link)
+	} else {
+		err = netlink.LinkSetDown(link)
+	}
+	if err != nil {
+		return fmt.Errorf("set %s up=%v: %w", hostIfName, up, err)
+	}
+	return nil
+}
+
 // ErrMismatch: CNI CHECK found an endpoint's devices, address or routes
 // not as they were created.
 var ErrMismatch = errors.New("endpoint not as configured")
