@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -18,6 +20,9 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/filament-net/filament/crypto/ca"
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // ErrStart is wrapped by every start failure.
@@ -38,7 +43,9 @@ type Config struct {
 	Name string
 	// ClientURL to listen on, e.g. http://127.0.0.1:2379. Port 0 picks a free port.
 	ClientURL string
-	// PeerURL to listen on for raft; http://127.0.0.1:2380 if empty. Port 0 picks a free port.
+	// PeerURL to listen on for raft; 127.0.0.1:2380 if empty. Port 0
+	// picks a free port. It serves TLS whatever its scheme, and takes only
+	// a certificate of the member's own authority (peerTLS).
 	PeerURL string
 	// UnsafeNoFsync trades durability for speed (tests and labs only).
 	UnsafeNoFsync bool
@@ -115,6 +122,11 @@ func Start(c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: peer URL %q: %v", ErrStart, c.PeerURL, err)
 	}
+	pu.Scheme = "https"
+	peer, err := peerTLS(filepath.Join(c.Dir, "tls"), pu.Hostname())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
 	cfg := embed.NewConfig()
 	cfg.Name = c.Name
 	cfg.Dir = c.Dir
@@ -123,6 +135,7 @@ func Start(c Config) (*Server, error) {
 	cfg.ListenPeerUrls = []url.URL{*pu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = c.Name + "=" + pu.String()
+	cfg.PeerTLSInfo = peer
 	cfg.UnsafeNoFsync = c.UnsafeNoFsync
 	cfg.GRPCAdditionalServerOptions = c.GRPCServerOptions
 	if c.CertFile != "" || c.KeyFile != "" {
@@ -167,6 +180,49 @@ func Start(c Config) (*Server, error) {
 		s.endpoints = append(s.endpoints, cu.Scheme+"://"+l.Addr().String())
 	}
 	return s, nil
+}
+
+// peerTLS makes, in dir (0700; files 0600), an authority of the member's
+// own, fresh at each start, and a peer certificate it signed for host, and
+// returns them as the peer listener's TLS: the member is alone, so nothing
+// holds a certificate its listener takes. Until 2026-12-07 the peer port
+// served plain HTTP, and one unauthenticated raft append from any process
+// that reached it (the chart's apiserver has it on its node's loopback,
+// on the host network) wrote any key as etcd's root
+// (TestPeerPortRefusesStrangers).
+func peerTLS(dir, host string) (transport.TLSInfo, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+	}
+	auth, err := ca.New("embedded-etcd-peer")
+	if err != nil {
+		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+	}
+	var ips []net.IP
+	var names []string
+	if ip := net.ParseIP(host); ip != nil {
+		ips = append(ips, ip)
+	} else if host != "" {
+		names = append(names, host)
+	}
+	pair, err := auth.Issue("peer", true, ips, names)
+	if err != nil {
+		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+	}
+	info := transport.TLSInfo{CertFile: filepath.Join(dir, "peer.pem"), KeyFile: filepath.Join(dir, "peer-key.pem"),
+		TrustedCAFile: filepath.Join(dir, "peer-ca.pem"), ClientCertAuth: true}
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{info.TrustedCAFile, auth.PEM}, {info.CertFile, pair.Cert}, {info.KeyFile, pair.Key}} {
+		if err := atomicfile.Write(f.path, f.data, 0o600); err != nil {
+			return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+		}
+	}
+	return info, nil
 }
 
 // DefaultQuotaBytes is etcd's quota when Config.QuotaBytes is 0.
