@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -250,7 +251,73 @@ func LoadCluster(dir string) (Cluster, error) {
 	if err := yaml.UnmarshalStrict(b, &c); err != nil {
 		return c, fmt.Errorf("%w: %s/cluster.yaml: %v", ErrInvalid, dir, err)
 	}
+	// A peer's bundle is its operator's: its name becomes a file name and a
+	// line of this bundle's PeersFile (until 2026-12-07 it was taken
+	// unchecked, TestPeerBundleNameChecked).
+	if err := ValidateCluster(c.Name, c.ID); err != nil {
+		return c, fmt.Errorf("%s/cluster.yaml: %w", dir, err)
+	}
+	for _, e := range c.Endpoints {
+		if err := validEndpoint(e); err != nil {
+			return c, fmt.Errorf("%w: %s/cluster.yaml: endpoint %q: %v", ErrInvalid, dir, e, err)
+		}
+	}
 	return c, nil
+}
+
+// validEndpoint checks a bundle's endpoint: an https URL of a host and
+// port, and nothing else.
+func validEndpoint(e string) error {
+	u, err := url.Parse(e)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "https":
+		return errors.New("not an https URL")
+	case u.Hostname() == "" || u.Port() == "":
+		return errors.New("no host and port")
+	case u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+		return errors.New("more than a host and port")
+	}
+	return nil
+}
+
+// authoritiesMatch checks, both ways, that what each bundle holds for the
+// other's name is of the other's authority (sameAuthority).
+func authoritiesMatch(local string, a Cluster, peer string, b Cluster) error {
+	for _, x := range []struct {
+		bundle, of string
+		c          Cluster
+	}{{local, peer, b}, {peer, local, a}} {
+		auth, err := ca.Load(x.of)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrInvalid, x.of, err)
+		}
+		if err := sameAuthority(x.bundle, x.c, auth.PEM); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sameAuthority refuses when bundle already holds a remote config named
+// for cluster c of an authority other than caPEM: a second bundle naming
+// itself as a connected cluster would take its place (its endpoints, CA
+// and etcd user), or disconnect it (until 2026-12-07,
+// TestPeerBundleCannotTakeAConnectedName).
+func sameAuthority(bundle string, c Cluster, caPEM []byte) error {
+	path := filepath.Join(RemotesDir(bundle), c.Name+".yaml")
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	r, err := LoadRemote(path)
+	if err != nil {
+		return err
+	}
+	if r.CA != string(caPEM) {
+		return fmt.Errorf("%w: %s already connects a cluster named %s of another CA: is this bundle %s's? (disconnect the other first)", ErrInvalid, bundle, c.Name, c.Name)
+	}
+	return nil
 }
 
 // LoadRemote reads one remote config file.
@@ -452,6 +519,9 @@ func Connect(local, peer string) (Cluster, Cluster, error) {
 	if a.Name == b.Name || a.ID == b.ID {
 		return a, b, fmt.Errorf("%w: clusters %s (ID %d) and %s (ID %d) clash: names and IDs must differ", ErrInvalid, a.Name, a.ID, b.Name, b.ID)
 	}
+	if err := authoritiesMatch(local, a, peer, b); err != nil {
+		return a, b, err
+	}
 	for _, dir := range []string{local, peer} { // bundles made before the relay
 		if err := ensureRelayCert(dir); err != nil {
 			return a, b, err
@@ -540,6 +610,9 @@ func Disconnect(local, peer string) error {
 	}
 	b, err := LoadCluster(peer)
 	if err != nil {
+		return err
+	}
+	if err := authoritiesMatch(local, a, peer, b); err != nil {
 		return err
 	}
 	for _, dir := range []string{local, peer} { // both or neither

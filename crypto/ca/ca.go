@@ -19,6 +19,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/filament-net/filament/internal/atomicfile"
 )
 
 // ErrCA is wrapped by every error of this package.
@@ -97,10 +99,10 @@ func (c *CA) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("%w: %v", ErrCA, err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), c.PEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "ca.pem"), c.PEM, 0o644); err != nil {
 		return fmt.Errorf("%w: %v", ErrCA, err)
 	}
-	return os.WriteFile(filepath.Join(dir, "ca-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return atomicfile.Write(filepath.Join(dir, "ca-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
 }
 
 // Load reads a CA saved by Save.
@@ -129,15 +131,18 @@ func Load(dir string) (*CA, error) {
 	return &CA{Cert: cert, Key: key, PEM: certPEM}, nil
 }
 
-// WritePair writes name.pem and name-key.pem (0600) to dir.
+// WritePair writes name.pem and name-key.pem (0600) to dir, each replaced
+// whole (atomicfile): a link in their place is replaced, not followed
+// (until 2026-12-07 connect wrote a peer bundle's relay key through such
+// a link, over any file the operator could write).
 func WritePair(dir, name string, p Pair) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("%w: %v", ErrCA, err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, name+".pem"), p.Cert, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, name+".pem"), p.Cert, 0o644); err != nil {
 		return fmt.Errorf("%w: %v", ErrCA, err)
 	}
-	return os.WriteFile(filepath.Join(dir, name+"-key.pem"), p.Key, 0o600)
+	return atomicfile.Write(filepath.Join(dir, name+"-key.pem"), p.Key, 0o600)
 }
 
 // Revoke returns the CA's certificate revocation list (PEM) with the
