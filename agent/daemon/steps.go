@@ -46,12 +46,17 @@ func (a *Agent) startKvstore(ctx context.Context) error {
 			Dir: dir, Name: a.cfg.NodeName,
 			ClientURL: a.cfg.EmbeddedEtcd.ClientURL, PeerURL: a.cfg.EmbeddedEtcd.PeerURL,
 			UnsafeNoFsync: a.cfg.EmbeddedEtcd.UnsafeNoFsync,
+			// Clients with a certificate only this agent holds: until
+			// 2026-12-07 it served plain HTTP without authentication, and
+			// any local user wrote the node's policies there.
+			OwnClientTLS: true,
 		})
 		if err != nil {
 			return err
 		}
 		a.onStop("embedded etcd", etcd.Close)
 		a.kvcfg.Endpoints = etcd.Endpoints()
+		a.kvcfg.CAFile, a.kvcfg.CertFile, a.kvcfg.KeyFile = etcd.ClientTLS()
 		slog.Info("embedded etcd running", "endpoints", a.kvcfg.Endpoints, "dir", dir)
 	}
 	kv, err := kvstore.Connect(ctx, a.kvcfg)

@@ -63,6 +63,12 @@ type Config struct {
 	// certificate and key, and the CA that client certificates must chain to
 	// (mutual TLS when set).
 	CertFile, KeyFile, ClientCAFile string
+	// OwnClientTLS, with no certificate given: serve clients mutual TLS
+	// (whatever ClientURL's scheme) with certificates of the member's own
+	// authority, made at each start, whose client certificate
+	// Server.ClientTLS gives: only this process (and root, who reads
+	// <Dir>/tls) can then reach the store.
+	OwnClientTLS bool
 	// GRPCServerOptions are added to the etcd gRPC server's (interceptors:
 	// grpc.ChainStreamInterceptor, grpc.ChainUnaryInterceptor).
 	GRPCServerOptions []grpc.ServerOption
@@ -92,6 +98,17 @@ type Server struct {
 	e         *embed.Etcd
 	endpoints []string
 	close     sync.Once
+	client    clientTLS
+}
+
+// clientTLS are the files of a client certificate of the member's own
+// authority (Config.OwnClientTLS), and that authority's.
+type clientTLS struct{ ca, cert, key string }
+
+// ClientTLS gives the CA, certificate and key files a client presents to
+// a member started with Config.OwnClientTLS (empty otherwise).
+func (s *Server) ClientTLS() (caFile, certFile, keyFile string) {
+	return s.client.ca, s.client.cert, s.client.key
 }
 
 // Start runs etcd and waits until it serves clients.
@@ -122,10 +139,33 @@ func Start(c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: peer URL %q: %v", ErrStart, c.PeerURL, err)
 	}
-	pu.Scheme = "https"
-	peer, err := peerTLS(filepath.Join(c.Dir, "tls"), pu.Hostname())
+	// The member is alone, so nothing but itself may hold a certificate
+	// its peer (raft) listener takes: until 2026-12-07 the peer port served
+	// plain HTTP, and one unauthenticated raft append from any process
+	// that reached it (the chart's apiserver has it on its node's
+	// loopback, on the host network) wrote any key as etcd's root
+	// (TestPeerPortRefusesStrangers).
+	own, err := newOwnTLS(filepath.Join(c.Dir, "tls"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	pu.Scheme = "https"
+	peer, err := own.tlsInfo("peer", pu.Hostname())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	var client clientTLS
+	if c.OwnClientTLS && c.CertFile == "" && c.KeyFile == "" {
+		cu.Scheme = "https"
+		server, err := own.tlsInfo("server", cu.Hostname())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrStart, err)
+		}
+		c.CertFile, c.KeyFile, c.ClientCAFile = server.CertFile, server.KeyFile, server.TrustedCAFile
+		if client.cert, client.key, err = own.issue("client", false, ""); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrStart, err)
+		}
+		client.ca = own.caFile()
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = c.Name
@@ -175,54 +215,80 @@ func Start(c Config) (*Server, error) {
 		return nil, fmt.Errorf("%w: not ready after %s", ErrStart, timeout)
 	}
 	clearNoSpace(e, c.QuotaBytes)
-	s := &Server{e: e}
+	s := &Server{e: e, client: client}
 	for _, l := range e.Clients {
 		s.endpoints = append(s.endpoints, cu.Scheme+"://"+l.Addr().String())
 	}
 	return s, nil
 }
 
-// peerTLS makes, in dir (0700; files 0600), an authority of the member's
-// own, fresh at each start, and a peer certificate it signed for host, and
-// returns them as the peer listener's TLS: the member is alone, so nothing
-// holds a certificate its listener takes. Until 2026-12-07 the peer port
-// served plain HTTP, and one unauthenticated raft append from any process
-// that reached it (the chart's apiserver has it on its node's loopback,
-// on the host network) wrote any key as etcd's root
-// (TestPeerPortRefusesStrangers).
-func peerTLS(dir, host string) (transport.TLSInfo, error) {
+// ownTLS is an authority a member makes at each start, in dir (0700;
+// files 0600): certificates it signs are held by this process alone.
+type ownTLS struct {
+	dir  string
+	auth *ca.CA
+}
+
+func newOwnTLS(dir string) (*ownTLS, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+		return nil, fmt.Errorf("own TLS: %w", err)
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
-		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+		return nil, fmt.Errorf("own TLS: %w", err)
 	}
-	auth, err := ca.New("embedded-etcd-peer")
+	auth, err := ca.New("embedded-etcd")
 	if err != nil {
-		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+		return nil, fmt.Errorf("own TLS: %w", err)
 	}
+	o := &ownTLS{dir: dir, auth: auth}
+	if err := atomicfile.Write(o.caFile(), auth.PEM, 0o600); err != nil {
+		return nil, fmt.Errorf("own TLS: %w", err)
+	}
+	return o, nil
+}
+
+func (o *ownTLS) caFile() string { return filepath.Join(o.dir, "ca.pem") }
+
+// issue writes name.pem and name-key.pem, a certificate of the authority
+// (a server's for host, and 127.0.0.1 and ::1 when host is any address).
+func (o *ownTLS) issue(name string, server bool, host string) (certFile, keyFile string, err error) {
 	var ips []net.IP
 	var names []string
-	if ip := net.ParseIP(host); ip != nil {
-		ips = append(ips, ip)
-	} else if host != "" {
-		names = append(names, host)
+	if server {
+		ip := net.ParseIP(host)
+		switch {
+		case ip != nil && ip.IsUnspecified():
+			ips = append(ips, net.IPv4(127, 0, 0, 1), net.IPv6loopback)
+		case ip != nil:
+			ips = append(ips, ip)
+		case host != "":
+			names = append(names, host)
+		}
 	}
-	pair, err := auth.Issue("peer", true, ips, names)
+	pair, err := o.auth.Issue(name, server, ips, names)
 	if err != nil {
-		return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+		return "", "", fmt.Errorf("own TLS: %w", err)
 	}
-	info := transport.TLSInfo{CertFile: filepath.Join(dir, "peer.pem"), KeyFile: filepath.Join(dir, "peer-key.pem"),
-		TrustedCAFile: filepath.Join(dir, "peer-ca.pem"), ClientCertAuth: true}
+	certFile, keyFile = filepath.Join(o.dir, name+".pem"), filepath.Join(o.dir, name+"-key.pem")
 	for _, f := range []struct {
 		path string
 		data []byte
-	}{{info.TrustedCAFile, auth.PEM}, {info.CertFile, pair.Cert}, {info.KeyFile, pair.Key}} {
+	}{{certFile, pair.Cert}, {keyFile, pair.Key}} {
 		if err := atomicfile.Write(f.path, f.data, 0o600); err != nil {
-			return transport.TLSInfo{}, fmt.Errorf("peer TLS: %w", err)
+			return "", "", fmt.Errorf("own TLS: %w", err)
 		}
 	}
-	return info, nil
+	return certFile, keyFile, nil
+}
+
+// tlsInfo is a listener's TLS with certificate name, taking only clients
+// with a certificate of the authority.
+func (o *ownTLS) tlsInfo(name, host string) (transport.TLSInfo, error) {
+	cert, key, err := o.issue(name, true, host)
+	if err != nil {
+		return transport.TLSInfo{}, err
+	}
+	return transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: o.caFile(), ClientCertAuth: true}, nil
 }
 
 // DefaultQuotaBytes is etcd's quota when Config.QuotaBytes is 0.

@@ -1,12 +1,16 @@
 package embedded
 
 import (
+	"context"
 	"crypto/tls"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -70,4 +74,54 @@ func TestPeerTLSOverAnOlderMember(t *testing.T) {
 		t.Fatalf("a member bootstrapped with an HTTP peer URL does not start with TLS: %v", err)
 	}
 	s.Close()
+}
+
+// An agent's embedded etcd (a single-node cluster, no etcd configured)
+// serves its clients mutual TLS with its own authority: until 2026-12-07
+// it served plain HTTP without authentication on 127.0.0.1:2379, so any
+// local user or host-network pod of the node wrote its policies,
+// identities and services past the agent's root-only API socket.
+func TestOwnClientTLSRefusesStrangers(t *testing.T) {
+	s, err := Start(Config{Dir: t.TempDir(), ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", UnsafeNoFsync: true, OwnClientTLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ep := s.Endpoints()[0]
+	if !strings.HasPrefix(ep, "https://") {
+		t.Fatalf("endpoint %s, want https", ep)
+	}
+	put := func(tc *tls.Config) error {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, TLS: tc, Logger: zap.NewNop()})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = c.Put(ctx, "filament/state/policies/v1/x", "forged")
+		return err
+	}
+	plain, _ := clientv3.New(clientv3.Config{Endpoints: []string{strings.Replace(ep, "https://", "http://", 1)}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	if _, err := plain.Put(ctx, "filament/state/policies/v1/x", "forged"); err == nil {
+		t.Error("a client without TLS wrote the store")
+	}
+	cancel()
+	plain.Close()
+	ca, cert, key := s.ClientTLS()
+	noCert, err := (transport.TLSInfo{TrustedCAFile: ca}).ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := put(noCert); err == nil {
+		t.Error("a TLS client without a certificate wrote the store")
+	}
+	own, err := (transport.TLSInfo{TrustedCAFile: ca, CertFile: cert, KeyFile: key}).ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := put(own); err != nil {
+		t.Errorf("the member's own client certificate: %v", err)
+	}
 }
