@@ -220,6 +220,9 @@ func (s *Service) AffinityTimeout() uint32 {
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
+// nodeNameRE is a DNS subdomain (RFC 1123), a Kubernetes node's name.
+var nodeNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
@@ -363,6 +366,12 @@ func (s *Service) Validate() error {
 			return invalid("%s.ip %s: duplicate", f, b.IP)
 		}
 		addrs[b.IP] = true
+		// A Kubernetes node name (a DNS subdomain): until 2026-12-07 any
+		// bytes, and a remote cluster's escape sequences reached the
+		// operator's terminal through service list.
+		if b.Node != "" && (len(b.Node) > 253 || !nodeNameRE.MatchString(b.Node)) {
+			return invalid("%s.node %q: not a node name (at most 253 lowercase letters, digits, '-' and '.')", f, b.Node)
+		}
 		for name, port := range b.Ports {
 			if !names[name] || name == "" {
 				return invalid("%s.ports[%s]: no service port of that name", f, name)

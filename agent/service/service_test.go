@@ -175,6 +175,11 @@ func TestParseInvalid(t *testing.T) {
 		{"backend unknown port name", "ip: 10.0.1.1,", "ip: 10.0.1.1, ports: {metrics: 9090},", []string{"backends[0].ports[metrics]"}},
 		{"backend port 0", "ip: 10.0.1.1,", "ip: 10.0.1.1, ports: {http: 0},", []string{"backends[0].ports[http]", " 0:"}},
 		{"backend state", "state: active", "state: draining", []string{"backends[0].state", `"draining"`}},
+		// A node name (until 2026-12-07 unchecked: a remote cluster's
+		// escape sequences reached service list's NODE column).
+		{"backend node escapes", "ip: 10.0.1.1,", `ip: 10.0.1.1, node: "n1\e[2J\e]0;owned\a",`, []string{"backends[0].node", `"n1\x1b[2J`}},
+		{"backend node upper case", "ip: 10.0.1.1,", `ip: 10.0.1.1, node: Node1,`, []string{"backends[0].node", `"Node1"`}},
+		{"backend node too long", "ip: 10.0.1.1,", `ip: 10.0.1.1, node: ` + strings.Repeat("n", 254) + `,`, []string{"backends[0].node"}},
 		{"global yes", "annotations: {}", `annotations: {service.cilium.io/global: "yes"}`, []string{"metadata.annotations[service.cilium.io/global]", `"yes"`}},
 		{"legacy global yes", "annotations: {}", `annotations: {io.cilium/global-service: "yes"}`, []string{"metadata.annotations[io.cilium/global-service]", `"yes"`}},
 		{"shared maybe", "annotations: {}", `annotations: {service.cilium.io/global: "true", service.cilium.io/shared: "maybe"}`, []string{"metadata.annotations[service.cilium.io/shared]", `"maybe"`}},

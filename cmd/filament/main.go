@@ -69,11 +69,40 @@ func (c *cli) print(v any, table func(w *tabwriter.Writer)) error {
 		_, err = c.out.Write(b)
 		return err
 	case "", "table":
-		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		w := tabwriter.NewWriter(tableSafe{c.out}, 0, 4, 2, ' ', 0)
 		table(w)
 		return w.Flush()
 	}
 	return fmt.Errorf("output %q: want json, yaml or table", c.output)
+}
+
+// tableSafe writes a table's cells with what a terminal would act on
+// escaped (printable: monitor.Terminal), the table's tabs and newlines kept: its
+// fields carry what other clusters, tenants' policies and workloads wrote
+// (a remote's backend node, a peer's endpoints in a failure, a
+// headerMatches value). Until 2026-12-07 tables printed them raw, while
+// -o json and -o yaml escaped them (TestTablesEscapeTerminalControls).
+// The tabwriter writes whole cells, so no character is split across
+// writes.
+type tableSafe struct{ w io.Writer }
+
+func (t tableSafe) Write(p []byte) (int, error) {
+	s := string(p)
+	var b strings.Builder
+	for s != "" {
+		i := strings.IndexAny(s, "\t\n")
+		if i < 0 {
+			b.WriteString(printable(s))
+			break
+		}
+		b.WriteString(printable(s[:i]))
+		b.WriteByte(s[i])
+		s = s[i+1:]
+	}
+	if _, err := io.WriteString(t.w, b.String()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func newRoot(out io.Writer) *cobra.Command {

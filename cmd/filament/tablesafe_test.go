@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"text/tabwriter"
+
+	"github.com/filament-net/filament/agent/policy"
+	policyapi "github.com/filament-net/filament/agent/policy/api"
+)
+
+// escapeText holds C0 controls a terminal acts on (ESC sequences that
+// clear the screen and set the title, BEL, CR) beside hostileText's.
+const escapeText = "n1\x1b[2J\x1b[H\x1b]0;owned\x07\r" + hostileText
+
+// rawTerminal reports the first character of s a terminal would act on,
+// C0 controls but the table's own tab and newline included.
+func rawTerminal(s string) string {
+	for _, r := range s {
+		if r < 0x20 && r != '\t' && r != '\n' {
+			return string(r)
+		}
+	}
+	return rawControls(s)
+}
+
+// Tables escape what a terminal would act on in every field, as -o json
+// and -o yaml do: until 2026-12-07 they printed it raw, and a connected
+// cluster's service backend node, its endpoints in a connection failure,
+// or a tenant's headerMatches value in a trace's header action reached
+// the operator's terminal (found by a review).
+func TestTablesEscapeTerminalControls(t *testing.T) {
+	var buf bytes.Buffer
+	c := &cli{out: &buf, output: "table"}
+	if err := c.print(nil, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "NAME\tNODE\n")
+		fmt.Fprintf(w, "api\t%s\n", escapeText)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if r := rawTerminal(buf.String()); r != "" {
+		t.Errorf("a table printed %q raw: %q", r, buf.String())
+	}
+	if lines := strings.Count(buf.String(), "\n"); lines != 2 {
+		t.Errorf("%d lines, want the table's 2: %q", lines, buf.String())
+	}
+
+	hm := policyapi.HeaderMatch{Name: "X-Team", Value: "ok\u009b2J\u009b1A\u202eforged", Mismatch: "REPLACE"}
+	res := policy.TraceResult{Verdict: policy.VerdictAllowed, Reason: "allowed by default/l7", Enforced: true, Proxy: true,
+		Rule: &policy.RuleRef{Policy: "default/l7", Section: "ingress[0]"},
+		L7: []policy.TraceL7{{Side: "ingress of dst", Rules: []policy.TraceHTTPRule{
+			{Ref: "default/l7/rules[0].ingress[0].toPorts[0]", PortRuleHTTP: policyapi.PortRuleHTTP{Path: "/healthz", HeaderMatches: []policyapi.HeaderMatch{hm}}}}}}}
+	out, err := runTrace(t, res, "--http-path", "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "Header action") {
+		t.Fatalf("no header action in the trace: %q", out)
+	}
+	if r := rawTerminal(out); r != "" {
+		t.Errorf("policy trace printed %q raw from a tenant's policy: %q", r, out)
+	}
+}
