@@ -218,9 +218,14 @@ func (s *Supervisor) followLearnedOnce(ctx context.Context) error {
 	br := bufio.NewReaderSize(resp.Body, 64*1024)
 	for {
 		// What has arrived is applied in one go (one policy update per
-		// selector however many answers) and acknowledged with the last.
+		// selector however many answers) and acknowledged with the last,
+		// up to 1,024 answers or proxy.MaxLearnBatchAddrs addresses (the
+		// work is per address: until 2026-12-07 a batch was cut by
+		// answers alone, a million addresses, seconds that other pods'
+		// answers waited).
 		var batch []proxy.Learned
-		for len(batch) == 0 || br.Buffered() > 0 && len(batch) < 1024 {
+		addrs := 0
+		for len(batch) == 0 || br.Buffered() > 0 && len(batch) < 1024 && addrs < proxy.MaxLearnBatchAddrs {
 			line, err := br.ReadBytes('\n')
 			if err != nil {
 				return err
@@ -228,6 +233,7 @@ func (s *Supervisor) followLearnedOnce(ctx context.Context) error {
 			var x proxy.Learned
 			if json.Unmarshal(line, &x) == nil {
 				batch = append(batch, x)
+				addrs += len(x.Addrs)
 			}
 		}
 		s.cfg.Learn(batch)

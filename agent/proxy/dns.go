@@ -675,6 +675,18 @@ const maxPendingLearned = 4096
 // applies the other; what waits beyond is in pending, given out fairly.
 const maxGivenLearned = 2048
 
+// MaxLearnBatchAddrs bounds the addresses of one batch the agent applies
+// (its follower cuts a batch there, whatever its answers), and
+// maxGivenLearnedAddrs those given and not acknowledged (two batches): the
+// agent's work is per address, and an answer may carry a thousand, so
+// until 2026-12-07 one pod's answers of a thousand addresses held another
+// pod's behind two million of them, seconds past --dns-hold
+// (TestLearnerFloodOfAddressesDoesNotDelayOthers).
+const (
+	MaxLearnBatchAddrs   = 16 << 10
+	maxGivenLearnedAddrs = 2 * MaxLearnBatchAddrs
+)
+
 // learner hands learned addresses to the agent (one follower at a time)
 // and tells who waits for them when the agent has applied them. At most
 // maxGivenLearned are given and not acknowledged; the rest wait in
@@ -691,7 +703,9 @@ type learner struct {
 	pending []*learnItem       // not handed to the follower yet, oldest first
 	waiting map[netip.Addr]int // pending's answers by the endpoint that asked
 	sent    []*learnItem       // handed to the follower, not acknowledged, in the order given
-	wake    chan struct{}      // closed (and replaced) when a waiter may be done
+	// sentAddrs: the addresses of sent (maxGivenLearnedAddrs).
+	sentAddrs int
+	wake      chan struct{} // closed (and replaced) when a waiter may be done
 }
 
 // learnItem is one answer on its way to the agent.
@@ -761,10 +775,14 @@ func (l *learner) handOn() {
 		n := 0
 	hand:
 		for _, it := range give {
+			if len(l.sent) > 0 && l.sentAddrs+len(it.x.Addrs) > maxGivenLearnedAddrs {
+				break // (one answer alone always goes)
+			}
 			select {
 			case l.sub <- it.x:
 				it.given = true
 				l.sent = append(l.sent, it)
+				l.sentAddrs += len(it.x.Addrs)
 				n++
 			default: // no room: the follower acknowledged answers it has not read
 				break hand
@@ -881,7 +899,7 @@ func (l *learner) requeue() {
 	}
 	l.count(l.sent, 1)
 	l.pending = append(l.sent, l.pending...)
-	l.sent = nil
+	l.sent, l.sentAddrs = nil, 0
 }
 
 // follow makes the caller the follower (ending the previous one's
@@ -926,6 +944,7 @@ func (l *learner) ack(session, seq uint64) {
 	n := slices.IndexFunc(l.sent, func(it *learnItem) bool { return it.x.Seq == seq }) + 1
 	for _, it := range l.sent[:n] {
 		it.acked = true
+		l.sentAddrs -= len(it.x.Addrs)
 	}
 	clear(l.sent[:n])
 	l.sent = l.sent[n:]

@@ -1256,3 +1256,56 @@ func TestReadAnswerEdges(t *testing.T) {
 		t.Errorf("a query of two questions: %v, want refused before it is parsed", err)
 	}
 }
+
+// The flood's answers count by their addresses, not one each: an answer
+// may carry up to a thousand, and the agent's work is per address. Until
+// 2026-12-07 a quiet pod's answer waited behind the 2,048 of the flood's
+// given before it (two million addresses, seconds of the agent's work,
+// far past --dns-hold; found by a review). It now waits behind at most
+// maxGivenLearnedAddrs of them, and the agent's batches are cut at
+// MaxLearnBatchAddrs.
+func TestLearnerFloodOfAddressesDoesNotDelayOthers(t *testing.T) {
+	var l learner
+	ch, session, stop := l.follow()
+	defer stop()
+	hog, quiet := netip.MustParseAddr("10.0.0.66"), netip.MustParseAddr("10.0.0.7")
+	many := make([]netip.Addr, 1000)
+	for i := range many {
+		many[i] = netip.AddrFrom4([4]byte{20, 0, byte(i >> 8), byte(i)})
+	}
+	for range 3000 { // the agent lags: nothing read yet
+		l.learn(context.Background(), Learned{Endpoint: hog, Addrs: many}, 0)
+	}
+	l.learn(context.Background(), Learned{Endpoint: quiet, Name: "quiet.", Addrs: many[:1]}, 0)
+	addrs := 0
+	for {
+		// The agent reads a batch of up to MaxLearnBatchAddrs addresses
+		// and acknowledges its last.
+		var batch []Learned
+		n := 0
+		for n < MaxLearnBatchAddrs {
+			select {
+			case x := <-ch:
+				batch = append(batch, x)
+				n += len(x.Addrs)
+				continue
+			case <-time.After(100 * time.Millisecond):
+			}
+			break
+		}
+		if len(batch) == 0 {
+			t.Fatalf("the quiet pod's answer never reached the follower (%d addresses did)", addrs)
+		}
+		for _, x := range batch {
+			if x.Endpoint == quiet {
+				// Two of the agent's batches given before it, and one answer.
+				if want := 2*MaxLearnBatchAddrs + len(many); addrs > want {
+					t.Fatalf("the quiet pod's answer came behind %d of the flood's addresses; want at most %d", addrs, want)
+				}
+				return
+			}
+			addrs += len(x.Addrs)
+		}
+		l.ack(session, batch[len(batch)-1].Seq)
+	}
+}
