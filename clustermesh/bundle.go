@@ -615,10 +615,19 @@ func Disconnect(local, peer string) error {
 	if err := authoritiesMatch(local, a, peer, b); err != nil {
 		return err
 	}
-	for _, dir := range []string{local, peer} { // both or neither
-		if _, err := ScanPeers(PeersFile(dir)); err != nil {
+	connected := false
+	for _, x := range []struct{ dir, other string }{{local, b.Name}, {peer, a.Name}} { // both or neither
+		peers, err := ScanPeers(PeersFile(x.dir))
+		if err != nil {
 			return err
 		}
+		_, err = os.Lstat(filepath.Join(RemotesDir(x.dir), x.other+".yaml"))
+		connected = connected || err == nil || slices.ContainsFunc(peers, func(p Peer) bool { return p.Name == x.other })
+	}
+	// Nothing to remove says so: a bundle renamed since it was connected
+	// disconnected nothing, quietly (until 2026-12-07).
+	if !connected {
+		return fmt.Errorf("%w: %s and %s are not connected (is %s the bundle that was connected?)", ErrInvalid, a.Name, b.Name, peer)
 	}
 	for _, x := range []struct{ bundle, name string }{{local, b.Name}, {peer, a.Name}} {
 		if err := setPeer(x.bundle, x.name, ""); err != nil {

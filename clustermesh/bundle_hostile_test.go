@@ -70,6 +70,11 @@ func TestPeerBundleCannotTakeAConnectedName(t *testing.T) {
 	if err := Disconnect(local, north); err != nil {
 		t.Fatal(err)
 	}
+	// A bundle renamed since (or never connected) says so rather than
+	// disconnect nothing quietly.
+	if err := Disconnect(local, north); err == nil || !strings.Contains(err.Error(), "not connected") {
+		t.Errorf("disconnecting clusters not connected: %v, want an error saying so", err)
+	}
 }
 
 // Writing into a peer bundle (its relay certificate, made for bundles
