@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -62,6 +64,59 @@ func TestH2FrameHeaderHoldsNoMegabyte(t *testing.T) {
 	})
 	if grown > 16<<20 {
 		t.Errorf("%d connections' frame headers hold %d MiB", n, grown>>20)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// A header block that never ends held what it had decoded so far
+// (net/http keeps a block's fields until its last CONTINUATION) for the
+// idle timeout, 5 minutes: HEADERS without END_HEADERS and CONTINUATION
+// frames of ~1 MiB of literal fields, then silence, from a pod allowed
+// nothing. No stream exists yet, so no budget counts it (found
+// 2026-12-07 by a review). The server pings a connection quiet for the
+// read-header timeout and closes it when the answer does not come within
+// as long again; a client in the middle of a header block may send
+// nothing but CONTINUATION, so it cannot answer.
+func TestH2StalledHeaderBlockHeld(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echo), Options{ReadHeaderTimeout: 200 * time.Millisecond})
+	h.ingress(PeerRules{Remotes: []uint32{999999}, HTTP: []HTTPRule{{Method: "GET", Path: "/nothing"}}}) // this client: allowed nothing
+	const n = 64
+	conns := make([]net.Conn, 0, n)
+	grown := heapGrowth(func() {
+		for i := range n {
+			c := h.dial()
+			conns = append(conns, c)
+			c.Write([]byte(h2Preface))
+			fr := http2.NewFramer(c, c)
+			fr.WriteSettings()
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "web"}, {":path", "/"}} {
+				enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			for j := range 64 { // distinct literal values: ~960 KiB decoded
+				v := fmt.Sprintf("%d-%d-", i, j)
+				v += strings.Repeat("v", 15000-len(v))
+				enc.WriteField(hpack.HeaderField{Name: fmt.Sprintf("x-pad-%d", j), Value: v})
+			}
+			block := hb.Bytes()
+			const frame = 16 << 10
+			first := min(frame, len(block))
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:first]}); err != nil {
+				t.Fatal(err)
+			}
+			for off := first; off < len(block); off += frame {
+				if err := fr.WriteContinuation(1, false, block[off:min(off+frame, len(block))]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		time.Sleep(2 * time.Second)
+	})
+	if grown > 16<<20 {
+		t.Errorf("%d connections' unfinished header blocks hold %d MiB past the read-header timeout", n, grown>>20)
 	}
 	for _, c := range conns {
 		c.Close()

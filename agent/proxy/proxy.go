@@ -222,12 +222,23 @@ func New(o Options) *Proxy {
 }
 
 func (p *Proxy) server(protocols *http.Protocols) *http.Server {
+	h2 := h2Bounds()
+	// A connection quiet for the read-header timeout is pinged, and closed
+	// when the answer does not come within as long again. A client in the
+	// middle of a header block may send only CONTINUATION frames (which
+	// net/http reads as the block's one frame, not as frames received):
+	// it cannot answer, and what it sent of the block goes with the
+	// connection. Until 2026-12-07 a block left unfinished held its
+	// decoded fields, up to 1 MiB, for the idle timeout, from a pod
+	// allowed nothing (TestH2StalledHeaderBlockHeld).
+	h2.SendPingTimeout = p.opts.ReadHeaderTimeout
+	h2.PingTimeout = p.opts.ReadHeaderTimeout
 	return &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: p.opts.ReadHeaderTimeout,
 		IdleTimeout:       p.opts.IdleTimeout,
 		Protocols:         protocols,
-		HTTP2:             h2Bounds(),
+		HTTP2:             h2,
 		// OPTIONS * is a request like any other: decided by the rules,
 		// not answered 200 by net/http.
 		DisableGeneralOptionsHandler: true,
