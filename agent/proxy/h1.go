@@ -278,14 +278,11 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	// the rules removed or replaced (until 2026-12-05 they were forwarded,
 	// TestTrailersNotForwarded). Envoy drops them too by default.
 	req.Trailer = nil
-	recs, denied := p.judge(dc, req, start)
+	recs, cfg, denied := p.judge(dc, req, start)
 	bw := getWriter(dc.Conn)
 	defer putWriter(bw)
 	if denied {
-		keep = drain(req)
-		writeStatus(bw, http.StatusForbidden, "Access denied\n", !keep || req.Close)
-		p.finish(recs, start, http.StatusForbidden, Denied)
-		return bw.Flush() == nil && keep && !req.Close, false
+		return p.denyH1(bw, req, recs, start), false
 	}
 	held, ok := holdHead(dc.who, req)
 	if !ok {
@@ -305,7 +302,11 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	// forwardH1 changes req's headers: a copy of what was judged is held,
 	// and a later config that denies it closes the connection (a tunnel
 	// or a streamed response with it).
-	defer dc.holdLive(judgedCopy(req, req.Header.Clone()), func() { dc.Close() })()
+	judged := judgedCopy(req, req.Header.Clone())
+	defer dc.holdLive(judged, func() { dc.Close() })()
+	if p.deniedSince(cfg, dc, judged, recs) {
+		return p.denyH1(bw, req, recs, start), false
+	}
 	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req, upgrade, headDone)
 	verdict := Forwarded
 	switch {
@@ -323,6 +324,15 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	}
 	p.finish(recs, start, status, verdict)
 	return bw.Flush() == nil && keep && !req.Close, closeNow
+}
+
+// denyH1 answers a denied request 403 (its body read and dropped, up to
+// maxDiscard) and reports whether the connection may carry another.
+func (p *Proxy) denyH1(bw *bufio.Writer, req *http.Request, recs []Record, start time.Time) (keep bool) {
+	keep = drain(req)
+	writeStatus(bw, http.StatusForbidden, "Access denied\n", !keep || req.Close)
+	p.finish(recs, start, http.StatusForbidden, Denied)
+	return bw.Flush() == nil && keep && !req.Close
 }
 
 // drain reads what is left of a request body that is not forwarded, up to

@@ -724,21 +724,30 @@ func (p *Proxy) endRevoked(cfg *compiled, dc *downConn) {
 	}
 	dc.mu.Unlock()
 	sides := cfg.sides(dc.src, dc.dst, dc.srcIdentity(cfg))
-	if len(sides) == 0 {
-		return
-	}
 	for _, h := range live {
-		r := h.r.Clone(context.Background()) // the side's actions change it
-		for _, sd := range sides {
-			ok, acts := sd.allow(r)
-			if !ok {
-				p.log.Debug("L7 proxy: request in flight ended: the policy no longer allows it", "src", dc.src, "dst", dc.dst, "method", r.Method, "path", requestPath(r), "direction", sd.direction)
-				h.end()
-				break
-			}
-			Apply(r, acts)
+		if direction, denied := deniedBy(sides, h.r); denied {
+			p.log.Debug("L7 proxy: request in flight ended: the policy no longer allows it", "src", dc.src, "dst", dc.dst, "method", h.r.Method, "path", requestPath(h.r), "direction", direction)
+			h.end()
 		}
 	}
+}
+
+// deniedBy judges again r, an allowed request's judged copy, by a flow's
+// sides, and tells the direction of the first that denies it. A flow with
+// no L7 policy left is the datapath's to judge (an L4 allow, or none).
+func deniedBy(sides []side, r *http.Request) (direction string, denied bool) {
+	if len(sides) == 0 {
+		return "", false
+	}
+	r = r.Clone(context.Background()) // the side's actions change it
+	for _, sd := range sides {
+		ok, acts := sd.allow(r)
+		if !ok {
+			return sd.direction, true
+		}
+		Apply(r, acts)
+	}
+	return "", false
 }
 
 // srcIdentity is the identity of the connection's source: the datapath's
@@ -1067,7 +1076,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer p.giveStream(dc.who)
-	recs, denied := p.judge(dc, r, start)
+	recs, cfg, denied := p.judge(dc, r, start)
 	if denied {
 		p.finish(recs, start, p.deny(w, r, recs[len(recs)-1].Reason), Denied)
 		return
@@ -1090,7 +1099,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	// A later config may deny it: the stream is reset. What was judged is
 	// held, not r, whose trailers the server writes as they come.
-	defer dc.holdLive(judgedCopy(r, r.Header), cancel)()
+	judged := judgedCopy(r, r.Header)
+	defer dc.holdLive(judged, cancel)()
+	if p.deniedSince(cfg, dc, judged, recs) {
+		p.finish(recs, start, p.deny(w, r, recs[0].Reason), Denied)
+		return
+	}
 	out := r.WithContext(context.WithValue(ctx, stateKey{}, s))
 	out.RemoteAddr = "" // the client's address is not added to X-Forwarded-For
 	if r.Body != nil && r.Body != http.NoBody && p.opts.IdleTimeout > 0 {
@@ -1150,10 +1164,11 @@ func (p *Proxy) giveStream(who source) {
 
 // judge decides a request against the policies of its flow's sides (the
 // destination's ingress, the source's egress) and applies the header
-// actions of the rules that allow it. It returns a record per side, and
-// whether the request is denied (the last record says why).
-func (p *Proxy) judge(dc *downConn, r *http.Request, start time.Time) (recs []Record, denied bool) {
-	cfg := p.cfg.Load()
+// actions of the rules that allow it. It returns a record per side, the
+// config it decided by (deniedSince) and whether the request is denied
+// (the last record says why).
+func (p *Proxy) judge(dc *downConn, r *http.Request, start time.Time) (recs []Record, cfg *compiled, denied bool) {
+	cfg = p.cfg.Load()
 	base := Record{
 		Time:  start,
 		SrcIP: dc.src.Addr(), SrcPort: dc.src.Port(), DstIP: dc.dst.Addr(), DstPort: dc.dst.Port(),
@@ -1166,7 +1181,7 @@ func (p *Proxy) judge(dc *downConn, r *http.Request, start time.Time) (recs []Re
 	}
 	if len(sides) == 0 {
 		base.Reason = "no L7 policy"
-		return []Record{base}, true
+		return []Record{base}, cfg, true
 	}
 	for _, sd := range sides {
 		rec := base
@@ -1177,12 +1192,34 @@ func (p *Proxy) judge(dc *downConn, r *http.Request, start time.Time) (recs []Re
 				recs[i].Reason = "denied by " + sd.direction + " policy"
 			}
 			rec.Reason = "no " + sd.direction + " rule matches"
-			return append(recs, rec), true
+			return append(recs, rec), cfg, true
 		}
 		rec.Notes = Apply(r, acts)
 		recs = append(recs, rec)
 	}
-	return recs, false
+	return recs, cfg, false
+}
+
+// deniedSince tells whether a config stored since cfg, the one an allowed
+// request was decided by, denies it (judged: what was decided of it, in
+// flight already, holdLive), and then says so in its records. store()
+// swaps the config before it judges again the requests in flight, so a
+// request that joined them before this call is judged by one of the two.
+// Until 2026-12-07 a config stored between the decision and holdLive
+// revoked nothing, and an upgrade so decided was a tunnel no config ended
+// (TestRevocationRacesTheDecision).
+func (p *Proxy) deniedSince(cfg *compiled, dc *downConn, judged *http.Request, recs []Record) bool {
+	now := p.cfg.Load()
+	if now == cfg {
+		return false
+	}
+	direction, denied := deniedBy(now.sides(dc.src, dc.dst, dc.srcIdentity(now)), judged)
+	if denied {
+		for i := range recs {
+			recs[i].Reason = "denied by " + direction + " policy stored while deciding"
+		}
+	}
+	return denied
 }
 
 // finish completes a request's records and publishes them.

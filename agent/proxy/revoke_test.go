@@ -3,7 +3,9 @@ package proxy
 import (
 	"bufio"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -105,5 +107,58 @@ func TestRevokedPolicyEndsRequestsInFlight(t *testing.T) {
 		if ticks(100) { // 5 s of ticks
 			t.Error("the stream goes on after its rule was removed")
 		}
+	})
+}
+
+// A config stored between a request's decision and its joining the
+// requests in flight revoked nothing: store() swaps the config, then
+// judges again the requests it finds in flight, and the request was in
+// neither. An upgrade so decided became a tunnel no later config ended
+// (found 2026-12-07 by a review). The request is held here between the
+// two, inside its hold of the head budget, while a config that denies
+// it is stored; it must not become a tunnel.
+func TestRevocationRacesTheDecision(t *testing.T) {
+	h := newHarnessTo(t, wsEcho(t), Options{})
+	c := h.dial()
+	headBudget.mu.Lock() // the request waits in holdHead, decided
+	locked := true
+	defer func() {
+		if locked {
+			headBudget.mu.Unlock()
+		}
+	}()
+	io.WriteString(c, "GET /public/ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	time.Sleep(300 * time.Millisecond)
+	h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Method: "GET", Path: "/other"}}})
+	headBudget.mu.Unlock()
+	locked = false
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		io.WriteString(c, "after the revocation")
+		buf := make([]byte, len("after the revocation"))
+		if _, err := io.ReadFull(br, buf); err == nil {
+			t.Fatalf("a tunnel the config stored before it started denies runs on: echoed %q", buf)
+		}
+	}
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a request the config stored while it was decided denies: %d, want 403", resp.StatusCode)
+	}
+}
+
+// wsEcho is an upstream that answers a request with a WebSocket's 101
+// and then echoes what comes.
+func wsEcho(t *testing.T) netip.AddrPort {
+	return rawUpstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		io.Copy(c, br)
 	})
 }
