@@ -293,7 +293,7 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		return false, false
 	}
 	// The head is held until the response's head is in (not through a
-	// streamed body or a tunnel).
+	// streamed body), or until a tunnel ends (forwardResponse).
 	headDone := func() {
 		headBudget.release(dc.who, held)
 		held = 0
@@ -450,8 +450,7 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 			dc.dropUpstream()
 			return 0, false, false, err
 		}
-		headDone()
-		return p.forwardResponse(dc, br, bw, req, resp, true)
+		return p.forwardResponse(dc, br, bw, req, resp, true, headDone)
 	}
 	// A body is written by a goroutine of its own while the response is
 	// read: the upstream's 100 Continue reaches the client that waits for
@@ -503,8 +502,7 @@ func (p *Proxy) forwardH1(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req 
 		p.log.Debug("L7 proxy: upstream failed", "dst", dc.dst, "err", err)
 		return 0, false, false, fmt.Errorf("%w: %w", errUpstream, err)
 	}
-	headDone()
-	status, keep, closeNow, err = p.forwardResponse(dc, br, bw, req, resp, false)
+	status, keep, closeNow, err = p.forwardResponse(dc, br, bw, req, resp, false, headDone)
 	if err != nil || !body.done.Load() {
 		// The response is through before the body: the rest of the body
 		// goes nowhere (the client is told by the close), and never on
@@ -577,8 +575,9 @@ func (p *Proxy) roundTripNoBody(dc *downConn, req *http.Request, bw *bufio.Write
 
 // forwardResponse writes the upstream's response to the client and
 // returns its status, whether the connections may carry another request
-// and whether the client connection must close at once.
-func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, resp *http.Response, canTunnel bool) (status int, keep, closeNow bool, err error) {
+// and whether the client connection must close at once. It gives back
+// the request's head (headDone) unless the response makes a tunnel.
+func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, resp *http.Response, canTunnel bool, headDone func()) (status int, keep, closeNow bool, err error) {
 	status = resp.StatusCode
 	up := dc.upstream()
 	// A 2xx to CONNECT has no content (RFC 9110 9.3.6): one framed as
@@ -603,15 +602,23 @@ func (p *Proxy) forwardResponse(dc *downConn, br *bufio.Reader, bw *bufio.Writer
 	if upgraded := status == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") != "" ||
 		connect2xx && status == http.StatusOK && !framed; upgraded {
 		if !canTunnel {
+			headDone()
 			return status, false, true, writeHead(bw, resp)
 		}
 		if err := writeHead(bw, resp); err != nil {
 			return status, false, true, errClientGone
 		}
+		// The tunnel keeps its request's head (the request, and the copy
+		// endRevoked judges) as long as it runs: it stays counted in the
+		// source's share, given back when the request ends. Until
+		// 2026-12-07 it was given back at the 101, and a source's quiet
+		// tunnels held heads of up to 1 MiB each, counted nowhere
+		// (TestTunnelKeepsItsHeadCounted).
 		dc.setBusy(false) // a tunnel is not a request in flight
 		p.tunnel(dc, br, up)
 		return status, false, true, nil
 	}
+	headDone()
 	removeHopHeaders(resp.Header)
 	resp.ProtoMajor, resp.ProtoMinor = 1, 1 // the proxy's own version
 	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {

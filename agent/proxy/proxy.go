@@ -211,7 +211,13 @@ func New(o Options) *Proxy {
 			if s.body != nil {
 				s.body.answered()
 			}
-			s.headDone() // the response's head is in: the request's is no longer held
+			if r.Request.Method != http.MethodConnect {
+				// The response's head is in: the request's is no longer
+				// held. A CONNECT's stream is a tunnel, which keeps it
+				// counted until it ends, as HTTP/1.x's (until 2026-12-07
+				// given back here, TestTunnelKeepsItsHeadCounted).
+				s.headDone()
+			}
 			return nil
 		},
 		BufferPool:   copyBuffers{}, // else a new 32 KiB buffer per response
