@@ -143,7 +143,7 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 		}
 		who := source{src.Addr(), srcID}
 		ctx, shed := context.WithCancelCause(context.Background())
-		sl, ok := slots.take(who, shed, time.Now())
+		sl, ok := slots.take(who, 1, shed, time.Now())
 		if !ok {
 			shed(nil)
 			p.metrics.dnsShed.Inc()
@@ -151,7 +151,7 @@ func (p *Proxy) ServeDNS(pc *net.UDPConn) error {
 		}
 		msg := append([]byte(nil), buf[:n]...)
 		go func() {
-			defer func() { slots.give(who, sl); shed(nil) }()
+			defer func() { sl.give(); shed(nil) }()
 			ctx, cancel := context.WithTimeout(ctx, dnsUpstreamTimeout+p.opts.DNSHold+policyWait)
 			defer cancel()
 			out := p.dnsExchange(ctx, src, dst, srcID, "UDP", msg, func(ctx context.Context, q []byte) ([]byte, error) {

@@ -284,7 +284,14 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	if denied {
 		return p.denyH1(bw, req, recs, start), false
 	}
-	held, ok := holdHead(dc.who, req)
+	// Another source may take the head over (headBudget): the request
+	// ends as a revoked one does, with the connection, and is recorded
+	// 503.
+	var shed atomic.Bool
+	hold, ok := holdHead(dc.who, req, func(error) {
+		shed.Store(true)
+		dc.Close()
+	})
 	if !ok {
 		p.log.Debug("L7 proxy: request refused: its source holds its share of request heads", "src", dc.src, "identity", dc.who.id)
 		writeStatus(bw, http.StatusServiceUnavailable, "Too many requests in flight\n", true)
@@ -295,8 +302,10 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	// The head is held until the response's head is in (not through a
 	// streamed body), or until a tunnel ends (forwardResponse).
 	headDone := func() {
-		headBudget.release(dc.who, held)
-		held = 0
+		if hold != nil {
+			hold.give()
+			hold = nil
+		}
 	}
 	defer headDone()
 	// forwardH1 changes req's headers: a copy of what was judged is held,
@@ -310,6 +319,8 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	status, keep, closeNow, err := p.forwardH1(dc, br, bw, req, upgrade, headDone)
 	verdict := Forwarded
 	switch {
+	case shed.Load():
+		status, keep, closeNow, verdict = http.StatusServiceUnavailable, false, true, Error
 	case errors.Is(err, errClientGone):
 		status, keep, closeNow = statusClientGone, false, true
 	case errors.Is(err, errRequestBody):

@@ -193,9 +193,7 @@ func TestRequestTargetNotAPath(t *testing.T) {
 // most its share; past it a request gets 503, and the budget comes back
 // as requests end.
 func TestHeadsHeldBounded(t *testing.T) {
-	old := headBudget
-	headBudget = newByteShare(1<<20, 40<<10)
-	t.Cleanup(func() { headBudget = old })
+	withHeadBudget(t, 1<<20, 40<<10)
 	release := make(chan struct{})
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
@@ -251,12 +249,12 @@ func TestHeadsHeldBounded(t *testing.T) {
 	}
 }
 
-// heldBy is what who holds of b.
-func (b *byteShare) heldBy(who source) int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if s := b.srcs[who]; s != nil {
-		return s.held
+// heldBy is what who holds of s.
+func (s *slotShare) heldBy(who source) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss := s.bySrc[who]; ss != nil {
+		return ss.held
 	}
 	return 0
 }

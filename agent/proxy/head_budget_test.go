@@ -2,13 +2,25 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
+
+// withHeadBudget puts a head budget of total bytes, perSource of them a
+// source's, in headBudget's place for the test.
+func withHeadBudget(t *testing.T, total, perSource int64) {
+	old := headBudget
+	headBudget = newSlotShare(total, perSource)
+	t.Cleanup(func() { headBudget = old })
+}
 
 // An upgraded connection (a WebSocket, an HTTP/1.x or HTTP/2 CONNECT)
 // keeps its request's head for as long as the tunnel runs: the parsed
@@ -19,9 +31,7 @@ import (
 // counted in its source's share until the tunnel ends: past the share a
 // new one is refused 503.
 func TestTunnelKeepsItsHeadCounted(t *testing.T) {
-	old := headBudget
-	headBudget = newByteShare(1<<20, 40<<10)
-	t.Cleanup(func() { headBudget = old })
+	withHeadBudget(t, 1<<20, 40<<10)
 	pad := strings.Repeat("v", 16<<10)
 	who := source{clientIP, clientID}
 	// tunnels opens tunnels until one is refused (at most 3) and checks
@@ -128,4 +138,147 @@ func TestTunnelKeepsItsHeadCounted(t *testing.T) {
 				}
 		})
 	})
+}
+
+// The node's head budget had no fairness: sources each holding their
+// share (16 MiB of heads of requests to a server that never answers)
+// filled it together, 17 of them the whole 256 MiB, and every other
+// pod's request got 503 (found 2026-12-07 by a review). A source holding
+// less than its fair share (the budget over the sources holding any of
+// it, itself included) takes, once they are held for minSlotTakeover,
+// the oldest heads of the source holding the most, whose requests end;
+// the budget is never exceeded. Here at a 256th of the size: 17 sources
+// fill 1 MiB with heads of 16 KiB, 4 a source.
+func TestHeadBudgetSharedFairly(t *testing.T) {
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+		t.Run(proto, func(t *testing.T) { headBudgetSharedFairly(t, proto) })
+	}
+}
+
+func headBudgetSharedFairly(t *testing.T, proto string) {
+	const total, share = 1 << 20, 64 << 10
+	withHeadBudget(t, total, share)
+	release := make(chan struct{})
+	var slow atomic.Int64
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			slow.Add(1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		io.WriteString(w, "fast")
+	}), Options{})
+	h.ingress(PeerRules{Remotes: []uint32{hostID}, HTTP: []HTTPRule{{Method: "GET", Path: "/slow"}}},
+		PeerRules{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Method: "GET", Path: "/public/.*"}}})
+	// Heads of 16 KiB as headSize counts them (GET, /slow, web, 16, and
+	// X-Pad's name, value and 4): 4 fill a share, 64 the total.
+	pad := strings.Repeat("v", 16<<10-36)
+	const sources, each = 17, 4 // 17 × 4: past the total
+	type outcome struct {
+		status int
+		err    error
+	}
+	outcomes := make(chan outcome, sources*each)
+	for i := range sources {
+		tr := transportFrom(h, netip.AddrFrom4([4]byte{127, 0, 1, byte(10 + i)}), proto)
+		t.Cleanup(tr.CloseIdleConnections)
+		for range each {
+			req, _ := http.NewRequest("GET", h.url("/slow"), nil)
+			req.Host = "web"
+			req.Header["User-Agent"] = []string{""} // none sent
+			req.Header.Set("X-Pad", pad)
+			go func() {
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					outcomes <- outcome{0, err}
+					return
+				}
+				resp.Body.Close()
+				outcomes <- outcome{resp.StatusCode, nil}
+			}()
+		}
+	}
+	// All but those past the total reach the server and wait there.
+	deadline := time.Now().Add(10 * time.Second)
+	for slow.Load() < total/(16<<10) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := slow.Load(); n < total/(16<<10) {
+		t.Fatalf("%d requests of 16 KiB heads wait at the server, want %d", n, total/(16<<10))
+	}
+	headBudget.mu.Lock()
+	used := headBudget.used
+	headBudget.mu.Unlock()
+	if used != total {
+		t.Fatalf("the heads hold %d bytes of %d: the budget is not full", used, total)
+	}
+	time.Sleep(minSlotTakeover + 200*time.Millisecond) // their heads may be taken now
+	tr := h.transport(proto)
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(h.url("/public/fast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "fast" {
+		t.Errorf("another pod's request while %d sources hold the head budget: %d %q, want 200", sources, resp.StatusCode, body)
+	}
+	headBudget.mu.Lock()
+	used = headBudget.used
+	headBudget.mu.Unlock()
+	if used > total {
+		t.Errorf("the heads hold %d bytes of %d", used, total)
+	}
+	// Those past the total were refused, one was ended to make room, the
+	// others still wait.
+	refused, ended := 0, 0
+	for range sources*each - total/(16<<10) + 1 {
+		select {
+		case o := <-outcomes:
+			switch {
+			case o.status == http.StatusServiceUnavailable:
+				refused++
+			case o.err != nil:
+				ended++
+			default:
+				t.Errorf("a request of those holding the budget: %d", o.status)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d requests refused, %d ended", refused, ended)
+		}
+	}
+	if refused != sources*each-total/(16<<10) || ended != 1 {
+		t.Errorf("%d requests refused, %d ended; want %d and 1", refused, ended, sources*each-total/(16<<10))
+	}
+	// The others are answered; the test ends with their requests (the
+	// one ended too), which hold the budget it made.
+	close(release)
+	for range total/(16<<10) - 1 {
+		if o := <-outcomes; o.status != http.StatusOK {
+			t.Errorf("a request that waited: %d %v", o.status, o.err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		headBudget.mu.Lock()
+		running := headBudget.running
+		headBudget.mu.Unlock()
+		if running == 0 {
+			return
+		}
+	}
+	t.Error("the requests have not all ended")
+}
+
+// transportFrom is a client transport speaking proto to the harness's
+// proxy from addr (on lo).
+func transportFrom(h *harness, addr netip.Addr, proto string) *http.Transport {
+	tr := h.transport(proto)
+	d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)), Timeout: 5 * time.Second}
+	tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp", h.addr) }
+	tr.DisableCompression = true
+	return tr
 }

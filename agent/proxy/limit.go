@@ -21,29 +21,38 @@ type source struct {
 	id   uint32
 }
 
-// errShed is the cause of a query's context when another source took its
-// slot (slotShare).
+// errShed is the cause of a holder's context when another source took
+// its slot (slotShare).
 var errShed = errors.New("slot taken by a source holding less than its share")
 
-// slotShare is a pool of slots shared by sources (the node's in-flight
-// UDP queries). A source holds at most perSource. When every slot is
-// taken, a source holding less than its fair share (the slots over the
-// sources holding any, itself included) takes the oldest slot of the
-// source holding the most (of those, the one holding the oldest slot), if
-// that slot has been held for
-// minSlotTakeover, and that slot's holder is cancelled (errShed): sources
-// that fill the pool together with queries a server never answers, each
-// within its own bound, cannot keep another source out, and a source
-// sending datagrams it knows end at once (which keeps it below its share)
-// cannot cut the others' queries short. Cancelled holders take a while to
-// return; holders, cancelled or not, are at most twice the slots.
+// slotShare is a pool shared by sources in slots of a size each: the
+// node's in-flight UDP queries (a slot each), the request heads held
+// (headBudget: a head's bytes). A source holds at most perSource. When a
+// slot does not fit the pool, a source that would still hold no more
+// than its fair share (the pool over the sources holding any, itself
+// included) takes the oldest slots of the source holding the most (of
+// those, the one holding the oldest slot), as many as make room, if they
+// have been held for minSlotTakeover and that source is left holding at
+// least as much as the taker; those slots' holders are cancelled
+// (errShed). So sources that fill the pool together with queries or
+// requests a server never answers, each within its own bound, cannot
+// keep another source out, and a source sending requests it knows end at
+// once (which keeps it below its share) cannot cut the others' short.
+// The pool is never exceeded; cancelled holders take a while to return,
+// and holders, cancelled or not, hold at most twice the pool.
 type slotShare struct {
 	mu        sync.Mutex
-	max       int
-	perSource int
-	used      int // slots held, not counting cancelled holders
-	running   int // holders not returned, cancelled ones included
-	bySrc     map[source][]*slot
+	max       int64
+	perSource int64
+	used      int64 // held, not counting cancelled holders
+	running   int64 // held by holders not returned, cancelled ones included
+	bySrc     map[source]*srcSlots
+}
+
+// srcSlots are one source's slots, oldest first, and their sizes' sum.
+type srcSlots struct {
+	held  int64
+	slots []*slot
 }
 
 // minSlotTakeover is how long a slot is held before another source may
@@ -51,82 +60,104 @@ type slotShare struct {
 // the upstream timeout).
 const minSlotTakeover = time.Second
 
-// slot is one source's hold on a slot.
+// slot is one source's hold on a slot of a share, until give.
 type slot struct {
+	share  *slotShare // the one it came from, whatever a test made headBudget since
+	who    source
+	n      int64
 	cancel context.CancelCauseFunc
 	since  time.Time
 	taken  bool // by another source: its holder no longer counts
 }
 
-func newSlotShare(max, perSource int) *slotShare {
-	return &slotShare{max: max, perSource: perSource, bySrc: map[source][]*slot{}}
+func newSlotShare(max, perSource int64) *slotShare {
+	return &slotShare{max: max, perSource: perSource, bySrc: map[source]*srcSlots{}}
 }
 
-// take gives who a slot at now, whose holder cancel stops should another
-// source take the slot over, or reports that who gets none.
-func (s *slotShare) take(who source, cancel context.CancelCauseFunc, now time.Time) (*slot, bool) {
+// take gives who a slot of size n at now, whose holder cancel stops
+// should another source take the slot over, or reports that who gets
+// none. cancel is called with s.mu held.
+func (s *slotShare) take(who source, n int64, cancel context.CancelCauseFunc, now time.Time) (*slot, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	held := len(s.bySrc[who])
-	if held >= s.perSource || s.running >= 2*s.max {
+	mine := s.bySrc[who]
+	var held int64
+	if mine != nil {
+		held = mine.held
+	}
+	if held+n > s.perSource || s.running+n > 2*s.max {
 		return nil, false
 	}
-	if s.used >= s.max {
-		holders := len(s.bySrc)
-		if held == 0 {
+	if s.used+n > s.max {
+		holders := int64(len(s.bySrc))
+		if mine == nil {
 			holders++
 		}
-		if held >= s.max/holders {
+		if held+n > s.max/holders {
 			return nil, false
 		}
-		var top source
-		n := 0
-		for src, sl := range s.bySrc {
+		var top *srcSlots
+		for _, ss := range s.bySrc {
 			// The source holding the most; of those, the one whose oldest
 			// slot is the oldest (map order must not pick a young one).
-			if len(sl) > n || len(sl) == n && sl[0].since.Before(s.bySrc[top][0].since) {
-				top, n = src, len(sl)
+			if top == nil || ss.held > top.held || ss.held == top.held && ss.slots[0].since.Before(top.slots[0].since) {
+				top = ss
 			}
 		}
-		if n <= held+1 {
-			return nil, false // nobody holds more than who would
+		// Its oldest slots, as many as make room, if it is left holding
+		// no less than who would; else none is taken.
+		var free int64
+		k := 0
+		for ; s.used-free+n > s.max; k++ {
+			if k == len(top.slots) || now.Sub(top.slots[k].since) < minSlotTakeover || top.held-free-top.slots[k].n < held+n {
+				return nil, false
+			}
+			free += top.slots[k].n
 		}
-		oldest := s.bySrc[top][0]
-		if now.Sub(oldest.since) < minSlotTakeover {
-			return nil, false
+		for _, sl := range top.slots[:k] {
+			sl.taken = true
+			sl.cancel(errShed)
 		}
-		s.drop(top, 0)
-		oldest.taken = true
-		oldest.cancel(errShed)
+		top.slots = slices.Delete(top.slots, 0, k)
+		top.held -= free
+		s.used -= free
 	}
-	sl := &slot{cancel: cancel, since: now}
-	s.bySrc[who] = append(s.bySrc[who], sl)
-	s.used++
-	s.running++
+	if mine == nil {
+		mine = &srcSlots{}
+		s.bySrc[who] = mine
+	}
+	sl := &slot{share: s, who: who, n: n, cancel: cancel, since: now}
+	mine.slots = append(mine.slots, sl)
+	mine.held += n
+	s.used += n
+	s.running += n
 	return sl, true
 }
 
-// give returns who's slot sl (its holder is done).
-func (s *slotShare) give(who source, sl *slot) {
+// give returns the slot to its share (its holder is done).
+func (sl *slot) give() {
+	s := sl.share
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.running--
+	s.running -= sl.n
 	if sl.taken {
 		return
 	}
-	if i := slices.Index(s.bySrc[who], sl); i >= 0 {
-		s.drop(who, i)
-	}
-}
-
-// drop removes who's i-th slot; s.mu is held.
-func (s *slotShare) drop(who source, i int) {
-	s.used--
-	if len(s.bySrc[who]) == 1 {
-		delete(s.bySrc, who)
+	mine := s.bySrc[sl.who]
+	if mine == nil {
 		return
 	}
-	s.bySrc[who] = slices.Delete(s.bySrc[who], i, i+1)
+	i := slices.Index(mine.slots, sl)
+	if i < 0 {
+		return
+	}
+	s.used -= sl.n
+	if len(mine.slots) == 1 {
+		delete(s.bySrc, sl.who)
+		return
+	}
+	mine.slots = slices.Delete(mine.slots, i, i+1)
+	mine.held -= sl.n
 }
 
 // byteShare is a budget of bytes (semaphore) shared by sources, each of
@@ -180,28 +211,6 @@ func (b *byteShare) acquire(ctx context.Context, who source, n int64) error {
 	return err
 }
 
-// tryAcquire takes n bytes for who if its share and the total have room
-// now, without waiting.
-func (b *byteShare) tryAcquire(who source, n int64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.srcs[who]
-	if s == nil {
-		s = &sourceBytes{sem: semaphore.NewWeighted(b.perSource)}
-		b.srcs[who] = s
-	}
-	ok := s.sem.TryAcquire(n)
-	if ok && !b.total.TryAcquire(n) {
-		s.sem.Release(n)
-		ok = false
-	}
-	if ok {
-		s.held += n
-	}
-	b.forget(who, s)
-	return ok
-}
-
 // release gives back n of the bytes who holds.
 func (b *byteShare) release(who source, n int64) {
 	if n == 0 {
@@ -229,8 +238,12 @@ func (b *byteShare) forget(who source, s *sourceBytes) {
 // on a server that answers slowly (one it controls, or one that never
 // answers) kept their heads, up to 1 MiB each, on each of its 4,096
 // connections and 250 streams of each HTTP/2 one, until 2026-12-04.
-// Past its share a request is answered 503.
-var headBudget = newByteShare(256<<20, 16<<20)
+// Past its share a request is answered 503. When the node's budget is
+// full, a source below its fair share takes the oldest heads of the
+// source holding the most, whose requests end (slotShare): until
+// 2026-12-07 it was a byteShare, and 17 sources holding their 16 MiB
+// each kept every other pod's request out (TestHeadBudgetSharedFairly).
+var headBudget = newSlotShare(256<<20, 16<<20)
 
 // headSize is what a request's head is counted as: its method, target,
 // host and headers, as written (4 bytes of framing each).
@@ -244,9 +257,10 @@ func headSize(r *http.Request) int64 {
 	return int64(n)
 }
 
-// holdHead takes the head of r for who from headBudget, without waiting;
-// false: the source holds its share (or the node its budget).
-func holdHead(who source, r *http.Request) (n int64, ok bool) {
-	n = headSize(r)
-	return n, headBudget.tryAcquire(who, n)
+// holdHead takes the head of r for who from headBudget, without
+// waiting, until the slot's give; end ends the request should another
+// source take its head over. false: the source holds its share (or the
+// node its budget, and who has its fair share of it).
+func holdHead(who source, r *http.Request, end context.CancelCauseFunc) (*slot, bool) {
+	return headBudget.take(who, headSize(r), end, time.Now())
 }

@@ -25,7 +25,7 @@ func TestSlotShare(t *testing.T) {
 	take := func(who source) (holder, bool) {
 		ctx, cancel := context.WithCancelCause(context.Background())
 		now = now.Add(time.Millisecond) // each slot younger than the last
-		sl, ok := s.take(who, cancel, now)
+		sl, ok := s.take(who, 1, cancel, now)
 		return holder{sl, func() error { return context.Cause(ctx) }}, ok
 	}
 	var a, b []holder
@@ -77,53 +77,58 @@ func TestSlotShare(t *testing.T) {
 		t.Fatal("the third source took a slot from a source holding only one more")
 	}
 	// A taken slot given back by its (cancelled) holder frees nothing.
-	for i, h := range append(a, b...) {
+	for _, h := range append(a, b...) {
 		if h.cause() != nil {
-			s.give(src(byte(1+i/4)), h.sl)
+			h.sl.give()
 		}
 	}
 	if s.used != 8 || s.running != 8 {
 		t.Fatalf("after the cancelled holders returned: used %d, running %d, want 8 and 8", s.used, s.running)
 	}
 	// A slot given back is free for anyone.
-	s.give(src(3), c.sl)
+	c.sl.give()
 	if _, ok := take(src(2)); !ok {
 		t.Fatal("a freed slot was not taken")
 	}
 }
 
-// Whatever the takes and gives, the counts stay within their bounds.
+// Whatever the takes and gives, of slots of any size, the counts stay
+// within their bounds: a source's, the pool's (never exceeded), the
+// holders' (twice the pool).
 func TestSlotShareBounds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	s := newSlotShare(16, 6)
 	now := time.Unix(1_800_000_000, 0)
-	type hold struct {
-		who source
-		sl  *slot
-	}
-	var holds []hold
+	var holds []*slot
 	cancelled := 0
 	for range 20000 {
 		if len(holds) > 0 && rng.IntN(3) == 0 {
 			i := rng.IntN(len(holds))
-			s.give(holds[i].who, holds[i].sl)
+			holds[i].give()
 			holds = slices.Delete(holds, i, i+1)
 		} else {
 			who := source{netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(12))}), 0}
 			now = now.Add(time.Duration(rng.IntN(300)) * time.Millisecond)
-			if sl, ok := s.take(who, func(error) { cancelled++ }, now); ok {
-				holds = append(holds, hold{who, sl})
+			if sl, ok := s.take(who, 1+rng.Int64N(3), func(error) { cancelled++ }, now); ok {
+				holds = append(holds, sl)
 			}
 		}
-		n := 0
-		for _, sl := range s.bySrc {
-			if len(sl) > s.perSource || len(sl) == 0 {
-				t.Fatalf("a source holds %d slots (bound %d)", len(sl), s.perSource)
+		var n, running int64
+		for _, ss := range s.bySrc {
+			var sum int64
+			for _, sl := range ss.slots {
+				sum += sl.n
 			}
-			n += len(sl)
+			if ss.held != sum || ss.held > s.perSource || len(ss.slots) == 0 {
+				t.Fatalf("a source holds %d in %d slots of %d in all (bound %d)", ss.held, len(ss.slots), sum, s.perSource)
+			}
+			n += ss.held
 		}
-		if n != s.used || s.used > s.max || s.running != len(holds) || s.running > 2*s.max {
-			t.Fatalf("used %d (held %d, max %d), running %d (holders %d, max %d)", s.used, n, s.max, s.running, len(holds), 2*s.max)
+		for _, sl := range holds {
+			running += sl.n
+		}
+		if n != s.used || s.used > s.max || s.running != running || s.running > 2*s.max {
+			t.Fatalf("used %d (held %d, max %d), running %d (holders %d, max %d)", s.used, n, s.max, s.running, running, 2*s.max)
 		}
 	}
 	if cancelled == 0 {
@@ -148,7 +153,7 @@ func TestSlotShareCheapDatagramsCutNothingShort(t *testing.T) {
 	}
 	var held []hold
 	busy := func(who source) {
-		sl, ok := s.take(who, func(error) { cancelled++ }, now)
+		sl, ok := s.take(who, 1, func(error) { cancelled++ }, now)
 		if !ok {
 			t.Fatalf("a busy source's query refused at %v", now)
 		}
@@ -162,15 +167,15 @@ func TestSlotShareCheapDatagramsCutNothingShort(t *testing.T) {
 	taken := 0
 	for range 10000 {
 		now = now.Add(time.Millisecond / 10)
-		if sl, ok := s.take(src(99), func(error) {}, now); ok {
+		if sl, ok := s.take(src(99), 1, func(error) {}, now); ok {
 			taken++
-			s.give(src(99), sl)
+			sl.give()
 		}
 		// The busy sources' queries are answered and replaced as they go
 		// (each lives 6.4 ms here).
 		h := held[0]
 		held = held[1:]
-		s.give(h.who, h.sl)
+		h.sl.give()
 		busy(h.who)
 	}
 	if cancelled != 0 {

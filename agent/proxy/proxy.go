@@ -895,9 +895,9 @@ type reqState struct {
 	conn   *downConn
 	status int
 	failed bool // the upstream could not be reached: the proxy answered
-	// held is what the request holds of headBudget until its response's
-	// head is in (headDone).
-	held int64
+	// hold is the request's hold of headBudget until its response's head
+	// is in (headDone).
+	hold *slot
 	// body: an HTTP/2 stream's body, timed until the response's head is
 	// in (nil for others).
 	body *streamBody
@@ -905,8 +905,10 @@ type reqState struct {
 
 // headDone gives back the request's hold of headBudget (once).
 func (s *reqState) headDone() {
-	headBudget.release(s.conn.who, s.held)
-	s.held = 0
+	if s.hold != nil {
+		s.hold.give()
+		s.hold = nil
+	}
 }
 
 // grpcBodyIdle: a gRPC call's body may wait that many idle timeouts.
@@ -1087,7 +1089,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.finish(recs, start, p.deny(w, r, recs[len(recs)-1].Reason), Denied)
 		return
 	}
-	held, ok := holdHead(dc.who, r)
+	// Another source may take the head over (headBudget): the stream is
+	// reset, as a revoked one is, and the request recorded 503 (cutStatus).
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	hold, ok := holdHead(dc.who, r, cancel)
 	if !ok {
 		p.log.Debug("L7 proxy: request refused: its source holds its share of request heads", "src", dc.src, "identity", dc.who.id)
 		status := http.StatusServiceUnavailable
@@ -1099,14 +1105,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.finish(recs, start, status, Error)
 		return
 	}
-	s := &reqState{conn: dc, held: held}
+	s := &reqState{conn: dc, hold: hold}
 	defer s.headDone()
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
 	// A later config may deny it: the stream is reset. What was judged is
 	// held, not r, whose trailers the server writes as they come.
 	judged := judgedCopy(r, r.Header)
-	defer dc.holdLive(judged, cancel)()
+	defer dc.holdLive(judged, func() { cancel(nil) })()
 	if p.deniedSince(cfg, dc, judged, recs) {
 		p.finish(recs, start, p.deny(w, r, recs[0].Reason), Denied)
 		return
@@ -1131,21 +1135,35 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// recorded still, as one whose client went, as HTTP/1.x's
 			// is. Until 2026-12-07 it left no record and no metric
 			// (TestH2CutAnswerRecorded).
-			p.finish(recs, start, statusClientGone, Forwarded)
+			status, verdict := cutStatus(ctx)
+			p.finish(recs, start, status, verdict)
 		}
 	}()
 	p.rp.ServeHTTP(w, out)
 	served = true
-	verdict := Forwarded
-	if s.failed {
+	status, verdict := s.status, Forwarded
+	switch {
+	case s.status == statusClientGone:
+		status, verdict = cutStatus(ctx)
+	case s.failed:
 		verdict = Error
 	}
-	p.finish(recs, start, s.status, verdict)
+	p.finish(recs, start, status, verdict)
 	if s.status == statusClientGone {
 		// Nothing was written: the stream is reset rather than answered
 		// with an empty 200 for a request that never reached the upstream.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// cutStatus is the record's status and verdict of an HTTP/2 request of
+// context ctx cut short: 503 when another source took its head over
+// (headBudget), else that of a request whose client went.
+func cutStatus(ctx context.Context) (int, string) {
+	if errors.Is(context.Cause(ctx), errShed) {
+		return http.StatusServiceUnavailable, Error
+	}
+	return statusClientGone, Forwarded
 }
 
 // takeStream counts an HTTP/2 request of source who in flight, unless
