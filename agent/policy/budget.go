@@ -29,6 +29,12 @@ const (
 	// query the elected resolver makes to the cloud's API on every
 	// refresh, one after the other for every tenant.
 	MaxNamespaceGroups = 64
+	// MaxNamespaceNodeSelectors bounds the distinct node selectors
+	// (toNodes, fromNodes; by api.NodeSelectorKey) a namespace's policies
+	// name: each is a selector every node follows and matches its nodes
+	// against, and each new one recompiles the node's policies (until
+	// 2026-12-07 they were not counted, TestNamespaceNodeSelectorsBudget).
+	MaxNamespaceNodeSelectors = 64
 )
 
 // ErrBudget: an import would take a namespace past a budget.
@@ -40,7 +46,7 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 	uses := map[string]*budgetUse{}
 	for _, p := range staged {
 		if p.Namespace != "" {
-			uses[p.Namespace] = &budgetUse{prefixes: map[netip.Prefix]bool{}, groups: map[string]bool{}}
+			uses[p.Namespace] = &budgetUse{prefixes: map[netip.Prefix]bool{}, groups: map[string]bool{}, nodes: map[string]bool{}}
 		}
 	}
 	if len(uses) == 0 {
@@ -56,12 +62,14 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 				for _, in := range rs {
 					u.section(in.FromCIDR, in.FromCIDRSet, in.ToPorts)
 					u.cloudGroups(in.FromGroups)
+					u.nodeSelectors(in.FromNodes)
 				}
 			}
 			for _, rs := range [][]api.EgressRule{rule.Egress, rule.EgressDeny} {
 				for _, out := range rs {
 					u.section(out.ToCIDR, out.ToCIDRSet, out.ToPorts)
 					u.cloudGroups(out.ToGroups)
+					u.nodeSelectors(out.ToNodes)
 				}
 			}
 		}
@@ -74,6 +82,10 @@ func checkBudgets(next map[string]api.Policy, staged []api.Policy) error {
 		if len(u.groups) > MaxNamespaceGroups {
 			return fmt.Errorf("%w: namespace %q: its policies would name %d cloud groups (at most %d per namespace)",
 				ErrBudget, ns, len(u.groups), MaxNamespaceGroups)
+		}
+		if len(u.nodes) > MaxNamespaceNodeSelectors {
+			return fmt.Errorf("%w: namespace %q: its policies would name %d node selectors (toNodes, fromNodes; at most %d per namespace)",
+				ErrBudget, ns, len(u.nodes), MaxNamespaceNodeSelectors)
 		}
 		if u.cidrPorts > MaxNamespaceCIDRPorts {
 			return fmt.Errorf("%w: namespace %q: its policies' CIDR prefixes times ports would be %d (at most %d per namespace)",
@@ -88,6 +100,14 @@ type budgetUse struct {
 	prefixes  map[netip.Prefix]bool
 	cidrPorts int
 	groups    map[string]bool // by api.GroupKey
+	nodes     map[string]bool // by api.NodeSelectorKey
+}
+
+// nodeSelectors counts a section's node selectors.
+func (u *budgetUse) nodeSelectors(ss []api.EndpointSelector) {
+	for _, s := range ss {
+		u.nodes[api.NodeSelectorKey(s)] = true
+	}
 }
 
 // cloudGroups counts a section's cloud group selectors.

@@ -121,3 +121,40 @@ func TestNamespaceGroupsBudget(t *testing.T) {
 		t.Errorf("the same groups again: %v", err)
 	}
 }
+
+// A namespace's toNodes and fromNodes selectors are bounded: each is a
+// selector every node follows, and each new one recompiled every policy
+// and endpoint of every node (until 2026-12-07 none was counted, and one
+// policy of 2,000 selectors matching no node cost each node seconds of
+// CPU a round; found by a review).
+func TestNamespaceNodeSelectorsBudget(t *testing.T) {
+	nodes := func(name string, n int) string {
+		var sels []string
+		for i := range n {
+			sels = append(sels, fmt.Sprintf(`{matchLabels: {x: "v%d"}}`, i))
+		}
+		return fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: %s, namespace: a}
+spec:
+  endpointSelector: {}
+  egress: [{toNodes: [%s]}]
+  ingress: [{fromNodes: [%s]}]
+`, name, strings.Join(sels, ", "), strings.Join(sels, ", "))
+	}
+	r, err := NewRepository("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ImportScoped(ScopeKubernetes, policies(t, nodes("p1", MaxNamespaceNodeSelectors))); err != nil {
+		t.Fatal(err)
+	}
+	rev := r.Revision()
+	_, err = r.ImportScoped(ScopeKubernetes, policies(t, nodes("p2", MaxNamespaceNodeSelectors+1)))
+	if !errors.Is(err, ErrBudget) || !strings.Contains(err.Error(), `namespace "a"`) || !strings.Contains(err.Error(), "node selectors") {
+		t.Fatalf("an import past the namespace's node selectors: %v", err)
+	}
+	if r.Revision() != rev || len(r.List()) != 1 {
+		t.Fatalf("the refused import changed the repository: revision %d → %d", rev, r.Revision())
+	}
+}

@@ -487,10 +487,28 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	if ok && slices.Equal(old, prefixes) {
 		return ch
 	}
-	r.awsGroups[key] = prefixes
 	if api.IsNodeSelectorKey(key) {
-		r.renode(&ch)
+		// Every policy is recompiled only when which addresses are
+		// nodes' changes (renode); otherwise those naming the key are
+		// (until 2026-12-07 every one was, for any selector's change,
+		// TestNodeSelectorRecompilesOnlyItsPolicies).
+		diff := symmetricDiffFunc(old, prefixes, comparePrefixes)
+		was := make([]bool, len(diff))
+		for i, p := range diff {
+			was[i] = r.nodeSelectedLocked(p)
+		}
+		r.awsGroups[key] = prefixes
+		renode := false
+		for i, p := range diff {
+			renode = renode || r.nodeSelectedLocked(p) != was[i]
+		}
+		if renode {
+			r.renode(&ch)
+		} else {
+			r.recompileNaming(&ch, key)
+		}
 	} else {
+		r.awsGroups[key] = prefixes
 		r.recompileNaming(&ch, key)
 	}
 	r.finish(&ch)
@@ -747,15 +765,19 @@ func (r *Resolver) ForgetFQDNEndpoint(id uint16, gen uint64) Change {
 }
 
 // symmetricDiff returns the values in exactly one of two sorted slices.
-func symmetricDiff(a, b []uint16) []uint16 {
-	var out []uint16
+func symmetricDiff(a, b []uint16) []uint16 { return symmetricDiffFunc(a, b, cmp.Compare[uint16]) }
+
+// symmetricDiffFunc returns the values in exactly one of two slices
+// sorted by compare.
+func symmetricDiffFunc[E any](a, b []E, compare func(E, E) int) []E {
+	var out []E
 	for _, x := range a {
-		if _, ok := slices.BinarySearch(b, x); !ok {
+		if _, ok := slices.BinarySearchFunc(b, x, compare); !ok {
 			out = append(out, x)
 		}
 	}
 	for _, x := range b {
-		if _, ok := slices.BinarySearch(a, x); !ok {
+		if _, ok := slices.BinarySearchFunc(a, x, compare); !ok {
 			out = append(out, x)
 		}
 	}
