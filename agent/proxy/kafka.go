@@ -607,14 +607,32 @@ const (
 // kafkaTopicIDs are the topic names of IDs learned from Metadata responses
 // the proxy forwarded: a client may fetch by ID on another connection than
 // the one it asked for metadata on (franz-go does). The table holds
-// maxKafkaTopicIDs in all; when full, room is made in a scope holding at
-// least its even share (the new ID's own if it does), so one server
-// answering with IDs without end pushes out its own, not the brokers'.
+// maxKafkaTopicIDs in all; when full, room is made in the holder holding
+// the most (holder), so one server answering with IDs without end, on
+// one port or on many, pushes out its own, not the brokers'.
 type kafkaTopicIDs struct {
-	mu     sync.Mutex
-	scopes map[kafkaScope]map[[16]byte]string
-	n      int
+	mu      sync.Mutex
+	scopes  map[kafkaScope]map[[16]byte]string
+	holders map[kafkaScope]int // IDs held by each holder
+	n       int
 }
+
+// holder is whom a scope's IDs count against when the table is full: the
+// scope's identity, or its address over all its ports (until 2026-12-07
+// each port counted apart, and a server answering on 400 ports, each
+// holding less than the broker, pushed the broker's IDs out:
+// TestKafkaTopicIDsFloodFromManyScopes).
+func (s kafkaScope) holder() kafkaScope {
+	if s.identity != 0 {
+		return s
+	}
+	return kafkaScope{addr: netip.AddrPortFrom(s.addr.Addr(), 0)}
+}
+
+// kafkaEvictBatch is how many IDs a full table drops at once: finding the
+// holder holding the most takes a pass over the holders, done once a
+// batch rather than once an ID.
+const kafkaEvictBatch = maxKafkaTopicIDs / 100
 
 func (m *kafkaTopicIDs) name(scope kafkaScope, id [16]byte) (string, bool) {
 	m.mu.Lock()
@@ -635,7 +653,7 @@ func (m *kafkaTopicIDs) learn(scope kafkaScope, r *kmsg.MetadataResponse) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.scopes == nil {
-		m.scopes = map[kafkaScope]map[[16]byte]string{}
+		m.scopes, m.holders = map[kafkaScope]map[[16]byte]string{}, map[kafkaScope]int{}
 	}
 	for _, t := range r.Topics {
 		if t.Topic == nil || t.TopicID == ([16]byte{}) || t.ErrorCode != 0 {
@@ -651,32 +669,52 @@ func (m *kafkaTopicIDs) learn(scope kafkaScope, r *kmsg.MetadataResponse) {
 				m.scopes[scope] = ids
 			}
 			m.n++
+			m.holders[scope.holder()]++
 		}
 		ids[t.TopicID] = *t.Topic
 	}
 }
 
-// evict drops one ID of a scope holding at least its even share of the
-// table: scope's own if it does; m.mu is held.
+// evict drops kafkaEvictBatch IDs (or all it holds) of the holder holding
+// the most, scope's own holder on a tie, and of that holder scope's own
+// IDs first; m.mu is held. Until 2026-12-07 one ID of any scope holding
+// at least the average share.
 func (m *kafkaTopicIDs) evict(scope kafkaScope) {
-	share := m.n / max(len(m.scopes), 1)
-	from := scope
-	if len(m.scopes[scope]) < max(share, 1) {
-		for s, ids := range m.scopes {
-			if len(ids) >= share {
-				from = s
-				break
-			}
+	from := scope.holder()
+	for h, n := range m.holders {
+		if n > m.holders[from] {
+			from = h
 		}
 	}
-	ids := m.scopes[from]
-	for id := range ids {
-		delete(ids, id)
-		m.n--
-		break
+	left := min(kafkaEvictBatch, m.holders[from])
+	drop := func(s kafkaScope) {
+		ids := m.scopes[s]
+		for id := range ids {
+			if left == 0 {
+				break
+			}
+			delete(ids, id)
+			left--
+			m.n--
+			m.holders[from]--
+		}
+		if len(ids) == 0 {
+			delete(m.scopes, s)
+		}
 	}
-	if len(ids) == 0 {
-		delete(m.scopes, from)
+	if scope.holder() == from {
+		drop(scope)
+	}
+	for s := range m.scopes {
+		if left == 0 {
+			break
+		}
+		if s.holder() == from {
+			drop(s)
+		}
+	}
+	if m.holders[from] == 0 {
+		delete(m.holders, from)
 	}
 }
 
