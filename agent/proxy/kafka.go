@@ -171,6 +171,9 @@ func parseKafkaRequest(frame []byte, names func([16]byte) (string, bool)) (*kafk
 	if err := q.body.ReadFrom(rest); err != nil {
 		return q, fmt.Errorf("%w: %s v%d: %w", ErrKafkaFrame, kmsg.NameForKey(q.key), q.version, err)
 	}
+	if err := boundKafkaLists(q.body); err != nil {
+		return q, fmt.Errorf("%s v%d: %w", kmsg.NameForKey(q.key), q.version, err)
+	}
 	q.topics, q.noResponse = requestTopics(q.body, names)
 	if ip, ok := q.body.(*kmsg.InitProducerIDRequest); ok && ip.TransactionalID != nil {
 		q.transactional = true
@@ -179,6 +182,94 @@ func parseKafkaRequest(frame []byte, names func([16]byte) (string, bool)) (*kafk
 		q.allTopics = true
 	}
 	return q, nil
+}
+
+// A request's lists are bounded: at most maxKafkaOwnEntries entries in its
+// own lists (the topics of Produce, Fetch, Metadata..., FindCoordinator's
+// keys, OffsetFetch's groups) and maxKafkaEntries in its lists at every
+// depth (partitions among them). Deciding a request costs some hundreds of
+// bytes an entry (the topics listed and named in its record, a denial
+// entry each), and its entries can be two bytes each: until 2026-12-07 a
+// Metadata request of 8 MiB naming 4M empty topics took 1.6 GiB to decide
+// (TestKafkaDecisionCostsNoMoreThanItsParse). Clients name the topics
+// and partitions they produce to or fetch from one broker, and an
+// admin client the topics it describes: far fewer. A request past the
+// bounds closes the connection (no response has a field for it).
+const (
+	maxKafkaOwnEntries = 10_000
+	maxKafkaEntries    = 100_000
+)
+
+// errKafkaTooManyEntries is a request whose lists hold more entries than
+// the bounds above.
+var errKafkaTooManyEntries = errors.New("Kafka request lists too many entries")
+
+// boundKafkaLists checks a parsed request's lists against the bounds
+// before anything is made of their entries; it counts no further than
+// they allow.
+func boundKafkaLists(body kmsg.Request) error {
+	v := reflect.ValueOf(body).Elem()
+	own, all := 0, 0
+	for _, i := range kafkaListFields(v.Type()) {
+		if f := v.Field(i); f.Kind() == reflect.Slice {
+			own += f.Len()
+		}
+	}
+	countKafkaEntries(v, &all)
+	if own > maxKafkaOwnEntries || all > maxKafkaEntries {
+		return fmt.Errorf("%w (more than %d in its own lists or %d in all)", errKafkaTooManyEntries, maxKafkaOwnEntries, maxKafkaEntries)
+	}
+	return nil
+}
+
+// countKafkaEntries adds the entries of the lists in v (a struct, or a
+// list) to *n, stopping once past maxKafkaEntries.
+func countKafkaEntries(v reflect.Value, n *int) {
+	switch v.Kind() {
+	case reflect.Struct:
+		for _, i := range kafkaListFields(v.Type()) {
+			countKafkaEntries(v.Field(i), n)
+		}
+	case reflect.Slice:
+		*n += v.Len()
+		if kafkaHoldsLists(v.Type().Elem()) {
+			for j := 0; j < v.Len() && *n <= maxKafkaEntries; j++ {
+				countKafkaEntries(v.Index(j), n)
+			}
+		}
+	}
+}
+
+// kafkaListFieldsOf caches kafkaListFields per struct type.
+var kafkaListFieldsOf sync.Map // reflect.Type -> []int
+
+// kafkaListFields are the indices of struct type t's fields that are
+// lists or hold some.
+func kafkaListFields(t reflect.Type) []int {
+	if fs, ok := kafkaListFieldsOf.Load(t); ok {
+		return fs.([]int)
+	}
+	var fs []int
+	for i := range t.NumField() {
+		if kafkaHoldsLists(t.Field(i).Type) {
+			fs = append(fs, i)
+		}
+	}
+	kafkaListFieldsOf.Store(t, fs)
+	return fs
+}
+
+// kafkaHoldsLists tells whether a value of type t is a list (a slice, bytes
+// aside: records and the like are counted by the frame's size) or holds
+// one.
+func kafkaHoldsLists(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Slice:
+		return t.Elem().Kind() != reflect.Uint8
+	case reflect.Struct:
+		return len(kafkaListFields(t)) > 0
+	}
+	return false
 }
 
 // skipTags skips a header's tagged fields.
@@ -1285,6 +1376,9 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 	}
 	if err != nil {
 		rec.Reason = err.Error()
+		if errors.Is(err, errKafkaTooManyEntries) {
+			rec.Notes = []string{"connection closed"}
+		}
 		p.finishKafka(rec, Denied)
 		return kafkaVerdict{close: true}
 	}
