@@ -617,11 +617,15 @@ func splitTopics[T any](ts []T, ok []bool) (allowed, denied []T) {
 }
 
 // mergeKafka adds the topics of denial (kafkaDenialResponse of a split
-// request's denied part) to the broker's response frame (without its
-// size) to the allowed part; false: the response does not parse.
-func mergeKafka(frame []byte, version int16, denial kmsg.Response) ([]byte, bool) {
-	resp := denial.RequestKind().ResponseKind()
+// request's denied part, encoded) to the broker's response frame (without
+// its size) to the allowed part; false: the response does not parse.
+func mergeKafka(frame []byte, key, version int16, encoded []byte) ([]byte, bool) {
+	resp, denial := kmsg.ResponseForKey(key), kmsg.ResponseForKey(key)
 	resp.SetVersion(version)
+	denial.SetVersion(version)
+	if denial.ReadFrom(encoded) != nil {
+		return nil, false
+	}
 	body := frame[4:]
 	if resp.IsFlexible() {
 		var err error
@@ -814,7 +818,7 @@ type kafkaPending struct {
 	key, version int16
 	corr         int32
 	upstream     bool                    // answered by the broker
-	merge        kmsg.Response           // the denied topics' errors to add to it
+	merge        []byte                  // the denied topics' errors to add to it (a response body)
 	visible      func(topic string) bool // a Metadata response's topics the client may see; nil: all
 	resp         []byte                  // the framed response, once known
 	// internal is the proxy's own request (resolveID): closed once its
@@ -823,8 +827,9 @@ type kafkaPending struct {
 	// opensSession: a Fetch opening a fetch session, whose ID the
 	// response gives (kafkaConn.sessions).
 	opensSession bool
-	// held: what the broker's response holds of kafkaResponseBudget.
-	held int32
+	// held: what the entry holds of kafkaResponseBudget: its denial, or
+	// the errors to merge and the broker's response.
+	held int64
 }
 
 // kafkaConn is a downstream Kafka connection being served.
@@ -967,21 +972,35 @@ func (kc *kafkaConn) serve(srcID uint32, n int32, framed []byte) bool {
 	clear(kc.tried)
 	kc.resolveBy = time.Now().Add(kafkaResolveTimeout)
 	v := p.judgeKafka(kc.dc, srcID, kc.scope, framed[4:], kc.resolveID, kc.session)
-	kafkaRequestBudget.release(kc.dc.who, int64(n)) // parsed and decided
-	if v.close {
-		return false
+	if v.close || v.q.noResponse && !v.forward { // acks=0: the client expects no answer
+		kafkaRequestBudget.release(kc.dc.who, int64(n))
+		return !v.close
 	}
-	if v.q.noResponse && !v.forward {
-		return true // acks=0: the client expects no answer
+	// A denial, or the errors to merge into the broker's response, is held
+	// until written: charged to the client's response share before it is
+	// queued, the request's bytes held meanwhile (until 2026-12-07 neither
+	// was, and a connection queued denials without end behind a request
+	// the broker held: TestKafkaDenialsHoldOnlyTheirShare).
+	held := int64(len(v.reply) + len(v.merge))
+	if v.q.noResponse {
+		held = 0 // a Produce with acks=0 forwarded: nothing is queued
+	}
+	ctx, cancel := context.WithTimeout(kc.ctx, kafkaHoldTimeout)
+	err := kc.charge(ctx, held)
+	cancel()
+	kafkaRequestBudget.release(kc.dc.who, int64(n)) // parsed and decided
+	if err != nil {
+		p.log.Debug("L7 proxy: Kafka answer", "src", kc.dc.src, "err", fmt.Errorf("no room for %d bytes: %w", held, err))
+		return false
 	}
 	select {
 	case kc.slots <- struct{}{}:
 	case <-kc.done:
-		return false
+		return false // close released what was charged
 	}
 	if !v.forward {
 		kc.mu.Lock()
-		kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, resp: v.reply})
+		kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, resp: v.reply, held: held})
 		err := kc.flush()
 		kc.mu.Unlock()
 		return err == nil
@@ -990,7 +1009,7 @@ func (kc *kafkaConn) serve(srcID uint32, n int32, framed []byte) bool {
 		kc.mu.Lock()
 		fr, fetch := v.q.body.(*kmsg.FetchRequest)
 		kc.queue = append(kc.queue, &kafkaPending{key: v.q.key, version: v.q.version, corr: v.q.corr, upstream: true, merge: v.merge, visible: v.visible,
-			opensSession: fetch && fr.Version >= 7 && fr.SessionEpoch == 0})
+			opensSession: fetch && fr.Version >= 7 && fr.SessionEpoch == 0, held: held})
 		kc.mu.Unlock()
 	} else {
 		<-kc.slots
@@ -999,7 +1018,7 @@ func (kc *kafkaConn) serve(srcID uint32, n int32, framed []byte) bool {
 		framed = v.frame
 	}
 	kc.up.SetWriteDeadline(time.Now().Add(p.opts.IdleTimeout))
-	_, err := kc.up.Write(framed)
+	_, err = kc.up.Write(framed)
 	return err == nil
 }
 
@@ -1080,18 +1099,31 @@ func (kc *kafkaConn) readUpstream() {
 				break
 			}
 		}
+		var held int64
 		if pd != nil {
-			pd.held = int32(len(frame))
+			pd.held += int64(len(frame))
+			held = pd.held
 		}
+		kc.mu.Unlock()
 		if pd == nil || int32(binary.BigEndian.Uint32(frame)) != pd.corr {
-			kc.mu.Unlock()
 			kc.p.log.Debug("L7 proxy: Kafka response for no request", "dst", kc.dc.dst)
 			return
 		}
-		if pd.resp = kc.p.inspectKafkaResponse(kc.scope, pd, framed); pd.resp == nil {
-			kc.mu.Unlock()
+		// Only this goroutine sets a forwarded request's response: pd stays
+		// queued, and what inspection reads of it does not change.
+		resp := kc.p.inspectKafkaResponse(kc.scope, pd, framed)
+		if resp == nil {
 			return
 		}
+		// A response made larger than what was charged for it is charged
+		// the difference (until 2026-12-07 only the broker's frame was).
+		more := max(int64(len(resp)-4)-held, 0)
+		if kc.charge(kc.ctx, more) != nil {
+			return
+		}
+		kc.mu.Lock()
+		pd.resp = resp
+		pd.held += more
 		if pd.internal != nil {
 			close(pd.internal) // its topic IDs are learned
 		}
@@ -1107,46 +1139,56 @@ func (kc *kafkaConn) readUpstream() {
 }
 
 // readResponse reads the broker's next response frame once the response
-// budget has room for it (waiting as long as the connection lasts); what
-// it holds is kc.held until flush writes it.
+// budget has room for it (waiting as long as the connection lasts).
 func (kc *kafkaConn) readResponse(r io.Reader) ([]byte, error) {
 	n, err := readKafkaSize(r, maxKafkaFrame)
 	if err != nil {
 		return nil, err
 	}
-	if err := kafkaResponseBudget.acquire(kc.ctx, kc.dc.who, int64(n)); err != nil {
+	if err := kc.charge(kc.ctx, int64(n)); err != nil {
 		return nil, err
 	}
-	kc.mu.Lock()
-	if kc.ended {
-		kc.mu.Unlock()
-		kafkaResponseBudget.release(kc.dc.who, int64(n))
-		return nil, net.ErrClosed
-	}
-	kc.held += int64(n)
-	kc.mu.Unlock()
 	return readKafkaBody(r, n, kafkaEagerRead)
 }
 
+// charge takes n bytes of the response budget for the client, waiting
+// until ctx ends; they are kc.held until flush writes what holds them, or
+// the connection ends. Nothing is held while waiting.
+func (kc *kafkaConn) charge(ctx context.Context, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	if err := kafkaResponseBudget.acquire(ctx, kc.dc.who, n); err != nil {
+		return err
+	}
+	kc.mu.Lock()
+	defer kc.mu.Unlock()
+	if kc.ended {
+		kafkaResponseBudget.release(kc.dc.who, n)
+		return net.ErrClosed
+	}
+	kc.held += n
+	return nil
+}
+
 // flush writes the responses at the head of the queue that are known,
-// releasing what the broker's hold of the response budget; kc.mu is held.
+// releasing what they hold of the response budget; kc.mu is held.
 func (kc *kafkaConn) flush() error {
 	for len(kc.queue) > 0 && kc.queue[0].resp != nil {
 		pd := kc.queue[0]
 		if pd.internal == nil {
-			wait := kc.p.opts.IdleTimeout
-			if pd.upstream {
-				wait = min(wait, kafkaHoldTimeout) // it holds the response budget
-			}
-			kc.dc.SetWriteDeadline(time.Now().Add(wait))
+			// Each holds the response budget: a denial too, which until
+			// 2026-12-07 waited the idle timeout for its client
+			// (TestKafkaUnreadDenialsHeldBriefly).
+			kc.dc.SetWriteDeadline(time.Now().Add(min(kc.p.opts.IdleTimeout, kafkaHoldTimeout)))
 			if _, err := kc.dc.Write(pd.resp); err != nil {
 				return err
 			}
 			<-kc.slots
 		}
-		if pd.upstream && !kc.ended {
-			kafkaResponseBudget.release(kc.dc.who, int64(pd.held))
-			kc.held -= int64(pd.held)
+		if !kc.ended {
+			kafkaResponseBudget.release(kc.dc.who, pd.held)
+			kc.held -= pd.held
 		}
 		kc.queue[0] = nil
 		kc.queue = kc.queue[1:]
@@ -1164,7 +1206,7 @@ func (kc *kafkaConn) flush() error {
 func (p *Proxy) inspectKafkaResponse(scope kafkaScope, pd *kafkaPending, out []byte) []byte {
 	frame := out[4:]
 	if pd.merge != nil {
-		if m, ok := mergeKafka(frame, pd.version, pd.merge); ok {
+		if m, ok := mergeKafka(frame, pd.key, pd.version, pd.merge); ok {
 			out = m
 		}
 	}
@@ -1339,9 +1381,9 @@ type kafkaVerdict struct {
 	reply   []byte // the denial, when not forwarded
 	close   bool   // the connection is closed instead
 	// A request forwarded in part: what goes to the broker instead
-	// (framed), and the denial of the other part, for mergeKafka.
+	// (framed), and the denial of the other part, encoded, for mergeKafka.
 	frame []byte
-	merge kmsg.Response
+	merge []byte
 	// visible filters the topics of the response to a Metadata request
 	// for every topic.
 	visible func(topic string) bool
@@ -1481,7 +1523,7 @@ func (p *Proxy) judgeKafka(dc *downConn, srcID uint32, scope kafkaScope, frame [
 	}
 	rec.Reason = "topics " + strings.Join(denied, ",") + " denied: " + reason
 	p.finishKafka(rec, Forwarded)
-	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr), merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed, q.unknownID)}
+	return kafkaVerdict{q: q, forward: true, frame: f.AppendRequest(nil, allowed, q.corr), merge: kafkaDenialResponse(rest, kafkaTopicAuthorizationFailed, q.unknownID).AppendTo(nil)}
 }
 
 // denialCode is the error code of q's denial: TOPIC_AUTHORIZATION_FAILED

@@ -2,11 +2,16 @@ package proxy
 
 import (
 	"encoding/binary"
+	"errors"
+	"io"
+	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -160,5 +165,117 @@ func TestKafkaRequestListBounds(t *testing.T) {
 		if v.close == c.ok {
 			t.Errorf("%s: connection closed %v, want %v", c.name, v.close, !c.ok)
 		}
+	}
+}
+
+// manyPartitions is a Produce v8 request to partitions 0..n-1 of each
+// topic, with no records: eight bytes a partition on the wire, 36 in its
+// denial.
+func manyPartitions(n int, topics ...string) *kmsg.ProduceRequest {
+	r := kmsg.NewPtrProduceRequest()
+	r.Version, r.Acks, r.TimeoutMillis = 8, 1, 1000
+	for _, name := range topics {
+		t := kmsg.NewProduceRequestTopic()
+		t.Topic = name
+		t.Partitions = make([]kmsg.ProduceRequestTopicPartition, n)
+		for i := range t.Partitions {
+			t.Partitions[i].Partition = int32(i)
+		}
+		r.Topics = append(r.Topics, t)
+	}
+	return r
+}
+
+// Denials, and the denied part of a split request whose errors wait to be
+// merged into the broker's response, were held outside any budget: behind
+// a request the broker holds (a long-poll Fetch), or for a client that
+// reads nothing, a connection queued them without end (4 denials of 8 MiB
+// grew the heap 240 MiB). Since 2026-12-07 each is charged to the
+// client's share of the response budget before it is queued, and the
+// proxy reads the client's next request only once it fits.
+func TestKafkaDenialsHoldOnlyTheirShare(t *testing.T) {
+	defer func(d time.Duration) { kafkaHoldTimeout = d }(kafkaHoldTimeout)
+	kafkaHoldTimeout = 500 * time.Millisecond // then the request waiting for room closes the connection
+	deny := manyPartitions(maxKafkaEntries-1, "topic2")
+	size := len(kafkaDenial(&kafkaRequest{key: kafkaProduce, version: 8, body: deny}))
+	for _, c := range []struct {
+		name string
+		req  *kmsg.ProduceRequest
+		held int // what the answer holds until written
+	}{
+		{"denied", deny, size},
+		{"denied in a part", manyPartitions((maxKafkaEntries-2)/2, "topic1", "topic2"), size / 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			share := int(kafkaResponseBudget.perSource) / c.held
+			up := rawUpstream(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // answers nothing
+			h := newHarnessTo(t, up, Options{})
+			h.set(PortPolicy{Endpoint: serverIP, Direction: Ingress, Port: h.upstream.Port(), Protocol: "TCP", Kind: KindKafka,
+				Rules: []PeerRules{{Remotes: []uint32{clientID}, Kafka: []KafkaRule{{Role: "produce", Topic: "topic1"}}}}})
+			recs, cancel := h.p.Subscribe()
+			defer cancel()
+			conn := h.dial()
+			if _, err := conn.Write(kafkaRequestFrame(metadataReq(8, "topic1"), 1, "c")); err != nil {
+				t.Fatal(err)
+			}
+			frame := kafkaRequestFrame(c.req, 2, "c")
+			go func() {
+				for range share + 8 {
+					if _, err := conn.Write(frame); err != nil {
+						return
+					}
+				}
+			}()
+			n := 0
+			for quiet := time.NewTimer(2 * time.Second); ; {
+				select {
+				case r := <-recs:
+					if r.Method == "Produce" {
+						n++
+					}
+					quiet.Reset(2 * time.Second)
+					continue
+				case <-quiet.C:
+				}
+				break
+			}
+			if n > share+1 {
+				t.Fatalf("the proxy decided %d requests whose answers (%d KiB each) wait behind a request the broker holds, want at most its share of the response budget (%d)", n, c.held>>10, share)
+			}
+			// The connection closed, its share is given back.
+			who := source{clientIP, clientID}
+			for deadline := time.Now().Add(5 * time.Second); kafkaResponseBudget.heldBy(who) != 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the client holds %d bytes of the response budget after its connection closed", kafkaResponseBudget.heldBy(who))
+				}
+			}
+		})
+	}
+}
+
+// A denial the client does not read holds the response budget, so the
+// connection is closed once it has waited kafkaHoldTimeout (Kafka's
+// request timeout), as a broker's response is; until 2026-12-07 a denial
+// waited the idle timeout, 5 minutes.
+func TestKafkaUnreadDenialsHeldBriefly(t *testing.T) {
+	defer func(d time.Duration) { kafkaHoldTimeout = d }(kafkaHoldTimeout)
+	kafkaHoldTimeout = 300 * time.Millisecond
+	h := newKafkaHarness(t, PeerRules{Kafka: []KafkaRule{{Role: "consume"}}})
+	k := h.raw()
+	frame := kafkaRequestFrame(manyPartitions(maxKafkaEntries-1, "topic1"), 1, "c")
+	size := len(kafkaDenial(&kafkaRequest{key: kafkaProduce, version: 8, body: manyPartitions(maxKafkaEntries-1, "topic1")}))
+	const denials = 8 // more than the sockets' buffers hold
+	go func() {
+		for range denials {
+			if _, err := k.c.Write(frame); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second) // not reading
+	k.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, k.c)
+	if errors.Is(err, os.ErrDeadlineExceeded) || n >= int64(denials*size) {
+		t.Fatalf("denials not read for 2 s: %d bytes then %v; want the connection closed before they all went out", n, err)
 	}
 }
