@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
+	"iter"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,11 +41,11 @@ func TestKafkaTopicIDsFloodFromManyScopes(t *testing.T) {
 		}
 		return r
 	}
-	m.learn(broker, meta(500))
+	m.learn(broker, metadataIDs(meta(500)))
 	for round := range 3 {
 		for port := range 400 {
 			hostile := kafkaScope{addr: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), uint16(10000+port))}
-			m.learn(hostile, meta(84+round*80))
+			m.learn(hostile, metadataIDs(meta(84+round*80)))
 		}
 	}
 	kept := 0
@@ -57,6 +61,18 @@ func TestKafkaTopicIDsFloodFromManyScopes(t *testing.T) {
 	}
 	if got := m.len(); got > maxKafkaTopicIDs {
 		t.Fatalf("%d IDs held, bound %d", got, maxKafkaTopicIDs)
+	}
+}
+
+// metadataIDs are the topic IDs a Metadata response names, with their
+// names.
+func metadataIDs(r *kmsg.MetadataResponse) iter.Seq2[[16]byte, string] {
+	return func(yield func([16]byte, string) bool) {
+		for _, t := range r.Topics {
+			if !yield(t.TopicID, *t.Topic) {
+				return
+			}
+		}
 	}
 }
 
@@ -277,5 +293,163 @@ func TestKafkaUnreadDenialsHeldBriefly(t *testing.T) {
 	n, err := io.Copy(io.Discard, k.c)
 	if errors.Is(err, os.ErrDeadlineExceeded) || n >= int64(denials*size) {
 		t.Fatalf("denials not read for 2 s: %d bytes then %v; want the connection closed before they all went out", n, err)
+	}
+}
+
+// metadataFrame frames a Metadata response (correlation ID 7) as a broker
+// sends it, size prefix included.
+func metadataFrame(r *kmsg.MetadataResponse) []byte {
+	return kafkaResponseFrame(&kafkaRequest{key: kafkaMetadata, corr: 7}, r)
+}
+
+// A broker's Metadata response was parsed whole to learn its topic IDs
+// (and to leave out the topics a client may not see), at some ten times
+// its size for small entries: a hostile server's 95 MiB response of 10M
+// empty topics held 915 MiB. Since 2026-12-07 the response is walked in
+// place, and costs no more than its bytes (and those of what is sent
+// instead).
+func TestKafkaMetadataResponseCostsItsSize(t *testing.T) {
+	r := kmsg.NewPtrMetadataResponse()
+	r.Version = 9
+	r.Topics = make([]kmsg.MetadataResponseTopic, 1_000_000)
+	for i := range r.Topics {
+		r.Topics[i].Topic = kmsg.StringPtr("")
+	}
+	r.Topics[0].Topic = kmsg.StringPtr("topic1")
+	framed := metadataFrame(r)
+	r = nil
+	p := New(Options{})
+	for name, visible := range map[string]func(string) bool{"learned": nil, "left out": func(n string) bool { return n == "topic1" }} {
+		var resp []byte
+		a := allocated(func() {
+			resp = p.inspectKafkaResponse(kafkaScope{}, &kafkaPending{key: kafkaMetadata, version: 9, corr: 7, visible: visible}, framed)
+		})
+		if a > 2*uint64(len(framed)) {
+			t.Errorf("%s: inspecting a %d MiB response allocated %d MiB", name, len(framed)>>20, a>>20)
+		}
+		if resp == nil {
+			t.Fatalf("%s: the response was refused", name)
+		}
+	}
+}
+
+// sampleMetadata is a Metadata response of version v naming brokers and
+// topics (topic1, secret, one in error and, from v12, one without a
+// name) with partitions.
+func sampleMetadata(v int16) *kmsg.MetadataResponse {
+	r := kmsg.NewPtrMetadataResponse()
+	r.Version, r.ThrottleMillis, r.ClusterID, r.ControllerID = v, 5, kmsg.StringPtr("c"), 2
+	for i := range int32(2) {
+		b := kmsg.NewMetadataResponseBroker()
+		b.NodeID, b.Host, b.Port, b.Rack = i, "broker"+strconv.Itoa(int(i)), 9092, kmsg.StringPtr("r")
+		r.Brokers = append(r.Brokers, b)
+	}
+	r.Topics = []kmsg.MetadataResponseTopic{metadataTopic(kmsg.StringPtr("topic1"), 1, 0, 2), metadataTopic(kmsg.StringPtr("secret"), 2, 0, 1),
+		metadataTopic(kmsg.StringPtr("failed"), 3, 3, 0)}
+	if v >= 12 {
+		r.Topics = append(r.Topics, metadataTopic(nil, 4, 0, 1))
+	}
+	return r
+}
+
+func metadataTopic(name *string, id byte, code int16, partitions int) kmsg.MetadataResponseTopic {
+	t := kmsg.NewMetadataResponseTopic()
+	t.Topic, t.TopicID[15], t.ErrorCode, t.AuthorizedOperations = name, id, code, 8
+	for i := range int32(partitions) {
+		p := kmsg.NewMetadataResponseTopicPartition()
+		p.Partition, p.Leader, p.LeaderEpoch = i, 1, 3
+		p.Replicas, p.ISR, p.OfflineReplicas = []int32{0, 1}, []int32{1}, []int32{0}
+		t.Partitions = append(t.Partitions, p)
+	}
+	return t
+}
+
+// The walked response is the parsed one: at every version the IDs
+// learned, a response cut to the visible topics and one with denied
+// topics' errors merged in are those kmsg makes.
+func TestKafkaMetadataWalkAgreesWithKmsg(t *testing.T) {
+	for v := int16(0); v <= kmsg.NewPtrMetadataResponse().MaxVersion(); v++ {
+		r := sampleMetadata(v)
+		framed := metadataFrame(r)
+		p := New(Options{})
+		scope := kafkaScope{identity: 1234}
+		if got := p.inspectKafkaResponse(scope, &kafkaPending{key: kafkaMetadata, version: v, corr: 7}, framed); !bytes.Equal(got, framed) {
+			t.Errorf("v%d: a response to leave alone was changed", v)
+		}
+		for id, want := range map[byte]string{1: "topic1", 2: "secret", 3: "", 4: ""} {
+			name, ok := p.kafkaIDs.name(scope, [16]byte{15: id})
+			if v < 10 || want == "" {
+				if ok {
+					t.Errorf("v%d: ID %d learned as %q", v, id, name)
+				}
+			} else if name != want {
+				t.Errorf("v%d: ID %d learned as %q %v, want %q", v, id, name, ok, want)
+			}
+		}
+
+		visible := *r
+		visible.Topics = visible.Topics[:1]
+		got := p.inspectKafkaResponse(scope, &kafkaPending{key: kafkaMetadata, version: v, corr: 7, visible: func(n string) bool { return n == "topic1" }}, framed)
+		if want := metadataFrame(&visible); !bytes.Equal(got, want) {
+			t.Errorf("v%d: cut to the visible topics:\n%x\nwant\n%x", v, got, want)
+		}
+
+		denial := kmsg.NewPtrMetadataResponse()
+		denial.Version = v
+		denial.Topics = []kmsg.MetadataResponseTopic{metadataTopic(kmsg.StringPtr("topic2"), 0, kafkaTopicAuthorizationFailed, 0),
+			metadataTopic(kmsg.StringPtr("topic3"), 0, kafkaTopicAuthorizationFailed, 0)}
+		merged := *r
+		merged.Topics = append(slices.Clone(r.Topics), denial.Topics...)
+		got = p.inspectKafkaResponse(scope, &kafkaPending{key: kafkaMetadata, version: v, corr: 7, merge: denial.AppendTo(nil)}, framed)
+		if want := metadataFrame(&merged); !bytes.Equal(got, want) {
+			t.Errorf("v%d: with the denied topics merged in:\n%x\nwant\n%x", v, got, want)
+		}
+
+		// A response that does not parse is passed on as it is, or, to
+		// be cut to the visible topics, refused.
+		bad := framed[:len(framed)-1]
+		binary.BigEndian.PutUint32(bad, uint32(len(bad)-4))
+		if got := p.inspectKafkaResponse(scope, &kafkaPending{key: kafkaMetadata, version: v, corr: 7}, bad); !bytes.Equal(got, bad) {
+			t.Errorf("v%d: a truncated response was changed", v)
+		}
+		if got := p.inspectKafkaResponse(scope, &kafkaPending{key: kafkaMetadata, version: v, corr: 7, visible: func(string) bool { return true }}, bad); got != nil {
+			t.Errorf("v%d: a truncated response to cut was passed on", v)
+		}
+	}
+}
+
+// A hostile broker's response is read as a client reads it: what the walk
+// takes (a response it would cut to the visible topics), kmsg parses,
+// with the same topics. (The walk is the stricter: it refuses bytes after
+// the body, which kmsg ignores.)
+func TestKafkaMetadataWalkNoLooserThanKmsg(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for v := int16(0); v <= kmsg.NewPtrMetadataResponse().MaxVersion(); v++ {
+		body := sampleMetadata(v).AppendTo(nil)
+		for range 2000 {
+			b := slices.Clone(body)
+			for range 1 + rng.IntN(3) {
+				b[rng.IntN(len(b))] = byte(rng.Uint32())
+			}
+			var names []*string
+			if _, ok := walkKafkaMetadata(b, v, func(t kafkaMetadataTopic) {
+				names = append(names, (*string)(nil))
+				if t.name != nil {
+					names[len(names)-1] = kmsg.StringPtr(string(t.name))
+				}
+			}); !ok {
+				continue
+			}
+			r := kmsg.NewPtrMetadataResponse()
+			r.Version = v
+			if err := r.ReadFrom(b); err != nil {
+				t.Fatalf("v%d: walked, and kmsg says %v: %x", v, err, b)
+			}
+			if !slices.EqualFunc(names, r.Topics, func(n *string, t kmsg.MetadataResponseTopic) bool {
+				return (n == nil) == (t.Topic == nil) && (n == nil || *n == *t.Topic)
+			}) {
+				t.Fatalf("v%d: walked topics differ from kmsg's: %x", v, b)
+			}
+		}
 	}
 }

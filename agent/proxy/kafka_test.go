@@ -946,9 +946,9 @@ func TestKafkaTopicIDsFloodEvictsItsOwn(t *testing.T) {
 		}
 		return r
 	}
-	m.learn(broker, meta(0, 100))
+	m.learn(broker, metadataIDs(meta(0, 100)))
 	for i := range 11 {
-		m.learn(hostile, meta(1000+i*10_000, 10_000))
+		m.learn(hostile, metadataIDs(meta(1000+i*10_000, 10_000)))
 	}
 	for i := range 100 {
 		var id [16]byte
