@@ -249,6 +249,16 @@ func TestHeadsHeldBounded(t *testing.T) {
 	}
 }
 
+// heldBy is what who holds of b.
+func (b *byteShare) heldBy(who source) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s := b.srcs[who]; s != nil {
+		return s.held
+	}
+	return 0
+}
+
 // heldBy is what who holds of s.
 func (s *slotShare) heldBy(who source) int64 {
 	s.mu.Lock()
