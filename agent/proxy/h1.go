@@ -278,6 +278,13 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 	// the rules removed or replaced (until 2026-12-05 they were forwarded,
 	// TestTrailersNotForwarded). Envoy drops them too by default.
 	req.Trailer = nil
+	// What is judged is held as it came, before the rules' header actions
+	// (judge applies them to req): a later config judges it again, by
+	// every side, as the first decision did (until 2026-12-07 the copy
+	// was taken after the actions, so any store of a config, even the
+	// same, ended requests whose actions rewrote what a rule checks,
+	// TestRejudgeSeesTheRequestAsItCame).
+	judged := judgedCopy(req, req.Header.Clone())
 	recs, cfg, denied := p.judge(dc, req, start)
 	bw := getWriter(dc.Conn)
 	defer putWriter(bw)
@@ -308,10 +315,8 @@ func (p *Proxy) h1Request(dc *downConn, br *bufio.Reader, req *http.Request) (ke
 		}
 	}
 	defer headDone()
-	// forwardH1 changes req's headers: a copy of what was judged is held,
-	// and a later config that denies it closes the connection (a tunnel
-	// or a streamed response with it).
-	judged := judgedCopy(req, req.Header.Clone())
+	// A later config that denies what was judged closes the connection
+	// (a tunnel or a streamed response with it).
 	defer dc.holdLive(judged, func() { dc.Close() })()
 	if p.deniedSince(cfg, dc, judged, recs) {
 		return p.denyH1(bw, req, recs, start), false

@@ -1084,6 +1084,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer p.giveStream(dc.who)
+	// What is judged is held as it came, before the rules' header actions
+	// (as h1Request does), not r, whose trailers the server writes as
+	// they come.
+	judged := judgedCopy(r, r.Header.Clone())
 	recs, cfg, denied := p.judge(dc, r, start)
 	if denied {
 		p.finish(recs, start, p.deny(w, r, recs[len(recs)-1].Reason), Denied)
@@ -1107,9 +1111,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s := &reqState{conn: dc, hold: hold}
 	defer s.headDone()
-	// A later config may deny it: the stream is reset. What was judged is
-	// held, not r, whose trailers the server writes as they come.
-	judged := judgedCopy(r, r.Header)
+	// A later config may deny it: the stream is reset.
 	defer dc.holdLive(judged, func() { cancel(nil) })()
 	if p.deniedSince(cfg, dc, judged, recs) {
 		p.finish(recs, start, p.deny(w, r, recs[0].Reason), Denied)

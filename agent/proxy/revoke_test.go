@@ -162,3 +162,74 @@ func wsEcho(t *testing.T) netip.AddrPort {
 		io.Copy(c, br)
 	})
 }
+
+// rejudgePolicies: the source's egress rule requires X-Env: staging,
+// the destination's ingress rule REPLACEs X-Env with prod.
+func rejudgePolicies(port uint16) []PortPolicy {
+	return []PortPolicy{
+		{Endpoint: clientIP, Direction: Egress, Port: port, Protocol: "TCP",
+			Rules: []PeerRules{{HTTP: []HTTPRule{{Method: "GET", Headers: []string{"X-Env: staging"}}}}}},
+		{Endpoint: serverIP, Direction: Ingress, Port: port, Protocol: "TCP",
+			Rules: []PeerRules{{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Method: "GET",
+				HeaderMatches: []HeaderMatch{{Name: "X-Env", Value: "prod", Mismatch: MismatchReplace}}}}}}},
+	}
+}
+
+const rejudgeUpgrade = "GET /ws HTTP/1.1\r\nHost: web\r\nX-Env: staging\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+// A request in flight is judged again by a new config as it came, not
+// as the first decision's header actions rewrote it: until 2026-12-07
+// storing any config, even the same one, ended a tunnel whose ingress
+// REPLACE changed what its egress rule requires, and a store between the
+// decision and holdLive answered 403 (found by a review).
+func TestRejudgeSeesTheRequestAsItCame(t *testing.T) {
+	t.Run("in flight", func(t *testing.T) {
+		h := newHarnessTo(t, wsEcho(t), Options{})
+		h.set(rejudgePolicies(h.upstream.Port())...)
+		c := h.dial()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, rejudgeUpgrade)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		echo := func() bool {
+			io.WriteString(c, "ping\n")
+			line, err := br.ReadString('\n')
+			return err == nil && line == "ping\n"
+		}
+		if !echo() {
+			t.Fatal("the tunnel carries nothing")
+		}
+		h.set(rejudgePolicies(h.upstream.Port())...) // the same config
+		if !echo() {
+			t.Error("storing the same config again ended a tunnel it allows")
+		}
+	})
+	t.Run("before holdLive", func(t *testing.T) {
+		h := newHarnessTo(t, wsEcho(t), Options{})
+		h.set(rejudgePolicies(h.upstream.Port())...)
+		c := h.dial()
+		headBudget.mu.Lock()
+		locked := true
+		defer func() {
+			if locked {
+				headBudget.mu.Unlock()
+			}
+		}()
+		io.WriteString(c, rejudgeUpgrade)
+		time.Sleep(300 * time.Millisecond)
+		h.set(rejudgePolicies(h.upstream.Port())...) // the same config
+		headBudget.mu.Unlock()
+		locked = false
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Errorf("an allowed request decided while the same config was stored again: %d, want 101", resp.StatusCode)
+		}
+	})
+}
