@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -31,9 +33,10 @@ var errShed = errors.New("slot taken by a source holding less than its share")
 // slot does not fit the pool, a source that would still hold no more
 // than its fair share (the pool over the sources holding any, itself
 // included) takes the oldest slots of the source holding the most (of
-// those, the one holding the oldest slot), as many as make room, if they
-// have been held for minSlotTakeover and that source is left holding at
-// least as much as the taker; those slots' holders are cancelled
+// those, the one holding the oldest slot; if its slots cannot, the next
+// such source's), as many as make room, if they have been held for
+// minSlotTakeover and that source is left holding at least as much as
+// the taker; those slots' holders are cancelled
 // (errShed). So sources that fill the pool together with queries or
 // requests a server never answers, each within its own bound, cannot
 // keep another source out, and a source sending requests it knows end at
@@ -96,23 +99,33 @@ func (s *slotShare) take(who source, n int64, cancel context.CancelCauseFunc, no
 		if held+n > s.max/holders {
 			return nil, false
 		}
-		var top *srcSlots
-		for _, ss := range s.bySrc {
-			// The source holding the most; of those, the one whose oldest
-			// slot is the oldest (map order must not pick a young one).
-			if top == nil || ss.held > top.held || ss.held == top.held && ss.slots[0].since.Before(top.slots[0].since) {
-				top = ss
+		// The sources holding the most first; of those, the one whose
+		// oldest slot is the oldest (map order must not pick a young
+		// one). The first whose oldest slots make room is taken from: a
+		// source whose slots are all young does not shield the others
+		// (until 2026-12-07 only the top one was tried, and a source
+		// recycling its slots within minSlotTakeover kept a full pool
+		// shut, TestSlotShareYoungTopDoesNotShieldOthers).
+		srcs := slices.SortedFunc(maps.Values(s.bySrc), func(a, b *srcSlots) int {
+			if a.held != b.held {
+				return cmp.Compare(b.held, a.held)
 			}
-		}
-		// Its oldest slots, as many as make room, if it is left holding
-		// no less than who would; else none is taken.
+			return a.slots[0].since.Compare(b.slots[0].since)
+		})
+		var top *srcSlots
 		var free int64
 		k := 0
-		for ; s.used-free+n > s.max; k++ {
-			if k == len(top.slots) || now.Sub(top.slots[k].since) < minSlotTakeover || top.held-free-top.slots[k].n < held+n {
-				return nil, false
+		for _, ss := range srcs {
+			if ss == mine {
+				continue
 			}
-			free += top.slots[k].n
+			if f, j, ok := s.room(ss, n, held, now); ok {
+				top, free, k = ss, f, j
+				break
+			}
+		}
+		if top == nil {
+			return nil, false
 		}
 		for _, sl := range top.slots[:k] {
 			sl.taken = true
@@ -132,6 +145,20 @@ func (s *slotShare) take(who source, n int64, cancel context.CancelCauseFunc, no
 	s.used += n
 	s.running += n
 	return sl, true
+}
+
+// room says whether ss's oldest slots, held minSlotTakeover at now, make
+// room for n more in the pool while leaving ss holding no less than the
+// taker would (held+n), and how many (k) of how many bytes (free).
+// s.mu is held.
+func (s *slotShare) room(ss *srcSlots, n, held int64, now time.Time) (free int64, k int, ok bool) {
+	for ; s.used-free+n > s.max; k++ {
+		if k == len(ss.slots) || now.Sub(ss.slots[k].since) < minSlotTakeover || ss.held-free-ss.slots[k].n < held+n {
+			return 0, 0, false
+		}
+		free += ss.slots[k].n
+	}
+	return free, k, true
 }
 
 // give returns the slot to its share (its holder is done).

@@ -217,3 +217,28 @@ func TestByteShare(t *testing.T) {
 		t.Fatalf("sources holding nothing are kept: %v", b.srcs)
 	}
 }
+
+// A source holding the most whose slots are all young (recycled within
+// minSlotTakeover) does not keep a full pool shut: the next source
+// holding more than the taker's share gives its old slots (found by a
+// review: only the top one was tried).
+func TestSlotShareYoungTopDoesNotShieldOthers(t *testing.T) {
+	s := newSlotShare(8, 5)
+	t0 := time.Unix(1_800_000_000, 0)
+	src := func(b byte) source { return source{netip.AddrFrom4([4]byte{10, 0, 0, b}), 0} }
+	nop := func(error) {}
+	for range 3 { // A: 3 old slots
+		if _, ok := s.take(src(1), 1, nop, t0); !ok {
+			t.Fatal("A")
+		}
+	}
+	now := t0.Add(10 * time.Second)
+	for range 5 { // B: 5 young slots
+		if _, ok := s.take(src(2), 1, nop, now.Add(-500*time.Millisecond)); !ok {
+			t.Fatal("B")
+		}
+	}
+	if _, ok := s.take(src(3), 1, nop, now); !ok { // fair share 8/3: A holds 3, 10 s old
+		t.Error("a source holding nothing is kept out: the top's slots are young and no other holder is considered")
+	}
+}
