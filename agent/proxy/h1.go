@@ -796,12 +796,22 @@ func (c *downConn) upstreamH1() (*h1Upstream, error) {
 		c.mu.Unlock()
 		return nil, net.ErrClosed
 	}
-	up := c.up
-	c.mu.Unlock()
-	if up != nil {
+	if up := c.up; up != nil {
+		c.mu.Unlock()
 		return up, nil
 	}
-	conn, err := c.dialUp(context.Background())
+	// The dial ends with the connection (a request whose head another
+	// source took, or revoked, returns at once: until 2026-12-07 it
+	// waited out the dial timeout, its head counted in the budget's
+	// running bytes, TestClosedConnEndsItsDial).
+	ctx, cancel := context.WithCancel(context.Background())
+	c.dialing = cancel
+	c.mu.Unlock()
+	conn, err := c.dialUp(ctx)
+	c.mu.Lock()
+	c.dialing = nil
+	c.mu.Unlock()
+	cancel()
 	if err != nil {
 		return nil, err
 	}

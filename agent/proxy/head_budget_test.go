@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -281,4 +282,69 @@ func transportFrom(h *harness, addr netip.Addr, proto string) *http.Transport {
 	tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp", h.addr) }
 	tr.DisableCompression = true
 	return tr
+}
+
+// blackhole is a loopback address whose listener never accepts, its
+// queue filled, so that a dial to it hangs until its timeout.
+func blackhole(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*syscall.SockaddrInet4).Port))
+	for range 4 { // fill the accept queue; later SYNs are dropped
+		if c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	return addr
+}
+
+// A request whose head another source takes ends at once, its upstream
+// dial with it: until 2026-12-07 the dial ran on to its timeout and the
+// head counted in the budget's running bytes meanwhile, so requests to a
+// server that drops SYNs, taken over in turn, filled the second bound and
+// every take was refused (found by a review).
+func TestClosedConnEndsItsDial(t *testing.T) {
+	hole := blackhole(t)
+	h := newHarnessTo(t, hole, Options{DialTimeout: 8 * time.Second})
+	h.set(PortPolicy{Endpoint: hole.Addr(), Direction: Ingress, Port: hole.Port(), Protocol: "TCP",
+		Rules: []PeerRules{{HTTP: []HTTPRule{{Method: "GET"}}}}})
+	withHeadBudget(t, 1<<20, 1<<20)
+	c := h.dial()
+	io.WriteString(c, "GET /public/x HTTP/1.1\r\nHost: web\r\n\r\n")
+	who := source{clientIP, clientID}
+	for d := time.Now().Add(3 * time.Second); headBudget.heldBy(who) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(d) {
+			t.Fatal("the request holds no head")
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // dialing
+	headBudget.mu.Lock()
+	sl := headBudget.bySrc[who].slots[0] // what a takeover does
+	sl.taken = true
+	sl.cancel(errShed)
+	headBudget.used -= sl.n
+	delete(headBudget.bySrc, sl.who)
+	headBudget.mu.Unlock()
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		headBudget.mu.Lock()
+		running := headBudget.running
+		headBudget.mu.Unlock()
+		if running == 0 {
+			return
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("a request whose head was taken still counts %d bytes as running %v after its connection closed", running, time.Since(start))
+		}
+	}
 }

@@ -667,8 +667,11 @@ type downConn struct {
 	prefix []byte // read by sniff, not yet by the server
 
 	mu sync.Mutex
-	up *h1Upstream     // HTTP/1.x
-	h2 *http.Transport // HTTP/2
+	// dialing ends the HTTP/1.x upstream's dial in progress when the
+	// connection closes (nil: none).
+	dialing context.CancelFunc
+	up      *h1Upstream     // HTTP/1.x
+	h2      *http.Transport // HTTP/2
 	// h2Ups are the transport's upstream connections, closed with this
 	// one (the transport pools a connection that a dial cancelled with
 	// its request still makes, after the last CloseIdleConnections).
@@ -777,9 +780,12 @@ func (c *downConn) Read(b []byte) (int, error) {
 func (c *downConn) Close() error {
 	c.mu.Lock()
 	c.closed = true
-	up, h2, ups := c.up, c.h2, c.h2Ups
+	up, h2, ups, dialing := c.up, c.h2, c.h2Ups, c.dialing
 	c.h2Ups = nil
 	c.mu.Unlock()
+	if dialing != nil {
+		dialing()
+	}
 	if up != nil {
 		up.conn.Close() // its reader is serveH1's (dropUpstream gives it back)
 	}
