@@ -211,11 +211,11 @@ func New(o Options) *Proxy {
 			if s.body != nil {
 				s.body.answered()
 			}
-			if r.Request.Method != http.MethodConnect {
+			if r.Request.Method != http.MethodConnect || r.StatusCode/100 != 2 {
 				// The response's head is in: the request's is no longer
-				// held. A CONNECT's stream is a tunnel, which keeps it
-				// counted until it ends, as HTTP/1.x's (until 2026-12-07
-				// given back here, TestTunnelKeepsItsHeadCounted).
+				// held. A CONNECT's stream answered 2xx is a tunnel, which
+				// keeps it counted until it ends, as HTTP/1.x's (until
+				// 2026-12-07 given back here, TestTunnelKeepsItsHeadCounted).
 				s.headDone()
 			}
 			return nil
