@@ -176,7 +176,9 @@ func New(dp Datapath, res *policy.Resolver, repo Repository, hostIPs []netip.Add
 // namespace budgets (policy.MaxNamespace*). It is the name cache's
 // bound (fqdn.DefaultMaxEntries), so that toFQDNs on one port never
 // takes an endpoint over it; Cilium's per-endpoint maps hold 16,384.
-const MaxEndpointEntries = 65536
+// The resolver stops building an endpoint's entries just past it
+// (policy.MaxEndpointEntries).
+const MaxEndpointEntries = policy.MaxEndpointEntries
 
 // MaxNamespaceEntries bounds the policy map entries of one namespace's
 // endpoints on a node together (a quarter of the map): the endpoints

@@ -339,7 +339,24 @@ type endpointState struct {
 	requires                        [2][]*api.EndpointSelector // requiresOf(rules): what every allowed peer must match, by direction
 	ingressEnforced, egressEnforced bool
 	groups                          map[groupKey]map[L4]MapValue
+	// entries is about the entries of groups (exact after a full
+	// recompute, followed through identity changes); over: the build
+	// stopped past MaxEndpointEntries (groups is partial, the engine
+	// denies the endpoint everything), and identities added since are
+	// not followed until a full recompute.
+	entries int
+	over    bool
 }
+
+// MaxEndpointEntries bounds the policy map entries of one endpoint: the
+// engine denies an endpoint past it everything (enforcement.capShare),
+// and the resolver stops building its entries there, so what a policy
+// makes (selectors and entities times ports, beyond the namespace
+// budgets) is never held whole. Until 2026-12-07 it was built whole
+// first: a tenant's policy within every budget made millions of entries
+// an endpoint, and the agent ran out of memory at every start
+// (TestEndpointBuildBounded).
+const MaxEndpointEntries = 65536
 
 // NewResolver returns a resolver knowing only the reserved identities. An
 // empty mode is ModeDefault; an unknown one is ModeDefault with a warning.
@@ -807,9 +824,9 @@ func (r *Resolver) fqdnAllows(s *section, ep uint16, id identity.NumericIdentity
 
 // addFQDNSection adds section s to the groups of the CIDR identities its
 // toFQDNs select for endpoint ep (fqdnAllows).
-func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *section, ep *endpointState) {
+func (r *Resolver) addFQDNSection(add func(groupKey, *section, bool) bool, s *section, ep *endpointState) bool {
 	if s.peers.any || s.peers.every {
-		return
+		return true
 	}
 	for _, key := range s.fqdnKeys {
 		for p, eps := range r.fqdnLearned[key] {
@@ -817,10 +834,13 @@ func (r *Resolver) addFQDNSection(groups map[groupKey]map[L4]MapValue, s *sectio
 				continue
 			}
 			if id, ok := r.cidrs[p]; ok && s.peers.satisfiesRequires(r.identities[id]) && !r.identities[id].node {
-				addSection(groups, groupKey{s.dir, id}, s, false)
+				if !add(groupKey{s.dir, id}, s, false) {
+					return false
+				}
 			}
 		}
 	}
+	return true
 }
 
 // additions returns the prefixes of new that old lacks, and whether new
@@ -1346,26 +1366,40 @@ func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 	ep.ingressEnforced, ep.egressEnforced = in, eg
 
 	groups := map[groupKey]map[L4]MapValue{}
+	n := 0 // entries in groups
+	// add adds a section to a group and says whether the build goes on:
+	// it stops just past MaxEndpointEntries.
+	add := func(gk groupKey, s *section, wide bool) bool {
+		before := len(groups[gk])
+		addSection(groups, gk, s, wide)
+		n += len(groups[gk]) - before
+		return n <= MaxEndpointEntries
+	}
 	if r.mode != ModeNever {
+	build:
 		for _, cr := range ep.rules {
 			for _, s := range cr.sections {
 				reqs := ep.allowRequires(s)
 				if s.peers.any && len(reqs) == 0 {
-					addSection(groups, groupKey{s.dir, 0}, s, false)
+					if !add(groupKey{s.dir, 0}, s, false) {
+						break build
+					}
 				} else if s.peers.any {
 					// Every peer the requirements let through, one by one.
 					for id, k := range r.identities {
-						if satisfies(reqs, k) {
-							addSection(groups, groupKey{s.dir, id}, s, true)
+						if satisfies(reqs, k) && !add(groupKey{s.dir, id}, s, true) {
+							break build
 						}
 					}
 				}
 				for id := range r.peersOf(s) {
-					if k := r.identities[id]; satisfies(reqs, k) || s.unconstrained(k) {
-						addSection(groups, groupKey{s.dir, id}, s, s.peers.every)
+					if k := r.identities[id]; (satisfies(reqs, k) || s.unconstrained(k)) && !add(groupKey{s.dir, id}, s, s.peers.every) {
+						break build
 					}
 				}
-				r.addFQDNSection(groups, s, ep)
+				if !r.addFQDNSection(add, s, ep) {
+					break build
+				}
 			}
 		}
 		for _, g := range groups {
@@ -1386,11 +1420,18 @@ func (r *Resolver) recomputeEndpoint(ch *Change, ep *endpointState) {
 		}
 	}
 	ep.groups = groups
+	ep.entries, ep.over = 0, n > MaxEndpointEntries
+	for _, g := range groups {
+		ep.entries += len(g)
+	}
 }
 
 // recomputeIdentityGroups recomputes the entries of identity id for ep, in
 // both directions, and records the difference.
 func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id identity.NumericIdentity) {
+	if ep.over {
+		return // partial, denied everything: rebuilt whole once it fits (dropIdentityGroups) or by a full recompute
+	}
 	for _, dir := range []Direction{Egress, Ingress} {
 		gk := groupKey{dir, id}
 		var g map[L4]MapValue
@@ -1427,12 +1468,16 @@ func (r *Resolver) recomputeIdentityGroups(ch *Change, ep *endpointState, id ide
 		applyDenyPrecedence(g)
 		plainAnyWins(g, ep.groups[groupKey{dir, 0}])
 		diffGroup(ch, ep.info.ID, gk, old, g)
+		ep.entries += len(g) - len(old)
 		if len(g) == 0 {
 			delete(ep.groups, gk)
 		} else {
 			ep.groups[gk] = g
 		}
 	}
+	// Past the bound, it stops following identities (over) until a full
+	// recompute finds it fits.
+	ep.over = ep.entries > MaxEndpointEntries
 }
 
 // dropIdentityGroups deletes the entries of identity id for ep.
@@ -1442,7 +1487,13 @@ func (r *Resolver) dropIdentityGroups(ch *Change, ep *endpointState, id identity
 		if g, ok := ep.groups[gk]; ok {
 			diffGroup(ch, ep.info.ID, gk, g, nil)
 			delete(ep.groups, gk)
+			ep.entries -= len(g)
 		}
+	}
+	// An endpoint that was over and may fit again is built whole (what
+	// it skipped while over included).
+	if ep.over && ep.entries <= MaxEndpointEntries {
+		r.recomputeEndpoint(ch, ep)
 	}
 }
 
