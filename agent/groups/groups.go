@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -208,6 +209,13 @@ func (m *Manager) Result(key string) (Result, bool) {
 	return r, ok
 }
 
+// MaxGroupAddrs bounds the addresses of one group's result: each is an
+// ipcache entry on every node (a namespace's policies may name 4,096 CIDR
+// prefixes, policy.MaxNamespacePrefixes, and 64 groups). A resolution
+// past it fails, keeping the last good set: until 2026-12-07 one answer
+// of 70,000 addresses was written on every node (TestGroupAddrsBounded).
+const MaxGroupAddrs = 4096
+
 // followResults applies every result the leader publishes.
 func (m *Manager) followResults(ctx context.Context) {
 	prefix := m.base() + "results/"
@@ -225,8 +233,8 @@ func (m *Manager) followResults(ctx context.Context) {
 			continue
 		}
 		var r Result
-		if err := json.Unmarshal(ev.Value, &r); err != nil {
-			continue
+		if err := json.Unmarshal(ev.Value, &r); err != nil || len(r.Addrs) > MaxGroupAddrs {
+			continue // (an older leader's result past the bound)
 		}
 		m.mu.Lock()
 		m.results[r.Key] = r
@@ -438,9 +446,17 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			backoff := min(time.Second<<min(r.Failures-1, 20), m.cfg.Interval)
 			next[key] = now.Add(backoff)
 			slog.Warn("resolving a cloud group failed; keeping the last known set", "group", key, "failures", r.Failures, "retry", backoff, "err", err)
+		} else if addrs = slices.Compact(slices.SortedFunc(slices.Values(addrs), netip.Addr.Compare)); len(addrs) > MaxGroupAddrs {
+			// As a failed resolution: the last good set is kept.
+			r.Error = fmt.Sprintf("the group resolved to %d addresses, at most %d (each is an ipcache entry on every node)", len(addrs), MaxGroupAddrs)
+			r.Failures++
+			if r.Since.IsZero() {
+				r.Since = now
+			}
+			next[key] = now.Add(m.cfg.Interval)
+			slog.Warn("a cloud group resolved to too many addresses; keeping the last known set", "group", key, "addresses", len(addrs), "max", MaxGroupAddrs)
 		} else {
-			slices.SortFunc(addrs, netip.Addr.Compare)
-			r.Addrs, r.Resolved, r.Refreshed = slices.Compact(addrs), true, time.Now()
+			r.Addrs, r.Resolved, r.Refreshed = addrs, true, time.Now()
 			r.Error, r.Failures, r.Since = "", 0, time.Time{}
 			next[key] = now.Add(m.cfg.Interval)
 		}
