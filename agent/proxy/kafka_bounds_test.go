@@ -453,3 +453,69 @@ func TestKafkaMetadataWalkNoLooserThanKmsg(t *testing.T) {
 		}
 	}
 }
+
+// Denials queued behind a forwarded request, charged already, do not
+// freeze the connection when the broker's answer does not fit the share
+// with them: until 2026-12-07 the answer waited for room that only its
+// own writing would make, with no end, and four pods so held the whole
+// response budget (found by a review). It now waits kafkaHoldTimeout at
+// most and the connection closes.
+func TestKafkaDenialsBehindPendingResponseNotStuck(t *testing.T) {
+	d, b := kafkaHoldTimeout, kafkaResponseBudget
+	t.Cleanup(func() { kafkaHoldTimeout, kafkaResponseBudget = d, b }) // after the harness's cleanups
+	kafkaHoldTimeout = 300 * time.Millisecond
+	kafkaResponseBudget = newByteShare(4<<20, 1<<20) // 1 MiB a source
+
+	big := kmsg.NewPtrMetadataResponse()
+	big.Version = 8
+	big.Topics = []kmsg.MetadataResponseTopic{metadataTopic(kmsg.StringPtr("topic1"), 1, 0, 6000)} // ~250 KiB
+	answer := kafkaResponseFrame(&kafkaRequest{key: kafkaMetadata, corr: 1}, big)
+	up := rawUpstream(t, func(c net.Conn) {
+		if _, err := readKafkaFrame(c); err != nil {
+			return
+		}
+		time.Sleep(time.Second) // the denials are queued meanwhile
+		c.Write(answer)
+		io.Copy(io.Discard, c)
+	})
+	h := newHarnessTo(t, up, Options{})
+	h.set(PortPolicy{Endpoint: serverIP, Direction: Ingress, Port: h.upstream.Port(), Protocol: "TCP", Kind: KindKafka,
+		Rules: []PeerRules{{Remotes: []uint32{clientID}, Kafka: []KafkaRule{{Role: "produce", Topic: "topic1"}}}}})
+	conn := h.dial()
+	deny := manyPartitions(2500, "topic2")
+	size := len(kafkaDenial(&kafkaRequest{key: kafkaProduce, version: 8, body: deny}))
+	n := (1<<20-len(answer))/size + 1 // the denials fit the share; with the answer they do not
+	if n*size >= 1<<20 || n*size+len(answer)-4 <= 1<<20 {
+		t.Fatalf("setup: %d denials of %d, answer %d", n, size, len(answer))
+	}
+	out := kafkaRequestFrame(metadataReq(8, "topic1"), 1, "c")
+	for i := range n {
+		out = append(out, kafkaRequestFrame(deny, int32(2+i), "c")...)
+	}
+	if _, err := conn.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(6 * time.Second))
+	want := int64(len(answer) + n*size)
+	got, err := io.CopyN(io.Discard, conn, want)
+	if got < want && errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("neither answered nor closed 6 s on (hold timeout %v): %d bytes read, %d bytes of the response budget held",
+			kafkaHoldTimeout, got, kafkaResponseBudget.heldBy(source{clientIP, clientID}))
+	}
+}
+
+// The list bound counts lists behind a pointer too (a StreamsGroup
+// heartbeat's topology): until 2026-12-07 they were not followed.
+func TestKafkaListBoundsFollowPointers(t *testing.T) {
+	r := kmsg.NewPtrStreamsGroupHeartbeatRequest()
+	r.Version = r.MaxVersion()
+	r.Topology = &kmsg.StreamsGroupHeartbeatRequestTopology{}
+	r.Topology.Subtopologies = make([]kmsg.StreamsGroupHeartbeatRequestTopologySubtopology, 20_000)
+	for i := range r.Topology.Subtopologies {
+		r.Topology.Subtopologies[i].SourceTopics = make([]string, 10)
+	}
+	_, err := parseKafkaRequest(kafkaRequestFrame(r, 1, "c")[4:], func([16]byte) (string, bool) { return "", false })
+	if !errors.Is(err, errKafkaTooManyEntries) {
+		t.Fatalf("220,000 entries under Topology: %v", err)
+	}
+}
