@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -36,7 +36,7 @@ func (c *cli) bpfCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(es, func(w *tabwriter.Writer) { bpfPolicyTable(w, es) })
+			return c.print(es, func(w io.Writer) { bpfPolicyTable(w, es) })
 		},
 	})
 	ipc := &cobra.Command{Use: "ipcache", Short: "The ipcache: the identity of each address prefix"}
@@ -49,7 +49,7 @@ func (c *cli) bpfCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(es, func(w *tabwriter.Writer) {
+			return c.print(es, func(w io.Writer) {
 				fmt.Fprintln(w, "PREFIX\tIDENTITY\tLABELS")
 				for _, e := range es {
 					fmt.Fprintf(w, "%s\t%d\t%s\n", e.Prefix, uint32(e.Identity), strings.Join(e.Labels, ","))
@@ -62,7 +62,7 @@ func (c *cli) bpfCmd() *cobra.Command {
 }
 
 // bpfPolicyTable prints policy map entries, one a line.
-func bpfPolicyTable(w *tabwriter.Writer, es []types.BPFPolicyEntry) {
+func bpfPolicyTable(w io.Writer, es []types.BPFPolicyEntry) {
 	fmt.Fprintln(w, "DIRECTION\tIDENTITY\tLABELS\tPROTOCOL\tPORTS\tVERDICT")
 	for _, e := range es {
 		peer, ls := strconv.FormatUint(uint64(e.Identity), 10), strings.Join(e.Labels, ",")

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/api"
 	"github.com/filament-net/filament/agent/api/types"
@@ -116,7 +116,7 @@ func TestEndpointGetShowsEnforcement(t *testing.T) {
 func TestPolicyTableNamesClusterWide(t *testing.T) {
 	var out bytes.Buffer
 	c := &cli{out: &out}
-	if err := c.print(nil, func(w *tabwriter.Writer) {
+	if err := c.print(nil, func(w io.Writer) {
 		policyTable(w, []types.Policy{
 			{Kind: types.KindCiliumClusterwideNetworkPolicy, Name: "everywhere", Rules: make([]json.RawMessage, 1)},
 			{Kind: "CiliumNetworkPolicy", Namespace: "prod", Name: "here", Rules: make([]json.RawMessage, 2)},

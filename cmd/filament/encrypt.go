@@ -2,8 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,7 +26,7 @@ func (c *cli) encryptCmd() *cobra.Command {
 			if s, err := c.client().Status(ctx); err == nil {
 				local = s.ClusterName
 			}
-			return c.print(st, func(w *tabwriter.Writer) {
+			return c.print(st, func(w io.Writer) {
 				fmt.Fprintf(w, "Mode:\t%s\n", st.Mode)
 				if st.Mode == "none" {
 					return
@@ -61,7 +61,7 @@ func (c *cli) encryptCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(map[string]string{"publicKey": pub}, func(w *tabwriter.Writer) {
+			return c.print(map[string]string{"publicKey": pub}, func(w io.Writer) {
 				fmt.Fprintf(w, "New public key: %s\n", pub)
 			})
 		},

@@ -2,8 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 )
@@ -21,7 +21,7 @@ func (c *cli) fqdnCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(es, func(w *tabwriter.Writer) {
+			return c.print(es, func(w io.Writer) {
 				fmt.Fprintln(w, "NAME\tADDRESS\tTTL LEFT\tENDPOINTS")
 				for _, e := range es {
 					ttl := fmt.Sprintf("%ds", e.TTLLeft)

@@ -2,8 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/filament-net/filament/agent/labels"
@@ -21,8 +21,8 @@ func identityCluster(id types.IdentityView) string {
 }
 
 // clusterIdentityTable is `identity list --all-clusters`.
-func clusterIdentityTable(ids []types.IdentityView) func(w *tabwriter.Writer) {
-	return func(w *tabwriter.Writer) {
+func clusterIdentityTable(ids []types.IdentityView) func(w io.Writer) {
+	return func(w io.Writer) {
 		fmt.Fprintln(w, "ID\tCLUSTER\tLABELS")
 		for _, id := range ids {
 			fmt.Fprintf(w, "%d\t%s\t%s\n", uint32(id.ID), identityCluster(id), strings.Join(id.Labels, ","))

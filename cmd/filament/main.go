@@ -52,7 +52,7 @@ func (c *cli) ctx() (context.Context, context.CancelFunc) {
 }
 
 // print writes v as JSON or YAML when -o says so, else calls table.
-func (c *cli) print(v any, table func(w *tabwriter.Writer)) error {
+func (c *cli) print(v any, table func(w io.Writer)) error {
 	switch c.output {
 	case "json":
 		b, err := json.MarshalIndent(v, "", "  ")
@@ -69,21 +69,23 @@ func (c *cli) print(v any, table func(w *tabwriter.Writer)) error {
 		_, err = c.out.Write(b)
 		return err
 	case "", "table":
-		w := tabwriter.NewWriter(tableSafe{c.out}, 0, 4, 2, ' ', 0)
-		table(w)
+		w := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+		table(tableSafe{w})
 		return w.Flush()
 	}
 	return fmt.Errorf("output %q: want json, yaml or table", c.output)
 }
 
-// tableSafe writes a table's cells with what a terminal would act on
-// escaped (printable: monitor.Terminal), the table's tabs and newlines kept: its
+// tableSafe writes a table's lines to its tabwriter with what a terminal
+// or the tabwriter would act on escaped (printable: monitor.Terminal; the
+// tabwriter's \f and \v too), the table's tabs and newlines kept: its
 // fields carry what other clusters, tenants' policies and workloads wrote
 // (a remote's backend node, a peer's endpoints in a failure, a
 // headerMatches value). Until 2026-12-07 tables printed them raw, while
 // -o json and -o yaml escaped them (TestTablesEscapeTerminalControls).
-// The tabwriter writes whole cells, so no character is split across
-// writes.
+// Escaped before the tabwriter measures them, cells stay aligned; each
+// Fprintf is one write, so no character is split across writes. A tab or
+// newline inside a value still starts a cell or a line.
 type tableSafe struct{ w io.Writer }
 
 func (t tableSafe) Write(p []byte) (int, error) {
@@ -120,7 +122,7 @@ func newRoot(out io.Writer) *cobra.Command {
 		Use: "version", Short: "Print the CLI version", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			in := version.Get()
-			return c.print(in, func(w *tabwriter.Writer) {
+			return c.print(in, func(w io.Writer) {
 				fmt.Fprintf(w, "version:\t%s\ncommit:\t%s\nmodified:\t%t\ngo:\t%s\nbuild date:\t%s\n", in.Version, in.Commit, in.Modified, in.GoVersion, in.BuildDate)
 			})
 		},
@@ -147,7 +149,7 @@ func (c *cli) statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(s, func(w *tabwriter.Writer) {
+			return c.print(s, func(w io.Writer) {
 				kv := "ok"
 				if !s.Kvstore.Healthy {
 					kv = "unreachable: " + s.Kvstore.Error
@@ -198,7 +200,7 @@ func (c *cli) endpointCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(eps, func(w *tabwriter.Writer) {
+			return c.print(eps, func(w io.Writer) {
 				fmt.Fprintln(w, "ID\tIPV4\tIDENTITY\tSTATE\tPOD\tINTERFACE\tLABELS")
 				for _, ep := range eps {
 					pod := ep.PodName
@@ -227,7 +229,7 @@ func (c *cli) endpointCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(ep, func(w *tabwriter.Writer) {
+			return c.print(ep, func(w io.Writer) {
 				fmt.Fprintf(w, "ID:\t%d\nContainer:\t%s (%s in %s)\nPod:\t%s/%s\nIPv4:\t%s/%d via %s\nMAC:\t%s\nIdentity:\t%d\nLabels:\t%s\nHost interface:\t%s (index %d)\nState:\t%s\nPolicy:\t%s\nCreated:\t%s\n",
 					ep.ID, ep.ContainerID, ep.IfName, ep.NetNS, ep.Namespace, ep.PodName, ep.IPv4, ep.PrefixLen, ep.Gateway,
 					ep.MAC, uint32(ep.Identity), strings.Join(ep.LabelStrings(), ","), ep.HostIfName, ep.HostIfIndex, ep.State, enforcementText(ep.PolicyEnforcement), ep.Created.Format(time.RFC3339))
@@ -239,8 +241,8 @@ func (c *cli) endpointCmd() *cobra.Command {
 
 func (c *cli) identityCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "identity", Aliases: []string{"identities", "id"}, Short: "List and inspect security identities"}
-	table := func(ids ...types.IdentityView) func(w *tabwriter.Writer) {
-		return func(w *tabwriter.Writer) {
+	table := func(ids ...types.IdentityView) func(w io.Writer) {
+		return func(w io.Writer) {
 			fmt.Fprintln(w, "ID\tLABELS")
 			for _, id := range ids {
 				fmt.Fprintf(w, "%d\t%s\n", uint32(id.ID), strings.Join(id.Labels, ","))
@@ -310,7 +312,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(r, func(w *tabwriter.Writer) {
+			return c.print(r, func(w io.Writer) {
 				fmt.Fprintf(w, "Imported %s (revision %d)%s\n", strings.Join(r.Policies, ", "), r.Revision, scopeNote(importLocal))
 			})
 		},
@@ -327,7 +329,7 @@ func (c *cli) policyCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return c.print(p, func(w *tabwriter.Writer) {
+				return c.print(p, func(w io.Writer) {
 					b, _ := yamlSafe(p)
 					w.Write(b)
 				})
@@ -336,7 +338,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(ps, func(w *tabwriter.Writer) { policyTable(w, ps) })
+			return c.print(ps, func(w io.Writer) { policyTable(w, ps) })
 		},
 	}
 	cmd.AddCommand(get)
@@ -349,7 +351,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(st, func(w *tabwriter.Writer) {
+			return c.print(st, func(w io.Writer) {
 				fmt.Fprintf(w, "Resolver:\tenabled=%v leader=%s (this node: %v), every %s\n", st.Enabled, st.Leader, st.IsLeader, st.Interval)
 				fmt.Fprintln(w, "GROUP\tADDRESSES\tREFRESHED\tERROR")
 				for _, g := range st.Groups {
@@ -370,7 +372,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err := c.client().RefreshGroups(ctx); err != nil {
 				return err
 			}
-			return c.print(map[string]string{"refresh": "requested"}, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Refresh requested") })
+			return c.print(map[string]string{"refresh": "requested"}, func(w io.Writer) { fmt.Fprintln(w, "Refresh requested") })
 		},
 	})
 	var tr types.TraceRequest
@@ -392,7 +394,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(r, func(w *tabwriter.Writer) { traceTable(w, r) })
+			return c.print(r, func(w io.Writer) { traceTable(w, r) })
 		},
 	}
 	trace.Flags().StringVar(&src, "src", "", "source labels, k=v,k2=v2")
@@ -415,7 +417,7 @@ func (c *cli) policyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(r, func(w *tabwriter.Writer) {
+			return c.print(r, func(w io.Writer) {
 				fmt.Fprintf(w, "Deleted %s (revision %d)%s\n", args[0], r.Revision, scopeNote(deleteLocal))
 			})
 		},
@@ -480,7 +482,7 @@ func (c *cli) nodeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(nodes, func(w *tabwriter.Writer) {
+			return c.print(nodes, func(w io.Writer) {
 				fmt.Fprintln(w, "NAME\tCLUSTER\tNODE IP\tPOD CIDRS\tOTHER ADDRESSES\tROUTING\tREACHABLE\tLABELS")
 				for _, n := range nodes {
 					reach := "yes"
@@ -598,7 +600,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(cl, func(w *tabwriter.Writer) {
+			return c.print(cl, func(w io.Writer) {
 				fmt.Fprintf(w, "Cluster mesh enabled for %s (ID %d): bundle %s, apiserver %s\n", cl.Name, cl.ID, dir, strings.Join(cl.Endpoints, ","))
 			})
 		},
@@ -638,7 +640,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 				}
 				done = append(done, a.Name+" <-> "+b.Name)
 			}
-			return c.print(done, func(w *tabwriter.Writer) {
+			return c.print(done, func(w io.Writer) {
 				for _, d := range done {
 					fmt.Fprintf(w, "Connected %s (agents pick the configs up within seconds)\n", d)
 				}
@@ -679,7 +681,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 					ready = ready && r.Ready && r.Connected && !r.Pending
 				}
 				if ready || time.Now().After(deadline) {
-					if err := c.print(st, func(w *tabwriter.Writer) {
+					if err := c.print(st, func(w io.Writer) {
 						if len(st) == 0 {
 							fmt.Fprintln(w, "No remote clusters configured.")
 							return
@@ -732,7 +734,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 			if err := ca.WritePair(outDir, "node", pair); err != nil {
 				return err
 			}
-			return c.print(map[string]string{"subject": nodeauth.CommonName(cl.Name, nodeName), "dir": outDir}, func(w *tabwriter.Writer) {
+			return c.print(map[string]string{"subject": nodeauth.CommonName(cl.Name, nodeName), "dir": outDir}, func(w io.Writer) {
 				fmt.Fprintf(w, "Issued %s: %s/node.pem, %s/node-key.pem (give the agent --node-cert, --node-key and --node-ca %s/ca.pem)\n",
 					nodeauth.CommonName(cl.Name, nodeName), outDir, outDir, dir)
 			})
@@ -772,7 +774,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 			if err := atomicfile.Write(path, crl, 0o644); err != nil {
 				return err
 			}
-			return c.print(map[string]string{"crl": path}, func(w *tabwriter.Writer) {
+			return c.print(map[string]string{"crl": path}, func(w io.Writer) {
 				fmt.Fprintf(w, "Revoked %s: %s (agents with --node-crl %s refuse the node within 10 s)\n", certFile, path, path)
 			})
 		},

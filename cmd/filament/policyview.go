@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/api/types"
 )
@@ -12,7 +12,7 @@ import (
 // policyTable lists policies: the key to get or delete each by, its
 // namespace ("(cluster-wide)" for a CiliumClusterwideNetworkPolicy), kind
 // and number of rules.
-func policyTable(w *tabwriter.Writer, ps []types.Policy) {
+func policyTable(w io.Writer, ps []types.Policy) {
 	fmt.Fprintln(w, "POLICY\tNAMESPACE\tKIND\tRULES")
 	for _, p := range ps {
 		ns := p.Namespace
@@ -26,7 +26,7 @@ func policyTable(w *tabwriter.Writer, ps []types.Policy) {
 // traceTable prints a trace result: the verdict, the deciding rule, and
 // for a flow through the node's proxy the HTTP rules of each L7 side and
 // the verdict for the request asked about.
-func traceTable(w *tabwriter.Writer, r types.TraceResult) {
+func traceTable(w io.Writer, r types.TraceResult) {
 	fmt.Fprintf(w, "Verdict:\t%s\n", r.Verdict)
 	fmt.Fprintf(w, "Reason:\t%s\n", r.Reason)
 	if r.Rule != nil {

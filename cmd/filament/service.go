@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/api/types"
 	"github.com/spf13/cobra"
@@ -63,7 +62,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 				}
 				done = append(done, s)
 			}
-			return c.print(done, func(w *tabwriter.Writer) {
+			return c.print(done, func(w io.Writer) {
 				for _, s := range done {
 					plural := "s"
 					if len(s.Backends) == 1 {
@@ -84,7 +83,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(ss, func(w *tabwriter.Writer) { serviceTable(w, ss) })
+			return c.print(ss, func(w io.Writer) { serviceTable(w, ss) })
 		},
 	}
 	get := &cobra.Command{
@@ -100,7 +99,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.print(s, func(w *tabwriter.Writer) { serviceTable(w, []types.ServiceStatus{s}) })
+			return c.print(s, func(w io.Writer) { serviceTable(w, []types.ServiceStatus{s}) })
 		},
 	}
 	del := &cobra.Command{
@@ -115,7 +114,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 			if err := c.client().DeleteService(ctx, ns, name); err != nil {
 				return err
 			}
-			return c.print(map[string]string{"deleted": ns + "/" + name}, func(w *tabwriter.Writer) {
+			return c.print(map[string]string{"deleted": ns + "/" + name}, func(w io.Writer) {
 				fmt.Fprintf(w, "Service %s/%s deleted\n", ns, name)
 			})
 		},
@@ -135,7 +134,7 @@ func splitKey(s string) (string, string, error) {
 	return ns, name, nil
 }
 
-func serviceTable(w *tabwriter.Writer, ss []types.ServiceStatus) {
+func serviceTable(w io.Writer, ss []types.ServiceStatus) {
 	fmt.Fprintln(w, "SERVICE\tFRONTEND\tTYPE\tOPTIONS\tBACKEND\tCLUSTER\tNODE\tSTATE\tPREFERRED")
 	for _, s := range ss {
 		opts := s.Algorithm
@@ -174,7 +173,7 @@ func serviceTable(w *tabwriter.Writer, ss []types.ServiceStatus) {
 // splitTable shows, under the backends, how each graded frontend divides
 // new connections between the clusters: per cluster its healthy/total
 // backends, its share by the rule and the share its table slots realise.
-func splitTable(w *tabwriter.Writer, ss []types.ServiceStatus) {
+func splitTable(w io.Writer, ss []types.ServiceStatus) {
 	header := false
 	for _, s := range ss {
 		for _, fe := range s.Frontends {

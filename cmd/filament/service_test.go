@@ -2,10 +2,10 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"net/netip"
 	"strings"
 	"testing"
-	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/api/types"
 )
@@ -26,7 +26,7 @@ func TestServiceTableGradedSplit(t *testing.T) {
 	}
 	var out bytes.Buffer
 	c := &cli{out: &out}
-	if err := c.print(nil, func(w *tabwriter.Writer) { serviceTable(w, ss) }); err != nil {
+	if err := c.print(nil, func(w io.Writer) { serviceTable(w, ss) }); err != nil {
 		t.Fatal(err)
 	}
 	var lines []string

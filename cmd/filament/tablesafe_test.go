@@ -3,9 +3,9 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
-	"text/tabwriter"
 
 	"github.com/filament-net/filament/agent/policy"
 	policyapi "github.com/filament-net/filament/agent/policy/api"
@@ -13,7 +13,7 @@ import (
 
 // escapeText holds C0 controls a terminal acts on (ESC sequences that
 // clear the screen and set the title, BEL, CR) beside hostileText's.
-const escapeText = "n1\x1b[2J\x1b[H\x1b]0;owned\x07\r" + hostileText
+const escapeText = "n1\x1b[2J\x1b[H\x1b]0;owned\x07\r\f\v" + hostileText
 
 // rawTerminal reports the first character of s a terminal would act on,
 // C0 controls but the table's own tab and newline included.
@@ -34,7 +34,7 @@ func rawTerminal(s string) string {
 func TestTablesEscapeTerminalControls(t *testing.T) {
 	var buf bytes.Buffer
 	c := &cli{out: &buf, output: "table"}
-	if err := c.print(nil, func(w *tabwriter.Writer) {
+	if err := c.print(nil, func(w io.Writer) {
 		fmt.Fprintf(w, "NAME\tNODE\n")
 		fmt.Fprintf(w, "api\t%s\n", escapeText)
 	}); err != nil {
