@@ -232,10 +232,15 @@ type Plumber interface {
 	Teardown(hostIfName string) error
 	// Present reports whether the endpoint's host-side device exists.
 	Present(hostIfName string) bool
-	// SetUp sets the endpoint's host-side device up, or down (no packet
-	// passes between the pod and the node).
-	SetUp(hostIfName string, up bool) error
+	// SetUp sets the endpoint's host-side device up, with the node's
+	// route to the pod's address ip (which a device set down loses), or
+	// down (no packet passes between the pod and the node). A missing
+	// device is ErrNoDevice.
+	SetUp(hostIfName string, ip netip.Addr, up bool) error
 }
+
+// ErrNoDevice: the endpoint's host-side device does not exist.
+var ErrNoDevice = errors.New("endpoint device not found")
 
 // Identities is what the manager needs of the identity allocator.
 type Identities interface {

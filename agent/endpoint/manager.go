@@ -508,15 +508,20 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 func (m *Manager) restoreDatapath(ctx context.Context, ep *Endpoint) error {
 	err := m.hooks.EndpointUp(ctx, *ep)
 	if err == nil {
-		if err := m.plumber.SetUp(ep.HostIfName, true); err != nil {
+		if err := m.plumber.SetUp(ep.HostIfName, ep.IPv4, true); err != nil {
 			slog.Error("restored endpoint's device not set up", "endpoint", ep.ID, "device", ep.HostIfName, "err", err)
 		}
 		return nil
 	}
-	if derr := m.plumber.SetUp(ep.HostIfName, false); derr != nil {
+	derr := m.plumber.SetUp(ep.HostIfName, ep.IPv4, false)
+	if derr != nil && !errors.Is(derr, ErrNoDevice) {
 		return fmt.Errorf("restore endpoint %d datapath: %w (and its device %s could not be held down: %v)", ep.ID, err, ep.HostIfName, derr)
 	}
-	m.hooks.EndpointDown(*ep)
+	m.hooks.EndpointDown(*ep) // (the device down, or gone)
+	if derr != nil {
+		ep.State = StateDisconnected // gone since it was looked up
+		return nil
+	}
 	ep.State = StateHeld
 	slog.Error("endpoint's datapath not restored: its device is held down until a restart sets it up or its DEL removes it",
 		"endpoint", ep.ID, "container", ep.ContainerID, "device", ep.HostIfName, "err", err)

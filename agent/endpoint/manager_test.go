@@ -40,7 +40,7 @@ func (f *fakePlumber) Teardown(name string) error {
 	return nil
 }
 func (f *fakePlumber) Present(name string) bool { return f.devices[name] }
-func (f *fakePlumber) SetUp(name string, up bool) error {
+func (f *fakePlumber) SetUp(name string, _ netip.Addr, up bool) error {
 	if !up && f.failDown {
 		return errors.New("device busy")
 	}

@@ -124,11 +124,7 @@ func (p *Plumber) Setup(ctx context.Context, r endpoint.PlumbRequest) (res endpo
 	if err != nil {
 		return res, err
 	}
-	route := &netlink.Route{
-		LinkIndex: res.HostIfIndex, Scope: netlink.SCOPE_LINK,
-		Dst: &net.IPNet{IP: r.IPv4.AsSlice(), Mask: net.CIDRMask(32, 32)},
-	}
-	if err := netlink.RouteReplace(route); err != nil {
+	if err := netlink.RouteReplace(podRoute(res.HostIfIndex, r.IPv4)); err != nil {
 		return res, fmt.Errorf("route to %s via %s: %w", r.IPv4, r.HostIfName, err)
 	}
 	return res, nil
@@ -193,21 +189,39 @@ func (p *Plumber) Present(hostIfName string) bool {
 	return err == nil
 }
 
-// SetUp implements endpoint.Plumber.
-func (p *Plumber) SetUp(hostIfName string, up bool) error {
+// SetUp implements endpoint.Plumber. A device set down loses its routes,
+// so setting it up writes the route to the pod again (until 2026-12-07 a
+// held endpoint set up again had none: the node and its host-network
+// clients could not reach the pod, TestSetUpRestoresTheRoute).
+func (p *Plumber) SetUp(hostIfName string, ip netip.Addr, up bool) error {
 	link, err := netlink.LinkByName(hostIfName)
 	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return fmt.Errorf("%w: %s", endpoint.ErrNoDevice, hostIfName)
+		}
 		return fmt.Errorf("find %s: %w", hostIfName, err)
 	}
-	if up {
-		err = netlink.LinkSetUp(link)
-	} else {
-		err = netlink.LinkSetDown(link)
+	if !up {
+		if err := netlink.LinkSetDown(link); err != nil {
+			return fmt.Errorf("set %s down: %w", hostIfName, err)
+		}
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("set %s up=%v: %w", hostIfName, up, err)
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", hostIfName, err)
+	}
+	if err := netlink.RouteReplace(podRoute(link.Attrs().Index, ip)); err != nil {
+		return fmt.Errorf("route to %s via %s: %w", ip, hostIfName, err)
 	}
 	return nil
+}
+
+// podRoute is the node's route to a pod's address through its host-side
+// device.
+func podRoute(ifIndex int, ip netip.Addr) *netlink.Route {
+	return &netlink.Route{LinkIndex: ifIndex, Scope: netlink.SCOPE_LINK,
+		Dst: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}
 }
 
 // ErrMismatch: CNI CHECK found an endpoint's devices, address or routes
