@@ -6,13 +6,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/filament-net/filament/agent/cniinstall"
@@ -78,19 +76,7 @@ func TestRunInvalid(t *testing.T) {
 // test, with a bpffs and CNI directories of its own) goes; what is not
 // Filament's stays.
 func TestRun(t *testing.T) {
-	testutil.RequireRoot(t)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { netns.Set(orig); ns.Close() }()
+	testutil.InNewNetNS(t)
 
 	must := func(err error) {
 		t.Helper()

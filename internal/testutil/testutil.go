@@ -9,9 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
@@ -29,6 +32,32 @@ func RequireRoot(t testing.TB) {
 		t.Fatalf("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and FILAMENT_REQUIRE_PRIVILEGED=1 forbids skipping")
 	}
 	t.Skip("skipped: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+}
+
+// InNewNetNS runs the rest of the test (its goroutine, locked to its
+// thread) in a new network namespace, the previous one set back at
+// cleanup. It requires root.
+func InNewNetNS(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	ns, err := netns.New()
+	if err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		netns.Set(orig)
+		ns.Close()
+		orig.Close()
+		runtime.UnlockOSThread()
+	})
 }
 
 // SkipMissingFeature skips t because the kernel lacks feature (err says how

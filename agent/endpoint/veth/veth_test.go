@@ -3,11 +3,9 @@ package veth
 import (
 	"errors"
 	"net/netip"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/filament-net/filament/agent/endpoint"
 	"github.com/filament-net/filament/internal/testutil"
@@ -19,19 +17,7 @@ import (
 // its host-network clients could not reach the pod (found by a review).
 // A missing device is endpoint.ErrNoDevice.
 func TestSetUpRestoresTheRoute(t *testing.T) {
-	testutil.RequireRoot(t)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { netns.Set(orig); ns.Close() }()
+	testutil.InNewNetNS(t)
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "filtest0"}, PeerName: "filtest1"}); err != nil {
 		t.Fatal(err)
 	}
