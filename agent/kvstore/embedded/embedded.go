@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -217,7 +218,7 @@ func Start(c Config) (*Server, error) {
 	clearNoSpace(e, c.QuotaBytes)
 	s := &Server{e: e, client: client}
 	for _, l := range e.Clients {
-		s.endpoints = append(s.endpoints, cu.Scheme+"://"+l.Addr().String())
+		s.endpoints = append(s.endpoints, cu.Scheme+"://"+dialable(l.Addr()))
 	}
 	return s, nil
 }
@@ -250,19 +251,20 @@ func newOwnTLS(dir string) (*ownTLS, error) {
 func (o *ownTLS) caFile() string { return filepath.Join(o.dir, "ca.pem") }
 
 // issue writes name.pem and name-key.pem, a certificate of the authority
-// (a server's for host, and 127.0.0.1 and ::1 when host is any address).
+// (a server's for host, the addresses a name resolves to, and the
+// loopback addresses, which Endpoints gives for any address).
 func (o *ownTLS) issue(name string, server bool, host string) (certFile, keyFile string, err error) {
 	var ips []net.IP
 	var names []string
 	if server {
-		ip := net.ParseIP(host)
-		switch {
-		case ip != nil && ip.IsUnspecified():
-			ips = append(ips, net.IPv4(127, 0, 0, 1), net.IPv6loopback)
-		case ip != nil:
+		ips = append(ips, net.IPv4(127, 0, 0, 1), net.IPv6loopback)
+		names = append(names, "localhost")
+		if ip := net.ParseIP(host); ip != nil {
 			ips = append(ips, ip)
-		case host != "":
+		} else if host != "" {
 			names = append(names, host)
+			addrs, _ := net.LookupIP(host) // what the listener binds
+			ips = append(ips, addrs...)
 		}
 	}
 	pair, err := o.auth.Issue(name, server, ips, names)
@@ -289,6 +291,20 @@ func (o *ownTLS) tlsInfo(name, host string) (transport.TLSInfo, error) {
 		return transport.TLSInfo{}, err
 	}
 	return transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: o.caFile(), ClientCertAuth: true}, nil
+}
+
+// dialable is a listener's address as a client dials it: an unspecified
+// address (a listener on every address) as the loopback of its family.
+func dialable(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || !ta.IP.IsUnspecified() {
+		return a.String()
+	}
+	lo := net.IPv4(127, 0, 0, 1)
+	if ta.IP.To4() == nil {
+		lo = net.IPv6loopback
+	}
+	return net.JoinHostPort(lo.String(), strconv.Itoa(ta.Port))
 }
 
 // DefaultQuotaBytes is etcd's quota when Config.QuotaBytes is 0.

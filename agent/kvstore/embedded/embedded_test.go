@@ -125,3 +125,35 @@ func TestOwnClientTLSRefusesStrangers(t *testing.T) {
 		t.Errorf("the member's own client certificate: %v", err)
 	}
 }
+
+// Every client URL the agent's configuration takes (a loopback address, a
+// name, any address, IPv6) serves its own clients over TLS: until
+// 2026-12-07 (with own TLS new) a name or any address made the agent fail
+// to connect, its certificate naming neither what it listened on nor
+// what it was dialled at (found by a review).
+func TestOwnClientTLSEveryURL(t *testing.T) {
+	for _, u := range []string{"http://127.0.0.1:0", "http://localhost:0", "http://0.0.0.0:0", "http://[::1]:0", "http://[::]:0"} {
+		t.Run(u, func(t *testing.T) {
+			s, err := Start(Config{Dir: t.TempDir(), ClientURL: u, PeerURL: "http://127.0.0.1:0", UnsafeNoFsync: true, OwnClientTLS: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			ca, cert, key := s.ClientTLS()
+			tc, err := (transport.TLSInfo{TrustedCAFile: ca, CertFile: cert, KeyFile: key}).ClientConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 3 * time.Second, TLS: tc, Logger: zap.NewNop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := c.Put(ctx, "x", "y"); err != nil {
+				t.Fatalf("endpoints %v: %v", s.Endpoints(), err)
+			}
+		})
+	}
+}
