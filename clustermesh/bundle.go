@@ -104,11 +104,19 @@ var nameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`)
 
 // ValidateCluster checks a cluster's name and ID.
 func ValidateCluster(name string, id uint32) error {
-	if !nameRe.MatchString(name) {
-		return fmt.Errorf("%w: cluster name %q: 1-32 lowercase letters, digits and '-'", ErrInvalid, name)
+	if err := validateClusterName(name); err != nil {
+		return err
 	}
 	if err := identity.ValidateClusterID(id); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+// validateClusterName checks a cluster's name.
+func validateClusterName(name string) error {
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("%w: cluster name %q: 1-32 lowercase letters, digits and '-'", ErrInvalid, name)
 	}
 	return nil
 }
@@ -254,8 +262,13 @@ func LoadCluster(dir string) (Cluster, error) {
 	// A peer's bundle is its operator's: its name becomes a file name and a
 	// line of this bundle's PeersFile (until 2026-12-07 it was taken
 	// unchecked, TestPeerBundleNameChecked).
-	if err := ValidateCluster(c.Name, c.ID); err != nil {
+	// (The ID within any layout: connect, the relay and node
+	// certificates run without the mesh's.)
+	if err := validateClusterName(c.Name); err != nil {
 		return c, fmt.Errorf("%s/cluster.yaml: %w", dir, err)
+	}
+	if err := identity.ValidateAnyClusterID(c.ID); err != nil {
+		return c, fmt.Errorf("%w: %s/cluster.yaml: %v", ErrInvalid, dir, err)
 	}
 	for _, e := range c.Endpoints {
 		if err := validEndpoint(e); err != nil {

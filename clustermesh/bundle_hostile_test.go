@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/filament-net/filament/agent/identity"
 )
 
 // A peer bundle is another cluster's (its operator's) and is not trusted:
@@ -116,4 +118,26 @@ func enable(t *testing.T, dir, name string, id uint32) {
 // quoteYAML is s as a YAML double-quoted scalar.
 func quoteYAML(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s) + `"`
+}
+
+// Bundles of the 511-cluster layout connect from a process that runs
+// without the mesh's layout (connect, the relay): the check that a peer's
+// bundle names a valid cluster takes an ID of any layout.
+func TestConnect511Layout(t *testing.T) {
+	d := t.TempDir()
+	a, b := filepath.Join(d, "a"), filepath.Join(d, "b")
+	if err := identity.SetMaxClusters(511); err != nil {
+		t.Fatal(err)
+	}
+	defer identity.SetMaxClusters(255)
+	if _, err := Enable(a, "east", 300, []net.IP{net.ParseIP("10.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Enable(b, "west", 301, []net.IP{net.ParseIP("fd00::1")}); err != nil {
+		t.Fatal(err)
+	}
+	identity.SetMaxClusters(255) // what connect and filament-relay run with
+	if _, _, err := Connect(a, b); err != nil {
+		t.Errorf("connect: %v", err)
+	}
 }

@@ -67,6 +67,20 @@ var reservedNames = map[NumericIdentity]string{
 // ErrClusterID is returned for a cluster ID outside 1–ClusterIDMax.
 var ErrClusterID = errors.New("cluster ID out of range")
 
+// MaxAnyClusterID is the largest cluster ID of any layout (511 clusters):
+// what input read without the mesh's layout (a bundle, a remote's cache)
+// may hold.
+const MaxAnyClusterID = 511
+
+// ValidateAnyClusterID checks a cluster ID against every layout (1 to
+// MaxAnyClusterID), for a process that does not know the mesh's.
+func ValidateAnyClusterID(id uint32) error {
+	if id < 1 || id > MaxAnyClusterID {
+		return fmt.Errorf("%w: cluster ID must be 1-%d, got %d", ErrClusterID, MaxAnyClusterID, id)
+	}
+	return nil
+}
+
 // ValidateClusterID checks id against the layout (1–255, or 1–511).
 func ValidateClusterID(id uint32) error {
 	if id < 1 || id > ClusterIDMax {

@@ -38,7 +38,7 @@ import (
 
 // maxAnyClusterID is the largest cluster ID of either identity layout
 // (identity.SetMaxClusters: 255 or 511).
-const maxAnyClusterID = 511
+const maxAnyClusterID = identity.MaxAnyClusterID
 
 // MaxValue bounds a value the cache copies (clustermesh.MaxRemoteValue;
 // smaller for the kinds agents bound more tightly: ValueBound).
