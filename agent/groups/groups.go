@@ -211,9 +211,10 @@ func (m *Manager) Result(key string) (Result, bool) {
 
 // MaxGroupAddrs bounds the addresses of one group's result: each is an
 // ipcache entry on every node (a namespace's policies may name 4,096 CIDR
-// prefixes, policy.MaxNamespacePrefixes, and 64 groups). A resolution
-// past it fails, keeping the last good set: until 2026-12-07 one answer
-// of 70,000 addresses was written on every node (TestGroupAddrsBounded).
+// prefixes, policy.MaxNamespacePrefixes, and 64 groups). Past it the
+// lowest are applied and the result carries the error: until 2026-12-07
+// one answer of 70,000 addresses was written on every node
+// (TestGroupAddrsBounded).
 const MaxGroupAddrs = 4096
 
 // followResults applies every result the leader publishes.
@@ -446,18 +447,19 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			backoff := min(time.Second<<min(r.Failures-1, 20), m.cfg.Interval)
 			next[key] = now.Add(backoff)
 			slog.Warn("resolving a cloud group failed; keeping the last known set", "group", key, "failures", r.Failures, "retry", backoff, "err", err)
-		} else if addrs = slices.Compact(slices.SortedFunc(slices.Values(addrs), netip.Addr.Compare)); len(addrs) > MaxGroupAddrs {
-			// As a failed resolution: the last good set is kept.
-			r.Error = fmt.Sprintf("the group resolved to %d addresses, at most %d (each is an ipcache entry on every node)", len(addrs), MaxGroupAddrs)
-			r.Failures++
-			if r.Since.IsZero() {
-				r.Since = now
-			}
-			next[key] = now.Add(m.cfg.Interval)
-			slog.Warn("a cloud group resolved to too many addresses; keeping the last known set", "group", key, "addresses", len(addrs), "max", MaxGroupAddrs)
 		} else {
+			addrs = slices.Compact(slices.SortedFunc(slices.Values(addrs), netip.Addr.Compare))
 			r.Addrs, r.Resolved, r.Refreshed = addrs, true, time.Now()
 			r.Error, r.Failures, r.Since = "", 0, time.Time{}
+			if len(addrs) > MaxGroupAddrs {
+				// The lowest MaxGroupAddrs addresses, with the error: a
+				// deny rule naming the group still denies those (kept
+				// whole as the last good set, a group this large at its
+				// first resolution would deny nothing).
+				r.Addrs = addrs[:MaxGroupAddrs]
+				r.Error = fmt.Sprintf("the group resolved to %d addresses; the lowest %d are applied (each is an ipcache entry on every node)", len(addrs), MaxGroupAddrs)
+				slog.Warn("a cloud group resolved to too many addresses; applying the lowest", "group", key, "addresses", len(addrs), "max", MaxGroupAddrs)
+			}
 			next[key] = now.Add(m.cfg.Interval)
 		}
 		b, _ := json.Marshal(r)
