@@ -55,6 +55,17 @@ type ctxStream struct {
 
 func (s ctxStream) Context() context.Context { return s.ctx }
 
+// SendMsg sends nothing once the stream was ended: etcd's watch sends from
+// a goroutine of its own, which could still send an event made after the
+// end (a cluster disconnected got a change written after it was; seen
+// once under load in TestRetiringSharedRemoteEndsItsOpenWatches).
+func (s ctxStream) SendMsg(m any) error {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	return s.ServerStream.SendMsg(m)
+}
+
 // intercept follows each stream of a connected cluster's user while it is
 // open (registered before etcd checks its permission, so a user deleted
 // after that check still finds it).
