@@ -1458,14 +1458,18 @@ func (p *Proxy) inspectKafkaMetadata(scope kafkaScope, pd *kafkaPending, out []b
 		}
 		return out
 	}
-	p.kafkaIDs.learn(scope, func(yield func([16]byte, string) bool) {
-		more := true
-		walkKafkaMetadata(body, pd.version, func(t kafkaMetadataTopic) {
-			if more && t.name != nil && t.id != ([16]byte{}) && t.errorCode == 0 {
-				more = yield(t.id, string(t.name))
-			}
+	// Topic IDs come with Metadata v10: an older response's walk does not
+	// hold the table's lock (every ID lookup of the node waits on it).
+	if pd.version >= 10 {
+		p.kafkaIDs.learn(scope, func(yield func([16]byte, string) bool) {
+			more := true
+			walkKafkaMetadata(body, pd.version, func(t kafkaMetadataTopic) {
+				if more && t.name != nil && t.id != ([16]byte{}) && t.errorCode == 0 {
+					more = yield(t.id, string(t.name))
+				}
+			})
 		})
-	})
+	}
 	var denied kafkaTopicsAt
 	if pd.merge != nil {
 		if denied, ok = walkKafkaMetadata(pd.merge, pd.version, nil); !ok {
