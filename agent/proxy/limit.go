@@ -116,7 +116,8 @@ func (s *slotShare) take(who source, n int64, cancel context.CancelCauseFunc, no
 		var free int64
 		k := 0
 		for _, ss := range srcs {
-			if ss == mine {
+			// Never the taker itself, nor a source within its fair share.
+			if ss == mine || ss.held <= s.max/holders {
 				continue
 			}
 			if f, j, ok := s.room(ss, n, held, now); ok {

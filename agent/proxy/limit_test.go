@@ -242,3 +242,29 @@ func TestSlotShareYoungTopDoesNotShieldOthers(t *testing.T) {
 		t.Error("a source holding nothing is kept out: the top's slots are young and no other holder is considered")
 	}
 }
+
+// Slots are taken only from a source above its fair share: a source that
+// recycles its slots (young, above its share) does not shift the taking
+// onto one holding exactly its share (found by the review of the change
+// above).
+func TestSlotShareSparesSourcesWithinTheirShare(t *testing.T) {
+	s := newSlotShare(9, 6)
+	t0 := time.Unix(1_800_000_000, 0)
+	src := func(b byte) source { return source{netip.AddrFrom4([4]byte{10, 0, 0, b}), 0} }
+	nop := func(error) {}
+	for range 3 { // A: 3 old slots, its share of 9 among 3
+		if _, ok := s.take(src(1), 1, nop, t0); !ok {
+			t.Fatal("A")
+		}
+	}
+	now := t0.Add(10 * time.Second)
+	for range 6 { // B: 6 young slots
+		if _, ok := s.take(src(2), 1, nop, now.Add(-500*time.Millisecond)); !ok {
+			t.Fatal("B")
+		}
+	}
+	s.take(src(3), 1, nop, now)
+	if got := s.bySrc[src(1)].held; got != 3 {
+		t.Errorf("a source holding its fair share gave a slot: holds %d, want 3", got)
+	}
+}
