@@ -118,12 +118,16 @@ type hooks struct {
 	gone    func(id uint16) // an endpoint was deleted
 }
 
+// EndpointUp leaves what it set up in place when a step fails: the
+// caller takes the endpoint down (a create after its veth is gone from the
+// pod's reach, a restore after setting the device down). Until 2026-12-07
+// a failed load-balancer step took the engine's programs off here, with
+// the pod's device still up (TestHooksLeaveTheEngineUpOnFailure).
 func (h hooks) EndpointUp(ctx context.Context, ep endpoint.Endpoint) error {
 	if err := h.engine.EndpointUp(ctx, ep); err != nil {
 		return err
 	}
 	if err := h.lb.EndpointUp(ctx, ep); err != nil {
-		h.engine.EndpointDown(ep)
 		return err
 	}
 	h.changed()
