@@ -235,3 +235,38 @@ func TestRestoreHoldsAFailedEndpointDown(t *testing.T) {
 		t.Fatalf("%d addresses left after both DELs", e3.pool.Used())
 	}
 }
+
+// A DEL whose teardown fails leaves the pod's device up with its programs,
+// or down if they cannot be set up again: never up without them (until
+// 2026-12-07 the programs came off first and stayed off when the restore
+// failed; found by a review).
+func TestFailedDeleteLeavesNoDeviceUnenforced(t *testing.T) {
+	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}}
+	plumber := &fakePlumber{devices: map[string]bool{}}
+	e := newEnvHooks(t, t.TempDir(), testutil.Etcd(t), plumber, d)
+	ctx := context.Background()
+	ep, err := e.m.Create(ctx, req(e, "web", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plumber.failTeardown = true
+	if _, err := e.m.DeleteByContainer(ctx, "web", "eth0"); err == nil {
+		t.Fatal("a delete with its teardown failing succeeded")
+	}
+	if _, up := d.state(ep.ID); !up || plumber.down[ep.HostIfName] {
+		t.Fatalf("after a failed delete: programs %v, device down %v; want programs on and the device up", up, plumber.down[ep.HostIfName])
+	}
+	d.mu.Lock()
+	d.fail = 1
+	d.mu.Unlock()
+	if _, err := e.m.DeleteByContainer(ctx, "web", "eth0"); err == nil {
+		t.Fatal("a delete with its teardown failing succeeded")
+	}
+	if got, _ := e.m.Get(ep.ID); !plumber.down[ep.HostIfName] || got.State != endpoint.StateHeld {
+		t.Fatalf("after a failed delete whose restore failed: device down %v, %s; want held down", plumber.down[ep.HostIfName], got.State)
+	}
+	plumber.failTeardown = false
+	if _, err := e.m.DeleteByContainer(ctx, "web", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+}

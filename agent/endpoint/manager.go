@@ -165,12 +165,14 @@ func (m *Manager) release(ctx context.Context, ls labels.Labels) error {
 // restore writes ep's datapath state again after a failed update (after,
 // say what failed), as release does on a context that is not the
 // caller's: its end may be what failed.
-func (m *Manager) restore(ctx context.Context, ep Endpoint, after string) {
+func (m *Manager) restore(ctx context.Context, ep Endpoint, after string) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.kvWait)
 	defer cancel()
-	if err := m.hooks.EndpointUp(rctx, ep); err != nil {
+	err := m.hooks.EndpointUp(rctx, ep)
+	if err != nil {
 		slog.Error("endpoint's datapath not restored after "+after, "endpoint", ep.ID, "err", err)
 	}
+	return err
 }
 
 // kvUnreachable reports whether err says the kvstore could not be reached.
@@ -351,13 +353,22 @@ func (m *Manager) DeleteByContainer(ctx context.Context, containerID, ifName str
 
 func (m *Manager) deleteLocked(ctx context.Context, ep *Endpoint) error {
 	if m.hooks != nil {
+		// Its device down before its programs come off (a pod being
+		// deleted; gone already, or busy, the teardown says).
+		m.plumber.SetUp(ep.HostIfName, ep.IPv4, false)
 		m.hooks.EndpointDown(*ep)
 	}
 	if err := m.plumber.Teardown(ep.HostIfName); err != nil {
-		// The device stays, and so does the endpoint: enforced again
-		// until the DEL is tried again (not left without its programs).
+		// The device stays, and so does the endpoint: enforced again and
+		// up until the DEL is tried again, or held down if its datapath
+		// cannot be set up (until 2026-12-07 left up without its
+		// programs then, TestFailedDeleteLeavesNoDeviceUnenforced).
 		if m.hooks != nil {
-			m.restore(ctx, *ep, "a failed delete")
+			if m.restore(ctx, *ep, "a failed delete") == nil {
+				m.plumber.SetUp(ep.HostIfName, ep.IPv4, true)
+			} else {
+				ep.State = StateHeld
+			}
 		}
 		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
 	}
@@ -609,7 +620,7 @@ func (m *Manager) relabelLocked(ctx context.Context, ep *Endpoint, podLabels []s
 			// (or, failing late, taken the endpoint down): put the old one
 			// back, so the datapath has what the manager keeps.
 			*ep = old
-			m.restore(ctx, old, "a failed relabel (until its next relabel to other labels, or the agent's restart)")
+			m.restore(ctx, old, "a failed relabel (until its next relabel to other labels, or the agent's restart)") // (logged)
 			m.release(ctx, ls)
 			return false, err
 		}
