@@ -58,14 +58,8 @@ func (d *datapathHooks) state(id uint16) (identity.NumericIdentity, bool) {
 // enforced, as the manager still lists it (before, its programs were
 // detached and its pod ran unenforced until the DEL was tried again).
 func TestFailedDatapathUpdateLeavesItAsTheManagerHasIt(t *testing.T) {
-	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}}
-	plumber := &fakePlumber{devices: map[string]bool{}}
-	e := newEnvHooks(t, t.TempDir(), testutil.Etcd(t), plumber, d)
+	d, plumber, e, ep := hookedWeb(t)
 	ctx := context.Background()
-	ep, err := e.m.Create(ctx, req(e, "web", "app=web"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	d.mu.Lock()
 	d.fail = 1
 	d.mu.Unlock()
@@ -241,14 +235,8 @@ func TestRestoreHoldsAFailedEndpointDown(t *testing.T) {
 // 2026-12-07 the programs came off first and stayed off when the restore
 // failed; found by a review).
 func TestFailedDeleteLeavesNoDeviceUnenforced(t *testing.T) {
-	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}}
-	plumber := &fakePlumber{devices: map[string]bool{}}
-	e := newEnvHooks(t, t.TempDir(), testutil.Etcd(t), plumber, d)
+	d, plumber, e, ep := hookedWeb(t)
 	ctx := context.Background()
-	ep, err := e.m.Create(ctx, req(e, "web", "app=web"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	plumber.failTeardown = true
 	if _, err := e.m.DeleteByContainer(ctx, "web", "eth0"); err == nil {
 		t.Fatal("a delete with its teardown failing succeeded")
@@ -269,4 +257,18 @@ func TestFailedDeleteLeavesNoDeviceUnenforced(t *testing.T) {
 	if _, err := e.m.DeleteByContainer(ctx, "web", "eth0"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// hookedWeb is a manager with datapath hooks d and the endpoint web
+// created.
+func hookedWeb(t *testing.T) (*datapathHooks, *fakePlumber, *env, endpoint.Endpoint) {
+	t.Helper()
+	d := &datapathHooks{up: map[uint16]identity.NumericIdentity{}}
+	plumber := &fakePlumber{devices: map[string]bool{}}
+	e := newEnvHooks(t, t.TempDir(), testutil.Etcd(t), plumber, d)
+	ep, err := e.m.Create(context.Background(), req(e, "web", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, plumber, e, ep
 }
