@@ -234,8 +234,12 @@ func (m *Manager) followResults(ctx context.Context) {
 			continue
 		}
 		var r Result
-		if err := json.Unmarshal(ev.Value, &r); err != nil || len(r.Addrs) > MaxGroupAddrs {
-			continue // (an older leader's result past the bound)
+		if err := json.Unmarshal(ev.Value, &r); err != nil {
+			continue
+		}
+		if len(r.Addrs) > MaxGroupAddrs { // an older leader's result: its lowest, as this one's
+			addrs := slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))
+			r.Addrs = addrs[:min(len(addrs), MaxGroupAddrs)]
 		}
 		m.mu.Lock()
 		m.results[r.Key] = r

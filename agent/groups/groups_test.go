@@ -2,6 +2,7 @@ package groups
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -618,8 +619,8 @@ func TestWantedGroupKeptWhenItsResultIsDeleted(t *testing.T) {
 // every node, and until 2026-12-07 one answer of 70,000 addresses (a
 // hostile endpoint, or a large account) wrote them all on every node,
 // past any namespace's prefix budget (found by a review). A deny rule
-// naming it still denies those. A stored result past it (an older
-// leader's) is not applied.
+// naming it still denies those. Of a stored result past it (an older
+// leader's) the lowest are applied too.
 func TestGroupAddrsBounded(t *testing.T) {
 	_, leader, follower, key := pair(t)
 	ctx := tctx(t)
@@ -636,4 +637,19 @@ func TestGroupAddrsBounded(t *testing.T) {
 		return strings.Contains(r.Error, "addresses") && slices.Equal(r.Addrs, lowest)
 	}, leader, follower)
 	waitApplied(t, key, lowest, leader, follower)
+
+	// An older leader's result, past the bound, reversed.
+	var older Result
+	if r, ok := follower.m.Result(key); ok {
+		older = r
+	}
+	older.Addrs = parse(many...)
+	older.Addrs = append(older.Addrs, netip.MustParseAddr("10.0.0.1"))
+	slices.Reverse(older.Addrs)
+	older.Error = ""
+	b, _ := json.Marshal(older)
+	if err := follower.kv.Put(ctx, follower.m.base()+"results/"+hash(key), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, append(parse("10.0.0.1"), lowest[:MaxGroupAddrs-1]...), follower)
 }
