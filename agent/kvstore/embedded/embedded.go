@@ -294,17 +294,15 @@ func (o *ownTLS) tlsInfo(name, host string) (transport.TLSInfo, error) {
 }
 
 // dialable is a listener's address as a client dials it: an unspecified
-// address (a listener on every address) as the loopback of its family.
+// address (a listener on every address, IPv6's dual-stack) as 127.0.0.1,
+// which the server's certificate names (a bundle's, by default, as its
+// own).
 func dialable(a net.Addr) string {
 	ta, ok := a.(*net.TCPAddr)
 	if !ok || !ta.IP.IsUnspecified() {
 		return a.String()
 	}
-	lo := net.IPv4(127, 0, 0, 1)
-	if ta.IP.To4() == nil {
-		lo = net.IPv6loopback
-	}
-	return net.JoinHostPort(lo.String(), strconv.Itoa(ta.Port))
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ta.Port))
 }
 
 // DefaultQuotaBytes is etcd's quota when Config.QuotaBytes is 0.
