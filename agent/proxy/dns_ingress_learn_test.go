@@ -43,7 +43,11 @@ func TestIngressDNSRuleTeachesTheClientNothing(t *testing.T) {
 	if err := h.p.SetConfig(Config{Revision: 3, IPCache: ipcache, FQDNs: []DNSRule{{MatchPattern: "*.allowed.test"}}, Policies: policies}); err != nil {
 		t.Fatal(err)
 	}
-	go h.ask("udp", "www.allowed.test.")
+	// (Waited for before the test ends: its answer goes once learned, and
+	// a query failing after the end failed the whole package.)
+	asked := make(chan struct{})
+	go func() { defer close(asked); h.ask("udp", "www.allowed.test.") }()
+	defer func() { <-asked }()
 	select {
 	case x := <-learned:
 		h.p.learner.ack(session, x.Seq)
