@@ -52,7 +52,7 @@ func (c *cli) bpfCmd() *cobra.Command {
 			return c.print(es, func(w io.Writer) {
 				fmt.Fprintln(w, "PREFIX\tIDENTITY\tLABELS")
 				for _, e := range es {
-					fmt.Fprintf(w, "%s\t%d\t%s\n", e.Prefix, uint32(e.Identity), strings.Join(e.Labels, ","))
+					cellf(w, "%s\t%d\t%s\n", e.Prefix, uint32(e.Identity), strings.Join(e.Labels, ","))
 				}
 			})
 		},
@@ -69,7 +69,7 @@ func bpfPolicyTable(w io.Writer, es []types.BPFPolicyEntry) {
 		if e.Identity == 0 {
 			peer, ls = "ANY", "(any peer)"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Direction, peer, ls, e.Protocol, portRange(e.PortLow, e.PortHigh), e.Verdict)
+		cellf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Direction, peer, ls, e.Protocol, portRange(e.PortLow, e.PortHigh), e.Verdict)
 	}
 }
 

@@ -27,26 +27,26 @@ func (c *cli) encryptCmd() *cobra.Command {
 				local = s.ClusterName
 			}
 			return c.print(st, func(w io.Writer) {
-				fmt.Fprintf(w, "Mode:\t%s\n", st.Mode)
+				cellf(w, "Mode:\t%s\n", st.Mode)
 				if st.Mode == "none" {
 					return
 				}
-				fmt.Fprintf(w, "Strict:\t%v (drops: %d)\n", st.Strict, st.StrictDrops)
-				fmt.Fprintf(w, "Device:\t%s (%s), UDP %d\n", st.Device, st.Type, st.Port)
-				fmt.Fprintf(w, "Public key:\t%s\n", st.PublicKey)
-				fmt.Fprintf(w, "Node authentication:\t%v (%d refused)\n", st.Authentication, len(st.Refused))
+				cellf(w, "Strict:\t%v (drops: %d)\n", st.Strict, st.StrictDrops)
+				cellf(w, "Device:\t%s (%s), UDP %d\n", st.Device, st.Type, st.Port)
+				cellf(w, "Public key:\t%s\n", st.PublicKey)
+				cellf(w, "Node authentication:\t%v (%d refused)\n", st.Authentication, len(st.Refused))
 				fmt.Fprintln(w, "\nPEER\tENDPOINT\tALLOWED IPS\tLAST HANDSHAKE\tRX\tTX")
 				for _, p := range st.Peers {
 					hs := "never"
 					if !p.LastHandshake.IsZero() {
 						hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%d\t%d\n", qualifiedNode(local, p.Name), p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
+					cellf(w, "%s\t%s\t%v\t%s\t%d\t%d\n", qualifiedNode(local, p.Name), p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
 				}
 				if len(st.Refused) > 0 {
 					fmt.Fprintln(w, "\nREFUSED NODE\tSINCE\tREASON")
 					for _, r := range st.Refused {
-						fmt.Fprintf(w, "%s\t%s\t%s\n", qualifiedNode(local, r.Node), r.Since.Format(time.RFC3339), r.Reason)
+						cellf(w, "%s\t%s\t%s\n", qualifiedNode(local, r.Node), r.Since.Format(time.RFC3339), r.Reason)
 					}
 				}
 			})
@@ -62,7 +62,7 @@ func (c *cli) encryptCmd() *cobra.Command {
 				return err
 			}
 			return c.print(map[string]string{"publicKey": pub}, func(w io.Writer) {
-				fmt.Fprintf(w, "New public key: %s\n", pub)
+				cellf(w, "New public key: %s\n", pub)
 			})
 		},
 	}

@@ -32,7 +32,7 @@ func (c *cli) fqdnCmd() *cobra.Command {
 					for i, id := range e.Endpoints {
 						eps[i] = fmt.Sprint(id)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", e.Name, e.Addr, ttl, strings.Join(eps, ","))
+					cellf(w, "%s\t%s\t%s\t%s\n", e.Name, e.Addr, ttl, strings.Join(eps, ","))
 				}
 			})
 		},

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
@@ -32,7 +31,7 @@ func (c *cli) rotateGossipKeyCmd(need func() (string, error)) *cobra.Command {
 				return err
 			}
 			return c.print(map[string]any{"file": path, "step": step, "keys": len(ks)}, func(w io.Writer) {
-				fmt.Fprintf(w, "%s: step %s done, %d key(s); copy the file to every node (agents re-read it every 3 s) before the next step\n", path, step, len(ks))
+				cellf(w, "%s: step %s done, %d key(s); copy the file to every node (agents re-read it every 3 s) before the next step\n", path, step, len(ks))
 			})
 		},
 	}

@@ -25,7 +25,7 @@ func clusterIdentityTable(ids []types.IdentityView) func(w io.Writer) {
 	return func(w io.Writer) {
 		fmt.Fprintln(w, "ID\tCLUSTER\tLABELS")
 		for _, id := range ids {
-			fmt.Fprintf(w, "%d\t%s\t%s\n", uint32(id.ID), identityCluster(id), strings.Join(id.Labels, ","))
+			cellf(w, "%d\t%s\t%s\n", uint32(id.ID), identityCluster(id), strings.Join(id.Labels, ","))
 		}
 	}
 }

@@ -84,9 +84,31 @@ func (c *cli) print(v any, table func(w io.Writer)) error {
 // headerMatches value). Until 2026-12-07 tables printed them raw, while
 // -o json and -o yaml escaped them (TestTablesEscapeTerminalControls).
 // Escaped before the tabwriter measures them, cells stay aligned; each
-// Fprintf is one write, so no character is split across writes. A tab or
-// newline inside a value still starts a cell or a line.
+// Fprintf is one write, so no character is split across writes. Rows are
+// written with cellf, so a tab or newline inside a value is escaped too.
 type tableSafe struct{ w io.Writer }
+
+// cellf is fmt.Fprintf for a table's rows: each argument is formatted by
+// its verb and then escaped as printable escapes it, its tabs and newlines
+// too, so a value can neither start a cell nor a line; the format's own
+// tabs and newlines make the table. Until 2026-12-07 a value's tab or
+// newline (a remote's backend node in an error, a tenant's policy text)
+// forged cells and rows of the operator's table
+// (TestTableValuesCannotForgeCells).
+func cellf(w io.Writer, format string, args ...any) {
+	cells := make([]any, len(args))
+	for i, a := range args {
+		cells[i] = cell{a}
+	}
+	fmt.Fprintf(w, format, cells...)
+}
+
+// cell formats its value by the verb it is printed with, then escapes it.
+type cell struct{ v any }
+
+func (c cell) Format(f fmt.State, verb rune) {
+	io.WriteString(f, printable(fmt.Sprintf(fmt.FormatString(f, verb), c.v)))
+}
 
 func (t tableSafe) Write(p []byte) (int, error) {
 	s := string(p)
@@ -123,7 +145,7 @@ func newRoot(out io.Writer) *cobra.Command {
 		RunE: func(*cobra.Command, []string) error {
 			in := version.Get()
 			return c.print(in, func(w io.Writer) {
-				fmt.Fprintf(w, "version:\t%s\ncommit:\t%s\nmodified:\t%t\ngo:\t%s\nbuild date:\t%s\n", in.Version, in.Commit, in.Modified, in.GoVersion, in.BuildDate)
+				cellf(w, "version:\t%s\ncommit:\t%s\nmodified:\t%t\ngo:\t%s\nbuild date:\t%s\n", in.Version, in.Commit, in.Modified, in.GoVersion, in.BuildDate)
 			})
 		},
 	})
@@ -158,32 +180,32 @@ func (c *cli) statusCmd() *cobra.Command {
 				if s.Kvstore.Embedded {
 					mode = "embedded"
 				}
-				fmt.Fprintf(w, "Node:\t%s\n", s.NodeName)
-				fmt.Fprintf(w, "Cluster:\t%s (ID %d), routing %s, node IP %s\n", s.ClusterName, s.ClusterID, s.Routing, s.NodeIP)
-				fmt.Fprintf(w, "Kvstore:\t%s, %s etcd at %s\n", kv, mode, strings.Join(s.Kvstore.Endpoints, ","))
+				cellf(w, "Node:\t%s\n", s.NodeName)
+				cellf(w, "Cluster:\t%s (ID %d), routing %s, node IP %s\n", s.ClusterName, s.ClusterID, s.Routing, s.NodeIP)
+				cellf(w, "Kvstore:\t%s, %s etcd at %s\n", kv, mode, strings.Join(s.Kvstore.Endpoints, ","))
 				if k := s.Kubernetes; k != nil {
 					state := "every resource listed"
 					if len(k.Waiting) > 0 {
 						state = "waiting for the first list of " + strings.Join(k.Waiting, ", ")
 					}
-					fmt.Fprintf(w, "Kubernetes:\t%s, API server %s\n", state, k.APIServer)
+					cellf(w, "Kubernetes:\t%s, API server %s\n", state, k.APIServer)
 					if k.LastError != "" && k.LastErrorTime != nil {
-						fmt.Fprintf(w, "\tlast list/watch error %s ago (retried): %s\n", time.Since(*k.LastErrorTime).Round(time.Second), k.LastError)
+						cellf(w, "\tlast list/watch error %s ago (retried): %s\n", time.Since(*k.LastErrorTime).Round(time.Second), k.LastError)
 					}
 				}
-				fmt.Fprintf(w, "Pod CIDR:\t%s (gateway %s, %d/%d addresses used)\n", s.PodCIDR, s.Gateway, s.IPAM.Used, s.IPAM.Capacity)
-				fmt.Fprintf(w, "Endpoints:\t%d\n", s.Endpoints)
-				fmt.Fprintf(w, "Identities:\t%d\n", s.Identities)
-				fmt.Fprintf(w, "Policies:\t%d (revision %d)\n", s.Policies, s.PolicyRev)
-				fmt.Fprintf(w, "Services:\t%d\n", s.Services)
+				cellf(w, "Pod CIDR:\t%s (gateway %s, %d/%d addresses used)\n", s.PodCIDR, s.Gateway, s.IPAM.Used, s.IPAM.Capacity)
+				cellf(w, "Endpoints:\t%d\n", s.Endpoints)
+				cellf(w, "Identities:\t%d\n", s.Identities)
+				cellf(w, "Policies:\t%d (revision %d)\n", s.Policies, s.PolicyRev)
+				cellf(w, "Services:\t%d\n", s.Services)
 				if p := s.Proxy; p != nil && p.Applied {
-					fmt.Fprintf(w, "L7 proxy:\tconfigured\n")
+					cellf(w, "L7 proxy:\tconfigured\n")
 				} else if p != nil {
-					fmt.Fprintf(w, "L7 proxy:\tNOT CONFIGURED for %s, on its last accepted configuration: %s\n", time.Since(*p.ErrorSince).Round(time.Second), p.LastError)
+					cellf(w, "L7 proxy:\tNOT CONFIGURED for %s, on its last accepted configuration: %s\n", time.Since(*p.ErrorSince).Round(time.Second), p.LastError)
 				}
-				fmt.Fprintf(w, "Datapath:\tenforcement %s, attach %s, %d policy entries, %d connections tracked, pinned at %s\n",
+				cellf(w, "Datapath:\tenforcement %s, attach %s, %d policy entries, %d connections tracked, pinned at %s\n",
 					enforcementModeText(s.Datapath), s.Datapath.Attach, s.Datapath.PolicyEntries, s.Datapath.ConntrackEntries, s.Datapath.PinDir)
-				fmt.Fprintf(w, "Version:\t%s, up %s\n", s.Version, time.Duration(s.Uptime))
+				cellf(w, "Version:\t%s, up %s\n", s.Version, time.Duration(s.Uptime))
 			})
 		},
 	}
@@ -210,7 +232,7 @@ func (c *cli) endpointCmd() *cobra.Command {
 					if pod == "" || pod == "/" {
 						pod = ep.ContainerID
 					}
-					fmt.Fprintf(w, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", ep.ID, ep.IPv4, uint32(ep.Identity), ep.State, pod,
+					cellf(w, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", ep.ID, ep.IPv4, uint32(ep.Identity), ep.State, pod,
 						ep.HostIfName, strings.Join(ep.LabelStrings(), ","))
 				}
 			})
@@ -230,7 +252,7 @@ func (c *cli) endpointCmd() *cobra.Command {
 				return err
 			}
 			return c.print(ep, func(w io.Writer) {
-				fmt.Fprintf(w, "ID:\t%d\nContainer:\t%s (%s in %s)\nPod:\t%s/%s\nIPv4:\t%s/%d via %s\nMAC:\t%s\nIdentity:\t%d\nLabels:\t%s\nHost interface:\t%s (index %d)\nState:\t%s\nPolicy:\t%s\nCreated:\t%s\n",
+				cellf(w, "ID:\t%d\nContainer:\t%s (%s in %s)\nPod:\t%s/%s\nIPv4:\t%s/%d via %s\nMAC:\t%s\nIdentity:\t%d\nLabels:\t%s\nHost interface:\t%s (index %d)\nState:\t%s\nPolicy:\t%s\nCreated:\t%s\n",
 					ep.ID, ep.ContainerID, ep.IfName, ep.NetNS, ep.Namespace, ep.PodName, ep.IPv4, ep.PrefixLen, ep.Gateway,
 					ep.MAC, uint32(ep.Identity), strings.Join(ep.LabelStrings(), ","), ep.HostIfName, ep.HostIfIndex, ep.State, enforcementText(ep.PolicyEnforcement), ep.Created.Format(time.RFC3339))
 			})
@@ -245,7 +267,7 @@ func (c *cli) identityCmd() *cobra.Command {
 		return func(w io.Writer) {
 			fmt.Fprintln(w, "ID\tLABELS")
 			for _, id := range ids {
-				fmt.Fprintf(w, "%d\t%s\n", uint32(id.ID), strings.Join(id.Labels, ","))
+				cellf(w, "%d\t%s\n", uint32(id.ID), strings.Join(id.Labels, ","))
 			}
 		}
 	}
@@ -313,7 +335,7 @@ func (c *cli) policyCmd() *cobra.Command {
 				return err
 			}
 			return c.print(r, func(w io.Writer) {
-				fmt.Fprintf(w, "Imported %s (revision %d)%s\n", strings.Join(r.Policies, ", "), r.Revision, scopeNote(importLocal))
+				cellf(w, "Imported %s (revision %d)%s\n", strings.Join(r.Policies, ", "), r.Revision, scopeNote(importLocal))
 			})
 		},
 	}
@@ -352,14 +374,14 @@ func (c *cli) policyCmd() *cobra.Command {
 				return err
 			}
 			return c.print(st, func(w io.Writer) {
-				fmt.Fprintf(w, "Resolver:\tenabled=%v leader=%s (this node: %v), every %s\n", st.Enabled, st.Leader, st.IsLeader, st.Interval)
+				cellf(w, "Resolver:\tenabled=%v leader=%s (this node: %v), every %s\n", st.Enabled, st.Leader, st.IsLeader, st.Interval)
 				fmt.Fprintln(w, "GROUP\tADDRESSES\tREFRESHED\tERROR")
 				for _, g := range st.Groups {
 					refreshed := "never"
 					if !g.Refreshed.IsZero() {
 						refreshed = g.Refreshed.Format(time.RFC3339)
 					}
-					fmt.Fprintf(w, "%s\t%d %v\t%s\t%s\n", g.Key, len(g.Addrs), g.Addrs, refreshed, g.Error)
+					cellf(w, "%s\t%d %v\t%s\t%s\n", g.Key, len(g.Addrs), g.Addrs, refreshed, g.Error)
 				}
 			})
 		},
@@ -418,7 +440,7 @@ func (c *cli) policyCmd() *cobra.Command {
 				return err
 			}
 			return c.print(r, func(w io.Writer) {
-				fmt.Fprintf(w, "Deleted %s (revision %d)%s\n", args[0], r.Revision, scopeNote(deleteLocal))
+				cellf(w, "Deleted %s (revision %d)%s\n", args[0], r.Revision, scopeNote(deleteLocal))
 			})
 		},
 	}
@@ -497,7 +519,7 @@ func (c *cli) nodeCmd() *cobra.Command {
 					if other == "" {
 						other = "-"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Cluster, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), other, n.Routing, reach, strings.Join(ls, ","))
+					cellf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Cluster, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), other, n.Routing, reach, strings.Join(ls, ","))
 				}
 			})
 		},
@@ -601,7 +623,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 				return err
 			}
 			return c.print(cl, func(w io.Writer) {
-				fmt.Fprintf(w, "Cluster mesh enabled for %s (ID %d): bundle %s, apiserver %s\n", cl.Name, cl.ID, dir, strings.Join(cl.Endpoints, ","))
+				cellf(w, "Cluster mesh enabled for %s (ID %d): bundle %s, apiserver %s\n", cl.Name, cl.ID, dir, strings.Join(cl.Endpoints, ","))
 			})
 		},
 	}
@@ -642,7 +664,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 			}
 			return c.print(done, func(w io.Writer) {
 				for _, d := range done {
-					fmt.Fprintf(w, "Connected %s (agents pick the configs up within seconds)\n", d)
+					cellf(w, "Connected %s (agents pick the configs up within seconds)\n", d)
 				}
 			})
 		},
@@ -692,7 +714,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 							if fail != "" {
 								fail = r.FailureTime.Format(time.RFC3339) + " " + fail
 							}
-							fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.ClusterID, viaColumn(r), configuredColumn(r), r.Connected, r.Ready,
+							cellf(w, "%s\t%d\t%s\t%s\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.ClusterID, viaColumn(r), configuredColumn(r), r.Connected, r.Ready,
 								r.Nodes, r.Endpoints, r.Identities, r.Services, r.Rejected, heartbeatColumn(r), ttlColumn(r), fail)
 						}
 					}); err != nil {
@@ -735,7 +757,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 				return err
 			}
 			return c.print(map[string]string{"subject": nodeauth.CommonName(cl.Name, nodeName), "dir": outDir}, func(w io.Writer) {
-				fmt.Fprintf(w, "Issued %s: %s/node.pem, %s/node-key.pem (give the agent --node-cert, --node-key and --node-ca %s/ca.pem)\n",
+				cellf(w, "Issued %s: %s/node.pem, %s/node-key.pem (give the agent --node-cert, --node-key and --node-ca %s/ca.pem)\n",
 					nodeauth.CommonName(cl.Name, nodeName), outDir, outDir, dir)
 			})
 		},
@@ -775,7 +797,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 				return err
 			}
 			return c.print(map[string]string{"crl": path}, func(w io.Writer) {
-				fmt.Fprintf(w, "Revoked %s: %s (agents with --node-crl %s refuse the node within 10 s)\n", certFile, path, path)
+				cellf(w, "Revoked %s: %s (agents with --node-crl %s refuse the node within 10 s)\n", certFile, path, path)
 			})
 		},
 	}

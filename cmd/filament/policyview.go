@@ -19,7 +19,7 @@ func policyTable(w io.Writer, ps []types.Policy) {
 		if p.Clusterwide() {
 			ns = "(cluster-wide)"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", p.Key(), ns, p.Kind, len(p.Rules))
+		cellf(w, "%s\t%s\t%s\t%d\n", p.Key(), ns, p.Kind, len(p.Rules))
 	}
 }
 
@@ -27,22 +27,22 @@ func policyTable(w io.Writer, ps []types.Policy) {
 // for a flow through the node's proxy the HTTP rules of each L7 side and
 // the verdict for the request asked about.
 func traceTable(w io.Writer, r types.TraceResult) {
-	fmt.Fprintf(w, "Verdict:\t%s\n", r.Verdict)
-	fmt.Fprintf(w, "Reason:\t%s\n", r.Reason)
+	cellf(w, "Verdict:\t%s\n", r.Verdict)
+	cellf(w, "Reason:\t%s\n", r.Reason)
 	if r.Rule != nil {
-		fmt.Fprintf(w, "Rule:\t%s rule %d %s\n", r.Rule.Policy, r.Rule.Rule, r.Rule.Section)
+		cellf(w, "Rule:\t%s rule %d %s\n", r.Rule.Policy, r.Rule.Rule, r.Rule.Section)
 	}
 	if r.Verdict == "allowed" {
 		proxy := "no (no HTTP rules apply)"
 		if r.Proxy {
 			proxy = "yes: requests go through the node's L7 proxy"
 		}
-		fmt.Fprintf(w, "L7 proxy:\t%s\n", proxy)
+		cellf(w, "L7 proxy:\t%s\n", proxy)
 	}
 	for _, sd := range r.L7 {
 		label := "HTTP rules, " + sd.Side + ":"
 		for _, h := range sd.Rules {
-			fmt.Fprintf(w, "%s\t%s  %s\n", label, httpRuleText(h), h.Ref)
+			cellf(w, "%s\t%s  %s\n", label, httpRuleText(h), h.Ref)
 			label = ""
 		}
 	}
@@ -55,11 +55,11 @@ func traceTable(w io.Writer, r types.TraceResult) {
 		if h.Status != 0 {
 			verdict += fmt.Sprintf(" (%d from the proxy; a gRPC call: PERMISSION_DENIED)", h.Status)
 		}
-		fmt.Fprintf(w, "Request:\t%s\n", req)
-		fmt.Fprintf(w, "Request verdict:\t%s: %s\n", verdict, h.Reason)
+		cellf(w, "Request:\t%s\n", req)
+		cellf(w, "Request verdict:\t%s: %s\n", verdict, h.Reason)
 		for _, sd := range h.Sides {
 			for _, a := range sd.Actions {
-				fmt.Fprintf(w, "Header action, %s:\t%s\n", sd.Side, a)
+				cellf(w, "Header action, %s:\t%s\n", sd.Side, a)
 			}
 		}
 	}

@@ -68,7 +68,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 					if len(s.Backends) == 1 {
 						plural = ""
 					}
-					fmt.Fprintf(w, "Service %s stored (%d backend%s)\n", s.Key(), len(s.Backends), plural)
+					cellf(w, "Service %s stored (%d backend%s)\n", s.Key(), len(s.Backends), plural)
 				}
 			})
 		},
@@ -115,7 +115,7 @@ func (c *cli) serviceCmd() *cobra.Command {
 				return err
 			}
 			return c.print(map[string]string{"deleted": ns + "/" + name}, func(w io.Writer) {
-				fmt.Fprintf(w, "Service %s/%s deleted\n", ns, name)
+				cellf(w, "Service %s/%s deleted\n", ns, name)
 			})
 		},
 	}
@@ -152,7 +152,7 @@ func serviceTable(w io.Writer, ss []types.ServiceStatus) {
 		}
 		for _, fe := range s.Frontends {
 			if len(fe.Backends) == 0 {
-				fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\t(none)\t\t\t\t\n", s.Namespace, s.Name, fe, fe.Type, opts)
+				cellf(w, "%s/%s\t%s\t%s\t%s\t(none)\t\t\t\t\n", s.Namespace, s.Name, fe, fe.Type, opts)
 			}
 			for _, b := range fe.Backends {
 				state := b.State
@@ -163,7 +163,7 @@ func serviceTable(w io.Writer, ss []types.ServiceStatus) {
 				if b.Preferred {
 					pref = "yes"
 				}
-				fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, fe, fe.Type, opts, b.Addr, b.Cluster, b.Node, state, pref)
+				cellf(w, "%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, fe, fe.Type, opts, b.Addr, b.Cluster, b.Node, state, pref)
 			}
 		}
 	}
@@ -194,7 +194,7 @@ func splitTable(w io.Writer, ss []types.ServiceStatus) {
 				if sp.Slots > 0 {
 					table = fmt.Sprintf("%.2f%% (%d/%d slots)", 100*float64(c.Slots)/float64(sp.Slots), c.Slots, sp.Slots)
 				}
-				fmt.Fprintf(w, "%s/%s\t%s\t%s\t%d/%d (%s)\t%.2f%%\t%s\n", s.Namespace, s.Name, fe, c.Cluster, c.Healthy, c.Total, level, 100*c.Share, table)
+				cellf(w, "%s/%s\t%s\t%s\t%d/%d (%s)\t%.2f%%\t%s\n", s.Namespace, s.Name, fe, c.Cluster, c.Healthy, c.Total, level, 100*c.Share, table)
 			}
 		}
 	}

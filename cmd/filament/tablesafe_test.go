@@ -63,3 +63,28 @@ func TestTablesEscapeTerminalControls(t *testing.T) {
 		t.Errorf("policy trace printed %q raw from a tenant's policy: %q", r, out)
 	}
 }
+
+// A value's tab or newline is escaped, not taken as the table's: until
+// 2026-12-07 tables escaped controls but kept tabs and newlines wherever
+// they came from, so a value forged cells and rows (a remote's backend
+// node in an error, a label, a tenant's policy text).
+func TestTableValuesCannotForgeCells(t *testing.T) {
+	var buf bytes.Buffer
+	c := &cli{out: &buf, output: "table"}
+	if err := c.print(nil, func(w io.Writer) {
+		cellf(w, "NAME\tNODE\tSTATE\n")
+		cellf(w, "%s\t%s\t%-6s|\n", "api", "n1\tforged\nevil\trow", "ok")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if lines := strings.Count(out, "\n"); lines != 2 {
+		t.Errorf("%d lines, want the table's 2: %q", lines, out)
+	}
+	if !strings.Contains(out, `n1\x09forged\x0aevil\x09row`) {
+		t.Errorf("the value's tab and newline not escaped: %q", out)
+	}
+	if !strings.Contains(out, "ok    |") {
+		t.Errorf("a verb's width not kept: %q", out)
+	}
+}
