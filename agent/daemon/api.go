@@ -73,6 +73,7 @@ func (a *Agent) startAPI(ctx context.Context) error {
 		Services: a.services.Count, ServiceErrors: a.services.Errors, NodesRefused: a.auth.Refused,
 		RemoteIPCacheRefused:  a.router.RemoteIPCacheRefused,
 		RemoteBackendsLeftOut: a.services.RemoteBackendsLeftOut, Groups: a.groups.states, Extra: a.extraMetrics(),
+		KvstoreTrackedKeys: func() int { return int(kvstore.TrackedKeys()) },
 	})
 	if a.cfg.PrometheusListen != "" {
 		msrv := metricsServer(a.cfg.PrometheusListen, metricsHandler)

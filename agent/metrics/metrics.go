@@ -42,6 +42,9 @@ type Sources struct {
 	RemoteBackendsLeftOut func() int
 	// Groups: cloud groups by state ("resolved", "error", "unresolved").
 	Groups func() map[string]int
+	// KvstoreTrackedKeys: keys the process's tracked kvstore watches
+	// remember (kvstore.TrackedKeys).
+	KvstoreTrackedKeys func() int
 }
 
 var (
@@ -61,6 +64,7 @@ var (
 	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
 	remoteIPCRef = prometheus.NewDesc("filament_remote_ipcache_refused_total", "Writes of remote clusters' ipcache entries refused because they held their share of the BPF ipcache (three quarters; the rest stays for this cluster).", nil, nil)
 	remoteBELeft = prometheus.NewDesc("filament_remote_service_backends_left_out", "Remote clusters' backends of global services this node's frontends leave out now, because remote backends hold their share of the load-balancer maps (a quarter).", nil, nil)
+	trackedKeys  = prometheus.NewDesc("filament_kvstore_watched_keys", "Keys the agent's tracked kvstore watches remember (its own cluster's; remote clusters are watched untracked).", nil, nil)
 	svcErrors    = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
 )
 
@@ -69,7 +73,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc, remoteIPCRef, remoteBELeft} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc, remoteIPCRef, remoteBELeft, trackedKeys} {
 		ch <- d
 	}
 }
@@ -110,6 +114,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(services, c.s.Services)
 	gauge(nodesRefused, c.s.NodesRefused)
 	gauge(remoteBELeft, c.s.RemoteBackendsLeftOut)
+	gauge(trackedKeys, c.s.KvstoreTrackedKeys)
 	if c.s.Groups != nil {
 		for state, n := range c.s.Groups() {
 			ch <- prometheus.MustNewConstMetric(groupsDesc, prometheus.GaugeValue, float64(n), state)

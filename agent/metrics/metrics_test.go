@@ -27,6 +27,7 @@ func TestExposition(t *testing.T) {
 		DatapathEventsLost:    func() uint64 { return 17 },
 		RemoteIPCacheRefused:  func() uint64 { return 5 },
 		RemoteBackendsLeftOut: func() int { return 6 },
+		KvstoreTrackedKeys:    func() int { return 7 },
 	})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -44,6 +45,7 @@ func TestExposition(t *testing.T) {
 		`filament_datapath_events_lost_total 17`,
 		`filament_remote_ipcache_refused_total 5`,
 		`filament_remote_service_backends_left_out 6`,
+		`filament_kvstore_watched_keys 7`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("missing %q in\n%s", want, body)
