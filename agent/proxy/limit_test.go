@@ -223,22 +223,8 @@ func TestByteShare(t *testing.T) {
 // holding more than the taker's share gives its old slots (found by a
 // review: only the top one was tried).
 func TestSlotShareYoungTopDoesNotShieldOthers(t *testing.T) {
-	s := newSlotShare(8, 5)
-	t0 := time.Unix(1_800_000_000, 0)
-	src := func(b byte) source { return source{netip.AddrFrom4([4]byte{10, 0, 0, b}), 0} }
-	nop := func(error) {}
-	for range 3 { // A: 3 old slots
-		if _, ok := s.take(src(1), 1, nop, t0); !ok {
-			t.Fatal("A")
-		}
-	}
-	now := t0.Add(10 * time.Second)
-	for range 5 { // B: 5 young slots
-		if _, ok := s.take(src(2), 1, nop, now.Add(-500*time.Millisecond)); !ok {
-			t.Fatal("B")
-		}
-	}
-	if _, ok := s.take(src(3), 1, nop, now); !ok { // fair share 8/3: A holds 3, 10 s old
+	s, now := oldAndYoung(t, 8, 5, 3, 5)                          // A 3 old slots, B 5 young
+	if _, ok := s.take(slotSrc(3), 1, func(error) {}, now); !ok { // fair share 8/3: A holds 3, 10 s old
 		t.Error("a source holding nothing is kept out: the top's slots are young and no other holder is considered")
 	}
 }
@@ -248,23 +234,32 @@ func TestSlotShareYoungTopDoesNotShieldOthers(t *testing.T) {
 // onto one holding exactly its share (found by the review of the change
 // above).
 func TestSlotShareSparesSourcesWithinTheirShare(t *testing.T) {
-	s := newSlotShare(9, 6)
-	t0 := time.Unix(1_800_000_000, 0)
-	src := func(b byte) source { return source{netip.AddrFrom4([4]byte{10, 0, 0, b}), 0} }
-	nop := func(error) {}
-	for range 3 { // A: 3 old slots, its share of 9 among 3
-		if _, ok := s.take(src(1), 1, nop, t0); !ok {
-			t.Fatal("A")
-		}
-	}
-	now := t0.Add(10 * time.Second)
-	for range 6 { // B: 6 young slots
-		if _, ok := s.take(src(2), 1, nop, now.Add(-500*time.Millisecond)); !ok {
-			t.Fatal("B")
-		}
-	}
-	s.take(src(3), 1, nop, now)
-	if got := s.bySrc[src(1)].held; got != 3 {
+	s, now := oldAndYoung(t, 9, 6, 3, 6) // A 3 old slots (its share of 9 among 3), B 6 young
+	s.take(slotSrc(3), 1, func(error) {}, now)
+	if got := s.bySrc[slotSrc(1)].held; got != 3 {
 		t.Errorf("a source holding its fair share gave a slot: holds %d, want 3", got)
 	}
+}
+
+// slotSrc is source 10.0.0.b.
+func slotSrc(b byte) source { return source{netip.AddrFrom4([4]byte{10, 0, 0, b}), 0} }
+
+// oldAndYoung is a slot share of max (perSource each) where source 1
+// holds old slots taken 10 s before now and source 2 young ones (half a
+// second old).
+func oldAndYoung(t *testing.T, max, perSource int64, old, young int) (*slotShare, time.Time) {
+	t.Helper()
+	s := newSlotShare(max, perSource)
+	t0 := time.Unix(1_800_000_000, 0)
+	now := t0.Add(10 * time.Second)
+	for i := range old + young {
+		who, at := slotSrc(1), t0
+		if i >= old {
+			who, at = slotSrc(2), now.Add(-500*time.Millisecond)
+		}
+		if _, ok := s.take(who, 1, func(error) {}, at); !ok {
+			t.Fatalf("slot %d of %v refused", i, who.addr)
+		}
+	}
+	return s, now
 }
