@@ -650,7 +650,9 @@ func (r *Router) TakeChangedClusters() []string {
 
 // relearnSharers learns again the nodes holding the same pod CIDR or
 // address as old, which just went: its routes and known-node address
-// were theirs too (nodes of one cluster may overlap).
+// were theirs too (should two taken nodes ever share one: every record
+// meeting a taken node is refused, a remote one of its cluster too since
+// 2026-12-07).
 func (r *Router) relearnSharers(old node.Node) {
 	var names []string
 	add := func(held map[string]bool) {
@@ -787,9 +789,9 @@ func (r *Router) localClaimsOthers(n node.Node) (why string, retry bool) {
 
 // claimsOthers says why a remote cluster's node record claims what is
 // not its own ("" if it does not), and whether it may be tried again when
-// other nodes' claims go: it meets the address or a pod CIDR of a node of
-// another cluster (this one, or a third), either way round (an address
-// in a pod CIDR too). A record's pod CIDRs are routed to and become its
+// other nodes' claims go: it meets the address, a pod CIDR or the
+// WireGuard key of another node (of this cluster, a third, or its own),
+// either way round (an address in a pod CIDR too). A record's pod CIDRs are routed to and become its
 // WireGuard allowed IPs, its address a known node's: until 2026-12-04 a
 // remote could claim other nodes' pods, and its delete removed a local
 // node's address from the known nodes. Its pod CIDRs must also lie
@@ -828,10 +830,10 @@ func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 			return why, false
 		}
 	}
+	// Nodes of its own cluster too: until 2026-12-07 they could overlap,
+	// and with WireGuard a node listing its neighbour's pod CIDR became
+	// this cluster's peer for it (TestRemoteNodeCannotTakeItsNeighbours).
 	r.claims.meets(n, func(name, what string) bool {
-		if clusterOf(name) == c {
-			return true
-		}
 		why = fmt.Sprintf("%s is node %s's", what, name)
 		return false
 	})
@@ -892,7 +894,7 @@ func (r *Router) learnNode(n node.Node) {
 
 // forgetNode undoes learnNode for n's record (and, with entries, withdraws
 // its entries where they need it known). What another node holds too
-// (the same address or pod CIDR; nodes of one cluster may overlap) is
+// (the same address or pod CIDR, should two taken nodes share one) is
 // left to relearnSharers.
 func (r *Router) forgetNode(n node.Node, entries bool) {
 	if entries && (r.requireNode || clusterOf(n.Name) != "") && !r.down[n.Name] {

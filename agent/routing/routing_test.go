@@ -217,10 +217,11 @@ func TestRemoteNodeCannotTakeWhatAnotherClusterHolds(t *testing.T) {
 			t.Fatalf("the delete of a refused record %v %v removed a known node: %v", n.IPs, n.PodCIDRs, f.nodes)
 		}
 	}
-	// A remote cluster's nodes may overlap each other.
+	// Nor what a node of its own cluster holds
+	// (TestRemoteNodeCannotTakeItsNeighbours).
 	r.NodeChanged(node.Node{Name: "west/w2", IPs: []string{"198.51.100.2"}, PodCIDRs: []string{"10.50.0.0/25"}}, false)
-	if _, ok := r.nodes["west/w2"]; !ok {
-		t.Fatal("a node overlapping one of its own cluster was refused")
+	if _, ok := r.nodes["west/w2"]; ok {
+		t.Fatal("a node overlapping one of its own cluster was taken")
 	}
 	// A node of this cluster takes its pod CIDR back from a remote node.
 	e1 := node.Node{Name: "east/e1", IPs: []string{"203.0.113.20"}, PodCIDRs: []string{"10.244.2.0/24"}}
@@ -371,8 +372,9 @@ func TestOwns(t *testing.T) {
 }
 
 // Review of the claims change: a remote node's record replaced by another
-// (a new address) keeps its pods' entries written throughout; nodes of
-// one remote cluster sharing a pod CIDR keep its route when one goes; an
+// (a new address) keeps its pods' entries written throughout; a node of
+// its cluster refused for sharing its pod CIDR leaves its route when it
+// goes; an
 // eviction does not put back an older record over a newer refused one,
 // and what it gives up is tried again for the records it blocked.
 func TestRemoteNodeClaimsReview(t *testing.T) {
@@ -536,6 +538,44 @@ func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
 	r.NodeChanged(node.Node{Name: "n3"}, true)
 	if !taken("n5") {
 		t.Error("a refused record was not taken once the node whose pod CIDR it met went")
+	}
+}
+
+// A remote cluster's node cannot take what another node of its cluster
+// holds (its pod CIDR, a part of it or more, its address, its WireGuard
+// key): the first holder keeps it, and a refused record is taken once the
+// holder goes. Until 2026-12-07 nodes of one remote cluster could
+// overlap, and with WireGuard a node whose record also listed its
+// neighbour's pod CIDR became this cluster's peer for it: a holder of one
+// remote node's key received this cluster's encrypted traffic to its
+// neighbour's pods (found by a review).
+func TestRemoteNodeCannotTakeItsNeighbours(t *testing.T) {
+	r, taken := vettingRouter(t)
+	K1 := testKey(t)
+	e1 := node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}, WireGuardKey: K1}
+	r.NodeChanged(e1, false)
+	if !taken("east/e1") {
+		t.Fatal("east/e1 refused")
+	}
+	for i, n := range []node.Node{
+		{IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.60.0.0/24"}},
+		{IPs: []string{"203.0.113.3"}, PodCIDRs: []string{"10.60.0.0/23"}},
+		{IPs: []string{"203.0.113.4"}, PodCIDRs: []string{"10.60.0.128/25"}},
+		{IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.5.0/24"}},
+		{IPs: []string{"203.0.113.5"}, PodCIDRs: []string{"10.60.6.0/24"}, WireGuardKey: K1},
+	} {
+		n.Name = "east/rogue" + strconv.Itoa(i)
+		r.NodeChanged(n, false)
+		if taken(n.Name) {
+			t.Errorf("a record of east/e1's cluster claiming what it holds (%v, %v, key %v) was taken", n.PodCIDRs, n.IPs, n.WireGuardKey != "")
+		}
+	}
+	if got, ok := r.Taken("east/e1"); !ok || !slices.Equal(got.PodCIDRs, e1.PodCIDRs) {
+		t.Fatalf("east/e1 is %+v (taken %v) after its neighbours' claims", got, ok)
+	}
+	r.NodeChanged(node.Node{Name: "east/e1"}, true)
+	if !taken("east/rogue0") {
+		t.Error("a refused record was not taken once its cluster's node holding the pod CIDR went")
 	}
 }
 
