@@ -166,10 +166,15 @@ func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
 		return nil, err
 	}
 	s := newSupervisor(cfg)
-	if s.answers(ctx) {
+	if s.answers(ctx) && s.marked(ctx) {
 		slog.Info("L7 proxy already running: adopted", "socket", s.socket)
 	} else if err := s.spawn(); err != nil {
-		return nil, err
+		// Supervised all the same: started again every
+		// missesBeforeRestart seconds until it runs (another socket
+		// holding its port, say). Until 2026-12-07 the agent gave up
+		// for its whole life.
+		slog.Error("L7 proxy did not start; trying again", "err", err)
+		s.pushed(fmt.Errorf("the L7 proxy did not start: %w", err))
 	}
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.superviseAndConfigure(ctx) }()
@@ -348,6 +353,7 @@ func (s *Supervisor) spawn() error {
 	if s.cfg.FrontendMap != "" {
 		args = append(args, "--frontend-map", s.cfg.FrontendMap)
 	}
+
 	if s.cfg.DNSReject != "" {
 		args = append(args, "--dns-reject", s.cfg.DNSReject)
 	}
@@ -403,48 +409,71 @@ func (s *Supervisor) answers(ctx context.Context) bool {
 	}
 }
 
-// stopHolder stops the proxy holding the state dir's lock, if one does:
-// SIGTERM, then SIGKILL when it has not let go 7 s later (its shutdown
-// gives connections 5 s).
+// stopHolder stops the proxy holding the state dir's lock (StopProxy).
 func (s *Supervisor) stopHolder() error {
-	pid, err := proxy.Holder(s.cfg.StateDir)
+	_, err := StopProxy(s.cfg.StateDir)
+	return err
+}
+
+// StopProxy stops the proxy holding the lock of its state dir stateDir,
+// if one does (then stopped): SIGTERM, then SIGKILL when it has not let
+// go 7 s later (its shutdown gives connections 5 s).
+func StopProxy(stateDir string) (stopped bool, err error) {
+	pid, err := proxy.Holder(stateDir)
 	if err != nil {
 		time.Sleep(100 * time.Millisecond) // a proxy starting: its pid comes next
-		if pid, err = proxy.Holder(s.cfg.StateDir); err != nil {
-			return err
+		if pid, err = proxy.Holder(stateDir); err != nil {
+			return false, err
 		}
 	}
 	if pid == 0 {
-		return nil
+		return false, nil
 	}
 	for _, step := range []struct {
 		sig  syscall.Signal
 		wait time.Duration
 	}{{syscall.SIGTERM, 7 * time.Second}, {syscall.SIGKILL, 3 * time.Second}} {
-		slog.Warn("L7 proxy not answering: stopping it", "pid", pid, "signal", step.sig)
+		slog.Warn("stopping the L7 proxy", "pid", pid, "signal", step.sig)
 		if err := syscall.Kill(pid, step.sig); err != nil && !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("stop the L7 proxy (pid %d): %w", pid, err)
+			return false, fmt.Errorf("stop the L7 proxy (pid %d): %w", pid, err)
 		}
 		for end := time.Now().Add(step.wait); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-			if held, err := proxy.Holder(s.cfg.StateDir); err == nil && held == 0 {
-				return nil
+			if held, err := proxy.Holder(stateDir); err == nil && held == 0 {
+				return true, nil
 			}
 		}
 	}
-	return fmt.Errorf("the L7 proxy (pid %d) still holds %s after SIGKILL", pid, proxy.LockFile(s.cfg.StateDir))
+	return false, fmt.Errorf("the L7 proxy (pid %d) still holds %s after SIGKILL", pid, proxy.LockFile(stateDir))
 }
 
 func (s *Supervisor) healthy(ctx context.Context) bool {
+	ok, _ := s.health(ctx)
+	return ok
+}
+
+// marked says whether the proxy answers saying its sockets carry
+// proxy.ListenerMark (logged when it answers without).
+func (s *Supervisor) marked(ctx context.Context) bool {
+	ok, marked := s.health(ctx)
+	if ok && !marked {
+		slog.Warn("L7 proxy answers but its sockets are not marked: the datapath hands it no flow (an earlier version's); starting it again")
+	}
+	return ok && marked
+}
+
+// health asks the proxy whether it runs, and whether its sockets carry
+// proxy.ListenerMark, the only ones the datapath hands flows to.
+func (s *Supervisor) health(ctx context.Context) (ok, marked bool) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/healthz", nil)
 	resp, err := s.hc.Do(req)
 	if err != nil {
-		return false
+		return false, false
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	return resp.StatusCode == http.StatusOK, resp.Header.Get(proxy.ListenerMarkHeader) == "1"
 }
 
 // superviseAndConfigure checks the proxy every second (starting it again
@@ -456,7 +485,7 @@ func (s *Supervisor) superviseAndConfigure(ctx context.Context) {
 	var b builder
 	misses := 0
 	for {
-		if s.healthy(ctx) {
+		if s.marked(ctx) {
 			misses = 0
 		} else if ctx.Err() == nil {
 			if misses++; misses >= missesBeforeRestart {

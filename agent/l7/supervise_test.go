@@ -58,6 +58,11 @@ func fakeProxy(args []string) error {
 		return err
 	}
 	defer ln.Close()
+	// An earlier version's proxy, whose sockets the datapath no longer
+	// hands flows to, while a file "unmarked" is in its state dir at its
+	// start.
+	_, err = os.Stat(filepath.Join(stateDir, "unmarked"))
+	marked := err != nil
 	os.Remove(socket)
 	cln, err := net.Listen("unix", socket)
 	if err != nil {
@@ -65,6 +70,9 @@ func fakeProxy(args []string) error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if marked {
+			w.Header().Set(proxy.ListenerMarkHeader, "1")
+		}
 		if _, err := os.Stat(filepath.Join(stateDir, "stall")); err == nil {
 			time.Sleep(3 * time.Second)
 		}
@@ -125,6 +133,13 @@ func TestSupervisorReplacesAStuckProxyWhole(t *testing.T) {
 // ends; it returns the supervisor and the proxy's pid.
 func supervised(t *testing.T, dir string) (*Supervisor, int) {
 	t.Helper()
+	return supervisedThen(t, dir, nil)
+}
+
+// supervisedThen is supervised, with then changing the supervisor's
+// configuration after the first proxy started.
+func supervisedThen(t *testing.T, dir string, then func(*Config)) (*Supervisor, int) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +163,9 @@ func supervised(t *testing.T, dir string) (*Supervisor, int) {
 		t.Fatal(err)
 	}
 	first := s.pidOf(t)
+	if then != nil {
+		then(&s.cfg)
+	}
 	t.Cleanup(func() {
 		for _, pid := range []int{first, s.pidOrZero()} {
 			if pid > 0 {
@@ -207,4 +225,31 @@ func (s *Supervisor) pidOrZero() int {
 	b, _ := io.ReadAll(resp.Body)
 	pid, _ := strconv.Atoi(string(b))
 	return pid
+}
+
+// A proxy that answers but whose sockets do not carry the listener mark
+// (one of an earlier version, adopted) gets no flow: it is replaced by one
+// whose sockets do. The datapath hands flows to the marked sockets only,
+// since 2026-12-07 (until then to any socket bound to the proxy's port:
+// TestL7ProxyPortSquatterGetsNothing in the lab).
+func TestSupervisorReplacesAnUnmarkedProxy(t *testing.T) {
+	dir := t.TempDir()
+	unmarked := filepath.Join(dir, "unmarked")
+	if err := os.WriteFile(unmarked, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, first := supervisedThen(t, dir, func(*Config) { os.Remove(unmarked) })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if ok, marked := s.health(context.Background()); ok && marked {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy whose sockets are not marked was not replaced by one whose are, 20 s on")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if now := s.pidOf(t); now == first {
+		t.Fatalf("the unmarked proxy (pid %d) still answers", first)
+	}
 }

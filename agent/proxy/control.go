@@ -71,7 +71,10 @@ func NewControl(p *Proxy, stateDir string) (*Control, error) {
 	mux.HandleFunc("GET /v1/dns/learned", c.learned)
 	mux.HandleFunc("POST /v1/dns/ack", c.ack)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set(ListenerMarkHeader, "1")
+		io.WriteString(w, "ok\n")
+	})
 	// Profiles of the proxy, on its root-only control socket.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)

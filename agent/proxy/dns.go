@@ -58,7 +58,8 @@ const (
 // ListenTransparentUDP opens the proxy's UDP socket on addr with
 // IP_TRANSPARENT (the datapath assigns it datagrams for any destination)
 // and IP_RECVORIGDSTADDR (each datagram's original destination comes with
-// it); it needs CAP_NET_ADMIN.
+// it), marked ListenerMark (the datapath hands datagrams to no other
+// socket); it needs CAP_NET_ADMIN.
 func ListenTransparentUDP(ctx context.Context, addr string) (*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		return sockopt(rc, func(fd int) error {
@@ -67,6 +68,9 @@ func ListenTransparentUDP(ctx context.Context, addr string) (*net.UDPConn, error
 			}
 			if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1); err != nil {
 				return fmt.Errorf("IP_RECVORIGDSTADDR: %w", err)
+			}
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(ListenerMark)); err != nil {
+				return fmt.Errorf("SO_MARK: %w", err)
 			}
 			return nil
 		})

@@ -33,6 +33,23 @@ func TestTransparentListenerAndUpstreamMark(t *testing.T) {
 	if v != 1 {
 		t.Errorf("IP_TRANSPARENT = %d", v)
 	}
+	// Its mark, and the UDP socket's, is the one the datapath hands flows
+	// to (bpf/lib/proxy.h to_proxy).
+	sockopt(rc, func(fd int) (err error) { v, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK); return })
+	if uint32(v) != ListenerMark {
+		t.Errorf("the listener's SO_MARK = %#x, want %#x", v, ListenerMark)
+	}
+	udp, err := ListenTransparentUDP(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	urc, _ := udp.SyscallConn()
+	v = 0
+	sockopt(urc, func(fd int) (err error) { v, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK); return })
+	if uint32(v) != ListenerMark {
+		t.Errorf("the UDP socket's SO_MARK = %#x, want %#x", v, ListenerMark)
+	}
 
 	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The proxy's side of this connection, seen by ss.

@@ -45,6 +45,19 @@ const UpstreamMarkMagic uint32 = 0xFA000000
 // carries the world.
 const UpstreamMarkLocalMagic uint32 = 0xFB000000
 
+// ListenerMark is the socket mark of the proxy's listener and UDP socket
+// (bpf/lib/common.h MARK_PROXY_LISTENER): the datapath hands flows only
+// to a socket bound to the proxy's port that carries it, so a process
+// that binds the port while the proxy is not there gets nothing (setting
+// a mark takes CAP_NET_ADMIN or CAP_NET_RAW). Until 2026-12-07 any socket
+// bound to the port got the pods' DNS (and NodePort L7 connections).
+const ListenerMark uint32 = 0xFD000000
+
+// ListenerMarkHeader is the header of the proxy's health answer saying
+// its sockets carry ListenerMark: a proxy of an earlier version, which
+// the datapath no longer hands flows to, is started again.
+const ListenerMarkHeader = "Filament-Listener-Mark"
+
 // localScopeFlag is agent/identity LocalScopeFlag.
 const localScopeFlag = 1 << 24
 
@@ -310,6 +323,9 @@ func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
 			}
 			if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil && !strings.HasSuffix(network, "6") {
 				return fmt.Errorf("IP_TRANSPARENT: %w", err)
+			}
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(ListenerMark)); err != nil {
+				return fmt.Errorf("SO_MARK: %w", err)
 			}
 			return nil
 		})

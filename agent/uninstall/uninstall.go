@@ -128,6 +128,13 @@ func Run(c Config) (Removed, error) {
 			note("route "+r.String(), netlink.RouteDel(&r))
 		}
 	}
+	// The proxy outlives the agent (its own session; KillMode=process):
+	// stopped before its state dir goes. Until 2026-12-07 it was left
+	// running, a root process with a transparent listener on every
+	// address (TestRun).
+	if stopped, err := l7.StopProxy(filepath.Join(c.StateDir, "proxy")); err != nil || stopped {
+		note("L7 proxy", err)
+	}
 	for _, d := range []string{filepath.Join(c.BPFRoot, "filament"), c.StateDir, c.RunDir} {
 		if _, err := os.Lstat(d); errors.Is(err, os.ErrNotExist) {
 			continue

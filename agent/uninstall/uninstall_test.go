@@ -5,8 +5,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/filament-net/filament/agent/cniinstall"
 	"github.com/filament-net/filament/agent/l7"
+	"github.com/filament-net/filament/agent/proxy"
 	"github.com/filament-net/filament/internal/testutil"
 )
 
@@ -140,11 +144,41 @@ func TestRun(t *testing.T) {
 		must(os.WriteFile(f, []byte("x"), 0o600))
 	}
 
+	// An L7 proxy holding its lock in the agent's state dir (this test
+	// binary standing for it).
+	proxyDir := filepath.Join(c.StateDir, "proxy")
+	must(os.MkdirAll(proxyDir, 0o700))
+	exe, err := os.Executable()
+	must(err)
+	px := exec.Command(exe)
+	px.Env = append(os.Environ(), fakeProxyEnv+"="+proxyDir)
+	must(px.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- px.Wait() }()
+	defer px.Process.Kill()
+	for i := 0; ; i++ {
+		if pid, _ := proxy.Holder(proxyDir); pid == px.Process.Pid {
+			break
+		}
+		if i == 100 {
+			t.Fatal("the fake proxy did not take its lock")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
 	done, err := Run(c)
 	if err != nil {
 		t.Fatalf("Run: %v (did %q)", err, done)
 	}
 	t.Logf("removed: %q", done)
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		t.Error("the L7 proxy still runs after the uninstall")
+	}
+	if !slices.Contains(done, "L7 proxy") {
+		t.Errorf("the uninstall does not say it stopped the L7 proxy: %q", done)
+	}
 	for _, d := range Devices {
 		if _, err := netlink.LinkByName(d); err == nil {
 			t.Errorf("device %s left", d)
@@ -186,4 +220,19 @@ func TestRun(t *testing.T) {
 	if done, err := Run(c); err != nil || len(done) != 1 {
 		t.Errorf("second run: did %q, err %v; want only the (absent) CNI files", done, err)
 	}
+}
+
+// fakeProxyEnv makes this test binary stand for an L7 proxy: it takes
+// the lock of the state dir the variable names and waits to be stopped.
+const fakeProxyEnv = "FILAMENT_FAKE_PROXY_LOCK"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(fakeProxyEnv); dir != "" {
+		if _, err := proxy.Lock(dir); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		select {}
+	}
+	os.Exit(m.Run())
 }

@@ -42,6 +42,11 @@
 // The mark goes with the packet into the pod's namespace no further (the
 // veth scrubs it).
 #define MARK_NODEPORT_MAGIC 0xFC000000
+// MARK_PROXY_LISTENER is the socket mark of the L7 proxy's listener and
+// UDP socket (agent/proxy ListenerMark): to_proxy hands flows to no other
+// socket bound to the proxy's port. Setting a socket's mark takes
+// CAP_NET_ADMIN or CAP_NET_RAW.
+#define MARK_PROXY_LISTENER 0xFD000000
 
 // PROXY_UPSTREAM, where a proxy port is expected (beyond every port): the
 // packet is a reply to the L7 proxy's upstream connection, which has the

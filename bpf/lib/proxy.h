@@ -8,8 +8,11 @@
 // to the socket that already owns the packet's tuple (the proxy's accepted
 // or half-open connection, or its upstream one for PROXY_UPSTREAM) when
 // there is one, else, for a new connection or any datagram of a UDP flow
-// (DNS), to the listener, which the kernel finds for 0.0.0.0 with a lookup
-// of 127.0.0.1. The mark sends it to the
+// (DNS), to the proxy's listener, which the kernel finds for 0.0.0.0 with
+// a lookup of 127.0.0.1, when its socket mark is MARK_PROXY_LISTENER: a
+// socket of anyone else bound to the port while the proxy is not there
+// (a restart, a crash, an agent's start) gets nothing (until 2026-12-07
+// it got the pods' DNS and NodePort L7 connections). The mark sends it to the
 // local table, so the kernel delivers it here although its destination is
 // not a local address. A reply to an upstream connection that is gone is
 // dropped, never delivered to the client. A fragment after the first is
@@ -35,7 +38,9 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, __u32 
 			sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return REASON_NO_PROXY;
-		if (p->proto == IPPROTO_TCP && sk->state != BPF_TCP_LISTEN) {
+		struct bpf_sock *full = bpf_sk_fullsock(sk);
+		if (!full || full->mark != MARK_PROXY_LISTENER ||
+		    (p->proto == IPPROTO_TCP && sk->state != BPF_TCP_LISTEN)) {
 			bpf_sk_release(sk);
 			return REASON_NO_PROXY;
 		}
