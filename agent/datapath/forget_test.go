@@ -6,9 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/filament-net/filament/agent/service/maglev"
 	"github.com/filament-net/filament/bpf"
-	"github.com/filament-net/filament/internal/testutil"
 )
 
 // A backend queued as gone that is the frontend's again before the walk
@@ -16,12 +14,8 @@ import (
 // the walk asks the frontend as written now. Found 2026-12-06 by the
 // change's second review (pending sets were taken as they were queued).
 func TestForgetSparesABackendBackBeforeTheWalk(t *testing.T) {
-	testutil.RequireRoot(t)
 	root := t.TempDir()
-	d, err := Load(Config{BPFRoot: root, Node: "t", MaglevSize: maglev.DefaultSize})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := loadAt(t, root)
 	t.Cleanup(func() { d.Close(); unix.Unmount(root, unix.MNT_DETACH) })
 	fe := Frontend{IP: netip.MustParseAddr("172.16.0.1"), Port: 30053, Proto: unix.IPPROTO_UDP}
 	a := netip.MustParseAddrPort("10.1.0.1:53")

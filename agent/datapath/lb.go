@@ -81,9 +81,11 @@ type LBService struct {
 func htons(p uint16) uint16 { return p<<8 | p>>8 }
 
 type lbState struct {
-	id      uint32
-	slots   int
-	members map[uint32]bool
+	id    uint32
+	slots int
+	// members are the backends lb_members may hold for this frontend, by
+	// ID; each holds one reference to its ID (backendIDs).
+	members map[uint32]netip.AddrPort
 	// keep are the backends whose NodePort flows live on (Backends and
 	// Keep of the last write; after a restart, the members read back).
 	keep     map[netip.AddrPort]bool
@@ -92,10 +94,22 @@ type lbState struct {
 
 // lb is the datapath's shadow of what it wrote to the service maps.
 type lb struct {
-	services   map[Frontend]*lbState
-	nextSvc    uint32
-	backendIDs map[netip.AddrPort]uint32
+	services map[Frontend]*lbState
+	nextSvc  uint32
+	// backendIDs: the ID of each backend some frontend has as a member,
+	// and how many do. An ID no frontend has is freed (freeBE) and handed
+	// out again before a new one (nextBE), so IDs stay as many as the
+	// backends written now (TestBackendIDsOfGoneBackendsFreed).
+	backendIDs map[netip.AddrPort]*backendRef
+	freeBE     []uint32
 	nextBE     uint32
+}
+
+// backendRef is a backend's ID and the number of frontends that have it
+// as a member.
+type backendRef struct {
+	id   uint32
+	refs int
 }
 
 // ErrMaglevSize: a Maglev table does not match the loaded table size.
@@ -106,7 +120,7 @@ var ErrMaglevSize = errors.New("maglev table size mismatch")
 var ErrTooManyBackends = errors.New("too many backends")
 
 func (d *Datapath) lbInit() error {
-	d.lb = lb{services: map[Frontend]*lbState{}, nextSvc: 1, backendIDs: map[netip.AddrPort]uint32{}, nextBE: 1}
+	d.lb = lb{services: map[Frontend]*lbState{}, nextSvc: 1, backendIDs: map[netip.AddrPort]*backendRef{}, nextBE: 1}
 	// Keep the IDs of frontends written by an earlier agent so their
 	// affinity entries stay meaningful; stale ones go in ReconcileServices.
 	var k bpf.DatapathLbKey
@@ -115,33 +129,104 @@ func (d *Datapath) lbInit() error {
 	it := d.objs.LbServices.Iterate()
 	for it.Next(&k, &v) {
 		fe := Frontend{IP: addrFrom(k.Vip), Port: htons(k.Port), Proto: k.Proto}
-		st := &lbState{id: v.Id, slots: int(v.Count), members: map[uint32]bool{}, keep: map[netip.AddrPort]bool{}, nodePort: v.Flags&lbFlagNodePort != 0}
+		st := &lbState{id: v.Id, slots: int(v.Count), members: map[uint32]netip.AddrPort{}, keep: map[netip.AddrPort]bool{}, nodePort: v.Flags&lbFlagNodePort != 0}
 		d.lb.services[fe], byID[v.Id] = st, st
 		d.lb.nextSvc = max(d.lb.nextSvc, v.Id+1)
 	}
 	var mk bpf.DatapathLbMemberKey
 	var b bpf.DatapathLbBackend
+	var orphans []bpf.DatapathLbMemberKey
 	mit := d.objs.LbMembers.Iterate()
 	for mit.Next(&mk, &b) {
-		ap := netip.AddrPortFrom(addrFrom(b.Ip), htons(b.Port))
-		d.lb.backendIDs[ap] = b.Id
-		d.lb.nextBE = max(d.lb.nextBE, b.Id+1)
-		if st := byID[mk.Id]; st != nil {
-			st.members[mk.Backend] = true
-			st.keep[ap] = true
+		st := byID[mk.Id]
+		if st == nil {
+			orphans = append(orphans, mk)
+			continue
 		}
+		ap := netip.AddrPortFrom(addrFrom(b.Ip), htons(b.Port))
+		st.members[mk.Backend] = ap
+		st.keep[ap] = true
+		d.lb.restoreBackendID(ap, mk.Backend)
 	}
+	// Members of no frontend (an agent stopped inside DeleteService) are
+	// read by no program; gone, their IDs may be handed out again.
+	for _, k := range orphans {
+		d.objs.LbMembers.Delete(&k)
+	}
+	d.lb.freeUnusedBackendIDs()
 	return errors.Join(it.Err(), mit.Err())
 }
 
-func (d *Datapath) backendID(ap netip.AddrPort) uint32 {
-	id, ok := d.lb.backendIDs[ap]
-	if !ok {
-		id = d.lb.nextBE
-		d.lb.nextBE++
-		d.lb.backendIDs[ap] = id
+// restoreBackendID counts a member read back from lb_members.
+func (l *lb) restoreBackendID(ap netip.AddrPort, id uint32) {
+	ref := l.backendIDs[ap]
+	if ref == nil {
+		ref = &backendRef{id: id}
+		l.backendIDs[ap] = ref
 	}
+	ref.refs++
+	l.nextBE = max(l.nextBE, id+1)
+}
+
+// freeUnusedBackendIDs puts the IDs below nextBE that no backend holds
+// (after a restart) on the free list.
+func (l *lb) freeUnusedBackendIDs() {
+	used := make(map[uint32]bool, len(l.backendIDs))
+	for _, ref := range l.backendIDs {
+		used[ref.id] = true
+	}
+	for id := l.nextBE - 1; id >= 1; id-- {
+		if !used[id] {
+			l.freeBE = append(l.freeBE, id)
+		}
+	}
+}
+
+// holdBackend makes ap a member of st: its ID, taken from the free list
+// or new when no frontend has ap yet, gains a reference unless st has it
+// already.
+func (l *lb) holdBackend(st *lbState, ap netip.AddrPort) uint32 {
+	ref := l.backendIDs[ap]
+	if ref != nil && st.members[ref.id] == ap {
+		return ref.id
+	}
+	if ref == nil {
+		ref = &backendRef{id: l.newBackendID()}
+		l.backendIDs[ap] = ref
+	}
+	ref.refs++
+	st.members[ref.id] = ap
+	return ref.id
+}
+
+// newBackendID is the last freed ID, else the next never used.
+func (l *lb) newBackendID() uint32 {
+	if n := len(l.freeBE); n > 0 {
+		id := l.freeBE[n-1]
+		l.freeBE = l.freeBE[:n-1]
+		return id
+	}
+	id := l.nextBE
+	l.nextBE++
 	return id
+}
+
+// releaseBackend drops st's member id (its lb_members entry deleted
+// already); the ID is freed when no frontend has it any more.
+func (l *lb) releaseBackend(st *lbState, id uint32) {
+	ap, ok := st.members[id]
+	if !ok {
+		return
+	}
+	delete(st.members, id)
+	ref := l.backendIDs[ap]
+	if ref == nil || ref.id != id {
+		return
+	}
+	if ref.refs--; ref.refs <= 0 {
+		delete(l.backendIDs, ap)
+		l.freeBE = append(l.freeBE, id)
+	}
 }
 
 // UpsertService writes one frontend and its backends. New slots are
@@ -159,7 +244,7 @@ func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 	defer d.mu.Unlock()
 	st, ok := d.lb.services[fe]
 	if !ok {
-		st = &lbState{id: d.lb.nextSvc, members: map[uint32]bool{}}
+		st = &lbState{id: d.lb.nextSvc, members: map[uint32]netip.AddrPort{}}
 		d.lb.nextSvc++
 		d.lb.services[fe] = st
 	}
@@ -167,9 +252,11 @@ func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 	for _, b := range slices.Concat(s.Backends, s.Keep) {
 		keep[netip.AddrPortFrom(b.IP, b.Port)] = true
 	}
+	// st.members gains each backend before its entry is written, so that
+	// one written before a failure is deleted by the next write.
 	members := map[uint32]bool{}
 	for i, b := range s.Backends {
-		id := d.backendID(netip.AddrPortFrom(b.IP, b.Port))
+		id := d.lb.holdBackend(st, netip.AddrPortFrom(b.IP, b.Port))
 		v := bpf.DatapathLbBackend{Ip: ipv4(b.IP), Port: htons(b.Port), Id: id}
 		sk := bpf.DatapathLbSlotKey{Id: st.id, Slot: uint32(i + 1)}
 		if err := d.objs.LbSlots.Put(&sk, &v); err != nil {
@@ -209,6 +296,7 @@ func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 		if !members[id] {
 			mk := bpf.DatapathLbMemberKey{Id: st.id, Backend: id}
 			d.objs.LbMembers.Delete(&mk)
+			d.lb.releaseBackend(st, id)
 		}
 	}
 	if s.Algorithm != AlgMaglev || len(s.Backends) == 0 {
@@ -221,7 +309,7 @@ func (d *Datapath) UpsertService(fe Frontend, s LBService) error {
 		}
 	}
 	wasNodePort := st.nodePort
-	st.slots, st.members, st.keep, st.nodePort = len(s.Backends), members, keep, s.NodePort
+	st.slots, st.keep, st.nodePort = len(s.Backends), keep, s.NodePort
 	if len(gone) > 0 && (wasNodePort || s.NodePort) {
 		// After the slots: no new flow picks them any more.
 		d.forget.queue(d, fe, gone)
@@ -420,6 +508,7 @@ func (d *Datapath) DeleteService(fe Frontend) error {
 	for id := range st.members {
 		mk := bpf.DatapathLbMemberKey{Id: st.id, Backend: id}
 		d.objs.LbMembers.Delete(&mk)
+		d.lb.releaseBackend(st, id)
 	}
 	d.objs.LbMaglev.Delete(&st.id)
 	delete(d.lb.services, fe)
