@@ -429,8 +429,27 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 		}
 		s.Spec.Ports = append(s.Spec.Ports, sp)
 	}
-	seen := map[string]bool{}
 	ess, _ := w.sliceIndexer.ByIndex(byService, namespace+"/"+name)
+	foldPorts(s, w.addBackends(key, s, ess))
+	slices.SortFunc(s.Backends, func(a, b service.Backend) int { return strings.Compare(a.IP, b.IP) })
+	err := w.services.Upsert(ctx, s)
+	w.setConflicted(key, errors.Is(err, service.ErrConflict))
+	if err != nil {
+		slog.Warn("kubernetes service not stored", "service", key, "err", err)
+	}
+	if errors.Is(err, service.ErrBusy) {
+		w.retryBusy(ctx, namespace, name)
+	}
+	return err
+}
+
+// addBackends adds to s (of Service key) the backends of its
+// EndpointSlices ess: each address once, with its endpoint's state and
+// node, and its slice's ports when the service has several. It returns
+// the backends each slice added, with its port map (foldPorts).
+func (w *Watcher) addBackends(key string, s *service.Service, ess []any) []portGroup {
+	seen := map[string]bool{}
+	var groups []portGroup
 	for _, o := range ess {
 		es := o.(*discoveryv1.EndpointSlice)
 		if es.AddressType != discoveryv1.AddressTypeIPv4 {
@@ -442,6 +461,7 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 				ports[*p.Name] = uint16(*p.Port)
 			}
 		}
+		g := portGroup{from: len(s.Backends)}
 		for _, ep := range es.Endpoints {
 			state := service.StateActive
 			if c := ep.Conditions; c.Terminating != nil && *c.Terminating {
@@ -454,7 +474,7 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 					continue
 				}
 				seen[a] = true
-				if why := w.foreignPod(namespace, a); why != "" {
+				if why := w.foreignPod(s.Metadata.Namespace, a); why != "" {
 					slog.Warn("an EndpointSlice's address left out", "service", key, "slice", es.Name, "address", a, "reason", why)
 					continue
 				}
@@ -463,24 +483,71 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 					b.Node = *ep.NodeName
 				}
 				if len(ports) > 0 && len(s.Spec.Ports) > 1 {
-					b.Ports = ports
+					b.Ports, g.ports = ports, ports
 				} else if len(es.Ports) == 1 && es.Ports[0].Port != nil && len(s.Spec.Ports) == 1 {
 					s.Spec.Ports[0].TargetPort = uint16(*es.Ports[0].Port)
 				}
 				s.Backends = append(s.Backends, b)
 			}
 		}
+		if g.to = len(s.Backends); g.to > g.from {
+			groups = append(groups, g)
+		}
 	}
-	slices.SortFunc(s.Backends, func(a, b service.Backend) int { return strings.Compare(a.IP, b.IP) })
-	err := w.services.Upsert(ctx, s)
-	w.setConflicted(key, errors.Is(err, service.ErrConflict))
-	if err != nil {
-		slog.Warn("kubernetes service not stored", "service", key, "err", err)
+	return groups
+}
+
+// portGroup is the backends s.Backends[from:to] one EndpointSlice added,
+// and the port map (by service port name) they share; nil when they have
+// none (the service has one port, or the slice names none).
+type portGroup struct {
+	ports    map[string]uint16
+	from, to int
+}
+
+// foldPorts moves each service port that every backend has at one number
+// from the backends' port maps into the port's TargetPort, so a Service
+// of many ports stores them once, not once a backend; a backend keeps in
+// its map only the ports where it differs (none: no map).
+// Backend.BackendPort answers as before for every backend and port. Until
+// 2026-12-07 each backend carried the whole map: 4,000 ports and 16 pods
+// made a 1 MB value (TestStoredServiceValueBounded).
+func foldPorts(s *service.Service, groups []portGroup) {
+	for i, p := range s.Spec.Ports {
+		v, ok := commonPort(groups, p.Name)
+		if !ok {
+			continue
+		}
+		s.Spec.Ports[i].TargetPort = v
+		for _, g := range groups {
+			delete(g.ports, p.Name) // each slice's map is its own
+		}
 	}
-	if errors.Is(err, service.ErrBusy) {
-		w.retryBusy(ctx, namespace, name)
+	for _, g := range groups {
+		if g.ports != nil && len(g.ports) == 0 {
+			for i := g.from; i < g.to; i++ {
+				s.Backends[i].Ports = nil
+			}
+		}
 	}
-	return err
+}
+
+// commonPort is the port every group's map gives the service port name,
+// when they all give the same one.
+func commonPort(groups []portGroup, name string) (uint16, bool) {
+	if name == "" || len(groups) == 0 {
+		return 0, false
+	}
+	v, ok := groups[0].ports[name]
+	if !ok || v == 0 {
+		return 0, false
+	}
+	for _, g := range groups[1:] {
+		if g.ports[name] != v {
+			return 0, false
+		}
+	}
+	return v, true
 }
 
 // foreignPod says why address a of an EndpointSlice of a Service in

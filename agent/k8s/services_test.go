@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -484,5 +485,97 @@ func TestServiceKeepsOnlyHonouredAnnotations(t *testing.T) {
 	w.syncService(ctx, "default", "web")
 	if got := f.svcs["default/web"]; !maps.Equal(got.Metadata.Annotations, want) {
 		t.Errorf("after a change of an annotation no agent reads: %d upserts, annotations %v", f.upserts-before, got.Metadata.Annotations)
+	}
+}
+
+// wideService is a Service of n named ports (targetPort by name, as
+// Deployments write them) and one EndpointSlice of its pods, each port
+// at portOf(i) in the slice.
+func wideService(w *Watcher, n, pods int, portOf func(i int) int32) *corev1.Service {
+	ks := clusterIPService("wide", "10.96.0.20")
+	ks.Spec.Ports = nil
+	var ports []discoveryv1.EndpointPort
+	for i := range n {
+		name := fmt.Sprintf("p%d", i)
+		ks.Spec.Ports = append(ks.Spec.Ports, corev1.ServicePort{Name: name, Port: int32(1000 + i), Protocol: corev1.ProtocolTCP})
+		ports = append(ports, discoveryv1.EndpointPort{Name: &name, Port: ptr(portOf(i))})
+	}
+	var eps []discoveryv1.Endpoint
+	for p := range pods {
+		eps = append(eps, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.0.0.%d", p+1)}})
+	}
+	w.svcIndexer.Add(ks)
+	w.sliceIndexer.Add(&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "wide-1",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "wide"}}, AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: eps, Ports: ports})
+	return ks
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// A Service of 4,000 ports whose 16 pods all have the slice's ports is
+// stored with the ports once, in the service's target ports, not in every
+// backend: under 256 KiB, each backend's port for each service port as
+// before. Until 2026-12-07 each backend carried the slice's whole port
+// map (1.8 MB a value, every change a revision of that size, which
+// filled etcd's quota when an annotation was flipped in a loop).
+func TestStoredServiceValueBounded(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	portOf := func(i int) int32 { return int32(20000 + i) }
+	wideService(w, 4000, 16, portOf)
+	w.syncService(context.Background(), "default", "wide")
+	s := f.svcs["default/wide"]
+	if s == nil {
+		t.Fatal("not stored")
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > 256<<10 {
+		t.Errorf("stored value %d bytes, want at most %d", len(data), 256<<10)
+	}
+	if len(s.Backends) != 16 {
+		t.Fatalf("%d backends, want 16", len(s.Backends))
+	}
+	for _, b := range s.Backends {
+		for i, p := range s.Spec.Ports {
+			if got := b.BackendPort(p); got != uint16(portOf(i)) {
+				t.Fatalf("backend %s port %s: %d, want %d", b.IP, p.Name, got, portOf(i))
+			}
+		}
+	}
+}
+
+// Two slices of one Service whose ports differ keep, in each backend
+// whose port differs from the service's, its own: only what all backends
+// share goes to the service's target ports.
+func TestBackendPortsDifferingFromTheServiceKept(t *testing.T) {
+	f := &storedServices{}
+	w := serviceWatcher(f)
+	wideService(w, 2, 1, func(i int) int32 { return int32(8080 + i) })
+	name0, name1 := "p0", "p1"
+	w.sliceIndexer.Add(&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "wide-2",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "wide"}}, AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.0.1.1"}}},
+		Ports:     []discoveryv1.EndpointPort{{Name: &name0, Port: ptr(int32(8080))}, {Name: &name1, Port: ptr(int32(9091))}}})
+	w.syncService(context.Background(), "default", "wide")
+	s := f.svcs["default/wide"]
+	if s == nil {
+		t.Fatal("not stored")
+	}
+	want := map[string][]uint16{"10.0.0.1": {8080, 8081}, "10.0.1.1": {8080, 9091}}
+	for _, b := range s.Backends {
+		got := []uint16{b.BackendPort(s.Spec.Ports[0]), b.BackendPort(s.Spec.Ports[1])}
+		if !slices.Equal(got, want[b.IP]) {
+			t.Errorf("backend %s ports %v, want %v", b.IP, got, want[b.IP])
+		}
+	}
+	if len(s.Backends[0].Ports)+len(s.Backends[1].Ports) > 2 {
+		t.Errorf("backend ports %v and %v: the port all share (p0) is kept in the backends", s.Backends[0].Ports, s.Backends[1].Ports)
 	}
 }

@@ -20,6 +20,32 @@ const MaxBackends = 65535
 // of this cluster hold on a node, backends or none: a quarter of the map.
 const MaxNamespaceFrontends = 16384
 
+// A stored service's encoded value is bounded: every change of a service
+// is a kvstore revision of its size, kept until compaction (10,000 of
+// them), and sent to every agent. It may take StoredBytesPerBackend for
+// each backend (its address, state, node) and StoredBytes for the rest:
+// its ports (a Service of 4,000 ports with names of 15 characters takes
+// about 300 KiB), annotations (16 KiB kept whole) and the backends' ports
+// that differ from the service's. What grows with ports times backends
+// (each backend naming every port) does not fit.
+const (
+	StoredBytes           = 512 << 10
+	StoredBytesPerBackend = 128
+)
+
+// maxStored is the bound on s's encoded value.
+func maxStored(s *Service) int { return StoredBytes + StoredBytesPerBackend*len(s.Backends) }
+
+// checkSize refuses s whose encoded value data passes maxStored, naming
+// the service and the sizes.
+func checkSize(s *Service, data []byte) error {
+	if limit := maxStored(s); len(data) > limit {
+		return invalid("service %s/%s: its stored value would be %d bytes, at most %d (%d and %d a backend)",
+			s.Metadata.Namespace, s.Metadata.Name, len(data), limit, StoredBytes, StoredBytesPerBackend)
+	}
+	return nil
+}
+
 // MaxNamespaceMaglev bounds the frontends of Maglev services (each a
 // Maglev table in lb_maglev, 1,024 per node) one namespace's services
 // hold on a node: a quarter of the map.

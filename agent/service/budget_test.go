@@ -158,3 +158,33 @@ func withAlgorithm(s *Service, alg string) *Service {
 	s.Spec.LoadBalancerAlgorithm = alg
 	return s
 }
+
+// A service whose stored value would pass its bound (StoredBytes and
+// StoredBytesPerBackend) is refused, naming the service and the size; its
+// earlier version stays. Until
+// 2026-12-07 any size was stored, each change a revision of that size
+// (1.8 MB a Service of 4,000 ports whose 16 backends each carried every
+// port), which filled etcd's quota and refused every write of the
+// cluster.
+func TestOversizedServiceRefused(t *testing.T) {
+	m, _ := newManager(t, "random")
+	ctx := context.Background()
+	small := manyBackends("tenant", "wide", "10.96.1.1", 4000, 16, false)
+	if err := m.Upsert(ctx, small); err != nil {
+		t.Fatal(err)
+	}
+	big := manyBackends("tenant", "wide", "10.96.1.1", 4000, 16, false)
+	for i := range big.Backends {
+		big.Backends[i].Ports = map[string]uint16{}
+		for _, p := range big.Spec.Ports {
+			big.Backends[i].Ports[p.Name] = p.Port + 1000
+		}
+	}
+	err := m.Upsert(ctx, big)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), "tenant/wide") || !strings.Contains(fmt.Sprint(err), "526336") {
+		t.Fatalf("an oversized service: %v", err)
+	}
+	if got := m.local["tenant/wide"]; got == nil || len(got.Backends[0].Ports) != 0 {
+		t.Error("the refused version replaced the stored one")
+	}
+}

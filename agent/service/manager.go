@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
@@ -130,6 +132,11 @@ type Manager struct {
 	refilling         bool
 	remoteFull        bool // logged once
 
+	// sums: by service key, a hash of the value the view has and its
+	// revision (put compares the revision, not the value, when the value
+	// is the view's).
+	sums map[string]storedSum
+
 	// beforePut, when set (tests), runs between put's check and its
 	// transaction.
 	beforePut func()
@@ -238,7 +245,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := ValidAlgorithm(cfg.Algorithm); err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, local: map[string]*Service{}, nsUse: map[string]usage{}, remote: map[string]map[string]*Service{},
+	m := &Manager{cfg: cfg, local: map[string]*Service{}, nsUse: map[string]usage{}, sums: map[string]storedSum{}, remote: map[string]map[string]*Service{},
 		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, holders: map[datapath.Frontend]map[string]bool{}, status: map[string]Status{}, owners: map[string]map[string]bool{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
@@ -279,6 +286,7 @@ func (m *Manager) apply1(ev kvstore.Event, prefix string, once *sync.Once) {
 		return
 	}
 	key := strings.TrimPrefix(ev.Key, prefix)
+	m.noteSum(key, ev)
 	if ev.Type == kvstore.EventDelete {
 		m.setLocal(key, nil)
 		return
@@ -303,6 +311,23 @@ func (m *Manager) apply1(ev kvstore.Event, prefix string, once *sync.Once) {
 		return
 	}
 	m.setLocalLocked(key, s)
+}
+
+// storedSum is a stored value's hash and the revision that wrote it.
+type storedSum struct {
+	rev int64
+	sum [sha256.Size]byte
+}
+
+// noteSum keeps what the view has under key after ev (put's check).
+func (m *Manager) noteSum(key string, ev kvstore.Event) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ev.Type == kvstore.EventDelete {
+		delete(m.sums, key)
+		return
+	}
+	m.sums[key] = storedSum{rev: ev.Revision, sum: sha256.Sum256(ev.Value)}
 }
 
 // appliedWait bounds how long a write waits for the watch to apply it.
@@ -696,6 +721,9 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 	if err != nil {
 		return err
 	}
+	if err := checkSize(s, data); err != nil {
+		return err
+	}
 	if m.cfg.KV == nil {
 		// Keep a copy, as the kvstore would: the caller's s stays the
 		// caller's, so changing it later (or a rejected Upsert of it)
@@ -732,14 +760,24 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 // agent, and fewer changes for a guard to lose to). So two agents (or two
 // requests on one) storing services on one frontend at once store one of
 // them: before 2026-12-04 each checked its own view and all were stored.
+//
+// Whether the value is stored already is told by the view: the
+// transaction holds only while the key is at the revision the view has
+// (absent: 0), and the view's value is compared by its hash; a view
+// behind on the key catches up and the store is tried again. So the value
+// goes to the kvstore once, in the put: until 2026-12-07 it was also
+// compared, and sent twice (TestManagerStoreOfSameValueWritesNothing).
 func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 	prefix, key := Prefix+m.cfg.Cluster+"/", m.key(s)
+	sk := s.Metadata.Namespace + "/" + s.Metadata.Name
+	sum := sha256.Sum256([]byte(data))
 	latest := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 		clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortDescend), clientv3.WithLimit(1)}
 	for attempt := 1; ; attempt++ {
 		seen := m.watched.Rev() // the view checked next reflects at least this
 		m.mu.Lock()
 		err, taking := m.conflictLocked(s), m.takingLocked(s)
+		view := m.sums[sk]
 		m.mu.Unlock()
 		if err != nil {
 			return err
@@ -755,33 +793,34 @@ func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 			m.beforePut()
 		}
 		own := clientv3.OpGet(key, clientv3.WithKeysOnly())
-		r, err := m.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", data)).Then(own).
-			Else(clientv3.OpTxn(guard, []clientv3.Op{clientv3.OpPut(key, data)}, []clientv3.Op{clientv3.OpGet(prefix, latest...), own})).Commit()
+		stored := view.rev != 0 && view.sum == sum
+		write := clientv3.OpTxn(guard, []clientv3.Op{clientv3.OpPut(key, data)}, []clientv3.Op{clientv3.OpGet(prefix, latest...), own})
+		if stored {
+			write = own
+		}
+		r, err := m.cfg.KV.Raw().Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", view.rev)).Then(write).Else(own).Commit()
 		if err != nil {
 			return fmt.Errorf("kvstore: put %s: %w", key, err)
 		}
-		if r.Succeeded { // stored already, as it is: once this view has it too
-			if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-				m.waitApplied(ctx, kvs[0].ModRevision)
-			}
+		switch {
+		case !r.Succeeded: // the view is behind on the key: catch up
+			err = m.catchUp(ctx, sk, r.Responses[0].GetResponseRange().Kvs)
+		case stored: // stored already, as it is
 			return nil
-		}
-		inner := r.Responses[0].GetResponseTxn()
-		if inner.Succeeded {
+		case r.Responses[0].GetResponseTxn().Succeeded:
 			m.waitApplied(ctx, r.Header.Revision)
 			return nil
-		}
-		if attempt == putAttempts {
-			return fmt.Errorf("%w: the cluster's services changed under this store %d times in a row; try again", ErrBusy, putAttempts)
-		}
-		// Catch up with what failed the guard: the newest service's
-		// write, and the service's own delete (a keys-only read does not
-		// show deletes: wait until the view has dropped it).
-		if kvs := inner.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-			err = m.waitApplied(ctx, kvs[0].ModRevision)
-		}
-		if err == nil && len(inner.Responses[1].GetResponseRange().Kvs) == 0 {
-			err = m.waitGone(ctx, s.Metadata.Namespace+"/"+s.Metadata.Name)
+		default:
+			// Catch up with what failed the guard: the newest service's
+			// write, and the service's own delete (a keys-only read does
+			// not show deletes: wait until the view has dropped it).
+			inner := r.Responses[0].GetResponseTxn()
+			if kvs := inner.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				err = m.waitApplied(ctx, kvs[0].ModRevision)
+			}
+			if err == nil && len(inner.Responses[1].GetResponseRange().Kvs) == 0 {
+				err = m.waitGone(ctx, sk)
+			}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -789,7 +828,19 @@ func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 		if err != nil {
 			return fmt.Errorf("%w: this agent's view of the services is behind: %v; try again", ErrBusy, err)
 		}
+		if attempt == putAttempts {
+			return fmt.Errorf("%w: the cluster's services changed under this store %d times in a row; try again", ErrBusy, putAttempts)
+		}
 	}
+}
+
+// catchUp waits until the view has the service key sk as the kvstore
+// has it (kvs: a keys-only read of it): at its revision, or gone.
+func (m *Manager) catchUp(ctx context.Context, sk string, kvs []*mvccpb.KeyValue) error {
+	if len(kvs) > 0 {
+		return m.waitApplied(ctx, kvs[0].ModRevision)
+	}
+	return m.waitGone(ctx, sk)
 }
 
 // waitGone returns once the view no longer has the service key (at most
@@ -801,7 +852,9 @@ func (m *Manager) waitGone(ctx context.Context, key string) error {
 		rev := m.watched.Rev()
 		m.mu.Lock()
 		_, held := m.local[key]
+		_, kept := m.sums[key] // an invalid value too
 		m.mu.Unlock()
+		held = held || kept
 		if !held {
 			return nil
 		}
