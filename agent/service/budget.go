@@ -22,26 +22,29 @@ const MaxNamespaceFrontends = 16384
 
 // A stored service's encoded value is bounded: every change of a service
 // is a kvstore revision of its size, kept until compaction (10,000 of
-// them), and sent to every agent. It may take StoredBytesPerBackend for
-// each backend (its address, state, node) and StoredBytes for the rest:
-// its ports (a Service of 4,000 ports with names of 15 characters takes
-// about 300 KiB), annotations (16 KiB kept whole) and the backends' ports
-// that differ from the service's. What grows with ports times backends
-// (each backend naming every port) does not fit.
+// them), and sent to every agent. It may take StoredBytesPerPort for each
+// port (one of 15-character name, target and node port takes about 90),
+// StoredBytesPerBackend for each backend (its address, state, node) and
+// StoredBytes for the rest: metadata, annotations (16 KiB kept whole),
+// the backends' ports that differ from the service's. What grows with
+// ports times backends (each backend naming every port) does not fit.
 const (
-	StoredBytes           = 512 << 10
+	StoredBytes           = 256 << 10
+	StoredBytesPerPort    = 128
 	StoredBytesPerBackend = 128
 )
 
 // maxStored is the bound on s's encoded value.
-func maxStored(s *Service) int { return StoredBytes + StoredBytesPerBackend*len(s.Backends) }
+func maxStored(s *Service) int {
+	return StoredBytes + StoredBytesPerPort*len(s.Spec.Ports) + StoredBytesPerBackend*len(s.Backends)
+}
 
 // checkSize refuses s whose encoded value data passes maxStored, naming
 // the service and the sizes.
 func checkSize(s *Service, data []byte) error {
 	if limit := maxStored(s); len(data) > limit {
-		return invalid("service %s/%s: its stored value would be %d bytes, at most %d (%d and %d a backend)",
-			s.Metadata.Namespace, s.Metadata.Name, len(data), limit, StoredBytes, StoredBytesPerBackend)
+		return invalid("service %s/%s: its stored value would be %d bytes, at most %d (%d, and %d a port and %d a backend)",
+			s.Metadata.Namespace, s.Metadata.Name, len(data), limit, StoredBytes, StoredBytesPerPort, StoredBytesPerBackend)
 	}
 	return nil
 }

@@ -159,8 +159,8 @@ func withAlgorithm(s *Service, alg string) *Service {
 	return s
 }
 
-// A service whose stored value would pass its bound (StoredBytes and
-// StoredBytesPerBackend) is refused, naming the service and the size; its
+// A service whose stored value would pass its bound (StoredBytes,
+// StoredBytesPerPort, StoredBytesPerBackend) is refused, naming the service and the size; its
 // earlier version stays. Until
 // 2026-12-07 any size was stored, each change a revision of that size
 // (1.8 MB a Service of 4,000 ports whose 16 backends each carried every
@@ -181,7 +181,7 @@ func TestOversizedServiceRefused(t *testing.T) {
 		}
 	}
 	err := m.Upsert(ctx, big)
-	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), "tenant/wide") || !strings.Contains(fmt.Sprint(err), "526336") {
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), "tenant/wide") || !strings.Contains(fmt.Sprint(err), "776192") {
 		t.Fatalf("an oversized service: %v", err)
 	}
 	if got := m.local["tenant/wide"]; got == nil || len(got.Backends[0].Ports) != 0 {
