@@ -95,6 +95,11 @@ type Manager struct {
 	remote  map[string]map[string]*Service // key -> cluster -> service
 	dead    map[string]bool                // cluster/node
 	applied map[string][]datapath.Frontend
+	// written: the entry written last to each frontend of the datapath
+	// (write). It lives as long as the Manager, which is made with the
+	// datapath it writes: an agent that loads the datapath (again) makes
+	// a new Manager, which writes every entry once.
+	written map[datapath.Frontend]datapath.LBService
 	byFE    map[datapath.Frontend]string // frontend -> key of the service applied there
 	// holders: frontend -> the keys of the services whose applied
 	// frontends include it (one, unless older agents stored two at once;
@@ -245,7 +250,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := ValidAlgorithm(cfg.Algorithm); err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, local: map[string]*Service{}, nsUse: map[string]usage{}, sums: map[string]storedSum{}, remote: map[string]map[string]*Service{},
+	m := &Manager{cfg: cfg, local: map[string]*Service{}, nsUse: map[string]usage{}, sums: map[string]storedSum{}, written: map[datapath.Frontend]datapath.LBService{}, remote: map[string]map[string]*Service{},
 		dead: map[string]bool{}, applied: map[string][]datapath.Frontend{}, byFE: map[datapath.Frontend]string{}, holders: map[datapath.Frontend]map[string]bool{}, status: map[string]Status{}, owners: map[string]map[string]bool{}, synced: make(chan struct{})}
 	if cfg.KV != nil {
 		go m.watch(ctx)
@@ -534,7 +539,7 @@ func (m *Manager) apply(key string) {
 			if !e.ok {
 				continue
 			}
-			if err := m.cfg.Datapath.UpsertService(e.fe, e.lbs); err != nil {
+			if err := m.write(e.fe, e.lbs); err != nil {
 				m.errors++
 				slog.Error("writing a service frontend to the datapath", "service", key, "frontend", e.fe, "err", err)
 			} else {
@@ -553,8 +558,12 @@ func (m *Manager) apply(key string) {
 	} else {
 		delete(m.remoteShort, key)
 	}
+	wanted := make(map[datapath.Frontend]bool, len(want)) // a set: a service may have 16,000 frontends
+	for _, fe := range want {
+		wanted[fe] = true
+	}
 	for _, old := range m.applied[key] {
-		if slices.Contains(want, old) {
+		if wanted[old] {
 			continue
 		}
 		delete(m.holders[old], key)
@@ -596,7 +605,7 @@ func (m *Manager) handOver(key string, fe datapath.Frontend) {
 		if e.fe != fe || !e.ok {
 			continue
 		}
-		err := m.cfg.Datapath.UpsertService(fe, e.lbs)
+		err := m.write(fe, e.lbs)
 		if err == nil {
 			m.setRemoteUse(fe, e.remote)
 			return
@@ -607,8 +616,34 @@ func (m *Manager) handOver(key string, fe datapath.Frontend) {
 	m.unload(fe)
 }
 
+// write writes frontend fe's entry lbs to the datapath unless the entry
+// written last there is the same (m.written); m.mu held. Until 2026-12-07
+// every change of a service wrote all its frontends, every slot and
+// member of each, with m.mu held: a Service of 16,000 ports whose
+// annotation was flipped in a loop burnt a core of every node and
+// delayed NodeAlive's failover (TestManagerUnchangedFrontendsNotRewritten).
+// A failed write forgets the entry, so the next one writes it whole.
+func (m *Manager) write(fe datapath.Frontend, lbs datapath.LBService) error {
+	if last, ok := m.written[fe]; ok && sameLB(last, lbs) {
+		return nil
+	}
+	if err := m.cfg.Datapath.UpsertService(fe, lbs); err != nil {
+		delete(m.written, fe)
+		return err
+	}
+	m.written[fe] = lbs
+	return nil
+}
+
+// sameLB says whether two datapath entries are the same.
+func sameLB(a, b datapath.LBService) bool {
+	return a.NodePort == b.NodePort && a.Algorithm == b.Algorithm && a.AffinityTimeout == b.AffinityTimeout &&
+		slices.Equal(a.Backends, b.Backends) && slices.Equal(a.Maglev, b.Maglev) && slices.Equal(a.Keep, b.Keep)
+}
+
 // unload removes frontend fe from the datapath; m.mu held.
 func (m *Manager) unload(fe datapath.Frontend) {
+	delete(m.written, fe) // also when the delete fails: the entry is unknown
 	if err := m.cfg.Datapath.DeleteService(fe); err == nil {
 		m.setRemoteUse(fe, remoteUse{})
 	} else {
@@ -668,6 +703,7 @@ func (m *Manager) reconcile() {
 	}
 	for _, fe := range m.cfg.Datapath.Frontends() {
 		if !want[fe] {
+			delete(m.written, fe)
 			m.cfg.Datapath.DeleteService(fe)
 		}
 	}

@@ -49,11 +49,15 @@ func (m *Manager) remoteBudget() int {
 // port or address changed; their entries are removed after). m.mu held.
 func (m *Manager) remoteRoom(key string, fes []Frontend) int {
 	room := m.remoteBudget() - m.remoteTotal
+	keep := make(map[datapath.Frontend]bool, len(fes)) // a set: a service may have 16,000 frontends
+	for _, fe := range fes {
+		keep[fe.entryKey()] = true
+	}
 	for _, old := range m.applied[key] {
 		if len(m.holders[old]) != 1 || !m.holders[old][key] {
 			continue
 		}
-		if !slices.ContainsFunc(fes, func(fe Frontend) bool { return old == fe.entryKey() }) {
+		if !keep[old] {
 			room += m.remoteUses[old].listed
 		}
 	}
