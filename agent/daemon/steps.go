@@ -476,17 +476,49 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 	return nil
 }
 
-// podNamespace is the namespace of the cluster's pod at ip (the
-// cluster's ipcache).
+// podNamespace is the namespace of the pod at ip: this cluster's (its
+// ipcache), or another node's or a remote cluster's (the router's
+// entries); see podNamespaceOf.
 func (a *Agent) podNamespace(ip netip.Addr) (string, bool) {
-	if a.ipsync == nil {
+	var local, remote func(netip.Addr) (ipcache.Entry, bool)
+	if a.ipsync != nil {
+		local = a.ipsync.Lookup
+	}
+	if a.router != nil {
+		remote = a.router.Entry
+	}
+	return podNamespaceOf(ip, local, remote)
+}
+
+// podNamespaceOf is the namespace of the pod at ip by the cluster's
+// ipcache (local), else by the entries of other nodes and remote clusters
+// (remote; either may be nil): ok with "" for a remote cluster's pod whose
+// namespace is not known (the sparse remote ipcache holds no names),
+// which a Service's slice may not name. Until 2026-12-07 only the
+// cluster's ipcache was asked, and a hand-written slice could name a
+// remote cluster's pod of any namespace
+// (TestSliceCannotNameARemoteClustersPod).
+func podNamespaceOf(ip netip.Addr, local, remote func(netip.Addr) (ipcache.Entry, bool)) (string, bool) {
+	if local != nil {
+		if e, ok := local(ip); ok && e.Namespace != "" {
+			return e.Namespace, true
+		}
+	}
+	if remote == nil {
 		return "", false
 	}
-	e, ok := a.ipsync.Lookup(ip)
-	if !ok || e.Namespace == "" {
+	e, ok := remote(ip)
+	switch {
+	case !ok:
 		return "", false
+	case e.Namespace != "":
+		return e.Namespace, true
+	default:
+		// A pod is named here only by its namespace: a remote
+		// cluster's without one is foreign to every namespace.
+		_, _, ofCluster := strings.Cut(e.Node, "/")
+		return "", ofCluster
 	}
-	return e.Namespace, true
 }
 
 // startGroups follows the cloud groups and the node selectors the

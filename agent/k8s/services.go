@@ -556,7 +556,9 @@ func commonPort(groups []portGroup, name string) (uint16, bool) {
 // CVE-2021-25740), and whatever the slice's targetRef says, the address
 // would make that namespace's Service, a NodePort from any node, a way
 // to the other namespace's pod. Addresses no pod of the cluster holds (a
-// node's, for host-network pods; one outside the cluster) stay.
+// node's, for host-network pods; one outside the cluster) stay; a remote
+// cluster's pod counts as its namespace's, and one of a namespace not
+// known here (podNamespace's "") as another namespace's.
 func (w *Watcher) foreignPod(namespace, a string) string {
 	if w.podNamespace == nil {
 		return ""
@@ -565,10 +567,14 @@ func (w *Watcher) foreignPod(namespace, a string) string {
 	if err != nil {
 		return ""
 	}
-	if ns, ok := w.podNamespace(ip); ok && ns != namespace {
-		return "a pod of namespace " + ns
+	ns, ok := w.podNamespace(ip)
+	switch {
+	case !ok || ns == namespace:
+		return ""
+	case ns == "":
+		return "a remote cluster's pod of a namespace not known here"
 	}
-	return ""
+	return "a pod of namespace " + ns
 }
 
 // retryBusy stores the Service namespace/name again after busyRetry and a
