@@ -168,12 +168,14 @@ func (l *lb) restoreBackendID(ap netip.AddrPort, id uint32) {
 	l.nextBE = max(l.nextBE, id+1)
 }
 
-// freeUnusedBackendIDs puts the IDs below nextBE that no backend holds
-// (after a restart) on the free list.
+// freeUnusedBackendIDs puts the IDs below nextBE that no member of a
+// frontend has (after a restart) on the free list.
 func (l *lb) freeUnusedBackendIDs() {
 	used := make(map[uint32]bool, len(l.backendIDs))
-	for _, ref := range l.backendIDs {
-		used[ref.id] = true
+	for _, st := range l.services {
+		for id := range st.members {
+			used[id] = true
+		}
 	}
 	for id := l.nextBE - 1; id >= 1; id-- {
 		if !used[id] {
