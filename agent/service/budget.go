@@ -54,6 +54,30 @@ func checkSize(s *Service, data []byte) error {
 // hold on a node: a quarter of the map.
 const MaxNamespaceMaglev = 256
 
+// Namespaces together: each namespace's use up to its floor
+// (NamespaceFloor*) is drawn from a reserve, and what they hold beyond
+// their floors from one share of each map (Tenant*), so a few namespaces
+// at their own bounds cannot fill a node's maps and leave every other
+// namespace's new services failing. The maps: lb_slots 262,144 (a
+// quarter for remote clusters' backends, MaxRemoteBackends; half the
+// tenants' share; a quarter the floors' reserve), lb_services 65,536 and
+// lb_maglev 1,024 (three quarters shared, a quarter reserved).
+const (
+	TenantSlots     = 131072
+	TenantFrontends = 49152
+	TenantMaglev    = 768
+
+	NamespaceFloorSlots     = 1024
+	NamespaceFloorFrontends = 256
+	NamespaceFloorMaglev    = 4
+)
+
+var (
+	tenantShare    = usage{TenantSlots, TenantFrontends, TenantMaglev}
+	namespaceFloor = usage{NamespaceFloorSlots, NamespaceFloorFrontends, NamespaceFloorMaglev}
+	floorReserve   = usage{262144 - MaxRemoteBackends - TenantSlots, 65536 - TenantFrontends, 1024 - TenantMaglev}
+)
+
 // usage is what a namespace's services hold of a node's load-balancer
 // maps: lb_slots entries, lb_services entries and Maglev tables.
 type usage struct{ slots, frontends, maglev int }
@@ -61,6 +85,17 @@ type usage struct{ slots, frontends, maglev int }
 func (u usage) add(v usage, sign int) usage {
 	return usage{u.slots + sign*v.slots, u.frontends + sign*v.frontends, u.maglev + sign*v.maglev}
 }
+
+// atMost is u with each part at most v's.
+func (u usage) atMost(v usage) usage {
+	return usage{min(u.slots, v.slots), min(u.frontends, v.frontends), min(u.maglev, v.maglev)}
+}
+
+// parts are u's parts, in the order of partNames.
+func (u usage) parts() [3]int { return [3]int{u.slots, u.frontends, u.maglev} }
+
+// partNames name usage's parts as the refusals do.
+var partNames = [3]string{"load-balancer slots", "frontends", "Maglev frontends"}
 
 // use is what s holds on a node of nodeIPs addresses whose default
 // algorithm is alg.
@@ -87,11 +122,65 @@ func use(s *Service, nodeIPs int, alg string) usage {
 
 // checkBudget refuses s when its namespace's services, s instead of its
 // earlier version, would hold more than MaxNamespaceSlots,
-// MaxNamespaceFrontends or MaxNamespaceMaglev.
+// MaxNamespaceFrontends or MaxNamespaceMaglev, or take the namespaces
+// together past their share (sharedLocked).
 func (m *Manager) checkBudget(s *Service) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.budgetLocked(s.Metadata.Namespace+"/"+s.Metadata.Name, s)
+	key := s.Metadata.Namespace + "/" + s.Metadata.Name
+	if err := m.budgetLocked(key, s); err != nil {
+		return err
+	}
+	return m.sharedLocked(key, s)
+}
+
+// sharedLocked refuses s (stored under key) when, s instead of its
+// earlier version, the namespaces' use beyond their floors would pass
+// tenantShare, or their use within them floorReserve, in a part where s
+// adds to it. At store only, not when the watch reads a service: services
+// stored before (by an older agent, with other bounds) stay, and a change
+// that adds nothing is never refused. m.mu held.
+func (m *Manager) sharedLocked(key string, s *Service) error {
+	ns := s.Metadata.Namespace
+	now := m.nsUse[ns]
+	next := now.add(m.use(s), 1)
+	if old, ok := m.local[key]; ok {
+		next = next.add(m.use(old), -1)
+	}
+	withinNow, aboveNow := m.tenantsWith(ns, now)
+	within, above := m.tenantsWith(ns, next)
+	for _, c := range []struct {
+		now, next, bound usage
+		of               string
+	}{
+		{aboveNow, above, tenantShare, "beyond each one's first"},
+		{withinNow, within, floorReserve, "within each one's first"},
+	} {
+		was, bound, floor := c.now.parts(), c.bound.parts(), namespaceFloor.parts()
+		for i, n := range c.next.parts() {
+			if n > bound[i] && n > was[i] {
+				return invalid("namespace %q: the namespaces' services together would hold %d %s on each node %s %d, at most %d (the rest stays for other namespaces)",
+					ns, n, partNames[i], c.of, floor[i], bound[i])
+			}
+		}
+	}
+	return nil
+}
+
+// tenantsWith is what all namespaces hold, ns holding u: within their
+// floors and beyond. m.mu held.
+func (m *Manager) tenantsWith(ns string, u usage) (within, above usage) {
+	add := func(u usage) {
+		in := u.atMost(namespaceFloor)
+		within, above = within.add(in, 1), above.add(u.add(in, -1), 1)
+	}
+	add(u)
+	for other, v := range m.nsUse {
+		if other != ns {
+			add(v)
+		}
+	}
+	return within, above
 }
 
 // budgetLocked is checkBudget for s stored under key (its earlier version

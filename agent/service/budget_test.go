@@ -188,3 +188,45 @@ func TestOversizedServiceRefused(t *testing.T) {
 		t.Error("the refused version replaced the stored one")
 	}
 }
+
+// Namespaces together leave room for the others: past each namespace's
+// first NamespaceFloorSlots, they share TenantSlots of a node's lb_slots
+// (half; the remote clusters' backends hold a quarter), and a namespace's
+// service that would take them past it is refused, naming the bound, while
+// another namespace's small service is still stored. Until 2026-12-07 each
+// namespace was bounded alone (a quarter of each map): four namespaces
+// filled lb_slots, and every other namespace's new services failed.
+func TestNamespacesLeaveRoomForOthers(t *testing.T) {
+	m, _ := newManager(t, "random")
+	ctx := context.Background()
+	var refused []string
+	for i, ns := range []string{"t1", "t2", "t3", "t4"} {
+		err := m.Upsert(ctx, manyBackends(ns, "fill", fmt.Sprintf("10.96.4.%d", i+1), 2, 32000, false))
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrInvalid) && strings.Contains(fmt.Sprint(err), fmt.Sprint(TenantSlots)):
+			refused = append(refused, ns)
+		default:
+			t.Fatalf("namespace %s: %v", ns, err)
+		}
+	}
+	if len(refused) != 2 {
+		t.Errorf("namespaces refused %v, want t3 and t4 (two of 64,000 slots fill the tenants' share)", refused)
+	}
+	m.mu.Lock()
+	total := 0
+	for _, u := range m.nsUse {
+		total += u.slots
+	}
+	m.mu.Unlock()
+	if max := 262144 - MaxRemoteBackends; total > max {
+		t.Errorf("namespaces hold %d slots, more than lb_slots leaves beside the remote clusters' share (%d)", total, max)
+	}
+	if err := m.Upsert(ctx, manyBackends("small", "web", "10.96.4.9", 2, 100, false)); err != nil {
+		t.Errorf("another namespace's small service refused: %v", err)
+	}
+	// A change that adds nothing to the share is never refused for it.
+	if err := m.Upsert(ctx, manyBackends("t1", "fill", "10.96.4.1", 2, 31000, false)); err != nil {
+		t.Errorf("a namespace's service made smaller refused: %v", err)
+	}
+}
