@@ -1,5 +1,7 @@
 package service
 
+import "fmt"
+
 // MaxNamespaceSlots bounds the load-balancer slots (lb_slots entries, 256K
 // per node, shared by every service of the node) one namespace's services
 // of this cluster hold on a node: each frontend (a port's ClusterIP, and
@@ -136,10 +138,12 @@ func (m *Manager) checkBudget(s *Service) error {
 
 // sharedLocked refuses s (stored under key) when, s instead of its
 // earlier version, the namespaces' use beyond their floors would pass
-// tenantShare, or their use within them floorReserve, in a part where s
-// adds to it. At store only, not when the watch reads a service: services
-// stored before (by an older agent, with other bounds) stay, and a change
-// that adds nothing is never refused. m.mu held.
+// tenantShare, or their whole use tenantShare and floorReserve together
+// (what the maps leave to namespaces: small namespaces may use the share
+// too), in a part where s adds to it. At store only, not when the watch
+// reads a service: services stored before (by an older agent, with other
+// bounds) stay, and a change that adds nothing is never refused. m.mu
+// held.
 func (m *Manager) sharedLocked(key string, s *Service) error {
 	ns := s.Metadata.Namespace
 	now := m.nsUse[ns]
@@ -149,18 +153,19 @@ func (m *Manager) sharedLocked(key string, s *Service) error {
 	}
 	withinNow, aboveNow := m.tenantsWith(ns, now)
 	within, above := m.tenantsWith(ns, next)
+	floor := namespaceFloor.parts()
 	for _, c := range []struct {
 		now, next, bound usage
-		of               string
+		of               func(i int) string
 	}{
-		{aboveNow, above, tenantShare, "beyond each one's first"},
-		{withinNow, within, floorReserve, "within each one's first"},
+		{aboveNow, above, tenantShare, func(i int) string { return fmt.Sprintf("beyond each namespace's first %d", floor[i]) }},
+		{withinNow.add(aboveNow, 1), within.add(above, 1), tenantShare.add(floorReserve, 1), func(int) string { return "in all" }},
 	} {
-		was, bound, floor := c.now.parts(), c.bound.parts(), namespaceFloor.parts()
+		was, bound := c.now.parts(), c.bound.parts()
 		for i, n := range c.next.parts() {
 			if n > bound[i] && n > was[i] {
-				return invalid("namespace %q: the namespaces' services together would hold %d %s on each node %s %d, at most %d (the rest stays for other namespaces)",
-					ns, n, partNames[i], c.of, floor[i], bound[i])
+				return invalid("namespace %q: the namespaces' services together would hold %d %s on each node %s, at most %d (the rest stays for other namespaces)",
+					ns, n, partNames[i], c.of(i), bound[i])
 			}
 		}
 	}

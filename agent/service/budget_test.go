@@ -229,4 +229,14 @@ func TestNamespacesLeaveRoomForOthers(t *testing.T) {
 	if err := m.Upsert(ctx, manyBackends("t1", "fill", "10.96.4.1", 2, 31000, false)); err != nil {
 		t.Errorf("a namespace's service made smaller refused: %v", err)
 	}
+
+	// Small namespaces past the floors' reserve (64 of them at their
+	// floor) take what the share has left.
+	small, _ := newManager(t, "random")
+	for i := range 70 {
+		ns := fmt.Sprintf("team%d", i)
+		if err := small.Upsert(ctx, manyBackends(ns, "web", fmt.Sprintf("10.96.5.%d", i+1), 2, 512, false)); err != nil {
+			t.Fatalf("namespace %s at its floor: %v", ns, err)
+		}
+	}
 }
