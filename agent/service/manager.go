@@ -802,7 +802,8 @@ func (m *Manager) Upsert(ctx context.Context, s *Service) error {
 // (absent: 0), and the view's value is compared by its hash; a view
 // behind on the key catches up and the store is tried again. So the value
 // goes to the kvstore once, in the put: until 2026-12-07 it was also
-// compared, and sent twice (TestManagerStoreOfSameValueWritesNothing).
+// compared, and sent twice (TestManagerStoreOfSameValueWritesNothing,
+// TestManagerStoreOfSameValueFromABehindView).
 func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 	prefix, key := Prefix+m.cfg.Cluster+"/", m.key(s)
 	sk := s.Metadata.Namespace + "/" + s.Metadata.Name
