@@ -23,6 +23,18 @@ func loadAt(t *testing.T, root string) *Datapath {
 	return d
 }
 
+// loadRestartable loads the datapath under a root of its own, unmounted
+// when the test ends; loadAt(t, root) loads it there again (a restart).
+func loadRestartable(t *testing.T) (*Datapath, string) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	root := t.TempDir()
+	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	return loadAt(t, root), root
+}
+
+var idsFE = Frontend{IP: netip.MustParseAddr("172.16.0.1"), Port: 80, Proto: unix.IPPROTO_TCP}
+
 // memberIDs reads the backend IDs lb_members holds.
 func memberIDs(t *testing.T, d *Datapath) map[uint32]bool {
 	t.Helper()
@@ -45,11 +57,8 @@ func memberIDs(t *testing.T, d *Datapath) map[uint32]bool {
 // 2026-12-07 every IP:port ever written kept its ID for the agent's life
 // and the 32-bit counter only grew.
 func TestBackendIDsOfGoneBackendsFreed(t *testing.T) {
-	testutil.RequireRoot(t)
-	root := t.TempDir()
-	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
-	d := loadAt(t, root)
-	fe := Frontend{IP: netip.MustParseAddr("172.16.0.1"), Port: 80, Proto: unix.IPPROTO_TCP}
+	d, root := loadRestartable(t)
+	fe := idsFE
 	write := func(d *Datapath, port uint16) {
 		t.Helper()
 		var s LBService
@@ -110,5 +119,43 @@ func TestBackendIDsOfGoneBackendsFreed(t *testing.T) {
 	}
 	if ids := memberIDs(t, d); len(ids) != 2 {
 		t.Fatalf("a backend one frontend still has lost its ID to another: IDs %v", ids)
+	}
+}
+
+// After a restart over an older agent's maps, whose counter went high
+// (it never freed an ID), the IDs below the highest in use are handed out
+// again, kept as ranges between the IDs in use (not one entry each).
+func TestBackendIDsBelowAnOldAgentsCounterReused(t *testing.T) {
+	d, root := loadRestartable(t)
+	fe := idsFE
+	a := LBBackend{IP: netip.MustParseAddr("10.1.0.1"), Port: 80}
+	if err := d.UpsertService(fe, LBService{Backends: []LBBackend{a}}); err != nil {
+		t.Fatal(err)
+	}
+	// As an older agent left it: the member under a high ID.
+	const high = 4_000_000_000
+	st := d.lb.services[fe]
+	old := bpf.DatapathLbMemberKey{Id: st.id, Backend: 1}
+	if err := d.objs.LbMembers.Delete(&old); err != nil {
+		t.Fatal(err)
+	}
+	mk := bpf.DatapathLbMemberKey{Id: st.id, Backend: high}
+	if err := d.objs.LbMembers.Put(&mk, &bpf.DatapathLbBackend{Ip: ipv4(a.IP), Port: htons(a.Port), Id: high}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+
+	d = loadAt(t, root)
+	defer d.Close()
+	if n := len(d.lb.freeRanges); n != 1 {
+		t.Fatalf("%d free ranges, want 1 (below the one ID in use)", n)
+	}
+	other := fe
+	other.Port = 81
+	if err := d.UpsertService(other, LBService{Backends: []LBBackend{{IP: netip.MustParseAddr("10.1.0.2"), Port: 80}}}); err != nil {
+		t.Fatal(err)
+	}
+	if ids := memberIDs(t, d); !ids[1] || !ids[high] {
+		t.Errorf("backend IDs %v, want 1 (reused below the old counter) and %d", ids, uint32(high))
 	}
 }

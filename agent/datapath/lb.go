@@ -102,8 +102,12 @@ type lb struct {
 	// backends written now (TestBackendIDsOfGoneBackendsFreed).
 	backendIDs map[netip.AddrPort]*backendRef
 	freeBE     []uint32
+	freeRanges []idRange // the gaps between the IDs in use at a restart
 	nextBE     uint32
 }
+
+// idRange is the IDs from up to, not including, to.
+type idRange struct{ from, to uint32 }
 
 // backendRef is a backend's ID and the number of frontends that have it
 // as a member.
@@ -168,19 +172,23 @@ func (l *lb) restoreBackendID(ap netip.AddrPort, id uint32) {
 	l.nextBE = max(l.nextBE, id+1)
 }
 
-// freeUnusedBackendIDs puts the IDs below nextBE that no member of a
-// frontend has (after a restart) on the free list.
+// freeUnusedBackendIDs frees the IDs below nextBE that no member of a
+// frontend has (after a restart), as ranges between the IDs in use: as
+// many as those, however high an older agent's counter went.
 func (l *lb) freeUnusedBackendIDs() {
-	used := make(map[uint32]bool, len(l.backendIDs))
+	var used []uint32
 	for _, st := range l.services {
 		for id := range st.members {
-			used[id] = true
+			used = append(used, id)
 		}
 	}
-	for id := l.nextBE - 1; id >= 1; id-- {
-		if !used[id] {
-			l.freeBE = append(l.freeBE, id)
+	slices.Sort(used)
+	prev := uint32(0)
+	for _, id := range used {
+		if id > prev+1 {
+			l.freeRanges = append(l.freeRanges, idRange{from: prev + 1, to: id})
 		}
+		prev = id
 	}
 }
 
@@ -201,11 +209,20 @@ func (l *lb) holdBackend(st *lbState, ap netip.AddrPort) uint32 {
 	return ref.id
 }
 
-// newBackendID is the last freed ID, else the next never used.
+// newBackendID is the last freed ID, else one of a free range, else the
+// next never used.
 func (l *lb) newBackendID() uint32 {
 	if n := len(l.freeBE); n > 0 {
 		id := l.freeBE[n-1]
 		l.freeBE = l.freeBE[:n-1]
+		return id
+	}
+	if n := len(l.freeRanges); n > 0 {
+		r := &l.freeRanges[n-1]
+		id := r.from
+		if r.from++; r.from == r.to {
+			l.freeRanges = l.freeRanges[:n-1]
+		}
 		return id
 	}
 	id := l.nextBE
