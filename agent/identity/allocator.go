@@ -23,6 +23,9 @@ import (
 const (
 	IDPrefix    = kvstore.Prefix + "state/identities/v1/id/"
 	ValuePrefix = kvstore.Prefix + "state/identities/v1/value/"
+	// CursorKey holds the last number created in the cluster (no lease):
+	// new numbers are taken after it (nextFree).
+	CursorKey = kvstore.Prefix + "state/identities/v1/cursor"
 )
 
 var (
@@ -260,6 +263,8 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 	myRef := vprefix + a.node
 	noRefs := clientv3.Compare(clientv3.CreateRevision(vprefix), "=", 0).WithPrefix()
 	tried := map[NumericIdentity]bool{}
+	var after NumericIdentity // the cursor, read once when a number is claimed
+	cursorRead := false
 	for attempt := 0; attempt < 64; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return 0, false, err
@@ -331,16 +336,24 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 			}
 			continue
 		}
-		id, err = a.freeNumber(tried)
+		if !cursorRead {
+			if after, err = a.cursor(ctx); err != nil {
+				return 0, false, err
+			}
+			cursorRead = true
+		}
+		id, err = a.freeNumber(after, tried)
 		if err != nil {
 			return 0, false, err
 		}
 		tried[id] = true
+		num := strconv.FormatUint(uint64(id), 10)
 		ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
 			clientv3.Compare(clientv3.CreateRevision(idKey(id)), "=", 0), noRefs,
 		}, []clientv3.Op{
 			clientv3.OpPut(idKey(id), canonical),
-			clientv3.OpPut(myRef, strconv.FormatUint(uint64(id), 10), lease),
+			clientv3.OpPut(myRef, num, lease),
+			clientv3.OpPut(CursorKey, num),
 		})
 		if err != nil {
 			return 0, false, err
@@ -356,17 +369,66 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 	return 0, false, fmt.Errorf("%w: %s", ErrContention, canonical)
 }
 
-// freeNumber returns the lowest number of the cluster's range not in use and not tried.
-func (a *Allocator) freeNumber(tried map[NumericIdentity]bool) (NumericIdentity, error) {
-	a.cmu.RLock()
-	defer a.cmu.RUnlock()
-	for local := uint32(LocalMin); local <= LocalMax; local++ {
-		id := Compose(a.clusterID, local)
-		if _, used := a.byID[id]; !used && !tried[id] {
+// cursor returns the number new ones are taken after: the last number
+// created in the cluster (CursorKey, written with each), or, when no
+// valid one is recorded (a new cluster, or one whose allocators did not
+// write it yet), the highest number of the cluster in use.
+func (a *Allocator) cursor(ctx context.Context) (NumericIdentity, error) {
+	kv, err := a.kv.Get(ctx, CursorKey)
+	if err != nil && !errors.Is(err, kvstore.ErrNotFound) {
+		return 0, err
+	}
+	if err == nil {
+		n, perr := strconv.ParseUint(string(kv.Value), 10, 32)
+		if id := NumericIdentity(n); perr == nil && id.InClusterRange(a.clusterID) {
 			return id, nil
 		}
 	}
-	return 0, fmt.Errorf("%w: cluster %d has all %d numbers in use", ErrExhausted, a.clusterID, LocalMax-LocalMin+1)
+	a.cmu.RLock()
+	defer a.cmu.RUnlock()
+	var highest NumericIdentity
+	for id := range a.byID {
+		if id.InClusterRange(a.clusterID) && id > highest {
+			highest = id
+		}
+	}
+	return highest, nil
+}
+
+// freeNumber returns the first number of the cluster's range after after
+// (going round) not in use and not tried.
+func (a *Allocator) freeNumber(after NumericIdentity, tried map[NumericIdentity]bool) (NumericIdentity, error) {
+	a.cmu.RLock()
+	defer a.cmu.RUnlock()
+	id, ok := nextFree(a.clusterID, after, func(id NumericIdentity) bool {
+		_, used := a.byID[id]
+		return used || tried[id]
+	})
+	if !ok {
+		return 0, fmt.Errorf("%w: cluster %d has all %d numbers in use", ErrExhausted, a.clusterID, LocalMax-LocalMin+1)
+	}
+	return id, nil
+}
+
+// nextFree returns the first number of cluster's range (local numbers
+// LocalMin–LocalMax of the layout) after after, going round, that taken
+// does not report; the first from LocalMin when after is outside the
+// range. A number released is so handed out again only after the whole
+// range has gone round: until 2026-12-07 the lowest free number was
+// taken (TestReleasedNumberNotReusedAtOnce).
+func nextFree(cluster uint32, after NumericIdentity, taken func(NumericIdentity) bool) (NumericIdentity, bool) {
+	size := LocalMax - LocalMin + 1
+	start := LocalMax
+	if after.InClusterRange(cluster) {
+		start = uint32(after) & LocalMax
+	}
+	for i := uint32(1); i <= size; i++ {
+		id := Compose(cluster, LocalMin+(start-LocalMin+i)%size)
+		if !taken(id) {
+			return id, true
+		}
+	}
+	return 0, false
 }
 
 // Release drops one reference of ls taken by Allocate. When the node's last

@@ -377,6 +377,10 @@ func TestLeaseLossKeepsOrRenumbers(t *testing.T) {
 	// The number taken by another label set meanwhile: renumbered, told.
 	db, _, _ := a.Allocate(ctx, mustLabels(t, "app=db"))
 	loseRefs(mustLabels(t, "app=db"), db.ID)
+	// The numbers gone round since: the freed one is the next.
+	if err := kv.Put(ctx, identity.CursorKey, []byte(fmt.Sprint(uint32(db.ID-1))), 0); err != nil {
+		t.Fatal(err)
+	}
 	thief, _, _ := b.Allocate(ctx, mustLabels(t, "app=thief"))
 	if thief.ID != db.ID {
 		t.Fatalf("the other label set got %d, not the freed %d (test setup)", thief.ID, db.ID)
@@ -446,4 +450,47 @@ func TestUnsureReleaseWritesTheReferenceAgain(t *testing.T) {
 	if _, err := kv.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, first.ID)); !errors.Is(err, kvstore.ErrNotFound) {
 		t.Errorf("the identity nothing holds stays after GC: %v", err)
 	}
+}
+
+// A released number is not the next new label set's, on any node, nor
+// after a restart: numbers go round the cluster's range from the last one
+// created. Until 2026-12-07 the lowest free number was taken, so the next
+// new label set anywhere in the cluster (another namespace's) got the
+// number a pod had just released after a relabel, while other nodes still
+// mapped that pod's address to it (the ipcache entry of its new identity
+// only queued) and took its packets for the other namespace's. Found
+// 2026-12-07 by a security review.
+func TestReleasedNumberNotReusedAtOnce(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a, _ := newAllocator(t, ep, "n1")
+	b, _ := newAllocator(t, ep, "n2")
+	ctx := context.Background()
+	tenant := mustLabels(t, "app=tenant")
+	old, _, err := a.Allocate(ctx, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx, tenant); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, a, old.ID)
+	waitGone(t, b, old.ID)
+	seen := map[identity.NumericIdentity]string{old.ID: "app=tenant"}
+	check := func(al *identity.Allocator, name, l string) {
+		t.Helper()
+		id, isNew, err := al.Allocate(ctx, mustLabels(t, l))
+		if err != nil || !isNew {
+			t.Fatalf("%s allocating %s: %v new=%v", name, l, err, isNew)
+		}
+		if prev, dup := seen[id.ID]; dup {
+			t.Fatalf("%s gave %s number %d, %s's a moment ago", name, l, id.ID, prev)
+		}
+		seen[id.ID] = l
+	}
+	check(b, "another node", "app=other-namespace")
+	check(a, "the same node", "app=next")
+	// A node started after the release (an agent restart) goes on after
+	// the last number created, not from the lowest free one.
+	c, _ := newAllocator(t, ep, "n3")
+	check(c, "a restarted node", "app=after-restart")
 }

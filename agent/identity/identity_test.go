@@ -71,3 +71,51 @@ func TestLayout511(t *testing.T) {
 		t.Fatal("back to the 255 layout")
 	}
 }
+
+// nextFree goes round each layout's range (65,280 numbers per cluster;
+// 32,512 with 511 clusters) from the number after the cursor, never
+// leaving the cluster's range, and hands out every number before one
+// comes again.
+func TestNextFreeGoesRound(t *testing.T) {
+	t.Cleanup(func() { SetMaxClusters(255) })
+	for _, layout := range []struct {
+		clusters int
+		cluster  uint32
+		size     int
+	}{{255, 255, 65280}, {511, 511, 32512}} {
+		if err := SetMaxClusters(layout.clusters); err != nil {
+			t.Fatal(err)
+		}
+		free := func(NumericIdentity) bool { return false }
+		first := Compose(layout.cluster, LocalMin)
+		last := Compose(layout.cluster, LocalMax)
+		if got, _ := nextFree(layout.cluster, 0, free); got != first {
+			t.Errorf("%d clusters: without a cursor got %d, want %d", layout.clusters, got, first)
+		}
+		if got, _ := nextFree(layout.cluster, last, free); got != first {
+			t.Errorf("%d clusters: after the last number got %d, want the first %d", layout.clusters, got, first)
+		}
+		// Another cluster's number as cursor: from the start of this range.
+		if got, _ := nextFree(layout.cluster, Compose(layout.cluster-1, 300), free); got != first {
+			t.Errorf("%d clusters: after another cluster's number got %d", layout.clusters, got)
+		}
+		// Hand out the whole range, each number once, then the first again.
+		used := map[NumericIdentity]bool{}
+		cursor := Compose(layout.cluster, 1000)
+		for i := 0; i < layout.size; i++ {
+			n, ok := nextFree(layout.cluster, cursor, func(n NumericIdentity) bool { return used[n] })
+			if !ok || used[n] || !n.InClusterRange(layout.cluster) {
+				t.Fatalf("%d clusters: number %d of the round: %d ok=%v", layout.clusters, i, n, ok)
+			}
+			used[n], cursor = true, n
+		}
+		if _, ok := nextFree(layout.cluster, cursor, func(n NumericIdentity) bool { return used[n] }); ok {
+			t.Errorf("%d clusters: a number free with all %d in use", layout.clusters, layout.size)
+		}
+		// One released: taken only after the others, but taken.
+		delete(used, Compose(layout.cluster, 1000))
+		if got, _ := nextFree(layout.cluster, Compose(layout.cluster, 1001), func(n NumericIdentity) bool { return used[n] }); got != Compose(layout.cluster, 1000) {
+			t.Errorf("%d clusters: the one free number is %d, got %d", layout.clusters, Compose(layout.cluster, 1000), got)
+		}
+	}
+}
