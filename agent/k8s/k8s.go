@@ -74,18 +74,17 @@ type Watcher struct {
 	// followed, each with whether its first list has arrived.
 	apiServer string
 	informers []namedInformer
-	// life is Start's context: relabels made outside an event handler
-	// (PodLabels's re-check) run under it.
-	life context.Context
+	// now is the relabels' clock (nil: time.Now).
+	now func() time.Time
 
 	errMu     sync.Mutex
 	lastErr   string
 	lastErrAt time.Time
 
-	// relabelMu orders relabels (relabelKey); retrying holds the pods with
-	// a retry pending.
-	relabelMu sync.Mutex
-	retrying  map[string]bool
+	// relabels holds the pods to relabel, which one worker
+	// (runRelabels) relabels one at a time; made at first use.
+	relabelsOnce sync.Once
+	relabels     *relabelQueue
 
 	// policyMu orders the policy objects' handlers (three informers);
 	// policyKinds are their caches and documents by kind.
@@ -160,21 +159,22 @@ func Start(ctx context.Context, cfg *rest.Config, node string, p Policies, pods 
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{policies: p, pods: pods, services: svcs, podNamespace: podNamespace, apiServer: cfg.Host, life: ctx,
+	w := &Watcher{policies: p, pods: pods, services: svcs, podNamespace: podNamespace, apiServer: cfg.Host,
 		policyKinds: map[string]policyKind{}}
+	go w.runRelabels(ctx)
 	typed := informers.NewSharedInformerFactory(cs, 10*time.Minute)
 	np := typed.Networking().V1().NetworkPolicies().Informer()
 	w.followPolicies(ctx, api.KindNetworkPolicy, networkPolicyDoc, np)
 	w.follow("networkpolicies", np)
 	nsInf := typed.Core().V1().Namespaces().Informer()
 	w.nsIndexer, w.nsSynced = nsInf.GetIndexer(), nsInf.HasSynced
-	nsInf.AddEventHandler(w.namespaceHandler(ctx))
+	nsInf.AddEventHandler(w.namespaceHandler())
 	w.follow("namespaces", nsInf)
 	podFactory := informers.NewSharedInformerFactoryWithOptions(cs, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }))
 	podInf := podFactory.Core().V1().Pods().Informer()
 	w.podIndexer, w.podSynced = podInf.GetIndexer(), podInf.HasSynced
-	podInf.AddEventHandler(w.podHandler(ctx))
+	podInf.AddEventHandler(w.podHandler())
 	w.follow("pods", podInf)
 	dynf := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 10*time.Minute)
 	for _, r := range []struct {
@@ -235,22 +235,23 @@ func (w *Watcher) Waiting() []string {
 	return out
 }
 
-// podHandler relabels a pod's endpoints when its labels or service
-// account change, and when the pod first reaches the cache: an endpoint
-// created while the API server did not answer (CNI labels), or restored
-// after labels changed while the agent was down, takes the pod's labels
-// then (relabelling endpoints whose labels already match does nothing).
-func (w *Watcher) podHandler(ctx context.Context) cache.ResourceEventHandlerFuncs {
+// podHandler queues a pod's relabel when its labels or service account
+// change, and when the pod first reaches the cache: an endpoint created
+// while the API server did not answer (CNI labels), or restored after
+// labels changed while the agent was down, takes the pod's labels then
+// (relabelling endpoints whose labels already match does nothing). Its
+// relabels are paced per namespace (relabelQueue).
+func (w *Watcher) podHandler() cache.ResourceEventHandlerFuncs {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if p, ok := obj.(*corev1.Pod); ok {
-				w.relabel(ctx, p)
+				w.relabel(p.Namespace, p.Name, false)
 			}
 		},
 		UpdateFunc: func(oldObj, obj any) {
 			o, n := oldObj.(*corev1.Pod), obj.(*corev1.Pod)
 			if !maps.Equal(o.Labels, n.Labels) || o.Spec.ServiceAccountName != n.Spec.ServiceAccountName {
-				w.relabel(ctx, n)
+				w.relabel(n.Namespace, n.Name, false)
 			}
 		},
 	}
@@ -259,11 +260,11 @@ func (w *Watcher) podHandler(ctx context.Context) cache.ResourceEventHandlerFunc
 // namespaceHandler relabels a namespace's pods when its labels change or
 // it first reaches the cache (its pods may have come first, without the
 // namespace's labels), and drops its policies when it is deleted.
-func (w *Watcher) namespaceHandler(ctx context.Context) cache.ResourceEventHandlerFuncs {
+func (w *Watcher) namespaceHandler() cache.ResourceEventHandlerFuncs {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if n, ok := obj.(*corev1.Namespace); ok {
-				w.relabelNamespace(ctx, n.Name)
+				w.relabelNamespace(n.Name)
 			}
 		},
 		UpdateFunc: func(oldObj, obj any) {
@@ -273,7 +274,7 @@ func (w *Watcher) namespaceHandler(ctx context.Context) cache.ResourceEventHandl
 				return
 			}
 			if !maps.Equal(o.Labels, n.Labels) {
-				w.relabelNamespace(ctx, n.Name)
+				w.relabelNamespace(n.Name)
 			}
 		},
 		DeleteFunc: func(obj any) {
@@ -290,9 +291,10 @@ func (w *Watcher) namespaceHandler(ctx context.Context) cache.ResourceEventHandl
 // Resync relabels the endpoints of every pod in the cache: the agent calls
 // it once it has restored the node's endpoints, since pods that reached the
 // cache before had no endpoints to relabel.
-func (w *Watcher) Resync(ctx context.Context) {
+func (w *Watcher) Resync(context.Context) {
 	for _, obj := range w.podIndexer.List() {
-		w.relabel(ctx, obj.(*corev1.Pod))
+		p := obj.(*corev1.Pod)
+		w.relabel(p.Namespace, p.Name, true)
 	}
 }
 
@@ -325,10 +327,7 @@ func (w *Watcher) PodLabels(ctx context.Context, namespace, name string) ([]stri
 }
 
 func (w *Watcher) recheck(namespace, name string) {
-	if w.life == nil {
-		return
-	}
-	time.AfterFunc(podRecheckAfter, func() { w.relabelKey(w.life, namespace, name, 0) })
+	time.AfterFunc(podRecheckAfter, func() { w.relabel(namespace, name, true) })
 }
 
 // nsCached says whether namespace is in the namespaces' cache.
@@ -375,47 +374,116 @@ const relabelRetries = 8
 // relabelFirstRetry is the first retry's delay (shorter in tests).
 var relabelFirstRetry = time.Second
 
-func (w *Watcher) relabel(ctx context.Context, p *corev1.Pod) {
-	w.relabelKey(ctx, p.Namespace, p.Name, 0)
+// relabel queues a relabel of pod namespace/name; exempt: not paced
+// (started by the agent or a namespace's change, not by the pod's own).
+func (w *Watcher) relabel(namespace, name string, exempt bool) {
+	w.relabelQueue().add(namespace+"/"+name, exempt)
 }
 
-// relabelKey gives the endpoints of pod namespace/name the labels of the
-// pod and its namespace as the caches hold them when it runs, one relabel
-// at a time: the last to run applies the latest state, whichever event
-// (or Resync, or a re-check) started it. A failed relabel is tried again
-// later.
-func (w *Watcher) relabelKey(ctx context.Context, namespace, name string, attempt int) {
-	if w.pods == nil || ctx.Err() != nil {
+func (w *Watcher) relabelQueue() *relabelQueue {
+	w.relabelsOnce.Do(func() { w.relabels = newRelabelQueue() })
+	return w.relabels
+}
+
+func (w *Watcher) clock() time.Time {
+	if w.now != nil {
+		return w.now()
+	}
+	return time.Now()
+}
+
+// runRelabels relabels the queued pods, one at a time, until ctx ends.
+// Until 2026-12-07 the pod events relabelled inline, each waiting on
+// etcd, with nothing bounding how often a pod changed identity: a tenant
+// patching a pod's labels in a loop filled etcd's quota in minutes, and
+// its events held back other namespaces' relabels on the node
+// (TestRelabelStormRateLimitedPerNamespace,
+// TestLabelStormDoesNotStarveOtherNamespacesRelabel).
+func (w *Watcher) runRelabels(ctx context.Context) {
+	q := w.relabelQueue()
+	for {
+		w.drainRelabels(ctx)
+		var due <-chan time.Time
+		var t *time.Timer
+		if at, ok := q.nextAt(); ok {
+			t = time.NewTimer(at.Sub(w.clock()))
+			due = t.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-q.wake:
+		case <-due:
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// drainRelabels relabels the pods ready now, until none is.
+func (w *Watcher) drainRelabels(ctx context.Context) {
+	q := w.relabelQueue()
+	for ctx.Err() == nil {
+		key, exempt, ok := q.next(w.clock())
+		if !ok {
+			return
+		}
+		w.relabelKey(ctx, key, exempt)
+	}
+}
+
+// relabelKey gives the endpoints of pod key (namespace/name) the labels of
+// the pod and its namespace as the caches hold them when it runs: the last
+// to run applies the latest state, whichever event (or Resync, or a
+// re-check) queued it. Unless exempt, it waits (queued again) while the
+// namespace's identity-changing relabels on the node are past their pace
+// (relabelBurst, relabelRate): other namespaces' pods go on meanwhile. A
+// failed relabel is tried again later.
+func (w *Watcher) relabelKey(ctx context.Context, key string, exempt bool) {
+	if w.pods == nil {
 		return
 	}
-	key := namespace + "/" + name
-	w.relabelMu.Lock()
-	defer w.relabelMu.Unlock()
-	if attempt > 0 {
-		delete(w.retrying, key)
-	}
+	q := w.relabelQueue()
+	namespace, name, _ := cache.SplitMetaNamespaceKey(key)
 	obj, ok, _ := w.podIndexer.GetByKey(key)
 	// Not before its namespace is cached: its labels would lack the
 	// namespace's, and a restored endpoint would lose them until the
 	// namespace came (its arrival relabels its pods). Until 2026-12-06 a
 	// restarted agent whose pods' list came first did that.
 	if !ok || !w.nsCached(namespace) {
+		q.done(key)
 		return
 	}
-	n, err := w.pods.SetPodLabels(ctx, namespace, name, w.labelsOf(obj.(*corev1.Pod)))
-	if err != nil {
-		slog.Warn("relabelling a pod's endpoints", "pod", key, "attempt", attempt+1, "err", err)
-		// One retry pending per pod; labels the agent refuses stay refused.
-		if attempt < relabelRetries && !w.retrying[key] && !errors.Is(err, endpoint.ErrInvalid) {
-			if w.retrying == nil {
-				w.retrying = map[string]bool{}
-			}
-			w.retrying[key] = true
-			time.AfterFunc(min(relabelFirstRetry<<attempt, 30*time.Second), func() { w.relabelKey(ctx, namespace, name, attempt+1) })
+	now := w.clock()
+	if !exempt {
+		if d := q.wait(namespace, now); d > 0 {
+			q.deferUntil(key, now.Add(d), true)
+			return
 		}
-	} else if n > 0 {
-		slog.Info("pod labels changed: new identity", "pod", namespace+"/"+name, "endpoints", n)
 	}
+	n, err := w.pods.SetPodLabels(ctx, namespace, name, w.labelsOf(obj.(*corev1.Pod)))
+	// A failed relabel may have written to etcd as a successful one does.
+	if !exempt && (n > 0 || err != nil && !errors.Is(err, endpoint.ErrInvalid)) {
+		q.take(namespace, now)
+	}
+	if err == nil {
+		q.done(key)
+		if n > 0 {
+			slog.Info("pod labels changed: new identity", "pod", key, "endpoints", n)
+		}
+		return
+	}
+	attempt := q.failed(key)
+	slog.Warn("relabelling a pod's endpoints", "pod", key, "attempt", attempt, "err", err)
+	// Labels the agent refuses stay refused.
+	if attempt > relabelRetries || errors.Is(err, endpoint.ErrInvalid) {
+		q.done(key)
+		return
+	}
+	q.deferUntil(key, now.Add(min(relabelFirstRetry<<(attempt-1), 30*time.Second)), false)
 }
 
 // namespaceGone removes the policy state of a namespace being deleted at
@@ -435,14 +503,16 @@ func (w *Watcher) namespaceGone(namespace string) {
 	}
 }
 
-func (w *Watcher) relabelNamespace(ctx context.Context, namespace string) {
+// relabelNamespace queues the relabels of namespace's pods, not paced: a
+// namespace's labels are its admin's, not its pods'.
+func (w *Watcher) relabelNamespace(namespace string) {
 	pods, err := w.podIndexer.ByIndex(cache.NamespaceIndex, namespace)
 	if err != nil {
 		slog.Warn("pods of a namespace not relabelled", "namespace", namespace, "err", err)
 		return
 	}
 	for _, obj := range pods {
-		w.relabel(ctx, obj.(*corev1.Pod))
+		w.relabel(namespace, obj.(*corev1.Pod).Name, true)
 	}
 }
 
