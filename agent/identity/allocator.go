@@ -35,6 +35,9 @@ var (
 	ErrNotFound = errors.New("identity not found")
 	// ErrContention: allocation kept losing races; try again.
 	ErrContention = errors.New("identity allocation did not settle")
+	// errMaybeApplied: a transaction failed without an answer; etcd may
+	// have applied it.
+	errMaybeApplied = errors.New("identity transaction's outcome unknown")
 )
 
 // valueKeyPrefix is where the references of a label set live. The label
@@ -52,9 +55,10 @@ type ref struct {
 	labels labels.Labels // with the cluster label
 	// unsure: a release's delete of the reference failed, and may have
 	// been applied (its answer lost; count is then 0), or writing it
-	// again after a lease loss failed: the reference is written again
-	// before the count is trusted, or deleted again by GC when nothing
-	// holds it.
+	// again after a lease loss failed, or an allocation's write failed
+	// and may have been applied (count 0, id 0: unknown): the reference
+	// is written again before the count is trusted, or deleted again by
+	// GC when nothing holds it.
 	unsure bool
 }
 
@@ -242,6 +246,15 @@ func (a *Allocator) Allocate(ctx context.Context, ls labels.Labels) (id Identity
 		return Identity{ID: r.id, Labels: ls}, false, nil
 	}
 	n, isNew, err := a.acquire(ctx, key, 0)
+	if errors.Is(err, errMaybeApplied) {
+		// Its reference may be in etcd, under the node's live lease, with
+		// nothing holding it: the next GC deletes it again, the next
+		// allocation writes it again (settleUnsure, retake). Until
+		// 2026-12-07 nothing was recorded, and GC kept the reference and
+		// its number for the lease's lifetime
+		// (TestAllocateAnswerLostLeavesNoReference).
+		a.refs[key] = &ref{labels: ls, unsure: true}
+	}
 	if err != nil {
 		return Identity{}, false, err
 	}
@@ -282,7 +295,7 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 				return 0, false, fmt.Errorf("identity reference %s holds %q, not a number", r.Key, r.Value)
 			}
 			id := NumericIdentity(n)
-			ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+			ok, err := a.txn(ctx, []clientv3.Cmp{
 				clientv3.Compare(clientv3.Value(idKey(id)), "=", canonical),
 				clientv3.Compare(clientv3.ModRevision(r.Key), "=", r.ModRevision),
 			}, []clientv3.Op{clientv3.OpPut(myRef, string(r.Value), lease)})
@@ -300,7 +313,7 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 		if want != 0 && !tried[want] {
 			tried[want] = true
 			num := strconv.FormatUint(uint64(want), 10)
-			ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+			ok, err := a.txn(ctx, []clientv3.Cmp{
 				clientv3.Compare(clientv3.Value(idKey(want)), "=", canonical), noRefs,
 			}, []clientv3.Op{clientv3.OpPut(myRef, num, lease)})
 			if err != nil {
@@ -309,7 +322,7 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 			if ok {
 				return want, false, nil
 			}
-			ok, err = a.kv.Txn(ctx, []clientv3.Cmp{
+			ok, err = a.txn(ctx, []clientv3.Cmp{
 				clientv3.Compare(clientv3.CreateRevision(idKey(want)), "=", 0), noRefs,
 			}, []clientv3.Op{clientv3.OpPut(idKey(want), canonical), clientv3.OpPut(myRef, num, lease)})
 			if err != nil {
@@ -325,7 +338,7 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 		a.cmu.RUnlock()
 		if known && !tried[id] {
 			tried[id] = true
-			ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+			ok, err := a.txn(ctx, []clientv3.Cmp{
 				clientv3.Compare(clientv3.Value(idKey(id)), "=", canonical), noRefs,
 			}, []clientv3.Op{clientv3.OpPut(myRef, strconv.FormatUint(uint64(id), 10), lease)})
 			if err != nil {
@@ -348,7 +361,7 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 		}
 		tried[id] = true
 		num := strconv.FormatUint(uint64(id), 10)
-		ok, err := a.kv.Txn(ctx, []clientv3.Cmp{
+		ok, err := a.txn(ctx, []clientv3.Cmp{
 			clientv3.Compare(clientv3.CreateRevision(idKey(id)), "=", 0), noRefs,
 		}, []clientv3.Op{
 			clientv3.OpPut(idKey(id), canonical),
@@ -367,6 +380,16 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 		}
 	}
 	return 0, false, fmt.Errorf("%w: %s", ErrContention, canonical)
+}
+
+// txn runs an etcd transaction of acquire; an error wraps
+// errMaybeApplied: without an answer, etcd may have applied it.
+func (a *Allocator) txn(ctx context.Context, cmps []clientv3.Cmp, then []clientv3.Op) (bool, error) {
+	ok, err := a.kv.Txn(ctx, cmps, then)
+	if err != nil {
+		return false, fmt.Errorf("%w: %w", errMaybeApplied, err)
+	}
+	return ok, nil
 }
 
 // cursor returns the number new ones are taken after: the last number
@@ -550,7 +573,10 @@ func (a *Allocator) retake(ctx context.Context, key string, r *ref) (*renumberin
 		return nil, err
 	}
 	r.unsure = false
-	if id == r.id {
+	if id == r.id || r.id == 0 {
+		// 0: the number of an allocation whose answer was lost, unknown.
+		r.id = id
+		a.cacheSet(id, true, key)
 		return nil, nil
 	}
 	slog.Warn("identity number changed: another label set took it; the node's endpoints move to the new one", "labels", key, "old", uint32(r.id), "new", uint32(id))

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/kvstore"
@@ -493,4 +496,110 @@ func TestReleasedNumberNotReusedAtOnce(t *testing.T) {
 	// the last number created, not from the lowest free one.
 	c, _ := newAllocator(t, ep, "n3")
 	check(c, "a restarted node", "app=after-restart")
+}
+
+// answerLosingKV applies every transaction and, while lose is set, loses
+// its answer (the caller sees an error), as a connection cut after etcd
+// applied a request does.
+type answerLosingKV struct {
+	clientv3.KV
+	lose atomic.Bool
+}
+
+func (k *answerLosingKV) Txn(ctx context.Context) clientv3.Txn {
+	return &answerLosingTxn{Txn: k.KV.Txn(ctx), kv: k}
+}
+
+type answerLosingTxn struct {
+	clientv3.Txn
+	kv *answerLosingKV
+}
+
+func (t *answerLosingTxn) If(cs ...clientv3.Cmp) clientv3.Txn   { t.Txn = t.Txn.If(cs...); return t }
+func (t *answerLosingTxn) Then(ops ...clientv3.Op) clientv3.Txn { t.Txn = t.Txn.Then(ops...); return t }
+func (t *answerLosingTxn) Else(ops ...clientv3.Op) clientv3.Txn { t.Txn = t.Txn.Else(ops...); return t }
+
+func (t *answerLosingTxn) Commit() (*clientv3.TxnResponse, error) {
+	r, err := t.Txn.Commit()
+	if err == nil && t.kv.lose.Load() {
+		return nil, errors.New("connection reset: the answer was lost")
+	}
+	return r, err
+}
+
+// An allocation whose transaction etcd applied but whose answer was lost
+// leaves the node's reference (under its live lease) and the new number's
+// id key behind, with no endpoint holding them: the node's next identity
+// GC deletes both, and the label set's next allocation takes the number
+// as a fresh one (one reference counted, no renumbering). Until
+// 2026-12-07 the allocation recorded nothing, and GC kept the reference
+// and the number for the lease's lifetime. Found 2026-12-07 by a
+// security review (a TCP proxy holding back etcd's answers).
+func TestAllocateAnswerLostLeavesNoReference(t *testing.T) {
+	ep := testutil.Etcd(t)
+	kv := testutil.Connect(t, ep)
+	losing := &answerLosingKV{KV: kv.Raw().KV}
+	kv.Raw().KV = losing
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	a, err := identity.NewAllocator(ctx, kv, identity.AllocatorConfig{ClusterID: 3, ClusterName: "c3", Node: "n1",
+		Lease: testutil.GrantLease(t, ctx, kv, 5*time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var renumbered atomic.Int32
+	a.OnRenumber(func(labels.Labels, identity.NumericIdentity, identity.NumericIdentity) { renumbered.Add(1) })
+	check := testutil.Connect(t, ep)
+	lost := func(l string) string {
+		t.Helper()
+		losing.lose.Store(true)
+		_, _, err := a.Allocate(ctx, mustLabels(t, l))
+		losing.lose.Store(false)
+		if err == nil {
+			t.Fatal("the allocation whose answer was lost succeeded (test setup)")
+		}
+		w, _ := a.WithCluster(mustLabels(t, l))
+		ref := identity.RefKey(w.String(), "n1")
+		if _, err := check.Get(ctx, ref); err != nil {
+			t.Fatalf("the lost answer's reference is not in etcd (test setup): %v", err)
+		}
+		return ref
+	}
+
+	ref := lost("app=web")
+	if n := a.Holds(mustLabels(t, "app=web")); n != 0 {
+		t.Errorf("holds %d after a failed allocation, want 0", n)
+	}
+	if _, err := a.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := check.Get(ctx, ref); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Errorf("the reference nothing holds stays after GC: %v", err)
+	}
+	if ids, _, _ := check.List(ctx, identity.IDPrefix); len(ids) != 0 {
+		t.Errorf("the number nothing holds stays after GC: %v", ids)
+	}
+
+	// Allocated again before GC: one reference, the number kept.
+	lost("app=db")
+	id, _, err := a.Allocate(ctx, mustLabels(t, "app=db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := a.Holds(mustLabels(t, "app=db")); n != 1 {
+		t.Errorf("holds %d after one allocation, want 1", n)
+	}
+	if got, err := check.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id.ID)); err != nil || string(got.Value) != id.Labels.String() {
+		t.Errorf("number %d in etcd: %q %v", id.ID, got.Value, err)
+	}
+	if _, err := a.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := check.Get(ctx, fmt.Sprintf("%s%d", identity.IDPrefix, id.ID)); err != nil {
+		t.Errorf("GC took the held number %d: %v", id.ID, err)
+	}
+	time.Sleep(100 * time.Millisecond) // a renumbering is told from a goroutine
+	if n := renumbered.Load(); n != 0 {
+		t.Errorf("%d renumberings told for a label set no endpoint held", n)
+	}
 }
