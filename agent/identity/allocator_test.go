@@ -479,7 +479,7 @@ func TestReleasedNumberNotReusedAtOnce(t *testing.T) {
 	waitGone(t, a, old.ID)
 	waitGone(t, b, old.ID)
 	seen := map[identity.NumericIdentity]string{old.ID: "app=tenant"}
-	check := func(al *identity.Allocator, name, l string) {
+	check := func(al *identity.Allocator, name, l string) identity.NumericIdentity {
 		t.Helper()
 		id, isNew, err := al.Allocate(ctx, mustLabels(t, l))
 		if err != nil || !isNew {
@@ -489,11 +489,17 @@ func TestReleasedNumberNotReusedAtOnce(t *testing.T) {
 			t.Fatalf("%s gave %s number %d, %s's a moment ago", name, l, id.ID, prev)
 		}
 		seen[id.ID] = l
+		return id.ID
 	}
 	check(b, "another node", "app=other-namespace")
-	check(a, "the same node", "app=next")
-	// A node started after the release (an agent restart) goes on after
-	// the last number created, not from the lowest free one.
+	next := check(a, "the same node", "app=next")
+	// A node started after the release of the highest number (an agent
+	// restart) goes on after the last number created, neither from the
+	// lowest free one nor after the highest in use.
+	if err := a.Release(ctx, mustLabels(t, "app=next")); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, a, next)
 	c, _ := newAllocator(t, ep, "n3")
 	check(c, "a restarted node", "app=after-restart")
 }
