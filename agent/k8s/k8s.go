@@ -460,7 +460,7 @@ func (w *Watcher) relabelKey(ctx context.Context, key string, exempt bool) {
 	now := w.clock()
 	if !exempt {
 		if d := q.wait(namespace, now); d > 0 {
-			q.deferUntil(key, now.Add(d), true)
+			q.deferUntil(key, now.Add(d), true, false)
 			return
 		}
 	}
@@ -483,7 +483,10 @@ func (w *Watcher) relabelKey(ctx context.Context, key string, exempt bool) {
 		q.done(key)
 		return
 	}
-	q.deferUntil(key, now.Add(min(relabelFirstRetry<<(attempt-1), 30*time.Second)), false)
+	// From the failure (an attempt against an unreachable etcd takes
+	// seconds), not the attempt's start; the retry of a relabel not paced
+	// is not paced either (an admin's namespace label stays prompt).
+	q.deferUntil(key, w.clock().Add(min(relabelFirstRetry<<(attempt-1), 30*time.Second)), false, exempt)
 }
 
 // namespaceGone removes the policy state of a namespace being deleted at

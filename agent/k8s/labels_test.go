@@ -241,6 +241,7 @@ type fakeRelabel struct {
 	labels  map[string]string // pod -> labels applied
 	calls   []string          // pods
 	changes []string          // pod labels
+	fail    map[string]int    // pod -> relabels to fail first
 }
 
 func (f *fakeRelabel) SetPodLabels(_ context.Context, namespace, pod string, ls []string) (int, error) {
@@ -248,6 +249,10 @@ func (f *fakeRelabel) SetPodLabels(_ context.Context, namespace, pod string, ls 
 	defer f.mu.Unlock()
 	key, joined := namespace+"/"+pod, strings.Join(ls, ",")
 	f.calls = append(f.calls, key)
+	if f.fail[key] > 0 {
+		f.fail[key]--
+		return 0, errors.New("kvstore unreachable")
+	}
 	if f.labels == nil {
 		f.labels = map[string]string{}
 	}
@@ -416,5 +421,34 @@ func TestNamespaceRelabelIsNotPaced(t *testing.T) {
 		if !strings.Contains(ch, "k8s:io.cilium.k8s.namespace.labels.quarantine=true") {
 			t.Fatalf("relabelled without the namespace's label: %q", ch)
 		}
+	}
+}
+
+// The retry of a relabel that is not paced (the agent's re-check, a
+// namespace's change) is not paced either: until 2026-12-07 it came back
+// as the pod's own change, behind its namespace's storming pods, and an
+// admin's label reached the pod a second per storming pod late (found by
+// a review).
+func TestRelabelRetryKeepsItsExemption(t *testing.T) {
+	f, c := &fakeRelabel{fail: map[string]int{}}, &fakeClock{t: time.Unix(1_000_000, 0)}
+	w := relabelWatcher(f, c, "tenant")
+	ctx := context.Background()
+	const pods = 3 * relabelBurst
+	for i := range pods {
+		patch(w, "tenant", fmt.Sprintf("p%d", i), map[string]string{"app": "web"})
+	}
+	w.drainRelabels(ctx) // the burst; the other pods wait for their pacing
+	// p0 takes new labels in the cache (an exempt re-check will apply
+	// them), and its first try fails.
+	w.podIndexer.Update(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "p0", Labels: map[string]string{"app": "web", "quarantine": "true"}}})
+	f.fail["tenant/p0"] = 1
+	w.relabel("tenant", "p0", true)
+	w.drainRelabels(ctx)
+	c.mu.Lock()
+	c.t = c.t.Add(relabelFirstRetry)
+	c.mu.Unlock()
+	w.drainRelabels(ctx)
+	if !strings.Contains(f.labels["tenant/p0"], "quarantine=true") {
+		t.Fatalf("the retry of p0's exempt relabel, due now, was paced behind its namespace's pods: labels %q", f.labels["tenant/p0"])
 	}
 }

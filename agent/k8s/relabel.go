@@ -47,6 +47,7 @@ type delayed struct {
 	at        time.Time
 	seq       uint64
 	throttled bool // waiting for its namespace's pacing, not a retry
+	exempt    bool // a retry of a relabel not paced, not paced either
 }
 
 func newRelabelQueue() *relabelQueue {
@@ -68,6 +69,8 @@ func (q *relabelQueue) add(key string, exempt bool) {
 	}
 	if d, ok := q.later[key]; ok && d.throttled && !exempt {
 		return
+	} else if ok && d.exempt {
+		q.exempt[key] = true
 	}
 	delete(q.later, key)
 	q.ready = append(q.ready, key)
@@ -79,15 +82,19 @@ func (q *relabelQueue) add(key string, exempt bool) {
 }
 
 // deferUntil makes pod key wait until at (throttled: for its namespace's
-// pacing), unless an event queued it again meanwhile.
-func (q *relabelQueue) deferUntil(key string, at time.Time, throttled bool) {
+// pacing; exempt: the retry of a relabel not paced, which is not paced
+// either), unless an event queued it again meanwhile.
+func (q *relabelQueue) deferUntil(key string, at time.Time, throttled, exempt bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.queued[key] {
+		if exempt {
+			q.exempt[key] = true
+		}
 		return
 	}
 	q.seq++
-	q.later[key] = delayed{at, q.seq, throttled}
+	q.later[key] = delayed{at: at, seq: q.seq, throttled: throttled, exempt: exempt}
 	if len(q.later) == 1 || at.Before(q.earliest) {
 		q.earliest = at
 	}
@@ -130,6 +137,9 @@ func (q *relabelQueue) promote(now time.Time) {
 		return a.at.Before(b.at) || a.at.Equal(b.at) && a.seq < b.seq
 	})
 	for _, key := range due {
+		if q.later[key].exempt {
+			q.exempt[key] = true
+		}
 		delete(q.later, key)
 		q.ready = append(q.ready, key)
 		q.queued[key] = true
