@@ -374,10 +374,13 @@ func (a *Allocator) acquire(ctx context.Context, canonical string, want NumericI
 		if ok {
 			return id, true, nil
 		}
-		// Lost a race: learn who holds the number before the next try.
+		// Lost a race: learn who holds the number before the next try,
+		// which goes on after it (the numbers before it may have been
+		// released meanwhile: not the next new label set's at once).
 		if kv, err := a.kv.Get(ctx, idKey(id)); err == nil {
 			a.cacheSet(id, true, string(kv.Value))
 		}
+		after = id
 	}
 	return 0, false, fmt.Errorf("%w: %s", ErrContention, canonical)
 }
