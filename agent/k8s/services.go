@@ -363,19 +363,6 @@ func (w *Watcher) syncService(ctx context.Context, namespace, name string) {
 	w.syncLocked(ctx, namespace, name)
 }
 
-// maxStoredAnnotations bounds the bytes of a Service's annotations a
-// stored service keeps whole (kubectl's last-applied-configuration and
-// Helm's fit; a tenant's 256 KiB do not).
-const maxStoredAnnotations = 16 << 10
-
-func annotationBytes(a map[string]string) int {
-	n := 0
-	for k, v := range a {
-		n += len(k) + len(v)
-	}
-	return n
-}
-
 // syncLocked is syncService with storeMu held; the error is the store's
 // (logged here; nil when there is nothing to store).
 func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error {
@@ -386,25 +373,18 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 		return nil
 	}
 	ks := obj.(*corev1.Service)
-	// The object's annotations (a copy gets the mark) while they are
-	// small, as agents have always stored them (agents of two versions
-	// during an upgrade then store the same value, not each its own);
-	// past maxStoredAnnotations only those the service model reads: the
-	// rest is a tenant's bytes, up to 256 KiB a Service, which the
-	// kvstore would keep (until 2026-12-07 all were copied whatever their
-	// size, and each change of one made a new revision of that size: a
-	// namespace could fill the cluster's etcd to its quota,
-	// TestServiceKeepsOnlyHonouredAnnotations).
-	ann := maps.Clone(ks.Annotations)
-	if ann == nil {
-		ann = map[string]string{}
-	}
-	if annotationBytes(ann) > maxStoredAnnotations {
-		ann = map[string]string{}
-		for _, k := range service.Honoured {
-			if v, ok := ks.Annotations[k]; ok {
-				ann[k] = v
-			}
+	// Only the annotations the service model reads (service.KubernetesForm):
+	// the rest is a tenant's bytes, whose every change would be a new
+	// revision of the whole value that the kvstore keeps until compaction.
+	// Until 2026-12-07 all were copied (until that morning whatever their
+	// size, later up to 16 KiB), so flipping one in a loop filled the
+	// cluster's etcd to its quota (TestServiceKeepsOnlyHonouredAnnotations).
+	// A value an earlier version stored with them all means the same to
+	// this version (the manager's put finds it stored).
+	ann := map[string]string{}
+	for _, k := range service.Honoured {
+		if v, ok := ks.Annotations[k]; ok {
+			ann[k] = v
 		}
 	}
 	ann[service.SourceAnnotation] = service.SourceKubernetes
@@ -430,7 +410,11 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 		s.Spec.Ports = append(s.Spec.Ports, sp)
 	}
 	ess, _ := w.sliceIndexer.ByIndex(byService, namespace+"/"+name)
-	foldPorts(s, w.addBackends(key, s, ess))
+	w.addBackends(key, s, ess)
+	// Until 2026-12-07 each backend carried its slice's whole port map:
+	// 4,000 ports and 16 pods made a 1 MB value
+	// (TestStoredServiceValueBounded).
+	s.FoldPorts()
 	slices.SortFunc(s.Backends, func(a, b service.Backend) int { return strings.Compare(a.IP, b.IP) })
 	err := w.services.Upsert(ctx, s)
 	w.setConflicted(key, errors.Is(err, service.ErrConflict))
@@ -445,11 +429,10 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 
 // addBackends adds to s (of Service key) the backends of its
 // EndpointSlices ess: each address once, with its endpoint's state and
-// node, and its slice's ports when the service has several. It returns
-// the backends each slice added, with its port map (foldPorts).
-func (w *Watcher) addBackends(key string, s *service.Service, ess []any) []portGroup {
+// node, and its slice's ports when the service has several (folded
+// after, Service.FoldPorts).
+func (w *Watcher) addBackends(key string, s *service.Service, ess []any) {
 	seen := map[string]bool{}
-	var groups []portGroup
 	for _, o := range ess {
 		es := o.(*discoveryv1.EndpointSlice)
 		if es.AddressType != discoveryv1.AddressTypeIPv4 {
@@ -461,7 +444,6 @@ func (w *Watcher) addBackends(key string, s *service.Service, ess []any) []portG
 				ports[*p.Name] = uint16(*p.Port)
 			}
 		}
-		g := portGroup{from: len(s.Backends)}
 		for _, ep := range es.Endpoints {
 			state := service.StateActive
 			if c := ep.Conditions; c.Terminating != nil && *c.Terminating {
@@ -483,71 +465,14 @@ func (w *Watcher) addBackends(key string, s *service.Service, ess []any) []portG
 					b.Node = *ep.NodeName
 				}
 				if len(ports) > 0 && len(s.Spec.Ports) > 1 {
-					b.Ports, g.ports = ports, ports
+					b.Ports = ports
 				} else if len(es.Ports) == 1 && es.Ports[0].Port != nil && len(s.Spec.Ports) == 1 {
 					s.Spec.Ports[0].TargetPort = uint16(*es.Ports[0].Port)
 				}
 				s.Backends = append(s.Backends, b)
 			}
 		}
-		if g.to = len(s.Backends); g.to > g.from {
-			groups = append(groups, g)
-		}
 	}
-	return groups
-}
-
-// portGroup is the backends s.Backends[from:to] one EndpointSlice added,
-// and the port map (by service port name) they share; nil when they have
-// none (the service has one port, or the slice names none).
-type portGroup struct {
-	ports    map[string]uint16
-	from, to int
-}
-
-// foldPorts moves each service port that every backend has at one number
-// from the backends' port maps into the port's TargetPort, so a Service
-// of many ports stores them once, not once a backend; a backend keeps in
-// its map only the ports where it differs (none: no map).
-// Backend.BackendPort answers as before for every backend and port. Until
-// 2026-12-07 each backend carried the whole map: 4,000 ports and 16 pods
-// made a 1 MB value (TestStoredServiceValueBounded).
-func foldPorts(s *service.Service, groups []portGroup) {
-	for i, p := range s.Spec.Ports {
-		v, ok := commonPort(groups, p.Name)
-		if !ok {
-			continue
-		}
-		s.Spec.Ports[i].TargetPort = v
-		for _, g := range groups {
-			delete(g.ports, p.Name) // each slice's map is its own
-		}
-	}
-	for _, g := range groups {
-		if g.ports != nil && len(g.ports) == 0 {
-			for i := g.from; i < g.to; i++ {
-				s.Backends[i].Ports = nil
-			}
-		}
-	}
-}
-
-// commonPort is the port every group's map gives the service port name,
-// when they all give the same one.
-func commonPort(groups []portGroup, name string) (uint16, bool) {
-	if name == "" || len(groups) == 0 {
-		return 0, false
-	}
-	v, ok := groups[0].ports[name]
-	if !ok || v == 0 {
-		return 0, false
-	}
-	for _, g := range groups[1:] {
-		if g.ports[name] != v {
-			return 0, false
-		}
-	}
-	return v, true
 }
 
 // foreignPod says why address a of an EndpointSlice of a Service in

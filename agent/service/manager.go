@@ -300,6 +300,9 @@ func (m *Manager) apply1(ev kvstore.Event, prefix string, once *sync.Once) {
 	if err == nil {
 		err = m.checkReserved(s)
 	}
+	if err == nil {
+		m.noteFolded(key, ev, s)
+	}
 	if err != nil {
 		slog.Warn("ignoring an invalid service in the kvstore", "key", ev.Key, "err", err)
 		m.setLocal(key, nil)
@@ -318,10 +321,14 @@ func (m *Manager) apply1(ev kvstore.Event, prefix string, once *sync.Once) {
 	m.setLocalLocked(key, s)
 }
 
-// storedSum is a stored value's hash and the revision that wrote it.
+// storedSum is a stored value's hash and the revision that wrote it, and
+// (folded) the hash of the value it means in the form agents of this
+// version store a Kubernetes Service (Service.KubernetesForm), when that
+// differs.
 type storedSum struct {
-	rev int64
-	sum [sha256.Size]byte
+	rev    int64
+	sum    [sha256.Size]byte
+	folded [sha256.Size]byte
 }
 
 // noteSum keeps what the view has under key after ev (put's check).
@@ -333,6 +340,44 @@ func (m *Manager) noteSum(key string, ev kvstore.Event) {
 		return
 	}
 	m.sums[key] = storedSum{rev: ev.Revision, sum: sha256.Sum256(ev.Value)}
+}
+
+// noteFolded keeps the hash of the value the view has under key (ev's) in
+// the form this version stores a Kubernetes Service, when an agent of an
+// earlier version stored it otherwise (every backend naming every port,
+// every annotation): so an agent storing the same service finds it stored
+// (put), and agents of two versions do not write one Service's every
+// change in turn during an upgrade (found by the review of the folded
+// ports, TestManagerOlderShapeStoredNotRewritten). s is the value parsed,
+// which stays as it is: a copy is changed, and only when it differs.
+func (m *Manager) noteFolded(key string, ev kvstore.Event, s *Service) {
+	if s.Metadata.Annotations[SourceAnnotation] != SourceKubernetes {
+		return
+	}
+	unread := false
+	for k := range s.Metadata.Annotations {
+		if k != SourceAnnotation && k != UIDAnnotation && !slices.Contains(Honoured, k) {
+			unread = true
+			break
+		}
+	}
+	if !unread && !slices.ContainsFunc(s.Backends, func(b Backend) bool { return b.Ports != nil }) {
+		return
+	}
+	s, err := Parse(ev.Value)
+	if err != nil || !s.KubernetesForm() {
+		return
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v, ok := m.sums[key]; ok && v.rev == ev.Revision {
+		v.folded = sha256.Sum256(data)
+		m.sums[key] = v
+	}
 }
 
 // appliedWait bounds how long a write waits for the watch to apply it.
@@ -830,7 +875,7 @@ func (m *Manager) put(ctx context.Context, s *Service, data string) error {
 			m.beforePut()
 		}
 		own := clientv3.OpGet(key, clientv3.WithKeysOnly())
-		stored := view.rev != 0 && view.sum == sum
+		stored := view.rev != 0 && (view.sum == sum || view.folded == sum)
 		write := clientv3.OpTxn(guard, []clientv3.Op{clientv3.OpPut(key, data)}, []clientv3.Op{clientv3.OpGet(prefix, latest...), own})
 		if stored {
 			write = own

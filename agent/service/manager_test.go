@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -1351,4 +1352,48 @@ func TestManagerRemoteBackendOnControlPlaneLeftOut(t *testing.T) {
 	r.Backends = append(r.Backends, Backend{IP: kv.String(), Node: "m9"})
 	m.RemoteChanged("c2", r, false)
 	want(t, dp, "10.96.0.10:80/tcp [10.0.1.1:8080 10.2.1.1:9090]")
+}
+
+// An agent of an earlier version stored a multi-port service with every
+// backend naming every port, and every annotation; an agent of this
+// version storing the same service (its ports folded, only the annotations
+// read: Service.KubernetesForm) finds it stored and writes nothing. Until 2026-12-07 (the review of the folded ports) the two
+// versions wrote every change of such a Service in turn during an upgrade,
+// each agent once, the whole value each time.
+func TestManagerOlderShapeStoredNotRewritten(t *testing.T) {
+	ctx := context.Background()
+	m, kv := etcdManager(t)
+	const spec = "metadata: {name: web, annotations: {%s: %s}}\nspec: {clusterIP: 10.96.0.10, ports: [{name: a, port: 80}, {name: b, port: 81}]}\nbackends: [%s]\n"
+	older := mustParse(t, fmt.Sprintf(spec, SourceAnnotation, SourceKubernetes,
+		"{ip: 10.0.0.1, ports: {a: 8080, b: 9090}}, {ip: 10.0.0.2, ports: {a: 8080, b: 9090}}"))
+	older.Metadata.Annotations["team"] = "a" // no agent reads it: this version does not store it
+	data, err := json.Marshal(older)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := Prefix + "c1/default/web"
+	if err := kv.Put(ctx, key, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, err := m.Get("default", "web"); return err == nil })
+	first, err := kv.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	folded := mustParse(t, fmt.Sprintf(spec, SourceAnnotation, SourceKubernetes, "{ip: 10.0.0.1}, {ip: 10.0.0.2}"))
+	folded.Spec.Ports[0].TargetPort, folded.Spec.Ports[1].TargetPort = 8080, 9090
+	if err := m.Upsert(ctx, folded); err != nil {
+		t.Fatal(err)
+	}
+	if now, err := kv.Get(ctx, key); err != nil || now.ModRevision != first.ModRevision {
+		t.Fatalf("the same service in the folded form was written again over the older shape (revision %d, was %d; %v)", now.ModRevision, first.ModRevision, err)
+	}
+	// A real change is written.
+	folded.Spec.Ports[1].TargetPort = 9091
+	if err := m.Upsert(ctx, folded); err != nil {
+		t.Fatal(err)
+	}
+	if now, _ := kv.Get(ctx, key); now.ModRevision == first.ModRevision {
+		t.Fatal("a changed service was not written")
+	}
 }

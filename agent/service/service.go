@@ -244,6 +244,65 @@ func (p Port) Target() uint16 {
 }
 
 // BackendPort is the port of backend b for service port p.
+// FoldPorts moves each named service port that every backend's port map
+// gives at one number into the port's TargetPort, and leaves a backend's
+// map only the ports where it differs (none: no map), so a service of many
+// ports stores them once, not once a backend (how agents since 2026-12-07
+// store a Kubernetes Service; BackendPort answers as before for every
+// backend and port). It tells whether it changed s.
+func (s *Service) FoldPorts() bool {
+	changed := false
+	for i, p := range s.Spec.Ports {
+		if p.Name == "" || len(s.Backends) == 0 {
+			continue
+		}
+		v := s.Backends[0].Ports[p.Name]
+		if v == 0 {
+			continue
+		}
+		same := true
+		for _, b := range s.Backends[1:] {
+			if b.Ports[p.Name] != v {
+				same = false
+				break
+			}
+		}
+		if !same {
+			continue
+		}
+		s.Spec.Ports[i].TargetPort = v
+		for j := range s.Backends {
+			delete(s.Backends[j].Ports, p.Name)
+		}
+		changed = true
+	}
+	for j := range s.Backends {
+		if s.Backends[j].Ports != nil && len(s.Backends[j].Ports) == 0 {
+			s.Backends[j].Ports = nil
+			changed = true
+		}
+	}
+	return changed
+}
+
+// KubernetesForm puts a service stored from a Kubernetes Service in the
+// form agents since 2026-12-07 store it: only the annotations the model
+// reads (Honoured, the source and the UID), and its ports folded
+// (FoldPorts). It tells whether it changed s; other services are left.
+func (s *Service) KubernetesForm() bool {
+	if s.Metadata.Annotations[SourceAnnotation] != SourceKubernetes {
+		return false
+	}
+	changed := false
+	for k := range s.Metadata.Annotations {
+		if k != SourceAnnotation && k != UIDAnnotation && !slices.Contains(Honoured, k) {
+			delete(s.Metadata.Annotations, k)
+			changed = true
+		}
+	}
+	return s.FoldPorts() || changed
+}
+
 func (b Backend) BackendPort(p Port) uint16 {
 	if v, ok := b.Ports[p.Name]; ok && p.Name != "" {
 		return v
