@@ -28,6 +28,7 @@ func TestSliceCannotNameARemoteClustersPod(t *testing.T) {
 		"10.8.0.11": {Namespace: "default", Node: "c2/n7"},
 		"10.0.0.5":  {Namespace: "other", Node: "n1"}, // the cluster's ipcache answers first
 	})
+	remoteCIDR := func(ip netip.Addr) bool { return netip.MustParsePrefix("10.8.0.0/16").Contains(ip) }
 	for _, c := range []struct {
 		ip     string
 		ns     string
@@ -38,8 +39,9 @@ func TestSliceCannotNameARemoteClustersPod(t *testing.T) {
 		{"10.8.0.10", "", true},
 		{"10.8.0.11", "default", true},
 		{"192.0.2.8", "", false},
+		{"10.8.1.3", "", true}, // in c2/n9's pod CIDR, its entry not known (n9 down)
 	} {
-		ns, ok := podNamespaceOf(netip.MustParseAddr(c.ip), local, remote)
+		ns, ok := podNamespaceOf(netip.MustParseAddr(c.ip), local, remote, remoteCIDR)
 		if ns != c.ns || ok != c.listed {
 			t.Errorf("%s: namespace %q, %v; want %q, %v", c.ip, ns, ok, c.ns, c.listed)
 		}

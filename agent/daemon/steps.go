@@ -481,13 +481,14 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 // entries); see podNamespaceOf.
 func (a *Agent) podNamespace(ip netip.Addr) (string, bool) {
 	var local, remote func(netip.Addr) (ipcache.Entry, bool)
+	var remoteCIDR func(netip.Addr) bool
 	if a.ipsync != nil {
 		local = a.ipsync.Lookup
 	}
 	if a.router != nil {
-		remote = a.router.Entry
+		remote, remoteCIDR = a.router.Entry, a.router.RemoteHolds
 	}
-	return podNamespaceOf(ip, local, remote)
+	return podNamespaceOf(ip, local, remote, remoteCIDR)
 }
 
 // podNamespaceOf is the namespace of the pod at ip by the cluster's
@@ -497,8 +498,11 @@ func (a *Agent) podNamespace(ip netip.Addr) (string, bool) {
 // which a Service's slice may not name. Until 2026-12-07 only the
 // cluster's ipcache was asked, and a hand-written slice could name a
 // remote cluster's pod of any namespace
-// (TestSliceCannotNameARemoteClustersPod).
-func podNamespaceOf(ip netip.Addr, local, remote func(netip.Addr) (ipcache.Entry, bool)) (string, bool) {
+// (TestSliceCannotNameARemoteClustersPod). An address in a remote
+// cluster's node's pod CIDR whose entry is not known (its node down, its
+// entry not come) is foreign too (remoteCIDR; the review of that change
+// found it taken).
+func podNamespaceOf(ip netip.Addr, local, remote func(netip.Addr) (ipcache.Entry, bool), remoteCIDR func(netip.Addr) bool) (string, bool) {
 	if local != nil {
 		if e, ok := local(ip); ok && e.Namespace != "" {
 			return e.Namespace, true
@@ -510,7 +514,7 @@ func podNamespaceOf(ip netip.Addr, local, remote func(netip.Addr) (ipcache.Entry
 	e, ok := remote(ip)
 	switch {
 	case !ok:
-		return "", false
+		return "", remoteCIDR != nil && remoteCIDR(ip)
 	case e.Namespace != "":
 		return e.Namespace, true
 	default:

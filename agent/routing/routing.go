@@ -1084,6 +1084,22 @@ func (r *Router) Owns(cluster string, ip netip.Addr) bool {
 	})
 }
 
+// RemoteHolds says whether ip lies in a pod CIDR of a remote cluster's
+// node the router took (its entry known or not: the node may be down, or
+// the entry not come yet).
+func (r *Router) RemoteHolds(ip netip.Addr) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.claims.around(netip.PrefixFrom(ip, 32), func(names map[string]bool, _ netip.Prefix) bool {
+		for name := range names {
+			if clusterOf(name) != "" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // Taken is the record of node name the router took (vetted), if any: a
 // newer record it refused leaves the one it had.
 func (r *Router) Taken(name string) (node.Node, bool) {
