@@ -97,7 +97,7 @@ type lb struct {
 	services map[Frontend]*lbState
 	nextSvc  uint32
 	// backendIDs: the ID of each backend some frontend has as a member,
-	// and how many do. An ID no frontend has is freed (freeBE) and handed
+	// and how many do; an ID names one backend (restoreBackendID). An ID no frontend has is freed (freeBE) and handed
 	// out again before a new one (nextBE), so IDs stay as many as the
 	// backends written now (TestBackendIDsOfGoneBackendsFreed).
 	backendIDs map[netip.AddrPort]*backendRef
@@ -139,37 +139,64 @@ func (d *Datapath) lbInit() error {
 	}
 	var mk bpf.DatapathLbMemberKey
 	var b bpf.DatapathLbBackend
-	var orphans []bpf.DatapathLbMemberKey
+	var gone []bpf.DatapathLbMemberKey
+	addrOf := map[uint32]netip.AddrPort{} // the one address each ID restored names
 	mit := d.objs.LbMembers.Iterate()
 	for mit.Next(&mk, &b) {
 		st := byID[mk.Id]
 		if st == nil {
-			orphans = append(orphans, mk)
+			gone = append(gone, mk)
 			continue
 		}
 		ap := netip.AddrPortFrom(addrFrom(b.Ip), htons(b.Port))
-		st.members[mk.Backend] = ap
 		st.keep[ap] = true
-		d.lb.restoreBackendID(ap, mk.Backend)
+		if !d.lb.restoreBackendID(addrOf, ap, mk.Backend) {
+			gone = append(gone, mk)
+			continue
+		}
+		st.members[mk.Backend] = ap
 	}
 	// Members of no frontend (an agent stopped inside DeleteService) are
-	// read by no program; gone, their IDs may be handed out again.
-	for _, k := range orphans {
+	// read by no program; gone, their IDs may be handed out again. So are
+	// members in conflict with those restored (restoreBackendID).
+	for _, k := range gone {
 		d.objs.LbMembers.Delete(&k)
 	}
 	d.lb.freeUnusedBackendIDs()
 	return errors.Join(it.Err(), mit.Err())
 }
 
-// restoreBackendID counts a member read back from lb_members.
-func (l *lb) restoreBackendID(ap netip.AddrPort, id uint32) {
+// restoreBackendID counts a member read back from lb_members, unless it
+// conflicts with those counted before: an ID names one address and an
+// address has one ID, over every frontend (addrOf: the address of each ID
+// counted). A member in conflict (a map written inconsistently) is not
+// counted, and lbInit deletes it: its frontend's slots may still name the
+// backend under that ID, but the checks that read lb_members (affinity,
+// the socket programs' reverse translation) then find no member there,
+// until the service manager, which writes every frontend of a new agent
+// once, writes it again under an ID of its own. The review of c08a78b
+// found that the IDs were counted per address: one ID under two
+// addresses was freed when either went, while the other frontend still
+// had its address under it, and handed to a new backend (or, both gone,
+// put on the free list twice and handed to two); an address under two IDs
+// was counted twice under the first for good and the second ID leaked
+// (TestRestoredConflictingMembersNotReused).
+func (l *lb) restoreBackendID(addrOf map[uint32]netip.AddrPort, ap netip.AddrPort, id uint32) bool {
+	if other, ok := addrOf[id]; ok && other != ap {
+		return false
+	}
 	ref := l.backendIDs[ap]
+	if ref != nil && ref.id != id {
+		return false
+	}
 	if ref == nil {
 		ref = &backendRef{id: id}
 		l.backendIDs[ap] = ref
+		addrOf[id] = ap
 	}
 	ref.refs++
 	l.nextBE = max(l.nextBE, id+1)
+	return true
 }
 
 // freeUnusedBackendIDs frees the IDs below nextBE that no member of a
