@@ -63,6 +63,7 @@ func TestNodeLocalAddrs(t *testing.T) {
 	// A remote node refused for claiming n3's address adds nothing.
 	r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"192.0.2.3"}, PodCIDRs: []string{"10.60.0.0/24"}, LocalAddrs: []string{"198.18.66.6"}}, false)
 	have("198.18.0.1", "10.244.2.1")
+	r.NodeChanged(node.Node{Name: "east/evil"}, true) // (its claim would hold east's e1 off)
 	// A remote node taken adds its own, and a node of this cluster that
 	// evicts it takes them away.
 	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}, LocalAddrs: []string{"198.18.55.5"}}, false)

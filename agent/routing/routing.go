@@ -532,11 +532,32 @@ func (r *Router) NodeChanged(n node.Node, deleted bool) {
 // of this cluster evicted).
 func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 	var released []node.Node
+	// A refused record replaced or deleted gives up its claims too: the
+	// refused records of its cluster it held off are tried again.
+	if old, ok := r.refused[n.Name]; ok && clusterOf(n.Name) != "" {
+		released = append(released, old)
+	}
 	switch {
 	case deleted:
 		r.unrefuse(n.Name)
 	case r.refuseClaims(n):
-		return nil
+		// Nodes of one remote cluster claiming the same: neither is
+		// taken while both claim it (fail closed), whichever came first
+		// (TestRemoteNodeCannotTakeItsNeighbours).
+		if c := clusterOf(n.Name); c != "" {
+			var evict []string
+			r.claims.meets(n, func(name, _ string) bool {
+				if clusterOf(name) == c && !slices.Contains(evict, name) {
+					evict = append(evict, name)
+				}
+				return true
+			})
+			for _, name := range evict {
+				slog.Warn("a remote cluster's node refused: another node of its cluster claims what it holds", "node", name, "by", n.Name)
+				released = append(released, r.evict(name))
+			}
+		}
+		return released
 	case clusterOf(n.Name) == "":
 		// A node of this cluster takes back what remote nodes claimed of
 		// its own.
@@ -830,13 +851,24 @@ func (r *Router) claimsOthers(n node.Node) (why string, retry bool) {
 			return why, false
 		}
 	}
-	// Nodes of its own cluster too: until 2026-12-07 they could overlap,
-	// and with WireGuard a node listing its neighbour's pod CIDR became
-	// this cluster's peer for it (TestRemoteNodeCannotTakeItsNeighbours).
+	// Nodes of its own cluster too, taken or refused for meeting it (so
+	// two claiming the same both stay refused, whichever came first):
+	// until 2026-12-07 they could overlap, and with WireGuard a node
+	// listing its neighbour's pod CIDR became this cluster's peer for it
+	// (TestRemoteNodeCannotTakeItsNeighbours).
 	r.claims.meets(n, func(name, what string) bool {
 		why = fmt.Sprintf("%s is node %s's", what, name)
 		return false
 	})
+	if why == "" {
+		r.refusedIdx.meets(n, func(name, what string) bool {
+			if clusterOf(name) != c {
+				return true
+			}
+			why = fmt.Sprintf("%s is claimed by node %s of its cluster too", what, name)
+			return false
+		})
+	}
 	return why, why != ""
 }
 

@@ -543,39 +543,55 @@ func TestNodeRecordsClaimOnlyTheirOwn(t *testing.T) {
 
 // A remote cluster's node cannot take what another node of its cluster
 // holds (its pod CIDR, a part of it or more, its address, its WireGuard
-// key): the first holder keeps it, and a refused record is taken once the
-// holder goes. Until 2026-12-07 nodes of one remote cluster could
+// key): while two claim the same, neither is taken (fail closed), in
+// whichever order they came, and the other is taken once one goes or
+// gives it up. Until 2026-12-07 nodes of one remote cluster could
 // overlap, and with WireGuard a node whose record also listed its
 // neighbour's pod CIDR became this cluster's peer for it: a holder of one
 // remote node's key received this cluster's encrypted traffic to its
-// neighbour's pods (found by a review).
+// neighbour's pods (found by a review; the review of the first fix found
+// the first holder kept it, so a rogue record read first, at a restart,
+// took its neighbour's pods).
 func TestRemoteNodeCannotTakeItsNeighbours(t *testing.T) {
-	r, taken := vettingRouter(t)
 	K1 := testKey(t)
 	e1 := node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}, WireGuardKey: K1}
-	r.NodeChanged(e1, false)
-	if !taken("east/e1") {
-		t.Fatal("east/e1 refused")
-	}
-	for i, n := range []node.Node{
+	for i, rogue := range []node.Node{
 		{IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.60.0.0/24"}},
 		{IPs: []string{"203.0.113.3"}, PodCIDRs: []string{"10.60.0.0/23"}},
 		{IPs: []string{"203.0.113.4"}, PodCIDRs: []string{"10.60.0.128/25"}},
 		{IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.5.0/24"}},
 		{IPs: []string{"203.0.113.5"}, PodCIDRs: []string{"10.60.6.0/24"}, WireGuardKey: K1},
 	} {
-		n.Name = "east/rogue" + strconv.Itoa(i)
-		r.NodeChanged(n, false)
-		if taken(n.Name) {
-			t.Errorf("a record of east/e1's cluster claiming what it holds (%v, %v, key %v) was taken", n.PodCIDRs, n.IPs, n.WireGuardKey != "")
+		rogue.Name = "east/a-rogue" + strconv.Itoa(i)
+		for _, rogueFirst := range []bool{false, true} {
+			r, taken := vettingRouter(t)
+			first, second := e1, rogue
+			if rogueFirst {
+				first, second = rogue, e1
+			}
+			r.NodeChanged(first, false)
+			if !taken(first.Name) {
+				t.Fatalf("%s refused alone", first.Name)
+			}
+			r.NodeChanged(second, false)
+			if taken(e1.Name) || taken(rogue.Name) {
+				t.Errorf("%v (rogue first %v): e1 taken %v, the rogue taken %v; want neither while both claim it",
+					rogue, rogueFirst, taken(e1.Name), taken(rogue.Name))
+			}
+			// The rogue gives it up: e1 is taken.
+			r.NodeChanged(node.Node{Name: rogue.Name, IPs: []string{"203.0.113.9"}, PodCIDRs: []string{"10.60.9.0/24"}}, false)
+			if !taken(e1.Name) || !taken(rogue.Name) {
+				t.Errorf("%v (rogue first %v) gave it up: e1 taken %v, the rogue taken %v; want both", rogue, rogueFirst, taken(e1.Name), taken(rogue.Name))
+			}
 		}
 	}
-	if got, ok := r.Taken("east/e1"); !ok || !slices.Equal(got.PodCIDRs, e1.PodCIDRs) {
-		t.Fatalf("east/e1 is %+v (taken %v) after its neighbours' claims", got, ok)
-	}
-	r.NodeChanged(node.Node{Name: "east/e1"}, true)
-	if !taken("east/rogue0") {
-		t.Error("a refused record was not taken once its cluster's node holding the pod CIDR went")
+	// One going leaves it to the other.
+	r, taken := vettingRouter(t)
+	r.NodeChanged(e1, false)
+	r.NodeChanged(node.Node{Name: "east/x", IPs: []string{"203.0.113.6"}, PodCIDRs: []string{"10.60.0.0/24"}}, false)
+	r.NodeChanged(node.Node{Name: "east/x"}, true)
+	if !taken(e1.Name) {
+		t.Error("e1 not taken once the other claimant went")
 	}
 }
 

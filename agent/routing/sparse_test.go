@@ -238,23 +238,26 @@ func TestSparseRouter(t *testing.T) {
 	if f.slash32s() != 0 {
 		t.Fatalf("web's /32 stays after the policy went: %v", f.ipc)
 	}
-	// Another node of its cluster claims an overlapping CIDR: it is
-	// refused whole, as a node of another cluster is
-	// (TestRemoteNodeCannotTakeItsNeighbours), and the holder keeps its
-	// cover; the refused node's entry is not written.
+	// Another node of its cluster claims an overlapping CIDR: neither is
+	// taken while both claim it (TestRemoteNodeCannotTakeItsNeighbours),
+	// so the holder's cover goes and the claimant's entry is not written;
+	// once the claimant went, the holder is taken again with its cover.
 	n3 := node.Node{Name: "c2/x", IPs: []string{"192.168.3.1"}, PodCIDRs: []string{"10.2.1.128/25"}}
 	e3 := ipcache.Entry{IP: netip.MustParseAddr("10.2.1.200"), Identity: identity.Compose(2, 400), HostIP: netip.MustParseAddr("192.168.3.1"), Node: "c2/x"}
 	pr.NodeChanged(n3, false)
 	pr.EntryChanged(e3, false)
 	check(t, "overlap", r, f, full, need, live)
-	if _, ok := f.ipc[netip.MustParsePrefix("10.2.1.0/24")]; !ok {
-		t.Fatal("a node overlapping its cluster's node took its cover away")
+	if _, ok := f.ipc[netip.MustParsePrefix("10.2.1.0/24")]; ok {
+		t.Fatal("a cover of a node whose CIDR another node of its cluster claims")
 	}
 	if _, ok := f.ipc[netip.MustParsePrefix("10.2.1.200/32")]; ok {
 		t.Fatal("the refused overlapping node's entry was written")
 	}
 	pr.EntryChanged(e3, true)
 	pr.NodeChanged(n3, true)
+	if _, ok := f.ipc[netip.MustParsePrefix("10.2.1.0/24")]; !ok {
+		t.Fatal("the holder's cover not back once the claimant went")
+	}
 	check(t, "overlap gone", r, f, full, need, live)
 	if f.slash32s() != 0 {
 		t.Fatalf("/32s after the overlap went: %v", f.ipc)
