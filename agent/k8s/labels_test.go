@@ -444,11 +444,20 @@ func TestRelabelRetryKeepsItsExemption(t *testing.T) {
 	f.fail["tenant/p0"] = 1
 	w.relabel("tenant", "p0", true)
 	w.drainRelabels(ctx)
+	// The pod's own change meanwhile does not borrow the pending retry's
+	// exemption (the namespace has no token): it waits for the retry,
+	// which applies it.
+	calls := len(f.calls)
+	patch(w, "tenant", "p0", map[string]string{"app": "web", "quarantine": "true", "v": "1"})
+	w.drainRelabels(ctx)
+	if len(f.calls) != calls {
+		t.Fatal("the pod's own change ran at once, unpaced, on the exemption of the pending retry")
+	}
 	c.mu.Lock()
 	c.t = c.t.Add(relabelFirstRetry)
 	c.mu.Unlock()
 	w.drainRelabels(ctx)
-	if !strings.Contains(f.labels["tenant/p0"], "quarantine=true") {
+	if !strings.Contains(f.labels["tenant/p0"], "quarantine=true") || !strings.Contains(f.labels["tenant/p0"], "v=1") {
 		t.Fatalf("the retry of p0's exempt relabel, due now, was paced behind its namespace's pods: labels %q", f.labels["tenant/p0"])
 	}
 }

@@ -55,9 +55,11 @@ func newRelabelQueue() *relabelQueue {
 		attempts: map[string]int{}, limits: map[string]*rate.Limiter{}, wake: make(chan struct{}, 1)}
 }
 
-// add queues pod key. A pod waiting for its namespace's pacing stays
-// waiting (its latest labels are applied then), unless exempt; one
-// waiting for a retry runs now.
+// add queues pod key. A pod waiting for its namespace's pacing, or for
+// the retry of a relabel not paced, stays waiting (its latest labels are
+// applied then), unless exempt: the pod's own change does not borrow the
+// retry's exemption (found by a review); one waiting for another retry
+// runs now.
 func (q *relabelQueue) add(key string, exempt bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -67,7 +69,7 @@ func (q *relabelQueue) add(key string, exempt bool) {
 	if q.queued[key] {
 		return
 	}
-	if d, ok := q.later[key]; ok && d.throttled && !exempt {
+	if d, ok := q.later[key]; ok && (d.throttled || d.exempt) && !exempt {
 		return
 	} else if ok && d.exempt {
 		q.exempt[key] = true

@@ -166,7 +166,11 @@ func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
 		return nil, err
 	}
 	s := newSupervisor(cfg)
-	if s.answers(ctx) && s.marked(ctx) {
+	ok, marked := s.answers(ctx)
+	if ok && !marked {
+		slog.Warn("L7 proxy running, but its sockets do not carry the listener mark: the datapath hands it no flow (an earlier version's); starting it again")
+	}
+	if ok && marked {
 		slog.Info("L7 proxy already running: adopted", "socket", s.socket)
 	} else if err := s.spawn(); err != nil {
 		// Supervised all the same: started again every
@@ -369,7 +373,10 @@ func (s *Supervisor) spawn() error {
 	// Reap it when it exits (the supervisor starts another).
 	go cmd.Wait()
 	for i := 0; i < 50; i++ {
-		if s.healthy(context.Background()) {
+		if ok, marked := s.health(context.Background()); ok {
+			if !marked {
+				slog.Error("L7 proxy started, but its sockets do not carry the listener mark: the datapath hands it no flow (is filament-proxy older than the agent?)", "binary", s.cfg.Binary)
+			}
 			slog.Info("L7 proxy started", "pid", cmd.Process.Pid, "port", s.cfg.Port, "socket", s.socket)
 			return nil
 		}
@@ -385,25 +392,26 @@ const missesBeforeRestart = 3
 
 // answers says whether the proxy answers one of missesBeforeRestart
 // health checks a second apart (a proxy the previous agent just started
-// may hold its lock before its control socket answers). With no proxy
+// may hold its lock before its control socket answers), and whether that
+// answer said its sockets carry the listener mark. With no proxy
 // holding the lock there is nothing to wait for: one check.
-func (s *Supervisor) answers(ctx context.Context) bool {
+func (s *Supervisor) answers(ctx context.Context) (ok, marked bool) {
 	for i := 0; ; i++ {
 		start := time.Now()
-		if s.healthy(ctx) {
-			return true
+		if ok, marked := s.health(ctx); ok {
+			return true, marked
 		}
 		if i == missesBeforeRestart-1 || ctx.Err() != nil {
-			return false
+			return false, false
 		}
 		if i == 0 {
 			if pid, err := proxy.Holder(s.cfg.StateDir); err == nil && pid == 0 {
-				return false
+				return false, false
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return false, false
 		case <-time.After(time.Second - time.Since(start)):
 		}
 	}

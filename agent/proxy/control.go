@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -47,8 +48,13 @@ type Control struct {
 	p        *Proxy
 	stateDir string
 	srv      *http.Server
-	mu       sync.Mutex // serialises PUTs: persisted order = applied order
+	mu       sync.Mutex  // serialises PUTs: persisted order = applied order
+	marked   atomic.Bool // the health answer says the listeners carry ListenerMark
 }
+
+// SetListenerMarked says whether the proxy's sockets carry ListenerMark
+// (the health answer's ListenerMarkHeader): they do when transparent.
+func (c *Control) SetListenerMarked(v bool) { c.marked.Store(v) }
 
 // NewControl returns the control API of p, after loading the config
 // persisted in stateDir (if any) into p.
@@ -72,7 +78,9 @@ func NewControl(p *Proxy, stateDir string) (*Control, error) {
 	mux.HandleFunc("POST /v1/dns/ack", c.ack)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set(ListenerMarkHeader, "1")
+		if c.marked.Load() {
+			w.Header().Set(ListenerMarkHeader, "1")
+		}
 		io.WriteString(w, "ok\n")
 	})
 	// Profiles of the proxy, on its root-only control socket.

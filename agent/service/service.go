@@ -243,7 +243,6 @@ func (p Port) Target() uint16 {
 	return p.Port
 }
 
-// BackendPort is the port of backend b for service port p.
 // FoldPorts moves each named service port that every backend's port map
 // gives at one number into the port's TargetPort, and leaves a backend's
 // map only the ports where it differs (none: no map), so a service of many
@@ -303,6 +302,7 @@ func (s *Service) KubernetesForm() bool {
 	return s.FoldPorts() || changed
 }
 
+// BackendPort is the port of backend b for service port p.
 func (b Backend) BackendPort(p Port) uint16 {
 	if v, ok := b.Ports[p.Name]; ok && p.Name != "" {
 		return v

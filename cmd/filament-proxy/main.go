@@ -160,6 +160,7 @@ func run(o options) error {
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
+	control.SetListenerMarked(o.transparent) // ListenTransparent's sockets carry the mark
 	if err := os.MkdirAll(filepath.Dir(o.controlSocket), 0o755); err != nil {
 		return fmt.Errorf("--control-socket: %w", err)
 	}
