@@ -1118,10 +1118,16 @@ func (r *Router) Owns(cluster string, ip netip.Addr) bool {
 
 // RemoteHolds says whether ip lies in a pod CIDR of a remote cluster's
 // node the router took (its entry known or not: the node may be down, or
-// the entry not come yet).
+// the entry not come yet), or in the ranges pinned to a remote cluster
+// (--clustermesh-pod-ranges CLUSTER=CIDR, known before the mesh syncs).
 func (r *Router) RemoteHolds(ip netip.Addr) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, pins := range r.pinned {
+		if inRanges(netip.PrefixFrom(ip, 32), pins) {
+			return true
+		}
+	}
 	return !r.claims.around(netip.PrefixFrom(ip, 32), func(names map[string]bool, _ netip.Prefix) bool {
 		for name := range names {
 			if clusterOf(name) != "" {

@@ -672,13 +672,15 @@ func TestTakenKeepsTheVettedRecord(t *testing.T) {
 }
 
 // RemoteHolds: an address in a pod CIDR of a remote cluster's node the
-// router took, whether or not its entry is known; not a local node's pod
-// CIDR, nor an address no node claims.
+// router took, whether or not its entry is known, or in a remote's pinned
+// ranges (before its nodes come); not a local node's pod CIDR, nor an
+// address no node claims.
 func TestRemoteHolds(t *testing.T) {
 	r, _ := vettingRouter(t)
 	r.NodeChanged(node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}}, false)
 	r.NodeChanged(node.Node{Name: "n2", IPs: []string{"172.30.0.2"}, PodCIDRs: []string{"10.244.1.0/24"}}, false)
-	for ip, want := range map[string]bool{"10.60.0.5": true, "10.244.1.5": false, "10.61.0.5": false} {
+	r.SetRemotePodRanges(nil, map[string][]netip.Prefix{"west": {netip.MustParsePrefix("10.70.0.0/16")}})
+	for ip, want := range map[string]bool{"10.60.0.5": true, "10.244.1.5": false, "10.61.0.5": false, "10.70.3.3": true} {
 		if got := r.RemoteHolds(netip.MustParseAddr(ip)); got != want {
 			t.Errorf("RemoteHolds(%s) = %v, want %v", ip, got, want)
 		}
