@@ -164,3 +164,39 @@ func TestExpandedAnyPeerDoesNotNameControlPorts(t *testing.T) {
 		}
 	}
 }
+
+// A port range names none of its ports exactly: its edge port alone in
+// its block (9962 of 8000-9962) is Wide, so it does not open a node's
+// control port there; the port named alone does. Until 2026-12-07 a
+// range ending (or starting) on a control port opened it, and one a port
+// further did not (found by a review).
+func TestRangeDoesNotNameControlPort(t *testing.T) {
+	be := cid(3)
+	w := rsWorld{
+		identities: []identity.Identity{{ID: be, Labels: rsLabels(t, "k8s:role=backend")}},
+		endpoints:  []EndpointInfo{{ID: 7, Identity: be, Labels: rsLabels(t, "k8s:role=backend")}},
+	}
+	tcp := func(port uint16) L4 { return L4{PrefixLen: 24, Proto: 6, Port: port} }
+	hostOn := func(name string, ports ...api.PortProtocol) api.Policy {
+		return rsPol(name, api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityHost},
+			ToPorts: []api.PortRule{{Ports: ports}}}}})
+	}
+	for _, c := range []struct {
+		name     string
+		p        api.Policy
+		port     uint16
+		wantWide bool
+	}{
+		{"range ending on it", hostOn("r1", api.PortProtocol{Port: "8000", EndPort: 9962, Protocol: api.ProtoTCP}), 9962, true},
+		{"range starting on it", hostOn("r2", api.PortProtocol{Port: "7945", EndPort: 8000, Protocol: api.ProtoTCP}), 7945, true},
+		{"the port alone", hostOn("one", api.PortProtocol{Port: "9962", Protocol: api.ProtoTCP}), 9962, false},
+		{"the port alone and in a range", hostOn("both", api.PortProtocol{Port: "8000", EndPort: 9962, Protocol: api.ProtoTCP},
+			api.PortProtocol{Port: "9962", Protocol: api.ProtoTCP}), 9962, false},
+	} {
+		r := w.build(ModeDefault, []api.Policy{c.p})
+		v, ok := mustEP(t, r, 7).Entries[MapKey{Endpoint: 7, Dir: Egress, Identity: identity.Host, L4: tcp(c.port)}]
+		if !ok || v.Deny || v.Wide != c.wantWide {
+			t.Errorf("%s: the host's entry on %d: %+v (present %v), want an allow, wide %v", c.name, c.port, v, ok, c.wantWide)
+		}
+	}
+}

@@ -153,8 +153,12 @@ type MapValue struct {
 	L7 string
 	// Wide marks an allow of a peer that no rule names: an any-peer allow
 	// (ports without peers, or the entity all) written per identity
-	// because requirements narrow it. It does not open the nodes' control
-	// ports to the peer, as the any entry it stands for never did.
+	// because requirements narrow it; or of a port no rule names exactly
+	// (a range's edge port alone in its block: 9962 of 8000-9962). It
+	// does not open the nodes' control ports to the peer, as the any
+	// entry it stands for never did, nor a range ever did (until
+	// 2026-12-07 a range ending on a control port opened it,
+	// TestRangeDoesNotNameControlPort).
 	Wide bool
 }
 
@@ -1527,7 +1531,7 @@ func addSection(groups map[groupKey]map[L4]MapValue, gk groupKey, s *section, wi
 // without L7 rules lets every request through), wide only if both are.
 func addSection1(g map[L4]MapValue, s *section, wide bool) {
 	for _, l4 := range s.l4s {
-		v := MapValue{Deny: s.deny, Rule: s.ref, L7: s.l7[l4], Wide: wide && !s.deny}
+		v := MapValue{Deny: s.deny, Rule: s.ref, L7: s.l7[l4], Wide: (wide || s.ranged[l4]) && !s.deny}
 		old, ok := g[l4]
 		switch {
 		case !ok || (v.Deny && !old.Deny):
@@ -1680,7 +1684,11 @@ type section struct {
 	ref   RuleRef
 	l4s   []L4
 	l7    map[L4]string // L7Ref key of the HTTP rules on an exact TCP port
-	peers peerSpec
+	// ranged are its single-port entries that only a port range gives
+	// (its edge ports): they name no port exactly, so they do not open
+	// the nodes' control ports (MapValue.Wide).
+	ranged map[L4]bool
+	peers  peerSpec
 	// plain are its peers named by entity, CIDR or node selector (nil:
 	// none): the other rules' requirements do not narrow those, as in
 	// Cilium, where requirements join the endpoint selectors and the
@@ -2067,7 +2075,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 	}
 	// Ports are compiled after the peers, so that warnings come in field
 	// order within a section.
-	s.l4s, s.l7 = c.ports(s.ref, prs, icmps)
+	s.l4s, s.l7, s.ranged = c.ports(s.ref, prs, icmps)
 
 	if all || (!hasPeers && hasPorts) {
 		// Every peer: one wildcard entry, unless requires constrain it.
@@ -2124,13 +2132,16 @@ func (c *compiler) prefix(ref RuleRef, s string) (netip.Prefix, bool) {
 // with HTTP rules gives exact TCP ports only, each marked with the L7Ref
 // key of its rules (unless another port rule of the section allows the
 // same port without L7 rules).
-func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) ([]L4, map[L4]string) {
+func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) ([]L4, map[L4]string, map[L4]bool) {
 	if len(prs) == 0 && len(icmps) == 0 {
-		return []L4{{}}, nil
+		return []L4{{}}, nil, nil
 	}
 	var out []L4
 	var l7 map[L4]string
 	seen, plain := map[L4]bool{}, map[L4]bool{}
+	// exact: single ports named as such; fromRange: single-port blocks of
+	// a range (an edge of 8000-9962 is 9962 alone).
+	exact, fromRange := map[L4]bool{}, map[L4]bool{}
 	key := ""
 	add := func(l4 L4) {
 		if !seen[l4] {
@@ -2218,6 +2229,11 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 				}
 				for _, b := range portBlocks(proto, n, end) {
 					add(b)
+					if end > n {
+						fromRange[b] = true
+					} else {
+						exact[b] = true
+					}
 				}
 			}
 		}
@@ -2238,7 +2254,16 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 	for l4 := range plain {
 		delete(l7, l4)
 	}
-	return out, l7
+	var ranged map[L4]bool
+	for l4 := range fromRange {
+		if l4.PrefixLen == 24 && !exact[l4] {
+			if ranged == nil {
+				ranged = map[L4]bool{}
+			}
+			ranged[l4] = true
+		}
+	}
+	return out, l7, ranged
 }
 
 // portBlocks splits ports lo..hi of proto into the fewest aligned
