@@ -1679,11 +1679,11 @@ func (cr *compiledRule) selects(ls labels.Labels) bool {
 
 // section is one ingress, ingressDeny, egress or egressDeny entry of a rule.
 type section struct {
-	dir   Direction
-	deny  bool
-	ref   RuleRef
-	l4s   []L4
-	l7    map[L4]string // L7Ref key of the HTTP rules on an exact TCP port
+	dir  Direction
+	deny bool
+	ref  RuleRef
+	l4s  []L4
+	l7   map[L4]string // L7Ref key of the HTTP rules on an exact TCP port
 	// ranged are its single-port entries that only a port range gives
 	// (its edge ports): they name no port exactly, so they do not open
 	// the nodes' control ports (MapValue.Wide).
