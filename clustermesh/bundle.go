@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -162,6 +163,19 @@ func NodeCRLFile(bundle string) string { return filepath.Join(bundle, "node-crl.
 // use to read this one). An existing bundle is kept and its description
 // returned.
 func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
+	return EnableOnPort(dir, name, id, ips, DefaultAPIServerPort)
+}
+
+// DefaultAPIServerPort is the port the apiserver's etcd is reached at by
+// default (the chart's clustermeshApiserver.service.port).
+const DefaultAPIServerPort = 2379
+
+// EnableOnPort is Enable for an apiserver reached at port of ips (the
+// chart's apiserver listens on its Service's port).
+func EnableOnPort(dir, name string, id uint32, ips []net.IP, port int) (Cluster, error) {
+	if port < 1 || port > 65535 {
+		return Cluster{}, fmt.Errorf("%w: apiserver port %d: want 1-65535", ErrInvalid, port)
+	}
 	if err := ValidateCluster(name, id); err != nil {
 		return Cluster{}, err
 	}
@@ -186,10 +200,10 @@ func Enable(dir, name string, id uint32, ips []net.IP) (Cluster, error) {
 	c := Cluster{Name: name, ID: id}
 	srvIPs := append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...)
 	for _, ip := range ips {
-		c.Endpoints = append(c.Endpoints, "https://"+net.JoinHostPort(ip.String(), "2379"))
+		c.Endpoints = append(c.Endpoints, "https://"+net.JoinHostPort(ip.String(), strconv.Itoa(port)))
 	}
 	if len(c.Endpoints) == 0 {
-		c.Endpoints = []string{"https://127.0.0.1:2379"}
+		c.Endpoints = []string{"https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 	}
 	for _, x := range []struct {
 		file, cn string

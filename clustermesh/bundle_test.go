@@ -1,6 +1,7 @@
 package clustermesh
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -93,5 +94,22 @@ func TestPeerOfRelayUser(t *testing.T) {
 		if ok && p.RelayUser() != cn {
 			t.Errorf("%q: RelayUser gives %q back", cn, p.RelayUser())
 		}
+	}
+}
+
+// A bundle names the apiserver at the port it is reached at (the chart's
+// apiserver listens on its Service's port since 2026-12-07, so a bundle
+// naming 2379 would reach nothing there); a port outside 1-65535 is
+// refused.
+func TestEnableOnPort(t *testing.T) {
+	c, err := EnableOnPort(t.TempDir(), "east", 1, []net.IP{net.ParseIP("192.0.2.1")}, 12379)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Endpoints) != 1 || c.Endpoints[0] != "https://192.0.2.1:12379" {
+		t.Errorf("endpoints %v, want [https://192.0.2.1:12379]", c.Endpoints)
+	}
+	if _, err := EnableOnPort(t.TempDir(), "east", 1, nil, 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("port 0: %v, want ErrInvalid", err)
 	}
 }

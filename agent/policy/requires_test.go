@@ -192,6 +192,13 @@ func TestRangeDoesNotNameControlPort(t *testing.T) {
 		{"the port alone", hostOn("one", api.PortProtocol{Port: "9962", Protocol: api.ProtoTCP}), 9962, false},
 		{"the port alone and in a range", hostOn("both", api.PortProtocol{Port: "8000", EndPort: 9962, Protocol: api.ProtoTCP},
 			api.PortProtocol{Port: "9962", Protocol: api.ProtoTCP}), 9962, false},
+		// Named with L7 rules in one port rule, in a range in another (the
+		// review of the first fix found it Wide).
+		{"the port alone with L7 rules and in a range", rsPol("l7", api.Rule{EndpointSelector: rsSel("role=backend"), Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityHost},
+			ToPorts: []api.PortRule{
+				{Ports: []api.PortProtocol{{Port: "9962", Protocol: api.ProtoTCP}}, Rules: &api.L7Rules{HTTP: []api.PortRuleHTTP{{Method: "GET"}}}},
+				{Ports: []api.PortProtocol{{Port: "8000", EndPort: 9962, Protocol: api.ProtoTCP}}},
+			}}}}), 9962, false},
 	} {
 		r := w.build(ModeDefault, []api.Policy{c.p})
 		v, ok := mustEP(t, r, 7).Entries[MapKey{Endpoint: 7, Dir: Egress, Identity: identity.Host, L4: tcp(c.port)}]

@@ -2196,13 +2196,17 @@ func (c *compiler) ports(ref RuleRef, prs []api.PortRule, icmps []api.ICMPRule) 
 					continue
 				}
 				if !dns {
-					add(L4{Proto: protoTCP, Port: uint16(n), PrefixLen: 24})
+					l4 := L4{Proto: protoTCP, Port: uint16(n), PrefixLen: 24}
+					add(l4)
+					exact[l4] = true
 					continue
 				}
 				// DNS: over UDP and TCP, as the port's protocol says.
 				for _, proto := range protos {
 					if proto == protoTCP || proto == protoUDP {
-						add(L4{Proto: proto, Port: uint16(n), PrefixLen: 24})
+						l4 := L4{Proto: proto, Port: uint16(n), PrefixLen: 24}
+						add(l4)
+						exact[l4] = true
 					}
 				}
 				continue

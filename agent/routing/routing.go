@@ -543,8 +543,12 @@ func (r *Router) nodeChanged(n node.Node, deleted bool) []node.Node {
 	case r.refuseClaims(n):
 		// Nodes of one remote cluster claiming the same: neither is
 		// taken while both claim it (fail closed), whichever came first
-		// (TestRemoteNodeCannotTakeItsNeighbours).
-		if c := clusterOf(n.Name); c != "" {
+		// (TestRemoteNodeCannotTakeItsNeighbours). Only for a record kept
+		// to be tried again, whose delete or change gives the others
+		// back: one refused for good (outside its ranges, say) evicts
+		// nothing (TestRemoteNodeRefusedForGoodEvictsNothing).
+		if _, kept := r.refused[n.Name]; kept && clusterOf(n.Name) != "" {
+			c := clusterOf(n.Name)
 			var evict []string
 			r.claims.meets(n, func(name, _ string) bool {
 				if clusterOf(name) == c && !slices.Contains(evict, name) {

@@ -595,6 +595,24 @@ func TestRemoteNodeCannotTakeItsNeighbours(t *testing.T) {
 	}
 }
 
+// A remote record refused for good (here: overlapping this node's pod
+// CIDR), not kept to be tried again, evicts none of its cluster's nodes it
+// meets: its delete would give nothing back. The review of the fail-closed
+// rule found such a record left its neighbour refused for good.
+func TestRemoteNodeRefusedForGoodEvictsNothing(t *testing.T) {
+	r, taken := vettingRouter(t)
+	e1 := node.Node{Name: "east/e1", IPs: []string{"203.0.113.1"}, PodCIDRs: []string{"10.60.0.0/24"}}
+	r.NodeChanged(e1, false)
+	r.NodeChanged(node.Node{Name: "east/rogue", IPs: []string{"203.0.113.2"}, PodCIDRs: []string{"10.0.0.0/8"}}, false)
+	if taken("east/rogue") || !taken("east/e1") {
+		t.Fatalf("a record refused for good: it is taken %v, e1 taken %v; want e1 only", taken("east/rogue"), taken("east/e1"))
+	}
+	r.NodeChanged(node.Node{Name: "east/rogue"}, true)
+	if !taken("east/e1") {
+		t.Fatal("e1 not taken after the rogue's delete")
+	}
+}
+
 // vettingRouter is node n1's router (172.30.0.1, pod CIDR 10.244.0.0/24
 // of the pool 10.244.0.0/16), and taken tells whether it took a node.
 func vettingRouter(t *testing.T) (r *Router, taken func(name string) bool) {

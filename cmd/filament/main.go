@@ -599,7 +599,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 	var name string
 	var id uint32
 	var ips []string
-	var maxClusters int
+	var maxClusters, apiPort int
 	enable := &cobra.Command{
 		Use: "enable --cluster-name NAME --cluster-id ID --apiserver-ip IP", Short: "Create this cluster's CA and certificates (the apiserver serves them with --bundle)", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
@@ -618,7 +618,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 				}
 				addrs = append(addrs, ip)
 			}
-			cl, err := clustermesh.Enable(dir, name, id, addrs)
+			cl, err := clustermesh.EnableOnPort(dir, name, id, addrs, apiPort)
 			if err != nil {
 				return err
 			}
@@ -630,6 +630,7 @@ func (c *cli) clustermeshCmd() *cobra.Command {
 	enable.Flags().StringVar(&name, "cluster-name", "", "cluster name")
 	enable.Flags().Uint32Var(&id, "cluster-id", 0, "cluster ID 1-255")
 	enable.Flags().StringSliceVar(&ips, "apiserver-ip", nil, "addresses the apiserver is reached at")
+	enable.Flags().IntVar(&apiPort, "apiserver-port", clustermesh.DefaultAPIServerPort, "port the apiserver is reached at (the chart's clustermeshApiserver.service.port)")
 	enable.Flags().IntVar(&maxClusters, "max-connected-clusters", 255, "identity layout of the mesh: 255 or 511 clusters")
 	var to, mesh []string
 	connect := &cobra.Command{
