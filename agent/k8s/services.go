@@ -373,19 +373,18 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 		return nil
 	}
 	ks := obj.(*corev1.Service)
-	// Only the annotations the service model reads (service.KubernetesForm):
-	// the rest is a tenant's bytes, whose every change would be a new
-	// revision of the whole value that the kvstore keeps until compaction.
-	// Until 2026-12-07 all were copied (until that morning whatever their
-	// size, later up to 16 KiB), so flipping one in a loop filled the
-	// cluster's etcd to its quota (TestServiceKeepsOnlyHonouredAnnotations).
-	// A value an earlier version stored with them all means the same to
-	// this version (the manager's put finds it stored).
-	ann := map[string]string{}
-	for _, k := range service.Honoured {
-		if v, ok := ks.Annotations[k]; ok {
-			ann[k] = v
-		}
+	// The object's annotations, marked; the service keeps only those the
+	// model reads (service.KubernetesForm, below): the rest is a tenant's
+	// bytes, whose every change would be a new revision of the whole value
+	// that the kvstore keeps until compaction. Until 2026-12-07 all were
+	// copied (until that morning whatever their size, later up to 16 KiB),
+	// so flipping one in a loop filled the cluster's etcd to its quota
+	// (TestServiceKeepsOnlyHonouredAnnotations). A value an earlier
+	// version stored with them all means the same to this version (the
+	// manager's put finds it stored).
+	ann := maps.Clone(ks.Annotations)
+	if ann == nil {
+		ann = map[string]string{}
 	}
 	ann[service.SourceAnnotation] = service.SourceKubernetes
 	ann[service.UIDAnnotation] = string(ks.UID)
@@ -411,10 +410,11 @@ func (w *Watcher) syncLocked(ctx context.Context, namespace, name string) error 
 	}
 	ess, _ := w.sliceIndexer.ByIndex(byService, namespace+"/"+name)
 	w.addBackends(key, s, ess)
-	// Until 2026-12-07 each backend carried its slice's whole port map:
-	// 4,000 ports and 16 pods made a 1 MB value
-	// (TestStoredServiceValueBounded).
-	s.FoldPorts()
+	// The form this version stores: only the annotations read, and the
+	// ports every backend shares once (until 2026-12-07 each backend
+	// carried its slice's whole port map: 4,000 ports and 16 pods made a
+	// 1 MB value, TestStoredServiceValueBounded).
+	s.KubernetesForm()
 	slices.SortFunc(s.Backends, func(a, b service.Backend) int { return strings.Compare(a.IP, b.IP) })
 	err := w.services.Upsert(ctx, s)
 	w.setConflicted(key, errors.Is(err, service.ErrConflict))
