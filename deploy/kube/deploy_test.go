@@ -378,8 +378,9 @@ func TestRenderedManifestsAcceptedByAPIServer(t *testing.T) {
 		t.Errorf("warnings on the CRDs: %q", w)
 	}
 
-	// Every other document, and the uninstall DaemonSet, dry run:
-	// accepted, and without warnings.
+	// Every other document, the uninstall DaemonSet and the chart rendered
+	// with other values than the defaults, dry run: accepted, and without
+	// warnings.
 	others = append(others, readDocs(t, uninstallManifestPath())...)
 	for _, d := range others {
 		if err := c.create(ctx, d, true); err != nil {
@@ -389,6 +390,25 @@ func TestRenderedManifestsAcceptedByAPIServer(t *testing.T) {
 		}
 		if w := warn.take(); len(w) > 0 {
 			t.Errorf("%s: warnings %q", describe(d), w)
+		}
+	}
+	// The chart with other values than the defaults (testdata): accepted
+	// too, but for its agent.privileged and agent.mountBPFFS, which need an
+	// API server that allows privileged containers (this one, like the
+	// defaults of many, does not; values.yaml says so).
+	if manifestPath() == "filament.yaml" {
+		for _, d := range readDocs(t, customRender) {
+			err := c.create(ctx, d, true)
+			if describe(d) == "DaemonSet kube-system/filament" {
+				if !onlyPrivilegedForbidden(err) {
+					t.Errorf("custom %s: %v, want rejected for its privileged containers alone", describe(d), err)
+				}
+			} else if err != nil {
+				t.Errorf("custom %s rejected: %v", describe(d), err)
+			}
+			if w := warn.take(); len(w) > 0 {
+				t.Errorf("custom %s: warnings %q", describe(d), w)
+			}
 		}
 	}
 	// The CRDs are served: a CiliumNetworkPolicy as users write them.
@@ -702,4 +722,20 @@ func TestInstallCNIContainer(t *testing.T) {
 			t.Errorf("%s holds %d files, want 1 (no temporary file left)", dir, len(entries))
 		}
 	}
+}
+
+// onlyPrivilegedForbidden reports whether err is the API server's refusal
+// of privileged containers and of nothing else.
+func onlyPrivilegedForbidden(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) || status.Status().Details == nil {
+		return false
+	}
+	causes := status.Status().Details.Causes
+	for _, c := range causes {
+		if !strings.HasSuffix(c.Field, "securityContext.privileged") || !strings.Contains(c.Message, "disallowed by cluster policy") {
+			return false
+		}
+	}
+	return len(causes) > 0
 }
