@@ -126,6 +126,11 @@ func (a *Agent) startAddresses(ctx context.Context) error {
 	if a.pool, err = ipam.New(a.podCIDR); err != nil {
 		return err
 	}
+	// Addresses released by the agent before this one stay held back
+	// (ipam.ReuseDelay).
+	if err := a.pool.Keep(filepath.Join(a.cfg.StateDir, "ipam-released.json")); err != nil {
+		return err
+	}
 	if a.cfg.MTU == 0 {
 		a.cfg.MTU = routing.PodMTU(a.cfg.Routing, a.underlayMTU, a.cfg.Encryption == "wireguard")
 	}

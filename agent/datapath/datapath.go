@@ -154,6 +154,7 @@ type Datapath struct {
 	// forget deletes NodePort translations of gone backends (lb.go);
 	// closed ends its goroutine.
 	forget    forgetter
+	scrub     scrubber // conntrack entries of gone endpoints (scrub.go)
 	closed    chan struct{}
 	closeOnce sync.Once
 
@@ -297,9 +298,12 @@ func (d *Datapath) Close() error {
 			close(d.closed)
 		}
 	})
-	// A walk of the NodePort translations under way ends first (forgetter).
+	// A walk of the NodePort translations or of conntrack under way ends
+	// first (forgetter, scrubber).
 	d.forget.walk.Lock()
 	defer d.forget.walk.Unlock()
+	d.scrub.walk.Lock()
+	defer d.scrub.walk.Unlock()
 	return d.objs.Close()
 }
 
@@ -396,12 +400,14 @@ func (d *Datapath) SetEnforcement(ip netip.Addr, ingress, egress bool) error {
 	return d.bumpAfter(d.objs.Endpoints.Put(&k, &v))
 }
 
-// DeleteEndpoint removes the endpoint at ip; absent is not an error.
+// DeleteEndpoint removes the endpoint at ip; absent is not an error. The
+// conntrack entries naming ip go shortly after, in the scrubber's walk.
 func (d *Datapath) DeleteEndpoint(ip netip.Addr) error {
 	k := ipv4(ip)
 	if err := d.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("endpoints map: delete %s: %w", ip, err)
 	}
+	d.scrub.queue(d, ip)
 	return d.bump()
 }
 

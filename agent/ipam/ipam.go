@@ -1,13 +1,39 @@
 // Package ipam owns host-scope address allocation: each node hands out pod
 // addresses from its pod CIDR, never twice at once, with the gateway,
-// network and broadcast addresses kept out of the pool.
+// network and broadcast addresses kept out of the pool, and a released
+// address held back for a while (ReuseDelay), across agent restarts.
 package ipam
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
+	"time"
+)
+
+// ReuseDelay is how long a released address is held back while other
+// addresses are free. State about a deleted pod outlives it: other pods'
+// conntrack entries of flows with it (UDP: 60 s after their last packet,
+// bpf/lib/conntrack.h), other nodes' and clusters' ipcache entries until
+// the withdrawal reaches them. A pod given the address before then was
+// taken for the old one (found 2026-12-07: a tenant's create/delete loop
+// walked the round-robin cursor onto a deleted pod's address, and an
+// agent restart started the cursor again at the first address).
+//
+// While every free address was released less than ReuseDelay ago, the one
+// released longest ago is handed out, but never one released less than
+// MinReuseDelay ago (longer than an idle UDP flow's conntrack entry
+// lives): the pod is then refused (ErrExhausted), as a tenant deleting
+// and creating pods fast enough to release the node's whole free pool
+// in that time could otherwise pick up a victim's address.
+const (
+	ReuseDelay    = 2 * time.Minute
+	MinReuseDelay = 70 * time.Second
 )
 
 var (
@@ -29,6 +55,12 @@ type Pool struct {
 	mu    sync.Mutex
 	owner map[netip.Addr]string
 	next  netip.Addr
+	// released: when each address released in the last ReuseDelay was
+	// (free addresses only); journal, when set (Keep), the file they are
+	// written to at each release.
+	released map[netip.Addr]time.Time
+	journal  string
+	now      func() time.Time
 }
 
 // New parses cidr (e.g. 10.244.1.0/24). It must be IPv4, /8 to /29, and
@@ -48,7 +80,8 @@ func New(cidr string) (*Pool, error) {
 		return nil, fmt.Errorf("%w %q: host bits set (did you mean %s?)", ErrInvalidCIDR, cidr, p.Masked())
 	}
 	gw := p.Addr().Next()
-	return &Pool{prefix: p, gateway: gw, last: broadcast(p), owner: map[netip.Addr]string{}, next: gw.Next()}, nil
+	return &Pool{prefix: p, gateway: gw, last: broadcast(p), owner: map[netip.Addr]string{}, next: gw.Next(),
+		released: map[netip.Addr]time.Time{}, now: time.Now}, nil
 }
 
 func broadcast(p netip.Prefix) netip.Addr {
@@ -78,27 +111,50 @@ func (p *Pool) allocatable(a netip.Addr) bool {
 	return p.prefix.Contains(a) && a != p.prefix.Addr() && a != p.gateway && a != p.last
 }
 
-// Allocate hands out a free address to owner, round-robin so that a just
-// released address is not reused at once.
+// Allocate hands out a free address to owner, round-robin, skipping the
+// addresses released less than ReuseDelay ago; when every free address is
+// one of those, the one released longest ago if that was MinReuseDelay
+// ago or more, else none (ErrExhausted).
 func (p *Pool) Allocate(owner string) (netip.Addr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.owner) >= p.Capacity() {
 		return netip.Addr{}, fmt.Errorf("%w: all %d addresses of %s are in use", ErrExhausted, p.Capacity(), p.prefix)
 	}
+	now := p.now()
+	var oldest netip.Addr
+	var oldestAt time.Time
 	a := p.next
-	for {
+	for range p.Capacity() + 3 {
 		if !p.allocatable(a) {
 			a = p.gateway.Next()
 		}
 		if _, used := p.owner[a]; !used {
-			break
+			at, held := p.released[a]
+			if !held || now.Sub(at) >= ReuseDelay {
+				return p.take(a, owner), nil
+			}
+			if !oldest.IsValid() || at.Before(oldestAt) {
+				oldest, oldestAt = a, at
+			}
 		}
 		a = a.Next()
 	}
+	if now.Sub(oldestAt) < MinReuseDelay {
+		return netip.Addr{}, fmt.Errorf("%w: every free address of %s was released less than %s ago (held back so that nothing left of its last pod names a new one)",
+			ErrExhausted, p.prefix, MinReuseDelay)
+	}
+	slog.Warn("pod address handed out again before its reuse delay: every other address is in use or was released later", "ip", oldest,
+		"released", now.Sub(oldestAt).Round(time.Second), "delay", ReuseDelay)
+	return p.take(oldest, owner), nil
+}
+
+// take gives a to owner; p.mu held.
+func (p *Pool) take(a netip.Addr, owner string) netip.Addr {
 	p.owner[a] = owner
+	delete(p.released, a)
 	p.next = a.Next()
-	return a, nil
+	return a
 }
 
 // Claim marks a specific address as owned (restoring state after a restart).
@@ -115,9 +171,86 @@ func (p *Pool) Claim(a netip.Addr, owner string) error {
 	return nil
 }
 
-// Release frees a; releasing a free address does nothing.
+// Release frees a; releasing a free address does nothing. The address is
+// held back for ReuseDelay (and written to the Keep file).
 func (p *Pool) Release(a netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, used := p.owner[a]; !used {
+		return
+	}
 	delete(p.owner, a)
+	now := p.now()
+	p.released[a] = now
+	for r, at := range p.released {
+		if now.Sub(at) >= ReuseDelay {
+			delete(p.released, r)
+		}
+	}
+	if p.journal != "" {
+		if err := p.write(); err != nil {
+			slog.Warn("released pod addresses not saved; after a restart they may be handed out before their reuse delay", "err", err)
+		}
+	}
+}
+
+// Keep reads the addresses released less than ReuseDelay ago from path
+// (written by an earlier agent; missing: none) and writes them there at
+// every release from now on. Only the pool's addresses are read, and a
+// time in the future counts as now.
+func (p *Pool) Keep(path string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.journal = path
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("released pod addresses: %w", err)
+	}
+	var saved map[string]time.Time
+	if err := json.Unmarshal(data, &saved); err != nil {
+		slog.Warn("released pod addresses unreadable; none held back", "path", path, "err", err)
+		return nil
+	}
+	now := p.now()
+	for s, at := range saved {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !p.allocatable(a) {
+			continue
+		}
+		if at.After(now) {
+			at = now
+		}
+		if now.Sub(at) < ReuseDelay {
+			p.released[a] = at
+		}
+	}
+	return nil
+}
+
+// write saves p.released to p.journal (replaced whole); p.mu held.
+func (p *Pool) write() error {
+	out := make(map[string]time.Time, len(p.released))
+	for a, at := range p.released {
+		out[a.String()] = at
+	}
+	data, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p.journal), ".released-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), p.journal)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestNewValidates(t *testing.T) {
@@ -44,7 +45,12 @@ func TestAllocateExhaustRelease(t *testing.T) {
 	if !errors.Is(err, ErrExhausted) || !contains(err.Error(), "10.1.0.0/29") {
 		t.Fatalf("exhausted pool: %v", err)
 	}
+	// A released address comes back once MinReuseDelay has passed
+	// (hold_test.go).
+	now := time.Now()
+	p.now = func() time.Time { return now }
 	p.Release(netip.MustParseAddr("10.1.0.4"))
+	now = now.Add(MinReuseDelay)
 	if a, err := p.Allocate("y"); err != nil || a.String() != "10.1.0.4" {
 		t.Fatalf("after release: %s %v", a, err)
 	}

@@ -1,0 +1,142 @@
+package datapath
+
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/filament-net/filament/bpf"
+)
+
+// scrubber deletes, in a goroutine of its own, the conntrack entries that
+// name the address of a local endpoint gone (DeleteEndpoint), of every
+// endpoint: the entries the other pods keep of their flows with it, and
+// its own. A flow's replies are judged with the identity the flow was
+// admitted with (bpf/lib/policy.h, enforce); left in place, another pod
+// later given the address answered the old pod's peers as the old pod,
+// past their ingress policy, for as long as its packets kept the entries
+// alive (found 2026-12-07 by a review of endpoint lifecycles,
+// TestScrubDeletesAGoneEndpointsFlows). IPAM holds a released address
+// back (ipam.ReuseDelay), far longer than a walk takes. One walk serves
+// every address queued meanwhile, without the datapath's lock held; a
+// failed walk is tried again a second later.
+type scrubber struct {
+	walk sync.Mutex // held for a whole ScrubPendingAddrs
+	mu   sync.Mutex
+	// pending: addresses (as in the maps) whose entries go.
+	pending map[uint32]bool
+	kick    chan struct{}
+	started bool
+	manual  bool // tests: no goroutine; they call ScrubPendingAddrs
+}
+
+// queue adds ip and wakes the walk.
+func (s *scrubber) queue(d *Datapath, ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending == nil {
+		s.pending = map[uint32]bool{}
+	}
+	s.pending[ipv4(ip)] = true
+	if s.manual {
+		return
+	}
+	if !s.started {
+		s.started, s.kick = true, make(chan struct{}, 1)
+		go s.run(d)
+	}
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *scrubber) run(d *Datapath) {
+	for {
+		select {
+		case <-d.closed:
+			return
+		case <-s.kick:
+		}
+		if _, err := d.ScrubPendingAddrs(); err != nil {
+			slog.Warn("conntrack entries of gone endpoints not all deleted; trying again", "err", err)
+			time.AfterFunc(time.Second, func() {
+				select {
+				case s.kick <- struct{}{}:
+				default:
+				}
+			})
+		}
+	}
+}
+
+// ScrubPendingAddrs runs the queued deletions now (the scrubber's
+// goroutine; tests), after any walk under way, and returns how many
+// entries went. An address that is a local endpoint's again by then keeps
+// its entries (a restored endpoint; IPAM does not give an address back so
+// soon). What could not be done stays queued.
+func (d *Datapath) ScrubPendingAddrs() (int, error) {
+	s := &d.scrub
+	s.walk.Lock()
+	defer s.walk.Unlock()
+	if d.isClosed() {
+		return 0, nil
+	}
+	s.mu.Lock()
+	pending := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	var ep bpf.DatapathEndpointInfo
+	for a := range pending {
+		if d.objs.Endpoints.Lookup(&a, &ep) == nil {
+			delete(pending, a)
+		}
+	}
+	if len(pending) == 0 {
+		return 0, nil
+	}
+	n, err := scrubAddrs(d.ctTables(), pending)
+	if err != nil {
+		s.mu.Lock()
+		if s.pending == nil {
+			s.pending = map[uint32]bool{}
+		}
+		for a := range pending {
+			s.pending[a] = true
+		}
+		s.mu.Unlock()
+	}
+	return n, err
+}
+
+// scrubAddrs deletes the entries of the conntrack tables whose source or
+// destination is one of addrs, in one walk of each, and returns how many.
+func scrubAddrs(tables []*ebpf.Map, addrs map[uint32]bool) (int, error) {
+	var k bpf.DatapathCtKey
+	var v bpf.DatapathCtEntry
+	n := 0
+	for _, m := range tables {
+		var gone []bpf.DatapathCtKey
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			if addrs[k.Saddr] || addrs[k.Daddr] {
+				gone = append(gone, k)
+			}
+		}
+		if err := it.Err(); err != nil {
+			return n, err
+		}
+		for i := range gone {
+			if err := m.Delete(&gone[i]); err == nil {
+				n++
+			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}

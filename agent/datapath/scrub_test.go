@@ -1,0 +1,148 @@
+package datapath
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
+
+	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/bpf"
+)
+
+// scrubUDP is a UDP datagram src → dst in an Ethernet frame.
+func scrubUDP(t *testing.T, src, dst netip.AddrPort) []byte {
+	t.Helper()
+	buf := gopacket.NewSerializeBuffer()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	l4 := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
+	l4.SetNetworkLayerForChecksum(ip)
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: []byte{2, 0, 0, 0, 0, 2}, DstMAC: []byte{2, 0, 0, 0, 0, 1}, EthernetType: layers.EthernetTypeIPv4},
+		ip, l4, gopacket.Payload("hello")); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func runProg(t *testing.T, p *ebpf.Program, pkt []byte) uint32 {
+	t.Helper()
+	ret, err := p.Run(&ebpf.RunOptions{Data: pkt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ret
+}
+
+// The attack, found 2026-12-07 by a review of endpoint lifecycles: pod P
+// (egress allowed to pod Q's identity on UDP 53, ingress allowing
+// nothing) has a UDP flow with Q; Q is deleted and its address given to
+// the attacker's pod M. M's datagram to P matched P's entry as a reply
+// and, judged with the identity the flow was admitted with (Q's), passed
+// P's ingress policy. The entries naming a gone endpoint's address are
+// now deleted (the scrubber), so M's datagram is a new flow, judged by
+// P's ingress policy: dropped. Entries of other addresses stay.
+func TestScrubDeletesAGoneEndpointsFlows(t *testing.T) {
+	root := t.TempDir()
+	d := loadAt(t, root)
+	t.Cleanup(func() { d.Close(); unix.Unmount(root, unix.MNT_DETACH) })
+	d.scrub.manual = true
+	const pID, qID, mID = identity.NumericIdentity(70001), identity.NumericIdentity(70002), identity.NumericIdentity(70003)
+	p := netip.MustParseAddrPort("10.7.0.2:5000")
+	q := netip.MustParseAddrPort("10.7.0.3:53")
+	other := netip.MustParseAddrPort("10.7.0.9:53")
+	for _, e := range []EndpointEntry{
+		{ID: 1, IP: p.Addr(), Identity: pID, HostIfIndex: 1, IngressEnforced: true, EgressEnforced: true},
+		{ID: 2, IP: q.Addr(), Identity: qID, HostIfIndex: 1},
+	} {
+		if err := d.UpsertEndpoint(e); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.UpsertIPCache(netip.PrefixFrom(e.IP, 32), e.Identity); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.UpsertIPCache(netip.PrefixFrom(other.Addr(), 32), qID); err != nil {
+		t.Fatal(err)
+	}
+	// P's egress: Q's identity on UDP 53 (proto and port: 24 bits).
+	pk := bpf.DatapathPolicyKey{Prefixlen: 64 + 24, EpId: 1, Dir: 0, Identity: uint32(qID), Proto: unix.IPPROTO_UDP, Port: [2]uint8{0, 53}}
+	if err := d.objs.Policy.Put(&pk, &bpf.DatapathPolicyValue{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.bump(); err != nil {
+		t.Fatal(err)
+	}
+	const shot = 2 // TC_ACT_SHOT
+	for _, dst := range []netip.AddrPort{q, other} {
+		if r := runProg(t, d.objs.FromContainer, scrubUDP(t, p, dst)); r == shot {
+			t.Fatalf("P's allowed datagram to %s dropped", dst)
+		}
+		if r := runProg(t, d.objs.ToContainer, scrubUDP(t, dst, p)); r == shot {
+			t.Fatalf("the reply from %s dropped", dst)
+		}
+	}
+
+	// Q is deleted (as the enforcement engine does), the walk runs, and
+	// M is given Q's address.
+	if err := d.DeleteEndpoint(q.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteIPCache(netip.PrefixFrom(q.Addr(), 32)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ScrubPendingAddrs(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.UpsertEndpoint(EndpointEntry{ID: 3, IP: q.Addr(), Identity: mID, HostIfIndex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.UpsertIPCache(netip.PrefixFrom(q.Addr(), 32), mID); err != nil {
+		t.Fatal(err)
+	}
+	if r := runProg(t, d.objs.ToContainer, scrubUDP(t, q, p)); r != shot {
+		t.Fatalf("M's datagram from the reused address %s to P passed (%d): taken as a reply of P's flow with the pod gone", q, r)
+	}
+	if r := runProg(t, d.objs.ToContainer, scrubUDP(t, other, p)); r == shot {
+		t.Fatalf("the reply of P's flow with %s, whose address stays, dropped", other)
+	}
+}
+
+// An address that is a local endpoint's again when the walk comes (a
+// delete that failed and was restored) keeps its entries.
+func TestScrubSparesAnAddressInUseAgain(t *testing.T) {
+	root := t.TempDir()
+	d := loadAt(t, root)
+	t.Cleanup(func() { d.Close(); unix.Unmount(root, unix.MNT_DETACH) })
+	d.scrub.manual = true
+	a := netip.MustParseAddr("10.7.0.4")
+	k := bpf.DatapathCtKey{Saddr: ipv4(a), Daddr: ipv4(netip.MustParseAddr("10.7.0.5")), Sport: 1, Dport: 2, Proto: unix.IPPROTO_UDP, EpId: 4}
+	if err := d.objs.Conntrack.Put(&k, &bpf.DatapathCtEntry{Expires: 1 << 62}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.UpsertEndpoint(EndpointEntry{ID: 4, IP: a, Identity: 70004, HostIfIndex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteEndpoint(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.UpsertEndpoint(EndpointEntry{ID: 4, IP: a, Identity: 70004, HostIfIndex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.ScrubPendingAddrs(); err != nil || n != 0 {
+		t.Fatalf("scrubbed %d (%v), want none", n, err)
+	}
+	var v bpf.DatapathCtEntry
+	if err := d.objs.Conntrack.Lookup(&k, &v); err != nil {
+		t.Fatal("the entry of an address in use again was deleted")
+	}
+	if err := d.DeleteEndpoint(a); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.ScrubPendingAddrs(); err != nil || n != 1 {
+		t.Fatalf("scrubbed %d (%v), want 1", n, err)
+	}
+}
