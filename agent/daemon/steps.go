@@ -220,6 +220,7 @@ func (a *Agent) startNode(ctx context.Context) error {
 	}
 	a.reg = reg
 	a.ipsync = ipcache.New(ctx, a.kv, a.lease, a.cfg.ClusterName, a.cfg.NodeName)
+	a.pool.SetBusy(a.ipsync.Withdrawing)
 	return nil
 }
 

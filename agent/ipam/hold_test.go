@@ -164,3 +164,30 @@ func TestKeepReadsOnlyThePoolsAddresses(t *testing.T) {
 		t.Fatalf("held %v of another pod CIDR", q.released)
 	}
 }
+
+// An address whose withdrawal has not reached the kvstore (SetBusy) is
+// never handed out, not even past its delays with nothing else free.
+func TestBusyAddressNeverHandedOut(t *testing.T) {
+	c := &fakeClock{t: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)}
+	p := newHeld(t, "10.7.0.0/29", c) // 5 addresses
+	var addrs []netip.Addr
+	for range 5 {
+		a, err := p.Allocate("pod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, a)
+	}
+	busy := map[netip.Addr]bool{addrs[0]: true, addrs[2]: true}
+	p.SetBusy(func(a netip.Addr) bool { return busy[a] })
+	p.Release(addrs[0])
+	p.Release(addrs[2])
+	c.t = c.t.Add(10 * ReuseDelay)
+	if _, err := p.Allocate("x"); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "withdrawal") {
+		t.Fatalf("with every free address busy: %v, want ErrExhausted naming the withdrawal", err)
+	}
+	delete(busy, addrs[2])
+	if a, err := p.Allocate("y"); err != nil || a != addrs[2] {
+		t.Fatalf("got %s (%v), want %s, the one no longer busy", a, err, addrs[2])
+	}
+}

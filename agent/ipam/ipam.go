@@ -61,6 +61,22 @@ type Pool struct {
 	released map[netip.Addr]time.Time
 	journal  string
 	now      func() time.Time
+	// busy, when set (SetBusy), says a free address is not to be handed
+	// out at all yet.
+	busy func(netip.Addr) bool
+}
+
+// SetBusy has Allocate skip the free addresses busy reports, whatever
+// their release time: the agent's are those whose ipcache withdrawal has
+// not reached the kvstore (ipcache.Sync.Withdrawing), which every other
+// node and cluster still maps to the gone pod's identity (found
+// 2026-12-07: during a kvstore outage a node gave such an address to a
+// new pod, which the rest of the mesh took for the old one). busy is
+// called with the pool's lock held.
+func (p *Pool) SetBusy(busy func(netip.Addr) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.busy = busy
 }
 
 // New parses cidr (e.g. 10.244.1.0/24). It must be IPv4, /8 to /29, and
@@ -129,7 +145,7 @@ func (p *Pool) Allocate(owner string) (netip.Addr, error) {
 		if !p.allocatable(a) {
 			a = p.gateway.Next()
 		}
-		if _, used := p.owner[a]; !used {
+		if _, used := p.owner[a]; !used && (p.busy == nil || !p.busy(a)) {
 			at, held := p.released[a]
 			if !held || now.Sub(at) >= ReuseDelay {
 				return p.take(a, owner), nil
@@ -139,6 +155,10 @@ func (p *Pool) Allocate(owner string) (netip.Addr, error) {
 			}
 		}
 		a = a.Next()
+	}
+	if !oldest.IsValid() {
+		return netip.Addr{}, fmt.Errorf("%w: every free address of %s is still mapped to its last pod elsewhere (its withdrawal not written to the kvstore yet)",
+			ErrExhausted, p.prefix)
 	}
 	if now.Sub(oldestAt) < MinReuseDelay {
 		return netip.Addr{}, fmt.Errorf("%w: every free address of %s was released less than %s ago (held back so that nothing left of its last pod names a new one)",

@@ -200,6 +200,18 @@ func (s *Sync) Withdraw(ip netip.Addr) {
 	s.markLocked(ip)
 }
 
+// Withdrawing says whether the deletion of a gone local endpoint's key is
+// yet to be written (the kvstore away): every other node and cluster
+// still maps ip to that endpoint's identity, so IPAM must not give the
+// address to a new pod yet (ipam.Pool.SetBusy).
+func (s *Sync) Withdrawing(ip netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, dirty := s.dirty[ip]
+	_, local := s.local[ip]
+	return dirty && !local
+}
+
 // markLocked has the writer make ip's key match local; s.mu held.
 func (s *Sync) markLocked(ip netip.Addr) {
 	s.gen++

@@ -130,9 +130,18 @@ func TestPublishDoesNotWaitForTheKVStore(t *testing.T) {
 	if s.Writes() == 0 {
 		t.Fatal("nothing left to write while the kvstore is down")
 	}
+	// The withdrawn address is not to be handed out while the others
+	// still map it to its gone endpoint; a published one is not withdrawing.
+	if !s.Withdrawing(ip2) || s.Withdrawing(ip3) || s.Withdrawing(ip1) {
+		t.Fatalf("withdrawing during the outage: %s %v (want true), %s %v, %s %v (want false)",
+			ip2, s.Withdrawing(ip2), ip3, s.Withdrawing(ip3), ip1, s.Withdrawing(ip1))
+	}
 	srv = start()
 	defer srv.Close()
 	waitWrites(t, s)
+	if s.Withdrawing(ip2) {
+		t.Fatalf("%s still withdrawing once written", ip2)
+	}
 	kvs, _, err := kv.List(ctx, ipcache.Prefix+"c1/")
 	if err != nil {
 		t.Fatal(err)
