@@ -64,12 +64,21 @@ func LevelHealth(l Level) uint32 {
 // The loads (PPM) add up to PPM, or are all 0 when no level has a healthy
 // backend.
 func PriorityLoad(levels []Level) []uint32 {
-	out := make([]uint32, len(levels))
-	health := make([]uint64, len(levels))
+	health := make([]uint32, len(levels))
+	for i, l := range levels {
+		health[i] = LevelHealth(l)
+	}
+	return loads(health)
+}
+
+// loads is PriorityLoad of levels whose healths (PPM) are given.
+func loads(healths []uint32) []uint32 {
+	out := make([]uint32, len(healths))
+	health := make([]uint64, len(healths))
 	var sum uint64
 	first := -1
-	for i, l := range levels {
-		health[i] = uint64(LevelHealth(l))
+	for i, h := range healths {
+		health[i] = uint64(min(h, PPM))
 		sum += health[i]
 		if first < 0 && health[i] > 0 {
 			first = i
@@ -89,11 +98,36 @@ func PriorityLoad(levels []Level) []uint32 {
 	return out
 }
 
+// RemoteHealth is the remote level's health (PPM): each remote cluster's
+// own health (LevelHealth of its healthy and total backends) weighted by
+// its healthy backends, Σ healthy_c × health_c / Σ healthy_c (rounded
+// down), 0 when no remote cluster has a usable backend. A cluster without
+// a usable backend adds nothing: until a review found it, the remote
+// clusters' backends were counted as one level, so a remote publishing
+// thousands of terminating backends drew the level's health to ~0 and
+// pulled connections back onto a failing local level, away from a healthy
+// third cluster (TestGradedRemoteWithoutUsableBackendsAddsNoHealth).
+func RemoteHealth(clusters []Level) uint32 {
+	var sum, healthy uint64
+	for _, c := range clusters {
+		if h := LevelHealth(c); h > 0 {
+			n := uint64(min(c.Healthy, c.Total))
+			sum += n * uint64(h)
+			healthy += n
+		}
+	}
+	if healthy == 0 {
+		return 0
+	}
+	return uint32(sum / healthy)
+}
+
 // Split is how a graded frontend divides new connections between clusters
 // (what `filament service list` shows).
 type Split struct {
-	// LocalHealth and RemoteHealth are the two levels' health
-	// (min(1, 1.4 × healthy/total), a fraction).
+	// LocalHealth is the local level's health (min(1, 1.4 ×
+	// healthy/total), a fraction), RemoteHealth the remote level's: its
+	// clusters' own healths weighted by their healthy backends.
 	LocalHealth  float64 `json:"localHealth"`
 	RemoteHealth float64 `json:"remoteHealth"`
 	// Clusters: the local cluster first, then the remote ones by name.
@@ -122,47 +156,48 @@ type ClusterShare struct {
 func usable(v BackendView) bool { return v.State == StateActive && v.Healthy }
 
 // GradedSplit computes the split of a frontend's backends (as Select
-// lists them, sorted by cluster) between the local level and the remote
-// level; within the remote level each cluster's share is proportional to
-// its healthy backends (largest remainder, ties to the earlier cluster).
-// Slots are not filled in: the table composition does that.
+// lists them, sorted by cluster) between the local level (health
+// LevelHealth of the local cluster's backends) and the remote level
+// (health RemoteHealth of the remote clusters'); within the remote level
+// each cluster's share is proportional to its healthy backends (largest
+// remainder, ties to the earlier cluster). Slots are not filled in: the
+// table composition does that.
 func GradedSplit(views []BackendView, localCluster string) Split {
-	var local, remote Level
 	byCluster := map[string]*ClusterShare{}
 	sp := Split{Clusters: []ClusterShare{{Cluster: localCluster}}}
 	var names []string
 	for _, v := range views {
-		lvl := &remote
-		if v.Cluster == localCluster {
-			lvl = &local
-		} else if byCluster[v.Cluster] == nil {
-			byCluster[v.Cluster] = &ClusterShare{Cluster: v.Cluster}
-			names = append(names, v.Cluster)
-		}
-		lvl.Total++
 		cs := &sp.Clusters[0]
 		if v.Cluster != localCluster {
+			if byCluster[v.Cluster] == nil {
+				byCluster[v.Cluster] = &ClusterShare{Cluster: v.Cluster}
+				names = append(names, v.Cluster)
+			}
 			cs = byCluster[v.Cluster]
 		}
 		cs.Total++
 		if usable(v) {
-			lvl.Healthy++
 			cs.Healthy++
 		}
 	}
 	slices.Sort(names)
+	remote := make([]Level, 0, len(names))
 	for _, n := range names {
-		sp.Clusters = append(sp.Clusters, *byCluster[n])
+		c := byCluster[n]
+		sp.Clusters = append(sp.Clusters, *c)
+		remote = append(remote, Level{Healthy: c.Healthy, Total: c.Total})
 	}
-	loads := PriorityLoad([]Level{local, remote})
-	sp.LocalHealth = float64(LevelHealth(local)) / PPM
-	sp.RemoteHealth = float64(LevelHealth(remote)) / PPM
-	sp.Clusters[0].ppm = loads[0]
+	local := Level{Healthy: sp.Clusters[0].Healthy, Total: sp.Clusters[0].Total}
+	lh, rh := LevelHealth(local), RemoteHealth(remote)
+	load := loads([]uint32{lh, rh})
+	sp.LocalHealth = float64(lh) / PPM
+	sp.RemoteHealth = float64(rh) / PPM
+	sp.Clusters[0].ppm = load[0]
 	weights := make([]uint64, len(names))
 	for i := range names {
 		weights[i] = uint64(sp.Clusters[i+1].Healthy)
 	}
-	for i, p := range apportion(uint64(loads[1]), weights) {
+	for i, p := range apportion(uint64(load[1]), weights) {
 		sp.Clusters[i+1].ppm = uint32(p)
 	}
 	for i := range sp.Clusters {
