@@ -1,8 +1,12 @@
 package service
 
 import (
+	"cmp"
+	"hash/fnv"
 	"net/netip"
 	"slices"
+
+	"github.com/filament-net/filament/agent/service/maglev"
 )
 
 // Graded spill-over failover (service.filament.io/failover: graded).
@@ -222,22 +226,44 @@ func (sp *Split) levelLoads() (local, remote uint64) {
 // remainder method (ties to the lower index); all 0 when the weights are.
 // Every part is within one unit of its exact quota.
 func apportion(n uint64, weights []uint64) []uint64 {
-	out := make([]uint64, len(weights))
 	var sum uint64
 	for _, w := range weights {
 		sum += w
 	}
+	quota := make([]uint64, len(weights))
 	if sum == 0 {
-		return out
+		return quota
 	}
-	rem := make([]uint64, len(weights))
-	left := n
 	for i, w := range weights {
-		out[i] = n * w / sum
-		rem[i] = n * w % sum
-		left -= out[i]
+		quota[i] = n * w
 	}
-	order := make([]int, len(weights))
+	return largestRemainder(n, quota, sum)
+}
+
+// largestRemainder divides n whole units between parts whose exact quotas
+// are quota[i]/den: each part its quota rounded down, then one more to
+// the parts with the largest remainders (ties to the lower index; a part
+// of quota 0 gets none) until n are given. n must be between the sum of
+// the quotas rounded down and the sum rounded up (as when the quotas add
+// up to n, or n is that sum rounded either way); then every part is
+// within one unit of its quota. Otherwise the parts are n's apportioned
+// by the quotas.
+func largestRemainder(n uint64, quota []uint64, den uint64) []uint64 {
+	out := make([]uint64, len(quota))
+	rem := make([]uint64, len(quota))
+	var given, positive uint64
+	for i, q := range quota {
+		out[i], rem[i] = q/den, q%den
+		given += out[i]
+		if rem[i] > 0 {
+			positive++
+		}
+	}
+	if given > n || n-given > positive {
+		return apportion(n, quota)
+	}
+	left := n - given
+	order := make([]int, len(quota))
 	for i := range order {
 		order[i] = i
 	}
@@ -250,13 +276,113 @@ func apportion(n uint64, weights []uint64) []uint64 {
 		}
 		return 0
 	})
-	for _, i := range order {
-		if left == 0 {
-			break
+	for _, i := range order[:left] {
+		out[i]++
+	}
+	return out
+}
+
+// clusterSlots divides a table of n slots (or Maglev entries) between
+// sp's clusters by their shares: first between the levels (largest
+// remainder, so the local level is within one slot of its quota), then
+// the remote level's between the remote clusters, each within one slot
+// of its quota n × share. All 0 when no cluster has a share.
+func clusterSlots(sp *Split, n uint64) []uint64 {
+	out := make([]uint64, len(sp.Clusters))
+	lload, rload := sp.levelLoads()
+	if lload+rload == 0 {
+		return out
+	}
+	level := apportion(n, []uint64{lload, rload})
+	out[0] = level[0]
+	quota := make([]uint64, len(sp.Clusters)-1)
+	for i := range quota {
+		quota[i] = n * uint64(sp.Clusters[i+1].ppm)
+	}
+	copy(out[1:], largestRemainder(level[1], quota, PPM))
+	return out
+}
+
+// gradedBound is the most slots the random-selection table of a graded
+// frontend listing views may have: what the budgets count for it (its
+// local backends, GradedSlots at least, in MaxNamespaceSlots; each remote
+// backend it lists in MaxRemoteBackends), and at most MaxBackends (the
+// datapath counts a frontend's slots in 16 bits).
+func gradedBound(views []BackendView, localCluster string) uint64 {
+	var local, remote int
+	for _, v := range views {
+		if v.Cluster == localCluster {
+			local++
+		} else {
+			remote++
 		}
-		if weights[i] > 0 {
-			out[i]++
-			left--
+	}
+	return uint64(min(MaxBackends, max(local, GradedSlots)+remote))
+}
+
+// gradedSize is the size of a graded frontend's random-selection table
+// when both levels take connections: GradedSlots, or more where a cluster
+// with a share has more usable backends than its part of that, the fewest
+// slots that give each of them one (n × share ≥ usable), but at most
+// bound.
+func gradedSize(sp *Split, bound uint64) uint64 {
+	n := uint64(GradedSlots)
+	for _, c := range sp.Clusters {
+		if c.ppm > 0 && c.Healthy > 0 {
+			n = max(n, (uint64(c.Healthy)*PPM+uint64(c.ppm)-1)/uint64(c.ppm))
+		}
+	}
+	return min(n, bound)
+}
+
+// spread divides one cluster's s slots between its usable backends addrs:
+// evenly when there are enough (at most one slot apart, the extra ones to
+// the first), otherwise one each to the first s in the order of a hash of
+// their address, so neither address order nor the cluster's name decides
+// which backends take connections.
+func spread(s uint64, addrs []netip.AddrPort) []uint64 {
+	if s >= uint64(len(addrs)) {
+		return apportion(s, ones(len(addrs)))
+	}
+	out := make([]uint64, len(addrs))
+	order := make([]int, len(addrs))
+	rank := make([]uint64, len(addrs))
+	for i, a := range addrs {
+		order[i], rank[i] = i, addrHash(a)
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		if c := cmp.Compare(rank[a], rank[b]); c != 0 {
+			return c
+		}
+		return addrs[a].Compare(addrs[b])
+	})
+	for _, i := range order[:s] {
+		out[i] = 1
+	}
+	return out
+}
+
+// addrHash is a fixed hash of a backend's address (FNV-1a, then the
+// splitmix64 finalizer): the same on every node.
+func addrHash(a netip.AddrPort) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(a.String()))
+	return maglev.Mix64(h.Sum64())
+}
+
+// byCluster returns the usable backends of each of sp's clusters (index
+// as in sp.Clusters), in the views' (sorted) order; it zeroes the
+// clusters' slots.
+func byCluster(views []BackendView, sp *Split) [][]netip.AddrPort {
+	index := map[string]int{}
+	for i := range sp.Clusters {
+		index[sp.Clusters[i].Cluster] = i
+		sp.Clusters[i].Slots = 0
+	}
+	out := make([][]netip.AddrPort, len(sp.Clusters))
+	for _, v := range views {
+		if i, ok := index[v.Cluster]; ok && usable(v) {
+			out[i] = append(out[i], v.Addr)
 		}
 	}
 	return out
@@ -287,32 +413,37 @@ func levels(views []BackendView, localCluster string, sp *Split) (local, remote 
 // ComposeSlots builds the random-selection slot array of a graded frontend
 // (a backend may fill several slots; the datapath picks a slot uniformly).
 // When one level takes every connection the array is that level's usable
-// backends once each, as a plain service's; otherwise it has GradedSlots
-// slots, each level's share rounded to whole slots and spread evenly over
-// its usable backends (they differ by at most one slot). It fills
+// backends once each, as a plain service's. Otherwise it has GradedSlots
+// slots, or more (up to gradedBound) so that every usable backend of a
+// cluster with a share has one; each cluster gets its share of them to
+// within a slot (clusterSlots), spread over its usable backends (spread).
+// Until a review found it, each level's slots were spread over the
+// level's backends in (cluster, address) order, so with more remote
+// backends than slots the cluster whose name sorts first took the whole
+// remote level (TestGradedRandomFirstClusterTakesOnlyItsShare). It fills
 // sp.Slots and the clusters' slots. Empty when nothing is usable.
 func ComposeSlots(views []BackendView, localCluster string, sp *Split) []netip.AddrPort {
-	local, remote, localCl, remoteCl := levels(views, localCluster, sp)
+	usable := byCluster(views, sp)
 	lload, rload := sp.levelLoads()
-	parts := []uint64{0, 0}
+	var parts []uint64
 	switch {
-	case lload == 0 && rload == 0:
-	case rload == 0:
-		parts[0] = uint64(len(local))
-	case lload == 0:
-		parts[1] = uint64(len(remote))
-	default:
-		parts = apportion(GradedSlots, []uint64{lload, rload})
-	}
-	out := make([]netip.AddrPort, 0, parts[0]+parts[1])
-	for i, lvl := range [][]netip.AddrPort{local, remote} {
-		cl := [][]int{localCl, remoteCl}[i]
-		each := apportion(parts[i], ones(len(lvl)))
-		for j, b := range lvl {
-			for range each[j] {
-				out = append(out, b)
+	case lload == 0 || rload == 0:
+		parts = make([]uint64, len(usable))
+		for i, addrs := range usable {
+			if (i == 0 && lload > 0) || (i > 0 && rload > 0) {
+				parts[i] = uint64(len(addrs))
 			}
-			sp.Clusters[cl[j]].Slots += int(each[j])
+		}
+	default:
+		parts = clusterSlots(sp, gradedSize(sp, gradedBound(views, localCluster)))
+	}
+	var out []netip.AddrPort
+	for i, addrs := range usable {
+		for j, n := range spread(parts[i], addrs) {
+			for range n {
+				out = append(out, addrs[j])
+			}
+			sp.Clusters[i].Slots += int(n)
 		}
 	}
 	sp.Slots = len(out)

@@ -3,6 +3,7 @@ package service
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -89,6 +90,104 @@ func TestGradedRemoteHealthWeightedByHealthyBackends(t *testing.T) {
 			}
 			if sp.RemoteHealth != tc.health {
 				t.Fatalf("remote health %v, want %v", sp.RemoteHealth, tc.health)
+			}
+		})
+	}
+}
+
+// realised checks that each cluster's slots of a table of n are within one
+// slot of its share by the rule, and that sp says n.
+func realised(t *testing.T, what string, sp Split, n int) {
+	t.Helper()
+	if sp.Slots != n {
+		t.Fatalf("%s: split says %d slots, the table has %d", what, sp.Slots, n)
+	}
+	for _, c := range sp.Clusters {
+		exact := float64(c.ppm) / PPM * float64(n)
+		if d := float64(c.Slots) - exact; d >= 1 || d <= -1 {
+			t.Errorf("%s: %s has %d of %d slots (%.4f), its share by the rule is %.4f (%.2f slots)",
+				what, c.Cluster, c.Slots, n, float64(c.Slots)/float64(n), c.Share, exact)
+		}
+	}
+}
+
+// The attack: a remote cluster named "aaa" publishes 600 backends beside
+// a remote cluster of 5,000. Until the review, each level's 1,000 slots
+// were spread over its usable backends in (cluster, address) order, one
+// slot each to the first ones when there were more backends than slots,
+// so the cluster whose name sorts first took the whole remote level (58%
+// of new connections, 6.2% by the rule) and the cluster of 5,000 none.
+// Now each cluster gets its share of the table (within a slot), and the
+// table grows so every usable backend has a slot as far as the frontend's
+// budget allows (here not: 9,656 slots would be needed, the budget is
+// max(10, 1,000) + 5,600); past it, which of a cluster's backends hold a
+// slot is decided by a hash of their address, not by address order.
+func TestGradedRandomFirstClusterTakesOnlyItsShare(t *testing.T) {
+	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
+	bravo := many("bravo", "10.2", 5000, StateActive)
+	v := join(local, many("aaa", "10.3", 600, StateActive), bravo)
+	sp := GradedSplit(v, "local")
+	slots := ComposeSlots(v, "local", &sp)
+	realised(t, "aaa and bravo", sp, len(slots))
+	if len(slots) != 6600 {
+		t.Fatalf("%d slots, want the budget's 6,600", len(slots))
+	}
+	if got := fmt.Sprint(sp.Clusters[0].Slots, sp.Clusters[1].Slots, sp.Clusters[2].Slots); got != "2772 410 3418" {
+		t.Errorf("cluster slots %s, want 2772 410 3418", got)
+	}
+	// Each backend of a cluster holds at most one slot more than another;
+	// of bravo's, those holding one are spread over its addresses: about
+	// half of its 3,418 slots in the lower half of its addresses (5σ: 146).
+	per := perBackend(slots)
+	lower := 0
+	for i, b := range bravo {
+		if n := per[b.Addr]; n > 1 {
+			t.Fatalf("bravo %s has %d slots", b.Addr, n)
+		} else if i < len(bravo)/2 {
+			lower += n
+		}
+	}
+	if lower < 3418/2-146 || lower > 3418/2+146 {
+		t.Errorf("%d of bravo's 3,418 slots in the lower half of its addresses", lower)
+	}
+	// The same views in another order make the same table.
+	w := join(bravo, many("aaa", "10.3", 600, StateActive), local)
+	slices.Reverse(w)
+	sortBackends(w)
+	sp2 := GradedSplit(w, "local")
+	if !slices.Equal(ComposeSlots(w, "local", &sp2), slots) {
+		t.Fatal("the table depends on the order the backends were listed in")
+	}
+}
+
+// The table grows past 1,000 slots so each usable backend of a cluster
+// with a share has one, while each cluster keeps its share to a slot.
+func TestGradedRandomEveryUsableBackendHasASlot(t *testing.T) {
+	tests := []struct {
+		name  string
+		views []BackendView
+		slots int
+	}{
+		// 580,000 ppm over 1,000 remote backends: 1,725 slots.
+		{"remote backends", join(append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...),
+			many("aaa", "10.3", 100, StateActive), many("bravo", "10.2", 900, StateActive)), 1725},
+		// Local 1 of 3,000: 466 ppm, a slot of 2,146 (of 1,000 it had none).
+		{"a local backend", join(append(many("local", "10.1", 1, StateActive), many("local", "10.9", 2999, StateTerminating)...),
+			many("bravo", "10.2", 2, StateActive)), 2146},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sp := GradedSplit(tc.views, "local")
+			slots := ComposeSlots(tc.views, "local", &sp)
+			if len(slots) != tc.slots {
+				t.Fatalf("%d slots, want %d", len(slots), tc.slots)
+			}
+			realised(t, tc.name, sp, len(slots))
+			per := perBackend(slots)
+			for _, b := range tc.views {
+				if usable(b) && per[b.Addr] == 0 {
+					t.Fatalf("%s %s has no slot", b.Cluster, b.Addr)
+				}
 			}
 		})
 	}

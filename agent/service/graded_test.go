@@ -442,7 +442,9 @@ func TestManagerGraded(t *testing.T) {
 // loads add up to 100% or are all 0, the local level keeps
 // min(1, 1.4 × healthy/total) whenever the remote level can take the rest,
 // and the composed tables give each cluster its share to within the
-// stated granularity, only to usable backends, never panicking.
+// stated granularity (random: a slot for each cluster), only to usable
+// backends (random: each a slot below the table's bound), never
+// panicking.
 func FuzzGraded(f *testing.F) {
 	f.Add(uint8(3), uint8(10), uint8(2), uint8(2), uint8(0), uint8(1), uint16(0))
 	f.Add(uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint16(0xffff))
@@ -472,9 +474,9 @@ func FuzzGraded(f *testing.F) {
 			t.Fatalf("local load %d, want its health %d: %s", local.ppm, health, shares(sp))
 		}
 		slots := ComposeSlots(v, "c1", &sp)
-		// perCluster: whether each remote cluster's slots follow its
-		// backends exactly (random) or only as Maglev spreads a range of
-		// its table (then only the level's total is exact).
+		// perCluster: whether each remote cluster's slots are exact to
+		// a slot (random) or only as Maglev spreads a range of its table
+		// (then only the level's total is exact).
 		check := func(what string, n int, perCluster bool) {
 			if usableN == 0 {
 				if sp.Slots != 0 {
@@ -495,10 +497,9 @@ func FuzzGraded(f *testing.F) {
 				if c.ppm == 0 && c.Slots != 0 {
 					t.Fatalf("%s: cluster %s without share has %d slots", what, c.Cluster, c.Slots)
 				}
-				// Level rounding is at most one slot; a remote cluster's
-				// part of its level follows its backends, one slot each.
+				// Each cluster's slots are within one of its quota.
 				exact := float64(c.ppm) / PPM * float64(n)
-				if d := float64(c.Slots) - exact; d > float64(c.Healthy)+1 || d < -float64(c.Healthy)-1 {
+				if d := float64(c.Slots) - exact; d >= 1 || d <= -1 {
 					t.Fatalf("%s: cluster %s has %d of %d slots, exact %.2f (%s)", what, c.Cluster, c.Slots, n, exact, shares(sp))
 				}
 			}
@@ -517,6 +518,19 @@ func FuzzGraded(f *testing.F) {
 		for _, b := range slots {
 			if !ok[b] {
 				t.Fatalf("slot for unusable backend %s", b)
+			}
+		}
+		// Below its bound the table gives every usable backend of a
+		// cluster with a share a slot.
+		if uint64(len(slots)) < gradedBound(v, "c1") {
+			per, share := perBackend(slots), map[string]bool{}
+			for _, c := range sp.Clusters {
+				share[c.Cluster] = c.ppm > 0
+			}
+			for _, b := range v {
+				if usable(b) && share[b.Cluster] && per[b.Addr] == 0 {
+					t.Fatalf("%s %s has no slot of %d (%s)", b.Cluster, b.Addr, len(slots), shares(sp))
+				}
 			}
 		}
 		backends, table, err := ComposeMaglev(v, "c1", &sp, 251)

@@ -151,6 +151,12 @@ func hash(name string, salt uint64) uint64 {
 		h ^= uint64(name[i])
 		h *= prime64
 	}
+	return Mix64(h)
+}
+
+// Mix64 is the splitmix64 finalizer: every bit of h moves every bit of
+// the result.
+func Mix64(h uint64) uint64 {
 	h ^= h >> 30
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 27
