@@ -14,8 +14,11 @@ import (
 // The local cluster and the remote clusters are two priority levels, as
 // in Envoy's priority-level load balancing: the local level keeps the
 // share of new connections its health allows and the rest spills to the
-// remote level, whose clusters take it in proportion to their healthy
-// backends. Everything here is deterministic integer arithmetic in parts
+// remote level, whose health is its clusters' own (RemoteHealth) and whose
+// clusters take it in proportion to their healthy backends. The tables
+// give each cluster its share to within one slot or Maglev entry,
+// whatever the number, states or addresses of a remote's backends (a
+// remote cluster may be hostile). Everything here is deterministic integer arithmetic in parts
 // per million, so every node of a cluster with the same view computes the
 // same split and the same tables (Maglev must agree across nodes).
 
@@ -34,9 +37,9 @@ const (
 // is rounded to whole slots (error at most half a slot, 0.05%).
 const GradedSlots = 1000
 
-// Level is one priority level's backends: Total counts every backend the
-// level has (whatever its state or its node's), Healthy those new
-// connections may use (active, node alive).
+// Level is one priority level's backends, or one remote cluster's: Total
+// counts every backend it has (whatever its state or its node's), Healthy
+// those new connections may use (active, node alive).
 type Level struct {
 	Healthy int
 	Total   int
@@ -388,28 +391,6 @@ func byCluster(views []BackendView, sp *Split) [][]netip.AddrPort {
 	return out
 }
 
-// levels returns the usable backends of the local level and of the
-// remote level, in the views' (sorted) order, with each one's index in
-// sp.Clusters; it zeroes the clusters' slots.
-func levels(views []BackendView, localCluster string, sp *Split) (local, remote []netip.AddrPort, localCl, remoteCl []int) {
-	index := map[string]int{}
-	for i := range sp.Clusters {
-		index[sp.Clusters[i].Cluster] = i
-		sp.Clusters[i].Slots = 0
-	}
-	for _, v := range views {
-		if !usable(v) {
-			continue
-		}
-		if v.Cluster == localCluster {
-			local, localCl = append(local, v.Addr), append(localCl, index[v.Cluster])
-		} else {
-			remote, remoteCl = append(remote, v.Addr), append(remoteCl, index[v.Cluster])
-		}
-	}
-	return local, remote, localCl, remoteCl
-}
-
 // ComposeSlots builds the random-selection slot array of a graded frontend
 // (a backend may fill several slots; the datapath picks a slot uniformly).
 // When one level takes every connection the array is that level's usable
@@ -460,54 +441,99 @@ func ones(n int) []uint64 {
 
 // ComposeMaglev builds the Maglev table (m entries, indexes into the
 // returned backends: the usable local ones, then the usable remote ones)
-// of a graded frontend. The first round(local load × m) entries come from
-// a Maglev table of the local level's backends, the rest from one of the
-// remote level's, so a flow's backend is as consistent as Maglev makes it
-// within its level and a change of the split moves only the flows whose
-// entries change level. When one level takes every connection it is that
-// level's plain table. It fills sp.Slots and the clusters' slots.
+// of a graded frontend. When only the local level takes connections it is
+// the local backends' plain table. Otherwise the first k entries, k the
+// local level's part of m (clusterSlots), come from a Maglev table of the
+// local backends and the rest from one of the remote backends, so within
+// a level a flow keeps its backend as Maglev does and a change of the
+// split moves the flows of the entries that change level; then the
+// remote entries are balanced between the remote clusters (balance), so
+// each cluster has its share to within one entry whatever its backends'
+// preference lists. Until a review found it they were not: Maglev's
+// hashes are public, so a remote could pick a backend address whose
+// entries of the remote table lay contiguous from k, all of them used,
+// and take 6.2 times its share (TestGradedMaglevGroundBackendTakesOnlyItsShare).
+// It fills sp.Slots and the clusters' slots.
 func ComposeMaglev(views []BackendView, localCluster string, sp *Split, m uint32) ([]netip.AddrPort, []int32, error) {
-	local, remote, localCl, remoteCl := levels(views, localCluster, sp)
+	usable := byCluster(views, sp)
 	lload, rload := sp.levelLoads()
 	sp.Slots = 0
-	var backends []netip.AddrPort
-	var cl []int
-	var table []int32
-	switch {
-	case lload == 0 && rload == 0:
+	if lload == 0 && rload == 0 {
 		return nil, nil, nil
-	case rload == 0:
-		backends, cl = local, localCl
-	case lload == 0:
-		backends, cl = remote, remoteCl
 	}
-	if backends != nil {
-		t, err := MaglevTable(backends, m)
+	local := usable[0]
+	if rload == 0 {
+		table, err := MaglevTable(local, m)
 		if err != nil {
 			return nil, nil, err
 		}
-		table = t
-	} else {
+		sp.Clusters[0].Slots, sp.Slots = len(table), len(table)
+		return local, table, nil
+	}
+	want := clusterSlots(sp, uint64(m))
+	k := int(want[0])
+	var backends []netip.AddrPort
+	var cl []int // each backend's cluster (index in sp.Clusters)
+	if lload > 0 {
+		backends = append(backends, local...)
+		cl = make([]int, len(local))
+	}
+	off := len(backends)
+	for c := 1; c < len(usable); c++ {
+		for _, b := range usable[c] {
+			backends, cl = append(backends, b), append(cl, c)
+		}
+	}
+	table, err := MaglevTable(backends[off:], m)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range table {
+		table[i] += int32(off)
+	}
+	if k > 0 {
 		lt, err := MaglevTable(local, m)
 		if err != nil {
 			return nil, nil, err
 		}
-		rt, err := MaglevTable(remote, m)
-		if err != nil {
-			return nil, nil, err
-		}
-		k := int(apportion(uint64(m), []uint64{lload, rload})[0])
-		table = make([]int32, m)
 		copy(table[:k], lt[:k])
-		off := int32(len(local))
-		for i := k; i < int(m); i++ {
-			table[i] = rt[i] + off
-		}
-		backends, cl = append(local, remote...), append(localCl, remoteCl...)
 	}
+	want[0] = 0 // the remote entries' targets
+	balance(table[k:], k, cl, want)
 	for _, x := range table {
 		sp.Clusters[cl[x]].Slots++
 	}
 	sp.Slots = len(table)
 	return backends, table, nil
+}
+
+// balance makes the entries part (indexes into backends whose clusters
+// are cl; part begins at entry from of the table) give each cluster c
+// exactly want[c] entries, want adding up to len(part): a cluster over
+// its part keeps its first entries and gives the rest up; the clusters
+// under theirs, in order, take those given up, each entry to one of the
+// cluster's backends by a hash of the entry's number. So honest clusters,
+// whose Maglev entries are about their share, lose or gain a few, and
+// where a cluster's backends' entries lie does not change what it gets.
+func balance(part []int32, from int, cl []int, want []uint64) {
+	members := make([][]int32, len(want))
+	for i, c := range cl {
+		members[c] = append(members[c], int32(i))
+	}
+	have := make([]uint64, len(want))
+	var given []int
+	for i, x := range part {
+		if c := cl[x]; have[c] < want[c] {
+			have[c]++
+		} else {
+			given = append(given, i)
+		}
+	}
+	for c := range want {
+		for ; have[c] < want[c] && len(given) > 0 && len(members[c]) > 0; have[c]++ {
+			i := given[0]
+			given = given[1:]
+			part[i] = members[c][maglev.Mix64(uint64(from+i))%uint64(len(members[c]))]
+		}
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"github.com/filament-net/filament/agent/service/maglev"
 )
 
 // Graded failover against a hostile remote cluster: a remote cluster
@@ -190,5 +192,119 @@ func TestGradedRandomEveryUsableBackendHasASlot(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// ground finds a backend address of 10.3.0.0/16 (any port) whose Maglev
+// preference list in a table of m entries has skip 1 and starts in
+// [lo, lo+window): its entries of a full table are contiguous from there.
+// Maglev's hashes are public, so a remote cluster can do this for its
+// pods' addresses or its own target ports.
+func ground(t *testing.T, m, lo, window uint32) netip.AddrPort {
+	t.Helper()
+	for port := 1; port < 65536; port++ {
+		for x := range 65536 {
+			a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 3, byte(x >> 8), byte(x)}), uint16(port))
+			if off, skip := maglev.Permutation(a.String(), m); skip == 1 && off >= lo && off < lo+window {
+				return a
+			}
+		}
+	}
+	t.Fatal("no address found")
+	return netip.AddrPort{}
+}
+
+// The attack: a remote cluster's backend whose Maglev preference list
+// starts just past the local level's entries, with skip 1. Until the
+// review, entries [k, m) of a graded Maglev table were copied from a full
+// Maglev table of the remote level, so that backend's entries, contiguous
+// from k, all fell in the used range: with local 9 of 14 healthy its
+// cluster took 6.2% of the table for a 1% share, with 3 of 10 10% for
+// 5.8%, at the expense of the honest remote cluster. Each cluster's
+// entries are now its share to within one entry, whatever its backends'
+// preference lists.
+func TestGradedMaglevGroundBackendTakesOnlyItsShare(t *testing.T) {
+	const m = maglev.DefaultSize
+	for _, tc := range []struct {
+		healthy, total int
+		k              uint32 // the local level's entries
+	}{{9, 14, 14743}, {3, 10, 6880}} {
+		name := fmt.Sprintf("local %d of %d", tc.healthy, tc.total)
+		local := append(many("local", "10.1", tc.healthy, StateActive), many("local", "10.9", tc.total-tc.healthy, StateTerminating)...)
+		g := ground(t, m, tc.k, 200)
+		v := join(local, many("bravo", "10.2", 9, StateActive), []BackendView{{Addr: g, Cluster: "hostile", State: StateActive, Healthy: true}})
+		sp := GradedSplit(v, "local")
+		backends, table, err := ComposeMaglev(v, "local", &sp, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sp.Clusters[0].Slots != int(tc.k) {
+			t.Fatalf("%s: %d local entries, want %d", name, sp.Clusters[0].Slots, tc.k)
+		}
+		realised(t, name, sp, len(table))
+		for _, x := range table {
+			if x < 0 || int(x) >= len(backends) {
+				t.Fatalf("%s: entry %d of %d backends", name, x, len(backends))
+			}
+		}
+	}
+}
+
+// Balancing the remote clusters keeps what the level split gave Maglev: a
+// change of the split (3 of 10 local healthy to 3 of 12: 42% to 35%)
+// moves the flows of the 1,147 entries that change level and few more:
+// at most m/500 (32) more with honest remote clusters, whose entries of
+// the remote table are about their shares, m/100 (163) more beside the
+// ground backend of the test above, whose surplus is handed to the
+// others anew.
+func TestGradedMaglevSplitChangeMovesFewFlows(t *testing.T) {
+	const m = maglev.DefaultSize
+	g := []BackendView{{Addr: ground(t, m, 6880, 200), Cluster: "hostile", State: StateActive, Healthy: true}}
+	for _, tc := range []struct {
+		name  string
+		third []BackendView
+		extra int
+	}{{"honest", many("c3", "10.4", 5, StateActive), m / 500}, {"ground backend", g, m / 100}} {
+		compose := func(total int) ([]netip.AddrPort, []int32, Split) {
+			local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", total-3, StateTerminating)...)
+			v := join(local, many("bravo", "10.2", 9, StateActive), many("dora", "10.5", 4, StateActive), tc.third)
+			sp := GradedSplit(v, "local")
+			b, table, err := ComposeMaglev(v, "local", &sp, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			realised(t, tc.name, sp, len(table))
+			return b, table, sp
+		}
+		b1, t1, sp1 := compose(10)
+		b2, t2, sp2 := compose(12)
+		moved := 0
+		for i := range t1 {
+			if b1[t1[i]] != b2[t2[i]] {
+				moved++
+			}
+		}
+		if change := sp1.Clusters[0].Slots - sp2.Clusters[0].Slots; change != 1147 || moved < change || moved > change+tc.extra {
+			t.Errorf("%s: %d entries changed level, %d moved, at most %d more", tc.name, change, moved, tc.extra)
+		}
+	}
+}
+
+// With every local backend down the remote level takes everything, its
+// plain Maglev table balanced between its clusters too: with more
+// backends than entries Maglev gives one entry each to the backends first
+// in name order, so a remote whose addresses sort first ("10.0.…", 300
+// backends, 13% by the rule) took the whole table from a cluster of 2,000.
+func TestGradedMaglevAllRemoteClustersGetTheirShare(t *testing.T) {
+	const m = 251
+	v := join(many("local", "10.9", 10, StateTerminating), many("aaa", "10.0", 300, StateActive), many("bravo", "10.2", 2000, StateActive))
+	sp := GradedSplit(v, "local")
+	backends, table, err := ComposeMaglev(v, "local", &sp, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	realised(t, "all remote", sp, len(table))
+	if len(backends) != 2300 {
+		t.Fatalf("%d backends, want the 2,300 remote ones", len(backends))
 	}
 }

@@ -437,25 +437,29 @@ func TestManagerGraded(t *testing.T) {
 	}
 }
 
-// FuzzGraded feeds arbitrary backend counts and states (as a hostile
-// remote cluster's kvstore could) to the split and the table composition:
+// FuzzGraded feeds arbitrary backend counts, states and ports (as a
+// hostile remote cluster's kvstore could) to the split and the table composition:
 // loads add up to 100% or are all 0, the local level keeps
 // min(1, 1.4 × healthy/total) whenever the remote level can take the rest,
-// and the composed tables give each cluster its share to within the
-// stated granularity (random: a slot for each cluster), only to usable
-// backends (random: each a slot below the table's bound), never
-// panicking.
+// and the composed tables give each cluster its share to within one slot
+// or Maglev entry, only to usable backends (random: each a slot below the
+// table's bound), never panicking.
 func FuzzGraded(f *testing.F) {
-	f.Add(uint8(3), uint8(10), uint8(2), uint8(2), uint8(0), uint8(1), uint16(0))
-	f.Add(uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint16(0xffff))
-	f.Add(uint8(1), uint8(3), uint8(1), uint8(3), uint8(2), uint8(2), uint16(0x5555))
-	f.Fuzz(func(t *testing.T, lh, lt, ah, at, bh, bt uint8, dead uint16) {
+	f.Add(uint8(3), uint8(10), uint8(2), uint8(2), uint8(0), uint8(1), uint16(0), uint16(0))
+	f.Add(uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint16(0xffff), uint16(1))
+	f.Add(uint8(1), uint8(3), uint8(1), uint8(3), uint8(2), uint8(2), uint16(0x5555), uint16(80))
+	f.Fuzz(func(t *testing.T, lh, lt, ah, at, bh, bt uint8, dead, port uint16) {
 		spec := []string{fmt.Sprintf("c1:%d/%d", min(lh, lt)%40, lt%40), fmt.Sprintf("a2:%d/%d", min(ah, at)%40, at%40),
 			fmt.Sprintf("c3:%d/%d", min(bh, bt)%40, bt%40)}
 		v := views(spec...)
 		for i := range v {
 			if dead&(1<<(i%16)) != 0 && i%3 == 0 {
 				v[i].Healthy = false
+			}
+			// a2 chooses its backends' port, so its Maglev preference
+			// lists.
+			if v[i].Cluster == "a2" && port != 0 {
+				v[i].Addr = netip.AddrPortFrom(v[i].Addr.Addr(), port)
 			}
 		}
 		sp := GradedSplit(v, "c1")
@@ -474,10 +478,7 @@ func FuzzGraded(f *testing.F) {
 			t.Fatalf("local load %d, want its health %d: %s", local.ppm, health, shares(sp))
 		}
 		slots := ComposeSlots(v, "c1", &sp)
-		// perCluster: whether each remote cluster's slots are exact to
-		// a slot (random) or only as Maglev spreads a range of its table
-		// (then only the level's total is exact).
-		check := func(what string, n int, perCluster bool) {
+		check := func(what string, n int) {
 			if usableN == 0 {
 				if sp.Slots != 0 {
 					t.Fatalf("%s: %d slots with nothing usable", what, sp.Slots)
@@ -490,9 +491,6 @@ func FuzzGraded(f *testing.F) {
 				if i > 0 {
 					remote += c.Slots
 					remotePPM += c.ppm
-					if !perCluster {
-						continue
-					}
 				}
 				if c.ppm == 0 && c.Slots != 0 {
 					t.Fatalf("%s: cluster %s without share has %d slots", what, c.Cluster, c.Slots)
@@ -510,7 +508,7 @@ func FuzzGraded(f *testing.F) {
 				t.Fatalf("%s: remote level has %d of %d slots (%s)", what, remote, n, shares(sp))
 			}
 		}
-		check("random", len(slots), true)
+		check("random", len(slots))
 		ok := map[netip.AddrPort]bool{}
 		for _, b := range v {
 			ok[b.Addr] = usable(b)
@@ -542,7 +540,7 @@ func FuzzGraded(f *testing.F) {
 				t.Fatalf("maglev entry %d of %d backends", x, len(backends))
 			}
 		}
-		check("maglev", len(table), false)
+		check("maglev", len(table))
 	})
 }
 
