@@ -3,7 +3,6 @@ package service
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/service/maglev"
@@ -139,7 +138,8 @@ func TestGradedRandomFirstClusterTakesOnlyItsShare(t *testing.T) {
 	}
 	// Each backend of a cluster holds at most one slot more than another;
 	// of bravo's, those holding one are spread over its addresses: about
-	// half of its 3,418 slots in the lower half of its addresses (5σ: 146).
+	// half of its 3,418 slots in the lower half of its addresses (5σ of a
+	// coin tossed for each: 146).
 	per := perBackend(slots)
 	lower := 0
 	for i, b := range bravo {
@@ -151,14 +151,6 @@ func TestGradedRandomFirstClusterTakesOnlyItsShare(t *testing.T) {
 	}
 	if lower < 3418/2-146 || lower > 3418/2+146 {
 		t.Errorf("%d of bravo's 3,418 slots in the lower half of its addresses", lower)
-	}
-	// The same views in another order make the same table.
-	w := join(bravo, many("aaa", "10.3", 600, StateActive), local)
-	slices.Reverse(w)
-	sortBackends(w)
-	sp2 := GradedSplit(w, "local")
-	if !slices.Equal(ComposeSlots(w, "local", &sp2), slots) {
-		t.Fatal("the table depends on the order the backends were listed in")
 	}
 }
 
