@@ -1,8 +1,12 @@
 package service
 
 import (
+	"cmp"
+	"hash/fnv"
 	"net/netip"
 	"slices"
+
+	"github.com/filament-net/filament/agent/service/maglev"
 )
 
 // Graded spill-over failover (service.filament.io/failover: graded).
@@ -10,8 +14,11 @@ import (
 // The local cluster and the remote clusters are two priority levels, as
 // in Envoy's priority-level load balancing: the local level keeps the
 // share of new connections its health allows and the rest spills to the
-// remote level, whose clusters take it in proportion to their healthy
-// backends. Everything here is deterministic integer arithmetic in parts
+// remote level, whose health is its clusters' own (RemoteHealth) and whose
+// clusters take it in proportion to their healthy backends. The tables
+// give each cluster its share to within one slot or Maglev entry,
+// whatever the number, states or addresses of a remote's backends (a
+// remote cluster may be hostile). Everything here is deterministic integer arithmetic in parts
 // per million, so every node of a cluster with the same view computes the
 // same split and the same tables (Maglev must agree across nodes).
 
@@ -30,9 +37,9 @@ const (
 // is rounded to whole slots (error at most half a slot, 0.05%).
 const GradedSlots = 1000
 
-// Level is one priority level's backends: Total counts every backend the
-// level has (whatever its state or its node's), Healthy those new
-// connections may use (active, node alive).
+// Level is one priority level's backends, or one remote cluster's: Total
+// counts every backend it has (whatever its state or its node's), Healthy
+// those new connections may use (active, node alive).
 type Level struct {
 	Healthy int
 	Total   int
@@ -64,12 +71,21 @@ func LevelHealth(l Level) uint32 {
 // The loads (PPM) add up to PPM, or are all 0 when no level has a healthy
 // backend.
 func PriorityLoad(levels []Level) []uint32 {
-	out := make([]uint32, len(levels))
-	health := make([]uint64, len(levels))
+	health := make([]uint32, len(levels))
+	for i, l := range levels {
+		health[i] = LevelHealth(l)
+	}
+	return loads(health)
+}
+
+// loads is PriorityLoad of levels whose healths (PPM) are given.
+func loads(healths []uint32) []uint32 {
+	out := make([]uint32, len(healths))
+	health := make([]uint64, len(healths))
 	var sum uint64
 	first := -1
-	for i, l := range levels {
-		health[i] = uint64(LevelHealth(l))
+	for i, h := range healths {
+		health[i] = uint64(min(h, PPM))
 		sum += health[i]
 		if first < 0 && health[i] > 0 {
 			first = i
@@ -89,11 +105,36 @@ func PriorityLoad(levels []Level) []uint32 {
 	return out
 }
 
+// RemoteHealth is the remote level's health (PPM): each remote cluster's
+// own health (LevelHealth of its healthy and total backends) weighted by
+// its healthy backends, Σ healthy_c × health_c / Σ healthy_c (rounded
+// down), 0 when no remote cluster has a usable backend. A cluster without
+// a usable backend adds nothing: until a review found it, the remote
+// clusters' backends were counted as one level, so a remote publishing
+// thousands of terminating backends drew the level's health to ~0 and
+// pulled connections back onto a failing local level, away from a healthy
+// third cluster (TestGradedRemoteWithoutUsableBackendsAddsNoHealth).
+func RemoteHealth(clusters []Level) uint32 {
+	var sum, healthy uint64
+	for _, c := range clusters {
+		if h := LevelHealth(c); h > 0 {
+			n := uint64(min(c.Healthy, c.Total))
+			sum += n * uint64(h)
+			healthy += n
+		}
+	}
+	if healthy == 0 {
+		return 0
+	}
+	return uint32(sum / healthy)
+}
+
 // Split is how a graded frontend divides new connections between clusters
 // (what `filament service list` shows).
 type Split struct {
-	// LocalHealth and RemoteHealth are the two levels' health
-	// (min(1, 1.4 × healthy/total), a fraction).
+	// LocalHealth is the local level's health (min(1, 1.4 ×
+	// healthy/total), a fraction), RemoteHealth the remote level's: its
+	// clusters' own healths weighted by their healthy backends.
 	LocalHealth  float64 `json:"localHealth"`
 	RemoteHealth float64 `json:"remoteHealth"`
 	// Clusters: the local cluster first, then the remote ones by name.
@@ -122,47 +163,48 @@ type ClusterShare struct {
 func usable(v BackendView) bool { return v.State == StateActive && v.Healthy }
 
 // GradedSplit computes the split of a frontend's backends (as Select
-// lists them, sorted by cluster) between the local level and the remote
-// level; within the remote level each cluster's share is proportional to
-// its healthy backends (largest remainder, ties to the earlier cluster).
-// Slots are not filled in: the table composition does that.
+// lists them, sorted by cluster) between the local level (health
+// LevelHealth of the local cluster's backends) and the remote level
+// (health RemoteHealth of the remote clusters'); within the remote level
+// each cluster's share is proportional to its healthy backends (largest
+// remainder, ties to the earlier cluster). Slots are not filled in: the
+// table composition does that.
 func GradedSplit(views []BackendView, localCluster string) Split {
-	var local, remote Level
 	byCluster := map[string]*ClusterShare{}
 	sp := Split{Clusters: []ClusterShare{{Cluster: localCluster}}}
 	var names []string
 	for _, v := range views {
-		lvl := &remote
-		if v.Cluster == localCluster {
-			lvl = &local
-		} else if byCluster[v.Cluster] == nil {
-			byCluster[v.Cluster] = &ClusterShare{Cluster: v.Cluster}
-			names = append(names, v.Cluster)
-		}
-		lvl.Total++
 		cs := &sp.Clusters[0]
 		if v.Cluster != localCluster {
+			if byCluster[v.Cluster] == nil {
+				byCluster[v.Cluster] = &ClusterShare{Cluster: v.Cluster}
+				names = append(names, v.Cluster)
+			}
 			cs = byCluster[v.Cluster]
 		}
 		cs.Total++
 		if usable(v) {
-			lvl.Healthy++
 			cs.Healthy++
 		}
 	}
 	slices.Sort(names)
+	remote := make([]Level, 0, len(names))
 	for _, n := range names {
-		sp.Clusters = append(sp.Clusters, *byCluster[n])
+		c := byCluster[n]
+		sp.Clusters = append(sp.Clusters, *c)
+		remote = append(remote, Level{Healthy: c.Healthy, Total: c.Total})
 	}
-	loads := PriorityLoad([]Level{local, remote})
-	sp.LocalHealth = float64(LevelHealth(local)) / PPM
-	sp.RemoteHealth = float64(LevelHealth(remote)) / PPM
-	sp.Clusters[0].ppm = loads[0]
+	local := Level{Healthy: sp.Clusters[0].Healthy, Total: sp.Clusters[0].Total}
+	lh, rh := LevelHealth(local), RemoteHealth(remote)
+	load := loads([]uint32{lh, rh})
+	sp.LocalHealth = float64(lh) / PPM
+	sp.RemoteHealth = float64(rh) / PPM
+	sp.Clusters[0].ppm = load[0]
 	weights := make([]uint64, len(names))
 	for i := range names {
 		weights[i] = uint64(sp.Clusters[i+1].Healthy)
 	}
-	for i, p := range apportion(uint64(loads[1]), weights) {
+	for i, p := range apportion(uint64(load[1]), weights) {
 		sp.Clusters[i+1].ppm = uint32(p)
 	}
 	for i := range sp.Clusters {
@@ -187,22 +229,44 @@ func (sp *Split) levelLoads() (local, remote uint64) {
 // remainder method (ties to the lower index); all 0 when the weights are.
 // Every part is within one unit of its exact quota.
 func apportion(n uint64, weights []uint64) []uint64 {
-	out := make([]uint64, len(weights))
 	var sum uint64
 	for _, w := range weights {
 		sum += w
 	}
+	quota := make([]uint64, len(weights))
 	if sum == 0 {
-		return out
+		return quota
 	}
-	rem := make([]uint64, len(weights))
-	left := n
 	for i, w := range weights {
-		out[i] = n * w / sum
-		rem[i] = n * w % sum
-		left -= out[i]
+		quota[i] = n * w
 	}
-	order := make([]int, len(weights))
+	return largestRemainder(n, quota, sum)
+}
+
+// largestRemainder divides n whole units between parts whose exact quotas
+// are quota[i]/den: each part its quota rounded down, then one more to
+// the parts with the largest remainders (ties to the lower index; a part
+// of quota 0 gets none) until n are given. n must be between the sum of
+// the quotas rounded down and the sum rounded up (as when the quotas add
+// up to n, or n is that sum rounded either way); then every part is
+// within one unit of its quota. Otherwise the parts are n's apportioned
+// by the quotas.
+func largestRemainder(n uint64, quota []uint64, den uint64) []uint64 {
+	out := make([]uint64, len(quota))
+	rem := make([]uint64, len(quota))
+	var given, positive uint64
+	for i, q := range quota {
+		out[i], rem[i] = q/den, q%den
+		given += out[i]
+		if rem[i] > 0 {
+			positive++
+		}
+	}
+	if given > n || n-given > positive {
+		return apportion(n, quota)
+	}
+	left := n - given
+	order := make([]int, len(quota))
 	for i := range order {
 		order[i] = i
 	}
@@ -215,69 +279,152 @@ func apportion(n uint64, weights []uint64) []uint64 {
 		}
 		return 0
 	})
-	for _, i := range order {
-		if left == 0 {
-			break
-		}
-		if weights[i] > 0 {
-			out[i]++
-			left--
-		}
+	for _, i := range order[:left] {
+		out[i]++
 	}
 	return out
 }
 
-// levels returns the usable backends of the local level and of the
-// remote level, in the views' (sorted) order, with each one's index in
-// sp.Clusters; it zeroes the clusters' slots.
-func levels(views []BackendView, localCluster string, sp *Split) (local, remote []netip.AddrPort, localCl, remoteCl []int) {
+// clusterSlots divides a table of n slots (or Maglev entries) between
+// sp's clusters by their shares: first between the levels (largest
+// remainder, so the local level is within one slot of its quota), then
+// the remote level's between the remote clusters, each within one slot
+// of its quota n × share. All 0 when no cluster has a share.
+func clusterSlots(sp *Split, n uint64) []uint64 {
+	out := make([]uint64, len(sp.Clusters))
+	lload, rload := sp.levelLoads()
+	if lload+rload == 0 {
+		return out
+	}
+	level := apportion(n, []uint64{lload, rload})
+	out[0] = level[0]
+	quota := make([]uint64, len(sp.Clusters)-1)
+	for i := range quota {
+		quota[i] = n * uint64(sp.Clusters[i+1].ppm)
+	}
+	copy(out[1:], largestRemainder(level[1], quota, PPM))
+	return out
+}
+
+// gradedBound is the most slots the random-selection table of a graded
+// frontend listing views may have: what the budgets count for it (its
+// local backends, GradedSlots at least, in MaxNamespaceSlots; each remote
+// backend it lists in MaxRemoteBackends), and at most MaxBackends (the
+// datapath counts a frontend's slots in 16 bits).
+func gradedBound(views []BackendView, localCluster string) uint64 {
+	var local, remote int
+	for _, v := range views {
+		if v.Cluster == localCluster {
+			local++
+		} else {
+			remote++
+		}
+	}
+	return uint64(min(MaxBackends, max(local, GradedSlots)+remote))
+}
+
+// gradedSize is the size of a graded frontend's random-selection table
+// when both levels take connections: GradedSlots, or more where a cluster
+// with a share has more usable backends than its part of that, the fewest
+// slots that give each of them one (n × share ≥ usable), but at most
+// bound.
+func gradedSize(sp *Split, bound uint64) uint64 {
+	n := uint64(GradedSlots)
+	for _, c := range sp.Clusters {
+		if c.ppm > 0 && c.Healthy > 0 {
+			n = max(n, (uint64(c.Healthy)*PPM+uint64(c.ppm)-1)/uint64(c.ppm))
+		}
+	}
+	return min(n, bound)
+}
+
+// spread divides one cluster's s slots between its usable backends addrs:
+// evenly when there are enough (at most one slot apart, the extra ones to
+// the first), otherwise one each to the first s in the order of a hash of
+// their address, so neither address order nor the cluster's name decides
+// which backends take connections.
+func spread(s uint64, addrs []netip.AddrPort) []uint64 {
+	if s >= uint64(len(addrs)) {
+		return apportion(s, ones(len(addrs)))
+	}
+	out := make([]uint64, len(addrs))
+	order := make([]int, len(addrs))
+	rank := make([]uint64, len(addrs))
+	for i, a := range addrs {
+		order[i], rank[i] = i, addrHash(a)
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		if c := cmp.Compare(rank[a], rank[b]); c != 0 {
+			return c
+		}
+		return addrs[a].Compare(addrs[b])
+	})
+	for _, i := range order[:s] {
+		out[i] = 1
+	}
+	return out
+}
+
+// addrHash is a fixed hash of a backend's address (FNV-1a, then the
+// splitmix64 finalizer): the same on every node.
+func addrHash(a netip.AddrPort) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(a.String()))
+	return maglev.Mix64(h.Sum64())
+}
+
+// byCluster returns the usable backends of each of sp's clusters (index
+// as in sp.Clusters), in the views' (sorted) order; it zeroes the
+// clusters' slots.
+func byCluster(views []BackendView, sp *Split) [][]netip.AddrPort {
 	index := map[string]int{}
 	for i := range sp.Clusters {
 		index[sp.Clusters[i].Cluster] = i
 		sp.Clusters[i].Slots = 0
 	}
+	out := make([][]netip.AddrPort, len(sp.Clusters))
 	for _, v := range views {
-		if !usable(v) {
-			continue
-		}
-		if v.Cluster == localCluster {
-			local, localCl = append(local, v.Addr), append(localCl, index[v.Cluster])
-		} else {
-			remote, remoteCl = append(remote, v.Addr), append(remoteCl, index[v.Cluster])
+		if i, ok := index[v.Cluster]; ok && usable(v) {
+			out[i] = append(out[i], v.Addr)
 		}
 	}
-	return local, remote, localCl, remoteCl
+	return out
 }
 
 // ComposeSlots builds the random-selection slot array of a graded frontend
 // (a backend may fill several slots; the datapath picks a slot uniformly).
 // When one level takes every connection the array is that level's usable
-// backends once each, as a plain service's; otherwise it has GradedSlots
-// slots, each level's share rounded to whole slots and spread evenly over
-// its usable backends (they differ by at most one slot). It fills
+// backends once each, as a plain service's. Otherwise it has GradedSlots
+// slots, or more (up to gradedBound) so that every usable backend of a
+// cluster with a share has one; each cluster gets its share of them to
+// within a slot (clusterSlots), spread over its usable backends (spread).
+// Until a review found it, each level's slots were spread over the
+// level's backends in (cluster, address) order, so with more remote
+// backends than slots the cluster whose name sorts first took the whole
+// remote level (TestGradedRandomFirstClusterTakesOnlyItsShare). It fills
 // sp.Slots and the clusters' slots. Empty when nothing is usable.
 func ComposeSlots(views []BackendView, localCluster string, sp *Split) []netip.AddrPort {
-	local, remote, localCl, remoteCl := levels(views, localCluster, sp)
+	usable := byCluster(views, sp)
 	lload, rload := sp.levelLoads()
-	parts := []uint64{0, 0}
+	var parts []uint64
 	switch {
-	case lload == 0 && rload == 0:
-	case rload == 0:
-		parts[0] = uint64(len(local))
-	case lload == 0:
-		parts[1] = uint64(len(remote))
-	default:
-		parts = apportion(GradedSlots, []uint64{lload, rload})
-	}
-	out := make([]netip.AddrPort, 0, parts[0]+parts[1])
-	for i, lvl := range [][]netip.AddrPort{local, remote} {
-		cl := [][]int{localCl, remoteCl}[i]
-		each := apportion(parts[i], ones(len(lvl)))
-		for j, b := range lvl {
-			for range each[j] {
-				out = append(out, b)
+	case lload == 0 || rload == 0:
+		parts = make([]uint64, len(usable))
+		for i, addrs := range usable {
+			if (i == 0 && lload > 0) || (i > 0 && rload > 0) {
+				parts[i] = uint64(len(addrs))
 			}
-			sp.Clusters[cl[j]].Slots += int(each[j])
+		}
+	default:
+		parts = clusterSlots(sp, gradedSize(sp, gradedBound(views, localCluster)))
+	}
+	var out []netip.AddrPort
+	for i, addrs := range usable {
+		for j, n := range spread(parts[i], addrs) {
+			for range n {
+				out = append(out, addrs[j])
+			}
+			sp.Clusters[i].Slots += int(n)
 		}
 	}
 	sp.Slots = len(out)
@@ -294,54 +441,99 @@ func ones(n int) []uint64 {
 
 // ComposeMaglev builds the Maglev table (m entries, indexes into the
 // returned backends: the usable local ones, then the usable remote ones)
-// of a graded frontend. The first round(local load × m) entries come from
-// a Maglev table of the local level's backends, the rest from one of the
-// remote level's, so a flow's backend is as consistent as Maglev makes it
-// within its level and a change of the split moves only the flows whose
-// entries change level. When one level takes every connection it is that
-// level's plain table. It fills sp.Slots and the clusters' slots.
+// of a graded frontend. When only the local level takes connections it is
+// the local backends' plain table. Otherwise the first k entries, k the
+// local level's part of m (clusterSlots), come from a Maglev table of the
+// local backends and the rest from one of the remote backends, so within
+// a level a flow keeps its backend as Maglev does and a change of the
+// split moves the flows of the entries that change level; then the
+// remote entries are balanced between the remote clusters (balance), so
+// each cluster has its share to within one entry whatever its backends'
+// preference lists. Until a review found it they were not: Maglev's
+// hashes are public, so a remote could pick a backend address whose
+// entries of the remote table lay contiguous from k, all of them used,
+// and take 6.2 times its share (TestGradedMaglevGroundBackendTakesOnlyItsShare).
+// It fills sp.Slots and the clusters' slots.
 func ComposeMaglev(views []BackendView, localCluster string, sp *Split, m uint32) ([]netip.AddrPort, []int32, error) {
-	local, remote, localCl, remoteCl := levels(views, localCluster, sp)
+	usable := byCluster(views, sp)
 	lload, rload := sp.levelLoads()
 	sp.Slots = 0
-	var backends []netip.AddrPort
-	var cl []int
-	var table []int32
-	switch {
-	case lload == 0 && rload == 0:
+	if lload == 0 && rload == 0 {
 		return nil, nil, nil
-	case rload == 0:
-		backends, cl = local, localCl
-	case lload == 0:
-		backends, cl = remote, remoteCl
 	}
-	if backends != nil {
-		t, err := MaglevTable(backends, m)
+	local := usable[0]
+	if rload == 0 {
+		table, err := MaglevTable(local, m)
 		if err != nil {
 			return nil, nil, err
 		}
-		table = t
-	} else {
+		sp.Clusters[0].Slots, sp.Slots = len(table), len(table)
+		return local, table, nil
+	}
+	want := clusterSlots(sp, uint64(m))
+	k := int(want[0])
+	var backends []netip.AddrPort
+	var cl []int // each backend's cluster (index in sp.Clusters)
+	if lload > 0 {
+		backends = append(backends, local...)
+		cl = make([]int, len(local))
+	}
+	off := len(backends)
+	for c := 1; c < len(usable); c++ {
+		for _, b := range usable[c] {
+			backends, cl = append(backends, b), append(cl, c)
+		}
+	}
+	table, err := MaglevTable(backends[off:], m)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range table {
+		table[i] += int32(off)
+	}
+	if k > 0 {
 		lt, err := MaglevTable(local, m)
 		if err != nil {
 			return nil, nil, err
 		}
-		rt, err := MaglevTable(remote, m)
-		if err != nil {
-			return nil, nil, err
-		}
-		k := int(apportion(uint64(m), []uint64{lload, rload})[0])
-		table = make([]int32, m)
 		copy(table[:k], lt[:k])
-		off := int32(len(local))
-		for i := k; i < int(m); i++ {
-			table[i] = rt[i] + off
-		}
-		backends, cl = append(local, remote...), append(localCl, remoteCl...)
 	}
+	want[0] = 0 // the remote entries' targets
+	balance(table[k:], k, cl, want)
 	for _, x := range table {
 		sp.Clusters[cl[x]].Slots++
 	}
 	sp.Slots = len(table)
 	return backends, table, nil
+}
+
+// balance makes the entries part (indexes into backends whose clusters
+// are cl; part begins at entry from of the table) give each cluster c
+// exactly want[c] entries, want adding up to len(part): a cluster over
+// its part keeps its first entries and gives the rest up; the clusters
+// under theirs, in order, take those given up, each entry to one of the
+// cluster's backends by a hash of the entry's number. So honest clusters,
+// whose Maglev entries are about their share, lose or gain a few, and
+// where a cluster's backends' entries lie does not change what it gets.
+func balance(part []int32, from int, cl []int, want []uint64) {
+	members := make([][]int32, len(want))
+	for i, c := range cl {
+		members[c] = append(members[c], int32(i))
+	}
+	have := make([]uint64, len(want))
+	var given []int
+	for i, x := range part {
+		if c := cl[x]; have[c] < want[c] {
+			have[c]++
+		} else {
+			given = append(given, i)
+		}
+	}
+	for c := range want {
+		for ; have[c] < want[c] && len(given) > 0 && len(members[c]) > 0; have[c]++ {
+			i := given[0]
+			given = given[1:]
+			part[i] = members[c][maglev.Mix64(uint64(from+i))%uint64(len(members[c]))]
+		}
+	}
 }

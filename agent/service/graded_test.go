@@ -125,9 +125,10 @@ func TestGradedSplit(t *testing.T) {
 		// Remote clusters share the remote level by healthy backends:
 		// 580000 × 1/3 and × 2/3, the remainder unit to the larger one.
 		{"two remotes by healthy backends", views("c1:3/10", "c2:1/3", "c3:2/2"), "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
-		// The remote level's health counts every remote backend: 3 of 5
-		// healthy is 84%, so the total health is 126% and not normalised.
-		{"remote level health over all remote backends", views("c1:3/10", "c2:1/3", "c3:2/2"), "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
+		// The remote level's health is its clusters' own, weighted by
+		// their healthy backends: c2 46.7%, c3 100%, together 82.2%, so
+		// the total health is 124% and not normalised.
+		{"remote level health by cluster", views("c1:3/10", "c2:1/3", "c3:2/2"), "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
 		{"local cluster sorts after a remote", views("b1:0/2", "c1:5/10"), "c1 5/10 1000000, b1 0/2 0"},
 		{"no local backends", views("c2:2/2"), "c1 0/0 0, c2 2/2 1000000"},
 		{"nothing healthy", views("c1:0/3", "c2:0/2"), "c1 0/3 0, c2 0/2 0"},
@@ -436,23 +437,29 @@ func TestManagerGraded(t *testing.T) {
 	}
 }
 
-// FuzzGraded feeds arbitrary backend counts and states (as a hostile
-// remote cluster's kvstore could) to the split and the table composition:
+// FuzzGraded feeds arbitrary backend counts, states and ports (as a
+// hostile remote cluster's kvstore could) to the split and the table composition:
 // loads add up to 100% or are all 0, the local level keeps
 // min(1, 1.4 × healthy/total) whenever the remote level can take the rest,
-// and the composed tables give each cluster its share to within the
-// stated granularity, only to usable backends, never panicking.
+// and the composed tables give each cluster its share to within one slot
+// or Maglev entry, only to usable backends (random: each a slot below the
+// table's bound), never panicking.
 func FuzzGraded(f *testing.F) {
-	f.Add(uint8(3), uint8(10), uint8(2), uint8(2), uint8(0), uint8(1), uint16(0))
-	f.Add(uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint16(0xffff))
-	f.Add(uint8(1), uint8(3), uint8(1), uint8(3), uint8(2), uint8(2), uint16(0x5555))
-	f.Fuzz(func(t *testing.T, lh, lt, ah, at, bh, bt uint8, dead uint16) {
+	f.Add(uint8(3), uint8(10), uint8(2), uint8(2), uint8(0), uint8(1), uint16(0), uint16(0))
+	f.Add(uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint8(0), uint16(0xffff), uint16(1))
+	f.Add(uint8(1), uint8(3), uint8(1), uint8(3), uint8(2), uint8(2), uint16(0x5555), uint16(80))
+	f.Fuzz(func(t *testing.T, lh, lt, ah, at, bh, bt uint8, dead, port uint16) {
 		spec := []string{fmt.Sprintf("c1:%d/%d", min(lh, lt)%40, lt%40), fmt.Sprintf("a2:%d/%d", min(ah, at)%40, at%40),
 			fmt.Sprintf("c3:%d/%d", min(bh, bt)%40, bt%40)}
 		v := views(spec...)
 		for i := range v {
 			if dead&(1<<(i%16)) != 0 && i%3 == 0 {
 				v[i].Healthy = false
+			}
+			// a2 chooses its backends' port, so its Maglev preference
+			// lists.
+			if v[i].Cluster == "a2" && port != 0 {
+				v[i].Addr = netip.AddrPortFrom(v[i].Addr.Addr(), port)
 			}
 		}
 		sp := GradedSplit(v, "c1")
@@ -471,10 +478,7 @@ func FuzzGraded(f *testing.F) {
 			t.Fatalf("local load %d, want its health %d: %s", local.ppm, health, shares(sp))
 		}
 		slots := ComposeSlots(v, "c1", &sp)
-		// perCluster: whether each remote cluster's slots follow its
-		// backends exactly (random) or only as Maglev spreads a range of
-		// its table (then only the level's total is exact).
-		check := func(what string, n int, perCluster bool) {
+		check := func(what string, n int) {
 			if usableN == 0 {
 				if sp.Slots != 0 {
 					t.Fatalf("%s: %d slots with nothing usable", what, sp.Slots)
@@ -487,17 +491,13 @@ func FuzzGraded(f *testing.F) {
 				if i > 0 {
 					remote += c.Slots
 					remotePPM += c.ppm
-					if !perCluster {
-						continue
-					}
 				}
 				if c.ppm == 0 && c.Slots != 0 {
 					t.Fatalf("%s: cluster %s without share has %d slots", what, c.Cluster, c.Slots)
 				}
-				// Level rounding is at most one slot; a remote cluster's
-				// part of its level follows its backends, one slot each.
+				// Each cluster's slots are within one of its quota.
 				exact := float64(c.ppm) / PPM * float64(n)
-				if d := float64(c.Slots) - exact; d > float64(c.Healthy)+1 || d < -float64(c.Healthy)-1 {
+				if d := float64(c.Slots) - exact; d >= 1 || d <= -1 {
 					t.Fatalf("%s: cluster %s has %d of %d slots, exact %.2f (%s)", what, c.Cluster, c.Slots, n, exact, shares(sp))
 				}
 			}
@@ -508,7 +508,7 @@ func FuzzGraded(f *testing.F) {
 				t.Fatalf("%s: remote level has %d of %d slots (%s)", what, remote, n, shares(sp))
 			}
 		}
-		check("random", len(slots), true)
+		check("random", len(slots))
 		ok := map[netip.AddrPort]bool{}
 		for _, b := range v {
 			ok[b.Addr] = usable(b)
@@ -516,6 +516,19 @@ func FuzzGraded(f *testing.F) {
 		for _, b := range slots {
 			if !ok[b] {
 				t.Fatalf("slot for unusable backend %s", b)
+			}
+		}
+		// Below its bound the table gives every usable backend of a
+		// cluster with a share a slot.
+		if uint64(len(slots)) < gradedBound(v, "c1") {
+			per, share := perBackend(slots), map[string]bool{}
+			for _, c := range sp.Clusters {
+				share[c.Cluster] = c.ppm > 0
+			}
+			for _, b := range v {
+				if usable(b) && share[b.Cluster] && per[b.Addr] == 0 {
+					t.Fatalf("%s %s has no slot of %d (%s)", b.Cluster, b.Addr, len(slots), shares(sp))
+				}
 			}
 		}
 		backends, table, err := ComposeMaglev(v, "c1", &sp, 251)
@@ -527,7 +540,7 @@ func FuzzGraded(f *testing.F) {
 				t.Fatalf("maglev entry %d of %d backends", x, len(backends))
 			}
 		}
-		check("maglev", len(table), false)
+		check("maglev", len(table))
 	})
 }
 

@@ -116,7 +116,8 @@ type FrontendStatus struct {
 
 // Split is a graded frontend's division of new connections.
 type Split struct {
-	// LocalHealth and RemoteHealth: each level's min(1, 1.4 × healthy/total).
+	// LocalHealth: the local level's min(1, 1.4 × healthy/total);
+	// RemoteHealth: the remote clusters' own, weighted by healthy backends.
 	LocalHealth  float64 `json:"localHealth"`
 	RemoteHealth float64 `json:"remoteHealth"`
 	// Clusters: the local cluster first, then the remote ones by name.

@@ -101,9 +101,7 @@ func Build(backends []string, m uint32) ([]int32, error) {
 	pos := make([]uint32, n)
 	skip := make([]uint32, n)
 	for k, i := range order {
-		name := backends[i]
-		pos[k] = uint32(hash(name, offsetSalt) % uint64(m))
-		skip[k] = uint32(hash(name, skipSalt)%uint64(m-1)) + 1
+		pos[k], skip[k] = Permutation(backends[i], m)
 	}
 
 	table := make([]int32, m)
@@ -123,6 +121,14 @@ func Build(backends []string, m uint32) ([]int32, error) {
 			}
 		}
 	}
+}
+
+// Permutation returns the preference list of backend name in a table of
+// m slots (m > 1): it prefers slot offset, then offset+skip, offset+2·skip
+// … mod m. The hashes are public: anyone can find a name whose list
+// starts where they like.
+func Permutation(name string, m uint32) (offset, skip uint32) {
+	return uint32(hash(name, offsetSalt) % uint64(m)), uint32(hash(name, skipSalt)%uint64(m-1)) + 1
 }
 
 // advance returns (c + skip) mod m for c, skip < m.
@@ -151,6 +157,12 @@ func hash(name string, salt uint64) uint64 {
 		h ^= uint64(name[i])
 		h *= prime64
 	}
+	return Mix64(h)
+}
+
+// Mix64 is the splitmix64 finalizer: every bit of h moves every bit of
+// the result.
+func Mix64(h uint64) uint64 {
 	h ^= h >> 30
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 27

@@ -1,0 +1,302 @@
+package service
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/filament-net/filament/agent/service/maglev"
+)
+
+// Graded failover against a hostile remote cluster: a remote cluster
+// publishes whatever backends it likes (their number, states, addresses
+// and ports) in the mesh, so none of that may take it past its share by
+// the rule, nor move the local level's share.
+
+// many returns n backends of cluster in state, addresses prefix.<i/250>.<i%250+1>:80.
+func many(cluster, prefix string, n int, state string) []BackendView {
+	out := make([]BackendView, 0, n)
+	for i := range n {
+		a := netip.MustParseAddrPort(fmt.Sprintf("%s.%d.%d:80", prefix, i/250, i%250+1))
+		out = append(out, BackendView{Addr: a, Cluster: cluster, State: state, Healthy: true})
+	}
+	return out
+}
+
+// join concatenates groups of backends and sorts them as Select does.
+func join(groups ...[]BackendView) []BackendView {
+	var out []BackendView
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	sortBackends(out)
+	return out
+}
+
+// The attack: a remote cluster publishes 5,000 terminating backends and
+// no usable one. Until the review, the remote clusters formed one level
+// whose health counted every remote backend, so the remote level's
+// health fell to ~0, the levels' total health was normalised, and the
+// local level, 3 of 10 healthy, took 99% of new connections instead of
+// 42%, away from a healthy third cluster. The remote level's health is
+// now each cluster's own, weighted by its healthy backends: a cluster
+// without a usable backend adds nothing.
+func TestGradedRemoteWithoutUsableBackendsAddsNoHealth(t *testing.T) {
+	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
+	bravo := many("bravo", "10.2", 10, StateActive)
+	before := GradedSplit(join(local, bravo), "local")
+	after := GradedSplit(join(local, bravo, many("hostile", "10.3", 5000, StateTerminating)), "local")
+	if got := shares(before); got != "local 3/10 420000, bravo 10/10 580000" {
+		t.Fatalf("without the hostile cluster: %s", got)
+	}
+	if got := shares(after); got != "local 3/10 420000, bravo 10/10 580000, hostile 0/5000 0" {
+		t.Fatalf("a remote with 5,000 terminating backends changed the split: %s", got)
+	}
+	if after.RemoteHealth != 1 {
+		t.Fatalf("remote health %v, want bravo's 1", after.RemoteHealth)
+	}
+	// The same with the hostile cluster's backends on dead nodes.
+	dead := many("hostile", "10.3", 5000, StateActive)
+	for i := range dead {
+		dead[i].Healthy = false
+	}
+	if got := shares(GradedSplit(join(local, bravo, dead), "local")); got != "local 3/10 420000, bravo 10/10 580000, hostile 0/5000 0" {
+		t.Fatalf("a remote with 5,000 backends on dead nodes changed the split: %s", got)
+	}
+}
+
+// The remote level's health is Σ healthy_c × health_c / Σ healthy_c over
+// the remote clusters c, health_c = min(1, 1.4 × healthy_c/total_c).
+func TestGradedRemoteHealthWeightedByHealthyBackends(t *testing.T) {
+	tests := []struct {
+		name   string
+		views  []BackendView
+		health float64
+		want   string
+	}{
+		// (1 × 466666 + 2 × 1000000) / 3 = 822222.
+		{"two remotes", views("c1:3/10", "c2:1/3", "c3:2/2"), 0.822222, "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
+		// Local 1 of 4 (35%), c2 1 of 4 (35%), c3 0 of 100: the remote
+		// level's health is c2's, 35%; normalised, 50/50. Counting c3's
+		// backends it was 1.4 × 1/104 = 1.3% and the local level took 96%.
+		{"a remote without usable backends", views("c1:1/4", "c2:1/4", "c3:0/100"), 0.35, "c1 1/4 500000, c2 1/4 500000, c3 0/100 0"},
+		{"no remote backends", views("c1:1/4"), 0, "c1 1/4 1000000"},
+		{"remotes without usable backends", views("c1:1/4", "c2:0/3", "c3:0/1"), 0, "c1 1/4 1000000, c2 0/3 0, c3 0/1 0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sp := GradedSplit(tc.views, "c1")
+			if got := shares(sp); got != tc.want {
+				t.Fatalf("split %s, want %s", got, tc.want)
+			}
+			if sp.RemoteHealth != tc.health {
+				t.Fatalf("remote health %v, want %v", sp.RemoteHealth, tc.health)
+			}
+		})
+	}
+}
+
+// realised checks that each cluster's slots of a table of n are within one
+// slot of its share by the rule, and that sp says n.
+func realised(t *testing.T, what string, sp Split, n int) {
+	t.Helper()
+	if sp.Slots != n {
+		t.Fatalf("%s: split says %d slots, the table has %d", what, sp.Slots, n)
+	}
+	for _, c := range sp.Clusters {
+		exact := float64(c.ppm) / PPM * float64(n)
+		if d := float64(c.Slots) - exact; d >= 1 || d <= -1 {
+			t.Errorf("%s: %s has %d of %d slots (%.4f), its share by the rule is %.4f (%.2f slots)",
+				what, c.Cluster, c.Slots, n, float64(c.Slots)/float64(n), c.Share, exact)
+		}
+	}
+}
+
+// The attack: a remote cluster named "aaa" publishes 600 backends beside
+// a remote cluster of 5,000. Until the review, each level's 1,000 slots
+// were spread over its usable backends in (cluster, address) order, one
+// slot each to the first ones when there were more backends than slots,
+// so the cluster whose name sorts first took the whole remote level (58%
+// of new connections, 6.2% by the rule) and the cluster of 5,000 none.
+// Now each cluster gets its share of the table (within a slot), and the
+// table grows so every usable backend has a slot as far as the frontend's
+// budget allows (here not: 9,656 slots would be needed, the budget is
+// max(10, 1,000) + 5,600); past it, which of a cluster's backends hold a
+// slot is decided by a hash of their address, not by address order.
+func TestGradedRandomFirstClusterTakesOnlyItsShare(t *testing.T) {
+	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
+	bravo := many("bravo", "10.2", 5000, StateActive)
+	v := join(local, many("aaa", "10.3", 600, StateActive), bravo)
+	sp := GradedSplit(v, "local")
+	slots := ComposeSlots(v, "local", &sp)
+	realised(t, "aaa and bravo", sp, len(slots))
+	if len(slots) != 6600 {
+		t.Fatalf("%d slots, want the budget's 6,600", len(slots))
+	}
+	if got := fmt.Sprint(sp.Clusters[0].Slots, sp.Clusters[1].Slots, sp.Clusters[2].Slots); got != "2772 410 3418" {
+		t.Errorf("cluster slots %s, want 2772 410 3418", got)
+	}
+	// Each backend of a cluster holds at most one slot more than another;
+	// of bravo's, those holding one are spread over its addresses: about
+	// half of its 3,418 slots in the lower half of its addresses (5σ of a
+	// coin tossed for each: 146).
+	per := perBackend(slots)
+	lower := 0
+	for i, b := range bravo {
+		if n := per[b.Addr]; n > 1 {
+			t.Fatalf("bravo %s has %d slots", b.Addr, n)
+		} else if i < len(bravo)/2 {
+			lower += n
+		}
+	}
+	if lower < 3418/2-146 || lower > 3418/2+146 {
+		t.Errorf("%d of bravo's 3,418 slots in the lower half of its addresses", lower)
+	}
+}
+
+// The table grows past 1,000 slots so each usable backend of a cluster
+// with a share has one, while each cluster keeps its share to a slot.
+func TestGradedRandomEveryUsableBackendHasASlot(t *testing.T) {
+	tests := []struct {
+		name  string
+		views []BackendView
+		slots int
+	}{
+		// 580,000 ppm over 1,000 remote backends: 1,725 slots.
+		{"remote backends", join(append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...),
+			many("aaa", "10.3", 100, StateActive), many("bravo", "10.2", 900, StateActive)), 1725},
+		// Local 1 of 3,000: 466 ppm, a slot of 2,146 (of 1,000 it had none).
+		{"a local backend", join(append(many("local", "10.1", 1, StateActive), many("local", "10.9", 2999, StateTerminating)...),
+			many("bravo", "10.2", 2, StateActive)), 2146},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sp := GradedSplit(tc.views, "local")
+			slots := ComposeSlots(tc.views, "local", &sp)
+			if len(slots) != tc.slots {
+				t.Fatalf("%d slots, want %d", len(slots), tc.slots)
+			}
+			realised(t, tc.name, sp, len(slots))
+			per := perBackend(slots)
+			for _, b := range tc.views {
+				if usable(b) && per[b.Addr] == 0 {
+					t.Fatalf("%s %s has no slot", b.Cluster, b.Addr)
+				}
+			}
+		})
+	}
+}
+
+// ground finds a backend address of 10.3.0.0/16 (any port) whose Maglev
+// preference list in a table of m entries has skip 1 and starts in
+// [lo, lo+window): its entries of a full table are contiguous from there.
+// Maglev's hashes are public, so a remote cluster can do this for its
+// pods' addresses or its own target ports.
+func ground(t *testing.T, m, lo, window uint32) netip.AddrPort {
+	t.Helper()
+	for port := 1; port < 65536; port++ {
+		for x := range 65536 {
+			a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 3, byte(x >> 8), byte(x)}), uint16(port))
+			if off, skip := maglev.Permutation(a.String(), m); skip == 1 && off >= lo && off < lo+window {
+				return a
+			}
+		}
+	}
+	t.Fatal("no address found")
+	return netip.AddrPort{}
+}
+
+// The attack: a remote cluster's backend whose Maglev preference list
+// starts just past the local level's entries, with skip 1. Until the
+// review, entries [k, m) of a graded Maglev table were copied from a full
+// Maglev table of the remote level, so that backend's entries, contiguous
+// from k, all fell in the used range: with local 9 of 14 healthy its
+// cluster took 6.2% of the table for a 1% share, with 3 of 10 10% for
+// 5.8%, at the expense of the honest remote cluster. Each cluster's
+// entries are now its share to within one entry, whatever its backends'
+// preference lists.
+func TestGradedMaglevGroundBackendTakesOnlyItsShare(t *testing.T) {
+	const m = maglev.DefaultSize
+	for _, tc := range []struct {
+		healthy, total int
+		k              uint32 // the local level's entries
+	}{{9, 14, 14743}, {3, 10, 6880}} {
+		name := fmt.Sprintf("local %d of %d", tc.healthy, tc.total)
+		local := append(many("local", "10.1", tc.healthy, StateActive), many("local", "10.9", tc.total-tc.healthy, StateTerminating)...)
+		g := ground(t, m, tc.k, 200)
+		v := join(local, many("bravo", "10.2", 9, StateActive), []BackendView{{Addr: g, Cluster: "hostile", State: StateActive, Healthy: true}})
+		sp := GradedSplit(v, "local")
+		backends, table, err := ComposeMaglev(v, "local", &sp, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sp.Clusters[0].Slots != int(tc.k) {
+			t.Fatalf("%s: %d local entries, want %d", name, sp.Clusters[0].Slots, tc.k)
+		}
+		realised(t, name, sp, len(table))
+		for _, x := range table {
+			if x < 0 || int(x) >= len(backends) {
+				t.Fatalf("%s: entry %d of %d backends", name, x, len(backends))
+			}
+		}
+	}
+}
+
+// Balancing the remote clusters keeps what the level split gave Maglev: a
+// change of the split (3 of 10 local healthy to 3 of 12: 42% to 35%)
+// moves the flows of the 1,147 entries that change level and few more:
+// at most m/500 (32) more with honest remote clusters, whose entries of
+// the remote table are about their shares, m/100 (163) more beside the
+// ground backend of the test above, whose surplus is handed to the
+// others anew.
+func TestGradedMaglevSplitChangeMovesFewFlows(t *testing.T) {
+	const m = maglev.DefaultSize
+	g := []BackendView{{Addr: ground(t, m, 6880, 200), Cluster: "hostile", State: StateActive, Healthy: true}}
+	for _, tc := range []struct {
+		name  string
+		third []BackendView
+		extra int
+	}{{"honest", many("c3", "10.4", 5, StateActive), m / 500}, {"ground backend", g, m / 100}} {
+		compose := func(total int) ([]netip.AddrPort, []int32, Split) {
+			local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", total-3, StateTerminating)...)
+			v := join(local, many("bravo", "10.2", 9, StateActive), many("dora", "10.5", 4, StateActive), tc.third)
+			sp := GradedSplit(v, "local")
+			b, table, err := ComposeMaglev(v, "local", &sp, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			realised(t, tc.name, sp, len(table))
+			return b, table, sp
+		}
+		b1, t1, sp1 := compose(10)
+		b2, t2, sp2 := compose(12)
+		moved := 0
+		for i := range t1 {
+			if b1[t1[i]] != b2[t2[i]] {
+				moved++
+			}
+		}
+		if change := sp1.Clusters[0].Slots - sp2.Clusters[0].Slots; change != 1147 || moved < change || moved > change+tc.extra {
+			t.Errorf("%s: %d entries changed level, %d moved, at most %d more", tc.name, change, moved, tc.extra)
+		}
+	}
+}
+
+// With every local backend down the remote level takes everything, its
+// plain Maglev table balanced between its clusters too: with more
+// backends than entries Maglev gives one entry each to the backends first
+// in name order, so a remote whose addresses sort first ("10.0.…", 300
+// backends, 13% by the rule) took the whole table from a cluster of 2,000.
+func TestGradedMaglevAllRemoteClustersGetTheirShare(t *testing.T) {
+	const m = 251
+	v := join(many("local", "10.9", 10, StateTerminating), many("aaa", "10.0", 300, StateActive), many("bravo", "10.2", 2000, StateActive))
+	sp := GradedSplit(v, "local")
+	backends, table, err := ComposeMaglev(v, "local", &sp, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	realised(t, "all remote", sp, len(table))
+	if len(backends) != 2300 {
+		t.Fatalf("%d backends, want the 2,300 remote ones", len(backends))
+	}
+}
