@@ -247,7 +247,7 @@ func fail(w http.ResponseWriter, err error) {
 		status, code = http.StatusNotFound, types.CodeNotFound
 	case errors.Is(err, endpoint.ErrExists), errors.Is(err, service.ErrConflict), errors.Is(err, policysync.ErrUnreadable):
 		status, code = http.StatusConflict, types.CodeExists
-	case errors.Is(err, endpoint.ErrUnavailable), errors.Is(err, policysync.ErrBusy), errors.Is(err, service.ErrBusy):
+	case errors.Is(err, endpoint.ErrUnavailable), errors.Is(err, policysync.ErrBusy), errors.Is(err, service.ErrBusy), errors.Is(err, ipam.ErrHeld):
 		status, code = http.StatusServiceUnavailable, types.CodeUnavailable
 	case errors.Is(err, ipam.ErrExhausted), errors.Is(err, identity.ErrExhausted):
 		status, code = http.StatusInsufficientStorage, types.CodeExhausted

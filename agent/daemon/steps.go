@@ -570,6 +570,12 @@ func (a *Agent) startEndpoints(ctx context.Context) error {
 	} else if removed > 0 {
 		slog.Info("removed leftover datapath entries", "count", removed)
 	}
+	// Addresses released shortly before this agent started: their
+	// conntrack entries (pinned, they outlive the agent) go, as they would
+	// have in the earlier agent's walk.
+	for _, ip := range a.pool.Held() {
+		a.dp.Scrub(ip)
+	}
 	// Policies' CIDR identities follow the cluster's nodes (the mesh's
 	// come after this reconcile).
 	a.every(ctx, "policy CIDR recheck", 2*time.Second, a.engine.RecheckCIDRs)

@@ -62,6 +62,13 @@ func (s *scrubber) run(d *Datapath) {
 			return
 		case <-s.kick:
 		}
+		// A moment for the rest of the endpoint's removal (its ipcache
+		// entry) and for other addresses to join the walk.
+		select {
+		case <-d.closed:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
 		if _, err := d.ScrubPendingAddrs(); err != nil {
 			slog.Warn("conntrack entries of gone endpoints not all deleted; trying again", "err", err)
 			time.AfterFunc(time.Second, func() {
@@ -91,15 +98,18 @@ func (d *Datapath) ScrubPendingAddrs() (int, error) {
 	s.pending = nil
 	s.mu.Unlock()
 	var ep bpf.DatapathEndpointInfo
+	inUse := func(a uint32) bool { return d.objs.Endpoints.Lookup(&a, &ep) == nil }
 	for a := range pending {
-		if d.objs.Endpoints.Lookup(&a, &ep) == nil {
+		if inUse(a) {
 			delete(pending, a)
 		}
 	}
 	if len(pending) == 0 {
 		return 0, nil
 	}
-	n, err := scrubAddrs(d.ctTables(), pending)
+	// Established flows first: a flood of new flows churning
+	// conntrack_new must not keep the walk from them.
+	n, err := scrubAddrs([]*ebpf.Map{d.objs.Conntrack, d.objs.ConntrackNew}, pending, inUse)
 	if err != nil {
 		s.mu.Lock()
 		if s.pending == nil {
@@ -113,30 +123,80 @@ func (d *Datapath) ScrubPendingAddrs() (int, error) {
 	return n, err
 }
 
+// Scrub queues ip's conntrack entries for deletion (as DeleteEndpoint
+// does): the addresses released before a restart, whose queue went with
+// the agent that had them (the pinned entries did not).
+func (d *Datapath) Scrub(ip netip.Addr) { d.scrub.queue(d, ip) }
+
 // scrubAddrs deletes the entries of the conntrack tables whose source or
-// destination is one of addrs, in one walk of each, and returns how many.
-func scrubAddrs(tables []*ebpf.Map, addrs map[uint32]bool) (int, error) {
-	var k bpf.DatapathCtKey
-	var v bpf.DatapathCtEntry
+// destination is one of addrs, in one walk of each (every table walked,
+// whatever another's walk met), and returns how many. An address that
+// inUse says is a local endpoint's again by the time of the deletion
+// keeps its entries.
+func scrubAddrs(tables []*ebpf.Map, addrs map[uint32]bool, inUse func(uint32) bool) (int, error) {
 	n := 0
+	var errs []error
 	for _, m := range tables {
 		var gone []bpf.DatapathCtKey
-		it := m.Iterate()
-		for it.Next(&k, &v) {
+		err := eachCtKey(m, func(k *bpf.DatapathCtKey) {
 			if addrs[k.Saddr] || addrs[k.Daddr] {
-				gone = append(gone, k)
+				gone = append(gone, *k)
+			}
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+		spared := map[uint32]bool{}
+		for a := range addrs {
+			if inUse(a) {
+				spared[a] = true
 			}
 		}
-		if err := it.Err(); err != nil {
-			return n, err
-		}
 		for i := range gone {
+			if spared[gone[i].Saddr] || spared[gone[i].Daddr] {
+				continue
+			}
 			if err := m.Delete(&gone[i]); err == nil {
 				n++
 			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return n, err
+				errs = append(errs, err)
+				break
 			}
 		}
 	}
-	return n, nil
+	return n, errors.Join(errs...)
+}
+
+// eachCtKey calls f with every key of conntrack table m, read in batches:
+// a batch walk goes by hash bucket, so entries coming and going meanwhile
+// (an LRU table evicting under a flood of new flows) never make it start
+// again and give up, as a walk by key does (cilium/ebpf's MapIterator
+// aborts after max_entries restarts: found 2026-12-07 by a review, the
+// established table never reached). Kernels without batch lookups are
+// walked by key.
+func eachCtKey(m *ebpf.Map, f func(*bpf.DatapathCtKey)) error {
+	const chunk = 4096
+	keys := make([]bpf.DatapathCtKey, chunk)
+	vals := make([]bpf.DatapathCtEntry, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			f(&keys[i])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			var k bpf.DatapathCtKey
+			var v bpf.DatapathCtEntry
+			it := m.Iterate()
+			for it.Next(&k, &v) {
+				f(&k)
+			}
+			return it.Err()
+		case err != nil:
+			return err
+		}
+	}
 }

@@ -146,3 +146,53 @@ func TestScrubSparesAnAddressInUseAgain(t *testing.T) {
 		t.Fatalf("scrubbed %d (%v), want 1", n, err)
 	}
 }
+
+// A flood of new flows churning conntrack_new (an LRU table evicting
+// while it is walked) does not keep the walk from the established flows:
+// a walk by key started again at every eviction and gave up, and the
+// established table, walked second, was never reached (found 2026-12-07
+// by a review of the scrubber).
+func TestScrubReachesEstablishedFlowsUnderAFlood(t *testing.T) {
+	root := t.TempDir()
+	d := loadAt(t, root)
+	t.Cleanup(func() { d.Close(); unix.Unmount(root, unix.MNT_DETACH) })
+	d.scrub.manual = true
+	gone := netip.MustParseAddr("10.7.0.3")
+	est := bpf.DatapathCtKey{Saddr: ipv4(netip.MustParseAddr("10.7.0.2")), Daddr: ipv4(gone), Sport: 5000, Dport: 53, Proto: unix.IPPROTO_UDP, EpId: 1}
+	if err := d.objs.Conntrack.Put(&est, &bpf.DatapathCtEntry{Expires: 1 << 62}); err != nil {
+		t.Fatal(err)
+	}
+	flood := func(seed uint32, n int) {
+		for i := range n {
+			k := bpf.DatapathCtKey{Saddr: seed, Daddr: uint32(i), Sport: uint16(i), Dport: 80, Proto: unix.IPPROTO_TCP, EpId: 9}
+			d.objs.ConntrackNew.Put(&k, &bpf.DatapathCtEntry{Expires: 1 << 62})
+		}
+	}
+	flood(1, int(d.objs.ConntrackNew.MaxEntries()))
+	stop := make(chan struct{})
+	done := make(chan struct{}, 2)
+	for g := range 2 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for seed := uint32(100 + g*1_000_000); ; seed++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				flood(seed, 256)
+			}
+		}()
+	}
+	if err := d.DeleteEndpoint(gone); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.ScrubPendingAddrs()
+	close(stop)
+	<-done
+	<-done
+	var v bpf.DatapathCtEntry
+	if d.objs.Conntrack.Lookup(&est, &v) == nil {
+		t.Fatalf("the established entry naming %s stays after the walk (%v)", gone, err)
+	}
+}

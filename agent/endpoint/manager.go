@@ -277,7 +277,16 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 	if err != nil {
 		return Endpoint{}, err
 	}
-	undo := []func(){func() { m.pool.Release(ip) }}
+	// Released (held back) once the datapath or the ipcache may have
+	// named it; before, given back at once (ipam.Pool.Unallocate).
+	named := false
+	undo := []func(){func() {
+		if named {
+			m.pool.Release(ip)
+		} else {
+			m.pool.Unallocate(ip)
+		}
+	}}
 	fail := func(err error) (Endpoint, error) {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
@@ -313,6 +322,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Endpoint, error)
 		State: StateReady, Created: time.Now().UTC().Truncate(time.Second),
 	}
 	if m.hooks != nil {
+		named = true
 		if err := m.hooks.EndpointUp(ctx, *ep); err != nil {
 			m.hooks.EndpointDown(*ep) // what it wrote before failing
 			return fail(fmt.Errorf("datapath for endpoint %d: %w", id, err))

@@ -24,6 +24,20 @@ func newHeld(t *testing.T, cidr string, c *fakeClock) *Pool {
 	return p
 }
 
+// fill allocates n addresses of p.
+func fill(t *testing.T, p *Pool, n int) []netip.Addr {
+	t.Helper()
+	var addrs []netip.Addr
+	for range n {
+		a, err := p.Allocate("pod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, a)
+	}
+	return addrs
+}
+
 // The attack, found 2026-12-07 by a review of endpoint lifecycles: a
 // tenant creating and deleting pods walks the round-robin cursor onto a
 // just-deleted pod's address (212 cycles on a /24) while state about that
@@ -43,7 +57,7 @@ func TestReleasedAddressHeldBackFromChurn(t *testing.T) {
 	for i := range 2000 {
 		c.t = c.t.Add(time.Millisecond)
 		a, err := p.Allocate("attacker")
-		if errors.Is(err, ErrExhausted) {
+		if errors.Is(err, ErrHeld) {
 			refused++
 			continue
 		}
@@ -121,20 +135,13 @@ func TestHeldAddressesKeptAcrossRestart(t *testing.T) {
 func TestHeldAddressGivenWhenNoOtherIsFree(t *testing.T) {
 	c := &fakeClock{t: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)}
 	p := newHeld(t, "10.6.0.0/29", c) // 5 addresses
-	var addrs []netip.Addr
-	for range 5 {
-		a, err := p.Allocate("pod")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, a)
-	}
+	addrs := fill(t, p, 5)
 	p.Release(addrs[3])
 	c.t = c.t.Add(time.Second)
 	p.Release(addrs[1])
 	c.t = c.t.Add(time.Second)
-	if _, err := p.Allocate("early"); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "released less than") {
-		t.Fatalf("an address released 2s ago: %v, want ErrExhausted naming the hold", err)
+	if _, err := p.Allocate("early"); !errors.Is(err, ErrHeld) || errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "released less than") {
+		t.Fatalf("an address released 2s ago: %v, want ErrHeld (not ErrExhausted) naming the hold", err)
 	}
 	c.t = c.t.Add(MinReuseDelay)
 	if a, err := p.Allocate("x"); err != nil || a != addrs[3] {
@@ -170,24 +177,39 @@ func TestKeepReadsOnlyThePoolsAddresses(t *testing.T) {
 func TestBusyAddressNeverHandedOut(t *testing.T) {
 	c := &fakeClock{t: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)}
 	p := newHeld(t, "10.7.0.0/29", c) // 5 addresses
-	var addrs []netip.Addr
-	for range 5 {
-		a, err := p.Allocate("pod")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, a)
-	}
+	addrs := fill(t, p, 5)
 	busy := map[netip.Addr]bool{addrs[0]: true, addrs[2]: true}
 	p.SetBusy(func(a netip.Addr) bool { return busy[a] })
 	p.Release(addrs[0])
 	p.Release(addrs[2])
 	c.t = c.t.Add(10 * ReuseDelay)
-	if _, err := p.Allocate("x"); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "withdrawal") {
-		t.Fatalf("with every free address busy: %v, want ErrExhausted naming the withdrawal", err)
+	if _, err := p.Allocate("x"); !errors.Is(err, ErrHeld) || !strings.Contains(err.Error(), "withdrawal") {
+		t.Fatalf("with every free address busy: %v, want ErrHeld naming the withdrawal", err)
 	}
 	delete(busy, addrs[2])
 	if a, err := p.Allocate("y"); err != nil || a != addrs[2] {
 		t.Fatalf("got %s (%v), want %s, the one no longer busy", a, err, addrs[2])
+	}
+}
+
+// An address unallocated (its endpoint failed before anything named it)
+// is not held back; one claimed at restore is no longer held.
+func TestUnallocatedAndClaimedNotHeld(t *testing.T) {
+	c := &fakeClock{t: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)}
+	p := newHeld(t, "10.10.0.0/29", c) // 5 addresses
+	addrs := fill(t, p, 5)
+	p.Unallocate(addrs[1])
+	if a, err := p.Allocate("again"); err != nil || a != addrs[1] {
+		t.Fatalf("got %s (%v), want %s at once", a, err, addrs[1])
+	}
+	p.Release(addrs[2])
+	if len(p.Held()) != 1 {
+		t.Fatalf("held %v, want %s", p.Held(), addrs[2])
+	}
+	if err := p.Claim(addrs[2], "restored"); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Held()) != 0 || len(p.released) != 0 {
+		t.Fatalf("a claimed address still held: %v", p.released)
 	}
 }

@@ -28,7 +28,7 @@ import (
 // While every free address was released less than ReuseDelay ago, the one
 // released longest ago is handed out, but never one released less than
 // MinReuseDelay ago (longer than an idle UDP flow's conntrack entry
-// lives): the pod is then refused (ErrExhausted), as a tenant deleting
+// lives): the pod is then refused (ErrHeld), as a tenant deleting
 // and creating pods fast enough to release the node's whole free pool
 // in that time could otherwise pick up a victim's address.
 const (
@@ -43,6 +43,9 @@ var (
 	ErrInvalidCIDR = errors.New("invalid pod CIDR")
 	// ErrUnavailable: a specific address is out of range, reserved or taken.
 	ErrUnavailable = errors.New("address unavailable")
+	// ErrHeld: every free address is held back for now (released too
+	// recently, or its withdrawal not written yet); try again later.
+	ErrHeld = errors.New("every free pod address is held back")
 )
 
 // Pool allocates addresses of one IPv4 prefix. The first host address is
@@ -158,11 +161,11 @@ func (p *Pool) Allocate(owner string) (netip.Addr, error) {
 	}
 	if !oldest.IsValid() {
 		return netip.Addr{}, fmt.Errorf("%w: every free address of %s is still mapped to its last pod elsewhere (its withdrawal not written to the kvstore yet)",
-			ErrExhausted, p.prefix)
+			ErrHeld, p.prefix)
 	}
 	if now.Sub(oldestAt) < MinReuseDelay {
 		return netip.Addr{}, fmt.Errorf("%w: every free address of %s was released less than %s ago (held back so that nothing left of its last pod names a new one)",
-			ErrExhausted, p.prefix, MinReuseDelay)
+			ErrHeld, p.prefix, MinReuseDelay)
 	}
 	slog.Warn("pod address handed out again before its reuse delay: every other address is in use or was released later", "ip", oldest,
 		"released", now.Sub(oldestAt).Round(time.Second), "delay", ReuseDelay)
@@ -188,7 +191,33 @@ func (p *Pool) Claim(a netip.Addr, owner string) error {
 		return fmt.Errorf("%w: %s is already owned by %s", ErrUnavailable, a, o)
 	}
 	p.owner[a] = owner
+	delete(p.released, a)
 	return nil
+}
+
+// Unallocate frees a without holding it back: an address handed out to an
+// endpoint whose creation failed before anything named it (no datapath,
+// no ipcache entry), so nothing of it outlives the failure (a kvstore
+// outage failing ADDs in a loop held a whole pool back otherwise).
+func (p *Pool) Unallocate(a netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.owner, a)
+}
+
+// Held lists the addresses released less than ReuseDelay ago and still
+// free (read back by Keep after a restart too).
+func (p *Pool) Held() []netip.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	var out []netip.Addr
+	for a, at := range p.released {
+		if _, used := p.owner[a]; !used && now.Sub(at) < ReuseDelay {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Release frees a; releasing a free address does nothing. The address is
@@ -222,12 +251,19 @@ func (p *Pool) Keep(path string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.journal = path
+	// Temporary files of a write a crash interrupted.
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".released-*")); len(left) > 0 {
+		for _, f := range left {
+			os.Remove(f)
+		}
+	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("released pod addresses: %w", err)
+		slog.Warn("released pod addresses unreadable; none held back", "path", path, "err", err)
+		return nil
 	}
 	var saved map[string]time.Time
 	if err := json.Unmarshal(data, &saved); err != nil {

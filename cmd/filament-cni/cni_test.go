@@ -253,13 +253,20 @@ func TestExhaustedPodCIDR(t *testing.T) {
 		t.Fatalf("%d endpoints after the failed ADD", len(eps))
 	}
 	assertNoEth0(t, ns)
-	// Freeing one address makes room again.
+	// Freeing one address makes room again, once its hold has passed
+	// (ipam.MinReuseDelay): until then the ADD is told to try again later
+	// (code 11), naming the hold, and leaves nothing behind.
 	if _, e := call(t, l, "DEL", "c0", "", c); e != nil {
 		t.Fatal(e)
 	}
-	if _, e := call(t, l, "ADD", "c-full", ns, c); e != nil {
-		t.Fatalf("ADD after a DEL: %+v", e)
+	_, e = call(t, l, "ADD", "c-full", ns, c)
+	if e == nil || e.Code != 11 || !strings.Contains(e.Msg, "released less than") {
+		t.Fatalf("ADD just after a DEL freed the only address: %+v, want code 11 naming the hold", e)
 	}
+	if eps := labtest.Endpoints(t, l, "n1"); len(eps) != 4 {
+		t.Fatalf("%d endpoints after the held ADD", len(eps))
+	}
+	assertNoEth0(t, ns)
 }
 
 func assertNoEth0(t *testing.T, nsPath string) {

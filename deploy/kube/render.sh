@@ -4,7 +4,7 @@
 # included), for `kubectl apply -f` without Helm, and the uninstall
 # DaemonSet alone (uninstall=true) as deploy/kube/filament-uninstall.yaml;
 # and, for the tests only, the chart with a value other than the default for
-# every setting (deploy/kube/testdata/custom-values.yaml) as
+# each setting that becomes a flag, port, Secret, path or the conflist (deploy/kube/testdata/custom-values.yaml) as
 # deploy/kube/testdata/custom.yaml. Each file names the chart's checksum
 # (chartsum below), which deploy_test.go compares with the chart's: a chart
 # changed without rendering again fails the tests.
@@ -29,10 +29,11 @@ uninstall=$root/deploy/kube/filament-uninstall.yaml
 custom=$root/deploy/kube/testdata/custom.yaml
 customValues=$root/deploy/kube/testdata/custom-values.yaml
 
-# chartsum: SHA-256 of sha256sum's lines for the chart's files (paths from
-# the chart's directory, in byte order); deploy_test.go computes the same.
+# chartsum: SHA-256 of sha256sum's lines for the chart's files git tracks
+# (paths from the chart's directory, in byte order; editor backups and
+# other untracked files left out); chart_test.go computes the same.
 chartsum() {
-	(cd "$chart" && find . -type f | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -d' ' -f1
+	(cd "$chart" && git ls-files -z . | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
 }
 
 scratch=$(mktemp -d)
