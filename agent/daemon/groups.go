@@ -110,10 +110,12 @@ func ec2NodeLabels(ctx context.Context, cfg config.Config) map[string]string {
 	return md.Labels()
 }
 
-// states counts the groups by state for the metrics.
+// states counts the groups by state for the metrics; refused counts
+// the stored results not applied (groups.Status.Refused).
 func (c cloudGroups) states() map[string]int {
-	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0}
-	for _, g := range c.Status().Groups {
+	st := c.Status()
+	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0, "refused": st.Refused}
+	for _, g := range st.Groups {
 		switch {
 		case g.Error != "":
 			out["error"]++

@@ -75,6 +75,10 @@ type Status struct {
 	IsLeader bool     `json:"isLeader"`
 	Interval string   `json:"interval"`
 	Groups   []Result `json:"groups"`
+	// Refused counts the stored results not applied: stored under
+	// another key than their own, or naming a key that is not their
+	// group's (followResults).
+	Refused int `json:"refused,omitempty"`
 }
 
 // Manager follows and (when elected) resolves the cluster's groups.
@@ -90,6 +94,9 @@ type Manager struct {
 	// orphaned: groups this agent wants whose result was deleted, kept
 	// until a new one comes or orphanGrace passes.
 	orphaned map[string]bool
+	// refused: the paths (hashes) under results/ holding a result
+	// that is not applied (followResults); the leader deletes them.
+	refused  map[string]struct{}
 	ctx      context.Context
 	leader   string
 	isLeader bool
@@ -114,7 +121,7 @@ func New(ctx context.Context, cfg Config) *Manager {
 	}
 	m := &Manager{cfg: cfg, wanted: map[string]api.AWSGroup{}, results: map[string]Result{},
 		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{}),
-		orphaned: map[string]bool{}, ctx: ctx}
+		orphaned: map[string]bool{}, refused: map[string]struct{}{}, ctx: ctx}
 	if cfg.Lease != nil {
 		// Requests live under the lease: when etcd lost it and a new one
 		// was granted, they are gone and must be written again.
@@ -197,6 +204,7 @@ func (m *Manager) Status() Status {
 	for _, r := range m.results {
 		st.Groups = append(st.Groups, r)
 	}
+	st.Refused = len(m.refused)
 	slices.SortFunc(st.Groups, func(a, b Result) int { return strings.Compare(a.Key, b.Key) })
 	return st
 }
@@ -229,12 +237,26 @@ func (m *Manager) followResults(ctx context.Context) {
 			}
 			continue
 		}
+		h := strings.TrimPrefix(ev.Key, prefix)
 		if ev.Type == kvstore.EventDelete {
-			m.forgotten(strings.TrimPrefix(ev.Key, prefix))
+			m.mu.Lock()
+			delete(m.refused, h)
+			m.mu.Unlock()
+			m.forgotten(h)
 			continue
 		}
 		var r Result
 		if err := json.Unmarshal(ev.Value, &r); err != nil {
+			m.refuse(h, "", err.Error())
+			continue
+		}
+		// Applied only under the key it is stored under, and only a
+		// group's: until 2026-12-07 a value at results/<anything> was
+		// applied under the key written inside it, a node selector's
+		// ("nodes:...") or a toFQDNs one's included
+		// (TestForgedResultRefused).
+		if h != hash(r.Key) || api.GroupKey(r.Group) != r.Key {
+			m.refuse(h, r.Key, "not stored under its own key, or its key is not its group's")
 			continue
 		}
 		if len(r.Addrs) > MaxGroupAddrs { // an older leader's result: its lowest, as this one's
@@ -242,6 +264,7 @@ func (m *Manager) followResults(ctx context.Context) {
 			r.Addrs = addrs[:min(len(addrs), MaxGroupAddrs)]
 		}
 		m.mu.Lock()
+		delete(m.refused, h)
 		m.results[r.Key] = r
 		delete(m.orphaned, r.Key)
 		prev, had := m.applied[r.Key]
@@ -253,6 +276,18 @@ func (m *Manager) followResults(ctx context.Context) {
 		if apply && m.cfg.Apply != nil {
 			m.cfg.Apply(r.Key, r.Addrs)
 		}
+	}
+}
+
+// refuse counts the stored result at results/<h> that is not applied,
+// logging it the first time.
+func (m *Manager) refuse(h, key, why string) {
+	m.mu.Lock()
+	_, seen := m.refused[h]
+	m.refused[h] = struct{}{}
+	m.mu.Unlock()
+	if !seen {
+		slog.Warn("refusing a stored cloud group result: not applied", "path", m.base()+"results/"+h, "key", key, "why", why)
 	}
 }
 
@@ -431,6 +466,7 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			delete(unrequested, key)
 		}
 	}
+	m.dropRefused(ctx, wanted, next)
 	for key, g := range wanted {
 		if t, ok := next[key]; ok && now.Before(t) {
 			continue
@@ -469,6 +505,32 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 		b, _ := json.Marshal(r)
 		if err := m.cfg.KV.Put(ctx, m.base()+"results/"+hash(key), b, 0); err != nil {
 			slog.Warn("publishing a group result", "group", key, "err", err)
+		}
+	}
+}
+
+// dropRefused deletes the stored results nobody applies (refused by
+// followResults). One stored under the path of a group an agent asks for
+// is not deleted but written over: that group is resolved at once (its
+// path may have been refused before this leader's own result came).
+func (m *Manager) dropRefused(ctx context.Context, wanted map[string]api.AWSGroup, next map[string]time.Time) {
+	m.mu.Lock()
+	refused := slices.Collect(maps.Keys(m.refused))
+	m.mu.Unlock()
+	if len(refused) == 0 {
+		return
+	}
+	byHash := make(map[string]string, len(wanted))
+	for key := range wanted {
+		byHash[hash(key)] = key
+	}
+	for _, h := range refused {
+		if key, ok := byHash[h]; ok {
+			delete(next, key)
+			continue
+		}
+		if err := m.cfg.KV.Delete(ctx, m.base()+"results/"+h); err != nil {
+			slog.Warn("deleting a refused cloud group result", "path", m.base()+"results/"+h, "err", err)
 		}
 	}
 }

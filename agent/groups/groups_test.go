@@ -653,3 +653,83 @@ func TestGroupAddrsBounded(t *testing.T) {
 	}
 	waitApplied(t, key, append(parse("10.0.0.1"), lowest[:MaxGroupAddrs-1]...), follower)
 }
+
+// A stored result is applied only under the key it is stored under: its
+// path's last element is the hash of its key, and its key is its group's.
+// Until 2026-12-07 a value at results/<anything> was applied under the
+// key written inside it: one with {"key":"nodes:{}","addrs":[pod IPs]}
+// made every agent give those pods node-selected CIDR identities (a
+// toNodes key), and the leader never deleted it (found by a review).
+// Refused results are counted, and the leader deletes them.
+func TestForgedResultRefused(t *testing.T) {
+	eps := testutil.Etcd(t)
+	ctx := tctx(t)
+	c := start(t, eps, "c", false) // no leader yet: nobody deletes
+	key, g := group("sg-1")
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
+	nodesKey := api.NodeSelectorKey(api.EndpointSelector{})
+	otherKey, _ := group("sg-2")
+	results := Prefix + cluster + "/results/"
+	forged := map[string]Result{
+		// A node selector's key, anywhere.
+		"forged": {Key: nodesKey, Resolved: true, Addrs: parse("10.244.1.5")},
+		// ... and under its own hash.
+		hash(nodesKey): {Key: nodesKey, Resolved: true, Addrs: parse("10.244.1.6")},
+		// A toFQDNs key.
+		hash("fqdn:name:example.com."): {Key: "fqdn:name:example.com.", Resolved: true, Addrs: parse("10.244.1.7")},
+		// A real group's key under another path.
+		"elsewhere": {Key: key, Group: g, Resolved: true, Addrs: parse("10.244.1.8")},
+		// A group's key under its hash, with another group inside.
+		hash(otherKey): {Key: otherKey, Group: api.AWSGroup{Region: "eu-west-1", SecurityGroupsIDs: []string{"sg-3"}}, Resolved: true, Addrs: parse("10.244.1.9")},
+	}
+	for path, r := range forged {
+		b, _ := json.Marshal(r)
+		if err := c.kv.Put(ctx, results+path, b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Barrier: a result written after them under its own key is applied;
+	// results are applied in order, so the forged ones would have been.
+	b, _ := json.Marshal(Result{Key: key, Group: g, Resolved: true, Addrs: parse("10.0.0.5")})
+	if err := c.kv.Put(ctx, results+hash(key), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.5"), c)
+	for _, k := range []string{nodesKey, "fqdn:name:example.com.", otherKey} {
+		if h := c.applied.history(k); len(h) != 0 {
+			t.Errorf("applied a forged result under %q: %v", k, h)
+		}
+		if r, ok := c.m.Result(k); ok {
+			t.Errorf("holds a forged result under %q: %+v", k, r)
+		}
+	}
+	if h := c.applied.history(key); len(h) != 1 {
+		t.Errorf("applied %v to %s, want only its own result", h, key)
+	}
+	if st := c.m.Status(); st.Refused != len(forged) {
+		t.Errorf("counts %d refused results, want %d", st.Refused, len(forged))
+	}
+
+	// A leader deletes them, and resolves the group.
+	a := start(t, eps, "a", true)
+	a.src.set(key, "10.0.0.6")
+	waitLeader(t, a)
+	if err := c.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.6"), a, c)
+	eventually(t, 10*time.Second, "the forged results deleted", func() (bool, string) {
+		kvs, _, err := c.kv.List(ctx, results)
+		var paths []string
+		for _, kv := range kvs {
+			paths = append(paths, strings.TrimPrefix(kv.Key, results))
+		}
+		return err == nil && slices.Equal(paths, []string{hash(key)}), fmt.Sprint(paths, err)
+	})
+	for _, x := range []*agent{a, c} {
+		eventually(t, 5*time.Second, x.name+" forgets the deleted forged results", func() (bool, string) {
+			st := x.m.Status()
+			return st.Refused == 0, fmt.Sprint(st.Refused)
+		})
+	}
+}
