@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/filament-net/filament/agent/fqdn"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/policy/api"
 )
@@ -96,12 +97,14 @@ type Manager struct {
 	orphaned map[string]bool
 	// refused: the paths (hashes) under results/ holding a result
 	// that is not applied (followResults); the leader deletes them.
-	refused  map[string]struct{}
-	ctx      context.Context
-	leader   string
-	isLeader bool
-	kick     chan struct{}
-	synced   chan struct{} // closed once the stored results are loaded
+	refused map[string]struct{}
+	// droppedLogged: the special addresses already logged (learnable).
+	droppedLogged fqdn.FirstSeen
+	ctx           context.Context
+	leader        string
+	isLeader      bool
+	kick          chan struct{}
+	synced        chan struct{} // closed once the stored results are loaded
 }
 
 func hash(key string) string {
@@ -259,7 +262,8 @@ func (m *Manager) followResults(ctx context.Context) {
 			m.refuse(h, r.Key, "not stored under its own key, or its key is not its group's")
 			continue
 		}
-		if len(r.Addrs) > MaxGroupAddrs { // an older leader's result: its lowest, as this one's
+		r.Addrs = m.learnable(r.Key, r.Addrs) // an older leader's result may hold them
+		if len(r.Addrs) > MaxGroupAddrs {     // an older leader's result: its lowest, as this one's
 			addrs := slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))
 			r.Addrs = addrs[:min(len(addrs), MaxGroupAddrs)]
 		}
@@ -277,6 +281,29 @@ func (m *Manager) followResults(ctx context.Context) {
 			m.cfg.Apply(r.Key, r.Addrs)
 		}
 	}
+}
+
+// learnable is addrs without the special-purpose addresses no policy may
+// name (those toFQDNs refuses from DNS answers, fqdn.Learnable: this
+// network, loopback, link-local with the instance metadata service,
+// multicast, broadcast), each logged once. Until 2026-12-07 a group
+// answer holding 169.254.169.254 let a toGroups rule allow pods to reach
+// the metadata service (TestSpecialAddressesNotApplied).
+func (m *Manager) learnable(key string, addrs []netip.Addr) []netip.Addr {
+	if !slices.ContainsFunc(addrs, func(a netip.Addr) bool { return !fqdn.Learnable(a) }) {
+		return addrs
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if fqdn.Learnable(a) {
+			out = append(out, a)
+			continue
+		}
+		if m.droppedLogged.First(a) {
+			slog.Warn("a cloud group's addresses hold a special-purpose address: dropped (no policy may allow it)", "group", key, "addr", a)
+		}
+	}
+	return out
 }
 
 // refuse counts the stored result at results/<h> that is not applied,
@@ -488,7 +515,7 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			next[key] = now.Add(backoff)
 			slog.Warn("resolving a cloud group failed; keeping the last known set", "group", key, "failures", r.Failures, "retry", backoff, "err", err)
 		} else {
-			addrs = slices.Compact(slices.SortedFunc(slices.Values(addrs), netip.Addr.Compare))
+			addrs = slices.Compact(slices.SortedFunc(slices.Values(m.learnable(key, addrs)), netip.Addr.Compare))
 			r.Addrs, r.Resolved, r.Refreshed = addrs, true, time.Now()
 			r.Error, r.Failures, r.Since = "", 0, time.Time{}
 			if len(addrs) > MaxGroupAddrs {

@@ -733,3 +733,38 @@ func TestForgedResultRefused(t *testing.T) {
 		})
 	}
 }
+
+// Special-purpose addresses in a group's answer (the test toFQDNs answers
+// pass, fqdn.Learnable) are neither stored nor applied, nor are they
+// applied from a stored result (an older leader's): until 2026-12-07 an
+// answer holding 169.254.169.254 let group-selected pods reach the
+// instance metadata service (found by a review).
+func TestSpecialAddressesNotApplied(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	ctx := tctx(t)
+	special := []string{"0.0.0.0", "127.0.0.1", "169.254.169.254", "224.0.0.1", "255.255.255.255"}
+	leader.src.set(key, append([]string{"10.0.0.3"}, special...)...)
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.3"), leader, follower)
+	waitResult(t, key, "stored without them", func(r Result) bool { return slices.Equal(r.Addrs, parse("10.0.0.3")) }, leader, follower)
+
+	// A stored result holding them (an older leader's).
+	r, _ := follower.m.Result(key)
+	r.Addrs = parse(append([]string{"10.0.0.4"}, special...)...)
+	b, _ := json.Marshal(r)
+	if err := follower.kv.Put(ctx, Prefix+cluster+"/results/"+hash(key), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.4"), follower)
+	for _, a := range []*agent{leader, follower} {
+		for _, h := range a.applied.history(key) {
+			for _, s := range special {
+				if slices.Contains(h, netip.MustParseAddr(s)) {
+					t.Errorf("%s applied %v", a.name, h)
+				}
+			}
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"net/url"
@@ -29,6 +30,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/filament-net/filament/agent/fqdn"
 )
 
 // ErrNotConfigured is wrapped by the errors that mean AWS is not set up for
@@ -81,6 +84,8 @@ type Resolver struct {
 
 	mu      sync.Mutex
 	clients map[string]*ec2.Client
+	// droppedLogged: the special addresses already logged (dropped).
+	droppedLogged fqdn.FirstSeen
 }
 
 // New loads credentials and region from the standard chain (environment,
@@ -195,8 +200,28 @@ func (r *Resolver) Resolve(ctx context.Context, g Group) ([]netip.Addr, error) {
 	if err := r.interfaceAddrs(ctx, c, region, g, set); err != nil {
 		return nil, err
 	}
+	for a := range set {
+		if !fqdn.Learnable(a) {
+			delete(set, a)
+			r.dropped(a, region, g)
+		}
+	}
 	out := slices.SortedFunc(maps.Keys(set), netip.Addr.Compare)
 	return out, nil
+}
+
+// dropped logs, once per address, an address an EC2 answer gave that no
+// policy may name: the ones toFQDNs refuses from DNS answers
+// (fqdn.Learnable: this network, loopback, link-local with the instance
+// metadata service, multicast, broadcast, the cloud platform endpoints).
+// Until 2026-12-07 an interface holding 169.254.169.254 had a toGroups
+// rule let pods reach the metadata service and the node role's
+// credentials (TestResolveDropsSpecialAddresses).
+func (r *Resolver) dropped(a netip.Addr, region string, g Group) {
+	if r.droppedLogged.First(a) {
+		slog.Warn("an EC2 answer gave a special-purpose address: dropped from the group (no policy may allow it)",
+			"addr", a, "region", region, "labels", g.Labels, "securityGroupIds", g.SecurityGroupIDs, "securityGroupNames", g.SecurityGroupNames)
+	}
 }
 
 // instanceAddrs adds the addresses of the running instances g selects.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -315,7 +316,9 @@ func buildWorld(t *testing.T, endpoint string) *motoWorld {
 	must(c.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
 		NetworkInterfaceId: eni2.NetworkInterfaceId, InstanceId: awssdk.String(w.i1), DeviceIndex: awssdk.Int32(1),
 	}))(t)
-	alloc := must(c.AllocateAddress(ctx, &ec2.AllocateAddressInput{Domain: ec2types.DomainTypeVpc}))(t)
+	// An address of our choosing: moto picks any, loopback included,
+	// which Resolve drops (TestResolveDropsSpecialAddresses).
+	alloc := must(c.AllocateAddress(ctx, &ec2.AllocateAddressInput{Domain: ec2types.DomainTypeVpc, Address: awssdk.String("198.51.100.7")}))(t)
 	w.eip = *alloc.PublicIp
 	must(c.AssociateAddress(ctx, &ec2.AssociateAddressInput{
 		AllocationId: alloc.AllocationId, InstanceId: awssdk.String(w.i1),
@@ -727,4 +730,54 @@ func BenchmarkResolve1000Instances50Groups(b *testing.B) {
 		base += time.Since(start)
 	}
 	b.ReportMetric(float64(base.Milliseconds())/float64(b.N), "baseline-list-all-ms")
+}
+
+// TestResolveDropsSpecialAddresses: addresses no policy may name, those
+// toFQDNs refuses from DNS answers (fqdn.Learnable: this network,
+// loopback, link-local with the metadata service, multicast, broadcast),
+// are dropped from an EC2 answer, each logged once. Until 2026-12-07 an
+// interface holding 169.254.169.254 had a toGroups rule let pods reach
+// the instance metadata service and the node role's credentials (found by
+// a review).
+func TestResolveDropsSpecialAddresses(t *testing.T) {
+	endpoint := startMoto(t)
+	ctx := context.Background()
+	c := testEC2(t, endpoint, "us-east-1")
+	vpc := *must(c.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.0.0.0/16")}))(t).Vpc.VpcId
+	subnet := *must(c.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: awssdk.String(vpc), CidrBlock: awssdk.String("10.0.1.0/24")}))(t).Subnet.SubnetId
+	inst := runInstances(t, c, subnet, nil, 1, "app", "imds")[0]
+	ips := func(primary string, others ...string) []ec2types.PrivateIpAddressSpecification {
+		out := []ec2types.PrivateIpAddressSpecification{{PrivateIpAddress: awssdk.String(primary), Primary: awssdk.Bool(true)}}
+		for _, o := range others {
+			out = append(out, ec2types.PrivateIpAddressSpecification{PrivateIpAddress: awssdk.String(o), Primary: awssdk.Bool(false)})
+		}
+		return out
+	}
+	eni := must(c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: awssdk.String(subnet),
+		PrivateIpAddresses: ips("169.254.169.254", "0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255")}))(t).NetworkInterface
+	must(c.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
+		NetworkInterfaceId: eni.NetworkInterfaceId, InstanceId: inst.InstanceId, DeviceIndex: awssdk.Int32(1),
+	}))(t)
+
+	var logs lockedBuffer
+	defer func(l *slog.Logger) { slog.SetDefault(l) }(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	r, err := New(ctx, Config{Endpoint: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		got, err := r.Resolve(ctx, Group{Labels: map[string]string{"app": "imds"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := addrs(t, *inst.PrivateIpAddress); !slices.Equal(got, want) {
+			t.Fatalf("Resolve = %v, want %v", got, want)
+		}
+	}
+	for _, a := range []string{"169.254.169.254", "0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255"} {
+		if n := strings.Count(logs.String(), "addr="+a+" "); n != 1 {
+			t.Errorf("%s logged %d times, want once:\n%s", a, n, logs.String())
+		}
+	}
 }
