@@ -63,12 +63,16 @@ func (a *Agent) startCloudGroups(ctx context.Context) cloudGroups {
 	cfg, res := a.cfg, a.res
 	var src groups.Source
 	if awsConfigured(cfg) {
-		r, err := aws.New(ctx, aws.Config{Region: cfg.AWSRegion, Endpoint: cfg.AWSEndpoint})
+		r, err := aws.New(ctx, aws.Config{Region: cfg.AWSRegion, Endpoint: cfg.AWSEndpoint, VPCIDs: cfg.AWSVPCIDs,
+			NodeVPC: func(ctx context.Context) (string, error) {
+				md, err := aws.ReadNodeMetadata(ctx, cfg.AWSIMDSEndpoint)
+				return md.VPCID, err
+			}})
 		if err != nil {
 			slog.Warn("AWS groups are off: "+err.Error(), "err", err)
 		} else {
 			src = awsSource{r}
-			slog.Info("AWS groups on: toGroups/fromGroups resolve through EC2", "region", cfg.AWSRegion, "endpoint", cfg.AWSEndpoint)
+			slog.Info("AWS groups on: toGroups/fromGroups resolve through EC2, in this node's VPC and --aws-vpc-ids", "region", cfg.AWSRegion, "endpoint", cfg.AWSEndpoint, "vpcs", cfg.AWSVPCIDs)
 		}
 	} else {
 		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing")
