@@ -222,11 +222,20 @@ func (m *Manager) Result(key string) (Result, bool) {
 
 // MaxGroupAddrs bounds the addresses of one group's result: each is an
 // ipcache entry on every node (a namespace's policies may name 4,096 CIDR
-// prefixes, policy.MaxNamespacePrefixes, and 64 groups). Past it the
-// lowest are applied and the result carries the error: until 2026-12-07
-// one answer of 70,000 addresses was written on every node
-// (TestGroupAddrsBounded).
+// prefixes, policy.MaxNamespacePrefixes, and 64 groups). A group past it
+// is refused as a whole, as any failure: its last good set stays (none:
+// it allows nothing) and the result carries the error. Until 2026-12-07
+// one answer of 70,000 addresses was written on every node, and from
+// then until this change the lowest 4,096 were applied, so whoever could
+// tag enough low-addressed interfaces pushed the members out and a deny
+// rule naming the group stopped denying them (TestGroupAddrsBounded).
 const MaxGroupAddrs = 4096
+
+// tooManyAddrs is the error of a group past MaxGroupAddrs.
+func tooManyAddrs(n int) string {
+	return fmt.Sprintf("the group resolved to %d addresses, more than %d (each is an ipcache entry on every node): "+
+		"refused as a whole, the last good set is kept", n, MaxGroupAddrs)
+}
 
 // followResults applies every result the leader publishes.
 func (m *Manager) followResults(ctx context.Context) {
@@ -263,9 +272,18 @@ func (m *Manager) followResults(ctx context.Context) {
 			continue
 		}
 		r.Addrs = m.learnable(r.Key, r.Addrs) // an older leader's result may hold them
-		if len(r.Addrs) > MaxGroupAddrs {     // an older leader's result: its lowest, as this one's
-			addrs := slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))
-			r.Addrs = addrs[:min(len(addrs), MaxGroupAddrs)]
+		if n := len(slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))); n > MaxGroupAddrs {
+			// An older leader's (or a forged) result past the bound:
+			// refused whole, the last good set kept (none: the group
+			// allows nothing), never a part of it applied.
+			m.mu.Lock()
+			prev, had := m.results[r.Key]
+			m.mu.Unlock()
+			r.Addrs, r.Resolved = nil, false
+			if had {
+				r.Addrs, r.Resolved = prev.Addrs, prev.Resolved
+			}
+			r.Error = tooManyAddrs(n) + "; this result is refused"
 		}
 		m.mu.Lock()
 		delete(m.refused, h)
@@ -501,6 +519,12 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		addrs, err := m.cfg.Source.Resolve(rctx, g)
 		cancel()
+		if err == nil {
+			addrs = slices.Compact(slices.SortedFunc(slices.Values(m.learnable(key, addrs)), netip.Addr.Compare))
+			if len(addrs) > MaxGroupAddrs {
+				err = errors.New(tooManyAddrs(len(addrs)))
+			}
+		}
 		m.mu.Lock()
 		r := m.results[key]
 		m.mu.Unlock()
@@ -515,18 +539,8 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			next[key] = now.Add(backoff)
 			slog.Warn("resolving a cloud group failed; keeping the last known set", "group", key, "failures", r.Failures, "retry", backoff, "err", err)
 		} else {
-			addrs = slices.Compact(slices.SortedFunc(slices.Values(m.learnable(key, addrs)), netip.Addr.Compare))
 			r.Addrs, r.Resolved, r.Refreshed = addrs, true, time.Now()
 			r.Error, r.Failures, r.Since = "", 0, time.Time{}
-			if len(addrs) > MaxGroupAddrs {
-				// The lowest MaxGroupAddrs addresses, with the error: a
-				// deny rule naming the group still denies those (kept
-				// whole as the last good set, a group this large at its
-				// first resolution would deny nothing).
-				r.Addrs = addrs[:MaxGroupAddrs]
-				r.Error = fmt.Sprintf("the group resolved to %d addresses; the lowest %d are applied (each is an ipcache entry on every node)", len(addrs), MaxGroupAddrs)
-				slog.Warn("a cloud group resolved to too many addresses; applying the lowest", "group", key, "addresses", len(addrs), "max", MaxGroupAddrs)
-			}
 			next[key] = now.Add(m.cfg.Interval)
 		}
 		b, _ := json.Marshal(r)
