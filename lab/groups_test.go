@@ -140,6 +140,11 @@ func TestAWSGroupsPolicy(t *testing.T) {
 		}
 		return *out.GroupId
 	}
+	// Groups resolve only in the node's VPC (--aws-vpc-ids names none
+	// here): an IMDSv2 stand-in at 169.254.169.254 (a lab host) gives
+	// moto's. The agents read their node labels from it only at start.
+	imdsHost := labtest.Host(t, l, "imds", "169.254.169.254")
+	serveIMDS(t, lab.NetNSPath(imdsHost.NetNS), *vpc.Vpc.VpcId)
 	sgWeb, sgOther := sg("web"), sg("other")
 	run := func(group, role string) (string, string) {
 		out, err := e.RunInstances(ctx, &ec2.RunInstancesInput{ImageId: aws.String("ami-12c6146b"), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
@@ -228,8 +233,7 @@ func TestAWSGroupsPolicy(t *testing.T) {
 		return metric(t, l, "n2", "filament_cloud_groups", `state="error"`) >= 1
 	})
 
-	// Node metadata: an IMDSv2 stand-in at 169.254.169.254 (a lab host);
-	// n2's agent, restarted, labels its node with region, zone, type, VPC,
+	// Node metadata: from the IMDSv2 stand-in; n2's agent, restarted, labels its node with region, zone, type, VPC,
 	// and a policy selecting nodes by zone (toNodes) starts to admit it.
 	n2node, _ := l.Node("n2")
 	serve(t, lab.NetNSPath(n2node.NetNS), 9100)
@@ -246,8 +250,6 @@ spec:
 	if reach(t, cp, "tcp", n2node.IP, 9100) {
 		t.Fatal("the pod reaches n2 before n2 is labelled with the zone")
 	}
-	imdsHost := labtest.Host(t, l, "imds", "169.254.169.254")
-	serveIMDS(t, lab.NetNSPath(imdsHost.NetNS))
 	if err := l.StopAgent("n2"); err != nil {
 		t.Fatal(err)
 	}
@@ -272,8 +274,9 @@ spec:
 	eventually(t, "toNodes admits the node labelled us-east-1b", func() bool { return reach(t, cp, "tcp", n2node.IP, 9100) })
 }
 
-// serveIMDS answers the IMDSv2 paths the agent reads, only with a token.
-func serveIMDS(t *testing.T, path string) {
+// serveIMDS answers the IMDSv2 paths the agent reads, only with a token,
+// the node in VPC vpc.
+func serveIMDS(t testing.TB, path, vpc string) {
 	t.Helper()
 	var ln net.Listener
 	if err := inNS(t, path, func() (err error) { ln, err = net.Listen("tcp4", "169.254.169.254:80"); return }); err != nil {
@@ -281,7 +284,7 @@ func serveIMDS(t *testing.T, path string) {
 	}
 	values := map[string]string{
 		"instance-id": "i-0abc", "placement/region": "us-east-1", "placement/availability-zone": "us-east-1b",
-		"instance-type": "m5.large", "mac": "0e:00:00:00:00:01", "network/interfaces/macs/0e:00:00:00:00:01/vpc-id": "vpc-0123",
+		"instance-type": "m5.large", "mac": "0e:00:00:00:00:01", "network/interfaces/macs/0e:00:00:00:00:01/vpc-id": vpc,
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
@@ -313,13 +316,16 @@ func BenchmarkAWSGroupRefreshToEnforcement(b *testing.B) {
 	b.Setenv("AWS_ACCESS_KEY_ID", "testing")
 	b.Setenv("AWS_SECRET_ACCESS_KEY", "testing")
 	b.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	l := labtest.Up(b, 1, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "1h")
+	l := labtest.Up(b, 1, 0, "--aws-region", "us-east-1", "--aws-endpoint", "http://172.30.0.254:5000", "--groups-refresh-interval", "1h",
+		"--aws-imds-endpoint", "http://169.254.169.254")
 	kvNS := fmt.Sprintf("flab-%s-kv", l.Name)
 	endpoint, _ := motoIn(b, kvNS, "172.30.0.254")
 	e := ec2In(kvNS, endpoint)
 	ctx := context.Background()
 	vpc, _ := e.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.0.0.0/16")})
 	subnet, _ := e.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, CidrBlock: aws.String("10.0.1.0/24")})
+	imdsHost := labtest.Host(b, l, "imds", "169.254.169.254") // the node's VPC, for the groups
+	serveIMDS(b, lab.NetNSPath(imdsHost.NetNS), *vpc.Vpc.VpcId)
 	mk := func(name string) string {
 		out, err := e.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(name), Description: aws.String(name), VpcId: vpc.Vpc.VpcId})
 		if err != nil {

@@ -124,7 +124,7 @@ func wireGroup(r groups.Result) types.GroupResult {
 
 func wireGroups(st groups.Status) types.GroupsStatus {
 	return types.GroupsStatus{Enabled: st.Enabled, Leader: st.Leader, IsLeader: st.IsLeader, Interval: st.Interval,
-		Groups: each(st.Groups, wireGroup)}
+		Groups: each(st.Groups, wireGroup), Refused: st.Refused}
 }
 
 // replyAs answers 200 with document v (policies, services) as its wire

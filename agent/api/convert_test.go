@@ -91,7 +91,7 @@ func TestWireJSONUnchanged(t *testing.T) {
 
 	gr := groups.Result{Key: "k", Group: policyapi.AWSGroup{Labels: map[string]string{"a": "b"}, SecurityGroupsIDs: []string{"sg-1"},
 		SecurityGroupsNames: []string{"web"}, Region: "eu"}, Addrs: []netip.Addr{a1}, Resolved: true, Refreshed: t0, Error: "e", Failures: 2, Since: t0}
-	gs := groups.Status{Enabled: true, Leader: "n1", IsLeader: true, Interval: "1m", Groups: []groups.Result{gr, {}}}
+	gs := groups.Status{Enabled: true, Leader: "n1", IsLeader: true, Interval: "1m", Groups: []groups.Result{gr, {}}, Refused: 3}
 	sameJSON(t, "groups", gs, wireGroups(gs))
 	sameJSON(t, "groups, zero", groups.Status{}, wireGroups(groups.Status{}))
 }

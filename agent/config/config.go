@@ -268,6 +268,12 @@ type Config struct {
 	AWSEndpoint string `json:"awsEndpoint"`
 	// AWSIMDSEndpoint overrides the instance metadata endpoint (tests).
 	AWSIMDSEndpoint string `json:"awsIMDSEndpoint"`
+	// AWSVPCIDs are the VPCs cloud groups resolve in beside the node's
+	// own (from the instance metadata); with neither, groups fail (and
+	// allow nothing). Whoever may tag an instance or interface in them
+	// with a group's tags (or put it in its security group) adds its
+	// addresses to the group.
+	AWSVPCIDs []string `json:"awsVPCIDs,omitempty"`
 	// GroupsRefreshInterval between resolutions of cloud groups.
 	GroupsRefreshInterval Duration `json:"groupsRefreshInterval"`
 	// Kubeconfig turns on Kubernetes mode: NetworkPolicy and the Cilium
@@ -667,6 +673,9 @@ func (c Config) validateSecurity() error {
 // awsRegion is the shape of an AWS region name (us-east-1, us-gov-west-1).
 var awsRegion = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
 
+// awsVPCID is the shape of a VPC ID.
+var awsVPCID = regexp.MustCompile(`^vpc-[0-9a-f]{1,32}$`)
+
 func (c Config) validateIntegrations() error {
 	if c.AWSRegion != "" && !awsRegion.MatchString(c.AWSRegion) {
 		return fmt.Errorf("%w: awsRegion %q: want a region name like us-east-1", ErrInvalid, c.AWSRegion)
@@ -676,6 +685,11 @@ func (c Config) validateIntegrations() error {
 	}
 	if err := optionalHTTPURL("awsIMDSEndpoint", c.AWSIMDSEndpoint); err != nil {
 		return err
+	}
+	for _, v := range c.AWSVPCIDs {
+		if !awsVPCID.MatchString(v) {
+			return fmt.Errorf("%w: awsVPCIDs %q: want a VPC ID like vpc-0123456789abcdef0", ErrInvalid, v)
+		}
 	}
 	if err := atLeastASecond("groupsRefreshInterval", c.GroupsRefreshInterval); err != nil {
 		return err

@@ -184,6 +184,7 @@ func TestEveryFieldIsValidated(t *testing.T) {
 		{"awsRegion", func(c *Config) { c.AWSRegion = "US East" }, []string{"awsRegion", "US East"}},
 		{"awsEndpoint", func(c *Config) { c.AWSEndpoint = "moto:5000" }, []string{"awsEndpoint", "moto:5000"}},
 		{"awsIMDSEndpoint", func(c *Config) { c.AWSIMDSEndpoint = "ftp://169.254.169.254" }, []string{"awsIMDSEndpoint", "ftp://169.254.169.254"}},
+		{"awsVPCIDs", func(c *Config) { c.AWSVPCIDs = []string{"vpc-0123", "sg-1"} }, []string{"awsVPCIDs", "sg-1"}},
 		{"groupsRefreshInterval", func(c *Config) { c.GroupsRefreshInterval = Duration(time.Millisecond) }, []string{"groupsRefreshInterval", "1ms"}},
 		{"tofqdnsMinTTL", func(c *Config) { c.ToFQDNsMinTTL = Duration(-time.Second) }, []string{"tofqdnsMinTTL", "-1s"}},
 		{"tofqdnsMaxIPsPerName", func(c *Config) { c.ToFQDNsMaxIPsPerName = 0 }, []string{"tofqdnsMaxIPsPerName", "0"}},
@@ -249,6 +250,7 @@ func TestGoodValuesPass(t *testing.T) {
 	c.Etcd.Endpoints = []string{"https://etcd-1:2379", "http://10.0.0.1:2379", "http://[fd00::1]:2379"}
 	c.ClusterMeshConfig, c.CgroupRoot, c.Kubeconfig = "/etc/filament/remotes", "/sys/fs/cgroup", file
 	c.AWSRegion, c.AWSEndpoint, c.AWSIMDSEndpoint = "us-gov-west-1", "http://172.30.0.254:5000", "http://169.254.169.254"
+	c.AWSVPCIDs = []string{"vpc-0123456789abcdef0"}
 	c.Encryption, c.Routing, c.IPsecKeyFile, c.EncryptionStrict = "ipsec", "native", file, true
 	c.EncryptionUnauthenticatedNodes = true
 	c.ClusterMeshTTL = 0

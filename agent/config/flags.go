@@ -84,6 +84,7 @@ var Flags = []Flag{
 	{"ipsec-key-file", "IPsec key file (lines '<spi>[+] <algo> <key> <bits>')", func(c *Config) any { return &c.IPsecKeyFile }},
 	{"aws-region", "AWS region for toGroups/fromGroups and EC2 node metadata (default: AWS_REGION or the shared config; none: off)", func(c *Config) any { return &c.AWSRegion }},
 	{"aws-endpoint", "EC2 endpoint override (tests, e.g. a moto server)", func(c *Config) any { return &c.AWSEndpoint }},
+	{"aws-vpc-ids", "VPCs cloud groups resolve in beside the node's own (from the instance metadata); with neither, groups allow nothing. Whoever may tag an instance or interface in them adds it to the groups naming the tag", func(c *Config) any { return &c.AWSVPCIDs }},
 	{"aws-imds-endpoint", "EC2 instance metadata (IMDSv2) endpoint override (tests)", func(c *Config) any { return &c.AWSIMDSEndpoint }},
 	{"groups-refresh-interval", "interval between resolutions of cloud groups", func(c *Config) any { return &c.GroupsRefreshInterval }},
 	{"kubeconfig", "Kubernetes mode: follow NetworkPolicy and CiliumNetworkPolicy/CiliumClusterwideNetworkPolicy from this cluster (kubeconfig file)", func(c *Config) any { return &c.Kubeconfig }},

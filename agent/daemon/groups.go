@@ -63,12 +63,16 @@ func (a *Agent) startCloudGroups(ctx context.Context) cloudGroups {
 	cfg, res := a.cfg, a.res
 	var src groups.Source
 	if awsConfigured(cfg) {
-		r, err := aws.New(ctx, aws.Config{Region: cfg.AWSRegion, Endpoint: cfg.AWSEndpoint})
+		r, err := aws.New(ctx, aws.Config{Region: cfg.AWSRegion, Endpoint: cfg.AWSEndpoint, VPCIDs: cfg.AWSVPCIDs,
+			NodeVPC: func(ctx context.Context) (string, error) {
+				md, err := aws.ReadNodeMetadata(ctx, cfg.AWSIMDSEndpoint)
+				return md.VPCID, err
+			}})
 		if err != nil {
 			slog.Warn("AWS groups are off: "+err.Error(), "err", err)
 		} else {
 			src = awsSource{r}
-			slog.Info("AWS groups on: toGroups/fromGroups resolve through EC2", "region", cfg.AWSRegion, "endpoint", cfg.AWSEndpoint)
+			slog.Info("AWS groups on: toGroups/fromGroups resolve through EC2, in this node's VPC and --aws-vpc-ids", "region", cfg.AWSRegion, "endpoint", cfg.AWSEndpoint, "vpcs", cfg.AWSVPCIDs)
 		}
 	} else {
 		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing")
@@ -110,10 +114,12 @@ func ec2NodeLabels(ctx context.Context, cfg config.Config) map[string]string {
 	return md.Labels()
 }
 
-// states counts the groups by state for the metrics.
+// states counts the groups by state for the metrics; refused counts
+// the stored results not applied (groups.Status.Refused).
 func (c cloudGroups) states() map[string]int {
-	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0}
-	for _, g := range c.Status().Groups {
+	st := c.Status()
+	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0, "refused": st.Refused}
+	for _, g := range st.Groups {
 		switch {
 		case g.Error != "":
 			out["error"]++

@@ -1,6 +1,9 @@
 package fqdn
 
-import "net/netip"
+import (
+	"net/netip"
+	"sync"
+)
 
 // special are IPv4 ranges no DNS answer makes a toFQDNs address: this
 // network (0/8), loopback, link-local (cloud metadata services answer at
@@ -34,5 +37,31 @@ func Learnable(a netip.Addr) bool {
 			return false
 		}
 	}
+	return true
+}
+
+// maxFirstSeen bounds the addresses a FirstSeen remembers: past it, none
+// is reported any more (special ranges hold millions of addresses).
+const maxFirstSeen = 4096
+
+// FirstSeen remembers the special addresses already reported (logged)
+// by a consumer of other sources' addresses (cloud groups), so that each
+// is reported once. Its zero value is ready; it is safe for concurrent use.
+type FirstSeen struct {
+	mu   sync.Mutex
+	seen map[netip.Addr]bool
+}
+
+// First reports whether a was not seen before (and remembers it).
+func (f *FirstSeen) First(a netip.Addr) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.seen[a] || len(f.seen) >= maxFirstSeen {
+		return false
+	}
+	if f.seen == nil {
+		f.seen = map[netip.Addr]bool{}
+	}
+	f.seen[a] = true
 	return true
 }

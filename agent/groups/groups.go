@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/filament-net/filament/agent/fqdn"
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/policy/api"
 )
@@ -75,6 +76,10 @@ type Status struct {
 	IsLeader bool     `json:"isLeader"`
 	Interval string   `json:"interval"`
 	Groups   []Result `json:"groups"`
+	// Refused counts the stored results not applied: stored under
+	// another key than their own, or naming a key that is not their
+	// group's (followResults).
+	Refused int `json:"refused,omitempty"`
 }
 
 // Manager follows and (when elected) resolves the cluster's groups.
@@ -90,11 +95,16 @@ type Manager struct {
 	// orphaned: groups this agent wants whose result was deleted, kept
 	// until a new one comes or orphanGrace passes.
 	orphaned map[string]bool
-	ctx      context.Context
-	leader   string
-	isLeader bool
-	kick     chan struct{}
-	synced   chan struct{} // closed once the stored results are loaded
+	// refused: the paths (hashes) under results/ holding a result
+	// that is not applied (followResults); the leader deletes them.
+	refused map[string]struct{}
+	// droppedLogged: the special addresses already logged (learnable).
+	droppedLogged fqdn.FirstSeen
+	ctx           context.Context
+	leader        string
+	isLeader      bool
+	kick          chan struct{}
+	synced        chan struct{} // closed once the stored results are loaded
 }
 
 func hash(key string) string {
@@ -114,7 +124,7 @@ func New(ctx context.Context, cfg Config) *Manager {
 	}
 	m := &Manager{cfg: cfg, wanted: map[string]api.AWSGroup{}, results: map[string]Result{},
 		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{}),
-		orphaned: map[string]bool{}, ctx: ctx}
+		orphaned: map[string]bool{}, refused: map[string]struct{}{}, ctx: ctx}
 	if cfg.Lease != nil {
 		// Requests live under the lease: when etcd lost it and a new one
 		// was granted, they are gone and must be written again.
@@ -197,6 +207,7 @@ func (m *Manager) Status() Status {
 	for _, r := range m.results {
 		st.Groups = append(st.Groups, r)
 	}
+	st.Refused = len(m.refused)
 	slices.SortFunc(st.Groups, func(a, b Result) int { return strings.Compare(a.Key, b.Key) })
 	return st
 }
@@ -211,11 +222,20 @@ func (m *Manager) Result(key string) (Result, bool) {
 
 // MaxGroupAddrs bounds the addresses of one group's result: each is an
 // ipcache entry on every node (a namespace's policies may name 4,096 CIDR
-// prefixes, policy.MaxNamespacePrefixes, and 64 groups). Past it the
-// lowest are applied and the result carries the error: until 2026-12-07
-// one answer of 70,000 addresses was written on every node
-// (TestGroupAddrsBounded).
+// prefixes, policy.MaxNamespacePrefixes, and 64 groups). A group past it
+// is refused as a whole, as any failure: its last good set stays (none:
+// it allows nothing) and the result carries the error. Until 2026-12-07
+// one answer of 70,000 addresses was written on every node, and from
+// then until this change the lowest 4,096 were applied, so whoever could
+// tag enough low-addressed interfaces pushed the members out and a deny
+// rule naming the group stopped denying them (TestGroupAddrsBounded).
 const MaxGroupAddrs = 4096
+
+// tooManyAddrs is the error of a group past MaxGroupAddrs.
+func tooManyAddrs(n int) string {
+	return fmt.Sprintf("the group resolved to %d addresses, more than %d (each is an ipcache entry on every node): "+
+		"refused as a whole, the last good set is kept", n, MaxGroupAddrs)
+}
 
 // followResults applies every result the leader publishes.
 func (m *Manager) followResults(ctx context.Context) {
@@ -229,19 +249,44 @@ func (m *Manager) followResults(ctx context.Context) {
 			}
 			continue
 		}
+		h := strings.TrimPrefix(ev.Key, prefix)
 		if ev.Type == kvstore.EventDelete {
-			m.forgotten(strings.TrimPrefix(ev.Key, prefix))
+			m.mu.Lock()
+			delete(m.refused, h)
+			m.mu.Unlock()
+			m.forgotten(h)
 			continue
 		}
 		var r Result
 		if err := json.Unmarshal(ev.Value, &r); err != nil {
+			m.refuse(h, "", err.Error())
 			continue
 		}
-		if len(r.Addrs) > MaxGroupAddrs { // an older leader's result: its lowest, as this one's
-			addrs := slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))
-			r.Addrs = addrs[:min(len(addrs), MaxGroupAddrs)]
+		// Applied only under the key it is stored under, and only a
+		// group's: until 2026-12-07 a value at results/<anything> was
+		// applied under the key written inside it, a node selector's
+		// ("nodes:...") or a toFQDNs one's included
+		// (TestForgedResultRefused).
+		if h != hash(r.Key) || api.GroupKey(r.Group) != r.Key {
+			m.refuse(h, r.Key, "not stored under its own key, or its key is not its group's")
+			continue
+		}
+		r.Addrs = m.learnable(r.Key, r.Addrs) // an older leader's result may hold them
+		if n := len(slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))); n > MaxGroupAddrs {
+			// An older leader's (or a forged) result past the bound:
+			// refused whole, the last good set kept (none: the group
+			// allows nothing), never a part of it applied.
+			m.mu.Lock()
+			prev, had := m.results[r.Key]
+			m.mu.Unlock()
+			r.Addrs, r.Resolved = nil, false
+			if had {
+				r.Addrs, r.Resolved = prev.Addrs, prev.Resolved
+			}
+			r.Error = tooManyAddrs(n) + "; this result is refused"
 		}
 		m.mu.Lock()
+		delete(m.refused, h)
 		m.results[r.Key] = r
 		delete(m.orphaned, r.Key)
 		prev, had := m.applied[r.Key]
@@ -253,6 +298,41 @@ func (m *Manager) followResults(ctx context.Context) {
 		if apply && m.cfg.Apply != nil {
 			m.cfg.Apply(r.Key, r.Addrs)
 		}
+	}
+}
+
+// learnable is addrs without the special-purpose addresses no policy may
+// name (those toFQDNs refuses from DNS answers, fqdn.Learnable: this
+// network, loopback, link-local with the instance metadata service,
+// multicast, broadcast), each logged once. Until 2026-12-07 a group
+// answer holding 169.254.169.254 let a toGroups rule allow pods to reach
+// the metadata service (TestSpecialAddressesNotApplied).
+func (m *Manager) learnable(key string, addrs []netip.Addr) []netip.Addr {
+	if !slices.ContainsFunc(addrs, func(a netip.Addr) bool { return !fqdn.Learnable(a) }) {
+		return addrs
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if fqdn.Learnable(a) {
+			out = append(out, a)
+			continue
+		}
+		if m.droppedLogged.First(a) {
+			slog.Warn("a cloud group's addresses hold a special-purpose address: dropped (no policy may allow it)", "group", key, "addr", a)
+		}
+	}
+	return out
+}
+
+// refuse counts the stored result at results/<h> that is not applied,
+// logging it the first time.
+func (m *Manager) refuse(h, key, why string) {
+	m.mu.Lock()
+	_, seen := m.refused[h]
+	m.refused[h] = struct{}{}
+	m.mu.Unlock()
+	if !seen {
+		slog.Warn("refusing a stored cloud group result: not applied", "path", m.base()+"results/"+h, "key", key, "why", why)
 	}
 }
 
@@ -431,6 +511,7 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			delete(unrequested, key)
 		}
 	}
+	m.dropRefused(ctx, wanted, next)
 	for key, g := range wanted {
 		if t, ok := next[key]; ok && now.Before(t) {
 			continue
@@ -438,6 +519,12 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		addrs, err := m.cfg.Source.Resolve(rctx, g)
 		cancel()
+		if err == nil {
+			addrs = slices.Compact(slices.SortedFunc(slices.Values(m.learnable(key, addrs)), netip.Addr.Compare))
+			if len(addrs) > MaxGroupAddrs {
+				err = errors.New(tooManyAddrs(len(addrs)))
+			}
+		}
 		m.mu.Lock()
 		r := m.results[key]
 		m.mu.Unlock()
@@ -452,23 +539,39 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			next[key] = now.Add(backoff)
 			slog.Warn("resolving a cloud group failed; keeping the last known set", "group", key, "failures", r.Failures, "retry", backoff, "err", err)
 		} else {
-			addrs = slices.Compact(slices.SortedFunc(slices.Values(addrs), netip.Addr.Compare))
 			r.Addrs, r.Resolved, r.Refreshed = addrs, true, time.Now()
 			r.Error, r.Failures, r.Since = "", 0, time.Time{}
-			if len(addrs) > MaxGroupAddrs {
-				// The lowest MaxGroupAddrs addresses, with the error: a
-				// deny rule naming the group still denies those (kept
-				// whole as the last good set, a group this large at its
-				// first resolution would deny nothing).
-				r.Addrs = addrs[:MaxGroupAddrs]
-				r.Error = fmt.Sprintf("the group resolved to %d addresses; the lowest %d are applied (each is an ipcache entry on every node)", len(addrs), MaxGroupAddrs)
-				slog.Warn("a cloud group resolved to too many addresses; applying the lowest", "group", key, "addresses", len(addrs), "max", MaxGroupAddrs)
-			}
 			next[key] = now.Add(m.cfg.Interval)
 		}
 		b, _ := json.Marshal(r)
 		if err := m.cfg.KV.Put(ctx, m.base()+"results/"+hash(key), b, 0); err != nil {
 			slog.Warn("publishing a group result", "group", key, "err", err)
+		}
+	}
+}
+
+// dropRefused deletes the stored results nobody applies (refused by
+// followResults). One stored under the path of a group an agent asks for
+// is not deleted but written over: that group is resolved at once (its
+// path may have been refused before this leader's own result came).
+func (m *Manager) dropRefused(ctx context.Context, wanted map[string]api.AWSGroup, next map[string]time.Time) {
+	m.mu.Lock()
+	refused := slices.Collect(maps.Keys(m.refused))
+	m.mu.Unlock()
+	if len(refused) == 0 {
+		return
+	}
+	byHash := make(map[string]string, len(wanted))
+	for key := range wanted {
+		byHash[hash(key)] = key
+	}
+	for _, h := range refused {
+		if key, ok := byHash[h]; ok {
+			delete(next, key)
+			continue
+		}
+		if err := m.cfg.KV.Delete(ctx, m.base()+"results/"+h); err != nil {
+			slog.Warn("deleting a refused cloud group result", "path", m.base()+"results/"+h, "err", err)
 		}
 	}
 }

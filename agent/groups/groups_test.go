@@ -236,6 +236,11 @@ func waitResult(t *testing.T, key, what string, cond func(Result) bool, agents .
 	for _, a := range agents {
 		eventually(t, 10*time.Second, a.name+": "+what, func() (bool, string) {
 			r, ok := a.m.Result(key)
+			if len(r.Addrs) > 16 { // say how many, not which
+				c := r
+				c.Addrs = nil
+				return ok && cond(r), fmt.Sprintf("%+v with %d addresses (present %v)", c, len(r.Addrs), ok)
+			}
 			return ok && cond(r), fmt.Sprintf("%+v (present %v)", r, ok)
 		})
 	}
@@ -614,42 +619,191 @@ func TestWantedGroupKeptWhenItsResultIsDeleted(t *testing.T) {
 	waitApplied(t, key, nil, follower)
 }
 
-// A group's answer past MaxGroupAddrs applies its lowest MaxGroupAddrs
-// addresses, the result saying why: each address is an ipcache entry on
-// every node, and until 2026-12-07 one answer of 70,000 addresses (a
-// hostile endpoint, or a large account) wrote them all on every node,
-// past any namespace's prefix budget (found by a review). A deny rule
-// naming it still denies those. Of a stored result past it (an older
-// leader's) the lowest are applied too.
+// A group's answer past MaxGroupAddrs is refused as a whole: the last
+// good set stays (none at its first resolution: it allows nothing), the
+// result saying why, as for any failure. Each address is an ipcache entry
+// on every node; until 2026-12-07 one answer of 70,000 addresses wrote
+// them all on every node, and from then until this change its lowest
+// MaxGroupAddrs were applied, so whoever could tag enough low-addressed
+// interfaces pushed the legitimate members out of the set and a deny rule
+// naming the group stopped denying them (both found by reviews). A stored
+// result past it (an older leader's) is refused likewise.
 func TestGroupAddrsBounded(t *testing.T) {
 	_, leader, follower, key := pair(t)
 	ctx := tctx(t)
+	good := parse("10.0.0.1", "10.0.0.2")
 	var many []string
-	for i := range MaxGroupAddrs + 1 {
-		many = append(many, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}).String())
+	for i := range MaxGroupAddrs - 1 {
+		many = append(many, netip.AddrFrom4([4]byte{10, 0, 16 + byte(i>>8), byte(i)}).String())
 	}
-	leader.src.set(key, many...)
+	// At the bound (with the members): applied.
+	atBound := append([]string{"10.0.0.1", "10.0.0.2"}, many[:MaxGroupAddrs-2]...)
+	leader.src.set(key, atBound...)
 	if err := follower.m.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	lowest := parse(many[:MaxGroupAddrs]...)
-	waitResult(t, key, "the lowest addresses with the bound's error", func(r Result) bool {
-		return strings.Contains(r.Error, "addresses") && slices.Equal(r.Addrs, lowest)
-	}, leader, follower)
-	waitApplied(t, key, lowest, leader, follower)
+	waitApplied(t, key, parse(atBound...), leader, follower)
+	slices.SortFunc(atBound, func(a, b string) int { return netip.MustParseAddr(a).Compare(netip.MustParseAddr(b)) })
+	last := parse(atBound...)
 
-	// An older leader's result, past the bound, reversed.
-	var older Result
-	if r, ok := follower.m.Result(key); ok {
-		older = r
+	// Past it, with lower addresses than the members: refused whole.
+	var lower []string
+	for i := range MaxGroupAddrs + 1 {
+		lower = append(lower, netip.AddrFrom4([4]byte{9, 0, byte(i >> 8), byte(i)}).String())
 	}
-	older.Addrs = parse(many...)
-	older.Addrs = append(older.Addrs, netip.MustParseAddr("10.0.0.1"))
-	slices.Reverse(older.Addrs)
-	older.Error = ""
+	leader.src.set(key, append(lower, "10.0.0.1", "10.0.0.2")...)
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitResult(t, key, "the bound's error with the last good set", func(r Result) bool {
+		return strings.Contains(r.Error, "addresses") && r.Failures >= 1 && r.Resolved && slices.Equal(r.Addrs, last)
+	}, leader, follower)
+	for _, a := range []*agent{leader, follower} {
+		if h := a.applied.history(key); len(h) != 2 || !slices.Equal(h[0], good) || !slices.Equal(h[1], last) {
+			t.Fatalf("%s applied %d sets, want the first and the one at the bound only", a.name, len(h))
+		}
+	}
+
+	// A group past it at its first resolution allows nothing.
+	bigKey, big := group("sg-big")
+	_, g := group("sg-1")
+	leader.src.set(bigKey, lower...)
+	follower.m.SetWanted(ctx, map[string]api.AWSGroup{key: g, bigKey: big})
+	waitResult(t, bigKey, "never resolved, with the bound's error", func(r Result) bool {
+		return strings.Contains(r.Error, "addresses") && !r.Resolved && len(r.Addrs) == 0
+	}, leader, follower)
+
+	// An older leader's result, past the bound: refused, the last set kept.
+	older, _ := follower.m.Result(key)
+	older.Addrs, older.Error, older.Failures = parse(append(lower, "10.0.0.1")...), "", 0
 	b, _ := json.Marshal(older)
 	if err := follower.kv.Put(ctx, follower.m.base()+"results/"+hash(key), b, 0); err != nil {
 		t.Fatal(err)
 	}
-	waitApplied(t, key, append(parse("10.0.0.1"), lowest[:MaxGroupAddrs-1]...), follower)
+	waitResult(t, key, "the older leader's result refused", func(r Result) bool {
+		return strings.Contains(r.Error, "addresses") && r.Failures == 0 && slices.Equal(r.Addrs, last)
+	}, follower)
+	for _, a := range []*agent{leader, follower} {
+		if h := a.applied.history(key); len(h) != 2 {
+			t.Fatalf("%s applied %d sets, want 2", a.name, len(h))
+		}
+		if h := a.applied.history(bigKey); len(h) != 0 {
+			t.Fatalf("%s applied the group past the bound at its first resolution", a.name)
+		}
+	}
+}
+
+// A stored result is applied only under the key it is stored under: its
+// path's last element is the hash of its key, and its key is its group's.
+// Until 2026-12-07 a value at results/<anything> was applied under the
+// key written inside it: one with {"key":"nodes:{}","addrs":[pod IPs]}
+// made every agent give those pods node-selected CIDR identities (a
+// toNodes key), and the leader never deleted it (found by a review).
+// Refused results are counted, and the leader deletes them.
+func TestForgedResultRefused(t *testing.T) {
+	eps := testutil.Etcd(t)
+	ctx := tctx(t)
+	c := start(t, eps, "c", false) // no leader yet: nobody deletes
+	key, g := group("sg-1")
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
+	nodesKey := api.NodeSelectorKey(api.EndpointSelector{})
+	otherKey, _ := group("sg-2")
+	results := Prefix + cluster + "/results/"
+	forged := map[string]Result{
+		// A node selector's key, anywhere.
+		"forged": {Key: nodesKey, Resolved: true, Addrs: parse("10.244.1.5")},
+		// ... and under its own hash.
+		hash(nodesKey): {Key: nodesKey, Resolved: true, Addrs: parse("10.244.1.6")},
+		// A toFQDNs key.
+		hash("fqdn:name:example.com."): {Key: "fqdn:name:example.com.", Resolved: true, Addrs: parse("10.244.1.7")},
+		// A real group's key under another path.
+		"elsewhere": {Key: key, Group: g, Resolved: true, Addrs: parse("10.244.1.8")},
+		// A group's key under its hash, with another group inside.
+		hash(otherKey): {Key: otherKey, Group: api.AWSGroup{Region: "eu-west-1", SecurityGroupsIDs: []string{"sg-3"}}, Resolved: true, Addrs: parse("10.244.1.9")},
+	}
+	for path, r := range forged {
+		b, _ := json.Marshal(r)
+		if err := c.kv.Put(ctx, results+path, b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Barrier: a result written after them under its own key is applied;
+	// results are applied in order, so the forged ones would have been.
+	b, _ := json.Marshal(Result{Key: key, Group: g, Resolved: true, Addrs: parse("10.0.0.5")})
+	if err := c.kv.Put(ctx, results+hash(key), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.5"), c)
+	for _, k := range []string{nodesKey, "fqdn:name:example.com.", otherKey} {
+		if h := c.applied.history(k); len(h) != 0 {
+			t.Errorf("applied a forged result under %q: %v", k, h)
+		}
+		if r, ok := c.m.Result(k); ok {
+			t.Errorf("holds a forged result under %q: %+v", k, r)
+		}
+	}
+	if h := c.applied.history(key); len(h) != 1 {
+		t.Errorf("applied %v to %s, want only its own result", h, key)
+	}
+	if st := c.m.Status(); st.Refused != len(forged) {
+		t.Errorf("counts %d refused results, want %d", st.Refused, len(forged))
+	}
+
+	// A leader deletes them, and resolves the group.
+	a := start(t, eps, "a", true)
+	a.src.set(key, "10.0.0.6")
+	waitLeader(t, a)
+	if err := c.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.6"), a, c)
+	eventually(t, 10*time.Second, "the forged results deleted", func() (bool, string) {
+		kvs, _, err := c.kv.List(ctx, results)
+		var paths []string
+		for _, kv := range kvs {
+			paths = append(paths, strings.TrimPrefix(kv.Key, results))
+		}
+		return err == nil && slices.Equal(paths, []string{hash(key)}), fmt.Sprint(paths, err)
+	})
+	for _, x := range []*agent{a, c} {
+		eventually(t, 5*time.Second, x.name+" forgets the deleted forged results", func() (bool, string) {
+			st := x.m.Status()
+			return st.Refused == 0, fmt.Sprint(st.Refused)
+		})
+	}
+}
+
+// Special-purpose addresses in a group's answer (the test toFQDNs answers
+// pass, fqdn.Learnable) are neither stored nor applied, nor are they
+// applied from a stored result (an older leader's): until 2026-12-07 an
+// answer holding 169.254.169.254 let group-selected pods reach the
+// instance metadata service (found by a review).
+func TestSpecialAddressesNotApplied(t *testing.T) {
+	_, leader, follower, key := pair(t)
+	ctx := tctx(t)
+	special := []string{"0.0.0.0", "127.0.0.1", "169.254.169.254", "224.0.0.1", "255.255.255.255"}
+	leader.src.set(key, append([]string{"10.0.0.3"}, special...)...)
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.3"), leader, follower)
+	waitResult(t, key, "stored without them", func(r Result) bool { return slices.Equal(r.Addrs, parse("10.0.0.3")) }, leader, follower)
+
+	// A stored result holding them (an older leader's).
+	r, _ := follower.m.Result(key)
+	r.Addrs = parse(append([]string{"10.0.0.4"}, special...)...)
+	b, _ := json.Marshal(r)
+	if err := follower.kv.Put(ctx, Prefix+cluster+"/results/"+hash(key), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, key, parse("10.0.0.4"), follower)
+	for _, a := range []*agent{leader, follower} {
+		for _, h := range a.applied.history(key) {
+			for _, s := range special {
+				if slices.Contains(h, netip.MustParseAddr(s)) {
+					t.Errorf("%s applied %v", a.name, h)
+				}
+			}
+		}
+	}
 }

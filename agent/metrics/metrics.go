@@ -40,7 +40,8 @@ type Sources struct {
 	// RemoteBackendsLeftOut: remote clusters' backends the frontends of
 	// global services leave out now, past their share.
 	RemoteBackendsLeftOut func() int
-	// Groups: cloud groups by state ("resolved", "error", "unresolved").
+	// Groups: cloud groups by state ("resolved", "error", "unresolved",
+	// "refused": stored results not applied, groups.Status.Refused).
 	Groups func() map[string]int
 	// KvstoreTrackedKeys: keys the process's tracked kvstore watches
 	// remember (kvstore.TrackedKeys).
@@ -60,7 +61,7 @@ var (
 	eventsLost   = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
 	dpLost       = prometheus.NewDesc("filament_datapath_events_lost_total", "Events (drops, flows) the datapath could not report because its events ring was full.", nil, nil)
 	services     = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
-	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing).", []string{"state"}, nil)
+	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing), refused (stored results not applied: not under their own key, or not a group's).", []string{"state"}, nil)
 	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
 	remoteIPCRef = prometheus.NewDesc("filament_remote_ipcache_refused_total", "Writes of remote clusters' ipcache entries refused because they held their share of the BPF ipcache (three quarters; the rest stays for this cluster).", nil, nil)
 	remoteBELeft = prometheus.NewDesc("filament_remote_service_backends_left_out", "Remote clusters' backends of global services this node's frontends leave out now, because remote backends hold their share of the load-balancer maps (a quarter).", nil, nil)

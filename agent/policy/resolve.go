@@ -53,6 +53,7 @@ import (
 
 	"github.com/filament-net/filament/agent/policy/api"
 
+	"github.com/filament-net/filament/agent/fqdn"
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/labels"
 )
@@ -503,6 +504,14 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var ch Change
+	if !api.IsNodeSelectorKey(key) {
+		// A cloud group's special-purpose addresses (those toFQDNs
+		// refuses from DNS answers) are never peers: until 2026-12-07
+		// an EC2 answer holding 169.254.169.254 let a toGroups rule
+		// allow the metadata service (TestGroupSpecialAddressesDropped;
+		// cloud/aws and agent/groups drop them too, and log them).
+		addrs = slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool { return !fqdn.Learnable(a) })
+	}
 	prefixes := hostPrefixes(addrs)
 	old, ok := r.awsGroups[key]
 	if ok && slices.Equal(old, prefixes) {

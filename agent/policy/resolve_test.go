@@ -1690,3 +1690,31 @@ func nodeKeyOf(r *Resolver) (key string) {
 	}
 	return key
 }
+
+// A group's special-purpose addresses (the test toFQDNs answers pass,
+// fqdn.Learnable) never become CIDR peers: an EC2 answer holding the
+// metadata service's 169.254.169.254 let a toGroups rule allow pods to
+// fetch the node role's credentials until 2026-12-07 (found by a
+// review); this network, loopback, multicast and broadcast neither.
+func TestGroupSpecialAddressesDropped(t *testing.T) {
+	addr := netip.MustParseAddr
+	g := api.AWSGroup{SecurityGroupsIDs: []string{"sg-1"}}
+	p := rsPol("egress-groups", api.Rule{EndpointSelector: rsSel("app=web"), Egress: []api.EgressRule{{
+		ToGroups: []api.Groups{{AWS: &g}}}}})
+	r := NewResolver(ModeDefault)
+	rp := newReplica()
+	rp.apply(t, r.UpsertEndpoint(EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}))
+	rp.apply(t, r.SetPolicies([]api.Policy{p}))
+	key := api.GroupKey(g)
+	ch := r.SetGroup(key, []netip.Addr{addr("169.254.169.254"), addr("0.0.0.0"), addr("127.0.0.1"),
+		addr("224.0.0.1"), addr("255.255.255.255"), addr("168.63.129.16"), addr("10.0.1.5")})
+	rp.apply(t, ch)
+	rp.check(t, r)
+	got, _ := r.GroupAddrs(key)
+	if want := []netip.Prefix{netip.MustParsePrefix("10.0.1.5/32")}; !slices.Equal(got, want) {
+		t.Fatalf("group addresses %v, want %v", got, want)
+	}
+	if len(ch.CIDRUpserts) != 1 {
+		t.Fatalf("CIDR identities %v, want 10.0.1.5/32 alone", ch.CIDRUpserts)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"net/url"
@@ -29,6 +30,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/filament-net/filament/agent/fqdn"
 )
 
 // ErrNotConfigured is wrapped by the errors that mean AWS is not set up for
@@ -61,6 +64,12 @@ func (g Group) empty() bool {
 type Config struct {
 	Region   string // default region ("" = from the standard chain: AWS_REGION, shared config)
 	Endpoint string // endpoint override (tests: moto), e.g. http://127.0.0.1:5000
+	// NodeVPC gives this node's VPC (the instance metadata's), asked
+	// until it answers; nil: none. Groups resolve only in it and VPCIDs.
+	NodeVPC func(ctx context.Context) (string, error)
+	// VPCIDs are the VPCs groups resolve in beside the node's own
+	// (--aws-vpc-ids).
+	VPCIDs []string
 }
 
 // defaultPageSize is the MaxResults asked of EC2 per page: the largest the
@@ -79,8 +88,15 @@ type Resolver struct {
 	endpoint string
 	pageSize int32 // MaxResults per Describe page (tests lower it)
 
-	mu      sync.Mutex
-	clients map[string]*ec2.Client
+	mu         sync.Mutex
+	clients    map[string]*ec2.Client
+	nodeVPCOf  func(ctx context.Context) (string, error)
+	vpcIDs     []string
+	nodeVPC    string    // cached once nodeVPCOf answered
+	nodeVPCAt  time.Time // when nodeVPCOf last failed
+	nodeVPCErr error
+	// droppedLogged: the special addresses already logged (dropped).
+	droppedLogged fqdn.FirstSeen
 }
 
 // New loads credentials and region from the standard chain (environment,
@@ -126,6 +142,9 @@ func New(ctx context.Context, cfg Config) (*Resolver, error) {
 		endpoint: cfg.Endpoint,
 		pageSize: defaultPageSize,
 		clients:  make(map[string]*ec2.Client),
+
+		nodeVPCOf: cfg.NodeVPC,
+		vpcIDs:    slices.Clone(cfg.VPCIDs),
 	}, nil
 }
 
@@ -187,21 +206,92 @@ func (r *Resolver) Resolve(ctx context.Context, g Group) ([]netip.Addr, error) {
 	if region == "" {
 		region = r.region
 	}
-	c := r.client(region)
-	set := make(map[netip.Addr]struct{})
-	if err := r.instanceAddrs(ctx, c, region, g, set); err != nil {
+	vpcs, err := r.vpcs(ctx)
+	if err != nil {
 		return nil, err
 	}
-	if err := r.interfaceAddrs(ctx, c, region, g, set); err != nil {
+	c := r.client(region)
+	set := make(map[netip.Addr]struct{})
+	if err := r.instanceAddrs(ctx, c, region, g, vpcs, set); err != nil {
 		return nil, err
+	}
+	if err := r.interfaceAddrs(ctx, c, region, g, vpcs, set); err != nil {
+		return nil, err
+	}
+	for a := range set {
+		if !fqdn.Learnable(a) {
+			delete(set, a)
+			r.dropped(a, region, g)
+		}
 	}
 	out := slices.SortedFunc(maps.Keys(set), netip.Addr.Compare)
 	return out, nil
 }
 
-// instanceAddrs adds the addresses of the running instances g selects.
-func (r *Resolver) instanceAddrs(ctx context.Context, c *ec2.Client, region string, g Group, set map[netip.Addr]struct{}) error {
-	filters := []ec2types.Filter{filter("instance-state-name", string(ec2types.InstanceStateNameRunning))}
+// dropped logs, once per address, an address an EC2 answer gave that no
+// policy may name: the ones toFQDNs refuses from DNS answers
+// (fqdn.Learnable: this network, loopback, link-local with the instance
+// metadata service, multicast, broadcast, the cloud platform endpoints).
+// Until 2026-12-07 an interface holding 169.254.169.254 had a toGroups
+// rule let pods reach the metadata service and the node role's
+// credentials (TestResolveDropsSpecialAddresses).
+func (r *Resolver) dropped(a netip.Addr, region string, g Group) {
+	if r.droppedLogged.First(a) {
+		slog.Warn("an EC2 answer gave a special-purpose address: dropped from the group (no policy may allow it)",
+			"addr", a, "region", region, "labels", g.Labels, "securityGroupIds", g.SecurityGroupIDs, "securityGroupNames", g.SecurityGroupNames)
+	}
+}
+
+// nodeVPCRetry is how long a failed look-up of the node's VPC is kept
+// before it is asked again.
+const nodeVPCRetry = 30 * time.Second
+
+// vpcs are the VPCs groups resolve in: the node's (Config.NodeVPC, asked
+// until it answers) and Config.VPCIDs. None known is an error: a group
+// resolved in every VPC of the account (or of any account that shares
+// one) selects any interface anyone can tag, with any private address
+// (TestResolveOnlyInTheVPCs).
+func (r *Resolver) vpcs(ctx context.Context) (map[string]bool, error) {
+	r.mu.Lock()
+	ask := r.nodeVPC == "" && r.nodeVPCOf != nil && (r.nodeVPCAt.IsZero() || time.Since(r.nodeVPCAt) >= nodeVPCRetry)
+	r.mu.Unlock()
+	if ask {
+		vpc, err := r.nodeVPCOf(ctx)
+		if err == nil && vpc == "" {
+			err = errors.New("no VPC in the instance metadata")
+		}
+		r.mu.Lock()
+		if err == nil {
+			r.nodeVPC, r.nodeVPCErr = vpc, nil
+		} else {
+			r.nodeVPCAt, r.nodeVPCErr = time.Now(), err
+		}
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]bool, len(r.vpcIDs)+1)
+	for _, v := range r.vpcIDs {
+		out[v] = true
+	}
+	if r.nodeVPC != "" {
+		out[r.nodeVPC] = true
+	}
+	if len(out) == 0 {
+		why := "no look-up of it configured"
+		if r.nodeVPCErr != nil {
+			why = r.nodeVPCErr.Error()
+		}
+		return nil, fmt.Errorf("aws: no VPC to resolve groups in: this node's VPC is unknown (%s) and the agent's AWS VPC IDs (--aws-vpc-ids) name none", why)
+	}
+	return out, nil
+}
+
+// instanceAddrs adds the addresses of the running instances g selects
+// in the VPCs vpcs.
+func (r *Resolver) instanceAddrs(ctx context.Context, c *ec2.Client, region string, g Group, vpcs map[string]bool, set map[netip.Addr]struct{}) error {
+	filters := []ec2types.Filter{filter("instance-state-name", string(ec2types.InstanceStateNameRunning)),
+		filter("vpc-id", slices.Sorted(maps.Keys(vpcs))...)}
 	filters = append(filters, tagFilters(g.Labels)...)
 	if len(g.SecurityGroupIDs) > 0 {
 		filters = append(filters, filter("instance.group-id", g.SecurityGroupIDs...))
@@ -225,6 +315,9 @@ func (r *Resolver) instanceAddrs(ctx context.Context, c *ec2.Client, region stri
 				// guards against an implementation that ignores it.
 				if inst.State != nil && inst.State.Name != ec2types.InstanceStateNameRunning {
 					continue
+				}
+				if !vpcs[awssdk.ToString(inst.VpcId)] {
+					continue // likewise for the VPC filter
 				}
 				addInstance(set, inst)
 			}
@@ -253,11 +346,15 @@ func addInstance(set map[netip.Addr]struct{}, inst ec2types.Instance) {
 	}
 }
 
-// interfaceAddrs adds the addresses of the network interfaces that no
-// instance is attached to (load balancers, NAT gateways, endpoints, detached
-// interfaces) and that g selects.
-func (r *Resolver) interfaceAddrs(ctx context.Context, c *ec2.Client, region string, g Group, set map[netip.Addr]struct{}) error {
-	filters := tagFilters(g.Labels)
+// interfaceAddrs adds the addresses of the network interfaces in the VPCs
+// vpcs that no instance is attached to but that are in use (load
+// balancers, NAT gateways, endpoints) and that g selects. Interfaces in
+// no use (status available: created and never attached, or detached)
+// are left out: until 2026-12-07 they counted, so anyone able to create
+// one with a chosen address and a tenant's tag added that address to
+// the tenant's group (TestResolveOnlyInTheVPCs).
+func (r *Resolver) interfaceAddrs(ctx context.Context, c *ec2.Client, region string, g Group, vpcs map[string]bool, set map[netip.Addr]struct{}) error {
+	filters := append(tagFilters(g.Labels), filter("vpc-id", slices.Sorted(maps.Keys(vpcs))...))
 	var nameIDs map[string]bool // IDs of the groups named in g, if any
 	if len(g.SecurityGroupNames) > 0 {
 		ids, err := r.groupIDsByName(ctx, c, region, g.SecurityGroupNames)
@@ -291,6 +388,9 @@ func (r *Resolver) interfaceAddrs(ctx context.Context, c *ec2.Client, region str
 		for _, ni := range page.NetworkInterfaces {
 			if ni.Attachment != nil && awssdk.ToString(ni.Attachment.InstanceId) != "" {
 				continue // an instance's: counted (if running) with the instance
+			}
+			if ni.Status != ec2types.NetworkInterfaceStatusInUse || !vpcs[awssdk.ToString(ni.VpcId)] {
+				continue // in no use, or outside the VPCs (the filter ignored)
 			}
 			if nameIDs != nil && !slices.ContainsFunc(ni.Groups, func(gi ec2types.GroupIdentifier) bool {
 				return nameIDs[awssdk.ToString(gi.GroupId)]

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -315,14 +317,19 @@ func buildWorld(t *testing.T, endpoint string) *motoWorld {
 	must(c.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
 		NetworkInterfaceId: eni2.NetworkInterfaceId, InstanceId: awssdk.String(w.i1), DeviceIndex: awssdk.Int32(1),
 	}))(t)
-	alloc := must(c.AllocateAddress(ctx, &ec2.AllocateAddressInput{Domain: ec2types.DomainTypeVpc}))(t)
+	// An address of our choosing: moto picks any, loopback included,
+	// which Resolve drops (TestResolveDropsSpecialAddresses).
+	alloc := must(c.AllocateAddress(ctx, &ec2.AllocateAddressInput{Domain: ec2types.DomainTypeVpc, Address: awssdk.String("198.51.100.7")}))(t)
 	w.eip = *alloc.PublicIp
 	must(c.AssociateAddress(ctx, &ec2.AssociateAddressInput{
 		AllocationId: alloc.AllocationId, InstanceId: awssdk.String(w.i1),
 	}))(t)
 	w.i1IPs = []string{*i1.PrivateIpAddress, w.i1Secondary, w.i1ENI2, w.eip}
 
-	// An interface in db with no instance (like a load balancer's).
+	// An interface in db with no instance, never attached (status
+	// available; moto has no other kind without an instance): it is in
+	// no use, and selects nothing (TestResolveOnlyInTheVPCs; the in-use
+	// kind, a load balancer's: TestResolveServiceInterfaces).
 	eni := must(c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
 		SubnetId: awssdk.String(w.subnet), Groups: []string{w.db},
 	}))(t).NetworkInterface
@@ -335,7 +342,7 @@ func TestResolveMoto(t *testing.T) {
 	endpoint := startMoto(t)
 	w := buildWorld(t, endpoint)
 	ctx := context.Background()
-	r, err := New(ctx, Config{Endpoint: endpoint})
+	r, err := New(ctx, Config{Endpoint: endpoint, VPCIDs: []string{w.vpc}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,16 +373,16 @@ func TestResolveMoto(t *testing.T) {
 	}
 
 	check("sg id web", Group{SecurityGroupIDs: []string{w.web}}, union(w.i1IPs, w.i3IPs))
-	check("sg name db", Group{SecurityGroupNames: []string{"db"}}, union(w.i2IPs, w.eniIPs))
-	check("sg id db", Group{SecurityGroupIDs: []string{w.db}}, union(w.i2IPs, w.eniIPs))
+	check("sg name db", Group{SecurityGroupNames: []string{"db"}}, union(w.i2IPs))
+	check("sg id db", Group{SecurityGroupIDs: []string{w.db}}, union(w.i2IPs))
 	check("labels app=shop", Group{Labels: map[string]string{"app": "shop"}}, union(w.i1IPs, w.i2IPs))
 	check("labels app=shop,env=prod (AND)", Group{Labels: map[string]string{"app": "shop", "env": "prod"}}, union(w.i1IPs))
 	check("labels app=shop,env=staging", Group{Labels: map[string]string{"app": "shop", "env": "staging"}}, nil)
-	check("sg ids web,db (OR)", Group{SecurityGroupIDs: []string{w.web, w.db}}, union(w.i1IPs, w.i2IPs, w.i3IPs, w.eniIPs))
-	check("sg names web,db (OR)", Group{SecurityGroupNames: []string{"web", "db"}}, union(w.i1IPs, w.i2IPs, w.i3IPs, w.eniIPs))
+	check("sg ids web,db (OR)", Group{SecurityGroupIDs: []string{w.web, w.db}}, union(w.i1IPs, w.i2IPs, w.i3IPs))
+	check("sg names web,db (OR)", Group{SecurityGroupNames: []string{"web", "db"}}, union(w.i1IPs, w.i2IPs, w.i3IPs))
 	check("sg id web AND app=shop", Group{SecurityGroupIDs: []string{w.web}, Labels: map[string]string{"app": "shop"}}, union(w.i1IPs))
 	check("sg id web AND name db", Group{SecurityGroupIDs: []string{w.web}, SecurityGroupNames: []string{"db"}}, nil)
-	check("sg id db AND name db", Group{SecurityGroupIDs: []string{w.db}, SecurityGroupNames: []string{"db"}}, union(w.i2IPs, w.eniIPs))
+	check("sg id db AND name db", Group{SecurityGroupIDs: []string{w.db}, SecurityGroupNames: []string{"db"}}, union(w.i2IPs))
 	check("no such name", Group{SecurityGroupNames: []string{"nope"}}, nil)
 	check("explicit region", Group{SecurityGroupIDs: []string{w.web}, Region: "us-east-1"}, union(w.i1IPs, w.i3IPs))
 	check("other region", Group{SecurityGroupIDs: []string{w.web}, Region: "us-west-2"}, nil)
@@ -389,7 +396,8 @@ func TestResolveMoto(t *testing.T) {
 		Resources: []string{w.eniID},
 		Tags:      []ec2types.Tag{{Key: awssdk.String("app"), Value: awssdk.String("shop")}},
 	}))(t)
-	check("labels app=shop with tagged interface", Group{Labels: map[string]string{"app": "shop"}}, union(w.i1IPs, w.i2IPs, w.eniIPs))
+	// Until 2026-12-07 it was counted.
+	check("labels app=shop with tagged interface", Group{Labels: map[string]string{"app": "shop"}}, union(w.i1IPs, w.i2IPs))
 
 	// Running only: a stopped instance (and its attached interfaces) drops out.
 	must(w.c.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{w.i3}}))(t)
@@ -429,7 +437,7 @@ func TestResolveUnreachable(t *testing.T) {
 	setDummyCredentials(t)
 	t.Setenv("AWS_MAX_ATTEMPTS", "2") // keep the retries short
 	endpoint := "http://127.0.0.1:" + strconv.Itoa(freePort(t))
-	r, err := New(context.Background(), Config{Region: "eu-west-3", Endpoint: endpoint})
+	r, err := New(context.Background(), Config{Region: "eu-west-3", Endpoint: endpoint, VPCIDs: []string{"vpc-1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -686,7 +694,7 @@ func BenchmarkResolve1000Instances50Groups(b *testing.B) {
 	}
 	b.Logf("setup: %d instances in %d security groups in %v", groups*perGroup, groups, time.Since(setup).Round(time.Millisecond))
 
-	r, err := New(ctx, Config{Endpoint: endpoint})
+	r, err := New(ctx, Config{Endpoint: endpoint, VPCIDs: []string{vpc}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -727,4 +735,216 @@ func BenchmarkResolve1000Instances50Groups(b *testing.B) {
 		base += time.Since(start)
 	}
 	b.ReportMetric(float64(base.Milliseconds())/float64(b.N), "baseline-list-all-ms")
+}
+
+// TestResolveDropsSpecialAddresses: addresses no policy may name, those
+// toFQDNs refuses from DNS answers (fqdn.Learnable: this network,
+// loopback, link-local with the metadata service, multicast, broadcast),
+// are dropped from an EC2 answer, each logged once. Until 2026-12-07 an
+// interface holding 169.254.169.254 had a toGroups rule let pods reach
+// the instance metadata service and the node role's credentials (found by
+// a review).
+func TestResolveDropsSpecialAddresses(t *testing.T) {
+	endpoint := startMoto(t)
+	ctx := context.Background()
+	c := testEC2(t, endpoint, "us-east-1")
+	vpc := *must(c.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String("10.0.0.0/16")}))(t).Vpc.VpcId
+	subnet := *must(c.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: awssdk.String(vpc), CidrBlock: awssdk.String("10.0.1.0/24")}))(t).Subnet.SubnetId
+	inst := runInstances(t, c, subnet, nil, 1, "app", "imds")[0]
+	ips := func(primary string, others ...string) []ec2types.PrivateIpAddressSpecification {
+		out := []ec2types.PrivateIpAddressSpecification{{PrivateIpAddress: awssdk.String(primary), Primary: awssdk.Bool(true)}}
+		for _, o := range others {
+			out = append(out, ec2types.PrivateIpAddressSpecification{PrivateIpAddress: awssdk.String(o), Primary: awssdk.Bool(false)})
+		}
+		return out
+	}
+	eni := must(c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: awssdk.String(subnet),
+		PrivateIpAddresses: ips("169.254.169.254", "0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255")}))(t).NetworkInterface
+	must(c.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
+		NetworkInterfaceId: eni.NetworkInterfaceId, InstanceId: inst.InstanceId, DeviceIndex: awssdk.Int32(1),
+	}))(t)
+
+	var logs lockedBuffer
+	defer func(l *slog.Logger) { slog.SetDefault(l) }(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	r, err := New(ctx, Config{Endpoint: endpoint, VPCIDs: []string{vpc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		got, err := r.Resolve(ctx, Group{Labels: map[string]string{"app": "imds"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := addrs(t, *inst.PrivateIpAddress); !slices.Equal(got, want) {
+			t.Fatalf("Resolve = %v, want %v", got, want)
+		}
+	}
+	for _, a := range []string{"169.254.169.254", "0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255"} {
+		if n := strings.Count(logs.String(), "addr="+a+" "); n != 1 {
+			t.Errorf("%s logged %d times, want once:\n%s", a, n, logs.String())
+		}
+	}
+}
+
+// TestResolveOnlyInTheVPCs: a group resolves only in the node's VPC and
+// the VPCs the operator names, and never to interfaces no instance or
+// service uses (status available): anyone who can create a VPC and a
+// detached interface with a chosen private address (any, e.g.
+// 203.0.113.9) and the tag a tenant's toGroups names added that address
+// until 2026-12-07 (found by a review). Without any VPC known the group
+// fails (and so keeps its last good set, or allows nothing).
+func TestResolveOnlyInTheVPCs(t *testing.T) {
+	endpoint := startMoto(t)
+	ctx := context.Background()
+	c := testEC2(t, endpoint, "us-east-1")
+	vpcAndSubnet := func(cidr, subnetCIDR string) (string, string) {
+		vpc := *must(c.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: awssdk.String(cidr)}))(t).Vpc.VpcId
+		return vpc, *must(c.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: awssdk.String(vpc), CidrBlock: awssdk.String(subnetCIDR)}))(t).Subnet.SubnetId
+	}
+	nodeVPC, nodeSubnet := vpcAndSubnet("10.0.0.0/16", "10.0.1.0/24")
+	otherVPC, otherSubnet := vpcAndSubnet("10.1.0.0/16", "10.1.1.0/24")
+	_, evilSubnet := vpcAndSubnet("203.0.113.0/24", "203.0.113.0/25")
+	mine := runInstances(t, c, nodeSubnet, nil, 1, "app", "db")[0]
+	other := runInstances(t, c, otherSubnet, nil, 1, "app", "db")[0]
+	runInstances(t, c, evilSubnet, nil, 1, "app", "db")
+	detached := func(subnet, ip string) {
+		must(c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: awssdk.String(subnet),
+			PrivateIpAddress: awssdk.String(ip),
+			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeNetworkInterface,
+				Tags: []ec2types.Tag{{Key: awssdk.String("app"), Value: awssdk.String("db")}}}}}))(t)
+	}
+	detached(evilSubnet, "203.0.113.9")
+	detached(nodeSubnet, "10.0.1.200") // in the node's VPC, but used by nothing
+
+	g := Group{Labels: map[string]string{"app": "db"}}
+	resolve := func(cfg Config) ([]netip.Addr, error) {
+		cfg.Endpoint = endpoint
+		r, err := New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Resolve(ctx, g)
+	}
+	fromIMDS := func(context.Context) (string, error) { return nodeVPC, nil }
+	got, err := resolve(Config{NodeVPC: fromIMDS})
+	if want := addrs(t, *mine.PrivateIpAddress); err != nil || !slices.Equal(got, want) {
+		t.Errorf("in the node's VPC: %v %v, want %v", got, err, want)
+	}
+	got, err = resolve(Config{NodeVPC: fromIMDS, VPCIDs: []string{otherVPC}})
+	if want := addrs(t, *mine.PrivateIpAddress, *other.PrivateIpAddress); err != nil || !slices.Equal(got, want) {
+		t.Errorf("in the node's VPC and another named: %v %v, want %v", got, err, want)
+	}
+	got, err = resolve(Config{VPCIDs: []string{otherVPC}})
+	if want := addrs(t, *other.PrivateIpAddress); err != nil || !slices.Equal(got, want) {
+		t.Errorf("off EC2, in the VPC named: %v %v, want %v", got, err, want)
+	}
+	noIMDS := func(context.Context) (string, error) { return "", ErrNotConfigured }
+	if got, err := resolve(Config{NodeVPC: noIMDS}); err == nil || !strings.Contains(err.Error(), "VPC") {
+		t.Errorf("no VPC known: %v %v, want an error naming the VPC", got, err)
+	}
+}
+
+// fakeEC2 answers DescribeInstances and DescribeNetworkInterfaces (EC2
+// query protocol) with fixed pages, whatever the filters, and records
+// each call's form: an EC2 implementation that ignores filters, or a
+// hostile endpoint.
+type fakeEC2 struct {
+	mu         sync.Mutex
+	instances  func(token string) (body, next string) // reservationSet items
+	interfaces func(token string) (body, next string) // networkInterfaceSet items
+	calls      []url.Values
+}
+
+func (f *fakeEC2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, r.PostForm)
+	f.mu.Unlock()
+	action, token := r.PostForm.Get("Action"), r.PostForm.Get("NextToken")
+	var page func(string) (string, string)
+	var set string
+	switch action {
+	case "DescribeInstances":
+		page, set = f.instances, "reservationSet"
+	case "DescribeNetworkInterfaces":
+		page, set = f.interfaces, "networkInterfaceSet"
+	default:
+		http.Error(w, "unsupported "+action, http.StatusBadRequest)
+		return
+	}
+	body, next := "", ""
+	if page != nil {
+		body, next = page(token)
+	}
+	if next != "" {
+		next = "<nextToken>" + next + "</nextToken>"
+	}
+	w.Header().Set("Content-Type", "text/xml")
+	fmt.Fprintf(w, `<%sResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>r</requestId><%s>%s</%s>%s</%sResponse>`,
+		action, set, body, set, next, action)
+}
+
+// filterValues are the values of the filter named name in a call's form.
+func filterValues(form url.Values, name string) []string {
+	for i := 1; ; i++ {
+		n := form.Get(fmt.Sprintf("Filter.%d.Name", i))
+		if n == "" {
+			return nil
+		}
+		if n != name {
+			continue
+		}
+		var vs []string
+		for j := 1; form.Has(fmt.Sprintf("Filter.%d.Value.%d", i, j)); j++ {
+			vs = append(vs, form.Get(fmt.Sprintf("Filter.%d.Value.%d", i, j)))
+		}
+		return vs
+	}
+}
+
+// eniItem is a networkInterfaceSet item without an instance.
+func eniItem(id, status, vpc, ip string) string {
+	return fmt.Sprintf(`<item><networkInterfaceId>%s</networkInterfaceId><status>%s</status><vpcId>%s</vpcId>`+
+		`<privateIpAddress>%s</privateIpAddress><privateIpAddressesSet><item><privateIpAddress>%s</privateIpAddress><primary>true</primary></item></privateIpAddressesSet></item>`,
+		id, status, vpc, ip, ip)
+}
+
+// startFakeEC2 serves f and returns a resolver using it in VPC vpc-node.
+func startFakeEC2(t *testing.T, f *fakeEC2) *Resolver {
+	t.Helper()
+	isolateAWSEnv(t)
+	setDummyCredentials(t)
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	r, err := New(context.Background(), Config{Endpoint: srv.URL, VPCIDs: []string{"vpc-node"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestResolveServiceInterfaces: an interface in use with no instance (a
+// load balancer's, a NAT gateway's) counts, in the VPCs only, whatever an
+// endpoint that ignores the vpc-id filter answers; one in no use
+// (available) does not. Moto has no in-use interface without an instance.
+func TestResolveServiceInterfaces(t *testing.T) {
+	f := &fakeEC2{interfaces: func(string) (string, string) {
+		return eniItem("eni-lb", "in-use", "vpc-node", "10.0.1.10") +
+			eniItem("eni-elsewhere", "in-use", "vpc-evil", "203.0.113.9") +
+			eniItem("eni-detached", "available", "vpc-node", "10.0.1.11"), ""
+	}}
+	r := startFakeEC2(t, f)
+	got, err := r.Resolve(context.Background(), Group{Labels: map[string]string{"app": "db"}})
+	if want := addrs(t, "10.0.1.10"); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Resolve = %v %v, want %v", got, err, want)
+	}
+	for _, form := range f.calls {
+		if vs := filterValues(form, "vpc-id"); !slices.Equal(vs, []string{"vpc-node"}) {
+			t.Errorf("%s asked with vpc-id filter %q, want [vpc-node]", form.Get("Action"), vs)
+		}
+	}
 }

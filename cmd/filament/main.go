@@ -375,6 +375,9 @@ func (c *cli) policyCmd() *cobra.Command {
 			}
 			return c.print(st, func(w io.Writer) {
 				cellf(w, "Resolver:\tenabled=%v leader=%s (this node: %v), every %s\n", st.Enabled, st.Leader, st.IsLeader, st.Interval)
+				if st.Refused > 0 {
+					cellf(w, "Refused:\t%d stored results not applied (not under their own key, or not a group's; see the agent's log)\n", st.Refused)
+				}
 				fmt.Fprintln(w, "GROUP\tADDRESSES\tREFRESHED\tERROR")
 				for _, g := range st.Groups {
 					refreshed := "never"

@@ -170,6 +170,9 @@ type GroupsStatus struct {
 	IsLeader bool          `json:"isLeader"`
 	Interval string        `json:"interval"`
 	Groups   []GroupResult `json:"groups"`
+	// Refused counts the stored results not applied (not under their
+	// own key, or not a group's).
+	Refused int `json:"refused,omitempty"`
 }
 
 // GroupResult is a group as last resolved by the cluster's leader.
