@@ -285,6 +285,7 @@ bench: check-root deps build hubble
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 2s ./agent/identity/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./agent/hubble/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 3x ./bpf/
+	$(GO) test -run '^$$' -bench ScrubWalk -benchtime 3x ./agent/datapath/
 	FILAMENT_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench Resolve -benchtime 3x ./agent/policy/
 	$(GO) test -run '^$$' -bench Parse10k -benchtime 1x ./agent/policy/api/
 	$(GO) test -run '^$$' -bench Import10k -benchtime 1x ./agent/policysync/ 2>&1 | grep -vE 'level=(INFO|WARN)'
