@@ -129,16 +129,22 @@ func (u *budgetUse) section(cidrs []string, sets []api.CIDRRule, ports []api.Por
 			n++
 		}
 	}
+	eachCIDR(cidrs, sets, add)
+	u.cidrPorts += n * portEntries(ports)
+}
+
+// eachCIDR calls f with each CIDR a section names: its CIDRs, its CIDR
+// sets' and their excepts.
+func eachCIDR(cidrs []string, sets []api.CIDRRule, f func(string)) {
 	for _, c := range cidrs {
-		add(c)
+		f(c)
 	}
 	for _, c := range sets {
-		add(c.CIDR)
+		f(c.CIDR)
 		for _, e := range c.Except {
-			add(e)
+			f(e)
 		}
 	}
-	u.cidrPorts += n * portEntries(ports)
 }
 
 // portEntries is what a section's ports count for the budget.

@@ -1,0 +1,258 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/filament-net/filament/agent/policy/api"
+)
+
+// Admission of the policies' CIDR prefixes (each a CIDR identity, an
+// ipcache key on every node): a namespace's toCIDR prefixes and the
+// addresses of the cloud groups its policies name count against its
+// prefix budget (MaxNamespacePrefixes) together. The import bounds the
+// toCIDR prefixes (checkBudgets); the groups' addresses come later, and
+// the groups that do not fit are refused whole, in a stable order (deny
+// groups before allow groups, each by api.GroupKey), so that the same
+// policies and addresses give the same verdicts on every node whatever
+// order the groups resolved in, and no address value decides which
+// group goes. A refused group of an allow rule selects nothing (fail
+// closed, as an unresolved one); one of a deny rule makes that rule deny
+// every peer on its ports (fail closed for what it would deny; widenDeny).
+
+// staticUnit names a namespace's toCIDR prefixes as one unit of
+// admission (a group's unit is its api.GroupKey).
+const staticUnit = ""
+
+// policyUse is what one policy names that takes ipcache keys, as
+// admission counts it.
+type policyUse struct {
+	ns          string
+	static      []netip.Prefix // toCIDR, fromCIDR and CIDRSets with their excepts (IPv4, masked)
+	deny, allow []string       // group keys of its deny and allow rules
+}
+
+// useOf is what p names that admission counts.
+func useOf(p *api.Policy) *policyUse {
+	u := &policyUse{ns: p.Namespace}
+	static := map[netip.Prefix]bool{}
+	add := func(s string) {
+		if pr, err := api.ParseCIDR(s); err == nil && pr.Addr().Is4() {
+			static[pr.Masked()] = true
+		}
+	}
+	allow, deny := map[string]bool{}, map[string]bool{}
+	section := func(cs []string, sets []api.CIDRRule, gs []api.Groups, into map[string]bool) {
+		eachCIDR(cs, sets, add)
+		for _, g := range gs {
+			if g.AWS != nil {
+				into[api.GroupKey(*g.AWS)] = true
+			}
+		}
+	}
+	into := [2]map[string]bool{allow, deny}
+	for _, rule := range p.Rules {
+		for i, rs := range [][]api.IngressRule{rule.Ingress, rule.IngressDeny} {
+			for _, in := range rs {
+				section(in.FromCIDR, in.FromCIDRSet, in.FromGroups, into[i])
+			}
+		}
+		for i, rs := range [][]api.EgressRule{rule.Egress, rule.EgressDeny} {
+			for _, out := range rs {
+				section(out.ToCIDR, out.ToCIDRSet, out.ToGroups, into[i])
+			}
+		}
+	}
+	u.static = slices.SortedFunc(maps.Keys(static), comparePrefixes)
+	u.deny = slices.Sorted(maps.Keys(deny))
+	u.allow = slices.Sorted(maps.Keys(allow))
+	return u
+}
+
+// names says whether the policy names unit.
+func (u *policyUse) names(unit string) bool {
+	if unit == staticUnit {
+		return len(u.static) > 0
+	}
+	_, d := slices.BinarySearch(u.deny, unit)
+	_, a := slices.BinarySearch(u.allow, unit)
+	return d || a
+}
+
+// admission is the outcome of admit.
+type admission struct {
+	// refused: by namespace, the units refused and why.
+	refused map[string]map[string]string
+}
+
+// admit decides which units of the current policies are admitted. r.mu
+// is held.
+func (r *Resolver) admit() admission {
+	adm := admission{refused: map[string]map[string]string{}}
+	byNS := map[string][]*policyUse{}
+	for _, k := range slices.Sorted(maps.Keys(r.uses)) {
+		u := r.uses[k]
+		byNS[u.ns] = append(byNS[u.ns], u)
+	}
+	namespaces := slices.Sorted(maps.Keys(byNS)) // clusterwide ("") first
+	held := map[string]map[netip.Prefix]struct{}{}
+	for _, ns := range namespaces {
+		held[ns] = map[netip.Prefix]struct{}{}
+	}
+	refuse := func(ns, unit, why string) {
+		if adm.refused[ns] == nil {
+			adm.refused[ns] = map[string]string{}
+		}
+		adm.refused[ns][unit] = why
+	}
+	// try admits a unit's prefixes (sorted, distinct) when they fit; the
+	// toCIDR prefixes are bounded by the import, so they always do here.
+	try := func(ns, unit string, ps []netip.Prefix) {
+		set := held[ns]
+		if unit != staticUnit && ns != "" {
+			n := 0
+			for _, p := range ps {
+				if _, ok := set[p]; !ok {
+					n++
+				}
+			}
+			if len(set)+n > MaxNamespacePrefixes {
+				refuse(ns, unit, fmt.Sprintf("its %d addresses do not fit namespace %q's prefix budget (%d prefixes, MaxNamespacePrefixes; "+
+					"%d held by its toCIDR prefixes and the groups before it, deny groups first, then by key)",
+					len(ps), ns, MaxNamespacePrefixes, len(set)))
+				return
+			}
+		}
+		for _, p := range ps {
+			set[p] = struct{}{}
+		}
+	}
+	for _, ns := range namespaces {
+		var static []netip.Prefix
+		for _, u := range byNS[ns] {
+			static = append(static, u.static...)
+		}
+		slices.SortFunc(static, comparePrefixes)
+		try(ns, staticUnit, slices.Compact(static))
+	}
+	denied := map[string]map[string]bool{}
+	for _, ns := range namespaces {
+		denied[ns] = map[string]bool{}
+		for _, u := range byNS[ns] {
+			for _, k := range u.deny {
+				denied[ns][k] = true
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(denied[ns])) {
+			if addrs, ok := r.awsGroups[k]; ok {
+				try(ns, k, addrs)
+			}
+		}
+	}
+	for _, ns := range namespaces {
+		allowed := map[string]bool{}
+		for _, u := range byNS[ns] {
+			for _, k := range u.allow {
+				if !denied[ns][k] {
+					allowed[k] = true
+				}
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(allowed)) {
+			if addrs, ok := r.awsGroups[k]; ok {
+				try(ns, k, addrs)
+			}
+		}
+	}
+	return adm
+}
+
+// readmit updates the uses of the changed policies, decides admission
+// again and adds to changed the policies whose units' admission changed
+// (they compile differently). r.mu is held.
+func (r *Resolver) readmit(changed map[string]bool) {
+	for k := range changed {
+		if p, ok := r.policies[k]; ok {
+			r.uses[k] = useOf(&p)
+		} else {
+			delete(r.uses, k)
+		}
+	}
+	adm := r.admit()
+	old := r.adm
+	r.adm = adm
+	type unitOf struct{ ns, unit string }
+	var moved []unitOf
+	for ns, units := range adm.refused {
+		for unit, why := range units {
+			if old.refused[ns][unit] != why {
+				moved = append(moved, unitOf{ns, unit})
+				if _, was := old.refused[ns][unit]; !was {
+					slog.Warn("policy: a namespace's cloud group or toCIDR prefixes are refused: an allow selects nothing of them, a deny denies every peer on its ports, until they fit",
+						"namespace", ns, "unit", unitName(unit), "reason", why)
+				}
+			}
+		}
+	}
+	for ns, units := range old.refused {
+		for unit := range units {
+			if _, still := adm.refused[ns][unit]; !still {
+				moved = append(moved, unitOf{ns, unit})
+				slog.Info("policy: a namespace's refused cloud group or toCIDR prefixes fit again", "namespace", ns, "unit", unitName(unit))
+			}
+		}
+	}
+	if len(moved) == 0 {
+		return
+	}
+	for k, u := range r.uses {
+		for _, m := range moved {
+			if u.ns == m.ns && u.names(m.unit) {
+				changed[k] = true
+				break
+			}
+		}
+	}
+}
+
+func unitName(unit string) string {
+	if unit == staticUnit {
+		return "toCIDR prefixes"
+	}
+	return unit
+}
+
+// GroupRefused says why the cloud group of key (api.GroupKey) is refused
+// in namespace ns ("" and false: it is not).
+func (r *Resolver) GroupRefused(ns, key string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	why, ok := r.adm.refused[ns][key]
+	return why, ok
+}
+
+// RefusedUnit is a namespace's cloud group (Unit, its api.GroupKey), or
+// its toCIDR prefixes (Unit ""), refused for a bound, and why.
+type RefusedUnit struct {
+	Namespace, Unit, Reason string
+}
+
+// Refused lists the refused units, by namespace then unit.
+func (r *Resolver) Refused() []RefusedUnit {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []RefusedUnit
+	for ns, units := range r.adm.refused {
+		for unit, why := range units {
+			out = append(out, RefusedUnit{ns, unit, why})
+		}
+	}
+	slices.SortFunc(out, func(a, b RefusedUnit) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Unit, b.Unit))
+	})
+	return out
+}
