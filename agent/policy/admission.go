@@ -22,7 +22,15 @@ import (
 // order the groups resolved in, and no address value decides which
 // group goes. A refused group of an allow rule selects nothing (fail
 // closed, as an unresolved one); one of a deny rule makes that rule deny
-// every peer on its ports (fail closed for what it would deny; widenDeny).
+// every peer on its ports (fail closed for what it would deny).
+//
+// All namespaces' and the clusterwide policies' prefixes together are
+// bounded too (MaxPolicyCIDRs): the node selectors' addresses first (the
+// cluster's nodes), then every namespace's toCIDR prefixes, then the deny
+// groups and then the allow groups, each pass clusterwide policies first
+// and then namespaces by name; a unit past the share is refused the same
+// way. toFQDNs' learned addresses get identities in what is left of the
+// share, up to MaxFQDNCIDRs of it (syncCIDRs, growFQDN).
 
 // staticUnit names a namespace's toCIDR prefixes as one unit of
 // admission (a group's unit is its api.GroupKey).
@@ -34,6 +42,7 @@ type policyUse struct {
 	ns          string
 	static      []netip.Prefix // toCIDR, fromCIDR and CIDRSets with their excepts (IPv4, masked)
 	deny, allow []string       // group keys of its deny and allow rules
+	nodes       []string       // node selector keys
 }
 
 // useOf is what p names that admission counts.
@@ -45,28 +54,32 @@ func useOf(p *api.Policy) *policyUse {
 			static[pr.Masked()] = true
 		}
 	}
-	allow, deny := map[string]bool{}, map[string]bool{}
-	section := func(cs []string, sets []api.CIDRRule, gs []api.Groups, into map[string]bool) {
+	allow, deny, nodes := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	section := func(cs []string, sets []api.CIDRRule, gs []api.Groups, ns []api.EndpointSelector, into map[string]bool) {
 		eachCIDR(cs, sets, add)
 		for _, g := range gs {
 			if g.AWS != nil {
 				into[api.GroupKey(*g.AWS)] = true
 			}
 		}
+		for _, sel := range ns {
+			nodes[api.NodeSelectorKey(sel)] = true
+		}
 	}
 	into := [2]map[string]bool{allow, deny}
 	for _, rule := range p.Rules {
 		for i, rs := range [][]api.IngressRule{rule.Ingress, rule.IngressDeny} {
 			for _, in := range rs {
-				section(in.FromCIDR, in.FromCIDRSet, in.FromGroups, into[i])
+				section(in.FromCIDR, in.FromCIDRSet, in.FromGroups, in.FromNodes, into[i])
 			}
 		}
 		for i, rs := range [][]api.EgressRule{rule.Egress, rule.EgressDeny} {
 			for _, out := range rs {
-				section(out.ToCIDR, out.ToCIDRSet, out.ToGroups, into[i])
+				section(out.ToCIDR, out.ToCIDRSet, out.ToGroups, out.ToNodes, into[i])
 			}
 		}
 	}
+	u.nodes = slices.Sorted(maps.Keys(nodes))
 	u.static = slices.SortedFunc(maps.Keys(static), comparePrefixes)
 	u.deny = slices.Sorted(maps.Keys(deny))
 	u.allow = slices.Sorted(maps.Keys(allow))
@@ -87,17 +100,29 @@ func (u *policyUse) names(unit string) bool {
 type admission struct {
 	// refused: by namespace, the units refused and why.
 	refused map[string]map[string]string
+	// admitted: the node selectors' addresses and the admitted units'
+	// prefixes (the rest of what the policies name is toFQDNs'); left:
+	// the prefixes of refused units that no admitted one names.
+	admitted map[netip.Prefix]struct{}
+	left     int
 }
 
 // admit decides which units of the current policies are admitted. r.mu
 // is held.
 func (r *Resolver) admit() admission {
-	adm := admission{refused: map[string]map[string]string{}}
+	adm := admission{refused: map[string]map[string]string{}, admitted: map[netip.Prefix]struct{}{}}
 	byNS := map[string][]*policyUse{}
 	for _, k := range slices.Sorted(maps.Keys(r.uses)) {
 		u := r.uses[k]
 		byNS[u.ns] = append(byNS[u.ns], u)
+		for _, key := range u.nodes {
+			for _, p := range r.awsGroups[key] {
+				adm.admitted[p] = struct{}{}
+			}
+		}
 	}
+	room := MaxPolicyCIDRs - MaxFQDNCIDRs
+	left := map[netip.Prefix]struct{}{}
 	namespaces := slices.Sorted(maps.Keys(byNS)) // clusterwide ("") first
 	held := map[string]map[netip.Prefix]struct{}{}
 	for _, ns := range namespaces {
@@ -109,10 +134,26 @@ func (r *Resolver) admit() admission {
 		}
 		adm.refused[ns][unit] = why
 	}
-	// try admits a unit's prefixes (sorted, distinct) when they fit; the
-	// toCIDR prefixes are bounded by the import, so they always do here.
+	// try admits a unit's prefixes (sorted, distinct) when they fit the
+	// share and, but for the toCIDR prefixes (bounded by the import),
+	// their namespace's budget.
 	try := func(ns, unit string, ps []netip.Prefix) {
 		set := held[ns]
+		n := 0
+		for _, p := range ps {
+			if _, ok := adm.admitted[p]; !ok {
+				n++
+			}
+		}
+		if len(adm.admitted)+n > room {
+			refuse(ns, unit, fmt.Sprintf("its %d prefixes do not fit the policies' share of the ipcache (%d keys for toCIDR prefixes and groups of all namespaces, "+
+				"policy.MaxPolicyCIDRs less MaxFQDNCIDRs, %d held; clusterwide policies first, then namespaces by name, "+
+				"toCIDR prefixes, then deny groups, then allow groups)", len(ps), room, len(adm.admitted)))
+			for _, p := range ps {
+				left[p] = struct{}{}
+			}
+			return
+		}
 		if unit != staticUnit && ns != "" {
 			n := 0
 			for _, p := range ps {
@@ -124,11 +165,15 @@ func (r *Resolver) admit() admission {
 				refuse(ns, unit, fmt.Sprintf("its %d addresses do not fit namespace %q's prefix budget (%d prefixes, MaxNamespacePrefixes; "+
 					"%d held by its toCIDR prefixes and the groups before it, deny groups first, then by key)",
 					len(ps), ns, MaxNamespacePrefixes, len(set)))
+				for _, p := range ps {
+					left[p] = struct{}{}
+				}
 				return
 			}
 		}
 		for _, p := range ps {
 			set[p] = struct{}{}
+			adm.admitted[p] = struct{}{}
 		}
 	}
 	for _, ns := range namespaces {
@@ -166,6 +211,11 @@ func (r *Resolver) admit() admission {
 			if addrs, ok := r.awsGroups[k]; ok {
 				try(ns, k, addrs)
 			}
+		}
+	}
+	for p := range left {
+		if _, ok := adm.admitted[p]; !ok {
+			adm.left++
 		}
 	}
 	return adm
@@ -255,4 +305,35 @@ func (r *Resolver) Refused() []RefusedUnit {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Unit, b.Unit))
 	})
 	return out
+}
+
+// fqdnRoom says whether toFQDNs' learned address p, which no admitted
+// unit names, may have a CIDR identity now (MaxFQDNCIDRs of the share),
+// and counts it; one that may not is counted as left out and logged
+// once until there is room again. r.mu is held.
+func (r *Resolver) fqdnRoom(p netip.Prefix) bool {
+	if _, ok := r.adm.admitted[p]; ok {
+		return true
+	}
+	if r.fqdnHeld >= MaxFQDNCIDRs {
+		r.fqdnLeft++
+		if !r.fqdnFull {
+			r.fqdnFull = true
+			slog.Warn("policy: toFQDNs' learned addresses hold their share of the ipcache: an address learned now is not allowed by toFQDNs until others go, logged once",
+				"max", MaxFQDNCIDRs, "prefix", p)
+		}
+		return false
+	}
+	r.fqdnHeld++
+	return true
+}
+
+// CIDRsLeftOut is how many prefixes the policies name have no CIDR
+// identity now for a bound: those of the refused groups and toCIDR
+// prefixes that nothing admitted names, and toFQDNs' learned addresses
+// past their share.
+func (r *Resolver) CIDRsLeftOut() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.adm.left + r.fqdnLeft
 }

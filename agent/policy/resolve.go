@@ -44,6 +44,7 @@ package policy
 import (
 	"cmp"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"reflect"
@@ -289,6 +290,11 @@ type Resolver struct {
 	// and adm what it refused (admission.go).
 	uses map[string]*policyUse
 	adm  admission
+	// fqdnHeld: the CIDR identities of toFQDNs' learned addresses no
+	// admitted unit names (MaxFQDNCIDRs at most); fqdnLeft: those left
+	// out for it; fqdnFull: that was logged.
+	fqdnHeld, fqdnLeft int
+	fqdnFull           bool
 	// fqdnLearned are the learned addresses of the toFQDNs selectors (by
 	// FQDNKey; awsGroups has their union), each with the endpoints whose
 	// lookups gave it (sorted): a section's toFQDNs allow an address only
@@ -716,7 +722,7 @@ func (r *Resolver) growFQDN(ch *Change, key string, added []netip.Prefix, touche
 	}
 	var newIDs []identity.NumericIdentity
 	for _, p := range added {
-		if _, ok := r.cidrs[p]; !ok {
+		if _, ok := r.cidrs[p]; !ok && r.fqdnRoom(p) {
 			newIDs = append(newIDs, r.allocCIDR(ch, p))
 		}
 	}
@@ -1012,8 +1018,21 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 	}
 	slices.SortFunc(newPrefixes, comparePrefixes)
 	slices.SortFunc(gone, comparePrefixes)
+	// toFQDNs' learned addresses get what is left of their share.
+	r.fqdnHeld, r.fqdnLeft = 0, 0
+	for p := range r.cidrs {
+		if _, ok := r.adm.admitted[p]; !ok && want[p] {
+			r.fqdnHeld++
+		}
+	}
 	for _, p := range newPrefixes {
-		added = append(added, r.allocCIDR(ch, p))
+		if r.fqdnRoom(p) {
+			added = append(added, r.allocCIDR(ch, p))
+		}
+	}
+	if r.fqdnLeft == 0 && r.fqdnFull {
+		r.fqdnFull = false
+		slog.Info("policy: toFQDNs' learned addresses fit their share of the ipcache again")
 	}
 	for _, p := range gone {
 		id := r.cidrs[p]
