@@ -47,7 +47,11 @@ func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 				r = groups.Result{Key: key, Group: *g.AWS, Error: "not resolved yet: selects nothing"}
 			}
 			if why, refused := c.res.GroupRefused(p.Namespace, key); refused {
-				r.Error = "refused in namespace " + p.Namespace + ": " + why + " (an allow selects nothing of it, a deny denies every peer on its ports)"
+				where := "namespace " + p.Namespace
+				if p.Namespace == "" {
+					where = "clusterwide policies"
+				}
+				r.Error = "refused in " + where + ": " + why + " (an allow selects nothing of it, a deny denies every peer on its ports)"
 			}
 			out = append(out, r)
 		}

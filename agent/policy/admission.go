@@ -102,31 +102,46 @@ type admission struct {
 	refused map[string]map[string]string
 	// admitted: the node selectors' addresses and the admitted units'
 	// prefixes (the rest of what the policies name is toFQDNs'); left:
-	// the prefixes of refused units that no admitted one names.
-	admitted map[netip.Prefix]struct{}
-	left     int
+	// the refused units' prefixes (some an admitted unit may name).
+	admitted prefixSet
+	left     [][]netip.Prefix
 }
+
+// prefixSet is a set of IPv4 prefixes keyed in 8 bytes (admission walks
+// every prefix the policies name at each change).
+type prefixSet map[uint64]struct{}
+
+func prefixKey(p netip.Prefix) uint64 {
+	a := p.Addr().As4()
+	return uint64(a[0])<<32 | uint64(a[1])<<24 | uint64(a[2])<<16 | uint64(a[3])<<8 | uint64(p.Bits())
+}
+
+func (s prefixSet) has(p netip.Prefix) bool {
+	_, ok := s[prefixKey(p)]
+	return ok
+}
+
+func (s prefixSet) add(p netip.Prefix) { s[prefixKey(p)] = struct{}{} }
 
 // admit decides which units of the current policies are admitted. r.mu
 // is held.
 func (r *Resolver) admit() admission {
-	adm := admission{refused: map[string]map[string]string{}, admitted: map[netip.Prefix]struct{}{}}
+	adm := admission{refused: map[string]map[string]string{}, admitted: make(prefixSet, len(r.adm.admitted))}
 	byNS := map[string][]*policyUse{}
 	for _, k := range slices.Sorted(maps.Keys(r.uses)) {
 		u := r.uses[k]
 		byNS[u.ns] = append(byNS[u.ns], u)
 		for _, key := range u.nodes {
 			for _, p := range r.awsGroups[key] {
-				adm.admitted[p] = struct{}{}
+				adm.admitted.add(p)
 			}
 		}
 	}
 	room := MaxPolicyCIDRs - MaxFQDNCIDRs
-	left := map[netip.Prefix]struct{}{}
 	namespaces := slices.Sorted(maps.Keys(byNS)) // clusterwide ("") first
-	held := map[string]map[netip.Prefix]struct{}{}
+	held := map[string]prefixSet{}
 	for _, ns := range namespaces {
-		held[ns] = map[netip.Prefix]struct{}{}
+		held[ns] = prefixSet{}
 	}
 	refuse := func(ns, unit, why string) {
 		if adm.refused[ns] == nil {
@@ -141,39 +156,35 @@ func (r *Resolver) admit() admission {
 		set := held[ns]
 		n := 0
 		for _, p := range ps {
-			if _, ok := adm.admitted[p]; !ok {
+			if !adm.admitted.has(p) {
 				n++
 			}
 		}
 		if len(adm.admitted)+n > room {
 			refuse(ns, unit, fmt.Sprintf("its %d prefixes do not fit the policies' share of the ipcache (%d keys for toCIDR prefixes and groups of all namespaces, "+
-				"policy.MaxPolicyCIDRs less MaxFQDNCIDRs, %d held; clusterwide policies first, then namespaces by name, "+
-				"toCIDR prefixes, then deny groups, then allow groups)", len(ps), room, len(adm.admitted)))
-			for _, p := range ps {
-				left[p] = struct{}{}
-			}
+				"policy.MaxPolicyCIDRs less MaxFQDNCIDRs; clusterwide policies first, then namespaces by name, "+
+				"toCIDR prefixes, then deny groups, then allow groups)", len(ps), room))
+			adm.left = append(adm.left, ps)
 			return
 		}
 		if unit != staticUnit && ns != "" {
 			n := 0
 			for _, p := range ps {
-				if _, ok := set[p]; !ok {
+				if !set.has(p) {
 					n++
 				}
 			}
 			if len(set)+n > MaxNamespacePrefixes {
-				refuse(ns, unit, fmt.Sprintf("its %d addresses do not fit namespace %q's prefix budget (%d prefixes, MaxNamespacePrefixes; "+
-					"%d held by its toCIDR prefixes and the groups before it, deny groups first, then by key)",
-					len(ps), ns, MaxNamespacePrefixes, len(set)))
-				for _, p := range ps {
-					left[p] = struct{}{}
-				}
+				refuse(ns, unit, fmt.Sprintf("its %d addresses do not fit namespace %q's prefix budget (%d prefixes, MaxNamespacePrefixes, "+
+					"with its toCIDR prefixes and the groups before it: deny groups first, then by key)",
+					len(ps), ns, MaxNamespacePrefixes))
+				adm.left = append(adm.left, ps)
 				return
 			}
 		}
 		for _, p := range ps {
-			set[p] = struct{}{}
-			adm.admitted[p] = struct{}{}
+			set.add(p)
+			adm.admitted.add(p)
 		}
 	}
 	for _, ns := range namespaces {
@@ -213,17 +224,13 @@ func (r *Resolver) admit() admission {
 			}
 		}
 	}
-	for p := range left {
-		if _, ok := adm.admitted[p]; !ok {
-			adm.left++
-		}
-	}
 	return adm
 }
 
 // readmit updates the uses of the changed policies, decides admission
 // again and adds to changed the policies whose units' admission changed
-// (they compile differently). r.mu is held.
+// (they compile differently; a reason names only what changes with the
+// unit, so that others' changes do not recompile it). r.mu is held.
 func (r *Resolver) readmit(changed map[string]bool) {
 	for k := range changed {
 		if p, ok := r.policies[k]; ok {
@@ -312,7 +319,7 @@ func (r *Resolver) Refused() []RefusedUnit {
 // and counts it; one that may not is counted as left out and logged
 // once until there is room again. r.mu is held.
 func (r *Resolver) fqdnRoom(p netip.Prefix) bool {
-	if _, ok := r.adm.admitted[p]; ok {
+	if r.adm.admitted.has(p) {
 		return true
 	}
 	if r.fqdnHeld >= MaxFQDNCIDRs {
@@ -335,5 +342,13 @@ func (r *Resolver) fqdnRoom(p netip.Prefix) bool {
 func (r *Resolver) CIDRsLeftOut() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.adm.left + r.fqdnLeft
+	left := prefixSet{}
+	for _, ps := range r.adm.left {
+		for _, p := range ps {
+			if !r.adm.admitted.has(p) {
+				left.add(p)
+			}
+		}
+	}
+	return len(left) + r.fqdnLeft
 }

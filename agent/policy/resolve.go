@@ -1021,7 +1021,7 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 	// toFQDNs' learned addresses get what is left of their share.
 	r.fqdnHeld, r.fqdnLeft = 0, 0
 	for p := range r.cidrs {
-		if _, ok := r.adm.admitted[p]; !ok && want[p] {
+		if !r.adm.admitted.has(p) && want[p] {
 			r.fqdnHeld++
 		}
 	}
