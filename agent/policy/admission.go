@@ -26,9 +26,10 @@ import (
 //
 // All namespaces' and the clusterwide policies' prefixes together are
 // bounded too (MaxPolicyCIDRs): the node selectors' addresses first (the
-// cluster's nodes), then every namespace's toCIDR prefixes, then the deny
-// groups and then the allow groups, each pass clusterwide policies first
-// and then namespaces by name; a unit past the share is refused the same
+// cluster's nodes), then the clusterwide policies' (the operator's)
+// toCIDR prefixes, deny groups and allow groups, then every namespace's
+// toCIDR prefixes, then their deny groups and then their allow groups,
+// each pass by namespace name; a unit past the share is refused the same
 // way. toFQDNs' learned addresses get identities in what is left of the
 // share, up to MaxFQDNCIDRs of it (syncCIDRs, growFQDN).
 
@@ -138,7 +139,7 @@ func (r *Resolver) admit() admission {
 		}
 	}
 	room := MaxPolicyCIDRs - MaxFQDNCIDRs
-	namespaces := slices.Sorted(maps.Keys(byNS)) // clusterwide ("") first
+	namespaces := slices.Sorted(maps.Keys(byNS))
 	held := map[string]prefixSet{}
 	for _, ns := range namespaces {
 		held[ns] = prefixSet{}
@@ -162,8 +163,8 @@ func (r *Resolver) admit() admission {
 		}
 		if len(adm.admitted)+n > room {
 			refuse(ns, unit, fmt.Sprintf("its %d prefixes do not fit the policies' share of the ipcache (%d keys for toCIDR prefixes and groups of all namespaces, "+
-				"policy.MaxPolicyCIDRs less MaxFQDNCIDRs; clusterwide policies first, then namespaces by name, "+
-				"toCIDR prefixes, then deny groups, then allow groups)", len(ps), room))
+				"policy.MaxPolicyCIDRs less MaxFQDNCIDRs; clusterwide policies first, then namespaces' "+
+				"toCIDR prefixes, then deny groups, then allow groups, each by namespace name)", len(ps), room))
 			adm.left = append(adm.left, ps)
 			return
 		}
@@ -187,16 +188,16 @@ func (r *Resolver) admit() admission {
 			adm.admitted.add(p)
 		}
 	}
-	for _, ns := range namespaces {
-		var static []netip.Prefix
+	static := func(ns string) {
+		var ps []netip.Prefix
 		for _, u := range byNS[ns] {
-			static = append(static, u.static...)
+			ps = append(ps, u.static...)
 		}
-		slices.SortFunc(static, comparePrefixes)
-		try(ns, staticUnit, slices.Compact(static))
+		slices.SortFunc(ps, comparePrefixes)
+		try(ns, staticUnit, slices.Compact(ps))
 	}
 	denied := map[string]map[string]bool{}
-	for _, ns := range namespaces {
+	deny := func(ns string) {
 		denied[ns] = map[string]bool{}
 		for _, u := range byNS[ns] {
 			for _, k := range u.deny {
@@ -209,7 +210,7 @@ func (r *Resolver) admit() admission {
 			}
 		}
 	}
-	for _, ns := range namespaces {
+	allow := func(ns string) {
 		allowed := map[string]bool{}
 		for _, u := range byNS[ns] {
 			for _, k := range u.allow {
@@ -221,6 +222,21 @@ func (r *Resolver) admit() admission {
 		for _, k := range slices.Sorted(maps.Keys(allowed)) {
 			if addrs, ok := r.awsGroups[k]; ok {
 				try(ns, k, addrs)
+			}
+		}
+	}
+	// The clusterwide policies (the operator's) whole first, then every
+	// namespace's toCIDR prefixes, deny groups and allow groups, each
+	// pass by name.
+	if _, ok := byNS[""]; ok {
+		static("")
+		deny("")
+		allow("")
+	}
+	for _, pass := range []func(string){static, deny, allow} {
+		for _, ns := range namespaces {
+			if ns != "" {
+				pass(ns)
 			}
 		}
 	}

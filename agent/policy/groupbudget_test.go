@@ -224,8 +224,8 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 // The policies' CIDR identities, every namespace's and the clusterwide
 // ones together, hold at most MaxPolicyCIDRs (an eighth of the ipcache),
 // so that namespaces each within their budget leave this cluster's pods
-// their room: clusterwide policies first, then namespaces by name, their
-// toCIDR prefixes, then deny groups, then allow groups; what does not fit
+// their room: clusterwide policies first, then namespaces' toCIDR
+// prefixes, deny groups and allow groups, each by name; what does not fit
 // is refused whole, as past a namespace's budget (a deny naming it denies
 // every peer on its ports), and toFQDNs' learned addresses get at most
 // MaxFQDNCIDRs of the share. Until 2026-12-07 nothing bounded them.
@@ -246,8 +246,9 @@ func TestPolicyCIDRShare(t *testing.T) {
 		{Kind: api.KindCiliumClusterwideNetworkPolicy, Name: "cw", Rules: []api.Rule{{EndpointSelector: rsSel("app=web"),
 			Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityCluster}, ToPorts: rsPorts(api.ProtoTCP, "22", "80", "443")},
 				{ToCIDR: []string{"198.51.100.0/24"}, ToPorts: rsPorts(api.ProtoTCP, "8080")},
-				{ToCIDR: []string{"10.9.0.0/16"}, ToPorts: rsPorts(api.ProtoTCP, "443")},
-				{ToFQDNs: []api.FQDNSelector{fqdn}, ToPorts: rsPorts(api.ProtoTCP, "8443")}}}}},
+				{ToCIDR: []string{"10.9.0.0/16", "10.7.0.0/16"}, ToPorts: rsPorts(api.ProtoTCP, "443")},
+				{ToFQDNs: []api.FQDNSelector{fqdn}, ToPorts: rsPorts(api.ProtoTCP, "8443")}},
+			EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-cw")}, ToPorts: rsPorts(api.ProtoTCP, "443")}}}}},
 	}
 	for n := range 13 {
 		base := netip.AddrFrom4([4]byte{10, byte(100 + n), 0, 0})
@@ -266,16 +267,19 @@ func TestPolicyCIDRShare(t *testing.T) {
 	rp.apply(t, r.UpsertIdentity(identity.Identity{ID: other, Labels: rsLabels(t, "app=other")}))
 	rp.apply(t, r.UpsertEndpoint(web))
 	rp.apply(t, r.SetPolicies(ps))
-	deny, allow := hosts("10.9.0.1", 10), hosts("10.8.0.1", 4090)
+	deny, allow, cwDeny := hosts("10.9.0.1", 10), hosts("10.8.0.1", 4090), hosts("10.7.0.1", 4100)
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-allow"), allow))
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-deny"), deny))
+	rp.apply(t, r.SetGroup(groupKeyOf("sg-cw"), cwDeny))
 	rp.check(t, r)
 	if n := len(r.CIDRIdentities()); n > MaxPolicyCIDRs-MaxFQDNCIDRs {
 		t.Fatalf("the policies hold %d CIDR identities, past their share of %d", n, MaxPolicyCIDRs-MaxFQDNCIDRs)
 	}
-	// 2 clusterwide prefixes and ns00 to ns10 fit (45,058), ns11's and
-	// ns12's toCIDR prefixes do not; the deny group comes before the
-	// allow group, which does not fit what is left.
+	// The clusterwide policies' 3 prefixes and deny group (4,103, the
+	// operator's: the namespaces' toCIDR prefixes cannot push its deny
+	// out) and ns00 to ns09 fit (45,063), ns10's to ns12's toCIDR
+	// prefixes do not; the deny group comes before the allow group, which
+	// does not fit what is left.
 	var got []string
 	for _, u := range r.Refused() {
 		got = append(got, u.Namespace+" "+unitName(u.Unit))
@@ -283,23 +287,25 @@ func TestPolicyCIDRShare(t *testing.T) {
 			t.Errorf("%s %s refused for %q, want the share", u.Namespace, unitName(u.Unit), u.Reason)
 		}
 	}
-	if want := []string{"ns11 toCIDR prefixes", "ns12 toCIDR prefixes", "ns14 " + groupKeyOf("sg-allow")}; !slices.Equal(got, want) {
+	if want := []string{"ns10 toCIDR prefixes", "ns11 toCIDR prefixes", "ns12 toCIDR prefixes", "ns14 " + groupKeyOf("sg-allow")}; !slices.Equal(got, want) {
 		t.Fatalf("refused %q, want %q", got, want)
 	}
 	ids := r.CIDRIdentities()
 	ep := mustEP(t, r, 1)
-	for _, a := range []string{"198.51.100.0/24", "10.100.0.9/32", "10.110.15.255/32", "10.9.0.3/32"} {
+	for _, a := range []string{"198.51.100.0/24", "10.100.0.9/32", "10.109.15.255/32", "10.9.0.3/32", "10.7.0.5/32"} {
 		if _, ok := ids[netip.MustParsePrefix(a)]; !ok {
 			t.Errorf("%s has no CIDR identity", a)
 		}
 	}
-	for _, a := range []string{"10.111.0.9/32", "10.112.0.9/32", "10.8.0.9/32", "203.0.113.7/32"} {
+	for _, a := range []string{"10.110.0.9/32", "10.111.0.9/32", "10.112.0.9/32", "10.8.0.9/32", "203.0.113.7/32"} {
 		if _, ok := ids[netip.MustParsePrefix(a)]; ok {
 			t.Errorf("%s, refused, has a CIDR identity", a)
 		}
 	}
-	if allowed, _ := dpVerdict(ep, Egress, ids[netip.MustParsePrefix("10.9.0.3/32")], 6, 443); allowed {
-		t.Error("the deny group's member is allowed")
+	for _, a := range []string{"10.9.0.3/32", "10.7.0.5/32"} {
+		if allowed, _ := dpVerdict(ep, Egress, ids[netip.MustParsePrefix(a)], 6, 443); allowed {
+			t.Errorf("a deny group's member %s is allowed", a)
+		}
 	}
 	// ns12's deny is in its refused toCIDR prefixes: it denies every peer
 	// on 22, and no other port.
@@ -309,8 +315,8 @@ func TestPolicyCIDRShare(t *testing.T) {
 	if allowed, _ := dpVerdict(ep, Egress, other, 6, 80); !allowed {
 		t.Error("a refused deny denies web's other ports")
 	}
-	if left := r.CIDRsLeftOut(); left != 2*MaxNamespacePrefixes+len(allow) {
-		t.Errorf("%d prefixes left out, want %d", left, 2*MaxNamespacePrefixes+len(allow))
+	if left := r.CIDRsLeftOut(); left != 3*MaxNamespacePrefixes+len(allow) {
+		t.Errorf("%d prefixes left out, want %d", left, 3*MaxNamespacePrefixes+len(allow))
 	}
 
 	// toFQDNs' learned addresses get MaxFQDNCIDRs at most.
@@ -323,16 +329,16 @@ func TestPolicyCIDRShare(t *testing.T) {
 	if n := len(r.CIDRIdentities()); n > MaxPolicyCIDRs {
 		t.Fatalf("the policies hold %d CIDR identities, past their share of %d", n, MaxPolicyCIDRs)
 	}
-	if left := r.CIDRsLeftOut(); left != 2*MaxNamespacePrefixes+len(allow)+10 {
-		t.Errorf("%d prefixes left out with toFQDNs' past theirs, want %d", left, 2*MaxNamespacePrefixes+len(allow)+10)
+	if left := r.CIDRsLeftOut(); left != 3*MaxNamespacePrefixes+len(allow)+10 {
+		t.Errorf("%d prefixes left out with toFQDNs' past theirs, want %d", left, 3*MaxNamespacePrefixes+len(allow)+10)
 	}
 	// A namespace that goes makes room for the next by name.
 	rp.apply(t, r.SetPolicies(slices.DeleteFunc(slices.Clone(ps), func(p api.Policy) bool { return p.Namespace == "ns00" })))
 	rp.check(t, r)
-	if _, ok := r.CIDRIdentities()[netip.MustParsePrefix("10.111.0.9/32")]; !ok {
-		t.Error("ns11's toCIDR prefixes fit once ns00's went, and have no CIDR identity")
+	if _, ok := r.CIDRIdentities()[netip.MustParsePrefix("10.110.0.9/32")]; !ok {
+		t.Error("ns10's toCIDR prefixes fit once ns00's went, and have no CIDR identity")
 	}
-	if _, ok := r.CIDRIdentities()[netip.MustParsePrefix("10.112.0.9/32")]; ok {
-		t.Error("ns12's toCIDR prefixes do not fit, and have a CIDR identity")
+	if _, ok := r.CIDRIdentities()[netip.MustParsePrefix("10.111.0.9/32")]; ok {
+		t.Error("ns11's toCIDR prefixes do not fit, and have a CIDR identity")
 	}
 }
