@@ -71,7 +71,7 @@ func (a *Agent) startAPI(ctx context.Context) error {
 		Endpoints: func() int { return len(a.eps.List()) }, Identities: func() int { return len(a.ids.List()) },
 		PolicyEntries: a.engine.PolicyEntries, PolicyWrites: a.dp.PolicyWrites, EventsLost: a.hub.Lost, DatapathEventsLost: a.dp.EventsLost,
 		Services: a.services.Count, ServiceErrors: a.services.Errors, NodesRefused: a.auth.Refused,
-		RemoteIPCacheRefused:  a.router.RemoteIPCacheRefused,
+		RemoteIPCacheRefused: a.router.RemoteIPCacheRefused, PolicyCIDRsLeftOut: a.res.CIDRsLeftOut,
 		RemoteBackendsLeftOut: a.services.RemoteBackendsLeftOut, Groups: a.groups.states, Extra: a.extraMetrics(),
 		KvstoreTrackedKeys: func() int { return int(kvstore.TrackedKeys()) },
 	})

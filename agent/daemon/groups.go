@@ -28,9 +28,12 @@ func (s awsSource) Resolve(ctx context.Context, g api.AWSGroup) ([]netip.Addr, e
 // cloudGroups is the groups manager with what the API needs of it.
 type cloudGroups struct {
 	*groups.Manager
+	res *policy.Resolver
 }
 
-// Derived lists the groups p names with their resolution.
+// Derived lists the groups p names with their resolution, and says so
+// of a group refused in p's namespace (its addresses past the
+// namespace's prefix budget or the policies' ipcache share).
 func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 	var out []groups.Result
 	add := func(gs []api.Groups) {
@@ -43,6 +46,13 @@ func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 			if !ok {
 				r = groups.Result{Key: key, Group: *g.AWS, Error: "not resolved yet: selects nothing"}
 			}
+			if why, refused := c.res.GroupRefused(p.Namespace, key); refused {
+				where := "namespace " + p.Namespace
+				if p.Namespace == "" {
+					where = "clusterwide policies"
+				}
+				r.Error = "refused in " + where + ": " + why + " (an allow selects nothing of it, a deny denies every peer on its ports)"
+			}
 			out = append(out, r)
 		}
 	}
@@ -50,7 +60,13 @@ func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 		for _, in := range r.Ingress {
 			add(in.FromGroups)
 		}
+		for _, in := range r.IngressDeny {
+			add(in.FromGroups)
+		}
 		for _, e := range r.Egress {
+			add(e.ToGroups)
+		}
+		for _, e := range r.EgressDeny {
 			add(e.ToGroups)
 		}
 	}
@@ -92,7 +108,7 @@ func (a *Agent) startCloudGroups(ctx context.Context) cloudGroups {
 			}
 		}
 	})
-	return cloudGroups{m}
+	return cloudGroups{m, res}
 }
 
 // awsConfigured says whether the AWS features are on.
@@ -115,10 +131,16 @@ func ec2NodeLabels(ctx context.Context, cfg config.Config) map[string]string {
 }
 
 // states counts the groups by state for the metrics; refused counts
-// the stored results not applied (groups.Status.Refused).
+// the stored results not applied (groups.Status.Refused), over-budget
+// the groups refused in a namespace (one per namespace refusing it).
 func (c cloudGroups) states() map[string]int {
 	st := c.Status()
-	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0, "refused": st.Refused}
+	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0, "refused": st.Refused, "over-budget": 0}
+	for _, u := range c.res.Refused() {
+		if u.Unit != "" {
+			out["over-budget"]++
+		}
+	}
 	for _, g := range st.Groups {
 		switch {
 		case g.Error != "":

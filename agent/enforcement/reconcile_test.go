@@ -37,8 +37,11 @@ type fakeDP struct {
 	// ingress enforcement flag set per endpoint address.
 	policyErr error
 	capacity  int
-	// ipcacheErr fails every ipcache delete.
+	// ipcacheErr fails every ipcache delete; ipcacheCap (0: none) is
+	// the ipcache's size, past which adding a key fails as the kernel's
+	// does.
 	ipcacheErr error
+	ipcacheCap int
 	// l7: the L7 lists of the policy entries that have one.
 	l7      map[policy.MapKey]string
 	wide    map[policy.MapKey]bool
@@ -113,6 +116,9 @@ func (f *fakeDP) Endpoints() (map[netip.Addr]bpf.DatapathEndpointInfo, error) {
 	return maps.Clone(f.endpoints), nil
 }
 func (f *fakeDP) UpsertIPCache(p netip.Prefix, id identity.NumericIdentity) error {
+	if _, ok := f.ipcache[p]; !ok && f.ipcacheCap > 0 && len(f.ipcache) >= f.ipcacheCap {
+		return errors.New("ipcache: put: argument list too long")
+	}
 	f.ipcache[p] = id
 	return nil
 }

@@ -37,6 +37,9 @@ type Sources struct {
 	// RemoteIPCacheRefused: writes of remote clusters' ipcache entries
 	// refused past their share of the map.
 	RemoteIPCacheRefused func() uint64
+	// PolicyCIDRsLeftOut: prefixes the policies name that have no CIDR
+	// identity (no ipcache key) for a bound (policy.Resolver.CIDRsLeftOut).
+	PolicyCIDRsLeftOut func() int
 	// RemoteBackendsLeftOut: remote clusters' backends the frontends of
 	// global services leave out now, past their share.
 	RemoteBackendsLeftOut func() int
@@ -61,9 +64,10 @@ var (
 	eventsLost   = prometheus.NewDesc("filament_monitor_events_lost_total", "Datapath events slow monitor clients missed.", nil, nil)
 	dpLost       = prometheus.NewDesc("filament_datapath_events_lost_total", "Events (drops, flows) the datapath could not report because its events ring was full.", nil, nil)
 	services     = prometheus.NewDesc("filament_services", "Services of the local cluster this node load-balances.", nil, nil)
-	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing), refused (stored results not applied: not under their own key, or not a group's).", []string{"state"}, nil)
+	groupsDesc   = prometheus.NewDesc("filament_cloud_groups", "Cloud groups (toGroups/fromGroups) by state: resolved, error (last attempt failed; last good set kept), unresolved (allows nothing), refused (stored results not applied: not under their own key, or not a group's), over-budget (refused in a namespace, one per namespace: its addresses past the namespace's prefix budget or the policies' ipcache share).", []string{"state"}, nil)
 	nodesRefused = prometheus.NewDesc("filament_nodes_refused", "Nodes whose records did not authenticate (no peer, no routes).", nil, nil)
 	remoteIPCRef = prometheus.NewDesc("filament_remote_ipcache_refused_total", "Writes of remote clusters' ipcache entries refused because they held their share of the BPF ipcache (three quarters; the rest stays for this cluster).", nil, nil)
+	policyCIDRs  = prometheus.NewDesc("filament_policy_cidrs_left_out", "Prefixes the policies name that have no CIDR identity (ipcache key) now: those of cloud groups and toCIDR prefixes refused past their namespace's prefix budget or the policies' share of the ipcache (policy.MaxPolicyCIDRs, an eighth), and toFQDNs' learned addresses past theirs.", nil, nil)
 	remoteBELeft = prometheus.NewDesc("filament_remote_service_backends_left_out", "Remote clusters' backends of global services this node's frontends leave out now, because remote backends hold their share of the load-balancer maps (a quarter).", nil, nil)
 	trackedKeys  = prometheus.NewDesc("filament_kvstore_watched_keys", "Keys the agent's tracked kvstore watches remember (its own cluster's; remote clusters are watched untracked).", nil, nil)
 	svcErrors    = prometheus.NewDesc("filament_service_datapath_errors_total", "Failed writes of service frontends to the BPF maps.", nil, nil)
@@ -74,7 +78,7 @@ type Collector struct{ s Sources }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc, remoteIPCRef, remoteBELeft, trackedKeys} {
+	for _, d := range []*prometheus.Desc{fwdPackets, fwdBytes, dropPackets, dropBytes, endpoints, identities, polEntries, polWrites, pressure, eventsLost, dpLost, services, svcErrors, nodesRefused, groupsDesc, remoteIPCRef, remoteBELeft, trackedKeys, policyCIDRs} {
 		ch <- d
 	}
 }
@@ -115,6 +119,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(services, c.s.Services)
 	gauge(nodesRefused, c.s.NodesRefused)
 	gauge(remoteBELeft, c.s.RemoteBackendsLeftOut)
+	gauge(policyCIDRs, c.s.PolicyCIDRsLeftOut)
 	gauge(trackedKeys, c.s.KvstoreTrackedKeys)
 	if c.s.Groups != nil {
 		for state, n := range c.s.Groups() {

@@ -35,6 +35,24 @@ const (
 	// against, and each new one recompiles the node's policies (until
 	// 2026-12-07 they were not counted, TestNamespaceNodeSelectorsBudget).
 	MaxNamespaceNodeSelectors = 64
+
+	// MaxPolicyCIDRs bounds the CIDR identities the policies make on a
+	// node, every namespace's and the clusterwide policies' together:
+	// each is a key of the BPF ipcache (routing.IPCacheMax, 524,288),
+	// where remote clusters' entries hold at most three quarters
+	// (routing.MaxRemoteIPCacheEntries), so an eighth, the other eighth
+	// (65,536 keys) staying for this cluster's pods and this node's
+	// addresses whatever the policies name. The node selectors'
+	// addresses come first, then the toCIDR prefixes and the groups'
+	// addresses (admission.go), and toFQDNs' learned addresses have at
+	// most MaxFQDNCIDRs of it. Until 2026-12-07 nothing bounded them:
+	// tenants' cloud groups filled the ipcache, and a new pod's own entry
+	// failed (TestCloudGroupsLeaveTheIPCacheToPods).
+	MaxPolicyCIDRs = 1 << 16
+	// MaxFQDNCIDRs is what toFQDNs' learned addresses (those no toCIDR
+	// or admitted group names) hold of MaxPolicyCIDRs at most; the rest
+	// is the toCIDR prefixes' and the groups'.
+	MaxFQDNCIDRs = 1 << 14
 )
 
 // ErrBudget: an import would take a namespace past a budget.
@@ -129,16 +147,22 @@ func (u *budgetUse) section(cidrs []string, sets []api.CIDRRule, ports []api.Por
 			n++
 		}
 	}
+	eachCIDR(cidrs, sets, add)
+	u.cidrPorts += n * portEntries(ports)
+}
+
+// eachCIDR calls f with each CIDR a section names: its CIDRs, its CIDR
+// sets' and their excepts.
+func eachCIDR(cidrs []string, sets []api.CIDRRule, f func(string)) {
 	for _, c := range cidrs {
-		add(c)
+		f(c)
 	}
 	for _, c := range sets {
-		add(c.CIDR)
+		f(c.CIDR)
 		for _, e := range c.Except {
-			add(e)
+			f(e)
 		}
 	}
-	u.cidrPorts += n * portEntries(ports)
 }
 
 // portEntries is what a section's ports count for the budget.

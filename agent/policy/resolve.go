@@ -44,6 +44,7 @@ package policy
 import (
 	"cmp"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"reflect"
@@ -285,6 +286,15 @@ type Resolver struct {
 	// selectors, by GroupKey; a selector without an entry (never resolved)
 	// selects nothing.
 	awsGroups map[string][]netip.Prefix
+	// uses are what each policy (by key) names that admission counts,
+	// and adm what it refused (admission.go).
+	uses map[string]*policyUse
+	adm  admission
+	// fqdnHeld: the CIDR identities of toFQDNs' learned addresses no
+	// admitted unit names (MaxFQDNCIDRs at most); fqdnLeft: those left
+	// out for it; fqdnFull: that was logged.
+	fqdnHeld, fqdnLeft int
+	fqdnFull           bool
 	// fqdnLearned are the learned addresses of the toFQDNs selectors (by
 	// FQDNKey; awsGroups has their union), each with the endpoints whose
 	// lookups gave it (sorted): a section's toFQDNs allow an address only
@@ -377,6 +387,7 @@ func NewResolver(mode Mode) *Resolver {
 		cidrNext:   1,
 		endpoints:  map[uint16]*endpointState{},
 		awsGroups:  map[string][]netip.Prefix{},
+		uses:       map[string]*policyUse{},
 
 		fqdnLearned:   map[string]map[netip.Prefix][]uint16{},
 		fqdnForgotten: map[uint16]uint64{},
@@ -446,6 +457,9 @@ func (r *Resolver) SetPolicies(ps []api.Policy) Change {
 // no longer there is dropped) and recomputes only the endpoints the old or
 // new versions select, plus the groups of CIDR identities that came or went.
 func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
+	// The policies whose groups or toCIDR prefixes are admitted, or
+	// refused, now compile again too.
+	r.readmit(changed)
 	// Endpoints selected by the old versions of changed policies.
 	affected := map[uint16]bool{}
 	for id, ep := range r.endpoints {
@@ -459,7 +473,7 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 			delete(r.compiled, k)
 			continue
 		}
-		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.fqdnLearned, r.fqdnSource, r.fqdnStale)
+		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.adm.refused[p.Namespace], r.fqdnLearned, r.fqdnSource, r.fqdnStale)
 	}
 	r.rules = r.rules[:0]
 	r.warnings = r.warnings[:0]
@@ -708,7 +722,7 @@ func (r *Resolver) growFQDN(ch *Change, key string, added []netip.Prefix, touche
 	}
 	var newIDs []identity.NumericIdentity
 	for _, p := range added {
-		if _, ok := r.cidrs[p]; !ok {
+		if _, ok := r.cidrs[p]; !ok && r.fqdnRoom(p) {
 			newIDs = append(newIDs, r.allocCIDR(ch, p))
 		}
 	}
@@ -1004,8 +1018,21 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 	}
 	slices.SortFunc(newPrefixes, comparePrefixes)
 	slices.SortFunc(gone, comparePrefixes)
+	// toFQDNs' learned addresses get what is left of their share.
+	r.fqdnHeld, r.fqdnLeft = 0, 0
+	for p := range r.cidrs {
+		if !r.adm.admitted.has(p) && want[p] {
+			r.fqdnHeld++
+		}
+	}
 	for _, p := range newPrefixes {
-		added = append(added, r.allocCIDR(ch, p))
+		if r.fqdnRoom(p) {
+			added = append(added, r.allocCIDR(ch, p))
+		}
+	}
+	if r.fqdnLeft == 0 && r.fqdnFull {
+		r.fqdnFull = false
+		slog.Info("policy: toFQDNs' learned addresses fit their share of the ipcache again")
 	}
 	for _, p := range gone {
 		id := r.cidrs[p]
@@ -1858,6 +1885,7 @@ type compiler struct {
 	rule        int
 	prefixes    map[netip.Prefix]bool
 	awsGroups   map[string][]netip.Prefix
+	refused     map[string]string // the policy's namespace's units admission refused, and why
 	fqdnLearned map[string]map[netip.Prefix][]uint16
 	fqdnStale   func(gen uint64) func(uint16) bool
 	fqdnRef     RuleRef // the first section with toFQDNs
@@ -1875,12 +1903,13 @@ type compiler struct {
 type FQDNSource func(key string, sel api.FQDNSelector) (map[netip.Addr][]uint16, uint64)
 
 // compilePolicy compiles p; toGroups/fromGroups become the resolved
-// addresses in awsGroups (by GroupKey).
-func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, fqdnLearned map[string]map[netip.Prefix][]uint16,
+// addresses in awsGroups (by GroupKey), but those of the units admission
+// refused in p's namespace (refused: unit → why).
+func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, refused map[string]string, fqdnLearned map[string]map[netip.Prefix][]uint16,
 	fqdnSource FQDNSource, fqdnStale func(uint64) func(uint16) bool) *compiledPolicy {
 	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{},
 		fqdnSels: map[string]api.FQDNSelector{}, l7: map[string]*api.L7Rules{}}, key: p.Key(),
-		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, fqdnLearned: fqdnLearned, fqdnSource: fqdnSource,
+		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, refused: refused, fqdnLearned: fqdnLearned, fqdnSource: fqdnSource,
 		fqdnStale: fqdnStale}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
@@ -2011,6 +2040,21 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			c.warnf(s.ref, "unknown entity %q selects nothing", e)
 		}
 	}
+	// widen: a deny naming a refused unit denies every peer on its ports
+	// instead (fail closed: a deny is never trimmed).
+	widen := false
+	refuse := func(what, why string) {
+		if deny {
+			widen = true
+			c.warnf(s.ref, "%s refused: %s; this deny denies every peer on its ports until it fits", what, why)
+		} else {
+			c.warnf(s.ref, "%s refused: %s; selects nothing of it until it fits", what, why)
+		}
+	}
+	if why, ok := c.refused[staticUnit]; ok && (len(pf.cidr) > 0 || len(pf.cidrSet) > 0) {
+		refuse("the namespace's toCIDR prefixes", why)
+		pf.cidr, pf.cidrSet = nil, nil
+	}
 	for _, cidr := range pf.cidr {
 		if p, ok := c.prefix(s.ref, cidr); ok {
 			ps.cidrs = append(ps.cidrs, cidrPeer{prefix: p})
@@ -2036,6 +2080,10 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		key := api.GroupKey(*g.AWS)
 		c.cp.groups[key] = true
 		c.cp.groupSels[key] = *g.AWS
+		if why, ok := c.refused[key]; ok {
+			refuse("aws group "+key, why)
+			continue
+		}
 		addrs, ok := c.awsGroups[key]
 		if !ok {
 			// Fail closed: a group never resolved allows nothing.
@@ -2094,6 +2142,9 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		} else {
 			ps.any = true
 		}
+	}
+	if widen {
+		*ps = peerSpec{any: true}
 	}
 	if ps.cluster {
 		ps.scan = true
