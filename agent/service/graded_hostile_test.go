@@ -96,19 +96,73 @@ func TestGradedRemoteHealthWeightedByHealthyBackends(t *testing.T) {
 	}
 }
 
-// realised checks that each cluster's slots of a table of n are within one
-// slot of its share by the rule, and that sp says n.
-func realised(t *testing.T, what string, sp Split, n int) {
-	t.Helper()
-	if sp.Slots != n {
-		t.Fatalf("%s: split says %d slots, the table has %d", what, sp.Slots, n)
-	}
-	for _, c := range sp.Clusters {
-		exact := float64(c.ppm) / PPM * float64(n)
-		if d := float64(c.Slots) - exact; d >= 1 || d <= -1 {
-			t.Errorf("%s: %s has %d of %d slots (%.4f), its share by the rule is %.4f (%.2f slots)",
-				what, c.Cluster, c.Slots, n, float64(c.Slots)/float64(n), c.Share, exact)
+// tableShares checks a graded table (random slots, or a Maglev table as
+// the addresses its entries name: entryAddrs) against the split it was
+// composed for, counting each cluster's slots from the table and the
+// views, not from the counts the composition fills in: every slot holds
+// a usable backend of the views, each cluster's slots are within one of
+// its quota n × share and the level's remote slots within one of the
+// remote level's, and the split's counts (what the status shows) are the
+// table's. What it finds wrong, one line each.
+func tableShares(views []BackendView, sp Split, table []netip.AddrPort) []string {
+	var bad []string
+	cluster := map[netip.AddrPort]string{}
+	for _, v := range views {
+		if usable(v) {
+			cluster[v.Addr] = v.Cluster
 		}
+	}
+	count := map[string]int{}
+	for _, a := range table {
+		c, ok := cluster[a]
+		if !ok {
+			bad = append(bad, fmt.Sprintf("slot for %s, not a usable backend", a))
+			continue
+		}
+		count[c]++
+	}
+	n := len(table)
+	if sp.Slots != n {
+		bad = append(bad, fmt.Sprintf("split says %d slots, the table has %d", sp.Slots, n))
+	}
+	var remote, remotePPM float64
+	for i, c := range sp.Clusters {
+		got := count[c.Cluster]
+		if c.Slots != got {
+			bad = append(bad, fmt.Sprintf("split says %s has %d slots, the table gives it %d", c.Cluster, c.Slots, got))
+		}
+		exact := float64(c.ppm) / PPM * float64(n)
+		if d := float64(got) - exact; d >= 1 || d <= -1 {
+			bad = append(bad, fmt.Sprintf("%s has %d of %d slots (%.4f), its share by the rule is %.4f (%.2f slots)",
+				c.Cluster, got, n, float64(got)/float64(n), c.Share, exact))
+		}
+		if i > 0 {
+			remote += float64(got)
+			remotePPM += float64(c.ppm)
+		}
+	}
+	if d := remote - remotePPM/PPM*float64(n); d > 1 || d < -1 {
+		bad = append(bad, fmt.Sprintf("the remote level has %.0f of %d slots, its share %.2f", remote, n, remotePPM/PPM*float64(n)))
+	}
+	return bad
+}
+
+// entryAddrs is the backend each entry of a Maglev table names.
+func entryAddrs(backends []netip.AddrPort, table []int32) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(table))
+	for i, x := range table {
+		if x >= 0 && int(x) < len(backends) {
+			out[i] = backends[x]
+		}
+	}
+	return out
+}
+
+// realised checks a graded table against its split (tableShares).
+func realised(t *testing.T, what string, views []BackendView, sp Split, table []netip.AddrPort) {
+	t.Helper()
+	for _, b := range tableShares(views, sp, table) {
+		t.Errorf("%s: %s", what, b)
 	}
 }
 
@@ -129,7 +183,7 @@ func TestGradedRandomFirstClusterTakesOnlyItsShare(t *testing.T) {
 	v := join(local, many("aaa", "10.3", 600, StateActive), bravo)
 	sp := GradedSplit(v, "local")
 	slots := ComposeSlots(v, "local", &sp)
-	realised(t, "aaa and bravo", sp, len(slots))
+	realised(t, "aaa and bravo", v, sp, slots)
 	if len(slots) != 6600 {
 		t.Fatalf("%d slots, want the budget's 6,600", len(slots))
 	}
@@ -176,7 +230,7 @@ func TestGradedRandomEveryUsableBackendHasASlot(t *testing.T) {
 			if len(slots) != tc.slots {
 				t.Fatalf("%d slots, want %d", len(slots), tc.slots)
 			}
-			realised(t, tc.name, sp, len(slots))
+			realised(t, tc.name, tc.views, sp, slots)
 			per := perBackend(slots)
 			for _, b := range tc.views {
 				if usable(b) && per[b.Addr] == 0 {
@@ -233,7 +287,7 @@ func TestGradedMaglevGroundBackendTakesOnlyItsShare(t *testing.T) {
 		if sp.Clusters[0].Slots != int(tc.k) {
 			t.Fatalf("%s: %d local entries, want %d", name, sp.Clusters[0].Slots, tc.k)
 		}
-		realised(t, name, sp, len(table))
+		realised(t, name, v, sp, entryAddrs(backends, table))
 		for _, x := range table {
 			if x < 0 || int(x) >= len(backends) {
 				t.Fatalf("%s: entry %d of %d backends", name, x, len(backends))
@@ -265,7 +319,7 @@ func TestGradedMaglevSplitChangeMovesFewFlows(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			realised(t, tc.name, sp, len(table))
+			realised(t, tc.name, v, sp, entryAddrs(b, table))
 			return b, table, sp
 		}
 		b1, t1, sp1 := compose(10)
@@ -295,8 +349,31 @@ func TestGradedMaglevAllRemoteClustersGetTheirShare(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	realised(t, "all remote", sp, len(table))
+	realised(t, "all remote", v, sp, entryAddrs(backends, table))
 	if len(backends) != 2300 {
 		t.Fatalf("%d backends, want the 2,300 remote ones", len(backends))
 	}
+}
+
+// The random table stays within MaxBackends slots (the datapath counts a
+// frontend's slots in 16 bits; UpsertService refuses more) however many
+// slots the split would want: here local 3 of 10 beside 65,525 usable
+// remote backends (the most Select lists beside 10 local ones) would
+// want 112,975 slots for each to have one, and the budgets' bound,
+// max(10, 1,000) + 65,525, is past MaxBackends.
+func TestGradedRandomTableWithinMaxBackends(t *testing.T) {
+	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
+	remote := make([]BackendView, 0, MaxBackends-len(local))
+	a := netip.MustParseAddr("10.2.0.1")
+	for range MaxBackends - len(local) {
+		remote = append(remote, BackendView{Addr: netip.AddrPortFrom(a, 80), Cluster: "bravo", State: StateActive, Healthy: true})
+		a = a.Next()
+	}
+	v := join(local, remote)
+	sp := GradedSplit(v, "local")
+	slots := ComposeSlots(v, "local", &sp)
+	if len(slots) != MaxBackends {
+		t.Fatalf("%d slots, want MaxBackends (%d)", len(slots), MaxBackends)
+	}
+	realised(t, "65,525 remote backends", v, sp, slots)
 }

@@ -478,46 +478,18 @@ func FuzzGraded(f *testing.F) {
 			t.Fatalf("local load %d, want its health %d: %s", local.ppm, health, shares(sp))
 		}
 		slots := ComposeSlots(v, "c1", &sp)
-		check := func(what string, n int) {
-			if usableN == 0 {
-				if sp.Slots != 0 {
-					t.Fatalf("%s: %d slots with nothing usable", what, sp.Slots)
-				}
-				return
+		// Each cluster's slots, counted in the table, are within one of
+		// its quota, only usable backends have any, and the split's counts
+		// are the table's.
+		check := func(what string, table []netip.AddrPort) {
+			if usableN == 0 && (sp.Slots != 0 || len(table) != 0) {
+				t.Fatalf("%s: %d slots with nothing usable", what, len(table))
 			}
-			total, remote, remotePPM := 0, 0, uint32(0)
-			for i, c := range sp.Clusters {
-				total += c.Slots
-				if i > 0 {
-					remote += c.Slots
-					remotePPM += c.ppm
-				}
-				if c.ppm == 0 && c.Slots != 0 {
-					t.Fatalf("%s: cluster %s without share has %d slots", what, c.Cluster, c.Slots)
-				}
-				// Each cluster's slots are within one of its quota.
-				exact := float64(c.ppm) / PPM * float64(n)
-				if d := float64(c.Slots) - exact; d >= 1 || d <= -1 {
-					t.Fatalf("%s: cluster %s has %d of %d slots, exact %.2f (%s)", what, c.Cluster, c.Slots, n, exact, shares(sp))
-				}
-			}
-			if total != n || sp.Slots != n {
-				t.Fatalf("%s: slots %d/%d of %d", what, total, sp.Slots, n)
-			}
-			if d := float64(remote) - float64(remotePPM)/PPM*float64(n); d > 1 || d < -1 {
-				t.Fatalf("%s: remote level has %d of %d slots (%s)", what, remote, n, shares(sp))
+			if bad := tableShares(v, sp, table); len(bad) > 0 {
+				t.Fatalf("%s: %s (%s)", what, strings.Join(bad, "; "), shares(sp))
 			}
 		}
-		check("random", len(slots))
-		ok := map[netip.AddrPort]bool{}
-		for _, b := range v {
-			ok[b.Addr] = usable(b)
-		}
-		for _, b := range slots {
-			if !ok[b] {
-				t.Fatalf("slot for unusable backend %s", b)
-			}
-		}
+		check("random", slots)
 		// Below its bound the table gives every usable backend of a
 		// cluster with a share a slot.
 		if uint64(len(slots)) < gradedBound(v, "c1") {
@@ -536,11 +508,11 @@ func FuzzGraded(f *testing.F) {
 			t.Fatal(err)
 		}
 		for _, x := range table {
-			if x < 0 || int(x) >= len(backends) || !ok[backends[x]] {
+			if x < 0 || int(x) >= len(backends) {
 				t.Fatalf("maglev entry %d of %d backends", x, len(backends))
 			}
 		}
-		check("maglev", len(table))
+		check("maglev", entryAddrs(backends, table))
 	})
 }
 
