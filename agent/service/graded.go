@@ -105,28 +105,24 @@ func loads(healths []uint32) []uint32 {
 	return out
 }
 
-// RemoteHealth is the remote level's health (PPM): each remote cluster's
-// own health (LevelHealth of its healthy and total backends) weighted by
-// its healthy backends, Σ healthy_c × health_c / Σ healthy_c (rounded
-// down), 0 when no remote cluster has a usable backend. A cluster without
-// a usable backend adds nothing: until a review found it, the remote
-// clusters' backends were counted as one level, so a remote publishing
-// thousands of terminating backends drew the level's health to ~0 and
-// pulled connections back onto a failing local level, away from a healthy
-// third cluster (TestGradedRemoteWithoutUsableBackendsAddsNoHealth).
+// RemoteHealth is the remote level's health (PPM): its best cluster's,
+// max_c LevelHealth(c), 0 when no remote cluster has a usable backend. A
+// remote cluster can only raise it, and raising it only moves load toward
+// the remote level, whose clusters share it by their healthy backends.
+// Until a review found it the remote clusters' backends were counted as
+// one level, so a remote publishing thousands of terminating backends
+// drew the level's health to ~0 and pulled connections back onto a
+// failing local level, away from a healthy third cluster
+// (TestGradedRemoteWithoutUsableBackendsAddsNoHealth); then the clusters'
+// healths were weighted by their healthy backends, a count the remote
+// chooses too: 100 active and 60,000 terminating backends drew it to 9.3%
+// (TestGradedRemoteHealthIsItsBestCluster).
 func RemoteHealth(clusters []Level) uint32 {
-	var sum, healthy uint64
+	var best uint32
 	for _, c := range clusters {
-		if h := LevelHealth(c); h > 0 {
-			n := uint64(min(c.Healthy, c.Total))
-			sum += n * uint64(h)
-			healthy += n
-		}
+		best = max(best, LevelHealth(c))
 	}
-	if healthy == 0 {
-		return 0
-	}
-	return uint32(sum / healthy)
+	return best
 }
 
 // Split is how a graded frontend divides new connections between clusters
@@ -134,7 +130,7 @@ func RemoteHealth(clusters []Level) uint32 {
 type Split struct {
 	// LocalHealth is the local level's health (min(1, 1.4 ×
 	// healthy/total), a fraction), RemoteHealth the remote level's: its
-	// clusters' own healths weighted by their healthy backends.
+	// healthiest cluster's.
 	LocalHealth  float64 `json:"localHealth"`
 	RemoteHealth float64 `json:"remoteHealth"`
 	// Clusters: the local cluster first, then the remote ones by name.

@@ -39,8 +39,8 @@ func join(groups ...[]BackendView) []BackendView {
 // health fell to ~0, the levels' total health was normalised, and the
 // local level, 3 of 10 healthy, took 99% of new connections instead of
 // 42%, away from a healthy third cluster. The remote level's health is
-// now each cluster's own, weighted by its healthy backends: a cluster
-// without a usable backend adds nothing.
+// now its best cluster's: a cluster without a usable backend adds
+// nothing.
 func TestGradedRemoteWithoutUsableBackendsAddsNoHealth(t *testing.T) {
 	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
 	bravo := many("bravo", "10.2", 10, StateActive)
@@ -65,17 +65,28 @@ func TestGradedRemoteWithoutUsableBackendsAddsNoHealth(t *testing.T) {
 	}
 }
 
-// The remote level's health is Σ healthy_c × health_c / Σ healthy_c over
-// the remote clusters c, health_c = min(1, 1.4 × healthy_c/total_c).
-func TestGradedRemoteHealthWeightedByHealthyBackends(t *testing.T) {
+// The remote level's health is its best cluster's, max_c health_c,
+// health_c = min(1, 1.4 × healthy_c/total_c): a remote cluster can only
+// raise it, which moves load toward the remote level, whose clusters
+// share it by their healthy backends. Until a review found it the
+// healths were weighted by healthy backends, a count the remote chooses:
+// a remote with 100 active and 60,000 terminating backends drew the
+// level's health to 9.3%, and a local level 3 of 10 healthy kept 82% of
+// new connections instead of 42% (bravo, 10 of 10 healthy, 1.6%).
+func TestGradedRemoteHealthIsItsBestCluster(t *testing.T) {
+	local := append(many("c1", "10.1", 3, StateActive), many("c1", "10.9", 7, StateTerminating)...)
 	tests := []struct {
 		name   string
 		views  []BackendView
 		health float64
 		want   string
 	}{
-		// (1 × 466666 + 2 × 1000000) / 3 = 822222.
-		{"two remotes", views("c1:3/10", "c2:1/3", "c3:2/2"), 0.822222, "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
+		{"a remote mostly terminating", join(local, many("aaa", "10.3", 100, StateActive), many("aaa", "10.4", 60000, StateTerminating),
+			many("bravo", "10.2", 10, StateActive)), 1, "c1 3/10 420000, aaa 100/60100 527273, bravo 10/10 52727"},
+		// c2 46.7%, c3 100%: the level's 100%.
+		{"two remotes", views("c1:3/10", "c2:1/3", "c3:2/2"), 1, "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
+		// c2 35%, c3 28%: the level's 35%; local 42%: normalised by 77%.
+		{"two remotes poorly healthy", views("c1:3/10", "c2:1/4", "c3:1/5"), 0.35, "c1 3/10 545455, c2 1/4 227273, c3 1/5 227272"},
 		// Local 1 of 4 (35%), c2 1 of 4 (35%), c3 0 of 100: the remote
 		// level's health is c2's, 35%; normalised, 50/50. Counting c3's
 		// backends it was 1.4 × 1/104 = 1.3% and the local level took 96%.

@@ -125,10 +125,9 @@ func TestGradedSplit(t *testing.T) {
 		// Remote clusters share the remote level by healthy backends:
 		// 580000 × 1/3 and × 2/3, the remainder unit to the larger one.
 		{"two remotes by healthy backends", views("c1:3/10", "c2:1/3", "c3:2/2"), "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
-		// The remote level's health is its clusters' own, weighted by
-		// their healthy backends: c2 46.7%, c3 100%, together 82.2%, so
-		// the total health is 124% and not normalised.
-		{"remote level health by cluster", views("c1:3/10", "c2:1/3", "c3:2/2"), "c1 3/10 420000, c2 1/3 193333, c3 2/2 386667"},
+		// The remote level's health is its best cluster's: c2 14%, c3
+		// 70%, so 70%; with the local 14% the total is 84%, normalised.
+		{"remote level health by cluster", views("c1:1/10", "c2:1/10", "c3:1/2"), "c1 1/10 166667, c2 1/10 416667, c3 1/2 416666"},
 		{"local cluster sorts after a remote", views("b1:0/2", "c1:5/10"), "c1 5/10 1000000, b1 0/2 0"},
 		{"no local backends", views("c2:2/2"), "c1 0/0 0, c2 2/2 1000000"},
 		{"nothing healthy", views("c1:0/3", "c2:0/2"), "c1 0/3 0, c2 0/2 0"},
