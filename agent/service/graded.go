@@ -495,7 +495,9 @@ func ComposeMaglev(views []BackendView, localCluster string, sp *Split, m uint32
 		copy(table[:k], lt[:k])
 	}
 	want[0] = 0 // the remote entries' targets
-	balance(table[k:], k, cl, want)
+	if err := balance(table[k:], k, backends, cl, want, m); err != nil {
+		return nil, nil, err
+	}
 	for _, x := range table {
 		sp.Clusters[cl[x]].Slots++
 	}
@@ -504,14 +506,21 @@ func ComposeMaglev(views []BackendView, localCluster string, sp *Split, m uint32
 }
 
 // balance makes the entries part (indexes into backends whose clusters
-// are cl; part begins at entry from of the table) give each cluster c
-// exactly want[c] entries, want adding up to len(part): a cluster over
-// its part keeps its first entries and gives the rest up; the clusters
-// under theirs, in order, take those given up, each entry to one of the
-// cluster's backends by a hash of the entry's number. So honest clusters,
-// whose Maglev entries are about their share, lose or gain a few, and
-// where a cluster's backends' entries lie does not change what it gets.
-func balance(part []int32, from int, cl []int, want []uint64) {
+// are cl; part begins at entry from of a table of m entries) give each
+// cluster c exactly want[c] entries, want adding up to len(part): a
+// cluster over its part keeps its first entries and gives the rest up;
+// the clusters under theirs, in order, take those given up, entry i going
+// to the backend that entry i of a Maglev table of the cluster's usable
+// backends names. So honest clusters, whose Maglev entries are about
+// their share, lose or gain a few, where a cluster's backends' entries
+// lie does not change what it gets, and the entries a cluster receives
+// keep their backend as Maglev does when the cluster's backends change
+// (and whatever order they are listed in). Until a review found it a
+// received entry went to backend hash(i) mod the cluster's count, so one
+// pod more in a cluster moved nearly all the entries it had received,
+// which a remote choosing its backends' preference lists made most of
+// its entries (TestGradedMaglevPodChurnMovesWhatMaglevMoves).
+func balance(part []int32, from int, backends []netip.AddrPort, cl []int, want []uint64, m uint32) error {
 	members := make([][]int32, len(want))
 	for i, c := range cl {
 		members[c] = append(members[c], int32(i))
@@ -526,10 +535,22 @@ func balance(part []int32, from int, cl []int, want []uint64) {
 		}
 	}
 	for c := range want {
-		for ; have[c] < want[c] && len(given) > 0 && len(members[c]) > 0; have[c]++ {
+		if have[c] >= want[c] || len(given) == 0 || len(members[c]) == 0 {
+			continue
+		}
+		addrs := make([]netip.AddrPort, len(members[c]))
+		for j, x := range members[c] {
+			addrs[j] = backends[x]
+		}
+		ct, err := MaglevTable(addrs, m)
+		if err != nil {
+			return err
+		}
+		for ; have[c] < want[c] && len(given) > 0; have[c]++ {
 			i := given[0]
 			given = given[1:]
-			part[i] = members[c][maglev.Mix64(uint64(from+i))%uint64(len(members[c]))]
+			part[i] = members[c][ct[from+i]]
 		}
 	}
+	return nil
 }

@@ -2,7 +2,9 @@ package service
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/filament-net/filament/agent/service/maglev"
@@ -169,6 +171,17 @@ func entryAddrs(backends []netip.AddrPort, table []int32) []netip.AddrPort {
 	return out
 }
 
+// differ counts the entries in which two tables of the same size differ.
+func differ(a, b []netip.AddrPort) int {
+	n := 0
+	for i := range a {
+		if a[i] != b[i] {
+			n++
+		}
+	}
+	return n
+}
+
 // realised checks a graded table against its split (tableShares).
 func realised(t *testing.T, what string, views []BackendView, sp Split, table []netip.AddrPort) {
 	t.Helper()
@@ -271,6 +284,57 @@ func ground(t *testing.T, m, lo, window uint32) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// grounds finds n backend addresses of 10.3.0.0/16 (any port) whose
+// Maglev preference lists in a table of m entries have skip at most
+// maxSkip and start spread over [lo, hi), the j-th in the first quarter
+// of the j-th of n equal parts: their entries of a full table lie
+// together in [lo, hi), as a remote cluster choosing its pods' addresses
+// or ports can place them.
+func grounds(t *testing.T, m, lo, hi, maxSkip uint32, n int) []BackendView {
+	t.Helper()
+	step := (hi - lo) / uint32(n)
+	var out []BackendView
+	for port := 1; port < 65536 && len(out) < n; port++ {
+		for x := 0; x < 65536 && len(out) < n; x++ {
+			a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 3, byte(x >> 8), byte(x)}), uint16(port))
+			start := lo + uint32(len(out))*step
+			if off, skip := maglev.Permutation(a.String(), m); skip <= maxSkip && off >= start && off < start+step/4 {
+				out = append(out, BackendView{Addr: a, Cluster: "hostile", State: StateActive, Healthy: true})
+			}
+		}
+	}
+	if len(out) < n {
+		t.Fatalf("found %d of %d addresses", len(out), n)
+	}
+	return out
+}
+
+// evenWithin checks that each usable backend of the given clusters holds
+// about its part of its cluster's slots of table: the cluster's slots
+// over its usable backends, within tol of that (a fraction) and one
+// slot. The entries balance hands a cluster must be spread over its
+// backends as Maglev spreads them, not given to a few.
+func evenWithin(t *testing.T, what string, views []BackendView, table []netip.AddrPort, tol float64, clusters ...string) {
+	t.Helper()
+	per := perBackend(table)
+	got, n := map[string]int{}, map[string]int{}
+	for _, v := range views {
+		if usable(v) {
+			got[v.Cluster] += per[v.Addr]
+			n[v.Cluster]++
+		}
+	}
+	for _, v := range views {
+		if !usable(v) || !slices.Contains(clusters, v.Cluster) {
+			continue
+		}
+		quota := float64(got[v.Cluster]) / float64(n[v.Cluster])
+		if d := float64(per[v.Addr]) - quota; d > tol*quota+1 || d < -tol*quota-1 {
+			t.Errorf("%s: %s %s holds %d slots, its part of its cluster's %d is %.1f", what, v.Cluster, v.Addr, per[v.Addr], got[v.Cluster], quota)
+		}
+	}
+}
+
 // The attack: a remote cluster's backend whose Maglev preference list
 // starts just past the local level's entries, with skip 1. Until the
 // review, entries [k, m) of a graded Maglev table were copied from a full
@@ -299,6 +363,7 @@ func TestGradedMaglevGroundBackendTakesOnlyItsShare(t *testing.T) {
 			t.Fatalf("%s: %d local entries, want %d", name, sp.Clusters[0].Slots, tc.k)
 		}
 		realised(t, name, v, sp, entryAddrs(backends, table))
+		evenWithin(t, name, v, entryAddrs(backends, table), 0.15, "local", "bravo")
 		for _, x := range table {
 			if x < 0 || int(x) >= len(backends) {
 				t.Fatalf("%s: entry %d of %d backends", name, x, len(backends))
@@ -331,6 +396,7 @@ func TestGradedMaglevSplitChangeMovesFewFlows(t *testing.T) {
 				t.Fatal(err)
 			}
 			realised(t, tc.name, v, sp, entryAddrs(b, table))
+			evenWithin(t, tc.name, v, entryAddrs(b, table), 0.15, "local", "bravo", "dora", "c3")
 			return b, table, sp
 		}
 		b1, t1, sp1 := compose(10)
@@ -387,4 +453,112 @@ func TestGradedRandomTableWithinMaxBackends(t *testing.T) {
 		t.Fatalf("%d slots, want MaxBackends (%d)", len(slots), MaxBackends)
 	}
 	realised(t, "65,525 remote backends", v, sp, slots)
+}
+
+// The attack on balance: a remote cluster's backends whose Maglev
+// preference lists start spread over the remote entries with skip 1 or 2
+// (grounds) hold far more of them than their share, so balance hands the
+// surplus to the honest cluster beside it; until a review found it each
+// entry so received went to backend hash(entry) mod the cluster's usable
+// count, so one pod added to the honest cluster moved nearly all of them
+// (bravo 20 to 21: 30% of its entries beside 10 such backends, where
+// Maglev moves 5.5%). Each received entry now goes to the backend a
+// Maglev table of the cluster's usable backends gives it: the pod moves
+// what Maglev moves (at most 2 points more of bravo's entries), and the
+// received entries are spread over the cluster's backends as Maglev
+// spreads them (each within 15% of its part).
+func TestGradedMaglevPodChurnMovesWhatMaglevMoves(t *testing.T) {
+	const m = maglev.DefaultSize
+	const k = 6880 // local 3 of 10: 42%
+	hostile := grounds(t, m, k, m-300, 2, 10)
+	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
+	compose := func(n int) []netip.AddrPort {
+		v := join(local, many("bravo", "10.2", n, StateActive), hostile)
+		sp := GradedSplit(v, "local")
+		backends, table, err := ComposeMaglev(v, "local", &sp, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		what := fmt.Sprintf("bravo %d", n)
+		if sp.Clusters[0].Slots != k {
+			t.Fatalf("%s: %d local entries, want %d", what, sp.Clusters[0].Slots, k)
+		}
+		addrs := entryAddrs(backends, table)
+		realised(t, what, v, sp, addrs)
+		evenWithin(t, what, v, addrs, 0.15, "local", "bravo")
+		return addrs
+	}
+	bravo := many("bravo", "10.2", 21, StateActive)
+	isBravo := map[netip.AddrPort]bool{}
+	var addrs []netip.AddrPort
+	for _, b := range bravo {
+		isBravo[b.Addr] = true
+		addrs = append(addrs, b.Addr)
+	}
+	// The entries bravo received: its entries of the graded table that
+	// the remote level's plain table gives the hostile cluster.
+	var remote []netip.AddrPort
+	for _, b := range append(slices.Clone(bravo[:20]), hostile...) {
+		remote = append(remote, b.Addr)
+	}
+	plainRemote, err := MaglevTable(remote, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t20, t21 := compose(20), compose(21)
+	held, received, both, moved := 0, 0, 0, 0
+	for i := range t20 {
+		if isBravo[t20[i]] {
+			held++
+			if !isBravo[remote[plainRemote[i]]] {
+				received++
+			}
+		}
+		if isBravo[t20[i]] && isBravo[t21[i]] {
+			both++
+			if t20[i] != t21[i] {
+				moved++
+			}
+		}
+	}
+	if received < held/5 {
+		t.Fatalf("bravo received %d of its %d entries: the attack did not work", received, held)
+	}
+	p20, err := MaglevTable(addrs[:20], m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p21, err := MaglevTable(addrs, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := differ(entryAddrs(addrs[:20], p20), entryAddrs(addrs, p21))
+	got, want := float64(moved)/float64(both), float64(plain)/m
+	t.Logf("bravo received %d of its %d entries; one pod more moved %d of the %d it kept (%.3f), Maglev alone %.3f", received, held, moved, both, got, want)
+	if got > want+0.02 {
+		t.Errorf("one pod more in bravo moved %.1f%% of its entries, Maglev alone %.1f%%", 100*got, 100*want)
+	}
+}
+
+// The tables depend on the backends, not on the order they are listed
+// in: the same views shuffled, unsorted, give the same Maglev table
+// (entry by entry, as addresses), here with a cluster receiving entries
+// from a hostile one (balance).
+func TestGradedTablesIgnoreListingOrder(t *testing.T) {
+	const m = maglev.DefaultSize
+	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
+	v := join(local, many("bravo", "10.2", 20, StateActive), many("aaa", "10.4", 7, StateActive), grounds(t, m, 6880, m-300, 2, 10))
+	w := slices.Clone(v)
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(w), func(i, j int) { w[i], w[j] = w[j], w[i] })
+	maglevOf := func(v []BackendView) []netip.AddrPort {
+		sp := GradedSplit(v, "local")
+		backends, table, err := ComposeMaglev(v, "local", &sp, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return entryAddrs(backends, table)
+	}
+	if diff := differ(maglevOf(v), maglevOf(w)); diff != 0 {
+		t.Errorf("the Maglev table depends on the order the backends were listed in: %d of %d entries differ", diff, m)
+	}
 }
