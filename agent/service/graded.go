@@ -334,16 +334,18 @@ func gradedSize(sp *Split, bound uint64) uint64 {
 	return min(n, bound)
 }
 
-// spread divides one cluster's s slots between its usable backends addrs:
-// evenly when there are enough (at most one slot apart, the extra ones to
-// the first), otherwise one each to the first s in the order of a hash of
-// their address, so neither address order nor the cluster's name decides
-// which backends take connections.
+// spread divides one cluster's s slots between its usable backends addrs
+// evenly (at most one slot apart), the extra ones to the first in the
+// order of a hash of their address (one each to the first s when there
+// are fewer slots than backends), so neither the order they are listed
+// in, nor address order, nor the cluster's name decides which backends
+// take more connections. Until a review found it the extra slots went to
+// the first backends as listed (TestGradedTablesIgnoreListingOrder).
 func spread(s uint64, addrs []netip.AddrPort) []uint64 {
-	if s >= uint64(len(addrs)) {
-		return apportion(s, ones(len(addrs)))
-	}
 	out := make([]uint64, len(addrs))
+	if len(addrs) == 0 {
+		return out
+	}
 	order := make([]int, len(addrs))
 	rank := make([]uint64, len(addrs))
 	for i, a := range addrs {
@@ -355,8 +357,12 @@ func spread(s uint64, addrs []netip.AddrPort) []uint64 {
 		}
 		return addrs[a].Compare(addrs[b])
 	})
-	for _, i := range order[:s] {
-		out[i] = 1
+	n := uint64(len(addrs))
+	for k, i := range order {
+		out[i] = s / n
+		if uint64(k) < s%n {
+			out[i]++
+		}
 	}
 	return out
 }

@@ -543,7 +543,7 @@ func TestGradedMaglevPodChurnMovesWhatMaglevMoves(t *testing.T) {
 // The tables depend on the backends, not on the order they are listed
 // in: the same views shuffled, unsorted, give the same Maglev table
 // (entry by entry, as addresses), here with a cluster receiving entries
-// from a hostile one (balance).
+// from a hostile one (balance), and the same slots per backend.
 func TestGradedTablesIgnoreListingOrder(t *testing.T) {
 	const m = maglev.DefaultSize
 	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
@@ -560,5 +560,15 @@ func TestGradedTablesIgnoreListingOrder(t *testing.T) {
 	}
 	if diff := differ(maglevOf(v), maglevOf(w)); diff != 0 {
 		t.Errorf("the Maglev table depends on the order the backends were listed in: %d of %d entries differ", diff, m)
+	}
+	slotsOf := func(v []BackendView) map[netip.AddrPort]int {
+		sp := GradedSplit(v, "local")
+		return perBackend(ComposeSlots(v, "local", &sp))
+	}
+	a, b := slotsOf(v), slotsOf(w)
+	for addr, n := range a {
+		if b[addr] != n {
+			t.Errorf("random: %s holds %d slots, %d with the views shuffled", addr, n, b[addr])
+		}
 	}
 }
