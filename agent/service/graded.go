@@ -346,6 +346,19 @@ func spread(s uint64, addrs []netip.AddrPort) []uint64 {
 	if len(addrs) == 0 {
 		return out
 	}
+	n := uint64(len(addrs))
+	for k, i := range hashOrder(addrs) {
+		out[i] = s / n
+		if uint64(k) < s%n {
+			out[i]++
+		}
+	}
+	return out
+}
+
+// hashOrder is the indexes of addrs in the order of their addrHash (then
+// of the address): the same on every node whatever order they come in.
+func hashOrder(addrs []netip.AddrPort) []int {
 	order := make([]int, len(addrs))
 	rank := make([]uint64, len(addrs))
 	for i, a := range addrs {
@@ -357,14 +370,7 @@ func spread(s uint64, addrs []netip.AddrPort) []uint64 {
 		}
 		return addrs[a].Compare(addrs[b])
 	})
-	n := uint64(len(addrs))
-	for k, i := range order {
-		out[i] = s / n
-		if uint64(k) < s%n {
-			out[i]++
-		}
-	}
-	return out
+	return order
 }
 
 // addrHash is a fixed hash of a backend's address (FNV-1a, then the

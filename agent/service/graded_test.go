@@ -321,8 +321,12 @@ func TestApportion(t *testing.T) {
 	}
 }
 
-func TestSelectGraded(t *testing.T) {
-	graded := map[string]string{AnnotationGlobal: "true", AnnotationAffinity: "local", AnnotationFailover: "graded"}
+// annGraded: a global service with graded failover.
+var annGraded = map[string]string{AnnotationGlobal: "true", AnnotationAffinity: "local", AnnotationFailover: "graded"}
+
+// local3of10 is ten local backends 10.0.1.1-10 on node n1, the first
+// three active and the rest terminating.
+func local3of10() []Backend {
 	var local []Backend
 	for i := range 10 {
 		state := ""
@@ -331,6 +335,12 @@ func TestSelectGraded(t *testing.T) {
 		}
 		local = append(local, be(fmt.Sprintf("10.0.1.%d", i+1), "n1", state))
 	}
+	return local
+}
+
+func TestSelectGraded(t *testing.T) {
+	graded := annGraded
+	local := local3of10()
 	ls := mkSvc(t, graded, httpPort, local...)
 	rs := mkSvc(t, annGlobal, httpPort, be("10.1.1.1", "m1", ""), be("10.1.1.2", "m2", ""))
 	fe := ls.Frontends(nil)[0]
