@@ -564,3 +564,56 @@ func BenchmarkTable(b *testing.B) {
 		}
 	})
 }
+
+// The status marks preferred exactly the backends that hold a slot or a
+// Maglev entry of the frontend's datapath entry. Until a review found it
+// every usable backend of a level with load was marked, also those past
+// a capped random table (here 6,000 slots, bravo's 3,480 over its 5,000
+// backends), past a Maglev table's entries (251 entries, 146 remote ones
+// over 5,000) or of a cluster whose share rounds to no slot.
+func TestManagerGradedPreferredHoldSlots(t *testing.T) {
+	for _, alg := range []string{"random", "maglev"} {
+		t.Run(alg, func(t *testing.T) {
+			m, dp := newManager(t, "")
+			local := mkSvc(t, annGraded, httpPort, local3of10()...)
+			local.Metadata.Namespace = "default"
+			local.Spec.LoadBalancerAlgorithm = alg
+			if err := m.Upsert(context.Background(), local); err != nil {
+				t.Fatal(err)
+			}
+			r := remoteSvcN(t, "10.2", 5000, "")
+			r.Metadata.Namespace = "default"
+			m.RemoteChanged("bravo", r, false)
+			st, err := m.Get("default", "web")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fst := st.Frontends[0]
+			lbs, _ := dp.snapshot()
+			s := lbs[datapath.Frontend{IP: fst.IP, Port: fst.Port, Proto: unix.IPPROTO_TCP}]
+			held := map[netip.AddrPort]bool{}
+			if s.Algorithm == datapath.AlgMaglev {
+				for _, x := range s.Maglev {
+					b := s.Backends[x]
+					held[netip.AddrPortFrom(b.IP, b.Port)] = true
+				}
+			} else {
+				for _, b := range s.Backends {
+					held[netip.AddrPortFrom(b.IP, b.Port)] = true
+				}
+			}
+			preferred := 0
+			for _, v := range fst.Backends {
+				if v.Preferred != held[v.Addr] {
+					t.Fatalf("%s %s preferred %v, holds a slot %v", v.Cluster, v.Addr, v.Preferred, held[v.Addr])
+				}
+				if v.Preferred {
+					preferred++
+				}
+			}
+			if preferred != len(held) || preferred >= 5003 {
+				t.Fatalf("%d preferred, %d hold a slot", preferred, len(held))
+			}
+		})
+	}
+}

@@ -14,7 +14,8 @@ type BackendView struct {
 	State   string         `json:"state"`
 	// Healthy: its node is alive and its cluster connected.
 	Healthy bool `json:"healthy"`
-	// Preferred: new connections go to it (the datapath's slots).
+	// Preferred: new connections go to it (the datapath's slots; the
+	// manager's status marks those holding a slot or Maglev entry).
 	Preferred bool `json:"preferred"`
 }
 
