@@ -439,14 +439,6 @@ func ComposeSlots(views []BackendView, localCluster string, sp *Split) []netip.A
 	return out
 }
 
-func ones(n int) []uint64 {
-	w := make([]uint64, n)
-	for i := range w {
-		w[i] = 1
-	}
-	return w
-}
-
 // ComposeMaglev builds the Maglev table (m entries, indexes into the
 // returned backends: the usable local ones, then the usable remote ones)
 // of a graded frontend. When only the local level takes connections it is
