@@ -105,28 +105,24 @@ func loads(healths []uint32) []uint32 {
 	return out
 }
 
-// RemoteHealth is the remote level's health (PPM): each remote cluster's
-// own health (LevelHealth of its healthy and total backends) weighted by
-// its healthy backends, Σ healthy_c × health_c / Σ healthy_c (rounded
-// down), 0 when no remote cluster has a usable backend. A cluster without
-// a usable backend adds nothing: until a review found it, the remote
-// clusters' backends were counted as one level, so a remote publishing
-// thousands of terminating backends drew the level's health to ~0 and
-// pulled connections back onto a failing local level, away from a healthy
-// third cluster (TestGradedRemoteWithoutUsableBackendsAddsNoHealth).
+// RemoteHealth is the remote level's health (PPM): its best cluster's,
+// max_c LevelHealth(c), 0 when no remote cluster has a usable backend. A
+// remote cluster can only raise it, and raising it only moves load toward
+// the remote level, whose clusters share it by their healthy backends.
+// Until a review found it the remote clusters' backends were counted as
+// one level, so a remote publishing thousands of terminating backends
+// drew the level's health to ~0 and pulled connections back onto a
+// failing local level, away from a healthy third cluster
+// (TestGradedRemoteWithoutUsableBackendsAddsNoHealth); then the clusters'
+// healths were weighted by their healthy backends, a count the remote
+// chooses too: 100 active and 60,000 terminating backends drew it to 9.3%
+// (TestGradedRemoteHealthIsItsBestCluster).
 func RemoteHealth(clusters []Level) uint32 {
-	var sum, healthy uint64
+	var best uint32
 	for _, c := range clusters {
-		if h := LevelHealth(c); h > 0 {
-			n := uint64(min(c.Healthy, c.Total))
-			sum += n * uint64(h)
-			healthy += n
-		}
+		best = max(best, LevelHealth(c))
 	}
-	if healthy == 0 {
-		return 0
-	}
-	return uint32(sum / healthy)
+	return best
 }
 
 // Split is how a graded frontend divides new connections between clusters
@@ -134,7 +130,7 @@ func RemoteHealth(clusters []Level) uint32 {
 type Split struct {
 	// LocalHealth is the local level's health (min(1, 1.4 ×
 	// healthy/total), a fraction), RemoteHealth the remote level's: its
-	// clusters' own healths weighted by their healthy backends.
+	// healthiest cluster's.
 	LocalHealth  float64 `json:"localHealth"`
 	RemoteHealth float64 `json:"remoteHealth"`
 	// Clusters: the local cluster first, then the remote ones by name.
@@ -338,16 +334,31 @@ func gradedSize(sp *Split, bound uint64) uint64 {
 	return min(n, bound)
 }
 
-// spread divides one cluster's s slots between its usable backends addrs:
-// evenly when there are enough (at most one slot apart, the extra ones to
-// the first), otherwise one each to the first s in the order of a hash of
-// their address, so neither address order nor the cluster's name decides
-// which backends take connections.
+// spread divides one cluster's s slots between its usable backends addrs
+// evenly (at most one slot apart), the extra ones to the first in the
+// order of a hash of their address (one each to the first s when there
+// are fewer slots than backends), so neither the order they are listed
+// in, nor address order, nor the cluster's name decides which backends
+// take more connections. Until a review found it the extra slots went to
+// the first backends as listed (TestGradedTablesIgnoreListingOrder).
 func spread(s uint64, addrs []netip.AddrPort) []uint64 {
-	if s >= uint64(len(addrs)) {
-		return apportion(s, ones(len(addrs)))
-	}
 	out := make([]uint64, len(addrs))
+	if len(addrs) == 0 {
+		return out
+	}
+	n := uint64(len(addrs))
+	for k, i := range hashOrder(addrs) {
+		out[i] = s / n
+		if uint64(k) < s%n {
+			out[i]++
+		}
+	}
+	return out
+}
+
+// hashOrder is the indexes of addrs in the order of their addrHash (then
+// of the address): the same on every node whatever order they come in.
+func hashOrder(addrs []netip.AddrPort) []int {
 	order := make([]int, len(addrs))
 	rank := make([]uint64, len(addrs))
 	for i, a := range addrs {
@@ -359,10 +370,7 @@ func spread(s uint64, addrs []netip.AddrPort) []uint64 {
 		}
 		return addrs[a].Compare(addrs[b])
 	})
-	for _, i := range order[:s] {
-		out[i] = 1
-	}
-	return out
+	return order
 }
 
 // addrHash is a fixed hash of a backend's address (FNV-1a, then the
@@ -431,14 +439,6 @@ func ComposeSlots(views []BackendView, localCluster string, sp *Split) []netip.A
 	return out
 }
 
-func ones(n int) []uint64 {
-	w := make([]uint64, n)
-	for i := range w {
-		w[i] = 1
-	}
-	return w
-}
-
 // ComposeMaglev builds the Maglev table (m entries, indexes into the
 // returned backends: the usable local ones, then the usable remote ones)
 // of a graded frontend. When only the local level takes connections it is
@@ -499,7 +499,9 @@ func ComposeMaglev(views []BackendView, localCluster string, sp *Split, m uint32
 		copy(table[:k], lt[:k])
 	}
 	want[0] = 0 // the remote entries' targets
-	balance(table[k:], k, cl, want)
+	if err := balance(table[k:], k, backends, cl, want, m); err != nil {
+		return nil, nil, err
+	}
 	for _, x := range table {
 		sp.Clusters[cl[x]].Slots++
 	}
@@ -508,14 +510,21 @@ func ComposeMaglev(views []BackendView, localCluster string, sp *Split, m uint32
 }
 
 // balance makes the entries part (indexes into backends whose clusters
-// are cl; part begins at entry from of the table) give each cluster c
-// exactly want[c] entries, want adding up to len(part): a cluster over
-// its part keeps its first entries and gives the rest up; the clusters
-// under theirs, in order, take those given up, each entry to one of the
-// cluster's backends by a hash of the entry's number. So honest clusters,
-// whose Maglev entries are about their share, lose or gain a few, and
-// where a cluster's backends' entries lie does not change what it gets.
-func balance(part []int32, from int, cl []int, want []uint64) {
+// are cl; part begins at entry from of a table of m entries) give each
+// cluster c exactly want[c] entries, want adding up to len(part): a
+// cluster over its part keeps its first entries and gives the rest up;
+// the clusters under theirs, in order, take those given up, entry i going
+// to the backend that entry i of a Maglev table of the cluster's usable
+// backends names. So honest clusters, whose Maglev entries are about
+// their share, lose or gain a few, where a cluster's backends' entries
+// lie does not change what it gets, and the entries a cluster receives
+// keep their backend as Maglev does when the cluster's backends change
+// (and whatever order they are listed in). Until a review found it a
+// received entry went to backend hash(i) mod the cluster's count, so one
+// pod more in a cluster moved nearly all the entries it had received,
+// which a remote choosing its backends' preference lists made most of
+// its entries (TestGradedMaglevPodChurnMovesWhatMaglevMoves).
+func balance(part []int32, from int, backends []netip.AddrPort, cl []int, want []uint64, m uint32) error {
 	members := make([][]int32, len(want))
 	for i, c := range cl {
 		members[c] = append(members[c], int32(i))
@@ -530,10 +539,22 @@ func balance(part []int32, from int, cl []int, want []uint64) {
 		}
 	}
 	for c := range want {
-		for ; have[c] < want[c] && len(given) > 0 && len(members[c]) > 0; have[c]++ {
+		if have[c] >= want[c] || len(given) == 0 || len(members[c]) == 0 {
+			continue
+		}
+		addrs := make([]netip.AddrPort, len(members[c]))
+		for j, x := range members[c] {
+			addrs[j] = backends[x]
+		}
+		ct, err := MaglevTable(addrs, m)
+		if err != nil {
+			return err
+		}
+		for ; have[c] < want[c] && len(given) > 0; have[c]++ {
 			i := given[0]
 			given = given[1:]
-			part[i] = members[c][maglev.Mix64(uint64(from+i))%uint64(len(members[c]))]
+			part[i] = members[c][ct[from+i]]
 		}
 	}
+	return nil
 }

@@ -559,6 +559,21 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 		for _, b := range pref {
 			inPref[b] = true
 		}
+		// The status marks preferred the backends new connections can
+		// reach: those holding a slot, or a Maglev entry. Until a review
+		// found it a graded frontend's every usable backend of a level
+		// with load was marked, those past a capped table or a Maglev
+		// table's entries too (TestManagerGradedPreferredHoldSlots).
+		holds := inPref
+		if table != nil {
+			holds = make(map[netip.AddrPort]bool, len(pref))
+			for _, x := range table {
+				holds[pref[x]] = true
+			}
+		}
+		for i := range views {
+			views[i].Preferred = holds[views[i].Addr]
+		}
 		for _, v := range views {
 			if !inPref[v.Addr] {
 				e.lbs.Keep = append(e.lbs.Keep, datapath.LBBackend{IP: v.Addr.Addr(), Port: v.Addr.Port()})

@@ -14,8 +14,9 @@ import (
 // it): a quarter of those maps (262,144 each), as one namespace's
 // services hold at most (MaxNamespaceSlots). The local cluster's
 // backends of a frontend always stay; past the bound a frontend lists the
-// remote backends it has room for (in order of cluster and address) and
-// its service takes the places remote backends leave later. Until
+// remote backends it has room for (divided between the remote clusters,
+// remoteShares) and its service takes the places remote backends leave
+// later. Until
 // 2026-12-06 only the mesh's limits bounded them: a remote publishing
 // services of 65,535 backends behind four of this cluster's global
 // services filled both maps, and every later service write of every

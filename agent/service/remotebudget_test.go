@@ -182,3 +182,29 @@ func TestRemoteBackendsBudgetFollowsChanges(t *testing.T) {
 		t.Errorf("left out with room for all: %d", got)
 	}
 }
+
+// The node's remote-backend room is shared between the remote clusters
+// of a frontend, usable backends first (remoteShares): a remote named
+// aaa publishing 100 terminating backends into a room of 100 left a
+// healthy bravo out of a graded frontend whose local level, 3 of 10
+// healthy, then took every new connection instead of 42%.
+func TestRemoteBackendsRoomSharedBetweenClusters(t *testing.T) {
+	m, _ := newManager(t, "")
+	m.maxRemoteBackends = 100
+	local := mkSvc(t, annGraded, httpPort, local3of10()...)
+	local.Metadata.Namespace = "default"
+	if err := m.Upsert(context.Background(), local); err != nil {
+		t.Fatal(err)
+	}
+	for c, r := range map[string]*Service{"aaa": remoteSvcN(t, "10.2", 100, StateTerminating), "bravo": remoteSvcN(t, "10.3", 10, "")} {
+		r.Metadata.Namespace = "default"
+		m.RemoteChanged(c, r, false)
+	}
+	st, err := m.Get("default", "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := shares(*st.Frontends[0].Split); got != "c1 3/10 420000, aaa 0/90 0, bravo 10/10 580000" {
+		t.Errorf("split %s", got)
+	}
+}

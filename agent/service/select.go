@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
 )
@@ -13,7 +14,8 @@ type BackendView struct {
 	State   string         `json:"state"`
 	// Healthy: its node is alive and its cluster connected.
 	Healthy bool `json:"healthy"`
-	// Preferred: new connections go to it (the datapath's slots).
+	// Preferred: new connections go to it (the datapath's slots; the
+	// manager's status marks those holding a slot or Maglev entry).
 	Preferred bool `json:"preferred"`
 }
 
@@ -51,8 +53,8 @@ func Select(local *Service, remotes map[string]*Service, localCluster string, fe
 }
 
 // selectBounded is Select listing at most remoteMax remote clusters'
-// backends (in order of cluster and address); leftOut counts those left
-// out for that bound (not for MaxBackends).
+// backends (shared between the clusters, remoteShares); leftOut counts
+// those left out for that bound (not for MaxBackends).
 func selectBounded(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive, remoteMax int) (out []BackendView, leftOut int) {
 	add := func(s *Service, cluster string, p Port) {
 		for _, b := range s.Backends {
@@ -94,24 +96,16 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 	remoteMax = max(remoteMax, 0)
 	if len(out) > MaxBackends || remoteN > remoteMax {
 		// The datapath counts a frontend's backends in 16 bits: the local
-		// cluster's stay (Validate bounds them), then remote clusters' in
-		// order up to remoteMax, the rest are left out (until 2026-12-05
-		// the count wrapped, TestSelectBoundedByMaxBackends).
+		// cluster's stay (Validate bounds them), then remote clusters' up
+		// to remoteMax, shared fairly (remoteShares), the rest are left
+		// out (until 2026-12-05 the count wrapped,
+		// TestSelectBoundedByMaxBackends).
 		kept := slices.DeleteFunc(slices.Clone(out), func(v BackendView) bool { return v.Cluster != localCluster })
 		room := min(MaxBackends-len(kept), remoteMax)
 		if fit := min(remoteN, MaxBackends-len(kept)); fit > remoteMax {
 			leftOut = fit - remoteMax // for the bound, not for MaxBackends
 		}
-		for _, v := range out {
-			if room == 0 {
-				break
-			}
-			if v.Cluster != localCluster {
-				kept = append(kept, v)
-				room--
-			}
-		}
-		out = kept
+		out = append(kept, remoteShares(out, localCluster, room)...)
 		sortBackends(out)
 	}
 	var localUsable, remoteUsable int
@@ -146,6 +140,95 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 		}
 	}
 	return out, leftOut
+}
+
+// remoteShares picks at most room of the remote clusters' backends of
+// views (sorted by cluster), dividing room between the clusters fairly,
+// first for their usable backends (active, node alive), then what is
+// left for the rest (fairShares: an equal share each, what a cluster
+// does not use of its share to the others), each cluster's taken in the
+// order of a hash of their address (addrHash). A remote cluster chooses
+// its name, its backends' addresses and states, so none of those may
+// take another's room. Until a review found it the room was filled in
+// order of cluster and address, terminating backends included: a remote
+// named aaa publishing terminating backends filled it and a healthy
+// cluster was left out of the frontend
+// (TestSelectBoundedSharesRemoteRoomFairly).
+func remoteShares(views []BackendView, localCluster string, room int) []BackendView {
+	var clusters [][2][]BackendView // each cluster's usable backends, then the rest
+	for i, v := range views {
+		if v.Cluster == localCluster {
+			continue
+		}
+		if i == 0 || views[i-1].Cluster != v.Cluster {
+			clusters = append(clusters, [2][]BackendView{})
+		}
+		c := &clusters[len(clusters)-1]
+		if usable(v) {
+			c[0] = append(c[0], v)
+		} else {
+			c[1] = append(c[1], v)
+		}
+	}
+	var out []BackendView
+	for part := range 2 {
+		want := make([]int, len(clusters))
+		for i, c := range clusters {
+			want[i] = len(c[part])
+		}
+		for i, n := range fairShares(room, want) {
+			out = append(out, byAddrHash(clusters[i][part])[:n]...)
+			room -= n
+		}
+	}
+	return out
+}
+
+// fairShares divides room between parts wanting want[i] (max-min fair):
+// each part wanting no more than an equal share of what the smaller ones
+// leave gets its want, the others that share, the units left over one
+// each to the earliest of them; all of room is used while a part wants
+// more, and no part gets more than it wants.
+func fairShares(room int, want []int) []int {
+	out := make([]int, len(want))
+	order := make([]int, len(want))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(want[a], want[b]) })
+	room = max(room, 0)
+	for k, i := range order {
+		share := room / (len(order) - k)
+		if want[i] <= share {
+			out[i] = want[i]
+			room -= want[i]
+			continue
+		}
+		rest := slices.Clone(order[k:]) // each wants more than share
+		slices.Sort(rest)
+		for n, j := range rest {
+			out[j] = share
+			if n < room-share*len(rest) {
+				out[j]++
+			}
+		}
+		break
+	}
+	return out
+}
+
+// byAddrHash returns views ordered by a hash of their address (then the
+// address), the same on every node.
+func byAddrHash(views []BackendView) []BackendView {
+	addrs := make([]netip.AddrPort, len(views))
+	for i, v := range views {
+		addrs[i] = v.Addr
+	}
+	out := make([]BackendView, len(views))
+	for k, i := range hashOrder(addrs) {
+		out[k] = views[i]
+	}
+	return out
 }
 
 // Preferred returns the addresses of the preferred backends, in order.

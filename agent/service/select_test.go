@@ -470,8 +470,8 @@ func TestPreferred(t *testing.T) {
 }
 
 // A frontend's backends are at most MaxBackends (the datapath's count is
-// 16 bits): the local cluster's first, then remote clusters' in order of
-// cluster and address, the rest left out. Found 2026-12-05 by reading the
+// 16 bits): the local cluster's first, then remote clusters' shared
+// between them (remoteShares), the rest left out. Found 2026-12-05 by reading the
 // datapath writer: a remote cluster's global service of 65,535 backends
 // beside one local backend made a count of 0, and the frontend lost its
 // local backend too.
@@ -492,7 +492,148 @@ func TestSelectBoundedByMaxBackends(t *testing.T) {
 	if got[0].Cluster != "c1" || got[0].Addr.Addr() != netip.MustParseAddr("10.0.1.1") {
 		t.Errorf("the local backend was left out: first is %v", got[0])
 	}
-	if last := got[len(got)-1]; last.Addr.Addr() != netip.MustParseAddr("10.2.255.254") {
-		t.Errorf("the remote backends kept are not the first by address: last %v", last)
+	// The one left out is the last by a hash of the address
+	// (remoteShares), not by address.
+	listed := map[netip.AddrPort]bool{}
+	for _, v := range got {
+		listed[v.Addr] = true
+	}
+	var addrs []netip.AddrPort
+	for _, b := range many {
+		addrs = append(addrs, netip.AddrPortFrom(netip.MustParseAddr(b.IP), 8080))
+	}
+	order := hashOrder(addrs)
+	if last := addrs[order[len(order)-1]]; listed[last] || !listed[addrs[len(addrs)-1]] {
+		t.Errorf("left out: %s listed %v, the last address %v", last, listed[last], listed[addrs[len(addrs)-1]])
+	}
+}
+
+// remoteSvcN is a remote cluster's global service "web" with n backends
+// at prefix.<i/250>.<i%250+1> in state.
+func remoteSvcN(t *testing.T, prefix string, n int, state string) *Service {
+	t.Helper()
+	var bs []Backend
+	for i := range n {
+		bs = append(bs, be(fmt.Sprintf("%s.%d.%d", prefix, i/250, i%250+1), "m1", state))
+	}
+	return mkSvc(t, annGlobal, httpPort, bs...)
+}
+
+// countByCluster counts a selection's backends by cluster, "usable" ones
+// (active, node alive) apart: "cluster" and "cluster usable".
+func countByCluster(v []BackendView) map[string]int {
+	out := map[string]int{}
+	for _, b := range v {
+		out[b.Cluster]++
+		if usable(b) {
+			out[b.Cluster+" usable"]++
+		}
+	}
+	return out
+}
+
+// Past the node's remote-backend room a frontend divides it between the
+// remote clusters fairly: an equal share each, what a cluster leaves of
+// its share to the others, usable backends (active, node alive) before
+// the rest, and within a cluster by a hash of the address. Until a
+// review found it the room was filled in order of cluster and address,
+// terminating backends included: a remote named aaa publishing 100
+// terminating backends filled a room of 100, bravo's 10 active ones were
+// left out, and a graded local level 3 of 10 healthy took every new
+// connection.
+func TestSelectBoundedSharesRemoteRoomFairly(t *testing.T) {
+	local := mkSvc(t, annGraded, httpPort, local3of10()...)
+	fe := local.Frontends(nil)[0]
+	both := func(a, b *Service) map[string]*Service { return map[string]*Service{"aaa": a, "bravo": b} }
+	tests := []struct {
+		name    string
+		remotes map[string]*Service
+		room    int
+		want    map[string]int
+	}{
+		{"terminating ones last", both(remoteSvcN(t, "10.2", 100, StateTerminating), remoteSvcN(t, "10.3", 10, "")), 100,
+			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 90, "bravo": 10, "bravo usable": 10}},
+		{"an equal share each", both(remoteSvcN(t, "10.2", 200, ""), remoteSvcN(t, "10.3", 200, "")), 100,
+			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 50, "aaa usable": 50, "bravo": 50, "bravo usable": 50}},
+		{"a share left to the other", both(remoteSvcN(t, "10.2", 10, ""), remoteSvcN(t, "10.3", 200, "")), 100,
+			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 10, "aaa usable": 10, "bravo": 90, "bravo usable": 90}},
+		{"usable ones first everywhere", both(remoteSvcN(t, "10.2", 100, StateTerminating), remoteSvcN(t, "10.3", 30, "")), 50,
+			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 20, "bravo": 30, "bravo usable": 30}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, _ := selectBounded(local, tc.remotes, "c1", fe, nil, tc.room)
+			if got := countByCluster(v); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("listed %v, want %v", got, tc.want)
+			}
+		})
+	}
+	// The first case's split: bravo's share, not all local.
+	v, _ := selectBounded(local, tests[0].remotes, "c1", fe, nil, 100)
+	if got := shares(GradedSplit(v, "c1")); got != "c1 3/10 420000, aaa 0/90 0, bravo 10/10 580000" {
+		t.Errorf("split %s", got)
+	}
+	// Within a cluster the backends listed are spread over its addresses
+	// (a hash of each), not the first ones: of aaa's 300, 100 listed,
+	// about a third of them in its first 100 addresses.
+	v, _ = selectBounded(local, map[string]*Service{"aaa": remoteSvcN(t, "10.2", 300, "")}, "c1", fe, nil, 100)
+	first := 0
+	for _, b := range v {
+		if b.Cluster == "aaa" && b.Addr.Addr().As4()[3] <= 100 && b.Addr.Addr().As4()[2] == 0 {
+			first++
+		}
+	}
+	if first < 15 || first > 52 {
+		t.Errorf("%d of the 100 listed of aaa's 300 are its first 100 addresses", first)
+	}
+}
+
+func TestFairShares(t *testing.T) {
+	tests := []struct {
+		room      int
+		want, got []int
+	}{
+		{100, []int{100, 10}, []int{90, 10}},
+		{100, []int{200, 200}, []int{50, 50}},
+		{10, []int{3, 3, 3, 3}, []int{3, 3, 2, 2}},
+		{10, []int{1, 50, 2, 50}, []int{1, 4, 2, 3}},
+		{100, []int{1, 2}, []int{1, 2}},
+		{0, []int{5, 5}, []int{0, 0}},
+		{-3, []int{5}, []int{0}},
+		{7, nil, []int{}},
+	}
+	for _, tc := range tests {
+		if got := fairShares(tc.room, tc.want); !reflect.DeepEqual(got, tc.got) {
+			t.Errorf("fairShares(%d, %v) = %v, want %v", tc.room, tc.want, got, tc.got)
+		}
+	}
+	// Random ones: all of the room used while a part wants more, none
+	// more than it wants, and a part short of its want has at least
+	// what any other has, less one.
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 2000 {
+		want := make([]int, r.IntN(6))
+		sum := 0
+		for i := range want {
+			want[i] = r.IntN(30)
+			sum += want[i]
+		}
+		room := r.IntN(80)
+		got := fairShares(room, want)
+		total := 0
+		for i, n := range got {
+			total += n
+			if n < 0 || n > want[i] {
+				t.Fatalf("fairShares(%d, %v) = %v", room, want, got)
+			}
+			for _, o := range got {
+				if n < want[i] && n < o-1 {
+					t.Fatalf("fairShares(%d, %v) = %v: not fair", room, want, got)
+				}
+			}
+		}
+		if total != min(room, sum) {
+			t.Fatalf("fairShares(%d, %v) = %v: %d given", room, want, got, total)
+		}
 	}
 }

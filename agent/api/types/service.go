@@ -117,7 +117,7 @@ type FrontendStatus struct {
 // Split is a graded frontend's division of new connections.
 type Split struct {
 	// LocalHealth: the local level's min(1, 1.4 × healthy/total);
-	// RemoteHealth: the remote clusters' own, weighted by healthy backends.
+	// RemoteHealth: the remote level's, its healthiest cluster's.
 	LocalHealth  float64 `json:"localHealth"`
 	RemoteHealth float64 `json:"remoteHealth"`
 	// Clusters: the local cluster first, then the remote ones by name.
