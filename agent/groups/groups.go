@@ -231,6 +231,13 @@ func (m *Manager) Result(key string) (Result, bool) {
 // rule naming the group stopped denying them (TestGroupAddrsBounded).
 const MaxGroupAddrs = 4096
 
+// trimmedByOlderLeader says whether r is what a leader of the versions
+// from db7fc48 to 7701b05 stored for a group past MaxGroupAddrs: its
+// lowest addresses, resolved, with the error saying so.
+func trimmedByOlderLeader(r Result) bool {
+	return r.Resolved && strings.Contains(r.Error, "are applied (each is an ipcache entry on every node)")
+}
+
 // tooManyAddrs is the error of a group past MaxGroupAddrs.
 func tooManyAddrs(n int) string {
 	return fmt.Sprintf("the group resolved to %d addresses, more than %d (each is an ipcache entry on every node): "+
@@ -272,6 +279,15 @@ func (m *Manager) followResults(ctx context.Context) {
 			continue
 		}
 		r.Addrs = m.learnable(r.Key, r.Addrs) // an older leader's result may hold them
+		if trimmedByOlderLeader(r) {
+			// A leader of an earlier version applied the lowest
+			// MaxGroupAddrs of a larger group, which exactly fits the
+			// bound: refused like a result past it (until 2026-12-07
+			// followers applied it, and a new leader kept it as its
+			// last good set; TestTrimmedResultOfOlderLeaderRefused).
+			r.Addrs, r.Resolved = nil, false
+			r.Error += "; a set trimmed by an older leader, refused"
+		}
 		if n := len(slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))); n > MaxGroupAddrs {
 			// An older leader's (or a forged) result past the bound:
 			// refused whole, the last good set kept (none: the group

@@ -807,3 +807,38 @@ func TestSpecialAddressesNotApplied(t *testing.T) {
 		}
 	}
 }
+
+// A leader of an earlier version stored the lowest MaxGroupAddrs of a
+// larger group with the error saying so: exactly at the bound, followers
+// applied it, and a new leader whose own resolution failed (too many)
+// kept it as its last good set, so whoever could add low addresses to the
+// group pushed its real members out of a deny (found 2026-12-07 by the
+// review of the refusal). Such a result is refused like one past it.
+func TestTrimmedResultOfOlderLeaderRefused(t *testing.T) {
+	eps := testutil.Etcd(t)
+	ctx := tctx(t)
+	c := start(t, eps, "c", false)
+	key, g := group("sg-1")
+	c.m.SetWanted(ctx, map[string]api.AWSGroup{key: g})
+	addrs := make([]string, MaxGroupAddrs)
+	for i := range addrs {
+		addrs[i] = netip.AddrFrom4([4]byte{9, 0, byte(i >> 8), byte(i)}).String()
+	}
+	old := Result{Key: key, Group: g, Resolved: true, Addrs: parse(addrs...),
+		Error: fmt.Sprintf("the group resolved to %d addresses; the lowest %d are applied (each is an ipcache entry on every node)", MaxGroupAddrs+100, MaxGroupAddrs)}
+	b, _ := json.Marshal(old)
+	results := Prefix + cluster + "/results/"
+	if err := c.kv.Put(ctx, results+hash(key), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the trimmed result read", func() (bool, string) {
+		r, ok := c.m.Result(key)
+		return ok && strings.Contains(r.Error, "trimmed"), fmt.Sprintf("%+v", r.Error)
+	})
+	if h := c.applied.history(key); len(h) != 0 {
+		t.Fatalf("applied a trimmed set of an older leader: %d sets", len(h))
+	}
+	if r, _ := c.m.Result(key); r.Resolved || len(r.Addrs) != 0 {
+		t.Fatalf("holds the trimmed set as the last good one: resolved %v, %d addresses", r.Resolved, len(r.Addrs))
+	}
+}

@@ -95,6 +95,8 @@ type Resolver struct {
 	nodeVPC    string    // cached once nodeVPCOf answered
 	nodeVPCAt  time.Time // when nodeVPCOf last failed
 	nodeVPCErr error
+	// vpcsSeen: per region, the VPCs found there and when (vpcsIn).
+	vpcsSeen map[string]vpcsFound
 	// droppedLogged: the special addresses already logged (dropped).
 	droppedLogged fqdn.FirstSeen
 }
@@ -211,6 +213,9 @@ func (r *Resolver) Resolve(ctx context.Context, g Group) ([]netip.Addr, error) {
 		return nil, err
 	}
 	c := r.client(region)
+	if vpcs, err = r.vpcsIn(ctx, c, region, vpcs); err != nil {
+		return nil, err
+	}
 	set := make(map[netip.Addr]struct{})
 	if err := r.instanceAddrs(ctx, c, region, g, vpcs, set); err != nil {
 		return nil, err
@@ -285,6 +290,52 @@ func (r *Resolver) vpcs(ctx context.Context) (map[string]bool, error) {
 		return nil, fmt.Errorf("aws: no VPC to resolve groups in: this node's VPC is unknown (%s) and the agent's AWS VPC IDs (--aws-vpc-ids) name none", why)
 	}
 	return out, nil
+}
+
+// vpcsFound is what vpcsIn found of a set of VPCs in one region.
+type vpcsFound struct {
+	asked string // the VPCs asked, sorted, joined
+	found map[string]bool
+	at    time.Time
+}
+
+// vpcCheckTTL is how long vpcsIn's answer for a region is kept.
+const vpcCheckTTL = 5 * time.Minute
+
+// vpcsIn returns those of vpcs that exist in region; none is an error. A
+// VPC belongs to one region: a group of another region (its policy's
+// `region`) filtered by the node's VPC, or by a mistyped --aws-vpc-ids,
+// matched nothing, and that empty answer replaced the group's last good
+// set, so a deny group denied nothing (found 2026-12-07 by a review;
+// TestResolveMoto's other region, TestResolveOnlyInTheVPCs).
+func (r *Resolver) vpcsIn(ctx context.Context, c *ec2.Client, region string, vpcs map[string]bool) (map[string]bool, error) {
+	ids := slices.Sorted(maps.Keys(vpcs))
+	asked := strings.Join(ids, ",")
+	r.mu.Lock()
+	seen, ok := r.vpcsSeen[region]
+	r.mu.Unlock()
+	if !ok || seen.asked != asked || time.Since(seen.at) >= vpcCheckTTL {
+		out, err := c.DescribeVpcs(ctx, &ec2.DescribeVpcsInput{Filters: []ec2types.Filter{filter("vpc-id", ids...)}})
+		if err != nil {
+			return nil, fmt.Errorf("aws: VPCs in %s: %w", region, err)
+		}
+		seen = vpcsFound{asked: asked, found: map[string]bool{}, at: time.Now()}
+		for _, v := range out.Vpcs {
+			if v.VpcId != nil && vpcs[*v.VpcId] {
+				seen.found[*v.VpcId] = true
+			}
+		}
+		r.mu.Lock()
+		if r.vpcsSeen == nil {
+			r.vpcsSeen = map[string]vpcsFound{}
+		}
+		r.vpcsSeen[region] = seen
+		r.mu.Unlock()
+	}
+	if len(seen.found) == 0 {
+		return nil, fmt.Errorf("aws: none of the VPCs groups resolve in (%s) is in region %s: a group of that region needs its VPC in --aws-vpc-ids", asked, region)
+	}
+	return seen.found, nil
 }
 
 // instanceAddrs adds the addresses of the running instances g selects

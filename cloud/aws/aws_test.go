@@ -385,7 +385,12 @@ func TestResolveMoto(t *testing.T) {
 	check("sg id db AND name db", Group{SecurityGroupIDs: []string{w.db}, SecurityGroupNames: []string{"db"}}, union(w.i2IPs))
 	check("no such name", Group{SecurityGroupNames: []string{"nope"}}, nil)
 	check("explicit region", Group{SecurityGroupIDs: []string{w.web}, Region: "us-east-1"}, union(w.i1IPs, w.i3IPs))
-	check("other region", Group{SecurityGroupIDs: []string{w.web}, Region: "us-west-2"}, nil)
+	// Another region, where the node's VPC is not: an error (the group
+	// keeps its last good set), not an empty set (until 2026-12-07 a deny
+	// group there denied nothing).
+	if got, err := r.Resolve(ctx, Group{SecurityGroupIDs: []string{w.web}, Region: "us-west-2"}); err == nil || !strings.Contains(err.Error(), "us-west-2") {
+		t.Errorf("other region: %v %v, want an error naming the region", got, err)
+	}
 
 	if _, err := r.Resolve(ctx, Group{Region: "us-east-1"}); !errors.Is(err, ErrEmptyGroup) {
 		t.Errorf("empty group: err = %v, want ErrEmptyGroup", err)
@@ -454,8 +459,8 @@ func TestResolveUnreachable(t *testing.T) {
 			t.Fatalf("Resolve against a closed port = %v, want an error", addrs)
 		}
 		msg := err.Error()
-		if !strings.Contains(msg, "DescribeInstances") || !strings.Contains(msg, tc.region) {
-			t.Errorf("error %q does not name DescribeInstances and region %s", msg, tc.region)
+		if !strings.Contains(msg, "Describe") || !strings.Contains(msg, tc.region) {
+			t.Errorf("error %q does not name the EC2 call and region %s", msg, tc.region)
 		}
 		if errors.Is(err, ErrNotConfigured) {
 			t.Errorf("an unreachable endpoint is not ErrNotConfigured: %v", err)
@@ -839,6 +844,11 @@ func TestResolveOnlyInTheVPCs(t *testing.T) {
 	if want := addrs(t, *other.PrivateIpAddress); err != nil || !slices.Equal(got, want) {
 		t.Errorf("off EC2, in the VPC named: %v %v, want %v", got, err, want)
 	}
+	// A VPC named that is in no region of the account (mistyped): an
+	// error, not an empty set.
+	if got, err := resolve(Config{VPCIDs: []string{"vpc-0123456789abcdef0"}}); err == nil || !strings.Contains(err.Error(), "vpc-0123456789abcdef0") {
+		t.Errorf("a VPC that is not there: %v %v, want an error naming it", got, err)
+	}
 	noIMDS := func(context.Context) (string, error) { return "", ErrNotConfigured }
 	if got, err := resolve(Config{NodeVPC: noIMDS}); err == nil || !strings.Contains(err.Error(), "VPC") {
 		t.Errorf("no VPC known: %v %v, want an error naming the VPC", got, err)
@@ -872,6 +882,15 @@ func (f *fakeEC2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		page, set = f.instances, "reservationSet"
 	case "DescribeNetworkInterfaces":
 		page, set = f.interfaces, "networkInterfaceSet"
+	case "DescribeVpcs": // the VPCs asked for exist (vpcsIn)
+		set = "vpcSet"
+		page = func(string) (string, string) {
+			items := ""
+			for _, v := range filterValues(r.PostForm, "vpc-id") {
+				items += "<item><vpcId>" + v + "</vpcId></item>"
+			}
+			return items, ""
+		}
 	default:
 		http.Error(w, "unsupported "+action, http.StatusBadRequest)
 		return
