@@ -523,7 +523,14 @@ func ComposeMaglev(views []BackendView, localCluster string, sp *Split, m uint32
 // received entry went to backend hash(i) mod the cluster's count, so one
 // pod more in a cluster moved nearly all the entries it had received,
 // which a remote choosing its backends' preference lists made most of
-// its entries (TestGradedMaglevPodChurnMovesWhatMaglevMoves).
+// its entries (TestGradedMaglevPodChurnMovesWhatMaglevMoves). The
+// cluster's table has receiverSize entries, entry i of the frontend's
+// table reading entry i mod that: until a review found it each receiving
+// cluster's table had m entries, beside 255 remote clusters 28 ms at
+// m = 16,381 (209 ms at 131,071) on every apply of the frontend, where
+// the frontend's own tables took 1.2 ms (7.2 ms); now 2.0 ms (7.7 ms)
+// (BenchmarkComposeMaglevManyClusters, docs/benchmarks.md;
+// TestGradedMaglevManyClustersBoundedGarbage).
 func balance(part []int32, from int, backends []netip.AddrPort, cl []int, want []uint64, m uint32) error {
 	members := make([][]int32, len(want))
 	for i, c := range cl {
@@ -546,15 +553,34 @@ func balance(part []int32, from int, backends []netip.AddrPort, cl []int, want [
 		for j, x := range members[c] {
 			addrs[j] = backends[x]
 		}
-		ct, err := MaglevTable(addrs, m)
+		mc := receiverSize(len(addrs), m)
+		ct, err := MaglevTable(addrs, mc)
 		if err != nil {
 			return err
 		}
 		for ; have[c] < want[c] && len(given) > 0; have[c]++ {
 			i := given[0]
 			given = given[1:]
-			part[i] = members[c][ct[from+i]]
+			part[i] = members[c][ct[uint32(from+i)%mc]]
 		}
 	}
 	return nil
+}
+
+// receiverSize is the size of the Maglev table balance places a
+// cluster's received entries with, the cluster having n usable backends,
+// in a frontend table of m entries: at least 100 entries a backend (as
+// Maglev asks of a table, so a pod more or less moves about its part of
+// them) for n rounded up to a power of two, so the size, and with it
+// where every received entry goes, changes only when the count crosses a
+// power of two; at most m.
+func receiverSize(n int, m uint32) uint32 {
+	p := uint32(1)
+	for p < uint32(n) && p < m {
+		p <<= 1
+	}
+	if uint64(p)*100 >= uint64(m) {
+		return m
+	}
+	return min(maglev.SizeAtLeast(100*p), m)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -570,5 +571,65 @@ func TestGradedTablesIgnoreListingOrder(t *testing.T) {
 		if b[addr] != n {
 			t.Errorf("random: %s holds %d slots, %d with the views shuffled", addr, n, b[addr])
 		}
+	}
+}
+
+// manyClusters is local 3 of 10 healthy beside n remote clusters of 3
+// active backends each (the remote entries balance hands about half of
+// them).
+func manyClusters(n int) []BackendView {
+	groups := [][]BackendView{many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)}
+	for c := range n {
+		groups = append(groups, many(fmt.Sprintf("r%03d", c), fmt.Sprintf("11.%d", c), 3, StateActive))
+	}
+	return join(groups...)
+}
+
+// A graded Maglev frontend beside 255 remote clusters of 3 backends
+// allocates a bounded few tables of m entries per apply, not one per
+// cluster receiving entries: until a review found it balance built each
+// of those a table of m entries, 8 MB (122 tables) at the default size,
+// 28 ms where the frontend's own tables took 1.7 ms. Now at most 16
+// tables' worth (1 MiB).
+func TestGradedMaglevManyClustersBoundedGarbage(t *testing.T) {
+	const m = maglev.DefaultSize
+	v := manyClusters(255)
+	compose := func() {
+		sp := GradedSplit(v, "local")
+		if _, _, err := ComposeMaglev(v, "local", &sp, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compose()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const runs = 4
+	for range runs {
+		compose()
+	}
+	runtime.ReadMemStats(&after)
+	per := (after.TotalAlloc - before.TotalAlloc) / runs
+	t.Logf("%d bytes allocated per composition (%.1f tables of %d entries)", per, float64(per)/(4*m), m)
+	if per > 16*4*m {
+		t.Errorf("%d bytes allocated per composition, %.1f tables of %d entries; want at most 16", per, float64(per)/(4*m), m)
+	}
+}
+
+// BenchmarkComposeMaglevManyClusters is what a graded Maglev frontend
+// costs on every apply (NodeAlive applies every local service again)
+// beside 255 remote clusters of 3 backends, at the default table size
+// and the largest: balance builds a table for each cluster receiving
+// entries (docs/benchmarks.md).
+func BenchmarkComposeMaglevManyClusters(b *testing.B) {
+	v := manyClusters(255)
+	for _, m := range []uint32{maglev.DefaultSize, 131071} {
+		b.Run(fmt.Sprintf("m=%d", m), func(b *testing.B) {
+			for b.Loop() {
+				sp := GradedSplit(v, "local")
+				if _, _, err := ComposeMaglev(v, "local", &sp, m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

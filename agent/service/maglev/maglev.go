@@ -54,6 +54,19 @@ func ValidSize(m uint32) error {
 	return nil
 }
 
+// SizeAtLeast is the smallest valid table size (ValidSize) of at least
+// n: the smallest prime not below n and 251, or 131071 when n is past it.
+func SizeAtLeast(n uint32) uint32 {
+	m := max(n, minSize)
+	if m >= maxSize {
+		return maxSize
+	}
+	for !isPrime(m) {
+		m++
+	}
+	return m
+}
+
 func isPrime(m uint32) bool {
 	if m < 2 {
 		return false

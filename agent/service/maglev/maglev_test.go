@@ -287,3 +287,14 @@ func BenchmarkBuild1000BackendsBaseline(b *testing.B) {
 		})
 	}
 }
+
+func TestSizeAtLeast(t *testing.T) {
+	for _, tc := range []struct{ n, want uint32 }{
+		{0, 251}, {251, 251}, {252, 257}, {400, 401}, {3200, 3203}, {16381, 16381}, {16382, 16411}, {131071, 131071}, {1 << 20, 131071},
+	} {
+		got := SizeAtLeast(tc.n)
+		if got != tc.want || ValidSize(got) != nil {
+			t.Errorf("SizeAtLeast(%d) = %d, want %d", tc.n, got, tc.want)
+		}
+	}
+}
