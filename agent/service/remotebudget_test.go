@@ -204,7 +204,64 @@ func TestRemoteBackendsRoomSharedBetweenClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := shares(*st.Frontends[0].Split); got != "c1 3/10 420000, aaa 0/90 0, bravo 10/10 580000" {
+	if got := shares(*st.Frontends[0].Split); got != "c1 3/10 420000, aaa 0/10 0, bravo 10/10 580000" {
 		t.Errorf("split %s", got)
+	}
+}
+
+// The node's remote-backend room is shared between frontends too: a
+// remote's backends that take no new connections (terminating,
+// maintenance, on a dead node) may not use up room another service needs
+// for usable ones. Until a review found it a remote evil publishing 100
+// terminating backends for web filled a room of 100 (bravo's 10 usable
+// first, then 90 of evil's), so api's bravo backends were left out and
+// its local level, 3 of 10 healthy, took every new connection instead
+// of 42% (when evil came first). A frontend now lists at
+// most as many of those as it lists usable remote backends, and none
+// while its own bound binds.
+func TestRemoteNonUsableBackendsLeaveRoomForOtherServices(t *testing.T) {
+	for _, order := range []string{"evil first", "bravo first"} {
+		t.Run(order, func(t *testing.T) {
+			m, _ := newManager(t, "")
+			m.maxRemoteBackends = 100
+			for i, name := range []string{"web", "api"} {
+				local := mkSvc(t, annGraded, httpPort, local3of10()...)
+				local.Metadata.Namespace, local.Metadata.Name = "default", name
+				local.Spec.ClusterIP = fmt.Sprintf("10.96.0.%d", 10+i)
+				if err := m.Upsert(context.Background(), local); err != nil {
+					t.Fatal(err)
+				}
+			}
+			remote := func(name, prefix string, n int, state string) *Service {
+				r := remoteSvcN(t, prefix, n, state)
+				r.Metadata.Namespace, r.Metadata.Name = "default", name
+				return r
+			}
+			evil := func() { m.RemoteChanged("evil", remote("web", "10.6", 100, StateTerminating), false) }
+			if order == "evil first" {
+				evil()
+			}
+			m.RemoteChanged("bravo", remote("web", "10.3", 10, ""), false)
+			m.RemoteChanged("bravo", remote("api", "10.4", 10, ""), false)
+			if order != "evil first" {
+				evil()
+			}
+			for _, name := range []string{"web", "api"} {
+				st, err := m.Get("default", name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sp := *st.Frontends[0].Split
+				var bravo ClusterShare
+				for _, c := range sp.Clusters {
+					if c.Cluster == "bravo" {
+						bravo = c
+					}
+				}
+				if sp.Clusters[0].ppm != 420000 || bravo.Healthy != 10 || bravo.ppm != 580000 {
+					t.Errorf("%s: split %s, want local 42%% and bravo's 10 58%%", name, shares(sp))
+				}
+			}
+		})
 	}
 }

@@ -46,15 +46,19 @@ func matchPort(s *Service, p Port) (Port, bool) {
 // remote (the mirror image) or none (all); with failover graded, those of
 // each level that GradedSplit gives a share. Terminating and maintenance
 // backends are listed but never preferred: they keep the connections they
-// have and take no new ones.
+// have and take no new ones; of remote clusters' backends that take no
+// new connections (those too, and those on dead nodes) a frontend lists
+// at most as many as of their usable ones (selectBounded).
 func Select(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive) []BackendView {
 	out, _ := selectBounded(local, remotes, localCluster, fe, alive, MaxBackends)
 	return out
 }
 
 // selectBounded is Select listing at most remoteMax remote clusters'
-// backends (shared between the clusters, remoteShares); leftOut counts
-// those left out for that bound (not for MaxBackends).
+// backends (shared between the clusters, remoteShares), of those that
+// take no new connections at most as many as of the usable ones and
+// none when that is past remoteMax; leftOut counts those left out for
+// the bound (not for MaxBackends, nor past as many as the usable ones).
 func selectBounded(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive, remoteMax int) (out []BackendView, leftOut int) {
 	add := func(s *Service, cluster string, p Port) {
 		for _, b := range s.Backends {
@@ -87,14 +91,23 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 		}
 	}
 	sortBackends(out)
-	remoteN := 0
+	remoteN, remoteU := 0, 0 // remote backends, the usable ones
 	for _, v := range out {
 		if v.Cluster != localCluster {
 			remoteN++
+			if usable(v) {
+				remoteU++
+			}
 		}
 	}
+	// Remote backends that take no new connections are listed only to
+	// keep their NodePort flows, at most as many as the usable remote
+	// ones (a remote publishes as many as it likes, and each one holds
+	// room of the node's MaxRemoteBackends another frontend may need for
+	// usable ones), none while the bound binds.
+	want := remoteU + min(remoteN-remoteU, remoteU)
 	remoteMax = max(remoteMax, 0)
-	if len(out) > MaxBackends || remoteN > remoteMax {
+	if len(out) > MaxBackends || want < remoteN || want > remoteMax {
 		// The datapath counts a frontend's backends in 16 bits: the local
 		// cluster's stay (Validate bounds them), then remote clusters' up
 		// to remoteMax, shared fairly (remoteShares), the rest are left
@@ -102,10 +115,15 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 		// TestSelectBoundedByMaxBackends).
 		kept := slices.DeleteFunc(slices.Clone(out), func(v BackendView) bool { return v.Cluster != localCluster })
 		room := min(MaxBackends-len(kept), remoteMax)
-		if fit := min(remoteN, MaxBackends-len(kept)); fit > remoteMax {
-			leftOut = fit - remoteMax // for the bound, not for MaxBackends
+		other := want - remoteU // room for the others
+		if want > room {
+			other = 0
 		}
-		out = append(kept, remoteShares(out, localCluster, room)...)
+		listed := remoteShares(out, localCluster, min(room, remoteU), other)
+		if fit := min(want, MaxBackends-len(kept)); fit > remoteMax {
+			leftOut = fit - len(listed) // for the bound, not for MaxBackends nor the others' cap
+		}
+		out = append(kept, listed...)
 		sortBackends(out)
 	}
 	var localUsable, remoteUsable int
@@ -142,19 +160,21 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 	return out, leftOut
 }
 
-// remoteShares picks at most room of the remote clusters' backends of
-// views (sorted by cluster), dividing room between the clusters fairly,
-// first for their usable backends (active, node alive), then what is
-// left for the rest (fairShares: an equal share each, what a cluster
-// does not use of its share to the others), each cluster's taken in the
+// remoteShares picks at most room of the remote clusters' usable
+// backends (active, node alive) of views (sorted by cluster) and at most
+// other of the rest, dividing each between the clusters fairly
+// (fairShares: an equal share each, what a cluster does not use of its
+// share to the others), each cluster's taken in the
 // order of a hash of their address (addrHash). A remote cluster chooses
 // its name, its backends' addresses and states, so none of those may
 // take another's room. Until a review found it the room was filled in
 // order of cluster and address, terminating backends included: a remote
 // named aaa publishing terminating backends filled it and a healthy
 // cluster was left out of the frontend
-// (TestSelectBoundedSharesRemoteRoomFairly).
-func remoteShares(views []BackendView, localCluster string, room int) []BackendView {
+// (TestSelectBoundedSharesRemoteRoomFairly); then they were listed in
+// what room the usable ones left, which another frontend needed for its
+// usable ones (TestRemoteNonUsableBackendsLeaveRoomForOtherServices).
+func remoteShares(views []BackendView, localCluster string, room, other int) []BackendView {
 	var clusters [][2][]BackendView // each cluster's usable backends, then the rest
 	for i, v := range views {
 		if v.Cluster == localCluster {
@@ -171,14 +191,13 @@ func remoteShares(views []BackendView, localCluster string, room int) []BackendV
 		}
 	}
 	var out []BackendView
-	for part := range 2 {
+	for part, room := range []int{room, other} {
 		want := make([]int, len(clusters))
 		for i, c := range clusters {
 			want[i] = len(c[part])
 		}
 		for i, n := range fairShares(room, want) {
 			out = append(out, byAddrHash(clusters[i][part])[:n]...)
-			room -= n
 		}
 	}
 	return out

@@ -166,8 +166,10 @@ func TestSelect(t *testing.T) {
 			local:    localBE,
 			remotes:  map[string]map[string]string{"c2": annGlobal},
 			dead:     []string{"c2/m1", "c2/m2"},
-			want: []string{"c1 10.0.1.1:8080 n1 active *", "c1 10.0.1.2:8080 n2 active *",
-				"c2 10.1.1.1:8080 m1 active dead", "c2 10.1.1.2:8080 m2 active dead"},
+			// c2's backends on dead nodes are not listed: a frontend lists
+			// at most as many remote backends taking no new connections as
+			// usable remote ones (TestRemoteNonUsableBackendsLeaveRoomForOtherServices).
+			want: []string{"c1 10.0.1.1:8080 n1 active *", "c1 10.0.1.2:8080 n2 active *"},
 		},
 		{
 			name:     "affinity remote without remote clusters",
@@ -535,7 +537,8 @@ func countByCluster(v []BackendView) map[string]int {
 // Past the node's remote-backend room a frontend divides it between the
 // remote clusters fairly: an equal share each, what a cluster leaves of
 // its share to the others, usable backends (active, node alive) before
-// the rest, and within a cluster by a hash of the address. Until a
+// the rest (at most as many of those as of the usable ones, none while
+// the bound binds), and within a cluster by a hash of the address. Until a
 // review found it the room was filled in order of cluster and address,
 // terminating backends included: a remote named aaa publishing 100
 // terminating backends filled a room of 100, bravo's 10 active ones were
@@ -551,14 +554,16 @@ func TestSelectBoundedSharesRemoteRoomFairly(t *testing.T) {
 		room    int
 		want    map[string]int
 	}{
-		{"terminating ones last", both(remoteSvcN(t, "10.2", 100, StateTerminating), remoteSvcN(t, "10.3", 10, "")), 100,
-			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 90, "bravo": 10, "bravo usable": 10}},
+		{"terminating ones last, as many as the usable ones", both(remoteSvcN(t, "10.2", 100, StateTerminating), remoteSvcN(t, "10.3", 10, "")), 100,
+			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 10, "bravo": 10, "bravo usable": 10}},
+		{"terminating ones up to the usable ones", both(remoteSvcN(t, "10.2", 100, StateTerminating), remoteSvcN(t, "10.3", 30, "")), 100,
+			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 30, "bravo": 30, "bravo usable": 30}},
 		{"an equal share each", both(remoteSvcN(t, "10.2", 200, ""), remoteSvcN(t, "10.3", 200, "")), 100,
 			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 50, "aaa usable": 50, "bravo": 50, "bravo usable": 50}},
 		{"a share left to the other", both(remoteSvcN(t, "10.2", 10, ""), remoteSvcN(t, "10.3", 200, "")), 100,
 			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 10, "aaa usable": 10, "bravo": 90, "bravo usable": 90}},
-		{"usable ones first everywhere", both(remoteSvcN(t, "10.2", 100, StateTerminating), remoteSvcN(t, "10.3", 30, "")), 50,
-			map[string]int{"c1": 10, "c1 usable": 3, "aaa": 20, "bravo": 30, "bravo usable": 30}},
+		{"no terminating ones while the bound binds", both(remoteSvcN(t, "10.2", 100, StateTerminating), remoteSvcN(t, "10.3", 30, "")), 50,
+			map[string]int{"c1": 10, "c1 usable": 3, "bravo": 30, "bravo usable": 30}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -570,7 +575,7 @@ func TestSelectBoundedSharesRemoteRoomFairly(t *testing.T) {
 	}
 	// The first case's split: bravo's share, not all local.
 	v, _ := selectBounded(local, tests[0].remotes, "c1", fe, nil, 100)
-	if got := shares(GradedSplit(v, "c1")); got != "c1 3/10 420000, aaa 0/90 0, bravo 10/10 580000" {
+	if got := shares(GradedSplit(v, "c1")); got != "c1 3/10 420000, aaa 0/10 0, bravo 10/10 580000" {
 		t.Errorf("split %s", got)
 	}
 	// Within a cluster the backends listed are spread over its addresses
