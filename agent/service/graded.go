@@ -153,6 +153,10 @@ type ClusterShare struct {
 	Slots int `json:"slots"`
 
 	ppm uint32
+	// listed counts its usable backends the frontend lists (its share's
+	// weight); Healthy may count more, those left out for the node's
+	// remote-backend room.
+	listed int
 }
 
 // usable says whether new connections may go to a backend.
@@ -162,10 +166,24 @@ func usable(v BackendView) bool { return v.State == StateActive && v.Healthy }
 // lists them, sorted by cluster) between the local level (health
 // LevelHealth of the local cluster's backends) and the remote level
 // (health RemoteHealth of the remote clusters'); within the remote level
-// each cluster's share is proportional to its healthy backends (largest
-// remainder, ties to the earlier cluster). Slots are not filled in: the
-// table composition does that.
+// each cluster's share is proportional to its healthy backends listed
+// (largest remainder, ties to the earlier cluster). Slots are not filled
+// in: the table composition does that.
 func GradedSplit(views []BackendView, localCluster string) Split {
+	return gradedSplit(views, localCluster, nil)
+}
+
+// gradedSplit is GradedSplit taking each remote cluster's health (and
+// the counts the status shows) from what it publishes (published, by
+// cluster; selectBounded's), not from the backends listed: past the
+// node's remote-backend room a frontend lists usable backends first, so
+// the listed ones look healthier than the cluster is, and nodes with
+// different rooms would build different splits. Until a review found it
+// bravo, 10 active and 990 terminating, had health 0.70 with a room of
+// 20 and 0.014 with 1,000 (TestGradedRemoteHealthDoesNotChangeWithTheRoom).
+// A cluster none of whose usable backends is listed adds no health:
+// nothing could take its share.
+func gradedSplit(views []BackendView, localCluster string, published map[string]Level) Split {
 	byCluster := map[string]*ClusterShare{}
 	sp := Split{Clusters: []ClusterShare{{Cluster: localCluster}}}
 	var names []string
@@ -181,14 +199,20 @@ func GradedSplit(views []BackendView, localCluster string) Split {
 		cs.Total++
 		if usable(v) {
 			cs.Healthy++
+			cs.listed++
 		}
 	}
 	slices.Sort(names)
 	remote := make([]Level, 0, len(names))
 	for _, n := range names {
 		c := byCluster[n]
+		if p, ok := published[n]; ok {
+			c.Healthy, c.Total = p.Healthy, p.Total
+		}
 		sp.Clusters = append(sp.Clusters, *c)
-		remote = append(remote, Level{Healthy: c.Healthy, Total: c.Total})
+		if c.listed > 0 {
+			remote = append(remote, Level{Healthy: c.Healthy, Total: c.Total})
+		}
 	}
 	local := Level{Healthy: sp.Clusters[0].Healthy, Total: sp.Clusters[0].Total}
 	lh, rh := LevelHealth(local), RemoteHealth(remote)
@@ -198,7 +222,7 @@ func GradedSplit(views []BackendView, localCluster string) Split {
 	sp.Clusters[0].ppm = load[0]
 	weights := make([]uint64, len(names))
 	for i := range names {
-		weights[i] = uint64(sp.Clusters[i+1].Healthy)
+		weights[i] = uint64(sp.Clusters[i+1].listed)
 	}
 	for i, p := range apportion(uint64(load[1]), weights) {
 		sp.Clusters[i+1].ppm = uint32(p)
@@ -327,8 +351,8 @@ func gradedBound(views []BackendView, localCluster string) uint64 {
 func gradedSize(sp *Split, bound uint64) uint64 {
 	n := uint64(GradedSlots)
 	for _, c := range sp.Clusters {
-		if c.ppm > 0 && c.Healthy > 0 {
-			n = max(n, (uint64(c.Healthy)*PPM+uint64(c.ppm)-1)/uint64(c.ppm))
+		if c.ppm > 0 && c.listed > 0 {
+			n = max(n, (uint64(c.listed)*PPM+uint64(c.ppm)-1)/uint64(c.ppm))
 		}
 	}
 	return min(n, bound)

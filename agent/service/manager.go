@@ -531,7 +531,7 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 	for _, fe := range fes {
 		dfe := fe.entryKey()
 		had := m.remoteUses[dfe].listed // this entry replaces it
-		views, leftOut := selectBounded(s, remotes, m.cfg.Cluster, fe, alive, room+had)
+		views, leftOut, published := selectBounded(s, remotes, m.cfg.Cluster, fe, alive, room+had)
 		listed := 0
 		for _, v := range views {
 			if v.Cluster != m.cfg.Cluster {
@@ -542,7 +542,7 @@ func (m *Manager) entries(key string) (st Status, ents []lbEntry, ok bool) {
 		fst := FrontendStatus{Frontend: fe, Backends: views}
 		e := lbEntry{fe: dfe, remote: remoteUse{key, listed, leftOut},
 			lbs: datapath.LBService{NodePort: fe.Type == "NodePort", AffinityTimeout: st.AffinityTimeout}}
-		pref, table, err := m.table(st, views, &fst)
+		pref, table, err := m.table(st, views, published, &fst)
 		st.Frontends = append(st.Frontends, fst)
 		if err != nil {
 			m.errors++
@@ -761,11 +761,12 @@ func (m *Manager) unload(fe datapath.Frontend) {
 
 // table returns what a frontend's datapath entry holds: its slots (the
 // backends new connections use; a graded frontend's may repeat one) and,
-// for Maglev, the table over them. A graded frontend's split goes in fst.
-func (m *Manager) table(st Status, views []BackendView, fst *FrontendStatus) ([]netip.AddrPort, []int32, error) {
+// for Maglev, the table over them. A graded frontend's split goes in fst,
+// its remote clusters' healths from what they publish (published).
+func (m *Manager) table(st Status, views []BackendView, published map[string]Level, fst *FrontendStatus) ([]netip.AddrPort, []int32, error) {
 	maglev := st.Algorithm == "maglev"
 	if st.Options.Failover == FailoverGraded {
-		sp := GradedSplit(views, m.cfg.Cluster)
+		sp := gradedSplit(views, m.cfg.Cluster, published)
 		fst.Split = &sp
 		if maglev {
 			return ComposeMaglev(views, m.cfg.Cluster, &sp, m.cfg.Datapath.MaglevSize())

@@ -204,7 +204,7 @@ func TestRemoteBackendsRoomSharedBetweenClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := shares(*st.Frontends[0].Split); got != "c1 3/10 420000, aaa 0/10 0, bravo 10/10 580000" {
+	if got := shares(*st.Frontends[0].Split); got != "c1 3/10 420000, aaa 0/100 0, bravo 10/10 580000" {
 		t.Errorf("split %s", got)
 	}
 }
@@ -263,5 +263,41 @@ func TestRemoteNonUsableBackendsLeaveRoomForOtherServices(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A remote cluster's health is its published backends', whatever the
+// node's room lets a frontend list of them: listing usable backends
+// first (and at most as many others) made the listed ones look
+// healthier than the cluster is, and nodes with different rooms built
+// different splits. Until a review found it bravo, 10 active and 990
+// terminating, had health 0.70 with a room of 20 and 0.014 with 1,000 or
+// more; it is 0.014 (10 of 1,000) at every room, and the status counts
+// bravo's 1,000.
+func TestGradedRemoteHealthDoesNotChangeWithTheRoom(t *testing.T) {
+	bravo := remoteSvcN(t, "10.3", 1000, StateTerminating)
+	for i := range 10 {
+		bravo.Backends[i].State = ""
+	}
+	bravo.Metadata.Namespace = "default"
+	for _, room := range []int{20, 100, 1000, 5000} {
+		m, _ := newManager(t, "")
+		m.maxRemoteBackends = room
+		local := mkSvc(t, annGraded, httpPort, local3of10()...)
+		local.Metadata.Namespace = "default"
+		if err := m.Upsert(context.Background(), local); err != nil {
+			t.Fatal(err)
+		}
+		m.RemoteChanged("bravo", bravo, false)
+		st, err := m.Get("default", "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp := *st.Frontends[0].Split
+		want := loads([]uint32{420000, 14000})
+		if sp.RemoteHealth != 0.014 || len(sp.Clusters) != 2 || sp.Clusters[1].Healthy != 10 || sp.Clusters[1].Total != 1000 ||
+			sp.Clusters[0].ppm != want[0] || sp.Clusters[1].ppm != want[1] {
+			t.Errorf("room %d: remote health %v, split %s; want 0.014, c1 3/10 %d, bravo 10/1000 %d", room, sp.RemoteHealth, shares(sp), want[0], want[1])
+		}
 	}
 }

@@ -50,7 +50,7 @@ func matchPort(s *Service, p Port) (Port, bool) {
 // new connections (those too, and those on dead nodes) a frontend lists
 // at most as many as of their usable ones (selectBounded).
 func Select(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive) []BackendView {
-	out, _ := selectBounded(local, remotes, localCluster, fe, alive, MaxBackends)
+	out, _, _ := selectBounded(local, remotes, localCluster, fe, alive, MaxBackends)
 	return out
 }
 
@@ -59,7 +59,9 @@ func Select(local *Service, remotes map[string]*Service, localCluster string, fe
 // take no new connections at most as many as of the usable ones and
 // none when that is past remoteMax; leftOut counts those left out for
 // the bound (not for MaxBackends, nor past as many as the usable ones).
-func selectBounded(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive, remoteMax int) (out []BackendView, leftOut int) {
+// published counts each remote cluster's backends and usable ones before
+// any are left out (a graded split's healths, gradedSplit).
+func selectBounded(local *Service, remotes map[string]*Service, localCluster string, fe Frontend, alive Alive, remoteMax int) (out []BackendView, leftOut int, published map[string]Level) {
 	add := func(s *Service, cluster string, p Port) {
 		for _, b := range s.Backends {
 			ip, err := netip.ParseAddr(b.IP)
@@ -92,12 +94,17 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 	}
 	sortBackends(out)
 	remoteN, remoteU := 0, 0 // remote backends, the usable ones
+	published = map[string]Level{}
 	for _, v := range out {
 		if v.Cluster != localCluster {
 			remoteN++
+			p := published[v.Cluster]
+			p.Total++
 			if usable(v) {
 				remoteU++
+				p.Healthy++
 			}
+			published[v.Cluster] = p
 		}
 	}
 	// Remote backends that take no new connections are listed only to
@@ -138,7 +145,7 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 	}
 	var lload, rload uint64
 	if opts.Failover == FailoverGraded {
-		sp := GradedSplit(out, localCluster)
+		sp := gradedSplit(out, localCluster, published)
 		lload, rload = sp.levelLoads()
 	}
 	for i, v := range out {
@@ -157,7 +164,7 @@ func selectBounded(local *Service, remotes map[string]*Service, localCluster str
 			out[i].Preferred = true
 		}
 	}
-	return out, leftOut
+	return out, leftOut, published
 }
 
 // remoteShares picks at most room of the remote clusters' usable

@@ -567,21 +567,21 @@ func TestSelectBoundedSharesRemoteRoomFairly(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v, _ := selectBounded(local, tc.remotes, "c1", fe, nil, tc.room)
+			v, _, _ := selectBounded(local, tc.remotes, "c1", fe, nil, tc.room)
 			if got := countByCluster(v); !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("listed %v, want %v", got, tc.want)
 			}
 		})
 	}
 	// The first case's split: bravo's share, not all local.
-	v, _ := selectBounded(local, tests[0].remotes, "c1", fe, nil, 100)
-	if got := shares(GradedSplit(v, "c1")); got != "c1 3/10 420000, aaa 0/10 0, bravo 10/10 580000" {
+	v, _, pub := selectBounded(local, tests[0].remotes, "c1", fe, nil, 100)
+	if got := shares(gradedSplit(v, "c1", pub)); got != "c1 3/10 420000, aaa 0/100 0, bravo 10/10 580000" {
 		t.Errorf("split %s", got)
 	}
 	// Within a cluster the backends listed are spread over its addresses
 	// (a hash of each), not the first ones: of aaa's 300, 100 listed,
 	// about a third of them in its first 100 addresses.
-	v, _ = selectBounded(local, map[string]*Service{"aaa": remoteSvcN(t, "10.2", 300, "")}, "c1", fe, nil, 100)
+	v, _, _ = selectBounded(local, map[string]*Service{"aaa": remoteSvcN(t, "10.2", 300, "")}, "c1", fe, nil, 100)
 	first := 0
 	for _, b := range v {
 		if b.Cluster == "aaa" && b.Addr.Addr().As4()[3] <= 100 && b.Addr.Addr().As4()[2] == 0 {
