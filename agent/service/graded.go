@@ -108,7 +108,9 @@ func loads(healths []uint32) []uint32 {
 // RemoteHealth is the remote level's health (PPM): its best cluster's,
 // max_c LevelHealth(c), 0 when no remote cluster has a usable backend. A
 // remote cluster can only raise it, and raising it only moves load toward
-// the remote level, whose clusters share it by their healthy backends.
+// the remote level, whose clusters share it by their healthy backends,
+// whatever their own health (TestGradedRemoteShareIgnoresClusterHealth:
+// bravo, 1 usable of 1,000, takes as much as edge, 1 of 1).
 // Until a review found it the remote clusters' backends were counted as
 // one level, so a remote publishing thousands of terminating backends
 // drew the level's health to ~0 and pulled connections back onto a

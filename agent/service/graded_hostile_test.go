@@ -633,3 +633,17 @@ func BenchmarkComposeMaglevManyClusters(b *testing.B) {
 		})
 	}
 }
+
+// The remote level's health is its best cluster's, and its clusters
+// share its load by their usable backends, whatever their own health: a
+// cluster's share does not depend on its health. Beside local 3 of 10
+// healthy and edge 1 of 1, bravo with 1 usable of 1,000 takes 29% of new
+// connections on its one pod, as edge does (documented in the rule).
+func TestGradedRemoteShareIgnoresClusterHealth(t *testing.T) {
+	local := append(many("local", "10.1", 3, StateActive), many("local", "10.9", 7, StateTerminating)...)
+	bravo := append(many("bravo", "10.2", 1, StateActive), many("bravo", "10.3", 999, StateTerminating)...)
+	sp := GradedSplit(join(local, many("edge", "10.4", 1, StateActive), bravo), "local")
+	if got := shares(sp); got != "local 3/10 420000, bravo 1/1000 290000, edge 1/1 290000" {
+		t.Errorf("split %s", got)
+	}
+}
