@@ -51,7 +51,7 @@ func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 				if p.Namespace == "" {
 					where = "clusterwide policies"
 				}
-				r.Error = "refused in " + where + ": " + why + " (an allow selects nothing of it, a deny denies every peer on its ports)"
+				r.Error = "refused in " + where + ": " + why + " (an allow selects nothing of it, a deny denies world on its ports)"
 			}
 			out = append(out, r)
 		}

@@ -22,7 +22,9 @@ import (
 // order the groups resolved in, and no address value decides which
 // group goes. A refused group of an allow rule selects nothing (fail
 // closed, as an unresolved one); one of a deny rule makes that rule deny
-// every peer on its ports (fail closed for what it would deny).
+// world on its ports, identity world and every CIDR identity, all its
+// prefixes could select and no cluster peer (fail closed for what it
+// could deny).
 //
 // All namespaces' and the clusterwide policies' prefixes together are
 // bounded too (MaxPolicyCIDRs): the node selectors' addresses first (the
@@ -265,7 +267,7 @@ func (r *Resolver) readmit(changed map[string]bool) {
 			if old.refused[ns][unit] != why {
 				moved = append(moved, unitOf{ns, unit})
 				if _, was := old.refused[ns][unit]; !was {
-					slog.Warn("policy: a namespace's cloud group or toCIDR prefixes are refused: an allow selects nothing of them, a deny denies every peer on its ports, until they fit",
+					slog.Warn("policy: a namespace's cloud group or toCIDR prefixes are refused: an allow selects nothing of them, a deny denies world on its ports, until they fit",
 						"namespace", ns, "unit", unitName(unit), "reason", why)
 				}
 			}

@@ -183,7 +183,10 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 	}
 
 	// Another namespace's toCIDR prefixes hold its budget: its deny group
-	// does not fit, and its rule denies every peer on its port.
+	// does not fit, and its rule denies on its port every peer the group
+	// could have held, world and every CIDR identity, and no cluster peer
+	// (until 2026-12-07 it denied every peer: host, kube-dns and the pods
+	// too).
 	static := hosts("192.168.0.1", MaxNamespacePrefixes-100)
 	q := api.Policy{Kind: api.KindCiliumNetworkPolicy, Namespace: "other", Name: "ssh", Rules: []api.Rule{{
 		EndpointSelector: rsSel("app=web"),
@@ -195,12 +198,23 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-ssh"), ssh))
 	rp.check(t, r)
 	ep := mustEP(t, r, 1)
-	for _, peer := range []identity.NumericIdentity{identity.World, other} {
+	cidrPeer, ok := r.CIDRIdentities()[netip.PrefixFrom(deny[3], 32)]
+	if !ok {
+		t.Fatal("the deny group sg-z's address has no CIDR identity")
+	}
+	for _, peer := range []identity.NumericIdentity{identity.World, cidrPeer} {
 		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); allowed {
 			t.Errorf("a deny group past its namespace's budget was dropped: web reaches %d on 22", peer)
 		}
+	}
+	for _, peer := range []identity.NumericIdentity{identity.World, other, identity.Host} {
 		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 80); !allowed {
 			t.Errorf("the refused deny group denied web's other ports too (%d on 80)", peer)
+		}
+	}
+	for _, peer := range []identity.NumericIdentity{other, identity.Host} {
+		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); !allowed {
+			t.Errorf("the refused deny group denies cluster peer %d on 22: it could only ever deny world and CIDR peers", peer)
 		}
 	}
 	if !warned(r, groupKeyOf("sg-ssh"), "budget") {
@@ -212,7 +226,10 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 	rp.check(t, r)
 	ep = mustEP(t, r, 1)
 	if allowed, _ := dpVerdict(ep, Egress, other, 6, 22); !allowed {
-		t.Error("the deny group fits now and still denies every peer")
+		t.Error("the deny group fits now and still denies a cluster peer")
+	}
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); !allowed {
+		t.Error("the deny group fits now and still denies world")
 	}
 	if id, ok := r.CIDRIdentities()[netip.PrefixFrom(ssh[3], 32)]; !ok {
 		t.Error("the deny group fits now and is not applied")
@@ -227,7 +244,7 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 // their room: clusterwide policies first, then namespaces' toCIDR
 // prefixes, deny groups and allow groups, each by name; what does not fit
 // is refused whole, as past a namespace's budget (a deny naming it denies
-// every peer on its ports), and toFQDNs' learned addresses get at most
+// world on its ports), and toFQDNs' learned addresses get at most
 // MaxFQDNCIDRs of the share. Until 2026-12-07 nothing bounded them.
 func TestPolicyCIDRShare(t *testing.T) {
 	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
@@ -245,6 +262,7 @@ func TestPolicyCIDRShare(t *testing.T) {
 	ps := []api.Policy{
 		{Kind: api.KindCiliumClusterwideNetworkPolicy, Name: "cw", Rules: []api.Rule{{EndpointSelector: rsSel("app=web"),
 			Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityCluster}, ToPorts: rsPorts(api.ProtoTCP, "22", "80", "443")},
+				{ToEntities: []api.Entity{api.EntityWorld}, ToPorts: rsPorts(api.ProtoTCP, "22")},
 				{ToCIDR: []string{"198.51.100.0/24"}, ToPorts: rsPorts(api.ProtoTCP, "8080")},
 				{ToCIDR: []string{"10.9.0.0/16", "10.7.0.0/16"}, ToPorts: rsPorts(api.ProtoTCP, "443")},
 				{ToFQDNs: []api.FQDNSelector{fqdn}, ToPorts: rsPorts(api.ProtoTCP, "8443")}},
@@ -307,10 +325,16 @@ func TestPolicyCIDRShare(t *testing.T) {
 			t.Errorf("a deny group's member %s is allowed", a)
 		}
 	}
-	// ns12's deny is in its refused toCIDR prefixes: it denies every peer
-	// on 22, and no other port.
-	if allowed, _ := dpVerdict(ep, Egress, other, 6, 22); allowed {
-		t.Error("a refused deny was dropped: web reaches a pod on 22")
+	// ns12's deny is in its refused toCIDR prefixes: it denies world on
+	// 22 (identity world and every CIDR identity), no cluster peer, and
+	// no other port.
+	for _, peer := range []identity.NumericIdentity{identity.World, ids[netip.MustParsePrefix("10.9.0.3/32")]} {
+		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); allowed {
+			t.Errorf("a refused deny was dropped: web reaches %d on 22", peer)
+		}
+	}
+	if allowed, _ := dpVerdict(ep, Egress, other, 6, 22); !allowed {
+		t.Error("a refused toCIDR deny denies a pod on 22")
 	}
 	if allowed, _ := dpVerdict(ep, Egress, other, 6, 80); !allowed {
 		t.Error("a refused deny denies web's other ports")

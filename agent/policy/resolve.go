@@ -2040,13 +2040,17 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			c.warnf(s.ref, "unknown entity %q selects nothing", e)
 		}
 	}
-	// widen: a deny naming a refused unit denies every peer on its ports
-	// instead (fail closed: a deny is never trimmed).
+	// widen: a deny naming a refused unit denies world on its ports
+	// instead, identity world and every CIDR identity, as toEntities
+	// world: all the unit's prefixes could have selected, and no cluster
+	// peer (fail closed: a deny is never trimmed). Until 2026-12-07 it
+	// denied every peer, identity 0: host, health, remote nodes and pods
+	// too (TestNamespaceBudgetNeverTrimsADeny).
 	widen := false
 	refuse := func(what, why string) {
 		if deny {
 			widen = true
-			c.warnf(s.ref, "%s refused: %s; this deny denies every peer on its ports until it fits", what, why)
+			c.warnf(s.ref, "%s refused: %s; this deny denies world (every address outside the cluster) on its ports until it fits", what, why)
 		} else {
 			c.warnf(s.ref, "%s refused: %s; selects nothing of it until it fits", what, why)
 		}
@@ -2143,8 +2147,8 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			ps.any = true
 		}
 	}
-	if widen {
-		*ps = peerSpec{any: true}
+	if widen && !ps.any && !ps.every {
+		ps.world = true
 	}
 	if ps.cluster {
 		ps.scan = true
