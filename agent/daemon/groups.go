@@ -94,7 +94,8 @@ func (a *Agent) startCloudGroups(ctx context.Context) cloudGroups {
 		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing")
 	}
 	m := groups.New(ctx, groups.Config{KV: a.kv, Lease: a.lease, Cluster: cfg.ClusterName, Node: cfg.NodeName, Source: src,
-		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: a.engine.GroupChanged})
+		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: a.engine.GroupChanged,
+		Refuse: a.engine.GroupRefused})
 	// Publish the selectors the policies use whenever they change.
 	a.goroutine(func() {
 		t := time.NewTicker(time.Second)

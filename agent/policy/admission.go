@@ -209,6 +209,8 @@ func (r *Resolver) admit() admission {
 		for _, k := range slices.Sorted(maps.Keys(denied[ns])) {
 			if addrs, ok := r.awsGroups[k]; ok {
 				try(ns, k, addrs)
+			} else if why, ok := r.groupRefused[k]; ok {
+				refuse(ns, k, "refused by the groups layer: "+why)
 			}
 		}
 	}
@@ -224,6 +226,8 @@ func (r *Resolver) admit() admission {
 		for _, k := range slices.Sorted(maps.Keys(allowed)) {
 			if addrs, ok := r.awsGroups[k]; ok {
 				try(ns, k, addrs)
+			} else if why, ok := r.groupRefused[k]; ok {
+				refuse(ns, k, "refused by the groups layer: "+why)
 			}
 		}
 	}

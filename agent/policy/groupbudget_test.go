@@ -366,3 +366,69 @@ func TestPolicyCIDRShare(t *testing.T) {
 		t.Error("ns11's toCIDR prefixes do not fit, and have a CIDR identity")
 	}
 }
+
+// A group the groups layer refused (past groups.MaxGroupAddrs at its first
+// resolution, so with no good set) is a refused unit, as one past a
+// namespace's budget: a deny naming it denies world on its ports, an
+// allow selects nothing; applied later, it denies its members only. Until
+// 2026-12-07 it was just not resolved yet, and its deny denied nothing
+// (found by a review).
+func TestGroupRefusedByGroupsLayer(t *testing.T) {
+	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
+	other := cid(7)
+	p := rsPol("big", api.Rule{EndpointSelector: rsSel("app=web"),
+		Egress: []api.EgressRule{
+			{ToEntities: []api.Entity{api.EntityWorld, api.EntityCluster}, ToPorts: rsPorts(api.ProtoTCP, "22", "80")},
+			{ToGroups: []api.Groups{awsGroup("sg-allow")}, ToPorts: rsPorts(api.ProtoTCP, "8443")},
+		},
+		EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-big")}, ToPorts: rsPorts(api.ProtoTCP, "22")}},
+	})
+	r := NewResolver(ModeDefault)
+	rp := newReplica()
+	rp.apply(t, r.UpsertIdentity(identity.Identity{ID: other, Labels: rsLabels(t, "app=other")}))
+	rp.apply(t, r.UpsertEndpoint(web))
+	rp.apply(t, r.SetPolicies([]api.Policy{p}))
+	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-big"), "the group resolved to 5000 addresses"))
+	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-allow"), "the group resolved to 5000 addresses"))
+	rp.check(t, r)
+	ep := mustEP(t, r, 1)
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); allowed {
+		t.Error("a deny group the groups layer refused denies nothing: web reaches world on 22")
+	}
+	for _, peer := range []identity.NumericIdentity{other, identity.Host} {
+		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); !allowed {
+			t.Errorf("a deny group the groups layer refused denies cluster peer %d on 22", peer)
+		}
+	}
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 80); !allowed {
+		t.Error("the refused deny group denies web's other ports")
+	}
+	if _, ok := r.GroupRefused("default", groupKeyOf("sg-big")); !ok {
+		t.Errorf("the groups layer's refusal is not shown: %v", r.Refused())
+	}
+	if !warned(r, groupKeyOf("sg-big"), "refused") {
+		t.Errorf("no warning names the refused deny group: %q", r.Warnings())
+	}
+	// Applied: the refusal ends, its members only are denied.
+	members := hosts("10.9.0.1", 4)
+	rp.apply(t, r.SetGroup(groupKeyOf("sg-big"), members))
+	rp.check(t, r)
+	ep = mustEP(t, r, 1)
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); !allowed {
+		t.Error("the group is applied and its deny still denies world")
+	}
+	if id, ok := r.CIDRIdentities()[netip.PrefixFrom(members[1], 32)]; !ok {
+		t.Error("the applied group's member has no CIDR identity")
+	} else if allowed, _ := dpVerdict(ep, Egress, id, 6, 22); allowed {
+		t.Error("the applied deny group's member is allowed")
+	}
+	if _, ok := r.GroupRefused("default", groupKeyOf("sg-big")); ok {
+		t.Error("the group is applied and still shown refused")
+	}
+	// The allow group's refusal cleared: still nothing (not resolved).
+	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-allow"), ""))
+	rp.check(t, r)
+	if _, ok := r.GroupRefused("default", groupKeyOf("sg-allow")); ok {
+		t.Error("the allow group's refusal was cleared and is still shown")
+	}
+}

@@ -286,6 +286,10 @@ type Resolver struct {
 	// selectors, by GroupKey; a selector without an entry (never resolved)
 	// selects nothing.
 	awsGroups map[string][]netip.Prefix
+	// groupRefused: the cloud groups the groups layer refused with no
+	// good set (past groups.MaxGroupAddrs), and why: admission refuses
+	// them in every namespace naming them (SetGroupRefused).
+	groupRefused map[string]string
 	// uses are what each policy (by key) names that admission counts,
 	// and adm what it refused (admission.go).
 	uses map[string]*policyUse
@@ -388,6 +392,8 @@ func NewResolver(mode Mode) *Resolver {
 		endpoints:  map[uint16]*endpointState{},
 		awsGroups:  map[string][]netip.Prefix{},
 		uses:       map[string]*policyUse{},
+
+		groupRefused: map[string]string{},
 
 		fqdnLearned:   map[string]map[netip.Prefix][]uint16{},
 		fqdnForgotten: map[uint16]uint64{},
@@ -512,6 +518,30 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 	}
 }
 
+// SetGroupRefused records that the groups layer refused the cloud group
+// of key (api.GroupKey) with no good set to keep (past
+// groups.MaxGroupAddrs at its first resolution), and why; why "" ends
+// it. A refused group is a refused unit of admission in every namespace
+// naming it: an allow selects nothing of it, a deny denies world on its
+// ports (fail closed), where a group not resolved yet selects nothing.
+// SetGroup ends it too.
+func (r *Resolver) SetGroupRefused(key, why string) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	if old, ok := r.groupRefused[key]; ok == (why != "") && old == why {
+		return ch
+	}
+	if why == "" {
+		delete(r.groupRefused, key)
+	} else {
+		r.groupRefused[key] = why
+	}
+	r.recompileNaming(&ch, key)
+	r.finish(&ch)
+	return ch
+}
+
 // SetGroup sets the resolved addresses of a toGroups/fromGroups selector
 // (by GroupKey) and recomputes only what the policies naming it select.
 func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
@@ -531,6 +561,7 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	if ok && slices.Equal(old, prefixes) {
 		return ch
 	}
+	delete(r.groupRefused, key) // applied: a set supersedes a refusal
 	if api.IsNodeSelectorKey(key) {
 		// Every policy is recompiled only when which addresses are
 		// nodes' changes (renode); otherwise those naming the key are
