@@ -162,11 +162,7 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 		},
 		EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-z")}, ToPorts: rsPorts(api.ProtoTCP, "443")}},
 	})
-	r := NewResolver(ModeDefault)
-	rp := newReplica()
-	rp.apply(t, r.UpsertIdentity(identity.Identity{ID: other, Labels: rsLabels(t, "app=other")}))
-	rp.apply(t, r.UpsertEndpoint(web))
-	rp.apply(t, r.SetPolicies([]api.Policy{p}))
+	r, rp := webAndOther(t, web, other, p)
 	allow, deny := hosts("10.1.0.1", MaxNamespacePrefixes), hosts("10.9.0.1", 10)
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-a"), allow))
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-z"), deny))
@@ -367,6 +363,18 @@ func TestPolicyCIDRShare(t *testing.T) {
 	}
 }
 
+// webAndOther is a resolver with endpoint web, cluster identity other
+// and policies ps.
+func webAndOther(t *testing.T, web EndpointInfo, other identity.NumericIdentity, ps ...api.Policy) (*Resolver, *replica) {
+	t.Helper()
+	r := NewResolver(ModeDefault)
+	rp := newReplica()
+	rp.apply(t, r.UpsertIdentity(identity.Identity{ID: other, Labels: rsLabels(t, "app=other")}))
+	rp.apply(t, r.UpsertEndpoint(web))
+	rp.apply(t, r.SetPolicies(ps))
+	return r, rp
+}
+
 // A group the groups layer refused (past groups.MaxGroupAddrs at its first
 // resolution, so with no good set) is a refused unit, as one past a
 // namespace's budget: a deny naming it denies world on its ports, an
@@ -383,11 +391,7 @@ func TestGroupRefusedByGroupsLayer(t *testing.T) {
 		},
 		EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-big")}, ToPorts: rsPorts(api.ProtoTCP, "22")}},
 	})
-	r := NewResolver(ModeDefault)
-	rp := newReplica()
-	rp.apply(t, r.UpsertIdentity(identity.Identity{ID: other, Labels: rsLabels(t, "app=other")}))
-	rp.apply(t, r.UpsertEndpoint(web))
-	rp.apply(t, r.SetPolicies([]api.Policy{p}))
+	r, rp := webAndOther(t, web, other, p)
 	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-big"), "the group resolved to 5000 addresses"))
 	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-allow"), "the group resolved to 5000 addresses"))
 	rp.check(t, r)
