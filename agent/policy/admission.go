@@ -53,8 +53,8 @@ func useOf(p *api.Policy) *policyUse {
 	u := &policyUse{ns: p.Namespace}
 	static := map[netip.Prefix]bool{}
 	add := func(s string) {
-		if pr, err := api.ParseCIDR(s); err == nil && pr.Addr().Is4() {
-			static[pr.Masked()] = true
+		if pr, ok := staticPrefix(s); ok {
+			static[pr] = true
 		}
 	}
 	allow, deny, nodes := map[string]bool{}, map[string]bool{}, map[string]bool{}
@@ -87,6 +87,31 @@ func useOf(p *api.Policy) *policyUse {
 	u.deny = slices.Sorted(maps.Keys(deny))
 	u.allow = slices.Sorted(maps.Keys(allow))
 	return u
+}
+
+// staticPrefix is the prefix of a toCIDR, fromCIDR or CIDRSet string as
+// admission counts it (IPv4, masked; false: not counted).
+func staticPrefix(s string) (netip.Prefix, bool) {
+	pr, err := api.ParseCIDR(s)
+	if err != nil || !pr.Addr().Is4() {
+		return netip.Prefix{}, false
+	}
+	return pr.Masked(), true
+}
+
+// namesStatic says whether a section's CIDR fields name a prefix of its
+// namespace's toCIDR unit, as useOf counts them: compile widens a deny
+// for the refused unit exactly then, so that readmit recompiles every
+// policy whose compilation the unit's admission changes (until
+// 2026-12-07 an IPv6-only section widened and was never recompiled when
+// the unit fit again, TestStaticUnitWidensWhatAdmissionCounts).
+func namesStatic(cidrs []string, sets []api.CIDRRule) bool {
+	names := false
+	eachCIDR(cidrs, sets, func(s string) {
+		_, ok := staticPrefix(s)
+		names = names || ok
+	})
+	return names
 }
 
 // names says whether the policy names unit.

@@ -436,3 +436,27 @@ func TestGroupRefusedByGroupsLayer(t *testing.T) {
 		t.Error("the allow group's refusal was cleared and is still shown")
 	}
 }
+
+// A section widens for the namespace's refused toCIDR prefixes exactly
+// when admission counts the policy as naming them (an IPv4 prefix, an
+// except too): a policy whose toCIDR are IPv6 only widened its deny to
+// world but was not recompiled when the prefixes fit again, keeping the
+// deny (until 2026-12-07; found by a review).
+func TestStaticUnitWidensWhatAdmissionCounts(t *testing.T) {
+	for _, sec := range []api.EgressRule{
+		{ToCIDR: []string{"2001:db8::/32"}},
+		{ToCIDRSet: []api.CIDRRule{{CIDR: "2001:db8::/32", Except: []string{"2001:db8:1::/48"}}}},
+		{ToCIDR: []string{"192.0.2.0/24"}},
+		{ToCIDR: []string{"2001:db8::/32", "192.0.2.0/24"}},
+		{ToCIDRSet: []api.CIDRRule{{CIDR: "192.0.2.0/24", Except: []string{"192.0.2.128/25"}}}},
+		{ToCIDR: []string{"not a prefix"}},
+	} {
+		sec.ToPorts = rsPorts(api.ProtoTCP, "22")
+		p := rsPol("deny", api.Rule{EndpointSelector: rsSel("app=web"), EgressDeny: []api.EgressRule{sec}})
+		cp := compilePolicy(&p, map[string][]netip.Prefix{}, map[string]string{staticUnit: "full"}, map[string]map[netip.Prefix][]uint16{}, nil, nil)
+		widened := slices.ContainsFunc(cp.warnings, func(w string) bool { return strings.Contains(w, "toCIDR prefixes refused") })
+		if names := useOf(&p).names(staticUnit); names != widened {
+			t.Errorf("%v %v: admission counts it naming the toCIDR prefixes %v, compiled widened %v", sec.ToCIDR, sec.ToCIDRSet, names, widened)
+		}
+	}
+}

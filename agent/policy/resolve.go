@@ -2086,7 +2086,7 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			c.warnf(s.ref, "%s refused: %s; selects nothing of it until it fits", what, why)
 		}
 	}
-	if why, ok := c.refused[staticUnit]; ok && (len(pf.cidr) > 0 || len(pf.cidrSet) > 0) {
+	if why, ok := c.refused[staticUnit]; ok && namesStatic(pf.cidr, pf.cidrSet) {
 		refuse("the namespace's toCIDR prefixes", why)
 		pf.cidr, pf.cidrSet = nil, nil
 	}
