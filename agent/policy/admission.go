@@ -363,14 +363,13 @@ func (r *Resolver) Refused() []RefusedUnit {
 
 // fqdnRoom says whether toFQDNs' learned address p, which no admitted
 // unit names, may have a CIDR identity now (MaxFQDNCIDRs of the share),
-// and counts it; one that may not is counted as left out and logged
-// once until there is room again. r.mu is held.
+// and counts it; one that may not is logged once until there is room
+// again. r.mu is held.
 func (r *Resolver) fqdnRoom(p netip.Prefix) bool {
 	if r.adm.admitted.has(p) {
 		return true
 	}
 	if r.fqdnHeld >= MaxFQDNCIDRs {
-		r.fqdnLeft++
 		if !r.fqdnFull {
 			r.fqdnFull = true
 			slog.Warn("policy: toFQDNs' learned addresses hold their share of the ipcache: an address learned now is not allowed by toFQDNs until others go, logged once",
@@ -385,7 +384,10 @@ func (r *Resolver) fqdnRoom(p netip.Prefix) bool {
 // CIDRsLeftOut is how many prefixes the policies name have no CIDR
 // identity now for a bound: those of the refused groups and toCIDR
 // prefixes that nothing admitted names, and toFQDNs' learned addresses
-// past their share.
+// past their share. It is counted at each call, each prefix once (until
+// 2026-12-07 toFQDNs' were counted at each refusal, and the count grew
+// with every answer repeating an address left out,
+// TestFQDNLeftOutCountedOnce).
 func (r *Resolver) CIDRsLeftOut() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -397,5 +399,12 @@ func (r *Resolver) CIDRsLeftOut() int {
 			}
 		}
 	}
-	return len(left) + r.fqdnLeft
+	for _, learned := range r.fqdnLearned {
+		for p := range learned {
+			if _, ok := r.cidrs[p]; !ok {
+				left.add(p)
+			}
+		}
+	}
+	return len(left)
 }

@@ -295,10 +295,10 @@ type Resolver struct {
 	uses map[string]*policyUse
 	adm  admission
 	// fqdnHeld: the CIDR identities of toFQDNs' learned addresses no
-	// admitted unit names (MaxFQDNCIDRs at most); fqdnLeft: those left
-	// out for it; fqdnFull: that was logged.
-	fqdnHeld, fqdnLeft int
-	fqdnFull           bool
+	// admitted unit names (MaxFQDNCIDRs at most); fqdnFull: one left
+	// out was logged.
+	fqdnHeld int
+	fqdnFull bool
 	// fqdnLearned are the learned addresses of the toFQDNs selectors (by
 	// FQDNKey; awsGroups has their union), each with the endpoints whose
 	// lookups gave it (sorted): a section's toFQDNs allow an address only
@@ -1050,18 +1050,21 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 	slices.SortFunc(newPrefixes, comparePrefixes)
 	slices.SortFunc(gone, comparePrefixes)
 	// toFQDNs' learned addresses get what is left of their share.
-	r.fqdnHeld, r.fqdnLeft = 0, 0
+	r.fqdnHeld = 0
 	for p := range r.cidrs {
 		if !r.adm.admitted.has(p) && want[p] {
 			r.fqdnHeld++
 		}
 	}
+	left := 0
 	for _, p := range newPrefixes {
 		if r.fqdnRoom(p) {
 			added = append(added, r.allocCIDR(ch, p))
+		} else {
+			left++
 		}
 	}
-	if r.fqdnLeft == 0 && r.fqdnFull {
+	if left == 0 && r.fqdnFull {
 		r.fqdnFull = false
 		slog.Info("policy: toFQDNs' learned addresses fit their share of the ipcache again")
 	}
