@@ -51,7 +51,7 @@ func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 				if p.Namespace == "" {
 					where = "clusterwide policies"
 				}
-				r.Error = "refused in " + where + ": " + why + " (an allow selects nothing of it, a deny denies every peer on its ports)"
+				r.Error = "refused in " + where + ": " + why + " (an allow selects nothing of it, a deny denies world on its ports)"
 			}
 			out = append(out, r)
 		}
@@ -94,7 +94,8 @@ func (a *Agent) startCloudGroups(ctx context.Context) cloudGroups {
 		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing")
 	}
 	m := groups.New(ctx, groups.Config{KV: a.kv, Lease: a.lease, Cluster: cfg.ClusterName, Node: cfg.NodeName, Source: src,
-		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: a.engine.GroupChanged})
+		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: a.engine.GroupChanged,
+		Refuse: a.engine.GroupRefused})
 	// Publish the selectors the policies use whenever they change.
 	a.goroutine(func() {
 		t := time.NewTicker(time.Second)

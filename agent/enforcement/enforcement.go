@@ -610,6 +610,16 @@ func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
 	}
 }
 
+// GroupRefused applies the groups layer's refusal of a toGroups/fromGroups
+// selector with no good set (why "": it ended; policy.SetGroupRefused).
+func (e *Engine) GroupRefused(key, why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.apply(e.res.SetGroupRefused(key, why)); err != nil {
+		slog.Error("applying a group's refusal to the datapath", "group", key, "err", err)
+	}
+}
+
 // FQDNUpdated applies the changed learned addresses of a toFQDNs
 // selector (the name cache's TakeDirty, read at generation gen).
 func (e *Engine) FQDNUpdated(key string, changed map[netip.Addr][]uint16, gen uint64) {

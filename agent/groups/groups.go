@@ -47,6 +47,10 @@ type Result struct {
 	Error    string    `json:"error,omitempty"`
 	Failures int       `json:"failures,omitempty"`
 	Since    time.Time `json:"errorSince,omitzero"`
+	// Refused: its last resolution was past MaxGroupAddrs, and no later
+	// one succeeded (with no good set, the group is refused, not
+	// unresolved: Config.Refuse).
+	Refused bool `json:"refused,omitempty"`
 }
 
 // Config of a Manager.
@@ -67,6 +71,12 @@ type Config struct {
 	ForgetAfter time.Duration
 	// Apply receives each group's addresses whenever they change.
 	Apply func(key string, addrs []netip.Addr)
+	// Refuse receives why a group with no good set was refused past
+	// MaxGroupAddrs, and "" when that ends (it is applied or forgotten):
+	// the policies then fail closed for it, a deny rule naming it denies
+	// world, rather than treat it as not resolved yet (which denies
+	// nothing).
+	Refuse func(key, why string)
 }
 
 // Status of the groups as this agent sees them.
@@ -92,6 +102,8 @@ type Manager struct {
 	wanted  map[string]api.AWSGroup
 	results map[string]Result
 	applied map[string][]netip.Addr
+	// refusedGroups: the groups passed on to Config.Refuse, and why.
+	refusedGroups map[string]string
 	// orphaned: groups this agent wants whose result was deleted, kept
 	// until a new one comes or orphanGrace passes.
 	orphaned map[string]bool
@@ -123,7 +135,7 @@ func New(ctx context.Context, cfg Config) *Manager {
 		cfg.ForgetAfter = time.Minute
 	}
 	m := &Manager{cfg: cfg, wanted: map[string]api.AWSGroup{}, results: map[string]Result{},
-		applied: map[string][]netip.Addr{}, kick: make(chan struct{}, 1), synced: make(chan struct{}),
+		applied: map[string][]netip.Addr{}, refusedGroups: map[string]string{}, kick: make(chan struct{}, 1), synced: make(chan struct{}),
 		orphaned: map[string]bool{}, refused: map[string]struct{}{}, ctx: ctx}
 	if cfg.Lease != nil {
 		// Requests live under the lease: when etcd lost it and a new one
@@ -300,6 +312,7 @@ func (m *Manager) followResults(ctx context.Context) {
 				r.Addrs, r.Resolved = prev.Addrs, prev.Resolved
 			}
 			r.Error = tooManyAddrs(n) + "; this result is refused"
+			r.Refused = true
 		}
 		m.mu.Lock()
 		delete(m.refused, h)
@@ -310,9 +323,24 @@ func (m *Manager) followResults(ctx context.Context) {
 		if apply {
 			m.applied[r.Key] = slices.Clone(r.Addrs)
 		}
+		// Refused with no good set: passed on as refused, not as not
+		// resolved yet (a deny naming it would deny nothing).
+		why := ""
+		if _, has := m.applied[r.Key]; !has && r.Refused {
+			why = r.Error
+		}
+		refuse := m.refusedGroups[r.Key] != why
+		if why != "" {
+			m.refusedGroups[r.Key] = why
+		} else {
+			delete(m.refusedGroups, r.Key)
+		}
 		m.mu.Unlock()
 		if apply && m.cfg.Apply != nil {
 			m.cfg.Apply(r.Key, r.Addrs)
+		}
+		if refuse && m.cfg.Refuse != nil {
+			m.cfg.Refuse(r.Key, why)
 		}
 	}
 }
@@ -393,9 +421,14 @@ func (m *Manager) dropLocked(key string) {
 	delete(m.results, key)
 	_, had := m.applied[key]
 	delete(m.applied, key)
+	_, refused := m.refusedGroups[key]
+	delete(m.refusedGroups, key)
 	m.mu.Unlock()
 	if had && m.cfg.Apply != nil {
 		m.cfg.Apply(key, nil)
+	}
+	if refused && m.cfg.Refuse != nil {
+		m.cfg.Refuse(key, "")
 	}
 }
 
@@ -545,6 +578,9 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 		r := m.results[key]
 		m.mu.Unlock()
 		r.Key, r.Group = key, g
+		if len(addrs) > MaxGroupAddrs {
+			r.Refused = true // until a resolution succeeds
+		}
 		if err != nil {
 			r.Error = err.Error()
 			r.Failures++
@@ -556,7 +592,7 @@ func (m *Manager) resolveDue(ctx context.Context, next, unrequested map[string]t
 			slog.Warn("resolving a cloud group failed; keeping the last known set", "group", key, "failures", r.Failures, "retry", backoff, "err", err)
 		} else {
 			r.Addrs, r.Resolved, r.Refreshed = addrs, true, time.Now()
-			r.Error, r.Failures, r.Since = "", 0, time.Time{}
+			r.Error, r.Failures, r.Since, r.Refused = "", 0, time.Time{}, false
 			next[key] = now.Add(m.cfg.Interval)
 		}
 		b, _ := json.Marshal(r)

@@ -71,10 +71,30 @@ func parse(addrs ...string) []netip.Addr {
 	return out
 }
 
-// applied records every Apply call, per group.
+// applied records every Apply call, per group, and every Refuse call.
 type applied struct {
-	mu    sync.Mutex
-	calls map[string][][]netip.Addr
+	mu      sync.Mutex
+	calls   map[string][][]netip.Addr
+	refusal map[string][]string
+}
+
+func (a *applied) refuse(key, why string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.refusal == nil {
+		a.refusal = map[string][]string{}
+	}
+	a.refusal[key] = append(a.refusal[key], why)
+}
+
+// refused is the last refusal of key passed on ("": none, or cleared).
+func (a *applied) refused(key string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h := a.refusal[key]; len(h) > 0 {
+		return h[len(h)-1]
+	}
+	return ""
 }
 
 func (a *applied) apply(key string, addrs []netip.Addr) {
@@ -130,7 +150,8 @@ func start(t *testing.T, eps []string, name string, withSource bool, opts ...fun
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	a := &agent{name: name, kv: kv, lease: lease, cancel: cancel, applied: &applied{}}
-	cfg := Config{KV: kv, Lease: lease, Cluster: cluster, Node: name, Interval: time.Hour, Apply: a.applied.apply}
+	cfg := Config{KV: kv, Lease: lease, Cluster: cluster, Node: name, Interval: time.Hour, Apply: a.applied.apply,
+		Refuse: a.applied.refuse}
 	if withSource {
 		a.src = newFake()
 		cfg.Source = a.src
@@ -664,14 +685,26 @@ func TestGroupAddrsBounded(t *testing.T) {
 		}
 	}
 
-	// A group past it at its first resolution allows nothing.
+	// A group past it at its first resolution allows nothing, and is
+	// passed on as refused (Config.Refuse), so that a deny naming it
+	// fails closed rather than deny nothing as an unresolved group: until
+	// 2026-12-07 it was only never applied (found by a review).
 	bigKey, big := group("sg-big")
 	_, g := group("sg-1")
 	leader.src.set(bigKey, lower...)
 	follower.m.SetWanted(ctx, map[string]api.AWSGroup{key: g, bigKey: big})
 	waitResult(t, bigKey, "never resolved, with the bound's error", func(r Result) bool {
-		return strings.Contains(r.Error, "addresses") && !r.Resolved && len(r.Addrs) == 0
+		return strings.Contains(r.Error, "addresses") && !r.Resolved && len(r.Addrs) == 0 && r.Refused
 	}, leader, follower)
+	for _, a := range []*agent{leader, follower} {
+		eventually(t, 10*time.Second, a.name+" passes the refusal on", func() (bool, string) {
+			why := a.applied.refused(bigKey)
+			return strings.Contains(why, "addresses"), why
+		})
+		if why := a.applied.refused(key); why != "" {
+			t.Fatalf("%s refused the group with a last good set: %q", a.name, why)
+		}
+	}
 
 	// An older leader's result, past the bound: refused, the last set kept.
 	older, _ := follower.m.Result(key)
@@ -689,6 +722,17 @@ func TestGroupAddrsBounded(t *testing.T) {
 		}
 		if h := a.applied.history(bigKey); len(h) != 0 {
 			t.Fatalf("%s applied the group past the bound at its first resolution", a.name)
+		}
+	}
+	// Within the bound again: applied, and the refusal cleared.
+	leader.src.set(bigKey, lower[:10]...)
+	if err := follower.m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, bigKey, parse(lower[:10]...), leader, follower)
+	for _, a := range []*agent{leader, follower} {
+		if why := a.applied.refused(bigKey); why != "" {
+			t.Fatalf("%s keeps the group refused once applied: %q", a.name, why)
 		}
 	}
 }

@@ -22,7 +22,9 @@ import (
 // order the groups resolved in, and no address value decides which
 // group goes. A refused group of an allow rule selects nothing (fail
 // closed, as an unresolved one); one of a deny rule makes that rule deny
-// every peer on its ports (fail closed for what it would deny).
+// world on its ports, identity world and every CIDR identity, all its
+// prefixes could select and no cluster peer (fail closed for what it
+// could deny).
 //
 // All namespaces' and the clusterwide policies' prefixes together are
 // bounded too (MaxPolicyCIDRs): the node selectors' addresses first (the
@@ -30,8 +32,9 @@ import (
 // toCIDR prefixes, deny groups and allow groups, then every namespace's
 // toCIDR prefixes, then their deny groups and then their allow groups,
 // each pass by namespace name; a unit past the share is refused the same
-// way. toFQDNs' learned addresses get identities in what is left of the
-// share, up to MaxFQDNCIDRs of it (syncCIDRs, growFQDN).
+// way, the units' room leaving MaxFQDNCIDRs of it. toFQDNs' learned
+// addresses get identities in all that the units leave, each namespace
+// up to its max-min part of it (syncCIDRs, growFQDN, fqdnRoom).
 
 // staticUnit names a namespace's toCIDR prefixes as one unit of
 // admission (a group's unit is its api.GroupKey).
@@ -51,8 +54,8 @@ func useOf(p *api.Policy) *policyUse {
 	u := &policyUse{ns: p.Namespace}
 	static := map[netip.Prefix]bool{}
 	add := func(s string) {
-		if pr, err := api.ParseCIDR(s); err == nil && pr.Addr().Is4() {
-			static[pr.Masked()] = true
+		if pr, ok := staticPrefix(s); ok {
+			static[pr] = true
 		}
 	}
 	allow, deny, nodes := map[string]bool{}, map[string]bool{}, map[string]bool{}
@@ -85,6 +88,31 @@ func useOf(p *api.Policy) *policyUse {
 	u.deny = slices.Sorted(maps.Keys(deny))
 	u.allow = slices.Sorted(maps.Keys(allow))
 	return u
+}
+
+// staticPrefix is the prefix of a toCIDR, fromCIDR or CIDRSet string as
+// admission counts it (IPv4, masked; false: not counted).
+func staticPrefix(s string) (netip.Prefix, bool) {
+	pr, err := api.ParseCIDR(s)
+	if err != nil || !pr.Addr().Is4() {
+		return netip.Prefix{}, false
+	}
+	return pr.Masked(), true
+}
+
+// namesStatic says whether a section's CIDR fields name a prefix of its
+// namespace's toCIDR unit, as useOf counts them: compile widens a deny
+// for the refused unit exactly then, so that readmit recompiles every
+// policy whose compilation the unit's admission changes (until
+// 2026-12-07 an IPv6-only section widened and was never recompiled when
+// the unit fit again, TestStaticUnitWidensWhatAdmissionCounts).
+func namesStatic(cidrs []string, sets []api.CIDRRule) bool {
+	names := false
+	eachCIDR(cidrs, sets, func(s string) {
+		_, ok := staticPrefix(s)
+		names = names || ok
+	})
+	return names
 }
 
 // names says whether the policy names unit.
@@ -207,6 +235,8 @@ func (r *Resolver) admit() admission {
 		for _, k := range slices.Sorted(maps.Keys(denied[ns])) {
 			if addrs, ok := r.awsGroups[k]; ok {
 				try(ns, k, addrs)
+			} else if why, ok := r.groupRefused[k]; ok {
+				refuse(ns, k, "refused by the groups layer: "+why)
 			}
 		}
 	}
@@ -222,6 +252,8 @@ func (r *Resolver) admit() admission {
 		for _, k := range slices.Sorted(maps.Keys(allowed)) {
 			if addrs, ok := r.awsGroups[k]; ok {
 				try(ns, k, addrs)
+			} else if why, ok := r.groupRefused[k]; ok {
+				refuse(ns, k, "refused by the groups layer: "+why)
 			}
 		}
 	}
@@ -265,7 +297,7 @@ func (r *Resolver) readmit(changed map[string]bool) {
 			if old.refused[ns][unit] != why {
 				moved = append(moved, unitOf{ns, unit})
 				if _, was := old.refused[ns][unit]; !was {
-					slog.Warn("policy: a namespace's cloud group or toCIDR prefixes are refused: an allow selects nothing of them, a deny denies every peer on its ports, until they fit",
+					slog.Warn("policy: a namespace's cloud group or toCIDR prefixes are refused: an allow selects nothing of them, a deny denies world on its ports, until they fit",
 						"namespace", ns, "unit", unitName(unit), "reason", why)
 				}
 			}
@@ -330,31 +362,102 @@ func (r *Resolver) Refused() []RefusedUnit {
 	return out
 }
 
-// fqdnRoom says whether toFQDNs' learned address p, which no admitted
-// unit names, may have a CIDR identity now (MaxFQDNCIDRs of the share),
-// and counts it; one that may not is counted as left out and logged
-// once until there is room again. r.mu is held.
-func (r *Resolver) fqdnRoom(p netip.Prefix) bool {
+// fqdnShare is what toFQDNs' learned addresses that no admitted unit
+// names may hold: all of MaxPolicyCIDRs the admitted units leave
+// (MaxFQDNCIDRs at least). r.mu is held.
+func (r *Resolver) fqdnShare() int {
+	return MaxPolicyCIDRs - len(r.adm.admitted)
+}
+
+// fqdnNamespaces are, by toFQDNs selector key, the namespaces whose
+// policies name it (sorted). r.mu is held.
+func (r *Resolver) fqdnNamespaces() map[string][]string {
+	out := map[string][]string{}
+	for k, cp := range r.compiled {
+		for key := range cp.fqdnSels {
+			ns := r.policies[k].Namespace
+			if !slices.Contains(out[key], ns) {
+				out[key] = append(out[key], ns)
+			}
+		}
+	}
+	for _, nss := range out {
+		slices.Sort(nss)
+	}
+	return out
+}
+
+// fqdnAllocs divides the toFQDNs share between the namespaces naming
+// toFQDNs selectors, max-min: each gets its demand (the addresses its
+// selectors learned) up to an equal share of what is left, what one
+// does not need going to the others. r.mu is held.
+func (r *Resolver) fqdnAllocs(nsOf map[string][]string) map[string]int {
+	demand := map[string]int{}
+	for key, nss := range nsOf {
+		for _, ns := range nss {
+			demand[ns] += len(r.fqdnLearned[key])
+		}
+	}
+	order := slices.SortedFunc(maps.Keys(demand), func(a, b string) int {
+		return cmp.Or(cmp.Compare(demand[a], demand[b]), cmp.Compare(a, b))
+	})
+	alloc := make(map[string]int, len(order))
+	left := r.fqdnShare()
+	for i, ns := range order {
+		a := min(demand[ns], left/(len(order)-i))
+		alloc[ns] = a
+		left -= a
+	}
+	return alloc
+}
+
+// setFQDNAllocs sets each namespace's part of the toFQDNs share and
+// what the namespaces under theirs may still take (fqdnReserve). r.mu
+// is held.
+func (r *Resolver) setFQDNAllocs(nsOf map[string][]string) {
+	r.fqdnAlloc = r.fqdnAllocs(nsOf)
+	r.fqdnReserve = 0
+	for ns, a := range r.fqdnAlloc {
+		r.fqdnReserve += max(0, a-r.fqdnHeldNS[ns])
+	}
+}
+
+// fqdnRoom says whether toFQDNs' learned address p, which the
+// namespaces nss want, may have a CIDR identity now, and counts it: one
+// no admitted unit names needs room in the share (fqdnShare), and one
+// of nss under its part of it (fqdnAllocs) or room past what the
+// namespaces under theirs may still take (fqdnReserve); one that may not
+// is logged once until there is room again. r.mu is held.
+func (r *Resolver) fqdnRoom(p netip.Prefix, nss []string) bool {
 	if r.adm.admitted.has(p) {
 		return true
 	}
-	if r.fqdnHeld >= MaxFQDNCIDRs {
-		r.fqdnLeft++
+	under := slices.ContainsFunc(nss, func(ns string) bool { return r.fqdnHeldNS[ns] < r.fqdnAlloc[ns] })
+	if r.fqdnHeld >= r.fqdnShare() || !under && r.fqdnHeld >= r.fqdnShare()-r.fqdnReserve {
 		if !r.fqdnFull {
 			r.fqdnFull = true
-			slog.Warn("policy: toFQDNs' learned addresses hold their share of the ipcache: an address learned now is not allowed by toFQDNs until others go, logged once",
-				"max", MaxFQDNCIDRs, "prefix", p)
+			slog.Warn("policy: toFQDNs' learned addresses hold their share of the ipcache (or a namespace its part of it): an address learned now is not allowed by toFQDNs until others go, logged once",
+				"share", r.fqdnShare(), "namespaces", nss, "prefix", p)
 		}
 		return false
 	}
 	r.fqdnHeld++
+	for _, ns := range nss {
+		if r.fqdnHeldNS[ns] < r.fqdnAlloc[ns] {
+			r.fqdnReserve--
+		}
+		r.fqdnHeldNS[ns]++
+	}
 	return true
 }
 
 // CIDRsLeftOut is how many prefixes the policies name have no CIDR
 // identity now for a bound: those of the refused groups and toCIDR
 // prefixes that nothing admitted names, and toFQDNs' learned addresses
-// past their share.
+// past their share. It is counted at each call, each prefix once (until
+// 2026-12-07 toFQDNs' were counted at each refusal, and the count grew
+// with every answer repeating an address left out,
+// TestFQDNLeftOutCountedOnce).
 func (r *Resolver) CIDRsLeftOut() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -366,5 +469,12 @@ func (r *Resolver) CIDRsLeftOut() int {
 			}
 		}
 	}
-	return len(left) + r.fqdnLeft
+	for _, learned := range r.fqdnLearned {
+		for p := range learned {
+			if _, ok := r.cidrs[p]; !ok {
+				left.add(p)
+			}
+		}
+	}
+	return len(left)
 }

@@ -162,11 +162,7 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 		},
 		EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-z")}, ToPorts: rsPorts(api.ProtoTCP, "443")}},
 	})
-	r := NewResolver(ModeDefault)
-	rp := newReplica()
-	rp.apply(t, r.UpsertIdentity(identity.Identity{ID: other, Labels: rsLabels(t, "app=other")}))
-	rp.apply(t, r.UpsertEndpoint(web))
-	rp.apply(t, r.SetPolicies([]api.Policy{p}))
+	r, rp := webAndOther(t, web, other, p)
 	allow, deny := hosts("10.1.0.1", MaxNamespacePrefixes), hosts("10.9.0.1", 10)
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-a"), allow))
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-z"), deny))
@@ -183,7 +179,10 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 	}
 
 	// Another namespace's toCIDR prefixes hold its budget: its deny group
-	// does not fit, and its rule denies every peer on its port.
+	// does not fit, and its rule denies on its port every peer the group
+	// could have held, world and every CIDR identity, and no cluster peer
+	// (until 2026-12-07 it denied every peer: host, kube-dns and the pods
+	// too).
 	static := hosts("192.168.0.1", MaxNamespacePrefixes-100)
 	q := api.Policy{Kind: api.KindCiliumNetworkPolicy, Namespace: "other", Name: "ssh", Rules: []api.Rule{{
 		EndpointSelector: rsSel("app=web"),
@@ -195,12 +194,23 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 	rp.apply(t, r.SetGroup(groupKeyOf("sg-ssh"), ssh))
 	rp.check(t, r)
 	ep := mustEP(t, r, 1)
-	for _, peer := range []identity.NumericIdentity{identity.World, other} {
+	cidrPeer, ok := r.CIDRIdentities()[netip.PrefixFrom(deny[3], 32)]
+	if !ok {
+		t.Fatal("the deny group sg-z's address has no CIDR identity")
+	}
+	for _, peer := range []identity.NumericIdentity{identity.World, cidrPeer} {
 		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); allowed {
 			t.Errorf("a deny group past its namespace's budget was dropped: web reaches %d on 22", peer)
 		}
+	}
+	for _, peer := range []identity.NumericIdentity{identity.World, other, identity.Host} {
 		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 80); !allowed {
 			t.Errorf("the refused deny group denied web's other ports too (%d on 80)", peer)
+		}
+	}
+	for _, peer := range []identity.NumericIdentity{other, identity.Host} {
+		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); !allowed {
+			t.Errorf("the refused deny group denies cluster peer %d on 22: it could only ever deny world and CIDR peers", peer)
 		}
 	}
 	if !warned(r, groupKeyOf("sg-ssh"), "budget") {
@@ -212,7 +222,10 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 	rp.check(t, r)
 	ep = mustEP(t, r, 1)
 	if allowed, _ := dpVerdict(ep, Egress, other, 6, 22); !allowed {
-		t.Error("the deny group fits now and still denies every peer")
+		t.Error("the deny group fits now and still denies a cluster peer")
+	}
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); !allowed {
+		t.Error("the deny group fits now and still denies world")
 	}
 	if id, ok := r.CIDRIdentities()[netip.PrefixFrom(ssh[3], 32)]; !ok {
 		t.Error("the deny group fits now and is not applied")
@@ -227,8 +240,8 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 // their room: clusterwide policies first, then namespaces' toCIDR
 // prefixes, deny groups and allow groups, each by name; what does not fit
 // is refused whole, as past a namespace's budget (a deny naming it denies
-// every peer on its ports), and toFQDNs' learned addresses get at most
-// MaxFQDNCIDRs of the share. Until 2026-12-07 nothing bounded them.
+// world on its ports), and toFQDNs' learned addresses get what is left
+// of the share (MaxFQDNCIDRs at least). Until 2026-12-07 nothing bounded them.
 func TestPolicyCIDRShare(t *testing.T) {
 	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
 	other := cid(7)
@@ -245,6 +258,7 @@ func TestPolicyCIDRShare(t *testing.T) {
 	ps := []api.Policy{
 		{Kind: api.KindCiliumClusterwideNetworkPolicy, Name: "cw", Rules: []api.Rule{{EndpointSelector: rsSel("app=web"),
 			Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityCluster}, ToPorts: rsPorts(api.ProtoTCP, "22", "80", "443")},
+				{ToEntities: []api.Entity{api.EntityWorld}, ToPorts: rsPorts(api.ProtoTCP, "22")},
 				{ToCIDR: []string{"198.51.100.0/24"}, ToPorts: rsPorts(api.ProtoTCP, "8080")},
 				{ToCIDR: []string{"10.9.0.0/16", "10.7.0.0/16"}, ToPorts: rsPorts(api.ProtoTCP, "443")},
 				{ToFQDNs: []api.FQDNSelector{fqdn}, ToPorts: rsPorts(api.ProtoTCP, "8443")}},
@@ -307,10 +321,16 @@ func TestPolicyCIDRShare(t *testing.T) {
 			t.Errorf("a deny group's member %s is allowed", a)
 		}
 	}
-	// ns12's deny is in its refused toCIDR prefixes: it denies every peer
-	// on 22, and no other port.
-	if allowed, _ := dpVerdict(ep, Egress, other, 6, 22); allowed {
-		t.Error("a refused deny was dropped: web reaches a pod on 22")
+	// ns12's deny is in its refused toCIDR prefixes: it denies world on
+	// 22 (identity world and every CIDR identity), no cluster peer, and
+	// no other port.
+	for _, peer := range []identity.NumericIdentity{identity.World, ids[netip.MustParsePrefix("10.9.0.3/32")]} {
+		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); allowed {
+			t.Errorf("a refused deny was dropped: web reaches %d on 22", peer)
+		}
+	}
+	if allowed, _ := dpVerdict(ep, Egress, other, 6, 22); !allowed {
+		t.Error("a refused toCIDR deny denies a pod on 22")
 	}
 	if allowed, _ := dpVerdict(ep, Egress, other, 6, 80); !allowed {
 		t.Error("a refused deny denies web's other ports")
@@ -319,9 +339,9 @@ func TestPolicyCIDRShare(t *testing.T) {
 		t.Errorf("%d prefixes left out, want %d", left, 3*MaxNamespacePrefixes+len(allow))
 	}
 
-	// toFQDNs' learned addresses get MaxFQDNCIDRs at most.
+	// toFQDNs' learned addresses get what the units leave, no more.
 	learned := map[netip.Addr][]uint16{}
-	for _, a := range hosts("172.16.0.1", MaxFQDNCIDRs+10) {
+	for _, a := range hosts("172.16.0.1", fqdnShare(r)+10) {
 		learned[a] = []uint16{1}
 	}
 	rp.apply(t, r.SetFQDN(api.FQDNKey(fqdn), learned, 0))
@@ -340,5 +360,103 @@ func TestPolicyCIDRShare(t *testing.T) {
 	}
 	if _, ok := r.CIDRIdentities()[netip.MustParsePrefix("10.111.0.9/32")]; ok {
 		t.Error("ns11's toCIDR prefixes do not fit, and have a CIDR identity")
+	}
+}
+
+// webAndOther is a resolver with endpoint web, cluster identity other
+// and policies ps.
+func webAndOther(t *testing.T, web EndpointInfo, other identity.NumericIdentity, ps ...api.Policy) (*Resolver, *replica) {
+	t.Helper()
+	r := NewResolver(ModeDefault)
+	rp := newReplica()
+	rp.apply(t, r.UpsertIdentity(identity.Identity{ID: other, Labels: rsLabels(t, "app=other")}))
+	rp.apply(t, r.UpsertEndpoint(web))
+	rp.apply(t, r.SetPolicies(ps))
+	return r, rp
+}
+
+// A group the groups layer refused (past groups.MaxGroupAddrs at its first
+// resolution, so with no good set) is a refused unit, as one past a
+// namespace's budget: a deny naming it denies world on its ports, an
+// allow selects nothing; applied later, it denies its members only. Until
+// 2026-12-07 it was just not resolved yet, and its deny denied nothing
+// (found by a review).
+func TestGroupRefusedByGroupsLayer(t *testing.T) {
+	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
+	other := cid(7)
+	p := rsPol("big", api.Rule{EndpointSelector: rsSel("app=web"),
+		Egress: []api.EgressRule{
+			{ToEntities: []api.Entity{api.EntityWorld, api.EntityCluster}, ToPorts: rsPorts(api.ProtoTCP, "22", "80")},
+			{ToGroups: []api.Groups{awsGroup("sg-allow")}, ToPorts: rsPorts(api.ProtoTCP, "8443")},
+		},
+		EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-big")}, ToPorts: rsPorts(api.ProtoTCP, "22")}},
+	})
+	r, rp := webAndOther(t, web, other, p)
+	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-big"), "the group resolved to 5000 addresses"))
+	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-allow"), "the group resolved to 5000 addresses"))
+	rp.check(t, r)
+	ep := mustEP(t, r, 1)
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); allowed {
+		t.Error("a deny group the groups layer refused denies nothing: web reaches world on 22")
+	}
+	for _, peer := range []identity.NumericIdentity{other, identity.Host} {
+		if allowed, _ := dpVerdict(ep, Egress, peer, 6, 22); !allowed {
+			t.Errorf("a deny group the groups layer refused denies cluster peer %d on 22", peer)
+		}
+	}
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 80); !allowed {
+		t.Error("the refused deny group denies web's other ports")
+	}
+	if _, ok := r.GroupRefused("default", groupKeyOf("sg-big")); !ok {
+		t.Errorf("the groups layer's refusal is not shown: %v", r.Refused())
+	}
+	if !warned(r, groupKeyOf("sg-big"), "refused") {
+		t.Errorf("no warning names the refused deny group: %q", r.Warnings())
+	}
+	// Applied: the refusal ends, its members only are denied.
+	members := hosts("10.9.0.1", 4)
+	rp.apply(t, r.SetGroup(groupKeyOf("sg-big"), members))
+	rp.check(t, r)
+	ep = mustEP(t, r, 1)
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); !allowed {
+		t.Error("the group is applied and its deny still denies world")
+	}
+	if id, ok := r.CIDRIdentities()[netip.PrefixFrom(members[1], 32)]; !ok {
+		t.Error("the applied group's member has no CIDR identity")
+	} else if allowed, _ := dpVerdict(ep, Egress, id, 6, 22); allowed {
+		t.Error("the applied deny group's member is allowed")
+	}
+	if _, ok := r.GroupRefused("default", groupKeyOf("sg-big")); ok {
+		t.Error("the group is applied and still shown refused")
+	}
+	// The allow group's refusal cleared: still nothing (not resolved).
+	rp.apply(t, r.SetGroupRefused(groupKeyOf("sg-allow"), ""))
+	rp.check(t, r)
+	if _, ok := r.GroupRefused("default", groupKeyOf("sg-allow")); ok {
+		t.Error("the allow group's refusal was cleared and is still shown")
+	}
+}
+
+// A section widens for the namespace's refused toCIDR prefixes exactly
+// when admission counts the policy as naming them (an IPv4 prefix, an
+// except too): a policy whose toCIDR are IPv6 only widened its deny to
+// world but was not recompiled when the prefixes fit again, keeping the
+// deny (until 2026-12-07; found by a review).
+func TestStaticUnitWidensWhatAdmissionCounts(t *testing.T) {
+	for _, sec := range []api.EgressRule{
+		{ToCIDR: []string{"2001:db8::/32"}},
+		{ToCIDRSet: []api.CIDRRule{{CIDR: "2001:db8::/32", Except: []string{"2001:db8:1::/48"}}}},
+		{ToCIDR: []string{"192.0.2.0/24"}},
+		{ToCIDR: []string{"2001:db8::/32", "192.0.2.0/24"}},
+		{ToCIDRSet: []api.CIDRRule{{CIDR: "192.0.2.0/24", Except: []string{"192.0.2.128/25"}}}},
+		{ToCIDR: []string{"not a prefix"}},
+	} {
+		sec.ToPorts = rsPorts(api.ProtoTCP, "22")
+		p := rsPol("deny", api.Rule{EndpointSelector: rsSel("app=web"), EgressDeny: []api.EgressRule{sec}})
+		cp := compilePolicy(&p, map[string][]netip.Prefix{}, map[string]string{staticUnit: "full"}, map[string]map[netip.Prefix][]uint16{}, nil, nil)
+		widened := slices.ContainsFunc(cp.warnings, func(w string) bool { return strings.Contains(w, "toCIDR prefixes refused") })
+		if names := useOf(&p).names(staticUnit); names != widened {
+			t.Errorf("%v %v: admission counts it naming the toCIDR prefixes %v, compiled widened %v", sec.ToCIDR, sec.ToCIDRSet, names, widened)
+		}
 	}
 }

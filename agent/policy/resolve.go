@@ -44,6 +44,7 @@ package policy
 import (
 	"cmp"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -286,15 +287,25 @@ type Resolver struct {
 	// selectors, by GroupKey; a selector without an entry (never resolved)
 	// selects nothing.
 	awsGroups map[string][]netip.Prefix
+	// groupRefused: the cloud groups the groups layer refused with no
+	// good set (past groups.MaxGroupAddrs), and why: admission refuses
+	// them in every namespace naming them (SetGroupRefused).
+	groupRefused map[string]string
 	// uses are what each policy (by key) names that admission counts,
 	// and adm what it refused (admission.go).
 	uses map[string]*policyUse
 	adm  admission
 	// fqdnHeld: the CIDR identities of toFQDNs' learned addresses no
-	// admitted unit names (MaxFQDNCIDRs at most); fqdnLeft: those left
-	// out for it; fqdnFull: that was logged.
-	fqdnHeld, fqdnLeft int
-	fqdnFull           bool
+	// admitted unit names (MaxFQDNCIDRs at most); fqdnFull: one left
+	// out was logged.
+	fqdnHeld int
+	fqdnFull bool
+	// fqdnHeldNS: of those, the ones each namespace wants; fqdnAlloc:
+	// each namespace's part of the share (fqdnAllocs), both as of the
+	// last syncCIDRs and what growFQDN added since.
+	// fqdnReserve: what the namespaces under their part may still take.
+	fqdnHeldNS, fqdnAlloc map[string]int
+	fqdnReserve           int
 	// fqdnLearned are the learned addresses of the toFQDNs selectors (by
 	// FQDNKey; awsGroups has their union), each with the endpoints whose
 	// lookups gave it (sorted): a section's toFQDNs allow an address only
@@ -388,6 +399,8 @@ func NewResolver(mode Mode) *Resolver {
 		endpoints:  map[uint16]*endpointState{},
 		awsGroups:  map[string][]netip.Prefix{},
 		uses:       map[string]*policyUse{},
+
+		groupRefused: map[string]string{},
 
 		fqdnLearned:   map[string]map[netip.Prefix][]uint16{},
 		fqdnForgotten: map[uint16]uint64{},
@@ -512,6 +525,30 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 	}
 }
 
+// SetGroupRefused records that the groups layer refused the cloud group
+// of key (api.GroupKey) with no good set to keep (past
+// groups.MaxGroupAddrs at its first resolution), and why; why "" ends
+// it. A refused group is a refused unit of admission in every namespace
+// naming it: an allow selects nothing of it, a deny denies world on its
+// ports (fail closed), where a group not resolved yet selects nothing.
+// SetGroup ends it too.
+func (r *Resolver) SetGroupRefused(key, why string) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	if old, ok := r.groupRefused[key]; ok == (why != "") && old == why {
+		return ch
+	}
+	if why == "" {
+		delete(r.groupRefused, key)
+	} else {
+		r.groupRefused[key] = why
+	}
+	r.recompileNaming(&ch, key)
+	r.finish(&ch)
+	return ch
+}
+
 // SetGroup sets the resolved addresses of a toGroups/fromGroups selector
 // (by GroupKey) and recomputes only what the policies naming it select.
 func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
@@ -531,6 +568,7 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	if ok && slices.Equal(old, prefixes) {
 		return ch
 	}
+	delete(r.groupRefused, key) // applied: a set supersedes a refusal
 	if api.IsNodeSelectorKey(key) {
 		// Every policy is recompiled only when which addresses are
 		// nodes' changes (renode); otherwise those naming the key are
@@ -721,9 +759,13 @@ func (r *Resolver) growFQDN(ch *Change, key string, added []netip.Prefix, touche
 		}
 	}
 	var newIDs []identity.NumericIdentity
-	for _, p := range added {
-		if _, ok := r.cidrs[p]; !ok && r.fqdnRoom(p) {
-			newIDs = append(newIDs, r.allocCIDR(ch, p))
+	if len(added) > 0 {
+		nsOf := r.fqdnNamespaces()
+		r.setFQDNAllocs(nsOf)
+		for _, p := range added {
+			if _, ok := r.cidrs[p]; !ok && r.fqdnRoom(p, nsOf[key]) {
+				newIDs = append(newIDs, r.allocCIDR(ch, p))
+			}
 		}
 	}
 	eps := slices.Sorted(maps.Keys(touched))
@@ -994,6 +1036,15 @@ func (r *Resolver) GroupAddrs(key string) ([]netip.Prefix, bool) {
 	return p, ok
 }
 
+// prefixHash orders toFQDNs' addresses within a namespace by neither their
+// value nor who answered them.
+func prefixHash(p netip.Prefix) uint64 {
+	h := fnv.New64a()
+	b := p.Addr().As16()
+	h.Write(b[:])
+	return h.Sum64()
+}
+
 // syncCIDRs allocates an identity for every prefix the rules name that has
 // none and releases those of prefixes no rule names any more. Numbers are
 // released after allocating, so that no number changes its prefix within
@@ -1018,19 +1069,70 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 	}
 	slices.SortFunc(newPrefixes, comparePrefixes)
 	slices.SortFunc(gone, comparePrefixes)
-	// toFQDNs' learned addresses get what is left of their share.
-	r.fqdnHeld, r.fqdnLeft = 0, 0
+	// toFQDNs' learned addresses get what is left of their share, each
+	// namespace up to its part (max-min), in turns, each taking its
+	// addresses in an order of their hash, not of their value (until
+	// 2026-12-07 the lowest addresses of any namespace came first, so
+	// one answering 1.0.x.x took every slot at each recompile,
+	// TestFQDNShareFairBetweenNamespaces).
+	nsOf := r.fqdnNamespaces()
+	wantedBy := map[netip.Prefix][]string{}
+	for key, learned := range r.fqdnLearned {
+		for p := range learned {
+			for _, ns := range nsOf[key] {
+				if !slices.Contains(wantedBy[p], ns) {
+					wantedBy[p] = append(wantedBy[p], ns)
+				}
+			}
+		}
+	}
+	r.fqdnHeld, r.fqdnHeldNS = 0, map[string]int{}
 	for p := range r.cidrs {
 		if !r.adm.admitted.has(p) && want[p] {
 			r.fqdnHeld++
+			for _, ns := range wantedBy[p] {
+				r.fqdnHeldNS[ns]++
+			}
 		}
 	}
+	r.setFQDNAllocs(nsOf)
+	left := 0
+	queues := map[string][]netip.Prefix{}
 	for _, p := range newPrefixes {
-		if r.fqdnRoom(p) {
+		if r.adm.admitted.has(p) {
 			added = append(added, r.allocCIDR(ch, p))
+			continue
+		}
+		nss := wantedBy[p]
+		if len(nss) == 0 {
+			continue // no longer learned
+		}
+		queues[nss[0]] = append(queues[nss[0]], p)
+	}
+	order := slices.Sorted(maps.Keys(queues))
+	for _, ns := range order {
+		slices.SortFunc(queues[ns], func(a, b netip.Prefix) int {
+			return cmp.Or(cmp.Compare(prefixHash(a), prefixHash(b)), comparePrefixes(a, b))
+		})
+	}
+	for more := true; more; {
+		more = false
+		for _, ns := range order {
+			q := queues[ns]
+			if len(q) == 0 {
+				continue
+			}
+			p := q[0]
+			queues[ns] = q[1:]
+			more = true
+			if r.fqdnRoom(p, wantedBy[p]) {
+				added = append(added, r.allocCIDR(ch, p))
+			} else {
+				left++
+			}
 		}
 	}
-	if r.fqdnLeft == 0 && r.fqdnFull {
+	if left == 0 && r.fqdnFull {
 		r.fqdnFull = false
 		slog.Info("policy: toFQDNs' learned addresses fit their share of the ipcache again")
 	}
@@ -2040,18 +2142,22 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			c.warnf(s.ref, "unknown entity %q selects nothing", e)
 		}
 	}
-	// widen: a deny naming a refused unit denies every peer on its ports
-	// instead (fail closed: a deny is never trimmed).
+	// widen: a deny naming a refused unit denies world on its ports
+	// instead, identity world and every CIDR identity, as toEntities
+	// world: all the unit's prefixes could have selected, and no cluster
+	// peer (fail closed: a deny is never trimmed). Until 2026-12-07 it
+	// denied every peer, identity 0: host, health, remote nodes and pods
+	// too (TestNamespaceBudgetNeverTrimsADeny).
 	widen := false
 	refuse := func(what, why string) {
 		if deny {
 			widen = true
-			c.warnf(s.ref, "%s refused: %s; this deny denies every peer on its ports until it fits", what, why)
+			c.warnf(s.ref, "%s refused: %s; this deny denies world (every address outside the cluster) on its ports until it fits", what, why)
 		} else {
 			c.warnf(s.ref, "%s refused: %s; selects nothing of it until it fits", what, why)
 		}
 	}
-	if why, ok := c.refused[staticUnit]; ok && (len(pf.cidr) > 0 || len(pf.cidrSet) > 0) {
+	if why, ok := c.refused[staticUnit]; ok && namesStatic(pf.cidr, pf.cidrSet) {
 		refuse("the namespace's toCIDR prefixes", why)
 		pf.cidr, pf.cidrSet = nil, nil
 	}
@@ -2143,8 +2249,8 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			ps.any = true
 		}
 	}
-	if widen {
-		*ps = peerSpec{any: true}
+	if widen && !ps.any && !ps.every {
+		ps.world = true
 	}
 	if ps.cluster {
 		ps.scan = true
