@@ -297,7 +297,7 @@ func (m *Manager) followResults(ctx context.Context) {
 			// bound: refused like a result past it (until 2026-12-07
 			// followers applied it, and a new leader kept it as its
 			// last good set; TestTrimmedResultOfOlderLeaderRefused).
-			r.Addrs, r.Resolved = nil, false
+			r.Addrs, r.Resolved, r.Refused = nil, false, true
 			r.Error += "; a set trimmed by an older leader, refused"
 		}
 		if n := len(slices.Compact(slices.SortedFunc(slices.Values(r.Addrs), netip.Addr.Compare))); n > MaxGroupAddrs {

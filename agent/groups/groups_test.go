@@ -882,7 +882,7 @@ func TestTrimmedResultOfOlderLeaderRefused(t *testing.T) {
 	if h := c.applied.history(key); len(h) != 0 {
 		t.Fatalf("applied a trimmed set of an older leader: %d sets", len(h))
 	}
-	if r, _ := c.m.Result(key); r.Resolved || len(r.Addrs) != 0 {
-		t.Fatalf("holds the trimmed set as the last good one: resolved %v, %d addresses", r.Resolved, len(r.Addrs))
+	if r, _ := c.m.Result(key); r.Resolved || len(r.Addrs) != 0 || !r.Refused {
+		t.Fatalf("holds the trimmed set as the last good one, or not as refused: resolved %v, refused %v, %d addresses", r.Resolved, r.Refused, len(r.Addrs))
 	}
 }
