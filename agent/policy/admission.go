@@ -32,9 +32,8 @@ import (
 // toCIDR prefixes, deny groups and allow groups, then every namespace's
 // toCIDR prefixes, then their deny groups and then their allow groups,
 // each pass by namespace name; a unit past the share is refused the same
-// way, the units' room leaving MaxFQDNCIDRs of it. toFQDNs' learned
-// addresses get identities in all that the units leave, each namespace
-// up to its max-min part of it (syncCIDRs, growFQDN, fqdnRoom).
+// way. toFQDNs' learned addresses get identities in what is left of the
+// share, up to MaxFQDNCIDRs of it (syncCIDRs, growFQDN).
 
 // staticUnit names a namespace's toCIDR prefixes as one unit of
 // admission (a group's unit is its api.GroupKey).
@@ -362,92 +361,23 @@ func (r *Resolver) Refused() []RefusedUnit {
 	return out
 }
 
-// fqdnShare is what toFQDNs' learned addresses that no admitted unit
-// names may hold: all of MaxPolicyCIDRs the admitted units leave
-// (MaxFQDNCIDRs at least). r.mu is held.
-func (r *Resolver) fqdnShare() int {
-	return MaxPolicyCIDRs - len(r.adm.admitted)
-}
-
-// fqdnNamespaces are, by toFQDNs selector key, the namespaces whose
-// policies name it (sorted). r.mu is held.
-func (r *Resolver) fqdnNamespaces() map[string][]string {
-	out := map[string][]string{}
-	for k, cp := range r.compiled {
-		for key := range cp.fqdnSels {
-			ns := r.policies[k].Namespace
-			if !slices.Contains(out[key], ns) {
-				out[key] = append(out[key], ns)
-			}
-		}
-	}
-	for _, nss := range out {
-		slices.Sort(nss)
-	}
-	return out
-}
-
-// fqdnAllocs divides the toFQDNs share between the namespaces naming
-// toFQDNs selectors, max-min: each gets its demand (the addresses its
-// selectors learned) up to an equal share of what is left, what one
-// does not need going to the others. r.mu is held.
-func (r *Resolver) fqdnAllocs(nsOf map[string][]string) map[string]int {
-	demand := map[string]int{}
-	for key, nss := range nsOf {
-		for _, ns := range nss {
-			demand[ns] += len(r.fqdnLearned[key])
-		}
-	}
-	order := slices.SortedFunc(maps.Keys(demand), func(a, b string) int {
-		return cmp.Or(cmp.Compare(demand[a], demand[b]), cmp.Compare(a, b))
-	})
-	alloc := make(map[string]int, len(order))
-	left := r.fqdnShare()
-	for i, ns := range order {
-		a := min(demand[ns], left/(len(order)-i))
-		alloc[ns] = a
-		left -= a
-	}
-	return alloc
-}
-
-// setFQDNAllocs sets each namespace's part of the toFQDNs share and
-// what the namespaces under theirs may still take (fqdnReserve). r.mu
-// is held.
-func (r *Resolver) setFQDNAllocs(nsOf map[string][]string) {
-	r.fqdnAlloc = r.fqdnAllocs(nsOf)
-	r.fqdnReserve = 0
-	for ns, a := range r.fqdnAlloc {
-		r.fqdnReserve += max(0, a-r.fqdnHeldNS[ns])
-	}
-}
-
-// fqdnRoom says whether toFQDNs' learned address p, which the
-// namespaces nss want, may have a CIDR identity now, and counts it: one
-// no admitted unit names needs room in the share (fqdnShare), and one
-// of nss under its part of it (fqdnAllocs) or room past what the
-// namespaces under theirs may still take (fqdnReserve); one that may not
-// is logged once until there is room again. r.mu is held.
-func (r *Resolver) fqdnRoom(p netip.Prefix, nss []string) bool {
+// fqdnRoom says whether toFQDNs' learned address p, which no admitted
+// unit names, may have a CIDR identity now (MaxFQDNCIDRs of the share),
+// and counts it; one that may not is logged once until there is room
+// again. r.mu is held.
+func (r *Resolver) fqdnRoom(p netip.Prefix) bool {
 	if r.adm.admitted.has(p) {
 		return true
 	}
-	under := slices.ContainsFunc(nss, func(ns string) bool { return r.fqdnHeldNS[ns] < r.fqdnAlloc[ns] })
-	if r.fqdnHeld >= r.fqdnShare() || !under && r.fqdnHeld >= r.fqdnShare()-r.fqdnReserve {
+	if r.fqdnHeld >= MaxFQDNCIDRs {
 		if !r.fqdnFull {
 			r.fqdnFull = true
-			slog.Warn("policy: toFQDNs' learned addresses hold their share of the ipcache (or a namespace its part of it): an address learned now is not allowed by toFQDNs until others go, logged once",
-				"share", r.fqdnShare(), "namespaces", nss, "prefix", p)
+			slog.Warn("policy: toFQDNs' learned addresses hold their share of the ipcache: an address learned now is not allowed by toFQDNs until others go, logged once",
+				"max", MaxFQDNCIDRs, "prefix", p)
 		}
 		return false
 	}
 	r.fqdnHeld++
-	for _, ns := range nss {
-		if r.fqdnHeldNS[ns] < r.fqdnAlloc[ns] {
-			r.fqdnReserve--
-		}
-		r.fqdnHeldNS[ns]++
-	}
 	return true
 }
 

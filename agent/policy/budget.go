@@ -44,17 +44,14 @@ const (
 	// (65,536 keys) staying for this cluster's pods and this node's
 	// addresses whatever the policies name. The node selectors'
 	// addresses come first, then the toCIDR prefixes and the groups'
-	// addresses (admission.go), and toFQDNs' learned addresses have what
-	// they leave, MaxFQDNCIDRs at least. Until 2026-12-07 nothing bounded them:
+	// addresses (admission.go), and toFQDNs' learned addresses have at
+	// most MaxFQDNCIDRs of it. Until 2026-12-07 nothing bounded them:
 	// tenants' cloud groups filled the ipcache, and a new pod's own entry
 	// failed (TestCloudGroupsLeaveTheIPCacheToPods).
 	MaxPolicyCIDRs = 1 << 16
 	// MaxFQDNCIDRs is what toFQDNs' learned addresses (those no toCIDR
-	// or admitted group names) keep of MaxPolicyCIDRs at least: the
-	// toCIDR prefixes and the groups have the rest, and toFQDNs what they
-	// leave of it too, divided between namespaces max-min
-	// (Resolver.fqdnAllocs; until 2026-12-07 it was toFQDNs' cap,
-	// TestFQDNShareFairBetweenNamespaces).
+	// or admitted group names) hold of MaxPolicyCIDRs at most; the rest
+	// is the toCIDR prefixes' and the groups'.
 	MaxFQDNCIDRs = 1 << 14
 )
 

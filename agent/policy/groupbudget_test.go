@@ -240,8 +240,8 @@ func TestNamespaceBudgetNeverTrimsADeny(t *testing.T) {
 // their room: clusterwide policies first, then namespaces' toCIDR
 // prefixes, deny groups and allow groups, each by name; what does not fit
 // is refused whole, as past a namespace's budget (a deny naming it denies
-// world on its ports), and toFQDNs' learned addresses get what is left
-// of the share (MaxFQDNCIDRs at least). Until 2026-12-07 nothing bounded them.
+// world on its ports), and toFQDNs' learned addresses get at most
+// MaxFQDNCIDRs of the share. Until 2026-12-07 nothing bounded them.
 func TestPolicyCIDRShare(t *testing.T) {
 	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
 	other := cid(7)
@@ -339,9 +339,9 @@ func TestPolicyCIDRShare(t *testing.T) {
 		t.Errorf("%d prefixes left out, want %d", left, 3*MaxNamespacePrefixes+len(allow))
 	}
 
-	// toFQDNs' learned addresses get what the units leave, no more.
+	// toFQDNs' learned addresses get MaxFQDNCIDRs at most.
 	learned := map[netip.Addr][]uint16{}
-	for _, a := range hosts("172.16.0.1", fqdnShare(r)+10) {
+	for _, a := range hosts("172.16.0.1", MaxFQDNCIDRs+10) {
 		learned[a] = []uint16{1}
 	}
 	rp.apply(t, r.SetFQDN(api.FQDNKey(fqdn), learned, 0))

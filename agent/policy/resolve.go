@@ -44,7 +44,6 @@ package policy
 import (
 	"cmp"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -300,12 +299,6 @@ type Resolver struct {
 	// out was logged.
 	fqdnHeld int
 	fqdnFull bool
-	// fqdnHeldNS: of those, the ones each namespace wants; fqdnAlloc:
-	// each namespace's part of the share (fqdnAllocs), both as of the
-	// last syncCIDRs and what growFQDN added since.
-	// fqdnReserve: what the namespaces under their part may still take.
-	fqdnHeldNS, fqdnAlloc map[string]int
-	fqdnReserve           int
 	// fqdnLearned are the learned addresses of the toFQDNs selectors (by
 	// FQDNKey; awsGroups has their union), each with the endpoints whose
 	// lookups gave it (sorted): a section's toFQDNs allow an address only
@@ -759,13 +752,9 @@ func (r *Resolver) growFQDN(ch *Change, key string, added []netip.Prefix, touche
 		}
 	}
 	var newIDs []identity.NumericIdentity
-	if len(added) > 0 {
-		nsOf := r.fqdnNamespaces()
-		r.setFQDNAllocs(nsOf)
-		for _, p := range added {
-			if _, ok := r.cidrs[p]; !ok && r.fqdnRoom(p, nsOf[key]) {
-				newIDs = append(newIDs, r.allocCIDR(ch, p))
-			}
+	for _, p := range added {
+		if _, ok := r.cidrs[p]; !ok && r.fqdnRoom(p) {
+			newIDs = append(newIDs, r.allocCIDR(ch, p))
 		}
 	}
 	eps := slices.Sorted(maps.Keys(touched))
@@ -1036,15 +1025,6 @@ func (r *Resolver) GroupAddrs(key string) ([]netip.Prefix, bool) {
 	return p, ok
 }
 
-// prefixHash orders toFQDNs' addresses within a namespace by neither their
-// value nor who answered them.
-func prefixHash(p netip.Prefix) uint64 {
-	h := fnv.New64a()
-	b := p.Addr().As16()
-	h.Write(b[:])
-	return h.Sum64()
-}
-
 // syncCIDRs allocates an identity for every prefix the rules name that has
 // none and releases those of prefixes no rule names any more. Numbers are
 // released after allocating, so that no number changes its prefix within
@@ -1069,67 +1049,19 @@ func (r *Resolver) syncCIDRs(ch *Change) (added, removed []identity.NumericIdent
 	}
 	slices.SortFunc(newPrefixes, comparePrefixes)
 	slices.SortFunc(gone, comparePrefixes)
-	// toFQDNs' learned addresses get what is left of their share, each
-	// namespace up to its part (max-min), in turns, each taking its
-	// addresses in an order of their hash, not of their value (until
-	// 2026-12-07 the lowest addresses of any namespace came first, so
-	// one answering 1.0.x.x took every slot at each recompile,
-	// TestFQDNShareFairBetweenNamespaces).
-	nsOf := r.fqdnNamespaces()
-	wantedBy := map[netip.Prefix][]string{}
-	for key, learned := range r.fqdnLearned {
-		for p := range learned {
-			for _, ns := range nsOf[key] {
-				if !slices.Contains(wantedBy[p], ns) {
-					wantedBy[p] = append(wantedBy[p], ns)
-				}
-			}
-		}
-	}
-	r.fqdnHeld, r.fqdnHeldNS = 0, map[string]int{}
+	// toFQDNs' learned addresses get what is left of their share.
+	r.fqdnHeld = 0
 	for p := range r.cidrs {
 		if !r.adm.admitted.has(p) && want[p] {
 			r.fqdnHeld++
-			for _, ns := range wantedBy[p] {
-				r.fqdnHeldNS[ns]++
-			}
 		}
 	}
-	r.setFQDNAllocs(nsOf)
 	left := 0
-	queues := map[string][]netip.Prefix{}
 	for _, p := range newPrefixes {
-		if r.adm.admitted.has(p) {
+		if r.fqdnRoom(p) {
 			added = append(added, r.allocCIDR(ch, p))
-			continue
-		}
-		nss := wantedBy[p]
-		if len(nss) == 0 {
-			continue // no longer learned
-		}
-		queues[nss[0]] = append(queues[nss[0]], p)
-	}
-	order := slices.Sorted(maps.Keys(queues))
-	for _, ns := range order {
-		slices.SortFunc(queues[ns], func(a, b netip.Prefix) int {
-			return cmp.Or(cmp.Compare(prefixHash(a), prefixHash(b)), comparePrefixes(a, b))
-		})
-	}
-	for more := true; more; {
-		more = false
-		for _, ns := range order {
-			q := queues[ns]
-			if len(q) == 0 {
-				continue
-			}
-			p := q[0]
-			queues[ns] = q[1:]
-			more = true
-			if r.fqdnRoom(p, wantedBy[p]) {
-				added = append(added, r.allocCIDR(ch, p))
-			} else {
-				left++
-			}
+		} else {
+			left++
 		}
 	}
 	if left == 0 && r.fqdnFull {
