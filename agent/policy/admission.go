@@ -232,10 +232,13 @@ func (r *Resolver) admit() admission {
 			}
 		}
 		for _, k := range slices.Sorted(maps.Keys(denied[ns])) {
-			if addrs, ok := r.awsGroups[k]; ok {
-				try(ns, k, addrs)
-			} else if why, ok := r.groupRefused[k]; ok {
+			// The groups layer's refusal first: it refuses only a group
+			// it has no set of, and an empty set a drop left must not
+			// stand for it (a deny denied nothing).
+			if why, ok := r.groupRefused[k]; ok {
 				refuse(ns, k, "refused by the groups layer: "+why)
+			} else if addrs, ok := r.awsGroups[k]; ok {
+				try(ns, k, addrs)
 			}
 		}
 	}
@@ -249,10 +252,13 @@ func (r *Resolver) admit() admission {
 			}
 		}
 		for _, k := range slices.Sorted(maps.Keys(allowed)) {
-			if addrs, ok := r.awsGroups[k]; ok {
-				try(ns, k, addrs)
-			} else if why, ok := r.groupRefused[k]; ok {
+			// The groups layer's refusal first: it refuses only a group
+			// it has no set of, and an empty set a drop left must not
+			// stand for it (a deny denied nothing).
+			if why, ok := r.groupRefused[k]; ok {
 				refuse(ns, k, "refused by the groups layer: "+why)
+			} else if addrs, ok := r.awsGroups[k]; ok {
+				try(ns, k, addrs)
 			}
 		}
 	}

@@ -460,3 +460,42 @@ func TestStaticUnitWidensWhatAdmissionCounts(t *testing.T) {
 		}
 	}
 }
+
+// A group the groups layer dropped (nobody wanted it: SetGroup with no
+// addresses) and later refused (back past the bound) is refused: its
+// deny denies world. And a drop arriving after a refusal (the groups
+// layer's callbacks run in goroutines of their own) does not end it.
+// Until 2026-12-07 the dropped group's empty set stayed and was admitted
+// before the refusal was looked at, so the deny denied nothing (found by
+// a review of the refusal).
+func TestDroppedGroupRefusedLaterStillDenies(t *testing.T) {
+	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
+	p := rsPol("big", api.Rule{EndpointSelector: rsSel("app=web"),
+		Egress: []api.EgressRule{{ToEntities: []api.Entity{api.EntityWorld}, ToPorts: rsPorts(api.ProtoTCP, "22")}},
+		EgressDeny: []api.EgressRule{
+			{ToGroups: []api.Groups{awsGroup("sg-dropped")}, ToPorts: rsPorts(api.ProtoTCP, "22")},
+			{ToGroups: []api.Groups{awsGroup("sg-late")}, ToPorts: rsPorts(api.ProtoTCP, "22")},
+		},
+	})
+	r, rp := webAndOther(t, web, cid(7), p)
+	denies := func(what string) {
+		t.Helper()
+		rp.check(t, r)
+		if allowed, _ := dpVerdict(mustEP(t, r, 1), Egress, identity.World, 6, 22); allowed {
+			t.Errorf("%s: the refused deny group denies nothing (world reaches 22)", what)
+		}
+	}
+	dropped := groupKeyOf("sg-dropped")
+	rp.apply(t, r.SetGroup(dropped, hosts("10.9.0.1", 4)))
+	rp.apply(t, r.SetGroup(dropped, nil))
+	rp.apply(t, r.SetGroupRefused(dropped, "the group resolved to 5000 addresses"))
+	denies("dropped, then refused")
+	if _, ok := r.GroupRefused("default", dropped); !ok {
+		t.Errorf("the refusal of a group dropped before is not shown: %v", r.Refused())
+	}
+	rp.apply(t, r.SetGroupRefused(dropped, ""))
+	late := groupKeyOf("sg-late")
+	rp.apply(t, r.SetGroupRefused(late, "the group resolved to 5000 addresses"))
+	rp.apply(t, r.SetGroup(late, nil))
+	denies("refused, then a late drop")
+}

@@ -561,7 +561,14 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 	if ok && slices.Equal(old, prefixes) {
 		return ch
 	}
-	delete(r.groupRefused, key) // applied: a set supersedes a refusal
+	if len(prefixes) > 0 {
+		// Applied: a set supersedes a refusal. Not an empty one: the
+		// groups layer drops a group it forgets with one, which may come
+		// after its refusal (its callbacks run in goroutines of their
+		// own), and it ends a refusal itself (SetGroupRefused with no
+		// reason) once a set is applied (TestDroppedGroupRefusedLaterStillDenies).
+		delete(r.groupRefused, key)
+	}
 	if api.IsNodeSelectorKey(key) {
 		// Every policy is recompiled only when which addresses are
 		// nodes' changes (renode); otherwise those naming the key are
