@@ -161,9 +161,9 @@ func (d *Datapath) ReadEvents(ctx context.Context, f func(monitor.Event)) error 
 // GCConntrack deletes the expired conntrack entries, established
 // (conntrack) and not yet (conntrack_new), and returns how many.
 func (d *Datapath) GCConntrack() (int, error) {
-	var v bpf.DatapathCtEntry
-	n, err := gcExpired("conntrack", d.objs.Conntrack, new(bpf.DatapathCtKey), &v, func() uint64 { return v.Expires })
-	m, err2 := gcExpired("conntrack_new", d.objs.ConntrackNew, new(bpf.DatapathCtKey), &v, func() uint64 { return v.Expires })
+	expires := func(v *bpf.DatapathCtEntry) uint64 { return v.Expires }
+	n, err := gcExpired[bpf.DatapathCtKey]("conntrack", d.objs.Conntrack, expires)
+	m, err2 := gcExpired[bpf.DatapathCtKey]("conntrack_new", d.objs.ConntrackNew, expires)
 	return n + m, errors.Join(err, err2)
 }
 
@@ -178,9 +178,9 @@ func (d *Datapath) ctTables() []*ebpf.Map { return []*ebpf.Map{d.objs.ConntrackN
 // ignores an expired one and takes its tuple over (lb_nat_claim); without
 // this they would stay until the LRU needs room.
 func (d *Datapath) GCLBNAT() (int, error) {
-	var v bpf.DatapathLbNat
-	n, err := gcExpired("lb_nats", d.objs.LbNats, new(bpf.DatapathLbNatKey), &v, func() uint64 { return v.Expires })
-	m, err2 := gcExpired("lb_nats_new", d.objs.LbNatsNew, new(bpf.DatapathLbNatKey), &v, func() uint64 { return v.Expires })
+	expires := func(v *bpf.DatapathLbNat) uint64 { return v.Expires }
+	n, err := gcExpired[bpf.DatapathLbNatKey]("lb_nats", d.objs.LbNats, expires)
+	m, err2 := gcExpired[bpf.DatapathLbNatKey]("lb_nats_new", d.objs.LbNatsNew, expires)
 	return n + m, errors.Join(err, err2)
 }
 
@@ -190,16 +190,16 @@ func (d *Datapath) GCLBNAT() (int, error) {
 // moves between the two walks is seen twice rather than missed.
 func (d *Datapath) natTables() []*ebpf.Map { return []*ebpf.Map{d.objs.LbNatsNew, d.objs.LbNats} }
 
-// gcExpired deletes the entries of map name (m) whose expiry, read from v
-// after each iteration step into k and v, has passed on the monotonic
-// clock, and returns how many.
-func gcExpired[K comparable](name string, m *ebpf.Map, k *K, v any, expires func() uint64) (int, error) {
+// gcExpired deletes the entries of map name (m) whose expiry (read from
+// an entry's value by expires) has passed on the monotonic clock, and
+// returns how many.
+func gcExpired[K, V any](name string, m *ebpf.Map, expires func(*V) uint64) (int, error) {
 	now := monotonicNow()
-	expired, err := listExpired(m, k, v, expires, now)
+	expired, err := listExpired[K](m, expires, now)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", name, err)
 	}
-	n, err := deleteExpired(m, expired, v, expires, now)
+	n, err := deleteExpired(m, expired, expires, now)
 	if err != nil {
 		return n, fmt.Errorf("%s: delete: %w", name, err)
 	}
@@ -207,15 +207,14 @@ func gcExpired[K comparable](name string, m *ebpf.Map, k *K, v any, expires func
 }
 
 // listExpired lists the keys of m whose entries expired by now.
-func listExpired[K comparable](m *ebpf.Map, k *K, v any, expires func() uint64, now uint64) ([]K, error) {
+func listExpired[K, V any](m *ebpf.Map, expires func(*V) uint64, now uint64) ([]K, error) {
 	var expired []K
-	it := m.Iterate()
-	for it.Next(k, v) {
-		if expires() <= now {
+	err := eachEntry(m, func(k *K, v *V) {
+		if expires(v) <= now {
 			expired = append(expired, *k)
 		}
-	}
-	return expired, it.Err()
+	})
+	return expired, err
 }
 
 // deleteExpired deletes the entries of keys that are still expired by
@@ -223,10 +222,11 @@ func listExpired[K comparable](m *ebpf.Map, k *K, v any, expires func() uint64, 
 // (a NodePort translation takes an expired tuple over at once): looked up
 // again, a live entry stays. That narrows the window to the lookup and
 // the delete; it does not close it.
-func deleteExpired[K comparable](m *ebpf.Map, keys []K, v any, expires func() uint64, now uint64) (int, error) {
+func deleteExpired[K, V any](m *ebpf.Map, keys []K, expires func(*V) uint64, now uint64) (int, error) {
 	n := 0
+	var v V
 	for i := range keys {
-		if err := m.Lookup(&keys[i], v); err == nil && expires() > now {
+		if err := m.Lookup(&keys[i], &v); err == nil && expires(&v) > now {
 			continue
 		}
 		if err := m.Delete(&keys[i]); err == nil {
@@ -250,16 +250,13 @@ func live(v *bpf.DatapathCtEntry, now uint64) bool {
 // ConntrackEntries counts live conntrack entries.
 func (d *Datapath) ConntrackEntries() int {
 	now := monotonicNow()
-	var k bpf.DatapathCtKey
-	var v bpf.DatapathCtEntry
 	n := 0
 	for _, m := range d.ctTables() {
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			if live(&v, now) {
+		eachEntry(m, func(_ *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) {
+			if live(v, now) {
 				n++
 			}
-		}
+		})
 	}
 	return n
 }
@@ -276,19 +273,16 @@ type Flow struct {
 // connections still use).
 func (d *Datapath) EgressFlows() (map[netip.Addr][]Flow, error) {
 	now := monotonicNow()
-	var k bpf.DatapathCtKey
-	var v bpf.DatapathCtEntry
 	out := map[netip.Addr][]Flow{}
 	for _, m := range d.ctTables() {
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			if live(&v, now) && k.Dir == 0 { // DIR_EGRESS (a revoked flow uses no address)
+		err := eachEntry(m, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) {
+			if live(v, now) && k.Dir == 0 { // DIR_EGRESS (a revoked flow uses no address)
 				dst := addrFrom(k.Daddr)
 				out[dst] = append(out[dst], Flow{Src: netip.AddrPortFrom(addrFrom(k.Saddr), k.Sport), Dst: netip.AddrPortFrom(dst, k.Dport),
 					Proto: k.Proto, Endpoint: k.EpId})
 			}
-		}
-		if err := it.Err(); err != nil {
+		})
+		if err != nil {
 			return nil, fmt.Errorf("conntrack: %w", err)
 		}
 	}

@@ -27,15 +27,15 @@ func TestSweepKeepsEntriesRenewedSinceListing(t *testing.T) {
 		}
 	}
 	var v bpf.DatapathLbNat
-	expires := func() uint64 { return v.Expires }
-	keys, err := listExpired(m, new(bpf.DatapathLbNatKey), &v, expires, now)
+	expires := func(v *bpf.DatapathLbNat) uint64 { return v.Expires }
+	keys, err := listExpired[bpf.DatapathLbNatKey](m, expires, now)
 	if err != nil || len(keys) != 2 {
 		t.Fatalf("listed %d expired (%v), want 2", len(keys), err)
 	}
 	if err := m.Put(&renewed, &bpf.DatapathLbNat{Expires: now + 60e9}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := deleteExpired(m, keys, &v, expires, now)
+	n, err := deleteExpired(m, keys, expires, now)
 	if err != nil || n != 1 {
 		t.Fatalf("deleted %d (%v), want 1", n, err)
 	}

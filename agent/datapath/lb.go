@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"math"
 	"net/netip"
@@ -13,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -378,8 +376,7 @@ type forgetter struct {
 	mu   sync.Mutex
 	// pending: per frontend, the backends whose flows go (nil: all).
 	pending map[Frontend]map[netip.AddrPort]bool
-	kick    chan struct{}
-	started bool
+	w       worker
 }
 
 // queue adds fe's backends gone (nil: all its flows) and wakes the walk.
@@ -390,14 +387,7 @@ func (f *forgetter) queue(d *Datapath, fe Frontend, gone map[netip.AddrPort]bool
 		f.pending = map[Frontend]map[netip.AddrPort]bool{}
 	}
 	f.merge(fe, gone)
-	if !f.started {
-		f.started, f.kick = true, make(chan struct{}, 1)
-		go f.run(d)
-	}
-	select {
-	case f.kick <- struct{}{}:
-	default:
-	}
+	f.w.wake(d.closed, 0, "NodePort translations of gone backends", d.ForgetPendingFlows)
 }
 
 // merge adds gone to fe's pending set; f.mu held.
@@ -413,25 +403,6 @@ func (f *forgetter) merge(fe Frontend, gone map[netip.AddrPort]bool) {
 			f.pending[fe] = cur
 		}
 		maps.Copy(cur, gone)
-	}
-}
-
-func (f *forgetter) run(d *Datapath) {
-	for {
-		select {
-		case <-d.closed:
-			return
-		case <-f.kick:
-		}
-		if err := d.ForgetPendingFlows(); err != nil {
-			slog.Warn("NodePort translations of gone backends not all deleted; trying again", "err", err)
-			time.AfterFunc(time.Second, func() {
-				select {
-				case f.kick <- struct{}{}:
-				default:
-				}
-			})
-		}
 	}
 }
 
@@ -489,21 +460,18 @@ func (d *Datapath) forgetFlows(pending map[Frontend]map[netip.AddrPort]bool) err
 		gone, ok := pending[fe]
 		return ok && (gone == nil || gone[netip.AddrPortFrom(addrFrom(v.Daddr), htons(v.Dport))])
 	}
-	var k bpf.DatapathLbNatKey
-	var v bpf.DatapathLbNat
 	var fwd []bpf.DatapathLbNatKey
 	for _, m := range d.natTables() {
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			if match(&k, &v) {
-				fwd = append(fwd, k)
+		err := eachEntry(m, func(k *bpf.DatapathLbNatKey, v *bpf.DatapathLbNat) {
+			if match(k, v) {
+				fwd = append(fwd, *k)
 			}
-		}
-		if err := it.Err(); err != nil {
+		})
+		if err != nil {
 			return err
 		}
 	}
-	var rv bpf.DatapathLbNat
+	var v, rv bpf.DatapathLbNat
 	for i := range fwd {
 		fk := &fwd[i]
 		for _, m := range d.natTables() {

@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"errors"
-	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -29,8 +28,7 @@ type scrubber struct {
 	mu   sync.Mutex
 	// pending: addresses (as in the maps) whose entries go.
 	pending map[uint32]bool
-	kick    chan struct{}
-	started bool
+	w       worker
 	manual  bool // tests: no goroutine; they call ScrubPendingAddrs
 }
 
@@ -45,40 +43,12 @@ func (s *scrubber) queue(d *Datapath, ip netip.Addr) {
 	if s.manual {
 		return
 	}
-	if !s.started {
-		s.started, s.kick = true, make(chan struct{}, 1)
-		go s.run(d)
-	}
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (s *scrubber) run(d *Datapath) {
-	for {
-		select {
-		case <-d.closed:
-			return
-		case <-s.kick:
-		}
-		// A moment for the rest of the endpoint's removal (its ipcache
-		// entry) and for other addresses to join the walk.
-		select {
-		case <-d.closed:
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
-		if _, err := d.ScrubPendingAddrs(); err != nil {
-			slog.Warn("conntrack entries of gone endpoints not all deleted; trying again", "err", err)
-			time.AfterFunc(time.Second, func() {
-				select {
-				case s.kick <- struct{}{}:
-				default:
-				}
-			})
-		}
-	}
+	// The settling moment: for the rest of the endpoint's removal (its
+	// ipcache entry) and for other addresses to join the walk.
+	s.w.wake(d.closed, 100*time.Millisecond, "conntrack entries of gone endpoints", func() error {
+		_, err := d.ScrubPendingAddrs()
+		return err
+	})
 }
 
 // ScrubPendingAddrs runs the queued deletions now (the scrubber's
@@ -136,9 +106,12 @@ func (d *Datapath) Scrub(ip netip.Addr) { d.scrub.queue(d, ip) }
 func scrubAddrs(tables []*ebpf.Map, addrs map[uint32]bool, inUse func(uint32) bool) (int, error) {
 	n := 0
 	var errs []error
+	// Looked at once, after the first walk, just before its deletions
+	// (ScrubPendingAddrs dropped those in use before the walk).
+	var spared map[uint32]bool
 	for _, m := range tables {
 		var gone []bpf.DatapathCtKey
-		err := eachCtKey(m, func(k *bpf.DatapathCtKey) {
+		err := eachEntry(m, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) {
 			if addrs[k.Saddr] || addrs[k.Daddr] {
 				gone = append(gone, *k)
 			}
@@ -146,10 +119,12 @@ func scrubAddrs(tables []*ebpf.Map, addrs map[uint32]bool, inUse func(uint32) bo
 		if err != nil {
 			errs = append(errs, err)
 		}
-		spared := map[uint32]bool{}
-		for a := range addrs {
-			if inUse(a) {
-				spared[a] = true
+		if spared == nil {
+			spared = map[uint32]bool{}
+			for a := range addrs {
+				if inUse(a) {
+					spared[a] = true
+				}
 			}
 		}
 		for i := range gone {
@@ -165,38 +140,4 @@ func scrubAddrs(tables []*ebpf.Map, addrs map[uint32]bool, inUse func(uint32) bo
 		}
 	}
 	return n, errors.Join(errs...)
-}
-
-// eachCtKey calls f with every key of conntrack table m, read in batches:
-// a batch walk goes by hash bucket, so entries coming and going meanwhile
-// (an LRU table evicting under a flood of new flows) never make it start
-// again and give up, as a walk by key does (cilium/ebpf's MapIterator
-// aborts after max_entries restarts: found 2026-12-07 by a review, the
-// established table never reached). Kernels without batch lookups are
-// walked by key.
-func eachCtKey(m *ebpf.Map, f func(*bpf.DatapathCtKey)) error {
-	const chunk = 4096
-	keys := make([]bpf.DatapathCtKey, chunk)
-	vals := make([]bpf.DatapathCtEntry, chunk)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			f(&keys[i])
-		}
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil
-		case errors.Is(err, ebpf.ErrNotSupported):
-			var k bpf.DatapathCtKey
-			var v bpf.DatapathCtEntry
-			it := m.Iterate()
-			for it.Next(&k, &v) {
-				f(&k)
-			}
-			return it.Err()
-		case err != nil:
-			return err
-		}
-	}
 }

@@ -164,35 +164,12 @@ func TestScrubReachesEstablishedFlowsUnderAFlood(t *testing.T) {
 	if err := d.objs.Conntrack.Put(&est, &bpf.DatapathCtEntry{Expires: 1 << 62}); err != nil {
 		t.Fatal(err)
 	}
-	flood := func(seed uint32, n int) {
-		for i := range n {
-			k := bpf.DatapathCtKey{Saddr: seed, Daddr: uint32(i), Sport: uint16(i), Dport: 80, Proto: unix.IPPROTO_TCP, EpId: 9}
-			d.objs.ConntrackNew.Put(&k, &bpf.DatapathCtEntry{Expires: 1 << 62})
+	var err error
+	floodWhile(d.objs.ConntrackNew, putCt, func() {
+		if err = d.DeleteEndpoint(gone); err == nil {
+			_, err = d.ScrubPendingAddrs()
 		}
-	}
-	flood(1, int(d.objs.ConntrackNew.MaxEntries()))
-	stop := make(chan struct{})
-	done := make(chan struct{}, 2)
-	for g := range 2 {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for seed := uint32(100 + g*1_000_000); ; seed++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				flood(seed, 256)
-			}
-		}()
-	}
-	if err := d.DeleteEndpoint(gone); err != nil {
-		t.Fatal(err)
-	}
-	_, err := d.ScrubPendingAddrs()
-	close(stop)
-	<-done
-	<-done
+	})
 	var v bpf.DatapathCtEntry
 	if d.objs.Conntrack.Lookup(&est, &v) == nil {
 		t.Fatalf("the established entry naming %s stays after the walk (%v)", gone, err)
