@@ -44,7 +44,7 @@ func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 			key := api.GroupKey(*g.AWS)
 			r, ok := c.Result(key)
 			if !ok {
-				r = groups.Result{Key: key, Group: *g.AWS, Error: "not resolved yet: selects nothing"}
+				r = groups.Result{Key: key, Group: *g.AWS, Error: "not resolved yet (an allow selects nothing of it, a deny denies world on its ports)"}
 			}
 			if why, refused := c.res.GroupRefused(p.Namespace, key); refused {
 				where := "namespace " + p.Namespace

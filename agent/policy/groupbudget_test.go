@@ -499,3 +499,44 @@ func TestDroppedGroupRefusedLaterStillDenies(t *testing.T) {
 	rp.apply(t, r.SetGroup(late, nil))
 	denies("refused, then a late drop")
 }
+
+// A deny naming a cloud group not resolved yet (at agent start, with no
+// AWS region, a cloud API failing at its first resolution) denies world
+// on its ports until the group resolves, as one refused does: a deny the
+// agent cannot evaluate fails closed. Until 2026-12-07 it denied nothing
+// meanwhile, so a pod reached the very hosts the deny names, for as long
+// as the cloud API kept failing. Resolved, it denies its members only.
+func TestDenyGroupNotResolvedYetDeniesWorld(t *testing.T) {
+	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
+	other := cid(7)
+	p := rsPol("deny-db", api.Rule{EndpointSelector: rsSel("app=web"),
+		Egress:     []api.EgressRule{{ToEntities: []api.Entity{api.EntityWorld, api.EntityCluster}, ToPorts: rsPorts(api.ProtoTCP, "22", "80")}},
+		EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-db")}, ToPorts: rsPorts(api.ProtoTCP, "22")}},
+	})
+	r, rp := webAndOther(t, web, other, p)
+	rp.check(t, r)
+	ep := mustEP(t, r, 1)
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); allowed {
+		t.Error("a deny group not resolved yet denies nothing: web reaches world on 22")
+	}
+	if allowed, _ := dpVerdict(ep, Egress, other, 6, 22); !allowed {
+		t.Error("a deny group not resolved yet denies a cluster peer on 22")
+	}
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 80); !allowed {
+		t.Error("a deny group not resolved yet denies web's other ports")
+	}
+	if !warned(r, groupKeyOf("sg-db"), "not resolved yet") {
+		t.Errorf("no warning names the deny group not resolved yet: %q", r.Warnings())
+	}
+	members := hosts("10.9.0.1", 2)
+	rp.apply(t, r.SetGroup(groupKeyOf("sg-db"), members))
+	rp.check(t, r)
+	ep = mustEP(t, r, 1)
+	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); !allowed {
+		t.Error("resolved, the deny group still denies all of world on 22")
+	}
+	prefixID := r.CIDRIdentities()[netip.PrefixFrom(members[0], 32)]
+	if allowed, _ := dpVerdict(ep, Egress, prefixID, 6, 22); allowed || prefixID == 0 {
+		t.Errorf("resolved, the deny group does not deny its member %s (identity %d)", members[0], prefixID)
+	}
+}

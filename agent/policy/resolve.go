@@ -523,8 +523,8 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 // groups.MaxGroupAddrs at its first resolution), and why; why "" ends
 // it. A refused group is a refused unit of admission in every namespace
 // naming it: an allow selects nothing of it, a deny denies world on its
-// ports (fail closed), where a group not resolved yet selects nothing.
-// SetGroup ends it too.
+// ports (fail closed), as for a group not resolved yet. SetGroup ends it
+// too.
 func (r *Resolver) SetGroupRefused(key, why string) Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -2131,8 +2131,16 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 		}
 		addrs, ok := c.awsGroups[key]
 		if !ok {
-			// Fail closed: a group never resolved allows nothing.
-			c.warnf(s.ref, "aws group %s not resolved yet: selects nothing", key)
+			// Fail closed: a group never resolved allows nothing, and a
+			// deny naming it denies world on its ports until it resolves
+			// (until 2026-12-07 it denied nothing meanwhile, for as long
+			// as the cloud API failed: TestDenyGroupNotResolvedYetDeniesWorld).
+			if deny {
+				widen = true
+				c.warnf(s.ref, "aws group %s not resolved yet: this deny denies world (every address outside the cluster) on its ports until it resolves", key)
+			} else {
+				c.warnf(s.ref, "aws group %s not resolved yet: selects nothing", key)
+			}
 			continue
 		}
 		for _, p := range addrs {
