@@ -123,6 +123,12 @@ type Options struct {
 	// identity) holds open through the proxy; more are closed at once and
 	// counted. Default DefaultMaxConnsPerSource.
 	MaxConnsPerSource int
+	// MaxConns bounds the connections the proxy holds open, shared
+	// fairly between sources (slotShare): when they are all held, a
+	// source holding less than its share takes the oldest connection of
+	// the source holding the most, else it is closed at once and
+	// counted. Default DefaultMaxConns.
+	MaxConns int
 	// MaxStreamsPerSource bounds the HTTP/2 requests one source has in
 	// flight through the proxy at once, over all its connections; more
 	// are answered 503 (gRPC: UNAVAILABLE) and counted. Default
@@ -144,6 +150,14 @@ const DefaultMaxStreamsPerSource = 1024
 // and a goroutine) takes its own share, not the node's proxy.
 const DefaultMaxConnsPerSource = 4096
 
+// DefaultMaxConns is Options.MaxConns's default: some 850 MiB of the
+// proxy's memory at the ~53 KiB a held HTTP/1.x connection costs (a
+// goroutine, buffers, the upstream's socket). Until 2026-12-07 only each
+// source's connections were bounded, and a tenant's many pods, each
+// within its bound, could take the node's proxy down for every tenant
+// (TestConnsNodeBounded).
+const DefaultMaxConns = 16384
+
 // Proxy is the L7 proxy. Its zero value is not usable; use New.
 type Proxy struct {
 	opts Options
@@ -157,13 +171,13 @@ type Proxy struct {
 	hub     hub
 	metrics *metrics
 
-	closing atomic.Bool
-	mu      sync.Mutex
-	conns   map[*downConn]struct{}
-	bySrc   map[source]int // conns by their source
-	streams map[source]int // HTTP/2 requests in flight by their source
-	lns     []net.Listener // Serve's
-	pcs     []*net.UDPConn // ServeDNS's
+	closing   atomic.Bool
+	mu        sync.Mutex
+	conns     map[*downConn]struct{}
+	connShare *slotShare     // the conns' (MaxConns, MaxConnsPerSource)
+	streams   map[source]int // HTTP/2 requests in flight by their source
+	lns       []net.Listener // Serve's
+	pcs       []*net.UDPConn // ServeDNS's
 
 	learner learner
 	dnsMu   sync.Mutex
@@ -198,6 +212,9 @@ func New(o Options) *Proxy {
 	if o.MaxConnsPerSource <= 0 {
 		o.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = DefaultMaxConns
+	}
 	if o.MaxStreamsPerSource <= 0 {
 		o.MaxStreamsPerSource = DefaultMaxStreamsPerSource
 	}
@@ -205,7 +222,7 @@ func New(o Options) *Proxy {
 		o.Logger = slog.Default()
 	}
 	p := &Proxy{opts: o, log: o.Logger, metrics: newMetrics(), conns: map[*downConn]struct{}{},
-		bySrc: map[source]int{}, streams: map[source]int{}}
+		connShare: newSlotShare(int64(o.MaxConns), int64(o.MaxConnsPerSource)), streams: map[source]int{}}
 	p.hub = hub{subs: map[chan Record]struct{}{}, dropped: p.metrics.dropped}
 	empty, _ := compile(Config{})
 	p.cfg.Store(empty)
@@ -487,15 +504,21 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	dc.who = source{src.Addr(), dc.srcIdentity(p.cfg.Load())}
 	p.mu.Lock()
 	closing := p.closing.Load()
-	full := p.bySrc[dc.who] >= p.opts.MaxConnsPerSource
-	if !closing && !full {
-		p.conns[dc] = struct{}{}
-		p.bySrc[dc.who]++
+	full := false
+	if !closing {
+		// Shed (its source held the most of a full pool): closed in a
+		// goroutine of its own, as take holds the share's lock.
+		dc.slot, full = p.connShare.take(dc.who, 1, func(error) { go dc.Close() }, time.Now())
+		full = !full
+		if !full {
+			p.conns[dc] = struct{}{}
+		}
 	}
 	p.mu.Unlock()
 	if full && !closing {
 		p.metrics.connsRefused.Inc()
-		p.log.Debug("L7 proxy: connection refused: its source holds the most it may", "src", src, "identity", dc.who.id, "max", p.opts.MaxConnsPerSource)
+		p.log.Debug("L7 proxy: connection refused: its source holds the most it may, or the proxy holds all it may", "src", src, "identity", dc.who.id,
+			"max per source", p.opts.MaxConnsPerSource, "max", p.opts.MaxConns)
 	}
 	if closing || full {
 		c.Close()
@@ -679,6 +702,8 @@ type downConn struct {
 	// who is the source counted against MaxConnsPerSource: the address
 	// and the datapath's identity, else the pushed ipcache's.
 	who source
+	// slot is its place among the proxy's connections (connShare).
+	slot *slot
 
 	prefix []byte // read by sniff, not yet by the server
 
@@ -814,9 +839,7 @@ func (c *downConn) Close() error {
 	c.p.mu.Lock()
 	if _, ok := c.p.conns[c]; ok {
 		delete(c.p.conns, c)
-		if c.p.bySrc[c.who]--; c.p.bySrc[c.who] <= 0 {
-			delete(c.p.bySrc, c.who)
-		}
+		c.slot.give()
 	}
 	c.p.mu.Unlock()
 	return c.Conn.Close()

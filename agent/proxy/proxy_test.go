@@ -533,37 +533,86 @@ func TestRequestWaitsForItsPolicy(t *testing.T) {
 	}
 }
 
+// dialFrom opens a TCP connection to addr from the address from, closed
+// at the test's end.
+func dialFrom(t *testing.T, addr string, from netip.Addr) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))}
+	c, err := d.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// servedOn tells whether the proxy answers a request for /public/x on c
+// with 200 (a refused connection is closed without an answer).
+func servedOn(t *testing.T, c net.Conn) bool { return answerOn(t, c) == http.StatusOK }
+
+// answerOn is the status of the proxy's answer to a request for
+// /public/x on c, 0 for none.
+func answerOn(t *testing.T, c net.Conn) int {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET /public/x HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
+		return 0
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// The attack (found 2026-12-07 by a hunt of shared state): connections
+// were bounded per source only, so many sources (a tenant's pods, each
+// within its MaxConnsPerSource) held as many as they liked, some 53 KiB
+// of the proxy's memory each, until the node's proxy ran out of memory or
+// file descriptors, and with it every tenant's L7 and DNS. The node's
+// connections are bounded now (MaxConns), shared fairly: a source
+// holding less than its share takes the oldest connection of the source
+// holding the most, once held a second.
+func TestConnsNodeBounded(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), Options{MaxConns: 4, MaxConnsPerSource: 4})
+	var held []net.Conn
+	for i := range 4 {
+		c := dialFrom(t, h.addr, clientIP)
+		if !servedOn(t, c) {
+			t.Fatalf("connection %d of the first source, within the bounds: not served", i+1)
+		}
+		held = append(held, c)
+	}
+	// Another source (the host's address, allowed by no rule: its
+	// request is denied, but answered). Within the second's grace the
+	// full pool keeps it out...
+	other := netip.MustParseAddr("127.0.0.3")
+	if answerOn(t, dialFrom(t, h.addr, other)) != 0 {
+		t.Fatal("a fifth connection was answered: the node holds 4 at most")
+	}
+	// ...then it takes the first source's oldest connection.
+	time.Sleep(1100 * time.Millisecond)
+	if answerOn(t, dialFrom(t, h.addr, other)) == 0 {
+		t.Fatal("another source gets no connection while the first holds the whole pool")
+	}
+	held[0].SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := held[0].Read(make([]byte, 1)); err == nil {
+		t.Error("the first source's oldest connection was not closed for the newcomer")
+	}
+	if !servedOn(t, held[3]) {
+		t.Error("the first source's newest connection was closed too")
+	}
+}
+
 // The attack: a pod opens connections through the node's proxy without
 // end (each costs the proxy two sockets and a goroutine). Past its share
 // (MaxConnsPerSource) its new connections are closed at once, while
 // another source's are served; a closed one frees its place.
 func TestConnsPerSourceBounded(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), Options{MaxConnsPerSource: 3})
-	dial := func(from netip.Addr) net.Conn {
-		t.Helper()
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))}
-		c, err := d.Dial("tcp4", h.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	// served tells whether the proxy answers a request on c (a refused
-	// connection is closed without one).
-	served := func(c net.Conn) bool {
-		t.Helper()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(c, "GET /public/x HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
-			return false
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}
+	dial := func(from netip.Addr) net.Conn { return dialFrom(t, h.addr, from) }
+	served := func(c net.Conn) bool { return servedOn(t, c) }
 	var held []net.Conn
 	for i := range 3 {
 		c := dial(clientIP)

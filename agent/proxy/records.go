@@ -145,7 +145,7 @@ type metrics struct {
 	// dnsUnsteered: datagrams the datapath did not steer, dropped.
 	dnsUnsteered prometheus.Counter
 	// connsRefused counts the connections closed at accept because their
-	// source held MaxConnsPerSource.
+	// source held MaxConnsPerSource, or the proxy MaxConns.
 	connsRefused prometheus.Counter
 	// streamsRefused counts the HTTP/2 requests answered 503 because
 	// their source had MaxStreamsPerSource in flight.

@@ -25,14 +25,14 @@ import (
 )
 
 type options struct {
-	listen, controlSocket, stateDir, logLevel string
-	transparent, upstreamMark                 bool
-	transparentSource                         bool
-	readHeaderTimeout, idleTimeout            time.Duration
-	originMap, ipcacheMap, frontendMap        string
-	dnsReject                                 string
-	dnsHold                                   time.Duration
-	maxConnsPerSource, maxStreamsPerSource    int
+	listen, controlSocket, stateDir, logLevel        string
+	transparent, upstreamMark                        bool
+	transparentSource                                bool
+	readHeaderTimeout, idleTimeout                   time.Duration
+	originMap, ipcacheMap, frontendMap               string
+	dnsReject                                        string
+	dnsHold                                          time.Duration
+	maxConnsPerSource, maxConns, maxStreamsPerSource int
 }
 
 func main() {
@@ -69,6 +69,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.dnsReject, "dns-reject", "refused", "the answer to a DNS query no rule allows: refused or nxdomain")
 	f.DurationVar(&o.dnsHold, "dns-hold", 2*time.Second, "longest an allowed DNS answer waits for the agent to put its addresses in the datapath")
 	f.IntVar(&o.maxConnsPerSource, "max-conns-per-source", proxy.DefaultMaxConnsPerSource, "connections one source (address and identity) may hold open through the proxy; more are closed at once")
+	f.IntVar(&o.maxConns, "max-conns", proxy.DefaultMaxConns, "connections the proxy holds open, shared fairly: when all are held, a source holding less than its share takes the oldest connection of the source holding the most (held a second), else its connection is closed at once")
 	f.IntVar(&o.maxStreamsPerSource, "max-streams-per-source", proxy.DefaultMaxStreamsPerSource, "HTTP/2 requests one source (address and identity) may have in flight through the proxy; more are answered 503 (gRPC: UNAVAILABLE)")
 	return cmd
 }
@@ -84,7 +85,7 @@ func run(o options) error {
 
 	popts := proxy.Options{
 		UpstreamMark: o.upstreamMark, ReadHeaderTimeout: o.readHeaderTimeout, IdleTimeout: o.idleTimeout, Logger: log,
-		DNSHold: o.dnsHold, MaxConnsPerSource: o.maxConnsPerSource, MaxStreamsPerSource: o.maxStreamsPerSource,
+		DNSHold: o.dnsHold, MaxConnsPerSource: o.maxConnsPerSource, MaxConns: o.maxConns, MaxStreamsPerSource: o.maxStreamsPerSource,
 	}
 	switch o.dnsReject {
 	case "refused":
