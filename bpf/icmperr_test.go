@@ -393,3 +393,92 @@ func TestNodePortICMPErrorAboutAReplyWireGuardAndTCP(t *testing.T) {
 		checkICMPToBackend(t, out, router, remote, be, snat, htons(rk.Dport))
 	})
 }
+
+// localPeer puts a second pod of the node, ingress enforced, in the
+// endpoints map (and both pods in the ipcache, as the agent does): the
+// pod under test (podIP) may reach it on UDP 53, and nothing allows ICMP.
+func (f *fixture) localPeer(ip net.IP, ep uint16, id uint32) {
+	f.t.Helper()
+	k := ip4(ip)
+	v := DatapathEndpointInfo{Ifindex: 4242, Identity: id, EpId: ep, Flags: 1}
+	copy(v.Mac[:], []byte{2, 0, 0, 0, 0, 4})
+	copy(v.HostMac[:], []byte{2, 0, 0, 0, 0, 5})
+	if err := f.objs.Endpoints.Put(&k, &v); err != nil {
+		f.t.Fatal(err)
+	}
+	for _, e := range []struct {
+		ip net.IP
+		id uint32
+	}{{ip, id}, {podIP, podID}} {
+		ik := DatapathIpcacheKey{Prefixlen: 32, Ip: ip4(e.ip)}
+		if err := f.objs.Ipcache.Put(&ik, &DatapathIpcacheValue{Identity: e.id}); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	in := DatapathPolicyKey{Prefixlen: 64 + 24, EpId: ep, Dir: dirIngress, Identity: podID, Proto: 17, Port: [2]uint8{0, 53}}
+	if err := f.objs.Policy.Put(&in, &DatapathPolicyValue{}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// The attack, found 2026-12-07 by a hunt of packet parsing: pod A, whose
+// ICMP pod B's ingress policy denies, sends B an error about nothing
+// (dropped at B, but its egress entry stays), then one about a flow of
+// theirs (its own datagram to B's UDP 53, quoted as B's reply), which
+// passes as related; the same-node path then cached the delivery for the
+// error's ICMP tuple, and every later destination unreachable A sent B,
+// whatever it quoted, went straight into B (port unreachables refusing
+// B's UDP sockets, fragmentation needed lowering its path MTU), B's
+// ingress policy never asked. Errors are never cached now: each is judged.
+func TestRelatedICMPErrorNotCachedLocally(t *testing.T) {
+	const bEP, bID = uint16(9), uint32(0x10400)
+	f := load(t)
+	f.enforceOnly(1) // A's egress is not enforced
+	b := net.IPv4(10, 0, 0, 4).To4()
+	f.localPeer(b, bEP, bID)
+	if r := f.run(f.objs.FromContainer, udp(t, podIP, b, 4000, 53)); r != actRedirect {
+		t.Fatalf("A's datagram to B's UDP 53: %d", r)
+	}
+	// A first error about nothing: dropped at B, but A's (unenforced)
+	// egress keeps an entry for the error's ICMP tuple.
+	junk := icmpError(t, podIP, b, b, podIP, 53, 4001)
+	if r := f.run(f.objs.FromContainer, junk); r != actShot {
+		t.Fatalf("A's error about no flow of B's: %d, want dropped by B's ingress policy", r)
+	}
+	related := icmpError(t, podIP, b, b, podIP, 53, 4000)
+	for i := range 2 {
+		if r := f.run(f.objs.FromContainer, related); r != actRedirect {
+			t.Fatalf("A's port unreachable about B's reply (%d): %d, want delivered as related", i+1, r)
+		}
+	}
+	for i := range 3 {
+		if r := f.run(f.objs.FromContainer, junk); r != actShot {
+			t.Fatalf("A's error about no flow of B's, after a related one (%d): %d, want dropped by B's ingress policy", i+1, r)
+		}
+	}
+}
+
+// An error about a pod's flow with a third party passes as related only
+// when the quoted packet's destination (the party) sent it, or an address
+// that is no pod's (a node, a router, the world): until 2026-12-07 any pod
+// knowing (or sweeping) the tuple of B's flow to T could send B errors
+// about it, its ingress policy never asked.
+func TestRelatedICMPErrorFromAnotherPodRefused(t *testing.T) {
+	const bEP, bID = uint16(9), uint32(0x10400)
+	f := load(t)
+	f.enforceOnly(1)
+	b := net.IPv4(10, 0, 0, 4).To4()
+	f.localPeer(b, bEP, bID)
+	// B's flow to the peer (T, a pod of another node): its egress entry.
+	k := DatapathCtKey{Saddr: ip4(b), Daddr: ip4(peerIP), Sport: htons(5000), Dport: htons(53), Proto: 17, Dir: dirEgress, EpId: bEP}
+	if err := f.objs.Conntrack.Put(&k, &DatapathCtEntry{Expires: 1 << 62, PeerIdentity: peerID}); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.run(f.objs.FromContainer, icmpError(t, podIP, b, b, peerIP, 5000, 53)); r != actShot {
+		t.Fatalf("A's error about B's flow with another pod: %d, want dropped by B's ingress policy", r)
+	}
+	// The party itself (from another node) still may.
+	if r := f.run(f.objs.ToContainer, icmpError(t, peerIP, b, b, peerIP, 5000, 53)); r == actShot {
+		t.Fatalf("T's error about B's flow with it: dropped, want delivered as related")
+	}
+}

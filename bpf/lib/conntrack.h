@@ -428,10 +428,24 @@ static __always_inline int ct_lookup(struct pkt *p, __u16 ep_id, __u8 dir, __u64
 // own direction (dir ^ 1: an error coming in about what the endpoint
 // sent, or going out about what it received) or in its reply direction
 // (dir: an error about a reply).
+//
+// The error must come from the quoted packet's destination (the flow's
+// peer), or from an address that is no pod's (a node, a router, the
+// world: the hops between): until 2026-12-07 any pod knowing (or
+// sweeping) the tuple of an endpoint's flow with a third party could send
+// it errors about that flow, its ingress policy never asked
+// (TestRelatedICMPErrorFromAnotherPodRefused). A pod's address is
+// anti-spoofed at its node, so its errors carry it.
 static __always_inline int ct_related(struct pkt *p, __u16 ep_id, __u8 dir, __u64 now)
 {
 	if (!p->inner_proto || p->inner_saddr != p->daddr)
 		return 0;
+	if (p->saddr != p->inner_daddr) {
+		struct ipcache_key ik = {.prefixlen = 32, .ip = p->saddr};
+		struct ipcache_value *iv = bpf_map_lookup_elem(&ipcache, &ik);
+		if (iv && iv->identity > IDENTITY_MAX_RESERVED && !(iv->identity & IDENTITY_LOCAL_SCOPE))
+			return 0;
+	}
 	struct ct_key k = {
 		.saddr = p->inner_saddr, .daddr = p->inner_daddr, .sport = p->inner_sport, .dport = p->inner_dport,
 		.proto = p->inner_proto, .dir = dir ^ 1, .ep_id = ep_id,

@@ -72,6 +72,9 @@ static __always_inline int fast_egress(struct __sk_buff *skb, struct pkt *p, __u
 {
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return -1;
+	// ICMP errors are judged one by one (ct_related, lb_reverse).
+	if (p->inner_proto)
+		return -1;
 	__u32 slot = skb->ifindex & (EP_SLOTS - 1);
 	struct ep_slot *s = bpf_map_lookup_elem(&ep_slots, &slot);
 	if (!s || s->ifindex != skb->ifindex)
@@ -138,6 +141,8 @@ static __always_inline int fast_ingress_ep(struct __sk_buff *skb, struct pkt *p,
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return -1;
 	if ((skb->mark & MARK_MAGIC_MASK) == MARK_PROXY_MAGIC || (skb->mark & MARK_MAGIC_MASK) == MARK_PROXY_LOCAL_MAGIC)
+		return -1;
+	if (p->inner_proto) // ICMP errors are judged one by one (ct_related)
 		return -1;
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,

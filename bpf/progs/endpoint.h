@@ -116,7 +116,12 @@ int from_container(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0) < 0)
 		return drop(skb, REASON_INVALID, DIR_INGRESS, dst->ep_id, src->ep_id, src->identity, dst_id, &p);
-	if (!new_tcp(&p))
+	// Not an ICMP error: one passes as related to a flow of the
+	// destination's (ct_related) that no entry of the source's stands
+	// for; cached, any error of the source's on the same ICMP tuple went
+	// into the destination unjudged (until 2026-12-07,
+	// TestRelatedICMPErrorNotCachedLocally).
+	if (!new_tcp(&p) && !p.inner_proto)
 		fast_remember(&p, src->ep_id, skb->ifindex, rev, FAST_LOCAL, dst->ifindex, 0, dst);
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
