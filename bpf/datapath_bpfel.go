@@ -329,6 +329,7 @@ const (
 	DatapathMapFrags             = "frags"
 	DatapathMapIpcache           = "ipcache"
 	DatapathMapLbAffinities      = "lb_affinities"
+	DatapathMapLbAffinitiesNet   = "lb_affinities_net"
 	DatapathMapLbMaglev          = "lb_maglev"
 	DatapathMapLbMembers         = "lb_members"
 	DatapathMapLbNats            = "lb_nats"
@@ -448,32 +449,33 @@ type DatapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
-	Config         *ebpf.MapSpec `ebpf:"config"`
-	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
-	ConntrackNew   *ebpf.MapSpec `ebpf:"conntrack_new"`
-	Counters       *ebpf.MapSpec `ebpf:"counters"`
-	EncryptPeers   *ebpf.MapSpec `ebpf:"encrypt_peers"`
-	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
-	EpSlots        *ebpf.MapSpec `ebpf:"ep_slots"`
-	EventLosses    *ebpf.MapSpec `ebpf:"event_losses"`
-	Events         *ebpf.MapSpec `ebpf:"events"`
-	Frags          *ebpf.MapSpec `ebpf:"frags"`
-	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
-	LbAffinities   *ebpf.MapSpec `ebpf:"lb_affinities"`
-	LbMaglev       *ebpf.MapSpec `ebpf:"lb_maglev"`
-	LbMembers      *ebpf.MapSpec `ebpf:"lb_members"`
-	LbNats         *ebpf.MapSpec `ebpf:"lb_nats"`
-	LbNatsNew      *ebpf.MapSpec `ebpf:"lb_nats_new"`
-	LbNetns        *ebpf.MapSpec `ebpf:"lb_netns"`
-	LbServices     *ebpf.MapSpec `ebpf:"lb_services"`
-	LbSlots        *ebpf.MapSpec `ebpf:"lb_slots"`
-	LbSockRevnat   *ebpf.MapSpec `ebpf:"lb_sock_revnat"`
-	NodeLocalAddrs *ebpf.MapSpec `ebpf:"node_local_addrs"`
-	Nodes          *ebpf.MapSpec `ebpf:"nodes"`
-	Policy         *ebpf.MapSpec `ebpf:"policy"`
-	ProxyFrontends *ebpf.MapSpec `ebpf:"proxy_frontends"`
-	ProxyOrigin    *ebpf.MapSpec `ebpf:"proxy_origin"`
-	Revision       *ebpf.MapSpec `ebpf:"revision"`
+	Config          *ebpf.MapSpec `ebpf:"config"`
+	Conntrack       *ebpf.MapSpec `ebpf:"conntrack"`
+	ConntrackNew    *ebpf.MapSpec `ebpf:"conntrack_new"`
+	Counters        *ebpf.MapSpec `ebpf:"counters"`
+	EncryptPeers    *ebpf.MapSpec `ebpf:"encrypt_peers"`
+	Endpoints       *ebpf.MapSpec `ebpf:"endpoints"`
+	EpSlots         *ebpf.MapSpec `ebpf:"ep_slots"`
+	EventLosses     *ebpf.MapSpec `ebpf:"event_losses"`
+	Events          *ebpf.MapSpec `ebpf:"events"`
+	Frags           *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache         *ebpf.MapSpec `ebpf:"ipcache"`
+	LbAffinities    *ebpf.MapSpec `ebpf:"lb_affinities"`
+	LbAffinitiesNet *ebpf.MapSpec `ebpf:"lb_affinities_net"`
+	LbMaglev        *ebpf.MapSpec `ebpf:"lb_maglev"`
+	LbMembers       *ebpf.MapSpec `ebpf:"lb_members"`
+	LbNats          *ebpf.MapSpec `ebpf:"lb_nats"`
+	LbNatsNew       *ebpf.MapSpec `ebpf:"lb_nats_new"`
+	LbNetns         *ebpf.MapSpec `ebpf:"lb_netns"`
+	LbServices      *ebpf.MapSpec `ebpf:"lb_services"`
+	LbSlots         *ebpf.MapSpec `ebpf:"lb_slots"`
+	LbSockRevnat    *ebpf.MapSpec `ebpf:"lb_sock_revnat"`
+	NodeLocalAddrs  *ebpf.MapSpec `ebpf:"node_local_addrs"`
+	Nodes           *ebpf.MapSpec `ebpf:"nodes"`
+	Policy          *ebpf.MapSpec `ebpf:"policy"`
+	ProxyFrontends  *ebpf.MapSpec `ebpf:"proxy_frontends"`
+	ProxyOrigin     *ebpf.MapSpec `ebpf:"proxy_origin"`
+	Revision        *ebpf.MapSpec `ebpf:"revision"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -529,32 +531,33 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
-	Config         *ebpf.Map `ebpf:"config"`
-	Conntrack      *ebpf.Map `ebpf:"conntrack"`
-	ConntrackNew   *ebpf.Map `ebpf:"conntrack_new"`
-	Counters       *ebpf.Map `ebpf:"counters"`
-	EncryptPeers   *ebpf.Map `ebpf:"encrypt_peers"`
-	Endpoints      *ebpf.Map `ebpf:"endpoints"`
-	EpSlots        *ebpf.Map `ebpf:"ep_slots"`
-	EventLosses    *ebpf.Map `ebpf:"event_losses"`
-	Events         *ebpf.Map `ebpf:"events"`
-	Frags          *ebpf.Map `ebpf:"frags"`
-	Ipcache        *ebpf.Map `ebpf:"ipcache"`
-	LbAffinities   *ebpf.Map `ebpf:"lb_affinities"`
-	LbMaglev       *ebpf.Map `ebpf:"lb_maglev"`
-	LbMembers      *ebpf.Map `ebpf:"lb_members"`
-	LbNats         *ebpf.Map `ebpf:"lb_nats"`
-	LbNatsNew      *ebpf.Map `ebpf:"lb_nats_new"`
-	LbNetns        *ebpf.Map `ebpf:"lb_netns"`
-	LbServices     *ebpf.Map `ebpf:"lb_services"`
-	LbSlots        *ebpf.Map `ebpf:"lb_slots"`
-	LbSockRevnat   *ebpf.Map `ebpf:"lb_sock_revnat"`
-	NodeLocalAddrs *ebpf.Map `ebpf:"node_local_addrs"`
-	Nodes          *ebpf.Map `ebpf:"nodes"`
-	Policy         *ebpf.Map `ebpf:"policy"`
-	ProxyFrontends *ebpf.Map `ebpf:"proxy_frontends"`
-	ProxyOrigin    *ebpf.Map `ebpf:"proxy_origin"`
-	Revision       *ebpf.Map `ebpf:"revision"`
+	Config          *ebpf.Map `ebpf:"config"`
+	Conntrack       *ebpf.Map `ebpf:"conntrack"`
+	ConntrackNew    *ebpf.Map `ebpf:"conntrack_new"`
+	Counters        *ebpf.Map `ebpf:"counters"`
+	EncryptPeers    *ebpf.Map `ebpf:"encrypt_peers"`
+	Endpoints       *ebpf.Map `ebpf:"endpoints"`
+	EpSlots         *ebpf.Map `ebpf:"ep_slots"`
+	EventLosses     *ebpf.Map `ebpf:"event_losses"`
+	Events          *ebpf.Map `ebpf:"events"`
+	Frags           *ebpf.Map `ebpf:"frags"`
+	Ipcache         *ebpf.Map `ebpf:"ipcache"`
+	LbAffinities    *ebpf.Map `ebpf:"lb_affinities"`
+	LbAffinitiesNet *ebpf.Map `ebpf:"lb_affinities_net"`
+	LbMaglev        *ebpf.Map `ebpf:"lb_maglev"`
+	LbMembers       *ebpf.Map `ebpf:"lb_members"`
+	LbNats          *ebpf.Map `ebpf:"lb_nats"`
+	LbNatsNew       *ebpf.Map `ebpf:"lb_nats_new"`
+	LbNetns         *ebpf.Map `ebpf:"lb_netns"`
+	LbServices      *ebpf.Map `ebpf:"lb_services"`
+	LbSlots         *ebpf.Map `ebpf:"lb_slots"`
+	LbSockRevnat    *ebpf.Map `ebpf:"lb_sock_revnat"`
+	NodeLocalAddrs  *ebpf.Map `ebpf:"node_local_addrs"`
+	Nodes           *ebpf.Map `ebpf:"nodes"`
+	Policy          *ebpf.Map `ebpf:"policy"`
+	ProxyFrontends  *ebpf.Map `ebpf:"proxy_frontends"`
+	ProxyOrigin     *ebpf.Map `ebpf:"proxy_origin"`
+	Revision        *ebpf.Map `ebpf:"revision"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -571,6 +574,7 @@ func (m *DatapathMaps) Close() error {
 		m.Frags,
 		m.Ipcache,
 		m.LbAffinities,
+		m.LbAffinitiesNet,
 		m.LbMaglev,
 		m.LbMembers,
 		m.LbNats,

@@ -544,8 +544,44 @@ func TestNodePortAffinityApartFromSockets(t *testing.T) {
 		t.Fatalf("the namespace's affinity after a NodePort SYN from %s: %+v (%v), want %+v untouched", client, got, err, nsVal)
 	}
 	netKey := DatapathLbAffinityKey{Client: cookie, Id: 1, Net: 1}
-	if err := f.objs.LbAffinities.Lookup(&netKey, &got); err != nil || got.Backend != 1 {
+	if err := f.objs.LbAffinitiesNet.Lookup(&netKey, &got); err != nil || got.Backend != 1 {
 		t.Fatalf("the NodePort client's own affinity: %+v (%v), want one to backend 1", got, err)
+	}
+}
+
+// The attack, found 2026-12-07 by a hunt of shared state: a NodePort
+// affinity is written at a client's first packet, before any handshake,
+// so SYNs from spoofed addresses without end (to any NodePort with
+// ClientIP affinity, a tenant's own among them) filled the one LRU table
+// every client's affinity was in, and pushed the pods' out: their next
+// connections went to freshly picked backends (broken sessions).
+// Network clients' affinities have a table of their own now.
+func TestNodePortAffinityFloodSparesSockets(t *testing.T) {
+	nodeIP := net.IPv4(192, 168, 7, 1).To4()
+	f := load(t)
+	f.lbService(1, nodeIP, 30090, 6, lbFlagNodePort|1 /* affinity */, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
+	var sv DatapathLbService
+	sk := DatapathLbKey{Vip: ip4(nodeIP), Port: htons(30090), Proto: 6}
+	if err := f.objs.LbServices.Lookup(&sk, &sv); err != nil {
+		t.Fatal(err)
+	}
+	sv.AffinityTimeout = 600
+	if err := f.objs.LbServices.Put(&sk, &sv); err != nil {
+		t.Fatal(err)
+	}
+	pod := DatapathLbAffinityKey{Client: 12345, Id: 2}
+	podVal := DatapathLbAffinity{LastUsed: 1, Backend: 7}
+	if err := f.objs.LbAffinities.Put(&pod, &podVal); err != nil {
+		t.Fatal(err)
+	}
+	n := 2 * int(f.objs.LbAffinities.MaxEntries())
+	for i := range n {
+		src := net.IPv4(100, byte(64+i>>16), byte(i>>8), byte(i)).To4()
+		f.run(f.objs.FromNetdev, tcp(t, src, nodeIP, 40000, 30090, true, false))
+	}
+	var got DatapathLbAffinity
+	if err := f.objs.LbAffinities.Lookup(&pod, &got); err != nil {
+		t.Fatalf("a pod's affinity after %d spoofed NodePort SYNs: %v, want kept", n, err)
 	}
 }
 

@@ -230,12 +230,26 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } lb_maglev SEC(".maps");
 
+// lb_affinities holds the socket clients' affinities (pods' and the
+// node's namespaces, by netns cookie), lb_affinities_net the network
+// clients' (NodePort, by address): a NodePort affinity is written at a
+// client's first packet, before any handshake, so spoofed SYNs from
+// addresses without end fill its table; until 2026-12-07 one table held
+// both, and such a flood pushed every pod's affinity out
+// (TestNodePortAffinityFloodSparesSockets).
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct lb_affinity_key);
 	__type(value, struct lb_affinity);
 } lb_affinities SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+} lb_affinities_net SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -309,7 +323,7 @@ static __always_inline struct lb_backend *lb_pick(struct lb_service *svc, __u64 
 	__u64 now = bpf_ktime_get_ns();
 	struct lb_affinity_key ak = {.client = client, .id = svc->id, .net = net};
 	if (svc->flags & LB_FLAG_AFFINITY) {
-		struct lb_affinity *a = bpf_map_lookup_elem(&lb_affinities, &ak);
+		struct lb_affinity *a = net ? bpf_map_lookup_elem(&lb_affinities_net, &ak) : bpf_map_lookup_elem(&lb_affinities, &ak);
 		if (a && now - a->last_used < (__u64)svc->affinity_timeout * NSEC) {
 			struct lb_member_key mk = {.id = svc->id, .backend = a->backend};
 			struct lb_backend *b = bpf_map_lookup_elem(&lb_members, &mk);
@@ -338,7 +352,10 @@ static __always_inline struct lb_backend *lb_pick(struct lb_service *svc, __u64 
 	struct lb_backend *b = bpf_map_lookup_elem(&lb_slots, &sk);
 	if (b && (svc->flags & LB_FLAG_AFFINITY)) {
 		struct lb_affinity a = {.last_used = now, .backend = b->id};
-		bpf_map_update_elem(&lb_affinities, &ak, &a, BPF_ANY);
+		if (net)
+			bpf_map_update_elem(&lb_affinities_net, &ak, &a, BPF_ANY);
+		else
+			bpf_map_update_elem(&lb_affinities, &ak, &a, BPF_ANY);
 	}
 	return b;
 }
