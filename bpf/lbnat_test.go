@@ -511,6 +511,22 @@ func TestNodePortLocalBackendLifetime(t *testing.T) {
 	}
 }
 
+// affinityNodePort makes NodePort nodeIP:30090/tcp, service 1, with
+// ClientIP affinity (600 s) to the pod's port 8080.
+func (f *fixture) affinityNodePort(nodeIP net.IP) {
+	f.t.Helper()
+	f.lbService(1, nodeIP, 30090, 6, lbFlagNodePort|1 /* affinity */, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
+	var sv DatapathLbService
+	sk := DatapathLbKey{Vip: ip4(nodeIP), Port: htons(30090), Proto: 6}
+	if err := f.objs.LbServices.Lookup(&sk, &sv); err != nil {
+		f.t.Fatal(err)
+	}
+	sv.AffinityTimeout = 600
+	if err := f.objs.LbServices.Put(&sk, &sv); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
 // NodePort affinity (by client address, at tc) and socket affinity (by
 // netns cookie) share lb_affinities; an address a.b.0.0 is the number of a
 // small cookie. The attack: a SYN from such an address to a NodePort with
@@ -521,16 +537,7 @@ func TestNodePortLocalBackendLifetime(t *testing.T) {
 func TestNodePortAffinityApartFromSockets(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	f := load(t)
-	f.lbService(1, nodeIP, 30090, 6, lbFlagNodePort|1 /* affinity */, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
-	var sv DatapathLbService
-	sk := DatapathLbKey{Vip: ip4(nodeIP), Port: htons(30090), Proto: 6}
-	if err := f.objs.LbServices.Lookup(&sk, &sv); err != nil {
-		t.Fatal(err)
-	}
-	sv.AffinityTimeout = 600
-	if err := f.objs.LbServices.Put(&sk, &sv); err != nil {
-		t.Fatal(err)
-	}
+	f.affinityNodePort(nodeIP)
 	client := net.IPv4(5, 0, 0, 0).To4() // as a key: cookie 5
 	cookie := uint64(ip4(client))
 	nsKey := DatapathLbAffinityKey{Client: cookie, Id: 1}
@@ -559,16 +566,7 @@ func TestNodePortAffinityApartFromSockets(t *testing.T) {
 func TestNodePortAffinityFloodSparesSockets(t *testing.T) {
 	nodeIP := net.IPv4(192, 168, 7, 1).To4()
 	f := load(t)
-	f.lbService(1, nodeIP, 30090, 6, lbFlagNodePort|1 /* affinity */, netip.AddrPortFrom(netip.AddrFrom4([4]byte(podIP)), 8080))
-	var sv DatapathLbService
-	sk := DatapathLbKey{Vip: ip4(nodeIP), Port: htons(30090), Proto: 6}
-	if err := f.objs.LbServices.Lookup(&sk, &sv); err != nil {
-		t.Fatal(err)
-	}
-	sv.AffinityTimeout = 600
-	if err := f.objs.LbServices.Put(&sk, &sv); err != nil {
-		t.Fatal(err)
-	}
+	f.affinityNodePort(nodeIP)
 	pod := DatapathLbAffinityKey{Client: 12345, Id: 2}
 	podVal := DatapathLbAffinity{LastUsed: 1, Backend: 7}
 	if err := f.objs.LbAffinities.Put(&pod, &podVal); err != nil {
