@@ -528,7 +528,7 @@ func (f *fixture) affinityNodePort(nodeIP net.IP) {
 }
 
 // NodePort affinity (by client address, at tc) and socket affinity (by
-// netns cookie) share lb_affinities; an address a.b.0.0 is the number of a
+// netns cookie) shared lb_affinities (until 2026-12-07); an address a.b.0.0 is the number of a
 // small cookie. The attack: a SYN from such an address to a NodePort with
 // ClientIP affinity that a pod's namespace also reaches set, or used,
 // that namespace's affinity (spoofed, no reply needed). Keys now say which
