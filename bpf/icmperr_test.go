@@ -477,8 +477,26 @@ func TestRelatedICMPErrorFromAnotherPodRefused(t *testing.T) {
 	if r := f.run(f.objs.FromContainer, icmpError(t, podIP, b, b, peerIP, 5000, 53)); r != actShot {
 		t.Fatalf("A's error about B's flow with another pod: %d, want dropped by B's ingress policy", r)
 	}
-	// The party itself (from another node) still may.
+	// The party itself (from another node) still may, and so may a
+	// router on the way (no pod's address), and a node's gateway that a
+	// remote cluster's cover prefix covers.
 	if r := f.run(f.objs.ToContainer, icmpError(t, peerIP, b, b, peerIP, 5000, 53)); r == actShot {
 		t.Fatalf("T's error about B's flow with it: dropped, want delivered as related")
+	}
+	router := net.IPv4(172, 31, 0, 1).To4()
+	if r := f.run(f.objs.ToContainer, icmpError(t, router, b, b, peerIP, 5000, 53)); r == actShot {
+		t.Fatalf("a router's error about B's flow: dropped, want delivered as related")
+	}
+	gw := net.IPv4(10, 9, 3, 1).To4()
+	cover := DatapathIpcacheKey{Prefixlen: 24, Ip: ip4(net.IPv4(10, 9, 3, 0).To4())}
+	if err := f.objs.Ipcache.Put(&cover, &DatapathIpcacheValue{Identity: 0x20000}); err != nil {
+		t.Fatal(err)
+	}
+	gwKey := ip4(gw)
+	if err := f.objs.NodeLocalAddrs.Put(&gwKey, uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.run(f.objs.ToContainer, icmpError(t, gw, b, b, peerIP, 5000, 53)); r == actShot {
+		t.Fatalf("a remote node's gateway's error about B's flow: dropped, want delivered as related")
 	}
 }

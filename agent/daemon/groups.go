@@ -91,11 +91,18 @@ func (a *Agent) startCloudGroups(ctx context.Context) cloudGroups {
 			slog.Info("AWS groups on: toGroups/fromGroups resolve through EC2, in this node's VPC and --aws-vpc-ids", "region", cfg.AWSRegion, "endpoint", cfg.AWSEndpoint, "vpcs", cfg.AWSVPCIDs)
 		}
 	} else {
-		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing")
+		slog.Info("AWS groups are off: no AWS region configured (--aws-region or AWS_REGION); toGroups/fromGroups select nothing, and a deny naming one denies world on its ports")
 	}
 	m := groups.New(ctx, groups.Config{KV: a.kv, Lease: a.lease, Cluster: cfg.ClusterName, Node: cfg.NodeName, Source: src,
 		Interval: time.Duration(cfg.GroupsRefreshInterval), Apply: a.engine.GroupChanged,
-		Refuse: a.engine.GroupRefused})
+		Refuse: a.engine.GroupRefused, Drop: a.engine.GroupDropped})
+	a.goroutine(func() {
+		select {
+		case <-m.Synced():
+			a.engine.GroupsLoaded()
+		case <-ctx.Done():
+		}
+	})
 	// Publish the selectors the policies use whenever they change.
 	a.goroutine(func() {
 		t := time.NewTicker(time.Second)

@@ -657,8 +657,20 @@ func (d *Datapath) Counters() ([]Counter, error) {
 // the maps that grow (counted by iteration).
 func (d *Datapath) MapPressure() map[string]float64 {
 	out := map[string]float64{}
-	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "conntrack": d.objs.Conntrack, "conntrack_new": d.objs.ConntrackNew,
-		"lb_services": d.objs.LbServices, "lb_nat": d.objs.LbNats, "lb_nat_new": d.objs.LbNatsNew} {
+	// The flow tables in batches (eachEntry): a flood of new flows, when
+	// their pressure matters most, makes a walk by key give up.
+	for name, m := range map[string]*ebpf.Map{"conntrack": d.objs.Conntrack, "conntrack_new": d.objs.ConntrackNew} {
+		n := 0
+		eachEntry(m, func(*bpf.DatapathCtKey, *bpf.DatapathCtEntry) { n++ })
+		out[name] = float64(n) / float64(m.MaxEntries())
+	}
+	for name, m := range map[string]*ebpf.Map{"lb_nat": d.objs.LbNats, "lb_nat_new": d.objs.LbNatsNew} {
+		n := 0
+		eachEntry(m, func(*bpf.DatapathLbNatKey, *bpf.DatapathLbNat) { n++ })
+		out[name] = float64(n) / float64(m.MaxEntries())
+	}
+	for name, m := range map[string]*ebpf.Map{"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy,
+		"lb_services": d.objs.LbServices} {
 		n := 0
 		k := make([]byte, m.KeySize())
 		v := make([]byte, m.ValueSize())

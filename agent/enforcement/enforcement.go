@@ -610,6 +610,26 @@ func (e *Engine) GroupChanged(key string, addrs []netip.Addr) {
 	}
 }
 
+// GroupsLoaded applies the groups layer's loading of the stored results
+// (policy.SetGroupsLoaded).
+func (e *Engine) GroupsLoaded() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.apply(e.res.SetGroupsLoaded()); err != nil {
+		slog.Error("applying the loaded groups to the datapath", "err", err)
+	}
+}
+
+// GroupDropped applies the groups layer's drop of a group
+// (policy.DropGroup).
+func (e *Engine) GroupDropped(key string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.apply(e.res.DropGroup(key)); err != nil {
+		slog.Error("applying a group's drop to the datapath", "group", key, "err", err)
+	}
+}
+
 // GroupRefused applies the groups layer's refusal of a toGroups/fromGroups
 // selector with no good set (why "": it ended; policy.SetGroupRefused).
 func (e *Engine) GroupRefused(key, why string) {

@@ -74,9 +74,13 @@ type Config struct {
 	// Refuse receives why a group with no good set was refused past
 	// MaxGroupAddrs, and "" when that ends (it is applied or forgotten):
 	// the policies then fail closed for it, a deny rule naming it denies
-	// world, rather than treat it as not resolved yet (which denies
-	// nothing).
+	// world (as for a group not resolved yet, once the stored results
+	// are loaded).
 	Refuse func(key, why string)
+	// Drop is called for a group dropped (its result deleted and none
+	// come within orphanGrace, or no longer wanted) instead of Apply with
+	// no addresses, when set: a dropped group is not resolved.
+	Drop func(key string)
 }
 
 // Status of the groups as this agent sees them.
@@ -424,13 +428,19 @@ func (m *Manager) dropLocked(key string) {
 	_, refused := m.refusedGroups[key]
 	delete(m.refusedGroups, key)
 	m.mu.Unlock()
-	if had && m.cfg.Apply != nil {
+	switch {
+	case had && m.cfg.Drop != nil:
+		m.cfg.Drop(key)
+	case had && m.cfg.Apply != nil:
 		m.cfg.Apply(key, nil)
 	}
 	if refused && m.cfg.Refuse != nil {
 		m.cfg.Refuse(key, "")
 	}
 }
+
+// Synced is closed once the stored results are loaded (and applied).
+func (m *Manager) Synced() <-chan struct{} { return m.synced }
 
 // orphanGrace is how long an agent keeps a group it wants after its
 // result was deleted, waiting for the leader to resolve it again.

@@ -453,7 +453,7 @@ func TestStaticUnitWidensWhatAdmissionCounts(t *testing.T) {
 	} {
 		sec.ToPorts = rsPorts(api.ProtoTCP, "22")
 		p := rsPol("deny", api.Rule{EndpointSelector: rsSel("app=web"), EgressDeny: []api.EgressRule{sec}})
-		cp := compilePolicy(&p, map[string][]netip.Prefix{}, map[string]string{staticUnit: "full"}, map[string]map[netip.Prefix][]uint16{}, nil, nil)
+		cp := compilePolicy(&p, map[string][]netip.Prefix{}, map[string]string{staticUnit: "full"}, map[string]map[netip.Prefix][]uint16{}, nil, nil, true)
 		widened := slices.ContainsFunc(cp.warnings, func(w string) bool { return strings.Contains(w, "toCIDR prefixes refused") })
 		if names := useOf(&p).names(staticUnit); names != widened {
 			t.Errorf("%v %v: admission counts it naming the toCIDR prefixes %v, compiled widened %v", sec.ToCIDR, sec.ToCIDRSet, names, widened)
@@ -515,6 +515,13 @@ func TestDenyGroupNotResolvedYetDeniesWorld(t *testing.T) {
 	})
 	r, rp := webAndOther(t, web, other, p)
 	rp.check(t, r)
+	// Before the groups layer loaded the stored results (an agent's
+	// start), the group may have a set on its way: not world yet.
+	if allowed, _ := dpVerdict(mustEP(t, r, 1), Egress, identity.World, 6, 22); !allowed {
+		t.Error("before the stored groups are loaded, a deny group not resolved yet denies world")
+	}
+	rp.apply(t, r.SetGroupsLoaded())
+	rp.check(t, r)
 	ep := mustEP(t, r, 1)
 	if allowed, _ := dpVerdict(ep, Egress, identity.World, 6, 22); allowed {
 		t.Error("a deny group not resolved yet denies nothing: web reaches world on 22")
@@ -538,5 +545,30 @@ func TestDenyGroupNotResolvedYetDeniesWorld(t *testing.T) {
 	prefixID := r.CIDRIdentities()[netip.PrefixFrom(members[0], 32)]
 	if allowed, _ := dpVerdict(ep, Egress, prefixID, 6, 22); allowed || prefixID == 0 {
 		t.Errorf("resolved, the deny group does not deny its member %s (identity %d)", members[0], prefixID)
+	}
+}
+
+// A group the groups layer drops while a deny still names it (its result
+// deleted and none come within its grace: a leaderless spell, the cloud
+// API failing) is not resolved any more: the deny denies world on its
+// ports. Until 2026-12-07 the drop was applied as an empty set, and the
+// deny denied nothing (found by a review).
+func TestDroppedGroupDenyFailsClosed(t *testing.T) {
+	web := EndpointInfo{ID: 1, Identity: cid(1), Labels: rsLabels(t, "app=web")}
+	p := rsPol("deny-db", api.Rule{EndpointSelector: rsSel("app=web"),
+		Egress:     []api.EgressRule{{ToEntities: []api.Entity{api.EntityWorld}, ToPorts: rsPorts(api.ProtoTCP, "22")}},
+		EgressDeny: []api.EgressRule{{ToGroups: []api.Groups{awsGroup("sg-db")}, ToPorts: rsPorts(api.ProtoTCP, "22")}},
+	})
+	r, rp := webAndOther(t, web, cid(7), p)
+	rp.apply(t, r.SetGroupsLoaded())
+	rp.apply(t, r.SetGroup(groupKeyOf("sg-db"), hosts("10.9.0.1", 2)))
+	rp.check(t, r)
+	if allowed, _ := dpVerdict(mustEP(t, r, 1), Egress, identity.World, 6, 22); !allowed {
+		t.Fatal("resolved, the deny group denies all of world")
+	}
+	rp.apply(t, r.DropGroup(groupKeyOf("sg-db")))
+	rp.check(t, r)
+	if allowed, _ := dpVerdict(mustEP(t, r, 1), Egress, identity.World, 6, 22); allowed {
+		t.Error("dropped, the deny group denies nothing: web reaches world on 22")
 	}
 }

@@ -286,6 +286,11 @@ type Resolver struct {
 	// selectors, by GroupKey; a selector without an entry (never resolved)
 	// selects nothing.
 	awsGroups map[string][]netip.Prefix
+	// groupsLoaded: the groups layer loaded the stored results
+	// (SetGroupsLoaded); until then a deny naming a group not resolved
+	// yet denies nothing rather than world, as an agent's restart would
+	// otherwise deny world until its groups' stored sets come.
+	groupsLoaded bool
 	// groupRefused: the cloud groups the groups layer refused with no
 	// good set (past groups.MaxGroupAddrs), and why: admission refuses
 	// them in every namespace naming them (SetGroupRefused).
@@ -479,7 +484,7 @@ func (r *Resolver) applyChanged(ch *Change, changed map[string]bool) {
 			delete(r.compiled, k)
 			continue
 		}
-		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.adm.refused[p.Namespace], r.fqdnLearned, r.fqdnSource, r.fqdnStale)
+		r.compiled[k] = compilePolicy(&p, r.awsGroups, r.adm.refused[p.Namespace], r.fqdnLearned, r.fqdnSource, r.fqdnStale, r.groupsLoaded)
 	}
 	r.rules = r.rules[:0]
 	r.warnings = r.warnings[:0]
@@ -537,6 +542,48 @@ func (r *Resolver) SetGroupRefused(key, why string) Change {
 	} else {
 		r.groupRefused[key] = why
 	}
+	r.recompileNaming(&ch, key)
+	r.finish(&ch)
+	return ch
+}
+
+// SetGroupsLoaded records that the groups layer loaded the stored
+// results (every group resolved before has its set by now): from then on
+// a deny naming a group not resolved yet denies world on its ports.
+func (r *Resolver) SetGroupsLoaded() Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	if r.groupsLoaded {
+		return ch
+	}
+	r.groupsLoaded = true
+	changed := map[string]bool{}
+	for k, cp := range r.compiled {
+		if len(cp.groupSels) > 0 {
+			changed[k] = true
+		}
+	}
+	if len(changed) > 0 {
+		r.applyChanged(&ch, changed)
+	}
+	r.finish(&ch)
+	return ch
+}
+
+// DropGroup forgets the addresses of a cloud group the groups layer
+// dropped (its result deleted and none come since): it is not resolved
+// any more, so a deny naming it denies world on its ports, where an empty
+// set would have it deny nothing (until 2026-12-07,
+// TestDroppedGroupDenyFailsClosed).
+func (r *Resolver) DropGroup(key string) Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ch Change
+	if _, ok := r.awsGroups[key]; !ok {
+		return ch
+	}
+	delete(r.awsGroups, key)
 	r.recompileNaming(&ch, key)
 	r.finish(&ch)
 	return ch
@@ -1921,15 +1968,16 @@ func (ps *peerSpec) matchesNode(k *knownIdentity) bool {
 
 // compiler compiles one policy.
 type compiler struct {
-	cp          *compiledPolicy
-	key         string
-	rule        int
-	prefixes    map[netip.Prefix]bool
-	awsGroups   map[string][]netip.Prefix
-	refused     map[string]string // the policy's namespace's units admission refused, and why
-	fqdnLearned map[string]map[netip.Prefix][]uint16
-	fqdnStale   func(gen uint64) func(uint16) bool
-	fqdnRef     RuleRef // the first section with toFQDNs
+	cp           *compiledPolicy
+	key          string
+	rule         int
+	prefixes     map[netip.Prefix]bool
+	awsGroups    map[string][]netip.Prefix
+	groupsLoaded bool              // Resolver.groupsLoaded
+	refused      map[string]string // the policy's namespace's units admission refused, and why
+	fqdnLearned  map[string]map[netip.Prefix][]uint16
+	fqdnStale    func(gen uint64) func(uint16) bool
+	fqdnRef      RuleRef // the first section with toFQDNs
 	// fqdnSource gives a toFQDNs selector's addresses the first time a
 	// policy names it (they go into fqdnLearned, their union into
 	// awsGroups).
@@ -1947,11 +1995,11 @@ type FQDNSource func(key string, sel api.FQDNSelector) (map[netip.Addr][]uint16,
 // addresses in awsGroups (by GroupKey), but those of the units admission
 // refused in p's namespace (refused: unit → why).
 func compilePolicy(p *api.Policy, awsGroups map[string][]netip.Prefix, refused map[string]string, fqdnLearned map[string]map[netip.Prefix][]uint16,
-	fqdnSource FQDNSource, fqdnStale func(uint64) func(uint16) bool) *compiledPolicy {
+	fqdnSource FQDNSource, fqdnStale func(uint64) func(uint16) bool, groupsLoaded bool) *compiledPolicy {
 	c := &compiler{cp: &compiledPolicy{groups: map[string]bool{}, groupSels: map[string]api.AWSGroup{}, nodeSels: map[string]api.EndpointSelector{},
 		fqdnSels: map[string]api.FQDNSelector{}, l7: map[string]*api.L7Rules{}}, key: p.Key(),
 		prefixes: map[netip.Prefix]bool{}, awsGroups: awsGroups, refused: refused, fqdnLearned: fqdnLearned, fqdnSource: fqdnSource,
-		fqdnStale: fqdnStale}
+		fqdnStale: fqdnStale, groupsLoaded: groupsLoaded}
 	for i := range p.Rules {
 		rule := &p.Rules[i]
 		c.rule = i
@@ -2135,9 +2183,11 @@ func (c *compiler) section(dir Direction, name string, j int, deny bool, pf peer
 			// deny naming it denies world on its ports until it resolves
 			// (until 2026-12-07 it denied nothing meanwhile, for as long
 			// as the cloud API failed: TestDenyGroupNotResolvedYetDeniesWorld).
-			if deny {
+			if deny && c.groupsLoaded {
 				widen = true
 				c.warnf(s.ref, "aws group %s not resolved yet: this deny denies world (every address outside the cluster) on its ports until it resolves", key)
+			} else if deny {
+				c.warnf(s.ref, "aws group %s not loaded yet: this deny denies nothing until the stored groups are loaded", key)
 			} else {
 				c.warnf(s.ref, "aws group %s not resolved yet: selects nothing", key)
 			}

@@ -508,7 +508,7 @@ func (p *Proxy) accept(c net.Conn, h2 *chanListener) {
 	if !closing {
 		// Shed (its source held the most of a full pool): closed in a
 		// goroutine of its own, as take holds the share's lock.
-		dc.slot, full = p.connShare.take(dc.who, 1, func(error) { go dc.Close() }, time.Now())
+		dc.slot, full = p.connShare.take(dc.who, 1, func(error) { p.metrics.connsShed.Inc(); go dc.Close() }, time.Now())
 		full = !full
 		if !full {
 			p.conns[dc] = struct{}{}

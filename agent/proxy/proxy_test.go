@@ -603,6 +603,11 @@ func TestConnsNodeBounded(t *testing.T) {
 	if !servedOn(t, held[3]) {
 		t.Error("the first source's newest connection was closed too")
 	}
+	var m dto.Metric
+	h.p.metrics.connsShed.Write(&m)
+	if m.GetCounter().GetValue() != 1 {
+		t.Errorf("shed connections counted %v, want 1", m.GetCounter().GetValue())
+	}
 }
 
 // The attack: a pod opens connections through the node's proxy without

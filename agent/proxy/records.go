@@ -147,6 +147,9 @@ type metrics struct {
 	// connsRefused counts the connections closed at accept because their
 	// source held MaxConnsPerSource, or the proxy MaxConns.
 	connsRefused prometheus.Counter
+	// connsShed counts the connections closed because a source holding
+	// less than its share of a full pool took their place (MaxConns).
+	connsShed prometheus.Counter
 	// streamsRefused counts the HTTP/2 requests answered 503 because
 	// their source had MaxStreamsPerSource in flight.
 	streamsRefused prometheus.Counter
@@ -190,7 +193,11 @@ func newMetrics() *metrics {
 	})
 	m.connsRefused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "filament_proxy_connections_refused_total",
-		Help: "Connections the L7 proxy closed at once because their source (address and identity) held the most it may.",
+		Help: "Connections the L7 proxy closed at once because their source (address and identity) held the most it may, or the proxy did.",
+	})
+	m.connsShed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "filament_proxy_connections_shed_total",
+		Help: "Connections the L7 proxy closed because it held the most it may and a source holding less than its fair share took their place from the source holding the most.",
 	})
 	m.streamsRefused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "filament_proxy_http2_streams_refused_total",
@@ -200,7 +207,7 @@ func newMetrics() *metrics {
 		Name: "filament_proxy_kafka_requests_total",
 		Help: "Kafka requests the L7 proxy handled, by verdict and API.",
 	}, []string{"verdict", "api"})
-	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.dnsUnsteered, m.connsRefused, m.streamsRefused, m.kafkaRequests,
+	m.registry.MustRegister(m.requests, m.duration, m.dropped, m.dnsQueries, m.dnsHold, m.dnsShed, m.dnsUnsteered, m.connsRefused, m.connsShed, m.streamsRefused, m.kafkaRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -441,10 +441,15 @@ static __always_inline int ct_related(struct pkt *p, __u16 ep_id, __u8 dir, __u6
 	if (!p->inner_proto || p->inner_saddr != p->daddr)
 		return 0;
 	if (p->saddr != p->inner_daddr) {
+		// (A node's other addresses, its pod gateway among them, pass:
+		// under a remote cluster's cover prefix it reads as a pod. Its
+		// underlay address is host or remote-node in the ipcache.)
 		struct ipcache_key ik = {.prefixlen = 32, .ip = p->saddr};
-		struct ipcache_value *iv = bpf_map_lookup_elem(&ipcache, &ik);
-		if (iv && iv->identity > IDENTITY_MAX_RESERVED && !(iv->identity & IDENTITY_LOCAL_SCOPE))
-			return 0;
+		if (!bpf_map_lookup_elem(&node_local_addrs, &ik.ip)) {
+			struct ipcache_value *iv = bpf_map_lookup_elem(&ipcache, &ik);
+			if (iv && iv->identity > IDENTITY_MAX_RESERVED && !(iv->identity & IDENTITY_LOCAL_SCOPE))
+				return 0;
+		}
 	}
 	struct ct_key k = {
 		.saddr = p->inner_saddr, .daddr = p->inner_daddr, .sport = p->inner_sport, .dport = p->inner_dport,
