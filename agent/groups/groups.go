@@ -101,7 +101,10 @@ type Manager struct {
 	cfg Config
 
 	// pub serialises publishing the requests (SetWanted, lease renewal).
-	pub     sync.Mutex
+	pub sync.Mutex
+	// cbMu orders the callbacks (Apply, Refuse, Drop) with the state
+	// changes they follow, taken before mu.
+	cbMu    sync.Mutex
 	mu      sync.Mutex
 	wanted  map[string]api.AWSGroup
 	results map[string]Result
@@ -318,6 +321,12 @@ func (m *Manager) followResults(ctx context.Context) {
 			r.Error = tooManyAddrs(n) + "; this result is refused"
 			r.Refused = true
 		}
+		// A result's state change and its callbacks, as one against a
+		// drop's (orphanExpired runs in a goroutine of its own): a drop
+		// called after a newer set's Apply would leave the group not
+		// resolved while this layer takes the set as applied (found by
+		// a review).
+		m.cbMu.Lock()
 		m.mu.Lock()
 		delete(m.refused, h)
 		m.results[r.Key] = r
@@ -346,6 +355,7 @@ func (m *Manager) followResults(ctx context.Context) {
 		if refuse && m.cfg.Refuse != nil {
 			m.cfg.Refuse(r.Key, why)
 		}
+		m.cbMu.Unlock()
 	}
 }
 
@@ -385,12 +395,14 @@ func (m *Manager) refuse(h, key, why string) {
 }
 
 // forgotten follows the deletion of the result stored under h (a group
-// no agent asks for any more): the group is applied as no addresses. An
+// no agent asks for any more): the group is dropped (Config.Drop). An
 // agent that wants the group itself keeps what it has: its request met
 // the leader's delete (listed before it), and the leader resolves the
 // group again in its next round; applied as none meanwhile, a deny rule
 // naming it would lapse for that second.
 func (m *Manager) forgotten(h string) {
+	m.cbMu.Lock()
+	defer m.cbMu.Unlock()
 	m.mu.Lock()
 	var key string
 	for k := range m.results {
@@ -418,8 +430,8 @@ func (m *Manager) forgotten(h string) {
 	m.dropLocked(key)
 }
 
-// dropLocked forgets group key and applies it as no addresses; it lets
-// m.mu go.
+// dropLocked forgets group key and drops it (Config.Drop, else applies
+// it as no addresses); it lets m.mu go. m.cbMu is held.
 func (m *Manager) dropLocked(key string) {
 	delete(m.orphaned, key)
 	delete(m.results, key)
@@ -448,6 +460,8 @@ var orphanGrace = 30 * time.Second
 
 // orphanExpired forgets group key if no result came since its deletion.
 func (m *Manager) orphanExpired(key string) {
+	m.cbMu.Lock()
+	defer m.cbMu.Unlock()
 	m.mu.Lock()
 	if !m.orphaned[key] {
 		m.mu.Unlock()

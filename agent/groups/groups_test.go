@@ -76,6 +76,26 @@ type applied struct {
 	mu      sync.Mutex
 	calls   map[string][][]netip.Addr
 	refusal map[string][]string
+	drops   map[string]int
+}
+
+// drop records a drop (Config.Drop) of key, in the history as no
+// addresses.
+func (a *applied) drop(key string) {
+	a.apply(key, nil)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.drops == nil {
+		a.drops = map[string]int{}
+	}
+	a.drops[key]++
+}
+
+// dropped is how many times key was dropped.
+func (a *applied) dropped(key string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.drops[key]
 }
 
 func (a *applied) refuse(key, why string) {
@@ -151,7 +171,7 @@ func start(t *testing.T, eps []string, name string, withSource bool, opts ...fun
 	t.Cleanup(cancel)
 	a := &agent{name: name, kv: kv, lease: lease, cancel: cancel, applied: &applied{}}
 	cfg := Config{KV: kv, Lease: lease, Cluster: cluster, Node: name, Interval: time.Hour, Apply: a.applied.apply,
-		Refuse: a.applied.refuse}
+		Refuse: a.applied.refuse, Drop: a.applied.drop}
 	if withSource {
 		a.src = newFake()
 		cfg.Source = a.src
@@ -636,8 +656,13 @@ func TestWantedGroupKeptWhenItsResultIsDeleted(t *testing.T) {
 		t.Error("the agent wanting the group dropped its result")
 	}
 	// No new result within the grace (the leader here resolves it only
-	// hourly): the group goes there too, rather than stay for good.
+	// hourly): the group goes there too, rather than stay for good, as
+	// a drop (not resolved: a deny naming it denies world), not as an
+	// empty set.
 	waitApplied(t, key, nil, follower)
+	if follower.applied.dropped(key) != 1 {
+		t.Errorf("the group was dropped %d times, want once (Config.Drop)", follower.applied.dropped(key))
+	}
 }
 
 // A group's answer past MaxGroupAddrs is refused as a whole: the last

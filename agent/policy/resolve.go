@@ -609,11 +609,11 @@ func (r *Resolver) SetGroup(key string, addrs []netip.Addr) Change {
 		return ch
 	}
 	if len(prefixes) > 0 {
-		// Applied: a set supersedes a refusal. Not an empty one: the
-		// groups layer drops a group it forgets with one, which may come
-		// after its refusal (its callbacks run in goroutines of their
-		// own), and it ends a refusal itself (SetGroupRefused with no
-		// reason) once a set is applied (TestDroppedGroupRefusedLaterStillDenies).
+		// Applied: a set supersedes a refusal. Not an empty one: a groups
+		// layer without Config.Drop drops a group it forgets with one,
+		// which may come after its refusal, and it ends a refusal itself
+		// (SetGroupRefused with no reason) once a set is applied
+		// (TestDroppedGroupRefusedLaterStillDenies).
 		delete(r.groupRefused, key)
 	}
 	if api.IsNodeSelectorKey(key) {

@@ -72,8 +72,12 @@ func (r *Router) setLocalAddrs(name string, n *node.Node) {
 		// they were left out with the rest of the pod CIDRs, and in
 		// native routing a pod reached another node's control ports at
 		// its gateway (TestPodCannotReachControlPortsOnAnotherNodesGateway).
+		// Not of a CIDR of fewer than four addresses: its "first address"
+		// would be a pod's, or outside it; the list also lets an
+		// address's ICMP errors pass as related (ct_related), found by a
+		// review 2026-12-07.
 		for _, s := range n.PodCIDRs {
-			if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
+			if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() && p.Bits() <= 30 {
 				if gw := p.Masked().Addr().Next(); !slices.Contains(now, gw) {
 					now = append(now, gw)
 				}

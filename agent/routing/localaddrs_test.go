@@ -60,6 +60,12 @@ func TestNodeLocalAddrs(t *testing.T) {
 	have("198.18.0.1", "198.18.5.5", "10.244.2.1", "10.244.5.1")
 	r.NodeChanged(node.Node{Name: "n5"}, true)
 	have("198.18.0.1", "10.244.2.1")
+	// A pod CIDR of fewer than four addresses has no gateway: its "first
+	// address" would be a pod's, or outside it, and the list lets an
+	// address's ICMP errors pass as related.
+	r.NodeChanged(node.Node{Name: "n6", IPs: []string{"192.0.2.6"}, PodCIDRs: []string{"10.244.6.6/31"}}, false)
+	have("198.18.0.1", "10.244.2.1")
+	r.NodeChanged(node.Node{Name: "n6"}, true)
 	// A remote node refused for claiming n3's address adds nothing.
 	r.NodeChanged(node.Node{Name: "east/evil", IPs: []string{"192.0.2.3"}, PodCIDRs: []string{"10.60.0.0/24"}, LocalAddrs: []string{"198.18.66.6"}}, false)
 	have("198.18.0.1", "10.244.2.1")

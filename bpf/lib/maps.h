@@ -345,9 +345,10 @@ struct {
 
 // node_local_addrs: the known nodes' other addresses (those their
 // kernels deliver to themselves besides their underlay address: a second
-// interface's, a loopback address), from their records. Only the control
-// ports' check reads it: the identity of such an address stays what the
-// ipcache says.
+// interface's, a loopback address) and their pod gateways, from their
+// records. The control ports' check reads it, and ct_related (a node's
+// ICMP errors about a pod's flow with another pass as related): the
+// identity of such an address stays what the ipcache says.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
