@@ -558,15 +558,7 @@ func (r *Resolver) SetGroupsLoaded() Change {
 		return ch
 	}
 	r.groupsLoaded = true
-	changed := map[string]bool{}
-	for k, cp := range r.compiled {
-		if len(cp.groupSels) > 0 {
-			changed[k] = true
-		}
-	}
-	if len(changed) > 0 {
-		r.applyChanged(&ch, changed)
-	}
+	r.recompileWhere(&ch, func(cp *compiledPolicy) bool { return len(cp.groupSels) > 0 })
 	r.finish(&ch)
 	return ch
 }
@@ -669,9 +661,14 @@ func (r *Resolver) renode(ch *Change) {
 // recompileNaming recompiles the policies naming the selector key.
 func (r *Resolver) recompileNaming(ch *Change, key string) {
 	delete(r.fqdnGone, key)
+	r.recompileWhere(ch, func(cp *compiledPolicy) bool { return cp.groups[key] })
+}
+
+// recompileWhere recompiles the policies for which match holds.
+func (r *Resolver) recompileWhere(ch *Change, match func(*compiledPolicy) bool) {
 	changed := map[string]bool{}
 	for k, cp := range r.compiled {
-		if cp.groups[key] {
+		if match(cp) {
 			changed[k] = true
 		}
 	}
