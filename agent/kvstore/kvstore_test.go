@@ -343,3 +343,55 @@ func TestListCompactedBetweenPages(t *testing.T) {
 		t.Errorf("synced after %d keys, want 306", len(seen))
 	}
 }
+
+// Watches sharing a ListGate of one slot list one at a time: a list
+// whose reader has not taken its events holds the slot, and another
+// watch's list waits for it (its EventResync comes, its keys do not);
+// once the first list's last page is read, the second lists. Page sets
+// the size of each read (here 10 keys, so the 200 keys take 20 pages).
+func TestWatchListGate(t *testing.T) {
+	c := testutil.EtcdClient(t)
+	x := ctx(t)
+	for i := range 200 {
+		c.Put(x, fmt.Sprintf("filament/ga/%03d", i), []byte("a"), 0)
+	}
+	c.Put(x, "filament/gb/k", []byte("b"), 0)
+	gate := kvstore.NewListGate(1)
+	a := c.Watch(x, "filament/ga/", kvstore.WatchOptions{Untracked: true, Page: 10, Lists: gate})
+	expect(t, a, kvstore.EventResync, "", "")
+	// a's list now fills its channel and waits for this reader.
+	time.Sleep(100 * time.Millisecond)
+	b := c.Watch(x, "filament/gb/", kvstore.WatchOptions{Untracked: true, Lists: gate})
+	expect(t, b, kvstore.EventResync, "", "")
+	select {
+	case ev := <-b:
+		t.Fatalf("b listed while a's list held the only slot: %s %s", ev.Type, ev.Key)
+	case <-time.After(300 * time.Millisecond):
+	}
+	for i := range 200 {
+		expect(t, a, kvstore.EventUpsert, fmt.Sprintf("filament/ga/%03d", i), "a")
+	}
+	expect(t, a, kvstore.EventSynced, "", "")
+	expect(t, b, kvstore.EventUpsert, "filament/gb/k", "b")
+	expect(t, b, kvstore.EventSynced, "", "")
+
+	// A watch waiting for a slot ends with its context.
+	for i := range 200 {
+		c.Put(x, fmt.Sprintf("filament/gc/%03d", i), []byte("c"), 0)
+	}
+	held := c.Watch(x, "filament/gc/", kvstore.WatchOptions{Untracked: true, Page: 10, Lists: gate})
+	expect(t, held, kvstore.EventResync, "", "")
+	time.Sleep(100 * time.Millisecond)
+	wctx, cancel := context.WithCancel(x)
+	waiting := c.Watch(wctx, "filament/gb/", kvstore.WatchOptions{Untracked: true, Lists: gate})
+	expect(t, waiting, kvstore.EventResync, "", "")
+	cancel()
+	select {
+	case ev, ok := <-waiting:
+		if ok {
+			t.Fatalf("a watch waiting for a slot went on after its context ended: %s %s", ev.Type, ev.Key)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a watch waiting for a slot did not end with its context")
+	}
+}

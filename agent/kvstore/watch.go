@@ -91,6 +91,41 @@ type WatchOptions struct {
 	// reading another store's copy under a prefix of this one sees that
 	// store's keys). Known holds keys as stored, untrimmed.
 	TrimPrefix string
+	// Page is how many keys each read of a list asks for (0: listPage).
+	// etcd counts the rest of the range at every read, so larger pages
+	// cost the server less CPU and the reader more memory per list.
+	Page int64
+	// Lists, when set, is shared by watches whose lists may not all run
+	// at once: a list waits for a slot and holds it until its last page
+	// is read, so the memory of the pages in flight is bounded by the
+	// slots, not by the number of watches (NewListGate).
+	Lists ListGate
+}
+
+// ListGate bounds how many watches' lists run at once (WatchOptions.Lists).
+type ListGate chan struct{}
+
+// NewListGate makes a gate of n slots (at least one).
+func NewListGate(n int) ListGate { return make(ListGate, max(n, 1)) }
+
+// enter takes a slot, false if ctx ends first; a nil gate always has one.
+func (g ListGate) enter(ctx context.Context) bool {
+	if g == nil {
+		return true
+	}
+	select {
+	case g <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// leave gives back the slot enter took.
+func (g ListGate) leave() {
+	if g != nil {
+		<-g
+	}
 }
 
 // trackedKeys is how many keys the process's tracked watches hold in
@@ -169,10 +204,17 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, o WatchOptions, c
 				return !stopped
 			}
 			page := listPage
+			if o.Page > 0 {
+				page = o.Page
+			}
 			if !paged {
 				page = 0
 			}
+			if !o.Lists.enter(ctx) {
+				return 0, false
+			}
 			rev, err := c.listPages(ctx, prefix, page, each)
+			o.Lists.leave()
 			if stopped || ctx.Err() != nil {
 				return 0, false
 			}

@@ -118,6 +118,10 @@ type Manager struct {
 	// the remote clusters (clustermesh/cache): remotes are read there, under
 	// clustermesh.CachePrefix, instead of from their own apiservers.
 	via *kvstore.Client
+	// cacheLists is shared by the remotes' ipcache lists read from the
+	// cache (via): at most cacheListSlots run at once, in pages of
+	// cacheListPage keys.
+	cacheLists kvstore.ListGate
 	// pinned are remotes' cluster IDs fixed by this agent's config
 	// (PinClusterIDs), and the names by ID.
 	pinned   map[string]uint32
@@ -149,7 +153,22 @@ func NewManager(dir, localName string, localID uint32, ttl time.Duration, cb Cal
 // ViaCache reads every remote from the cache of the local cluster's
 // apiserver through kv (the agent's kvstore) instead of connecting to it;
 // call before Run.
-func (m *Manager) ViaCache(kv *kvstore.Client) { m.via = kv }
+func (m *Manager) ViaCache(kv *kvstore.Client) {
+	m.via, m.cacheLists = kv, kvstore.NewListGate(cacheListSlots)
+}
+
+// The remotes' ipcache lists read from the cache all come from one
+// server over one connection, which their pages keep busy with a few
+// lists at a time: so at most cacheListSlots of them run at once, each in
+// pages of cacheListPage keys. etcd counts the rest of the range at every
+// page; pages four times the default cut the cache's CPU for an initial
+// sync by about 40% (docs/benchmarks.md, 2026-12-07), and the slots keep
+// the pages in flight to a few, however many remotes there are (a page of
+// 16,384 entries is about 4 MiB as read, and again as received).
+const (
+	cacheListSlots       = 4
+	cacheListPage  int64 = 16384
+)
 
 // Run watches the directory until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
@@ -758,7 +777,11 @@ func (c *cluster) follow(ctx context.Context, kv source, prefix string, apply fu
 	mirrored := prefix == ipcache.Prefix+c.name+"/"
 	var seen map[string]bool // the keys taken in a list (nil: not listing)
 	first := true
-	for ev := range kv.Watch(ctx, prefix, kvstore.WatchOptions{Untracked: true}) {
+	o := kvstore.WatchOptions{Untracked: true}
+	if mirrored && c.m.via != nil {
+		o.Page, o.Lists = cacheListPage, c.m.cacheLists
+	}
+	for ev := range kv.Watch(ctx, prefix, o) {
 		switch ev.Type {
 		case kvstore.EventResync: // a list (again, if one broke off)
 			if mirrored {
