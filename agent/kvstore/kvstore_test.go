@@ -361,6 +361,9 @@ func TestWatchListGate(t *testing.T) {
 	expect(t, a, kvstore.EventResync, "", "")
 	// a's list now fills its channel and waits for this reader.
 	time.Sleep(100 * time.Millisecond)
+	if len(gate) != 1 {
+		t.Fatalf("a's list holds %d slots, want the one", len(gate))
+	}
 	b := c.Watch(x, "filament/gb/", kvstore.WatchOptions{Untracked: true, Lists: gate})
 	expect(t, b, kvstore.EventResync, "", "")
 	select {
@@ -382,6 +385,9 @@ func TestWatchListGate(t *testing.T) {
 	held := c.Watch(x, "filament/gc/", kvstore.WatchOptions{Untracked: true, Page: 10, Lists: gate})
 	expect(t, held, kvstore.EventResync, "", "")
 	time.Sleep(100 * time.Millisecond)
+	if len(gate) != 1 {
+		t.Fatalf("held's list holds %d slots, want the one", len(gate))
+	}
 	wctx, cancel := context.WithCancel(x)
 	waiting := c.Watch(wctx, "filament/gb/", kvstore.WatchOptions{Untracked: true, Lists: gate})
 	expect(t, waiting, kvstore.EventResync, "", "")

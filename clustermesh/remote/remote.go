@@ -12,6 +12,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -161,10 +162,12 @@ func (m *Manager) ViaCache(kv *kvstore.Client) {
 // server over one connection, which their pages keep busy with a few
 // lists at a time: so at most cacheListSlots of them run at once, each in
 // pages of cacheListPage keys. etcd counts the rest of the range at every
-// page; pages four times the default cut the cache's CPU for an initial
-// sync by about 40% (docs/benchmarks.md, 2026-12-07), and the slots keep
+// page; pages four times the default with the slots cut the cache's CPU for
+// an initial sync by about 35% (docs/benchmarks.md, 2026-12-07), and the slots keep
 // the pages in flight to a few, however many remotes there are (a page of
-// 16,384 entries is about 4 MiB as read, and again as received).
+// 16,384 entries is about 4 MiB as read, and again as received; a
+// list's last page stays alive until its events are taken, so about two
+// pages a slot).
 const (
 	cacheListSlots       = 4
 	cacheListPage  int64 = 16384
@@ -1001,7 +1004,8 @@ func (c *cluster) nodeEvent(ev kvstore.Event, deleted bool) {
 	if deleted || !node.ValidName(strings.TrimPrefix(ev.Key, node.NodesPrefix+c.name+"/")) {
 		delete(c.rawNodes, ev.Key)
 	} else {
-		c.rawNodes[ev.Key] = ev.Value
+		// A copy: a listed value is a part of its whole page's buffer.
+		c.rawNodes[ev.Key] = bytes.Clone(ev.Value)
 	}
 	c.mu.Unlock()
 	c.nodeEventLocked(ev, deleted)
