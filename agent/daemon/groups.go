@@ -45,6 +45,11 @@ func (c cloudGroups) Derived(p api.Policy) []groups.Result {
 			r, ok := c.Result(key)
 			if !ok {
 				r = groups.Result{Key: key, Group: *g.AWS, Error: "not resolved yet (an allow selects nothing of it, a deny denies world on its ports)"}
+				if !c.res.GroupsLoaded() {
+					// As the resolver decides (resolve.go): before the
+					// stored results load, a deny naming it denies nothing.
+					r.Error = "not loaded yet: the stored group results are loading (an allow selects nothing of it, a deny denies nothing until they load)"
+				}
 			}
 			if why, refused := c.res.GroupRefused(p.Namespace, key); refused {
 				where := "namespace " + p.Namespace
@@ -141,6 +146,11 @@ func ec2NodeLabels(ctx context.Context, cfg config.Config) map[string]string {
 // states counts the groups by state for the metrics; refused counts
 // the stored results not applied (groups.Status.Refused), over-budget
 // the groups refused in a namespace (one per namespace refusing it).
+// A group this agent's policies name with no stored result yet (the
+// cloud API failing at its first resolution, no AWS region, or the
+// results not loaded yet) is unresolved: until 2026-12-07 only stored
+// results were counted, so such a group showed nowhere
+// (TestStatesCountWantedGroups).
 func (c cloudGroups) states() map[string]int {
 	st := c.Status()
 	out := map[string]int{"resolved": 0, "error": 0, "unresolved": 0, "refused": st.Refused, "over-budget": 0}
@@ -149,13 +159,20 @@ func (c cloudGroups) states() map[string]int {
 			out["over-budget"]++
 		}
 	}
+	stored := map[string]bool{}
 	for _, g := range st.Groups {
+		stored[g.Key] = true
 		switch {
 		case g.Error != "":
 			out["error"]++
 		case g.Resolved:
 			out["resolved"]++
 		default:
+			out["unresolved"]++
+		}
+	}
+	for _, key := range c.Wanted() {
+		if !stored[key] {
 			out["unresolved"]++
 		}
 	}

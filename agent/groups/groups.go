@@ -231,6 +231,14 @@ func (m *Manager) Status() Status {
 	return st
 }
 
+// Wanted returns the keys of the groups this agent's policies name
+// (SetWanted), sorted.
+func (m *Manager) Wanted() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Sorted(maps.Keys(m.wanted))
+}
+
 // Result returns one group's result.
 func (m *Manager) Result(key string) (Result, bool) {
 	m.mu.Lock()

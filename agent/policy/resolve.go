@@ -563,6 +563,14 @@ func (r *Resolver) SetGroupsLoaded() Change {
 	return ch
 }
 
+// GroupsLoaded tells whether SetGroupsLoaded was called: until then a
+// deny naming a group not resolved yet denies nothing.
+func (r *Resolver) GroupsLoaded() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.groupsLoaded
+}
+
 // DropGroup forgets the addresses of a cloud group the groups layer
 // dropped (its result deleted and none come since): it is not resolved
 // any more, so a deny naming it denies world on its ports, where an empty
