@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/filament-net/filament/agent/identity"
+	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/labels"
 )
 
@@ -86,8 +87,6 @@ var (
 	networkRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
 	ifNameRe      = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 	containerIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$`)
-	// podNameRe: a Kubernetes object name (a DNS subdomain, at most 253).
-	podNameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 )
 
 // Validate checks the request and returns its label set (the pod's labels
@@ -123,7 +122,7 @@ func (r CreateRequest) validate(fromAPIServer bool) (labels.Labels, error) {
 			return nil, err
 		}
 	}
-	if r.PodName != "" && !podNameRe.MatchString(r.PodName) {
+	if r.PodName != "" && !ipcache.ValidPodName(r.PodName) {
 		return nil, fmt.Errorf("%w: podName %q: must be a Kubernetes object name (at most 253 lowercase alphanumerics, '-', '.')", ErrInvalid, r.PodName)
 	}
 	if r.Namespace != "" {

@@ -23,6 +23,17 @@ func TestEntryCheck(t *testing.T) {
 		{"other key", `{"ip":"10.244.0.9","identity":65793,"node":"n2"}`, key, false},
 		{"ipv6 host", `{"ip":"10.244.1.5","identity":65793,"hostIP":"fd00::1","node":"n2"}`, key, false},
 		{"no node", `{"ip":"10.244.1.5","identity":65793}`, key, false},
+		// Names shown to operators (Hubble flows name a remote pod from
+		// its entry): control characters, a terminal's CSI, a bidi
+		// override, by JSON escape (found 2026-12-07: only lengths were
+		// checked, and the flows carried them raw).
+		{"pod with ESC", `{"ip":"10.244.1.5","identity":65793,"node":"n2","namespace":"prod","pod":"web\u001b]0;owned\u0007"}`, key, false},
+		{"pod with CSI", `{"ip":"10.244.1.5","identity":65793,"node":"n2","namespace":"prod","pod":"web\u009b2J"}`, key, false},
+		{"pod with bidi", `{"ip":"10.244.1.5","identity":65793,"node":"n2","namespace":"prod","pod":"web\u202e"}`, key, false},
+		{"pod uppercase", `{"ip":"10.244.1.5","identity":65793,"node":"n2","namespace":"prod","pod":"Web"}`, key, false},
+		{"namespace with newline", `{"ip":"10.244.1.5","identity":65793,"node":"n2","namespace":"prod\nx","pod":"web"}`, key, false},
+		{"node with ESC", `{"ip":"10.244.1.5","identity":65793,"node":"n2\u001b[2J"}`, key, false},
+		{"names", `{"ip":"10.244.1.5","identity":65793,"node":"n2","namespace":"prod","pod":"web-7d9f.x"}`, key, true},
 	} {
 		var e Entry
 		if err := json.Unmarshal([]byte(c.value), &e); err != nil {

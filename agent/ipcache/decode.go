@@ -3,6 +3,7 @@ package ipcache
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"strconv"
 
 	"github.com/filament-net/filament/agent/identity"
@@ -18,7 +19,15 @@ import (
 // sync); anything else — other key order, spaces, escapes, other bytes —
 // goes to json.Unmarshal. FuzzDecodeEntry holds the two equal.
 func DecodeEntry(data []byte) (Entry, error) {
-	if e, ok := decodeCanonical(data); ok {
+	return DecodeEntryAt(data, "", netip.Addr{})
+}
+
+// DecodeEntryAt is DecodeEntry for a value stored under the key of addr,
+// text being the address as the key spells it (netip.ParseAddr(text) is
+// addr): an entry whose "ip" is that same text takes addr rather than
+// parsing it again (a cluster mesh's initial sync reads millions).
+func DecodeEntryAt(data []byte, text string, addr netip.Addr) (Entry, error) {
+	if e, ok := decodeCanonical(data, text, addr); ok {
 		return e, nil
 	}
 	var e Entry
@@ -30,13 +39,21 @@ func DecodeEntry(data []byte) (Entry, error) {
 // optional ,"namespace":S and ,"pod":S after it, in that order, nothing
 // else; ok is false for anything else, and for a value json.Unmarshal
 // would refuse (so the caller's fallback reports the error).
-func decodeCanonical(data []byte) (e Entry, ok bool) {
+func decodeCanonical(data []byte, text string, addr netip.Addr) (e Entry, ok bool) {
 	d := canon{b: data}
 	if !d.lit(`{"ip":`) {
 		return Entry{}, false
 	}
 	ip, ok := d.str()
-	if !ok || e.IP.UnmarshalText(ip) != nil || !d.lit(`,"identity":`) {
+	if !ok {
+		return Entry{}, false
+	}
+	if text != "" && string(ip) == text {
+		e.IP = addr
+	} else if e.IP.UnmarshalText(ip) != nil {
+		return Entry{}, false
+	}
+	if !d.lit(`,"identity":`) {
 		return Entry{}, false
 	}
 	id, ok := d.uint32()

@@ -34,8 +34,15 @@ func FuzzDecodeEntry(f *testing.F) {
 		if (err != nil) != (werr != nil) || got != want && werr == nil {
 			t.Fatalf("DecodeEntry(%q) = %#v, %v; json.Unmarshal: %#v, %v", value, got, err, want, werr)
 		}
-		if _, ok := decodeCanonical(value); ok && werr != nil {
+		if _, ok := decodeCanonical(value, "", netip.Addr{}); ok && werr != nil {
 			t.Fatalf("the canonical scanner took %q, which json.Unmarshal refuses: %v", value, werr)
+		}
+		// Under a key (the seeds' address and another): the same.
+		for _, k := range []string{"10.0.0.1", "10.0.0.2"} {
+			at, aerr := DecodeEntryAt(value, k, netip.MustParseAddr(k))
+			if (aerr != nil) != (werr != nil) || at != want && werr == nil {
+				t.Fatalf("DecodeEntryAt(%q, %s) = %#v, %v; json.Unmarshal: %#v, %v", value, k, at, aerr, want, werr)
+			}
 		}
 	})
 }
@@ -76,9 +83,12 @@ func TestDecodeEntryCanonical(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, ok := decodeCanonical(b)
+		got, ok := decodeCanonical(b, "", netip.Addr{})
 		if !ok || got != e {
 			t.Fatalf("decodeCanonical(%s) = %#v, %v; want %#v", b, got, ok, e)
+		}
+		if got, ok := decodeCanonical(b, e.IP.String(), e.IP); !ok || got != e {
+			t.Fatalf("decodeCanonical(%s) under its key = %#v, %v; want %#v", b, got, ok, e)
 		}
 	}
 }

@@ -59,8 +59,61 @@ func (e Entry) Check(key netip.Addr) error {
 		return fmt.Errorf("%w: %v: namespace of %d bytes (at most %d)", ErrInvalid, e.IP, len(e.Namespace), MaxNamespaceLen)
 	case len(e.Pod) > MaxNameLen:
 		return fmt.Errorf("%w: %v: pod name of %d bytes (at most %d)", ErrInvalid, e.IP, len(e.Pod), MaxNameLen)
+	case !validName(e.Node, nodeName):
+		return fmt.Errorf("%w: %v: node %q: not a node name (a DNS label)", ErrInvalid, e.IP, e.Node)
+	case e.Namespace != "" && !validName(e.Namespace, namespaceName):
+		return fmt.Errorf("%w: %v: namespace %q: not a namespace name", ErrInvalid, e.IP, e.Namespace)
+	case e.Pod != "" && !ValidPodName(e.Pod):
+		return fmt.Errorf("%w: %v: pod %q: not a pod name", ErrInvalid, e.IP, e.Pod)
 	}
 	return nil
+}
+
+// ValidPodName reports whether s may name a pod in an entry (a Kubernetes
+// object name: a DNS subdomain of at most 253). Entries' names are shown
+// to operators (Hubble flows name a remote pod from its entry) and written
+// by other nodes and clusters: until 2026-12-07 only their lengths were
+// checked, and a remote's pod name with a terminal's escape sequences
+// reached the flows raw. The endpoints this node publishes are held to it
+// too (agent/endpoint).
+func ValidPodName(s string) bool { return validName(s, podName) }
+
+// The names of an entry, as validName checks them: a node's as
+// node.ValidName (a DNS label), a namespace's as labels.ValidateValue, a
+// pod's as a Kubernetes object name. Loops, not regular expressions: every
+// entry of a cluster mesh's millions is checked at its initial sync, and
+// three regular expressions doubled the agent's CPU for it
+// (TestNameRulesMatchTheirExpressions holds them equal).
+type nameRule struct {
+	max        int
+	upper      bool // A-Z allowed
+	underscore bool // '_' allowed inside
+	dot        bool // '.' allowed inside
+}
+
+var (
+	nodeName      = nameRule{max: 63}
+	namespaceName = nameRule{max: 63, upper: true, underscore: true, dot: true}
+	podName       = nameRule{max: 253, dot: true}
+)
+
+// validName: 1 to r.max bytes, alphanumerics first and last, and inside
+// alphanumerics, '-', and what r allows.
+func validName(s string, r nameRule) bool {
+	if len(s) == 0 || len(s) > r.max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c >= 'A' && c <= 'Z' && r.upper:
+		case i > 0 && i < len(s)-1 && (c == '-' || c == '_' && r.underscore || c == '.' && r.dot):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Bounds of an entry's names (Kubernetes': a DNS subdomain, a DNS label):

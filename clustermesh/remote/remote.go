@@ -1145,7 +1145,7 @@ func (c *cluster) ipEvent(ev kvstore.Event, deleted bool) {
 		c.refuseListed(ip, fmt.Sprintf("ipcache entry %s: value of %d bytes (at most %d)", ip, len(ev.Value), ipcache.MaxValueLen))
 		return
 	}
-	e, err := ipcache.DecodeEntry(ev.Value)
+	e, err := ipcache.DecodeEntryAt(ev.Value, rest, ip)
 	if err != nil {
 		c.refuseListed(ip, "")
 		return
