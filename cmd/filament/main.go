@@ -34,9 +34,19 @@ import (
 func main() {
 	root := newRoot(os.Stdout)
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "filament:", err)
+		reportError(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// reportError prints err as the command's failure, escaped as the tables
+// are (its tabs and newlines kept: errors.Join's lines): an agent's error
+// can quote what a tenant wrote (a policy's regular expression) and a
+// relay's what it was sent. Until 2026-12-07 it was printed raw, and a
+// path pattern's ESC sequences in a refused import cleared the operator's
+// screen (TestErrorLineEscaped).
+func reportError(w io.Writer, err error) {
+	fmt.Fprintln(tableSafe{w}, "filament:", err)
 }
 
 type cli struct {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -86,5 +87,19 @@ func TestTableValuesCannotForgeCells(t *testing.T) {
 	}
 	if !strings.Contains(out, "ok    |") {
 		t.Errorf("a verb's width not kept: %q", out)
+	}
+}
+
+// The command's error line escapes what a terminal would act on, its
+// lines kept: a refused policy's error quotes the tenant's pattern.
+func TestErrorLineEscaped(t *testing.T) {
+	var b bytes.Buffer
+	reportError(&b, fmt.Errorf("rules.http.path %q: %w", "(", errors.Join(errors.New("missing closing ) in `"+escapeText+"`"), errors.New("second"))))
+	out := b.String()
+	if c := rawTerminal(out); c != "" {
+		t.Errorf("error line carries %q raw: %q", c, out)
+	}
+	if !strings.HasPrefix(out, "filament: rules.http.path") || strings.Count(out, "\n") != 2 {
+		t.Errorf("error line %q: want the message with its two lines", out)
 	}
 }
