@@ -22,6 +22,7 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipam"
+	"github.com/filament-net/filament/agent/ipcache"
 	"github.com/filament-net/filament/agent/labels"
 	"github.com/filament-net/filament/internal/atomicfile"
 )
@@ -492,6 +493,13 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		if ep.Network == "" { // a record from before endpoints knew their network
 			ep.Network = DefaultNetwork
 		}
+		if ep.PodName != "" && !ipcache.ValidPodName(ep.PodName) {
+			// A record from before pod names were checked (2026-12-04):
+			// other nodes refuse an ipcache entry naming it, so the
+			// endpoint goes on unnamed rather than unreachable.
+			slog.Warn("endpoint's pod name is not a Kubernetes object name: dropped", "endpoint", ep.ID, "podName", ep.PodName)
+			ep.PodName = ""
+		}
 		ep.State = StateReady
 		if !m.plumber.Present(ep.HostIfName) {
 			ep.State = StateDisconnected
@@ -501,7 +509,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 				return n, err
 			}
 		}
-		if ep.Identity != before.Identity || ep.State != before.State || ep.Network != before.Network || !ep.Labels.Equal(before.Labels) {
+		if ep.Identity != before.Identity || ep.State != before.State || ep.Network != before.Network || ep.PodName != before.PodName || !ep.Labels.Equal(before.Labels) {
 			if err := m.persist(&ep); err != nil {
 				return n, err
 			}

@@ -145,3 +145,32 @@ func TestRestoreClaimedReservedLabelAlone(t *testing.T) {
 		t.Fatalf("restored with labels %q", got.Labels)
 	}
 }
+
+// A record kept from before pod names were checked, naming its pod with
+// what is no Kubernetes object name, is restored unnamed: every other node
+// refuses an ipcache entry naming it (ipcache.ValidPodName), which would
+// leave the endpoint unreachable from them.
+func TestRestoreDropsAPodNameOthersRefuse(t *testing.T) {
+	dir := t.TempDir()
+	etcd := testutil.Etcd(t)
+	e := newEnv(t, dir, etcd, &fakePlumber{devices: map[string]bool{}})
+	ctx := context.Background()
+	created, err := e.m.Create(ctx, req(e, "old", "app=web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "endpoints", fmt.Sprintf("%d.json", created.ID))
+	raw, _ := os.ReadFile(f)
+	var rec map[string]any
+	json.Unmarshal(raw, &rec)
+	rec["podName"] = "Web_1"
+	raw, _ = json.Marshal(rec)
+	os.WriteFile(f, raw, 0o600)
+	e2 := newEnv(t, dir, etcd, e.plumber)
+	if _, err := e2.m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e2.m.Get(created.ID); got.PodName != "" {
+		t.Fatalf("restored with pod name %q, which other nodes refuse", got.PodName)
+	}
+}
