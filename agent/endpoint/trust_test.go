@@ -70,32 +70,15 @@ func TestWorkloadCannotClaimAgentLabels(t *testing.T) {
 // reserved:host or another namespace, loses those labels (and so the
 // identity) at restore.
 func TestRestoreDropsClaimedAgentLabels(t *testing.T) {
-	dir := t.TempDir()
-	etcd := testutil.Etcd(t)
-	e := newEnv(t, dir, etcd, &fakePlumber{devices: map[string]bool{}})
-	ctx := context.Background()
-	created, err := e.m.Create(ctx, req(e, "old", "app=web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(dir, "endpoints", fmt.Sprintf("%d.json", created.ID))
-	raw, _ := os.ReadFile(f)
-	var rec map[string]any
-	json.Unmarshal(raw, &rec)
-	rec["labels"] = []map[string]string{
-		{"source": "reserved", "key": "host"},
-		{"source": "container", "key": "io.kubernetes.pod.namespace", "value": "kube-system"},
-		{"source": "k8s", "key": "app", "value": "web"},
-		{"source": "k8s", "key": "io.kubernetes.pod.namespace", "value": "default"},
-	}
-	rec["identity"] = 1
-	raw, _ = json.Marshal(rec)
-	os.WriteFile(f, raw, 0o600)
-	e2 := newEnv(t, dir, etcd, e.plumber)
-	if _, err := e2.m.Restore(ctx); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := e2.m.Get(created.ID)
+	created, got, _ := restoreEdited(t, func(rec map[string]any) {
+		rec["labels"] = []map[string]string{
+			{"source": "reserved", "key": "host"},
+			{"source": "container", "key": "io.kubernetes.pod.namespace", "value": "kube-system"},
+			{"source": "k8s", "key": "app", "value": "web"},
+			{"source": "k8s", "key": "io.kubernetes.pod.namespace", "value": "default"},
+		}
+		rec["identity"] = 1
+	})
 	if got.Identity.IsReserved() || got.Labels.String() != "k8s:app=web;k8s:io.kubernetes.pod.namespace=default" {
 		t.Fatalf("restored %s with identity %d", got.Labels, got.Identity)
 	}
@@ -113,27 +96,10 @@ func TestRestoreDropsClaimedAgentLabels(t *testing.T) {
 // the host (until 2026-12-05 it was: identity 1, written to the ipcache
 // and the endpoints map for the pod's address).
 func TestRestoreClaimedReservedLabelAlone(t *testing.T) {
-	dir := t.TempDir()
-	etcd := testutil.Etcd(t)
-	e := newEnv(t, dir, etcd, &fakePlumber{devices: map[string]bool{}})
-	ctx := context.Background()
-	created, err := e.m.Create(ctx, req(e, "old", "app=web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(dir, "endpoints", fmt.Sprintf("%d.json", created.ID))
-	raw, _ := os.ReadFile(f)
-	var rec map[string]any
-	json.Unmarshal(raw, &rec)
-	rec["labels"] = []map[string]string{{"source": "reserved", "key": "host"}}
-	rec["identity"] = 1
-	raw, _ = json.Marshal(rec)
-	os.WriteFile(f, raw, 0o600)
-	e2 := newEnv(t, dir, etcd, e.plumber)
-	if _, err := e2.m.Restore(ctx); err != nil {
-		t.Fatal(err)
-	}
-	got, err := e2.m.Get(created.ID)
+	_, got, err := restoreEdited(t, func(rec map[string]any) {
+		rec["labels"] = []map[string]string{{"source": "reserved", "key": "host"}}
+		rec["identity"] = 1
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,26 +117,34 @@ func TestRestoreClaimedReservedLabelAlone(t *testing.T) {
 // refuses an ipcache entry naming it (ipcache.ValidPodName), which would
 // leave the endpoint unreachable from them.
 func TestRestoreDropsAPodNameOthersRefuse(t *testing.T) {
+	if _, got, _ := restoreEdited(t, func(rec map[string]any) { rec["podName"] = "Web_1" }); got.PodName != "" {
+		t.Fatalf("restored with pod name %q, which other nodes refuse", got.PodName)
+	}
+}
+
+// restoreEdited creates an endpoint, edits its saved record with edit (as
+// an older agent might have written it), restores it in a new manager and
+// returns the endpoint as created and as restored (err: Get's).
+func restoreEdited(t *testing.T, edit func(rec map[string]any)) (created, got endpoint.Endpoint, err error) {
+	t.Helper()
 	dir := t.TempDir()
 	etcd := testutil.Etcd(t)
 	e := newEnv(t, dir, etcd, &fakePlumber{devices: map[string]bool{}})
 	ctx := context.Background()
-	created, err := e.m.Create(ctx, req(e, "old", "app=web"))
-	if err != nil {
+	if created, err = e.m.Create(ctx, req(e, "old", "app=web")); err != nil {
 		t.Fatal(err)
 	}
 	f := filepath.Join(dir, "endpoints", fmt.Sprintf("%d.json", created.ID))
 	raw, _ := os.ReadFile(f)
 	var rec map[string]any
 	json.Unmarshal(raw, &rec)
-	rec["podName"] = "Web_1"
+	edit(rec)
 	raw, _ = json.Marshal(rec)
 	os.WriteFile(f, raw, 0o600)
 	e2 := newEnv(t, dir, etcd, e.plumber)
 	if _, err := e2.m.Restore(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := e2.m.Get(created.ID); got.PodName != "" {
-		t.Fatalf("restored with pod name %q, which other nodes refuse", got.PodName)
-	}
+	got, err = e2.m.Get(created.ID)
+	return created, got, err
 }
