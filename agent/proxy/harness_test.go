@@ -71,6 +71,17 @@ func newHarnessTo(t testing.TB, upstream netip.AddrPort, o Options) *harness {
 		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("Serve: %v", err)
 		}
+		// The closed connections give their requests' heads back as they
+		// unwind: the next test starts with none held (a test asserting
+		// what the client holds saw the previous test's tunnel).
+		deadline := time.Now().Add(10 * time.Second)
+		for headBudget.heldBy(source{clientIP, clientID}) != 0 {
+			if time.Now().After(deadline) {
+				t.Errorf("the proxy closed, and %d bytes of request heads are still held", headBudget.heldBy(source{clientIP, clientID}))
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	})
 	h := &harness{t: t, p: p, addr: ln.Addr().String(), upstream: upstream}
 	h.ingress(PeerRules{Remotes: []uint32{clientID}, HTTP: []HTTPRule{{Method: "GET", Path: "/public/.*"}}})
