@@ -133,7 +133,7 @@ func TestRunAndStop(t *testing.T) {
 	if _, err := os.Stat(cfg.APISocket); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("API socket left behind: %v", err)
 	}
-	goleak.VerifyNone(t, before)
+	testutil.NoLeaks(t, before)
 	if err := a.Run(context.Background()); !errors.Is(err, ErrStopped) {
 		t.Errorf("a second Run: %v, want ErrStopped", err)
 	}

@@ -22,9 +22,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/goleak"
 
 	"github.com/filament-net/filament/agent/policy/api"
-	"go.uber.org/goleak"
+	"github.com/filament-net/filament/internal/testutil"
 )
 
 // kafkaHarness is a proxy on 127.0.0.1 whose every connection "was going"
@@ -414,7 +415,7 @@ func TestKafkaAPIKeyVersionClientID(t *testing.T) {
 // connection, and only that one.
 func TestKafkaHostileFrames(t *testing.T) {
 	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after the harness's cleanups: no connection's goroutine left
+	t.Cleanup(func() { testutil.NoLeaks(t, before) }) // after the harness's cleanups: no connection's goroutine left
 	h := newKafkaHarness(t, PeerRules{})
 	good := h.raw()
 	for name, b := range map[string][]byte{

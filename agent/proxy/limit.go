@@ -50,6 +50,9 @@ type slotShare struct {
 	used      int64 // held, not counting cancelled holders
 	running   int64 // held by holders not returned, cancelled ones included
 	bySrc     map[source]*srcSlots
+	// takeover is minSlotTakeover (a test holds it still while it fills
+	// the pool, so that a slow machine's late arrival takes nothing).
+	takeover time.Duration
 }
 
 // srcSlots are one source's slots, oldest first, and their sizes' sum.
@@ -74,7 +77,7 @@ type slot struct {
 }
 
 func newSlotShare(max, perSource int64) *slotShare {
-	return &slotShare{max: max, perSource: perSource, bySrc: map[source]*srcSlots{}}
+	return &slotShare{max: max, perSource: perSource, bySrc: map[source]*srcSlots{}, takeover: minSlotTakeover}
 }
 
 // take gives who a slot of size n at now, whose holder cancel stops
@@ -154,7 +157,7 @@ func (s *slotShare) take(who source, n int64, cancel context.CancelCauseFunc, no
 // s.mu is held.
 func (s *slotShare) room(ss *srcSlots, n, held int64, now time.Time) (free int64, k int, ok bool) {
 	for ; s.used-free+n > s.max; k++ {
-		if k == len(ss.slots) || now.Sub(ss.slots[k].since) < minSlotTakeover || ss.held-free-ss.slots[k].n < held+n {
+		if k == len(ss.slots) || now.Sub(ss.slots[k].since) < s.takeover || ss.held-free-ss.slots[k].n < held+n {
 			return 0, 0, false
 		}
 		free += ss.slots[k].n

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"go.uber.org/goleak"
 
 	"github.com/filament-net/filament/agent/kvstore"
 	"github.com/filament-net/filament/agent/kvstore/embedded"
@@ -181,4 +182,24 @@ func SubscribeDuringChange[T any](t testing.TB, subscribe func(func(v T, deleted
 		}
 		f(v, deleted)
 	})
+}
+
+// NoLeaks fails t if goroutines other than those before names (taken
+// with goleak.IgnoreCurrent) are still running after 10 s. goleak's own
+// VerifyNone gives up after about 0.4 s, which a loaded machine's
+// connection goroutines, unwinding after a close, can take.
+func NoLeaks(t testing.TB, before goleak.Option) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := goleak.Find(before)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("goroutines left after 10 s: %v", err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
