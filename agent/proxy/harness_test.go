@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -57,7 +58,11 @@ func newHarnessTo(t testing.TB, upstream netip.AddrPort, o Options) *harness {
 	t.Helper()
 	o.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return upstream, nil }
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		// Handlers may still log while the proxy's goroutines unwind
+		// after the test: t.Log then panics, so the writer is shut last.
+		w := &testWriter{t: t}
+		t.Cleanup(w.shut)
+		o.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	p := New(o)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -88,11 +93,28 @@ func newHarnessTo(t testing.TB, upstream netip.AddrPort, o Options) *harness {
 	return h
 }
 
-type testWriter struct{ t testing.TB }
+// testWriter logs to t until shut (a proxy's goroutines may outlive the
+// test: t.Log after it panics, "Log in goroutine after ... has completed").
+type testWriter struct {
+	t      testing.TB
+	mu     sync.Mutex
+	closed bool
+}
 
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
+func (w *testWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		w.t.Log(strings.TrimSpace(string(b)))
+	}
 	return len(b), nil
+}
+
+// shut drops what is written from now on.
+func (w *testWriter) shut() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
 }
 
 // ipcache is the harness's: the client and server pods, the rest of lo

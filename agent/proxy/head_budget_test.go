@@ -255,22 +255,27 @@ func headBudgetSharedFairly(t *testing.T, proto string) {
 	select {
 	case o := <-outcomes:
 		if o.err == nil {
-			t.Errorf("a request of those holding the budget: %d, want one ended", o.status)
+			t.Fatalf("a request of those holding the budget: %d, want one ended", o.status)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no request of those holding the budget was ended")
 	}
 	select {
 	case o := <-outcomes:
-		t.Errorf("another request of those holding the budget ended: %d %v", o.status, o.err)
+		t.Fatalf("another request of those holding the budget ended: %d %v", o.status, o.err)
 	case <-time.After(100 * time.Millisecond):
 	}
 	// The others are answered; the test ends with their requests (the
 	// one ended too), which hold the budget it made.
 	close(release)
 	for range total/(16<<10) - 1 {
-		if o := <-outcomes; o.status != http.StatusOK {
-			t.Errorf("a request that waited: %d %v", o.status, o.err)
+		select {
+		case o := <-outcomes:
+			if o.status != http.StatusOK {
+				t.Errorf("a request that waited: %d %v", o.status, o.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the requests that waited are not all answered")
 		}
 	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -360,9 +365,11 @@ func TestClosedConnEndsItsDial(t *testing.T) {
 }
 
 // setTakeover sets how long s's slots are held before another source may
-// take them (minSlotTakeover).
-func setTakeover(s *slotShare, d time.Duration) {
+// take them (minSlotTakeover), and says what it was.
+func setTakeover(s *slotShare, d time.Duration) time.Duration {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.takeover
 	s.takeover = d
-	s.mu.Unlock()
+	return old
 }

@@ -50,8 +50,8 @@ type slotShare struct {
 	used      int64 // held, not counting cancelled holders
 	running   int64 // held by holders not returned, cancelled ones included
 	bySrc     map[source]*srcSlots
-	// takeover is minSlotTakeover (a test holds it still while it fills
-	// the pool, so that a slow machine's late arrival takes nothing).
+	// takeover is minSlotTakeover (tests set it to an hour while they
+	// fill a pool, and to 0 where a takeover is to happen).
 	takeover time.Duration
 }
 
@@ -151,7 +151,7 @@ func (s *slotShare) take(who source, n int64, cancel context.CancelCauseFunc, no
 	return sl, true
 }
 
-// room says whether ss's oldest slots, held minSlotTakeover at now, make
+// room says whether ss's oldest slots, held s.takeover at now, make
 // room for n more in the pool while leaving ss holding no less than the
 // taker would (held+n), and how many (k) of how many bytes (free).
 // s.mu is held.

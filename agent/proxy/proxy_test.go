@@ -578,7 +578,11 @@ func answerOn(t *testing.T, c net.Conn) int {
 // holding the most, once held a second.
 func TestConnsNodeBounded(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), Options{MaxConns: 4, MaxConnsPerSource: 4})
-	setTakeover(h.p.connShare, time.Hour) // however slowly this machine makes the four
+	// No connection is taken over however slowly this machine makes the
+	// four (the proxy's own grace is a second).
+	if old := setTakeover(h.p.connShare, time.Hour); old != minSlotTakeover {
+		t.Errorf("the proxy's connections are taken over after %v, want %v", old, minSlotTakeover)
+	}
 	var held []net.Conn
 	for i := range 4 {
 		c := dialFrom(t, h.addr, clientIP)
@@ -588,7 +592,7 @@ func TestConnsNodeBounded(t *testing.T) {
 		held = append(held, c)
 	}
 	// Another source (the host's address, allowed by no rule: its
-	// request is denied, but answered). Within the second's grace the
+	// request is denied, but answered). Within the grace the
 	// full pool keeps it out...
 	other := netip.MustParseAddr("127.0.0.3")
 	if answerOn(t, dialFrom(t, h.addr, other)) != 0 {
