@@ -27,3 +27,20 @@ func ipcHas(m *ebpf.Map, ip string, bits uint32) bool {
 	var v bpf.DatapathIpcacheValue
 	return m.Lookup(&k, &v) == nil
 }
+
+// ctNames says whether the conntrack tables hold an entry whose source or
+// destination is ip.
+func ctNames(tables []*ebpf.Map, ip string) bool {
+	b := netip.MustParseAddr(ip).As4()
+	a := binary.NativeEndian.Uint32(b[:])
+	for _, m := range tables {
+		var k bpf.DatapathCtKey
+		var v bpf.DatapathCtEntry
+		for it := m.Iterate(); it.Next(&k, &v); {
+			if k.Saddr == a || k.Daddr == a {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -163,7 +163,10 @@ func TestCrossNode(t *testing.T) {
 			if !reach(t, lab.NetNSPath(b.NetNS), "tcp", d.IP, 7002) {
 				t.Error("b -> d across nodes")
 			}
-			// Deleting b withdraws its entry from n1's BPF ipcache.
+			// Deleting b withdraws its entry from n1's BPF ipcache, and
+			// n1's conntrack entries naming b go (a pod later given b's
+			// address was taken for b on a's flows: ScrubPeer), a's idle
+			// connection's too, which would otherwise stay for hours.
 			ipc, err := ebpfLoadPinned(filepath.Join(labtest.PinDir(l, "n1"), "ipcache"))
 			if err != nil {
 				t.Fatal(err)
@@ -172,10 +175,20 @@ func TestCrossNode(t *testing.T) {
 			if !ipcHas(ipc, b.IP, 32) {
 				t.Fatal("b is not in n1's ipcache")
 			}
+			idle, err := labtest.Open(lab.NetNSPath(a.NetNS), fmt.Sprintf("%s:%d", b.IP, 7000))
+			if err != nil {
+				t.Fatalf("a's connection to b: %v", err)
+			}
+			defer idle.Close()
+			cts := pinnedMaps(t, l, "n1", "conntrack", "conntrack_new")
+			if !ctNames(cts, b.IP) {
+				t.Fatal("n1's conntrack holds no entry naming b before b goes")
+			}
 			if err := l.DeletePod("b"); err != nil {
 				t.Fatal(err)
 			}
 			eventually(t, "b's entry leaves n1's ipcache", func() bool { return !ipcHas(ipc, b.IP, 32) })
+			eventually(t, "n1's conntrack entries naming b go", func() bool { return !ctNames(cts, b.IP) })
 		})
 	}
 }

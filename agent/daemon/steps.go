@@ -344,6 +344,17 @@ func (a *Agent) startDetection(ctx context.Context) error {
 		}
 		return len(nodes), nil
 	})
+	// A pod of this node with a flow to another node's pod that went was
+	// answered by the pod later given the address as the gone one (the
+	// flow's replies are judged with the identity it was admitted with):
+	// the conntrack entries naming it go, unless the same pod has the
+	// address again by the walk.
+	a.router.OnRetired(func(old ipcache.Entry) {
+		a.dp.ScrubPeer(old.IP, func() bool {
+			cur, ok := a.router.Entry(old.IP)
+			return ok && ipcache.SamePod(old, cur)
+		})
+	})
 	a.ipsync.Subscribe(a.router.EntryChanged)
 	return nil
 }

@@ -23,14 +23,29 @@ import (
 // back (ipam.ReuseDelay), far longer than a walk takes. One walk serves
 // every address queued meanwhile, without the datapath's lock held; a
 // failed walk is tried again a second later.
+//
+// Other nodes' pods (ScrubPeer) are the same case seen from here: a pod
+// of this node with a flow to a pod on another node or cluster kept its
+// entry after that pod went, and the pod later given its address there
+// answered as the old one. Their walk waits peerSettle, so that a burst
+// of deletions (a node drained, a lost cluster withdrawn) is one walk and
+// a mesh's churn costs a walk every few seconds at most.
 type scrubber struct {
 	walk sync.Mutex // held for a whole ScrubPendingAddrs
 	mu   sync.Mutex
 	// pending: addresses (as in the maps) whose entries go.
 	pending map[uint32]bool
-	w       worker
-	manual  bool // tests: no goroutine; they call ScrubPendingAddrs
+	// peers: other nodes' addresses whose entries go unless alive then
+	// says the address is the same pod's again (ScrubPeer).
+	peers  map[uint32]func() bool
+	w      worker
+	peerW  worker
+	manual bool // tests: no goroutine; they call ScrubPendingAddrs
 }
+
+// peerSettle is how long a gone peer's address waits for its walk: far
+// less than IPAM holds an address back on its node (70 s at least).
+const peerSettle = 5 * time.Second
 
 // queue adds ip and wakes the walk.
 func (s *scrubber) queue(d *Datapath, ip netip.Addr) {
@@ -51,6 +66,24 @@ func (s *scrubber) queue(d *Datapath, ip netip.Addr) {
 	})
 }
 
+// queuePeer adds a peer's ip, whose entries go unless alive says at the
+// walk that the address is the same pod's again, and wakes the walk.
+func (s *scrubber) queuePeer(d *Datapath, ip netip.Addr, alive func() bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peers == nil {
+		s.peers = map[uint32]func() bool{}
+	}
+	s.peers[ipv4(ip)] = alive
+	if s.manual {
+		return
+	}
+	s.peerW.wake(d.closed, peerSettle, "conntrack entries of gone peers", func() error {
+		_, err := d.ScrubPendingAddrs()
+		return err
+	})
+}
+
 // ScrubPendingAddrs runs the queued deletions now (the scrubber's
 // goroutine; tests), after any walk under way, and returns how many
 // entries went. An address that is a local endpoint's again by then keeps
@@ -64,9 +97,17 @@ func (d *Datapath) ScrubPendingAddrs() (int, error) {
 		return 0, nil
 	}
 	s.mu.Lock()
-	pending := s.pending
-	s.pending = nil
+	pending, peers := s.pending, s.peers
+	s.pending, s.peers = nil, nil
 	s.mu.Unlock()
+	if pending == nil {
+		pending = map[uint32]bool{}
+	}
+	for a, alive := range peers {
+		if !pending[a] && !alive() {
+			pending[a] = true
+		}
+	}
 	var ep bpf.DatapathEndpointInfo
 	inUse := func(a uint32) bool { return d.objs.Endpoints.Lookup(&a, &ep) == nil }
 	for a := range pending {
@@ -97,6 +138,13 @@ func (d *Datapath) ScrubPendingAddrs() (int, error) {
 // does): the addresses released before a restart, whose queue went with
 // the agent that had them (the pinned entries did not).
 func (d *Datapath) Scrub(ip netip.Addr) { d.scrub.queue(d, ip) }
+
+// ScrubPeer queues the conntrack entries naming ip, a pod of another node
+// (this cluster's or a connected one's) whose ipcache entry went or now
+// names another pod, for deletion in a walk peerSettle later, unless
+// alive then says the address is the same pod's again (an entry deleted
+// and put back). A pod of this node keeps its entries (as with Scrub).
+func (d *Datapath) ScrubPeer(ip netip.Addr, alive func() bool) { d.scrub.queuePeer(d, ip, alive) }
 
 // scrubAddrs deletes the entries of the conntrack tables whose source or
 // destination is one of addrs, in one walk of each (every table walked,

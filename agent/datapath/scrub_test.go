@@ -113,6 +113,107 @@ func TestScrubDeletesAGoneEndpointsFlows(t *testing.T) {
 	}
 }
 
+// The attack of TestScrubDeletesAGoneEndpointsFlows with the gone pod on
+// another node (left open by the fix of that test, 2026-12-07): pod P
+// (egress allowed to pod R's identity on UDP 53, ingress allowing
+// nothing) has a UDP flow with R, a pod of another node; R is deleted
+// there, and its address given to the attacker's pod M. M's datagram to
+// P matched P's entry as a reply and passed P's ingress policy as R's.
+// The agent now queues a gone peer's address (ScrubPeer, from the
+// ipcache's deletion), and the walk deletes the entries naming it.
+func TestScrubPeerDeletesAGonePeersFlows(t *testing.T) {
+	root := t.TempDir()
+	d := loadAt(t, root)
+	t.Cleanup(func() { d.Close(); unix.Unmount(root, unix.MNT_DETACH) })
+	d.scrub.manual = true
+	const pID, rID, mID = identity.NumericIdentity(70001), identity.NumericIdentity(70002), identity.NumericIdentity(70003)
+	p := netip.MustParseAddrPort("10.7.0.2:5000")
+	r := netip.MustParseAddrPort("10.8.0.3:53") // another node's pod: an ipcache entry, no endpoint
+	other := netip.MustParseAddrPort("10.8.0.9:53")
+	if err := d.UpsertEndpoint(EndpointEntry{ID: 1, IP: p.Addr(), Identity: pID, HostIfIndex: 1, IngressEnforced: true, EgressEnforced: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []netip.Addr{p.Addr(), r.Addr(), other.Addr()} {
+		id := rID
+		if a == p.Addr() {
+			id = pID
+		}
+		if err := d.UpsertIPCache(netip.PrefixFrom(a, 32), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pk := bpf.DatapathPolicyKey{Prefixlen: 64 + 24, EpId: 1, Dir: 0, Identity: uint32(rID), Proto: unix.IPPROTO_UDP, Port: [2]uint8{0, 53}}
+	if err := d.objs.Policy.Put(&pk, &bpf.DatapathPolicyValue{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.bump(); err != nil {
+		t.Fatal(err)
+	}
+	const shot = 2 // TC_ACT_SHOT
+	for _, dst := range []netip.AddrPort{r, other} {
+		if v := runProg(t, d.objs.FromContainer, scrubUDP(t, p, dst)); v == shot {
+			t.Fatalf("P's allowed datagram to %s dropped", dst)
+		}
+	}
+	// R goes (its ipcache entry deleted), M takes its address: before the
+	// walk, M passes as R (the attack).
+	if err := d.DeleteIPCache(netip.PrefixFrom(r.Addr(), 32)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.UpsertIPCache(netip.PrefixFrom(r.Addr(), 32), mID); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.bump(); err != nil {
+		t.Fatal(err)
+	}
+	if v := runProg(t, d.objs.ToContainer, scrubUDP(t, r, p)); v == shot {
+		t.Fatal("M's datagram dropped before the walk: the test no longer shows the attack")
+	}
+	d.ScrubPeer(r.Addr(), func() bool { return false })
+	if n, err := d.ScrubPendingAddrs(); err != nil || n == 0 {
+		t.Fatalf("scrubbed %d (%v), want P's entry with %s", n, err, r.Addr())
+	}
+	if v := runProg(t, d.objs.ToContainer, scrubUDP(t, r, p)); v != shot {
+		t.Fatalf("M's datagram from the reused address %s to P passed (%d): taken as a reply of P's flow with the pod gone", r, v)
+	}
+	if v := runProg(t, d.objs.ToContainer, scrubUDP(t, other, p)); v == shot {
+		t.Fatalf("the reply of P's flow with %s, whose pod stays, dropped", other)
+	}
+}
+
+// A peer's address that alive says is the same pod's again at the walk
+// (its entry deleted and put back) keeps its entries; a local endpoint's
+// too.
+func TestScrubPeerSparesTheSamePodAgain(t *testing.T) {
+	root := t.TempDir()
+	d := loadAt(t, root)
+	t.Cleanup(func() { d.Close(); unix.Unmount(root, unix.MNT_DETACH) })
+	d.scrub.manual = true
+	peer, local := netip.MustParseAddr("10.8.0.4"), netip.MustParseAddr("10.7.0.4")
+	k := bpf.DatapathCtKey{Saddr: ipv4(local), Daddr: ipv4(peer), Sport: 1, Dport: 2, Proto: unix.IPPROTO_UDP, EpId: 4}
+	if err := d.objs.Conntrack.Put(&k, &bpf.DatapathCtEntry{Expires: 1 << 62}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.UpsertEndpoint(EndpointEntry{ID: 4, IP: local, Identity: 70004, HostIfIndex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	alive := true
+	d.ScrubPeer(peer, func() bool { return alive })
+	d.ScrubPeer(local, func() bool { return false }) // a local endpoint's address: not a peer's to scrub
+	if n, err := d.ScrubPendingAddrs(); err != nil || n != 0 {
+		t.Fatalf("scrubbed %d (%v), want none", n, err)
+	}
+	var v bpf.DatapathCtEntry
+	if err := d.objs.Conntrack.Lookup(&k, &v); err != nil {
+		t.Fatal("the entry of a peer whose pod has its address again was deleted")
+	}
+	alive = false
+	d.ScrubPeer(peer, func() bool { return alive })
+	if n, err := d.ScrubPendingAddrs(); err != nil || n != 1 {
+		t.Fatalf("scrubbed %d (%v), want 1", n, err)
+	}
+}
+
 // An address that is a local endpoint's again when the walk comes (a
 // delete that failed and was restored) keeps its entries.
 func TestScrubSparesAnAddressInUseAgain(t *testing.T) {

@@ -35,6 +35,26 @@ type Entry struct {
 	Pod       string                   `json:"pod,omitempty"`
 }
 
+// SamePod says whether cur, an address's entry now, still names the pod
+// prev named: the same node, and the same pod where both name one (a
+// sparse ipcache's compact entries name none). An address given to
+// another pod of the same node within a few seconds is not told apart:
+// its node's IPAM holds a released address back for 70 s at least.
+func SamePod(prev, cur Entry) bool {
+	if prev.Node != cur.Node {
+		return false
+	}
+	return prev.Pod == "" || cur.Pod == "" || prev.Namespace == cur.Namespace && prev.Pod == cur.Pod
+}
+
+// Retires says whether an address's change retires the pod its entry
+// named (old, when had): the entry deleted, or now naming another pod (a
+// watch listing again after a lost connection sees no deletion). The
+// conntrack entries naming it then go (datapath.ScrubPeer).
+func Retires(old Entry, had bool, e Entry, deleted bool) bool {
+	return deleted || had && !SamePod(old, e)
+}
+
 // ErrInvalid is wrapped by every error about an entry read from the
 // kvstore.
 var ErrInvalid = errors.New("invalid ipcache entry")

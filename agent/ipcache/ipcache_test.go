@@ -184,3 +184,46 @@ func syncPair(t *testing.T) (ctx context.Context, kvA *kvstore.Client, leaseB *k
 	b = ipcache.New(ctx, kvB, leaseB, "c1", "b")
 	return ctx, kvA, leaseB, a, b
 }
+
+// A change retires the address's pod when the entry goes, or names
+// another pod or node; not when the same pod's entry changes (a relabel:
+// a new identity) or comes from a store that names no pods (sparse
+// compact entries).
+func TestRetires(t *testing.T) {
+	ip := netip.MustParseAddr("10.8.0.3")
+	pod := ipcache.Entry{IP: ip, Identity: 70002, Node: "c2/n1", Namespace: "default", Pod: "db-0"}
+	relabelled := pod
+	relabelled.Identity = 70009
+	other := pod
+	other.Pod = "attacker"
+	otherNS := pod
+	otherNS.Namespace = "tenant"
+	moved := pod
+	moved.Node = "c2/n2"
+	compact := ipcache.Entry{IP: ip, Identity: 70000, Node: "c2/n1"}
+	for _, c := range []struct {
+		name    string
+		old     ipcache.Entry
+		had     bool
+		e       ipcache.Entry
+		deleted bool
+		want    bool
+		samePod bool // SamePod(old, e)
+	}{
+		{"deleted", pod, true, pod, true, true, true},
+		{"deleted, not known before", ipcache.Entry{}, false, pod, true, true, false},
+		{"new", ipcache.Entry{}, false, pod, false, false, false},
+		{"relabelled", pod, true, relabelled, false, false, true},
+		{"another pod", pod, true, other, false, true, false},
+		{"another namespace's pod of the name", pod, true, otherNS, false, true, false},
+		{"another node's", pod, true, moved, false, true, false},
+		{"compact entry of the node", compact, true, pod, false, false, true},
+	} {
+		if got := ipcache.Retires(c.old, c.had, c.e, c.deleted); got != c.want {
+			t.Errorf("%s: Retires = %v, want %v", c.name, got, c.want)
+		}
+		if got := ipcache.SamePod(c.old, c.e); got != c.samePod {
+			t.Errorf("%s: SamePod = %v, want %v", c.name, got, c.samePod)
+		}
+	}
+}

@@ -85,6 +85,10 @@ type Router struct {
 	mode string
 	self string
 
+	// retired is told of each pod whose address an accepted change took
+	// from it (OnRetired).
+	retired func(old ipcache.Entry)
+
 	// remoteNodeIPs are the remote clusters' node addresses written to
 	// the nodes map, at most maxRemoteNodes (MaxRemoteNodeEntries); past
 	// it a remote node is not written (logged once: remoteNodesFull).
@@ -1001,6 +1005,7 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	if !r.mayChange(e, deleted, owner, owned) {
 		return
 	}
+	r.noteRetired(e, deleted, owner, owned)
 	if r.sparseEntryChanged(e, deleted, owner, owned) {
 		return
 	}
@@ -1046,6 +1051,32 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 		return
 	}
 	r.writeEntry(e)
+}
+
+// OnRetired has f told, with r's lock held, of the entry of each pod
+// whose address a change EntryChanged accepts takes from it: its
+// holder's deletion, or an entry naming another pod or node
+// (ipcache.Retires; a compact entry names no pod). The agent deletes the
+// conntrack entries naming the address (datapath.ScrubPeer).
+func (r *Router) OnRetired(f func(old ipcache.Entry)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.retired = f
+}
+
+// noteRetired tells r.retired of the pod an accepted change e retires
+// (owner: the compact store's holder of the address, if owned).
+func (r *Router) noteRetired(e ipcache.Entry, deleted bool, owner string, owned bool) {
+	if r.retired == nil {
+		return
+	}
+	old, had := r.entries[e.IP]
+	if !had && owned {
+		old, had = ipcache.Entry{IP: e.IP, Node: owner}, true
+	}
+	if had && ipcache.Retires(old, had, e, deleted) {
+		r.retired(old)
+	}
 }
 
 // wrote says whether the datapath holds the entry held for ip, as this
