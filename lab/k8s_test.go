@@ -72,6 +72,31 @@ func startKubeAPIServerFor(t testing.TB, l *lab.Lab, cluster string) *rest.Confi
 	return rc
 }
 
+// waitSeenAlive waits until every other node of node's cluster sees it
+// reachable (after a restart: until then their routes and ipcache entries
+// for its pods are withdrawn, failure detection having taken the restart
+// for a failure).
+func waitSeenAlive(t *testing.T, l *lab.Lab, node string) {
+	t.Helper()
+	self, err := l.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range l.Nodes {
+		if n.Name == node || n.Cluster != self.Cluster {
+			continue
+		}
+		eventually(t, n.Name+" sees "+node+" reachable", func() bool {
+			for _, m := range nodes(t, l, n.Name) {
+				if m.Name == node {
+					return m.Reachable
+				}
+			}
+			return false
+		})
+	}
+}
+
 // waitKubeSynced waits until every agent of cluster has the first list of
 // each resource it follows but those in unless (its status's waiting
 // list). The agents start before the API server answers, and an informer
@@ -394,6 +419,14 @@ spec:
 		t.Fatal(err)
 	}
 	waitKubeSynced(t, l, l.Clusters[0].Name)
+	// n2 took the restart for a failure (its routes to n1's pods are
+	// withdrawn until it sees n1 again): until then every connection to
+	// db fails at once, which the check that other is shut out took for
+	// the policy (a CI run then found web shut out too).
+	waitSeenAlive(t, l, "n1")
+	eventually(t, "after n1's restart the clusterwide policy admits web", func() bool {
+		return reach(t, lab.NetNSPath(web.NetNS), "tcp", db.IP, 5432)
+	})
 	eventually(t, "the CNP deleted while n1 was down no longer admits other", func() bool {
 		return !reach(t, lab.NetNSPath(other.NetNS), "tcp", db.IP, 5432)
 	})
@@ -406,7 +439,8 @@ spec:
 	// and the stored service was load-balanced for good, here and in the
 	// clusters that import it).
 	// (Once in seven runs this did not answer at the first try, right
-	// after n1's restart, for a reason not found; hence eventually.)
+	// after n1's restart, before waitSeenAlive: n2 had n1's backends
+	// down; eventually all the same.)
 	eventually(t, "web reaches db through the Service's ClusterIP", func() bool {
 		return reach(t, lab.NetNSPath(web.NetNS), "tcp", "10.96.0.50", 5432)
 	})
@@ -424,6 +458,8 @@ spec:
 		}
 	}
 	waitKubeSynced(t, l, l.Clusters[0].Name)
+	waitSeenAlive(t, l, "n1")
+	waitSeenAlive(t, l, "n2")
 	eventually(t, "the Service deleted while every agent was down leaves the service list", func() bool {
 		for _, st := range labtest.Services(t, l, "n2") {
 			if st.Name == "db" {
