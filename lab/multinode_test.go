@@ -175,7 +175,13 @@ func TestCrossNode(t *testing.T) {
 			if !ipcHas(ipc, b.IP, 32) {
 				t.Fatal("b is not in n1's ipcache")
 			}
-			idle, err := labtest.Open(lab.NetNSPath(a.NetNS), fmt.Sprintf("%s:%d", b.IP, 7000))
+			// (No keepalive: a probe after the walk makes a new entry.)
+			var idle net.Conn
+			err = ns.WithNetNSPath(lab.NetNSPath(a.NetNS), func(ns.NetNS) error {
+				var err error
+				idle, err = (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: -1}).Dial("tcp4", net.JoinHostPort(b.IP, "7000"))
+				return err
+			})
 			if err != nil {
 				t.Fatalf("a's connection to b: %v", err)
 			}

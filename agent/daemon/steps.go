@@ -349,12 +349,12 @@ func (a *Agent) startDetection(ctx context.Context) error {
 	// flow's replies are judged with the identity it was admitted with):
 	// the conntrack entries naming it go, unless the same pod has the
 	// address again by the walk.
-	a.router.OnRetired(func(old ipcache.Entry) {
-		a.dp.ScrubPeer(old.IP, func() bool {
-			cur, ok := a.router.Entry(old.IP)
-			return ok && ipcache.SamePod(old, cur)
-		})
+	a.dp.SetPeerAlive(func(ip netip.Addr, pod uint64) bool {
+		cur, ok := a.router.Held(ip)
+		return ok && ipcache.SamePodKey(pod, ipcache.PodKey(cur))
 	})
+	// (Told with the router's lock held: ScrubPeer only queues.)
+	a.router.OnRetired(func(old ipcache.Entry) { a.dp.ScrubPeer(old.IP, ipcache.PodKey(old)) })
 	a.ipsync.Subscribe(a.router.EntryChanged)
 	return nil
 }

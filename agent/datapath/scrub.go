@@ -35,17 +35,38 @@ type scrubber struct {
 	mu   sync.Mutex
 	// pending: addresses (as in the maps) whose entries go.
 	pending map[uint32]bool
-	// peers: other nodes' addresses whose entries go unless alive then
-	// says the address is the same pod's again (ScrubPeer).
-	peers  map[uint32]func() bool
-	w      worker
-	peerW  worker
-	manual bool // tests: no goroutine; they call ScrubPendingAddrs
+	// peers: other nodes' addresses whose entries go, once due, unless
+	// peerAlive then says the address is the same pod's again (ScrubPeer).
+	peers     map[uint32]peerGone
+	peerAlive func(ip netip.Addr, pod uint64) bool
+	// peerWait is peerSettle (tests shorten it); due times count from
+	// epoch (monotonic).
+	peerWait time.Duration
+	epoch    time.Time
+	w        worker
+	peerW    worker
+	manual   bool // tests: no goroutine; they call ScrubPendingAddrs, peers due at once
 }
 
-// peerSettle is how long a gone peer's address waits for its walk: far
-// less than IPAM holds an address back on its node (70 s at least).
+// peerGone is a gone peer's pod (as ScrubPeer's caller keys it) and when
+// its address's walk is due.
+type peerGone struct {
+	pod uint64
+	due time.Duration // since the scrubber's epoch
+}
+
+// peerSettle is how long a gone peer's address waits at least before its
+// walk (its entry may come back, deleted and put again): far less than
+// IPAM holds an address back on its node (70 s at least).
 const peerSettle = 5 * time.Second
+
+// since is the time since s's epoch (set at the first call). s.mu is held.
+func (s *scrubber) since() time.Duration {
+	if s.epoch.IsZero() {
+		s.epoch = time.Now()
+	}
+	return time.Since(s.epoch)
+}
 
 // queue adds ip and wakes the walk.
 func (s *scrubber) queue(d *Datapath, ip netip.Addr) {
@@ -66,19 +87,26 @@ func (s *scrubber) queue(d *Datapath, ip netip.Addr) {
 	})
 }
 
-// queuePeer adds a peer's ip, whose entries go unless alive says at the
-// walk that the address is the same pod's again, and wakes the walk.
-func (s *scrubber) queuePeer(d *Datapath, ip netip.Addr, alive func() bool) {
+// queuePeer adds a peer's ip, whose entries go peerSettle later unless
+// peerAlive then says the address is pod's again, and wakes the walk.
+func (s *scrubber) queuePeer(d *Datapath, ip netip.Addr, pod uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.peers == nil {
-		s.peers = map[uint32]func() bool{}
+		s.peers = map[uint32]peerGone{}
 	}
-	s.peers[ipv4(ip)] = alive
+	wait := s.peerWait
+	if wait == 0 {
+		wait = peerSettle
+	}
+	if s.manual {
+		wait = 0
+	}
+	s.peers[ipv4(ip)] = peerGone{pod: pod, due: s.since() + wait}
 	if s.manual {
 		return
 	}
-	s.peerW.wake(d.closed, peerSettle, "conntrack entries of gone peers", func() error {
+	s.peerW.wake(d.closed, wait, "conntrack entries of gone peers", func() error {
 		_, err := d.ScrubPendingAddrs()
 		return err
 	})
@@ -97,14 +125,32 @@ func (d *Datapath) ScrubPendingAddrs() (int, error) {
 		return 0, nil
 	}
 	s.mu.Lock()
-	pending, peers := s.pending, s.peers
-	s.pending, s.peers = nil, nil
+	pending := s.pending
+	s.pending = nil
+	// Only the peers due: a local endpoint's walk, or a wake folded into
+	// an earlier one, comes sooner (those not due wait for the next).
+	now := s.since()
+	var due map[uint32]uint64
+	for a, g := range s.peers {
+		if g.due <= now {
+			if due == nil {
+				due = map[uint32]uint64{}
+			}
+			due[a] = g.pod
+			delete(s.peers, a)
+		}
+	}
+	waiting := len(s.peers) > 0 && !s.manual
+	alive := s.peerAlive
 	s.mu.Unlock()
+	if waiting {
+		s.peerW.poke()
+	}
 	if pending == nil {
 		pending = map[uint32]bool{}
 	}
-	for a, alive := range peers {
-		if !pending[a] && !alive() {
+	for a, pod := range due {
+		if !pending[a] && (alive == nil || !alive(addrFrom(a), pod)) {
 			pending[a] = true
 		}
 	}
@@ -139,12 +185,24 @@ func (d *Datapath) ScrubPendingAddrs() (int, error) {
 // the agent that had them (the pinned entries did not).
 func (d *Datapath) Scrub(ip netip.Addr) { d.scrub.queue(d, ip) }
 
-// ScrubPeer queues the conntrack entries naming ip, a pod of another node
-// (this cluster's or a connected one's) whose ipcache entry went or now
-// names another pod, for deletion in a walk peerSettle later, unless
-// alive then says the address is the same pod's again (an entry deleted
-// and put back). A pod of this node keeps its entries (as with Scrub).
-func (d *Datapath) ScrubPeer(ip netip.Addr, alive func() bool) { d.scrub.queuePeer(d, ip, alive) }
+// ScrubPeer queues the conntrack entries naming ip, the address of pod (a
+// key the caller gives SetPeerAlive's check) of another node (this
+// cluster's or a connected one's) whose ipcache entry went or now names
+// another pod, for deletion in a walk at least peerSettle later, unless
+// the check then says the address is pod's again (an entry deleted and
+// put back). A pod of this node keeps its entries (as with Scrub). It
+// takes no lock but the scrubber's: a caller may hold its own.
+func (d *Datapath) ScrubPeer(ip netip.Addr, pod uint64) { d.scrub.queuePeer(d, ip, pod) }
+
+// SetPeerAlive sets the check of ScrubPeer's queued addresses, called at
+// their walk with the walk's lock held (it must not call the datapath's
+// Close): whether ip is pod's again. Without one, every queued address's
+// entries go.
+func (d *Datapath) SetPeerAlive(f func(ip netip.Addr, pod uint64) bool) {
+	d.scrub.mu.Lock()
+	defer d.scrub.mu.Unlock()
+	d.scrub.peerAlive = f
+}
 
 // scrubAddrs deletes the entries of the conntrack tables whose source or
 // destination is one of addrs, in one walk of each (every table walked,

@@ -2,7 +2,9 @@ package datapath
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
@@ -169,7 +171,8 @@ func TestScrubPeerDeletesAGonePeersFlows(t *testing.T) {
 	if v := runProg(t, d.objs.ToContainer, scrubUDP(t, r, p)); v == shot {
 		t.Fatal("M's datagram dropped before the walk: the test no longer shows the attack")
 	}
-	d.ScrubPeer(r.Addr(), func() bool { return false })
+	d.SetPeerAlive(func(netip.Addr, uint64) bool { return false }) // the address is M's, not R's
+	d.ScrubPeer(r.Addr(), 1)
 	if n, err := d.ScrubPendingAddrs(); err != nil || n == 0 {
 		t.Fatalf("scrubbed %d (%v), want P's entry with %s", n, err, r.Addr())
 	}
@@ -197,9 +200,15 @@ func TestScrubPeerSparesTheSamePodAgain(t *testing.T) {
 	if err := d.UpsertEndpoint(EndpointEntry{ID: 4, IP: local, Identity: 70004, HostIfIndex: 1}); err != nil {
 		t.Fatal(err)
 	}
+	const pod = 42
 	alive := true
-	d.ScrubPeer(peer, func() bool { return alive })
-	d.ScrubPeer(local, func() bool { return false }) // a local endpoint's address: not a peer's to scrub
+	var asked []netip.Addr
+	d.SetPeerAlive(func(ip netip.Addr, key uint64) bool {
+		asked = append(asked, ip)
+		return ip == peer && key == pod && alive
+	})
+	d.ScrubPeer(peer, pod)
+	d.ScrubPeer(local, 7) // a local endpoint's address: not a peer's to scrub
 	if n, err := d.ScrubPendingAddrs(); err != nil || n != 0 {
 		t.Fatalf("scrubbed %d (%v), want none", n, err)
 	}
@@ -207,10 +216,47 @@ func TestScrubPeerSparesTheSamePodAgain(t *testing.T) {
 	if err := d.objs.Conntrack.Lookup(&k, &v); err != nil {
 		t.Fatal("the entry of a peer whose pod has its address again was deleted")
 	}
+	if !slices.Contains(asked, peer) {
+		t.Errorf("the check was asked of %v, not of %s", asked, peer)
+	}
 	alive = false
-	d.ScrubPeer(peer, func() bool { return alive })
+	d.ScrubPeer(peer, pod)
 	if n, err := d.ScrubPendingAddrs(); err != nil || n != 1 {
 		t.Fatalf("scrubbed %d (%v), want 1", n, err)
+	}
+}
+
+// A gone peer's address waits its settling time however the walk comes:
+// a local endpoint's deletion (its walk a tenth of a second later) took
+// every queued peer with it, and the check that the pod has its address
+// again came too soon to see an entry deleted and put back (found by the
+// change's review).
+func TestScrubPeerWaitsItsTime(t *testing.T) {
+	root := t.TempDir()
+	d := loadAt(t, root)
+	t.Cleanup(func() { d.Close(); unix.Unmount(root, unix.MNT_DETACH) })
+	const wait = 700 * time.Millisecond
+	d.scrub.peerWait = wait
+	asked := make(chan time.Time, 1)
+	d.SetPeerAlive(func(netip.Addr, uint64) bool {
+		select {
+		case asked <- time.Now():
+		default:
+		}
+		return false
+	})
+	queued := time.Now()
+	d.ScrubPeer(netip.MustParseAddr("10.8.0.5"), 1)
+	if err := d.DeleteEndpoint(netip.MustParseAddr("10.7.0.6")); err != nil { // a local walk, 100 ms later
+		t.Fatal(err)
+	}
+	select {
+	case at := <-asked:
+		if at.Sub(queued) < wait {
+			t.Errorf("the peer's address was checked %v after it was queued, want %v at least", at.Sub(queued), wait)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the peer's address was not checked within 10 s")
 	}
 }
 

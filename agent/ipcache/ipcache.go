@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -45,6 +46,28 @@ func SamePod(prev, cur Entry) bool {
 		return false
 	}
 	return prev.Pod == "" || cur.Pod == "" || prev.Namespace == cur.Namespace && prev.Pod == cur.Pod
+}
+
+// PodKey is a short form of the pod e names, for SamePodKey: its node's
+// name hashed in the high half, its namespace and pod's in the low (0:
+// none). A gone peer's queued address holds it (8 bytes, not the entry).
+func PodKey(e Entry) uint64 {
+	h := fnv.New32a()
+	h.Write([]byte(e.Node))
+	key := uint64(h.Sum32()) << 32
+	if e.Pod != "" {
+		h.Reset()
+		h.Write([]byte(e.Namespace + "/" + e.Pod))
+		key |= uint64(max(h.Sum32(), 1))
+	}
+	return key
+}
+
+// SamePodKey is SamePod on PodKeys (two pods of a node whose names'
+// 32-bit hashes meet are taken for one).
+func SamePodKey(prev, cur uint64) bool {
+	const pod = 1<<32 - 1
+	return prev>>32 == cur>>32 && (prev&pod == 0 || cur&pod == 0 || prev == cur)
 }
 
 // Retires says whether an address's change retires the pod its entry

@@ -225,5 +225,8 @@ func TestRetires(t *testing.T) {
 		if got := ipcache.SamePod(c.old, c.e); got != c.samePod {
 			t.Errorf("%s: SamePod = %v, want %v", c.name, got, c.samePod)
 		}
+		if got := ipcache.SamePodKey(ipcache.PodKey(c.old), ipcache.PodKey(c.e)); got != c.samePod {
+			t.Errorf("%s: SamePodKey = %v, want %v", c.name, got, c.samePod)
+		}
 	}
 }

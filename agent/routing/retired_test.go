@@ -6,6 +6,8 @@ import (
 
 	"github.com/filament-net/filament/agent/identity"
 	"github.com/filament-net/filament/agent/ipcache"
+	"github.com/filament-net/filament/agent/node"
+	"github.com/filament-net/filament/agent/sparse"
 )
 
 // The router tells OnRetired of a pod whose address an accepted change
@@ -52,5 +54,47 @@ func TestRetiredPods(t *testing.T) {
 		case step.want != nil && (len(retired) != 1 || retired[0] != *step.want):
 			t.Errorf("%s: retired %+v, want %+v", step.what, retired, *step.want)
 		}
+	}
+}
+
+// With a sparse remote ipcache, a connected cluster's pod that no policy
+// tells apart is a compact entry (no pod name): its holder's deletion, or
+// an entry of another node at the address, retires it all the same, and
+// Held still says whose the address is.
+func TestRetiredCompactPods(t *testing.T) {
+	inNetns(t)
+	r, _ := sparseRouter(sparse.NewNeed(1, false))
+	var retired []ipcache.Entry
+	r.OnRetired(func(old ipcache.Entry) { retired = append(retired, old) })
+	for _, n := range []node.Node{
+		{Name: "c2/n1", IPs: []string{"192.168.2.1"}, PodCIDRs: []string{"10.2.1.0/24"}},
+		{Name: "c2/n2", IPs: []string{"192.168.2.2"}, PodCIDRs: []string{"10.2.2.0/24"}},
+	} {
+		r.NodeChanged(n, false)
+	}
+	ip := netip.MustParseAddr("10.2.1.5")
+	e := ipcache.Entry{IP: ip, Identity: identity.Compose(2, 300), HostIP: netip.MustParseAddr("192.168.2.1"), Node: "c2/n1", Namespace: "default", Pod: "db-0"}
+	r.EntryChanged(e, false)
+	if _, _, owned := r.compactOwner(ip); !owned {
+		t.Fatal("the entry is not a compact one: the test tests the full store")
+	}
+	if held, ok := r.Held(ip); !ok || held.Node != "c2/n1" {
+		t.Fatalf("Held: %+v %v, want c2/n1's", held, ok)
+	}
+	compact := ipcache.Entry{IP: ip, Node: "c2/n1"}
+	r.EntryChanged(e, true)
+	if len(retired) != 1 || retired[0] != compact {
+		t.Fatalf("the holder's deletion retired %+v, want %+v", retired, compact)
+	}
+	if _, ok := r.Held(ip); ok {
+		t.Error("Held still names the deleted entry")
+	}
+	retired = nil
+	r.EntryChanged(e, false)
+	moved := e
+	moved.Node, moved.HostIP = "c2/n2", netip.MustParseAddr("192.168.2.2")
+	r.EntryChanged(moved, false)
+	if len(retired) != 1 || retired[0] != compact {
+		t.Fatalf("another node's entry at the address retired %+v, want %+v", retired, compact)
 	}
 }

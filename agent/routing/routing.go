@@ -1053,6 +1053,21 @@ func (r *Router) EntryChanged(e ipcache.Entry, deleted bool) {
 	r.writeEntry(e)
 }
 
+// Held is the entry r holds for ip, another node's (a compact entry
+// names no pod), whether or not it may be in the datapath now (its node
+// down, or not accepted yet): whose address ip is, as far as r knows.
+func (r *Router) Held(ip netip.Addr) (ipcache.Entry, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.entries[ip]; ok {
+		return e, true
+	}
+	if name, _, found := r.compactOwner(ip); found {
+		return ipcache.Entry{IP: ip, Node: name}, true
+	}
+	return ipcache.Entry{}, false
+}
+
 // OnRetired has f told, with r's lock held, of the entry of each pod
 // whose address a change EntryChanged accepts takes from it: its
 // holder's deletion, or an entry naming another pod or node
