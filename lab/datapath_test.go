@@ -463,10 +463,16 @@ spec:
 		t.Fatal("restarted agent left a stale ipcache entry")
 	}
 	ipc.Close()
-	// Policy is still enforced after the restart: a second pod c is refused.
+	// Policy is still enforced after the restart: a still connects (the
+	// stream's listener stays; it answers no echo, so this is a dial, not
+	// reach, with which the check below could not fail), a second pod c
+	// is refused.
 	c := labtest.Pod(t, l, "n1", "c", "app=c")
-	if reach(t, lab.NetNSPath(c.NetNS), "tcp", b.IP, 7000) {
-		t.Fatal("policy not enforced after restart")
+	if !dials(t, lab.NetNSPath(a.NetNS), b.IP, 7000) {
+		t.Fatal("a, allowed, does not connect to b after the restart")
+	}
+	if dials(t, lab.NetNSPath(c.NetNS), b.IP, 7000) {
+		t.Fatal("policy not enforced after restart: c connects to b")
 	}
 }
 

@@ -542,7 +542,7 @@ func TestIPsecNoPlaintextOnUnderlay(t *testing.T) {
 // flows through it as before.
 func TestWireGuardDeviceProcessFollowsAgent(t *testing.T) {
 	l := labtest.UpRouting(t, 2, "tunnel", wireguardStrict...)
-	labtest.Pod(t, l, "n1", "a", "app=a")
+	a := labtest.Pod(t, l, "n1", "a", "app=a")
 	b := labtest.Pod(t, l, "n2", "b", "app=b")
 	firstContact(t, l, "a pings b through WireGuard", func() bool { return pingOK(l, "a", b.IP) })
 	device := func() int {
@@ -606,9 +606,20 @@ func TestWireGuardDeviceProcessFollowsAgent(t *testing.T) {
 	if out, _ := exec.Command("ip", "-n", n1.NetNS, "route", "get", b.IP).CombinedOutput(); !strings.Contains(string(out), "No route to host") {
 		t.Errorf("n1's route to b with its device gone is not the unreachable fallback: %s", out)
 	}
+	// What a sends to b meanwhile does not cross the underlay in clear
+	// (that it is not answered proves nothing: n2 soon takes n1 for
+	// dead and withdraws a's routes, and strict mode drops clear pod
+	// traffic there).
+	stop := capture(t, fmt.Sprintf("flab-%s-ul", l.Name))
 	for i := 0; i < 3; i++ {
 		if pingOK(l, "a", b.IP) {
 			t.Fatal("a reached b while n1's WireGuard device was gone: the traffic left unencrypted")
+		}
+	}
+	pair := append(ip4bytes(a.IP), ip4bytes(b.IP)...)
+	for i, p := range stop() {
+		if bytes.Contains(p, pair) {
+			t.Fatalf("packet %d: a's traffic to b left n1 in clear while its WireGuard device was gone", i)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -305,7 +305,10 @@ func TestNodeCrashAndRejoin(t *testing.T) {
 		t.Fatalf("failure detection took %s, no faster than the 20s lease", since)
 	}
 	// n2's pods are withdrawn from n1's datapath: the ping fails now
-	// (n2's programs still run, but n1 no longer knows where b is).
+	// (n2's programs still run, but n1 no longer knows where b is). A
+	// failed ping alone would also be a slow answer on a busy machine.
+	ipc := pinnedMaps(t, l, "n1", "ipcache")[0]
+	eventually(t, "b leaves n1's ipcache", func() bool { return !ipcHas(ipc, b.IP, 32) })
 	eventually(t, "b withdrawn on n1", func() bool { return !pingOK(l, "a", b.IP) })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

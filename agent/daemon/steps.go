@@ -303,10 +303,17 @@ func (a *Agent) startDetection(ctx context.Context) error {
 	if cfg.MemberlistPort != 0 {
 		d, err := node.NewDetector(cfg.NodeName, a.nodeIP, cfg.MemberlistPort, a.gossipKeys, func(name string, alive bool) {
 			// Services first: new connections leave the node's backends
-			// before its routes go.
+			// before its routes go. The registry (what `filament node
+			// list` shows) last when the node is back: reachable there
+			// means its routes and entries are back too.
 			a.services.NodeAlive(cfg.ClusterName, name, alive)
-			a.reg.SetReachable(name, alive)
-			a.router.SetNodeDown(name, !alive)
+			if alive {
+				a.router.SetNodeDown(name, false)
+				a.reg.SetReachable(name, true)
+			} else {
+				a.reg.SetReachable(name, false)
+				a.router.SetNodeDown(name, true)
+			}
 			if !alive {
 				slog.Warn("node unreachable (failure detection)", "node", name)
 			}
