@@ -86,14 +86,7 @@ func waitSeenAlive(t *testing.T, l *lab.Lab, node string) {
 		if n.Name == node || n.Cluster != self.Cluster {
 			continue
 		}
-		eventually(t, n.Name+" sees "+node+" reachable", func() bool {
-			for _, m := range nodes(t, l, n.Name) {
-				if m.Name == node {
-					return m.Reachable
-				}
-			}
-			return false
-		})
+		eventually(t, n.Name+" sees "+node+" reachable", func() bool { return nodeReachable(t, &n, node) })
 	}
 }
 

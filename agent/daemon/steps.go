@@ -313,8 +313,6 @@ func (a *Agent) startDetection(ctx context.Context) error {
 			} else {
 				a.reg.SetReachable(name, false)
 				a.router.SetNodeDown(name, true)
-			}
-			if !alive {
 				slog.Warn("node unreachable (failure detection)", "node", name)
 			}
 		})
